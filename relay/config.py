@@ -1,0 +1,374 @@
+"""The YAML configuration: schema (unknown keys rejected), loading, and location of problems.
+
+`load_config(path, channel_models)` returns a `LoadedConfig` or raises ConfigError with every
+problem found and its file:line. Channel option models are passed in by the caller (the channel
+registry), so this module knows no channel.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from relay.durations import Duration
+from relay.errors import ConfigError, Problem
+from relay.model import FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP
+from relay.yamlconf import Located, Path_, load_yaml
+
+EVENTS = ("run", "deployment.failed", "deployment.success", "error")
+DASHBOARD_FIELDS = ("project_ref", "run_id", "task")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RateLimit(Strict):
+    per_second: float | None = Field(default=None, gt=0)
+    per_minute: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+
+
+class ChannelSettings(Strict):
+    """Options every channel has; channel modules subclass it with their own."""
+
+    type: str
+    timeout: Duration | None = None
+    concurrency: int = Field(default=4, ge=1, le=256)
+    rate_limit: RateLimit | None = None
+
+
+class ServerConfig(Strict):
+    auth_token: SecretStr | None = None
+    admin_token: SecretStr | None = None
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+    @field_validator("auth_token", "admin_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `auth_token: ${RELAY_INGEST_TOKEN:-}` makes the token optional
+        return None if value == "" else value
+
+
+class RetryPolicy(Strict):
+    max_attempts: int = Field(default=12, ge=1, le=1000)
+    max_age: Duration = 24 * 3600.0
+    min_backoff: Duration = 1.0
+    max_backoff: Duration = 600.0
+
+
+class Defaults(Strict):
+    project_ref: str | None = None
+    dashboard_url: str = "https://cloud.trigger.dev/projects/v3/{project_ref}/runs/{run_id}"
+    retry: RetryPolicy = RetryPolicy()
+    timeout: Duration = 10.0
+
+    @field_validator("dashboard_url")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        for name in re.findall(r"\{([^}]*)\}", value):
+            if name not in DASHBOARD_FIELDS:
+                raise ValueError(
+                    f"unknown placeholder {{{name}}}; use {', '.join(DASHBOARD_FIELDS)}"
+                )
+        return value
+
+
+class Threshold(Strict):
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+    @field_validator("gt", "gte", "lt", "lte", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        return value
+
+
+class TagMatch(Strict):
+    any: list[str] | None = None
+    all: list[str] | None = None
+    none: list[str] | None = None
+
+
+Scalar = str | int | float | bool | None
+
+
+class MatchConfig(Strict):
+    status: list[str] | None = None
+    event: str = "run"
+    task: list[str] | None = None
+    task_regex: str | None = None
+    tags: TagMatch | None = None
+    cost_cents: Threshold | None = None
+    base_cost_cents: Threshold | None = None
+    duration_ms: Threshold | None = None
+    is_test: bool | None = None
+    metadata: dict[str, Scalar] | None = None
+
+    @field_validator("status", "task", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("status")
+    @classmethod
+    def _statuses(cls, value: list[str] | None) -> list[str] | None:
+        for status in value or ():
+            if status.lower() != "failure" and status.upper() not in _ACCEPTED_STATUSES:
+                raise ValueError(f"unknown status {status!r}; known: failure, " + _STATUS_LIST)
+        return value
+
+    @field_validator("event")
+    @classmethod
+    def _event(cls, value: str) -> str:
+        if value not in EVENTS:
+            raise ValueError(f"unknown event; use one of {', '.join(EVENTS)}")
+        return value
+
+    @field_validator("task_regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regex: {exc.msg} at position {exc.pos}") from None
+        return value
+
+
+_ACCEPTED_STATUSES = KNOWN_STATUSES | frozenset(RAW_STATUS_MAP) | FAILURE_STATUSES
+_STATUS_LIST = ", ".join(sorted(KNOWN_STATUSES))
+
+
+class RuleConfig(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    match: MatchConfig = MatchConfig()
+    when: str | None = Field(default=None, max_length=4000)
+    notify: list[str] = Field(min_length=1)
+    template: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    continue_: bool = Field(default=False, alias="continue")
+    group_by: list[str] | None = None
+    group_wait: Duration | None = None
+    group_interval: Duration | None = None
+    repeat_interval: Duration | None = None
+
+
+class TemplatesConfig(Strict):
+    dir: Path | None = None
+
+
+class Config(Strict):
+    server: ServerConfig = ServerConfig()
+    sources: dict[str, Any] | None = None
+    channels: dict[str, ChannelSettings] = {}
+    templates: TemplatesConfig = TemplatesConfig()
+    rules: list[RuleConfig] = []
+    defaults: Defaults = Defaults()
+
+    def channel(self, name: str) -> ChannelSettings:
+        return self.channels[name]
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A valid configuration and where each of its parts was written."""
+
+    config: Config
+    source: Located
+    builtin: bool = False
+
+    def locate(self, path: Path_) -> str:
+        return self.source.locate(path)
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the file, to scrub from any output."""
+        return _secret_values(self.config)
+
+
+ChannelModels = Mapping[str, type[ChannelSettings]]
+_NOT_YET = {
+    "sources": "not available in this version (Realtime follower and alert webhooks come next)",
+    "group_by": "digests are not available in this version; remove group_* options",
+}
+
+
+def load_config(
+    path: Path, channel_models: ChannelModels, env: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """Read, interpolate and validate `path`; ConfigError lists every problem with file:line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        kind = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else _os_reason(exc)
+        raise ConfigError([Problem(str(path), "", f"cannot read config: {kind}")]) from None
+    return parse_config(text, str(path), channel_models, env, base_dir=path.parent)
+
+
+def parse_config(
+    text: str,
+    filename: str,
+    channel_models: ChannelModels,
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> LoadedConfig:
+    located = load_yaml(text, filename, os.environ if env is None else env)
+    problems = list(located.problems)
+    data = located.data
+    if data is not None and not isinstance(data, dict):
+        problems.append(located.problem((), "the top level must be a mapping"))
+        data = None
+    config = None if data is None else _validate(data, located, channel_models, problems)
+    if config is not None:
+        problems += _cross_check(config, located)
+        config = _resolve_paths(config, base_dir)
+    elif data is not None:  # schema problems elsewhere: still report bad channel references
+        problems += _unknown_channels(data, located)
+    if problems or config is None:
+        raise ConfigError(_dedupe(problems))
+    return LoadedConfig(config, located)
+
+
+def _validate(
+    data: dict[str, Any], located: Located, models: ChannelModels, problems: list[Problem]
+) -> Config | None:
+    channels_raw = data.get("channels")
+    top = {k: v for k, v in data.items() if k != "channels"}
+    try:
+        config = Config.model_validate(top)
+    except ValidationError as exc:
+        problems += _pydantic_problems(exc, (), located)
+        config = None
+    channels = _validate_channels(channels_raw, located, models, problems)
+    if config is None or channels is None:
+        return None
+    return config.model_copy(update={"channels": channels})
+
+
+def _validate_channels(
+    raw: Any, located: Located, models: ChannelModels, problems: list[Problem]
+) -> dict[str, ChannelSettings] | None:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.append(located.problem(("channels",), "must be a mapping of name to channel"))
+        return None
+    out: dict[str, ChannelSettings] = {}
+    for name, spec in raw.items():
+        path: Path_ = ("channels", name)
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if not isinstance(spec, dict) or not isinstance(kind, str):
+            problems.append(located.problem(path, "a channel needs a `type`"))
+            continue
+        model = models.get(kind)
+        if model is None:
+            known = ", ".join(sorted(models))
+            problems.append(located.problem((*path, "type"), f"unknown channel type; use {known}"))
+            continue
+        try:
+            out[name] = model.model_validate(spec)
+        except ValidationError as exc:
+            problems += _pydantic_problems(exc, path, located)
+    return out if len(out) == len(raw) else None
+
+
+def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) -> list[Problem]:
+    """One Problem per pydantic error, worded for operators, quoting no input value."""
+    out = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        path = (*prefix, *("continue" if p == "continue_" else p for p in loc))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required key is missing"
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+        out.append(located.problem(path, message))
+    return out
+
+
+def _cross_check(config: Config, located: Located) -> list[Problem]:
+    problems = []
+    if config.sources:
+        problems.append(located.problem(("sources",), _NOT_YET["sources"]))
+    seen: set[str] = set()
+    for i, rule in enumerate(config.rules):
+        if rule.name in seen:
+            problems.append(located.problem(("rules", i, "name"), "duplicate rule name"))
+        seen.add(rule.name)
+        for j, channel in enumerate(rule.notify):
+            if channel not in config.channels:
+                problems.append(
+                    located.problem(("rules", i, "notify", j), f"unknown channel {channel!r}")
+                )
+        grouping = (rule.group_by, rule.group_wait, rule.group_interval, rule.repeat_interval)
+        if any(v is not None for v in grouping):
+            problems.append(located.problem(("rules", i), _NOT_YET["group_by"]))
+    return problems
+
+
+def _unknown_channels(data: dict[str, Any], located: Located) -> list[Problem]:
+    """Rule `notify` entries naming no channel, read from the raw data (schema invalid)."""
+    channels = data.get("channels")
+    names = set(channels) if isinstance(channels, dict) else set()
+    rules = data.get("rules")
+    problems = []
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        notify = rule.get("notify") if isinstance(rule, dict) else None
+        for j, channel in enumerate(notify if isinstance(notify, list) else []):
+            if isinstance(channel, str) and channel not in names:
+                path: Path_ = ("rules", i, "notify", j)
+                problems.append(located.problem(path, f"unknown channel {channel!r}"))
+    return problems
+
+
+def _resolve_paths(config: Config, base_dir: Path | None) -> Config:
+    directory = config.templates.dir
+    if directory is None or directory.is_absolute() or base_dir is None:
+        return config
+    return config.model_copy(update={"templates": TemplatesConfig(dir=base_dir / directory)})
+
+
+def _secret_values(model: BaseModel) -> list[str]:
+    found: list[str] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        found += _secrets_in(value)
+    return [s for s in found if s]
+
+
+def _secrets_in(value: Any) -> list[str]:
+    if isinstance(value, SecretStr):
+        return [value.get_secret_value()]
+    if isinstance(value, BaseModel):
+        return _secret_values(value)
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _secrets_in(v)]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _secrets_in(v)]
+    return []
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    """Each problem once, in file order."""
+
+    def line(problem: Problem) -> int:
+        tail = problem.location.rpartition(":")[2]
+        return int(tail) if tail.isdigit() else 0
+
+    return sorted(dict.fromkeys(problems), key=line)
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__

@@ -1,0 +1,58 @@
+"""Durations as operators write them: 30s, 5m, 4h, 1d, 250ms, 1h30m, or a number of seconds."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in `value`; raises ValueError with a message that quotes no input."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s, 5m, 4h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = _parse_text(value.strip())
+    else:
+        raise ValueError("expected a duration like 30s, 5m, 4h")
+    if math.isnan(seconds) or seconds < 0 or seconds > 10 * 365 * 86400:
+        raise ValueError("duration must be between 0 and 10 years")
+    return seconds
+
+
+def _parse_text(text: str) -> float:
+    if not text:
+        raise ValueError("expected a duration like 30s, 5m, 4h")
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for match in _PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text):
+        raise ValueError("expected a duration like 30s, 5m, 4h, 1h30m or 250ms")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest way to write `seconds` back (for check output and logs)."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]

@@ -1,0 +1,95 @@
+"""The exception tree of relay, documented in one place.
+
+RelayError                      base of everything relay raises on purpose
+├── ConfigError                 the YAML file or the environment is invalid; carries every Problem
+├── InputError                  an incoming body has the wrong shape; names the failing field
+├── StoreUnavailable            the store cannot commit (disk full, read-only, database down)
+└── DeliveryError               one delivery attempt failed; classified where it happened:
+                                retryable, reason (one of REASONS), retry_after (seconds or None)
+
+Third-party errors (aiohttp, sqlite3, jinja2) are translated at one boundary each:
+channels/_http.py, store/, templating.py. Messages name the kind of failure, never a URL,
+token or other secret.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REASONS = (
+    "client_error",
+    "server_error",
+    "auth_error",
+    "rate_limited",
+    "timeout",
+    "network",
+    "template",
+    "other",
+)
+
+
+class RelayError(Exception):
+    """Base class of relay's own errors."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a configuration, with where it is (file:line) and its YAML path."""
+
+    location: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        what = f"{self.path}: " if self.path else ""
+        return f"{where}{what}{self.message}"
+
+
+class ConfigError(RelayError):
+    """The configuration is invalid; `problems` lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class InputError(RelayError):
+    """An incoming body is malformed; `field` names the failing field (dotted, with indexes)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class StoreUnavailable(RelayError):
+    """The store could not commit; nothing was accepted."""
+
+
+class DeliveryError(RelayError):
+    """One delivery attempt failed.
+
+    retryable: whether a later attempt may succeed (429, 5xx, timeouts, network errors).
+    reason: one of REASONS, used as is in logs, metric labels and dead letters.
+    retry_after: seconds the receiver asked us to wait (Retry-After), if it said.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retryable: bool,
+        detail: str = "",
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown delivery failure reason {reason!r}")
+        self.reason = reason
+        self.retryable = retryable
+        self.detail = detail
+        self.retry_after = retry_after
+        self.status = status
+        text = reason if not detail else f"{reason}: {detail}"
+        super().__init__(text)

@@ -1,0 +1,188 @@
+"""The run, its statuses, and the notification that leaves the outbox.
+
+A Run is the Trigger.dev Realtime run object (camelCase, as the SDK yields it) after
+normalisation: timestamps are aware UTC datetimes, the status is a public status, and fields
+relay does not know are kept as extra attributes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+
+# Today's public RunStatus (packages/core schemas/api.ts).
+CURRENT_STATUSES = frozenset(
+    {
+        "PENDING_VERSION",
+        "QUEUED",
+        "DEQUEUED",
+        "EXECUTING",
+        "WAITING",
+        "COMPLETED",
+        "CANCELED",
+        "FAILED",
+        "CRASHED",
+        "SYSTEM_FAILURE",
+        "DELAYED",
+        "EXPIRED",
+        "TIMED_OUT",
+    }
+)
+# The v3 vocabulary still documented on trigger.dev/docs/realtime/run-object.
+V3_STATUSES = frozenset({"WAITING_FOR_DEPLOY", "REATTEMPTING", "FROZEN", "INTERRUPTED"})
+# Raw TaskRun database statuses (Realtime rows) whose public name differs.
+RAW_STATUS_MAP = {
+    "COMPLETED_WITH_ERRORS": "FAILED",
+    "COMPLETED_SUCCESSFULLY": "COMPLETED",
+    "PENDING": "QUEUED",
+    "RETRYING_AFTER_FAILURE": "EXECUTING",
+    "PAUSED": "WAITING",
+    "WAITING_TO_RESUME": "WAITING",
+}
+KNOWN_STATUSES = CURRENT_STATUSES | V3_STATUSES
+# The `failure` shorthand of rules.
+FAILURE_STATUSES = frozenset({"FAILED", "CRASHED", "SYSTEM_FAILURE", "TIMED_OUT", "INTERRUPTED"})
+
+
+def normalise_status(status: str) -> str:
+    """Public status for any vocabulary; unknown values are kept as they are."""
+    return RAW_STATUS_MAP.get(status, status)
+
+
+def to_utc(value: datetime) -> datetime:
+    """Aware UTC datetime; naive values (Realtime rows omit the Z) are UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO-8601 with milliseconds and Z, the way Trigger.dev writes dates."""
+    if value is None:
+        return None
+    return to_utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# Numbers are strict: a bool or a string where a number belongs is a client bug worth a 400.
+Number = Annotated[float, Field(strict=True)]
+_DATES = (
+    "createdAt",
+    "updatedAt",
+    "expiredAt",
+    "finishedAt",
+    "startedAt",
+    "delayedUntil",
+    "queuedAt",
+)
+
+
+class Run(BaseModel):
+    """One Realtime run update, normalised. Unknown fields are kept (extra="allow")."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+
+    id: str
+    taskIdentifier: str = ""
+    status: str
+    payload: Any = None
+    output: Any = None
+    createdAt: datetime | None = None
+    updatedAt: datetime | None = None
+    number: Annotated[int, Field(strict=True)] | None = None
+    durationMs: Number = 0
+    costInCents: Number = 0
+    baseCostInCents: Number = 0
+    tags: list[str] = []
+    idempotencyKey: str | None = None
+    expiredAt: datetime | None = None
+    ttl: str | None = None
+    finishedAt: datetime | None = None
+    startedAt: datetime | None = None
+    delayedUntil: datetime | None = None
+    queuedAt: datetime | None = None
+    metadata: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    isTest: Annotated[bool, Field(strict=True)] = False
+    # relay's own: which kind of event this is (run, deployment.failed, ...).
+    event: str = "run"
+
+    @field_validator(*_DATES)
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else to_utc(value)
+
+    @field_serializer(*_DATES)
+    def _iso(self, value: datetime | None) -> str | None:
+        return iso(value)
+
+    @property
+    def updated_at_ms(self) -> int | None:
+        if self.updatedAt is None:
+            return None
+        return int(self.updatedAt.timestamp() * 1000)
+
+    @property
+    def is_failure(self) -> bool:
+        return self.status in FAILURE_STATUSES
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready dict in Trigger.dev's camelCase, dates as ISO strings."""
+        return self.model_dump(mode="json", exclude_none=False)
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What the store remembers of a run between updates."""
+
+    updated_at_ms: int | None
+    status: str
+    fired: frozenset[str] = frozenset()
+    cost_cents: float = 0.0
+    duration_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Match:
+    """A rule decided that `channel` must hear about a run, rendered with `template`."""
+
+    rule: str
+    channel: str
+    template: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The pure outcome of observing one update: the state to keep and what to enqueue."""
+
+    state: RunState
+    matches: tuple[Match, ...] = ()
+    stale: bool = False
+
+
+@dataclass
+class Notification:
+    """One outbox row: a message owed to one channel about one run."""
+
+    id: str
+    run_id: str
+    rule: str
+    channel: str
+    template: str
+    run: dict[str, Any]
+    created_at: float
+    attempts: int = 0
+    not_before: float = 0.0
+    state: str = "pending"
+    reason: str | None = None
+    last_error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def notification_id(run_id: str, rule: str, channel: str) -> str:
+    """Stable idempotency id: the same run, rule and channel always give the same id."""
+    digest = hashlib.blake2b(f"{run_id}\x1f{rule}\x1f{channel}".encode(), digest_size=12)
+    return "ntf_" + digest.hexdigest()

@@ -1,0 +1,76 @@
+"""Settings from the environment (RELAY_*), read once at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from relay.errors import ConfigError, Problem
+
+DEFAULT_CONFIG = Path("config.yaml")
+
+
+class Settings(BaseSettings):
+    """RELAY_CONFIG, RELAY_LISTEN, RELAY_STORE_URL, RELAY_LOG_FORMAT, RELAY_LOG_LEVEL."""
+
+    model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore", frozen=True)
+
+    config: Path = DEFAULT_CONFIG
+    listen: str = "0.0.0.0:8080"
+    store_url: str = "sqlite:///data/relay.db"
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _case(cls, value: object, info: object) -> object:
+        if not isinstance(value, str):
+            return value
+        field = getattr(info, "field_name", "")
+        return value.upper() if field == "log_level" else value.lower()
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host_port(value)
+        return value
+
+    @property
+    def config_explicit(self) -> bool:
+        """Whether the operator named a config file (then it must exist)."""
+        return "config" in self.model_fields_set
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return host_port(self.listen)
+
+
+def host_port(value: str) -> tuple[str, int]:
+    """Split host:port ([::1]:8080 for IPv6); raise ValueError naming no secret."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError("expected host:port, e.g. 0.0.0.0:8080")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError("port must be 0-65535")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - listening on all interfaces is the default
+    return host, port
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, or a ConfigError naming each bad RELAY_* variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = [
+            Problem("environment", "RELAY_" + str(err["loc"][0]).upper(), _message(err["msg"]))
+            for err in exc.errors()
+        ]
+        raise ConfigError(problems) from None
+
+
+def _message(msg: str) -> str:
+    return msg.removeprefix("Value error, ")

@@ -1,0 +1,174 @@
+"""YAML with locations: parse a document into plain data, remembering each path's line.
+
+Strings get ${VAR} / ${VAR:-default} interpolation from the environment ($$ is a literal $).
+Problems (syntax, duplicate keys, unset variables, oversized documents) are collected, not
+raised one by one, so `relay check` can print them all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from relay.errors import Problem
+
+Path_ = tuple[str | int, ...]
+MAX_NODES = 100_000
+MAX_BYTES = 4 * 1024 * 1024
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass
+class Located:
+    """Plain data plus the line of every path, for error messages."""
+
+    filename: str
+    data: Any
+    lines: dict[Path_, int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    # paths whose value came (partly) from the environment
+    from_env: set[Path_] = field(default_factory=set)
+
+    def locate(self, path: Path_) -> str:
+        """file:line of the longest known prefix of `path`."""
+        for end in range(len(path), -1, -1):
+            line = self.lines.get(tuple(path[:end]))
+            if line is not None:
+                return f"{self.filename}:{line}"
+        return self.filename
+
+    def problem(self, path: Path_, message: str) -> Problem:
+        return Problem(self.locate(path), dotted(path), message)
+
+
+def dotted(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """Substitute ${VAR} and ${VAR:-default}; return the text and the names that were unset."""
+    missing: list[str] = []
+
+    def sub(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        value = env.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                missing.append(name)
+                return ""
+            return default
+        return value
+
+    return _VAR.sub(sub, text), missing
+
+
+class _Walker:
+    def __init__(self, located: Located, env: Mapping[str, str]) -> None:
+        self.located = located
+        self.env = env
+        self.nodes = 0
+        self.constructor = yaml.SafeLoader("")
+
+    def walk(self, node: yaml.Node, path: Path_) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _TooLarge
+        self.located.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.walk(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self._scalar(node, path)
+
+    def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise _Unsupported(key_node, "YAML merge keys (<<) are not supported")
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _Unsupported(key_node, "mapping keys must be plain scalars")
+            key = str(self._construct(key_node))
+            child = (*path, key)
+            if key in out:
+                self.located.problems.append(
+                    Problem(
+                        f"{self.located.filename}:{key_node.start_mark.line + 1}",
+                        dotted(child),
+                        "duplicate key",
+                    )
+                )
+            self.located.lines[child] = key_node.start_mark.line + 1
+            out[key] = self.walk(value_node, child)
+        return out
+
+    def _construct(self, node: yaml.Node) -> Any:
+        try:
+            return self.constructor.construct_object(node)
+        except yaml.YAMLError:
+            raise _Unsupported(node, f"cannot read this value (tag {node.tag})") from None
+
+    def _scalar(self, node: yaml.Node, path: Path_) -> Any:
+        value = self._construct(node)
+        if not isinstance(value, str):
+            return value
+        if "$" not in value:
+            return value
+        text, missing = interpolate(value, self.env)
+        for name in missing:
+            self.located.problems.append(
+                self.located.problem(path, f"environment variable {name} is not set")
+            )
+        if text != value:
+            self.located.from_env.add(path)
+        return text
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Unsupported(Exception):
+    def __init__(self, node: yaml.Node, message: str) -> None:
+        self.node = node
+        self.message = message
+
+
+def load_yaml(text: str, filename: str, env: Mapping[str, str]) -> Located:
+    """Parse `text`; problems are recorded on the result, data is None if unparseable."""
+    located = Located(filename, None)
+    if len(text.encode()) > MAX_BYTES:
+        located.problems.append(Problem(filename, "", f"file larger than {MAX_BYTES} bytes"))
+        return located
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{filename}:{mark.line + 1}" if mark is not None else filename
+        located.problems.append(Problem(where, "", f"invalid YAML: {exc.problem}"))
+        return located
+    except yaml.YAMLError as exc:
+        located.problems.append(Problem(filename, "", f"invalid YAML: {type(exc).__name__}"))
+        return located
+    if root is None:
+        located.data = {}
+        return located
+    walker = _Walker(located, env)
+    try:
+        located.data = walker.walk(root, ())
+    except _TooLarge:
+        located.problems.append(Problem(filename, "", f"more than {MAX_NODES} YAML nodes"))
+    except _Unsupported as exc:
+        where = f"{filename}:{exc.node.start_mark.line + 1}"
+        located.problems.append(Problem(where, "", exc.message))
+    except yaml.YAMLError as exc:
+        located.problems.append(Problem(filename, "", f"invalid YAML value: {type(exc).__name__}"))
+    return located

@@ -1,0 +1,206 @@
+"""Config loading: every bad config gets its clear error with file:line; secrets never shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.channels import settings_models
+from relay.config import parse_config
+from relay.durations import format_duration, parse_duration
+from relay.errors import ConfigError
+from relay.settings import load_settings
+
+GOOD = """\
+server:
+  auth_token: ${TOKEN}
+channels:
+  out: {type: console}
+  hook:
+    type: webhook
+    url: ${HOOK_URL:-http://127.0.0.1:9/x}
+    headers: {X-Team: core}
+rules:
+  - name: failures
+    match: {status: [failure], task: "billing/*", tags: {any: [env:prod]}}
+    notify: [out, hook]
+"""
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.yaml", settings_models(), env or {})
+    return [str(p) for p in info.value.problems]
+
+
+def test_good_config_loads_with_interpolation() -> None:
+    loaded = parse_config(GOOD, "c.yaml", settings_models(), {"TOKEN": "tok-123456"})
+    config = loaded.config
+    assert config.server.auth_token is not None
+    assert config.server.auth_token.get_secret_value() == "tok-123456"
+    assert config.channels["hook"].type == "webhook"
+    assert "tok-123456" in loaded.secrets()
+    assert "http://127.0.0.1:9/x" in loaded.secrets()  # webhook URLs embed keys: secret
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("server: {bogus: 1}\n", "c.yaml:1: server.bogus: unknown key"),
+        (
+            "rules:\n  - name: a\n    notify: [nope]\n",
+            "c.yaml:3: rules[0].notify[0]: unknown channel 'nope'",
+        ),
+        (
+            "channels:\n  x: {type: carrier-pigeon}\n",
+            "c.yaml:2: channels.x.type: unknown channel type",
+        ),
+        ("channels:\n  x: {url: 1}\n", "c.yaml:2: channels.x: a channel needs a `type`"),
+        ("channels:\n  x: {type: webhook}\n", "c.yaml:2: channels.x.url: required key is missing"),
+        (
+            "channels:\n  x: {type: webhook, url: ftp://a/b}\n",
+            "channels.x.url: url must be an http",
+        ),
+        (
+            "channels:\n  x: {type: webhook, url: 'http://a/b', secret: nope!}\n",
+            "secret must be whsec_",
+        ),
+        ("defaults: {timeout: soon}\n", "c.yaml:1: defaults.timeout: expected a duration"),
+        ("defaults: {dashboard_url: 'https://x/{nope}'}\n", "unknown placeholder {nope}"),
+        ("defaults: {retry: {max_attempts: 0}}\n", "defaults.retry.max_attempts"),
+        (
+            "rules:\n  - name: a\n    notify: []\n",
+            "rules[0].notify: List should have at least 1 item",
+        ),
+        ("rules:\n  - notify: [x]\n", "rules[0].name: required key is missing"),
+        (
+            "rules:\n  - {name: a, notify: [c], match: {status: [FAILLED]}}\nchannels: {c: {type: console}}\n",
+            "unknown status 'FAILLED'",
+        ),
+        (
+            "rules:\n  - {name: a, notify: [c], match: {task_regex: '('}}\nchannels: {c: {type: console}}\n",
+            "invalid regex",
+        ),
+        (
+            "rules:\n  - {name: a, notify: [c], match: {event: nope}}\nchannels: {c: {type: console}}\n",
+            "unknown event",
+        ),
+        (
+            "rules:\n  - {name: a, notify: [c], match: {cost_cents: {gt: yes}}}\nchannels: {c: {type: console}}\n",
+            "expected a number",
+        ),
+        (
+            "rules:\n  - {name: a, notify: [c], continue: maybe}\nchannels: {c: {type: console}}\n",
+            "rules[0].continue",
+        ),
+        (
+            "rules:\n  - {name: a, notify: [c]}\n  - {name: a, notify: [c]}\nchannels: {c: {type: console}}\n",
+            "c.yaml:3: rules[1].name: duplicate rule name",
+        ),
+        (
+            "rules:\n  - {name: a, notify: [c], group_by: [task]}\nchannels: {c: {type: console}}\n",
+            "digests are not available",
+        ),
+        (
+            "server:\n  auth_token: ${UNSET_VAR}\n",
+            "c.yaml:2: server.auth_token: environment variable UNSET_VAR is not set",
+        ),
+        ("a: [1, 2\n", "c.yaml:2: invalid YAML"),
+        ("- 1\n- 2\n", "the top level must be a mapping"),
+        ("server: {max_body_bytes: 1}\nserver: {}\n", "c.yaml:2: server: duplicate key"),
+        ("x: &a {b: 1}\ny: {<<: *a}\n", "merge keys"),
+        ("sources: {realtime: {api_url: x}}\n", "sources: not available in this version"),
+        ("a: !!python/object:os.system echo\n", "c.yaml:1: cannot read this value"),
+        ("? [1, 2]\n: x\n", "mapping keys must be plain scalars"),
+    ],
+)
+def test_bad_config_is_named_with_its_line(text: str, expected: str) -> None:
+    found = problems(text)
+    assert any(expected in p for p in found), found
+
+
+def test_every_problem_is_reported_not_just_the_first() -> None:
+    found = problems("server: {bogus: 1, max_body_bytes: -5}\ndefaults: {timeout: x}\n")
+    assert len(found) == 3, found
+
+
+def test_problems_never_quote_secret_values() -> None:
+    text = "server: {auth_token: 12}\nchannels:\n  h: {type: webhook, url: '${URL}', bogus: 1}\n"
+    found = problems(text, {"URL": "https://hooks.example/SECRETPATH"})
+    assert found and all("SECRETPATH" not in p for p in found)
+
+
+def test_yaml_bomb_is_refused_quickly() -> None:
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x","x"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 10) + "]")
+    found = problems("\n".join(lines) + "\n")
+    assert any("YAML nodes" in p for p in found)
+
+
+def test_oversized_config_is_refused() -> None:
+    found = problems("# " + "x" * (5 * 1024 * 1024) + "\n")
+    assert any("larger than" in p for p in found)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30),
+        ("5m", 300),
+        ("4h", 14400),
+        ("1d", 86400),
+        ("250ms", 0.25),
+        ("1h30m", 5400),
+        (15, 15),
+        ("2.5", 2.5),
+    ],
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5 minutes", "m5", "-1s", "1x", True, None, [1]])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (0.25, 30, 300, 14400, 90)] == [
+        "250ms",
+        "30s",
+        "5m",
+        "4h",
+        "90s",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"RELAY_LISTEN": "nonsense"}, "RELAY_LISTEN"),
+        ({"RELAY_LISTEN": "127.0.0.1:99999"}, "RELAY_LISTEN"),
+        ({"RELAY_LOG_FORMAT": "xml"}, "RELAY_LOG_FORMAT"),
+        ({"RELAY_LOG_LEVEL": "LOUD"}, "RELAY_LOG_LEVEL"),
+    ],
+)
+def test_bad_environment_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], name: str
+) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert [p.path for p in info.value.problems] == [name]
+
+
+def test_environment_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RELAY_LISTEN", "[::1]:9000")
+    monkeypatch.setenv("RELAY_LOG_LEVEL", "debug")
+    monkeypatch.setenv("RELAY_CONFIG", str(tmp_path / "x.yaml"))
+    settings = load_settings()
+    assert settings.listen_host_port == ("::1", 9000)
+    assert settings.log_level == "DEBUG"
+    assert settings.config_explicit
