@@ -1,0 +1,161 @@
+"""SQLite schema, migrations and row conversions for relay.store.sqlite.
+
+The schema is versioned with `PRAGMA user_version`: MIGRATIONS[i] moves a database from version i
+to version i + 1, all inside the caller's transaction (SQLite DDL is transactional).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import orjson
+
+from relay.errors import StoreUnavailable
+from relay.model import Notification, RunState
+
+FIRED_SEPARATOR = "\x1f"
+
+_V1 = (
+    """
+    CREATE TABLE runs (
+        run_id TEXT PRIMARY KEY,
+        updated_at_ms INTEGER,
+        status TEXT NOT NULL,
+        fired TEXT NOT NULL DEFAULT '',
+        cost_cents REAL NOT NULL DEFAULT 0,
+        duration_ms REAL NOT NULL DEFAULT 0
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE outbox (
+        id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        template TEXT NOT NULL,
+        run_json BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        not_before REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'dead')),
+        lease_until REAL,
+        reason TEXT,
+        last_error TEXT,
+        updated_at REAL NOT NULL,
+        extra_json BLOB
+    )
+    """,
+    """
+    CREATE INDEX outbox_due ON outbox (channel, not_before, created_at)
+    WHERE state = 'pending'
+    """,
+    "CREATE INDEX outbox_state ON outbox (state, updated_at)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION inside the open transaction; return the old version."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise StoreUnavailable(
+            f"store schema version {version} is newer than this relay supports ({SCHEMA_VERSION})"
+        )
+    for statements in MIGRATIONS[version:]:
+        for statement in statements:
+            conn.execute(statement)
+    if version != SCHEMA_VERSION:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+    return int(version)
+
+
+def load_state(conn: sqlite3.Connection, run_id: str) -> RunState | None:
+    """The stored state of a run, None when the run is unknown."""
+    row = conn.execute(
+        "SELECT updated_at_ms, status, fired, cost_cents, duration_ms FROM runs WHERE run_id = ?",
+        (run_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    updated_at_ms, status, fired, cost_cents, duration_ms = row
+    return RunState(
+        updated_at_ms=updated_at_ms,
+        status=status,
+        fired=frozenset(fired.split(FIRED_SEPARATOR)) if fired else frozenset(),
+        cost_cents=float(cost_cents),
+        duration_ms=float(duration_ms),
+    )
+
+
+def save_state(conn: sqlite3.Connection, run_id: str, state: RunState) -> None:
+    """Insert or replace the stored state of a run."""
+    conn.execute(
+        """
+        INSERT INTO runs (run_id, updated_at_ms, status, fired, cost_cents, duration_ms)
+        VALUES (?, ?, ?, ?, ?, ?)
+        ON CONFLICT (run_id) DO UPDATE SET
+            updated_at_ms = excluded.updated_at_ms,
+            status = excluded.status,
+            fired = excluded.fired,
+            cost_cents = excluded.cost_cents,
+            duration_ms = excluded.duration_ms
+        """,
+        (
+            run_id,
+            state.updated_at_ms,
+            state.status,
+            FIRED_SEPARATOR.join(sorted(state.fired)),
+            state.cost_cents,
+            state.duration_ms,
+        ),
+    )
+
+
+def insert_notification(conn: sqlite3.Connection, n: Notification) -> bool:
+    """Insert an outbox row unless its id exists; True when it was inserted."""
+    cursor = conn.execute(
+        """
+        INSERT INTO outbox (id, run_id, rule, channel, template, run_json, created_at,
+                            not_before, attempts, state, updated_at, extra_json)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (id) DO NOTHING
+        """,
+        (
+            n.id,
+            n.run_id,
+            n.rule,
+            n.channel,
+            n.template,
+            orjson.dumps(n.run),
+            n.created_at,
+            n.not_before,
+            n.attempts,
+            n.state,
+            n.created_at,
+            orjson.dumps(n.extra) if n.extra else None,
+        ),
+    )
+    return cursor.rowcount == 1
+
+
+def to_notification(row: sqlite3.Row) -> Notification:
+    """The Notification an outbox row holds."""
+    extra: dict[str, Any] = orjson.loads(row["extra_json"]) if row["extra_json"] else {}
+    return Notification(
+        id=row["id"],
+        run_id=row["run_id"],
+        rule=row["rule"],
+        channel=row["channel"],
+        template=row["template"],
+        run=orjson.loads(row["run_json"]),
+        created_at=row["created_at"],
+        attempts=row["attempts"],
+        not_before=row["not_before"],
+        state=row["state"],
+        reason=row["reason"],
+        last_error=row["last_error"],
+        extra=extra,
+    )

@@ -1,0 +1,211 @@
+"""Group commit over one SQLite connection owned by one writer thread.
+
+Callers submit `op(conn) -> result` functions. While the writer thread runs a batch, new ops
+queue up; the next batch takes all of them and runs them in one transaction (one fsync). Each op
+runs inside its own savepoint, so a failing op rolls back and fails only itself. If the commit
+fails, every op of the batch fails with StoreUnavailable. sqlite3 errors never leave this module
+untranslated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from relay.errors import StoreUnavailable
+
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection], T]
+# (result, None) when the op committed, (None, error) when it failed.
+_Outcome = tuple[Any, BaseException | None]
+
+
+def unavailable(what: str, exc: BaseException) -> StoreUnavailable:
+    """StoreUnavailable naming the kind of a sqlite3 error (SQLITE_FULL, ...), never its text."""
+    kind = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    error = StoreUnavailable(f"{what}: {kind}")
+    error.__cause__ = exc
+    return error
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any; a failing rollback leaves nothing to do."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+@dataclass
+class _Job:
+    op: Op[Any]
+    future: asyncio.Future[Any]
+
+
+class Writer:
+    """The writer thread, its connection and the queue of ops waiting for the next batch."""
+
+    def __init__(self) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # used only in the writer thread
+        self._pending: list[_Job] = []
+        self._drainer: asyncio.Task[None] | None = None
+        self._accepting = False
+        self.commits = 0
+
+    async def start(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        """Start the thread and open the connection with `connect`, in that thread."""
+        if self._accepting:
+            return
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-store")
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor, self._conn, self._accepting = executor, conn, True
+
+    async def stop(self) -> None:
+        """Refuse new ops, finish the queued ones, close the connection, end the thread."""
+        self._accepting = False
+        if self._drainer is not None:
+            await asyncio.wait({self._drainer})
+        executor, conn = self._executor, self._conn
+        self._executor = self._conn = None
+        if executor is None or conn is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+        except sqlite3.Error as exc:
+            raise unavailable("store close failed", exc) from exc
+        finally:
+            executor.shutdown(wait=True)
+
+    async def run(self, op: Op[T]) -> T:
+        """Run `op` in the next batch; its result once that batch has committed."""
+        if not self._accepting:
+            raise StoreUnavailable("store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append(_Job(op, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        """Run batches until nothing is pending; then end (a new op starts a new drainer)."""
+        jobs: list[_Job] = []
+        try:
+            while self._pending:
+                jobs = [job for job in self._pending if not job.future.done()]
+                self._pending = []
+                if jobs:
+                    for job, outcome in zip(jobs, await self._execute(jobs), strict=True):
+                        _deliver(job.future, outcome)
+                jobs = []
+        finally:  # cancelled or broken: nobody may wait forever
+            for job in jobs + self._pending:
+                if not job.future.done():
+                    job.future.set_exception(StoreUnavailable("store writer stopped"))
+            self._pending = []
+
+    async def _execute(self, jobs: list[_Job]) -> list[_Outcome]:
+        ops = [job.op for job in jobs]
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._run_batch, ops)
+        except Exception as exc:  # the executor is gone, or a bug outside the ops
+            return [(None, unavailable("store writer failed", exc)) for _ in jobs]
+
+    def _run_batch(self, ops: list[Op[Any]]) -> list[_Outcome]:
+        """In the writer thread: run `ops` in one transaction, each in its own savepoint."""
+        conn = self._conn
+        if conn is None:
+            return [(None, StoreUnavailable("store is closed")) for _ in ops]
+        outcomes: list[_Outcome] = [(None, None)] * len(ops)
+        todo = list(range(len(ops)))
+        while todo:
+            try:
+                lost = _attempt(conn, ops, todo, outcomes)
+            except StoreUnavailable as exc:  # BEGIN or COMMIT failed: nothing was accepted
+                rollback(conn)
+                for i in todo:
+                    if outcomes[i][1] is None:
+                        outcomes[i] = (None, _copy(exc))
+                break
+            except BaseException:
+                rollback(conn)
+                raise
+            if not lost:
+                self.commits += 1
+                break
+            # SQLite rolled back the whole transaction after an op failed: run the others again.
+            todo = [i for i in todo if outcomes[i][1] is None]
+        return outcomes
+
+
+def _attempt(
+    conn: sqlite3.Connection, ops: list[Op[Any]], todo: list[int], outcomes: list[_Outcome]
+) -> bool:
+    """One transaction over `todo`; True when an op's failure took the transaction with it."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise unavailable("store unavailable", exc) from exc
+    for i in todo:
+        outcomes[i] = _run_op(conn, ops[i])
+        if not conn.in_transaction:
+            if outcomes[i][1] is None:  # the op ended the transaction itself: a bug, not retried
+                outcomes[i] = (None, StoreUnavailable("store operation ended its transaction"))
+            return True
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise unavailable("store commit failed", exc) from exc
+    return False
+
+
+def _run_op(conn: sqlite3.Connection, op: Op[Any]) -> _Outcome:
+    """Run one op inside a savepoint; on failure undo only its writes."""
+    conn.execute("SAVEPOINT op")
+    try:
+        result = op(conn)
+    except Exception as exc:
+        _undo(conn)
+        if isinstance(exc, sqlite3.Error):
+            return None, unavailable("store operation failed", exc)
+        return None, exc
+    conn.execute("RELEASE op")
+    return result, None
+
+
+def _undo(conn: sqlite3.Connection) -> None:
+    """Roll back to the op's savepoint; if that fails, roll back the whole transaction."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK TO op")
+        conn.execute("RELEASE op")
+    except sqlite3.Error:
+        rollback(conn)
+
+
+def _copy(exc: StoreUnavailable) -> StoreUnavailable:
+    """A fresh exception per caller: one instance raised in many tasks grows one traceback."""
+    error = StoreUnavailable(str(exc))
+    error.__cause__ = exc.__cause__
+    return error
+
+
+def _deliver(future: asyncio.Future[Any], outcome: _Outcome) -> None:
+    if future.done():  # the caller was cancelled meanwhile
+        return
+    result, error = outcome
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
