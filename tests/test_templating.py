@@ -1,0 +1,581 @@
+"""Templates: golden renders of the defaults, filters, error views, fallbacks and the sandbox.
+
+Real templates and the real Renderer, no mocks. Regenerate the golden files with
+`RELAY_UPDATE_GOLDEN=1 pytest tests/test_templating.py` and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from jinja2.exceptions import SecurityError
+
+from relay.model import Run
+from relay.templating import (
+    TEMPLATE_SUFFIX,
+    RenderContext,
+    Rendered,
+    Renderer,
+    duration,
+    fallback_json,
+    fallback_text,
+    money,
+    sandbox,
+    shipped_templates_dir,
+    stack,
+    status_emoji,
+    tojson,
+    truncate_chars,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures" / "trigger"
+GOLDEN = Path(__file__).parent / "golden"
+# Read at import: the autouse fixture of conftest.py removes RELAY_* variables during tests.
+UPDATE_GOLDEN = os.environ.get("RELAY_UPDATE_GOLDEN") == "1"
+FIXTURE_NAMES = ("failed", "crashed", "timed_out", "completed", "executing")
+CHANNEL_PARTS = {"console": ("txt",), "webhook": ("json",)}
+DEFAULT_TEMPLATES = sorted(
+    (channel_type, path.name.split(".")[0], part)
+    for channel_type, parts in CHANNEL_PARTS.items()
+    for part in parts
+    for path in (shipped_templates_dir() / channel_type).glob(f"*.{part}{TEMPLATE_SUFFIX}")
+)
+SECRET = "sk_live_51HxSECRETvalue"
+
+
+def load_run(name: str) -> dict[str, Any]:
+    """An SDK fixture run, the way relay holds it: Run.model_validate(...).as_dict()."""
+    raw = json.loads((FIXTURES / "realtime-run" / "sdk" / f"run_{name}.json").read_text())
+    return Run.model_validate(raw).as_dict()
+
+
+def context(run: dict[str, Any], channel_type: str = "console") -> RenderContext:
+    return RenderContext(
+        run=run,
+        rule="prod-failures",
+        channel=f"team-{channel_type}",
+        channel_type=channel_type,
+        notification_id="ntf_0123456789abcdef01234567",
+        dashboard_url=f"https://cloud.trigger.dev/projects/v3/proj_abc123/runs/{run.get('id')}",
+    )
+
+
+def render_source(
+    tmp_path: Path,
+    source: str,
+    run: dict[str, Any] | None = None,
+    channel_type: str = "console",
+    part: str = "txt",
+) -> Rendered:
+    """Render `source` as an override template <channel_type>/t.<part>.j2."""
+    (tmp_path / channel_type).mkdir(exist_ok=True)
+    (tmp_path / channel_type / f"t.{part}{TEMPLATE_SUFFIX}").write_text(source)
+    ctx = context(run if run is not None else load_run("failed"), channel_type)
+    return Renderer(tmp_path).render(channel_type, "t", (part,), ctx)
+
+
+# ----------------------------------------------------------------------------- golden files
+
+
+def test_the_default_templates_are_found() -> None:
+    assert shipped_templates_dir() == REPO / "templates"
+    assert {
+        ("console", "run", "txt"),
+        ("console", "run_failed", "txt"),
+        ("webhook", "run", "json"),
+        ("webhook", "run_failed", "json"),
+    } <= set(DEFAULT_TEMPLATES)
+
+
+@pytest.mark.parametrize("fixture", FIXTURE_NAMES)
+@pytest.mark.parametrize(("channel_type", "name", "part"), DEFAULT_TEMPLATES)
+def test_default_template_matches_golden(
+    channel_type: str, name: str, part: str, fixture: str
+) -> None:
+    rendered = Renderer().render(
+        channel_type, name, (part,), context(load_run(fixture), channel_type)
+    )
+    assert not rendered.fallback, rendered.error
+    text = rendered.parts[part]
+    if part == "json":
+        orjson.loads(text)
+    golden = GOLDEN / channel_type / name / f"run_{fixture}.{part}"
+    if UPDATE_GOLDEN:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text, encoding="utf-8")
+    assert golden.exists(), f"no {golden}; run RELAY_UPDATE_GOLDEN=1 pytest {__file__}"
+    assert text == golden.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(("channel_type", "part"), [("console", "txt"), ("webhook", "json")])
+def test_run_failed_reuses_run(channel_type: str, part: str) -> None:
+    renderer = Renderer()
+    for fixture in FIXTURE_NAMES:
+        ctx = context(load_run(fixture), channel_type)
+        plain = renderer.render(channel_type, "run", (part,), ctx)
+        failed = renderer.render(channel_type, "run_failed", (part,), ctx)
+        assert failed == plain
+
+
+def test_console_reads_well() -> None:
+    renderer = Renderer()
+    failed = renderer.render("console", "run", ("txt",), context(load_run("failed"))).parts["txt"]
+    first, *rest = failed.splitlines()
+    assert first == "🔴 FAILED · sync-customer-data · run_cmuxjbf30kqkowywawhi1r8yr"
+    assert "  error     Error: Stripe API responded with 429: Too Many Requests" in rest
+    assert not any("node:internal" in line for line in rest)
+    assert "  duration  14.9s" in rest
+    assert "  rule      prod-failures" in rest
+    completed = renderer.render("console", "run", ("txt",), context(load_run("completed")))
+    assert completed.parts["txt"].startswith("✅ COMPLETED · send-welcome-email")
+    assert "error" not in completed.parts["txt"]
+
+
+def test_console_prefers_the_raw_internal_error() -> None:
+    run = load_run("timed_out")
+    run["error"] = {
+        "type": "INTERNAL_ERROR",
+        "code": "MAX_DURATION_EXCEEDED",
+        "message": "Run exceeded maximum compute time (maxDuration) of 300 seconds",
+    }
+    text = Renderer().render("console", "run", ("txt",), context(run)).parts["txt"]
+    expected = "MAX_DURATION_EXCEEDED: Run exceeded maximum compute time (maxDuration) of 300"
+    assert f"  error     {expected} seconds\n" in text
+
+
+def test_webhook_document() -> None:
+    run = load_run("crashed")
+    rendered = Renderer().render("webhook", "run", ("json",), context(run, "webhook"))
+    body = orjson.loads(rendered.parts["json"])
+    assert list(body) == ["id", "type", "rule", "channel", "text", "run", "error", "dashboardUrl"]
+    assert body["type"] == "run.alert"
+    assert body["channel"] == "team-webhook"
+    assert body["run"] == run
+    assert body["error"]["code"] == "TASK_PROCESS_MAYBE_OOM_KILLED"
+    assert body["text"].startswith("🔴 CRASHED · render-video · run_cmaxkfbrjm6jm6gofnnqj1787: ")
+    completed = orjson.loads(
+        Renderer().render("webhook", "run", ("json",), context(load_run("completed"))).parts["json"]
+    )
+    assert completed["error"] is None
+
+
+HOSTILE_MESSAGE = 'He said "hi"\n\tthen </script><script>alert(1)</script> \\ 🔥 \u2028 end'
+
+
+@pytest.mark.parametrize("name", ["run", "run_failed"])
+def test_webhook_json_is_valid_whatever_the_run_holds(name: str) -> None:
+    run = load_run("failed")
+    run["error"] = {"name": 'Err"or', "message": HOSTILE_MESSAGE, "stackTrace": HOSTILE_MESSAGE}
+    run["tags"] = ['quote"tag', "new\nline"]
+    run["payload"] = {"</script>": "\u0000", "emoji": "🚀"}
+    rendered = Renderer().render("webhook", name, ("json",), context(run, "webhook"))
+    assert not rendered.fallback, rendered.error
+    body = orjson.loads(rendered.parts["json"])
+    assert body["error"]["message"] == HOSTILE_MESSAGE
+    assert body["run"]["payload"] == run["payload"]
+    assert "\n" not in body["text"]
+
+
+# ----------------------------------------------------------------------------- filters
+
+
+@pytest.mark.parametrize(
+    ("cents", "expected"),
+    [
+        (0.05027, "$0.0005"),
+        (150, "$1.50"),
+        (0, "$0.00"),
+        (1, "$0.01"),
+        (1.637, "$0.02"),
+        (0.5, "$0.005"),
+        (0.0025, "<$0.0001"),
+        (123456, "$1,234.56"),
+        (-150, "-$1.50"),
+        ("150", "$1.50"),
+        (None, ""),
+        (True, ""),
+        ("cheap", ""),
+        (float("nan"), ""),
+    ],
+)
+def test_money(cents: Any, expected: str) -> None:
+    assert money(cents) == expected
+
+
+@pytest.mark.parametrize(
+    ("ms", "expected"),
+    [
+        (950, "950ms"),
+        (14873, "14.9s"),
+        (61000, "1m 1s"),
+        (3723000, "1h 2m"),
+        (90061000, "1d 1h"),
+        (0, "0ms"),
+        (999.6, "1s"),
+        (2000, "2s"),
+        (59999, "1m"),
+        (120000, "2m"),
+        (3600000, "1h"),
+        (86400000, "1d"),
+        (-1500, "-1.5s"),
+        (None, ""),
+        ("soon", ""),
+    ],
+)
+def test_duration(ms: Any, expected: str) -> None:
+    assert duration(ms) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "length", "end", "expected"),
+    [
+        ("hello world", 5, "…", "hell…"),
+        ("hello", 5, "…", "hello"),
+        ("hello world", 1, "…", "…"),
+        ("hello world", 0, "…", ""),
+        ("hello world", 8, "...", "hello..."),
+        ("hello world", 2, "...", ".."),
+        ("ab cd", 4, "…", "ab…"),
+        (None, 3, "…", ""),
+        (12345, 3, "…", "12…"),
+    ],
+)
+def test_truncate_chars(value: Any, length: int, end: str, expected: str) -> None:
+    assert truncate_chars(value, length, end) == expected
+
+
+def test_truncate_chars_never_exceeds_the_limit() -> None:
+    text = "x y " * 50
+    for length in range(40):
+        for end in ("", "…", "...", "[cut]"):
+            assert len(truncate_chars(text, length, end)) <= length
+
+
+def test_stack() -> None:
+    trace = load_run("failed")["error"]["stackTrace"]
+    assert stack(trace) == (
+        "Error: Stripe API responded with 429: Too Many Requests\n"
+        "    at fetchInvoices (file:///src/trigger/sync-customer-data.ts:48:11)\n"
+        "    at run (file:///src/trigger/sync-customer-data.ts:22:20)"
+    )
+    assert stack(trace, frames_only=True) == (
+        "at fetchInvoices (file:///src/trigger/sync-customer-data.ts:48:11)\n"
+        "at run (file:///src/trigger/sync-customer-data.ts:22:20)"
+    )
+    long_trace = "Error: boom\n" + "\n".join(f"    at f{i} (a.ts:{i}:1)" for i in range(30))
+    assert stack(long_trace, max_lines=3).splitlines() == [
+        "Error: boom",
+        "    at f0 (a.ts:0:1)",
+        "    at f1 (a.ts:1:1)",
+        "… 28 more lines",
+    ]
+    assert stack("Traceback (most recent call last):\n  File x") == (
+        "Traceback (most recent call last):\n  File x"
+    )
+    assert stack(None) == ""
+
+
+def test_tojson_and_status_emoji() -> None:
+    assert tojson({"a": [1, 2.5], "b": None, "c": "é🔥"}) == '{"a":[1,2.5],"b":null,"c":"é🔥"}'
+    assert tojson({1: {"b", "a"}}) == '{"1":["a","b"]}'
+    assert tojson([1], indent=2) == "[\n  1\n]"
+    assert [status_emoji(s) for s in ("FAILED", "TIMED_OUT", "COMPLETED", "CANCELED")] == [
+        "🔴",
+        "🔴",
+        "✅",
+        "⚠️",
+    ]
+
+
+def test_filters_in_a_template(tmp_path: Path) -> None:
+    source = (
+        "{{ run.costInCents|money }} {{ run.durationMs|duration }} "
+        "{{ run.error.message|truncate_chars(10) }} {{ run.tags|tojson }}"
+    )
+    rendered = render_source(tmp_path, source)
+    assert rendered.parts["txt"] == '$0.0005 14.9s Stripe AP… ["customer:cus_Q8x2LmN4","plan:pro"]'
+
+
+def test_missing_fields_render_empty(tmp_path: Path) -> None:
+    source = "{{ run.nope.deeper }}|{{ payload.x.y|money }}|{{ output.z|duration }}|{{ error.x }}"
+    rendered = render_source(tmp_path, source, load_run("completed"))
+    assert not rendered.fallback, rendered.error
+    assert rendered.parts["txt"] == "|||"
+
+
+# ----------------------------------------------------------------------------- the error view
+
+
+OOM_HINT = "The task process was killed, most likely out of memory. Try a larger machine."
+OOM_KILLED_HINT = "The task process ran out of memory. Try a larger machine."
+ERROR_VIEWS = [
+    (  # the raw row: code and the original message
+        {"type": "INTERNAL_ERROR", "code": "MAX_DURATION_EXCEEDED", "message": "Ran 300 s"},
+        ("INTERNAL_ERROR", "MAX_DURATION_EXCEEDED", None, "Ran 300 s", None),
+    ),
+    (  # the raw row without a message: a readable hint
+        {"type": "INTERNAL_ERROR", "code": "TASK_PROCESS_OOM_KILLED"},
+        ("INTERNAL_ERROR", "TASK_PROCESS_OOM_KILLED", None, OOM_KILLED_HINT, None),
+    ),
+    (  # the SDK view keeps only the code in its message
+        {"message": "trigger.dev internal error (TASK_PROCESS_MAYBE_OOM_KILLED)"},
+        ("INTERNAL_ERROR", "TASK_PROCESS_MAYBE_OOM_KILLED", None, OOM_HINT, None),
+    ),
+    (
+        {"message": "trigger.dev internal error (SOMETHING_NEW)"},
+        (
+            "INTERNAL_ERROR",
+            "SOMETHING_NEW",
+            None,
+            "trigger.dev internal error (SOMETHING_NEW)",
+            None,
+        ),
+    ),
+    (
+        {
+            "type": "BUILT_IN_ERROR",
+            "name": "TypeError",
+            "message": "x is undefined",
+            "stackTrace": "s",
+        },
+        ("BUILT_IN_ERROR", None, "TypeError", "x is undefined", "s"),
+    ),
+    ({"type": "STRING_ERROR", "raw": "plain"}, ("STRING_ERROR", None, None, "plain", None)),
+    ({"type": "CUSTOM_ERROR", "raw": '{"a":1}'}, ("CUSTOM_ERROR", None, None, '{"a":1}', None)),
+    ({"name": "Error", "message": "boom"}, (None, None, "Error", "boom", None)),
+    ("just a string", (None, None, None, "just a string", None)),
+    ({}, None),
+    (["not", "an", "error"], None),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), ERROR_VIEWS)
+def test_error_view(tmp_path: Path, raw: Any, expected: tuple[Any, ...] | None) -> None:
+    run = {**load_run("failed"), "error": raw}
+    rendered = render_source(tmp_path, "{{ error|tojson }}", run, "webhook", "json")
+    assert not rendered.fallback, rendered.error
+    view = orjson.loads(rendered.parts["json"])
+    if expected is None:
+        assert view is None
+        return
+    kind, code, name, message, stack_trace = expected
+    assert view == {
+        "type": kind,
+        "code": code,
+        "name": name,
+        "message": message,
+        "stack": stack_trace,
+    }
+
+
+def test_no_error_is_null(tmp_path: Path) -> None:
+    rendered = render_source(tmp_path, "{{ error|tojson }}", load_run("completed"))
+    assert rendered.parts["txt"] == "null"
+
+
+# ----------------------------------------------------------------------------- fallbacks
+
+
+@pytest.mark.parametrize(
+    ("source", "kind"),
+    [
+        ("line one\n{% if %}\n", "TemplateSyntaxError in console/t.txt.j2 line 2"),
+        ("ok\n{{ nothing_here() }}", "UndefinedError in console/t.txt.j2 line 2"),
+        ("{{ 1 // 0 }}", "ZeroDivisionError in console/t.txt.j2 line 1"),
+        ("{% include 'console/missing.txt.j2' %}", "TemplateNotFound in console/t.txt.j2 line 1"),
+        ("{% for i in range(100000) %}{{ 'x' * 20 }}{% endfor %}", "OutputTooLarge in"),
+    ],
+)
+def test_a_broken_template_falls_back(tmp_path: Path, source: str, kind: str) -> None:
+    run = load_run("failed")
+    rendered = render_source(tmp_path, source, run)
+    assert rendered.fallback
+    assert rendered.error is not None and rendered.error.startswith(kind)
+    assert rendered.parts == {"txt": fallback_text(context(run))}
+
+
+def test_errors_never_quote_run_data(tmp_path: Path) -> None:
+    run = load_run("failed")
+    run["error"] = {"message": "{" + SECRET + "}"}  # str.format() raises KeyError(SECRET)
+    for source in ("{{ run.error.message.format() }}", "{{ run.error.message|int + [] }}"):
+        rendered = render_source(tmp_path, source, run)
+        assert rendered.fallback
+        assert rendered.error is not None and SECRET not in rendered.error
+
+
+def test_a_missing_template_falls_back_for_every_part(tmp_path: Path) -> None:
+    ctx = context(load_run("failed"), "email")
+    rendered = Renderer(tmp_path).render("email", "nope", ("subject", "txt", "html", "json"), ctx)
+    assert rendered.fallback
+    assert rendered.error == "TemplateNotFound in email/nope.subject.j2"
+    text = fallback_text(ctx)
+    assert rendered.parts["subject"] == rendered.parts["txt"] == text
+    assert rendered.parts["html"].startswith("<pre>") and "&lt;" not in text
+    assert orjson.loads(rendered.parts["json"])["text"] == text
+
+
+def test_one_failing_part_fails_all_parts(tmp_path: Path) -> None:
+    (tmp_path / "email").mkdir()
+    (tmp_path / "email" / "t.subject.j2").write_text("Subject {{ run.id }}")
+    (tmp_path / "email" / "t.html.j2").write_text("<p>{{ run.id }}</p>\n{{ 1 // 0 }}")
+    ctx = context({**load_run("failed"), "taskIdentifier": "<b>task</b>"}, "email")
+    rendered = Renderer(tmp_path).render("email", "t", ("subject", "html"), ctx)
+    assert rendered.fallback
+    assert rendered.error == "ZeroDivisionError in email/t.html.j2 line 2"
+    assert rendered.parts["subject"] == fallback_text(ctx)
+    assert "&lt;b&gt;task&lt;/b&gt;" in rendered.parts["html"]
+
+
+def test_html_templates_autoescape(tmp_path: Path) -> None:
+    run = {**load_run("failed"), "taskIdentifier": "<b>task</b>"}
+    rendered = render_source(tmp_path, "{{ run.taskIdentifier }}", run, "email", "html")
+    assert rendered.parts["html"] == "&lt;b&gt;task&lt;/b&gt;"
+    plain = render_source(tmp_path, "{{ run.taskIdentifier }}", run, "email", "txt")
+    assert plain.parts["txt"] == "<b>task</b>"
+
+
+def test_invalid_json_falls_back(tmp_path: Path) -> None:
+    run = load_run("failed")
+    rendered = render_source(
+        tmp_path, '{"text": "{{ run.error.message }}",}', run, "webhook", "json"
+    )
+    assert rendered.fallback
+    assert rendered.error is not None and rendered.error.startswith(
+        "InvalidJSON in webhook/t.json.j2"
+    )
+    body = orjson.loads(rendered.parts["json"])
+    assert body == orjson.loads(fallback_json(context(run, "webhook")))
+    assert list(body) == ["id", "rule", "channel", "text", "run", "dashboardUrl"]
+    assert body["run"] == run
+
+
+def test_fallback_text() -> None:
+    ctx = context(load_run("timed_out"))
+    assert fallback_text(ctx) == (
+        "🔴 TIMED_OUT · generate-report · run_cm2sztw7kk0rni01qot5nkf60: MAX_DURATION_EXCEEDED: "
+        "The run exceeded its maximum compute time (maxDuration). (rule: prod-failures) "
+        "https://cloud.trigger.dev/projects/v3/proj_abc123/runs/run_cm2sztw7kk0rni01qot5nkf60"
+    )
+    bare = RenderContext({}, "r", "c", "console", "ntf_1", None)
+    assert fallback_text(bare) == "⚠️ UNKNOWN · unknown task (rule: r)"
+    assert orjson.loads(fallback_json(bare))["dashboardUrl"] is None
+    huge = RenderContext({"id": "run_1", "big": 2**70}, "r", "c", "webhook", "ntf_1", None)
+    assert orjson.loads(fallback_json(huge))["run"] is None
+
+
+# ----------------------------------------------------------------------------- the sandbox
+
+HOSTILE = [
+    "{{ ''.__class__.__mro__ }}",
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__ }}",
+    "{{ self.__init__ }}",
+    "{{ lipsum.__globals__ }}",
+    "{{ joiner.__init__.__globals__.os }}",
+    "{{ namespace.__init__.__globals__ }}",
+    "{{ ''['__class__'] }}",
+    "{{ run|attr('__class__') }}",
+    "{{ nothing.__class__ }}",
+    "{{ run.items.__self__ }}",
+    "{{ 'a' * 10**9 }}",
+    "{{ [0] * 10**9 }}",
+    "{{ range(10**9)|list }}",
+    "{{ (10**10**10) }}",
+    "{{ 10 ** (10 ** 10) }}",
+    "{{ (10 ** 100) * (10 ** 100) }}",
+    "{{ '%999999999s' % 'a' }}",
+    "{{ '%999999999s'|format('a') }}",
+    "{{ '{:>999999999}'.format('a') }}",
+    "{{ '{:>{w}}'.format('a', w=999999999) }}",
+    "{{ 'a'.ljust(999999999) }}",
+    "{{ 'a'|center(999999999) }}",
+    "{{ 'a\\nb'|indent(999999999) }}",
+    "{{ [1]|batch(999999999, 'x')|list }}",
+]
+
+
+@pytest.mark.parametrize("source", HOSTILE)
+def test_hostile_templates_fall_back_quickly(tmp_path: Path, source: str) -> None:
+    started = time.monotonic()
+    rendered = render_source(tmp_path, source)
+    assert time.monotonic() - started < 2
+    assert rendered.fallback, rendered.parts
+    assert rendered.error is not None
+    assert rendered.parts["txt"] == fallback_text(context(load_run("failed")))
+
+
+def test_dunder_keys_of_data_stay_readable(tmp_path: Path) -> None:
+    run = {**load_run("failed"), "payload": {"__typename": "Invoice"}}
+    rendered = render_source(tmp_path, "{{ payload.__typename }} {{ payload['__typename'] }}", run)
+    assert rendered.parts["txt"] == "Invoice Invoice"
+
+
+def test_reasonable_arithmetic_still_works(tmp_path: Path) -> None:
+    source = (
+        "{{ '-' * 20 }} {{ 2 ** 10 }} {{ 3 * 4 }} {{ '%5.1f' % 3.14159 }} {{ '{:>6}'.format('x') }}"
+    )
+    rendered = render_source(tmp_path, source)
+    assert rendered.parts["txt"] == "-------------------- 1024 12   3.1      x"
+
+
+def test_sandbox_expressions() -> None:
+    run = load_run("failed")
+    env = sandbox()
+    check = env.compile_expression("run.durationMs > 10000 and 'plan:pro' in run.tags")
+    assert check(run=run) is True
+    missing = env.compile_expression("run.metadata.customer.tier == 'enterprise'")
+    assert missing(run=run) is False
+    assert env.compile_expression("run.costInCents|money")(run=run) == "$0.0005"
+    for source in ("run.__class__", "'a' * 10**9", "cycler.__init__.__globals__"):
+        with pytest.raises(SecurityError):
+            env.compile_expression(source)(run=run)
+    assert sandbox() is not env
+
+
+# ----------------------------------------------------------------------------- lookup and check
+
+
+def test_override_dir_beats_shipped(tmp_path: Path) -> None:
+    (tmp_path / "console").mkdir()
+    (tmp_path / "console" / "run.txt.j2").write_text("OVERRIDE {{ run.id }}")
+    renderer = Renderer(tmp_path)
+    ctx = context(load_run("failed"))
+    assert renderer.render("console", "run", ("txt",), ctx).parts["txt"] == (
+        "OVERRIDE run_cmuxjbf30kqkowywawhi1r8yr"
+    )
+    # the shipped run_failed extends console/run.txt.j2 by name, so it picks the override up
+    assert renderer.render("console", "run_failed", ("txt",), ctx).parts["txt"] == (
+        "OVERRIDE run_cmuxjbf30kqkowywawhi1r8yr"
+    )
+    # other templates still come from the shipped directory
+    webhook = renderer.render("webhook", "run", ("json",), context(load_run("failed"), "webhook"))
+    assert not webhook.fallback
+
+
+def test_has_template(tmp_path: Path) -> None:
+    (tmp_path / "slack").mkdir()
+    (tmp_path / "slack" / "custom.json.j2").write_text("{}")
+    renderer = Renderer(tmp_path)
+    assert renderer.has_template("console", "run", "txt")
+    assert renderer.has_template("slack", "custom", "json")
+    assert not renderer.has_template("console", "run", "html")
+    assert not renderer.has_template("console", "../console/run", "txt")
+    assert not Renderer(tmp_path / "absent").has_template("slack", "custom", "json")
+
+
+def test_check(tmp_path: Path) -> None:
+    (tmp_path / "console").mkdir()
+    (tmp_path / "console" / "bad.txt.j2").write_text("one\ntwo\n{% for x in %}\n")
+    renderer = Renderer(tmp_path)
+    for channel_type, name, part in DEFAULT_TEMPLATES:
+        assert renderer.check(channel_type, name, part) is None
+    problem = renderer.check("console", "bad", "txt")
+    assert problem is not None and problem.startswith("console/bad.txt.j2 line 3: ")
+    assert renderer.check("console", "nope", "txt") == "template console/nope.txt.j2 not found"
