@@ -1,0 +1,238 @@
+"""The rule engine: compile the rule list once, then decide per run update (pure functions).
+
+A rule fires on the update that first satisfies it, once per run (the store remembers which
+rules fired). Rules are tried in order and the first match wins unless it says `continue: true`.
+Candidate rules are indexed by (event, status), so a thousand rules cost about what ten do.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import TemplateError
+from jinja2.exceptions import SecurityError
+
+from relay.config import MatchConfig, RuleConfig, TagMatch, Threshold
+from relay.errors import Problem
+from relay.model import FAILURE_STATUSES, Decision, Match, Run, RunState, normalise_status
+from relay.templating import sandbox
+
+log = logging.getLogger("relay.rules")
+Predicate = Callable[[Run], bool]
+DEFAULT_TEMPLATE = "run"
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    index: int
+    name: str
+    event: str
+    statuses: frozenset[str] | None
+    predicates: tuple[Predicate, ...]
+    notify: tuple[str, ...]
+    template: str
+    continue_: bool
+
+    def matches(self, run: Run) -> bool:
+        return all(p(run) for p in self.predicates)
+
+
+class RuleSet:
+    """Compiled rules with an (event, status) index."""
+
+    def __init__(self, rules: Sequence[CompiledRule]) -> None:
+        self.rules = tuple(rules)
+        self._index: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
+
+    def candidates(self, event: str, status: str) -> tuple[CompiledRule, ...]:
+        key = (event, status)
+        found = self._index.get(key)
+        if found is None:
+            found = tuple(
+                r
+                for r in self.rules
+                if r.event == event and (r.statuses is None or status in r.statuses)
+            )
+            if len(self._index) < 10_000:  # unknown statuses are few; bound it anyway
+                self._index[key] = found
+        return found
+
+    def evaluate(self, run: Run) -> list[CompiledRule]:
+        """Rules that match `run`, in order, honouring first-match-wins and `continue`."""
+        out = []
+        for rule in self.candidates(run.event, run.status):
+            if rule.matches(run):
+                out.append(rule)
+                if not rule.continue_:
+                    break
+        return out
+
+    def decide(self, run: Run, previous: RunState | None) -> Decision:
+        """The new state of the run and the notifications this update owes."""
+        new_ms = run.updated_at_ms
+        if previous is not None and _is_stale(new_ms, previous.updated_at_ms):
+            return Decision(previous, stale=True)
+        fired = previous.fired if previous is not None else frozenset()
+        matched = [r for r in self.evaluate(run) if r.name not in fired]
+        state = RunState(
+            updated_at_ms=new_ms if new_ms is not None else _keep_ms(previous),
+            status=run.status,
+            fired=fired | {r.name for r in matched},
+            cost_cents=run.costInCents,
+            duration_ms=run.durationMs,
+        )
+        matches = tuple(Match(r.name, ch, r.template) for r in matched for ch in r.notify)
+        return Decision(state, matches)
+
+
+def _is_stale(new_ms: int | None, old_ms: int | None) -> bool:
+    return new_ms is not None and old_ms is not None and new_ms < old_ms
+
+
+def _keep_ms(previous: RunState | None) -> int | None:
+    return previous.updated_at_ms if previous is not None else None
+
+
+Locate = Callable[[tuple[str | int, ...]], str]
+
+
+def compile_rules(rules: Sequence[RuleConfig], locate: Locate) -> tuple[RuleSet, list[Problem]]:
+    """Compile every rule; problems (bad `when:` expressions) carry their file:line."""
+    compiled, problems = [], []
+    for i, rule in enumerate(rules):
+        predicates = _match_predicates(rule.match)
+        if rule.when is not None:
+            try:
+                predicates.append(_when_predicate(rule.name, rule.when))
+            except (TemplateError, SecurityError) as exc:
+                where = ("rules", i, "when")
+                problems.append(Problem(locate(where), f"rules[{i}].when", _template_error(exc)))
+        compiled.append(
+            CompiledRule(
+                index=i,
+                name=rule.name,
+                event=rule.match.event,
+                statuses=_statuses(rule.match.status),
+                predicates=tuple(predicates),
+                notify=tuple(rule.notify),
+                template=rule.template or DEFAULT_TEMPLATE,
+                continue_=rule.continue_,
+            )
+        )
+    return RuleSet(compiled), problems
+
+
+def _statuses(names: list[str] | None) -> frozenset[str] | None:
+    if names is None:
+        return None
+    out: set[str] = set()
+    for name in names:
+        if name.lower() == "failure":
+            out |= FAILURE_STATUSES
+        else:
+            out.add(normalise_status(name.upper()))
+    return frozenset(out)
+
+
+def _match_predicates(match: MatchConfig) -> list[Predicate]:
+    preds: list[Predicate] = []
+    if match.task:
+        pattern = re.compile("|".join(fnmatch.translate(g) for g in match.task))
+        preds.append(lambda run: pattern.match(run.taskIdentifier) is not None)
+    if match.task_regex is not None:
+        regex = re.compile(match.task_regex)
+        preds.append(lambda run: regex.search(run.taskIdentifier) is not None)
+    if match.tags is not None:
+        preds.append(_tags_predicate(match.tags))
+    for field, threshold in (
+        ("costInCents", match.cost_cents),
+        ("baseCostInCents", match.base_cost_cents),
+        ("durationMs", match.duration_ms),
+    ):
+        if threshold is not None:
+            preds.append(_threshold_predicate(field, threshold))
+    if match.is_test is not None:
+        wanted = match.is_test
+        preds.append(lambda run: run.isTest is wanted)
+    for path, value in (match.metadata or {}).items():
+        preds.append(_metadata_predicate(path, value))
+    return preds
+
+
+def _tags_predicate(spec: TagMatch) -> Predicate:
+    any_ = frozenset(spec.any or ())
+    all_ = frozenset(spec.all or ())
+    none_ = frozenset(spec.none or ())
+
+    def check(run: Run) -> bool:
+        tags = set(run.tags)
+        if any_ and not any_ & tags:
+            return False
+        return all_ <= tags and not none_ & tags
+
+    return check
+
+
+def _threshold_predicate(field: str, t: Threshold) -> Predicate:
+    def check(run: Run) -> bool:
+        value = float(getattr(run, field))
+        return (
+            (t.gt is None or value > t.gt)
+            and (t.gte is None or value >= t.gte)
+            and (t.lt is None or value < t.lt)
+            and (t.lte is None or value <= t.lte)
+        )
+
+    return check
+
+
+_MISSING = object()
+
+
+def lookup(data: Any, path: str) -> Any:
+    """Value at a dotted path in nested dicts (a key that itself has dots is tried first)."""
+    if isinstance(data, dict) and path in data:
+        return data[path]
+    head, dot, rest = path.partition(".")
+    if not dot or not isinstance(data, dict) or head not in data:
+        return _MISSING
+    return lookup(data[head], rest)
+
+
+def _metadata_predicate(path: str, wanted: Any) -> Predicate:
+    def check(run: Run) -> bool:
+        value = lookup(run.metadata or {}, path)
+        if value is _MISSING:
+            return False
+        if isinstance(value, bool) or isinstance(wanted, bool):
+            return value is wanted
+        return bool(value == wanted)
+
+    return check
+
+
+def _when_predicate(name: str, source: str) -> Predicate:
+    expression = sandbox().compile_expression(source, undefined_to_none=True)
+
+    def check(run: Run) -> bool:
+        try:
+            return bool(expression(run=run.as_dict()))
+        except Exception as exc:
+            log.warning(
+                "rule `when` failed; treating as no match",
+                extra={"rule": name, "run_id": run.id, "error": type(exc).__name__},
+            )
+            return False
+
+    return check
+
+
+def _template_error(exc: Exception) -> str:
+    line = getattr(exc, "lineno", None)
+    message = getattr(exc, "message", None) or type(exc).__name__
+    return f"invalid expression: {message}" + (f" (line {line})" if line else "")

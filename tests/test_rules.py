@@ -1,0 +1,207 @@
+"""The rule engine as a table: each operator, transitions, first-match-wins, the index."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from relay.channels import settings_models
+from relay.config import parse_config
+from relay.model import Run, RunState
+from relay.rules import RuleSet, compile_rules, lookup
+from tests.conftest import sdk_run
+
+
+def ruleset(rules_yaml: str) -> RuleSet:
+    text = "channels: {c: {type: console}, d: {type: console}}\nrules:\n" + rules_yaml
+    loaded = parse_config(text, "c.yaml", settings_models(), {})
+    rules, problems = compile_rules(loaded.config.rules, loaded.locate)
+    assert not problems
+    return rules
+
+
+def run(**fields: Any) -> Run:
+    base: dict[str, Any] = {"id": "run_1", "taskIdentifier": "billing/charge", "status": "FAILED"}
+    base.update(fields)
+    return Run.model_validate(base)
+
+
+def matched(rules: RuleSet, r: Run) -> list[str]:
+    return [rule.name for rule in rules.evaluate(r)]
+
+
+CASES: list[tuple[str, dict[str, Any], bool]] = [
+    ("status: [FAILED]", {}, True),
+    ("status: [FAILED]", {"status": "COMPLETED"}, False),
+    ("status: FAILED", {}, True),
+    ("status: [failure]", {"status": "CRASHED"}, True),
+    ("status: [failure]", {"status": "SYSTEM_FAILURE"}, True),
+    ("status: [failure]", {"status": "TIMED_OUT"}, True),
+    ("status: [failure]", {"status": "INTERRUPTED"}, True),
+    ("status: [failure]", {"status": "EXPIRED"}, False),
+    ("status: [failure]", {"status": "CANCELED"}, False),
+    ("status: [COMPLETED_WITH_ERRORS]", {}, True),  # raw names are understood in rules too
+    ("status: [EXPIRED]", {"status": "EXPIRED"}, True),
+    ("task: 'billing/*'", {}, True),
+    ("task: 'billing/*'", {"taskIdentifier": "email/send"}, False),
+    ("task: ['email/*', 'billing/*']", {}, True),
+    ("task_regex: '^billing/(charge|refund)$'", {}, True),
+    ("task_regex: 'refund'", {}, False),
+    ("tags: {any: [env:prod, env:stg]}", {"tags": ["env:prod"]}, True),
+    ("tags: {any: [env:prod]}", {"tags": ["env:dev"]}, False),
+    ("tags: {all: [env:prod, vip]}", {"tags": ["env:prod"]}, False),
+    ("tags: {all: [env:prod, vip]}", {"tags": ["vip", "env:prod", "x"]}, True),
+    ("tags: {none: [canary]}", {"tags": ["canary"]}, False),
+    ("tags: {none: [canary]}", {"tags": []}, True),
+    ("cost_cents: {gt: 500}", {"costInCents": 500}, False),
+    ("cost_cents: {gte: 500}", {"costInCents": 500}, True),
+    ("cost_cents: {lt: 1}", {"costInCents": 0.5}, True),
+    ("cost_cents: {lte: 1}", {"costInCents": 1.5}, False),
+    ("base_cost_cents: {gt: 0.001}", {"baseCostInCents": 0.0025}, True),
+    ("duration_ms: {gt: 60000, lt: 120000}", {"durationMs": 90000}, True),
+    ("duration_ms: {gt: 60000, lt: 120000}", {"durationMs": 120000}, False),
+    ("is_test: false", {"isTest": True}, False),
+    ("is_test: true", {"isTest": True}, True),
+    (
+        "metadata: {customer.tier: enterprise}",
+        {"metadata": {"customer": {"tier": "enterprise"}}},
+        True,
+    ),
+    ("metadata: {customer.tier: enterprise}", {"metadata": {"customer": {"tier": "free"}}}, False),
+    ("metadata: {customer.tier: enterprise}", {"metadata": None}, False),
+    ("metadata: {retries: 3}", {"metadata": {"retries": 3.0}}, True),
+    ("metadata: {flag: true}", {"metadata": {"flag": 1}}, False),
+    ("metadata: {a.b: 1}", {"metadata": {"a.b": 1}}, True),
+]
+
+
+@pytest.mark.parametrize(("match", "fields", "expected"), CASES)
+def test_match_operators(match: str, fields: dict[str, Any], expected: bool) -> None:
+    rules = ruleset(f"  - name: r\n    match: {{{match}}}\n    notify: [c]\n")
+    assert matched(rules, run(**fields)) == (["r"] if expected else [])
+
+
+@pytest.mark.parametrize(
+    ("when", "fields", "expected"),
+    [
+        ("run.durationMs > 60000 or 'vip' in run.tags", {"tags": ["vip"]}, True),
+        ("run.durationMs > 60000 or 'vip' in run.tags", {"durationMs": 10}, False),
+        ("run.metadata.step == 'fetch'", {"metadata": {"step": "fetch"}}, True),
+        ("run.nope.deeper == 1", {}, False),  # undefined is falsy, never an exception
+        (
+            "run.error.message is string and 'Stripe' in run.error.message",
+            {"error": {"message": "Stripe 429"}},
+            True,
+        ),
+        ("(1 / 0) > 1", {}, False),  # a runtime error is no match and a log line, not a crash
+        ("run.__class__.__mro__", {}, False),  # sandbox
+    ],
+)
+def test_when_expressions(when: str, fields: dict[str, Any], expected: bool) -> None:
+    rules = ruleset(f'  - name: r\n    when: "{when}"\n    notify: [c]\n')
+    assert matched(rules, run(**fields)) == (["r"] if expected else [])
+
+
+def test_bad_when_is_a_config_problem_with_line() -> None:
+    text = "channels: {c: {type: console}}\nrules:\n  - name: r\n    when: 'run.status =='\n    notify: [c]\n"
+    loaded = parse_config(text, "c.yaml", settings_models(), {})
+    _, problems = compile_rules(loaded.config.rules, loaded.locate)
+    assert [p.location for p in problems] == ["c.yaml:4"]
+    assert "invalid expression" in problems[0].message
+
+
+def test_first_match_wins_unless_continue() -> None:
+    rules = ruleset(
+        "  - {name: a, match: {status: [failure]}, notify: [c]}\n"
+        "  - {name: b, match: {task: 'billing/*'}, notify: [c]}\n"
+    )
+    assert matched(rules, run()) == ["a"]
+    rules = ruleset(
+        "  - {name: a, match: {status: [failure]}, notify: [c], continue: true}\n"
+        "  - {name: b, match: {task: 'billing/*'}, notify: [d]}\n"
+        "  - {name: z, notify: [d]}\n"
+    )
+    assert matched(rules, run()) == ["a", "b"]
+    decision = rules.decide(run(updatedAt="2026-01-01T00:00:00Z"), None)
+    assert [(m.rule, m.channel) for m in decision.matches] == [("a", "c"), ("b", "d")]
+
+
+def test_fires_once_per_run_under_repeats_and_reordering() -> None:
+    rules = ruleset("  - {name: f, match: {status: [failure]}, notify: [c]}\n")
+    t = "2026-08-20T09:14:{:02d}.000Z"
+    executing = run(status="EXECUTING", updatedAt=t.format(1))
+    failed = run(status="FAILED", updatedAt=t.format(5))
+    state: RunState | None = None
+    fired = []
+    for update in (
+        executing,
+        failed,
+        failed,
+        run(status="EXECUTING", updatedAt=t.format(3)),
+        failed,
+    ):
+        decision = rules.decide(update, state)
+        fired += [m.rule for m in decision.matches]
+        state = decision.state
+    assert fired == ["f"]
+    # an update older than the stored one is stale: it changes nothing
+    stale = rules.decide(executing, state)
+    assert stale.stale and stale.state == state
+
+
+def test_out_of_order_arrival_fires_on_the_newest_state() -> None:
+    rules = ruleset("  - {name: f, match: {status: [failure]}, notify: [c]}\n")
+    failed = rules.decide(run(status="FAILED", updatedAt="2026-01-01T00:00:09Z"), None)
+    assert [m.rule for m in failed.matches] == ["f"]
+    late = rules.decide(run(status="EXECUTING", updatedAt="2026-01-01T00:00:01Z"), failed.state)
+    assert late.stale and not late.matches
+
+
+def test_threshold_crossed_by_a_growing_value_fires_once() -> None:
+    rules = ruleset("  - {name: pricey, match: {cost_cents: {gt: 100}}, notify: [c]}\n")
+    state = None
+    fired = []
+    for i, cost in enumerate([10, 60, 101, 150, 400]):
+        update = run(status="EXECUTING", costInCents=cost, updatedAt=f"2026-01-01T00:00:0{i}Z")
+        decision = rules.decide(update, state)
+        fired += [(m.rule, cost) for m in decision.matches]
+        state = decision.state
+    assert fired == [("pricey", 101)]
+
+
+def test_fixtures_against_the_failure_rule() -> None:
+    rules = ruleset("  - {name: f, match: {status: [failure]}, notify: [c]}\n")
+    expected = {
+        "failed": True,
+        "crashed": True,
+        "timed_out": True,
+        "completed": False,
+        "executing": False,
+    }
+    for name, fires in expected.items():
+        assert bool(matched(rules, Run.model_validate(sdk_run(name)))) is fires, name
+
+
+def test_index_returns_same_answer_as_a_scan() -> None:
+    lines = [
+        f"  - {{name: r{i}, match: {{status: [{s}], task: 't{i % 7}'}}, notify: [c], continue: true}}\n"
+        for i, s in enumerate(["FAILED", "CRASHED", "COMPLETED", "failure"] * 50)
+    ]
+    rules = ruleset("".join(lines) + "  - {name: any, notify: [c], continue: true}\n")
+    for status in ("FAILED", "CRASHED", "COMPLETED", "SOMETHING_NEW"):
+        for task in ("t0", "t3", "t6", "x"):
+            r = run(status=status, taskIdentifier=task)
+            scanned = [
+                rule.name
+                for rule in rules.rules
+                if (rule.statuses is None or status in rule.statuses) and rule.matches(r)
+            ]
+            assert matched(rules, r) == scanned
+
+
+def test_lookup() -> None:
+    data = {"a": {"b": {"c": 1}}, "x.y": 2}
+    assert lookup(data, "a.b.c") == 1
+    assert lookup(data, "x.y") == 2
+    assert lookup(data, "a.z") is not None  # the missing marker, not a value
