@@ -1,0 +1,75 @@
+"""Channels: where notifications go. One module per channel type, behind one protocol.
+
+A channel gets an already rendered `Outgoing` message and makes ONE delivery attempt. It raises
+DeliveryError (classified: retryable, reason, retry_after) on failure and returns on success.
+Retries, backoff, dead letters and throttling belong to the delivery worker, not to channels.
+Adding a channel type: its module (settings model + class + KIND), one line in REGISTRY, its
+templates under templates/<type>/, and its tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Protocol
+
+from relay.channels._http import HttpClient
+from relay.config import ChannelSettings
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A rendered notification, ready for one attempt."""
+
+    notification_id: str
+    run_id: str
+    rule: str
+    parts: dict[str, str]
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class ChannelEnv:
+    """What channels may use from the process: the shared HTTP client and stdout."""
+
+    http: HttpClient
+    stdout: IO[str]
+    default_timeout_s: float
+
+
+class Channel(Protocol):
+    name: str
+
+    async def send(self, message: Outgoing) -> None:
+        """One attempt; raise DeliveryError on failure."""
+
+
+ChannelFactory = Callable[[str, ChannelSettings, ChannelEnv], Channel]
+SettingsModel = type[ChannelSettings]
+
+
+@dataclass(frozen=True)
+class ChannelKind:
+    """How to build and render for one channel type."""
+
+    type: str
+    settings: SettingsModel
+    create: ChannelFactory
+    parts: tuple[str, ...]
+
+
+def _registry() -> dict[str, ChannelKind]:
+    from relay.channels import console, webhook  # noqa: PLC0415
+
+    return {kind.type: kind for kind in (console.KIND, webhook.KIND)}
+
+
+REGISTRY: dict[str, ChannelKind] = _registry()
+
+
+def settings_models() -> dict[str, type[ChannelSettings]]:
+    return {name: kind.settings for name, kind in REGISTRY.items()}
+
+
+def build(name: str, settings: ChannelSettings, env: ChannelEnv) -> Channel:
+    return REGISTRY[settings.type].create(name, settings, env)

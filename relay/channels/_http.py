@@ -1,0 +1,120 @@
+"""The one boundary where HTTP transport outcomes become DeliveryErrors.
+
+Classification: 2xx ok; 429 rate_limited and 408/5xx server_error are retryable (Retry-After
+honoured); 401/403 auth_error and other 4xx client_error are permanent; timeouts and connection
+failures are retryable. Messages never contain the URL (webhook URLs embed secrets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from relay.errors import DeliveryError
+
+MAX_RETRY_AFTER_S = 24 * 3600.0
+_BODY_SNIPPET = 200
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), None if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def classify_status(response: HttpResponse) -> DeliveryError | None:
+    """None for success, else the DeliveryError this status means."""
+    status = response.status
+    if 200 <= status < 300:
+        return None
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    detail = f"HTTP {status}"
+    if status == 429:
+        return DeliveryError(
+            "rate_limited", retryable=True, detail=detail, retry_after=retry_after, status=status
+        )
+    if status >= 500 or status == 408:
+        return DeliveryError(
+            "server_error", retryable=True, detail=detail, retry_after=retry_after, status=status
+        )
+    if status in (401, 403):
+        return DeliveryError("auth_error", retryable=False, detail=detail, status=status)
+    reason = "client_error" if 400 <= status < 500 else "other"
+    return DeliveryError(reason, retryable=False, detail=detail, status=status)
+
+
+class HttpClient:
+    """One shared aiohttp session for every HTTP channel; opened lazily, closed by the service."""
+
+    def __init__(self, user_agent: str = "relay") -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._user_agent = user_agent
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=60)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers={"User-Agent": self._user_agent}
+            )
+        return self._session
+
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> HttpResponse:
+        """POST once; raise a classified DeliveryError for failures, return the response if 2xx."""
+        response = await self.request("POST", url, body, headers, timeout_s)
+        error = classify_status(response)
+        if error is not None:
+            raise error
+        return response
+
+    async def request(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout_s: float
+    ) -> HttpResponse:
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        try:
+            async with self._client().request(
+                method, url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
+                data = await resp.content.read(64 * 1024)
+                return HttpResponse(resp.status, dict(resp.headers), data)
+        except TimeoutError:
+            raise DeliveryError("timeout", retryable=True, detail="no answer in time") from None
+        except aiohttp.InvalidURL:
+            raise DeliveryError("other", retryable=False, detail="invalid URL") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+            detail = type(exc).__name__
+            raise DeliveryError("network", retryable=True, detail=detail) from None
+        except aiohttp.ClientResponseError as exc:
+            raise DeliveryError("other", retryable=True, detail=f"HTTP {exc.status}") from None
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+            await asyncio.sleep(0)

@@ -1,0 +1,97 @@
+"""`webhook`: POST the rendered JSON to any URL, with Standard Webhooks headers.
+
+Every request carries `webhook-id` (the notification's stable idempotency id) and
+`webhook-timestamp`; with a `secret` (whsec_<base64>) it also carries `webhook-signature`
+= "v1," + base64(HMAC-SHA256(key, f"{id}.{timestamp}.{body}")), per standardwebhooks.com.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from typing import Any
+
+from pydantic import SecretStr, field_validator
+
+from relay.channels import ChannelEnv, ChannelKind, Outgoing
+from relay.config import ChannelSettings
+
+_RESERVED = {"content-type", "content-length", "host", "webhook-id", "webhook-timestamp"}
+
+
+class WebhookSettings(ChannelSettings):
+    url: SecretStr
+    headers: dict[str, SecretStr] = {}
+    secret: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if not text.startswith(("http://", "https://")) or len(text) < 10:
+            raise ValueError("url must be an http:// or https:// URL")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            signing_key(value.get_secret_value())
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name in value:
+            if name.lower() in _RESERVED or name.lower() == "webhook-signature":
+                raise ValueError(f"header {name} is set by relay")
+            if not name or any(c in name for c in " :\r\n"):
+                raise ValueError("header names cannot contain spaces, colons or newlines")
+        return value
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret (whsec_ prefix optional, base64)."""
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("secret must be whsec_ followed by base64") from None
+    if len(key) < 16:
+        raise ValueError("secret must decode to at least 16 bytes")
+    return key
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+class WebhookChannel:
+    def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
+        assert isinstance(settings, WebhookSettings)
+        self.name = name
+        self.settings = settings
+        self._http = env.http
+        self._timeout_s = settings.timeout or env.default_timeout_s
+        secret = settings.secret
+        self._key = signing_key(secret.get_secret_value()) if secret is not None else None
+
+    def _headers(self, message: Outgoing, body: bytes) -> dict[str, str]:
+        timestamp = int(message.timestamp)
+        headers = {k: v.get_secret_value() for k, v in self.settings.headers.items()}
+        headers["Content-Type"] = "application/json"
+        headers["webhook-id"] = message.notification_id
+        headers["webhook-timestamp"] = str(timestamp)
+        if self._key is not None:
+            headers["webhook-signature"] = sign(self._key, message.notification_id, timestamp, body)
+        return headers
+
+    async def send(self, message: Outgoing) -> None:
+        body = message.parts["json"].encode()
+        url = self.settings.url.get_secret_value()
+        await self._http.post(url, body, self._headers(message, body), self._timeout_s)
+
+
+KIND = ChannelKind("webhook", WebhookSettings, WebhookChannel, ("json",))

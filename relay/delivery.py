@@ -1,0 +1,281 @@
+"""The delivery worker: claim → throttle → render → send → finish, one loop per channel.
+
+Each channel has its own loop and concurrency, so a slow or failing channel never delays
+another. One attempt is `channel.send`; blips are retried in-process (tenacity), longer
+outages go back to the outbox with backoff or the server's Retry-After. Final writes are
+shielded from cancellation: a notification is marked sent only after the send returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from relay import policy as pol
+from relay.channels import Channel, Outgoing
+from relay.config import RetryPolicy
+from relay.errors import DeliveryError, StoreUnavailable
+from relay.model import Notification
+from relay.store import Store
+from relay.templating import RenderContext, Rendered, Renderer
+
+log = logging.getLogger("relay.delivery")
+POLL_S = 1.0
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+DashboardLink = Callable[[dict[str, object]], str | None]
+
+
+@dataclass
+class Route:
+    """A channel and how to render for it."""
+
+    channel: Channel
+    type: str
+    parts: tuple[str, ...]
+    concurrency: int
+    bucket: pol.TokenBucket | None
+
+
+@dataclass
+class Deps:
+    store: Store
+    renderer: Renderer
+    retry: RetryPolicy
+    dashboard_link: DashboardLink
+    clock: Clock = time.time
+    sleep: Sleep = asyncio.sleep
+    rng: random.Random = random.Random()  # noqa: RUF009 - one shared generator is the intent
+    lease_s: float = 300.0
+    on_event: Callable[[str, Notification, str], None] | None = None
+
+
+def render_notification(
+    renderer: Renderer, channel: str, route: Route, row: Notification, link: DashboardLink
+) -> Rendered:
+    """Render `row` for one channel (also used by `relay test` and `relay send-test`)."""
+    ctx = RenderContext(
+        run=row.run,
+        rule=row.rule,
+        channel=channel,
+        channel_type=route.type,
+        notification_id=row.id,
+        dashboard_url=link(row.run),
+    )
+    return renderer.render(route.type, row.template, route.parts, ctx)
+
+
+class Delivery:
+    """All channel loops; `wake(channel)` after enqueueing, `stop()` on shutdown."""
+
+    def __init__(self, deps: Deps, routes: dict[str, Route]) -> None:
+        self.deps = deps
+        self.loops = {name: ChannelLoop(name, route, deps) for name, route in routes.items()}
+
+    def start(self) -> None:
+        for loop in self.loops.values():
+            loop.start()
+
+    def wake(self, channel: str) -> None:
+        loop = self.loops.get(channel)
+        if loop is not None:
+            loop.wake.set()
+
+    def wake_all(self) -> None:
+        for loop in self.loops.values():
+            loop.wake.set()
+
+    async def stop(self, grace_s: float) -> None:
+        await asyncio.gather(*(loop.stop(grace_s) for loop in self.loops.values()))
+
+
+class ChannelLoop:
+    def __init__(self, name: str, route: Route, deps: Deps) -> None:
+        self.name = name
+        self.route = route
+        self.deps = deps
+        self.wake = asyncio.Event()
+        self.inflight: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"delivery:{self.name}")
+
+    async def stop(self, grace_s: float) -> None:
+        self._stopping = True
+        self.wake.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.inflight:
+            _, pending = await asyncio.wait(self.inflight, timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._step()
+            except StoreUnavailable:
+                log.warning("store unavailable; delivery paused", extra={"channel": self.name})
+                await self._idle(POLL_S)
+            except Exception:
+                log.exception("delivery loop error", extra={"channel": self.name})
+                await self._idle(POLL_S)
+
+    async def _step(self) -> None:
+        self.wake.clear()
+        free = self.route.concurrency - len(self.inflight)
+        if free <= 0:
+            await self._idle(POLL_S)
+            return
+        now = self.deps.clock()
+        rows = await self.deps.store.claim(self.name, now, free, self.deps.lease_s)
+        for row in rows:
+            task = asyncio.create_task(self._deliver(row))
+            self.inflight.add(task)
+            task.add_done_callback(self._done)
+        if len(rows) == free:
+            return
+        due = await self.deps.store.next_due(self.name)
+        wait = POLL_S if due is None else min(POLL_S, max(due - self.deps.clock(), 0.0))
+        await self._idle(wait)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.inflight.discard(task)
+        self.wake.set()
+
+    async def _idle(self, wait_s: float) -> None:
+        if self._stopping:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), wait_s)
+
+    async def _deliver(self, row: Notification) -> None:
+        extra: dict[str, object] = {
+            "run_id": row.run_id,
+            "rule": row.rule,
+            "channel": self.name,
+            "notification_id": row.id,
+        }
+        outgoing = self._render(row, extra)
+        try:
+            await self._throttle()
+            budget = max(1, min(pol.QUICK_TRIES, self.deps.retry.max_attempts - row.attempts))
+            attempts, err = await self._send(outgoing, row.attempts, budget)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a channel bug: retry, never drop
+            log.exception("channel raised unexpectedly", extra=extra)
+            attempts = row.attempts + 1
+            err = DeliveryError("other", retryable=True, detail=type(exc).__name__)
+        if err is None:
+            await asyncio.shield(self._sent(row, attempts, extra))
+        else:
+            await asyncio.shield(self._failed(row, err, attempts, extra))
+
+    def _render(self, row: Notification, extra: dict[str, object]) -> Outgoing:
+        rendered = render_notification(
+            self.deps.renderer, self.name, self.route, row, self.deps.dashboard_link
+        )
+        if rendered.fallback:
+            log.error(
+                "template failed; sending the plain fallback",
+                extra={**extra, "reason": "template", "error": rendered.error},
+            )
+            self._event("template_error", row, "template")
+        return Outgoing(row.id, row.run_id, row.rule, rendered.parts, self.deps.clock())
+
+    async def _throttle(self) -> None:
+        bucket = self.route.bucket
+        if bucket is not None:
+            wait = bucket.reserve(self.deps.clock())
+            if wait > 0:
+                await self.deps.sleep(wait)
+
+    async def _send(
+        self, outgoing: Outgoing, attempts: int, budget: int
+    ) -> tuple[int, DeliveryError | None]:
+        """Send, retrying blips in-process; return the attempt count and the final error."""
+        tries = 0
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            err = exc if isinstance(exc, DeliveryError) else None
+            return pol.quick_wait_s(state.attempt_number, err, self.deps.rng)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(budget),
+            wait=wait,
+            retry=retry_if_exception(lambda e: isinstance(e, DeliveryError) and pol.is_blip(e)),
+            sleep=self.deps.sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    tries += 1
+                    await self.route.channel.send(outgoing)
+        except DeliveryError as err:
+            return attempts + tries, err
+        return attempts + tries, None
+
+    async def _sent(self, row: Notification, attempts: int, extra: dict[str, object]) -> None:
+        now = self.deps.clock()
+        await self.deps.store.mark_sent(row.id, now=now, attempts=attempts)
+        log.info(
+            "notification sent",
+            extra={**extra, "attempts": attempts, "latency_s": round(now - row.created_at, 4)},
+        )
+        self._event("sent", row, "")
+
+    async def _failed(
+        self, row: Notification, err: DeliveryError, attempts: int, extra: dict[str, object]
+    ) -> None:
+        now = self.deps.clock()
+        outcome = pol.after_failure(
+            err,
+            attempts=attempts,
+            created_at=row.created_at,
+            now=now,
+            policy=self.deps.retry,
+            rng=self.deps.rng,
+        )
+        info = {**extra, "reason": err.reason, "attempts": attempts, "error": str(err)}
+        if outcome.dead:
+            await self.deps.store.mark_dead(
+                row.id,
+                now=now,
+                attempts=attempts,
+                reason=err.reason,
+                error=f"{err} ({outcome.why})",
+            )
+            log.error("notification dead", extra={**info, "why": outcome.why})
+            self._event("dead", row, err.reason)
+            return
+        await self.deps.store.mark_retry(
+            row.id,
+            now=now,
+            not_before=outcome.not_before,
+            attempts=attempts,
+            reason=err.reason,
+            error=str(err),
+        )
+        log.warning(
+            "delivery failed; will retry",
+            extra={**info, "retry_in_s": round(outcome.not_before - now, 3)},
+        )
+        self._event("retry", row, err.reason)
+
+    def _event(self, kind: str, row: Notification, reason: str) -> None:
+        if self.deps.on_event is not None:
+            self.deps.on_event(kind, row, reason)

@@ -1,0 +1,85 @@
+"""Retry and throttle policy: pure functions and a token bucket, with time passed in.
+
+This is the one place that decides how long to wait and when a notification is dead.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from relay.config import RateLimit, RetryPolicy
+from relay.errors import DeliveryError
+
+# In-process retries absorb blips (a reset connection, a 502, a short Retry-After) without a
+# round trip through the store; anything longer goes back to the outbox.
+QUICK_TRIES = 3
+QUICK_MAX_WAIT_S = 2.0
+
+
+def backoff_s(attempts: int, policy: RetryPolicy, rng: random.Random) -> float:
+    """Exponential backoff with equal jitter: half fixed, half random, capped at max_backoff."""
+    base = min(policy.max_backoff, policy.min_backoff * 2.0 ** max(attempts - 1, 0))
+    return float(base / 2 + rng.uniform(0, base / 2))
+
+
+def quick_wait_s(tries: int, error: DeliveryError | None, rng: random.Random) -> float:
+    """Wait before in-process try number `tries + 1`: short jittered backoff or Retry-After."""
+    jittered = min(QUICK_MAX_WAIT_S, 0.1 * 2.0 ** (tries - 1)) * rng.uniform(0.5, 1.0)
+    if error is not None and error.retry_after is not None:
+        return float(max(error.retry_after, jittered))
+    return float(jittered)
+
+
+def is_blip(error: DeliveryError) -> bool:
+    """Worth an immediate in-process retry: transient, and not asking us to wait long."""
+    if not error.retryable or error.reason == "timeout":
+        return False
+    return error.retry_after is None or error.retry_after <= QUICK_MAX_WAIT_S
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to do after a failed attempt: retry at `not_before`, or dead with `reason`."""
+
+    dead: bool
+    not_before: float = 0.0
+    why: str = ""
+
+
+def after_failure(
+    error: DeliveryError,
+    *,
+    attempts: int,
+    created_at: float,
+    now: float,
+    policy: RetryPolicy,
+    rng: random.Random,
+) -> Outcome:
+    if not error.retryable:
+        return Outcome(dead=True, why="permanent")
+    if attempts >= policy.max_attempts:
+        return Outcome(dead=True, why="attempts exhausted")
+    wait = max(backoff_s(attempts, policy, rng), error.retry_after or 0.0)
+    if now + wait - created_at > policy.max_age:
+        return Outcome(dead=True, why="too old")
+    return Outcome(dead=False, not_before=now + wait)
+
+
+class TokenBucket:
+    """Rate limit that delays, never drops: reserve() says how long to wait for a token."""
+
+    def __init__(self, limit: RateLimit) -> None:
+        per_s = (limit.per_second or 0.0) + (limit.per_minute or 0.0) / 60.0
+        self.rate = per_s if per_s > 0 else float("inf")
+        self.capacity = float(limit.burst or 1)
+        self._tokens = self.capacity
+        self._at: float | None = None
+
+    def reserve(self, now: float) -> float:
+        """Take one token; return the seconds to wait before using it (0 if available now)."""
+        if self._at is not None:
+            self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        self._tokens -= 1.0
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate

@@ -1,0 +1,254 @@
+"""Delivery against a real loopback receiver: signing, retries, Retry-After, dead letters, isolation."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import standardwebhooks
+
+from relay.model import Notification, notification_id
+from tests.conftest import RelayFactory, Sink, hang, sdk_run, status
+
+SECRET = "whsec_" + base64.b64encode(b"relay-test-signing-key-0123").decode()
+
+
+def config(
+    url: str,
+    *,
+    extra_channel: str = "",
+    rule_notify: str = "[hook]",
+    timeout: str = "2s",
+    templates: str = "",
+) -> str:
+    return f"""\
+defaults:
+  retry: {{max_attempts: 4, max_age: 1h, min_backoff: 100ms, max_backoff: 400ms}}
+  timeout: {timeout}
+  project_ref: proj_test
+{templates}
+channels:
+  hook:
+    type: webhook
+    url: {url}/hook
+    headers: {{X-Team: core}}
+    secret: {SECRET}
+{extra_channel}
+rules:
+  - name: failures
+    match: {{status: [failure]}}
+    notify: {rule_notify}
+"""
+
+
+def failing_run(i: int = 0, **extra: Any) -> dict[str, Any]:
+    run = sdk_run("failed")
+    run["id"] = f"run_delivery_{i:04d}"
+    run.update(extra)
+    return run
+
+
+async def wait_state(r: Any, state: str, count: int = 1, timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        counts = await r.service.store.counts()
+        if counts[state] >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never reached {count} {state}: {await r.service.store.counts()}")
+
+
+async def test_webhook_is_signed_and_carries_the_stable_id(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(config(sink.url))
+    assert (await r.post(failing_run()))[0] == 202
+    [got] = await sink.wait_for(1)
+    payload = standardwebhooks.Webhook(SECRET).verify(got.body, got.headers)
+    assert payload["run"]["id"] == "run_delivery_0000"
+    assert payload["rule"] == "failures"
+    assert got.headers["webhook-id"].startswith("ntf_")
+    assert got.headers["X-Team"] == "core"
+    assert got.headers["Content-Type"] == "application/json"
+    assert (
+        payload["dashboardUrl"]
+        == "https://cloud.trigger.dev/projects/v3/proj_test/runs/run_delivery_0000"
+    )
+    await wait_state(r, "sent")
+
+
+async def test_retry_after_on_429_is_honoured(relay: RelayFactory, sink: Sink) -> None:
+    sink.responses = [status(429, {"Retry-After": "1"})]
+    r = await relay(config(sink.url))
+    await r.post(failing_run())
+    first, second = await sink.wait_for(2)
+    assert second.at - first.at >= 1.0
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
+    await wait_state(r, "sent")
+    assert len(sink.received) == 2
+
+
+async def test_long_retry_after_goes_back_to_the_outbox(relay: RelayFactory, sink: Sink) -> None:
+    sink.responses = [status(503, {"Retry-After": "600"})]
+    r = await relay(config(sink.url))
+    await r.post(failing_run())
+    await sink.wait_for(1)
+    row = await wait_reason(r, "run_delivery_0000")
+    assert row.reason == "server_error" and row.attempts == 1
+    assert row.not_before - row.created_at >= 599
+    assert len(sink.received) == 1
+
+
+async def test_503_is_retried_then_delivered_once(relay: RelayFactory, sink: Sink) -> None:
+    sink.responses = [status(503)] * 3  # as many as the quick retries: the outbox retries too
+    r = await relay(config(sink.url))
+    await r.post(failing_run())
+    await wait_state(r, "sent")
+    ids = {got.headers["webhook-id"] for got in sink.received}
+    assert len(sink.received) == 4 and len(ids) == 1
+
+
+async def test_400_is_dead_then_replay_delivers(relay: RelayFactory, sink: Sink) -> None:
+    sink.responses = [status(400, text="bad payload")]
+    r = await relay(config(sink.url))
+    await r.post(failing_run())
+    await wait_state(r, "dead")
+    assert len(sink.received) == 1  # permanent: no retry
+    async with r.http.get(r.url + "/v1/dlq") as resp:
+        [dead] = (await resp.json())["dead"]
+    assert dead["reason"] == "client_error" and dead["run_id"] == "run_delivery_0000"
+    assert dead["channel"] == "hook" and "HTTP 400" in dead["error"]
+    async with r.http.post(r.url + f"/v1/dlq/{dead['id']}/replay") as resp:
+        assert resp.status == 200 and (await resp.json())["replayed"] == 1
+    await sink.wait_for(2)
+    await wait_state(r, "sent")
+    assert sink.received[1].headers["webhook-id"] == dead["id"]
+    async with r.http.post(r.url + "/v1/dlq/ntf_unknown/replay") as resp:
+        assert resp.status == 404
+
+
+async def test_attempts_exhausted_is_dead_and_replay_all(relay: RelayFactory, sink: Sink) -> None:
+    sink.default = status(500)
+    r = await relay(config(sink.url))
+    await r.post([failing_run(1), failing_run(2)])
+    await wait_state(r, "dead", 2)
+    async with r.http.get(r.url + "/v1/dlq") as resp:
+        dead = (await resp.json())["dead"]
+    assert {d["reason"] for d in dead} == {"server_error"}
+    assert all(d["attempts"] == 4 and "attempts exhausted" in d["error"] for d in dead)
+    sink.default = None
+    async with r.http.post(r.url + "/v1/dlq/replay") as resp:
+        assert (await resp.json())["replayed"] == 2
+    await wait_state(r, "sent", 2)
+
+
+async def test_401_is_a_permanent_auth_error(relay: RelayFactory, sink: Sink) -> None:
+    sink.default = status(401)
+    r = await relay(config(sink.url))
+    await r.post(failing_run())
+    await wait_state(r, "dead")
+    [dead] = await r.service.store.dead_letters()
+    assert dead.reason == "auth_error" and len(sink.received) == 1
+
+
+async def test_timeout_is_retried(relay: RelayFactory, sink: Sink) -> None:
+    sink.responses = [hang(5)]
+    r = await relay(config(sink.url, timeout="300ms"))
+    await r.post(failing_run())
+    await wait_state(r, "sent")
+    assert len(sink.received) == 2
+
+
+async def wait_reason(r: Any, run_id: str) -> Notification:
+    """The notification once a failed attempt was recorded on it."""
+    ident = notification_id(run_id, "failures", "hook")
+    for _ in range(200):
+        row = await r.service.store.get(ident)
+        if row is not None and row.reason is not None:
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError("no failure was recorded")
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_refused_connection_is_retried_with_reason_network(relay: RelayFactory) -> None:
+    r = await relay(config(f"http://127.0.0.1:{closed_port()}"))
+    await r.post(failing_run())
+    row = await wait_reason(r, "run_delivery_0000")
+    assert row.reason == "network" and row.attempts == 3  # three quick tries, then the outbox
+
+
+async def test_a_channel_that_always_times_out_does_not_delay_another(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    fast_channel = f"""\
+  fast:
+    type: webhook
+    url: {sink.url}/fast
+"""
+    sink.default = None
+
+    async def route(request: Any, index: int) -> Any:
+        if request.path == "/hook":
+            return await hang(30)(request, index)
+        return await status(200)(request, index)
+
+    sink.default = route
+    r = await relay(
+        config(sink.url, extra_channel=fast_channel, rule_notify="[hook, fast]", timeout="5s")
+    )
+    await r.post([failing_run(i) for i in range(20)])
+    # every fast delivery lands while the slow channel's first attempts are still hanging (5 s)
+    for _ in range(80):
+        if sum(1 for got in sink.received if got.path == "/fast") == 20:
+            break
+        await asyncio.sleep(0.05)
+    fast = [got for got in sink.received if got.path == "/fast"]
+    assert len(fast) == 20
+
+
+async def test_broken_template_still_sends_a_fallback(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    (tmp_path / "tpl" / "webhook").mkdir(parents=True)
+    (tmp_path / "tpl" / "webhook" / "run.json.j2").write_text('{"x": {{ run.id | nosuchfilter }}}')
+    # a filter that does not exist is caught by `relay check`; a runtime failure is not:
+    (tmp_path / "tpl" / "webhook" / "run.json.j2").write_text(
+        '{"x": {{ run.error.message.nope() }}}'
+    )
+    r = await relay(config(sink.url, templates=f"templates: {{dir: {tmp_path / 'tpl'}}}"))
+    await r.post(failing_run())
+    [got] = await sink.wait_for(1)
+    body = got.json()
+    assert body["run"]["id"] == "run_delivery_0000" and "FAILED" in body["text"]
+    await wait_state(r, "sent")
+
+
+async def test_rate_limit_delays_never_drops(relay: RelayFactory, sink: Sink) -> None:
+    text = config(sink.url).replace("    secret:", "    rate_limit: {per_second: 10}\n    secret:")
+    r = await relay(text)
+    await r.post([failing_run(i) for i in range(5)])
+    got = await sink.wait_for(5)
+    span = got[-1].at - got[0].at
+    assert span >= 0.35  # 5 messages at 10/s with a burst of 1 take at least 0.4 s
+    await wait_state(r, "sent", 5)
+
+
+@pytest.mark.parametrize("shape", ["one", "array"])
+async def test_console_prints_the_rendered_alert(
+    relay: RelayFactory, capsys: pytest.CaptureFixture[str], shape: str
+) -> None:
+    r = await relay(
+        "channels: {out: {type: console}}\nrules:\n  - {name: f, match: {status: [failure]}, notify: [out]}\n"
+    )
+    run = sdk_run("crashed")
+    await r.post(run if shape == "one" else [run])
+    await wait_state(r, "sent")
+    out = capsys.readouterr().out
+    assert "render-video" in out and "CRASHED" in out
