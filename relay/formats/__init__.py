@@ -1,0 +1,48 @@
+"""Input shapes → Run. One module per shape; `parse_runs` picks the shape of each object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from relay.errors import InputError
+from relay.formats.sdk import parse_sdk_run
+from relay.model import Run
+
+MAX_BATCH = 10_000
+
+
+def parse_body(body: bytes) -> Any:
+    """JSON of a request body; InputError for anything that is not JSON."""
+    if not body.strip():
+        raise InputError("", "empty body; expected a JSON run object or an array of them")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InputError("", f"invalid JSON: {_json_reason(exc)}") from None
+
+
+def parse_runs(data: Any) -> list[Run]:
+    """One run object or an array of them; all valid or InputError for the first bad one."""
+    if isinstance(data, dict):
+        return [parse_run(data, "")]
+    if isinstance(data, list):
+        if len(data) > MAX_BATCH:
+            raise InputError("", f"more than {MAX_BATCH} runs in one request")
+        return [_item(item, i) for i, item in enumerate(data)]
+    raise InputError("", "expected a JSON object or an array of objects")
+
+
+def _item(item: Any, index: int) -> Run:
+    if not isinstance(item, dict):
+        raise InputError(f"[{index}]", "expected a run object")
+    return parse_run(item, f"[{index}]")
+
+
+def parse_run(obj: dict[str, Any], where: str) -> Run:
+    return parse_sdk_run(obj, where)
+
+
+def _json_reason(exc: orjson.JSONDecodeError) -> str:
+    return f"{exc.msg} at line {exc.lineno} column {exc.colno}"

@@ -1,0 +1,43 @@
+"""The SDK run object (runs.subscribeToRun & co., RunShape) → Run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from relay.errors import InputError
+from relay.formats.packets import decode_packet
+from relay.model import Run, normalise_status
+
+_PACKETS = (("payload", "payloadType"), ("output", "outputType"), ("metadata", "metadataType"))
+
+
+def parse_sdk_run(obj: dict[str, Any], where: str = "") -> Run:
+    """Validate and normalise one SDK run object; InputError names the failing field."""
+    data = dict(obj)
+    status = data.get("status")
+    if isinstance(status, str):
+        data["status"] = normalise_status(status)
+    if data.get("tags") is None and "tags" in data:
+        data["tags"] = []
+    error = data.get("error")
+    if isinstance(error, str):
+        data["error"] = {"message": error}
+    for field, type_field in _PACKETS:
+        if type_field in data and isinstance(data.get(type_field), str | None):
+            data[field] = decode_packet(data.get(field), data.pop(type_field))
+    if "metadata" in data and not isinstance(data["metadata"], dict | None):
+        data["metadata"] = {"value": data["metadata"]}
+    try:
+        return Run.model_validate(data)
+    except ValidationError as exc:
+        raise _input_error(exc, where) from None
+
+
+def _input_error(exc: ValidationError, where: str) -> InputError:
+    err = exc.errors(include_input=False, include_url=False)[0]
+    field = ".".join(str(p) for p in err["loc"])
+    prefix = f"{where}." if where and field else where
+    message = "required field is missing" if err["type"] == "missing" else err["msg"]
+    return InputError(prefix + field, message)

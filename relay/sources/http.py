@@ -1,0 +1,175 @@
+"""The aiohttp application: ingest, admin API (dead letters), health.
+
+POST /v1/runs answers 202 only after the store committed the batch; a batch is accepted whole
+or rejected whole. Errors are JSON: {"error": "...", "field": "..."}.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import SecretStr
+
+from relay.errors import InputError, StoreUnavailable
+from relay.formats import parse_body, parse_runs
+from relay.intake import Intake
+from relay.model import Notification
+from relay.store import Store
+
+log = logging.getLogger("relay.http")
+RETRY_AFTER_S = "5"
+
+
+@dataclass
+class HttpDeps:
+    intake: Intake
+    store: Store
+    auth_token: Callable[[], SecretStr | None]
+    admin_token: Callable[[], SecretStr | None]
+    max_body_bytes: Callable[[], int]
+    ready: Callable[[], Awaitable[str | None]]  # None when ready, else why not
+    clock: Callable[[], float]
+    wake_all: Callable[[], None] = lambda: None
+    on_received: Callable[[int], None] | None = None
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error(
+    status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return json_response(body, status, headers)
+
+
+def unauthorized() -> web.Response:
+    return error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _authorized(request: web.Request, token: SecretStr | None) -> bool:
+    if token is None:
+        return True
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes | web.Response:
+    """The body, or a 413 response when it is larger than `limit` (declared or streamed)."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return error(413, f"body larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return error(413, f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Handlers:
+    def __init__(self, deps: HttpDeps) -> None:
+        self.deps = deps
+
+    async def post_runs(self, request: web.Request) -> web.Response:
+        if not _authorized(request, self.deps.auth_token()):
+            return unauthorized()
+        body = await read_limited(request, self.deps.max_body_bytes())
+        if isinstance(body, web.Response):
+            return body
+        try:
+            runs = parse_runs(parse_body(body))
+        except InputError as exc:
+            return error(400, exc.message, exc.field or None)
+        try:
+            result = await self.deps.intake.submit(runs)
+        except StoreUnavailable:
+            log.error("store unavailable; update refused", extra={"runs": len(runs)})
+            return error(
+                503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S}
+            )
+        if self.deps.on_received is not None:
+            self.deps.on_received(len(runs))
+        body_out = {
+            "accepted": result.accepted,
+            "stale": result.stale,
+            "notifications": result.notifications,
+        }
+        return json_response(body_out, 202)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        why = await self.deps.ready()
+        if why is None:
+            return json_response({"status": "ready"})
+        return json_response({"status": "not ready", "reason": why}, 503)
+
+    async def dlq_list(self, request: web.Request) -> web.Response:
+        if not _authorized(request, self.deps.admin_token()):
+            return unauthorized()
+        rows = await self.deps.store.dead_letters()
+        return json_response({"dead": [dead_letter_view(n) for n in rows]})
+
+    async def dlq_replay_one(self, request: web.Request) -> web.Response:
+        if not _authorized(request, self.deps.admin_token()):
+            return unauthorized()
+        ident = request.match_info["id"]
+        moved = await self.deps.store.replay([ident], self.deps.clock())
+        if not moved:
+            return error(404, "no dead notification with that id", "id")
+        self.deps.wake_all()
+        return json_response({"replayed": moved})
+
+    async def dlq_replay_all(self, request: web.Request) -> web.Response:
+        if not _authorized(request, self.deps.admin_token()):
+            return unauthorized()
+        moved = await self.deps.store.replay(None, self.deps.clock())
+        self.deps.wake_all()
+        return json_response({"replayed": moved})
+
+
+def dead_letter_view(n: Notification) -> dict[str, Any]:
+    """The public face of a dead letter (also used by `relay dlq list --json`)."""
+    return {
+        "id": n.id,
+        "run_id": n.run_id,
+        "rule": n.rule,
+        "channel": n.channel,
+        "reason": n.reason,
+        "error": n.last_error,
+        "attempts": n.attempts,
+        "created_at": n.created_at,
+    }
+
+
+def build_app(deps: HttpDeps) -> web.Application:
+    # The body limit is enforced by read_limited with the live config; aiohttp's own cap is a
+    # backstop far above it.
+    app = web.Application(client_max_size=64 * 1024 * 1024 + 1)
+    h = Handlers(deps)
+    app.router.add_post("/v1/runs", h.post_runs)
+    app.router.add_get("/healthz", h.healthz)
+    app.router.add_get("/readyz", h.readyz)
+    app.router.add_get("/v1/dlq", h.dlq_list)
+    app.router.add_post("/v1/dlq/replay", h.dlq_replay_all)
+    app.router.add_post("/v1/dlq/{id}/replay", h.dlq_replay_one)
+    return app

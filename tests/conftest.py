@@ -1,0 +1,278 @@
+"""Shared test harness: real loopback servers, real SQLite, a real relay (in-process or child)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from relay.service import Service, compile_config
+from relay.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "fixtures" / "trigger"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RELAY_* from the machine leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("RELAY_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+def sdk_run(name: str) -> dict[str, Any]:
+    """An SDK run fixture by short name: failed, crashed, timed_out, completed, executing."""
+    return json.loads((FIXTURES / "realtime-run" / "sdk" / f"run_{name}.json").read_text())
+
+
+# ---------------------------------------------------------------- the sink: a real HTTP receiver
+
+Behaviour = Callable[[web.Request, int], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Received:
+    at: float
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Sink:
+    """A webhook receiver on 127.0.0.1. `responses` scripts the answers (then `default`)."""
+
+    url: str = ""
+    received: list[Received] = field(default_factory=list)
+    responses: list[Behaviour] = field(default_factory=list)
+    default: Behaviour | None = None
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.received.append(Received(time.time(), request.path, dict(request.headers), body))
+        self.arrived.set()
+        index = len(self.received) - 1
+        behaviour = self.responses.pop(0) if self.responses else self.default
+        if behaviour is None:
+            return web.Response(status=200, text="ok")
+        return await behaviour(request, index)
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"sink got {len(self.received)} of {count} requests")
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+        return self.received
+
+
+def status(code: int, headers: dict[str, str] | None = None, text: str = "") -> Behaviour:
+    async def respond(request: web.Request, index: int) -> web.StreamResponse:
+        return web.Response(status=code, headers=headers, text=text)
+
+    return respond
+
+
+def hang(seconds: float) -> Behaviour:
+    async def respond(request: web.Request, index: int) -> web.StreamResponse:
+        await asyncio.sleep(seconds)
+        return web.Response(status=200)
+
+    return respond
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Sink]:
+    s = Sink()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", s.handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    s.url = f"http://127.0.0.1:{port}"
+    yield s
+    await runner.cleanup()
+
+
+# ---------------------------------------------------------------- relay in-process
+
+
+@dataclass
+class Relay:
+    service: Service
+    url: str
+    http: aiohttp.ClientSession
+
+    async def post(self, body: Any, token: str | None = None) -> tuple[int, Any]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        async with self.http.post(self.url + "/v1/runs", data=data, headers=headers) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+RelayFactory = Callable[..., Awaitable[Relay]]
+
+
+@pytest.fixture
+async def relay(tmp_path: Path) -> AsyncIterator[RelayFactory]:
+    """Start relay in this event loop from a YAML text; every one is shut down after the test."""
+    started: list[Relay] = []
+
+    async def start(config_text: str, db: Path | None = None) -> Relay:
+        path = tmp_path / f"config{len(started)}.yaml"
+        path.write_text(config_text)
+        store = db or tmp_path / "relay.db"
+        settings = Settings(config=path, listen="127.0.0.1:0", store_url=f"sqlite:///{store}")
+        from relay.service import load  # noqa: PLC0415
+
+        service = Service(settings, compile_config(load(settings)))
+        host, port = await service.start()
+        r = Relay(service, f"http://{host}:{port}", aiohttp.ClientSession())
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        await r.http.close()
+        await r.service.shutdown()
+
+
+# ---------------------------------------------------------------- relay as a child process
+
+
+class RelayProcess:
+    """`python -m relay serve` as a child; its JSON log lines and stdout are collected."""
+
+    def __init__(self, config: Path, db: Path, env: dict[str, str] | None = None) -> None:
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RELAY_")},
+            "RELAY_CONFIG": str(config),
+            "RELAY_STORE_URL": f"sqlite:///{db}",
+            "RELAY_LISTEN": "127.0.0.1:0",
+            "RELAY_LOG_FORMAT": "json",
+            **(env or {}),
+        }
+        self.cwd: Path | None = None
+        self.proc: subprocess.Popen[str] | None = None
+        self.logs: list[dict[str, Any]] = []
+        self.stdout: list[str] = []
+        self.url = ""
+
+    def start(self, timeout: float = 20.0) -> RelayProcess:
+        self.logs, self.stdout = [], []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve"],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.cwd,
+        )
+        listening = threading.Event()
+        threading.Thread(target=self._read_logs, args=(listening,), daemon=True).start()
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not listening.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                time.sleep(0.1)  # let the reader threads take the last lines
+                raise AssertionError(f"relay did not start: {self.logs[-5:]}")
+        return self
+
+    def _read_logs(self, listening: threading.Event) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = {"raw": line.rstrip()}
+            self.logs.append(entry)
+            if entry.get("msg") == "listening":
+                self.url = f"http://{entry['host']}:{entry['port']}"
+                listening.set()
+
+    def _read_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.stdout.append(line)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def relay_process(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
+    made: list[RelayProcess] = []
+
+    def make(config_text: str, env: dict[str, str] | None = None) -> RelayProcess:
+        config = tmp_path / "config.yaml"
+        config.write_text(config_text)
+        p = RelayProcess(config, tmp_path / "relay.db", env)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.kill()
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`relay ARGS` as a child process, with a clean RELAY_* environment plus `env`."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def free_text(s: str) -> str:
+    return re.sub(r"\s+", " ", s)

@@ -1,0 +1,453 @@
+"""The CLI as operators run it: `python -m relay ...` as a child process, no mocks.
+
+check · test · send-test · dlq list/replay · bad environment · --version. Independent commands of
+one test run side by side (a thread each) to keep the file fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import json
+import re
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import standardwebhooks
+
+from relay.model import Decision, Match, Run, RunState
+from relay.store.sqlite import SQLiteStore
+from tests.conftest import FIXTURES, Sink, run_cli, sdk_run, status
+
+Result = subprocess.CompletedProcess[str]
+FAILED_JSON = FIXTURES / "realtime-run" / "sdk" / "run_failed.json"
+FAILED_ID = "run_cmuxjbf30kqkowywawhi1r8yr"
+COMPLETED_ID = "run_cmrzcpw210si3thkfbknshoal"
+WHSEC = "whsec_" + base64.b64encode(bytes(range(24))).decode()
+TOKEN = "tok-Zq81-never-printed"
+HOOK_URL = "https://hooks.example.com/services/T000/B000/hook-path-never-printed"
+
+
+def parallel(*calls: Callable[[], Result]) -> list[Result]:
+    """Run independent CLI invocations side by side; results in call order."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda call: call(), calls))
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Callable[[], Result]:
+    return functools.partial(run_cli, *args, env=env, cwd=cwd)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def output(result: Result) -> str:
+    return result.stdout + result.stderr
+
+
+def store_env(tmp_path: Path) -> dict[str, str]:
+    # sqlite:/// + an absolute path = four slashes
+    return {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+
+
+GOOD = """\
+channels:
+  console:
+    type: console
+  ops:
+    type: console
+rules:
+  - name: failures
+    match:
+      status: [failure]
+    notify: [console, ops]
+  - name: crashes
+    match:
+      status: [CRASHED]
+    notify: [ops]
+"""
+
+
+# ---------------------------------------------------------------------------------- relay check
+
+
+def test_check_a_valid_config_by_flag_or_environment(tmp_path: Path) -> None:
+    good = write(tmp_path / "good.yaml", GOOD)
+    by_flag, by_env = parallel(
+        cli("check", "--config", str(good)),
+        cli("check", env={"RELAY_CONFIG": str(good)}),
+    )
+    for result in (by_flag, by_env):
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert len(lines) == 1, result.stdout
+        assert str(good) in lines[0]
+        assert "OK" in lines[0] and "2 channels" in lines[0] and "2 rules" in lines[0]
+        assert result.stderr == ""
+
+
+def test_check_reports_every_problem_with_file_line_and_path(tmp_path: Path) -> None:
+    bad = write(
+        tmp_path / "bad.yaml",
+        """\
+server:
+  auth_tokn: x
+channels:
+  console: {type: console}
+rules:
+  - name: r1
+    notify: [nope]
+""",
+    )
+    result = run_cli("check", "--config", str(bad))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert f"{bad}:2: server.auth_tokn: unknown key" in lines, result.stderr
+    assert f"{bad}:7: rules[0].notify[0]: unknown channel 'nope'" in lines, result.stderr
+    problems = [line for line in lines if re.match(rf"{re.escape(str(bad))}:\d+: \S+: ", line)]
+    assert len(problems) == 2, result.stderr
+    assert lines[-1] == "2 problem(s) found"
+
+
+SECRET_CONFIG = """\
+server:
+  auth_token: ${TOK}
+channels:
+  hook:
+    type: webhook
+    url: ${HOOK}
+    secret: ${WHSEC}
+%(extra)s
+rules:
+  - name: to-hook
+    notify: [hook]
+defaults:
+  timeout: %(timeout)s
+"""
+
+
+def test_check_never_prints_secrets(tmp_path: Path) -> None:
+    secrets = {"TOK": TOKEN, "HOOK": HOOK_URL, "WHSEC": WHSEC}
+    bad = write(
+        tmp_path / "bad.yaml",
+        SECRET_CONFIG % {"extra": "    headerz: {X-Team: core}", "timeout": "soon"},
+    )
+    good = write(tmp_path / "good.yaml", SECRET_CONFIG % {"extra": "", "timeout": "10s"})
+    failed, passed, dry = parallel(
+        cli("check", "--config", str(bad), env=secrets),
+        cli("check", "--config", str(good), env=secrets),
+        cli("test", str(FAILED_JSON), "--config", str(good), env=secrets),
+    )
+    assert failed.returncode == 1
+    assert f"{bad}:8: channels.hook.headerz: unknown key" in failed.stderr
+    assert f"{bad}:13: defaults.timeout: expected a duration" in failed.stderr
+    assert passed.returncode == 0, passed.stderr
+    assert dry.returncode == 0, dry.stderr
+    for result in (failed, passed, dry):
+        for value in secrets.values():
+            assert value not in output(result)
+        assert "hooks.example.com" not in output(result)
+        assert WHSEC.removeprefix("whsec_") not in output(result)
+
+
+def test_check_environment_variables(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "env.yaml",
+        """\
+server:
+  auth_token: ${CLI_TEST_UNSET_TOKEN}
+channels:
+  console: {type: console}
+defaults:
+  timeout: ${CLI_TEST_UNSET_TIMEOUT:-15s}
+rules:
+  - {name: r1, notify: [console]}
+""",
+    )
+    unset, set_ = parallel(
+        cli("check", "--config", str(config)),
+        cli("check", "--config", str(config), env={"CLI_TEST_UNSET_TOKEN": "abc"}),
+    )
+    assert unset.returncode == 1
+    assert unset.stderr.splitlines() == [
+        f"{config}:2: server.auth_token: environment variable CLI_TEST_UNSET_TOKEN is not set",
+        "1 problem(s) found",
+    ]
+    # ${VAR:-default}: the unset variable takes its default (an empty timeout would be invalid)
+    assert set_.returncode == 0, set_.stderr
+    assert "OK" in set_.stdout
+
+
+def test_check_missing_file_and_builtin_default(tmp_path: Path) -> None:
+    missing, builtin = parallel(
+        cli("check", "--config", str(tmp_path / "missing.yaml")),
+        cli("check", cwd=tmp_path),
+    )
+    assert missing.returncode == 1
+    assert f"{tmp_path / 'missing.yaml'}: config file not found" in missing.stderr
+    assert builtin.returncode == 0, builtin.stderr
+    assert "built-in default" in builtin.stdout
+    assert "1 channels, 1 rules" in builtin.stdout
+
+
+# ----------------------------------------------------------------------------------- relay test
+
+DRY_RUN_CONFIG = """\
+channels:
+  console:
+    type: console
+  hook:
+    type: webhook
+    url: %(url)s/hook
+    secret: %(secret)s
+rules:
+  - name: all-failures
+    match: {status: [failure]}
+    notify: [console]
+    continue: true
+  - name: sync-failures
+    match: {status: [failure], task: "sync-*"}
+    notify: [hook]
+    continue: true
+  - name: crashes-only
+    match: {status: [CRASHED]}
+    notify: [console]
+"""
+
+
+def section(stdout: str, header: str) -> str:
+    """The lines after `header` up to the next `--- ` header."""
+    lines = stdout.splitlines()
+    start = lines.index(header) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("--- ")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+async def test_dry_run_names_rules_renders_messages_and_sends_nothing(
+    tmp_path: Path, sink: Sink
+) -> None:
+    config = write(tmp_path / "c.yaml", DRY_RUN_CONFIG % {"url": sink.url, "secret": WHSEC})
+    both = write(tmp_path / "both.json", json.dumps([sdk_run("failed"), sdk_run("completed")]))
+    text, as_json, many = await asyncio.gather(
+        asyncio.to_thread(run_cli, "test", str(FAILED_JSON), "--config", str(config)),
+        asyncio.to_thread(run_cli, "test", str(FAILED_JSON), "--config", str(config), "--json"),
+        asyncio.to_thread(run_cli, "test", str(both), "--config", str(config)),
+    )
+    for result in (text, as_json, many):
+        assert result.returncode == 0, result.stderr
+
+    # which rules matched, by name, in order
+    matched = [line for line in text.stdout.splitlines() if line.startswith("run ")]
+    assert matched == [f"run {FAILED_ID}: all-failures, sync-failures"]
+    assert "crashes-only" not in matched[0]
+    # the console message as it would be printed
+    console = section(text.stdout, "--- rule all-failures → channel console")
+    assert "sync-customer-data" in console and FAILED_ID in console
+    # the webhook body as it would be POSTed
+    body = json.loads(section(text.stdout, "--- rule sync-failures → channel hook"))
+    assert body["rule"] == "sync-failures" and body["channel"] == "hook"
+    assert body["run"]["taskIdentifier"] == "sync-customer-data"
+
+    parsed = json.loads(as_json.stdout)
+    assert [r["run_id"] for r in parsed] == [FAILED_ID]
+    assert parsed[0]["rules"] == ["all-failures", "sync-failures"]
+    assert [(m["rule"], m["channel"]) for m in parsed[0]["messages"]] == [
+        ("all-failures", "console"),
+        ("sync-failures", "hook"),
+    ]
+
+    runs = [line for line in many.stdout.splitlines() if line.startswith("run ")]
+    assert runs == [
+        f"run {FAILED_ID}: all-failures, sync-failures",
+        f"run {COMPLETED_ID}: no rule matched",
+    ]
+
+    await asyncio.sleep(0.05)
+    assert sink.received == []  # a dry run sends nothing
+
+
+def test_dry_run_refuses_bad_event_files(tmp_path: Path) -> None:
+    config = write(tmp_path / "c.yaml", GOOD)
+    broken = write(tmp_path / "broken.json", '{"id": "run_1", ')
+    no_id = write(tmp_path / "no_id.json", '{"status": "FAILED"}')
+    missing = tmp_path / "missing.json"
+    results = parallel(
+        *(cli("test", str(path), "--config", str(config)) for path in (broken, no_id, missing))
+    )
+    broken_r, no_id_r, missing_r = results
+    for result in results:
+        assert result.returncode == 1
+        assert result.stdout == ""
+        assert "Traceback" not in result.stderr
+    assert f"{broken}: invalid JSON" in broken_r.stderr
+    assert f"{no_id}: id: required field is missing" in no_id_r.stderr
+    assert str(missing) in missing_r.stderr and "No such file" in missing_r.stderr
+
+
+# ------------------------------------------------------------------------------ relay send-test
+
+SEND_CONFIG = """\
+channels:
+  console:
+    type: console
+  hook:
+    type: webhook
+    url: ${HOOK}
+    secret: ${WHSEC}
+    headers: {X-Team: core}
+rules:
+  - {name: r1, notify: [console]}
+"""
+
+
+async def test_send_test_posts_a_signed_message(tmp_path: Path, sink: Sink) -> None:
+    config = write(tmp_path / "c.yaml", SEND_CONFIG)
+    env = {"HOOK": f"{sink.url}/in/secret-path", "WHSEC": WHSEC}
+    result = await asyncio.to_thread(run_cli, "send-test", "hook", "--config", str(config), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "hook" in result.stdout
+    [received] = sink.received
+    assert received.path == "/in/secret-path"
+    headers = {k.lower(): v for k, v in received.headers.items()}
+    assert headers["content-type"] == "application/json"
+    assert headers["x-team"] == "core"
+    for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+        assert headers[name]
+    body = standardwebhooks.Webhook(WHSEC).verify(received.body, headers)
+    assert body == received.json()
+    assert body["channel"] == "hook"
+    assert body["run"]["taskIdentifier"] == "relay-send-test"
+
+
+async def test_send_test_failures(tmp_path: Path, sink: Sink) -> None:
+    sink.responses.append(status(500, text="upstream broke"))
+    config = write(tmp_path / "c.yaml", SEND_CONFIG)
+    env = {"HOOK": f"{sink.url}/in/secret-path", "WHSEC": WHSEC}
+    failed, unknown = await asyncio.gather(
+        asyncio.to_thread(run_cli, "send-test", "hook", "--config", str(config), env=env),
+        asyncio.to_thread(run_cli, "send-test", "pager", "--config", str(config), env=env),
+    )
+    assert failed.returncode == 1
+    assert "server_error" in failed.stderr
+    assert len(sink.received) == 1  # one attempt, no retries
+    port = sink.url.rsplit(":", 1)[1]
+    for text in (failed.stdout, failed.stderr):
+        assert "secret-path" not in text and sink.url not in text and port not in text
+        assert WHSEC not in text
+
+    assert unknown.returncode == 1
+    assert "unknown channel 'pager'" in unknown.stderr
+    assert "known: console, hook" in unknown.stderr
+
+
+# ------------------------------------------------------------------------------------ relay dlq
+
+
+def test_dlq_on_a_fresh_store(tmp_path: Path) -> None:
+    env = store_env(tmp_path)
+    listed, as_json, replay_all, replay_one = parallel(
+        cli("dlq", "list", env=env),
+        cli("dlq", "list", "--json", env=env),
+        cli("dlq", "replay", "--all", env=env),
+        cli("dlq", "replay", "ntf_nope", env=env),
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.strip() == "no dead notifications"
+    assert as_json.returncode == 0 and json.loads(as_json.stdout) == []
+    assert replay_all.returncode == 0, replay_all.stderr
+    assert "replayed 0" in replay_all.stdout
+    assert replay_one.returncode == 1
+    assert "ntf_nope" in replay_one.stderr
+
+
+def fire_on_failed(run: Run, previous: RunState | None) -> Decision:
+    """Rule `r1` fires once per FAILED run, to channel `hook`."""
+    state = RunState(run.updated_at_ms, run.status, frozenset({"r1"}))
+    if run.status != "FAILED" or previous is not None:
+        return Decision(state=state)
+    return Decision(state=state, matches=(Match("r1", "hook", "run"),))
+
+
+async def make_dead_letters(db: Path, *run_ids: str) -> list[str]:
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        runs = [
+            Run.model_validate({"id": rid, "status": "FAILED", "updatedAt": "2026-01-01T00:00:00Z"})
+            for rid in run_ids
+        ]
+        await store.observe(runs, fire_on_failed, now=100.0)
+        claimed = await store.claim("hook", now=100.0, limit=10, lease_s=60)
+        for i, n in enumerate(claimed):
+            await store.mark_dead(
+                n.id, now=200.0 + i, attempts=12, reason="server_error", error="HTTP 503"
+            )
+        assert (await store.counts())["dead"] == len(run_ids)
+        return [n.id for n in claimed]
+    finally:
+        await store.close()
+
+
+async def test_dlq_lists_and_replays_dead_letters(tmp_path: Path) -> None:
+    db = tmp_path / "relay.db"
+    ids = await make_dead_letters(db, "run_dead_one", "run_dead_two")
+    env = store_env(tmp_path)
+    listed, as_json = await asyncio.gather(
+        asyncio.to_thread(run_cli, "dlq", "list", env=env),
+        asyncio.to_thread(run_cli, "dlq", "list", "--json", env=env),
+    )
+    assert listed.returncode == 0, listed.stderr
+    for nid, run_id in zip(ids, ["run_dead_one", "run_dead_two"], strict=True):
+        [row] = [line for line in listed.stdout.splitlines() if line.startswith(nid)]
+        assert run_id in row and "hook" in row and "server_error" in row
+    views = json.loads(as_json.stdout)
+    assert {v["id"] for v in views} == set(ids)
+    assert {(v["run_id"], v["channel"], v["reason"], v["error"]) for v in views} == {
+        ("run_dead_one", "hook", "server_error", "HTTP 503"),
+        ("run_dead_two", "hook", "server_error", "HTTP 503"),
+    }
+
+    replay = await asyncio.to_thread(run_cli, "dlq", "replay", ids[0], env=env)
+    assert replay.returncode == 0, replay.stderr
+    assert "replayed 1" in replay.stdout
+
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        assert await store.counts() == {"pending": 1, "sent": 0, "dead": 1}
+        again = await store.get(ids[0])
+        assert again is not None and again.attempts == 0
+        assert [n.id for n in await store.dead_letters()] == [ids[1]]
+    finally:
+        await store.close()
+
+
+# ----------------------------------------------------------------------- environment and basics
+
+
+def test_bad_environment_is_named_without_secrets(tmp_path: Path) -> None:
+    listen, store = parallel(
+        cli("check", env={"RELAY_LISTEN": "nonsense"}, cwd=tmp_path),
+        cli("dlq", "list", env={"RELAY_STORE_URL": "mysql://u:pw@h/db"}, cwd=tmp_path),
+    )
+    assert listen.returncode == 1
+    assert "RELAY_LISTEN" in listen.stderr and "host:port" in listen.stderr
+    assert store.returncode == 1
+    assert "RELAY_STORE_URL" in store.stderr
+    assert "pw" not in output(store) and "u:pw@h" not in output(store)
+
+
+def test_version_and_usage() -> None:
+    version, bare = parallel(cli("--version"), cli())
+    assert version.returncode == 0
+    assert re.fullmatch(r"relay \d+\.\d+\.\d+\S*\n", version.stdout), version.stdout
+    assert bare.returncode != 0
+    assert "usage: relay" in bare.stderr

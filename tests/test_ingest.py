@@ -1,0 +1,180 @@
+"""POST /v1/runs: every bad input gets its clear error, a batch is all-or-nothing, 202 after commit."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import RelayFactory, sdk_run
+
+CONFIG = """\
+server:
+  auth_token: ${TOKEN:-}
+  max_body_bytes: 4096
+channels:
+  out: {type: console}
+rules:
+  - name: failures
+    match: {status: [failure]}
+    notify: [out]
+"""
+AUTH_CONFIG = CONFIG.replace("${TOKEN:-}", "s3cret-token")
+
+
+async def raw_post(
+    url: str, body: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, Any, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url + "/v1/runs", data=body, headers=headers) as resp,
+    ):
+        return resp.status, await resp.json(content_type=None), resp.headers
+
+
+def small_failed(**extra: Any) -> dict[str, Any]:
+    run = {
+        "id": "run_small",
+        "taskIdentifier": "t",
+        "status": "FAILED",
+        "updatedAt": "2026-01-01T00:00:00Z",
+    }
+    run.update(extra)
+    return run
+
+
+async def test_accepts_one_object_and_counts(relay: RelayFactory) -> None:
+    r = await relay(CONFIG)
+    status, body = await r.post(small_failed())
+    assert status == 202
+    assert body == {"accepted": 1, "stale": 0, "notifications": 1}
+
+
+async def test_accepts_an_array_and_every_fixture_shape(relay: RelayFactory) -> None:
+    r = await relay(CONFIG.replace("4096", "1048576"))
+    runs = [sdk_run(n) for n in ("failed", "crashed", "timed_out", "completed", "executing")]
+    status, body = await r.post(runs)
+    assert status == 202
+    assert body["accepted"] == 5 and body["notifications"] == 3
+
+
+async def test_unknown_fields_and_statuses_are_kept(relay: RelayFactory) -> None:
+    r = await relay(CONFIG)
+    status, body = await r.post(small_failed(status="SOME_FUTURE_STATUS", brandNew={"x": 1}))
+    assert status == 202 and body["notifications"] == 0
+
+
+async def test_empty_array_is_accepted_as_nothing(relay: RelayFactory) -> None:
+    r = await relay(CONFIG)
+    assert await r.post([]) == (202, {"accepted": 0, "stale": 0, "notifications": 0})
+
+
+BAD_BODIES: list[tuple[bytes, str | None, str]] = [
+    (b"", None, "empty body"),
+    (b"{not json", None, "invalid JSON"),
+    (b'"a string"', None, "expected a JSON object or an array"),
+    (b"[1, 2]", "[0]", "expected a run object"),
+    (json.dumps({"status": "FAILED"}).encode(), "id", "missing"),
+    (json.dumps({"id": "run_1"}).encode(), "status", "missing"),
+    (json.dumps(small_failed(id=5)).encode(), "id", "string"),
+    (json.dumps(small_failed(costInCents="12")).encode(), "costInCents", "number"),
+    (json.dumps(small_failed(costInCents=True)).encode(), "costInCents", "number"),
+    (json.dumps(small_failed(tags="prod")).encode(), "tags", "list"),
+    (json.dumps(small_failed(tags=[1])).encode(), "tags.0", "string"),
+    (json.dumps(small_failed(isTest="no")).encode(), "isTest", "boolean"),
+    (json.dumps(small_failed(updatedAt="yesterday")).encode(), "updatedAt", "datetime"),
+    (json.dumps(small_failed(metadata=[1])).encode(), None, ""),  # kept as {"value": [...]}
+    (json.dumps([small_failed(), small_failed(id=None)]).encode(), "[1].id", "string"),
+    (b'{"id": "r", "status": "FAILED", "costInCents": NaN}', None, "invalid JSON"),
+    (
+        b'{"id": "r", "status": "FAILED", "number": 123456789012345678901234567890}',
+        "number",
+        "integer",
+    ),
+    (b"\xff\xfe{bad utf8}", None, "invalid JSON"),
+    (b"[" * 2000 + b"]" * 2000, None, "invalid JSON"),  # nesting deeper than orjson allows
+]
+
+
+async def test_bad_bodies_get_400_naming_the_field(relay: RelayFactory) -> None:
+    r = await relay(CONFIG)
+    for body, field, message in BAD_BODIES:
+        status, answer, _ = await raw_post(r.url, body, {"Content-Type": "application/json"})
+        if field is None and message == "":
+            assert status == 202, answer
+            continue
+        assert status == 400, (body[:60], answer)
+        assert answer.get("field") == field, (body[:60], answer)
+        assert message in answer["error"], (body[:60], answer)
+
+
+async def test_batch_is_all_or_nothing(relay: RelayFactory) -> None:
+    r = await relay(CONFIG)
+    good = small_failed(id="run_batch_good")
+    status, _ = await r.post([good, {"id": "run_bad", "status": 7}])
+    assert status == 400
+    # nothing of the rejected batch was stored: the good run still fires when sent alone
+    status, body = await r.post(good)
+    assert (status, body["notifications"]) == (202, 1)
+
+
+async def test_oversized_bodies_get_413(relay: RelayFactory) -> None:
+    r = await relay(CONFIG)
+    big = json.dumps(small_failed(payload="x" * 5000)).encode()
+    status, answer, _ = await raw_post(r.url, big, {"Content-Type": "application/json"})
+    assert status == 413 and "larger than 4096" in answer["error"]
+
+    async def chunks():  # no Content-Length: the limit holds while streaming
+        for _ in range(10):
+            yield b" " * 1000
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(r.url + "/v1/runs", data=chunks()) as resp,
+    ):
+        assert resp.status == 413
+
+
+async def test_bearer_token(relay: RelayFactory) -> None:
+    r = await relay(AUTH_CONFIG)
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic s3cret-token"},
+        {"Authorization": "Bearer"},
+    ):
+        status, answer, resp_headers = await raw_post(
+            r.url, json.dumps(small_failed()).encode(), headers
+        )
+        assert status == 401, headers
+        assert resp_headers["WWW-Authenticate"] == "Bearer"
+        assert "s3cret-token" not in json.dumps(answer)
+    status, _ = await r.post(small_failed(), token="s3cret-token")
+    assert status == 202
+
+
+async def test_unauthenticated_oversized_body_is_401_not_read(relay: RelayFactory) -> None:
+    r = await relay(AUTH_CONFIG)
+    status, _, _ = await raw_post(r.url, b"x" * 100_000)
+    assert status == 401
+
+
+async def test_stale_updates_are_counted(relay: RelayFactory) -> None:
+    r = await relay(CONFIG)
+    await r.post(small_failed(updatedAt="2026-01-01T00:00:10Z"))
+    status, body = await r.post(small_failed(updatedAt="2026-01-01T00:00:05Z", status="EXECUTING"))
+    assert status == 202 and body == {"accepted": 1, "stale": 1, "notifications": 0}
+
+
+async def test_health_and_readiness(relay: RelayFactory) -> None:
+    r = await relay(CONFIG)
+    async with r.http.get(r.url + "/healthz") as resp:
+        assert resp.status == 200
+    async with r.http.get(r.url + "/readyz") as resp:
+        assert resp.status == 200 and (await resp.json())["status"] == "ready"
+    await r.service.store.close()  # the store goes away: not ready, and ingest refuses with 503
+    async with r.http.get(r.url + "/readyz") as resp:
+        assert resp.status == 503
+    status, _, headers = await raw_post(r.url, json.dumps(small_failed()).encode())
+    assert status == 503 and headers["Retry-After"]
