@@ -228,11 +228,11 @@ def parse_config(
         problems.append(located.problem((), "the top level must be a mapping"))
         data = None
     config = None if data is None else _validate(data, located, channel_models, problems)
+    if data is not None:  # read from the raw data, so they are reported with schema problems
+        problems += _references(data, located)
     if config is not None:
-        problems += _cross_check(config, located)
+        problems += _not_yet(config, located)
         config = _resolve_paths(config, base_dir)
-    elif data is not None:  # schema problems elsewhere: still report bad channel references
-        problems += _unknown_channels(data, located)
     if problems or config is None:
         raise ConfigError(_dedupe(problems))
     return LoadedConfig(config, located)
@@ -287,6 +287,8 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
     for err in exc.errors(include_input=False, include_url=False):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
         path = (*prefix, *("continue" if p == "continue_" else p for p in loc))
+        if path in located.unset:
+            continue  # already reported: the environment variable is not set
         kind = err["type"]
         if kind == "extra_forbidden":
             message = "unknown key"
@@ -298,34 +300,31 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
     return out
 
 
-def _cross_check(config: Config, located: Located) -> list[Problem]:
+def _not_yet(config: Config, located: Located) -> list[Problem]:
     problems = []
     if config.sources:
         problems.append(located.problem(("sources",), _NOT_YET["sources"]))
-    seen: set[str] = set()
     for i, rule in enumerate(config.rules):
-        if rule.name in seen:
-            problems.append(located.problem(("rules", i, "name"), "duplicate rule name"))
-        seen.add(rule.name)
-        for j, channel in enumerate(rule.notify):
-            if channel not in config.channels:
-                problems.append(
-                    located.problem(("rules", i, "notify", j), f"unknown channel {channel!r}")
-                )
         grouping = (rule.group_by, rule.group_wait, rule.group_interval, rule.repeat_interval)
         if any(v is not None for v in grouping):
             problems.append(located.problem(("rules", i), _NOT_YET["group_by"]))
     return problems
 
 
-def _unknown_channels(data: dict[str, Any], located: Located) -> list[Problem]:
-    """Rule `notify` entries naming no channel, read from the raw data (schema invalid)."""
+def _references(data: dict[str, Any], located: Located) -> list[Problem]:
+    """Duplicate rule names and `notify` entries naming no channel."""
     channels = data.get("channels")
     names = set(channels) if isinstance(channels, dict) else set()
     rules = data.get("rules")
-    problems = []
+    problems, seen = [], set()
     for i, rule in enumerate(rules if isinstance(rules, list) else []):
-        notify = rule.get("notify") if isinstance(rule, dict) else None
+        if not isinstance(rule, dict):
+            continue
+        name = rule.get("name")
+        if isinstance(name, str) and name in seen:
+            problems.append(located.problem(("rules", i, "name"), "duplicate rule name"))
+        seen.add(name)
+        notify = rule.get("notify")
         for j, channel in enumerate(notify if isinstance(notify, list) else []):
             if isinstance(channel, str) and channel not in names:
                 path: Path_ = ("rules", i, "notify", j)

@@ -30,8 +30,9 @@ class Located:
     data: Any
     lines: dict[Path_, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
-    # paths whose value came (partly) from the environment
+    # paths whose value came (partly) from the environment, and those naming an unset variable
     from_env: set[Path_] = field(default_factory=set)
+    unset: set[Path_] = field(default_factory=set)
 
     def locate(self, path: Path_) -> str:
         """file:line of the longest known prefix of `path`."""
@@ -123,6 +124,8 @@ class _Walker:
         if "$" not in value:
             return value
         text, missing = interpolate(value, self.env)
+        if missing:
+            self.located.unset.add(path)
         for name in missing:
             self.located.problems.append(
                 self.located.problem(path, f"environment variable {name} is not set")

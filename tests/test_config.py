@@ -204,3 +204,18 @@ def test_environment_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert settings.listen_host_port == ("::1", 9000)
     assert settings.log_level == "DEBUG"
     assert settings.config_explicit
+
+
+def test_unset_variable_is_reported_once() -> None:
+    text = "channels:\n  h:\n    type: webhook\n    url: ${HOOK_URL}\n"
+    assert problems(text) == ["c.yaml:4: channels.h.url: environment variable HOOK_URL is not set"]
+
+
+def test_references_are_checked_even_when_the_schema_fails() -> None:
+    text = (
+        "server: {bogus: 1}\nchannels: {c: {type: console}}\n"
+        "rules:\n  - {name: a, notify: [c]}\n  - {name: a, notify: [x]}\n"
+    )
+    found = problems(text)
+    assert any("rules[1].name: duplicate rule name" in p for p in found), found
+    assert any("rules[1].notify[0]: unknown channel 'x'" in p for p in found), found

@@ -16,22 +16,17 @@ import orjson
 import pytest
 from jinja2.exceptions import SecurityError
 
+from relay.filters import duration, money, stack, status_emoji, tojson, truncate_chars
 from relay.model import Run
 from relay.templating import (
     TEMPLATE_SUFFIX,
     RenderContext,
     Rendered,
     Renderer,
-    duration,
     fallback_json,
     fallback_text,
-    money,
     sandbox,
     shipped_templates_dir,
-    stack,
-    status_emoji,
-    tojson,
-    truncate_chars,
 )
 
 REPO = Path(__file__).resolve().parents[1]

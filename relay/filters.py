@@ -1,0 +1,106 @@
+"""Filters a template author expects: money, durations, truncation, JSON, stack traces."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from typing import Any
+
+import orjson
+from jinja2 import Undefined
+
+from relay.model import FAILURE_STATUSES
+
+
+def as_text(value: Any) -> str:
+    return "" if value is None or isinstance(value, Undefined) else str(value)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def money(cents: Any) -> str:
+    """Cents → dollars: 150 → $1.50; below a cent up to 4 decimals: 0.05027 → $0.0005."""
+    value = _number(cents)
+    if value is None:
+        return ""
+    sign, dollars = ("-" if value < 0 else ""), abs(value) / 100
+    if dollars == 0 or dollars >= 0.01:
+        return f"{sign}${dollars:,.2f}"
+    text = f"{dollars:.4f}"
+    return f"{sign}<$0.0001" if float(text) == 0 else f"{sign}${text.rstrip('0')}"
+
+
+def duration(ms: Any) -> str:
+    """Milliseconds → 950ms, 14.9s, 1m 1s, 1h 2m, 1d 1h."""
+    value = _number(ms)
+    if value is None:
+        return ""
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    if round(value) < 1000:
+        return f"{sign}{round(value)}ms"
+    tenths = round(value / 100)
+    if tenths < 600:
+        return f"{sign}{f'{tenths / 10:.1f}'.removesuffix('.0')}s"
+    seconds = max(int(value // 1000), 60)
+    for size, unit, minor_size, minor_unit in ((86400, "d", 3600, "h"), (3600, "h", 60, "m")):
+        if seconds >= size:
+            major, rest = divmod(seconds, size)
+            minor = rest // minor_size
+            return f"{sign}{major}{unit}" + (f" {minor}{minor_unit}" if minor else "")
+    minutes, rest = divmod(seconds, 60)
+    return f"{sign}{minutes}m" + (f" {rest}s" if rest else "")
+
+
+def truncate_chars(value: Any, length: int, end: str = "…") -> str:
+    """At most `length` characters, the end marker included."""
+    text, length = as_text(value), max(int(length), 0)
+    if len(text) <= length:
+        return text
+    if len(end) >= length:
+        return end[:length]
+    return text[: length - len(end)].rstrip() + end
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    return None if isinstance(value, Undefined) else str(value)
+
+
+def tojson(value: Any, indent: int | None = None) -> str:
+    """Compact JSON (orjson); `indent` (any truthy value) gives two-space indentation."""
+    option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
+    return orjson.dumps(value, default=_json_default, option=option).decode()
+
+
+def stack(value: Any, max_lines: int = 12, frames_only: bool = False) -> str:
+    """Stack without node:internal frames, cut to max_lines (+ "… N more lines"); frames_only
+    drops the leading message lines when the trace has `at ...` frames."""
+    lines = [
+        line.rstrip()
+        for line in as_text(value).splitlines()
+        if line.strip() and "node:internal" not in line
+    ]
+    if frames_only:
+        first = next((i for i, line in enumerate(lines) if line.lstrip().startswith("at ")), 0)
+        lines = lines[first:]
+    keep = max(int(max_lines), 0)
+    kept = textwrap.dedent("\n".join(lines[:keep])).splitlines()
+    if len(lines) > keep:
+        kept.append(f"… {len(lines) - keep} more lines")
+    return "\n".join(kept)
+
+
+def status_emoji(status: Any) -> str:
+    """🔴 for failures, ✅ for COMPLETED, ⚠️ for anything else."""
+    if status in FAILURE_STATUSES:
+        return "🔴"
+    return "✅" if status == "COMPLETED" else "⚠️"

@@ -1,0 +1,130 @@
+"""The hardened Jinja sandbox shared by templates and rule `when:` expressions.
+
+Beyond Jinja's own sandbox: dunders and unsafe attributes raise SecurityError; `*`, `**`, `%`,
+str.format and padding refuse huge sizes. This stops SSTI and accidents, not every CPU-burning
+loop (templates are operator configuration).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jinja2
+from jinja2 import ChainableUndefined, Undefined
+from jinja2.exceptions import SecurityError
+from jinja2.runtime import Context
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
+
+from relay.filters import as_text, duration, money, stack, status_emoji, tojson, truncate_chars
+
+MAX_SEQUENCE_LEN = 100_000  # `'a' * n`, `[x] * n`
+MAX_INT_BITS = 128  # integer results of `*` and `**`
+MAX_WIDTH = 100_000  # widths of format strings, padding methods and filters like center
+MAX_OUTPUT_CHARS = 1_000_000  # one rendered part
+_SEQUENCES = (str, bytes, list, tuple)
+_WIDE_PERCENT = re.compile(r"%[-#0 +]*(?:\*|\d{6,})|%[-#0 +]*\d*\.(?:\*|\d{6,})")
+_WIDE_BRACES = re.compile(r"\{[^{}]*:[^{}]*(?:\d{6,}|\{)")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_binop(operator: str, left: Any, right: Any) -> None:
+    if operator == "**" and _is_int(left) and _is_int(right) and abs(left) > 1 and right > 0:
+        if right * math.log2(abs(left)) > MAX_INT_BITS:
+            raise SecurityError(f"`**` result would exceed {MAX_INT_BITS} bits")
+    elif operator == "*":
+        for seq, count in ((left, right), (right, left)):
+            if isinstance(seq, _SEQUENCES) and _is_int(count):
+                if len(seq) * count > MAX_SEQUENCE_LEN:
+                    raise SecurityError(f"`*` result would exceed {MAX_SEQUENCE_LEN} items")
+                return
+        if (
+            _is_int(left)
+            and _is_int(right)
+            and left.bit_length() + right.bit_length() > MAX_INT_BITS + 1
+        ):
+            raise SecurityError(f"`*` result would exceed {MAX_INT_BITS} bits")
+    elif operator == "%" and isinstance(left, str) and _WIDE_PERCENT.search(left):
+        raise SecurityError("format width too large")
+
+
+def _check_int_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    if any(_is_int(a) and abs(a) > MAX_WIDTH for a in (*args, *kwargs.values())):
+        raise SecurityError(f"argument larger than {MAX_WIDTH}")
+
+
+class _Environment(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        _check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _check_name(obj, attribute)
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _check_name(obj, argument)
+        return super().getitem(obj, argument)
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
+        raise SecurityError(f"access to {attribute!r} of a {type(obj).__name__} is unsafe")
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(getattr(__obj, "__self__", None), str):  # 'x'.ljust(10**9) and friends
+            _check_int_args(args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+def _check_name(obj: Any, name: Any) -> None:
+    """No dunder names (unless a dict really has that key); no huge str.format widths."""
+    if not isinstance(name, str):
+        return
+    if name.startswith("__") and not (isinstance(obj, dict) and name in obj):
+        raise SecurityError(f"access to {name!r} is not allowed")
+    if name in ("format", "format_map") and isinstance(obj, str) and _WIDE_BRACES.search(obj):
+        raise SecurityError("format width too large")
+
+
+def _width_guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    skip = 2 if getattr(fn, "jinja_pass_arg", None) is not None else 1
+
+    @functools.wraps(fn)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        _check_int_args(args[skip:], kwargs)
+        return fn(*args, **kwargs)
+
+    return guarded
+
+
+def _format(value: Any, *args: Any, **kwargs: Any) -> str:
+    _check_binop("%", as_text(value), None)
+    return as_text(value) % (kwargs or args)
+
+
+def environment(loader: jinja2.BaseLoader | None = None) -> _Environment:
+    env = _Environment(
+        loader=loader,
+        autoescape=jinja2.select_autoescape(["html.j2", "htm.j2"], default=False),
+        undefined=ChainableUndefined,
+        keep_trailing_newline=True,
+        cache_size=400,
+    )
+    env.globals.pop("lipsum", None)  # a text generator with unbounded sizes; useless here
+    for name in ("center", "indent", "batch", "slice", "wordwrap", "truncate"):
+        env.filters[name] = _width_guarded(env.filters[name])
+    ours = (money, duration, truncate_chars, tojson, stack, status_emoji)
+    env.filters.update({f.__name__: f for f in ours}, format=_format)
+    return env
+
+
+def sandbox() -> SandboxedEnvironment:
+    """A fresh hardened sandbox with relay's filters (templates and rule `when:` expressions)."""
+    return environment()
