@@ -85,6 +85,14 @@ class Store(Protocol):
     async def counts(self) -> dict[str, int]:
         """Number of notifications by state: pending, sent, dead."""
 
+    async def kv_get(self, namespace: str, key: str) -> str | None:
+        """Small durable state of a source or channel (a Realtime position, a Slack thread ts)."""
+
+    async def kv_put(self, namespace: str, key: str, value: str, now: float) -> None:
+        """Store `value` under (namespace, key), replacing what was there."""
+
+    async def kv_delete(self, namespace: str, key: str) -> None: ...
+
 
 def open_store(url: str) -> Store:
     """The engine for a RELAY_STORE_URL."""

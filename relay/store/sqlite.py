@@ -203,6 +203,31 @@ class SQLiteStore:
         counts.update({state: int(n) for state, n in rows})
         return counts
 
+    async def kv_get(self, namespace: str, key: str) -> str | None:
+        row = await self._writer.run(
+            lambda conn: conn.execute(
+                "SELECT value FROM kv WHERE namespace = ? AND key = ?", (namespace, key)
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
+
+    async def kv_put(self, namespace: str, key: str, value: str, now: float) -> None:
+        await self._writer.run(
+            lambda conn: conn.execute(
+                "INSERT INTO kv (namespace, key, value, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (namespace, key) DO UPDATE"
+                " SET value = excluded.value, updated_at = excluded.updated_at",
+                (namespace, key, value, now),
+            )
+        )
+
+    async def kv_delete(self, namespace: str, key: str) -> None:
+        await self._writer.run(
+            lambda conn: conn.execute(
+                "DELETE FROM kv WHERE namespace = ? AND key = ?", (namespace, key)
+            )
+        )
+
     async def _update(self, assignments: str, params: tuple[object, ...], id_: str) -> None:
         """Update one pending outbox row; finished (sent or dead) rows are left alone."""
         sql = f"UPDATE outbox SET {assignments} WHERE id = ? AND state = 'pending'"  # noqa: S608

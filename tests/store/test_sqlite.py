@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from relay.errors import ConfigError, StoreUnavailable
+from relay.store._sqlite_schema import SCHEMA_VERSION
 from relay.model import Decision, Match, Run, RunState, notification_id
 from relay.store import Observed
 from relay.store.sqlite import SQLiteStore, sqlite_path
@@ -317,7 +318,7 @@ async def test_open_refuses_a_newer_schema_and_a_foreign_file(tmp_path: Path) ->
 async def test_the_file_is_in_wal_mode_with_a_versioned_schema(store: SQLiteStore) -> None:
     with closing(sqlite3.connect(store.path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
 
 
 # --- two processes on one file -------------------------------------------------------------------
@@ -384,3 +385,21 @@ def test_sqlite_path_errors(url: str, message: str) -> None:
     text = str(caught.value)
     assert "hunter2" not in text
     assert len(url) <= len("sqlite:////") or url not in text  # short ones are in the usage hint
+
+
+async def test_key_value_state_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "kv.db"
+    store = SQLiteStore(path)
+    await store.open()
+    assert await store.kv_get("realtime", "feed-a") is None
+    await store.kv_put("realtime", "feed-a", '{"offset": "0_0"}', now=1.0)
+    await store.kv_put("realtime", "feed-a", '{"offset": "5_2"}', now=2.0)
+    await store.kv_put("slack_thread", "feed-a", "1712.0001", now=2.0)
+    await store.close()
+    store = SQLiteStore(path)
+    await store.open()
+    assert await store.kv_get("realtime", "feed-a") == '{"offset": "5_2"}'
+    assert await store.kv_get("slack_thread", "feed-a") == "1712.0001"
+    await store.kv_delete("realtime", "feed-a")
+    assert await store.kv_get("realtime", "feed-a") is None
+    await store.close()
