@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from relay.errors import ConfigError, StoreUnavailable
-from relay.store._sqlite_schema import SCHEMA_VERSION
 from relay.model import Decision, Match, Run, RunState, notification_id
 from relay.store import Observed
+from relay.store._sqlite_schema import SCHEMA_VERSION
 from relay.store.sqlite import SQLiteStore, sqlite_path
 
 
