@@ -125,7 +125,7 @@ class Service:
         return self.compiled.loaded.config
 
     def _routes(self) -> dict[str, Route]:
-        env = ChannelEnv(self.http, sys.stdout, self.config.defaults.timeout)
+        env = ChannelEnv(self.http, sys.stdout, self.config.defaults.timeout, self.store)
         routes = {}
         for name, settings in self.config.channels.items():
             kind = channel_registry.REGISTRY[settings.type]

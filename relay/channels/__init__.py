@@ -28,13 +28,22 @@ class Outgoing:
     timestamp: float
 
 
+class KeyValue(Protocol):
+    """Durable small state a channel may keep (e.g. the Slack thread of a run). The store."""
+
+    async def kv_get(self, namespace: str, key: str) -> str | None: ...
+
+    async def kv_put(self, namespace: str, key: str, value: str, now: float) -> None: ...
+
+
 @dataclass(frozen=True)
 class ChannelEnv:
-    """What channels may use from the process: the shared HTTP client and stdout."""
+    """What channels may use from the process: the shared HTTP client, stdout, durable state."""
 
     http: HttpClient
     stdout: IO[str]
     default_timeout_s: float
+    state: KeyValue | None = None
 
 
 class Channel(Protocol):
