@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from relay.durations import Duration
+from relay.durations import Duration, parse_duration
 from relay.errors import ConfigError, Problem
 from relay.model import FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP
 from relay.yamlconf import Located, Path_, load_yaml
@@ -163,13 +163,67 @@ class RuleConfig(Strict):
     repeat_interval: Duration | None = None
 
 
+class TriggerAlertsConfig(Strict):
+    """POST /v1/trigger/alerts: Trigger.dev alert webhooks, signed with a channel's secret.
+
+    `secret` for one alert channel, `secrets` for several projects; a body is accepted when its
+    signature matches any of them.
+    """
+
+    secret: SecretStr | None = None
+    secrets: list[SecretStr] = []
+
+    def all_secrets(self) -> list[SecretStr]:
+        return ([self.secret] if self.secret is not None else []) + list(self.secrets)
+
+
+class RealtimeFeed(Strict):
+    """One Realtime subscription: by tags (all must match), by run id, or by batch id."""
+
+    tags: list[str] | None = None
+    created_at: str = "24h"
+    run_id: str | None = None
+    batch_id: str | None = None
+
+    @field_validator("created_at")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    def model_post_init(self, context: Any) -> None:
+        chosen = [x for x in (self.tags, self.run_id, self.batch_id) if x is not None]
+        if len(chosen) != 1:
+            raise ValueError("a feed needs exactly one of tags, run_id, batch_id")
+
+
+class RealtimeConfig(Strict):
+    """Follow Trigger.dev Realtime (Electric shape long-polling) with a secret key."""
+
+    api_url: str = "https://api.trigger.dev"
+    secret_key: SecretStr
+    feeds: list[RealtimeFeed] = Field(min_length=1)
+
+    @field_validator("api_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("api_url must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class SourcesConfig(Strict):
+    trigger_alerts: TriggerAlertsConfig | None = None
+    realtime: RealtimeConfig | None = None
+
+
 class TemplatesConfig(Strict):
     dir: Path | None = None
 
 
 class Config(Strict):
     server: ServerConfig = ServerConfig()
-    sources: dict[str, Any] | None = None
+    sources: SourcesConfig = SourcesConfig()
     channels: dict[str, ChannelSettings] = {}
     templates: TemplatesConfig = TemplatesConfig()
     rules: list[RuleConfig] = []
@@ -197,7 +251,8 @@ class LoadedConfig:
 
 ChannelModels = Mapping[str, type[ChannelSettings]]
 _NOT_YET = {
-    "sources": "not available in this version (Realtime follower and alert webhooks come next)",
+    "realtime": "the Realtime follower is not available in this version",
+    "trigger_alerts": "Trigger.dev alert webhooks are not available in this version",
     "group_by": "digests are not available in this version; remove group_* options",
 }
 
@@ -302,8 +357,9 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
 
 def _not_yet(config: Config, located: Located) -> list[Problem]:
     problems = []
-    if config.sources:
-        problems.append(located.problem(("sources",), _NOT_YET["sources"]))
+    for source in ("realtime", "trigger_alerts"):
+        if getattr(config.sources, source) is not None:
+            problems.append(located.problem(("sources", source), _NOT_YET[source]))
     for i, rule in enumerate(config.rules):
         grouping = (rule.group_by, rule.group_wait, rule.group_interval, rule.repeat_interval)
         if any(v is not None for v in grouping):

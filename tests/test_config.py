@@ -110,7 +110,23 @@ def test_good_config_loads_with_interpolation() -> None:
         ("- 1\n- 2\n", "the top level must be a mapping"),
         ("server: {max_body_bytes: 1}\nserver: {}\n", "c.yaml:2: server: duplicate key"),
         ("x: &a {b: 1}\ny: {<<: *a}\n", "merge keys"),
-        ("sources: {realtime: {api_url: x}}\n", "sources: not available in this version"),
+        (
+            "sources: {realtime: {api_url: x, secret_key: k, feeds: [{tags: [a]}]}}\n",
+            "api_url must be an http",
+        ),
+        ("sources: {realtime: {secret_key: k, feeds: []}}\n", "sources.realtime.feeds"),
+        (
+            "sources: {realtime: {secret_key: k, feeds: [{tags: [a], run_id: r}]}}\n",
+            "exactly one of tags, run_id, batch_id",
+        ),
+        (
+            "sources: {realtime: {secret_key: k, feeds: [{tags: [a], created_at: soon}]}}\n",
+            "expected a duration",
+        ),
+        (
+            "sources: {trigger_alerts: {secrett: x}}\n",
+            "sources.trigger_alerts.secrett: unknown key",
+        ),
         ("a: !!python/object:os.system echo\n", "c.yaml:1: cannot read this value"),
         ("? [1, 2]\n: x\n", "mapping keys must be plain scalars"),
     ],
