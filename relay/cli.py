@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -44,14 +45,37 @@ def _parser() -> argparse.ArgumentParser:
     which = replay.add_mutually_exclusive_group(required=True)
     which.add_argument("id", nargs="?", help="notification id")
     which.add_argument("--all", action="store_true", help="every dead notification")
+    _silence_parser(sub, common)
     return parser
+
+
+def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    silence = sub.add_parser("silence", help="mute notifications for a while")
+    silence_sub = silence.add_subparsers(dest="silence_command", required=True)
+    add = silence_sub.add_parser("add", parents=[common], help="add a silence")
+    for matcher in ("rule", "task", "tag", "status", "channel", "event"):
+        add.add_argument(
+            f"--{matcher}", action="append", help=f"{matcher} to mute (repeat for any of several)"
+        )
+    until = add.add_mutually_exclusive_group(required=True)
+    until.add_argument("--duration", help="how long, from the start: 30m, 2h, 1d")
+    until.add_argument("--until", help="end time, ISO-8601 (2026-11-28T18:00:00Z)")
+    add.add_argument("--start", help="start time, ISO-8601 (default: now)")
+    add.add_argument("--comment", default="")
+    add.add_argument("--author", default=os.environ.get("USER", ""), help="created_by")
+    listing = silence_sub.add_parser("list", parents=[common], help="list silences")
+    listing.add_argument("--all", action="store_true", help="include expired silences")
+    listing.add_argument("--json", action="store_true")
+    expire = silence_sub.add_parser("expire", parents=[common], help="end a silence now")
+    expire.add_argument("id")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
-        command = _COMMANDS[args.command if args.command != "dlq" else f"dlq {args.dlq_command}"]
+        sub = getattr(args, "dlq_command", None) or getattr(args, "silence_command", None)
+        command = _COMMANDS[f"{args.command} {sub}" if sub else args.command]
         return command(args, settings)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -189,6 +213,70 @@ def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.durations import parse_duration  # noqa: PLC0415
+    from relay.silences import new_silence, parse_matchers, parse_time, silence_view  # noqa: PLC0415
+
+    raw = {
+        key: getattr(args, key)
+        for key in ("rule", "task", "tag", "status", "channel", "event")
+        if getattr(args, key)
+    }
+    now = time.time()
+    try:
+        matchers = parse_matchers(raw)
+        start = parse_time(args.start, "--start") if args.start else now
+        if args.until:
+            end = parse_time(args.until, "--until")
+        else:
+            end = start + parse_duration(args.duration)
+        silence = new_silence(
+            matchers,
+            ends_at=end,
+            starts_at=start,
+            now=now,
+            comment=args.comment,
+            created_by=args.author,
+        )
+    except (InputError, ValueError) as exc:
+        raise RelayError(f"silence not added: {exc}") from None
+    asyncio.run(_with_store(settings, lambda s: s.add_silence(silence)))
+    view = silence_view(silence, now)
+    print(f"{silence.id} {view['state']} until {view['ends_at']}")
+    return 0
+
+
+def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.silences import silence_view  # noqa: PLC0415
+
+    now = time.time()
+    found = asyncio.run(_with_store(settings, lambda s: s.silences(now, include_expired=args.all)))
+    views = [silence_view(s, now) for s in found]
+    if args.json:
+        print(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not views:
+        print("no silences")
+        return 0
+    print(f"{'ID':<22} {'STATE':<8} {'ENDS':<25} {'BY':<12} MATCHERS / COMMENT")
+    for v in views:
+        matchers = " ".join(f"{k}={','.join(vals)}" for k, vals in v["matchers"].items())
+        print(
+            f"{v['id']:<22} {v['state']:<8} {v['ends_at']:<25} {v['created_by'][:12]:<12} "
+            f"{matchers}" + (f"  # {v['comment']}" if v["comment"] else "")
+        )
+    return 0
+
+
+def cmd_silence_expire(args: argparse.Namespace, settings: Settings) -> int:
+    silence = asyncio.run(_with_store(settings, lambda s: s.expire_silence(args.id, time.time())))
+    if silence is None:
+        print(f"no silence with id {args.id}", file=sys.stderr)
+        return 1
+    print(f"expired {args.id}")
+    return 0
+
+
 _COMMANDS: dict[str, Command] = {
     "serve": cmd_serve,
     "check": cmd_check,
@@ -196,4 +284,7 @@ _COMMANDS: dict[str, Command] = {
     "send-test": cmd_send_test,
     "dlq list": cmd_dlq_list,
     "dlq replay": cmd_dlq_replay,
+    "silence add": cmd_silence_add,
+    "silence list": cmd_silence_list,
+    "silence expire": cmd_silence_expire,
 }

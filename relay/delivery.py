@@ -23,6 +23,7 @@ from relay.channels import Channel, Outgoing
 from relay.config import RetryPolicy
 from relay.errors import DeliveryError, StoreUnavailable
 from relay.model import Notification
+from relay.silences import SilenceCache, silenced_by
 from relay.store import Store
 from relay.templating import RenderContext, Rendered, Renderer
 
@@ -54,6 +55,7 @@ class Deps:
     sleep: Sleep = asyncio.sleep
     rng: random.Random = random.Random()  # noqa: RUF009 - one shared generator is the intent
     lease_s: float = 300.0
+    silences: SilenceCache | None = None
     on_event: Callable[[str, Notification, str], None] | None = None
 
 
@@ -167,6 +169,8 @@ class ChannelLoop:
             "channel": self.name,
             "notification_id": row.id,
         }
+        if await self._muted(row, extra):
+            return
         outgoing = self._render(row, extra)
         try:
             await self._throttle()
@@ -182,6 +186,31 @@ class ChannelLoop:
             await asyncio.shield(self._sent(row, attempts, extra))
         else:
             await asyncio.shield(self._failed(row, err, attempts, extra))
+
+    async def _muted(self, row: Notification, extra: dict[str, object]) -> bool:
+        """A silence created after the notification was queued still mutes it."""
+        cache = self.deps.silences
+        if cache is None:
+            return False
+        now = self.deps.clock()
+        run = row.run
+        tags = run.get("tags")
+        silence = silenced_by(
+            await cache.current(now),
+            now,
+            rule=row.rule,
+            channel=self.name,
+            task=str(run.get("taskIdentifier") or ""),
+            tags=tags if isinstance(tags, list) else [],
+            status=str(run.get("status") or ""),
+            event=str(run.get("event") or "run"),
+        )
+        if silence is None:
+            return False
+        await asyncio.shield(self.deps.store.mark_muted(row.id, now=now, silence_id=silence))
+        log.info("notification muted by a silence", extra={**extra, "silence": silence})
+        self._event("muted", row, "")
+        return True
 
     def _render(self, row: Notification, extra: dict[str, object]) -> Outgoing:
         rendered = render_notification(

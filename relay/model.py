@@ -147,11 +147,40 @@ class RunState:
 
 @dataclass(frozen=True)
 class Match:
-    """A rule decided that `channel` must hear about a run, rendered with `template`."""
+    """A rule decided that `channel` must hear about a run, rendered with `template`.
+
+    `muted_by` names the silence that mutes it: it is recorded, never sent.
+    """
 
     rule: str
     channel: str
     template: str
+    muted_by: str | None = None
+
+
+SILENCE_MATCHERS = ("rule", "task", "tag", "status", "channel", "event")
+
+
+@dataclass(frozen=True)
+class Silence:
+    """Mute notifications whose rule, run and channel fit every matcher, from starts_at to ends_at.
+
+    Each matcher holds alternatives (any may fit); `task` values are globs, `tag` means the run
+    carries that tag, `status` accepts the `failure` shorthand. Times are epoch seconds.
+    """
+
+    id: str
+    matchers: dict[str, tuple[str, ...]]
+    starts_at: float
+    ends_at: float
+    created_at: float
+    comment: str = ""
+    created_by: str = ""
+
+    def state(self, now: float) -> str:
+        if now >= self.ends_at:
+            return "expired"
+        return "pending" if now < self.starts_at else "active"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from relay.model import Notification, Run, notification_id
 from relay.policy import TokenBucket
 from relay.rules import RuleSet, compile_rules
 from relay.settings import Settings
+from relay.silences import SilenceCache
 from relay.sources.http import HttpDeps, build_app
 from relay.store import Store, open_store
 from relay.templating import Rendered, Renderer
@@ -119,6 +120,7 @@ class Service:
         self.runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
         self._stop = asyncio.Event()
+        self.silences = SilenceCache(self.store.silences)
 
     @property
     def config(self) -> Config:
@@ -145,10 +147,13 @@ class Service:
             renderer=self.compiled.renderer,
             retry=self.config.defaults.retry,
             dashboard_link=dashboard_link(self.config.defaults),
+            silences=self.silences,
         )
         self.delivery = Delivery(deps, self._routes())
         self.delivery.start()
-        intake = Intake(self.store, lambda: self.compiled.rules, self.delivery.wake)
+        intake = Intake(
+            self.store, lambda: self.compiled.rules, self.delivery.wake, silences=self.silences
+        )
         app = build_app(self._http_deps(intake))
         self.runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=5.0
@@ -173,6 +178,12 @@ class Service:
             ready=self._ready,
             clock=time.time,
             wake_all=self._wake_all,
+            silences_changed=self.silences.invalidate,
+            trigger_alert_secrets=lambda: (
+                None
+                if (alerts := self.config.sources.trigger_alerts) is None
+                else alerts.all_secrets()
+            ),
         )
 
     def _wake_all(self) -> None:

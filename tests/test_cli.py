@@ -422,7 +422,7 @@ async def test_dlq_lists_and_replays_dead_letters(tmp_path: Path) -> None:
     store = SQLiteStore(db)
     await store.open()
     try:
-        assert await store.counts() == {"pending": 1, "sent": 0, "dead": 1}
+        assert await store.counts() == {"pending": 1, "sent": 0, "dead": 1, "muted": 0}
         again = await store.get(ids[0])
         assert again is not None and again.attempts == 0
         assert [n.id for n in await store.dead_letters()] == [ids[1]]

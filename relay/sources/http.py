@@ -1,7 +1,10 @@
 """The aiohttp application: ingest, admin API (dead letters), health.
 
 POST /v1/runs answers 202 only after the store committed the batch; a batch is accepted whole
-or rejected whole. Errors are JSON: {"error": "...", "field": "..."}.
+or rejected whole. POST /v1/trigger/alerts takes Trigger.dev's signed alert webhooks: 404 when
+`sources.trigger_alerts` is not configured, 401 for a missing or wrong signature (checked before
+the body is parsed), then the same 413/400/503/202 as /v1/runs. Errors are JSON:
+{"error": "...", "field": "..."}.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pydantic import SecretStr
 
 from relay.errors import InputError, StoreUnavailable
 from relay.formats import parse_body, parse_runs
+from relay.formats.trigger_alerts import SIGNATURE_HEADER, parse_alert, verify_signature
 from relay.intake import Intake
 from relay.model import Notification
 from relay.store import Store
@@ -36,6 +40,9 @@ class HttpDeps:
     ready: Callable[[], Awaitable[str | None]]  # None when ready, else why not
     clock: Callable[[], float]
     wake_all: Callable[[], None] = lambda: None
+    silences_changed: Callable[[], None] = lambda: None
+    # sources.trigger_alerts secrets; None when alert webhooks are not configured
+    trigger_alert_secrets: Callable[[], list[SecretStr] | None] = lambda: None
     on_received: Callable[[int], None] | None = None
 
 
@@ -60,7 +67,7 @@ def unauthorized() -> web.Response:
     return error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
-def _authorized(request: web.Request, token: SecretStr | None) -> bool:
+def authorized(request: web.Request, token: SecretStr | None) -> bool:
     if token is None:
         return True
     header = request.headers.get("Authorization", "")
@@ -89,7 +96,7 @@ class Handlers:
         self.deps = deps
 
     async def post_runs(self, request: web.Request) -> web.Response:
-        if not _authorized(request, self.deps.auth_token()):
+        if not authorized(request, self.deps.auth_token()):
             return unauthorized()
         body = await read_limited(request, self.deps.max_body_bytes())
         if isinstance(body, web.Response):
@@ -114,6 +121,45 @@ class Handlers:
         }
         return json_response(body_out, 202)
 
+    async def post_trigger_alert(self, request: web.Request) -> web.Response:
+        """POST /v1/trigger/alerts: a signed Trigger.dev alert webhook (formats/trigger_alerts)."""
+        secrets = self.deps.trigger_alert_secrets()
+        if secrets is None:
+            return error(404, "alert webhooks are not configured")
+        header = request.headers.get(SIGNATURE_HEADER)
+        if not header:
+            return error(401, f"missing {SIGNATURE_HEADER} header")
+        body = await read_limited(request, self.deps.max_body_bytes())
+        if isinstance(body, web.Response):
+            return body
+        if not verify_signature(body, header, [s.get_secret_value() for s in secrets]):
+            return error(401, "invalid signature")
+        try:
+            alert = parse_alert(parse_body(body))
+        except InputError as exc:
+            return error(400, exc.message, exc.field or None)
+        if alert.run is None:  # a newer alert type: refusing it would be retried forever
+            log.warning("alert webhook of an unknown type ignored", extra={"type": alert.type[:80]})
+            return json_response({"accepted": 0, "ignored": 1, "notifications": 0}, 202)
+        try:
+            result = await self.deps.intake.submit([alert.run])
+        except StoreUnavailable:
+            log.error("store unavailable; alert refused", extra={"run_id": alert.run.id})
+            return error(
+                503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S}
+            )
+        if self.deps.on_received is not None:
+            self.deps.on_received(1)
+        body_out = {
+            "accepted": result.accepted,
+            "ignored": 0,
+            "stale": result.stale,
+            "notifications": result.notifications,
+            "id": alert.run.id,
+            "event": alert.run.event,
+        }
+        return json_response(body_out, 202)
+
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok"})
 
@@ -124,13 +170,13 @@ class Handlers:
         return json_response({"status": "not ready", "reason": why}, 503)
 
     async def dlq_list(self, request: web.Request) -> web.Response:
-        if not _authorized(request, self.deps.admin_token()):
+        if not authorized(request, self.deps.admin_token()):
             return unauthorized()
         rows = await self.deps.store.dead_letters()
         return json_response({"dead": [dead_letter_view(n) for n in rows]})
 
     async def dlq_replay_one(self, request: web.Request) -> web.Response:
-        if not _authorized(request, self.deps.admin_token()):
+        if not authorized(request, self.deps.admin_token()):
             return unauthorized()
         ident = request.match_info["id"]
         moved = await self.deps.store.replay([ident], self.deps.clock())
@@ -140,7 +186,7 @@ class Handlers:
         return json_response({"replayed": moved})
 
     async def dlq_replay_all(self, request: web.Request) -> web.Response:
-        if not _authorized(request, self.deps.admin_token()):
+        if not authorized(request, self.deps.admin_token()):
             return unauthorized()
         moved = await self.deps.store.replay(None, self.deps.clock())
         self.deps.wake_all()
@@ -167,9 +213,14 @@ def build_app(deps: HttpDeps) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024 + 1)
     h = Handlers(deps)
     app.router.add_post("/v1/runs", h.post_runs)
+    app.router.add_post("/v1/trigger/alerts", h.post_trigger_alert)
     app.router.add_get("/healthz", h.healthz)
     app.router.add_get("/readyz", h.readyz)
     app.router.add_get("/v1/dlq", h.dlq_list)
     app.router.add_post("/v1/dlq/replay", h.dlq_replay_all)
     app.router.add_post("/v1/dlq/{id}/replay", h.dlq_replay_one)
+    add_silence_routes(app, deps)
     return app
+
+
+from relay.sources.admin import add_silence_routes  # noqa: E402 - admin.py builds on this module

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from relay.errors import ConfigError, Problem
-from relay.model import Decision, Notification, Run, RunState
+from relay.model import Decision, Notification, Run, RunState, Silence
 
 Decide = Callable[[Run, RunState | None], Decision]
 
@@ -83,7 +83,18 @@ class Store(Protocol):
     async def get(self, notification_id: str) -> Notification | None: ...
 
     async def counts(self) -> dict[str, int]:
-        """Number of notifications by state: pending, sent, dead."""
+        """Number of notifications by state: pending, sent, dead, muted."""
+
+    async def add_silence(self, silence: Silence) -> None: ...
+
+    async def silences(self, now: float, *, include_expired: bool = False) -> list[Silence]:
+        """Silences not yet expired (all with include_expired), in start order."""
+
+    async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
+        """End a silence now (kept for history); None if there is no such silence."""
+
+    async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> None:
+        """A pending notification a silence now covers: recorded as muted, never sent."""
 
     async def kv_get(self, namespace: str, key: str) -> str | None:
         """Small durable state of a source or channel (a Realtime position, a Slack thread ts)."""

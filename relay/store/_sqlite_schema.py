@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from relay.errors import StoreUnavailable
-from relay.model import Notification, RunState
+from relay.model import Notification, RunState, Silence
 
 FIRED_SEPARATOR = "\x1f"
 
@@ -66,7 +66,52 @@ _V2 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+# v3: silences; outbox rows may be 'muted' (recorded, never sent). SQLite cannot alter a CHECK
+# constraint, so the outbox is rebuilt.
+_V3 = (
+    """
+    CREATE TABLE silences (
+        id TEXT PRIMARY KEY,
+        matchers_json TEXT NOT NULL,
+        starts_at REAL NOT NULL,
+        ends_at REAL NOT NULL,
+        created_at REAL NOT NULL,
+        comment TEXT NOT NULL DEFAULT '',
+        created_by TEXT NOT NULL DEFAULT ''
+    )
+    """,
+    "CREATE INDEX silences_end ON silences (ends_at)",
+    """
+    CREATE TABLE outbox_v3 (
+        id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        template TEXT NOT NULL,
+        run_json BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        not_before REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        state TEXT NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'sent', 'dead', 'muted')),
+        lease_until REAL,
+        reason TEXT,
+        last_error TEXT,
+        updated_at REAL NOT NULL,
+        extra_json BLOB
+    )
+    """,
+    "INSERT INTO outbox_v3 SELECT * FROM outbox",
+    "DROP TABLE outbox",
+    "ALTER TABLE outbox_v3 RENAME TO outbox",
+    """
+    CREATE INDEX outbox_due ON outbox (channel, not_before, created_at)
+    WHERE state = 'pending'
+    """,
+    "CREATE INDEX outbox_state ON outbox (state, updated_at)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -132,8 +177,8 @@ def insert_notification(conn: sqlite3.Connection, n: Notification) -> bool:
     cursor = conn.execute(
         """
         INSERT INTO outbox (id, run_id, rule, channel, template, run_json, created_at,
-                            not_before, attempts, state, updated_at, extra_json)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                            not_before, attempts, state, reason, updated_at, extra_json)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT (id) DO NOTHING
         """,
         (
@@ -147,6 +192,7 @@ def insert_notification(conn: sqlite3.Connection, n: Notification) -> bool:
             n.not_before,
             n.attempts,
             n.state,
+            n.reason,
             n.created_at,
             orjson.dumps(n.extra) if n.extra else None,
         ),
@@ -171,4 +217,33 @@ def to_notification(row: sqlite3.Row) -> Notification:
         reason=row["reason"],
         last_error=row["last_error"],
         extra=extra,
+    )
+
+
+def insert_silence(conn: sqlite3.Connection, s: Silence) -> None:
+    conn.execute(
+        "INSERT INTO silences (id, matchers_json, starts_at, ends_at, created_at, comment,"
+        " created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            s.id,
+            orjson.dumps(s.matchers).decode(),
+            s.starts_at,
+            s.ends_at,
+            s.created_at,
+            s.comment,
+            s.created_by,
+        ),
+    )
+
+
+def to_silence(row: sqlite3.Row) -> Silence:
+    matchers = {k: tuple(v) for k, v in orjson.loads(row["matchers_json"]).items()}
+    return Silence(
+        id=row["id"],
+        matchers=matchers,
+        starts_at=row["starts_at"],
+        ends_at=row["ends_at"],
+        created_at=row["created_at"],
+        comment=row["comment"],
+        created_by=row["created_by"],
     )

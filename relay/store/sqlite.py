@@ -15,14 +15,16 @@ from pathlib import Path
 import orjson
 
 from relay.errors import ConfigError, Problem, StoreUnavailable
-from relay.model import Notification, Run, notification_id
+from relay.model import Notification, Run, Silence, notification_id
 from relay.store import Decide, Observed
 from relay.store._sqlite_schema import (
     insert_notification,
+    insert_silence,
     load_state,
     migrate,
     save_state,
     to_notification,
+    to_silence,
 )
 from relay.store._sqlite_writer import Writer, rollback, unavailable
 
@@ -199,9 +201,43 @@ class SQLiteStore:
                 "SELECT state, COUNT(*) FROM outbox GROUP BY state"
             ).fetchall()
         )
-        counts = {"pending": 0, "sent": 0, "dead": 0}
+        counts = {"pending": 0, "sent": 0, "dead": 0, "muted": 0}
         counts.update({state: int(n) for state, n in rows})
         return counts
+
+    async def add_silence(self, silence: Silence) -> None:
+        await self._writer.run(lambda conn: insert_silence(conn, silence))
+
+    async def silences(self, now: float, *, include_expired: bool = False) -> list[Silence]:
+        where = "" if include_expired else " WHERE ends_at > ?"
+        params: tuple[float, ...] = () if include_expired else (now,)
+        rows = await self._writer.run(
+            lambda conn: conn.execute(
+                f"SELECT * FROM silences{where} ORDER BY starts_at, id",  # noqa: S608
+                params,
+            ).fetchall()
+        )
+        return [to_silence(row) for row in rows]
+
+    async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
+        def expire(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            conn.execute(
+                "UPDATE silences SET ends_at = MIN(ends_at, ?) WHERE id = ?", (now, silence_id)
+            )
+            row: sqlite3.Row | None = conn.execute(
+                "SELECT * FROM silences WHERE id = ?", (silence_id,)
+            ).fetchone()
+            return row
+
+        row = await self._writer.run(expire)
+        return None if row is None else to_silence(row)
+
+    async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> None:
+        await self._update(
+            "state = 'muted', reason = ?, lease_until = NULL, updated_at = ?",
+            (silence_id, now),
+            notification_id,
+        )
 
     async def kv_get(self, namespace: str, key: str) -> str | None:
         row = await self._writer.run(
@@ -257,6 +293,8 @@ def _observe(
                 run=run_dict,
                 created_at=now,
                 not_before=now,
+                state="pending" if match.muted_by is None else "muted",
+                reason=match.muted_by,
             )
             if insert_notification(conn, notification):
                 enqueued.append(notification)

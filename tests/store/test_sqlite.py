@@ -88,7 +88,7 @@ async def test_observe_enqueues_once_and_survives_a_restart(tmp_path: Path) -> N
         assert stored is not None and stored.run["costInCents"] == 2.5
         after_restart = await second.observe([make_run("run_1", at_s=1002)], decide, now=12.0)
         assert ids(after_restart) == []
-        assert await second.counts() == {"pending": 1, "sent": 0, "dead": 0}
+        assert await second.counts() == {"pending": 1, "sent": 0, "dead": 0, "muted": 0}
     finally:
         await second.close()
 
@@ -97,7 +97,7 @@ async def test_a_stale_update_changes_nothing(store: SQLiteStore) -> None:
     await store.observe([make_run("run_1", "EXECUTING", at_s=2000)], decide, now=1.0)
     observed = await store.observe([make_run("run_1", "FAILED", at_s=1000)], decide, now=2.0)
     assert observed == [Observed("run_1", stale=True)]
-    assert await store.counts() == {"pending": 0, "sent": 0, "dead": 0}
+    assert await store.counts() == {"pending": 0, "sent": 0, "dead": 0, "muted": 0}
     # The stored state is still the newer EXECUTING one: a later FAILED fires.
     assert len(ids(await store.observe([make_run("run_1", at_s=3000)], decide, now=3.0))) == 1
 
@@ -116,7 +116,7 @@ async def test_concurrent_observes_share_commits(store: SQLiteStore) -> None:
     )
     assert sum(len(ids(observed)) for observed in results) == 200
     assert store.commits - before < 200
-    assert await store.counts() == {"pending": 200, "sent": 0, "dead": 0}
+    assert await store.counts() == {"pending": 200, "sent": 0, "dead": 0, "muted": 0}
 
 
 async def test_a_failing_call_fails_alone_and_leaves_no_trace(store: SQLiteStore) -> None:
@@ -200,7 +200,7 @@ async def test_mark_sent_and_retry(store: SQLiteStore) -> None:
         sent, now=13.0, not_before=60.0, attempts=5, reason="other", error="x"
     )  # a sent row stays sent
     assert await store.get(sent) == done
-    assert await store.counts() == {"pending": 1, "sent": 1, "dead": 0}
+    assert await store.counts() == {"pending": 1, "sent": 1, "dead": 0, "muted": 0}
 
 
 async def test_dead_letters_and_replay(store: SQLiteStore) -> None:
@@ -222,7 +222,7 @@ async def test_dead_letters_and_replay(store: SQLiteStore) -> None:
     assert (replayed.state, replayed.attempts, replayed.not_before) == ("pending", 0, 40.0)
     assert (replayed.reason, replayed.last_error, replayed.created_at) == (None, None, 10.0)
     assert await store.replay([a], now=41.0) == 0  # no longer dead
-    assert await store.counts() == {"pending": 1, "sent": 0, "dead": 2}
+    assert await store.counts() == {"pending": 1, "sent": 0, "dead": 2, "muted": 0}
     assert await store.replay(None, now=50.0) == 2
     assert await store.dead_letters() == []
     assert await store.get("ntf_unknown") is None
@@ -248,7 +248,7 @@ async def test_a_full_database_fails_only_the_call_that_overflows(tmp_path: Path
         assert isinstance(results[0], list) and len(ids(results[0])) == 1
         assert await store.get(notification_id("run_huge", "r1", "c1")) is None
         assert len(ids(await store.observe([make_run("run_next")], decide, now=2.0))) == 1
-        assert await store.counts() == {"pending": 2, "sent": 0, "dead": 0}
+        assert await store.counts() == {"pending": 2, "sent": 0, "dead": 0, "muted": 0}
     finally:
         await store.close()
 
@@ -273,7 +273,7 @@ async def test_a_failed_commit_fails_the_whole_batch(store: SQLiteStore) -> None
     for result in results:
         assert isinstance(result, StoreUnavailable)
         assert str(result) == "store commit failed: SQLITE_AUTH"
-    assert await store.counts() == {"pending": 0, "sent": 0, "dead": 0}
+    assert await store.counts() == {"pending": 0, "sent": 0, "dead": 0, "muted": 0}
     assert len(ids(await store.observe([make_run("run_1")], decide, now=2.0))) == 1
 
 
@@ -342,7 +342,7 @@ async def test_two_stores_on_one_file(store: SQLiteStore) -> None:
             )
         )
         # ... and each run, observed by both, is enqueued once.
-        assert await cli.counts() == {"pending": 51, "sent": 0, "dead": 0}
+        assert await cli.counts() == {"pending": 51, "sent": 0, "dead": 0, "muted": 0}
     finally:
         await cli.close()
 
@@ -403,3 +403,27 @@ async def test_key_value_state_survives_a_restart(tmp_path: Path) -> None:
     await store.kv_delete("realtime", "feed-a")
     assert await store.kv_get("realtime", "feed-a") is None
     await store.close()
+
+
+async def test_an_old_database_is_migrated_with_its_rows(tmp_path: Path) -> None:
+    from relay.store._sqlite_schema import MIGRATIONS  # noqa: PLC0415
+
+    path = tmp_path / "v1.db"
+    with closing(sqlite3.connect(path)) as conn:
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO outbox (id, run_id, rule, channel, template, run_json, created_at,"
+            " not_before, updated_at) VALUES ('ntf_old', 'run_old', 'r', 'c', 'run', '{}', 1, 1, 1)"
+        )
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        old = await store.get("ntf_old")
+        assert old is not None and old.state == "pending" and old.run_id == "run_old"
+        await store.mark_muted("ntf_old", now=2.0, silence_id="sil_x")  # the new state is allowed
+        assert await store.counts() == {"pending": 0, "sent": 0, "dead": 0, "muted": 1}
+    finally:
+        await store.close()

@@ -1,0 +1,156 @@
+"""Silences: parse matchers, decide what a silence mutes (pure functions, time passed in)."""
+
+from __future__ import annotations
+
+import fnmatch
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from relay.errors import InputError
+from relay.model import FAILURE_STATUSES, SILENCE_MATCHERS, Silence, iso, normalise_status
+
+MAX_VALUES = 100
+MAX_TEXT = 1000
+
+
+def parse_matchers(raw: Any) -> dict[str, tuple[str, ...]]:
+    """Matchers from JSON/CLI input: each key a string or a list of strings; at least one key."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise InputError(
+            "matchers", f"expected an object with any of {', '.join(SILENCE_MATCHERS)}"
+        )
+    out: dict[str, tuple[str, ...]] = {}
+    for key, value in raw.items():
+        if key not in SILENCE_MATCHERS:
+            raise InputError(
+                f"matchers.{key}", f"unknown matcher; use {', '.join(SILENCE_MATCHERS)}"
+            )
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not values or len(values) > MAX_VALUES:
+            raise InputError(f"matchers.{key}", "expected a string or a non-empty list of strings")
+        if not all(isinstance(v, str) and v and len(v) <= MAX_TEXT for v in values):
+            raise InputError(f"matchers.{key}", "expected non-empty strings")
+        out[key] = tuple(values)
+    return out
+
+
+def new_silence(
+    matchers: dict[str, tuple[str, ...]],
+    *,
+    ends_at: float,
+    now: float,
+    starts_at: float | None = None,
+    comment: str = "",
+    created_by: str = "",
+) -> Silence:
+    """A validated silence; InputError when its times make no sense."""
+    start = now if starts_at is None else starts_at
+    if ends_at <= start:
+        raise InputError("ends_at", "must be after starts_at")
+    if ends_at <= now:
+        raise InputError("ends_at", "must be in the future")
+    if len(comment) > MAX_TEXT or len(created_by) > MAX_TEXT:
+        raise InputError("comment", f"comment and created_by are limited to {MAX_TEXT} characters")
+    ident = "sil_" + secrets.token_hex(8)
+    return Silence(ident, matchers, start, ends_at, now, comment, created_by)
+
+
+def parse_time(value: Any, field: str) -> float:
+    """Epoch seconds from an ISO-8601 string (Z or offset; naive means UTC)."""
+    if not isinstance(value, str):
+        raise InputError(field, "expected an ISO-8601 time like 2026-11-28T18:00:00Z")
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(field, "expected an ISO-8601 time like 2026-11-28T18:00:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+def silence_view(silence: Silence, now: float) -> dict[str, Any]:
+    """The public JSON face of a silence (API and `relay silence list --json`)."""
+
+    def when(ts: float) -> str | None:
+        return iso(datetime.fromtimestamp(ts, UTC))
+
+    return {
+        "id": silence.id,
+        "matchers": {k: list(v) for k, v in silence.matchers.items()},
+        "starts_at": when(silence.starts_at),
+        "ends_at": when(silence.ends_at),
+        "created_at": when(silence.created_at),
+        "comment": silence.comment,
+        "created_by": silence.created_by,
+        "state": silence.state(now),
+    }
+
+
+def _fits(silence: Silence, fields: Mapping[str, Any]) -> bool:
+    return all(_fits_one(key, wanted, fields) for key, wanted in silence.matchers.items())
+
+
+def _fits_one(key: str, wanted: tuple[str, ...], fields: Mapping[str, Any]) -> bool:
+    if key == "task":
+        task = str(fields.get("task") or "")
+        return any(fnmatch.fnmatchcase(task, pattern) for pattern in wanted)
+    if key == "tag":
+        tags = fields.get("tags") or ()
+        return any(tag in tags for tag in wanted)
+    if key == "status":
+        status = normalise_status(str(fields.get("status") or ""))
+        return any(
+            status in FAILURE_STATUSES if w.lower() == "failure" else normalise_status(w) == status
+            for w in wanted
+        )
+    return str(fields.get(key) or "") in wanted
+
+
+def silenced_by(
+    silences: Iterable[Silence],
+    now: float,
+    *,
+    rule: str,
+    channel: str,
+    task: str,
+    tags: Sequence[str],
+    status: str,
+    event: str,
+) -> str | None:
+    """The id of the first active silence that mutes this notification, else None."""
+    fields = {
+        "rule": rule,
+        "channel": channel,
+        "task": task,
+        "tags": tags,
+        "status": status,
+        "event": event,
+    }
+    for silence in silences:
+        if silence.state(now) == "active" and _fits(silence, fields):
+            return silence.id
+    return None
+
+
+class SilenceCache:
+    """The silences that may apply now, reloaded at most every `ttl_s` (another process, such as
+    `relay silence add`, may have changed them) and at once after `invalidate()`."""
+
+    def __init__(
+        self, load: Callable[[float], Awaitable[list[Silence]]], ttl_s: float = 1.0
+    ) -> None:
+        self._load = load
+        self._ttl_s = ttl_s
+        self._silences: list[Silence] = []
+        self._loaded_at: float | None = None
+
+    async def current(self, now: float) -> list[Silence]:
+        if self._loaded_at is None or now - self._loaded_at >= self._ttl_s:
+            self._silences = await self._load(now)
+            self._loaded_at = now
+        return self._silences
+
+    def invalidate(self) -> None:
+        self._loaded_at = None

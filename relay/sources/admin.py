@@ -1,0 +1,101 @@
+"""Admin API for silences: POST/GET /v1/silences, DELETE /v1/silences/{id} (expires it).
+
+Behind server.admin_token (falling back to server.auth_token), like the dead-letter API.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from relay.errors import InputError
+from relay.silences import new_silence, parse_matchers, parse_time, silence_view
+
+if TYPE_CHECKING:
+    from relay.sources.http import HttpDeps
+
+MAX_SILENCE_BODY = 64 * 1024
+
+
+class SilenceHandlers:
+    def __init__(self, deps: HttpDeps) -> None:
+        self.deps = deps
+
+    def _denied(self, request: web.Request) -> web.Response | None:
+        from relay.sources.http import authorized, unauthorized  # noqa: PLC0415
+
+        return None if authorized(request, self.deps.admin_token()) else unauthorized()
+
+    async def create(self, request: web.Request) -> web.Response:
+        from relay.sources.http import error, json_response, read_limited  # noqa: PLC0415
+
+        if (denied := self._denied(request)) is not None:
+            return denied
+        body = await read_limited(request, MAX_SILENCE_BODY)
+        if isinstance(body, web.Response):
+            return body
+        now = self.deps.clock()
+        try:
+            silence = _silence_from(body, now)
+        except InputError as exc:
+            return error(400, exc.message, exc.field or None)
+        await self.deps.store.add_silence(silence)
+        self.deps.silences_changed()
+        return json_response(silence_view(silence, now), 201)
+
+    async def list(self, request: web.Request) -> web.Response:
+        from relay.sources.http import json_response  # noqa: PLC0415
+
+        if (denied := self._denied(request)) is not None:
+            return denied
+        now = self.deps.clock()
+        everything = request.query.get("expired", "").lower() in ("1", "true", "yes")
+        silences = await self.deps.store.silences(now, include_expired=everything)
+        return json_response({"silences": [silence_view(s, now) for s in silences]})
+
+    async def expire(self, request: web.Request) -> web.Response:
+        from relay.sources.http import error, json_response  # noqa: PLC0415
+
+        if (denied := self._denied(request)) is not None:
+            return denied
+        now = self.deps.clock()
+        silence = await self.deps.store.expire_silence(request.match_info["id"], now)
+        if silence is None:
+            return error(404, "no silence with that id", "id")
+        self.deps.silences_changed()
+        return json_response(silence_view(silence, now))
+
+
+def _silence_from(body: bytes, now: float) -> Any:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InputError("", "invalid JSON") from None
+    if not isinstance(data, dict):
+        raise InputError("", "expected a JSON object")
+    unknown = set(data) - {"matchers", "starts_at", "ends_at", "comment", "created_by"}
+    if unknown:
+        raise InputError(sorted(unknown)[0], "unknown field")
+    if "ends_at" not in data:
+        raise InputError("ends_at", "required field is missing")
+    starts = data.get("starts_at")
+    for field in ("comment", "created_by"):
+        if not isinstance(data.get(field, ""), str):
+            raise InputError(field, "expected a string")
+    return new_silence(
+        parse_matchers(data.get("matchers")),
+        ends_at=parse_time(data["ends_at"], "ends_at"),
+        starts_at=None if starts is None else parse_time(starts, "starts_at"),
+        now=now,
+        comment=data.get("comment", ""),
+        created_by=data.get("created_by", ""),
+    )
+
+
+def add_silence_routes(app: web.Application, deps: HttpDeps) -> None:
+    h = SilenceHandlers(deps)
+    app.router.add_post("/v1/silences", h.create)
+    app.router.add_get("/v1/silences", h.list)
+    app.router.add_delete("/v1/silences/{id}", h.expire)

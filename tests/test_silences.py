@@ -1,0 +1,252 @@
+"""Silences: matchers, the API and CLI, and what they mute — recorded, never sent, never resent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.errors import InputError
+from relay.model import Silence
+from relay.silences import new_silence, parse_matchers, parse_time, silenced_by
+from tests.conftest import RelayFactory, Sink, run_cli, sdk_run, status
+
+NOW = 1_800_000_000.0
+
+
+def silence(**matchers: Any) -> Silence:
+    return new_silence(parse_matchers(matchers), ends_at=NOW + 3600, now=NOW)
+
+
+def muted(s: Silence, now: float = NOW + 1, **fields: Any) -> bool:
+    base = {
+        "rule": "r",
+        "channel": "c",
+        "task": "billing/charge",
+        "tags": ["env:prod"],
+        "status": "FAILED",
+        "event": "run",
+    }
+    base.update(fields)
+    return silenced_by([s], now, **base) == s.id
+
+
+@pytest.mark.parametrize(
+    ("matchers", "fields", "expected"),
+    [
+        ({"task": "billing/*"}, {}, True),
+        ({"task": "billing/*"}, {"task": "email/send"}, False),
+        ({"task": ["email/*", "billing/*"]}, {}, True),
+        ({"tag": "env:prod"}, {}, True),
+        ({"tag": "env:prod"}, {"tags": ["env:stg"]}, False),
+        ({"status": "failure"}, {"status": "CRASHED"}, True),
+        ({"status": "FAILED"}, {"status": "COMPLETED"}, False),
+        ({"status": "COMPLETED_WITH_ERRORS"}, {"status": "FAILED"}, True),
+        ({"rule": "r", "channel": "c"}, {}, True),
+        ({"rule": "r", "channel": "other"}, {}, False),
+        ({"event": "deployment.failed"}, {}, False),
+        ({"task": "billing/*", "tag": "env:stg"}, {}, False),  # every matcher must fit
+    ],
+)
+def test_matchers(matchers: dict[str, Any], fields: dict[str, Any], expected: bool) -> None:
+    assert muted(silence(**matchers), **fields) is expected
+
+
+def test_states_over_time() -> None:
+    s = new_silence(parse_matchers({"task": "x"}), starts_at=NOW + 10, ends_at=NOW + 20, now=NOW)
+    assert [s.state(t) for t in (NOW, NOW + 10, NOW + 19.9, NOW + 20)] == [
+        "pending",
+        "active",
+        "active",
+        "expired",
+    ]
+    assert not muted(s, now=NOW + 5, task="x") and muted(s, now=NOW + 15, task="x")
+    assert not muted(s, now=NOW + 25, task="x")
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (None, "matchers"),
+        ({}, "matchers"),
+        ({"bogus": "x"}, "matchers.bogus"),
+        ({"task": ""}, "matchers.task"),
+        ({"task": []}, "matchers.task"),
+        ({"task": [1]}, "matchers.task"),
+        ({"task": ["x"] * 101}, "matchers.task"),
+    ],
+)
+def test_bad_matchers(raw: Any, field: str) -> None:
+    with pytest.raises(InputError) as info:
+        parse_matchers(raw)
+    assert info.value.field == field
+
+
+def test_bad_times() -> None:
+    m = parse_matchers({"task": "x"})
+    with pytest.raises(InputError, match="after starts_at"):
+        new_silence(m, starts_at=NOW + 10, ends_at=NOW + 5, now=NOW)
+    with pytest.raises(InputError, match="future"):
+        new_silence(m, starts_at=NOW - 100, ends_at=NOW - 1, now=NOW)
+    with pytest.raises(InputError):
+        parse_time("tomorrow", "ends_at")
+    assert parse_time("2026-11-28T18:00:00Z", "x") == parse_time("2026-11-28T18:00:00", "x")
+
+
+CONFIG = """\
+defaults:
+  retry: {{max_attempts: 5, max_age: 1h, min_backoff: 100ms, max_backoff: 200ms}}
+channels:
+  hook: {{type: webhook, url: "{url}/hook"}}
+rules:
+  - name: failures
+    match: {{status: [failure]}}
+    notify: [hook]
+"""
+
+
+def failed(task: str, run_id: str) -> dict[str, Any]:
+    run = sdk_run("failed")
+    run.update(id=run_id, taskIdentifier=task)
+    return run
+
+
+async def api(r: Any, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body)
+    async with r.http.request(method, r.url + path, data=data) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def wait_counts(r: Any, **want: int) -> dict[str, int]:
+    for _ in range(200):
+        counts = await r.service.store.counts()
+        if all(counts[k] == v for k, v in want.items()):
+            return counts
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"counts never became {want}: {counts}")
+
+
+async def test_a_silence_mutes_one_task_and_not_another(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(CONFIG.format(url=sink.url))
+    code, made = await api(
+        r,
+        "POST",
+        "/v1/silences",
+        {
+            "matchers": {"task": "billing/*"},
+            "ends_at": "2099-01-01T00:00:00Z",
+            "comment": "maintenance",
+            "created_by": "ops",
+        },
+    )
+    assert code == 201 and made["id"].startswith("sil_") and made["state"] == "active"
+    await r.post([failed("billing/charge", "run_muted"), failed("email/send", "run_loud")])
+    [got] = await sink.wait_for(1)
+    assert got.json()["run"]["id"] == "run_loud"
+    await wait_counts(r, sent=1, muted=1)
+    # expiring the silence early does not resend what it muted
+    code, expired = await api(r, "DELETE", f"/v1/silences/{made['id']}")
+    assert code == 200 and expired["state"] == "expired"
+    await r.post(failed("billing/charge", "run_muted"))  # the same update again: fires nothing
+    await r.post(failed("billing/charge", "run_after"))  # a new failure after the silence: sent
+    await sink.wait_for(2)
+    await asyncio.sleep(0.3)
+    assert [g.json()["run"]["id"] for g in sink.received] == ["run_loud", "run_after"]
+
+
+async def test_a_silence_added_while_queued_mutes_before_sending(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    sink.responses = [status(503)] * 3  # the first delivery fails and waits in the outbox
+    r = await relay(
+        CONFIG.format(url=sink.url).replace("100ms, max_backoff: 200ms", "1s, max_backoff: 2s")
+    )
+    await r.post(failed("billing/charge", "run_queued"))
+    await sink.wait_for(3)
+    code, _ = await api(
+        r,
+        "POST",
+        "/v1/silences",
+        {"matchers": {"rule": "failures"}, "ends_at": "2099-01-01T00:00:00Z"},
+    )
+    assert code == 201
+    await wait_counts(r, muted=1, pending=0)
+    assert len(sink.received) == 3
+
+
+async def test_silence_api_errors_and_listing(relay: RelayFactory) -> None:
+    r = await relay(CONFIG.format(url="http://127.0.0.1:9"))
+    for body, field in [
+        ({"ends_at": "2099-01-01T00:00:00Z"}, "matchers"),
+        ({"matchers": {"task": "x"}}, "ends_at"),
+        ({"matchers": {"nope": "x"}, "ends_at": "2099-01-01T00:00:00Z"}, "matchers.nope"),
+        ({"matchers": {"task": "x"}, "ends_at": "2000-01-01T00:00:00Z"}, "ends_at"),
+        ({"matchers": {"task": "x"}, "ends_at": "soon"}, "ends_at"),
+        ({"matchers": {"task": "x"}, "ends_at": "2099-01-01T00:00:00Z", "extra": 1}, "extra"),
+    ]:
+        code, answer = await api(r, "POST", "/v1/silences", body)
+        assert (code, answer.get("field")) == (400, field), (body, answer)
+    async with r.http.post(r.url + "/v1/silences", data=b"{nope") as resp:
+        assert resp.status == 400
+    assert (await api(r, "DELETE", "/v1/silences/sil_nope"))[0] == 404
+    start = "2099-01-01T00:00:00Z"
+    code, pending = await api(
+        r,
+        "POST",
+        "/v1/silences",
+        {"matchers": {"task": "x"}, "starts_at": start, "ends_at": "2099-01-02T00:00:00Z"},
+    )
+    assert code == 201 and pending["state"] == "pending"
+    code, listed = await api(r, "GET", "/v1/silences")
+    assert [s["id"] for s in listed["silences"]] == [pending["id"]]
+    await api(r, "DELETE", f"/v1/silences/{pending['id']}")
+    assert (await api(r, "GET", "/v1/silences"))[1]["silences"] == []
+    assert len((await api(r, "GET", "/v1/silences?expired=1"))[1]["silences"]) == 1
+
+
+async def test_silence_api_needs_the_admin_token(relay: RelayFactory) -> None:
+    r = await relay(
+        "server: {admin_token: adm1n-token}\n" + CONFIG.format(url="http://127.0.0.1:9")
+    )
+    assert (await api(r, "GET", "/v1/silences"))[0] == 401
+    async with r.http.get(
+        r.url + "/v1/silences", headers={"Authorization": "Bearer adm1n-token"}
+    ) as resp:
+        assert resp.status == 200
+
+
+def test_cli_add_list_expire(tmp_path: Path) -> None:
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    added = run_cli(
+        "silence",
+        "add",
+        "--task",
+        "billing/*",
+        "--tag",
+        "env:prod",
+        "--duration",
+        "1h",
+        "--comment",
+        "deploy",
+        env=env,
+    )
+    assert added.returncode == 0, added.stderr
+    ident = added.stdout.split()[0]
+    assert ident.startswith("sil_") and "active" in added.stdout
+    listed = run_cli("silence", "list", "--json", env=env)
+    [view] = json.loads(listed.stdout)
+    assert (
+        view["matchers"] == {"task": ["billing/*"], "tag": ["env:prod"]}
+        and view["comment"] == "deploy"
+    )
+    assert run_cli("silence", "expire", ident, env=env).returncode == 0
+    assert "no silences" in run_cli("silence", "list", env=env).stdout
+    assert ident in run_cli("silence", "list", "--all", env=env).stdout
+    assert run_cli("silence", "expire", "sil_nope", env=env).returncode == 1
+    bad = run_cli("silence", "add", "--duration", "1h", env=env)  # no matcher
+    assert bad.returncode == 1 and "matchers" in bad.stderr
+    bad = run_cli("silence", "add", "--task", "x", "--duration", "soon", env=env)
+    assert bad.returncode == 1 and "duration" in bad.stderr
