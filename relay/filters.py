@@ -1,4 +1,13 @@
-"""Filters a template author expects: money, durations, truncation, JSON, stack traces."""
+"""Filters a template author expects: money, durations, truncation, JSON, stack traces, Slack text.
+
+Registered in every template and `when:` expression (relay/sandbox.py):
+
+    money           cents → "$1.50"                  duration      ms → "14.9s", "1h 2m"
+    truncate_chars  at most N characters, "…" kept   tojson        compact JSON (indent=True)
+    stack           trace without node:internal      status_emoji  🔴 failures, ✅ COMPLETED
+    mrkdwn          Slack mrkdwn text: &, <, > escaped (so run data cannot ping @channel or
+                    forge <links>); mrkdwn(N) also cuts to N characters, never inside an entity
+"""
 
 from __future__ import annotations
 
@@ -104,3 +113,18 @@ def status_emoji(status: Any) -> str:
     if status in FAILURE_STATUSES:
         return "🔴"
     return "✅" if status == "COMPLETED" else "⚠️"
+
+
+def mrkdwn(value: Any, limit: int | None = None) -> str:
+    """Text for Slack mrkdwn: &, <, > become &amp; &lt; &gt; (Slack's three control characters),
+    so run data cannot ping @channel, mention users or forge <url|links>. With `limit`, the
+    escaped text is cut to at most `limit` characters ("…" included) without leaving half an
+    entity ("&l…") behind. None and undefined values give ""."""
+    text = as_text(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if limit is None:
+        return text
+    cut = truncate_chars(text, limit)
+    amp = cut.rfind("&")
+    if cut != text and amp >= 0 and ";" not in cut[amp:]:
+        return cut[:amp].rstrip() + "…"
+    return cut

@@ -19,7 +19,16 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
 
-from relay.filters import as_text, duration, money, stack, status_emoji, tojson, truncate_chars
+from relay.filters import (
+    as_text,
+    duration,
+    money,
+    mrkdwn,
+    stack,
+    status_emoji,
+    tojson,
+    truncate_chars,
+)
 
 MAX_SEQUENCE_LEN = 100_000  # `'a' * n`, `[x] * n`
 MAX_INT_BITS = 128  # integer results of `*` and `**`
@@ -120,7 +129,7 @@ def environment(loader: jinja2.BaseLoader | None = None) -> _Environment:
     env.globals.pop("lipsum", None)  # a text generator with unbounded sizes; useless here
     for name in ("center", "indent", "batch", "slice", "wordwrap", "truncate"):
         env.filters[name] = _width_guarded(env.filters[name])
-    ours = (money, duration, truncate_chars, tojson, stack, status_emoji)
+    ours = (money, duration, truncate_chars, tojson, stack, status_emoji, mrkdwn)
     env.filters.update({f.__name__: f for f in ours}, format=_format)
     return env
 

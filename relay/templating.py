@@ -63,6 +63,7 @@ class RenderContext:
     channel_type: str
     notification_id: str
     dashboard_url: str | None
+    group: dict[str, Any] | None = None  # digests: see relay.grouping.digest_context
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def _error_view(raw: Any) -> dict[str, Any] | None:
         "code": code,
         "name": as_text(raw.get("name")) or None,
         "message": message,
-        "stack": as_text(raw.get("stackTrace")) or None,
+        "stack": as_text(raw.get("stackTrace") or raw.get("stack")) or None,
     }
     return view if any(view.values()) else None
 
@@ -129,6 +130,7 @@ def _variables(ctx: RenderContext) -> dict[str, Any]:
         "payload": run.get("payload"),
         "output": run.get("output"),
         "metadata": run.get("metadata"),
+        "group": ctx.group,
     }
 
 
@@ -137,9 +139,21 @@ def fallback_text(ctx: RenderContext) -> str:
     try:
         run = ctx.run if isinstance(ctx.run, Mapping) else {}
         text = f"{_summary(run, _error_view(run.get('error')))} (rule: {ctx.rule})"
+        if ctx.group is not None:
+            text = f"{_group_line(ctx.group)} (rule: {ctx.rule}); latest: {text}"
     except Exception:  # the last resort must not fail
         text = f"relay notification {ctx.notification_id} (rule: {ctx.rule})"
     return f"{text} {ctx.dashboard_url}" if ctx.dashboard_url else text
+
+
+def _group_line(group: Mapping[str, Any]) -> str:
+    statuses = ", ".join(f"{n} {s}" for s, n in dict(group.get("by_status") or {}).items())
+    labels = ", ".join(f"{k}={v}" for k, v in dict(group.get("labels") or {}).items())
+    return (
+        f"{group.get('count', 0)} runs"
+        + (f" [{labels}]" if labels else "")
+        + (f": {statuses}" if statuses else "")
+    )
 
 
 def fallback_json(ctx: RenderContext) -> str:
@@ -152,6 +166,8 @@ def fallback_json(ctx: RenderContext) -> str:
         "run": ctx.run,
         "dashboardUrl": ctx.dashboard_url,
     }
+    if ctx.group is not None:
+        body["group"] = ctx.group
     try:
         return tojson(body)
     except (TypeError, ValueError):  # e.g. an integer beyond 64 bits somewhere in the run

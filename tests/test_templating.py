@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from jinja2.exceptions import SecurityError
 
 from relay.filters import duration, money, stack, status_emoji, tojson, truncate_chars
+from relay.grouping import digest_context
 from relay.model import Run
 from relay.templating import (
     TEMPLATE_SUFFIX,
@@ -40,7 +42,7 @@ DEFAULT_TEMPLATES = sorted(
     (channel_type, path.name.split(".")[0], part)
     for channel_type, parts in CHANNEL_PARTS.items()
     for part in parts
-    for path in (shipped_templates_dir() / channel_type).glob(f"*.{part}{TEMPLATE_SUFFIX}")
+    for path in (shipped_templates_dir() / channel_type).glob(f"run*.{part}{TEMPLATE_SUFFIX}")
 )
 SECRET = "sk_live_51HxSECRETvalue"
 
@@ -102,6 +104,24 @@ def test_default_template_matches_golden(
     if part == "json":
         orjson.loads(text)
     golden = GOLDEN / channel_type / name / f"run_{fixture}.{part}"
+    if UPDATE_GOLDEN:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text, encoding="utf-8")
+    assert golden.exists(), f"no {golden}; run RELAY_UPDATE_GOLDEN=1 pytest {__file__}"
+    assert text == golden.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(("channel_type", "part"), [("console", "txt"), ("webhook", "json")])
+def test_digest_template_matches_golden(channel_type: str, part: str) -> None:
+    runs = [load_run(name) for name in FIXTURE_NAMES]
+    group = digest_context("grp_0123", {"taskIdentifier": "sync-customer-data"}, runs)
+    ctx = replace(context(runs[-1], channel_type), notification_id="dgs_0123", group=group)
+    rendered = Renderer().render(channel_type, "digest", (part,), ctx)
+    assert not rendered.fallback, rendered.error
+    text = rendered.parts[part]
+    if part == "json":
+        assert orjson.loads(text)["group"]["count"] == len(runs)
+    golden = GOLDEN / channel_type / "digest" / f"five_fixtures.{part}"
     if UPDATE_GOLDEN:
         golden.parent.mkdir(parents=True, exist_ok=True)
         golden.write_text(text, encoding="utf-8")

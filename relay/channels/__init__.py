@@ -68,9 +68,19 @@ class ChannelKind:
 
 
 def _registry() -> dict[str, ChannelKind]:
-    from relay.channels import console, webhook  # noqa: PLC0415
+    from relay.channels import console, discord, msteams, pagerduty, slack, webhook  # noqa: PLC0415
+    from relay.channels import email as email_channel  # noqa: PLC0415
 
-    return {kind.type: kind for kind in (console.KIND, webhook.KIND)}
+    kinds = (
+        console.KIND,
+        email_channel.KIND,
+        slack.KIND,
+        webhook.KIND,
+        discord.KIND,
+        msteams.KIND,
+        pagerduty.KIND,
+    )
+    return {kind.type: kind for kind in kinds}
 
 
 REGISTRY: dict[str, ChannelKind] = _registry()

@@ -8,16 +8,14 @@ failures are retryable. Messages never contain the URL (webhook URLs embed secre
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import math
-import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from relay.errors import DeliveryError
+from relay.retry_after import parse_retry_after
 
-MAX_RETRY_AFTER_S = 24 * 3600.0
 _BODY_SNIPPET = 200
 
 
@@ -28,24 +26,16 @@ class HttpResponse:
     body: bytes
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), None if absent."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when is None:
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if math.isnan(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def https_or_local(url: str, what: str) -> str:
+    """`url` if it is https:// (or http:// to this machine, for tests); else ValueError."""
+    parts = urlsplit(url)
+    local = parts.scheme == "http" and parts.hostname in LOCAL_HOSTS
+    if not parts.hostname or not (parts.scheme == "https" or local):
+        raise ValueError(f"{what} must be an https:// URL (http:// only for localhost)")
+    return url
 
 
 def classify_status(response: HttpResponse) -> DeliveryError | None:

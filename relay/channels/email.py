@@ -1,0 +1,318 @@
+"""`email`: SMTP delivery with aiosmtplib: STARTTLS or implicit TLS, optional AUTH.
+
+One message per notification: multipart/alternative with text/plain (`txt` part) and text/html
+(`html` part, autoescaped), both UTF-8 quoted-printable so any server takes them. The subject
+is the `subject` part on one line, at most 200 characters. `Message-ID: <{notification_id}@relay>`
+is stable, so a resend after a lost reply is the same mail to a deduplicating system; the
+id is also in `X-Relay-Notification-Id`. `Auto-Submitted: auto-generated` keeps vacation
+auto-replies away. TLS trusts the system store (and SSL_CERT_FILE) plus `smtp.ca_file`.
+
+Failures are translated here, once, into DeliveryError (the SMTP boundary):
+
+  outcome                                              reason        retryable  detail
+  some recipients refused, at least one accepted       (sent; a warning logs the refused count)
+  421 at any stage (the server sheds load)             rate_limited  yes        SMTP 421
+  other 4xx: 450, 451, 452 (busy, greylisting)        server_error  yes        SMTP 451
+  530, 534, 535, 538, SMTPAuthenticationError 5xx      auth_error    no         SMTP 535
+  other 5xx: recipient, sender or data refused         client_error  no         SMTP 550
+  every recipient refused: the first 4xx if any        as above                 SMTP 550
+  timeout: connect, a reply, or the whole attempt      timeout       yes        no answer in time
+  refused connection, DNS, reset, disconnected         network       yes        connection refused
+  TLS handshake or certificate verification            network       yes        TLS: ...
+  any other SMTPException (no STARTTLS, no AUTH...)   other         yes        aiosmtplib's text
+
+A 421 to one RCPT of several makes aiosmtplib hang up before the next one: that reads as
+"network: server disconnected", retryable all the same.
+
+TLS failures are retryable: a handshake blip or a certificate renewed mid-rotation heals by
+itself, and a wrong CA still ends as a dead letter (detail "TLS: certificate not trusted") once
+the retries run out, instead of dropping alerts during a renewal. Details carry the reply code,
+never the server's text, the host or the password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+import ssl
+from email.message import EmailMessage
+from email.utils import formatdate, getaddresses
+from typing import Any
+
+import aiosmtplib
+from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
+
+from relay.channels import ChannelEnv, ChannelKind, Outgoing
+from relay.config import ChannelSettings, Strict
+from relay.errors import DeliveryError
+
+log = logging.getLogger("relay.channels.email")
+
+SUBJECT_MAX_CHARS = 200
+_RESERVED = frozenset(
+    ("from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version", "sender")
+)
+_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
+_AUTH_CODES = frozenset((530, 534, 535, 538))
+__all__ = ["KIND", "EmailChannel", "EmailSettings", "SmtpSettings", "classify"]
+
+
+def _check_address(value: str) -> str:
+    """One address, plain or with a display name; it is the envelope address we return."""
+    if "\r" in value or "\n" in value:
+        raise ValueError("addresses cannot contain line breaks")
+    found = getaddresses([value])
+    if len(found) != 1 or "@" not in found[0][1]:
+        raise ValueError(f"{value!r} is not one email address")
+    return found[0][1]
+
+
+class SmtpSettings(Strict):
+    host: str
+    port: int | None = Field(default=None, ge=1, le=65535)
+    starttls: bool | None = None  # default: True unless `tls`
+    tls: bool = False  # implicit TLS (SMTPS, port 465)
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: FilePath | None = None
+    validate_certs: bool = True
+
+    @model_validator(mode="after")
+    def _coherent(self) -> SmtpSettings:
+        if self.tls and self.starttls:
+            raise ValueError("tls (implicit TLS) and starttls are exclusive; choose one")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value or any(c.isspace() or c in "/@" for c in value):
+            raise ValueError("host must be a host name or an IP address, without a scheme")
+        if value.count(":") == 1:
+            raise ValueError("host cannot carry a port; set smtp.port")
+        return value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _pem(cls, value: FilePath | None) -> FilePath | None:
+        if value is not None:
+            try:
+                ssl.create_default_context(cafile=str(value))
+            except (ssl.SSLError, OSError, ValueError):
+                raise ValueError("ca_file is not a readable PEM certificate bundle") from None
+        return value
+
+    @property
+    def use_starttls(self) -> bool:
+        return self.starttls if self.starttls is not None else not self.tls
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 465 if self.tls else 587 if self.use_starttls else 25
+
+
+class EmailSettings(ChannelSettings):
+    smtp: SmtpSettings
+    from_: str = Field(alias="from")
+    to: list[str] = Field(min_length=1)
+    cc: list[str] = []
+    headers: dict[str, str] = {}
+
+    @field_validator("from_")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        _check_address(value)
+        return value
+
+    @field_validator("to", "cc")
+    @classmethod
+    def _recipients(cls, value: list[str]) -> list[str]:
+        for address in value:
+            _check_address(address)
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"header name {name!r} must be printable ASCII without ':'")
+            if name.lower() in _RESERVED or name.lower().startswith(("content-", "x-relay-")):
+                raise ValueError(f"header {name} is set by relay")
+            if "\r" in text or "\n" in text:
+                raise ValueError(f"header {name} cannot contain line breaks")
+            if not _parses(name, text):
+                raise ValueError(f"header {name} is not a valid {name} value")
+        return value
+
+
+def _parses(name: str, text: str) -> bool:
+    """The value parses as that header (Reply-To must hold addresses, ...) without defects."""
+    probe = EmailMessage()
+    try:
+        probe[name] = text
+        return not probe[name].defects
+    except (ValueError, TypeError, IndexError):
+        return False
+
+
+def tls_context(smtp: SmtpSettings) -> ssl.SSLContext:
+    """System trust (honours SSL_CERT_FILE) plus `ca_file`; no verification if asked."""
+    context = ssl.create_default_context()
+    if smtp.ca_file is not None:
+        context.load_verify_locations(cafile=str(smtp.ca_file))
+    if not smtp.validate_certs:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def one_line(text: str, limit: int = SUBJECT_MAX_CHARS) -> str:
+    """Whitespace (line breaks included) collapsed to single spaces, cut to `limit` with '…'."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+
+
+def build_message(settings: EmailSettings, message: Outgoing) -> EmailMessage:
+    mail = EmailMessage()
+    mail["From"] = settings.from_
+    mail["To"] = ", ".join(settings.to)
+    if settings.cc:
+        mail["Cc"] = ", ".join(settings.cc)
+    mail["Subject"] = one_line(message.parts.get("subject", "")) or "relay notification"
+    mail["Date"] = formatdate(message.timestamp, usegmt=True)
+    mail["Message-ID"] = f"<{re.sub(r'[^A-Za-z0-9._-]', '-', message.notification_id)}@relay>"
+    mail["X-Relay-Notification-Id"] = one_line(message.notification_id)
+    mail["X-Relay-Run-Id"] = one_line(message.run_id)
+    mail["Auto-Submitted"] = "auto-generated"
+    for name, value in settings.headers.items():
+        mail[name] = value
+    mail.set_content(message.parts.get("txt", ""), cte="quoted-printable")
+    mail.add_alternative(message.parts.get("html", ""), subtype="html", cte="quoted-printable")
+    return mail
+
+
+class EmailChannel:
+    def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
+        assert isinstance(settings, EmailSettings)
+        self.name = name
+        self.settings = settings
+        self._timeout_s = settings.timeout or env.default_timeout_s
+        smtp = settings.smtp
+        self._tls = tls_context(smtp) if smtp.tls or smtp.use_starttls else None
+        self._sender = _check_address(settings.from_)
+        everyone = [_check_address(a) for a in (*settings.to, *settings.cc)]
+        self._recipients = list(dict.fromkeys(everyone))
+
+    async def send(self, message: Outgoing) -> None:
+        mail = build_message(self.settings, message)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                refused, _ = await aiosmtplib.send(mail, **self._options())
+        except Exception as exc:  # translated once, here; anything unknown becomes "other"
+            raise classify(exc) from None
+        if refused:
+            log.warning(
+                "some recipients were refused; sent to the others",
+                extra={
+                    "channel": self.name,
+                    "notification_id": message.notification_id,
+                    "run_id": message.run_id,
+                    "refused": len(refused),
+                    "recipients": len(self._recipients),
+                },
+            )
+
+    def _options(self) -> dict[str, Any]:
+        smtp = self.settings.smtp
+        password = smtp.password.get_secret_value() if smtp.password is not None else None
+        return {
+            "sender": self._sender,
+            "recipients": self._recipients,
+            "hostname": smtp.host,
+            "port": smtp.effective_port,
+            "username": smtp.username,
+            "password": password,
+            "use_tls": smtp.tls,
+            "start_tls": smtp.use_starttls,
+            "tls_context": self._tls,
+            "timeout": self._timeout_s,
+        }
+
+
+def classify(exc: BaseException) -> DeliveryError:
+    """The DeliveryError an aiosmtplib/socket/TLS exception means (see the module table)."""
+    if isinstance(exc, TimeoutError):  # SMTPTimeoutError and its connect/read kinds too
+        return DeliveryError("timeout", retryable=True, detail="no answer in time")
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients] or [550]
+        return _by_code(next((c for c in codes if 400 <= c < 500), codes[0]), auth=False)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return _by_code(exc.code, auth=isinstance(exc, aiosmtplib.SMTPAuthenticationError))
+    tls = _tls_error(exc)
+    if tls is not None:
+        return DeliveryError("network", retryable=True, detail=tls)
+    if isinstance(exc, OSError | aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected):
+        return DeliveryError("network", retryable=True, detail=_network_detail(exc))
+    return _other(exc)
+
+
+def _other(exc: BaseException) -> DeliveryError:
+    if isinstance(exc, ValueError):  # an address aiosmtplib refuses to put on the wire
+        return DeliveryError("client_error", retryable=False, detail="invalid address")
+    if isinstance(exc, aiosmtplib.SMTPException):  # aiosmtplib's own words, e.g. no STARTTLS
+        return DeliveryError("other", retryable=True, detail=one_line(exc.message, 120))
+    return DeliveryError("other", retryable=True, detail=type(exc).__name__)
+
+
+def _by_code(code: int, *, auth: bool) -> DeliveryError:
+    detail = f"SMTP {code}"
+    if code == 421:
+        return DeliveryError("rate_limited", retryable=True, detail=detail, status=code)
+    if 400 <= code < 500:
+        return DeliveryError("server_error", retryable=True, detail=detail, status=code)
+    if code in _AUTH_CODES or (auth and code >= 500):
+        return DeliveryError("auth_error", retryable=False, detail=detail, status=code)
+    if 500 <= code < 600:
+        return DeliveryError("client_error", retryable=False, detail=detail, status=code)
+    return DeliveryError("other", retryable=True, detail=detail, status=code)
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 8:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _tls_error(exc: BaseException) -> str | None:
+    for cause in _causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return "TLS: certificate not trusted"
+        if isinstance(cause, ssl.SSLError):
+            return "TLS: handshake failed"
+    return None
+
+
+def _network_detail(exc: BaseException) -> str:
+    for cause in _causes(exc):
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "host name lookup failed"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset"
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return "server disconnected"
+    return "connection failed"
+
+
+KIND = ChannelKind("email", EmailSettings, EmailChannel, ("subject", "txt", "html"))

@@ -1,0 +1,310 @@
+"""`slack`: Block Kit messages through an incoming webhook or a bot token (chat.postMessage).
+
+The template (`slack/<name>.json.j2`) renders {"text": ..., "blocks": [...]}; the channel keeps
+only Slack's message keys, adds `channel`, `thread_ts`, `unfurl_links/media: false`, and clamps
+every length Slack checks (header 150, section/context text 3000, fields 10 x 2000, button text
+75, url 3000, 50 blocks, `text` 40,000) so no template can earn `invalid_blocks` for length.
+
+With a bot token, the `ts` of the first message about a run is kept in the store (namespace
+`slack_thread`, key `<channel name>:<run id>`) and later messages about that run go into its
+thread. Sends for one run are serialised in-process so concurrent notifications cannot start two
+threads. Incoming webhooks return no `ts`: no threading there.
+
+Failure classification; Slack's error name goes in `detail`, never the webhook URL or token:
+
+    rate_limited  retryable, Retry-After  HTTP 429; ratelimited, rate_limited
+    server_error  retryable, Retry-After  HTTP 5xx, 408; internal_error, fatal_error,
+                                          service_unavailable, request_timeout, rollup_error
+    auth_error    permanent               HTTP 401, 403; invalid_auth, not_authed, token_revoked,
+                                          account_inactive, missing_scope, ...; webhooks (404,
+                                          403): no_service, no_team, invalid_token,
+                                          no_active_hooks, action_prohibited
+    client_error  permanent               other 4xx or ok:false: channel_not_found, not_in_channel,
+                                          is_archived, channel_is_archived (410), invalid_blocks,
+                                          invalid_payload, msg_too_long, no_text, ...
+    other         retryable               a 2xx Web API answer that is not JSON
+    timeout, network: retryable, from channels/_http.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import weakref
+from typing import Any
+
+import orjson
+from pydantic import SecretStr, field_validator, model_validator
+
+from relay.channels import ChannelEnv, ChannelKind, Outgoing
+from relay.channels._http import HttpResponse, classify_status, https_or_local
+from relay.config import ChannelSettings, RateLimit
+from relay.errors import DeliveryError, StoreUnavailable
+from relay.filters import truncate_chars
+from relay.retry_after import parse_retry_after
+
+log = logging.getLogger("relay.channels.slack")
+THREADS = "slack_thread"  # kv namespace: "<channel>:<run id>" -> ts of the thread's first message
+MAX_BLOCKS, MAX_TEXT = 50, 40_000
+_TEXT_LIMITS = {"header": 150, "section": 3000, "markdown": 12_000}
+_MESSAGE_KEYS = ("text", "blocks", "attachments", "mrkdwn", "username", "icon_emoji", "icon_url")
+_ERROR_NAME = re.compile(r"[a-z][a-z0-9_]{1,63}")
+_RATE = frozenset({"ratelimited", "rate_limited"})
+_SERVER = frozenset(
+    {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "rollup_error"}
+)
+_AUTH = frozenset(
+    {
+        "invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive",
+        "missing_scope", "no_permission", "not_allowed_token_type", "ekm_access_denied",
+        "access_denied", "org_login_required", "team_access_not_granted",
+        # incoming webhooks: the URL was revoked, disabled or is not allowed to post
+        "no_service", "no_team", "invalid_token", "no_active_hooks", "action_prohibited",
+        "posting_to_general_channel_denied",
+    }
+)  # fmt: skip
+
+
+class SlackSettings(ChannelSettings):
+    """Exactly one mode: `webhook_url`, or `token` + `channel` (Web API chat.postMessage)."""
+
+    webhook_url: SecretStr | None = None
+    token: SecretStr | None = None
+    channel: str | None = None
+    api_url: str = "https://slack.com/api"
+    username: str | None = None
+    icon_emoji: str | None = None
+    # Slack allows about one message a second per channel, with short bursts: 3 lets a failure
+    # and its follow-ups out at once, a storm is spread at 1/s instead of earning 429s.
+    rate_limit: RateLimit | None = RateLimit(per_second=1, burst=3)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            https_or_local(value.get_secret_value(), "webhook_url")
+        return value
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        return https_or_local(value, "api_url").rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> SlackSettings:
+        bot = self.token is not None or self.channel is not None
+        if self.webhook_url is not None and bot:
+            raise ValueError("use either webhook_url, or token + channel, not both")
+        if self.webhook_url is None and not bot:
+            raise ValueError("a slack channel needs webhook_url, or token + channel")
+        if bot and (self.token is None or not self.channel):
+            raise ValueError("token and channel go together: set both")
+        if self.webhook_url is not None and (self.username or self.icon_emoji):
+            raise ValueError("username and icon_emoji only work with token + channel")
+        return self
+
+
+def error_name(body: bytes) -> str | None:
+    """Slack's error word from a plain-text or `{"ok": false, "error": ...}` body, if sane."""
+    text = body[:4096].decode("utf-8", "replace").strip()
+    name: Any = text
+    if text.startswith("{"):
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return None
+        name = data.get("error") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and _ERROR_NAME.fullmatch(name) else None
+
+
+def classify(response: HttpResponse, name: str | None) -> DeliveryError:
+    """The DeliveryError for a failed answer with Slack error word `name` (if any)."""
+    status = response.status
+    base = classify_status(response)
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    detail = name or f"HTTP {status}"
+    if name is not None and status != 200:
+        detail = f"{name} (HTTP {status})"
+    if status == 429 or name in _RATE:
+        reason, retryable = "rate_limited", True
+    elif status >= 500 or status == 408 or name in _SERVER:
+        reason, retryable = "server_error", True
+    elif name in _AUTH:
+        reason, retryable = "auth_error", False
+    elif base is not None:
+        reason, retryable = base.reason, base.retryable
+    else:
+        reason, retryable = "client_error", False
+    after = retry_after if retryable else None
+    return DeliveryError(
+        reason, retryable=retryable, detail=detail, retry_after=after, status=status
+    )
+
+
+def _clip(text: str, limit: int) -> str:
+    """At most `limit` characters; a closing ``` fence survives the cut."""
+    if len(text) <= limit:
+        return text
+    if text.rstrip().endswith("```"):
+        return truncate_chars(text, limit - 3) + "```"
+    return truncate_chars(text, limit)
+
+
+def _clip_object(obj: Any, limit: int) -> Any:
+    """A text object ({"type", "text"}) with its text clipped; anything else unchanged."""
+    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+        return {**obj, "text": _clip(obj["text"], limit)}
+    return obj
+
+
+def _has_text(obj: Any) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("text"), str) and bool(obj["text"].strip())
+
+
+def _clamp_button(element: Any) -> Any:
+    if not isinstance(element, dict) or element.get("type") != "button":
+        return element
+    url = element.get("url")
+    if isinstance(url, str) and len(url) > 3000:
+        return None  # a cut URL would lead nowhere
+    return {**element, "text": _clip_object(element.get("text"), 75)}
+
+
+def _clamp_block(block: Any) -> dict[str, Any] | None:
+    """One block within Slack's limits, or None when nothing sendable is left of it."""
+    if not isinstance(block, dict):
+        return None
+    out, kind = dict(block), block.get("type")
+    if isinstance(out.get("block_id"), str):
+        out["block_id"] = out["block_id"][:255]
+    if kind in ("header", "section"):
+        if "text" in out:
+            out["text"] = _clip_object(out["text"], _TEXT_LIMITS[kind])
+        fields = out.get("fields")
+        if isinstance(fields, list):
+            out["fields"] = [_clip_object(f, 2000) for f in fields[:10]]
+        if not _has_text(out.get("text")) and not (kind == "section" and out.get("fields")):
+            return None
+    elif kind == "markdown" and isinstance(out.get("text"), str):
+        out["text"] = _clip(out["text"], _TEXT_LIMITS[kind])
+    elif kind in ("context", "actions") and isinstance(out.get("elements"), list):
+        if kind == "context":
+            out["elements"] = [_clip_object(e, 3000) for e in out["elements"][:10]]
+        else:
+            buttons = (_clamp_button(e) for e in out["elements"][:25])
+            out["elements"] = [e for e in buttons if e is not None]
+        if not out["elements"]:
+            return None
+    return out
+
+
+def slack_message(rendered: str, default_text: str) -> dict[str, Any]:
+    """The rendered part as a Slack message: known keys only, every length within limits."""
+    try:
+        value: Any = orjson.loads(rendered)
+    except orjson.JSONDecodeError:
+        value = rendered
+    if isinstance(value, list):
+        value = {"blocks": value}
+    if not isinstance(value, dict):
+        value = {"text": str(value)}
+    message = {key: value[key] for key in _MESSAGE_KEYS if key in value}
+    blocks = message.pop("blocks", None)
+    if isinstance(blocks, list):
+        kept = [b for b in (_clamp_block(b) for b in blocks) if b is not None]
+        if kept:
+            message["blocks"] = kept[:MAX_BLOCKS]
+    text = message.get("text")
+    message["text"] = _clip(
+        text if isinstance(text, str) and text.strip() else default_text, MAX_TEXT
+    )
+    return message
+
+
+class SlackChannel:
+    def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
+        assert isinstance(settings, SlackSettings)
+        self.name = name
+        self.settings = settings
+        self._http = env.http
+        self._state = env.state
+        self._timeout_s = settings.timeout or env.default_timeout_s
+        # one lock per run with a send in flight, so concurrent sends cannot start two threads
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    async def send(self, message: Outgoing) -> None:
+        default = f"relay: rule {message.rule} matched run {message.run_id}"
+        payload = slack_message(message.parts.get("json", ""), default)
+        payload.update(unfurl_links=False, unfurl_media=False)
+        if self.settings.webhook_url is not None:
+            await self._post(self.settings.webhook_url.get_secret_value(), payload)
+            return
+        lock = self._locks.get(message.run_id)
+        if lock is None:
+            lock = self._locks[message.run_id] = asyncio.Lock()
+        async with lock:
+            await self._post_message(payload, message)
+
+    async def _post(self, url: str, body: dict[str, Any], token: str = "") -> HttpResponse:
+        """POST JSON once; raise the classified error unless Slack answered 2xx."""
+        headers = {"Content-Type": "application/json; charset=utf-8"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = orjson.dumps(body)
+        response = await self._http.request("POST", url, data, headers, self._timeout_s)
+        if not 200 <= response.status < 300:
+            raise classify(response, error_name(response.body))
+        return response
+
+    async def _post_message(self, payload: dict[str, Any], message: Outgoing) -> None:
+        settings = self.settings
+        assert settings.token is not None and settings.channel is not None
+        key = f"{self.name}:{message.run_id}"
+        thread_ts = await self._thread(key)
+        body: dict[str, Any] = {**payload, "channel": settings.channel}
+        if settings.username:
+            body["username"] = settings.username
+        if settings.icon_emoji:
+            body["icon_emoji"] = settings.icon_emoji
+        if thread_ts is not None:
+            body["thread_ts"] = thread_ts
+        url = f"{settings.api_url}/chat.postMessage"
+        response = await self._post(url, body, settings.token.get_secret_value())
+        ts = _posted_ts(response)
+        if thread_ts is None and ts is not None:
+            await self._remember(key, ts, message.timestamp)
+
+    async def _thread(self, key: str) -> str | None:
+        if self._state is None:
+            return None
+        try:
+            return await self._state.kv_get(THREADS, key)
+        except StoreUnavailable:  # deliver anyway; only the threading is lost
+            log.warning("slack thread lookup failed", extra={"channel": self.name})
+            return None
+
+    async def _remember(self, key: str, ts: str, now: float) -> None:
+        if self._state is None:
+            return
+        try:
+            await self._state.kv_put(THREADS, key, ts, now)
+        except StoreUnavailable:  # the message is out: never fail (and resend) it for this
+            log.warning("slack thread not saved", extra={"channel": self.name})
+
+
+def _posted_ts(response: HttpResponse) -> str | None:
+    """The `ts` of a 2xx chat.postMessage answer; raise the classified error for ok:false."""
+    try:
+        data = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise DeliveryError("other", retryable=True, detail="Slack answered without JSON")
+    if data.get("ok") is not True:
+        raise classify(response, error_name(response.body) or "unknown_error")
+    ts = data.get("ts")
+    return ts if isinstance(ts, str) and ts else None
+
+
+KIND = ChannelKind("slack", SlackSettings, SlackChannel, ("json",))

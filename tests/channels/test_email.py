@@ -1,0 +1,485 @@
+"""The email channel against a real SMTP server on loopback (aiosmtpd), no mocks of relay.
+
+Golden renders of the default templates, the MIME message as a mail client parses it, the
+failure classification table of relay/channels/email.py, and STARTTLS + AUTH end to end through
+the running service. Regenerate the golden files with
+`RELAY_UPDATE_GOLDEN=1 pytest tests/channels/test_email.py` and review the diff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from pydantic import ValidationError
+
+from relay.channels import ChannelEnv, Outgoing, settings_models
+from relay.channels._http import HttpClient
+from relay.channels.email import EmailChannel, EmailSettings, build_message
+from relay.config import parse_config
+from relay.errors import ConfigError, DeliveryError
+from relay.model import Run, notification_id
+from relay.templating import RenderContext, Renderer
+from tests.conftest import FIXTURES, RelayFactory, sdk_run
+
+if TYPE_CHECKING:  # imported by pytest as a plugin, so its asserts are rewritten
+    from tests.fakes.smtp import FakeSMTP, Pki, SmtpFactory
+
+pytest_plugins = ["tests.fakes.smtp"]
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "email"
+UPDATE_GOLDEN = os.environ.get("RELAY_UPDATE_GOLDEN") == "1"  # read before conftest cleans RELAY_*
+FIXTURE_NAMES = sorted(
+    p.stem.removeprefix("run_") for p in (FIXTURES / "realtime-run" / "sdk").glob("run_*.json")
+)
+PARTS = ("subject", "txt", "html")
+USER, PASSWORD = "relay-bot", "s3cret-SMTP-pa55word"
+NTF = "ntf_0123456789abcdef01234567"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def context(run: dict[str, Any], dashboard: bool = True) -> RenderContext:
+    url = f"https://cloud.trigger.dev/projects/v3/proj_abc123/runs/{run.get('id')}"
+    return RenderContext(
+        run, "prod-failures", "team-email", "email", NTF, url if dashboard else None
+    )
+
+
+def rendered(fixture: str = "failed", name: str = "run", **changes: Any) -> dict[str, str]:
+    run = Run.model_validate({**sdk_run(fixture), **changes}).as_dict()
+    out = Renderer().render("email", name, PARTS, context(run))
+    assert not out.fallback, out.error
+    return out.parts
+
+
+def outgoing(parts: dict[str, str] | None = None, ident: str = NTF) -> Outgoing:
+    return Outgoing(
+        ident, "run_cmuxjbf30kqkowywawhi1r8yr", "prod-failures", parts or rendered(), 1.7e9
+    )
+
+
+def email_settings(port: int, **smtp: Any) -> EmailSettings:
+    raw = {
+        "type": "email",
+        "smtp": {"host": "127.0.0.1", "port": port, "starttls": False, **smtp},
+        "from": "Relay <relay@example.com>",
+        "to": ["oncall@example.com"],
+        "cc": ["team@example.com"],
+        "headers": {"X-Team": "core"},
+        "timeout": "2s",
+    }
+    return EmailSettings.model_validate(raw)
+
+
+def channel(port: int, **smtp: Any) -> EmailChannel:
+    return make_channel(email_settings(port, **smtp))
+
+
+def make_channel(settings: EmailSettings) -> EmailChannel:
+    return EmailChannel("team-email", settings, ChannelEnv(HttpClient(), sys.stdout, 2.0))
+
+
+async def failure(ch: EmailChannel) -> DeliveryError:
+    with pytest.raises(DeliveryError) as info:
+        await ch.send(outgoing())
+    err = info.value
+    assert PASSWORD not in f"{err} {err!r} {err.detail}"
+    return err
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+@pytest.mark.parametrize("name", ["run", "run_failed"])
+@pytest.mark.parametrize("fixture", FIXTURE_NAMES)
+def test_default_templates_match_golden(fixture: str, name: str) -> None:
+    parts = rendered(fixture, name)
+    for part in PARTS:
+        golden = GOLDEN / name / f"run_{fixture}.{part}"
+        if UPDATE_GOLDEN:
+            golden.parent.mkdir(parents=True, exist_ok=True)
+            golden.write_text(parts[part], encoding="utf-8")
+        assert golden.exists(), f"no {golden}; run RELAY_UPDATE_GOLDEN=1 pytest {__file__}"
+        assert parts[part] == golden.read_text(encoding="utf-8"), golden
+
+
+def test_run_failed_is_run_and_the_subject_beats_trigger_dev() -> None:
+    for fixture in FIXTURE_NAMES:
+        assert rendered(fixture, "run_failed") == rendered(fixture, "run")
+    subject = rendered()["subject"]
+    assert subject == (
+        "[relay] 🔴 FAILED sync-customer-data: Stripe API responded with 429: Too Many Requests"
+    )
+    crashed = rendered("crashed")["subject"]
+    assert crashed.startswith("[relay] 🔴 CRASHED render-video: The task process was killed")
+    env = rendered(environment={"type": "PRODUCTION", "slug": "prod"}, isTest=True)
+    assert env["subject"].startswith("[relay · prod] 🔴 FAILED sync-customer-data (test): ")
+    assert "Environment  prod" in env["txt"] and ">prod</td>" in env["html"]
+
+
+def test_text_part_reads_well() -> None:
+    text = rendered()["txt"]
+    lines = text.splitlines()
+    assert lines[0] == "🔴 FAILED · sync-customer-data"
+    assert "Error: Stripe API responded with 429: Too Many Requests" in lines
+    assert "    at fetchInvoices (file:///src/trigger/sync-customer-data.ts:48:11)" in lines
+    assert not any("node:internal" in line for line in lines)
+    for fact in (
+        "Run          run_cmuxjbf30kqkowywawhi1r8yr",
+        "Duration     14.9s",
+        "Cost         $0.0005",
+    ):
+        assert fact in lines
+    assert (
+        "https://cloud.trigger.dev/projects/v3/proj_abc123/runs/run_cmuxjbf30kqkowywawhi1r8yr"
+        in lines
+    )
+
+
+def test_html_escapes_hostile_run_data() -> None:
+    hostile = {
+        "name": "Error",
+        "message": "<script>alert('x')</script> & <img src=x onerror=alert(1)>",
+        "stackTrace": "Error: boom\n    at <script>evil()</script> (file.ts:1:1)",
+    }
+    parts = rendered(error=hostile, taskIdentifier="<b>task</b>", tags=['"><svg onload=1>'])
+    html = parts["html"]
+    assert "<script>" not in html and "<img" not in html and "<svg" not in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &lt;img" in html
+    assert "&lt;b&gt;task&lt;/b&gt;" in html
+    assert "<script>" in parts["txt"]  # plain text stays plain
+    run = Run.model_validate(sdk_run("failed")).as_dict()
+    ctx = context(run)
+    bad_link = RenderContext(**{**ctx.__dict__, "dashboard_url": "javascript:alert(1)"})
+    assert "href" not in Renderer().render("email", "run", ("html",), bad_link).parts["html"]
+    plain = Renderer().render("email", "run", ("html", "txt"), context(run, dashboard=False))
+    assert "href" not in plain.parts["html"] and "Trigger.dev:" not in plain.parts["txt"]
+
+
+def test_subject_is_one_line_and_capped_whatever_the_template_says() -> None:
+    parts = {**rendered(), "subject": "first\r\nBcc: evil@example.com\n" + "x" * 500}
+    mail = build_message(email_settings(25), outgoing(parts))
+    assert mail["Bcc"] is None
+    subject = str(mail["Subject"])
+    assert subject.startswith("first Bcc: evil@example.com x") and len(subject) == 200
+    assert subject.endswith("…")
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+GOOD = {
+    "type": "email",
+    "smtp": {"host": "smtp.example.com"},
+    "from": "r@example.com",
+    "to": ["a@example.com"],
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"to": []}, "at least 1"),
+        ({"to": ["a@example.com\r\nBcc: x@evil.com"]}, "line breaks"),
+        ({"to": ["not-an-address"]}, "not one email address"),
+        ({"to": ["a@example.com, b@example.com"]}, "not one email address"),
+        ({"from": "relay"}, "not one email address"),
+        ({"cc": ["ok@example.com", "x\n@example.com"]}, "line breaks"),
+        ({"headers": {"X-Ok": "a\r\nBcc: x@evil.com"}}, "line breaks"),
+        ({"headers": {"X-Bad: y": "v"}}, "printable ASCII"),
+        ({"headers": {"Subject": "v"}}, "set by relay"),
+        ({"headers": {"Reply-To": "not an address <<"}}, "not a valid Reply-To"),
+        ({"headers": {"content-type": "v"}}, "set by relay"),
+        ({"smtp": {"host": "h", "tls": True, "starttls": True}}, "exclusive"),
+        ({"smtp": {"host": "h", "username": "u"}}, "go together"),
+        ({"smtp": {"host": "h", "ca_file": "/nonexistent/ca.pem"}}, "ca_file"),
+        ({"smtp": {"host": "h", "prot": 25}}, "Extra inputs"),
+        ({"smtp": {"host": "smtp.example.com:587"}}, "set smtp.port"),
+        ({"smtp": {"host": "smtp://smtp.example.com"}}, "without a scheme"),
+    ],
+)
+def test_bad_settings_are_refused(change: dict[str, Any], why: str) -> None:
+    with pytest.raises(ValidationError, match=why):
+        EmailSettings.model_validate({**GOOD, **change})
+
+
+def test_settings_defaults_and_yaml(tmp_path: Path) -> None:
+    ports = [
+        EmailSettings.model_validate({**GOOD, "smtp": {"host": "h", **smtp}}).smtp.effective_port
+        for smtp in ({}, {"tls": True}, {"starttls": False}, {"port": 2525})
+    ]
+    assert ports == [587, 465, 25, 2525]
+    text = """\
+channels:
+  mail:
+    type: email
+    smtp: {host: smtp.example.com, username: u, password: "${PW}"}
+    from: relay@example.com
+    to: [team@example.com]
+    headers: {X-Team: "core\\r\\nBcc: x@evil.com"}
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.yaml", settings_models(), {"PW": PASSWORD})
+    assert "c.yaml:7: channels.mail.headers: header X-Team cannot contain line breaks" in str(
+        info.value
+    )
+    fixed = text.replace("\\r\\nBcc: x@evil.com", "")
+    loaded = parse_config(fixed, "c.yaml", settings_models(), {"PW": PASSWORD})
+    assert PASSWORD in loaded.secrets()
+    assert PASSWORD not in repr(loaded.config.channels["mail"])
+
+
+# ----------------------------------------------------------------------------- the message
+
+
+async def test_message_is_multipart_alternative_with_stable_ids(smtp_server: SmtpFactory) -> None:
+    fake = await smtp_server()
+    ch = channel(fake.port)
+    await ch.send(outgoing())
+    await ch.send(outgoing())  # a resend: same Message-ID
+    first, second = await fake.wait_for(2)
+    assert first.mail_from == "relay@example.com"
+    assert first.rcpt_tos == ["oncall@example.com", "team@example.com"]
+    mail = first.message()
+    assert mail.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in mail.iter_parts()] == ["text/plain", "text/html"]
+    assert mail["From"] == "Relay <relay@example.com>"
+    assert mail["To"] == "oncall@example.com" and mail["Cc"] == "team@example.com"
+    assert mail["Subject"] == rendered()["subject"]
+    assert mail["Message-ID"] == f"<{NTF}@relay>" == second.message()["Message-ID"]
+    assert mail["X-Relay-Notification-Id"] == NTF
+    assert mail["X-Relay-Run-Id"] == "run_cmuxjbf30kqkowywawhi1r8yr"
+    assert mail["Auto-Submitted"] == "auto-generated" and mail["X-Team"] == "core"
+    text, html = (part.get_content() for part in mail.iter_parts())
+    assert text.replace("\r\n", "\n") == rendered()["txt"]
+    assert html.replace("\r\n", "\n") == rendered()["html"]
+    assert all(len(line) <= 998 for line in first.data.split(b"\r\n"))  # RFC 5322 line limit
+
+
+# ----------------------------------------------------------------------------- classification
+
+
+@pytest.mark.parametrize(
+    ("script", "reason", "retryable", "detail"),
+    [
+        ({"data_replies": ["451 4.7.1 try later"]}, "server_error", True, "SMTP 451"),
+        ({"data_replies": ["452 4.3.1 insufficient storage"]}, "server_error", True, "SMTP 452"),
+        (
+            {"data_replies": ["421 4.7.0 too many messages, slow down"]},
+            "rate_limited",
+            True,
+            "SMTP 421",
+        ),
+        ({"rcpt_replies": ["421 4.7.0 closing"]}, "network", True, "server disconnected"),
+        ({"data_replies": ["554 5.7.1 rejected as spam"]}, "client_error", False, "SMTP 554"),
+        (
+            {
+                "refuse": {
+                    "oncall@example.com": "550 5.1.1 no such user",
+                    "team@example.com": "550 5.1.1 no",
+                }
+            },
+            "client_error",
+            False,
+            "SMTP 550",
+        ),
+        (
+            {
+                "refuse": {
+                    "oncall@example.com": "550 5.1.1 no such user",
+                    "team@example.com": "450 4.2.1 busy",
+                }
+            },
+            "server_error",
+            True,
+            "SMTP 450",
+        ),
+    ],
+)
+async def test_smtp_replies_are_classified(
+    smtp_server: SmtpFactory, script: dict[str, Any], reason: str, retryable: bool, detail: str
+) -> None:
+    fake = await smtp_server()
+    for name, value in script.items():
+        setattr(fake, name, value)
+    err = await failure(channel(fake.port))
+    assert (err.reason, err.retryable, err.detail) == (reason, retryable, detail)
+    assert fake.messages == []
+
+
+async def test_one_refused_recipient_of_two_still_sends(
+    smtp_server: SmtpFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = await smtp_server()
+    fake.refuse = {"team@example.com": "550 5.1.1 no such user"}
+    with caplog.at_level(logging.WARNING, logger="relay.channels.email"):
+        await channel(fake.port).send(outgoing())
+    [got] = await fake.wait_for(1)
+    assert got.rcpt_tos == ["oncall@example.com"]
+    [record] = caplog.records
+    assert record.__dict__["refused"] == 1 and record.__dict__["recipients"] == 2
+
+
+async def test_starttls_and_auth(smtp_server: SmtpFactory, smtp_pki: Pki) -> None:
+    fake = await smtp_server("starttls", credentials=(USER, PASSWORD))
+    good = {"starttls": True, "ca_file": str(smtp_pki.ca_file), "username": USER}
+    await channel(fake.port, **good, password=PASSWORD).send(outgoing())
+    assert len(await fake.wait_for(1)) == 1
+
+    err = await failure(channel(fake.port, **good, password="wrong-" + PASSWORD))
+    assert (err.reason, err.retryable, err.detail) == ("auth_error", False, "SMTP 535")
+
+    untrusted = await failure(channel(fake.port, starttls=True, username=USER, password=PASSWORD))
+    assert (untrusted.reason, untrusted.retryable) == ("network", True)
+    assert untrusted.detail == "TLS: certificate not trusted"
+
+    cleartext = await failure(channel(fake.port, username=USER, password=PASSWORD))
+    assert (cleartext.reason, cleartext.retryable) == ("other", True)
+    assert cleartext.detail.startswith(
+        "The SMTP AUTH extension is not supported by this server. Try"
+    )
+
+    anonymous = await failure(channel(fake.port))
+    assert (anonymous.reason, anonymous.retryable, anonymous.detail) == (
+        "auth_error",
+        False,
+        "SMTP 530",
+    )
+
+    unchecked = channel(
+        fake.port, starttls=True, validate_certs=False, username=USER, password=PASSWORD
+    )
+    await unchecked.send(outgoing())
+    assert len(await fake.wait_for(2)) == 2
+
+
+async def test_implicit_tls(smtp_server: SmtpFactory, smtp_pki: Pki) -> None:
+    fake = await smtp_server("tls")
+    await channel(fake.port, tls=True, ca_file=str(smtp_pki.ca_file)).send(outgoing())
+    [got] = await fake.wait_for(1)
+    assert got.message()["Message-ID"] == f"<{NTF}@relay>"
+
+
+async def test_ssl_cert_file_is_honoured(
+    smtp_server: SmtpFactory, smtp_pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = await smtp_server("starttls")
+    monkeypatch.setenv("SSL_CERT_FILE", str(smtp_pki.ca_file))
+    await channel(fake.port, starttls=True).send(outgoing())
+    assert len(await fake.wait_for(1)) == 1
+
+
+async def test_starttls_required_but_not_offered_is_retryable(smtp_server: SmtpFactory) -> None:
+    fake = await smtp_server()
+    err = await failure(channel(fake.port, starttls=True))
+    assert (err.reason, err.retryable) == ("other", True)
+    assert err.detail == "SMTP STARTTLS extension not supported by server."
+
+
+async def test_nothing_listening_is_network() -> None:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    err = await failure(channel(port, username=USER, password=PASSWORD))
+    assert (err.reason, err.retryable, err.detail) == ("network", True, "connection refused")
+
+
+async def test_a_server_that_never_answers_is_a_timeout(silent_smtp: int) -> None:
+    settings = email_settings(silent_smtp).model_copy(update={"timeout": 0.3})
+    started = time.monotonic()
+    err = await failure(make_channel(settings))
+    assert (err.reason, err.retryable, err.detail) == ("timeout", True, "no answer in time")
+    assert time.monotonic() - started < 2
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def relay_config(port: int, ca_file: Path, password: str = PASSWORD) -> str:
+    return f"""\
+defaults:
+  retry: {{max_attempts: 4, max_age: 1h, min_backoff: 100ms, max_backoff: 400ms}}
+  timeout: 3s
+  project_ref: proj_test
+channels:
+  team-email:
+    type: email
+    smtp: {{host: 127.0.0.1, port: {port}, starttls: true, username: {USER}, password: "{password}", ca_file: "{ca_file}"}}
+    from: Relay <relay@example.com>
+    to: [oncall@example.com]
+rules:
+  - name: failures
+    match: {{status: [failure]}}
+    notify: [team-email]
+"""
+
+
+async def settled(r: Any, ident: str, state: str) -> Any:
+    for _ in range(200):
+        row = await r.service.store.get(ident)
+        if row is not None and row.state == state:
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{ident} never became {state}: {row}")
+
+
+async def e2e(relay: RelayFactory, fake: FakeSMTP, pki: Pki, password: str = PASSWORD) -> Any:
+    r = await relay(relay_config(fake.port, pki.ca_file, password))
+    status, _ = await r.post(sdk_run("failed"))
+    assert status == 202
+    return r, notification_id("run_cmuxjbf30kqkowywawhi1r8yr", "failures", "team-email")
+
+
+async def test_end_to_end_starttls_auth(
+    relay: RelayFactory, smtp_server: SmtpFactory, smtp_pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = await smtp_server("starttls", credentials=(USER, PASSWORD))
+    r, ident = await e2e(relay, fake, smtp_pki)
+    [got] = await fake.wait_for(1)
+    mail = got.message()
+    assert [p.get_content_type() for p in mail.iter_parts()] == ["text/plain", "text/html"]
+    assert mail["Subject"].startswith("[relay] 🔴 FAILED sync-customer-data: Stripe API")
+    assert mail["Message-ID"] == f"<{ident}@relay>"
+    assert "https://cloud.trigger.dev/projects/v3/proj_test/runs/run_cmuxjbf30kqkowywawhi1r8yr" in (
+        mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    )
+    row = await settled(r, ident, "sent")
+    assert row.attempts == 1
+    assert PASSWORD not in caplog.text
+
+
+async def test_end_to_end_451_then_accept_is_delivered_once(
+    relay: RelayFactory, smtp_server: SmtpFactory, smtp_pki: Pki
+) -> None:
+    fake = await smtp_server("starttls", credentials=(USER, PASSWORD))
+    fake.data_replies = ["451 4.7.1 try later"]
+    r, ident = await e2e(relay, fake, smtp_pki)
+    row = await settled(r, ident, "sent")
+    assert row.attempts == 2 and len(fake.messages) == 1
+
+
+async def test_end_to_end_wrong_password_is_dead_without_the_password(
+    relay: RelayFactory, smtp_server: SmtpFactory, smtp_pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = await smtp_server("starttls", credentials=(USER, PASSWORD))
+    wrong = "wrong-" + PASSWORD
+    r, ident = await e2e(relay, fake, smtp_pki, password=wrong)
+    row = await settled(r, ident, "dead")
+    assert row.reason == "auth_error" and row.attempts == 1
+    [dead] = await r.service.store.dead_letters()
+    async with r.http.get(r.url + "/v1/dlq") as resp:
+        listed = json.dumps(await resp.json())
+    for text in (repr(dead), listed, caplog.text):
+        assert wrong not in text and PASSWORD not in text
+    assert "SMTP 535" in (dead.last_error or "")

@@ -1,0 +1,596 @@
+"""The slack channel: settings, default templates (golden, Block Kit valid), limits, error
+classification and threading — against a fake Slack on loopback, the real store and relay.
+
+Regenerate the golden files with `RELAY_UPDATE_GOLDEN=1 pytest tests/channels/test_slack.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.channels import ChannelEnv, KeyValue, Outgoing, settings_models
+from relay.channels._http import HttpClient
+from relay.channels.slack import THREADS, SlackChannel, SlackSettings, slack_message
+from relay.config import RateLimit, parse_config
+from relay.errors import ConfigError, DeliveryError
+from relay.model import Run
+from relay.store.sqlite import SQLiteStore
+from relay.templating import RenderContext, Renderer, fallback_json
+from tests.conftest import RelayFactory, sdk_run
+from tests.fakes.slack import (
+    FIRST_TS,
+    TOKEN,
+    WEBHOOK_PATH,
+    FakeSlack,
+    Reply,
+    api_error,
+    block_kit_problems,
+    fake_slack,
+)
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "slack"
+UPDATE_GOLDEN = os.environ.get("RELAY_UPDATE_GOLDEN") == "1"  # read before conftest cleans RELAY_*
+FIXTURE_NAMES = ("failed", "crashed", "timed_out", "completed", "executing")
+SECRETS = (TOKEN, WEBHOOK_PATH.rsplit("/", 1)[1])
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    async with fake_slack() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[HttpClient]:
+    client = HttpClient()
+    yield client
+    await client.close()
+
+
+def load_run(name: str, **extra: Any) -> dict[str, Any]:
+    return Run.model_validate({**sdk_run(name), **extra}).as_dict()
+
+
+def render(run: dict[str, Any], name: str = "run_failed", link: bool = True) -> str:
+    url = f"https://cloud.trigger.dev/projects/v3/proj_abc123/runs/{run['id']}" if link else None
+    ctx = RenderContext(run, "prod-failures", "oncall", "slack", "ntf_0123456789abcdef", url)
+    rendered = Renderer().render("slack", name, ("json",), ctx)
+    assert not rendered.fallback, rendered.error
+    return rendered.parts["json"]
+
+
+def rendered_message(run: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(render(run, **kwargs))
+    assert block_kit_problems(message) == []
+    return message
+
+
+def texts(message: dict[str, Any]) -> list[str]:
+    """Every text of the message, in order (header, sections, fields, context elements)."""
+    out = []
+    for block in message["blocks"]:
+        for obj in [block.get("text"), *block.get("fields", []), *block.get("elements", [])]:
+            if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+                out.append(obj["text"])
+    return out
+
+
+def outgoing(part: str, run_id: str = "run_1", rule: str = "r") -> Outgoing:
+    return Outgoing("ntf_1", run_id, rule, {"json": part}, 1_700_000_000.0)
+
+
+def make_channel(
+    slack: FakeSlack,
+    http: HttpClient,
+    bot: bool = False,
+    state: KeyValue | None = None,
+    **options: Any,
+) -> SlackChannel:
+    mode = (
+        {"token": TOKEN, "channel": "#oncall", "api_url": slack.api_url}
+        if bot
+        else {"webhook_url": slack.webhook_url}
+    )
+    settings = SlackSettings.model_validate({"type": "slack", **mode, **options})
+    return SlackChannel("oncall", settings, ChannelEnv(http, io.StringIO(), 2.0, state))
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def config_problems(options: str) -> list[str]:
+    text = f"channels:\n  oncall: {{type: slack, {options}}}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "config.yaml", settings_models(), env={})
+    return [p.message for p in info.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ("", "a slack channel needs webhook_url, or token + channel"),
+        (
+            "webhook_url: https://hooks.slack.com/services/T/B/sekrit, token: xoxb-1",
+            "use either webhook_url, or token + channel, not both",
+        ),
+        ("token: xoxb-sekrit", "token and channel go together: set both"),
+        ("channel: '#oncall'", "token and channel go together: set both"),
+        (
+            "webhook_url: http://hooks.slack.com/services/T/B/sekrit",
+            "webhook_url must be an https:// URL (http:// only for localhost)",
+        ),
+        ("webhook_url: not-a-url-sekrit", "webhook_url must be an https:// URL"),
+        (
+            "token: xoxb-sekrit, channel: C1, api_url: 'ftp://x'",
+            "api_url must be an https:// URL (http:// only for localhost)",
+        ),
+        (
+            "webhook_url: https://hooks.slack.com/services/T/B/sekrit, username: bot",
+            "username and icon_emoji only work with token + channel",
+        ),
+        ("webhook_url: https://hooks.slack.com/x, nope: 1", "unknown key"),
+    ],
+)
+def test_settings_are_checked_without_quoting_secrets(options: str, message: str) -> None:
+    [problem] = config_problems(options)
+    assert problem.startswith(message)
+    assert "sekrit" not in problem
+
+
+def test_settings_modes_and_default_rate_limit() -> None:
+    hook = SlackSettings.model_validate({"type": "slack", "webhook_url": "http://127.0.0.1:9/x"})
+    assert hook.rate_limit == RateLimit(per_second=1, burst=3)
+    bot = SlackSettings.model_validate(
+        {"type": "slack", "token": "xoxb-1", "channel": "C1", "api_url": "https://x.test/api/"}
+    )
+    assert bot.api_url == "https://x.test/api" and bot.webhook_url is None
+    own = SlackSettings.model_validate(
+        {"type": "slack", "webhook_url": "https://h.test/x", "rate_limit": {"per_minute": 20}}
+    )
+    assert own.rate_limit == RateLimit(per_minute=20)
+    assert "xoxb-1" not in repr(bot)
+
+
+# ----------------------------------------------------------------------------- templates
+
+
+@pytest.mark.parametrize("fixture", FIXTURE_NAMES)
+@pytest.mark.parametrize("name", ["run", "run_failed"])
+def test_default_template_matches_golden(name: str, fixture: str) -> None:
+    text = render(load_run(fixture), name)
+    message = json.loads(text)
+    assert block_kit_problems(message) == []
+    assert slack_message(text, "-") == message  # the defaults need no clamping
+    pretty = json.dumps(message, indent=2, ensure_ascii=False) + "\n"
+    golden = GOLDEN / name / f"run_{fixture}.json"
+    if UPDATE_GOLDEN:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(pretty, encoding="utf-8")
+    assert golden.exists(), f"no {golden}; run RELAY_UPDATE_GOLDEN=1 pytest {__file__}"
+    assert pretty == golden.read_text(encoding="utf-8")
+
+
+def test_run_failed_is_run() -> None:
+    for fixture in FIXTURE_NAMES:
+        run = load_run(fixture)
+        assert render(run, "run_failed") == render(run, "run")
+
+
+def test_failure_reads_well_at_3am() -> None:
+    message = rendered_message(load_run("failed"))
+    assert message["text"] == (
+        "🔴 FAILED · sync-customer-data · run_cmuxjbf30kqkowywawhi1r8yr: "
+        "Error: Stripe API responded with 429: Too Many Requests"
+    )
+    header, error, trace, *rest = message["blocks"]
+    assert header["text"] == {
+        "type": "plain_text",
+        "emoji": True,
+        "text": "🔴 FAILED · sync-customer-data",
+    }
+    assert error["text"]["text"] == "*Error*: Stripe API responded with 429: Too Many Requests"
+    assert trace["text"]["text"].startswith("```at fetchInvoices (file:///src/trigger/")
+    assert trace["text"]["text"].endswith("```") and "node:internal" not in trace["text"]["text"]
+    context = [e["text"] for e in rest[0]["elements"]]
+    assert context == [
+        "`run_cmuxjbf30kqkowywawhi1r8yr`",
+        "⏱ 14.9s",
+        "💰 $0.0005",
+        "🏷 customer:cus_Q8x2LmN4, plan:pro",
+        "rule *prod-failures*",
+    ]
+    assert '"step":"fetch-invoices"' in rest[1]["elements"][0]["text"]
+    [button] = rest[2]["elements"]
+    assert button["text"]["text"] == "Open run in Trigger.dev"
+    assert button["url"].endswith("/runs/run_cmuxjbf30kqkowywawhi1r8yr")
+
+
+def test_internal_errors_show_the_code_and_environment_when_present() -> None:
+    crashed = load_run("crashed", environment={"id": "e", "type": "PRODUCTION", "slug": "prod"})
+    found = texts(rendered_message(crashed, link=False))
+    assert found[1] == (
+        "*TASK_PROCESS_MAYBE_OOM_KILLED*: The task process was killed, most likely out of memory."
+        " Try a larger machine."
+    )
+    assert "🌐 prod" in found and "trigger.dev internal error" not in " ".join(found)
+    raw = load_run("timed_out", environment="staging")
+    raw["error"] = {"type": "INTERNAL_ERROR", "code": "MAX_DURATION_EXCEEDED", "message": "300 s"}
+    found = texts(rendered_message(raw))
+    assert found[1] == "*MAX_DURATION_EXCEEDED*: 300 s" and "🌐 staging" in found
+    assert not any(t.startswith("🌐") for t in texts(rendered_message(load_run("failed"))))
+
+
+def test_completed_runs_show_cost_and_no_error() -> None:
+    message = rendered_message(load_run("completed", costInCents=1234), link=False)
+    header, details, _context = message["blocks"]
+    assert header["text"]["text"] == "✅ COMPLETED · send-welcome-email"
+    assert [f["text"] for f in details["fields"]] == ["*Cost*\n$12.34", "*Duration*\n1.5s"]
+    assert all(b["type"] != "actions" for b in message["blocks"])
+
+
+def test_run_data_cannot_ping_or_forge_links() -> None:
+    run = load_run("failed", tags=["<!channel>"])
+    run["error"] = {"name": "Error", "message": "<!here> see <https://evil.test|docs> & retry"}
+    message = rendered_message(run)
+    joined = json.dumps(message)
+    assert "<!" not in joined and "<https://evil" not in joined
+    assert "&lt;!here&gt; see &lt;https://evil.test|docs&gt; &amp; retry" in texts(message)[1]
+
+
+def test_huge_runs_stay_within_slack_limits() -> None:
+    stack = "Error: boom\n" + "\n".join(f"    at f{i} (<anonymous>:{i}:1)" for i in range(2000))
+    run = load_run(
+        "failed",
+        taskIdentifier="billing/" + "very-long-task-name-" * 30,
+        tags=[f"tenant:{i:05d}-" + "x" * 40 for i in range(500)],
+        metadata={f"key{i}": "v" * 200 for i in range(200)},
+    )
+    run["error"] = {"name": "Error", "message": "m<" * 2500, "stackTrace": stack[:20_000]}
+    assert len(run["error"]["stackTrace"]) == 20_000
+    long_line = {**run, "error": {**run["error"], "stackTrace": "<" * 20_000}}
+    for case in (run, long_line):
+        text = render(case)
+        message = json.loads(text)
+        assert block_kit_problems(message) == []
+        assert slack_message(text, "-") == message
+        assert len(message["blocks"][0]["text"]["text"]) == 150
+        trace = message["blocks"][2]["text"]["text"]
+        assert trace.endswith("more lines```" if case is run else "&lt;…```")
+
+
+# ----------------------------------------------------------------------------- the channel
+
+
+ABUSIVE = {
+    "text": "t" * 50_000,
+    "run": {"a": 1},  # not a Slack key: dropped
+    "blocks": [
+        {"type": "header", "text": {"type": "plain_text", "text": "h" * 500}},
+        {"type": "header", "text": {"type": "plain_text", "text": "   "}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": "```" + "s" * 10_000 + "```"}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": "f" * 3000}] * 15},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": "c" * 4000}] * 20},
+        {
+            "type": "actions",
+            "elements": [
+                {
+                    "type": "button",
+                    "text": {"type": "plain_text", "text": "b" * 200},
+                    "url": "https://x.test/",
+                },
+                {
+                    "type": "button",
+                    "text": {"type": "plain_text", "text": "b"},
+                    "url": "https://x.test/" + "u" * 3000,
+                },
+            ],
+        },
+        *[{"type": "divider", "block_id": "i" * 300}] * 60,
+    ],
+}
+
+
+async def test_an_override_template_cannot_break_slack_limits(
+    slack: FakeSlack, http: HttpClient
+) -> None:
+    message = slack_message(json.dumps(ABUSIVE), "-")
+    assert block_kit_problems(message) == []
+    assert len(message["blocks"]) == 50 and "run" not in message
+    assert message["blocks"][1]["text"]["text"].endswith("s…```")
+    await make_channel(slack, http).send(outgoing(json.dumps(ABUSIVE)))
+    assert slack.problems == [[]]
+
+
+async def test_the_template_fallback_is_a_plain_text_message(
+    slack: FakeSlack, http: HttpClient
+) -> None:
+    run = load_run("failed")
+    ctx = RenderContext(run, "prod-failures", "oncall", "slack", "ntf_1", None)
+    await make_channel(slack, http).send(outgoing(fallback_json(ctx)))
+    [body] = slack.posted()
+    assert set(body) == {"text", "unfurl_links", "unfurl_media"}
+    assert body["text"].startswith("🔴 FAILED · sync-customer-data")
+    await make_channel(slack, http).send(outgoing("[]"))
+    assert slack.posted()[1]["text"] == "relay: rule r matched run run_1"
+
+
+async def test_bot_message_is_authenticated_and_threaded(
+    slack: FakeSlack, http: HttpClient, tmp_path: Path
+) -> None:
+    store = SQLiteStore(tmp_path / "relay.db")
+    await store.open()
+    try:
+        channel = make_channel(slack, http, bot=True, state=store, icon_emoji=":rotating_light:")
+        part = render(load_run("failed"))
+        # concurrent sends about one run: one top-level message, the others in its thread
+        await asyncio.gather(*(channel.send(outgoing(part, "run_a")) for _ in range(3)))
+        await channel.send(outgoing(part, "run_b"))
+        assert await store.kv_get(THREADS, "oncall:run_a") == FIRST_TS
+    finally:
+        await store.close()
+    first, *replies, other = slack.calls
+    assert first.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert first.headers["Content-Type"] == "application/json; charset=utf-8"
+    body = first.json()
+    assert body["channel"] == "#oncall" and body["icon_emoji"] == ":rotating_light:"
+    assert body["unfurl_links"] is False and body["unfurl_media"] is False
+    assert "thread_ts" not in body and "thread_ts" not in other.json()
+    assert [r.json()["thread_ts"] for r in replies] == [FIRST_TS, FIRST_TS]
+    assert slack.problems == [[]] * 4
+
+
+async def send_error(channel: SlackChannel) -> DeliveryError:
+    with pytest.raises(DeliveryError) as info:
+        await channel.send(outgoing(render(load_run("failed"))))
+    err = info.value
+    assert not any(secret in str(err) for secret in SECRETS)
+    return err
+
+
+WEBHOOK_ERRORS = [
+    (Reply(400, "invalid_payload"), "client_error", False, None, "invalid_payload (HTTP 400)"),
+    (Reply(400, "invalid_blocks"), "client_error", False, None, "invalid_blocks (HTTP 400)"),
+    (Reply(400, "user_not_found"), "client_error", False, None, "user_not_found (HTTP 400)"),
+    (Reply(403, "action_prohibited"), "auth_error", False, None, "action_prohibited (HTTP 403)"),
+    (Reply(403, "invalid_token"), "auth_error", False, None, "invalid_token (HTTP 403)"),
+    (Reply(404, "no_service"), "auth_error", False, None, "no_service (HTTP 404)"),
+    (Reply(404, "no_active_hooks"), "auth_error", False, None, "no_active_hooks (HTTP 404)"),
+    (Reply(404, "channel_not_found"), "client_error", False, None, "channel_not_found (HTTP 404)"),
+    (
+        Reply(410, "channel_is_archived"),
+        "client_error",
+        False,
+        None,
+        "channel_is_archived (HTTP 410)",
+    ),
+    (
+        Reply(429, "rate_limited", {"Retry-After": "7"}),
+        "rate_limited",
+        True,
+        7.0,
+        "rate_limited (HTTP 429)",
+    ),
+    (Reply(500, "rollup_error"), "server_error", True, None, "rollup_error (HTTP 500)"),
+    (Reply(503, "", {"Retry-After": "30"}), "server_error", True, 30.0, "HTTP 503"),
+    (
+        Reply(502, "<html>Bad Gateway " + SECRETS[1] + "</html>"),
+        "server_error",
+        True,
+        None,
+        "HTTP 502",
+    ),
+]
+
+
+@pytest.mark.parametrize(("reply", "reason", "retryable", "retry_after", "detail"), WEBHOOK_ERRORS)
+async def test_webhook_errors_are_classified(
+    slack: FakeSlack,
+    http: HttpClient,
+    reply: Reply,
+    reason: str,
+    retryable: bool,
+    retry_after: float | None,
+    detail: str,
+) -> None:
+    slack.script(reply)
+    err = await send_error(make_channel(slack, http))
+    assert (err.reason, err.retryable, err.retry_after, err.detail) == (
+        reason,
+        retryable,
+        retry_after,
+        detail,
+    )
+
+
+API_ERRORS = [
+    *[
+        (api_error(n), "auth_error", False, None, n)
+        for n in (
+            "invalid_auth",
+            "not_authed",
+            "token_revoked",
+            "account_inactive",
+            "missing_scope",
+        )
+    ],
+    *[
+        (api_error(n), "client_error", False, None, n)
+        for n in (
+            "channel_not_found",
+            "not_in_channel",
+            "is_archived",
+            "invalid_blocks",
+            "msg_too_long",
+            "no_text",
+        )
+    ],
+    *[
+        (api_error(n), "server_error", True, None, n)
+        for n in ("internal_error", "fatal_error", "service_unavailable", "request_timeout")
+    ],
+    (
+        api_error("ratelimited", 429, {"Retry-After": "3"}),
+        "rate_limited",
+        True,
+        3.0,
+        "ratelimited (HTTP 429)",
+    ),
+    (
+        api_error("rate_limited", 200, {"Retry-After": "2"}),
+        "rate_limited",
+        True,
+        2.0,
+        "rate_limited",
+    ),
+    (api_error("something_new"), "client_error", False, None, "something_new"),
+    (Reply(200, {"ok": False}), "client_error", False, None, "unknown_error"),
+    (Reply(200, "<html>captive portal</html>"), "other", True, None, "Slack answered without JSON"),
+    (Reply(502, "<html>bad gateway</html>"), "server_error", True, None, "HTTP 502"),
+    (
+        Reply(401, {"ok": False, "error": "invalid_auth " + TOKEN}),
+        "auth_error",
+        False,
+        None,
+        "HTTP 401",
+    ),
+]
+
+
+@pytest.mark.parametrize(("reply", "reason", "retryable", "retry_after", "detail"), API_ERRORS)
+async def test_web_api_errors_are_classified(
+    slack: FakeSlack,
+    http: HttpClient,
+    reply: Reply,
+    reason: str,
+    retryable: bool,
+    retry_after: float | None,
+    detail: str,
+) -> None:
+    slack.script(reply)
+    err = await send_error(make_channel(slack, http, bot=True))
+    assert (err.reason, err.retryable, err.retry_after, err.detail) == (
+        reason,
+        retryable,
+        retry_after,
+        detail,
+    )
+
+
+async def test_real_answers_of_the_fake_are_classified(slack: FakeSlack, http: HttpClient) -> None:
+    hook = SlackSettings.model_validate(
+        {"type": "slack", "webhook_url": slack.url + "/services/T/B/revoked"}
+    )
+    err = await send_error(SlackChannel("oncall", hook, ChannelEnv(http, io.StringIO(), 2.0)))
+    assert (err.reason, err.detail) == ("auth_error", "no_service (HTTP 404)")
+    bot = SlackSettings.model_validate(
+        {"type": "slack", "token": "xoxb-wrong", "channel": "C1", "api_url": slack.api_url}
+    )
+    err = await send_error(SlackChannel("oncall", bot, ChannelEnv(http, io.StringIO(), 2.0)))
+    assert (err.reason, err.retryable, err.detail) == ("auth_error", False, "invalid_auth")
+    assert "xoxb-wrong" not in str(err)
+
+
+# ----------------------------------------------------------------------------- through relay
+
+
+def relay_config(slack: FakeSlack, mode: str) -> str:
+    channel = (
+        f"webhook_url: {slack.webhook_url}"
+        if mode == "webhook"
+        else f"token: {TOKEN}\n    channel: C123\n    api_url: {slack.api_url}"
+    )
+    return f"""\
+defaults:
+  retry: {{max_attempts: 3, max_age: 1h, min_backoff: 100ms, max_backoff: 200ms}}
+  timeout: 2s
+  project_ref: proj_test
+channels:
+  oncall:
+    type: slack
+    {channel}
+    rate_limit: {{per_second: 50, burst: 10}}
+rules:
+  - {{name: failures, match: {{status: [failure]}}, notify: [oncall], continue: true}}
+  - {{name: costly, match: {{cost_cents: {{gt: 0.01}}}}, notify: [oncall], continue: true}}
+  - {{name: slow, match: {{duration_ms: {{gt: 60000}}}}, notify: [oncall]}}
+"""
+
+
+async def wait_state(r: Any, state: str, count: int = 1) -> None:
+    for _ in range(200):
+        if (await r.service.store.counts())[state] >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never reached {count} {state}")
+
+
+def run_update(run_id: str, updated_at: str, **extra: Any) -> dict[str, Any]:
+    return {**sdk_run("failed"), "id": run_id, "updatedAt": updated_at, **extra}
+
+
+async def test_follow_ups_thread_under_the_first_message_across_restarts(
+    relay: RelayFactory, slack: FakeSlack
+) -> None:
+    r = await relay(relay_config(slack, "bot"))
+    await r.post(run_update("run_a", "2026-08-20T09:14:22.461Z"))  # failures + costly fire
+    await wait_state(r, "sent", 2)
+    await r.post(run_update("run_b", "2026-08-20T09:14:22.461Z"))
+    await wait_state(r, "sent", 4)
+    await r.service.shutdown()
+    r = await relay(relay_config(slack, "bot"))  # same store
+    await r.post(run_update("run_a", "2026-08-20T09:20:00.000Z", durationMs=70_000))  # slow
+    await wait_state(r, "sent", 5)
+    assert all(p == [] for p in slack.problems)
+    threads = [
+        (b["text"].split(" · ")[2].split(":")[0], b.get("thread_ts")) for b in slack.posted()
+    ]
+    b_ts = "1712345678.000102"
+    assert threads == [
+        ("run_a", None),
+        ("run_a", FIRST_TS),
+        ("run_b", None),
+        ("run_b", b_ts),
+        ("run_a", FIRST_TS),
+    ]
+
+
+async def test_webhook_delivery_end_to_end(relay: RelayFactory, slack: FakeSlack) -> None:
+    slack.script(Reply(429, "rate_limited", {"Retry-After": "1"}))
+    r = await relay(relay_config(slack, "webhook"))
+    await r.post(run_update("run_a", "2026-08-20T09:14:22.461Z", costInCents=0))
+    first, second = await slack.wait_for(2)
+    await wait_state(r, "sent")
+    assert second.at - first.at >= 1.0
+    body = second.json()
+    assert slack.problems[1] == [] and body["blocks"][0]["type"] == "header"
+    assert body["text"].startswith("🔴 FAILED · sync-customer-data · run_a")
+    assert "channel" not in body and "thread_ts" not in body
+    assert body["blocks"][-1]["elements"][0]["url"].endswith("/proj_test/runs/run_a")
+
+
+async def test_invalid_blocks_is_dead_and_names_it(
+    relay: RelayFactory, slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    slack.script(Reply(400, "invalid_blocks"))
+    r = await relay(relay_config(slack, "webhook"))
+    await r.post(run_update("run_a", "2026-08-20T09:14:22.461Z", costInCents=0))
+    await wait_state(r, "dead")
+    [dead] = await r.service.store.dead_letters()
+    assert dead.reason == "client_error" and len(slack.calls) == 1
+    assert dead.last_error is not None and "invalid_blocks (HTTP 400)" in dead.last_error
+    async with r.http.get(r.url + "/v1/dlq") as resp:
+        listing = await resp.text()
+    assert "invalid_blocks" in listing
+    assert not any(s in listing or s in dead.last_error for s in SECRETS)
+    logged = " ".join(str(record.__dict__) for record in caplog.records)  # message and extras
+    assert "invalid_blocks" in logged and not any(s in logged for s in SECRETS)

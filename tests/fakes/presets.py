@@ -1,0 +1,453 @@
+"""Fakes on 127.0.0.1 for the discord, msteams and pagerduty channels, speaking each API's codes.
+
+- FakeDiscord, POST /api/webhooks/<id>/<token>[?wait=true&thread_id=…]: an unknown id is 404
+  {"code": 10015, "message": "Unknown Webhook"}, a wrong token 401 {"code": 50027}; bad JSON 400
+  {"code": 50109}; nothing to show 400 {"code": 50006}; a body over Discord's limits
+  (`discord_problems`) 400 {"code": 50035, "message": "Invalid Form Body", "errors": {...}};
+  else 200 with the message object when wait=true, 204 without.
+- FakeTeams, POST /workflows/<id>/triggers/manual/paths/invoke?api-version=…&sig=…: a
+  Power Automate "When a Teams webhook request is received" trigger. No `sig` is 401
+  DirectApiAuthorizationRequired, a wrong one 401 DirectApiInvalidAuthorizationSignature, an
+  unknown workflow 404 WorkflowNotFound, a body that is not JSON 400 InvalidRequestContent (all as
+  {"error": {"code", "message"}}); anything else 202 with no body, like the real trigger, which
+  posts the card later: what Teams would refuse (`teams_problems`: envelope, Adaptive Card
+  elements, 28 KB) is recorded in `problems` instead of being answered.
+- FakePagerDuty, POST /v2/enqueue and /v2/change/enqueue (Events API v2): 202 {"status":
+  "success", "message": "Event processed", "dedup_key"} or 400 {"status": "invalid event",
+  "message": "Event object is invalid", "errors": [...]} (`pagerduty_problems`: routing key
+  length, event_action, payload fields, severity, 1024-character summary, 255-character dedup
+  key, 512 KB). A well-formed routing key the fake does not know is modelled as 400 "Invalid
+  routing key". Alerts are tracked by dedup key (triggered, acknowledged, resolved).
+
+`script` queues answers (Reply: status, text or JSON body, headers) that take precedence over
+the checks, one per request. Every request is recorded with its path and query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from tests.fakes.slack import Reply
+
+DISCORD_ID, DISCORD_TOKEN = (
+    "1290000000000000001",
+    "fakeDiscordToken_abcdefghijklmnopqrstuvwxyz012345",
+)
+TEAMS_FLOW, TEAMS_SIG = "a1b2c3d4e5f60718293a4b5c6d7e8f90", "fakeTeamsSig_0123456789abcdefXYZ"
+PD_KEY = "R0UT1NGKEYfakefakefake0123456789"  # 32 characters, like an integration key
+ADAPTIVE = "application/vnd.microsoft.card.adaptive"
+TEAMS_MAX_BYTES = 28 * 1024
+PD_MAX_BYTES = 512 * 1024
+SEVERITIES = ("critical", "error", "warning", "info")
+
+
+@dataclass
+class Call:
+    at: float
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    raw: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.raw)
+
+
+@dataclass
+class Fake:
+    """The recording part every fake shares."""
+
+    url: str = ""
+    calls: list[Call] = field(default_factory=list)
+    scripted: list[Reply] = field(default_factory=list)
+    problems: list[list[str]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def script(self, *replies: Reply) -> None:
+        self.scripted.extend(replies)
+
+    def posted(self) -> list[Any]:
+        return [call.json() for call in self.calls]
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Call]:
+        deadline = time.monotonic() + timeout
+        while len(self.calls) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{type(self).__name__} got {len(self.calls)} of {count}")
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+        return self.calls
+
+    async def _record(
+        self, request: web.Request, check: Callable[[Any], list[str]]
+    ) -> tuple[Any, Reply | None]:
+        raw = await request.read()
+        query = dict(request.query)
+        self.calls.append(Call(time.time(), request.path, query, dict(request.headers), raw))
+        self.arrived.set()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        self.problems.append(check(body) if body is not None else ["not JSON"])
+        return body, self.scripted.pop(0) if self.scripted else None
+
+
+# ----------------------------------------------------------------------------- Discord
+
+
+def _too_long(value: Any, limit: int, where: str, required: bool = False) -> list[str]:
+    if value is None and not required:
+        return []
+    if not isinstance(value, str) or (required and not value.strip()):
+        return [f"{where}: not a non-empty string"]
+    return [f"{where}: longer than {limit}"] if len(value) > limit else []
+
+
+def _embed_problems(embed: Any, where: str) -> tuple[list[str], int]:
+    if not isinstance(embed, dict):
+        return [f"{where}: not an object"], 0
+    texts = [embed.get("title"), embed.get("description")]
+    problems = _too_long(embed.get("title"), 256, f"{where}.title")
+    problems += _too_long(embed.get("description"), 4096, f"{where}.description")
+    fields = embed.get("fields") or []
+    if not isinstance(fields, list) or len(fields) > 25:
+        problems.append(f"{where}.fields: more than 25")
+        fields = []
+    for i, raw in enumerate(fields):
+        item = raw if isinstance(raw, dict) else {}
+        problems += _too_long(item.get("name"), 256, f"{where}.fields[{i}].name", required=True)
+        problems += _too_long(item.get("value"), 1024, f"{where}.fields[{i}].value", True)
+        texts += [item.get("name"), item.get("value")]
+    for key, limit in (("footer", 2048), ("author", 256)):
+        part = embed.get(key)
+        if part is not None:
+            name = "text" if key == "footer" else "name"
+            value = part.get(name) if isinstance(part, dict) else None
+            problems += _too_long(value, limit, f"{where}.{key}.{name}", required=True)
+            texts.append(value)
+    color = embed.get("color")
+    if color is not None and not (isinstance(color, int) and 0 <= color <= 0xFFFFFF):
+        problems.append(f"{where}.color: not a 24-bit integer")
+    for key in ("url",):
+        url = embed.get(key)
+        if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https"))):
+            problems.append(f"{where}.{key}: not an http(s) URL")
+    if embed.get("timestamp") is not None:
+        try:
+            datetime.fromisoformat(embed["timestamp"])
+        except (TypeError, ValueError):
+            problems.append(f"{where}.timestamp: not ISO 8601")
+    return problems, sum(len(t) for t in texts if isinstance(t, str))
+
+
+def discord_problems(body: Any) -> list[str]:
+    """Why Discord would refuse this execute-webhook body (empty when it is valid)."""
+    if not isinstance(body, dict):
+        return ["the body is not an object"]
+    problems = _too_long(body.get("content"), 2000, "content")
+    embeds = body.get("embeds") or []
+    if not isinstance(embeds, list) or len(embeds) > 10:
+        return [*problems, "embeds: not a list of at most 10"]
+    total = 0
+    for i, embed in enumerate(embeds):
+        found, size = _embed_problems(embed, f"embeds[{i}]")
+        problems += found
+        total += size
+    if total > 6000:
+        problems.append(f"embeds: {total} characters, more than 6000")
+    if not body.get("content") and not embeds:
+        problems.append("empty message")
+    return problems
+
+
+@dataclass
+class FakeDiscord(Fake):
+    _next_id: int = 0
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.url}/api/webhooks/{DISCORD_ID}/{DISCORD_TOKEN}"
+
+    async def execute(self, request: web.Request) -> web.StreamResponse:
+        body, scripted = await self._record(request, discord_problems)
+        if scripted is not None:
+            return scripted.response()
+        if request.match_info["id"] != DISCORD_ID:
+            return Reply(404, {"message": "Unknown Webhook", "code": 10015}).response()
+        if request.match_info["token"] != DISCORD_TOKEN:
+            return Reply(401, {"message": "Invalid Webhook Token", "code": 50027}).response()
+        if body is None:
+            return Reply(
+                400, {"message": "The request body contains invalid JSON.", "code": 50109}
+            ).response()
+        if self.problems[-1] == ["empty message"]:
+            return Reply(400, {"message": "Cannot send an empty message", "code": 50006}).response()
+        if self.problems[-1]:
+            errors = {"embeds": {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH"}]}}
+            return Reply(
+                400, {"message": "Invalid Form Body", "code": 50035, "errors": errors}
+            ).response()
+        if request.query.get("wait") != "true":
+            return web.Response(status=204)
+        self._next_id += 1
+        message = {
+            "id": str(1290000000000100000 + self._next_id),
+            "type": 0,
+            "channel_id": "1290000000000000100",
+            "webhook_id": DISCORD_ID,
+            "content": body.get("content", ""),
+            "embeds": body.get("embeds", []),
+        }
+        return Reply(200, message).response()
+
+
+# ----------------------------------------------------------------------------- Microsoft Teams
+
+_ELEMENTS = {
+    "TextBlock",
+    "RichTextBlock",
+    "FactSet",
+    "ActionSet",
+    "Container",
+    "ColumnSet",
+    "Image",
+}
+
+
+def _element_problems(element: Any, where: str) -> list[str]:
+    kind = element.get("type") if isinstance(element, dict) else None
+    if kind not in _ELEMENTS:
+        return [f"{where}: unknown element {kind!r}"]
+    assert isinstance(element, dict)
+    if kind == "TextBlock":
+        return _too_long(element.get("text"), 10**9, f"{where}.text", required=True)
+    if kind == "RichTextBlock":
+        inlines = element.get("inlines")
+        if not isinstance(inlines, list) or not inlines:
+            return [f"{where}.inlines: empty"]
+        return [
+            f"{where}.inlines[{i}]: not a TextRun with text"
+            for i, run in enumerate(inlines)
+            if not (isinstance(run, dict) and run.get("type") == "TextRun")
+            or not isinstance(run.get("text"), str)
+        ]
+    if kind == "FactSet":
+        facts = element.get("facts")
+        ok = (
+            isinstance(facts, list)
+            and facts
+            and all(
+                isinstance(f, dict)
+                and isinstance(f.get("title"), str)
+                and isinstance(f.get("value"), str)
+                for f in facts
+            )
+        )
+        return [] if ok else [f"{where}.facts: not a list of {{title, value}} strings"]
+    if kind == "ActionSet":
+        return _actions_problems(element.get("actions"), f"{where}.actions")
+    if kind == "Container":
+        items = element.get("items") or []
+        return [p for i, e in enumerate(items) for p in _element_problems(e, f"{where}.items[{i}]")]
+    return []
+
+
+def _actions_problems(actions: Any, where: str) -> list[str]:
+    if not isinstance(actions, list):
+        return [f"{where}: not a list"]
+    problems = []
+    for i, action in enumerate(actions):
+        ok = isinstance(action, dict) and action.get("type") == "Action.OpenUrl"
+        url = action.get("url") if ok else None
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            problems.append(f"{where}[{i}]: not an Action.OpenUrl with an http(s) url")
+    return problems
+
+
+def teams_problems(body: Any) -> list[str]:
+    """Why the workflow could not post this body as a card to Teams (empty when it could)."""
+    if not isinstance(body, dict) or body.get("type") != "message":
+        return ["not a {type: message} envelope"]
+    attachments = body.get("attachments")
+    if not isinstance(attachments, list) or not attachments:
+        return ["attachments: empty"]
+    first = attachments[0] if isinstance(attachments[0], dict) else {}
+    card = first.get("content")
+    if first.get("contentType") != ADAPTIVE or not isinstance(card, dict):
+        return ["attachments[0]: not an adaptive card"]
+    problems = []
+    if card.get("type") != "AdaptiveCard" or card.get("version") not in (
+        "1.2",
+        "1.3",
+        "1.4",
+        "1.5",
+    ):
+        problems.append("content: not an AdaptiveCard of version 1.2 to 1.5")
+    elements = card.get("body")
+    if not isinstance(elements, list) or not elements:
+        return [*problems, "content.body: empty"]
+    for i, element in enumerate(elements):
+        problems += _element_problems(element, f"body[{i}]")
+    if card.get("actions") is not None:
+        problems += _actions_problems(card["actions"], "actions")
+    size = len(json.dumps(body, ensure_ascii=False).encode())
+    if size > TEAMS_MAX_BYTES:
+        problems.append(f"{size} bytes, more than {TEAMS_MAX_BYTES}")
+    return problems
+
+
+@dataclass
+class FakeTeams(Fake):
+    @property
+    def webhook_url(self) -> str:
+        return (
+            f"{self.url}/workflows/{TEAMS_FLOW}/triggers/manual/paths/invoke"
+            f"?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig={TEAMS_SIG}"
+        )
+
+    async def invoke(self, request: web.Request) -> web.StreamResponse:
+        body, scripted = await self._record(request, teams_problems)
+        if scripted is not None:
+            return scripted.response()
+        sig = request.query.get("sig")
+        if not sig:
+            return _flow_error(401, "DirectApiAuthorizationRequired")
+        if sig != TEAMS_SIG:
+            return _flow_error(401, "DirectApiInvalidAuthorizationSignature")
+        if request.match_info["flow"] != TEAMS_FLOW:
+            return _flow_error(404, "WorkflowNotFound")
+        if body is None:
+            return _flow_error(400, "InvalidRequestContent")
+        return web.Response(status=202)
+
+
+def _flow_error(status: int, code: str) -> web.Response:
+    return Reply(status, {"error": {"code": code, "message": f"{code}."}}).response()
+
+
+# ----------------------------------------------------------------------------- PagerDuty
+
+
+def pagerduty_problems(body: Any, change: bool = False) -> list[str]:
+    """Why the Events API would answer 400 "invalid event" (empty when it is valid)."""
+    if not isinstance(body, dict):
+        return ["Event object format is unrecognized"]
+    key = body.get("routing_key")
+    problems = []
+    if not isinstance(key, str) or len(key) != 32:
+        problems.append("Length of 'routing_key' is incorrect (should be 32 characters)")
+    action = body.get("event_action")
+    if not change and action not in ("trigger", "acknowledge", "resolve"):
+        return [
+            *problems,
+            "'event_action' is invalid (must be one of trigger, acknowledge, resolve)",
+        ]
+    dedup = body.get("dedup_key")
+    if dedup is not None and (not isinstance(dedup, str) or len(dedup) > 255):
+        problems.append("'dedup_key' is invalid (must be at most 255 characters)")
+    if action in ("acknowledge", "resolve") and not dedup:
+        problems.append("'dedup_key' is required for acknowledge and resolve events")
+    if action == "trigger" or change:
+        raw = body.get("payload")
+        payload: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        problems += _too_long(payload.get("summary"), 1024, "'payload.summary'", required=True)
+        problems += _too_long(payload.get("source"), 10**6, "'payload.source'", required=True)
+        if not change and payload.get("severity") not in SEVERITIES:
+            problems.append(
+                "'payload.severity' is invalid (must be one of critical, error, warning, info)"
+            )
+        if payload.get("timestamp") is not None:
+            try:
+                datetime.fromisoformat(payload["timestamp"])
+            except (TypeError, ValueError):
+                problems.append("'payload.timestamp' is invalid")
+    for link in body.get("links") or []:
+        if not (isinstance(link, dict) and str(link.get("href", "")).startswith("http")):
+            problems.append("'links' is invalid")
+    if len(json.dumps(body).encode()) > PD_MAX_BYTES:
+        problems.append("Event is too large")
+    return problems
+
+
+@dataclass
+class FakePagerDuty(Fake):
+    alerts: dict[str, str] = field(default_factory=dict)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    _next_key: int = 0
+
+    async def enqueue(self, request: web.Request) -> web.StreamResponse:
+        change = request.path.endswith("/change/enqueue")
+        body, scripted = await self._record(request, lambda b: pagerduty_problems(b, change))
+        if scripted is not None:
+            return scripted.response()
+        problems = self.problems[-1]
+        if not problems and body.get("routing_key") != PD_KEY:
+            problems = ["Invalid routing key"]
+        if problems:
+            message = "Event object is invalid"
+            return Reply(
+                400, {"status": "invalid event", "message": message, "errors": problems}
+            ).response()
+        if change:
+            self.changes.append(body)
+            return Reply(202, {"status": "success", "message": "Change event processed"}).response()
+        key = body.get("dedup_key")
+        if not key:
+            self._next_key += 1
+            key = f"pd-generated-{self._next_key:04d}"
+        state = {"trigger": "triggered", "acknowledge": "acknowledged", "resolve": "resolved"}
+        if body["event_action"] == "trigger" or key in self.alerts:
+            self.alerts[key] = state[body["event_action"]]
+        reply = {"status": "success", "message": "Event processed", "dedup_key": key}
+        return Reply(202, reply).response()
+
+
+# ----------------------------------------------------------------------------- running them
+
+F = TypeVar("F", bound=Fake)
+
+
+@asynccontextmanager
+async def _serve(fake: F, routes: list[tuple[str, Any]]) -> AsyncIterator[F]:
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    for path, handler in routes:
+        app.router.add_post(path, handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    fake.url = f"http://127.0.0.1:{port}"
+    try:
+        yield fake
+    finally:
+        await runner.cleanup()
+
+
+def fake_discord() -> AbstractAsyncContextManager[FakeDiscord]:
+    fake = FakeDiscord()
+    return _serve(fake, [("/api/webhooks/{id}/{token}", fake.execute)])
+
+
+def fake_teams() -> AbstractAsyncContextManager[FakeTeams]:
+    fake = FakeTeams()
+    return _serve(fake, [("/workflows/{flow}/triggers/manual/paths/invoke", fake.invoke)])
+
+
+def fake_pagerduty() -> AbstractAsyncContextManager[FakePagerDuty]:
+    fake = FakePagerDuty()
+    return _serve(fake, [("/v2/enqueue", fake.enqueue), ("/v2/change/enqueue", fake.enqueue)])

@@ -1,0 +1,234 @@
+"""A fake Slack on 127.0.0.1 that speaks Slack's protocol, for tests of the slack channel.
+
+- POST /services/<T>/<B>/<secret>: an incoming webhook. 200 "ok"; a wrong secret is 404
+  `no_service`; an unparsable body 400 `invalid_payload`; blocks that fail Block Kit validation
+  400 `invalid_blocks`; nothing to show 400 `no_text`.
+- POST /api/chat.postMessage: the Web API. Always HTTP 200 with {"ok": ...} except scripted
+  429s: no bearer token → `not_authed`, a wrong one → `invalid_auth`, bad JSON → `invalid_json`,
+  no channel → `channel_not_found`, invalid blocks → `invalid_blocks`, else {"ok": true,
+  "channel": "C123", "ts": "1712345678.000100", "message": {...}} with increasing ts.
+
+`script` queues answers (plain-text or JSON bodies with real status codes and headers) that
+take precedence over the checks, one per request, in order; a Reply with `delay_s` answers that
+late (a hung Slack, for timeouts). Every request is recorded.
+Block Kit validation uses slack_sdk's models (`block_kit_problems`, also used by tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.basic_objects import JsonObject
+from slack_sdk.models.blocks import Block
+
+WEBHOOK_PATH = "/services/T0001/B0002/fakeWebhookSecret0123456789"
+TOKEN = "xoxb-1111-2222-fakeBotTokenSecret"
+FIRST_TS = "1712345678.000100"
+
+
+@dataclass
+class Reply:
+    """A scripted answer: status, body (str → text/plain, dict → JSON), headers, and how long to
+    wait before answering."""
+
+    status: int
+    body: str | dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+    def response(self) -> web.Response:
+        if isinstance(self.body, dict):
+            return web.json_response(self.body, status=self.status, headers=self.headers)
+        return web.Response(status=self.status, text=self.body, headers=self.headers)
+
+
+def api_error(name: str, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
+    """A Web API failure the way Slack sends it: {"ok": false, "error": name}."""
+    return Reply(status, {"ok": False, "error": name}, headers or {})
+
+
+@dataclass
+class Call:
+    at: float
+    path: str
+    headers: dict[str, str]
+    raw: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.raw)
+
+
+def _text_problems(obj: Any, where: str, limit: int) -> list[str]:
+    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+        return [f"{where}: not a text object"]
+    if not obj["text"]:
+        return [f"{where}: empty text"]
+    return [f"{where}: longer than {limit}"] if len(obj["text"]) > limit else []
+
+
+def _nested_problems(raw: dict[str, Any], where: str) -> list[str]:
+    """Limits slack_sdk leaves to nested objects: text objects and elements."""
+    kind, problems = raw.get("type"), []
+    if kind == "header":
+        problems += _text_problems(raw.get("text"), f"{where}.text", 150)
+    elif kind == "section":
+        if raw.get("text") is not None:
+            problems += _text_problems(raw["text"], f"{where}.text", 3000)
+        for i, item in enumerate(raw.get("fields") or []):
+            problems += _text_problems(item, f"{where}.fields[{i}]", 2000)
+    elif kind == "context":
+        for i, item in enumerate(raw.get("elements") or []):
+            if isinstance(item, dict) and item.get("type") in ("mrkdwn", "plain_text"):
+                problems += _text_problems(item, f"{where}.elements[{i}]", 3000)
+    return problems
+
+
+def block_kit_problems(message: Any) -> list[str]:
+    """Why Slack would refuse this message body (empty when it is valid)."""
+    if not isinstance(message, dict):
+        return ["the message is not an object"]
+    text, blocks = message.get("text"), message.get("blocks")
+    problems = []
+    if text is not None and (not isinstance(text, str) or len(text) > 40_000):
+        problems.append("text: not a string of at most 40000 characters")
+    if blocks is None:
+        return problems
+    if not isinstance(blocks, list) or not 0 < len(blocks) <= 50:
+        return [*problems, "blocks: not a list of 1 to 50 blocks"]
+    for i, raw in enumerate(blocks):
+        where = f"blocks[{i}]"
+        try:
+            block = Block.parse(raw)
+            if block is None or not isinstance(raw, dict) or block.type != raw.get("type"):
+                problems.append(f"{where}: unknown block")
+                continue
+            block.validate_json()
+            for element in getattr(block, "elements", None) or []:
+                if isinstance(element, JsonObject):
+                    element.validate_json()
+        except (SlackObjectFormationError, TypeError, AttributeError) as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        problems += _nested_problems(raw, where)
+    return problems
+
+
+@dataclass
+class FakeSlack:
+    url: str = ""
+    calls: list[Call] = field(default_factory=list)
+    scripted: list[Reply] = field(default_factory=list)
+    problems: list[list[str]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _next_ts: int = 0
+
+    @property
+    def webhook_url(self) -> str:
+        return self.url + WEBHOOK_PATH
+
+    @property
+    def api_url(self) -> str:
+        return self.url + "/api"
+
+    def script(self, *replies: Reply) -> None:
+        self.scripted.extend(replies)
+
+    def posted(self) -> list[dict[str, Any]]:
+        """The JSON bodies received, in order."""
+        return [call.json() for call in self.calls]
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Call]:
+        deadline = time.monotonic() + timeout
+        while len(self.calls) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"fake Slack got {len(self.calls)} of {count} requests")
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+        return self.calls
+
+    async def _record(self, request: web.Request) -> tuple[Any, Reply | None]:
+        raw = await request.read()
+        self.calls.append(Call(time.time(), request.path, dict(request.headers), raw))
+        self.arrived.set()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        self.problems.append(block_kit_problems(body))
+        return body, self.scripted.pop(0) if self.scripted else None
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        body, scripted = await self._record(request)
+        if scripted is not None:
+            if scripted.delay_s:
+                await asyncio.sleep(scripted.delay_s)
+            return scripted.response()
+        if request.path != WEBHOOK_PATH:
+            return Reply(404, "no_service").response()
+        if not isinstance(body, dict):
+            return Reply(400, "invalid_payload").response()
+        if self.problems[-1]:
+            return Reply(400, "invalid_blocks").response()
+        if not body.get("text") and not body.get("blocks"):
+            return Reply(400, "no_text").response()
+        return Reply(200, "ok").response()
+
+    async def post_message(self, request: web.Request) -> web.Response:
+        body, scripted = await self._record(request)
+        if scripted is not None:
+            if scripted.delay_s:
+                await asyncio.sleep(scripted.delay_s)
+            return scripted.response()
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith("Bearer "):
+            return api_error("not_authed").response()
+        if auth != f"Bearer {TOKEN}":
+            return api_error("invalid_auth").response()
+        if request.content_type != "application/json" or not isinstance(body, dict):
+            return api_error("invalid_json").response()
+        if not body.get("channel"):
+            return api_error("channel_not_found").response()
+        if self.problems[-1]:
+            return api_error("invalid_blocks").response()
+        if not body.get("text") and not body.get("blocks"):
+            return api_error("no_text").response()
+        return Reply(200, self._posted(body)).response()
+
+    def _posted(self, body: dict[str, Any]) -> dict[str, Any]:
+        ts = f"1712345678.{100 + self._next_ts:06d}"  # FIRST_TS, then increasing
+        self._next_ts += 1
+        message = {"type": "message", "text": body.get("text", ""), "ts": ts, "bot_id": "B0002"}
+        if body.get("thread_ts"):
+            message["thread_ts"] = body["thread_ts"]
+        return {"ok": True, "channel": "C123", "ts": ts, "message": message}
+
+
+@asynccontextmanager
+async def fake_slack() -> AsyncIterator[FakeSlack]:
+    """A running FakeSlack on an ephemeral port of 127.0.0.1."""
+    fake = FakeSlack()
+    app = web.Application()
+    app.router.add_post("/services/{team}/{bot}/{secret}", fake.webhook)
+    app.router.add_post("/api/chat.postMessage", fake.post_message)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    fake.url = f"http://127.0.0.1:{port}"
+    try:
+        yield fake
+    finally:
+        await runner.cleanup()

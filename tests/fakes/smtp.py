@@ -1,0 +1,202 @@
+"""A real SMTP server on 127.0.0.1 for tests: aiosmtpd's protocol, scripted replies, TLS.
+
+The server runs aiosmtpd's `SMTP` protocol on the test's own event loop (not aiosmtpd's
+threaded Controller): it listens on port 0, so there is no free-port race with other test
+runs on the machine, and tests await what it received without threads.
+
+- `FakeSMTP.refuse[address]`: reply to every RCPT for that address (e.g. "550 5.1.1 no such user").
+- `FakeSMTP.rcpt_replies` / `data_replies`: the next RCPT / DATA replies, popped in order, then
+  250. "451 4.7.1 try later" once = `data_replies = ["451 4.7.1 try later"]`.
+- modes: "plain", "starttls" (require_starttls), "tls" (implicit TLS from the first byte);
+  `credentials=(user, password)` requires AUTH (over STARTTLS: aiosmtpd refuses AUTH in clear).
+- `silent_server()`: accepts connections and never says a word (for timeouts).
+
+Fixtures (pull them in with `pytest_plugins = ["tests.fakes.smtp"]`): `smtp_pki` (a trustme CA,
+its PEM written to a file, and the server's certificate), `smtp_server` (a factory; every server
+is closed after the test), `silent_smtp` (the port of a silent server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+HOST = "127.0.0.1"
+
+
+@dataclass
+class Delivered:
+    """One message the server accepted."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+    def message(self) -> EmailMessage:
+        parsed = email.message_from_bytes(self.data, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+@dataclass
+class FakeSMTP:
+    port: int = 0
+    messages: list[Delivered] = field(default_factory=list)
+    refuse: dict[str, str] = field(default_factory=dict)
+    rcpt_replies: list[str] = field(default_factory=list)
+    data_replies: list[str] = field(default_factory=list)
+    logins: list[str] = field(default_factory=list)
+    connections: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # aiosmtpd handler hooks ------------------------------------------------------------------
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        reply = self.refuse.get(address) or (self.rcpt_replies.pop(0) if self.rcpt_replies else "")
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+        if self.data_replies:
+            return self.data_replies.pop(0)
+        self.messages.append(
+            Delivered(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+        )
+        self.arrived.set()
+        return "250 2.0.0 accepted"
+
+    # waiting -----------------------------------------------------------------------------------
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> list[Delivered]:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"SMTP server got {len(self.messages)} of {count} messages")
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+        return self.messages
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A throwaway CA (its PEM at `ca_file`) and a server context with a cert for 127.0.0.1."""
+
+    ca_file: Path
+    server_context: ssl.SSLContext
+
+
+def make_pki(directory: Path) -> Pki:
+    ca = trustme.CA()
+    cert = ca.issue_cert(HOST, "localhost")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    ca_file = directory / "smtp-test-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return Pki(ca_file, context)
+
+
+def _authenticator(user: str, password: str) -> Callable[..., AuthResult]:
+    def check(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        ok = isinstance(data, LoginPassword) and data == (user.encode(), password.encode())
+        return AuthResult(success=ok, handled=False)
+
+    return check
+
+
+async def start_smtp(
+    mode: str = "plain",
+    *,
+    pki: Pki | None = None,
+    credentials: tuple[str, str] | None = None,
+) -> tuple[FakeSMTP, asyncio.Server]:
+    """A FakeSMTP listening on 127.0.0.1:<free port>; close the returned server when done."""
+    fake = FakeSMTP()
+    kwargs: dict[str, Any] = {"hostname": "relay-test-smtp", "timeout": 10}
+    if mode == "starttls":
+        assert pki is not None
+        kwargs.update(tls_context=pki.server_context, require_starttls=True)
+    if credentials is not None:
+        kwargs.update(auth_required=True, authenticator=_authenticator(*credentials))
+        kwargs["auth_require_tls"] = mode == "starttls"
+
+    def protocol() -> SMTP:
+        fake.connections += 1
+        return SMTP(fake, **kwargs)
+
+    loop = asyncio.get_running_loop()
+    ssl_context = pki.server_context if mode == "tls" and pki is not None else None
+    server = await loop.create_server(protocol, HOST, 0, ssl=ssl_context)
+    fake.port = server.sockets[0].getsockname()[1]
+    return fake, server
+
+
+async def silent_server() -> tuple[int, Callable[[], Awaitable[None]]]:
+    """A server that accepts and never answers; returns (port, close)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read()  # until the client gives up
+
+    server = await asyncio.start_server(hold, HOST, 0)
+
+    async def close() -> None:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+    return server.sockets[0].getsockname()[1], close
+
+
+# fixtures --------------------------------------------------------------------------------------
+
+SmtpFactory = Callable[..., Awaitable[FakeSMTP]]
+
+
+@pytest.fixture(scope="module")
+def smtp_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("smtp-pki"))
+
+
+@pytest.fixture
+async def smtp_server(smtp_pki: Pki) -> AsyncIterator[SmtpFactory]:
+    """`await smtp_server("starttls", credentials=("relay", "pw"))` → a FakeSMTP."""
+    servers: list[asyncio.Server] = []
+
+    async def start(mode: str = "plain", credentials: tuple[str, str] | None = None) -> FakeSMTP:
+        fake, server = await start_smtp(mode, pki=smtp_pki, credentials=credentials)
+        servers.append(server)
+        return fake
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def silent_smtp() -> AsyncIterator[int]:
+    port, close = await silent_server()
+    yield port
+    await close()
