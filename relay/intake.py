@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from relay.model import Decision, Run, RunState, Silence
+from relay.errors import StoreUnavailable
+from relay.inhibition import MuteCheck, inhibitions
+from relay.model import Decision, Match, Notification, Run, RunState, Silence
 from relay.rules import RuleSet
 from relay.silences import SilenceCache, silenced_by
 from relay.store import Decide, Store
@@ -24,6 +26,7 @@ class IntakeResult:
     accepted: int
     stale: int
     notifications: int
+    source: str = "http"
 
 
 class Intake:
@@ -32,24 +35,46 @@ class Intake:
         store: Store,
         rules: Callable[[], RuleSet],
         wake: Callable[[str], None],
+        *,
         clock: Callable[[], float] = time.time,
         silences: SilenceCache | None = None,
+        observer: Callable[[IntakeResult, list[Notification]], None] | None = None,
     ) -> None:
         self._store = store
         self._rules = rules
         self._wake = wake
         self._clock = clock
         self._silences = silences
+        self._observer = observer
+        self.store_failed_at: float | None = None  # the last commit that failed, until one works
 
-    async def submit(self, runs: Sequence[Run]) -> IntakeResult:
+    async def _mute_check(
+        self, rules: RuleSet, runs: Sequence[Run], now: float
+    ) -> MuteCheck | None:
+        """Silences, then the rules' time intervals, then inhibitions; None if nothing mutes."""
+        checks: list[MuteCheck] = []
+        if self._silences is not None and (active := await self._silences.current(now)):
+            checks.append(silence_check(active, now))
+        if rules.has_windows:
+            checks.append(lambda run, match: rules.by_name[match.rule].time_muted(now))
+        if rules.inhibit_rules:
+            inhibited = await inhibitions(self._store, rules.inhibit_rules, runs, now)
+            if inhibited is not None:
+                checks.append(inhibited)
+        return first_reason(checks) if checks else None
+
+    async def submit(self, runs: Sequence[Run], source: str = "http") -> IntakeResult:
         """Commit the runs' new state and owed notifications; raises StoreUnavailable."""
         now = self._clock()
-        decide: Decide = self._rules().decide
-        if self._silences is not None:
-            active = await self._silences.current(now)
-            if active:
-                decide = muting(decide, active, now)
-        observed = await self._store.observe(runs, decide, now)
+        rules = self._rules()
+        mute = await self._mute_check(rules, runs, now)
+        decide: Decide = rules.decide if mute is None else muting(rules.decide, mute)
+        try:
+            observed = await self._store.observe(runs, decide, now)
+        except StoreUnavailable:
+            self.store_failed_at = self._clock()
+            raise
+        self.store_failed_at = None
         channels: set[str] = set()
         stale = created = 0
         for item in observed:
@@ -59,47 +84,61 @@ class Intake:
                 muted = notification.state == "muted"
                 if not muted:
                     channels.add(notification.channel)
-                log.info(
-                    "rule matched; muted by a silence" if muted else "rule matched",
+                # the send is logged at INFO by delivery; a mute explains a non-send, so INFO too
+                log.log(
+                    logging.INFO if muted else logging.DEBUG,
+                    "rule matched; muted" if muted else "rule matched",
                     extra={
                         "run_id": notification.run_id,
                         "rule": notification.rule,
                         "channel": notification.channel,
                         "notification_id": notification.id,
-                        "silence": notification.reason if muted else None,
+                        "muted_by": notification.reason if muted else None,
                     },
                 )
         for channel in channels:
             self._wake(channel)
-        return IntakeResult(len(runs), stale, created)
+        result = IntakeResult(len(runs), stale, created, source)
+        if self._observer is not None:
+            self._observer(result, [n for item in observed for n in item.notifications])
+        return result
 
 
-def muting(decide: Decide, silences: Sequence[Silence], now: float) -> Decide:
-    """`decide`, with each match that an active silence covers marked muted (pure)."""
+def muting(decide: Decide, mute: MuteCheck) -> Decide:
+    """`decide`, with each match that `mute` names a reason for marked muted (pure)."""
 
     def decide_muted(run: Run, previous: RunState | None) -> Decision:
         decision = decide(run, previous)
         if not decision.matches:
             return decision
-        matches = tuple(
-            replace(m, muted_by=_silence_for(silences, now, run, m.rule, m.channel))
-            for m in decision.matches
-        )
+        matches = tuple(replace(m, muted_by=mute(run, m)) for m in decision.matches)
         return replace(decision, matches=matches)
 
     return decide_muted
 
 
-def _silence_for(
-    silences: Sequence[Silence], now: float, run: Run, rule: str, channel: str
-) -> str | None:
-    return silenced_by(
-        silences,
-        now,
-        rule=rule,
-        channel=channel,
-        task=run.taskIdentifier,
-        tags=run.tags,
-        status=run.status,
-        event=run.event,
-    )
+def silence_check(silences: Sequence[Silence], now: float) -> MuteCheck:
+    def check(run: Run, match: Match) -> str | None:
+        return silenced_by(
+            silences,
+            now,
+            rule=match.rule,
+            channel=match.channel,
+            task=run.taskIdentifier,
+            tags=run.tags,
+            status=run.status,
+            event=run.event,
+        )
+
+    return check
+
+
+def first_reason(checks: Sequence[MuteCheck]) -> MuteCheck:
+    def check(run: Run, match: Match) -> str | None:
+        for one in checks:
+            reason = one(run, match)
+            if reason is not None:
+                return reason
+        return None
+
+    return check

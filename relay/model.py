@@ -146,6 +146,25 @@ class RunState:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """Group windows of a digest rule (Alertmanager's defaults)."""
+
+    group_wait_s: float = 30.0
+    group_interval_s: float = 300.0
+    repeat_interval_s: float = 4 * 3600.0
+
+
+@dataclass(frozen=True)
+class GroupState:
+    """What the store keeps of one group between runs."""
+
+    key: str
+    next_flush: float | None  # when the pending digest goes out; None: nothing pending
+    last_sent: float | None
+    last_seen: float
+
+
+@dataclass(frozen=True)
 class Match:
     """A rule decided that `channel` must hear about a run, rendered with `template`.
 
@@ -156,6 +175,8 @@ class Match:
     channel: str
     template: str
     muted_by: str | None = None
+    group_by: tuple[str, ...] | None = None  # a digest rule: one message per group
+    timing: Timing | None = None
 
 
 SILENCE_MATCHERS = ("rule", "task", "tag", "status", "channel", "event")
@@ -209,6 +230,7 @@ class Notification:
     reason: str | None = None
     last_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    group_key: str | None = None  # set for digest rules: sent together with its group
 
 
 def notification_id(run_id: str, rule: str, channel: str) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from relay.errors import InputError
+from relay.formats.electric import is_raw_row, parse_raw_run
 from relay.formats.sdk import parse_sdk_run
 from relay.model import Run
 
@@ -41,8 +42,31 @@ def _item(item: Any, index: int) -> Run:
 
 
 def parse_run(obj: dict[str, Any], where: str) -> Run:
+    """The SDK run object, or the raw Realtime row (it has `friendlyId`)."""
+    if is_raw_row(obj):
+        return parse_raw_run(obj, where)
     return parse_sdk_run(obj, where)
 
 
 def _json_reason(exc: orjson.JSONDecodeError) -> str:
     return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+
+
+def is_alert_webhook(data: Any) -> bool:
+    """A Trigger.dev alert webhook body: enveloped (type alert.*) or the legacy v1 shape."""
+    if not isinstance(data, dict):
+        return False
+    kind = data.get("type")
+    if isinstance(kind, str):
+        return kind.startswith("alert.")
+    return "organization" in data and "project" in data and ("run" in data or "deployment" in data)
+
+
+def parse_any(data: Any) -> list[Run]:
+    """Whatever a user may hand `relay test`: runs, raw rows, or an alert webhook body."""
+    if is_alert_webhook(data):
+        from relay.formats.trigger_alerts import parse_alert  # noqa: PLC0415
+
+        alert = parse_alert(data)
+        return [] if alert.run is None else [alert.run]
+    return parse_runs(data)

@@ -9,6 +9,8 @@ the body is parsed), then the same 413/400/503/202 as /v1/runs. Errors are JSON:
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -28,6 +30,7 @@ from relay.store import Store
 
 log = logging.getLogger("relay.http")
 RETRY_AFTER_S = "5"
+BODY_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -43,7 +46,8 @@ class HttpDeps:
     silences_changed: Callable[[], None] = lambda: None
     # sources.trigger_alerts secrets; None when alert webhooks are not configured
     trigger_alert_secrets: Callable[[], list[SecretStr] | None] = lambda: None
-    on_received: Callable[[int], None] | None = None
+    on_rejected: Callable[[str], None] | None = None  # reason
+    metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None  # (body, content type)
 
 
 def json_response(
@@ -78,16 +82,23 @@ def authorized(request: web.Request, token: SecretStr | None) -> bool:
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes | web.Response:
-    """The body, or a 413 response when it is larger than `limit` (declared or streamed)."""
+    """The body, or a 413 response when it is larger than `limit` (declared or streamed), or a
+    408 when it has not arrived within BODY_TIMEOUT_S (a slow client cannot hold a handler)."""
     declared = request.content_length
     if declared is not None and declared > limit:
         return error(413, f"body larger than {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return error(413, f"body larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    return error(413, f"body larger than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        response = error(408, f"request body not received within {BODY_TIMEOUT_S:g} s")
+        response.force_close()
+        return response
     return b"".join(chunks)
 
 
@@ -112,8 +123,6 @@ class Handlers:
             return error(
                 503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S}
             )
-        if self.deps.on_received is not None:
-            self.deps.on_received(len(runs))
         body_out = {
             "accepted": result.accepted,
             "stale": result.stale,
@@ -123,17 +132,9 @@ class Handlers:
 
     async def post_trigger_alert(self, request: web.Request) -> web.Response:
         """POST /v1/trigger/alerts: a signed Trigger.dev alert webhook (formats/trigger_alerts)."""
-        secrets = self.deps.trigger_alert_secrets()
-        if secrets is None:
-            return error(404, "alert webhooks are not configured")
-        header = request.headers.get(SIGNATURE_HEADER)
-        if not header:
-            return error(401, f"missing {SIGNATURE_HEADER} header")
-        body = await read_limited(request, self.deps.max_body_bytes())
+        body = await self._signed_body(request)
         if isinstance(body, web.Response):
             return body
-        if not verify_signature(body, header, [s.get_secret_value() for s in secrets]):
-            return error(401, "invalid signature")
         try:
             alert = parse_alert(parse_body(body))
         except InputError as exc:
@@ -142,14 +143,12 @@ class Handlers:
             log.warning("alert webhook of an unknown type ignored", extra={"type": alert.type[:80]})
             return json_response({"accepted": 0, "ignored": 1, "notifications": 0}, 202)
         try:
-            result = await self.deps.intake.submit([alert.run])
+            result = await self.deps.intake.submit([alert.run], source="trigger_alerts")
         except StoreUnavailable:
             log.error("store unavailable; alert refused", extra={"run_id": alert.run.id})
             return error(
                 503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S}
             )
-        if self.deps.on_received is not None:
-            self.deps.on_received(1)
         body_out = {
             "accepted": result.accepted,
             "ignored": 0,
@@ -159,6 +158,21 @@ class Handlers:
             "event": alert.run.event,
         }
         return json_response(body_out, 202)
+
+    async def _signed_body(self, request: web.Request) -> bytes | web.Response:
+        """The raw body when its signature matches a configured secret, else the error reply."""
+        secrets = self.deps.trigger_alert_secrets()
+        if secrets is None:
+            return error(404, "alert webhooks are not configured")
+        header = request.headers.get(SIGNATURE_HEADER)
+        if not header:  # refused before the body is read
+            return error(401, f"missing {SIGNATURE_HEADER} signature header")
+        body = await read_limited(request, self.deps.max_body_bytes())
+        if isinstance(body, bytes) and not verify_signature(
+            body, header, [s.get_secret_value() for s in secrets]
+        ):
+            return error(401, "invalid signature")
+        return body
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response({"status": "ok"})
@@ -207,11 +221,56 @@ def dead_letter_view(n: Notification) -> dict[str, Any]:
     }
 
 
+_REJECTIONS = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_configured",
+    413: "too_large",
+    503: "store_unavailable",
+}
+_INGEST_PATHS = ("/v1/runs", "/v1/trigger/alerts")
+
+
+def _count_rejections(deps: HttpDeps) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        if deps.on_rejected is not None and request.path in _INGEST_PATHS:
+            reason = _REJECTIONS.get(response.status)
+            if reason is not None:
+                deps.on_rejected(reason)
+        return response
+
+    return middleware
+
+
+@web.middleware
+async def _store_unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Any endpoint whose store is down answers 503 with Retry-After, never 500."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except StoreUnavailable:
+        log.warning("store unavailable", extra={"path": request.path})
+        return error(503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S})
+    return response
+
+
+async def _metrics(deps: HttpDeps, request: web.Request) -> web.Response:
+    if deps.metrics is None:
+        return error(404, "metrics are not enabled")
+    body, content_type = await deps.metrics()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
 def build_app(deps: HttpDeps) -> web.Application:
     # The body limit is enforced by read_limited with the live config; aiohttp's own cap is a
     # backstop far above it.
-    app = web.Application(client_max_size=64 * 1024 * 1024 + 1)
+    app = web.Application(
+        client_max_size=64 * 1024 * 1024 + 1,
+        middlewares=[_count_rejections(deps), _store_unavailable],
+    )
     h = Handlers(deps)
+    app.router.add_get("/metrics", functools.partial(_metrics, deps))
     app.router.add_post("/v1/runs", h.post_runs)
     app.router.add_post("/v1/trigger/alerts", h.post_trigger_alert)
     app.router.add_get("/healthz", h.healthz)

@@ -1,0 +1,207 @@
+"""The Realtime protocol without I/O (TRIGGER.md §2.1-2.2): what a feed asks for, and one
+Electric shape stream's position, merged rows and what to emit.
+
+`feed_of()` turns a configured feed into its endpoint, parameters and stable key;
+`request_headers()` are the SDK's. `Shape.query()` gives the query parameters of the next
+request; `Shape.receive()` applies a 200/204 response and returns a `Batch` of merged rows when
+the response ends up-to-date (the control message in the body, or Electric's
+`electric-up-to-date` header; the native backend only sends the message); `Shape.refetch()`
+handles `must-refetch` (409 or control message). Rows are kept by key and updates merged into
+them: Electric sends only the primary key and the changed columns of an update, the native
+backend whole rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from relay.config import RealtimeFeed
+
+START = "-1"
+TRIGGER_VERSION = "4.5.12"  # the SDK (packages/core) version relay speaks like
+ELECTRIC_VERSION = "1.0.0-beta.1"  # without it the proxy answers with legacy header names
+API_VERSION = "2025-07-16"  # without it the server rewrites DEQUEUED to EXECUTING
+
+
+def request_headers(secret_key: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {secret_key}",
+        "trigger-version": TRIGGER_VERSION,
+        "x-trigger-electric-version": ELECTRIC_VERSION,
+        "x-trigger-api-version": API_VERSION,
+    }
+
+
+@dataclass(frozen=True)
+class Feed:
+    key: str  # stable from the definition: where its position is stored
+    path: str
+    params: dict[str, str]
+    single_run: bool = False
+
+
+def feed_of(spec: RealtimeFeed) -> Feed:
+    """The endpoint, parameters and stored-position key of a configured feed."""
+    if spec.run_id is not None:
+        return Feed(f"run:{spec.run_id}", f"/realtime/v1/runs/{quote(spec.run_id)}", {}, True)
+    if spec.batch_id is not None:
+        return Feed(f"batch:{spec.batch_id}", f"/realtime/v1/batches/{quote(spec.batch_id)}", {})
+    tags = spec.tags or []
+    key = f"tags:{','.join(sorted(set(tags)))}|{spec.created_at}"
+    params = {"createdAt": spec.created_at}
+    if tags:
+        params["tags"] = ",".join(tags)
+    return Feed(key, "/realtime/v1/runs", params)
+
+
+class ShapeError(Exception):
+    """A response that breaks the protocol (missing headers, a body that is not a JSON array)."""
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a stream is: what the next request sends, and the column types seen."""
+
+    handle: str | None = None
+    offset: str = START
+    cursor: str = ""
+    schema: Mapping[str, Any] = field(default_factory=dict)
+
+    def dumps(self) -> str:
+        data = {
+            "handle": self.handle,
+            "offset": self.offset,
+            "cursor": self.cursor,
+            "schema": self.schema,
+        }
+        return orjson.dumps(data).decode()
+
+    @classmethod
+    def loads(cls, text: str | None) -> Position | None:
+        """The stored position, or None when there is none or it cannot be read."""
+        try:
+            data = orjson.loads(text or "null")
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        handle, offset = data.get("handle"), data.get("offset")
+        cursor, schema = data.get("cursor"), data.get("schema")
+        return cls(
+            handle if isinstance(handle, str) else None,
+            offset if isinstance(offset, str) else START,
+            cursor if isinstance(cursor, str) else "",
+            schema if isinstance(schema, dict) else {},
+        )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows changed since the last up-to-date (merged, wire values), and the position after."""
+
+    rows: list[dict[str, Any]]
+    position: Position
+
+
+class Shape:
+    def __init__(self, position: Position | None = None) -> None:
+        self.position = position or Position()
+        self.live = False  # becomes true at the first up-to-date
+        self.rows: dict[str, dict[str, Any]] = {}
+        self._changed: dict[str, None] = {}  # an ordered set of keys
+
+    def query(self) -> dict[str, str]:
+        """Query parameters for the next request (besides the feed's own)."""
+        params = {"log": "full", "offset": self.position.offset}
+        if self.position.handle:
+            params["handle"] = self.position.handle
+        if self.live:
+            params["live"] = "true"
+            params["cursor"] = self.position.cursor
+        return params
+
+    def refetch(self, handle: str | None) -> None:
+        """must-refetch: forget every row and start again from a snapshot of `handle`."""
+        self.rows.clear()
+        self._changed.clear()
+        self.live = False
+        self.position = Position(handle=handle, schema=self.position.schema)
+
+    def receive(self, status: int, headers: Mapping[str, str], body: bytes) -> Batch | None:
+        """Apply one 200/204 response; the rows to emit when it ends up-to-date, else None."""
+        messages = _messages(body) if status != 204 else []
+        self.position = _advance(self.position, headers, required=status == 200)
+        up_to_date = status == 204 or "electric-up-to-date" in headers
+        for message in messages:
+            control = _headers(message).get("control")
+            if control == "must-refetch":
+                self.refetch(None)
+                return None
+            if control == "up-to-date":
+                up_to_date = True
+            elif "key" in message:
+                self._apply(message)
+        if not up_to_date:
+            return None
+        self.live = True
+        rows = [dict(self.rows[key]) for key in self._changed]
+        self._changed.clear()
+        return Batch(rows, self.position)
+
+    def _apply(self, message: dict[str, Any]) -> None:
+        key = str(message["key"])
+        operation = _headers(message).get("operation")
+        value = message.get("value")
+        if operation == "delete":
+            self.rows.pop(key, None)
+            self._changed.pop(key, None)
+            return
+        if not isinstance(value, dict):
+            raise ShapeError(f"a change message without a value ({operation})")
+        if operation == "insert":
+            self.rows[key] = dict(value)
+        else:  # update: Electric sends the primary key and the changed columns only
+            self.rows[key] = {**self.rows.get(key, {}), **value}
+        self._changed[key] = None
+
+
+def _headers(message: dict[str, Any]) -> dict[str, Any]:
+    headers = message.get("headers")
+    return headers if isinstance(headers, dict) else {}
+
+
+def _messages(body: bytes) -> list[dict[str, Any]]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ShapeError("the body is not JSON") from None
+    if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
+        raise ShapeError("the body is not a JSON array of messages")
+    return data
+
+
+def _advance(position: Position, headers: Mapping[str, str], *, required: bool) -> Position:
+    handle = headers.get("electric-handle") or None
+    offset = headers.get("electric-offset") or None
+    if required and (handle is None or offset is None):
+        raise ShapeError("electric-handle or electric-offset header missing")
+    schema = position.schema
+    if "electric-schema" in headers:
+        try:
+            parsed = orjson.loads(headers["electric-schema"])
+        except orjson.JSONDecodeError:
+            raise ShapeError("electric-schema is not JSON") from None
+        if isinstance(parsed, dict):
+            schema = parsed
+    return replace(
+        position,
+        handle=handle or position.handle,
+        offset=offset or position.offset,
+        cursor=headers.get("electric-cursor", position.cursor),
+        schema=schema,
+    )

@@ -1,0 +1,345 @@
+"""The Realtime follower: Trigger.dev's Realtime API (Electric shape long-polling) → intake.
+
+One task per configured feed (tags, run id or batch id) speaks TRIGGER.md §2.2: a snapshot from
+offset -1, a non-live catch-up, then live long-polls. Rows are emitted only at up-to-date; each
+batch is decoded (formats/electric.py) and handed to `Intake.submit` in one call, and only after
+that commit is the position (handle, offset, cursor, schema) written to the store
+(`kv_put("realtime", <feed key>, ...)`). `must-refetch` (409 or control message) drops the rows
+and starts again from a snapshot; the snapshot repeats runs already seen, and intake's
+transition detection (same `updatedAt`, rule already in the run's fired set) makes them fire
+nothing.
+
+Resume after a restart: from the stored *handle*, at offset -1 (a full snapshot of the shape),
+not from the stored offset. Electric sends only the primary key and the changed columns of an
+update, and the merged rows live in memory only, so the first update after a restart would
+lack the columns a rule needs (friendlyId, taskIdentifier, tags ...); skipping it could miss an
+alert, and persisting every row would cost a write per run per change. The snapshot holds the
+current state of every run of the shape: a run that failed while relay was down is in it and
+alerts once; a run that alerted before the kill is deduplicated by its fired set. The cost is
+re-reading the shape once per restart. What a snapshot cannot show is an intermediate state a
+run went through and left while relay was down (e.g. a transient metadata value); final
+statuses, cost and duration of the runs in the feed are never missed. Memory: one merged row
+per run of the shape, dropped at must-refetch.
+
+Failures never stop a feed: 429/5xx/408, network errors and timeouts back off with jitter
+(100 ms, times 1.3 up to 10 s, Retry-After honoured); 400/401/403/404 are logged with the feed and
+status and tried again after `error_backoff` (an operator may fix the key). Log lines carry the
+feed key, rows emitted and lag, never the secret key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from relay.config import RealtimeConfig
+from relay.errors import InputError, StoreUnavailable
+from relay.formats.electric import Schema, parse_raw_run
+from relay.intake import IntakeResult
+from relay.model import Run
+from relay.retry_after import parse_retry_after
+from relay.sources._shape import (
+    Batch,
+    Feed,
+    Position,
+    Shape,
+    ShapeError,
+    feed_of,
+    request_headers,
+)
+
+log = logging.getLogger("relay.realtime")
+NAMESPACE = "realtime"
+MAX_RETRY_AFTER_S = 600.0
+
+Submit = Callable[[Sequence[Run]], Awaitable[IntakeResult]]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Positions(Protocol):
+    """The part of the Store a follower uses."""
+
+    async def kv_get(self, namespace: str, key: str) -> str | None: ...
+
+    async def kv_put(self, namespace: str, key: str, value: str, now: float) -> None: ...
+
+    async def try_lead(self, name: str, owner: str, ttl_s: float, now: float) -> bool: ...
+
+
+LEAD_TTL_S = 30.0
+LEAD_RENEW_S = 10.0
+
+
+@dataclass(frozen=True)
+class Timing:
+    timeout_s: float = 60.0
+    retry_min_s: float = 0.1
+    retry_factor: float = 1.3
+    retry_max_s: float = 10.0
+    error_wait_s: float = 60.0
+
+
+def retry_delay(failures: int, timing: Timing, rand: float, retry_after: float | None) -> float:
+    """Seconds before retry number `failures` (1, 2, ...): exponential, jittered by `rand`."""
+    base = timing.retry_min_s * timing.retry_factor ** min(max(failures - 1, 0), 100)
+    wait = min(base, timing.retry_max_s) * (0.5 + rand / 2)
+    if retry_after is not None:
+        wait = max(wait, min(retry_after, MAX_RETRY_AFTER_S))
+    return wait
+
+
+@dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class Follower:
+    """Follows one feed until cancelled (a single-run feed: until the run has finished)."""
+
+    def __init__(
+        self,
+        feed: Feed,
+        config: RealtimeConfig,
+        session: aiohttp.ClientSession,
+        submit: Submit,
+        positions: Positions,
+        *,
+        timing: Timing | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.feed = feed
+        self._config = config
+        self._session = session
+        self._submit = submit
+        self._positions = positions
+        self._timing = timing or Timing(config.timeout, error_wait_s=config.error_backoff)
+        self._sleep = sleep
+        self._saved: Position | None = None
+        self._failures = 0
+
+    async def run(self) -> None:
+        """Never raises (but CancelledError): an unexpected error restarts from the store."""
+        while True:
+            try:
+                await self._follow()
+                return
+            except Exception:
+                log.exception("realtime feed failed; starting it again", extra=self._extra())
+                await self._sleep(self._timing.error_wait_s)
+
+    async def _follow(self) -> None:
+        shape = Shape(await self._resume())
+        refetches = 0
+        while True:
+            try:
+                response = await self._get(shape)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                await self._retry(type(exc).__name__, None)
+                continue
+            if response.status == 409:
+                refetches += 1
+                old = shape.position.handle
+                shape.refetch(response.headers.get("electric-handle") or f"{old}-next")
+                log.info("realtime shape must be refetched", extra=self._extra())
+                if refetches > 1:
+                    await self._retry("repeated must-refetch", None)
+            elif response.status in (200, 204):
+                try:
+                    batch = shape.receive(response.status, response.headers, response.body)
+                except ShapeError as exc:
+                    await self._retry(str(exc), None)
+                    continue
+                self._failures = refetches = 0
+                if batch is not None and await self._emit(batch):
+                    log.info("realtime run finished; feed stopped", extra=self._extra())
+                    return
+            elif response.status in (408, 429) or response.status >= 500:
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                await self._retry(f"HTTP {response.status}", retry_after)
+            else:
+                await self._refused(response)
+
+    async def _resume(self) -> Position:
+        stored = Position.loads(await self._positions.kv_get(NAMESPACE, self.feed.key))
+        if stored is None:
+            return Position()
+        log.info(
+            "realtime feed resumes with a snapshot of its stored shape",
+            extra=self._extra(handle=stored.handle, stored_offset=stored.offset),
+        )
+        self._saved = stored
+        return Position(handle=stored.handle, schema=stored.schema)
+
+    async def _get(self, shape: Shape) -> _Response:
+        headers = request_headers(self._config.secret_key.get_secret_value())
+        params = dict(sorted({**self.feed.params, **shape.query()}.items()))
+        timeout_s = self._timing.timeout_s
+        timeout = aiohttp.ClientTimeout(
+            total=timeout_s if shape.live else None, sock_connect=timeout_s, sock_read=timeout_s
+        )
+        url = self._config.api_url + self.feed.path
+        async with self._session.get(
+            url, params=params, headers=headers, timeout=timeout, allow_redirects=False
+        ) as resp:
+            body = await resp.read()
+            return _Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
+
+    async def _emit(self, batch: Batch) -> bool:
+        """Submit the batch (retrying while the store is down), then save the position."""
+        runs = self._decode(batch.rows, batch.position.schema)
+        if runs:
+            result = await self._submit_until_done(runs)
+            now_ms = time.time() * 1000
+            newest = max((r.updated_at_ms or 0) for r in runs)
+            log.info(
+                "realtime rows submitted",
+                extra=self._extra(
+                    rows=len(runs),
+                    notifications=result.notifications,
+                    lag_ms=round(now_ms - newest) if newest else None,
+                ),
+            )
+        await self._save(batch.position, force=bool(runs))
+        return self.feed.single_run and any(r.finishedAt is not None for r in runs)
+
+    def _decode(self, rows: list[dict[str, Any]], schema: Schema) -> list[Run]:
+        runs = []
+        for row in rows:
+            try:
+                runs.append(parse_raw_run(row, schema=schema))
+            except InputError as exc:
+                log.warning(
+                    "realtime row skipped: cannot decode it",
+                    extra=self._extra(row_id=row.get("id"), field=exc.field, error=exc.message),
+                )
+        return runs
+
+    async def _submit_until_done(self, runs: list[Run]) -> IntakeResult:
+        while True:
+            try:
+                return await self._submit(runs)
+            except StoreUnavailable:
+                await self._retry("store unavailable", None)
+
+    async def _save(self, position: Position, *, force: bool) -> None:
+        saved = self._saved
+        same = saved is not None and (saved.handle, saved.offset) == (
+            position.handle,
+            position.offset,
+        )
+        if same and not force:
+            return
+        try:
+            await self._positions.kv_put(NAMESPACE, self.feed.key, position.dumps(), time.time())
+        except StoreUnavailable:
+            log.warning("realtime position not saved; store unavailable", extra=self._extra())
+            return
+        self._saved = position
+
+    async def _retry(self, reason: str, retry_after: float | None) -> None:
+        self._failures += 1
+        wait = retry_delay(self._failures, self._timing, random.random(), retry_after)
+        log.warning(
+            "realtime request failed; retrying",
+            extra=self._extra(reason=reason, attempt=self._failures, wait_s=round(wait, 3)),
+        )
+        await self._sleep(wait)
+
+    async def _refused(self, response: _Response) -> None:
+        log.error(
+            "realtime request refused; check the secret key and the feed",
+            extra=self._extra(status=response.status, error=_error_text(response.body)),
+        )
+        await self._sleep(self._timing.error_wait_s)
+
+    def _extra(self, **fields: object) -> dict[str, object]:
+        return {"feed": self.feed.key, **fields}
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:200].decode("utf-8", "replace")
+    error = data.get("error") if isinstance(data, dict) else None
+    return str(error)[:200] if error is not None else ""
+
+
+class RealtimeSource:
+    """Every configured feed, each in its own task, over one HTTP session."""
+
+    def __init__(self, config: RealtimeConfig, submit: Submit, positions: Positions) -> None:
+        self._config = config
+        self._submit = submit
+        self._positions = positions
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._led: set[str] = set()
+
+    def start(self) -> None:
+        self._session = aiohttp.ClientSession(headers={"User-Agent": "relay"})
+        for spec in self._config.feeds:
+            follower = Follower(
+                feed_of(spec), self._config, self._session, self._submit, self._positions
+            )
+            task = asyncio.create_task(self._lead(follower), name=f"realtime {follower.feed.key}")
+            self._tasks.append(task)
+        log.info("realtime source started", extra={"feeds": [t.get_name() for t in self._tasks]})
+
+    async def _lead(self, follower: Follower) -> None:
+        """Follow the feed only while this replica holds its lease (one follower per feed)."""
+        name = f"realtime:{follower.feed.key}"
+        while True:
+            if not await self._hold(name):
+                await asyncio.sleep(LEAD_RENEW_S)
+                continue
+            log.info("following the feed (lease taken)", extra={"feed": follower.feed.key})
+            task = asyncio.create_task(follower.run())
+            try:
+                while True:
+                    done, _ = await asyncio.wait({task}, timeout=LEAD_RENEW_S)
+                    if done:  # a single-run feed ends once its run finished
+                        return
+                    if not await self._hold(name):
+                        log.warning("feed lease lost", extra={"feed": follower.feed.key})
+                        break
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def _hold(self, name: str) -> bool:
+        try:
+            held = await self._positions.try_lead(name, self._owner, LEAD_TTL_S, time.time())
+        except StoreUnavailable:
+            held = False
+        (self._led.add if held else self._led.discard)(name)
+        return held
+
+    async def stop(self) -> None:
+        """Cancel every feed (an in-flight long poll ends at once), hand the leases back."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for name in list(self._led):
+            with contextlib.suppress(StoreUnavailable):
+                await self._positions.try_lead(name, self._owner, 0.0, time.time())
+        self._led.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,406 @@
+"""A fake Trigger.dev Realtime server on 127.0.0.1 replaying scripted Electric shape exchanges.
+
+The script is a list of `Exchange`s (`session()` loads fixtures/trigger/electric/
+session_tag_feed.json; `native_single_run()` builds the native backend's flavour from
+TRIGGER.md §2.3-2.4). A request is answered by, in order:
+
+1. `refuse` (a status for every request, e.g. 401 for a bad key) or the next scripted `faults`
+   entry (429, 500, ... one per request);
+2. the next scripted exchange, when it is released and its request matches on offset, handle
+   and live — then it happened: its changes are merged into the shape's rows;
+3. offset -1 (a new client, a restart, a refetch): a snapshot of the rows as they are now, every
+   released exchange included (Electric: no up-to-date, with `electric-schema`; native: ends
+   with up-to-date in the body);
+4. another handle than the current one: 409 + must-refetch with the current handle;
+5. the current position, not live: a bare up-to-date; live: the request is held until an
+   exchange is released or `live_hold_s` passes (then the bare up-to-date of a long-poll timeout).
+   A held request whose client went away (killed) consumes nothing.
+
+Every request is recorded (`requests`: path, query, headers, what answered it). `release(n)`
+makes the first n exchanges available (all by default), so a test can let time pass between
+them; changes released while no client listens are in the next snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from relay.formats.electric import TASKRUN_SCHEMA
+
+FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "trigger"
+SESSION = FIXTURES / "electric" / "session_tag_feed.json"
+RAW_ROWS = FIXTURES / "realtime-run" / "raw-row"
+UP_TO_DATE = {"headers": {"control": "up-to-date"}}
+PG_SPACE = " \t\n\r\v\f"
+
+
+@dataclass
+class Exchange:
+    name: str
+    offset: str
+    handle: str | None
+    live: bool
+    status: int
+    headers: dict[str, str]
+    body: list[dict[str, Any]]
+
+    def matches(self, offset: str | None, handle: str | None, live: bool) -> bool:
+        return (self.offset, self.handle, self.live) == (offset, handle, live)
+
+
+@dataclass
+class Seen:
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    at: float
+    answer: str = ""
+
+
+def session() -> list[Exchange]:
+    """The six exchanges of session_tag_feed.json, in order."""
+    data = json.loads(SESSION.read_text())
+    out = []
+    for item in data["exchanges"]:
+        query, response = item["request"]["query"], item["response"]
+        out.append(
+            Exchange(
+                item["name"],
+                query["offset"],
+                query.get("handle"),
+                query.get("live") == "true",
+                response["status"],
+                dict(response["headers"]),
+                response["body"],
+            )
+        )
+    return out
+
+
+def schema_header() -> str:
+    return session()[0].headers["electric-schema"]
+
+
+def raw_row(name: str) -> dict[str, Any]:
+    """A raw-row fixture (typed values, timestamps without Z) by short name."""
+    return json.loads((RAW_ROWS / f"run_{name}.row.json").read_text())
+
+
+def row_key(internal_id: str) -> str:
+    return f'"public"."TaskRun"/"{internal_id}"'
+
+
+# ---------------------------------------------------------------- Postgres text, as served
+
+
+def pg_array(items: list[Any], quote_all: bool = False) -> str:
+    """A Postgres array literal as Postgres writes it (array_out); native quotes every element."""
+    parts = []
+    for item in items:
+        if isinstance(item, list):
+            parts.append(pg_array(item, quote_all))
+        elif item is None:
+            parts.append("NULL")
+        elif quote_all or _needs_quotes(item):
+            escaped = item.replace("\\", "\\\\").replace('"', '\\"')
+            parts.append(f'"{escaped}"')
+        else:
+            parts.append(item)
+    return "{" + ",".join(parts) + "}"
+
+
+def _needs_quotes(item: str) -> bool:
+    special = any(c in '{},"\\' or c in PG_SPACE for c in item)
+    return item == "" or item.upper() == "NULL" or special
+
+
+def pg_timestamp(value: datetime) -> str:
+    """Postgres `timestamp` output: space separator, fraction without trailing zeros."""
+    text = value.replace(microsecond=0).isoformat(sep=" ")  # years < 1000 zero-padded
+    if value.microsecond:
+        text += f".{value.microsecond:06d}".rstrip("0")
+    return text
+
+
+def native_value(row: dict[str, Any]) -> dict[str, Any]:
+    """A typed raw row as the native backend serves it: ISO without Z, t/f, quoted arrays."""
+    out: dict[str, Any] = {}
+    for name, value in row.items():
+        kind = TASKRUN_SCHEMA.get(name, {}).get("type", "text")
+        if value is None:
+            out[name] = None
+        elif TASKRUN_SCHEMA.get(name, {}).get("dims"):
+            out[name] = None if name == "runTags" and not value else pg_array(value, True)
+        elif kind == "timestamp":
+            out[name] = datetime.fromisoformat(value).isoformat(timespec="milliseconds")
+        elif kind == "bool":
+            out[name] = "t" if value else "f"
+        elif kind in ("int4", "float8"):
+            out[name] = str(value)
+        elif kind == "jsonb":
+            out[name] = json.dumps(value, separators=(",", ":"))
+        else:
+            out[name] = value
+    return out
+
+
+def _ms(timestamp: str) -> int:
+    return int(datetime.fromisoformat(timestamp + "+00:00").timestamp() * 1000)
+
+
+def native_single_run() -> tuple[str, list[Exchange]]:
+    """A single run (sdk/run_crashed.json) over the native backend: EXECUTING, a long-poll
+    timeout, then CRASHED. Returns the run id and the script."""
+    final = raw_row("crashed")
+    executing = {
+        **final,
+        "status": "EXECUTING",
+        "updatedAt": "2026-08-20 08:02:14.02",
+        "completedAt": None,
+        "usageDurationMs": 0,
+        "costInCents": 0,
+        "error": None,
+    }
+    handle = f"run-{final['id']}"
+    first, last = f"{_ms(executing['updatedAt'])}_0", f"{_ms(final['updatedAt'])}_0"
+    headers = {
+        "content-type": "application/json",
+        "cache-control": "no-store",
+        "access-control-expose-headers": "*",
+        "electric-handle": handle,
+    }
+    key = row_key(final["id"])
+
+    def change(op: str, row: dict[str, Any]) -> dict[str, Any]:
+        return {"key": key, "value": native_value(row), "headers": {"operation": op}}
+
+    return final["friendlyId"], [
+        Exchange(
+            "native snapshot",
+            "-1",
+            None,
+            False,
+            200,
+            {**headers, "electric-offset": first},
+            [change("insert", executing), UP_TO_DATE],
+        ),
+        Exchange(
+            "native live timeout",
+            first,
+            handle,
+            True,
+            200,
+            {**headers, "electric-offset": first, "electric-cursor": "101"},
+            [UP_TO_DATE],
+        ),
+        Exchange(
+            "native crashed",
+            first,
+            handle,
+            True,
+            200,
+            {**headers, "electric-offset": last, "electric-cursor": "102"},
+            [change("update", final), UP_TO_DATE],
+        ),
+    ]
+
+
+# ---------------------------------------------------------------- the server
+
+
+@dataclass
+class FakeRealtime:
+    exchanges: list[Exchange]
+    native: bool = False
+    live_hold_s: float = 0.3
+    url: str = ""
+    requests: list[Seen] = field(default_factory=list)
+    faults: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    refuse: int | None = None
+    released: int = -1
+    pos: int = 0
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    handle: str | None = None
+    offset: str | None = None
+    cursor: int = 58785300
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        if self.released < 0:
+            self.released = len(self.exchanges)
+
+    def release(self, count: int | None = None) -> None:
+        self.released = len(self.exchanges) if count is None else count
+        self._wake.set()
+
+    @property
+    def served(self) -> list[str]:
+        return [seen.answer for seen in self.requests]
+
+    async def wait_for(self, predicate: Callable[[Seen], bool], timeout: float = 10.0) -> Seen:
+        """The first recorded request (past or future) that satisfies `predicate`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for seen in self.requests:
+                if predicate(seen):
+                    return seen
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no such request; answered: {self.served}")
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def handle_request(self, request: web.Request) -> web.Response:
+        seen = Seen(request.path, dict(request.query), dict(request.headers), time.monotonic())
+        self.requests.append(seen)
+        self._arrived.set()
+        response = await self._answer(seen, request)
+        self._arrived.set()  # the answer is recorded too
+        return response
+
+    async def _answer(self, seen: Seen, request: web.Request) -> web.Response:
+        if self.refuse is not None:
+            seen.answer = f"refused {self.refuse}"
+            return _json(self.refuse, {}, {"error": "Invalid or missing secret key"})
+        if self.faults:
+            status, headers = self.faults.pop(0)
+            seen.answer = f"fault {status}"
+            return _json(status, headers, {"error": "scripted failure"})
+        offset, handle = seen.query.get("offset"), seen.query.get("handle")
+        live = seen.query.get("live") == "true"
+        deadline = time.monotonic() + self.live_hold_s
+        while True:
+            if request.transport is None or request.transport.is_closing():
+                seen.answer = "client gone"  # killed while it waited: nothing is consumed
+                return web.Response(status=499)
+            nxt = self.exchanges[self.pos] if self.pos < self.released else None
+            if nxt is not None and nxt.matches(offset, handle, live):
+                self.pos += 1
+                self._happen(nxt)
+                seen.answer = nxt.name
+                return _json(nxt.status, nxt.headers, nxt.body)
+            if offset == "-1":
+                self._fold()
+                seen.answer = "snapshot"
+                return self._snapshot()
+            if (handle, offset) != (self.handle, self.offset):
+                seen.answer = "409 unknown handle"
+                body = [{"headers": {"control": "must-refetch"}}]
+                return _json(409, {"electric-handle": self.handle or ""}, body)
+            remaining = deadline - time.monotonic()
+            if not live or remaining <= 0:
+                seen.answer = "up-to-date" if not live else "live timeout"
+                return self._up_to_date(live)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def _happen(self, exchange: Exchange) -> None:
+        if exchange.status == 409:
+            self.handle = exchange.headers.get("electric-handle") or f"{self.handle}-next"
+            self.offset = "0_inf"
+            return
+        for message in exchange.body:
+            if "key" not in message:
+                continue
+            key, value = message["key"], message.get("value") or {}
+            if message["headers"].get("operation") == "delete":
+                self.rows.pop(key, None)
+            else:
+                self.rows[key] = {**self.rows.get(key, {}), **value}
+        self.handle = exchange.headers["electric-handle"]
+        self.offset = exchange.headers["electric-offset"]
+        if "electric-cursor" in exchange.headers:
+            self.cursor = int(exchange.headers["electric-cursor"])
+
+    def _fold(self) -> None:
+        """Released exchanges nobody fetched happened anyway: a snapshot includes them."""
+        while self.pos < self.released and self.exchanges[self.pos].status == 200:
+            self._happen(self.exchanges[self.pos])
+            self.pos += 1
+
+    def _headers(self, *, schema: bool, cursor: bool) -> dict[str, str]:
+        headers = {"electric-handle": self.handle or "", "electric-offset": self.offset or "0_inf"}
+        if self.native:
+            headers["cache-control"] = "no-store"
+        elif schema:
+            headers["electric-schema"] = schema_header()
+        if cursor:
+            self.cursor += 20
+            headers["electric-cursor"] = str(self.cursor)
+        return headers
+
+    def _snapshot(self) -> web.Response:
+        if self.handle is None:
+            self.handle, self.offset = "fake-handle-1", "0_inf"
+        body: list[dict[str, Any]] = [
+            {"key": key, "value": value, "headers": {"operation": "insert"}}
+            for key, value in self.rows.items()
+        ]
+        if self.native:
+            body.append(UP_TO_DATE)
+        return _json(200, self._headers(schema=True, cursor=False), body)
+
+    def _up_to_date(self, live: bool) -> web.Response:
+        headers = self._headers(schema=not live, cursor=live)
+        if not self.native:
+            headers["electric-up-to-date"] = ""
+        return _json(200, headers, [UP_TO_DATE])
+
+
+def _json(status: int, headers: dict[str, str], body: Any) -> web.Response:
+    headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+    return web.Response(
+        status=status, headers=headers, text=json.dumps(body), content_type="application/json"
+    )
+
+
+def with_exchange(script: list[Exchange], after: int, extra: Exchange) -> list[Exchange]:
+    """`script` with `extra` inserted after index `after`; the later exchanges at the old end
+    offset (asked for or answered) move to the offset `extra` ends at."""
+    old, new = script[after].headers["electric-offset"], extra.headers["electric-offset"]
+    out = [*script[: after + 1], extra]
+    for exchange in script[after + 1 :]:
+        headers = dict(exchange.headers)
+        if headers.get("electric-offset") == old:
+            headers["electric-offset"] = new
+        offset = new if exchange.offset == old else exchange.offset
+        out.append(replace(exchange, offset=offset, headers=headers))
+    return out
+
+
+@asynccontextmanager
+async def fake_realtime(
+    exchanges: list[Exchange], *, native: bool = False, live_hold_s: float = 0.3
+) -> AsyncIterator[FakeRealtime]:
+    """A running FakeRealtime on an ephemeral port of 127.0.0.1."""
+    fake = FakeRealtime(exchanges, native=native, live_hold_s=live_hold_s)
+    app = web.Application()
+    app.router.add_get("/realtime/v1/{tail:.*}", fake.handle_request)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    fake.url = f"http://127.0.0.1:{port}"
+    try:
+        yield fake
+    finally:
+        fake.release()
+        await runner.cleanup()

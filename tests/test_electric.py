@@ -1,0 +1,256 @@
+"""Raw Realtime rows (Electric shape of TaskRun) → the same Run the SDK object gives."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay.errors import InputError
+from relay.formats import parse_run
+from relay.formats.electric import (
+    decode_row,
+    decode_value,
+    parse_pg_array,
+    parse_raw_run,
+    parse_timestamp,
+)
+from relay.formats.sdk import parse_sdk_run
+from relay.model import Run
+from tests.conftest import FIXTURES, RelayFactory, sdk_run
+from tests.fakes.realtime import native_value, pg_array, pg_timestamp, raw_row
+
+NAMES = ("failed", "crashed", "timed_out", "completed", "executing")
+LAYERS = {"raw-row": "row", "wire-value": "value"}
+COMPARED = (
+    "id",
+    "taskIdentifier",
+    "status",
+    "createdAt",
+    "updatedAt",
+    "startedAt",
+    "queuedAt",
+    "finishedAt",
+    "delayedUntil",
+    "expiredAt",
+    "durationMs",
+    "costInCents",
+    "baseCostInCents",
+    "tags",
+    "isTest",
+    "payload",
+    "output",
+    "metadata",
+)
+
+
+def layer(name: str, kind: str) -> dict[str, Any]:
+    path = FIXTURES / "realtime-run" / kind / f"run_{name}.{LAYERS[kind]}.json"
+    return json.loads(path.read_text())
+
+
+def assert_same_run(raw: Run, sdk: Run) -> None:
+    """Every field both shapes carry is equal; the error by its message and code."""
+    for name in COMPARED:
+        assert getattr(raw, name) == getattr(sdk, name), name
+    extras = raw.model_extra or {}
+    for name, value in (sdk.model_extra or {}).items():
+        assert extras.get(name) == value, name
+    assert_same_error(raw.error, sdk.error)
+
+
+def assert_same_error(raw: dict[str, Any] | None, sdk: dict[str, Any] | None) -> None:
+    if sdk is None:
+        assert raw is None
+        return
+    assert raw is not None and "type" in raw  # the raw union, kept as it is
+    if raw["type"] == "BUILT_IN_ERROR":
+        assert {k: raw[k] for k in ("name", "message", "stackTrace")} == sdk
+        return
+    assert raw["type"] == "INTERNAL_ERROR" and raw["message"]
+    # the SDK keeps only "trigger.dev internal error (CODE)", after taskRunErrorEnhancer
+    code = raw["code"]
+    if code == "TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE" and "SIGKILL" in raw["message"][:100]:
+        code = "TASK_PROCESS_MAYBE_OOM_KILLED"
+    assert sdk == {"message": f"trigger.dev internal error ({code})"}
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+@pytest.mark.parametrize("name", NAMES)
+def test_every_fixture_layer_gives_the_sdk_run(name: str, kind: str) -> None:
+    sdk = parse_sdk_run(sdk_run(name))
+    raw = parse_run(layer(name, kind), "")  # detected as a raw row
+    assert_same_run(raw, sdk)
+    assert raw.number == layer(name, "raw-row")["number"]  # more than the SDK shows
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_native_backend_values_give_the_sdk_run(name: str) -> None:
+    assert_same_run(parse_raw_run(native_value(raw_row(name))), parse_sdk_run(sdk_run(name)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_decoding_is_idempotent(name: str) -> None:
+    once = decode_row(layer(name, "wire-value"))
+    assert decode_row(once) == once
+    assert decode_row(layer(name, "raw-row")) == once  # the already-typed layer
+
+
+def test_internal_error_code_and_message_are_kept() -> None:
+    run = parse_raw_run(layer("timed_out", "wire-value"))
+    assert run.error == {
+        "code": "MAX_DURATION_EXCEEDED",
+        "type": "INTERNAL_ERROR",
+        "message": "Run exceeded maximum compute time (maxDuration) of 300 seconds",
+    }
+
+
+def test_nulls_and_missing_columns_get_the_sdk_defaults() -> None:
+    row = {"friendlyId": "run_x", "status": "PENDING", "runTags": None, "usageDurationMs": None}
+    run = parse_raw_run(row)
+    assert (run.id, run.status, run.tags, run.durationMs) == ("run_x", "QUEUED", [], 0)
+    assert run.model_extra is not None and run.model_extra["isQueued"] is True
+
+
+def test_schema_from_the_server_wins_over_the_defaults() -> None:
+    schema = {"number": {"type": "int8"}, "extra": {"type": "float8"}}
+    row = decode_row({"number": "9007199254740993", "extra": "1.5", "other": "7"}, schema)
+    assert row == {"number": 9007199254740993, "extra": 1.5, "other": "7"}
+
+
+@pytest.mark.parametrize(
+    ("value", "column", "expected"),
+    [
+        ("t", {"type": "bool"}, True),
+        ("false", {"type": "bool"}, False),
+        (True, {"type": "bool"}, True),
+        ("42", {"type": "int2"}, 42),
+        ("0.050270739999999994", {"type": "float8"}, 0.050270739999999994),
+        (3, {"type": "float4"}, 3.0),
+        ("NaN", {"type": "float8"}, pytest.approx(float("nan"), nan_ok=True)),
+        ('{"a": [1, null]}', {"type": "jsonb"}, {"a": [1, None]}),
+        ("not json", {"type": "json"}, "not json"),
+        ("{1,NULL,3}", {"type": "int4", "dims": 1}, [1, None, 3]),
+        ("{{a,b},{c,d}}", {"type": "text", "dims": 2}, [["a", "b"], ["c", "d"]]),
+        (["x"], {"type": "text", "dims": 1}, ["x"]),
+        ("COMPLETED_WITH_ERRORS", {"type": "TaskRunStatus"}, "COMPLETED_WITH_ERRORS"),
+        ("abc", {"type": "int4"}, "abc"),  # kept; the Run validation names the column
+        (None, {"type": "int4"}, None),
+    ],
+)
+def test_decode_value(value: Any, column: dict[str, Any], expected: Any) -> None:
+    assert decode_value(value, column) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{}", []),
+        ('{customer:cus_Q8x2LmN4,"a b","x\\"y","back\\\\slash",NULL,"NULL",""}',
+         ["customer:cus_Q8x2LmN4", "a b", 'x"y', "back\\slash", None, "NULL", ""]),
+        ("[0:1]={a,b}", ["a", "b"]),
+        ('{ a , "b" }', ["a", "b"]),
+    ],
+)  # fmt: skip
+def test_pg_array_examples(text: str, expected: list[Any]) -> None:
+    assert parse_pg_array(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "a,b", "{a,b", '{"a}', "{a}x"])
+def test_pg_array_rejects_broken_literals(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_pg_array(text)
+
+
+ELEMENT = st.one_of(
+    st.none(),
+    st.text(st.characters(exclude_characters="\x00")),
+    st.sampled_from(['"', "\\", ",", "{", "}", " ", "NULL", "null", "", "a b", " x ", "é✓"]),
+)
+
+
+@given(st.lists(ELEMENT, max_size=8), st.booleans())
+def test_pg_array_round_trip(items: list[str | None], quote_all: bool) -> None:
+    assert parse_pg_array(pg_array(items, quote_all)) == items
+
+
+@given(st.lists(st.lists(ELEMENT, min_size=2, max_size=2), min_size=1, max_size=3))
+def test_pg_array_round_trip_two_dimensions(items: list[list[str | None]]) -> None:
+    assert parse_pg_array(pg_array(items)) == items
+
+
+STAMPS = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31))
+
+
+@given(STAMPS)
+def test_timestamp_round_trip_postgres_text(value: datetime) -> None:
+    assert parse_timestamp(pg_timestamp(value)) == value.replace(tzinfo=UTC)
+
+
+@given(STAMPS)
+def test_timestamp_round_trip_native_iso(value: datetime) -> None:
+    value = value.replace(microsecond=value.microsecond // 1000 * 1000)
+    text = value.isoformat(timespec="milliseconds")  # 2026-06-06T10:05:30.123
+    assert parse_timestamp(text) == value.replace(tzinfo=UTC)
+
+
+@given(
+    st.datetimes(min_value=datetime(2, 1, 1), max_value=datetime(9998, 12, 31)),
+    st.integers(-14 * 60, 14 * 60),
+)
+def test_timestamp_with_a_zone_is_converted_to_utc(value: datetime, minutes: int) -> None:
+    aware = value.replace(tzinfo=timezone(timedelta(minutes=minutes)))
+    assert parse_timestamp(aware.isoformat(sep=" ")) == aware.astimezone(UTC)
+
+
+def test_both_timestamp_forms_of_the_docs() -> None:
+    assert parse_timestamp("2026-08-20 09:14:22.46") == datetime(
+        2026, 8, 20, 9, 14, 22, 460000, tzinfo=UTC
+    )
+    assert parse_timestamp("2026-06-06T10:05:30.123") == datetime(
+        2026, 6, 6, 10, 5, 30, 123000, tzinfo=UTC
+    )
+
+
+def test_a_bad_column_is_named_by_its_raw_name() -> None:
+    row = layer("failed", "wire-value")
+    with pytest.raises(InputError) as caught:
+        parse_raw_run({**row, "usageDurationMs": "fourteen"}, "[3]")
+    assert caught.value.field == "[3].usageDurationMs"
+
+
+# ---------------------------------------------------------------- POST /v1/runs takes a raw row
+
+CONFIG = """\
+channels:
+  out: {type: console}
+rules:
+  - name: failures
+    match: {status: [failure]}
+    notify: [out]
+"""
+
+
+async def test_post_accepts_raw_rows_of_both_layers(relay: RelayFactory) -> None:
+    r = await relay(CONFIG)
+    body = [
+        layer("failed", "wire-value"),
+        layer("crashed", "raw-row"),
+        layer("completed", "raw-row"),
+    ]
+    status, answer = await r.post(body)
+    assert status == 202
+    assert answer == {"accepted": 3, "stale": 0, "notifications": 2}
+    # the SDK twin of a run already seen is a repeat: nothing fires again
+    assert await r.post(sdk_run("failed")) == (202, {"accepted": 1, "stale": 0, "notifications": 0})
+
+
+async def test_post_names_the_raw_column_of_a_bad_row(relay: RelayFactory) -> None:
+    r = await relay(CONFIG)
+    status, answer = await r.post({**layer("failed", "raw-row"), "costInCents": "lots"})
+    assert status == 400
+    assert answer["field"] == "costInCents"

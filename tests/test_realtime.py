@@ -1,0 +1,501 @@
+"""The Realtime follower against a fake Trigger.dev Realtime server (tests/fakes/realtime.py).
+
+Follower-level tests record what it submits; end-to-end tests run relay (in-process, and as a
+child killed with -9) with `sources.realtime` pointing at the fake and a webhook sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+
+from relay.config import RealtimeConfig, RealtimeFeed
+from relay.errors import StoreUnavailable
+from relay.formats.sdk import parse_sdk_run
+from relay.intake import IntakeResult
+from relay.model import Run
+from relay.sources._shape import Position, Shape, feed_of
+from relay.sources.realtime import NAMESPACE, Follower, RealtimeSource, Timing, retry_delay
+from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run
+from tests.fakes.realtime import (
+    SESSION,
+    Exchange,
+    FakeRealtime,
+    fake_realtime,
+    native_single_run,
+    row_key,
+    session,
+    with_exchange,
+)
+from tests.test_electric import assert_same_run
+
+SECRET = "tr_prod_4xmPq0JvT7cSyfGdZbRwKe9H"
+TAG = "customer:cus_Q8x2LmN4"
+H1, H2 = "83412937-1755681243118052", "83412937-1755681299400117"
+RUN_A, RUN_E = "run_cmuxjbf30kqkowywawhi1r8yr", "run_cmy2trjs6h23sbbwrzm2jlnhj"
+E_INTERNAL = "cmy2trjs6h23sbbwrzm2jlnhj"
+
+
+@dataclass
+class Recorder:
+    """Stands in for Intake.submit: records batches; `fail` StoreUnavailable first."""
+
+    batches: list[list[Run]] = field(default_factory=list)
+    fail: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self, runs: Sequence[Run]) -> IntakeResult:
+        if self.fail:
+            self.fail -= 1
+            raise StoreUnavailable("down")
+        self.batches.append(list(runs))
+        self.arrived.set()
+        return IntakeResult(len(runs), 0, 0)
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> list[list[Run]]:
+        deadline = time.monotonic() + timeout
+        while len(self.batches) < count:
+            self.arrived.clear()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{len(self.batches)} of {count} batches")
+            try:
+                await asyncio.wait_for(self.arrived.wait(), remaining)
+            except TimeoutError:
+                pass
+        return self.batches
+
+
+@dataclass
+class MemoryKV:
+    data: dict[tuple[str, str], str] = field(default_factory=dict)
+    puts: list[tuple[str, int]] = field(default_factory=list)  # (value, batches submitted)
+    recorder: Recorder | None = None
+
+    async def kv_get(self, namespace: str, key: str) -> str | None:
+        return self.data.get((namespace, key))
+
+    async def kv_put(self, namespace: str, key: str, value: str, now: float) -> None:
+        self.data[(namespace, key)] = value
+        self.puts.append((value, len(self.recorder.batches) if self.recorder else -1))
+
+    async def try_lead(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
+        holder = self.data.get(("lease", name))
+        if holder not in (None, owner):
+            return False
+        self.data[("lease", name)] = owner
+        return True
+
+    def position(self, key: str) -> dict[str, Any]:
+        return json.loads(self.data[(NAMESPACE, key)])
+
+
+@dataclass
+class Harness:
+    fake: FakeRealtime
+    submit: Recorder
+    kv: MemoryKV
+    sleeps: list[float]
+    task: asyncio.Task[None]
+
+
+@asynccontextmanager
+async def following(
+    fake: FakeRealtime,
+    feed: RealtimeFeed | None = None,
+    stored: Position | None = None,
+    **config: Any,
+) -> AsyncIterator[Harness]:
+    """A Follower of `feed` running against `fake`, with waits recorded instead of slept."""
+    feed = feed or RealtimeFeed(tags=[TAG])
+    settings = RealtimeConfig(api_url=fake.url, secret_key=SECRET, feeds=[feed], **config)
+    submit = Recorder()
+    kv, sleeps = MemoryKV(recorder=submit), []
+    if stored is not None:
+        kv.data[(NAMESPACE, feed_of(feed).key)] = stored.dumps()
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        await asyncio.sleep(0.001)
+
+    async with aiohttp.ClientSession() as http:
+        timing = Timing(timeout_s=5.0, error_wait_s=settings.error_backoff)
+        follower = Follower(feed_of(feed), settings, http, submit, kv, timing=timing, sleep=sleep)
+        task = asyncio.create_task(follower.run())
+        try:
+            yield Harness(fake, submit, kv, sleeps, task)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def statuses(batches: list[list[Run]]) -> list[list[tuple[str, str]]]:
+    return [[(run.id, run.status) for run in batch] for batch in batches]
+
+
+def asked_for(handle: str, *, live: bool = False, offset: str | None = None) -> Callable[..., bool]:
+    def match(seen: Any) -> bool:
+        q = seen.query
+        return (
+            q.get("handle") == handle
+            and (q.get("live") == "true") == live
+            and (offset is None or q.get("offset") == offset)
+        )
+
+    return match
+
+
+# ---------------------------------------------------------------- the fixture session
+
+
+async def test_session_replays_like_the_sdk_and_refetch_repeats_only() -> None:
+    async with fake_realtime(session()) as fake, following(fake) as h:
+        await fake.wait_for(asked_for(H2, live=True))  # past the 409 and the new snapshot
+        batches = await h.submit.wait_for(4)
+    assert statuses(batches) == [
+        [(RUN_A, "EXECUTING")],
+        [(RUN_A, "FAILED"), (RUN_E, "QUEUED")],
+        [(RUN_E, "EXECUTING")],
+        [(RUN_A, "FAILED"), (RUN_E, "EXECUTING")],  # the refetched snapshot: repeats
+    ]
+    assert_same_run(batches[1][0], parse_sdk_run(sdk_run("failed")))
+    assert_same_run(batches[2][0], parse_sdk_run(sdk_run("executing")))
+    assert batches[3] == [batches[1][0], batches[2][0]]
+    # the requests are the SDK's, exchange by exchange
+    script = json.loads(SESSION.read_text())["exchanges"]
+    for seen, item in zip(fake.requests, script, strict=False):
+        assert seen.path == item["request"]["path"]
+        assert seen.query == {**item["request"]["query"], "createdAt": "24h"}
+        for name, value in item["request"]["headers"].items():
+            assert seen.headers[name] == value
+    assert fake.served[:6] == [item["name"] for item in script]
+    after = [(s.query.get("offset"), s.query.get("handle"), s.answer) for s in fake.requests[6:8]]
+    assert after == [("-1", H2, "snapshot"), ("0_inf", H2, "up-to-date")]
+    position = h.kv.position(f"tags:{TAG}|24h")
+    assert (position["handle"], position["offset"]) == (H2, "0_inf")
+    assert position["schema"]["costInCents"] == {"type": "float8", "not_null": True}
+
+
+async def test_409_without_a_handle_refetches_old_next() -> None:
+    script = [*session()[:2], Exchange("409", "0_inf", H1, True, 409, {}, [])]
+    async with fake_realtime(script) as fake, following(fake) as h:
+        await fake.wait_for(asked_for(f"{H1}-next", offset="-1"))
+        await h.submit.wait_for(2)
+    assert statuses(h.submit.batches) == [[(RUN_A, "EXECUTING")]] * 2
+
+
+async def test_must_refetch_in_the_body_starts_over_without_a_handle() -> None:
+    refetch = Exchange(
+        "must-refetch message",
+        "0_inf",
+        H1,
+        True,
+        200,
+        {"electric-handle": H1, "electric-offset": "0_inf", "electric-cursor": "1"},
+        [{"headers": {"control": "must-refetch"}}],
+    )
+    async with fake_realtime([*session()[:2], refetch]) as fake, following(fake) as h:
+        seen = await fake.wait_for(lambda s: s.answer == "snapshot")
+        await h.submit.wait_for(2)
+    assert (seen.query.get("offset"), seen.query.get("handle")) == ("-1", None)
+
+
+# ---------------------------------------------------------------- failures
+
+
+async def test_429_500_and_broken_answers_are_retried_with_backoff() -> None:
+    async with fake_realtime(session()) as fake:
+        fake.faults = [(429, {"Retry-After": "2"}), (500, {}), (200, {})]  # 200: no headers
+        async with following(fake) as h:
+            await h.submit.wait_for(1)
+    assert [s.answer for s in fake.requests[:4]] == [
+        "fault 429",
+        "fault 500",
+        "fault 200",
+        "initial-snapshot",
+    ]
+    assert h.sleeps[0] >= 2.0  # Retry-After honoured
+    assert 0.065 <= h.sleeps[1] <= 0.13 and 0.0845 <= h.sleeps[2] <= 0.169  # 100 ms x 1.3
+
+
+async def test_unreachable_server_is_retried_not_fatal() -> None:
+    fake = FakeRealtime([], url="http://127.0.0.1:9")  # nothing listens on the discard port
+    async with following(fake) as h:
+        while len(h.sleeps) < 3:
+            await asyncio.sleep(0.01)
+    assert h.sleeps[1] > h.sleeps[0] * 0.5 and not h.submit.batches
+
+
+async def test_a_refused_key_is_logged_without_the_secret_and_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay")
+    async with fake_realtime(session()) as fake:
+        fake.refuse = 401
+        async with following(fake, error_backoff="2s") as h:
+            await fake.wait_for(lambda s: s.answer == "refused 401")
+            while not h.sleeps:
+                await asyncio.sleep(0.001)
+            fake.refuse = None  # the operator fixed the key
+            await h.submit.wait_for(1)
+    refused = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert refused and refused[0].__dict__["feed"] == f"tags:{TAG}|24h"
+    assert refused[0].__dict__["status"] == 401
+    assert "secret key" in refused[0].__dict__["error"]
+    assert h.sleeps[0] == 2.0
+    for record in caplog.records:
+        assert SECRET not in record.getMessage() + json.dumps(record.__dict__, default=str)
+
+
+async def test_position_is_saved_only_after_the_batch_was_submitted() -> None:
+    async with fake_realtime(session()) as fake, following(fake) as h:
+        h.submit.fail = 2  # the store is down for two attempts
+        await fake.wait_for(asked_for(H1, live=True, offset="29374031776_0"))
+        await h.submit.wait_for(3)
+    assert len(h.sleeps) >= 2
+    assert h.kv.puts and all(submitted >= 1 for _, submitted in h.kv.puts)
+    first = json.loads(h.kv.puts[0][0])
+    assert (first["handle"], first["offset"]) == (H1, "0_inf")
+
+
+async def test_a_restart_takes_a_snapshot_of_the_stored_handle() -> None:
+    stored = Position(H1, "29374025320_0", "58785280", {"isTest": {"type": "bool"}})
+    async with fake_realtime(session()) as fake, following(fake, stored=stored) as h:
+        await h.submit.wait_for(1)
+    first = fake.requests[0]
+    assert (first.query["offset"], first.query["handle"], first.answer) == ("-1", H1, "snapshot")
+    assert statuses(h.submit.batches[:1]) == [[(RUN_A, "FAILED"), (RUN_E, "EXECUTING")]]
+
+
+# ---------------------------------------------------------------- native backend, single run
+
+
+async def test_native_backend_single_run_ends_crashed_and_the_feed_stops() -> None:
+    run_id, script = native_single_run()
+    async with (
+        fake_realtime(script, native=True) as fake,
+        following(fake, RealtimeFeed(run_id=run_id)) as h,
+    ):
+        await asyncio.wait_for(h.task, 10)  # returns by itself once the run has finished
+    submit = h.submit
+    assert statuses(submit.batches) == [[(run_id, "EXECUTING")], [(run_id, "CRASHED")]]
+    assert_same_run(submit.batches[-1][0], parse_sdk_run(sdk_run("crashed")))
+    assert submit.batches[-1][0].error == {
+        "type": "INTERNAL_ERROR",
+        "code": "TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE",
+        "message": "Process exited with code -1 after signal SIGKILL.",
+    }
+    assert {s.path for s in fake.requests} == {f"/realtime/v1/runs/{run_id}"}
+    assert fake.served == ["native snapshot", "native live timeout", "native crashed"]
+    assert "createdAt" not in fake.requests[0].query
+
+
+async def test_stop_ends_an_inflight_long_poll_at_once() -> None:
+    async with fake_realtime(session()[:2], live_hold_s=30) as fake:
+        settings = RealtimeConfig(api_url=fake.url, secret_key=SECRET, feeds=[{"tags": [TAG]}])
+        source = RealtimeSource(settings, Recorder(), MemoryKV())
+        source.start()
+        await fake.wait_for(asked_for(H1, live=True))
+        started = time.monotonic()
+        await source.stop()
+        assert time.monotonic() - started < 1.0
+
+
+# ---------------------------------------------------------------- pure pieces
+
+
+@pytest.mark.parametrize(
+    ("failures", "rand", "retry_after", "expected"),
+    [
+        (1, 1.0, None, 0.1),
+        (1, 0.0, None, 0.05),
+        (2, 1.0, None, 0.13),
+        (3, 1.0, None, 0.169),
+        (40, 1.0, None, 10.0),
+        (10_000, 1.0, None, 10.0),
+        (1, 1.0, 3.0, 3.0),
+        (1, 1.0, 10_000.0, 600.0),
+    ],
+)
+def test_retry_delay(
+    failures: int, rand: float, retry_after: float | None, expected: float
+) -> None:
+    assert retry_delay(failures, Timing(), rand, retry_after) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("feed", "key", "path", "params"),
+    [
+        ({"tags": ["b", "a"]}, "tags:a,b|24h", "/realtime/v1/runs", {"tags": "b,a", "createdAt": "24h"}),
+        ({"tags": [], "created_at": "1h"}, "tags:|1h", "/realtime/v1/runs", {"createdAt": "1h"}),
+        ({"run_id": "run_x"}, "run:run_x", "/realtime/v1/runs/run_x", {}),
+        ({"batch_id": "batch_y"}, "batch:batch_y", "/realtime/v1/batches/batch_y", {}),
+    ],
+)  # fmt: skip
+def test_feed_keys_and_requests(
+    feed: dict[str, Any], key: str, path: str, params: dict[str, str]
+) -> None:
+    made = feed_of(RealtimeFeed.model_validate(feed))
+    assert (made.key, made.path, made.params) == (key, path, params)
+    assert made.single_run == ("run_id" in feed)
+
+
+def test_partial_update_merges_into_the_row_and_delete_forgets_it() -> None:
+    shape = Shape()
+    headers = {"electric-handle": "h", "electric-offset": "1_0"}
+    key = row_key("x")
+    insert = {
+        "key": key,
+        "value": {"id": "x", "a": "1", "b": "2"},
+        "headers": {"operation": "insert"},
+    }
+    update = {"key": key, "value": {"id": "x", "b": "3"}, "headers": {"operation": "update"}}
+    assert shape.receive(200, headers, json.dumps([insert]).encode()) is None  # no up-to-date
+    assert shape.query() == {"log": "full", "offset": "1_0", "handle": "h"}
+    body = json.dumps([update, {"headers": {"control": "up-to-date"}}]).encode()
+    batch = shape.receive(200, headers, body)
+    assert batch is not None and batch.rows == [{"id": "x", "a": "1", "b": "3"}]
+    assert shape.query()["live"] == "true"
+    delete = {"key": key, "value": {"id": "x"}, "headers": {"operation": "delete"}}
+    batch = shape.receive(
+        200, {**headers, "electric-up-to-date": ""}, json.dumps([delete]).encode()
+    )
+    assert batch is not None and batch.rows == [] and shape.rows == {}
+
+
+@pytest.mark.parametrize("text", [None, "", "nope", "[1]", '{"handle": 5}'])
+def test_unreadable_stored_positions_start_fresh(text: str | None) -> None:
+    position = Position.loads(text)
+    assert position is None or (position.handle, position.offset) == (None, "-1")
+
+
+# ---------------------------------------------------------------- end to end
+
+E_FAILS = {
+    "id": E_INTERNAL,
+    "status": "COMPLETED_WITH_ERRORS",
+    "updatedAt": "2026-08-20 09:15:02.5",
+    "completedAt": "2026-08-20 09:15:02.49",
+    "usageDurationMs": "31200",
+    "costInCents": "0.1054",
+    "error": '{"code": "TASK_RUN_STALLED_EXECUTING", "type": "INTERNAL_ERROR"}',
+}
+
+
+def extended_session() -> list[Exchange]:
+    """The session with a 7th exchange after live #2: run E fails (a partial update)."""
+    script = session()
+    fails = Exchange(
+        "live (E fails)",
+        script[3].headers["electric-offset"],
+        H1,
+        True,
+        200,
+        {
+            "electric-handle": H1,
+            "electric-offset": "29374039000_0",
+            "electric-cursor": "58785280",
+            "electric-up-to-date": "",
+        },
+        [
+            {"key": row_key(E_INTERNAL), "value": E_FAILS, "headers": {"operation": "update"}},
+            {"headers": {"control": "up-to-date"}},
+        ],
+    )
+    return with_exchange(script, 3, fails)
+
+
+def config(fake_url: str, sink_url: str, *, error_backoff: str = "60s") -> str:
+    return f"""\
+defaults:
+  retry: {{max_attempts: 50, max_age: 1h, min_backoff: 100ms, max_backoff: 500ms}}
+sources:
+  realtime:
+    api_url: {fake_url}
+    secret_key: {SECRET}
+    error_backoff: {error_backoff}
+    feeds:
+      - tags: ["{TAG}"]
+channels:
+  hook: {{type: webhook, url: "{sink_url}/hook"}}
+rules:
+  - name: failures
+    match: {{status: [failure]}}
+    notify: [hook]
+"""
+
+
+def alerted(sink: Sink) -> list[str]:
+    return [r.json()["run"]["id"] for r in sink.received]
+
+
+async def settle(sink: Sink, count: int, seconds: float = 0.5) -> list[str]:
+    await sink.wait_for(count)
+    await asyncio.sleep(seconds)  # time for a duplicate to show up
+    return alerted(sink)
+
+
+async def test_relay_alerts_each_failed_run_of_the_feed_once_in_order(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    async with fake_realtime(extended_session()) as fake:
+        fake.faults = [(429, {"Retry-After": "0"}), (500, {})]
+        r = await relay(config(fake.url, sink.url))
+        await fake.wait_for(asked_for(H2, live=True))  # 409, new snapshot, caught up again
+        assert await settle(sink, 2) == [RUN_A, RUN_E]
+        assert fake.served[:2] == ["fault 429", "fault 500"]
+        error = sink.received[1].json()["error"]
+        assert error["code"] == "TASK_RUN_STALLED_EXECUTING"
+        status, _ = await r.post(sdk_run("failed"))  # the push source still works beside it
+        assert status == 202
+        assert await settle(sink, 2, 0.2) == [RUN_A, RUN_E]
+
+
+async def test_relay_with_a_refused_key_logs_and_keeps_serving(
+    relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay")
+    async with fake_realtime(session()) as fake:
+        fake.refuse = 401
+        r = await relay(config(fake.url, sink.url, error_backoff="100ms"))
+        await fake.wait_for(lambda s: s.answer == "refused 401")
+        status, body = await r.post(sdk_run("crashed"))
+        assert (status, body["notifications"]) == (202, 1)
+        fake.refuse = None
+        assert await settle(sink, 2, 0.2) == ["run_cmaxkfbrjm6jm6gofnnqj1787", RUN_A]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors and all(e.__dict__.get("status") == 401 for e in errors)
+    assert all(SECRET not in e.getMessage() for e in caplog.records)
+
+
+async def test_kill_9_between_exchanges_resumes_without_duplicate_or_miss(
+    relay_process: Callable[..., RelayProcess], sink: Sink
+) -> None:
+    script = extended_session()[:5]  # up to "E fails"; no 409 here
+    async with fake_realtime(script, live_hold_s=0.5) as fake:
+        fake.release(4)  # E's failure has not happened yet
+        proc = relay_process(config(fake.url, sink.url))
+        await asyncio.to_thread(proc.start)
+        assert await settle(sink, 1, 0.3) == [RUN_A]
+        # the live request after live #2 means that batch was submitted and its position saved
+        await fake.wait_for(asked_for(H1, live=True, offset="29374031776_0"))
+        proc.kill()
+        before = len(fake.requests)
+        fake.release()  # E fails while relay is down
+        await asyncio.to_thread(proc.start)
+        assert await settle(sink, 2) == [RUN_A, RUN_E]
+        restart = fake.requests[before]
+        assert (restart.query["offset"], restart.query["handle"]) == ("-1", H1)
+        assert restart.answer == "snapshot"
+        resumed = [entry for entry in proc.logs if entry.get("feed") == f"tags:{TAG}|24h"]
+        assert any("resumes" in entry["msg"] for entry in resumed)
+        assert all(SECRET not in json.dumps(entry) for entry in proc.logs)

@@ -1,0 +1,460 @@
+"""POST /v1/trigger/alerts: Trigger.dev's signed alert webhooks, end to end.
+
+A real relay in-process, real SQLite, real HTTP to a webhook sink. The shipped fixtures are the
+exact signed bytes; our own (tests/fixtures/trigger_alerts/) are signed here with hmac.
+Regenerate the golden files with `RELAY_UPDATE_GOLDEN=1 pytest tests/test_trigger_alerts.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from relay.channels import settings_models
+from relay.config import RuleConfig, parse_config
+from relay.configure import compile_config
+from relay.formats.trigger_alerts import parse_alert
+from relay.model import Run
+from relay.rules import compile_rules
+from relay.templating import RenderContext, Renderer
+from tests.conftest import FIXTURES, Relay, RelayFactory, Sink, sdk_run
+
+SHIPPED = FIXTURES / "alert-webhooks"
+OURS = Path(__file__).parent / "fixtures" / "trigger_alerts"
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE_GOLDEN = os.environ.get("RELAY_UPDATE_GOLDEN") == "1"  # read before conftest clears it
+SECRET = "Zx3vQ9kLm2Tn8Pw4Rb7Yc"
+SECOND = "second-channel-secret-7Hq2"
+HEADER = "x-trigger-signature-hmacsha256"
+RULES = """\
+rules:
+  - name: run-failures
+    match: {status: [failure]}
+    notify: [hook]
+  - name: deploy-failed
+    match: {event: deployment.failed}
+    notify: [hook]
+  - name: deploy-success
+    match: {event: deployment.success}
+    notify: [hook]
+  - name: errors
+    match: {event: error}
+    notify: [hook]
+"""
+HOOK = "channels:\n  hook: {type: webhook, url: 'https://example.com/hook'}\n"
+
+
+def config(sink: Sink, sources: str | None = None) -> str:
+    if sources is None:
+        sources = f"sources:\n  trigger_alerts:\n    secret: {SECRET}\n    secrets: [{SECOND}]\n"
+    hook = f"channels:\n  hook: {{type: webhook, url: {sink.url}/hook}}\n"
+    return "server: {max_body_bytes: 8192}\n" + sources + hook + RULES
+
+
+def body_of(name: str) -> bytes:
+    """Exact bytes of a fixture: shipped (alert.run.failed …) or ours."""
+    shipped = SHIPPED / f"{name}.body.json"
+    return (shipped if shipped.exists() else OURS / f"{name}.body.json").read_bytes()
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def variant(name: str, change: dict[str, Any]) -> bytes:
+    """A fixture with some dotted paths replaced (None removes the key), compact as Trigger.dev."""
+    data = json.loads(body_of(name))
+    for path, value in change.items():
+        *parents, last = path.split(".")
+        node = data
+        for key in parents:
+            node = node[key]
+        if value is None:
+            node.pop(last, None)
+        else:
+            node[last] = value
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+async def post_alert(r: Relay, body: bytes, signature: str | None = "sign") -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers[HEADER] = sign(body) if signature == "sign" else signature
+    async with r.http.post(r.url + "/v1/trigger/alerts", data=body, headers=headers) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def stored(r: Relay) -> int:
+    return sum((await r.service.store.counts()).values())
+
+
+# ----------------------------------------------------------------------------- the shipped bytes
+
+
+@pytest.mark.parametrize(
+    ("name", "rule", "kind"),
+    [
+        ("alert.run.failed", "run-failures", "run.alert"),
+        ("alert.deployment.failed", "deploy-failed", "deployment.failed"),
+        ("alert.deployment.success", "deploy-success", "deployment.success"),
+    ],
+)
+async def test_shipped_fixture_with_its_real_signature_fires_its_rule(
+    relay: RelayFactory, sink: Sink, name: str, rule: str, kind: str
+) -> None:
+    r = await relay(config(sink))
+    request = json.loads((SHIPPED / f"{name}.request.json").read_text())
+    assert request["test_secret"] == SECRET
+    status, answer = await post_alert(r, body_of(name), request["headers"][HEADER])
+    assert status == 202, answer
+    assert answer["accepted"] == 1 and answer["ignored"] == 0 and answer["notifications"] == 1
+    [got] = await sink.wait_for(1)
+    payload = got.json()
+    assert (payload["rule"], payload["type"]) == (rule, kind)
+    source = json.loads(body_of(name))["object"]
+    if kind == "run.alert":
+        run = payload["run"]
+        assert run["id"] == answer["id"] == source["run"]["id"]
+        assert run["updatedAt"] is None and run["finishedAt"] == source["run"]["completedAt"]
+        assert run["error"] == source["run"]["error"]  # the raw union, `type` included
+        assert payload["error"]["name"] == "Error" and "fetchInvoices" in payload["error"]["stack"]
+        assert payload["dashboardUrl"] == source["run"]["dashboardUrl"]
+        assert run["environment"]["slug"] == "prod" and run["task"]["version"] == "20260819.4"
+        assert run["alert"]["type"] == "alert.run.failed" and run["machine"] == "small-1x"
+    else:
+        assert payload["deployment"] == source["deployment"]
+        assert payload["git"]["commitSha"] == source["git"]["commitSha"]
+        assert source["deployment"]["version"] in payload["text"]
+    if kind == "deployment.failed":
+        assert payload["error"]["name"] == "BuildError" and "BuildError" in payload["text"]
+    if kind == "deployment.success":
+        assert payload["taskCount"] == 3
+
+
+async def test_internal_errors_keep_code_and_message(relay: RelayFactory, sink: Sink) -> None:
+    """Trigger.dev's own Slack/email show only `trigger.dev internal error (CODE)`."""
+    r = await relay(config(sink))
+    for name in ("alert.run.failed.timed_out", "alert.run.failed.crashed"):
+        assert (await post_alert(r, body_of(name)))[0] == 202
+    by_status = {g.json()["run"]["status"]: g.json() for g in await sink.wait_for(2)}
+    timed_out, crashed = by_status["TIMED_OUT"], by_status["CRASHED"]
+    assert timed_out["error"]["code"] == "MAX_DURATION_EXCEEDED"
+    assert timed_out["error"]["message"] == (
+        "Run exceeded maximum compute time (maxDuration) of 300 seconds"
+    )
+    assert "MAX_DURATION_EXCEEDED: Run exceeded maximum compute time" in timed_out["text"]
+    assert timed_out["text"].startswith("🔴 TIMED_OUT · generate-report · run_cm2sztw7")
+    assert "trigger.dev internal error" not in timed_out["text"]
+    assert crashed["error"]["code"] == "TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE"
+    assert "SIGKILL" in crashed["error"]["message"] and crashed["run"]["isOutOfMemoryError"]
+
+
+# ----------------------------------------------------------------------------- signatures
+
+
+async def test_bad_signatures_are_401_and_store_nothing(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(config(sink))
+    body = body_of("alert.run.failed")
+    changed = body.replace(b'"number":1842', b'"number":1843')
+    cases = [
+        (body, None),  # no header
+        (body, ""),  # empty header
+        (body, sign(body, "not-the-secret")),
+        (body, sign(body)[:-1]),  # truncated
+        (body, "sha256=" + sign(body)),  # no prefix in Trigger.dev's scheme
+        (body, "zz" + sign(body)[2:]),
+        (body, "é" * 64),
+        (changed, sign(body)),  # one byte changed
+        (b"", sign(body)),
+        (b"", "0" * 64),
+    ]
+    for data, signature in cases:
+        status, answer = await post_alert(r, data, signature)
+        assert status == 401, (signature, answer)
+        assert "signature" in answer["error"]
+    assert await stored(r) == 0
+    # nothing was remembered: the very same body, well signed, still fires
+    status, answer = await post_alert(r, body)
+    assert (status, answer["notifications"]) == (202, 1)
+
+
+async def test_signature_is_hex_case_insensitive(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(config(sink))
+    body = body_of("alert.deployment.failed")
+    assert (await post_alert(r, body, " " + sign(body).upper() + " "))[0] == 202
+
+
+async def test_any_configured_secret_verifies(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(config(sink))
+    body = body_of("alert.deployment.success")
+    assert (await post_alert(r, body, sign(body, SECOND)))[0] == 202
+
+
+async def test_a_validly_signed_empty_body_is_400(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(config(sink))
+    status, answer = await post_alert(r, b"")
+    assert status == 400 and "empty body" in answer["error"]
+
+
+async def test_not_configured_is_404(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(config(sink, sources=""))
+    status, answer = await post_alert(r, body_of("alert.run.failed"))
+    assert (status, answer) == (404, {"error": "alert webhooks are not configured"})
+
+
+def test_a_config_without_a_usable_secret_is_refused() -> None:
+    from relay.channels import settings_models  # noqa: PLC0415
+    from relay.config import parse_config  # noqa: PLC0415
+    from relay.errors import ConfigError  # noqa: PLC0415
+
+    for sources in ('{trigger_alerts: {secret: ""}}', "{trigger_alerts: {}}"):
+        with pytest.raises(ConfigError, match="unsigned alert webhooks are refused"):
+            parse_config(f"sources: {sources}\n", "c.yaml", settings_models(), {})
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def env(**change: Any) -> dict[str, Any]:
+    return {f"object.{k.replace('__', '.')}": v for k, v in change.items()}
+
+
+RUN, DEPLOY, ERROR = "alert.run.failed", "alert.deployment.failed", "alert.error"
+BAD: list[tuple[bytes, str | None, str]] = [
+    (b"{not json", None, "invalid JSON"),
+    (b"[]", None, "expected a JSON object"),
+    (b'[{"type": "alert.run.failed"}]', None, "expected a JSON object"),
+    (b"{}", "type", "missing"),
+    (b'{"type": 5}', "type", "string"),
+    (variant(RUN, {"object": None}), "object", "missing"),
+    (variant(RUN, {"object": []}), "object", "expected an object"),
+    (variant(RUN, {"id": 7}), "id", "string"),
+    (variant(RUN, env(run=None)), "object.run", "missing"),
+    (variant(RUN, env(run__id=None)), "object.run.id", "missing"),
+    (variant(RUN, env(run__id=5)), "object.run.id", "string"),
+    (variant(RUN, env(run__status=None)), "object.run.status", "missing"),
+    (variant(RUN, env(run__tags="prod")), "object.run.tags", "list"),
+    (variant(RUN, env(run__tags=[1])), "object.run.tags.0", "string"),
+    (variant(RUN, env(run__isTest="no")), "object.run.isTest", "boolean"),
+    (variant(RUN, env(run__number="1842")), "object.run.number", "integer"),
+    (variant(RUN, env(run__completedAt="yesterday")), "object.run.completedAt", "datetime"),
+    (variant(RUN, env(run__error="boom")), "object.run.error", "dictionary"),
+    (variant(RUN, env(task="sync")), "object.task", "expected an object"),
+    (variant(RUN, env(task__id=7)), "object.task.id", "string"),
+    (variant(DEPLOY, env(deployment__id=None)), "object.deployment.id", "missing"),
+    (variant(DEPLOY, env(deployment__failedAt="soon")), "object.deployment.failedAt", "datetime"),
+    (variant(DEPLOY, env(error="boom")), "object.error", "dictionary"),
+    (variant(ERROR, env(classification=None)), "object.classification", "missing"),
+    (variant(ERROR, env(error__fingerprint=None)), "object.error.fingerprint", "missing"),
+    (variant(ERROR, env(error__taskIdentifier=3)), "object.error.taskIdentifier", "string"),
+    (variant(ERROR, {"created": "when"}), "created", "datetime"),
+    (variant("legacy-v1.run.failed", {"run.id": None}), "run.id", "missing"),
+    (variant("legacy-v1.deployment.failed", {"deployment": 1}), "deployment", "object"),
+]
+
+
+async def test_bad_bodies_get_400_naming_the_field(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(config(sink))
+    for body, field, message in BAD:
+        status, answer = await post_alert(r, body)
+        assert status == 400, (body[:80], answer)
+        assert answer.get("field") == field, (body[:80], answer)
+        assert message in answer["error"], (body[:80], answer)
+    too_big = variant(RUN, env(run__tags=["x" * 100] * 90))
+    assert (await post_alert(r, too_big))[0] == 413
+    assert await stored(r) == 0
+
+
+async def test_an_unknown_type_is_accepted_and_ignored(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(config(sink))
+    body = b'{"id":"a1","created":"2026-09-01T00:00:00.000Z","type":"alert.run.slow","object":{}}'
+    status, answer = await post_alert(r, body)
+    assert (status, answer) == (202, {"accepted": 0, "ignored": 1, "notifications": 0})
+    assert await stored(r) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "rule", "event"),
+    [
+        ("legacy-v1.run.failed", "run-failures", "run"),
+        ("legacy-v1.deployment.failed", "deploy-failed", "deployment.failed"),
+        ("legacy-v1.deployment.success", "deploy-success", "deployment.success"),
+    ],
+)
+def test_legacy_v1_bodies(name: str, rule: str, event: str) -> None:
+    run = parse_alert(json.loads(body_of(name))).run
+    assert run is not None and run.event == event and run.as_dict()["alert"]["legacy"]
+    loaded = parse_config(RULES + HOOK, "c.yaml", settings_models(), env={})
+    rules, _ = compile_rules(loaded.config.rules, loaded.locate)
+    assert [m.rule for m in rules.decide(run, None).matches] == [rule]
+    if event == "run":
+        assert (run.status, run.taskIdentifier) == ("FAILED", "sync-customer-data")
+        assert run.error is not None and run.error["type"] == "BUILT_IN_ERROR"
+
+
+async def test_legacy_v1_over_http(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(config(sink))
+    status, answer = await post_alert(r, body_of("legacy-v1.run.failed"))
+    assert (status, answer["event"], answer["notifications"]) == (202, "run", 1)
+    [got] = await sink.wait_for(1)
+    assert got.json()["error"]["message"] == "Stripe API responded with 429: Too Many Requests"
+
+
+# ----------------------------------------------------------------------------- once, and only once
+
+
+@pytest.mark.parametrize("alert_first", [True, False])
+async def test_same_run_by_runs_and_alert_notifies_once(
+    relay: RelayFactory, sink: Sink, alert_first: bool
+) -> None:
+    r = await relay(config(sink))
+    sdk = sdk_run("failed")
+    assert sdk["id"] == json.loads(body_of(RUN))["object"]["run"]["id"]
+    first, second = (True, False) if alert_first else (False, True)
+    results = []
+    for via_alert in (first, second):
+        if via_alert:
+            results.append(await post_alert(r, body_of(RUN)))
+        else:
+            results.append(await r.post(sdk))
+    assert [(s, a["notifications"]) for s, a in results] == [(202, 1), (202, 0)]
+    # a retried delivery of the alert adds nothing either
+    assert (await post_alert(r, body_of(RUN)))[1]["notifications"] == 0
+    await sink.wait_for(1)
+    assert await stored(r) == 1 and len(sink.received) == 1
+
+
+async def test_error_group_alerts_once_per_distinct_alert(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(config(sink))
+    first = await post_alert(r, body_of(ERROR))
+    assert first[0] == 202 and first[1]["notifications"] == 1
+    assert first[1]["id"].startswith("errgrp_fp_9c1e4a7d2b:new_issue:")
+    # Trigger.dev rebuilds the body on each delivery attempt: new envelope id, same alert
+    retry = variant(ERROR, {"id": "Zr5tY8uIoP1aS3dF6gH9j", "created": "2026-08-20T09:56:09.000Z"})
+    assert (await post_alert(r, retry))[1]["notifications"] == 0
+    # the group regresses later: a new alert
+    regression = await post_alert(r, body_of("alert.error.regression"))
+    assert regression[1]["notifications"] == 1 and ":regression:" in regression[1]["id"]
+    payloads = [g.json() for g in await sink.wait_for(2)]
+    assert sorted(p["classification"] for p in payloads) == ["new_issue", "regression"]
+    assert await stored(r) == 2
+
+
+# ----------------------------------------------------------------------------- rules & config
+
+
+def test_events_match_with_other_keys_and_get_their_default_template() -> None:
+    rules = [
+        {
+            "name": "preview-timeouts",
+            "match": {"event": "deployment.failed", "status": "TIMED_OUT"},
+        },
+        {"name": "sync-errors", "match": {"event": "error", "task": "sync-*"}},
+        {"name": "deploys", "match": {"event": "deployment.failed"}, "template": "mine"},
+    ]
+    configs = [RuleConfig.model_validate({**rule, "notify": ["hook"]}) for rule in rules]
+    compiled, problems = compile_rules(configs, lambda p: "")
+    assert not problems
+    assert [c.template for c in compiled.rules] == ["deployment_failed", "error", "mine"]
+
+    def fired(name: str) -> list[str]:
+        run = parse_alert(json.loads(body_of(name))).run
+        assert run is not None
+        return [m.rule for m in compiled.decide(run, None).matches]
+
+    assert fired("alert.deployment.failed") == ["deploys"]  # FAILED, not TIMED_OUT
+    assert fired("alert.deployment.failed.preview") == ["preview-timeouts"]
+    assert fired("alert.error") == ["sync-errors"]
+    assert fired("alert.run.failed") == []
+
+
+def test_config_accepts_trigger_alerts_and_checks_event_templates() -> None:
+    text = f"""\
+sources:
+  trigger_alerts:
+    secrets: [{SECRET}, {SECOND}]
+channels:
+  hook: {{type: webhook, url: "https://example.com/hook"}}
+  out: {{type: console}}
+{RULES.replace("[hook]", "[hook, out]")}"""
+    loaded = parse_config(text, "c.yaml", settings_models(), env={})
+    alerts = loaded.config.sources.trigger_alerts
+    assert alerts is not None
+    assert [s.get_secret_value() for s in alerts.all_secrets()] == [SECRET, SECOND]
+    assert SECRET in loaded.secrets()
+    compile_config(loaded)  # templates exist for every event on console and webhook
+
+
+# ----------------------------------------------------------------------------- golden renders
+
+GOLDEN_CASES = [
+    ("deployment_failed", "alert.deployment.failed"),
+    ("deployment_failed", "alert.deployment.failed.preview"),
+    ("deployment_failed", "legacy-v1.deployment.failed"),
+    ("deployment_success", "alert.deployment.success"),
+    ("deployment_success", "legacy-v1.deployment.success"),
+    ("error", "alert.error"),
+    ("error", "alert.error.regression"),
+]
+
+
+def render(channel_type: str, template: str, run: dict[str, Any]) -> str:
+    part = {"console": "txt", "webhook": "json"}[channel_type]
+    link = run.get("dashboardUrl")
+    ctx = RenderContext(run, "oncall", f"team-{channel_type}", channel_type, "ntf_0123", link)
+    rendered = Renderer().render(channel_type, template, (part,), ctx)
+    assert not rendered.fallback, rendered.error
+    return rendered.parts[part]
+
+
+@pytest.mark.parametrize("channel_type", ["console", "webhook"])
+@pytest.mark.parametrize(("template", "fixture"), GOLDEN_CASES)
+def test_template_matches_golden(channel_type: str, template: str, fixture: str) -> None:
+    run = parse_alert(json.loads(body_of(fixture))).run
+    assert run is not None
+    text = render(channel_type, template, run.as_dict())
+    part = "txt" if channel_type == "console" else "json"
+    if part == "json":
+        assert orjson.loads(text)["type"] == run.event
+    golden = GOLDEN / channel_type / template / f"{fixture}.{part}"
+    if UPDATE_GOLDEN:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text, encoding="utf-8")
+    assert golden.exists(), f"no {golden}; run RELAY_UPDATE_GOLDEN=1 pytest {__file__}"
+    assert text == golden.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("template", ["deployment_failed", "deployment_success", "error"])
+def test_webhook_json_stays_valid_whatever_the_alert_holds(template: str) -> None:
+    hostile = 'He said "hi"\n\tthen </script> \\ 🔥 \u2028 end'
+    run = Run.model_validate(
+        {
+            "id": "x",
+            "status": "FAILED",
+            "error": {"name": hostile, "message": hostile, "type": 5},
+            "deployment": {"version": hostile, "id": None},
+            "git": {"commitMessage": ["not", "text"], "branch": hostile},
+            "tasks": "not a list",
+            "classification": {"odd": True},
+        }
+    ).as_dict()
+    body = orjson.loads(render("webhook", template, run))
+    assert "\n" not in body["text"] and "\u2028" not in body["text"]
+    assert body.get("error", {"message": hostile})["message"] == hostile
+    assert render("console", template, run)
+
+
+async def test_alerts_are_not_behind_the_ingest_token(relay: RelayFactory, sink: Sink) -> None:
+    """The signature is the credential: Trigger.dev cannot send relay's bearer token."""
+    r = await relay(config(sink).replace("server: {", "server: {auth_token: tok, "))
+    assert (await post_alert(r, body_of(RUN)))[0] == 202
+    async with aiohttp.ClientSession() as http, http.post(r.url + "/v1/runs", json={}) as resp:
+        assert resp.status == 401
