@@ -1,8 +1,9 @@
 """The Store: run state, the outbox and dead letters, behind one interface.
 
-Engines: SQLite (embedded default, one replica). Every method is a coroutine; the engine owns
-its I/O. `observe` is the durable boundary: a run's new state and the notifications it owes are
-committed in one transaction before it returns, and concurrent calls share commits (group commit).
+Engines: SQLite (embedded default, one replica) and PostgreSQL (any number of replicas sharing
+one database). Every method is a coroutine; the engine owns its I/O. `observe` is the durable
+boundary: a run's new state and the notifications it owes are committed in one transaction before
+it returns (SQLite: concurrent calls share commits, group commit).
 """
 
 from __future__ import annotations
@@ -15,6 +16,18 @@ from relay.errors import ConfigError, Problem
 from relay.model import Decision, Notification, Run, RunState, Silence
 
 Decide = Callable[[Run, RunState | None], Decision]
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    """Which notifications `Store.history` returns, newest first."""
+
+    run_id: str | None = None
+    rule: str | None = None
+    channel: str | None = None
+    state: str | None = None
+    since: float | None = None
+    limit: int = 200
 
 
 @dataclass
@@ -47,7 +60,11 @@ class Store(Protocol):
     async def claim(
         self, channel: str, now: float, limit: int, lease_s: float
     ) -> list[Notification]:
-        """Lease up to `limit` due pending notifications of `channel`, oldest due first."""
+        """Lease up to `limit` due pending notifications of `channel`, oldest due first.
+
+        PostgreSQL counts a digest group as one: it leases every due row of a group it picks
+        (beyond `limit` if need be), so that replicas never split one digest between them.
+        """
 
     async def next_due(self, channel: str) -> float | None:
         """When the channel's next pending notification is due (not_before, or its lease's end)."""
@@ -78,12 +95,25 @@ class Store(Protocol):
         """Move dead notifications (all if ids is None) back to pending; return how many moved."""
 
     async def release_leases(self) -> int:
-        """Forget every lease (a single-replica engine calls this when `serve` starts)."""
+        """Forget every lease when `serve` starts; return how many.
+
+        Only a single-replica engine (SQLite) forgets anything: there every lease is a dead
+        process's. PostgreSQL returns 0: the leases may be live replicas', and expired ones are
+        claimable anyway.
+        """
 
     async def get(self, notification_id: str) -> Notification | None: ...
 
     async def counts(self) -> dict[str, int]:
         """Number of notifications by state: pending, sent, dead, muted."""
+
+    async def claim_group(
+        self, group_key: str, now: float, lease_s: float, limit: int = 1000
+    ) -> list[Notification]:
+        """Lease every due pending notification of a digest group, to send them as one."""
+
+    async def group_flushed(self, group_key: str, now: float) -> dict[str, str]:
+        """Record that a group's digest went out; return the group's labels."""
 
     async def add_silence(self, silence: Silence) -> None: ...
 
@@ -96,6 +126,15 @@ class Store(Protocol):
     async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> None:
         """A pending notification a silence now covers: recorded as muted, never sent."""
 
+    async def history(self, query: HistoryQuery) -> list[Notification]:
+        """Notifications (any state) matching the query, newest first."""
+
+    async def events(self, notification_id: str) -> list[dict[str, object]]:
+        """The life of one notification (created, muted, retry, sent, dead, replayed), in order."""
+
+    async def prune(self, before: float) -> int:
+        """Forget finished notifications, runs, groups and silences older than `before`."""
+
     async def kv_get(self, namespace: str, key: str) -> str | None:
         """Small durable state of a source or channel (a Realtime position, a Slack thread ts)."""
 
@@ -104,14 +143,50 @@ class Store(Protocol):
 
     async def kv_delete(self, namespace: str, key: str) -> None: ...
 
+    async def try_lead(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
+        """Take or renew the named lease for `owner` until `now + ttl_s`; True if it holds it.
+
+        The lease is taken when it is free, expired (expires_at <= now) or already `owner`'s, and
+        renewed by calling again before it ends; otherwise it stays with its holder (False). One
+        owner per name across replicas: the Realtime follower of a feed. `ttl_s=0` gives up a
+        lease one holds. `now` comes from the caller's clock: replicas need synchronised clocks
+        (NTP), well within `ttl_s`.
+        """
+
 
 def open_store(url: str) -> Store:
-    """The engine for a RELAY_STORE_URL."""
+    """The engine for a RELAY_STORE_URL (not opened yet: call `open`)."""
     from relay.store.sqlite import SQLiteStore, sqlite_path  # noqa: PLC0415
 
     if url.startswith("sqlite:"):
         return SQLiteStore(sqlite_path(url))
+    if url.startswith(("postgresql:", "postgres:")):
+        from relay.store.postgres import PostgresStore  # noqa: PLC0415
+
+        return PostgresStore(url)
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise ConfigError(
-        [Problem("", "RELAY_STORE_URL", f"unsupported store scheme {scheme!r} (use sqlite:///...)")]
+        [
+            Problem(
+                "",
+                "RELAY_STORE_URL",
+                f"unsupported store scheme {scheme[:20]!r} (use sqlite:///... or postgresql://...)",
+            )
+        ]
     )
+
+
+async def migrate(url: str) -> tuple[int, int]:
+    """`relay migrate`: create or migrate the schema of the store at `url`, then close it.
+
+    Returns (schema version before, schema version after); StoreUnavailable if it cannot. Safe
+    while replicas run or start: PostgreSQL migrates under an advisory lock, SQLite under its
+    write lock. `serve` migrates on start too; this is for operators who migrate first.
+    """
+    from relay.store.postgres import PostgresStore  # noqa: PLC0415
+    from relay.store.sqlite import SQLiteStore  # noqa: PLC0415
+
+    store = open_store(url)
+    if not isinstance(store, PostgresStore | SQLiteStore):  # pragma: no cover - every engine
+        raise TypeError(f"{type(store).__name__} cannot migrate")
+    return await store.migrate()

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from relay.errors import StoreUnavailable
-from relay.model import Notification, RunState, Silence
+from relay.model import GroupState, Notification, RunState, Silence
 
 FIRED_SEPARATOR = "\x1f"
 
@@ -111,7 +111,55 @@ _V3 = (
     "CREATE INDEX outbox_state ON outbox (state, updated_at)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+# v4: digests. Rows of a digest rule carry their group; the group's schedule is kept apart.
+_V4 = (
+    "ALTER TABLE outbox ADD COLUMN group_key TEXT",
+    "CREATE INDEX outbox_group ON outbox (group_key, not_before) WHERE state = 'pending'",
+    """
+    CREATE TABLE groups (
+        key TEXT PRIMARY KEY,
+        rule TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        labels_json TEXT NOT NULL,
+        next_flush REAL,
+        last_sent REAL,
+        last_seen REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+
+# v5: history. Every change of a notification is an event; runs remember when relay saw them,
+# so retention can forget old ones.
+_V5 = (
+    """
+    CREATE TABLE events (
+        notification_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        detail TEXT
+    )
+    """,
+    "CREATE INDEX events_notification ON events (notification_id, at)",
+    "CREATE INDEX events_at ON events (at)",
+    "ALTER TABLE runs ADD COLUMN seen_at REAL NOT NULL DEFAULT 0",
+    "CREATE INDEX outbox_run ON outbox (run_id)",
+)
+
+# v6: named leader leases (Store.try_lead), the same table as the PostgreSQL engine's.
+_V6 = (
+    """
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -148,18 +196,19 @@ def load_state(conn: sqlite3.Connection, run_id: str) -> RunState | None:
     )
 
 
-def save_state(conn: sqlite3.Connection, run_id: str, state: RunState) -> None:
+def save_state(conn: sqlite3.Connection, run_id: str, state: RunState, now: float = 0.0) -> None:
     """Insert or replace the stored state of a run."""
     conn.execute(
         """
-        INSERT INTO runs (run_id, updated_at_ms, status, fired, cost_cents, duration_ms)
-        VALUES (?, ?, ?, ?, ?, ?)
+        INSERT INTO runs (run_id, updated_at_ms, status, fired, cost_cents, duration_ms, seen_at)
+        VALUES (?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT (run_id) DO UPDATE SET
             updated_at_ms = excluded.updated_at_ms,
             status = excluded.status,
             fired = excluded.fired,
             cost_cents = excluded.cost_cents,
-            duration_ms = excluded.duration_ms
+            duration_ms = excluded.duration_ms,
+            seen_at = excluded.seen_at
         """,
         (
             run_id,
@@ -168,6 +217,7 @@ def save_state(conn: sqlite3.Connection, run_id: str, state: RunState) -> None:
             FIRED_SEPARATOR.join(sorted(state.fired)),
             state.cost_cents,
             state.duration_ms,
+            now,
         ),
     )
 
@@ -177,8 +227,9 @@ def insert_notification(conn: sqlite3.Connection, n: Notification) -> bool:
     cursor = conn.execute(
         """
         INSERT INTO outbox (id, run_id, rule, channel, template, run_json, created_at,
-                            not_before, attempts, state, reason, updated_at, extra_json)
-        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                            not_before, attempts, state, reason, updated_at, extra_json,
+                            group_key)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
         ON CONFLICT (id) DO NOTHING
         """,
         (
@@ -195,6 +246,7 @@ def insert_notification(conn: sqlite3.Connection, n: Notification) -> bool:
             n.reason,
             n.created_at,
             orjson.dumps(n.extra) if n.extra else None,
+            n.group_key,
         ),
     )
     return cursor.rowcount == 1
@@ -217,6 +269,7 @@ def to_notification(row: sqlite3.Row) -> Notification:
         reason=row["reason"],
         last_error=row["last_error"],
         extra=extra,
+        group_key=row["group_key"],
     )
 
 
@@ -247,3 +300,71 @@ def to_silence(row: sqlite3.Row) -> Silence:
         comment=row["comment"],
         created_by=row["created_by"],
     )
+
+
+def load_group(conn: sqlite3.Connection, key: str) -> GroupState | None:
+    row = conn.execute(
+        "SELECT next_flush, last_sent, last_seen FROM groups WHERE key = ?", (key,)
+    ).fetchone()
+    return None if row is None else GroupState(key, row[0], row[1], row[2])
+
+
+def save_group(
+    conn: sqlite3.Connection, state: GroupState, rule: str, channel: str, labels: dict[str, str]
+) -> None:
+    conn.execute(
+        """
+        INSERT INTO groups (key, rule, channel, labels_json, next_flush, last_sent, last_seen)
+        VALUES (?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (key) DO UPDATE SET
+            next_flush = excluded.next_flush,
+            last_sent = excluded.last_sent,
+            last_seen = excluded.last_seen
+        """,
+        (
+            state.key,
+            rule,
+            channel,
+            orjson.dumps(labels).decode(),
+            state.next_flush,
+            state.last_sent,
+            state.last_seen,
+        ),
+    )
+
+
+def group_labels_of(conn: sqlite3.Connection, key: str) -> dict[str, str]:
+    row = conn.execute("SELECT labels_json FROM groups WHERE key = ?", (key,)).fetchone()
+    return {} if row is None else dict(orjson.loads(row[0]))
+
+
+Event = tuple[str, float, int, str | None, str | None]  # kind, at, attempts, reason, detail
+
+
+def add_event(conn: sqlite3.Connection, notification_id: str, event: Event) -> None:
+    """One line of a notification's history: created, muted, retry, sent, dead, replayed."""
+    conn.execute(
+        "INSERT INTO events (notification_id, kind, at, attempts, reason, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (notification_id, *event),
+    )
+
+
+PRUNE = (
+    # finished notifications and their events, groups and silences nobody needs any more, runs
+    "DELETE FROM events WHERE notification_id IN (SELECT id FROM outbox"
+    " WHERE state IN ('sent', 'muted', 'dead') AND updated_at < :before)",
+    "DELETE FROM outbox WHERE state IN ('sent', 'muted', 'dead') AND updated_at < :before",
+    "DELETE FROM groups WHERE last_seen < :before AND next_flush IS NULL",
+    "DELETE FROM silences WHERE ends_at < :before",
+    "DELETE FROM runs WHERE seen_at < :before",
+)
+
+
+def prune(conn: sqlite3.Connection, before: float) -> int:
+    """Forget what finished before `before`; return how many notifications went."""
+    removed = 0
+    for i, statement in enumerate(PRUNE):
+        count = conn.execute(statement, {"before": before}).rowcount
+        removed += count if i == 1 else 0
+    return removed

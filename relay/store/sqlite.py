@@ -15,13 +15,22 @@ from pathlib import Path
 import orjson
 
 from relay.errors import ConfigError, Problem, StoreUnavailable
-from relay.model import Notification, Run, Silence, notification_id
-from relay.store import Decide, Observed
+from relay.grouping import group_key, group_labels, schedule
+from relay.model import GroupState, Match, Notification, Run, Silence, notification_id
+from relay.store import Decide, HistoryQuery, Observed
+from relay.store._sqlite_history import event_rows, history_rows
 from relay.store._sqlite_schema import (
+    SCHEMA_VERSION,
+    Event,
+    add_event,
+    group_labels_of,
     insert_notification,
     insert_silence,
+    load_group,
     load_state,
     migrate,
+    prune,
+    save_group,
     save_state,
     to_notification,
     to_silence,
@@ -126,6 +135,7 @@ class SQLiteStore:
             "state = 'sent', attempts = ?, lease_until = NULL, reason = NULL, updated_at = ?",
             (attempts, now),
             notification_id,
+            ("sent", now, attempts, None, None),
         )
 
     async def mark_retry(
@@ -143,6 +153,7 @@ class SQLiteStore:
             " updated_at = ?",
             (not_before, attempts, reason, error, now),
             notification_id,
+            ("retry", now, attempts, reason, error),
         )
 
     async def mark_dead(
@@ -153,6 +164,7 @@ class SQLiteStore:
             " updated_at = ?",
             (attempts, reason, error, now),
             notification_id,
+            ("dead", now, attempts, reason, error),
         )
 
     async def dead_letters(self, limit: int = 1000) -> list[Notification]:
@@ -175,17 +187,29 @@ class SQLiteStore:
         else:
             sql += " AND id IN (SELECT value FROM json_each(?))"
             params = (now, now, orjson.dumps(list(ids)).decode())
-        return await self._writer.run(lambda conn: conn.execute(sql, params).rowcount)
+        sql += " RETURNING id"
+
+        def replay(conn: sqlite3.Connection) -> int:
+            moved = [row[0] for row in conn.execute(sql, params).fetchall()]
+            for ident in moved:
+                add_event(conn, ident, ("replayed", now, 0, None, None))
+            return len(moved)
+
+        return await self._writer.run(replay)
 
     async def release_leases(self) -> int:
-        return await self._writer.run(
-            lambda conn: (
+        """One replica: every lease (outbox claims, feed leadership) is a dead process's."""
+
+        def release(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM leases")
+            return int(
                 conn.execute(
                     "UPDATE outbox SET lease_until = NULL"
                     " WHERE state = 'pending' AND lease_until IS NOT NULL"
                 ).rowcount
             )
-        )
+
+        return await self._writer.run(release)
 
     async def get(self, notification_id: str) -> Notification | None:
         row = await self._writer.run(
@@ -204,6 +228,41 @@ class SQLiteStore:
         counts = {"pending": 0, "sent": 0, "dead": 0, "muted": 0}
         counts.update({state: int(n) for state, n in rows})
         return counts
+
+    async def claim_group(
+        self, group_key: str, now: float, lease_s: float, limit: int = 1000
+    ) -> list[Notification]:
+        """Lease every due pending notification of a digest group (oldest first)."""
+        rows = await self._writer.run(
+            lambda conn: conn.execute(
+                """
+                UPDATE outbox SET lease_until = ?, updated_at = ?
+                WHERE id IN (
+                    SELECT id FROM outbox
+                    WHERE group_key = ? AND state = 'pending' AND not_before <= ?
+                      AND (lease_until IS NULL OR lease_until <= ?)
+                    ORDER BY created_at, id LIMIT ?)
+                RETURNING *
+                """,
+                (now + lease_s, now, group_key, now, now, limit),
+            ).fetchall()
+        )
+        return sorted((to_notification(r) for r in rows), key=lambda n: (n.created_at, n.id))
+
+    async def group_flushed(self, group_key: str, now: float) -> dict[str, str]:
+        """Record that the group's digest went out; return the group's labels."""
+
+        def flush(conn: sqlite3.Connection) -> dict[str, str]:
+            state = load_group(conn, group_key)
+            if state is not None:
+                conn.execute(
+                    "UPDATE groups SET next_flush = NULL, last_sent = ?, last_seen = ?"
+                    " WHERE key = ?",
+                    (now, max(state.last_seen, now), group_key),
+                )
+            return group_labels_of(conn, group_key)
+
+        return await self._writer.run(flush)
 
     async def add_silence(self, silence: Silence) -> None:
         await self._writer.run(lambda conn: insert_silence(conn, silence))
@@ -237,7 +296,17 @@ class SQLiteStore:
             "state = 'muted', reason = ?, lease_until = NULL, updated_at = ?",
             (silence_id, now),
             notification_id,
+            ("muted", now, 0, "silence", silence_id),
         )
+
+    async def history(self, query: HistoryQuery) -> list[Notification]:
+        return await self._writer.run(lambda conn: history_rows(conn, query))
+
+    async def events(self, notification_id: str) -> list[dict[str, object]]:
+        return await self._writer.run(lambda conn: event_rows(conn, notification_id))
+
+    async def prune(self, before: float) -> int:
+        return await self._writer.run(lambda conn: prune(conn, before))
 
     async def kv_get(self, namespace: str, key: str) -> str | None:
         row = await self._writer.run(
@@ -264,10 +333,39 @@ class SQLiteStore:
             )
         )
 
-    async def _update(self, assignments: str, params: tuple[object, ...], id_: str) -> None:
-        """Update one pending outbox row; finished (sent or dead) rows are left alone."""
+    async def try_lead(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
+        """Hold the lease `name` for `ttl_s` from `now`: True if `owner` holds it now."""
+        row = await self._writer.run(
+            lambda conn: conn.execute(
+                "INSERT INTO leases (name, owner, expires_at, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner,"
+                " expires_at = excluded.expires_at, updated_at = excluded.updated_at"
+                " WHERE leases.owner = excluded.owner OR leases.expires_at <= excluded.updated_at"
+                " RETURNING owner",
+                (name, owner, now + ttl_s, now),
+            ).fetchone()
+        )
+        return row is not None
+
+    async def migrate(self) -> tuple[int, int]:
+        """`relay migrate`: create or migrate the schema, then close; (version before, after)."""
+        before: list[int] = []
+        writer = Writer()
+        await writer.start(lambda: _connect(self.path, self._max_pages, before))
+        await writer.stop()
+        return before[0], SCHEMA_VERSION
+
+    async def _update(
+        self, assignments: str, params: tuple[object, ...], id_: str, event: Event
+    ) -> None:
+        """Update one pending outbox row and record the event; finished rows are left alone."""
         sql = f"UPDATE outbox SET {assignments} WHERE id = ? AND state = 'pending'"  # noqa: S608
-        await self._writer.run(lambda conn: conn.execute(sql, (*params, id_)))
+
+        def update(conn: sqlite3.Connection) -> None:
+            if conn.execute(sql, (*params, id_)).rowcount == 1:
+                add_event(conn, id_, event)
+
+        await self._writer.run(update)
 
 
 def _observe(
@@ -280,7 +378,7 @@ def _observe(
         if decision.stale:
             observed.append(Observed(run.id, stale=True))
             continue
-        save_state(conn, run.id, decision.state)
+        save_state(conn, run.id, decision.state, now)
         enqueued: list[Notification] = []
         run_dict = run.as_dict() if decision.matches else {}
         for match in decision.matches:
@@ -296,14 +394,40 @@ def _observe(
                 state="pending" if match.muted_by is None else "muted",
                 reason=match.muted_by,
             )
+            group = _join_group(conn, match, notification, now)
             if insert_notification(conn, notification):
+                kind = "created" if match.muted_by is None else "muted"
+                reason = None if match.muted_by is None else _mute_kind(match.muted_by)
+                add_event(conn, notification.id, (kind, now, 0, reason, match.muted_by))
                 enqueued.append(notification)
+                if group is not None:
+                    save_group(conn, *group)
         observed.append(Observed(run.id, stale=False, notifications=enqueued))
     return observed
 
 
-def _connect(path: Path, max_pages: int | None) -> sqlite3.Connection:
-    """In the writer thread: open the file, set the pragmas, migrate the schema."""
+def _join_group(
+    conn: sqlite3.Connection, match: Match, notification: Notification, now: float
+) -> tuple[GroupState, str, str, dict[str, str]] | None:
+    """For a digest rule: put the notification in its group, due at the group's next flush."""
+    if match.group_by is None or match.timing is None or notification.state != "pending":
+        return None
+    labels = group_labels(notification.run, match.group_by)
+    key = group_key(match.rule, match.channel, labels)
+    state = schedule(load_group(conn, key), key, now, match.timing)
+    notification.group_key = key
+    notification.extra = {**notification.extra, "group_labels": labels}
+    notification.not_before = state.next_flush if state.next_flush is not None else now
+    return state, match.rule, match.channel, labels
+
+
+def _connect(
+    path: Path, max_pages: int | None, versions: list[int] | None = None
+) -> sqlite3.Connection:
+    """In the writer thread: open the file, set the pragmas, migrate the schema.
+
+    `versions`, when given, receives the schema version the file had.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -317,8 +441,10 @@ def _connect(path: Path, max_pages: int | None) -> sqlite3.Connection:
     try:
         _configure(conn, max_pages)
         conn.execute("BEGIN IMMEDIATE")
-        migrate(conn)
+        version = migrate(conn)
         conn.execute("COMMIT")
+        if versions is not None:
+            versions.append(version)
     except BaseException as exc:
         rollback(conn)
         conn.close()
@@ -338,3 +464,8 @@ def _configure(conn: sqlite3.Connection, max_pages: int | None) -> None:
     conn.execute("PRAGMA foreign_keys = ON")
     if max_pages is not None:
         conn.execute(f"PRAGMA max_page_count = {int(max_pages):d}")
+
+
+def _mute_kind(muted_by: str) -> str:
+    """ "silence" for a silence id, else the prefix: time_interval, inhibited."""
+    return muted_by.split(":", 1)[0] if ":" in muted_by else "silence"

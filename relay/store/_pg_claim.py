@@ -1,0 +1,100 @@
+"""Claims on PostgreSQL: each notification leased by one replica, each digest sent whole.
+
+Ungrouped rows are claimed with FOR UPDATE SKIP LOCKED: replicas claiming at once take disjoint
+rows and never wait on each other. A lease (lease_until) keeps a claimed row from the others
+until it is marked or the lease ends — a replica that died leaves its rows for whoever claims
+after that.
+
+Rows of a digest group must go out together. Two replicas each picking some rows of one group
+would send two digests, so a group is claimed whole, under a per-group advisory lock taken with
+pg_try_advisory_xact_lock: one replica wins the group (every due row of it, even beyond `limit`:
+a group is one delivery unit), the other skips it. The winner waits only on row locks held by
+single statements (marks), never by another claim, so claims cannot deadlock. claim_group (what
+the delivery adds to a group it claimed) takes the same lock, blocking.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from relay.model import Notification
+from relay.store._pg_rows import to_notification
+from relay.store._pg_schema import lock_key
+
+_DUE = "state = 'pending' AND not_before <= $3 AND (lease_until IS NULL OR lease_until <= $3)"
+_CANDIDATES = """
+    SELECT id, group_key FROM relay_outbox
+    WHERE channel = $1 AND state = 'pending' AND not_before <= $2
+      AND (lease_until IS NULL OR lease_until <= $2)
+    ORDER BY not_before, created_at, id
+    LIMIT $3
+"""
+_CLAIM_SINGLES = f"""
+    WITH picked AS (
+        SELECT id FROM relay_outbox
+        WHERE channel = $1 AND group_key IS NULL AND {_DUE}
+        ORDER BY not_before, created_at, id
+        LIMIT $4
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE relay_outbox AS o SET lease_until = $2, updated_at = $3
+    FROM picked WHERE o.id = picked.id
+    RETURNING o.*
+"""  # noqa: S608
+_WIN_GROUPS = """
+    SELECT g FROM unnest($1::text[], $2::bigint[]) AS t(g, k) WHERE pg_try_advisory_xact_lock(k)
+"""
+_CLAIM_GROUPS = f"""
+    UPDATE relay_outbox SET lease_until = $2, updated_at = $3
+    WHERE group_key = ANY($1::text[]) AND {_DUE}
+    RETURNING *
+"""  # noqa: S608
+_CLAIM_GROUP = f"""
+    WITH picked AS (
+        SELECT id FROM relay_outbox WHERE group_key = $1 AND {_DUE}
+        ORDER BY created_at, id
+        LIMIT $4
+        FOR UPDATE
+    )
+    UPDATE relay_outbox AS o SET lease_until = $2, updated_at = $3
+    FROM picked WHERE o.id = picked.id
+    RETURNING o.*
+"""  # noqa: S608
+
+
+def group_lock(key: str) -> int:
+    return lock_key("claim", key)
+
+
+async def claim(
+    conn: asyncpg.Connection, channel: str, now: float, limit: int, lease_s: float
+) -> list[Notification]:
+    """Up to `limit` delivery units of `channel` (a row, or a digest group whole), oldest first."""
+    candidates = await conn.fetch(_CANDIDATES, channel, now, limit)
+    singles = sum(1 for row in candidates if row["group_key"] is None)
+    groups = list(dict.fromkeys(r["group_key"] for r in candidates if r["group_key"] is not None))
+    rows: list[asyncpg.Record] = []
+    if not groups:
+        if singles:
+            rows = await conn.fetch(_CLAIM_SINGLES, channel, now + lease_s, now, singles)
+    else:
+        async with conn.transaction():
+            if singles:
+                rows += await conn.fetch(_CLAIM_SINGLES, channel, now + lease_s, now, singles)
+            won = await conn.fetch(_WIN_GROUPS, groups, [group_lock(g) for g in groups])
+            if won:
+                keys = [row["g"] for row in won]
+                rows += await conn.fetch(_CLAIM_GROUPS, keys, now + lease_s, now)
+    claimed = [to_notification(row) for row in rows]
+    claimed.sort(key=lambda n: (n.not_before, n.created_at, n.id))
+    return claimed
+
+
+async def claim_group(
+    conn: asyncpg.Connection, key: str, now: float, lease_s: float, limit: int
+) -> list[Notification]:
+    """Every due unleased row of one group (oldest first), under the group's claim lock."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", group_lock(key))
+        rows = await conn.fetch(_CLAIM_GROUP, key, now + lease_s, now, limit)
+    return sorted((to_notification(r) for r in rows), key=lambda n: (n.created_at, n.id))

@@ -1,0 +1,109 @@
+"""Connecting relay.store.postgres: the URL, TLS, and the one boundary where asyncpg errors end.
+
+Every asyncpg or socket error becomes StoreUnavailable naming the kind of failure (the
+exception class, e.g. ConnectionRefusedError, CannotConnectNowError) and never its text, which
+may hold the host, the user or the DSN.
+
+TLS follows libpq's `sslmode` (disable, allow, prefer, require, verify-ca, verify-full) in the URL
+or PGSSLMODE. asyncpg verifies only against ~/.postgresql/root.crt or `sslrootcert`; relay makes
+verify-ca and verify-full trust the system store instead (honouring SSL_CERT_FILE and
+SSL_CERT_DIR), unless the URL or PGSSLROOTCERT names a root certificate, as SPEC §3 asks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+import asyncpg
+
+from relay.errors import ConfigError, Problem, StoreUnavailable
+
+SCHEMES = ("postgresql", "postgres")
+DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, DNS, timeouts (TimeoutError is an OSError)
+    asyncpg.PostgresError,  # anything the server answered, connection loss included
+    asyncpg.InterfaceError,  # the client side: closed connection, pool closing, bad parameters
+    asyncpg.exceptions.InternalClientError,
+    ssl.SSLError,
+)
+# A transaction that lost a race PostgreSQL resolved by aborting it: run it again.
+RETRY_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+TRANSACTION_TRIES = 5
+T = TypeVar("T")
+_VERIFY_MODES = ("verify-ca", "verify-full")
+_SSL_MODES = ("disable", "allow", "prefer", "require", *_VERIFY_MODES)
+
+
+def unavailable(what: str, exc: BaseException) -> StoreUnavailable:
+    """StoreUnavailable naming the kind of an asyncpg/socket error, never its text."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    kind = type(exc).__name__ + (f" ({sqlstate})" if isinstance(sqlstate, str) else "")
+    error = StoreUnavailable(f"{what}: {kind}")
+    error.__cause__ = exc
+    return error
+
+
+def check_url(url: str) -> None:
+    """Raise ConfigError when RELAY_STORE_URL is not a usable postgresql:// URL (no secrets)."""
+    try:
+        parts = urlsplit(url)  # several hosts (h1:5432,h2:5432) are fine: asyncpg tries each
+    except ValueError:
+        raise _url_error("malformed postgresql URL") from None
+    if parts.scheme not in SCHEMES:
+        raise _url_error("a postgresql URL starts with postgresql:// or postgres://")
+    mode = dict(parse_qsl(parts.query)).get("sslmode")
+    if mode is not None and mode not in _SSL_MODES:
+        raise _url_error(f"sslmode must be one of {', '.join(_SSL_MODES)}")
+
+
+def _url_error(message: str) -> ConfigError:
+    return ConfigError([Problem("", "RELAY_STORE_URL", message)])
+
+
+def connect_args(url: str) -> dict[str, Any]:
+    """Keyword arguments for asyncpg.connect/create_pool beside the DSN: the TLS context."""
+    params = dict(parse_qsl(urlsplit(url).query))
+    mode = params.get("sslmode") or os.environ.get("PGSSLMODE")
+    own_root = params.get("sslrootcert") or os.environ.get("PGSSLROOTCERT")
+    if mode not in _VERIFY_MODES or own_root:
+        return {}  # asyncpg applies sslmode (and sslrootcert) the way libpq does
+    return {"ssl": system_trust_context(mode == "verify-full", params)}
+
+
+def system_trust_context(check_hostname: bool, params: dict[str, str]) -> ssl.SSLContext:
+    """The system store (SSL_CERT_FILE/SSL_CERT_DIR honoured), plus a client cert if named."""
+    context = ssl.create_default_context()
+    context.check_hostname = check_hostname
+    context.verify_mode = ssl.CERT_REQUIRED
+    cert = params.get("sslcert") or os.environ.get("PGSSLCERT")
+    if cert:
+        key = params.get("sslkey") or os.environ.get("PGSSLKEY") or None
+        context.load_cert_chain(cert, keyfile=key)
+    return context
+
+
+def clean(text: str) -> str:
+    """PostgreSQL text cannot hold NUL; SQLite can. Keep such (hostile) input storable."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def clean_opt(text: str | None) -> str | None:
+    return None if text is None else clean(text)
+
+
+async def retrying(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run a transaction again when PostgreSQL aborted it to resolve a race (deadlock...)."""
+    for tries in range(1, TRANSACTION_TRIES):
+        try:
+            return await attempt()
+        except RETRY_ERRORS:
+            await asyncio.sleep(0.01 * tries)
+    return await attempt()

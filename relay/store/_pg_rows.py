@@ -1,0 +1,161 @@
+"""Row conversions and read queries of relay.store.postgres (history, events, silences)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from relay.model import GroupState, Notification, RunState, Silence
+from relay.store import HistoryQuery
+from relay.store._pg_connect import clean
+
+FIRED_SEPARATOR = "\x1f"
+Event = tuple[str, float, int, str | None, str | None]  # kind, at, attempts, reason, detail
+
+# One statement: the row changes only while pending, and the event is written only if it did.
+UPDATE_PENDING = """
+    WITH changed AS (
+        UPDATE relay_outbox SET {assignments} WHERE id = $1 AND state = 'pending' RETURNING id
+    )
+    INSERT INTO relay_events (notification_id, kind, at, attempts, reason, detail)
+    SELECT id, $2::text, $3::float8, $4::integer, $5::text, $6::text FROM changed
+"""
+REPLAY = """
+    WITH moved AS (
+        UPDATE relay_outbox SET state = 'pending', attempts = 0, not_before = $1,
+            lease_until = NULL, reason = NULL, last_error = NULL, updated_at = $1
+        WHERE state = 'dead' {only}
+        RETURNING id
+    ), logged AS (
+        INSERT INTO relay_events (notification_id, kind, at, attempts)
+        SELECT id, 'replayed', $1, 0 FROM moved
+    )
+    SELECT COUNT(*) FROM moved
+"""
+PRUNE = (
+    "DELETE FROM relay_events WHERE notification_id IN (SELECT id FROM relay_outbox"
+    " WHERE state IN ('sent', 'muted', 'dead') AND updated_at < $1)",
+    "DELETE FROM relay_outbox WHERE state IN ('sent', 'muted', 'dead') AND updated_at < $1",
+    "DELETE FROM relay_groups WHERE last_seen < $1 AND next_flush IS NULL",
+    "DELETE FROM relay_silences WHERE ends_at < $1",
+    "DELETE FROM relay_runs WHERE seen_at < $1",
+)
+LEAD = """
+    INSERT INTO relay_leases AS l (name, owner, expires_at, updated_at) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at,
+        updated_at = excluded.updated_at
+    WHERE l.owner = excluded.owner OR l.expires_at <= excluded.updated_at
+    RETURNING owner
+"""
+
+
+def to_state(row: asyncpg.Record) -> RunState:
+    fired = row["fired"]
+    return RunState(
+        updated_at_ms=row["updated_at_ms"],
+        status=row["status"],
+        fired=frozenset(fired.split(FIRED_SEPARATOR)) if fired else frozenset(),
+        cost_cents=float(row["cost_cents"]),
+        duration_ms=float(row["duration_ms"]),
+    )
+
+
+def event_params(notification_id: str, event: Event) -> tuple[Any, ...]:
+    kind, at, attempts, reason, detail = event
+    return (
+        notification_id,
+        kind,
+        at,
+        attempts,
+        None if reason is None else clean(reason),
+        None if detail is None else clean(detail),
+    )
+
+
+def to_group(row: asyncpg.Record) -> GroupState:
+    return GroupState(row["key"], row["next_flush"], row["last_sent"], row["last_seen"])
+
+
+def to_notification(row: asyncpg.Record) -> Notification:
+    """The Notification an outbox row holds."""
+    extra: dict[str, Any] = orjson.loads(row["extra_json"]) if row["extra_json"] else {}
+    return Notification(
+        id=row["id"],
+        run_id=row["run_id"],
+        rule=row["rule"],
+        channel=row["channel"],
+        template=row["template"],
+        run=orjson.loads(row["run_json"]),
+        created_at=row["created_at"],
+        attempts=row["attempts"],
+        not_before=row["not_before"],
+        state=row["state"],
+        reason=row["reason"],
+        last_error=row["last_error"],
+        extra=extra,
+        group_key=row["group_key"],
+    )
+
+
+def silence_params(s: Silence) -> tuple[Any, ...]:
+    return (
+        clean(s.id),
+        orjson.dumps(s.matchers).decode(),
+        s.starts_at,
+        s.ends_at,
+        s.created_at,
+        clean(s.comment),
+        clean(s.created_by),
+    )
+
+
+def to_silence(row: asyncpg.Record) -> Silence:
+    matchers = {k: tuple(v) for k, v in orjson.loads(row["matchers_json"]).items()}
+    return Silence(
+        id=row["id"],
+        matchers=matchers,
+        starts_at=row["starts_at"],
+        ends_at=row["ends_at"],
+        created_at=row["created_at"],
+        comment=row["comment"],
+        created_by=row["created_by"],
+    )
+
+
+_FILTERS = (
+    ("run_id", "run_id"),
+    ("rule", "rule"),
+    ("channel", "channel"),
+    ("state", "state"),
+)
+
+
+def history_sql(query: HistoryQuery) -> tuple[str, Sequence[Any]]:
+    """The SELECT of Store.history: newest first, filtered, capped at 10,000 rows."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for field, column in _FILTERS:
+        value = getattr(query, field)
+        if value is not None:
+            params.append(clean(str(value)))
+            clauses.append(f"{column} = ${len(params)}")
+    if query.since is not None:
+        params.append(float(query.since))
+        clauses.append(f"created_at >= ${len(params)}")
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    params.append(max(1, min(query.limit, 10_000)))
+    sql = f"SELECT * FROM relay_outbox{where} ORDER BY created_at DESC, id LIMIT ${len(params)}"  # noqa: S608
+    return sql, params
+
+
+def to_event(row: asyncpg.Record) -> dict[str, object]:
+    return {
+        "at": row["at"],
+        "kind": row["kind"],
+        "attempts": row["attempts"],
+        "reason": row["reason"],
+        "detail": row["detail"],
+    }

@@ -1,0 +1,166 @@
+"""PostgreSQL schema and migrations for relay.store.postgres.
+
+Tables carry a `relay_` prefix, so relay can share a database with other applications. The
+schema is versioned in `relay_schema_version` (one row per applied migration): MIGRATIONS[i]
+moves a database from version i to version i + 1. `migrate` runs them in one transaction under a
+transaction-level advisory lock, so several replicas starting at once queue behind the first and
+then find nothing left to do; PostgreSQL DDL is transactional, so a failed migration leaves the
+previous version intact. Migrations must stay additive: replicas of the previous release may keep
+running beside the new schema during a rolling upgrade.
+
+Times are epoch seconds (double precision), as in the SQLite engine; run snapshots and extras
+are stored as the exact orjson bytes (bytea), not jsonb, so they come back byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import asyncpg
+
+from relay.errors import StoreUnavailable
+
+log = logging.getLogger("relay.store")
+
+_V1 = (
+    """
+    CREATE TABLE relay_runs (
+        run_id text PRIMARY KEY,
+        updated_at_ms bigint,
+        status text NOT NULL,
+        fired text NOT NULL DEFAULT '',
+        cost_cents double precision NOT NULL DEFAULT 0,
+        duration_ms double precision NOT NULL DEFAULT 0,
+        seen_at double precision NOT NULL DEFAULT 0
+    )
+    """,
+    "CREATE INDEX relay_runs_seen ON relay_runs (seen_at)",
+    """
+    CREATE TABLE relay_outbox (
+        id text PRIMARY KEY,
+        run_id text NOT NULL,
+        rule text NOT NULL,
+        channel text NOT NULL,
+        template text NOT NULL,
+        run_json bytea NOT NULL,
+        created_at double precision NOT NULL,
+        not_before double precision NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        state text NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'sent', 'dead', 'muted')),
+        lease_until double precision,
+        reason text,
+        last_error text,
+        updated_at double precision NOT NULL,
+        extra_json bytea,
+        group_key text
+    )
+    """,
+    """
+    CREATE INDEX relay_outbox_due ON relay_outbox (channel, not_before, created_at, id)
+    WHERE state = 'pending'
+    """,
+    """
+    CREATE INDEX relay_outbox_group ON relay_outbox (group_key, created_at, id)
+    WHERE state = 'pending'
+    """,
+    "CREATE INDEX relay_outbox_state ON relay_outbox (state, updated_at)",
+    "CREATE INDEX relay_outbox_run ON relay_outbox (run_id)",
+    "CREATE INDEX relay_outbox_created ON relay_outbox (created_at)",
+    """
+    CREATE TABLE relay_kv (
+        namespace text NOT NULL,
+        key text NOT NULL,
+        value text NOT NULL,
+        updated_at double precision NOT NULL,
+        PRIMARY KEY (namespace, key)
+    )
+    """,
+    """
+    CREATE TABLE relay_silences (
+        id text PRIMARY KEY,
+        matchers_json text NOT NULL,
+        starts_at double precision NOT NULL,
+        ends_at double precision NOT NULL,
+        created_at double precision NOT NULL,
+        comment text NOT NULL DEFAULT '',
+        created_by text NOT NULL DEFAULT ''
+    )
+    """,
+    "CREATE INDEX relay_silences_end ON relay_silences (ends_at)",
+    """
+    CREATE TABLE relay_groups (
+        key text PRIMARY KEY,
+        rule text NOT NULL,
+        channel text NOT NULL,
+        labels_json text NOT NULL,
+        next_flush double precision,
+        last_sent double precision,
+        last_seen double precision NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE relay_events (
+        seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        notification_id text NOT NULL,
+        at double precision NOT NULL,
+        kind text NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        reason text,
+        detail text
+    )
+    """,
+    "CREATE INDEX relay_events_notification ON relay_events (notification_id, at, seq)",
+    "CREATE INDEX relay_events_at ON relay_events (at)",
+    # Named leader leases (one Realtime follower per feed across replicas).
+    """
+    CREATE TABLE relay_leases (
+        name text PRIMARY KEY,
+        owner text NOT NULL,
+        expires_at double precision NOT NULL,
+        updated_at double precision NOT NULL
+    )
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_VERSION_TABLE = """
+    CREATE TABLE IF NOT EXISTS relay_schema_version (
+        version integer PRIMARY KEY,
+        applied_at timestamptz NOT NULL DEFAULT now()
+    )
+"""
+
+
+def lock_key(kind: str, name: str) -> int:
+    """A signed 64-bit advisory lock key for one named thing (a run, a group, the schema)."""
+    digest = hashlib.blake2b(f"relay\x1f{kind}\x1f{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+MIGRATION_LOCK = lock_key("schema", "migrate")
+
+
+async def migrate(conn: asyncpg.Connection) -> tuple[int, int]:
+    """Bring the schema to SCHEMA_VERSION; return (version before, version after)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(_VERSION_TABLE)
+        version = int(
+            await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM relay_schema_version")
+        )
+        if version > SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"store schema version {version} is newer than this relay supports"
+                f" ({SCHEMA_VERSION})"
+            )
+        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO relay_schema_version (version) VALUES ($1)", number)
+    if version != SCHEMA_VERSION:
+        log.info("store schema migrated", extra={"from": version, "to": SCHEMA_VERSION})
+    return version, SCHEMA_VERSION

@@ -1,0 +1,42 @@
+"""History queries of the SQLite store: what happened to which notification, and why."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from relay.model import Notification
+from relay.store import HistoryQuery
+from relay.store._sqlite_schema import to_notification
+
+_FILTERS = (
+    ("run_id", "run_id = ?"),
+    ("rule", "rule = ?"),
+    ("channel", "channel = ?"),
+    ("state", "state = ?"),
+    ("since", "created_at >= ?"),
+)
+
+
+def history_rows(conn: sqlite3.Connection, query: HistoryQuery) -> list[Notification]:
+    clauses, params = [], []
+    for field, clause in _FILTERS:
+        value = getattr(query, field)
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    sql = f"SELECT * FROM outbox{where} ORDER BY created_at DESC, id LIMIT ?"  # noqa: S608
+    rows = conn.execute(sql, (*params, max(1, min(query.limit, 10_000)))).fetchall()
+    return [to_notification(row) for row in rows]
+
+
+def event_rows(conn: sqlite3.Connection, notification_id: str) -> list[dict[str, object]]:
+    rows = conn.execute(
+        "SELECT at, kind, attempts, reason, detail FROM events"
+        " WHERE notification_id = ? ORDER BY at, rowid",
+        (notification_id,),
+    ).fetchall()
+    return [
+        {"at": at, "kind": kind, "attempts": attempts, "reason": reason, "detail": detail}
+        for at, kind, attempts, reason, detail in rows
+    ]

@@ -1,0 +1,366 @@
+"""The PostgreSQL engine: any number of replicas share one database.
+
+PostgreSQL carries the distributed part; relay adds no protocol of its own:
+- observe: one transaction per call, with advisory and row locks on the runs and digest groups it
+  touches (relay.store._pg_observe), so the same update reaching two replicas fires once;
+- claim / claim_group: FOR UPDATE SKIP LOCKED plus a lease (lease_until), so a notification is
+  sent by one replica, and a replica that dies leaves its rows to the others when the lease ends;
+  a digest group is claimed whole by one replica (relay.store._pg_claim);
+- try_lead: a named lease row, so one replica at a time follows a Realtime feed;
+- the schema: versioned migrations under an advisory lock, run by `open` (relay._pg_schema).
+
+Connections come from a pool (asyncpg). Every asyncpg or socket error leaves this engine as
+StoreUnavailable (relay.store._pg_connect): callers answer 503 and retry; nothing is lost because
+nothing is acknowledged before its commit. Times are the callers' (`now`), like the SQLite engine:
+replicas need synchronised clocks (NTP), well within the lease lengths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+import orjson
+
+from relay.errors import StoreUnavailable
+from relay.model import Notification, Run, Silence
+from relay.store import Decide, HistoryQuery, Observed, _pg_claim
+from relay.store._pg_connect import DB_ERRORS, check_url, clean, connect_args, retrying, unavailable
+from relay.store._pg_observe import observe
+from relay.store._pg_rows import (
+    LEAD,
+    PRUNE,
+    REPLAY,
+    UPDATE_PENDING,
+    Event,
+    event_params,
+    history_sql,
+    silence_params,
+    to_event,
+    to_notification,
+    to_silence,
+)
+from relay.store._pg_schema import migrate
+
+POOL_MIN = 1
+POOL_MAX = 10
+CONNECT_TIMEOUT_S = 5.0
+ACQUIRE_TIMEOUT_S = 10.0
+COMMAND_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 10.0
+
+
+class PostgresStore:
+    """The Store on a PostgreSQL database (RELAY_STORE_URL=postgresql://...)."""
+
+    def __init__(self, url: str, *, pool_max: int = POOL_MAX) -> None:
+        check_url(url)
+        self._url = url
+        self._pool_max = pool_max
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __repr__(self) -> str:  # never the URL: it may carry a password
+        return "PostgresStore()"
+
+    async def open(self) -> None:
+        """Connect the pool and create or migrate the schema (safe with replicas starting)."""
+        async with self._opening:
+            if self._pool is not None:
+                return
+            try:
+                pool = await asyncpg.create_pool(
+                    self._url,
+                    min_size=POOL_MIN,
+                    max_size=self._pool_max,
+                    timeout=CONNECT_TIMEOUT_S,
+                    command_timeout=COMMAND_TIMEOUT_S,
+                    reset=_keep_session,
+                    **connect_args(self._url),
+                )
+            except DB_ERRORS as exc:
+                raise unavailable("store open failed", exc) from exc
+            try:
+                async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                    await migrate(conn)
+            except BaseException as exc:
+                pool.terminate()
+                if isinstance(exc, DB_ERRORS):
+                    raise unavailable("store open failed", exc) from exc
+                raise
+            self._pool = pool
+
+    async def migrate(self) -> tuple[int, int]:
+        """`relay migrate`: create or migrate the schema alone; (version before, after)."""
+        try:
+            conn = await asyncpg.connect(
+                self._url, timeout=CONNECT_TIMEOUT_S, **connect_args(self._url)
+            )
+        except DB_ERRORS as exc:
+            raise unavailable("store open failed", exc) from exc
+        try:
+            return await migrate(conn)
+        except DB_ERRORS as exc:
+            raise unavailable("store migration failed", exc) from exc
+        finally:
+            with contextlib.suppress(*DB_ERRORS):
+                await conn.close(timeout=CLOSE_TIMEOUT_S)
+
+    async def close(self) -> None:
+        """Refuse new calls, let running ones finish, close the pool; later calls are refused."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), CLOSE_TIMEOUT_S)
+        try:
+            await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+        except DB_ERRORS:  # TimeoutError included: a connection that will not give up
+            pool.terminate()
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; asyncpg and socket errors leave as StoreUnavailable."""
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable("store is closed")
+        self._active += 1
+        self._idle.clear()
+        try:
+            async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                yield conn
+        except DB_ERRORS as exc:
+            raise unavailable("store unavailable", exc) from exc
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._conn() as conn:
+            return list(await conn.fetch(sql, *args))
+
+    async def _fetchval(self, sql: str, *args: Any) -> Any:
+        async with self._conn() as conn:
+            return await conn.fetchval(sql, *args)
+
+    async def _execute(self, sql: str, *args: Any) -> str:
+        async with self._conn() as conn:
+            return str(await conn.execute(sql, *args))
+
+    async def ping(self) -> None:
+        await self._fetchval("SELECT 1")
+
+    async def observe(self, runs: Sequence[Run], decide: Decide, now: float) -> list[Observed]:
+        batch = list(runs)
+
+        async def attempt(conn: asyncpg.Connection) -> list[Observed]:
+            async with conn.transaction():
+                return await observe(conn, batch, decide, now)
+
+        async with self._conn() as conn:
+            return await retrying(lambda: attempt(conn))
+
+    async def claim(
+        self, channel: str, now: float, limit: int, lease_s: float
+    ) -> list[Notification]:
+        """Lease up to `limit` units: a row, or a digest group whole (never split by replicas)."""
+        async with self._conn() as conn:
+            return await retrying(
+                lambda: _pg_claim.claim(conn, clean(channel), now, limit, lease_s)
+            )
+
+    async def claim_group(
+        self, group_key: str, now: float, lease_s: float, limit: int = 1000
+    ) -> list[Notification]:
+        async with self._conn() as conn:
+            return await retrying(
+                lambda: _pg_claim.claim_group(conn, clean(group_key), now, lease_s, limit)
+            )
+
+    async def next_due(self, channel: str) -> float | None:
+        value = await self._fetchval(
+            "SELECT MIN(GREATEST(not_before, COALESCE(lease_until, not_before)))"
+            " FROM relay_outbox WHERE channel = $1 AND state = 'pending'",
+            clean(channel),
+        )
+        return None if value is None else float(value)
+
+    async def mark_sent(self, notification_id: str, *, now: float, attempts: int) -> None:
+        await self._update(
+            "state = 'sent', attempts = $4, lease_until = NULL, reason = NULL, updated_at = $3",
+            notification_id,
+            ("sent", now, attempts, None, None),
+        )
+
+    async def mark_retry(
+        self,
+        notification_id: str,
+        *,
+        now: float,
+        not_before: float,
+        attempts: int,
+        reason: str,
+        error: str,
+    ) -> None:
+        await self._update(
+            "not_before = $7, attempts = $4, reason = $5, last_error = $6, lease_until = NULL,"
+            " updated_at = $3",
+            notification_id,
+            ("retry", now, attempts, reason, error),
+            not_before,
+        )
+
+    async def mark_dead(
+        self, notification_id: str, *, now: float, attempts: int, reason: str, error: str
+    ) -> None:
+        await self._update(
+            "state = 'dead', attempts = $4, reason = $5, last_error = $6, lease_until = NULL,"
+            " updated_at = $3",
+            notification_id,
+            ("dead", now, attempts, reason, error),
+        )
+
+    async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> None:
+        await self._update(
+            "state = 'muted', reason = $6, lease_until = NULL, updated_at = $3",
+            notification_id,
+            ("muted", now, 0, "silence", silence_id),
+        )
+
+    async def _update(self, assignments: str, id_: str, event: Event, *more: Any) -> None:
+        """Change one pending row and log the event, in one statement ($1 id, $2..$6 event)."""
+        sql = UPDATE_PENDING.format(assignments=assignments)
+        await self._execute(sql, *event_params(clean(id_), event), *more)
+
+    async def dead_letters(self, limit: int = 1000) -> list[Notification]:
+        rows = await self._fetch(
+            "SELECT * FROM relay_outbox WHERE state = 'dead' ORDER BY updated_at DESC, id LIMIT $1",
+            limit,
+        )
+        return [to_notification(row) for row in rows]
+
+    async def replay(self, ids: Sequence[str] | None, now: float) -> int:
+        if ids is None:
+            moved = await self._fetchval(REPLAY.format(only=""), now)
+        else:
+            sql = REPLAY.format(only="AND id = ANY($2::text[])")
+            moved = await self._fetchval(sql, now, [clean(i) for i in ids])
+        return int(moved)
+
+    async def release_leases(self) -> int:
+        """Nothing to do, by design: other replicas' leases are theirs, and live.
+
+        SQLite serves one replica, so at its start every lease is a dead process's. Here a
+        starting replica cannot tell its own past leases from a live replica's, and need not:
+        an expired lease is claimable by anyone, so a dead replica's rows come back on expiry.
+        """
+        return 0
+
+    async def get(self, notification_id: str) -> Notification | None:
+        rows = await self._fetch("SELECT * FROM relay_outbox WHERE id = $1", clean(notification_id))
+        return to_notification(rows[0]) if rows else None
+
+    async def counts(self) -> dict[str, int]:
+        rows = await self._fetch("SELECT state, COUNT(*) AS n FROM relay_outbox GROUP BY state")
+        counts = {"pending": 0, "sent": 0, "dead": 0, "muted": 0}
+        counts.update({row["state"]: int(row["n"]) for row in rows})
+        return counts
+
+    async def group_flushed(self, group_key: str, now: float) -> dict[str, str]:
+        labels = await self._fetchval(
+            "UPDATE relay_groups SET next_flush = NULL, last_sent = $2,"
+            " last_seen = GREATEST(last_seen, $2) WHERE key = $1 RETURNING labels_json",
+            clean(group_key),
+            now,
+        )
+        return {} if labels is None else _labels(labels)
+
+    async def add_silence(self, silence: Silence) -> None:
+        await self._execute(
+            "INSERT INTO relay_silences (id, matchers_json, starts_at, ends_at, created_at,"
+            " comment, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            *silence_params(silence),
+        )
+
+    async def silences(self, now: float, *, include_expired: bool = False) -> list[Silence]:
+        if include_expired:
+            rows = await self._fetch("SELECT * FROM relay_silences ORDER BY starts_at, id")
+        else:
+            rows = await self._fetch(
+                "SELECT * FROM relay_silences WHERE ends_at > $1 ORDER BY starts_at, id", now
+            )
+        return [to_silence(row) for row in rows]
+
+    async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
+        rows = await self._fetch(
+            "UPDATE relay_silences SET ends_at = LEAST(ends_at, $2) WHERE id = $1 RETURNING *",
+            clean(silence_id),
+            now,
+        )
+        return to_silence(rows[0]) if rows else None
+
+    async def history(self, query: HistoryQuery) -> list[Notification]:
+        sql, params = history_sql(query)
+        return [to_notification(row) for row in await self._fetch(sql, *params)]
+
+    async def events(self, notification_id: str) -> list[dict[str, object]]:
+        rows = await self._fetch(
+            "SELECT at, kind, attempts, reason, detail FROM relay_events"
+            " WHERE notification_id = $1 ORDER BY at, seq",
+            clean(notification_id),
+        )
+        return [to_event(row) for row in rows]
+
+    async def prune(self, before: float) -> int:
+        async with self._conn() as conn, conn.transaction():
+            removed = 0
+            for i, statement in enumerate(PRUNE):
+                status = await conn.execute(statement, before)
+                removed += int(status.rsplit(" ", 1)[-1]) if i == 1 else 0
+            return removed
+
+    async def kv_get(self, namespace: str, key: str) -> str | None:
+        value = await self._fetchval(
+            "SELECT value FROM relay_kv WHERE namespace = $1 AND key = $2",
+            clean(namespace),
+            clean(key),
+        )
+        return None if value is None else str(value)
+
+    async def kv_put(self, namespace: str, key: str, value: str, now: float) -> None:
+        await self._execute(
+            "INSERT INTO relay_kv (namespace, key, value, updated_at) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (namespace, key) DO UPDATE"
+            " SET value = excluded.value, updated_at = excluded.updated_at",
+            clean(namespace),
+            clean(key),
+            clean(value),
+            now,
+        )
+
+    async def kv_delete(self, namespace: str, key: str) -> None:
+        await self._execute(
+            "DELETE FROM relay_kv WHERE namespace = $1 AND key = $2", clean(namespace), clean(key)
+        )
+
+    async def try_lead(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
+        """Hold the lease `name` for `ttl_s` from `now`: True if `owner` holds it now."""
+        held = await self._fetchval(LEAD, clean(name), clean(owner), now + ttl_s, now)
+        return held is not None
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset: asyncpg rolls back an open transaction before this; relay keeps no other
+    session state (no SET, LISTEN or session advisory lock), so its full reset query, a round
+    trip on every release, has nothing to undo."""
+
+
+def _labels(text: str) -> dict[str, str]:
+    return dict(orjson.loads(text))

@@ -1,0 +1,98 @@
+"""The store suite runs on every engine: `engine` is parametrised over SQLite and PostgreSQL.
+
+`engine.make()` gives another (unopened) store on the same database — a restart, a second
+process on the file, or a second replica on the PostgreSQL database. The PostgreSQL runs use a
+throwaway server (tests/pg.py) and a fresh database per test; they are skipped, with the reason,
+on a machine without PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.model import Decision, Match, Run, RunState, Timing
+from relay.store import Observed, Store
+from relay.store.postgres import PostgresStore
+from relay.store.sqlite import SQLiteStore
+from tests.pg import fresh_database, shared_server
+
+ENGINES = ("sqlite", "postgres")
+
+
+@dataclass
+class Engine:
+    name: str
+    make: Callable[[], Store]
+    url: str
+
+
+@pytest.fixture(params=ENGINES)
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
+    if request.param == "sqlite":
+        path = tmp_path / "data" / "relay.db"
+        yield Engine("sqlite", lambda: SQLiteStore(path), f"sqlite:///{path}")
+        return
+    async with fresh_database(shared_server()) as url:
+        yield Engine("postgres", lambda: PostgresStore(url), url)
+
+
+@pytest.fixture
+async def store(engine: Engine) -> AsyncIterator[Store]:
+    store = engine.make()
+    await store.open()
+    yield store
+    await store.close()
+
+
+# --- what the tests feed the store -----------------------------------------------------------
+
+
+def make_run(run_id: str, status: str = "FAILED", at_s: float = 1000, **extra: Any) -> Run:
+    updated = datetime.fromtimestamp(at_s, UTC).isoformat()
+    return Run.model_validate({"id": run_id, "status": status, "updatedAt": updated, **extra})
+
+
+def decide(run: Run, previous: RunState | None) -> Decision:
+    """Rule r1 fires once per run on FAILED, to each channel in the run's tags (default c1)."""
+    if previous is not None and (run.updated_at_ms or 0) < (previous.updated_at_ms or 0):
+        return Decision(state=previous, stale=True)
+    fired = previous.fired if previous is not None else frozenset()
+    matches: tuple[Match, ...] = ()
+    if run.status == "FAILED" and "r1" not in fired:
+        matches = tuple(Match("r1", channel, "t1") for channel in run.tags or ["c1"])
+        fired = fired | {"r1"}
+    state = RunState(run.updated_at_ms, run.status, fired, run.costInCents, run.durationMs)
+    return Decision(state=state, matches=matches)
+
+
+def explode_on_boom(run: Run, previous: RunState | None) -> Decision:
+    if run.id.startswith("boom"):
+        raise ValueError("decide failed")
+    return decide(run, previous)
+
+
+DIGEST = Timing(group_wait_s=30.0, group_interval_s=300.0, repeat_interval_s=3600.0)
+
+
+def decide_digest(run: Run, previous: RunState | None) -> Decision:
+    """Rule dg fires once per FAILED run into a digest grouped by taskIdentifier, to channel d."""
+    decision = decide(run, previous)
+    if not decision.matches:
+        return decision
+    match = Match("dg", "d", "t1", group_by=("taskIdentifier",), timing=DIGEST)
+    return Decision(state=decision.state, matches=(match,))
+
+
+def ids(observed: list[Observed]) -> list[str]:
+    return [n.id for o in observed for n in o.notifications]
+
+
+async def enqueue(store: Store, run_id: str, now: float, *channels: str) -> list[str]:
+    run = make_run(run_id, tags=list(channels or ["c1"]))
+    return ids(await store.observe([run], decide, now))

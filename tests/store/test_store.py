@@ -1,0 +1,613 @@
+"""The Store contract, run on every engine (SQLite and PostgreSQL, see conftest.py).
+
+Observe, the outbox lifecycle, digests, silences, history, retention, key-value state, leader
+leases, and what two stores on one database (two processes, two replicas) may and may not do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import asyncpg
+import pytest
+import trustme
+
+from relay.errors import ConfigError, StoreUnavailable
+from relay.model import Decision, Run, RunState, Silence, notification_id
+from relay.store import HistoryQuery, Observed, Store, migrate, open_store
+from relay.store._pg_connect import connect_args
+from relay.store._pg_schema import SCHEMA_VERSION
+from relay.store.postgres import PostgresStore
+from tests.pg import free_port, fresh_database, shared_server
+from tests.store.conftest import (
+    Engine,
+    decide,
+    decide_digest,
+    enqueue,
+    explode_on_boom,
+    ids,
+    make_run,
+)
+
+EMPTY = {"pending": 0, "sent": 0, "dead": 0, "muted": 0}
+
+# --- observe -------------------------------------------------------------------------------------
+
+
+async def test_observe_enqueues_once_and_survives_a_restart(engine: Engine) -> None:
+    first = engine.make()
+    await first.open()
+    observed = await first.observe([make_run("run_1", costInCents=2.5)], decide, now=10.0)
+    assert observed[0].run_id == "run_1" and not observed[0].stale
+    [notification] = observed[0].notifications
+    assert notification.id == notification_id("run_1", "r1", "c1")
+    assert (notification.channel, notification.template, notification.run["id"]) == (
+        "c1",
+        "t1",
+        "run_1",
+    )
+    again = await first.observe([make_run("run_1", at_s=1001)], decide, now=11.0)
+    assert again == [Observed("run_1", stale=False, notifications=[])]
+    await first.close()
+
+    second = engine.make()
+    await second.open()
+    try:
+        stored = await second.get(notification.id)
+        assert stored == notification
+        assert stored is not None and stored.run["costInCents"] == 2.5
+        after_restart = await second.observe([make_run("run_1", at_s=1002)], decide, now=12.0)
+        assert ids(after_restart) == []
+        assert await second.counts() == {**EMPTY, "pending": 1}
+    finally:
+        await second.close()
+
+
+async def test_a_stale_update_changes_nothing(store: Store) -> None:
+    await store.observe([make_run("run_1", "EXECUTING", at_s=2000)], decide, now=1.0)
+    observed = await store.observe([make_run("run_1", "FAILED", at_s=1000)], decide, now=2.0)
+    assert observed == [Observed("run_1", stale=True)]
+    assert await store.counts() == EMPTY
+    # The stored state is still the newer EXECUTING one: a later FAILED fires.
+    assert len(ids(await store.observe([make_run("run_1", at_s=3000)], decide, now=3.0))) == 1
+
+
+async def test_the_same_run_twice_in_one_call_sees_the_first(store: Store) -> None:
+    runs = [make_run("run_1", at_s=1000), make_run("run_1", at_s=1001), make_run("run_2")]
+    observed = await store.observe(runs, decide, now=1.0)
+    assert [len(o.notifications) for o in observed] == [1, 0, 1]
+    assert [o.run_id for o in observed] == ["run_1", "run_1", "run_2"]
+
+
+async def test_many_concurrent_observes(store: Store) -> None:
+    results = await asyncio.gather(
+        *(store.observe([make_run(f"run_{i}")], decide, now=1.0) for i in range(200))
+    )
+    assert sum(len(ids(observed)) for observed in results) == 200
+    assert await store.counts() == {**EMPTY, "pending": 200}
+
+
+async def test_a_failing_call_fails_alone_and_leaves_no_trace(store: Store) -> None:
+    # boom_1 follows ok_0 in the same call: ok_0's writes must roll back with it.
+    results = await asyncio.gather(
+        store.observe([make_run("ok_1")], explode_on_boom, now=1.0),
+        store.observe([make_run("ok_0"), make_run("boom_1")], explode_on_boom, now=1.0),
+        store.observe([make_run("ok_2")], explode_on_boom, now=1.0),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], ValueError)
+    assert [ids(r) for r in results if isinstance(r, list)] == [
+        [notification_id("ok_1", "r1", "c1")],
+        [notification_id("ok_2", "r1", "c1")],
+    ]
+    assert await store.get(notification_id("ok_0", "r1", "c1")) is None
+    assert len(ids(await store.observe([make_run("ok_0")], decide, now=2.0))) == 1
+
+
+async def test_nul_characters_in_text_are_stored(store: Store) -> None:
+    """A NUL in a run id or an error text (hostile input) must not make the store 'unavailable'."""
+    [nid] = ids(await store.observe([make_run("run\x00nul", payload="a\x00b")], decide, now=1.0))
+    await store.mark_retry(nid, now=2.0, not_before=3.0, attempts=1, reason="other", error="x\x00y")
+    row = await store.get(nid)
+    assert row is not None and row.run["payload"] == "a\x00b" and row.last_error is not None
+    await store.kv_put("ns\x00", "k\x00", "v\x00", now=1.0)
+    assert (await store.kv_get("ns\x00", "k\x00") or "").startswith("v")
+
+
+# --- claim and the outbox lifecycle --------------------------------------------------------------
+
+
+async def test_claim_leases_respects_channel_not_before_and_order(store: Store) -> None:
+    late = (await enqueue(store, "run_late", 30.0))[0]
+    early = (await enqueue(store, "run_early", 10.0))[0]
+    middle = (await enqueue(store, "run_middle", 20.0))[0]
+    await enqueue(store, "run_other", 5.0, "c2")
+
+    assert await store.claim("c1", now=9.0, limit=10, lease_s=60) == []
+    assert [n.id for n in await store.claim("c1", now=25.0, limit=10, lease_s=60)] == [
+        early,
+        middle,
+    ]
+    assert [n.id for n in await store.claim("c1", now=40.0, limit=10, lease_s=60)] == [late]
+    assert await store.claim("c1", now=84.0, limit=10, lease_s=60) == []  # leased until 85
+    again = await store.claim("c1", now=85.0, limit=1, lease_s=60)  # expired, limit 1
+    assert [n.id for n in again] == [early]
+    assert [n.channel for n in await store.claim("c2", now=5.0, limit=10, lease_s=60)] == ["c2"]
+
+
+async def test_next_due_accounts_for_leases(store: Store) -> None:
+    assert await store.next_due("c1") is None
+    await enqueue(store, "run_1", 10.0)
+    await enqueue(store, "run_2", 20.0)
+    assert await store.next_due("c1") == 10.0
+    await store.claim("c1", now=15.0, limit=1, lease_s=30)  # run_1 leased until 45
+    assert await store.next_due("c1") == 20.0
+    await store.claim("c1", now=25.0, limit=1, lease_s=30)  # run_2 leased until 55
+    assert await store.next_due("c1") == 45.0
+    assert await store.next_due("c2") is None
+
+
+async def test_release_leases_only_where_one_replica_owns_them(
+    engine: Engine, store: Store
+) -> None:
+    await enqueue(store, "run_1", 10.0)
+    await store.claim("c1", now=15.0, limit=1, lease_s=30)
+    released = await store.release_leases()
+    if engine.name == "sqlite":  # one replica: every lease at start is a dead process's
+        assert released == 1
+        assert await store.next_due("c1") == 10.0
+    else:  # other replicas' leases are theirs; an expired one is claimable anyway
+        assert released == 0
+        assert await store.next_due("c1") == 45.0
+        assert [n.run_id for n in await store.claim("c1", 45.0, 1, 30)] == ["run_1"]
+
+
+async def test_mark_sent_and_retry(store: Store) -> None:
+    sent, retried = await enqueue(store, "run_1", 10.0, "c1", "c2")
+    await store.claim("c1", now=10.0, limit=10, lease_s=60)
+    await store.mark_sent(sent, now=11.0, attempts=1)
+    await store.claim("c2", now=10.0, limit=10, lease_s=60)
+    await store.mark_retry(
+        retried,
+        now=12.0,
+        not_before=50.0,
+        attempts=2,
+        reason="rate_limited",
+        error="429 from receiver",
+    )
+
+    done = await store.get(sent)
+    assert done is not None and (done.state, done.attempts, done.reason) == ("sent", 1, None)
+    later = await store.get(retried)
+    assert later is not None
+    assert (later.state, later.attempts, later.not_before) == ("pending", 2, 50.0)
+    assert (later.reason, later.last_error) == ("rate_limited", "429 from receiver")
+    assert await store.claim("c2", now=49.0, limit=10, lease_s=60) == []  # lease was released
+    assert [n.id for n in await store.claim("c2", now=50.0, limit=10, lease_s=60)] == [retried]
+    await store.mark_retry(
+        sent, now=13.0, not_before=60.0, attempts=5, reason="other", error="x"
+    )  # a sent row stays sent
+    assert await store.get(sent) == done
+    assert await store.counts() == {**EMPTY, "pending": 1, "sent": 1}
+
+
+async def test_dead_letters_and_replay(store: Store) -> None:
+    a, b = await enqueue(store, "run_a", 10.0, "c1", "c2")
+    c = (await enqueue(store, "run_c", 10.0))[0]
+    await store.mark_dead(a, now=20.0, attempts=3, reason="server_error", error="HTTP 503")
+    await store.mark_dead(b, now=30.0, attempts=1, reason="client_error", error="HTTP 400")
+    await store.mark_dead(c, now=25.0, attempts=2, reason="timeout", error="timed out")
+    dead = await store.dead_letters()
+    assert [n.id for n in dead] == [b, c, a]  # newest first
+    assert (dead[0].reason, dead[0].last_error, dead[0].attempts) == ("client_error", "HTTP 400", 1)
+    assert [n.id for n in await store.dead_letters(limit=1)] == [b]
+    assert await store.claim("c1", now=100.0, limit=10, lease_s=60) == []
+
+    assert await store.replay([a, "ntf_unknown"], now=40.0) == 1
+    assert await store.replay([], now=40.0) == 0
+    replayed = await store.get(a)
+    assert replayed is not None
+    assert (replayed.state, replayed.attempts, replayed.not_before) == ("pending", 0, 40.0)
+    assert (replayed.reason, replayed.last_error, replayed.created_at) == (None, None, 10.0)
+    assert await store.replay([a], now=41.0) == 0  # no longer dead
+    assert await store.counts() == {**EMPTY, "pending": 1, "dead": 2}
+    assert await store.replay(None, now=50.0) == 2
+    assert await store.dead_letters() == []
+    assert await store.get("ntf_unknown") is None
+
+
+async def test_history_and_events(store: Store) -> None:
+    a, b = await enqueue(store, "run_a", 10.0, "c1", "c2")
+    c = (await enqueue(store, "run_c", 20.0))[0]
+    await store.claim("c1", now=10.0, limit=10, lease_s=60)
+    await store.mark_retry(a, now=11.0, not_before=12.0, attempts=1, reason="timeout", error="t")
+    await store.mark_sent(a, now=13.0, attempts=2)
+    await store.mark_dead(b, now=14.0, attempts=1, reason="client_error", error="HTTP 400")
+    await store.replay([b], now=15.0)
+    await store.mark_muted(c, now=21.0, silence_id="sil_1")
+
+    assert [n.id for n in await store.history(HistoryQuery())] == [c, *sorted([a, b])]
+    assert [n.id for n in await store.history(HistoryQuery(run_id="run_a", channel="c2"))] == [b]
+    assert [n.id for n in await store.history(HistoryQuery(state="sent"))] == [a]
+    assert [n.id for n in await store.history(HistoryQuery(since=15.0))] == [c]
+    assert [n.id for n in await store.history(HistoryQuery(rule="r1", limit=1))] == [c]
+    assert [n.id for n in await store.history(HistoryQuery(rule="nope"))] == []
+
+    kinds = [(e["kind"], e["attempts"], e["reason"]) for e in await store.events(a)]
+    assert kinds == [("created", 0, None), ("retry", 1, "timeout"), ("sent", 2, None)]
+    assert [e["kind"] for e in await store.events(b)] == ["created", "dead", "replayed"]
+    muted = await store.events(c)
+    assert [(e["kind"], e["reason"], e["detail"]) for e in muted][-1] == (
+        "muted",
+        "silence",
+        "sil_1",
+    )
+    assert (await store.get(c) or c).state == "muted"  # type: ignore[union-attr]
+    assert await store.events("ntf_unknown") == []
+
+
+async def test_prune_forgets_what_finished_before_the_retention(store: Store) -> None:
+    old, kept = await enqueue(store, "run_old", 100.0, "c1", "c2")
+    await store.mark_sent(old, now=110.0, attempts=1)
+    new = (await enqueue(store, "run_new", 5000.0))[0]
+    await store.add_silence(Silence("sil_old", {"rule": ("r1",)}, 0.0, 200.0, 0.0))
+    assert await store.prune(before=1000.0) == 1
+    assert await store.get(old) is None and await store.events(old) == []
+    assert await store.get(kept) is not None  # pending: kept
+    assert await store.get(new) is not None
+    assert await store.silences(0.0, include_expired=True) == []
+    # run_old's state was forgotten (seen at 100): its next FAILED update fires again.
+    refired = await store.observe([make_run("run_old", at_s=2000)], decide, now=5001.0)
+    assert ids(refired) == [old]
+
+
+# --- digests -------------------------------------------------------------------------------------
+
+
+async def test_a_digest_group_collects_runs_and_is_claimed_whole(store: Store) -> None:
+    first = await store.observe([make_run("run_1", taskIdentifier="t/a")], decide_digest, 100.0)
+    [n1] = first[0].notifications
+    assert n1.group_key is not None and n1.not_before == 130.0  # group_wait 30 s
+    assert n1.extra["group_labels"] == {"taskIdentifier": "t/a"}
+    more = await store.observe(
+        [make_run("run_2", taskIdentifier="t/a"), make_run("run_3", taskIdentifier="t/b")],
+        decide_digest,
+        110.0,
+    )
+    n2, n3 = (o.notifications[0] for o in more)
+    assert (n2.group_key, n2.not_before) == (n1.group_key, 130.0)  # joins the waiting digest
+    assert n3.group_key != n1.group_key and n3.not_before == 140.0
+
+    assert await store.claim("d", now=129.0, limit=10, lease_s=60) == []
+    heads = await store.claim("d", now=130.0, limit=1, lease_s=60)  # one unit: group t/a
+    assert {n.group_key for n in heads} == {n1.group_key}
+    group = await store.claim_group(heads[0].group_key or "", now=130.0, lease_s=60)
+    assert sorted(n.id for n in [*heads, *group]) == sorted([n1.id, n2.id])
+    assert await store.claim_group(n1.group_key or "", now=130.0, lease_s=60) == []  # leased
+    for n in (n1, n2):
+        await store.mark_sent(n.id, now=131.0, attempts=1)
+    assert await store.group_flushed(n1.group_key or "", 131.0) == {"taskIdentifier": "t/a"}
+    assert await store.group_flushed("grp_unknown", 131.0) == {}
+
+    # After a flush, the next run waits for group_interval (300 s after the last digest).
+    after = await store.observe([make_run("run_4", taskIdentifier="t/a")], decide_digest, 200.0)
+    assert after[0].notifications[0].not_before == 431.0
+
+
+async def test_muted_matches_are_recorded_not_grouped(store: Store) -> None:
+    def muted(run: Run, previous: RunState | None) -> Decision:
+        decision = decide_digest(run, previous)
+        matches = tuple(replace(m, muted_by="sil_1") for m in decision.matches)
+        return replace(decision, matches=matches)
+
+    [n] = ids(await store.observe([make_run("run_1", taskIdentifier="t")], muted, now=1.0))
+    row = await store.get(n)
+    assert row is not None and (row.state, row.reason, row.group_key) == ("muted", "sil_1", None)
+    assert await store.counts() == {**EMPTY, "muted": 1}
+    assert [e["kind"] for e in await store.events(n)] == ["muted"]
+
+
+# --- silences, key-value state, leader leases ----------------------------------------------------
+
+
+async def test_silences(store: Store) -> None:
+    a = Silence("sil_a", {"rule": ("r1",), "tag": ("env:prod", "x")}, 10.0, 100.0, 5.0, "why", "me")
+    b = Silence("sil_b", {"task": ("billing/*",)}, 5.0, 50.0, 5.0)
+    await store.add_silence(a)
+    await store.add_silence(b)
+    assert await store.silences(20.0) == [b, a]  # in start order
+    assert await store.silences(60.0) == [a]
+    expired = await store.expire_silence("sil_a", 70.0)
+    assert expired is not None and expired.ends_at == 70.0 and expired.comment == "why"
+    assert await store.silences(70.0) == []
+    assert [s.id for s in await store.silences(70.0, include_expired=True)] == ["sil_b", "sil_a"]
+    assert (await store.expire_silence("sil_a", 90.0)).ends_at == 70.0  # type: ignore[union-attr]
+    assert await store.expire_silence("sil_unknown", 70.0) is None
+
+
+async def test_key_value_state_survives_a_restart(engine: Engine) -> None:
+    store = engine.make()
+    await store.open()
+    assert await store.kv_get("realtime", "feed-a") is None
+    await store.kv_put("realtime", "feed-a", '{"offset": "0_0"}', now=1.0)
+    await store.kv_put("realtime", "feed-a", '{"offset": "5_2"}', now=2.0)
+    await store.kv_put("slack_thread", "feed-a", "1712.0001", now=2.0)
+    await store.close()
+    store = engine.make()
+    await store.open()
+    assert await store.kv_get("realtime", "feed-a") == '{"offset": "5_2"}'
+    assert await store.kv_get("slack_thread", "feed-a") == "1712.0001"
+    await store.kv_delete("realtime", "feed-a")
+    assert await store.kv_get("realtime", "feed-a") is None
+    await store.close()
+
+
+async def test_try_lead_one_owner_until_the_lease_ends(store: Store) -> None:
+    assert await store.try_lead("realtime:feed", "a", ttl_s=10.0, now=100.0)
+    assert not await store.try_lead("realtime:feed", "b", ttl_s=10.0, now=105.0)
+    assert await store.try_lead("realtime:feed", "a", ttl_s=10.0, now=108.0)  # renewed to 118
+    assert not await store.try_lead("realtime:feed", "b", ttl_s=10.0, now=117.9)
+    assert await store.try_lead("other", "b", ttl_s=10.0, now=117.9)  # names are independent
+    assert await store.try_lead("realtime:feed", "b", ttl_s=10.0, now=118.0)  # a's lease ended
+    assert not await store.try_lead("realtime:feed", "a", ttl_s=10.0, now=119.0)
+    assert await store.try_lead("realtime:feed", "b", ttl_s=0.0, now=120.0)  # b gives it up
+    assert await store.try_lead("realtime:feed", "a", ttl_s=10.0, now=120.0)
+
+
+# --- opening and closing -------------------------------------------------------------------------
+
+
+async def test_a_closed_store_refuses_calls(engine: Engine) -> None:
+    store = engine.make()
+    with pytest.raises(StoreUnavailable, match="store is closed"):
+        await store.ping()
+    await store.open()
+    await store.open()  # idempotent
+    await store.ping()
+    await store.close()
+    with pytest.raises(StoreUnavailable, match="store is closed"):
+        await store.counts()
+    await store.close()  # idempotent
+
+
+async def test_close_finishes_queued_calls(engine: Engine) -> None:
+    store = engine.make()
+    await store.open()
+    calls = [
+        asyncio.ensure_future(store.observe([make_run(f"run_{i}")], decide, now=1.0))
+        for i in range(20)
+    ]
+    await asyncio.sleep(0)  # let the calls queue
+    await store.close()
+    assert sum(len(ids(call.result())) for call in calls) == 20
+
+
+async def test_migrate_is_idempotent(engine: Engine) -> None:
+    before, after = await migrate(engine.url)
+    assert before == 0 and after > 0
+    assert await migrate(engine.url) == (after, after)
+    store = engine.make()
+    await store.open()
+    await store.ping()
+    await store.close()
+
+
+# --- two stores on one database: two processes on the file, two replicas -------------------------
+
+
+async def test_two_stores_on_one_database(engine: Engine, store: Store) -> None:
+    other = engine.make()
+    await other.open()
+    try:
+        [nid] = await enqueue(store, "run_1", 10.0)
+        await store.mark_dead(nid, now=11.0, attempts=3, reason="timeout", error="timed out")
+        assert [n.id for n in await other.dead_letters()] == [nid]
+        assert await other.replay(None, now=12.0) == 1
+        assert [n.id for n in await store.claim("c1", now=12.0, limit=10, lease_s=60)] == [nid]
+        # Both write at once: each waits for the other where they touch the same rows ...
+        await asyncio.gather(
+            *(
+                s.observe([make_run(f"both_{i}")], decide, now=13.0)
+                for i in range(50)
+                for s in (store, other)
+            )
+        )
+        # ... and each run, observed by both, is enqueued once.
+        assert await other.counts() == {**EMPTY, "pending": 51}
+    finally:
+        await other.close()
+
+
+async def test_two_stores_claim_disjoint_rows(engine: Engine, store: Store) -> None:
+    other = engine.make()
+    await other.open()
+    try:
+        await store.observe([make_run(f"run_{i:03d}") for i in range(100)], decide, now=1.0)
+        claims = await asyncio.gather(
+            *(
+                s.claim("c1", now=2.0, limit=7, lease_s=60)
+                for _ in range(10)
+                for s in (store, other)
+            )
+        )
+        claimed = [n.id for batch in claims for n in batch]
+        assert len(claimed) == len(set(claimed)) == 100  # every row once, none twice
+    finally:
+        await other.close()
+
+
+async def test_two_stores_transition_and_digest_once(engine: Engine, store: Store) -> None:
+    other = engine.make()
+    await other.open()
+    try:
+        runs = [make_run(f"run_{i:03d}", taskIdentifier=f"task/{i % 3}") for i in range(60)]
+        # Every update reaches both replicas, in opposite orders, in batches of 4.
+        batches = [runs[i : i + 4] for i in range(0, 60, 4)]
+        results = await asyncio.gather(
+            *(store.observe(b, decide_digest, 100.0) for b in batches),
+            *(other.observe(list(reversed(b)), decide_digest, 100.0) for b in batches),
+        )
+        made = [n for observed in results for o in observed for n in o.notifications]
+        assert len(made) == len({n.id for n in made}) == 60  # each run fired once
+        assert len({n.group_key for n in made}) == 3
+        assert {n.not_before for n in made} == {130.0}  # one schedule per group
+        sent: list[list[str]] = []
+
+        async def deliver(replica: Store) -> None:  # claim a row, then the rest of its group
+            while heads := await replica.claim("d", 130.0, 1, 60):
+                rest = await replica.claim_group(heads[0].group_key or "", 130.0, 60)
+                sent.append([n.id for n in heads + rest])
+
+        await asyncio.gather(deliver(store), deliver(other), deliver(store), deliver(other))
+        every = [i for digest in sent for i in digest]
+        assert sorted(every) == sorted(n.id for n in made)  # each run in exactly one digest
+        if engine.name == "postgres":  # replicas never split a group (SQLite serves one replica)
+            assert len(sent) == 3
+    finally:
+        await other.close()
+
+
+# --- PostgreSQL only: replicas starting together, a lost server, URLs, TLS -----------------------
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    async with fresh_database(shared_server()) as url:
+        yield url
+
+
+async def test_replicas_starting_at_once_migrate_once(pg_url: str) -> None:
+    stores = [PostgresStore(pg_url) for _ in range(6)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        await asyncio.gather(*(s.ping() for s in stores))
+        conn = await asyncpg.connect(pg_url)
+        try:
+            versions = await conn.fetch("SELECT version FROM relay_schema_version ORDER BY 1")
+        finally:
+            await conn.close()
+        assert [row["version"] for row in versions] == list(range(1, SCHEMA_VERSION + 1))
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_a_newer_schema_is_refused(pg_url: str) -> None:
+    assert await migrate(pg_url) == (0, SCHEMA_VERSION)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute("INSERT INTO relay_schema_version (version) VALUES (99)")
+    finally:
+        await conn.close()
+    with pytest.raises(StoreUnavailable, match="schema version 99 is newer"):
+        await PostgresStore(pg_url).open()
+
+
+async def test_an_unreachable_server_is_unavailable_and_names_no_secret() -> None:
+    url = f"postgresql://relay:hunter2@127.0.0.1:{free_port()}/relaydb"
+    store = open_store(url)
+    assert isinstance(store, PostgresStore) and "hunter2" not in repr(store)
+    with pytest.raises(StoreUnavailable) as caught:
+        await store.open()
+    text = str(caught.value)
+    assert text.startswith("store open failed: ") and "Error" in text
+    for secret in ("hunter2", "relay:", "relaydb", "127.0.0.1"):
+        assert secret not in text
+    with pytest.raises(StoreUnavailable):
+        await migrate(url)
+
+
+async def test_connections_killed_under_the_pool_come_back(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        await enqueue(store, "run_1", 1.0)
+        conn = await asyncpg.connect(shared_server().url())
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                pg_url.rsplit("/", 1)[1],
+            )
+        finally:
+            await conn.close()
+        outcomes = []
+        for _ in range(3):  # the dead connection fails one call, then the pool reconnects
+            try:
+                outcomes.append(await store.counts())
+            except StoreUnavailable as exc:
+                assert "store unavailable: " in str(exc)
+                outcomes.append(None)
+        assert outcomes[-1] == {**EMPTY, "pending": 1}
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://u:hunter2@h/db?sslmode=bogus", "postgresql+asyncpg://u:hunter2@h/db"],
+)
+def test_bad_postgresql_urls(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        PostgresStore(url)
+    [problem] = caught.value.problems
+    assert problem.path == "RELAY_STORE_URL" and "hunter2" not in str(caught.value)
+
+
+def test_verify_modes_trust_the_system_store_unless_a_root_cert_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PGSSLMODE", raising=False)
+    monkeypatch.delenv("PGSSLROOTCERT", raising=False)
+    assert connect_args("postgresql://h/db") == {}
+    assert connect_args("postgresql://h/db?sslmode=require") == {}
+    assert connect_args("postgresql://h/db?sslmode=verify-full&sslrootcert=/ca.pem") == {}
+    full = connect_args("postgresql://h/db?sslmode=verify-full")["ssl"]
+    assert full.check_hostname and full.verify_mode == ssl.CERT_REQUIRED
+    ca = connect_args("postgresql://h/db?sslmode=verify-ca")["ssl"]
+    assert not ca.check_hostname and ca.verify_mode == ssl.CERT_REQUIRED
+    monkeypatch.setenv("PGSSLMODE", "verify-full")
+    assert "ssl" in connect_args("postgresql://h/db")
+
+
+async def test_tls_verify_full_trusts_ssl_cert_file(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = shared_server()
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(server.root / "server.pem"))
+    server.own(server.root / "server.pem", mode=0o600)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    admin = await asyncpg.connect(server.url())
+    try:
+        for name in ("ssl_cert_file", "ssl_key_file"):
+            await admin.execute(f"ALTER SYSTEM SET {name} = '{server.root / 'server.pem'}'")
+        await admin.execute("ALTER SYSTEM SET ssl = on")
+        await admin.execute("SELECT pg_reload_conf()")
+        url = pg_url + "?sslmode=verify-full"
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        with pytest.raises(StoreUnavailable, match="SSLCertVerificationError"):
+            await PostgresStore(url).open()  # our CA is in no system store
+        monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        store = PostgresStore(url)
+        await store.open()
+        try:
+            await store.kv_put("tls", "k", "v", now=1.0)
+            assert await store.kv_get("tls", "k") == "v"
+            encrypted = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)"
+                " WHERE datname = $1 AND ssl",
+                pg_url.rsplit("/", 1)[1],
+            )
+            assert encrypted >= 1
+        finally:
+            await store.close()
+    finally:
+        for name in ("ssl", "ssl_cert_file", "ssl_key_file"):
+            await admin.execute(f"ALTER SYSTEM RESET {name}")
+        await admin.execute("SELECT pg_reload_conf()")
+        await admin.close()

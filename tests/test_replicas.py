@@ -1,0 +1,300 @@
+"""Several `relay serve` replicas on one PostgreSQL: the work is shared, nothing is lost.
+
+Real child processes (kill -9 is real), a real PostgreSQL (tests/pg.py: its own throwaway
+cluster, since one test restarts it), a real webhook receiver. Every notification carries its
+stable id in `webhook-id`, so the sink tells what arrived and what arrived twice.
+
+A kill -9 leaves the dead replica's claimed rows leased (5 minutes in production). Rather than
+wait, the tests end those leases in the database — the time travel a lease expiry is — and allow
+duplicates exactly for the ids whose lease they ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from relay.model import notification_id
+from tests.conftest import RelayProcess, Sink, sdk_run
+from tests.pg import PgServer, fresh_database, start_server
+
+CONFIG = """\
+defaults:
+  retry: {{max_attempts: 50, max_age: 1h, min_backoff: 100ms, max_backoff: 500ms}}
+  timeout: 30s
+channels:
+  hook:
+    type: webhook
+    url: {url}/hook
+    concurrency: 4
+  digest:
+    type: webhook
+    url: {url}/digest
+    concurrency: 2
+rules:
+  - name: failures
+    match: {{status: [failure]}}
+    notify: [hook]
+    continue: true
+  - name: digests
+    match: {{status: [failure], tags: {{any: [digest]}}}}
+    notify: [digest]
+    group_by: [taskIdentifier]
+    group_wait: 1s
+    group_interval: 1s
+"""
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgServer]:
+    server = start_server()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+async def database(pg: PgServer) -> AsyncIterator[str]:
+    if not pg.running():
+        pg.start()
+    async with fresh_database(pg) as url:
+        yield url
+
+
+@pytest.fixture
+async def replicas(
+    database: str, sink: Sink, tmp_path: Path
+) -> AsyncIterator[Callable[[int], Any]]:
+    """Start n replicas at once (they migrate the fresh database together); killed afterwards."""
+    started: list[RelayProcess] = []
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(url=sink.url))
+
+    async def start(n: int) -> list[RelayProcess]:
+        procs = [
+            RelayProcess(config, tmp_path / "unused.db", {"RELAY_STORE_URL": database})
+            for _ in range(n)
+        ]
+        started.extend(procs)
+        await asyncio.gather(*(asyncio.to_thread(p.start, 60.0) for p in procs))
+        return procs
+
+    yield start
+    for p in started:
+        p.kill()
+
+
+def failing_runs(n: int, prefix: str, **extra: Any) -> list[dict[str, Any]]:
+    out = []
+    for i in range(n):
+        run = sdk_run("failed")
+        run.update(id=f"run_{prefix}_{i:04d}", **extra)
+        out.append(run)
+    return out
+
+
+def hook_id(run: dict[str, Any]) -> str:
+    return notification_id(run["id"], "failures", "hook")
+
+
+async def post(http: aiohttp.ClientSession, url: str, runs: list[dict[str, Any]]) -> int:
+    """The status of POST /v1/runs, 0 when the replica is gone."""
+    try:
+        async with http.post(url + "/v1/runs", data=json.dumps(runs)) as resp:
+            await resp.read()
+            return resp.status
+    except aiohttp.ClientError:
+        return 0
+
+
+async def post_until_accepted(
+    http: aiohttp.ClientSession, procs: list[RelayProcess], start: int, runs: list[dict[str, Any]]
+) -> None:
+    """A client that retries elsewhere (or later) until a replica answers 202."""
+    for attempt in range(600):
+        target = procs[(start + attempt) % len(procs)]
+        if await post(http, target.url, runs) == 202:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no replica accepted a batch for 30 s")
+
+
+def arrivals(sink: Sink, path: str = "/hook") -> collections.Counter[str]:
+    return collections.Counter(r.headers["webhook-id"] for r in sink.received if r.path == path)
+
+
+async def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def end_stuck_leases(url: str, sink: Sink, quiet_s: float = 1.0) -> set[str]:
+    """Once delivery went quiet, end the leases still held (a dead replica's); their ids."""
+    conn = await asyncpg.connect(url)
+    try:
+        last: tuple[int, int] | None = None
+        quiet_since = time.monotonic()
+        for _ in range(600):
+            free = await conn.fetchval(
+                "SELECT count(*) FROM relay_outbox WHERE state = 'pending'"
+                " AND (lease_until IS NULL OR lease_until <= extract(epoch FROM now()))"
+            )
+            now = (len(sink.received), int(free))
+            if now != last:
+                last, quiet_since = now, time.monotonic()
+            elif free == 0 and time.monotonic() - quiet_since >= quiet_s:
+                break
+            await asyncio.sleep(0.1)
+        rows = await conn.fetch(
+            "UPDATE relay_outbox SET lease_until = 0 WHERE state = 'pending'"
+            " AND lease_until IS NOT NULL RETURNING id"
+        )
+        return {row["id"] for row in rows}
+    finally:
+        await conn.close()
+
+
+async def outbox_counts(url: str) -> dict[str, int]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT state, count(*) AS n FROM relay_outbox GROUP BY state")
+        return {row["state"]: int(row["n"]) for row in rows}
+    finally:
+        await conn.close()
+
+
+def sent_by(proc: RelayProcess) -> set[str]:
+    return {e["notification_id"] for e in proc.logs if e.get("msg") == "notification sent"}
+
+
+# --------------------------------------------------------------------------------------- tests
+
+
+async def test_replicas_share_the_work_and_survive_a_kill_9(
+    replicas: Callable[[int], Any], sink: Sink, database: str
+) -> None:
+    async def slow_ok(request: Any, index: int) -> Any:
+        await asyncio.sleep(0.02)  # deliveries are in flight when the replica dies
+        return aiohttp.web.Response(status=200)
+
+    sink.default = slow_ok
+    procs: list[RelayProcess] = await replicas(3)
+    items = failing_runs(1000, "kill")
+    batches = [items[i : i + 20] for i in range(0, len(items), 20)]
+    accepted = 0
+    gate = asyncio.Semaphore(6)
+
+    async def send(i: int, batch: list[dict[str, Any]]) -> None:
+        nonlocal accepted
+        async with gate:
+            await post_until_accepted(http, procs, i, batch)
+            accepted += len(batch)
+
+    async with aiohttp.ClientSession() as http:
+        posting = asyncio.gather(*(send(i, b) for i, b in enumerate(batches)))
+        await wait_for(lambda: accepted >= 500, 30, "half of the runs accepted")
+        victim = procs[2]
+        await asyncio.to_thread(victim.kill)  # kill -9, mid-way through ingest and delivery
+        await posting
+
+    in_flight = await end_stuck_leases(database, sink)
+    want = {hook_id(run) for run in items}
+    await wait_for(lambda: want <= set(arrivals(sink)), 30, "every notification")
+    got = arrivals(sink)
+    assert set(got) == want
+    twice = {ident for ident, n in got.items() if n > 1}
+    assert twice <= in_flight, "only a dead replica's in-flight rows may be sent again"
+    assert len(in_flight) <= 4  # the dead replica's channel concurrency
+    by_replica = [sent_by(p) for p in procs]
+    assert by_replica[0] and by_replica[1], "the survivors shared the work"
+    overlap = set.union(*(a & b for i, a in enumerate(by_replica) for b in by_replica[i + 1 :]))
+    assert overlap <= in_flight
+    for _ in range(100):  # the last sends' marks commit just after the sink answered
+        if (counts := await outbox_counts(database)) == {"sent": 1000}:
+            break
+        await asyncio.sleep(0.1)
+    assert counts == {"sent": 1000}
+
+
+async def test_the_same_update_at_every_replica_fires_once(
+    replicas: Callable[[int], Any], sink: Sink
+) -> None:
+    procs: list[RelayProcess] = await replicas(3)
+    plain = failing_runs(60, "same")
+    grouped = [
+        {**run, "taskIdentifier": f"task/{i % 3}", "tags": ["digest"]}
+        for i, run in enumerate(failing_runs(45, "digest"))
+    ]
+    items = plain + grouped
+    async with aiohttp.ClientSession() as http:
+        for i in range(0, len(items), 15):  # each batch goes to all three at once
+            batch = items[i : i + 15]
+            statuses = await asyncio.gather(*(post(http, p.url, batch) for p in procs))
+            assert statuses == [202, 202, 202]
+    want = {hook_id(run) for run in items}
+    await wait_for(lambda: want <= set(arrivals(sink)), 20, "every notification")
+
+    def digested() -> list[list[str]]:
+        out = []
+        for r in sink.received:
+            if r.path == "/digest":
+                body = r.json()
+                out.append([run["id"] for run in body.get("runs") or [body["run"]]])
+        return out
+
+    expect = sorted(run["id"] for run in grouped)
+    await wait_for(lambda: sorted(i for d in digested() for i in d) == expect, 20, "every digest")
+    await asyncio.sleep(1.5)  # a group window more: nothing else may come
+    assert sorted(arrivals(sink).elements()) == sorted(want)  # each exactly once
+    digests = digested()
+    assert sorted(i for d in digests for i in d) == expect  # each run in exactly one digest
+    assert len(digests) <= 6  # per group: the first digest, at most one more for late joiners
+
+
+async def test_postgresql_restart_mid_run_loses_nothing(
+    replicas: Callable[[int], Any], sink: Sink, database: str, pg: PgServer
+) -> None:
+    procs: list[RelayProcess] = await replicas(2)
+    items = failing_runs(400, "restart")
+    batches = [items[i : i + 10] for i in range(0, len(items), 10)]
+    refused: list[tuple[int, str | None]] = []
+    async with aiohttp.ClientSession() as http:
+        for batch in batches[:20]:
+            await post_until_accepted(http, procs, 0, batch)
+        await asyncio.to_thread(pg.stop, "fast")
+        try:
+            for i, batch in enumerate(batches[20:25]):
+                url = procs[i % 2].url
+                async with http.post(url + "/v1/runs", data=json.dumps(batch)) as resp:
+                    refused.append((resp.status, resp.headers.get("Retry-After")))
+            for p in procs:
+                async with http.get(p.url + "/healthz") as resp:
+                    assert resp.status == 200
+                async with http.get(p.url + "/readyz") as resp:
+                    assert resp.status == 503
+        finally:
+            await asyncio.to_thread(pg.start)
+        assert refused and all(status == 503 and after for status, after in refused)
+        for i, batch in enumerate(batches[20:]):  # the client retries, and goes on
+            await post_until_accepted(http, procs, i, batch)
+        for p in procs:
+            async with http.get(p.url + "/readyz") as resp:
+                assert resp.status == 200
+
+    in_flight = await end_stuck_leases(database, sink)
+    want = {hook_id(run) for run in items}
+    await wait_for(lambda: want <= set(arrivals(sink)), 30, "every notification")
+    got = arrivals(sink)
+    assert set(got) == want
+    assert {ident for ident, n in got.items() if n > 1} <= in_flight
