@@ -22,6 +22,7 @@ from relay import policy as pol
 from relay.channels import Channel, Outgoing
 from relay.config import RetryPolicy
 from relay.errors import DeliveryError, StoreUnavailable
+from relay.grouping import digest_context, digest_id
 from relay.model import Notification
 from relay.silences import SilenceCache, silenced_by
 from relay.store import Store
@@ -29,6 +30,7 @@ from relay.templating import RenderContext, Rendered, Renderer
 
 log = logging.getLogger("relay.delivery")
 POLL_S = 1.0
+DIGEST_TEMPLATE = "digest"
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 DashboardLink = Callable[[dict[str, object]], str | None]
@@ -56,7 +58,8 @@ class Deps:
     rng: random.Random = random.Random()  # noqa: RUF009 - one shared generator is the intent
     lease_s: float = 300.0
     silences: SilenceCache | None = None
-    on_event: Callable[[str, Notification, str], None] | None = None
+    # (kind, row, reason, attempts) after each outcome: sent, retry, dead, muted, template_error
+    on_event: Callable[[str, Notification, str, int], None] | None = None
 
 
 def render_notification(
@@ -72,6 +75,40 @@ def render_notification(
         dashboard_url=link(row.run),
     )
     return renderer.render(route.type, row.template, route.parts, ctx)
+
+
+def render_digest(
+    renderer: Renderer, channel: str, route: Route, rows: list[Notification], link: DashboardLink
+) -> Rendered:
+    """Render several notifications of one group as one digest (template `digest`)."""
+    head = rows[-1]
+    labels = head.extra.get("group_labels") or {}
+    group = digest_context(head.group_key or "", labels, [row.run for row in rows])
+    ctx = RenderContext(
+        run=head.run,
+        rule=head.rule,
+        channel=channel,
+        channel_type=route.type,
+        notification_id=digest_id([row.id for row in rows]),
+        dashboard_url=link(head.run),
+        group=group,
+    )
+    return renderer.render(route.type, DIGEST_TEMPLATE, route.parts, ctx)
+
+
+def units(rows: list[Notification]) -> list[tuple[str | None, list[Notification]]]:
+    """Claimed rows as delivery units: each ungrouped row alone, grouped rows by group."""
+    groups: dict[str, list[Notification]] = {}
+    out: list[tuple[str | None, list[Notification]]] = []
+    for row in rows:
+        if row.group_key is None:
+            out.append((None, [row]))
+        elif row.group_key in groups:
+            groups[row.group_key].append(row)
+        else:
+            groups[row.group_key] = [row]
+            out.append((row.group_key, groups[row.group_key]))
+    return out
 
 
 class Delivery:
@@ -142,8 +179,11 @@ class ChannelLoop:
             return
         now = self.deps.clock()
         rows = await self.deps.store.claim(self.name, now, free, self.deps.lease_s)
-        for row in rows:
-            task = asyncio.create_task(self._deliver(row))
+        for group_key, claimed in units(rows):
+            unit = claimed
+            if group_key is not None:  # the whole group, before another claim can split it
+                unit += await self.deps.store.claim_group(group_key, now, self.deps.lease_s)
+            task = asyncio.create_task(self._deliver(unit, group_key))
             self.inflight.add(task)
             task.add_done_callback(self._done)
         if len(rows) == free:
@@ -162,30 +202,67 @@ class ChannelLoop:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), wait_s)
 
-    async def _deliver(self, row: Notification) -> None:
-        extra: dict[str, object] = {
+    async def _deliver(self, rows: list[Notification], group_key: str | None) -> None:
+        """Send one notification, or every due one of a group as one digest; then finish."""
+        rows = [row for row in rows if not await self._muted(row, self._extra(row))]
+        if not rows:
+            if group_key is not None:
+                await asyncio.shield(self.deps.store.group_flushed(group_key, self.deps.clock()))
+            return
+        outgoing = self._render(rows, group_key)
+        tries, err = await self._attempt(outgoing, max(row.attempts for row in rows))
+
+        def finish() -> Awaitable[object]:
+            writes: list[Awaitable[object]] = [
+                self._sent(row, row.attempts + tries)
+                if err is None
+                else self._failed(row, err, row.attempts + tries)
+                for row in rows
+            ]
+            if err is None and group_key is not None:
+                writes.append(self.deps.store.group_flushed(group_key, self.deps.clock()))
+            return asyncio.gather(*writes)
+
+        await asyncio.shield(self._write_through_blips(finish))
+
+    async def _write_through_blips(self, write: Callable[[], Awaitable[object]]) -> None:
+        """Record the outcome even if the store blips: retried with backoff up to the lease
+        (the writes are idempotent: they only change rows still pending)."""
+        deadline = self.deps.clock() + self.deps.lease_s
+        wait_s = 0.25
+        while True:
+            try:
+                await write()
+                return
+            except StoreUnavailable:
+                if self.deps.clock() + wait_s > deadline:
+                    log.error(
+                        "outcome not recorded: store unavailable", extra={"channel": self.name}
+                    )
+                    return
+                await self.deps.sleep(wait_s)
+                wait_s = min(wait_s * 2, 15.0)
+
+    async def _attempt(self, outgoing: Outgoing, attempts: int) -> tuple[int, DeliveryError | None]:
+        """Throttle, then send with in-process retries; return the tries made and the error."""
+        try:
+            await self._throttle()
+            budget = max(1, min(pol.QUICK_TRIES, self.deps.retry.max_attempts - attempts))
+            return await self._send(outgoing, budget)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a channel bug: retry, never drop
+            log.exception("channel raised unexpectedly", extra={"channel": self.name})
+            return 1, DeliveryError("other", retryable=True, detail=type(exc).__name__)
+
+    def _extra(self, row: Notification) -> dict[str, object]:
+        return {
             "run_id": row.run_id,
             "rule": row.rule,
             "channel": self.name,
             "notification_id": row.id,
+            "group": row.group_key,
         }
-        if await self._muted(row, extra):
-            return
-        outgoing = self._render(row, extra)
-        try:
-            await self._throttle()
-            budget = max(1, min(pol.QUICK_TRIES, self.deps.retry.max_attempts - row.attempts))
-            attempts, err = await self._send(outgoing, row.attempts, budget)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a channel bug: retry, never drop
-            log.exception("channel raised unexpectedly", extra=extra)
-            attempts = row.attempts + 1
-            err = DeliveryError("other", retryable=True, detail=type(exc).__name__)
-        if err is None:
-            await asyncio.shield(self._sent(row, attempts, extra))
-        else:
-            await asyncio.shield(self._failed(row, err, attempts, extra))
 
     async def _muted(self, row: Notification, extra: dict[str, object]) -> bool:
         """A silence created after the notification was queued still mutes it."""
@@ -212,17 +289,23 @@ class ChannelLoop:
         self._event("muted", row, "")
         return True
 
-    def _render(self, row: Notification, extra: dict[str, object]) -> Outgoing:
-        rendered = render_notification(
-            self.deps.renderer, self.name, self.route, row, self.deps.dashboard_link
-        )
+    def _render(self, rows: list[Notification], group_key: str | None) -> Outgoing:
+        head = rows[-1]
+        link = self.deps.dashboard_link
+        if len(rows) == 1:
+            ident = head.id
+            rendered = render_notification(self.deps.renderer, self.name, self.route, head, link)
+        else:
+            ident = digest_id([row.id for row in rows])
+            rendered = render_digest(self.deps.renderer, self.name, self.route, rows, link)
         if rendered.fallback:
             log.error(
                 "template failed; sending the plain fallback",
-                extra={**extra, "reason": "template", "error": rendered.error},
+                extra={**self._extra(head), "reason": "template", "error": rendered.error},
             )
-            self._event("template_error", row, "template")
-        return Outgoing(row.id, row.run_id, row.rule, rendered.parts, self.deps.clock())
+            self._event("template_error", head, "template")
+        run_id = head.run_id if len(rows) == 1 else ""
+        return Outgoing(ident, run_id, head.rule, rendered.parts, self.deps.clock())
 
     async def _throttle(self) -> None:
         bucket = self.route.bucket
@@ -231,10 +314,8 @@ class ChannelLoop:
             if wait > 0:
                 await self.deps.sleep(wait)
 
-    async def _send(
-        self, outgoing: Outgoing, attempts: int, budget: int
-    ) -> tuple[int, DeliveryError | None]:
-        """Send, retrying blips in-process; return the attempt count and the final error."""
+    async def _send(self, outgoing: Outgoing, budget: int) -> tuple[int, DeliveryError | None]:
+        """Send, retrying blips in-process; return the tries made and the final error."""
         tries = 0
 
         def wait(state: RetryCallState) -> float:
@@ -255,21 +336,21 @@ class ChannelLoop:
                     tries += 1
                     await self.route.channel.send(outgoing)
         except DeliveryError as err:
-            return attempts + tries, err
-        return attempts + tries, None
+            return tries, err
+        return tries, None
 
-    async def _sent(self, row: Notification, attempts: int, extra: dict[str, object]) -> None:
+    async def _sent(self, row: Notification, attempts: int) -> None:
+        extra = self._extra(row)
         now = self.deps.clock()
         await self.deps.store.mark_sent(row.id, now=now, attempts=attempts)
         log.info(
             "notification sent",
             extra={**extra, "attempts": attempts, "latency_s": round(now - row.created_at, 4)},
         )
-        self._event("sent", row, "")
+        self._event("sent", row, "", attempts)
 
-    async def _failed(
-        self, row: Notification, err: DeliveryError, attempts: int, extra: dict[str, object]
-    ) -> None:
+    async def _failed(self, row: Notification, err: DeliveryError, attempts: int) -> None:
+        extra = self._extra(row)
         now = self.deps.clock()
         outcome = pol.after_failure(
             err,
@@ -289,7 +370,7 @@ class ChannelLoop:
                 error=f"{err} ({outcome.why})",
             )
             log.error("notification dead", extra={**info, "why": outcome.why})
-            self._event("dead", row, err.reason)
+            self._event("dead", row, err.reason, attempts)
             return
         await self.deps.store.mark_retry(
             row.id,
@@ -303,8 +384,8 @@ class ChannelLoop:
             "delivery failed; will retry",
             extra={**info, "retry_in_s": round(outcome.not_before - now, 3)},
         )
-        self._event("retry", row, err.reason)
+        self._event("retry", row, err.reason, attempts)
 
-    def _event(self, kind: str, row: Notification, reason: str) -> None:
+    def _event(self, kind: str, row: Notification, reason: str, attempts: int = 0) -> None:
         if self.deps.on_event is not None:
-            self.deps.on_event(kind, row, reason)
+            self.deps.on_event(kind, row, reason, attempts)

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from relay.config import RateLimit, RetryPolicy
 from relay.errors import DeliveryError
 
-# In-process retries absorb blips (a reset connection, a 502, a short Retry-After) without a
-# round trip through the store; anything longer goes back to the outbox.
+# In-process retries absorb blips (a reset connection, a 502 without Retry-After) without a
+# round trip through the store; anything else goes back to the outbox.
 QUICK_TRIES = 3
 QUICK_MAX_WAIT_S = 2.0
 
@@ -32,10 +32,15 @@ def quick_wait_s(tries: int, error: DeliveryError | None, rng: random.Random) ->
 
 
 def is_blip(error: DeliveryError) -> bool:
-    """Worth an immediate in-process retry: transient, and not asking us to wait long."""
+    """Worth an immediate in-process retry: transient, and the receiver asked for no wait.
+
+    A Retry-After (however short) is honoured through the outbox (`not_before`), not by a
+    sleep in process: a kill -9 forgets an in-memory wait, and the restarted relay would
+    retry sooner than the receiver asked.
+    """
     if not error.retryable or error.reason == "timeout":
         return False
-    return error.retry_after is None or error.retry_after <= QUICK_MAX_WAIT_S
+    return not error.retry_after
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,28 @@ from jinja2.exceptions import SecurityError
 
 from relay.config import MatchConfig, RuleConfig, TagMatch, Threshold
 from relay.errors import Problem
-from relay.model import FAILURE_STATUSES, Decision, Match, Run, RunState, normalise_status
+from relay.model import (
+    FAILURE_STATUSES,
+    Decision,
+    Match,
+    Run,
+    RunState,
+    Timing,
+    normalise_status,
+)
 from relay.templating import sandbox
+from relay.windows import InhibitRule, NamedTimeInterval
 
 log = logging.getLogger("relay.rules")
 Predicate = Callable[[Run], bool]
 DEFAULT_TEMPLATE = "run"
+# The template of a rule without `template:`, by the event it matches.
+EVENT_TEMPLATES = {
+    "run": DEFAULT_TEMPLATE,
+    "deployment.failed": "deployment_failed",
+    "deployment.success": "deployment_success",
+    "error": "error",
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,21 @@ class CompiledRule:
     notify: tuple[str, ...]
     template: str
     continue_: bool
+    group_by: tuple[str, ...] | None = None
+    timing: Timing | None = None
+    mute_windows: tuple[NamedTimeInterval, ...] = ()
+    active_windows: tuple[NamedTimeInterval, ...] | None = None
+
+    def time_muted(self, now: float) -> str | None:
+        """Why a notification of this rule is muted at `now` by its time intervals, or None."""
+        for window in self.mute_windows:
+            if window.contains(now):
+                return f"time_interval:{window.name}"
+        if self.active_windows is not None and not any(
+            w.contains(now) for w in self.active_windows
+        ):
+            return "time_interval:outside " + ",".join(w.name for w in self.active_windows)
+        return None
 
     def matches(self, run: Run) -> bool:
         return all(p(run) for p in self.predicates)
@@ -45,8 +76,13 @@ class CompiledRule:
 class RuleSet:
     """Compiled rules with an (event, status) index."""
 
-    def __init__(self, rules: Sequence[CompiledRule]) -> None:
+    def __init__(
+        self, rules: Sequence[CompiledRule], inhibit_rules: Sequence[InhibitRule] = ()
+    ) -> None:
         self.rules = tuple(rules)
+        self.by_name = {rule.name: rule for rule in self.rules}
+        self.inhibit_rules = tuple(inhibit_rules)
+        self.has_windows = any(r.mute_windows or r.active_windows is not None for r in rules)
         self._index: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
 
     def candidates(self, event: str, status: str) -> tuple[CompiledRule, ...]:
@@ -86,7 +122,11 @@ class RuleSet:
             cost_cents=run.costInCents,
             duration_ms=run.durationMs,
         )
-        matches = tuple(Match(r.name, ch, r.template) for r in matched for ch in r.notify)
+        matches = tuple(
+            Match(r.name, ch, r.template, group_by=r.group_by, timing=r.timing)
+            for r in matched
+            for ch in r.notify
+        )
         return Decision(state, matches)
 
 
@@ -101,8 +141,15 @@ def _keep_ms(previous: RunState | None) -> int | None:
 Locate = Callable[[tuple[str | int, ...]], str]
 
 
-def compile_rules(rules: Sequence[RuleConfig], locate: Locate) -> tuple[RuleSet, list[Problem]]:
+def compile_rules(
+    rules: Sequence[RuleConfig],
+    locate: Locate,
+    *,
+    time_intervals: Sequence[NamedTimeInterval] = (),
+    inhibit_rules: Sequence[InhibitRule] = (),
+) -> tuple[RuleSet, list[Problem]]:
     """Compile every rule; problems (bad `when:` expressions) carry their file:line."""
+    windows = {w.name: w for w in time_intervals}
     compiled, problems = [], []
     for i, rule in enumerate(rules):
         predicates = _match_predicates(rule.match)
@@ -120,11 +167,19 @@ def compile_rules(rules: Sequence[RuleConfig], locate: Locate) -> tuple[RuleSet,
                 statuses=_statuses(rule.match.status),
                 predicates=tuple(predicates),
                 notify=tuple(rule.notify),
-                template=rule.template or DEFAULT_TEMPLATE,
+                template=rule.template or EVENT_TEMPLATES.get(rule.match.event, DEFAULT_TEMPLATE),
                 continue_=rule.continue_,
+                group_by=None if rule.group_by is None else tuple(rule.group_by),
+                timing=_timing(rule),
+                mute_windows=tuple(windows[n] for n in rule.mute_time_intervals or ()),
+                active_windows=(
+                    None
+                    if rule.active_time_intervals is None
+                    else tuple(windows[n] for n in rule.active_time_intervals)
+                ),
             )
         )
-    return RuleSet(compiled), problems
+    return RuleSet(compiled, inhibit_rules), problems
 
 
 def _statuses(names: list[str] | None) -> frozenset[str] | None:
@@ -236,3 +291,18 @@ def _template_error(exc: Exception) -> str:
     line = getattr(exc, "lineno", None)
     message = getattr(exc, "message", None) or type(exc).__name__
     return f"invalid expression: {message}" + (f" (line {line})" if line else "")
+
+
+def _timing(rule: RuleConfig) -> Timing | None:
+    if rule.group_by is None:
+        return None
+    default = Timing()
+    return Timing(
+        group_wait_s=default.group_wait_s if rule.group_wait is None else rule.group_wait,
+        group_interval_s=(
+            default.group_interval_s if rule.group_interval is None else rule.group_interval
+        ),
+        repeat_interval_s=(
+            default.repeat_interval_s if rule.repeat_interval is None else rule.repeat_interval
+        ),
+    )

@@ -88,8 +88,14 @@ def silence_view(silence: Silence, now: float) -> dict[str, Any]:
     }
 
 
-def _fits(silence: Silence, fields: Mapping[str, Any]) -> bool:
-    return all(_fits_one(key, wanted, fields) for key, wanted in silence.matchers.items())
+def fits(matchers: Mapping[str, tuple[str, ...]], fields: Mapping[str, Any]) -> bool:
+    """Whether every matcher fits the fields (rule, channel, task, tags, status, event);
+    matchers on a field that is absent from `fields` are ignored."""
+    return all(
+        _fits_one(key, wanted, fields)
+        for key, wanted in matchers.items()
+        if key in fields or (key == "tag" and "tags" in fields)
+    )
 
 
 def _fits_one(key: str, wanted: tuple[str, ...], fields: Mapping[str, Any]) -> bool:
@@ -129,7 +135,7 @@ def silenced_by(
         "event": event,
     }
     for silence in silences:
-        if silence.state(now) == "active" and _fits(silence, fields):
+        if silence.state(now) == "active" and fits(silence.matchers, fields):
             return silence.id
     return None
 

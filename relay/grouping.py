@@ -1,0 +1,90 @@
+"""Digests: group keys and group windows, with Alertmanager's meaning (pure functions).
+
+A rule with `group_by` sends one message per group instead of one per run. The first run of a
+new group waits `group_wait` for others; after a digest went out, runs that join the group go in
+the next digest, no sooner than `group_interval` after the previous one. Runs do not resolve the
+way Prometheus alerts do, so there is nothing to repeat: a group that saw nothing for
+`repeat_interval` is closed, and the next run opens a new one (waiting `group_wait` again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from relay.model import GroupState, Timing
+
+MAX_LABEL_CHARS = 200
+
+
+def group_labels(run: Mapping[str, Any], group_by: Sequence[str]) -> dict[str, str]:
+    """The values of `group_by` paths in a run dict (dotted paths reach into nested objects)."""
+    labels = {}
+    for path in group_by:
+        value: Any = run
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        labels[path] = "" if value is None else str(value)[:MAX_LABEL_CHARS]
+    return labels
+
+
+def group_key(rule: str, channel: str, labels: Mapping[str, str]) -> str:
+    """Stable id of a group: the same rule, channel and label values give the same key."""
+    parts = [rule, channel, *(f"{k}={v}" for k, v in sorted(labels.items()))]
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=12).hexdigest()
+    return "grp_" + digest
+
+
+def schedule(previous: GroupState | None, key: str, now: float, timing: Timing) -> GroupState:
+    """The group after a run joined it; its next_flush is when that run will be sent."""
+    if previous is None or now - previous.last_seen >= timing.repeat_interval_s:
+        return GroupState(key, now + timing.group_wait_s, None, now)
+    if previous.next_flush is not None:  # a digest is already waiting: join it
+        return GroupState(key, previous.next_flush, previous.last_sent, now)
+    last_sent = previous.last_sent if previous.last_sent is not None else now
+    return GroupState(key, max(now, last_sent + timing.group_interval_s), last_sent, now)
+
+
+def flushed(previous: GroupState, now: float) -> GroupState:
+    """The group after its digest went out."""
+    return GroupState(previous.key, None, now, max(previous.last_seen, now))
+
+
+def digest_id(notification_ids: Sequence[str]) -> str:
+    """Stable id of one digest: the same notifications always give the same id."""
+    joined = "\x1f".join(sorted(notification_ids)).encode()
+    return "dgs_" + hashlib.blake2b(joined, digest_size=12).hexdigest()
+
+
+def digest_context(
+    key: str, labels: Mapping[str, str], runs: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The `group` a digest template sees: its runs and what they add up to."""
+    by_status: dict[str, int] = {}
+    by_task: dict[str, int] = {}
+    cost = 0.0
+    for run in runs:
+        status = str(run.get("status") or "")
+        task = str(run.get("taskIdentifier") or "")
+        by_status[status] = by_status.get(status, 0) + 1
+        by_task[task] = by_task.get(task, 0) + 1
+        cost += _number(run.get("costInCents")) + _number(run.get("baseCostInCents"))
+    seen = sorted(str(t) for run in runs if (t := run.get("updatedAt") or run.get("createdAt")))
+    return {
+        "key": key,
+        "labels": dict(labels),
+        "runs": list(runs),
+        "count": len(runs),
+        "by_status": dict(sorted(by_status.items(), key=lambda kv: -kv[1])),
+        "by_task": dict(sorted(by_task.items(), key=lambda kv: -kv[1])),
+        "first_seen": seen[0] if seen else None,
+        "last_seen": seen[-1] if seen else None,
+        "total_cost_cents": cost,
+    }
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0

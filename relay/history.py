@@ -1,0 +1,90 @@
+"""Notification history: queries from user input and the public view of a notification."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from relay.durations import parse_duration
+from relay.errors import InputError
+from relay.model import Notification, iso
+from relay.silences import parse_time
+from relay.store import HistoryQuery
+
+STATES = ("pending", "sent", "dead", "muted")
+
+
+def history_query(params: Mapping[str, str], now: float) -> HistoryQuery:
+    """A HistoryQuery from query parameters or CLI flags: run_id, rule, channel, state, since
+    (a duration back from now, like 1h, or an ISO time) and limit."""
+    unknown = set(params) - {"run_id", "rule", "channel", "state", "since", "limit"}
+    if unknown:
+        raise InputError(sorted(unknown)[0], "unknown parameter")
+    state = params.get("state")
+    if state is not None and state not in STATES:
+        raise InputError("state", f"use one of {', '.join(STATES)}")
+    return HistoryQuery(
+        run_id=params.get("run_id"),
+        rule=params.get("rule"),
+        channel=params.get("channel"),
+        state=state,
+        since=_since(params.get("since"), now),
+        limit=_limit(params.get("limit")),
+    )
+
+
+def _since(value: str | None, now: float) -> float | None:
+    if value is None:
+        return None
+    try:
+        return now - parse_duration(value)
+    except ValueError:
+        return parse_time(value, "since")
+
+
+def _limit(value: str | None) -> int:
+    if value is None:
+        return 200
+    if not value.isdigit() or not 1 <= int(value) <= 10_000:
+        raise InputError("limit", "expected a number from 1 to 10000")
+    return int(value)
+
+
+def _when(ts: float | None) -> str | None:
+    return None if ts is None else iso(datetime.fromtimestamp(ts, UTC))
+
+
+def notification_view(n: Notification) -> dict[str, Any]:
+    """The public face of a notification (API and `relay history --json`)."""
+    return {
+        "id": n.id,
+        "run_id": n.run_id,
+        "rule": n.rule,
+        "channel": n.channel,
+        "state": n.state,
+        "reason": n.reason,
+        "error": n.last_error,
+        "attempts": n.attempts,
+        "created_at": _when(n.created_at),
+        "next_attempt_at": _when(n.not_before) if n.state == "pending" else None,
+        "group": n.group_key,
+        "template": n.template,
+    }
+
+
+def event_view(event: Mapping[str, Any]) -> dict[str, Any]:
+    return {**event, "at": _when(event.get("at"))}
+
+
+def explain(n: Notification) -> str:
+    """One line answering "why was this (not) sent?"."""
+    if n.state == "sent":
+        return f"sent after {n.attempts} attempt(s)"
+    if n.state == "muted":
+        return f"muted by {n.reason or 'a silence'}: recorded, not sent"
+    if n.state == "dead":
+        return f"dead after {n.attempts} attempt(s): {n.reason}: {n.last_error}"
+    if n.attempts:
+        return f"retrying ({n.attempts} attempt(s) so far, last: {n.reason}: {n.last_error})"
+    return "pending: waiting to be sent" + (" with its group's digest" if n.group_key else "")

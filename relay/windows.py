@@ -1,0 +1,202 @@
+"""Time windows and inhibition: their config models and pure evaluation (time passed in).
+
+time_intervals follow Alertmanager: a named list of intervals, each the AND of optional
+`times` (HH:MM ranges, end exclusive, 24:00 allowed), `weekdays` (names or ranges like
+monday:friday), `days_of_month` (1..31, negative from the month's end, ranges), `months`
+(names or numbers, ranges), `years`, evaluated in `location` (an IANA time zone, UTC by
+default). A notification created while a rule's mute interval holds (or outside all of its
+active intervals) is recorded as muted, like a silence: it is kept in the history, never sent.
+
+inhibit_rules: an update matching `source_match` (silence-style matchers: event, status, task,
+tag, rule, channel) suppresses, for `duration`, notifications whose run matches `target_match`
+and agrees with the source on every `equal` field (dotted paths in the run).
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from relay.durations import Duration
+from relay.errors import InputError
+from relay.silences import parse_matchers
+
+WEEKDAYS = [d.lower() for d in calendar.day_name]  # monday .. sunday
+MONTHS = [m.lower() for m in calendar.month_name][1:]
+_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TimeRange(_Strict):
+    start_time: str
+    end_time: str
+
+    @field_validator("start_time", "end_time")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        if not _TIME.match(value):
+            raise ValueError("expected HH:MM (00:00 to 24:00)")
+        return value
+
+    def model_post_init(self, context: Any) -> None:
+        if _minutes(self.end_time) <= _minutes(self.start_time):
+            raise ValueError("end_time must be after start_time")
+
+
+class TimeInterval(_Strict):
+    times: list[TimeRange] | None = None
+    weekdays: list[str] | None = None
+    days_of_month: list[str] | None = None
+    months: list[str] | None = None
+    years: list[str] | None = None
+    location: str = "UTC"
+
+    @field_validator("weekdays")
+    @classmethod
+    def _weekdays(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or ():
+            _range(item, lambda v: _named(v, WEEKDAYS, 0), "weekday")
+        return value
+
+    @field_validator("days_of_month")
+    @classmethod
+    def _days(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or ():
+            _range(item, _day, "day of month")
+        return value
+
+    @field_validator("months")
+    @classmethod
+    def _months(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or ():
+            _range(item, lambda v: _named(v, MONTHS, 1), "month")
+        return value
+
+    @field_validator("years")
+    @classmethod
+    def _years(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or ():
+            _range(item, _year, "year")
+        return value
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown time zone; use an IANA name like Europe/Berlin") from None
+        return value
+
+    def contains(self, now: float) -> bool:
+        local = datetime.fromtimestamp(now, ZoneInfo(self.location))
+        return (
+            _any_range(self.times, lambda r: _in_time(r, local))
+            and _any_item(self.weekdays, lambda v: _named(v, WEEKDAYS, 0), local.weekday())
+            and _any_day(self.days_of_month, local)
+            and _any_item(self.months, lambda v: _named(v, MONTHS, 1), local.month)
+            and _any_item(self.years, _year, local.year)
+        )
+
+
+class NamedTimeInterval(_Strict):
+    name: str = Field(min_length=1)
+    time_intervals: list[TimeInterval] = Field(min_length=1)
+
+    def contains(self, now: float) -> bool:
+        return any(interval.contains(now) for interval in self.time_intervals)
+
+
+class InhibitRule(_Strict):
+    name: str = Field(min_length=1)
+    source_match: dict[str, Any]
+    target_match: dict[str, Any] = {}
+    equal: list[str] = []
+    duration: Duration = 1800.0
+
+    @field_validator("source_match", "target_match")
+    @classmethod
+    def _matchers(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value:
+            try:
+                parse_matchers(value)
+            except InputError as exc:
+                raise ValueError(f"{exc.field}: {exc.message}") from None
+        return value
+
+
+def _minutes(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def _named(value: str, names: list[str], first: int) -> int:
+    text = value.strip().lower()
+    if text in names:
+        return names.index(text) + first
+    if text.isdigit() and first == 1 and 1 <= int(text) <= len(names):
+        return int(text)
+    raise ValueError(f"unknown name {value!r}")
+
+
+def _day(value: str) -> int:
+    day = int(value)
+    if day == 0 or not -31 <= day <= 31:
+        raise ValueError("days of month are 1..31 or -31..-1")
+    return day
+
+
+def _year(value: str) -> int:
+    year = int(value)
+    if not 1970 <= year <= 9999:
+        raise ValueError("years are 1970..9999")
+    return year
+
+
+def _range(item: str, parse: Any, what: str) -> tuple[int, int]:
+    try:
+        low, _, high = item.partition(":")
+        first = parse(low)
+        return first, parse(high) if high else first
+    except ValueError:
+        raise ValueError(f"invalid {what} {item!r}") from None
+
+
+def _any_range(ranges: list[TimeRange] | None, test: Any) -> bool:
+    return ranges is None or any(test(r) for r in ranges)
+
+
+def _in_time(r: TimeRange, local: datetime) -> bool:
+    minute = local.hour * 60 + local.minute
+    return _minutes(r.start_time) <= minute < _minutes(r.end_time)
+
+
+def _any_item(items: list[str] | None, parse: Any, value: int) -> bool:
+    if items is None:
+        return True
+    for item in items:
+        low, high = _range(item, parse, "value")
+        if low <= value <= high:
+            return True
+    return False
+
+
+def _any_day(items: list[str] | None, local: datetime) -> bool:
+    if items is None:
+        return True
+    days_in_month = calendar.monthrange(local.year, local.month)[1]
+    for item in items:
+        low, high = _range(item, _day, "day of month")
+        low = low if low > 0 else days_in_month + low + 1
+        high = high if high > 0 else days_in_month + high + 1
+        if low <= local.day <= high:
+            return True
+    return False

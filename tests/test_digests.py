@@ -1,0 +1,103 @@
+"""Digests end to end: one message per group, group windows, and a restart inside the window."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run
+
+CONFIG = """\
+defaults:
+  retry: {{max_attempts: 5, max_age: 1h, min_backoff: 100ms, max_backoff: 200ms}}
+channels:
+  hook: {{type: webhook, url: "{url}/hook"}}
+rules:
+  - name: failures
+    match: {{status: [failure]}}
+    notify: [hook]
+    group_by: [taskIdentifier]
+    group_wait: {wait}
+    group_interval: {interval}
+"""
+
+
+def failed(i: int, task: str = "sync-customer-data") -> dict[str, Any]:
+    run = sdk_run("failed")
+    run.update(id=f"run_digest_{i:03d}", taskIdentifier=task)
+    return run
+
+
+async def settle(sink: Sink, seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def test_twenty_failures_make_one_digest_per_task(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(CONFIG.format(url=sink.url, wait="1s", interval="5m"))
+    await r.post(
+        [failed(i) for i in range(20)] + [failed(100 + i, "render-video") for i in range(3)]
+    )
+    got = await sink.wait_for(2, timeout=10)
+    await settle(sink, 0.5)
+    assert len(sink.received) == 2
+    bodies = sorted((g.json() for g in got), key=lambda b: -b["group"]["count"])
+    assert [b["type"] for b in bodies] == ["run.digest", "run.digest"]
+    assert [b["group"]["count"] for b in bodies] == [20, 3]
+    assert bodies[0]["group"]["labels"] == {"taskIdentifier": "sync-customer-data"}
+    assert {run["id"] for run in bodies[0]["runs"]} == {f"run_digest_{i:03d}" for i in range(20)}
+    assert bodies[0]["group"]["byStatus"] == {"FAILED": 20}
+    assert got[0].headers["webhook-id"].startswith("dgs_")
+    assert (await r.service.store.counts())["sent"] == 23
+
+
+async def test_a_group_of_one_reads_like_a_normal_alert(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(CONFIG.format(url=sink.url, wait="300ms", interval="5m"))
+    await r.post(failed(1))
+    [got] = await sink.wait_for(1)
+    assert got.json()["type"] == "run.alert" and got.headers["webhook-id"].startswith("ntf_")
+
+
+async def test_runs_after_a_digest_wait_for_group_interval(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(CONFIG.format(url=sink.url, wait="200ms", interval="1500ms"))
+    await r.post([failed(1), failed(2)])
+    [first] = await sink.wait_for(1)
+    await r.post([failed(3), failed(4)])
+    await asyncio.sleep(0.1)
+    await r.post(failed(5))
+    second = (await sink.wait_for(2, timeout=10))[1]
+    assert second.at - first.at >= 1.4
+    assert {run["id"] for run in second.json()["runs"]} == {
+        "run_digest_003",
+        "run_digest_004",
+        "run_digest_005",
+    }
+
+
+async def test_relay_check_shows_the_digest_in_a_dry_run(relay: RelayFactory, sink: Sink) -> None:
+    # a digest rule also needs the digest template of each channel type; the defaults have it
+    r = await relay(CONFIG.format(url=sink.url, wait="30s", interval="5m"))
+    status, body = await r.post(failed(1))
+    assert status == 202 and body["notifications"] == 1
+    assert sink.received == []  # waiting for group_wait
+
+
+async def test_a_restart_inside_the_wait_window_still_sends_one_digest(
+    relay_process: Callable[..., RelayProcess], sink: Sink
+) -> None:
+    proc = relay_process(CONFIG.format(url=sink.url, wait="2s", interval="5m"))
+    await asyncio.to_thread(proc.start)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(proc.url + "/v1/runs", data=json.dumps([failed(i) for i in range(10)])) as resp,
+    ):
+        assert resp.status == 202
+    proc.kill()
+    await asyncio.to_thread(proc.start)
+    [got] = await sink.wait_for(1, timeout=15)
+    await asyncio.sleep(1.0)
+    assert len(sink.received) == 1
+    assert got.json()["group"]["count"] == 10

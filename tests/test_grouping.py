@@ -1,0 +1,47 @@
+"""Group windows as a table, with a fixed clock."""
+
+from __future__ import annotations
+
+from relay.grouping import GroupState, Timing, flushed, group_key, group_labels, schedule
+
+T = Timing(group_wait_s=30, group_interval_s=300, repeat_interval_s=3600)
+
+
+def test_first_run_waits_group_wait_and_others_join() -> None:
+    g = schedule(None, "k", 100.0, T)
+    assert g.next_flush == 130.0
+    g = schedule(g, "k", 110.0, T)
+    assert g.next_flush == 130.0 and g.last_seen == 110.0
+
+
+def test_after_a_digest_new_runs_wait_group_interval() -> None:
+    g = flushed(schedule(None, "k", 100.0, T), 130.0)
+    assert g.next_flush is None and g.last_sent == 130.0
+    g = schedule(g, "k", 200.0, T)
+    assert g.next_flush == 430.0  # 130 + 300
+    g = flushed(g, 430.0)
+    assert schedule(g, "k", 900.0, T).next_flush == 900.0  # interval already passed: at once
+
+
+def test_a_quiet_group_closes_after_repeat_interval() -> None:
+    g = flushed(schedule(None, "k", 100.0, T), 130.0)
+    g = schedule(g, "k", 130.0 + 3600.0, T)
+    assert g.next_flush == 130.0 + 3600.0 + 30.0 and g.last_sent is None
+
+
+def test_labels_and_keys() -> None:
+    run = {"taskIdentifier": "t", "tags": ["a", "b"], "metadata": {"customer": {"tier": "pro"}}}
+    labels = group_labels(run, ["taskIdentifier", "metadata.customer.tier", "tags", "nope.x"])
+    assert labels == {
+        "taskIdentifier": "t",
+        "metadata.customer.tier": "pro",
+        "tags": "a,b",
+        "nope.x": "",
+    }
+    assert group_key("r", "c", labels) == group_key("r", "c", dict(reversed(list(labels.items()))))
+    assert group_key("r", "c", labels) != group_key("r", "d", labels)
+    assert group_labels(run, []) == {}
+
+
+def test_state_is_plain_data() -> None:
+    assert GroupState("k", None, None, 1.0) == GroupState("k", None, None, 1.0)

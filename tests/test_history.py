@@ -1,0 +1,144 @@
+"""History answers "what was sent, when, to whom, and why not?" — API, CLI and retention."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.errors import InputError
+from relay.history import history_query
+from relay.model import notification_id
+from relay.store.sqlite import SQLiteStore
+from tests.conftest import RelayFactory, Sink, run_cli, sdk_run, status
+
+CONFIG = """\
+defaults:
+  retry: {{max_attempts: 2, max_age: 1h, min_backoff: 100ms, max_backoff: 200ms}}
+channels:
+  hook: {{type: webhook, url: "{url}/hook"}}
+rules:
+  - name: failures
+    match: {{status: [failure]}}
+    notify: [hook]
+"""
+
+
+def failed(run_id: str, task: str = "sync-customer-data") -> dict[str, Any]:
+    run = sdk_run("failed")
+    run.update(id=run_id, taskIdentifier=task)
+    return run
+
+
+async def get(r: Any, path: str) -> tuple[int, Any]:
+    async with r.http.get(r.url + path) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def until(r: Any, predicate: Any) -> None:
+    for _ in range(200):
+        if predicate(await r.service.store.counts()):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(await r.service.store.counts())
+
+
+async def test_history_explains_sent_muted_and_dead(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    r = await relay(CONFIG.format(url=sink.url))
+    async with r.http.post(
+        r.url + "/v1/silences",
+        json={"matchers": {"task": "billing/*"}, "ends_at": "2099-01-01T00:00:00Z"},
+    ) as resp:
+        silence = (await resp.json())["id"]
+    sink.responses = [status(200)]  # the first delivery succeeds, then every request gets a 400
+    sink.default = status(400)
+    await r.post(failed("run_sent"))
+    await until(r, lambda c: c["sent"] == 1)
+    await r.post([failed("run_muted", "billing/charge"), failed("run_dead")])
+    await until(r, lambda c: c["dead"] == 1 and c["muted"] == 1)
+
+    code, body = await get(r, "/v1/notifications?run_id=run_muted")
+    [muted] = body["notifications"]
+    assert code == 200 and muted["state"] == "muted" and muted["reason"] == silence
+    code, detail = await get(r, f"/v1/notifications/{muted['id']}")
+    assert [e["kind"] for e in detail["events"]] == ["muted"]
+    assert detail["events"][0]["detail"] == silence
+
+    dead_id = notification_id("run_dead", "failures", "hook")
+    code, detail = await get(r, f"/v1/notifications/{dead_id}")
+    assert detail["state"] == "dead" and detail["reason"] == "client_error"
+    assert [e["kind"] for e in detail["events"]] == ["created", "dead"]
+    assert "HTTP 400" in detail["events"][-1]["detail"]
+
+    code, body = await get(r, "/v1/notifications?state=sent")
+    assert [n["run_id"] for n in body["notifications"]] == ["run_sent"]
+    code, body = await get(r, "/v1/notifications?rule=failures&since=1h&limit=10")
+    assert len(body["notifications"]) == 3
+    assert (await get(r, "/v1/notifications?state=bogus"))[0] == 400
+    assert (await get(r, "/v1/notifications?nope=1"))[0] == 400
+    assert (await get(r, "/v1/notifications/ntf_nope"))[0] == 404
+
+    # the CLI reads the same store
+    env = {"RELAY_STORE_URL": r.service.settings.store_url}
+    out = (await asyncio.to_thread(run_cli, "history", "--run", "run_muted", env=env)).stdout
+    assert f"muted by {silence}" in out
+    out = (await asyncio.to_thread(run_cli, "history", "--run", "run_dead", env=env)).stdout
+    assert "dead after 1 attempt(s): client_error" in out
+    listed = json.loads((await asyncio.to_thread(run_cli, "history", "--json", env=env)).stdout)
+    assert {n["run_id"] for n in listed} == {"run_sent", "run_muted", "run_dead"}
+
+
+async def test_replay_is_part_of_the_history(relay: RelayFactory, sink: Sink) -> None:
+    sink.responses = [status(400)]
+    r = await relay(CONFIG.format(url=sink.url))
+    await r.post(failed("run_replayed"))
+    await until(r, lambda c: c["dead"] == 1)
+    ident = notification_id("run_replayed", "failures", "hook")
+    async with r.http.post(r.url + f"/v1/dlq/{ident}/replay") as resp:
+        assert resp.status == 200
+    await until(r, lambda c: c["sent"] == 1)
+    _, detail = await get(r, f"/v1/notifications/{ident}")
+    assert [e["kind"] for e in detail["events"]] == ["created", "dead", "replayed", "sent"]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"state": "x"}, "state"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "x"}, "limit"),
+        ({"since": "yesterday"}, "since"),
+        ({"who": "x"}, "who"),
+    ],
+)
+def test_bad_history_queries(params: dict[str, str], field: str) -> None:
+    with pytest.raises(InputError) as info:
+        history_query(params, 1000.0)
+    assert info.value.field == field
+
+
+async def test_prune_forgets_what_finished_before_the_retention(tmp_path: Path) -> None:
+    from relay.model import Decision, Match, Run, RunState  # noqa: PLC0415
+
+    store = SQLiteStore(tmp_path / "r.db")
+    await store.open()
+
+    def decide(run: Run, previous: RunState | None) -> Decision:
+        return Decision(RunState(None, run.status), (Match("r", "c", "run"),))
+
+    old = Run.model_validate({"id": "run_old", "status": "FAILED"})
+    new = Run.model_validate({"id": "run_new", "status": "FAILED"})
+    await store.observe([old], decide, now=100.0)
+    await store.mark_sent(notification_id("run_old", "r", "c"), now=110.0, attempts=1)
+    await store.observe([new], decide, now=5000.0)
+    removed = await store.prune(before=1000.0)
+    assert removed == 1
+    assert await store.get(notification_id("run_old", "r", "c")) is None
+    assert await store.events(notification_id("run_old", "r", "c")) == []
+    assert await store.get(notification_id("run_new", "r", "c")) is not None  # pending: kept
+    await store.close()

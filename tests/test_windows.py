@@ -1,0 +1,190 @@
+"""Time windows (mute/active time intervals) and inhibition, as tables and end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from relay.channels import settings_models
+from relay.config import parse_config
+from relay.errors import ConfigError
+from relay.windows import TimeInterval
+from tests.conftest import FIXTURES, RelayFactory, Sink, sdk_run
+
+# Wednesday 2026-11-25 14:30 UTC (15:30 in Berlin)
+WED = datetime(2026, 11, 25, 14, 30, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({}, True),
+        ({"times": [{"start_time": "09:00", "end_time": "17:00"}]}, True),
+        ({"times": [{"start_time": "15:00", "end_time": "24:00"}]}, False),
+        (
+            {"times": [{"start_time": "15:00", "end_time": "24:00"}], "location": "Europe/Berlin"},
+            True,
+        ),
+        ({"weekdays": ["monday:friday"]}, True),
+        ({"weekdays": ["saturday", "sunday"]}, False),
+        ({"weekdays": ["Wednesday"]}, True),
+        ({"days_of_month": ["1:10"]}, False),
+        ({"days_of_month": ["20:-1"]}, True),
+        ({"days_of_month": ["-6"]}, True),  # 30 days in November: -6 is the 25th
+        ({"months": ["november"]}, True),
+        ({"months": ["1:3", "12"]}, False),
+        ({"years": ["2026"]}, True),
+        ({"years": ["2027:2030"]}, False),
+        (
+            {
+                "weekdays": ["monday:friday"],
+                "times": [{"start_time": "18:00", "end_time": "24:00"}],
+            },
+            False,
+        ),
+    ],
+)
+def test_time_interval_table(spec: dict[str, Any], expected: bool) -> None:
+    assert TimeInterval.model_validate(spec).contains(WED) is expected
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"times": [{"start_time": "9:00", "end_time": "17:00"}]},
+        {"times": [{"start_time": "17:00", "end_time": "09:00"}]},
+        {"times": [{"start_time": "10:00", "end_time": "24:01"}]},
+        {"weekdays": ["funday"]},
+        {"days_of_month": ["0"]},
+        {"days_of_month": ["40"]},
+        {"months": ["smarch"]},
+        {"years": ["1900"]},
+        {"location": "Mars/Olympus_Mons"},
+        {"bogus": 1},
+    ],
+)
+def test_bad_time_intervals(spec: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        TimeInterval.model_validate(spec)
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.yaml", settings_models(), {})
+    return [str(p) for p in info.value.problems]
+
+
+def test_config_references_and_names() -> None:
+    base = "channels: {c: {type: console}}\ntime_intervals:\n  - name: nights\n    time_intervals: [{times: [{start_time: '00:00', end_time: '06:00'}]}]\n"
+    found = problems(base + "rules:\n  - {name: r, notify: [c], mute_time_intervals: [nigths]}\n")
+    assert found == ["c.yaml:6: rules[0].mute_time_intervals[0]: unknown time interval 'nigths'"]
+    found = problems(base + "  - name: nights\n    time_intervals: [{}]\n")
+    assert any("time_intervals[1].name: duplicate name" in p for p in found)
+    found = problems("inhibit_rules:\n  - {name: i, source_match: {nope: x}}\n")
+    assert any("inhibit_rules[0].source_match" in p and "unknown matcher" in p for p in found)
+
+
+CONFIG = """\
+channels:
+  hook: {{type: webhook, url: "{url}/hook"}}
+time_intervals:
+  - name: always
+    time_intervals: [{{weekdays: ["monday:sunday"]}}]
+  - name: far-future
+    time_intervals: [{{years: ["2099"]}}]
+rules:
+  - name: muted-rule
+    match: {{task: "muted/*"}}
+    notify: [hook]
+    mute_time_intervals: [always]
+  - name: inactive-rule
+    match: {{task: "inactive/*"}}
+    notify: [hook]
+    active_time_intervals: [far-future]
+  - name: loud-rule
+    match: {{status: [failure]}}
+    notify: [hook]
+"""
+
+
+def failed(run_id: str, task: str) -> dict[str, Any]:
+    run = sdk_run("failed")
+    run.update(id=run_id, taskIdentifier=task)
+    return run
+
+
+async def notification(r: Any, run_id: str) -> dict[str, Any]:
+    async with r.http.get(r.url + f"/v1/notifications?run_id={run_id}") as resp:
+        [found] = (await resp.json())["notifications"]
+        return dict(found)
+
+
+async def test_time_intervals_mute_and_activate(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(CONFIG.format(url=sink.url))
+    await r.post(
+        [failed("run_a", "muted/x"), failed("run_b", "inactive/x"), failed("run_c", "other")]
+    )
+    [got] = await sink.wait_for(1)
+    await asyncio.sleep(0.3)
+    assert len(sink.received) == 1 and got.json()["run"]["id"] == "run_c"
+    muted = await notification(r, "run_a")
+    assert (muted["state"], muted["reason"]) == ("muted", "time_interval:always")
+    inactive = await notification(r, "run_b")
+    assert (inactive["state"], inactive["reason"]) == ("muted", "time_interval:outside far-future")
+
+
+SECRET = "Zx3vQ9kLm2Tn8Pw4Rb7Yc"
+ALERTS = FIXTURES / "alert-webhooks"
+INHIBIT = """\
+sources:
+  trigger_alerts: {{secret: {secret}}}
+channels:
+  hook: {{type: webhook, url: "{url}/hook"}}
+inhibit_rules:
+  - name: deploy-broke-it
+    source_match: {{event: deployment.failed}}
+    target_match: {{event: run, status: failure}}
+    equal: [environment.slug]
+    duration: 10m
+rules:
+  - name: deploys
+    match: {{event: deployment.failed}}
+    notify: [hook]
+  - name: failures
+    match: {{status: [failure]}}
+    notify: [hook]
+"""
+
+
+async def post_alert(r: Any, body: bytes) -> int:
+    signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    headers = {"x-trigger-signature-hmacsha256": signature, "content-type": "application/json"}
+    async with r.http.post(r.url + "/v1/trigger/alerts", data=body, headers=headers) as resp:
+        return resp.status
+
+
+async def test_a_failed_deployment_inhibits_run_failures_of_its_environment(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    r = await relay(INHIBIT.format(url=sink.url, secret=SECRET))
+    assert await post_alert(r, (ALERTS / "alert.deployment.failed.body.json").read_bytes()) == 202
+    [deploy] = await sink.wait_for(1)
+    assert deploy.json()["rule"] == "deploys"
+    run_alert = json.loads((ALERTS / "alert.run.failed.body.json").read_bytes())
+    assert await post_alert(r, json.dumps(run_alert).encode()) == 202
+    other_env = json.loads(json.dumps(run_alert))
+    other_env["object"]["environment"]["slug"] = "stg"
+    other_env["object"]["run"]["id"] = "run_other_env"
+    assert await post_alert(r, json.dumps(other_env).encode()) == 202
+    await sink.wait_for(2)
+    await asyncio.sleep(0.3)
+    assert [g.json()["run"]["id"] for g in sink.received[1:]] == ["run_other_env"]
+    inhibited = await notification(r, run_alert["object"]["run"]["id"])
+    assert (inhibited["state"], inhibited["reason"]) == ("muted", "inhibited:deploy-broke-it")
