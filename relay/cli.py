@@ -15,9 +15,10 @@ from typing import Any
 import orjson
 
 from relay import __version__
+from relay.configure import BUILTIN_NAME, Compiled, compile_config, load
 from relay.errors import ConfigError, InputError, RelayError
 from relay.logs import setup_logging
-from relay.service import BUILTIN_NAME, Compiled, compile_config, load, serve
+from relay.service import serve
 from relay.settings import Settings, load_settings
 
 log = logging.getLogger("relay")
@@ -33,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("serve", parents=[common], help="run the relay")
     sub.add_parser("check", parents=[common], help="validate the configuration")
     test = sub.add_parser("test", parents=[common], help="dry run: which rules match an event")
-    test.add_argument("event", type=Path, help="JSON file: a run object or an array of them")
+    test.add_argument(
+        "event", type=Path, help="JSON file: a run, an array of runs, a raw row or an alert webhook"
+    )
     test.add_argument("--json", action="store_true", help="machine-readable output")
     send = sub.add_parser("send-test", parents=[common], help="send a test message to a channel")
     send.add_argument("channel")
@@ -46,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("id", nargs="?", help="notification id")
     which.add_argument("--all", action="store_true", help="every dead notification")
     _silence_parser(sub, common)
+    sub.add_parser("migrate", help="create or migrate the store's schema ($RELAY_STORE_URL)")
+    history = sub.add_parser("history", parents=[common], help="what was sent, when, and why")
+    for flag, dest in (("--run", "run_id"), ("--rule", "rule"), ("--channel", "channel")):
+        history.add_argument(flag, dest=dest)
+    history.add_argument("--state", choices=("pending", "sent", "dead", "muted"))
+    history.add_argument("--since", help="how far back (1h, 2d) or an ISO time")
+    history.add_argument("--limit", default="200")
+    history.add_argument("--json", action="store_true")
     return parser
 
 
@@ -103,12 +114,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
     else:
         log.info("config loaded", extra={"config": compiled.loaded.source.filename})
+    for warning in compiled.warnings:
+        log.warning(warning)
     asyncio.run(serve(settings, compiled))
     return 0
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     compiled = _compiled(args, settings)
+    for warning in compiled.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     config = compiled.loaded.config
     name = compiled.loaded.source.filename
     if name == BUILTIN_NAME:
@@ -159,12 +174,12 @@ async def _with_store(settings: Settings, action: Callable[[Any], Any]) -> Any:
 
 
 def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.formats import parse_body, parse_runs  # noqa: PLC0415
-    from relay.service import dry_run  # noqa: PLC0415
+    from relay.configure import dry_run  # noqa: PLC0415
+    from relay.formats import parse_any, parse_body  # noqa: PLC0415
 
     compiled = _compiled(args, settings)
     try:
-        runs = parse_runs(parse_body(args.event.read_bytes()))
+        runs = parse_any(parse_body(args.event.read_bytes()))
     except OSError as exc:
         raise RelayError(f"cannot read {args.event}: {exc.strerror}") from None
     except InputError as exc:
@@ -200,8 +215,8 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.configure import send_test  # noqa: PLC0415
     from relay.errors import DeliveryError  # noqa: PLC0415
-    from relay.service import send_test  # noqa: PLC0415
 
     compiled = _compiled(args, settings)
     try:
@@ -277,6 +292,51 @@ def cmd_silence_expire(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.history import event_view, explain, history_query, notification_view  # noqa: PLC0415
+
+    fields = ("run_id", "rule", "channel", "state", "since", "limit")
+    params = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
+    try:
+        query = history_query(params, time.time())
+    except InputError as exc:
+        raise RelayError(f"history: {exc}") from None
+
+    async def fetch(store: Any) -> list[tuple[Any, list[dict[str, Any]]]]:
+        rows = await store.history(query)
+        return [(n, await store.events(n.id)) for n in rows]
+
+    found = asyncio.run(_with_store(settings, fetch))
+    if args.json:
+        out = [
+            {**notification_view(n), "why": explain(n), "events": [event_view(e) for e in ev]}
+            for n, ev in found
+        ]
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not found:
+        print("no notifications")
+    for n, events in found:
+        view = notification_view(n)
+        print(f"{n.id}  {view['created_at']}  run {n.run_id}  rule {n.rule} → {n.channel}")
+        print(f"    {explain(n)}")
+        for e in map(event_view, events):
+            detail = f" {e['reason']}: {e['detail']}" if e["reason"] or e["detail"] else ""
+            print(f"      {e['at']}  {e['kind']}  attempts={e['attempts']}{detail}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.store import migrate  # noqa: PLC0415
+
+    before, after = asyncio.run(migrate(settings.store_url))
+    if before == after:
+        print(f"store schema is up to date (version {after})")
+    else:
+        print(f"store schema migrated from version {before} to {after}")
+    return 0
+
+
 _COMMANDS: dict[str, Command] = {
     "serve": cmd_serve,
     "check": cmd_check,
@@ -287,4 +347,6 @@ _COMMANDS: dict[str, Command] = {
     "silence add": cmd_silence_add,
     "silence list": cmd_silence_list,
     "silence expire": cmd_silence_expire,
+    "history": cmd_history,
+    "migrate": cmd_migrate,
 }

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from relay.durations import Duration, parse_duration
 from relay.errors import ConfigError, Problem
 from relay.model import FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP
+from relay.windows import InhibitRule, NamedTimeInterval
 from relay.yamlconf import Located, Path_, load_yaml
 
 EVENTS = ("run", "deployment.failed", "deployment.success", "error")
@@ -68,6 +69,8 @@ class Defaults(Strict):
     dashboard_url: str = "https://cloud.trigger.dev/projects/v3/{project_ref}/runs/{run_id}"
     retry: RetryPolicy = RetryPolicy()
     timeout: Duration = 10.0
+    # finished notifications, their history, and runs are forgotten after this
+    retention: Duration = Field(default=30 * 86400.0, ge=3600.0)
 
     @field_validator("dashboard_url")
     @classmethod
@@ -120,13 +123,14 @@ class MatchConfig(Strict):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
-    @field_validator("status")
-    @classmethod
-    def _statuses(cls, value: list[str] | None) -> list[str] | None:
-        for status in value or ():
+    def model_post_init(self, context: Any) -> None:
+        # run statuses are a known vocabulary (a typo would silently never match); deployment
+        # and error-group events have their own (DEPLOYED, TIMED_OUT, REGRESSION, ...)
+        if self.event != "run":
+            return
+        for status in self.status or ():
             if status.lower() != "failure" and status.upper() not in _ACCEPTED_STATUSES:
                 raise ValueError(f"unknown status {status!r}; known: failure, " + _STATUS_LIST)
-        return value
 
     @field_validator("event")
     @classmethod
@@ -161,6 +165,8 @@ class RuleConfig(Strict):
     group_wait: Duration | None = None
     group_interval: Duration | None = None
     repeat_interval: Duration | None = None
+    mute_time_intervals: list[str] | None = None
+    active_time_intervals: list[str] | None = None
 
 
 class TriggerAlertsConfig(Strict):
@@ -172,6 +178,10 @@ class TriggerAlertsConfig(Strict):
 
     secret: SecretStr | None = None
     secrets: list[SecretStr] = []
+
+    def model_post_init(self, context: Any) -> None:
+        if not any(s.get_secret_value() for s in self.all_secrets()):
+            raise ValueError("set `secret` (or `secrets`): unsigned alert webhooks are refused")
 
     def all_secrets(self) -> list[SecretStr]:
         return ([self.secret] if self.secret is not None else []) + list(self.secrets)
@@ -203,6 +213,10 @@ class RealtimeConfig(Strict):
     api_url: str = "https://api.trigger.dev"
     secret_key: SecretStr
     feeds: list[RealtimeFeed] = Field(min_length=1)
+    # per request; must outlast the server's long-poll hold (~20 s)
+    timeout: Duration = Field(default=60.0, gt=0)
+    # wait after 400/401/403/404 (logged) before trying again: an operator may fix the key
+    error_backoff: Duration = Field(default=60.0, gt=0)
 
     @field_validator("api_url")
     @classmethod
@@ -228,6 +242,8 @@ class Config(Strict):
     templates: TemplatesConfig = TemplatesConfig()
     rules: list[RuleConfig] = []
     defaults: Defaults = Defaults()
+    time_intervals: list[NamedTimeInterval] = []
+    inhibit_rules: list[InhibitRule] = []
 
     def channel(self, name: str) -> ChannelSettings:
         return self.channels[name]
@@ -250,11 +266,6 @@ class LoadedConfig:
 
 
 ChannelModels = Mapping[str, type[ChannelSettings]]
-_NOT_YET = {
-    "realtime": "the Realtime follower is not available in this version",
-    "trigger_alerts": "Trigger.dev alert webhooks are not available in this version",
-    "group_by": "digests are not available in this version; remove group_* options",
-}
 
 
 def load_config(
@@ -279,6 +290,8 @@ def parse_config(
     located = load_yaml(text, filename, os.environ if env is None else env)
     problems = list(located.problems)
     data = located.data
+    if data is None and not problems:  # a document that is only `---` or `null`: empty, like ""
+        data = {}
     if data is not None and not isinstance(data, dict):
         problems.append(located.problem((), "the top level must be a mapping"))
         data = None
@@ -286,7 +299,7 @@ def parse_config(
     if data is not None:  # read from the raw data, so they are reported with schema problems
         problems += _references(data, located)
     if config is not None:
-        problems += _not_yet(config, located)
+        problems += _rule_options(config, located)
         config = _resolve_paths(config, base_dir)
     if problems or config is None:
         raise ConfigError(_dedupe(problems))
@@ -355,15 +368,33 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
     return out
 
 
-def _not_yet(config: Config, located: Located) -> list[Problem]:
-    problems = []
-    for source in ("realtime", "trigger_alerts"):
-        if getattr(config.sources, source) is not None:
-            problems.append(located.problem(("sources", source), _NOT_YET[source]))
+def _rule_options(config: Config, located: Located) -> list[Problem]:
+    """Rule options that only make sense together, and references to named time intervals."""
+    problems = _unique(config, located)
+    intervals = {t.name for t in config.time_intervals}
     for i, rule in enumerate(config.rules):
-        grouping = (rule.group_by, rule.group_wait, rule.group_interval, rule.repeat_interval)
-        if any(v is not None for v in grouping):
-            problems.append(located.problem(("rules", i), _NOT_YET["group_by"]))
+        for key in ("mute_time_intervals", "active_time_intervals"):
+            for j, name in enumerate(getattr(rule, key) or ()):
+                if name not in intervals:
+                    where = ("rules", i, key, j)
+                    problems.append(located.problem(where, f"unknown time interval {name!r}"))
+    for i, rule in enumerate(config.rules):
+        timing = (rule.group_wait, rule.group_interval, rule.repeat_interval)
+        if rule.group_by is None and any(v is not None for v in timing):
+            problems.append(located.problem(("rules", i), "group_* options need `group_by`"))
+    return problems
+
+
+def _unique(config: Config, located: Located) -> list[Problem]:
+    named: list[tuple[str, list[str]]] = [
+        ("time_intervals", [t.name for t in config.time_intervals]),
+        ("inhibit_rules", [r.name for r in config.inhibit_rules]),
+    ]
+    problems = []
+    for key, names in named:
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                problems.append(located.problem((key, i, "name"), "duplicate name"))
     return problems
 
 
@@ -379,7 +410,8 @@ def _references(data: dict[str, Any], located: Located) -> list[Problem]:
         name = rule.get("name")
         if isinstance(name, str) and name in seen:
             problems.append(located.problem(("rules", i, "name"), "duplicate rule name"))
-        seen.add(name)
+        if isinstance(name, str):  # other types are schema problems; a list is unhashable
+            seen.add(name)
         notify = rule.get("notify")
         for j, channel in enumerate(notify if isinstance(notify, list) else []):
             if isinstance(channel, str) and channel not in names:

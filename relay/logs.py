@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -73,6 +74,27 @@ class _ScrubbingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 SCRUB = ScrubSecrets()
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs each malformed request (a 400 from its parser) at ERROR, with a traceback
+    quoting the client's bytes (up to a whole oversized header): any client could flood the log.
+    Such a record becomes one WARNING line naming the kind of problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        bad = isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500
+        if bad and record.levelno >= logging.ERROR:
+            args = record.args if isinstance(record.args, tuple) else ()
+            record.__dict__.update(
+                status=getattr(exc, "code", None),
+                error=type(exc).__name__,
+                remote=str(args[0]) if args else None,
+            )
+            record.msg, record.args = "malformed HTTP request refused", ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def setup_logging(fmt: str, level: str) -> None:
     handler = _ScrubbingHandler(SCRUB)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
@@ -80,3 +102,6 @@ def setup_logging(fmt: str, level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server.filters):
+        server.addFilter(MalformedRequests())

@@ -1,140 +1,81 @@
-"""The composition root: the one module that knows every part. Loads, checks, runs, stops."""
+"""The composition root: the one module that knows every part. Runs, reloads, stops."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from relay import channels as channel_registry
-from relay.channels import ChannelEnv, Outgoing
+from relay.channels import ChannelEnv
 from relay.channels._http import HttpClient
-from relay.config import Config, Defaults, LoadedConfig, ServerConfig, load_config, parse_config
-from relay.delivery import Delivery, Deps, Route, render_notification
-from relay.errors import ConfigError, Problem, StoreUnavailable
+from relay.config import Config, ServerConfig
+from relay.configure import (
+    Compiled,
+    compile_config,
+    config_fingerprint,
+    dashboard_link,
+    load,
+    route_for,
+)
+from relay.delivery import Delivery, Deps
+from relay.errors import ConfigError, StoreUnavailable
 from relay.intake import Intake
 from relay.logs import SCRUB
-from relay.model import Notification, Run, notification_id
-from relay.policy import TokenBucket
-from relay.rules import RuleSet, compile_rules
+from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from relay.metrics import Metrics
 from relay.settings import Settings
 from relay.silences import SilenceCache
 from relay.sources.http import HttpDeps, build_app
+from relay.sources.realtime import RealtimeSource
 from relay.store import Store, open_store
-from relay.templating import Rendered, Renderer
 
 log = logging.getLogger("relay")
 SHUTDOWN_GRACE_S = 10.0
-BUILTIN_NAME = "<built-in>"
-BUILTIN_CONFIG = """\
-channels:
-  console:
-    type: console
-rules:
-  - name: failures
-    match:
-      status: [failure]
-    notify: [console]
-"""
-
-
-@dataclass(frozen=True)
-class Compiled:
-    """A loaded config with its rules compiled and its templates checked."""
-
-    loaded: LoadedConfig
-    rules: RuleSet
-    renderer: Renderer
-
-
-def load(settings: Settings, path: Path | None = None) -> LoadedConfig:
-    """The config file, or the built-in default when none was named and none exists."""
-    models = channel_registry.settings_models()
-    target = path or settings.config
-    if target.exists() or path is not None or settings.config_explicit:
-        if not target.exists():
-            raise ConfigError([Problem(str(target), "", "config file not found")])
-        return load_config(target, models)
-    loaded = parse_config(BUILTIN_CONFIG, BUILTIN_NAME, models, env={})
-    return LoadedConfig(loaded.config, loaded.source, builtin=True)
-
-
-def compile_config(loaded: LoadedConfig) -> Compiled:
-    """Compile rules and check templates; ConfigError lists every problem with file:line."""
-    config = loaded.config
-    rules, problems = compile_rules(config.rules, loaded.locate)
-    renderer = Renderer(config.templates.dir)
-    if config.templates.dir is not None and not config.templates.dir.is_dir():
-        where = loaded.locate(("templates", "dir"))
-        problems.append(Problem(where, "templates.dir", "directory not found"))
-    for i, rule in enumerate(rules.rules):
-        for name in rule.notify:
-            kind = channel_registry.REGISTRY[config.channels[name].type]
-            for part in kind.parts:
-                why = renderer.check(kind.type, rule.template, part)
-                if why is not None:
-                    where = loaded.locate(("rules", i, "template"))
-                    problems.append(Problem(where, f"rules[{i}].template", f"{kind.type}: {why}"))
-    if problems:
-        raise ConfigError(list(dict.fromkeys(problems)))
-    return Compiled(loaded, rules, renderer)
-
-
-def dashboard_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]:
-    """The run's dashboard URL: the one Trigger.dev sent, else defaults.dashboard_url."""
-    pattern = defaults.dashboard_url
-
-    def link(run: dict[str, Any]) -> str | None:
-        sent = run.get("dashboardUrl")
-        if isinstance(sent, str) and sent:
-            return sent
-        if "{project_ref}" in pattern and not defaults.project_ref:
-            return None
-        return pattern.format(
-            project_ref=defaults.project_ref or "",
-            run_id=run.get("id", ""),
-            task=run.get("taskIdentifier", ""),
-        )
-
-    return link
+PRUNE_EVERY_S = 600.0
+WATCH_EVERY_S = 1.0
+# A connection gets this long for a complete request head, and is closed after this long idle
+# (aiohttp's keepalive_timeout; its default of an hour lets a slowloris hold sockets forever).
+HTTP_IDLE_TIMEOUT_S = 60.0
+# After a commit of incoming runs failed (disk full, read-only), /readyz says "store not
+# writable" this long, unless a later commit works.
+NOT_WRITABLE_S = 10.0
 
 
 class Service:
-    """relay serve: HTTP intake + delivery loops over one store, until SIGTERM/SIGINT."""
+    """relay serve: HTTP intake + delivery loops over one store, until SIGTERM/SIGINT.
+
+    SIGHUP, or a change of the config file or templates, reloads the configuration; an invalid
+    one is refused and the running one kept.
+    """
 
     def __init__(self, settings: Settings, compiled: Compiled) -> None:
         self.settings = settings
         self.compiled = compiled
         self.store: Store = open_store(settings.store_url)
         self.http = HttpClient()
+        self.metrics = Metrics()
         self.delivery: Delivery | None = None
+        self.intake: Intake | None = None
         self.runner: web.AppRunner | None = None
+        self.realtime: RealtimeSource | None = None
         self.address: tuple[str, int] | None = None
-        self._stop = asyncio.Event()
         self.silences = SilenceCache(self.store.silences)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._reloading = asyncio.Lock()
+        self._fingerprint = config_fingerprint(compiled)  # what the running config was read from
 
     @property
     def config(self) -> Config:
         return self.compiled.loaded.config
-
-    def _routes(self) -> dict[str, Route]:
-        env = ChannelEnv(self.http, sys.stdout, self.config.defaults.timeout, self.store)
-        routes = {}
-        for name, settings in self.config.channels.items():
-            kind = channel_registry.REGISTRY[settings.type]
-            bucket = TokenBucket(settings.rate_limit) if settings.rate_limit else None
-            channel = channel_registry.build(name, settings, env)
-            routes[name] = Route(channel, kind.type, kind.parts, settings.concurrency, bucket)
-        return routes
 
     async def start(self) -> tuple[str, int]:
         SCRUB.set(self.compiled.loaded.secrets())
@@ -142,28 +83,61 @@ class Service:
         released = await self.store.release_leases()
         if released:
             log.info("resuming notifications claimed before a restart", extra={"count": released})
+        self.delivery = self._delivery(self.compiled)
+        self.delivery.start()
+        self.intake = Intake(
+            self.store,
+            lambda: self.compiled.rules,
+            self._wake,
+            silences=self.silences,
+            observer=self.metrics.intake_result,
+        )
+        self.address = await self._serve_http(self.intake)
+        self._start_realtime()
+        self.metrics.config_reload_time.set(time.time())
+        self._tasks = [
+            asyncio.create_task(self._prune_forever(), name="retention"),
+            asyncio.create_task(self._watch_config(), name="config-watch"),
+        ]
+        return self.address
+
+    def _delivery(self, compiled: Compiled) -> Delivery:
+        config = compiled.loaded.config
+        env = ChannelEnv(self.http, sys.stdout, config.defaults.timeout, self.store)
         deps = Deps(
             store=self.store,
-            renderer=self.compiled.renderer,
-            retry=self.config.defaults.retry,
-            dashboard_link=dashboard_link(self.config.defaults),
+            renderer=compiled.renderer,
+            retry=config.defaults.retry,
+            dashboard_link=dashboard_link(config.defaults),
             silences=self.silences,
+            on_event=self.metrics.delivery_event,
         )
-        self.delivery = Delivery(deps, self._routes())
-        self.delivery.start()
-        intake = Intake(
-            self.store, lambda: self.compiled.rules, self.delivery.wake, silences=self.silences
-        )
+        routes = {name: route_for(compiled, name, env) for name in config.channels}
+        return Delivery(deps, routes)
+
+    async def _serve_http(self, intake: Intake) -> tuple[str, int]:
         app = build_app(self._http_deps(intake))
         self.runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=5.0
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=5.0,
+            keepalive_timeout=HTTP_IDLE_TIMEOUT_S,
         )
         await self.runner.setup()
         host, port = self.settings.listen_host_port
         site = web.TCPSite(self.runner, host, port)
         await site.start()
-        self.address = _bound_address(site, host, port)
-        return self.address
+        return _bound_address(site, host, port)
+
+    def _start_realtime(self) -> None:
+        if self.config.sources.realtime is not None and self.intake is not None:
+            self.realtime = RealtimeSource(
+                self.config.sources.realtime,
+                functools.partial(self.intake.submit, source="realtime"),
+                self.store,
+            )
+            self.realtime.start()
 
     def _http_deps(self, intake: Intake) -> HttpDeps:
         def server() -> ServerConfig:  # the live config, read on each request
@@ -184,7 +158,13 @@ class Service:
                 if (alerts := self.config.sources.trigger_alerts) is None
                 else alerts.all_secrets()
             ),
+            on_rejected=lambda reason: self.metrics.rejected.labels(reason=reason).inc(),
+            metrics=self._metrics_text,
         )
+
+    def _wake(self, channel: str) -> None:
+        if self.delivery is not None:
+            self.delivery.wake(channel)
 
     def _wake_all(self) -> None:
         if self.delivery is not None:
@@ -195,20 +175,98 @@ class Service:
             await self.store.ping()
         except StoreUnavailable:
             return "store unreachable"
+        failed_at = None if self.intake is None else self.intake.store_failed_at
+        if failed_at is not None and time.time() - failed_at < NOT_WRITABLE_S:
+            return "store not writable"
         return None
+
+    async def _metrics_text(self) -> tuple[bytes, str]:
+        with contextlib.suppress(StoreUnavailable):
+            self.metrics.set_outbox(await self.store.counts())
+        return self.metrics.render(), METRICS_CONTENT_TYPE
+
+    async def _prune_forever(self) -> None:
+        while True:
+            try:
+                before = time.time() - self.config.defaults.retention
+                removed = await self.store.prune(before)
+                if removed:
+                    log.info("history pruned", extra={"notifications": removed})
+            except StoreUnavailable:
+                log.warning("history not pruned: store unavailable")
+            await asyncio.sleep(PRUNE_EVERY_S)
+
+    async def reload(self, trigger: str) -> bool:
+        """Load and check the config again; swap it in only if it is valid."""
+        async with self._reloading:
+            path = Path(self.compiled.loaded.source.filename)
+            self._fingerprint = config_fingerprint(self.compiled)
+            try:
+                compiled = compile_config(load(self.settings, path))
+            except ConfigError as exc:
+                self.metrics.config_reloads.labels(result="failure").inc()
+                problems = [str(p) for p in exc.problems]
+                log.error(
+                    "config reload refused; the running config is kept",
+                    extra={"trigger": trigger, "problems": problems},
+                )
+                return False
+            await self._swap(compiled)
+            self.metrics.config_reloads.labels(result="success").inc()
+            self.metrics.config_reload_time.set(time.time())
+            log.info("config reloaded", extra={"trigger": trigger, "rules": len(self.config.rules)})
+            return True
+
+    async def _swap(self, compiled: Compiled) -> None:
+        """New rules and channels take over; the old delivery finishes what it holds."""
+        old_delivery, old_sources = self.delivery, self.config.sources
+        SCRUB.set([*self.compiled.loaded.secrets(), *compiled.loaded.secrets()])
+        self.compiled = compiled
+        self.delivery = self._delivery(compiled)
+        self.delivery.start()
+        if old_delivery is not None:
+            await old_delivery.stop(SHUTDOWN_GRACE_S)
+        if compiled.loaded.config.sources.realtime != old_sources.realtime:
+            if self.realtime is not None:
+                await self.realtime.stop()
+                self.realtime = None
+            self._start_realtime()
+
+    async def _watch_config(self) -> None:
+        """Reload when the config file or a template changes (polled: works on every volume)."""
+        if self.compiled.loaded.builtin:
+            return
+        while True:
+            await asyncio.sleep(WATCH_EVERY_S)
+            now = config_fingerprint(self.compiled)
+            if now != self._fingerprint:
+                self._fingerprint = now
+                await self.reload("file change")
 
     def request_stop(self) -> None:
         self._stop.set()
 
-    async def run_until_stopped(self) -> None:
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop, SIGHUP reloads; installed before `listening` is announced."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
+
+    async def run_until_stopped(self) -> None:
         await self._stop.wait()
         log.info("shutting down: intake stopped, finishing in-flight deliveries")
 
+    def _reload_soon(self) -> None:
+        self._tasks.append(asyncio.create_task(self.reload("SIGHUP"), name="reload"))
+
     async def shutdown(self) -> None:
         """Stop intake first, then delivery (in-flight finish or stay in the outbox), then I/O."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.realtime is not None:  # a position not yet saved is fetched again after a restart
+            await self.realtime.stop()
         if self.runner is not None:
             await self.runner.cleanup()
         if self.delivery is not None:
@@ -230,6 +288,7 @@ def _bound_address(site: web.TCPSite, host: str, port: int) -> tuple[str, int]:
 
 async def serve(settings: Settings, compiled: Compiled) -> None:
     service = Service(settings, compiled)
+    service.install_signal_handlers()
     try:
         host, port = await service.start()
         config = compiled.loaded.config
@@ -246,86 +305,3 @@ async def serve(settings: Settings, compiled: Compiled) -> None:
         await service.run_until_stopped()
     finally:
         await service.shutdown()
-
-
-SAMPLE_RUN: dict[str, Any] = {
-    "id": "run_relaytest0000000000000000",
-    "taskIdentifier": "relay-send-test",
-    "status": "FAILED",
-    "createdAt": "2026-01-01T00:00:00.000Z",
-    "updatedAt": "2026-01-01T00:00:12.000Z",
-    "durationMs": 11800,
-    "costInCents": 0.04,
-    "baseCostInCents": 0.0025,
-    "tags": ["relay:send-test"],
-    "isTest": True,
-    "error": {"name": "Error", "message": "This is a test notification from relay send-test"},
-}
-
-
-@dataclass(frozen=True)
-class DryRun:
-    run_id: str
-    rules: list[str]
-    messages: list[tuple[str, str, Rendered]]  # (rule, channel, rendered)
-
-
-def _route_for(compiled: Compiled, name: str, env: ChannelEnv) -> Route:
-    settings = compiled.loaded.config.channels[name]
-    kind = channel_registry.REGISTRY[settings.type]
-    channel = channel_registry.build(name, settings, env)
-    return Route(channel, kind.type, kind.parts, settings.concurrency, None)
-
-
-def dry_run(compiled: Compiled, runs: list[Run]) -> list[DryRun]:
-    """Which rules match each run (as if first seen) and the messages they would send."""
-    config = compiled.loaded.config
-    env = ChannelEnv(HttpClient(), sys.stdout, config.defaults.timeout)
-    link = dashboard_link(config.defaults)
-    out = []
-    for run in runs:
-        decision = compiled.rules.decide(run, None)
-        messages = []
-        for match in decision.matches:
-            row = Notification(
-                notification_id(run.id, match.rule, match.channel),
-                run.id,
-                match.rule,
-                match.channel,
-                match.template,
-                run.as_dict(),
-                time.time(),
-            )
-            route = _route_for(compiled, match.channel, env)
-            messages.append(
-                (
-                    match.rule,
-                    match.channel,
-                    render_notification(compiled.renderer, match.channel, route, row, link),
-                )
-            )
-        rules = list(dict.fromkeys(m.rule for m in decision.matches))
-        out.append(DryRun(run.id, rules, messages))
-    return out
-
-
-async def send_test(compiled: Compiled, channel: str) -> None:
-    """One real attempt through `channel` with a sample run; raises DeliveryError on failure."""
-    config = compiled.loaded.config
-    if channel not in config.channels:
-        known = ", ".join(sorted(config.channels)) or "none"
-        raise ConfigError([Problem("", "channel", f"unknown channel {channel!r} (known: {known})")])
-    http = HttpClient()
-    try:
-        route = _route_for(compiled, channel, ChannelEnv(http, sys.stdout, config.defaults.timeout))
-        run = Run.model_validate(SAMPLE_RUN)
-        now = time.time()
-        row = Notification(
-            f"ntf_test_{int(now * 1000)}", run.id, "send-test", channel, "run", run.as_dict(), now
-        )
-        rendered = render_notification(
-            compiled.renderer, channel, route, row, dashboard_link(config.defaults)
-        )
-        await route.channel.send(Outgoing(row.id, run.id, row.rule, rendered.parts, now))
-    finally:
-        await http.close()

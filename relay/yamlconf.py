@@ -18,6 +18,7 @@ from relay.errors import Problem
 
 Path_ = tuple[str | int, ...]
 MAX_NODES = 100_000
+MAX_DEPTH = 64  # nesting levels; also ends a recursive alias (&a [*a])
 MAX_BYTES = 4 * 1024 * 1024
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -72,10 +73,28 @@ def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
     return _VAR.sub(sub, text), missing
 
 
+_TOKEN = re.compile(r"__RELAY_ENV_(\d+)__")
+
+
+def protect(text: str) -> tuple[str, list[str]]:
+    """Replace each ${...} with a YAML-safe token, so `{a: ${X}}` parses as YAML; the tokens
+    are restored inside scalars after parsing. Lines and columns are unchanged in count."""
+    originals: list[str] = []
+
+    def token(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$$"
+        originals.append(match.group(0))
+        return f"__RELAY_ENV_{len(originals) - 1}__"
+
+    return _VAR.sub(token, text), originals
+
+
 class _Walker:
-    def __init__(self, located: Located, env: Mapping[str, str]) -> None:
+    def __init__(self, located: Located, env: Mapping[str, str], originals: list[str]) -> None:
         self.located = located
         self.env = env
+        self.originals = originals
         self.nodes = 0
         self.constructor = yaml.SafeLoader("")
 
@@ -83,6 +102,10 @@ class _Walker:
         self.nodes += 1
         if self.nodes > MAX_NODES:
             raise _TooLarge
+        if len(path) > MAX_DEPTH:
+            raise _Unsupported(
+                node, f"nested deeper than {MAX_DEPTH} levels (or a recursive alias)"
+            )
         self.located.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
@@ -114,13 +137,15 @@ class _Walker:
     def _construct(self, node: yaml.Node) -> Any:
         try:
             return self.constructor.construct_object(node)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, OverflowError):  # e.g. a timestamp 2001-13-45
             raise _Unsupported(node, f"cannot read this value (tag {node.tag})") from None
 
     def _scalar(self, node: yaml.Node, path: Path_) -> Any:
         value = self._construct(node)
         if not isinstance(value, str):
             return value
+        if "__RELAY_ENV_" in value:
+            value = _TOKEN.sub(lambda m: self.originals[int(m.group(1))], value)
         if "$" not in value:
             return value
         text, missing = interpolate(value, self.env)
@@ -151,6 +176,7 @@ def load_yaml(text: str, filename: str, env: Mapping[str, str]) -> Located:
     if len(text.encode()) > MAX_BYTES:
         located.problems.append(Problem(filename, "", f"file larger than {MAX_BYTES} bytes"))
         return located
+    text, originals = protect(text)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -161,10 +187,13 @@ def load_yaml(text: str, filename: str, env: Mapping[str, str]) -> Located:
     except yaml.YAMLError as exc:
         located.problems.append(Problem(filename, "", f"invalid YAML: {type(exc).__name__}"))
         return located
+    except RecursionError:  # PyYAML composes recursively
+        located.problems.append(Problem(filename, "", "invalid YAML: nested too deeply"))
+        return located
     if root is None:
         located.data = {}
         return located
-    walker = _Walker(located, env)
+    walker = _Walker(located, env, originals)
     try:
         located.data = walker.walk(root, ())
     except _TooLarge:

@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from relay.service import Service, compile_config
+from relay.configure import compile_config
+from relay.service import Service
 from relay.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,7 +158,7 @@ async def relay(tmp_path: Path) -> AsyncIterator[RelayFactory]:
         path.write_text(config_text)
         store = db or tmp_path / "relay.db"
         settings = Settings(config=path, listen="127.0.0.1:0", store_url=f"sqlite:///{store}")
-        from relay.service import load  # noqa: PLC0415
+        from relay.configure import load  # noqa: PLC0415
 
         service = Service(settings, compile_config(load(settings)))
         host, port = await service.start()

@@ -99,8 +99,8 @@ def test_good_config_loads_with_interpolation() -> None:
             "c.yaml:3: rules[1].name: duplicate rule name",
         ),
         (
-            "rules:\n  - {name: a, notify: [c], group_by: [task]}\nchannels: {c: {type: console}}\n",
-            "digests are not available",
+            "rules:\n  - {name: a, notify: [c], group_wait: 10s}\nchannels: {c: {type: console}}\n",
+            "group_* options need `group_by`",
         ),
         (
             "server:\n  auth_token: ${UNSET_VAR}\n",

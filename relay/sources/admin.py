@@ -1,4 +1,5 @@
-"""Admin API for silences: POST/GET /v1/silences, DELETE /v1/silences/{id} (expires it).
+"""Admin API: silences (POST/GET /v1/silences, DELETE /v1/silences/{id} expires one) and
+notification history (GET /v1/notifications, GET /v1/notifications/{id} with its events).
 
 Behind server.admin_token (falling back to server.auth_token), like the dead-letter API.
 """
@@ -11,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from relay.errors import InputError
+from relay.history import event_view, history_query, notification_view
 from relay.silences import new_silence, parse_matchers, parse_time, silence_view
 
 if TYPE_CHECKING:
@@ -94,8 +96,36 @@ def _silence_from(body: bytes, now: float) -> Any:
     )
 
 
+class HistoryHandlers(SilenceHandlers):
+    async def list_notifications(self, request: web.Request) -> web.Response:
+        from relay.sources.http import error, json_response  # noqa: PLC0415
+
+        if (denied := self._denied(request)) is not None:
+            return denied
+        try:
+            query = history_query(dict(request.query), self.deps.clock())
+        except InputError as exc:
+            return error(400, exc.message, exc.field or None)
+        rows = await self.deps.store.history(query)
+        return json_response({"notifications": [notification_view(n) for n in rows]})
+
+    async def get_notification(self, request: web.Request) -> web.Response:
+        from relay.sources.http import error, json_response  # noqa: PLC0415
+
+        if (denied := self._denied(request)) is not None:
+            return denied
+        ident = request.match_info["id"]
+        found = await self.deps.store.get(ident)
+        if found is None:
+            return error(404, "no notification with that id", "id")
+        events = [event_view(e) for e in await self.deps.store.events(ident)]
+        return json_response({**notification_view(found), "events": events})
+
+
 def add_silence_routes(app: web.Application, deps: HttpDeps) -> None:
-    h = SilenceHandlers(deps)
+    h = HistoryHandlers(deps)
     app.router.add_post("/v1/silences", h.create)
     app.router.add_get("/v1/silences", h.list)
     app.router.add_delete("/v1/silences/{id}", h.expire)
+    app.router.add_get("/v1/notifications", h.list_notifications)
+    app.router.add_get("/v1/notifications/{id}", h.get_notification)

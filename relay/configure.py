@@ -1,0 +1,214 @@
+"""Loading, checking and trying a configuration: what `relay check`, `relay test`,
+`relay send-test` and `relay serve` (at start and on reload) share."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from relay import channels as channel_registry
+from relay.channels import ChannelEnv, Outgoing
+from relay.channels._http import HttpClient
+from relay.config import Defaults, LoadedConfig, load_config, parse_config
+from relay.delivery import DIGEST_TEMPLATE, Route, render_notification
+from relay.errors import ConfigError, Problem
+from relay.model import Notification, Run, notification_id
+from relay.policy import TokenBucket
+from relay.rules import RuleSet, compile_rules
+from relay.settings import Settings
+from relay.templating import Rendered, Renderer
+
+BUILTIN_NAME = "<built-in>"
+BUILTIN_CONFIG = """\
+channels:
+  console:
+    type: console
+rules:
+  - name: failures
+    match:
+      status: [failure]
+    notify: [console]
+"""
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A loaded config with its rules compiled and its templates checked."""
+
+    loaded: LoadedConfig
+    rules: RuleSet
+    renderer: Renderer
+    warnings: tuple[str, ...] = ()
+
+
+def load(settings: Settings, path: Path | None = None) -> LoadedConfig:
+    """The config file, or the built-in default when none was named and none exists."""
+    models = channel_registry.settings_models()
+    target = path or settings.config
+    if target.exists() or path is not None or settings.config_explicit:
+        if not target.exists():
+            raise ConfigError([Problem(str(target), "", "config file not found")])
+        return load_config(target, models)
+    loaded = parse_config(BUILTIN_CONFIG, BUILTIN_NAME, models, env={})
+    return LoadedConfig(loaded.config, loaded.source, builtin=True)
+
+
+def compile_config(loaded: LoadedConfig) -> Compiled:
+    """Compile rules and check templates; ConfigError lists every problem with file:line."""
+    config = loaded.config
+    rules, problems = compile_rules(
+        config.rules,
+        loaded.locate,
+        time_intervals=config.time_intervals,
+        inhibit_rules=config.inhibit_rules,
+    )
+    renderer = Renderer(config.templates.dir)
+    warnings = []
+    if config.templates.dir is not None and not config.templates.dir.is_dir():
+        where = loaded.locate(("templates", "dir"))
+        warnings.append(f"{where}: templates.dir: no such directory; the shipped templates apply")
+    for i, rule in enumerate(rules.rules):
+        for name in rule.notify:
+            kind = channel_registry.REGISTRY[config.channels[name].type]
+            templates = [rule.template] + ([DIGEST_TEMPLATE] if rule.group_by else [])
+            for template, part in ((t, p) for t in templates for p in kind.parts):
+                why = renderer.check(kind.type, template, part)
+                if why is not None:
+                    where = loaded.locate(("rules", i, "template"))
+                    problems.append(Problem(where, f"rules[{i}].template", f"{kind.type}: {why}"))
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    return Compiled(loaded, rules, renderer, tuple(warnings))
+
+
+def dashboard_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]:
+    """The run's dashboard URL: the one Trigger.dev sent, else defaults.dashboard_url."""
+    pattern = defaults.dashboard_url
+
+    def link(run: dict[str, Any]) -> str | None:
+        sent = run.get("dashboardUrl")
+        if isinstance(sent, str) and sent:
+            return sent
+        if run.get("event", "run") != "run":  # the pattern is for runs, not deployments
+            return None
+        if "{project_ref}" in pattern and not defaults.project_ref:
+            return None
+        return pattern.format(
+            project_ref=defaults.project_ref or "",
+            run_id=run.get("id", ""),
+            task=run.get("taskIdentifier", ""),
+        )
+
+    return link
+
+
+SAMPLE_RUN: dict[str, Any] = {
+    "id": "run_relaytest0000000000000000",
+    "taskIdentifier": "relay-send-test",
+    "status": "FAILED",
+    "createdAt": "2026-01-01T00:00:00.000Z",
+    "updatedAt": "2026-01-01T00:00:12.000Z",
+    "durationMs": 11800,
+    "costInCents": 0.04,
+    "baseCostInCents": 0.0025,
+    "tags": ["relay:send-test"],
+    "isTest": True,
+    "error": {"name": "Error", "message": "This is a test notification from relay send-test"},
+}
+
+
+@dataclass(frozen=True)
+class DryRun:
+    run_id: str
+    rules: list[str]
+    messages: list[tuple[str, str, Rendered]]  # (rule, channel, rendered)
+
+
+def route_for(compiled: Compiled, name: str, env: ChannelEnv, *, throttled: bool = True) -> Route:
+    """Build channel `name` of the config, with its rate limit unless `throttled` is False."""
+    settings = compiled.loaded.config.channels[name]
+    kind = channel_registry.REGISTRY[settings.type]
+    channel = channel_registry.build(name, settings, env)
+    limit = settings.rate_limit if throttled else None
+    bucket = TokenBucket(limit) if limit is not None else None
+    return Route(channel, kind.type, kind.parts, settings.concurrency, bucket)
+
+
+def dry_run(compiled: Compiled, runs: list[Run]) -> list[DryRun]:
+    """Which rules match each run (as if first seen) and the messages they would send."""
+    config = compiled.loaded.config
+    env = ChannelEnv(HttpClient(), sys.stdout, config.defaults.timeout)
+    link = dashboard_link(config.defaults)
+    out = []
+    for run in runs:
+        decision = compiled.rules.decide(run, None)
+        messages = []
+        for match in decision.matches:
+            row = Notification(
+                notification_id(run.id, match.rule, match.channel),
+                run.id,
+                match.rule,
+                match.channel,
+                match.template,
+                run.as_dict(),
+                time.time(),
+            )
+            route = route_for(compiled, match.channel, env, throttled=False)
+            messages.append(
+                (
+                    match.rule,
+                    match.channel,
+                    render_notification(compiled.renderer, match.channel, route, row, link),
+                )
+            )
+        rules = list(dict.fromkeys(m.rule for m in decision.matches))
+        out.append(DryRun(run.id, rules, messages))
+    return out
+
+
+async def send_test(compiled: Compiled, channel: str) -> None:
+    """One real attempt through `channel` with a sample run; raises DeliveryError on failure."""
+    config = compiled.loaded.config
+    if channel not in config.channels:
+        known = ", ".join(sorted(config.channels)) or "none"
+        raise ConfigError([Problem("", "channel", f"unknown channel {channel!r} (known: {known})")])
+    http = HttpClient()
+    try:
+        route = route_for(
+            compiled,
+            channel,
+            ChannelEnv(http, sys.stdout, config.defaults.timeout),
+            throttled=False,
+        )
+        run = Run.model_validate(SAMPLE_RUN)
+        now = time.time()
+        row = Notification(
+            f"ntf_test_{int(now * 1000)}", run.id, "send-test", channel, "run", run.as_dict(), now
+        )
+        rendered = render_notification(
+            compiled.renderer, channel, route, row, dashboard_link(config.defaults)
+        )
+        await route.channel.send(Outgoing(row.id, run.id, row.rule, rendered.parts, now))
+    finally:
+        await http.close()
+
+
+def config_fingerprint(compiled: Compiled) -> tuple[tuple[str, int, int], ...]:
+    """What changes when the config file or a template changes: paths, sizes, mtimes."""
+    paths = [Path(compiled.loaded.source.filename)]
+    directory = compiled.loaded.config.templates.dir
+    if directory is not None and directory.is_dir():
+        paths += sorted(p for p in directory.rglob("*") if p.is_file())
+    out = []
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError:
+            out.append((str(path), -1, -1))
+            continue
+        out.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(out)

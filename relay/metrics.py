@@ -1,0 +1,139 @@
+"""Prometheus metrics: one registry per service (tests run several in one process).
+
+Names follow Prometheus conventions (relay_..._total, _seconds). Reasons are the delivery
+failure words of relay.errors.REASONS, so logs, dead letters and metrics use one vocabulary.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from relay import __version__
+from relay.model import Notification
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class IntakeOutcome(Protocol):
+    @property
+    def accepted(self) -> int: ...
+    @property
+    def stale(self) -> int: ...
+    @property
+    def source(self) -> str: ...
+
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+ATTEMPT_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 20, 50)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry(auto_describe=True)
+        Info("relay_build", "Build information.", registry=r).info({"version": __version__})
+        self.received = Counter(
+            "relay_updates_received_total", "Run updates accepted.", ["source"], registry=r
+        )
+        self.rejected = Counter(
+            "relay_updates_rejected_total", "Requests refused, by reason.", ["reason"], registry=r
+        )
+        self.stale = Counter(
+            "relay_updates_stale_total", "Updates older than the stored state.", registry=r
+        )
+        self.matched = Counter(
+            "relay_rules_matched_total", "Notifications created, by rule.", ["rule"], registry=r
+        )
+        labels = ["channel"]
+        self.sent = Counter(
+            "relay_notifications_sent_total", "Notifications delivered.", labels, registry=r
+        )
+        self.failed = Counter(
+            "relay_notifications_failed_total",
+            "Failed delivery attempts that will be retried.",
+            ["channel", "reason"],
+            registry=r,
+        )
+        self.dead = Counter(
+            "relay_notifications_dead_total",
+            "Notifications given up on (dead letters).",
+            ["channel", "reason"],
+            registry=r,
+        )
+        self.muted = Counter(
+            "relay_notifications_muted_total",
+            "Notifications muted by a silence.",
+            labels,
+            registry=r,
+        )
+        self.template_errors = Counter(
+            "relay_template_errors_total",
+            "Renders that fell back to plain text.",
+            labels,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "relay_delivery_latency_seconds",
+            "From intake to delivered.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.attempts = Histogram(
+            "relay_delivery_attempts",
+            "Attempts a delivered notification took.",
+            labels,
+            buckets=ATTEMPT_BUCKETS,
+            registry=r,
+        )
+        self.outbox = Gauge(
+            "relay_outbox_notifications",
+            "Notifications in the outbox, by state.",
+            ["state"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "relay_config_reloads_total", "Config reloads, by result.", ["result"], registry=r
+        )
+        self.config_reload_time = Gauge(
+            "relay_config_last_reload_timestamp_seconds",
+            "When the running config was loaded.",
+            registry=r,
+        )
+
+    def delivery_event(self, kind: str, row: Notification, reason: str, attempts: int) -> None:
+        """Delivery's hook: one call per finished attempt, mute or template fallback."""
+        channel = row.channel
+        if kind == "sent":
+            self.sent.labels(channel=channel).inc()
+            self.latency.labels(channel=channel).observe(max(time.time() - row.created_at, 0.0))
+            self.attempts.labels(channel=channel).observe(attempts)
+        elif kind == "retry":
+            self.failed.labels(channel=channel, reason=reason).inc()
+        elif kind == "dead":
+            self.dead.labels(channel=channel, reason=reason).inc()
+        elif kind == "muted":
+            self.muted.labels(channel=channel).inc()
+        elif kind == "template_error":
+            self.template_errors.labels(channel=channel).inc()
+
+    def intake_result(self, result: IntakeOutcome, created: Sequence[Notification]) -> None:
+        """Intake's hook: one call per committed batch."""
+        self.received.labels(source=result.source).inc(result.accepted)
+        if result.stale:
+            self.stale.inc(result.stale)
+        for n in created:
+            self.matched.labels(rule=n.rule).inc()
+            if n.state == "muted":
+                self.muted.labels(channel=n.channel).inc()
+
+    def set_outbox(self, counts: Mapping[str, int]) -> None:
+        for state, count in counts.items():
+            self.outbox.labels(state=state).set(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

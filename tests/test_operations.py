@@ -1,0 +1,121 @@
+"""Operating relay: Prometheus metrics, config reload (file change and SIGHUP), refusal of bad
+configs while the old one keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run, status
+
+CONFIG = """\
+defaults:
+  retry: {{max_attempts: 1, max_age: 1h}}
+channels:
+  hook: {{type: webhook, url: "{url}/hook"}}
+rules:
+  - name: {rule}
+    match: {{status: [{status}]}}
+    notify: [hook]
+"""
+
+
+def run_with(status_: str, run_id: str) -> dict[str, Any]:
+    run = sdk_run("failed")
+    run.update(id=run_id, status=status_)
+    return run
+
+
+async def metrics_text(r: Any) -> str:
+    async with r.http.get(r.url + "/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        return await resp.text()
+
+
+def value(text: str, sample: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"{sample} not in metrics")
+
+
+async def test_metrics_count_what_happened(relay: RelayFactory, sink: Sink) -> None:
+    sink.responses = [status(200), status(400)]
+    r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    await r.post([run_with("FAILED", "run_m1"), run_with("EXECUTING", "run_m2")])
+    await sink.wait_for(1)
+    await r.post(run_with("FAILED", "run_m3"))
+    await sink.wait_for(2)
+    await r.post(b"{not json")
+    await asyncio.sleep(0.3)
+    text = await metrics_text(r)
+    assert value(text, 'relay_updates_received_total{source="http"}') == 3
+    assert value(text, 'relay_rules_matched_total{rule="failures"}') == 2
+    assert value(text, 'relay_notifications_sent_total{channel="hook"}') == 1
+    assert value(text, 'relay_notifications_dead_total{channel="hook",reason="client_error"}') == 1
+    assert value(text, 'relay_updates_rejected_total{reason="bad_request"}') == 1
+    assert value(text, 'relay_outbox_notifications{state="dead"}') == 1
+    assert value(text, 'relay_delivery_latency_seconds_count{channel="hook"}') == 1
+    assert 'relay_build_info{version="' in text
+
+
+async def test_a_changed_config_file_is_reloaded(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    path = Path(r.service.compiled.loaded.source.filename)
+    path.write_text(CONFIG.format(url=sink.url, rule="crashes-only", status="CRASHED"))
+    for _ in range(100):
+        if r.service.compiled.rules.rules[0].name == "crashes-only":
+            break
+        await asyncio.sleep(0.05)
+    await r.post([run_with("FAILED", "run_r1"), run_with("CRASHED", "run_r2")])
+    await sink.wait_for(1)
+    await asyncio.sleep(0.3)
+    assert [(g.json()["rule"], g.json()["run"]["id"]) for g in sink.received] == [
+        ("crashes-only", "run_r2")
+    ]
+    assert value(await metrics_text(r), 'relay_config_reloads_total{result="success"}') == 1
+
+
+async def test_an_invalid_new_config_is_refused_and_the_old_one_kept(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    path = Path(r.service.compiled.loaded.source.filename)
+    path.write_text("rules: [this is not a rule]\nbogus: 1\n")
+    assert await r.service.reload("test") is False
+    await r.post(run_with("FAILED", "run_kept"))
+    [got] = await sink.wait_for(1)
+    assert got.json()["rule"] == "failures"
+    assert value(await metrics_text(r), 'relay_config_reloads_total{result="failure"}') >= 1
+
+
+async def test_sighup_reloads_a_running_relay(
+    relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
+) -> None:
+    proc = relay_process(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    await asyncio.to_thread(proc.start)
+    config = Path(proc.env["RELAY_CONFIG"])
+    # same size and a fast write could keep the mtime: SIGHUP must reload regardless
+    config.write_text(CONFIG.format(url=sink.url, rule="sighup-rule", status="failure"))
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGHUP)
+    for _ in range(400):
+        if any(e.get("msg") == "config reloaded" for e in proc.logs):
+            break
+        await asyncio.sleep(0.05)
+    assert any(e.get("msg") == "config reloaded" for e in proc.logs)
+    config.write_text("nonsense: [")
+    proc.proc.send_signal(signal.SIGHUP)
+    for _ in range(400):
+        if any("refused" in str(e.get("msg")) for e in proc.logs):
+            break
+        await asyncio.sleep(0.05)
+    refused = [e for e in proc.logs if "refused" in str(e.get("msg"))]
+    assert refused and refused[0]["problems"]
+    assert proc.proc.poll() is None  # still serving
