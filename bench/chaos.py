@@ -1,0 +1,551 @@
+"""Chaos soak: kill -9 relay at random moments while a hostile receiver misbehaves; count losses.
+
+    .venv/bin/python bench/chaos.py                              # 3 rounds x 50 updates (CI size)
+    .venv/bin/python bench/chaos.py --rounds 20 --updates 1000   # the full local soak
+    .venv/bin/python bench/chaos.py --seed 1234 --json           # replay a seed, JSON report
+
+Everything runs on 127.0.0.1; this script is the load generator, the sink and the killer, and
+`python -m relay serve` runs as a child process (its own process group, a fresh SQLite store in a
+temporary directory, killed on exit whatever happens).
+
+What happens, per round (`--rounds`):
+
+* **updates**: `--updates` run updates are POSTed to `/v1/runs` over about `--spread` seconds
+  (`--updates`/2 runs: EXECUTING then a terminal status; about 60 % of the terminal statuses
+  are failures), `--concurrency` at once. Each run is posted in order; an update is retried
+  (same body) until relay answers 202 — through refused connections, resets and 503s while
+  relay is down or restarting.
+* **killer**: at a random moment of the round (uniform in [0.05 s, `--kill-window`]), relay gets
+  SIGKILL, stays down for a random 0-`--down-max` seconds, and is restarted on the same store.
+  Kills land anywhere: mid-ingest, mid-commit, between a send and its `sent` mark, between a
+  429 and the commit of its retry time.
+* **sink**: the webhook receiver (two relay channels, `a` and `b`, both notified by one rule for
+  failed runs) answers each request at random: 200 (counted as delivered), 429 with
+  `Retry-After: 1` or `2`, 500, a hang past relay's 1 s timeout, a connection reset (RST), or
+  it stops listening for a while (connection refused; requests on kept-alive connections are
+  reset meanwhile). Weights: `--p-ok`, `--p-rate-limited`, `--p-error`, `--p-hang`,
+  `--p-reset`, `--p-refuse`.
+
+A round ends when the sink has answered 200 for everything owed so far, still under chaos
+(at most `--round-timeout` seconds). Then the **drain**: the sink turns healthy and relay gets
+up to `--drain-timeout` seconds to deliver what is left; relay is stopped with SIGTERM.
+
+The report (`--json` for one JSON object):
+
+- `updates_posted`, `updates_accepted`: run updates sent, and 202 answers (each update is posted
+  until one 202); `post_retries`: posts that met a dead relay, a reset or a 503.
+- `notifications_expected`: failed runs x 2 channels, the ids (`ntf_…`) relay owes.
+- `delivered`: distinct expected ids the sink answered 200. `lost`: expected ids never answered
+  200 — **must be 0**. `unexpected`: delivered ids nobody owed — 0.
+- `duplicates`, `duplicate_rate`: extra 200s for an id already delivered (at-least-once: allowed,
+  always with the same id; the rate is duplicates / delivered).
+- `retry_after_given`, `retry_after_violations`: 429s sent, and requests for an id that arrived
+  before the Retry-After the sink gave that id had passed (per id, the sink's own clock, 1 ms
+  tolerance) — **must be 0**; `samples.violations` says whether a kill fell in between.
+- `dead`: dead letters at the end (`GET /v1/dlq`) — 0. `relay_exceptions`: relay log lines
+  with a traceback — 0. `sink_answers`: what the sink answered (`refused` = a request on a
+  kept-alive connection while the listener was down).
+
+Exit code 0 when lost, violations, unexpected, dead and relay_exceptions are all 0, else 1.
+
+The RNG is seeded (`--seed`, else random; the seed is printed first). The seed fixes every
+random choice's *distribution* — sink answers are drawn in arrival order, which depends on
+timing — so a replay is similar, not identical. relay's own retry settings are short
+(min_backoff 100 ms, max_backoff 1 s, timeout 1 s, max_attempts 1000) so a soak converges in
+seconds, not hours. tests/hardening/test_chaos.py runs this at CI size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parents[1]
+RULE = "failures"
+CHANNELS = ("a", "b")
+FAILED_STATUSES = ("FAILED", "CRASHED", "TIMED_OUT", "SYSTEM_FAILURE")
+RELAY_TIMEOUT_S = 1.0
+RA_TOLERANCE_S = 0.001
+
+CONFIG = """\
+defaults:
+  retry: {{max_attempts: 1000, max_age: 1h, min_backoff: 100ms, max_backoff: 1s}}
+  timeout: {timeout}s
+channels:
+  a: {{type: webhook, url: "{url}/a", concurrency: 4}}
+  b: {{type: webhook, url: "{url}/b", concurrency: 4}}
+rules:
+  - name: {rule}
+    match: {{status: [failure]}}
+    notify: [a, b]
+"""
+
+
+def notification_id(run_id: str, rule: str, channel: str) -> str:
+    """relay.model.notification_id, repeated here so the bench stands alone."""
+    import hashlib  # noqa: PLC0415
+
+    digest = hashlib.blake2b(f"{run_id}\x1f{rule}\x1f{channel}".encode(), digest_size=12)
+    return "ntf_" + digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------ the sink
+
+
+@dataclass
+class Weights:
+    ok: float = 0.45
+    rate_limited: float = 0.15
+    error: float = 0.12
+    hang: float = 0.08
+    reset: float = 0.12
+    refuse: float = 0.08
+
+    def pick(self, rng: random.Random) -> str:
+        names = list(asdict(self))
+        return rng.choices(names, weights=[getattr(self, n) for n in names])[0]
+
+
+def _reset(request: web.BaseRequest) -> None:
+    """Abort the connection with a TCP RST (SO_LINGER 0), not a polite FIN."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+class ChaosSink:
+    """The hostile webhook receiver; every request is recorded with the sink's own clock."""
+
+    def __init__(self, rng: random.Random, weights: Weights) -> None:
+        self.rng = rng
+        self.weights = weights
+        self.healthy = False
+        self.port = 0
+        self.requests = 0
+        self.answers: Counter[str] = Counter()
+        self.delivered: Counter[str] = Counter()  # id -> 200 answers
+        self.retry_after_until: dict[str, float] = {}
+        self.retry_after_at: dict[str, float] = {}  # when the last Retry-After was given
+        self.violations: list[dict[str, Any]] = []
+        self._server = web.Server(self._handle, access_log=None)
+        self._listener: asyncio.Server | None = None
+        self._down_until = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            self._server, "127.0.0.1", self.port, reuse_address=True
+        )
+        self.port = self._listener.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        await self._server.shutdown(0.5)
+
+    async def _refuse_for(self, seconds: float) -> None:
+        """Stop listening (new connections are refused), then listen again on the same port."""
+        if self._listener is None:
+            return
+        self._listener.close()
+        self._listener = None
+        self._down_until = time.monotonic() + seconds
+        await asyncio.sleep(seconds)
+        for _ in range(50):  # the port is ours; a rebind can need a moment
+            try:
+                await self.start()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError("the sink could not listen again on its port")
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        arrived = time.monotonic()
+        self.requests += 1
+        ident = request.headers.get("webhook-id", "")
+        with contextlib.suppress(Exception):
+            await request.read()
+        until = self.retry_after_until.get(ident)
+        if until is not None and arrived < until - RA_TOLERANCE_S:
+            given = self.retry_after_at.get(ident, 0.0)
+            self.violations.append(
+                {"id": ident, "early_s": round(until - arrived, 4), "given": given, "at": arrived}
+            )
+        if self.healthy:
+            kind = "ok"
+        elif arrived < self._down_until:
+            kind = "refused"
+        else:
+            kind = self.weights.pick(self.rng)
+        self.answers[kind] += 1
+        if kind == "ok":
+            self.delivered[ident] += 1
+            return web.Response(status=200, text="ok")
+        if kind == "rate_limited":
+            wait = self.rng.choice((1, 2))
+            self.retry_after_at[ident] = time.monotonic()
+            self.retry_after_until[ident] = max(until or 0.0, self.retry_after_at[ident] + wait)
+            return web.Response(status=429, headers={"Retry-After": str(wait)})
+        if kind == "error":
+            return web.Response(status=500, text="boom")
+        if kind == "hang":  # past relay's timeout; the answer (if any) reaches nobody
+            await asyncio.sleep(RELAY_TIMEOUT_S + self.rng.uniform(0.3, 1.0))
+            return web.Response(status=504)
+        if kind == "refuse":
+            asyncio.get_running_loop().create_task(self._refuse_for(self.rng.uniform(0.3, 1.5)))
+        _reset(request)  # reset, refuse, refused: this connection dies with an RST
+        return web.Response(status=500)
+
+
+# ------------------------------------------------------------------------------------ relay
+
+
+class RelayChild:
+    """`python -m relay serve` as a child in its own process group; restarted on one store."""
+
+    def __init__(self, workdir: Path, config: Path) -> None:
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RELAY_")},
+            "RELAY_CONFIG": str(config),
+            "RELAY_STORE_URL": f"sqlite:///{workdir / 'relay.db'}",
+            "RELAY_LISTEN": "127.0.0.1:0",
+            "RELAY_LOG_FORMAT": "json",
+            "PYTHONPATH": str(REPO),
+        }
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.starts = 0
+        self.log_lines = 0
+        self.exceptions: list[str] = []
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve"],
+            env=self.env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.starts += 1
+        listening = threading.Event()
+        threading.Thread(target=self._read, args=(self.proc, listening), daemon=True).start()
+        if not listening.wait(timeout_s):
+            self.kill()
+            raise RuntimeError("relay did not start listening in time")
+
+    def _read(self, proc: subprocess.Popen[str], listening: threading.Event) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.log_lines += 1
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = {"raw": line.rstrip()}
+            if entry.get("msg") == "listening":
+                self.url = f"http://{entry['host']}:{entry['port']}"
+                listening.set()
+            if "exc" in entry or "Traceback" in str(entry.get("raw", "")):
+                self.exceptions.append(str(entry.get("msg") or entry.get("raw"))[:200])
+
+    def kill(self) -> None:
+        """SIGKILL, no warning: the whole process group (the child started it)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.url = ""
+
+    def terminate(self, timeout_s: float = 20.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+
+# ------------------------------------------------------------------------------------ driver
+
+
+@dataclass
+class Report:
+    seed: int
+    rounds: int
+    updates_per_round: int
+    kills: int = 0
+    updates_posted: int = 0
+    updates_accepted: int = 0
+    post_retries: int = 0
+    post_errors: int = 0
+    notifications_expected: int = 0
+    delivered: int = 0
+    lost: int = 0
+    unexpected: int = 0
+    duplicates: int = 0
+    duplicate_rate: float = 0.0
+    retry_after_given: int = 0
+    retry_after_violations: int = 0
+    worst_violation_s: float = 0.0
+    dead: int = -1
+    relay_exceptions: int = 0
+    sink_requests: int = 0
+    sink_answers: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    drain_s: float = 0.0
+    samples: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.lost == 0
+            and self.retry_after_violations == 0
+            and self.unexpected == 0
+            and self.dead == 0
+            and self.relay_exceptions == 0
+            and self.post_errors == 0
+        )
+
+
+def run_body(run_id: str, status: str, updated_s: int) -> bytes:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(1_780_000_000 + updated_s))
+    run = {
+        "id": run_id,
+        "taskIdentifier": "chaos/task",
+        "status": status,
+        "createdAt": "2026-06-01T00:00:00.000Z",
+        "updatedAt": f"{stamp}.000Z",
+        "durationMs": 1200,
+        "costInCents": 0.5,
+        "tags": ["env:chaos"],
+        "error": {"name": "Error", "message": "chaos"} if status in FAILED_STATUSES else None,
+    }
+    return json.dumps(run).encode()
+
+
+class Driver:
+    def __init__(self, args: argparse.Namespace, seed: int) -> None:
+        self.args = args
+        self.rng = random.Random(seed)
+        self.report = Report(seed, args.rounds, args.updates)
+        self.sink = ChaosSink(random.Random(seed + 1), args.weights)
+        self.relay: RelayChild | None = None
+        self.expected: set[str] = set()
+        self.kill_times: list[float] = []
+
+    async def post(self, http: aiohttp.ClientSession, body: bytes) -> None:
+        """POST until relay answers 202 (it may be dead or restarting meanwhile)."""
+        self.report.updates_posted += 1
+        deadline = time.monotonic() + self.args.post_timeout
+        while time.monotonic() < deadline:
+            url = self.relay.url if self.relay is not None else ""
+            if not url:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                async with http.post(
+                    url + "/v1/runs", data=body, headers={"Content-Type": "application/json"}
+                ) as resp:
+                    await resp.read()
+                    if resp.status == 202:
+                        self.report.updates_accepted += 1
+                        return
+                    if resp.status != 503:
+                        self.report.post_errors += 1
+                        self.report.samples.setdefault("post_error", f"HTTP {resp.status}")
+                        return
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                pass
+            self.report.post_retries += 1
+            await asyncio.sleep(0.05)
+        self.report.post_errors += 1
+
+    async def post_round(self, http: aiohttp.ClientSession, round_no: int) -> None:
+        runs = max(1, self.args.updates // 2)
+        limit = asyncio.Semaphore(self.args.concurrency)
+
+        async def one_run(i: int) -> None:
+            run_id = f"run_chaos_{round_no:03d}_{i:05d}"
+            failed = self.rng.random() < 0.6
+            final = self.rng.choice(FAILED_STATUSES) if failed else "COMPLETED"
+            if failed:
+                self.expected |= {notification_id(run_id, RULE, ch) for ch in CHANNELS}
+            await asyncio.sleep(i * self.args.spread / runs)  # ingest overlaps the kill window
+            async with limit:
+                await self.post(http, run_body(run_id, "EXECUTING", 2 * i))
+                await self.post(http, run_body(run_id, final, 2 * i + 1))
+
+        await asyncio.gather(*(one_run(i) for i in range(runs)))
+
+    async def kill_once(self) -> None:
+        await asyncio.sleep(self.rng.uniform(0.05, self.args.kill_window))
+        assert self.relay is not None
+        self.kill_times.append(time.monotonic())
+        await asyncio.to_thread(self.relay.kill)
+        self.report.kills += 1
+        await asyncio.sleep(self.rng.uniform(0.0, self.args.down_max))
+        await asyncio.to_thread(self.relay.start)
+
+    async def run(self) -> Report:
+        started = time.monotonic()
+        await self.sink.start()
+        with tempfile.TemporaryDirectory(prefix="relay-chaos-") as tmp:
+            workdir = Path(tmp)
+            config = workdir / "config.yaml"
+            config.write_text(CONFIG.format(url=self.sink.url, timeout=RELAY_TIMEOUT_S, rule=RULE))
+            self.relay = RelayChild(workdir, config)
+            try:
+                await asyncio.to_thread(self.relay.start)
+                timeout = aiohttp.ClientTimeout(total=10)
+                async with aiohttp.ClientSession(timeout=timeout) as http:
+                    for round_no in range(self.args.rounds):
+                        await asyncio.gather(self.post_round(http, round_no), self.kill_once())
+                        settled = await self.settle(self.args.round_timeout)  # under chaos
+                        self.progress(round_no, settled, time.monotonic() - started)
+                    await self.drain(http)
+            finally:
+                self.relay.terminate()
+                self.relay.kill()
+                await self.sink.stop()
+        self.finish(time.monotonic() - started)
+        return self.report
+
+    def progress(self, round_no: int, settled: bool, elapsed_s: float) -> None:
+        if self.args.json:
+            return
+        delivered = len(self.expected & set(self.sink.delivered))
+        print(
+            f"  round {round_no + 1}/{self.args.rounds}: {elapsed_s:6.1f} s,"
+            f" {self.report.updates_accepted} accepted, {delivered}/{len(self.expected)} delivered"
+            f"{'' if settled else ' (not settled: the rest is left to the drain)'},"
+            f" {len(self.sink.violations)} Retry-After violations",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    async def settle(self, timeout_s: float) -> bool:
+        """Wait until every notification owed so far was answered 200 (or the time is up)."""
+        deadline = time.monotonic() + timeout_s
+        while not self.expected <= set(self.sink.delivered):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
+    async def drain(self, http: aiohttp.ClientSession) -> None:
+        self.sink.healthy = True
+        began = time.monotonic()
+        await self.settle(self.args.drain_timeout)
+        await asyncio.sleep(0.5)  # late duplicates still count
+        self.report.drain_s = round(time.monotonic() - began, 2)
+        assert self.relay is not None
+        try:
+            async with http.get(self.relay.url + "/v1/dlq") as resp:
+                self.report.dead = len((await resp.json())["dead"])
+        except (aiohttp.ClientError, OSError, KeyError, ValueError):
+            self.report.dead = -1
+
+    def finish(self, elapsed: float) -> None:
+        r, sink = self.report, self.sink
+        delivered = {i for i, n in sink.delivered.items() if n > 0}
+        r.notifications_expected = len(self.expected)
+        r.delivered = len(delivered & self.expected)
+        r.lost = len(self.expected - delivered)
+        r.unexpected = len(delivered - self.expected)
+        r.duplicates = sum(n - 1 for n in sink.delivered.values() if n > 1)
+        r.duplicate_rate = round(r.duplicates / max(1, r.delivered), 4)
+        r.retry_after_given = sink.answers["rate_limited"]
+        r.retry_after_violations = len(sink.violations)
+        r.worst_violation_s = max((v["early_s"] for v in sink.violations), default=0.0)
+        r.sink_requests = sink.requests
+        r.sink_answers = dict(sorted(sink.answers.items()))
+        assert self.relay is not None
+        r.relay_exceptions = len(self.relay.exceptions)
+        r.elapsed_s = round(elapsed, 2)
+        if r.lost:
+            r.samples["lost"] = sorted(self.expected - delivered)[:5]
+        for v in sink.violations:  # was relay killed between the Retry-After and the retry?
+            v["across_kill"] = any(v["given"] <= k <= v["at"] for k in self.kill_times)
+            v["given"] = v["at"] = None
+        if sink.violations:
+            r.samples["violations"] = [
+                {k: v[k] for k in ("id", "early_s", "across_kill")} for v in sink.violations[:5]
+            ]
+        if self.relay.exceptions:
+            r.samples["relay_exceptions"] = self.relay.exceptions[:5]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--rounds", type=int, default=3, help="kill rounds (default 3)")
+    p.add_argument("--updates", type=int, default=50, help="run updates per round (default 50)")
+    p.add_argument("--seed", type=int, default=None, help="RNG seed (default: random)")
+    p.add_argument("--concurrency", type=int, default=16, help="runs posted at once")
+    p.add_argument("--spread", type=float, default=1.5, help="post a round over this (s)")
+    p.add_argument("--kill-window", type=float, default=2.5, help="kill within this (s)")
+    p.add_argument("--down-max", type=float, default=0.5, help="stay dead up to this (s)")
+    p.add_argument("--round-timeout", type=float, default=30.0, help="settle a round (s)")
+    p.add_argument("--drain-timeout", type=float, default=60.0, help="final drain (s)")
+    p.add_argument("--post-timeout", type=float, default=60.0, help="give up one update (s)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON only")
+    for name, default in asdict(Weights()).items():
+        p.add_argument(f"--p-{name.replace('_', '-')}", type=float, default=default)
+    args = p.parse_args(argv)
+    args.weights = Weights(**{n: getattr(args, f"p_{n}") for n in asdict(Weights())})
+    return args
+
+
+async def chaos(argv: list[str] | None = None) -> Report:
+    """Run the soak with these command-line arguments; the report (also for tests)."""
+    args = parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    if not args.json:
+        print(f"chaos: seed {seed} ({args.rounds} rounds x {args.updates} updates)", flush=True)
+    return await Driver(args, seed).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    report = asyncio.run(chaos(argv))
+    data = {**asdict(report), "ok": report.ok}
+    if "--json" in (argv if argv is not None else sys.argv[1:]):
+        print(json.dumps(data))
+    else:
+        for key, value in data.items():
+            print(f"  {key:24} {value}")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Disk trouble: the store's disk full or read-only, or the store not answering at all.
+
+Ingest answers 503 + Retry-After and never 202 without a commit, /readyz turns red, and relay
+recovers by itself (no restart) once the disk is back. Real failures only:
+* a database capped with PRAGMA max_page_count (a real SQLITE_FULL; runs everywhere);
+* a real ENOSPC on a 2 MB tmpfs (skipped where mounting is not permitted);
+* the database and its WAL made immutable with chattr +i, so writes fail with EPERM like on a
+  read-only volume (skipped where chattr +i is not permitted). Never the -shm file: it is
+  mmapped, and an immutable mapping kills the process with SIGBUS;
+* another connection holding the write lock, so the store cannot even answer a ping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import shutil
+import sqlite3
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from relay.configure import compile_config, load
+from relay.service import Service
+from relay.settings import Settings
+from relay.silences import SilenceCache
+from relay.store.sqlite import SQLiteStore
+from tests.conftest import Relay
+
+CONFIG = """\
+channels:
+  out: {type: console}
+rules:
+  - name: failures
+    match: {status: [failure]}
+    notify: [out]
+"""
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, store: SQLiteStore) -> AsyncIterator[Relay]:
+    """relay in-process on `store` (e.g. one with max_pages), shut down on exit."""
+    path = tmp_path / "config.yaml"
+    path.write_text(CONFIG)
+    settings = Settings(config=path, listen="127.0.0.1:0", store_url=f"sqlite:///{store.path}")
+    service = Service(settings, compile_config(load(settings)))
+    service.store = store  # before start: the service opens and uses this one
+    service.silences = SilenceCache(store.silences)
+    host, port = await service.start()
+    http = aiohttp.ClientSession()
+    try:
+        yield Relay(service, f"http://{host}:{port}", http)
+    finally:
+        await http.close()
+        await service.shutdown()
+
+
+def failed_run(i: int, payload_bytes: int = 2000) -> dict[str, Any]:
+    return {
+        "id": f"run_disk_{i:04d}",
+        "taskIdentifier": "disk/task",
+        "status": "FAILED",
+        "updatedAt": "2026-01-01T00:00:00Z",
+        "payload": "x" * payload_bytes,
+    }
+
+
+async def post(r: Relay, run: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]:
+    async with r.http.post(r.url + "/v1/runs", json=run) as resp:
+        return resp.status, await resp.json(content_type=None), resp.headers.get("Retry-After")
+
+
+async def readiness(r: Relay) -> tuple[int, dict[str, Any]]:
+    async with r.http.get(r.url + "/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+def stored_runs(db: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
+        return {row[0] for row in conn.execute("SELECT run_id FROM runs")}
+
+
+async def fill_until_refused(r: Relay, limit: int = 300) -> tuple[list[str], list[str]]:
+    """Post failed runs until the store refuses them; (accepted ids, refused ids)."""
+    accepted: list[str] = []
+    for i in range(limit):
+        run = failed_run(i)
+        status, body, retry_after = await post(r, run)
+        if status == 202:
+            assert body["accepted"] == 1, body
+            accepted.append(run["id"])
+            continue
+        assert status == 503, (status, body)
+        assert retry_after is not None and int(retry_after) > 0
+        assert "store unavailable" in body["error"]
+        refused = [run["id"]]
+        for j in range(i + 1, i + 4):  # still full: every further update is refused too
+            status, _, retry_after = await post(r, failed_run(j))
+            assert status == 503 and retry_after is not None
+            refused.append(f"run_disk_{j:04d}")
+        return accepted, refused
+    raise AssertionError(f"the store took {limit} runs and never filled up")
+
+
+async def assert_recovers(r: Relay, db: Path, accepted: list[str], refused: list[str]) -> None:
+    """The refused runs go in now, on the same running relay; readiness turns green."""
+    for run_id in refused:
+        status, body, _ = await post(r, failed_run(int(run_id[-4:])))
+        assert (status, body["notifications"]) == (202, 1), body
+    assert await readiness(r) == (200, {"status": "ready"})
+    assert stored_runs(db) == set(accepted) | set(refused)
+
+
+async def assert_refusing(r: Relay, db: Path, accepted: list[str], refused: list[str]) -> None:
+    assert accepted, "the store accepted nothing before filling up"
+    status, body = await readiness(r)
+    assert (status, body) == (503, {"status": "not ready", "reason": "store not writable"})
+    async with r.http.get(r.url + "/healthz") as resp:
+        assert resp.status == 200  # alive: no restart needed
+    assert stored_runs(db) == set(accepted)  # every 202 was committed, no 503 was
+
+
+async def test_full_database_refuses_then_recovers_by_itself(tmp_path: Path) -> None:
+    db = tmp_path / "relay.db"
+    prepared = SQLiteStore(db)
+    await prepared.open()
+    await prepared.close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # something else filled the disk
+        conn.execute("CREATE TABLE filler (x BLOB)")
+        conn.executemany("INSERT INTO filler VALUES (?)", [(b"\0" * 4000,)] * 100)
+        conn.commit()
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    async with running(tmp_path, SQLiteStore(db, max_pages=pages + 6)) as r:
+        accepted, refused = await fill_until_refused(r)
+        await assert_refusing(r, db, accepted, refused)
+        with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:  # the operator frees it
+            conn.execute("DELETE FROM filler")
+            conn.commit()
+        await assert_recovers(r, db, accepted, refused)
+
+
+def _mount_tmpfs(where: Path, size: str) -> bool:
+    if shutil.which("mount") is None:
+        return False
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def _fill(directory: Path) -> Path:
+    """Write a file until the filesystem has no space left."""
+    filler = directory / "filler"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+async def test_disk_full_enospc_refuses_then_recovers_by_itself(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "2m"):
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        db = disk / "relay.db"
+        async with running(tmp_path, SQLiteStore(db)) as r:
+            assert (await post(r, failed_run(9999)))[0] == 202
+            filler = await asyncio.to_thread(_fill, disk)
+            accepted, refused = await fill_until_refused(r)
+            await assert_refusing(r, db, [*accepted, "run_disk_9999"], refused)
+            filler.unlink()  # space is back
+            await assert_recovers(r, db, [*accepted, "run_disk_9999"], refused)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)
+
+
+async def test_read_only_files_refuse_then_recover_by_itself(tmp_path: Path) -> None:
+    db = tmp_path / "relay.db"
+    async with running(tmp_path, SQLiteStore(db)) as r:
+        status, _, _ = await post(r, failed_run(0))
+        assert status == 202
+        files = [str(db), f"{db}-wal"]  # never the mmapped -shm (SIGBUS)
+        if shutil.which("chattr") is None:
+            pytest.skip("no chattr")
+        done = subprocess.run(["chattr", "+i", *files], capture_output=True, check=False)
+        if done.returncode != 0:
+            pytest.skip("chattr +i is not permitted here")
+        try:
+            for i in (1, 2):
+                status, body, retry_after = await post(r, failed_run(i))
+                assert status == 503 and retry_after is not None, body
+            await assert_refusing(r, db, ["run_disk_0000"], [])
+        finally:
+            subprocess.run(["chattr", "-i", *files], capture_output=True, check=True)
+        await assert_recovers(r, db, ["run_disk_0000"], ["run_disk_0001", "run_disk_0002"])
+
+
+async def test_store_that_cannot_answer_is_not_ready_until_it_can(tmp_path: Path) -> None:
+    db = tmp_path / "relay.db"
+    async with running(tmp_path, SQLiteStore(db)) as r:
+        assert await readiness(r) == (200, {"status": "ready"})
+        locker = sqlite3.connect(db, isolation_level=None)  # e.g. a second relay on the file
+        try:
+            locker.execute("BEGIN EXCLUSIVE")
+            ready = await asyncio.wait_for(readiness(r), 30)  # after the busy timeout (5 s)
+            assert ready == (503, {"status": "not ready", "reason": "store unreachable"})
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        status, _, _ = await post(r, failed_run(1))
+        assert status == 202
+        assert await readiness(r) == (200, {"status": "ready"})

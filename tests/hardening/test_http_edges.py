@@ -1,0 +1,272 @@
+"""HTTP edges: slow clients, huge headers, many idle connections. Loopback only, bounded.
+
+relay closes a connection that has not sent a complete request head within
+relay_service.HTTP_IDLE_TIMEOUT_S (aiohttp's keepalive_timeout, default an hour otherwise), and
+answers 408 when a body has not arrived within relay_http.BODY_TIMEOUT_S. The tests
+shorten both to a second; the defaults are checked to be sane. (Oversized and chunked bodies:
+tests/test_ingest.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from relay import service as relay_service
+from relay.sources import http as relay_http
+from tests.conftest import RelayFactory, RelayProcess
+
+CONFIG = """\
+channels:
+  out: {type: console}
+rules:
+  - name: failures
+    match: {status: [failure]}
+    notify: [out]
+"""
+RUN = {"id": "run_edge", "taskIdentifier": "t", "status": "EXECUTING"}
+
+
+def address(url: str) -> tuple[str, int]:
+    host, _, port = url.removeprefix("http://").partition(":")
+    return host, int(port)
+
+
+@contextlib.contextmanager
+def connection(url: str, timeout_s: float = 5.0) -> Iterator[socket.socket]:
+    sock = socket.create_connection(address(url), timeout=timeout_s)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """True when the peer closed (EOF or reset); False when it is still open (read times out)."""
+    try:
+        return sock.recv(65536) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def trickle(url: str, data: bytes, every_s: float, limit_s: float) -> tuple[float, bytes]:
+    """Send `data` one byte per `every_s`; (seconds until the server answered or hung up, what it
+    sent). The server must act before `limit_s` (else AssertionError: it would wait forever)."""
+    started = time.monotonic()
+    with connection(url) as sock:
+        sock.settimeout(every_s)
+        for byte in data:
+            try:
+                sock.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                return time.monotonic() - started, b""
+            try:
+                got = sock.recv(65536)
+            except TimeoutError:
+                got = None
+            except ConnectionResetError:
+                return time.monotonic() - started, b""
+            if got is not None:  # an answer, or b"" for a hang-up
+                return time.monotonic() - started, got
+            if time.monotonic() - started > limit_s:
+                raise AssertionError(f"the server still waits after {limit_s} s")
+    raise AssertionError("the whole request went out without an answer")
+
+
+async def post_ok(r: Any) -> None:
+    status, _ = await r.post(RUN)
+    assert status == 202
+
+
+def test_the_default_timeouts_are_bounded() -> None:
+    assert 5 <= relay_service.HTTP_IDLE_TIMEOUT_S <= 300
+    assert 5 <= relay_http.BODY_TIMEOUT_S <= 300
+
+
+async def test_slowloris_headers_are_cut_off(
+    relay: RelayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_service, "HTTP_IDLE_TIMEOUT_S", 1.0)
+    r = await relay(CONFIG)
+    head = b"POST /v1/runs HTTP/1.1\r\nHost: relay\r\n" + b"X-Slow: " + b"a" * 1000
+    slow = asyncio.create_task(asyncio.to_thread(trickle, r.url, head, 0.1, 10.0))
+    await asyncio.sleep(0.3)
+    await post_ok(r)  # others are served meanwhile
+    took, answer = await slow
+    assert 0.8 < took < 5.0, took
+    assert answer == b"", answer  # hung up, nothing processed
+    with connection(r.url) as idle:  # an idle connection (no request at all) is closed too
+        idle.settimeout(5.0)
+        started = time.monotonic()
+        assert await asyncio.to_thread(closed_by_server, idle)  # the loop serves relay meanwhile
+        assert time.monotonic() - started < 4.0
+    await post_ok(r)
+
+
+async def test_slow_body_gets_408(relay: RelayFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(relay_http, "BODY_TIMEOUT_S", 1.0)
+    r = await relay(CONFIG)
+    body = json.dumps(RUN).encode()
+    head = (
+        b"POST /v1/runs HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    with connection(r.url) as sock:
+        sock.sendall(head + body[:5])
+        slow = asyncio.create_task(asyncio.to_thread(trickle_on, sock, body[5:], 0.1, 10.0))
+        await post_ok(r)
+        took, answer = await slow
+    assert took < 5.0
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b'"error"' in rest and b"body not received" in rest
+    await post_ok(r)
+
+
+def trickle_on(
+    sock: socket.socket, data: bytes, every_s: float, limit_s: float
+) -> tuple[float, bytes]:
+    started = time.monotonic()
+    sock.settimeout(every_s)
+    for byte in data:
+        try:
+            sock.sendall(bytes([byte]))
+            got = sock.recv(65536)
+        except TimeoutError:
+            got = None
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - started, b""
+        if got is not None:
+            sock.settimeout(2.0)
+            with contextlib.suppress(TimeoutError, ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    got += chunk
+            return time.monotonic() - started, got
+        if time.monotonic() - started > limit_s:
+            raise AssertionError(f"the server still waits after {limit_s} s")
+    raise AssertionError("the whole body went out without an answer")
+
+
+def raw_request(url: str, request: bytes) -> bytes:
+    with connection(url) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(request)
+        chunks = []
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
+MALFORMED = [
+    b"POST /v1/runs HTTP/1.1\r\nHost: r\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+    b"POST /v1/runs HTTP/1.1\r\nHost: r\r\n"
+    + b"".join(b"X-H%d: v\r\n" % i for i in range(500))
+    + b"\r\n",
+    b"POST /v1/runs?" + b"q" * 100_000 + b" HTTP/1.1\r\nHost: r\r\n\r\n",
+    b"POST /v1/runs HTTP/1.1\r\nHost: r\r\nX-Folded: a\r\n " + b"b" * 20_000 + b"\r\n\r\n",
+    b"POST /v1/runs HTTP/1.1\r\nHost: r\r\nContent-Length: -1\r\n\r\n",
+    b"POST /v1/runs HTTP/1.1\r\nHost: r\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+    b"POST /v1/runs HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked\r\n\r\nzzzz\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,  # a TLS hello
+]
+MALFORMED_IDS = ["huge-header", "many-headers", "huge-url", "folded", "negative-length",
+                 "huge-length", "bad-chunk", "tls-hello"]  # fmt: skip
+
+
+@pytest.mark.parametrize("request_bytes", MALFORMED, ids=MALFORMED_IDS)
+async def test_malformed_requests_get_a_4xx_and_relay_keeps_serving(
+    relay: RelayFactory, request_bytes: bytes
+) -> None:
+    r = await relay(CONFIG)
+    answer = await asyncio.to_thread(raw_request, r.url, request_bytes)
+    status_line = answer.partition(b"\r\n")[0]
+    if answer:  # aiohttp may also just hang up on garbage
+        code = int(status_line.split()[1])
+        assert 400 <= code < 500, status_line
+    await post_ok(r)
+
+
+def rss_kb(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status").read().splitlines():  # noqa: SIM115
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def open_idle(url: str, count: int, partial: bool) -> list[socket.socket]:
+    out = []
+    for i in range(count):
+        sock = socket.create_connection(address(url), timeout=5)
+        if partial and i % 2:  # half of them start a request and stall
+            sock.sendall(b"POST /v1/runs HTTP/1.1\r\nHost: r\r\nContent-Len")
+        out.append(sock)
+    return out
+
+
+async def test_many_idle_connections_do_not_block_or_bloat(
+    relay_process: Callable[..., RelayProcess],
+) -> None:
+    proc = relay_process(CONFIG)
+    await asyncio.to_thread(proc.start)
+    assert proc.proc is not None
+    pid = proc.proc.pid
+    async with aiohttp.ClientSession() as http:
+
+        async def post(i: int) -> int:
+            run = {**RUN, "id": f"run_conn_{i}", "status": "FAILED"}
+            async with http.post(proc.url + "/v1/runs", json=run) as resp:
+                return resp.status
+
+        assert await post(-1) == 202  # warm
+        before = rss_kb(pid)
+        idle = await asyncio.to_thread(open_idle, proc.url, 500, True)
+        try:
+            started = time.monotonic()
+            statuses = await asyncio.gather(*(post(i) for i in range(100)))
+            assert statuses == [202] * 100
+            assert time.monotonic() - started < 20
+            async with http.get(proc.url + "/healthz") as resp:
+                assert resp.status == 200
+            during = rss_kb(pid)
+        finally:
+            for sock in idle:
+                sock.close()
+        assert await post(1000) == 202
+    growth_mb = (during - before) / 1024
+    print(f"relay RSS {before / 1024:.1f} MB -> {during / 1024:.1f} MB with 500 idle connections")
+    assert growth_mb < 200, growth_mb
+
+
+async def test_malformed_requests_cannot_flood_the_log(
+    relay_process: Callable[..., RelayProcess],
+) -> None:
+    """aiohttp logs each one at ERROR with a traceback quoting the client's bytes; relay keeps
+    one WARNING line without them."""
+    proc = relay_process(CONFIG)
+    await asyncio.to_thread(proc.start)
+    for request_bytes in MALFORMED * 3:
+        await asyncio.to_thread(raw_request, proc.url, request_bytes)
+    async with aiohttp.ClientSession() as http, http.post(proc.url + "/v1/runs", json=RUN) as resp:
+        assert resp.status == 202
+    assert await asyncio.to_thread(proc.terminate) == 0
+    await asyncio.sleep(0.2)
+    refused = [e for e in proc.logs if e.get("msg") == "malformed HTTP request refused"]
+    assert len(refused) >= len(MALFORMED) * 2, proc.logs[-5:]
+    assert all(e["level"] == "warning" and e["status"] == 400 for e in refused), refused[:3]
+    assert not [e for e in proc.logs if "exc" in e or e.get("level") == "error"]
+    longest = max(len(json.dumps(e)) for e in proc.logs)
+    assert longest < 2000, longest
+    assert not any(
+        "aaaaaaaaaa" in json.dumps(e) or "bbbbbbbbbb" in json.dumps(e) for e in proc.logs
+    )

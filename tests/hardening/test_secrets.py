@@ -1,0 +1,284 @@
+"""Secrets never leak: every secret relay can hold is configured, a scenario with failures and
+dead letters runs through a real child process, and everything relay says is scanned.
+
+Secrets: server auth_token and admin_token, a webhook URL with a key in its path and query, the
+webhook signing secret and a header value, a Slack bot token and a Slack webhook URL (a local
+fake that refuses), an SMTP password (nothing listening), the trigger_alerts secret and the
+Realtime secret key (a local fake answering 401). Scanned: every stderr log line and stdout line
+of `relay serve`, GET /metrics, the 401 bodies, GET /v1/dlq, /v1/notifications and
+/v1/notifications/{id}, and the output of relay check, dlq list (--json), history --json,
+and send-test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import FIXTURES, RelayProcess, run_cli, sdk_run
+
+SIGNING_KEY = b"SeCrEt-sign-1234567890-key-bytes"
+SECRETS = {
+    "RELAY_INGEST_TOKEN": "SeCrEt-auth-1234567890",
+    "RELAY_ADMIN_TOKEN": "SeCrEt-admin-1234567890",
+    "HOOK_PATH_KEY": "SeCrEt-path-1234567890",
+    "HOOK_QUERY_KEY": "SeCrEt-query-1234567890",
+    "HOOK_SECRET": "whsec_" + base64.b64encode(SIGNING_KEY).decode(),
+    "HOOK_HEADER": "SeCrEt-header-1234567890",
+    "SLACK_BOT_TOKEN": "xoxb-SeCrEt-slackbot-1234567890",
+    "SLACK_HOOK_KEY": "SeCrEt-slackhook-1234567890",
+    "SMTP_PASSWORD": "SeCrEt-smtp-1234567890",
+    "TRIGGER_ALERT_SECRET": "SeCrEt-alerts-1234567890",
+    "TRIGGER_SECRET_KEY": "tr_prod_SeCrEt-realtime-1234567890",
+}
+# what must never show: every value, and the parts of composite ones
+NEEDLES = [
+    *SECRETS.values(),
+    SECRETS["HOOK_SECRET"].removeprefix("whsec_"),
+    "SeCrEt",  # every secret above carries it; nothing else does
+]
+CONFIG = """\
+server:
+  auth_token: ${RELAY_INGEST_TOKEN}
+  admin_token: ${RELAY_ADMIN_TOKEN}
+sources:
+  trigger_alerts:
+    secret: ${TRIGGER_ALERT_SECRET}
+  realtime:
+    api_url: {fake}
+    secret_key: ${TRIGGER_SECRET_KEY}
+    error_backoff: 1s
+    feeds:
+      - tags: [env:prod]
+defaults:
+  retry: {max_attempts: 2, max_age: 1h, min_backoff: 100ms, max_backoff: 200ms}
+  timeout: 2s
+channels:
+  hook:
+    type: webhook
+    url: {fake}/hooks/${HOOK_PATH_KEY}?key=${HOOK_QUERY_KEY}
+    secret: ${HOOK_SECRET}
+    headers: {X-Api-Key: "${HOOK_HEADER}"}
+  slack-hook:
+    type: slack
+    webhook_url: {fake}/services/T000/B000/${SLACK_HOOK_KEY}
+  slack-bot:
+    type: slack
+    token: ${SLACK_BOT_TOKEN}
+    channel: "#oncall"
+    api_url: {fake}/api
+  mail:
+    type: email
+    smtp: {host: 127.0.0.1, port: {smtp_port}, username: relay, password: "${SMTP_PASSWORD}"}
+    from: relay@example.com
+    to: [team@example.com]
+rules:
+  - name: failures
+    match: {status: [failure]}
+    notify: [hook, slack-hook, slack-bot, mail]
+"""
+DEAD_RUN = "run_secret_dead"
+RUNS = ["run_secret_ok_1", "run_secret_ok_2", DEAD_RUN]
+
+
+class Fakes:
+    """Every outside service on one loopback server; records what each one was sent."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.seen: list[tuple[str, str, dict[str, str]]] = []  # (kind, path_qs, headers)
+        self.hook_calls: dict[str, int] = {}
+
+    def _record(self, kind: str, request: web.Request) -> None:
+        self.seen.append((kind, request.path_qs, dict(request.headers)))
+
+    async def hook(self, request: web.Request) -> web.Response:
+        self._record("hook", request)
+        run_id = (await request.json())["run"]["id"]
+        self.hook_calls[run_id] = self.hook_calls.get(run_id, 0) + 1
+        if run_id == DEAD_RUN:
+            return web.Response(status=400, text="bad payload")
+        if self.hook_calls[run_id] == 1:
+            return web.Response(status=503, text="try later")
+        return web.Response(status=200, text="ok")
+
+    async def slack_hook(self, request: web.Request) -> web.Response:
+        self._record("slack-hook", request)
+        return web.Response(status=403, text="invalid_token")
+
+    async def slack_api(self, request: web.Request) -> web.Response:
+        self._record("slack-bot", request)
+        return web.json_response({"ok": False, "error": "invalid_auth"})
+
+    async def realtime(self, request: web.Request) -> web.Response:
+        self._record("realtime", request)
+        return web.json_response({"error": "Invalid API Key"}, status=401)
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[Fakes]:
+    f = Fakes()
+    app = web.Application()
+    app.router.add_post("/hooks/{key}", f.hook)
+    app.router.add_post("/services/{rest:.*}", f.slack_hook)
+    app.router.add_post("/api/chat.postMessage", f.slack_api)
+    app.router.add_get("/realtime/{rest:.*}", f.realtime)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    f.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    yield f
+    await runner.cleanup()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def leaks(text: str) -> list[str]:
+    return [needle for needle in NEEDLES if needle in text]
+
+
+class Scan:
+    """Collects every text relay produced, by where it came from."""
+
+    def __init__(self) -> None:
+        self.texts: list[tuple[str, str]] = []
+
+    def add(self, where: str, text: str) -> None:
+        assert text is not None
+        self.texts.append((where, text))
+
+    def assert_clean(self) -> None:
+        found = {where: leaks(text) for where, text in self.texts if leaks(text)}
+        assert not found, found
+
+
+def sign_alert(body: bytes, secret: str) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+async def settled(http: aiohttp.ClientSession, url: str, admin: dict[str, str]) -> list[Any]:
+    """The notifications once none is pending (every channel sent or gave up)."""
+    deadline = time.monotonic() + 30
+    while True:
+        async with http.get(url + "/v1/notifications", headers=admin) as resp:
+            assert resp.status == 200
+            rows = (await resp.json())["notifications"]
+        states = [row["state"] for row in rows]
+        if len(rows) == (len(RUNS) + 1) * 4 and "pending" not in states:  # + the alert's run
+            return list(rows)
+        assert time.monotonic() < deadline, states
+        await asyncio.sleep(0.2)
+
+
+async def test_no_secret_appears_anywhere(
+    relay_process: Callable[..., RelayProcess], fakes: Fakes, tmp_path: Path
+) -> None:
+    config_text = (
+        CONFIG.replace("{fake}", fakes.url).replace("{smtp_port}", str(closed_port()))
+    )  # fmt: skip
+    proc = relay_process(config_text, SECRETS)
+    config_path, db = tmp_path / "config.yaml", tmp_path / "relay.db"
+    await asyncio.to_thread(proc.start)
+    scan = Scan()
+    token = {"Authorization": f"Bearer {SECRETS['RELAY_INGEST_TOKEN']}"}
+    admin = {"Authorization": f"Bearer {SECRETS['RELAY_ADMIN_TOKEN']}"}
+    async with aiohttp.ClientSession() as http:
+
+        async def call(method: str, path: str, expect: int, **kwargs: Any) -> Any:
+            async with http.request(method, proc.url + path, **kwargs) as resp:
+                text = await resp.text()
+                scan.add(f"{method} {path} {resp.status}", text + json.dumps(dict(resp.headers)))
+                assert resp.status == expect, (method, path, resp.status, text)
+                return json.loads(text) if "json" in resp.content_type else text
+
+        runs = [sdk_run("failed") | {"id": run_id} for run_id in RUNS]
+        await call("POST", "/v1/runs", 202, json=runs, headers=token)
+        # refusals: no token, a wrong one, the ingest token on admin endpoints, a bad signature
+        await call("POST", "/v1/runs", 401, json=runs)
+        wrong = {"Authorization": f"Bearer {SECRETS['RELAY_ADMIN_TOKEN']}x"}
+        await call("POST", "/v1/runs", 401, json=runs, headers=wrong)
+        await call("GET", "/v1/dlq", 401, headers=token)
+        await call("GET", "/v1/notifications", 401)
+        await call("POST", "/v1/dlq/replay", 401, headers=token)
+        alert = (FIXTURES / "alert-webhooks" / "alert.run.failed.body.json").read_bytes()
+        bad = {"x-trigger-signature-hmacsha256": sign_alert(alert, "not-the-secret")}
+        await call("POST", "/v1/trigger/alerts", 401, data=alert, headers=bad)
+        good = {
+            "x-trigger-signature-hmacsha256": sign_alert(alert, SECRETS["TRIGGER_ALERT_SECRET"])
+        }
+        await call("POST", "/v1/trigger/alerts", 202, data=alert, headers=good)
+
+        rows = await settled(http, proc.url, admin)
+        by_state: dict[str, int] = {}
+        for row in rows:
+            by_state[row["state"]] = by_state.get(row["state"], 0) + 1
+        # hook: 3 sent after a 503 (2 runs, the alert's run), 1 dead (400); Slack, SMTP: dead
+        assert by_state == {"sent": 3, "dead": 13}, by_state
+        dead = await call("GET", "/v1/dlq", 200, headers=admin)
+        assert len(dead["dead"]) == 13
+        assert {d["reason"] for d in dead["dead"]} == {"client_error", "auth_error", "network"}
+        for row in rows:
+            await call("GET", f"/v1/notifications/{row['id']}", 200, headers=admin)
+        await call("GET", "/v1/notifications?state=dead", 200, headers=admin)
+        await call("GET", "/metrics", 200)
+        await call("GET", "/readyz", 200)
+        replay = await call("POST", f"/v1/dlq/{dead['dead'][0]['id']}/replay", 200, headers=admin)
+        assert replay == {"replayed": 1}
+        await asyncio.sleep(1.0)  # the realtime feed keeps getting 401s meanwhile
+
+    env = {**SECRETS, "RELAY_STORE_URL": f"sqlite:///{db}"}
+    commands = [
+        ("check",),
+        ("dlq", "list"),
+        ("dlq", "list", "--json"),
+        ("history", "--json"),
+        ("send-test", "slack-hook"),
+        ("send-test", "mail"),
+    ]
+    results = await asyncio.gather(
+        *(asyncio.to_thread(run_cli, *a, "--config", str(config_path), env=env) for a in commands)
+    )
+    for args, done in zip(commands, results, strict=True):
+        scan.add(f"relay {' '.join(args)}", done.stdout + done.stderr)
+        expected = 1 if args[0] == "send-test" else 0
+        assert done.returncode == expected, (args, done.stdout, done.stderr)
+    assert await asyncio.to_thread(proc.terminate) == 0
+    await asyncio.sleep(0.2)  # the reader threads take the last lines
+
+    for entry in proc.logs:
+        scan.add("serve stderr", json.dumps(entry, ensure_ascii=False))
+    scan.add("serve stdout", "".join(proc.stdout))
+    # the scan is meaningful: the secrets were really in use...
+    kinds = {kind for kind, _, _ in fakes.seen}
+    assert kinds == {"hook", "slack-hook", "slack-bot", "realtime"}, kinds
+    hook = next(s for s in fakes.seen if s[0] == "hook")
+    assert SECRETS["HOOK_PATH_KEY"] in hook[1] and SECRETS["HOOK_QUERY_KEY"] in hook[1]
+    assert hook[2]["X-Api-Key"] == SECRETS["HOOK_HEADER"] and hook[2]["webhook-signature"]
+    bot = next(s for s in fakes.seen if s[0] == "slack-bot")
+    assert bot[2]["Authorization"] == f"Bearer {SECRETS['SLACK_BOT_TOKEN']}"
+    realtime = next(s for s in fakes.seen if s[0] == "realtime")
+    assert realtime[2]["Authorization"] == f"Bearer {SECRETS['TRIGGER_SECRET_KEY']}"
+    # ...and what relay said is about them (failures named), yet carries none of them
+    said = " ".join(text for _, text in scan.texts)
+    for word in ("auth_error", "invalid_auth", "network", "HTTP 400", "realtime request refused"):
+        assert word in said, word
+    assert len(proc.logs) > 20
+    assert leaks(f"<{SECRETS['SMTP_PASSWORD']}>") and not leaks("***")  # the scan can see
+    scan.assert_clean()
