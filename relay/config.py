@@ -167,6 +167,8 @@ class RuleConfig(Strict):
     repeat_interval: Duration | None = None
     mute_time_intervals: list[str] | None = None
     active_time_intervals: list[str] | None = None
+    # when a run this rule notified about later completes: resolve / update / tell the channels
+    update_on_recovery: bool = False
 
 
 class TriggerAlertsConfig(Strict):
@@ -382,6 +384,39 @@ def _rule_options(config: Config, located: Located) -> list[Problem]:
         timing = (rule.group_wait, rule.group_interval, rule.repeat_interval)
         if rule.group_by is None and any(v is not None for v in timing):
             problems.append(located.problem(("rules", i), "group_* options need `group_by`"))
+        if rule.update_on_recovery and (rule.group_by is not None or rule.match.event != "run"):
+            problems.append(
+                located.problem(
+                    ("rules", i, "update_on_recovery"),
+                    "only rules about single runs recover: not with `group_by` or another event",
+                )
+            )
+    return problems + _inhibit_sources(config, located)
+
+
+def _inhibit_sources(config: Config, located: Located) -> list[Problem]:
+    """A `source_digest` names a digest rule, and `equal` only reads its `group_by` paths."""
+    rules = {rule.name: rule for rule in config.rules}
+    problems = []
+    for i, inhibit in enumerate(config.inhibit_rules):
+        source = inhibit.source_digest
+        if source is None:
+            continue
+        rule = rules.get(source.rule)
+        if rule is None or rule.group_by is None:
+            why = "unknown rule" if rule is None else "not a digest rule (it has no `group_by`)"
+            where: Path_ = ("inhibit_rules", i, "source_digest", "rule")
+            problems.append(located.problem(where, f"{why}: {source.rule!r}"))
+            continue
+        for j, path in enumerate(inhibit.equal):
+            if path not in rule.group_by:
+                problems.append(
+                    located.problem(
+                        ("inhibit_rules", i, "equal", j),
+                        f"not in the `group_by` of rule {source.rule!r}: every run of a digest"
+                        " group must agree on it",
+                    )
+                )
     return problems
 
 

@@ -18,7 +18,7 @@ from relay.delivery import DIGEST_TEMPLATE, Route, render_notification
 from relay.errors import ConfigError, Problem
 from relay.model import Notification, Run, notification_id
 from relay.policy import TokenBucket
-from relay.rules import RuleSet, compile_rules
+from relay.rules import RECOVERY_TEMPLATE, RuleSet, compile_rules
 from relay.settings import Settings
 from relay.templating import Rendered, Renderer
 
@@ -75,6 +75,7 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
         for name in rule.notify:
             kind = channel_registry.REGISTRY[config.channels[name].type]
             templates = [rule.template] + ([DIGEST_TEMPLATE] if rule.group_by else [])
+            templates += [RECOVERY_TEMPLATE] if rule.update_on_recovery else []
             for template, part in ((t, p) for t in templates for p in kind.parts):
                 why = renderer.check(kind.type, template, part)
                 if why is not None:

@@ -3,7 +3,10 @@
 Each channel has its own loop and concurrency, so a slow or failing channel never delays
 another. One attempt is `channel.send`; blips are retried in-process (tenacity), longer
 outages go back to the outbox with backoff or the server's Retry-After. Final writes are
-shielded from cancellation: a notification is marked sent only after the send returned.
+shielded from cancellation: a notification is marked sent only after the send returned, with
+the channel's receipt. A recovery waits until the notification it resolves is finished, then
+goes out with that one's receipt (so Slack can update the message, PagerDuty resolve the alert);
+it follows that notification's fate: muted with it, never muted on its own.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from relay import policy as pol
-from relay.channels import Channel, Outgoing
+from relay.channels import Channel, Outgoing, Recovery
 from relay.config import RetryPolicy
 from relay.errors import DeliveryError, StoreUnavailable
 from relay.grouping import digest_context, digest_id
@@ -30,6 +33,7 @@ from relay.templating import RenderContext, Rendered, Renderer
 
 log = logging.getLogger("relay.delivery")
 POLL_S = 1.0
+RECOVERY_WAIT_S = 1.0  # a recovery is tried again this long after its notification's next try
 DIGEST_TEMPLATE = "digest"
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -45,6 +49,15 @@ class Route:
     parts: tuple[str, ...]
     concurrency: int
     bucket: pol.TokenBucket | None
+
+
+@dataclass(frozen=True)
+class Tried:
+    """The outcome of one delivery attempt (quick retries included)."""
+
+    tries: int
+    error: DeliveryError | None = None
+    receipt: str | None = None
 
 
 @dataclass
@@ -73,6 +86,7 @@ def render_notification(
         channel_type=route.type,
         notification_id=row.id,
         dashboard_url=link(row.run),
+        resolves=row.resolves,
     )
     return renderer.render(route.type, row.template, route.parts, ctx)
 
@@ -209,14 +223,20 @@ class ChannelLoop:
             if group_key is not None:
                 await asyncio.shield(self.deps.store.group_flushed(group_key, self.deps.clock()))
             return
-        outgoing = self._render(rows, group_key)
-        tries, err = await self._attempt(outgoing, max(row.attempts for row in rows))
+        recovers = None
+        if group_key is None and rows[0].resolves is not None:
+            recovers = await self._recovers(rows[0])
+            if recovers is None:
+                return
+        outgoing = self._render(rows, group_key, recovers)
+        tried = await self._attempt(outgoing, max(row.attempts for row in rows))
+        err = tried.error
 
         def finish() -> Awaitable[object]:
             writes: list[Awaitable[object]] = [
-                self._sent(row, row.attempts + tries)
+                self._sent(row, row.attempts + tried.tries, tried.receipt)
                 if err is None
-                else self._failed(row, err, row.attempts + tries)
+                else self._failed(row, err, row.attempts + tried.tries)
                 for row in rows
             ]
             if err is None and group_key is not None:
@@ -243,8 +263,27 @@ class ChannelLoop:
                 await self.deps.sleep(wait_s)
                 wait_s = min(wait_s * 2, 15.0)
 
-    async def _attempt(self, outgoing: Outgoing, attempts: int) -> tuple[int, DeliveryError | None]:
-        """Throttle, then send with in-process retries; return the tries made and the error."""
+    async def _recovers(self, row: Notification) -> Recovery | None:
+        """What recovery `row` resolves, once that notification is finished. Until then the
+        row waits (None); it is muted (None) when that notification was muted."""
+        firing_id = row.resolves or ""
+        firing = await self.deps.store.get(firing_id)
+        now = self.deps.clock()
+        if firing is not None and firing.state == "pending":
+            later = max(firing.not_before, now) + RECOVERY_WAIT_S
+            await asyncio.shield(self.deps.store.postpone(row.id, now=now, not_before=later))
+            return None
+        if firing is not None and firing.state == "muted":
+            silence = firing.reason or ""
+            await asyncio.shield(self.deps.store.mark_muted(row.id, now=now, silence_id=silence))
+            log.info("recovery muted with its notification", extra=self._extra(row))
+            self._event("muted", row, "")
+            return None
+        receipt = firing.receipt if firing is not None and firing.state == "sent" else None
+        return Recovery(firing_id, receipt)  # dead or forgotten: the channel makes do without
+
+    async def _attempt(self, outgoing: Outgoing, attempts: int) -> Tried:
+        """Throttle, then send with in-process retries."""
         try:
             await self._throttle()
             budget = max(1, min(pol.QUICK_TRIES, self.deps.retry.max_attempts - attempts))
@@ -253,7 +292,7 @@ class ChannelLoop:
             raise
         except Exception as exc:  # a channel bug: retry, never drop
             log.exception("channel raised unexpectedly", extra={"channel": self.name})
-            return 1, DeliveryError("other", retryable=True, detail=type(exc).__name__)
+            return Tried(1, DeliveryError("other", retryable=True, detail=type(exc).__name__))
 
     def _extra(self, row: Notification) -> dict[str, object]:
         return {
@@ -265,9 +304,10 @@ class ChannelLoop:
         }
 
     async def _muted(self, row: Notification, extra: dict[str, object]) -> bool:
-        """A silence created after the notification was queued still mutes it."""
+        """A silence created after the notification was queued still mutes it (a recovery
+        follows its notification instead: see _recovers)."""
         cache = self.deps.silences
-        if cache is None:
+        if cache is None or row.resolves is not None:
             return False
         now = self.deps.clock()
         run = row.run
@@ -289,7 +329,9 @@ class ChannelLoop:
         self._event("muted", row, "")
         return True
 
-    def _render(self, rows: list[Notification], group_key: str | None) -> Outgoing:
+    def _render(
+        self, rows: list[Notification], group_key: str | None, recovers: Recovery | None = None
+    ) -> Outgoing:
         head = rows[-1]
         link = self.deps.dashboard_link
         if len(rows) == 1:
@@ -305,7 +347,7 @@ class ChannelLoop:
             )
             self._event("template_error", head, "template")
         run_id = head.run_id if len(rows) == 1 else ""
-        return Outgoing(ident, run_id, head.rule, rendered.parts, self.deps.clock())
+        return Outgoing(ident, run_id, head.rule, rendered.parts, self.deps.clock(), recovers)
 
     async def _throttle(self) -> None:
         bucket = self.route.bucket
@@ -314,9 +356,10 @@ class ChannelLoop:
             if wait > 0:
                 await self.deps.sleep(wait)
 
-    async def _send(self, outgoing: Outgoing, budget: int) -> tuple[int, DeliveryError | None]:
-        """Send, retrying blips in-process; return the tries made and the final error."""
+    async def _send(self, outgoing: Outgoing, budget: int) -> Tried:
+        """Send, retrying blips in-process: the tries made and the final error or receipt."""
         tries = 0
+        receipt: str | None = None
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
@@ -334,15 +377,15 @@ class ChannelLoop:
             async for attempt in retrying:
                 with attempt:
                     tries += 1
-                    await self.route.channel.send(outgoing)
+                    receipt = await self.route.channel.send(outgoing)
         except DeliveryError as err:
-            return tries, err
-        return tries, None
+            return Tried(tries, err)
+        return Tried(tries, None, receipt)
 
-    async def _sent(self, row: Notification, attempts: int) -> None:
+    async def _sent(self, row: Notification, attempts: int, receipt: str | None = None) -> None:
         extra = self._extra(row)
         now = self.deps.clock()
-        await self.deps.store.mark_sent(row.id, now=now, attempts=attempts)
+        await self.deps.store.mark_sent(row.id, now=now, attempts=attempts, receipt=receipt)
         log.info(
             "notification sent",
             extra={**extra, "attempts": attempts, "latency_s": round(now - row.created_at, 4)},

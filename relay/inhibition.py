@@ -4,13 +4,22 @@ A source update opens the window of an inhibit rule for its `equal` values until
 while it is open, a notification whose run fits the rule's `target_match` and shares those values
 is recorded as muted ("inhibited:<rule>"), not sent. Windows live in the store's key-value table
 (namespace "inhibit"), so they survive restarts.
+
+A `source_digest: {rule, min_count}` source is a pile-up instead of one update: the window holds
+while at least `min_count` distinct runs that the digest rule matched (sharing the `equal`
+values) arrived within the last `duration`. The run that reaches `min_count` is inhibited with
+the later ones; the digest rule's own notifications never are. The latest `min_count` runs and
+when they arrived are kept per window (namespace "inhibit_count").
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import orjson
 
 from relay.grouping import group_labels
 from relay.model import Match, Run
@@ -18,7 +27,9 @@ from relay.silences import fits, parse_matchers
 from relay.windows import InhibitRule
 
 NAMESPACE = "inhibit"
+COUNTS = "inhibit_count"
 MuteCheck = Callable[[Run, Match], str | None]
+RulesOf = Callable[[Run], Collection[str]]  # the names of the rules that match a run
 
 
 class KeyValue(Protocol):
@@ -46,36 +57,134 @@ def window_key(rule: InhibitRule, run: Run) -> str:
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
+@dataclass
+class _Rule:
+    rule: InhibitRule
+    source: dict[str, tuple[str, ...]] | None  # None: a source_digest
+    target: dict[str, tuple[str, ...]]
+
+    def opened_by(self, run: Run) -> bool:
+        return self.source is not None and fits(self.source, run_fields(run))
+
+
+@dataclass
+class _Windows:
+    """What the inhibit rules know about the runs of one intake call, at `now`."""
+
+    now: float
+    until: dict[str, float] = field(default_factory=dict)  # event sources: window key → end
+    counts: dict[str, dict[str, float]] = field(default_factory=dict)  # digests: key → runs
+    counted_by: dict[str, InhibitRule] = field(default_factory=dict)  # digests: key → its rule
+    at_arrival: dict[tuple[str, str], bool] = field(default_factory=dict)  # (key, run): open?
+
+    def piled_up(self, key: str) -> bool:
+        rule = self.counted_by[key]
+        assert rule.source_digest is not None
+        runs = self.counts.get(key, {})
+        recent = sum(at > self.now - rule.duration for at in runs.values())
+        return recent >= rule.source_digest.min_count
+
+    def is_open(self, item: _Rule, key: str, run_id: str) -> bool:
+        if item.source is not None:
+            return self.until.get(key, 0.0) > self.now
+        arrived = self.at_arrival.get((key, run_id))
+        return self.piled_up(key) if arrived is None else arrived
+
+    async def load_counts(self, kv: KeyValue, rule: InhibitRule, key: str) -> dict[str, float]:
+        """The latest runs of a pile-up, from the store unless this call already has them."""
+        if key not in self.counts:
+            self.counts[key] = _runs(await kv.kv_get(COUNTS, key))
+            self.counted_by[key] = rule
+        return self.counts[key]
+
+    def any_open(self) -> bool:
+        return any(end > self.now for end in self.until.values()) or any(
+            self.piled_up(key) for key in self.counts
+        )
+
+
 async def inhibitions(
-    kv: KeyValue, rules: Sequence[InhibitRule], runs: Sequence[Run], now: float
+    kv: KeyValue,
+    rules: Sequence[InhibitRule],
+    runs: Sequence[Run],
+    now: float,
+    rules_of: RulesOf = lambda run: (),
 ) -> MuteCheck | None:
-    """Open the windows the sources among `runs` start; return the check for targets."""
+    """Open the windows the sources among `runs` start; return the check for targets.
+
+    `rules_of(run)` names the rules a run matches, for `source_digest` sources.
+    """
     compiled = [
-        (r, parse_matchers(r.source_match), parse_matchers(r.target_match or {"event": "run"}))
+        _Rule(
+            r,
+            None if r.source_match is None else parse_matchers(r.source_match),
+            parse_matchers(r.target_match or {"event": "run"}),
+        )
         for r in rules
     ]
-    until: dict[str, float] = {}
+    windows = _Windows(now)
     for run in runs:
-        for rule, source, _ in compiled:
-            if fits(source, run_fields(run)):
-                key = window_key(rule, run)
-                until[key] = now + rule.duration
-                await kv.kv_put(NAMESPACE, key, repr(until[key]), now)
+        matched: Collection[str] | None = None
+        for item in compiled:
+            if item.opened_by(run):
+                key = window_key(item.rule, run)
+                windows.until[key] = now + item.rule.duration
+                await kv.kv_put(NAMESPACE, key, repr(windows.until[key]), now)
+            elif item.rule.source_digest is not None:
+                matched = rules_of(run) if matched is None else matched
+                if item.rule.source_digest.rule in matched:
+                    await _count(kv, item.rule, run, windows)
     for run in runs:
-        for rule, _, target in compiled:
-            key = window_key(rule, run)
-            if key not in until and fits(target, run_fields(run)):
-                stored = await kv.kv_get(NAMESPACE, key)
-                until[key] = float(stored) if stored else 0.0
-    if not any(end > now for end in until.values()):
+        for item in compiled:
+            if fits(item.target, run_fields(run)):
+                await _load(kv, item, window_key(item.rule, run), windows)
+    if not windows.any_open():
         return None
 
     def check(run: Run, match: Match) -> str | None:
-        for rule, source, target in compiled:
-            if fits(source, run_fields(run)) or not fits(target, run_fields(run, match)):
+        for item in compiled:
+            if item.opened_by(run) or not fits(item.target, run_fields(run, match)):
                 continue
-            if until.get(window_key(rule, run), 0.0) > now:
-                return f"inhibited:{rule.name}"
+            digest = item.rule.source_digest
+            if digest is not None and match.rule == digest.rule:
+                continue
+            if windows.is_open(item, window_key(item.rule, run), run.id):
+                return f"inhibited:{item.rule.name}"
         return None
 
     return check
+
+
+async def _load(kv: KeyValue, item: _Rule, key: str, windows: _Windows) -> None:
+    """The stored window (or pile-up) of `key`, unless this call already has it."""
+    if item.source is not None and key not in windows.until:
+        stored = await kv.kv_get(NAMESPACE, key)
+        windows.until[key] = float(stored) if stored else 0.0
+    elif item.source is None:
+        await windows.load_counts(kv, item.rule, key)
+
+
+async def _count(kv: KeyValue, rule: InhibitRule, run: Run, windows: _Windows) -> None:
+    """Count `run` into the pile-up of its window; remember whether that opened it."""
+    assert rule.source_digest is not None
+    key = window_key(rule, run)
+    runs = await windows.load_counts(kv, rule, key)
+    if run.id not in runs:
+        runs[run.id] = windows.now
+        recent = sorted(
+            ((at, rid) for rid, at in runs.items() if at > windows.now - rule.duration),
+            reverse=True,
+        )[: rule.source_digest.min_count]
+        windows.counts[key] = runs = {rid: at for at, rid in recent}
+        await kv.kv_put(COUNTS, key, orjson.dumps(runs).decode(), windows.now)
+    windows.at_arrival.setdefault((key, run.id), windows.piled_up(key))
+
+
+def _runs(stored: str | None) -> dict[str, float]:
+    try:
+        value = orjson.loads(stored) if stored else {}
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): float(v) for k, v in value.items() if isinstance(v, int | float)}

@@ -58,7 +58,13 @@ class Intake:
         if rules.has_windows:
             checks.append(lambda run, match: rules.by_name[match.rule].time_muted(now))
         if rules.inhibit_rules:
-            inhibited = await inhibitions(self._store, rules.inhibit_rules, runs, now)
+            inhibited = await inhibitions(
+                self._store,
+                rules.inhibit_rules,
+                runs,
+                now,
+                rules_of=lambda run: {rule.name for rule in rules.evaluate(run)},
+            )
             if inhibited is not None:
                 checks.append(inhibited)
         return first_reason(checks) if checks else None
@@ -105,13 +111,18 @@ class Intake:
 
 
 def muting(decide: Decide, mute: MuteCheck) -> Decide:
-    """`decide`, with each match that `mute` names a reason for marked muted (pure)."""
+    """`decide`, with each match that `mute` names a reason for marked muted (pure).
+
+    Recoveries are left alone: they follow the notification they resolve (muted with it).
+    """
 
     def decide_muted(run: Run, previous: RunState | None) -> Decision:
         decision = decide(run, previous)
         if not decision.matches:
             return decision
-        matches = tuple(replace(m, muted_by=mute(run, m)) for m in decision.matches)
+        matches = tuple(
+            m if m.recovery else replace(m, muted_by=mute(run, m)) for m in decision.matches
+        )
         return replace(decision, matches=matches)
 
     return decide_muted

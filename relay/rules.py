@@ -2,6 +2,8 @@
 
 A rule fires on the update that first satisfies it, once per run (the store remembers which
 rules fired). Rules are tried in order and the first match wins unless it says `continue: true`.
+A rule with `update_on_recovery` also owes its channels a recovery (template `recovered`) when a
+run it fired for later moves into COMPLETED.
 Candidate rules are indexed by (event, status), so a thousand rules cost about what ten do.
 """
 
@@ -34,6 +36,8 @@ from relay.windows import InhibitRule, NamedTimeInterval
 log = logging.getLogger("relay.rules")
 Predicate = Callable[[Run], bool]
 DEFAULT_TEMPLATE = "run"
+RECOVERY_TEMPLATE = "recovered"
+RECOVERED_STATUS = "COMPLETED"
 # The template of a rule without `template:`, by the event it matches.
 EVENT_TEMPLATES = {
     "run": DEFAULT_TEMPLATE,
@@ -57,6 +61,7 @@ class CompiledRule:
     timing: Timing | None = None
     mute_windows: tuple[NamedTimeInterval, ...] = ()
     active_windows: tuple[NamedTimeInterval, ...] | None = None
+    update_on_recovery: bool = False
 
     def time_muted(self, now: float) -> str | None:
         """Why a notification of this rule is muted at `now` by its time intervals, or None."""
@@ -127,7 +132,24 @@ class RuleSet:
             for r in matched
             for ch in r.notify
         )
-        return Decision(state, matches)
+        return Decision(state, matches + self.recoveries(run, previous))
+
+    def recoveries(self, run: Run, previous: RunState | None) -> tuple[Match, ...]:
+        """Recoveries owed: `run` moved into COMPLETED, and rules with `update_on_recovery`
+        fired for it before. The store enqueues one only where the firing one was not muted."""
+        if (
+            previous is None
+            or run.event != "run"
+            or run.status != RECOVERED_STATUS
+            or previous.status == RECOVERED_STATUS
+        ):
+            return ()
+        return tuple(
+            Match(rule.name, channel, RECOVERY_TEMPLATE, recovery=True)
+            for rule in self.rules
+            if rule.update_on_recovery and rule.name in previous.fired
+            for channel in rule.notify
+        )
 
 
 def _is_stale(new_ms: int | None, old_ms: int | None) -> bool:
@@ -177,6 +199,7 @@ def compile_rules(
                     if rule.active_time_intervals is None
                     else tuple(windows[n] for n in rule.active_time_intervals)
                 ),
+                update_on_recovery=rule.update_on_recovery,
             )
         )
     return RuleSet(compiled, inhibit_rules), problems

@@ -1,7 +1,8 @@
 """Templates: the hardened Jinja sandbox, relay's filters and the Renderer.
 
 `<channel_type>/<name>.<part>.j2`: override directory first, shipped defaults second. Context:
-run (Run.as_dict()), rule, channel {name, type}, notification {id}, dashboard_url (or None),
+run (Run.as_dict()), rule, channel {name, type}, notification {id, resolves: the id of the
+notification a recovery resolves, else None}, dashboard_url (or None),
 error (normalised {type, code, name, message, stack}: raw INTERNAL_ERROR code/message preferred;
 the SDK's "trigger.dev internal error (CODE)" becomes the code plus a readable hint), summary (one
 line), payload, output, metadata. A missing field renders empty (ChainableUndefined).
@@ -64,6 +65,7 @@ class RenderContext:
     notification_id: str
     dashboard_url: str | None
     group: dict[str, Any] | None = None  # digests: see relay.grouping.digest_context
+    resolves: str | None = None  # recoveries: the id of the notification they resolve
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ def _variables(ctx: RenderContext) -> dict[str, Any]:
         "run": run,
         "rule": ctx.rule,
         "channel": {"name": ctx.channel, "type": ctx.channel_type},
-        "notification": {"id": ctx.notification_id},
+        "notification": {"id": ctx.notification_id, "resolves": ctx.resolves},
         "dashboard_url": ctx.dashboard_url,
         "error": error,
         "summary": _summary(run, error),

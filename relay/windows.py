@@ -9,7 +9,9 @@ active intervals) is recorded as muted, like a silence: it is kept in the histor
 
 inhibit_rules: an update matching `source_match` (silence-style matchers: event, status, task,
 tag, rule, channel) suppresses, for `duration`, notifications whose run matches `target_match`
-and agrees with the source on every `equal` field (dotted paths in the run).
+and agrees with the source on every `equal` field (dotted paths in the run). With
+`source_digest: {rule, min_count}` instead, the source is a pile-up: `min_count` runs that the
+digest rule `rule` matched, agreeing on `equal`, within `duration` (relay.inhibition).
 """
 
 from __future__ import annotations
@@ -115,22 +117,35 @@ class NamedTimeInterval(_Strict):
         return any(interval.contains(now) for interval in self.time_intervals)
 
 
+class DigestSource(_Strict):
+    """An inhibition source made of runs: `min_count` runs of the digest rule `rule` (same
+    `equal` values) within the inhibit rule's `duration`."""
+
+    rule: str = Field(min_length=1)
+    min_count: int = Field(ge=1, le=1000)
+
+
 class InhibitRule(_Strict):
     name: str = Field(min_length=1)
-    source_match: dict[str, Any]
+    source_match: dict[str, Any] | None = None
+    source_digest: DigestSource | None = None
     target_match: dict[str, Any] = {}
     equal: list[str] = []
     duration: Duration = 1800.0
 
     @field_validator("source_match", "target_match")
     @classmethod
-    def _matchers(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _matchers(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value:
             try:
                 parse_matchers(value)
             except InputError as exc:
                 raise ValueError(f"{exc.field}: {exc.message}") from None
         return value
+
+    def model_post_init(self, context: Any) -> None:
+        if (self.source_match is None) == (self.source_digest is None):
+            raise ValueError("an inhibit rule needs exactly one of source_match, source_digest")
 
 
 def _minutes(hhmm: str) -> int:

@@ -170,6 +170,47 @@ def test_threshold_crossed_by_a_growing_value_fires_once() -> None:
     assert fired == [("pricey", 101)]
 
 
+def test_a_run_that_alerted_recovers_once_into_completed() -> None:
+    rules = ruleset(
+        "  - {name: slow, match: {status: [EXECUTING]}, notify: [c, d], update_on_recovery: true,"
+        " continue: true}\n"
+        "  - {name: pricey, match: {cost_cents: {gt: 100}}, notify: [c]}\n"
+    )
+    state: RunState | None = None
+    seen = []
+    for i, (status, cost) in enumerate(
+        [("EXECUTING", 0), ("EXECUTING", 200), ("COMPLETED", 200), ("COMPLETED", 300)]
+    ):
+        update = run(status=status, costInCents=cost, updatedAt=f"2026-01-01T00:00:0{i}Z")
+        decision = rules.decide(update, state)
+        seen += [(i, m.rule, m.channel, m.template, m.recovery) for m in decision.matches]
+        state = decision.state
+    assert seen == [
+        (0, "slow", "c", "run", False),
+        (0, "slow", "d", "run", False),
+        (1, "pricey", "c", "run", False),
+        (2, "slow", "c", "recovered", True),  # pricey has no update_on_recovery
+        (2, "slow", "d", "recovered", True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "recovers"),
+    [
+        ("EXECUTING", "COMPLETED", True),
+        ("FAILED", "COMPLETED", True),
+        ("EXECUTING", "CANCELED", False),  # only COMPLETED is a recovery
+        ("COMPLETED", "COMPLETED", False),  # no transition
+    ],
+)
+def test_recovery_transitions(before: str, after: str, recovers: bool) -> None:
+    rules = ruleset("  - {name: r, match: {}, notify: [c], update_on_recovery: true}\n")
+    first = rules.decide(run(status=before, updatedAt="2026-01-01T00:00:00Z"), None)
+    assert [m.recovery for m in first.matches] == [False]
+    then = run(status=after, updatedAt="2026-01-01T00:00:09Z")
+    assert [m.recovery for m in rules.decide(then, first.state).matches] == [True] * recovers
+
+
 def test_fixtures_against_the_failure_rule() -> None:
     rules = ruleset("  - {name: f, match: {status: [failure]}, notify: [c]}\n")
     expected = {

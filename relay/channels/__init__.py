@@ -1,7 +1,9 @@
 """Channels: where notifications go. One module per channel type, behind one protocol.
 
 A channel gets an already rendered `Outgoing` message and makes ONE delivery attempt. It raises
-DeliveryError (classified: retryable, reason, retry_after) on failure and returns on success.
+DeliveryError (classified: retryable, reason, retry_after) on failure and returns on success,
+optionally with a receipt string (Slack: the message's channel and ts; PagerDuty: the dedup key)
+that comes back in `Outgoing.recovers` when the run recovers.
 Retries, backoff, dead letters and throttling belong to the delivery worker, not to channels.
 Adding a channel type: its module (settings model + class + KIND), one line in REGISTRY, its
 templates under templates/<type>/, and its tests.
@@ -18,14 +20,25 @@ from relay.config import ChannelSettings
 
 
 @dataclass(frozen=True)
+class Recovery:
+    """What a recovery resolves: the notification sent about the run, and the receipt its
+    channel returned then (None if it returned none, or that send did not succeed)."""
+
+    notification_id: str
+    receipt: str | None
+
+
+@dataclass(frozen=True)
 class Outgoing:
-    """A rendered notification, ready for one attempt."""
+    """A rendered notification, ready for one attempt. `recovers` is set for a recovery (the
+    run completed): a channel that can resolve or update the earlier message does so."""
 
     notification_id: str
     run_id: str
     rule: str
     parts: dict[str, str]
     timestamp: float
+    recovers: Recovery | None = None
 
 
 class KeyValue(Protocol):
@@ -49,8 +62,9 @@ class ChannelEnv:
 class Channel(Protocol):
     name: str
 
-    async def send(self, message: Outgoing) -> None:
-        """One attempt; raise DeliveryError on failure."""
+    async def send(self, message: Outgoing) -> str | None:
+        """One attempt; raise DeliveryError on failure. May return a receipt: what a later
+        recovery needs to find this message again (kept with the notification)."""
 
 
 ChannelFactory = Callable[[str, ChannelSettings, ChannelEnv], Channel]

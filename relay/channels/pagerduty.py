@@ -8,10 +8,11 @@ adds `routing_key` (a secret the template never sees). What the channel does wit
   fingerprint), else the run id or notification id, so a resend after a lost answer updates the
   same PagerDuty alert instead of opening a second incident. Keys over 255 characters are
   shortened with a hash. acknowledge / resolve send only the key.
-* Resolving: `pagerduty/run_resolve.json.j2` renders a resolve of the run's key, for a rule that
-  matches the run's completion (e.g. after a rule on long EXECUTING runs). Resolving *automatically*
-  when a run that paged later completes needs the core to notify a rule's channels of that
-  transition; it does not yet, so there is no implicit resolve.
+* Resolving: a rule with `update_on_recovery` sends, when a run it paged about completes, the
+  template `recovered` (a resolve of the run's key). The channel returns the dedup key of each
+  trigger it sent (PagerDuty's answer, else the key sent) as its receipt, and a recovery resolves
+  that key, whatever the templates say: the alert the trigger opened is the one closed.
+  `pagerduty/run_resolve.json.j2` renders the same resolve, for a rule of your own.
 * `event_action: "change"` (relay's word, not PagerDuty's) sends a Change Event to
   {api_url}/v2/change/enqueue instead: `deployment_success` does, a deploy is a change, not an
   incident.
@@ -222,10 +223,14 @@ class PagerDutyChannel:
         self._http = env.http
         self._timeout_s = settings.timeout or env.default_timeout_s
 
-    async def send(self, message: Outgoing) -> None:
+    async def send(self, message: Outgoing) -> str | None:
+        """Send the event; the receipt of a trigger is its dedup key."""
         default = f"relay: rule {message.rule} matched run {message.run_id}"
         key = message.run_id or message.notification_id
         path, event = pagerduty_event(message.parts.get("json", ""), self.settings, key, default)
+        opened = message.recovers.receipt if message.recovers is not None else None
+        if opened and event.get("event_action") in ("acknowledge", "resolve"):
+            event["dedup_key"] = opened
         routing_key = self.settings.routing_key.get_secret_value()
         body = orjson.dumps({"routing_key": routing_key, **event})
         headers = {"Content-Type": "application/json"}
@@ -233,6 +238,22 @@ class PagerDutyChannel:
         response = await self._http.request("POST", url, body, headers, self._timeout_s)
         if not 200 <= response.status < 300:
             raise classify(response, routing_key)
+        return _opened(response, event)
+
+
+def _opened(response: HttpResponse, event: dict[str, Any]) -> str | None:
+    """The dedup key of the alert a trigger opened: PagerDuty's answer, else the key sent."""
+    if event.get("event_action") != "trigger":
+        return None
+    try:
+        answer: Any = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        answer = None
+    key = answer.get("dedup_key") if isinstance(answer, dict) else None
+    if isinstance(key, str) and 0 < len(key) <= 255:
+        return key
+    sent = event.get("dedup_key")
+    return sent if isinstance(sent, str) and sent else None
 
 
 KIND = ChannelKind("pagerduty", PagerDutySettings, PagerDutyChannel, ("json",))

@@ -10,6 +10,14 @@ With a bot token, the `ts` of the first message about a run is kept in the store
 thread. Sends for one run are serialised in-process so concurrent notifications cannot start two
 threads. Incoming webhooks return no `ts`: no threading there.
 
+Recoveries (rules with `update_on_recovery`): each chat.postMessage returns the receipt
+{"channel": <channel id>, "ts"} (chat.update wants the id, not a #name), kept with the
+notification; the recovery replaces that message with chat.update (text, blocks and attachments:
+an absent key would keep the old ones). Without a receipt (a webhook, an earlier failed send), or
+when Slack says the message cannot be updated any more (cant_update_message, edit_window_closed),
+the recovery is posted as a new message in the run's thread; when the message is gone
+(message_not_found), as a new message of its own.
+
 Failure classification; Slack's error name goes in `detail`, never the webhook URL or token:
 
     rate_limited  retryable, Retry-After  HTTP 429; ratelimited, rate_limited
@@ -46,6 +54,8 @@ from relay.retry_after import parse_retry_after
 
 log = logging.getLogger("relay.channels.slack")
 THREADS = "slack_thread"  # kv namespace: "<channel>:<run id>" -> ts of the thread's first message
+# chat.update answers for a message that is gone or frozen: post the recovery as a new one
+_NOT_UPDATABLE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
 MAX_BLOCKS, MAX_TEXT = 50, 40_000
 _TEXT_LIMITS = {"header": 150, "section": 3000, "markdown": 12_000}
 _MESSAGE_KEYS = ("text", "blocks", "attachments", "mrkdwn", "username", "icon_emoji", "icon_url")
@@ -233,18 +243,23 @@ class SlackChannel:
         # one lock per run with a send in flight, so concurrent sends cannot start two threads
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
-    async def send(self, message: Outgoing) -> None:
+    async def send(self, message: Outgoing) -> str | None:
+        """Post (or for a recovery, update) the message; the receipt of a posted one."""
         default = f"relay: rule {message.rule} matched run {message.run_id}"
         payload = slack_message(message.parts.get("json", ""), default)
         payload.update(unfurl_links=False, unfurl_media=False)
         if self.settings.webhook_url is not None:
             await self._post(self.settings.webhook_url.get_secret_value(), payload)
-            return
+            return None
         lock = self._locks.get(message.run_id)
         if lock is None:
             lock = self._locks[message.run_id] = asyncio.Lock()
         async with lock:
-            await self._post_message(payload, message)
+            where = _where(message.recovers.receipt) if message.recovers is not None else None
+            refused = None if where is None else await self._update(payload, where)
+            if where is not None and refused is None:
+                return None
+            return await self._post_message(payload, message, refused != "message_not_found")
 
     async def _post(self, url: str, body: dict[str, Any], token: str = "") -> HttpResponse:
         """POST JSON once; raise the classified error unless Slack answered 2xx."""
@@ -257,11 +272,32 @@ class SlackChannel:
             raise classify(response, error_name(response.body))
         return response
 
-    async def _post_message(self, payload: dict[str, Any], message: Outgoing) -> None:
+    async def _update(self, payload: dict[str, Any], where: dict[str, str]) -> str | None:
+        """chat.update the message at `where`; Slack's error if it can no longer update it."""
+        assert self.settings.token is not None
+        body = {
+            **where,
+            "text": payload["text"],
+            "blocks": payload.get("blocks", []),
+            "attachments": payload.get("attachments", []),
+        }
+        url = f"{self.settings.api_url}/chat.update"
+        try:
+            _answer(await self._post(url, body, self.settings.token.get_secret_value()))
+        except DeliveryError as err:
+            if err.detail in _NOT_UPDATABLE:
+                log.info("slack message cannot be updated; posting", extra={"channel": self.name})
+                return err.detail
+            raise
+        return None
+
+    async def _post_message(
+        self, payload: dict[str, Any], message: Outgoing, threaded: bool = True
+    ) -> str | None:
         settings = self.settings
         assert settings.token is not None and settings.channel is not None
         key = f"{self.name}:{message.run_id}"
-        thread_ts = await self._thread(key)
+        thread_ts = await self._thread(key) if threaded else None
         body: dict[str, Any] = {**payload, "channel": settings.channel}
         if settings.username:
             body["username"] = settings.username
@@ -270,10 +306,14 @@ class SlackChannel:
         if thread_ts is not None:
             body["thread_ts"] = thread_ts
         url = f"{settings.api_url}/chat.postMessage"
-        response = await self._post(url, body, settings.token.get_secret_value())
-        ts = _posted_ts(response)
-        if thread_ts is None and ts is not None:
+        answer = _answer(await self._post(url, body, settings.token.get_secret_value()))
+        ts, channel = answer.get("ts"), answer.get("channel")
+        ts = ts if isinstance(ts, str) and ts else None
+        if thread_ts is None and threaded and ts is not None:
             await self._remember(key, ts, message.timestamp)
+        if ts is None or not isinstance(channel, str) or not channel:
+            return None
+        return orjson.dumps({"channel": channel, "ts": ts}).decode()
 
     async def _thread(self, key: str) -> str | None:
         if self._state is None:
@@ -293,8 +333,8 @@ class SlackChannel:
             log.warning("slack thread not saved", extra={"channel": self.name})
 
 
-def _posted_ts(response: HttpResponse) -> str | None:
-    """The `ts` of a 2xx chat.postMessage answer; raise the classified error for ok:false."""
+def _answer(response: HttpResponse) -> dict[str, Any]:
+    """A 2xx Web API answer; raise the classified error for ok:false."""
     try:
         data = orjson.loads(response.body)
     except orjson.JSONDecodeError:
@@ -303,8 +343,21 @@ def _posted_ts(response: HttpResponse) -> str | None:
         raise DeliveryError("other", retryable=True, detail="Slack answered without JSON")
     if data.get("ok") is not True:
         raise classify(response, error_name(response.body) or "unknown_error")
-    ts = data.get("ts")
-    return ts if isinstance(ts, str) and ts else None
+    return data
+
+
+def _where(receipt: str | None) -> dict[str, str] | None:
+    """{"channel", "ts"} of a posted message from its receipt; None if there is none."""
+    try:
+        value = orjson.loads(receipt) if receipt else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    channel, ts = value.get("channel"), value.get("ts")
+    if isinstance(channel, str) and channel and isinstance(ts, str) and ts:
+        return {"channel": channel, "ts": ts}
+    return None
 
 
 KIND = ChannelKind("slack", SlackSettings, SlackChannel, ("json",))

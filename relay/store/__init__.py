@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from relay.errors import ConfigError, Problem
-from relay.model import Decision, Notification, Run, RunState, Silence
+from relay.model import (
+    Decision,
+    Match,
+    Notification,
+    Run,
+    RunState,
+    Silence,
+    notification_id,
+    recovery_id,
+)
 
 Decide = Callable[[Run, RunState | None], Decision]
 
@@ -37,6 +46,32 @@ class Observed:
     run_id: str
     stale: bool
     notifications: list[Notification] = field(default_factory=list)
+
+
+def owed_notification(run: Run, match: Match, run_dict: dict[str, Any], now: float) -> Notification:
+    """The outbox row `match` asks for. Its id is stable: derived from run, rule and channel, or
+    for a recovery from the id of the notification it resolves (kept in `extra["resolves"]`).
+
+    Engines enqueue a recovery only when that notification exists and is not muted: nothing
+    was said that a recovery could resolve.
+    """
+    ident = notification_id(run.id, match.rule, match.channel)
+    extra: dict[str, Any] = {}
+    if match.recovery:
+        ident, extra = recovery_id(ident), {"resolves": ident}
+    return Notification(
+        id=ident,
+        run_id=run.id,
+        rule=match.rule,
+        channel=match.channel,
+        template=match.template,
+        run=run_dict,
+        created_at=now,
+        not_before=now,
+        state="pending" if match.muted_by is None else "muted",
+        reason=match.muted_by,
+        extra=extra,
+    )
 
 
 class Store(Protocol):
@@ -69,8 +104,14 @@ class Store(Protocol):
     async def next_due(self, channel: str) -> float | None:
         """When the channel's next pending notification is due (not_before, or its lease's end)."""
 
-    async def mark_sent(self, notification_id: str, *, now: float, attempts: int) -> None:
-        """Record a successful send (only a pending row changes)."""
+    async def mark_sent(
+        self, notification_id: str, *, now: float, attempts: int, receipt: str | None = None
+    ) -> None:
+        """Record a successful send and the channel's receipt (only a pending row changes)."""
+
+    async def postpone(self, notification_id: str, *, now: float, not_before: float) -> None:
+        """Release a pending row's lease and make it due at `not_before`: no attempt counted,
+        no event (a recovery waiting for the notification it resolves)."""
 
     async def mark_retry(
         self,

@@ -24,8 +24,8 @@ import asyncpg
 import orjson
 
 from relay.grouping import group_key, group_labels, schedule
-from relay.model import GroupState, Match, Notification, Run, RunState, notification_id
-from relay.store import Decide, Observed
+from relay.model import GroupState, Match, Notification, Run, RunState
+from relay.store import Decide, Observed, owed_notification
 from relay.store._pg_connect import clean, clean_opt
 from relay.store._pg_rows import FIRED_SEPARATOR, to_group, to_state
 from relay.store._pg_schema import lock_key
@@ -112,7 +112,7 @@ async def observe(
         run_dict = run.as_dict() if decision.matches else {}
         owed += (_owe(len(observed), match, run, run_dict, now) for match in decision.matches)
         observed.append(Observed(run.id, stale=False))
-    owed = _first_of_each(owed)
+    owed = await _said(conn, _first_of_each(owed))
     groups: dict[str, _Group] = {}
     if any(_grouped(item) for item in owed):  # a schedule only for notifications that are new
         owed = await _not_queued(conn, owed)
@@ -128,19 +128,7 @@ async def observe(
 
 
 def _owe(index: int, match: Match, run: Run, run_dict: dict[str, object], now: float) -> _Owed:
-    notification = Notification(
-        id=notification_id(run.id, match.rule, match.channel),
-        run_id=run.id,
-        rule=match.rule,
-        channel=match.channel,
-        template=match.template,
-        run=run_dict,
-        created_at=now,
-        not_before=now,
-        state="pending" if match.muted_by is None else "muted",
-        reason=match.muted_by,
-    )
-    return _Owed(index, match, notification)
+    return _Owed(index, match, owed_notification(run, match, run_dict, now))
 
 
 def _first_of_each(owed: list[_Owed]) -> list[_Owed]:
@@ -151,6 +139,24 @@ def _first_of_each(owed: list[_Owed]) -> list[_Owed]:
             seen.add(item.notification.id)
             first.append(item)
     return first
+
+
+async def _said(conn: asyncpg.Connection, owed: list[_Owed]) -> list[_Owed]:
+    """The owed notifications without the recoveries of notifications that do not exist or were
+    muted: nothing was said that they could resolve. Race-free like _not_queued (the run lock)."""
+    resolved = [n.resolves for item in owed if (n := item.notification).resolves is not None]
+    if not resolved:
+        return owed
+    states = {item.notification.id: item.notification.state for item in owed}
+    rows = await conn.fetch(
+        "SELECT id, state FROM relay_outbox WHERE id = ANY($1::text[])", resolved
+    )
+    states.update({row["id"]: row["state"] for row in rows})
+    return [
+        item
+        for item in owed
+        if (firing := item.notification.resolves) is None or states.get(firing, "muted") != "muted"
+    ]
 
 
 def _grouped(item: _Owed) -> bool:

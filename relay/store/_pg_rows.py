@@ -97,6 +97,7 @@ def to_notification(row: asyncpg.Record) -> Notification:
         last_error=row["last_error"],
         extra=extra,
         group_key=row["group_key"],
+        receipt=row["receipt"],
     )
 
 

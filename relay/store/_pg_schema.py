@@ -124,7 +124,11 @@ _V1 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+# v2: what the channel said it delivered (a Slack message's channel and ts, a PagerDuty dedup
+# key), so that a recovery can update or resolve it. Additive: older replicas ignore it.
+_V2 = ("ALTER TABLE relay_outbox ADD COLUMN receipt text",)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _VERSION_TABLE = """

@@ -159,7 +159,11 @@ _V6 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+# v7: what the channel said it delivered (a Slack message's channel and ts, a PagerDuty dedup
+# key), so that a recovery can update or resolve it.
+_V7 = ("ALTER TABLE outbox ADD COLUMN receipt TEXT",)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -270,6 +274,7 @@ def to_notification(row: sqlite3.Row) -> Notification:
         last_error=row["last_error"],
         extra=extra,
         group_key=row["group_key"],
+        receipt=row["receipt"],
     )
 
 

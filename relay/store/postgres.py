@@ -28,7 +28,15 @@ import orjson
 from relay.errors import StoreUnavailable
 from relay.model import Notification, Run, Silence
 from relay.store import Decide, HistoryQuery, Observed, _pg_claim
-from relay.store._pg_connect import DB_ERRORS, check_url, clean, connect_args, retrying, unavailable
+from relay.store._pg_connect import (
+    DB_ERRORS,
+    check_url,
+    clean,
+    clean_opt,
+    connect_args,
+    retrying,
+    unavailable,
+)
 from relay.store._pg_observe import observe
 from relay.store._pg_rows import (
     LEAD,
@@ -192,11 +200,24 @@ class PostgresStore:
         )
         return None if value is None else float(value)
 
-    async def mark_sent(self, notification_id: str, *, now: float, attempts: int) -> None:
+    async def mark_sent(
+        self, notification_id: str, *, now: float, attempts: int, receipt: str | None = None
+    ) -> None:
         await self._update(
-            "state = 'sent', attempts = $4, lease_until = NULL, reason = NULL, updated_at = $3",
+            "state = 'sent', attempts = $4, lease_until = NULL, reason = NULL, receipt = $7,"
+            " updated_at = $3",
             notification_id,
             ("sent", now, attempts, None, None),
+            clean_opt(receipt),
+        )
+
+    async def postpone(self, notification_id: str, *, now: float, not_before: float) -> None:
+        await self._execute(
+            "UPDATE relay_outbox SET not_before = $2, lease_until = NULL, updated_at = $3"
+            " WHERE id = $1 AND state = 'pending'",
+            clean(notification_id),
+            not_before,
+            now,
         )
 
     async def mark_retry(

@@ -16,8 +16,8 @@ import orjson
 
 from relay.errors import ConfigError, Problem, StoreUnavailable
 from relay.grouping import group_key, group_labels, schedule
-from relay.model import GroupState, Match, Notification, Run, Silence, notification_id
-from relay.store import Decide, HistoryQuery, Observed
+from relay.model import GroupState, Match, Notification, Run, Silence
+from relay.store import Decide, HistoryQuery, Observed, owed_notification
 from relay.store._sqlite_history import event_rows, history_rows
 from relay.store._sqlite_schema import (
     SCHEMA_VERSION,
@@ -130,12 +130,24 @@ class SQLiteStore:
         )
         return None if row[0] is None else float(row[0])
 
-    async def mark_sent(self, notification_id: str, *, now: float, attempts: int) -> None:
+    async def mark_sent(
+        self, notification_id: str, *, now: float, attempts: int, receipt: str | None = None
+    ) -> None:
         await self._update(
-            "state = 'sent', attempts = ?, lease_until = NULL, reason = NULL, updated_at = ?",
-            (attempts, now),
+            "state = 'sent', attempts = ?, lease_until = NULL, reason = NULL, receipt = ?,"
+            " updated_at = ?",
+            (attempts, receipt, now),
             notification_id,
             ("sent", now, attempts, None, None),
+        )
+
+    async def postpone(self, notification_id: str, *, now: float, not_before: float) -> None:
+        await self._writer.run(
+            lambda conn: conn.execute(
+                "UPDATE outbox SET not_before = ?, lease_until = NULL, updated_at = ?"
+                " WHERE id = ? AND state = 'pending'",
+                (not_before, now, notification_id),
+            )
         )
 
     async def mark_retry(
@@ -382,18 +394,9 @@ def _observe(
         enqueued: list[Notification] = []
         run_dict = run.as_dict() if decision.matches else {}
         for match in decision.matches:
-            notification = Notification(
-                id=notification_id(run.id, match.rule, match.channel),
-                run_id=run.id,
-                rule=match.rule,
-                channel=match.channel,
-                template=match.template,
-                run=run_dict,
-                created_at=now,
-                not_before=now,
-                state="pending" if match.muted_by is None else "muted",
-                reason=match.muted_by,
-            )
+            notification = owed_notification(run, match, run_dict, now)
+            if match.recovery and not _said(conn, notification.resolves):
+                continue
             group = _join_group(conn, match, notification, now)
             if insert_notification(conn, notification):
                 kind = "created" if match.muted_by is None else "muted"
@@ -404,6 +407,12 @@ def _observe(
                     save_group(conn, *group)
         observed.append(Observed(run.id, stale=False, notifications=enqueued))
     return observed
+
+
+def _said(conn: sqlite3.Connection, notification_id: str | None) -> bool:
+    """Whether the notification exists and is not muted: something a recovery can resolve."""
+    row = conn.execute("SELECT state FROM outbox WHERE id = ?", (notification_id,)).fetchone()
+    return row is not None and row[0] != "muted"
 
 
 def _join_group(

@@ -6,7 +6,13 @@
 - POST /api/chat.postMessage: the Web API. Always HTTP 200 with {"ok": ...} except scripted
   429s: no bearer token → `not_authed`, a wrong one → `invalid_auth`, bad JSON → `invalid_json`,
   no channel → `channel_not_found`, invalid blocks → `invalid_blocks`, else {"ok": true,
-  "channel": "C123", "ts": "1712345678.000100", "message": {...}} with increasing ts.
+  "channel": "C123", "ts": "1712345678.000100", "message": {...}} with increasing ts. Every
+  message posted is kept in `messages` (by ts), in channel C123 whatever name it was posted to.
+- POST /api/chat.update: the same auth and JSON checks; `channel` must be the channel's id (a
+  `#name` is `channel_not_found`, as in Slack), no `ts` is `invalid_arguments`, a ts never posted
+  `message_not_found`, invalid blocks `invalid_blocks` (an empty list clears the blocks), no
+  text and no blocks `no_text`; else the kept message takes the new text, blocks and attachments
+  and the answer is {"ok": true, "channel", "ts", "text", "message"}.
 
 `script` queues answers (plain-text or JSON bodies with real status codes and headers) that
 take precedence over the checks, one per request, in order; a Reply with `delay_s` answers that
@@ -32,6 +38,7 @@ from slack_sdk.models.blocks import Block
 WEBHOOK_PATH = "/services/T0001/B0002/fakeWebhookSecret0123456789"
 TOKEN = "xoxb-1111-2222-fakeBotTokenSecret"
 FIRST_TS = "1712345678.000100"
+CHANNEL_ID = "C123"  # the id of every channel the fake posts to
 
 
 @dataclass
@@ -128,6 +135,7 @@ class FakeSlack:
     scripted: list[Reply] = field(default_factory=list)
     problems: list[list[str]] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     _next_ts: int = 0
 
     @property
@@ -185,19 +193,27 @@ class FakeSlack:
             return Reply(400, "no_text").response()
         return Reply(200, "ok").response()
 
-    async def post_message(self, request: web.Request) -> web.Response:
+    async def _web_api(self, request: web.Request) -> tuple[dict[str, Any], Reply | None]:
+        """The body of a Web API call, and the answer when it is decided before the method's
+        own checks: a scripted one, or an auth or JSON failure."""
         body, scripted = await self._record(request)
         if scripted is not None:
             if scripted.delay_s:
                 await asyncio.sleep(scripted.delay_s)
-            return scripted.response()
+            return {}, scripted
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
-            return api_error("not_authed").response()
+            return {}, api_error("not_authed")
         if auth != f"Bearer {TOKEN}":
-            return api_error("invalid_auth").response()
+            return {}, api_error("invalid_auth")
         if request.content_type != "application/json" or not isinstance(body, dict):
-            return api_error("invalid_json").response()
+            return {}, api_error("invalid_json")
+        return body, None
+
+    async def post_message(self, request: web.Request) -> web.Response:
+        body, early = await self._web_api(request)
+        if early is not None:
+            return early.response()
         if not body.get("channel"):
             return api_error("channel_not_found").response()
         if self.problems[-1]:
@@ -206,13 +222,43 @@ class FakeSlack:
             return api_error("no_text").response()
         return Reply(200, self._posted(body)).response()
 
+    async def update_message(self, request: web.Request) -> web.Response:
+        body, early = await self._web_api(request)
+        if early is not None:
+            return early.response()
+        if body.get("channel") != CHANNEL_ID:
+            return api_error("channel_not_found").response()
+        ts = body.get("ts")
+        if not isinstance(ts, str) or not ts:
+            return api_error("invalid_arguments").response()
+        if ts not in self.messages:
+            return api_error("message_not_found").response()
+        blocks = body.get("blocks")
+        if blocks != [] and self.problems[-1]:
+            return api_error("invalid_blocks").response()
+        if not body.get("text") and not blocks:
+            return api_error("no_text").response()
+        message = self.messages[ts]
+        for key in ("text", "blocks", "attachments"):
+            if key in body:
+                message[key] = body[key]
+        message["edited"] = {"user": "U0BOT", "ts": ts}
+        answer = {"ok": True, "channel": CHANNEL_ID, "ts": ts, "text": message.get("text", "")}
+        return Reply(200, {**answer, "message": message}).response()
+
+    def updates(self) -> list[dict[str, Any]]:
+        """The chat.update bodies received, in order."""
+        return [call.json() for call in self.calls if call.path.endswith("/chat.update")]
+
     def _posted(self, body: dict[str, Any]) -> dict[str, Any]:
         ts = f"1712345678.{100 + self._next_ts:06d}"  # FIRST_TS, then increasing
         self._next_ts += 1
         message = {"type": "message", "text": body.get("text", ""), "ts": ts, "bot_id": "B0002"}
+        message |= {k: body[k] for k in ("blocks", "attachments") if k in body}
         if body.get("thread_ts"):
             message["thread_ts"] = body["thread_ts"]
-        return {"ok": True, "channel": "C123", "ts": ts, "message": message}
+        self.messages[ts] = message
+        return {"ok": True, "channel": CHANNEL_ID, "ts": ts, "message": dict(message)}
 
 
 @asynccontextmanager
@@ -222,6 +268,7 @@ async def fake_slack() -> AsyncIterator[FakeSlack]:
     app = web.Application()
     app.router.add_post("/services/{team}/{bot}/{secret}", fake.webhook)
     app.router.add_post("/api/chat.postMessage", fake.post_message)
+    app.router.add_post("/api/chat.update", fake.update_message)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

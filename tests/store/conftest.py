@@ -89,6 +89,17 @@ def decide_digest(run: Run, previous: RunState | None) -> Decision:
     return Decision(state=decision.state, matches=(match,))
 
 
+def decide_recovery(run: Run, previous: RunState | None) -> Decision:
+    """`decide`, plus r1's recoveries (to every channel in the run's tags) on COMPLETED."""
+    decision = decide(run, previous)
+    if run.status != "COMPLETED" or previous is None or "r1" not in previous.fired:
+        return decision
+    recoveries = tuple(
+        Match("r1", channel, "recovered", recovery=True) for channel in run.tags or ["c1"]
+    )
+    return Decision(state=decision.state, matches=decision.matches + recoveries)
+
+
 def ids(observed: list[Observed]) -> list[str]:
     return [n.id for o in observed for n in o.notifications]
 

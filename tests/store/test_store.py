@@ -17,7 +17,7 @@ import pytest
 import trustme
 
 from relay.errors import ConfigError, StoreUnavailable
-from relay.model import Decision, Run, RunState, Silence, notification_id
+from relay.model import Decision, Run, RunState, Silence, notification_id, recovery_id
 from relay.store import HistoryQuery, Observed, Store, migrate, open_store
 from relay.store._pg_connect import connect_args
 from relay.store._pg_schema import SCHEMA_VERSION
@@ -27,6 +27,7 @@ from tests.store.conftest import (
     Engine,
     decide,
     decide_digest,
+    decide_recovery,
     enqueue,
     explode_on_boom,
     ids,
@@ -193,6 +194,56 @@ async def test_mark_sent_and_retry(store: Store) -> None:
     )  # a sent row stays sent
     assert await store.get(sent) == done
     assert await store.counts() == {**EMPTY, "pending": 1, "sent": 1}
+
+
+async def test_receipts_are_kept_and_postponed_rows_wait(store: Store) -> None:
+    sent, waiting = await enqueue(store, "run_1", 10.0, "c1", "c2")
+    await store.claim("c1", now=10.0, limit=10, lease_s=60)
+    await store.mark_sent(sent, now=11.0, attempts=1, receipt='{"ts": "1.2"}')
+    row = await store.get(sent)
+    assert row is not None and (row.state, row.receipt) == ("sent", '{"ts": "1.2"}')
+
+    assert [n.id for n in await store.claim("c2", now=10.0, limit=10, lease_s=60)] == [waiting]
+    await store.postpone(waiting, now=12.0, not_before=40.0)
+    later = await store.get(waiting)
+    assert later is not None and (later.state, later.attempts, later.not_before) == (
+        "pending",
+        0,
+        40.0,
+    )
+    assert await store.claim("c2", now=39.0, limit=10, lease_s=60) == []  # lease released too
+    assert await store.next_due("c2") == 40.0
+    assert [e["kind"] for e in await store.events(waiting)] == ["created"]  # no attempt, no event
+    await store.postpone(sent, now=13.0, not_before=99.0)  # a finished row is left alone
+    assert await store.get(sent) == row
+
+
+async def test_a_recovery_is_enqueued_once_for_what_was_said(store: Store) -> None:
+    await store.observe([make_run("run_1", tags=["c1", "c2"])], decide_recovery, now=1.0)
+    firing = notification_id("run_1", "r1", "c1")
+    await store.mark_muted(notification_id("run_1", "r1", "c2"), now=2.0, silence_id="sil_1")
+    done = make_run("run_1", "COMPLETED", at_s=2000, tags=["c1", "c2"])
+    [observed] = await store.observe([done], decide_recovery, now=3.0)
+    [recovery] = observed.notifications  # none for c2: its alert was muted, never said
+    assert (recovery.id, recovery.resolves, recovery.channel) == (recovery_id(firing), firing, "c1")
+    assert (recovery.template, recovery.run["status"], recovery.state) == (
+        "recovered",
+        "COMPLETED",
+        "pending",
+    )
+    stored = await store.get(recovery.id)
+    assert stored is not None and stored.resolves == firing
+    again = await store.observe([done], decide_recovery, now=4.0)  # the same update again
+    assert ids(again) == []
+    # an alert and its recovery in one call; a run that never alerted: no recovery
+    runs = [
+        make_run("run_2", at_s=1000),
+        make_run("run_2", "COMPLETED", at_s=1001),
+        make_run("run_3", "COMPLETED", at_s=1001),
+    ]
+    observed_2 = await store.observe(runs, decide_recovery, now=5.0)
+    first = notification_id("run_2", "r1", "c1")
+    assert [ids([o]) for o in observed_2] == [[first], [recovery_id(first)], []]
 
 
 async def test_dead_letters_and_replay(store: Store) -> None:

@@ -1,0 +1,191 @@
+"""Inhibit rules whose source is a pile-up of a digest rule (`source_digest: {rule, min_count}`):
+the config checks, the window as a table with a fixed clock on the real store, and end to end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Collection
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.channels import settings_models
+from relay.config import parse_config
+from relay.errors import ConfigError
+from relay.inhibition import inhibitions
+from relay.model import Match, Run
+from relay.store.sqlite import SQLiteStore
+from relay.windows import InhibitRule
+from tests.conftest import RelayFactory, Sink, sdk_run
+
+STORM = InhibitRule.model_validate(
+    {
+        "name": "storm",
+        "source_digest": {"rule": "per-task", "min_count": 3},
+        "target_match": {"rule": "page"},
+        "equal": ["taskIdentifier"],
+        "duration": 600,
+    }
+)
+PAGE = Match("page", "pager", "run")
+DIGEST = Match("per-task", "hook", "run")
+
+
+def failed(run_id: str, task: str = "sync") -> Run:
+    return Run.model_validate({"id": run_id, "taskIdentifier": task, "status": "FAILED"})
+
+
+def rules_of(run: Run) -> Collection[str]:
+    """What the digest rule `per-task` and the paging rule `page` match: failures."""
+    return {"per-task", "page"} if run.status == "FAILED" else set()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(tmp_path / "relay.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def muted(store: SQLiteStore, runs: list[Run], now: float, match: Match = PAGE) -> list[Any]:
+    """The mute reason of `match` for each run, the runs arriving in one intake call at `now`."""
+    check = await inhibitions(store, [STORM], runs, now, rules_of)
+    return [None if check is None else check(run, match) for run in runs]
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "c.yaml", settings_models(), {})
+    return [p.message for p in info.value.problems]
+
+
+RULES = """\
+channels: {c: {type: console}}
+rules:
+  - {name: digest, match: {status: [failure]}, notify: [c], group_by: [taskIdentifier]}
+  - {name: single, match: {status: [failure]}, notify: [c]}
+inhibit_rules:
+"""
+
+
+@pytest.mark.parametrize(
+    ("inhibit", "message"),
+    [
+        ("{name: i, source_digest: {rule: nope, min_count: 3}}", "unknown rule: 'nope'"),
+        (
+            "{name: i, source_digest: {rule: single, min_count: 3}}",
+            "not a digest rule (it has no `group_by`): 'single'",
+        ),
+        (
+            "{name: i, source_digest: {rule: digest, min_count: 3}, equal: [metadata.tenant]}",
+            "not in the `group_by` of rule 'digest': every run of a digest group must agree on it",
+        ),
+        (
+            "{name: i, source_digest: {rule: digest, min_count: 3}, source_match: {event: run}}",
+            "an inhibit rule needs exactly one of source_match, source_digest",
+        ),
+        ("{name: i}", "an inhibit rule needs exactly one of source_match, source_digest"),
+        ("{name: i, source_digest: {rule: digest, min_count: 0}}", "greater than or equal to 1"),
+        ("{name: i, source_digest: {rule: digest}}", "required key is missing"),
+    ],
+)
+def test_source_digest_is_checked(inhibit: str, message: str) -> None:
+    assert any(message in p for p in problems(RULES + f"  - {inhibit}\n"))
+
+
+def test_a_valid_source_digest_loads() -> None:
+    text = RULES + (
+        "  - {name: i, source_digest: {rule: digest, min_count: 3}, equal: [taskIdentifier]}\n"
+    )
+    [rule] = parse_config(text, "c.yaml", settings_models(), {}).config.inhibit_rules
+    assert rule.source_digest is not None and rule.source_digest.min_count == 3
+
+
+# ------------------------------------------------------------------------------ the window
+
+
+async def test_the_run_that_reaches_min_count_and_later_ones_are_inhibited(
+    store: SQLiteStore,
+) -> None:
+    assert await muted(store, [failed("a1"), failed("a2")], now=100.0) == [None, None]
+    batch = [failed("a3"), failed("a4"), failed("b1", task="other")]
+    assert await muted(store, batch, now=110.0) == ["inhibited:storm", "inhibited:storm", None]
+    # in one call, the runs before the pile-up keep their notifications
+    burst = [failed(f"c{i}", task="burst") for i in range(4)]
+    assert await muted(store, burst, now=120.0) == [None, None] + ["inhibited:storm"] * 2
+
+
+async def test_the_digest_rule_itself_and_other_targets(store: SQLiteStore) -> None:
+    runs = [failed(f"a{i}") for i in range(4)]
+    assert await muted(store, runs, now=100.0, match=DIGEST) == [None] * 4  # the digest goes out
+    # a target that is no source (a run the digest rule does not match) is inhibited too
+    other = Run.model_validate({"id": "x", "taskIdentifier": "sync", "status": "CRASHED"})
+    check = await inhibitions(store, [STORM], [other], 101.0, lambda run: ())
+    assert check is not None and check(other, PAGE) == "inhibited:storm"
+
+
+async def test_a_pile_up_counts_runs_once_and_lapses_after_duration(store: SQLiteStore) -> None:
+    a1 = failed("a1")
+    for now in (100.0, 101.0, 102.0):  # one run updated three times is one run
+        assert await muted(store, [a1], now) == [None]
+    assert await muted(store, [failed("a2"), failed("a3")], now=300.0) == [None, "inhibited:storm"]
+    # 600 s after a1, a1 no longer counts: a2, a3 and a4 still make three
+    assert await muted(store, [failed("a4")], now=750.0) == ["inhibited:storm"]
+    # 600 s after a3, only a4 and a5 are recent: the window is closed again
+    assert await muted(store, [failed("a5")], now=901.0) == [None]
+
+
+# ------------------------------------------------------------------------------ end to end
+
+CONFIG = """\
+channels:
+  hook: {{type: webhook, url: "{url}/digest"}}
+  pager: {{type: webhook, url: "{url}/page"}}
+inhibit_rules:
+  - name: storm
+    source_digest: {{rule: per-task, min_count: 3}}
+    target_match: {{rule: page}}
+    equal: [taskIdentifier]
+    duration: 10m
+rules:
+  - name: per-task
+    match: {{status: [failure]}}
+    notify: [hook]
+    group_by: [taskIdentifier]
+    group_wait: 1h
+    continue: true
+  - name: page
+    match: {{status: [failure]}}
+    notify: [pager]
+"""
+
+
+def failure(i: int, task: str = "sync-customer-data") -> dict[str, Any]:
+    run = sdk_run("failed")
+    run.update(id=f"run_storm_{i:02d}", taskIdentifier=task)
+    return run
+
+
+async def test_a_failure_storm_of_one_task_stops_paging_for_that_task(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    r = await relay(CONFIG.format(url=sink.url))
+    for i in range(5):
+        assert (await r.post(failure(i)))[0] == 202
+    await r.post(failure(9, task="render-video"))
+    await sink.wait_for(3)
+    await asyncio.sleep(0.3)
+    paged = [g.json()["run"]["id"] for g in sink.received if g.path == "/page"]
+    assert paged == ["run_storm_00", "run_storm_01", "run_storm_09"]
+    async with r.http.get(r.url + "/v1/notifications?rule=page&state=muted") as resp:
+        rows = (await resp.json())["notifications"]
+    assert sorted(row["run_id"] for row in rows) == [f"run_storm_{i:02d}" for i in (2, 3, 4)]
+    assert {row["reason"] for row in rows} == {"inhibited:storm"}
+    async with r.http.get(r.url + "/v1/notifications?rule=per-task&state=pending") as resp:
+        assert len((await resp.json())["notifications"]) == 6  # the digests wait, never muted

@@ -1,0 +1,151 @@
+"""Rate limits over time, on a virtual clock: 20 notifications through a channel limited to 2 a
+second take 9.5 s (the first goes at once, each other one 0.5 s later), none is lost and they go
+out in the order they came in — without the suite sleeping 10 seconds.
+
+The real pieces run: YAML config, rules, intake, the SQLite store, the delivery loop with its
+token bucket and concurrency, templates, the console channel. Only time is virtual: intake and
+delivery take the clock (`clock=`, `Deps.clock`/`Deps.sleep`), and the console's stdout is a
+terminal that notes the virtual time of each line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import io
+import itertools
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from relay.channels import ChannelEnv
+from relay.channels._http import HttpClient
+from relay.channels.console import ConsoleSettings
+from relay.config import RateLimit, parse_config
+from relay.configure import compile_config, dashboard_link, route_for
+from relay.delivery import Delivery, Deps
+from relay.formats import parse_runs
+from relay.intake import Intake
+from relay.policy import TokenBucket
+from relay.store.sqlite import SQLiteStore
+from tests.conftest import sdk_run
+
+START = 1_790_000_000.0
+CONFIG = """\
+channels:
+  out:
+    type: console
+    rate_limit: {per_second: 2}
+rules:
+  - {name: failures, match: {status: [failure]}, notify: [out]}
+"""
+
+
+class VirtualClock:
+    """A clock that moves only to the deadline of the earliest sleeper, one sleeper at a time.
+
+    `sleep(s)` parks the caller until the clock reaches now + s. `run_until` lets the event loop
+    settle (real I/O included: the store's thread) for a few real milliseconds, then wakes the
+    earliest sleeper at its deadline, and so on; time never passes while nobody sleeps.
+    """
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), woken))
+        await woken
+
+    async def run_until(self, done: Callable[[], bool], real_timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + real_timeout_s
+        while not done():
+            assert time.monotonic() < deadline, "the virtual clock ran out of real time"
+            await asyncio.sleep(0.01)
+            if self._sleepers:
+                at, _, woken = heapq.heappop(self._sleepers)
+                self.now = max(self.now, at)
+                woken.set_result(None)
+
+
+class Terminal(io.StringIO):
+    """stdout that notes when (on the virtual clock) each message was printed."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.printed: list[tuple[float, str]] = []
+
+    def write(self, text: str) -> int:
+        self.printed.append((self.clock.now, text))
+        return super().write(text)
+
+
+async def test_twenty_notifications_at_two_a_second_take_ten_seconds(tmp_path: Path) -> None:
+    clock = VirtualClock(START)
+    compiled = compile_config(parse_config(CONFIG, "c.yaml", {"console": ConsoleSettings}, {}))
+    store = SQLiteStore(tmp_path / "relay.db")
+    await store.open()
+    intake = Intake(store, lambda: compiled.rules, lambda channel: None, clock=clock)
+    runs = [{**sdk_run("failed"), "id": f"run_rate_{i:02d}"} for i in range(20)]
+    for run in runs:  # one by one, as they would arrive
+        assert (await intake.submit(parse_runs([run]))).notifications == 1
+        clock.now += 0.001
+    terminal = Terminal(clock)
+    http = HttpClient()
+    env = ChannelEnv(http, terminal, 10.0, store)
+    route = route_for(compiled, "out", env)
+    assert route.concurrency == 4  # several deliveries wait for a token at once
+    defaults = compiled.loaded.config.defaults
+    deps = Deps(
+        store,
+        compiled.renderer,
+        defaults.retry,
+        dashboard_link(defaults),
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    delivery = Delivery(deps, {"out": route})
+    began_s, began = time.monotonic(), clock.now
+    delivery.start()
+    try:
+        await clock.run_until(lambda: len(terminal.printed) == 20)
+        sent = await _wait_counted(store, "sent", 20)
+    finally:
+        await delivery.stop(1.0)
+        await http.close()
+        await store.close()
+    at = [t - began for t, _ in terminal.printed]
+    assert at == pytest.approx([0.5 * i for i in range(20)])  # 2 a second, 9.5 s in all
+    order = [text.split(" · ")[2].split()[0] for _, text in terminal.printed]
+    assert order == [run["id"] for run in runs]  # none lost, none twice, in order
+    assert sent == 20
+    assert time.monotonic() - began_s < 9.5  # and the suite did not wait for it
+
+
+def test_the_bucket_spaces_reservations_by_the_rate() -> None:
+    bucket = TokenBucket(RateLimit(per_second=2))
+    waits = [bucket.reserve(100.0) for _ in range(4)]
+    assert waits == [0.0, 0.5, 1.0, 1.5]
+    assert bucket.reserve(101.0) == 1.0  # a reservation made later lands on the next free slot
+    burst = TokenBucket(RateLimit(per_minute=60, burst=3))
+    assert [burst.reserve(0.0) for _ in range(5)] == [0.0, 0.0, 0.0, 1.0, 2.0]
+
+
+async def _wait_counted(store: SQLiteStore, state: str, count: int) -> int:
+    for _ in range(200):
+        n = (await store.counts())[state]
+        if n >= count:
+            return n
+        await asyncio.sleep(0.02)
+    return (await store.counts())[state]
