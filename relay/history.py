@@ -46,7 +46,7 @@ def _since(value: str | None, now: float) -> float | None:
 def _limit(value: str | None) -> int:
     if value is None:
         return 200
-    if not value.isdigit() or not 1 <= int(value) <= 10_000:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 10_000:  # not ²
         raise InputError("limit", "expected a number from 1 to 10000")
     return int(value)
 

@@ -54,10 +54,14 @@ def normalise_status(status: str) -> str:
 
 
 def to_utc(value: datetime) -> datetime:
-    """Aware UTC datetime; naive values (Realtime rows omit the Z) are UTC."""
+    """Aware UTC datetime; naive values (Realtime rows omit the Z) are UTC. ValueError (a 400
+    for input) when the time in UTC falls outside years 1-9999, e.g. 0001-01-01T00:00+01:00."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("date out of range (years 1-9999 in UTC)") from None
 
 
 def iso(value: datetime | None) -> str | None:
@@ -177,6 +181,8 @@ class Match:
     muted_by: str | None = None
     group_by: tuple[str, ...] | None = None  # a digest rule: one message per group
     timing: Timing | None = None
+    # a recovery: the run that made `rule` notify `channel` has completed (update_on_recovery)
+    recovery: bool = False
 
 
 SILENCE_MATCHERS = ("rule", "task", "tag", "status", "channel", "event")
@@ -231,9 +237,22 @@ class Notification:
     last_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     group_key: str | None = None  # set for digest rules: sent together with its group
+    receipt: str | None = None  # what the channel said it delivered (a Slack message, a dedup key)
+
+    @property
+    def resolves(self) -> str | None:
+        """For a recovery: the id of the notification it resolves (sent before it)."""
+        value = self.extra.get("resolves")
+        return value if isinstance(value, str) else None
 
 
 def notification_id(run_id: str, rule: str, channel: str) -> str:
     """Stable idempotency id: the same run, rule and channel always give the same id."""
     digest = hashlib.blake2b(f"{run_id}\x1f{rule}\x1f{channel}".encode(), digest_size=12)
+    return "ntf_" + digest.hexdigest()
+
+
+def recovery_id(firing_id: str) -> str:
+    """Stable id of the recovery of notification `firing_id`: one per firing notification."""
+    digest = hashlib.blake2b(f"{firing_id}\x1frecovered".encode(), digest_size=12)
     return "ntf_" + digest.hexdigest()

@@ -9,7 +9,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from relay.errors import InputError
-from relay.model import FAILURE_STATUSES, SILENCE_MATCHERS, Silence, iso, normalise_status
+from relay.model import (
+    FAILURE_STATUSES,
+    SILENCE_MATCHERS,
+    Silence,
+    iso,
+    normalise_status,
+    to_utc,
+)
 
 MAX_VALUES = 100
 MAX_TEXT = 1000
@@ -65,9 +72,10 @@ def parse_time(value: Any, field: str) -> float:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise InputError(field, "expected an ISO-8601 time like 2026-11-28T18:00:00Z") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+    try:
+        return to_utc(when).timestamp()  # in UTC's years 1-9999, so it can be shown again
+    except ValueError:
+        raise InputError(field, "time out of range (years 1-9999 in UTC)") from None
 
 
 def silence_view(silence: Silence, now: float) -> dict[str, Any]:

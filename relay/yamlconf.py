@@ -137,7 +137,9 @@ class _Walker:
     def _construct(self, node: yaml.Node) -> Any:
         try:
             return self.constructor.construct_object(node)
-        except (yaml.YAMLError, ValueError, OverflowError):  # e.g. a timestamp 2001-13-45
+        # a timestamp 2001-13-45; PyYAML's own bugs on explicit tags: `!!bool maybe` (KeyError),
+        # `!!int ""` (IndexError), `!!timestamp x` (AttributeError)
+        except (yaml.YAMLError, ValueError, OverflowError, LookupError, AttributeError):
             raise _Unsupported(node, f"cannot read this value (tag {node.tag})") from None
 
     def _scalar(self, node: yaml.Node, path: Path_) -> Any:

@@ -277,3 +277,23 @@ def run_cli(
 
 def free_text(s: str) -> str:
     return re.sub(r"\s+", " ", s)
+
+
+def registered_routes() -> set[tuple[str, str]]:
+    """(method, path) of every route the HTTP app registers (HEAD, added per GET, left out)."""
+    from relay.sources.http import HttpDeps, build_app  # noqa: PLC0415
+
+    deps = HttpDeps(
+        intake=None,  # type: ignore[arg-type]  # only the routes are looked at
+        store=None,  # type: ignore[arg-type]
+        auth_token=lambda: None,
+        admin_token=lambda: None,
+        max_body_bytes=lambda: 1024,
+        ready=None,  # type: ignore[arg-type]
+        clock=time.time,
+    )
+    return {
+        (r.method, r.resource.canonical)
+        for r in build_app(deps).router.routes()
+        if r.method != "HEAD" and r.resource is not None
+    }

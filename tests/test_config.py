@@ -128,6 +128,10 @@ def test_good_config_loads_with_interpolation() -> None:
             "sources.trigger_alerts.secrett: unknown key",
         ),
         ("a: !!python/object:os.system echo\n", "c.yaml:1: cannot read this value"),
+        # explicit tags PyYAML itself fails on with KeyError, IndexError, AttributeError
+        ("a: !!bool maybe\n", "c.yaml:1: cannot read this value"),
+        ('a: !!int ""\n', "c.yaml:1: cannot read this value"),
+        ("a: !!timestamp soon\n", "c.yaml:1: cannot read this value"),
         ("? [1, 2]\n: x\n", "mapping keys must be plain scalars"),
     ],
 )

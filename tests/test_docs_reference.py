@@ -1,0 +1,90 @@
+"""docs/configuration.md, docs/templates.md and docs/operations.md stay true to the code.
+
+The configuration reference is generated (tools/config_reference.py) and must be committed as
+generated; the filter examples of the templates guide render as shown; the operations guide's
+backup command, run beside a live relay, gives a store another relay reads.
+(tests/test_docs.py checks the configs, templates and links of every docs/*.md.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from relay.sandbox import environment
+from tests.conftest import REPO, RelayProcess, run_cli, sdk_run
+from tools import config_reference
+
+DOCS = REPO / "docs"
+
+
+def test_configuration_reference_is_generated_from_the_models() -> None:
+    committed = config_reference.TARGET.read_text(encoding="utf-8")
+    assert committed == config_reference.render(), (
+        "docs/configuration.md is stale: run `python tools/config_reference.py --write`"
+    )
+
+
+def test_configuration_reference_lists_every_key() -> None:
+    text = config_reference.TARGET.read_text(encoding="utf-8")
+    for table in config_reference.yaml_tables():
+        for key, _ in config_reference.rows(table):
+            assert f"| `{key}` |" in text, f"{table.heading}: {key}"
+    for name in config_reference.Settings.model_fields:
+        assert f"| `RELAY_{name.upper()}` |" in text
+
+
+def test_templates_guide_filter_examples_render_as_shown() -> None:
+    text = (DOCS / "templates.md").read_text(encoding="utf-8")
+    start = text.index("| Expression | Renders |")
+    rows = [line for line in text[start:].split("\n\n")[0].splitlines()[2:] if line]
+    assert len(rows) >= 8
+    env = environment()
+    for row in rows:
+        cells = re.split(r"(?<!\\)\|", row.strip())[1:-1]
+        source, shown = (c.strip().strip("`").replace("\\|", "|") for c in cells)
+        template = env.from_string("{% autoescape false %}" + source + "{% endautoescape %}")
+        assert template.render(run={}) == shown, source
+
+
+def backup_command() -> str:
+    """The Python the operations guide runs in the container for a SQLite backup."""
+    text = (DOCS / "operations.md").read_text(encoding="utf-8")
+    match = re.search(r'docker exec relay python -c "([^"]*\.backup\([^"]*)"', text)
+    assert match, "docs/operations.md lost its backup command"
+    return match.group(1)
+
+
+def test_operations_backup_command_copies_a_running_store(tmp_path: Path) -> None:
+    live, copy = tmp_path / "live" / "relay.db", tmp_path / "live" / "backup.db"
+    live.parent.mkdir()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "channels:\n  console:\n    type: console\n"
+        "rules:\n  - name: failures\n    match: {status: failure}\n    notify: [console]\n"
+    )
+    relay = RelayProcess(config, live).start()
+    try:
+        body = json.dumps(sdk_run("failed")).encode()
+        request = urllib.request.Request(
+            relay.url + "/v1/runs", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+        code = backup_command().replace("/var/lib/relay/", f"{live.parent}/")
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+    finally:
+        relay.terminate()
+    env = {"RELAY_STORE_URL": f"sqlite:///{copy}"}
+    history = run_cli("history", "--json", "--config", str(config), env=env)
+    assert history.returncode == 0, history.stderr
+    assert sdk_run("failed")["id"] in history.stdout
+    migrated = run_cli("migrate", env=env)
+    assert "up to date" in migrated.stdout, migrated.stdout + migrated.stderr

@@ -1,0 +1,205 @@
+"""deploy/grafana/relay.json and deploy/prometheus/alerts.yml watch the metrics relay exposes.
+
+Every series a dashboard query, dashboard variable or alert rule names must be in the exposition
+of relay.metrics (histogram series and the labels of each included); every label a query
+selects, groups by or shows (legend, alert annotation) must belong to the series it reads; every
+metric family relay exposes has a panel; every panel reads the dashboard's Prometheus data
+source variable. With promtool on PATH (Debian's `prometheus` package) the PromQL itself is
+parsed too.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+
+from relay.metrics import Metrics
+from tests.conftest import REPO
+
+DASHBOARD = REPO / "deploy" / "grafana" / "relay.json"
+ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$job": ".*", "$instance": ".*"}
+TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
+SERIES = re.compile(r"\b(relay_[a-z0-9_]+)\b(?:\{([^}]*)\})?")
+
+
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return data
+
+
+def panels(items: list[dict[str, Any]] | None = None) -> Iterator[dict[str, Any]]:
+    for panel in dashboard()["panels"] if items is None else items:
+        yield panel
+        yield from panels(panel.get("panels", []))
+
+
+def targets() -> list[dict[str, Any]]:
+    return [t for p in panels() for t in p.get("targets", [])]
+
+
+def variable_queries() -> list[str]:
+    return [v["definition"] for v in dashboard()["templating"]["list"] if v.get("definition")]
+
+
+def exposed() -> dict[str, set[str]]:
+    """Series name → its label names, as GET /metrics shows them."""
+    metrics = Metrics()
+    declared = {
+        m._name: set(m._labelnames)
+        for m in vars(metrics).values()
+        if isinstance(m, MetricWrapperBase)
+    }
+    text = metrics.render().decode()
+    series: dict[str, set[str]] = {}
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, flags=re.M):
+        if name.endswith("_created"):
+            continue
+        own = declared.get(name, set()) | declared.get(name.removesuffix("_total"), set())
+        if kind == "histogram":
+            series |= {f"{name}_bucket": own | {"le"}, f"{name}_sum": own, f"{name}_count": own}
+        else:
+            series[name] = own
+    for name, labels in re.findall(r"^(\w+)\{(.*?)\}", text, flags=re.M):  # the Info's labels
+        if name in series:
+            series[name] |= set(re.findall(r"(\w+)=", labels))
+    return series
+
+
+def family(series: str) -> str:
+    return re.sub(r"_(bucket|sum|count)$", "", series)
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    data = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))
+    return [rule for group in data["groups"] for rule in group["rules"]]
+
+
+def queries() -> list[tuple[str, set[str], str]]:
+    """(PromQL, labels it must provide, where) of every panel, variable and alert rule."""
+    out = [
+        (t["expr"], set(re.findall(r"\{\{\s*(\w+)\s*\}\}", t.get("legendFormat", ""))), "dashboard")
+        for t in targets()
+    ]
+    out += [(q, set(), "dashboard variable") for q in variable_queries()]
+    for rule in alert_rules():
+        shown = set(re.findall(r"\$labels\.(\w+)", json.dumps(rule.get("annotations", {}))))
+        out.append((rule["expr"], shown, f"alert {rule['alert']}"))
+    return out
+
+
+def test_every_query_reads_series_and_labels_relay_exposes() -> None:
+    known = exposed()
+    assert len(queries()) >= 25
+    for expr, shown, where in queries():
+        used = SERIES.findall(expr)
+        assert used or re.match(r"up\{", expr), f"{where}: no relay metric in {expr!r}"
+        available = set(TARGET_LABELS)
+        for name, _ in used:
+            assert name in known, f"{where}: {name} is not a relay metric"
+            available |= known[name]
+        selected = {label for _, m in used for label in re.findall(r"(\w+)\s*[=!]~?", m)}
+        grouped = {
+            label.strip()
+            for clause in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr)
+            for label in clause.split(",")
+            if label.strip()
+        }
+        if grouped:  # an aggregation keeps only its `by` labels
+            assert shown <= grouped | {"value"}, f"{where}: shows {shown - grouped}, not kept"
+        for label in selected | grouped | shown:
+            assert label in available, f"{where}: label {label!r} is not on {expr!r}"
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_promtool_parses_every_query(tmp_path: Path) -> None:
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    recorded = []
+    for i, (query, _, _) in enumerate(queries()):
+        if query.startswith("label_values("):
+            continue
+        expr = query
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        recorded.append({"record": f"dashboard:query{i}", "expr": expr})
+    rules = tmp_path / "dashboard.yml"
+    rules.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": recorded}]}))
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(rules)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_every_metric_relay_exposes_has_a_panel() -> None:
+    used = {family(name) for t in targets() for name, _ in SERIES.findall(t["expr"])}
+    assert {family(name) for name in exposed()} == used
+
+
+def test_dashboard_is_importable_with_a_prometheus_data_source_variable() -> None:
+    data = dashboard()
+    assert data["uid"] and data["title"] and isinstance(data["schemaVersion"], int)
+    assert "id" not in data or data["id"] is None, "an exported id clashes on import"
+    variables = data["templating"]["list"]
+    (source,) = [v for v in variables if v["type"] == "datasource"]
+    assert source["query"] == "prometheus"
+    uid = "${" + source["name"] + "}"
+    for variable in variables:
+        if variable["type"] == "query":
+            assert variable["datasource"]["uid"] == uid, variable["name"]
+    ids = [p["id"] for p in panels()]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels():
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": uid}, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == uid, panel["title"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert len(refs) == len(set(refs)), panel["title"]
+
+
+def test_panels_do_not_overlap() -> None:
+    taken: set[tuple[int, int]] = set()
+    for panel in panels():
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        cells = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        assert not cells & taken, f"{panel['title']} overlaps another panel"
+        taken |= cells
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        "Ingest rate by source",
+        "Rejections by reason",
+        "Rules matched",
+        "Sent by channel",
+        "Failed attempts by channel",
+        "Dead by channel",
+        "Muted by channel",
+        "Delivery latency p50 / p99",
+        "Attempts per delivered notification",
+        "Outbox by state",
+        "Config reloads",
+    ],
+)
+def test_the_operator_panels_are_there(title: str) -> None:
+    assert title in {p["title"] for p in panels()}

@@ -1,0 +1,307 @@
+"""relay/openapi.json describes the HTTP API the code serves, and the API keeps to it.
+
+The route test compares the document with the routes build_app registers, both ways. The
+schemathesis test generates requests from the document (valid ones and, for each operation,
+invalid ones) against a real `relay serve` child on 127.0.0.1 with both tokens configured and
+supplied and alert webhooks signed: no answer may be a 5xx, and every answer must have a
+documented status, content type, headers and body. A store seeded with a sent, a dead and a
+muted notification and a silence gives the list endpoints rows to answer with, and the
+seeded ids are looked up once each so the 200 answers of the by-id endpoints are checked too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+import relay
+from relay.formats.trigger_alerts import SIGNATURE_HEADER, signature
+from relay.history import STATES, notification_view
+from relay.model import SILENCE_MATCHERS, Notification
+from relay.silences import new_silence, silence_view
+from relay.sources.http import dead_letter_view, openapi_document
+from tests.conftest import REPO, RelayProcess, registered_routes, sdk_run
+
+OPENAPI = REPO / "relay" / "openapi.json"
+INGEST_TOKEN = "ingest-token-0123456789"
+ADMIN_TOKEN = "admin-token-0123456789"
+ALERT_SECRET = "alert-secret-0123456789"
+ADMIN_PREFIXES = ("/v1/dlq", "/v1/silences", "/v1/notifications")
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+MAX_EXAMPLES = 50  # per operation; the module takes about 10 s
+
+CONFIG = f"""
+server:
+  auth_token: {INGEST_TOKEN}
+  admin_token: {ADMIN_TOKEN}
+sources:
+  trigger_alerts:
+    secret: {ALERT_SECRET}
+defaults:
+  retry: {{max_attempts: 1}}
+channels:
+  console:
+    type: console
+  gone:
+    type: webhook
+    url: http://127.0.0.1:9/unreachable
+rules:
+  - name: failures
+    match: {{status: failure}}
+    notify: [console, gone]
+  - name: completions
+    match: {{status: COMPLETED}}
+    notify: [console]
+"""
+
+
+def document() -> dict[str, Any]:
+    return json.loads(OPENAPI.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- the document
+
+
+def test_every_route_is_documented_and_every_documented_path_is_a_route() -> None:
+    documented = {
+        (method.upper(), path)
+        for path, item in document()["paths"].items()
+        for method in item
+        if method in {"get", "post", "put", "patch", "delete"}
+    }
+    assert documented == registered_routes()
+
+
+def test_document_is_valid_and_names_this_version() -> None:
+    doc = document()
+    assert doc["openapi"].startswith("3.1.")
+    assert doc["info"]["version"] == relay.__version__
+    loaded = schemathesis.openapi.from_path(OPENAPI)
+    loaded.validate()  # against the OpenAPI 3.1 meta-schema
+    assert len(list(loaded.get_all_operations())) == len(registered_routes())
+    assert openapi_document() == OPENAPI.read_bytes(), "the app serves the file as it is"
+
+
+def test_document_vocabularies_match_the_code() -> None:
+    schemas = document()["components"]["schemas"]
+    assert tuple(schemas["State"]["enum"]) == STATES
+    assert tuple(schemas["Matchers"]["properties"]) == SILENCE_MATCHERS
+    row = Notification("ntf_1", "run_1", "rule", "channel", "run", {}, created_at=0.0)
+    assert set(schemas["Notification"]["properties"]) == set(notification_view(row))
+    assert set(schemas["DeadLetter"]["properties"]) == set(dead_letter_view(row))
+    silence = new_silence({"task": ("x",)}, ends_at=2e9, now=1e9)
+    assert set(schemas["Silence"]["properties"]) == set(silence_view(silence, 1e9))
+    for path, item in document()["paths"].items():
+        for operation in item.values():
+            admin = path.startswith(ADMIN_PREFIXES)
+            scheme = {"adminToken"} if admin else {"ingestToken"} if path == "/v1/runs" else set()
+            named = {name for req in operation.get("security", []) for name in req}
+            assert named == scheme, f"{path}: security {named}"
+
+
+# --------------------------------------------------------------- a real relay, seeded
+
+
+def http(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
+def wait_for_states(url: str, wanted: set[str]) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 20
+    while True:
+        _, body = http("GET", url + "/v1/notifications", token=ADMIN_TOKEN)
+        rows: list[dict[str, Any]] = body["notifications"]
+        if wanted <= {row["state"] for row in rows}:
+            return rows
+        assert time.monotonic() < deadline, f"never reached {wanted}: {rows}"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """`relay serve` with both tokens and an alert secret; a sent, a dead and a muted
+    notification and a silence in its store. Yields the URL and the seeded ids."""
+    folder = tmp_path_factory.mktemp("openapi")
+    config = folder / "config.yaml"
+    config.write_text(CONFIG)
+    proc = RelayProcess(config, folder / "relay.db").start()
+    try:
+        url = proc.url
+        ends = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+        silence = {"matchers": {"task": "muted-task"}, "ends_at": ends, "comment": "seed"}
+        assert http("POST", url + "/v1/silences", silence, ADMIN_TOKEN)[0] == 201
+        failed = sdk_run("failed")
+        muted = {**sdk_run("crashed"), "id": "run_muted", "taskIdentifier": "muted-task"}
+        completed = sdk_run("completed")
+        status, answer = http("POST", url + "/v1/runs", [failed, muted, completed], INGEST_TOKEN)
+        assert status == 202 and answer["notifications"] >= 4, answer
+        rows = wait_for_states(url, {"sent", "dead", "muted"})
+        yield {
+            "url": url,
+            "notification": rows[0]["id"],
+            "dead": next(r["id"] for r in rows if r["state"] == "dead"),
+        }
+    finally:
+        proc.kill()
+
+
+def auth_headers(path: str) -> dict[str, str]:
+    token = ADMIN_TOKEN if path.startswith(ADMIN_PREFIXES) else INGEST_TOKEN
+    return {"Authorization": f"Bearer {token}"}
+
+
+def call(case: schemathesis.Case, url: str) -> Any:
+    """The request of a generated case, with the right token, and signed if it is an alert."""
+    headers = auth_headers(case.operation.path)
+    if case.operation.path == "/v1/trigger/alerts" and isinstance(case.body, dict | list):
+        raw = json.dumps(case.body).encode()
+        case.body = raw  # sent as these bytes, so the signature covers what goes out
+        headers[SIGNATURE_HEADER] = signature(raw, ALERT_SECRET)
+        headers["Content-Type"] = "application/json"
+    return case.call(base_url=url, headers=headers, timeout=30)
+
+
+schema = schemathesis.openapi.from_path(OPENAPI)
+schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True)
+
+
+@schema.parametrize()
+def test_api_conforms_to_its_document(case: schemathesis.Case, served: dict[str, Any]) -> None:
+    response = call(case, served["url"])
+    case.validate_response(response, checks=CHECKS)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "seed"),
+    [
+        ("GET", "/v1/notifications/{id}", "notification"),
+        ("POST", "/v1/dlq/{id}/replay", "dead"),
+    ],
+)
+def test_seeded_ids_answer_as_documented(
+    method: str, path: str, seed: str, served: dict[str, Any]
+) -> None:
+    case = schema[path][method].Case(path_parameters={"id": served[seed]})
+    response = call(case, served["url"])
+    assert response.status_code == 200, response.text
+    case.validate_response(response, checks=CHECKS)
+
+
+def test_created_silence_expires_as_documented(served: dict[str, Any]) -> None:
+    ends = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 600))
+    create = schema["/v1/silences"]["POST"].Case(
+        body={"matchers": {"rule": ["failures"]}, "ends_at": ends}, media_type="application/json"
+    )
+    created = call(create, served["url"])
+    assert created.status_code == 201, created.text
+    create.validate_response(created, checks=CHECKS)
+    expire = schema["/v1/silences/{id}"]["DELETE"].Case(
+        path_parameters={"id": created.json()["id"]}
+    )
+    expired = call(expire, served["url"])
+    assert expired.status_code == 200 and expired.json()["state"] == "expired"
+    expire.validate_response(expired, checks=CHECKS)
+
+
+# Edges of what the document allows that were 500s (a date whose UTC time falls outside years
+# 1-9999, a Unicode digit as a limit); the generator seldom reaches them, so they are named here.
+# The silences were even stored before their answer failed, breaking GET /v1/silences for good.
+EDGE_CASES = [
+    (
+        "POST",
+        "/v1/runs",
+        {"id": "run_e", "status": "FAILED", "createdAt": "0001-01-01T00:00+01:00"},
+    ),
+    (
+        "POST",
+        "/v1/runs",
+        {"friendlyId": "run_e", "status": "PENDING", "updatedAt": "9999-12-31T23:59-01:00"},
+    ),
+    ("POST", "/v1/silences", {"matchers": {"task": "x"}, "ends_at": "9999-12-31T23:59:59-01:00"}),
+    (
+        "POST",
+        "/v1/silences",
+        {
+            "matchers": {"task": "x"},
+            "ends_at": "2099-01-01T00:00:00Z",
+            "starts_at": "0001-01-01T00:00:00+01:00",
+        },
+    ),
+    ("GET", "/v1/notifications", {"limit": "²"}),
+    ("GET", "/v1/notifications", {"since": "0001-01-01T00:00:00+01:00"}),
+    (
+        "POST",
+        "/v1/trigger/alerts",
+        {
+            "type": "alert.run.failed",
+            "object": {
+                "run": {"id": "run_e", "status": "FAILED", "createdAt": "0001-01-01T00:00+01:00"}
+            },
+        },
+    ),
+    (
+        "POST",
+        "/v1/trigger/alerts",
+        {
+            "type": "alert.error",
+            "created": "0001-01-01T00:00+01:00",
+            "object": {"classification": "new_issue", "error": {"fingerprint": "f"}},
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "data"), EDGE_CASES)
+def test_out_of_range_input_is_a_400(
+    method: str, path: str, data: dict[str, Any], served: dict[str, Any]
+) -> None:
+    operation = schema[path][method]
+    case = operation.Case(query=data) if method == "GET" else operation.Case(body=data)
+    response = call(case, served["url"])
+    assert response.status_code == 400, response.text
+    case.validate_response(response, checks=CHECKS)
+    listed = call(schema["/v1/silences"]["GET"].Case(query={"expired": "true"}), served["url"])
+    assert listed.status_code == 200, listed.text
+
+
+def test_document_is_served_without_a_token(served: dict[str, Any]) -> None:
+    with urllib.request.urlopen(served["url"] + "/openapi.json", timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert json.loads(response.read()) == document()
+
+
+def test_wrong_tokens_are_refused_as_documented(served: dict[str, Any]) -> None:
+    for path, method in (("/v1/runs", "POST"), ("/v1/dlq", "GET"), ("/v1/notifications", "GET")):
+        operation = schema[path][method]
+        case = operation.Case(body=[]) if method == "POST" else operation.Case()
+        response = case.call(
+            base_url=served["url"], headers={"Authorization": "Bearer wrong"}, timeout=10
+        )
+        assert response.status_code == 401, path
+        case.validate_response(response, checks=CHECKS)
