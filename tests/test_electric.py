@@ -160,7 +160,9 @@ def test_pg_array_examples(text: str, expected: list[Any]) -> None:
     assert parse_pg_array(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "a,b", "{a,b", '{"a}', "{a}x"])
+@pytest.mark.parametrize(
+    "text", ["", "a,b", "{a,b", '{"a}', "{a}x", "{" * 7 + "a" + "}" * 7, "{a," + "{" * 5000]
+)  # the last two: found by bench/fuzz_atheris.py as a RecursionError (a 500 on /v1/runs)
 def test_pg_array_rejects_broken_literals(text: str) -> None:
     with pytest.raises(ValueError):
         parse_pg_array(text)
@@ -176,6 +178,10 @@ ELEMENT = st.one_of(
 @given(st.lists(ELEMENT, max_size=8), st.booleans())
 def test_pg_array_round_trip(items: list[str | None], quote_all: bool) -> None:
     assert parse_pg_array(pg_array(items, quote_all)) == items
+
+
+def test_pg_array_takes_six_dimensions() -> None:
+    assert parse_pg_array("{" * 6 + "a" + "}" * 6) == [[[[[["a"]]]]]]
 
 
 @given(st.lists(st.lists(ELEMENT, min_size=2, max_size=2), min_size=1, max_size=3))

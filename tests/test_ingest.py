@@ -94,7 +94,10 @@ BAD_BODIES: list[tuple[bytes, str | None, str]] = [
     ),
     (b"\xff\xfe{bad utf8}", None, "invalid JSON"),
     (b"[" * 2000 + b"]" * 2000, None, "invalid JSON"),  # nesting deeper than orjson allows
-]
+    # deep enough for orjson, too deep for the serialiser after the 202 (was a 500)
+    (json.dumps(small_failed(metadata=json.loads('{"a":' * 250 + "1" + "}" * 250))).encode(),
+     None, "nested deeper than 64 levels"),
+]  # fmt: skip
 
 
 async def test_bad_bodies_get_400_naming_the_field(relay: RelayFactory) -> None:
@@ -107,6 +110,13 @@ async def test_bad_bodies_get_400_naming_the_field(relay: RelayFactory) -> None:
         assert status == 400, (body[:60], answer)
         assert answer.get("field") == field, (body[:60], answer)
         assert message in answer["error"], (body[:60], answer)
+
+
+async def test_a_packet_too_deep_to_unwrap_is_kept_as_its_text(relay: RelayFactory) -> None:
+    deep = json.dumps({"json": json.loads("[" * 300 + "]" * 300), "meta": {}})
+    run = small_failed(payload=deep, payloadType="application/super+json")
+    r = await relay(CONFIG)
+    assert await r.post(run) == (202, {"accepted": 1, "stale": 0, "notifications": 1})
 
 
 async def test_batch_is_all_or_nothing(relay: RelayFactory) -> None:

@@ -8,6 +8,7 @@ import orjson
 
 from relay.errors import InputError
 from relay.formats.electric import is_raw_row, parse_raw_run
+from relay.formats.packets import MAX_DEPTH, too_deep
 from relay.formats.sdk import parse_sdk_run
 from relay.model import Run
 
@@ -19,9 +20,12 @@ def parse_body(body: bytes) -> Any:
     if not body.strip():
         raise InputError("", "empty body; expected a JSON run object or an array of them")
     try:
-        return orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InputError("", f"invalid JSON: {_json_reason(exc)}") from None
+    if too_deep(data):
+        raise InputError("", f"JSON nested deeper than {MAX_DEPTH} levels")
+    return data
 
 
 def parse_runs(data: Any) -> list[Run]:

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from relay.errors import InputError
+from relay.formats.packets import loads_shallow
 from relay.formats.sdk import parse_sdk_run
 from relay.model import Run, normalise_status, to_utc
 
@@ -172,7 +173,7 @@ def _bool(value: Any) -> Any:
 
 
 def _json(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, str) else value
+    return loads_shallow(value) if isinstance(value, str) else value
 
 
 def _timestamp(value: Any) -> Any:
@@ -205,6 +206,7 @@ def parse_timestamp(text: str) -> datetime:
 
 
 _PG_SPACE = " \t\n\r\v\f"  # what Postgres skips around array elements (array_isspace)
+_PG_MAXDIM = 6  # Postgres arrays have at most 6 dimensions; deeper nesting is not a literal
 
 
 def parse_pg_array(text: str) -> list[Any]:
@@ -224,15 +226,17 @@ def parse_pg_array(text: str) -> list[Any]:
     return items
 
 
-def _array(text: str, pos: int) -> tuple[list[Any], int]:
+def _array(text: str, pos: int, depth: int = 1) -> tuple[list[Any], int]:
     if text[pos : pos + 1] != "{":
         raise ValueError("an array literal starts with {")
+    if depth > _PG_MAXDIM:
+        raise ValueError(f"an array literal nested deeper than {_PG_MAXDIM} dimensions")
     items: list[Any] = []
     pos += 1
     if text[pos : pos + 1] == "}":
         return items, pos + 1
     while True:
-        item, pos = _element(text, pos)
+        item, pos = _element(text, pos, depth)
         items.append(item)
         if pos >= len(text):
             raise ValueError("unterminated array literal")
@@ -243,11 +247,11 @@ def _array(text: str, pos: int) -> tuple[list[Any], int]:
         pos += 1
 
 
-def _element(text: str, pos: int) -> tuple[Any, int]:
+def _element(text: str, pos: int, depth: int) -> tuple[Any, int]:
     while pos < len(text) and text[pos] in _PG_SPACE:
         pos += 1
     if text[pos : pos + 1] == "{":
-        return _array(text, pos)
+        return _array(text, pos, depth + 1)
     quoted = text[pos : pos + 1] == '"'
     pos += quoted
     chars: list[str] = []

@@ -11,6 +11,34 @@ from typing import Any
 import orjson
 
 OFFLOADED = "application/store"
+# JSON nested deeper than this is refused in a request body, and a packet or column that
+# decodes deeper is kept as its text: real run data is shallow, and deep values would exhaust
+# the serialiser (pydantic's depth limit) or a template's recursion long after the 202.
+MAX_DEPTH = 64
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether `value` nests lists/dicts more than `limit` levels (iterative: no recursion)."""
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
+
+
+def loads_shallow(text: str | bytes) -> Any:
+    """orjson.loads, but a ValueError for a document nested deeper than MAX_DEPTH."""
+    value = orjson.loads(text)
+    if too_deep(value):
+        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    return value
 
 
 def offloaded(path: str) -> dict[str, Any]:
@@ -28,8 +56,8 @@ def decode_packet(data: Any, data_type: str | None) -> Any:
         return unwrap_superjson(data) if data_type == "application/super+json" else data
     if data_type in (None, "application/json", "application/super+json"):
         try:
-            value = orjson.loads(data)
-        except orjson.JSONDecodeError:
+            value = loads_shallow(data)
+        except ValueError:  # not JSON, or too deep: kept as the text it came as
             return data
         return unwrap_superjson(value) if data_type == "application/super+json" else value
     return data
