@@ -30,7 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="YAML config (default: $RELAY_CONFIG)")
+    # SUPPRESS: `relay dlq --config X list` and `relay dlq list --config X` both work (a
+    # sub-command's default would otherwise overwrite its group's value)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="YAML config (default: $RELAY_CONFIG)",
+    )
     sub.add_parser("serve", parents=[common], help="run the relay")
     sub.add_parser("check", parents=[common], help="validate the configuration")
     test = sub.add_parser("test", parents=[common], help="dry run: which rules match an event")
@@ -40,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("--json", action="store_true", help="machine-readable output")
     send = sub.add_parser("send-test", parents=[common], help="send a test message to a channel")
     send.add_argument("channel")
-    dlq = sub.add_parser("dlq", help="dead letters")
+    dlq = sub.add_parser("dlq", parents=[common], help="dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq_sub.add_parser("list", parents=[common], help="list dead notifications")
     dlq_list.add_argument("--json", action="store_true")
@@ -49,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("id", nargs="?", help="notification id")
     which.add_argument("--all", action="store_true", help="every dead notification")
     _silence_parser(sub, common)
-    sub.add_parser("migrate", help="create or migrate the store's schema ($RELAY_STORE_URL)")
+    sub.add_parser(
+        "migrate", parents=[common], help="create or migrate the store's schema ($RELAY_STORE_URL)"
+    )
     history = sub.add_parser("history", parents=[common], help="what was sent, when, and why")
     for flag, dest in (("--run", "run_id"), ("--rule", "rule"), ("--channel", "channel")):
         history.add_argument(flag, dest=dest)
@@ -61,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    silence = sub.add_parser("silence", help="mute notifications for a while")
+    silence = sub.add_parser("silence", parents=[common], help="mute notifications for a while")
     silence_sub = silence.add_subparsers(dest="silence_command", required=True)
     add = silence_sub.add_parser("add", parents=[common], help="add a silence")
     for matcher in ("rule", "task", "tag", "status", "channel", "event"):
@@ -101,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compiled(args: argparse.Namespace, settings: Settings) -> Compiled:
-    return compile_config(load(settings, args.config))
+    return compile_config(load(settings, getattr(args, "config", None)))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -368,6 +368,21 @@ def test_dlq_on_a_fresh_store(tmp_path: Path) -> None:
     assert "ntf_nope" in replay_one.stderr
 
 
+def test_every_command_takes_config_after_its_name(tmp_path: Path) -> None:
+    env = store_env(tmp_path)
+    config = str(write(tmp_path / "c.yaml", GOOD))
+    results = parallel(
+        cli("migrate", "--config", config, env=env),
+        cli("dlq", "--config", config, "list", env=env),
+        cli("dlq", "list", "--config", config, env=env),
+        cli("silence", "list", "--config", config, env=env),
+        cli("history", "--config", config, env=env),
+        cli("check", "--config", config, env=env),
+    )
+    for result in results:
+        assert result.returncode == 0, output(result)
+
+
 def fire_on_failed(run: Run, previous: RunState | None) -> Decision:
     """Rule `r1` fires once per FAILED run, to channel `hook`."""
     state = RunState(run.updated_at_ms, run.status, frozenset({"r1"}))
