@@ -96,6 +96,23 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.outbox_oldest = Gauge(
+            "relay_outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending notification (0 when none is pending).",
+            registry=r,
+        )
+        self.realtime_rows = Counter(
+            "relay_realtime_rows_total",
+            "Run rows received from Realtime feeds and submitted, by feed.",
+            ["feed"],
+            registry=r,
+        )
+        self.realtime_lag = Gauge(
+            "relay_realtime_lag_seconds",
+            "From the newest submitted row's updatedAt to its arrival, by feed.",
+            ["feed"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "relay_config_reloads_total", "Config reloads, by result.", ["result"], registry=r
         )
@@ -131,9 +148,16 @@ class Metrics:
             if n.state == "muted":
                 self.muted.labels(channel=n.channel).inc()
 
-    def set_outbox(self, counts: Mapping[str, int]) -> None:
+    def set_outbox(self, counts: Mapping[str, int], oldest: float | None, now: float) -> None:
         for state, count in counts.items():
             self.outbox.labels(state=state).set(count)
+        self.outbox_oldest.set(0.0 if oldest is None else max(now - oldest, 0.0))
+
+    def realtime_batch(self, feed: str, rows: int, lag_s: float | None) -> None:
+        """The Realtime source's hook: one call per batch of rows submitted."""
+        self.realtime_rows.labels(feed=feed).inc(rows)
+        if lag_s is not None:
+            self.realtime_lag.labels(feed=feed).set(max(lag_s, 0.0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -136,6 +136,7 @@ class Service:
                 self.config.sources.realtime,
                 functools.partial(self.intake.submit, source="realtime"),
                 self.store,
+                observe=self.metrics.realtime_batch,
             )
             self.realtime.start()
 
@@ -182,7 +183,8 @@ class Service:
 
     async def _metrics_text(self) -> tuple[bytes, str]:
         with contextlib.suppress(StoreUnavailable):
-            self.metrics.set_outbox(await self.store.counts())
+            counts, oldest = await self.store.counts(), await self.store.oldest_pending()
+            self.metrics.set_outbox(counts, oldest, time.time())
         return self.metrics.render(), METRICS_CONTENT_TYPE
 
     async def _prune_forever(self) -> None:

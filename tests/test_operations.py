@@ -61,6 +61,21 @@ async def test_metrics_count_what_happened(relay: RelayFactory, sink: Sink) -> N
     assert value(text, 'relay_outbox_notifications{state="dead"}') == 1
     assert value(text, 'relay_delivery_latency_seconds_count{channel="hook"}') == 1
     assert 'relay_build_info{version="' in text
+    assert value(text, "relay_outbox_oldest_pending_age_seconds") == 0
+
+
+async def test_the_oldest_pending_notification_ages_while_a_channel_is_down(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    sink.default = status(503, {"Retry-After": "600"})
+    config = CONFIG.format(url=sink.url, rule="failures", status="failure")
+    r = await relay(config.replace("max_attempts: 1,", "max_attempts: 5,"))
+    await r.post(run_with("FAILED", "run_o1"))
+    await sink.wait_for(1)
+    await asyncio.sleep(0.3)
+    text = await metrics_text(r)
+    assert value(text, 'relay_outbox_notifications{state="pending"}') == 1
+    assert 0.2 < value(text, "relay_outbox_oldest_pending_age_seconds") < 60
 
 
 async def test_a_changed_config_file_is_reloaded(

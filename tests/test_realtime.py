@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -458,6 +459,13 @@ async def test_relay_alerts_each_failed_run_of_the_feed_once_in_order(
         status, _ = await r.post(sdk_run("failed"))  # the push source still works beside it
         assert status == 202
         assert await settle(sink, 2, 0.2) == [RUN_A, RUN_E]
+        async with r.http.get(r.url + "/metrics") as resp:
+            metrics = await resp.text()
+        feed = f'feed="tags:{re.escape(TAG)}\\|[^"]*"'  # tags:TAG|24h, the position key
+        rows = re.search(rf"^relay_realtime_rows_total\{{{feed}\}} (\S+)$", metrics, re.M)
+        lag = re.search(rf"^relay_realtime_lag_seconds\{{{feed}\}} (\S+)$", metrics, re.M)
+        assert rows is not None and float(rows.group(1)) >= 2, metrics
+        assert lag is not None and float(lag.group(1)) > 0  # the fixture rows are from 2026-08
 
 
 async def test_relay_with_a_refused_key_logs_and_keeps_serving(

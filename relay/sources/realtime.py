@@ -107,6 +107,10 @@ class _Response:
     body: bytes
 
 
+# (feed key, rows submitted, lag in seconds from the newest row's updatedAt) per batch
+Observe = Callable[[str, int, float | None], None]
+
+
 class Follower:
     """Follows one feed until cancelled (a single-run feed: until the run has finished)."""
 
@@ -120,8 +124,10 @@ class Follower:
         *,
         timing: Timing | None = None,
         sleep: Sleep = asyncio.sleep,
+        observe: Observe | None = None,
     ) -> None:
         self.feed = feed
+        self._observe = observe
         self._config = config
         self._session = session
         self._submit = submit
@@ -203,16 +209,16 @@ class Follower:
         runs = self._decode(batch.rows, batch.position.schema)
         if runs:
             result = await self._submit_until_done(runs)
-            now_ms = time.time() * 1000
             newest = max((r.updated_at_ms or 0) for r in runs)
+            lag_ms = round(time.time() * 1000 - newest) if newest else None
             log.info(
                 "realtime rows submitted",
                 extra=self._extra(
-                    rows=len(runs),
-                    notifications=result.notifications,
-                    lag_ms=round(now_ms - newest) if newest else None,
+                    rows=len(runs), notifications=result.notifications, lag_ms=lag_ms
                 ),
             )
+            if self._observe is not None:
+                self._observe(self.feed.key, len(runs), None if lag_ms is None else lag_ms / 1000)
         await self._save(batch.position, force=bool(runs))
         return self.feed.single_run and any(r.finishedAt is not None for r in runs)
 
@@ -282,8 +288,16 @@ def _error_text(body: bytes) -> str:
 class RealtimeSource:
     """Every configured feed, each in its own task, over one HTTP session."""
 
-    def __init__(self, config: RealtimeConfig, submit: Submit, positions: Positions) -> None:
+    def __init__(
+        self,
+        config: RealtimeConfig,
+        submit: Submit,
+        positions: Positions,
+        *,
+        observe: Observe | None = None,
+    ) -> None:
         self._config = config
+        self._observe = observe
         self._submit = submit
         self._positions = positions
         self._session: aiohttp.ClientSession | None = None
@@ -295,7 +309,12 @@ class RealtimeSource:
         self._session = aiohttp.ClientSession(headers={"User-Agent": "relay"})
         for spec in self._config.feeds:
             follower = Follower(
-                feed_of(spec), self._config, self._session, self._submit, self._positions
+                feed_of(spec),
+                self._config,
+                self._session,
+                self._submit,
+                self._positions,
+                observe=self._observe,
             )
             task = asyncio.create_task(self._lead(follower), name=f"realtime {follower.feed.key}")
             self._tasks.append(task)

@@ -148,6 +148,9 @@ class Store(Protocol):
     async def counts(self) -> dict[str, int]:
         """Number of notifications by state: pending, sent, dead, muted."""
 
+    async def oldest_pending(self) -> float | None:
+        """created_at of the oldest pending notification; None when nothing is pending."""
+
     async def claim_group(
         self, group_key: str, now: float, lease_s: float, limit: int = 1000
     ) -> list[Notification]:

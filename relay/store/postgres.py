@@ -294,6 +294,12 @@ class PostgresStore:
         counts.update({row["state"]: int(row["n"]) for row in rows})
         return counts
 
+    async def oldest_pending(self) -> float | None:
+        value = await self._fetchval(
+            "SELECT MIN(created_at) FROM relay_outbox WHERE state = 'pending'"
+        )
+        return None if value is None else float(value)
+
     async def group_flushed(self, group_key: str, now: float) -> dict[str, str]:
         labels = await self._fetchval(
             "UPDATE relay_groups SET next_flush = NULL, last_sent = $2,"

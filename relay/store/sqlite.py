@@ -241,6 +241,14 @@ class SQLiteStore:
         counts.update({state: int(n) for state, n in rows})
         return counts
 
+    async def oldest_pending(self) -> float | None:
+        value = await self._writer.run(
+            lambda conn: conn.execute(
+                "SELECT MIN(created_at) FROM outbox WHERE state = 'pending'"
+            ).fetchone()[0]
+        )
+        return None if value is None else float(value)
+
     async def claim_group(
         self, group_key: str, now: float, lease_s: float, limit: int = 1000
     ) -> list[Notification]:

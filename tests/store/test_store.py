@@ -140,6 +140,17 @@ async def test_claim_leases_respects_channel_not_before_and_order(store: Store) 
     assert [n.channel for n in await store.claim("c2", now=5.0, limit=10, lease_s=60)] == ["c2"]
 
 
+async def test_oldest_pending_is_what_waits_longest(store: Store) -> None:
+    assert await store.oldest_pending() is None
+    first = (await enqueue(store, "run_1", 10.0))[0]
+    await enqueue(store, "run_2", 20.0, "c2")
+    assert await store.oldest_pending() == 10.0
+    await store.claim("c1", now=30.0, limit=1, lease_s=60)  # claimed, still pending
+    assert await store.oldest_pending() == 10.0
+    await store.mark_sent(first, now=31.0, attempts=1)
+    assert await store.oldest_pending() == 20.0
+
+
 async def test_next_due_accounts_for_leases(store: Store) -> None:
     assert await store.next_due("c1") is None
     await enqueue(store, "run_1", 10.0)
