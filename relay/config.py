@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from relay.durations import Duration, parse_duration
-from relay.errors import ConfigError, Problem
+from relay.errors import ConfigError, Problem, field_message
 from relay.model import FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP
 from relay.windows import InhibitRule, NamedTimeInterval
 from relay.yamlconf import Located, Path_, load_yaml
@@ -365,7 +365,7 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
         elif kind == "missing":
             message = "required key is missing"
         else:
-            message = err["msg"].removeprefix("Value error, ")
+            message = field_message(err)
         out.append(located.problem(path, message))
     return out
 

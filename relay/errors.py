@@ -14,7 +14,9 @@ token or other secret.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 REASONS = (
     "client_error",
@@ -61,6 +63,11 @@ class InputError(RelayError):
         self.field = field
         self.message = message
         super().__init__(f"{field}: {message}" if field else message)
+
+
+def field_message(err: Mapping[str, Any]) -> str:
+    """A pydantic error's message for a person: without pydantic's "Value error, " prefix."""
+    return str(err["msg"]).removeprefix("Value error, ")
 
 
 class StoreUnavailable(RelayError):

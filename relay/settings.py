@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from relay.errors import ConfigError, Problem
+from relay.errors import ConfigError, Problem, field_message
 
 DEFAULT_CONFIG = Path("config.yaml")
 
@@ -66,11 +66,7 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = [
-            Problem("environment", "RELAY_" + str(err["loc"][0]).upper(), _message(err["msg"]))
+            Problem("environment", "RELAY_" + str(err["loc"][0]).upper(), field_message(err))
             for err in exc.errors()
         ]
         raise ConfigError(problems) from None
-
-
-def _message(msg: str) -> str:
-    return msg.removeprefix("Value error, ")

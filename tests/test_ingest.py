@@ -188,3 +188,19 @@ async def test_health_and_readiness(relay: RelayFactory) -> None:
         assert resp.status == 503
     status, _, headers = await raw_post(r.url, json.dumps(small_failed()).encode())
     assert status == 503 and headers["Retry-After"]
+
+
+async def test_unknown_paths_and_methods_get_json_errors(relay: RelayFactory) -> None:
+    r = await relay(CONFIG)
+    async with r.http.get(r.url + "/v1/nope") as resp:
+        assert resp.status == 404 and await resp.json() == {"error": "no such endpoint"}
+    async with r.http.get(r.url + "/v1/runs") as resp:
+        assert resp.status == 405 and resp.headers["Allow"] == "POST"
+        assert await resp.json() == {"error": "method GET not allowed"}
+
+
+async def test_messages_speak_to_people_not_of_pydantic(relay: RelayFactory) -> None:
+    r = await relay(CONFIG)
+    status, body = await r.post(small_failed(updatedAt="0001-01-01T00:00:00+01:00"))
+    assert status == 400 and body["field"] == "updatedAt"
+    assert body["error"] == "date out of range (years 1-9999 in UTC)"

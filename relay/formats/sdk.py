@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from relay.errors import InputError
+from relay.errors import InputError, field_message
 from relay.formats.packets import decode_packet
 from relay.model import Run, normalise_status
 
@@ -39,5 +39,5 @@ def _input_error(exc: ValidationError, where: str) -> InputError:
     err = exc.errors(include_input=False, include_url=False)[0]
     field = ".".join(str(p) for p in err["loc"])
     prefix = f"{where}." if where and field else where
-    message = "required field is missing" if err["type"] == "missing" else err["msg"]
+    message = "required field is missing" if err["type"] == "missing" else field_message(err)
     return InputError(prefix + field, message)

@@ -53,7 +53,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from relay.errors import InputError
+from relay.errors import InputError, field_message
 from relay.model import Run, normalise_status
 
 SIGNATURE_HEADER = "x-trigger-signature-hmacsha256"
@@ -245,7 +245,7 @@ def _validate(fields: dict[str, Any], sources: Mapping[str, str]) -> Run:
         err = exc.errors(include_input=False, include_url=False)[0]
         head, *rest = (str(p) for p in err["loc"])
         field = ".".join([sources.get(head, head), *rest])
-        message = "required field is missing" if err["type"] == "missing" else err["msg"]
+        message = "required field is missing" if err["type"] == "missing" else field_message(err)
         raise InputError(field, message) from None
 
 

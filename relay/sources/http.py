@@ -256,6 +256,20 @@ async def _store_unavailable(request: web.Request, handler: Any) -> web.StreamRe
     return response
 
 
+@web.middleware
+async def _json_http_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own 404/405 (unknown path, wrong method) as JSON errors like every other."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        message = (
+            "no such endpoint" if exc.status == 404 else f"method {request.method} not allowed"
+        )
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error(exc.status, message, headers=headers)
+    return response
+
+
 async def _metrics(deps: HttpDeps, request: web.Request) -> web.Response:
     if deps.metrics is None:
         return error(404, "metrics are not enabled")
@@ -278,7 +292,7 @@ def build_app(deps: HttpDeps) -> web.Application:
     # backstop far above it.
     app = web.Application(
         client_max_size=64 * 1024 * 1024 + 1,
-        middlewares=[_count_rejections(deps), _store_unavailable],
+        middlewares=[_json_http_errors, _count_rejections(deps), _store_unavailable],
     )
     h = Handlers(deps)
     app.router.add_get("/metrics", functools.partial(_metrics, deps))
