@@ -347,7 +347,9 @@ class ChannelLoop:
             )
             self._event("template_error", head, "template")
         run_id = head.run_id if len(rows) == 1 else ""
-        return Outgoing(ident, run_id, head.rule, rendered.parts, self.deps.clock(), recovers)
+        return Outgoing(
+            ident, run_id, head.rule, rendered.parts, self.deps.clock(), recovers, group_key
+        )
 
     async def _throttle(self) -> None:
         bucket = self.route.bucket

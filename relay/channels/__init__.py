@@ -39,6 +39,7 @@ class Outgoing:
     parts: dict[str, str]
     timestamp: float
     recovers: Recovery | None = None
+    group_key: str | None = None  # set when the notification belongs to a digest group
 
 
 class KeyValue(Protocol):

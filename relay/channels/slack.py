@@ -7,8 +7,10 @@ every length Slack checks (header 150, section/context text 3000, fields 10 x 20
 
 With a bot token, the `ts` of the first message about a run is kept in the store (namespace
 `slack_thread`, key `<channel name>:<run id>`) and later messages about that run go into its
-thread. Sends for one run are serialised in-process so concurrent notifications cannot start two
-threads. Incoming webhooks return no `ts`: no threading there.
+thread; for a rule with `group_by`, the thread is the digest group's (key
+`<channel name>:group:<group key>`), so each group's digests follow its first one. Sends for one
+run or group are serialised in-process so concurrent notifications cannot start two threads.
+Incoming webhooks return no `ts`: no threading there.
 
 Recoveries (rules with `update_on_recovery`): each chat.postMessage returns the receipt
 {"channel": <channel id>, "ts"} (chat.update wants the id, not a #name), kept with the
@@ -232,6 +234,11 @@ def slack_message(rendered: str, default_text: str) -> dict[str, Any]:
     return message
 
 
+def thread_subject(message: Outgoing) -> str:
+    """What a thread is about: the digest group of a grouped rule, else the run (its id)."""
+    return f"group:{message.group_key}" if message.group_key else message.run_id
+
+
 class SlackChannel:
     def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
         assert isinstance(settings, SlackSettings)
@@ -251,9 +258,10 @@ class SlackChannel:
         if self.settings.webhook_url is not None:
             await self._post(self.settings.webhook_url.get_secret_value(), payload)
             return None
-        lock = self._locks.get(message.run_id)
+        subject = thread_subject(message)
+        lock = self._locks.get(subject)
         if lock is None:
-            lock = self._locks[message.run_id] = asyncio.Lock()
+            lock = self._locks[subject] = asyncio.Lock()
         async with lock:
             where = _where(message.recovers.receipt) if message.recovers is not None else None
             refused = None if where is None else await self._update(payload, where)
@@ -296,7 +304,7 @@ class SlackChannel:
     ) -> str | None:
         settings = self.settings
         assert settings.token is not None and settings.channel is not None
-        key = f"{self.name}:{message.run_id}"
+        key = f"{self.name}:{thread_subject(message)}"
         thread_ts = await self._thread(key) if threaded else None
         body: dict[str, Any] = {**payload, "channel": settings.channel}
         if settings.username:

@@ -594,3 +594,31 @@ async def test_invalid_blocks_is_dead_and_names_it(
     assert not any(s in listing or s in dead.last_error for s in SECRETS)
     logged = " ".join(str(record.__dict__) for record in caplog.records)  # message and extras
     assert "invalid_blocks" in logged and not any(s in logged for s in SECRETS)
+
+
+async def test_each_digest_group_keeps_its_own_thread(
+    relay: RelayFactory, slack: FakeSlack
+) -> None:
+    grouped = relay_config(slack, "bot").split("rules:")[0] + (
+        "rules:\n  - name: failures\n    match: {status: [failure]}\n    notify: [oncall]\n"
+        "    group_by: [taskIdentifier]\n    group_wait: 100ms\n    group_interval: 300ms\n"
+    )
+    r = await relay(grouped)
+    at = "2026-08-20T09:14:22.461Z"
+
+    def runs(task: str, *ids: str) -> list[dict[str, Any]]:
+        return [run_update(f"run_{task}_{i}", at, taskIdentifier=task) for i in ids]
+
+    await r.post(runs("sync", "1", "2") + runs("video", "1", "2"))  # two digests, two threads
+    await wait_state(r, "sent", 4)
+    await r.post(runs("sync", "3", "4") + runs("video", "3"))  # each group's follow-up
+    await wait_state(r, "sent", 7)
+    assert all(p == [] for p in slack.problems)
+    posted = slack.posted()
+    first = [b for b in posted if "thread_ts" not in b]
+    follow = [b for b in posted if "thread_ts" in b]
+    assert len(first) == 2 and len(follow) == 2
+    for reply in follow:  # under the first digest of its own group, not the channel's first
+        task = "sync" if "sync" in reply["text"] else "video"
+        assert task in slack.messages[reply["thread_ts"]]["text"], (reply["text"], task)
+    assert len({b["thread_ts"] for b in follow}) == 2
