@@ -77,13 +77,18 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
             templates = [rule.template] + ([DIGEST_TEMPLATE] if rule.group_by else [])
             templates += [RECOVERY_TEMPLATE] if rule.update_on_recovery else []
             for template, part in ((t, p) for t in templates for p in kind.parts):
+                where = loaded.locate(("rules", i, "template"))
                 why = renderer.check(kind.type, template, part)
                 if why is not None:
-                    where = loaded.locate(("rules", i, "template"))
                     problems.append(Problem(where, f"rules[{i}].template", f"{kind.type}: {why}"))
+                for unknown in renderer.unknown_names(kind.type, template, part):
+                    warnings.append(
+                        f"{where}: rules[{i}].template: {kind.type}/{template}.{part}: "
+                        f"`{unknown}` is not in the template context (it renders empty)"
+                    )
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))
-    return Compiled(loaded, rules, renderer, tuple(warnings))
+    return Compiled(loaded, rules, renderer, tuple(dict.fromkeys(warnings)))
 
 
 def dashboard_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]:

@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import TemplateError
+from jinja2 import Environment, TemplateError, meta, nodes
 from jinja2.exceptions import SecurityError
+from jinja2.parser import Parser
 
 from relay.config import MatchConfig, RuleConfig, TagMatch, Threshold
 from relay.errors import Problem
@@ -294,12 +295,21 @@ def _metadata_predicate(path: str, wanted: Any) -> Predicate:
     return check
 
 
+WHEN_NAMES = ("run", "payload", "output", "metadata", "error")  # what `when:` can read
+
+
 def _when_predicate(name: str, source: str) -> Predicate:
-    expression = sandbox().compile_expression(source, undefined_to_none=True)
+    env = sandbox()
+    unknown = _unknown_names(env, source)
+    if unknown:
+        known = ", ".join(WHEN_NAMES)
+        raise TemplateError(f"unknown name `{unknown[0]}` (an expression can read {known})")
+    expression = env.compile_expression(source, undefined_to_none=True)
 
     def check(run: Run) -> bool:
         try:
-            return bool(expression(run=run.as_dict()))
+            data = run.as_dict()
+            return bool(expression(run=data, **{k: data.get(k) for k in WHEN_NAMES[1:]}))
         except Exception as exc:
             log.warning(
                 "rule `when` failed; treating as no match",
@@ -308,6 +318,17 @@ def _when_predicate(name: str, source: str) -> Predicate:
             return False
 
     return check
+
+
+def _unknown_names(env: Environment, source: str) -> list[str]:
+    """Names the expression reads that are neither in WHEN_NAMES nor Jinja globals: a typo
+    there would make the rule silently never match."""
+    parser = Parser(env, source, state="variable")
+    expr = parser.parse_expression()
+    tree = nodes.Template([nodes.Output([expr], lineno=1)], lineno=1)
+    tree.set_environment(env)
+    used = meta.find_undeclared_variables(tree)
+    return sorted(used - set(WHEN_NAMES) - set(env.globals))
 
 
 def _template_error(exc: Exception) -> str:

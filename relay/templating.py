@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from jinja2 import ChoiceLoader, FileSystemLoader
-from jinja2.exceptions import TemplateNotFound, TemplateSyntaxError
+from jinja2 import ChoiceLoader, FileSystemLoader, meta, nodes
+from jinja2.exceptions import TemplateError, TemplateNotFound, TemplateSyntaxError
 
 import relay
 from relay.filters import as_text, status_emoji, tojson, truncate_chars
@@ -116,6 +116,23 @@ def _summary(run: Mapping[str, Any], error: Mapping[str, Any] | None) -> str:
     )
     detail = _error_line(error)
     return truncate_chars(f"{line}: {detail}" if detail else line, 300)
+
+
+CONTEXT_NAMES = frozenset(
+    (
+        "run",
+        "rule",
+        "channel",
+        "notification",
+        "dashboard_url",
+        "error",
+        "summary",
+        "payload",
+        "output",
+        "metadata",
+        "group",
+    )
+)
 
 
 def _variables(ctx: RenderContext) -> dict[str, Any]:
@@ -222,6 +239,34 @@ class Renderer:
         except TemplateNotFound:
             return False
         return True
+
+    def unknown_names(self, channel_type: str, name: str, part: str) -> list[str]:
+        """Top-level names the template reads that its context does not have (a misspelled
+        variable renders empty, so `relay check` warns); [] when it cannot be read."""
+        try:
+            ast = self._parse(_template_name(channel_type, name, part))
+            known = self._names_set(ast, set())
+        except TemplateError:
+            return []
+        used = meta.find_undeclared_variables(ast) - known
+        return sorted(used - CONTEXT_NAMES - set(self._env.globals))
+
+    def _parse(self, template: str) -> nodes.Template:
+        source, _, _ = self._loader.get_source(self._env, template)
+        return self._env.parse(source)
+
+    def _names_set(self, ast: nodes.Template, seen: set[str]) -> set[str]:
+        """Names a template and those it extends, includes or imports set or import: jinja's
+        analysis sees each block alone and would flag a `{% set %}` made in another."""
+        names = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
+        names |= {n.target for n in ast.find_all(nodes.Import)}
+        for imported in ast.find_all(nodes.FromImport):
+            names |= {n if isinstance(n, str) else n[1] for n in imported.names}
+        for ref in meta.find_referenced_templates(ast):
+            if ref is not None and ref not in seen:
+                seen.add(ref)
+                names |= self._names_set(self._parse(ref), seen)
+        return names
 
     def check(self, channel_type: str, name: str, part: str) -> str | None:
         """None when the template exists and compiles; else what is wrong, with its line."""

@@ -198,6 +198,20 @@ def test_check_missing_file_and_builtin_default(tmp_path: Path) -> None:
     assert "1 channels, 1 rules" in builtin.stdout
 
 
+def test_check_warns_of_a_misspelled_template_variable(tmp_path: Path) -> None:
+    (tmp_path / "templates" / "console").mkdir(parents=True)
+    write(tmp_path / "templates" / "console" / "mine.txt.j2", "{{ runn.id }} {{ run.status }}\n")
+    config = write(
+        tmp_path / "c.yaml",
+        "templates: {dir: ./templates}\nchannels: {c: {type: console}}\n"
+        "rules:\n  - {name: r, notify: [c], template: mine}\n",
+    )
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 0, output(result)
+    assert "`runn` is not in the template context" in result.stderr
+    assert "c.yaml:4" in result.stderr
+
+
 # ----------------------------------------------------------------------------------- relay test
 
 DRY_RUN_CONFIG = """\

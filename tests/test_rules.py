@@ -96,8 +96,10 @@ def test_match_operators(match: str, fields: dict[str, Any], expected: bool) -> 
         ),
         ("(1 / 0) > 1", {}, False),  # a runtime error is no match and a log line, not a crash
         ("run.__class__.__mro__", {}, False),  # sandbox
+        ("metadata.step == 'fetch' and payload.n > 1", {"metadata": {"step": "fetch"}, "payload": {"n": 2}}, True),
+        ("error.message is string", {"error": {"message": "boom"}}, True),
     ],
-)
+)  # fmt: skip
 def test_when_expressions(when: str, fields: dict[str, Any], expected: bool) -> None:
     rules = ruleset(f'  - name: r\n    when: "{when}"\n    notify: [c]\n')
     assert matched(rules, run(**fields)) == (["r"] if expected else [])
@@ -109,6 +111,19 @@ def test_bad_when_is_a_config_problem_with_line() -> None:
     _, problems = compile_rules(loaded.config.rules, loaded.locate)
     assert [p.location for p in problems] == ["c.yaml:4"]
     assert "invalid expression" in problems[0].message
+
+
+@pytest.mark.parametrize(
+    ("when", "unknown"), [("runn.durationMs > 1", "runn"), ("run.x or tags | length", "tags")]
+)
+def test_a_when_reading_an_unknown_name_is_a_problem_not_a_silent_no_match(
+    when: str, unknown: str
+) -> None:
+    text = f"channels: {{c: {{type: console}}}}\nrules:\n  - name: r\n    when: '{when}'\n    notify: [c]\n"
+    loaded = parse_config(text, "c.yaml", settings_models(), {})
+    _, problems = compile_rules(loaded.config.rules, loaded.locate)
+    assert [p.location for p in problems] == ["c.yaml:4"]
+    assert f"unknown name `{unknown}`" in problems[0].message
 
 
 def test_first_match_wins_unless_continue() -> None:

@@ -21,10 +21,12 @@ from relay.filters import duration, money, stack, status_emoji, tojson, truncate
 from relay.grouping import digest_context
 from relay.model import Run
 from relay.templating import (
+    CONTEXT_NAMES,
     TEMPLATE_SUFFIX,
     RenderContext,
     Rendered,
     Renderer,
+    _variables,
     fallback_json,
     fallback_text,
     sandbox,
@@ -594,3 +596,7 @@ def test_check(tmp_path: Path) -> None:
     problem = renderer.check("console", "bad", "txt")
     assert problem is not None and problem.startswith("console/bad.txt.j2 line 3: ")
     assert renderer.check("console", "nope", "txt") == "template console/nope.txt.j2 not found"
+
+
+def test_the_names_relay_check_knows_are_the_context() -> None:
+    assert set(_variables(RenderContext({}, "r", "c", "console", "ntf_1", None))) == CONTEXT_NAMES
