@@ -20,6 +20,7 @@ from relay.errors import ConfigError, InputError, RelayError
 from relay.logs import setup_logging
 from relay.service import serve
 from relay.settings import Settings, load_settings
+from relay.workers import EVENTS_FLAG, MAX_WORKERS, WORKER_FLAG, Role
 
 log = logging.getLogger("relay")
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -38,7 +39,15 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="YAML config (default: $RELAY_CONFIG)",
     )
-    sub.add_parser("serve", parents=[common], help="run the relay")
+    serve_cmd = sub.add_parser("serve", parents=[common], help="run the relay")
+    serve_cmd.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="delivery in N processes of their own (default: $RELAY_WORKERS, else 0: in-process)",
+    )
+    serve_cmd.add_argument(WORKER_FLAG, type=int, default=None, help=argparse.SUPPRESS)
+    serve_cmd.add_argument(EVENTS_FLAG, type=int, default=None, help=argparse.SUPPRESS)
     sub.add_parser("check", parents=[common], help="validate the configuration")
     test = sub.add_parser("test", parents=[common], help="dry run: which rules match an event")
     test.add_argument(
@@ -125,7 +134,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         log.info("config loaded", extra={"config": compiled.loaded.source.filename})
     for warning in compiled.warnings:
         log.warning(warning)
-    asyncio.run(serve(settings, compiled))
+    workers = settings.workers if args.workers is None else args.workers
+    if not 0 <= workers <= MAX_WORKERS:
+        print(f"relay: --workers must be 0-{MAX_WORKERS}", file=sys.stderr)
+        return 2
+    events = None if args.events_fd is None else os.fdopen(args.events_fd, "w", encoding="utf-8")
+    asyncio.run(serve(settings, compiled, Role(workers, args.delivery_worker, events)))
     return 0
 
 

@@ -19,6 +19,15 @@ from relay.model import Notification
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+class Delivered(Protocol):
+    """What a delivery outcome's metrics need of its notification (a row, or a worker's event)."""
+
+    @property
+    def channel(self) -> str: ...
+    @property
+    def created_at(self) -> float: ...
+
+
 class IntakeOutcome(Protocol):
     @property
     def accepted(self) -> int: ...
@@ -122,7 +131,7 @@ class Metrics:
             registry=r,
         )
 
-    def delivery_event(self, kind: str, row: Notification, reason: str, attempts: int) -> None:
+    def delivery_event(self, kind: str, row: Delivered, reason: str, attempts: int) -> None:
         """Delivery's hook: one call per finished attempt, mute or template fallback."""
         channel = row.channel
         if kind == "sent":

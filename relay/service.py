@@ -31,11 +31,13 @@ from relay.intake import Intake
 from relay.logs import SCRUB
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.metrics import Metrics
+from relay.model import Notification
 from relay.settings import Settings
 from relay.silences import SilenceCache
 from relay.sources.http import HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource
 from relay.store import Store, open_store
+from relay.workers import Outcome, Role, WorkerPool, read_commands, write_event
 
 log = logging.getLogger("relay")
 SHUTDOWN_GRACE_S = 10.0
@@ -56,9 +58,11 @@ class Service:
     one is refused and the running one kept.
     """
 
-    def __init__(self, settings: Settings, compiled: Compiled) -> None:
+    def __init__(self, settings: Settings, compiled: Compiled, role: Role | None = None) -> None:
         self.settings = settings
         self.compiled = compiled
+        self.role = role or Role()
+        self.pool: WorkerPool | None = None
         self.store: Store = open_store(settings.store_url)
         self.http = HttpClient()
         self.metrics = Metrics()
@@ -80,11 +84,22 @@ class Service:
     async def start(self) -> tuple[str, int]:
         SCRUB.set(self.compiled.loaded.secrets())
         await self.store.open()
+        if self.role.index is not None:
+            return await self._start_worker()
         released = await self.store.release_leases()
         if released:
             log.info("resuming notifications claimed before a restart", extra={"count": released})
-        self.delivery = self._delivery(self.compiled)
-        self.delivery.start()
+        if self.role.workers:
+            self.pool = WorkerPool(
+                self.role.workers,
+                self._config_args(),
+                lambda: self.config.channels,
+                self.metrics.delivery_event,
+            )
+            await self.pool.start()
+        else:
+            self.delivery = self._delivery(self.compiled)
+            self.delivery.start()
         self.intake = Intake(
             self.store,
             lambda: self.compiled.rules,
@@ -101,6 +116,18 @@ class Service:
         ]
         return self.address
 
+    async def _start_worker(self) -> tuple[str, int]:
+        """A delivery worker: the loops of the channels it owns, commands from the parent."""
+        self.delivery = self._delivery(self.compiled)
+        self.delivery.start()
+        commands = read_commands(self._wake, self._wake_all, self._reload_soon, self.request_stop)
+        self._tasks = [asyncio.create_task(commands, name="commands")]
+        return "", 0
+
+    def _config_args(self) -> list[str]:
+        loaded = self.compiled.loaded
+        return [] if loaded.builtin else ["--config", loaded.source.filename]
+
     def _delivery(self, compiled: Compiled) -> Delivery:
         config = compiled.loaded.config
         env = ChannelEnv(self.http, sys.stdout, config.defaults.timeout, self.store)
@@ -110,10 +137,16 @@ class Service:
             retry=config.defaults.retry,
             dashboard_link=dashboard_link(config.defaults),
             silences=self.silences,
-            on_event=self.metrics.delivery_event,
+            on_event=self.metrics.delivery_event if self.role.events is None else self._forward,
         )
-        routes = {name: route_for(compiled, name, env) for name in config.channels}
+        names = self.role.owned(config.channels)
+        routes = {name: route_for(compiled, name, env) for name in names}
         return Delivery(deps, routes)
+
+    def _forward(self, kind: str, row: Notification, reason: str, attempts: int) -> None:
+        """A worker's delivery outcome, to the parent's metrics."""
+        assert self.role.events is not None
+        write_event(self.role.events, kind, Outcome(row.channel, row.created_at), reason, attempts)
 
     async def _serve_http(self, intake: Intake) -> tuple[str, int]:
         app = build_app(self._http_deps(intake))
@@ -164,11 +197,15 @@ class Service:
         )
 
     def _wake(self, channel: str) -> None:
-        if self.delivery is not None:
+        if self.pool is not None:
+            self.pool.wake(channel)
+        elif self.delivery is not None:
             self.delivery.wake(channel)
 
     def _wake_all(self) -> None:
-        if self.delivery is not None:
+        if self.pool is not None:
+            self.pool.wake_all()
+        elif self.delivery is not None:
             self.delivery.wake_all()
 
     async def _ready(self) -> str | None:
@@ -224,8 +261,11 @@ class Service:
         old_delivery, old_sources = self.delivery, self.config.sources
         SCRUB.set([*self.compiled.loaded.secrets(), *compiled.loaded.secrets()])
         self.compiled = compiled
-        self.delivery = self._delivery(compiled)
-        self.delivery.start()
+        if self.pool is not None:
+            self.pool.reload()  # each worker reloads the same file and takes its channels
+        else:
+            self.delivery = self._delivery(compiled)
+            self.delivery.start()
         if old_delivery is not None:
             await old_delivery.stop(SHUTDOWN_GRACE_S)
         if compiled.loaded.config.sources.realtime != old_sources.realtime:
@@ -271,6 +311,8 @@ class Service:
             await self.realtime.stop()
         if self.runner is not None:
             await self.runner.cleanup()
+        if self.pool is not None:
+            await self.pool.stop(SHUTDOWN_GRACE_S)
         if self.delivery is not None:
             await self.delivery.stop(SHUTDOWN_GRACE_S)
         await self.http.close()
@@ -288,11 +330,15 @@ def _bound_address(site: web.TCPSite, host: str, port: int) -> tuple[str, int]:
     return host, port
 
 
-async def serve(settings: Settings, compiled: Compiled) -> None:
-    service = Service(settings, compiled)
+async def serve(settings: Settings, compiled: Compiled, role: Role | None = None) -> None:
+    service = Service(settings, compiled, role)
     service.install_signal_handlers()
     try:
         host, port = await service.start()
+        if service.role.index is not None:
+            log.info("delivery worker ready", extra={"worker": service.role.index})
+            await service.run_until_stopped()
+            return
         config = compiled.loaded.config
         log.info(
             "listening",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.errors import ConfigError, Problem, field_message
@@ -14,7 +14,8 @@ DEFAULT_CONFIG = Path("config.yaml")
 
 
 class Settings(BaseSettings):
-    """RELAY_CONFIG, RELAY_LISTEN, RELAY_STORE_URL, RELAY_LOG_FORMAT, RELAY_LOG_LEVEL."""
+    """RELAY_CONFIG, RELAY_LISTEN, RELAY_STORE_URL, RELAY_LOG_FORMAT, RELAY_LOG_LEVEL,
+    RELAY_WORKERS."""
 
     model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore", frozen=True)
 
@@ -23,6 +24,7 @@ class Settings(BaseSettings):
     store_url: str = "sqlite:///data/relay.db"
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    workers: int = Field(default=0, ge=0, le=64)  # relay serve: delivery processes (0: none)
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

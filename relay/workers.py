@@ -1,0 +1,247 @@
+"""relay serve --workers N: delivery in N child processes, everything else in this one.
+
+One Python process runs intake, rules and delivery under one GIL, so it uses about one core.
+With workers, this process keeps HTTP intake, the rules, the Realtime follower and retention;
+each child (`relay serve --delivery-worker I`, same config and store) runs the delivery loops of
+the channels it owns: channel names sorted, the i-th owned by worker i mod N. A channel has one
+owner, so its rate limit, concurrency, ordering and Slack threads hold as in one process; the
+store's claims and leases would keep a notification from going out twice anyway.
+
+Between the processes, two pipes per child:
+
+- the child's stdin, commands from here: `wake <channel>` after a commit created work for it
+  (the child also polls the store every second), `wake *`, `reload` (the config changed here),
+  and end of file: stop. A parent killed with -9 closes every stdin, so its children finish
+  their in-flight sends and exit by themselves.
+- an events pipe (fd passed as --events-fd), one JSON line per delivery outcome, which this
+  process turns into its own metrics: /metrics stays one endpoint.
+
+A child that dies is started again after a second; what it had claimed waits for its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import orjson
+
+log = logging.getLogger("relay.workers")
+WORKER_FLAG = "--delivery-worker"
+EVENTS_FLAG = "--events-fd"
+RESTART_AFTER_S = 1.0
+MAX_WORKERS = 64
+
+
+@dataclass(frozen=True)
+class Role:
+    """This process's part: everything (workers=0), intake with `workers` children, or the
+    delivery worker number `index` (its outcomes written to `events`)."""
+
+    workers: int = 0
+    index: int | None = None
+    events: IO[str] | None = None
+
+    def owned(self, channels: Collection[str]) -> list[str]:
+        """The channels this process delivers."""
+        if self.index is None:
+            return [] if self.workers else list(channels)
+        return sorted(owned(self.index, channels, self.workers))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One delivery outcome as the events pipe carries it (what metrics need of a row)."""
+
+    channel: str
+    created_at: float
+
+
+# (kind, outcome, reason, attempts): Metrics.delivery_event's shape
+EventSink = Callable[[str, Outcome, str, int], None]
+
+
+def owner(channel: str, channels: Collection[str], count: int) -> int:
+    """The worker that delivers `channel`: its place among the sorted channel names, mod N."""
+    ordered = sorted(channels)
+    return ordered.index(channel) % count if channel in ordered else 0
+
+
+def owned(index: int, channels: Collection[str], count: int) -> set[str]:
+    return {name for name in channels if owner(name, channels, count) == index}
+
+
+def write_event(out: IO[str], kind: str, outcome: Outcome, reason: str, attempts: int) -> None:
+    """The child's side of the events pipe: one JSON line."""
+    line = {
+        "kind": kind,
+        "channel": outcome.channel,
+        "reason": reason,
+        "attempts": attempts,
+        "at": outcome.created_at,
+    }
+    out.write(orjson.dumps(line).decode() + "\n")
+    out.flush()
+
+
+def read_event(line: bytes) -> tuple[str, Outcome, str, int] | None:
+    try:
+        data = orjson.loads(line)
+        return (
+            str(data["kind"]),
+            Outcome(str(data["channel"]), float(data["at"])),
+            str(data["reason"]),
+            int(data["attempts"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass
+class _Child:
+    index: int
+    proc: asyncio.subprocess.Process | None = None
+    supervisor: asyncio.Task[None] | None = None
+    events: asyncio.StreamReader | None = None
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class WorkerPool:
+    """Starts, feeds, supervises and stops the delivery workers."""
+
+    def __init__(
+        self,
+        count: int,
+        config_args: list[str],
+        channels: Callable[[], Collection[str]],
+        on_event: EventSink,
+    ) -> None:
+        self._count = count
+        self._args = config_args  # e.g. ["--config", path]: the children read what we read
+        self._channels = channels
+        self._on_event = on_event
+        self._children = [_Child(i) for i in range(count)]
+        self._stopping = False
+
+    async def start(self) -> None:
+        for child in self._children:
+            child.supervisor = asyncio.create_task(
+                self._supervise(child), name=f"worker {child.index}"
+            )
+        await asyncio.gather(*(c.started.wait() for c in self._children))
+
+    def wake(self, channel: str) -> None:
+        self._send(owner(channel, self._channels(), self._count), f"wake {channel}")
+
+    def wake_all(self) -> None:
+        for child in self._children:
+            self._send(child.index, "wake *")
+
+    def reload(self) -> None:
+        for child in self._children:
+            self._send(child.index, "reload")
+
+    def pids(self) -> list[int]:
+        return [c.proc.pid for c in self._children if c.proc is not None]
+
+    def _send(self, index: int, command: str) -> None:
+        proc = self._children[index].proc
+        if proc is None or proc.stdin is None or proc.stdin.is_closing():
+            return  # a child being restarted polls the store when it is back
+        proc.stdin.write(command.encode() + b"\n")
+
+    async def _spawn(self, child: _Child) -> None:
+        read_fd, write_fd = os.pipe()
+        try:
+            child.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "relay",
+                "serve",
+                *self._args,
+                "--workers",
+                str(self._count),
+                WORKER_FLAG,
+                str(child.index),
+                EVENTS_FLAG,
+                str(write_fd),
+                stdin=asyncio.subprocess.PIPE,
+                pass_fds=(write_fd,),
+            )
+        finally:
+            os.close(write_fd)
+        reader = asyncio.StreamReader(limit=1 << 20)
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", buffering=0)
+        )
+        child.events = reader
+        log.info("delivery worker started", extra={"worker": child.index, "pid": child.proc.pid})
+
+    async def _supervise(self, child: _Child) -> None:
+        """Run the child, relay its events, and start it again if it dies unasked."""
+        while not self._stopping:
+            await self._spawn(child)
+            child.started.set()
+            assert child.proc is not None and child.events is not None
+            await self._relay_events(child.events)
+            code = await child.proc.wait()
+            if self._stopping:
+                return
+            log.error(
+                "delivery worker exited; starting it again",
+                extra={"worker": child.index, "code": code},
+            )
+            await asyncio.sleep(RESTART_AFTER_S)
+
+    async def _relay_events(self, events: asyncio.StreamReader) -> None:
+        while line := await events.readline():
+            event = read_event(line)
+            if event is not None:
+                self._on_event(*event)
+
+    async def stop(self, grace_s: float) -> None:
+        """Close every child's stdin (its signal to finish and exit), then wait, then kill."""
+        self._stopping = True
+        for child in self._children:
+            if child.proc is not None and child.proc.stdin is not None:
+                child.proc.stdin.close()
+        procs = [c.proc for c in self._children if c.proc is not None]
+        _, late = await asyncio.wait(
+            [asyncio.create_task(p.wait()) for p in procs], timeout=grace_s + 5
+        )
+        for proc in procs:
+            if proc.returncode is None:
+                log.warning("delivery worker did not stop in time; killed", extra={"pid": proc.pid})
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        for task in late:
+            await task
+        for child in self._children:
+            if child.supervisor is not None:
+                await asyncio.gather(child.supervisor, return_exceptions=True)
+
+
+async def read_commands(
+    wake: Callable[[str], None],
+    wake_all: Callable[[], None],
+    reload: Callable[[], Any],
+    stop: Callable[[], None],
+) -> None:
+    """The child's side of stdin: commands until end of file, then `stop`."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        command, _, arg = line.decode(errors="replace").strip().partition(" ")
+        if command == "wake":
+            wake_all() if arg == "*" else wake(arg)
+        elif command == "reload":
+            reload()
+    stop()

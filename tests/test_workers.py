@@ -1,0 +1,149 @@
+"""relay serve --workers N: delivery in child processes, intake in the parent; real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from relay.model import notification_id
+from relay.workers import owned, owner
+from tests.conftest import RelayProcess, Sink, hang
+from tests.test_durability import delivered_ids, post_all, runs
+
+CHANNELS = ("a", "b", "c")
+CONFIG = """\
+defaults:
+  retry: {{max_attempts: 50, max_age: 1h, min_backoff: 100ms, max_backoff: 500ms}}
+  timeout: 30s
+channels:
+{channels}
+rules:
+  - name: failures
+    match: {{status: [failure]}}
+    notify: [{names}]
+"""
+
+
+def config(url: str, names: tuple[str, ...] = CHANNELS) -> str:
+    channels = "".join(f"  {n}: {{type: webhook, url: {url}/{n}, concurrency: 4}}\n" for n in names)
+    return CONFIG.format(channels=channels, names=", ".join(names))
+
+
+def wanted(items: list[dict[str, object]], names: tuple[str, ...] = CHANNELS) -> set[str]:
+    return {notification_id(str(r["id"]), "failures", n) for r in items for n in names}
+
+
+def worker_pids(proc: RelayProcess) -> dict[int, int]:
+    """worker index -> pid, the latest start of each, from the parent's log."""
+    started = [e for e in proc.logs if e.get("msg") == "delivery worker started"]
+    return {int(e["worker"]): int(e["pid"]) for e in started}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def wait_until(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def sent_total(url: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    return sum(
+        float(v) for v in re.findall(r"^relay_notifications_sent_total\{.*\} (\S+)$", text, re.M)
+    )
+
+
+def test_each_channel_has_exactly_one_worker() -> None:
+    names = [f"ch{i}" for i in range(7)]
+    for count in (1, 2, 3):
+        shares = [owned(i, names, count) for i in range(count)]
+        assert set().union(*shares) == set(names)
+        assert sum(len(s) for s in shares) == len(names)
+        assert all(owner(n, names, count) == i for i, s in enumerate(shares) for n in s)
+
+
+async def test_workers_deliver_everything_once_and_the_parent_counts_it(
+    relay_process: Callable[..., RelayProcess], sink: Sink
+) -> None:
+    proc = relay_process(config(sink.url), {"RELAY_WORKERS": "2"})
+    await asyncio.to_thread(proc.start)
+    assert sorted(worker_pids(proc)) == [0, 1]
+    items = runs(60)
+    await post_all(proc.url, items)
+    want = wanted(items)
+    assert await delivered_ids(sink, 0, want) == want
+    assert len(sink.received) == len(want)  # nothing twice
+    for _ in range(50):  # the events pipe is asynchronous: the count catches up
+        if await sent_total(proc.url) == len(want):
+            break
+        await asyncio.sleep(0.1)
+    assert await sent_total(proc.url) == len(want)
+    pids = list(worker_pids(proc).values())
+    assert await asyncio.to_thread(proc.terminate) == 0
+    assert not any(alive(pid) for pid in pids)
+
+
+async def test_kill_9_of_the_parent_stops_the_workers_and_a_restart_loses_nothing(
+    relay_process: Callable[..., RelayProcess], sink: Sink
+) -> None:
+    sink.default = hang(60)  # deliveries are in flight in the workers when the parent dies
+    proc = relay_process(config(sink.url), {"RELAY_WORKERS": "2"})
+    await asyncio.to_thread(proc.start)
+    items = runs(20)
+    await post_all(proc.url, items)
+    await sink.wait_for(4)
+    pids = list(worker_pids(proc).values())
+    proc.kill()
+    await wait_until(lambda: not any(alive(pid) for pid in pids))  # stdin closed: they stop
+    sink.default = None
+    before = len(sink.received)
+    await asyncio.to_thread(proc.start)
+    want = wanted(items)
+    assert await delivered_ids(sink, before, want) == want
+
+
+async def test_a_killed_worker_is_started_again(
+    relay_process: Callable[..., RelayProcess], sink: Sink
+) -> None:
+    proc = relay_process(config(sink.url), {"RELAY_WORKERS": "2"})
+    await asyncio.to_thread(proc.start)
+    first = worker_pids(proc)
+    os.kill(first[1], signal.SIGKILL)
+    await wait_until(lambda: worker_pids(proc).get(1, first[1]) != first[1])
+    assert any(e.get("msg") == "delivery worker exited; starting it again" for e in proc.logs)
+    items = runs(10)
+    await post_all(proc.url, items)
+    want = wanted(items)
+    assert await delivered_ids(sink, 0, want) == want
+
+
+async def test_a_reload_reaches_the_workers(
+    relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
+) -> None:
+    proc = relay_process(config(sink.url), {"RELAY_WORKERS": "2"})
+    await asyncio.to_thread(proc.start)
+    (tmp_path / "config.yaml").write_text(config(sink.url, (*CHANNELS, "d")))
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGHUP)
+    await wait_until(lambda: any(e.get("msg") == "config reloaded" for e in proc.logs))
+    await asyncio.sleep(0.5)  # the workers reload the same file after the parent
+    items = runs(5)
+    await post_all(proc.url, items)
+    want = wanted(items, (*CHANNELS, "d"))
+    assert await delivered_ids(sink, 0, want) == want
