@@ -188,7 +188,9 @@ class ChannelLoop:
     async def _step(self) -> None:
         self.wake.clear()
         free = self.route.concurrency - len(self.inflight)
-        if free <= 0:
+        if free <= 0 or (self.inflight and free < self.route.concurrency // 4):
+            # busy: claim a quarter of the slots at once rather than one per finished send (a
+            # claim is a store round trip; one per send made the store the bottleneck)
             await self._idle(POLL_S)
             return
         now = self.deps.clock()

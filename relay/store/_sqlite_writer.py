@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from relay.errors import StoreUnavailable
+from relay.store._sqlite_lock import WriteLock
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], T]
@@ -49,7 +50,8 @@ class _Job:
 class Writer:
     """The writer thread, its connection and the queue of ops waiting for the next batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, lock: WriteLock | None = None) -> None:
+        self._lock = lock  # between processes writing the same file; None: this one only
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # used only in the writer thread
         self._pending: list[_Job] = []
@@ -62,12 +64,22 @@ class Writer:
         if self._accepting:
             return
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-store")
-        try:
-            conn = await asyncio.get_running_loop().run_in_executor(executor, connect)
+        if self._lock is not None:
+            self._lock.open()
+        try:  # opening migrates the schema: one process at a time
+            conn = await asyncio.get_running_loop().run_in_executor(
+                executor, lambda: self._locked(connect)
+            )
         except BaseException:
             executor.shutdown(wait=False)
+            if self._lock is not None:
+                self._lock.close()
             raise
         self._executor, self._conn, self._accepting = executor, conn, True
+
+    def _locked(self, call: Callable[[], T]) -> T:
+        with self._lock.held() if self._lock is not None else contextlib.nullcontext():
+            return call()
 
     async def stop(self) -> None:
         """Refuse new ops, finish the queued ones, close the connection, end the thread."""
@@ -84,6 +96,8 @@ class Writer:
             raise unavailable("store close failed", exc) from exc
         finally:
             executor.shutdown(wait=True)
+            if self._lock is not None:
+                self._lock.close()
 
     async def run(self, op: Op[T]) -> T:
         """Run `op` in the next batch; its result once that batch has committed."""
@@ -126,6 +140,9 @@ class Writer:
         conn = self._conn
         if conn is None:
             return [(None, StoreUnavailable("store is closed")) for _ in ops]
+        return self._locked(lambda: self._run_locked(conn, ops))
+
+    def _run_locked(self, conn: sqlite3.Connection, ops: list[Op[Any]]) -> list[_Outcome]:
         outcomes: list[_Outcome] = [(None, None)] * len(ops)
         todo = list(range(len(ops)))
         while todo:

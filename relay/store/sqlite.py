@@ -19,6 +19,7 @@ from relay.grouping import group_key, group_labels, schedule
 from relay.model import GroupState, Match, Notification, Run, Silence
 from relay.store import Decide, HistoryQuery, Observed, owed_notification
 from relay.store._sqlite_history import event_rows, history_rows
+from relay.store._sqlite_lock import WriteLock
 from relay.store._sqlite_schema import (
     SCHEMA_VERSION,
     Event,
@@ -73,7 +74,7 @@ class SQLiteStore:
     def __init__(self, path: Path | str, *, max_pages: int | None = None) -> None:
         self.path = Path(path)
         self._max_pages = max_pages
-        self._writer = Writer()
+        self._writer = Writer(WriteLock(self.path, _BUSY_TIMEOUT_MS / 1000))
 
     @property
     def commits(self) -> int:
