@@ -2,11 +2,19 @@
 
     python bench/_load.py URL [--seconds 10] [--warmup 1.5] [--concurrency 64] [--batch 1]
                               [--max-requests N] [--client aiohttp|raw] [--failed-every 5]
+                              [--format sdk|alertmanager] [--rate R] [--record-sends]
 
 Bodies are the SDK run fixture run_failed.json with a unique `id` per run; every
 `--failed-every`-th run keeps status FAILED, the others are EXECUTING. With --batch B each request
-is a JSON array of B runs. Requests completed during the warm-up are not measured; issuing stops
-at the end of the window or after --max-requests, whichever comes first.
+is a JSON array of B runs. `--format alertmanager` sends the same runs as Alertmanager v2 alerts
+(labels alertname, run_id, task, status; always a JSON array, for POST /api/v2/alerts).
+Requests completed during the warm-up are not measured; issuing stops at the end of the window
+or after --max-requests, whichever comes first. Any 2xx answer counts as a success.
+
+Closed loop by default (each connection sends its next request when the answer came); with
+`--rate R` request n is sent at start + n/R (open loop, R requests per second, as long as a
+connection is free). `--record-sends` adds "sends": [[n, time.monotonic() at send], ...] to the
+result: run ids end with the run index (10 digits), request n holds runs n*B .. n*B+B-1.
 
 `--client aiohttp` uses aiohttp.ClientSession; `--client raw` writes pre-built HTTP/1.1 requests on
 asyncio streams (keep-alive, Content-Length framing only), several times cheaper per request, so
@@ -31,6 +39,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from _results import percentile
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared/fixtures/trigger/realtime-run/sdk"
 _MARK = "__BENCH_RUN_ID__"
@@ -39,30 +48,58 @@ _HEADERS = {"Content-Type": "application/json"}
 Send = Callable[[bytes], Awaitable[tuple[int, bytes]]]
 
 
-class Bodies:
-    """Request bodies with unique run ids: prefix + id + suffix, no JSON encoding per request."""
+Doc = dict[str, Any]
 
-    def __init__(self, fixture: Path, batch: int, failed_every: int, tag: str) -> None:
-        run = orjson.loads(fixture.read_bytes())
-        run["id"] = _MARK
-        executing = {
-            **run,
-            "status": "EXECUTING",
-            "isCompleted": False,
-            "isFailed": False,
-            "isExecuting": True,
+
+def sdk_runs(fixture: Path) -> tuple[Doc, Doc]:
+    """The fixture run (FAILED) with a marked id, and the same run EXECUTING."""
+    run = orjson.loads(fixture.read_bytes())
+    run["id"] = _MARK
+    executing = {
+        **run,
+        "status": "EXECUTING",
+        "isCompleted": False,
+        "isFailed": False,
+        "isExecuting": True,
+    }
+    return run, executing
+
+
+def alerts(fixture: Path) -> tuple[Doc, Doc]:
+    """The same two runs as Alertmanager v2 alerts (one alert per run, keyed by run_id)."""
+    run, _ = sdk_runs(fixture)
+    task = str(run["taskIdentifier"])
+
+    def alert(status: str) -> Doc:
+        labels = {"alertname": "TaskRun", "run_id": _MARK, "task": task, "status": status}
+        notes = {
+            "summary": f"{task} {status}",
+            "description": str((run.get("error") or {}).get("message", "")),
+            "dashboard": f"https://cloud.trigger.dev/runs/{_MARK}",
         }
+        return {"labels": labels, "annotations": notes, "generatorURL": "http://bench/"}
+
+    return alert("FAILED"), alert("EXECUTING")
+
+
+class Bodies:
+    """Request bodies with unique run ids: the parts around the id marks joined by the id, no
+    JSON encoding per request."""
+
+    def __init__(self, docs: tuple[Doc, Doc], batch: int, failed_every: int, tag: str) -> None:
         # indented like the fixture file itself (about 1.25 KB a run)
-        self.failed = orjson.dumps(run, option=orjson.OPT_INDENT_2).split(_MARK.encode())
-        self.executing = orjson.dumps(executing, option=orjson.OPT_INDENT_2).split(_MARK.encode())
+        failed, executing = (orjson.dumps(d, option=orjson.OPT_INDENT_2) for d in docs)
+        self.failed = failed.split(_MARK.encode())
+        self.executing = executing.split(_MARK.encode())
         self.batch, self.failed_every, self.tag = batch, failed_every, tag
+        self.array = batch > 1
 
     def run(self, index: int) -> bytes:
-        prefix, suffix = self.failed if index % self.failed_every == 0 else self.executing
-        return prefix + f"run_bench{self.tag}{index:010d}".encode() + suffix
+        parts = self.failed if index % self.failed_every == 0 else self.executing
+        return f"run_bench{self.tag}{index:010d}".encode().join(parts)
 
     def request(self, n: int) -> bytes:
-        if self.batch == 1:
+        if not self.array:
             return self.run(n)
         first = n * self.batch
         return b"[" + b",".join(self.run(first + i) for i in range(self.batch)) + b"]"
@@ -76,6 +113,30 @@ class Stats:
     issued: int = 0  # all requests, warm-up included
     notifications: int = 0  # sum of "notifications" over every 202 body, warm-up included
     statuses: Counter[int] = field(default_factory=Counter)
+    sends: list[tuple[int, float]] | None = None  # (request n, monotonic send time)
+
+
+@dataclass(frozen=True)
+class Window:
+    begin: float
+    start: float  # begin + warm-up
+    end: float
+    max_requests: int
+    rate: float | None  # open loop: request n is due at begin + n / rate
+
+    async def next(self, stats: Stats, ids: itertools.count[int]) -> int | None:
+        """The index of the next request once it is due, or None when issuing is over."""
+        if time.perf_counter() >= self.end or stats.issued >= self.max_requests:
+            return None
+        stats.issued += 1
+        n = next(ids)
+        if self.rate is not None:
+            due = self.begin + n / self.rate
+            if due >= self.end:
+                stats.issued -= 1
+                return None
+            await asyncio.sleep(max(due - time.perf_counter(), 0.0))
+        return n
 
 
 def count_notifications(payload: bytes) -> int:
@@ -87,20 +148,22 @@ def count_notifications(payload: bytes) -> int:
 
 
 async def worker(
-    send: Send, bodies: Bodies, stats: Stats, ids: itertools.count[int], window: tuple[float, ...]
+    send: Send, bodies: Bodies, stats: Stats, ids: itertools.count[int], window: Window
 ) -> None:
-    start, end, max_requests = window
-    while time.perf_counter() < end and stats.issued < max_requests:
-        stats.issued += 1
-        body = bodies.request(next(ids))
+    start, end = window.start, window.end
+    while (n := await window.next(stats, ids)) is not None:
+        body = bodies.request(n)
         t0 = time.perf_counter()
+        if stats.sends is not None:
+            stats.sends.append((n, time.monotonic()))
         status, payload = await send(body)
         t1 = time.perf_counter()
         stats.statuses[status] += 1
-        if status == 202:
+        ok = 200 <= status < 300
+        if ok:
             stats.notifications += count_notifications(payload)
         if t0 >= start and t1 <= end:
-            if status == 202:
+            if ok:
                 stats.ok += 1
                 stats.latencies_s.append(t1 - t0)
             else:
@@ -165,12 +228,16 @@ def _content_length(head: bytes) -> int:
 
 
 async def run_load(args: argparse.Namespace) -> dict[str, Any]:
-    bodies = Bodies(args.fixture, args.batch, args.failed_every, args.tag or str(os.getpid()))
+    docs = alerts(args.fixture) if args.format == "alertmanager" else sdk_runs(args.fixture)
+    bodies = Bodies(docs, args.batch, args.failed_every, args.tag or str(os.getpid()))
+    bodies.array = bodies.array or args.format == "alertmanager"
     stats, ids = Stats(), itertools.count()
+    stats.sends = [] if args.record_sends else None
+    t_start = time.monotonic()
     begin = time.perf_counter()
     start = begin + args.warmup
     end = start + args.seconds
-    window = (start, end, float(args.max_requests))
+    window = Window(begin, start, end, args.max_requests, args.rate)
     connections: list[RawConnection] = []
     session: aiohttp.ClientSession | None = None
     if args.client == "raw":
@@ -192,27 +259,25 @@ async def run_load(args: argparse.Namespace) -> dict[str, Any]:
     window_s = max(min(end, finished) - start, 1e-9)
     lat = sorted(stats.latencies_s)
     measured = stats.ok + stats.errors
+    extra = {"sends": stats.sends} if stats.sends is not None else {}
     return {
+        **extra,
+        "t_start": t_start,
+        "t_done": time.monotonic(),
         "requests": measured,
         "ok": stats.ok,
         "errors": stats.errors,
         "window_s": round(window_s, 3),
         "rps": measured / window_s,
         "runs_per_s": stats.ok * args.batch / window_s,
-        "p50_ms": _percentile(lat, 0.50) * 1000,
-        "p99_ms": _percentile(lat, 0.99) * 1000,
+        "p50_ms": percentile(lat, 0.50) * 1000,
+        "p99_ms": percentile(lat, 0.99) * 1000,
         "issued": stats.issued,
         "notifications": stats.notifications,
         "statuses": {str(k): v for k, v in sorted(stats.statuses.items())},
         "body_bytes": len(bodies.request(0)),
         "capped": stats.issued >= args.max_requests,
     }
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -227,9 +292,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--failed-every", type=int, default=5, help="every Nth run is FAILED")
     p.add_argument("--tag", default="", help="run id infix (default: the pid)")
     p.add_argument("--fixture", type=Path, default=FIXTURE / "run_failed.json")
+    p.add_argument("--format", choices=("sdk", "alertmanager"), default="sdk", help="bodies")
+    p.add_argument("--rate", type=float, default=None, help="requests/s (open loop)")
+    p.add_argument("--record-sends", action="store_true", help="report each send time")
     args = p.parse_args(argv)
     if args.seconds <= 0 or args.seconds > 600 or args.concurrency < 1 or args.batch < 1:
         p.error("--seconds must be in (0, 600], --concurrency and --batch at least 1")
+    if args.rate is not None and args.rate <= 0:
+        p.error("--rate must be positive")
     return args
 
 

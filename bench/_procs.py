@@ -11,18 +11,20 @@ import json
 import os
 import queue
 import resource
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NoReturn
 
 BENCH = Path(__file__).resolve().parent
 STOP_GRACE_S = 10.0
@@ -66,6 +68,13 @@ class Child:
         tail = "\n  ".join(list(self.tail)[-5:])
         raise RuntimeError(f"{self.name} did not start (rc={self.proc.poll()}):\n  {tail}")
 
+    def ended(self) -> str:
+        """'' while the process runs; else its exit code and the last lines it wrote."""
+        if self.proc.poll() is None:
+            return ""
+        tail = "\n  ".join(list(self.tail)[-8:])
+        return f"{self.name} exited (rc={self.proc.returncode}):\n  {tail}"
+
     def cpu_s(self) -> float | None:
         """User + system CPU seconds of the process and its threads so far (Linux /proc)."""
         try:
@@ -76,8 +85,9 @@ class Child:
 
 
 class Children:
-    def __init__(self) -> None:
+    def __init__(self, exit_grace_s: float = 2.0) -> None:
         self.started: list[Child] = []
+        self.exit_grace_s = exit_grace_s  # per child, when leaving the context
 
     def __enter__(self) -> Children:
         signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -87,7 +97,7 @@ class Children:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         for child in reversed(self.started):
-            self.stop(child, grace_s=2.0)
+            self.stop(child, grace_s=self.exit_grace_s)
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
         proc = subprocess.Popen(
@@ -108,6 +118,7 @@ class Children:
         proc = child.proc
         if proc.poll() is None:
             _signal_group(proc.pid, signal.SIGTERM)
+            _signal_group(proc.pid, signal.SIGCONT)  # a paused child (see `pause`) can stop
             try:
                 proc.wait(grace_s)
             except subprocess.TimeoutExpired:
@@ -120,17 +131,27 @@ class Children:
                     stream.close()
         return proc.returncode
 
-    def bare_server(self, name: str, status: int) -> tuple[Child, int]:
-        """bench/bare_server.py on a free port; (child, port)."""
+    def bare_server(self, name: str, status: int, record: bool = False) -> tuple[Child, int]:
+        """bench/bare_server.py on a free port; (child, port). `record`: see its --record."""
         argv = [sys.executable, str(BENCH / "bare_server.py"), "0", "--status", str(status)]
-        child = self.spawn(name, argv)
+        return self.server(name, argv + (["--record"] if record else []))
+
+    def server(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> tuple[Child, int]:
+        """A server that prints {"listening": PORT} on stdout once ready; (child, port)."""
+        child = self.spawn(name, argv, env)
         child.watch(child.proc.stdout, _listening_port)
         child.watch(child.proc.stderr, lambda line: None)
         return child, int(child.wait_for(20.0))
 
-    def relay(self, config: Path, db: Path) -> tuple[Child, str]:
-        """`python -m relay serve` on a free port of 127.0.0.1; (child, base URL)."""
+    def relay(
+        self, config: Path, db: Path, settings: dict[str, str] | None = None
+    ) -> tuple[Child, str]:
+        """`python -m relay serve` on a free port of 127.0.0.1; (child, base URL). `settings`:
+        more RELAY_* variables (the machine's own are never passed on)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+        env.update(settings or {})
         env.update(
             RELAY_CONFIG=str(config),
             RELAY_STORE_URL=f"sqlite:///{db}",
@@ -141,6 +162,70 @@ class Children:
         child.watch(child.proc.stderr, _relay_listening)
         child.watch(child.proc.stdout, lambda line: None)
         return child, str(child.wait_for(30.0))
+
+    def run_json(self, name: str, argv: list[str], timeout_s: float) -> dict[str, Any]:
+        """Run a child to its end (at most `timeout_s`); the JSON object it printed last."""
+        return self.collect_json(self.spawn(name, argv), timeout_s)
+
+    def collect_json(self, child: Child, timeout_s: float) -> dict[str, Any]:
+        """Wait for a spawned child (at most `timeout_s`); the JSON object it printed last."""
+        name = child.name
+        try:
+            out, err = child.proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop(child, grace_s=self.exit_grace_s)
+            raise RuntimeError(f"{name} did not finish in {timeout_s:.0f}s") from None
+        if child.proc.returncode != 0:
+            raise RuntimeError(f"{name} failed (rc={child.proc.returncode}): {err.strip()[-800:]}")
+        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        return result
+
+    def load(self, url: str, options: list[str], timeout_s: float) -> dict[str, Any]:
+        """bench/_load.py against `url` with these options, to its end; its JSON result."""
+        return self.run_json("load generator", load_argv(url, options), timeout_s)
+
+
+def run_script(main: Callable[[], int]) -> NoReturn:
+    """A bench script's entry point: exit with main()'s code, or 130 after Ctrl-C/SIGTERM
+    (by then `Children` has stopped every child)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
+    sys.exit(130)
+
+
+def load_argv(url: str, options: list[str]) -> list[str]:
+    """The command line of the load generator (bench/_load.py)."""
+    return [sys.executable, str(BENCH / "_load.py"), url, *options]
+
+
+def py_spy(children: Children, server: Child, out: str, seconds: float) -> Child | None:
+    """`py-spy record` (raw collapsed stacks, every thread) of `server` for `seconds` into
+    `out`, when py-spy is on PATH or in the venv (bench/profile_summary.py reads it)."""
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(exe).exists():
+        print("# py-spy not found; not profiling", file=sys.stderr)
+        return None
+    duration = str(max(1, round(seconds)))
+    argv = [exe, "record", "--pid", str(server.proc.pid), "--duration", duration]
+    argv += ["--format", "raw", "--threads", "--nonblocking", "-o", out]
+    spy = children.spawn("py-spy", argv)
+    spy.watch(spy.proc.stdout, lambda line: None)
+    spy.watch(spy.proc.stderr, lambda line: None)
+    return spy
+
+
+@contextlib.contextmanager
+def workspace(
+    prefix: str = "relay-bench-", exit_grace_s: float = 2.0
+) -> Iterator[tuple[Children, Path]]:
+    """Children and a temp dir for them; the children are stopped before the dir goes away."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp, Children(exit_grace_s) as children:
+        yield children, Path(tmp)
+
+
+def pause(child: Child, paused: bool) -> None:
+    """SIGSTOP (or SIGCONT) the child's process group: a server that stops answering."""
+    _signal_group(child.proc.pid, signal.SIGSTOP if paused else signal.SIGCONT)
 
 
 def _listening_port(line: str) -> int | None:
@@ -192,17 +277,37 @@ class CpuSample:
         return out
 
 
-def cpu_sample(children: Children, server: Child) -> CpuSample:
+def cpu_sample(children: Children, server: Child | None = None) -> CpuSample:
     me = resource.getrusage(resource.RUSAGE_SELF)
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-    live = sum(c.cpu_s() or 0.0 for c in children.started if c.proc.poll() is None)
+    live = _groups_cpu_s({c.proc.pid for c in children.started if c.proc.poll() is None})
     return CpuSample(
         wall_s=time.monotonic(),
-        server_s=server.cpu_s(),
+        server_s=server.cpu_s() if server is not None else None,
         ours_s=me.ru_utime + me.ru_stime + live,
         reaped_s=reaped.ru_utime + reaped.ru_stime,
         machine_s=_machine_busy_s(),
     )
+
+
+def _groups_cpu_s(groups: set[int]) -> float:
+    """CPU seconds of every process in these process groups (relay's worker processes too),
+    with the children they have already waited for, as RUSAGE_CHILDREN counts them later."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) in groups:
+            ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def other_cores(children: Children, before: CpuSample) -> float | None:
+    """Cores other work on the machine kept busy since `before` (the noise meter). Take
+    `before` before starting the children of the measurement and call this once they stopped."""
+    return cpu_sample(children).shares(before).get("other_cpu")
 
 
 def _machine_busy_s() -> float | None:
@@ -214,8 +319,49 @@ def _machine_busy_s() -> float | None:
     return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def get_json(url: str, timeout_s: float = 5.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+        return json.loads(resp.read())
+
+
 def sink_count(port: int) -> int:
     """POSTs the bare server on `port` has received so far."""
-    url = f"http://127.0.0.1:{port}/count"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return int(json.loads(resp.read())["posts"])
+    return int(get_json(f"http://127.0.0.1:{port}/count")["posts"])
+
+
+def wait_for_sink(port: int, expected: int, timeout_s: float) -> dict[str, Any]:
+    """Poll the sink until it has `expected` POSTs or `timeout_s` passed; its last /count."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state: dict[str, Any] = get_json(f"http://127.0.0.1:{port}/count")
+        if state["posts"] >= expected or time.monotonic() >= deadline:
+            return state
+        time.sleep(0.05)
+
+
+def sink_arrivals(port: int) -> list[tuple[str, float]]:
+    """(run id, arrival time) of every POST a `--record` sink received."""
+    data = get_json(f"http://127.0.0.1:{port}/arrivals", timeout_s=30.0)
+    return list(zip(data["ids"], data["times"], strict=True))
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """Resident set size of a process (VmHWM: its peak so far), in MiB (Linux /proc)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def relay_metric(base_url: str, name: str, label: str = "") -> float:
+    """The sum of the samples of one metric of relay's /metrics (filtered by a label text)."""
+    with urllib.request.urlopen(base_url + "/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and label in line and line[len(name)] in " {":
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -12,20 +12,16 @@ The load generator (bench/_load.py) is a separate process. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
-import json
 import os
 import platform
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _procs import BENCH, Child, Children, cpu_sample, sink_count
+import _relay_setup
+import _results
+from _procs import Child, Children, cpu_sample, py_spy, run_script, sink_count, workspace
 
 DRAIN_WAIT_S = 10.0
 
@@ -74,24 +70,13 @@ channels:
 
 
 def run_load(children: Children, url: str, args: argparse.Namespace, tag: str) -> dict[str, Any]:
-    argv = [
-        sys.executable,
-        str(BENCH / "_load.py"),
-        url + "/v1/runs",
+    options = [
         *("--seconds", str(args.seconds), "--warmup", str(args.warmup)),
         *("--concurrency", str(args.concurrency), "--batch", str(args.batch)),
         *("--max-requests", str(args.max_requests), "--client", args.client, "--tag", tag),
         *("--failed-every", str(args.failed_every)),
     ]
-    load = children.spawn("load", argv)
-    try:
-        out, err = load.proc.communicate(timeout=args.warmup + args.seconds + 90)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError("the load generator did not finish in time") from None
-    if load.proc.returncode != 0:
-        raise RuntimeError(f"load generator failed: {err.strip()[-800:]}")
-    result: dict[str, Any] = json.loads(out)
-    return result
+    return children.load(url + "/v1/runs", options, args.warmup + args.seconds + 90)
 
 
 def measure(
@@ -111,18 +96,7 @@ def start_py_spy(
     """py-spy record (collapsed stacks) of the relay over the measured window, if asked."""
     if not args.py_spy:
         return None
-    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(exe).exists():
-        print("# py-spy not found; not profiling", file=sys.stderr)
-        return None
-    out = f"{args.py_spy}-{tag}.txt"
-    duration = str(max(1, int(args.seconds)))
-    argv = [exe, "record", "--pid", str(server.proc.pid), "--duration", duration]
-    argv += ["--format", "raw", "--threads", "--nonblocking", "-o", out]
-    spy = children.spawn("py-spy", argv)
-    spy.watch(spy.proc.stdout, lambda line: None)
-    spy.watch(spy.proc.stderr, lambda line: None)
-    return spy
+    return py_spy(children, server, f"{args.py_spy}-{tag}.txt", args.seconds)
 
 
 def baseline(children: Children, args: argparse.Namespace, tag: str) -> dict[str, Any]:
@@ -136,11 +110,8 @@ def baseline(children: Children, args: argparse.Namespace, tag: str) -> dict[str
 def relay(
     children: Children, args: argparse.Namespace, tag: str, sink_port: int, tmp: Path
 ) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix=f"relay-{tag}-", dir=tmp))
-    config = work / "config.yaml"
-    config.write_text(config_yaml(args.rules, sink_port))
     before = sink_count(sink_port)
-    server, url = children.relay(config, work / "relay.db")
+    server, url = _relay_setup.start(children, tmp, config_yaml(args.rules, sink_port), tag)
     try:
         spy = start_py_spy(children, server, args, tag)
         result = measure(children, server, url, args, tag)
@@ -200,7 +171,7 @@ def header(batch: int) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = _results.arg_parser(__doc__)
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before")
     p.add_argument("--concurrency", type=int, default=64, help="connections in flight")
@@ -236,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     best: dict[str, dict[str, Any]] = {}
     # children are stopped before their temp dir goes away
-    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp, Children() as children:
+    with workspace() as (children, tmp):
         sink, sink_port = children.bare_server("sink", status=200)
         print(header(args.batch), flush=True)
         for n in range(args.rounds):
@@ -246,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                     if name == "baseline":
                         r = baseline(children, args, tag)
                     else:
-                        r = relay(children, args, tag, sink_port, Path(tmp))
+                        r = relay(children, args, tag, sink_port, tmp)
                 except (RuntimeError, OSError, ValueError) as exc:  # report it, go on
                     print(f"{name:<10} FAILED: {exc}", flush=True)
                     continue
@@ -258,7 +229,41 @@ def main(argv: list[str] | None = None) -> int:
         print("no result for a scenario; see FAILED above")
         return 1
     report(best, args)
+    _results.report(summary(best, args), args.json_out)
     return 0
+
+
+def summary(best: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[_results.Row]:
+    """The summary rows (bench/_results.py): req/s and CPU per request, relay vs baseline."""
+    base, rel = best["baseline"], best["relay"]
+    what = f"batch {args.batch}, {args.rules} rules"
+    req_ratio = _results.ratio(rel["rps"], base["rps"])
+    base_us, rel_us = cpu_us_per_request(base), cpu_us_per_request(rel)
+    return [
+        _results.Row(
+            "ingest",
+            f"POST /v1/runs req/s ({what})",
+            rel["rps"],
+            "req/s",
+            base["rps"],
+            "bare aiohttp",
+            req_ratio,
+            ">= 0.60x",
+            None if req_ratio is None else req_ratio >= 0.6,
+            _results.cores(rel.get("other_cpu")),
+        ),
+        _results.Row(
+            "ingest",
+            f"server CPU per request ({what})",
+            rel_us,
+            "us",
+            base_us,
+            "bare aiohttp",
+            _results.ratio(rel_us, base_us),
+            note=f"{rel['sink_received']}/{rel['notifications']} notifications delivered, "
+            + _results.cores(rel.get("other_cpu")),
+        ),
+    ]
 
 
 def report(best: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
@@ -281,6 +286,4 @@ def report(best: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(main())
-    sys.exit(130)
+    run_script(main)

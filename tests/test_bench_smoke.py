@@ -1,0 +1,80 @@
+"""Smoke test of the benchmarks (bench/): each scenario starts, produces numbers and stops.
+
+`bench/run_all.py --quick --no-install` runs every scenario at a tiny size (about 20 s on two
+busy cores) and writes the summary rows as JSON. Nothing here asserts on timing: figures only
+have to be finite numbers. Alertmanager and Apprise are never installed by this test; where they
+are missing their baselines must be reported as skipped, not fail the scenario.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_ALL = REPO / "bench" / "run_all.py"
+SCENARIOS = ["ingest", "end-to-end", "latency", "rules scaling", "memory", "delivery", "realtime"]
+LIMIT_S = 240.0  # a stuck run fails the test instead of hanging it
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM run_all's group (it stops its own children), then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out = tmp_path_factory.mktemp("bench") / "rows.json"
+    argv = [sys.executable, str(RUN_ALL), "--quick", "--no-install", "--json-out", str(out)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = proc.communicate(timeout=LIMIT_S)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        pytest.fail(f"bench/run_all.py --quick did not stop within {LIMIT_S:.0f}s")
+    assert proc.returncode == 0, output[-4000:]
+    data: list[dict[str, Any]] = json.loads(out.read_text())
+    return data
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_scenario_produces_numbers(rows: list[dict[str, Any]], scenario: str) -> None:
+    mine = [r for r in rows if r["scenario"] == scenario]
+    assert mine, f"no summary row for {scenario}"
+    for row in mine:
+        assert _finite(row["value"]), row
+        if "skipped" in row["baseline_name"]:
+            assert row["baseline"] is None and row["ratio"] is None, row
+        else:
+            assert _finite(row["baseline"]) and _finite(row["ratio"]), row
+        assert row["met"] in (True, False, None), row
