@@ -4,7 +4,9 @@ A rule fires on the update that first satisfies it, once per run (the store reme
 rules fired). Rules are tried in order and the first match wins unless it says `continue: true`.
 A rule with `update_on_recovery` also owes its channels a recovery (template `recovered`) when a
 run it fired for later moves into COMPLETED.
-Candidate rules are indexed by (event, status), so a thousand rules cost about what ten do.
+Candidate rules are indexed by (event, status, isTest) and by the tags a rule requires, so a run
+is only tried against rules it could match; rules filtered on cost, duration, task or metadata
+alone are still tried one by one.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class CompiledRule:
     mute_windows: tuple[NamedTimeInterval, ...] = ()
     active_windows: tuple[NamedTimeInterval, ...] | None = None
     update_on_recovery: bool = False
+    # what a run must have for the rule to match (checked by the index, before the predicates)
+    is_test: bool | None = None
+    needs_tags: frozenset[str] | None = None  # a run without any of these cannot matchs
 
     def time_muted(self, now: float) -> str | None:
         """Why a notification of this rule is muted at `now` by its time intervals, or None."""
@@ -76,7 +81,27 @@ class CompiledRule:
         return None
 
     def matches(self, run: Run) -> bool:
-        return all(p(run) for p in self.predicates)
+        for predicate in self.predicates:  # noqa: SIM110 - a loop: cheaper than all(genexpr)
+            if not predicate(run):
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """The rules that may match runs of one (event, status, isTest): `always` in order, and
+    those that need a tag, by that tag (a run without it cannot match them)."""
+
+    always: tuple[CompiledRule, ...]
+    by_tag: dict[str, tuple[CompiledRule, ...]]
+
+    def for_tags(self, tags: list[str]) -> tuple[CompiledRule, ...]:
+        if not self.by_tag:
+            return self.always
+        extra = {r.index: r for tag in tags for r in self.by_tag.get(tag, ())}
+        if not extra:
+            return self.always
+        return tuple(sorted((*self.always, *extra.values()), key=lambda r: r.index))
 
 
 class RuleSet:
@@ -89,25 +114,23 @@ class RuleSet:
         self.by_name = {rule.name: rule for rule in self.rules}
         self.inhibit_rules = tuple(inhibit_rules)
         self.has_windows = any(r.mute_windows or r.active_windows is not None for r in rules)
-        self._index: dict[tuple[str, str], tuple[CompiledRule, ...]] = {}
+        self._index: dict[tuple[str, str, bool | None], _Candidates] = {}
 
-    def candidates(self, event: str, status: str) -> tuple[CompiledRule, ...]:
-        key = (event, status)
+    def candidates(self, run: Run) -> tuple[CompiledRule, ...]:
+        """The rules worth evaluating for `run`, in order: indexed by (event, status, isTest),
+        then by tag, so a thousand rules cost about what the few that may match cost."""
+        key = (run.event, run.status, run.isTest)
         found = self._index.get(key)
         if found is None:
-            found = tuple(
-                r
-                for r in self.rules
-                if r.event == event and (r.statuses is None or status in r.statuses)
-            )
+            found = _index_rules(self.rules, *key)
             if len(self._index) < 10_000:  # unknown statuses are few; bound it anyway
                 self._index[key] = found
-        return found
+        return found.for_tags(run.tags)
 
     def evaluate(self, run: Run) -> list[CompiledRule]:
         """Rules that match `run`, in order, honouring first-match-wins and `continue`."""
         out = []
-        for rule in self.candidates(run.event, run.status):
+        for rule in self.candidates(run):
             if rule.matches(run):
                 out.append(rule)
                 if not rule.continue_:
@@ -151,6 +174,33 @@ class RuleSet:
             if rule.update_on_recovery and rule.name in previous.fired
             for channel in rule.notify
         )
+
+
+def _index_rules(
+    rules: Sequence[CompiledRule], event: str, status: str, is_test: bool | None
+) -> _Candidates:
+    fit = [
+        r
+        for r in rules
+        if r.event == event
+        and (r.statuses is None or status in r.statuses)
+        and (r.is_test is None or r.is_test is is_test)
+    ]
+    by_tag: dict[str, list[CompiledRule]] = {}
+    for rule in fit:
+        for tag in rule.needs_tags or ():
+            by_tag.setdefault(tag, []).append(rule)
+    always = tuple(r for r in fit if r.needs_tags is None)
+    return _Candidates(always, {tag: tuple(rs) for tag, rs in by_tag.items()})
+
+
+def _needed_tags(spec: TagMatch | None) -> frozenset[str] | None:
+    """Tags of which a matching run carries at least one: one of `tags.all`, or `tags.any`."""
+    if spec is None:
+        return None
+    if spec.all:
+        return frozenset({min(spec.all)})
+    return frozenset(spec.any) if spec.any else None
 
 
 def _is_stale(new_ms: int | None, old_ms: int | None) -> bool:
@@ -201,6 +251,8 @@ def compile_rules(
                     else tuple(windows[n] for n in rule.active_time_intervals)
                 ),
                 update_on_recovery=rule.update_on_recovery,
+                is_test=rule.match.is_test,
+                needs_tags=_needed_tags(rule.match.tags),
             )
         )
     return RuleSet(compiled, inhibit_rules), problems

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from relay.channels import settings_models
 from relay.config import parse_config
@@ -261,3 +263,56 @@ def test_lookup() -> None:
     assert lookup(data, "a.b.c") == 1
     assert lookup(data, "x.y") == 2
     assert lookup(data, "a.z") is not None  # the missing marker, not a value
+
+
+TAGS = ["a", "b", "c"]
+RULE_PARTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "status": st.sampled_from(["[FAILED]", "[COMPLETED]", "[failure]"]),
+        "is_test": st.sampled_from(["true", "false"]),
+        "tags": st.fixed_dictionaries(
+            {},
+            optional={
+                k: st.lists(st.sampled_from(TAGS), min_size=1, max_size=2)
+                for k in ("any", "all", "none")
+            },
+        ),
+    },
+)
+
+
+def rule_yaml(i: int, parts: dict[str, Any], cont: bool) -> str:
+    match = ", ".join(f"{k}: {v}" for k, v in parts.items())
+    return f"  - {{name: r{i}, match: {{{match}}}, notify: [c], continue: {str(cont).lower()}}}\n"
+
+
+def naive(rules: RuleSet, r: Run) -> list[str]:
+    """First match wins unless `continue`, over every rule: what the index must agree with."""
+    out = []
+    for rule in rules.rules:
+        statuses_ok = rule.statuses is None or r.status in rule.statuses
+        if rule.event == r.event and statuses_ok and rule.matches(r):
+            out.append(rule.name)
+            if not rule.continue_:
+                break
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@example(  # a run with the second tag of a two-tag `any`
+    specs=[({"tags": {"any": ["a", "b"]}}, False)], status="FAILED", tags=["b"], is_test=False
+)
+@given(
+    specs=st.lists(st.tuples(RULE_PARTS, st.booleans()), min_size=1, max_size=12),
+    status=st.sampled_from(["FAILED", "COMPLETED", "CRASHED"]),
+    tags=st.lists(st.sampled_from(TAGS), max_size=3),
+    is_test=st.booleans(),
+)
+def test_the_rule_index_agrees_with_evaluating_every_rule(
+    specs: list[tuple[dict[str, Any], bool]], status: str, tags: list[str], is_test: bool
+) -> None:
+    rules = ruleset("".join(rule_yaml(i, p, c) for i, (p, c) in enumerate(specs)))
+    r = run(status=status, tags=tags, isTest=is_test)
+    assert matched(rules, r) == naive(rules, r)
+    assert matched(rules, r) == naive(rules, r)  # the cached index, second time
