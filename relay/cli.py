@@ -123,6 +123,10 @@ def _compiled(args: argparse.Namespace, settings: Settings) -> Compiled:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    workers = settings.workers if args.workers is None else args.workers
+    if not 0 <= workers <= MAX_WORKERS:
+        print(f"relay: --workers must be 0-{MAX_WORKERS}", file=sys.stderr)
+        return 2
     setup_logging(settings.log_format, settings.log_level)
     compiled = _compiled(args, settings)
     if compiled.loaded.builtin:
@@ -134,10 +138,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         log.info("config loaded", extra={"config": compiled.loaded.source.filename})
     for warning in compiled.warnings:
         log.warning(warning)
-    workers = settings.workers if args.workers is None else args.workers
-    if not 0 <= workers <= MAX_WORKERS:
-        print(f"relay: --workers must be 0-{MAX_WORKERS}", file=sys.stderr)
-        return 2
     events = None if args.events_fd is None else os.fdopen(args.events_fd, "w", encoding="utf-8")
     asyncio.run(serve(settings, compiled, Role(workers, args.delivery_worker, events)))
     return 0

@@ -14,7 +14,7 @@ import aiohttp
 
 from relay.model import notification_id
 from relay.workers import owned, owner
-from tests.conftest import RelayProcess, Sink, hang
+from tests.conftest import RelayProcess, Sink, hang, run_cli
 from tests.test_durability import delivered_ids, post_all, runs
 
 CHANNELS = ("a", "b", "c")
@@ -146,3 +146,11 @@ async def test_a_reload_reaches_the_workers(
     await post_all(proc.url, items)
     want = wanted(items, (*CHANNELS, "d"))
     assert await delivered_ids(sink, 0, want) == want
+
+
+def test_a_worker_count_out_of_range_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    result = run_cli(
+        "serve", "--workers", "99", env={"RELAY_STORE_URL": f"sqlite:///{tmp_path}/r.db"}
+    )
+    assert result.returncode == 2 and "--workers must be 0-64" in result.stderr
+    assert not (tmp_path / "r.db").exists()
