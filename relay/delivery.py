@@ -156,6 +156,7 @@ class ChannelLoop:
         self.deps = deps
         self.wake = asyncio.Event()
         self.inflight: set[asyncio.Task[None]] = set()
+        self.finishing: set[asyncio.Future[None]] = set()  # outcomes being written
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -168,11 +169,12 @@ class ChannelLoop:
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.inflight:
-            _, pending = await asyncio.wait(self.inflight, timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        for tasks in (self.inflight, self.finishing):
+            if tasks:
+                _, pending = await asyncio.wait(set(tasks), timeout=grace_s)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -245,7 +247,21 @@ class ChannelLoop:
                 writes.append(self.deps.store.group_flushed(group_key, self.deps.clock()))
             return asyncio.gather(*writes)
 
-        await asyncio.shield(self._write_through_blips(finish))
+        write = asyncio.ensure_future(self._write_through_blips(finish))
+        if group_key is not None:  # a group's next digest waits for this one's flush
+            await asyncio.shield(write)
+            return
+        # The send is over: its slot is free while the outcome is written (the row stays leased
+        # until then, so no claim takes it again). One store round trip less per send in flight.
+        self.finishing.add(write)
+        write.add_done_callback(self._written)
+
+    def _written(self, write: asyncio.Future[None]) -> None:
+        self.finishing.discard(write)
+        if not write.cancelled() and write.exception() is not None:
+            log.error(
+                "outcome not recorded", extra={"channel": self.name}, exc_info=write.exception()
+            )
 
     async def _write_through_blips(self, write: Callable[[], Awaitable[object]]) -> None:
         """Record the outcome even if the store blips: retried with backoff up to the lease
