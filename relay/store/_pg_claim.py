@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncpg
 
 from relay.model import Notification
-from relay.store._pg_rows import to_notification
 from relay.store._pg_schema import lock_key
+from relay.store._rows import to_notification
 
 _DUE = "state = 'pending' AND not_before <= $3 AND (lease_until IS NULL OR lease_until <= $3)"
 _CANDIDATES = """

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from relay.model import GroupState, Notification, RunState, Silence
+from relay.model import GroupState, RunState, Silence
 from relay.store import HistoryQuery
 from relay.store._pg_connect import clean
 
@@ -79,28 +79,6 @@ def to_group(row: asyncpg.Record) -> GroupState:
     return GroupState(row["key"], row["next_flush"], row["last_sent"], row["last_seen"])
 
 
-def to_notification(row: asyncpg.Record) -> Notification:
-    """The Notification an outbox row holds."""
-    extra: dict[str, Any] = orjson.loads(row["extra_json"]) if row["extra_json"] else {}
-    return Notification(
-        id=row["id"],
-        run_id=row["run_id"],
-        rule=row["rule"],
-        channel=row["channel"],
-        template=row["template"],
-        run=orjson.loads(row["run_json"]),
-        created_at=row["created_at"],
-        attempts=row["attempts"],
-        not_before=row["not_before"],
-        state=row["state"],
-        reason=row["reason"],
-        last_error=row["last_error"],
-        extra=extra,
-        group_key=row["group_key"],
-        receipt=row["receipt"],
-    )
-
-
 def silence_params(s: Silence) -> tuple[Any, ...]:
     return (
         clean(s.id),
@@ -110,19 +88,6 @@ def silence_params(s: Silence) -> tuple[Any, ...]:
         s.created_at,
         clean(s.comment),
         clean(s.created_by),
-    )
-
-
-def to_silence(row: asyncpg.Record) -> Silence:
-    matchers = {k: tuple(v) for k, v in orjson.loads(row["matchers_json"]).items()}
-    return Silence(
-        id=row["id"],
-        matchers=matchers,
-        starts_at=row["starts_at"],
-        ends_at=row["ends_at"],
-        created_at=row["created_at"],
-        comment=row["comment"],
-        created_by=row["created_by"],
     )
 
 

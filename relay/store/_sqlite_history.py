@@ -6,7 +6,7 @@ import sqlite3
 
 from relay.model import Notification
 from relay.store import HistoryQuery
-from relay.store._sqlite_schema import to_notification
+from relay.store._rows import to_notification
 
 _FILTERS = (
     ("run_id", "run_id = ?"),

@@ -7,7 +7,6 @@ to version i + 1, all inside the caller's transaction (SQLite DDL is transaction
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
 
 import orjson
 
@@ -256,28 +255,6 @@ def insert_notification(conn: sqlite3.Connection, n: Notification) -> bool:
     return cursor.rowcount == 1
 
 
-def to_notification(row: sqlite3.Row) -> Notification:
-    """The Notification an outbox row holds."""
-    extra: dict[str, Any] = orjson.loads(row["extra_json"]) if row["extra_json"] else {}
-    return Notification(
-        id=row["id"],
-        run_id=row["run_id"],
-        rule=row["rule"],
-        channel=row["channel"],
-        template=row["template"],
-        run=orjson.loads(row["run_json"]),
-        created_at=row["created_at"],
-        attempts=row["attempts"],
-        not_before=row["not_before"],
-        state=row["state"],
-        reason=row["reason"],
-        last_error=row["last_error"],
-        extra=extra,
-        group_key=row["group_key"],
-        receipt=row["receipt"],
-    )
-
-
 def insert_silence(conn: sqlite3.Connection, s: Silence) -> None:
     conn.execute(
         "INSERT INTO silences (id, matchers_json, starts_at, ends_at, created_at, comment,"
@@ -291,19 +268,6 @@ def insert_silence(conn: sqlite3.Connection, s: Silence) -> None:
             s.comment,
             s.created_by,
         ),
-    )
-
-
-def to_silence(row: sqlite3.Row) -> Silence:
-    matchers = {k: tuple(v) for k, v in orjson.loads(row["matchers_json"]).items()}
-    return Silence(
-        id=row["id"],
-        matchers=matchers,
-        starts_at=row["starts_at"],
-        ends_at=row["ends_at"],
-        created_at=row["created_at"],
-        comment=row["comment"],
-        created_by=row["created_by"],
     )
 
 

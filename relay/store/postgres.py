@@ -48,10 +48,9 @@ from relay.store._pg_rows import (
     history_sql,
     silence_params,
     to_event,
-    to_notification,
-    to_silence,
 )
 from relay.store._pg_schema import migrate
+from relay.store._rows import to_notification, to_silence
 
 POOL_MIN = 1
 POOL_MAX = 10

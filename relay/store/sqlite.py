@@ -18,6 +18,7 @@ from relay.errors import ConfigError, Problem, StoreUnavailable
 from relay.grouping import group_key, group_labels, schedule
 from relay.model import GroupState, Match, Notification, Run, Silence
 from relay.store import Decide, HistoryQuery, Observed, owed_notification
+from relay.store._rows import to_notification, to_silence
 from relay.store._sqlite_history import event_rows, history_rows
 from relay.store._sqlite_lock import WriteLock
 from relay.store._sqlite_schema import (
@@ -33,8 +34,6 @@ from relay.store._sqlite_schema import (
     prune,
     save_group,
     save_state,
-    to_notification,
-    to_silence,
 )
 from relay.store._sqlite_writer import Writer, rollback, unavailable
 

@@ -1,0 +1,49 @@
+"""Rows → model objects, for both engines: the outbox and silence columns have the same names
+in SQLite and PostgreSQL, and sqlite3.Row and asyncpg.Record are both read by column name."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import orjson
+
+from relay.model import Notification, Silence
+
+
+class Row(Protocol):
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def to_notification(row: Row) -> Notification:
+    """The Notification an outbox row holds."""
+    extra: dict[str, Any] = orjson.loads(row["extra_json"]) if row["extra_json"] else {}
+    return Notification(
+        id=row["id"],
+        run_id=row["run_id"],
+        rule=row["rule"],
+        channel=row["channel"],
+        template=row["template"],
+        run=orjson.loads(row["run_json"]),
+        created_at=row["created_at"],
+        attempts=row["attempts"],
+        not_before=row["not_before"],
+        state=row["state"],
+        reason=row["reason"],
+        last_error=row["last_error"],
+        extra=extra,
+        group_key=row["group_key"],
+        receipt=row["receipt"],
+    )
+
+
+def to_silence(row: Row) -> Silence:
+    matchers = {k: tuple(v) for k, v in orjson.loads(row["matchers_json"]).items()}
+    return Silence(
+        id=row["id"],
+        matchers=matchers,
+        starts_at=row["starts_at"],
+        ends_at=row["ends_at"],
+        created_at=row["created_at"],
+        comment=row["comment"],
+        created_by=row["created_by"],
+    )
