@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 
 from relay.errors import DeliveryError
 from relay.retry_after import parse_retry_after
@@ -36,6 +38,17 @@ def https_or_local(url: str, what: str) -> str:
     if not parts.hostname or not (parts.scheme == "https" or local):
         raise ValueError(f"{what} must be an https:// URL (http:// only for localhost)")
     return url
+
+
+def json_object(data: bytes | str | None) -> dict[str, Any] | None:
+    """An answer body (or a stored receipt) as a JSON object; None if it is not one."""
+    if not data:
+        return None
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def classify_status(response: HttpResponse) -> DeliveryError | None:

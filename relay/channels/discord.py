@@ -35,7 +35,7 @@ import orjson
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
-from relay.channels._http import HttpResponse, classify_status, https_or_local
+from relay.channels._http import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit
 from relay.errors import DeliveryError
 from relay.filters import truncate_chars
@@ -202,11 +202,7 @@ def classify(response: HttpResponse) -> DeliveryError:
     """The DeliveryError for a non-2xx answer of Discord."""
     status, base = response.status, classify_status(response)
     assert base is not None
-    try:
-        data: Any = orjson.loads(response.body)
-    except orjson.JSONDecodeError:
-        data = None
-    data = data if isinstance(data, dict) else {}
+    data = json_object(response.body) or {}
     code = data.get("code")
     code = code if isinstance(code, int) and not isinstance(code, bool) else None
     detail = f"HTTP {status}"

@@ -37,7 +37,7 @@ import orjson
 from pydantic import SecretStr, field_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
-from relay.channels._http import HttpResponse, classify_status, https_or_local
+from relay.channels._http import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit
 from relay.errors import DeliveryError
 from relay.filters import truncate_chars
@@ -168,11 +168,8 @@ def classify(response: HttpResponse) -> DeliveryError:
     """The DeliveryError for a non-2xx answer of the workflow."""
     status, base = response.status, classify_status(response)
     assert base is not None
-    try:
-        data: Any = orjson.loads(response.body)
-    except orjson.JSONDecodeError:
-        data = None
-    error = data.get("error") if isinstance(data, dict) else None
+    data = json_object(response.body)
+    error = data.get("error") if data is not None else None
     code = error.get("code") if isinstance(error, dict) else None
     detail = f"HTTP {status}"
     if isinstance(code, str) and _ERROR_CODE.fullmatch(code):

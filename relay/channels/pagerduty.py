@@ -44,7 +44,7 @@ import orjson
 from pydantic import SecretStr, field_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
-from relay.channels._http import HttpResponse, classify_status, https_or_local
+from relay.channels._http import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit
 from relay.errors import DeliveryError
 from relay.filters import truncate_chars
@@ -197,11 +197,7 @@ def classify(response: HttpResponse, routing_key: str) -> DeliveryError:
     """The DeliveryError for a non-2xx answer of the Events API; never quotes the routing key."""
     status, base = response.status, classify_status(response)
     assert base is not None
-    try:
-        data: Any = orjson.loads(response.body)
-    except orjson.JSONDecodeError:
-        data = None
-    data = data if isinstance(data, dict) else {}
+    data = json_object(response.body) or {}
     word = data.get("status")
     errors = [e for e in data.get("errors") or () if isinstance(e, str)][:3]
     errors = [truncate_chars(e.replace(routing_key, "[routing key]"), 160) for e in errors]
@@ -245,11 +241,8 @@ def _opened(response: HttpResponse, event: dict[str, Any]) -> str | None:
     """The dedup key of the alert a trigger opened: PagerDuty's answer, else the key sent."""
     if event.get("event_action") != "trigger":
         return None
-    try:
-        answer: Any = orjson.loads(response.body)
-    except orjson.JSONDecodeError:
-        answer = None
-    key = answer.get("dedup_key") if isinstance(answer, dict) else None
+    answer = json_object(response.body)
+    key = answer.get("dedup_key") if answer is not None else None
     if isinstance(key, str) and 0 < len(key) <= 255:
         return key
     sent = event.get("dedup_key")

@@ -48,7 +48,7 @@ import orjson
 from pydantic import SecretStr, field_validator, model_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
-from relay.channels._http import HttpResponse, classify_status, https_or_local
+from relay.channels._http import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit
 from relay.errors import DeliveryError, StoreUnavailable
 from relay.filters import truncate_chars
@@ -343,11 +343,8 @@ class SlackChannel:
 
 def _answer(response: HttpResponse) -> dict[str, Any]:
     """A 2xx Web API answer; raise the classified error for ok:false."""
-    try:
-        data = orjson.loads(response.body)
-    except orjson.JSONDecodeError:
-        data = None
-    if not isinstance(data, dict):
+    data = json_object(response.body)
+    if data is None:
         raise DeliveryError("other", retryable=True, detail="Slack answered without JSON")
     if data.get("ok") is not True:
         raise classify(response, error_name(response.body) or "unknown_error")
@@ -356,11 +353,8 @@ def _answer(response: HttpResponse) -> dict[str, Any]:
 
 def _where(receipt: str | None) -> dict[str, str] | None:
     """{"channel", "ts"} of a posted message from its receipt; None if there is none."""
-    try:
-        value = orjson.loads(receipt) if receipt else None
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(value, dict):
+    value = json_object(receipt)
+    if value is None:
         return None
     channel, ts = value.get("channel"), value.get("ts")
     if isinstance(channel, str) and channel and isinstance(ts, str) and ts:
