@@ -24,6 +24,10 @@ from relay.configure import compile_config
 from relay.service import Service
 from relay.settings import Settings
 
+# Fakes of the outside services, with their fixtures (smtp_server, slack, discord, teams,
+# pagerduty), for every test module.
+pytest_plugins = ["tests.fakes.smtp", "tests.fakes.slack", "tests.fakes.presets"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "trigger"

@@ -12,7 +12,7 @@ import asyncio
 import io
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,6 @@ from tests.fakes.presets import (
     PD_KEY,
     FakePagerDuty,
     discord_problems,
-    fake_pagerduty,
     pagerduty_problems,
     teams_problems,
 )
@@ -47,7 +46,6 @@ from tests.fakes.slack import (
     FakeSlack,
     api_error,
     block_kit_problems,
-    fake_slack,
 )
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -108,18 +106,6 @@ async def until(check: Callable[[], Any], timeout: float = 10.0) -> None:
 async def state_of(r: Any, ident: str) -> str | None:
     row = await r.service.store.get(ident)
     return None if row is None else str(row.state)
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with fake_slack() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def pagerduty() -> AsyncIterator[FakePagerDuty]:
-    async with fake_pagerduty() as fake:
-        yield fake
 
 
 # ------------------------------------------------------------------------------ config and templates

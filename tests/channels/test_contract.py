@@ -49,7 +49,6 @@ from tests.fakes.slack import TOKEN, WEBHOOK_PATH, FakeSlack, Reply, api_error, 
 if TYPE_CHECKING:  # imported by pytest as a plugin, so its asserts are rewritten
     from tests.fakes.smtp import FakeSMTP, SmtpFactory
 
-pytest_plugins = ["tests.fakes.smtp"]
 # the fake SMTP server takes AUTH without TLS so that no TLS set-up hides what the client sends
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 

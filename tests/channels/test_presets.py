@@ -43,9 +43,6 @@ from tests.fakes.presets import (
     FakePagerDuty,
     FakeTeams,
     discord_problems,
-    fake_discord,
-    fake_pagerduty,
-    fake_teams,
     pagerduty_problems,
     teams_problems,
 )
@@ -173,24 +170,6 @@ async def http() -> AsyncIterator[HttpClient]:
     client = HttpClient()
     yield client
     await client.close()
-
-
-@pytest.fixture
-async def discord() -> AsyncIterator[FakeDiscord]:
-    async with fake_discord() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def teams() -> AsyncIterator[FakeTeams]:
-    async with fake_teams() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def pagerduty() -> AsyncIterator[FakePagerDuty]:
-    async with fake_pagerduty() as fake:
-        yield fake
 
 
 def channel(channel_type: str, http: HttpClient, **options: Any) -> Channel:

@@ -34,19 +34,12 @@ from tests.fakes.slack import (
     Reply,
     api_error,
     block_kit_problems,
-    fake_slack,
 )
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "slack"
 UPDATE_GOLDEN = os.environ.get("RELAY_UPDATE_GOLDEN") == "1"  # read before conftest cleans RELAY_*
 FIXTURE_NAMES = ("failed", "crashed", "timed_out", "completed", "executing")
 SECRETS = (TOKEN, WEBHOOK_PATH.rsplit("/", 1)[1])
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    async with fake_slack() as fake:
-        yield fake
 
 
 @pytest.fixture

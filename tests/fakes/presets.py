@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+import pytest
 from aiohttp import web
 
 from tests.fakes.slack import Reply
@@ -451,3 +452,21 @@ def fake_teams() -> AbstractAsyncContextManager[FakeTeams]:
 def fake_pagerduty() -> AbstractAsyncContextManager[FakePagerDuty]:
     fake = FakePagerDuty()
     return _serve(fake, [("/v2/enqueue", fake.enqueue), ("/v2/change/enqueue", fake.enqueue)])
+
+
+@pytest.fixture
+async def discord() -> AsyncIterator[FakeDiscord]:
+    async with fake_discord() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def teams() -> AsyncIterator[FakeTeams]:
+    async with fake_teams() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def pagerduty() -> AsyncIterator[FakePagerDuty]:
+    async with fake_pagerduty() as fake:
+        yield fake

@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from aiohttp import web
 from slack_sdk.errors import SlackObjectFormationError
 from slack_sdk.models.basic_objects import JsonObject
@@ -279,3 +280,10 @@ async def fake_slack() -> AsyncIterator[FakeSlack]:
         yield fake
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def slack() -> AsyncIterator[FakeSlack]:
+    """A fake Slack on 127.0.0.1 for one test (registered in tests/conftest.py)."""
+    async with fake_slack() as fake:
+        yield fake
