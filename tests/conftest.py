@@ -279,6 +279,19 @@ def run_cli(
     )
 
 
+UPDATE_GOLDEN = os.environ.get("RELAY_UPDATE_GOLDEN") == "1"  # read before _clean_env clears it
+
+
+def assert_golden(path: Path, text: str) -> None:
+    """`text` equals the golden file at `path`; RELAY_UPDATE_GOLDEN=1 rewrites it first (then
+    review the diff)."""
+    if UPDATE_GOLDEN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"no {path}; run the test again with RELAY_UPDATE_GOLDEN=1"
+    assert text == path.read_text(encoding="utf-8"), path
+
+
 def free_text(s: str) -> str:
     return re.sub(r"\s+", " ", s)
 

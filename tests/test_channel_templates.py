@@ -11,7 +11,6 @@ and review the diff.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import replace
 from html.parser import HTMLParser
@@ -35,12 +34,11 @@ from relay.model import Run
 from relay.sandbox import environment, sandbox
 from relay.service import compile_config
 from relay.templating import RenderContext, Renderer
-from tests.conftest import FIXTURES, sdk_run
+from tests.conftest import FIXTURES, assert_golden, sdk_run
 from tests.fakes.slack import block_kit_problems
 
 GOLDEN = Path(__file__).parent / "golden"
 OURS = Path(__file__).parent / "fixtures" / "trigger_alerts"
-UPDATE_GOLDEN = os.environ.get("RELAY_UPDATE_GOLDEN") == "1"  # read before conftest clears it
 PARTS = {"slack": ("json",), "email": ("subject", "txt", "html")}
 EVENT_TEMPLATES = ("deployment_failed", "deployment_success", "error")
 SDK_FIXTURES = ("failed", "crashed", "timed_out", "completed", "executing")
@@ -187,12 +185,7 @@ def check_email(parts: dict[str, str]) -> _Tags:
 # ----------------------------------------------------------------------------- golden files
 
 
-def golden(path: Path, text: str) -> None:
-    if UPDATE_GOLDEN:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    assert path.exists(), f"no {path}; run RELAY_UPDATE_GOLDEN=1 pytest {__file__}"
-    assert text == path.read_text(encoding="utf-8"), path
+golden = assert_golden
 
 
 @pytest.mark.parametrize(("template", "fixture"), CASES)

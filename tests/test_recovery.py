@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from relay.errors import ConfigError, DeliveryError
 from relay.model import Run, notification_id, recovery_id
 from relay.store.sqlite import SQLiteStore
 from relay.templating import RenderContext, Renderer
-from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run, status
+from tests.conftest import RelayFactory, RelayProcess, Sink, assert_golden, sdk_run, status
 from tests.fakes.presets import (
     PD_KEY,
     FakePagerDuty,
@@ -49,7 +48,6 @@ from tests.fakes.slack import (
 )
 
 GOLDEN = Path(__file__).parent / "golden"
-UPDATE_GOLDEN = os.environ.get("RELAY_UPDATE_GOLDEN") == "1"  # read before conftest clears it
 
 RUN_ID = "run_cmy2trjs6h23sbbwrzm2jlnhj"  # the EXECUTING fixture
 HEAD = """\
@@ -166,12 +164,7 @@ def test_recovered_templates_match_golden(channel_type: str) -> None:
     for part, text in rendered.parts.items():
         if part == "json":
             assert _problems(channel_type, text) == []
-        golden = GOLDEN / channel_type / "recovered" / f"run_completed.{part}"
-        if UPDATE_GOLDEN:
-            golden.parent.mkdir(parents=True, exist_ok=True)
-            golden.write_text(text, encoding="utf-8")
-        assert golden.exists(), f"no {golden}; run RELAY_UPDATE_GOLDEN=1 pytest {__file__}"
-        assert text == golden.read_text(encoding="utf-8"), golden
+        assert_golden(GOLDEN / channel_type / "recovered" / f"run_completed.{part}", text)
 
 
 def _problems(channel_type: str, text: str) -> list[str]:

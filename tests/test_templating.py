@@ -7,7 +7,6 @@ Real templates and the real Renderer, no mocks. Regenerate the golden files with
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +16,7 @@ import orjson
 import pytest
 from jinja2.exceptions import SecurityError
 
+from relay.channels import REGISTRY
 from relay.filters import duration, money, stack, status_emoji, tojson, truncate_chars
 from relay.grouping import digest_context
 from relay.model import Run
@@ -32,12 +32,12 @@ from relay.templating import (
     sandbox,
     shipped_templates_dir,
 )
+from tests.conftest import assert_golden
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "trigger"
 GOLDEN = Path(__file__).parent / "golden"
 # Read at import: the autouse fixture of conftest.py removes RELAY_* variables during tests.
-UPDATE_GOLDEN = os.environ.get("RELAY_UPDATE_GOLDEN") == "1"
 FIXTURE_NAMES = ("failed", "crashed", "timed_out", "completed", "executing")
 CHANNEL_PARTS = {"console": ("txt",), "webhook": ("json",)}
 DEFAULT_TEMPLATES = sorted(
@@ -45,6 +45,7 @@ DEFAULT_TEMPLATES = sorted(
     for channel_type, parts in CHANNEL_PARTS.items()
     for part in parts
     for path in (shipped_templates_dir() / channel_type).glob(f"run*.{part}{TEMPLATE_SUFFIX}")
+    if not path.name.startswith("run_failed.")  # the same as run: test_run_failed_is_run
 )
 SECRET = "sk_live_51HxSECRETvalue"
 
@@ -85,12 +86,19 @@ def render_source(
 
 def test_the_default_templates_are_found() -> None:
     assert shipped_templates_dir() == REPO / "templates"
-    assert {
-        ("console", "run", "txt"),
-        ("console", "run_failed", "txt"),
-        ("webhook", "run", "json"),
-        ("webhook", "run_failed", "json"),
-    } <= set(DEFAULT_TEMPLATES)
+    assert {("console", "run", "txt"), ("webhook", "run", "json")} <= set(DEFAULT_TEMPLATES)
+
+
+@pytest.mark.parametrize("channel_type", sorted(REGISTRY))
+def test_run_failed_is_run(channel_type: str) -> None:
+    """run_failed only extends run (override it to change failures alone), so it has no
+    golden files of its own: it renders exactly as run, for every channel and part."""
+    parts = REGISTRY[channel_type].parts
+    for fixture in FIXTURE_NAMES:
+        ctx = context(load_run(fixture), channel_type)
+        failed = Renderer().render(channel_type, "run_failed", parts, ctx)
+        assert not failed.fallback, failed.error
+        assert failed.parts == Renderer().render(channel_type, "run", parts, ctx).parts
 
 
 @pytest.mark.parametrize("fixture", FIXTURE_NAMES)
@@ -105,12 +113,7 @@ def test_default_template_matches_golden(
     text = rendered.parts[part]
     if part == "json":
         orjson.loads(text)
-    golden = GOLDEN / channel_type / name / f"run_{fixture}.{part}"
-    if UPDATE_GOLDEN:
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(text, encoding="utf-8")
-    assert golden.exists(), f"no {golden}; run RELAY_UPDATE_GOLDEN=1 pytest {__file__}"
-    assert text == golden.read_text(encoding="utf-8")
+    assert_golden(GOLDEN / channel_type / name / f"run_{fixture}.{part}", text)
 
 
 @pytest.mark.parametrize(("channel_type", "part"), [("console", "txt"), ("webhook", "json")])
@@ -123,12 +126,7 @@ def test_digest_template_matches_golden(channel_type: str, part: str) -> None:
     text = rendered.parts[part]
     if part == "json":
         assert orjson.loads(text)["group"]["count"] == len(runs)
-    golden = GOLDEN / channel_type / "digest" / f"five_fixtures.{part}"
-    if UPDATE_GOLDEN:
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(text, encoding="utf-8")
-    assert golden.exists(), f"no {golden}; run RELAY_UPDATE_GOLDEN=1 pytest {__file__}"
-    assert text == golden.read_text(encoding="utf-8")
+    assert_golden(GOLDEN / channel_type / "digest" / f"five_fixtures.{part}", text)
 
 
 @pytest.mark.parametrize(("channel_type", "part"), [("console", "txt"), ("webhook", "json")])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +24,11 @@ from relay.formats.trigger_alerts import parse_alert
 from relay.model import Run
 from relay.rules import compile_rules
 from relay.templating import RenderContext, Renderer
-from tests.conftest import FIXTURES, Relay, RelayFactory, Sink, sdk_run
+from tests.conftest import FIXTURES, Relay, RelayFactory, Sink, assert_golden, sdk_run
 
 SHIPPED = FIXTURES / "alert-webhooks"
 OURS = Path(__file__).parent / "fixtures" / "trigger_alerts"
 GOLDEN = Path(__file__).parent / "golden"
-UPDATE_GOLDEN = os.environ.get("RELAY_UPDATE_GOLDEN") == "1"  # read before conftest clears it
 SECRET = "Zx3vQ9kLm2Tn8Pw4Rb7Yc"
 SECOND = "second-channel-secret-7Hq2"
 HEADER = "x-trigger-signature-hmacsha256"
@@ -424,12 +422,7 @@ def test_template_matches_golden(channel_type: str, template: str, fixture: str)
     part = "txt" if channel_type == "console" else "json"
     if part == "json":
         assert orjson.loads(text)["type"] == run.event
-    golden = GOLDEN / channel_type / template / f"{fixture}.{part}"
-    if UPDATE_GOLDEN:
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(text, encoding="utf-8")
-    assert golden.exists(), f"no {golden}; run RELAY_UPDATE_GOLDEN=1 pytest {__file__}"
-    assert text == golden.read_text(encoding="utf-8")
+    assert_golden(GOLDEN / channel_type / template / f"{fixture}.{part}", text)
 
 
 @pytest.mark.parametrize("template", ["deployment_failed", "deployment_success", "error"])

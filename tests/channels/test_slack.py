@@ -10,7 +10,6 @@ import asyncio
 import io
 import json
 import logging
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from relay.errors import ConfigError, DeliveryError
 from relay.model import Run
 from relay.store.sqlite import SQLiteStore
 from relay.templating import RenderContext, Renderer, fallback_json
-from tests.conftest import RelayFactory, sdk_run
+from tests.conftest import RelayFactory, assert_golden, sdk_run
 from tests.fakes.slack import (
     FIRST_TS,
     TOKEN,
@@ -37,7 +36,6 @@ from tests.fakes.slack import (
 )
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "slack"
-UPDATE_GOLDEN = os.environ.get("RELAY_UPDATE_GOLDEN") == "1"  # read before conftest cleans RELAY_*
 FIXTURE_NAMES = ("failed", "crashed", "timed_out", "completed", "executing")
 SECRETS = (TOKEN, WEBHOOK_PATH.rsplit("/", 1)[1])
 
@@ -157,25 +155,14 @@ def test_settings_modes_and_default_rate_limit() -> None:
 
 
 @pytest.mark.parametrize("fixture", FIXTURE_NAMES)
-@pytest.mark.parametrize("name", ["run", "run_failed"])
-def test_default_template_matches_golden(name: str, fixture: str) -> None:
+def test_default_template_matches_golden(fixture: str) -> None:
+    name = "run"
     text = render(load_run(fixture), name)
     message = json.loads(text)
     assert block_kit_problems(message) == []
     assert slack_message(text, "-") == message  # the defaults need no clamping
     pretty = json.dumps(message, indent=2, ensure_ascii=False) + "\n"
-    golden = GOLDEN / name / f"run_{fixture}.json"
-    if UPDATE_GOLDEN:
-        golden.parent.mkdir(parents=True, exist_ok=True)
-        golden.write_text(pretty, encoding="utf-8")
-    assert golden.exists(), f"no {golden}; run RELAY_UPDATE_GOLDEN=1 pytest {__file__}"
-    assert pretty == golden.read_text(encoding="utf-8")
-
-
-def test_run_failed_is_run() -> None:
-    for fixture in FIXTURE_NAMES:
-        run = load_run(fixture)
-        assert render(run, "run_failed") == render(run, "run")
+    assert_golden(GOLDEN / name / f"run_{fixture}.json", pretty)
 
 
 def test_failure_reads_well_at_3am() -> None:
