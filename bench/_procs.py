@@ -76,12 +76,11 @@ class Child:
         return f"{self.name} exited (rc={self.proc.returncode}):\n  {tail}"
 
     def cpu_s(self) -> float | None:
-        """User + system CPU seconds of the process and its threads so far (Linux /proc)."""
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+        """User + system CPU seconds so far of the process and everything in its process group
+        (relay's worker processes too), Linux /proc."""
+        if self.proc.poll() is not None:
             return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _groups_cpu_s({self.proc.pid})
 
 
 class Children:

@@ -62,10 +62,13 @@ class Drain:
     rate: float  # notifications/s
     delivered: int
     others: float | None  # cores busy with other work meanwhile (noise)
+    cpu_us: float | None = None  # CPU of the sender's processes per notification
 
     def line(self, name: str) -> str:
+        cpu = "" if self.cpu_us is None else f"  {self.cpu_us:,.0f} us CPU each"
         return (
-            f"{name:<8} {self.delivered:>7} delivered at {self.rate:9,.0f}/s  {cores(self.others)}"
+            f"{name:<8} {self.delivered:>7} delivered at {self.rate:9,.0f}/s{cpu}"
+            f"  {cores(self.others)}"
         )
 
 
@@ -85,17 +88,19 @@ def relay_drain(children: Children, args: argparse.Namespace, tmp: Path) -> Drai
         ]
         load = children.load(url + "/v1/runs", options, 400)
         print(f"relay: outbox filled with {load['notifications']} notifications", flush=True)
-        before, t0 = cpu_sample(children), time.monotonic()
+        before, t0 = cpu_sample(children, server), time.monotonic()
         pause(sink, False)
         spy = py_spy(children, server, args.py_spy, args.count / 1000) if args.py_spy else None
         state = wait_for_sink(sink_port, load["notifications"], args.timeout)
-        others = other_cores(children, before)
+        used = cpu_sample(children, server).shares(before)
+        others = used.get("other_cpu")
         if spy is not None:
             spy.proc.wait(60)
         children.stop(server)
     finally:
         children.stop(sink)
-    return Drain(_rate(state["posts"], state["last"], t0), state["posts"], others)
+    cpu_us = used.get("server_cpu_s", 0.0) * 1e6 / max(state["posts"], 1)
+    return Drain(_rate(state["posts"], state["last"], t0), state["posts"], others, cpu_us)
 
 
 def apprise_drain(children: Children, args: argparse.Namespace) -> Drain:

@@ -245,7 +245,7 @@ class ChannelLoop:
             ]
             if err is None and group_key is not None:
                 writes.append(self.deps.store.group_flushed(group_key, self.deps.clock()))
-            return asyncio.gather(*writes)
+            return writes[0] if len(writes) == 1 else asyncio.gather(*writes)
 
         write = asyncio.ensure_future(self._write_through_blips(finish))
         if group_key is not None:  # a group's next digest waits for this one's flush
@@ -377,17 +377,25 @@ class ChannelLoop:
                 await self.deps.sleep(wait)
 
     async def _send(self, outgoing: Outgoing, budget: int) -> Tried:
-        """Send, retrying blips in-process: the tries made and the final error or receipt."""
-        tries = 0
+        """Send, retrying blips in-process: the tries made and the final error or receipt. The
+        first try is made directly (nearly every send succeeds at once: setting up a retry
+        loop for each cost more CPU than rendering the message); tenacity takes the rest."""
+        try:
+            return Tried(1, None, await self.route.channel.send(outgoing))
+        except DeliveryError as err:
+            if budget <= 1 or not pol.is_blip(err):
+                return Tried(1, err)
+            await self.deps.sleep(pol.quick_wait_s(1, err, self.deps.rng))
+        tries = 1
         receipt: str | None = None
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             err = exc if isinstance(exc, DeliveryError) else None
-            return pol.quick_wait_s(state.attempt_number, err, self.deps.rng)
+            return pol.quick_wait_s(1 + state.attempt_number, err, self.deps.rng)
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(budget),
+            stop=stop_after_attempt(budget - 1),
             wait=wait,
             retry=retry_if_exception(lambda e: isinstance(e, DeliveryError) and pol.is_blip(e)),
             sleep=self.deps.sleep,

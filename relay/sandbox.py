@@ -125,6 +125,9 @@ def environment(loader: jinja2.BaseLoader | None = None) -> _Environment:
         undefined=ChainableUndefined,
         keep_trailing_newline=True,
         cache_size=400,
+        # a template change reaches a running relay through a reload (checked first, then a new
+        # Renderer), never by a stat() of the file on every render
+        auto_reload=False,
     )
     env.globals.pop("lipsum", None)  # a text generator with unbounded sizes; useless here
     for name in ("center", "indent", "batch", "slice", "wordwrap", "truncate"):
