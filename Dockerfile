@@ -9,9 +9,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY relay ./relay
 COPY templates ./templates
-# relay's wheel (templates included as relay/templates), then wheels of its dependencies.
+# relay's wheel (templates included as relay/templates), then wheels of its dependencies and of
+# the `fast` extra (uvloop).
 RUN pip wheel --no-deps -w /wheels . \
- && pip wheel -w /wheels /wheels/relay-*.whl
+ && pip wheel -w /wheels /wheels/relay-*.whl uvloop
 
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -23,7 +24,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-index \
-    --find-links=/wheels relay \
+    --find-links=/wheels "relay[fast]" \
  && groupadd --system --gid 10001 relay \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/relay --no-create-home \
     --shell /usr/sbin/nologin relay \
