@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,7 @@ class Service:
                 self._config_args(),
                 lambda: self.config.channels,
                 self.metrics.delivery_event,
+                self._worker_died,
             )
             await self.pool.start()
         else:
@@ -123,6 +125,16 @@ class Service:
         commands = read_commands(self._wake, self._wake_all, self._reload_soon, self.request_stop)
         self._tasks = [asyncio.create_task(commands, name="commands")]
         return "", 0
+
+    async def _worker_died(self, channels: Collection[str]) -> None:
+        """A delivery worker died: its claims go back to the outbox (SQLite) for its successor."""
+        try:
+            released = await self.store.release_leases(channels)
+        except StoreUnavailable:
+            log.warning("a dead worker's claims wait for their lease: store unavailable")
+            return
+        if released:
+            log.info("resuming notifications a dead worker had claimed", extra={"count": released})
 
     def _config_args(self) -> list[str]:
         loaded = self.compiled.loaded

@@ -16,7 +16,9 @@ Between the processes, two pipes per child:
 - an events pipe (fd passed as --events-fd), one JSON line per delivery outcome, which this
   process turns into its own metrics: /metrics stays one endpoint.
 
-A child that dies is started again after a second; what it had claimed waits for its lease.
+A child that dies is started again after a second. What it had claimed goes back to the outbox
+at once with SQLite (one replica: the claims of its channels can only be the dead child's); with
+PostgreSQL it waits for its lease, as any replica's.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -121,11 +123,13 @@ class WorkerPool:
         config_args: list[str],
         channels: Callable[[], Collection[str]],
         on_event: EventSink,
+        on_death: Callable[[Collection[str]], Awaitable[None]] | None = None,
     ) -> None:
         self._count = count
         self._args = config_args  # e.g. ["--config", path]: the children read what we read
         self._channels = channels
         self._on_event = on_event
+        self._on_death = on_death  # with the channels a worker owned, once it died unasked
         self._children = [_Child(i) for i in range(count)]
         self._stopping = False
 
@@ -198,6 +202,8 @@ class WorkerPool:
                 "delivery worker exited; starting it again",
                 extra={"worker": child.index, "code": code},
             )
+            if self._on_death is not None:
+                await self._on_death(owned(child.index, self._channels(), self._count))
             await asyncio.sleep(RESTART_AFTER_S)
 
     async def _relay_events(self, events: asyncio.StreamReader) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 import standardwebhooks
 
+from relay.delivery import CLAIM_AHEAD
 from relay.model import Notification, notification_id
 from tests.conftest import RelayFactory, Sink, hang, sdk_run, status
 
@@ -238,6 +240,43 @@ async def test_rate_limit_delays_never_drops(relay: RelayFactory, sink: Sink) ->
     span = got[-1].at - got[0].at
     assert span >= 0.35  # 5 messages at 10/s with a burst of 1 take at least 0.4 s
     await wait_state(r, "sent", 5)
+
+
+def leased(db: Path) -> int:
+    """Pending outbox rows some delivery loop holds (claimed, in flight or waiting its turn)."""
+    with sqlite3.connect(db) as conn:
+        query = "SELECT count(*) FROM outbox WHERE state = 'pending' AND lease_until IS NOT NULL"
+        return int(conn.execute(query).fetchone()[0])
+
+
+async def test_a_busy_channel_claims_ahead_and_gives_back_on_stop_what_it_did_not_start(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    sink.default = hang(30)
+    text = config(sink.url, timeout="30s").replace("    secret:", "    concurrency: 2\n    secret:")
+    db = tmp_path / "ahead.db"
+    r = await relay(text, db)
+    await r.post([failing_run(i) for i in range(40)])
+    await sink.wait_for(2)
+    # two in flight, CLAIM_AHEAD more claimed in the same commit, the rest left in the outbox
+    assert leased(db) == 2 + CLAIM_AHEAD
+    assert r.service.delivery is not None
+    await r.service.delivery.stop(grace_s=0.1)
+    assert leased(db) == 2  # the two sends cut short keep theirs; the others went back
+    assert len(sink.received) == 2
+
+
+async def test_a_rate_limited_channel_claims_only_what_it_can_send(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    sink.default = hang(30)
+    limited = "    concurrency: 2\n    rate_limit: {per_second: 100}\n    secret:"
+    db = tmp_path / "limited.db"
+    r = await relay(config(sink.url, timeout="30s").replace("    secret:", limited), db)
+    await r.post([failing_run(i) for i in range(40)])
+    await sink.wait_for(2)
+    await asyncio.sleep(0.2)
+    assert leased(db) == 2  # nothing claimed to wait here for its turn in the bucket
 
 
 @pytest.mark.parametrize("shape", ["one", "array"])

@@ -132,6 +132,27 @@ async def test_a_killed_worker_is_started_again(
     assert await delivered_ids(sink, 0, want) == want
 
 
+async def test_a_killed_workers_claims_go_to_its_successor_at_once(
+    relay_process: Callable[..., RelayProcess], sink: Sink
+) -> None:
+    sink.default = hang(30)  # the worker's sends are in flight, more claimed rows wait their turn
+    proc = relay_process(config(sink.url, ("a",)), {"RELAY_WORKERS": "1"})
+    await asyncio.to_thread(proc.start)
+    items = runs(30)
+    await post_all(proc.url, items)
+    await sink.wait_for(4)
+    first = worker_pids(proc)[0]
+    os.kill(first, signal.SIGKILL)
+    sink.default = None
+    await wait_until(lambda: worker_pids(proc).get(0, first) != first)
+    # far sooner than the 300 s lease: the parent released the dead worker's claims
+    want = wanted(items, ("a",))
+    assert await delivered_ids(sink, 0, want) == want
+    assert any(
+        e.get("msg") == "resuming notifications a dead worker had claimed" for e in proc.logs
+    )
+
+
 async def test_a_reload_reaches_the_workers(
     relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
 ) -> None:

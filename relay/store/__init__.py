@@ -8,7 +8,7 @@ it returns (SQLite: concurrent calls share commits, group commit).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -135,10 +135,11 @@ class Store(Protocol):
     async def replay(self, ids: Sequence[str] | None, now: float) -> int:
         """Move dead notifications (all if ids is None) back to pending; return how many moved."""
 
-    async def release_leases(self) -> int:
-        """Forget every lease when `serve` starts; return how many.
+    async def release_leases(self, channels: Collection[str] | None = None) -> int:
+        """Forget the leases of a dead process: every lease when `serve` starts (None), or the
+        outbox claims of `channels` when the delivery worker owning them died; return how many.
 
-        Only a single-replica engine (SQLite) forgets anything: there every lease is a dead
+        Only a single-replica engine (SQLite) forgets anything: there every such lease is a dead
         process's. PostgreSQL returns 0: the leases may be live replicas', and expired ones are
         claimable anyway.
         """

@@ -9,7 +9,7 @@ writer, and BEGIN IMMEDIATE with a busy timeout makes writers queue instead of f
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import orjson
@@ -209,17 +209,19 @@ class SQLiteStore:
 
         return await self._writer.run(replay)
 
-    async def release_leases(self) -> int:
-        """One replica: every lease (outbox claims, feed leadership) is a dead process's."""
+    async def release_leases(self, channels: Collection[str] | None = None) -> int:
+        """One replica: every lease (outbox claims, feed leadership) is a dead process's; with
+        `channels`, the claims of a dead delivery worker (it owned those channels)."""
+        names = None if channels is None else sorted(channels)
+        pending = "UPDATE outbox SET lease_until = NULL WHERE state = 'pending'"
+        pending += " AND lease_until IS NOT NULL"
 
         def release(conn: sqlite3.Connection) -> int:
-            conn.execute("DELETE FROM leases")
-            return int(
-                conn.execute(
-                    "UPDATE outbox SET lease_until = NULL"
-                    " WHERE state = 'pending' AND lease_until IS NOT NULL"
-                ).rowcount
-            )
+            if names is None:
+                conn.execute("DELETE FROM leases")
+                return int(conn.execute(pending).rowcount)
+            marks = ", ".join("?" * len(names))
+            return int(conn.execute(f"{pending} AND channel IN ({marks})", names).rowcount)
 
         return await self._writer.run(release)
 

@@ -77,6 +77,16 @@ async def test_release_leases_forgets_every_lease(store: SQLiteStore) -> None:
     assert await store.next_due("c2") is None
 
 
+async def test_release_leases_of_a_dead_workers_channels_only(store: SQLiteStore) -> None:
+    await enqueue(store, "run_1", 10.0, "c1", "c2", "c3")
+    for channel in ("c1", "c2", "c3"):
+        await store.claim(channel, now=15.0, limit=1, lease_s=30)
+    assert await store.release_leases({"c1", "c3"}) == 2
+    assert await store.next_due("c1") == 10.0 and await store.next_due("c3") == 10.0
+    assert await store.next_due("c2") == 45.0  # a live worker's claim stands
+    assert await store.release_leases(set()) == 0
+
+
 # --- failures ------------------------------------------------------------------------------------
 
 
