@@ -95,6 +95,22 @@ class MalformedRequests(logging.Filter):
         return True
 
 
+class _Fields(logging.Filter):
+    def __init__(self, fields: dict[str, Any]) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.update(self.fields)
+        return True
+
+
+def tag_lines(**fields: Any) -> None:
+    """Add `fields` to every line this process logs (a delivery worker's `worker` index)."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Fields(fields))
+
+
 def setup_logging(fmt: str, level: str) -> None:
     handler = _ScrubbingHandler(SCRUB)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())

@@ -9,7 +9,6 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from relay.configure import (
 from relay.delivery import Delivery, Deps
 from relay.errors import ConfigError, StoreUnavailable
 from relay.intake import Intake
-from relay.logs import SCRUB
+from relay.logs import SCRUB, tag_lines
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.metrics import Metrics
 from relay.model import Notification
@@ -38,7 +37,7 @@ from relay.silences import SilenceCache
 from relay.sources.http import HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource
 from relay.store import Store, open_store
-from relay.workers import Outcome, Role, WorkerPool, read_commands, write_event
+from relay.workers import Outcome, Role, WorkerPool, holder, read_commands, write_event
 
 log = logging.getLogger("relay")
 SHUTDOWN_GRACE_S = 10.0
@@ -64,7 +63,7 @@ class Service:
         self.compiled = compiled
         self.role = role or Role()
         self.pool: WorkerPool | None = None
-        self.store: Store = open_store(settings.store_url)
+        self.store: Store = open_store(settings.store_url, self.role.holder)
         self.http = HttpClient()
         self.metrics = Metrics()
         self.delivery: Delivery | None = None
@@ -120,16 +119,17 @@ class Service:
 
     async def _start_worker(self) -> tuple[str, int]:
         """A delivery worker: the loops of the channels it owns, commands from the parent."""
+        tag_lines(worker=self.role.index)
         self.delivery = self._delivery(self.compiled)
         self.delivery.start()
         commands = read_commands(self._wake, self._wake_all, self._reload_soon, self.request_stop)
         self._tasks = [asyncio.create_task(commands, name="commands")]
         return "", 0
 
-    async def _worker_died(self, channels: Collection[str]) -> None:
+    async def _worker_died(self, index: int) -> None:
         """A delivery worker died: its claims go back to the outbox (SQLite) for its successor."""
         try:
-            released = await self.store.release_leases(channels)
+            released = await self.store.release_leases(holder(index))
         except StoreUnavailable:
             log.warning("a dead worker's claims wait for their lease: store unavailable")
             return

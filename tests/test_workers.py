@@ -94,6 +94,9 @@ async def test_workers_deliver_everything_once_and_the_parent_counts_it(
             break
         await asyncio.sleep(0.1)
     assert await sent_total(proc.url) == len(want)
+    sent = [e for e in proc.logs if e.get("msg") == "notification sent"]
+    # each line names the worker that logged it: the owner of its channel
+    assert sent and all(e["worker"] == owner(str(e["channel"]), CHANNELS, 2) for e in sent)
     pids = list(worker_pids(proc).values())
     assert await asyncio.to_thread(proc.terminate) == 0
     assert not any(alive(pid) for pid in pids)

@@ -8,7 +8,7 @@ it returns (SQLite: concurrent calls share commits, group commit).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -135,9 +135,10 @@ class Store(Protocol):
     async def replay(self, ids: Sequence[str] | None, now: float) -> int:
         """Move dead notifications (all if ids is None) back to pending; return how many moved."""
 
-    async def release_leases(self, channels: Collection[str] | None = None) -> int:
+    async def release_leases(self, holder: str | None = None) -> int:
         """Forget the leases of a dead process: every lease when `serve` starts (None), or the
-        outbox claims of `channels` when the delivery worker owning them died; return how many.
+        claims of the delivery worker whose store was opened with `holder` once it died; return
+        how many.
 
         Only a single-replica engine (SQLite) forgets anything: there every such lease is a dead
         process's. PostgreSQL returns 0: the leases may be live replicas', and expired ones are
@@ -199,12 +200,13 @@ class Store(Protocol):
         """
 
 
-def open_store(url: str) -> Store:
-    """The engine for a RELAY_STORE_URL (not opened yet: call `open`)."""
+def open_store(url: str, holder: str = "") -> Store:
+    """The engine for a RELAY_STORE_URL (not opened yet: call `open`); `holder` names this
+    process in the leases it takes (SQLite: see release_leases)."""
     from relay.store.sqlite import SQLiteStore, sqlite_path  # noqa: PLC0415
 
     if url.startswith("sqlite:"):
-        return SQLiteStore(sqlite_path(url))
+        return SQLiteStore(sqlite_path(url), holder=holder)
     if url.startswith(("postgresql:", "postgres:")):
         from relay.store.postgres import PostgresStore  # noqa: PLC0415
 

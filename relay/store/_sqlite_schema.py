@@ -162,7 +162,11 @@ _V6 = (
 # key), so that a recovery can update or resolve it.
 _V7 = ("ALTER TABLE outbox ADD COLUMN receipt TEXT",)
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
+# v8: which process holds a claim's lease (`serve --workers`: a dead worker's claims are freed
+# at once, and only its own: workers share channels)
+_V8 = ("ALTER TABLE outbox ADD COLUMN lease_holder TEXT",)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

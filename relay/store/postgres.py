@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -274,7 +274,7 @@ class PostgresStore:
             moved = await self._fetchval(sql, now, [clean(i) for i in ids])
         return int(moved)
 
-    async def release_leases(self, channels: Collection[str] | None = None) -> int:
+    async def release_leases(self, holder: str | None = None) -> int:
         """Nothing to do, by design: other replicas' leases are theirs, and live.
 
         SQLite serves one replica, so at its start every lease is a dead process's. Here a

@@ -9,7 +9,7 @@ writer, and BEGIN IMMEDIATE with a busy timeout makes writers queue instead of f
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -70,9 +70,10 @@ class SQLiteStore:
     writes fail with StoreUnavailable. `commits` counts committed transactions (batches).
     """
 
-    def __init__(self, path: Path | str, *, max_pages: int | None = None) -> None:
+    def __init__(self, path: Path | str, *, max_pages: int | None = None, holder: str = "") -> None:
         self.path = Path(path)
         self._max_pages = max_pages
+        self._holder = holder  # recorded with each claim: release_leases(holder) frees them
         self._writer = Writer(WriteLock(self.path, _BUSY_TIMEOUT_MS / 1000))
 
     @property
@@ -98,22 +99,11 @@ class SQLiteStore:
     async def claim(
         self, channel: str, now: float, limit: int, lease_s: float
     ) -> list[Notification]:
-        rows = await self._writer.run(
-            lambda conn: conn.execute(
-                """
-                UPDATE outbox SET lease_until = ?, updated_at = ?
-                WHERE id IN (
-                    SELECT id FROM outbox
-                    WHERE channel = ? AND state = 'pending' AND not_before <= ?
-                      AND (lease_until IS NULL OR lease_until <= ?)
-                    ORDER BY not_before, created_at, id
-                    LIMIT ?
-                )
-                RETURNING *
-                """,
-                (now + lease_s, now, channel, now, now, limit),
-            ).fetchall()
-        )
+        """Up to `limit` due rows of `channel`, and with any row of a digest group every due row
+        of that group in the same transaction: `serve --workers` share a channel, and two of them
+        each taking part of one group would send two digests (as PostgreSQL claims, too)."""
+        lease = (now + lease_s, self._holder, now)
+        rows = await self._writer.run(lambda conn: _claim(conn, channel, now, limit, lease))
         claimed = [to_notification(row) for row in rows]
         claimed.sort(key=lambda n: (n.not_before, n.created_at, n.id))
         return claimed
@@ -209,21 +199,20 @@ class SQLiteStore:
 
         return await self._writer.run(replay)
 
-    async def release_leases(self, channels: Collection[str] | None = None) -> int:
+    async def release_leases(self, holder: str | None = None) -> int:
         """One replica: every lease (outbox claims, feed leadership) is a dead process's; with
-        `channels`, the claims of a dead delivery worker (it owned those channels)."""
-        names = None if channels is None else sorted(channels)
-        pending = "UPDATE outbox SET lease_until = NULL WHERE state = 'pending'"
-        pending += " AND lease_until IS NOT NULL"
+        `holder`, the claims of one dead delivery worker (opened with that holder)."""
+        release = "UPDATE outbox SET lease_until = NULL"
+        release += " WHERE state = 'pending' AND lease_until IS NOT NULL"
 
-        def release(conn: sqlite3.Connection) -> int:
-            if names is None:
-                conn.execute("DELETE FROM leases")
-                return int(conn.execute(pending).rowcount)
-            marks = ", ".join("?" * len(names))
-            return int(conn.execute(f"{pending} AND channel IN ({marks})", names).rowcount)
+        def forget_all(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM leases")
+            return int(conn.execute(release).rowcount)
 
-        return await self._writer.run(release)
+        if holder is None:
+            return await self._writer.run(forget_all)
+        sql = release + " AND lease_holder = ?"
+        return await self._writer.run(lambda conn: int(conn.execute(sql, (holder,)).rowcount))
 
     async def get(self, notification_id: str) -> Notification | None:
         row = await self._writer.run(
@@ -255,20 +244,8 @@ class SQLiteStore:
         self, group_key: str, now: float, lease_s: float, limit: int = 1000
     ) -> list[Notification]:
         """Lease every due pending notification of a digest group (oldest first)."""
-        rows = await self._writer.run(
-            lambda conn: conn.execute(
-                """
-                UPDATE outbox SET lease_until = ?, updated_at = ?
-                WHERE id IN (
-                    SELECT id FROM outbox
-                    WHERE group_key = ? AND state = 'pending' AND not_before <= ?
-                      AND (lease_until IS NULL OR lease_until <= ?)
-                    ORDER BY created_at, id LIMIT ?)
-                RETURNING *
-                """,
-                (now + lease_s, now, group_key, now, now, limit),
-            ).fetchall()
-        )
+        lease = (now + lease_s, self._holder, now)
+        rows = await self._writer.run(lambda conn: _claim_group(conn, group_key, now, limit, lease))
         return sorted((to_notification(r) for r in rows), key=lambda n: (n.created_at, n.id))
 
     async def group_flushed(self, group_key: str, now: float) -> dict[str, str]:
@@ -388,6 +365,39 @@ class SQLiteStore:
                 add_event(conn, id_, event)
 
         await self._writer.run(update)
+
+
+GROUP_CLAIM_LIMIT = 1000  # rows of one digest group a claim takes with it (claim_group's default)
+_DUE = "state = 'pending' AND not_before <= ? AND (lease_until IS NULL OR lease_until <= ?)"
+_LEASE = "UPDATE outbox SET lease_until = ?, lease_holder = ?, updated_at = ?"
+_CLAIM = f"""
+    {_LEASE} WHERE id IN (
+        SELECT id FROM outbox WHERE channel = ? AND {_DUE}
+        ORDER BY not_before, created_at, id LIMIT ?
+    ) RETURNING *
+"""  # noqa: S608
+_CLAIM_GROUP = f"""
+    {_LEASE} WHERE id IN (
+        SELECT id FROM outbox WHERE group_key = ? AND {_DUE} ORDER BY created_at, id LIMIT ?
+    ) RETURNING *
+"""  # noqa: S608
+Lease = tuple[float, str, float]  # lease_until, lease_holder, updated_at
+
+
+def _claim(
+    conn: sqlite3.Connection, channel: str, now: float, limit: int, lease: Lease
+) -> list[sqlite3.Row]:
+    """In the writer thread: the due rows, then the rest of each digest group among them."""
+    rows: list[sqlite3.Row] = conn.execute(_CLAIM, (*lease, channel, now, now, limit)).fetchall()
+    for key in dict.fromkeys(row["group_key"] for row in rows if row["group_key"] is not None):
+        rows += _claim_group(conn, key, now, GROUP_CLAIM_LIMIT, lease)
+    return rows
+
+
+def _claim_group(
+    conn: sqlite3.Connection, key: str, now: float, limit: int, lease: Lease
+) -> list[sqlite3.Row]:
+    return list(conn.execute(_CLAIM_GROUP, (*lease, key, now, now, limit)).fetchall())
 
 
 def _observe(

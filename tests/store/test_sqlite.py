@@ -77,14 +77,21 @@ async def test_release_leases_forgets_every_lease(store: SQLiteStore) -> None:
     assert await store.next_due("c2") is None
 
 
-async def test_release_leases_of_a_dead_workers_channels_only(store: SQLiteStore) -> None:
-    await enqueue(store, "run_1", 10.0, "c1", "c2", "c3")
-    for channel in ("c1", "c2", "c3"):
-        await store.claim(channel, now=15.0, limit=1, lease_s=30)
-    assert await store.release_leases({"c1", "c3"}) == 2
-    assert await store.next_due("c1") == 10.0 and await store.next_due("c3") == 10.0
-    assert await store.next_due("c2") == 45.0  # a live worker's claim stands
-    assert await store.release_leases(set()) == 0
+async def test_release_leases_of_one_holder_only(store: SQLiteStore) -> None:
+    """Two delivery workers share a channel; one dies: its claims, and only its, go back."""
+    other = SQLiteStore(store.path, holder="worker 1")
+    await other.open()
+    try:
+        await enqueue(store, "run_1", 10.0)
+        await enqueue(store, "run_2", 10.0)
+        [mine] = await other.claim("c1", now=15.0, limit=1, lease_s=30)
+        [theirs] = await store.claim("c1", now=15.0, limit=1, lease_s=30)
+        assert {mine.run_id, theirs.run_id} == {"run_1", "run_2"}
+        assert await store.release_leases("worker 1") == 1
+        assert [n.id for n in await store.claim("c1", 16.0, 10, 30)] == [mine.id]
+        assert await store.release_leases("worker 2") == 0
+    finally:
+        await other.close()
 
 
 # --- failures ------------------------------------------------------------------------------------
