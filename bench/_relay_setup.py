@@ -10,11 +10,15 @@ from _procs import Child, Children
 
 
 def one_rule_yaml(
-    sink_port: int, *, channel_timeout: str = "5s", concurrency: int = 4, realtime_url: str = ""
+    sink_port: int,
+    *,
+    channel_timeout: str = "5s",
+    concurrency: int | None = None,
+    realtime_url: str = "",
 ) -> str:
-    """A webhook channel `sink` to the bench sink (`concurrency` requests in flight, relay's
-    default 4) and one rule sending FAILED runs to it; with `realtime_url`, a Realtime source
-    following one tag feed of that server."""
+    """A webhook channel `sink` to the bench sink (`concurrency` requests in flight; None:
+    relay's default for webhooks) and one rule sending FAILED runs to it; with `realtime_url`,
+    a Realtime source following one tag feed of that server."""
     source = ""
     if realtime_url:
         source = f"""\
@@ -25,6 +29,7 @@ sources:
     feeds:
       - tags: [bench]
 """
+    limit = "" if concurrency is None else f"    concurrency: {concurrency}\n"
     return f"""\
 {source}defaults:
   timeout: 5s
@@ -33,8 +38,7 @@ channels:
     type: webhook
     url: http://127.0.0.1:{sink_port}/relay
     timeout: {channel_timeout}
-    concurrency: {concurrency}
-rules:
+{limit}rules:
   - name: failures
     match: {{status: [FAILED]}}
     notify: [sink]

@@ -1,12 +1,12 @@
 """Delivery: notifications/s from relay's outbox to a webhook sink, against Apprise.
 
-    .venv/bin/python bench/delivery.py [--count 10000] [--concurrency 4] [--no-install]
+    .venv/bin/python bench/delivery.py [--count 10000] [--concurrency N] [--no-install]
 
 relay: a sink (bench/bare_server.py --status 200) is started and paused (SIGSTOP: it accepts
 connections but answers nothing); relay (one rule "FAILED → webhook sink", channel timeout
-120 s, `concurrency` requests in flight, relay's default 4) ingests --count failing runs in
-batches of 100, so its outbox holds --count notifications; then the sink is resumed and the clock
-runs from that moment to the sink's last POST. Apprise: a fresh sink, and
+120 s, --concurrency requests in flight, else relay's default for webhooks) ingests --count
+failing runs in batches of 100, so its outbox holds --count notifications; then the sink is
+resumed and the clock runs from that moment to the sink's last POST. Apprise: a fresh sink, and
 bench/apprise_sender.py in its own process sends --count notifications with Apprise's json://
 notifier (one after the other, as `Apprise.notify` does); the clock runs from its first send to
 the sink's last POST. Apprise is pip-installed into this venv when missing (unless
@@ -128,8 +128,10 @@ def rows(relay: Drain, apprise: Drain | None, args: argparse.Namespace) -> list[
     return [
         compare(
             "delivery",
-            f"notifications/s to a webhook sink, from a filled outbox (concurrency "
-            f"{args.concurrency})" + workers_note(args.relay_workers),
+            "notifications/s to a webhook sink, from a filled outbox (concurrency "
+            + ("default" if args.concurrency is None else str(args.concurrency))
+            + ")"
+            + workers_note(args.relay_workers),
             relay.rate,
             "/s",
             apprise.rate if apprise else None,
@@ -144,12 +146,12 @@ def rows(relay: Drain, apprise: Drain | None, args: argparse.Namespace) -> list[
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = arg_parser(__doc__, installs="apprise", workers=True)
     p.add_argument("--count", type=int, default=10_000, help="notifications to deliver")
-    p.add_argument("--concurrency", type=int, default=4, help="relay channel concurrency")
+    p.add_argument("--concurrency", type=int, help="relay channel concurrency (default: relay's)")
     p.add_argument("--rounds", type=int, default=2, help="best of this many per system")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per delivery wait")
     p.add_argument("--py-spy", default="", metavar="FILE", help="profile relay's drain into FILE")
     args = p.parse_args(argv)
-    if not 1 <= args.count <= 1_000_000 or not 1 <= args.concurrency <= 256:
+    if not 1 <= args.count <= 1_000_000 or not 1 <= (args.concurrency or 1) <= 256:
         p.error("--count 1..1000000, --concurrency 1..256")
     if not 0 < args.timeout <= 1800 or not 1 <= args.rounds <= 5:
         p.error("--timeout (0, 1800], --rounds 1..5")

@@ -44,6 +44,20 @@ def test_good_config_loads_with_interpolation() -> None:
     assert "http://127.0.0.1:9/x" in loaded.secrets()  # webhook URLs embed keys: secret
 
 
+def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
+    text = GOOD.replace(
+        "  out: {type: console}",
+        "  out: {type: console}\n  few: {type: webhook, url: http://127.0.0.1:9/y, concurrency: 2}",
+    )
+    env = {"TOKEN": "tok-123456"}
+    channels = parse_config(text, "c.yaml", settings_models(), env).config.channels
+    assert (channels["hook"].concurrency, channels["out"].concurrency) == (16, 4)
+    assert channels["few"].concurrency == 2
+    assert problems(text.replace("concurrency: 2", "concurrency: 257"), env) == [
+        "c.yaml:5: channels.few.concurrency: Input should be less than or equal to 256"
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 from typing import Any
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.config import ChannelSettings
@@ -25,6 +25,10 @@ class WebhookSettings(ChannelSettings):
     url: SecretStr
     headers: dict[str, SecretStr] = {}
     secret: SecretStr | None = None
+    # a receiver across the internet answers in 50-300 ms: at 4 in flight (the other types'
+    # default, where Slack, Discord, Teams, PagerDuty and SMTP servers limit senders) a storm of
+    # alerts would queue for minutes; Alertmanager has no limit at all
+    concurrency: int = Field(default=16, ge=1, le=256)
 
     @field_validator("url")
     @classmethod
