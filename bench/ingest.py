@@ -111,7 +111,8 @@ def relay(
     children: Children, args: argparse.Namespace, tag: str, sink_port: int, tmp: Path
 ) -> dict[str, Any]:
     before = sink_count(sink_port)
-    server, url = _relay_setup.start(children, tmp, config_yaml(args.rules, sink_port), tag)
+    config = config_yaml(args.rules, sink_port)
+    server, url = _relay_setup.start(children, tmp, config, tag, args.relay_workers)
     try:
         spy = start_py_spy(children, server, args, tag)
         result = measure(children, server, url, args, tag)
@@ -171,7 +172,7 @@ def header(batch: int) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = _results.arg_parser(__doc__)
+    p = _results.arg_parser(__doc__, workers=True)
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before")
     p.add_argument("--concurrency", type=int, default=64, help="connections in flight")
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 def summary(best: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[_results.Row]:
     """The summary rows (bench/_results.py): req/s and CPU per request, relay vs baseline."""
     base, rel = best["baseline"], best["relay"]
-    what = f"batch {args.batch}, {args.rules} rules"
+    what = f"batch {args.batch}, {args.rules} rules" + _results.workers_note(args.relay_workers)
     req_ratio = _results.ratio(rel["rps"], base["rps"])
     base_us, rel_us = cpu_us_per_request(base), cpu_us_per_request(rel)
     return [
