@@ -113,17 +113,19 @@ class Children:
         return child
 
     def stop(self, child: Child, grace_s: float = STOP_GRACE_S) -> int | None:
-        """SIGTERM the child's group, then SIGKILL after `grace_s`; its exit code."""
+        """SIGTERM the child's group, then SIGKILL after `grace_s`; its exit code. The group is
+        signalled only while its leader is not reaped: until then no other process can have
+        the leader's pid, which is the group id (a reaped one may already belong to another)."""
         proc = child.proc
-        if proc.poll() is None:
+        if proc.returncode is None:
             _signal_group(proc.pid, signal.SIGTERM)
             _signal_group(proc.pid, signal.SIGCONT)  # a paused child (see `pause`) can stop
-            try:
-                proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
+            if not _exited(proc.pid, grace_s):
                 _signal_group(proc.pid, signal.SIGKILL)
+                _exited(proc.pid, 5.0)
+            _signal_group(proc.pid, signal.SIGKILL)  # leftovers of the group, if any
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
-        _signal_group(proc.pid, signal.SIGKILL)  # leftovers of the group, if any
         for stream in (proc.stdout, proc.stderr):
             if stream is not None and not stream.closed:
                 with contextlib.suppress(OSError):
@@ -242,6 +244,20 @@ def _relay_listening(line: str) -> str | None:
     if isinstance(entry, dict) and entry.get("msg") == "listening":
         return f"http://{entry['host']}:{entry['port']}"
     return None
+
+
+def _exited(pid: int, timeout_s: float) -> bool:
+    """Wait up to `timeout_s` for our child `pid` to exit, without reaping it (WNOWAIT)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True
+        except ChildProcessError:  # reaped already
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def _signal_group(pid: int, sig: int) -> None:
