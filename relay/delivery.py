@@ -214,8 +214,8 @@ class ChannelLoop:
 
     def _ahead(self) -> int:
         """Rows claimed beyond the free slots, to start as slots free up: a claim is a store
-        commit, and one per send made the store the bottleneck (3x the CPU per notification at
-        concurrency 4). None for a rate-limited channel: they would wait here, leased."""
+        commit, and one per send made the store the bottleneck (2x the CPU per notification at
+        concurrency 4). None on a rate-limited channel: they would sit out the bucket leased."""
         return 0 if self.route.bucket is not None else max(self.route.concurrency, CLAIM_AHEAD)
 
     def _start_ready(self) -> None:
