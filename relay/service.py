@@ -360,6 +360,7 @@ async def serve(settings: Settings, compiled: Compiled, role: Role | None = None
                 "channels": len(config.channels),
                 "rules": len(config.rules),
                 "store": settings.store_url.split("://", 1)[0],
+                "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             },
         )
         await service.run_until_stopped()

@@ -4,6 +4,7 @@ configs while the old one keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -134,3 +135,13 @@ async def test_sighup_reloads_a_running_relay(
     refused = [e for e in proc.logs if "refused" in str(e.get("msg"))]
     assert refused and refused[0]["problems"]
     assert proc.proc.poll() is None  # still serving
+
+
+async def test_serve_runs_on_uvloop_when_it_is_installed(
+    relay_process: Callable[..., RelayProcess], sink: Sink
+) -> None:
+    proc = relay_process(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    await asyncio.to_thread(proc.start)
+    [listening] = [e for e in proc.logs if e.get("msg") == "listening"]
+    installed = importlib.util.find_spec("uvloop") is not None  # the dev extra has it
+    assert listening["event_loop"] == ("uvloop" if installed else "asyncio")
