@@ -266,6 +266,22 @@ async def test_a_busy_channel_claims_ahead_and_gives_back_on_stop_what_it_did_no
     assert len(sink.received) == 2
 
 
+async def test_a_reload_mid_drain_sends_every_claimed_notification_once(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    sink.default = hang(0.05)
+    text = config(sink.url).replace("    secret:", "    concurrency: 1\n    secret:")
+    r = await relay(text)
+    await r.post([failing_run(i) for i in range(30)])
+    await sink.wait_for(2)  # one in flight, CLAIM_AHEAD waiting their turn in the old loop
+    (tmp_path / "config0.yaml").write_text(text.replace("X-Team: core", "X-Team: ops"))
+    assert await r.service.reload("test")
+    await wait_state(r, "sent", 30)
+    ids = [got.headers["webhook-id"] for got in sink.received]
+    assert len(ids) == len(set(ids)) == 30  # the old loop's claims went to the new one, once
+    assert {got.headers["X-Team"] for got in sink.received[-5:]} == {"ops"}
+
+
 async def test_a_rate_limited_channel_claims_only_what_it_can_send(
     relay: RelayFactory, sink: Sink, tmp_path: Path
 ) -> None:
