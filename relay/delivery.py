@@ -200,11 +200,7 @@ class ChannelLoop:
         now = self.deps.clock()
         want = self.route.concurrency - len(self.inflight) + self._ahead()
         rows = await self.deps.store.claim(self.name, now, want, self.deps.lease_s)
-        for group_key, claimed in units(rows):
-            unit = claimed
-            if group_key is not None:  # the whole group, before another claim can split it
-                unit += await self.deps.store.claim_group(group_key, now, self.deps.lease_s)
-            self.ready.append((group_key, unit))
+        self.ready.extend(units(rows))  # a claim takes a digest group whole
         self._start_ready()
         if len(rows) == want:
             return

@@ -97,8 +97,9 @@ class Store(Protocol):
     ) -> list[Notification]:
         """Lease up to `limit` due pending notifications of `channel`, oldest due first.
 
-        PostgreSQL counts a digest group as one: it leases every due row of a group it picks
-        (beyond `limit` if need be), so that replicas never split one digest between them.
+        A digest group counts as one: every due row of a group it picks is leased with it
+        (beyond `limit` if need be), so that two claimers (replicas, or the loops before and
+        after a reload) never split one digest between them.
         """
 
     async def next_due(self, channel: str) -> float | None:
@@ -152,11 +153,6 @@ class Store(Protocol):
 
     async def oldest_pending(self) -> float | None:
         """created_at of the oldest pending notification; None when nothing is pending."""
-
-    async def claim_group(
-        self, group_key: str, now: float, lease_s: float, limit: int = 1000
-    ) -> list[Notification]:
-        """Lease every due pending notification of a digest group, to send them as one."""
 
     async def group_flushed(self, group_key: str, now: float) -> dict[str, str]:
         """Record that a group's digest went out; return the group's labels."""

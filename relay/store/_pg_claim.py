@@ -9,8 +9,7 @@ Rows of a digest group must go out together. Two replicas each picking some rows
 would send two digests, so a group is claimed whole, under a per-group advisory lock taken with
 pg_try_advisory_xact_lock: one replica wins the group (every due row of it, even beyond `limit`:
 a group is one delivery unit), the other skips it. The winner waits only on row locks held by
-single statements (marks), never by another claim, so claims cannot deadlock. claim_group (what
-the delivery adds to a group it claimed) takes the same lock, blocking.
+single statements (marks), never by another claim, so claims cannot deadlock.
 """
 
 from __future__ import annotations
@@ -49,17 +48,6 @@ _CLAIM_GROUPS = f"""
     WHERE group_key = ANY($1::text[]) AND {_DUE}
     RETURNING *
 """  # noqa: S608
-_CLAIM_GROUP = f"""
-    WITH picked AS (
-        SELECT id FROM relay_outbox WHERE group_key = $1 AND {_DUE}
-        ORDER BY created_at, id
-        LIMIT $4
-        FOR UPDATE
-    )
-    UPDATE relay_outbox AS o SET lease_until = $2, updated_at = $3
-    FROM picked WHERE o.id = picked.id
-    RETURNING o.*
-"""  # noqa: S608
 
 
 def group_lock(key: str) -> int:
@@ -88,13 +76,3 @@ async def claim(
     claimed = [to_notification(row) for row in rows]
     claimed.sort(key=lambda n: (n.not_before, n.created_at, n.id))
     return claimed
-
-
-async def claim_group(
-    conn: asyncpg.Connection, key: str, now: float, lease_s: float, limit: int
-) -> list[Notification]:
-    """Every due unleased row of one group (oldest first), under the group's claim lock."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", group_lock(key))
-        rows = await conn.fetch(_CLAIM_GROUP, key, now + lease_s, now, limit)
-    return sorted((to_notification(r) for r in rows), key=lambda n: (n.created_at, n.id))

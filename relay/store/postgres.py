@@ -3,7 +3,7 @@
 PostgreSQL carries the distributed part; relay adds no protocol of its own:
 - observe: one transaction per call, with advisory and row locks on the runs and digest groups it
   touches (relay.store._pg_observe), so the same update reaching two replicas fires once;
-- claim / claim_group: FOR UPDATE SKIP LOCKED plus a lease (lease_until), so a notification is
+- claim: FOR UPDATE SKIP LOCKED plus a lease (lease_until), so a notification is
   sent by one replica, and a replica that dies leaves its rows to the others when the lease ends;
   a digest group is claimed whole by one replica (relay.store._pg_claim);
 - try_lead: a named lease row, so one replica at a time follows a Realtime feed;
@@ -181,14 +181,6 @@ class PostgresStore:
         async with self._conn() as conn:
             return await retrying(
                 lambda: _pg_claim.claim(conn, clean(channel), now, limit, lease_s)
-            )
-
-    async def claim_group(
-        self, group_key: str, now: float, lease_s: float, limit: int = 1000
-    ) -> list[Notification]:
-        async with self._conn() as conn:
-            return await retrying(
-                lambda: _pg_claim.claim_group(conn, clean(group_key), now, lease_s, limit)
             )
 
     async def next_due(self, channel: str) -> float | None:

@@ -240,14 +240,6 @@ class SQLiteStore:
         )
         return None if value is None else float(value)
 
-    async def claim_group(
-        self, group_key: str, now: float, lease_s: float, limit: int = 1000
-    ) -> list[Notification]:
-        """Lease every due pending notification of a digest group (oldest first)."""
-        lease = (now + lease_s, self._holder, now)
-        rows = await self._writer.run(lambda conn: _claim_group(conn, group_key, now, limit, lease))
-        return sorted((to_notification(r) for r in rows), key=lambda n: (n.created_at, n.id))
-
     async def group_flushed(self, group_key: str, now: float) -> dict[str, str]:
         """Record that the group's digest went out; return the group's labels."""
 
@@ -367,7 +359,7 @@ class SQLiteStore:
         await self._writer.run(update)
 
 
-GROUP_CLAIM_LIMIT = 1000  # rows of one digest group a claim takes with it (claim_group's default)
+GROUP_CLAIM_LIMIT = 1000  # rows of one digest group a claim takes with it
 _DUE = "state = 'pending' AND not_before <= ? AND (lease_until IS NULL OR lease_until <= ?)"
 _LEASE = "UPDATE outbox SET lease_until = ?, lease_holder = ?, updated_at = ?"
 _CLAIM = f"""
@@ -390,14 +382,9 @@ def _claim(
     """In the writer thread: the due rows, then the rest of each digest group among them."""
     rows: list[sqlite3.Row] = conn.execute(_CLAIM, (*lease, channel, now, now, limit)).fetchall()
     for key in dict.fromkeys(row["group_key"] for row in rows if row["group_key"] is not None):
-        rows += _claim_group(conn, key, now, GROUP_CLAIM_LIMIT, lease)
+        group = (*lease, key, now, now, GROUP_CLAIM_LIMIT)
+        rows += conn.execute(_CLAIM_GROUP, group).fetchall()
     return rows
-
-
-def _claim_group(
-    conn: sqlite3.Connection, key: str, now: float, limit: int, lease: Lease
-) -> list[sqlite3.Row]:
-    return list(conn.execute(_CLAIM_GROUP, (*lease, key, now, now, limit)).fetchall())
 
 
 def _observe(

@@ -345,11 +345,9 @@ async def test_a_digest_group_collects_runs_and_is_claimed_whole(store: Store) -
     assert n3.group_key != n1.group_key and n3.not_before == 140.0
 
     assert await store.claim("d", now=129.0, limit=10, lease_s=60) == []
-    heads = await store.claim("d", now=130.0, limit=1, lease_s=60)  # one unit: group t/a
-    assert {n.group_key for n in heads} == {n1.group_key}
-    group = await store.claim_group(heads[0].group_key or "", now=130.0, lease_s=60)
-    assert sorted(n.id for n in [*heads, *group]) == sorted([n1.id, n2.id])
-    assert await store.claim_group(n1.group_key or "", now=130.0, lease_s=60) == []  # leased
+    group = await store.claim("d", now=130.0, limit=1, lease_s=60)  # one unit: group t/a whole
+    assert sorted(n.id for n in group) == sorted([n1.id, n2.id])
+    assert [n.id for n in await store.claim("d", now=140.0, limit=10, lease_s=60)] == [n3.id]
     for n in (n1, n2):
         await store.mark_sent(n.id, now=131.0, attempts=1)
     assert await store.group_flushed(n1.group_key or "", 131.0) == {"taskIdentifier": "t/a"}
@@ -519,10 +517,9 @@ async def test_two_stores_transition_and_digest_once(engine: Engine, store: Stor
         assert {n.not_before for n in made} == {130.0}  # one schedule per group
         sent: list[list[str]] = []
 
-        async def deliver(replica: Store) -> None:  # claim a row, then the rest of its group
-            while heads := await replica.claim("d", 130.0, 1, 60):
-                rest = await replica.claim_group(heads[0].group_key or "", 130.0, 60)
-                sent.append([n.id for n in heads + rest])
+        async def deliver(replica: Store) -> None:  # one unit at a time: a whole group
+            while group := await replica.claim("d", 130.0, 1, 60):
+                sent.append([n.id for n in group])
 
         await asyncio.gather(deliver(store), deliver(other), deliver(store), deliver(other))
         every = [i for digest in sent for i in digest]
