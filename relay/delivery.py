@@ -202,7 +202,7 @@ class ChannelLoop:
         rows = await self.deps.store.claim(self.name, now, want, self.deps.lease_s)
         self.ready.extend(units(rows))  # a claim takes a digest group whole
         self._start_ready()
-        if len(rows) == want:
+        if len(rows) >= want:  # more may be due (a digest group can take more than `want`)
             return
         due = await self.deps.store.next_due(self.name)
         wait = POLL_S if due is None else min(POLL_S, max(due - self.deps.clock(), 0.0))
@@ -215,7 +215,8 @@ class ChannelLoop:
         return 0 if self.route.bucket is not None else max(self.route.concurrency, CLAIM_AHEAD)
 
     def _start_ready(self) -> None:
-        while self.ready and len(self.inflight) < self.route.concurrency:
+        """Start claimed units while slots are free; none once stopping (they are released)."""
+        while self.ready and len(self.inflight) < self.route.concurrency and not self._stopping:
             group_key, unit = self.ready.popleft()
             task = asyncio.create_task(self._deliver(unit, group_key))
             self.inflight.add(task)
