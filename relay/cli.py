@@ -18,6 +18,7 @@ from relay import __version__
 from relay.configure import BUILTIN_NAME, Compiled, compile_config, load
 from relay.errors import ConfigError, InputError, RelayError
 from relay.logs import setup_logging
+from relay.model import SILENCE_MATCHERS
 from relay.service import serve
 from relay.settings import Settings, load_settings
 from relay.workers import EVENTS_FLAG, MAX_WORKERS, WORKER_FLAG, Role
@@ -48,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument(WORKER_FLAG, type=int, default=None, help=argparse.SUPPRESS)
     serve_cmd.add_argument(EVENTS_FLAG, type=int, default=None, help=argparse.SUPPRESS)
-    sub.add_parser("check", parents=[common], help="validate the configuration")
+    check = sub.add_parser("check", parents=[common], help="validate the configuration")
+    check.add_argument("file", nargs="?", type=Path, help="the YAML config (same as --config)")
     test = sub.add_parser("test", parents=[common], help="dry run: which rules match an event")
     test.add_argument(
         "event", type=Path, help="JSON file: a run, an array of runs, a raw row or an alert webhook"
@@ -81,29 +83,42 @@ def _parser() -> argparse.ArgumentParser:
 def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     silence = sub.add_parser("silence", parents=[common], help="mute notifications for a while")
     silence_sub = silence.add_subparsers(dest="silence_command", required=True)
-    add = silence_sub.add_parser("add", parents=[common], help="add a silence")
-    for matcher in ("rule", "task", "tag", "status", "channel", "event"):
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", help="print silence ids only")
+    add = silence_sub.add_parser("add", parents=[common, quiet], help="add a silence")
+    add.add_argument(
+        "matchers", nargs="*", metavar="MATCHER", help="task=billing/* tag=env:prod ... (amtool)"
+    )
+    for matcher in SILENCE_MATCHERS:
         add.add_argument(
             f"--{matcher}", action="append", help=f"{matcher} to mute (repeat for any of several)"
         )
     until = add.add_mutually_exclusive_group(required=True)
-    until.add_argument("--duration", help="how long, from the start: 30m, 2h, 1d")
-    until.add_argument("--until", help="end time, ISO-8601 (2026-11-28T18:00:00Z)")
+    until.add_argument("-d", "--duration", help="how long, from the start: 30m, 2h, 1d")
+    until.add_argument("--until", "--end", help="end time, ISO-8601 (2026-11-28T18:00:00Z)")
     add.add_argument("--start", help="start time, ISO-8601 (default: now)")
-    add.add_argument("--comment", default="")
-    add.add_argument("--author", default=os.environ.get("USER", ""), help="created_by")
-    listing = silence_sub.add_parser("list", parents=[common], help="list silences")
+    add.add_argument("-c", "--comment", default="")
+    add.add_argument("-a", "--author", default=os.environ.get("USER", ""), help="created_by")
+    listing = silence_sub.add_parser(
+        "list", aliases=["query"], parents=[common, quiet], help="list silences"
+    )
+    listing.add_argument(
+        "matchers", nargs="*", metavar="MATCHER", help="only silences with these matchers"
+    )
     listing.add_argument("--all", action="store_true", help="include expired silences")
     listing.add_argument("--json", action="store_true")
-    expire = silence_sub.add_parser("expire", parents=[common], help="end a silence now")
-    expire.add_argument("id")
+    expire = silence_sub.add_parser("expire", parents=[common], help="end silences now")
+    expire.add_argument("ids", nargs="+", metavar="ID")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
-        sub = getattr(args, "dlq_command", None) or getattr(args, "silence_command", None)
+        sub: str | None = getattr(args, "dlq_command", None) or getattr(
+            args, "silence_command", None
+        )
+        sub = _ALIASES.get(sub, sub) if sub else None
         command = _COMMANDS[f"{args.command} {sub}" if sub else args.command]
         return command(args, settings)
     except ConfigError as exc:
@@ -154,6 +169,10 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    if args.file is not None:  # `relay check config.yaml`, as `amtool check-config FILE`
+        if getattr(args, "config", args.file) != args.file:
+            raise RelayError("give the config once: as --config or as FILE, not both")
+        args.config = args.file
     compiled = _compiled(args, settings)
     for warning in compiled.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -263,16 +282,12 @@ def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
     from relay.durations import parse_duration  # noqa: PLC0415
-    from relay.silences import new_silence, parse_matchers, parse_time, silence_view  # noqa: PLC0415
+    from relay.silences import cli_matchers, new_silence, parse_matchers, parse_time, silence_view  # noqa: PLC0415
 
-    raw = {
-        key: getattr(args, key)
-        for key in ("rule", "task", "tag", "status", "channel", "event")
-        if getattr(args, key)
-    }
+    flags = {key: getattr(args, key) or [] for key in SILENCE_MATCHERS}
     now = time.time()
     try:
-        matchers = parse_matchers(raw)
+        matchers = parse_matchers(cli_matchers(args.matchers, flags))
         start = parse_time(args.start, "--start") if args.start else now
         if args.until:
             end = parse_time(args.until, "--until")
@@ -290,16 +305,23 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
         raise RelayError(f"silence not added: {exc}") from None
     asyncio.run(_with_store(settings, lambda s: s.add_silence(silence)))
     view = silence_view(silence, now)
-    print(f"{silence.id} {view['state']} until {view['ends_at']}")
+    print(silence.id if args.quiet else f"{silence.id} {view['state']} until {view['ends_at']}")
     return 0
 
 
 def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.silences import silence_view  # noqa: PLC0415
+    from relay.silences import cli_matchers, has_matchers, silence_view  # noqa: PLC0415
 
+    try:
+        wanted = cli_matchers(args.matchers, {})
+    except InputError as exc:
+        raise RelayError(f"silence list: {exc}") from None
     now = time.time()
     found = asyncio.run(_with_store(settings, lambda s: s.silences(now, include_expired=args.all)))
-    views = [silence_view(s, now) for s in found]
+    views = [silence_view(s, now) for s in found if has_matchers(s, wanted)]
+    if args.quiet:
+        print("\n".join(v["id"] for v in views))
+        return 0
     if args.json:
         print(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode())
         return 0
@@ -317,12 +339,19 @@ def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_silence_expire(args: argparse.Namespace, settings: Settings) -> int:
-    silence = asyncio.run(_with_store(settings, lambda s: s.expire_silence(args.id, time.time())))
-    if silence is None:
-        print(f"no silence with id {args.id}", file=sys.stderr)
-        return 1
-    print(f"expired {args.id}")
-    return 0
+    """Expire each id given (amtool: `expire $(amtool silence query -q)`); 1 if any is unknown."""
+
+    async def expire_all(store: Any) -> list[str]:
+        now = time.time()
+        return [i for i in args.ids if await store.expire_silence(i, now) is None]
+
+    missing = asyncio.run(_with_store(settings, expire_all))
+    for ident in args.ids:
+        if ident in missing:
+            print(f"no silence with id {ident}", file=sys.stderr)
+        else:
+            print(f"expired {ident}")
+    return 1 if missing else 0
 
 
 def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
@@ -370,6 +399,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+_ALIASES = {"query": "list"}  # amtool's name for `silence list`
 _COMMANDS: dict[str, Command] = {
     "serve": cmd_serve,
     "check": cmd_check,

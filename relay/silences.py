@@ -43,6 +43,37 @@ def parse_matchers(raw: Any) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def cli_matchers(words: Sequence[str], flags: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Matchers from the command line, amtool's way: `task=billing/*` words (a bare word is
+    a rule name, as amtool's is an alertname; `alertname=` means `rule=`) beside `--task`-style
+    flags. relay's matchers are globs compared for equality: `!=`, `=~` and `!~` are refused."""
+    out: dict[str, list[str]] = {key: list(values) for key, values in flags.items() if values}
+    for word in words:
+        if any(op in word for op in ("!=", "=~", "!~")):
+            raise InputError(
+                "matchers",
+                f"{word!r}: only key=value matchers (globs), e.g. task=billing/*; "
+                "relay has no negative or regex silence matchers",
+            )
+        key, eq, value = word.partition("=")
+        if not eq:
+            key, value = "rule", word
+        key = "rule" if key.strip() == "alertname" else key.strip()
+        if key not in SILENCE_MATCHERS:
+            raise InputError(
+                f"matchers.{key}", f"unknown matcher; use {', '.join(SILENCE_MATCHERS)}"
+            )
+        out.setdefault(key, []).append(value.strip().strip("\"'"))
+    return out
+
+
+def has_matchers(silence: Silence, wanted: Mapping[str, Sequence[str]]) -> bool:
+    """True when `silence` names every wanted value among its matchers (`silence list` filter)."""
+    return all(
+        value in silence.matchers.get(key, ()) for key, values in wanted.items() for value in values
+    )
+
+
 def new_silence(
     matchers: dict[str, tuple[str, ...]],
     *,

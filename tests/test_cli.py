@@ -78,13 +78,17 @@ rules:
 # ---------------------------------------------------------------------------------- relay check
 
 
-def test_check_a_valid_config_by_flag_or_environment(tmp_path: Path) -> None:
+def test_check_a_valid_config_by_flag_argument_or_environment(tmp_path: Path) -> None:
     good = write(tmp_path / "good.yaml", GOOD)
-    by_flag, by_env = parallel(
+    other = write(tmp_path / "other.yaml", GOOD)
+    by_flag, by_env, by_argument, both = parallel(
         cli("check", "--config", str(good)),
         cli("check", env={"RELAY_CONFIG": str(good)}),
+        cli("check", str(good), env={"RELAY_CONFIG": str(other)}),  # amtool check-config FILE
+        cli("check", "--config", str(other), str(good)),
     )
-    for result in (by_flag, by_env):
+    assert both.returncode == 1 and "not both" in both.stderr
+    for result in (by_flag, by_env, by_argument):
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
         assert len(lines) == 1, result.stdout

@@ -11,7 +11,7 @@ import pytest
 
 from relay.errors import InputError
 from relay.model import Silence
-from relay.silences import new_silence, parse_matchers, parse_time, silenced_by
+from relay.silences import cli_matchers, new_silence, parse_matchers, parse_time, silenced_by
 from tests.conftest import RelayFactory, Sink, run_cli, sdk_run, status
 
 NOW = 1_800_000_000.0
@@ -250,3 +250,53 @@ def test_cli_add_list_expire(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "matchers" in bad.stderr
     bad = run_cli("silence", "add", "--task", "x", "--duration", "soon", env=env)
     assert bad.returncode == 1 and "duration" in bad.stderr
+
+
+def test_cli_speaks_amtool(tmp_path: Path) -> None:
+    """amtool's habits work: matchers as words, -d/-c/-a/--end, `query`, -q, expire many."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    added = run_cli(
+        "silence", "add", "task=billing/*", "alertname=prod", "-d", "1h", "-c", "deploy", "-q",
+        env=env,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    first = added.stdout.strip()
+    assert first.startswith("sil_") and " " not in first
+    second = run_cli(
+        "silence", "add", "nightly", "--tag", "env:prod", "--end", "2999-01-01", env=env
+    )
+    assert second.returncode == 0, second.stderr
+    listed = json.loads(run_cli("silence", "query", "--json", env=env).stdout)
+    assert {s["id"]: s["matchers"] for s in listed} == {
+        first: {"task": ["billing/*"], "rule": ["prod"]},
+        second.stdout.split()[0]: {"tag": ["env:prod"], "rule": ["nightly"]},
+    }
+    assert run_cli("silence", "query", "-q", "task=billing/*", env=env).stdout.split() == [first]
+    ids = run_cli("silence", "list", "-q", env=env).stdout.split()
+    expired = run_cli("silence", "expire", *ids, "sil_nope", env=env)
+    assert expired.returncode == 1 and "sil_nope" in expired.stderr
+    assert expired.stdout.count("expired ") == 2
+    assert run_cli("silence", "query", "-q", env=env).stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("word", "complaint"),
+    [
+        ("task!=x", "no negative or regex"),
+        ("task=~bill.*", "no negative or regex"),
+        ("task!~x", "no negative or regex"),
+        ("severity=page", "unknown matcher"),
+    ],
+)
+def test_cli_matchers_amtool_cannot_express(word: str, complaint: str) -> None:
+    with pytest.raises(InputError, match=complaint):
+        cli_matchers([word], {})
+
+
+def test_cli_matchers_merge_words_and_flags() -> None:
+    words = ["task=billing/*", "alertname=prod", "nightly", "tag='env:prod'"]
+    assert cli_matchers(words, {"task": ["a"], "rule": []}) == {
+        "task": ["a", "billing/*"],
+        "rule": ["prod", "nightly"],
+        "tag": ["env:prod"],
+    }
