@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_serializer, field_validator
+from pydantic_core import PydanticCustomError
 
 # Today's public RunStatus (packages/core schemas/api.ts).
 CURRENT_STATUSES = frozenset(
@@ -43,13 +44,24 @@ RAW_STATUS_MAP = {
     "PAUSED": "WAITING",
     "WAITING_TO_RESUME": "WAITING",
 }
+# A raw row is today's platform: where the raw name is also a v3 status, today's SDK maps it
+# (apiStatusFromRunStatus), so a rule on FAILED matches a run whatever shape it came in.
+ROW_STATUS_MAP = {
+    **RAW_STATUS_MAP,
+    "INTERRUPTED": "FAILED",
+    "WAITING_FOR_DEPLOY": "PENDING_VERSION",
+}
 KNOWN_STATUSES = CURRENT_STATUSES | V3_STATUSES
 # The `failure` shorthand of rules.
 FAILURE_STATUSES = frozenset({"FAILED", "CRASHED", "SYSTEM_FAILURE", "TIMED_OUT", "INTERRUPTED"})
 
 
 def normalise_status(status: str) -> str:
-    """Public status for any vocabulary; unknown values are kept as they are."""
+    """Public status for any vocabulary, in any case (`failed` is FAILED, as in rules); unknown
+    values are kept as they are."""
+    upper = status.upper()
+    if upper != status and (upper in KNOWN_STATUSES or upper in RAW_STATUS_MAP):
+        status = upper
     return RAW_STATUS_MAP.get(status, status)
 
 
@@ -72,7 +84,16 @@ def iso(value: datetime | None) -> str | None:
 
 
 # Numbers are strict: a bool or a string where a number belongs is a client bug worth a 400.
-Number = Annotated[float, Field(strict=True)]
+
+
+def _number(value: object) -> int | float:
+    """An int stays an int (60634, not 60634.0): typed receivers decode the run as it was sent."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    raise PydanticCustomError("float_type", "Input should be a valid number")
+
+
+Number = Annotated[int | float, PlainValidator(_number)]
 _DATES = (
     "createdAt",
     "updatedAt",
@@ -89,7 +110,7 @@ class Run(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
 
-    id: str
+    id: Annotated[str, Field(min_length=1)]  # an empty id names no run: a 400, not an alert
     taskIdentifier: str = ""
     status: str
     payload: Any = None

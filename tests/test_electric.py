@@ -116,6 +116,25 @@ def test_nulls_and_missing_columns_get_the_sdk_defaults() -> None:
     assert run.model_extra is not None and run.model_extra["isQueued"] is True
 
 
+@pytest.mark.parametrize(
+    ("raw", "public"),
+    [
+        ("INTERRUPTED", "FAILED"),
+        ("WAITING_FOR_DEPLOY", "PENDING_VERSION"),
+        ("COMPLETED_WITH_ERRORS", "FAILED"),
+        ("RETRYING_AFTER_FAILURE", "EXECUTING"),
+        ("CRASHED", "CRASHED"),
+        ("SOMETHING_NEW", "SOMETHING_NEW"),
+    ],
+)
+def test_raw_statuses_read_as_todays_sdk_reads_them(raw: str, public: str) -> None:
+    """A rule on FAILED matches the same run as an SDK object or as a raw row (TRIGGER.md 1.3)."""
+    run = parse_raw_run({"friendlyId": "run_x", "status": raw})
+    assert run.status == public
+    assert run.model_extra is not None
+    assert run.model_extra["isFailed"] is (public in ("FAILED", "CRASHED"))
+
+
 def test_schema_from_the_server_wins_over_the_defaults() -> None:
     schema = {"number": {"type": "int8"}, "extra": {"type": "float8"}}
     row = decode_row({"number": "9007199254740993", "extra": "1.5", "other": "7"}, schema)

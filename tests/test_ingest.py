@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import RelayFactory, sdk_run
+from tests.conftest import RelayFactory, Sink, sdk_run
 
 CONFIG = """\
 server:
@@ -65,6 +65,34 @@ async def test_unknown_fields_and_statuses_are_kept(relay: RelayFactory) -> None
     assert status == 202 and body["notifications"] == 0
 
 
+async def test_numbers_reach_the_receiver_as_they_were_sent(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """60634 stays 60634 (a Go receiver refuses 60634.0 into an int); fractions stay fractions."""
+    hook = f"""\
+channels:
+  hook: {{type: webhook, url: "{sink.url}/hook"}}
+rules:
+  - {{name: failures, match: {{status: [FAILED]}}, notify: [hook]}}
+"""
+    r = await relay(hook)
+    run = small_failed(durationMs=60634, costInCents=1.5, baseCostInCents=0)
+    assert (await r.post(run))[0] == 202
+    [got] = await sink.wait_for(1)
+    sent = got.json()["run"]
+    assert (sent["durationMs"], sent["costInCents"], sent["baseCostInCents"]) == (60634, 1.5, 0)
+    assert type(sent["durationMs"]) is int and type(sent["baseCostInCents"]) is int
+
+
+async def test_a_status_in_another_case_is_the_status(relay: RelayFactory) -> None:
+    """`failed` is FAILED, as rule statuses are any case; an unknown one is kept as sent."""
+    r = await relay(CONFIG)
+    status, body = await r.post(small_failed(status="failed"))
+    assert status == 202 and body["notifications"] == 1
+    status, body = await r.post(small_failed(id="run_other", status="Some_Future"))
+    assert status == 202 and body["notifications"] == 0
+
+
 async def test_empty_array_is_accepted_as_nothing(relay: RelayFactory) -> None:
     r = await relay(CONFIG)
     assert await r.post([]) == (202, {"accepted": 0, "stale": 0, "notifications": 0})
@@ -78,6 +106,7 @@ BAD_BODIES: list[tuple[bytes, str | None, str]] = [
     (json.dumps({"status": "FAILED"}).encode(), "id", "missing"),
     (json.dumps({"id": "run_1"}).encode(), "status", "missing"),
     (json.dumps(small_failed(id=5)).encode(), "id", "string"),
+    (json.dumps(small_failed(id="")).encode(), "id", "at least 1 character"),
     (json.dumps(small_failed(costInCents="12")).encode(), "costInCents", "number"),
     (json.dumps(small_failed(costInCents=True)).encode(), "costInCents", "number"),
     (json.dumps(small_failed(tags="prod")).encode(), "tags", "list"),

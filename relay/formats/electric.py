@@ -23,7 +23,7 @@ import orjson
 from relay.errors import InputError
 from relay.formats.packets import loads_shallow
 from relay.formats.sdk import parse_sdk_run
-from relay.model import Run, normalise_status, to_utc
+from relay.model import ROW_STATUS_MAP, Run, normalise_status, to_utc
 
 Schema = Mapping[str, Mapping[str, Any]]
 
@@ -294,7 +294,7 @@ def _sdk_shape(row: dict[str, Any]) -> dict[str, Any]:
     data["error"] = _error(data.get("error"))
     status = data.get("status")
     if isinstance(status, str):
-        public = normalise_status(status)
+        public = data["status"] = ROW_STATUS_MAP.get(status, normalise_status(status))
         data.update({flag: public in among for flag, among in _HELPERS.items()})
     return data
 
