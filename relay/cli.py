@@ -85,7 +85,9 @@ def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     silence_sub = silence.add_subparsers(dest="silence_command", required=True)
     quiet = argparse.ArgumentParser(add_help=False)
     quiet.add_argument("-q", "--quiet", action="store_true", help="print silence ids only")
-    add = silence_sub.add_parser("add", parents=[common, quiet], help="add a silence")
+    add = silence_sub.add_parser(
+        "add", parents=[common, quiet], help="add a silence; prints its id"
+    )
     add.add_argument(
         "matchers", nargs="*", metavar="MATCHER", help="task=billing/* tag=env:prod ... (amtool)"
     )
@@ -131,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `relay history --json | head`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _compiled(args: argparse.Namespace, settings: Settings) -> Compiled:
@@ -197,10 +202,9 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(f"{'ID':<28} {'RUN':<32} {'CHANNEL':<16} {'ATTEMPTS':>8}  REASON")
     for v in views:
-        print(
-            f"{v['id']:<28} {v['run_id']:<32} {v['channel']:<16} {v['attempts']:>8}  "
-            f"{v['reason']}: {v['error']}"
-        )
+        reason, error = v["reason"] or "", v["error"] or ""
+        why = error if error.startswith(reason) else f"{reason}: {error}"  # not reason: reason: …
+        print(f"{v['id']:<28} {v['run_id']:<32} {v['channel']:<16} {v['attempts']:>8}  {why}")
     return 0
 
 
@@ -282,7 +286,7 @@ def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
     from relay.durations import parse_duration  # noqa: PLC0415
-    from relay.silences import cli_matchers, new_silence, parse_matchers, parse_time, silence_view  # noqa: PLC0415
+    from relay.silences import cli_matchers, new_silence, parse_matchers, parse_time  # noqa: PLC0415
 
     flags = {key: getattr(args, key) or [] for key in SILENCE_MATCHERS}
     now = time.time()
@@ -304,8 +308,7 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
     except (InputError, ValueError) as exc:
         raise RelayError(f"silence not added: {exc}") from None
     asyncio.run(_with_store(settings, lambda s: s.add_silence(silence)))
-    view = silence_view(silence, now)
-    print(silence.id if args.quiet else f"{silence.id} {view['state']} until {view['ends_at']}")
+    print(silence.id)  # the id alone, as amtool prints it: `id=$(relay silence add ...)`
     return 0
 
 

@@ -10,8 +10,10 @@ import asyncio
 import base64
 import functools
 import json
+import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -421,12 +423,16 @@ async def make_dead_letters(db: Path, *run_ids: str) -> list[str]:
         claimed = await store.claim("hook", now=100.0, limit=10, lease_s=60)
         for i, n in enumerate(claimed):
             await store.mark_dead(
-                n.id, now=200.0 + i, attempts=12, reason="server_error", error="HTTP 503"
+                n.id, now=200.0 + i, attempts=12, reason="server_error", error=ERRORS[i % 2]
             )
         assert (await store.counts())["dead"] == len(run_ids)
         return [n.id for n in claimed]
     finally:
         await store.close()
+
+
+# as delivery records them (the reason first), and as an older relay did
+ERRORS = ("server_error: HTTP 503 (gave up after 12 attempts)", "HTTP 503")
 
 
 async def test_dlq_lists_and_replays_dead_letters(tmp_path: Path) -> None:
@@ -440,12 +446,13 @@ async def test_dlq_lists_and_replays_dead_letters(tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     for nid, run_id in zip(ids, ["run_dead_one", "run_dead_two"], strict=True):
         [row] = [line for line in listed.stdout.splitlines() if line.startswith(nid)]
-        assert run_id in row and "hook" in row and "server_error" in row
+        assert run_id in row and "hook" in row and "server_error: HTTP 503" in row
+    assert "server_error: server_error" not in listed.stdout
     views = json.loads(as_json.stdout)
     assert {v["id"] for v in views} == set(ids)
     assert {(v["run_id"], v["channel"], v["reason"], v["error"]) for v in views} == {
-        ("run_dead_one", "hook", "server_error", "HTTP 503"),
-        ("run_dead_two", "hook", "server_error", "HTTP 503"),
+        (run_id, "hook", "server_error", ERRORS[i])
+        for i, run_id in enumerate(["run_dead_one", "run_dead_two"])
     }
 
     replay = await asyncio.to_thread(run_cli, "dlq", "replay", ids[0], env=env)
@@ -464,6 +471,27 @@ async def test_dlq_lists_and_replays_dead_letters(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------- environment and basics
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
+    """`relay silence list --json | head -1`: stdout's reader is gone; exit quietly (141)."""
+    code = (
+        "import os, sys\n"
+        "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
+        "from relay.cli import main\n"
+        "sys.exit(main(['silence', 'list', '--json']))\n"
+    )
+    env = {**os.environ, **store_env(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        text=True,
+    )
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
 
 
 def test_bad_environment_is_named_without_secrets(tmp_path: Path) -> None:
