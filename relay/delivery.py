@@ -60,6 +60,7 @@ class Tried:
     tries: int
     error: DeliveryError | None = None
     receipt: str | None = None
+    failed: tuple[str, ...] = ()  # the reason of each failed try, quick retries included
 
 
 @dataclass
@@ -262,6 +263,8 @@ class ChannelLoop:
                 return
         outgoing = self._render(rows, group_key, recovers)
         tried = await self._attempt(outgoing, max(row.attempts for row in rows))
+        for reason in tried.failed:  # every failed try counts, quick retries too (Alertmanager)
+            self._event("failed", rows[0], reason)
         err = tried.error
 
         def finish() -> Awaitable[object]:
@@ -338,7 +341,8 @@ class ChannelLoop:
             raise
         except Exception as exc:  # a channel bug: retry, never drop
             log.exception("channel raised unexpectedly", extra={"channel": self.name})
-            return Tried(1, DeliveryError("other", retryable=True, detail=type(exc).__name__))
+            error = DeliveryError("other", retryable=True, detail=type(exc).__name__)
+            return Tried(1, error, failed=(error.reason,))
 
     def _extra(self, row: Notification) -> dict[str, object]:
         return {
@@ -412,8 +416,9 @@ class ChannelLoop:
             return Tried(1, None, await self.route.channel.send(outgoing))
         except DeliveryError as err:
             if budget <= 1 or not pol.is_blip(err):
-                return Tried(1, err)
+                return Tried(1, err, failed=(err.reason,))
             await self.deps.sleep(pol.quick_wait_s(1, err, self.deps.rng))
+            failed = [err.reason]
         tries = 1
         receipt: str | None = None
 
@@ -433,10 +438,17 @@ class ChannelLoop:
             async for attempt in retrying:
                 with attempt:
                     tries += 1
-                    receipt = await self.route.channel.send(outgoing)
+                    receipt = await self._try(outgoing, failed)
         except DeliveryError as err:
-            return Tried(tries, err)
-        return Tried(tries, None, receipt)
+            return Tried(tries, err, failed=tuple(failed))
+        return Tried(tries, None, receipt, tuple(failed))
+
+    async def _try(self, outgoing: Outgoing, failed: list[str]) -> str | None:
+        try:
+            return await self.route.channel.send(outgoing)
+        except DeliveryError as err:
+            failed.append(err.reason)
+            raise
 
     async def _sent(self, row: Notification, attempts: int, receipt: str | None = None) -> None:
         extra = self._extra(row)

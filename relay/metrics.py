@@ -63,7 +63,7 @@ class Metrics:
         )
         self.failed = Counter(
             "relay_notifications_failed_total",
-            "Failed delivery attempts that will be retried.",
+            "Failed delivery attempts (quick retries included).",
             ["channel", "reason"],
             registry=r,
         )
@@ -138,7 +138,7 @@ class Metrics:
             self.sent.labels(channel=channel).inc()
             self.latency.labels(channel=channel).observe(max(time.time() - row.created_at, 0.0))
             self.attempts.labels(channel=channel).observe(attempts)
-        elif kind == "retry":
+        elif kind == "failed":
             self.failed.labels(channel=channel, reason=reason).inc()
         elif kind == "dead":
             self.dead.labels(channel=channel, reason=reason).inc()

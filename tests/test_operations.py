@@ -65,6 +65,22 @@ async def test_metrics_count_what_happened(relay: RelayFactory, sink: Sink) -> N
     assert value(text, "relay_outbox_oldest_pending_age_seconds") == 0
 
 
+async def test_every_failed_try_counts_quick_retries_too(relay: RelayFactory, sink: Sink) -> None:
+    """A channel failing every try shows in failed_total before anything goes dead (an
+    operator's rate(failed_total) alert), as alertmanager_notifications_failed_total does."""
+    sink.default = status(500)
+    config = CONFIG.format(url=sink.url, rule="failures", status="failure")
+    r = await relay(config.replace("max_attempts: 1,", "max_attempts: 3,"))
+    await r.post(run_with("FAILED", "run_q1"))
+    await sink.wait_for(3)
+    await asyncio.sleep(0.3)
+    text = await metrics_text(r)
+    assert (
+        value(text, 'relay_notifications_failed_total{channel="hook",reason="server_error"}') == 3
+    )
+    assert value(text, 'relay_notifications_dead_total{channel="hook",reason="server_error"}') == 1
+
+
 async def test_the_oldest_pending_notification_ages_while_a_channel_is_down(
     relay: RelayFactory, sink: Sink
 ) -> None:
