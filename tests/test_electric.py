@@ -109,6 +109,36 @@ def test_internal_error_code_and_message_are_kept() -> None:
     }
 
 
+def test_the_crashed_row_reads_the_code_the_sdk_gives_its_run() -> None:
+    """The same crash as a raw row and as an SDK object: one code for rules and templates
+    (the SDK's enhancer: SIGKILL = maybe OOM); the row keeps its richer message."""
+    raw = parse_raw_run(layer("crashed", "wire-value")).error or {}
+    sdk = parse_sdk_run(sdk_run("crashed")).error or {}
+    assert raw["code"] == "TASK_PROCESS_MAYBE_OOM_KILLED"
+    assert sdk["message"] == "trigger.dev internal error (TASK_PROCESS_MAYBE_OOM_KILLED)"
+    assert "SIGKILL" in raw["message"]
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "read_as"),
+    [
+        ("TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE", "exit -1 (SIGABRT)", "TASK_PROCESS_MAYBE_OOM_KILLED"),
+        ("TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE", "exited: SIGTERM", "TASK_PROCESS_SIGTERM"),
+        ("TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE", "SIGSEGV", "TASK_PROCESS_SIGSEGV"),
+        ("TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE", "exit code 1", "TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE"),
+        ("TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE", "x" * 100 + "SIGKILL", "TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE"),
+        ("TASK_RUN_CRASHED", "MANUAL_OOM_KILL_ERROR", "TASK_PROCESS_OOM_KILLED"),
+        ("MAX_DURATION_EXCEEDED", "SIGKILL", "MAX_DURATION_EXCEEDED"),
+    ],
+)  # fmt: skip
+def test_internal_error_codes_read_as_the_sdk_reads_them(
+    code: str, message: str, read_as: str
+) -> None:
+    error = {"type": "INTERNAL_ERROR", "code": code, "message": message}
+    run = parse_raw_run({"friendlyId": "run_x", "status": "CRASHED", "error": error})
+    assert run.error == {**error, "code": read_as}
+
+
 def test_nulls_and_missing_columns_get_the_sdk_defaults() -> None:
     row = {"friendlyId": "run_x", "status": "PENDING", "runTags": None, "usageDurationMs": None}
     run = parse_raw_run(row)

@@ -151,7 +151,7 @@ async def test_internal_errors_keep_code_and_message(relay: RelayFactory, sink: 
     assert "MAX_DURATION_EXCEEDED: Run exceeded maximum compute time" in timed_out["text"]
     assert timed_out["text"].startswith("🔴 TIMED_OUT · generate-report · run_cm2sztw7")
     assert "trigger.dev internal error" not in timed_out["text"]
-    assert crashed["error"]["code"] == "TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE"
+    assert crashed["error"]["code"] == "TASK_PROCESS_MAYBE_OOM_KILLED"  # as the SDK reads it
     assert "SIGKILL" in crashed["error"]["message"] and crashed["run"]["isOutOfMemoryError"]
 
 

@@ -22,6 +22,7 @@ import orjson
 
 from relay.errors import InputError
 from relay.formats.packets import loads_shallow
+from relay.formats.run_errors import enhanced
 from relay.formats.sdk import parse_sdk_run
 from relay.model import ROW_STATUS_MAP, Run, normalise_status, to_utc
 
@@ -300,9 +301,12 @@ def _sdk_shape(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _error(value: Any) -> dict[str, Any] | None:
-    """The TaskRunError union as stored; anything else as Trigger.dev would wrap it."""
-    if value is None or isinstance(value, dict):
+    """The TaskRunError union as stored (its code as the SDK reads it); anything else as
+    Trigger.dev would wrap it."""
+    if value is None:
         return value
+    if isinstance(value, dict):
+        return enhanced(value)
     if isinstance(value, str):
         return {"type": "STRING_ERROR", "raw": value}
     return {"type": "CUSTOM_ERROR", "raw": orjson.dumps(value, default=str).decode()}

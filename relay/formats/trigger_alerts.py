@@ -54,6 +54,7 @@ import orjson
 from pydantic import ValidationError
 
 from relay.errors import InputError, field_message
+from relay.formats.run_errors import enhanced
 from relay.model import Run, normalise_status
 
 SIGNATURE_HEADER = "x-trigger-signature-hmacsha256"
@@ -149,6 +150,8 @@ def _run_failed(obj: dict[str, Any], where: str, meta: dict[str, Any]) -> Run:
     sources = {dst: _join(run_at, src) for src, dst in _RUN_KEYS.items()}
     if "error" not in run and "error" in obj:  # legacy v1: the error is top-level
         fields["error"], sources["error"] = obj["error"], _join(where, "error")
+    if isinstance(fields.get("error"), dict):  # the raw TaskRunError: its code as the SDK reads it
+        fields["error"] = enhanced(fields["error"])
     if isinstance(fields.get("status"), str):
         fields["status"] = normalise_status(fields["status"])
     elif meta.get("legacy") and fields.get("status") is None:
