@@ -17,7 +17,7 @@ import orjson
 from relay import __version__
 from relay.configure import BUILTIN_NAME, Compiled, compile_config, load
 from relay.errors import ConfigError, InputError, RelayError
-from relay.logs import setup_logging
+from relay.logs import SCRUB, setup_logging
 from relay.model import SILENCE_MATCHERS
 from relay.service import serve
 from relay.settings import Settings, load_settings
@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         sub = _ALIASES.get(sub, sub) if sub else None
         command = _COMMANDS[f"{args.command} {sub}" if sub else args.command]
+        if args.command != "serve":  # warnings (a `when` that failed in `relay test`) in the
+            quiet = "ERROR" if settings.log_level == "ERROR" else "WARNING"  # operator's format
+            setup_logging(settings.log_format, quiet)
         return command(args, settings)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -139,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compiled(args: argparse.Namespace, settings: Settings) -> Compiled:
-    return compile_config(load(settings, getattr(args, "config", None)))
+    compiled = compile_config(load(settings, getattr(args, "config", None)))
+    SCRUB.set(compiled.loaded.secrets())  # no secret in a warning either
+    return compiled
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -312,6 +312,28 @@ def test_dry_run_refuses_bad_event_files(tmp_path: Path) -> None:
     assert str(missing) in missing_r.stderr and "No such file" in missing_r.stderr
 
 
+def test_dry_run_warnings_name_their_rule_in_the_log_format(tmp_path: Path) -> None:
+    """A `when` failing at run time is a warning naming the rule and run, as `serve` logs it."""
+    config = write(
+        tmp_path / "c.yaml",
+        """\
+channels:
+  out: {type: console}
+rules:
+  - {name: divides, match: {status: [FAILED]}, when: "run.durationMs / 0 > 1", notify: [out]}
+""",
+    )
+    as_json, quiet = parallel(
+        cli("test", str(FAILED_JSON), "--config", str(config), env={"RELAY_LOG_FORMAT": "json"}),
+        cli("test", str(FAILED_JSON), "--config", str(config), env={"RELAY_LOG_LEVEL": "ERROR"}),
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    assert f"run {FAILED_ID}: no rule matched" in as_json.stdout
+    [line] = [json.loads(x) for x in as_json.stderr.splitlines()]
+    assert (line["level"], line["rule"], line["run_id"]) == ("warning", "divides", FAILED_ID)
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
 # ------------------------------------------------------------------------------ relay send-test
 
 SEND_CONFIG = """\
