@@ -24,8 +24,16 @@ from relay.errors import StoreUnavailable
 from relay.formats.sdk import parse_sdk_run
 from relay.intake import IntakeResult
 from relay.model import Run
-from relay.sources._shape import Position, Shape, feed_of
-from relay.sources.realtime import NAMESPACE, Follower, RealtimeSource, Timing, retry_delay
+from relay.sources._shape import Position, Shape, feed_of, stored_rows
+from relay.sources.realtime import (
+    NAMESPACE,
+    ROWS_NAMESPACE,
+    Follower,
+    RealtimeSource,
+    Timing,
+    retry_delay,
+)
+from relay.store import KvWrite
 from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run
 from tests.fakes.realtime import (
     SESSION,
@@ -79,15 +87,25 @@ class Recorder:
 @dataclass
 class MemoryKV:
     data: dict[tuple[str, str], str] = field(default_factory=dict)
-    puts: list[tuple[str, int]] = field(default_factory=list)  # (value, batches submitted)
+    puts: list[tuple[str, int]] = field(default_factory=list)  # (position, batches submitted)
     recorder: Recorder | None = None
 
     async def kv_get(self, namespace: str, key: str) -> str | None:
         return self.data.get((namespace, key))
 
-    async def kv_put(self, namespace: str, key: str, value: str, now: float) -> None:
-        self.data[(namespace, key)] = value
-        self.puts.append((value, len(self.recorder.batches) if self.recorder else -1))
+    async def kv_list(self, namespace: str) -> dict[str, str]:
+        return {k: v for (ns, k), v in self.data.items() if ns == namespace}
+
+    async def kv_write(self, write: KvWrite, now: float) -> None:
+        for namespace in write.clear:
+            for key in list(await self.kv_list(namespace)):
+                del self.data[(namespace, key)]
+        for namespace, key in write.delete:
+            self.data.pop((namespace, key), None)
+        for namespace, key, value in write.put:
+            self.data[(namespace, key)] = value
+            if namespace == NAMESPACE:
+                self.puts.append((value, len(self.recorder.batches) if self.recorder else -1))
 
     async def try_lead(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
         holder = self.data.get(("lease", name))
@@ -98,6 +116,10 @@ class MemoryKV:
 
     def position(self, key: str) -> dict[str, Any]:
         return json.loads(self.data[(NAMESPACE, key)])
+
+    def rows(self, key: str) -> dict[str, dict[str, Any]]:
+        namespace = f"{ROWS_NAMESPACE}:{key}"
+        return {k: json.loads(v) for (ns, k), v in self.data.items() if ns == namespace}
 
 
 @dataclass
@@ -114,13 +136,16 @@ async def following(
     fake: FakeRealtime,
     feed: RealtimeFeed | None = None,
     stored: Position | None = None,
+    kv: MemoryKV | None = None,
     **config: Any,
 ) -> AsyncIterator[Harness]:
-    """A Follower of `feed` running against `fake`, with waits recorded instead of slept."""
+    """A Follower of `feed` running against `fake`, with waits recorded instead of slept; `kv`
+    is the store of a previous follower (a restart)."""
     feed = feed or RealtimeFeed(tags=[TAG])
     settings = RealtimeConfig(api_url=fake.url, secret_key=SECRET, feeds=[feed], **config)
     submit = Recorder()
-    kv, sleeps = MemoryKV(recorder=submit), []
+    kv, sleeps = kv or MemoryKV(), []
+    kv.recorder = submit
     if stored is not None:
         kv.data[(NAMESPACE, feed_of(feed).key)] = stored.dumps()
 
@@ -268,13 +293,105 @@ async def test_position_is_saved_only_after_the_batch_was_submitted() -> None:
     assert (first["handle"], first["offset"]) == (H1, "0_inf")
 
 
-async def test_a_restart_takes_a_snapshot_of_the_stored_handle() -> None:
-    stored = Position(H1, "29374025320_0", "58785280", {"isTest": {"type": "bool"}})
-    async with fake_realtime(session()) as fake, following(fake, stored=stored) as h:
+FEED_KEY = f"tags:{TAG}|24h"
+LIVE_2_END = "29374031776_0"  # the offset after live #2 (E EXECUTING)
+
+
+async def stopped_after_live_2(fake: FakeRealtime) -> MemoryKV:
+    """Follow until live #2 was submitted and saved (its successor asked for), then stop."""
+    async with following(fake) as h:
+        await fake.wait_for(asked_for(H1, live=True, offset=LIVE_2_END))
+        await h.submit.wait_for(3)
+    return h.kv
+
+
+async def test_a_restart_resumes_from_the_stored_handle_offset_and_rows() -> None:
+    """A partial update after the restart (E fails: PK + changed columns) is merged onto the
+    stored row of E: the run submitted is whole."""
+    async with fake_realtime(extended_session()[:5]) as fake:
+        fake.release(4)  # "E fails" has not happened yet
+        kv = await stopped_after_live_2(fake)
+        assert kv.position(FEED_KEY)["rows"] == 2
+        assert set(kv.rows(FEED_KEY)) == {row_key("cmuxjbf30kqkowywawhi1r8yr"), row_key(E_INTERNAL)}
+        executing = kv.rows(FEED_KEY)[row_key(E_INTERNAL)]
+        before = len(fake.requests)
+        async with following(fake, kv=kv) as h:
+            live = asked_for(H1, live=True, offset=LIVE_2_END)
+            await fake.wait_for(lambda s: live(s) and any(s is r for r in fake.requests[before:]))
+            fake.release()  # E fails while relay follows again
+            batches = await h.submit.wait_for(1)
+    first = fake.requests[before]
+    assert (first.query["offset"], first.query["handle"]) == (LIVE_2_END, H1)
+    assert "live" not in first.query and first.answer == "up-to-date"
+    assert fake.served[before + 1] == "live (E fails)"  # held live, then released
+    assert statuses(batches) == [[(RUN_E, "FAILED")]]
+    failed = batches[0][0]
+    assert failed.taskIdentifier == executing["taskIdentifier"]
+    assert failed.createdAt is not None and TAG in (failed.tags or [])
+    assert failed.error is not None and failed.error["code"] == "TASK_RUN_STALLED_EXECUTING"
+    stored = kv.rows(FEED_KEY)[row_key(E_INTERNAL)]
+    assert stored == {**executing, **E_FAILS}
+    assert kv.position(FEED_KEY)["offset"] == "29374039000_0"
+
+
+async def test_a_change_made_while_relay_was_down_arrives_with_the_catch_up() -> None:
+    async with fake_realtime(extended_session()[:5]) as fake:
+        fake.release(4)
+        kv = await stopped_after_live_2(fake)
+        fake.release()  # E fails while nobody follows
+        before = len(fake.requests)
+        async with following(fake, kv=kv) as h:
+            batches = await h.submit.wait_for(1)
+    first = fake.requests[before]
+    assert (first.query["offset"], first.query["handle"]) == (LIVE_2_END, H1)
+    assert first.answer == "catch-up from the log"
+    assert statuses(batches) == [[(RUN_E, "FAILED")]]
+    assert batches[0][0].taskIdentifier is not None
+
+
+async def test_a_409_after_a_restart_falls_back_to_a_snapshot_and_replaces_the_rows() -> None:
+    async with fake_realtime(session()[:4]) as fake:
+        kv = await stopped_after_live_2(fake)
+        fake.rotate(H2)  # the stored handle is gone
+        fake.rows.pop(row_key(E_INTERNAL))  # and E left the shape
+        before = len(fake.requests)
+        async with following(fake, kv=kv) as h:
+            await fake.wait_for(asked_for(H2, live=True))
+            batches = await h.submit.wait_for(1)
+    answers = [(s.query["offset"], s.query.get("handle"), s.answer) for s in fake.requests[before:]]
+    assert answers[:3] == [
+        (LIVE_2_END, H1, "409 unknown handle"),
+        ("-1", H2, "snapshot"),
+        ("0_inf", H2, "up-to-date"),
+    ]
+    assert statuses(batches) == [[(RUN_A, "FAILED")]]  # a repeat: intake deduplicates it
+    assert list(kv.rows(FEED_KEY)) == [row_key("cmuxjbf30kqkowywawhi1r8yr")]
+    assert (kv.position(FEED_KEY)["handle"], kv.position(FEED_KEY)["rows"]) == (H2, 1)
+
+
+@pytest.mark.parametrize(
+    ("rows", "count", "reason"),
+    [
+        ({}, None, "no rows stored with the position (an older relay)"),
+        ({"k": "{not json"}, 1, "a stored row cannot be read"),
+        ({"k": "[1]"}, 1, "a stored row cannot be read"),
+        ({"k": "{}"}, 2, "1 rows stored, the position counts 2"),
+    ],
+)
+async def test_unreadable_stored_rows_fall_back_to_a_snapshot_of_the_stored_handle(
+    rows: dict[str, str], count: int | None, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay")
+    stored = Position(H1, "29374025320_0", "58785280", {"isTest": {"type": "bool"}}, count)
+    kv = MemoryKV({(f"{ROWS_NAMESPACE}:{FEED_KEY}", k): v for k, v in rows.items()})
+    async with fake_realtime(session()) as fake, following(fake, stored=stored, kv=kv) as h:
         await h.submit.wait_for(1)
     first = fake.requests[0]
     assert (first.query["offset"], first.query["handle"], first.answer) == ("-1", H1, "snapshot")
     assert statuses(h.submit.batches[:1]) == [[(RUN_A, "FAILED"), (RUN_E, "EXECUTING")]]
+    resumed = [r for r in caplog.records if "resumes" in r.getMessage()]
+    assert [r.__dict__["reason"] for r in resumed] == [reason]
+    assert "k" not in kv.rows(FEED_KEY) and kv.position(FEED_KEY)["rows"] == 2  # replaced
 
 
 # ---------------------------------------------------------------- native backend, single run
@@ -292,7 +409,7 @@ async def test_native_backend_single_run_ends_crashed_and_the_feed_stops() -> No
     assert_same_run(submit.batches[-1][0], parse_sdk_run(sdk_run("crashed")))
     assert submit.batches[-1][0].error == {
         "type": "INTERNAL_ERROR",
-        "code": "TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE",
+        "code": "TASK_PROCESS_MAYBE_OOM_KILLED",  # SIGKILL, as the SDK says (75a918d)
         "message": "Process exited with code -1 after signal SIGKILL.",
     }
     assert {s.path for s in fake.requests} == {f"/realtime/v1/runs/{run_id}"}
@@ -371,6 +488,37 @@ def test_partial_update_merges_into_the_row_and_delete_forgets_it() -> None:
         200, {**headers, "electric-up-to-date": ""}, json.dumps([delete]).encode()
     )
     assert batch is not None and batch.rows == [] and shape.rows == {}
+
+
+def test_unsaved_rows_accumulate_until_saved_and_a_refetch_voids_them_all() -> None:
+    headers = {"electric-handle": "h", "electric-offset": "1_0", "electric-up-to-date": ""}
+
+    def change(op: str, ident: str, **value: str) -> dict[str, Any]:
+        return {"key": ident, "value": {"id": ident, **value}, "headers": {"operation": op}}
+
+    shape = Shape(Position("h", "0_0", rows=1), {"x": {"id": "x", "a": "1"}})
+    assert shape.query() == {"log": "full", "offset": "0_0", "handle": "h"}  # not live
+    assert not shape.unsaved()
+    shape.receive(200, headers, json.dumps([change("update", "x", a="2")]).encode())
+    shape.receive(200, headers, json.dumps([change("insert", "y"), change("delete", "x")]).encode())
+    changes = shape.unsaved()  # two batches, not saved in between
+    assert (changes.cleared, changes.put, changes.delete) == (False, {"y": {"id": "y"}}, ["x"])
+    shape.saved()
+    assert not shape.unsaved()
+    shape.refetch("h2")
+    shape.receive(200, headers, json.dumps([change("insert", "z")]).encode())
+    changes = shape.unsaved()
+    assert (changes.cleared, changes.put, changes.delete) == (True, {"z": {"id": "z"}}, [])
+
+
+def test_stored_rows_must_add_up_to_the_position() -> None:
+    at = Position("h", "5_0", rows=1)
+    assert stored_rows(at, {"k": '{"id": "1"}'}) == ({"k": {"id": "1"}}, "")
+    assert stored_rows(Position("h", "5_0", rows=0), {}) == ({}, "")
+    assert stored_rows(Position("h", "-1", rows=0), {})[0] is None
+    assert stored_rows(at, {})[0] is None
+    assert Position.loads(at.dumps()) == at
+    assert Position.loads('{"handle": "h", "offset": "5_0", "rows": true}') == Position("h", "5_0")
 
 
 @pytest.mark.parametrize("text", [None, "", "nope", "[1]", '{"handle": 5}'])
@@ -502,8 +650,28 @@ async def test_kill_9_between_exchanges_resumes_without_duplicate_or_miss(
         await asyncio.to_thread(proc.start)
         assert await settle(sink, 2) == [RUN_A, RUN_E]
         restart = fake.requests[before]
-        assert (restart.query["offset"], restart.query["handle"]) == ("-1", H1)
-        assert restart.answer == "snapshot"
-        resumed = [entry for entry in proc.logs if entry.get("feed") == f"tags:{TAG}|24h"]
-        assert any("resumes" in entry["msg"] for entry in resumed)
+        assert (restart.query["offset"], restart.query["handle"]) == (LIVE_2_END, H1)
+        assert restart.answer == "catch-up from the log"  # E's partial update, merged
+        run = sink.received[1].json()["run"]
+        assert (run["status"], run["taskIdentifier"]) == ("FAILED", "sync-customer-data")
+        resumed = [entry for entry in proc.logs if entry.get("feed") == FEED_KEY]
+        assert any("resumes from its stored position" in entry["msg"] for entry in resumed)
         assert all(SECRET not in json.dumps(entry) for entry in proc.logs)
+
+
+async def test_kill_9_then_409_resnapshots_without_a_duplicate_alert(
+    relay_process: Callable[..., RelayProcess], sink: Sink
+) -> None:
+    async with fake_realtime(session()[:4], live_hold_s=0.5) as fake:
+        proc = relay_process(config(fake.url, sink.url))
+        await asyncio.to_thread(proc.start)
+        assert await settle(sink, 1, 0.3) == [RUN_A]
+        await fake.wait_for(asked_for(H1, live=True, offset=LIVE_2_END))
+        proc.kill()
+        fake.rotate(H2)  # Electric dropped the shape while relay was down
+        before = len(fake.requests)
+        await asyncio.to_thread(proc.start)
+        await fake.wait_for(asked_for(H2, live=True))  # 409, snapshot, caught up: submitted
+        assert await settle(sink, 1) == [RUN_A]  # A's FAILED in the snapshot fires nothing
+        answers = [s.answer for s in fake.requests[before : before + 3]]
+        assert answers == ["409 unknown handle", "snapshot", "up-to-date"]

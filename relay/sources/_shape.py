@@ -8,7 +8,8 @@ the response ends up-to-date (the control message in the body, or Electric's
 `electric-up-to-date` header; the native backend only sends the message); `Shape.refetch()`
 handles `must-refetch` (409 or control message). Rows are kept by key and updates merged into
 them: Electric sends only the primary key and the changed columns of an update, the native
-backend whole rows.
+backend whole rows. `Shape.unsaved()` is what changed in the rows since `Shape.saved()`, so that
+a caller can store the rows beside the position and resume from both (`Shape(position, rows)`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Position:
     offset: str = START
     cursor: str = ""
     schema: Mapping[str, Any] = field(default_factory=dict)
+    rows: int | None = None  # how many rows were stored with it; None: none (an older relay)
 
     def dumps(self) -> str:
         data = {
@@ -78,6 +80,7 @@ class Position:
             "offset": self.offset,
             "cursor": self.cursor,
             "schema": self.schema,
+            "rows": self.rows,
         }
         return orjson.dumps(data).decode()
 
@@ -91,13 +94,36 @@ class Position:
         if not isinstance(data, dict):
             return None
         handle, offset = data.get("handle"), data.get("offset")
-        cursor, schema = data.get("cursor"), data.get("schema")
+        cursor, schema, rows = data.get("cursor"), data.get("schema"), data.get("rows")
         return cls(
             handle if isinstance(handle, str) else None,
             offset if isinstance(offset, str) else START,
             cursor if isinstance(cursor, str) else "",
             schema if isinstance(schema, dict) else {},
+            rows if isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0 else None,
         )
+
+
+def stored_rows(
+    position: Position, texts: Mapping[str, str]
+) -> tuple[dict[str, dict[str, Any]] | None, str]:
+    """The rows stored with `position` (JSON text by key), or None and why they cannot be used."""
+    if position.offset == START:
+        return None, "no offset stored"
+    if position.rows is None:
+        return None, "no rows stored with the position (an older relay)"
+    rows: dict[str, dict[str, Any]] = {}
+    for key, text in texts.items():
+        try:
+            row = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            return None, "a stored row cannot be read"
+        rows[key] = row
+    if len(rows) != position.rows:
+        return None, f"{len(rows)} rows stored, the position counts {position.rows}"
+    return rows, ""
 
 
 @dataclass(frozen=True)
@@ -108,12 +134,31 @@ class Batch:
     position: Position
 
 
+@dataclass(frozen=True)
+class RowChanges:
+    """What the stored rows lack: drop them all first (`cleared`), then delete and put."""
+
+    cleared: bool
+    put: dict[str, dict[str, Any]]
+    delete: list[str]
+
+    def __bool__(self) -> bool:
+        return self.cleared or bool(self.put) or bool(self.delete)
+
+
 class Shape:
-    def __init__(self, position: Position | None = None) -> None:
+    """One shape stream. `rows` resumes it from stored rows at `position` (not live: the first
+    request catches up from the stored offset, as Electric's client does when it resumes)."""
+
+    def __init__(
+        self, position: Position | None = None, rows: dict[str, dict[str, Any]] | None = None
+    ) -> None:
         self.position = position or Position()
         self.live = False  # becomes true at the first up-to-date
-        self.rows: dict[str, dict[str, Any]] = {}
+        self.rows: dict[str, dict[str, Any]] = dict(rows or {})
         self._changed: dict[str, None] = {}  # an ordered set of keys
+        self._unsaved: set[str] = set()  # keys changed since saved()
+        self._cleared = False  # every stored row is void (a refetch) since saved()
 
     def query(self) -> dict[str, str]:
         """Query parameters for the next request (besides the feed's own)."""
@@ -129,8 +174,21 @@ class Shape:
         """must-refetch: forget every row and start again from a snapshot of `handle`."""
         self.rows.clear()
         self._changed.clear()
+        self._unsaved.clear()
+        self._cleared = True
         self.live = False
         self.position = Position(handle=handle, schema=self.position.schema)
+
+    def unsaved(self) -> RowChanges:
+        """The row changes since the last `saved()`, as they stand now."""
+        put = {key: self.rows[key] for key in self._unsaved if key in self.rows}
+        delete = [key for key in self._unsaved if key not in self.rows]
+        return RowChanges(self._cleared, put, [] if self._cleared else delete)
+
+    def saved(self) -> None:
+        """The rows are stored as they are now."""
+        self._unsaved.clear()
+        self._cleared = False
 
     def receive(self, status: int, headers: Mapping[str, str], body: bytes) -> Batch | None:
         """Apply one 200/204 response; the rows to emit when it ends up-to-date, else None."""
@@ -157,6 +215,7 @@ class Shape:
         key = str(message["key"])
         operation = _headers(message).get("operation")
         value = message.get("value")
+        self._unsaved.add(key)
         if operation == "delete":
             self.rows.pop(key, None)
             self._changed.pop(key, None)

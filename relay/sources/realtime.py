@@ -3,23 +3,21 @@
 One task per configured feed (tags, run id or batch id) speaks TRIGGER.md §2.2: a snapshot from
 offset -1, a non-live catch-up, then live long-polls. Rows are emitted only at up-to-date; each
 batch is decoded (formats/electric.py) and handed to `Intake.submit` in one call, and only after
-that commit is the position (handle, offset, cursor, schema) written to the store
-(`kv_put("realtime", <feed key>, ...)`). `must-refetch` (409 or control message) drops the rows
-and starts again from a snapshot; the snapshot repeats runs already seen, and intake's
-transition detection (same `updatedAt`, rule already in the run's fired set) makes them fire
-nothing.
+that commit are the position (handle, offset, cursor, schema) and the merged rows that changed
+written to the store, in one transaction (`kv_write`: the position under ("realtime", <feed
+key>), each raw row under ("realtime-rows:<feed key>", <row key>)). `must-refetch` (409 or
+control message) drops the rows and starts again from a snapshot; the next save replaces the
+stored rows whole. A snapshot repeats runs already seen, and intake's transition detection
+(same `updatedAt`, rule already in the run's fired set) makes them fire nothing.
 
-Resume after a restart: from the stored *handle*, at offset -1 (a full snapshot of the shape),
-not from the stored offset. Electric sends only the primary key and the changed columns of an
-update, and the merged rows live in memory only, so the first update after a restart would
-lack the columns a rule needs (friendlyId, taskIdentifier, tags ...); skipping it could miss an
-alert, and persisting every row would cost a write per run per change. The snapshot holds the
-current state of every run of the shape: a run that failed while relay was down is in it and
-alerts once; a run that alerted before the kill is deduplicated by its fired set. The cost is
-re-reading the shape once per restart. What a snapshot cannot show is an intermediate state a
-run went through and left while relay was down (e.g. a transient metadata value); final
-statuses, cost and duration of the runs in the feed are never missed. Memory: one merged row
-per run of the shape, dropped at must-refetch.
+Resume after a restart: from the stored handle and offset, with the stored rows. Electric sends
+only the primary key and the changed columns of an update, so the rows are what turns the first
+update after a restart back into a whole run. The position records how many rows were stored
+with it; rows that cannot be read, or do not add up (an older relay stored none), make the feed
+resume with a snapshot of its stored handle instead, as a 409 does. A kill at any point leaves
+the position and the rows of one committed batch: the changes after it are asked for again and
+submitted again, which intake deduplicates. The cost: one row write per changed run per batch,
+and the rows of every run in the shape kept in the store as in memory.
 
 Failures never stop a feed: 429/5xx/408, network errors and timeouts back off with jitter
 (100 ms, times 1.3 up to 10 s, Retry-After honoured); 400/401/403/404 are logged with the feed and
@@ -38,7 +36,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -51,6 +49,7 @@ from relay.intake import IntakeResult
 from relay.model import Run
 from relay.retry_after import parse_retry_after
 from relay.sources._shape import (
+    START,
     Batch,
     Feed,
     Position,
@@ -58,10 +57,13 @@ from relay.sources._shape import (
     ShapeError,
     feed_of,
     request_headers,
+    stored_rows,
 )
+from relay.store import KvWrite
 
 log = logging.getLogger("relay.realtime")
 NAMESPACE = "realtime"
+ROWS_NAMESPACE = "realtime-rows"  # + ":<feed key>": the merged raw rows of the feed
 MAX_RETRY_AFTER_S = 600.0
 
 Submit = Callable[[Sequence[Run]], Awaitable[IntakeResult]]
@@ -73,7 +75,9 @@ class Positions(Protocol):
 
     async def kv_get(self, namespace: str, key: str) -> str | None: ...
 
-    async def kv_put(self, namespace: str, key: str, value: str, now: float) -> None: ...
+    async def kv_list(self, namespace: str) -> dict[str, str]: ...
+
+    async def kv_write(self, write: KvWrite, now: float) -> None: ...
 
     async def try_lead(self, name: str, owner: str, ttl_s: float, now: float) -> bool: ...
 
@@ -148,7 +152,7 @@ class Follower:
                 await self._sleep(self._timing.error_wait_s)
 
     async def _follow(self) -> None:
-        shape = Shape(await self._resume())
+        shape = await self._resume()
         refetches = 0
         while True:
             try:
@@ -170,7 +174,7 @@ class Follower:
                     await self._retry(str(exc), None)
                     continue
                 self._failures = refetches = 0
-                if batch is not None and await self._emit(batch):
+                if batch is not None and await self._emit(shape, batch):
                     log.info("realtime run finished; feed stopped", extra=self._extra())
                     return
             elif response.status in (408, 429) or response.status >= 500:
@@ -179,16 +183,35 @@ class Follower:
             else:
                 await self._refused(response)
 
-    async def _resume(self) -> Position:
+    async def _resume(self) -> Shape:
+        """The stored position and rows, or a snapshot of the stored handle without them."""
         stored = Position.loads(await self._positions.kv_get(NAMESPACE, self.feed.key))
-        if stored is None:
-            return Position()
-        log.info(
-            "realtime feed resumes with a snapshot of its stored shape",
-            extra=self._extra(handle=stored.handle, stored_offset=stored.offset),
-        )
+        if stored is None or stored.handle is None:
+            return Shape()
         self._saved = stored
-        return Position(handle=stored.handle, schema=stored.schema)
+        extra = self._extra(handle=stored.handle, stored_offset=stored.offset)
+        rows, problem = await self._stored_rows(stored)
+        if rows is None:
+            log.info(
+                "realtime feed resumes with a snapshot of its stored shape",
+                extra={**extra, "reason": problem},
+            )
+            shape = Shape(Position(schema=stored.schema))
+            shape.refetch(stored.handle)  # and the stored rows are replaced at the next save
+            return shape
+        log.info(
+            "realtime feed resumes from its stored position", extra={**extra, "rows": len(rows)}
+        )
+        return Shape(replace(stored, rows=None), rows)
+
+    async def _stored_rows(self, stored: Position) -> tuple[dict[str, dict[str, Any]] | None, str]:
+        if stored.offset == START or stored.rows is None:
+            return stored_rows(stored, {})  # nothing to read
+        return stored_rows(stored, await self._positions.kv_list(self._rows_namespace))
+
+    @property
+    def _rows_namespace(self) -> str:
+        return f"{ROWS_NAMESPACE}:{self.feed.key}"
 
     async def _get(self, shape: Shape) -> _Response:
         headers = request_headers(self._config.secret_key.get_secret_value())
@@ -204,8 +227,8 @@ class Follower:
             body = await resp.read()
             return _Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
 
-    async def _emit(self, batch: Batch) -> bool:
-        """Submit the batch (retrying while the store is down), then save the position."""
+    async def _emit(self, shape: Shape, batch: Batch) -> bool:
+        """Submit the batch (retrying while the store is down), then save position and rows."""
         runs = self._decode(batch.rows, batch.position.schema)
         if runs:
             result = await self._submit_until_done(runs)
@@ -219,7 +242,7 @@ class Follower:
             )
             if self._observe is not None:
                 self._observe(self.feed.key, len(runs), None if lag_ms is None else lag_ms / 1000)
-        await self._save(batch.position, force=bool(runs))
+        await self._save(shape, batch.position, force=bool(runs))
         return self.feed.single_run and any(r.finishedAt is not None for r in runs)
 
     def _decode(self, rows: list[dict[str, Any]], schema: Schema) -> list[Run]:
@@ -241,19 +264,33 @@ class Follower:
             except StoreUnavailable:
                 await self._retry("store unavailable", None)
 
-    async def _save(self, position: Position, *, force: bool) -> None:
+    async def _save(self, shape: Shape, position: Position, *, force: bool) -> None:
+        """Store the position with the rows it depends on, in one transaction; on failure keep
+        both unsaved (the next save writes every change since the last one that worked)."""
+        changes = shape.unsaved()
         saved = self._saved
         same = saved is not None and (saved.handle, saved.offset) == (
             position.handle,
             position.offset,
         )
-        if same and not force:
+        if same and not force and not changes:
             return
+        position = replace(position, rows=len(shape.rows))
+        namespace = self._rows_namespace
+        write = KvWrite(
+            put=[
+                (NAMESPACE, self.feed.key, position.dumps()),
+                *((namespace, key, orjson.dumps(row).decode()) for key, row in changes.put.items()),
+            ],
+            delete=[(namespace, key) for key in changes.delete],
+            clear=[namespace] if changes.cleared else [],
+        )
         try:
-            await self._positions.kv_put(NAMESPACE, self.feed.key, position.dumps(), time.time())
+            await self._positions.kv_write(write, time.time())
         except StoreUnavailable:
             log.warning("realtime position not saved; store unavailable", extra=self._extra())
             return
+        shape.saved()
         self._saved = position
 
     async def _retry(self, reason: str, retry_after: float | None) -> None:

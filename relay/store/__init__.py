@@ -39,6 +39,16 @@ class HistoryQuery:
     limit: int = 200
 
 
+@dataclass(frozen=True)
+class KvWrite:
+    """Changes to the key-value state that commit together (`Store.kv_write`), applied in this
+    order: every namespace in `clear` emptied, the `delete` keys removed, the `put` keys stored."""
+
+    put: Sequence[tuple[str, str, str]] = ()  # (namespace, key, value)
+    delete: Sequence[tuple[str, str]] = ()  # (namespace, key)
+    clear: Sequence[str] = ()  # whole namespaces
+
+
 @dataclass
 class Observed:
     """What observing one run update did: stale updates change nothing."""
@@ -184,6 +194,12 @@ class Store(Protocol):
         """Store `value` under (namespace, key), replacing what was there."""
 
     async def kv_delete(self, namespace: str, key: str) -> None: ...
+
+    async def kv_list(self, namespace: str) -> dict[str, str]:
+        """Every key of `namespace` with its value (a Realtime feed's stored rows)."""
+
+    async def kv_write(self, write: KvWrite, now: float) -> None:
+        """Apply `write` in one transaction: all of it is stored or none (StoreUnavailable)."""
 
     async def try_lead(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
         """Take or renew the named lease for `owner` until `now + ttl_s`; True if it holds it.

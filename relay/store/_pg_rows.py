@@ -9,7 +9,7 @@ import asyncpg
 import orjson
 
 from relay.model import GroupState, RunState, Silence
-from relay.store import HistoryQuery
+from relay.store import HistoryQuery, KvWrite
 from relay.store._pg_connect import clean
 
 FIRED_SEPARATOR = "\x1f"
@@ -50,6 +50,32 @@ LEAD = """
     WHERE l.owner = excluded.owner OR l.expires_at <= excluded.updated_at
     RETURNING owner
 """
+
+KV_CLEAR = "DELETE FROM relay_kv WHERE namespace = ANY($1::text[])"
+KV_DELETE = """
+    DELETE FROM relay_kv WHERE (namespace, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+"""
+KV_PUT = """
+    INSERT INTO relay_kv (namespace, key, value, updated_at)
+    SELECT namespace, key, value, $4 FROM unnest($1::text[], $2::text[], $3::text[])
+        AS t (namespace, key, value)
+    ON CONFLICT (namespace, key) DO UPDATE
+    SET value = excluded.value, updated_at = excluded.updated_at
+"""
+
+
+async def kv_write(conn: asyncpg.Connection, write: KvWrite, now: float) -> None:
+    """One transaction: clear, delete, put (three statements, whatever the number of keys)."""
+    puts = {(clean(ns), clean(key)): clean(value) for ns, key, value in write.put}
+    async with conn.transaction():
+        if write.clear:
+            await conn.execute(KV_CLEAR, [clean(ns) for ns in write.clear])
+        if write.delete:
+            namespaces = [clean(ns) for ns, _ in write.delete]
+            await conn.execute(KV_DELETE, namespaces, [clean(key) for _, key in write.delete])
+        if puts:
+            namespaces, keys = [ns for ns, _ in puts], [key for _, key in puts]
+            await conn.execute(KV_PUT, namespaces, keys, list(puts.values()), now)
 
 
 def to_state(row: asyncpg.Record) -> RunState:

@@ -27,7 +27,7 @@ import orjson
 
 from relay.errors import StoreUnavailable
 from relay.model import Notification, Run, Silence
-from relay.store import Decide, HistoryQuery, Observed, _pg_claim
+from relay.store import Decide, HistoryQuery, KvWrite, Observed, _pg_claim
 from relay.store._pg_connect import (
     DB_ERRORS,
     check_url,
@@ -46,6 +46,7 @@ from relay.store._pg_rows import (
     Event,
     event_params,
     history_sql,
+    kv_write,
     silence_params,
     to_event,
 )
@@ -367,6 +368,16 @@ class PostgresStore:
         await self._execute(
             "DELETE FROM relay_kv WHERE namespace = $1 AND key = $2", clean(namespace), clean(key)
         )
+
+    async def kv_list(self, namespace: str) -> dict[str, str]:
+        rows = await self._fetch(
+            "SELECT key, value FROM relay_kv WHERE namespace = $1", clean(namespace)
+        )
+        return {str(row["key"]): str(row["value"]) for row in rows}
+
+    async def kv_write(self, write: KvWrite, now: float) -> None:
+        async with self._conn() as conn:
+            await retrying(lambda: kv_write(conn, write, now))
 
     async def try_lead(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
         """Hold the lease `name` for `ttl_s` from `now`: True if `owner` holds it now."""

@@ -17,7 +17,7 @@ import orjson
 from relay.errors import ConfigError, Problem, StoreUnavailable
 from relay.grouping import group_key, group_labels, schedule
 from relay.model import GroupState, Match, Notification, Run, Silence
-from relay.store import Decide, HistoryQuery, Observed, owed_notification
+from relay.store import Decide, HistoryQuery, KvWrite, Observed, owed_notification
 from relay.store._rows import to_notification, to_silence
 from relay.store._sqlite_history import event_rows, history_rows
 from relay.store._sqlite_lock import WriteLock
@@ -324,6 +324,17 @@ class SQLiteStore:
             )
         )
 
+    async def kv_list(self, namespace: str) -> dict[str, str]:
+        rows = await self._writer.run(
+            lambda conn: conn.execute(
+                "SELECT key, value FROM kv WHERE namespace = ?", (namespace,)
+            ).fetchall()
+        )
+        return {str(key): str(value) for key, value in rows}
+
+    async def kv_write(self, write: KvWrite, now: float) -> None:
+        await self._writer.run(lambda conn: _kv_write(conn, write, now))
+
     async def try_lead(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
         """Hold the lease `name` for `ttl_s` from `now`: True if `owner` holds it now."""
         row = await self._writer.run(
@@ -485,3 +496,15 @@ def _configure(conn: sqlite3.Connection, max_pages: int | None) -> None:
 def _mute_kind(muted_by: str) -> str:
     """ "silence" for a silence id, else the prefix: time_interval, inhibited."""
     return muted_by.split(":", 1)[0] if ":" in muted_by else "silence"
+
+
+def _kv_write(conn: sqlite3.Connection, write: KvWrite, now: float) -> None:
+    """One op (one savepoint): clear, delete, put, in that order."""
+    conn.executemany("DELETE FROM kv WHERE namespace = ?", [(ns,) for ns in write.clear])
+    conn.executemany("DELETE FROM kv WHERE namespace = ? AND key = ?", write.delete)
+    conn.executemany(
+        "INSERT INTO kv (namespace, key, value, updated_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (namespace, key) DO UPDATE"
+        " SET value = excluded.value, updated_at = excluded.updated_at",
+        [(ns, key, value, now) for ns, key, value in write.put],
+    )

@@ -11,14 +11,18 @@ TRIGGER.md §2.3-2.4). A request is answered by, in order:
 3. offset -1 (a new client, a restart, a refetch): a snapshot of the rows as they are now, every
    released exchange included (Electric: no up-to-date, with `electric-schema`; native: ends
    with up-to-date in the body);
-4. another handle than the current one: 409 + must-refetch with the current handle;
-5. the current position, not live: a bare up-to-date; live: the request is held until an
+4. not live, the current handle (a client resuming from a stored offset): the released
+   exchanges nobody fetched happen first; then from an earlier offset of the shape's log, every
+   change since it and up-to-date (Electric's catch-up); from an offset the log lacks, 409;
+5. another handle than the current one: 409 + must-refetch with the current handle;
+6. the current position, not live: a bare up-to-date; live: the request is held until an
    exchange is released or `live_hold_s` passes (then the bare up-to-date of a long-poll timeout).
    A held request whose client went away (killed) consumes nothing.
 
 Every request is recorded (`requests`: path, query, headers, what answered it). `release(n)`
 makes the first n exchanges available (all by default), so a test can let time pass between
-them; changes released while no client listens are in the next snapshot.
+them; changes released while no client listens are in the next snapshot or catch-up.
+`rotate(handle)` replaces the shape (Electric dropped it): the old handle gets 409.
 """
 
 from __future__ import annotations
@@ -233,6 +237,7 @@ class FakeRealtime:
     handle: str | None = None
     offset: str | None = None
     cursor: int = 58785300
+    log: list[tuple[str, str, list[dict[str, Any]]]] = field(default_factory=list)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -243,6 +248,11 @@ class FakeRealtime:
     def release(self, count: int | None = None) -> None:
         self.released = len(self.exchanges) if count is None else count
         self._wake.set()
+
+    def rotate(self, handle: str) -> None:
+        """The shape is replaced: its rows stay, its log and old handle are gone."""
+        self.handle, self.offset = handle, "0_inf"
+        self.log = [(handle, "0_inf", [])]
 
     @property
     def served(self) -> list[str]:
@@ -297,6 +307,12 @@ class FakeRealtime:
                 self._fold()
                 seen.answer = "snapshot"
                 return self._snapshot()
+            if not live and handle is not None and handle == self.handle:
+                self._fold()  # what was released while the client was away has happened
+                changes = self._since(offset) if offset != self.offset else None
+                if changes is not None:
+                    seen.answer = "catch-up from the log"
+                    return self._up_to_date(False, changes)
             if (handle, offset) != (self.handle, self.offset):
                 seen.answer = "409 unknown handle"
                 body = [{"headers": {"control": "must-refetch"}}]
@@ -316,9 +332,8 @@ class FakeRealtime:
             self.handle = exchange.headers.get("electric-handle") or f"{self.handle}-next"
             self.offset = "0_inf"
             return
-        for message in exchange.body:
-            if "key" not in message:
-                continue
+        changes = [message for message in exchange.body if "key" in message]
+        for message in changes:
             key, value = message["key"], message.get("value") or {}
             if message["headers"].get("operation") == "delete":
                 self.rows.pop(key, None)
@@ -326,8 +341,17 @@ class FakeRealtime:
                 self.rows[key] = {**self.rows.get(key, {}), **value}
         self.handle = exchange.headers["electric-handle"]
         self.offset = exchange.headers["electric-offset"]
+        self.log.append((self.handle, self.offset, changes))
         if "electric-cursor" in exchange.headers:
             self.cursor = int(exchange.headers["electric-cursor"])
+
+    def _since(self, offset: str | None) -> list[dict[str, Any]] | None:
+        """The changes of the current shape after `offset`; None if its log lacks that offset."""
+        entries = [(at, changes) for handle, at, changes in self.log if handle == self.handle]
+        ends = [at for at, _ in entries]
+        if offset not in ends:
+            return None
+        return [m for _, changes in entries[ends.index(offset) + 1 :] for m in changes]
 
     def _fold(self) -> None:
         """Released exchanges nobody fetched happened anyway: a snapshot includes them."""
@@ -349,6 +373,7 @@ class FakeRealtime:
     def _snapshot(self) -> web.Response:
         if self.handle is None:
             self.handle, self.offset = "fake-handle-1", "0_inf"
+        self.log.append((self.handle, self.offset or "0_inf", []))
         body: list[dict[str, Any]] = [
             {"key": key, "value": value, "headers": {"operation": "insert"}}
             for key, value in self.rows.items()
@@ -357,11 +382,11 @@ class FakeRealtime:
             body.append(UP_TO_DATE)
         return _json(200, self._headers(schema=True, cursor=False), body)
 
-    def _up_to_date(self, live: bool) -> web.Response:
+    def _up_to_date(self, live: bool, changes: list[dict[str, Any]] | None = None) -> web.Response:
         headers = self._headers(schema=not live, cursor=live)
         if not self.native:
             headers["electric-up-to-date"] = ""
-        return _json(200, headers, [UP_TO_DATE])
+        return _json(200, headers, [*(changes or []), UP_TO_DATE])
 
 
 def _json(status: int, headers: dict[str, str], body: Any) -> web.Response:

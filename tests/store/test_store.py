@@ -7,6 +7,7 @@ leases, and what two stores on one database (two processes, two replicas) may an
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -18,7 +19,7 @@ import trustme
 
 from relay.errors import ConfigError, StoreUnavailable
 from relay.model import Decision, Run, RunState, Silence, notification_id, recovery_id
-from relay.store import HistoryQuery, Observed, Store, migrate, open_store
+from relay.store import HistoryQuery, KvWrite, Observed, Store, migrate, open_store
 from relay.store._pg_connect import connect_args
 from relay.store._pg_schema import SCHEMA_VERSION
 from relay.store.postgres import PostgresStore
@@ -404,6 +405,66 @@ async def test_key_value_state_survives_a_restart(engine: Engine) -> None:
     await store.kv_delete("realtime", "feed-a")
     assert await store.kv_get("realtime", "feed-a") is None
     await store.close()
+
+
+async def test_kv_write_clears_deletes_and_puts_in_one_commit(engine: Engine) -> None:
+    """A Realtime feed's position and its rows: whole namespaces listed and replaced."""
+    store = engine.make()
+    await store.open()
+    first = [("rows:a", "k1", "1"), ("rows:a", "k2", "2"), ("rows:b", "k1", "b"), ("pos", "a", "1")]
+    await store.kv_write(KvWrite(put=first), now=1.0)
+    assert await store.kv_list("rows:a") == {"k1": "1", "k2": "2"}
+    change = KvWrite(
+        put=[("rows:a", "k2", "22"), ("rows:a", "k3", "3"), ("pos", "a", "2")],
+        delete=[("rows:a", "k1"), ("rows:a", "missing")],
+    )
+    await store.kv_write(change, now=2.0)
+    await store.kv_write(KvWrite(), now=2.5)  # nothing to do
+    await store.close()
+    store = engine.make()  # a restart
+    await store.open()
+    assert await store.kv_list("rows:a") == {"k2": "22", "k3": "3"}
+    assert await store.kv_get("pos", "a") == "2"
+    await store.kv_write(KvWrite(put=[("rows:a", "k9", "9")], clear=["rows:a"]), now=3.0)
+    assert await store.kv_list("rows:a") == {"k9": "9"}
+    assert await store.kv_list("rows:b") == {"k1": "b"}  # other namespaces untouched
+    assert await store.kv_list("nothing") == {}
+    await store.close()
+
+
+async def test_a_failing_kv_write_leaves_everything_as_it_was(engine: Engine, store: Store) -> None:
+    await store.kv_write(KvWrite(put=[("rows", "k1", "1"), ("pos", "p", "old")]), now=1.0)
+    await refuse_kv_key(engine, "boom")
+    broken = KvWrite(  # the database refuses the last put, after the clear and the first put
+        put=[("pos", "p", "new"), ("rows", "boom", "x")], clear=["rows"]
+    )
+    with pytest.raises(StoreUnavailable):
+        await store.kv_write(broken, now=2.0)
+    assert await store.kv_list("rows") == {"k1": "1"}
+    assert await store.kv_get("pos", "p") == "old"
+
+
+async def refuse_kv_key(engine: Engine, key: str) -> None:
+    """A trigger in the database that aborts any write of `key` to the key-value table."""
+    if engine.name == "sqlite":
+        with sqlite3.connect(engine.url.removeprefix("sqlite:///")) as conn:
+            conn.execute(
+                f"CREATE TRIGGER refuse BEFORE INSERT ON kv WHEN NEW.key = '{key}'"
+                " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        return
+    conn = await asyncpg.connect(engine.url)
+    try:
+        await conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'refused'; END $$"
+        )
+        await conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON relay_kv FOR EACH ROW"
+            f" WHEN (NEW.key = '{key}') EXECUTE FUNCTION refuse()"
+        )
+    finally:
+        await conn.close()
 
 
 async def test_try_lead_one_owner_until_the_lease_ends(store: Store) -> None:
