@@ -87,7 +87,10 @@ def iso(value: datetime | None) -> str | None:
 
 
 def _number(value: object) -> int | float:
-    """An int stays an int (60634, not 60634.0): typed receivers decode the run as it was sent."""
+    """An int stays an int (60634, not 60634.0): typed receivers decode the run as it was sent.
+    null is 0, as when the field is absent (a run not started yet has no cost)."""
+    if value is None:
+        return 0
     if isinstance(value, int | float) and not isinstance(value, bool):
         return value
     raise PydanticCustomError("float_type", "Input should be a valid number")

@@ -82,6 +82,12 @@ rules:
     sent = got.json()["run"]
     assert (sent["durationMs"], sent["costInCents"], sent["baseCostInCents"]) == (60634, 1.5, 0)
     assert type(sent["durationMs"]) is int and type(sent["baseCostInCents"]) is int
+    status, _ = await r.post(small_failed(id="run_nulls", durationMs=None, costInCents=None))
+    [_, got] = await sink.wait_for(2)
+    assert status == 202 and (
+        got.json()["run"]["durationMs"],
+        got.json()["run"]["costInCents"],
+    ) == (0, 0)
 
 
 async def test_a_status_in_another_case_is_the_status(relay: RelayFactory) -> None:
