@@ -1,8 +1,9 @@
 """The YAML configuration: schema (unknown keys rejected), loading, and location of problems.
 
 `load_config(path, channel_models)` returns a `LoadedConfig` or raises ConfigError with every
-problem found and its file:line. Channel option models are passed in by the caller (the channel
-registry), so this module knows no channel.
+problem found and its file:line; `check_file` returns a `Draft` instead, the valid parts with
+the problems, for the checks that follow (rules, templates) to run on. Channel option models are
+passed in by the caller (the channel registry), so this module knows no channel.
 """
 
 from __future__ import annotations
@@ -14,10 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from relay.durations import Duration, parse_duration
-from relay.errors import ConfigError, Problem, field_message
+from relay.errors import ConfigError, Problem, field_message, in_file_order
 from relay.model import FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP
 from relay.windows import InhibitRule, NamedTimeInterval
 from relay.yamlconf import Located, Path_, load_yaml
@@ -107,8 +116,8 @@ Scalar = str | int | float | bool | None
 
 
 class MatchConfig(Strict):
+    event: str = "run"  # first: `status` is checked against the vocabulary of its event
     status: list[str] | None = None
-    event: str = "run"
     task: list[str] | None = None
     task_regex: str | None = None
     tags: TagMatch | None = None
@@ -123,14 +132,18 @@ class MatchConfig(Strict):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
-    def model_post_init(self, context: Any) -> None:
+    @field_validator("status")
+    @classmethod
+    def _known(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
         # run statuses are a known vocabulary (a typo would silently never match); deployment
-        # and error-group events have their own (DEPLOYED, TIMED_OUT, REGRESSION, ...)
-        if self.event != "run":
-            return
-        for status in self.status or ():
+        # and error-group events have their own (DEPLOYED, TIMED_OUT, REGRESSION, ...). A
+        # field validator, not a post-init check, so other errors of the match do not hide it.
+        if info.data.get("event") != "run":
+            return value
+        for status in value or ():
             if status.lower() != "failure" and status.upper() not in _ACCEPTED_STATUSES:
                 raise ValueError(f"unknown status {status!r}; known: failure, " + _STATUS_LIST)
+        return value
 
     @field_validator("event")
     @classmethod
@@ -270,16 +283,44 @@ class LoadedConfig:
 ChannelModels = Mapping[str, type[ChannelSettings]]
 
 
+@dataclass(frozen=True)
+class Draft:
+    """A configuration as far as it is valid, and every problem found in it.
+
+    Each top-level section, channel and rule is validated alone, so a problem in one hides none
+    in another, and the checks that follow (rule expressions, templates) run on the valid parts.
+    """
+
+    source: Located
+    config: Config  # invalid sections at their defaults; invalid channels and rules left out
+    rules: dict[int, RuleConfig]  # the valid rules, by their index in the file
+    broken: frozenset[str]  # the top-level sections with a problem
+    problems: list[Problem]
+
+    def loaded(self) -> LoadedConfig:
+        """The configuration, or ConfigError with every problem, in file order."""
+        if self.problems:
+            raise ConfigError(in_file_order(self.problems))
+        return LoadedConfig(self.config, self.source)
+
+
 def load_config(
     path: Path, channel_models: ChannelModels, env: Mapping[str, str] | None = None
 ) -> LoadedConfig:
     """Read, interpolate and validate `path`; ConfigError lists every problem with file:line."""
+    return check_file(path, channel_models, env).loaded()
+
+
+def check_file(
+    path: Path, channel_models: ChannelModels, env: Mapping[str, str] | None = None
+) -> Draft:
+    """`path` read, interpolated and validated as far as it goes; ConfigError if unreadable."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         kind = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else _os_reason(exc)
         raise ConfigError([Problem(str(path), "", f"cannot read config: {kind}")]) from None
-    return parse_config(text, str(path), channel_models, env, base_dir=path.parent)
+    return check_config(text, str(path), channel_models, env, base_dir=path.parent)
 
 
 def parse_config(
@@ -289,66 +330,104 @@ def parse_config(
     env: Mapping[str, str] | None = None,
     base_dir: Path | None = None,
 ) -> LoadedConfig:
+    """Interpolate and validate `text`; ConfigError lists every problem with file:line."""
+    return check_config(text, filename, channel_models, env, base_dir).loaded()
+
+
+def check_config(
+    text: str,
+    filename: str,
+    channel_models: ChannelModels,
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Draft:
+    """`text` interpolated and validated as far as it goes: the valid parts, every problem."""
     located = load_yaml(text, filename, os.environ if env is None else env)
-    problems = list(located.problems)
     data = located.data
-    if data is None and not problems:  # a document that is only `---` or `null`: empty, like ""
+    if data is None and not located.problems:  # only `---` or `null`: empty, like ""
         data = {}
-    if data is not None and not isinstance(data, dict):
-        problems.append(located.problem((), "the top level must be a mapping"))
-        data = None
-    config = None if data is None else _validate(data, located, channel_models, problems)
-    if data is not None:  # read from the raw data, so they are reported with schema problems
-        problems += _references(data, located)
-    if config is not None:
-        problems += _rule_options(config, located)
-        config = _resolve_paths(config, base_dir)
-    if problems or config is None:
-        raise ConfigError(_dedupe(problems))
-    return LoadedConfig(config, located)
+    if not isinstance(data, dict):
+        problems = list(located.problems)
+        if data is not None:
+            problems.append(located.problem((), "the top level must be a mapping"))
+        return Draft(located, Config(), {}, frozenset(), problems)
+    parts = _Parts(located, channel_models)
+    sections: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in ("channels", "rules"):
+            sections |= parts.section(key, value)
+    sections["channels"] = parts.channels(data.get("channels"))
+    rules = parts.rules(data.get("rules", []))
+    sections["rules"] = list(rules.values())
+    config = _resolve_paths(Config().model_copy(update=sections), base_dir)
+    broken = frozenset(parts.broken)
+    problems = parts.problems + _references(data, located)  # from the raw data: all rules
+    problems += _rule_options(config, rules, broken, located)
+    return Draft(located, config, rules, broken, problems)
 
 
-def _validate(
-    data: dict[str, Any], located: Located, models: ChannelModels, problems: list[Problem]
-) -> Config | None:
-    channels_raw = data.get("channels")
-    top = {k: v for k, v in data.items() if k != "channels"}
-    try:
-        config = Config.model_validate(top)
-    except ValidationError as exc:
-        problems += _pydantic_problems(exc, (), located)
-        config = None
-    channels = _validate_channels(channels_raw, located, models, problems)
-    if config is None or channels is None:
-        return None
-    return config.model_copy(update={"channels": channels})
+class _Parts:
+    """Validates the parts of one document alone, recording problems and broken sections."""
 
+    def __init__(self, located: Located, channel_models: ChannelModels) -> None:
+        self.located = located
+        self.models = channel_models
+        self.problems = list(located.problems)
+        self.broken: set[str] = set()
 
-def _validate_channels(
-    raw: Any, located: Located, models: ChannelModels, problems: list[Problem]
-) -> dict[str, ChannelSettings] | None:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        problems.append(located.problem(("channels",), "must be a mapping of name to channel"))
-        return None
-    out: dict[str, ChannelSettings] = {}
-    for name, spec in raw.items():
+    def section(self, key: str, value: Any) -> dict[str, Any]:
+        """{key: its validated value}, or {} when it has a problem (unknown keys included)."""
+        try:
+            return {key: getattr(Config.model_validate({key: value}), key)}
+        except ValidationError as exc:
+            self._fail(key, exc, ())
+            return {}
+
+    def rules(self, raw: Any) -> dict[int, RuleConfig]:
+        if not isinstance(raw, list):
+            self.section("rules", raw)  # not a list: the schema words the problem (null, ...)
+            return {}
+        out: dict[int, RuleConfig] = {}
+        for i, spec in enumerate(raw):
+            try:
+                out[i] = RuleConfig.model_validate(spec)
+            except ValidationError as exc:
+                self._fail("rules", exc, ("rules", i))
+        return out
+
+    def channels(self, raw: Any) -> dict[str, ChannelSettings]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self._bad_channel(("channels",), "must be a mapping of name to channel")
+            return {}
+        out = {name: self._channel(name, spec) for name, spec in raw.items()}
+        return {name: channel for name, channel in out.items() if channel is not None}
+
+    def _channel(self, name: str, spec: Any) -> ChannelSettings | None:
         path: Path_ = ("channels", name)
         kind = spec.get("type") if isinstance(spec, dict) else None
-        if not isinstance(spec, dict) or not isinstance(kind, str):
-            problems.append(located.problem(path, "a channel needs a `type`"))
-            continue
-        model = models.get(kind)
+        if not isinstance(kind, str):
+            self._bad_channel(path, "a channel needs a `type`")
+            return None
+        model = self.models.get(kind)
         if model is None:
-            known = ", ".join(sorted(models))
-            problems.append(located.problem((*path, "type"), f"unknown channel type; use {known}"))
-            continue
+            known = ", ".join(sorted(self.models))
+            self._bad_channel((*path, "type"), f"unknown channel type; use {known}")
+            return None
         try:
-            out[name] = model.model_validate(spec)
+            return model.model_validate(spec)
         except ValidationError as exc:
-            problems += _pydantic_problems(exc, path, located)
-    return out if len(out) == len(raw) else None
+            self._fail("channels", exc, path)
+            return None
+
+    def _fail(self, section: str, exc: ValidationError, prefix: Path_) -> None:
+        self.problems += _pydantic_problems(exc, prefix, self.located)
+        self.broken.add(section)
+
+    def _bad_channel(self, path: Path_, message: str) -> None:
+        self.problems.append(self.located.problem(path, message))
+        self.broken.add("channels")
 
 
 def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) -> list[Problem]:
@@ -357,8 +436,8 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
     for err in exc.errors(include_input=False, include_url=False):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
         path = (*prefix, *("continue" if p == "continue_" else p for p in loc))
-        if path in located.unset:
-            continue  # already reported: the environment variable is not set
+        if path in located.reported:
+            continue  # already reported: an unset environment variable, an unreadable value
         kind = err["type"]
         if kind == "extra_forbidden":
             message = "unknown key"
@@ -370,17 +449,20 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
     return out
 
 
-def _rule_options(config: Config, located: Located) -> list[Problem]:
-    """Rule options that only make sense together, and references to named time intervals."""
+def _rule_options(
+    config: Config, rules: Mapping[int, RuleConfig], broken: frozenset[str], located: Located
+) -> list[Problem]:
+    """Rule options that only make sense together, and references to named time intervals and
+    rules; a name is not looked up in a section with problems (it may be the broken part)."""
     problems = _unique(config, located)
-    intervals = {t.name for t in config.time_intervals}
-    for i, rule in enumerate(config.rules):
+    intervals = None if "time_intervals" in broken else {t.name for t in config.time_intervals}
+    for i, rule in rules.items():
         for key in ("mute_time_intervals", "active_time_intervals"):
             for j, name in enumerate(getattr(rule, key) or ()):
-                if name not in intervals:
+                if intervals is not None and name not in intervals:
                     where = ("rules", i, key, j)
                     problems.append(located.problem(where, f"unknown time interval {name!r}"))
-    for i, rule in enumerate(config.rules):
+    for i, rule in rules.items():
         timing = (rule.group_wait, rule.group_interval, rule.repeat_interval)
         if rule.group_by is None and any(v is not None for v in timing):
             problems.append(located.problem(("rules", i), "group_* options need `group_by`"))
@@ -391,16 +473,17 @@ def _rule_options(config: Config, located: Located) -> list[Problem]:
                     "only rules about single runs recover: not with `group_by` or another event",
                 )
             )
-    return problems + _inhibit_sources(config, located)
+    return problems + _inhibit_sources(config, "rules" not in broken, located)
 
 
-def _inhibit_sources(config: Config, located: Located) -> list[Problem]:
-    """A `source_digest` names a digest rule, and `equal` only reads its `group_by` paths."""
+def _inhibit_sources(config: Config, all_rules: bool, located: Located) -> list[Problem]:
+    """A `source_digest` names a digest rule, and `equal` only reads its `group_by` paths.
+    Without `all_rules` (some rule is invalid), a name matching no valid rule is not reported."""
     rules = {rule.name: rule for rule in config.rules}
     problems = []
     for i, inhibit in enumerate(config.inhibit_rules):
         source = inhibit.source_digest
-        if source is None:
+        if source is None or (source.rule not in rules and not all_rules):
             continue
         rule = rules.get(source.rule)
         if rule is None or rule.group_by is None:
@@ -434,9 +517,10 @@ def _unique(config: Config, located: Located) -> list[Problem]:
 
 
 def _references(data: dict[str, Any], located: Located) -> list[Problem]:
-    """Duplicate rule names and `notify` entries naming no channel."""
+    """Duplicate rule names and `notify` entries naming no channel (not looked up when
+    `channels` is no mapping: that is the problem reported)."""
     channels = data.get("channels")
-    names = set(channels) if isinstance(channels, dict) else set()
+    names = set(channels or ()) if channels is None or isinstance(channels, dict) else None
     rules = data.get("rules")
     problems, seen = [], set()
     for i, rule in enumerate(rules if isinstance(rules, list) else []):
@@ -449,7 +533,7 @@ def _references(data: dict[str, Any], located: Located) -> list[Problem]:
             seen.add(name)
         notify = rule.get("notify")
         for j, channel in enumerate(notify if isinstance(notify, list) else []):
-            if isinstance(channel, str) and channel not in names:
+            if isinstance(channel, str) and names is not None and channel not in names:
                 path: Path_ = ("rules", i, "notify", j)
                 problems.append(located.problem(path, f"unknown channel {channel!r}"))
     return problems
@@ -480,16 +564,6 @@ def _secrets_in(value: Any) -> list[str]:
     if isinstance(value, list | tuple):
         return [s for v in value for s in _secrets_in(v)]
     return []
-
-
-def _dedupe(problems: list[Problem]) -> list[Problem]:
-    """Each problem once, in file order."""
-
-    def line(problem: Problem) -> int:
-        tail = problem.location.rpartition(":")[2]
-        return int(tail) if tail.isdigit() else 0
-
-    return sorted(dict.fromkeys(problems), key=line)
 
 
 def _os_reason(exc: OSError) -> str:

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,27 @@ from typing import Any
 from relay import channels as channel_registry
 from relay.channels import ChannelEnv, Outgoing
 from relay.channels._http import HttpClient
-from relay.config import Defaults, LoadedConfig, load_config, parse_config
+from relay.config import (
+    ChannelSettings,
+    Defaults,
+    Draft,
+    LoadedConfig,
+    RuleConfig,
+    check_file,
+    parse_config,
+)
 from relay.delivery import DIGEST_TEMPLATE, Route, render_notification
-from relay.errors import ConfigError, Problem
+from relay.errors import ConfigError, Problem, in_file_order
 from relay.model import Notification, Run, notification_id
 from relay.policy import TokenBucket
-from relay.rules import RECOVERY_TEMPLATE, RuleSet, compile_rules
+from relay.rules import (
+    RECOVERY_TEMPLATE,
+    Locate,
+    RuleSet,
+    compile_rules,
+    rule_template,
+    when_problems,
+)
 from relay.settings import Settings
 from relay.templating import Rendered, Renderer
 
@@ -46,15 +62,31 @@ class Compiled:
 
 
 def load(settings: Settings, path: Path | None = None) -> LoadedConfig:
-    """The config file, or the built-in default when none was named and none exists."""
+    """The config file, or the built-in default when none was named and none exists.
+
+    ConfigError lists every problem of the file, and those of the expressions and templates of
+    its valid rules with them, so that one `relay check` shows all there is to fix."""
     models = channel_registry.settings_models()
     target = path or settings.config
     if target.exists() or path is not None or settings.config_explicit:
         if not target.exists():
             raise ConfigError([Problem(str(target), "", "config file not found")])
-        return load_config(target, models)
+        return _complete(check_file(target, models))
     loaded = parse_config(BUILTIN_CONFIG, BUILTIN_NAME, models, env={})
     return LoadedConfig(loaded.config, loaded.source, builtin=True)
+
+
+def _complete(draft: Draft) -> LoadedConfig:
+    """The draft's config; if it has problems, ConfigError with them and those of its valid
+    rules' expressions and templates (compile_config finds these in a valid config)."""
+    if not draft.problems:
+        return draft.loaded()
+    locate = draft.source.locate
+    problems = draft.problems + when_problems(draft.rules, locate)
+    if "templates" not in draft.broken:  # else a template of the broken dir seems missing
+        renderer = Renderer(draft.config.templates.dir)
+        problems += _check_templates(renderer, draft.config.channels, draft.rules, locate)[0]
+    raise ConfigError(in_file_order(problems))
 
 
 def compile_config(loaded: LoadedConfig) -> Compiled:
@@ -71,24 +103,43 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
     if config.templates.dir is not None and not config.templates.dir.is_dir():
         where = loaded.locate(("templates", "dir"))
         warnings.append(f"{where}: templates.dir: no such directory; the shipped templates apply")
-    for i, rule in enumerate(rules.rules):
-        for name in rule.notify:
-            kind = channel_registry.REGISTRY[config.channels[name].type]
-            templates = [rule.template] + ([DIGEST_TEMPLATE] if rule.group_by else [])
-            templates += [RECOVERY_TEMPLATE] if rule.update_on_recovery else []
-            for template, part in ((t, p) for t in templates for p in kind.parts):
-                where = loaded.locate(("rules", i, "template"))
+    every_rule = dict(enumerate(config.rules))
+    found, unknown = _check_templates(renderer, config.channels, every_rule, loaded.locate)
+    if problems or found:
+        raise ConfigError(in_file_order(problems + found))
+    return Compiled(loaded, rules, renderer, tuple(dict.fromkeys(warnings + unknown)))
+
+
+def _check_templates(
+    renderer: Renderer,
+    channels: Mapping[str, ChannelSettings],
+    rules: Mapping[int, RuleConfig],
+    locate: Locate,
+) -> tuple[list[Problem], list[str]]:
+    """Problems and warnings of the templates each rule renders for the types of its channels
+    (rules by their index in the file; a name not in `channels` is reported elsewhere)."""
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    for i, rule in rules.items():
+        where = locate(("rules", i, "template"))
+        types = dict.fromkeys(channels[n].type for n in rule.notify if n in channels)
+        for kind in (channel_registry.REGISTRY[t] for t in types):
+            for template, part in itertools.product(_templates_of(rule), kind.parts):
                 why = renderer.check(kind.type, template, part)
                 if why is not None:
                     problems.append(Problem(where, f"rules[{i}].template", f"{kind.type}: {why}"))
-                for unknown in renderer.unknown_names(kind.type, template, part):
-                    warnings.append(
-                        f"{where}: rules[{i}].template: {kind.type}/{template}.{part}: "
-                        f"`{unknown}` is not in the template context (it renders empty)"
-                    )
-    if problems:
-        raise ConfigError(list(dict.fromkeys(problems)))
-    return Compiled(loaded, rules, renderer, tuple(dict.fromkeys(warnings)))
+                warnings += [
+                    f"{where}: rules[{i}].template: {kind.type}/{template}.{part}: "
+                    f"`{unknown}` is not in the template context (it renders empty)"
+                    for unknown in renderer.unknown_names(kind.type, template, part)
+                ]
+    return problems, warnings
+
+
+def _templates_of(rule: RuleConfig) -> list[str]:
+    """The templates a rule renders: its own, the digest's and the recovery's if it has them."""
+    templates = [rule_template(rule)] + ([DIGEST_TEMPLATE] if rule.group_by else [])
+    return templates + ([RECOVERY_TEMPLATE] if rule.update_on_recovery else [])
 
 
 def dashboard_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]:

@@ -56,6 +56,16 @@ class ConfigError(RelayError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+def in_file_order(problems: list[Problem]) -> list[Problem]:
+    """Each problem once, by line (stable: problems of one line keep the order found)."""
+
+    def line(problem: Problem) -> int:
+        tail = problem.location.rpartition(":")[2]
+        return int(tail) if tail.isdigit() else 0
+
+    return sorted(dict.fromkeys(problems), key=line)
+
+
 class InputError(RelayError):
     """An incoming body is malformed; `field` names the failing field (dotted, with indexes)."""
 

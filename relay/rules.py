@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,12 +226,11 @@ def compile_rules(
     compiled, problems = [], []
     for i, rule in enumerate(rules):
         predicates = _match_predicates(rule.match)
-        if rule.when is not None:
-            try:
-                predicates.append(_when_predicate(rule.name, rule.when))
-            except (TemplateError, SecurityError) as exc:
-                where = ("rules", i, "when")
-                problems.append(Problem(locate(where), f"rules[{i}].when", _template_error(exc)))
+        when = _when(i, rule, locate)
+        if isinstance(when, Problem):
+            problems.append(when)
+        elif when is not None:
+            predicates.append(when)
         compiled.append(
             CompiledRule(
                 index=i,
@@ -240,7 +239,7 @@ def compile_rules(
                 statuses=_statuses(rule.match.status),
                 predicates=tuple(predicates),
                 notify=tuple(rule.notify),
-                template=rule.template or EVENT_TEMPLATES.get(rule.match.event, DEFAULT_TEMPLATE),
+                template=rule_template(rule),
                 continue_=rule.continue_,
                 group_by=None if rule.group_by is None else tuple(rule.group_by),
                 timing=_timing(rule),
@@ -256,6 +255,27 @@ def compile_rules(
             )
         )
     return RuleSet(compiled, inhibit_rules), problems
+
+
+def when_problems(rules: Mapping[int, RuleConfig], locate: Locate) -> list[Problem]:
+    """The problems of the rules' `when:` expressions (rules by their index in the file)."""
+    found = (_when(i, rule, locate) for i, rule in rules.items())
+    return [when for when in found if isinstance(when, Problem)]
+
+
+def rule_template(rule: RuleConfig) -> str:
+    """The template a rule renders: its own, else the one of the event it matches."""
+    return rule.template or EVENT_TEMPLATES.get(rule.match.event, DEFAULT_TEMPLATE)
+
+
+def _when(i: int, rule: RuleConfig, locate: Locate) -> Predicate | Problem | None:
+    """Rule `i`'s `when:` as a predicate, the problem with it, or None when it has none."""
+    if rule.when is None:
+        return None
+    try:
+        return _when_predicate(rule.name, rule.when)
+    except (TemplateError, SecurityError) as exc:
+        return Problem(locate(("rules", i, "when")), f"rules[{i}].when", _template_error(exc))
 
 
 def _statuses(names: list[str] | None) -> frozenset[str] | None:

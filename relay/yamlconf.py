@@ -1,8 +1,9 @@
 """YAML with locations: parse a document into plain data, remembering each path's line.
 
 Strings get ${VAR} / ${VAR:-default} interpolation from the environment ($$ is a literal $).
-Problems (syntax, duplicate keys, unset variables, oversized documents) are collected, not
-raised one by one, so `relay check` can print them all.
+Problems (syntax, duplicate keys, unset variables, unreadable values, oversized documents) are
+collected, not raised one by one, so `relay check` can print them all: only a document that
+cannot be parsed, or is too large or too deep, ends the walk early.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ class Located:
     data: Any
     lines: dict[Path_, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
-    # paths whose value came (partly) from the environment, and those naming an unset variable
+    # paths whose value came (partly) from the environment, and those whose problem is already
+    # recorded (an unset variable, an unreadable value): a schema error there would repeat it
     from_env: set[Path_] = field(default_factory=set)
-    unset: set[Path_] = field(default_factory=set)
+    reported: set[Path_] = field(default_factory=set)
 
     def locate(self, path: Path_) -> str:
         """file:line of the longest known prefix of `path`."""
@@ -116,11 +118,9 @@ class _Walker:
     def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                raise _Unsupported(key_node, "YAML merge keys (<<) are not supported")
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise _Unsupported(key_node, "mapping keys must be plain scalars")
-            key = str(self._construct(key_node))
+            key = self._key(key_node)
+            if key is None:
+                continue
             child = (*path, key)
             if key in out:
                 self.located.problems.append(
@@ -134,16 +134,36 @@ class _Walker:
             out[key] = self.walk(value_node, child)
         return out
 
+    def _key(self, node: yaml.Node) -> str | None:
+        """The key as text; None (and a problem recorded) when it cannot be one."""
+        if node.tag == "tag:yaml.org,2002:merge":
+            self._report(node, "YAML merge keys (<<) are not supported")
+            return None
+        if not isinstance(node, yaml.ScalarNode):
+            self._report(node, "mapping keys must be plain scalars")
+            return None
+        key = self._construct(node)
+        return None if key is _UNREADABLE else str(key)
+
     def _construct(self, node: yaml.Node) -> Any:
+        """The node's Python value; _UNREADABLE (and a problem recorded) when it has none."""
         try:
             return self.constructor.construct_object(node)
         # a timestamp 2001-13-45; PyYAML's own bugs on explicit tags: `!!bool maybe` (KeyError),
         # `!!int ""` (IndexError), `!!timestamp x` (AttributeError)
         except (yaml.YAMLError, ValueError, OverflowError, LookupError, AttributeError):
-            raise _Unsupported(node, f"cannot read this value (tag {node.tag})") from None
+            self._report(node, f"cannot read this value (tag {node.tag})")
+            return _UNREADABLE
+
+    def _report(self, node: yaml.Node, message: str) -> None:
+        where = f"{self.located.filename}:{node.start_mark.line + 1}"
+        self.located.problems.append(Problem(where, "", message))
 
     def _scalar(self, node: yaml.Node, path: Path_) -> Any:
         value = self._construct(node)
+        if value is _UNREADABLE:
+            self.located.reported.add(path)
+            return None
         if not isinstance(value, str):
             return value
         if "__RELAY_ENV_" in value:
@@ -152,7 +172,7 @@ class _Walker:
             return value
         text, missing = interpolate(value, self.env)
         if missing:
-            self.located.unset.add(path)
+            self.located.reported.add(path)
         for name in missing:
             self.located.problems.append(
                 self.located.problem(path, f"environment variable {name} is not set")
@@ -160,6 +180,9 @@ class _Walker:
         if text != value:
             self.located.from_env.add(path)
         return text
+
+
+_UNREADABLE = object()
 
 
 class _TooLarge(Exception):

@@ -8,9 +8,11 @@ import pytest
 
 from relay.channels import settings_models
 from relay.config import parse_config
+from relay.configure import load
 from relay.durations import format_duration, parse_duration
 from relay.errors import ConfigError
 from relay.settings import load_settings
+from tests.conftest import run_cli
 
 GOOD = """\
 server:
@@ -253,3 +255,136 @@ def test_references_are_checked_even_when_the_schema_fails() -> None:
     found = problems(text)
     assert any("rules[1].name: duplicate rule name" in p for p in found), found
     assert any("rules[1].notify[0]: unknown channel 'x'" in p for p in found), found
+
+
+def assert_lines_start(found: list[str], expected: list[str]) -> None:
+    """One line of `found` per entry of `expected`, in order, each starting with it."""
+    assert len(found) == len(expected), found
+    for line, want in zip(found, expected, strict=True):
+        assert line.startswith(want), found
+
+
+# One problem of each kind, each in its own place: one `relay check` names them all, in line order.
+EVERY_KIND = """\
+server:
+  auth_token: ${CHECK_ALL_UNSET_TOKEN}
+channels:
+  out: {type: console}
+  chat:
+    type: slack
+    webhook_url: ${CHECK_ALL_SLACK_URL}
+    concurrency: lots
+  hook:
+    type: webhook
+    url: https://example.com/hook
+    headers:
+      webhook-id: x
+      Content-Type: text/plain
+rules:
+  - name: first
+    match: {status: [BOGUS]}
+    notify: [out]
+  - name: first
+    runn: true
+    notify: [out]
+  - name: slow
+    when: "run.durationMs >"
+    notify: [out]
+  - name: mine
+    template: no_such_template
+    notify: [out]
+  - name: billing
+    match: {task_regex: "("}
+    notify: [nowhere]
+  - name: to-the-broken-channel
+    notify: [chat]
+"""
+
+
+def test_check_reports_every_kind_of_problem_in_one_run(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(EVERY_KIND)
+    slack_url = "https://hooks.slack.com/services/T0/B0/never-printed"
+    result = run_cli("check", "--config", str(config), env={"CHECK_ALL_SLACK_URL": slack_url})
+    expected = [
+        "2: server.auth_token: environment variable CHECK_ALL_UNSET_TOKEN is not set",
+        "8: channels.chat.concurrency: Input should be a valid integer",
+        "13: channels.hook.headers.webhook-id: header webhook-id is set by relay",
+        "14: channels.hook.headers.Content-Type: header Content-Type is set by relay",
+        "17: rules[0].match.status: unknown status 'BOGUS'; known: failure, ",
+        "19: rules[1].name: duplicate rule name",
+        "20: rules[1].runn: unknown key",
+        "23: rules[2].when: invalid expression: unexpected 'end of template'",
+        "26: rules[3].template: console: template console/no_such_template.txt.j2 not found",
+        "29: rules[4].match.task_regex: invalid regex: missing ), unterminated subpattern",
+        "30: rules[4].notify[0]: unknown channel 'nowhere'",
+    ]
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    *lines, total = result.stderr.splitlines()
+    assert_lines_start(lines, [f"{config}:{want}" for want in expected])
+    assert total == f"{len(expected)} problem(s) found"
+    assert slack_url not in result.stderr and "never-printed" not in result.stderr
+
+
+def test_load_checks_rules_beside_schema_problems_but_not_into_a_broken_part(
+    tmp_path: Path,
+) -> None:
+    """configure.load (check, serve, reload) adds the problems of the valid rules' expressions
+    and templates; a template is not looked for in a templates.dir that is itself invalid."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "defaults: {timeout: soon}\nchannels: {out: {type: console}}\nrules:\n"
+        "  - {name: a, notify: [out], when: 'nope > 1'}\n"
+        "  - {name: b, notify: [out], template: missing}\n"
+    )
+    broken_dir = tmp_path / "broken.yaml"
+    broken_dir.write_text(
+        "templates: {dir: [x]}\nchannels: {out: {type: console}}\n"
+        "rules:\n  - {name: b, notify: [out], template: mine}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load(load_settings(), config)
+    found = [str(p) for p in info.value.problems]
+    assert_lines_start(
+        found,
+        [
+            f"{config}:1: defaults.timeout: expected a duration",
+            f"{config}:4: rules[0].when: invalid expression: unknown name `nope`",
+            f"{config}:5: rules[1].template: console: template console/missing.txt.j2 not found",
+        ],
+    )
+    with pytest.raises(ConfigError) as info:
+        load(load_settings(), broken_dir)
+    found = [str(p) for p in info.value.problems]
+    assert_lines_start(found, [f"{broken_dir}:1: templates.dir: "])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (  # an unknown key in a match hides not the bad status beside it
+            "rules:\n  - name: a\n    notify: [c]\n    match:\n      runn: 1\n"
+            "      status: [BOGUS]\nchannels: {c: {type: console}}\n",
+            ["c.yaml:5: rules[0].match.runn: unknown key", "c.yaml:6: rules[0].match.status"],
+        ),
+        (  # an unreadable value, a merge key: the rest is still read and checked
+            "a: !!bool maybe\nx: &x {b: 1}\nserver: {<<: *x, bogus: 1}\n",
+            [
+                "c.yaml:1: cannot read this value",
+                "c.yaml:2: x: unknown key",
+                "c.yaml:3: YAML merge keys (<<) are not supported",
+                "c.yaml:3: server.bogus: unknown key",
+            ],
+        ),
+        (  # names are not looked up in a section that is itself invalid
+            "channels: [c]\ntime_intervals: 5\n"
+            "rules:\n  - {name: a, notify: [c], mute_time_intervals: [night]}\n",
+            [
+                "c.yaml:1: channels: must be a mapping of name to channel",
+                "c.yaml:2: time_intervals: Input should be a valid list",
+            ],
+        ),
+    ],
+)
+def test_a_problem_hides_no_other(text: str, expected: list[str]) -> None:
+    assert_lines_start(problems(text), expected)
