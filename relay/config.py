@@ -27,11 +27,10 @@ from pydantic import (
 
 from relay.durations import Duration, parse_duration
 from relay.errors import ConfigError, Problem, field_message, in_file_order
-from relay.model import FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP
+from relay.model import EVENTS, FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP
 from relay.windows import InhibitRule, NamedTimeInterval
 from relay.yamlconf import Located, Path_, load_yaml
 
-EVENTS = ("run", "deployment.failed", "deployment.success", "error")
 DASHBOARD_FIELDS = ("project_ref", "run_id", "task")
 
 

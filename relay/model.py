@@ -210,6 +210,8 @@ class Match:
 
 
 SILENCE_MATCHERS = ("rule", "task", "tag", "status", "channel", "event")
+# What a run update can be: a run, or one of the alert webhooks turned into an event.
+EVENTS = ("run", "deployment.failed", "deployment.success", "error")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 from relay.errors import InputError
 from relay.model import (
+    EVENTS,
     FAILURE_STATUSES,
     SILENCE_MATCHERS,
     Silence,
@@ -39,6 +40,10 @@ def parse_matchers(raw: Any) -> dict[str, tuple[str, ...]]:
             raise InputError(f"matchers.{key}", "expected a string or a non-empty list of strings")
         if not all(isinstance(v, str) and v and len(v) <= MAX_TEXT for v in values):
             raise InputError(f"matchers.{key}", "expected non-empty strings")
+        if key == "event" and (unknown := [v for v in values if v not in EVENTS]):
+            raise InputError(
+                "matchers.event", f"unknown event {unknown[0]!r}; use one of {', '.join(EVENTS)}"
+            )
         out[key] = tuple(values)
     return out
 

@@ -77,6 +77,7 @@ def test_states_over_time() -> None:
         ({"task": []}, "matchers.task"),
         ({"task": [1]}, "matchers.task"),
         ({"task": ["x"] * 101}, "matchers.task"),
+        ({"event": ["run", "deploy"]}, "matchers.event"),  # a typo would silence nothing
     ],
 )
 def test_bad_matchers(raw: Any, field: str) -> None:
