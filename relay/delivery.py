@@ -142,11 +142,11 @@ class Delivery:
     def wake(self, channel: str) -> None:
         loop = self.loops.get(channel)
         if loop is not None:
-            loop.wake.set()
+            loop.poke()
 
     def wake_all(self) -> None:
         for loop in self.loops.values():
-            loop.wake.set()
+            loop.poke()
 
     async def stop(self, grace_s: float) -> None:
         await asyncio.gather(*(loop.stop(grace_s) for loop in self.loops.values()))
@@ -163,6 +163,17 @@ class ChannelLoop:
         self.finishing: set[asyncio.Future[None]] = set()  # outcomes being written
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Whether the store may hold due rows not claimed yet: set by new work (poke) and by
+        # every idle poll that ran out; cleared by a claim that took all there was.
+        self._more = True
+        self._pokes = 0
+        self._due_at: float | None = None  # the earliest due row the last short claim left
+
+    def poke(self) -> None:
+        """New rows for this channel were committed (or replayed): claim them."""
+        self._more = True
+        self._pokes += 1
+        self.wake.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"delivery:{self.name}")
@@ -199,13 +210,19 @@ class ChannelLoop:
             await self._idle(POLL_S)  # a finished send wakes us
             return
         now = self.deps.clock()
-        want = self.route.concurrency - len(self.inflight) + self._ahead()
+        if not self._more and (self._due_at is None or self._due_at > now):
+            # A send finished, but nothing new came and nothing came due since the last claim
+            # found the store empty: no claim (two store round trips per send at low rates).
+            await self._idle(POLL_S if self._due_at is None else min(POLL_S, self._due_at - now))
+            return
+        pokes, want = self._pokes, self.route.concurrency - len(self.inflight) + self._ahead()
         rows = await self.deps.store.claim(self.name, now, want, self.deps.lease_s)
         self.ready.extend(units(rows))  # a claim takes a digest group whole
         self._start_ready()
         if len(rows) >= want:  # more may be due (a digest group can take more than `want`)
             return
-        due = await self.deps.store.next_due(self.name)
+        self._more = self._pokes != pokes  # new work during the claim: claim again
+        self._due_at = due = await self.deps.store.next_due(self.name)
         wait = POLL_S if due is None else min(POLL_S, max(due - self.deps.clock(), 0.0))
         await self._idle(wait)
 
@@ -244,10 +261,14 @@ class ChannelLoop:
         self.wake.set()
 
     async def _idle(self, wait_s: float) -> None:
+        """Wait for a wake-up or `wait_s`; a wait that runs out claims next time (the poll that
+        finds other processes' rows, and rows whose time came)."""
         if self._stopping:
             return
-        with contextlib.suppress(TimeoutError):
+        try:
             await asyncio.wait_for(self.wake.wait(), wait_s)
+        except TimeoutError:
+            self._more = True
 
     async def _deliver(self, rows: list[Notification], group_key: str | None) -> None:
         """Send one notification, or every due one of a group as one digest; then finish."""

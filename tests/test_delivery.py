@@ -282,6 +282,25 @@ async def test_a_reload_mid_drain_sends_every_claimed_notification_once(
     assert {got.headers["X-Team"] for got in sink.received[-5:]} == {"ops"}
 
 
+async def test_a_finished_send_claims_nothing_when_nothing_new_came(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """At a trickle, each notification costs its store round trips: create, claim (with the
+    next due time) and the outcome. The send finishing is no reason to ask the store again
+    (before: one more claim and next-due per send, 6 transactions instead of 4)."""
+    r = await relay(config(sink.url))
+    runs = 6
+    await r.post(failing_run(100))  # the loop is running and has found the store empty
+    await wait_state(r, "sent", 1)
+    before = r.service.store.commits
+    for i in range(runs):
+        await r.post(failing_run(i))
+        await sink.wait_for(i + 2)  # not wait_state: its reads are store transactions too
+    await asyncio.sleep(0.2)  # the last outcome is written
+    used = r.service.store.commits - before
+    assert used <= 4 * runs + 2, used  # + one idle poll (claim and next due) in the meantime
+
+
 async def test_a_rate_limited_channel_claims_only_what_it_can_send(
     relay: RelayFactory, sink: Sink, tmp_path: Path
 ) -> None:
