@@ -29,7 +29,7 @@ from relay.errors import DeliveryError, StoreUnavailable
 from relay.grouping import digest_context, digest_id
 from relay.model import Notification
 from relay.silences import SilenceCache, silenced_by
-from relay.store import Store
+from relay.store import BirthLease, Store
 from relay.templating import RenderContext, Rendered, Renderer
 
 log = logging.getLogger("relay.delivery")
@@ -128,6 +128,24 @@ def units(rows: list[Notification]) -> list[tuple[str | None, list[Notification]
     return out
 
 
+@dataclass
+class Reservation:
+    """Room in channel loops for rows leased at birth: `slots` for the store, then `fill`."""
+
+    slots: dict[str, int]
+    loops: dict[str, ChannelLoop]
+    lease_s: float
+
+    def lease(self, now: float) -> BirthLease | None:
+        return BirthLease(self.slots, now + self.lease_s) if self.slots else None
+
+    def fill(self, leased: list[Notification]) -> None:
+        """Hand each loop its leased rows (none if the commit failed) and free the rest of the
+        room it held; exactly once per reservation."""
+        for name, loop in self.loops.items():
+            loop.take([n for n in leased if n.channel == name], self.slots[name])
+
+
 class Delivery:
     """All channel loops; `wake(channel)` after enqueueing, `stop()` on shutdown."""
 
@@ -138,6 +156,12 @@ class Delivery:
     def start(self) -> None:
         for loop in self.loops.values():
             loop.start()
+
+    def reserve(self, most: int) -> Reservation:
+        """Room for up to `most` rows per channel, leased to these loops as they are created."""
+        slots = {name: loop.reserve(most) for name, loop in self.loops.items()}
+        held = {name: n for name, n in slots.items() if n}
+        return Reservation(held, {n: self.loops[n] for n in held}, self.deps.lease_s)
 
     def wake(self, channel: str) -> None:
         loop = self.loops.get(channel)
@@ -168,6 +192,8 @@ class ChannelLoop:
         self._more = True
         self._pokes = 0
         self._due_at: float | None = None  # the earliest due row the last short claim left
+        self._promised = 0  # room reserved for rows being leased at birth (Reservation)
+        self._claiming = 0  # rows asked for by the claim under way
 
     def poke(self) -> None:
         """New rows for this channel were committed (or replayed): claim them."""
@@ -215,8 +241,15 @@ class ChannelLoop:
             # found the store empty: no claim (two store round trips per send at low rates).
             await self._idle(POLL_S if self._due_at is None else min(POLL_S, self._due_at - now))
             return
-        pokes, want = self._pokes, self.route.concurrency - len(self.inflight) + self._ahead()
-        rows = await self.deps.store.claim(self.name, now, want, self.deps.lease_s)
+        pokes, want = self._pokes, self._room()
+        if want <= 0:  # the room is promised to rows being leased at birth
+            await self._idle(POLL_S)
+            return
+        self._claiming = want
+        try:
+            rows = await self.deps.store.claim(self.name, now, want, self.deps.lease_s)
+        finally:
+            self._claiming = 0
         self.ready.extend(units(rows))  # a claim takes a digest group whole
         self._start_ready()
         if len(rows) >= want:  # more may be due (a digest group can take more than `want`)
@@ -225,6 +258,36 @@ class ChannelLoop:
         self._due_at = due = await self.deps.store.next_due(self.name)
         wait = POLL_S if due is None else min(POLL_S, max(due - self.deps.clock(), 0.0))
         await self._idle(wait)
+
+    def reserve(self, most: int) -> int:
+        """Hold room for up to `most` rows leased at birth; none on a rate-limited channel
+        (they would wait for the bucket leased) or once stopping."""
+        if self._stopping or self.route.bucket is not None:
+            return 0
+        room = min(most, max(self._room(), 0))
+        self._promised += room
+        return room
+
+    def _room(self) -> int:
+        """Rows this loop may still take: its concurrency plus the rows held ahead, less those
+        in flight, waiting their turn, promised to a birth lease or asked for by a claim."""
+        ready = sum(len(unit) for _, unit in self.ready)
+        held = len(self.inflight) + ready + self._promised + self._claiming
+        return self.route.concurrency + self._ahead() - held
+
+    def take(self, rows: list[Notification], reserved: int) -> None:
+        """Rows leased at birth for this loop: start them as a claim's; a stopping loop gives
+        them back at once, as it gives back what it claimed."""
+        self._promised -= reserved
+        if not rows:
+            return
+        if self._stopping:
+            task = asyncio.create_task(self._release(rows))
+            self.finishing.add(task)
+            task.add_done_callback(self.finishing.discard)
+            return
+        self.ready.extend(units(rows))
+        self._start_ready()
 
     def _ahead(self) -> int:
         """Rows claimed beyond the free slots, to start as slots free up: a claim is a store
@@ -245,6 +308,9 @@ class ChannelLoop:
         their lease), for the next loop (a reload) or another replica."""
         rows = [row for _, unit in self.ready for row in unit]
         self.ready.clear()
+        await self._release(rows)
+
+    async def _release(self, rows: list[Notification]) -> None:
         now = self.deps.clock()
         releases = (
             self.deps.store.postpone(row.id, now=now, not_before=row.not_before) for row in rows

@@ -2,23 +2,38 @@
 
 The store applies the rule set's pure `decide` to each run inside one transaction; the
 channels that got new notifications are woken afterwards. Intake never waits on delivery.
+With delivery in this process, the loops that have room get their new rows leased in that
+same transaction and handed over after it (no claim between the 202 and the send).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from relay.errors import StoreUnavailable
 from relay.inhibition import MuteCheck, inhibitions
 from relay.model import Decision, Match, Notification, Run, RunState, Silence
 from relay.rules import RuleSet
 from relay.silences import SilenceCache, silenced_by
-from relay.store import Decide, Store
+from relay.store import BirthLease, Decide, Observed, Store
 
 log = logging.getLogger("relay.intake")
+
+
+class Handoff(Protocol):
+    """Room that delivery loops of this process hold for rows leased at birth."""
+
+    def lease(self, now: float) -> BirthLease | None: ...
+
+    def fill(self, leased: list[Notification]) -> None: ...
+
+
+Reserve = Callable[[int], Handoff | None]  # room for up to N rows per channel, or None
 
 
 @dataclass(frozen=True)
@@ -39,6 +54,7 @@ class Intake:
         clock: Callable[[], float] = time.time,
         silences: SilenceCache | None = None,
         observer: Callable[[IntakeResult, list[Notification]], None] | None = None,
+        reserve: Reserve | None = None,
     ) -> None:
         self._store = store
         self._rules = rules
@@ -46,6 +62,7 @@ class Intake:
         self._clock = clock
         self._silences = silences
         self._observer = observer
+        self._reserve = reserve
         self.store_failed_at: float | None = None  # the last commit that failed, until one works
 
     async def _mute_check(
@@ -76,7 +93,7 @@ class Intake:
         mute = await self._mute_check(rules, runs, now)
         decide: Decide = rules.decide if mute is None else muting(rules.decide, mute)
         try:
-            observed = await self._store.observe(runs, decide, now)
+            observed = await self._observe(runs, decide, now)
         except StoreUnavailable:
             self.store_failed_at = self._clock()
             raise
@@ -85,10 +102,11 @@ class Intake:
         stale = created = 0
         for item in observed:
             stale += item.stale
+            leased = {n.id for n in item.leased}
             for notification in item.notifications:
                 created += 1
                 muted = notification.state == "muted"
-                if not muted:
+                if not muted and notification.id not in leased:
                     channels.add(notification.channel)
                 # the send is logged at INFO by delivery; a mute explains a non-send, so INFO too
                 log.log(
@@ -108,6 +126,27 @@ class Intake:
         if self._observer is not None:
             self._observer(result, [n for item in observed for n in item.notifications])
         return result
+
+    async def _observe(self, runs: Sequence[Run], decide: Decide, now: float) -> list[Observed]:
+        """store.observe, leasing new rows to the loops that hold room for them. The rows go
+        to their loops when the commit is done, even if the caller was cancelled meanwhile
+        (a leased row nobody sends would wait out its lease)."""
+        handoff = None if self._reserve is None else self._reserve(len(runs))
+        if handoff is None:
+            return await self._store.observe(runs, decide, now)
+        observing = asyncio.ensure_future(
+            self._store.observe(runs, decide, now, handoff.lease(now))
+        )
+        # a turn later: the caller (the 202) goes before the sends start
+        loop = asyncio.get_running_loop()
+        observing.add_done_callback(lambda done: loop.call_soon(handoff.fill, _leased(done)))
+        return await asyncio.shield(observing)
+
+
+def _leased(done: asyncio.Future[list[Observed]]) -> list[Notification]:
+    if done.cancelled() or done.exception() is not None:
+        return []
+    return [n for item in done.result() for n in item.leased]
 
 
 def muting(decide: Decide, mute: MuteCheck) -> Decide:

@@ -25,7 +25,7 @@ from relay.configure import (
     load,
     route_for,
 )
-from relay.delivery import Delivery, Deps
+from relay.delivery import Delivery, Deps, Reservation
 from relay.errors import ConfigError, StoreUnavailable
 from relay.intake import Intake
 from relay.logs import SCRUB, tag_lines
@@ -107,6 +107,7 @@ class Service:
             self._wake,
             silences=self.silences,
             observer=self.metrics.intake_result,
+            reserve=self._reserve,
         )
         self.address = await self._serve_http(self.intake)
         self._start_realtime()
@@ -207,6 +208,12 @@ class Service:
             on_rejected=lambda reason: self.metrics.rejected.labels(reason=reason).inc(),
             metrics=self._metrics_text,
         )
+
+    def _reserve(self, most: int) -> Reservation | None:
+        """Room for rows leased at birth: only loops in this process (not workers') take them."""
+        if self.pool is not None or self.delivery is None:
+            return None
+        return self.delivery.reserve(most)
 
     def _wake(self, channel: str) -> None:
         if self.pool is not None:

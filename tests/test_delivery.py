@@ -6,6 +6,7 @@ import asyncio
 import base64
 import socket
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 import standardwebhooks
 
 from relay.delivery import CLAIM_AHEAD
-from relay.model import Notification, notification_id
+from relay.model import Notification, Run, notification_id
 from tests.conftest import RelayFactory, Sink, hang, sdk_run, status
 
 SECRET = "whsec_" + base64.b64encode(b"relay-test-signing-key-0123").decode()
@@ -282,12 +283,13 @@ async def test_a_reload_mid_drain_sends_every_claimed_notification_once(
     assert {got.headers["X-Team"] for got in sink.received[-5:]} == {"ops"}
 
 
-async def test_a_finished_send_claims_nothing_when_nothing_new_came(
+async def test_a_trickle_costs_two_store_transactions_per_notification(
     relay: RelayFactory, sink: Sink
 ) -> None:
-    """At a trickle, each notification costs its store round trips: create, claim (with the
-    next due time) and the outcome. The send finishing is no reason to ask the store again
-    (before: one more claim and next-due per send, 6 transactions instead of 4)."""
+    """At a trickle, a notification costs the commit that creates it, which also leases it to
+    this process's loop (no claim between the 202 and the send), and the one that records the
+    outcome; the send finishing asks the store nothing more. Before: 6 transactions (a claim
+    and a next-due query after the commit, and both again after the send)."""
     r = await relay(config(sink.url))
     runs = 6
     await r.post(failing_run(100))  # the loop is running and has found the store empty
@@ -298,7 +300,38 @@ async def test_a_finished_send_claims_nothing_when_nothing_new_came(
         await sink.wait_for(i + 2)  # not wait_state: its reads are store transactions too
     await asyncio.sleep(0.2)  # the last outcome is written
     used = r.service.store.commits - before
-    assert used <= 4 * runs + 2, used  # + one idle poll (claim and next due) in the meantime
+    assert used <= 2 * runs + 2, used  # + one idle poll (claim and next due) in the meantime
+
+
+async def test_rows_leased_at_birth_for_a_loop_that_stopped_meanwhile_go_back(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """A reload or shutdown between the reservation and the commit: the stopped loop gives
+    the rows leased for it back at once, as it gives back what it claimed."""
+    db = tmp_path / "born.db"
+    r = await relay(config(sink.url), db)
+    delivery = r.service.delivery
+    assert delivery is not None
+    for _ in range(100):  # none while the loop's first claim is under way
+        reservation = delivery.reserve(1)
+        if reservation.slots:
+            break
+        await asyncio.sleep(0.01)
+    assert reservation.slots == {"hook": 1}
+    await delivery.stop(grace_s=0.1)
+    now = time.time()
+    run = Run.model_validate(failing_run(1))
+    observed = await r.service.store.observe(
+        [run], r.service.compiled.rules.decide, now, reservation.lease(now)
+    )
+    [born] = observed[0].leased
+    assert leased(db) == 1
+    reservation.fill([born])
+    for _ in range(100):
+        if leased(db) == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert leased(db) == 0 and sink.received == []
 
 
 async def test_a_rate_limited_channel_claims_only_what_it_can_send(

@@ -8,7 +8,7 @@ it returns (SQLite: concurrent calls share commits, group commit).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +56,37 @@ class Observed:
     run_id: str
     stale: bool
     notifications: list[Notification] = field(default_factory=list)
+    leased: list[Notification] = field(default_factory=list)  # of those, leased at birth
+
+
+@dataclass(frozen=True)
+class BirthLease:
+    """Lease fresh notifications to this process in the transaction that creates them, so the
+    delivery loops that asked (`slots`: channel → how many at most) send them without a claim:
+    one store round trip less between the 202 and the send. Only a row a claim would take at
+    once qualifies: pending, due now, not in a digest group, not a recovery."""
+
+    slots: Mapping[str, int]
+    until: float
+
+    def chooser(self, now: float) -> Callable[[Notification], bool]:
+        """A fresh, stateful test for one transaction: True for each row to lease, while the
+        slots of its channel last (an engine retrying a transaction takes a new one)."""
+        left = dict(self.slots)
+
+        def choose(n: Notification) -> bool:
+            if left.get(n.channel, 0) <= 0 or not _leasable(n, now):
+                return False
+            left[n.channel] -= 1
+            return True
+
+        return choose
+
+
+def _leasable(n: Notification, now: float) -> bool:
+    return (
+        n.state == "pending" and n.group_key is None and n.resolves is None and n.not_before <= now
+    )
 
 
 def owed_notification(run: Run, match: Match, run_dict: dict[str, Any], now: float) -> Notification:
@@ -93,8 +124,11 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise StoreUnavailable unless a round trip to the store works."""
 
-    async def observe(self, runs: Sequence[Run], decide: Decide, now: float) -> list[Observed]:
-        """Apply `decide` to each run against its stored state and enqueue its matches.
+    async def observe(
+        self, runs: Sequence[Run], decide: Decide, now: float, lease: BirthLease | None = None
+    ) -> list[Observed]:
+        """Apply `decide` to each run against its stored state and enqueue its matches; with
+        `lease`, lease the new rows it chooses to this process (`Observed.leased`).
 
         All of `runs` commit together or not at all (StoreUnavailable); other concurrent calls may
         share the same commit. Notification rows are idempotent by id. `decide` must be pure: an

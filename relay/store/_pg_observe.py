@@ -25,7 +25,7 @@ import orjson
 
 from relay.grouping import group_key, group_labels, schedule
 from relay.model import GroupState, Match, Notification, Run, RunState
-from relay.store import Decide, Observed, owed_notification
+from relay.store import BirthLease, Decide, Observed, owed_notification
 from relay.store._pg_connect import clean, clean_opt
 from relay.store._pg_rows import FIRED_SEPARATOR, to_group, to_state
 from relay.store._pg_schema import lock_key
@@ -124,6 +124,24 @@ async def observe(
     for item in owed:
         if item.notification.id in new:
             observed[item.index].notifications.append(item.notification)
+    return observed
+
+
+async def lease_at_birth(
+    conn: asyncpg.Connection, observed: list[Observed], lease: BirthLease | None, now: float
+) -> list[Observed]:
+    """Inside the caller's transaction, after observe: lease the new rows `lease` chooses (a
+    claim's lease: no other replica takes them until it ends)."""
+    if lease is None:
+        return observed
+    choose = lease.chooser(now)
+    for item in observed:
+        item.leased = [n for n in item.notifications if choose(n)]
+    ids = [n.id for item in observed for n in item.leased]
+    if ids:
+        await conn.execute(
+            "UPDATE relay_outbox SET lease_until = $1 WHERE id = ANY($2::text[])", lease.until, ids
+        )
     return observed
 
 

@@ -27,7 +27,7 @@ import orjson
 
 from relay.errors import StoreUnavailable
 from relay.model import Notification, Run, Silence
-from relay.store import Decide, HistoryQuery, KvWrite, Observed, _pg_claim
+from relay.store import BirthLease, Decide, HistoryQuery, KvWrite, Observed, _pg_claim
 from relay.store._pg_connect import (
     DB_ERRORS,
     check_url,
@@ -37,7 +37,7 @@ from relay.store._pg_connect import (
     retrying,
     unavailable,
 )
-from relay.store._pg_observe import observe
+from relay.store._pg_observe import lease_at_birth, observe
 from relay.store._pg_rows import (
     LEAD,
     PRUNE,
@@ -165,12 +165,16 @@ class PostgresStore:
     async def ping(self) -> None:
         await self._fetchval("SELECT 1")
 
-    async def observe(self, runs: Sequence[Run], decide: Decide, now: float) -> list[Observed]:
+    async def observe(
+        self, runs: Sequence[Run], decide: Decide, now: float, lease: BirthLease | None = None
+    ) -> list[Observed]:
         batch = list(runs)
 
         async def attempt(conn: asyncpg.Connection) -> list[Observed]:
             async with conn.transaction():
-                return await observe(conn, batch, decide, now)
+                return await lease_at_birth(
+                    conn, await observe(conn, batch, decide, now), lease, now
+                )
 
         async with self._conn() as conn:
             return await retrying(lambda: attempt(conn))

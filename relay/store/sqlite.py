@@ -17,7 +17,7 @@ import orjson
 from relay.errors import ConfigError, Problem, StoreUnavailable
 from relay.grouping import group_key, group_labels, schedule
 from relay.model import GroupState, Match, Notification, Run, Silence
-from relay.store import Decide, HistoryQuery, KvWrite, Observed, owed_notification
+from relay.store import BirthLease, Decide, HistoryQuery, KvWrite, Observed, owed_notification
 from relay.store._rows import to_notification, to_silence
 from relay.store._sqlite_history import event_rows, history_rows
 from relay.store._sqlite_lock import WriteLock
@@ -92,9 +92,15 @@ class SQLiteStore:
     async def ping(self) -> None:
         await self._writer.run(lambda conn: conn.execute("SELECT 1").fetchone())
 
-    async def observe(self, runs: Sequence[Run], decide: Decide, now: float) -> list[Observed]:
-        batch = list(runs)
-        return await self._writer.run(lambda conn: _observe(conn, batch, decide, now))
+    async def observe(
+        self, runs: Sequence[Run], decide: Decide, now: float, lease: BirthLease | None = None
+    ) -> list[Observed]:
+        batch, holder = list(runs), self._holder
+
+        def observe(conn: sqlite3.Connection) -> list[Observed]:
+            return _lease_at_birth(conn, _observe(conn, batch, decide, now), lease, holder, now)
+
+        return await self._writer.run(observe)
 
     async def claim(
         self, channel: str, now: float, limit: int, lease_s: float
@@ -424,6 +430,26 @@ def _observe(
                 if group is not None:
                     save_group(conn, *group)
         observed.append(Observed(run.id, stale=False, notifications=enqueued))
+    return observed
+
+
+def _lease_at_birth(
+    conn: sqlite3.Connection,
+    observed: list[Observed],
+    lease: BirthLease | None,
+    holder: str,
+    now: float,
+) -> list[Observed]:
+    """In the writer thread, after _observe: lease the new rows `lease` chooses to `holder`."""
+    if lease is None:
+        return observed
+    choose = lease.chooser(now)
+    for item in observed:
+        item.leased = [n for n in item.notifications if choose(n)]
+    conn.executemany(
+        "UPDATE outbox SET lease_until = ?, lease_holder = ? WHERE id = ?",
+        [(lease.until, holder, n.id) for item in observed for n in item.leased],
+    )
     return observed
 
 

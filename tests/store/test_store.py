@@ -19,7 +19,7 @@ import trustme
 
 from relay.errors import ConfigError, StoreUnavailable
 from relay.model import Decision, Run, RunState, Silence, notification_id, recovery_id
-from relay.store import HistoryQuery, KvWrite, Observed, Store, migrate, open_store
+from relay.store import BirthLease, HistoryQuery, KvWrite, Observed, Store, migrate, open_store
 from relay.store._pg_connect import connect_args
 from relay.store._pg_schema import SCHEMA_VERSION
 from relay.store.postgres import PostgresStore
@@ -162,6 +162,32 @@ async def test_next_due_accounts_for_leases(store: Store) -> None:
     await store.claim("c1", now=25.0, limit=1, lease_s=30)  # run_2 leased until 55
     assert await store.next_due("c1") == 45.0
     assert await store.next_due("c2") is None
+
+
+async def test_a_birth_lease_leases_new_due_ungrouped_rows_within_its_slots(store: Store) -> None:
+    """Rows leased as they are created are the creator's: no claim takes them until the lease
+    ends; the slots per channel bound them; digest rows and muted rows are never leased."""
+    lease = BirthLease({"c1": 2, "d": 5}, until=60.0)
+    runs = [make_run(f"run_{i}", tags=["c1", "c2"]) for i in range(3)]
+    observed = await store.observe(runs, decide, 10.0, lease)
+    leased = [n for item in observed for n in item.leased]
+    assert [(n.run_id, n.channel) for n in leased] == [("run_0", "c1"), ("run_1", "c1")]
+    assert await store.claim("c1", now=11.0, limit=10, lease_s=60) == [
+        n
+        for item in observed
+        for n in item.notifications
+        if n.run_id == "run_2" and n.channel == "c1"
+    ]
+    assert len(await store.claim("c2", now=11.0, limit=10, lease_s=30)) == 3  # no slots: none
+    assert await store.next_due("c1") == 60.0  # the birth leases end first (run_2's at 71)
+    later = await store.claim("c1", now=60.0, limit=10, lease_s=30)  # the birth lease ended
+    assert sorted(n.run_id for n in later) == ["run_0", "run_1"]
+    digest = await store.observe(
+        [make_run("run_d", taskIdentifier="t")], decide_digest, 10.0, lease
+    )
+    assert digest[0].notifications and not digest[0].leased
+    again = await store.observe([make_run("run_0", at_s=2000)], decide, 12.0, lease)
+    assert again[0].notifications == again[0].leased == []  # nothing new, nothing leased
 
 
 async def test_release_leases_only_where_one_replica_owns_them(
