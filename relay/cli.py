@@ -195,6 +195,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.history import failure  # noqa: PLC0415
     from relay.sources.http import dead_letter_view  # noqa: PLC0415
 
     rows = asyncio.run(_with_store(settings, lambda s: s.dead_letters()))
@@ -207,8 +208,7 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(f"{'ID':<28} {'RUN':<32} {'CHANNEL':<16} {'ATTEMPTS':>8}  REASON")
     for v in views:
-        reason, error = v["reason"] or "", v["error"] or ""
-        why = error if error.startswith(reason) else f"{reason}: {error}"  # not reason: reason: …
+        why = failure(v["reason"], v["error"])
         print(f"{v['id']:<28} {v['run_id']:<32} {v['channel']:<16} {v['attempts']:>8}  {why}")
     return 0
 
@@ -363,7 +363,7 @@ def cmd_silence_expire(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.history import event_view, explain, history_query, notification_view  # noqa: PLC0415
+    from relay.history import event_view, explain, failure, history_query, notification_view  # noqa: PLC0415
 
     fields = ("run_id", "rule", "channel", "state", "since", "limit")
     params = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
@@ -391,7 +391,7 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{n.id}  {view['created_at']}  run {n.run_id}  rule {n.rule} → {n.channel}")
         print(f"    {explain(n)}")
         for e in map(event_view, events):
-            detail = f" {e['reason']}: {e['detail']}" if e["reason"] or e["detail"] else ""
+            detail = f" {failure(e['reason'], e['detail'])}" if e["reason"] or e["detail"] else ""
             print(f"      {e['at']}  {e['kind']}  attempts={e['attempts']}{detail}")
     return 0
 

@@ -77,6 +77,12 @@ def event_view(event: Mapping[str, Any]) -> dict[str, Any]:
     return {**event, "at": _when(event.get("at"))}
 
 
+def failure(reason: str | None, error: str | None) -> str:
+    """`reason: error`, once: delivery records the error with its reason in front already."""
+    reason, error = reason or "", error or ""
+    return error if error.startswith(reason) else f"{reason}: {error}"
+
+
 def explain(n: Notification) -> str:
     """One line answering "why was this (not) sent?"."""
     if n.state == "sent":
@@ -84,7 +90,8 @@ def explain(n: Notification) -> str:
     if n.state == "muted":
         return f"muted by {n.reason or 'a silence'}: recorded, not sent"
     if n.state == "dead":
-        return f"dead after {n.attempts} attempt(s): {n.reason}: {n.last_error}"
+        return f"dead after {n.attempts} attempt(s): {failure(n.reason, n.last_error)}"
     if n.attempts:
-        return f"retrying ({n.attempts} attempt(s) so far, last: {n.reason}: {n.last_error})"
+        last = failure(n.reason, n.last_error)
+        return f"retrying ({n.attempts} attempt(s) so far, last: {last})"
     return "pending: waiting to be sent" + (" with its group's digest" if n.group_key else "")

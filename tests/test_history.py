@@ -88,7 +88,8 @@ async def test_history_explains_sent_muted_and_dead(
     out = (await asyncio.to_thread(run_cli, "history", "--run", "run_muted", env=env)).stdout
     assert f"muted by {silence}" in out
     out = (await asyncio.to_thread(run_cli, "history", "--run", "run_dead", env=env)).stdout
-    assert "dead after 1 attempt(s): client_error" in out
+    assert "dead after 1 attempt(s): client_error: HTTP 400" in out
+    assert "client_error: client_error" not in out  # the reason once
     listed = json.loads((await asyncio.to_thread(run_cli, "history", "--json", env=env)).stdout)
     assert {n["run_id"] for n in listed} == {"run_sent", "run_muted", "run_dead"}
 
