@@ -65,16 +65,23 @@ async def test_metrics_count_what_happened(relay: RelayFactory, sink: Sink) -> N
     assert value(text, "relay_outbox_oldest_pending_age_seconds") == 0
 
 
+async def metrics_after_failures(
+    relay: RelayFactory, sink: Sink, answer: Any, attempts: int, tries: int | None = None
+) -> str:
+    """/metrics once one FAILED run met a sink giving `answer` `tries` times (default: all)."""
+    sink.default = answer
+    config = CONFIG.format(url=sink.url, rule="failures", status="failure")
+    r = await relay(config.replace("max_attempts: 1,", f"max_attempts: {attempts},"))
+    await r.post(run_with("FAILED", "run_f1"))
+    await sink.wait_for(tries or attempts)
+    await asyncio.sleep(0.3)
+    return await metrics_text(r)
+
+
 async def test_every_failed_try_counts_quick_retries_too(relay: RelayFactory, sink: Sink) -> None:
     """A channel failing every try shows in failed_total before anything goes dead (an
     operator's rate(failed_total) alert), as alertmanager_notifications_failed_total does."""
-    sink.default = status(500)
-    config = CONFIG.format(url=sink.url, rule="failures", status="failure")
-    r = await relay(config.replace("max_attempts: 1,", "max_attempts: 3,"))
-    await r.post(run_with("FAILED", "run_q1"))
-    await sink.wait_for(3)
-    await asyncio.sleep(0.3)
-    text = await metrics_text(r)
+    text = await metrics_after_failures(relay, sink, status(500), attempts=3)
     assert (
         value(text, 'relay_notifications_failed_total{channel="hook",reason="server_error"}') == 3
     )
@@ -84,13 +91,7 @@ async def test_every_failed_try_counts_quick_retries_too(relay: RelayFactory, si
 async def test_the_oldest_pending_notification_ages_while_a_channel_is_down(
     relay: RelayFactory, sink: Sink
 ) -> None:
-    sink.default = status(503, {"Retry-After": "600"})
-    config = CONFIG.format(url=sink.url, rule="failures", status="failure")
-    r = await relay(config.replace("max_attempts: 1,", "max_attempts: 5,"))
-    await r.post(run_with("FAILED", "run_o1"))
-    await sink.wait_for(1)
-    await asyncio.sleep(0.3)
-    text = await metrics_text(r)
+    text = await metrics_after_failures(relay, sink, status(503, {"Retry-After": "600"}), 5, 1)
     assert value(text, 'relay_outbox_notifications{state="pending"}') == 1
     assert 0.2 < value(text, "relay_outbox_oldest_pending_age_seconds") < 60
 
