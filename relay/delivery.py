@@ -279,6 +279,8 @@ class ChannelLoop:
         """Rows leased at birth for this loop: start them as a claim's; a stopping loop gives
         them back at once, as it gives back what it claimed."""
         self._promised -= reserved
+        if reserved and self._more:
+            self.wake.set()  # a claim that found its room promised away may go ahead now
         if not rows:
             return
         if self._stopping:

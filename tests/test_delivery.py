@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import standardwebhooks
 
+from relay import delivery as relay_delivery
 from relay.delivery import CLAIM_AHEAD
 from relay.model import Notification, Run, notification_id
 from tests.conftest import RelayFactory, Sink, hang, sdk_run, status
@@ -332,6 +333,26 @@ async def test_rows_leased_at_birth_for_a_loop_that_stopped_meanwhile_go_back(
             break
         await asyncio.sleep(0.02)
     assert leased(db) == 0 and sink.received == []
+
+
+async def test_room_given_back_by_a_birth_lease_lets_a_waiting_claim_go(
+    relay: RelayFactory, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While concurrent requests hold a loop's room, a new row is not leased at birth and the
+    claim finds no room; when the room comes back the loop claims at once, not at its poll."""
+    monkeypatch.setattr(relay_delivery, "POLL_S", 30.0)  # a poll would come too late
+    r = await relay(config(sink.url))
+    delivery = r.service.delivery
+    assert delivery is not None
+    loop = delivery.loops["hook"]
+    await asyncio.sleep(0.1)  # its first claim is done
+    held = loop.reserve(1000)  # as many requests in flight would
+    assert held > 0 and loop.reserve(1) == 0
+    await r.post(failing_run(1))  # no room: created without a lease, the loop is poked
+    await asyncio.sleep(0.2)
+    assert sink.received == []
+    loop.take([], held)  # those requests created nothing for this channel
+    await sink.wait_for(1, timeout=10.0)
 
 
 async def test_a_rate_limited_channel_claims_only_what_it_can_send(
