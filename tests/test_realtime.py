@@ -24,10 +24,11 @@ from relay.errors import StoreUnavailable
 from relay.formats.sdk import parse_sdk_run
 from relay.intake import IntakeResult
 from relay.model import Run
-from relay.sources._shape import Position, Shape, feed_of, stored_rows
+from relay.sources._shape import Position, Shape, ShapeError, feed_of, stored_rows
 from relay.sources.realtime import (
     NAMESPACE,
     ROWS_NAMESPACE,
+    UNREADABLE_LIMIT,
     Follower,
     RealtimeSource,
     Timing,
@@ -251,6 +252,25 @@ async def test_429_500_and_broken_answers_are_retried_with_backoff() -> None:
     ]
     assert h.sleeps[0] >= 2.0  # Retry-After honoured
     assert 0.065 <= h.sleeps[1] <= 0.13 and 0.0845 <= h.sleeps[2] <= 0.169  # 100 ms x 1.3
+
+
+async def test_an_answer_unreadable_again_and_again_is_read_anew_from_a_snapshot() -> None:
+    """Asked again at the same offset, not skipped (the shape took none of it); three times in
+    a row, the feed starts over from a snapshot of a new shape instead of holding up forever."""
+    async with fake_realtime(session()) as fake, following(fake) as h:
+        await h.submit.wait_for(1)  # past the snapshot
+        fake.faults = [(200, {})] * UNREADABLE_LIMIT  # 200 without Electric's headers
+        for _ in range(1000):
+            answers = [s.answer for s in fake.requests]
+            if "fault 200" in answers and len(answers) > answers.index("fault 200") + 3:
+                break
+            await asyncio.sleep(0.01)
+    first = answers.index("fault 200")
+    faulted = [s.query for s in fake.requests[first : first + UNREADABLE_LIMIT]]
+    after = fake.requests[first + UNREADABLE_LIMIT].query
+    assert len({(q.get("offset"), q.get("handle")) for q in faulted}) == 1  # the same, again
+    assert faulted[0].get("offset") != "-1"
+    assert after.get("offset") == "-1" and "handle" not in after  # a new shape
 
 
 async def test_unreachable_server_is_retried_not_fatal() -> None:
@@ -488,6 +508,21 @@ def test_partial_update_merges_into_the_row_and_delete_forgets_it() -> None:
         200, {**headers, "electric-up-to-date": ""}, json.dumps([delete]).encode()
     )
     assert batch is not None and batch.rows == [] and shape.rows == {}
+
+
+def test_a_response_that_cannot_be_read_changes_nothing() -> None:
+    """A bad message mid-body: neither the changes before it nor the new offset are taken, so
+    the retry asks for the same offset and skips nothing after it."""
+    shape = Shape(Position("h", "1_0", rows=1), {row_key("x"): {"id": "x", "a": "1"}})
+    good = {"key": row_key("x"), "value": {"id": "x", "a": "2"}, "headers": {"operation": "update"}}
+    bad = {"key": row_key("y"), "value": None, "headers": {"operation": "insert"}}
+    headers = {"electric-handle": "h", "electric-offset": "2_0", "electric-up-to-date": ""}
+    with pytest.raises(ShapeError, match="without a value"):
+        shape.receive(200, headers, json.dumps([good, bad]).encode())
+    assert shape.query()["offset"] == "1_0"
+    assert shape.rows == {row_key("x"): {"id": "x", "a": "1"}} and shape.unsaved().put == {}
+    batch = shape.receive(200, headers, json.dumps([good]).encode())  # the server answers again
+    assert batch is not None and batch.rows == [{"id": "x", "a": "2"}]
 
 
 def test_unsaved_rows_accumulate_until_saved_and_a_refetch_voids_them_all() -> None:

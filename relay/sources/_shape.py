@@ -191,9 +191,14 @@ class Shape:
         self._cleared = False
 
     def receive(self, status: int, headers: Mapping[str, str], body: bytes) -> Batch | None:
-        """Apply one 200/204 response; the rows to emit when it ends up-to-date, else None."""
+        """Apply one 200/204 response; the rows to emit when it ends up-to-date, else None.
+        All or nothing: a response that cannot be read (ShapeError) changes neither the rows nor
+        the position, so asking again cannot skip the changes after its bad message."""
         messages = _messages(body) if status != 204 else []
-        self.position = _advance(self.position, headers, required=status == 200)
+        position = _advance(self.position, headers, required=status == 200)
+        for message in messages:
+            _check(message)
+        self.position = position
         up_to_date = status == 204 or "electric-up-to-date" in headers
         for message in messages:
             control = _headers(message).get("control")
@@ -214,19 +219,26 @@ class Shape:
     def _apply(self, message: dict[str, Any]) -> None:
         key = str(message["key"])
         operation = _headers(message).get("operation")
-        value = message.get("value")
+        value: dict[str, Any] = message.get("value") or {}  # a dict unless a delete (_check)
         self._unsaved.add(key)
         if operation == "delete":
             self.rows.pop(key, None)
             self._changed.pop(key, None)
             return
-        if not isinstance(value, dict):
-            raise ShapeError(f"a change message without a value ({operation})")
         if operation == "insert":
             self.rows[key] = dict(value)
         else:  # update: Electric sends the primary key and the changed columns only
             self.rows[key] = {**self.rows.get(key, {}), **value}
         self._changed[key] = None
+
+
+def _check(message: dict[str, Any]) -> None:
+    """ShapeError for a change message that cannot be applied (before any is)."""
+    if "key" not in message or _headers(message).get("operation") == "delete":
+        return
+    if not isinstance(message.get("value"), dict):
+        operation = _headers(message).get("operation")
+        raise ShapeError(f"a change message without a value ({operation})")
 
 
 def _headers(message: dict[str, Any]) -> dict[str, Any]:

@@ -65,6 +65,7 @@ log = logging.getLogger("relay.realtime")
 NAMESPACE = "realtime"
 ROWS_NAMESPACE = "realtime-rows"  # + ":<feed key>": the merged raw rows of the feed
 MAX_RETRY_AFTER_S = 600.0
+UNREADABLE_LIMIT = 3  # the same unreadable response this often: start from a new snapshot
 
 Submit = Callable[[Sequence[Run]], Awaitable[IntakeResult]]
 Sleep = Callable[[float], Awaitable[None]]
@@ -140,6 +141,7 @@ class Follower:
         self._sleep = sleep
         self._saved: Position | None = None
         self._failures = 0
+        self._unreadables = 0  # responses in a row that could not be read
 
     async def run(self) -> None:
         """Never raises (but CancelledError): an unexpected error restarts from the store."""
@@ -171,9 +173,9 @@ class Follower:
                 try:
                     batch = shape.receive(response.status, response.headers, response.body)
                 except ShapeError as exc:
-                    await self._retry(str(exc), None)
+                    await self._unreadable(shape, exc)
                     continue
-                self._failures = refetches = 0
+                self._failures = refetches = self._unreadables = 0
                 if batch is not None and await self._emit(shape, batch):
                     log.info("realtime run finished; feed stopped", extra=self._extra())
                     return
@@ -182,6 +184,20 @@ class Follower:
                 await self._retry(f"HTTP {response.status}", retry_after)
             else:
                 await self._refused(response)
+
+    async def _unreadable(self, shape: Shape, error: ShapeError) -> None:
+        """Ask again for a response that could not be read (the shape took none of it); the
+        same one unreadable UNREADABLE_LIMIT times in a row is read anew from a snapshot of a
+        new shape, rather than holding the feed up forever (intake drops what it has seen)."""
+        self._unreadables += 1
+        if self._unreadables >= UNREADABLE_LIMIT:
+            self._unreadables = 0
+            log.warning(
+                "realtime responses unreadable; reading a new snapshot",
+                extra=self._extra(reason=str(error)),
+            )
+            shape.refetch(None)
+        await self._retry(str(error), None)
 
     async def _resume(self) -> Shape:
         """The stored position and rows, or a snapshot of the stored handle without them."""
