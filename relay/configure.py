@@ -103,6 +103,8 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
     if config.templates.dir is not None and not config.templates.dir.is_dir():
         where = loaded.locate(("templates", "dir"))
         warnings.append(f"{where}: templates.dir: no such directory; the shipped templates apply")
+    if not config.rules:  # valid, and most likely not what the operator meant
+        warnings.append(f"{loaded.source.filename}: no rules: updates are taken in, none is sent")
     every_rule = dict(enumerate(config.rules))
     found, unknown = _check_templates(renderer, config.channels, every_rule, loaded.locate)
     if problems or found:

@@ -192,6 +192,16 @@ rules:
     assert "OK" in set_.stdout
 
 
+def test_check_warns_of_a_config_without_rules(tmp_path: Path) -> None:
+    empty, channels_only = parallel(
+        cli("check", str(write(tmp_path / "empty.yaml", ""))),
+        cli("check", str(write(tmp_path / "c.yaml", "channels:\n  out: {type: console}\n"))),
+    )
+    for result in (empty, channels_only):
+        assert result.returncode == 0, result.stderr  # valid, but says what it will not do
+        assert "no rules: updates are taken in, none is sent" in result.stderr
+
+
 def test_check_missing_file_and_builtin_default(tmp_path: Path) -> None:
     missing, builtin = parallel(
         cli("check", "--config", str(tmp_path / "missing.yaml")),
