@@ -69,18 +69,18 @@ class BirthLease:
     slots: Mapping[str, int]
     until: float
 
-    def chooser(self, now: float) -> Callable[[Notification], bool]:
-        """A fresh, stateful test for one transaction: True for each row to lease, while the
-        slots of its channel last (an engine retrying a transaction takes a new one)."""
+    def take(self, observed: Sequence[Observed], now: float) -> list[str]:
+        """Choose, in order, the new rows to lease while the slots of their channel last; set
+        each Observed's `leased` and return their ids (for the engine's one UPDATE). Called
+        once per transaction attempt: a retried transaction chooses afresh."""
         left = dict(self.slots)
-
-        def choose(n: Notification) -> bool:
-            if left.get(n.channel, 0) <= 0 or not _leasable(n, now):
-                return False
-            left[n.channel] -= 1
-            return True
-
-        return choose
+        for item in observed:
+            item.leased = []
+            for n in item.notifications:
+                if left.get(n.channel, 0) > 0 and _leasable(n, now):
+                    left[n.channel] -= 1
+                    item.leased.append(n)
+        return [n.id for item in observed for n in item.leased]
 
 
 def _leasable(n: Notification, now: float) -> bool:

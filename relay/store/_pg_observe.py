@@ -134,11 +134,7 @@ async def lease_at_birth(
     claim's lease: no other replica takes them until it ends)."""
     if lease is None:
         return observed
-    choose = lease.chooser(now)
-    for item in observed:
-        item.leased = [n for n in item.notifications if choose(n)]
-    ids = [n.id for item in observed for n in item.leased]
-    if ids:
+    if ids := lease.take(observed, now):
         await conn.execute(
             "UPDATE relay_outbox SET lease_until = $1 WHERE id = ANY($2::text[])", lease.until, ids
         )

@@ -443,12 +443,9 @@ def _lease_at_birth(
     """In the writer thread, after _observe: lease the new rows `lease` chooses to `holder`."""
     if lease is None:
         return observed
-    choose = lease.chooser(now)
-    for item in observed:
-        item.leased = [n for n in item.notifications if choose(n)]
     conn.executemany(
         "UPDATE outbox SET lease_until = ?, lease_holder = ? WHERE id = ?",
-        [(lease.until, holder, n.id) for item in observed for n in item.leased],
+        [(lease.until, holder, ident) for ident in lease.take(observed, now)],
     )
     return observed
 
