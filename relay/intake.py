@@ -26,7 +26,8 @@ log = logging.getLogger("relay.intake")
 
 
 class Handoff(Protocol):
-    """Room that delivery loops of this process hold for rows leased at birth."""
+    """Room that delivery loops of this process hold for rows leased at birth: `lease` for the
+    store, then `fill` once with what was leased. No lease (None) means no room is held."""
 
     def lease(self, now: float) -> BirthLease | None: ...
 
@@ -132,11 +133,10 @@ class Intake:
         to their loops when the commit is done, even if the caller was cancelled meanwhile
         (a leased row nobody sends would wait out its lease)."""
         handoff = None if self._reserve is None else self._reserve(len(runs))
-        if handoff is None:
+        lease = None if handoff is None else handoff.lease(now)
+        if handoff is None or lease is None:  # no loop had room: nothing to hand over
             return await self._store.observe(runs, decide, now)
-        observing = asyncio.ensure_future(
-            self._store.observe(runs, decide, now, handoff.lease(now))
-        )
+        observing = asyncio.ensure_future(self._store.observe(runs, decide, now, lease))
         # a turn later: the caller (the 202) goes before the sends start
         loop = asyncio.get_running_loop()
         observing.add_done_callback(lambda done: loop.call_soon(handoff.fill, _leased(done)))
