@@ -63,7 +63,9 @@ class Service:
         self.compiled = compiled
         self.role = role or Role()
         self.pool: WorkerPool | None = None
-        self.store: Store = open_store(settings.store_url, self.role.holder)
+        self.store: Store = open_store(
+            settings.store_url, self.role.holder, settings.replica_timeout
+        )
         self.http = HttpClient()
         self.metrics = Metrics()
         self.delivery: Delivery | None = None

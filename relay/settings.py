@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relay.durations import Duration
 from relay.errors import ConfigError, Problem, field_message
 
 DEFAULT_CONFIG = Path("config.yaml")
@@ -15,7 +16,7 @@ DEFAULT_CONFIG = Path("config.yaml")
 
 class Settings(BaseSettings):
     """RELAY_CONFIG, RELAY_LISTEN, RELAY_STORE_URL, RELAY_LOG_FORMAT, RELAY_LOG_LEVEL,
-    RELAY_WORKERS."""
+    RELAY_WORKERS, RELAY_REPLICA_TIMEOUT."""
 
     model_config = SettingsConfigDict(env_prefix="RELAY_", extra="ignore", frozen=True)
 
@@ -25,6 +26,8 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     workers: int = Field(default=0, ge=0, le=64)  # relay serve: delivery processes (0: none)
+    # PostgreSQL: a replica silent this long is dead, and its leased notifications go to others
+    replica_timeout: Annotated[Duration, Field(ge=1.0, le=3600.0)] = 15.0
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -220,6 +220,8 @@ def test_format_duration() -> None:
         ({"RELAY_LISTEN": "127.0.0.1:99999"}, "RELAY_LISTEN"),
         ({"RELAY_LOG_FORMAT": "xml"}, "RELAY_LOG_FORMAT"),
         ({"RELAY_LOG_LEVEL": "LOUD"}, "RELAY_LOG_LEVEL"),
+        ({"RELAY_REPLICA_TIMEOUT": "soon"}, "RELAY_REPLICA_TIMEOUT"),
+        ({"RELAY_REPLICA_TIMEOUT": "100ms"}, "RELAY_REPLICA_TIMEOUT"),
     ],
 )
 def test_bad_environment_names_the_variable(
@@ -236,8 +238,10 @@ def test_environment_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.setenv("RELAY_LISTEN", "[::1]:9000")
     monkeypatch.setenv("RELAY_LOG_LEVEL", "debug")
     monkeypatch.setenv("RELAY_CONFIG", str(tmp_path / "x.yaml"))
+    monkeypatch.setenv("RELAY_REPLICA_TIMEOUT", "1m30s")
     settings = load_settings()
     assert settings.listen_host_port == ("::1", 9000)
+    assert settings.replica_timeout == 90.0
     assert settings.log_level == "DEBUG"
     assert settings.config_explicit
 

@@ -56,6 +56,7 @@ from relay.config import (
     load_config,
 )
 from relay.configure import compile_config, dry_run
+from relay.durations import parse_duration
 from relay.errors import REASONS
 from relay.formats import parse_any, parse_body, parse_runs
 from relay.metrics import Metrics
@@ -347,7 +348,11 @@ def test_readme_environment_table_matches_settings() -> None:
     fields = Settings.model_fields
     assert set(documented) == {"RELAY_" + name.upper() for name in fields}
     for name, field in fields.items():
-        assert documented["RELAY_" + name.upper()] == str(field.default), name
+        text = documented["RELAY_" + name.upper()]
+        if isinstance(field.default, float):  # a duration, written as an operator would
+            assert parse_duration(text) == field.default, name
+        else:
+            assert text == str(field.default), name
 
 
 def model_keys(model: type[Any], nested: dict[str, type[Any]] | None = None) -> set[str]:

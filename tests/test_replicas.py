@@ -4,9 +4,11 @@ Real child processes (kill -9 is real), a real PostgreSQL (tests/pg.py: its own 
 cluster, since one test restarts it), a real webhook receiver. Every notification carries its
 stable id in `webhook-id`, so the sink tells what arrived and what arrived twice.
 
-A kill -9 leaves the dead replica's claimed rows leased (5 minutes in production). Rather than
-wait, the tests end those leases in the database — the time travel a lease expiry is — and allow
-duplicates exactly for the ids whose lease they ended.
+A kill -9 leaves the dead replica's claimed rows leased; the others take them once its row in
+relay_replicas has not been renewed for RELAY_REPLICA_TIMEOUT (2 s here, 15 s by default).
+Duplicates are allowed exactly for the ids the dead replica held. A replica that lives keeps
+its leases (5 minutes) through a PostgreSQL restart: that test ends them in the database, the
+time travel a lease expiry is, once delivery went quiet.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from relay.model import notification_id
 from tests.conftest import RelayProcess, Sink, sdk_run
 from tests.pg import PgServer, fresh_database, start_server
 
+TAKEOVER = "taking over notifications of a stopped replica"
 CONFIG = """\
 defaults:
   retry: {{max_attempts: 50, max_age: 1h, min_backoff: 100ms, max_backoff: 500ms}}
@@ -79,11 +82,9 @@ async def replicas(
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG.format(url=sink.url))
 
-    async def start(n: int) -> list[RelayProcess]:
-        procs = [
-            RelayProcess(config, tmp_path / "unused.db", {"RELAY_STORE_URL": database})
-            for _ in range(n)
-        ]
+    async def start(n: int, timeout: str = "2s") -> list[RelayProcess]:
+        env = {"RELAY_STORE_URL": database, "RELAY_REPLICA_TIMEOUT": timeout}
+        procs = [RelayProcess(config, tmp_path / "unused.db", env) for _ in range(n)]
         started.extend(procs)
         await asyncio.gather(*(asyncio.to_thread(p.start, 60.0) for p in procs))
         return procs
@@ -166,6 +167,20 @@ async def end_stuck_leases(url: str, sink: Sink, quiet_s: float = 1.0) -> set[st
         await conn.close()
 
 
+async def leased_by(url: str, pid: int) -> set[str]:
+    """The pending rows process `pid` holds a live lease on: sent or not, it died with them."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT id FROM relay_outbox WHERE state = 'pending'"
+            " AND lease_until > extract(epoch FROM now()) AND lease_holder LIKE $1",
+            f"%:{pid}:%",
+        )
+        return {row["id"] for row in rows}
+    finally:
+        await conn.close()
+
+
 async def outbox_counts(url: str) -> dict[str, int]:
     conn = await asyncpg.connect(url)
     try:
@@ -206,10 +221,11 @@ async def test_replicas_share_the_work_and_survive_a_kill_9(
         posting = asyncio.gather(*(send(i, b) for i, b in enumerate(batches)))
         await wait_for(lambda: accepted >= 500, 30, "half of the runs accepted")
         victim = procs[2]
+        assert victim.proc is not None
         await asyncio.to_thread(victim.kill)  # kill -9, mid-way through ingest and delivery
+        in_flight = await leased_by(database, victim.proc.pid)
         await posting
 
-    in_flight = await end_stuck_leases(database, sink)
     want = {hook_id(run) for run in items}
     await wait_for(lambda: want <= set(arrivals(sink)), 30, "every notification")
     got = arrivals(sink)
@@ -217,6 +233,8 @@ async def test_replicas_share_the_work_and_survive_a_kill_9(
     twice = {ident for ident, n in got.items() if n > 1}
     assert twice <= in_flight, "only a dead replica's in-flight rows may be sent again"
     assert len(in_flight) <= 4 + CLAIM_AHEAD  # its concurrency, and the rows claimed ahead
+    taken = sum(e["count"] for p in procs[:2] for e in p.logs if e.get("msg") == TAKEOVER)
+    assert taken == len(in_flight), "the survivors took the dead replica's rows, and said so"
     by_replica = [sent_by(p) for p in procs]
     assert by_replica[0] and by_replica[1], "the survivors shared the work"
     overlap = set.union(*(a & b for i, a in enumerate(by_replica) for b in by_replica[i + 1 :]))
@@ -266,7 +284,7 @@ async def test_the_same_update_at_every_replica_fires_once(
 async def test_postgresql_restart_mid_run_loses_nothing(
     replicas: Callable[[int], Any], sink: Sink, database: str, pg: PgServer
 ) -> None:
-    procs: list[RelayProcess] = await replicas(2)
+    procs: list[RelayProcess] = await replicas(2, "15s")  # alive throughout the outage
     items = failing_runs(400, "restart")
     batches = [items[i : i + 10] for i in range(0, len(items), 10)]
     refused: list[tuple[int, str | None]] = []

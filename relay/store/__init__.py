@@ -246,9 +246,10 @@ class Store(Protocol):
         """
 
 
-def open_store(url: str, holder: str = "") -> Store:
-    """The engine for a RELAY_STORE_URL (not opened yet: call `open`); `holder` names this
-    process in the leases it takes (SQLite: see release_leases)."""
+def open_store(url: str, holder: str = "", replica_timeout_s: float = 15.0) -> Store:
+    """The engine for a RELAY_STORE_URL (not opened yet: call `open`). SQLite: `holder` names
+    this process in the leases it takes (see release_leases). PostgreSQL names each process
+    itself, and frees the leases of a replica silent for `replica_timeout_s`."""
     from relay.store.sqlite import SQLiteStore, sqlite_path  # noqa: PLC0415
 
     if url.startswith("sqlite:"):
@@ -256,7 +257,7 @@ def open_store(url: str, holder: str = "") -> Store:
     if url.startswith(("postgresql:", "postgres:")):
         from relay.store.postgres import PostgresStore  # noqa: PLC0415
 
-        return PostgresStore(url)
+        return PostgresStore(url, replica_timeout_s=replica_timeout_s)
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise ConfigError(
         [

@@ -1,9 +1,10 @@
 """Claims on PostgreSQL: each notification leased by one replica, each digest sent whole.
 
 Ungrouped rows are claimed with FOR UPDATE SKIP LOCKED: replicas claiming at once take disjoint
-rows and never wait on each other. A lease (lease_until) keeps a claimed row from the others
-until it is marked or the lease ends — a replica that died leaves its rows for whoever claims
-after that.
+rows and never wait on each other. A lease (lease_until, lease_holder) keeps a claimed row from
+the others until it is marked, the lease ends, or its holder stops renewing its row in
+relay_replicas (relay.store._pg_replicas) — a replica that died leaves its rows to whoever claims
+once its liveness ran out, not after the whole lease.
 
 Rows of a digest group must go out together. Two replicas each picking some rows of one group
 would send two digests, so a group is claimed whole, under a per-group advisory lock taken with
@@ -14,20 +15,24 @@ single statements (marks), never by another claim, so claims cannot deadlock.
 
 from __future__ import annotations
 
+import logging
+
 import asyncpg
 
 from relay.model import Notification
+from relay.store._pg_replicas import lease_free
 from relay.store._pg_schema import lock_key
 from relay.store._rows import to_notification
 
-_DUE = "state = 'pending' AND not_before <= $3 AND (lease_until IS NULL OR lease_until <= $3)"
-_CANDIDATES = """
-    SELECT id, group_key FROM relay_outbox
-    WHERE channel = $1 AND state = 'pending' AND not_before <= $2
-      AND (lease_until IS NULL OR lease_until <= $2)
+log = logging.getLogger("relay.store")
+
+_DUE = f"state = 'pending' AND not_before <= $3 AND {lease_free('$3')}"
+_CANDIDATES = f"""
+    SELECT id, group_key, lease_until, lease_holder FROM relay_outbox
+    WHERE channel = $1 AND state = 'pending' AND not_before <= $2 AND {lease_free("$2")}
     ORDER BY not_before, created_at, id
     LIMIT $3
-"""
+"""  # noqa: S608
 _CLAIM_SINGLES = f"""
     WITH picked AS (
         SELECT id FROM relay_outbox
@@ -36,7 +41,7 @@ _CLAIM_SINGLES = f"""
         LIMIT $4
         FOR UPDATE SKIP LOCKED
     )
-    UPDATE relay_outbox AS o SET lease_until = $2, updated_at = $3
+    UPDATE relay_outbox AS o SET lease_until = $2, updated_at = $3, lease_holder = $5
     FROM picked WHERE o.id = picked.id
     RETURNING o.*
 """  # noqa: S608
@@ -44,7 +49,7 @@ _WIN_GROUPS = """
     SELECT g FROM unnest($1::text[], $2::bigint[]) AS t(g, k) WHERE pg_try_advisory_xact_lock(k)
 """
 _CLAIM_GROUPS = f"""
-    UPDATE relay_outbox SET lease_until = $2, updated_at = $3
+    UPDATE relay_outbox SET lease_until = $2, updated_at = $3, lease_holder = $4
     WHERE group_key = ANY($1::text[]) AND {_DUE}
     RETURNING *
 """  # noqa: S608
@@ -55,24 +60,44 @@ def group_lock(key: str) -> int:
 
 
 async def claim(
-    conn: asyncpg.Connection, channel: str, now: float, limit: int, lease_s: float
+    conn: asyncpg.Connection, channel: str, now: float, limit: int, lease: tuple[float, str]
 ) -> list[Notification]:
-    """Up to `limit` delivery units of `channel` (a row, or a digest group whole), oldest first."""
+    """Up to `limit` delivery units of `channel` (a row, or a digest group whole), oldest first,
+    leased to `lease` (until, holder)."""
+    until, holder = lease
     candidates = await conn.fetch(_CANDIDATES, channel, now, limit)
     singles = sum(1 for row in candidates if row["group_key"] is None)
     groups = list(dict.fromkeys(r["group_key"] for r in candidates if r["group_key"] is not None))
     rows: list[asyncpg.Record] = []
     if not groups:
         if singles:
-            rows = await conn.fetch(_CLAIM_SINGLES, channel, now + lease_s, now, singles)
+            rows = await conn.fetch(_CLAIM_SINGLES, channel, until, now, singles, holder)
     else:
         async with conn.transaction():
             if singles:
-                rows += await conn.fetch(_CLAIM_SINGLES, channel, now + lease_s, now, singles)
+                rows += await conn.fetch(_CLAIM_SINGLES, channel, until, now, singles, holder)
             won = await conn.fetch(_WIN_GROUPS, groups, [group_lock(g) for g in groups])
             if won:
                 keys = [row["g"] for row in won]
-                rows += await conn.fetch(_CLAIM_GROUPS, keys, now + lease_s, now)
+                rows += await conn.fetch(_CLAIM_GROUPS, keys, until, now, holder)
+    _note_taken_over(channel, now, candidates, {row["id"] for row in rows})
     claimed = [to_notification(row) for row in rows]
     claimed.sort(key=lambda n: (n.not_before, n.created_at, n.id))
     return claimed
+
+
+def _note_taken_over(
+    channel: str, now: float, candidates: list[asyncpg.Record], claimed: set[str]
+) -> None:
+    """Log the rows taken from replicas that stopped while holding them (free although their
+    lease had not ended: their holder is gone)."""
+    held = [
+        r["lease_holder"]
+        for r in candidates
+        if r["id"] in claimed and (r["lease_until"] or 0.0) > now
+    ]
+    if held:
+        log.warning(
+            "taking over notifications of a stopped replica",
+            extra={"channel": channel, "count": len(held), "replicas": sorted(set(held))},
+        )

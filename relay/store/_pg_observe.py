@@ -128,15 +128,23 @@ async def observe(
 
 
 async def lease_at_birth(
-    conn: asyncpg.Connection, observed: list[Observed], lease: BirthLease | None, now: float
+    conn: asyncpg.Connection,
+    observed: list[Observed],
+    lease: BirthLease | None,
+    holder: str,
+    now: float,
 ) -> list[Observed]:
-    """Inside the caller's transaction, after observe: lease the new rows `lease` chooses (a
-    claim's lease: no other replica takes them until it ends)."""
+    """Inside the caller's transaction, after observe: lease the new rows `lease` chooses to
+    `holder` (a claim's lease: no other replica takes them while it lasts and holder lives)."""
     if lease is None:
         return observed
     if ids := lease.take(observed, now):
         await conn.execute(
-            "UPDATE relay_outbox SET lease_until = $1 WHERE id = ANY($2::text[])", lease.until, ids
+            "UPDATE relay_outbox SET lease_until = $1, lease_holder = $3"
+            " WHERE id = ANY($2::text[])",
+            lease.until,
+            ids,
+            holder,
         )
     return observed
 

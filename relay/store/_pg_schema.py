@@ -128,7 +128,22 @@ _V1 = (
 # key), so that a recovery can update or resolve it. Additive: older replicas ignore it.
 _V2 = ("ALTER TABLE relay_outbox ADD COLUMN receipt text",)
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+# v3: who holds a lease, and which replicas are alive to hold one. A replica renews its row
+# (expires_at, on the database's clock) while it runs; a lease whose holder's row expired or is
+# gone is free at once instead of when lease_until ends. Additive: older replicas leave
+# lease_holder NULL, and their leases keep the old rule.
+_V3 = (
+    "ALTER TABLE relay_outbox ADD COLUMN lease_holder text",
+    """
+    CREATE TABLE relay_replicas (
+        holder text PRIMARY KEY,
+        started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        expires_at timestamptz NOT NULL
+    )
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _VERSION_TABLE = """

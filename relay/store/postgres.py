@@ -3,9 +3,10 @@
 PostgreSQL carries the distributed part; relay adds no protocol of its own:
 - observe: one transaction per call, with advisory and row locks on the runs and digest groups it
   touches (relay.store._pg_observe), so the same update reaching two replicas fires once;
-- claim: FOR UPDATE SKIP LOCKED plus a lease (lease_until), so a notification is
-  sent by one replica, and a replica that dies leaves its rows to the others when the lease ends;
-  a digest group is claimed whole by one replica (relay.store._pg_claim);
+- claim: FOR UPDATE SKIP LOCKED plus a lease (lease_until, lease_holder), so a notification is
+  sent by one replica; a digest group is claimed whole by one replica (relay.store._pg_claim);
+- liveness: each replica renews its row in relay_replicas, and a replica that dies leaves its
+  leased rows to the others once that row expires (relay.store._pg_replicas);
 - try_lead: a named lease row, so one replica at a time follows a Realtime feed;
 - the schema: versioned migrations under an advisory lock, run by `open` (relay._pg_schema).
 
@@ -38,6 +39,7 @@ from relay.store._pg_connect import (
     unavailable,
 )
 from relay.store._pg_observe import lease_at_birth, observe
+from relay.store._pg_replicas import DEFAULT_TIMEOUT_S, FORGET, Heartbeat, new_holder
 from relay.store._pg_rows import (
     LEAD,
     PRUNE,
@@ -64,10 +66,13 @@ CLOSE_TIMEOUT_S = 10.0
 class PostgresStore:
     """The Store on a PostgreSQL database (RELAY_STORE_URL=postgresql://...)."""
 
-    def __init__(self, url: str, *, pool_max: int = POOL_MAX) -> None:
+    def __init__(
+        self, url: str, *, pool_max: int = POOL_MAX, replica_timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> None:
         check_url(url)
         self._url = url
         self._pool_max = pool_max
+        self._heartbeat = Heartbeat(new_holder(), replica_timeout_s)
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         self._active = 0
@@ -77,8 +82,14 @@ class PostgresStore:
     def __repr__(self) -> str:  # never the URL: it may carry a password
         return "PostgresStore()"
 
+    @property
+    def holder(self) -> str:
+        """This replica's name in the leases it takes and in relay_replicas."""
+        return self._heartbeat.holder
+
     async def open(self) -> None:
-        """Connect the pool and create or migrate the schema (safe with replicas starting)."""
+        """Connect the pool, create or migrate the schema (safe with replicas starting) and
+        start this replica's heartbeat."""
         async with self._opening:
             if self._pool is not None:
                 return
@@ -103,6 +114,11 @@ class PostgresStore:
                     raise unavailable("store open failed", exc) from exc
                 raise
             self._pool = pool
+            try:
+                await self._heartbeat.start(self._execute)
+            except BaseException:
+                await self.close()
+                raise
 
     async def migrate(self) -> tuple[int, int]:
         """`relay migrate`: create or migrate the schema alone; (version before, after)."""
@@ -121,12 +137,17 @@ class PostgresStore:
                 await conn.close(timeout=CLOSE_TIMEOUT_S)
 
     async def close(self) -> None:
-        """Refuse new calls, let running ones finish, close the pool; later calls are refused."""
+        """Refuse new calls, let running ones finish, end this replica's heartbeat (its leases
+        left are free at once: nothing here will send them), close the pool; later calls are
+        refused."""
+        await self._heartbeat.stop()
         pool, self._pool = self._pool, None
         if pool is None:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), CLOSE_TIMEOUT_S)
+        with contextlib.suppress(*DB_ERRORS):
+            await pool.execute(FORGET, self.holder, timeout=CLOSE_TIMEOUT_S)
         try:
             await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
         except DB_ERRORS:  # TimeoutError included: a connection that will not give up
@@ -172,9 +193,8 @@ class PostgresStore:
 
         async def attempt(conn: asyncpg.Connection) -> list[Observed]:
             async with conn.transaction():
-                return await lease_at_birth(
-                    conn, await observe(conn, batch, decide, now), lease, now
-                )
+                observed = await observe(conn, batch, decide, now)
+                return await lease_at_birth(conn, observed, lease, self.holder, now)
 
         async with self._conn() as conn:
             return await retrying(lambda: attempt(conn))
@@ -184,9 +204,8 @@ class PostgresStore:
     ) -> list[Notification]:
         """Lease up to `limit` units: a row, or a digest group whole (never split by replicas)."""
         async with self._conn() as conn:
-            return await retrying(
-                lambda: _pg_claim.claim(conn, clean(channel), now, limit, lease_s)
-            )
+            lease = (now + lease_s, self.holder)
+            return await retrying(lambda: _pg_claim.claim(conn, clean(channel), now, limit, lease))
 
     async def next_due(self, channel: str) -> float | None:
         value = await self._fetchval(
@@ -272,11 +291,11 @@ class PostgresStore:
         return int(moved)
 
     async def release_leases(self, holder: str | None = None) -> int:
-        """Nothing to do, by design: other replicas' leases are theirs, and live.
+        """Nothing to do, by design: other replicas' leases are theirs while they live.
 
         SQLite serves one replica, so at its start every lease is a dead process's. Here a
-        starting replica cannot tell its own past leases from a live replica's, and need not:
-        an expired lease is claimable by anyone, so a dead replica's rows come back on expiry.
+        starting replica has a new holder name, and the leases of its dead predecessor (or of a
+        dead delivery worker) are free once that holder's row in relay_replicas expired.
         """
         return 0
 

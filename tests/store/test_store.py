@@ -651,6 +651,55 @@ async def test_a_newer_schema_is_refused(pg_url: str) -> None:
         await PostgresStore(pg_url).open()
 
 
+async def _sql(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def test_the_leases_of_a_replica_that_stopped_beating_are_free_at_once(pg_url: str) -> None:
+    """A kill -9 is a row in relay_replicas that expires (time travel here: its renewals are an
+    hour apart); a graceful close deletes it. Either frees the replica's leases before they end."""
+    dead, live, other = (PostgresStore(pg_url, replica_timeout_s=3600.0) for _ in range(3))
+    for s in (dead, live, other):
+        await s.open()
+    try:
+        for i, owner in enumerate((dead, live, dead)):
+            await enqueue(other, f"run_{i}", 1.0)
+            assert len(await owner.claim("c1", now=2.0, limit=1, lease_s=300)) == 1
+        assert await other.claim("c1", now=3.0, limit=10, lease_s=300) == []  # all held
+        await _sql(
+            pg_url,
+            "UPDATE relay_replicas SET expires_at = clock_timestamp() WHERE holder = $1",
+            dead.holder,
+        )
+        taken = await other.claim("c1", now=3.0, limit=10, lease_s=300)
+        assert [n.run_id for n in taken] == ["run_0", "run_2"]  # not live's run_1
+        await live.close()
+        assert [n.run_id for n in await other.claim("c1", 3.0, 10, 300)] == ["run_1"]
+        holders = await _sql(pg_url, "SELECT holder FROM relay_replicas ORDER BY holder")
+        assert {r["holder"] for r in holders} == {dead.holder, other.holder}
+    finally:
+        for s in (dead, live, other):
+            await s.close()
+
+
+async def test_a_lease_without_a_holder_lasts_until_it_ends(pg_url: str) -> None:
+    """Rows leased by a replica of the previous release (no lease_holder) keep the old rule."""
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        await enqueue(store, "run_1", 1.0)
+        await store.claim("c1", now=2.0, limit=1, lease_s=300)
+        await _sql(pg_url, "UPDATE relay_outbox SET lease_holder = NULL")
+        assert await store.claim("c1", now=3.0, limit=1, lease_s=300) == []
+        assert len(await store.claim("c1", now=302.0, limit=1, lease_s=300)) == 1
+    finally:
+        await store.close()
+
+
 async def test_an_unreachable_server_is_unavailable_and_names_no_secret() -> None:
     url = f"postgresql://relay:hunter2@127.0.0.1:{free_port()}/relaydb"
     store = open_store(url)

@@ -1,0 +1,97 @@
+"""Which replicas are alive: each renews its row in relay_replicas while it runs.
+
+A replica opens its store with a holder name of its own (host, pid and a random part), writes
+its row before it can claim anything, renews it every `timeout / 5` and deletes it when it
+closes. The row's expires_at is `timeout` ahead on the database's clock, so replicas compare no
+clocks of their own. A claim treats a lease as free when its holder's row expired or is gone
+(`lease_free`): the rows a replica held when it was killed come back to the others within
+`timeout`, not when their lease ends minutes later. Alertmanager's `--cluster.peer-timeout`
+(15 s) plays the same part for its gossip peers.
+
+A replica cut off from the database for longer than `timeout` may still be sending rows the
+others now take: those are sent twice, under the same idempotency id — at-least-once, as a kill
+between a send and its mark already is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+
+from relay.errors import StoreUnavailable
+
+log = logging.getLogger("relay.store")
+
+DEFAULT_TIMEOUT_S = 15.0
+STALE_ROWS_S = 86_400  # rows of replicas gone this long are deleted (a killed process's)
+
+RENEW = """
+    INSERT INTO relay_replicas (holder, expires_at)
+    VALUES ($1, clock_timestamp() + make_interval(secs => $2))
+    ON CONFLICT (holder) DO UPDATE SET expires_at = excluded.expires_at
+"""
+FORGET = "DELETE FROM relay_replicas WHERE holder = $1"
+FORGET_STALE = (
+    "DELETE FROM relay_replicas WHERE expires_at < clock_timestamp() - make_interval(secs => $1)"
+)
+
+
+def lease_free(now: str) -> str:
+    """SQL: the outbox row's lease does not keep it from a claim at `now`, a placeholder ($2)."""
+    return f"""(lease_until IS NULL OR lease_until <= {now} OR (
+        relay_outbox.lease_holder IS NOT NULL AND NOT EXISTS (
+            SELECT 1 FROM relay_replicas AS r
+            WHERE r.holder = relay_outbox.lease_holder AND r.expires_at > clock_timestamp())))"""  # noqa: S608
+
+
+def new_holder() -> str:
+    """A name no other replica, and no earlier run of this one, has: host:pid:random."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+Execute = Callable[..., Awaitable[object]]
+
+
+class Heartbeat:
+    """Renews this replica's row every `timeout_s / 5` until stopped."""
+
+    def __init__(self, holder: str, timeout_s: float) -> None:
+        self.holder = holder
+        self.timeout_s = timeout_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, execute: Execute) -> None:
+        """Write the row now (before any claim can name this holder), then keep renewing it."""
+        await execute(FORGET_STALE, float(STALE_ROWS_S))
+        await execute(RENEW, self.holder, self.timeout_s)
+        self._task = asyncio.create_task(self._renew(execute), name="relay-replica-heartbeat")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _renew(self, execute: Execute) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.timeout_s / 5)
+            try:
+                await execute(RENEW, self.holder, self.timeout_s)
+            except StoreUnavailable:
+                if not failing:
+                    log.warning("replica heartbeat not recorded: store unavailable")
+                failing = True
+                continue
+            except Exception:  # never stop beating: the others would take this replica's work
+                log.exception("replica heartbeat failed")
+                continue
+            if failing:
+                log.info("replica heartbeat recorded again")
+            failing = False
