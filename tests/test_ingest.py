@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import json
+import zlib
 from typing import Any
 
 import aiohttp
@@ -239,3 +242,72 @@ async def test_messages_speak_to_people_not_of_pydantic(relay: RelayFactory) -> 
     status, body = await r.post(small_failed(updatedAt="0001-01-01T00:00:00+01:00"))
     assert status == 400 and body["field"] == "updatedAt"
     assert body["error"] == "date out of range (years 1-9999 in UTC)"
+
+
+async def raw_exchange(url: str, head: bytes, body: bytes = b"") -> bytes:
+    """Bytes on a socket (headers aiohttp's client would not send), the answer until it closes."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head + b"\r\n" + body)
+    answer = await reader.read(65536)
+    writer.close()
+    return answer
+
+
+async def test_expect_100_continue_refuses_before_the_body(relay: RelayFactory) -> None:
+    """A client that asks first (curl does for large bodies) hears 401/413 instead of `100
+    Continue`, and so never sends a body that would be refused."""
+    r = await relay(AUTH_CONFIG)
+    ask = b"POST /v1/runs HTTP/1.1\r\nHost: relay\r\nExpect: 100-continue\r\n"
+    refusals = [
+        (ask + b"Content-Length: 10\r\n", b"401 "),
+        (ask + b"Authorization: Bearer s3cret-token\r\nContent-Length: 5000\r\n", b"413 "),
+    ]
+    for head, status in refusals:
+        answer = await raw_exchange(r.url, head)  # no body sent: the answer comes anyway
+        assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
+        assert b"100 Continue" not in answer and answer.endswith(b"}")
+    body = json.dumps(small_failed()).encode()
+    host, port = r.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        ask + b"Authorization: Bearer s3cret-token\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(body)
+    assert (await reader.readline()).startswith(b"HTTP/1.1 202 ")
+    writer.close()
+
+
+async def test_content_codings(relay: RelayFactory) -> None:
+    """gzip and deflate bodies are taken, the size limit holds for what they inflate to, a
+    corrupt one is a 400 and an unknown coding a 415 naming what to use: JSON answers all."""
+    r = await relay(CONFIG)
+    run = json.dumps(small_failed()).encode()
+    answers = []
+    for coding, body in [
+        ("gzip", gzip.compress(run)),
+        ("x-gzip", gzip.compress(run)),
+        ("deflate", zlib.compress(run)),
+        ("identity", run),
+        ("gzip, gzip", gzip.compress(gzip.compress(run))),
+        ("gzip", gzip.compress(b"[" + b" " * 10_000_000 + b"]")),  # 10 KB that inflate to 10 MB
+        ("gzip", b"not gzip at all"),
+        ("gzip", gzip.compress(run)[:-12]),  # cut short
+        ("br", run),
+        ("zstd", run),
+        ("made-up", run),
+    ]:
+        headers = {"Content-Type": "application/json", "Content-Encoding": coding}
+        status, answer, resp_headers = await raw_post(r.url, body, headers)
+        answers.append((status, answer.get("error", "")[:24]))
+        if status == 415:
+            assert resp_headers["Accept-Encoding"] == "gzip, deflate"
+    assert answers == [(202, "")] * 5 + [
+        (413, "body larger than 4096 by"),
+        (400, "body is not valid gzip ("),
+        (400, "body is not valid gzip ("),
+        (415, "Content-Encoding br is n"),
+        (415, "Content-Encoding zstd is"),
+        (415, "Content-Encoding made-up"),
+    ]

@@ -30,11 +30,17 @@ class SilenceHandlers:
 
         return None if authorized(request, self.deps.admin_token()) else unauthorized()
 
+    def refuse_create(self, request: web.Request) -> web.Response | None:
+        """What POST /v1/silences refuses from its headers alone (also before `100 Continue`)."""
+        from relay.sources.http import refuse_declared  # noqa: PLC0415
+
+        return self._denied(request) or refuse_declared(request, MAX_SILENCE_BODY)
+
     async def create(self, request: web.Request) -> web.Response:
         from relay.sources.http import error, json_response, read_limited  # noqa: PLC0415
 
-        if (denied := self._denied(request)) is not None:
-            return denied
+        if (refused := self.refuse_create(request)) is not None:
+            return refused
         body = await read_limited(request, MAX_SILENCE_BODY)
         if isinstance(body, web.Response):
             return body
@@ -123,8 +129,12 @@ class HistoryHandlers(SilenceHandlers):
 
 
 def add_silence_routes(app: web.Application, deps: HttpDeps) -> None:
+    from relay.sources.http import expect_handler  # noqa: PLC0415
+
     h = HistoryHandlers(deps)
-    app.router.add_post("/v1/silences", h.create)
+    app.router.add_post(
+        "/v1/silences", h.create, expect_handler=expect_handler(deps, h.refuse_create)
+    )
     app.router.add_get("/v1/silences", h.list)
     app.router.add_delete("/v1/silences/{id}", h.expire)
     app.router.add_get("/v1/notifications", h.list_notifications)

@@ -19,7 +19,7 @@ from importlib import resources
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 from pydantic import SecretStr
 
 from relay.errors import InputError, StoreUnavailable
@@ -27,6 +27,13 @@ from relay.formats import parse_body, parse_runs
 from relay.formats.trigger_alerts import SIGNATURE_HEADER, parse_alert, verify_signature
 from relay.intake import Intake
 from relay.model import Notification
+from relay.sources._body import (
+    ACCEPT_ENCODING,
+    CorruptBody,
+    UnsupportedCoding,
+    codings,
+    decode,
+)
 from relay.store import Store
 
 log = logging.getLogger("relay.http")
@@ -69,7 +76,10 @@ def error(
 
 
 def unauthorized() -> web.Response:
-    return error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    """401; the connection closes, so that a refused body is not read."""
+    return _closing(
+        error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    )
 
 
 def authorized(request: web.Request, token: SecretStr | None) -> bool:
@@ -83,33 +93,79 @@ def authorized(request: web.Request, token: SecretStr | None) -> bool:
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes | web.Response:
-    """The body, or a 413 response when it is larger than `limit` (declared or streamed), or a
-    408 when it has not arrived within BODY_TIMEOUT_S (a slow client cannot hold a handler)."""
+    """The body with its content codings undone, or the error to answer: 413 when it is larger
+    than `limit` (declared, streamed or decoded), 415 for a coding relay does not know, 400 for
+    a body its coding cannot undo, 408 when it has not arrived within BODY_TIMEOUT_S (a slow
+    client cannot hold a handler). A refused body is not read further, and the connection then
+    closes."""
+    if (refused := refuse_declared(request, limit)) is not None:
+        return refused
+    applied = codings(request.headers.get(hdrs.CONTENT_ENCODING, ""))
+    body = await _read_raw(request, limit)
+    if isinstance(body, web.Response):
+        return body
+    try:
+        decoded = decode(body, applied, limit)
+    except CorruptBody as exc:
+        return error(400, f"body is not valid {exc} (Content-Encoding)")
+    return _too_large(limit) if decoded is None else decoded
+
+
+def refuse_declared(request: web.Request, limit: int) -> web.Response | None:
+    """The error for a body its headers already rule out (a coding relay does not know, a
+    Content-Length over `limit`), else None."""
+    try:
+        codings(request.headers.get(hdrs.CONTENT_ENCODING, ""))
+    except UnsupportedCoding as exc:
+        message = f"Content-Encoding {exc} is not supported; use {ACCEPT_ENCODING} or none"
+        return _closing(error(415, message, headers={"Accept-Encoding": ACCEPT_ENCODING}))
     declared = request.content_length
     if declared is not None and declared > limit:
-        return error(413, f"body larger than {limit} bytes")
+        return _too_large(limit)
+    return None
+
+
+async def _read_raw(request: web.Request, limit: int) -> bytes | web.Response:
     chunks, size = [], 0
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
             async for chunk in request.content.iter_chunked(64 * 1024):
                 size += len(chunk)
                 if size > limit:
-                    return error(413, f"body larger than {limit} bytes")
+                    return _too_large(limit)
                 chunks.append(chunk)
     except TimeoutError:
-        response = error(408, f"request body not received within {BODY_TIMEOUT_S:g} s")
-        response.force_close()
-        return response
+        return _closing(error(408, f"request body not received within {BODY_TIMEOUT_S:g} s"))
+    except web.RequestPayloadError:  # a broken chunked encoding
+        return _closing(error(400, "request body could not be read"))
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> web.Response:
+    return _closing(error(413, f"body larger than {limit} bytes"))
+
+
+def _closing(response: web.Response) -> web.Response:
+    """The response with `Connection: close`: a refused body is not read into memory; what is
+    left of it is discarded for at most aiohttp's lingering time (10 s, as nginx does) so that
+    the client reads the answer rather than a reset, then the connection closes."""
+    response.force_close()
+    return response
 
 
 class Handlers:
     def __init__(self, deps: HttpDeps) -> None:
         self.deps = deps
 
-    async def post_runs(self, request: web.Request) -> web.Response:
+    def refuse_runs(self, request: web.Request) -> web.Response | None:
+        """What POST /v1/runs refuses from its headers alone (also before `100 Continue`)."""
         if not authorized(request, self.deps.auth_token()):
             return unauthorized()
+        return refuse_declared(request, self.deps.max_body_bytes())
+
+    async def post_runs(self, request: web.Request) -> web.Response:
+        if (refused := self.refuse_runs(request)) is not None:
+            return refused
         body = await read_limited(request, self.deps.max_body_bytes())
         if isinstance(body, web.Response):
             return body
@@ -160,14 +216,20 @@ class Handlers:
         }
         return json_response(body_out, 202)
 
+    def refuse_alert(self, request: web.Request) -> web.Response | None:
+        """What POST /v1/trigger/alerts refuses from its headers alone (before the body)."""
+        if self.deps.trigger_alert_secrets() is None:
+            return _closing(error(404, "alert webhooks are not configured"))
+        if not request.headers.get(SIGNATURE_HEADER):
+            return _closing(error(401, f"missing {SIGNATURE_HEADER} signature header"))
+        return refuse_declared(request, self.deps.max_body_bytes())
+
     async def _signed_body(self, request: web.Request) -> bytes | web.Response:
         """The raw body when its signature matches a configured secret, else the error reply."""
-        secrets = self.deps.trigger_alert_secrets()
-        if secrets is None:
-            return error(404, "alert webhooks are not configured")
-        header = request.headers.get(SIGNATURE_HEADER)
-        if not header:  # refused before the body is read
-            return error(401, f"missing {SIGNATURE_HEADER} signature header")
+        if (refused := self.refuse_alert(request)) is not None:
+            return refused
+        secrets = self.deps.trigger_alert_secrets() or []
+        header = request.headers.get(SIGNATURE_HEADER, "")
         body = await read_limited(request, self.deps.max_body_bytes())
         if isinstance(body, bytes) and not verify_signature(
             body, header, [s.get_secret_value() for s in secrets]
@@ -225,6 +287,7 @@ def dead_letter_view(n: Notification) -> dict[str, Any]:
 _REJECTIONS = {
     400: "bad_request",
     401: "unauthorized",
+    415: "bad_request",
     404: "not_configured",
     413: "too_large",
     503: "store_unavailable",
@@ -232,17 +295,51 @@ _REJECTIONS = {
 _INGEST_PATHS = ("/v1/runs", "/v1/trigger/alerts")
 
 
+def _count_rejection(deps: HttpDeps, request: web.Request, status: int) -> None:
+    if deps.on_rejected is not None and request.path in _INGEST_PATHS:
+        reason = _REJECTIONS.get(status)
+        if reason is not None:
+            deps.on_rejected(reason)
+
+
 def _count_rejections(deps: HttpDeps) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse = await handler(request)
-        if deps.on_rejected is not None and request.path in _INGEST_PATHS:
-            reason = _REJECTIONS.get(response.status)
-            if reason is not None:
-                deps.on_rejected(reason)
+        _count_rejection(deps, request, response.status)
         return response
 
     return middleware
+
+
+Refusal = Callable[[web.Request], web.Response | None]
+
+
+async def _continue(request: web.Request) -> None:
+    """What aiohttp does by default: `100 Continue`, or 417 for an expectation it does not know."""
+    if request.version != HttpVersion11:
+        return
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect[:80]}")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the response proper has not started
+
+
+def expect_handler(deps: HttpDeps, refuse: Refusal) -> Callable[..., Awaitable[Any]]:
+    """`Expect: 100-continue` answered with the final refusal when the headers already earn one
+    (a wrong token, a body declared too large ...), so the client never sends the body; else
+    aiohttp's `100 Continue`."""
+
+    async def handle(request: web.Request) -> web.StreamResponse | None:
+        refused = refuse(request)
+        if refused is None:
+            await _continue(request)
+            return None
+        _count_rejection(deps, request, refused.status)
+        return refused
+
+    return handle
 
 
 @web.middleware
@@ -289,15 +386,20 @@ async def _openapi(request: web.Request) -> web.Response:
 
 def build_app(deps: HttpDeps) -> web.Application:
     # The body limit is enforced by read_limited with the live config; aiohttp's own cap is a
-    # backstop far above it.
+    # backstop far above it. Content codings are undone by read_limited too (relay/sources/_body).
     app = web.Application(
         client_max_size=64 * 1024 * 1024 + 1,
         middlewares=[_json_http_errors, _count_rejections(deps), _store_unavailable],
+        handler_args={"auto_decompress": False},
     )
     h = Handlers(deps)
     app.router.add_get("/metrics", functools.partial(_metrics, deps))
-    app.router.add_post("/v1/runs", h.post_runs)
-    app.router.add_post("/v1/trigger/alerts", h.post_trigger_alert)
+    app.router.add_post("/v1/runs", h.post_runs, expect_handler=expect_handler(deps, h.refuse_runs))
+    app.router.add_post(
+        "/v1/trigger/alerts",
+        h.post_trigger_alert,
+        expect_handler=expect_handler(deps, h.refuse_alert),
+    )
     app.router.add_get("/healthz", h.healthz)
     app.router.add_get("/readyz", h.readyz)
     app.router.add_get("/openapi.json", _openapi)

@@ -1,0 +1,54 @@
+"""Content codings of request bodies (RFC 9110 §8.4), undone by relay itself rather than by
+aiohttp, so that an unsupported coding is a clear 415 and a corrupt body a 400 (aiohttp answers
+the first with a plain-text 400, or ignores the coding, and the second with a 500), and so that
+the size limit holds for the decoded body without decoding more than it.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+ACCEPT_ENCODING = "gzip, deflate"  # what a 415 tells the client to use instead
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+_WBITS = {"gzip": _GZIP_WBITS, "x-gzip": _GZIP_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class UnsupportedCoding(Exception):
+    """A Content-Encoding relay cannot undo; the argument is the coding."""
+
+
+class CorruptBody(Exception):
+    """A body that is not what its Content-Encoding says (truncated, not gzip ...)."""
+
+
+def codings(header: str) -> list[str]:
+    """The codings of a Content-Encoding header to undo, in the order they were applied;
+    UnsupportedCoding for one relay does not know (identity means none)."""
+    found = [c.strip().lower() for c in header.split(",") if c.strip()]
+    for coding in found:
+        if coding != "identity" and coding not in _WBITS:
+            raise UnsupportedCoding(coding[:40])
+    return [c for c in found if c != "identity"]
+
+
+def decode(body: bytes, applied: list[str], limit: int) -> bytes | None:
+    """`body` with `applied` codings undone, last applied first; None when the result would be
+    larger than `limit` (no more than limit + 1 bytes are ever inflated)."""
+    for coding in reversed(applied):
+        wbits = _WBITS[coding]
+        if coding == "deflate" and body[:1] and body[0] & 0x0F != 8:
+            wbits = -zlib.MAX_WBITS  # raw deflate without the zlib header, as some clients send
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(body, limit + 1)
+            if len(out) > limit or inflater.unconsumed_tail:
+                return None
+            out += inflater.flush()
+        except zlib.error:
+            raise CorruptBody(coding) from None
+        if len(out) > limit:
+            return None
+        if not inflater.eof:
+            raise CorruptBody(coding)
+        body = out
+    return body
