@@ -254,6 +254,15 @@ async def raw_exchange(url: str, head: bytes, body: bytes = b"") -> bytes:
     return answer
 
 
+async def test_a_token_that_is_not_utf8_is_a_401_not_a_500(relay: RelayFactory) -> None:
+    r = await relay(AUTH_CONFIG)
+    body = json.dumps(small_failed()).encode()
+    head = b"POST /v1/runs HTTP/1.1\r\nHost: relay\r\nAuthorization: Bearer s3cret\xff\xfe\r\n"
+    head += b"Content-Length: %d\r\nConnection: close\r\n" % len(body)
+    answer = await raw_exchange(r.url, head, body)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:80]
+
+
 async def test_expect_100_continue_refuses_before_the_body(relay: RelayFactory) -> None:
     """A client that asks first (curl does for large bodies) hears 401/413 instead of `100
     Continue`, and so never sends a body that would be refused."""

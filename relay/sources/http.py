@@ -89,7 +89,9 @@ def authorized(request: web.Request, token: SecretStr | None) -> bool:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
         return False
-    return hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())
+    # surrogateescape: a header that is not UTF-8 is compared as the bytes it was (not a 500)
+    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given_bytes, token.get_secret_value().encode())
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes | web.Response:
