@@ -320,3 +320,15 @@ async def test_content_codings(relay: RelayFactory) -> None:
         (415, "Content-Encoding zstd is"),
         (415, "Content-Encoding made-up"),
     ]
+
+
+async def test_a_byte_order_mark_is_ignored(relay: RelayFactory) -> None:
+    """RFC 8259 lets a parser ignore it, and Windows tools (PowerShell, Notepad) write it."""
+    r = await relay(CONFIG)
+    status, body, _ = await raw_post(r.url, b"\xef\xbb\xbf" + json.dumps(small_failed()).encode())
+    assert (status, body["notifications"]) == (202, 1)
+    silence = {"matchers": {"task": "x"}, "ends_at": "2099-01-01T00:00:00Z"}
+    async with r.http.post(
+        r.url + "/v1/silences", data=b"\xef\xbb\xbf" + json.dumps(silence).encode()
+    ) as resp:
+        assert resp.status == 201

@@ -13,10 +13,12 @@ from relay.formats.sdk import parse_sdk_run
 from relay.model import Run
 
 MAX_BATCH = 10_000
+BOM = b"\xef\xbb\xbf"  # RFC 8259 §8.1: a parser may ignore it; Windows tools write it
 
 
 def parse_body(body: bytes) -> Any:
     """JSON of a request body; InputError for anything that is not JSON."""
+    body = body.removeprefix(BOM)
     if not body.strip():
         raise InputError("", "empty body; expected a JSON run object or an array of them")
     try:

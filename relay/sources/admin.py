@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from relay.errors import InputError
+from relay.formats import BOM
 from relay.history import event_view, history_query, notification_view
 from relay.silences import new_silence, parse_matchers, parse_time, silence_view
 
@@ -78,7 +79,7 @@ class SilenceHandlers:
 
 def _silence_from(body: bytes, now: float) -> Any:
     try:
-        data = orjson.loads(body)
+        data = orjson.loads(body.removeprefix(BOM))
     except orjson.JSONDecodeError:
         raise InputError("", "invalid JSON") from None
     if not isinstance(data, dict):
