@@ -90,10 +90,10 @@ def new_silence(
 ) -> Silence:
     """A validated silence; InputError when its times make no sense."""
     start = now if starts_at is None else starts_at
+    if ends_at <= now:  # first: without starts_at, "after starts_at" would name a field not sent
+        raise InputError("ends_at", "must be in the future")
     if ends_at <= start:
         raise InputError("ends_at", "must be after starts_at")
-    if ends_at <= now:
-        raise InputError("ends_at", "must be in the future")
     if len(comment) > MAX_TEXT or len(created_by) > MAX_TEXT:
         raise InputError("comment", f"comment and created_by are limited to {MAX_TEXT} characters")
     ident = "sil_" + secrets.token_hex(8)

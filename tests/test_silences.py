@@ -92,6 +92,8 @@ def test_bad_times() -> None:
         new_silence(m, starts_at=NOW + 10, ends_at=NOW + 5, now=NOW)
     with pytest.raises(InputError, match="future"):
         new_silence(m, starts_at=NOW - 100, ends_at=NOW - 1, now=NOW)
+    with pytest.raises(InputError, match="must be in the future"):
+        new_silence(m, ends_at=NOW - 1, now=NOW)  # no starts_at to be after
     with pytest.raises(InputError):
         parse_time("tomorrow", "ends_at")
     assert parse_time("2026-11-28T18:00:00Z", "x") == parse_time("2026-11-28T18:00:00", "x")
