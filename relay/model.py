@@ -8,11 +8,21 @@ relay does not know are kept as extra attributes.
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    field_serializer,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 
 # Today's public RunStatus (packages/core schemas/api.ts).
@@ -83,7 +93,23 @@ def iso(value: datetime | None) -> str | None:
     return to_utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-# Numbers are strict: a bool or a string where a number belongs is a client bug worth a 400.
+# Leniency that loses nothing: null is the field's default, and a number or flag in quotes (as
+# Realtime rows send them, as hand-built JSON often does) is that number or flag. A bool where a
+# number belongs, or text that is no number, is a client bug worth a 400.
+_NUMERIC_TEXT = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+_MAX_EXACT_INT = 2**53  # an integral float within this is an exact int (and one orjson writes)
+
+
+def _numeric_text(text: str) -> int | float | None:
+    """ "600" → 600, " 12.5 " → 12.5 (JSON number syntax); None for any other text."""
+    text = text.strip()
+    if not _NUMERIC_TEXT.fullmatch(text):
+        return None
+    if text.lstrip("-").isdigit():
+        whole = int(text)
+        return whole if abs(whole) < 2**63 else float(whole)  # as orjson reads a JSON number
+    value = float(text)
+    return value if math.isfinite(value) else None
 
 
 def _number(value: object) -> int | float:
@@ -93,10 +119,48 @@ def _number(value: object) -> int | float:
         return 0
     if isinstance(value, int | float) and not isinstance(value, bool):
         return value
+    if isinstance(value, str) and (parsed := _numeric_text(value)) is not None:
+        return parsed
     raise PydanticCustomError("float_type", "Input should be a valid number")
 
 
+def _integer(value: object) -> int | None:
+    """The run number: an int, also when sent as 12.0 or "12"; null stays null."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = _numeric_text(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _MAX_EXACT_INT:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise PydanticCustomError("int_type", "Input should be a valid integer")
+
+
+def _flag(value: object) -> bool:
+    """isTest: a bool, "true"/"false" or Postgres' "t"/"f" in any case; null is false."""
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _FLAGS:
+        return _FLAGS[value.strip().lower()]
+    raise PydanticCustomError("bool_type", "Input should be a valid boolean")
+
+
+def _text(value: object) -> object:
+    """An optional text field (ttl, idempotencyKey) sent as a number is that number's text:
+    Trigger.dev's trigger options take `ttl: 3600` as well as `ttl: "1h"`."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+_FLAGS = {"true": True, "t": True, "false": False, "f": False}
 Number = Annotated[int | float, PlainValidator(_number)]
+Integer = Annotated[int | None, PlainValidator(_integer)]
+Flag = Annotated[bool, PlainValidator(_flag)]
+Text = Annotated[str | None, BeforeValidator(_text)]
 _DATES = (
     "createdAt",
     "updatedAt",
@@ -114,27 +178,27 @@ class Run(BaseModel):
     model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
 
     id: Annotated[str, Field(min_length=1)]  # an empty id names no run: a 400, not an alert
-    taskIdentifier: str = ""
+    taskIdentifier: Annotated[str, BeforeValidator(lambda v: "" if v is None else v)] = ""
     status: str
     payload: Any = None
     output: Any = None
     createdAt: datetime | None = None
     updatedAt: datetime | None = None
-    number: Annotated[int, Field(strict=True)] | None = None
+    number: Integer = None
     durationMs: Number = 0
     costInCents: Number = 0
     baseCostInCents: Number = 0
     tags: list[str] = []
-    idempotencyKey: str | None = None
+    idempotencyKey: Text = None
     expiredAt: datetime | None = None
-    ttl: str | None = None
+    ttl: Text = None
     finishedAt: datetime | None = None
     startedAt: datetime | None = None
     delayedUntil: datetime | None = None
     queuedAt: datetime | None = None
     metadata: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
-    isTest: Annotated[bool, Field(strict=True)] = False
+    isTest: Flag = False
     # relay's own: which kind of event this is (run, deployment.failed, ...).
     event: str = "run"
 

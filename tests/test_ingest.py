@@ -93,6 +93,46 @@ rules:
     ) == (0, 0)
 
 
+async def test_values_as_senders_write_them_are_read_not_refused(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """Numbers and flags in quotes (as Realtime rows send them), null for a field's default, a
+    ttl in seconds (trigger options take `ttl: 3600`), an error that is not an object: each is
+    read as what it means. Refusing the update would lose the alert it carries."""
+    hook = f"""\
+channels:
+  hook: {{type: webhook, url: "{sink.url}/hook"}}
+rules:
+  - {{name: pricey, match: {{cost_cents: {{gt: 500}}, is_test: false}}, notify: [hook]}}
+"""
+    r = await relay(hook)
+    run = small_failed(
+        costInCents="600.5",
+        durationMs=" 60634 ",
+        baseCostInCents="0",
+        number="12",
+        isTest="f",
+        ttl=3600,
+        idempotencyKey=42,
+        taskIdentifier=None,
+        error=["boom"],
+    )
+    assert await r.post(run) == (202, {"accepted": 1, "stale": 0, "notifications": 1})
+    [got] = await sink.wait_for(1)
+    sent = got.json()["run"]
+    assert (sent["costInCents"], sent["durationMs"], sent["baseCostInCents"]) == (600.5, 60634, 0)
+    assert (sent["number"], sent["isTest"], sent["ttl"], sent["idempotencyKey"]) == (
+        12,
+        False,
+        "3600",
+        "42",
+    )
+    assert (sent["taskIdentifier"], sent["error"]) == ("", {"message": '["boom"]'})
+    for n, flags in enumerate([{"isTest": None, "number": 7.0}, {"isTest": "FALSE"}]):
+        status, body = await r.post(small_failed(id=f"run_{n}", costInCents=501, **flags))
+        assert (status, body["notifications"]) == (202, 1), flags
+
+
 async def test_a_status_in_another_case_is_the_status(relay: RelayFactory) -> None:
     """`failed` is FAILED, as rule statuses are any case; an unknown one is kept as sent."""
     r = await relay(CONFIG)
@@ -116,7 +156,9 @@ BAD_BODIES: list[tuple[bytes, str | None, str]] = [
     (json.dumps({"id": "run_1"}).encode(), "status", "missing"),
     (json.dumps(small_failed(id=5)).encode(), "id", "string"),
     (json.dumps(small_failed(id="")).encode(), "id", "at least 1 character"),
-    (json.dumps(small_failed(costInCents="12")).encode(), "costInCents", "number"),
+    (json.dumps(small_failed(costInCents="twelve")).encode(), "costInCents", "number"),
+    (json.dumps(small_failed(costInCents="NaN")).encode(), "costInCents", "number"),
+    (json.dumps(small_failed(number=1.5)).encode(), "number", "integer"),
     (json.dumps(small_failed(costInCents=True)).encode(), "costInCents", "number"),
     (json.dumps(small_failed(tags="prod")).encode(), "tags", "list"),
     (json.dumps(small_failed(tags=[1])).encode(), "tags.0", "string"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from relay.errors import InputError, field_message
@@ -24,6 +25,8 @@ def parse_sdk_run(obj: dict[str, Any], where: str = "") -> Run:
     error = data.get("error")
     if isinstance(error, str):
         data["error"] = {"message": error}
+    elif error is not None and not isinstance(error, dict):  # a list, a number: still a failure
+        data["error"] = {"message": orjson.dumps(error).decode()}
     for field, type_field in _PACKETS:
         if type_field in data and isinstance(data.get(type_field), str | None):
             data[field] = decode_packet(data.get(field), data.pop(type_field))
