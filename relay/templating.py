@@ -246,9 +246,9 @@ class Renderer:
         try:
             ast = self._parse(_template_name(channel_type, name, part))
             known = self._names_set(ast, set())
+            used = meta.find_undeclared_variables(ast) - known  # compiles: an unknown filter
         except TemplateError:
             return []
-        used = meta.find_undeclared_variables(ast) - known
         return sorted(used - CONTEXT_NAMES - set(self._env.globals))
 
     def _parse(self, template: str) -> nodes.Template:
@@ -272,12 +272,27 @@ class Renderer:
         """None when the template exists and compiles; else what is wrong, with its line."""
         template = _template_name(channel_type, name, part)
         try:
-            self._env.get_template(template)
+            self._compile(template, set())
         except TemplateSyntaxError as exc:
             return f"{exc.name or template} line {exc.lineno}: {exc.message}"
         except TemplateNotFound as exc:
             return f"template {exc.name} not found"
         return None
+
+    def _compile(self, template: str, seen: set[str]) -> None:
+        """Compile `template` and those it extends, includes or imports: a broken partial of the
+        overrides (slack/_macros.j2) would otherwise only show when a message falls back."""
+        seen.add(template)
+        self._env.get_template(template)
+        ast = self._parse(template)
+        optional = {  # `{% include "x" ignore missing %}`: absent is fine
+            n.template.value
+            for n in ast.find_all(nodes.Include)
+            if n.ignore_missing and isinstance(n.template, nodes.Const)
+        }
+        for ref in meta.find_referenced_templates(ast):
+            if ref is not None and ref not in seen and ref not in optional:
+                self._compile(ref, seen)
 
     def render(
         self, channel_type: str, name: str, parts: tuple[str, ...], ctx: RenderContext

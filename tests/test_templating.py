@@ -596,5 +596,31 @@ def test_check(tmp_path: Path) -> None:
     assert renderer.check("console", "nope", "txt") == "template console/nope.txt.j2 not found"
 
 
+def test_check_compiles_what_a_template_imports_includes_or_extends(tmp_path: Path) -> None:
+    """A broken override of a partial (slack/_macros.j2, imported by the shipped slack/run)
+    makes every Slack message fall back: `relay check` names it; an optional include may be
+    absent."""
+    (tmp_path / "slack").mkdir()
+    (tmp_path / "slack" / "_macros.j2").write_text("{% macro md(x) %}\n{{ x }\n")
+    (tmp_path / "slack" / "mine.json.j2").write_text(
+        '{% include "slack/absent.j2" ignore missing %}{"text": "x"}'
+    )
+    renderer = Renderer(tmp_path)
+    problem = renderer.check("slack", "run", "json")
+    assert problem is not None and problem.startswith("slack/_macros.j2 line 2: "), problem
+    assert renderer.check("slack", "mine", "json") is None
+    assert renderer.check("console", "run", "txt") is None
+
+
+def test_an_unknown_filter_is_a_check_problem_not_a_crash(tmp_path: Path) -> None:
+    (tmp_path / "console").mkdir()
+    (tmp_path / "console" / "run.txt.j2").write_text("one\n{{ run.id | no_such_filter }}\n")
+    renderer = Renderer(tmp_path)
+    assert renderer.check("console", "run", "txt") == (
+        "console/run.txt.j2 line 2: No filter named 'no_such_filter'."
+    )
+    assert renderer.unknown_names("console", "run", "txt") == []
+
+
 def test_the_names_relay_check_knows_are_the_context() -> None:
     assert set(_variables(RenderContext({}, "r", "c", "console", "ntf_1", None))) == CONTEXT_NAMES
