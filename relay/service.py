@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
 import time
@@ -26,7 +27,7 @@ from relay.configure import (
     route_for,
 )
 from relay.delivery import Delivery, Deps, Reservation
-from relay.errors import ConfigError, StoreUnavailable
+from relay.errors import ConfigError, Problem, StoreUnavailable
 from relay.intake import Intake
 from relay.logs import SCRUB, tag_lines
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -175,7 +176,14 @@ class Service:
         await self.runner.setup()
         host, port = self.settings.listen_host_port
         site = web.TCPSite(self.runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # in use, not an address of this machine, unknown host name
+            why = _os_reason(exc)
+            problem = Problem(
+                "environment", "RELAY_LISTEN", f"cannot listen on {host}:{port}: {why}"
+            )
+            raise ConfigError([problem]) from None
         return _bound_address(site, host, port)
 
     def _start_realtime(self) -> None:
@@ -340,6 +348,13 @@ class Service:
         with contextlib.suppress(StoreUnavailable):
             await self.store.close()
         log.info("stopped")
+
+
+def _os_reason(exc: OSError) -> str:
+    """The errno's words ("Address already in use"); uvloop's strerror repeats the address."""
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return exc.strerror or type(exc).__name__  # getaddrinfo: "Name or service not known"
 
 
 def _bound_address(site: web.TCPSite, host: str, port: int) -> tuple[str, int]:

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -536,6 +537,23 @@ def test_bad_environment_is_named_without_secrets(tmp_path: Path) -> None:
     assert store.returncode == 1
     assert "RELAY_STORE_URL" in store.stderr
     assert "pw" not in output(store) and "u:pw@h" not in output(store)
+
+
+def test_an_address_relay_cannot_listen_on_is_named_without_a_traceback(tmp_path: Path) -> None:
+    """RELAY_LISTEN on a port in use (another relay still running): exit 1 naming the variable
+    and the reason, as for any bad setting."""
+    config = write(tmp_path / "c.yaml", "channels: {out: {type: console}}\nrules: []\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**store_env(tmp_path), "RELAY_LISTEN": f"127.0.0.1:{port}"}
+        result = run_cli("serve", "--config", str(config), env=env)
+    assert result.returncode == 1, result.stderr
+    assert f"RELAY_LISTEN: cannot listen on 127.0.0.1:{port}: Address already in use" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
 
 
 def test_version_and_usage() -> None:
