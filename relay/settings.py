@@ -35,7 +35,10 @@ class Settings(BaseSettings):
         if not isinstance(value, str):
             return value
         field = getattr(info, "field_name", "")
-        return value.upper() if field == "log_level" else value.lower()
+        if field == "log_format":
+            return value.strip().lower()
+        level = value.strip().upper()
+        return "WARNING" if level == "WARN" else level  # Alertmanager's --log.level=warn
 
     @field_validator("listen")
     @classmethod
@@ -55,7 +58,7 @@ class Settings(BaseSettings):
 
 def host_port(value: str) -> tuple[str, int]:
     """Split host:port ([::1]:8080 for IPv6); raise ValueError naming no secret."""
-    host, sep, port_text = value.rpartition(":")
+    host, sep, port_text = value.strip().rpartition(":")
     if not sep or not port_text.isdigit():
         raise ValueError("expected host:port, e.g. 0.0.0.0:8080")
     port = int(port_text)

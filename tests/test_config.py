@@ -244,6 +244,12 @@ def test_environment_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert settings.replica_timeout == 90.0
     assert settings.log_level == "DEBUG"
     assert settings.config_explicit
+    monkeypatch.setenv("RELAY_LISTEN", " 127.0.0.1:0\n")  # from a .env file or a YAML block
+    monkeypatch.setenv("RELAY_LOG_LEVEL", "warn")  # Alertmanager's word
+    monkeypatch.setenv("RELAY_LOG_FORMAT", " Text ")
+    settings = load_settings()
+    assert settings.listen_host_port == ("127.0.0.1", 0)
+    assert (settings.log_level, settings.log_format) == ("WARNING", "text")
 
 
 def test_unset_variable_is_reported_once() -> None:
