@@ -21,7 +21,6 @@ Path_ = tuple[str | int, ...]
 MAX_NODES = 100_000
 MAX_DEPTH = 64  # nesting levels; also ends a recursive alias (&a [*a])
 MAX_BYTES = 4 * 1024 * 1024
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 @dataclass
@@ -56,23 +55,93 @@ def dotted(path: Path_) -> str:
     return out
 
 
-def interpolate(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
-    """Substitute ${VAR} and ${VAR:-default}; return the text and the names that were unset."""
-    missing: list[str] = []
+_REFERENCE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
+MALFORMED = "not a variable reference: write ${VAR} or ${VAR:-default}, or $$ for a literal $"
+UNCLOSED = "`${` without its closing `}`: write ${VAR} or ${VAR:-default}, or $$ for a literal $"
 
-    def sub(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name, default = match.group(1), match.group(2)
-        value = env.get(name)
-        if value is None or (value == "" and default is not None):
-            if default is None:
-                missing.append(name)
-                return ""
-            return default
-        return value
 
-    return _VAR.sub(sub, text), missing
+@dataclass
+class Interpolated:
+    """A string with its references substituted, the variables that were unset, and what was
+    wrong with the references that could not be read (messages that quote no text)."""
+
+    text: str
+    missing: list[str] = field(default_factory=list)
+    malformed: list[str] = field(default_factory=list)
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> Interpolated:
+    """Substitute ${VAR} and ${VAR:-default} (the default may hold references itself, as in
+    ${A:-${B}}); $$ is a literal $, a $ before anything else stays as it is."""
+    result = Interpolated("")
+    result.text = _substitute(text, env, result)
+    return result
+
+
+def _substitute(text: str, env: Mapping[str, str], result: Interpolated) -> str:
+    out: list[str] = []
+    pos = 0
+    for start, end in _references(text):
+        out.append(text[pos:start])
+        pos = end
+        if end - start == 2 and text[start + 1] == "$":
+            out.append("$")
+        elif text[end - 1] != "}":
+            result.malformed.append(UNCLOSED)
+        else:
+            out.append(_resolve(text[start + 2 : end - 1], env, result))
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _resolve(body: str, env: Mapping[str, str], result: Interpolated) -> str:
+    match = _REFERENCE.fullmatch(body)
+    if match is None:
+        result.malformed.append(MALFORMED)
+        return ""
+    name, default = match.group(1), match.group(2)
+    value = env.get(name)
+    if value is not None and (value != "" or default is None):
+        return value  # as it is: a value from the environment is never interpolated again
+    if default is None:
+        result.missing.append(name)
+        return ""
+    return _substitute(default, env, result)
+
+
+def _references(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each $$ and ${...} of `text` (a ${ left open runs to the end)."""
+    found: list[tuple[int, int]] = []
+    i = text.find("$")
+    while i >= 0:
+        if text.startswith("$$", i):
+            end = i + 2
+            found.append((i, end))
+        elif text.startswith("${", i):
+            end = _closing(text, i)
+            found.append((i, end))
+        else:
+            end = i + 1
+        i = text.find("$", end)
+    return found
+
+
+def _closing(text: str, start: int) -> int:
+    """The index after the `}` that closes the ${ at `start`, or len(text) if none does."""
+    depth, i = 0, start
+    while i < len(text):
+        if text.startswith("$$", i):
+            i += 2
+            continue
+        if text.startswith("${", i):
+            depth, i = depth + 1, i + 2
+            continue
+        i += 1
+        if text[i - 1] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return len(text)
 
 
 _TOKEN = re.compile(r"__RELAY_ENV_(\d+)__")
@@ -80,16 +149,20 @@ _TOKEN = re.compile(r"__RELAY_ENV_(\d+)__")
 
 def protect(text: str) -> tuple[str, list[str]]:
     """Replace each ${...} with a YAML-safe token, so `{a: ${X}}` parses as YAML; the tokens
-    are restored inside scalars after parsing. Lines and columns are unchanged in count."""
+    are restored inside scalars after parsing. Lines are unchanged in count: a reference that
+    spans lines, or is not closed, is left for the YAML parser and the interpolation."""
     originals: list[str] = []
-
-    def token(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$$"
-        originals.append(match.group(0))
-        return f"__RELAY_ENV_{len(originals) - 1}__"
-
-    return _VAR.sub(token, text), originals
+    out: list[str] = []
+    pos = 0
+    for start, end in _references(text):
+        reference = text[start:end]
+        if reference == "$$" or "\n" in reference or not reference.endswith("}"):
+            continue
+        out.append(text[pos:start] + f"__RELAY_ENV_{len(originals)}__")
+        originals.append(reference)
+        pos = end
+    out.append(text[pos:])
+    return "".join(out), originals
 
 
 class _Walker:
@@ -170,16 +243,15 @@ class _Walker:
             value = _TOKEN.sub(lambda m: self.originals[int(m.group(1))], value)
         if "$" not in value:
             return value
-        text, missing = interpolate(value, self.env)
-        if missing:
+        result = interpolate(value, self.env)
+        messages = [f"environment variable {name} is not set" for name in result.missing]
+        messages += dict.fromkeys(result.malformed)
+        if messages:
             self.located.reported.add(path)
-        for name in missing:
-            self.located.problems.append(
-                self.located.problem(path, f"environment variable {name} is not set")
-            )
-        if text != value:
+        self.located.problems += [self.located.problem(path, m) for m in messages]
+        if result.text != value:
             self.located.from_env.add(path)
-        return text
+        return result.text
 
 
 _UNREADABLE = object()

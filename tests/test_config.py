@@ -252,6 +252,42 @@ def test_environment_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert (settings.log_level, settings.log_format) == ("WARNING", "text")
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("${UNSET:-${B}}", "b"),  # a default that is a reference itself, as in a shell or Compose
+        ("${UNSET:-${ALSO_UNSET:-deep}}", "deep"),
+        ("${A:-${ALSO_UNSET}}", "a"),  # a default not used is not looked at
+        ("${UNSET:-a:b c}", "a:b c"),
+        ("${EMPTY:-fallback}/${EMPTY}", "fallback/"),
+        ("$${A} costs 5$ or $A", "${A} costs 5$ or $A"),
+    ],
+)
+def test_interpolation(value: str, expected: str) -> None:
+    text = f'channels:\n  h: {{type: webhook, url: "http://127.0.0.1:9/", headers: {{X: "{value}"}}}}\n'
+    env = {"A": "a", "B": "b", "EMPTY": ""}
+    loaded = parse_config(text, "c.yaml", settings_models(), env)
+    headers = getattr(loaded.config.channels["h"], "headers")
+    assert headers["X"].get_secret_value() == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [  # Compose's other forms, typos: an error, not a literal "${...}" sent as a token
+        ("${TOKEN-default}", "not a variable reference"),
+        ("${TOKEN:?required}", "not a variable reference"),
+        ("${ TOKEN }", "not a variable reference"),
+        ("${1TOKEN}", "not a variable reference"),
+        ("sk_${TOKEN", "`${` without its closing `}`"),
+        ("${UNSET:-${ALSO_UNSET}}", "environment variable ALSO_UNSET is not set"),
+    ],
+)
+def test_a_reference_relay_cannot_read_is_a_problem(value: str, message: str) -> None:
+    found = problems(f'server:\n  auth_token: "{value}"\n', {"TOKEN": "s3cr3t-value"})
+    assert len(found) == 1 and found[0].startswith(f"c.yaml:2: server.auth_token: {message}")
+    assert "s3cr3t" not in found[0] and "TOKEN" not in found[0].replace("ALSO_UNSET", "")
+
+
 def test_unset_variable_is_reported_once() -> None:
     text = "channels:\n  h:\n    type: webhook\n    url: ${HOOK_URL}\n"
     assert problems(text) == ["c.yaml:4: channels.h.url: environment variable HOOK_URL is not set"]
