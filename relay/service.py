@@ -267,7 +267,8 @@ class Service:
     async def reload(self, trigger: str) -> bool:
         """Load and check the config again; swap it in only if it is valid."""
         async with self._reloading:
-            path = Path(self.compiled.loaded.source.filename)
+            loaded = self.compiled.loaded  # the built-in default: ./config.yaml may exist now
+            path = None if loaded.builtin else Path(loaded.source.filename)
             self._fingerprint = config_fingerprint(self.compiled)
             try:
                 compiled = compile_config(load(self.settings, path))
@@ -279,6 +280,8 @@ class Service:
                     extra={"trigger": trigger, "problems": problems},
                 )
                 return False
+            if compiled.loaded.config.templates.dir != self.config.templates.dir:
+                self._fingerprint = config_fingerprint(compiled)  # watch the new directory
             await self._swap(compiled)
             self.metrics.config_reloads.labels(result="success").inc()
             self.metrics.config_reload_time.set(time.time())
@@ -304,15 +307,17 @@ class Service:
             self._start_realtime()
 
     async def _watch_config(self) -> None:
-        """Reload when the config file or a template changes (polled: works on every volume)."""
-        if self.compiled.loaded.builtin:
-            return
+        """Reload when the config file or a template changes (polled: works on every volume;
+        running the built-in default, from the SIGHUP that loads ./config.yaml on)."""
         while True:
             await asyncio.sleep(WATCH_EVERY_S)
-            now = config_fingerprint(self.compiled)
-            if now != self._fingerprint:
-                self._fingerprint = now
-                await self.reload("file change")
+            await self.reload_if_changed()
+
+    async def reload_if_changed(self) -> bool | None:
+        """Reload when a file the running config was read from changed; None when none did."""
+        if config_fingerprint(self.compiled) == self._fingerprint:
+            return None
+        return await self.reload("file change")
 
     def request_stop(self) -> None:
         self._stop.set()

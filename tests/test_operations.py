@@ -10,6 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from relay.configure import compile_config, load
+from relay.service import Service
+from relay.settings import Settings
 from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run, status
 
 CONFIG = """\
@@ -113,6 +118,48 @@ async def test_a_changed_config_file_is_reloaded(
         ("crashes-only", "run_r2")
     ]
     assert value(await metrics_text(r), 'relay_config_reloads_total{result="success"}') == 1
+
+
+async def test_a_new_templates_dir_is_watched_from_the_reload_that_names_it(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """One change, one reload: the reload that brings a templates.dir starts watching its files
+    (before, the next poll saw them as a change and reloaded again)."""
+    r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    (tmp_path / "tpl" / "webhook").mkdir(parents=True)
+    template = tmp_path / "tpl" / "webhook" / "run.json.j2"
+    template.write_text('{"mine": {{ run.id | tojson }}}')
+    path = Path(r.service.compiled.loaded.source.filename)
+    text = CONFIG.format(url=sink.url, rule="failures", status="failure")
+    path.write_text(f"templates: {{dir: {tmp_path / 'tpl'}}}\n{text}")
+    assert await r.service.reload_if_changed() is True
+    assert await r.service.reload_if_changed() is None
+    template.write_text('{"mine": {{ run.taskIdentifier | tojson }}}')
+    assert await r.service.reload_if_changed() is True
+    assert value(await metrics_text(r), 'relay_config_reloads_total{result="success"}') == 2
+
+
+async def test_sighup_on_the_built_in_default_loads_a_config_yaml_written_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Started without a config file (the built-in default), SIGHUP looks for ./config.yaml
+    again rather than for a file called <built-in>; that file is then watched."""
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(listen="127.0.0.1:0", store_url=f"sqlite:///{tmp_path / 'relay.db'}")
+    service = Service(settings, compile_config(load(settings)))
+    await service.start()
+    try:
+        assert service.compiled.loaded.builtin
+        assert await service.reload("SIGHUP") is True  # still no file: the default again
+        rule = "channels: {{out: {{type: console}}}}\nrules: [{{name: {}, notify: [out]}}]\n"
+        (tmp_path / "config.yaml").write_text(rule.format("mine"))
+        assert await service.reload("SIGHUP") is True
+        assert [r.name for r in service.compiled.rules.rules] == ["mine"]
+        (tmp_path / "config.yaml").write_text(rule.format("edited"))
+        assert await service.reload_if_changed() is True
+        assert [r.name for r in service.compiled.rules.rules] == ["edited"]
+    finally:
+        await service.shutdown()
 
 
 async def test_an_invalid_new_config_is_refused_and_the_old_one_kept(
