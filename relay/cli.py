@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     # sub-command's default would otherwise overwrite its group's value)
     common.add_argument(
         "--config",
-        type=Path,
+        type=_config_path,
         default=argparse.SUPPRESS,
         help="YAML config (default: $RELAY_CONFIG)",
     )
@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(WORKER_FLAG, type=int, default=None, help=argparse.SUPPRESS)
     serve_cmd.add_argument(EVENTS_FLAG, type=int, default=None, help=argparse.SUPPRESS)
     check = sub.add_parser("check", parents=[common], help="validate the configuration")
-    check.add_argument("file", nargs="?", type=Path, help="the YAML config (same as --config)")
+    check.add_argument(
+        "file", nargs="?", type=_config_path, help="the YAML config (same as --config)"
+    )
     test = sub.add_parser("test", parents=[common], help="dry run: which rules match an event")
     test.add_argument(
         "event", type=Path, help="JSON file: a run, an array of runs, a raw row or an alert webhook"
@@ -78,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", default="200")
     history.add_argument("--json", action="store_true")
     return parser
+
+
+def _config_path(text: str) -> Path:
+    if not text.strip():  # Path("") is ".", the working directory
+        raise argparse.ArgumentTypeError("empty path: name the YAML file")
+    return Path(text)
 
 
 def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -40,6 +40,13 @@ class Settings(BaseSettings):
         level = value.strip().upper()
         return "WARNING" if level == "WARN" else level  # Alertmanager's --log.level=warn
 
+    @field_validator("config", mode="before")
+    @classmethod
+    def _named(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():  # Path("") would be the directory "."
+            raise ValueError("empty: name the YAML file, or unset it for ./config.yaml")
+        return value
+
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:

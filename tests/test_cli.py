@@ -539,6 +539,16 @@ def test_bad_environment_is_named_without_secrets(tmp_path: Path) -> None:
     assert "pw" not in output(store) and "u:pw@h" not in output(store)
 
 
+def test_an_empty_config_path_is_named_not_read_as_the_working_directory(tmp_path: Path) -> None:
+    variable, flag = parallel(
+        cli("check", env={"RELAY_CONFIG": ""}, cwd=tmp_path),
+        cli("check", "--config", "", cwd=tmp_path),
+    )
+    assert variable.returncode == 1 and "RELAY_CONFIG: empty" in variable.stderr
+    assert flag.returncode == 2 and "--config: empty path" in flag.stderr
+    assert "directory" not in output(variable) + output(flag)
+
+
 def test_an_address_relay_cannot_listen_on_is_named_without_a_traceback(tmp_path: Path) -> None:
     """RELAY_LISTEN on a port in use (another relay still running): exit 1 naming the variable
     and the reason, as for any bad setting."""

@@ -222,6 +222,7 @@ def test_format_duration() -> None:
         ({"RELAY_LOG_LEVEL": "LOUD"}, "RELAY_LOG_LEVEL"),
         ({"RELAY_REPLICA_TIMEOUT": "soon"}, "RELAY_REPLICA_TIMEOUT"),
         ({"RELAY_REPLICA_TIMEOUT": "100ms"}, "RELAY_REPLICA_TIMEOUT"),
+        ({"RELAY_CONFIG": ""}, "RELAY_CONFIG"),
     ],
 )
 def test_bad_environment_names_the_variable(
