@@ -28,6 +28,7 @@ from pydantic import (
 from relay.durations import Duration, parse_duration
 from relay.errors import ConfigError, Problem, field_message, in_file_order
 from relay.model import EVENTS, FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP
+from relay.sizes import Size
 from relay.windows import InhibitRule, NamedTimeInterval
 from relay.yamlconf import Located, Path_, load_yaml
 
@@ -48,7 +49,7 @@ class ChannelSettings(Strict):
     """Options every channel has; channel modules subclass it with their own."""
 
     type: str
-    timeout: Duration | None = None
+    timeout: Duration | None = Field(default=None, gt=0)  # 0 would be no timeout at all (aiohttp)
     concurrency: int = Field(default=4, ge=1, le=256)
     rate_limit: RateLimit | None = None
 
@@ -56,7 +57,7 @@ class ChannelSettings(Strict):
 class ServerConfig(Strict):
     auth_token: SecretStr | None = None
     admin_token: SecretStr | None = None
-    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_body_bytes: Size = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
     @field_validator("auth_token", "admin_token", mode="before")
     @classmethod
@@ -76,7 +77,7 @@ class Defaults(Strict):
     project_ref: str | None = None
     dashboard_url: str = "https://cloud.trigger.dev/projects/v3/{project_ref}/runs/{run_id}"
     retry: RetryPolicy = RetryPolicy()
-    timeout: Duration = 10.0
+    timeout: Duration = Field(default=10.0, gt=0)
     # finished notifications, their history, and runs are forgotten after this
     retention: Duration = Field(default=30 * 86400.0, ge=3600.0)
 

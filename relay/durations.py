@@ -1,4 +1,5 @@
-"""Durations as operators write them: 30s, 5m, 4h, 1d, 250ms, 1h30m, or a number of seconds."""
+"""Durations as operators write them: 30s, 5m, 4h, 1d, 1w, 1y, 250ms, 1h30m, or a number of
+seconds (Prometheus' units: a year is 365 days)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,16 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNITS = {
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+    "y": 31536000.0,
+}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
 
 
 def parse_duration(value: Any) -> float:

@@ -189,6 +189,8 @@ def test_oversized_config_is_refused() -> None:
         ("1d", 86400),
         ("250ms", 0.25),
         ("1h30m", 5400),
+        ("1w", 604800),
+        ("1y", 365 * 86400),  # Prometheus' year
         (15, 15),
         ("2.5", 2.5),
     ],
@@ -201,6 +203,51 @@ def test_durations(text: str | int, seconds: float) -> None:
 def test_bad_durations(text: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        (1048576, 1048576),
+        ("1048576", 1048576),
+        ("512KiB", 512 * 1024),
+        ("1MiB", 1024 * 1024),
+        ("1Mi", 1024 * 1024),
+        ("1.5 MiB", 1536 * 1024),
+        ("1MB", 1_000_000),
+        ("2kb", 2000),
+        ("1e6", 1_000_000),  # YAML 1.1 reads 1e6 as a string
+    ],
+)
+def test_sizes(text: str | int, size: int) -> None:
+    text_ = f"server:\n  max_body_bytes: {text}\n"
+    assert parse_config(text_, "c.yaml", settings_models(), {}).config.server.max_body_bytes == size
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1m", "expected a number of bytes or a size like 512KiB, 1MiB or 1MB"),  # MB? MiB? milli?
+        ("lots", "expected a number of bytes or a size like 512KiB, 1MiB or 1MB"),
+        ("true", "expected a number of bytes or a size like 512KiB, 1MiB or 1MB"),  # not 1 byte
+        ("1.5", "Input should be a valid integer, got a number with a fractional part"),
+        ("512", "Input should be greater than or equal to 1024"),
+        ("65MiB", "Input should be less than or equal to 67108864"),
+    ],
+)
+def test_bad_sizes(text: str, message: str) -> None:
+    assert problems(f"server:\n  max_body_bytes: {text}\n") == [
+        f"c.yaml:2: server.max_body_bytes: {message}"
+    ]
+
+
+def test_a_timeout_of_zero_is_refused() -> None:
+    """aiohttp reads a total timeout of 0 as none at all: a hung receiver would hold a slot."""
+    text = "defaults: {timeout: 0s}\nchannels: {h: {type: console, timeout: 0}}\n"
+    assert problems(text) == [
+        "c.yaml:1: defaults.timeout: Input should be greater than 0",
+        "c.yaml:2: channels.h.timeout: Input should be greater than 0",
+    ]
 
 
 def test_format_duration() -> None:
