@@ -354,10 +354,11 @@ def check_config(
     parts = _Parts(located, channel_models)
     sections: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in ("channels", "rules"):
+        # `server:` with every line below commented out is null: the section's defaults
+        if key not in ("channels", "rules") and not (value is None and key in Config.model_fields):
             sections |= parts.section(key, value)
     sections["channels"] = parts.channels(data.get("channels"))
-    rules = parts.rules(data.get("rules", []))
+    rules = parts.rules([] if data.get("rules") is None else data["rules"])
     sections["rules"] = list(rules.values())
     config = _resolve_paths(Config().model_copy(update=sections), base_dir)
     broken = frozenset(parts.broken)
@@ -443,6 +444,8 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
             message = "unknown key"
         elif kind == "missing":
             message = "required key is missing"
+        elif kind == "model_type":  # not "... or instance of ServerConfig"
+            message = "expected a mapping of keys and values"
         else:
             message = field_message(err)
         out.append(located.problem(path, message))

@@ -279,7 +279,10 @@ def load_yaml(text: str, filename: str, env: Mapping[str, str]) -> Located:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{filename}:{mark.line + 1}" if mark is not None else filename
-        located.problems.append(Problem(where, "", f"invalid YAML: {exc.problem}"))
+        problem = str(exc.problem)
+        if exc.context and problem.startswith("but "):  # "but found another document"
+            problem = f"{exc.context}, {problem}"
+        located.problems.append(Problem(where, "", f"invalid YAML: {problem}"))
         return located
     except yaml.YAMLError as exc:
         located.problems.append(Problem(filename, "", f"invalid YAML: {type(exc).__name__}"))

@@ -336,6 +336,30 @@ def test_a_reference_relay_cannot_read_is_a_problem(value: str, message: str) ->
     assert "s3cr3t" not in found[0] and "TOKEN" not in found[0].replace("ALSO_UNSET", "")
 
 
+def test_a_section_left_empty_has_its_defaults() -> None:
+    """`server:` with every line below it commented out is null in YAML: the section's
+    defaults, as `channels:` already was (and Alertmanager's `global:` is)."""
+    text = "server:\n  # auth_token: ${TOKEN}\nsources:\ntemplates:\ndefaults: ~\nrules:\n"
+    config = parse_config(text, "c.yaml", settings_models(), {}).config
+    assert (config.server.max_body_bytes, config.rules) == (1024 * 1024, [])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("server: 5\n", "c.yaml:1: server: expected a mapping of keys and values"),
+        ("rules: [5]\n", "c.yaml:1: rules[0]: expected a mapping of keys and values"),
+        (
+            "rules: []\n---\nrules: []\n",
+            "c.yaml:2: invalid YAML: expected a single document in the stream, but found another"
+            " document",
+        ),
+    ],
+)
+def test_problems_are_worded_for_operators(text: str, expected: str) -> None:
+    assert problems(text) == [expected]
+
+
 def test_unset_variable_is_reported_once() -> None:
     text = "channels:\n  h:\n    type: webhook\n    url: ${HOOK_URL}\n"
     assert problems(text) == ["c.yaml:4: channels.h.url: environment variable HOOK_URL is not set"]
