@@ -446,6 +446,8 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
             message = "required key is missing"
         elif kind == "model_type":  # not "... or instance of ServerConfig"
             message = "expected a mapping of keys and values"
+        elif kind == "path_type":  # not "... for <class 'pathlib.Path'>"
+            message = "expected a path"
         else:
             message = field_message(err)
         out.append(located.problem(path, message))

@@ -349,6 +349,7 @@ def test_a_section_left_empty_has_its_defaults() -> None:
     [
         ("server: 5\n", "c.yaml:1: server: expected a mapping of keys and values"),
         ("rules: [5]\n", "c.yaml:1: rules[0]: expected a mapping of keys and values"),
+        ("templates: {dir: 5}\n", "c.yaml:1: templates.dir: expected a path"),
         (
             "rules: []\n---\nrules: []\n",
             "c.yaml:2: invalid YAML: expected a single document in the stream, but found another"

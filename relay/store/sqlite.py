@@ -478,6 +478,8 @@ def _connect(
 
     `versions`, when given, receives the schema version the file had.
     """
+    if path.is_dir():  # sqlite would only say SQLITE_CANTOPEN
+        raise StoreUnavailable("store open failed: RELAY_STORE_URL names a directory, not a file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

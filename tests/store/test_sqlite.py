@@ -155,6 +155,9 @@ async def test_open_refuses_a_newer_schema_and_a_foreign_file(tmp_path: Path) ->
     with pytest.raises(StoreUnavailable, match="store open failed: SQLITE_NOTADB"):
         await SQLiteStore(foreign).open()
 
+    with pytest.raises(StoreUnavailable, match="RELAY_STORE_URL names a directory, not a file"):
+        await SQLiteStore(tmp_path).open()  # sqlite:////data: not SQLITE_CANTOPEN
+
 
 async def test_the_file_is_in_wal_mode_with_a_versioned_schema(store: SQLiteStore) -> None:
     with closing(sqlite3.connect(store.path)) as conn:
