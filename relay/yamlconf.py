@@ -216,7 +216,13 @@ class _Walker:
             self._report(node, "mapping keys must be plain scalars")
             return None
         key = self._construct(node)
-        return None if key is _UNREADABLE else str(key)
+        if key is _UNREADABLE:
+            return None
+        text = str(key)
+        if "__RELAY_ENV_" in text:  # a ${...} protected for parsing: give it back as written
+            self._report(node, "keys are not substituted: write ${...} in values only")
+            text = _TOKEN.sub(lambda m: self.originals[int(m.group(1))], text)
+        return text
 
     def _construct(self, node: yaml.Node) -> Any:
         """The node's Python value; _UNREADABLE (and a problem recorded) when it has none."""

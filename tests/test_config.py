@@ -350,6 +350,11 @@ def test_a_section_left_empty_has_its_defaults() -> None:
         ("server: 5\n", "c.yaml:1: server: expected a mapping of keys and values"),
         ("rules: [5]\n", "c.yaml:1: rules[0]: expected a mapping of keys and values"),
         ("templates: {dir: 5}\n", "c.yaml:1: templates.dir: expected a path"),
+        (  # not the token that lets `{a: ${X}}` parse as YAML, as a header name
+            "channels:\n  h:\n    type: webhook\n    url: http://127.0.0.1:9/\n"
+            "    headers: {${HEADER}: v}\n",
+            "c.yaml:5: keys are not substituted: write ${...} in values only",
+        ),
         (
             "rules: []\n---\nrules: []\n",
             "c.yaml:2: invalid YAML: expected a single document in the stream, but found another"
