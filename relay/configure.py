@@ -256,8 +256,9 @@ async def send_test(compiled: Compiled, channel: str) -> None:
         await http.close()
 
 
-def config_fingerprint(compiled: Compiled) -> tuple[tuple[str, int, int], ...]:
-    """What changes when the config file or a template changes: paths, sizes, mtimes."""
+def config_fingerprint(compiled: Compiled) -> tuple[tuple[str, int, int, int], ...]:
+    """What changes when the config file or a template changes: paths, sizes, mtimes, inodes
+    (a file renamed over another, as `rsync -a` or `cp -p` then `mv` do, may keep both)."""
     paths = [Path(compiled.loaded.source.filename)]
     directory = compiled.loaded.config.templates.dir
     if directory is not None and directory.is_dir():
@@ -267,7 +268,7 @@ def config_fingerprint(compiled: Compiled) -> tuple[tuple[str, int, int], ...]:
         try:
             stat = path.stat()
         except OSError:
-            out.append((str(path), -1, -1))
+            out.append((str(path), -1, -1, -1))
             continue
-        out.append((str(path), stat.st_size, stat.st_mtime_ns))
+        out.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino))
     return tuple(out)

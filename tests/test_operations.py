@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -160,6 +161,22 @@ async def test_sighup_on_the_built_in_default_loads_a_config_yaml_written_since(
         assert [r.name for r in service.compiled.rules.rules] == ["edited"]
     finally:
         await service.shutdown()
+
+
+async def test_a_file_renamed_over_the_config_is_a_change_even_with_its_size_and_mtime(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """`rsync -a`, `cp -p` then `mv`: the new file may carry the old one's size and mtime."""
+    r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    path = Path(r.service.compiled.loaded.source.filename)
+    staged = tmp_path / "staged.yaml"
+    staged.write_text(CONFIG.format(url=sink.url, rule="renamed!", status="failure"))
+    before = path.stat()
+    assert staged.stat().st_size == before.st_size
+    os.utime(staged, ns=(before.st_atime_ns, before.st_mtime_ns))
+    staged.rename(path)
+    assert await r.service.reload_if_changed() is True
+    assert r.service.compiled.rules.rules[0].name == "renamed!"
 
 
 async def test_an_invalid_new_config_is_refused_and_the_old_one_kept(
