@@ -58,6 +58,7 @@ def dotted(path: Path_) -> str:
 _REFERENCE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
 MALFORMED = "not a variable reference: write ${VAR} or ${VAR:-default}, or $$ for a literal $"
 UNCLOSED = "`${` without its closing `}`: write ${VAR} or ${VAR:-default}, or $$ for a literal $"
+MAX_NESTING = 8  # ${A:-${B:-...}} levels
 
 
 @dataclass
@@ -78,7 +79,10 @@ def interpolate(text: str, env: Mapping[str, str]) -> Interpolated:
     return result
 
 
-def _substitute(text: str, env: Mapping[str, str], result: Interpolated) -> str:
+def _substitute(text: str, env: Mapping[str, str], result: Interpolated, depth: int = 0) -> str:
+    if depth > MAX_NESTING:
+        result.malformed.append(f"references nested more than {MAX_NESTING} deep")
+        return ""
     out: list[str] = []
     pos = 0
     for start, end in _references(text):
@@ -89,12 +93,12 @@ def _substitute(text: str, env: Mapping[str, str], result: Interpolated) -> str:
         elif text[end - 1] != "}":
             result.malformed.append(UNCLOSED)
         else:
-            out.append(_resolve(text[start + 2 : end - 1], env, result))
+            out.append(_resolve(text[start + 2 : end - 1], env, result, depth))
     out.append(text[pos:])
     return "".join(out)
 
 
-def _resolve(body: str, env: Mapping[str, str], result: Interpolated) -> str:
+def _resolve(body: str, env: Mapping[str, str], result: Interpolated, depth: int) -> str:
     match = _REFERENCE.fullmatch(body)
     if match is None:
         result.malformed.append(MALFORMED)
@@ -106,7 +110,7 @@ def _resolve(body: str, env: Mapping[str, str], result: Interpolated) -> str:
     if default is None:
         result.missing.append(name)
         return ""
-    return _substitute(default, env, result)
+    return _substitute(default, env, result, depth + 1)
 
 
 def _references(text: str) -> list[tuple[int, int]]:

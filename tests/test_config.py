@@ -328,6 +328,7 @@ def test_interpolation(value: str, expected: str) -> None:
         ("${1TOKEN}", "not a variable reference"),
         ("sk_${TOKEN", "`${` without its closing `}`"),
         ("${UNSET:-${ALSO_UNSET}}", "environment variable ALSO_UNSET is not set"),
+        ("${U:-" * 50 + "x" + "}" * 50, "references nested more than 8 deep"),  # no RecursionError
     ],
 )
 def test_a_reference_relay_cannot_read_is_a_problem(value: str, message: str) -> None:
