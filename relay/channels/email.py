@@ -38,7 +38,7 @@ import re
 import socket
 import ssl
 from email.message import EmailMessage
-from email.utils import formatdate, getaddresses
+from email.utils import formataddr, formatdate, getaddresses
 from typing import Any
 
 import aiosmtplib
@@ -129,6 +129,14 @@ class EmailSettings(ChannelSettings):
     def _sender(cls, value: str) -> str:
         _check_address(value)
         return value
+
+    @field_validator("to", "cc", mode="before")
+    @classmethod
+    def _one_string(cls, value: object) -> object:
+        """Alertmanager's `to: "a@x.com, b@y.com"`: one string of comma-separated addresses."""
+        if isinstance(value, str) and "\r" not in value and "\n" not in value:
+            return [formataddr(pair) for pair in getaddresses([value]) if any(pair)]
+        return [value] if isinstance(value, str) else value
 
     @field_validator("to", "cc")
     @classmethod
