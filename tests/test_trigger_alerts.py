@@ -200,6 +200,7 @@ async def test_a_validly_signed_empty_body_is_400(relay: RelayFactory, sink: Sin
     r = await relay(config(sink))
     status, answer = await post_alert(r, b"")
     assert status == 400 and "empty body" in answer["error"]
+    assert "alert webhook" in answer["error"] and "run" not in answer["error"]
 
 
 async def test_not_configured_is_404(relay: RelayFactory, sink: Sink) -> None:
@@ -232,6 +233,8 @@ BAD: list[tuple[bytes, str | None, str]] = [
     (b'[{"type": "alert.run.failed"}]', None, "expected a JSON object"),
     (b"{}", "type", "missing"),
     (b'{"type": 5}', "type", "string"),
+    (b'{"type": "ping"}', "type", "alert type"),  # no Trigger.dev alert: not to be ignored
+    (b'{"type": "run.failed", "object": {}}', "type", "alert type"),
     (variant(RUN, {"object": None}), "object", "missing"),
     (variant(RUN, {"object": []}), "object", "expected an object"),
     (variant(RUN, {"id": 7}), "id", "string"),

@@ -16,11 +16,15 @@ MAX_BATCH = 10_000
 BOM = b"\xef\xbb\xbf"  # RFC 8259 §8.1: a parser may ignore it; Windows tools write it
 
 
-def parse_body(body: bytes) -> Any:
-    """JSON of a request body; InputError for anything that is not JSON."""
+RUNS_EXPECTED = "a JSON run object or an array of them"
+
+
+def parse_body(body: bytes, expected: str = RUNS_EXPECTED) -> Any:
+    """JSON of a request body; InputError for anything that is not JSON (an empty body's error
+    says what was `expected`)."""
     body = body.removeprefix(BOM)
     if not body.strip():
-        raise InputError("", "empty body; expected a JSON run object or an array of them")
+        raise InputError("", f"empty body; expected {expected}")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -37,9 +37,10 @@ Ids and "fires once" (a rule fires once per id):
   classification, lastSeen and occurrenceCount: each distinct alert notifies once, a retried
   or duplicated delivery of the same alert does not.
 
-A well-formed body whose `type` relay does not know (a newer alert type) is accepted and
-ignored (the endpoint answers 202 with ignored = 1 and logs it): refusing it would make
-Trigger.dev retry it forever. Wrong shapes raise InputError naming the field.
+A well-formed body whose `type` relay does not know (a newer alert type, `alert.…`) is
+accepted and ignored (the endpoint answers 202 with ignored = 1 and logs it): refusing it would
+make Trigger.dev retry it forever. A `type` outside `alert.` is no Trigger.dev alert at all
+(every type of its Webhook union starts so): InputError on `type`, as for other wrong shapes.
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ DEPLOYMENT_FAILED = "alert.deployment.failed"
 DEPLOYMENT_SUCCESS = "alert.deployment.success"
 ERROR_GROUP = "alert.error"
 ERROR_GROUP_BARE = "alert.error_group"  # un-enveloped variant
+ALERT_PREFIX = "alert."  # every type of Trigger.dev's Webhook union
+ALERT_EXPECTED = "a JSON object (one Trigger.dev alert webhook)"
 # run.* keys → Run fields (v2 and legacy v1 run bodies)
 _RUN_KEYS = {
     "id": "id",
@@ -103,7 +106,7 @@ def verify_signature(body: bytes, header: str | None, secrets: Sequence[str]) ->
 def parse_alert(data: Any) -> Alert:
     """An alert webhook body (already JSON-decoded) → Alert; InputError names a bad field."""
     if not isinstance(data, dict):
-        raise InputError("", "expected a JSON object (one Trigger.dev alert webhook)")
+        raise InputError("", f"expected {ALERT_EXPECTED}")
     if "type" not in data:
         return _legacy(data)
     kind = data["type"]
@@ -111,6 +114,8 @@ def parse_alert(data: Any) -> Alert:
         raise InputError("type", "expected a string")
     if kind == ERROR_GROUP_BARE:
         return Alert(kind, _error_group(data, "", _meta(data, kind)))
+    if not kind.startswith(ALERT_PREFIX):
+        raise InputError("type", "expected a Trigger.dev alert type (alert.run.failed, …)")
     if kind not in (RUN_FAILED, DEPLOYMENT_FAILED, DEPLOYMENT_SUCCESS, ERROR_GROUP):
         return Alert(kind, None)
     if data.get("id") is not None and not isinstance(data["id"], str):

@@ -24,7 +24,12 @@ from pydantic import SecretStr
 
 from relay.errors import InputError, StoreUnavailable
 from relay.formats import parse_body, parse_runs
-from relay.formats.trigger_alerts import SIGNATURE_HEADER, parse_alert, verify_signature
+from relay.formats.trigger_alerts import (
+    ALERT_EXPECTED,
+    SIGNATURE_HEADER,
+    parse_alert,
+    verify_signature,
+)
 from relay.intake import Intake
 from relay.model import Notification
 from relay.sources._body import (
@@ -195,7 +200,7 @@ class Handlers:
         if isinstance(body, web.Response):
             return body
         try:
-            alert = parse_alert(parse_body(body))
+            alert = parse_alert(parse_body(body, ALERT_EXPECTED))
         except InputError as exc:
             return error(400, exc.message, exc.field or None)
         if alert.run is None:  # a newer alert type: refusing it would be retried forever
