@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from relay import channels as channel_registry
 from relay.channels import ChannelEnv, Outgoing
@@ -145,14 +146,17 @@ def _templates_of(rule: RuleConfig) -> list[str]:
 
 
 def dashboard_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]:
-    """The run's dashboard URL: the one Trigger.dev sent, else defaults.dashboard_url."""
+    """The run's dashboard URL: the one Trigger.dev sent, else defaults.dashboard_url. A
+    deployment event links to its deployment (deployment_link)."""
     pattern = defaults.dashboard_url
 
     def link(run: dict[str, Any]) -> str | None:
         sent = run.get("dashboardUrl")
         if isinstance(sent, str) and sent:
             return sent
-        if run.get("event", "run") != "run":  # the pattern is for runs, not deployments
+        if run.get("event", "run").startswith("deployment."):
+            return deployment_link(defaults, run)
+        if run.get("event", "run") != "run":  # the pattern is for runs
             return None
         if "{project_ref}" in pattern and not defaults.project_ref:
             return None
@@ -163,6 +167,24 @@ def dashboard_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]
         )
 
     return link
+
+
+def deployment_link(defaults: Defaults, event: Mapping[str, Any]) -> str | None:
+    """What Trigger.dev's own deployment alerts link to (View Deployment):
+    `<dashboard>/projects/v3/<project ref>/deployments/<short code>`, the dashboard being
+    defaults.dashboard_url up to its `/projects/v3/` (else its scheme and host). The project ref
+    is the alert's, else defaults.project_ref. None while either is unknown."""
+    deployment, project = event.get("deployment"), event.get("project")
+    code = deployment.get("shortCode") if isinstance(deployment, Mapping) else None
+    ref = project.get("ref") if isinstance(project, Mapping) else None
+    ref = ref or defaults.project_ref
+    if not (isinstance(code, str) and code and isinstance(ref, str) and ref):
+        return None
+    base, cut, _ = defaults.dashboard_url.partition("/projects/v3/")
+    if not cut:
+        url = urlsplit(defaults.dashboard_url)
+        base = f"{url.scheme}://{url.netloc}"
+    return f"{base}/projects/v3/{quote(ref, safe='')}/deployments/{quote(code, safe='')}"
 
 
 SAMPLE_RUN: dict[str, Any] = {

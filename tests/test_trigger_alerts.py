@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 from relay.channels import settings_models
-from relay.config import RuleConfig, parse_config
-from relay.configure import compile_config
+from relay.config import Defaults, RuleConfig, parse_config
+from relay.configure import compile_config, dashboard_link
 from relay.formats.trigger_alerts import parse_alert
 from relay.model import Run
 from relay.rules import compile_rules
@@ -131,6 +131,9 @@ async def test_shipped_fixture_with_its_real_signature_fires_its_rule(
         assert payload["deployment"] == source["deployment"]
         assert payload["git"]["commitSha"] == source["git"]["commitSha"]
         assert source["deployment"]["version"] in payload["text"]
+        code = source["deployment"]["shortCode"]  # Trigger.dev's own "View Deployment" link
+        link = f"https://cloud.trigger.dev/projects/v3/proj_jaavkuscdmabvdrlfscm/deployments/{code}"
+        assert payload["dashboardUrl"] == link
     if kind == "deployment.failed":
         assert payload["error"]["name"] == "BuildError" and "BuildError" in payload["text"]
     if kind == "deployment.success":
@@ -409,7 +412,7 @@ GOLDEN_CASES = [
 
 def render(channel_type: str, template: str, run: dict[str, Any]) -> str:
     part = {"console": "txt", "webhook": "json"}[channel_type]
-    link = run.get("dashboardUrl")
+    link = dashboard_link(Defaults())(run)
     ctx = RenderContext(run, "oncall", f"team-{channel_type}", channel_type, "ntf_0123", link)
     rendered = Renderer().render(channel_type, template, (part,), ctx)
     assert not rendered.fallback, rendered.error
@@ -426,6 +429,34 @@ def test_template_matches_golden(channel_type: str, template: str, fixture: str)
     if part == "json":
         assert orjson.loads(text)["type"] == run.event
     assert_golden(GOLDEN / channel_type / template / f"{fixture}.{part}", text)
+
+
+@pytest.mark.parametrize(
+    ("defaults", "ref", "link"),
+    [
+        ({}, "proj_a", "https://cloud.trigger.dev/projects/v3/proj_a/deployments/k3m9x2pq"),
+        (  # self-hosted under a path: everything before /projects/v3/ is the dashboard
+            {
+                "dashboard_url": "https://ops.example/trigger/projects/v3/{project_ref}/runs/{run_id}"
+            },
+            "proj_a",
+            "https://ops.example/trigger/projects/v3/proj_a/deployments/k3m9x2pq",
+        ),
+        (
+            {"dashboard_url": "http://td.local:3030/r/{run_id}", "project_ref": "proj_cfg"},
+            None,  # a body without project.ref: the configured one
+            "http://td.local:3030/projects/v3/proj_cfg/deployments/k3m9x2pq",
+        ),
+        ({}, None, None),  # no project ref known: no link rather than a wrong one
+    ],
+)
+def test_deployment_events_link_to_their_deployment(
+    defaults: dict[str, Any], ref: str | None, link: str | None
+) -> None:
+    change = env(project__ref=ref) if ref else env(project=None)
+    run = parse_alert(json.loads(variant(DEPLOY, change))).run
+    assert run is not None
+    assert dashboard_link(Defaults.model_validate(defaults))(run.as_dict()) == link
 
 
 @pytest.mark.parametrize("template", ["deployment_failed", "deployment_success", "error"])
