@@ -248,11 +248,14 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
 
     compiled = _compiled(args, settings)
     try:
-        runs = parse_any(parse_body(args.event.read_bytes()))
+        data = parse_body(args.event.read_bytes())
+        runs = parse_any(data)
     except OSError as exc:
         raise RelayError(f"cannot read {args.event}: {exc.strerror}") from None
     except InputError as exc:
         raise RelayError(f"{args.event}: {exc}") from None
+    if not runs and not args.json:
+        print(_nothing_to_test(data))
     results = dry_run(compiled, runs)
     if args.json:
         out = [
@@ -281,6 +284,17 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
                     print(f"[{part}]")
                 print(text.rstrip("\n"))
     return 0
+
+
+def _nothing_to_test(data: Any) -> str:
+    """What `relay test` says of a file that holds no run and no event."""
+    kind = data.get("type") if isinstance(data, dict) else None
+    if isinstance(kind, str):
+        return (
+            f"alert {kind[:80]}: an alert type relay does not know; "
+            "POST /v1/trigger/alerts accepts and ignores it (no rule can match)"
+        )
+    return "no runs in the file: no rule can match"
 
 
 def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:

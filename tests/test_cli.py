@@ -305,6 +305,20 @@ async def test_dry_run_names_rules_renders_messages_and_sends_nothing(
     assert sink.received == []  # a dry run sends nothing
 
 
+def test_dry_run_says_so_when_there_is_nothing_to_match(tmp_path: Path) -> None:
+    """An alert type relay does not know (the endpoint ignores it), or an empty array: a line
+    saying why no rule is listed, rather than no output at all."""
+    config = write(tmp_path / "c.yaml", GOOD)
+    newer = write(tmp_path / "newer.json", '{"type": "alert.run.slow", "object": {}}')
+    empty = write(tmp_path / "empty.json", "[]")
+    newer_r, empty_r = parallel(
+        *(cli("test", str(path), "--config", str(config)) for path in (newer, empty))
+    )
+    assert newer_r.returncode == 0 and empty_r.returncode == 0
+    assert newer_r.stdout.startswith("alert alert.run.slow: an alert type relay does not know")
+    assert empty_r.stdout == "no runs in the file: no rule can match\n"
+
+
 def test_dry_run_refuses_bad_event_files(tmp_path: Path) -> None:
     config = write(tmp_path / "c.yaml", GOOD)
     broken = write(tmp_path / "broken.json", '{"id": "run_1", ')
