@@ -338,6 +338,25 @@ def test_email_digest_and_success_read_well() -> None:
     assert "  • nightly-backfill (scheduled)" in success["txt"].splitlines()
 
 
+@pytest.mark.parametrize("channel_type", ["email", "slack"])
+def test_a_preview_run_names_its_branch(channel_type: str) -> None:
+    """A preview environment is known by its branch (Trigger.dev's own alerts title it so),
+    not by the slug `preview` that every preview branch shares."""
+    run = event("alert.run.failed")
+    run["environment"] = {
+        "id": "env_p",
+        "type": "PREVIEW",
+        "slug": "preview",
+        "branchName": "feat/x",
+    }
+    ctx = RenderContext(run, "oncall", "team", channel_type, "ntf_0123", run["dashboardUrl"])
+    parts = render(channel_type, "run", ctx)
+    for part, text in parts.items():
+        assert "feat/x" in text, part
+    if channel_type == "email":
+        assert parts["subject"].startswith("[relay · feat/x] ")
+
+
 # ----------------------------------------------------------------------------- any input
 
 
