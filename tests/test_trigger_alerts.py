@@ -459,6 +459,23 @@ def test_deployment_events_link_to_their_deployment(
     assert dashboard_link(Defaults.model_validate(defaults))(run.as_dict()) == link
 
 
+@pytest.mark.parametrize(
+    ("channel_type", "parts"),
+    [("console", ("txt",)), ("slack", ("json",)), ("email", ("txt", "html"))],
+)
+def test_an_alert_run_shows_the_version_it_ran(channel_type: str, parts: tuple[str, ...]) -> None:
+    """Trigger.dev's own run alerts name the deployed version (task.version); the default
+    templates do too, and leave out its "Unknown" fallback."""
+    for version, shown in (("20260819.4", True), ("Unknown", False)):
+        run = parse_alert(json.loads(variant(RUN, env(task__version=version)))).run
+        assert run is not None
+        ctx = RenderContext(run.as_dict(), "oncall", "team", channel_type, "ntf_0123", None)
+        rendered = Renderer().render(channel_type, "run", parts, ctx)
+        assert not rendered.fallback, rendered.error
+        for part in parts:
+            assert (version in rendered.parts[part]) is shown, (version, part)
+
+
 @pytest.mark.parametrize("template", ["deployment_failed", "deployment_success", "error"])
 def test_webhook_json_stays_valid_whatever_the_alert_holds(template: str) -> None:
     hostile = 'He said "hi"\n\tthen </script> \\ 🔥 \u2028 end'
