@@ -305,6 +305,35 @@ async def test_dry_run_names_rules_renders_messages_and_sends_nothing(
     assert sink.received == []  # a dry run sends nothing
 
 
+def test_dry_run_reads_the_shipped_alert_webhook_fixtures(tmp_path: Path) -> None:
+    """Every file of fixtures/trigger/alert-webhooks/: the signed bytes (*.body.json) and the
+    recorded requests holding them (*.request.json) name the same rules."""
+    config = write(
+        tmp_path / "c.yaml",
+        """\
+channels:
+  out: {type: console}
+rules:
+  - {name: runs, match: {status: [failure]}, notify: [out]}
+  - {name: broken-deploys, match: {event: deployment.failed}, notify: [out]}
+  - {name: deploys, match: {event: deployment.success}, notify: [out]}
+""",
+    )
+    files = sorted((FIXTURES / "alert-webhooks").glob("*.json"))
+    results = parallel(*(cli("test", str(path), "--config", str(config)) for path in files))
+    expected = {
+        "alert.run.failed": "run run_cmuxjbf30kqkowywawhi1r8yr: runs",
+        "alert.deployment.failed": "run deployment_piiwr6f92xrz7zfhpvkcy: broken-deploys",
+        "alert.deployment.success": "run deployment_eojsuds5n9dhqsgm4i3pi: deploys",
+    }
+    assert len(files) == 2 * len(expected)
+    for path, result in zip(files, results, strict=True):
+        assert result.returncode == 0, (path.name, result.stderr)
+        kind = path.name.removesuffix(".body.json").removesuffix(".request.json")
+        assert result.stdout.splitlines()[0] == expected[kind], path.name
+        assert "--- rule " in result.stdout and "(fallback)" not in result.stdout
+
+
 def test_dry_run_says_so_when_there_is_nothing_to_match(tmp_path: Path) -> None:
     """An alert type relay does not know (the endpoint ignores it), or an empty array: a line
     saying why no rule is listed, rather than no output at all."""

@@ -72,8 +72,24 @@ def is_alert_webhook(data: Any) -> bool:
     return "organization" in data and "project" in data and ("run" in data or "deployment" in data)
 
 
+def recorded_body(data: Any) -> Any:
+    """The `body` of a recorded request ({method?, headers, body}, as the alert-webhook
+    fixtures' *.request.json hold one); anything else as it is."""
+    if (
+        isinstance(data, dict)
+        and "id" not in data
+        and "type" not in data
+        and isinstance(data.get("headers"), dict)
+        and isinstance(data.get("body"), dict | list)
+    ):
+        return data["body"]
+    return data
+
+
 def parse_any(data: Any) -> list[Run]:
-    """Whatever a user may hand `relay test`: runs, raw rows, or an alert webhook body."""
+    """Whatever a user may hand `relay test`: runs, raw rows, an alert webhook body, or a
+    recorded request holding one of them."""
+    data = recorded_body(data)
     if is_alert_webhook(data):
         from relay.formats.trigger_alerts import parse_alert  # noqa: PLC0415
 
