@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 
+from relay.store import HistoryQuery
 from tests.conftest import RelayFactory, Sink, sdk_run
 
 CONFIG = """\
@@ -66,6 +67,19 @@ async def test_unknown_fields_and_statuses_are_kept(relay: RelayFactory) -> None
     r = await relay(CONFIG)
     status, body = await r.post(small_failed(status="SOME_FUTURE_STATUS", brandNew={"x": 1}))
     assert status == 202 and body["notifications"] == 0
+
+
+async def test_a_pushed_run_is_a_run_whatever_its_event_field_says(relay: RelayFactory) -> None:
+    """`event` is relay's own: deployment and error events come only as alert webhooks, so a
+    hook that labels what it pushes (`"event": "run.failed"`) still gets its run alerts."""
+    r = await relay(
+        CONFIG + "  - {name: deploys, match: {event: deployment.failed}, notify: [out]}\n"
+    )
+    for i, label in enumerate(("run.failed", "deployment.failed", "error")):
+        status, body = await r.post(small_failed(id=f"run_ev{i}", event=label))
+        assert (status, body["notifications"]) == (202, 1), label
+        [row] = await r.service.store.history(HistoryQuery(run_id=f"run_ev{i}"))
+        assert row.rule == "failures", label
 
 
 async def test_numbers_reach_the_receiver_as_they_were_sent(

@@ -17,6 +17,9 @@ _PACKETS = (("payload", "payloadType"), ("output", "outputType"), ("metadata", "
 def parse_sdk_run(obj: dict[str, Any], where: str = "") -> Run:
     """Validate and normalise one SDK run object; InputError names the failing field."""
     data = dict(obj)
+    # a run object is event `run`: deployment and error events only come as alert webhooks, so
+    # a field `event` of a pushed object ("run.failed", a hook's label …) changes nothing
+    data["event"] = "run"
     status = data.get("status")
     if isinstance(status, str):
         data["status"] = normalise_status(status)
