@@ -97,7 +97,15 @@ def _error_view(raw: Any) -> dict[str, Any] | None:
         "message": message,
         "stack": as_text(raw.get("stackTrace") or raw.get("stack")) or None,
     }
+    if not (message or code or view["name"]) and set(raw) - {"type", "stackTrace", "stack"}:
+        view["message"] = _raw_text(raw)  # an error of a shape relay does not know
     return view if any(view.values()) else None
+
+
+def _raw_text(raw: Mapping[str, Any]) -> str:
+    """An unknown error as Trigger.dev wraps one it cannot parse (CUSTOM_ERROR, raw JSON)."""
+    text = orjson.dumps(raw, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    return truncate_chars(text, 2000)
 
 
 def _error_line(error: Mapping[str, Any] | None) -> str:

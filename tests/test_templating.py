@@ -365,6 +365,12 @@ ERROR_VIEWS = [
     ({"type": "STRING_ERROR", "raw": "plain"}, ("STRING_ERROR", None, None, "plain", None)),
     ({"type": "CUSTOM_ERROR", "raw": '{"a":1}'}, ("CUSTOM_ERROR", None, None, '{"a":1}', None)),
     ({"name": "Error", "message": "boom"}, (None, None, "Error", "boom", None)),
+    # a shape relay does not know: its JSON, as Trigger.dev wraps an error it cannot parse
+    (
+        {"type": "NEW_KIND", "detail": 7},
+        ("NEW_KIND", None, None, '{"type":"NEW_KIND","detail":7}', None),
+    ),
+    ({"type": "NEW_KIND"}, ("NEW_KIND", None, None, None, None)),
     ("just a string", (None, None, None, "just a string", None)),
     ({}, None),
     (["not", "an", "error"], None),
