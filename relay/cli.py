@@ -249,11 +249,14 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
     compiled = _compiled(args, settings)
     try:
         data = parse_body(args.event.read_bytes())
-        runs = parse_any(data)
+        skipped: list[str] = []
+        runs = parse_any(data, skipped)
     except OSError as exc:
         raise RelayError(f"cannot read {args.event}: {exc.strerror}") from None
     except InputError as exc:
         raise RelayError(f"{args.event}: {exc}") from None
+    for note in skipped:
+        print(note, file=sys.stderr)
     if not runs and not args.json:
         print(_nothing_to_test(data))
     results = dry_run(compiled, runs)

@@ -334,6 +334,17 @@ rules:
         assert "--- rule " in result.stdout and "(fallback)" not in result.stdout
 
 
+def test_dry_run_of_a_realtime_response_body_tests_its_rows(tmp_path: Path) -> None:
+    """A live Realtime response (Electric messages): the rows it leaves are tested; a run it
+    only updates (changed columns, no snapshot row) is named as skipped, not an error."""
+    config = write(tmp_path / "c.yaml", GOOD)
+    body = FIXTURES / "electric" / "live_response.body.json"
+    result = cli("test", str(body), "--config", str(config))()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "run run_cmy2trjs6h23sbbwrzm2jlnhj: no rule matched"
+    assert "skipped cmuxjbf30kqkowywawhi1r8yr: only an update" in result.stderr
+
+
 def test_dry_run_says_so_when_there_is_nothing_to_match(tmp_path: Path) -> None:
     """An alert type relay does not know (the endpoint ignores it), or an empty array: a line
     saying why no rule is listed, rather than no output at all."""

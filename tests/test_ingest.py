@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 
 from relay.store import HistoryQuery
-from tests.conftest import RelayFactory, Sink, sdk_run
+from tests.conftest import FIXTURES, RelayFactory, Sink, sdk_run
 
 CONFIG = """\
 server:
@@ -166,6 +166,7 @@ BAD_BODIES: list[tuple[bytes, str | None, str]] = [
     (b"{not json", None, "invalid JSON"),
     (b'"a string"', None, "expected a JSON object or an array"),
     (b"[1, 2]", "[0]", "expected a run object"),
+    ((FIXTURES / "electric" / "live_response.body.json").read_bytes(), "[0]", "Electric shape"),
     (json.dumps({"status": "FAILED"}).encode(), "id", "missing"),
     (json.dumps({"id": "run_1"}).encode(), "status", "missing"),
     (json.dumps(small_failed(id=5)).encode(), "id", "string"),

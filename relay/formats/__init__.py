@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from relay.errors import InputError
-from relay.formats.electric import is_raw_row, parse_raw_run
+from relay.formats.electric import fold_messages, is_raw_row, is_shape_message, parse_raw_run
 from relay.formats.packets import MAX_DEPTH, too_deep
 from relay.formats.sdk import parse_sdk_run
 from relay.model import Run
@@ -48,7 +48,15 @@ def parse_runs(data: Any) -> list[Run]:
 def _item(item: Any, index: int) -> Run:
     if not isinstance(item, dict):
         raise InputError(f"[{index}]", "expected a run object")
+    if is_shape_message(item):
+        raise InputError(f"[{index}]", SHAPE_MESSAGE)
     return parse_run(item, f"[{index}]")
+
+
+SHAPE_MESSAGE = (
+    "an Electric shape message, not a run: post its `value` row, or let sources.realtime"
+    " follow the feed"
+)
 
 
 def parse_run(obj: dict[str, Any], where: str) -> Run:
@@ -56,6 +64,21 @@ def parse_run(obj: dict[str, Any], where: str) -> Run:
     if is_raw_row(obj):
         return parse_raw_run(obj, where)
     return parse_sdk_run(obj, where)
+
+
+def _shape_log(data: Any) -> bool:
+    return (
+        isinstance(data, list)
+        and bool(data)
+        and all(isinstance(m, dict) and is_shape_message(m) for m in data)
+    )
+
+
+def _partial(row: dict[str, Any]) -> str:
+    return (
+        f"skipped {str(row.get('id'))[:40]}: only an update (Electric sends the changed"
+        " columns); its run needs the snapshot row, which this file does not hold"
+    )
 
 
 def _json_reason(exc: orjson.JSONDecodeError) -> str:
@@ -86,10 +109,16 @@ def recorded_body(data: Any) -> Any:
     return data
 
 
-def parse_any(data: Any) -> list[Run]:
-    """Whatever a user may hand `relay test`: runs, raw rows, an alert webhook body, or a
-    recorded request holding one of them."""
+def parse_any(data: Any, skipped: list[str] | None = None) -> list[Run]:
+    """Whatever a user may hand `relay test`: runs, raw rows, an alert webhook body, a
+    Realtime response body (its rows, folded), or a recorded request holding one of them.
+    What it had to leave out is said in `skipped`."""
     data = recorded_body(data)
+    if _shape_log(data):
+        rows = fold_messages(data)
+        if skipped is not None:
+            skipped += [_partial(row) for row in rows if not is_raw_row(row)]
+        return [parse_raw_run(row, f"row {i}") for i, row in enumerate(rows) if is_raw_row(row)]
     if is_alert_webhook(data):
         from relay.formats.trigger_alerts import parse_alert  # noqa: PLC0415
 

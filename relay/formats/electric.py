@@ -87,6 +87,29 @@ def is_raw_row(obj: Mapping[str, Any]) -> bool:
     return "friendlyId" in obj
 
 
+def is_shape_message(obj: Mapping[str, Any]) -> bool:
+    """An Electric shape-log message ({key, value, headers: {operation}} or a control message),
+    as a Realtime response body holds them: not a run, though it may carry a row."""
+    headers = obj.get("headers")
+    return isinstance(headers, dict) and ("operation" in headers or "control" in headers)
+
+
+def fold_messages(messages: list[Any]) -> list[dict[str, Any]]:
+    """The rows a Realtime response body leaves, in the order they last changed: inserts set a
+    row, updates merge into it (Electric sends only the changed columns), deletes drop it;
+    control messages change nothing. Rows seen only through an update stay partial."""
+    rows: dict[str, dict[str, Any]] = {}
+    for message in messages:
+        headers, key, value = message.get("headers") or {}, message.get("key"), message.get("value")
+        operation = headers.get("operation")
+        if not isinstance(key, str) or not isinstance(value, dict) or operation is None:
+            continue
+        row = rows.pop(key, {})
+        if operation != "delete":
+            rows[key] = value if operation == "insert" else {**row, **value}
+    return list(rows.values())
+
+
 def parse_raw_run(row: Mapping[str, Any], where: str = "", schema: Schema | None = None) -> Run:
     """Decode and normalise one raw row; InputError names the failing column."""
     data = _sdk_shape(decode_row(row, schema))
