@@ -26,7 +26,7 @@ from relay.config import (
 )
 from relay.delivery import DIGEST_TEMPLATE, Route, render_notification
 from relay.errors import ConfigError, Problem, in_file_order
-from relay.model import Notification, Run, notification_id
+from relay.model import EVENT_STATUSES, Notification, Run, notification_id
 from relay.policy import TokenBucket
 from relay.rules import (
     RECOVERY_TEMPLATE,
@@ -34,6 +34,7 @@ from relay.rules import (
     RuleSet,
     compile_rules,
     rule_template,
+    statuses_of,
     when_problems,
 )
 from relay.settings import Settings
@@ -106,11 +107,27 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
         warnings.append(f"{where}: templates.dir: no such directory; the shipped templates apply")
     if not config.rules:  # valid, and most likely not what the operator meant
         warnings.append(f"{loaded.source.filename}: no rules: updates are taken in, none is sent")
+    warnings += _never_matching(config.rules, loaded.locate)
     every_rule = dict(enumerate(config.rules))
     found, unknown = _check_templates(renderer, config.channels, every_rule, loaded.locate)
     if problems or found:
         raise ConfigError(in_file_order(problems + found))
     return Compiled(loaded, rules, renderer, tuple(dict.fromkeys(warnings + unknown)))
+
+
+def _never_matching(rules: list[RuleConfig], locate: Locate) -> list[str]:
+    """Warnings for rules whose `status:` lists nothing their `event` can carry (`event: error`
+    with `status: [failure]`): valid, and never firing."""
+    out = []
+    for i, rule in enumerate(rules):
+        carried = EVENT_STATUSES.get(rule.match.event)
+        wanted = statuses_of(rule.match.status)
+        if carried is not None and wanted is not None and not wanted & carried:
+            out.append(
+                f"{locate(('rules', i, 'match', 'status'))}: rules[{i}].match.status: event"
+                f" {rule.match.event} carries {', '.join(sorted(carried))}; this rule never fires"
+            )
+    return out
 
 
 def _check_templates(

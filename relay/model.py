@@ -276,6 +276,13 @@ class Match:
 SILENCE_MATCHERS = ("rule", "task", "tag", "status", "channel", "event")
 # What a run update can be: a run, or one of the alert webhooks turned into an event.
 EVENTS = ("run", "deployment.failed", "deployment.success", "error")
+# The statuses an event other than `run` can carry (Trigger.dev's deployment statuses of a
+# failure or success alert, the classifications of an error-group alert).
+EVENT_STATUSES = {
+    "deployment.failed": frozenset({"FAILED", "TIMED_OUT", "CANCELED"}),
+    "deployment.success": frozenset({"DEPLOYED"}),
+    "error": frozenset({"NEW_ISSUE", "REGRESSION", "UNIGNORED"}),
+}
 
 
 @dataclass(frozen=True)

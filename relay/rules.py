@@ -236,7 +236,7 @@ def compile_rules(
                 index=i,
                 name=rule.name,
                 event=rule.match.event,
-                statuses=_statuses(rule.match.status),
+                statuses=statuses_of(rule.match.status),
                 predicates=tuple(predicates),
                 notify=tuple(rule.notify),
                 template=rule_template(rule),
@@ -278,7 +278,8 @@ def _when(i: int, rule: RuleConfig, locate: Locate) -> Predicate | Problem | Non
         return Problem(locate(("rules", i, "when")), f"rules[{i}].when", _template_error(exc))
 
 
-def _statuses(names: list[str] | None) -> frozenset[str] | None:
+def statuses_of(names: list[str] | None) -> frozenset[str] | None:
+    """The statuses a rule's `status:` list stands for (`failure` expanded, names normalised)."""
     if names is None:
         return None
     out: set[str] = set()

@@ -203,6 +203,27 @@ def test_check_warns_of_a_config_without_rules(tmp_path: Path) -> None:
         assert "no rules: updates are taken in, none is sent" in result.stderr
 
 
+def test_check_warns_of_a_rule_whose_event_never_carries_its_statuses(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "c.yaml",
+        """\
+channels:
+  out: {type: console}
+rules:
+  - {name: errs, match: {event: error, status: [failure]}, notify: [out]}
+  - {name: deploys, match: {event: deployment.failed, status: [failure]}, notify: [out]}
+  - {name: regressions, match: {event: error, status: regression}, notify: [out]}
+""",
+    )
+    result = cli("check", str(config))()
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "never fires" in line]
+    assert warned == [
+        f"warning: {config}:4: rules[0].match.status: event error carries NEW_ISSUE,"
+        " REGRESSION, UNIGNORED; this rule never fires"
+    ]
+
+
 def test_check_missing_file_and_builtin_default(tmp_path: Path) -> None:
     missing, builtin = parallel(
         cli("check", "--config", str(tmp_path / "missing.yaml")),
