@@ -23,7 +23,7 @@ from relay.config import parse_config
 from relay.model import Run, notification_id
 from relay.rules import compile_rules
 from relay.templating import RenderContext, fallback_json
-from tests.conftest import RelayFactory, Sink, run_cli, sdk_run
+from tests.conftest import RelayFactory, Sink, sdk_run
 from tests.test_templating import HOSTILE
 
 BUDGET_S = 5.0  # per render or evaluation: generous, it is about hangs
@@ -41,6 +41,9 @@ EXTRA_TEMPLATES = [
     "{{ run.items() | map(attribute='__class__') | list }}",
     "{{ run|attr('\\x5f\\x5fclass\\x5f\\x5f') }}",
     "{{ config }}{{ request }}{{ settings }}",
+    "{% include '/etc/passwd' %}",
+    "{% include '../../../../../../etc/passwd' %}",
+    "{% extends 'webhook/../../../../etc/passwd' %}",
     "{% import 'webhook/run.json.j2' as m %}{{ m.__dict__ }}",
     "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}",
     "{{ ''.join(['a'] * 99999) * 99999 }}",
@@ -127,35 +130,6 @@ def test_hostile_when_expressions_all_together_stay_fast() -> None:
 
 
 TEMPLATES = HOSTILE + EXTRA_TEMPLATES
-# Templates that reach outside the templates: refused when the config loads (relay check
-# compiles what a template includes or extends), never read.
-TRAVERSALS = [
-    "{% include '/etc/passwd' %}",
-    "{% include '../../../../../../etc/passwd' %}",
-    "{% extends 'webhook/../../../../etc/passwd' %}",
-]
-
-
-def test_templates_reaching_outside_are_refused_at_load(tmp_path: Path) -> None:
-    templates = tmp_path / "templates"
-    (templates / "webhook").mkdir(parents=True)
-    for i, source in enumerate(TRAVERSALS):
-        (templates / "webhook" / f"h{i}.json.j2").write_text(source)
-    rules = "".join(
-        f"  - {{name: t{i}, template: h{i}, notify: [hook]}}\n" for i in range(len(TRAVERSALS))
-    )
-    config = tmp_path / "c.yaml"
-    config.write_text(
-        f"templates: {{dir: {templates}}}\n"
-        "channels:\n  hook: {type: webhook, url: 'http://127.0.0.1:9/hook'}\n"
-        f"rules:\n{rules}"
-    )
-    result = run_cli("check", "--config", str(config))
-    assert result.returncode == 1, result.stdout
-    lines = result.stderr.splitlines()
-    for i in range(len(TRAVERSALS)):
-        assert any(f"rules[{i}].template" in line and "not found" in line for line in lines)
-    assert "root:" not in result.stdout + result.stderr
 
 
 def relay_config(url: str, templates: Path) -> str:
