@@ -26,7 +26,7 @@ from jinja2 import ChoiceLoader, FileSystemLoader, meta, nodes
 from jinja2.exceptions import TemplateError, TemplateNotFound, TemplateSyntaxError
 
 import relay
-from relay.filters import as_text, status_emoji, tojson, truncate_chars
+from relay.filters import as_text, mrkdwn, status_emoji, tojson, truncate_chars
 from relay.sandbox import MAX_OUTPUT_CHARS, environment, sandbox
 
 __all__ = ["RenderContext", "Rendered", "Renderer", "fallback_json", "fallback_text", "sandbox"]
@@ -183,13 +183,20 @@ def _group_line(group: Mapping[str, Any]) -> str:
     )
 
 
+# Channel types whose `text` is markup: the fallback escapes run data there as templates do, so a
+# broken template cannot let a task name or error message ping @channel or forge a link.
+_TEXT_ESCAPES = {"slack": mrkdwn}
+
+
 def fallback_json(ctx: RenderContext) -> str:
-    """{"id", "rule", "channel", "text", "run", "dashboardUrl"} as a JSON string."""
+    """{"id", "rule", "channel", "text", "run", "dashboardUrl"} as a JSON string; `text` is
+    escaped for channel types that read it as markup (Slack mrkdwn)."""
+    escape = _TEXT_ESCAPES.get(ctx.channel_type, as_text)
     body = {
         "id": ctx.notification_id,
         "rule": ctx.rule,
         "channel": ctx.channel,
-        "text": fallback_text(ctx),
+        "text": escape(fallback_text(ctx)),
         "run": ctx.run,
         "dashboardUrl": ctx.dashboard_url,
     }

@@ -303,6 +303,24 @@ async def test_the_template_fallback_is_a_plain_text_message(
     assert slack.posted()[1]["text"] == "relay: rule r matched run run_1"
 
 
+async def test_the_template_fallback_cannot_ping_or_forge_links(
+    slack: FakeSlack, http: HttpClient, tmp_path: Path
+) -> None:
+    (tmp_path / "slack").mkdir()
+    (tmp_path / "slack" / "broken.json.j2").write_text("{{ 1 // 0 }}")
+    error = {"message": "<!channel> see <https://evil.test|the fix> & more"}
+    run = load_run("failed", taskIdentifier="<!here>", error=error)
+    ctx = RenderContext(run, "r", "oncall", "slack", "ntf_1", None)
+    rendered = Renderer(tmp_path).render("slack", "broken", ("json",), ctx)
+    assert rendered.fallback
+    await make_channel(slack, http).send(outgoing(rendered.parts["json"]))
+    [body] = slack.posted()
+    assert "<" not in body["text"] and ">" not in body["text"]
+    assert "&lt;here&gt;" not in body["text"]
+    assert "&lt;!here&gt;" in body["text"]
+    assert "&lt;!channel&gt; see &lt;https://evil.test|the fix&gt; &amp; more" in body["text"]
+
+
 async def test_bot_message_is_authenticated_and_threaded(
     slack: FakeSlack, http: HttpClient, tmp_path: Path
 ) -> None:
