@@ -33,7 +33,9 @@ from relay.filters import (
 MAX_SEQUENCE_LEN = 100_000  # `'a' * n`, `[x] * n`
 MAX_INT_BITS = 128  # integer results of `*` and `**`
 MAX_WIDTH = 100_000  # widths of format strings, padding methods and filters like center
-MAX_OUTPUT_CHARS = 1_000_000  # one rendered part
+# one rendered part: a webhook body carries the run whole (its error stack twice), so twice the
+# largest run intake takes by default (server.max_body_bytes, 1 MiB) must fit, with room
+MAX_OUTPUT_CHARS = 4_000_000
 _SEQUENCES = (str, bytes, list, tuple)
 _WIDE_PERCENT = re.compile(r"%[-#0 +]*(?:\*|\d{6,})|%[-#0 +]*\d*\.(?:\*|\d{6,})")
 _WIDE_BRACES = re.compile(r"\{[^{}]*:[^{}]*(?:\d{6,}|\{)")

@@ -189,10 +189,12 @@ _TEXT_ESCAPES = {"slack": mrkdwn}
 
 
 def fallback_json(ctx: RenderContext) -> str:
-    """{"id", "rule", "channel", "text", "run", "dashboardUrl"} as a JSON string; `text` is
-    escaped for channel types that read it as markup (Slack mrkdwn)."""
+    """{"id", "rule", "channel", "text", "run", "dashboardUrl"} (+ "group" in a digest) as a JSON
+    string of at most MAX_OUTPUT_CHARS; `text` is escaped for channel types that read it as
+    markup (Slack mrkdwn). Fields of the run too large for that (or not JSON) are replaced by
+    "[omitted: N characters]"; if it is still too large, `run` is null and `group` has no runs."""
     escape = _TEXT_ESCAPES.get(ctx.channel_type, as_text)
-    body = {
+    body: dict[str, Any] = {
         "id": ctx.notification_id,
         "rule": ctx.rule,
         "channel": ctx.channel,
@@ -202,10 +204,47 @@ def fallback_json(ctx: RenderContext) -> str:
     }
     if ctx.group is not None:
         body["group"] = ctx.group
+    for shrink in (_slim_runs, _no_runs):
+        try:
+            text = tojson(body)
+        except (TypeError, ValueError):  # e.g. an integer beyond 64 bits somewhere in the run
+            text = None
+        if text is not None and len(text) <= MAX_OUTPUT_CHARS:
+            return text
+        body = shrink(body)
+    return tojson(body)
+
+
+_FIELD_MAX_CHARS = 10_000  # a run field larger than this is left out of a fallback too large
+
+
+def _slim_value(value: Any) -> Any:
     try:
-        return tojson(body)
-    except (TypeError, ValueError):  # e.g. an integer beyond 64 bits somewhere in the run
-        return tojson({**body, "run": None})
+        size = len(tojson(value))
+    except (TypeError, ValueError):
+        return "[omitted: not JSON]"
+    return value if size <= _FIELD_MAX_CHARS else f"[omitted: {size} characters]"
+
+
+def _slim_run(run: Any) -> Any:
+    return {k: _slim_value(v) for k, v in run.items()} if isinstance(run, Mapping) else None
+
+
+def _slim_runs(body: dict[str, Any]) -> dict[str, Any]:
+    """The body with the large fields of its run (and of a digest's runs) omitted."""
+    slim = {**body, "run": _slim_run(body["run"])}
+    group = body.get("group")
+    if isinstance(group, Mapping) and isinstance(group.get("runs"), list):
+        slim["group"] = {**group, "runs": [_slim_run(r) for r in group["runs"]]}
+    return slim
+
+
+def _no_runs(body: dict[str, Any]) -> dict[str, Any]:
+    """The body without run data: no run, a digest group without its runs."""
+    group = body.get("group")
+    if isinstance(group, Mapping):
+        group = {k: _slim_value(v) for k, v in group.items() if k != "runs"}
+    return {**body, "run": None, **({"group": group} if "group" in body else {})}
 
 
 def _fallback_part(part: str, ctx: RenderContext) -> str:

@@ -20,6 +20,7 @@ from relay.channels import REGISTRY
 from relay.filters import duration, money, stack, status_emoji, tojson, truncate_chars
 from relay.grouping import digest_context
 from relay.model import Run
+from relay.sandbox import MAX_OUTPUT_CHARS
 from relay.templating import (
     CONTEXT_NAMES,
     TEMPLATE_SUFFIX,
@@ -196,6 +197,37 @@ def test_webhook_json_is_valid_whatever_the_run_holds(name: str) -> None:
     assert body["error"]["message"] == HOSTILE_MESSAGE
     assert body["run"]["payload"] == run["payload"]
     assert "\n" not in body["text"]
+
+
+def test_webhook_carries_the_largest_run_intake_takes() -> None:
+    # server.max_body_bytes is 1 MiB by default: such a run is no template bug
+    run = load_run("failed")
+    run["payload"] = {"blob": "x" * 1_000_000}
+    run["error"] = {"message": "boom", "stackTrace": "    at f (a.ts:1:1)\n" * 20_000}
+    rendered = Renderer().render("webhook", "run", ("json",), context(run, "webhook"))
+    assert not rendered.fallback, rendered.error
+    body = orjson.loads(rendered.parts["json"])
+    assert body["run"]["payload"] == run["payload"] and body["type"] == "run.alert"
+
+
+def test_a_fallback_stays_within_the_output_cap(tmp_path: Path) -> None:
+    run = {**load_run("failed"), "payload": "p" * 2_100_000, "output": "o" * 2_100_000}
+    rendered = render_source(tmp_path, "{{ run|tojson }}", run, "webhook", "json")
+    assert rendered.error is not None and rendered.error.startswith("OutputTooLarge in")
+    text = rendered.parts["json"]
+    assert len(text) <= MAX_OUTPUT_CHARS
+    body = orjson.loads(text)
+    assert body["run"]["id"] == run["id"] and body["run"]["tags"] == run["tags"]
+    assert body["run"]["payload"] == body["run"]["output"] == "[omitted: 2100002 characters]"
+    group = digest_context("k", {"task": "t"}, [run] * 3)
+    digest = orjson.loads(fallback_json(replace(context(run, "webhook"), group=group)))
+    assert [r["output"] for r in digest["group"]["runs"]] == [body["run"]["output"]] * 3
+    wide = {**run, **{f"field{i}": "w" * 9_000 for i in range(20)}}  # no field too large
+    group = digest_context("k", {"task": "t"}, [wide] * 30)
+    text = fallback_json(replace(context(wide, "webhook"), group=group))
+    digest = orjson.loads(text)
+    assert len(text) <= MAX_OUTPUT_CHARS and digest["run"] is None and "runs" not in digest["group"]
+    assert digest["group"]["count"] == 30 and digest["group"]["labels"] == {"task": "t"}
 
 
 # ----------------------------------------------------------------------------- filters
@@ -411,7 +443,7 @@ def test_no_error_is_null(tmp_path: Path) -> None:
         ("ok\n{{ nothing_here() }}", "UndefinedError in console/t.txt.j2 line 2"),
         ("{{ 1 // 0 }}", "ZeroDivisionError in console/t.txt.j2 line 1"),
         ("{% include 'console/missing.txt.j2' %}", "TemplateNotFound in console/t.txt.j2 line 1"),
-        ("{% for i in range(100000) %}{{ 'x' * 20 }}{% endfor %}", "OutputTooLarge in"),
+        ("{% for i in range(100000) %}{{ 'x' * 50 }}{% endfor %}", "OutputTooLarge in"),
     ],
 )
 def test_a_broken_template_falls_back(tmp_path: Path, source: str, kind: str) -> None:
@@ -488,7 +520,7 @@ def test_fallback_text() -> None:
     assert fallback_text(bare) == "⚠️ UNKNOWN · unknown task (rule: r)"
     assert orjson.loads(fallback_json(bare))["dashboardUrl"] is None
     huge = RenderContext({"id": "run_1", "big": 2**70}, "r", "c", "webhook", "ntf_1", None)
-    assert orjson.loads(fallback_json(huge))["run"] is None
+    assert orjson.loads(fallback_json(huge))["run"] == {"id": "run_1", "big": "[omitted: not JSON]"}
 
 
 # ----------------------------------------------------------------------------- the sandbox
