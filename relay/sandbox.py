@@ -1,8 +1,9 @@
 """The hardened Jinja sandbox shared by templates and rule `when:` expressions.
 
 Beyond Jinja's own sandbox: dunders and unsafe attributes raise SecurityError; `*`, `**`, `%`,
-str.format and padding refuse huge sizes. This stops SSTI and accidents, not every CPU-burning
-loop (templates are operator configuration).
+str.format and padding refuse huge sizes. Inside `time_budget(s)` (the Renderer's renders) every
+`for` loop and every call checks the clock, so nested loops or runaway recursion raise
+RenderTimeout instead of holding the event loop (and every channel) for minutes.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import jinja2
-from jinja2 import ChainableUndefined, Undefined
+from jinja2 import ChainableUndefined, Undefined, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
@@ -36,6 +41,10 @@ MAX_WIDTH = 100_000  # widths of format strings, padding methods and filters lik
 # one rendered part: a webhook body carries the run whole (its error stack twice), so twice the
 # largest run intake takes by default (server.max_body_bytes, 1 MiB) must fit, with room
 MAX_OUTPUT_CHARS = 4_000_000
+RENDER_BUDGET_S = 1.0  # one notification, every part: the default templates take milliseconds
+_LOOP_BUDGET = "_loop_budget"  # the filter every `for` loop's iterable goes through
+_CHECK_EVERY = 256  # loop items between two looks at the clock
+_DEADLINE: ContextVar[float | None] = ContextVar("relay_render_deadline", default=None)
 _SEQUENCES = (str, bytes, list, tuple)
 _WIDE_PERCENT = re.compile(r"%[-#0 +]*(?:\*|\d{6,})|%[-#0 +]*\d*\.(?:\*|\d{6,})")
 _WIDE_BRACES = re.compile(r"\{[^{}]*:[^{}]*(?:\d{6,}|\{)")
@@ -70,8 +79,51 @@ def _check_int_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         raise SecurityError(f"argument larger than {MAX_WIDTH}")
 
 
+class RenderTimeout(SecurityError):
+    """A render went past its time budget (see time_budget)."""
+
+
+@contextmanager
+def time_budget(seconds: float) -> Iterator[None]:
+    """Loops and calls of templates rendered inside raise RenderTimeout after `seconds`."""
+    token = _DEADLINE.set(time.monotonic() + seconds)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def _check_deadline() -> None:
+    deadline = _DEADLINE.get()
+    if deadline is not None and time.monotonic() > deadline:
+        raise RenderTimeout("the render went past its time budget")
+
+
+def _loop_budget(iterable: Iterable[Any]) -> Iterable[Any]:
+    return iterable if _DEADLINE.get() is None else _budgeted(iterable)
+
+
+def _budgeted(iterable: Iterable[Any]) -> Iterator[Any]:
+    for i, item in enumerate(iterable):
+        if not i % _CHECK_EVERY:
+            _check_deadline()
+        yield item
+
+
+class _BudgetedLoops(CodeGenerator):
+    """Compiles `{% for x in items %}` as `{% for x in items|_loop_budget %}`: a loop that
+    makes no call (nested loops over data) still looks at the clock."""
+
+    def visit_Template(self, node: nodes.Template, frame: Frame | None = None) -> None:
+        for loop in node.find_all(nodes.For):
+            loop.iter = nodes.Filter(loop.iter, _LOOP_BUDGET, [], [], None, None)
+            loop.iter.set_lineno(loop.lineno)
+        super().visit_Template(node, frame)
+
+
 class _Environment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "%"})
+    code_generator_class = _BudgetedLoops
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         _check_binop(operator, left, right)
@@ -89,6 +141,7 @@ class _Environment(ImmutableSandboxedEnvironment):
         raise SecurityError(f"access to {attribute!r} of a {type(obj).__name__} is unsafe")
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_deadline()
         if isinstance(getattr(__obj, "__self__", None), str):  # 'x'.ljust(10**9) and friends
             _check_int_args(args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
@@ -136,6 +189,7 @@ def environment(loader: jinja2.BaseLoader | None = None) -> _Environment:
         env.filters[name] = _width_guarded(env.filters[name])
     ours = (money, duration, truncate_chars, tojson, stack, status_emoji, mrkdwn)
     env.filters.update({f.__name__: f for f in ours}, format=_format)
+    env.filters[_LOOP_BUDGET] = _loop_budget
     return env
 
 

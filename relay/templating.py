@@ -9,7 +9,8 @@ line), payload, output, metadata. A missing field renders empty (ChainableUndefi
 
 render() never raises: a failure gives the plain fallback for every part and an `error` naming
 exception class, template and line, never a message (it can quote run data). The sandbox
-itself lives in relay/sandbox.py, the filters in relay/filters.py; rendered output is capped.
+itself lives in relay/sandbox.py, the filters in relay/filters.py; rendered output is capped,
+and a render past its time budget (1 s: nested loops, runaway recursion) is stopped.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from jinja2.exceptions import TemplateError, TemplateNotFound, TemplateSyntaxErr
 
 import relay
 from relay.filters import as_text, mrkdwn, status_emoji, tojson, truncate_chars
-from relay.sandbox import MAX_OUTPUT_CHARS, environment, sandbox
+from relay.sandbox import MAX_OUTPUT_CHARS, RENDER_BUDGET_S, environment, sandbox, time_budget
 
 __all__ = ["RenderContext", "Rendered", "Renderer", "fallback_json", "fallback_text", "sandbox"]
 
@@ -282,10 +283,11 @@ def _describe(exc: Exception, template: str) -> str:
 class Renderer:
     """Renders `<channel_type>/<name>.<part>.j2`, overrides first, then the shipped defaults."""
 
-    def __init__(self, override_dir: Path | None = None) -> None:
+    def __init__(self, override_dir: Path | None = None, budget_s: float = RENDER_BUDGET_S) -> None:
         dirs = [d for d in (override_dir, shipped_templates_dir()) if d is not None]
         self._loader = ChoiceLoader([FileSystemLoader(str(d)) for d in dirs])
         self._env = environment(self._loader)
+        self._budget_s = budget_s  # per render(): past it, loops and calls raise RenderTimeout
 
     def has_template(self, channel_type: str, name: str, part: str) -> bool:
         try:
@@ -356,11 +358,12 @@ class Renderer:
         try:
             variables = _variables(ctx)
             out: dict[str, str] = {}
-            for part in parts:
-                template = _template_name(channel_type, name, part)
-                out[part] = self._render_one(template, variables)
-                if part == "json":
-                    _check_json(out[part])
+            with time_budget(self._budget_s):
+                for part in parts:
+                    template = _template_name(channel_type, name, part)
+                    out[part] = self._render_one(template, variables)
+                    if part == "json":
+                        _check_json(out[part])
             return Rendered(out, fallback=False, error=None)
         except Exception as exc:  # never drop a notification for a template bug
             fallback = {part: _fallback_part(part, ctx) for part in parts}

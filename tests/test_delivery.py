@@ -234,6 +234,37 @@ async def test_broken_template_still_sends_a_fallback(
     await wait_state(r, "sent")
 
 
+async def test_an_endless_template_is_stopped_and_others_carry_on(
+    relay: RelayFactory, sink: Sink, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "tpl" / "webhook").mkdir(parents=True)
+    (tmp_path / "tpl" / "webhook" / "spin.json.j2").write_text(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{}"
+    )
+    spin = """\
+  - name: spinning
+    match: {status: [failure]}
+    notify: [hook]
+    template: spin
+    continue: true
+"""
+    text = config(
+        sink.url,
+        extra_channel=f"  fast:\n    type: webhook\n    url: {sink.url}/fast\n",
+        rule_notify="[fast]",
+        templates=f"templates: {{dir: {tmp_path / 'tpl'}}}",
+    ).replace("rules:\n", "rules:\n" + spin)
+    r = await relay(text)
+    await r.post(failing_run())
+    got = {g.path: g.json() for g in await sink.wait_for(2)}
+    assert got["/fast"]["type"] == "run.alert"
+    assert got["/hook"]["run"]["id"] == "run_delivery_0000" and "type" not in got["/hook"]
+    await wait_state(r, "sent", 2)
+    [failed] = [rec for rec in caplog.records if rec.getMessage().startswith("template failed")]
+    assert getattr(failed, "rule") == "spinning" and getattr(failed, "channel") == "hook"
+    assert getattr(failed, "error").startswith("RenderTimeout in webhook/spin.json.j2 line 1")
+
+
 async def test_rate_limit_delays_never_drops(relay: RelayFactory, sink: Sink) -> None:
     text = config(sink.url).replace("    secret:", "    rate_limit: {per_second: 10}\n    secret:")
     r = await relay(text)

@@ -564,6 +564,37 @@ def test_hostile_templates_fall_back_quickly(tmp_path: Path, source: str) -> Non
     assert rendered.parts["txt"] == fallback_text(context(load_run("failed")))
 
 
+CPU_BURNERS = [
+    "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "{% set s = 'x' * 100000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",
+    "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
+    "{% for a in [1] * 50000 recursive %}{{ loop([2] * 50000) if a == 1 }}{% endfor %}",
+]
+
+
+@pytest.mark.parametrize("source", CPU_BURNERS)
+def test_endless_templates_are_stopped(tmp_path: Path, source: str) -> None:
+    (tmp_path / "console").mkdir()
+    (tmp_path / "console" / "t.txt.j2").write_text(source)
+    ctx = context(load_run("failed"))
+    rendered = Renderer(tmp_path, budget_s=0.05).render("console", "t", ("txt",), ctx)
+    assert rendered.fallback
+    assert rendered.error is not None and rendered.error.startswith("RenderTimeout in console/t")
+    assert rendered.parts["txt"] == fallback_text(ctx)
+
+
+def test_loops_behave_as_in_jinja_within_the_budget(tmp_path: Path) -> None:
+    source = (
+        "{% for i in range(3) %}{{ loop.length }}{{ loop.revindex }}{% endfor %}|"
+        "{% for x in [0, 1, 2] if x %}{{ x }}{% else %}none{% endfor %}|"
+        "{% for x in run.missing %}{{ x }}{% else %}empty{% endfor %}|"
+        "{% for k, v in {'a': 1}.items() %}{{ k }}={{ v }}{% endfor %}|"
+        "{% for n in [{'v': 1, 'c': [{'v': 2}]}] recursive %}{{ n.v }}{{ loop(n.c) if n.c }}"
+        "{% endfor %}"
+    )
+    assert render_source(tmp_path, source).parts["txt"] == "333231|12|empty|a=1|12"
+
+
 def test_dunder_keys_of_data_stay_readable(tmp_path: Path) -> None:
     run = {**load_run("failed"), "payload": {"__typename": "Invoice"}}
     rendered = render_source(tmp_path, "{{ payload.__typename }} {{ payload['__typename'] }}", run)
