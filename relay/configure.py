@@ -87,7 +87,8 @@ def _complete(draft: Draft) -> LoadedConfig:
     problems = draft.problems + when_problems(draft.rules, locate)
     if "templates" not in draft.broken:  # else a template of the broken dir seems missing
         renderer = Renderer(draft.config.templates.dir)
-        problems += _check_templates(renderer, draft.config.channels, draft.rules, locate)[0]
+        found = _check_templates(renderer, draft.config.channels, draft.rules, locate)[0]
+        problems += found + _broken_files(renderer, locate, found)
     raise ConfigError(in_file_order(problems))
 
 
@@ -110,6 +111,7 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
     warnings += _never_matching(config.rules, loaded.locate)
     every_rule = dict(enumerate(config.rules))
     found, unknown = _check_templates(renderer, config.channels, every_rule, loaded.locate)
+    found += _broken_files(renderer, loaded.locate, found)
     if problems or found:
         raise ConfigError(in_file_order(problems + found))
     return Compiled(loaded, rules, renderer, tuple(dict.fromkeys(warnings + unknown)))
@@ -154,6 +156,16 @@ def _check_templates(
                     for unknown in renderer.unknown_names(kind.type, template, part)
                 ]
     return problems, warnings
+
+
+def _broken_files(renderer: Renderer, locate: Locate, reported: list[Problem]) -> list[Problem]:
+    """The files of templates.dir that do not compile, but for those reported at a rule."""
+    where = locate(("templates", "dir"))
+    return [
+        Problem(where, "templates.dir", why)
+        for why in renderer.broken_overrides()
+        if not any(problem.message.endswith(why) for problem in reported)
+    ]
 
 
 def _templates_of(rule: RuleConfig) -> list[str]:

@@ -287,6 +287,7 @@ class Renderer:
         dirs = [d for d in (override_dir, shipped_templates_dir()) if d is not None]
         self._loader = ChoiceLoader([FileSystemLoader(str(d)) for d in dirs])
         self._env = environment(self._loader)
+        self._override_dir = override_dir
         self._budget_s = budget_s  # per render(): past it, loops and calls raise RenderTimeout
 
     def has_template(self, channel_type: str, name: str, part: str) -> bool:
@@ -303,7 +304,7 @@ class Renderer:
             ast = self._parse(_template_name(channel_type, name, part))
             known = self._names_set(ast, set())
             used = meta.find_undeclared_variables(ast) - known  # compiles: an unknown filter
-        except TemplateError:
+        except (TemplateError, UnicodeDecodeError, OSError):
             return []
         return sorted(used - CONTEXT_NAMES - set(self._env.globals))
 
@@ -325,30 +326,47 @@ class Renderer:
         return names
 
     def check(self, channel_type: str, name: str, part: str) -> str | None:
-        """None when the template exists and compiles; else what is wrong, with its line."""
-        template = _template_name(channel_type, name, part)
+        """None when the template and those it extends, includes or imports (by a constant
+        name) exist and compile; else what is wrong, with its line."""
+        return self._check(_template_name(channel_type, name, part), set())
+
+    def _check(self, template: str, seen: set[str]) -> str | None:
+        seen.add(template)
         try:
-            self._compile(template, set())
+            self._env.get_template(template)
+            ast = self._parse(template)
         except TemplateSyntaxError as exc:
             return f"{exc.name or template} line {exc.lineno}: {exc.message}"
         except TemplateNotFound as exc:
             return f"template {exc.name} not found"
+        except (UnicodeDecodeError, OSError):
+            return f"{template}: not a readable UTF-8 file"
+        for line, ref in _references(ast):
+            why = None if ref in seen else self._check(ref, seen)
+            if why == f"template {ref} not found":
+                return f"{template} line {line}: {why}"
+            if why is not None:
+                return why
         return None
 
-    def _compile(self, template: str, seen: set[str]) -> None:
-        """Compile `template` and those it extends, includes or imports: a broken partial of the
-        overrides (slack/_macros.j2) would otherwise only show when a message falls back."""
-        seen.add(template)
-        self._env.get_template(template)
-        ast = self._parse(template)
-        optional = {  # `{% include "x" ignore missing %}`: absent is fine
-            n.template.value
-            for n in ast.find_all(nodes.Include)
-            if n.ignore_missing and isinstance(n.template, nodes.Const)
-        }
-        for ref in meta.find_referenced_templates(ast):
-            if ref is not None and ref not in seen and ref not in optional:
-                self._compile(ref, seen)
+    def broken_overrides(self) -> list[str]:
+        """What is wrong with each `*.j2` file of the override directory that does not compile,
+        whether a rule renders it or not (Alertmanager refuses any broken template file too)."""
+        root = self._override_dir
+        if root is None or not root.is_dir():
+            return []
+        found = []
+        for path in sorted(root.rglob(f"*{TEMPLATE_SUFFIX}")):
+            name = path.relative_to(root).as_posix()
+            if name.startswith(".") or "/." in name or not path.is_file():
+                continue
+            try:
+                self._env.get_template(name)
+            except TemplateSyntaxError as exc:
+                found.append(f"{exc.name or name} line {exc.lineno}: {exc.message}")
+            except (UnicodeDecodeError, OSError):
+                found.append(f"{name}: not a readable UTF-8 file")
+        return found
 
     def render(
         self, channel_type: str, name: str, parts: tuple[str, ...], ctx: RenderContext
@@ -378,6 +396,19 @@ class Renderer:
                 raise _Unrenderable("OutputTooLarge", f"more than {MAX_OUTPUT_CHARS} characters")
             chunks.append(chunk)
         return "".join(chunks)
+
+
+def _references(ast: nodes.Template) -> list[tuple[int, str]]:
+    """(line, name) of each template `ast` extends, includes or imports by a constant name (not
+    a name computed at render time, a list to choose from, or an `include ... ignore missing`)."""
+    found = []
+    for node in ast.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+        ref = getattr(node, "template", None)
+        if isinstance(node, nodes.Include) and node.ignore_missing:
+            continue
+        if isinstance(ref, nodes.Const) and isinstance(ref.value, str):
+            found.append((node.lineno, ref.value))
+    return found
 
 
 def _check_json(text: str) -> None:

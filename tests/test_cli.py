@@ -250,6 +250,35 @@ def test_check_warns_of_a_misspelled_template_variable(tmp_path: Path) -> None:
     assert "c.yaml:4" in result.stderr
 
 
+def test_check_finds_every_broken_template_file(tmp_path: Path) -> None:
+    tpl = tmp_path / "templates"
+    (tpl / "console").mkdir(parents=True)
+    (tpl / "slack").mkdir()
+    write(tpl / "slack" / "unused.json.j2", "{\n{% if %}\n")  # no rule renders it
+    write(tpl / "console" / "mine.txt.j2", '{% include "console/part.txt.j2" %}\n')
+    write(tpl / "console" / "part.txt.j2", "ok\n{{ run.id }\n")  # reported once, at the rule
+    write(tpl / "console" / "other.txt.j2", '\n\n{% include "console/gone.txt.j2" %}')
+    (tpl / "console" / "latin.txt.j2").write_bytes(b"caf\xe9 {{ run.id }}")
+    config = write(
+        tmp_path / "c.yaml",
+        "templates: {dir: ./templates}\nchannels: {c: {type: console}}\nrules:\n"
+        "  - {name: r, notify: [c], template: mine}\n"
+        "  - {name: o, notify: [c], template: other}\n"
+        "  - {name: l, notify: [c], template: latin}\n",
+    )
+    result = run_cli("check", "--config", str(config))
+    assert result.returncode == 1, output(result)
+    assert result.stderr.splitlines() == [
+        f"{config}:1: templates.dir: slack/unused.json.j2 line 2: "
+        "Expected an expression, got 'end of statement block'",
+        f"{config}:4: rules[0].template: console: console/part.txt.j2 line 2: unexpected '}}'",
+        f"{config}:5: rules[1].template: console: console/other.txt.j2 line 3: "
+        "template console/gone.txt.j2 not found",
+        f"{config}:6: rules[2].template: console: console/latin.txt.j2: not a readable UTF-8 file",
+        "4 problem(s) found",
+    ]
+
+
 # ----------------------------------------------------------------------------------- relay test
 
 DRY_RUN_CONFIG = """\

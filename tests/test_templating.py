@@ -691,5 +691,35 @@ def test_an_unknown_filter_is_a_check_problem_not_a_crash(tmp_path: Path) -> Non
     assert renderer.unknown_names("console", "run", "txt") == []
 
 
+def test_check_follows_extends_includes_and_imports(tmp_path: Path) -> None:
+    (tmp_path / "console").mkdir()
+    files = {
+        "base.txt.j2": "one\n{% block b %}{% endblock %}\n{{ oops( }}\n",
+        "child.txt.j2": '{% extends "console/base.txt.j2" %}{% block b %}x{% endblock %}',
+        "inc.txt.j2": 'a\n{% include "console/gone.txt.j2" %}',
+        "imp.txt.j2": '{% from "console/_m.j2" import m %}{% import "console/_m.j2" as n %}',
+        "_m.j2": '{% macro m() %}{% include "console/child.txt.j2" %}{% endmacro %}',
+        "fine.txt.j2": (
+            '{% include "console/gone.txt.j2" ignore missing %}{% include run.id %}'
+            '{% include ["console/gone.txt.j2", "console/run.txt.j2"] %}'
+        ),
+        "loop.txt.j2": '{% include "console/loop.txt.j2" %}',
+    }
+    for name, source in files.items():
+        (tmp_path / "console" / name).write_text(source)
+    renderer = Renderer(tmp_path)
+    for channel_type in REGISTRY:
+        for path in (shipped_templates_dir() / channel_type).glob(f"[!_]*{TEMPLATE_SUFFIX}"):
+            name, part = path.name.split(".")[:2]
+            assert renderer.check(channel_type, name, part) is None, path
+    syntax = "console/base.txt.j2 line 3: unexpected '}', expected ')'"
+    assert renderer.check("console", "child", "txt") == syntax
+    assert renderer.check("console", "imp", "txt") == syntax
+    missing = "console/inc.txt.j2 line 2: template console/gone.txt.j2 not found"
+    assert renderer.check("console", "inc", "txt") == missing
+    assert renderer.check("console", "fine", "txt") is None
+    assert renderer.check("console", "loop", "txt") is None
+
+
 def test_the_names_relay_check_knows_are_the_context() -> None:
     assert set(_variables(RenderContext({}, "r", "c", "console", "ntf_1", None))) == CONTEXT_NAMES
