@@ -147,6 +147,34 @@ rules:
         assert (status, body["notifications"]) == (202, 1), flags
 
 
+async def test_lone_surrogate_escapes_are_accepted_as_replacement_characters(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """JavaScript's JSON.stringify writes "\\ud83d" for a string cut inside an emoji: valid
+    JSON grammar, which orjson alone refuses. The run is taken, each lone half as U+FFFD."""
+    hook = f"""\
+channels:
+  hook: {{type: webhook, url: "{sink.url}/hook"}}
+rules:
+  - {{name: failures, match: {{status: [FAILED]}}, notify: [hook]}}
+"""
+    r = await relay(hook)
+    body = (
+        b'{"id": "run_sur", "taskIdentifier": "t\\ud800", "status": "FAILED", "tags": ["\\udfff"],'
+        b' "error": {"message": "cut \\ud83d\\ude00 \\ud83d"}}'
+    )
+    status, answer, _ = await raw_post(r.url, body, {"Content-Type": "application/json"})
+    assert status == 202, answer
+    [got] = await sink.wait_for(1)
+    sent = got.json()
+    assert sent["run"]["taskIdentifier"] == "t\ufffd" and sent["run"]["tags"] == ["\ufffd"]
+    assert sent["error"]["message"] == "cut \U0001f600 \ufffd"
+    deep = b"[" * 100 + b'"\\ud800"' + b"]" * 100
+    for bad, why in ((b'["\\ud800", NaN]', "invalid JSON"), (deep, "nested deeper than 64")):
+        status, answer, _ = await raw_post(r.url, bad, {"Content-Type": "application/json"})
+        assert status == 400 and why in answer["error"], answer
+
+
 async def test_a_status_in_another_case_is_the_status(relay: RelayFactory) -> None:
     """`failed` is FAILED, as rule statuses are any case; an unknown one is kept as sent."""
     r = await relay(CONFIG)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import orjson
@@ -14,6 +16,7 @@ from relay.model import Run
 
 MAX_BATCH = 10_000
 BOM = b"\xef\xbb\xbf"  # RFC 8259 §8.1: a parser may ignore it; Windows tools write it
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 RUNS_EXPECTED = "a JSON run object or an array of them"
@@ -28,10 +31,40 @@ def parse_body(body: bytes, expected: str = RUNS_EXPECTED) -> Any:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InputError("", f"invalid JSON: {_json_reason(exc)}") from None
+        data = _with_lone_surrogates(body, exc)
     if too_deep(data):
         raise InputError("", f"JSON nested deeper than {MAX_DEPTH} levels")
     return data
+
+
+def _with_lone_surrogates(body: bytes, exc: orjson.JSONDecodeError) -> Any:
+    """The document orjson refused for a lone surrogate escape ("\\ud83d": JavaScript's
+    JSON.stringify writes one for a string cut inside an emoji; the JSON grammar allows it),
+    each lone surrogate read as U+FFFD; InputError with orjson's reason for anything else."""
+    if "surrogate" not in exc.msg:
+        raise InputError("", f"invalid JSON: {_json_reason(exc)}") from None
+    try:
+        data = json.loads(body, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        raise InputError("", f"invalid JSON: {_json_reason(exc)}") from None
+    if too_deep(data):  # before the recursive replacement
+        raise InputError("", f"JSON nested deeper than {MAX_DEPTH} levels")
+    return _replace_surrogates(data)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(name)  # NaN and Infinity are not JSON (orjson refuses them too)
+
+
+def _replace_surrogates(value: Any) -> Any:
+    """`value` with every lone surrogate of its strings (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replace_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def parse_runs(data: Any) -> list[Run]:
