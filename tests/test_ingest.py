@@ -147,6 +147,29 @@ rules:
         assert (status, body["notifications"]) == (202, 1), flags
 
 
+async def test_null_is_missing_for_every_optional_field(relay: RelayFactory, sink: Sink) -> None:
+    hook = f"""\
+channels:
+  hook: {{type: webhook, url: "{sink.url}/hook"}}
+rules:
+  - {{name: failures, match: {{status: [FAILED]}}, notify: [hook]}}
+"""
+    r = await relay(hook)
+    optional = set(sdk_run("failed")) - {"id", "status"}
+    status, answer = await r.post(
+        {"id": "run_nulls", "status": "FAILED", **dict.fromkeys(optional)}
+    )
+    assert status == 202, answer
+    [got] = await sink.wait_for(1)
+    sent = got.json()
+    assert (sent["run"]["taskIdentifier"], sent["run"]["isTest"], sent["run"]["tags"]) == (
+        "",
+        False,
+        [],
+    )
+    assert sent["text"] == "🔴 FAILED · unknown task · run_nulls"
+
+
 async def test_lone_surrogate_escapes_are_accepted_as_replacement_characters(
     relay: RelayFactory, sink: Sink
 ) -> None:
