@@ -101,7 +101,7 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
         time_intervals=config.time_intervals,
         inhibit_rules=config.inhibit_rules,
     )
-    renderer = Renderer(config.templates.dir)
+    renderer = Renderer(config.templates.dir, link=dashboard_link(config.defaults))
     warnings = []
     if config.templates.dir is not None and not config.templates.dir.is_dir():
         where = loaded.locate(("templates", "dir"))
@@ -189,10 +189,10 @@ def dashboard_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]
             return None
         if "{project_ref}" in pattern and not defaults.project_ref:
             return None
-        return pattern.format(
-            project_ref=defaults.project_ref or "",
-            run_id=run.get("id", ""),
-            task=run.get("taskIdentifier", ""),
+        return pattern.format(  # percent-encoded: a URL, whatever a run id or task holds
+            project_ref=quote(defaults.project_ref or "", safe=""),
+            run_id=quote(str(run.get("id") or ""), safe=""),
+            task=quote(str(run.get("taskIdentifier") or ""), safe=""),
         )
 
     return link

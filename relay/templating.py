@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,13 +280,29 @@ def _describe(exc: Exception, template: str) -> str:
     return f"{kind} in {where}"
 
 
+def _dashboard_filter(link: Callable[[dict[str, Any]], str | None] | None) -> Any:
+    """`run|dashboard_url`: the dashboard link of any run (a digest's `group.runs` too), as the
+    `dashboard_url` variable is the notification's; None without one."""
+
+    def dashboard_url(run: Any) -> str | None:
+        return link(dict(run)) if link is not None and isinstance(run, Mapping) else None
+
+    return dashboard_url
+
+
 class Renderer:
     """Renders `<channel_type>/<name>.<part>.j2`, overrides first, then the shipped defaults."""
 
-    def __init__(self, override_dir: Path | None = None, budget_s: float = RENDER_BUDGET_S) -> None:
+    def __init__(
+        self,
+        override_dir: Path | None = None,
+        budget_s: float = RENDER_BUDGET_S,
+        link: Callable[[dict[str, Any]], str | None] | None = None,
+    ) -> None:
         dirs = [d for d in (override_dir, shipped_templates_dir()) if d is not None]
         self._loader = ChoiceLoader([FileSystemLoader(str(d)) for d in dirs])
         self._env = environment(self._loader)
+        self._env.filters["dashboard_url"] = _dashboard_filter(link)
         self._override_dir = override_dir
         self._budget_s = budget_s  # per render(): past it, loops and calls raise RenderTimeout
 

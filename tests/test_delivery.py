@@ -234,6 +234,21 @@ async def test_broken_template_still_sends_a_fallback(
     await wait_state(r, "sent")
 
 
+async def test_dashboard_links_are_urls_whatever_the_run_id(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    (tmp_path / "tpl" / "webhook").mkdir(parents=True)
+    (tmp_path / "tpl" / "webhook" / "run.json.j2").write_text(
+        '{"var": {{ dashboard_url|tojson }}, "filter": {{ run|dashboard_url|tojson }},'
+        ' "none": {{ "not a run"|dashboard_url|tojson }}}'
+    )
+    r = await relay(config(sink.url, templates=f"templates: {{dir: {tmp_path / 'tpl'}}}"))
+    await r.post(failing_run(id="run_a b<!here>/x"))
+    [got] = await sink.wait_for(1)
+    link = "https://cloud.trigger.dev/projects/v3/proj_test/runs/run_a%20b%3C%21here%3E%2Fx"
+    assert got.json() == {"var": link, "filter": link, "none": None}
+
+
 async def test_an_endless_template_is_stopped_and_others_carry_on(
     relay: RelayFactory, sink: Sink, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

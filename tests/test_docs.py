@@ -66,7 +66,7 @@ from relay.sandbox import environment
 from relay.settings import Settings
 from relay.store import open_store
 from relay.store.sqlite import sqlite_path
-from relay.templating import RenderContext, _variables
+from relay.templating import RenderContext, Renderer, _variables
 from relay.windows import (
     DigestSource,
     InhibitRule,
@@ -436,7 +436,8 @@ def test_readme_template_context_and_filters_match_the_code() -> None:
     assert variables == set(_variables(context))
     filters = {ticked(row[0])[0].split("(")[0] for row in table_after(text, "| Filter |")}
     ours = {name for name, f in environment().filters.items() if f.__module__ == "relay.filters"}
-    assert filters == ours | {"format"}
+    assert filters == ours | {"format", "dashboard_url"}  # dashboard_url: set by the Renderer
+    assert "dashboard_url" in Renderer()._env.filters
 
 
 def test_readme_silence_matchers_match_the_code() -> None:

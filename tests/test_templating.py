@@ -691,6 +691,22 @@ def test_an_unknown_filter_is_a_check_problem_not_a_crash(tmp_path: Path) -> Non
     assert renderer.unknown_names("console", "run", "txt") == []
 
 
+def test_the_dashboard_url_filter_links_any_run(tmp_path: Path) -> None:
+    (tmp_path / "console").mkdir()
+    (tmp_path / "console" / "t.txt.j2").write_text(
+        "{% for r in group.runs %}{{ r|dashboard_url }} {% endfor %}[{{ none|dashboard_url }}]"
+    )
+    runs = [{"id": "run_1"}, {"id": "run_2", "dashboardUrl": "https://own.test/2"}]
+    ctx = replace(context(runs[0]), group=digest_context("k", {}, runs))
+    renderer = Renderer(tmp_path, link=lambda run: run.get("dashboardUrl") or f"/r/{run['id']}")
+    assert renderer.render("console", "t", ("txt",), ctx).parts["txt"] == (
+        "/r/run_1 https://own.test/2 [None]"
+    )
+    assert Renderer(tmp_path).render("console", "t", ("txt",), ctx).parts["txt"] == (
+        "None None [None]"
+    )
+
+
 def test_check_follows_extends_includes_and_imports(tmp_path: Path) -> None:
     (tmp_path / "console").mkdir()
     files = {
