@@ -1,10 +1,23 @@
-"""`console`: print the rendered message to stdout; for trying relay without any account."""
+"""`console`: print the rendered message to stdout; for trying relay without any account.
+
+Control characters (but tab and newline) are printed as `\\xNN`: run data must not drive the
+terminal (ESC sequences clear it, retitle it, write the clipboard; a lone CR hides a line).
+"""
 
 from __future__ import annotations
+
+import re
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.config import ChannelSettings
 from relay.errors import DeliveryError
+
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with CRLF as LF and every other control character but tab as `\\xNN`."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text.replace("\r\n", "\n"))
 
 
 class ConsoleSettings(ChannelSettings):
@@ -18,7 +31,7 @@ class ConsoleChannel:
         self._out = env.stdout
 
     async def send(self, message: Outgoing) -> None:
-        text = message.parts.get("txt", "")
+        text = printable(message.parts.get("txt", ""))
         try:
             self._out.write(text if text.endswith("\n") else text + "\n")
             self._out.flush()
