@@ -266,7 +266,13 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
                 "run_id": r.run_id,
                 "rules": r.rules,
                 "messages": [
-                    {"rule": rule, "channel": ch, "parts": m.parts, "fallback": m.fallback}
+                    {
+                        "rule": rule,
+                        "channel": ch,
+                        "parts": m.parts,
+                        "fallback": m.fallback,
+                        "error": m.error,
+                    }
                     for rule, ch, m in r.messages
                 ],
             }
@@ -280,7 +286,7 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
         for rule, channel, rendered in r.messages:
             print(
                 f"--- rule {rule} → channel {channel}"
-                + (" (fallback)" if rendered.fallback else "")
+                + (f" (fallback: {rendered.error})" if rendered.fallback else "")
             )
             for part, text in rendered.parts.items():
                 if len(rendered.parts) > 1:

@@ -312,6 +312,22 @@ def section(stdout: str, header: str) -> str:
     return "\n".join(lines[start:end])
 
 
+def test_dry_run_says_why_a_message_is_the_fallback(tmp_path: Path) -> None:
+    (tmp_path / "templates" / "console").mkdir(parents=True)
+    write(tmp_path / "templates" / "console" / "mine.txt.j2", "ok\n{{ 1 // 0 }}\n")
+    config = write(
+        tmp_path / "c.yaml",
+        "templates: {dir: ./templates}\nchannels: {c: {type: console}}\n"
+        "rules:\n  - {name: r, notify: [c], match: {status: [failure]}, template: mine}\n",
+    )
+    text = run_cli("test", str(FAILED_JSON), "--config", str(config))
+    as_json = run_cli("test", str(FAILED_JSON), "--config", str(config), "--json")
+    error = "ZeroDivisionError in console/mine.txt.j2 line 2"
+    assert f"--- rule r → channel c (fallback: {error})" in text.stdout.splitlines()
+    [message] = json.loads(as_json.stdout)[0]["messages"]
+    assert (message["fallback"], message["error"]) == (True, error)
+
+
 async def test_dry_run_names_rules_renders_messages_and_sends_nothing(
     tmp_path: Path, sink: Sink
 ) -> None:
