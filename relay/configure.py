@@ -150,12 +150,27 @@ def _check_templates(
                 why = renderer.check(kind.type, template, part)
                 if why is not None:
                     problems.append(Problem(where, f"rules[{i}].template", f"{kind.type}: {why}"))
-                warnings += [
-                    f"{where}: rules[{i}].template: {kind.type}/{template}.{part}: "
-                    f"`{unknown}` is not in the template context (it renders empty)"
-                    for unknown in renderer.unknown_names(kind.type, template, part)
-                ]
+                warnings += _template_warnings(
+                    renderer, f"{where}: rules[{i}].template", kind.type, template, part
+                )
     return problems, warnings
+
+
+def _template_warnings(
+    renderer: Renderer, where: str, channel_type: str, template: str, part: str
+) -> list[str]:
+    """A name the template reads that its context lacks (it renders empty); a template it
+    includes that does not exist (that line renders the fallback when it runs)."""
+    unknown = [
+        f"{where}: {channel_type}/{template}.{part}: `{name}` is not in the template context "
+        "(it renders empty)"
+        for name in renderer.unknown_names(channel_type, template, part)
+    ]
+    missing = [
+        f"{where}: {channel_type}: {why} (the fallback is sent when that line runs)"
+        for why in renderer.missing_references(channel_type, template, part)
+    ]
+    return unknown + missing
 
 
 def _broken_files(renderer: Renderer, locate: Locate, reported: list[Problem]) -> list[Problem]:

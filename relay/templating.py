@@ -342,11 +342,18 @@ class Renderer:
         return names
 
     def check(self, channel_type: str, name: str, part: str) -> str | None:
-        """None when the template and those it extends, includes or imports (by a constant
-        name) exist and compile; else what is wrong, with its line."""
-        return self._check(_template_name(channel_type, name, part), set())
+        """None when the template exists and it and those it extends, includes or imports (by
+        a constant name) compile; else what is wrong, with its line."""
+        return self._check(_template_name(channel_type, name, part), set(), [])
 
-    def _check(self, template: str, seen: set[str]) -> str | None:
+    def missing_references(self, channel_type: str, name: str, part: str) -> list[str]:
+        """Templates it (or one it reaches) extends, includes or imports that do not exist:
+        a warning, as Jinja looks them up only when the line runs (it renders the fallback)."""
+        missing: list[str] = []
+        self._check(_template_name(channel_type, name, part), set(), missing)
+        return missing
+
+    def _check(self, template: str, seen: set[str], missing: list[str]) -> str | None:
         seen.add(template)
         try:
             self._env.get_template(template)
@@ -358,10 +365,10 @@ class Renderer:
         except (UnicodeDecodeError, OSError):
             return f"{template}: not a readable UTF-8 file"
         for line, ref in _references(ast):
-            why = None if ref in seen else self._check(ref, seen)
+            why = None if ref in seen else self._check(ref, seen, missing)
             if why == f"template {ref} not found":
-                return f"{template} line {line}: {why}"
-            if why is not None:
+                missing.append(f"{template} line {line}: {why}")
+            elif why is not None:
                 return why
         return None
 
