@@ -122,6 +122,12 @@ class Metrics:
             ["feed"],
             registry=r,
         )
+        self.realtime_errors = Counter(
+            "relay_realtime_errors_total",
+            "Realtime requests that failed (retried), by feed and reason.",
+            ["feed", "reason"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "relay_config_reloads_total", "Config reloads, by result.", ["result"], registry=r
         )
@@ -163,10 +169,15 @@ class Metrics:
         self.outbox_oldest.set(0.0 if oldest is None else max(now - oldest, 0.0))
 
     def realtime_batch(self, feed: str, rows: int, lag_s: float | None) -> None:
-        """The Realtime source's hook: one call per batch of rows submitted."""
+        """The Realtime source's hook: one call per up-to-date answer (rows submitted, or none:
+        caught up, lag 0)."""
         self.realtime_rows.labels(feed=feed).inc(rows)
         if lag_s is not None:
             self.realtime_lag.labels(feed=feed).set(max(lag_s, 0.0))
+
+    def realtime_error(self, feed: str, reason: str) -> None:
+        """The Realtime source's hook: one call per failed request."""
+        self.realtime_errors.labels(feed=feed, reason=reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -193,6 +193,7 @@ class Service:
                 functools.partial(self.intake.submit, source="realtime"),
                 self.store,
                 observe=self.metrics.realtime_batch,
+                failed=self.metrics.realtime_error,
             )
             self.realtime.start()
 

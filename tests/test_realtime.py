@@ -130,6 +130,8 @@ class Harness:
     kv: MemoryKV
     sleeps: list[float]
     task: asyncio.Task[None]
+    observed: list[tuple[str, int, float | None]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # the reasons counted
 
 
 @asynccontextmanager
@@ -154,12 +156,24 @@ async def following(
         sleeps.append(seconds)
         await asyncio.sleep(0.001)
 
+    observed: list[tuple[str, int, float | None]] = []
+    failed: list[str] = []
     async with aiohttp.ClientSession() as http:
         timing = Timing(timeout_s=5.0, error_wait_s=settings.error_backoff)
-        follower = Follower(feed_of(feed), settings, http, submit, kv, timing=timing, sleep=sleep)
+        follower = Follower(
+            feed_of(feed),
+            settings,
+            http,
+            submit,
+            kv,
+            timing=timing,
+            sleep=sleep,
+            observe=lambda *batch: observed.append(batch),
+            failed=lambda key, reason: failed.append(reason),
+        )
         task = asyncio.create_task(follower.run())
         try:
-            yield Harness(fake, submit, kv, sleeps, task)
+            yield Harness(fake, submit, kv, sleeps, task, observed, failed)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -252,6 +266,39 @@ async def test_429_500_and_broken_answers_are_retried_with_backoff() -> None:
     ]
     assert h.sleeps[0] >= 2.0  # Retry-After honoured
     assert 0.065 <= h.sleeps[1] <= 0.13 and 0.0845 <= h.sleeps[2] <= 0.169  # 100 ms x 1.3
+
+
+async def test_failed_requests_are_counted_by_reason() -> None:
+    async with fake_realtime(session()) as fake:
+        fake.faults = [(429, {}), (503, {}), (408, {}), (200, {}), (401, {}), (403, {}), (404, {})]
+        fake.faults += [(400, {})]
+        async with following(fake, error_backoff="1s") as h:
+            await h.submit.wait_for(1)
+        assert h.failed == [
+            "rate_limited",
+            "server_error",
+            "timeout",
+            "other",  # a 200 without Electric's headers
+            "auth_error",
+            "auth_error",
+            "client_error",
+            "client_error",
+        ]
+    async with following(FakeRealtime([], url="http://127.0.0.1:9")) as h:  # nothing listens
+        while not h.failed:
+            await asyncio.sleep(0.01)
+    assert h.failed[0] == "network"
+
+
+async def test_lag_is_zero_once_a_long_poll_finds_nothing_new() -> None:
+    """The snapshot's rows are months old (the fixture's): that is no lag once caught up."""
+    async with fake_realtime(session()[:2]) as fake, following(fake) as h:
+        await fake.wait_for(lambda s: s.answer == "live timeout")
+        while len(h.observed) < 2:
+            await asyncio.sleep(0.01)
+    (key, rows, lag_s), caught_up = h.observed[:2]
+    assert rows == 1 and lag_s is not None and lag_s > 3600
+    assert caught_up == (key, 0, 0.0)
 
 
 async def test_an_answer_unreadable_again_and_again_is_read_anew_from_a_snapshot() -> None:
@@ -648,7 +695,7 @@ async def test_relay_alerts_each_failed_run_of_the_feed_once_in_order(
         rows = re.search(rf"^relay_realtime_rows_total\{{{feed}\}} (\S+)$", metrics, re.M)
         lag = re.search(rf"^relay_realtime_lag_seconds\{{{feed}\}} (\S+)$", metrics, re.M)
         assert rows is not None and float(rows.group(1)) >= 2, metrics
-        assert lag is not None and float(lag.group(1)) > 0  # the fixture rows are from 2026-08
+        assert lag is not None and float(lag.group(1)) >= 0  # 0 once a long poll timed out
 
 
 async def test_relay_with_a_refused_key_logs_and_keeps_serving(
@@ -661,6 +708,12 @@ async def test_relay_with_a_refused_key_logs_and_keeps_serving(
         await fake.wait_for(lambda s: s.answer == "refused 401")
         status, body = await r.post(sdk_run("crashed"))
         assert (status, body["notifications"]) == (202, 1)
+        async with r.http.get(r.url + "/metrics") as resp:
+            metrics = await resp.text()
+        errors = (
+            rf'^relay_realtime_errors_total\{{feed="{re.escape(FEED_KEY)}",reason="auth_error"\}} '
+        )
+        assert re.search(errors, metrics, re.M), metrics
         fake.refuse = None
         assert await settle(sink, 2, 0.2) == ["run_cmaxkfbrjm6jm6gofnnqj1787", RUN_A]
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -22,7 +22,8 @@ and the rows of every run in the shape kept in the store as in memory.
 Failures never stop a feed: 429/5xx/408, network errors and timeouts back off with jitter
 (100 ms, times 1.3 up to 10 s, Retry-After honoured); 400/401/403/404 are logged with the feed and
 status and tried again after `error_backoff` (an operator may fix the key). Log lines carry the
-feed key, rows emitted and lag, never the secret key.
+feed key, rows emitted and lag, never the secret key; `observe` hears of every up-to-date (lag 0
+when nothing was new) and `failed` of every failed request, by reason.
 """
 
 from __future__ import annotations
@@ -112,8 +113,12 @@ class _Response:
     body: bytes
 
 
-# (feed key, rows submitted, lag in seconds from the newest row's updatedAt) per batch
+# (feed key, rows submitted, lag in seconds from the newest row's updatedAt; 0 when the
+# server had nothing new) per up-to-date
 Observe = Callable[[str, int, float | None], None]
+# (feed key, reason) per request that failed: timeout, network, rate_limited, server_error,
+# auth_error, client_error, other (an answer that breaks the protocol)
+Failed = Callable[[str, str], None]
 
 
 class Follower:
@@ -130,9 +135,11 @@ class Follower:
         timing: Timing | None = None,
         sleep: Sleep = asyncio.sleep,
         observe: Observe | None = None,
+        failed: Failed | None = None,
     ) -> None:
         self.feed = feed
         self._observe = observe
+        self._failed = failed
         self._config = config
         self._session = session
         self._submit = submit
@@ -160,6 +167,7 @@ class Follower:
             try:
                 response = await self._get(shape)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self._count(_error_reason(exc))
                 await self._retry(type(exc).__name__, None)
                 continue
             if response.status == 409:
@@ -173,6 +181,7 @@ class Follower:
                 try:
                     batch = shape.receive(response.status, response.headers, response.body)
                 except ShapeError as exc:
+                    self._count("other")
                     await self._unreadable(shape, exc)
                     continue
                 self._failures = refetches = self._unreadables = 0
@@ -180,9 +189,11 @@ class Follower:
                     log.info("realtime run finished; feed stopped", extra=self._extra())
                     return
             elif response.status in (408, 429) or response.status >= 500:
+                self._count(_status_reason(response.status))
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 await self._retry(f"HTTP {response.status}", retry_after)
             else:
+                self._count(_status_reason(response.status))
                 await self._refused(response)
 
     async def _unreadable(self, shape: Shape, error: ShapeError) -> None:
@@ -246,6 +257,8 @@ class Follower:
     async def _emit(self, shape: Shape, batch: Batch) -> bool:
         """Submit the batch (retrying while the store is down), then save position and rows."""
         runs = self._decode(batch.rows, batch.position.schema)
+        if not runs and self._observe is not None:  # caught up: nothing newer on the server
+            self._observe(self.feed.key, 0, 0.0)
         if runs:
             result = await self._submit_until_done(runs)
             newest = max((r.updated_at_ms or 0) for r in runs)
@@ -328,6 +341,25 @@ class Follower:
     def _extra(self, **fields: object) -> dict[str, object]:
         return {"feed": self.feed.key, **fields}
 
+    def _count(self, reason: str) -> None:
+        if self._failed is not None:
+            self._failed(self.feed.key, reason)
+
+
+def _error_reason(exc: BaseException) -> str:
+    return "timeout" if isinstance(exc, TimeoutError) else "network"
+
+
+def _status_reason(status: int) -> str:
+    """The failure reason of an HTTP status that is not an answer (nor a 409)."""
+    if status == 429:
+        return "rate_limited"
+    if status == 408:
+        return "timeout"
+    if status >= 500:
+        return "server_error"
+    return "auth_error" if status in (401, 403) else "client_error"
+
 
 def _error_text(body: bytes) -> str:
     try:
@@ -348,9 +380,11 @@ class RealtimeSource:
         positions: Positions,
         *,
         observe: Observe | None = None,
+        failed: Failed | None = None,
     ) -> None:
         self._config = config
         self._observe = observe
+        self._failed = failed
         self._submit = submit
         self._positions = positions
         self._session: aiohttp.ClientSession | None = None
@@ -368,6 +402,7 @@ class RealtimeSource:
                 self._submit,
                 self._positions,
                 observe=self._observe,
+                failed=self._failed,
             )
             task = asyncio.create_task(self._lead(follower), name=f"realtime {follower.feed.key}")
             self._tasks.append(task)
