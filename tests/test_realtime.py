@@ -484,6 +484,19 @@ async def test_native_backend_single_run_ends_crashed_and_the_feed_stops() -> No
     assert "createdAt" not in fake.requests[0].query
 
 
+async def test_a_single_run_feed_that_ended_before_a_restart_asks_for_nothing() -> None:
+    run_id, script = native_single_run()
+    feed = RealtimeFeed(run_id=run_id)
+    async with fake_realtime(script, native=True) as fake:
+        async with following(fake, feed) as h:
+            await asyncio.wait_for(h.task, 10)
+        asked = len(fake.requests)
+        async with following(fake, feed, kv=h.kv) as again:  # relay restarted
+            await asyncio.wait_for(again.task, 10)  # no long poll on a finished run
+        assert len(fake.requests) == asked
+        assert again.submit.batches == []
+
+
 async def test_stop_ends_an_inflight_long_poll_at_once() -> None:
     async with fake_realtime(session()[:2], live_hold_s=30) as fake:
         settings = RealtimeConfig(api_url=fake.url, secret_key=SECRET, feeds=[{"tags": [TAG]}])

@@ -36,7 +36,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -162,6 +162,9 @@ class Follower:
 
     async def _follow(self) -> None:
         shape = await self._resume()
+        if self.feed.single_run and _finished(shape.rows.values()):
+            log.info("realtime run had finished before; feed stopped", extra=self._extra())
+            return
         refetches = 0
         while True:
             try:
@@ -359,6 +362,11 @@ def _status_reason(status: int) -> str:
     if status >= 500:
         return "server_error"
     return "auth_error" if status in (401, 403) else "client_error"
+
+
+def _finished(rows: Iterable[dict[str, Any]]) -> bool:
+    """A stored raw row has its `completedAt` (the SDK's `finishedAt`) set."""
+    return any(row.get("completedAt") is not None for row in rows)
 
 
 def _error_text(body: bytes) -> str:
