@@ -33,7 +33,7 @@ from relay.model import (
     Timing,
     normalise_status,
 )
-from relay.templating import sandbox
+from relay.sandbox import expression_sandbox
 from relay.windows import InhibitRule, NamedTimeInterval
 
 log = logging.getLogger("relay.rules")
@@ -372,7 +372,7 @@ WHEN_NAMES = ("run", "payload", "output", "metadata", "error")  # what `when:` c
 
 
 def _when_predicate(name: str, source: str) -> Predicate:
-    env = sandbox()
+    env = expression_sandbox()
     unknown = _unknown_names(env, source)
     if unknown:
         known = ", ".join(WHEN_NAMES)

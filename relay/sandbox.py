@@ -173,8 +173,39 @@ def _format(value: Any, *args: Any, **kwargs: Any) -> str:
     return as_text(value) % (kwargs or args)
 
 
-def environment(loader: jinja2.BaseLoader | None = None) -> _Environment:
-    env = _Environment(
+class _MissingIsNone(ChainableUndefined):
+    """A missing field in a `when:` expression: falsy and chainable as in templates, and also
+    none (`run.metadata.tier is none`, `== none`); ordering it (`> 5`) stays an error."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return other is None or isinstance(other, Undefined)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = ChainableUndefined.__hash__  # defining __eq__ would unset it
+
+
+def _is_none(value: Any) -> bool:
+    return value is None or isinstance(value, Undefined)
+
+
+class _ExpressionEnvironment(_Environment):
+    """`when:` reads the run as JSON: a key wins over a dict method of the same name, so
+    `run.metadata.items` is the metadata's `items`, not dict.items."""
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, dict) and attribute in obj:
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+
+def environment(
+    loader: jinja2.BaseLoader | None = None, cls: type[_Environment] = _Environment
+) -> _Environment:
+    env = cls(
         loader=loader,
         autoescape=jinja2.select_autoescape(["html.j2", "htm.j2"], default=False),
         undefined=ChainableUndefined,
@@ -194,5 +225,13 @@ def environment(loader: jinja2.BaseLoader | None = None) -> _Environment:
 
 
 def sandbox() -> SandboxedEnvironment:
-    """A fresh hardened sandbox with relay's filters (templates and rule `when:` expressions)."""
+    """A fresh hardened sandbox with relay's filters, as templates see it."""
     return environment()
+
+
+def expression_sandbox() -> SandboxedEnvironment:
+    """The sandbox of rule `when:` expressions: a missing field is none, keys before methods."""
+    env = environment(cls=_ExpressionEnvironment)
+    env.undefined = _MissingIsNone
+    env.tests["none"] = _is_none
+    return env

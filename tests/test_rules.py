@@ -100,6 +100,16 @@ def test_match_operators(match: str, fields: dict[str, Any], expected: bool) -> 
         ("run.__class__.__mro__", {}, False),  # sandbox
         ("metadata.step == 'fetch' and payload.n > 1", {"metadata": {"step": "fetch"}, "payload": {"n": 2}}, True),
         ("error.message is string", {"error": {"message": "boom"}}, True),
+        # a missing field is none, as README says
+        ("run.metadata.customer is none", {}, True),
+        ("run.metadata.customer.tier == none", {"metadata": {}}, True),
+        ("run.nope != none", {}, False),
+        ("run.nope > 5", {}, False),  # ordering none: an error, so no match
+        # the run is JSON: a key wins over a dict method of the same name
+        ("run.metadata.items == 3", {"metadata": {"items": 3}}, True),
+        ("run.payload.values | length == 2", {"payload": {"values": [1, 2]}}, True),
+        ("run.metadata.update == 'x'", {"metadata": {"update": "x"}}, True),
+        ("run.metadata.items() | list | length == 1", {"metadata": {"a": 1}}, True),
     ],
 )  # fmt: skip
 def test_when_expressions(when: str, fields: dict[str, Any], expected: bool) -> None:
