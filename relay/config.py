@@ -183,6 +183,13 @@ class RuleConfig(Strict):
     # when a run this rule notified about later completes: resolve / update / tell the channels
     update_on_recovery: bool = False
 
+    @field_validator("group_by")
+    @classmethod
+    def _every_run_alone(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and "..." in value and len(value) > 1:  # as Alertmanager refuses
+            raise ValueError("`...` (every run a group of its own) cannot go with other paths")
+        return value
+
 
 class TriggerAlertsConfig(Strict):
     """POST /v1/trigger/alerts: Trigger.dev alert webhooks, signed with a channel's secret.

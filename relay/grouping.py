@@ -18,16 +18,42 @@ from relay.model import GroupState, Timing
 MAX_LABEL_CHARS = 200
 
 
+EVERY_RUN = "..."  # Alertmanager's `group_by: ['...']`: every run is a group of its own
+MISSING: Any = object()  # what `lookup` finds at a path that leads nowhere
+
+
+def lookup(data: Any, path: str) -> Any:
+    """Value at a dotted path of nested JSON, or MISSING. A key containing dots is tried whole
+    first, then split at each dot in turn; a number picks an item of a list (`items.0`)."""
+    whole = _child(data, path)
+    if whole is not MISSING:
+        return whole
+    dot = path.find(".")
+    while dot != -1:
+        head = _child(data, path[:dot])
+        if head is not MISSING and (found := lookup(head, path[dot + 1 :])) is not MISSING:
+            return found
+        dot = path.find(".", dot + 1)
+    return MISSING
+
+
+def _child(data: Any, key: str) -> Any:
+    if isinstance(data, Mapping):
+        return data.get(key, MISSING)
+    if isinstance(data, list) and key.isascii() and key.isdigit() and int(key) < len(data):
+        return data[int(key)]
+    return MISSING
+
+
 def group_labels(run: Mapping[str, Any], group_by: Sequence[str]) -> dict[str, str]:
-    """The values of `group_by` paths in a run dict (dotted paths reach into nested objects)."""
+    """The values of `group_by` paths in a run dict (see `lookup`); a missing value is empty,
+    a list joins its values in sorted order (tags are a set), `...` is the run's id."""
     labels = {}
     for path in group_by:
-        value: Any = run
-        for part in path.split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
+        value = run.get("id") if path == EVERY_RUN else lookup(run, path)
         if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
-        labels[path] = "" if value is None else str(value)[:MAX_LABEL_CHARS]
+            value = ",".join(sorted(str(v) for v in value))
+        labels[path] = "" if value is None or value is MISSING else str(value)[:MAX_LABEL_CHARS]
     return labels
 
 

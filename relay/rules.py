@@ -24,6 +24,7 @@ from jinja2.parser import Parser
 
 from relay.config import MatchConfig, RuleConfig, TagMatch, Threshold
 from relay.errors import Problem
+from relay.grouping import MISSING, lookup
 from relay.model import (
     FAILURE_STATUSES,
     Decision,
@@ -343,23 +344,10 @@ def _threshold_predicate(field: str, t: Threshold) -> Predicate:
     return check
 
 
-_MISSING = object()
-
-
-def lookup(data: Any, path: str) -> Any:
-    """Value at a dotted path in nested dicts (a key that itself has dots is tried first)."""
-    if isinstance(data, dict) and path in data:
-        return data[path]
-    head, dot, rest = path.partition(".")
-    if not dot or not isinstance(data, dict) or head not in data:
-        return _MISSING
-    return lookup(data[head], rest)
-
-
 def _metadata_predicate(path: str, wanted: Any) -> Predicate:
     def check(run: Run) -> bool:
         value = lookup(run.metadata or {}, path)
-        if value is _MISSING:
+        if value is MISSING:
             return False
         if isinstance(value, bool) or isinstance(wanted, bool):
             return value is wanted

@@ -119,6 +119,10 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "group_* options need `group_by`",
         ),
         (
+            "rules:\n  - {name: a, notify: [c], group_by: ['...', taskIdentifier]}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].group_by: `...` (every run a group of its own) cannot go with other paths",
+        ),
+        (
             "server:\n  auth_token: ${UNSET_VAR}\n",
             "c.yaml:2: server.auth_token: environment variable UNSET_VAR is not set",
         ),

@@ -43,5 +43,29 @@ def test_labels_and_keys() -> None:
     assert group_labels(run, []) == {}
 
 
+def test_labels_read_paths_as_metadata_matchers_do() -> None:
+    run = {
+        "id": "run_1",
+        "tags": ["b", "a"],
+        "metadata": {"p.q": {"r": "dotted"}, "items": [{"sku": "x"}], "a.b": 1},
+    }
+    paths = ["metadata.p.q.r", "metadata.items.0.sku", "metadata.a.b", "metadata.items.9"]
+    assert group_labels(run, paths) == {
+        "metadata.p.q.r": "dotted",  # a key with dots, not only as the last part
+        "metadata.items.0.sku": "x",  # a number picks a list item
+        "metadata.a.b": "1",
+        "metadata.items.9": "",
+    }
+    # tags are a set: the same tags in another order are the same group
+    assert group_labels(run, ["tags"]) == group_labels({"tags": ["a", "b"]}, ["tags"])
+
+
+def test_every_run_is_its_own_group_with_dots() -> None:
+    # Alertmanager's `group_by: ['...']` groups by every label: no two alerts share a group
+    one, two = {"id": "run_1", "taskIdentifier": "t"}, {"id": "run_2", "taskIdentifier": "t"}
+    assert group_labels(one, ["..."]) != group_labels(two, ["..."])
+    assert group_labels(one, ["..."]) == {"...": "run_1"}
+
+
 def test_state_is_plain_data() -> None:
     assert GroupState("k", None, None, 1.0) == GroupState("k", None, None, 1.0)

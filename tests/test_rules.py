@@ -75,6 +75,10 @@ CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("metadata: {retries: 3}", {"metadata": {"retries": 3.0}}, True),
     ("metadata: {flag: true}", {"metadata": {"flag": 1}}, False),
     ("metadata: {a.b: 1}", {"metadata": {"a.b": 1}}, True),
+    ("metadata: {p.q.r: 1}", {"metadata": {"p.q": {"r": 1}}}, True),  # a dotted key inside
+    ("metadata: {items.0.sku: x}", {"metadata": {"items": [{"sku": "x"}]}}, True),
+    ("metadata: {items.1: x}", {"metadata": {"items": ["x"]}}, False),
+    ("metadata: {n: 5}", {"metadata": {"n": "5"}}, False),  # JSON types: "5" is no number
 ]
 
 
