@@ -217,6 +217,42 @@ async def test_a_channel_that_always_times_out_does_not_delay_another(
     assert len(fast) == 20
 
 
+async def test_hung_channels_at_full_concurrency_do_not_starve_another(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """Every HTTP channel shares one connection pool: its size must not let the connections a
+    hung receiver holds (up to each channel's `concurrency`) keep another channel waiting."""
+    fast_channel = f"""\
+  fast:
+    type: webhook
+    url: {sink.url}/fast
+"""
+
+    async def route(request: Any, index: int) -> Any:
+        if request.path == "/hook":
+            return await hang(30)(request, index)
+        return await status(200)(request, index)
+
+    sink.default = route
+    text = config(sink.url, extra_channel=fast_channel, rule_notify="[hook, fast]", timeout="30s")
+    r = await relay(text.replace("    secret:", "    concurrency: 256\n    secret:"))
+    await r.post([failing_run(i) for i in range(260)])
+    for _ in range(200):
+        if sum(1 for got in sink.received if got.path == "/hook") >= 256:
+            break
+        await asyncio.sleep(0.05)
+    await r.post(failing_run(1000))
+    for _ in range(100):  # up to 5 s: the hung sends hold their connections for 30 s
+        if any(
+            got.path == "/fast" and got.json()["run"]["id"].endswith("1000")
+            for got in sink.received
+        ):
+            break
+        await asyncio.sleep(0.05)
+    fast = {got.json()["run"]["id"] for got in sink.received if got.path == "/fast"}
+    assert "run_delivery_1000" in fast
+
+
 async def test_broken_template_still_sends_a_fallback(
     relay: RelayFactory, sink: Sink, tmp_path: Path
 ) -> None:

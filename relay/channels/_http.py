@@ -73,7 +73,12 @@ def classify_status(response: HttpResponse) -> DeliveryError | None:
 
 
 class HttpClient:
-    """One shared aiohttp session for every HTTP channel; opened lazily, closed by the service."""
+    """One shared aiohttp session for every HTTP channel; opened lazily, closed by the service.
+
+    Its pool has no overall limit: each channel's `concurrency` bounds the connections that
+    channel holds, and a shared cap would let hung receivers hold every connection while the
+    other channels' sends wait for one (and time out).
+    """
 
     def __init__(self, user_agent: str = "relay") -> None:
         self._session: aiohttp.ClientSession | None = None
@@ -81,7 +86,7 @@ class HttpClient:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=256, ttl_dns_cache=60)
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
             self._session = aiohttp.ClientSession(
                 connector=connector, headers={"User-Agent": self._user_agent}
             )
