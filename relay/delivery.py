@@ -18,7 +18,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
@@ -421,9 +421,8 @@ class ChannelLoop:
         return Recovery(firing_id, receipt)  # dead or forgotten: the channel makes do without
 
     async def _attempt(self, outgoing: Outgoing, attempts: int) -> Tried:
-        """Throttle, then send with in-process retries."""
+        """Send with in-process retries, each try throttled."""
         try:
-            await self._throttle()
             budget = max(1, min(pol.QUICK_TRIES, self.deps.retry.max_attempts - attempts))
             return await self._send(outgoing, budget)
         except asyncio.CancelledError:
@@ -502,7 +501,7 @@ class ChannelLoop:
         first try is made directly (nearly every send succeeds at once: setting up a retry
         loop for each cost more CPU than rendering the message); tenacity takes the rest."""
         try:
-            return Tried(1, None, await self.route.channel.send(outgoing))
+            return Tried(1, None, await self._send_once(outgoing))
         except DeliveryError as err:
             if budget <= 1 or not pol.is_blip(err):
                 return Tried(1, err, failed=(err.reason,))
@@ -534,10 +533,18 @@ class ChannelLoop:
 
     async def _try(self, outgoing: Outgoing, failed: list[str]) -> str | None:
         try:
-            return await self.route.channel.send(outgoing)
+            return await self._send_once(outgoing)
         except DeliveryError as err:
             failed.append(err.reason)
             raise
+
+    async def _send_once(self, outgoing: Outgoing) -> str | None:
+        """One request: it takes a token of the rate limit (a retry is a request too), and it
+        is stamped when it goes out, not when rendered: a send that waited for the rate limit
+        would carry a stale webhook-timestamp, which Standard Webhooks receivers refuse after
+        5 minutes."""
+        await self._throttle()
+        return await self.route.channel.send(replace(outgoing, timestamp=self.deps.clock()))
 
     async def _sent(self, row: Notification, attempts: int, receipt: str | None = None) -> None:
         extra = self._extra(row)

@@ -326,6 +326,37 @@ async def test_rate_limit_delays_never_drops(relay: RelayFactory, sink: Sink) ->
     await wait_state(r, "sent", 5)
 
 
+async def test_a_send_held_by_the_rate_limit_carries_the_time_it_went_out(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """webhook-timestamp is when the request is sent, not when it was rendered and then waited
+    for the rate limit: Standard Webhooks receivers refuse one older than 5 minutes."""
+    text = config(sink.url).replace("    secret:", "    rate_limit: {per_second: 2}\n    secret:")
+    r = await relay(text)
+    await r.post([failing_run(i) for i in range(4)])  # rendered at once, sent 0.5 s apart
+    got = await sink.wait_for(4)
+    stamps = [int(g.headers["webhook-timestamp"]) for g in got]
+    assert stamps[-1] - stamps[0] >= 1  # sent at least 1.5 s after the first
+    for g in got:
+        standardwebhooks.Webhook(SECRET).verify(g.body, g.headers)
+    await wait_state(r, "sent", 4)
+
+
+async def test_quick_retries_keep_to_the_rate_limit(relay: RelayFactory, sink: Sink) -> None:
+    """Each try is a request the receiver sees: in-process retries of a blip wait for the
+    channel's rate limit too, with a fresh timestamp and signature each."""
+    sink.responses = [status(500), status(500)]
+    text = config(sink.url).replace("    secret:", "    rate_limit: {per_second: 4}\n    secret:")
+    r = await relay(text)
+    await r.post(failing_run())
+    got = await sink.wait_for(3)
+    await wait_state(r, "sent")
+    assert got[2].at - got[0].at >= 0.45  # 3 tries at 4/s (the quick waits alone: <= 0.3 s)
+    assert len({g.headers["webhook-id"] for g in got}) == 1
+    for g in got:
+        standardwebhooks.Webhook(SECRET).verify(g.body, g.headers)
+
+
 def leased(db: Path) -> int:
     """Pending outbox rows some delivery loop holds (claimed, in flight or waiting its turn)."""
     with sqlite3.connect(db) as conn:
