@@ -65,8 +65,11 @@ def after_failure(
         return Outcome(dead=True, why="permanent")
     if attempts >= policy.max_attempts:
         return Outcome(dead=True, why="attempts exhausted")
-    wait = max(backoff_s(attempts, policy, rng), error.retry_after or 0.0)
+    backoff = backoff_s(attempts, policy, rng)
+    wait = max(backoff, error.retry_after or 0.0)
     if now + wait - created_at > policy.max_age:
+        if now + backoff - created_at <= policy.max_age:  # only the receiver's wait is too long
+            return Outcome(dead=True, why=f"Retry-After {wait:.0f}s is past max_age")
         return Outcome(dead=True, why="too old")
     return Outcome(dead=False, not_before=now + wait)
 

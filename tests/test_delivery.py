@@ -104,6 +104,21 @@ async def test_long_retry_after_goes_back_to_the_outbox(relay: RelayFactory, sin
     assert len(sink.received) == 1
 
 
+async def test_a_retry_after_past_max_age_is_dead_at_once_and_says_so(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A receiver asking for a day's pause when max_age is 1h: waiting would outlive the
+    notification's budget and retrying sooner would ignore the receiver, so it is dead now,
+    kept for replay, and the dead letter names the cause instead of calling it too old."""
+    sink.responses = [status(429, {"Retry-After": "86400"})]
+    r = await relay(config(sink.url))
+    await r.post(failing_run())
+    await wait_state(r, "dead")
+    [dead] = await r.service.store.dead_letters()
+    assert dead.reason == "rate_limited" and dead.attempts == 1 and len(sink.received) == 1
+    assert "Retry-After 86400s is past max_age" in (dead.last_error or "")
+
+
 async def test_503_is_retried_then_delivered_once(relay: RelayFactory, sink: Sink) -> None:
     sink.responses = [status(503)] * 3  # as many as the quick retries: the outbox retries too
     r = await relay(config(sink.url))
