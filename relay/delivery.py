@@ -273,7 +273,18 @@ class ChannelLoop:
         in flight, waiting their turn, promised to a birth lease or asked for by a claim."""
         ready = sum(len(unit) for _, unit in self.ready)
         held = len(self.inflight) + ready + self._promised + self._claiming
-        return self.route.concurrency + self._ahead() - held
+        return self._most() - held
+
+    def _most(self) -> int:
+        """Rows this loop may hold at once. On a rate-limited channel no more than the bucket
+        lets out, every try included, in half a lease: a row waiting its turn past its lease
+        was claimed again and sent twice (16 in flight at one a minute wait 15 minutes)."""
+        most = self.route.concurrency + self._ahead()
+        bucket = self.route.bucket
+        if bucket is None:
+            return most
+        window_s = self.deps.lease_s / (2 * pol.QUICK_TRIES)
+        return int(min(most, max(1.0, bucket.capacity + bucket.rate * window_s)))
 
     def take(self, rows: list[Notification], reserved: int) -> None:
         """Rows leased at birth for this loop: start them as a claim's; a stopping loop gives

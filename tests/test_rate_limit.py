@@ -91,21 +91,24 @@ class Terminal(io.StringIO):
         return super().write(text)
 
 
-async def test_twenty_notifications_at_two_a_second_take_ten_seconds(tmp_path: Path) -> None:
+async def deliver_on_virtual_time(
+    tmp_path: Path, config: str, count: int
+) -> tuple[list[tuple[float, str]], list[str], int]:
+    """`count` failed runs, one by one, through channel `out` of `config` on a virtual clock:
+    what was printed (virtual seconds since delivery began, text), the run ids, and how many
+    the store counts as sent."""
     clock = VirtualClock(START)
-    compiled = compile_config(parse_config(CONFIG, "c.yaml", {"console": ConsoleSettings}, {}))
+    compiled = compile_config(parse_config(config, "c.yaml", {"console": ConsoleSettings}, {}))
     store = SQLiteStore(tmp_path / "relay.db")
     await store.open()
     intake = Intake(store, lambda: compiled.rules, lambda channel: None, clock=clock)
-    runs = [{**sdk_run("failed"), "id": f"run_rate_{i:02d}"} for i in range(20)]
+    runs = [{**sdk_run("failed"), "id": f"run_rate_{i:02d}"} for i in range(count)]
     for run in runs:  # one by one, as they would arrive
         assert (await intake.submit(parse_runs([run]))).notifications == 1
         clock.now += 0.001
     terminal = Terminal(clock)
     http = HttpClient()
-    env = ChannelEnv(http, terminal, 10.0, store)
-    route = route_for(compiled, "out", env)
-    assert route.concurrency == 4  # several deliveries wait for a token at once
+    route = route_for(compiled, "out", ChannelEnv(http, terminal, 10.0, store))
     defaults = compiled.loaded.config.defaults
     deps = Deps(
         store,
@@ -116,21 +119,45 @@ async def test_twenty_notifications_at_two_a_second_take_ten_seconds(tmp_path: P
         sleep=clock.sleep,
     )
     delivery = Delivery(deps, {"out": route})
-    began_s, began = time.monotonic(), clock.now
+    began = clock.now
     delivery.start()
     try:
-        await clock.run_until(lambda: len(terminal.printed) == 20)
-        sent = await _wait_counted(store, "sent", 20)
+        await clock.run_until(lambda: len(terminal.printed) >= count)
+        sent = await _wait_counted(store, "sent", count)
     finally:
         await delivery.stop(1.0)
         await http.close()
         await store.close()
-    at = [t - began for t, _ in terminal.printed]
+    printed = [(t - began, text) for t, text in terminal.printed]
+    return printed, [run["id"] for run in runs], sent
+
+
+def run_ids(printed: list[tuple[float, str]]) -> list[str]:
+    return [text.split(" · ")[2].split()[0] for _, text in printed]
+
+
+async def test_twenty_notifications_at_two_a_second_take_ten_seconds(tmp_path: Path) -> None:
+    began_s = time.monotonic()
+    printed, runs, sent = await deliver_on_virtual_time(tmp_path, CONFIG, 20)
+    at = [t for t, _ in printed]
     assert at == pytest.approx([0.5 * i for i in range(20)])  # 2 a second, 9.5 s in all
-    order = [text.split(" · ")[2].split()[0] for _, text in terminal.printed]
-    assert order == [run["id"] for run in runs]  # none lost, none twice, in order
+    assert run_ids(printed) == runs  # none lost, none twice, in order
     assert sent == 20
     assert time.monotonic() - began_s < 9.5  # and the suite did not wait for it
+
+
+async def test_a_rate_slower_than_the_claim_lease_sends_each_notification_once(
+    tmp_path: Path,
+) -> None:
+    """At one a minute, 16 deliveries in flight (the concurrency) would wait up to 15 minutes
+    for their turn: a claim's lease (5 minutes) ran out meanwhile, the loop claimed them again
+    and sent them twice. The loop now holds no more than the rate lets out within a lease."""
+    config = CONFIG.replace("rate_limit: {per_second: 2}", "rate_limit: {per_minute: 1}")
+    config = config.replace("    type: console\n", "    type: console\n    concurrency: 16\n")
+    printed, runs, sent = await deliver_on_virtual_time(tmp_path, config, 20)
+    assert run_ids(printed) == runs  # none lost, none twice, in order
+    assert [t for t, _ in printed] == pytest.approx([60.0 * i for i in range(20)])
+    assert sent == 20
 
 
 def test_the_bucket_spaces_reservations_by_the_rate() -> None:
