@@ -260,7 +260,8 @@ def route_for(compiled: Compiled, name: str, env: ChannelEnv, *, throttled: bool
     channel = channel_registry.build(name, settings, env)
     limit = settings.rate_limit if throttled else None
     bucket = TokenBucket(limit) if limit is not None else None
-    return Route(channel, kind.type, kind.parts, settings.concurrency, bucket)
+    timeout_s = settings.timeout or env.default_timeout_s
+    return Route(channel, kind.type, kind.parts, settings.concurrency, bucket, timeout_s)
 
 
 def dry_run(compiled: Compiled, runs: list[Run]) -> list[DryRun]:

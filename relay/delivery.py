@@ -51,6 +51,7 @@ class Route:
     parts: tuple[str, ...]
     concurrency: int
     bucket: pol.TokenBucket | None
+    timeout_s: float = 10.0  # of one try: the lease of a claim outlasts every quick try
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,8 @@ class Delivery:
         """Room for up to `most` rows per channel, leased to these loops as they are created."""
         slots = {name: loop.reserve(most) for name, loop in self.loops.items()}
         held = {name: n for name, n in slots.items() if n}
-        return Reservation(held, {n: self.loops[n] for n in held}, self.deps.lease_s)
+        lease_s = max((self.loops[n].lease_s for n in held), default=self.deps.lease_s)
+        return Reservation(held, {n: self.loops[n] for n in held}, lease_s)
 
     def wake(self, channel: str) -> None:
         loop = self.loops.get(channel)
@@ -181,6 +183,7 @@ class ChannelLoop:
         self.name = name
         self.route = route
         self.deps = deps
+        self.lease_s = pol.lease_s(route.timeout_s, deps.lease_s)
         self.wake = asyncio.Event()
         self.inflight: set[asyncio.Task[None]] = set()
         self.ready: deque[tuple[str | None, list[Notification]]] = deque()  # claimed, not started
@@ -247,7 +250,7 @@ class ChannelLoop:
             return
         self._claiming = want
         try:
-            rows = await self.deps.store.claim(self.name, now, want, self.deps.lease_s)
+            rows = await self.deps.store.claim(self.name, now, want, self.lease_s)
         finally:
             self._claiming = 0
         self.ready.extend(units(rows))  # a claim takes a digest group whole
@@ -283,7 +286,7 @@ class ChannelLoop:
         bucket = self.route.bucket
         if bucket is None:
             return most
-        window_s = self.deps.lease_s / (2 * pol.QUICK_TRIES)
+        window_s = self.lease_s / (2 * pol.QUICK_TRIES)
         return int(min(most, max(1.0, bucket.capacity + bucket.rate * window_s)))
 
     def take(self, rows: list[Notification], reserved: int) -> None:
@@ -397,7 +400,7 @@ class ChannelLoop:
     async def _write_through_blips(self, write: Callable[[], Awaitable[object]]) -> None:
         """Record the outcome even if the store blips: retried with backoff up to the lease
         (the writes are idempotent: they only change rows still pending)."""
-        deadline = self.deps.clock() + self.deps.lease_s
+        deadline = self.deps.clock() + self.lease_s
         wait_s = 0.25
         while True:
             try:

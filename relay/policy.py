@@ -23,6 +23,12 @@ def backoff_s(attempts: int, policy: RetryPolicy, rng: random.Random) -> float:
     return float(base / 2 + rng.uniform(0, base / 2))
 
 
+def lease_s(timeout_s: float, least_s: float) -> float:
+    """How long a claim holds a row: at least `least_s`, and long enough for every quick try
+    to run its whole `timeout_s` twice over (a lease that ends mid-send sends the row twice)."""
+    return max(least_s, 2 * QUICK_TRIES * (timeout_s + QUICK_MAX_WAIT_S))
+
+
 def quick_wait_s(tries: int, error: DeliveryError | None, rng: random.Random) -> float:
     """Wait before in-process try number `tries + 1`: short jittered backoff or Retry-After."""
     jittered = min(QUICK_MAX_WAIT_S, 0.1 * 2.0 ** (tries - 1)) * rng.uniform(0.5, 1.0)

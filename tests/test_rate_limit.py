@@ -28,7 +28,7 @@ from relay.configure import compile_config, dashboard_link, route_for
 from relay.delivery import Delivery, Deps
 from relay.formats import parse_runs
 from relay.intake import Intake
-from relay.policy import TokenBucket
+from relay.policy import QUICK_TRIES, TokenBucket
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import sdk_run
 
@@ -176,3 +176,30 @@ async def _wait_counted(store: SQLiteStore, state: str, count: int) -> int:
             return n
         await asyncio.sleep(0.02)
     return (await store.counts())[state]
+
+
+async def test_a_claim_outlasts_every_quick_try_of_a_slow_channel(tmp_path: Path) -> None:
+    """A lease that ends while a try is still waiting for its answer lets the row be claimed and
+    sent again: a channel's claims last at least its timeout for every quick try, twice over."""
+    config = """\
+channels:
+  slow: {type: console, timeout: 3m}
+  quick: {type: console}
+rules:
+  - {name: failures, match: {status: [failure]}, notify: [slow, quick]}
+"""
+    compiled = compile_config(parse_config(config, "c.yaml", {"console": ConsoleSettings}, {}))
+    store = SQLiteStore(tmp_path / "relay.db")
+    http = HttpClient()
+    env = ChannelEnv(http, io.StringIO(), 10.0, store)
+    routes = {name: route_for(compiled, name, env) for name in ("slow", "quick")}
+    defaults = compiled.loaded.config.defaults
+    deps = Deps(store, compiled.renderer, defaults.retry, dashboard_link(defaults))
+    delivery = Delivery(deps, routes)
+    try:
+        assert routes["slow"].timeout_s == 180.0 and routes["quick"].timeout_s == 10.0
+        assert delivery.loops["quick"].lease_s == deps.lease_s == 300.0
+        assert delivery.loops["slow"].lease_s >= 2 * QUICK_TRIES * 180.0
+        assert delivery.reserve(1).lease_s == delivery.loops["slow"].lease_s
+    finally:
+        await http.close()
