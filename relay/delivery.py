@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -197,6 +198,7 @@ class ChannelLoop:
         self._due_at: float | None = None  # the earliest due row the last short claim left
         self._promised = 0  # room reserved for rows being leased at birth (Reservation)
         self._claiming = 0  # rows asked for by the claim under way
+        self._claimed_at = -math.inf  # when the last claim began (deps.clock)
 
     def poke(self) -> None:
         """New rows for this channel were committed (or replayed): claim them."""
@@ -239,6 +241,8 @@ class ChannelLoop:
             await self._idle(POLL_S)  # a finished send wakes us
             return
         now = self.deps.clock()
+        if self._poll_owed(now):
+            self._more = True
         if not self._more and (self._due_at is None or self._due_at > now):
             # A send finished, but nothing new came and nothing came due since the last claim
             # found the store empty: no claim (two store round trips per send at low rates).
@@ -248,7 +252,7 @@ class ChannelLoop:
         if want <= 0:  # the room is promised to rows being leased at birth
             await self._idle(POLL_S)
             return
-        self._claiming = want
+        self._claiming, self._claimed_at = want, now
         try:
             rows = await self.deps.store.claim(self.name, now, want, self.lease_s)
         finally:
@@ -264,12 +268,21 @@ class ChannelLoop:
 
     def reserve(self, most: int) -> int:
         """Hold room for up to `most` rows leased at birth; none on a rate-limited channel
-        (they would wait for the bucket leased) or once stopping."""
+        (they would wait for the bucket leased), once stopping, or while a claim is owed."""
         if self._stopping or self.route.bucket is not None:
             return 0
+        if self._more or self._poll_owed(self.deps.clock()):
+            return 0  # a claim comes first: the store may hold due rows older than these
         room = min(most, max(self._room(), 0))
         self._promised += room
         return room
+
+    def _poll_owed(self, now: float) -> bool:
+        """Whether the last claim is a poll interval old. The store may then hold due rows no
+        wake-up announces: another replica's, free since it died, or a retry whose time came.
+        A busy loop never waits out an idle poll, and rows leased at birth would keep its room
+        from the claim for as long as intake stays busy."""
+        return now - self._claimed_at >= POLL_S
 
     def _room(self) -> int:
         """Rows this loop may still take: its concurrency plus the rows held ahead, less those

@@ -508,3 +508,30 @@ async def test_console_prints_the_rendered_alert(
     await wait_state(r, "sent")
     out = capsys.readouterr().out
     assert "render-video" in out and "CRASHED" in out
+
+
+async def test_a_loop_kept_busy_by_new_rows_still_claims_what_waits_in_the_store(
+    relay: RelayFactory, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows leased at birth must not keep a busy loop from the store: a row no wake-up
+    announces (another replica's, free since that replica died; a retry whose time came) goes
+    out at the next poll while intake goes on, not when intake stops."""
+    monkeypatch.setattr(relay_delivery, "POLL_S", 0.1)
+    sink.default = hang(0.01)
+    r = await relay(config(sink.url).replace("    secret:", "    concurrency: 1\n    secret:"))
+    waiting = Run.model_validate(failing_run(9999))
+    waiting_id = notification_id(waiting.id, "failures", "hook")
+
+    def arrived() -> bool:
+        return any(got.headers["webhook-id"] == waiting_id for got in sink.received)
+
+    fed = 0
+    for i in range(600):  # far more than the loop sends meanwhile: it never runs dry
+        await r.post(failing_run(i))
+        fed += 1
+        if i == 20:  # committed without a lease or a wake-up, as another process's row is
+            await r.service.store.observe([waiting], r.service.compiled.rules.decide, time.time())
+        if arrived():
+            break
+    assert arrived(), "the row in the store waited for intake to stop"
+    assert fed < 600
