@@ -2,9 +2,11 @@
 
 A rule with `group_by` sends one message per group instead of one per run. The first run of a
 new group waits `group_wait` for others; after a digest went out, runs that join the group go in
-the next digest, no sooner than `group_interval` after the previous one. Runs do not resolve the
-way Prometheus alerts do, so there is nothing to repeat: a group that saw nothing for
-`repeat_interval` is closed, and the next run opens a new one (waiting `group_wait` again).
+the next digest, no sooner than `group_interval` after the previous one; so do runs that join
+while a due digest is on its way (claimed, being sent), not in a digest of their own. Runs do
+not resolve the way Prometheus alerts do, so there is nothing to repeat: a group that saw
+nothing for `repeat_interval` is closed, and the next run opens a new one (waiting
+`group_wait` again).
 """
 
 from __future__ import annotations
@@ -68,15 +70,18 @@ def schedule(previous: GroupState | None, key: str, now: float, timing: Timing) 
     """The group after a run joined it; its next_flush is when that run will be sent."""
     if previous is None or now - previous.last_seen >= timing.repeat_interval_s:
         return GroupState(key, now + timing.group_wait_s, None, now)
-    if previous.next_flush is not None:  # a digest is already waiting: join it
+    if previous.next_flush is not None and previous.next_flush > now:  # a digest waits: join it
         return GroupState(key, previous.next_flush, previous.last_sent, now)
+    if previous.next_flush is not None:  # that digest is due, maybe on its way: the next one
+        return GroupState(key, now + timing.group_interval_s, previous.last_sent, now)
     last_sent = previous.last_sent if previous.last_sent is not None else now
     return GroupState(key, max(now, last_sent + timing.group_interval_s), last_sent, now)
 
 
 def flushed(previous: GroupState, now: float) -> GroupState:
-    """The group after its digest went out."""
-    return GroupState(previous.key, None, now, max(previous.last_seen, now))
+    """The group after its digest went out; a later digest that runs joined meanwhile stays."""
+    later = previous.next_flush if (previous.next_flush or 0.0) > now else None
+    return GroupState(previous.key, later, now, max(previous.last_seen, now))
 
 
 def digest_id(notification_ids: Sequence[str]) -> str:

@@ -23,6 +23,16 @@ def test_after_a_digest_new_runs_wait_group_interval() -> None:
     assert schedule(g, "k", 900.0, T).next_flush == 900.0  # interval already passed: at once
 
 
+def test_a_run_joining_a_digest_already_due_waits_for_the_next_one() -> None:
+    """Its digest may be on its way (claimed, being sent): the run goes group_interval later,
+    as Alertmanager's do, instead of on its own right after that digest."""
+    g = schedule(None, "k", 100.0, T)  # due at 130
+    late = schedule(g, "k", 130.5, T)
+    assert late.next_flush == 430.5 and late.last_seen == 130.5
+    assert schedule(late, "k", 131.0, T).next_flush == 430.5  # the next ones join it
+    assert flushed(late, 131.0).next_flush == 430.5  # the due digest went out: it stays
+
+
 def test_a_quiet_group_closes_after_repeat_interval() -> None:
     g = flushed(schedule(None, "k", 100.0, T), 130.0)
     g = schedule(g, "k", 130.0 + 3600.0, T)

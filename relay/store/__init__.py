@@ -199,7 +199,8 @@ class Store(Protocol):
         """created_at of the oldest pending notification; None when nothing is pending."""
 
     async def group_flushed(self, group_key: str, now: float) -> dict[str, str]:
-        """Record that a group's digest went out; return the group's labels."""
+        """Record that a group's digest went out (a later digest, of runs that joined while it
+        was on its way, stays scheduled); return the group's labels."""
 
     async def add_silence(self, silence: Silence) -> None: ...
 

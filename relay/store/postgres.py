@@ -317,7 +317,8 @@ class PostgresStore:
 
     async def group_flushed(self, group_key: str, now: float) -> dict[str, str]:
         labels = await self._fetchval(
-            "UPDATE relay_groups SET next_flush = NULL, last_sent = $2,"
+            "UPDATE relay_groups SET next_flush = CASE WHEN next_flush > $2 THEN next_flush END,"
+            " last_sent = $2,"
             " last_seen = GREATEST(last_seen, $2) WHERE key = $1 RETURNING labels_json",
             clean(group_key),
             now,

@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 
 from relay.errors import ConfigError, Problem, StoreUnavailable
-from relay.grouping import group_key, group_labels, schedule
+from relay.grouping import flushed, group_key, group_labels, schedule
 from relay.model import GroupState, Match, Notification, Run, Silence
 from relay.store import BirthLease, Decide, HistoryQuery, KvWrite, Observed, owed_notification
 from relay.store._rows import to_notification, to_silence
@@ -252,10 +252,10 @@ class SQLiteStore:
         def flush(conn: sqlite3.Connection) -> dict[str, str]:
             state = load_group(conn, group_key)
             if state is not None:
+                after = flushed(state, now)
                 conn.execute(
-                    "UPDATE groups SET next_flush = NULL, last_sent = ?, last_seen = ?"
-                    " WHERE key = ?",
-                    (now, max(state.last_seen, now), group_key),
+                    "UPDATE groups SET next_flush = ?, last_sent = ?, last_seen = ? WHERE key = ?",
+                    (after.next_flush, after.last_sent, after.last_seen, group_key),
                 )
             return group_labels_of(conn, group_key)
 

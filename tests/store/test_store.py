@@ -18,6 +18,7 @@ import pytest
 import trustme
 
 from relay.errors import ConfigError, StoreUnavailable
+from relay.grouping import group_key
 from relay.model import Decision, Run, RunState, Silence, notification_id, recovery_id
 from relay.store import BirthLease, HistoryQuery, KvWrite, Observed, Store, migrate, open_store
 from relay.store._pg_connect import connect_args
@@ -383,6 +384,25 @@ async def test_a_digest_group_collects_runs_and_is_claimed_whole(store: Store) -
     # After a flush, the next run waits for group_interval (300 s after the last digest).
     after = await store.observe([make_run("run_4", taskIdentifier="t/a")], decide_digest, 200.0)
     assert after[0].notifications[0].not_before == 431.0
+
+
+async def test_a_run_joining_while_its_digest_is_sent_waits_for_the_next_digest(
+    store: Store,
+) -> None:
+    """Between the claim of a due digest and its flush, a joining run neither goes out alone
+    at once nor loses the group its schedule: it and later ones make one digest,
+    group_interval later (Alertmanager's group_interval)."""
+    [n1] = ids(await store.observe([make_run("run_1", taskIdentifier="t/a")], decide_digest, 0))
+    assert [n.id for n in await store.claim("d", now=30.0, limit=10, lease_s=60)] == [n1]
+    [n2] = ids(await store.observe([make_run("run_2", taskIdentifier="t/a")], decide_digest, 31))
+    assert await store.claim("d", now=31.5, limit=10, lease_s=60) == []  # not on its own
+    await store.mark_sent(n1, now=32.0, attempts=1)
+    await store.group_flushed(group_key("dg", "d", {"taskIdentifier": "t/a"}), 32.0)
+    [n3] = ids(await store.observe([make_run("run_3", taskIdentifier="t/a")], decide_digest, 33))
+    assert await store.claim("d", now=330.0, limit=10, lease_s=60) == []
+    assert sorted(n.id for n in await store.claim("d", now=331.0, limit=10, lease_s=60)) == sorted(
+        [n2, n3]
+    )
 
 
 async def test_muted_matches_are_recorded_not_grouped(store: Store) -> None:
