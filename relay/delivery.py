@@ -199,6 +199,7 @@ class ChannelLoop:
         self._promised = 0  # room reserved for rows being leased at birth (Reservation)
         self._claiming = 0  # rows asked for by the claim under way
         self._claimed_at = -math.inf  # when the last claim began (deps.clock)
+        self._paused = False  # the store was unavailable at the last step
 
     def poke(self) -> None:
         """New rows for this channel were committed (or replayed): claim them."""
@@ -228,7 +229,9 @@ class ChannelLoop:
             try:
                 await self._step()
             except StoreUnavailable:
-                log.warning("store unavailable; delivery paused", extra={"channel": self.name})
+                if not self._paused:  # once per outage: it is retried every POLL_S
+                    log.warning("store unavailable; delivery paused", extra={"channel": self.name})
+                self._paused = True
                 await self._idle(POLL_S)
             except Exception:
                 log.exception("delivery loop error", extra={"channel": self.name})
@@ -257,6 +260,7 @@ class ChannelLoop:
             rows = await self.deps.store.claim(self.name, now, want, self.lease_s)
         finally:
             self._claiming = 0
+        self._store_answered()
         self.ready.extend(units(rows))  # a claim takes a digest group whole
         self._start_ready()
         if len(rows) >= want:  # more may be due (a digest group can take more than `want`)
@@ -276,6 +280,12 @@ class ChannelLoop:
         room = min(most, max(self._room(), 0))
         self._promised += room
         return room
+
+    def _store_answered(self) -> None:
+        """A claim went through: after an outage, say once that delivery goes on."""
+        if self._paused:
+            self._paused = False
+            log.info("store available again; delivery resumed", extra={"channel": self.name})
 
     def _poll_owed(self, now: float) -> bool:
         """Whether the last claim is a poll interval old. The store may then hold due rows no

@@ -31,6 +31,8 @@ from tests.conftest import RelayProcess, Sink, sdk_run
 from tests.pg import PgServer, fresh_database, start_server
 
 TAKEOVER = "taking over notifications of a stopped replica"
+PAUSED = "store unavailable; delivery paused"
+RESUMED = "store available again; delivery resumed"
 CONFIG = """\
 defaults:
   retry: {{max_attempts: 50, max_age: 1h, min_backoff: 100ms, max_backoff: 500ms}}
@@ -302,6 +304,7 @@ async def test_postgresql_restart_mid_run_loses_nothing(
                     assert resp.status == 200
                 async with http.get(p.url + "/readyz") as resp:
                     assert resp.status == 503
+            await asyncio.sleep(2.5)  # delivery loops retry their claims meanwhile
         finally:
             await asyncio.to_thread(pg.start)
         assert refused and all(status == 503 and after for status, after in refused)
@@ -317,3 +320,7 @@ async def test_postgresql_restart_mid_run_loses_nothing(
     got = arrivals(sink)
     assert set(got) == want
     assert {ident for ident, n in got.items() if n > 1} <= in_flight
+    for p in procs:  # an outage is logged once per channel, not once per retry, and its end too
+        paused = collections.Counter(e["channel"] for e in p.logs if e.get("msg") == PAUSED)
+        resumed = collections.Counter(e["channel"] for e in p.logs if e.get("msg") == RESUMED)
+        assert paused and set(paused.values()) == {1} and resumed == paused
