@@ -23,7 +23,9 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable
 
-from relay.errors import StoreUnavailable
+import asyncpg
+
+from relay.store._pg_connect import DB_ERRORS, unavailable
 
 log = logging.getLogger("relay.store")
 
@@ -54,37 +56,65 @@ def new_holder() -> str:
     return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-Execute = Callable[..., Awaitable[object]]
+Connect = Callable[[], Awaitable[asyncpg.Connection]]
 
 
 class Heartbeat:
-    """Renews this replica's row every `timeout_s / 5` until stopped."""
+    """Renews this replica's row every `timeout_s / 5` until stopped, over a connection of its
+    own: a pool kept busy by intake must not delay the renewal past the timeout (the others
+    would take this replica's claims while it sends them)."""
 
     def __init__(self, holder: str, timeout_s: float) -> None:
         self.holder = holder
         self.timeout_s = timeout_s
         self._task: asyncio.Task[None] | None = None
+        self._conn: asyncpg.Connection | None = None
 
-    async def start(self, execute: Execute) -> None:
-        """Write the row now (before any claim can name this holder), then keep renewing it."""
-        await execute(FORGET_STALE, float(STALE_ROWS_S))
-        await execute(RENEW, self.holder, self.timeout_s)
-        self._task = asyncio.create_task(self._renew(execute), name="relay-replica-heartbeat")
+    async def start(self, connect: Connect) -> None:
+        """Write the row now (before any claim can name this holder), then keep renewing it;
+        StoreUnavailable if the first write fails."""
+        try:
+            await self._beat(connect, first=True)
+        except DB_ERRORS as exc:
+            await self._drop()
+            raise unavailable("replica heartbeat failed", exc) from exc
+        self._task = asyncio.create_task(self._renew(connect), name="relay-replica-heartbeat")
 
     async def stop(self) -> None:
+        """Stop renewing and delete the row: what this replica still holds is free at once."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._conn is not None:
+            with contextlib.suppress(*DB_ERRORS):
+                await self._conn.execute(FORGET, self.holder, timeout=self.timeout_s)
+        await self._drop()
 
-    async def _renew(self, execute: Execute) -> None:
+    async def _beat(self, connect: Connect, *, first: bool = False) -> None:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await connect()
+        if first:
+            await self._conn.execute(FORGET_STALE, float(STALE_ROWS_S), timeout=self.timeout_s)
+        await self._conn.execute(RENEW, self.holder, self.timeout_s, timeout=self.timeout_s / 5)
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await asyncio.wait_for(conn.close(), self.timeout_s / 5)
+            except DB_ERRORS:  # TimeoutError included (an OSError)
+                conn.terminate()
+
+    async def _renew(self, connect: Connect) -> None:
         failing = False
         while True:
             await asyncio.sleep(self.timeout_s / 5)
             try:
-                await execute(RENEW, self.holder, self.timeout_s)
-            except StoreUnavailable:
+                await self._beat(connect)
+            except DB_ERRORS:
+                await self._drop()
                 if not failing:
                     log.warning("replica heartbeat not recorded: store unavailable")
                 failing = True

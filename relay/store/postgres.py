@@ -39,7 +39,7 @@ from relay.store._pg_connect import (
     unavailable,
 )
 from relay.store._pg_observe import lease_at_birth, observe
-from relay.store._pg_replicas import DEFAULT_TIMEOUT_S, FORGET, Heartbeat, new_holder
+from relay.store._pg_replicas import DEFAULT_TIMEOUT_S, Heartbeat, new_holder
 from relay.store._pg_rows import (
     LEAD,
     PRUNE,
@@ -115,10 +115,19 @@ class PostgresStore:
                 raise
             self._pool = pool
             try:
-                await self._heartbeat.start(self._execute)
+                await self._heartbeat.start(self._connect)
             except BaseException:
                 await self.close()
                 raise
+
+    async def _connect(self) -> asyncpg.Connection:
+        """A connection outside the pool (this replica's heartbeat)."""
+        return await asyncpg.connect(
+            self._url,
+            timeout=CONNECT_TIMEOUT_S,
+            command_timeout=COMMAND_TIMEOUT_S,
+            **connect_args(self._url),
+        )
 
     async def migrate(self) -> tuple[int, int]:
         """`relay migrate`: create or migrate the schema alone; (version before, after)."""
@@ -140,14 +149,13 @@ class PostgresStore:
         """Refuse new calls, let running ones finish, end this replica's heartbeat (its leases
         left are free at once: nothing here will send them), close the pool; later calls are
         refused."""
-        await self._heartbeat.stop()
         pool, self._pool = self._pool, None
         if pool is None:
+            await self._heartbeat.stop()
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), CLOSE_TIMEOUT_S)
-        with contextlib.suppress(*DB_ERRORS):
-            await pool.execute(FORGET, self.holder, timeout=CLOSE_TIMEOUT_S)
+        await self._heartbeat.stop()
         try:
             await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
         except DB_ERRORS:  # TimeoutError included: a connection that will not give up
