@@ -82,17 +82,17 @@ async def test_a_pushed_run_is_a_run_whatever_its_event_field_says(relay: RelayF
         assert row.rule == "failures", label
 
 
+def hook_config(sink: Sink, rule: str = "{name: failures, match: {status: [FAILED]}}") -> str:
+    """A config sending what `rule` matches to the sink's /hook."""
+    rule = rule[:-1] + ", notify: [hook]}"
+    return f"channels:\n  hook: {{type: webhook, url: {sink.url}/hook}}\nrules:\n  - {rule}\n"
+
+
 async def test_numbers_reach_the_receiver_as_they_were_sent(
     relay: RelayFactory, sink: Sink
 ) -> None:
     """60634 stays 60634 (a Go receiver refuses 60634.0 into an int); fractions stay fractions."""
-    hook = f"""\
-channels:
-  hook: {{type: webhook, url: "{sink.url}/hook"}}
-rules:
-  - {{name: failures, match: {{status: [FAILED]}}, notify: [hook]}}
-"""
-    r = await relay(hook)
+    r = await relay(hook_config(sink))
     run = small_failed(durationMs=60634, costInCents=1.5, baseCostInCents=0)
     assert (await r.post(run))[0] == 202
     [got] = await sink.wait_for(1)
@@ -113,13 +113,9 @@ async def test_values_as_senders_write_them_are_read_not_refused(
     """Numbers and flags in quotes (as Realtime rows send them), null for a field's default, a
     ttl in seconds (trigger options take `ttl: 3600`), an error that is not an object: each is
     read as what it means. Refusing the update would lose the alert it carries."""
-    hook = f"""\
-channels:
-  hook: {{type: webhook, url: "{sink.url}/hook"}}
-rules:
-  - {{name: pricey, match: {{cost_cents: {{gt: 500}}, is_test: false}}, notify: [hook]}}
-"""
-    r = await relay(hook)
+    r = await relay(
+        hook_config(sink, "{name: pricey, match: {cost_cents: {gt: 500}, is_test: false}}")
+    )
     run = small_failed(
         costInCents="600.5",
         durationMs=" 60634 ",
@@ -148,13 +144,7 @@ rules:
 
 
 async def test_null_is_missing_for_every_optional_field(relay: RelayFactory, sink: Sink) -> None:
-    hook = f"""\
-channels:
-  hook: {{type: webhook, url: "{sink.url}/hook"}}
-rules:
-  - {{name: failures, match: {{status: [FAILED]}}, notify: [hook]}}
-"""
-    r = await relay(hook)
+    r = await relay(hook_config(sink))
     optional = set(sdk_run("failed")) - {"id", "status"}
     status, answer = await r.post(
         {"id": "run_nulls", "status": "FAILED", **dict.fromkeys(optional)}
@@ -175,13 +165,7 @@ async def test_lone_surrogate_escapes_are_accepted_as_replacement_characters(
 ) -> None:
     """JavaScript's JSON.stringify writes "\\ud83d" for a string cut inside an emoji: valid
     JSON grammar, which orjson alone refuses. The run is taken, each lone half as U+FFFD."""
-    hook = f"""\
-channels:
-  hook: {{type: webhook, url: "{sink.url}/hook"}}
-rules:
-  - {{name: failures, match: {{status: [FAILED]}}, notify: [hook]}}
-"""
-    r = await relay(hook)
+    r = await relay(hook_config(sink))
     body = (
         b'{"id": "run_sur", "taskIdentifier": "t\\ud800", "status": "FAILED", "tags": ["\\udfff"],'
         b' "error": {"message": "cut \\ud83d\\ude00 \\ud83d"}}'
