@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -245,6 +246,8 @@ class RealtimeConfig(Strict):
     def _url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("api_url must be an http:// or https:// URL")
+        if urlsplit(value).username is not None:  # the client refuses it beside the bearer key
+            raise ValueError("api_url cannot carry a user:password; secret_key authenticates")
         return value.rstrip("/")
 
 

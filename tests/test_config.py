@@ -171,6 +171,36 @@ def test_problems_never_quote_secret_values() -> None:
     assert found and all("SECRETPATH" not in p for p in found)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "channels:\n  h:\n    type: webhook\n    url: http://127.0.0.1:9/\n"
+            '    headers: {Authorization: "Bearer ${KEY}\\nX-Injected: 1"}\n',
+            "c.yaml:5: channels.h.headers.Authorization: header values cannot contain line breaks",
+        ),
+        (
+            "channels:\n  h:\n    type: webhook\n    url: 'http://relay:${KEY}@127.0.0.1:9/'\n"
+            "    headers: {Authorization: 'Bearer ${KEY}'}\n",
+            "c.yaml:2: channels.h: url carries a user:password and headers an Authorization",
+        ),
+        (
+            "sources:\n  realtime:\n    api_url: 'https://u:${KEY}@api.trigger.dev'\n"
+            "    secret_key: ${KEY}\n    feeds: [{tags: [a]}]\n",
+            "c.yaml:3: sources.realtime.api_url: api_url cannot carry a user:password",
+        ),
+    ],
+)
+def test_what_the_http_client_refuses_at_every_send_is_refused_at_load(
+    text: str, expected: str
+) -> None:
+    """aiohttp raises ValueError on a header value with a line break, and on a URL's user:password
+    beside an Authorization header: each send (and `relay send-test`) died with a traceback."""
+    found = problems(text, {"KEY": "s3cr3t-value"})
+    assert len(found) == 1 and found[0].startswith(expected), found
+    assert "s3cr3t" not in found[0]
+
+
 def test_yaml_bomb_is_refused_quickly() -> None:
     lines = ['a: &a ["x","x","x","x","x","x","x","x","x","x"]']
     for prev, name in zip("abcdefgh", "bcdefghi", strict=True):

@@ -12,8 +12,9 @@ import binascii
 import hashlib
 import hmac
 from typing import Annotated
+from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, SecretStr, field_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.config import ChannelSettings
@@ -29,13 +30,21 @@ def _header_name(name: str) -> str:
     return name
 
 
+def _header_value(value: SecretStr) -> SecretStr:
+    """No line breaks: the HTTP client refuses them (header injection) at every send."""
+    if any(c in value.get_secret_value() for c in "\r\n\0"):
+        raise ValueError("header values cannot contain line breaks")
+    return value
+
+
 # checked key by key, so that every refused name is reported at its own line, not the first
 HeaderName = Annotated[str, AfterValidator(_header_name)]
+HeaderValue = Annotated[SecretStr, AfterValidator(_header_value)]
 
 
 class WebhookSettings(ChannelSettings):
     url: SecretStr
-    headers: dict[HeaderName, SecretStr] = {}
+    headers: dict[HeaderName, HeaderValue] = {}
     secret: SecretStr | None = None
     # a receiver across the internet answers in 50-300 ms: at 4 in flight (the other types'
     # default, where Slack, Discord, Teams, PagerDuty and SMTP servers limit senders) a storm of
@@ -49,6 +58,14 @@ class WebhookSettings(ChannelSettings):
         if not text.startswith(("http://", "https://")) or len(text) < 10:
             raise ValueError("url must be an http:// or https:// URL")
         return value
+
+    @model_validator(mode="after")
+    def _one_authorization(self) -> WebhookSettings:
+        """A user:password in the URL is sent as Basic auth: it cannot go with that header too."""
+        has_header = any(name.lower() == "authorization" for name in self.headers)
+        if has_header and urlsplit(self.url.get_secret_value()).username is not None:
+            raise ValueError("url carries a user:password and headers an Authorization: keep one")
+        return self
 
     @field_validator("secret")
     @classmethod
