@@ -123,6 +123,7 @@ def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = load_settings()
         sub: str | None = getattr(args, "dlq_command", None) or getattr(
@@ -134,19 +135,30 @@ def main(argv: list[str] | None = None) -> int:
             quiet = "ERROR" if settings.log_level == "ERROR" else "WARNING"  # operator's format
             setup_logging(settings.log_format, quiet)
         return command(args, settings)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
-        return 1
-    except RelayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except RelayError as exc:  # ConfigError too
+        _report(exc, serving_json=args.command == "serve" and _json(settings))
         return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `relay history --json | head`: the reader left, nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _json(settings: Settings | None) -> bool:
+    return settings is not None and settings.log_format == "json"
+
+
+def _report(exc: RelayError, *, serving_json: bool) -> None:
+    """Why the command failed, on stderr; `relay serve` logging JSON says it in a log line."""
+    problems = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else None
+    if serving_json:  # one JSON object a line, also for the reason the service never started
+        fields = {"problems": problems} if problems is not None else {"error": str(exc)}
+        log.error("relay not started", extra=fields)
+    elif problems is not None:
+        print(*problems, f"{len(problems)} problem(s) found", sep="\n", file=sys.stderr)
+    else:
+        print(f"error: {exc}", file=sys.stderr)
 
 
 def _compiled(args: argparse.Namespace, settings: Settings) -> Compiled:

@@ -693,6 +693,27 @@ def test_an_address_relay_cannot_listen_on_is_named_without_a_traceback(tmp_path
     assert "Traceback" not in result.stderr
 
 
+def test_serve_logs_why_it_did_not_start_as_json_lines(tmp_path: Path) -> None:
+    """SPEC §6: one JSON object a line by default. The reason a container died (a bad config, a
+    store it cannot open) was plain text among the JSON lines, which a log pipeline drops."""
+    bad = write(tmp_path / "bad.yaml", "channels: {out: {type: nope}}\nrules: []\n")
+    good = write(tmp_path / "c.yaml", "channels: {out: {type: console}}\nrules: []\n")
+    unreachable = {"RELAY_STORE_URL": "postgresql://relay:S3CRET-pg@127.0.0.1:1/db"}
+    config, store, text = parallel(
+        cli("serve", "--config", str(bad), env=store_env(tmp_path)),
+        cli("serve", "--config", str(good), env=unreachable),
+        cli("serve", "--config", str(bad), env={**store_env(tmp_path), "RELAY_LOG_FORMAT": "text"}),
+    )
+    assert (config.returncode, store.returncode, text.returncode) == (1, 1, 1)
+    *_, refused = [json.loads(line) for line in config.stderr.splitlines()]
+    assert (refused["level"], refused["msg"]) == ("error", "relay not started")
+    [problem] = refused["problems"]
+    assert problem.startswith(f"{bad}:1: channels.out.type: unknown channel type")
+    *_, failed = [json.loads(line) for line in store.stderr.splitlines()]
+    assert failed["error"].startswith("store open failed: ") and "S3CRET" not in store.stderr
+    assert text.stderr.splitlines()[-2:] == [problem, "1 problem(s) found"]
+
+
 def test_version_and_usage() -> None:
     version, bare = parallel(cli("--version"), cli())
     assert version.returncode == 0
