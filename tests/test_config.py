@@ -78,6 +78,14 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "channels:\n  x: {type: webhook, url: ftp://a/b}\n",
             "channels.x.url: url must be an http",
         ),
+        (  # each send failed as `invalid URL`; `relay check` said OK
+            "channels:\n  x: {type: webhook, url: 'http://127.0.0.1:99999/b?k=s3cr3t'}\n",
+            "c.yaml:2: channels.x.url: url has no valid host and port",
+        ),
+        (
+            "channels:\n  x: {type: webhook, url: 'https://[::1/b?k=s3cr3t'}\n",
+            "c.yaml:2: channels.x.url: url has no valid host and port",
+        ),
         (
             "channels:\n  x: {type: webhook, url: 'http://a/b', secret: nope!}\n",
             "secret must be whsec_",

@@ -37,6 +37,14 @@ def _header_value(value: SecretStr) -> SecretStr:
     return value
 
 
+def _host_and_port(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # a port that is no number or out of range, a broken [IPv6]
+        return False
+
+
 # checked key by key, so that every refused name is reported at its own line, not the first
 HeaderName = Annotated[str, AfterValidator(_header_name)]
 HeaderValue = Annotated[SecretStr, AfterValidator(_header_value)]
@@ -57,6 +65,8 @@ class WebhookSettings(ChannelSettings):
         text = value.get_secret_value()
         if not text.startswith(("http://", "https://")) or len(text) < 10:
             raise ValueError("url must be an http:// or https:// URL")
+        if not _host_and_port(text):  # else every send fails as `invalid URL`
+            raise ValueError("url has no valid host and port")
         return value
 
     @model_validator(mode="after")
