@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
@@ -55,7 +56,19 @@ class ScrubSecrets(logging.Filter):
         self.secrets: tuple[str, ...] = ()
 
     def set(self, secrets: Iterable[str]) -> None:
-        self.secrets = tuple(sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True))
+        forms = {form for s in secrets for form in _written(s) if len(s) >= 4}
+        self.secrets = tuple(sorted(forms, key=len, reverse=True))
+
+
+def _written(secret: str) -> set[str]:
+    """`secret` as a line can carry it: as is, inside a JSON or Python string, URL-encoded."""
+    return {
+        secret,
+        orjson.dumps(secret).decode()[1:-1],  # a `"` or `\` in a password, in a JSON line
+        repr(secret)[1:-1],  # in a text line's list or dict field
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+    }
 
 
 class _ScrubbingHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -17,16 +17,19 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 import pytest
 from aiohttp import web
 
+from relay.logs import JsonFormatter, ScrubSecrets, TextFormatter, _ScrubbingHandler
 from tests.conftest import FIXTURES, RelayProcess, run_cli, sdk_run
 
 SIGNING_KEY = b"SeCrEt-sign-1234567890-key-bytes"
@@ -282,3 +285,22 @@ async def test_no_secret_appears_anywhere(
     assert len(proc.logs) > 20
     assert leaks(f"<{SECRETS['SMTP_PASSWORD']}>") and not leaks("***")  # the scan can see
     scan.assert_clean()
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_a_secret_is_scrubbed_in_the_forms_a_line_writes_it(fmt: str) -> None:
+    """A password with a quote or backslash is escaped in a JSON line, and a token in a URL is
+    percent-encoded: the scrubber matched only the literal value, so those forms went out."""
+    secret = 'Xq"Zk\\Wv Yj/+1'
+    scrub = ScrubSecrets()
+    scrub.set([secret])
+    handler = _ScrubbingHandler(scrub)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    record = logging.makeLogRecord({"msg": "refused %s", "args": (secret,), "levelname": "ERROR"})
+    record.__dict__.update(
+        url=f"https://h/x?key={quote_plus(secret)}&k2={quote(secret, safe='')}",
+        problems=[secret],
+    )
+    line = handler.format(record)
+    assert "***" in line
+    assert not any(part in line for part in ("Xq", "Zk", "Wv", "Yj")), line
