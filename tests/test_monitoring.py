@@ -203,3 +203,27 @@ def test_panels_do_not_overlap() -> None:
 )
 def test_the_operator_panels_are_there(title: str) -> None:
     assert title in {p["title"] for p in panels()}
+
+
+def store_tables() -> set[str]:
+    sql = " ".join(p.read_text(encoding="utf-8") for p in (REPO / "relay" / "store").rglob("*.py"))
+    return set(re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(relay_\w+)", sql))
+
+
+def test_the_docs_name_only_series_and_labels_relay_exposes() -> None:
+    """The prose of README.md and docs/*.md (operations: what to alert on, what to read) names
+    metrics too; a renamed one must not leave an operator querying nothing."""
+    series, tables = exposed(), store_tables()
+    families = {family(name) for name in series}
+    wrong = []
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for name, labels in SERIES.findall(doc.read_text(encoding="utf-8")):
+            if name in tables:
+                continue
+            known = series.get(name, set()) | series.get(f"{name}_bucket", set())
+            if name not in series and name not in families:
+                wrong.append(f"{doc.name}: {name}")
+            elif not set(re.findall(r"(\w+)\s*=", labels)) <= known | TARGET_LABELS:
+                wrong.append(f"{doc.name}: {name}{{{labels}}}")
+    assert not wrong, wrong
+    assert store_tables() >= {"relay_outbox", "relay_replicas"}  # the exception is not empty
