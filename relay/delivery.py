@@ -465,9 +465,18 @@ class ChannelLoop:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a channel bug: retry, never drop
-            log.exception("channel raised unexpectedly", extra={"channel": self.name})
+            log.exception("channel raised unexpectedly", extra=self._outgoing_extra(outgoing))
             error = DeliveryError("other", retryable=True, detail=type(exc).__name__)
             return Tried(1, error, failed=(error.reason,))
+
+    def _outgoing_extra(self, outgoing: Outgoing) -> dict[str, object]:
+        return {
+            "run_id": outgoing.run_id or None,  # "" for a digest of several runs
+            "rule": outgoing.rule,
+            "channel": self.name,
+            "notification_id": outgoing.notification_id,
+            "group": outgoing.group_key,
+        }
 
     def _extra(self, row: Notification) -> dict[str, object]:
         return {

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import socket
 import sqlite3
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -535,3 +537,27 @@ async def test_a_loop_kept_busy_by_new_rows_still_claims_what_waits_in_the_store
             break
     assert arrived(), "the row in the store waited for intake to stop"
     assert fed < 600
+
+
+class _BrokenStream(io.StringIO):
+    def write(self, text: str) -> int:
+        raise RuntimeError("a stream that breaks in a way no channel foresaw")
+
+
+async def test_a_channel_that_raises_unexpectedly_is_logged_with_its_notification(
+    relay: RelayFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SPEC §6: run id, rule and channel on every related line; the traceback line of a channel
+    bug named only the channel."""
+    monkeypatch.setattr(sys, "stdout", _BrokenStream())
+    r = await relay(
+        "defaults: {retry: {max_attempts: 2, min_backoff: 10ms, max_backoff: 20ms}}\n"
+        "channels: {out: {type: console}}\n"
+        "rules:\n  - {name: f, match: {status: [failure]}, notify: [out]}\n"
+    )
+    await r.post(failing_run(7))
+    await wait_state(r, "dead")
+    [line, *_] = [rec for rec in caplog.records if rec.msg == "channel raised unexpectedly"]
+    fields = {k: getattr(line, k, None) for k in ("run_id", "rule", "channel")}
+    assert fields == {"run_id": "run_delivery_0007", "rule": "f", "channel": "out"}
+    assert getattr(line, "notification_id", "").startswith("ntf_") and line.exc_info
