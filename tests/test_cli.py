@@ -655,10 +655,15 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
 
 
 def test_bad_environment_is_named_without_secrets(tmp_path: Path) -> None:
-    listen, store = parallel(
+    bad_port = "postgresql://u:pw@127.0.0.1:5432,[::1]:5433,127.0.0.1:abc/db"
+    listen, store, port = parallel(
         cli("check", env={"RELAY_LISTEN": "nonsense"}, cwd=tmp_path),
         cli("dlq", "list", env={"RELAY_STORE_URL": "mysql://u:pw@h/db"}, cwd=tmp_path),
+        cli("dlq", "list", env={"RELAY_STORE_URL": bad_port}, cwd=tmp_path),  # was a traceback
     )
+    assert (port.returncode, port.stdout) == (1, ""), port.stderr
+    assert port.stderr.startswith("RELAY_STORE_URL: a port is not a number from 1 to 65535")
+    assert "pw" not in output(port)
     assert listen.returncode == 1
     assert "RELAY_LISTEN" in listen.stderr and "host:port" in listen.stderr
     assert store.returncode == 1

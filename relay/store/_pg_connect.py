@@ -59,9 +59,20 @@ def check_url(url: str) -> None:
         raise _url_error("malformed postgresql URL") from None
     if parts.scheme not in SCHEMES:
         raise _url_error("a postgresql URL starts with postgresql:// or postgres://")
+    if not _ports_valid(parts.netloc):  # else asyncpg's ValueError, a traceback
+        raise _url_error("a port is not a number from 1 to 65535")
     mode = dict(parse_qsl(parts.query)).get("sslmode")
     if mode is not None and mode not in _SSL_MODES:
         raise _url_error(f"sslmode must be one of {', '.join(_SSL_MODES)}")
+
+
+def _ports_valid(netloc: str) -> bool:
+    """Every host[:port] of `user:password@h1:5432,h2:5432` has a usable port, if any."""
+    for spec in netloc.rpartition("@")[2].split(","):
+        _, colon, port = spec.rpartition(":")
+        if colon and not spec.endswith("]") and not (port.isdigit() and 0 < int(port) < 65536):
+            return False
+    return True
 
 
 def _url_error(message: str) -> ConfigError:
