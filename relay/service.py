@@ -78,6 +78,7 @@ class Service:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._reloading = asyncio.Lock()
+        self._draining: set[asyncio.Task[None]] = set()  # deliveries a reload replaced
         self._fingerprint = config_fingerprint(compiled)  # what the running config was read from
 
     @property
@@ -268,6 +269,9 @@ class Service:
     async def reload(self, trigger: str) -> bool:
         """Load and check the config again; swap it in only if it is valid."""
         async with self._reloading:
+            if self._stop.is_set():  # shutting down: a new delivery would outlive the drain
+                log.info("config reload skipped: shutting down", extra={"trigger": trigger})
+                return False
             loaded = self.compiled.loaded  # the built-in default: ./config.yaml may exist now
             path = None if loaded.builtin else Path(loaded.source.filename)
             self._fingerprint = config_fingerprint(self.compiled)
@@ -299,8 +303,11 @@ class Service:
         else:
             self.delivery = self._delivery(compiled)
             self.delivery.start()
-        if old_delivery is not None:
-            await old_delivery.stop(SHUTDOWN_GRACE_S)
+        if old_delivery is not None:  # its drain outlives a reload cancelled by shutdown
+            drain = asyncio.create_task(old_delivery.stop(SHUTDOWN_GRACE_S), name="drain")
+            self._draining.add(drain)
+            drain.add_done_callback(self._draining.discard)
+            await asyncio.shield(drain)
         if compiled.loaded.config.sources.realtime != old_sources.realtime:
             if self.realtime is not None:
                 await self.realtime.stop()
@@ -350,6 +357,7 @@ class Service:
             await self.pool.stop(SHUTDOWN_GRACE_S)
         if self.delivery is not None:
             await self.delivery.stop(SHUTDOWN_GRACE_S)
+        await asyncio.gather(*self._draining, return_exceptions=True)
         await self.http.close()
         with contextlib.suppress(StoreUnavailable):
             await self.store.close()

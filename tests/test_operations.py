@@ -11,12 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from relay.configure import compile_config, load
 from relay.service import Service
 from relay.settings import Settings
-from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run, status
+from relay.store import open_store
+from tests.conftest import RelayFactory, RelayProcess, Sink, hang, sdk_run, status
 
 CONFIG = """\
 defaults:
@@ -216,6 +218,58 @@ async def test_sighup_reloads_a_running_relay(
     refused = [e for e in proc.logs if "refused" in str(e.get("msg"))]
     assert refused and refused[0]["problems"]
     assert proc.proc.poll() is None  # still serving
+
+
+async def _service_sending(tmp_path: Path, sink: Sink) -> tuple[Service, str]:
+    """A relay whose one notification is in flight to a receiver that answers in 0.5 s."""
+    sink.responses = [hang(0.5)]
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    store_url = f"sqlite:///{tmp_path / 'relay.db'}"
+    settings = Settings(config=config, listen="127.0.0.1:0", store_url=store_url)
+    service = Service(settings, compile_config(load(settings)))
+    host, port = await service.start()
+    async with aiohttp.ClientSession() as http:
+        await http.post(f"http://{host}:{port}/v1/runs", json=run_with("FAILED", "run_drain"))
+    await sink.wait_for(1)
+    return service, store_url
+
+
+async def _counts_after(store_url: str) -> dict[str, int]:
+    store = open_store(store_url, "", 30.0)
+    await store.open()
+    try:
+        return await store.counts()
+    finally:
+        await store.close()
+
+
+async def test_a_sighup_during_shutdown_starts_no_delivery(tmp_path: Path, sink: Sink) -> None:
+    """SIGTERM stops the work: a SIGHUP while in-flight sends drain must not start new
+    delivery loops, which nothing would stop before the process exits."""
+    service, store_url = await _service_sending(tmp_path, sink)
+    service.request_stop()
+    stopping = asyncio.create_task(service.shutdown())
+    await asyncio.sleep(0.1)  # shutdown waits for the send in flight
+    assert await service.reload("SIGHUP") is False
+    await stopping
+    loops = [t for t in asyncio.all_tasks() if t.get_name().startswith("delivery:")]
+    assert not [t for t in loops if not t.done()]
+    assert (await _counts_after(store_url))["sent"] == 1
+
+
+async def test_shutdown_during_a_reload_still_drains_the_replaced_delivery(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """A reload waits for the old delivery's sends; SIGTERM cancelling that reload must not
+    cut them off: shutdown waits for them too, and their outcome is recorded."""
+    service, store_url = await _service_sending(tmp_path, sink)
+    service._reload_soon()  # as SIGHUP does
+    await asyncio.sleep(0.1)  # the reload swapped and waits for the old delivery
+    service.request_stop()
+    await service.shutdown()
+    assert (await _counts_after(store_url))["sent"] == 1
+    assert len(sink.received) == 1
 
 
 async def test_serve_runs_on_uvloop_when_it_is_installed(
