@@ -97,7 +97,11 @@ def owned(index: int, channels: Collection[str], count: int) -> set[str]:
 
 
 def write_event(out: IO[str], kind: str, outcome: Outcome, reason: str, attempts: int) -> None:
-    """The child's side of the events pipe: one JSON line."""
+    """The child's side of the events pipe: one JSON line. A parent killed with -9 closed
+    the pipe: its children finish their sends, recorded in the store, with nobody to count
+    them, which is no error."""
+    if out.closed:
+        return
     line = {
         "kind": kind,
         "channel": outcome.channel,
@@ -105,8 +109,12 @@ def write_event(out: IO[str], kind: str, outcome: Outcome, reason: str, attempts
         "attempts": attempts,
         "at": outcome.created_at,
     }
-    out.write(orjson.dumps(line).decode() + "\n")
-    out.flush()
+    try:
+        out.write(orjson.dumps(line).decode() + "\n")
+        out.flush()
+    except OSError:  # BrokenPipeError: closed, so that nothing tries to flush it again
+        with contextlib.suppress(OSError):
+            out.close()
 
 
 def read_event(line: bytes) -> tuple[str, Outcome, str, int] | None:

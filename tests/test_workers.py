@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from relay.model import notification_id
-from relay.workers import owned, owner
+from relay.workers import Outcome, owned, owner, write_event
 from tests.conftest import RelayProcess, Sink, hang, run_cli
 from tests.test_durability import delivered_ids, post_all, runs
 
@@ -100,6 +100,18 @@ async def test_workers_deliver_everything_once_and_the_parent_counts_it(
     pids = list(worker_pids(proc).values())
     assert await asyncio.to_thread(proc.terminate) == 0
     assert not any(alive(pid) for pid in pids)
+
+
+def test_a_worker_whose_parent_died_reports_no_error_for_the_outcomes_it_records() -> None:
+    """The parent killed with -9 closed the events pipe; the worker's sends still finish and
+    are recorded in the store, so the lost metric event must not fail them ("outcome not
+    recorded" with a BrokenPipeError on every one)."""
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    out = os.fdopen(write_fd, "w", encoding="utf-8")
+    for _ in range(2):
+        write_event(out, "sent", Outcome("a", 0.0), "", 1)
+    assert out.closed
 
 
 async def test_kill_9_of_the_parent_stops_the_workers_and_a_restart_loses_nothing(
