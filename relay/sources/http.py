@@ -101,12 +101,10 @@ def authorized(request: web.Request, token: SecretStr | None) -> bool:
 
 async def read_limited(request: web.Request, limit: int) -> bytes | web.Response:
     """The body with its content codings undone, or the error to answer: 413 when it is larger
-    than `limit` (declared, streamed or decoded), 415 for a coding relay does not know, 400 for
-    a body its coding cannot undo, 408 when it has not arrived within BODY_TIMEOUT_S (a slow
-    client cannot hold a handler). A refused body is not read further, and the connection then
-    closes."""
-    if (refused := refuse_declared(request, limit)) is not None:
-        return refused
+    than `limit` (streamed or decoded), 400 for a body its coding cannot undo, 408 when it has
+    not arrived within BODY_TIMEOUT_S (a slow client cannot hold a handler). A refused body is
+    not read further, and the connection then closes. Call it once `refuse_declared` (every
+    handler's refusal, which also answers `Expect: 100-continue`) let the headers through."""
     applied = codings(request.headers.get(hdrs.CONTENT_ENCODING, ""))
     body = await _read_raw(request, limit)
     if isinstance(body, web.Response):
