@@ -12,7 +12,6 @@ from relay.formats.packets import decode_packet
 from relay.model import Run, normalise_status
 
 _PACKETS = (("payload", "payloadType"), ("output", "outputType"), ("metadata", "metadataType"))
-_NULL_IS_MISSING = ("taskIdentifier", "isTest", "event")  # fields with a default, never None
 
 
 def parse_sdk_run(obj: dict[str, Any], where: str = "") -> Run:
@@ -26,9 +25,6 @@ def parse_sdk_run(obj: dict[str, Any], where: str = "") -> Run:
         data["status"] = normalise_status(status)
     if data.get("tags") is None and "tags" in data:
         data["tags"] = []
-    for field in _NULL_IS_MISSING:
-        if field in data and data[field] is None:
-            del data[field]  # its default applies, as when it is missing
     error = data.get("error")
     if isinstance(error, str):
         data["error"] = {"message": error}
