@@ -356,6 +356,7 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
     except (InputError, ValueError) as exc:
         raise RelayError(f"silence not added: {exc}") from None
     asyncio.run(_with_store(settings, lambda s: s.add_silence(silence)))
+    _wait_until_applied()
     print(silence.id)  # the id alone, as amtool prints it: `id=$(relay silence add ...)`
     return 0
 
@@ -397,12 +398,22 @@ def cmd_silence_expire(args: argparse.Namespace, settings: Settings) -> int:
         return [i for i in args.ids if await store.expire_silence(i, now) is None]
 
     missing = asyncio.run(_with_store(settings, expire_all))
+    if len(missing) < len(args.ids):
+        _wait_until_applied()
     for ident in args.ids:
         if ident in missing:
             print(f"no silence with id {ident}", file=sys.stderr)
         else:
             print(f"expired {ident}")
     return 1 if missing else 0
+
+
+def _wait_until_applied() -> None:
+    """Return once a running relay mutes by the changed silences: it re-reads them every
+    RELOAD_S, so `relay silence add ...` followed at once by a failure mutes that failure."""
+    from relay.silences import RELOAD_S  # noqa: PLC0415
+
+    time.sleep(RELOAD_S)
 
 
 def cmd_history(args: argparse.Namespace, settings: Settings) -> int:

@@ -21,6 +21,7 @@ from relay.model import (
 
 MAX_VALUES = 100
 MAX_TEXT = 1000
+RELOAD_S = 0.25  # how stale a running relay's silences may be (`relay silence add` waits it out)
 
 
 def parse_matchers(raw: Any) -> dict[str, tuple[str, ...]]:
@@ -189,7 +190,7 @@ class SilenceCache:
     `relay silence add`, may have changed them) and at once after `invalidate()`."""
 
     def __init__(
-        self, load: Callable[[float], Awaitable[list[Silence]]], ttl_s: float = 1.0
+        self, load: Callable[[float], Awaitable[list[Silence]]], ttl_s: float = RELOAD_S
     ) -> None:
         self._load = load
         self._ttl_s = ttl_s

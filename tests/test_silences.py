@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from relay.cli import main
 from relay.errors import InputError
 from relay.model import Silence
 from relay.silences import cli_matchers, new_silence, parse_matchers, parse_time, silenced_by
@@ -178,6 +179,22 @@ async def test_a_silence_added_while_queued_mutes_before_sending(
     assert code == 201
     await wait_counts(r, muted=1, pending=0)
     assert len(sink.received) == 3
+
+
+async def test_a_silence_added_from_the_cli_mutes_as_soon_as_it_returns(
+    relay: RelayFactory, sink: Sink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The running relay, which has just read its silences for a first failure, mutes the next
+    one posted right after `relay silence add` returns (it used to send it for up to a second)."""
+    r = await relay(CONFIG.format(url=sink.url))
+    await r.post(failed("billing/charge", "run_before"))
+    await sink.wait_for(1)
+    monkeypatch.setenv("RELAY_STORE_URL", f"sqlite:///{tmp_path / 'relay.db'}")
+    add = ["silence", "add", "task=billing/*", "-d", "1h"]
+    assert await asyncio.get_running_loop().run_in_executor(None, main, add) == 0
+    await r.post(failed("billing/charge", "run_after"))
+    counts = await wait_counts(r, pending=0)
+    assert (counts["sent"], counts["muted"]) == (1, 1)
 
 
 async def test_silence_api_errors_and_listing(relay: RelayFactory) -> None:
