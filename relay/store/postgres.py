@@ -351,7 +351,8 @@ class PostgresStore:
 
     async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
         rows = await self._fetch(
-            "UPDATE relay_silences SET ends_at = LEAST(ends_at, $2) WHERE id = $1 RETURNING *",
+            "UPDATE relay_silences SET starts_at = LEAST(starts_at, $2),"
+            " ends_at = LEAST(ends_at, $2) WHERE id = $1 RETURNING *",
             clean(silence_id),
             now,
         )

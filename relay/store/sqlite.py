@@ -278,7 +278,9 @@ class SQLiteStore:
     async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
         def expire(conn: sqlite3.Connection) -> sqlite3.Row | None:
             conn.execute(
-                "UPDATE silences SET ends_at = MIN(ends_at, ?) WHERE id = ?", (now, silence_id)
+                "UPDATE silences SET starts_at = MIN(starts_at, ?), ends_at = MIN(ends_at, ?)"
+                " WHERE id = ?",
+                (now, now, silence_id),
             )
             row: sqlite3.Row | None = conn.execute(
                 "SELECT * FROM silences WHERE id = ?", (silence_id,)
