@@ -102,11 +102,12 @@ def new_silence(
 
 
 def parse_time(value: Any, field: str) -> float:
-    """Epoch seconds from an ISO-8601 string (Z or offset; naive means UTC)."""
+    """Epoch seconds from an ISO-8601 string (Z or offset; naive means UTC). RFC 3339 (the
+    OpenAPI `date-time`) also allows a lower-case `z`."""
     if not isinstance(value, str):
         raise InputError(field, "expected an ISO-8601 time like 2026-11-28T18:00:00Z")
     try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise InputError(field, "expected an ISO-8601 time like 2026-11-28T18:00:00Z") from None
     try:

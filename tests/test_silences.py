@@ -97,7 +97,9 @@ def test_bad_times() -> None:
         new_silence(m, ends_at=NOW - 1, now=NOW)  # no starts_at to be after
     with pytest.raises(InputError):
         parse_time("tomorrow", "ends_at")
-    assert parse_time("2026-11-28T18:00:00Z", "x") == parse_time("2026-11-28T18:00:00", "x")
+    utc = parse_time("2026-11-28T18:00:00Z", "x")
+    assert utc == parse_time("2026-11-28T18:00:00", "x") == parse_time("2026-11-28t18:00:00z", "x")
+    assert utc == parse_time("2026-11-28T20:00:00+02:00", "x")
 
 
 CONFIG = """\
