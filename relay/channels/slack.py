@@ -10,6 +10,9 @@ With a bot token, the `ts` of the first message about a run is kept in the store
 thread; for a rule with `group_by`, the thread is the digest group's (key
 `<channel name>:group:<group key>`), so each group's digests follow its first one. Sends for one
 run or group are serialised in-process so concurrent notifications cannot start two threads.
+When Slack refuses a reply in the thread (its first message was deleted, the thread is locked:
+cannot_reply_to_message, invalid_thread_ts, thread_not_found, restricted_action_thread_locked),
+the message is posted at the top level and starts the thread anew.
 Incoming webhooks return no `ts`: no threading there.
 
 Recoveries (rules with `update_on_recovery`): each chat.postMessage returns the receipt
@@ -58,6 +61,14 @@ log = logging.getLogger("relay.channels.slack")
 THREADS = "slack_thread"  # kv namespace: "<channel>:<run id>" -> ts of the thread's first message
 # chat.update answers for a message that is gone or frozen: post the recovery as a new one
 _NOT_UPDATABLE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
+# chat.postMessage answers for a thread that takes no more replies (its first message deleted,
+# the thread locked): post the message at the top level, where it starts the thread anew
+_THREAD_GONE = frozenset(
+    {
+        "cannot_reply_to_message", "invalid_thread_ts", "thread_not_found",
+        "restricted_action_thread_locked",
+    }
+)  # fmt: skip
 MAX_BLOCKS, MAX_TEXT = 50, 40_000
 _TEXT_LIMITS = {"header": 150, "section": 3000, "markdown": 12_000}
 _MESSAGE_KEYS = ("text", "blocks", "attachments", "mrkdwn", "username", "icon_emoji", "icon_url")
@@ -313,8 +324,15 @@ class SlackChannel:
             body["icon_emoji"] = settings.icon_emoji
         if thread_ts is not None:
             body["thread_ts"] = thread_ts
-        url = f"{settings.api_url}/chat.postMessage"
-        answer = _answer(await self._post(url, body, settings.token.get_secret_value()))
+        try:
+            answer = await self._chat_post(body)
+        except DeliveryError as err:
+            if thread_ts is None or err.detail not in _THREAD_GONE:
+                raise
+            log.info("slack thread takes no replies; starting anew", extra={"channel": self.name})
+            del body["thread_ts"]
+            thread_ts = None
+            answer = await self._chat_post(body)
         ts, channel = answer.get("ts"), answer.get("channel")
         ts = ts if isinstance(ts, str) and ts else None
         if thread_ts is None and threaded and ts is not None:
@@ -322,6 +340,11 @@ class SlackChannel:
         if ts is None or not isinstance(channel, str) or not channel:
             return None
         return orjson.dumps({"channel": channel, "ts": ts}).decode()
+
+    async def _chat_post(self, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.settings.token is not None
+        url = f"{self.settings.api_url}/chat.postMessage"
+        return _answer(await self._post(url, body, self.settings.token.get_secret_value()))
 
     async def _thread(self, key: str) -> str | None:
         if self._state is None:

@@ -346,6 +346,28 @@ async def test_bot_message_is_authenticated_and_threaded(
     assert slack.problems == [[]] * 4
 
 
+@pytest.mark.parametrize(
+    "refusal", ["cannot_reply_to_message", "thread_not_found", "restricted_action_thread_locked"]
+)
+async def test_a_thread_that_takes_no_replies_is_started_anew(
+    slack: FakeSlack, http: HttpClient, tmp_path: Path, refusal: str
+) -> None:
+    store = SQLiteStore(tmp_path / "relay.db")
+    await store.open()
+    try:
+        channel = make_channel(slack, http, bot=True, state=store)
+        part = render(load_run("failed"))
+        await channel.send(outgoing(part, "run_a"))
+        slack.script(api_error(refusal))  # e.g. someone deleted the first message
+        await channel.send(outgoing(part, "run_a"))
+        await channel.send(outgoing(part, "run_a"))
+        new_ts = await store.kv_get(THREADS, "oncall:run_a")
+    finally:
+        await store.close()
+    threads = [body.get("thread_ts") for body in slack.posted()]
+    assert threads == [None, FIRST_TS, None, new_ts] and new_ts not in (None, FIRST_TS)
+
+
 async def send_error(channel: SlackChannel) -> DeliveryError:
     with pytest.raises(DeliveryError) as info:
         await channel.send(outgoing(render(load_run("failed"))))
