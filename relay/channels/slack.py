@@ -6,9 +6,11 @@ every length Slack checks (header 150, section/context text 3000, fields 10 x 20
 75, url 3000, 50 blocks, `text` 40,000) so no template can earn `invalid_blocks` for length.
 
 With a bot token, the `ts` of the first message about a run is kept in the store (namespace
-`slack_thread`, key `<channel name>:<run id>`) and later messages about that run go into its
-thread; for a rule with `group_by`, the thread is the digest group's (key
-`<channel name>:group:<group key>`), so each group's digests follow its first one. Sends for one
+`slack_thread`, key `<channel name>:<slack channel>:<run id>`) and later messages about that run
+go into its thread; for a rule with `group_by`, the thread is the digest group's (key
+`<channel name>:<slack channel>:group:<group key>`), so each group's digests follow its first
+one. The Slack channel is in the key because a ts names a message only within its channel: when
+`channel:` changes, the runs' threads start anew there. Sends for one
 run or group are serialised in-process so concurrent notifications cannot start two threads.
 When Slack refuses a reply in the thread (its first message was deleted, the thread is locked:
 cannot_reply_to_message, invalid_thread_ts, thread_not_found, restricted_action_thread_locked),
@@ -58,7 +60,7 @@ from relay.filters import truncate_chars
 from relay.retry_after import parse_retry_after
 
 log = logging.getLogger("relay.channels.slack")
-THREADS = "slack_thread"  # kv namespace: "<channel>:<run id>" -> ts of the thread's first message
+THREADS = "slack_thread"  # kv: "<channel>:<slack channel>:<run id>" -> ts of the first message
 # chat.update answers for a message that is gone or frozen: post the recovery as a new one
 _NOT_UPDATABLE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
 # chat.postMessage answers for a thread that takes no more replies (its first message deleted,
@@ -315,7 +317,7 @@ class SlackChannel:
     ) -> str | None:
         settings = self.settings
         assert settings.token is not None and settings.channel is not None
-        key = f"{self.name}:{thread_subject(message)}"
+        key = f"{self.name}:{settings.channel}:{thread_subject(message)}"
         thread_ts = await self._thread(key) if threaded else None
         body: dict[str, Any] = {**payload, "channel": settings.channel}
         if settings.username:

@@ -332,7 +332,7 @@ async def test_bot_message_is_authenticated_and_threaded(
         # concurrent sends about one run: one top-level message, the others in its thread
         await asyncio.gather(*(channel.send(outgoing(part, "run_a")) for _ in range(3)))
         await channel.send(outgoing(part, "run_b"))
-        assert await store.kv_get(THREADS, "oncall:run_a") == FIRST_TS
+        assert await store.kv_get(THREADS, "oncall:#oncall:run_a") == FIRST_TS
     finally:
         await store.close()
     first, *replies, other = slack.calls
@@ -361,11 +361,29 @@ async def test_a_thread_that_takes_no_replies_is_started_anew(
         slack.script(api_error(refusal))  # e.g. someone deleted the first message
         await channel.send(outgoing(part, "run_a"))
         await channel.send(outgoing(part, "run_a"))
-        new_ts = await store.kv_get(THREADS, "oncall:run_a")
+        new_ts = await store.kv_get(THREADS, "oncall:#oncall:run_a")
     finally:
         await store.close()
     threads = [body.get("thread_ts") for body in slack.posted()]
     assert threads == [None, FIRST_TS, None, new_ts] and new_ts not in (None, FIRST_TS)
+
+
+async def test_a_new_slack_channel_starts_its_own_threads(
+    slack: FakeSlack, http: HttpClient, tmp_path: Path
+) -> None:
+    store = SQLiteStore(tmp_path / "relay.db")
+    await store.open()
+    try:
+        part = render(load_run("failed"))
+        await make_channel(slack, http, bot=True, state=store).send(outgoing(part, "run_a"))
+        moved = make_channel(slack, http, bot=True, state=store, channel="#oncall-2")
+        await moved.send(outgoing(part, "run_a"))  # the ts of #oncall means nothing there
+        await moved.send(outgoing(part, "run_a"))
+    finally:
+        await store.close()
+    posted = [(body["channel"], body.get("thread_ts")) for body in slack.posted()]
+    second_ts = "1712345678.000101"
+    assert posted == [("#oncall", None), ("#oncall-2", None), ("#oncall-2", second_ts)]
 
 
 async def send_error(channel: SlackChannel) -> DeliveryError:
