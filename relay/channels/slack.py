@@ -56,7 +56,7 @@ from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._http import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit
 from relay.errors import DeliveryError, StoreUnavailable
-from relay.filters import truncate_chars
+from relay.filters import mrkdwn, truncate_chars
 from relay.retry_after import parse_retry_after
 
 log = logging.getLogger("relay.channels.slack")
@@ -265,7 +265,7 @@ class SlackChannel:
 
     async def send(self, message: Outgoing) -> str | None:
         """Post (or for a recovery, update) the message; the receipt of a posted one."""
-        default = f"relay: rule {message.rule} matched run {message.run_id}"
+        default = mrkdwn(f"relay: rule {message.rule} matched run {message.run_id}")
         payload = slack_message(message.parts.get("json", ""), default)
         payload.update(unfurl_links=False, unfurl_media=False)
         if self.settings.webhook_url is not None:

@@ -321,6 +321,13 @@ async def test_the_template_fallback_cannot_ping_or_forge_links(
     assert "&lt;!channel&gt; see &lt;https://evil.test|the fix&gt; &amp; more" in body["text"]
 
 
+async def test_the_default_text_cannot_ping(slack: FakeSlack, http: HttpClient) -> None:
+    blocks_only = json.dumps([{"type": "section", "text": {"type": "mrkdwn", "text": "hi"}}])
+    await make_channel(slack, http).send(outgoing(blocks_only, "<!channel> & <https://x|y>"))
+    [body] = slack.posted()
+    assert body["text"] == ("relay: rule r matched run &lt;!channel&gt; &amp; &lt;https://x|y&gt;")
+
+
 async def test_bot_message_is_authenticated_and_threaded(
     slack: FakeSlack, http: HttpClient, tmp_path: Path
 ) -> None:
