@@ -33,6 +33,7 @@ never the server's text, the host or the password.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import socket
@@ -220,11 +221,13 @@ class EmailChannel:
 
     async def send(self, message: Outgoing) -> None:
         mail = build_message(self.settings, message)
+        client = aiosmtplib.SMTP(**self._options())
         try:
-            async with asyncio.timeout(self._timeout_s):
-                refused, _ = await aiosmtplib.send(mail, **self._options())
+            refused = await self._transaction(client, mail)
         except Exception as exc:  # translated once, here; anything unknown becomes "other"
             raise classify(exc) from None
+        finally:
+            client.close()
         if refused:
             log.warning(
                 "some recipients were refused; sent to the others",
@@ -237,12 +240,28 @@ class EmailChannel:
                 },
             )
 
+    async def _transaction(self, client: aiosmtplib.SMTP, mail: EmailMessage) -> dict[str, Any]:
+        """Connect, send, then QUIT in what is left of the attempt's `timeout`. Not
+        aiosmtplib.send: its clean-up QUITs even after the deadline (one more `timeout` spent on
+        a server that stopped answering), and a mail the server accepted is sent, whatever
+        becomes of the QUIT (a timeout there retried it, and the mail went out twice)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        async with asyncio.timeout_at(deadline):
+            await client.connect()
+            refused, _ = await client.send_message(
+                mail, sender=self._sender, recipients=self._recipients
+            )
+        left = deadline - loop.time()
+        if left > 0:
+            with contextlib.suppress(Exception):
+                await client.quit(timeout=left)
+        return refused
+
     def _options(self) -> dict[str, Any]:
         smtp = self.settings.smtp
         password = smtp.password.get_secret_value() if smtp.password is not None else None
         return {
-            "sender": self._sender,
-            "recipients": self._recipients,
             "hostname": smtp.host,
             "port": smtp.effective_port,
             "username": smtp.username,

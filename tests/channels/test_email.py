@@ -405,6 +405,30 @@ async def test_a_server_that_never_answers_is_a_timeout(silent_smtp: int) -> Non
     assert time.monotonic() - started < 2
 
 
+async def test_a_server_silent_after_data_costs_one_timeout_not_two(
+    smtp_server: SmtpFactory,
+) -> None:
+    """The attempt ends at `timeout`: no polite QUIT to a server that already stopped answering
+    (that QUIT waited a second `timeout`, eating the lease margin of the delivery worker)."""
+    fake = await smtp_server()
+    fake.stall = {"DATA"}
+    settings = email_settings(fake.port).model_copy(update={"timeout": 0.6})
+    started = time.monotonic()
+    err = await failure(make_channel(settings))
+    assert (err.reason, err.retryable) == ("timeout", True)
+    assert time.monotonic() - started < 1.15  # two timeouts would be at least 1.2
+
+
+async def test_mail_accepted_then_no_answer_to_quit_is_sent(smtp_server: SmtpFactory) -> None:
+    """250 after DATA is delivery: a QUIT left unanswered must not turn it into a timeout,
+    which would retry and send the mail twice."""
+    fake = await smtp_server()
+    fake.stall = {"QUIT"}
+    settings = email_settings(fake.port).model_copy(update={"timeout": 0.3})
+    await make_channel(settings).send(outgoing())
+    assert len(fake.messages) == 1
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

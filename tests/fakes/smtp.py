@@ -7,6 +7,7 @@ runs on the machine, and tests await what it received without threads.
 - `FakeSMTP.refuse[address]`: reply to every RCPT for that address (e.g. "550 5.1.1 no such user").
 - `FakeSMTP.rcpt_replies` / `data_replies`: the next RCPT / DATA replies, popped in order, then
   250. "451 4.7.1 try later" once = `data_replies = ["451 4.7.1 try later"]`.
+- `FakeSMTP.stall`: commands ("DATA", "QUIT") the server never answers, until the test ends.
 - modes: "plain", "starttls" (require_starttls), "tls" (implicit TLS from the first byte);
   `credentials=(user, password)` requires AUTH (over STARTTLS: aiosmtpd refuses AUTH in clear).
 - `silent_server()`: accepts connections and never says a word (for timeouts).
@@ -59,7 +60,9 @@ class FakeSMTP:
     data_replies: list[str] = field(default_factory=list)
     logins: list[str] = field(default_factory=list)
     connections: int = 0
+    stall: set[str] = field(default_factory=set)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
 
     # aiosmtpd handler hooks ------------------------------------------------------------------
 
@@ -73,6 +76,7 @@ class FakeSMTP:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+        await self._maybe_stall("DATA")
         if self.data_replies:
             return self.data_replies.pop(0)
         self.messages.append(
@@ -80,6 +84,14 @@ class FakeSMTP:
         )
         self.arrived.set()
         return "250 2.0.0 accepted"
+
+    async def handle_QUIT(self, server: SMTP, session: Any, envelope: Any) -> str:
+        await self._maybe_stall("QUIT")
+        return "221 Bye"
+
+    async def _maybe_stall(self, command: str) -> None:
+        if command in self.stall:
+            await self.released.wait()
 
     # waiting -----------------------------------------------------------------------------------
 
@@ -184,12 +196,17 @@ async def smtp_server(smtp_pki: Pki) -> AsyncIterator[SmtpFactory]:
     """`await smtp_server("starttls", credentials=("relay", "pw"))` → a FakeSMTP."""
     servers: list[asyncio.Server] = []
 
+    fakes: list[FakeSMTP] = []
+
     async def start(mode: str = "plain", credentials: tuple[str, str] | None = None) -> FakeSMTP:
         fake, server = await start_smtp(mode, pki=smtp_pki, credentials=credentials)
         servers.append(server)
+        fakes.append(fake)
         return fake
 
     yield start
+    for fake in fakes:
+        fake.released.set()
     for server in servers:
         server.close()
         await server.wait_closed()
