@@ -39,7 +39,7 @@ import re
 import socket
 import ssl
 from email.message import EmailMessage
-from email.utils import formataddr, formatdate, getaddresses
+from email.utils import formatdate, getaddresses
 from typing import Any
 
 import aiosmtplib
@@ -65,9 +65,39 @@ def _check_address(value: str) -> str:
     if "\r" in value or "\n" in value:
         raise ValueError("addresses cannot contain line breaks")
     found = getaddresses([value])
-    if len(found) != 1 or "@" not in found[0][1]:
+    local, _, domain = found[0][1].rpartition("@") if len(found) == 1 else ("", "", "")
+    if not local or not domain or any(c.isspace() for c in found[0][1]):
         raise ValueError(f"{value!r} is not one email address")
     return found[0][1]
+
+
+def _split_addresses(value: str) -> list[str]:
+    """`"a@x.com, Doe <b@y.com>"` → its addresses: split at the commas (or semicolons) outside
+    quotes, <...> and (comments), blank entries dropped. Each is checked on its own afterwards,
+    so a typo is refused instead of being dropped or mangled by a lenient parse of the whole."""
+    entries: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    nested = {"<": 0, "(": 0}
+    for char in value:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char in "<(" and not quoted:
+            nested[char] += 1
+        elif char in ">)" and not quoted:
+            opener = "<" if char == ">" else "("
+            nested[opener] = max(0, nested[opener] - 1)
+        elif char in ",;" and not quoted and not any(nested.values()):
+            entries.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    entries.append("".join(current))
+    return [entry.strip() for entry in entries if entry.strip()]
 
 
 class SmtpSettings(Strict):
@@ -136,7 +166,7 @@ class EmailSettings(ChannelSettings):
     def _one_string(cls, value: object) -> object:
         """Alertmanager's `to: "a@x.com, b@y.com"`: one string of comma-separated addresses."""
         if isinstance(value, str) and "\r" not in value and "\n" not in value:
-            return [formataddr(pair) for pair in getaddresses([value]) if any(pair)]
+            return _split_addresses(value)
         return [value] if isinstance(value, str) else value
 
     @field_validator("to", "cc")

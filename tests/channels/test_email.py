@@ -187,6 +187,11 @@ GOOD = {
         ({"to": ["a@example.com, b@example.com"]}, "not one email address"),
         ({"to": "a@example.com\r\nBcc: x@evil.com"}, "line breaks"),
         ({"to": ""}, "at least 1"),
+        ({"to": "a@example.com b@example.com"}, "not one email address"),
+        ({"to": "a@example.com, b@"}, "not one email address"),
+        ({"to": ["@example.com"]}, "not one email address"),
+        ({"cc": "x@y@example.com"}, "not one email address"),
+        ({"from": "@example.com"}, "not one email address"),
         ({"from": "relay"}, "not one email address"),
         ({"cc": ["ok@example.com", "x\n@example.com"]}, "line breaks"),
         ({"headers": {"X-Ok": "a\r\nBcc: x@evil.com"}}, "line breaks"),
@@ -210,8 +215,10 @@ def test_bad_settings_are_refused(change: dict[str, Any], why: str) -> None:
 def test_recipients_as_one_string_as_alertmanager_writes_them() -> None:
     one = EmailSettings.model_validate({**GOOD, "to": "team@example.com"})
     assert one.to == ["team@example.com"]
-    two = EmailSettings.model_validate({**GOOD, "cc": 'a@x.com, "Doe, J" <b@y.com>'})
+    two = EmailSettings.model_validate({**GOOD, "cc": 'a@x.com, "Doe, J" <b@y.com>,'})
     assert two.cc == ["a@x.com", '"Doe, J" <b@y.com>']
+    three = EmailSettings.model_validate({**GOOD, "to": "Jöhn Dœ <j@x.com>;b@y.com"})
+    assert three.to == ["Jöhn Dœ <j@x.com>", "b@y.com"]
 
 
 def test_settings_defaults_and_yaml(tmp_path: Path) -> None:
