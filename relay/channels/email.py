@@ -251,13 +251,10 @@ class EmailChannel:
 
     async def send(self, message: Outgoing) -> None:
         mail = build_message(self.settings, message)
-        client = aiosmtplib.SMTP(**self._options())
         try:
-            refused = await self._transaction(client, mail)
+            refused = await self._transaction(mail)
         except Exception as exc:  # translated once, here; anything unknown becomes "other"
             raise classify(exc) from None
-        finally:
-            client.close()
         if refused:
             log.warning(
                 "some recipients were refused; sent to the others",
@@ -270,22 +267,26 @@ class EmailChannel:
                 },
             )
 
-    async def _transaction(self, client: aiosmtplib.SMTP, mail: EmailMessage) -> dict[str, Any]:
+    async def _transaction(self, mail: EmailMessage) -> dict[str, Any]:
         """Connect, send, then QUIT in what is left of the attempt's `timeout`. Not
         aiosmtplib.send: its clean-up QUITs even after the deadline (one more `timeout` spent on
         a server that stopped answering), and a mail the server accepted is sent, whatever
         becomes of the QUIT (a timeout there retried it, and the mail went out twice)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
-        async with asyncio.timeout_at(deadline):
-            await client.connect()
-            refused, _ = await client.send_message(
-                mail, sender=self._sender, recipients=self._recipients
-            )
-        left = deadline - loop.time()
-        if left > 0:
-            with contextlib.suppress(Exception):
-                await client.quit(timeout=left)
+        client = aiosmtplib.SMTP(**self._options())
+        try:
+            async with asyncio.timeout_at(deadline):
+                await client.connect()
+                refused, _ = await client.send_message(
+                    mail, sender=self._sender, recipients=self._recipients
+                )
+            left = deadline - loop.time()
+            if left > 0:
+                with contextlib.suppress(Exception):
+                    await client.quit(timeout=left)
+        finally:
+            client.close()
         return refused
 
     def _options(self) -> dict[str, Any]:
