@@ -66,7 +66,7 @@ def _check_address(value: str) -> str:
         raise ValueError("addresses cannot contain line breaks")
     found = getaddresses([value])
     local, _, domain = found[0][1].rpartition("@") if len(found) == 1 else ("", "", "")
-    if not local or not domain or any(c.isspace() for c in found[0][1]):
+    if not local or not domain:
         raise ValueError(f"{value!r} is not one email address")
     return found[0][1]
 
