@@ -61,32 +61,40 @@ class TimeInterval(_Strict):
     years: list[str] | None = None
     location: str = "UTC"
 
+    @field_validator("days_of_month", "months", "years", mode="before")
+    @classmethod
+    def _numbers_as_text(cls, value: Any) -> Any:
+        """`years: [2026]`, `days_of_month: [1, -1]`: YAML numbers, read as Alertmanager does."""
+        if isinstance(value, list):
+            return [_text(item) for item in value]
+        return value
+
     @field_validator("weekdays")
     @classmethod
     def _weekdays(cls, value: list[str] | None) -> list[str] | None:
         for item in value or ():
-            _range(item, lambda v: _named(v, WEEKDAYS, 0), "weekday")
+            _ordered(_range(item, lambda v: _named(v, WEEKDAYS, 0), "weekday"), item, "day")
         return value
 
     @field_validator("days_of_month")
     @classmethod
     def _days(cls, value: list[str] | None) -> list[str] | None:
         for item in value or ():
-            _range(item, _day, "day of month")
+            _day_range(item)
         return value
 
     @field_validator("months")
     @classmethod
     def _months(cls, value: list[str] | None) -> list[str] | None:
         for item in value or ():
-            _range(item, lambda v: _named(v, MONTHS, 1), "month")
+            _ordered(_range(item, lambda v: _named(v, MONTHS, 1), "month"), item, "month")
         return value
 
     @field_validator("years")
     @classmethod
     def _years(cls, value: list[str] | None) -> list[str] | None:
         for item in value or ():
-            _range(item, _year, "year")
+            _ordered(_range(item, _year, "year"), item, "year")
         return value
 
     @field_validator("location")
@@ -183,6 +191,30 @@ def _range(item: str, parse: Any, what: str) -> tuple[int, int]:
         return first, parse(high) if high else first
     except ValueError:
         raise ValueError(f"invalid {what} {item!r}") from None
+
+
+def _text(item: Any) -> Any:
+    return str(item) if isinstance(item, int) and not isinstance(item, bool) else item
+
+
+def _ordered(bounds: tuple[int, int], item: str, what: str) -> None:
+    """A range whose end comes before its start would never hold (no wrap-around, as in
+    Alertmanager): refused, with a hint to split it."""
+    if bounds[0] > bounds[1]:
+        raise ValueError(
+            f"invalid range {item!r}: the end {what} comes before the start;"
+            " split a range that wraps around in two"
+        )
+
+
+def _day_range(item: str) -> None:
+    """Alertmanager's checks: a negative start needs a negative end, and the range must be in
+    order in a month of 28 days (the only order that holds in every month)."""
+    low, high = _range(item, _day, "day of month")
+    if low < 0 < high:
+        raise ValueError(f"invalid range {item!r}: a negative start day needs a negative end day")
+    in_february = [day if day > 0 else 28 + day + 1 for day in (low, high)]
+    _ordered((in_february[0], in_february[1]), item, "day")
 
 
 def _any_range(ranges: list[TimeRange] | None, test: Any) -> bool:

@@ -243,6 +243,8 @@ class _Walker:
         self.located.problems.append(Problem(where, "", message))
 
     def _scalar(self, node: yaml.Node, path: Path_) -> Any:
+        if _sexagesimal(node):  # YAML 1.1 reads `17:00` as 1020; Go's YAML (Alertmanager) as text
+            return node.value
         value = self._construct(node)
         if value is _UNREADABLE:
             self.located.reported.add(path)
@@ -265,6 +267,13 @@ class _Walker:
 
 
 _UNREADABLE = object()
+_NUMBERS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+def _sexagesimal(node: yaml.Node) -> bool:
+    """A plain `HH:MM`-like scalar that YAML 1.1 resolves to a base-60 number."""
+    plain = isinstance(node, yaml.ScalarNode) and node.style is None
+    return plain and node.tag in _NUMBERS and ":" in str(node.value)
 
 
 class _TooLarge(Exception):

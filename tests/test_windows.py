@@ -68,11 +68,56 @@ def test_time_interval_table(spec: dict[str, Any], expected: bool) -> None:
         {"years": ["1900"]},
         {"location": "Mars/Olympus_Mons"},
         {"bogus": 1},
+        # reversed ranges would never hold: refused, as Alertmanager does
+        {"weekdays": ["friday:monday"]},
+        {"months": ["december:february"]},
+        {"years": ["2027:2026"]},
+        {"days_of_month": ["10:5"]},
+        {"days_of_month": ["-1:-3"]},
+        {"days_of_month": ["-3:5"]},
+        {"days_of_month": ["29:-1"]},  # empty in February
     ],
 )
 def test_bad_time_intervals(spec: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         TimeInterval.model_validate(spec)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"years": [2026], "days_of_month": [25], "months": [11]}, True),
+        ({"days_of_month": ["1:-1"], "years": [2027]}, False),
+        ({"days_of_month": ["28:-1"]}, False),
+        ({"days_of_month": ["-10:-1"]}, True),
+    ],
+)
+def test_numbers_and_mixed_day_ranges(spec: dict[str, Any], expected: bool) -> None:
+    assert TimeInterval.model_validate(spec).contains(WED) is expected
+
+
+def test_alertmanager_style_yaml_reads_as_written() -> None:
+    """Unquoted `17:00` and `1:5` are base-60 numbers in YAML 1.1; Alertmanager reads text."""
+    text = (
+        "channels: {c: {type: console}}\ntime_intervals:\n  - name: office\n    time_intervals:\n"
+        "      - times: [{start_time: 09:00, end_time: 17:00}]\n"
+        "        days_of_month: [1:5, -3:-1]\n        months: [1:3]\n        years: [2026]\n"
+        "rules:\n  - {name: r, notify: [c], active_time_intervals: [office]}\n"
+    )
+    loaded = parse_config(text, "c.yaml", settings_models(), {})
+    [interval] = loaded.config.time_intervals[0].time_intervals
+    assert interval.times is not None and interval.times[0].end_time == "17:00"
+    assert (interval.days_of_month, interval.months) == (["1:5", "-3:-1"], ["1:3"])
+
+
+def test_a_reversed_range_names_its_line() -> None:
+    text = (
+        "channels: {c: {type: console}}\ntime_intervals:\n  - name: weekend\n"
+        "    time_intervals:\n      - weekdays: ['friday:monday']\n"
+    )
+    [found] = problems(text)
+    assert found.startswith("c.yaml:5: time_intervals[0].time_intervals[0].weekdays: ")
+    assert "'friday:monday'" in found and "split" in found
 
 
 def problems(text: str) -> list[str]:
