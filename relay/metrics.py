@@ -75,7 +75,7 @@ class Metrics:
         )
         self.muted = Counter(
             "relay_notifications_muted_total",
-            "Notifications muted by a silence.",
+            "Notifications muted (silences, time intervals, inhibit rules).",
             labels,
             registry=r,
         )
