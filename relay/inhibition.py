@@ -3,7 +3,9 @@
 A source update opens the window of an inhibit rule for its `equal` values until now + duration;
 while it is open, a notification whose run fits the rule's `target_match` and shares those values
 is recorded as muted ("inhibited:<rule>"), not sent. Windows live in the store's key-value table
-(namespace "inhibit"), so they survive restarts.
+(namespace "inhibit"), so they survive restarts. A run opens or extends a window only with an
+update newer than the one it last opened it with (namespace "inhibit_source", pruned with the
+runs): a Realtime snapshot or a retried push repeats old sources, which must not mute anew.
 
 A `source_digest: {rule, min_count}` source is a pile-up instead of one update: the window holds
 while at least `min_count` distinct runs that the digest rule matched (sharing the `equal`
@@ -28,6 +30,7 @@ from relay.windows import InhibitRule
 
 NAMESPACE = "inhibit"
 COUNTS = "inhibit_count"
+SOURCES = "inhibit_source"  # (rule, run) → the run's updatedAt (ms, "" if none) it opened with
 MuteCheck = Callable[[Run, Match], str | None]
 RulesOf = Callable[[Run], Collection[str]]  # the names of the rules that match a run
 
@@ -76,6 +79,7 @@ class _Windows:
     counts: dict[str, dict[str, float]] = field(default_factory=dict)  # digests: key → runs
     counted_by: dict[str, InhibitRule] = field(default_factory=dict)  # digests: key → its rule
     at_arrival: dict[tuple[str, str], bool] = field(default_factory=dict)  # (key, run): open?
+    sources: dict[str, str | None] = field(default_factory=dict)  # SOURCES read or written
 
     def piled_up(self, key: str) -> bool:
         rule = self.counted_by[key]
@@ -127,9 +131,10 @@ async def inhibitions(
         matched: Collection[str] | None = None
         for item in compiled:
             if item.opened_by(run):
-                key = window_key(item.rule, run)
-                windows.until[key] = now + item.rule.duration
-                await kv.kv_put(NAMESPACE, key, repr(windows.until[key]), now)
+                if await _news(kv, item.rule, run, windows, counted=False):
+                    key = window_key(item.rule, run)
+                    windows.until[key] = now + item.rule.duration
+                    await kv.kv_put(NAMESPACE, key, repr(windows.until[key]), now)
             elif item.rule.source_digest is not None:
                 matched = rules_of(run) if matched is None else matched
                 if item.rule.source_digest.rule in matched:
@@ -164,12 +169,33 @@ async def _load(kv: KeyValue, item: _Rule, key: str, windows: _Windows) -> None:
         await windows.load_counts(kv, item.rule, key)
 
 
+async def _news(
+    kv: KeyValue, rule: InhibitRule, run: Run, windows: _Windows, *, counted: bool
+) -> bool:
+    """Whether `run` is a new source of `rule`: seen for the first time, or (unless `counted`:
+    a pile-up counts runs, not updates) with a newer `updatedAt`. A stale or repeated update
+    (a Realtime snapshot, a retried push or alert) opens no window and counts no run again."""
+    key = _source_key(rule, run)
+    if key not in windows.sources:
+        windows.sources[key] = await kv.kv_get(SOURCES, key)
+    seen, updated_ms = windows.sources[key], run.updated_at_ms
+    if seen is not None and (counted or updated_ms is None or (seen and updated_ms <= int(seen))):
+        return False
+    windows.sources[key] = opened_with = "" if updated_ms is None else str(updated_ms)
+    await kv.kv_put(SOURCES, key, opened_with, windows.now)
+    return True
+
+
+def _source_key(rule: InhibitRule, run: Run) -> str:
+    return hashlib.blake2b(f"{rule.name}\x1f{run.id}".encode(), digest_size=12).hexdigest()
+
+
 async def _count(kv: KeyValue, rule: InhibitRule, run: Run, windows: _Windows) -> None:
     """Count `run` into the pile-up of its window; remember whether that opened it."""
     assert rule.source_digest is not None
     key = window_key(rule, run)
     runs = await windows.load_counts(kv, rule, key)
-    if run.id not in runs:
+    if run.id not in runs and await _news(kv, rule, run, windows, counted=True):
         runs[run.id] = windows.now
         recent = sorted(
             ((at, rid) for rid, at in runs.items() if at > windows.now - rule.duration),

@@ -1,5 +1,6 @@
 """Inhibit rules whose source is a pile-up of a digest rule (`source_digest: {rule, min_count}`):
-the config checks, the window as a table with a fixed clock on the real store, and end to end.
+the config checks, the window as a table with a fixed clock on the real store, and end to end;
+and sources seen again (a Realtime snapshot, a retried push), which must not mute anew.
 """
 
 from __future__ import annotations
@@ -139,6 +140,45 @@ async def test_a_pile_up_counts_runs_once_and_lapses_after_duration(store: SQLit
     assert await muted(store, [failed("a4")], now=750.0) == ["inhibited:storm"]
     # 600 s after a3, only a4 and a5 are recent: the window is closed again
     assert await muted(store, [failed("a5")], now=901.0) == [None]
+
+
+async def test_a_run_seen_again_is_not_counted_again(store: SQLiteStore) -> None:
+    old = [failed(f"a{i}") for i in range(3)]
+    assert await muted(store, old, now=100.0) == [None, None, "inhibited:storm"]
+    assert await muted(store, [failed("b1")], now=1000.0) == [None]  # the a's have lapsed
+    # a Realtime snapshot hours later repeats the three failures: no new pile-up
+    assert await muted(store, old, now=20_000.0) == [None, None, None]
+    assert await muted(store, [failed("b2")], now=20_001.0) == [None]
+
+
+DEPLOY_BROKE = InhibitRule.model_validate(
+    {"name": "broken", "source_match": {"status": "CRASHED"}, "duration": 600}
+)
+
+
+def crashed(updated: str | None) -> Run:
+    run = {"id": "run_src", "taskIdentifier": "migrate", "status": "CRASHED", "updatedAt": updated}
+    return Run.model_validate(run)
+
+
+async def inhibited(store: SQLiteStore, source: Run, now: float) -> str | None:
+    """The mute reason of a failure of another run arriving with `source` at `now`."""
+    target = failed("target")
+    check = await inhibitions(store, [DEPLOY_BROKE], [source, target], now)
+    return None if check is None else check(target, PAGE)
+
+
+@pytest.mark.parametrize("updated", [None, "2026-11-25T10:00:00Z"])
+async def test_a_source_seen_again_opens_no_window(store: SQLiteStore, updated: str) -> None:
+    assert await inhibited(store, crashed(updated), now=100.0) == "inhibited:broken"
+    # the same update again after the window closed (a snapshot, a retried push or alert)
+    assert await inhibited(store, crashed(updated), now=5000.0) is None
+
+
+async def test_a_newer_source_update_extends_the_window(store: SQLiteStore) -> None:
+    assert await inhibited(store, crashed("2026-11-25T10:00:00Z"), now=100.0) is not None
+    assert await inhibited(store, crashed("2026-11-25T09:00:00Z"), now=5000.0) is None  # stale
+    assert await inhibited(store, crashed("2026-11-25T11:00:00Z"), now=6000.0) is not None
 
 
 # ------------------------------------------------------------------------------ end to end

@@ -42,6 +42,8 @@ PRUNE = (
     "DELETE FROM relay_groups WHERE last_seen < $1 AND next_flush IS NULL",
     "DELETE FROM relay_silences WHERE ends_at < $1",
     "DELETE FROM relay_runs WHERE seen_at < $1",
+    # the inhibit sources seen (relay.inhibition.SOURCES), forgotten with their runs
+    "DELETE FROM relay_kv WHERE namespace = 'inhibit_source' AND updated_at < $1",
 )
 LEAD = """
     INSERT INTO relay_leases AS l (name, owner, expires_at, updated_at) VALUES ($1, $2, $3, $4)

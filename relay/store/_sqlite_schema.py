@@ -331,6 +331,8 @@ PRUNE = (
     "DELETE FROM groups WHERE last_seen < :before AND next_flush IS NULL",
     "DELETE FROM silences WHERE ends_at < :before",
     "DELETE FROM runs WHERE seen_at < :before",
+    # the inhibit sources seen (relay.inhibition.SOURCES), forgotten with their runs
+    "DELETE FROM kv WHERE namespace = 'inhibit_source' AND updated_at < :before",
 )
 
 

@@ -355,6 +355,15 @@ async def test_prune_forgets_what_finished_before_the_retention(store: Store) ->
     assert ids(refired) == [old]
 
 
+async def test_prune_forgets_the_inhibit_sources_seen(store: Store) -> None:
+    await store.kv_put("inhibit_source", "old", "1", now=100.0)
+    await store.kv_put("inhibit_source", "new", "2", now=5000.0)
+    await store.kv_put("inhibit", "window", "1700.0", now=100.0)
+    await store.prune(before=1000.0)
+    assert await store.kv_list("inhibit_source") == {"new": "2"}
+    assert await store.kv_get("inhibit", "window") == "1700.0"  # windows are not runs
+
+
 # --- digests -------------------------------------------------------------------------------------
 
 
