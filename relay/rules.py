@@ -245,10 +245,10 @@ def compile_rules(
                 group_by=None if rule.group_by is None else tuple(rule.group_by),
                 timing=_timing(rule),
                 mute_windows=tuple(windows[n] for n in rule.mute_time_intervals or ()),
-                active_windows=(
-                    None
-                    if rule.active_time_intervals is None
-                    else tuple(windows[n] for n in rule.active_time_intervals)
+                active_windows=(  # `[]` restricts nothing, as in Alertmanager
+                    tuple(windows[n] for n in rule.active_time_intervals)
+                    if rule.active_time_intervals
+                    else None
                 ),
                 update_on_recovery=rule.update_on_recovery,
                 is_test=rule.match.is_test,

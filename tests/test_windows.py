@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from relay.channels import settings_models
 from relay.config import parse_config
 from relay.errors import ConfigError
+from relay.rules import compile_rules
 from relay.windows import TimeInterval
 from tests.conftest import FIXTURES, RelayFactory, Sink, sdk_run
 
@@ -108,6 +109,16 @@ def test_alertmanager_style_yaml_reads_as_written() -> None:
     [interval] = loaded.config.time_intervals[0].time_intervals
     assert interval.times is not None and interval.times[0].end_time == "17:00"
     assert (interval.days_of_month, interval.months) == (["1:5", "-3:-1"], ["1:3"])
+
+
+def test_empty_interval_lists_mute_nothing() -> None:
+    text = (
+        "channels: {c: {type: console}}\nrules:\n"
+        "  - {name: r, notify: [c], active_time_intervals: [], mute_time_intervals: []}\n"
+    )
+    loaded = parse_config(text, "c.yaml", settings_models(), {})
+    rules, _ = compile_rules(loaded.config.rules, loaded.locate)
+    assert rules.by_name["r"].time_muted(WED) is None
 
 
 def test_a_reversed_range_names_its_line() -> None:
