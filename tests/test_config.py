@@ -209,6 +209,15 @@ def test_what_the_http_client_refuses_at_every_send_is_refused_at_load(
     assert "s3cr3t" not in found[0]
 
 
+@pytest.mark.parametrize("name", ["X-Équipe", "X(Team)", "X-Team\t", "X Team", "X-Team:", ""])
+def test_a_webhook_header_name_that_no_receiver_takes_is_refused_at_load(name: str) -> None:
+    """Not an HTTP token: sent as is, and every receiver answered 400, so each notification
+    went dead; `relay check` said the config was fine."""
+    text = f"channels:\n  h:\n    type: webhook\n    url: http://127.0.0.1:9/\n    headers: {{{name!r}: v}}\n"
+    [found] = problems(text.replace("'", '"'))
+    assert found.startswith(f"c.yaml:5: channels.h.headers.{name}: header names are"), found
+
+
 def test_yaml_bomb_is_refused_quickly() -> None:
     lines = ['a: &a ["x","x","x","x","x","x","x","x","x","x"]']
     for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
@@ -393,10 +402,10 @@ def test_a_section_left_empty_has_its_defaults() -> None:
         ("server: 5\n", "c.yaml:1: server: expected a mapping of keys and values"),
         ("rules: [5]\n", "c.yaml:1: rules[0]: expected a mapping of keys and values"),
         ("templates: {dir: 5}\n", "c.yaml:1: templates.dir: expected a path"),
-        (  # not the token that lets `{a: ${X}}` parse as YAML, as a header name
-            "channels:\n  h:\n    type: webhook\n    url: http://127.0.0.1:9/\n"
-            "    headers: {${HEADER}: v}\n",
-            "c.yaml:5: keys are not substituted: write ${...} in values only",
+        (  # not the token that lets `{a: ${X}}` parse as YAML, as a metadata path
+            "channels: {c: {type: console}}\nrules:\n  - name: a\n"
+            "    match: {metadata: {${KEY}: v}}\n    notify: [c]\n",
+            "c.yaml:4: keys are not substituted: write ${...} in values only",
         ),
         (
             "rules: []\n---\nrules: []\n",
