@@ -44,6 +44,10 @@ log = logging.getLogger("relay")
 SHUTDOWN_GRACE_S = 10.0
 PRUNE_EVERY_S = 600.0
 WATCH_EVERY_S = 1.0
+# A changed file must stay unchanged this long before it is loaded: an editor (nano, VS Code)
+# or `cat >` writes in place, truncating first, and a poll between the truncation and the write
+# loaded an empty or half config (no rules: the updates meanwhile alerted nobody, ever).
+SETTLE_S = 0.2
 # A connection gets this long for a complete request head, and is closed after this long idle
 # (aiohttp's keepalive_timeout; its default of an hour lets a slowloris hold sockets forever).
 HTTP_IDLE_TIMEOUT_S = 60.0
@@ -78,6 +82,7 @@ class Service:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._reloading = asyncio.Lock()
+        self._watching = asyncio.Lock()  # one look at the files at a time
         self._draining: set[asyncio.Task[None]] = set()  # deliveries a reload replaced
         self._fingerprint = config_fingerprint(compiled)  # what the running config was read from
 
@@ -322,10 +327,16 @@ class Service:
             await self.reload_if_changed()
 
     async def reload_if_changed(self) -> bool | None:
-        """Reload when a file the running config was read from changed; None when none did."""
-        if config_fingerprint(self.compiled) == self._fingerprint:
-            return None
-        return await self.reload("file change")
+        """Reload when a file the running config was read from changed and then stayed as it
+        is for SETTLE_S; None when none did, or one is still being written."""
+        async with self._watching:
+            seen = config_fingerprint(self.compiled)
+            if seen == self._fingerprint:
+                return None
+            await asyncio.sleep(SETTLE_S)
+            if config_fingerprint(self.compiled) != seen:
+                return None  # still being written: the next poll looks again
+            return await self.reload("file change")
 
     def request_stop(self) -> None:
         self._stop.set()

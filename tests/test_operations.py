@@ -181,6 +181,23 @@ async def test_a_file_renamed_over_the_config_is_a_change_even_with_its_size_and
     assert r.service.compiled.rules.rules[0].name == "renamed!"
 
 
+async def test_a_config_written_in_place_is_not_loaded_half_written(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """nano, VS Code or `cat >` truncate the file, then write it: a poll in between loaded an
+    empty config, and the runs that came in before the next poll matched no rule, ever."""
+    r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    path = Path(r.service.compiled.loaded.source.filename)
+    path.write_text("")  # truncated...
+    looking = asyncio.create_task(r.service.reload_if_changed())
+    await asyncio.sleep(0)  # the watcher sees the change
+    path.write_text(CONFIG.format(url=sink.url, rule="edited", status="failure"))  # ...written
+    assert await looking is None
+    assert [rule.name for rule in r.service.compiled.rules.rules] == ["failures"]
+    assert await r.service.reload_if_changed() is True
+    assert [rule.name for rule in r.service.compiled.rules.rules] == ["edited"]
+
+
 async def test_an_invalid_new_config_is_refused_and_the_old_one_kept(
     relay: RelayFactory, sink: Sink
 ) -> None:
