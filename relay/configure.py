@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -328,8 +329,8 @@ def config_fingerprint(compiled: Compiled) -> tuple[tuple[str, int, int, int], .
     (a file renamed over another, as `rsync -a` or `cp -p` then `mv` do, may keep both)."""
     paths = [Path(compiled.loaded.source.filename)]
     directory = compiled.loaded.config.templates.dir
-    if directory is not None and directory.is_dir():
-        paths += sorted(p for p in directory.rglob("*") if p.is_file())
+    if directory is not None:
+        paths += _files_under(directory)
     out = []
     for path in paths:
         try:
@@ -339,3 +340,11 @@ def config_fingerprint(compiled: Compiled) -> tuple[tuple[str, int, int, int], .
             continue
         out.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino))
     return tuple(out)
+
+
+def _files_under(directory: Path) -> list[Path]:
+    """The files under `directory`, sorted. A directory that vanishes while listed is skipped:
+    a ConfigMap update deletes the old version's directory, and rglob raised then, which ended
+    the watching of the files for good."""
+    found = [Path(parent, name) for parent, _, names in os.walk(directory) for name in names]
+    return sorted(found)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import shutil
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.configure import compile_config, load
+from relay.configure import compile_config, config_fingerprint, load
 from relay.service import Service
 from relay.settings import Settings
 from relay.store import open_store
@@ -179,6 +181,39 @@ async def test_a_file_renamed_over_the_config_is_a_change_even_with_its_size_and
     staged.rename(path)
     assert await r.service.reload_if_changed() is True
     assert r.service.compiled.rules.rules[0].name == "renamed!"
+
+
+def configmap_version(mount: Path, version: int) -> None:
+    """What the kubelet does to a ConfigMap volume: the files in a new `..<version>` directory,
+    the `..data` link swapped to it, the old directory deleted."""
+    files = mount / f"..{version}" / "webhook"
+    files.mkdir(parents=True)
+    (files / "run.json.j2").write_text(f'{{"version": {version}}}')
+    os.symlink(files.parent.name, mount / "..data_tmp")
+    os.rename(mount / "..data_tmp", mount / "..data")
+    if not (mount / "webhook").is_symlink():
+        os.symlink("..data/webhook", mount / "webhook")
+    if version:
+        shutil.rmtree(mount / f"..{version - 1}")
+
+
+def test_the_watch_survives_a_configmap_update_of_the_templates(tmp_path: Path) -> None:
+    """A look at templates.dir while the kubelet deleted the old version raised (rglob), which
+    ended the config-watch task: no file change was seen again until a restart."""
+    mount = tmp_path / "templates"
+    mount.mkdir()
+    configmap_version(mount, 0)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"templates: {{dir: {mount}}}\n")
+    compiled = compile_config(load(Settings(config=config)))
+    kubelet = threading.Thread(target=lambda: [configmap_version(mount, v) for v in range(1, 300)])
+    kubelet.start()
+    try:
+        while kubelet.is_alive():
+            config_fingerprint(compiled)
+    finally:
+        kubelet.join()
+    assert "..299/webhook/run.json.j2" in str(config_fingerprint(compiled))
 
 
 async def test_a_config_written_in_place_is_not_loaded_half_written(
