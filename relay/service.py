@@ -334,8 +334,11 @@ class Service:
             if seen == self._fingerprint:
                 return None
             await asyncio.sleep(SETTLE_S)
-            if config_fingerprint(self.compiled) != seen:
+            now = config_fingerprint(self.compiled)
+            if now != seen:
                 return None  # still being written: the next poll looks again
+            if now == self._fingerprint:
+                return None  # a SIGHUP meanwhile loaded it
             return await self.reload("file change")
 
     def request_stop(self) -> None:

@@ -233,6 +233,19 @@ async def test_a_config_written_in_place_is_not_loaded_half_written(
     assert [rule.name for rule in r.service.compiled.rules.rules] == ["edited"]
 
 
+async def test_an_edit_a_sighup_loaded_is_not_loaded_again_by_the_watch(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    path = Path(r.service.compiled.loaded.source.filename)
+    path.write_text(CONFIG.format(url=sink.url, rule="edited", status="failure"))
+    looking = asyncio.create_task(r.service.reload_if_changed())
+    await asyncio.sleep(0)  # the watcher saw the change and lets it settle
+    assert await r.service.reload("SIGHUP") is True
+    assert await looking is None
+    assert value(await metrics_text(r), 'relay_config_reloads_total{result="success"}') == 1
+
+
 async def test_an_invalid_new_config_is_refused_and_the_old_one_kept(
     relay: RelayFactory, sink: Sink
 ) -> None:
