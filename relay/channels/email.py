@@ -103,8 +103,8 @@ def _split_addresses(value: str) -> list[str]:
 class SmtpSettings(Strict):
     host: str
     port: int | None = Field(default=None, ge=1, le=65535)
-    starttls: bool | None = None  # default: True unless `tls`
-    tls: bool = False  # implicit TLS (SMTPS, port 465)
+    starttls: bool | None = None  # default: True unless implicit TLS
+    tls: bool | None = None  # implicit TLS (SMTPS); default: True on port 465 unless `starttls`
     username: str | None = None
     password: SecretStr | None = None
     ca_file: FilePath | None = None
@@ -138,14 +138,22 @@ class SmtpSettings(Strict):
         return value
 
     @property
+    def use_tls(self) -> bool:
+        """Implicit TLS: as asked, else on port 465 (SMTPS) as Alertmanager does, unless the
+        user asked for `starttls` either way (then the port is theirs to explain)."""
+        if self.tls is not None:
+            return self.tls
+        return self.port == 465 and self.starttls is None
+
+    @property
     def use_starttls(self) -> bool:
-        return self.starttls if self.starttls is not None else not self.tls
+        return self.starttls if self.starttls is not None else not self.use_tls
 
     @property
     def effective_port(self) -> int:
         if self.port is not None:
             return self.port
-        return 465 if self.tls else 587 if self.use_starttls else 25
+        return 465 if self.use_tls else 587 if self.use_starttls else 25
 
 
 class EmailSettings(ChannelSettings):
@@ -244,7 +252,7 @@ class EmailChannel:
         self.settings = settings
         self._timeout_s = settings.timeout or env.default_timeout_s
         smtp = settings.smtp
-        self._tls = tls_context(smtp) if smtp.tls or smtp.use_starttls else None
+        self._tls = tls_context(smtp) if smtp.use_tls or smtp.use_starttls else None
         self._sender = _check_address(settings.from_)
         everyone = [_check_address(a) for a in (*settings.to, *settings.cc)]
         self._recipients = list(dict.fromkeys(everyone))
@@ -297,7 +305,7 @@ class EmailChannel:
             "port": smtp.effective_port,
             "username": smtp.username,
             "password": password,
-            "use_tls": smtp.tls,
+            "use_tls": smtp.use_tls,
             "start_tls": smtp.use_starttls,
             "tls_context": self._tls,
             "timeout": self._timeout_s,

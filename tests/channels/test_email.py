@@ -221,6 +221,24 @@ def test_recipients_as_one_string_as_alertmanager_writes_them() -> None:
     assert three.to == ["Jöhn Dœ <j@x.com>", "b@y.com"]
 
 
+@pytest.mark.parametrize(
+    ("smtp", "mode"),
+    [
+        ({"port": 465}, "tls"),  # SMTPS: STARTTLS there waited for a greeting until the timeout
+        ({"port": 465, "starttls": True}, "starttls"),
+        ({"port": 465, "tls": False}, "starttls"),
+        ({"port": 465, "starttls": False}, "plain"),
+        ({"port": 587}, "starttls"),
+        ({"port": 2465, "tls": True}, "tls"),
+    ],
+)
+def test_port_465_means_implicit_tls_unless_said_otherwise(smtp: dict[str, Any], mode: str) -> None:
+    """As Alertmanager: `port: 465` alone is SMTPS; an explicit `tls`/`starttls` wins."""
+    settings = EmailSettings.model_validate({**GOOD, "smtp": {"host": "h", **smtp}}).smtp
+    modes = {(True, False): "tls", (False, True): "starttls", (False, False): "plain"}
+    assert modes[(settings.use_tls, settings.use_starttls)] == mode
+
+
 def test_settings_defaults_and_yaml(tmp_path: Path) -> None:
     ports = [
         EmailSettings.model_validate({**GOOD, "smtp": {"host": "h", **smtp}}).smtp.effective_port
