@@ -5,7 +5,8 @@ One message per notification: multipart/alternative with text/plain (`txt` part)
 is the `subject` part on one line, at most 200 characters. `Message-ID: <{notification_id}@relay>`
 is stable, so a resend after a lost reply is the same mail to a deduplicating system; the
 id is also in `X-Relay-Notification-Id`. `Auto-Submitted: auto-generated` keeps vacation
-auto-replies away. TLS trusts the system store (and SSL_CERT_FILE) plus `smtp.ca_file`.
+auto-replies away (a user's own `headers: {Auto-Submitted: ...}` replaces it). TLS trusts the
+system store (and SSL_CERT_FILE) plus `smtp.ca_file`.
 
 Failures are translated here, once, into DeliveryError (the SMTP boundary):
 
@@ -55,6 +56,8 @@ SUBJECT_MAX_CHARS = 200
 _RESERVED = frozenset(
     ("from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version", "sender")
 )
+# relay's defaults a user's `headers` replace (not added twice: a mail with two Auto-Submitted)
+_OVERRIDABLE = {"Auto-Submitted": "auto-generated"}
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
 _AUTH_CODES = frozenset((530, 534, 535, 538))
 __all__ = ["KIND", "EmailChannel", "EmailSettings", "SmtpSettings", "classify"]
@@ -237,9 +240,11 @@ def build_message(settings: EmailSettings, message: Outgoing) -> EmailMessage:
     mail["Message-ID"] = f"<{re.sub(r'[^A-Za-z0-9._-]', '-', message.notification_id)}@relay>"
     mail["X-Relay-Notification-Id"] = one_line(message.notification_id)
     mail["X-Relay-Run-Id"] = one_line(message.run_id)
-    mail["Auto-Submitted"] = "auto-generated"
     for name, value in settings.headers.items():
         mail[name] = value
+    for name, value in _OVERRIDABLE.items():  # after: the user's own value, once, wins
+        if name not in mail:  # case-insensitive
+            mail[name] = value
     mail.set_content(message.parts.get("txt", ""), cte="quoted-printable")
     mail.add_alternative(message.parts.get("html", ""), subtype="html", cte="quoted-printable")
     return mail

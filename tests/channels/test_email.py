@@ -292,6 +292,15 @@ async def test_message_is_multipart_alternative_with_stable_ids(smtp_server: Smt
     assert all(len(line) <= 998 for line in first.data.split(b"\r\n"))  # RFC 5322 line limit
 
 
+async def test_a_users_auto_submitted_replaces_relays(smtp_server: SmtpFactory) -> None:
+    """Before, the mail carried two Auto-Submitted headers: relay's and the user's."""
+    fake = await smtp_server()
+    settings = email_settings(fake.port).model_copy(update={"headers": {"auto-submitted": "no"}})
+    await make_channel(settings).send(outgoing())
+    [got] = await fake.wait_for(1)
+    assert got.message().get_all("Auto-Submitted") == ["no"]
+
+
 # ----------------------------------------------------------------------------- classification
 
 
