@@ -46,6 +46,15 @@ class RateLimit(Strict):
     burst: int | None = Field(default=None, ge=1)
 
 
+def from_config_dir(value: Any, info: ValidationInfo) -> Any:
+    """A relative path in a channel's settings (`smtp.ca_file`) as seen from the config file's
+    directory, like `templates.dir`: the same file whatever directory relay was started in."""
+    base = (info.context or {}).get("config_dir")
+    if base is None or not isinstance(value, str | Path) or not str(value):
+        return value
+    return value if Path(value).is_absolute() else Path(base) / value
+
+
 class ChannelSettings(Strict):
     """Options every channel has; channel modules subclass it with their own."""
 
@@ -361,7 +370,7 @@ def check_config(
         if data is not None:
             problems.append(located.problem((), "the top level must be a mapping"))
         return Draft(located, Config(), {}, frozenset(), problems)
-    parts = _Parts(located, channel_models)
+    parts = _Parts(located, channel_models, base_dir)
     sections: dict[str, Any] = {}
     for key, value in data.items():
         # `server:` with every line below commented out is null: the section's defaults
@@ -380,9 +389,12 @@ def check_config(
 class _Parts:
     """Validates the parts of one document alone, recording problems and broken sections."""
 
-    def __init__(self, located: Located, channel_models: ChannelModels) -> None:
+    def __init__(
+        self, located: Located, channel_models: ChannelModels, base_dir: Path | None
+    ) -> None:
         self.located = located
         self.models = channel_models
+        self.context = {"config_dir": base_dir}
         self.problems = list(located.problems)
         self.broken: set[str] = set()
 
@@ -427,7 +439,7 @@ class _Parts:
             self._bad_channel((*path, "type"), f"unknown channel type; use {known}")
             return None
         try:
-            return model.model_validate(spec)
+            return model.model_validate(spec, context=self.context)
         except ValidationError as exc:
             self._fail("channels", exc, path)
             return None

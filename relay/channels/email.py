@@ -44,10 +44,17 @@ from email.utils import formatdate, getaddresses
 from typing import Any
 
 import aiosmtplib
-from pydantic import Field, FilePath, SecretStr, field_validator, model_validator
+from pydantic import (
+    Field,
+    FilePath,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
-from relay.config import ChannelSettings, Strict
+from relay.config import ChannelSettings, Strict, from_config_dir
 from relay.errors import DeliveryError
 
 log = logging.getLogger("relay.channels.email")
@@ -129,6 +136,11 @@ class SmtpSettings(Strict):
         if value.count(":") == 1:
             raise ValueError("host cannot carry a port; set smtp.port")
         return value
+
+    @field_validator("ca_file", mode="before")
+    @classmethod
+    def _from_config_dir(cls, value: Any, info: ValidationInfo) -> Any:
+        return from_config_dir(value, info)
 
     @field_validator("ca_file")
     @classmethod

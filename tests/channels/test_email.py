@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from relay.channels import ChannelEnv, Outgoing, settings_models
 from relay.channels._http import HttpClient
 from relay.channels.email import EmailChannel, EmailSettings, build_message
-from relay.config import parse_config
+from relay.config import load_config, parse_config
 from relay.errors import ConfigError, DeliveryError
 from relay.model import Run, notification_id
 from relay.templating import RenderContext, Renderer
@@ -403,6 +403,28 @@ async def test_implicit_tls(smtp_server: SmtpFactory, smtp_pki: Pki) -> None:
     await channel(fake.port, tls=True, ca_file=str(smtp_pki.ca_file)).send(outgoing())
     [got] = await fake.wait_for(1)
     assert got.message()["Message-ID"] == f"<{NTF}@relay>"
+
+
+async def test_a_relative_ca_file_is_found_beside_the_config(
+    smtp_server: SmtpFactory, smtp_pki: Pki, tmp_path: Path
+) -> None:
+    """As templates.dir: before, `ca_file: ca.pem` was looked up in the working directory, so
+    the config that `relay check` passed in its own directory failed anywhere else."""
+    fake = await smtp_server("starttls")
+    config = tmp_path / "conf" / "relay.yaml"
+    config.parent.mkdir()
+    (config.parent / "ca.pem").write_bytes(smtp_pki.ca_file.read_bytes())
+    smtp = f"{{host: 127.0.0.1, port: {fake.port}, starttls: true, ca_file: ca.pem}}"
+    config.write_text(
+        f"channels:\n  mail:\n    type: email\n    smtp: {smtp}\n"
+        "    from: relay@example.com\n    to: [oncall@example.com]\n"
+    )
+    loaded = load_config(config, settings_models(), {})
+    settings = loaded.config.channels["mail"]
+    assert isinstance(settings, EmailSettings)
+    assert settings.smtp.ca_file == config.parent / "ca.pem"
+    await make_channel(settings).send(outgoing())
+    assert len(await fake.wait_for(1)) == 1
 
 
 async def test_ssl_cert_file_is_honoured(
