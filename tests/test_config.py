@@ -218,6 +218,19 @@ def test_a_webhook_header_name_that_no_receiver_takes_is_refused_at_load(name: s
     assert found.startswith(f"c.yaml:5: channels.h.headers.{name}: header names are"), found
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["Transfer-Encoding", "content-encoding", "CONNECTION", "Upgrade", "Webhook-Version", "HOST"],
+)
+def test_a_webhook_header_relay_or_the_http_client_sets_is_refused_at_load(name: str) -> None:
+    """The docs reserve `webhook-*`, but only three such names were refused; and a
+    Transfer-Encoding (or Content-Encoding) of the user's lied about the body: every receiver
+    answered 400, so each notification went dead while `relay check` said OK."""
+    text = f"channels:\n  h:\n    type: webhook\n    url: http://127.0.0.1:9/\n    headers: {{{name}: v}}\n"
+    [found] = problems(text)
+    assert found == f"c.yaml:5: channels.h.headers.{name}: header {name} is set by relay", found
+
+
 def test_yaml_bomb_is_refused_quickly() -> None:
     lines = ['a: &a ["x","x","x","x","x","x","x","x","x","x"]']
     for prev, name in zip("abcdefgh", "bcdefghi", strict=True):

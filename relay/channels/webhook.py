@@ -20,14 +20,31 @@ from pydantic import AfterValidator, Field, SecretStr, field_validator, model_va
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.config import ChannelSettings
 
-_RESERVED = {"content-type", "content-length", "host", "webhook-id", "webhook-timestamp"}
+# relay's own (the body's type, the Standard Webhooks headers) and the framing the HTTP client
+# owns: a Transfer-Encoding or Content-Encoding of the user's lied about the body, and each
+# receiver answered 400 (a dead letter); Connection and its kin (RFC 9110 §7.6.1) are per hop
+_RESERVED = frozenset(
+    (
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "transfer-encoding",
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    )
+)
 # RFC 9110 §5.6.2 token: a name with other characters (é, parentheses, a tab) is sent, and
 # every receiver answers 400, so each notification went dead
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def _header_name(name: str) -> str:
-    if name.lower() in _RESERVED or name.lower() == "webhook-signature":
+    if name.lower() in _RESERVED or name.lower().startswith("webhook-"):
         raise ValueError(f"header {name} is set by relay")
     if not _TOKEN.fullmatch(name):
         raise ValueError(
