@@ -90,6 +90,14 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "channels:\n  x: {type: webhook, url: 'http://a/b', secret: nope!}\n",
             "secret must be whsec_",
         ),
+        (
+            "channels:\n  x: {type: webhook, url: 'http://a/b', secret: [nope!]}\n",
+            "c.yaml:2: channels.x.secret: secret must be whsec_",
+        ),
+        (
+            "channels:\n  x: {type: webhook, url: 'http://a/b', secret: []}\n",
+            "c.yaml:2: channels.x.secret: secret: give one whsec_ secret",
+        ),
         ("defaults: {timeout: soon}\n", "c.yaml:1: defaults.timeout: expected a duration"),
         ("defaults: {dashboard_url: 'https://x/{nope}'}\n", "unknown placeholder {nope}"),
         ("defaults: {retry: {max_attempts: 0}}\n", "defaults.retry.max_attempts"),

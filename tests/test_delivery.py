@@ -84,6 +84,22 @@ async def test_webhook_is_signed_and_carries_the_stable_id(relay: RelayFactory, 
     await wait_state(r, "sent")
 
 
+async def test_a_list_of_secrets_signs_with_each_for_a_rotation(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """Standard Webhooks rotation: one `v1,` signature per secret, space-separated, so a
+    receiver verifies with the old secret or the new one while it switches over."""
+    new = "whsec_" + base64.b64encode(b"relay-next-signing-key-4567").decode()
+    r = await relay(config(sink.url).replace(f"secret: {SECRET}", f"secret: [{SECRET}, {new}]"))
+    assert (await r.post(failing_run()))[0] == 202
+    [got] = await sink.wait_for(1)
+    assert len(got.headers["webhook-signature"].split(" ")) == 2
+    for secret in (SECRET, new):
+        payload = standardwebhooks.Webhook(secret).verify(got.body, got.headers)
+        assert payload["run"]["id"] == "run_delivery_0000"
+    await wait_state(r, "sent")
+
+
 async def test_retry_after_on_429_is_honoured(relay: RelayFactory, sink: Sink) -> None:
     sink.responses = [status(429, {"Retry-After": "1"})]
     r = await relay(config(sink.url))

@@ -3,6 +3,7 @@
 Every request carries `webhook-id` (the notification's stable idempotency id) and
 `webhook-timestamp`; with a `secret` (whsec_<base64>) it also carries `webhook-signature`
 = "v1," + base64(HMAC-SHA256(key, f"{id}.{timestamp}.{body}")), per standardwebhooks.com.
+`secret` may be a list (a rotation): one such signature per secret, separated by spaces.
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ def _host_and_port(url: str) -> bool:
         return False
 
 
+Secrets = SecretStr | list[SecretStr] | None
+
+
+def secrets_of(value: Secrets) -> list[SecretStr]:
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
 # checked key by key, so that every refused name is reported at its own line, not the first
 HeaderName = Annotated[str, AfterValidator(_header_name)]
 HeaderValue = Annotated[SecretStr, AfterValidator(_header_value)]
@@ -76,7 +84,8 @@ HeaderValue = Annotated[SecretStr, AfterValidator(_header_value)]
 class WebhookSettings(ChannelSettings):
     url: SecretStr
     headers: dict[HeaderName, HeaderValue] = {}
-    secret: SecretStr | None = None
+    # a list signs with each (rotation): the receiver accepts any one of the signatures
+    secret: Secrets = None
     # a receiver across the internet answers in 50-300 ms: at 4 in flight (the other types'
     # default, where Slack, Discord, Teams, PagerDuty and SMTP servers limit senders) a storm of
     # alerts would queue for minutes; Alertmanager has no limit at all
@@ -100,11 +109,22 @@ class WebhookSettings(ChannelSettings):
             raise ValueError("url carries a user:password and headers an Authorization: keep one")
         return self
 
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _shape(cls, value: object) -> object:
+        """One problem for a number or a mapping, not one per member of the union."""
+        strings = value if isinstance(value, list) else [value]
+        if value is not None and not all(isinstance(s, str | SecretStr) for s in strings):
+            raise ValueError("secret must be a whsec_ string, or a list of them")
+        return value
+
     @field_validator("secret")
     @classmethod
-    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            signing_key(value.get_secret_value())
+    def _secret(cls, value: Secrets) -> Secrets:
+        if value == []:
+            raise ValueError("secret: give one whsec_ secret, or a list of at least one")
+        for one in secrets_of(value):
+            signing_key(one.get_secret_value())
         return value
 
 
@@ -131,8 +151,7 @@ class WebhookChannel:
         self.settings = settings
         self._http = env.http
         self._timeout_s = settings.timeout or env.default_timeout_s
-        secret = settings.secret
-        self._key = signing_key(secret.get_secret_value()) if secret is not None else None
+        self._keys = [signing_key(s.get_secret_value()) for s in secrets_of(settings.secret)]
 
     def _headers(self, message: Outgoing, body: bytes) -> dict[str, str]:
         timestamp = int(message.timestamp)
@@ -140,8 +159,9 @@ class WebhookChannel:
         headers["Content-Type"] = "application/json"
         headers["webhook-id"] = message.notification_id
         headers["webhook-timestamp"] = str(timestamp)
-        if self._key is not None:
-            headers["webhook-signature"] = sign(self._key, message.notification_id, timestamp, body)
+        if self._keys:  # several: space-separated, as Standard Webhooks has for rotation
+            signatures = (sign(k, message.notification_id, timestamp, body) for k in self._keys)
+            headers["webhook-signature"] = " ".join(signatures)
         return headers
 
     async def send(self, message: Outgoing) -> None:
