@@ -195,6 +195,11 @@ def test_problems_never_quote_secret_values() -> None:
             '    headers: {Authorization: "Bearer ${KEY}\\nX-Injected: 1"}\n',
             "c.yaml:5: channels.h.headers.Authorization: header values cannot contain line breaks",
         ),
+        (  # a DEL or other control (from an env var): the same ValueError at every send
+            "channels:\n  h:\n    type: webhook\n    url: http://127.0.0.1:9/\n"
+            '    headers: {Authorization: "Bearer ${KEY}\\x7f", X-Tab: "a\\tb"}\n',
+            "c.yaml:5: channels.h.headers.Authorization: header values cannot contain control",
+        ),
         (
             "channels:\n  h:\n    type: webhook\n    url: 'http://relay:${KEY}@127.0.0.1:9/'\n"
             "    headers: {Authorization: 'Bearer ${KEY}'}\n",

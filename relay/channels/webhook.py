@@ -54,10 +54,18 @@ def _header_name(name: str) -> str:
     return name
 
 
+# what aiohttp refuses in a header value at every send (RFC 9110 §5.5): controls but the tab
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def _header_value(value: SecretStr) -> SecretStr:
-    """No line breaks: the HTTP client refuses them (header injection) at every send."""
-    if any(c in value.get_secret_value() for c in "\r\n\0"):
+    """No line breaks (header injection) nor other controls: the HTTP client refuses them at
+    every send, a traceback and a retry each time until the notification went dead."""
+    text = value.get_secret_value()
+    if "\r" in text or "\n" in text:
         raise ValueError("header values cannot contain line breaks")
+    if _CONTROL.search(text):
+        raise ValueError("header values cannot contain control characters (but tab)")
     return value
 
 
