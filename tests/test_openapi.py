@@ -154,7 +154,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         url = proc.url
         ends = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
         silence = {"matchers": {"task": "muted-task"}, "ends_at": ends, "comment": "seed"}
-        assert http("POST", url + "/v1/silences", silence, ADMIN_TOKEN)[0] == 201
+        code, made = http("POST", url + "/v1/silences", silence, ADMIN_TOKEN)
+        assert code == 201, made
         failed = sdk_run("failed")
         muted = {**sdk_run("crashed"), "id": "run_muted", "taskIdentifier": "muted-task"}
         completed = sdk_run("completed")
@@ -165,6 +166,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             "url": url,
             "notification": rows[0]["id"],
             "dead": next(r["id"] for r in rows if r["state"] == "dead"),
+            "silence": made["id"],
         }
     finally:
         proc.kill()
@@ -201,6 +203,7 @@ def test_api_conforms_to_its_document(case: schemathesis.Case, served: dict[str,
     [
         ("GET", "/v1/notifications/{id}", "notification"),
         ("POST", "/v1/dlq/{id}/replay", "dead"),
+        ("GET", "/v1/silences/{id}", "silence"),
     ],
 )
 def test_seeded_ids_answer_as_documented(

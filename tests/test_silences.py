@@ -214,6 +214,8 @@ async def test_silence_api_errors_and_listing(relay: RelayFactory) -> None:
     async with r.http.post(r.url + "/v1/silences", data=b"{nope") as resp:
         assert resp.status == 400
     assert (await api(r, "DELETE", "/v1/silences/sil_nope"))[0] == 404
+    code, answer = await api(r, "GET", "/v1/silences/sil_nope")
+    assert (code, answer["field"]) == (404, "id")
     start = "2099-01-01T00:00:00Z"
     code, pending = await api(
         r,
@@ -224,8 +226,11 @@ async def test_silence_api_errors_and_listing(relay: RelayFactory) -> None:
     assert code == 201 and pending["state"] == "pending"
     code, listed = await api(r, "GET", "/v1/silences")
     assert [s["id"] for s in listed["silences"]] == [pending["id"]]
+    assert await api(r, "GET", f"/v1/silences/{pending['id']}") == (200, pending)
     await api(r, "DELETE", f"/v1/silences/{pending['id']}")
     assert (await api(r, "GET", "/v1/silences"))[1]["silences"] == []
+    code, one = await api(r, "GET", f"/v1/silences/{pending['id']}")  # expired: still there
+    assert (code, one["state"]) == (200, "expired")
     assert len((await api(r, "GET", "/v1/silences?expired=1"))[1]["silences"]) == 1
 
 

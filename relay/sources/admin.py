@@ -1,4 +1,4 @@
-"""Admin API: silences (POST/GET /v1/silences, DELETE /v1/silences/{id} expires one) and
+"""Admin API: silences (POST/GET /v1/silences, GET /v1/silences/{id}, DELETE expires one) and
 notification history (GET /v1/notifications, GET /v1/notifications/{id} with its events).
 
 Behind server.admin_token (falling back to server.auth_token), like the dead-letter API.
@@ -63,6 +63,19 @@ class SilenceHandlers:
         everything = request.query.get("expired", "").lower() in ("1", "true", "yes")
         silences = await self.deps.store.silences(now, include_expired=everything)
         return json_response({"silences": [silence_view(s, now) for s in silences]})
+
+    async def get(self, request: web.Request) -> web.Response:
+        from relay.sources.http import error, json_response  # noqa: PLC0415
+
+        if (denied := self._denied(request)) is not None:
+            return denied
+        now = self.deps.clock()
+        ident = request.match_info["id"]
+        silences = await self.deps.store.silences(now, include_expired=True)
+        found = next((s for s in silences if s.id == ident), None)
+        if found is None:
+            return error(404, "no silence with that id", "id")
+        return json_response(silence_view(found, now))
 
     async def expire(self, request: web.Request) -> web.Response:
         from relay.sources.http import error, json_response  # noqa: PLC0415
@@ -137,6 +150,7 @@ def add_silence_routes(app: web.Application, deps: HttpDeps) -> None:
         "/v1/silences", h.create, expect_handler=expect_handler(deps, h.refuse_create)
     )
     app.router.add_get("/v1/silences", h.list)
+    app.router.add_get("/v1/silences/{id}", h.get)
     app.router.add_delete("/v1/silences/{id}", h.expire)
     app.router.add_get("/v1/notifications", h.list_notifications)
     app.router.add_get("/v1/notifications/{id}", h.get_notification)
