@@ -103,9 +103,12 @@ def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         add.add_argument(
             f"--{matcher}", action="append", help=f"{matcher} to mute (repeat for any of several)"
         )
-    until = add.add_mutually_exclusive_group(required=True)
-    until.add_argument("-d", "--duration", help="how long, from the start: 30m, 2h, 1d")
-    until.add_argument("--until", "--end", help="end time, ISO-8601 (2026-11-28T18:00:00Z)")
+    add.add_argument(
+        "-d", "--duration", default="1h", help="how long, from the start: 30m, 2h, 1d (1h)"
+    )
+    add.add_argument(
+        "--until", "--end", help="end time, ISO-8601 (2026-11-28T18:00:00Z); wins over --duration"
+    )
     add.add_argument("--start", help="start time, ISO-8601 (default: now)")
     add.add_argument("-c", "--comment", default="")
     add.add_argument("-a", "--author", default=os.environ.get("USER", ""), help="created_by")
@@ -115,7 +118,9 @@ def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     listing.add_argument(
         "matchers", nargs="*", metavar="MATCHER", help="only silences with these matchers"
     )
-    listing.add_argument("--all", action="store_true", help="include expired silences")
+    shown = listing.add_mutually_exclusive_group()
+    shown.add_argument("--all", action="store_true", help="include expired silences")
+    shown.add_argument("--expired", action="store_true", help="only expired silences (amtool)")
     listing.add_argument("--json", action="store_true")
     expire = silence_sub.add_parser("expire", parents=[common], help="end silences now")
     expire.add_argument("ids", nargs="+", metavar="ID")
@@ -369,8 +374,13 @@ def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
     except InputError as exc:
         raise RelayError(f"silence list: {exc}") from None
     now = time.time()
-    found = asyncio.run(_with_store(settings, lambda s: s.silences(now, include_expired=args.all)))
-    views = [silence_view(s, now) for s in found if has_matchers(s, wanted)]
+    wide = args.all or args.expired
+    found = asyncio.run(_with_store(settings, lambda s: s.silences(now, include_expired=wide)))
+    views = [
+        silence_view(s, now)
+        for s in found
+        if has_matchers(s, wanted) and (not args.expired or s.state(now) == "expired")
+    ]
     if args.quiet:
         print("\n".join(v["id"] for v in views))
         return 0

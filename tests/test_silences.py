@@ -327,3 +327,36 @@ def test_cli_matchers_merge_words_and_flags() -> None:
         "rule": ["prod", "nightly"],
         "tag": ["env:prod"],
     }
+
+
+def test_cli_add_takes_the_spec_synopsis_and_amtool_default(tmp_path: Path) -> None:
+    """SPEC §6 writes `--duration 1h [--until ISO]`: both together work and --until wins (as
+    amtool's --end does over --duration); neither means amtool's 1h."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    both = run_cli(
+        "silence", "add", "--task", "billing/*", "--duration", "1h",
+        "--until", "2999-01-01T00:00:00Z", env=env,
+    )  # fmt: skip
+    assert both.returncode == 0, both.stderr
+    plain = run_cli("silence", "add", "--task", "email/*", env=env)
+    assert plain.returncode == 0, plain.stderr
+    listed = json.loads(run_cli("silence", "list", "--json", env=env).stdout)
+    views = {s["id"]: s for s in listed}
+    assert views[both.stdout.strip()]["ends_at"].startswith("2999-01-01T00:00:00")
+    view = views[plain.stdout.strip()]
+    hour = parse_time(view["ends_at"], "x") - parse_time(view["created_at"], "x")
+    assert 3599 <= hour <= 3601
+
+
+def test_cli_list_expired_shows_only_expired_ones_as_amtool(tmp_path: Path) -> None:
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    gone, kept = (
+        run_cli("silence", "add", f"task={task}", "-d", "1h", env=env).stdout.strip()
+        for task in ("a", "b")
+    )
+    assert run_cli("silence", "expire", gone, env=env).returncode == 0
+    assert run_cli("silence", "list", "--expired", "-q", env=env).stdout.split() == [gone]
+    assert run_cli("silence", "query", "--expired", "-q", env=env).stdout.split() == [gone]
+    assert sorted(run_cli("silence", "list", "--all", "-q", env=env).stdout.split()) == sorted(
+        [gone, kept]
+    )
