@@ -17,6 +17,11 @@ cannot_reply_to_message, invalid_thread_ts, thread_not_found, restricted_action_
 the message is posted at the top level and starts the thread anew.
 Incoming webhooks return no `ts`: no threading there.
 
+When Slack refuses the layout of a message (invalid_blocks, invalid_blocks_format,
+invalid_attachments: a template Slack's validation rejects), the error is logged and the message
+is sent once more as its text alone, so the on-call is still told; only if that fails too is the
+notification failed (client_error, permanent).
+
 Recoveries (rules with `update_on_recovery`): each chat.postMessage returns the receipt
 {"channel": <channel id>, "ts"} (chat.update wants the id, not a #name), kept with the
 notification; the recovery replaces that message with chat.update (text, blocks and attachments:
@@ -71,6 +76,9 @@ _THREAD_GONE = frozenset(
         "restricted_action_thread_locked",
     }
 )  # fmt: skip
+# answers that refuse a message's blocks or attachments: send it again as its text alone
+_BAD_LAYOUT = frozenset({"invalid_blocks", "invalid_blocks_format", "invalid_attachments"})
+_LAYOUT_KEYS = ("blocks", "attachments")
 MAX_BLOCKS, MAX_TEXT = 50, 40_000
 _TEXT_LIMITS = {"header": 150, "section": 3000, "markdown": 12_000}
 _MESSAGE_KEYS = ("text", "blocks", "attachments", "mrkdwn", "username", "icon_emoji", "icon_url")
@@ -269,7 +277,7 @@ class SlackChannel:
         payload = slack_message(message.parts.get("json", ""), default)
         payload.update(unfurl_links=False, unfurl_media=False)
         if self.settings.webhook_url is not None:
-            await self._post(self.settings.webhook_url.get_secret_value(), payload)
+            await self._send(self.settings.webhook_url.get_secret_value(), payload)
             return None
         subject = thread_subject(message)
         lock = self._locks.get(subject)
@@ -293,6 +301,29 @@ class SlackChannel:
             raise classify(response, error_name(response.body))
         return response
 
+    async def _send(self, url: str, body: dict[str, Any], *, clear: bool = False) -> dict[str, Any]:
+        """POST `body` (a Web API answer when a token is set, else {}); when Slack refuses its
+        blocks or attachments, log it and POST the text alone once (`clear`: with the blocks and
+        attachments emptied, which chat.update needs to drop the old ones)."""
+        try:
+            return await self._post_once(url, body)
+        except DeliveryError as err:
+            plain = _plain(body, clear)
+            if plain is None or err.detail.split(" ", 1)[0] not in _BAD_LAYOUT:
+                raise
+            log.error(
+                "slack refused the message's layout (%s); sending its text alone",
+                err.detail,
+                extra={"channel": self.name},
+            )
+            return await self._post_once(url, plain)
+
+    async def _post_once(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.settings.token is None:
+            await self._post(url, body)
+            return {}
+        return _answer(await self._post(url, body, self.settings.token.get_secret_value()))
+
     async def _update(self, payload: dict[str, Any], where: dict[str, str]) -> str | None:
         """chat.update the message at `where`; Slack's error if it can no longer update it."""
         assert self.settings.token is not None
@@ -304,7 +335,7 @@ class SlackChannel:
         }
         url = f"{self.settings.api_url}/chat.update"
         try:
-            _answer(await self._post(url, body, self.settings.token.get_secret_value()))
+            await self._send(url, body, clear=True)
         except DeliveryError as err:
             if err.detail in _NOT_UPDATABLE:
                 log.info("slack message cannot be updated; posting", extra={"channel": self.name})
@@ -344,9 +375,7 @@ class SlackChannel:
         return orjson.dumps({"channel": channel, "ts": ts}).decode()
 
     async def _chat_post(self, body: dict[str, Any]) -> dict[str, Any]:
-        assert self.settings.token is not None
-        url = f"{self.settings.api_url}/chat.postMessage"
-        return _answer(await self._post(url, body, self.settings.token.get_secret_value()))
+        return await self._send(f"{self.settings.api_url}/chat.postMessage", body)
 
     async def _thread(self, key: str) -> str | None:
         if self._state is None:
@@ -374,6 +403,17 @@ def _answer(response: HttpResponse) -> dict[str, Any]:
     if data.get("ok") is not True:
         raise classify(response, error_name(response.body) or "unknown_error")
     return data
+
+
+def _plain(body: dict[str, Any], clear: bool) -> dict[str, Any] | None:
+    """`body` as its text alone (blocks and attachments dropped, or emptied when `clear`); None
+    when it has neither, so there is nothing to fall back from."""
+    if not any(body.get(key) for key in _LAYOUT_KEYS):
+        return None
+    plain = {key: value for key, value in body.items() if key not in _LAYOUT_KEYS}
+    if clear:
+        plain.update(blocks=[], attachments=[])
+    return plain
 
 
 def _where(receipt: str | None) -> dict[str, str] | None:

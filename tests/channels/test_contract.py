@@ -387,7 +387,7 @@ async def test_slack_answers_are_classified_without_secrets(
     http = HttpClient()
     try:
         async with fake_slack() as slack:
-            slack.script(reply)
+            slack.script(reply, reply)  # a refused layout is sent again as text: refuse it too
             err = await failure(build(kind.settings(slack.url), http), "slack")
     finally:
         await http.close()

@@ -7,6 +7,7 @@ Regenerate the golden files with `RELAY_UPDATE_GOLDEN=1 pytest tests/channels/te
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import logging
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from relay.channels import ChannelEnv, KeyValue, Outgoing, settings_models
+from relay.channels import ChannelEnv, KeyValue, Outgoing, Recovery, settings_models
 from relay.channels._http import HttpClient
 from relay.channels.slack import THREADS, SlackChannel, SlackSettings, slack_message
 from relay.config import RateLimit, parse_config
@@ -446,7 +447,7 @@ async def test_webhook_errors_are_classified(
     retry_after: float | None,
     detail: str,
 ) -> None:
-    slack.script(reply)
+    slack.script(reply, reply)  # a refused layout is sent again as text: refuse it too
     err = await send_error(make_channel(slack, http))
     assert (err.reason, err.retryable, err.retry_after, err.detail) == (
         reason,
@@ -520,7 +521,7 @@ async def test_web_api_errors_are_classified(
     retry_after: float | None,
     detail: str,
 ) -> None:
-    slack.script(reply)
+    slack.script(reply, reply)  # a refused layout is sent again as text: refuse it too
     err = await send_error(make_channel(slack, http, bot=True))
     assert (err.reason, err.retryable, err.retry_after, err.detail) == (
         reason,
@@ -622,16 +623,63 @@ async def test_webhook_delivery_end_to_end(relay: RelayFactory, slack: FakeSlack
     assert body["blocks"][-1]["elements"][0]["url"].endswith("/proj_test/runs/run_a")
 
 
-async def test_invalid_blocks_is_dead_and_names_it(
+BAD_LAYOUT = json.dumps({"text": "FAILED run_1", "blocks": [{"type": "no_such_block"}]})
+
+
+@pytest.mark.parametrize("bot", [False, True])
+async def test_refused_blocks_are_sent_again_as_text(
+    slack: FakeSlack, http: HttpClient, bot: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slack's own invalid_blocks (400 on a webhook, ok:false on the Web API) no longer kills
+    the page: the text goes out alone, and the refusal is logged as an error."""
+    channel = make_channel(slack, http, bot=bot)
+    receipt = await channel.send(outgoing(BAD_LAYOUT))
+    first, second = slack.posted()
+    assert first["blocks"] == [{"type": "no_such_block"}] and slack.problems[0] != []
+    assert "blocks" not in second and second["text"] == "FAILED run_1"
+    assert (receipt is not None) == bot
+    [logged] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "invalid_blocks" in logged.getMessage()
+    assert not any(s in logged.getMessage() for s in SECRETS)
+
+
+@pytest.mark.parametrize("name", ["invalid_blocks_format", "invalid_attachments"])
+async def test_other_refused_layouts_are_sent_again_as_text(
+    slack: FakeSlack, http: HttpClient, name: str
+) -> None:
+    slack.script(api_error(name))
+    part = json.dumps({"text": "FAILED run_1", "attachments": [{"color": "#f00", "text": "x"}]})
+    await make_channel(slack, http, bot=True).send(outgoing(part))
+    assert [sorted(body) for body in slack.posted()][1] == sorted(
+        ["text", "channel", "unfurl_links", "unfurl_media"]
+    )
+
+
+async def test_a_refused_recovery_update_clears_the_blocks(
+    slack: FakeSlack, http: HttpClient
+) -> None:
+    channel = make_channel(slack, http, bot=True)
+    receipt = await channel.send(outgoing(render(load_run("failed"))))
+    recovery = Outgoing("ntf_2", "run_1", "r", {"json": BAD_LAYOUT}, 1_700_000_001.0)
+    recovery = dataclasses.replace(recovery, recovers=Recovery("ntf_1", receipt))
+    assert await channel.send(recovery) is None
+    refused, plain = slack.updates()
+    assert refused["blocks"] == [{"type": "no_such_block"}]
+    assert (plain["blocks"], plain["attachments"]) == ([], [])
+    assert slack.messages[FIRST_TS]["text"] == "FAILED run_1"
+
+
+async def test_invalid_blocks_twice_is_dead_and_names_it(
     relay: RelayFactory, slack: FakeSlack, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    slack.script(Reply(400, "invalid_blocks"))
+    slack.script(Reply(400, "invalid_blocks"), Reply(400, "invalid_blocks"))
     r = await relay(relay_config(slack, "webhook"))
     await r.post(run_update("run_a", "2026-08-20T09:14:22.461Z", costInCents=0))
     await wait_state(r, "dead")
     [dead] = await r.service.store.dead_letters()
-    assert dead.reason == "client_error" and len(slack.calls) == 1
+    assert dead.reason == "client_error" and len(slack.calls) == 2
+    assert "blocks" in slack.posted()[0] and "blocks" not in slack.posted()[1]
     assert dead.last_error is not None and "invalid_blocks (HTTP 400)" in dead.last_error
     async with r.http.get(r.url + "/v1/dlq") as resp:
         listing = await resp.text()
