@@ -9,9 +9,10 @@ With a bot token, the `ts` of the first message about a run is kept in the store
 `slack_thread`, key `<channel name>:<slack channel>:<run id>`) and later messages about that run
 go into its thread; for a rule with `group_by`, the thread is the digest group's (key
 `<channel name>:<slack channel>:group:<group key>`), so each group's digests follow its first
-one. The Slack channel is in the key because a ts names a message only within its channel: when
-`channel:` changes, the runs' threads start anew there. Sends for one
-run or group are serialised in-process so concurrent notifications cannot start two threads.
+one. Each reply touches the row's time, and the store prunes threads unused for `retention`,
+as it forgets runs. The Slack channel is in the key because a ts names a message only within
+its channel: when `channel:` changes, the runs' threads start anew there. Sends for one run or
+group are serialised in-process so concurrent notifications cannot start two threads.
 When Slack refuses a reply in the thread (its first message was deleted, the thread is locked:
 cannot_reply_to_message, invalid_thread_ts, thread_not_found, restricted_action_thread_locked),
 the message is posted at the top level and starts the thread anew.
@@ -368,8 +369,9 @@ class SlackChannel:
             answer = await self._chat_post(body)
         ts, channel = answer.get("ts"), answer.get("channel")
         ts = ts if isinstance(ts, str) and ts else None
-        if thread_ts is None and threaded and ts is not None:
-            await self._remember(key, ts, message.timestamp)
+        kept = thread_ts or ts  # the thread started, or replied to (touched: pruned when unused)
+        if threaded and kept is not None:
+            await self._remember(key, kept, message.timestamp)
         if ts is None or not isinstance(channel, str) or not channel:
             return None
         return orjson.dumps({"channel": channel, "ts": ts}).decode()

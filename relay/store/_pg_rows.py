@@ -42,8 +42,10 @@ PRUNE = (
     "DELETE FROM relay_groups WHERE last_seen < $1 AND next_flush IS NULL",
     "DELETE FROM relay_silences WHERE ends_at < $1",
     "DELETE FROM relay_runs WHERE seen_at < $1",
-    # the inhibit sources seen (relay.inhibition.SOURCES), forgotten with their runs
-    "DELETE FROM relay_kv WHERE namespace = 'inhibit_source' AND updated_at < $1",
+    # forgotten with their runs: the inhibit sources seen (relay.inhibition.SOURCES) and the
+    # Slack threads of runs and groups (relay.channels.slack.THREADS, touched by each reply)
+    "DELETE FROM relay_kv WHERE namespace IN ('inhibit_source', 'slack_thread')"
+    " AND updated_at < $1",
 )
 LEAD = """
     INSERT INTO relay_leases AS l (name, owner, expires_at, updated_at) VALUES ($1, $2, $3, $4)

@@ -331,8 +331,9 @@ PRUNE = (
     "DELETE FROM groups WHERE last_seen < :before AND next_flush IS NULL",
     "DELETE FROM silences WHERE ends_at < :before",
     "DELETE FROM runs WHERE seen_at < :before",
-    # the inhibit sources seen (relay.inhibition.SOURCES), forgotten with their runs
-    "DELETE FROM kv WHERE namespace = 'inhibit_source' AND updated_at < :before",
+    # forgotten with their runs: the inhibit sources seen (relay.inhibition.SOURCES) and the
+    # Slack threads of runs and groups (relay.channels.slack.THREADS, touched by each reply)
+    "DELETE FROM kv WHERE namespace IN ('inhibit_source', 'slack_thread') AND updated_at < :before",
 )
 
 

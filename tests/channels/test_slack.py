@@ -354,6 +354,24 @@ async def test_bot_message_is_authenticated_and_threaded(
     assert slack.problems == [[]] * 4
 
 
+async def test_a_thread_in_use_outlives_the_retention_and_an_unused_one_is_pruned(
+    slack: FakeSlack, http: HttpClient, tmp_path: Path
+) -> None:
+    store = SQLiteStore(tmp_path / "relay.db")
+    await store.open()
+    try:
+        channel = make_channel(slack, http, bot=True, state=store)
+        part = render(load_run("failed"))
+        for run_id in ("run_a", "run_b"):  # both threads started at 1_700_000_000
+            await channel.send(outgoing(part, run_id))
+        later = dataclasses.replace(outgoing(part, "run_a"), timestamp=1_700_100_000.0)
+        await channel.send(later)  # a reply in run_a's thread, days later, keeps it
+        await store.prune(before=1_700_050_000.0)
+        assert await store.kv_list(THREADS) == {"oncall:#oncall:run_a": FIRST_TS}
+    finally:
+        await store.close()
+
+
 @pytest.mark.parametrize(
     "refusal", ["cannot_reply_to_message", "thread_not_found", "restricted_action_thread_locked"]
 )

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 import trustme
 
+from relay.channels.slack import THREADS
 from relay.errors import ConfigError, StoreUnavailable
 from relay.grouping import group_key
 from relay.model import Decision, Run, RunState, Silence, notification_id, recovery_id
@@ -355,12 +356,15 @@ async def test_prune_forgets_what_finished_before_the_retention(store: Store) ->
     assert ids(refired) == [old]
 
 
-async def test_prune_forgets_the_inhibit_sources_seen(store: Store) -> None:
-    await store.kv_put("inhibit_source", "old", "1", now=100.0)
-    await store.kv_put("inhibit_source", "new", "2", now=5000.0)
+@pytest.mark.parametrize("namespace", ["inhibit_source", THREADS])
+async def test_prune_forgets_the_inhibit_sources_and_slack_threads(
+    store: Store, namespace: str
+) -> None:
+    await store.kv_put(namespace, "old", "1", now=100.0)
+    await store.kv_put(namespace, "new", "2", now=5000.0)
     await store.kv_put("inhibit", "window", "1700.0", now=100.0)
     await store.prune(before=1000.0)
-    assert await store.kv_list("inhibit_source") == {"new": "2"}
+    assert await store.kv_list(namespace) == {"new": "2"}
     assert await store.kv_get("inhibit", "window") == "1700.0"  # windows are not runs
 
 
