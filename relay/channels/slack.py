@@ -278,7 +278,7 @@ class SlackChannel:
         payload = slack_message(message.parts.get("json", ""), default)
         payload.update(unfurl_links=False, unfurl_media=False)
         if self.settings.webhook_url is not None:
-            await self._send(self.settings.webhook_url.get_secret_value(), payload)
+            await self._send(self.settings.webhook_url.get_secret_value(), payload, message)
             return None
         subject = thread_subject(message)
         lock = self._locks.get(subject)
@@ -286,7 +286,7 @@ class SlackChannel:
             lock = self._locks[subject] = asyncio.Lock()
         async with lock:
             where = _where(message.recovers.receipt) if message.recovers is not None else None
-            refused = None if where is None else await self._update(payload, where)
+            refused = None if where is None else await self._update(payload, where, message)
             if where is not None and refused is None:
                 return None
             return await self._post_message(payload, message, refused != "message_not_found")
@@ -302,7 +302,9 @@ class SlackChannel:
             raise classify(response, error_name(response.body))
         return response
 
-    async def _send(self, url: str, body: dict[str, Any], *, clear: bool = False) -> dict[str, Any]:
+    async def _send(
+        self, url: str, body: dict[str, Any], message: Outgoing, *, clear: bool = False
+    ) -> dict[str, Any]:
         """POST `body` (a Web API answer when a token is set, else {}); when Slack refuses its
         blocks or attachments, log it and POST the text alone once (`clear`: with the blocks and
         attachments emptied, which chat.update needs to drop the old ones)."""
@@ -315,7 +317,7 @@ class SlackChannel:
             log.error(
                 "slack refused the message's layout (%s); sending its text alone",
                 err.detail,
-                extra={"channel": self.name},
+                extra=self._extra(message),
             )
             return await self._post_once(url, plain)
 
@@ -325,7 +327,13 @@ class SlackChannel:
             return {}
         return _answer(await self._post(url, body, self.settings.token.get_secret_value()))
 
-    async def _update(self, payload: dict[str, Any], where: dict[str, str]) -> str | None:
+    def _extra(self, message: Outgoing) -> dict[str, str]:
+        """The fields of every log line about a message (SPEC: run id, rule and channel)."""
+        return {"channel": self.name, "run_id": message.run_id, "rule": message.rule}
+
+    async def _update(
+        self, payload: dict[str, Any], where: dict[str, str], message: Outgoing
+    ) -> str | None:
         """chat.update the message at `where`; Slack's error if it can no longer update it."""
         assert self.settings.token is not None
         body = {
@@ -336,10 +344,10 @@ class SlackChannel:
         }
         url = f"{self.settings.api_url}/chat.update"
         try:
-            await self._send(url, body, clear=True)
+            await self._send(url, body, message, clear=True)
         except DeliveryError as err:
             if err.detail in _NOT_UPDATABLE:
-                log.info("slack message cannot be updated; posting", extra={"channel": self.name})
+                log.info("slack message cannot be updated; posting", extra=self._extra(message))
                 return err.detail
             raise
         return None
@@ -359,14 +367,14 @@ class SlackChannel:
         if thread_ts is not None:
             body["thread_ts"] = thread_ts
         try:
-            answer = await self._chat_post(body)
+            answer = await self._chat_post(body, message)
         except DeliveryError as err:
             if thread_ts is None or err.detail not in _THREAD_GONE:
                 raise
-            log.info("slack thread takes no replies; starting anew", extra={"channel": self.name})
+            log.info("slack thread takes no replies; starting anew", extra=self._extra(message))
             del body["thread_ts"]
             thread_ts = None
-            answer = await self._chat_post(body)
+            answer = await self._chat_post(body, message)
         ts, channel = answer.get("ts"), answer.get("channel")
         ts = ts if isinstance(ts, str) and ts else None
         kept = thread_ts or ts  # the thread started, or replied to (touched: pruned when unused)
@@ -376,8 +384,8 @@ class SlackChannel:
             return None
         return orjson.dumps({"channel": channel, "ts": ts}).decode()
 
-    async def _chat_post(self, body: dict[str, Any]) -> dict[str, Any]:
-        return await self._send(f"{self.settings.api_url}/chat.postMessage", body)
+    async def _chat_post(self, body: dict[str, Any], message: Outgoing) -> dict[str, Any]:
+        return await self._send(f"{self.settings.api_url}/chat.postMessage", body, message)
 
     async def _thread(self, key: str) -> str | None:
         if self._state is None:
