@@ -26,7 +26,7 @@ from pydantic import (
     field_validator,
 )
 
-from relay.durations import Duration, parse_duration
+from relay.durations import Duration
 from relay.errors import ConfigError, Problem, field_message, in_file_order
 from relay.model import EVENTS, FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP
 from relay.sizes import Size
@@ -219,6 +219,10 @@ class TriggerAlertsConfig(Strict):
         return ([self.secret] if self.secret is not None else []) + list(self.secrets)
 
 
+# Trigger.dev's createdAt grammar (parseNaturalLanguageDurationAgo): anything else is no window.
+_TRIGGER_DURATION = re.compile(r"(?:[0-9]+(?:w|d|hr|h|m|s))+")
+
+
 class RealtimeFeed(Strict):
     """One Realtime subscription: by tags (all must match), by run id, or by batch id."""
 
@@ -230,7 +234,13 @@ class RealtimeFeed(Strict):
     @field_validator("created_at")
     @classmethod
     def _window(cls, value: str) -> str:
-        parse_duration(value)
+        """Sent as written: Trigger.dev reads only whole numbers with w/d/h/hr/m/s units and
+        silently drops a window it cannot read, so the feed would hold every run ever made."""
+        if len(value) > 100 or not _TRIGGER_DURATION.fullmatch(value):
+            raise ValueError(
+                "created_at must be a duration Trigger.dev reads: whole numbers with units"
+                " w, d, h, m, s (24h, 90m, 1h30m)"
+            )
         return value
 
     def model_post_init(self, context: Any) -> None:

@@ -157,7 +157,17 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
         ),
         (
             "sources: {realtime: {secret_key: k, feeds: [{tags: [a], created_at: soon}]}}\n",
-            "expected a duration",
+            "created_at must be a duration Trigger.dev reads",
+        ),
+        # forms relay's durations take but Trigger.dev would drop (then no window at all)
+        *(
+            (
+                "sources: {realtime: {secret_key: k, feeds: [{tags: [a], created_at: 'W'}]}}\n".replace(
+                    "W", window
+                ),
+                "c.yaml:1: sources.realtime.feeds[0].created_at: created_at must be a duration",
+            )
+            for window in ("1.5h", "3600", "250ms", "1y", " 24h")
         ),
         (
             "sources: {trigger_alerts: {secrett: x}}\n",

@@ -535,6 +535,7 @@ def test_retry_delay(
     [
         ({"tags": ["b", "a"]}, "tags:a,b|24h", "/realtime/v1/runs", {"tags": "b,a", "createdAt": "24h"}),
         ({"tags": [], "created_at": "1h"}, "tags:|1h", "/realtime/v1/runs", {"createdAt": "1h"}),
+        ({"tags": [], "created_at": "1hr30m"}, "tags:|1hr30m", "/realtime/v1/runs", {"createdAt": "1hr30m"}),
         ({"run_id": "run_x"}, "run:run_x", "/realtime/v1/runs/run_x", {}),
         ({"batch_id": "batch_y"}, "batch:batch_y", "/realtime/v1/batches/batch_y", {}),
     ],
