@@ -228,8 +228,20 @@ class RealtimeFeed(Strict):
 
     tags: list[str] | None = None
     created_at: str = "24h"
-    run_id: str | None = None
-    batch_id: str | None = None
+    # empty, `/realtime/v1/runs/` would be the environment's every run
+    run_id: str | None = Field(default=None, min_length=1)
+    batch_id: str | None = Field(default=None, min_length=1)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str] | None) -> list[str] | None:
+        """Trigger.dev splits `tags` on commas, and takes `tags=` for no tags (every run)."""
+        if value is not None and any(not tag or "," in tag for tag in value):
+            raise ValueError(
+                "a feed's tags cannot be empty or contain a comma (Trigger.dev splits the"
+                " tags on commas); tags: [] follows every run"
+            )
+        return value
 
     @field_validator("created_at")
     @classmethod

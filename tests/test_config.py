@@ -169,6 +169,20 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             )
             for window in ("1.5h", "3600", "250ms", "1y", " 24h")
         ),
+        # what Trigger.dev would read as another feed, or as every run of the environment
+        *(
+            (
+                "sources: {realtime: {secret_key: k, feeds: [FEED]}}\n".replace("FEED", feed),
+                f"c.yaml:1: sources.realtime.feeds[0].{field}",
+            )
+            for feed, field in (
+                ("{tags: ['a,b']}", "tags: a feed's tags cannot be empty or contain a comma"),
+                ("{tags: ['']}", "tags: a feed's tags cannot be empty"),
+                ("{tags: [a, '']}", "tags: a feed's tags cannot be empty"),
+                ("{run_id: ''}", "run_id: "),
+                ("{batch_id: ''}", "batch_id: "),
+            )
+        ),
         (
             "sources: {trigger_alerts: {secrett: x}}\n",
             "sources.trigger_alerts.secrett: unknown key",
