@@ -272,6 +272,19 @@ class RealtimeConfig(Strict):
     # wait after 400/401/403/404 (logged) before trying again: an operator may fix the key
     error_backoff: Duration = Field(default=60.0, gt=0)
 
+    @field_validator("secret_key", mode="before")
+    @classmethod
+    def _key(cls, value: Any) -> Any:
+        """A key read from a file or a Kubernetes secret often ends with a newline, which no
+        HTTP header can carry (every request failed); a key has no spaces, so they go."""
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                raise ValueError("secret_key is empty (the environment's tr_… key)")
+            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+                raise ValueError("secret_key cannot contain line breaks or control characters")
+        return value
+
     @field_validator("api_url")
     @classmethod
     def _url(cls, value: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from relay.channels import settings_models
-from relay.config import parse_config
+from relay.config import RealtimeConfig, parse_config
 from relay.configure import load
 from relay.durations import format_duration, parse_duration
 from relay.errors import ConfigError
@@ -233,6 +233,14 @@ def test_problems_never_quote_secret_values() -> None:
             "sources:\n  realtime:\n    api_url: 'https://u:${KEY}@api.trigger.dev'\n"
             "    secret_key: ${KEY}\n    feeds: [{tags: [a]}]\n",
             "c.yaml:3: sources.realtime.api_url: api_url cannot carry a user:password",
+        ),
+        (
+            'sources:\n  realtime:\n    secret_key: "tr_${KEY}\\nX: 1"\n    feeds: [{tags: [a]}]\n',
+            "c.yaml:3: sources.realtime.secret_key: secret_key cannot contain line breaks",
+        ),
+        (
+            "sources:\n  realtime:\n    secret_key: ${UNSET:- }\n    feeds: [{tags: [a]}]\n",
+            "c.yaml:3: sources.realtime.secret_key: secret_key is empty",
         ),
     ],
 )
@@ -614,3 +622,10 @@ def test_load_checks_rules_beside_schema_problems_but_not_into_a_broken_part(
 )
 def test_a_problem_hides_no_other(text: str, expected: list[str]) -> None:
     assert_lines_start(problems(text), expected)
+
+
+def test_a_realtime_key_read_with_its_trailing_newline_is_sent_without_it() -> None:
+    """A key from a file or a Kubernetes secret ends with a newline: every Realtime request
+    raised ValueError (no header carries one) and the feed never started."""
+    settings = RealtimeConfig(secret_key=" tr_prod_abc\r\n", feeds=[{"tags": ["a"]}])
+    assert settings.secret_key.get_secret_value() == "tr_prod_abc"
