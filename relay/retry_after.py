@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import math
 import time
+from datetime import UTC
 
 MAX_RETRY_AFTER_S = 24 * 3600.0
 
@@ -23,6 +24,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
             return None
         if when is None:
             return None
+        if when.tzinfo is None:  # asctime and `-0000` dates carry no zone: HTTP dates are GMT
+            when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - (time.time() if now is None else now)
     if math.isnan(seconds):
         return None

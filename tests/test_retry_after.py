@@ -1,0 +1,40 @@
+"""Retry-After in each form RFC 9110 §10.2.3 makes a recipient accept, whatever the local zone."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from relay.retry_after import parse_retry_after
+
+NOW = 1_796_000_000.0
+IN_A_MINUTE = time.gmtime(NOW + 60)
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        "%a, %d %b %Y %H:%M:%S GMT",  # IMF-fixdate
+        "%A, %d-%b-%y %H:%M:%S GMT",  # obsolete RFC 850
+        "%a %b %e %H:%M:%S %Y",  # obsolete asctime: no zone, yet GMT
+        "%a, %d %b %Y %H:%M:%S -0000",
+    ],
+)
+def test_an_http_date_is_read_as_gmt_in_any_local_zone(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a zoneless date was read in the local zone: with TZ=America/New_York a receiver's
+    "in a minute" became five hours, past max_age, and the notification went dead at once."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert parse_retry_after(time.strftime(fmt, IN_A_MINUTE), NOW) == pytest.approx(60)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("5", 5.0), ("-3", 0.0), ("soon", None)])
+def test_delta_seconds(value: str, seconds: float | None) -> None:
+    assert parse_retry_after(value, NOW) == seconds
