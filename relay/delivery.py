@@ -19,6 +19,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -38,6 +39,10 @@ POLL_S = 1.0
 CLAIM_AHEAD = 16  # rows claimed beyond the free slots (at least the channel's concurrency)
 RECOVERY_WAIT_S = 1.0  # a recovery is tried again this long after its notification's next try
 DIGEST_TEMPLATE = "digest"
+# A render gets this long on the event loop (the shipped templates take a millisecond or two);
+# one that needs more starts again in the channel's own thread with the full budget, so a slow
+# template holds up its channel, never intake or the other channels for a second per message.
+ON_LOOP_RENDER_S = 0.05
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 DashboardLink = Callable[[dict[str, object]], str | None]
@@ -81,7 +86,13 @@ class Deps:
 
 
 def render_notification(
-    renderer: Renderer, channel: str, route: Route, row: Notification, link: DashboardLink
+    renderer: Renderer,
+    channel: str,
+    route: Route,
+    row: Notification,
+    link: DashboardLink,
+    *,
+    budget_s: float | None = None,
 ) -> Rendered:
     """Render `row` for one channel (also used by `relay test` and `relay send-test`)."""
     ctx = RenderContext(
@@ -93,11 +104,17 @@ def render_notification(
         dashboard_url=link(row.run),
         resolves=row.resolves,
     )
-    return renderer.render(route.type, row.template, route.parts, ctx)
+    return renderer.render(route.type, row.template, route.parts, ctx, budget_s=budget_s)
 
 
 def render_digest(
-    renderer: Renderer, channel: str, route: Route, rows: list[Notification], link: DashboardLink
+    renderer: Renderer,
+    channel: str,
+    route: Route,
+    rows: list[Notification],
+    link: DashboardLink,
+    *,
+    budget_s: float | None = None,
 ) -> Rendered:
     """Render several notifications of one group as one digest (template `digest`)."""
     head = rows[-1]
@@ -112,7 +129,7 @@ def render_digest(
         dashboard_url=link(head.run),
         group=group,
     )
-    return renderer.render(route.type, DIGEST_TEMPLATE, route.parts, ctx)
+    return renderer.render(route.type, DIGEST_TEMPLATE, route.parts, ctx, budget_s=budget_s)
 
 
 def units(rows: list[Notification]) -> list[tuple[str | None, list[Notification]]]:
@@ -200,6 +217,7 @@ class ChannelLoop:
         self._claiming = 0  # rows asked for by the claim under way
         self._claimed_at = -math.inf  # when the last claim began (deps.clock)
         self._paused = False  # the store was unavailable at the last step
+        self._render_pool: ThreadPoolExecutor | None = None  # for renders too slow for the loop
 
     def poke(self) -> None:
         """New rows for this channel were committed (or replayed): claim them."""
@@ -223,6 +241,8 @@ class ChannelLoop:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+        if self._render_pool is not None:
+            self._render_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
         while not self._stopping:
@@ -387,7 +407,7 @@ class ChannelLoop:
             recovers = await self._recovers(rows[0])
             if recovers is None:
                 return
-        outgoing = self._render(rows, group_key, recovers)
+        outgoing = await self._render(rows, group_key, recovers)
         tried = await self._attempt(outgoing, max(row.attempts for row in rows))
         for reason in tried.failed:  # every failed try counts, quick retries too (Alertmanager)
             self._event("failed", rows[0], reason)
@@ -513,17 +533,19 @@ class ChannelLoop:
         self._event("muted", row, "")
         return True
 
-    def _render(
+    async def _render(
         self, rows: list[Notification], group_key: str | None, recovers: Recovery | None = None
     ) -> Outgoing:
         head = rows[-1]
-        link = self.deps.dashboard_link
-        if len(rows) == 1:
-            ident = head.id
-            rendered = render_notification(self.deps.renderer, self.name, self.route, head, link)
-        else:
-            ident = digest_id([row.id for row in rows])
-            rendered = render_digest(self.deps.renderer, self.name, self.route, rows, link)
+        ident = head.id if len(rows) == 1 else digest_id([row.id for row in rows])
+        on_loop_s = min(ON_LOOP_RENDER_S, self.deps.renderer.budget_s)
+        rendered = self._rendered(rows, on_loop_s)
+        if rendered.timed_out and on_loop_s < self.deps.renderer.budget_s:
+            # too slow for the event loop: again in the channel's thread, with the full budget
+            if self._render_pool is None:
+                self._render_pool = ThreadPoolExecutor(1, f"render:{self.name}")
+            loop = asyncio.get_running_loop()
+            rendered = await loop.run_in_executor(self._render_pool, self._rendered, rows, None)
         if rendered.fallback:
             log.error(
                 "template failed; sending the plain fallback",
@@ -534,6 +556,14 @@ class ChannelLoop:
         return Outgoing(
             ident, run_id, head.rule, rendered.parts, self.deps.clock(), recovers, group_key
         )
+
+    def _rendered(self, rows: list[Notification], budget_s: float | None) -> Rendered:
+        """One notification's message, or a digest's; budget_s None: the renderer's own."""
+        args = (self.deps.renderer, self.name, self.route)
+        link = self.deps.dashboard_link
+        if len(rows) == 1:
+            return render_notification(*args, rows[0], link, budget_s=budget_s)
+        return render_digest(*args, rows, link, budget_s=budget_s)
 
     async def _throttle(self) -> None:
         bucket = self.route.bucket

@@ -28,7 +28,14 @@ from jinja2.exceptions import TemplateError, TemplateNotFound, TemplateSyntaxErr
 
 import relay
 from relay.filters import as_text, mrkdwn, status_emoji, tojson, truncate_chars
-from relay.sandbox import MAX_OUTPUT_CHARS, RENDER_BUDGET_S, environment, sandbox, time_budget
+from relay.sandbox import (
+    MAX_OUTPUT_CHARS,
+    RENDER_BUDGET_S,
+    RenderTimeout,
+    environment,
+    sandbox,
+    time_budget,
+)
 
 __all__ = ["RenderContext", "Rendered", "Renderer", "fallback_json", "fallback_text", "sandbox"]
 
@@ -74,6 +81,7 @@ class Rendered:
     parts: dict[str, str]
     fallback: bool
     error: str | None
+    timed_out: bool = False  # the fallback because the render ran out of its time budget
 
 
 def _error_view(raw: Any) -> dict[str, Any] | None:
@@ -304,7 +312,7 @@ class Renderer:
         self._env = environment(self._loader)
         self._env.filters["dashboard_url"] = _dashboard_filter(link)
         self._override_dir = override_dir
-        self._budget_s = budget_s  # per render(): past it, loops and calls raise RenderTimeout
+        self.budget_s = budget_s  # per render(): past it, loops and calls raise RenderTimeout
 
     def has_template(self, channel_type: str, name: str, part: str) -> bool:
         try:
@@ -392,14 +400,20 @@ class Renderer:
         return found
 
     def render(
-        self, channel_type: str, name: str, parts: tuple[str, ...], ctx: RenderContext
+        self,
+        channel_type: str,
+        name: str,
+        parts: tuple[str, ...],
+        ctx: RenderContext,
+        budget_s: float | None = None,
     ) -> Rendered:
-        """Every part rendered, or the fallback for every part; never raises."""
+        """Every part rendered, or the fallback for every part; never raises. `budget_s`
+        replaces the renderer's time budget for this render."""
         template = _template_name(channel_type, name, parts[0] if parts else "")
         try:
             variables = _variables(ctx)
             out: dict[str, str] = {}
-            with time_budget(self._budget_s):
+            with time_budget(self.budget_s if budget_s is None else budget_s):
                 for part in parts:
                     template = _template_name(channel_type, name, part)
                     out[part] = self._render_one(template, variables)
@@ -408,7 +422,8 @@ class Renderer:
             return Rendered(out, fallback=False, error=None)
         except Exception as exc:  # never drop a notification for a template bug
             fallback = {part: _fallback_part(part, ctx) for part in parts}
-            return Rendered(fallback, fallback=True, error=_describe(exc, template))
+            timed_out = isinstance(exc, RenderTimeout)
+            return Rendered(fallback, True, _describe(exc, template), timed_out)
 
     def _render_one(self, template: str, variables: dict[str, Any]) -> str:
         chunks: list[str] = []

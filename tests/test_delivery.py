@@ -58,6 +58,28 @@ def failing_run(i: int = 0, **extra: Any) -> dict[str, Any]:
     return run
 
 
+def spin_config(url: str, tmp_path: Path, status: str = "failure") -> str:
+    """Channel `hook` renders a template that runs out of its time budget for runs of
+    `status` (rule `spinning`); every failure also goes to channel `fast`."""
+    (tmp_path / "tpl" / "webhook").mkdir(parents=True)
+    (tmp_path / "tpl" / "webhook" / "spin.json.j2").write_text(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{}"
+    )
+    spin = f"""\
+  - name: spinning
+    match: {{status: [{status}]}}
+    notify: [hook]
+    template: spin
+    continue: true
+"""
+    return config(
+        url,
+        extra_channel=f"  fast:\n    type: webhook\n    url: {url}/fast\n",
+        rule_notify="[fast]",
+        templates=f"templates: {{dir: {tmp_path / 'tpl'}}}",
+    ).replace("rules:\n", "rules:\n" + spin)
+
+
 async def wait_state(r: Any, state: str, count: int = 1, timeout: float = 10.0) -> None:
     for _ in range(int(timeout / 0.05)):
         counts = await r.service.store.counts()
@@ -321,24 +343,7 @@ async def test_dashboard_links_are_urls_whatever_the_run_id(
 async def test_an_endless_template_is_stopped_and_others_carry_on(
     relay: RelayFactory, sink: Sink, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    (tmp_path / "tpl" / "webhook").mkdir(parents=True)
-    (tmp_path / "tpl" / "webhook" / "spin.json.j2").write_text(
-        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{}"
-    )
-    spin = """\
-  - name: spinning
-    match: {status: [failure]}
-    notify: [hook]
-    template: spin
-    continue: true
-"""
-    text = config(
-        sink.url,
-        extra_channel=f"  fast:\n    type: webhook\n    url: {sink.url}/fast\n",
-        rule_notify="[fast]",
-        templates=f"templates: {{dir: {tmp_path / 'tpl'}}}",
-    ).replace("rules:\n", "rules:\n" + spin)
-    r = await relay(text)
+    r = await relay(spin_config(sink.url, tmp_path))
     await r.post(failing_run())
     got = {g.path: g.json() for g in await sink.wait_for(2)}
     assert got["/fast"]["type"] == "run.alert"
@@ -347,6 +352,18 @@ async def test_an_endless_template_is_stopped_and_others_carry_on(
     [failed] = [rec for rec in caplog.records if rec.getMessage().startswith("template failed")]
     assert getattr(failed, "rule") == "spinning" and getattr(failed, "channel") == "hook"
     assert getattr(failed, "error").startswith("RenderTimeout in webhook/spin.json.j2 line 1")
+
+
+async def test_a_slow_template_holds_up_neither_intake_nor_other_channels(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """Before, a render ran on the event loop until its 1 s budget was spent: every message
+    of a slow template froze intake, /healthz and every other channel for a second each."""
+    r = await relay(spin_config(sink.url, tmp_path, "CRASHED"))
+    await r.post(failing_run(0, status="CRASHED"))  # both channels: the slow render starts
+    await r.post(failing_run(1))  # fast only, taken in and sent while `hook` still renders
+    got = [(g.path, g.json()["run"]["id"]) for g in await sink.wait_for(3)]
+    assert got.index(("/fast", "run_delivery_0001")) < got.index(("/hook", "run_delivery_0000"))
 
 
 async def test_rate_limit_delays_never_drops(relay: RelayFactory, sink: Sink) -> None:
