@@ -282,6 +282,7 @@ class Service:
             self._fingerprint = config_fingerprint(self.compiled)
             try:
                 compiled = compile_config(load(self.settings, path))
+                _refuse_emptied(self.compiled, compiled)
             except ConfigError as exc:
                 self.metrics.config_reloads.labels(result="failure").inc()
                 problems = [str(p) for p in exc.problems]
@@ -376,6 +377,16 @@ class Service:
         with contextlib.suppress(StoreUnavailable):
             await self.store.close()
         log.info("stopped")
+
+
+def _refuse_emptied(running: Compiled, new: Compiled) -> None:
+    """An emptied config file (a truncated write, a botched edit) loads as every default: no
+    rules, no channels, no auth_token (intake open). A reload refuses it, as Alertmanager
+    refuses a config without a route; relay started on an empty file keeps taking one."""
+    if new.loaded.source.data or not running.loaded.source.data:
+        return
+    message = "the config file is empty (to run without rules, write `rules: []`)"
+    raise ConfigError([Problem(new.loaded.source.filename, "", message)])
 
 
 def _os_reason(exc: OSError) -> str:

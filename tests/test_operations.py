@@ -259,6 +259,19 @@ async def test_an_invalid_new_config_is_refused_and_the_old_one_kept(
     assert value(await metrics_text(r), 'relay_config_reloads_total{result="failure"}') >= 1
 
 
+@pytest.mark.parametrize("emptied", ["", "# all commented out\n", "{}\n"])
+async def test_an_emptied_config_file_is_refused_on_reload(
+    relay: RelayFactory, sink: Sink, emptied: str
+) -> None:
+    """A truncated file would load as every default: no rules, no channels, intake open."""
+    r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    Path(r.service.compiled.loaded.source.filename).write_text(emptied)
+    assert await r.service.reload("test") is False
+    await r.post(run_with("FAILED", "run_kept"))
+    [got] = await sink.wait_for(1)
+    assert got.json()["rule"] == "failures"
+
+
 async def test_sighup_reloads_a_running_relay(
     relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
 ) -> None:
