@@ -28,18 +28,20 @@ Command = Callable[[argparse.Namespace, Settings], int]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relay", description="Alerting relay for Trigger.dev")
-    parser.add_argument("--version", action="version", version=f"relay {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    # SUPPRESS: `relay dlq --config X list` and `relay dlq list --config X` both work (a
-    # sub-command's default would otherwise overwrite its group's value)
+    # SUPPRESS: `relay --config X check`, `relay dlq --config X list` and `relay dlq list
+    # --config X` all work (a sub-command's default would otherwise overwrite the value)
     common.add_argument(
         "--config",
         type=_config_path,
         default=argparse.SUPPRESS,
         help="YAML config (default: $RELAY_CONFIG)",
     )
+    parser = argparse.ArgumentParser(
+        prog="relay", description="Alerting relay for Trigger.dev", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
     serve_cmd = sub.add_parser("serve", parents=[common], help="run the relay")
     serve_cmd.add_argument(
         "--workers",

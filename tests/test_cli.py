@@ -19,8 +19,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import standardwebhooks
 
+from relay.cli import main as relay_main
 from relay.model import Decision, Match, Run, RunState
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import FIXTURES, Sink, run_cli, sdk_run, status
@@ -561,6 +563,18 @@ def test_every_command_takes_config_after_its_name(tmp_path: Path) -> None:
     )
     for result in results:
         assert result.returncode == 0, output(result)
+
+
+def test_config_may_also_come_before_the_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`relay --config X check`, as amtool and kubectl take their global flags (in-process)."""
+    good = str(write(tmp_path / "good.yaml", GOOD))
+    bad = str(write(tmp_path / "bad.yaml", "rules: [{name: r, notify: [nope]}]\n"))
+    assert relay_main(["--config", good, "check"]) == 0
+    assert f"{good}: OK" in capsys.readouterr().out
+    assert relay_main(["--config", good, "check", "--config", bad]) == 1  # the command's own wins
+    assert f"{bad}:1: rules[0].notify[0]: unknown channel 'nope'" in capsys.readouterr().err
 
 
 def fire_on_failed(run: Run, previous: RunState | None) -> Decision:
