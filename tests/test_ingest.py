@@ -196,12 +196,14 @@ async def test_empty_array_is_accepted_as_nothing(relay: RelayFactory) -> None:
     assert await r.post([]) == (202, {"accepted": 0, "stale": 0, "notifications": 0})
 
 
+ELECTRIC_BODY = (FIXTURES / "electric" / "live_response.body.json").read_bytes()
 BAD_BODIES: list[tuple[bytes, str | None, str]] = [
     (b"", None, "empty body"),
     (b"{not json", None, "invalid JSON"),
     (b'"a string"', None, "expected a JSON object or an array"),
     (b"[1, 2]", "[0]", "expected a run object"),
-    ((FIXTURES / "electric" / "live_response.body.json").read_bytes(), "[0]", "Electric shape"),
+    (ELECTRIC_BODY, "[0]", "Electric shape"),
+    (json.dumps(json.loads(ELECTRIC_BODY)[1]).encode(), None, "Electric shape"),  # one message
     (json.dumps({"status": "FAILED"}).encode(), "id", "missing"),
     (json.dumps({"id": "run_1"}).encode(), "status", "missing"),
     (json.dumps(small_failed(id=5)).encode(), "id", "string"),

@@ -70,20 +70,20 @@ def _replace_surrogates(value: Any) -> Any:
 def parse_runs(data: Any) -> list[Run]:
     """One run object or an array of them; all valid or InputError for the first bad one."""
     if isinstance(data, dict):
-        return [parse_run(data, "")]
+        return [_item(data, "")]
     if isinstance(data, list):
         if len(data) > MAX_BATCH:
             raise InputError("", f"more than {MAX_BATCH} runs in one request")
-        return [_item(item, i) for i, item in enumerate(data)]
+        return [_item(item, f"[{i}]") for i, item in enumerate(data)]
     raise InputError("", "expected a JSON object or an array of objects")
 
 
-def _item(item: Any, index: int) -> Run:
+def _item(item: Any, where: str) -> Run:
     if not isinstance(item, dict):
-        raise InputError(f"[{index}]", "expected a run object")
+        raise InputError(where, "expected a run object")
     if is_shape_message(item):
-        raise InputError(f"[{index}]", SHAPE_MESSAGE)
-    return parse_run(item, f"[{index}]")
+        raise InputError(where, SHAPE_MESSAGE)
+    return parse_run(item, where)
 
 
 SHAPE_MESSAGE = (
