@@ -13,10 +13,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -38,6 +39,18 @@ DASHBOARD_FIELDS = ("project_ref", "run_id", "task")
 
 class Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _bare_token(value: SecretStr) -> SecretStr:
+    """A token or secret as issued: one pasted from a file often keeps its trailing newline,
+    which no client can send (HTTP trims header values) and the HTTP client refuses to send."""
+    text = value.get_secret_value()
+    if text != text.strip() or any(c in text for c in "\r\n\0"):
+        raise ValueError("has whitespace around it or a line break inside (a newline from a file?)")
+    return value
+
+
+Token = Annotated[SecretStr, AfterValidator(_bare_token)]  # bearer tokens, signing secrets
 
 
 class RateLimit(Strict):
@@ -65,8 +78,8 @@ class ChannelSettings(Strict):
 
 
 class ServerConfig(Strict):
-    auth_token: SecretStr | None = None
-    admin_token: SecretStr | None = None
+    auth_token: Token | None = None
+    admin_token: Token | None = None
     max_body_bytes: Size = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
 
     @field_validator("auth_token", "admin_token", mode="before")
@@ -208,8 +221,8 @@ class TriggerAlertsConfig(Strict):
     signature matches any of them.
     """
 
-    secret: SecretStr | None = None
-    secrets: list[SecretStr] = []
+    secret: Token | None = None
+    secrets: list[Token] = []
 
     def model_post_init(self, context: Any) -> None:
         if not any(s.get_secret_value() for s in self.all_secrets()):
@@ -265,7 +278,7 @@ class RealtimeConfig(Strict):
     """Follow Trigger.dev Realtime (Electric shape long-polling) with a secret key."""
 
     api_url: str = "https://api.trigger.dev"
-    secret_key: SecretStr
+    secret_key: Token
     feeds: list[RealtimeFeed] = Field(min_length=1)
     # per request; must outlast the server's long-poll hold (~20 s)
     timeout: Duration = Field(default=60.0, gt=0)

@@ -155,6 +155,19 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "sources: {realtime: {secret_key: k, feeds: [{tags: [a], run_id: r}]}}\n",
             "exactly one of tags, run_id, batch_id",
         ),
+        ('server: {auth_token: "tok\\n"}\n', "c.yaml:1: server.auth_token: has whitespace around"),
+        (
+            'sources: {trigger_alerts: {secrets: [ok, " padded"]}}\n',
+            "sources.trigger_alerts.secrets[1]: has whitespace around it or a line break inside",
+        ),
+        (
+            'sources: {realtime: {secret_key: "tr_prod_x\\n", feeds: [{tags: [a]}]}}\n',
+            "sources.realtime.secret_key: has whitespace around",
+        ),
+        (
+            'channels: {s: {type: slack, token: "xoxb-1\\r\\n", channel: "#x"}}\n',
+            "channels.s.token: has whitespace around",
+        ),
         (
             "sources: {realtime: {secret_key: k, feeds: [{tags: [a], created_at: soon}]}}\n",
             "created_at must be a duration Trigger.dev reads",

@@ -60,7 +60,7 @@ from pydantic import SecretStr, field_validator, model_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._http import HttpResponse, classify_status, https_or_local, json_object
-from relay.config import ChannelSettings, RateLimit
+from relay.config import ChannelSettings, RateLimit, Token
 from relay.errors import DeliveryError, StoreUnavailable
 from relay.filters import mrkdwn, truncate_chars
 from relay.retry_after import parse_retry_after
@@ -104,7 +104,7 @@ class SlackSettings(ChannelSettings):
     """Exactly one mode: `webhook_url`, or `token` + `channel` (Web API chat.postMessage)."""
 
     webhook_url: SecretStr | None = None
-    token: SecretStr | None = None
+    token: Token | None = None
     channel: str | None = None
     api_url: str = "https://slack.com/api"
     username: str | None = None
