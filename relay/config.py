@@ -17,8 +17,8 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -41,16 +41,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _bare_token(value: SecretStr) -> SecretStr:
-    """A token or secret as issued: one pasted from a file often keeps its trailing newline,
-    which no client can send (HTTP trims header values) and the HTTP client refuses to send."""
-    text = value.get_secret_value()
-    if text != text.strip() or any(c in text for c in "\r\n\0"):
-        raise ValueError("has whitespace around it or a line break inside (a newline from a file?)")
+def _bare_token(value: Any) -> Any:
+    """A token or secret as issued: one read from a file (a Kubernetes or Docker secret) often
+    ends with a newline, which no client sends (HTTP trims header values) and the HTTP client
+    refuses to send; like Prometheus, relay trims it. A control character inside is refused."""
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("cannot contain line breaks or control characters")
     return value
 
 
-Token = Annotated[SecretStr, AfterValidator(_bare_token)]  # bearer tokens, signing secrets
+Token = Annotated[SecretStr, BeforeValidator(_bare_token)]  # bearer tokens, signing secrets
 
 
 class RateLimit(Strict):
@@ -86,7 +89,7 @@ class ServerConfig(Strict):
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `auth_token: ${RELAY_INGEST_TOKEN:-}` makes the token optional
-        return None if value == "" else value
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class RetryPolicy(Strict):
@@ -285,17 +288,11 @@ class RealtimeConfig(Strict):
     # wait after 400/401/403/404 (logged) before trying again: an operator may fix the key
     error_backoff: Duration = Field(default=60.0, gt=0)
 
-    @field_validator("secret_key", mode="before")
+    @field_validator("secret_key")
     @classmethod
-    def _key(cls, value: Any) -> Any:
-        """A key read from a file or a Kubernetes secret often ends with a newline, which no
-        HTTP header can carry (every request failed); a key has no spaces, so they go."""
-        if isinstance(value, str):
-            value = value.strip()
-            if not value:
-                raise ValueError("secret_key is empty (the environment's tr_… key)")
-            if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-                raise ValueError("secret_key cannot contain line breaks or control characters")
+    def _key(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("secret_key is empty (the environment's tr_… key)")
         return value
 
     @field_validator("api_url")
