@@ -17,7 +17,7 @@ import os
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -40,6 +40,25 @@ TRANSACTION_TRIES = 5
 T = TypeVar("T")
 _VERIFY_MODES = ("verify-ca", "verify-full")
 _SSL_MODES = ("disable", "allow", "prefer", "require", *_VERIFY_MODES)
+# libpq keywords asyncpg does not know: it would send them to the server as settings, and the
+# server refuses the connection (UndefinedObjectError). Client-side knobs, safe to leave out;
+# connect_timeout is applied by relay itself (dsn_and_timeout).
+_CLIENT_ONLY = frozenset(
+    {
+        "connect_timeout",
+        "fallback_application_name",
+        "keepalives",
+        "keepalives_count",
+        "keepalives_idle",
+        "keepalives_interval",
+        "load_balance_hosts",
+        "sslcompression",
+        "sslsni",
+        "tcp_user_timeout",
+    }
+)
+# Protections asyncpg cannot give: the values that ask for nothing are left out, others refused.
+_UNSUPPORTED = {"channel_binding": ("disable", "prefer"), "gssencmode": ("disable", "prefer")}
 
 
 def unavailable(what: str, exc: BaseException) -> StoreUnavailable:
@@ -64,6 +83,35 @@ def check_url(url: str) -> None:
     mode = dict(parse_qsl(parts.query)).get("sslmode")
     if mode is not None and mode not in _SSL_MODES:
         raise _url_error(f"sslmode must be one of {', '.join(_SSL_MODES)}")
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key in _UNSUPPORTED and value not in _UNSUPPORTED[key]:
+            raise _url_error(
+                f"{key}={value} is not supported (only {' or '.join(_UNSUPPORTED[key])})"
+            )
+        if key == "connect_timeout" and _seconds(value) is None:
+            raise _url_error("connect_timeout is a whole number of seconds")
+
+
+def dsn_and_timeout(url: str, default_timeout: float) -> tuple[str, float]:
+    """The URL for asyncpg without the libpq keywords it does not know, and the connect
+    timeout: the URL's connect_timeout (libpq: seconds, at least 2; 0 is the default here)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(k, v) for k, v in query if k not in _CLIENT_ONLY and k not in _UNSUPPORTED]
+    timeout = default_timeout
+    for key, value in query:
+        if key == "connect_timeout" and (seconds := _seconds(value) or 0) > 0:
+            timeout = max(float(seconds), 2.0)
+    if len(kept) == len(query):
+        return url, timeout
+    return urlunsplit(parts._replace(query=urlencode(kept))), timeout
+
+
+def _seconds(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
 
 
 def _ports_valid(netloc: str) -> bool:

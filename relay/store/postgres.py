@@ -35,6 +35,7 @@ from relay.store._pg_connect import (
     clean,
     clean_opt,
     connect_args,
+    dsn_and_timeout,
     retrying,
     unavailable,
 )
@@ -70,7 +71,7 @@ class PostgresStore:
         self, url: str, *, pool_max: int = POOL_MAX, replica_timeout_s: float = DEFAULT_TIMEOUT_S
     ) -> None:
         check_url(url)
-        self._url = url
+        self._url, self._connect_timeout = dsn_and_timeout(url, CONNECT_TIMEOUT_S)
         self._pool_max = pool_max
         self._heartbeat = Heartbeat(new_holder(), replica_timeout_s)
         self._pool: asyncpg.Pool | None = None
@@ -98,7 +99,7 @@ class PostgresStore:
                     self._url,
                     min_size=POOL_MIN,
                     max_size=self._pool_max,
-                    timeout=CONNECT_TIMEOUT_S,
+                    timeout=self._connect_timeout,
                     command_timeout=COMMAND_TIMEOUT_S,
                     reset=_keep_session,
                     **connect_args(self._url),
@@ -124,7 +125,7 @@ class PostgresStore:
         """A connection outside the pool (this replica's heartbeat)."""
         return await asyncpg.connect(
             self._url,
-            timeout=CONNECT_TIMEOUT_S,
+            timeout=self._connect_timeout,
             command_timeout=COMMAND_TIMEOUT_S,
             **connect_args(self._url),
         )
@@ -133,7 +134,7 @@ class PostgresStore:
         """`relay migrate`: create or migrate the schema alone; (version before, after)."""
         try:
             conn = await asyncpg.connect(
-                self._url, timeout=CONNECT_TIMEOUT_S, **connect_args(self._url)
+                self._url, timeout=self._connect_timeout, **connect_args(self._url)
             )
         except DB_ERRORS as exc:
             raise unavailable("store open failed", exc) from exc

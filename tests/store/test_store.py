@@ -780,13 +780,36 @@ async def test_connections_killed_under_the_pool_come_back(pg_url: str) -> None:
 
 @pytest.mark.parametrize(
     "url",
-    ["postgresql://u:hunter2@h/db?sslmode=bogus", "postgresql+asyncpg://u:hunter2@h/db"],
+    [
+        "postgresql://u:hunter2@h/db?sslmode=bogus",
+        "postgresql+asyncpg://u:hunter2@h/db",
+        "postgresql://u:hunter2@h/db?channel_binding=require",  # asyncpg cannot bind channels
+        "postgresql://u:hunter2@h/db?connect_timeout=soon",
+    ],
 )
 def test_bad_postgresql_urls(url: str) -> None:
     with pytest.raises(ConfigError) as caught:
         PostgresStore(url)
     [problem] = caught.value.problems
     assert problem.path == "RELAY_STORE_URL" and "hunter2" not in str(caught.value)
+
+
+async def test_libpq_client_parameters_in_the_url_are_accepted(pg_url: str) -> None:
+    """A provider's libpq URL (connect_timeout, keepalives, channel_binding=prefer ...): asyncpg
+    sent those to the server as settings, which refused them (UndefinedObjectError) at start."""
+    extra = "connect_timeout=10&keepalives=1&keepalives_idle=30&channel_binding=prefer"
+    store = PostgresStore(f"{pg_url}?{extra}&application_name=relay-test")
+    await store.open()
+    try:
+        await store.kv_put("url", "k", "v", now=1.0)
+        names = await _sql(
+            pg_url,
+            "SELECT application_name FROM pg_stat_activity WHERE datname = $1",
+            pg_url.rsplit("/", 1)[1],
+        )
+        assert "relay-test" in {row["application_name"] for row in names}  # the rest is kept
+    finally:
+        await store.close()
 
 
 def test_verify_modes_trust_the_system_store_unless_a_root_cert_is_named(
