@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         level = value.strip().upper()
         return "WARNING" if level == "WARN" else level  # Alertmanager's --log.level=warn
 
+    @field_validator("store_url", mode="before")
+    @classmethod
+    def _trimmed(cls, value: object) -> object:
+        """A URL holds no whitespace: a secret file's newline is not part of the database name."""
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("config", mode="before")
     @classmethod
     def _named(cls, value: object) -> object:
