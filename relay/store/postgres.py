@@ -62,6 +62,7 @@ CONNECT_TIMEOUT_S = 5.0
 ACQUIRE_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
+PING_TIMEOUT_S = 5.0  # /readyz answers 503 by then: a health check must not hang with the server
 
 
 class PostgresStore:
@@ -79,6 +80,7 @@ class PostgresStore:
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._ping: asyncio.Future[Any] | None = None
 
     def __repr__(self) -> str:  # never the URL: it may carry a password
         return "PostgresStore()"
@@ -193,7 +195,17 @@ class PostgresStore:
             return str(await conn.execute(sql, *args))
 
     async def ping(self) -> None:
-        await self._fetchval("SELECT 1")
+        """A round trip, or StoreUnavailable within PING_TIMEOUT_S: a server that stopped
+        answering (a partition, a frozen host) held the query until COMMAND_TIMEOUT_S and its
+        cancel longer. The unanswered round trip is left running; later pings wait on it."""
+        ping = self._ping
+        if ping is None or ping.done():
+            ping = self._ping = asyncio.ensure_future(self._fetchval("SELECT 1"))
+            ping.add_done_callback(_retrieved)
+        done, _ = await asyncio.wait({ping}, timeout=PING_TIMEOUT_S)
+        if not done:
+            raise StoreUnavailable("store unavailable: no answer")
+        ping.result()
 
     async def observe(
         self, runs: Sequence[Run], decide: Decide, now: float, lease: BirthLease | None = None
@@ -423,6 +435,12 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """Pool reset: asyncpg rolls back an open transaction before this; relay keeps no other
     session state (no SET, LISTEN or session advisory lock), so its full reset query, a round
     trip on every release, has nothing to undo."""
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a ping nobody waits for any more as seen (no asyncio warning)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _labels(text: str) -> dict[str, str]:

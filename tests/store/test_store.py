@@ -21,7 +21,16 @@ from relay.channels.slack import THREADS
 from relay.errors import ConfigError, StoreUnavailable
 from relay.grouping import group_key
 from relay.model import Decision, Run, RunState, Silence, notification_id, recovery_id
-from relay.store import BirthLease, HistoryQuery, KvWrite, Observed, Store, migrate, open_store
+from relay.store import (
+    BirthLease,
+    HistoryQuery,
+    KvWrite,
+    Observed,
+    Store,
+    migrate,
+    open_store,
+    postgres,
+)
 from relay.store._pg_connect import connect_args
 from relay.store._pg_schema import SCHEMA_VERSION
 from relay.store.postgres import PostgresStore
@@ -776,6 +785,59 @@ async def test_connections_killed_under_the_pool_come_back(pg_url: str) -> None:
         assert outcomes[-1] == {**EMPTY, "pending": 1}
     finally:
         await store.close()
+
+
+class FrozenLink:
+    """A TCP relay to PostgreSQL that can stop carrying bytes without closing anything: a
+    partition or a frozen server, as the client sees it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+
+    async def start(self) -> asyncio.Server:
+        return await asyncio.start_server(self._link, "127.0.0.1", 0)
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self.flowing.wait()
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+async def test_ping_answers_soon_when_the_server_stops_answering(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/readyz pings the store: a server that stopped answering held it 30 s and more (the
+    query's timeout, then its cancel), where a health check wants a quick 503."""
+    monkeypatch.setattr(postgres, "PING_TIMEOUT_S", 0.3)
+    link = FrozenLink(shared_server().port)
+    server = await link.start()
+    port = server.sockets[0].getsockname()[1]
+    store = PostgresStore(pg_url.replace(f":{link.port}/", f":{port}/"))
+    await store.open()
+    try:
+        await store.ping()
+        link.flowing.clear()
+        for _ in range(2):  # the second waits on the first, still unanswered
+            with pytest.raises(StoreUnavailable, match="no answer"):
+                await asyncio.wait_for(store.ping(), 5.0)
+        link.flowing.set()
+        await asyncio.wait_for(store.ping(), 5.0)  # and it is answered once the link is back
+    finally:
+        link.flowing.set()
+        await store.close()
+        server.close()
 
 
 @pytest.mark.parametrize(
