@@ -133,7 +133,9 @@ class Threshold(Strict):
 
 
 class TagMatch(Strict):
-    any: list[str] | None = None
+    # `any: []` would hold for no run: refused (as `status: []` and `task: []`) rather than
+    # read one way or the other; `all: []` and `none: []` hold for every run, as they say
+    any: list[str] | None = Field(default=None, min_length=1)
     all: list[str] | None = None
     none: list[str] | None = None
 
@@ -143,8 +145,8 @@ Scalar = str | int | float | bool | None
 
 class MatchConfig(Strict):
     event: str = "run"  # first: `status` is checked against the vocabulary of its event
-    status: list[str] | None = None
-    task: list[str] | None = None
+    status: list[str] | None = Field(default=None, min_length=1)  # `[]`: a rule that never fires
+    task: list[str] | None = Field(default=None, min_length=1)  # `[]` used to match every task
     task_regex: str | None = None
     tags: TagMatch | None = None
     cost_cents: Threshold | None = None

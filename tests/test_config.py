@@ -118,6 +118,19 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "rules:\n  - {name: a, notify: [c], match: {event: nope}}\nchannels: {c: {type: console}}\n",
             "unknown event",
         ),
+        # an empty list: `task: []` and `tags: {any: []}` matched every run, `status: []` none
+        (
+            "rules:\n  - {name: a, notify: [c], match: {task: []}}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].match.task: List should have at least 1 item",
+        ),
+        (
+            "rules:\n  - {name: a, notify: [c], match: {tags: {any: []}}}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].match.tags.any: List should have at least 1 item",
+        ),
+        (
+            "rules:\n  - {name: a, notify: [c], match: {status: []}}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].match.status: List should have at least 1 item",
+        ),
         (
             "rules:\n  - {name: a, notify: [c], match: {cost_cents: {gt: yes}}}\nchannels: {c: {type: console}}\n",
             "expected a number",
