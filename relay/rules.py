@@ -361,10 +361,14 @@ WHEN_NAMES = ("run", "payload", "output", "metadata", "error")  # what `when:` c
 
 def _when_predicate(name: str, source: str) -> Predicate:
     env = expression_sandbox()
-    unknown = _unknown_names(env, source)
+    expr = Parser(env, source, state="variable").parse_expression()
+    unknown = _unknown_names(env, expr)
     if unknown:
         known = ", ".join(WHEN_NAMES)
         raise TemplateError(f"unknown name `{unknown[0]}` (an expression can read {known})")
+    dunder = _dunder_names(expr)
+    if dunder:
+        raise TemplateError(f"`{dunder[0]}` is not allowed (the sandbox refuses `__` names)")
     expression = env.compile_expression(source, undefined_to_none=True)
 
     def check(run: Run) -> bool:
@@ -381,15 +385,29 @@ def _when_predicate(name: str, source: str) -> Predicate:
     return check
 
 
-def _unknown_names(env: Environment, source: str) -> list[str]:
+def _unknown_names(env: Environment, expr: nodes.Expr) -> list[str]:
     """Names the expression reads that are neither in WHEN_NAMES nor Jinja globals: a typo
     there would make the rule silently never match."""
-    parser = Parser(env, source, state="variable")
-    expr = parser.parse_expression()
     tree = nodes.Template([nodes.Output([expr], lineno=1)], lineno=1)
     tree.set_environment(env)
     used = meta.find_undeclared_variables(tree)
     return sorted(used - set(WHEN_NAMES) - set(env.globals))
+
+
+def _dunder_names(expr: nodes.Expr) -> list[str]:
+    """The `__` attributes the expression reads (`run.__class__`, `x['__init__']`,
+    `x | attr('__dict__')`): the sandbox refuses each on every run, so the rule would
+    silently never match."""
+    found: list[object] = []
+    for node in (expr, *expr.find_all(nodes.Expr)):  # find_all: the descendants only
+        if isinstance(node, nodes.Getattr):
+            found.append(node.attr)
+        elif isinstance(node, nodes.Getitem):
+            found.append(node.arg)
+        elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
+            found.append(node.args[0])
+    names = [n.value if isinstance(n, nodes.Const) else n for n in found]
+    return [n for n in names if isinstance(n, str) and n.startswith("__")]
 
 
 def _template_error(exc: Exception) -> str:

@@ -101,7 +101,7 @@ def test_match_operators(match: str, fields: dict[str, Any], expected: bool) -> 
             True,
         ),
         ("(1 / 0) > 1", {}, False),  # a runtime error is no match and a log line, not a crash
-        ("run.__class__.__mro__", {}, False),  # sandbox
+        ("run[run.taskIdentifier] is defined", {"taskIdentifier": "__class__"}, False),  # sandbox
         ("metadata.step == 'fetch' and payload.n > 1", {"metadata": {"step": "fetch"}, "payload": {"n": 2}}, True),
         ("error.message is string", {"error": {"message": "boom"}}, True),
         # a missing field is none, as README says
@@ -140,6 +140,18 @@ def test_a_when_reading_an_unknown_name_is_a_problem_not_a_silent_no_match(
     _, problems = compile_rules(loaded.config.rules, loaded.locate)
     assert [p.location for p in problems] == ["c.yaml:4"]
     assert f"unknown name `{unknown}`" in problems[0].message
+
+
+@pytest.mark.parametrize(
+    "when", ["run.__class__.__mro__", "run['__init__'] is none", "run | attr('__dict__')"]
+)
+def test_a_when_reading_a_dunder_is_a_problem_not_a_silent_no_match(when: str) -> None:
+    # the sandbox refuses it on every run: relay check used to say OK to a dead rule
+    text = f'channels: {{c: {{type: console}}}}\nrules:\n  - name: r\n    when: "{when}"\n    notify: [c]\n'
+    loaded = parse_config(text, "c.yaml", settings_models(), {})
+    _, problems = compile_rules(loaded.config.rules, loaded.locate)
+    assert [p.location for p in problems] == ["c.yaml:4"]
+    assert "is not allowed (the sandbox refuses `__` names)" in problems[0].message
 
 
 def test_first_match_wins_unless_continue() -> None:
