@@ -25,6 +25,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from relay.durations import Duration
@@ -119,10 +120,11 @@ class Defaults(Strict):
 
 
 class Threshold(Strict):
-    gt: float | None = None
-    gte: float | None = None
-    lt: float | None = None
-    lte: float | None = None
+    # finite: `.nan` compares false with every value (a rule that never fires), `.inf` likewise
+    gt: float | None = Field(default=None, allow_inf_nan=False)
+    gte: float | None = Field(default=None, allow_inf_nan=False)
+    lt: float | None = Field(default=None, allow_inf_nan=False)
+    lte: float | None = Field(default=None, allow_inf_nan=False)
 
     @field_validator("gt", "gte", "lt", "lte", mode="before")
     @classmethod
@@ -130,6 +132,19 @@ class Threshold(Strict):
         if isinstance(value, bool):
             raise ValueError("expected a number")
         return value
+
+    @model_validator(mode="after")
+    def _satisfiable(self) -> Threshold:
+        """`{gt: 500, lt: 100}` holds for no value: a rule that silently never fires."""
+        lows = [(v, not inclusive) for v, inclusive in ((self.gt, False), (self.gte, True))]
+        highs = [(v, inclusive) for v, inclusive in ((self.lt, False), (self.lte, True))]
+        low = max(((v, x) for v, x in lows if v is not None), default=None)  # tightest
+        high = min(((v, x) for v, x in highs if v is not None), default=None)
+        if low is None or high is None or low[0] < high[0]:
+            return self
+        if low[0] == high[0] and not low[1] and high[1]:  # gte == lte: that one value
+            return self
+        raise ValueError("no value is above the lower bound and below the upper one")
 
 
 class TagMatch(Strict):

@@ -131,6 +131,19 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "rules:\n  - {name: a, notify: [c], match: {status: []}}\nchannels: {c: {type: console}}\n",
             "c.yaml:2: rules[0].match.status: List should have at least 1 item",
         ),
+        # bounds no value meets (NaN compares false with all): a rule that never fires
+        (
+            "rules:\n  - {name: a, notify: [c], match: {cost_cents: {gt: 500, lt: 100}}}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].match.cost_cents: no value is above the lower bound",
+        ),
+        (
+            "rules:\n  - {name: a, notify: [c], match: {duration_ms: {gt: 5, lte: 5}}}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].match.duration_ms: no value is above the lower bound",
+        ),
+        (
+            "rules:\n  - {name: a, notify: [c], match: {cost_cents: {gt: .nan}}}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].match.cost_cents.gt: Input should be a finite number",
+        ),
         (
             "rules:\n  - {name: a, notify: [c], match: {cost_cents: {gt: yes}}}\nchannels: {c: {type: console}}\n",
             "expected a number",
