@@ -414,12 +414,15 @@ class ChannelLoop:
         err = tried.error
 
         def finish() -> Awaitable[object]:
-            writes: list[Awaitable[object]] = [
-                self._sent(row, row.attempts + tried.tries, tried.receipt)
-                if err is None
-                else self._failed(row, err, row.attempts + tried.tries)
-                for row in rows
-            ]
+            # A digest fails as one message: its rows retry together (one jittered time) or die
+            # together, else each row would come back alone and the digest split into N messages.
+            tries = tried.tries
+            writes: list[Awaitable[object]]
+            if err is None:
+                writes = [self._sent(row, row.attempts + tries, tried.receipt) for row in rows]
+            else:
+                after = self._outcome(err, rows, tries)
+                writes = [self._failed(row, err, row.attempts + tries, after) for row in rows]
             if err is None and group_key is not None:
                 writes.append(self.deps.store.group_flushed(group_key, self.deps.clock()))
             return writes[0] if len(writes) == 1 else asyncio.gather(*writes)
@@ -632,17 +635,23 @@ class ChannelLoop:
         )
         self._event("sent", row, "", attempts)
 
-    async def _failed(self, row: Notification, err: DeliveryError, attempts: int) -> None:
-        extra = self._extra(row)
-        now = self.deps.clock()
-        outcome = pol.after_failure(
+    def _outcome(self, err: DeliveryError, rows: list[Notification], tries: int) -> pol.Outcome:
+        """What follows a failed send of these rows (one message): the oldest row and the most
+        attempts decide, so a digest retries or dies whole."""
+        return pol.after_failure(
             err,
-            attempts=attempts,
-            created_at=row.created_at,
-            now=now,
+            attempts=max(row.attempts for row in rows) + tries,
+            created_at=min(row.created_at for row in rows),
+            now=self.deps.clock(),
             policy=self.deps.retry,
             rng=self.deps.rng,
         )
+
+    async def _failed(
+        self, row: Notification, err: DeliveryError, attempts: int, outcome: pol.Outcome
+    ) -> None:
+        extra = self._extra(row)
+        now = self.deps.clock()
         info = {**extra, "reason": err.reason, "attempts": attempts, "error": str(err)}
         if outcome.dead:
             await self.deps.store.mark_dead(

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run
+from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run, status
 
 CONFIG = """\
 defaults:
@@ -75,6 +75,22 @@ async def test_runs_after_a_digest_wait_for_group_interval(relay: RelayFactory, 
         "run_digest_004",
         "run_digest_005",
     }
+
+
+async def test_a_digest_retried_from_the_outbox_stays_one_digest(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    # more failures than the quick retries: the digest goes back to the outbox; its runs used
+    # to come back one by one (each its own jittered time), a message per run, each a new id
+    sink.responses = [status(503)] * 4
+    spread = CONFIG.replace("min_backoff: 100ms, max_backoff: 200ms", "min_backoff: 1s")
+    r = await relay(spread.format(url=sink.url, wait="100ms", interval="5m"))
+    await r.post([failed(i) for i in range(5)])
+    got = await sink.wait_for(5, timeout=10)
+    await settle(sink, 0.6)
+    assert len(sink.received) == 5
+    assert {g.headers["webhook-id"] for g in got} == {got[0].headers["webhook-id"]}
+    assert got[-1].json()["group"]["count"] == 5
 
 
 async def test_relay_check_shows_the_digest_in_a_dry_run(relay: RelayFactory, sink: Sink) -> None:
