@@ -70,7 +70,8 @@ def schedule(previous: GroupState | None, key: str, now: float, timing: Timing) 
     """The group after a run joined it; its next_flush is when that run will be sent."""
     if previous is None or now - previous.last_seen >= timing.repeat_interval_s:
         return GroupState(key, now + timing.group_wait_s, None, now)
-    if previous.next_flush is not None and previous.next_flush > now:  # a digest waits: join it
+    if previous.next_flush is not None and previous.next_flush >= now:  # a digest waits: join it
+        # (>=: runs of one batch share `now`, so a digest due at once takes the whole batch)
         return GroupState(key, previous.next_flush, previous.last_sent, now)
     if previous.next_flush is not None:  # that digest is due, maybe on its way: the next one
         return GroupState(key, now + timing.group_interval_s, previous.last_sent, now)

@@ -61,6 +61,13 @@ async def test_a_group_of_one_reads_like_a_normal_alert(relay: RelayFactory, sin
     assert got.json()["type"] == "run.alert" and got.headers["webhook-id"].startswith("ntf_")
 
 
+async def test_one_batch_is_one_digest_with_no_group_wait(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(CONFIG.format(url=sink.url, wait="0s", interval="5m"))
+    await r.post([failed(i) for i in range(3)])  # used to be a message for one, then for two
+    [got] = await sink.wait_for(1)
+    assert got.json()["group"]["count"] == 3
+
+
 async def test_runs_after_a_digest_wait_for_group_interval(relay: RelayFactory, sink: Sink) -> None:
     r = await relay(CONFIG.format(url=sink.url, wait="200ms", interval="1500ms"))
     await r.post([failed(1), failed(2)])

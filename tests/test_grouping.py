@@ -33,6 +33,17 @@ def test_a_run_joining_a_digest_already_due_waits_for_the_next_one() -> None:
     assert flushed(late, 131.0).next_flush == 430.5  # the due digest went out: it stays
 
 
+def test_runs_arriving_together_when_a_digest_is_due_at_once_share_it() -> None:
+    """One batch shares `now`: with the interval passed (or `group_wait: 0s`) the first run
+    used to go alone at once and the others group_interval later."""
+    g = flushed(schedule(None, "k", 100.0, T), 130.0)
+    first = schedule(g, "k", 900.0, T)
+    assert schedule(first, "k", 900.0, T).next_flush == 900.0
+    at_once = Timing(group_wait_s=0, group_interval_s=300, repeat_interval_s=3600)
+    first = schedule(None, "k", 100.0, at_once)
+    assert schedule(first, "k", 100.0, at_once).next_flush == 100.0
+
+
 def test_a_quiet_group_closes_after_repeat_interval() -> None:
     g = flushed(schedule(None, "k", 100.0, T), 130.0)
     g = schedule(g, "k", 130.0 + 3600.0, T)
