@@ -110,6 +110,7 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
     if not config.rules:  # valid, and most likely not what the operator meant
         warnings.append(f"{loaded.source.filename}: no rules: updates are taken in, none is sent")
     warnings += _never_matching(config.rules, loaded.locate)
+    warnings += _match_names_in_group_by(config.rules, loaded.locate)
     every_rule = dict(enumerate(config.rules))
     found, unknown = _check_templates(renderer, config.channels, every_rule, loaded.locate)
     found += _broken_files(renderer, loaded.locate, found)
@@ -130,6 +131,33 @@ def _never_matching(rules: list[RuleConfig], locate: Locate) -> list[str]:
                 f"{locate(('rules', i, 'match', 'status'))}: rules[{i}].match.status: event"
                 f" {rule.match.event} carries {', '.join(sorted(carried))}; this rule never fires"
             )
+    return out
+
+
+# `match` (and silence) keys a `group_by` path may be written with by mistake: group_by reads
+# the run as JSON, where they are spelt otherwise, so every run would fall in the empty group
+_RUN_FIELD_OF_MATCH_KEY = {
+    "task": "taskIdentifier",
+    "tag": "tags",
+    "cost_cents": "costInCents",
+    "base_cost_cents": "baseCostInCents",
+    "duration_ms": "durationMs",
+    "is_test": "isTest",
+}
+
+
+def _match_names_in_group_by(rules: list[RuleConfig], locate: Locate) -> list[str]:
+    """Warnings for `group_by: [task]`: valid (a run keeps unknown fields), and one group."""
+    out = []
+    for i, rule in enumerate(rules):
+        for j, path in enumerate(rule.group_by or ()):
+            field = _RUN_FIELD_OF_MATCH_KEY.get(path.split(".")[0])
+            if field is not None:
+                out.append(
+                    f"{locate(('rules', i, 'group_by', j))}: rules[{i}].group_by[{j}]: a run has"
+                    f" no field {path!r}, so every run falls in one group; group_by reads the run"
+                    f" as JSON: did you mean {field!r}?"
+                )
     return out
 
 

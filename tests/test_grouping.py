@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from relay.channels import settings_models
+from relay.config import parse_config
+from relay.configure import compile_config
 from relay.grouping import GroupState, Timing, flushed, group_key, group_labels, schedule
 
 T = Timing(group_wait_s=30, group_interval_s=300, repeat_interval_s=3600)
@@ -90,3 +93,22 @@ def test_every_run_is_its_own_group_with_dots() -> None:
 
 def test_state_is_plain_data() -> None:
     assert GroupState("k", None, None, 1.0) == GroupState("k", None, None, 1.0)
+
+
+def test_check_warns_of_a_match_key_written_as_a_group_by_path() -> None:
+    config = """\
+channels:
+  out: {type: console}
+rules:
+  - name: per-task
+    match: {status: [failure]}
+    notify: [out]
+    group_by: [task, metadata.tenant, tag]
+"""
+    compiled = compile_config(parse_config(config, "c.yaml", settings_models(), env={}))
+    assert [w for w in compiled.warnings if "group_by" in w] == [
+        "c.yaml:7: rules[0].group_by[0]: a run has no field 'task', so every run falls in one"
+        " group; group_by reads the run as JSON: did you mean 'taskIdentifier'?",
+        "c.yaml:7: rules[0].group_by[2]: a run has no field 'tag', so every run falls in one"
+        " group; group_by reads the run as JSON: did you mean 'tags'?",
+    ]
