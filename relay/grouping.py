@@ -12,6 +12,7 @@ nothing for `repeat_interval` is closed, and the next run opens a new one (waiti
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -54,9 +55,16 @@ def group_labels(run: Mapping[str, Any], group_by: Sequence[str]) -> dict[str, s
     for path in group_by:
         value = run.get("id") if path == EVERY_RUN else lookup(run, path)
         if isinstance(value, list):
-            value = ",".join(sorted(str(v) for v in value))
-        labels[path] = "" if value is None or value is MISSING else str(value)[:MAX_LABEL_CHARS]
+            value = ",".join(sorted(_text(v) for v in value))
+        labels[path] = "" if value is None or value is MISSING else _text(value)[:MAX_LABEL_CHARS]
     return labels
+
+
+def _text(value: Any) -> str:
+    """A value as the run's JSON spells it: `true`, `{"a":1}`, not Python's `True`."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
 def group_key(rule: str, channel: str, labels: Mapping[str, str]) -> str:

@@ -84,6 +84,15 @@ def test_labels_read_paths_as_metadata_matchers_do() -> None:
     assert group_labels(run, ["tags"]) == group_labels({"tags": ["a", "b"]}, ["tags"])
 
 
+def test_labels_spell_values_as_json_not_python() -> None:
+    run = {"metadata": {"vip": True, "plan": {"tier": "pro", "seats": 5}, "ids": [2, None]}}
+    assert group_labels(run, ["metadata.vip", "metadata.plan", "metadata.ids"]) == {
+        "metadata.vip": "true",  # was `True`, in every digest's title
+        "metadata.plan": '{"seats":5,"tier":"pro"}',
+        "metadata.ids": "2,null",
+    }
+
+
 def test_every_run_is_its_own_group_with_dots() -> None:
     # Alertmanager's `group_by: ['...']` groups by every label: no two alerts share a group
     one, two = {"id": "run_1", "taskIdentifier": "t"}, {"id": "run_2", "taskIdentifier": "t"}
