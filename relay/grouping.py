@@ -76,11 +76,13 @@ def group_key(rule: str, channel: str, labels: Mapping[str, str]) -> str:
 
 def schedule(previous: GroupState | None, key: str, now: float, timing: Timing) -> GroupState:
     """The group after a run joined it; its next_flush is when that run will be sent."""
+    if previous is not None and previous.next_flush is not None and previous.next_flush >= now:
+        # a digest waits: join it, however short repeat_interval is (a group is not closed
+        # under a waiting digest); >=: runs of one batch share `now`, so a digest due at once
+        # takes the whole batch
+        return GroupState(key, previous.next_flush, previous.last_sent, now)
     if previous is None or now - previous.last_seen >= timing.repeat_interval_s:
         return GroupState(key, now + timing.group_wait_s, None, now)
-    if previous.next_flush is not None and previous.next_flush >= now:  # a digest waits: join it
-        # (>=: runs of one batch share `now`, so a digest due at once takes the whole batch)
-        return GroupState(key, previous.next_flush, previous.last_sent, now)
     if previous.next_flush is not None:  # that digest is due, maybe on its way: the next one
         return GroupState(key, now + timing.group_interval_s, previous.last_sent, now)
     last_sent = previous.last_sent if previous.last_sent is not None else now

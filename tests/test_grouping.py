@@ -47,6 +47,14 @@ def test_runs_arriving_together_when_a_digest_is_due_at_once_share_it() -> None:
     assert schedule(first, "k", 100.0, at_once).next_flush == 100.0
 
 
+def test_a_waiting_digest_is_joined_whatever_repeat_interval_says() -> None:
+    # repeat_interval shorter than group_wait used to open a new group under the waiting
+    # digest: two runs 20 s apart went as two messages
+    short = Timing(group_wait_s=30, group_interval_s=300, repeat_interval_s=10)
+    g = schedule(schedule(None, "k", 100.0, short), "k", 120.0, short)
+    assert g.next_flush == 130.0 and g.last_seen == 120.0
+
+
 def test_a_quiet_group_closes_after_repeat_interval() -> None:
     g = flushed(schedule(None, "k", 100.0, T), 130.0)
     g = schedule(g, "k", 130.0 + 3600.0, T)
