@@ -90,7 +90,7 @@ async def test_a_digest_retried_from_the_outbox_stays_one_digest(
     # more failures than the quick retries: the digest goes back to the outbox; its runs used
     # to come back one by one (each its own jittered time), a message per run, each a new id
     sink.responses = [status(503)] * 4
-    spread = CONFIG.replace("min_backoff: 100ms, max_backoff: 200ms", "min_backoff: 1s")
+    spread = CONFIG.replace("min_backoff: 100ms, max_backoff: 200ms", "min_backoff: 400ms")
     r = await relay(spread.format(url=sink.url, wait="100ms", interval="5m"))
     await r.post([failed(i) for i in range(5)])
     got = await sink.wait_for(5, timeout=10)
