@@ -198,13 +198,14 @@ _TEXT_ESCAPES = {"slack": mrkdwn}
 
 
 def fallback_json(ctx: RenderContext) -> str:
-    """{"id", "rule", "channel", "text", "run", "dashboardUrl"} (+ "group" in a digest) as a JSON
-    string of at most MAX_OUTPUT_CHARS; `text` is escaped for channel types that read it as
-    markup (Slack mrkdwn). Fields of the run too large for that (or not JSON) are replaced by
+    """{"id", "type", "rule", "channel", "text", "run", "dashboardUrl"} (+ "group" in a digest)
+    as a JSON string of at most MAX_OUTPUT_CHARS; `text` is escaped for channel types that read
+    it as markup (Slack mrkdwn). Fields of the run too large for that (or not JSON) are replaced by
     "[omitted: N characters]"; if it is still too large, `run` is null and `group` has no runs."""
     escape = _TEXT_ESCAPES.get(ctx.channel_type, as_text)
     body: dict[str, Any] = {
         "id": ctx.notification_id,
+        "type": _body_type(ctx),
         "rule": ctx.rule,
         "channel": ctx.channel,
         "text": escape(fallback_text(ctx)),
@@ -222,6 +223,20 @@ def fallback_json(ctx: RenderContext) -> str:
             return text
         body = shrink(body)
     return tojson(body)
+
+
+_EVENT_TYPES = frozenset(("deployment.failed", "deployment.success", "error"))
+
+
+def _body_type(ctx: RenderContext) -> str:
+    """The `type` the shipped webhook template of this message would give (a receiver routes on
+    it, so the fallback keeps it): run.digest, run.recovered, an event's name, or run.alert."""
+    if ctx.group is not None:
+        return "run.digest"
+    if ctx.resolves is not None:
+        return "run.recovered"
+    event = ctx.run.get("event")
+    return event if isinstance(event, str) and event in _EVENT_TYPES else "run.alert"
 
 
 _FIELD_MAX_CHARS = 10_000  # a run field larger than this is left out of a fallback too large

@@ -228,6 +228,25 @@ def test_a_fallback_stays_within_the_output_cap(tmp_path: Path) -> None:
     digest = orjson.loads(text)
     assert len(text) <= MAX_OUTPUT_CHARS and digest["run"] is None and "runs" not in digest["group"]
     assert digest["group"]["count"] == 30 and digest["group"]["labels"] == {"task": "t"}
+    assert (body["type"], digest["type"]) == ("run.alert", "run.digest")
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({}, "run.alert"),
+        ({"resolves": "ntf_1"}, "run.recovered"),
+        ({"run": {"id": "x", "event": "deployment.failed"}}, "deployment.failed"),
+        ({"run": {"id": "x", "event": "error"}}, "error"),
+        ({"run": {"id": "x", "event": "<made up>"}}, "run.alert"),
+    ],
+)
+def test_a_webhook_fallback_keeps_the_type_receivers_route_on(
+    change: dict[str, Any], expected: str
+) -> None:
+    """A receiver routing on `type` got a fallback body without it, and dropped the alert."""
+    ctx = replace(context(load_run("failed"), "webhook"), **change)
+    assert orjson.loads(fallback_json(ctx))["type"] == expected
 
 
 # ----------------------------------------------------------------------------- filters
@@ -505,7 +524,7 @@ def test_invalid_json_falls_back(tmp_path: Path) -> None:
     )
     body = orjson.loads(rendered.parts["json"])
     assert body == orjson.loads(fallback_json(context(run, "webhook")))
-    assert list(body) == ["id", "rule", "channel", "text", "run", "dashboardUrl"]
+    assert list(body) == ["id", "type", "rule", "channel", "text", "run", "dashboardUrl"]
     assert body["run"] == run
 
 

@@ -195,7 +195,7 @@ async def test_running_relay_sends_the_fallback_for_hostile_templates(
         got = by_id[notification_id(raw["id"], f"t{i}", "hook")]
         assert len(got.body) < MAX_BODY_BYTES
         sent = json.loads(got.body)
-        assert set(sent) == {"id", "rule", "channel", "text", "run", "dashboardUrl"}, sent
+        assert set(sent) == {"id", "type", "rule", "channel", "text", "run", "dashboardUrl"}, sent
         assert sent["rule"] == f"t{i}" and sent["run"]["id"] == raw["id"]
         assert sent["text"].startswith("🔴 FAILED · hostile-")
     async with r.http.get(r.url + "/healthz") as resp:
