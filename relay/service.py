@@ -130,6 +130,9 @@ class Service:
     async def _start_worker(self) -> tuple[str, int]:
         """A delivery worker: the loops of the channels it owns, commands from the parent."""
         tag_lines(worker=self.role.index)
+        released = await self.store.release_leases(self.role.holder)
+        if released:  # left by a predecessor that outlived its parent (kill -9), now gone
+            log.info("resuming notifications claimed before a restart", extra={"count": released})
         self.delivery = self._delivery(self.compiled)
         self.delivery.start()
         commands = read_commands(self._wake, self._wake_all, self._reload_soon, self.request_stop)

@@ -24,8 +24,8 @@ POLL_S = 0.0005
 
 
 class WriteLock:
-    def __init__(self, db: Path, timeout_s: float) -> None:
-        self._path = Path(f"{db}-writer.lock")
+    def __init__(self, db: Path, timeout_s: float, name: str = "writer") -> None:
+        self._path = Path(f"{db}-{name}.lock")
         self._timeout_s = timeout_s
         self._fd: int | None = None
 
@@ -50,6 +50,21 @@ class WriteLock:
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def hold(self) -> bool:
+        """Take the lock (waiting up to the timeout) and keep it until `close`."""
+        return self._fd is not None and self._acquire(self._fd)
+
+    def free(self) -> bool:
+        """Whether no process holds the lock now (one that cannot be opened is free)."""
+        if self._fd is None:
+            return True
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return True
 
     def _acquire(self, fd: int) -> bool:
         deadline = time.monotonic() + self._timeout_s

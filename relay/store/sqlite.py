@@ -8,6 +8,7 @@ writer, and BEGIN IMMEDIATE with a busy timeout makes writers queue instead of f
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,12 @@ from relay.store._sqlite_writer import Writer, rollback, unavailable
 
 _PREFIX = "sqlite:///"
 _BUSY_TIMEOUT_MS = 5000
+# A delivery worker waits this long at most for the one it succeeds (orphaned by a parent killed
+# with -9, finishing its sends within the shutdown grace) to exit, then goes ahead.
+HOLDER_WAIT_S = 30.0
+_CLAIM_HOLDERS = (
+    "SELECT DISTINCT lease_holder FROM outbox WHERE state = 'pending' AND lease_until IS NOT NULL"
+)
 _USAGE = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
 
 
@@ -75,6 +82,7 @@ class SQLiteStore:
         self._max_pages = max_pages
         self._holder = holder  # recorded with each claim: release_leases(holder) frees them
         self._writer = Writer(WriteLock(self.path, _BUSY_TIMEOUT_MS / 1000))
+        self._alive: WriteLock | None = None  # with a holder: held while this process lives
 
     @property
     def commits(self) -> int:
@@ -84,10 +92,16 @@ class SQLiteStore:
     async def open(self) -> None:
         """Create the file and its directory if needed, then create or migrate the schema."""
         await self._writer.start(lambda: _connect(self.path, self._max_pages))
+        if self._holder:  # a predecessor orphaned by a parent's kill -9 exits first
+            self._alive = _holder_lock(self.path, self._holder, HOLDER_WAIT_S)
+            await asyncio.to_thread(self._alive.hold)
 
     async def close(self) -> None:
         """Finish queued operations and close the file; later calls raise StoreUnavailable."""
         await self._writer.stop()
+        if self._alive is not None:
+            self._alive.close()
+            self._alive = None
 
     async def ping(self) -> None:
         await self._writer.run(lambda conn: conn.execute("SELECT 1").fetchone())
@@ -206,19 +220,32 @@ class SQLiteStore:
         return await self._writer.run(replay)
 
     async def release_leases(self, holder: str | None = None) -> int:
-        """One replica: every lease (outbox claims, feed leadership) is a dead process's; with
-        `holder`, the claims of one dead delivery worker (opened with that holder)."""
+        """One replica: every lease (outbox claims, feed leadership) is a dead process's, but
+        for the claims of a delivery worker still alive (its parent was killed with -9: it
+        finishes its sends, then exits, and its successor frees what it left); with `holder`,
+        the claims of one dead delivery worker (opened with that holder)."""
         release = "UPDATE outbox SET lease_until = NULL"
         release += " WHERE state = 'pending' AND lease_until IS NOT NULL"
 
-        def forget_all(conn: sqlite3.Connection) -> int:
+        def forget_dead(conn: sqlite3.Connection) -> int:
             conn.execute("DELETE FROM leases")
-            return int(conn.execute(release).rowcount)
+            holders = conn.execute(_CLAIM_HOLDERS).fetchall()
+            alive = [h for (h,) in holders if h and not self._holder_free(h)]
+            keep = ",".join("?" * len(alive))
+            sql = f"{release} AND COALESCE(lease_holder, '') NOT IN ({keep})"
+            return int(conn.execute(sql, alive).rowcount)
 
         if holder is None:
-            return await self._writer.run(forget_all)
+            return await self._writer.run(forget_dead)
         sql = release + " AND lease_holder = ?"
         return await self._writer.run(lambda conn: int(conn.execute(sql, (holder,)).rowcount))
+
+    def _holder_free(self, holder: str) -> bool:
+        lock = _holder_lock(self.path, holder, 0.0)
+        try:
+            return lock.free()
+        finally:
+            lock.close()
 
     async def get(self, notification_id: str) -> Notification | None:
         row = await self._writer.run(
@@ -535,3 +562,10 @@ def _kv_write(conn: sqlite3.Connection, write: KvWrite, now: float) -> None:
         " SET value = excluded.value, updated_at = excluded.updated_at",
         [(ns, key, value, now) for ns, key, value in write.put],
     )
+
+
+def _holder_lock(db: Path, holder: str, wait_s: float) -> WriteLock:
+    """`<db>-worker-N.lock`: held by the living delivery worker that takes claims as `holder`."""
+    lock = WriteLock(db, wait_s, name=holder.replace(" ", "-"))
+    lock.open()
+    return lock

@@ -94,6 +94,29 @@ async def test_release_leases_of_one_holder_only(store: SQLiteStore) -> None:
         await other.close()
 
 
+async def test_a_restart_leaves_the_claims_of_a_worker_still_alive(store: SQLiteStore) -> None:
+    """The parent of `serve --workers` was killed with -9: its orphaned worker is finishing
+    its sends. The restarted relay must not hand those rows out again (each would be sent
+    twice); the worker's successor frees what it left once it has exited."""
+    orphan = SQLiteStore(store.path, holder="worker 0")
+    await orphan.open()
+    await enqueue(store, "run_1", 10.0)
+    [claimed] = await orphan.claim("c1", now=15.0, limit=1, lease_s=300)
+    assert await store.release_leases() == 0
+    assert await store.claim("c1", now=16.0, limit=10, lease_s=30) == []
+    successor = SQLiteStore(store.path, holder="worker 0")
+    opening = asyncio.create_task(successor.open())
+    await asyncio.sleep(0.05)
+    assert not opening.done()  # it waits for the orphan to exit
+    await orphan.close()
+    await opening
+    try:
+        assert await successor.release_leases("worker 0") == 1
+        assert [n.id for n in await successor.claim("c1", 17.0, 10, 30)] == [claimed.id]
+    finally:
+        await successor.close()
+
+
 # --- failures ------------------------------------------------------------------------------------
 
 
