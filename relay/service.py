@@ -38,7 +38,15 @@ from relay.silences import SilenceCache
 from relay.sources.http import HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource
 from relay.store import Store, open_store
-from relay.workers import Outcome, Role, WorkerPool, holder, read_commands, write_event
+from relay.workers import (
+    Outcome,
+    Role,
+    WorkerPool,
+    holder,
+    read_commands,
+    write_event,
+    write_ready,
+)
 
 log = logging.getLogger("relay")
 SHUTDOWN_GRACE_S = 10.0
@@ -137,6 +145,8 @@ class Service:
         self.delivery.start()
         commands = read_commands(self._wake, self._wake_all, self._reload_soon, self.request_stop)
         self._tasks = [asyncio.create_task(commands, name="commands")]
+        if self.role.events is not None:
+            write_ready(self.role.events)
         return "", 0
 
     async def _worker_died(self, index: int) -> None:
@@ -255,6 +265,8 @@ class Service:
         failed_at = None if self.intake is None else self.intake.store_failed_at
         if failed_at is not None and time.time() - failed_at < NOT_WRITABLE_S:
             return "store not writable"
+        if self.pool is not None and self.pool.down():  # its channels go undelivered
+            return "delivery worker not running"
         return None
 
     async def _metrics_text(self) -> tuple[bytes, str]:

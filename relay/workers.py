@@ -45,6 +45,7 @@ WORKER_FLAG = "--delivery-worker"
 EVENTS_FLAG = "--events-fd"
 RESTART_AFTER_S = 1.0
 MAX_WORKERS = 64
+READY = b'{"kind":"ready"}\n'
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,7 @@ def owned(index: int, channels: Collection[str], count: int) -> set[str]:
 
 
 def write_event(out: IO[str], kind: str, outcome: Outcome, reason: str, attempts: int) -> None:
-    """The child's side of the events pipe: one JSON line. A parent killed with -9 closed
-    the pipe: its children finish their sends, recorded in the store, with nobody to count
-    them, which is no error."""
-    if out.closed:
-        return
+    """The child's side of the events pipe: one JSON line."""
     line = {
         "kind": kind,
         "channel": outcome.channel,
@@ -109,8 +106,21 @@ def write_event(out: IO[str], kind: str, outcome: Outcome, reason: str, attempts
         "attempts": attempts,
         "at": outcome.created_at,
     }
+    _write(out, orjson.dumps(line).decode() + "\n")
+
+
+def write_ready(out: IO[str]) -> None:
+    """The child's first line on the events pipe: its delivery loops run."""
+    _write(out, READY.decode())
+
+
+def _write(out: IO[str], line: str) -> None:
+    """A parent killed with -9 closed the pipe: its children finish their sends, recorded in
+    the store, with nobody to count them, which is no error."""
+    if out.closed:
+        return
     try:
-        out.write(orjson.dumps(line).decode() + "\n")
+        out.write(line)
         out.flush()
     except OSError:  # BrokenPipeError: closed, so that nothing tries to flush it again
         with contextlib.suppress(OSError):
@@ -137,6 +147,7 @@ class _Child:
     supervisor: asyncio.Task[None] | None = None
     events: asyncio.StreamReader | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    down: bool = False  # died unasked, and no successor said it is ready since
 
 
 class WorkerPool:
@@ -175,6 +186,10 @@ class WorkerPool:
     def reload(self) -> None:
         for child in self._children:
             self._send(child.index, "reload")
+
+    def down(self) -> list[int]:
+        """The workers that died unasked and are not running again (yet): /readyz says so."""
+        return [c.index for c in self._children if c.down]
 
     def pids(self) -> list[int]:
         return [c.proc.pid for c in self._children if c.proc is not None]
@@ -219,10 +234,11 @@ class WorkerPool:
             await self._spawn(child)
             child.started.set()
             assert child.proc is not None and child.events is not None
-            await self._relay_events(child.events)
+            await self._relay_events(child)
             code = await child.proc.wait()
             if self._stopping:
                 return
+            child.down = True
             log.error(
                 "delivery worker exited; starting it again",
                 extra={"worker": child.index, "code": code},
@@ -231,8 +247,12 @@ class WorkerPool:
                 await self._on_death(child.index)
             await asyncio.sleep(RESTART_AFTER_S)
 
-    async def _relay_events(self, events: asyncio.StreamReader) -> None:
-        while line := await events.readline():
+    async def _relay_events(self, child: _Child) -> None:
+        assert child.events is not None
+        while line := await child.events.readline():
+            if line == READY:
+                child.down = False
+                continue
             event = read_event(line)
             if event is not None:
                 self._on_event(*event)

@@ -190,3 +190,33 @@ def test_a_worker_count_out_of_range_is_refused_before_anything_starts(tmp_path:
     )
     assert result.returncode == 2 and "--workers must be 0-64" in result.stderr
     assert not (tmp_path / "r.db").exists()
+
+
+async def readyz(url: str) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as http, http.get(url + "/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def test_a_worker_that_cannot_start_again_shows_in_readyz(
+    relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
+) -> None:
+    """The parent keeps running its config when the file turns invalid, but a worker started
+    again reads the file: it exits at each start and its channels go undelivered. /readyz said
+    "ready" all along; it names the worker until one runs again."""
+    proc = relay_process(config(sink.url), {"RELAY_WORKERS": "1"})
+    await asyncio.to_thread(proc.start)
+    path = tmp_path / "config.yaml"
+    good = path.read_text()
+    path.write_text(good + "bogus: 1\n")
+    os.kill(worker_pids(proc)[0], signal.SIGKILL)
+    await wait_until(lambda: any(e.get("code") == 1 for e in proc.logs))
+    assert await readyz(proc.url) == (
+        503,
+        {"status": "not ready", "reason": "delivery worker not running"},
+    )
+    path.write_text(good)
+    for _ in range(200):
+        if (await readyz(proc.url))[0] == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert await readyz(proc.url) == (200, {"status": "ready"})
