@@ -376,6 +376,8 @@ class Service:
 
     async def shutdown(self) -> None:
         """Stop intake first, then delivery (in-flight finish or stay in the outbox), then I/O."""
+        if self.pool is not None:
+            self.pool.stopping()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -257,9 +257,14 @@ class WorkerPool:
             if event is not None:
                 self._on_event(*event)
 
+    def stopping(self) -> None:
+        """The service is stopping: a child that exits from now on is not started again (Ctrl-C
+        or systemd's stop signal the whole process group: the children may exit first)."""
+        self._stopping = True
+
     async def stop(self, grace_s: float) -> None:
         """Close every child's stdin (its signal to finish and exit), then wait, then kill."""
-        self._stopping = True
+        self.stopping()
         for child in self._children:
             if child.proc is not None and child.proc.stdin is not None:
                 child.proc.stdin.close()

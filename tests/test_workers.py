@@ -220,3 +220,29 @@ async def test_a_worker_that_cannot_start_again_shows_in_readyz(
             break
         await asyncio.sleep(0.05)
     assert await readyz(proc.url) == (200, {"status": "ready"})
+
+
+async def test_workers_stopped_with_their_parent_are_not_started_again(
+    relay_process: Callable[..., RelayProcess], sink: Sink
+) -> None:
+    """Ctrl-C, or systemd stopping the unit, signals the whole process group: the workers
+    exit at once while the parent still waits for a request in progress. They were logged as
+    crashed ("starting it again") and started again, in the middle of the shutdown."""
+    proc = relay_process(config(sink.url), {"RELAY_WORKERS": "2"})
+    await asyncio.to_thread(proc.start)
+    await wait_until(lambda: sum(e.get("msg") == "delivery worker ready" for e in proc.logs) == 2)
+    host, port = proc.url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n[")
+    await writer.drain()
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGTERM)
+    await wait_until(lambda: any(e.get("msg", "").startswith("shutting down") for e in proc.logs))
+    for pid in worker_pids(proc).values():
+        os.kill(pid, signal.SIGTERM)
+    await wait_until(lambda: sum(e.get("msg") == "stopped" for e in proc.logs) >= 2)
+    await asyncio.sleep(0.3)  # a restart, if any, comes RESTART_AFTER_S later than the exit
+    writer.close()  # the parent's HTTP shutdown ends
+    assert await asyncio.to_thread(proc.terminate) == 0
+    assert not [e for e in proc.logs if e.get("msg") == "delivery worker exited; starting it again"]
+    assert sum(e.get("msg") == "delivery worker started" for e in proc.logs) == 2
