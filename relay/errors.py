@@ -14,6 +14,7 @@ token or other secret.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -110,3 +111,26 @@ class DeliveryError(RelayError):
         self.status = status
         text = reason if not detail else f"{reason}: {detail}"
         super().__init__(text)
+
+
+def causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what caused it, outermost first (bounded: a chain may loop)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 8:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def wire_failure(exc: BaseException) -> str | None:
+    """What failed on the wire, in words that name no host ("connection refused"), from the
+    OS error behind a client library's exception; None when none is known."""
+    for cause in causes(exc):
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "host name lookup failed"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset"
+    return None

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from relay.errors import DeliveryError
+from relay.errors import DeliveryError, wire_failure
 from relay.retry_after import parse_retry_after
 
 _BODY_SNIPPET = 200
@@ -117,7 +117,7 @@ class HttpClient:
         except aiohttp.InvalidURL:
             raise DeliveryError("other", retryable=False, detail="invalid URL") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
-            detail = type(exc).__name__
+            detail = wire_failure(exc) or type(exc).__name__  # not the URL: it may hold a secret
             raise DeliveryError("network", retryable=True, detail=detail) from None
         except aiohttp.ClientResponseError as exc:
             raise DeliveryError("other", retryable=True, detail=f"HTTP {exc.status}") from None

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import socket
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses
@@ -55,7 +54,7 @@ from pydantic import (
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.config import ChannelSettings, Strict, from_config_dir
-from relay.errors import DeliveryError
+from relay.errors import DeliveryError, causes, wire_failure
 
 log = logging.getLogger("relay.channels.email")
 
@@ -367,17 +366,8 @@ def _by_code(code: int, *, auth: bool) -> DeliveryError:
     return DeliveryError("other", retryable=True, detail=detail, status=code)
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain and len(chain) < 8:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
 def _tls_error(exc: BaseException) -> str | None:
-    for cause in _causes(exc):
+    for cause in causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
             return "TLS: certificate not trusted"
         if isinstance(cause, ssl.SSLError):
@@ -386,13 +376,8 @@ def _tls_error(exc: BaseException) -> str | None:
 
 
 def _network_detail(exc: BaseException) -> str:
-    for cause in _causes(exc):
-        if isinstance(cause, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(cause, socket.gaierror):
-            return "host name lookup failed"
-        if isinstance(cause, ConnectionResetError):
-            return "connection reset"
+    if (failure := wire_failure(exc)) is not None:
+        return failure
     if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
         return "server disconnected"
     return "connection failed"

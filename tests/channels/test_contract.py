@@ -348,6 +348,7 @@ async def test_a_refused_port_is_a_retryable_network_error(
     caplog.set_level(logging.DEBUG)
     err = await failure(target.channel(f"http://127.0.0.1:{closed_port()}"), target.kind.type)
     assert (err.reason, err.retryable, err.retry_after) == ("network", True, None)
+    assert err.detail == "connection refused"  # as `relay send-test` says it; not the class
     assert target.requests() == 0
     assert_no_secrets(err, target.kind.secrets, caplog)
 
