@@ -347,7 +347,7 @@ async def test_an_endless_template_is_stopped_and_others_carry_on(
     await r.post(failing_run())
     got = {g.path: g.json() for g in await sink.wait_for(2)}
     assert got["/fast"]["type"] == "run.alert"
-    assert got["/hook"]["run"]["id"] == "run_delivery_0000" and "type" not in got["/hook"]
+    assert got["/hook"]["run"]["id"] == "run_delivery_0000" and "error" not in got["/hook"]
     await wait_state(r, "sent", 2)
     [failed] = [rec for rec in caplog.records if rec.getMessage().startswith("template failed")]
     assert getattr(failed, "rule") == "spinning" and getattr(failed, "channel") == "hook"
