@@ -2,7 +2,9 @@
 
 A rule with `group_by` sends one message per group instead of one per run. The first run of a
 new group waits `group_wait` for others; after a digest went out, runs that join the group go in
-the next digest, no sooner than `group_interval` after the previous one; so do runs that join
+the next digest, no sooner than `group_interval` after the previous one (and, when that much
+time has passed already, `group_wait` after the run that wakes the group, so that a burst
+posted run by run goes in one digest, not one run then the rest); so do runs that join
 while a due digest is on its way (claimed, being sent), not in a digest of their own. Runs do
 not resolve the way Prometheus alerts do, so there is nothing to repeat: a group that saw
 nothing for `repeat_interval` is closed, and the next run opens a new one (waiting
@@ -86,7 +88,10 @@ def schedule(previous: GroupState | None, key: str, now: float, timing: Timing) 
     if previous.next_flush is not None:  # that digest is due, maybe on its way: the next one
         return GroupState(key, now + timing.group_interval_s, previous.last_sent, now)
     last_sent = previous.last_sent if previous.last_sent is not None else now
-    return GroupState(key, max(now, last_sent + timing.group_interval_s), last_sent, now)
+    due = last_sent + timing.group_interval_s
+    if due <= now:  # quiet past group_interval: wait group_wait for the rest of a burst, as a
+        due = now + timing.group_wait_s  # new group does (at once, runs posted one by one split)
+    return GroupState(key, due, last_sent, now)
 
 
 def flushed(previous: GroupState, now: float) -> GroupState:

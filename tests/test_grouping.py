@@ -23,7 +23,9 @@ def test_after_a_digest_new_runs_wait_group_interval() -> None:
     g = schedule(g, "k", 200.0, T)
     assert g.next_flush == 430.0  # 130 + 300
     g = flushed(g, 430.0)
-    assert schedule(g, "k", 900.0, T).next_flush == 900.0  # interval already passed: at once
+    woken = schedule(g, "k", 900.0, T)  # interval already passed: group_wait, as a new group
+    assert woken.next_flush == 930.0
+    assert schedule(woken, "k", 905.0, T).next_flush == 930.0  # a burst, run by run: one digest
 
 
 def test_a_run_joining_a_digest_already_due_waits_for_the_next_one() -> None:
@@ -39,12 +41,11 @@ def test_a_run_joining_a_digest_already_due_waits_for_the_next_one() -> None:
 def test_runs_arriving_together_when_a_digest_is_due_at_once_share_it() -> None:
     """One batch shares `now`: with the interval passed (or `group_wait: 0s`) the first run
     used to go alone at once and the others group_interval later."""
-    g = flushed(schedule(None, "k", 100.0, T), 130.0)
-    first = schedule(g, "k", 900.0, T)
-    assert schedule(first, "k", 900.0, T).next_flush == 900.0
     at_once = Timing(group_wait_s=0, group_interval_s=300, repeat_interval_s=3600)
     first = schedule(None, "k", 100.0, at_once)
     assert schedule(first, "k", 100.0, at_once).next_flush == 100.0
+    woken = schedule(flushed(first, 100.0), "k", 900.0, at_once)  # interval passed: at once
+    assert schedule(woken, "k", 900.0, at_once).next_flush == 900.0
 
 
 def test_a_waiting_digest_is_joined_whatever_repeat_interval_says() -> None:
