@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 import zlib
 from typing import Any
 
 import aiohttp
+import pytest
 
+from relay.sources.http import RefusalLog
 from relay.store import HistoryQuery
 from tests.conftest import FIXTURES, RelayFactory, Sink, sdk_run
 
@@ -426,3 +429,18 @@ async def test_a_byte_order_mark_is_ignored(relay: RelayFactory) -> None:
         r.url + "/v1/silences", data=b"\xef\xbb\xbf" + json.dumps(silence).encode()
     ) as resp:
         assert resp.status == 201
+
+
+def test_refused_requests_are_logged_once_per_path_and_reason_every_ten_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wrong token or alert secret showed only in a metric; a scanner must not flood the log."""
+    now = [0.0]
+    refusals = RefusalLog(clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="relay.http"):
+        for t in (0.0, 1.0, 2.0, 5.0, 11.0):
+            now[0] = t
+            refusals.refused("/v1/runs", "unauthorized", 401)
+        refusals.refused("/v1/runs", "too_large", 413)
+    lines = [(getattr(r, "reason"), getattr(r, "refused")) for r in caplog.records]
+    assert lines == [("unauthorized", 1), ("unauthorized", 4), ("too_large", 1)]

@@ -161,7 +161,9 @@ async def test_internal_errors_keep_code_and_message(relay: RelayFactory, sink: 
 # ----------------------------------------------------------------------------- signatures
 
 
-async def test_bad_signatures_are_401_and_store_nothing(relay: RelayFactory, sink: Sink) -> None:
+async def test_bad_signatures_are_401_and_store_nothing(
+    relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
     r = await relay(config(sink))
     body = body_of("alert.run.failed")
     changed = body.replace(b'"number":1842', b'"number":1843')
@@ -182,6 +184,13 @@ async def test_bad_signatures_are_401_and_store_nothing(relay: RelayFactory, sin
         assert status == 401, (signature, answer)
         assert "signature" in answer["error"]
     assert await stored(r) == 0
+    # the operator sees it in the log (a wrong secret), once for the burst, not ten times
+    [line] = [rec for rec in caplog.records if rec.getMessage() == "request refused"]
+    assert (getattr(line, "path"), getattr(line, "reason")) == (
+        "/v1/trigger/alerts",
+        "unauthorized",
+    )
+    assert getattr(line, "refused") == 1 and line.levelname == "WARNING"
     # nothing was remembered: the very same body, well signed, still fires
     status, answer = await post_alert(r, body)
     assert (status, answer["notifications"]) == (202, 1)

@@ -13,8 +13,10 @@ import asyncio
 import functools
 import hmac
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -44,6 +46,29 @@ from relay.store import Store
 log = logging.getLogger("relay.http")
 RETRY_AFTER_S = "5"
 BODY_TIMEOUT_S = 60.0
+REFUSAL_LOG_EVERY_S = 10.0
+
+
+class RefusalLog:
+    """A warning for refused ingest requests: at most one line per path and reason every
+    REFUSAL_LOG_EVERY_S, counting the refusals since the last, so that a wrong alert secret or
+    token shows in the log (not only in a metric) and a scanner cannot flood it."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._logged: dict[tuple[str, str], float] = {}
+        self._since: dict[tuple[str, str], int] = {}
+
+    def refused(self, path: str, reason: str, status: int) -> None:
+        key = (path, reason)
+        self._since[key] = self._since.get(key, 0) + 1
+        now = self._clock()
+        if now - self._logged.get(key, -math.inf) < REFUSAL_LOG_EVERY_S:
+            return
+        self._logged[key] = now
+        count = self._since.pop(key)
+        extra = {"path": path, "reason": reason, "status": status, "refused": count}
+        log.warning("request refused", extra=extra)
 
 
 @dataclass
@@ -60,6 +85,7 @@ class HttpDeps:
     # sources.trigger_alerts secrets; None when alert webhooks are not configured
     trigger_alert_secrets: Callable[[], list[SecretStr] | None] = lambda: None
     on_rejected: Callable[[str], None] | None = None  # reason
+    refusals: RefusalLog = field(default_factory=RefusalLog)
     metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None  # (body, content type)
 
 
@@ -301,10 +327,15 @@ _INGEST_PATHS = ("/v1/runs", "/v1/trigger/alerts")
 
 
 def _count_rejection(deps: HttpDeps, request: web.Request, status: int) -> None:
-    if deps.on_rejected is not None and request.path in _INGEST_PATHS:
-        reason = _REJECTIONS.get(status)
-        if reason is not None:
-            deps.on_rejected(reason)
+    if request.path not in _INGEST_PATHS:
+        return
+    reason = _REJECTIONS.get(status)
+    if reason is None:
+        return
+    if deps.on_rejected is not None:
+        deps.on_rejected(reason)
+    if reason != "store_unavailable":  # logged where it happens
+        deps.refusals.refused(request.path, reason, status)
 
 
 def _count_rejections(deps: HttpDeps) -> Any:
