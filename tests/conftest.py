@@ -23,6 +23,7 @@ from aiohttp import web
 from relay.configure import compile_config
 from relay.service import Service
 from relay.settings import Settings
+from relay.store.sqlite import SQLiteStore
 
 # Fakes of the outside services, with their fixtures (smtp_server, slack, discord, teams,
 # pagerduty), for every test module.
@@ -314,3 +315,12 @@ def registered_routes() -> set[tuple[str, str]]:
         for r in build_app(deps).router.routes()
         if r.method != "HEAD" and r.resource is not None
     }
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    """A real SQLite store on a file in the test's temp dir: opened, closed after the test."""
+    store = SQLiteStore(tmp_path / "relay.db")
+    await store.open()
+    yield store
+    await store.close()

@@ -6,8 +6,7 @@ and sources seen again (a Realtime snapshot, a retried push), which must not mut
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Collection
-from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 import pytest
@@ -44,11 +43,8 @@ def rules_of(run: Run) -> Collection[str]:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(tmp_path / "relay.db")
-    await s.open()
-    yield s
-    await s.close()
+def store(sqlite_store: SQLiteStore) -> SQLiteStore:
+    return sqlite_store
 
 
 async def muted(store: SQLiteStore, runs: list[Run], now: float, match: Match = PAGE) -> list[Any]:

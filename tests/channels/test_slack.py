@@ -48,6 +48,11 @@ async def http() -> AsyncIterator[HttpClient]:
     await client.close()
 
 
+@pytest.fixture
+def store(sqlite_store: SQLiteStore) -> SQLiteStore:
+    return sqlite_store
+
+
 def load_run(name: str, **extra: Any) -> dict[str, Any]:
     return Run.model_validate({**sdk_run(name), **extra}).as_dict()
 
@@ -330,19 +335,14 @@ async def test_the_default_text_cannot_ping(slack: FakeSlack, http: HttpClient) 
 
 
 async def test_bot_message_is_authenticated_and_threaded(
-    slack: FakeSlack, http: HttpClient, tmp_path: Path
+    slack: FakeSlack, http: HttpClient, store: SQLiteStore
 ) -> None:
-    store = SQLiteStore(tmp_path / "relay.db")
-    await store.open()
-    try:
-        channel = make_channel(slack, http, bot=True, state=store, icon_emoji=":rotating_light:")
-        part = render(load_run("failed"))
-        # concurrent sends about one run: one top-level message, the others in its thread
-        await asyncio.gather(*(channel.send(outgoing(part, "run_a")) for _ in range(3)))
-        await channel.send(outgoing(part, "run_b"))
-        assert await store.kv_get(THREADS, "oncall:#oncall:run_a") == FIRST_TS
-    finally:
-        await store.close()
+    channel = make_channel(slack, http, bot=True, state=store, icon_emoji=":rotating_light:")
+    part = render(load_run("failed"))
+    # concurrent sends about one run: one top-level message, the others in its thread
+    await asyncio.gather(*(channel.send(outgoing(part, "run_a")) for _ in range(3)))
+    await channel.send(outgoing(part, "run_b"))
+    assert await store.kv_get(THREADS, "oncall:#oncall:run_a") == FIRST_TS
     first, *replies, other = slack.calls
     assert first.headers["Authorization"] == f"Bearer {TOKEN}"
     assert first.headers["Content-Type"] == "application/json; charset=utf-8"
@@ -355,58 +355,43 @@ async def test_bot_message_is_authenticated_and_threaded(
 
 
 async def test_a_thread_in_use_outlives_the_retention_and_an_unused_one_is_pruned(
-    slack: FakeSlack, http: HttpClient, tmp_path: Path
+    slack: FakeSlack, http: HttpClient, store: SQLiteStore
 ) -> None:
-    store = SQLiteStore(tmp_path / "relay.db")
-    await store.open()
-    try:
-        channel = make_channel(slack, http, bot=True, state=store)
-        part = render(load_run("failed"))
-        for run_id in ("run_a", "run_b"):  # both threads started at 1_700_000_000
-            await channel.send(outgoing(part, run_id))
-        later = dataclasses.replace(outgoing(part, "run_a"), timestamp=1_700_100_000.0)
-        await channel.send(later)  # a reply in run_a's thread, days later, keeps it
-        await store.prune(before=1_700_050_000.0)
-        assert await store.kv_list(THREADS) == {"oncall:#oncall:run_a": FIRST_TS}
-    finally:
-        await store.close()
+    channel = make_channel(slack, http, bot=True, state=store)
+    part = render(load_run("failed"))
+    for run_id in ("run_a", "run_b"):  # both threads started at 1_700_000_000
+        await channel.send(outgoing(part, run_id))
+    later = dataclasses.replace(outgoing(part, "run_a"), timestamp=1_700_100_000.0)
+    await channel.send(later)  # a reply in run_a's thread, days later, keeps it
+    await store.prune(before=1_700_050_000.0)
+    assert await store.kv_list(THREADS) == {"oncall:#oncall:run_a": FIRST_TS}
 
 
 @pytest.mark.parametrize(
     "refusal", ["cannot_reply_to_message", "thread_not_found", "restricted_action_thread_locked"]
 )
 async def test_a_thread_that_takes_no_replies_is_started_anew(
-    slack: FakeSlack, http: HttpClient, tmp_path: Path, refusal: str
+    slack: FakeSlack, http: HttpClient, store: SQLiteStore, refusal: str
 ) -> None:
-    store = SQLiteStore(tmp_path / "relay.db")
-    await store.open()
-    try:
-        channel = make_channel(slack, http, bot=True, state=store)
-        part = render(load_run("failed"))
-        await channel.send(outgoing(part, "run_a"))
-        slack.script(api_error(refusal))  # e.g. someone deleted the first message
-        await channel.send(outgoing(part, "run_a"))
-        await channel.send(outgoing(part, "run_a"))
-        new_ts = await store.kv_get(THREADS, "oncall:#oncall:run_a")
-    finally:
-        await store.close()
+    channel = make_channel(slack, http, bot=True, state=store)
+    part = render(load_run("failed"))
+    await channel.send(outgoing(part, "run_a"))
+    slack.script(api_error(refusal))  # e.g. someone deleted the first message
+    await channel.send(outgoing(part, "run_a"))
+    await channel.send(outgoing(part, "run_a"))
+    new_ts = await store.kv_get(THREADS, "oncall:#oncall:run_a")
     threads = [body.get("thread_ts") for body in slack.posted()]
     assert threads == [None, FIRST_TS, None, new_ts] and new_ts not in (None, FIRST_TS)
 
 
 async def test_a_new_slack_channel_starts_its_own_threads(
-    slack: FakeSlack, http: HttpClient, tmp_path: Path
+    slack: FakeSlack, http: HttpClient, store: SQLiteStore
 ) -> None:
-    store = SQLiteStore(tmp_path / "relay.db")
-    await store.open()
-    try:
-        part = render(load_run("failed"))
-        await make_channel(slack, http, bot=True, state=store).send(outgoing(part, "run_a"))
-        moved = make_channel(slack, http, bot=True, state=store, channel="#oncall-2")
-        await moved.send(outgoing(part, "run_a"))  # the ts of #oncall means nothing there
-        await moved.send(outgoing(part, "run_a"))
-    finally:
-        await store.close()
+    part = render(load_run("failed"))
+    await make_channel(slack, http, bot=True, state=store).send(outgoing(part, "run_a"))
+    moved = make_channel(slack, http, bot=True, state=store, channel="#oncall-2")
+    await moved.send(outgoing(part, "run_a"))  # the ts of #oncall means nothing there
+    await moved.send(outgoing(part, "run_a"))
     posted = [(body["channel"], body.get("thread_ts")) for body in slack.posted()]
     second_ts = "1712345678.000101"
     assert posted == [("#oncall", None), ("#oncall-2", None), ("#oncall-2", second_ts)]
