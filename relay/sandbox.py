@@ -202,6 +202,10 @@ class _ExpressionEnvironment(_Environment):
         return super().getattr(obj, attribute)
 
 
+def _none_as_empty(value: Any) -> Any:
+    return "" if value is None else value
+
+
 def environment(
     loader: jinja2.BaseLoader | None = None, cls: type[_Environment] = _Environment
 ) -> _Environment:
@@ -214,6 +218,9 @@ def environment(
         # a template change reaches a running relay through a reload (checked first, then a new
         # Renderer), never by a stat() of the file on every render
         auto_reload=False,
+        # `{{ run.finishedAt }}` of a run not finished, `{{ dashboard_url }}` without a
+        # project_ref: a message reads an empty place, not the word "None"
+        finalize=_none_as_empty,
     )
     env.globals.pop("lipsum", None)  # a text generator with unbounded sizes; useless here
     for name in ("center", "indent", "batch", "slice", "wordwrap", "truncate"):

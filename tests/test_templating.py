@@ -719,11 +719,17 @@ def test_the_dashboard_url_filter_links_any_run(tmp_path: Path) -> None:
     ctx = replace(context(runs[0]), group=digest_context("k", {}, runs))
     renderer = Renderer(tmp_path, link=lambda run: run.get("dashboardUrl") or f"/r/{run['id']}")
     assert renderer.render("console", "t", ("txt",), ctx).parts["txt"] == (
-        "/r/run_1 https://own.test/2 [None]"
+        "/r/run_1 https://own.test/2 []"
     )
-    assert Renderer(tmp_path).render("console", "t", ("txt",), ctx).parts["txt"] == (
-        "None None [None]"
-    )
+    assert Renderer(tmp_path).render("console", "t", ("txt",), ctx).parts["txt"] == "  []"
+
+
+def test_a_none_prints_as_nothing_not_the_word() -> None:
+    """`{{ dashboard_url }}` without a project_ref, `{{ run.finishedAt }}` of a running run:
+    messages read "None"; JSON through tojson still says null."""
+    source = "{{ a }}|{{ run.finishedAt }}|{{ a|tojson }}|{{ 0 }}|{{ false }}"
+    rendered = sandbox().from_string(source).render(a=None, run={"finishedAt": None})
+    assert rendered == "||null|0|False"
 
 
 def test_check_follows_extends_includes_and_imports(tmp_path: Path) -> None:
