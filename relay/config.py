@@ -42,6 +42,20 @@ class Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# what aiohttp refuses in a header value at every send (RFC 9110 §5.5): controls but the tab
+_HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def header_value_problem(text: str) -> str | None:
+    """Why `text` cannot be sent as an HTTP header value (a token, a webhook header), or None:
+    the HTTP client refuses it at every send (header injection), a traceback each time."""
+    if "\r" in text or "\n" in text:
+        return "cannot contain line breaks"
+    if _HEADER_CONTROL.search(text):
+        return "cannot contain control characters (but tab)"
+    return None
+
+
 def _bare_token(value: Any) -> Any:
     """A token or secret as issued: one read from a file (a Kubernetes or Docker secret) often
     ends with a newline, which no client sends (HTTP trims header values) and the HTTP client
@@ -49,8 +63,8 @@ def _bare_token(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     value = value.strip()
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise ValueError("cannot contain line breaks or control characters")
+    if (problem := header_value_problem(value)) is not None:
+        raise ValueError(problem)
     return value
 
 

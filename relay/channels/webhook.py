@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
-from relay.config import ChannelSettings
+from relay.config import ChannelSettings, header_value_problem
 
 # relay's own (the body's type, the Standard Webhooks headers) and the framing the HTTP client
 # owns: a Transfer-Encoding or Content-Encoding of the user's lied about the body, and each
@@ -54,18 +54,9 @@ def _header_name(name: str) -> str:
     return name
 
 
-# what aiohttp refuses in a header value at every send (RFC 9110 §5.5): controls but the tab
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
 def _header_value(value: SecretStr) -> SecretStr:
-    """No line breaks (header injection) nor other controls: the HTTP client refuses them at
-    every send, a traceback and a retry each time until the notification went dead."""
-    text = value.get_secret_value()
-    if "\r" in text or "\n" in text:
-        raise ValueError("header values cannot contain line breaks")
-    if _CONTROL.search(text):
-        raise ValueError("header values cannot contain control characters (but tab)")
+    if (problem := header_value_problem(value.get_secret_value())) is not None:
+        raise ValueError(f"header values {problem}")
     return value
 
 
