@@ -20,6 +20,8 @@ Failures are translated here, once, into DeliveryError (the SMTP boundary):
   timeout: connect, a reply, or the whole attempt      timeout       yes        no answer in time
   refused connection, DNS, reset, disconnected         network       yes        connection refused
   TLS handshake or certificate verification            network       yes        TLS: ...
+  a non-ASCII address, server without SMTPUTF8         client_error  no         server does
+                                                                                not take ...
   any other SMTPException (no STARTTLS, no AUTH...)   other         yes        aiosmtplib's text
 
 A 421 to one RCPT of several makes aiosmtplib hang up before the next one: that reads as
@@ -348,6 +350,9 @@ def classify(exc: BaseException) -> DeliveryError:
 def _other(exc: BaseException) -> DeliveryError:
     if isinstance(exc, ValueError):  # an address aiosmtplib refuses to put on the wire
         return DeliveryError("client_error", retryable=False, detail="invalid address")
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):  # SMTPUTF8 missing: no retry will mend it
+        detail = "server does not take non-ASCII addresses (no SMTPUTF8)"
+        return DeliveryError("client_error", retryable=False, detail=detail)
     if isinstance(exc, aiosmtplib.SMTPException):  # aiosmtplib's own words, e.g. no STARTTLS
         return DeliveryError("other", retryable=True, detail=one_line(exc.message, 120))
     return DeliveryError("other", retryable=True, detail=type(exc).__name__)

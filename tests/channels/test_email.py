@@ -443,6 +443,19 @@ async def test_starttls_required_but_not_offered_is_retryable(smtp_server: SmtpF
     assert err.detail == "SMTP STARTTLS extension not supported by server."
 
 
+async def test_a_non_ascii_address_to_a_server_without_smtputf8_is_permanent(
+    smtp_server: SmtpFactory,
+) -> None:
+    """Retrying cannot help (the server lacks SMTPUTF8): dead at once, so the operator sees
+    it now and not after max_age of retries."""
+    fake = await smtp_server()
+    settings = email_settings(fake.port).model_copy(update={"cc": ["équipe@exemple.fr"]})
+    err = await failure(make_channel(settings))
+    assert (err.reason, err.retryable) == ("client_error", False)
+    assert "SMTPUTF8" in err.detail
+    assert fake.messages == []
+
+
 async def test_nothing_listening_is_network() -> None:
     import socket  # noqa: PLC0415
 
