@@ -349,6 +349,24 @@ async def test_a_refused_key_is_logged_without_the_secret_and_retried(
         assert SECRET not in record.getMessage() + json.dumps(record.__dict__, default=str)
 
 
+async def test_a_redirect_is_not_followed_and_says_where_it_points(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An api_url of http:// answered with a 301 to https://: the key is not sent after it,
+    and the log says to fix api_url (not to check the key), without the Location's query."""
+    caplog.set_level(logging.INFO, logger="relay")
+    location = "https://api.example.com:8443/realtime/v1/runs?token=abc"
+    async with fake_realtime(session()) as fake:
+        fake.faults = [(301, {"Location": location})]
+        async with following(fake, error_backoff="2s") as h:
+            await h.submit.wait_for(1)  # asked again after error_backoff: the fault was once
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "api_url" in record.getMessage() and "secret key" not in record.getMessage()
+    assert record.__dict__["location"] == "https://api.example.com:8443"
+    assert record.__dict__["status"] == 301 and h.sleeps[0] == 2.0
+    assert "token=abc" not in json.dumps(record.__dict__, default=str)
+
+
 async def test_position_is_saved_only_after_the_batch_was_submitted() -> None:
     async with fake_realtime(session()) as fake, following(fake) as h:
         h.submit.fail = 2  # the store is down for two attempts

@@ -21,9 +21,10 @@ and the rows of every run in the shape kept in the store as in memory.
 
 Failures never stop a feed: 429/5xx/408, network errors and timeouts back off with jitter
 (100 ms, times 1.3 up to 10 s, Retry-After honoured); 400/401/403/404 are logged with the feed and
-status and tried again after `error_backoff` (an operator may fix the key). Log lines carry the
-feed key, rows emitted and lag, never the secret key; `observe` hears of every up-to-date (lag 0
-when nothing was new) and `failed` of every failed request, by reason.
+status and tried again after `error_backoff` (an operator may fix the key), and so is a 3xx,
+which is not followed (the secret key would go with it) but logged with where it points. Log
+lines carry the feed key, rows emitted and lag, never the secret key; `observe` hears of every
+up-to-date (lag 0 when nothing was new) and `failed` of every failed request, by reason.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -335,10 +337,20 @@ class Follower:
         await self._sleep(wait)
 
     async def _refused(self, response: _Response) -> None:
-        log.error(
-            "realtime request refused; check the secret key and the feed",
-            extra=self._extra(status=response.status, error=_error_text(response.body)),
-        )
+        if 300 <= response.status < 400:
+            # Not followed: the secret key would go wherever the Location points.
+            log.error(
+                "realtime API answered with a redirect, which relay does not follow;"
+                " set sources.realtime.api_url to the address it points to",
+                extra=self._extra(
+                    status=response.status, location=_origin(response.headers.get("location"))
+                ),
+            )
+        else:
+            log.error(
+                "realtime request refused; check the secret key and the feed",
+                extra=self._extra(status=response.status, error=_error_text(response.body)),
+            )
         await self._sleep(self._timing.error_wait_s)
 
     def _extra(self, **fields: object) -> dict[str, object]:
@@ -367,6 +379,19 @@ def _status_reason(status: int) -> str:
 def _finished(rows: Iterable[dict[str, Any]]) -> bool:
     """A stored raw row has its `completedAt` (the SDK's `finishedAt`) set."""
     return any(row.get("completedAt") is not None for row in rows)
+
+
+def _origin(location: str | None) -> str:
+    """scheme://host[:port] of a redirect's target: enough to fix api_url, without the
+    query or user-info of the URL it points to."""
+    try:
+        url = urlsplit(location or "")
+        host, port = url.hostname, url.port
+    except ValueError:
+        return ""
+    if not url.scheme or not host:
+        return ""
+    return f"{url.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 def _error_text(body: bytes) -> str:
