@@ -98,6 +98,7 @@ def iso(value: datetime | None) -> str | None:
 # number belongs, or text that is no number, is a client bug worth a 400.
 _NUMERIC_TEXT = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 _MAX_EXACT_INT = 2**53  # an integral float within this is an exact int (and one orjson writes)
+_INT64 = 2**63  # what the store and orjson can write as an integer
 
 
 def _numeric_text(text: str) -> int | float | None:
@@ -107,17 +108,21 @@ def _numeric_text(text: str) -> int | float | None:
         return None
     if text.lstrip("-").isdigit():
         whole = int(text)
-        return whole if abs(whole) < 2**63 else float(whole)  # as orjson reads a JSON number
+        return whole if abs(whole) < _INT64 else float(whole)  # as orjson reads a JSON number
     value = float(text)
     return value if math.isfinite(value) else None
 
 
 def _number(value: object) -> int | float:
-    """An int stays an int (60634, not 60634.0): typed receivers decode the run as it was sent.
-    null is 0, as when the field is absent (a run not started yet has no cost)."""
+    """An int stays an int (60634, not 60634.0): typed receivers decode the run as it was sent;
+    one past 64 bits is a float, as orjson reads it. null is 0, as when the field is absent (a
+    run not started yet has no cost). NaN and infinities (Postgres float8 can hold them) are
+    no amount: a 400, not a row the store cannot write."""
     if value is None:
         return 0
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if abs(value) < _INT64 else float(value)
+    if isinstance(value, float) and math.isfinite(value):
         return value
     if isinstance(value, str) and (parsed := _numeric_text(value)) is not None:
         return parsed
@@ -132,7 +137,7 @@ def _integer(value: object) -> int | None:
         value = _numeric_text(value)
     if isinstance(value, float) and value.is_integer() and abs(value) <= _MAX_EXACT_INT:
         value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < _INT64:
         return value
     raise PydanticCustomError("int_type", "Input should be a valid integer")
 

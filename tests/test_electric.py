@@ -309,3 +309,30 @@ async def test_post_names_the_raw_column_of_a_bad_row(relay: RelayFactory) -> No
     status, answer = await r.post({**layer("failed", "raw-row"), "costInCents": "lots"})
     assert status == 400
     assert answer["field"] == "costInCents"
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("costInCents", "NaN"),  # float8 holds NaN and infinities: was a 503 "store unavailable"
+        ("baseCostInCents", "Infinity"),
+        ("costInCents", "-Infinity"),
+        ("costInCents", "1e400"),
+        ("number", "99999999999999999999"),  # past 64 bits: was a 500
+    ],
+)
+async def test_post_refuses_a_value_the_store_cannot_hold(
+    relay: RelayFactory, column: str, value: str
+) -> None:
+    r = await relay(CONFIG)
+    status, answer = await r.post({**layer("failed", "wire-value"), column: value})
+    assert (status, answer["field"]) == (400, column), answer
+
+
+async def test_post_takes_a_duration_past_64_bits_as_a_float(relay: RelayFactory) -> None:
+    """usageDurationMs is an int4; an out-of-range one (was a 500) still alerts its failure."""
+    r = await relay(CONFIG)
+    row = {**layer("failed", "wire-value"), "usageDurationMs": "99999999999999999999"}
+    assert await r.post(row) == (202, {"accepted": 1, "stale": 0, "notifications": 1})
+    sdk = {**sdk_run("crashed"), "durationMs": 2**63}
+    assert await r.post(sdk) == (202, {"accepted": 1, "stale": 0, "notifications": 1})
