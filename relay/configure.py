@@ -219,8 +219,9 @@ def _templates_of(rule: RuleConfig) -> list[str]:
 
 
 def dashboard_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]:
-    """The run's dashboard URL: the one Trigger.dev sent, else defaults.dashboard_url. A
-    deployment event links to its deployment (deployment_link)."""
+    """The run's dashboard URL: the one Trigger.dev sent, else defaults.dashboard_url (with the
+    project of the alert that brought the run, else defaults.project_ref). A deployment event
+    links to its deployment (deployment_link)."""
     pattern = defaults.dashboard_url
 
     def link(run: dict[str, Any]) -> str | None:
@@ -231,10 +232,11 @@ def dashboard_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]
             return deployment_link(defaults, run)
         if run.get("event", "run") != "run":  # the pattern is for runs
             return None
-        if "{project_ref}" in pattern and not defaults.project_ref:
+        ref = _alert_project_ref(run) or defaults.project_ref
+        if "{project_ref}" in pattern and not ref:
             return None
         return pattern.format(  # percent-encoded: a URL, whatever a run id or task holds
-            project_ref=quote(defaults.project_ref or "", safe=""),
+            project_ref=quote(ref or "", safe=""),
             run_id=quote(str(run.get("id") or ""), safe=""),
             task=quote(str(run.get("taskIdentifier") or ""), safe=""),
         )
@@ -242,15 +244,21 @@ def dashboard_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]
     return link
 
 
+def _alert_project_ref(event: Mapping[str, Any]) -> str | None:
+    """The project an alert webhook names (`project.ref`); None for a run that names none."""
+    project = event.get("project")
+    ref = project.get("ref") if isinstance(project, Mapping) else None
+    return ref if isinstance(ref, str) and ref else None
+
+
 def deployment_link(defaults: Defaults, event: Mapping[str, Any]) -> str | None:
     """What Trigger.dev's own deployment alerts link to (View Deployment):
     `<dashboard>/projects/v3/<project ref>/deployments/<short code>`, the dashboard being
     defaults.dashboard_url up to its `/projects/v3/` (else its scheme and host). The project ref
     is the alert's, else defaults.project_ref. None while either is unknown."""
-    deployment, project = event.get("deployment"), event.get("project")
+    deployment = event.get("deployment")
     code = deployment.get("shortCode") if isinstance(deployment, Mapping) else None
-    ref = project.get("ref") if isinstance(project, Mapping) else None
-    ref = ref or defaults.project_ref
+    ref = _alert_project_ref(event) or defaults.project_ref
     if not (isinstance(code, str) and code and isinstance(ref, str) and ref):
         return None
     base, cut, _ = defaults.dashboard_url.partition("/projects/v3/")

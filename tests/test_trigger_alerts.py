@@ -469,6 +469,27 @@ def test_deployment_events_link_to_their_deployment(
 
 
 @pytest.mark.parametrize(
+    ("defaults", "link"),
+    [
+        ({}, "https://cloud.trigger.dev/projects/v3/proj_jaavkuscdmabvdrlfscm/runs/"),
+        (
+            {"project_ref": "proj_other"},
+            "https://cloud.trigger.dev/projects/v3/proj_jaavkuscdmabvdrlfscm/runs/",
+        ),
+    ],
+)
+def test_a_legacy_run_alert_links_to_the_run_in_its_own_project(
+    defaults: dict[str, Any], link: str
+) -> None:
+    """A v1 body sends no dashboardUrl but names its project: the link was missing without
+    defaults.project_ref, and pointed to the configured project (not the alert's) with it."""
+    run = parse_alert(json.loads(body_of("legacy-v1.run.failed"))).run
+    assert run is not None
+    got = dashboard_link(Defaults.model_validate(defaults))(run.as_dict())
+    assert got == link + "run_cmuxjbf30kqkowywawhi1r8yr"
+
+
+@pytest.mark.parametrize(
     ("channel_type", "parts"),
     [("console", ("txt",)), ("slack", ("json",)), ("email", ("txt", "html"))],
 )
