@@ -21,6 +21,7 @@ from relay.formats.electric import (
 )
 from relay.formats.sdk import parse_sdk_run
 from relay.model import Run
+from relay.templating import RenderContext, Renderer
 from tests.conftest import FIXTURES, RelayFactory, sdk_run
 from tests.fakes.realtime import native_value, pg_array, pg_timestamp, raw_row
 
@@ -137,6 +138,49 @@ def test_internal_error_codes_read_as_the_sdk_reads_them(
     error = {"type": "INTERNAL_ERROR", "code": code, "message": message}
     run = parse_raw_run({"friendlyId": "run_x", "status": "CRASHED", "error": error})
     assert run.error == {**error, "code": read_as}
+
+
+UNEXPECTED_EXIT = {"name": "UnexpectedExitError", "message": "Unexpected exit with code -1"}
+
+
+@pytest.mark.parametrize(
+    ("error", "read_as"),
+    [
+        ({**UNEXPECTED_EXIT, "stackTrace": "exited after signal SIGKILL"}, "TASK_PROCESS_MAYBE_OOM_KILLED"),
+        ({**UNEXPECTED_EXIT, "stackTrace": "exited after signal SIGTERM"}, "TASK_PROCESS_SIGTERM"),
+        ({**UNEXPECTED_EXIT, "stackTrace": ""}, "TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE"),
+        ({"name": "Error", "message": "ffmpeg was killed with signal SIGKILL"}, "TASK_PROCESS_OOM_KILLED"),
+        ({"name": "OutOfMemoryError", "message": "MANUAL_OOM_KILL_ERROR"}, "TASK_PROCESS_OOM_KILLED"),
+        ({"name": "Error", "message": "Unexpected exit with code -1"}, None),  # not the exit error
+    ],
+)  # fmt: skip
+def test_built_in_errors_the_sdk_reads_as_internal_ones(
+    error: dict[str, Any], read_as: str | None
+) -> None:
+    """The SDK reports these BUILT_IN_ERRORs as "trigger.dev internal error (CODE)": a raw row
+    of them has that code too (was none), with its name and stack trace kept."""
+    raw = {"type": "BUILT_IN_ERROR", "stackTrace": "at run (file:///src/x.ts:1:1)", **error}
+    run = parse_raw_run({"friendlyId": "run_x", "status": "CRASHED", "error": raw})
+    assert run.error is not None
+    assert run.error.get("code") == read_as
+    assert run.error["type"] == ("BUILT_IN_ERROR" if read_as is None else "INTERNAL_ERROR")
+    assert run.error["name"] == raw["name"] and run.error["stackTrace"] == raw["stackTrace"]
+
+
+def test_a_thrown_out_of_memory_error_reads_as_the_sdk_shows_it() -> None:
+    """OutOfMemoryError's message is a placeholder: the message is the code's hint, as for the
+    SDK twin of the run ("trigger.dev internal error (TASK_PROCESS_OOM_KILLED)")."""
+    raw = {"type": "BUILT_IN_ERROR", "name": "OutOfMemoryError", "message": "MANUAL_OOM_KILL_ERROR"}
+    sdk = {"message": "trigger.dev internal error (TASK_PROCESS_OOM_KILLED)"}
+    views = []
+    for run in (
+        parse_raw_run({"friendlyId": "run_x", "status": "CRASHED", "error": raw}),
+        parse_sdk_run({"id": "run_x", "status": "CRASHED", "error": sdk}),
+    ):
+        ctx = RenderContext(run.as_dict(), "r", "out", "console", "ntf_1", None)
+        views.append(Renderer().render("console", "run_failed", ("txt",), ctx).parts["txt"])
+    assert "TASK_PROCESS_OOM_KILLED: The task process ran out of memory" in views[0]
+    assert views[0].splitlines()[1] == views[1].splitlines()[1]
 
 
 def test_nulls_and_missing_columns_get_the_sdk_defaults() -> None:
