@@ -185,6 +185,23 @@ async def test_lone_surrogate_escapes_are_accepted_as_replacement_characters(
         assert status == 400 and why in answer["error"], answer
 
 
+async def test_numbers_beside_a_lone_surrogate_read_as_orjson_reads_them(
+    relay: RelayFactory,
+) -> None:
+    """The lone-surrogate reading took integers past 64 bits as they were (a 500 after the
+    commit: neither the store nor orjson writes them) and 1e400 as infinity."""
+    r = await relay(CONFIG)
+    big = b"123456789012345678901234567890"
+    for n, field in enumerate((b'"extra": ', b'"metadata": {"n": ', b'"durationMs": ')):
+        close = b"}" if b"{" in field else b""
+        body = b'{"id": "run_big%d", "status": "FAILED", "taskIdentifier": "t\\ud800", ' % n
+        status, answer, _ = await raw_post(r.url, body + field + big + close + b"}")
+        assert (status, answer) == (202, {"accepted": 1, "stale": 0, "notifications": 1})
+    body = b'{"id": "run_inf", "status": "FAILED", "taskIdentifier": "t\\ud800", "x": 1e400}'
+    status, answer, _ = await raw_post(r.url, body)
+    assert status == 400 and "invalid JSON" in answer["error"], answer
+
+
 async def test_a_status_in_another_case_is_the_status(relay: RelayFactory) -> None:
     """`failed` is FAILED, as rule statuses are any case; an unknown one is kept as sent."""
     r = await relay(CONFIG)

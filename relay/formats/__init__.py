@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -44,7 +45,9 @@ def _with_lone_surrogates(body: bytes, exc: orjson.JSONDecodeError) -> Any:
     if "surrogate" not in exc.msg:
         raise InputError("", f"invalid JSON: {_json_reason(exc)}") from None
     try:
-        data = json.loads(body, parse_constant=_refuse_constant)
+        data = json.loads(
+            body, parse_constant=_refuse_constant, parse_int=_as_orjson_int, parse_float=_finite
+        )
     except (ValueError, RecursionError):
         raise InputError("", f"invalid JSON: {_json_reason(exc)}") from None
     if too_deep(data):  # before the recursive replacement
@@ -54,6 +57,20 @@ def _with_lone_surrogates(body: bytes, exc: orjson.JSONDecodeError) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(name)  # NaN and Infinity are not JSON (orjson refuses them too)
+
+
+def _as_orjson_int(text: str) -> int | float:
+    """An integer as orjson reads it: past its 64-bit range, a float (which the store and the
+    serialiser can hold; a bigger int was a 500 after the 202)."""
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else float(value)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)  # 1e400: orjson refuses a number that overflows a double
+    return value
 
 
 def _replace_surrogates(value: Any) -> Any:
