@@ -217,6 +217,7 @@ async def test_empty_array_is_accepted_as_nothing(relay: RelayFactory) -> None:
 
 
 ELECTRIC_BODY = (FIXTURES / "electric" / "live_response.body.json").read_bytes()
+ALERT_BODY = (FIXTURES / "alert-webhooks" / "alert.run.failed.body.json").read_bytes()
 BAD_BODIES: list[tuple[bytes, str | None, str]] = [
     (b"", None, "empty body"),
     (b"{not json", None, "invalid JSON"),
@@ -224,6 +225,8 @@ BAD_BODIES: list[tuple[bytes, str | None, str]] = [
     (b"[1, 2]", "[0]", "expected a run object"),
     (ELECTRIC_BODY, "[0]", "Electric shape"),
     (json.dumps(json.loads(ELECTRIC_BODY)[1]).encode(), None, "Electric shape"),  # one message
+    (ALERT_BODY, None, "/v1/trigger/alerts"),  # an alert webhook posted to the wrong path
+    (json.dumps([json.loads(ALERT_BODY)]).encode(), "[0]", "/v1/trigger/alerts"),
     (json.dumps({"status": "FAILED"}).encode(), "id", "missing"),
     (json.dumps({"id": "run_1"}).encode(), "status", "missing"),
     (json.dumps(small_failed(id=5)).encode(), "id", "string"),

@@ -100,12 +100,18 @@ def _item(item: Any, where: str) -> Run:
         raise InputError(where, "expected a run object")
     if is_shape_message(item):
         raise InputError(where, SHAPE_MESSAGE)
+    if is_alert_webhook(item):
+        raise InputError(where, ALERT_MESSAGE)
     return parse_run(item, where)
 
 
 SHAPE_MESSAGE = (
     "an Electric shape message, not a run: post its `value` row, or let sources.realtime"
     " follow the feed"
+)
+
+ALERT_MESSAGE = (
+    "a Trigger.dev alert webhook, not a run: point the alert channel at /v1/trigger/alerts"
 )
 
 
