@@ -202,6 +202,31 @@ async def test_numbers_beside_a_lone_surrogate_read_as_orjson_reads_them(
     assert status == 400 and "invalid JSON" in answer["error"], answer
 
 
+async def test_integers_beyond_64_bits_are_numbers_not_a_server_error(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A cost of 2**64 - 1 (orjson reads it as an int, SQLite stores at most 2**63 - 1), or an
+    integer of 30 digits beside a lone surrogate (the json module reads any size, orjson writes
+    at most 64 bits) was a 500; each is a number, as orjson reads one past its range."""
+    r = await relay(hook_config(sink))
+    huge = b"1" + b"0" * 29
+    bodies = [
+        b'{"id": "run_u64", "status": "FAILED", "costInCents": 18446744073709551615}',
+        b'{"id": "run_big", "status": "FAILED", "taskIdentifier": "t\\ud800", "durationMs": '
+        + huge
+        + b', "number": 7, "payload": {"n": '
+        + huge
+        + b"}}",
+    ]
+    for body in bodies:
+        status, answer, _ = await raw_post(r.url, body, {"Content-Type": "application/json"})
+        assert status == 202, answer
+    sent = [got.json()["run"] for got in await sink.wait_for(2)]
+    by_id = {run["id"]: run for run in sent}
+    assert by_id["run_u64"]["costInCents"] == float(2**64 - 1)
+    assert by_id["run_big"]["durationMs"] == 1e29 and by_id["run_big"]["payload"] == {"n": 1e29}
+
+
 async def test_a_status_in_another_case_is_the_status(relay: RelayFactory) -> None:
     """`failed` is FAILED, as rule statuses are any case; an unknown one is kept as sent."""
     r = await relay(CONFIG)
