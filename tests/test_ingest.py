@@ -6,13 +6,15 @@ import asyncio
 import gzip
 import json
 import logging
+import time
 import zlib
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from relay.sources.http import RefusalLog
+from relay.sources.http import HttpDeps, RefusalLog, build_app
 from relay.store import HistoryQuery
 from tests.conftest import FIXTURES, RelayFactory, Sink, sdk_run
 
@@ -377,6 +379,28 @@ async def test_unknown_paths_and_methods_get_json_errors(relay: RelayFactory) ->
     async with r.http.get(r.url + "/v1/runs") as resp:
         assert resp.status == 405 and resp.headers["Allow"] == "POST"
         assert await resp.json() == {"error": "method GET not allowed"}
+
+
+async def test_a_failing_handler_answers_a_json_500_and_logs_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in a handler (here /readyz without its probe) is a JSON error like every other
+    answer, not aiohttp's plain-text page, and its traceback is in the log."""
+    deps = HttpDeps(
+        intake=None,  # type: ignore[arg-type]  # /readyz reads neither
+        store=None,  # type: ignore[arg-type]
+        auth_token=lambda: None,
+        admin_token=lambda: None,
+        max_body_bytes=lambda: 1024,
+        ready=None,  # type: ignore[arg-type]  # calling it raises TypeError
+        clock=time.time,
+    )
+    async with TestClient(TestServer(build_app(deps))) as client:
+        resp = await client.get("/readyz")
+        assert resp.status == 500 and resp.content_type == "application/json"
+        assert (await resp.json())["error"].startswith("internal error")
+    [failed] = [r for r in caplog.records if r.getMessage() == "request failed"]
+    assert failed.exc_info is not None and getattr(failed, "path", None) == "/readyz"
 
 
 async def test_messages_speak_to_people_not_of_pydantic(relay: RelayFactory) -> None:

@@ -391,7 +391,8 @@ async def _store_unavailable(request: web.Request, handler: Any) -> web.StreamRe
 
 @web.middleware
 async def _json_http_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """aiohttp's own 404/405 (unknown path, wrong method) as JSON errors like every other."""
+    """aiohttp's own 404/405 (unknown path, wrong method), and a bug's 500, as JSON errors like
+    every other (aiohttp answers a 500 in plain text)."""
     try:
         response: web.StreamResponse = await handler(request)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
@@ -400,6 +401,11 @@ async def _json_http_errors(request: web.Request, handler: Any) -> web.StreamRes
         )
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error(exc.status, message, headers=headers)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("request failed", extra={"path": request.path, "method": request.method})
+        return error(500, "internal error; see relay's log")
     return response
 
 
