@@ -358,7 +358,7 @@ class SlackChannel:
         settings = self.settings
         assert settings.token is not None and settings.channel is not None
         key = f"{self.name}:{settings.channel}:{thread_subject(message)}"
-        thread_ts = await self._thread(key) if threaded else None
+        thread_ts = await self._thread(key, message) if threaded else None
         body: dict[str, Any] = {**payload, "channel": settings.channel}
         if settings.username:
             body["username"] = settings.username
@@ -379,7 +379,7 @@ class SlackChannel:
         ts = ts if isinstance(ts, str) and ts else None
         kept = thread_ts or ts  # the thread started, or replied to (touched: pruned when unused)
         if threaded and kept is not None:
-            await self._remember(key, kept, message.timestamp)
+            await self._remember(key, kept, message)
         if ts is None or not isinstance(channel, str) or not channel:
             return None
         return orjson.dumps({"channel": channel, "ts": ts}).decode()
@@ -387,22 +387,22 @@ class SlackChannel:
     async def _chat_post(self, body: dict[str, Any], message: Outgoing) -> dict[str, Any]:
         return await self._send(f"{self.settings.api_url}/chat.postMessage", body, message)
 
-    async def _thread(self, key: str) -> str | None:
+    async def _thread(self, key: str, message: Outgoing) -> str | None:
         if self._state is None:
             return None
         try:
             return await self._state.kv_get(THREADS, key)
         except StoreUnavailable:  # deliver anyway; only the threading is lost
-            log.warning("slack thread lookup failed", extra={"channel": self.name})
+            log.warning("slack thread lookup failed", extra=self._extra(message))
             return None
 
-    async def _remember(self, key: str, ts: str, now: float) -> None:
+    async def _remember(self, key: str, ts: str, message: Outgoing) -> None:
         if self._state is None:
             return
         try:
-            await self._state.kv_put(THREADS, key, ts, now)
+            await self._state.kv_put(THREADS, key, ts, message.timestamp)
         except StoreUnavailable:  # the message is out: never fail (and resend) it for this
-            log.warning("slack thread not saved", extra={"channel": self.name})
+            log.warning("slack thread not saved", extra=self._extra(message))
 
 
 def _answer(response: HttpResponse) -> dict[str, Any]:

@@ -384,6 +384,25 @@ async def test_a_thread_that_takes_no_replies_is_started_anew(
     assert threads == [None, FIRST_TS, None, new_ts] and new_ts not in (None, FIRST_TS)
 
 
+async def test_a_store_outage_loses_only_the_thread_and_says_of_which_message(
+    slack: FakeSlack, http: HttpClient, store: SQLiteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The message goes out without its thread; the warnings carry the run id and rule, as
+    every line about a delivery does (SPEC §6), not the channel alone."""
+    await store.close()  # the store goes away: thread lookup and save fail
+    channel = make_channel(slack, http, bot=True, state=store)
+    await channel.send(outgoing(render(load_run("failed")), "run_a"))
+    assert len(slack.posted()) == 1
+    lines = [r for r in caplog.records if r.getMessage().startswith("slack thread")]
+    assert [r.getMessage() for r in lines] == [
+        "slack thread lookup failed",
+        "slack thread not saved",
+    ]
+    assert {(getattr(r, "run_id", None), getattr(r, "rule", None)) for r in lines} == {
+        ("run_a", "r")
+    }
+
+
 async def test_a_new_slack_channel_starts_its_own_threads(
     slack: FakeSlack, http: HttpClient, store: SQLiteStore
 ) -> None:
