@@ -442,6 +442,8 @@ async def test_expect_100_continue_refuses_before_the_body(relay: RelayFactory) 
         answer = await raw_exchange(r.url, head)  # no body sent: the answer comes anyway
         assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
         assert b"100 Continue" not in answer and answer.endswith(b"}")
+    answer = await raw_exchange(r.url, ask.replace(b"100-continue", b"coffee"))
+    assert answer.startswith(b"HTTP/1.1 417 ") and answer.endswith(b'"unknown Expect: coffee"}')
     body = json.dumps(small_failed()).encode()
     host, port = r.url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))

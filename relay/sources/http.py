@@ -351,13 +351,18 @@ def _count_rejections(deps: HttpDeps) -> Any:
 Refusal = Callable[[web.Request], web.Response | None]
 
 
+def _unknown_expectation(request: web.Request) -> web.Response | None:
+    """417 (JSON, as every error) for an Expect other than 100-continue, as aiohttp would."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version != HttpVersion11 or expect.lower() == "100-continue":
+        return None
+    return _closing(error(417, f"unknown Expect: {expect[:80]}"))
+
+
 async def _continue(request: web.Request) -> None:
-    """What aiohttp does by default: `100 Continue`, or 417 for an expectation it does not know."""
+    """What aiohttp does by default for HTTP/1.1: `100 Continue`."""
     if request.version != HttpVersion11:
         return
-    expect = request.headers.get(hdrs.EXPECT, "")
-    if expect.lower() != "100-continue":
-        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect[:80]}")
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # the response proper has not started
 
@@ -368,7 +373,7 @@ def expect_handler(deps: HttpDeps, refuse: Refusal) -> Callable[..., Awaitable[A
     aiohttp's `100 Continue`."""
 
     async def handle(request: web.Request) -> web.StreamResponse | None:
-        refused = refuse(request)
+        refused = _unknown_expectation(request) or refuse(request)
         if refused is None:
             await _continue(request)
             return None
