@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -427,23 +428,24 @@ class ChannelLoop:
                 writes.append(self.deps.store.group_flushed(group_key, self.deps.clock()))
             return writes[0] if len(writes) == 1 else asyncio.gather(*writes)
 
+        extra = {**self._extra(rows[0]), "notifications": len(rows)}
         if group_key is not None:  # a group's next digest waits for this one's flush
-            await asyncio.shield(self._write_through_blips(finish))
+            await asyncio.shield(self._write_through_blips(finish, extra))
             return
         # The send is over: its slot is free while the outcome is written (the row stays leased
         # until then, so no claim takes it again). One store round trip less per send in flight.
-        write = asyncio.ensure_future(self._write_through_blips(finish))
+        write = asyncio.ensure_future(self._write_through_blips(finish, extra))
         self.finishing.add(write)
-        write.add_done_callback(self._written)
+        write.add_done_callback(functools.partial(self._written, extra))
 
-    def _written(self, write: asyncio.Future[None]) -> None:
+    def _written(self, extra: dict[str, object], write: asyncio.Future[None]) -> None:
         self.finishing.discard(write)
         if not write.cancelled() and write.exception() is not None:
-            log.error(
-                "outcome not recorded", extra={"channel": self.name}, exc_info=write.exception()
-            )
+            log.error("outcome not recorded", extra=extra, exc_info=write.exception())
 
-    async def _write_through_blips(self, write: Callable[[], Awaitable[object]]) -> None:
+    async def _write_through_blips(
+        self, write: Callable[[], Awaitable[object]], extra: dict[str, object]
+    ) -> None:
         """Record the outcome even if the store blips: retried with backoff up to the lease
         (the writes are idempotent: they only change rows still pending)."""
         deadline = self.deps.clock() + self.lease_s
@@ -454,9 +456,7 @@ class ChannelLoop:
                 return
             except StoreUnavailable:
                 if self.deps.clock() + wait_s > deadline:
-                    log.error(
-                        "outcome not recorded: store unavailable", extra={"channel": self.name}
-                    )
+                    log.error("outcome not recorded: store unavailable", extra=extra)
                     return
                 await self.deps.sleep(wait_s)
                 wait_s = min(wait_s * 2, 15.0)

@@ -14,10 +14,18 @@ from typing import Any
 
 import pytest
 import standardwebhooks
+from aiohttp import web
 
 from relay import delivery as relay_delivery
+from relay.channels import ChannelEnv, settings_models
+from relay.channels._http import HttpClient
+from relay.config import parse_config
+from relay.configure import compile_config, dashboard_link, route_for
 from relay.delivery import CLAIM_AHEAD
+from relay.formats import parse_runs
+from relay.intake import Intake
 from relay.model import Notification, Run, notification_id
+from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, Sink, hang, sdk_run, status
 
 SECRET = "whsec_" + base64.b64encode(b"relay-test-signing-key-0123").decode()
@@ -594,3 +602,60 @@ async def test_a_channel_that_raises_unexpectedly_is_logged_with_its_notificatio
     fields = {k: getattr(line, k, None) for k in ("run_id", "rule", "channel")}
     assert fields == {"run_id": "run_delivery_0007", "rule": "f", "channel": "out"}
     assert getattr(line, "notification_id", "").startswith("ntf_") and line.exc_info
+
+
+async def test_an_outcome_the_store_cannot_take_is_logged_with_its_notification(
+    tmp_path: Path, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store goes away while a webhook is in flight: the send is done but not recorded (it
+    goes again after the lease). The error names the run, rule and notification it is about,
+    as every line about a delivery does, not the channel alone. Time is virtual: the write is
+    retried up to the lease without the suite waiting for it."""
+    compiled = compile_config(parse_config(config(sink.url), "c.yaml", settings_models(), {}))
+    store = SQLiteStore(tmp_path / "relay.db")
+    await store.open()
+    now = [1_790_000_000.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+        await asyncio.sleep(0)
+
+    async def close_store_then_accept(request: web.Request, index: int) -> web.StreamResponse:
+        await store.close()
+        return web.Response(status=200)
+
+    sink.default = close_store_then_accept
+    intake = Intake(store, lambda: compiled.rules, lambda channel: None, clock=lambda: now[0])
+    assert (await intake.submit(parse_runs([failing_run()]))).notifications == 1
+    http = HttpClient()
+    defaults = compiled.loaded.config.defaults
+    deps = relay_delivery.Deps(
+        store,
+        compiled.renderer,
+        defaults.retry,
+        dashboard_link(defaults),
+        clock=lambda: now[0],
+        sleep=sleep,
+    )
+    route = route_for(compiled, "hook", ChannelEnv(http, io.StringIO(), 10.0, store))
+    delivery = relay_delivery.Delivery(deps, {"hook": route})
+    delivery.start()
+    try:
+        await sink.wait_for(1)
+        for _ in range(500):  # bounded: a few real seconds at most
+            lost = [r for r in caplog.records if r.getMessage().startswith("outcome not recorded")]
+            if lost:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await delivery.stop(1.0)
+        await http.close()
+    [line] = lost
+    fields = ("run_id", "rule", "channel", "notification_id")
+    about = {name: getattr(line, name, None) for name in fields}
+    assert about == {
+        "run_id": "run_delivery_0000",
+        "rule": "failures",
+        "channel": "hook",
+        "notification_id": sink.received[0].headers["webhook-id"],
+    }
