@@ -429,6 +429,27 @@ async def test_a_token_that_is_not_utf8_is_a_401_not_a_500(relay: RelayFactory) 
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:80]
 
 
+async def test_a_client_gone_mid_body_is_a_refusal_not_an_error_traceback(
+    relay: RelayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sender that disconnects half-way through its body (a timeout, a crash) is the
+    sender's problem: one rate-limited `request refused` warning, not an ERROR with a
+    traceback per request (which pages whoever alerts on relay's error lines)."""
+    r = await relay(CONFIG)
+    host, port = r.url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b'POST /v1/runs HTTP/1.1\r\nHost: relay\r\nContent-Length: 500\r\n\r\n{"id"')
+    await writer.drain()
+    writer.close()
+    for _ in range(500):  # bounded: the server notices the close within milliseconds
+        if any(rec.getMessage() == "request refused" for rec in caplog.records):
+            break
+        await asyncio.sleep(0.01)
+    [line] = [rec for rec in caplog.records if rec.getMessage() == "request refused"]
+    assert getattr(line, "reason") == "bad_request"
+    assert [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR] == []
+
+
 async def test_expect_100_continue_refuses_before_the_body(relay: RelayFactory) -> None:
     """A client that asks first (curl does for large bodies) hears 401/413 instead of `100
     Continue`, and so never sends a body that would be refused."""

@@ -167,7 +167,7 @@ async def _read_raw(request: web.Request, limit: int) -> bytes | web.Response:
                 chunks.append(chunk)
     except TimeoutError:
         return _closing(error(408, f"request body not received within {BODY_TIMEOUT_S:g} s"))
-    except web.RequestPayloadError:  # a broken chunked encoding
+    except (web.RequestPayloadError, ConnectionResetError):  # broken chunks, client gone
         return _closing(error(400, "request body could not be read"))
     return b"".join(chunks)
 
