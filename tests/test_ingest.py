@@ -181,6 +181,9 @@ async def test_lone_surrogate_escapes_are_accepted_as_replacement_characters(
     sent = got.json()
     assert sent["run"]["taskIdentifier"] == "t\ufffd" and sent["run"]["tags"] == ["\ufffd"]
     assert sent["error"]["message"] == "cut \U0001f600 \ufffd"
+    latin1 = '{"id": "run_é", "status": "FAILED"}'.encode("latin-1")  # é is byte 12
+    status, answer, _ = await raw_post(r.url, latin1, {"Content-Type": "application/json"})
+    assert (status, answer["error"]) == (400, "invalid JSON: not UTF-8 at byte 12")
     deep = b"[" * 100 + b'"\\ud800"' + b"]" * 100
     for bad, why in ((b'["\\ud800", NaN]', "invalid JSON"), (deep, "nested deeper than 64")):
         status, answer, _ = await raw_post(r.url, bad, {"Content-Type": "application/json"})

@@ -45,8 +45,12 @@ def _with_lone_surrogates(body: bytes, exc: orjson.JSONDecodeError) -> Any:
     if "surrogate" not in exc.msg:
         raise InputError("", f"invalid JSON: {_json_reason(exc)}") from None
     try:
+        text = body.decode(json.detect_encoding(body))  # UTF-8, or UTF-16/32 with a BOM
+    except UnicodeDecodeError as bad:  # orjson says "surrogates not allowed" of any bad byte
+        raise InputError("", f"invalid JSON: not UTF-8 at byte {bad.start}") from None
+    try:
         data = json.loads(
-            body, parse_constant=_refuse_constant, parse_int=_as_orjson_int, parse_float=_finite
+            text, parse_constant=_refuse_constant, parse_int=_as_orjson_int, parse_float=_finite
         )
     except (ValueError, RecursionError):
         raise InputError("", f"invalid JSON: {_json_reason(exc)}") from None
