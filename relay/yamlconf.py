@@ -235,7 +235,7 @@ class _Walker:
         # a timestamp 2001-13-45; PyYAML's own bugs on explicit tags: `!!bool maybe` (KeyError),
         # `!!int ""` (IndexError), `!!timestamp x` (AttributeError)
         except (yaml.YAMLError, ValueError, OverflowError, LookupError, AttributeError):
-            self._report(node, f"cannot read this value (tag {node.tag})")
+            self._report(node, f"cannot read this value ({_tag_words(node.tag)})")
             return _UNREADABLE
 
     def _report(self, node: yaml.Node, message: str) -> None:
@@ -276,6 +276,27 @@ def _sexagesimal(node: yaml.Node) -> bool:
     return plain and node.tag in _NUMBERS and ":" in str(node.value)
 
 
+# PyYAML problems that quote a name the file wrote: an unquoted value starting with * or ! (a
+# password `*x9...`, `!x9!...`) is read as an alias or a tag, and that name is the secret
+_QUOTES_A_NAME = {
+    "found undefined alias": "found undefined alias (quote a value that starts with *)",
+    "found undefined tag handle": "found undefined tag handle (quote a value that starts with !)",
+}
+
+
+def _unquoted(problem: str) -> str:
+    """A PyYAML problem without the name it quotes, for those that quote what the file wrote."""
+    return next((v for k, v in _QUOTES_A_NAME.items() if problem.startswith(k)), problem)
+
+
+def _tag_words(tag: str) -> str:
+    """A tag YAML knows (`tag:yaml.org,2002:int`) by name; any other is what the file wrote,
+    perhaps a value starting with ! (a password): not repeated."""
+    if tag in yaml.SafeLoader.yaml_constructors:
+        return f"tag {tag}"
+    return "unknown tag; quote a value that starts with !"
+
+
 class _TooLarge(Exception):
     pass
 
@@ -298,7 +319,7 @@ def load_yaml(text: str, filename: str, env: Mapping[str, str]) -> Located:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{filename}:{mark.line + 1}" if mark is not None else filename
-        problem = str(exc.problem)
+        problem = _unquoted(str(exc.problem))
         if exc.context and problem.startswith("but "):  # "but found another document"
             problem = f"{exc.context}, {problem}"
         located.problems.append(Problem(where, "", f"invalid YAML: {problem}"))

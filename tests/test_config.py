@@ -238,6 +238,23 @@ def test_problems_never_quote_secret_values() -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("*x9Pw0rdSECRET", "c.yaml:2: invalid YAML: found undefined alias (quote a value"),
+        ("!x9Pw0rdSECRET", "c.yaml:2: cannot read this value (unknown tag; quote a value"),
+        ("!x9!Pw0rdSECRET", "c.yaml:2: invalid YAML: found undefined tag handle (quote a"),
+        ("!!str!x9Pw0rdSECRET", "c.yaml:2: cannot read this value (unknown tag"),
+    ],
+)
+def test_a_password_read_as_alias_or_tag_is_not_repeated(value: str, expected: str) -> None:
+    """An unquoted password starting with * or ! is an alias or a tag to YAML: the problem
+    quoted the name, i.e. the password, in `relay check` output and the startup log."""
+    found = problems(f"server:\n  auth_token: {value}\n")
+    assert any(p.startswith(expected) for p in found), found
+    assert not any("Pw0rd" in p for p in found), found
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [
         (
