@@ -59,6 +59,14 @@ class ScrubSecrets(logging.Filter):
         forms = {form for s in secrets for form in _written(s) if len(s) >= 4}
         self.secrets = tuple(sorted(forms, key=len, reverse=True))
 
+    def scrub(self, text: str) -> str:
+        """`text` with every form of every secret replaced by ***: also for text that is cut
+        before it is logged (a cut secret no longer matches whole)."""
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
 
 def _written(secret: str) -> set[str]:
     """`secret` as a line can carry it: as is, inside a JSON or Python string, URL-encoded."""
@@ -77,11 +85,7 @@ class _ScrubbingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.scrub = scrub
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        for secret in self.scrub.secrets:
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
+        return self.scrub.scrub(super().format(record))
 
 
 SCRUB = ScrubSecrets()

@@ -23,6 +23,7 @@ from relay.config import RealtimeConfig, RealtimeFeed
 from relay.errors import StoreUnavailable
 from relay.formats.sdk import parse_sdk_run
 from relay.intake import IntakeResult
+from relay.logs import SCRUB
 from relay.model import Run
 from relay.sources._shape import Position, Shape, ShapeError, feed_of, stored_rows
 from relay.sources.realtime import (
@@ -365,6 +366,24 @@ async def test_a_redirect_is_not_followed_and_says_where_it_points(
     assert record.__dict__["location"] == "https://api.example.com:8443"
     assert record.__dict__["status"] == 301 and h.sleeps[0] == 2.0
     assert "token=abc" not in json.dumps(record.__dict__, default=str)
+
+
+async def test_a_refusal_echoing_the_key_is_logged_without_any_of_it(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy's 401 quoting the request's Authorization header: the error text was cut at 200
+    characters first, and a key cut in two is no longer the secret the log scrubber knows."""
+    monkeypatch.setattr(SCRUB, "secrets", ())
+    SCRUB.set([SECRET])
+    caplog.set_level(logging.INFO, logger="relay")
+    async with fake_realtime(session()) as fake:
+        fake.refuse, fake.refusal = 401, "x" * 170 + f" Bearer {SECRET}"  # cut after 22 of 32
+        async with following(fake) as h:
+            await fake.wait_for(lambda s: s.answer == "refused 401")
+            while not h.sleeps:
+                await asyncio.sleep(0.001)
+    errors = [r.__dict__["error"] for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and all(e.endswith("Bearer ***") for e in errors), errors
 
 
 async def test_position_is_saved_only_after_the_batch_was_submitted() -> None:

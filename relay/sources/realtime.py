@@ -49,6 +49,7 @@ from relay.config import RealtimeConfig
 from relay.errors import InputError, StoreUnavailable
 from relay.formats.electric import Schema, parse_raw_run
 from relay.intake import IntakeResult
+from relay.logs import SCRUB
 from relay.model import Run
 from relay.retry_after import parse_retry_after
 from relay.sources._shape import (
@@ -395,12 +396,14 @@ def _origin(location: str | None) -> str:
 
 
 def _error_text(body: bytes) -> str:
+    """The server's words for a refusal, cut short; a secret it echoes (a proxy quoting the
+    Authorization header) is scrubbed before the cut, which would leave most of it unmatched."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body[:200].decode("utf-8", "replace")
+        return SCRUB.scrub(body[:4096].decode("utf-8", "replace"))[:200]
     error = data.get("error") if isinstance(data, dict) else None
-    return str(error)[:200] if error is not None else ""
+    return SCRUB.scrub(str(error)[:4096])[:200] if error is not None else ""
 
 
 class RealtimeSource:

@@ -231,6 +231,7 @@ class FakeRealtime:
     requests: list[Seen] = field(default_factory=list)
     faults: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     refuse: int | None = None
+    refusal: str = "Invalid or missing secret key"  # the `error` of a refusal
     released: int = -1
     pos: int = 0
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -285,7 +286,7 @@ class FakeRealtime:
     async def _answer(self, seen: Seen, request: web.Request) -> web.Response:
         if self.refuse is not None:
             seen.answer = f"refused {self.refuse}"
-            return _json(self.refuse, {}, {"error": "Invalid or missing secret key"})
+            return _json(self.refuse, {}, {"error": self.refusal})
         if self.faults:
             status, headers = self.faults.pop(0)
             seen.answer = f"fault {status}"
