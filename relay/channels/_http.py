@@ -114,7 +114,8 @@ class HttpClient:
                 return HttpResponse(resp.status, dict(resp.headers), data)
         except TimeoutError:
             raise DeliveryError("timeout", retryable=True, detail="no answer in time") from None
-        except aiohttp.InvalidURL:
+        except (aiohttp.InvalidURL, UnicodeError):  # a host IDNA cannot encode (`hooks..x.com`),
+            # a user:password not in Latin-1 (Basic auth): the same at every send
             raise DeliveryError("other", retryable=False, detail="invalid URL") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
             detail = wire_failure(exc) or type(exc).__name__  # not the URL: it may hold a secret

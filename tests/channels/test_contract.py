@@ -353,6 +353,32 @@ async def test_a_refused_port_is_a_retryable_network_error(
     assert_no_secrets(err, target.kind.secrets, caplog)
 
 
+async def test_a_host_idna_cannot_encode_is_a_permanent_invalid_url(
+    target: HttpTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An empty label in the host (`hooks..example.com`): aiohttp raised UnicodeError at every
+    send, a traceback in `relay send-test` and "channel raised unexpectedly" until max_age."""
+    caplog.set_level(logging.DEBUG)
+    err = await failure(target.channel("https://hooks..example.com"), target.kind.type)
+    assert (err.reason, err.retryable, err.detail) == ("other", False, "invalid URL")
+    assert_no_secrets(err, target.kind.secrets, caplog)
+
+
+async def test_a_user_password_basic_auth_cannot_carry_is_a_permanent_invalid_url(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Basic auth is Latin-1: a user:password beyond it raised UnicodeEncodeError at every send."""
+    caplog.set_level(logging.DEBUG)
+    http = HttpClient()
+    try:
+        raw = {"type": "webhook", "url": "http://relay:pa\u20ac55-Zq81Lm@127.0.0.1:9/hooks"}
+        err = await failure(build(raw, http), "webhook")
+    finally:
+        await http.close()
+    assert (err.reason, err.retryable, err.detail) == ("other", False, "invalid URL")
+    assert_no_secrets(err, ("55-Zq81Lm",), caplog)
+
+
 # ----------------------------------------------------------------------------- Slack's words
 
 SLACK_ANSWERS = {
