@@ -331,7 +331,11 @@ class RealtimeConfig(Strict):
     def _url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("api_url must be an http:// or https:// URL")
-        if urlsplit(value).username is not None:  # the client refuses it beside the bearer key
+        try:
+            user = urlsplit(value).username
+        except ValueError:  # Python's words quote the [bracketed] part: perhaps a password's
+            raise ValueError("api_url is not a valid URL") from None
+        if user is not None:  # the client refuses it beside the bearer key
             raise ValueError("api_url cannot carry a user:password; secret_key authenticates")
         return value.rstrip("/")
 

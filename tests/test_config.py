@@ -238,6 +238,30 @@ def test_problems_never_quote_secret_values() -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        *(
+            (
+                f"channels:\n  h:\n    type: {kind}\n    webhook_url: ${{URL}}\n",
+                "c.yaml:4: channels.h.webhook_url: webhook_url is not a valid URL",
+            )
+            for kind in ("slack", "discord", "msteams")
+        ),
+        (
+            "sources:\n  realtime:\n    secret_key: tr_k\n    api_url: ${URL}\n"
+            "    feeds: [{tags: [a]}]\n",
+            "c.yaml:4: sources.realtime.api_url: api_url is not a valid URL",
+        ),
+    ],
+)
+def test_a_broken_url_is_refused_without_quoting_it(text: str, expected: str) -> None:
+    """Python's URL parser names the [bracketed] part it cannot read, and that message was the
+    problem `relay check` printed: here a piece of the password."""
+    found = problems(text, {"URL": "https://relay:Pw[0rdSECRET]@hooks.example.com/x"})
+    assert found == [expected], found
+
+
+@pytest.mark.parametrize(
     ("value", "expected"),
     [
         ("*x9Pw0rdSECRET", "c.yaml:2: invalid YAML: found undefined alias (quote a value"),

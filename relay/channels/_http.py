@@ -33,7 +33,10 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 def https_or_local(url: str, what: str) -> str:
     """`url` if it is https:// (or http:// to this machine, for tests); else ValueError."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # Python's words quote the [bracketed] part: perhaps a user:password's
+        raise ValueError(f"{what} is not a valid URL") from None
     local = parts.scheme == "http" and parts.hostname in LOCAL_HOSTS
     if not parts.hostname or not (parts.scheme == "https" or local):
         raise ValueError(f"{what} must be an https:// URL (http:// only for localhost)")
