@@ -23,6 +23,13 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
 
 
+def _exception(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    """The record's traceback: formatted here, or already (scrubbed) in exc_text."""
+    if record.exc_info:
+        return formatter.formatException(record.exc_info)
+    return record.exc_text or None
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
@@ -33,8 +40,8 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         data.update(_extras(record))
-        if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
+        if (exc := _exception(self, record)) is not None:
+            data["exc"] = exc
         return orjson.dumps(data, default=str).decode()
 
 
@@ -43,13 +50,15 @@ class TextFormatter(logging.Formatter):
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         fields = " ".join(f"{k}={v}" for k, v in _extras(record).items())
         line = f"{stamp} {record.levelname:<7} {record.getMessage()} {fields}".rstrip()
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        if (exc := _exception(self, record)) is not None:
+            line += "\n" + exc
         return line
 
 
 class ScrubSecrets(logging.Filter):
-    """Replace any configured secret value in a formatted line with ***."""
+    """Replace any configured secret value in what a line says with ***: in its message, field
+    values and traceback, before the line is formatted, so that a secret that happens to read
+    like a part of the line's frame (`null`, `true`, a number, a level) leaves the line whole."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -58,6 +67,27 @@ class ScrubSecrets(logging.Filter):
     def set(self, secrets: Iterable[str]) -> None:
         forms = {form for s in secrets for form in _written(s) if len(s) >= 4}
         self.secrets = tuple(sorted(forms, key=len, reverse=True))
+
+    def record(self, record: logging.LogRecord, formatter: logging.Formatter) -> logging.LogRecord:
+        """A copy of `record` whose message, fields and traceback are scrubbed."""
+        copy = logging.makeLogRecord(record.__dict__)
+        copy.msg, copy.args = self.scrub(record.getMessage()), None
+        copy.__dict__.update({k: self._value(v) for k, v in _extras(record).items()})
+        if record.exc_info:
+            copy.exc_text = self.scrub(formatter.formatException(record.exc_info))
+            copy.exc_info = None
+        return copy
+
+    def _value(self, value: Any) -> Any:
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, tuple):
+            return tuple(self._value(v) for v in value)
+        if isinstance(value, list | set | frozenset):
+            return [self._value(v) for v in value]
+        if isinstance(value, dict):
+            return {self._value(k): self._value(v) for k, v in value.items()}
+        return self.scrub(value if isinstance(value, str) else str(value))
 
     def scrub(self, text: str) -> str:
         """`text` with every form of every secret replaced by ***: also for text that is cut
@@ -69,7 +99,8 @@ class ScrubSecrets(logging.Filter):
 
 
 def _written(secret: str) -> set[str]:
-    """`secret` as a line can carry it: as is, inside a JSON or Python string, URL-encoded."""
+    """`secret` as a value can carry it: as is, URL-encoded, or inside a JSON or Python string
+    (a body or an exception message quoting it)."""
     return {
         secret,
         orjson.dumps(secret).decode()[1:-1],  # a `"` or `\` in a password, in a JSON line
@@ -85,7 +116,9 @@ class _ScrubbingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.scrub = scrub
 
     def format(self, record: logging.LogRecord) -> str:
-        return self.scrub.scrub(super().format(record))
+        if self.scrub.secrets and self.formatter is not None:
+            record = self.scrub.record(record, self.formatter)
+        return super().format(record)
 
 
 SCRUB = ScrubSecrets()

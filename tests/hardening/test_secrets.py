@@ -19,6 +19,7 @@ import hmac
 import json
 import logging
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -304,3 +305,29 @@ def test_a_secret_is_scrubbed_in_the_forms_a_line_writes_it(fmt: str) -> None:
     line = handler.format(record)
     assert "***" in line
     assert not any(part in line for part in ("Xq", "Zk", "Wv", "Yj")), line
+
+
+def test_a_secret_that_reads_like_json_leaves_the_json_line_whole() -> None:
+    """A webhook header value such as `null`, `true` or `8080` is a secret too: replaced in the
+    formatted line, it turned `"group":null` into `"group":***`, a line no JSON reader takes."""
+    scrub = ScrubSecrets()
+    scrub.set(["null", "true", "8080", "warning"])
+    handler = _ScrubbingHandler(scrub)
+    handler.setFormatter(JsonFormatter())
+    try:
+        raise ValueError("refused by h:8080")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.makeLogRecord(
+        {"msg": "sent to %s", "args": ("h:8080",), "levelname": "WARNING", "exc_info": exc_info}
+    )
+    record.__dict__.update(group=None, retryable=True, port=8080, tags=("null-island",))
+    line = json.loads(handler.format(record))
+    assert (line["level"], line["group"], line["retryable"], line["port"]) == (
+        "warning",
+        None,
+        True,
+        8080,
+    )
+    assert (line["msg"], line["tags"]) == ("sent to h:***", ["***-island"])
+    assert "refused by h:***" in line["exc"] and "8080" not in line["exc"]
