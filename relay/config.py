@@ -8,6 +8,7 @@ passed in by the caller (the channel registry), so this module knows no channel.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -54,6 +55,38 @@ def header_value_problem(text: str) -> str | None:
     if _HEADER_CONTROL.search(text):
         return "cannot contain control characters (but tab)"
     return None
+
+
+_HOST_REFUSED = re.compile(r"[\x00-\x20\x7f<>\"{}|\\^`]")  # no client can send these in a host
+
+
+def url_problem(url: str) -> str | None:
+    """Why no request can be made of `url` (an http(s) URL), or None. Python's own words are
+    not repeated: they quote the [bracketed] part, perhaps a piece of a user:password."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "is not a valid URL"
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is no number or out of range
+        return "has no valid host and port"
+    if not host or port == 0 or not _usable_host(host):
+        return "has no valid host and port"
+    return None
+
+
+def _usable_host(host: str) -> bool:
+    """A name of labels of 1 to 63 characters (DNS's, and what IDNA encodes) without spaces or
+    delimiters, or an IPv6 literal."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    labels = host.removesuffix(".").split(".")
+    return all(0 < len(label) <= 63 for label in labels) and _HOST_REFUSED.search(host) is None
 
 
 def _bare_token(value: Any) -> Any:
@@ -331,11 +364,9 @@ class RealtimeConfig(Strict):
     def _url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("api_url must be an http:// or https:// URL")
-        try:
-            user = urlsplit(value).username
-        except ValueError:  # Python's words quote the [bracketed] part: perhaps a password's
-            raise ValueError("api_url is not a valid URL") from None
-        if user is not None:  # the client refuses it beside the bearer key
+        if (problem := url_problem(value)) is not None:
+            raise ValueError(f"api_url {problem}")
+        if urlsplit(value).username is not None:  # the client refuses it beside the bearer key
             raise ValueError("api_url cannot carry a user:password; secret_key authenticates")
         return value.rstrip("/")
 

@@ -84,7 +84,22 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
         ),
         (
             "channels:\n  x: {type: webhook, url: 'https://[::1/b?k=s3cr3t'}\n",
-            "c.yaml:2: channels.x.url: url has no valid host and port",
+            "c.yaml:2: channels.x.url: url is not a valid URL",
+        ),
+        *(  # no request can be made of these hosts: every send was dead as `invalid URL`
+            (
+                f"channels:\n  x: {{type: webhook, url: '{url}'}}\n",
+                "c.yaml:2: channels.x.url: url has no valid host and port",
+            )
+            for url in (
+                "https://hooks..example.com/b",
+                "https://exa mple.com/b",
+                "https://.example.com/b",
+            )
+        ),
+        (
+            "channels:\n  x: {type: slack, webhook_url: 'https://hooks.slack .com/services/T'}\n",
+            "c.yaml:2: channels.x.webhook_url: webhook_url has no valid host and port",
         ),
         (
             "channels:\n  x: {type: webhook, url: 'http://a/b', secret: nope!}\n",

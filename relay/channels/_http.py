@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from relay.config import url_problem
 from relay.errors import DeliveryError, wire_failure
 from relay.retry_after import parse_retry_after
 
@@ -33,13 +34,15 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 def https_or_local(url: str, what: str) -> str:
     """`url` if it is https:// (or http:// to this machine, for tests); else ValueError."""
+    scheme = url.partition("://")[0].lower()
     try:
-        parts = urlsplit(url)
-    except ValueError:  # Python's words quote the [bracketed] part: perhaps a user:password's
-        raise ValueError(f"{what} is not a valid URL") from None
-    local = parts.scheme == "http" and parts.hostname in LOCAL_HOSTS
-    if not parts.hostname or not (parts.scheme == "https" or local):
+        host = urlsplit(url).hostname
+    except ValueError:  # said below, without Python's words (they may quote a password)
+        host = None
+    if not (scheme == "https" or (scheme == "http" and host in LOCAL_HOSTS)):
         raise ValueError(f"{what} must be an https:// URL (http:// only for localhost)")
+    if (problem := url_problem(url)) is not None:
+        raise ValueError(f"{what} {problem}")
     return url
 
 

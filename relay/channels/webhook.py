@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
-from relay.config import ChannelSettings, header_value_problem
+from relay.config import ChannelSettings, header_value_problem, url_problem
 
 # relay's own (the body's type, the Standard Webhooks headers) and the framing the HTTP client
 # owns: a Transfer-Encoding or Content-Encoding of the user's lied about the body, and each
@@ -60,14 +60,6 @@ def _header_value(value: SecretStr) -> SecretStr:
     return value
 
 
-def _host_and_port(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        return bool(parts.hostname) and (parts.port is None or parts.port > 0)
-    except ValueError:  # a port that is no number or out of range, a broken [IPv6]
-        return False
-
-
 Secrets = SecretStr | list[SecretStr] | None
 
 
@@ -96,8 +88,8 @@ class WebhookSettings(ChannelSettings):
         text = value.get_secret_value()
         if not text.startswith(("http://", "https://")) or len(text) < 10:
             raise ValueError("url must be an http:// or https:// URL")
-        if not _host_and_port(text):  # else every send fails as `invalid URL`
-            raise ValueError("url has no valid host and port")
+        if (problem := url_problem(text)) is not None:  # else every send fails: invalid URL
+            raise ValueError(f"url {problem}")
         return value
 
     @model_validator(mode="after")

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp import web
+from pydantic import ValidationError
 
 from relay import channels
 from relay.channels import REGISTRY, Channel, ChannelEnv, Outgoing
@@ -353,15 +354,18 @@ async def test_a_refused_port_is_a_retryable_network_error(
     assert_no_secrets(err, target.kind.secrets, caplog)
 
 
-async def test_a_host_idna_cannot_encode_is_a_permanent_invalid_url(
-    target: HttpTarget, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("kind", sorted(HTTP_KINDS))
+@pytest.mark.parametrize("host", ["hooks..example.com", "exa mple.com", "a" * 64 + ".example.com"])
+def test_a_host_no_request_can_be_made_of_is_refused_with_the_settings(
+    kind: str, host: str
 ) -> None:
-    """An empty label in the host (`hooks..example.com`): aiohttp raised UnicodeError at every
-    send, a traceback in `relay send-test` and "channel raised unexpectedly" until max_age."""
-    caplog.set_level(logging.DEBUG)
-    err = await failure(target.channel("https://hooks..example.com"), target.kind.type)
-    assert (err.reason, err.retryable, err.detail) == ("other", False, "invalid URL")
-    assert_no_secrets(err, target.kind.secrets, caplog)
+    """An empty label, a space or a label past DNS's 63 characters: aiohttp raised UnicodeError
+    (or sent nothing) at every send, a dead letter for each alert; `relay check` refuses them."""
+    raw = HTTP_KINDS[kind].settings(f"https://{host}")
+    with pytest.raises(ValidationError) as info:
+        REGISTRY[raw["type"]].settings.model_validate(raw)
+    assert "has no valid host and port" in str(info.value)
+    assert not [s for s in HTTP_KINDS[kind].secrets if s in str(info.value)]
 
 
 async def test_a_user_password_basic_auth_cannot_carry_is_a_permanent_invalid_url(
