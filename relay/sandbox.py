@@ -1,7 +1,10 @@
 """The hardened Jinja sandbox shared by templates and rule `when:` expressions.
 
 Beyond Jinja's own sandbox: dunders and unsafe attributes raise SecurityError; `*`, `**`, `%`,
-str.format and padding refuse huge sizes. Inside `time_budget(s)` (the Renderer's renders) every
+str.format and padding refuse huge sizes, and so do the steps that build a large text or list
+out of small ones (`~`, `+`, replace, join, indent, expandtabs, and writing a list out whole):
+one such step cannot be stopped halfway, so it is refused before it runs when its result would
+pass MAX_VALUE_CHARS. Inside `time_budget(s)` (the Renderer's renders) every
 `for` loop and every call checks the clock, so nested loops or runaway recursion raise
 RenderTimeout instead of holding the event loop (and every channel) for minutes.
 """
@@ -41,6 +44,7 @@ MAX_WIDTH = 100_000  # widths of format strings, padding methods and filters lik
 # one rendered part: a webhook body carries the run whole (its error stack twice), so twice the
 # largest run intake takes by default (server.max_body_bytes, 1 MiB) must fit, with room
 MAX_OUTPUT_CHARS = 4_000_000
+MAX_VALUE_CHARS = MAX_OUTPUT_CHARS  # one text (or list written out) a step may build
 RENDER_BUDGET_S = 1.0  # one notification, every part: the default templates take milliseconds
 _LOOP_BUDGET = "_loop_budget"  # the filter every `for` loop's iterable goes through
 _CHECK_EVERY = 256  # loop items between two looks at the clock
@@ -54,8 +58,40 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+class OutputTooLarge(SecurityError):
+    """A step would build a text (or a list to write out) past MAX_VALUE_CHARS."""
+
+
+def _weight(value: Any, limit: int = MAX_VALUE_CHARS) -> int:
+    """About the characters `value` written out takes (each reference counted), counting
+    stops once past `limit`: lists of references to one large text cost nothing to build."""
+    total, stack = 0, [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, str | bytes):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            total += 2 + 4 * len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            total += 2 + 2 * len(item)
+            stack.extend(item)
+        else:
+            total += 8
+    return total
+
+
+def _check_weight(*values: Any, extra: int = 0) -> None:
+    if extra + sum(_weight(v) for v in values) > MAX_VALUE_CHARS:
+        raise OutputTooLarge(f"the result would exceed {MAX_VALUE_CHARS} characters")
+
+
 def _check_binop(operator: str, left: Any, right: Any) -> None:
-    if operator == "**" and _is_int(left) and _is_int(right) and abs(left) > 1 and right > 0:
+    if operator == "+":
+        if isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
+            _check_weight(left, right)
+    elif operator == "**" and _is_int(left) and _is_int(right) and abs(left) > 1 and right > 0:
         if right * math.log2(abs(left)) > MAX_INT_BITS:
             raise SecurityError(f"`**` result would exceed {MAX_INT_BITS} bits")
     elif operator == "*":
@@ -63,6 +99,8 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
             if isinstance(seq, _SEQUENCES) and _is_int(count):
                 if len(seq) * count > MAX_SEQUENCE_LEN:
                     raise SecurityError(f"`*` result would exceed {MAX_SEQUENCE_LEN} items")
+                if count > 0 and _weight(seq, MAX_VALUE_CHARS // count) * count > MAX_VALUE_CHARS:
+                    raise OutputTooLarge(f"`*` result would exceed {MAX_VALUE_CHARS} characters")
                 return
         if (
             _is_int(left)
@@ -77,6 +115,40 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
 def _check_int_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     if any(_is_int(a) and abs(a) > MAX_WIDTH for a in (*args, *kwargs.values())):
         raise SecurityError(f"argument larger than {MAX_WIDTH}")
+
+
+def _check_replace(text: str, old: Any, new: Any, count: Any = None) -> None:
+    if not (isinstance(old, str) and isinstance(new, str)) or len(new) <= len(old):
+        return
+    found = text.count(old) if old else len(text) + 1
+    if _is_int(count) and count >= 0:
+        found = min(found, count)
+    if len(text) + found * (len(new) - len(old)) > MAX_VALUE_CHARS:
+        raise OutputTooLarge(f"replace would exceed {MAX_VALUE_CHARS} characters")
+
+
+def _check_join(separator: Any, items: Any) -> list[Any] | Any:
+    """`items` as a list when it is an iterable that join would write out (checked)."""
+    if isinstance(items, str) or not isinstance(items, Iterable):
+        return items
+    items = list(items)
+    gaps = max(len(items) - 1, 0) * len(as_text(separator))
+    _check_weight(items, extra=gaps)
+    return items
+
+
+def _check_str_method(text: str, name: str, args: tuple[Any, ...], kw: Mapping[str, Any]) -> Any:
+    """`args`, checked for the str methods that can build a large text from a small call."""
+    _check_int_args(args, kw)
+    if name == "replace":
+        _check_replace(text, *args[:3], **kw)
+    elif name == "join" and args:
+        return (_check_join(text, args[0]), *args[1:])
+    elif name == "expandtabs":
+        size = next(iter((*args, *kw.values())), 8)
+        if _is_int(size) and len(text) + text.count("\t") * size > MAX_VALUE_CHARS:
+            raise OutputTooLarge(f"expandtabs would exceed {MAX_VALUE_CHARS} characters")
+    return args
 
 
 class RenderTimeout(SecurityError):
@@ -120,14 +192,25 @@ class _BudgetedLoops(CodeGenerator):
             loop.iter.set_lineno(loop.lineno)
         super().visit_Template(node, frame)
 
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        """`a ~ b` as Jinja writes it, its operands checked by environment.concat_operands."""
+        join = "markup_join" if frame.eval_ctx.autoescape else "str_join"
+        if frame.eval_ctx.volatile:
+            join = "(markup_join if context.eval_ctx.volatile else str_join)"
+        self.write(f"{join}(environment.concat_operands((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write(")))")
+
 
 class _Environment(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "%"})
+    intercepted_binops = frozenset({"+", "*", "**", "%"})
     code_generator_class = _BudgetedLoops
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         _check_binop(operator, left, right)
-        return super().call_binop(context, operator, left, right)
+        return _checked_result(super().call_binop(context, operator, left, right))
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         _check_name(obj, attribute)
@@ -142,9 +225,27 @@ class _Environment(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _check_deadline()
-        if isinstance(getattr(__obj, "__self__", None), str):  # 'x'.ljust(10**9) and friends
-            _check_int_args(args, kwargs)
-        return super().call(__context, __obj, *args, **kwargs)
+        text = getattr(__obj, "__self__", None)
+        if isinstance(text, str):  # 'x'.ljust(10**9), 'x'.replace('x', big) and friends
+            args = _check_str_method(text, getattr(__obj, "__name__", ""), args, kwargs)
+        return _checked_result(super().call(__context, __obj, *args, **kwargs))
+
+    @staticmethod
+    def concat(chunks: Iterable[str]) -> str:
+        """Jinja's join of a buffer (a macro's, a `{% set %}` block's, a `{% filter %}`'s ...),
+        refused past MAX_VALUE_CHARS: `{% set v %}{{ v }}{{ v }}{% endset %}` in a loop."""
+        parts, size = [], 0
+        for chunk in chunks:
+            size += len(chunk)
+            if size > MAX_VALUE_CHARS:
+                raise OutputTooLarge(f"a text of more than {MAX_VALUE_CHARS} characters")
+            parts.append(chunk)
+        return "".join(parts)
+
+    def concat_operands(self, parts: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The operands of `~`, checked: their text together within MAX_VALUE_CHARS."""
+        _check_weight(*parts)
+        return parts
 
 
 def _check_name(obj: Any, name: Any) -> None:
@@ -163,14 +264,84 @@ def _width_guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         _check_int_args(args[skip:], kwargs)
+        if fn.__name__ in ("do_batch", "do_slice"):  # (value, count, fill_with): count copies
+            _check_fill(*args[skip:], **kwargs)
         return fn(*args, **kwargs)
 
     return guarded
 
 
+def _check_fill(count: Any = 0, fill_with: Any = None, **_: Any) -> None:
+    if not _is_int(count) or count <= 0 or fill_with is None:
+        return
+    if _weight(fill_with, MAX_VALUE_CHARS // count) * count > MAX_VALUE_CHARS:
+        raise OutputTooLarge(f"the fill would exceed {MAX_VALUE_CHARS} characters")
+
+
 def _format(value: Any, *args: Any, **kwargs: Any) -> str:
     _check_binop("%", as_text(value), None)
     return as_text(value) % (kwargs or args)
+
+
+def _sum_guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`sum`, refusing to add up lists (or texts) past MAX_VALUE_CHARS."""
+
+    @functools.wraps(fn)
+    def guarded(env: Any, iterable: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(iterable, list | tuple):
+            _check_weight(iterable)
+        return fn(env, iterable, *args, **kwargs)
+
+    return guarded
+
+
+def _result_checked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` (any filter), refusing a text result past MAX_VALUE_CHARS: filters that escape or
+    quote (e, tojson, urlencode ...) make a text a few times longer at most, so no loop can
+    double a text until it fills the memory."""
+
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        return _checked_result(fn(*args, **kwargs))
+
+    return checked
+
+
+def _checked_result(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+        raise OutputTooLarge(f"a value of more than {MAX_VALUE_CHARS} characters")
+    return value
+
+
+def _checked_replace(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: Any = None) -> Any:
+        _check_replace(as_text(s), as_text(old), as_text(new), count)
+        return fn(eval_ctx, s, old, new, count)
+
+    return replace
+
+
+def _checked_join(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def join(ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
+        if attribute is None:  # else the items are not written out whole
+            value = _check_join(d, value)
+        return fn(ctx, value, d, attribute)
+
+    return join
+
+
+def _checked_indent(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def indent(s: Any, width: Any = 4, *args: Any, **kwargs: Any) -> Any:
+        _check_int_args((width,), {})
+        pad = len(width) if isinstance(width, str) else width if _is_int(width) else 0
+        if len(as_text(s)) + (as_text(s).count("\n") + 1) * pad > MAX_VALUE_CHARS:
+            raise OutputTooLarge(f"indent would exceed {MAX_VALUE_CHARS} characters")
+        return fn(s, width, *args, **kwargs)
+
+    return indent
 
 
 class _MissingIsNone(ChainableUndefined):
@@ -223,10 +394,15 @@ def environment(
         finalize=_none_as_empty,
     )
     env.globals.pop("lipsum", None)  # a text generator with unbounded sizes; useless here
-    for name in ("center", "indent", "batch", "slice", "wordwrap", "truncate"):
+    for name in ("center", "batch", "slice", "wordwrap", "truncate"):
         env.filters[name] = _width_guarded(env.filters[name])
     ours = (money, duration, truncate_chars, tojson, stack, status_emoji, mrkdwn)
     env.filters.update({f.__name__: f for f in ours}, format=_format)
+    env.filters["sum"] = _sum_guarded(env.filters["sum"])
+    env.filters["replace"] = _checked_replace(env.filters["replace"])
+    env.filters["join"] = _checked_join(env.filters["join"])
+    env.filters["indent"] = _checked_indent(env.filters["indent"])
+    env.filters.update({name: _result_checked(f) for name, f in env.filters.items()})
     env.filters[_LOOP_BUDGET] = _loop_budget
     return env
 

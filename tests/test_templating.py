@@ -583,6 +583,60 @@ def test_hostile_templates_fall_back_quickly(tmp_path: Path, source: str) -> Non
     assert rendered.parts["txt"] == fallback_text(context(load_run("failed")))
 
 
+def _grown(start: str, step: str, then: str = "|length") -> str:
+    """A template setting a value to `start`, then 7 times to `step` of it (`v`), printing it."""
+    return (
+        f"{{% set ns = namespace(v={start}) %}}{{% for i in range(7) %}}"
+        f"{{% set ns.v = {step.replace('v', 'ns.v')} %}}{{% endfor %}}{{{{ ns.v{then} }}}}"
+    )
+
+
+# each builds ~10 million characters in one step, or doubles a value in a loop: refused before
+# the step runs (or right after a step that only multiplies a few times), as one `replace` or `~`
+# cannot be stopped halfway: 100x these sizes held a render for seconds and gigabytes
+AMPLIFIERS = [
+    "{{ ('x' * 3000)|replace('x', 'y' * 3000)|length }}",
+    "{{ ('x' * 3000).replace('x', 'y' * 3000)|length }}",
+    "{{ range(3000)|join('y' * 3000)|length }}",
+    "{{ ('y' * 3000).join(['x'] * 3000)|length }}",
+    "{{ ('\\t' * 3000).expandtabs(3000)|length }}",
+    "{{ ('a\\n' * 3000)|indent('y' * 3000)|length }}",
+    "{{ (['x' * 100000] * 100)|join|length }}",
+    "{{ [1]|batch(3000, 'x' * 3000)|list|string|length }}",
+    "{{ [1]|batch(3000, 'x' * 3000)|list|tojson|length }}",
+    "{{ [1]|slice(3000, 'x' * 3000)|list|upper|length }}",
+    "{% set l = ['x' * 3000] * 1000 %}{{ [l, l, l, l]|sum(start=[])|length }}",
+    _grown("'x' * 100000", "v ~ v"),
+    _grown("'x' * 100000", "v + v"),
+    _grown("['x' * 100000]", "v + v", "|join|length"),
+    _grown("'x' * 100000", "'%s%s' % (v, v)"),
+    _grown("'x' * 100000", "'{0}{0}'.format(v)"),
+    _grown("'\"' * 100000", "v|tojson"),
+    "{% macro twice(s) %}{{ s }}{{ s }}{% endmacro %}" + _grown("'x' * 100000", "twice(v)"),
+    "{% set ns = namespace(v='x' * 100000) %}{% for i in range(7) %}"
+    "{% set block %}{{ ns.v }}{{ ns.v }}{% endset %}{% set ns.v = block %}"
+    "{% endfor %}{{ ns.v|length }}",
+]
+
+
+@pytest.mark.parametrize("source", AMPLIFIERS)
+def test_huge_intermediate_values_are_refused(tmp_path: Path, source: str) -> None:
+    rendered = render_source(tmp_path, source)
+    assert rendered.fallback, rendered.parts
+    assert rendered.error is not None and rendered.error.startswith("OutputTooLarge in console/t")
+
+
+def test_large_values_within_the_limits_still_render(tmp_path: Path) -> None:
+    source = (
+        "{{ ('x' * 1000)|replace('x', 'yy')|length }} {{ range(1000)|join('--')|length }} "
+        "{{ (['ab' * 1000] * 100)|join|length }} {{ ([{'a': 1}] * 2)|join(',', attribute='a') }} "
+        "{{ (('x' * 100000) ~ ('y' * 100000))|length }} "
+        "{{ ([1, 2] + [3])|tojson }} {{ 'a' ~ 1 }} {{ ('\\t' * 10).expandtabs(4)|length }}"
+    )
+    expected = "2000 4888 200000 1,1 200000 [1,2,3] a1 40"
+    assert render_source(tmp_path, source).parts["txt"] == expected
+
+
 CPU_BURNERS = [
     "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
     "{% set s = 'x' * 100000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",
