@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from string import Formatter
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -158,10 +159,19 @@ class Defaults(Strict):
     @field_validator("dashboard_url")
     @classmethod
     def _placeholders(cls, value: str) -> str:
-        for name in re.findall(r"\{([^}]*)\}", value):
-            if name not in DASHBOARD_FIELDS:
+        """Checked as str.format reads it when a link is made: a brace left open (or closed
+        alone) is refused here, not by every notification; `{{`/`}}` are literal braces."""
+        try:
+            fields = [(n, c, s) for _, n, s, c in Formatter().parse(value) if n is not None]
+        except ValueError:
+            raise ValueError("a lone { or }: write {{ or }} for a literal brace") from None
+        for name, conversion, spec in fields:
+            if name not in DASHBOARD_FIELDS or conversion or spec:
+                written = (
+                    name + (f"!{conversion}" if conversion else "") + (f":{spec}" * bool(spec))
+                )
                 raise ValueError(
-                    f"unknown placeholder {{{name}}}; use {', '.join(DASHBOARD_FIELDS)}"
+                    f"unknown placeholder {{{written}}}; use {', '.join(DASHBOARD_FIELDS)}"
                 )
         return value
 

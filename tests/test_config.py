@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from relay.channels import settings_models
-from relay.config import parse_config
-from relay.configure import load
+from relay.config import Defaults, parse_config
+from relay.configure import dashboard_link, load
 from relay.durations import format_duration, parse_duration
 from relay.errors import ConfigError
 from relay.settings import load_settings
@@ -115,6 +115,9 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
         ),
         ("defaults: {timeout: soon}\n", "c.yaml:1: defaults.timeout: expected a duration"),
         ("defaults: {dashboard_url: 'https://x/{nope}'}\n", "unknown placeholder {nope}"),
+        ("defaults: {dashboard_url: 'https://x/{run_id!r}'}\n", "unknown placeholder {run_id!r}"),
+        ("defaults: {dashboard_url: 'https://x/{run_id'}\n", "dashboard_url: a lone { or }"),
+        ("defaults: {dashboard_url: 'https://x/}/{run_id}'}\n", "dashboard_url: a lone { or }"),
         ("defaults: {retry: {max_attempts: 0}}\n", "defaults.retry.max_attempts"),
         (
             "rules:\n  - name: a\n    notify: []\n",
@@ -239,6 +242,13 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
 def test_bad_config_is_named_with_its_line(text: str, expected: str) -> None:
     found = problems(text)
     assert any(expected in p for p in found), found
+
+
+def test_a_dashboard_url_may_hold_literal_braces() -> None:
+    defaults = Defaults(dashboard_url="https://x/{{a}}/{run_id}?t={task}")
+    assert dashboard_link(defaults)({"id": "run_1", "taskIdentifier": "a/b"}) == (
+        "https://x/{a}/run_1?t=a%2Fb"
+    )
 
 
 def test_every_problem_is_reported_not_just_the_first() -> None:
