@@ -230,6 +230,16 @@ class _Environment(ImmutableSandboxedEnvironment):
             args = _check_str_method(text, getattr(__obj, "__name__", ""), args, kwargs)
         return _checked_result(super().call(__context, __obj, *args, **kwargs))
 
+    def call_filter(self, name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        """A filter called by another one (`map('string')`), per item: looks at the clock."""
+        _check_deadline()
+        return super().call_filter(name, value, *args, **kwargs)
+
+    def call_test(self, name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        """A test called by a filter (`select('in', items)`), per item: looks at the clock."""
+        _check_deadline()
+        return super().call_test(name, value, *args, **kwargs)
+
     @staticmethod
     def concat(chunks: Iterable[str]) -> str:
         """Jinja's join of a buffer (a macro's, a `{% set %}` block's, a `{% filter %}`'s ...),
@@ -283,14 +293,27 @@ def _format(value: Any, *args: Any, **kwargs: Any) -> str:
     return as_text(value) % (kwargs or args)
 
 
+class _Accumulator(list[Any]):
+    """The `start=[]` of a `sum` of lists: `+` extends it in place, so adding up n lists costs
+    their length, not n times it (Python's sum copies the total at each step)."""
+
+    def __add__(self, other: Any) -> Any:
+        if not isinstance(other, list):
+            return list(self) + other  # the TypeError Python's sum would give
+        self.extend(other)
+        return self
+
+
 def _sum_guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`sum`, refusing to add up lists (or texts) past MAX_VALUE_CHARS."""
+    """`sum`, refusing to add up lists (or texts) past MAX_VALUE_CHARS, in linear time."""
 
     @functools.wraps(fn)
-    def guarded(env: Any, iterable: Any, *args: Any, **kwargs: Any) -> Any:
+    def guarded(env: Any, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
         if isinstance(iterable, list | tuple):
             _check_weight(iterable)
-        return fn(env, iterable, *args, **kwargs)
+        if type(start) is list:
+            return list(fn(env, iterable, attribute, _Accumulator(start)))
+        return fn(env, iterable, attribute, start)
 
     return guarded
 

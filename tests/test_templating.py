@@ -634,6 +634,8 @@ def test_large_values_within_the_limits_still_render(tmp_path: Path) -> None:
         "{{ ([1, 2] + [3])|tojson }} {{ 'a' ~ 1 }} {{ ('\\t' * 10).expandtabs(4)|length }}"
     )
     expected = "2000 4888 200000 1,1 200000 [1,2,3] a1 40"
+    source += " {{ ([[1]] * 30000)|sum(start=[0])|length }} {{ [[1], [2]]|sum(start=[]) }}"
+    expected += " 30001 [1, 2]"
     assert render_source(tmp_path, source).parts["txt"] == expected
 
 
@@ -642,6 +644,8 @@ CPU_BURNERS = [
     "{% set s = 'x' * 100000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}",
     "{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
     "{% for a in [1] * 50000 recursive %}{{ loop([2] * 50000) if a == 1 }}{% endfor %}",
+    "{{ range(99999)|select('in', range(99999)|list)|list|length }}",
+    "{{ range(99999)|map('string')|reject('in', range(99999)|map('string')|list)|list }}",
 ]
 
 
