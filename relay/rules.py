@@ -34,7 +34,7 @@ from relay.model import (
     Timing,
     normalise_status,
 )
-from relay.sandbox import expression_sandbox
+from relay.sandbox import RENDER_BUDGET_S, expression_sandbox, time_budget
 from relay.windows import InhibitRule, NamedTimeInterval
 
 log = logging.getLogger("relay.rules")
@@ -374,7 +374,8 @@ def _when_predicate(name: str, source: str) -> Predicate:
     def check(run: Run) -> bool:
         try:
             data = run.as_dict()
-            return bool(expression(run=data, **{k: data.get(k) for k in WHEN_NAMES[1:]}))
+            with time_budget(RENDER_BUDGET_S):  # as a render: never a stalled intake
+                return bool(expression(run=data, **{k: data.get(k) for k in WHEN_NAMES[1:]}))
         except Exception as exc:
             log.warning(
                 "rule `when` failed; treating as no match",

@@ -121,6 +121,17 @@ def test_when_expressions(when: str, fields: dict[str, Any], expected: bool) -> 
     assert matched(rules, run(**fields)) == (["r"] if expected else [])
 
 
+def test_a_when_past_the_render_budget_is_stopped_as_no_match() -> None:
+    """Run data can make an innocent expression quadratic: 30000 tags against a 30000-item
+    allow-list held the intake for ~10 s; it is stopped after the render budget (1 s)."""
+    rules = ruleset(
+        "  - name: r\n    when: \"run.tags|select('in', metadata.allow)|list|length > 0\"\n"
+        "    notify: [c]\n"
+    )
+    items = [f"t{i}" for i in range(30000)]
+    assert matched(rules, run(tags=items, metadata={"allow": items[::-1]})) == []
+
+
 def test_bad_when_is_a_config_problem_with_line() -> None:
     text = "channels: {c: {type: console}}\nrules:\n  - name: r\n    when: 'run.status =='\n    notify: [c]\n"
     loaded = parse_config(text, "c.yaml", settings_models(), {})
