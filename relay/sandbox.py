@@ -24,8 +24,9 @@ import jinja2
 from jinja2 import ChainableUndefined, Undefined, nodes
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
-from jinja2.runtime import Context
+from jinja2.runtime import Context, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedEnvironment
+from markupsafe import Markup
 
 from relay.filters import (
     as_text,
@@ -228,7 +229,12 @@ class _Environment(ImmutableSandboxedEnvironment):
         text = getattr(__obj, "__self__", None)
         if isinstance(text, str):  # 'x'.ljust(10**9), 'x'.replace('x', big) and friends
             args = _check_str_method(text, getattr(__obj, "__name__", ""), args, kwargs)
-        return _checked_result(super().call(__context, __obj, *args, **kwargs))
+        result = super().call(__context, __obj, *args, **kwargs)
+        if isinstance(__obj, Macro) and not __obj._default_autoescape:
+            # a macro of a file that does not autoescape wrote its arguments as they are: text,
+            # which Jinja would mark safe in an autoescaping caller (an `*.html.j2` part)
+            result = str(result) if isinstance(result, Markup) else result
+        return _checked_result(result)
 
     def call_filter(self, name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
         """A filter called by another one (`map('string')`), per item: looks at the clock."""

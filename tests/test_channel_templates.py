@@ -338,6 +338,19 @@ def test_email_digest_and_success_read_well() -> None:
     assert "  • nightly-backfill (scheduled)" in success["txt"].splitlines()
 
 
+def test_email_digest_escapes_what_its_macros_say_of_run_data() -> None:
+    """The per-run lines come from macros of email/_macros.j2 (not autoescaped): called from
+    the HTML part, Jinja marked their output safe, so an error message wrote raw HTML."""
+    hostile = '<img src=x onerror=alert(1)> "q"'
+    runs = [
+        sdk("failed", id="run_a", error={"name": "Error", "message": hostile}),
+        sdk("failed", id="run_b", dashboardUrl='https://x/run_b"><script>x</script>'),
+    ]
+    html = render("email", "digest", digest_ctx("email", runs))["html"]
+    assert "<img" not in html and "<script" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt; &#34;q&#34;" in html
+
+
 @pytest.mark.parametrize("channel_type", ["email", "slack"])
 def test_a_preview_run_names_its_branch(channel_type: str) -> None:
     """A preview environment is known by its branch (Trigger.dev's own alerts title it so),

@@ -513,6 +513,28 @@ def test_html_templates_autoescape(tmp_path: Path) -> None:
     assert plain.parts["txt"] == "<b>task</b>"
 
 
+def test_html_templates_escape_what_a_plain_text_macro_returns(tmp_path: Path) -> None:
+    """A macro of a file that is not autoescaped returns text, not markup, wherever it is
+    called: the HTML part escapes it (Jinja would mark it safe in an autoescaping caller)."""
+    (tmp_path / "email").mkdir()
+    (tmp_path / "email" / "_mine.j2").write_text("{% macro b(x) %}<b>{{ x }}</b>{% endmacro %}")
+    (tmp_path / "email" / "_mine.html.j2").write_text(
+        "{% macro b(x) %}<b>{{ x }}</b>{% endmacro %}"
+    )
+    run = {**load_run("failed"), "taskIdentifier": "<i>task</i>"}
+    source = (
+        '{% import "email/_macros.j2" as m %}{% import "email/_mine.j2" as t %}'
+        '{% import "email/_mine.html.j2" as h %}'
+        "{{ m.first_line(run.taskIdentifier) }}|{{ t.b(run.taskIdentifier) }}|"
+        "{{ h.b(run.taskIdentifier) }}"
+    )
+    assert render_source(tmp_path, source, run, "email", "html").parts["html"] == (
+        "&lt;i&gt;task&lt;/i&gt;|&lt;b&gt;&lt;i&gt;task&lt;/i&gt;&lt;/b&gt;|<b>&lt;i&gt;task&lt;/i&gt;</b>"
+    )
+    text = render_source(tmp_path, source, run, "email", "txt").parts["txt"]
+    assert text == "<i>task</i>|<b><i>task</i></b>|<b>&lt;i&gt;task&lt;/i&gt;</b>"
+
+
 def test_invalid_json_falls_back(tmp_path: Path) -> None:
     run = load_run("failed")
     rendered = render_source(
