@@ -34,7 +34,7 @@ from relay.model import (
     Timing,
     normalise_status,
 )
-from relay.sandbox import RENDER_BUDGET_S, expression_sandbox, time_budget
+from relay.sandbox import RENDER_BUDGET_S, expression_sandbox, time_budget, unknown_filters
 from relay.windows import InhibitRule, NamedTimeInterval
 
 log = logging.getLogger("relay.rules")
@@ -366,6 +366,8 @@ def _when_predicate(name: str, source: str) -> Predicate:
     if unknown:
         known = ", ".join(WHEN_NAMES)
         raise TemplateError(f"unknown name `{unknown[0]}` (an expression can read {known})")
+    for _, why in unknown_filters(env, expr)[:1]:  # in `a if b else c|f`, Jinja waits to run it
+        raise TemplateError(why)
     dunder = _dunder_names(expr)
     if dunder:
         raise TemplateError(f"`{dunder[0]}` is not allowed (the sandbox refuses `__` names)")

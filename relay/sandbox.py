@@ -436,6 +436,20 @@ def environment(
     return env
 
 
+def unknown_filters(env: jinja2.Environment, ast: nodes.Node) -> list[tuple[int, str]]:
+    """(line, what) of each filter or test `ast` uses that `env` does not have. Jinja refuses
+    one when it compiles, except inside an `if` (or `x if y`), where it waits for the line to
+    run: a typo there (`|truncte(100)`) would pass `relay check` and give the fallback."""
+    found = []
+    for node in ast.find_all((nodes.Filter, nodes.Test)):
+        kind, known = (
+            ("filter", env.filters) if isinstance(node, nodes.Filter) else ("test", env.tests)
+        )
+        if node.name not in known:
+            found.append((node.lineno, f"No {kind} named {node.name!r}."))
+    return found
+
+
 def sandbox() -> SandboxedEnvironment:
     """A fresh hardened sandbox with relay's filters, as templates see it."""
     return environment()

@@ -35,6 +35,7 @@ from relay.sandbox import (
     environment,
     sandbox,
     time_budget,
+    unknown_filters,
 )
 
 __all__ = ["RenderContext", "Rendered", "Renderer", "fallback_json", "fallback_text", "sandbox"]
@@ -387,6 +388,8 @@ class Renderer:
             return f"template {exc.name} not found"
         except (UnicodeDecodeError, OSError):
             return f"{template}: not a readable UTF-8 file"
+        for line, unknown in unknown_filters(self._env, ast)[:1]:
+            return f"{template} line {line}: {unknown}"
         for line, ref in _references(ast):
             why = None if ref in seen else self._check(ref, seen, missing)
             if why == f"template {ref} not found":
@@ -408,10 +411,13 @@ class Renderer:
                 continue
             try:
                 self._env.get_template(name)
+                unknown = unknown_filters(self._env, self._parse(name))
             except TemplateSyntaxError as exc:
                 found.append(f"{exc.name or name} line {exc.lineno}: {exc.message}")
             except (UnicodeDecodeError, OSError):
                 found.append(f"{name}: not a readable UTF-8 file")
+            else:
+                found.extend(f"{name} line {line}: {why}" for line, why in unknown[:1])
         return found
 
     def render(

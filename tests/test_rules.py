@@ -140,6 +140,18 @@ def test_bad_when_is_a_config_problem_with_line() -> None:
     assert "invalid expression" in problems[0].message
 
 
+def test_a_when_with_an_unknown_filter_in_a_branch_is_a_problem() -> None:
+    """Jinja refuses `run.id|nosuch` when compiling, but waits in `a if b else c|nosuch`."""
+    text = (
+        "channels: {c: {type: console}}\nrules:\n  - name: r\n"
+        '    when: "run.durationMs if run.isTest else run.costInCents|mony > 1"\n    notify: [c]\n'
+    )
+    loaded = parse_config(text, "c.yaml", settings_models(), {})
+    _, problems = compile_rules(loaded.config.rules, loaded.locate)
+    assert [p.location for p in problems] == ["c.yaml:4"]
+    assert "No filter named 'mony'" in problems[0].message
+
+
 @pytest.mark.parametrize(
     ("when", "unknown"), [("runn.durationMs > 1", "runn"), ("run.x or tags | length", "tags")]
 )

@@ -790,6 +790,41 @@ def test_an_unknown_filter_is_a_check_problem_not_a_crash(tmp_path: Path) -> Non
     assert renderer.unknown_names("console", "run", "txt") == []
 
 
+@pytest.mark.parametrize(
+    ("source", "why"),
+    [
+        (
+            "{% if error %}\n{{ error.message|truncte(100) }}\n{% endif %}",
+            "No filter named 'truncte'.",
+        ),
+        ("{{ 'x' if run.tags else run.id|mony }}\n", "No filter named 'mony'."),
+        ("{% if run.tags is sequense %}x{% endif %}\n", "No test named 'sequense'."),
+        ("{% if run %}{% filter uper %}x{% endfilter %}{% endif %}\n", "No filter named 'uper'."),
+    ],
+)
+def test_an_unknown_filter_in_a_branch_is_a_check_problem(
+    tmp_path: Path, source: str, why: str
+) -> None:
+    """Jinja waits for the line to run before refusing an unknown filter or test inside an `if`:
+    relay check said OK, and the rule sent the fallback whenever the branch was taken."""
+    (tmp_path / "console").mkdir()
+    (tmp_path / "console" / "run.txt.j2").write_text(source)
+    (tmp_path / "console" / "unused.txt.j2").write_text(source)
+    renderer = Renderer(tmp_path)
+    line = 2 if source.startswith("{% if error %}") else 1
+    assert renderer.check("console", "run", "txt") == f"console/run.txt.j2 line {line}: {why}"
+    assert f"console/unused.txt.j2 line {line}: {why}" in renderer.broken_overrides()
+
+
+def test_every_shipped_template_uses_only_known_filters_and_tests() -> None:
+    renderer = Renderer()
+    for path in sorted(shipped_templates_dir().rglob("*.j2")):
+        channel_type, file = path.relative_to(shipped_templates_dir()).parts
+        name, part = file.removesuffix(".j2").rsplit(".", 1) if file.count(".") > 1 else (file, "")
+        if part:
+            assert renderer.check(channel_type, name, part) is None, path
+
+
 def test_the_dashboard_url_filter_links_any_run(tmp_path: Path) -> None:
     (tmp_path / "console").mkdir()
     (tmp_path / "console" / "t.txt.j2").write_text(
