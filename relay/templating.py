@@ -128,12 +128,20 @@ def _error_line(error: Mapping[str, Any] | None) -> str:
 
 def _summary(run: Mapping[str, Any], error: Mapping[str, Any] | None) -> str:
     status = as_text(run.get("status")) or "UNKNOWN"
-    task = as_text(run.get("taskIdentifier")) or "unknown task"
     line = " · ".join(
-        filter(None, (f"{status_emoji(status)} {status}", task, as_text(run.get("id"))))
+        filter(None, (f"{status_emoji(status)} {status}", _what(run), as_text(run.get("id"))))
     )
     detail = _error_line(error)
     return truncate_chars(f"{line}: {detail}" if detail else line, 300)
+
+
+def _what(run: Mapping[str, Any]) -> str:
+    """What the event is about: the task of a run (or error group), the deployed version."""
+    if not str(run.get("event") or "").startswith("deployment"):
+        return as_text(run.get("taskIdentifier")) or "unknown task"
+    deployment = run.get("deployment")
+    version = deployment.get("version") if isinstance(deployment, Mapping) else None
+    return f"deployment {as_text(version)}" if version else "deployment"
 
 
 CONTEXT_NAMES = frozenset(

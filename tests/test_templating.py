@@ -564,6 +564,18 @@ def test_fallback_text() -> None:
     assert orjson.loads(fallback_json(huge))["run"] == {"id": "run_1", "big": "[omitted: not JSON]"}
 
 
+def test_a_deployment_fallback_names_the_deployment_not_an_unknown_task() -> None:
+    deployment = {
+        "id": "deployment_1",
+        "event": "deployment.failed",
+        "status": "FAILED",
+        "taskIdentifier": "",
+        "deployment": {"id": "deployment_1", "version": "20260820.2"},
+    }
+    ctx = RenderContext(deployment, "r", "c", "console", "ntf_1", None)
+    assert fallback_text(ctx) == "🔴 FAILED · deployment 20260820.2 · deployment_1 (rule: r)"
+
+
 # ----------------------------------------------------------------------------- the sandbox
 
 HOSTILE = [
