@@ -46,6 +46,17 @@ def test_good_config_loads_with_interpolation() -> None:
     assert "http://127.0.0.1:9/x" in loaded.secrets()  # webhook URLs embed keys: secret
 
 
+def test_header_values_are_scrubbed_when_they_are_credentials_not_every_word() -> None:
+    """`X-Team: core` (SPEC's own example) made every "core" in the logs read "***" (a rule
+    `core-failures`, a task `core/sync`); credentials by name or by length are still scrubbed."""
+    headers = "{X-Team: core, X-Api-Key: k1x, Authorization: 'Bearer t', X-Route: 'a1b2c3d4e5'}"
+    text = GOOD.replace("{X-Team: core}", headers)
+    loaded = parse_config(text, "c.yaml", settings_models(), {"TOKEN": "tok-123456"})
+    secrets = loaded.secrets()
+    assert {"k1x", "Bearer t", "a1b2c3d4e5"} <= set(secrets)
+    assert "core" not in secrets
+
+
 def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
     text = GOOD.replace(
         "  out: {type: console}",
