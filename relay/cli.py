@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     settings: Settings | None = None
     try:
         settings = load_settings()
+        SCRUB.lasting(settings.secrets())
         sub: str | None = getattr(args, "dlq_command", None) or getattr(
             args, "silence_command", None
         )

@@ -63,10 +63,18 @@ class ScrubSecrets(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.secrets: tuple[str, ...] = ()
+        self._lasting: tuple[str, ...] = ()  # the environment's (the store's password)
 
     def set(self, secrets: Iterable[str]) -> None:
-        forms = {form for s in secrets for form in _written(s) if len(s) >= 4}
+        """The config's secrets (replacing the last config's), besides the lasting ones."""
+        every = (*self._lasting, *secrets)
+        forms = {form for s in every for form in _written(s) if len(s) >= 4}
         self.secrets = tuple(sorted(forms, key=len, reverse=True))
+
+    def lasting(self, secrets: Iterable[str]) -> None:
+        """Secrets of the process's settings, kept through every config reload."""
+        self._lasting = tuple(secrets)
+        self.set(())
 
     def record(self, record: logging.LogRecord, formatter: logging.Formatter) -> logging.LogRecord:
         """A copy of `record` whose message, fields and traceback are scrubbed."""

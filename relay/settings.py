@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,14 @@ class Settings(BaseSettings):
             return value.strip().lower()
         level = value.strip().upper()
         return "WARNING" if level == "WARN" else level  # Alertmanager's --log.level=warn
+
+    def secrets(self) -> list[str]:
+        """The password in store_url, to keep out of every output."""
+        try:
+            password = urlsplit(self.store_url).password
+        except ValueError:
+            return []
+        return [unquote(password)] if password else []
 
     @field_validator("store_url", mode="before")
     @classmethod

@@ -31,6 +31,7 @@ import pytest
 from aiohttp import web
 
 from relay.logs import JsonFormatter, ScrubSecrets, TextFormatter, _ScrubbingHandler
+from relay.settings import Settings
 from tests.conftest import FIXTURES, RelayProcess, run_cli, sdk_run
 
 SIGNING_KEY = b"SeCrEt-sign-1234567890-key-bytes"
@@ -331,3 +332,17 @@ def test_a_secret_that_reads_like_json_leaves_the_json_line_whole() -> None:
     )
     assert (line["msg"], line["tags"]) == ("sent to h:***", ["***-island"])
     assert "refused by h:***" in line["exc"] and "8080" not in line["exc"]
+
+
+def test_the_store_password_is_scrubbed_through_every_config() -> None:
+    """RELAY_STORE_URL's password is the environment's, not the config's: it stays on the
+    scrub list when a reload replaces the config's secrets (percent-decoded, as libpq reads it)."""
+    settings = Settings(store_url="postgresql://relay:pg%2FPw-Zq81@127.0.0.1:5432/relay")
+    assert settings.secrets() == ["pg/Pw-Zq81"]
+    scrub = ScrubSecrets()
+    scrub.lasting(settings.secrets())
+    scrub.set(["config-secret-1"])
+    scrub.set(["config-secret-2"])  # a reload
+    said = scrub.scrub("pg/Pw-Zq81 pg%2FPw-Zq81 config-secret-1 config-secret-2")
+    assert said == "*** *** config-secret-1 ***"
+    assert Settings(store_url="sqlite:///data/relay.db").secrets() == []
