@@ -52,8 +52,12 @@ class Settings(BaseSettings):
     @field_validator("store_url", mode="before")
     @classmethod
     def _trimmed(cls, value: object) -> object:
-        """A URL holds no whitespace: a secret file's newline is not part of the database name."""
-        return value.strip() if isinstance(value, str) else value
+        """A URL holds no whitespace: a secret file's newline is not part of the database name.
+        Its scheme is read in any case, as URL schemes are (`PostgreSQL://`)."""
+        if not isinstance(value, str):
+            return value
+        scheme, colon, rest = value.strip().partition(":")
+        return scheme.lower() + colon + rest if colon else scheme
 
     @field_validator("config", mode="before")
     @classmethod

@@ -507,9 +507,9 @@ def test_environment_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.setenv("RELAY_LISTEN", " 127.0.0.1:0\n")  # from a .env file or a YAML block
     monkeypatch.setenv("RELAY_LOG_LEVEL", "warn")  # Alertmanager's word
     monkeypatch.setenv("RELAY_LOG_FORMAT", " Text ")
-    monkeypatch.setenv("RELAY_STORE_URL", "postgresql://relay@db:5432/relay\n")  # a secret file
+    monkeypatch.setenv("RELAY_STORE_URL", "PostgreSQL://relay@db:5432/Relay\n")  # a secret file
     settings = load_settings()
-    assert settings.store_url == "postgresql://relay@db:5432/relay"  # was database "relay\n"
+    assert settings.store_url == "postgresql://relay@db:5432/Relay"  # was database "relay\n"
     assert settings.listen_host_port == ("127.0.0.1", 0)
     assert (settings.log_level, settings.log_format) == ("WARNING", "text")
 
