@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import socket
 import sqlite3
 import sys
@@ -176,7 +177,10 @@ async def test_503_is_retried_then_delivered_once(relay: RelayFactory, sink: Sin
     assert len(sink.received) == 4 and len(ids) == 1
 
 
-async def test_400_is_dead_then_replay_delivers(relay: RelayFactory, sink: Sink) -> None:
+async def test_400_is_dead_then_replay_delivers(
+    relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay.http")
     sink.responses = [status(400, text="bad payload")]
     r = await relay(config(sink.url))
     await r.post(failing_run())
@@ -193,6 +197,8 @@ async def test_400_is_dead_then_replay_delivers(relay: RelayFactory, sink: Sink)
     assert sink.received[1].headers["webhook-id"] == dead["id"]
     async with r.http.post(r.url + "/v1/dlq/ntf_unknown/replay") as resp:
         assert resp.status == 404
+    said = [(rec.getMessage(), rec.__dict__.get("notification_id")) for rec in caplog.records]
+    assert said.count(("dead notification replayed", dead["id"])) == 1
 
 
 async def test_attempts_exhausted_is_dead_and_replay_all(relay: RelayFactory, sink: Sink) -> None:

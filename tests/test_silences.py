@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +200,10 @@ async def test_a_silence_added_from_the_cli_mutes_as_soon_as_it_returns(
     assert (counts["sent"], counts["muted"]) == (1, 1)
 
 
-async def test_silence_api_errors_and_listing(relay: RelayFactory) -> None:
+async def test_silence_api_errors_and_listing(
+    relay: RelayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay.http")
     r = await relay(CONFIG.format(url="http://127.0.0.1:9"))
     for body, field in [
         ({"ends_at": "2099-01-01T00:00:00Z"}, "matchers"),
@@ -232,6 +236,9 @@ async def test_silence_api_errors_and_listing(relay: RelayFactory) -> None:
     code, one = await api(r, "GET", f"/v1/silences/{pending['id']}")  # expired: still there
     assert (code, one["state"]) == (200, "expired")
     assert len((await api(r, "GET", "/v1/silences?expired=1"))[1]["silences"]) == 1
+    said = [(rec.getMessage(), rec.__dict__.get("silence")) for rec in caplog.records]
+    assert said.count(("silence created", pending["id"])) == 1  # an audit trail in the log
+    assert said.count(("silence expired", pending["id"])) == 1
 
 
 async def test_silence_api_needs_the_admin_token(relay: RelayFactory) -> None:

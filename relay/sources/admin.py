@@ -6,6 +6,7 @@ Behind server.admin_token (falling back to server.auth_token), like the dead-let
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -17,9 +18,17 @@ from relay.history import event_view, history_query, notification_view
 from relay.silences import new_silence, parse_matchers, parse_time, silence_view
 
 if TYPE_CHECKING:
+    from relay.model import Silence
     from relay.sources.http import HttpDeps
 
 MAX_SILENCE_BODY = 64 * 1024
+log = logging.getLogger("relay.http")
+
+
+def _said(what: str, silence: Silence) -> None:
+    """An operator's change to what is muted, in the log as Alertmanager's audit would have it."""
+    extra = {"silence": silence.id, "matchers": silence.matchers, "created_by": silence.created_by}
+    log.info(what, extra=extra)
 
 
 class SilenceHandlers:
@@ -52,6 +61,7 @@ class SilenceHandlers:
             return error(400, exc.message, exc.field or None)
         await self.deps.store.add_silence(silence)
         self.deps.silences_changed()
+        _said("silence created", silence)
         return json_response(silence_view(silence, now), 201)
 
     async def list(self, request: web.Request) -> web.Response:
@@ -87,6 +97,7 @@ class SilenceHandlers:
         if silence is None:
             return error(404, "no silence with that id", "id")
         self.deps.silences_changed()
+        _said("silence expired", silence)
         return json_response(silence_view(silence, now))
 
 

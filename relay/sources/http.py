@@ -291,6 +291,7 @@ class Handlers:
         if not moved:
             return error(404, "no dead notification with that id", "id")
         self.deps.wake_all()
+        log.info("dead notification replayed", extra={"notification_id": ident})
         return json_response({"replayed": moved})
 
     async def dlq_replay_all(self, request: web.Request) -> web.Response:
@@ -298,6 +299,7 @@ class Handlers:
             return unauthorized()
         moved = await self.deps.store.replay(None, self.deps.clock())
         self.deps.wake_all()
+        log.info("dead notifications replayed", extra={"replayed": moved})
         return json_response({"replayed": moved})
 
 
