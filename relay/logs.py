@@ -45,11 +45,21 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(data, default=str).decode()
 
 
+_LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r", "\x85": "\\x85", "\u2028": "\\u2028"})
+
+
+def _one_line(value: object) -> str:
+    """`value` as text that cannot start a line of its own: a run id or task name carrying a
+    line break would otherwise write a forged line into a text log."""
+    return str(value).translate(_LINE_BREAKS)
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        fields = " ".join(f"{k}={v}" for k, v in _extras(record).items())
-        line = f"{stamp} {record.levelname:<7} {record.getMessage()} {fields}".rstrip()
+        fields = " ".join(f"{k}={_one_line(v)}" for k, v in _extras(record).items())
+        said = _one_line(record.getMessage())
+        line = f"{stamp} {record.levelname:<7} {said} {fields}".rstrip()
         if (exc := _exception(self, record)) is not None:
             line += "\n" + exc
         return line

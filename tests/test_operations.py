@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import aiohttp
 import pytest
 
 from relay.configure import compile_config, config_fingerprint, load
+from relay.logs import TextFormatter
 from relay.service import Service
 from relay.settings import Settings
 from relay.store import open_store
@@ -358,3 +360,15 @@ async def test_serve_runs_on_uvloop_when_it_is_installed(
     [listening] = [e for e in proc.logs if e.get("msg") == "listening"]
     installed = importlib.util.find_spec("uvloop") is not None  # the dev extra has it
     assert listening["event_loop"] == ("uvloop" if installed else "asyncio")
+
+
+def test_a_text_log_line_stays_one_line_whatever_a_run_carries() -> None:
+    """A run id or task with a line break wrote a forged line into a text log (`RELAY_LOG_FORMAT
+    =text`): what comes from outside is written with its line breaks escaped."""
+    forged = "run_1\n12:00:00 ERROR   store unavailable\r\u2028"
+    record = logging.makeLogRecord(
+        {"msg": "rule matched: %s", "args": (forged,), "levelname": "INFO", "run_id": forged}
+    )
+    line = TextFormatter().format(record)
+    assert "\n" not in line and "\r" not in line and "\u2028" not in line
+    assert line.endswith(r"run_id=run_1\n12:00:00 ERROR   store unavailable\r\u2028")
