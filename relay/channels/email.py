@@ -236,9 +236,13 @@ def tls_context(smtp: SmtpSettings) -> ssl.SSLContext:
     return context
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def one_line(text: str, limit: int = SUBJECT_MAX_CHARS) -> str:
-    """Whitespace (line breaks included) collapsed to single spaces, cut to `limit` with '…'."""
-    line = " ".join(text.split())
+    """Whitespace (line breaks included) and control characters (a NUL from run data: servers
+    refuse the mail) collapsed to single spaces, cut to `limit` with '…'."""
+    line = " ".join(_CONTROL.sub(" ", text).split())
     return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
 
 

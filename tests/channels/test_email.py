@@ -167,6 +167,14 @@ def test_subject_is_one_line_and_capped_whatever_the_template_says() -> None:
     assert subject.endswith("…")
 
 
+def test_control_characters_of_run_data_leave_the_subject() -> None:
+    """A NUL or BEL from a task name went raw into the Subject header (servers refuse a NUL)."""
+    parts = {**rendered(), "subject": "failed: task\x00\x07name\x7f end"}
+    mail = build_message(email_settings(25), outgoing(parts))
+    assert str(mail["Subject"]) == "failed: task name end"
+    assert b"\x00" not in mail.as_bytes()
+
+
 # ----------------------------------------------------------------------------- settings
 
 
