@@ -137,7 +137,7 @@ class InhibitRule(_Strict):
     name: str = Field(min_length=1)
     source_match: dict[str, Any] | None = None
     source_digest: DigestSource | None = None
-    target_match: dict[str, Any] = {}
+    target_match: dict[str, Any] = {"event": "run"}
     equal: list[str] = []
     duration: Duration = 1800.0
 

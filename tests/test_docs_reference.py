@@ -15,6 +15,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import yaml
+
+from relay.durations import parse_duration
 from relay.sandbox import environment
 from tests.conftest import REPO, RelayProcess, run_cli, sdk_run
 from tools import config_reference
@@ -88,3 +91,38 @@ def test_operations_backup_command_copies_a_running_store(tmp_path: Path) -> Non
     assert sdk_run("failed")["id"] in history.stdout
     migrated = run_cli("migrate", env=env)
     assert "up to date" in migrated.stdout, migrated.stdout + migrated.stderr
+
+
+def _default_value(cell: str) -> object:
+    """A Default cell that is one backticked literal, as a value (durations in seconds)."""
+    literal = re.fullmatch(r"`([^`]*)`", cell.strip())
+    if literal is None:
+        return NO_LITERAL
+    text = literal.group(1)
+    try:
+        return parse_duration(text)
+    except ValueError:
+        return yaml.safe_load(text)
+
+
+NO_LITERAL = object()
+
+
+def test_readme_defaults_agree_with_the_models() -> None:
+    """A default the README states as a literal is the one the code applies (and the reference
+    generated from the models shows): `target_match` read `{}` there, `{event: run}` in use."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    disagree = []
+    for table in config_reference.yaml_tables():
+        described = config_reference.readme_rows(readme, table.readme_marker)
+        for key, info in config_reference.rows(table):
+            row = described.get(key)
+            if row is None or row.default is None:
+                continue
+            stated, applied = (
+                _default_value(row.default),
+                _default_value(config_reference.default(info)),
+            )
+            if NO_LITERAL not in (stated, applied) and stated != applied:
+                disagree.append(f"{table.heading} {key}: README {row.default}, code {applied!r}")
+    assert not disagree, disagree
