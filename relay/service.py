@@ -271,8 +271,9 @@ class Service:
 
     async def _metrics_text(self) -> tuple[bytes, str]:
         with contextlib.suppress(StoreUnavailable):
-            counts, oldest = await self.store.counts(), await self.store.oldest_pending()
-            self.metrics.set_outbox(counts, oldest, time.time())
+            now = time.time()
+            counts, oldest = await self.store.counts(), await self.store.oldest_pending(now)
+            self.metrics.set_outbox(counts, oldest, now)
         return self.metrics.render(), METRICS_CONTENT_TYPE
 
     async def _prune_forever(self) -> None:

@@ -195,8 +195,10 @@ class Store(Protocol):
     async def counts(self) -> dict[str, int]:
         """Number of notifications by state: pending, sent, dead, muted."""
 
-    async def oldest_pending(self) -> float | None:
-        """created_at of the oldest pending notification; None when nothing is pending."""
+    async def oldest_pending(self, now: float) -> float | None:
+        """Since when the longest-waiting pending notification waits: its created_at, or for a
+        digest's run not tried yet its group's flush time (before that it waits by design and
+        does not count); None when nothing counts."""
 
     async def group_flushed(self, group_key: str, now: float) -> dict[str, str]:
         """Record that a group's digest went out (a later digest, of runs that joined while it

@@ -330,9 +330,13 @@ class PostgresStore:
         counts.update({row["state"]: int(row["n"]) for row in rows})
         return counts
 
-    async def oldest_pending(self) -> float | None:
+    async def oldest_pending(self, now: float) -> float | None:
         value = await self._fetchval(
-            "SELECT MIN(created_at) FROM relay_outbox WHERE state = 'pending'"
+            "SELECT MIN(CASE WHEN group_key IS NOT NULL AND attempts = 0 THEN not_before"
+            " ELSE created_at END) FROM relay_outbox"
+            " WHERE state = 'pending' AND NOT (group_key IS NOT NULL AND attempts = 0"
+            " AND not_before > $1)",
+            now,
         )
         return None if value is None else float(value)
 

@@ -265,10 +265,14 @@ class SQLiteStore:
         counts.update({state: int(n) for state, n in rows})
         return counts
 
-    async def oldest_pending(self) -> float | None:
+    async def oldest_pending(self, now: float) -> float | None:
         value = await self._writer.run(
             lambda conn: conn.execute(
-                "SELECT MIN(created_at) FROM outbox WHERE state = 'pending'"
+                "SELECT MIN(CASE WHEN group_key IS NOT NULL AND attempts = 0 THEN not_before"
+                " ELSE created_at END) FROM outbox"
+                " WHERE state = 'pending' AND NOT (group_key IS NOT NULL AND attempts = 0"
+                " AND not_before > ?)",
+                (now,),
             ).fetchone()[0]
         )
         return None if value is None else float(value)

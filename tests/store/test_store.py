@@ -153,14 +153,28 @@ async def test_claim_leases_respects_channel_not_before_and_order(store: Store) 
 
 
 async def test_oldest_pending_is_what_waits_longest(store: Store) -> None:
-    assert await store.oldest_pending() is None
+    assert await store.oldest_pending(now=5.0) is None
     first = (await enqueue(store, "run_1", 10.0))[0]
     await enqueue(store, "run_2", 20.0, "c2")
-    assert await store.oldest_pending() == 10.0
+    assert await store.oldest_pending(now=25.0) == 10.0
     await store.claim("c1", now=30.0, limit=1, lease_s=60)  # claimed, still pending
-    assert await store.oldest_pending() == 10.0
+    assert await store.oldest_pending(now=30.0) == 10.0
     await store.mark_sent(first, now=31.0, attempts=1)
-    assert await store.oldest_pending() == 20.0
+    assert await store.oldest_pending(now=31.0) == 20.0
+
+
+async def test_a_digest_run_waiting_for_its_group_is_not_overdue(store: Store) -> None:
+    """A run held for its digest (cookbook: group_interval 24h) waits by design: it counts from
+    its group's flush time, so RelayOldestPendingOld does not page about a working digest; once
+    an attempt failed it counts from its creation, like any notification."""
+    [held] = ids(await store.observe([make_run("run_1", taskIdentifier="t/a")], decide_digest, 100))
+    assert await store.oldest_pending(now=129.0) is None  # due at 130 (group_wait 30 s)
+    assert await store.oldest_pending(now=140.0) == 130.0
+    await store.claim("d", now=140.0, limit=10, lease_s=60)
+    await store.mark_retry(
+        held, now=141.0, not_before=200.0, attempts=1, reason="network", error="network"
+    )
+    assert await store.oldest_pending(now=150.0) == 100.0
 
 
 async def test_next_due_accounts_for_leases(store: Store) -> None:
