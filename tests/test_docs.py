@@ -870,6 +870,26 @@ def container(venv: Path, root: Path) -> Iterator[tuple[subprocess.Popen[str], d
             proc.wait(10)
 
 
+@pytest.mark.parametrize(("host", "listen"), [("127.0.0.1", "0.0.0.0"), ("::1", "[::1]")])
+def test_the_healthcheck_probes_the_address_relay_listens_on(host: str, listen: str) -> None:
+    """RELAY_LISTEN=[::1]:8080 (an IPv6-only pod): the probe asked 127.0.0.1 and failed."""
+    probe = healthcheck_command(stages()[-1])
+    probe[0] = sys.executable
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as server:
+        server.bind((host, 0))
+        server.listen()
+        port = server.getsockname()[1]
+        env = {**os.environ, "RELAY_LISTEN": f"{listen}:{port}"}
+        with subprocess.Popen(probe, env=env, stderr=subprocess.DEVNULL) as proc:
+            server.settimeout(10)
+            conn, _ = server.accept()  # the probe came to the address relay listens on
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            assert proc.wait(10) == 0
+
+
 @needs_wheel
 def test_image_command_serves_and_passes_its_healthcheck(venv: Path, tmp_path: Path) -> None:
     probe = healthcheck_command(stages()[-1])
