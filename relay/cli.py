@@ -16,7 +16,7 @@ import orjson
 
 from relay import __version__
 from relay.configure import BUILTIN_NAME, Compiled, compile_config, load
-from relay.errors import ConfigError, InputError, RelayError
+from relay.errors import ConfigError, InputError, Problem, RelayError
 from relay.logs import SCRUB, setup_logging
 from relay.model import SILENCE_MATCHERS
 from relay.service import serve
@@ -211,7 +211,13 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         if getattr(args, "config", args.file) != args.file:
             raise RelayError("give the config once: as --config or as FILE, not both")
         args.config = args.file
-    compiled = _compiled(args, settings)
+    store_problems = _store_url_problems(settings.store_url)
+    try:
+        compiled = _compiled(args, settings)
+    except ConfigError as exc:
+        raise ConfigError([*exc.problems, *store_problems]) from None
+    if store_problems:
+        raise ConfigError(store_problems)
     for warning in compiled.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     config = compiled.loaded.config
@@ -220,6 +226,18 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         name = "built-in default (no config file found)"
     print(f"{name}: OK: {len(config.channels)} channels, {len(config.rules)} rules")
     return 0
+
+
+def _store_url_problems(url: str) -> list[Problem]:
+    """What is wrong with the form of RELAY_STORE_URL (no connection is made): `relay check`
+    names it, as it names a bad RELAY_LISTEN, rather than `relay serve` failing after an OK."""
+    from relay.store import open_store  # noqa: PLC0415
+
+    try:
+        open_store(url)
+    except ConfigError as exc:
+        return exc.problems
+    return []
 
 
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:

@@ -195,6 +195,27 @@ rules:
     assert "OK" in set_.stdout
 
 
+def test_check_names_a_store_url_relay_serve_would_refuse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CI gate of `relay check` said OK, then `relay serve` stopped at once on the URL."""
+    good = str(write(tmp_path / "good.yaml", GOOD))
+    bad = str(write(tmp_path / "bad.yaml", "rules: [{name: r, notify: [nope]}]\n"))
+    monkeypatch.setenv("RELAY_STORE_URL", "mysql://u:pw@h/db")
+    assert relay_main(["check", good]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "pw" not in err
+    assert err.splitlines() == [
+        "RELAY_STORE_URL: unsupported store scheme 'mysql' (use sqlite:///... or postgresql://...)",
+        "1 problem(s) found",
+    ]
+    assert relay_main(["check", bad]) == 1  # with the config's own problems, every one
+    assert "unknown channel 'nope'" in capsys.readouterr().err.splitlines()[0]
+    monkeypatch.setenv("RELAY_STORE_URL", f"sqlite:///{tmp_path}/never/made.db")
+    assert relay_main(["check", good]) == 0
+    assert not (tmp_path / "never").exists()  # the form is checked; nothing is opened
+
+
 def test_check_warns_of_a_config_without_rules(tmp_path: Path) -> None:
     empty, channels_only = parallel(
         cli("check", str(write(tmp_path / "empty.yaml", ""))),
