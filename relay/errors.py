@@ -15,6 +15,7 @@ token or other secret.
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +122,17 @@ def causes(exc: BaseException) -> list[BaseException]:
         chain.append(current)
         current = current.__cause__ or current.__context__
     return chain
+
+
+def tls_failure(exc: BaseException) -> str | None:
+    """Why a TLS connection failed ("TLS: certificate not trusted": see SSL_CERT_FILE), from
+    the ssl error behind a client library's exception; None when TLS is not the cause."""
+    for cause in causes(exc):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return "TLS: certificate not trusted"
+        if isinstance(cause, ssl.SSLError):
+            return "TLS: handshake failed"
+    return None
 
 
 def wire_failure(exc: BaseException) -> str | None:

@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from relay.config import url_problem
-from relay.errors import DeliveryError, wire_failure
+from relay.errors import DeliveryError, tls_failure, wire_failure
 from relay.retry_after import parse_retry_after
 
 _BODY_SNIPPET = 200
@@ -124,7 +124,7 @@ class HttpClient:
             # a user:password not in Latin-1 (Basic auth): the same at every send
             raise DeliveryError("other", retryable=False, detail="invalid URL") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
-            detail = wire_failure(exc) or type(exc).__name__  # not the URL: it may hold a secret
+            detail = tls_failure(exc) or wire_failure(exc) or type(exc).__name__  # never the URL
             raise DeliveryError("network", retryable=True, detail=detail) from None
         except aiohttp.ClientResponseError as exc:
             raise DeliveryError("other", retryable=True, detail=f"HTTP {exc.status}") from None

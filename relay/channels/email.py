@@ -56,7 +56,7 @@ from pydantic import (
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.config import ChannelSettings, Strict, from_config_dir
-from relay.errors import DeliveryError, causes, wire_failure
+from relay.errors import DeliveryError, tls_failure, wire_failure
 
 log = logging.getLogger("relay.channels.email")
 
@@ -343,7 +343,7 @@ def classify(exc: BaseException) -> DeliveryError:
         return _by_code(next((c for c in codes if 400 <= c < 500), codes[0]), auth=False)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return _by_code(exc.code, auth=isinstance(exc, aiosmtplib.SMTPAuthenticationError))
-    tls = _tls_error(exc)
+    tls = tls_failure(exc)
     if tls is not None:
         return DeliveryError("network", retryable=True, detail=tls)
     if isinstance(exc, OSError | aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected):
@@ -373,15 +373,6 @@ def _by_code(code: int, *, auth: bool) -> DeliveryError:
     if 500 <= code < 600:
         return DeliveryError("client_error", retryable=False, detail=detail, status=code)
     return DeliveryError("other", retryable=True, detail=detail, status=code)
-
-
-def _tls_error(exc: BaseException) -> str | None:
-    for cause in causes(exc):
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return "TLS: certificate not trusted"
-        if isinstance(cause, ssl.SSLError):
-            return "TLS: handshake failed"
-    return None
 
 
 def _network_detail(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from relay.errors import ConfigError, Problem, StoreUnavailable
+from relay.errors import ConfigError, Problem, StoreUnavailable, tls_failure, wire_failure
 
 SCHEMES = ("postgresql", "postgres")
 DB_ERRORS: tuple[type[BaseException], ...] = (
@@ -65,6 +65,7 @@ def unavailable(what: str, exc: BaseException) -> StoreUnavailable:
     """StoreUnavailable naming the kind of an asyncpg/socket error, never its text."""
     sqlstate = getattr(exc, "sqlstate", None)
     kind = type(exc).__name__ + (f" ({sqlstate})" if isinstance(sqlstate, str) else "")
+    kind = tls_failure(exc) or wire_failure(exc) or kind  # "connection refused", not its class
     error = StoreUnavailable(f"{what}: {kind}")
     error.__cause__ = exc
     return error

@@ -48,7 +48,7 @@ from tests.conftest import Sink, sdk_run
 from tests.fakes.slack import TOKEN, WEBHOOK_PATH, FakeSlack, Reply, api_error, fake_slack
 
 if TYPE_CHECKING:  # imported by pytest as a plugin, so its asserts are rewritten
-    from tests.fakes.smtp import FakeSMTP, SmtpFactory
+    from tests.fakes.smtp import FakeSMTP, Pki, SmtpFactory
 
 # the fake SMTP server takes AUTH without TLS so that no TLS set-up hides what the client sends
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -381,6 +381,28 @@ async def test_a_user_password_basic_auth_cannot_carry_is_a_permanent_invalid_ur
         await http.close()
     assert (err.reason, err.retryable, err.detail) == ("other", False, "invalid URL")
     assert_no_secrets(err, ("55-Zq81Lm",), caplog)
+
+
+async def test_an_untrusted_certificate_is_named_not_its_exception_class(
+    target: HttpTarget, smtp_pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`relay send-test` to a receiver with a private CA said `ClientConnectorCertificateError`;
+    it says what the email channel says: the certificate is not trusted (see SSL_CERT_FILE)."""
+    caplog.set_level(logging.DEBUG)
+    server = await asyncio.start_server(
+        lambda r, w: w.close(), "127.0.0.1", 0, ssl=smtp_pki.server_context
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        err = await failure(target.channel(f"https://127.0.0.1:{port}"), target.kind.type)
+    finally:
+        server.close()
+    assert (err.reason, err.retryable, err.detail) == (
+        "network",
+        True,
+        "TLS: certificate not trusted",
+    )
+    assert_no_secrets(err, target.kind.secrets, caplog)
 
 
 # ----------------------------------------------------------------------------- Slack's words

@@ -768,7 +768,7 @@ async def test_an_unreachable_server_is_unavailable_and_names_no_secret() -> Non
     with pytest.raises(StoreUnavailable) as caught:
         await store.open()
     text = str(caught.value)
-    assert text.startswith("store open failed: ") and "Error" in text
+    assert text == "store open failed: connection refused"  # not ConnectionRefusedError
     for secret in ("hunter2", "relay:", "relaydb", "127.0.0.1"):
         assert secret not in text
     with pytest.raises(StoreUnavailable):
@@ -921,7 +921,9 @@ async def test_tls_verify_full_trusts_ssl_cert_file(
         await admin.execute("SELECT pg_reload_conf()")
         url = pg_url + "?sslmode=verify-full"
         monkeypatch.delenv("SSL_CERT_FILE", raising=False)
-        with pytest.raises(StoreUnavailable, match="SSLCertVerificationError"):
+        with pytest.raises(
+            StoreUnavailable, match="store open failed: TLS: certificate not trusted"
+        ):
             await PostgresStore(url).open()  # our CA is in no system store
         monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
         store = PostgresStore(url)
