@@ -441,6 +441,24 @@ def test_dry_run_of_a_realtime_response_body_tests_its_rows(tmp_path: Path) -> N
     assert "skipped cmuxjbf30kqkowywawhi1r8yr: only an update" in result.stderr
 
 
+def test_dry_run_of_a_recorded_realtime_session_tests_the_runs_it_ends_with(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fixtures' session_tag_feed.json (request/response exchanges of one feed) was refused
+    with 'id: required field is missing'; its responses' messages are folded in order, so the
+    run that failed in a live response is tested with its snapshot row (in-process)."""
+    config = str(write(tmp_path / "c.yaml", GOOD))
+    session = str(FIXTURES / "electric" / "session_tag_feed.json")
+    assert relay_main(["test", session, "--config", config]) == 0
+    out, err = capsys.readouterr()
+    runs = [line for line in out.splitlines() if line.startswith("run ")]
+    assert runs == [
+        f"run {FAILED_ID}: failures",
+        "run run_cmy2trjs6h23sbbwrzm2jlnhj: no rule matched",  # still EXECUTING
+    ]
+    assert "skipped" not in err
+
+
 def test_dry_run_says_so_when_there_is_nothing_to_match(tmp_path: Path) -> None:
     """An alert type relay does not know (the endpoint ignores it), or an empty array: a line
     saying why no rule is listed, rather than no output at all."""

@@ -169,11 +169,24 @@ def recorded_body(data: Any) -> Any:
     return data
 
 
+def session_messages(data: Any) -> Any:
+    """The Electric messages of a recorded Realtime session ({"exchanges": [{request,
+    response: {status, headers, body}}, ...]}, as the fixtures' session_tag_feed.json), every
+    response body's in order; anything else as it is."""
+    exchanges = data.get("exchanges") if isinstance(data, dict) and "id" not in data else None
+    if not isinstance(exchanges, list) or not exchanges:
+        return data
+    responses = [e.get("response") for e in exchanges if isinstance(e, dict)]
+    bodies = [r.get("body") for r in responses if isinstance(r, dict)]
+    return [m for b in bodies if isinstance(b, list) for m in b if isinstance(m, dict)]
+
+
 def parse_any(data: Any, skipped: list[str] | None = None) -> list[Run]:
     """Whatever a user may hand `relay test`: runs, raw rows, an alert webhook body, a
-    Realtime response body (its rows, folded), or a recorded request holding one of them.
-    What it had to leave out is said in `skipped`."""
-    data = recorded_body(data)
+    Realtime response body (its rows, folded), a recorded request holding one of them, or a
+    recorded Realtime session (its responses' rows, folded). What it had to leave out is said
+    in `skipped`."""
+    data = session_messages(recorded_body(data))
     if _shape_log(data):
         rows = fold_messages(data)
         if skipped is not None:
