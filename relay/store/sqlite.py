@@ -9,6 +9,8 @@ writer, and BEGIN IMMEDIATE with a busy timeout makes writers queue instead of f
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -522,7 +524,7 @@ def _connect(
     try:
         conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     except sqlite3.Error as exc:
-        raise unavailable("store open failed", exc) from exc
+        raise _open_failed(path, exc) from exc
     try:
         _configure(conn, max_pages)
         conn.execute("BEGIN IMMEDIATE")
@@ -534,9 +536,42 @@ def _connect(
         rollback(conn)
         conn.close()
         if isinstance(exc, sqlite3.Error):
-            raise unavailable("store open failed", exc) from exc
+            raise _open_failed(path, exc) from exc
         raise
     return conn
+
+
+def _open_failed(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
+    """Why the file did not open: sqlite says SQLITE_CANTOPEN or SQLITE_READONLY of a volume
+    mounted read-only or owned by another user (a root-owned Docker volume); name that."""
+    kind = str(getattr(exc, "sqlite_errorname", ""))
+    why = _not_writable(path) if kind.startswith(_NOT_WRITABLE) else None
+    if why is None:
+        return unavailable("store open failed", exc)
+    error = StoreUnavailable(f"store open failed: {why}")
+    error.__cause__ = exc
+    return error
+
+
+_NOT_WRITABLE = ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM", "SQLITE_IOERR")
+
+
+def _not_writable(path: Path) -> str | None:
+    """What of the database (its directory, the file, its -wal and -shm) relay cannot write."""
+    parts = [
+        (path.parent, "the database directory"),
+        (path, "the database file"),
+        (Path(f"{path}-wal"), "the database's -wal file"),
+        (Path(f"{path}-shm"), "the database's -shm file"),
+    ]
+    for target, what in parts:
+        if not target.exists() or os.access(target, os.W_OK):
+            continue
+        with contextlib.suppress(OSError):
+            if os.statvfs(target).f_flag & os.ST_RDONLY:
+                return f"{what} is on a read-only file system"
+        return f"cannot write {what} (permission denied: relay's user must be able to write it)"
+    return None
 
 
 def _configure(conn: sqlite3.Connection, max_pages: int | None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
@@ -18,6 +19,7 @@ from relay.errors import ConfigError, StoreUnavailable
 from relay.model import notification_id
 from relay.store._sqlite_schema import SCHEMA_VERSION
 from relay.store.sqlite import SQLiteStore, sqlite_path
+from tests.hardening.test_disk import _mount_tmpfs
 from tests.store.conftest import decide, enqueue, explode_on_boom, ids, make_run
 
 
@@ -180,6 +182,27 @@ async def test_open_refuses_a_newer_schema_and_a_foreign_file(tmp_path: Path) ->
 
     with pytest.raises(StoreUnavailable, match="RELAY_STORE_URL names a directory, not a file"):
         await SQLiteStore(tmp_path).open()  # sqlite:////data: not SQLITE_CANTOPEN
+
+
+async def test_a_read_only_volume_is_named_not_sqlite_cantopen(tmp_path: Path) -> None:
+    """A data volume mounted read-only (or owned by another user) said only `store open
+    failed: SQLITE_CANTOPEN`, in `relay serve`'s log and from every store command."""
+    volume = tmp_path / "volume"
+    if not _mount_tmpfs(volume, "1m"):
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        existing = SQLiteStore(volume / "relay.db")
+        await existing.open()
+        await existing.close()
+        subprocess.run(["mount", "-o", "remount,ro", str(volume)], check=True)
+        for path in (volume / "relay.db", volume / "new.db"):
+            with pytest.raises(StoreUnavailable) as caught:
+                await SQLiteStore(path).open()
+            assert str(caught.value) == (
+                "store open failed: the database directory is on a read-only file system"
+            )
+    finally:
+        subprocess.run(["umount", "-l", str(volume)], capture_output=True, check=False)
 
 
 async def test_the_file_is_in_wal_mode_with_a_versioned_schema(store: SQLiteStore) -> None:
