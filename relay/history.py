@@ -40,7 +40,13 @@ def _since(value: str | None, now: float) -> float | None:
     try:
         return now - parse_duration(value)
     except ValueError:
+        pass
+    try:
         return parse_time(value, "since")
+    except InputError:  # both forms, not "expected an ISO-8601 time" alone
+        raise InputError(
+            "since", "expected a duration back (1h, 2d) or an ISO-8601 time (2026-11-28T18:00:00Z)"
+        ) from None
 
 
 def _limit(value: str | None) -> int:

@@ -123,6 +123,14 @@ def test_bad_history_queries(params: dict[str, str], field: str) -> None:
     assert info.value.field == field
 
 
+def test_a_bad_since_names_both_forms_it_takes() -> None:
+    """`relay history --since yesterday` said "expected an ISO-8601 time" alone, though its
+    help and the docs offer a duration back (1h) first."""
+    with pytest.raises(InputError) as info:
+        history_query({"since": "yesterday"}, 1000.0)
+    assert "1h" in info.value.message and "ISO-8601" in info.value.message
+
+
 async def test_prune_forgets_what_finished_before_the_retention(tmp_path: Path) -> None:
     from relay.model import Decision, Match, Run, RunState  # noqa: PLC0415
 
