@@ -189,8 +189,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         )
     else:
         log.info("config loaded", extra={"config": compiled.loaded.source.filename})
-    for warning in compiled.warnings:
-        log.warning(warning)
+    _log_warnings(compiled)
     events = None if args.events_fd is None else os.fdopen(args.events_fd, "w", encoding="utf-8")
     run_loop(serve(settings, compiled, Role(workers, args.delivery_worker, events)))
     return 0
@@ -226,6 +225,13 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
         name = "built-in default (no config file found)"
     print(f"{name}: OK: {len(config.channels)} channels, {len(config.rules)} rules")
     return 0
+
+
+def _log_warnings(compiled: Compiled) -> None:
+    """What `relay check` warns of (a missing templates.dir, a misspelled template variable),
+    logged: by `serve`, and by `test` and `send-test`, which render through the same templates."""
+    for warning in compiled.warnings:
+        log.warning(warning)
 
 
 def _store_url_problems(url: str) -> list[Problem]:
@@ -285,6 +291,7 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
     from relay.formats import parse_any, parse_body  # noqa: PLC0415
 
     compiled = _compiled(args, settings)
+    _log_warnings(compiled)
     try:
         data = parse_body(args.event.read_bytes())
         skipped: list[str] = []
@@ -349,6 +356,7 @@ def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:
     from relay.errors import DeliveryError  # noqa: PLC0415
 
     compiled = _compiled(args, settings)
+    _log_warnings(compiled)
     try:
         asyncio.run(send_test(compiled, args.channel))
     except DeliveryError as exc:

@@ -513,6 +513,26 @@ rules:
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
+def test_dry_run_and_send_test_warn_as_check_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt templates.dir: `relay check` warned, but `relay test` (run to try a template
+    override) rendered the shipped template without a word; now it logs the warning (in-process)."""
+    config = write(
+        tmp_path / "c.yaml",
+        "templates: {dir: ./tempaltes}\nchannels: {out: {type: console}}\n"
+        "rules: [{name: r, match: {status: [failure]}, notify: [out]}]\n",
+    )
+    for argv in (["test", str(FAILED_JSON)], ["send-test", "out"]):
+        assert relay_main([*argv, "--config", str(config)]) == 0
+        [line] = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+        assert line["level"] == "warning"
+        assert (
+            line["msg"]
+            == f"{config}:1: templates.dir: no such directory; the shipped templates apply"
+        )
+
+
 # ------------------------------------------------------------------------------ relay send-test
 
 SEND_CONFIG = """\
