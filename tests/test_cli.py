@@ -430,6 +430,23 @@ rules:
         assert "--- rule " in result.stdout and "(fallback)" not in result.stdout
 
 
+def test_dry_run_of_an_array_of_alert_webhooks_tests_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Alert bodies collected in one array were refused with the ingest endpoint's advice
+    ('a Trigger.dev alert webhook, not a run: point the alert channel at /v1/trigger/alerts')."""
+    config = str(write(tmp_path / "c.yaml", GOOD))
+    names = ("alert.run.failed.body.json", "alert.deployment.failed.body.json")
+    bodies = [json.loads((FIXTURES / "alert-webhooks" / n).read_bytes()) for n in names]
+    events = write(tmp_path / "alerts.json", json.dumps(bodies))
+    assert relay_main(["test", str(events), "--config", config]) == 0
+    runs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("run ")]
+    assert runs == [
+        f"run {FAILED_ID}: failures",
+        "run deployment_piiwr6f92xrz7zfhpvkcy: no rule matched",
+    ]
+
+
 def test_dry_run_of_a_realtime_response_body_tests_its_rows(tmp_path: Path) -> None:
     """A live Realtime response (Electric messages): the rows it leaves are tested; a run it
     only updates (changed columns, no snapshot row) is named as skipped, not an error."""

@@ -182,7 +182,7 @@ def session_messages(data: Any) -> Any:
 
 
 def parse_any(data: Any, skipped: list[str] | None = None) -> list[Run]:
-    """Whatever a user may hand `relay test`: runs, raw rows, an alert webhook body, a
+    """Whatever a user may hand `relay test`: runs, raw rows, alert webhook bodies, a
     Realtime response body (its rows, folded), a recorded request holding one of them, or a
     recorded Realtime session (its responses' rows, folded). What it had to leave out is said
     in `skipped`."""
@@ -192,9 +192,9 @@ def parse_any(data: Any, skipped: list[str] | None = None) -> list[Run]:
         if skipped is not None:
             skipped += [_partial(row) for row in rows if not is_raw_row(row)]
         return [parse_raw_run(row, f"row {i}") for i, row in enumerate(rows) if is_raw_row(row)]
-    if is_alert_webhook(data):
+    alerts = [data] if is_alert_webhook(data) else data
+    if isinstance(alerts, list) and alerts and all(map(is_alert_webhook, alerts)):
         from relay.formats.trigger_alerts import parse_alert  # noqa: PLC0415
 
-        alert = parse_alert(data)
-        return [] if alert.run is None else [alert.run]
+        return [alert.run for alert in map(parse_alert, alerts) if alert.run is not None]
     return parse_runs(data)
