@@ -26,7 +26,7 @@ from relay.config import (
     parse_config,
 )
 from relay.delivery import DIGEST_TEMPLATE, Route, render_notification
-from relay.errors import ConfigError, Problem, in_file_order
+from relay.errors import ConfigError, Problem, RelayError, in_file_order
 from relay.model import EVENT_STATUSES, Notification, Run, notification_id
 from relay.policy import TokenBucket
 from relay.rules import (
@@ -338,7 +338,7 @@ async def send_test(compiled: Compiled, channel: str) -> None:
     config = compiled.loaded.config
     if channel not in config.channels:
         known = ", ".join(sorted(config.channels)) or "none"
-        raise ConfigError([Problem("", "channel", f"unknown channel {channel!r} (known: {known})")])
+        raise RelayError(f"unknown channel {channel[:100]!r} (known: {known})")
     http = HttpClient()
     try:
         route = route_for(
