@@ -129,7 +129,12 @@ def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "check" and args.file is not None:  # `relay check config.yaml`, as
+        if getattr(args, "config", args.file) != args.file:  # `amtool check-config FILE`
+            parser.error("give the config once: as --config or as FILE, not both")  # exit 2
+        args.config = args.file
     settings: Settings | None = None
     try:
         settings = load_settings()
@@ -206,10 +211,6 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
-    if args.file is not None:  # `relay check config.yaml`, as `amtool check-config FILE`
-        if getattr(args, "config", args.file) != args.file:
-            raise RelayError("give the config once: as --config or as FILE, not both")
-        args.config = args.file
     store_problems = _store_url_problems(settings.store_url)
     try:
         compiled = _compiled(args, settings)

@@ -92,7 +92,7 @@ def test_check_a_valid_config_by_flag_argument_or_environment(tmp_path: Path) ->
         cli("check", str(good), env={"RELAY_CONFIG": str(other)}),  # amtool check-config FILE
         cli("check", "--config", str(other), str(good)),
     )
-    assert both.returncode == 1 and "not both" in both.stderr
+    assert both.returncode == 2 and "not both" in both.stderr  # usage, not a config problem
     for result in (by_flag, by_env, by_argument):
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
