@@ -40,7 +40,7 @@ The report (`--json` for one JSON object):
 - `duplicates`, `duplicate_rate`: extra 200s for an id already delivered (at-least-once: allowed,
   always with the same id; the rate is duplicates / delivered).
 - `retry_after_given`, `retry_after_violations`: 429s sent, and requests for an id that arrived
-  before the Retry-After the sink gave that id had passed (per id, the sink's own clock, 1 ms
+  before the Retry-After the sink gave that id had passed (per id, the sink's own clock, 20 ms
   tolerance) — **must be 0**; `samples.violations` says whether a kill fell in between.
 - `dead`: dead letters at the end (`GET /v1/dlq`) — 0. `relay_exceptions`: relay log lines
   with a traceback — 0. `sink_answers`: what the sink answered (`refused` = a request on a
@@ -84,7 +84,10 @@ RULE = "failures"
 CHANNELS = ("a", "b")
 FAILED_STATUSES = ("FAILED", "CRASHED", "TIMED_OUT", "SYSTEM_FAILURE")
 RELAY_TIMEOUT_S = 1.0
-RA_TOLERANCE_S = 0.001
+# A retry that ignored Retry-After comes 0.1-2 s early (relay's own backoff); under a loaded CI
+# machine the soak once saw two retries 2 and 6 ms early, not reproduced in 8 reruns of its
+# seed: timers and the two processes' clocks, not a policy. 20 ms tells the two apart.
+RA_TOLERANCE_S = 0.02
 
 CONFIG = """\
 defaults:
