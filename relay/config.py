@@ -283,6 +283,15 @@ class RuleConfig(Strict):
     # when a run this rule notified about later completes: resolve / update / tell the channels
     update_on_recovery: bool = False
 
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        """A rule name is stored with the runs it fired for (joined with a control character),
+        and written in logs and messages: a control character in it broke that record."""
+        if re.search(r"[\x00-\x1f\x7f]", value):
+            raise ValueError("a rule name cannot contain control characters")
+        return value
+
     @field_validator("group_by")
     @classmethod
     def _every_run_alone(cls, value: list[str] | None) -> list[str] | None:

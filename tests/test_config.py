@@ -135,6 +135,10 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "rules[0].notify: List should have at least 1 item",
         ),
         ("rules:\n  - notify: [x]\n", "rules[0].name: required key is missing"),
+        (  # the runs a rule fired for are stored joined with \x1f: it never recorded them
+            'rules:\n  - {name: "a\\x1fb", notify: [c]}\nchannels: {c: {type: console}}\n',
+            "c.yaml:2: rules[0].name: a rule name cannot contain control characters",
+        ),
         (
             "rules:\n  - {name: a, notify: [c], match: {status: [FAILLED]}}\nchannels: {c: {type: console}}\n",
             "unknown status 'FAILLED'",
