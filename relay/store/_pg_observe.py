@@ -57,7 +57,8 @@ _WRITE = """
     ), logged AS (
         INSERT INTO relay_events (notification_id, kind, at, attempts, reason, detail)
         SELECT id, CASE WHEN state = 'muted' THEN 'muted' ELSE 'created' END, $7, 0,
-            CASE WHEN state = 'muted' THEN 'silence' END,
+            CASE WHEN state <> 'muted' THEN NULL WHEN strpos(reason, ':') > 0
+                THEN split_part(reason, ':', 1) ELSE 'silence' END,
             CASE WHEN state = 'muted' THEN reason END
         FROM queued
     ), grouped AS (

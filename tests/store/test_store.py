@@ -454,6 +454,28 @@ async def test_muted_matches_are_recorded_not_grouped(store: Store) -> None:
     assert [e["kind"] for e in await store.events(n)] == ["muted"]
 
 
+@pytest.mark.parametrize(
+    ("muted_by", "kind"),
+    [
+        ("sil_1", "silence"),
+        ("time_interval:nights", "time_interval"),
+        ("inhibited:r0", "inhibited"),
+    ],
+)
+async def test_a_muted_event_names_what_muted_it(store: Store, muted_by: str, kind: str) -> None:
+    """`relay history` says "time_interval: ..." or "inhibited: ...", not "silence: ..."."""
+
+    def muted(run: Run, previous: RunState | None) -> Decision:
+        decision = decide(run, previous)
+        return replace(
+            decision, matches=tuple(replace(m, muted_by=muted_by) for m in decision.matches)
+        )
+
+    [n] = ids(await store.observe([make_run("run_1")], muted, now=1.0))
+    [event] = await store.events(n)
+    assert (event["kind"], event["reason"], event["detail"]) == ("muted", kind, muted_by)
+
+
 # --- silences, key-value state, leader leases ----------------------------------------------------
 
 
