@@ -61,10 +61,24 @@ _CLIENT_ONLY = frozenset(
 _UNSUPPORTED = {"channel_binding": ("disable", "prefer"), "gssencmode": ("disable", "prefer")}
 
 
+# What an operator must fix, for the refusals met when pointing relay at a server (no names).
+_SQLSTATE_WORDS = {
+    "3D000": "the database does not exist (create it first)",
+    "28P01": "password authentication failed",
+    "28000": "the server refused the login (check the user and pg_hba.conf)",
+    "42501": "permission denied (relay's user must be able to create and use its relay_* tables"
+    " in that database's public schema)",
+    "53300": "too many connections (max_connections)",
+    "57P03": "the server is starting up or shutting down",
+}
+
+
 def unavailable(what: str, exc: BaseException) -> StoreUnavailable:
     """StoreUnavailable naming the kind of an asyncpg/socket error, never its text."""
     sqlstate = getattr(exc, "sqlstate", None)
     kind = type(exc).__name__ + (f" ({sqlstate})" if isinstance(sqlstate, str) else "")
+    if isinstance(sqlstate, str) and sqlstate in _SQLSTATE_WORDS:
+        kind = f"{_SQLSTATE_WORDS[sqlstate]}: {kind}"
     kind = tls_failure(exc) or wire_failure(exc) or kind  # "connection refused", not its class
     error = StoreUnavailable(f"{what}: {kind}")
     error.__cause__ = exc

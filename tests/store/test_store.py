@@ -7,6 +7,7 @@ leases, and what two stores on one database (two processes, two replicas) may an
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import ssl
 from collections.abc import AsyncIterator
@@ -795,6 +796,21 @@ async def test_an_unreachable_server_is_unavailable_and_names_no_secret() -> Non
         assert secret not in text
     with pytest.raises(StoreUnavailable):
         await migrate(url)
+
+
+async def test_a_missing_database_or_a_user_without_rights_is_named_plainly(pg_url: str) -> None:
+    """SQLite says what it cannot write; PostgreSQL said "InvalidCatalogNameError (3D000)"."""
+    with pytest.raises(StoreUnavailable, match="the database does not exist"):
+        await open_store(pg_url.rsplit("/", 1)[0] + "/no_such_db").open()
+    role = f"relay_norights_{os.getpid()}"
+    await _sql(pg_url, f'CREATE ROLE "{role}" LOGIN')
+    try:
+        await _sql(pg_url, "REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        url = pg_url.replace("postgres@", f"{role}@")
+        with pytest.raises(StoreUnavailable, match=r"permission denied .*relay_\* tables"):
+            await open_store(url).open()
+    finally:
+        await _sql(pg_url, f'DROP ROLE "{role}"')
 
 
 async def test_connections_killed_under_the_pool_come_back(pg_url: str) -> None:
