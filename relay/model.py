@@ -177,12 +177,17 @@ _DATES = (
 )
 
 
+MAX_RUN_ID_CHARS = 512  # 2,048 bytes of UTF-8 at most: within a PostgreSQL index entry
+
+
 class Run(BaseModel):
     """One Realtime run update, normalised. Unknown fields are kept (extra="allow")."""
 
     model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
 
-    id: Annotated[str, Field(min_length=1)]  # an empty id names no run: a 400, not an alert
+    # an empty id names no run: a 400, not an alert; nor does a huge one (Trigger.dev's are
+    # ~30 characters), which PostgreSQL cannot index (2,704 bytes): a 503 retried forever
+    id: Annotated[str, Field(min_length=1, max_length=MAX_RUN_ID_CHARS)]
     taskIdentifier: Annotated[str, BeforeValidator(lambda v: "" if v is None else v)] = ""
     status: str
     payload: Any = None

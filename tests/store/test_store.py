@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sqlite3
 import ssl
 from collections.abc import AsyncIterator
@@ -21,7 +22,15 @@ import trustme
 from relay.channels.slack import THREADS
 from relay.errors import ConfigError, StoreUnavailable
 from relay.grouping import group_key
-from relay.model import Decision, Run, RunState, Silence, notification_id, recovery_id
+from relay.model import (
+    MAX_RUN_ID_CHARS,
+    Decision,
+    Run,
+    RunState,
+    Silence,
+    notification_id,
+    recovery_id,
+)
 from relay.store import (
     BirthLease,
     HistoryQuery,
@@ -133,6 +142,16 @@ async def test_nul_characters_in_text_are_stored(store: Store) -> None:
 
 
 # --- claim and the outbox lifecycle --------------------------------------------------------------
+
+
+async def test_the_longest_run_id_intake_accepts_is_stored(store: Store) -> None:
+    """relay.model caps run ids so that PostgreSQL can index them; incompressible 4-byte
+    characters are the worst case (a 503 retried forever, /readyz not ready, before the cap)."""
+    chars = random.Random(0).choices(range(0x1F300, 0x1F64F), k=MAX_RUN_ID_CHARS)
+    run_id = "".join(map(chr, chars))
+    [n] = ids(await store.observe([make_run(run_id)], decide, now=1.0))
+    assert [row.id for row in await store.history(HistoryQuery(run_id=run_id))] == [n]
+    await store.kv_put(THREADS, f"slack-channel:#alerts:{run_id}", "1.2", now=1.0)
 
 
 async def test_claim_leases_respects_channel_not_before_and_order(store: Store) -> None:
@@ -506,7 +525,7 @@ async def test_key_value_state_survives_a_restart(engine: Engine) -> None:
     assert await store.kv_get("realtime", "feed-a") is None
     await store.kv_put("realtime", "feed-a", '{"offset": "0_0"}', now=1.0)
     await store.kv_put("realtime", "feed-a", '{"offset": "5_2"}', now=2.0)
-    await store.kv_put("slack_thread", "feed-a", "1712.0001", now=2.0)
+    await store.kv_put(THREADS, "feed-a", "1712.0001", now=2.0)
     await store.close()
     store = engine.make()
     await store.open()
