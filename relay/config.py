@@ -46,6 +46,7 @@ class Strict(BaseModel):
 
 # what aiohttp refuses in a header value at every send (RFC 9110 §5.5): controls but the tab
 _HEADER_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")  # C0 and DEL: in no name, subject or one-liner
 
 
 def header_value_problem(text: str) -> str | None:
@@ -288,7 +289,7 @@ class RuleConfig(Strict):
     def _printable(cls, value: str) -> str:
         """A rule name is stored with the runs it fired for (joined with a control character),
         and written in logs and messages: a control character in it broke that record."""
-        if re.search(r"[\x00-\x1f\x7f]", value):
+        if CONTROL_CHARS.search(value):
             raise ValueError("a rule name cannot contain control characters")
         return value
 

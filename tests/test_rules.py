@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,18 @@ def ruleset(rules_yaml: str) -> RuleSet:
     rules, problems = compile_rules(loaded.config.rules, loaded.locate)
     assert not problems
     return rules
+
+
+def when_problem(when: str) -> str:
+    """The one problem `relay check` finds in rule `r` with this `when:` (it is at line 4)."""
+    rule = {"name": "r", "when": when, "notify": ["c"]}
+    text = "channels: {c: {type: console}}\nrules:\n" + yaml.safe_dump(
+        [rule], sort_keys=False, width=1000
+    )
+    loaded = parse_config(text, "c.yaml", settings_models(), {})
+    _, problems = compile_rules(loaded.config.rules, loaded.locate)
+    assert [p.location for p in problems] == ["c.yaml:4"], problems
+    return problems[0].message
 
 
 def run(**fields: Any) -> Run:
@@ -133,23 +146,13 @@ def test_a_when_past_the_render_budget_is_stopped_as_no_match() -> None:
 
 
 def test_bad_when_is_a_config_problem_with_line() -> None:
-    text = "channels: {c: {type: console}}\nrules:\n  - name: r\n    when: 'run.status =='\n    notify: [c]\n"
-    loaded = parse_config(text, "c.yaml", settings_models(), {})
-    _, problems = compile_rules(loaded.config.rules, loaded.locate)
-    assert [p.location for p in problems] == ["c.yaml:4"]
-    assert "invalid expression" in problems[0].message
+    assert "invalid expression" in when_problem("run.status ==")
 
 
 def test_a_when_with_an_unknown_filter_in_a_branch_is_a_problem() -> None:
     """Jinja refuses `run.id|nosuch` when compiling, but waits in `a if b else c|nosuch`."""
-    text = (
-        "channels: {c: {type: console}}\nrules:\n  - name: r\n"
-        '    when: "run.durationMs if run.isTest else run.costInCents|mony > 1"\n    notify: [c]\n'
-    )
-    loaded = parse_config(text, "c.yaml", settings_models(), {})
-    _, problems = compile_rules(loaded.config.rules, loaded.locate)
-    assert [p.location for p in problems] == ["c.yaml:4"]
-    assert "No filter named 'mony'" in problems[0].message
+    when = "run.durationMs if run.isTest else run.costInCents|mony > 1"
+    assert "No filter named 'mony'" in when_problem(when)
 
 
 @pytest.mark.parametrize(
@@ -158,11 +161,7 @@ def test_a_when_with_an_unknown_filter_in_a_branch_is_a_problem() -> None:
 def test_a_when_reading_an_unknown_name_is_a_problem_not_a_silent_no_match(
     when: str, unknown: str
 ) -> None:
-    text = f"channels: {{c: {{type: console}}}}\nrules:\n  - name: r\n    when: '{when}'\n    notify: [c]\n"
-    loaded = parse_config(text, "c.yaml", settings_models(), {})
-    _, problems = compile_rules(loaded.config.rules, loaded.locate)
-    assert [p.location for p in problems] == ["c.yaml:4"]
-    assert f"unknown name `{unknown}`" in problems[0].message
+    assert f"unknown name `{unknown}`" in when_problem(when)
 
 
 @pytest.mark.parametrize(
@@ -170,11 +169,7 @@ def test_a_when_reading_an_unknown_name_is_a_problem_not_a_silent_no_match(
 )
 def test_a_when_reading_a_dunder_is_a_problem_not_a_silent_no_match(when: str) -> None:
     # the sandbox refuses it on every run: relay check used to say OK to a dead rule
-    text = f'channels: {{c: {{type: console}}}}\nrules:\n  - name: r\n    when: "{when}"\n    notify: [c]\n'
-    loaded = parse_config(text, "c.yaml", settings_models(), {})
-    _, problems = compile_rules(loaded.config.rules, loaded.locate)
-    assert [p.location for p in problems] == ["c.yaml:4"]
-    assert "is not allowed (the sandbox refuses `__` names)" in problems[0].message
+    assert "is not allowed (the sandbox refuses `__` names)" in when_problem(when)
 
 
 def test_first_match_wins_unless_continue() -> None:

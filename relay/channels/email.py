@@ -55,7 +55,7 @@ from pydantic import (
 )
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
-from relay.config import ChannelSettings, Strict, from_config_dir
+from relay.config import CONTROL_CHARS, ChannelSettings, Strict, from_config_dir
 from relay.errors import DeliveryError, tls_failure, wire_failure
 
 log = logging.getLogger("relay.channels.email")
@@ -236,13 +236,10 @@ def tls_context(smtp: SmtpSettings) -> ssl.SSLContext:
     return context
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
 def one_line(text: str, limit: int = SUBJECT_MAX_CHARS) -> str:
     """Whitespace (line breaks included) and control characters (a NUL from run data: servers
     refuse the mail) collapsed to single spaces, cut to `limit` with '…'."""
-    line = " ".join(_CONTROL.sub(" ", text).split())
+    line = " ".join(CONTROL_CHARS.sub(" ", text).split())
     return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
 
 
