@@ -243,7 +243,7 @@ class _Walker:
         self.located.problems.append(Problem(where, "", message))
 
     def _scalar(self, node: yaml.Node, path: Path_) -> Any:
-        if _sexagesimal(node):  # YAML 1.1 reads `17:00` as 1020; Go's YAML (Alertmanager) as text
+        if _sexagesimal(node) or _yaml11_bool(node):
             return node.value
         value = self._construct(node)
         if value is _UNREADABLE:
@@ -271,9 +271,24 @@ _NUMBERS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 
 
 def _sexagesimal(node: yaml.Node) -> bool:
-    """A plain `HH:MM`-like scalar that YAML 1.1 resolves to a base-60 number."""
-    plain = isinstance(node, yaml.ScalarNode) and node.style is None
-    return plain and node.tag in _NUMBERS and ":" in str(node.value)
+    """A plain `HH:MM`-like scalar that YAML 1.1 resolves to a base-60 number; YAML 1.2 and
+    Go's YAML (Alertmanager) read `17:00` as text."""
+    return _plain(node, _NUMBERS) and ":" in str(node.value)
+
+
+def _yaml11_bool(node: yaml.Node) -> bool:
+    """A plain yes/no/on/off, which YAML 1.1 resolves to a boolean and YAML 1.2 reads as text:
+    `metadata: {region: no}` means Norway. Where a boolean is wanted the schema still takes
+    "yes"/"no"/"on"/"off" as one."""
+    return _plain(node, ("tag:yaml.org,2002:bool",)) and node.value.lower() in _YAML11_BOOLS
+
+
+_YAML11_BOOLS = ("yes", "no", "on", "off")
+
+
+def _plain(node: yaml.Node, tags: tuple[str, ...]) -> bool:
+    """An unquoted, untagged scalar that YAML resolved to one of `tags`."""
+    return isinstance(node, yaml.ScalarNode) and node.style is None and node.tag in tags
 
 
 # PyYAML problems that quote a name the file wrote: an unquoted value starting with * or ! (a

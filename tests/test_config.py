@@ -178,7 +178,7 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "c.yaml:2: rules[0].match.cost_cents.gt: Input should be a finite number",
         ),
         (
-            "rules:\n  - {name: a, notify: [c], match: {cost_cents: {gt: yes}}}\nchannels: {c: {type: console}}\n",
+            "rules:\n  - {name: a, notify: [c], match: {cost_cents: {gt: true}}}\nchannels: {c: {type: console}}\n",
             "expected a number",
         ),
         (

@@ -92,6 +92,13 @@ CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("metadata: {items.0.sku: x}", {"metadata": {"items": [{"sku": "x"}]}}, True),
     ("metadata: {items.1: x}", {"metadata": {"items": ["x"]}}, False),
     ("metadata: {n: 5}", {"metadata": {"n": "5"}}, False),  # JSON types: "5" is no number
+    # YAML 1.2 booleans: `no` is the text "no" (Norway), only true/false are booleans
+    ("metadata: {region: no}", {"metadata": {"region": "no"}}, True),
+    ("metadata: {region: no}", {"metadata": {"region": False}}, False),
+    ("metadata: {mode: On}", {"metadata": {"mode": "On"}}, True),
+    ("metadata: {flag: false}", {"metadata": {"flag": False}}, True),
+    ("is_test: no", {"isTest": False}, True),  # where a boolean is wanted, yes/no still are
+    ("is_test: yes", {"isTest": False}, False),
 ]
 
 
