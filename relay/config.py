@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from string import Formatter
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -177,6 +177,16 @@ class Defaults(Strict):
         return value
 
 
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _not_empty(model: _Model) -> _Model:
+    """`model` if the file set any of its keys; `{}` is a problem naming the keys it takes."""
+    if not model.model_fields_set:
+        raise ValueError(f"empty: give at least one of {', '.join(type(model).model_fields)}")
+    return model
+
+
 class Threshold(Strict):
     # finite: `.nan` compares false with every value (a rule that never fires), `.inf` likewise
     gt: float | None = Field(default=None, allow_inf_nan=False)
@@ -193,7 +203,9 @@ class Threshold(Strict):
 
     @model_validator(mode="after")
     def _satisfiable(self) -> Threshold:
-        """`{gt: 500, lt: 100}` holds for no value: a rule that silently never fires."""
+        """`{gt: 500, lt: 100}` holds for no value: a rule that silently never fires; `{}`
+        holds for every run, most likely a bound left out."""
+        _not_empty(self)
         lows = [(v, not inclusive) for v, inclusive in ((self.gt, False), (self.gte, True))]
         highs = [(v, inclusive) for v, inclusive in ((self.lt, False), (self.lte, True))]
         low = max(((v, x) for v, x in lows if v is not None), default=None)  # tightest
@@ -211,6 +223,13 @@ class TagMatch(Strict):
     any: list[str] | None = Field(default=None, min_length=1)
     all: list[str] | None = None
     none: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> TagMatch:
+        """`tags: {}` holds for every run, most likely a condition left out."""
+        return _not_empty(self)
+
+
 
 
 Scalar = str | int | float | bool | None

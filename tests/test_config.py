@@ -173,6 +173,14 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "rules:\n  - {name: a, notify: [c], match: {duration_ms: {gt: 5, lte: 5}}}\nchannels: {c: {type: console}}\n",
             "c.yaml:2: rules[0].match.duration_ms: no value is above the lower bound",
         ),
+        (  # `{}` holds for every run: a bound or a tag list left out
+            "rules:\n  - {name: a, notify: [c], match: {duration_ms: {}}}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].match.duration_ms: empty: give at least one of gt, gte, lt, lte",
+        ),
+        (
+            "rules:\n  - {name: a, notify: [c], match: {tags: {}}}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].match.tags: empty: give at least one of any, all, none",
+        ),
         (
             "rules:\n  - {name: a, notify: [c], match: {cost_cents: {gt: .nan}}}\nchannels: {c: {type: console}}\n",
             "c.yaml:2: rules[0].match.cost_cents.gt: Input should be a finite number",

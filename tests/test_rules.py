@@ -328,7 +328,7 @@ RULE_PARTS = st.fixed_dictionaries(
                 k: st.lists(st.sampled_from(TAGS), min_size=1, max_size=2)
                 for k in ("any", "all", "none")
             },
-        ),
+        ).filter(bool),  # `tags: {}` is refused
     },
 )
 
