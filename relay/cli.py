@@ -57,7 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     test = sub.add_parser("test", parents=[common], help="dry run: which rules match an event")
     test.add_argument(
-        "event", type=Path, help="JSON file: a run, an array of runs, a raw row or an alert webhook"
+        "event",
+        type=Path,
+        help="JSON file (- for standard input): a run, an array of runs, a raw row or an alert",
     )
     test.add_argument("--json", action="store_true", help="machine-readable output")
     send = sub.add_parser("send-test", parents=[common], help="send a test message to a channel")
@@ -287,6 +289,11 @@ async def _with_store(settings: Settings, action: Callable[[Any], Any]) -> Any:
         await store.close()
 
 
+def _read_event(path: Path) -> bytes:
+    """The bytes of the event file; `-` is standard input (`curl ... | relay test -`)."""
+    return sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+
+
 def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
     from relay.configure import dry_run  # noqa: PLC0415
     from relay.formats import parse_any, parse_body  # noqa: PLC0415
@@ -294,13 +301,14 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
     compiled = _compiled(args, settings)
     _log_warnings(compiled)
     try:
-        data = parse_body(args.event.read_bytes())
+        data = parse_body(_read_event(args.event))
         skipped: list[str] = []
         runs = parse_any(data, skipped)
     except OSError as exc:
         raise RelayError(f"cannot read {args.event}: {exc.strerror}") from None
     except InputError as exc:
-        raise RelayError(f"{args.event}: {exc}") from None
+        source = "standard input" if str(args.event) == "-" else args.event
+        raise RelayError(f"{source}: {exc}") from None
     for note in skipped:
         print(note, file=sys.stderr)
     if not runs and not args.json:

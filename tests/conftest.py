@@ -264,14 +264,16 @@ def relay_process(tmp_path: Path) -> Iterator[Callable[..., RelayProcess]]:
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    """`relay ARGS` as a child process, with a clean RELAY_* environment plus `env`."""
+    """`relay ARGS` as a child process, with a clean RELAY_* environment plus `env`, `stdin` as
+    its standard input."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "relay", *args],
         env=full_env,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,

@@ -358,6 +358,19 @@ def test_dry_run_says_why_a_message_is_the_fallback(tmp_path: Path) -> None:
     assert (message["fallback"], message["error"]) == (True, error)
 
 
+def test_dry_run_reads_the_event_from_standard_input(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "c.yaml",
+        "channels: {c: {type: console}}\nrules:\n  - {name: r, notify: [c], match: {status: [failure]}}\n",
+    )
+    piped = run_cli("test", "-", "--config", str(config), stdin=FAILED_JSON.read_text())
+    from_file = run_cli("test", str(FAILED_JSON), "--config", str(config))
+    assert (piped.returncode, piped.stdout) == (0, from_file.stdout)
+    assert "r" in piped.stdout and "no rule matched" not in piped.stdout
+    bad = run_cli("test", "-", "--config", str(config), stdin="{not json")
+    assert bad.returncode != 0 and "standard input: invalid JSON" in bad.stderr, bad.stderr
+
+
 async def test_dry_run_names_rules_renders_messages_and_sends_nothing(
     tmp_path: Path, sink: Sink
 ) -> None:
