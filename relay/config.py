@@ -230,8 +230,6 @@ class TagMatch(Strict):
         return _not_empty(self)
 
 
-
-
 Scalar = str | int | float | bool | None
 
 
