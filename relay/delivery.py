@@ -82,6 +82,8 @@ class Deps:
     rng: random.Random = random.Random()  # noqa: RUF009 - one shared generator is the intent
     lease_s: float = 300.0
     silences: SilenceCache | None = None
+    # (rule, now) → why its time intervals mute it then, or None: checked again at send time
+    time_muted: Callable[[str, float], str | None] | None = None
     # (kind, row, reason, attempts) after each outcome: sent, retry, dead, muted, template_error
     on_event: Callable[[str, Notification, str, int], None] | None = None
 
@@ -511,15 +513,32 @@ class ChannelLoop:
         }
 
     async def _muted(self, row: Notification, extra: dict[str, object]) -> bool:
-        """A silence created after the notification was queued still mutes it (a recovery
-        follows its notification instead: see _recovers)."""
-        cache = self.deps.silences
-        if cache is None or row.resolves is not None:
+        """A silence created after the notification was queued still mutes it, and so does a
+        time interval that began since (a digest's group_wait, a retry's backoff), as
+        Alertmanager mutes at flush time. A recovery follows its notification instead: see
+        _recovers."""
+        if row.resolves is not None:
             return False
         now = self.deps.clock()
+        reason, words = await self._silence(row, now), "notification muted by a silence"
+        if reason is None and self.deps.time_muted is not None:
+            reason = self.deps.time_muted(row.rule, now)
+            words = "notification muted by a time interval"
+        if reason is None:
+            return False
+        await asyncio.shield(self.deps.store.mark_muted(row.id, now=now, silence_id=reason))
+        log.info(words, extra={**extra, "muted_by": reason})
+        self._event("muted", row, "")
+        return True
+
+    async def _silence(self, row: Notification, now: float) -> str | None:
+        """The id of a silence that covers `row` now, or None."""
+        cache = self.deps.silences
+        if cache is None:
+            return None
         run = row.run
         tags = run.get("tags")
-        silence = silenced_by(
+        return silenced_by(
             await cache.current(now),
             now,
             rule=row.rule,
@@ -529,12 +548,6 @@ class ChannelLoop:
             status=str(run.get("status") or ""),
             event=str(run.get("event") or "run"),
         )
-        if silence is None:
-            return False
-        await asyncio.shield(self.deps.store.mark_muted(row.id, now=now, silence_id=silence))
-        log.info("notification muted by a silence", extra={**extra, "silence": silence})
-        self._event("muted", row, "")
-        return True
 
     async def _render(
         self, rows: list[Notification], group_key: str | None, recovers: Recovery | None = None

@@ -128,6 +128,12 @@ class RuleSet:
                 self._index[key] = found
         return found.for_tags(run.tags)
 
+    def time_muted(self, rule: str, now: float) -> str | None:
+        """Why rule `rule`'s notifications are muted at `now` by its time intervals, or None
+        (also for a rule a reload removed)."""
+        found = self.by_name.get(rule)
+        return None if found is None else found.time_muted(now)
+
     def evaluate(self, run: Run) -> list[CompiledRule]:
         """Rules that match `run`, in order, honouring first-match-wins and `continue`."""
         out = []

@@ -172,6 +172,7 @@ class Service:
             retry=config.defaults.retry,
             dashboard_link=dashboard_link(config.defaults),
             silences=self.silences,
+            time_muted=compiled.rules.time_muted if compiled.rules.has_windows else None,
             on_event=self.metrics.delivery_event if self.role.events is None else self._forward,
         )
         names = self.role.owned(config.channels)

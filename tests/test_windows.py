@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -194,6 +195,37 @@ async def test_time_intervals_mute_and_activate(relay: RelayFactory, sink: Sink)
     assert (muted["state"], muted["reason"]) == ("muted", "time_interval:always")
     inactive = await notification(r, "run_b")
     assert (inactive["state"], inactive["reason"]) == ("muted", "time_interval:outside far-future")
+
+
+DIGEST = """\
+channels:
+  hook: {{type: webhook, url: "{url}/hook"}}
+time_intervals:
+  - name: always
+    time_intervals: [{{weekdays: ["monday:sunday"]}}]
+rules:
+  - name: digest-rule
+    match: {{status: [failure]}}
+    notify: [hook]
+    group_by: [taskIdentifier]
+    group_wait: 1s
+"""
+
+
+async def test_a_time_interval_mutes_at_send_time_too(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """A digest waiting out its group_wait when a mute interval begins (here: a reload adds
+    one) is muted at flush time, as Alertmanager does; so is a retry waiting in backoff."""
+    r = await relay(DIGEST.format(url=sink.url))
+    assert (await r.post([failed("run_q", "queued/x")]))[0] == 202
+    muting = DIGEST + "    mute_time_intervals: [always]\n"
+    (tmp_path / "config0.yaml").write_text(muting.format(url=sink.url))
+    assert await r.service.reload("test")
+    await asyncio.sleep(2.0)  # past the group_wait
+    assert sink.received == []
+    queued = await notification(r, "run_q")
+    assert (queued["state"], queued["reason"]) == ("muted", "time_interval:always")
 
 
 SECRET = "Zx3vQ9kLm2Tn8Pw4Rb7Yc"
