@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from tests.conftest import RelayFactory, RelayProcess, Sink, assert_golden, sdk_
 from tests.fakes.presets import (
     PD_KEY,
     FakePagerDuty,
+    Reply,
     discord_problems,
     pagerduty_problems,
     teams_problems,
@@ -401,6 +403,30 @@ async def test_a_recovery_is_muted_with_its_alert(relay: RelayFactory, sink: Sin
     row = await r.service.store.get(recovered)
     assert row is not None and row.reason == silence_id
     assert len(sink.received) == 1
+
+
+async def test_a_replayed_dead_alert_is_resolved_again(
+    relay: RelayFactory, pagerduty: FakePagerDuty
+) -> None:
+    # the trigger dies, the run completes (the resolve goes out alone), then the dead trigger is
+    # replayed: its resolve must follow it again, or the page stays open for a completed run
+    pagerduty.script(Reply(400, {"status": "invalid event", "message": "bad", "errors": ["x"]}))
+    channel = f"  pager: {{type: pagerduty, routing_key: {PD_KEY}, api_url: {pagerduty.url}}}"
+    r = await relay(config(channel, slow_rule("pager")))
+    firing, recovered = ids("pager")
+    await r.post(executing())
+    await until(lambda: _is(r, firing, "dead"))
+    await r.post(completed())
+    await until(lambda: _is(r, recovered, "sent"))
+    assert await r.service.store.replay([firing], now=time.time()) == 1
+    r.service._wake_all()
+    calls = await pagerduty.wait_for(4)
+    await until(lambda: _is(r, recovered, "sent"))
+    actions = [c.json()["event_action"] for c in calls]
+    assert actions == ["trigger", "resolve", "trigger", "resolve"]
+    assert set(pagerduty.alerts.values()) == {"resolved"}
+    history = await r.service.store.events(recovered)
+    assert [e["kind"] for e in history].count("sent") == 2
 
 
 # ------------------------------------------------------------------------------ durability

@@ -89,6 +89,13 @@ def _leasable(n: Notification, now: float) -> bool:
     )
 
 
+def recoveries_of(replayed: Sequence[str]) -> list[str]:
+    """The ids of the recoveries that follow the replayed notifications (most have none). A
+    replayed alert brings its recovery back too: sent while the alert was dead, it would
+    otherwise come before the alert, and the run would end on an open alert."""
+    return [recovery_id(ident) for ident in replayed]
+
+
 def owed_notification(run: Run, match: Match, run_dict: dict[str, Any], now: float) -> Notification:
     """The outbox row `match` asks for. Its id is stable: derived from run, rule and channel, or
     for a recovery from the id of the notification it resolves (kept in `extra["resolves"]`).

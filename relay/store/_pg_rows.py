@@ -33,7 +33,18 @@ REPLAY = """
         INSERT INTO relay_events (notification_id, kind, at, attempts)
         SELECT id, 'replayed', $1, 0 FROM moved
     )
-    SELECT COUNT(*) FROM moved
+    SELECT id FROM moved
+"""
+# the recoveries of replayed alerts follow them again (relay.store.recoveries_of)
+REPLAY_RECOVERIES = """
+    WITH moved AS (
+        UPDATE relay_outbox SET state = 'pending', attempts = 0, not_before = $1,
+            lease_until = NULL, reason = NULL, last_error = NULL, updated_at = $1
+        WHERE state IN ('sent', 'dead') AND id = ANY($2::text[])
+        RETURNING id
+    )
+    INSERT INTO relay_events (notification_id, kind, at, attempts)
+    SELECT id, 'replayed', $1, 0 FROM moved
 """
 PRUNE = (
     "DELETE FROM relay_events WHERE notification_id IN (SELECT id FROM relay_outbox"

@@ -28,7 +28,15 @@ import orjson
 
 from relay.errors import StoreUnavailable
 from relay.model import Notification, Run, Silence
-from relay.store import BirthLease, Decide, HistoryQuery, KvWrite, Observed, _pg_claim
+from relay.store import (
+    BirthLease,
+    Decide,
+    HistoryQuery,
+    KvWrite,
+    Observed,
+    _pg_claim,
+    recoveries_of,
+)
 from relay.store._pg_connect import (
     DB_ERRORS,
     check_url,
@@ -45,6 +53,7 @@ from relay.store._pg_rows import (
     LEAD,
     PRUNE,
     REPLAY,
+    REPLAY_RECOVERIES,
     UPDATE_PENDING,
     Event,
     event_params,
@@ -304,12 +313,13 @@ class PostgresStore:
         return [to_notification(row) for row in rows]
 
     async def replay(self, ids: Sequence[str] | None, now: float) -> int:
-        if ids is None:
-            moved = await self._fetchval(REPLAY.format(only=""), now)
-        else:
-            sql = REPLAY.format(only="AND id = ANY($2::text[])")
-            moved = await self._fetchval(sql, now, [clean(i) for i in ids])
-        return int(moved)
+        only, args = (
+            ("", ()) if ids is None else ("AND id = ANY($2::text[])", ([*map(clean, ids)],))
+        )
+        async with self._conn() as conn, conn.transaction():
+            moved = [row["id"] for row in await conn.fetch(REPLAY.format(only=only), now, *args)]
+            await conn.execute(REPLAY_RECOVERIES, now, recoveries_of(moved))
+        return len(moved)
 
     async def release_leases(self, holder: str | None = None) -> int:
         """Nothing to do, by design: other replicas' leases are theirs while they live.

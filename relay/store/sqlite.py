@@ -20,7 +20,15 @@ import orjson
 from relay.errors import ConfigError, Problem, StoreUnavailable
 from relay.grouping import flushed, group_key, group_labels, schedule
 from relay.model import GroupState, Match, Notification, Run, Silence
-from relay.store import BirthLease, Decide, HistoryQuery, KvWrite, Observed, owed_notification
+from relay.store import (
+    BirthLease,
+    Decide,
+    HistoryQuery,
+    KvWrite,
+    Observed,
+    owed_notification,
+    recoveries_of,
+)
 from relay.store._rows import to_notification, to_silence
 from relay.store._sqlite_history import event_rows, history_rows
 from relay.store._sqlite_lock import WriteLock
@@ -215,7 +223,10 @@ class SQLiteStore:
 
         def replay(conn: sqlite3.Connection) -> int:
             moved = [row[0] for row in conn.execute(sql, params).fetchall()]
-            for ident in moved:
+            recovered = conn.execute(
+                REPLAY_RECOVERIES, (now, now, orjson.dumps(recoveries_of(moved)).decode())
+            ).fetchall()
+            for ident in [*moved, *(row[0] for row in recovered)]:
                 add_event(conn, ident, ("replayed", now, 0, None, None))
             return len(moved)
 
@@ -413,6 +424,15 @@ class SQLiteStore:
 
 GROUP_CLAIM_LIMIT = 1000  # rows of one digest group a claim takes with it
 _DUE = "state = 'pending' AND not_before <= ? AND (lease_until IS NULL OR lease_until <= ?)"
+# A replayed alert brings back its recovery, sent meanwhile without it: the recovery follows the
+# alert again (waiting for it), so the run does not end on an open alert (a PagerDuty incident
+# triggered after its resolve stays open).
+REPLAY_RECOVERIES = """
+    UPDATE outbox SET state = 'pending', attempts = 0, not_before = ?, lease_until = NULL,
+        reason = NULL, last_error = NULL, updated_at = ?
+    WHERE state IN ('sent', 'dead') AND id IN (SELECT value FROM json_each(?))
+    RETURNING id
+"""
 _LEASE = "UPDATE outbox SET lease_until = ?, lease_holder = ?, updated_at = ?"
 _CLAIM = f"""
     {_LEASE} WHERE id IN (

@@ -354,6 +354,27 @@ async def test_dead_letters_and_replay(store: Store) -> None:
     assert await store.get("ntf_unknown") is None
 
 
+async def test_a_replayed_alert_brings_back_its_recovery(store: Store) -> None:
+    await store.observe([make_run("run_1")], decide_recovery, now=1.0)
+    firing = notification_id("run_1", "r1", "c1")
+    await store.mark_dead(firing, now=2.0, attempts=1, reason="client_error", error="HTTP 400")
+    await store.observe([make_run("run_1", "COMPLETED", at_s=2000)], decide_recovery, now=3.0)
+    recovered = recovery_id(firing)
+    await store.mark_sent(recovered, now=4.0, attempts=1)  # resolved what was never said
+    other = (await enqueue(store, "run_2", 1.0))[0]
+    await store.mark_sent(other, now=4.0, attempts=1)
+
+    assert await store.replay([firing], now=5.0) == 1  # what was asked for is counted
+    again = await store.get(recovered)
+    assert again is not None  # the recovery follows the alert again
+    assert (again.state, again.attempts, again.not_before) == ("pending", 0, 5.0)
+    assert [e["kind"] for e in await store.events(recovered)][-1] == "replayed"
+    assert (await store.get(other)).state == "sent"  # type: ignore[union-attr]
+    await store.mark_dead(firing, now=6.0, attempts=1, reason="client_error", error="HTTP 400")
+    await store.mark_dead(recovered, now=6.0, attempts=1, reason="client_error", error="x")
+    assert await store.replay(None, now=7.0) == 2  # both dead: each comes back once
+
+
 async def test_history_and_events(store: Store) -> None:
     a, b = await enqueue(store, "run_a", 10.0, "c1", "c2")
     c = (await enqueue(store, "run_c", 20.0))[0]
