@@ -6,6 +6,8 @@ is recorded as muted ("inhibited:<rule>"), not sent. Windows live in the store's
 (namespace "inhibit"), so they survive restarts. A run opens or extends a window only with an
 update newer than the one it last opened it with (namespace "inhibit_source", pruned with the
 runs): a Realtime snapshot or a retried push repeats old sources, which must not mute anew.
+Nor does an update older than the newest of its run (stored, or in the same call), which intake
+ignores as stale: it must not mute either.
 
 A `source_digest: {rule, min_count}` source is a pile-up instead of one update: the window holds
 while at least `min_count` distinct runs that the digest rule matched (sharing the `equal`
@@ -39,6 +41,8 @@ class KeyValue(Protocol):
     async def kv_get(self, namespace: str, key: str) -> str | None: ...
 
     async def kv_put(self, namespace: str, key: str, value: str, now: float) -> None: ...
+
+    async def run_updated_ms(self, run_id: str) -> int | None: ...
 
 
 def run_fields(run: Run, match: Match | None = None) -> dict[str, Any]:
@@ -80,6 +84,19 @@ class _Windows:
     counted_by: dict[str, InhibitRule] = field(default_factory=dict)  # digests: key → its rule
     at_arrival: dict[tuple[str, str], bool] = field(default_factory=dict)  # (key, run): open?
     sources: dict[str, str | None] = field(default_factory=dict)  # SOURCES read or written
+    newest_ms: dict[str, int] = field(default_factory=dict)  # run → its newest in this call
+    stored_ms: dict[str, int | None] = field(default_factory=dict)  # run → newest stored
+
+    async def stale(self, kv: KeyValue, run: Run) -> bool:
+        """Whether `run` is older than the newest update known of it (stored, or later in
+        this call): intake ignores it, so it opens no window and counts in no pile-up."""
+        updated_ms = run.updated_at_ms
+        if updated_ms is None:
+            return False
+        if run.id not in self.stored_ms:
+            self.stored_ms[run.id] = await kv.run_updated_ms(run.id)
+        newest = max(self.stored_ms[run.id] or 0, self.newest_ms.get(run.id, 0))
+        return updated_ms < newest
 
     def piled_up(self, key: str) -> bool:
         rule = self.counted_by[key]
@@ -127,17 +144,22 @@ async def inhibitions(
         for r in rules
     ]
     windows = _Windows(now)
+    for run in runs:  # the newest of each run in this call, before any is taken as a source
+        if (ms := run.updated_at_ms) is not None:
+            windows.newest_ms[run.id] = max(windows.newest_ms.get(run.id, ms), ms)
     for run in runs:
         matched: Collection[str] | None = None
         for item in compiled:
             if item.opened_by(run):
-                if await _news(kv, item.rule, run, windows, counted=False):
+                if not await windows.stale(kv, run) and await _news(
+                    kv, item.rule, run, windows, counted=False
+                ):
                     key = window_key(item.rule, run)
                     windows.until[key] = now + item.rule.duration
                     await kv.kv_put(NAMESPACE, key, repr(windows.until[key]), now)
             elif item.rule.source_digest is not None:
                 matched = rules_of(run) if matched is None else matched
-                if item.rule.source_digest.rule in matched:
+                if item.rule.source_digest.rule in matched and not await windows.stale(kv, run):
                     await _count(kv, item.rule, run, windows)
     for run in runs:
         for item in compiled:

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from relay.channels import settings_models
 from relay.config import parse_config
 from relay.errors import ConfigError
+from relay.model import notification_id
 from relay.rules import compile_rules
 from relay.windows import TimeInterval
 from tests.conftest import FIXTURES, RelayFactory, Sink, sdk_run
@@ -276,3 +277,44 @@ async def test_a_failed_deployment_inhibits_run_failures_of_its_environment(
     assert [g.json()["run"]["id"] for g in sink.received[1:]] == ["run_other_env"]
     inhibited = await notification(r, run_alert["object"]["run"]["id"])
     assert (inhibited["state"], inhibited["reason"]) == ("muted", "inhibited:deploy-broke-it")
+
+
+STALE_SOURCE = """
+channels:
+  hook: {{type: webhook, url: "{url}/hook"}}
+inhibit_rules:
+  - name: maintenance
+    source_match: {{task: maintenance, status: EXECUTING}}
+    target_match: {{status: failure}}
+rules:
+  - {{name: failures, match: {{status: [failure]}}, notify: [hook]}}
+"""
+
+
+def _update(run_id: str, task: str, status: str, minute: int) -> dict[str, Any]:
+    run = sdk_run("failed")
+    updated = f"2026-08-20T09:{minute:02d}:00.000Z"
+    return {**run, "id": run_id, "taskIdentifier": task, "status": status, "updatedAt": updated}
+
+
+@pytest.mark.parametrize("together", [False, True])
+async def test_a_stale_source_update_opens_no_window(
+    relay: RelayFactory, sink: Sink, together: bool
+) -> None:
+    # the maintenance run's EXECUTING update arrives after its COMPLETED one (out of order):
+    # intake ignores it, so it must not mute the failures of the next 30 minutes either
+    r = await relay(STALE_SOURCE.format(url=sink.url))
+    done = _update("run_maint", "maintenance", "COMPLETED", 10)
+    late = _update("run_maint", "maintenance", "EXECUTING", 1)
+    batches = [[done, late]] if together else [[done], [late]]
+    for batch in batches:
+        assert (await r.post(batch))[0] == 202
+    _, answer = await r.post(_update("run_other", "billing", "FAILED", 11))
+    assert answer["notifications"] == 1
+    [got] = await sink.wait_for(1)
+    assert got.json()["run"]["id"] == "run_other"
+    # an update in order still opens the window
+    await r.post(_update("run_maint2", "maintenance", "EXECUTING", 12))
+    await r.post(_update("run_third", "billing", "FAILED", 13))
+    row = await r.service.store.get(notification_id("run_third", "failures", "hook"))
+    assert row is not None and (row.state, row.reason) == ("muted", "inhibited:maintenance")

@@ -351,6 +351,14 @@ class SQLiteStore:
     async def prune(self, before: float) -> int:
         return await self._writer.run(lambda conn: prune(conn, before))
 
+    async def run_updated_ms(self, run_id: str) -> int | None:
+        row = await self._writer.run(
+            lambda conn: conn.execute(
+                "SELECT updated_at_ms FROM runs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+        )
+        return None if row is None or row[0] is None else int(row[0])
+
     async def kv_get(self, namespace: str, key: str) -> str | None:
         row = await self._writer.run(
             lambda conn: conn.execute(

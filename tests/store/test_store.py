@@ -1022,3 +1022,12 @@ async def test_tls_verify_full_trusts_ssl_cert_file(
             await admin.execute(f"ALTER SYSTEM RESET {name}")
         await admin.execute("SELECT pg_reload_conf()")
         await admin.close()
+
+
+async def test_the_newest_update_of_a_run(store: Store) -> None:
+    assert await store.run_updated_ms("run_1") is None
+    await store.observe([make_run("run_1", at_s=1000)], decide, now=1.0)
+    await store.observe([make_run("run_1", at_s=900)], decide, now=2.0)  # stale: ignored
+    assert await store.run_updated_ms("run_1") == 1_000_000
+    await store.observe([make_run("run_2", updatedAt=None)], decide, now=3.0)
+    assert await store.run_updated_ms("run_2") is None
