@@ -110,6 +110,12 @@ class Metrics:
             "Age of the oldest pending notification (0 when none is pending).",
             registry=r,
         )
+        self.store_up = Gauge(
+            "relay_store_up",
+            "1 if the store answered this scrape's outbox queries, 0 if not (the outbox gauges"
+            " then keep their last values).",
+            registry=r,
+        )
         self.realtime_rows = Counter(
             "relay_realtime_rows_total",
             "Run rows received from Realtime feeds and submitted, by feed.",
@@ -164,6 +170,7 @@ class Metrics:
                 self.muted.labels(channel=n.channel).inc()
 
     def set_outbox(self, counts: Mapping[str, int], oldest: float | None, now: float) -> None:
+        self.store_up.set(1)
         for state, count in counts.items():
             self.outbox.labels(state=state).set(count)
         self.outbox_oldest.set(0.0 if oldest is None else max(now - oldest, 0.0))

@@ -271,9 +271,12 @@ class Service:
         return None
 
     async def _metrics_text(self) -> tuple[bytes, str]:
-        with contextlib.suppress(StoreUnavailable):
-            now = time.time()
+        now = time.time()
+        try:
             counts, oldest = await self.store.counts(), await self.store.oldest_pending(now)
+        except StoreUnavailable:
+            self.metrics.store_up.set(0)
+        else:
             self.metrics.set_outbox(counts, oldest, now)
         return self.metrics.render(), METRICS_CONTENT_TYPE
 

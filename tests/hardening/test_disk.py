@@ -80,6 +80,14 @@ async def readiness(r: Relay) -> tuple[int, dict[str, Any]]:
         return resp.status, await resp.json()
 
 
+async def store_up(r: Relay) -> str:
+    """The value of relay_store_up in a scrape of /metrics."""
+    async with r.http.get(r.url + "/metrics") as resp:
+        text = await resp.text()
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith("relay_store_up ")]
+    return value
+
+
 def stored_runs(db: Path) -> set[str]:
     with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
         return {row[0] for row in conn.execute("SELECT run_id FROM runs")}
@@ -211,14 +219,17 @@ async def test_store_that_cannot_answer_is_not_ready_until_it_can(tmp_path: Path
     db = tmp_path / "relay.db"
     async with running(tmp_path, SQLiteStore(db)) as r:
         assert await readiness(r) == (200, {"status": "ready"})
+        assert await store_up(r) == "1.0"
         locker = sqlite3.connect(db, isolation_level=None)  # e.g. a second relay on the file
         try:
             locker.execute("BEGIN EXCLUSIVE")
             ready = await asyncio.wait_for(readiness(r), 30)  # after the busy timeout (5 s)
             assert ready == (503, {"status": "not ready", "reason": "store unreachable"})
+            assert await asyncio.wait_for(store_up(r), 30) == "0.0"  # the outbox is unknown
         finally:
             locker.execute("ROLLBACK")
             locker.close()
         status, _, _ = await post(r, failed_run(1))
         assert status == 202
         assert await readiness(r) == (200, {"status": "ready"})
+        assert await store_up(r) == "1.0"
