@@ -216,6 +216,34 @@ async def test_attempts_exhausted_is_dead_and_replay_all(relay: RelayFactory, si
     await wait_state(r, "sent", 2)
 
 
+async def test_replay_over_http_takes_the_ids_a_body_names(relay: RelayFactory, sink: Sink) -> None:
+    """`relay dlq replay ID|--all` over HTTP: a body naming ids replays those alone (it used to
+    replay every dead notification), `{"all": true}` all of them, a bad body is a 400."""
+    sink.default = status(400)
+    r = await relay(config(sink.url))
+    await r.post([failing_run(1), failing_run(2), failing_run(3)])
+    await wait_state(r, "dead", 3)
+    async with r.http.get(r.url + "/v1/dlq") as resp:
+        ids = sorted(d["id"] for d in (await resp.json())["dead"])
+    sink.default = None
+    replay = r.url + "/v1/dlq/replay"
+    async with r.http.post(replay, json={"ids": [ids[0]]}) as resp:
+        assert resp.status == 200 and await resp.json() == {"replayed": 1}
+    async with r.http.post(replay, json={"id": ids[1]}) as resp:
+        assert resp.status == 200 and await resp.json() == {"replayed": 1}
+    await wait_state(r, "sent", 2)
+    assert (await r.service.store.counts())["dead"] == 1
+    refused = [({"id": "ntf_unknown"}, 404, "id"), ({"idz": [ids[2]]}, 400, "idz")]
+    refused += [({"ids": "x"}, 400, "ids"), ({"all": False}, 400, "all"), ([ids[2]], 400, None)]
+    for body, code, field in refused:
+        async with r.http.post(replay, json=body) as resp:
+            assert resp.status == code and (await resp.json()).get("field") == field, body
+    assert (await r.service.store.counts())["dead"] == 1
+    async with r.http.post(replay, json={"all": True}) as resp:
+        assert await resp.json() == {"replayed": 1}
+    await wait_state(r, "sent", 3)
+
+
 async def test_401_is_a_permanent_auth_error(relay: RelayFactory, sink: Sink) -> None:
     sink.default = status(401)
     r = await relay(config(sink.url))

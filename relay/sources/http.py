@@ -25,7 +25,7 @@ from aiohttp import HttpVersion11, hdrs, web
 from pydantic import SecretStr
 
 from relay.errors import InputError, StoreUnavailable
-from relay.formats import parse_body, parse_runs
+from relay.formats import BOM, parse_body, parse_runs
 from relay.formats.trigger_alerts import (
     ALERT_EXPECTED,
     SIGNATURE_HEADER,
@@ -47,6 +47,7 @@ log = logging.getLogger("relay.http")
 RETRY_AFTER_S = "5"
 BODY_TIMEOUT_S = 60.0
 REFUSAL_LOG_EVERY_S = 10.0
+MAX_REPLAY_BODY = 1024 * 1024
 
 
 class RefusalLog:
@@ -295,12 +296,61 @@ class Handlers:
         return json_response({"replayed": moved})
 
     async def dlq_replay_all(self, request: web.Request) -> web.Response:
+        """Every dead notification, or (as `relay dlq replay ID|--all`) the ones a JSON body
+        names: `{"id": ...}` or `{"ids": [...]}`; `{"all": true}` or no body is every one."""
         if not authorized(request, self.deps.admin_token()):
             return unauthorized()
-        moved = await self.deps.store.replay(None, self.deps.clock())
+        if (refused := refuse_declared(request, MAX_REPLAY_BODY)) is not None:
+            return refused
+        body = await read_limited(request, MAX_REPLAY_BODY)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            ids = replay_selection(body)
+        except InputError as exc:
+            return error(400, exc.message, exc.field or None)
+        moved = await self.deps.store.replay(ids, self.deps.clock())
+        if ids is not None and not moved:
+            return error(404, "no dead notification with that id", "ids" if len(ids) > 1 else "id")
         self.deps.wake_all()
         log.info("dead notifications replayed", extra={"replayed": moved})
         return json_response({"replayed": moved})
+
+
+def replay_selection(body: bytes) -> list[str] | None:
+    """The ids a POST /v1/dlq/replay body names, or None for every dead notification. A body
+    naming ids never replays the others."""
+    if not body.strip():
+        return None
+    try:
+        data = orjson.loads(body.removeprefix(BOM))
+    except orjson.JSONDecodeError:
+        raise InputError("", "invalid JSON") from None
+    if not isinstance(data, dict):
+        raise InputError("", 'expected a JSON object: {"ids": [...]}, {"id": ...} or {"all": true}')
+    if unknown := sorted(set(data) - {"id", "ids", "all"}):
+        raise InputError(unknown[0], "unknown field; use id, ids or all")
+    ids = _named_ids(data)
+    if ids is None and data.get("all", True) is not True:
+        raise InputError("all", 'expected true, or name the notifications in "ids"')
+    if ids is not None and "all" in data:
+        raise InputError("all", 'give "all" or the ids, not both')
+    return ids
+
+
+def _named_ids(data: dict[str, Any]) -> list[str] | None:
+    if "id" in data and "ids" in data:
+        raise InputError("ids", 'give "id" or "ids", not both')
+    if "id" in data:
+        if not isinstance(data["id"], str) or not data["id"]:
+            raise InputError("id", "expected a notification id")
+        return [data["id"]]
+    if "ids" not in data:
+        return None
+    ids = data["ids"]
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+        raise InputError("ids", "expected a non-empty list of notification ids")
+    return ids
 
 
 def dead_letter_view(n: Notification) -> dict[str, Any]:
