@@ -105,6 +105,11 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        self.queue_depth = Gauge(
+            "relay_queue_depth",
+            "Notifications waiting to be delivered (pending in the outbox).",
+            registry=r,
+        )
         self.outbox_oldest = Gauge(
             "relay_outbox_oldest_pending_age_seconds",
             "Age of the oldest pending notification (0 when none is pending).",
@@ -173,6 +178,7 @@ class Metrics:
         self.store_up.set(1)
         for state, count in counts.items():
             self.outbox.labels(state=state).set(count)
+        self.queue_depth.set(counts.get("pending", 0))
         self.outbox_oldest.set(0.0 if oldest is None else max(now - oldest, 0.0))
 
     def realtime_batch(self, feed: str, rows: int, lag_s: float | None) -> None:

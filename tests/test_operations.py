@@ -105,6 +105,7 @@ async def test_the_oldest_pending_notification_ages_while_a_channel_is_down(
 ) -> None:
     text = await metrics_after_failures(relay, sink, status(503, {"Retry-After": "600"}), 5, 1)
     assert value(text, 'relay_outbox_notifications{state="pending"}') == 1
+    assert value(text, "relay_queue_depth") == 1  # SPEC §6 names the queue depth
     assert 0.2 < value(text, "relay_outbox_oldest_pending_age_seconds") < 60
 
 
