@@ -199,6 +199,9 @@ async def test_400_is_dead_then_replay_delivers(
         assert resp.status == 404
     said = [(rec.getMessage(), rec.__dict__.get("notification_id")) for rec in caplog.records]
     assert said.count(("dead notification replayed", dead["id"])) == 1
+    [line] = [rec for rec in caplog.records if rec.getMessage() == "dead notification replayed"]
+    about = {k: line.__dict__.get(k) for k in ("run_id", "rule", "channel")}  # SPEC §6
+    assert about == {"run_id": "run_delivery_0000", "rule": "failures", "channel": "hook"}
 
 
 async def test_attempts_exhausted_is_dead_and_replay_all(relay: RelayFactory, sink: Sink) -> None:

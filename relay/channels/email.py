@@ -289,6 +289,7 @@ class EmailChannel:
                     "channel": self.name,
                     "notification_id": message.notification_id,
                     "run_id": message.run_id,
+                    "rule": message.rule,
                     "refused": len(refused),
                     "recipients": len(self._recipients),
                 },

@@ -292,8 +292,17 @@ class Handlers:
         if not moved:
             return error(404, "no dead notification with that id", "id")
         self.deps.wake_all()
-        log.info("dead notification replayed", extra={"notification_id": ident})
+        log.info("dead notification replayed", extra=await self._about(ident))
         return json_response({"replayed": moved})
+
+    async def _about(self, ident: str) -> dict[str, Any]:
+        """A log line's run id, rule and channel of notification `ident`, as every line about
+        a notification carries them."""
+        row = await self.deps.store.get(ident)
+        extra: dict[str, Any] = {"notification_id": ident}
+        if row is not None:
+            extra.update(run_id=row.run_id or None, rule=row.rule, channel=row.channel)
+        return extra
 
     async def dlq_replay_all(self, request: web.Request) -> web.Response:
         """Every dead notification, or (as `relay dlq replay ID|--all`) the ones a JSON body

@@ -371,6 +371,12 @@ async def test_one_refused_recipient_of_two_still_sends(
     assert got.rcpt_tos == ["oncall@example.com"]
     [record] = caplog.records
     assert record.__dict__["refused"] == 1 and record.__dict__["recipients"] == 2
+    said = {k: record.__dict__.get(k) for k in ("run_id", "rule", "channel")}  # SPEC §6: all three
+    assert said == {
+        "run_id": "run_cmuxjbf30kqkowywawhi1r8yr",
+        "rule": "prod-failures",
+        "channel": "team-email",
+    }
 
 
 async def test_starttls_and_auth(smtp_server: SmtpFactory, smtp_pki: Pki) -> None:
