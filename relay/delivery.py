@@ -422,7 +422,7 @@ class ChannelLoop:
             tries = tried.tries
             writes: list[Awaitable[object]]
             if err is None:
-                writes = [self._sent(row, row.attempts + tries, tried.receipt) for row in rows]
+                writes = [self._sent(row, row.attempts + tries, tried) for row in rows]
             else:
                 after = self._outcome(err, rows, tries)
                 writes = [self._failed(row, err, row.attempts + tries, after) for row in rows]
@@ -638,14 +638,14 @@ class ChannelLoop:
         await self._throttle()
         return await self.route.channel.send(replace(outgoing, timestamp=self.deps.clock()))
 
-    async def _sent(self, row: Notification, attempts: int, receipt: str | None = None) -> None:
+    async def _sent(self, row: Notification, attempts: int, tried: Tried) -> None:
         extra = self._extra(row)
         now = self.deps.clock()
-        await self.deps.store.mark_sent(row.id, now=now, attempts=attempts, receipt=receipt)
-        log.info(
-            "notification sent",
-            extra={**extra, "attempts": attempts, "latency_s": round(now - row.created_at, 4)},
-        )
+        await self.deps.store.mark_sent(row.id, now=now, attempts=attempts, receipt=tried.receipt)
+        extra.update(attempts=attempts, latency_s=round(now - row.created_at, 4))
+        if tried.failed:  # quick retries leave no line of their own: say what they were
+            extra["failed_tries"] = list(tried.failed)
+        log.info("notification sent", extra=extra)
         self._event("sent", row, "", attempts)
 
     def _outcome(self, err: DeliveryError, rows: list[Notification], tries: int) -> pol.Outcome:

@@ -437,9 +437,13 @@ async def test_a_send_held_by_the_rate_limit_carries_the_time_it_went_out(
     await wait_state(r, "sent", 4)
 
 
-async def test_quick_retries_keep_to_the_rate_limit(relay: RelayFactory, sink: Sink) -> None:
+async def test_quick_retries_keep_to_the_rate_limit(
+    relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
     """Each try is a request the receiver sees: in-process retries of a blip wait for the
-    channel's rate limit too, with a fresh timestamp and signature each."""
+    channel's rate limit too, with a fresh timestamp and signature each; the line that says
+    the notification was sent says which tries failed first."""
+    caplog.set_level(logging.INFO, logger="relay.delivery")
     sink.responses = [status(500), status(500)]
     text = config(sink.url).replace("    secret:", "    rate_limit: {per_second: 4}\n    secret:")
     r = await relay(text)
@@ -450,6 +454,8 @@ async def test_quick_retries_keep_to_the_rate_limit(relay: RelayFactory, sink: S
     assert len({g.headers["webhook-id"] for g in got}) == 1
     for g in got:
         standardwebhooks.Webhook(SECRET).verify(g.body, g.headers)
+    [sent] = [rec for rec in caplog.records if rec.getMessage() == "notification sent"]
+    assert (sent.__dict__["attempts"], sent.__dict__["failed_tries"]) == (3, ["server_error"] * 2)
 
 
 def leased(db: Path) -> int:
