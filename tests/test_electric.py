@@ -190,6 +190,25 @@ def test_nulls_and_missing_columns_get_the_sdk_defaults() -> None:
     assert run.model_extra is not None and run.model_extra["isQueued"] is True
 
 
+@pytest.mark.parametrize("type_column", ["absent", None, "application/json"])
+def test_packet_text_without_its_type_column_is_json(type_column: str | None) -> None:
+    """The type columns are NOT NULL DEFAULT 'application/json': a row without them (a skipped
+    column, a hand-made row) holds JSON text, read as with a null or explicit type. A metadata
+    rule matched a row with metadataType null, not one without it ({"value": "<text>"})."""
+    row: dict[str, Any] = {
+        "friendlyId": "run_x",
+        "status": "CRASHED",
+        "metadata": '{"customer": {"tier": "enterprise"}}',
+        "payload": '{"order": 7}',
+        "output": "not json",
+    }
+    if type_column != "absent":
+        row |= dict.fromkeys(("metadataType", "payloadType", "outputType"), type_column)
+    run = parse_raw_run(row)
+    assert run.metadata == {"customer": {"tier": "enterprise"}}
+    assert (run.payload, run.output) == ({"order": 7}, "not json")
+
+
 @pytest.mark.parametrize(
     ("raw", "public"),
     [

@@ -68,6 +68,10 @@ _RENAMED = {
 }
 _INTERNAL_ID = "id"  # the cuid; the public run id is `friendlyId`
 _ZERO_DEFAULT = ("durationMs", "costInCents", "baseCostInCents")
+# The packet columns (text) and their type columns, NOT NULL DEFAULT 'application/json'
+# (schema.prisma): a row without the type column (skipColumns, a hand-made row) holds JSON text.
+_PACKET_TYPES = (("payload", "payloadType"), ("output", "outputType"), ("metadata", "metadataType"))
+_PACKET_DEFAULT = "application/json"
 _LIST_DEFAULT = ("tags", "realtimeStreams")
 # booleanHelpersFromRunStatus (runStream.ts), on the public status.
 _FAILED = frozenset({"FAILED", "CRASHED", "SYSTEM_FAILURE", "EXPIRED", "TIMED_OUT"})
@@ -315,6 +319,9 @@ def _sdk_shape(row: dict[str, Any]) -> dict[str, Any]:
     for name in _LIST_DEFAULT:
         if data.get(name) is None:
             data[name] = []
+    for name, type_name in _PACKET_TYPES:
+        if isinstance(data.get(name), str) and type_name not in data:
+            data[type_name] = _PACKET_DEFAULT
     data["error"] = _error(data.get("error"))
     status = data.get("status")
     if isinstance(status, str):
