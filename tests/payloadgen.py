@@ -112,6 +112,7 @@ TASKS = [
 ]
 TAGS = ["env:prod", "env:staging", "vip", "customer:cus_Q8x2", "plan:pro", "ünï:✓", "🚀", "a b"]
 TAGS += ["NULL", "null", 'say "hi"', "back\\slash", "a,b", "{x}", " pad ", "x" * 128]
+LONG = ["x" * 5000, "é" * 3001, "word " * 900, "at f (file.ts:1:1)\n" * 1500]
 WEIRD = [
     "",
     " ",
@@ -165,6 +166,8 @@ class Gen:
         return "".join(self.r.choice(alphabet) for _ in range(self.r.randint(1, n)))
 
     def text(self) -> str:
+        if self.chance(0.03):
+            return self.pick(LONG)
         return self.pick(WEIRD) if self.chance(0.3) else self.word(30)
 
     def run_id(self) -> str:

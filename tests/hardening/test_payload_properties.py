@@ -23,13 +23,14 @@ import os
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from tests.conftest import RelayProcess, Sink, run_cli
+from tests.fakes.realtime import Exchange, fake_realtime, row_key, session
 from tests.fakes.smtp import SmtpFactory
 from tests.payloadgen import Expect, Gen
 from tests.payloadrules import RENDER_CHANNELS, config_text, expected_rules, rule_names
@@ -275,3 +276,52 @@ async def test_valid_payloads_through_serve_and_test(
                 assert body == tested.hook_bodies[body["id"]]
     for delivered in smtp.messages:
         assert_email(delivered.message())
+
+
+def realtime_script(seed: int, count: int) -> tuple[list[Exchange], dict[str, Expect]]:
+    """A Realtime tag feed whose snapshot holds `count` generated rows as Electric's text."""
+    gen, expect, inserts = Gen(seed), {}, []
+    for _ in range(count):
+        row, exp = gen.raw_row()
+        wire = (
+            row if all(v is None or isinstance(v, str) for v in row.values()) else gen.as_wire(row)
+        )
+        inserts.append({"key": row_key(row["id"]), "value": wire, "headers": INSERT})
+        expect[exp.id] = exp
+    snapshot, catch_up = session()[:2]
+    return [replace(snapshot, body=inserts), catch_up], expect
+
+
+INSERT = {"operation": "insert", "relation": ["public", "TaskRun"]}
+
+
+async def test_generated_rows_through_the_realtime_source_and_test(
+    tmp_path: Path, sink: Sink, smtp_server: SmtpFactory
+) -> None:
+    """The same rows as the Realtime source receives them: serve follows a fake feed, `relay
+    test` reads the recorded response bodies; both fire what the rows call for."""
+    smtp = await smtp_server("plain")
+    script, expect = realtime_script(SEED, max(EXAMPLES // 2, 10))
+    config = tmp_path / "config.yaml"
+    async with fake_realtime(script) as fake:
+        text = json.loads(config_text(sink.url, smtp.port, SECRET))
+        text["sources"]["realtime"] = {
+            "api_url": fake.url,
+            "secret_key": "tr_dev_payloads",
+            "feeds": [{"tags": ["env:prod"]}],
+        }
+        config.write_text(json.dumps(text, ensure_ascii=False))
+        want = expected_pairs(Plan(updates={k: [e] for k, e in expect.items()}))
+        relay = RelayProcess(config, tmp_path / "relay.db").start()
+        try:
+            served = await served_pairs(relay.url, sum(map(len, want.values())))
+        finally:
+            relay.kill()
+    (tmp_path / "feed.json").write_text(json.dumps([m for e in script for m in e.body]))
+    done = run_cli("test", "--json", "--config", str(config), str(tmp_path / "feed.json"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    tested = DryRun()
+    for result in json.loads(done.stdout):
+        tested.add(result)
+    assert dict(served) == {k: v for k, v in want.items() if v}
+    assert dict(tested.pairs) == want
