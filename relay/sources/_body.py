@@ -7,6 +7,13 @@ the size limit holds for the decoded body without decoding more than it.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Collection
+from typing import Any
+
+import orjson
+
+from relay.errors import InputError
+from relay.formats import BOM
 
 ACCEPT_ENCODING = "gzip, deflate"  # what a 415 tells the client to use instead
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
@@ -52,3 +59,19 @@ def decode(body: bytes, applied: list[str], limit: int) -> bytes | None:
             raise CorruptBody(coding)
         body = out
     return body
+
+
+def json_object(
+    body: bytes, known: Collection[str], expected: str, unknown: str = "unknown field"
+) -> dict[str, Any]:
+    """`body` as a JSON object holding only `known` keys, else an InputError naming the field
+    (`expected` says what the object should be, `unknown` what to do about a stray key)."""
+    try:
+        data = orjson.loads(body.removeprefix(BOM))
+    except orjson.JSONDecodeError:
+        raise InputError("", "invalid JSON") from None
+    if not isinstance(data, dict):
+        raise InputError("", expected)
+    if stray := sorted(set(data) - set(known)):
+        raise InputError(stray[0], unknown)
+    return data

@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiohttp import web
 
 from relay.errors import InputError
-from relay.formats import BOM
 from relay.history import event_view, history_query, notification_view
 from relay.silences import new_silence, parse_matchers, parse_time, silence_view
+from relay.sources._body import json_object
 
 if TYPE_CHECKING:
     from relay.model import Silence
@@ -102,15 +101,8 @@ class SilenceHandlers:
 
 
 def _silence_from(body: bytes, now: float) -> Any:
-    try:
-        data = orjson.loads(body.removeprefix(BOM))
-    except orjson.JSONDecodeError:
-        raise InputError("", "invalid JSON") from None
-    if not isinstance(data, dict):
-        raise InputError("", "expected a JSON object")
-    unknown = set(data) - {"matchers", "starts_at", "ends_at", "comment", "created_by"}
-    if unknown:
-        raise InputError(sorted(unknown)[0], "unknown field")
+    fields = ("matchers", "starts_at", "ends_at", "comment", "created_by")
+    data = json_object(body, fields, "expected a JSON object")
     if "ends_at" not in data:
         raise InputError("ends_at", "required field is missing")
     starts = data.get("starts_at")

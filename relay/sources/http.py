@@ -25,7 +25,7 @@ from aiohttp import HttpVersion11, hdrs, web
 from pydantic import SecretStr
 
 from relay.errors import InputError, StoreUnavailable
-from relay.formats import BOM, parse_body, parse_runs
+from relay.formats import parse_body, parse_runs
 from relay.formats.trigger_alerts import (
     ALERT_EXPECTED,
     SIGNATURE_HEADER,
@@ -40,6 +40,7 @@ from relay.sources._body import (
     UnsupportedCoding,
     codings,
     decode,
+    json_object,
 )
 from relay.store import Store
 
@@ -331,14 +332,8 @@ def replay_selection(body: bytes) -> list[str] | None:
     naming ids never replays the others."""
     if not body.strip():
         return None
-    try:
-        data = orjson.loads(body.removeprefix(BOM))
-    except orjson.JSONDecodeError:
-        raise InputError("", "invalid JSON") from None
-    if not isinstance(data, dict):
-        raise InputError("", 'expected a JSON object: {"ids": [...]}, {"id": ...} or {"all": true}')
-    if unknown := sorted(set(data) - {"id", "ids", "all"}):
-        raise InputError(unknown[0], "unknown field; use id, ids or all")
+    expected = 'expected a JSON object: {"ids": [...]}, {"id": ...} or {"all": true}'
+    data = json_object(body, ("id", "ids", "all"), expected, "unknown field; use id, ids or all")
     ids = _named_ids(data)
     if ids is None and data.get("all", True) is not True:
         raise InputError("all", 'expected true, or name the notifications in "ids"')
