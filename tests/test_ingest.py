@@ -185,7 +185,7 @@ async def test_lone_surrogate_escapes_are_accepted_as_replacement_characters(
     status, answer, _ = await raw_post(r.url, latin1, {"Content-Type": "application/json"})
     assert (status, answer["error"]) == (400, "invalid JSON: not UTF-8 at byte 12")
     deep = b"[" * 100 + b'"\\ud800"' + b"]" * 100
-    for bad, why in ((b'["\\ud800", NaN]', "invalid JSON"), (deep, "nested deeper than 64")):
+    for bad, why in ((b'["\\ud800", NaN]', "invalid JSON"), (deep, "expected a run object")):
         status, answer, _ = await raw_post(r.url, bad, {"Content-Type": "application/json"})
         assert status == 400 and why in answer["error"], answer
 
@@ -280,10 +280,26 @@ BAD_BODIES: list[tuple[bytes, str | None, str]] = [
     ),
     (b"\xff\xfe{bad utf8}", None, "invalid JSON"),
     (b"[" * 2000 + b"]" * 2000, None, "invalid JSON"),  # nesting deeper than orjson allows
-    # deep enough for orjson, too deep for the serialiser after the 202 (was a 500)
-    (json.dumps(small_failed(metadata=json.loads('{"a":' * 250 + "1" + "}" * 250))).encode(),
-     None, "nested deeper than 64 levels"),
 ]  # fmt: skip
+
+
+async def test_a_run_whose_data_nests_too_deep_still_alerts(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """Metadata deep enough for orjson but too deep for the serialiser after the 202 (it was a
+    500, then a 400 that lost the run): past 64 levels it is cut, with a note, and the run
+    alerts."""
+    r = await relay(CONFIG.replace("{type: console}", f"{{type: webhook, url: '{sink.url}'}}"))
+    deep = json.loads('{"a":' * 250 + "1" + "}" * 250)
+    status, answer, _ = await raw_post(
+        r.url,
+        json.dumps(small_failed(metadata=deep)).encode(),
+        {"Content-Type": "application/json"},
+    )
+    assert (status, answer["notifications"]) == (202, 1), answer
+    [got] = await sink.wait_for(1)
+    text = got.body.decode()
+    assert "(nested deeper than 64 levels)" in text and text.count('{"a"') < 70
 
 
 async def test_bad_bodies_get_400_naming_the_field(relay: RelayFactory) -> None:

@@ -11,7 +11,7 @@ import orjson
 
 from relay.errors import InputError
 from relay.formats.electric import fold_messages, is_raw_row, is_shape_message, parse_raw_run
-from relay.formats.packets import MAX_DEPTH, too_deep
+from relay.formats.packets import cap_depth, too_deep
 from relay.formats.sdk import parse_sdk_run
 from relay.model import Run
 
@@ -24,8 +24,8 @@ RUNS_EXPECTED = "a JSON run object or an array of them"
 
 
 def parse_body(body: bytes, expected: str = RUNS_EXPECTED) -> Any:
-    """JSON of a request body; InputError for anything that is not JSON (an empty body's error
-    says what was `expected`)."""
+    """JSON of a request body, cut past MAX_DEPTH levels (cap_depth); InputError for anything
+    that is not JSON (an empty body's error says what was `expected`)."""
     body = body.removeprefix(BOM)
     if not body.strip():
         raise InputError("", f"empty body; expected {expected}")
@@ -33,9 +33,7 @@ def parse_body(body: bytes, expected: str = RUNS_EXPECTED) -> Any:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         data = _with_lone_surrogates(body, exc)
-    if too_deep(data):
-        raise InputError("", f"JSON nested deeper than {MAX_DEPTH} levels")
-    return data
+    return cap_depth(data) if too_deep(data) else data
 
 
 def _with_lone_surrogates(body: bytes, exc: orjson.JSONDecodeError) -> Any:
@@ -55,7 +53,7 @@ def _with_lone_surrogates(body: bytes, exc: orjson.JSONDecodeError) -> Any:
     except (ValueError, RecursionError):
         raise InputError("", f"invalid JSON: {_json_reason(exc)}") from None
     if too_deep(data):  # before the recursive replacement
-        raise InputError("", f"JSON nested deeper than {MAX_DEPTH} levels")
+        data = cap_depth(data)
     return _replace_surrogates(data)
 
 

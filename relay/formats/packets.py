@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 OFFLOADED = "application/store"
-# JSON nested deeper than this is refused in a request body, and a packet or column that
+# JSON nested deeper than this is cut in a request body (cap_depth), and a packet or column that
 # decodes deeper is kept as its text: real run data is shallow, and deep values would exhaust
 # the serialiser (pydantic's depth limit) or a template's recursion long after the 202.
 MAX_DEPTH = 64
@@ -31,6 +31,22 @@ def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
         if not level:
             return False
     return True
+
+
+DEEPER = f"(nested deeper than {MAX_DEPTH} levels)"
+
+
+def cap_depth(value: Any, limit: int = MAX_DEPTH) -> Any:
+    """`value` with each list or dict past `limit` levels replaced by the text DEEPER, so a
+    run whose payload or metadata nests absurdly deep still alerts (recursion: `limit` deep
+    at most)."""
+    if not isinstance(value, dict | list):
+        return value
+    if limit < 0:
+        return DEEPER
+    if isinstance(value, dict):
+        return {key: cap_depth(item, limit - 1) for key, item in value.items()}
+    return [cap_depth(item, limit - 1) for item in value]
 
 
 def loads_shallow(text: str | bytes) -> Any:
