@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from relay import __version__
+from relay import __version__, signals
 from relay.configure import BUILTIN_NAME, Compiled, compile_config, load
 from relay.errors import ConfigError, InputError, Problem, RelayError
 from relay.logs import SCRUB, setup_logging
@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         args.config = args.file
     settings: Settings | None = None
     try:
+        if args.command != "serve":  # only the service answers them itself (see relay.signals)
+            signals.release()
         settings = load_settings()
         SCRUB.lasting(settings.secrets())
         sub: str | None = getattr(args, "dlq_command", None) or getattr(

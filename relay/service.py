@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from relay import signals
 from relay.channels import ChannelEnv
 from relay.channels._http import HttpClient
 from relay.config import Config, ServerConfig
@@ -99,6 +100,12 @@ class Service:
         return self.compiled.loaded.config
 
     async def start(self) -> tuple[str, int]:
+        """Open the store, start delivery and intake. A reload (SIGHUP) meanwhile waits: it
+        started a second delivery that nothing stopped."""
+        async with self._reloading:
+            return await self._start()
+
+    async def _start(self) -> tuple[str, int]:
         SCRUB.set(self.compiled.loaded.secrets())
         await self.store.open()
         if self.role.index is not None:
@@ -129,7 +136,7 @@ class Service:
         self.address = await self._serve_http(self.intake)
         self._start_realtime()
         self.metrics.config_reload_time.set(time.time())
-        self._tasks = [
+        self._tasks += [
             asyncio.create_task(self._prune_forever(), name="retention"),
             asyncio.create_task(self._watch_config(), name="config-watch"),
         ]
@@ -144,7 +151,7 @@ class Service:
         self.delivery = self._delivery(self.compiled)
         self.delivery.start()
         commands = read_commands(self._wake, self._wake_all, self._reload_soon, self.request_stop)
-        self._tasks = [asyncio.create_task(commands, name="commands")]
+        self._tasks.append(asyncio.create_task(commands, name="commands"))
         if self.role.events is not None:
             write_ready(self.role.events)
         return "", 0
@@ -366,11 +373,21 @@ class Service:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT stop, SIGHUP reloads; installed before `listening` is announced."""
+        """SIGTERM/SIGINT stop, SIGHUP reloads; installed before `listening` is announced.
+        Those that came while relay was starting (held by relay.signals) count too."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
+        held = signals.take()
+        if held & {signal.SIGTERM, signal.SIGINT}:
+            self.request_stop()
+        elif signal.SIGHUP in held:
+            self._reload_soon()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     async def run_until_stopped(self) -> None:
         await self._stop.wait()
@@ -431,6 +448,9 @@ async def serve(settings: Settings, compiled: Compiled, role: Role | None = None
     service = Service(settings, compiled, role)
     service.install_signal_handlers()
     try:
+        if service.stopping:
+            log.info("stop requested while starting: not started")
+            return
         host, port = await service.start()
         if service.role.index is not None:
             log.info("delivery worker ready", extra={"worker": service.role.index})

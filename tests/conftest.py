@@ -199,6 +199,18 @@ class RelayProcess:
         self.url = ""
 
     def start(self, timeout: float = 20.0) -> RelayProcess:
+        listening = self.spawn()
+        deadline = time.monotonic() + timeout
+        while not listening.wait(0.05):
+            assert self.proc is not None
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                time.sleep(0.1)  # let the reader threads take the last lines
+                raise AssertionError(f"relay did not start: {self.logs[-5:]}")
+        return self
+
+    def spawn(self) -> threading.Event:
+        """The child started, its output read; the event is set once it is listening."""
         self.logs, self.stdout = [], []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "relay", "serve"],
@@ -211,13 +223,7 @@ class RelayProcess:
         listening = threading.Event()
         threading.Thread(target=self._read_logs, args=(listening,), daemon=True).start()
         threading.Thread(target=self._read_stdout, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while not listening.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                time.sleep(0.1)  # let the reader threads take the last lines
-                raise AssertionError(f"relay did not start: {self.logs[-5:]}")
-        return self
+        return listening
 
     def _read_logs(self, listening: threading.Event) -> None:
         assert self.proc is not None and self.proc.stderr is not None

@@ -1,0 +1,114 @@
+"""relay's lifecycle as a container runtime sees it: stop and reload signals at awkward moments
+(while it starts, while it drains), and start-up failures said in words."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.configure import compile_config, load
+from relay.service import Service
+from relay.settings import Settings
+from tests.conftest import RelayProcess
+
+CONSOLE = """\
+channels:
+  out: {type: console}
+rules:
+  - name: failures
+    match: {status: [failure]}
+    notify: [out]
+"""
+
+
+def _start_blocked_on_config(tmp_path: Path) -> tuple[RelayProcess, Path]:
+    """`relay serve` reading its config from a FIFO: it waits there, well inside its start-up,
+    until the test writes the config (when the test's open returns, relay is reading)."""
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    proc = RelayProcess(fifo, tmp_path / "relay.db")
+    proc.spawn()
+    return proc, fifo
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_while_starting_is_a_clean_exit(tmp_path: Path, sig: int) -> None:
+    """SIGTERM in the first half second of `relay serve` (importing, loading the config) killed
+    it with 143, SIGINT with a traceback: a pod deleted right after it started. It exits 0."""
+    proc, fifo = _start_blocked_on_config(tmp_path)
+    with fifo.open("w") as config:  # returns once relay opened the FIFO: it is starting
+        assert proc.proc is not None
+        proc.proc.send_signal(sig)
+        config.write(CONSOLE)
+    assert proc.proc.wait(20) == 0
+    assert not any("Traceback" in str(line) for line in proc.logs)
+    assert any(line.get("msg") == "stopped" for line in proc.logs)
+
+
+def test_a_sighup_while_starting_does_not_kill_relay(tmp_path: Path) -> None:
+    """SIGHUP's default action ended relay (129) while it started: it reloads once it runs."""
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    proc = RelayProcess(fifo, tmp_path / "relay.db")
+    listening = proc.spawn()
+    with fifo.open("w") as config:
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGHUP)
+        config.write(CONSOLE)
+    plain = tmp_path / "plain.yaml"  # the reload reads the file again: no FIFO then
+    plain.write_text(CONSOLE)
+    os.replace(plain, fifo)
+    assert listening.wait(20), proc.logs
+    assert _wait_for_log(proc, "config reloaded")["trigger"] == "SIGHUP"
+    assert proc.terminate() == 0
+
+
+def _wait_for_log(proc: RelayProcess, msg: str, timeout_s: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if found := [e for e in proc.logs if e.get("msg") == msg]:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no {msg!r} in {[e.get('msg') for e in proc.logs]}")
+
+
+def test_a_stop_signal_stops_other_commands_as_before(tmp_path: Path) -> None:
+    """Only `serve` holds the signals; `relay check` blocked on its config dies of SIGTERM."""
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "relay", "check", "--config", str(fifo)],
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    with fifo.open("w") as config:
+        child.send_signal(signal.SIGTERM)
+        config.write(CONSOLE)
+    assert child.wait(20) == -signal.SIGTERM
+
+
+async def test_a_reload_while_starting_leaves_no_delivery_running(tmp_path: Path) -> None:
+    """A SIGHUP while the store opened started a delivery, which start() then replaced by its
+    own without stopping it: its loops outlived shutdown. The reload now waits for start."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONSOLE)
+    settings = Settings(
+        config=config, listen="127.0.0.1:0", store_url=f"sqlite:///{tmp_path}/relay.db"
+    )
+    service = Service(settings, compile_config(load(settings)))
+    reload = asyncio.create_task(service.reload("SIGHUP"))
+    await service.start()
+    assert await reload is True
+    service.request_stop()
+    await service.shutdown()
+    loops = [t for t in asyncio.all_tasks() if t.get_name().startswith("delivery:")]
+    assert not [t for t in loops if not t.done()]
