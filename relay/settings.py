@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
+from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.durations import Duration
@@ -56,6 +57,8 @@ class Settings(BaseSettings):
         Its scheme is read in any case, as URL schemes are (`PostgreSQL://`)."""
         if not isinstance(value, str):
             return value
+        if not value.strip():  # a silent sqlite:///data/relay.db would split the replicas
+            raise ValueError("empty: set the store's URL, or unset it for sqlite:///data/relay.db")
         scheme, colon, rest = value.strip().partition(":")
         return scheme.lower() + colon + rest if colon else scheme
 
@@ -64,6 +67,18 @@ class Settings(BaseSettings):
     def _named(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():  # Path("") would be the directory "."
             raise ValueError("empty: name the YAML file, or unset it for ./config.yaml")
+        return value
+
+    @field_validator(
+        "listen", "log_format", "log_level", "workers", "replica_timeout", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`RELAY_LOG_LEVEL=` (compose's `${LOG_LEVEL}` of an unset variable) takes the default.
+        Not RELAY_CONFIG or RELAY_STORE_URL: an empty one is an error, as a default file or
+        database in their place would hide a broken deployment."""
+        if isinstance(value, str) and not value.strip():
+            raise PydanticUseDefault
         return value
 
     @field_validator("listen")

@@ -494,6 +494,7 @@ def test_format_duration() -> None:
         ({"RELAY_REPLICA_TIMEOUT": "soon"}, "RELAY_REPLICA_TIMEOUT"),
         ({"RELAY_REPLICA_TIMEOUT": "100ms"}, "RELAY_REPLICA_TIMEOUT"),
         ({"RELAY_CONFIG": ""}, "RELAY_CONFIG"),
+        ({"RELAY_STORE_URL": " "}, "RELAY_STORE_URL"),
     ],
 )
 def test_bad_environment_names_the_variable(
@@ -504,6 +505,33 @@ def test_bad_environment_names_the_variable(
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert [p.path for p in info.value.problems] == [name]
+
+
+def test_an_empty_variable_is_unset_where_the_default_is_harmless(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Compose's `RELAY_LOG_LEVEL: ${LOG_LEVEL}` with LOG_LEVEL unset passes an empty value:
+    relay refused to start. It means the default; not for the config file or the store, where a
+    default in their place would hide a broken deployment (one SQLite file per replica)."""
+    for name in ("LISTEN", "LOG_FORMAT", "LOG_LEVEL", "WORKERS", "REPLICA_TIMEOUT"):
+        monkeypatch.setenv(f"RELAY_{name}", " ")
+    settings = load_settings()
+    assert settings.listen_host_port == ("0.0.0.0", 8080)
+    assert (settings.log_format, settings.log_level) == ("json", "INFO")
+    assert (settings.workers, settings.replica_timeout) == (0, 15.0)
+    problems = [str(p) for p in _problems(monkeypatch, {"RELAY_STORE_URL": ""})]
+    assert problems == [
+        "environment: RELAY_STORE_URL: empty: set the store's URL, or unset it for"
+        " sqlite:///data/relay.db"
+    ]
+
+
+def _problems(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> list[object]:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    return list(info.value.problems)
 
 
 def test_environment_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
