@@ -7,6 +7,7 @@ and appear as top-level keys.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable
@@ -163,6 +164,29 @@ class MalformedRequests(logging.Filter):
         return True
 
 
+class PoolReconnects(logging.Filter):
+    """asyncpg's pool logs each failed reconnect during a PostgreSQL outage (every 1 s, doubling
+    to 60 s) with a traceback: 15 lines a try for "connection refused". One line in words."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            record.__dict__["error"] = _error_words(exc)
+            record.msg, record.args = "PostgreSQL unreachable: the connection pool tries again", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _error_words(exc: BaseException) -> str:
+    """In words: "connection refused", "timeout", or the kind of error; never its text (it may
+    quote a host or a user)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
+    return type(exc).__name__
+
+
 class _Fields(logging.Filter):
     def __init__(self, fields: dict[str, Any]) -> None:
         super().__init__()
@@ -189,3 +213,6 @@ def setup_logging(fmt: str, level: str) -> None:
     server = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequests) for f in server.filters):
         server.addFilter(MalformedRequests())
+    pool = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, PoolReconnects) for f in pool.filters):
+        pool.addFilter(PoolReconnects())

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -112,3 +113,46 @@ async def test_a_reload_while_starting_leaves_no_delivery_running(tmp_path: Path
     await service.shutdown()
     loops = [t for t in asyncio.all_tasks() if t.get_name().startswith("delivery:")]
     assert not [t for t in loops if not t.done()]
+
+
+POOL_RECONNECT_FAILS = """\
+import asyncio, logging, socket
+import asyncpg
+from relay.logs import setup_logging
+
+setup_logging("json", "INFO")
+closed = socket.socket()
+closed.bind(("127.0.0.1", 0))
+port = closed.getsockname()[1]
+closed.close()
+
+
+async def main():
+    try:
+        await asyncpg.connect(host="127.0.0.1", port=port, user="relay", timeout=5)
+    except OSError:  # as asyncpg's pool logs it, every 1 s doubling to 60 s, during an outage
+        logging.getLogger("asyncpg.pool").warning(
+            "Failed to restore the pool connection floor; retrying", exc_info=True
+        )
+
+
+asyncio.run(main())
+"""
+
+
+def test_a_postgresql_outage_is_one_line_a_try_not_a_traceback() -> None:
+    """During a PostgreSQL outage asyncpg's pool logged a 15-line traceback at each reconnect."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    done = subprocess.run(
+        [sys.executable, "-c", POOL_RECONNECT_FAILS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    [line] = done.stderr.splitlines()
+    entry = json.loads(line)
+    assert entry["msg"] == "PostgreSQL unreachable: the connection pool tries again"
+    assert entry["error"] == "connection refused"
+    assert entry["logger"] == "asyncpg.pool" and "exc_info" not in entry
