@@ -394,7 +394,11 @@ class Service:
         log.info("shutting down: intake stopped, finishing in-flight deliveries")
 
     def _reload_soon(self) -> None:
-        self._tasks.append(asyncio.create_task(self.reload("SIGHUP"), name="reload"))
+        """A reload task, kept until it is done: shutdown cancels one still running, and one
+        kept for good made every SIGHUP grow the process (a reloader sidecar's every minute)."""
+        task = asyncio.create_task(self.reload("SIGHUP"), name="reload")
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
 
     async def shutdown(self) -> None:
         """Stop intake first, then delivery (in-flight finish or stay in the outbox), then I/O."""

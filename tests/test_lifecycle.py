@@ -156,3 +156,25 @@ def test_a_postgresql_outage_is_one_line_a_try_not_a_traceback() -> None:
     assert entry["msg"] == "PostgreSQL unreachable: the connection pool tries again"
     assert entry["error"] == "connection refused"
     assert entry["logger"] == "asyncpg.pool" and "exc_info" not in entry
+
+
+async def test_sighups_leave_nothing_behind(tmp_path: Path) -> None:
+    """Each SIGHUP's reload task was kept for good: a SIGHUP every minute grew the process."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONSOLE)
+    settings = Settings(
+        config=config, listen="127.0.0.1:0", store_url=f"sqlite:///{tmp_path}/relay.db"
+    )
+    service = Service(settings, compile_config(load(settings)))
+    await service.start()
+    try:
+        before = len(service._tasks)
+        for _ in range(20):
+            service._reload_soon()  # as SIGHUP does
+        reloads = [t for t in service._tasks if t.get_name() == "reload"]
+        assert await asyncio.gather(*reloads) == [True] * 20
+        await asyncio.sleep(0)
+        assert len(service._tasks) == before
+    finally:
+        service.request_stop()
+        await service.shutdown()
