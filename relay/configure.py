@@ -17,7 +17,6 @@ from relay import channels as channel_registry
 from relay.channels import ChannelEnv, Outgoing
 from relay.channels._http import HttpClient
 from relay.config import (
-    ChannelSettings,
     Defaults,
     Draft,
     LoadedConfig,
@@ -80,17 +79,28 @@ def load(settings: Settings, path: Path | None = None) -> LoadedConfig:
 
 
 def _complete(draft: Draft) -> LoadedConfig:
-    """The draft's config; if it has problems, ConfigError with them and those of its valid
-    rules' expressions and templates (compile_config finds these in a valid config)."""
+    """The draft's config; if it has problems, ConfigError with them and those of its rules'
+    expressions and templates where they are known (compile_config finds these in a valid
+    config): an invalid key of a rule, a channel or a section hides no problem of the others."""
     if not draft.problems:
         return draft.loaded()
     locate = draft.source.locate
-    problems = draft.problems + when_problems(draft.rules, locate)
-    if "templates" not in draft.broken:  # else a template of the broken dir seems missing
+    rules = draft.rules.items()
+    problems = draft.problems + when_problems(
+        {i: rule for i, rule in rules if draft.known(("rules", i, "when"))}, locate
+    )
+    if draft.known(("templates", "dir")):  # else a template of the broken dir seems missing
         renderer = Renderer(draft.config.templates.dir)
-        found = _check_templates(renderer, draft.config.channels, draft.rules, locate)[0]
+        rendered = {i: rule for i, rule in rules if all(draft.known(p) for p in _rendering(i))}
+        found = _check_templates(renderer, draft.channel_types, rendered, locate)[0]
         problems += found + _broken_files(renderer, locate, found)
     raise ConfigError(in_file_order(problems))
+
+
+def _rendering(i: int) -> list[tuple[str | int, ...]]:
+    """The keys of rule `i` that say which templates it renders for which channel types."""
+    keys = ("notify", "template", "match", "group_by", "update_on_recovery")
+    return [("rules", i, key) for key in keys]
 
 
 def compile_config(loaded: LoadedConfig) -> Compiled:
@@ -112,7 +122,8 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
     warnings += _never_matching(config.rules, loaded.locate)
     warnings += _match_names_in_group_by(config.rules, loaded.locate)
     every_rule = dict(enumerate(config.rules))
-    found, unknown = _check_templates(renderer, config.channels, every_rule, loaded.locate)
+    types = {name: channel.type for name, channel in config.channels.items()}
+    found, unknown = _check_templates(renderer, types, every_rule, loaded.locate)
     found += _broken_files(renderer, loaded.locate, found)
     if problems or found:
         raise ConfigError(in_file_order(problems + found))
@@ -163,17 +174,17 @@ def _match_names_in_group_by(rules: list[RuleConfig], locate: Locate) -> list[st
 
 def _check_templates(
     renderer: Renderer,
-    channels: Mapping[str, ChannelSettings],
+    channel_types: Mapping[str, str],
     rules: Mapping[int, RuleConfig],
     locate: Locate,
 ) -> tuple[list[Problem], list[str]]:
     """Problems and warnings of the templates each rule renders for the types of its channels
-    (rules by their index in the file; a name not in `channels` is reported elsewhere)."""
+    (rules by their index in the file; a name not in `channel_types` is reported elsewhere)."""
     problems: list[Problem] = []
     warnings: list[str] = []
     for i, rule in rules.items():
         where = locate(("rules", i, "template"))
-        types = dict.fromkeys(channels[n].type for n in rule.notify if n in channels)
+        types = dict.fromkeys(channel_types[n] for n in rule.notify if n in channel_types)
         for kind in (channel_registry.REGISTRY[t] for t in types):
             for template, part in itertools.product(_templates_of(rule), kind.parts):
                 why = renderer.check(kind.type, template, part)

@@ -796,3 +796,142 @@ def test_tokens_read_with_their_trailing_newline_are_used_without_it() -> None:
     ]
     got = [v.get_secret_value() for v in values]
     assert got == ["tok", "adm", "ok", "padded", "tr_prod_abc", "xoxb-1"]
+
+
+def checked(tmp_path: Path, text: str) -> list[str]:
+    """What `relay check` finds in `text` (schema, names, expressions, templates), file:line
+    without the directory."""
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(load_settings(), config)
+    return [str(p).removeprefix(f"{tmp_path}/") for p in info.value.problems]
+
+
+# Each config has independent problems in different places: all are named in one pass, in line
+# order, each once, and none that only follows from another (a value left out or unset).
+UNMASKED = [
+    (  # a bad match hides not the rule's `when`, template, timing or time intervals
+        "channels: {c: {type: console}}\nrules:\n  - name: a\n    match: {status: [BOGUS]}\n"
+        "    when: 'run.x >'\n    template: nope\n    group_wait: 5s\n"
+        "    mute_time_intervals: [nosuch]\n    notify: [c]\n",
+        [
+            "c.yaml:3: rules[0]: group_* options need `group_by`",
+            "c.yaml:4: rules[0].match.status: unknown status 'BOGUS'",
+            "c.yaml:5: rules[0].when: invalid expression: unexpected 'end of template'",
+            "c.yaml:6: rules[0].template: console: template console/nope.txt.j2 not found",
+            "c.yaml:8: rules[0].mute_time_intervals[0]: unknown time interval 'nosuch'",
+        ],
+    ),
+    (  # a bad regex, an unknown key, a missing name: the rest of the rule is still checked
+        "channels: {c: {type: console}}\nrules:\n"
+        "  - {match: {task_regex: '('}, runn: 1, when: 'nope', template: nope, notify: [c]}\n",
+        [
+            "c.yaml:3: rules[0].name: required key is missing",
+            "c.yaml:3: rules[0].match.task_regex: invalid regex",
+            "c.yaml:3: rules[0].runn: unknown key",
+            "c.yaml:3: rules[0].when: invalid expression: unknown name `nope`",
+            "c.yaml:3: rules[0].template: console: template console/nope.txt.j2 not found",
+        ],
+    ),
+    (  # an unknown event: the statuses it would explain are not called unknown
+        "channels: {c: {type: console}}\nrules:\n  - name: a\n"
+        "    match: {event: deploymnet.failed, status: [DEPLOYED]}\n    when: 'run >'\n"
+        "    notify: [c]\n",
+        [
+            "c.yaml:4: rules[0].match.event: unknown event",
+            "c.yaml:5: rules[0].when: invalid expression",
+        ],
+    ),
+    (  # a channel with invalid options: its rules' templates are checked for its type, and it
+        # is no unknown channel
+        "channels:\n  s: {type: slack, webhook_url: notaurl}\n"
+        "rules:\n  - {name: a, notify: [s], template: nope, when: 'run >'}\n",
+        [
+            "c.yaml:2: channels.s.webhook_url: webhook_url must be an https:// URL",
+            "c.yaml:4: rules[0].when: invalid expression",
+            "c.yaml:4: rules[0].template: slack: template slack/nope.json.j2 not found",
+        ],
+    ),
+    (  # an unset variable is its only problem: not a bad expression, an unknown channel or
+        # channel type, a duplicate name, an unknown time interval, a missing template
+        "channels:\n  c: {type: '${UNMASK_UNSET_TYPE}'}\n  d: {type: console}\n"
+        "time_intervals:\n  - {name: '${UNMASK_UNSET_TI}', time_intervals: [{weekdays: [monday]}]}\n"
+        "rules:\n"
+        "  - {name: '${UNMASK_UNSET_A}', notify: [c, d, '${UNMASK_UNSET_C}'],"
+        " mute_time_intervals: [other]}\n"
+        "  - {name: '${UNMASK_UNSET_B}', notify: [d], when: 'run.durationMs > ${UNMASK_UNSET_W}',"
+        " template: '${UNMASK_UNSET_T}'}\n",
+        [
+            "c.yaml:2: channels.c.type: environment variable UNMASK_UNSET_TYPE is not set",
+            "c.yaml:5: time_intervals[0].name: environment variable UNMASK_UNSET_TI is not set",
+            "c.yaml:7: rules[0].name: environment variable UNMASK_UNSET_A is not set",
+            "c.yaml:7: rules[0].notify[2]: environment variable UNMASK_UNSET_C is not set",
+            "c.yaml:8: rules[1].name: environment variable UNMASK_UNSET_B is not set",
+            "c.yaml:8: rules[1].when: environment variable UNMASK_UNSET_W is not set",
+            "c.yaml:8: rules[1].template: environment variable UNMASK_UNSET_T is not set",
+        ],
+    ),
+    (  # an unknown key beside templates.dir: the rules' templates are still looked for
+        "templates: {dir: ./t, bogus: 1}\nchannels: {c: {type: console}}\n"
+        "rules:\n  - {name: a, notify: [c], template: nope}\n",
+        [
+            "c.yaml:1: templates.bogus: unknown key",
+            "c.yaml:4: rules[0].template: console: template console/nope.txt.j2 not found",
+        ],
+    ),
+    (  # an unset templates.dir: no template is looked for where it would have been
+        "templates: {dir: '${UNMASK_UNSET_DIR}'}\nchannels: {c: {type: console}}\n"
+        "rules:\n  - {name: a, notify: [c], template: mine, when: 'run >'}\n",
+        [
+            "c.yaml:1: templates.dir: environment variable UNMASK_UNSET_DIR is not set",
+            "c.yaml:4: rules[0].when: invalid expression",
+        ],
+    ),
+    (  # a bad time interval hides not a duplicate name, nor a rule naming no interval
+        "time_intervals:\n  - {name: night, time_intervals: [{weekdays: [funday]}]}\n"
+        "  - {name: day, time_intervals: [{weekdays: [monday]}]}\n"
+        "  - {name: day, time_intervals: [{weekdays: [monday]}]}\n"
+        "channels: {c: {type: console}}\n"
+        "rules:\n  - {name: a, notify: [c], mute_time_intervals: [nosuch, night]}\n",
+        [
+            "c.yaml:2: time_intervals[0].time_intervals[0].weekdays: invalid weekday 'funday'",
+            "c.yaml:4: time_intervals[2].name: duplicate name",
+            "c.yaml:7: rules[0].mute_time_intervals[0]: unknown time interval 'nosuch'",
+        ],
+    ),
+    (  # a bad inhibit rule or rule hides not the others' references; one that names a rule
+        # with a problem is checked against what of it is known
+        "inhibit_rules:\n  - {name: x, bogus: 1}\n"
+        "  - {name: y, source_digest: {rule: nosuch, min_count: 2}}\n"
+        "  - {name: z, source_digest: {rule: broken, min_count: 2}, equal: [x]}\n"
+        "  - {name: w, source_digest: {rule: unknown-group, min_count: 2}, equal: [x]}\n"
+        "channels: {c: {type: console}}\n"
+        "rules:\n  - {name: broken, match: {status: [NOPE]}, group_by: [a], notify: [c]}\n"
+        "  - {name: unknown-group, group_by: 5, notify: [c]}\n",
+        [
+            "c.yaml:2: inhibit_rules[0].bogus: unknown key",
+            "c.yaml:3: inhibit_rules[1].source_digest.rule: unknown rule: 'nosuch'",
+            "c.yaml:4: inhibit_rules[2].equal[0]: not in the `group_by` of rule 'broken'",
+            "c.yaml:8: rules[0].match.status: unknown status 'NOPE'",
+            "c.yaml:9: rules[1].group_by: Input should be a valid list",
+        ],
+    ),
+    (  # a duplicate key: the value read is checked all the same
+        "channels: {c: {type: console}}\nchannels: {d: {type: console, bogus: 1}}\n"
+        "rules:\n  - name: a\n    notify: [c]\n    notify: [d]\n    when: 'x >'\n",
+        [
+            "c.yaml:2: channels: duplicate key",
+            "c.yaml:2: channels.d.bogus: unknown key",
+            "c.yaml:6: rules[0].notify: duplicate key",
+            "c.yaml:7: rules[0].when: invalid expression",
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), UNMASKED)
+def test_a_problem_masks_no_other_in_one_check(
+    tmp_path: Path, text: str, expected: list[str]
+) -> None:
+    assert_lines_start(checked(tmp_path, text), expected)
