@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command != "serve":  # only the service answers them itself (see relay.signals)
             signals.release()
-        settings = load_settings()
+        settings = _settings(args)
         SCRUB.lasting(settings.secrets())
         sub: str | None = getattr(args, "dlq_command", None) or getattr(
             args, "silence_command", None
@@ -160,6 +160,20 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `relay history --json | head`: the reader left, nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The RELAY_* settings. `relay check` goes on past bad ones (but RELAY_CONFIG, which names
+    what to check) with those at their defaults, to name them with the config's problems."""
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        fields = {p.path.removeprefix("RELAY_").lower() for p in exc.problems}
+        if args.command != "check" or "config" in fields:
+            raise
+        args.env_problems = exc.problems
+        defaults = {name: Settings.model_fields[name].default for name in fields}
+        return load_settings(**defaults)
 
 
 def _json(settings: Settings | None) -> bool:
@@ -215,7 +229,7 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
-    store_problems = _store_url_problems(settings.store_url)
+    store_problems = getattr(args, "env_problems", []) + _store_url_problems(settings.store_url)
     try:
         compiled = _compiled(args, settings)
     except ConfigError as exc:

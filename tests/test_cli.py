@@ -827,3 +827,19 @@ def test_version_and_usage() -> None:
     assert re.fullmatch(r"relay \d+\.\d+\.\d+\S*\n", version.stdout), version.stdout
     assert bare.returncode != 0
     assert "usage: relay" in bare.stderr
+
+
+def test_a_bad_setting_hides_no_problem_of_the_config(tmp_path: Path) -> None:
+    """`relay check` names a bad RELAY_* variable with the config's problems, not alone; a bad
+    RELAY_CONFIG still ends it (what to check is not known)."""
+    config = tmp_path / "c.yaml"
+    config.write_text("channels: {c: {type: console}}\nrules:\n  - {name: a, notify: [x]}\n")
+    env = {"RELAY_LISTEN": "nonsense", "RELAY_LOG_LEVEL": "loud"}
+    both = run_cli("check", "--config", str(config), env=env)
+    assert (both.returncode, both.stdout) == (1, ""), both.stderr
+    assert both.stderr.splitlines() == [
+        f"{config}:3: rules[0].notify[0]: unknown channel 'x'",
+        "environment: RELAY_LISTEN: expected host:port, e.g. 0.0.0.0:8080",
+        "environment: RELAY_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'",
+        "3 problem(s) found",
+    ]
