@@ -676,11 +676,12 @@ _RULE_PLACEHOLDERS: dict[str, Any] = {"name": "?", "notify": ["?"]}  # required:
 
 def _salvaged_rule(spec: Any, path: Path_, unknown: set[Path_]) -> RuleConfig | None:
     """Rule `spec` without its invalid keys (placeholders for the required ones), or None."""
-    if not isinstance(spec, dict) or not isinstance(spec.get("match", {}), dict | None):
+    if not isinstance(spec, dict):
         return None
-    kept = {k: v for k, v in spec.items() if is_known((*path, k), unknown) or k == "match"}
-    match = kept.get("match") or {}
-    kept["match"] = {k: v for k, v in match.items() if is_known((*path, "match", k), unknown)}
+    kept = {k: v for k, v in spec.items() if is_known((*path, k), unknown)}
+    match = spec.get("match")
+    written = match.items() if isinstance(match, dict) else ()
+    kept["match"] = {k: v for k, v in written if is_known((*path, "match", k), unknown)}
     for key, value in _RULE_PLACEHOLDERS.items():
         if not is_known((*path, key), unknown) or key not in kept:
             kept[key] = value
@@ -702,9 +703,9 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
     for err in exc.errors(include_input=False, include_url=False):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
         path = (*prefix, *("continue" if p == "continue_" else p for p in loc))
-        if path in located.reported:
-            continue  # already reported: an unset environment variable, an unreadable value
         kind = err["type"]
+        if path in located.reported or (kind == "missing" and path[:-1] in located.merging):
+            continue  # already reported: an unset environment variable, an unreadable value
         if kind == "extra_forbidden":
             message = "unknown key"
         elif kind == "missing":

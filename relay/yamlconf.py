@@ -35,6 +35,8 @@ class Located:
     # recorded (an unset variable, an unreadable value): a schema error there would repeat it
     from_env: set[Path_] = field(default_factory=set)
     reported: set[Path_] = field(default_factory=set)
+    # mappings with a merge key (<<, refused): a key it would have given is not called missing
+    merging: set[Path_] = field(default_factory=set)
 
     def locate(self, path: Path_) -> str:
         """file:line of the longest known prefix of `path`."""
@@ -197,8 +199,11 @@ class _Walker:
         for key_node, value_node in node.value:
             key = self._key(key_node)
             if key is None:
+                self.located.merging.add(path)  # or a key that is no scalar: reported
                 continue
             child = (*path, key)
+            if "__RELAY_ENV_" in str(key_node.value):  # `keys are not substituted`, reported
+                self.located.reported.add(child)
             if key in out:
                 self.located.problems.append(
                     Problem(

@@ -834,6 +834,15 @@ UNMASKED = [
             "c.yaml:3: rules[0].template: console: template console/nope.txt.j2 not found",
         ],
     ),
+    (  # a match that is no mapping, a rule that is none: the other rules' keys are checked
+        "channels: {c: {type: console}}\nrules:\n  - 5\n"
+        "  - {name: b, notify: [c], match: 5, when: 'y >'}\n",
+        [
+            "c.yaml:3: rules[0]: expected a mapping of keys and values",
+            "c.yaml:4: rules[1].match: expected a mapping of keys and values",
+            "c.yaml:4: rules[1].when: invalid expression",
+        ],
+    ),
     (  # an unknown event: the statuses it would explain are not called unknown
         "channels: {c: {type: console}}\nrules:\n  - name: a\n"
         "    match: {event: deploymnet.failed, status: [DEPLOYED]}\n    when: 'run >'\n"
@@ -915,6 +924,22 @@ UNMASKED = [
             "c.yaml:4: inhibit_rules[2].equal[0]: not in the `group_by` of rule 'broken'",
             "c.yaml:8: rules[0].match.status: unknown status 'NOPE'",
             "c.yaml:9: rules[1].group_by: Input should be a valid list",
+        ],
+    ),
+    (  # a key with ${...} is not also an unknown key; a merge key (refused) may have given
+        # the keys that seem missing; an unreadable `when` is not read as none
+        "base: &b {notify: [c]}\nchannels: {c: {type: console}}\nrules:\n"
+        "  - {name: a, notify: [c], '${K}': 1, when: 'x >'}\n"
+        "  - {<<: *b, name: b, when: 'y >'}\n"
+        "  - {name: c, notify: [c], when: !!bool maybe, template: nope}\n",
+        [
+            "c.yaml:1: base: unknown key",
+            "c.yaml:4: keys are not substituted",
+            "c.yaml:4: rules[0].when: invalid expression",
+            "c.yaml:5: YAML merge keys (<<) are not supported",
+            "c.yaml:5: rules[1].when: invalid expression",
+            "c.yaml:6: cannot read this value",
+            "c.yaml:6: rules[2].template: console: template console/nope.txt.j2 not found",
         ],
     ),
     (  # a duplicate key: the value read is checked all the same
