@@ -39,6 +39,7 @@ from relay.rules import (
 )
 from relay.settings import Settings
 from relay.templating import Rendered, Renderer
+from relay.yamlconf import dotted
 
 BUILTIN_NAME = "<built-in>"
 BUILTIN_CONFIG = """\
@@ -121,6 +122,7 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
         warnings.append(f"{loaded.source.filename}: no rules: updates are taken in, none is sent")
     warnings += _never_matching(config.rules, loaded.locate)
     warnings += _match_names_in_group_by(config.rules, loaded.locate)
+    warnings += _yaml11_words(loaded)
     every_rule = dict(enumerate(config.rules))
     types = {name: channel.type for name, channel in config.channels.items()}
     found, unknown = _check_templates(renderer, types, every_rule, loaded.locate)
@@ -169,6 +171,22 @@ def _match_names_in_group_by(rules: list[RuleConfig], locate: Locate) -> list[st
                     f" no field {path!r}, so every run falls in one group; group_by reads the run"
                     f" as JSON: did you mean {field!r}?"
                 )
+    return out
+
+
+def _yaml11_words(loaded: LoadedConfig) -> list[str]:
+    """Warnings for `match.metadata` values like `region: no`: the text "no" since YAML 1.2
+    reading, a boolean to YAML 1.1 (and to relay before): a rule meant for `false` would no
+    longer fire."""
+    out = []
+    for path in sorted(loaded.source.yaml11_words, key=str):
+        if len(path) == 5 and path[0] == "rules" and path[2:4] == ("match", "metadata"):
+            where = f"{loaded.locate(path)}: {dotted(path)}"
+            word = loaded.config.rules[int(path[1])].match.metadata or {}
+            out.append(
+                f"{where}: {word.get(str(path[4]))!r} matches that text; for a boolean write"
+                " true or false, and quote the text to silence this warning"
+            )
     return out
 
 

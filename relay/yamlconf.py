@@ -37,6 +37,8 @@ class Located:
     reported: set[Path_] = field(default_factory=set)
     # mappings with a merge key (<<, refused): a key it would have given is not called missing
     merging: set[Path_] = field(default_factory=set)
+    # plain yes/no/on/off, read as text (YAML 1.2) where YAML 1.1 read a boolean
+    yaml11_words: set[Path_] = field(default_factory=set)
 
     def locate(self, path: Path_) -> str:
         """file:line of the longest known prefix of `path`."""
@@ -248,7 +250,10 @@ class _Walker:
         self.located.problems.append(Problem(where, "", message))
 
     def _scalar(self, node: yaml.Node, path: Path_) -> Any:
-        if _sexagesimal(node) or _yaml11_bool(node):
+        if _yaml11_bool(node):
+            self.located.yaml11_words.add(path)
+            return node.value
+        if _sexagesimal(node):
             return node.value
         value = self._construct(node)
         if value is _UNREADABLE:

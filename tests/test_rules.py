@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from relay.channels import settings_models
 from relay.config import parse_config
+from relay.configure import compile_config
 from relay.model import Run, RunState
 from relay.rules import RuleSet, compile_rules, lookup
 from tests.conftest import sdk_run
@@ -367,3 +368,17 @@ def test_the_rule_index_agrees_with_evaluating_every_rule(
     r = run(status=status, tags=tags, isTest=is_test)
     assert matched(rules, r) == naive(rules, r)
     assert matched(rules, r) == naive(rules, r)  # the cached index, second time
+
+
+def test_check_warns_of_a_yaml_1_1_boolean_word_in_match_metadata() -> None:
+    """`region: no` was the boolean false (YAML 1.1) before relay read YAML 1.2 booleans: the
+    rule now matches the text, and a rule meant for false would stop firing unseen."""
+    text = (
+        "channels: {c: {type: console}}\nrules:\n  - name: r\n    notify: [c]\n"
+        "    match: {metadata: {region: no, quoted: 'no', flag: true}, is_test: no}\n"
+    )
+    compiled = compile_config(parse_config(text, "c.yaml", settings_models(), env={}))
+    assert [w for w in compiled.warnings if "metadata" in w] == [
+        "c.yaml:5: rules[0].match.metadata.region: 'no' matches that text; for a boolean write"
+        " true or false, and quote the text to silence this warning"
+    ]
