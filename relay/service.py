@@ -65,6 +65,10 @@ HTTP_IDLE_TIMEOUT_S = 60.0
 NOT_WRITABLE_S = 10.0
 
 
+class StoppedWhileStarting(Exception):
+    """A stop was asked for while the store opened: relay ends without starting."""
+
+
 class Service:
     """relay serve: HTTP intake + delivery loops over one store, until SIGTERM/SIGINT.
 
@@ -107,7 +111,7 @@ class Service:
 
     async def _start(self) -> tuple[str, int]:
         SCRUB.set(self.compiled.loaded.secrets())
-        await self.store.open()
+        await self._open_store()
         if self.role.index is not None:
             return await self._start_worker()
         released = await self.store.release_leases()
@@ -141,6 +145,23 @@ class Service:
             asyncio.create_task(self._watch_config(), name="config-watch"),
         ]
         return self.address
+
+    async def _open_store(self) -> None:
+        """Open the store, unless a stop comes first: a PostgreSQL slow to answer (or a
+        migration waiting for another replica's) held a SIGTERM until the connect timeout, and
+        relay then exited 1 with "store open failed". Raises StoppedWhileStarting."""
+        opening = asyncio.ensure_future(self.store.open())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({opening, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not opening.done():
+                opening.cancel()
+                await asyncio.gather(opening, return_exceptions=True)
+        if opening.cancelled():
+            raise StoppedWhileStarting
+        opening.result()
 
     async def _start_worker(self) -> tuple[str, int]:
         """A delivery worker: the loops of the channels it owns, commands from the parent."""
@@ -455,7 +476,11 @@ async def serve(settings: Settings, compiled: Compiled, role: Role | None = None
         if service.stopping:
             log.info("stop requested while starting: not started")
             return
-        host, port = await service.start()
+        try:
+            host, port = await service.start()
+        except StoppedWhileStarting:
+            log.info("stop requested while starting: not started")
+            return
         if service.role.index is not None:
             log.info("delivery worker ready", extra={"worker": service.role.index})
             await service.run_until_stopped()

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,6 +53,31 @@ def test_a_stop_signal_while_starting_is_a_clean_exit(tmp_path: Path, sig: int) 
     assert proc.proc.wait(20) == 0
     assert not any("Traceback" in str(line) for line in proc.logs)
     assert any(line.get("msg") == "stopped" for line in proc.logs)
+
+
+def test_a_stop_while_postgresql_does_not_answer_is_a_clean_exit(tmp_path: Path) -> None:
+    """A SIGTERM while the store opened waited for PostgreSQL's connect timeout, then relay
+    exited 1 with "store open failed": a replica deleted while its database was slow."""
+    silent = socket.socket()  # takes the connection, never says a word: a PostgreSQL that hangs
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    with silent:
+        config = tmp_path / "config.yaml"
+        config.write_text(CONSOLE)
+        port = silent.getsockname()[1]
+        url = f"postgresql://relay@127.0.0.1:{port}/relay"
+        proc = RelayProcess(config, tmp_path / "unused.db", {"RELAY_STORE_URL": url})
+        proc.spawn()
+        silent.settimeout(20)
+        conn, _ = silent.accept()  # relay is opening its store
+        with conn:
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGTERM)
+            assert proc.proc.wait(20) == 0, proc.logs
+    time.sleep(0.1)  # the reader thread takes the last lines
+    msgs = [line.get("msg") for line in proc.logs]
+    assert "stop requested while starting: not started" in msgs
+    assert "relay not started" not in msgs
 
 
 def test_a_sighup_while_starting_does_not_kill_relay(tmp_path: Path) -> None:
