@@ -405,11 +405,12 @@ class ChannelLoop:
             if group_key is not None:
                 await asyncio.shield(self.deps.store.group_flushed(group_key, self.deps.clock()))
             return
-        recovers = None
+        recovers, dead = None, None
         if group_key is None and rows[0].resolves is not None:
-            recovers = await self._recovers(rows[0])
-            if recovers is None:
+            resolving = await self._recovers(rows[0])
+            if resolving is None:
                 return
+            recovers, dead = resolving
         outgoing = await self._render(rows, group_key, recovers)
         tried = await self._attempt(outgoing, max(row.attempts for row in rows))
         for reason in tried.failed:  # every failed try counts, quick retries too (Alertmanager)
@@ -421,7 +422,9 @@ class ChannelLoop:
             # together, else each row would come back alone and the digest split into N messages.
             tries = tried.tries
             writes: list[Awaitable[object]]
-            if err is None:
+            if err is None and dead is not None:  # a recovery, of an alert that was dead
+                writes = [self._recovery_sent(rows[0], rows[0].attempts + tries, tried, dead)]
+            elif err is None:
                 writes = [self._sent(row, row.attempts + tries, tried) for row in rows]
             else:
                 after = self._outcome(err, rows, tries)
@@ -463,9 +466,10 @@ class ChannelLoop:
                 await self.deps.sleep(wait_s)
                 wait_s = min(wait_s * 2, 15.0)
 
-    async def _recovers(self, row: Notification) -> Recovery | None:
-        """What recovery `row` resolves, once that notification is finished. Until then the
-        row waits (None); it is muted (None) when that notification was muted."""
+    async def _recovers(self, row: Notification) -> tuple[Recovery, Notification | None] | None:
+        """What recovery `row` resolves, once that notification is finished, and that
+        notification if it is dead. Until then the row waits (None); it is muted (None) when
+        that notification was muted."""
         firing_id = row.resolves or ""
         firing = await self.deps.store.get(firing_id)
         now = self.deps.clock()
@@ -480,7 +484,21 @@ class ChannelLoop:
             self._event("muted", row, "")
             return None
         receipt = firing.receipt if firing is not None and firing.state == "sent" else None
-        return Recovery(firing_id, receipt)  # dead or forgotten: the channel makes do without
+        dead = firing if firing is not None and firing.state == "dead" else None
+        return Recovery(firing_id, receipt), dead  # dead or forgotten: the channel makes do
+
+    async def _recovery_sent(
+        self, row: Notification, attempts: int, tried: Tried, dead: Notification
+    ) -> None:
+        """A recovery sent while its alert was dead. A replay of that alert meanwhile (by
+        `relay dlq replay`, on any replica) queued no recovery: this one was still pending.
+        The alert then came after it, and the run ended on an open alert: it goes again."""
+        await self._sent(row, attempts, tried)
+        firing = await self.deps.store.get(dead.id)
+        if firing is None or _same_outcome(firing, dead):
+            return
+        if await self.deps.store.requeue_recoveries([row.id], self.deps.clock()):
+            log.info("recovery queued again: its notification was replayed", extra=self._extra(row))
 
     async def _attempt(self, outgoing: Outgoing, attempts: int) -> Tried:
         """Send with in-process retries, each try throttled."""
@@ -694,3 +712,13 @@ class ChannelLoop:
     def _event(self, kind: str, row: Notification, reason: str, attempts: int = 0) -> None:
         if self.deps.on_event is not None:
             self.deps.on_event(kind, row, reason, attempts)
+
+
+def _same_outcome(a: Notification, b: Notification) -> bool:
+    """Whether a notification row is as it was (a replay resets its state and attempts)."""
+    return (a.state, a.attempts, a.not_before, a.receipt) == (
+        b.state,
+        b.attempts,
+        b.not_before,
+        b.receipt,
+    )

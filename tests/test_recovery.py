@@ -429,6 +429,33 @@ async def test_a_replayed_dead_alert_is_resolved_again(
     assert [e["kind"] for e in history].count("sent") == 2
 
 
+async def test_an_alert_replayed_while_its_recovery_is_in_flight_is_resolved_again(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    # the replay finds the recovery still pending (being sent), so it queues none: the alert went
+    # out after the recovery, and the run ended on an open alert
+    replayed = asyncio.Event()
+
+    async def after_the_replay(request: Any, index: int) -> Any:
+        await replayed.wait()
+        return aiohttp.web.Response(status=200)
+
+    sink.responses = [status(400), after_the_replay]  # the alert dies; its recovery waits
+    r = await relay(config(f'  hook: {{type: webhook, url: "{sink.url}/hook"}}', slow_rule("hook")))
+    firing, recovered = ids("hook")
+    await r.post(executing())
+    await until(lambda: _is(r, firing, "dead"))
+    await r.post(completed())
+    await sink.wait_for(2)  # the recovery is in flight
+    async with r.http.post(r.url + "/v1/dlq/replay", json={"ids": [firing]}) as resp:
+        assert (await resp.json())["replayed"] == 1
+    replayed.set()
+    await sink.wait_for(4)
+    await until(lambda: _is(r, recovered, "sent"))
+    order = [req.headers["webhook-id"] for req in sink.received]
+    assert order == [firing, recovered, firing, recovered]
+
+
 # ------------------------------------------------------------------------------ durability
 
 

@@ -187,6 +187,10 @@ class Store(Protocol):
     async def replay(self, ids: Sequence[str] | None, now: float) -> int:
         """Move dead notifications (all if ids is None) back to pending; return how many moved."""
 
+    async def requeue_recoveries(self, ids: Sequence[str], now: float) -> int:
+        """Move these recoveries back to pending if sent or dead (their alert was replayed);
+        return how many moved."""
+
     async def release_leases(self, holder: str | None = None) -> int:
         """Forget the leases of a dead process: every lease when `serve` starts (None), or the
         claims of the delivery worker whose store was opened with `holder` once it died; return

@@ -321,6 +321,10 @@ class PostgresStore:
             await conn.execute(REPLAY_RECOVERIES, now, recoveries_of(moved))
         return len(moved)
 
+    async def requeue_recoveries(self, ids: Sequence[str], now: float) -> int:
+        status = await self._execute(REPLAY_RECOVERIES, now, [*map(clean, ids)])
+        return int(status.rsplit(" ", 1)[-1])
+
     async def release_leases(self, holder: str | None = None) -> int:
         """Nothing to do, by design: other replicas' leases are theirs while they live.
 

@@ -223,14 +223,15 @@ class SQLiteStore:
 
         def replay(conn: sqlite3.Connection) -> int:
             moved = [row[0] for row in conn.execute(sql, params).fetchall()]
-            recovered = conn.execute(
-                REPLAY_RECOVERIES, (now, now, orjson.dumps(recoveries_of(moved)).decode())
-            ).fetchall()
-            for ident in [*moved, *(row[0] for row in recovered)]:
+            for ident in moved:
                 add_event(conn, ident, ("replayed", now, 0, None, None))
+            _requeue_recoveries(conn, recoveries_of(moved), now)
             return len(moved)
 
         return await self._writer.run(replay)
+
+    async def requeue_recoveries(self, ids: Sequence[str], now: float) -> int:
+        return await self._writer.run(lambda conn: _requeue_recoveries(conn, list(ids), now))
 
     async def release_leases(self, holder: str | None = None) -> int:
         """One replica: every lease (outbox claims, feed leadership) is a dead process's, but
@@ -441,6 +442,16 @@ REPLAY_RECOVERIES = """
     WHERE state IN ('sent', 'dead') AND id IN (SELECT value FROM json_each(?))
     RETURNING id
 """
+
+
+def _requeue_recoveries(conn: sqlite3.Connection, ids: list[str], now: float) -> int:
+    """Move sent or dead recoveries back to pending, each with its 'replayed' event."""
+    moved = conn.execute(REPLAY_RECOVERIES, (now, now, orjson.dumps(ids).decode())).fetchall()
+    for (ident,) in moved:
+        add_event(conn, ident, ("replayed", now, 0, None, None))
+    return len(moved)
+
+
 _LEASE = "UPDATE outbox SET lease_until = ?, lease_holder = ?, updated_at = ?"
 _CLAIM = f"""
     {_LEASE} WHERE id IN (
