@@ -251,9 +251,10 @@ class ChannelLoop:
         while not self._stopping:
             try:
                 await self._step()
-            except StoreUnavailable:
+            except StoreUnavailable as exc:
                 if not self._paused:  # once per outage: it is retried every POLL_S
-                    log.warning("store unavailable; delivery paused", extra={"channel": self.name})
+                    extra = {"channel": self.name, "error": str(exc)}
+                    log.warning("store unavailable; delivery paused", extra=extra)
                 self._paused = True
                 await self._idle(POLL_S)
             except Exception:

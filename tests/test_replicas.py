@@ -327,3 +327,4 @@ async def test_postgresql_restart_mid_run_loses_nothing(
         resumed = collections.Counter(e["channel"] for e in p.logs if e.get("msg") == RESUMED)
         lines = [e for e in p.logs if e.get("msg") in (PAUSED, RESUMED)]
         assert paused and set(paused.values()) == {1} and resumed == paused, lines
+        assert all(e["error"].startswith("store unavailable") for e in lines if e["msg"] == PAUSED)
