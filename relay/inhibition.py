@@ -6,8 +6,8 @@ is recorded as muted ("inhibited:<rule>"), not sent. Windows live in the store's
 (namespace "inhibit"), so they survive restarts. A run opens or extends a window only with an
 update newer than the one it last opened it with (namespace "inhibit_source", pruned with the
 runs): a Realtime snapshot or a retried push repeats old sources, which must not mute anew.
-Nor does an update older than the newest of its run (stored, or in the same call), which intake
-ignores as stale: it must not mute either.
+Nor does an update older than the newest of its run before it (stored, or earlier in the same
+call), which intake ignores as stale: it must not mute either.
 
 A `source_digest: {rule, min_count}` source is a pile-up instead of one update: the window holds
 while at least `min_count` distinct runs that the digest rule matched (sharing the `equal`
@@ -84,19 +84,18 @@ class _Windows:
     counted_by: dict[str, InhibitRule] = field(default_factory=dict)  # digests: key → its rule
     at_arrival: dict[tuple[str, str], bool] = field(default_factory=dict)  # (key, run): open?
     sources: dict[str, str | None] = field(default_factory=dict)  # SOURCES read or written
-    newest_ms: dict[str, int] = field(default_factory=dict)  # run → its newest in this call
     stored_ms: dict[str, int | None] = field(default_factory=dict)  # run → newest stored
 
-    async def stale(self, kv: KeyValue, run: Run) -> bool:
-        """Whether `run` is older than the newest update known of it (stored, or later in
-        this call): intake ignores it, so it opens no window and counts in no pile-up."""
+    async def stale(self, kv: KeyValue, run: Run, earlier_ms: int) -> bool:
+        """Whether `run` is older than the newest update known of it before it (stored, or
+        earlier in this call, `earlier_ms`): intake, which takes a call's updates in order,
+        ignores it, so it opens no window and counts in no pile-up."""
         updated_ms = run.updated_at_ms
         if updated_ms is None:
             return False
         if run.id not in self.stored_ms:
             self.stored_ms[run.id] = await kv.run_updated_ms(run.id)
-        newest = max(self.stored_ms[run.id] or 0, self.newest_ms.get(run.id, 0))
-        return updated_ms < newest
+        return updated_ms < max(self.stored_ms[run.id] or 0, earlier_ms)
 
     def piled_up(self, key: str) -> bool:
         rule = self.counted_by[key]
@@ -124,6 +123,18 @@ class _Windows:
         )
 
 
+def _earlier_ms(runs: Sequence[Run]) -> list[int]:
+    """For each update, the newest `updatedAt` of its run earlier in `runs` (0 if none): an
+    update is stale only against those before it, as intake takes them in order."""
+    newest: dict[str, int] = {}
+    out = []
+    for run in runs:
+        out.append(newest.get(run.id, 0))
+        if (ms := run.updated_at_ms) is not None:
+            newest[run.id] = max(newest.get(run.id, ms), ms)
+    return out
+
+
 async def inhibitions(
     kv: KeyValue,
     rules: Sequence[InhibitRule],
@@ -144,14 +155,11 @@ async def inhibitions(
         for r in rules
     ]
     windows = _Windows(now)
-    for run in runs:  # the newest of each run in this call, before any is taken as a source
-        if (ms := run.updated_at_ms) is not None:
-            windows.newest_ms[run.id] = max(windows.newest_ms.get(run.id, ms), ms)
-    for run in runs:
+    for run, earlier_ms in zip(runs, _earlier_ms(runs), strict=True):
         matched: Collection[str] | None = None
         for item in compiled:
             if item.opened_by(run):
-                if not await windows.stale(kv, run) and await _news(
+                if not await windows.stale(kv, run, earlier_ms) and await _news(
                     kv, item.rule, run, windows, counted=False
                 ):
                     key = window_key(item.rule, run)
@@ -159,7 +167,9 @@ async def inhibitions(
                     await kv.kv_put(NAMESPACE, key, repr(windows.until[key]), now)
             elif item.rule.source_digest is not None:
                 matched = rules_of(run) if matched is None else matched
-                if item.rule.source_digest.rule in matched and not await windows.stale(kv, run):
+                if item.rule.source_digest.rule in matched and not await windows.stale(
+                    kv, run, earlier_ms
+                ):
                     await _count(kv, item.rule, run, windows)
     for run in runs:
         for item in compiled:

@@ -318,3 +318,20 @@ async def test_a_stale_source_update_opens_no_window(
     await r.post(_update("run_third", "billing", "FAILED", 13))
     row = await r.service.store.get(notification_id("run_third", "failures", "hook"))
     assert row is not None and (row.state, row.reason) == ("muted", "inhibited:maintenance")
+
+
+@pytest.mark.parametrize("together", [False, True])
+async def test_a_source_update_in_order_opens_the_window_in_any_batch(
+    relay: RelayFactory, sink: Sink, together: bool
+) -> None:
+    # EXECUTING then COMPLETED, in order: intake takes both, so the window opens whether the
+    # two came in one POST or two (in one, the later COMPLETED made the EXECUTING seem stale)
+    r = await relay(STALE_SOURCE.format(url=sink.url))
+    running = _update("run_maint", "maintenance", "EXECUTING", 1)
+    done = _update("run_maint", "maintenance", "COMPLETED", 10)
+    batches = [[running, done]] if together else [[running], [done]]
+    for batch in batches:
+        assert (await r.post(batch))[0] == 202
+    await r.post(_update("run_other", "billing", "FAILED", 11))
+    row = await r.service.store.get(notification_id("run_other", "failures", "hook"))
+    assert row is not None and (row.state, row.reason) == ("muted", "inhibited:maintenance")
