@@ -181,8 +181,9 @@ _Model = TypeVar("_Model", bound=BaseModel)
 
 
 def _not_empty(model: _Model) -> _Model:
-    """`model` if the file set any of its keys; `{}` is a problem naming the keys it takes."""
-    if not model.model_fields_set:
+    """`model` if the file gave any of its keys a value; `{}` (or `{gt: }`, a value left out:
+    null) is a problem naming the keys it takes."""
+    if all(getattr(model, name) is None for name in model.model_fields_set):
         raise ValueError(f"empty: give at least one of {', '.join(type(model).model_fields)}")
     return model
 

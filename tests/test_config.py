@@ -181,6 +181,14 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "rules:\n  - {name: a, notify: [c], match: {tags: {}}}\nchannels: {c: {type: console}}\n",
             "c.yaml:2: rules[0].match.tags: empty: give at least one of any, all, none",
         ),
+        (  # a value left out is null: the same condition left out
+            "rules:\n  - {name: a, notify: [c], match: {cost_cents: {gt: }}}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].match.cost_cents: empty: give at least one of gt, gte, lt, lte",
+        ),
+        (
+            "rules:\n  - {name: a, notify: [c], match: {tags: {any: null}}}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].match.tags: empty: give at least one of any, all, none",
+        ),
         (
             "rules:\n  - {name: a, notify: [c], match: {cost_cents: {gt: .nan}}}\nchannels: {c: {type: console}}\n",
             "c.yaml:2: rules[0].match.cost_cents.gt: Input should be a finite number",
