@@ -288,6 +288,17 @@ def run_cli(
     )
 
 
+# the smallest useful config: failures to the console (shared by tests that need any relay)
+CONSOLE_FAILURES = """\
+channels:
+  out: {type: console}
+rules:
+  - name: failures
+    match: {status: [failure]}
+    notify: [out]
+"""
+
+
 UPDATE_GOLDEN = os.environ.get("RELAY_UPDATE_GOLDEN") == "1"  # read before _clean_env clears it
 
 

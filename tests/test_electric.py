@@ -22,7 +22,7 @@ from relay.formats.electric import (
 from relay.formats.sdk import parse_sdk_run
 from relay.model import Run
 from relay.templating import RenderContext, Renderer
-from tests.conftest import FIXTURES, RelayFactory, sdk_run
+from tests.conftest import CONSOLE_FAILURES, FIXTURES, RelayFactory, sdk_run
 from tests.fakes.realtime import native_value, pg_array, pg_timestamp, raw_row
 
 NAMES = ("failed", "crashed", "timed_out", "completed", "executing")
@@ -343,14 +343,7 @@ def test_a_bad_column_is_named_by_its_raw_name() -> None:
 
 # ---------------------------------------------------------------- POST /v1/runs takes a raw row
 
-CONFIG = """\
-channels:
-  out: {type: console}
-rules:
-  - name: failures
-    match: {status: [failure]}
-    notify: [out]
-"""
+CONFIG = CONSOLE_FAILURES
 
 
 async def test_post_accepts_raw_rows_of_both_layers(relay: RelayFactory) -> None:

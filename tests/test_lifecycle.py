@@ -19,16 +19,9 @@ import pytest
 from relay.configure import compile_config, load
 from relay.service import Service
 from relay.settings import Settings
-from tests.conftest import RelayProcess
+from tests.conftest import CONSOLE_FAILURES, RelayProcess
 
-CONSOLE = """\
-channels:
-  out: {type: console}
-rules:
-  - name: failures
-    match: {status: [failure]}
-    notify: [out]
-"""
+CONSOLE = CONSOLE_FAILURES
 
 
 def _start_blocked_on_config(tmp_path: Path) -> tuple[RelayProcess, Path]:

@@ -30,16 +30,9 @@ from relay.service import Service
 from relay.settings import Settings
 from relay.silences import SilenceCache
 from relay.store.sqlite import SQLiteStore
-from tests.conftest import Relay
+from tests.conftest import CONSOLE_FAILURES, Relay
 
-CONFIG = """\
-channels:
-  out: {type: console}
-rules:
-  - name: failures
-    match: {status: [failure]}
-    notify: [out]
-"""
+CONFIG = CONSOLE_FAILURES
 
 
 @contextlib.asynccontextmanager

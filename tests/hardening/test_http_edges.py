@@ -22,16 +22,9 @@ import pytest
 
 from relay import service as relay_service
 from relay.sources import http as relay_http
-from tests.conftest import RelayFactory, RelayProcess
+from tests.conftest import CONSOLE_FAILURES, RelayFactory, RelayProcess
 
-CONFIG = """\
-channels:
-  out: {type: console}
-rules:
-  - name: failures
-    match: {status: [failure]}
-    notify: [out]
-"""
+CONFIG = CONSOLE_FAILURES
 RUN = {"id": "run_edge", "taskIdentifier": "t", "status": "EXECUTING"}
 
 
