@@ -288,6 +288,18 @@ def run_cli(
     )
 
 
+def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -c CODE` as a child process with exactly `env`, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 # the smallest useful config: failures to the console (shared by tests that need any relay)
 CONSOLE_FAILURES = """\
 channels:

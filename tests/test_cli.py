@@ -14,7 +14,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +24,7 @@ import standardwebhooks
 from relay.cli import main as relay_main
 from relay.model import Decision, Match, Run, RunState
 from relay.store.sqlite import SQLiteStore
-from tests.conftest import FIXTURES, Sink, run_cli, sdk_run, status
+from tests.conftest import FIXTURES, Sink, run_cli, run_python, sdk_run, status
 
 Result = subprocess.CompletedProcess[str]
 FAILED_JSON = FIXTURES / "realtime-run" / "sdk" / "run_failed.json"
@@ -744,14 +743,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path) -> None:
         "sys.exit(main(['silence', 'list', '--json']))\n"
     )
     env = {**os.environ, **store_env(tmp_path)}
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        check=False,
-        env=env,
-        capture_output=True,
-        timeout=60,
-        text=True,
-    )
+    done = run_python(code, env)
     assert done.returncode == 141, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
 

@@ -16,19 +16,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from relay.sources.http import HttpDeps, RefusalLog, build_app
 from relay.store import HistoryQuery
-from tests.conftest import FIXTURES, RelayFactory, Sink, sdk_run
+from tests.conftest import CONSOLE_FAILURES, FIXTURES, RelayFactory, Sink, sdk_run
 
-CONFIG = """\
-server:
-  auth_token: ${TOKEN:-}
-  max_body_bytes: 4096
-channels:
-  out: {type: console}
-rules:
-  - name: failures
-    match: {status: [failure]}
-    notify: [out]
-"""
+CONFIG = "server:\n  auth_token: ${TOKEN:-}\n  max_body_bytes: 4096\n" + CONSOLE_FAILURES
 AUTH_CONFIG = CONFIG.replace("${TOKEN:-}", "s3cret-token")
 
 

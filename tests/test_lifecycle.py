@@ -19,7 +19,7 @@ import pytest
 from relay.configure import compile_config, load
 from relay.service import Service
 from relay.settings import Settings
-from tests.conftest import CONSOLE_FAILURES, RelayProcess
+from tests.conftest import CONSOLE_FAILURES, RelayProcess, run_python
 
 CONSOLE = CONSOLE_FAILURES
 
@@ -162,14 +162,8 @@ asyncio.run(main())
 def test_a_postgresql_outage_is_one_line_a_try_not_a_traceback() -> None:
     """During a PostgreSQL outage asyncpg's pool logged a 15-line traceback at each reconnect."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    done = subprocess.run(
-        [sys.executable, "-c", POOL_RECONNECT_FAILS],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    done = run_python(POOL_RECONNECT_FAILS, env)
+    assert done.returncode == 0, done.stderr
     [line] = done.stderr.splitlines()
     entry = json.loads(line)
     assert entry["msg"] == "PostgreSQL unreachable: the connection pool tries again"
