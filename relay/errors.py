@@ -83,7 +83,13 @@ def field_message(err: Mapping[str, Any]) -> str:
 
 
 class StoreUnavailable(RelayError):
-    """The store could not commit; nothing was accepted."""
+    """The store could not commit; nothing was accepted.
+
+    passing: the store may answer later as it is (not running yet, starting up, unreachable
+    for now), so `relay serve` waits for it at start; False for what an operator must fix.
+    """
+
+    passing = False
 
 
 class DeliveryError(RelayError):

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,10 @@ HTTP_IDLE_TIMEOUT_S = 60.0
 # After a commit of incoming runs failed (disk full, read-only), /readyz says "store not
 # writable" this long, unless a later commit works.
 NOT_WRITABLE_S = 10.0
+# While the store cannot answer at start (PostgreSQL still starting), tries are this far apart:
+# doubling from the first to the most.
+STORE_WAIT_FIRST_S = 0.5
+STORE_WAIT_MAX_S = 10.0
 
 
 class StoppedWhileStarting(Exception):
@@ -147,21 +152,38 @@ class Service:
         return self.address
 
     async def _open_store(self) -> None:
-        """Open the store, unless a stop comes first: a PostgreSQL slow to answer (or a
-        migration waiting for another replica's) held a SIGTERM until the connect timeout, and
-        relay then exited 1 with "store open failed". Raises StoppedWhileStarting."""
-        opening = asyncio.ensure_future(self.store.open())
+        """Open the store, waiting while it cannot answer yet (a PostgreSQL started beside
+        relay, still starting or restarting); a refusal an operator must fix (a wrong password,
+        a missing database, bad TLS) ends the start. A stop meanwhile ends it at once: raises
+        StoppedWhileStarting."""
+        delay = STORE_WAIT_FIRST_S
+        while True:
+            try:
+                await self._unless_stopped(self.store.open())
+                return
+            except StoreUnavailable as exc:
+                if not exc.passing:
+                    raise
+                log.warning("store not reachable; waiting for it", extra=_waiting(exc, delay))
+            await self._unless_stopped(asyncio.sleep(delay))
+            delay = min(delay * 2, STORE_WAIT_MAX_S)
+
+    async def _unless_stopped(self, work: Awaitable[None]) -> None:
+        """Await `work`, unless a stop comes first: a PostgreSQL slow to answer (or a migration
+        waiting for another replica's) held a SIGTERM until the connect timeout, and relay then
+        exited 1. Raises StoppedWhileStarting."""
+        running = asyncio.ensure_future(work)
         stop = asyncio.ensure_future(self._stop.wait())
         try:
-            await asyncio.wait({opening, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({running, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
-            if not opening.done():
-                opening.cancel()
-                await asyncio.gather(opening, return_exceptions=True)
-        if opening.cancelled():
+            if not running.done():
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+        if running.cancelled():
             raise StoppedWhileStarting
-        opening.result()
+        running.result()
 
     async def _start_worker(self) -> tuple[str, int]:
         """A delivery worker: the loops of the channels it owns, commands from the parent."""
@@ -441,6 +463,10 @@ class Service:
         with contextlib.suppress(StoreUnavailable):
             await self.store.close()
         log.info("stopped")
+
+
+def _waiting(exc: StoreUnavailable, delay: float) -> dict[str, object]:
+    return {"error": str(exc), "retry_in_s": delay}
 
 
 def _refuse_emptied(running: Compiled, new: Compiled) -> None:

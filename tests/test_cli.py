@@ -797,7 +797,8 @@ def test_serve_logs_why_it_did_not_start_as_json_lines(tmp_path: Path) -> None:
     store it cannot open) was plain text among the JSON lines, which a log pipeline drops."""
     bad = write(tmp_path / "bad.yaml", "channels: {out: {type: nope}}\nrules: []\n")
     good = write(tmp_path / "c.yaml", "channels: {out: {type: console}}\nrules: []\n")
-    unreachable = {"RELAY_STORE_URL": "postgresql://relay:S3CRET-pg@127.0.0.1:1/db"}
+    not_a_db = write(tmp_path / "not-a.db", "S3CRET " * 1000)  # a store it cannot open
+    unreachable = {"RELAY_STORE_URL": f"sqlite:///{not_a_db}"}
     config, store, text = parallel(
         cli("serve", "--config", str(bad), env=store_env(tmp_path)),
         cli("serve", "--config", str(good), env=unreachable),

@@ -33,6 +33,7 @@ from tests.pg import PgServer, fresh_database, start_server
 TAKEOVER = "taking over notifications of a stopped replica"
 PAUSED = "store unavailable; delivery paused"
 RESUMED = "store available again; delivery resumed"
+WAITING = "store not reachable; waiting for it"
 CONFIG = """\
 defaults:
   retry: {{max_attempts: 50, max_age: 1h, min_backoff: 100ms, max_backoff: 500ms}}
@@ -328,3 +329,32 @@ async def test_postgresql_restart_mid_run_loses_nothing(
         lines = [e for e in p.logs if e.get("msg") in (PAUSED, RESUMED)]
         assert paused and set(paused.values()) == {1} and resumed == paused, lines
         assert all(e["error"].startswith("store unavailable") for e in lines if e["msg"] == PAUSED)
+
+
+async def test_a_replica_started_before_postgresql_waits_for_it(
+    database: str, sink: Sink, pg: PgServer, tmp_path: Path
+) -> None:
+    """A replica started beside its PostgreSQL (compose, a node rebooted) exited 1 with "store
+    open failed: connection refused". It waits, saying why in one line a try, then starts."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(url=sink.url))
+    url = database.replace("postgres@", "postgres:S3CRET-pg@")  # trust auth ignores it
+    proc = RelayProcess(config, tmp_path / "unused.db", {"RELAY_STORE_URL": url})
+    await asyncio.to_thread(pg.stop, "fast")
+    try:
+        listening = proc.spawn()
+        waits = lambda: [e for e in proc.logs if e.get("msg") == WAITING]  # noqa: E731
+        await wait_for(lambda: len(waits()) >= 2, 20, "two tries")
+        assert proc.proc is not None and proc.proc.poll() is None
+    finally:
+        await asyncio.to_thread(pg.start)
+    try:
+        await asyncio.to_thread(listening.wait, 30)
+        assert listening.is_set(), proc.logs[-5:]
+        assert all(e["error"] == "store open failed: connection refused" for e in waits())
+        assert not any("S3CRET" in json.dumps(e) for e in proc.logs)
+        async with aiohttp.ClientSession() as http:
+            assert await post(http, proc.url, failing_runs(1, "late")) == 202
+        await wait_for(lambda: len(arrivals(sink)) == 1, 20, "the notification")
+    finally:
+        proc.kill()

@@ -71,6 +71,8 @@ _SQLSTATE_WORDS = {
     "53300": "too many connections (max_connections)",
     "57P03": "the server is starting up or shutting down",
 }
+# Refusals that pass by themselves: a server starting, stopping or full, a connection lost.
+_PASSING_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03"})
 
 
 def unavailable(what: str, exc: BaseException) -> StoreUnavailable:
@@ -82,7 +84,19 @@ def unavailable(what: str, exc: BaseException) -> StoreUnavailable:
     kind = tls_failure(exc) or wire_failure(exc) or kind  # "connection refused", not its class
     error = StoreUnavailable(f"{what}: {kind}")
     error.__cause__ = exc
+    error.passing = _passing(exc)
     return error
+
+
+def _passing(exc: BaseException) -> bool:
+    """Whether the store may answer later as configured: a server not listening yet, starting
+    up, full or unreachable for now; not a refused login, a missing database or bad TLS."""
+    if tls_failure(exc):
+        return False
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate in _PASSING_SQLSTATES or sqlstate.startswith("08")
+    return isinstance(exc, OSError)  # refused, reset, host not found (yet), timed out
 
 
 def check_url(url: str) -> None:

@@ -832,6 +832,7 @@ async def test_an_unreachable_server_is_unavailable_and_names_no_secret() -> Non
         await store.open()
     text = str(caught.value)
     assert text == "store open failed: connection refused"  # not ConnectionRefusedError
+    assert caught.value.passing  # `relay serve` waits for a server not listening yet
     for secret in ("hunter2", "relay:", "relaydb", "127.0.0.1"):
         assert secret not in text
     with pytest.raises(StoreUnavailable):
@@ -840,15 +841,19 @@ async def test_an_unreachable_server_is_unavailable_and_names_no_secret() -> Non
 
 async def test_a_missing_database_or_a_user_without_rights_is_named_plainly(pg_url: str) -> None:
     """SQLite says what it cannot write; PostgreSQL said "InvalidCatalogNameError (3D000)"."""
-    with pytest.raises(StoreUnavailable, match="the database does not exist"):
+    with pytest.raises(StoreUnavailable, match="the database does not exist") as missing:
         await open_store(pg_url.rsplit("/", 1)[0] + "/no_such_db").open()
+    assert not missing.value.passing  # `relay serve` exits: waiting would not create it
     role = f"relay_norights_{os.getpid()}"
     await _sql(pg_url, f'CREATE ROLE "{role}" LOGIN')
     try:
         await _sql(pg_url, "REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         url = pg_url.replace("postgres@", f"{role}@")
-        with pytest.raises(StoreUnavailable, match=r"permission denied .*relay_\* tables"):
+        with pytest.raises(
+            StoreUnavailable, match=r"permission denied .*relay_\* tables"
+        ) as denied:
             await open_store(url).open()
+        assert not denied.value.passing
     finally:
         await _sql(pg_url, f'DROP ROLE "{role}"')
 
