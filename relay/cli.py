@@ -17,7 +17,7 @@ import orjson
 from relay import __version__, signals
 from relay.configure import BUILTIN_NAME, Compiled, compile_config, load
 from relay.errors import ConfigError, InputError, Problem, RelayError
-from relay.logs import SCRUB, setup_logging
+from relay.logs import SCRUB, one_line, setup_logging
 from relay.model import SILENCE_MATCHERS
 from relay.service import serve
 from relay.settings import Settings, load_settings
@@ -280,7 +280,8 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'ID':<28} {'RUN':<32} {'CHANNEL':<16} {'ATTEMPTS':>8}  REASON")
     for v in views:
         why = failure(v["reason"], v["error"])
-        print(f"{v['id']:<28} {v['run_id']:<32} {v['channel']:<16} {v['attempts']:>8}  {why}")
+        line = f"{v['id']:<28} {v['run_id']:<32} {v['channel']:<16} {v['attempts']:>8}  {why}"
+        print(one_line(line))  # a run id or a receiver's error text steers no terminal
     return 0
 
 
@@ -447,10 +448,12 @@ def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{'ID':<22} {'STATE':<8} {'ENDS':<25} {'BY':<12} MATCHERS / COMMENT")
     for v in views:
         matchers = " ".join(f"{k}={','.join(vals)}" for k, vals in v["matchers"].items())
-        print(
-            f"{v['id']:<22} {v['state']:<8} {v['ends_at']:<25} {v['created_by'][:12]:<12} "
-            f"{matchers}" + (f"  # {v['comment']}" if v["comment"] else "")
+        line = (
+            f"{v['id']:<22} {v['state']:<8} {v['ends_at']:<25} "
+            f"{v['created_by'][:12]:<12} {matchers}"
+            + (f"  # {v['comment']}" if v["comment"] else "")
         )
+        print(one_line(line))  # a comment's line break forges no silence, ESC steers nothing
     return 0
 
 
@@ -506,11 +509,13 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
         print("no notifications")
     for n, events in found:
         view = notification_view(n)
-        print(f"{n.id}  {view['created_at']}  run {n.run_id}  rule {n.rule} → {n.channel}")
-        print(f"    {explain(n)}")
+        print(
+            one_line(f"{n.id}  {view['created_at']}  run {n.run_id}  rule {n.rule} → {n.channel}")
+        )
+        print(one_line(f"    {explain(n)}"))
         for e in map(event_view, events):
             detail = f" {failure(e['reason'], e['detail'])}" if e["reason"] or e["detail"] else ""
-            print(f"      {e['at']}  {e['kind']}  attempts={e['attempts']}{detail}")
+            print(one_line(f"      {e['at']}  {e['kind']}  attempts={e['attempts']}{detail}"))
     return 0
 
 

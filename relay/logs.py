@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -46,20 +47,29 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(data, default=str).decode()
 
 
-_LINE_BREAKS = str.maketrans({"\n": "\\n", "\r": "\\r", "\x85": "\\x85", "\u2028": "\\u2028"})
+# C0 and C1 controls, DEL, and the line and paragraph separators: line breaks to str.splitlines
+# and to JSON-unaware readers, or (ESC, CSI) orders to the terminal that shows the text
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def _one_line(value: object) -> str:
-    """`value` as text that cannot start a line of its own: a run id or task name carrying a
-    line break would otherwise write a forged line into a text log."""
-    return str(value).translate(_LINE_BREAKS)
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def one_line(value: object) -> str:
+    """`value` as text that cannot start a line of its own nor steer a terminal: a run id or
+    task name carrying a line break would otherwise write a forged line into a text log or a
+    CLI listing, and one carrying ESC could recolour or clear the operator's screen."""
+    return _UNPRINTABLE.sub(lambda m: _escaped(m[0]), str(value))
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        fields = " ".join(f"{k}={_one_line(v)}" for k, v in _extras(record).items())
-        said = _one_line(record.getMessage())
+        fields = " ".join(f"{k}={one_line(v)}" for k, v in _extras(record).items())
+        said = one_line(record.getMessage())
         line = f"{stamp} {record.levelname:<7} {said} {fields}".rstrip()
         if (exc := _exception(self, record)) is not None:
             line += "\n" + exc

@@ -731,6 +731,31 @@ async def test_dlq_lists_and_replays_dead_letters(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_listings_show_what_came_from_outside_escaped_one_line_each(tmp_path: Path) -> None:
+    """A run id, silence comment or author carrying a line break forged a row in `relay dlq
+    list`, `silence list` and `history`, and one carrying ESC steered the operator's terminal."""
+    hostile = "run_x\nntf_forged   run_ok   hook   1  sent\x1b[2J\x9b31m"
+    await make_dead_letters(tmp_path / "relay.db", hostile)
+    env = store_env(tmp_path)
+    added = await asyncio.to_thread(
+        run_cli, "silence", "add", "--task", "x", "-c", hostile, "-a", "eve\r\n", env=env
+    )
+    assert added.returncode == 0, added.stderr
+    shown = await asyncio.gather(
+        *(
+            asyncio.to_thread(run_cli, *args, env=env)
+            for args in (("dlq", "list"), ("silence", "list"), ("history",))
+        )
+    )
+    for result in shown:
+        assert result.returncode == 0, result.stderr
+        assert not any(c in result.stdout for c in "\x1b\x9b\r"), result.stdout
+        assert "ntf_forged" in result.stdout and r"run_x\nntf_forged" in result.stdout
+    dead, silences, history = (result.stdout.splitlines() for result in shown)
+    assert len(dead) == 2 and len(silences) == 2  # the header and one row
+    assert sum(line.startswith("ntf_") for line in history) == 1
+
+
 # ----------------------------------------------------------------------- environment and basics
 
 
