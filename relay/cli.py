@@ -445,11 +445,11 @@ def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
     if not views:
         print("no silences")
         return 0
-    print(f"{'ID':<22} {'STATE':<8} {'ENDS':<25} {'BY':<12} MATCHERS / COMMENT")
+    print(f"{'ID':<22} {'STATE':<8} {'STARTS':<25} {'ENDS':<25} {'BY':<12} MATCHERS / COMMENT")
     for v in views:
         matchers = " ".join(f"{k}={','.join(vals)}" for k, vals in v["matchers"].items())
         line = (
-            f"{v['id']:<22} {v['state']:<8} {v['ends_at']:<25} "
+            f"{v['id']:<22} {v['state']:<8} {v['starts_at']:<25} {v['ends_at']:<25} "
             f"{v['created_by'][:12]:<12} {matchers}"
             + (f"  # {v['comment']}" if v["comment"] else "")
         )

@@ -367,3 +367,21 @@ def test_cli_list_expired_shows_only_expired_ones_as_amtool(tmp_path: Path) -> N
     assert sorted(run_cli("silence", "list", "--all", "-q", env=env).stdout.split()) == sorted(
         [gone, kept]
     )
+
+
+def test_cli_list_shows_when_a_pending_silence_starts(tmp_path: Path) -> None:
+    """A silence for tonight's maintenance was listed `pending` with its end alone: when it
+    starts was nowhere but in --json (amtool's query shows Starts At beside Ends At)."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    added = run_cli(
+        "silence", "add", "task=x", "--start", "2999-01-01T22:00:00Z", "-d", "2h", env=env
+    )
+    assert added.returncode == 0, added.stderr
+    header, row = run_cli("silence", "list", env=env).stdout.splitlines()
+    assert header.split()[:4] == ["ID", "STATE", "STARTS", "ENDS"]
+    assert row.split()[:4] == [
+        added.stdout.strip(),
+        "pending",
+        "2999-01-01T22:00:00.000Z",
+        "2999-01-02T00:00:00.000Z",
+    ]
