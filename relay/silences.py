@@ -22,6 +22,7 @@ from relay.model import (
 MAX_VALUES = 100
 MAX_TEXT = 1000
 RELOAD_S = 0.25  # how stale a running relay's silences may be (`relay silence add` waits it out)
+YEAR_10000 = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() + 1  # none shown from
 
 
 def parse_matchers(raw: Any) -> dict[str, tuple[str, ...]]:
@@ -95,6 +96,8 @@ def new_silence(
         raise InputError("ends_at", "must be in the future")
     if ends_at <= start:
         raise InputError("ends_at", "must be after starts_at")
+    if ends_at >= YEAR_10000:  # `--start 9999-12-31 -d 2d`: listing it would fail for every silence
+        raise InputError("ends_at", "time out of range (years 1-9999 in UTC)")
     if len(comment) > MAX_TEXT or len(created_by) > MAX_TEXT:
         raise InputError("comment", f"comment and created_by are limited to {MAX_TEXT} characters")
     ident = "sil_" + secrets.token_hex(8)
@@ -119,8 +122,8 @@ def parse_time(value: Any, field: str) -> float:
 def silence_view(silence: Silence, now: float) -> dict[str, Any]:
     """The public JSON face of a silence (API and `relay silence list --json`)."""
 
-    def when(ts: float) -> str | None:
-        return iso(datetime.fromtimestamp(ts, UTC))
+    def when(ts: float) -> str | None:  # one stored by an older relay may end past year 9999
+        return iso(datetime.fromtimestamp(min(ts, YEAR_10000 - 0.001), UTC))
 
     return {
         "id": silence.id,

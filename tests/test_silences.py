@@ -13,7 +13,14 @@ import pytest
 from relay.cli import main
 from relay.errors import InputError
 from relay.model import Silence
-from relay.silences import cli_matchers, new_silence, parse_matchers, parse_time, silenced_by
+from relay.silences import (
+    cli_matchers,
+    new_silence,
+    parse_matchers,
+    parse_time,
+    silence_view,
+    silenced_by,
+)
 from tests.conftest import RelayFactory, Sink, run_cli, sdk_run, status
 
 NOW = 1_800_000_000.0
@@ -96,6 +103,12 @@ def test_bad_times() -> None:
         new_silence(m, starts_at=NOW - 100, ends_at=NOW - 1, now=NOW)
     with pytest.raises(InputError, match="must be in the future"):
         new_silence(m, ends_at=NOW - 1, now=NOW)  # no starts_at to be after
+    last = parse_time("9999-12-31T23:59:59.999Z", "x")
+    assert silence_view(new_silence(m, ends_at=last, now=NOW), NOW)["ends_at"].startswith("9999")
+    with pytest.raises(InputError, match="out of range"):  # `--start 9999-12-31 -d 2d` broke
+        new_silence(m, starts_at=last - 86400, ends_at=last + 86400, now=NOW)  # every listing
+    stored = Silence("sil_old", {"task": ("x",)}, last - 86400, last + 86400, NOW)  # by then
+    assert silence_view(stored, NOW)["ends_at"].startswith("9999-12-31T23:59:59.")
     with pytest.raises(InputError):
         parse_time("tomorrow", "ends_at")
     utc = parse_time("2026-11-28T18:00:00Z", "x")
