@@ -24,6 +24,7 @@ from relay.settings import Settings, load_settings
 from relay.workers import EVENTS_FLAG, MAX_WORKERS, WORKER_FLAG, Role
 
 log = logging.getLogger("relay")
+DLQ_LISTED = 1000  # `relay dlq list` shows the newest this many, as GET /v1/dlq does
 Command = Callable[[argparse.Namespace, Settings], int]
 
 
@@ -269,8 +270,10 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     from relay.history import failure  # noqa: PLC0415
     from relay.sources.http import dead_letter_view  # noqa: PLC0415
 
-    rows = asyncio.run(_with_store(settings, lambda s: s.dead_letters()))
-    views = [dead_letter_view(n) for n in rows]
+    rows = asyncio.run(_with_store(settings, lambda s: s.dead_letters(DLQ_LISTED + 1)))
+    views = [dead_letter_view(n) for n in rows[:DLQ_LISTED]]
+    if len(rows) > DLQ_LISTED:  # said on stderr: stdout stays the list (or JSON) alone
+        print(f"more than {DLQ_LISTED} dead notifications: the newest shown", file=sys.stderr)
     if args.json:
         print(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode())
         return 0

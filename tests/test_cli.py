@@ -681,7 +681,7 @@ async def make_dead_letters(db: Path, *run_ids: str) -> list[str]:
             for rid in run_ids
         ]
         await store.observe(runs, fire_on_failed, now=100.0)
-        claimed = await store.claim("hook", now=100.0, limit=10, lease_s=60)
+        claimed = await store.claim("hook", now=100.0, limit=len(runs), lease_s=60)
         for i, n in enumerate(claimed):
             await store.mark_dead(
                 n.id, now=200.0 + i, attempts=12, reason="server_error", error=ERRORS[i % 2]
@@ -729,6 +729,23 @@ async def test_dlq_lists_and_replays_dead_letters(tmp_path: Path) -> None:
         assert [n.id for n in await store.dead_letters()] == [ids[1]]
     finally:
         await store.close()
+
+
+async def test_dlq_list_says_when_it_shows_only_the_newest(tmp_path: Path) -> None:
+    """Past 1000 dead notifications the listing was cut without a word: an operator counting
+    what a receiver's outage killed saw 1000 and replayed by id, leaving the rest dead."""
+    ids = await make_dead_letters(tmp_path / "relay.db", *(f"run_{i:04d}" for i in range(1001)))
+    env = store_env(tmp_path)
+    listed, as_json = await asyncio.gather(
+        asyncio.to_thread(run_cli, "dlq", "list", env=env),
+        asyncio.to_thread(run_cli, "dlq", "list", "--json", env=env),
+    )
+    assert listed.returncode == as_json.returncode == 0
+    assert len(listed.stdout.splitlines()) == 1 + 1000  # the header, then the newest 1000
+    assert len(json.loads(as_json.stdout)) == 1000
+    note = "more than 1000 dead notifications: the newest shown\n"
+    assert listed.stderr == as_json.stderr == note
+    assert ids[-1] in listed.stdout and ids[0] not in listed.stdout  # the first to die is left
 
 
 async def test_listings_show_what_came_from_outside_escaped_one_line_each(tmp_path: Path) -> None:
