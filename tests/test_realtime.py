@@ -38,6 +38,7 @@ from relay.sources.realtime import (
 from relay.store import KvWrite
 from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run
 from tests.fakes.realtime import (
+    CUT,
     SESSION,
     Exchange,
     FakeRealtime,
@@ -814,3 +815,35 @@ async def test_kill_9_then_409_resnapshots_without_a_duplicate_alert(
         assert await settle(sink, 1) == [RUN_A]  # A's FAILED in the snapshot fires nothing
         answers = [s.answer for s in fake.requests[before : before + 3]]
         assert answers == ["409 unknown handle", "snapshot", "up-to-date"]
+
+
+async def test_relay_rides_out_broken_answers_and_alerts_once(
+    relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An empty 200, an HTML page, cut JSON (three unreadable answers: a new snapshot), a body
+    the server stops sending, a 429 and a 503 on the live feed; the failure after them alerts
+    once, and the snapshot's repeat of run A none."""
+    caplog.set_level(logging.INFO, logger="relay")
+    electric = {"electric-handle": H1, "electric-offset": LIVE_2_END, "electric-cursor": "1"}
+    async with fake_realtime(extended_session()[:5]) as fake:
+        fake.release(4)  # E's failure has not happened yet
+        await relay(config(fake.url, sink.url))
+        assert await settle(sink, 1, 0.3) == [RUN_A]
+        await fake.wait_for(asked_for(H1, live=True, offset=LIVE_2_END))
+        fake.faults = [
+            (200, electric, b""),
+            (200, {"content-type": "text/html"}, b"<html>Sign in</html>"),
+            (200, {**electric, "electric-up-to-date": ""}, b'[{"key": "x", "val'),
+            (200, electric, CUT),
+            (429, {"Retry-After": "0"}),
+            (503, {}),
+        ]
+        await fake.wait_for(lambda seen: seen.answer == "fault 503")
+        fake.release()
+        assert await settle(sink, 2) == [RUN_A, RUN_E]
+        assert [a for a in fake.served if a.startswith("fault")] == ["fault 200"] * 4 + [
+            "fault 429",
+            "fault 503",
+        ]
+        assert "snapshot" in fake.served[fake.served.index("fault 200") :]
+    assert all(SECRET not in r.getMessage() for r in caplog.records)

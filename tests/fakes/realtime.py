@@ -5,7 +5,9 @@ session_tag_feed.json; `native_single_run()` builds the native backend's flavour
 TRIGGER.md §2.3-2.4). A request is answered by, in order:
 
 1. `refuse` (a status for every request, e.g. 401 for a bad key) or the next scripted `faults`
-   entry (429, 500, ... one per request);
+   entry (429, 500, ... one per request): `(status, headers)` answers with a JSON error,
+   `(status, headers, body)` with exactly those bytes (an empty body, an HTML page, cut JSON),
+   and `(status, headers, CUT)` starts a body it never finishes (the connection closes);
 2. the next scripted exchange, when it is released and its request matches on offset, handle
    and live — then it happened: its changes are merged into the shape's rows;
 3. offset -1 (a new client, a restart, a refetch): a snapshot of the rows as they are now, every
@@ -23,6 +25,11 @@ Every request is recorded (`requests`: path, query, headers, what answered it). 
 makes the first n exchanges available (all by default), so a test can let time pass between
 them; changes released while no client listens are in the next snapshot or catch-up.
 `rotate(handle)` replaces the shape (Electric dropped it): the old handle gets 409.
+
+Like Trigger.dev's proxy (TRIGGER.md §2.1), a request without `x-trigger-electric-version` is
+answered with the legacy header names (`electric-shape-id`, `electric-chunk-last-offset`) and
+its `shape_id` read as the handle, and one without `x-trigger-api-version` has its DEQUEUED
+rows rewritten to EXECUTING; Electric's up-to-date carries `global_last_seen_lsn`.
 """
 
 from __future__ import annotations
@@ -45,6 +52,13 @@ FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / 
 SESSION = FIXTURES / "electric" / "session_tag_feed.json"
 RAW_ROWS = FIXTURES / "realtime-run" / "raw-row"
 UP_TO_DATE = {"headers": {"control": "up-to-date"}}
+CUT = object()  # a scripted fault's body: headers and a start, then the connection closes
+ELECTRIC_VERSION_HEADER = "x-trigger-electric-version"
+API_VERSION_HEADER = "x-trigger-api-version"
+LEGACY_NAMES = {
+    "electric-handle": "electric-shape-id",
+    "electric-offset": "electric-chunk-last-offset",
+}
 PG_SPACE = " \t\n\r\v\f"
 
 
@@ -229,7 +243,7 @@ class FakeRealtime:
     live_hold_s: float = 0.3
     url: str = ""
     requests: list[Seen] = field(default_factory=list)
-    faults: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    faults: list[tuple[Any, ...]] = field(default_factory=list)
     refuse: int | None = None
     refusal: str = "Invalid or missing secret key"  # the `error` of a refusal
     released: int = -1
@@ -275,23 +289,44 @@ class FakeRealtime:
             except TimeoutError:
                 pass
 
-    async def handle_request(self, request: web.Request) -> web.Response:
+    async def handle_request(self, request: web.Request) -> web.StreamResponse:
         seen = Seen(request.path, dict(request.query), dict(request.headers), time.monotonic())
         self.requests.append(seen)
         self._arrived.set()
-        response = await self._answer(seen, request)
+        if self.faults and self.refuse is None:
+            response = await self._fault(seen, request, *self.faults.pop(0))
+        else:
+            response = _proxied(request, await self._answer(seen, request))
         self._arrived.set()  # the answer is recorded too
+        return response
+
+    async def _fault(
+        self,
+        seen: Seen,
+        request: web.Request,
+        status: int,
+        headers: dict[str, str],
+        body: Any = None,
+    ) -> web.StreamResponse:
+        seen.answer = f"fault {status}"
+        if body is None:
+            return _json(status, headers, {"error": "scripted failure"})
+        if body is not CUT:
+            return web.Response(status=status, headers=headers, body=body)
+        response = web.StreamResponse(status=status, headers={**headers, "content-length": "4096"})
+        await response.prepare(request)
+        await response.write(b'[{"key": "')
+        assert request.transport is not None
+        request.transport.close()
         return response
 
     async def _answer(self, seen: Seen, request: web.Request) -> web.Response:
         if self.refuse is not None:
             seen.answer = f"refused {self.refuse}"
             return _json(self.refuse, {}, {"error": self.refusal})
-        if self.faults:
-            status, headers = self.faults.pop(0)
-            seen.answer = f"fault {status}"
-            return _json(status, headers, {"error": "scripted failure"})
-        offset, handle = seen.query.get("offset"), seen.query.get("handle")
+        legacy = ELECTRIC_VERSION_HEADER not in request.headers
+        offset = seen.query.get("offset")
+        handle = seen.query.get("shape_id" if legacy else "handle")
         live = seen.query.get("live") == "true"
         deadline = time.monotonic() + self.live_hold_s
         while True:
@@ -385,9 +420,24 @@ class FakeRealtime:
 
     def _up_to_date(self, live: bool, changes: list[dict[str, Any]] | None = None) -> web.Response:
         headers = self._headers(schema=not live, cursor=live)
+        control = UP_TO_DATE
         if not self.native:
             headers["electric-up-to-date"] = ""
-        return _json(200, headers, [*(changes or []), UP_TO_DATE])
+            lsn = (self.offset or "0").partition("_")[0]
+            control = {"headers": {**UP_TO_DATE["headers"], "global_last_seen_lsn": lsn}}
+        return _json(200, headers, [*(changes or []), control])
+
+
+def _proxied(request: web.Request, response: web.Response) -> web.Response:
+    """The answer as Trigger.dev's proxy passes it on to this request: the legacy header names
+    without the electric version header, DEQUEUED as EXECUTING without the API version."""
+    if ELECTRIC_VERSION_HEADER not in request.headers:
+        for name, legacy in LEGACY_NAMES.items():
+            if name in response.headers:
+                response.headers[legacy] = response.headers.pop(name)
+    if API_VERSION_HEADER not in request.headers and response.text is not None:
+        response.text = response.text.replace('"status": "DEQUEUED"', '"status": "EXECUTING"')
+    return response
 
 
 def _json(status: int, headers: dict[str, str], body: Any) -> web.Response:
