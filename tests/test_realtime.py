@@ -546,6 +546,23 @@ async def test_stop_ends_an_inflight_long_poll_at_once() -> None:
         assert time.monotonic() - started < 1.0
 
 
+async def test_a_feed_listed_twice_is_followed_once() -> None:
+    """Two followers of one feed would double the requests and race on its stored position."""
+    async with fake_realtime(session()[:2]) as fake:
+        feeds = [{"tags": [TAG, "plan:pro"]}, {"tags": ["plan:pro", TAG]}]
+        settings = RealtimeConfig(api_url=fake.url, secret_key=SECRET, feeds=feeds)
+        source = RealtimeSource(settings, Recorder(), MemoryKV())
+        source.start()
+        try:
+            await fake.wait_for(lambda seen: seen.answer == "live timeout")
+        finally:
+            await source.stop()
+    assert [s.query["offset"] for s in fake.requests if s.query.get("live") != "true"] == [
+        "-1",
+        "0_inf",
+    ]
+
+
 # ---------------------------------------------------------------- pure pieces
 
 

@@ -406,6 +406,17 @@ def _error_text(body: bytes) -> str:
     return SCRUB.scrub(str(error)[:4096])[:200] if error is not None else ""
 
 
+def _distinct(feeds: Iterable[Feed]) -> list[Feed]:
+    """Each feed once: one listed twice (tags in another order are the same feed) would have
+    two followers asking for the same runs and racing on one stored position."""
+    out: dict[str, Feed] = {}
+    for feed in feeds:
+        if feed.key in out:
+            log.warning("realtime feed listed twice; followed once", extra={"feed": feed.key})
+        out.setdefault(feed.key, feed)
+    return list(out.values())
+
+
 class RealtimeSource:
     """Every configured feed, each in its own task, over one HTTP session."""
 
@@ -430,9 +441,9 @@ class RealtimeSource:
 
     def start(self) -> None:
         self._session = aiohttp.ClientSession(headers={"User-Agent": "relay"})
-        for spec in self._config.feeds:
+        for feed in _distinct(map(feed_of, self._config.feeds)):
             follower = Follower(
-                feed_of(spec),
+                feed,
                 self._config,
                 self._session,
                 self._submit,
