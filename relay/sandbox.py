@@ -5,8 +5,9 @@ str.format and padding refuse huge sizes, and so do the steps that build a large
 out of small ones (`~`, `+`, replace, join, indent, expandtabs, and writing a list out whole):
 one such step cannot be stopped halfway, so it is refused before it runs when its result would
 pass MAX_VALUE_CHARS. Inside `time_budget(s)` (the Renderer's renders) every
-`for` loop and every call checks the clock, so nested loops or runaway recursion raise
-RenderTimeout instead of holding the event loop (and every channel) for minutes.
+`for` loop, call, filter and checked operator (`~`, `+`, `*`, `**`, `%`) looks at the clock, so
+nested loops, runaway recursion or a loop of large steps raise RenderTimeout instead of holding
+the event loop (and every channel) for minutes.
 """
 
 from __future__ import annotations
@@ -210,6 +211,9 @@ class _Environment(ImmutableSandboxedEnvironment):
     code_generator_class = _BudgetedLoops
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        """`+`, `*`, `**`, `%`: each looks at the clock, as a call does (checking the size of
+        a large list takes time, so a loop of them could run far past the budget)."""
+        _check_deadline()
         _check_binop(operator, left, right)
         return _checked_result(super().call_binop(context, operator, left, right))
 
@@ -260,6 +264,7 @@ class _Environment(ImmutableSandboxedEnvironment):
 
     def concat_operands(self, parts: tuple[Any, ...]) -> tuple[Any, ...]:
         """The operands of `~`, checked: their text together within MAX_VALUE_CHARS."""
+        _check_deadline()
         _check_weight(*parts)
         return parts
 
@@ -325,12 +330,13 @@ def _sum_guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _result_checked(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` (any filter), refusing a text result past MAX_VALUE_CHARS: filters that escape or
-    quote (e, tojson, urlencode ...) make a text a few times longer at most, so no loop can
-    double a text until it fills the memory."""
+    """`fn` (any filter), looking at the clock first as a call does, and refusing a text result
+    past MAX_VALUE_CHARS: filters that escape or quote (e, tojson, urlencode ...) make a text a
+    few times longer at most, so no loop can double a text until it fills the memory."""
 
     @functools.wraps(fn)
     def checked(*args: Any, **kwargs: Any) -> Any:
+        _check_deadline()
         return _checked_result(fn(*args, **kwargs))
 
     return checked

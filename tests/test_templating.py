@@ -680,6 +680,10 @@ CPU_BURNERS = [
     "{% for a in [1] * 50000 recursive %}{{ loop([2] * 50000) if a == 1 }}{% endfor %}",
     "{{ range(99999)|select('in', range(99999)|list)|list|length }}",
     "{{ range(99999)|map('string')|reject('in', range(99999)|map('string')|list)|list }}",
+    # fewer iterations than the loop's look at the clock: each step looks itself
+    "{% set l = range(20000)|list %}{% for i in range(255) %}{% set x = l + l %}{% endfor %}",
+    "{% set l = range(20000)|list %}{% for i in range(255) %}{{ l|unique|list|length }}"
+    "{% endfor %}",
 ]
 
 
