@@ -4,10 +4,10 @@ Beyond Jinja's own sandbox: dunders and unsafe attributes raise SecurityError; `
 str.format and padding refuse huge sizes, and so do the steps that build a large text or list
 out of small ones (`~`, `+`, replace, join, indent, expandtabs, and writing a list out whole):
 one such step cannot be stopped halfway, so it is refused before it runs when its result would
-pass MAX_VALUE_CHARS. Inside `time_budget(s)` (the Renderer's renders) every
-`for` loop, call, filter and checked operator (`~`, `+`, `*`, `**`, `%`) looks at the clock, so
-nested loops, runaway recursion or a loop of large steps raise RenderTimeout instead of holding
-the event loop (and every channel) for minutes.
+pass MAX_VALUE_CHARS. Inside `time_budget(s)` (the Renderer's renders) every `for` loop item,
+call, filter, test, comparison and checked operator (`~`, `+`, `*`, `**`, `%`) looks at the
+clock, so nested loops, runaway recursion or a loop of large steps raise RenderTimeout instead
+of holding the event loop (and every channel) for minutes.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ MAX_OUTPUT_CHARS = 4_000_000
 MAX_VALUE_CHARS = MAX_OUTPUT_CHARS  # one text (or list written out) a step may build
 RENDER_BUDGET_S = 1.0  # one notification, every part: the default templates take milliseconds
 _LOOP_BUDGET = "_loop_budget"  # the filter every `for` loop's iterable goes through
-_CHECK_EVERY = 256  # loop items between two looks at the clock
 _DEADLINE: ContextVar[float | None] = ContextVar("relay_render_deadline", default=None)
 _SEQUENCES = (str, bytes, list, tuple)
 _WIDE_PERCENT = re.compile(r"%[-#0 +]*(?:\*|\d{6,})|%[-#0 +]*\d*\.(?:\*|\d{6,})")
@@ -178,9 +177,10 @@ def _loop_budget(iterable: Iterable[Any]) -> Iterable[Any]:
 
 
 def _budgeted(iterable: Iterable[Any]) -> Iterator[Any]:
-    for i, item in enumerate(iterable):
-        if not i % _CHECK_EVERY:
-            _check_deadline()
+    """Every item: a body of a few large comparisons (`x in items`) takes milliseconds, so
+    looking only every few hundred items let a loop run for a minute past the budget."""
+    for item in iterable:
+        _check_deadline()
         yield item
 
 
@@ -193,6 +193,12 @@ class _BudgetedLoops(CodeGenerator):
             loop.iter = nodes.Filter(loop.iter, _LOOP_BUDGET, [], [], None, None)
             loop.iter.set_lineno(loop.lineno)
         super().visit_Template(node, frame)
+
+    def visit_Compare(self, node: nodes.Compare, frame: Frame) -> None:
+        """`a == b`, `x in items` (a scan of a large list): the result looks at the clock."""
+        self.write("environment.clocked(")
+        super().visit_Compare(node, frame)
+        self.write(")")
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
         """`a ~ b` as Jinja writes it, its operands checked by environment.concat_operands."""
@@ -261,6 +267,12 @@ class _Environment(ImmutableSandboxedEnvironment):
                 raise OutputTooLarge(f"a text of more than {MAX_VALUE_CHARS} characters")
             parts.append(chunk)
         return "".join(parts)
+
+    @staticmethod
+    def clocked(value: Any) -> Any:
+        """`value` (a comparison's), once the render is seen to be within its time budget."""
+        _check_deadline()
+        return value
 
     def concat_operands(self, parts: tuple[Any, ...]) -> tuple[Any, ...]:
         """The operands of `~`, checked: their text together within MAX_VALUE_CHARS."""
@@ -340,6 +352,17 @@ def _result_checked(fn: Callable[..., Any]) -> Callable[..., Any]:
         return _checked_result(fn(*args, **kwargs))
 
     return checked
+
+
+def _clocked(fn: Any) -> Callable[..., Any]:
+    """`fn` (a test: `x is in items` scans a large list), looking at the clock first."""
+
+    @functools.wraps(fn)
+    def clocked(*args: Any, **kwargs: Any) -> Any:
+        _check_deadline()
+        return fn(*args, **kwargs)
+
+    return clocked
 
 
 def _checked_result(value: Any) -> Any:
@@ -438,6 +461,7 @@ def environment(
     env.filters["join"] = _checked_join(env.filters["join"])
     env.filters["indent"] = _checked_indent(env.filters["indent"])
     env.filters.update({name: _result_checked(f) for name, f in env.filters.items()})
+    env.tests.update({name: _clocked(test) for name, test in env.tests.items()})
     env.filters[_LOOP_BUDGET] = _loop_budget
     return env
 

@@ -684,6 +684,10 @@ CPU_BURNERS = [
     "{% set l = range(20000)|list %}{% for i in range(255) %}{% set x = l + l %}{% endfor %}",
     "{% set l = range(20000)|list %}{% for i in range(255) %}{{ l|unique|list|length }}"
     "{% endfor %}",
+    # a body of large scans: each item, comparison and test looks at the clock
+    "{% set l = range(100000)|list %}{% set m = l|list %}{% for i in range(255) %}"
+    + "{{ 'x' in l }}{{ l == m }}" * 4
+    + "{% endfor %}",
 ]
 
 
@@ -696,6 +700,18 @@ def test_endless_templates_are_stopped(tmp_path: Path, source: str) -> None:
     assert rendered.fallback
     assert rendered.error is not None and rendered.error.startswith("RenderTimeout in console/t")
     assert rendered.parts["txt"] == fallback_text(ctx)
+
+
+def test_a_long_run_of_scans_is_stopped(tmp_path: Path) -> None:
+    """No loop: each comparison and test looks at the clock (a scan of a large list takes a
+    millisecond; a template of many of them held the event loop past its budget)."""
+    (tmp_path / "console").mkdir()
+    source = "{% set l = range(100000)|list %}" + "{{ 'x' in l }}{{ 'x' is in l }}" * 200
+    (tmp_path / "console" / "t.txt.j2").write_text(source)
+    renderer, ctx = Renderer(tmp_path, budget_s=0.05), context(load_run("failed"))
+    renderer.render("console", "t", ("txt",), ctx)  # compiles it: the next render only runs it
+    rendered = renderer.render("console", "t", ("txt",), ctx)
+    assert rendered.error is not None and rendered.error.startswith("RenderTimeout in console/t")
 
 
 def test_loops_behave_as_in_jinja_within_the_budget(tmp_path: Path) -> None:
