@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+import unicodedata
 from typing import Any
 
 import orjson
@@ -69,13 +70,49 @@ def duration(ms: Any) -> str:
 
 
 def truncate_chars(value: Any, length: int, end: str = "…") -> str:
-    """At most `length` characters, the end marker included."""
+    """At most `length` characters, the end marker included; the cut never splits what a
+    reader sees as one character (an accent from its letter, an emoji sequence, a flag)."""
     text, length = as_text(value), max(int(length), 0)
     if len(text) <= length:
         return text
     if len(end) >= length:
         return end[:length]
-    return text[: length - len(end)].rstrip() + end
+    return text[: _cluster_start(text, length - len(end))].rstrip() + end
+
+
+_ZWJ = "\u200d"
+_MAX_CLUSTER = 32  # code points looked back for the start of a character; longer: cut as is
+
+
+def _cluster_start(text: str, cut: int) -> int:
+    """`cut`, moved back to the start of the user-perceived character it would split."""
+    start = cut
+    while start > 0 and cut - start < _MAX_CLUSTER and _continues(text, start):
+        start -= 1
+    return start if cut - start < _MAX_CLUSTER else cut
+
+
+def _continues(text: str, i: int) -> bool:
+    """Whether text[i] belongs to the same character as text[i - 1]: a combining mark or
+    variation selector, a zero-width joiner or what it joins, an emoji modifier or tag, the
+    second regional indicator of a flag."""
+    before, after = text[i - 1], text[i]
+    if _regional(before) and _regional(after):
+        first = i - 1
+        while first > 0 and _regional(text[first - 1]):
+            first -= 1
+        return (i - first) % 2 == 1  # an odd number before: `after` completes a pair
+    code = ord(after)
+    return (
+        _ZWJ in (before, after)
+        or unicodedata.category(after) in ("Mn", "Mc", "Me")
+        or 0x1F3FB <= code <= 0x1F3FF  # skin tones
+        or 0xE0020 <= code <= 0xE007F  # tags (subdivision flags)
+    )
+
+
+def _regional(char: str) -> bool:
+    return 0x1F1E6 <= ord(char) <= 0x1F1FF
 
 
 def _json_default(value: Any) -> Any:

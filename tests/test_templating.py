@@ -311,6 +311,16 @@ def test_duration(ms: Any, expected: str) -> None:
         ("ab cd", 4, "…", "ab…"),
         (None, 3, "…", ""),
         (12345, 3, "…", "12…"),
+        # never a letter without its accent, part of an emoji sequence or half a flag
+        ("e\u0301e\u0301e\u0301", 4, "…", "e\u0301…"),
+        ("ab\U0001f468\u200d\U0001f469\u200d\U0001f467", 6, "…", "ab…"),
+        ("\U0001f44d\U0001f3fd\U0001f44d\U0001f3fd", 3, "…", "\U0001f44d\U0001f3fd…"),
+        ("x" + "\U0001f1fa\U0001f1f8" * 3, 5, "…", "x\U0001f1fa\U0001f1f8…"),
+        ("\U0001f1fa\U0001f1f8" * 3, 4, "…", "\U0001f1fa\U0001f1f8…"),
+        ("\U0001f1fa\U0001f1f8" * 3, 5, "…", "\U0001f1fa\U0001f1f8" * 2 + "…"),
+        ("x\u2764\ufe0fy", 3, "…", "x…"),
+        ("\u05e9\u05b8\u05dc\u05d5\u05b9\u05dd", 4, "…", "\u05e9\u05b8\u05dc…"),
+        ("a" + "\u0301" * 100 + "b", 50, "…", "a" + "\u0301" * 48 + "…"),  # no end: cut as is
     ],
 )
 def test_truncate_chars(value: Any, length: int, end: str, expected: str) -> None:

@@ -57,6 +57,7 @@ from pydantic import (
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.config import CONTROL_CHARS, ChannelSettings, Strict, from_config_dir
 from relay.errors import DeliveryError, tls_failure, wire_failure
+from relay.filters import truncate_chars
 
 log = logging.getLogger("relay.channels.email")
 
@@ -240,7 +241,7 @@ def one_line(text: str, limit: int = SUBJECT_MAX_CHARS) -> str:
     """Whitespace (line breaks included) and control characters (a NUL from run data: servers
     refuse the mail) collapsed to single spaces, cut to `limit` with '…'."""
     line = " ".join(CONTROL_CHARS.sub(" ", text).split())
-    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+    return truncate_chars(line, limit)
 
 
 def build_message(settings: EmailSettings, message: Outgoing) -> EmailMessage:

@@ -167,6 +167,16 @@ def test_subject_is_one_line_and_capped_whatever_the_template_says() -> None:
     assert subject.endswith("…")
 
 
+def test_a_subject_cut_keeps_each_character_whole() -> None:
+    """The cut at 200 fell inside a family emoji (a ZWJ sequence) or between a letter and its
+    accent; now it goes back to the start of that character."""
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    parts = {**rendered(), "subject": "x" * 195 + family + "e\u0301"}
+    assert str(build_message(email_settings(25), outgoing(parts))["Subject"]) == "x" * 195 + "…"
+    parts = {**rendered(), "subject": "x" * 198 + "e\u0301" + "y"}
+    assert str(build_message(email_settings(25), outgoing(parts))["Subject"]) == "x" * 198 + "…"
+
+
 def test_control_characters_of_run_data_leave_the_subject() -> None:
     """A NUL or BEL from a task name went raw into the Subject header (servers refuse a NUL)."""
     parts = {**rendered(), "subject": "failed: task\x00\x07name\x7f end"}
