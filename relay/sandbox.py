@@ -4,7 +4,8 @@ Beyond Jinja's own sandbox: dunders and unsafe attributes raise SecurityError; `
 str.format and padding refuse huge sizes, and so do the steps that build a large text or list
 out of small ones (`~`, `+`, replace, join, indent, expandtabs, and writing a list out whole):
 one such step cannot be stopped halfway, so it is refused before it runs when its result would
-pass MAX_VALUE_CHARS. Inside `time_budget(s)` (the Renderer's renders) every `for` loop item,
+pass MAX_VALUE_CHARS. Inside `time_budget(s)` (the Renderer's renders) what the steps build
+(texts, lists, slices) adds up, refused past MAX_BUILT_CHARS, and every `for` loop item,
 call, filter, test, comparison and checked operator (`~`, `+`, `*`, `**`, `%`) looks at the
 clock, so nested loops, runaway recursion or a loop of large steps raise RenderTimeout instead
 of holding the event loop (and every channel) for minutes.
@@ -47,9 +48,14 @@ MAX_WIDTH = 100_000  # widths of format strings, padding methods and filters lik
 # largest run intake takes by default (server.max_body_bytes, 1 MiB) must fit, with room
 MAX_OUTPUT_CHARS = 4_000_000
 MAX_VALUE_CHARS = MAX_OUTPUT_CHARS  # one text (or list written out) a step may build
+# all the texts and lists the steps of one render build together (a list slot counting as
+# _SLOT_CHARS): each step is capped, but a list of many capped ones filled ~1 GB in a second
+MAX_BUILT_CHARS = 16 * MAX_OUTPUT_CHARS
+_SLOT_CHARS = 32  # a list item's pointer and, often, a new object of its own
 RENDER_BUDGET_S = 1.0  # one notification, every part: the default templates take milliseconds
 _LOOP_BUDGET = "_loop_budget"  # the filter every `for` loop's iterable goes through
 _DEADLINE: ContextVar[float | None] = ContextVar("relay_render_deadline", default=None)
+_BUILT: ContextVar[list[int] | None] = ContextVar("relay_render_built", default=None)
 _SEQUENCES = (str, bytes, list, tuple)
 _WIDE_PERCENT = re.compile(r"%[-#0 +]*(?:\*|\d{6,})|%[-#0 +]*\d*\.(?:\*|\d{6,})")
 _WIDE_BRACES = re.compile(r"\{[^{}]*:[^{}]*(?:\d{6,}|\{)")
@@ -83,9 +89,21 @@ def _weight(value: Any, limit: int = MAX_VALUE_CHARS) -> int:
     return total
 
 
-def _check_weight(*values: Any, extra: int = 0) -> None:
-    if extra + sum(_weight(v) for v in values) > MAX_VALUE_CHARS:
+def _check_weight(*values: Any, extra: int = 0) -> int:
+    total = extra + sum(_weight(v) for v in values)
+    if total > MAX_VALUE_CHARS:
         raise OutputTooLarge(f"the result would exceed {MAX_VALUE_CHARS} characters")
+    return total
+
+
+def _charge(chars: int) -> None:
+    """Counts `chars` built against the render's MAX_BUILT_CHARS (inside time_budget)."""
+    built = _BUILT.get()
+    if built is None:
+        return
+    built[0] += chars
+    if built[0] > MAX_BUILT_CHARS:
+        raise OutputTooLarge(f"the render built more than {MAX_BUILT_CHARS} characters")
 
 
 def _check_binop(operator: str, left: Any, right: Any) -> None:
@@ -158,11 +176,14 @@ class RenderTimeout(SecurityError):
 
 @contextmanager
 def time_budget(seconds: float) -> Iterator[None]:
-    """Loops and calls of templates rendered inside raise RenderTimeout after `seconds`."""
+    """Loops and calls of templates rendered inside raise RenderTimeout after `seconds`, and
+    the steps that build texts and lists OutputTooLarge past MAX_BUILT_CHARS together."""
     token = _DEADLINE.set(time.monotonic() + seconds)
+    built = _BUILT.set([0])
     try:
         yield
     finally:
+        _BUILT.reset(built)
         _DEADLINE.reset(token)
 
 
@@ -193,6 +214,15 @@ class _BudgetedLoops(CodeGenerator):
             loop.iter = nodes.Filter(loop.iter, _LOOP_BUDGET, [], [], None, None)
             loop.iter.set_lineno(loop.lineno)
         super().visit_Template(node, frame)
+
+    def visit_Getitem(self, node: nodes.Getitem, frame: Frame) -> None:
+        """`items[1:]` (Jinja slices without environment.getitem): the copy is charged."""
+        if not isinstance(node.arg, nodes.Slice):
+            return super().visit_Getitem(node, frame)
+        self.write("environment.sliced(")
+        super().visit_Getitem(node, frame)
+        self.write(")")
+        return None
 
     def visit_Compare(self, node: nodes.Compare, frame: Frame) -> None:
         """`a == b`, `x in items` (a scan of a large list): the result looks at the clock."""
@@ -266,6 +296,7 @@ class _Environment(ImmutableSandboxedEnvironment):
             if size > MAX_VALUE_CHARS:
                 raise OutputTooLarge(f"a text of more than {MAX_VALUE_CHARS} characters")
             parts.append(chunk)
+        _charge(size)
         return "".join(parts)
 
     @staticmethod
@@ -274,10 +305,16 @@ class _Environment(ImmutableSandboxedEnvironment):
         _check_deadline()
         return value
 
+    @staticmethod
+    def sliced(value: Any) -> Any:
+        """A slice's copy, charged to the render (see _checked_result)."""
+        _check_deadline()
+        return _checked_result(value)
+
     def concat_operands(self, parts: tuple[Any, ...]) -> tuple[Any, ...]:
         """The operands of `~`, checked: their text together within MAX_VALUE_CHARS."""
         _check_deadline()
-        _check_weight(*parts)
+        _charge(_check_weight(*parts))
         return parts
 
 
@@ -366,8 +403,13 @@ def _clocked(fn: Any) -> Callable[..., Any]:
 
 
 def _checked_result(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
-        raise OutputTooLarge(f"a value of more than {MAX_VALUE_CHARS} characters")
+    """`value` (what a step built), within MAX_VALUE_CHARS and charged to the render."""
+    if isinstance(value, str | bytes):
+        if len(value) > MAX_VALUE_CHARS:
+            raise OutputTooLarge(f"a value of more than {MAX_VALUE_CHARS} characters")
+        _charge(len(value))
+    elif isinstance(value, list | tuple | dict | set | frozenset):
+        _charge(_SLOT_CHARS * len(value))
     return value
 
 

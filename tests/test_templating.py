@@ -712,6 +712,26 @@ def test_endless_templates_are_stopped(tmp_path: Path, source: str) -> None:
     assert rendered.parts["txt"] == fallback_text(ctx)
 
 
+_BIG_TEXT = "{% set s = 'ab' * 50000 %}{% set s = " + " ~ ".join(["s"] * 30) + " %}"
+MEMORY_BURNERS = [  # each step within its limits; together ~70-100 MB, ~1 GB given a second
+    "{% set l = range(100000)|list %}{% set all = [" + "l|list, " * 30 + "] %}{{ all|length }}",
+    "{% set l = range(100000)|list %}{% set all = [" + "l[1:], " * 30 + "] %}{{ all|length }}",
+    _BIG_TEXT + "{% set all = [" + "s ~ 'x', " * 22 + "] %}{{ all|length }}",
+    _BIG_TEXT + "{% set all = [" + "s.encode(), " * 22 + "] %}{{ all|length }}",
+    _BIG_TEXT + "{% for i in range(22) %}{% set _ %}{{ s }}{% endset %}{% endfor %}",
+]
+
+
+@pytest.mark.parametrize("source", MEMORY_BURNERS)
+def test_what_a_render_builds_is_capped_in_total(tmp_path: Path, source: str) -> None:
+    (tmp_path / "console").mkdir()
+    (tmp_path / "console" / "t.txt.j2").write_text(source)
+    ctx = context(load_run("failed"))
+    rendered = Renderer(tmp_path, budget_s=60).render("console", "t", ("txt",), ctx)
+    assert rendered.error is not None and rendered.error.startswith("OutputTooLarge in console/t")
+    assert rendered.parts["txt"] == fallback_text(ctx)
+
+
 def test_a_long_run_of_scans_is_stopped(tmp_path: Path) -> None:
     """No loop: each comparison and test looks at the clock (a scan of a large list takes a
     millisecond; a template of many of them held the event loop past its budget)."""
