@@ -375,8 +375,10 @@ class Renderer:
 
     def check(self, channel_type: str, name: str, part: str) -> str | None:
         """None when the template exists and it and those it extends, includes or imports (by
-        a constant name) compile; else what is wrong, with its line."""
-        return self._check(_template_name(channel_type, name, part), set(), [])
+        a constant name) compile and none of them reaches itself again on lines that always run
+        (it could only ever give the fallback); else what is wrong, with its line."""
+        template = _template_name(channel_type, name, part)
+        return self._check(template, set(), []) or self._cycle(template, ())
 
     def missing_references(self, channel_type: str, name: str, part: str) -> list[str]:
         """Templates it (or one it reaches) extends, includes or imports that do not exist:
@@ -404,6 +406,22 @@ class Renderer:
                 missing.append(f"{template} line {line}: {why}")
             elif why is not None:
                 return why
+        return None
+
+    def _cycle(self, template: str, chain: tuple[str, ...]) -> str | None:
+        """`<template> line <n>: ...` when a top-level extends, include or import leads back
+        to a template on `chain` (Jinja recurses until RecursionError on every render)."""
+        try:
+            ast = self._parse(template)
+        except (TemplateError, UnicodeDecodeError, OSError):
+            return None  # said by _check
+        chain = (*chain, template)
+        for line, ref in _references(ast, top_level=True):
+            if ref in chain:
+                loop = " → ".join((*chain[chain.index(ref) :], ref))
+                return f"{template} line {line}: it reaches itself on every render ({loop})"
+            if found := self._cycle(ref, chain):
+                return found
         return None
 
     def broken_overrides(self) -> list[str]:
@@ -465,11 +483,16 @@ class Renderer:
         return "".join(chunks)
 
 
-def _references(ast: nodes.Template) -> list[tuple[int, str]]:
+_REFERENCES = (nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)
+
+
+def _references(ast: nodes.Template, top_level: bool = False) -> list[tuple[int, str]]:
     """(line, name) of each template `ast` extends, includes or imports by a constant name (not
-    a name computed at render time, a list to choose from, or an `include ... ignore missing`)."""
+    a name computed at render time, a list to choose from, or an `include ... ignore missing`);
+    `top_level`: only those on the template's own lines, which every render runs."""
     found = []
-    for node in ast.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
+    refs = [n for n in ast.body if isinstance(n, _REFERENCES)] if top_level else None
+    for node in refs if refs is not None else ast.find_all(_REFERENCES):
         ref = getattr(node, "template", None)
         if isinstance(node, nodes.Include) and node.ignore_missing:
             continue

@@ -842,6 +842,33 @@ def test_check_compiles_what_a_template_imports_includes_or_extends(tmp_path: Pa
     assert renderer.check("console", "run", "txt") is None
 
 
+def test_check_finds_a_template_that_reaches_itself_on_every_render(tmp_path: Path) -> None:
+    """a extends b extends a, or a top-level include or import of itself: every render is a
+    RecursionError and the fallback, and `relay check` said OK. One behind an `if` may stop."""
+    (tmp_path / "webhook").mkdir()
+    sources = {
+        "a": '{% extends "webhook/b.json.j2" %}',
+        "b": '{% import "webhook/_m.j2" as m %}{% extends "webhook/a.json.j2" %}',
+        "_m": "{% macro x() %}{% endmacro %}",
+        "self": '{"a": 1}\n{% include "webhook/self.json.j2" %}',
+        "tree": '{% if run.child %}{% include "webhook/tree.json.j2" %}{% endif %}{"a": 1}',
+    }
+    for name, source in sources.items():
+        suffix = ".j2" if name.startswith("_") else ".json.j2"
+        (tmp_path / "webhook" / f"{name}{suffix}").write_text(source)
+    renderer = Renderer(tmp_path)
+    assert renderer.check("webhook", "a", "json") == (
+        "webhook/b.json.j2 line 1: it reaches itself on every render "
+        "(webhook/a.json.j2 → webhook/b.json.j2 → webhook/a.json.j2)"
+    )
+    assert renderer.check("webhook", "self", "json") == (
+        "webhook/self.json.j2 line 2: it reaches itself on every render "
+        "(webhook/self.json.j2 → webhook/self.json.j2)"
+    )
+    assert renderer.check("webhook", "tree", "json") is None
+    assert renderer.render("webhook", "tree", ("json",), context(load_run("failed"))).error is None
+
+
 def test_an_unknown_filter_is_a_check_problem_not_a_crash(tmp_path: Path) -> None:
     (tmp_path / "console").mkdir()
     (tmp_path / "console" / "run.txt.j2").write_text("one\n{{ run.id | no_such_filter }}\n")
@@ -937,8 +964,12 @@ def test_check_follows_extends_includes_and_imports(tmp_path: Path) -> None:
     assert renderer.check("console", "inc", "txt") is None  # Jinja looks it up when it runs
     assert renderer.missing_references("console", "inc", "txt") == [missing]
     for name in ("fine", "loop", "child"):
-        assert renderer.check("console", name, "txt") in (None, syntax)
+        assert renderer.check("console", name, "txt") in (None, syntax) or name == "loop"
         assert renderer.missing_references("console", name, "txt") == []
+    assert renderer.check("console", "loop", "txt") == (
+        "console/loop.txt.j2 line 1: it reaches itself on every render "
+        "(console/loop.txt.j2 → console/loop.txt.j2)"
+    )
 
 
 def test_the_names_relay_check_knows_are_the_context() -> None:
