@@ -53,7 +53,7 @@ def duration(ms: Any) -> str:
     value = _number(ms)
     if value is None:
         return ""
-    sign, value = ("-" if value < 0 else ""), abs(value)
+    sign, value = ("-" if round(value) < 0 else ""), abs(value)
     if round(value) < 1000:
         return f"{sign}{round(value)}ms"
     tenths = round(value / 100)

@@ -291,6 +291,7 @@ def test_money(cents: Any, expected: str) -> None:
         (3600000, "1h"),
         (86400000, "1d"),
         (-1500, "-1.5s"),
+        (-0.4, "0ms"),  # no sign on a zero
         (None, ""),
         ("soon", ""),
     ],
