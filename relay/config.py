@@ -339,6 +339,7 @@ class TriggerAlertsConfig(Strict):
 
 # Trigger.dev's createdAt grammar (parseNaturalLanguageDurationAgo): anything else is no window.
 _TRIGGER_DURATION = re.compile(r"(?:[0-9]+(?:w|d|hr|h|m|s))+")
+_TRIGGER_PARTS = re.compile(r"([0-9]+)(w|d|hr|h|m|s)")
 
 
 class RealtimeFeed(Strict):
@@ -372,6 +373,12 @@ class RealtimeFeed(Strict):
                 " w, d, h, m, s (24h, 90m, 1h30m)"
             )
         return value
+
+    @property
+    def window_s(self) -> int:
+        """`created_at` in seconds, as Trigger.dev reads it (`hr` and `h` alike)."""
+        units = {"w": 604800, "d": 86400, "hr": 3600, "h": 3600, "m": 60, "s": 1}
+        return sum(int(n) * units[u] for n, u in _TRIGGER_PARTS.findall(self.created_at))
 
     def model_post_init(self, context: Any) -> None:
         chosen = [x for x in (self.tags, self.run_id, self.batch_id) if x is not None]

@@ -17,6 +17,7 @@ from relay import channels as channel_registry
 from relay.channels import ChannelEnv, Outgoing
 from relay.channels._http import HttpClient
 from relay.config import (
+    Config,
     Defaults,
     Draft,
     LoadedConfig,
@@ -123,6 +124,7 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
     warnings += _never_matching(config.rules, loaded.locate)
     warnings += _match_names_in_group_by(config.rules, loaded.locate)
     warnings += _yaml11_words(loaded)
+    warnings += _feed_warnings(config, loaded.locate)
     every_rule = dict(enumerate(config.rules))
     types = {name: channel.type for name, channel in config.channels.items()}
     found, unknown = _check_templates(renderer, types, every_rule, loaded.locate)
@@ -143,6 +145,32 @@ def _never_matching(rules: list[RuleConfig], locate: Locate) -> list[str]:
             out.append(
                 f"{locate(('rules', i, 'match', 'status'))}: rules[{i}].match.status: event"
                 f" {rule.match.event} carries {', '.join(sorted(carried))}; this rule never fires"
+            )
+    return out
+
+
+# Trigger.dev clamps a tag feed's createdAt to this (REALTIME_MAXIMUM_CREATED_AT_FILTER_AGE_IN_MS)
+TRIGGER_MAX_WINDOW_S = 86400
+
+
+def _feed_warnings(config: Config, locate: Locate) -> list[str]:
+    """Warnings for Realtime feeds: one listed twice (followed once), and a tag feed whose
+    created_at window Trigger.dev cuts to a day (runs older than that are never seen)."""
+    realtime = config.sources.realtime
+    out: list[str] = []
+    seen: set[tuple[object, ...]] = set()
+    for i, feed in enumerate(realtime.feeds if realtime is not None else ()):
+        where = f"{locate(('sources', 'realtime', 'feeds', i))}: sources.realtime.feeds[{i}]"
+        tags = None if feed.tags is None else frozenset(feed.tags)
+        key = (tags, feed.run_id, feed.batch_id, feed.created_at if tags is not None else None)
+        if key in seen:
+            out.append(f"{where}: the same feed is listed before; it is followed once")
+        seen.add(key)
+        if tags is not None and feed.window_s > TRIGGER_MAX_WINDOW_S:
+            out.append(
+                f"{where}.created_at: Trigger.dev cuts the window to 1d (unless a self-hosted"
+                f" server raises REALTIME_MAXIMUM_CREATED_AT_FILTER_AGE_IN_MS); older runs are"
+                f" not in the feed"
             )
     return out
 

@@ -246,6 +246,42 @@ rules:
     ]
 
 
+def test_check_warns_of_realtime_feeds_that_do_not_do_what_they_say(tmp_path: Path) -> None:
+    """Trigger.dev cuts a tag feed's createdAt to a day, and a feed listed twice (its tags in
+    another order) is followed once: both passed `relay check` without a word."""
+    config = write(
+        tmp_path / "c.yaml",
+        """\
+sources:
+  realtime:
+    api_url: http://127.0.0.1:9
+    secret_key: tr_dev_x
+    feeds:
+      - {tags: [a, b], created_at: 2d}
+      - {tags: [b, a], created_at: 2d}
+      - {run_id: run_1, created_at: 30d}
+      - {tags: [c], created_at: 23hr60m}
+      - {tags: [d], created_at: 24hr1s}
+      - {run_id: run_1}
+rules: []
+""",
+    )
+    result = cli("check", str(config))()
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "feeds[" in line]
+    cut = "Trigger.dev cuts the window to 1d"
+    assert [line.split(": sources.")[1].split(":")[0] for line in warned] == [
+        "realtime.feeds[0].created_at",
+        "realtime.feeds[1]",
+        "realtime.feeds[1].created_at",
+        "realtime.feeds[4].created_at",
+        "realtime.feeds[5]",
+    ]
+    assert all(cut in w for w in warned if ".created_at:" in w)
+    assert all("followed once" in w for w in warned if ".created_at:" not in w)
+    assert warned[0].startswith(f"warning: {config}:6: ")
+
+
 def test_check_missing_file_and_builtin_default(tmp_path: Path) -> None:
     missing, builtin = parallel(
         cli("check", "--config", str(tmp_path / "missing.yaml")),

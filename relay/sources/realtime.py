@@ -410,9 +410,7 @@ def _distinct(feeds: Iterable[Feed]) -> list[Feed]:
     """Each feed once: one listed twice (tags in another order are the same feed) would have
     two followers asking for the same runs and racing on one stored position."""
     out: dict[str, Feed] = {}
-    for feed in feeds:
-        if feed.key in out:
-            log.warning("realtime feed listed twice; followed once", extra={"feed": feed.key})
+    for feed in feeds:  # the config's warnings (logged at start) say which entry repeats
         out.setdefault(feed.key, feed)
     return list(out.values())
 
