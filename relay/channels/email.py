@@ -11,7 +11,9 @@ system store (and SSL_CERT_FILE) plus `smtp.ca_file`.
 Failures are translated here, once, into DeliveryError (the SMTP boundary):
 
   outcome                                              reason        retryable  detail
-  some recipients refused, at least one accepted       (sent; a warning logs the refused count)
+  some recipients refused for good (5xx), the rest ok  (sent; a warning logs the refused count)
+  some refused for now (4xx: greylisting), some ok     as below     yes        SMTP 450 for
+                                                                                1 of 2 recipients
   421 at any stage (the server sheds load)             rate_limited  yes        SMTP 421
   other 4xx: 450, 451, 452 (busy, greylisting)        server_error  yes        SMTP 451
   530, 534, 535, 538, SMTPAuthenticationError 5xx      auth_error    no         SMTP 535
@@ -27,6 +29,12 @@ Failures are translated here, once, into DeliveryError (the SMTP boundary):
 A 421 to one RCPT of several makes aiosmtplib hang up before the next one: that reads as
 "network: server disconnected", retryable all the same.
 
+When the server takes a mail for some recipients and refuses others for now (a 4xx to RCPT:
+greylisting, a full mailbox), the recipients done with (accepted, or refused for good) are kept
+in the store (namespace `email_sent`, key `<channel name>:<notification id>`, pruned with the
+runs) and the attempt fails retryable: the retry, and a replay from the dead letters, send the
+same mail to the others only, so nobody gets it twice and nobody is dropped for a busy server.
+
 TLS failures are retryable: a handshake blip or a certificate renewed mid-rotation heals by
 itself, and a wrong CA still ends as a dead letter (detail "TLS: certificate not trusted") once
 the retries run out, instead of dropping alerts during a renewal. Details carry the reply code,
@@ -40,11 +48,13 @@ import contextlib
 import logging
 import re
 import ssl
+import time
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses
 from typing import Any
 
 import aiosmtplib
+import orjson
 from pydantic import (
     Field,
     FilePath,
@@ -56,7 +66,7 @@ from pydantic import (
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.config import CONTROL_CHARS, ChannelSettings, Strict, from_config_dir
-from relay.errors import DeliveryError, tls_failure, wire_failure
+from relay.errors import DeliveryError, StoreUnavailable, tls_failure, wire_failure
 from relay.filters import truncate_chars
 
 log = logging.getLogger("relay.channels.email")
@@ -69,6 +79,7 @@ _RESERVED = frozenset(
 _OVERRIDABLE = {"Auto-Submitted": "auto-generated"}
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
 _AUTH_CODES = frozenset((530, 534, 535, 538))
+SENT = "email_sent"  # kv: "<channel>:<notification id>" -> JSON list of recipients done with
 __all__ = ["KIND", "EmailChannel", "EmailSettings", "SmtpSettings", "classify"]
 
 
@@ -271,6 +282,7 @@ class EmailChannel:
         self.name = name
         self.settings = settings
         self._timeout_s = settings.timeout or env.default_timeout_s
+        self._state = env.state
         smtp = settings.smtp
         self._tls = tls_context(smtp) if smtp.use_tls or smtp.use_starttls else None
         self._sender = _check_address(settings.from_)
@@ -279,24 +291,68 @@ class EmailChannel:
 
     async def send(self, message: Outgoing) -> None:
         mail = build_message(self.settings, message)
+        key = f"{self.name}:{message.notification_id}"
+        done = await self._done(key, message)
+        recipients = [r for r in self._recipients if r not in done]
+        if not recipients:  # every one served by earlier attempts
+            return
         try:
-            refused = await self._transaction(mail)
+            refused = await self._transaction(mail, recipients)
         except Exception as exc:  # translated once, here; anything unknown becomes "other"
             raise classify(exc) from None
-        if refused:
-            log.warning(
-                "some recipients were refused; sent to the others",
-                extra={
-                    "channel": self.name,
-                    "notification_id": message.notification_id,
-                    "run_id": message.run_id,
-                    "rule": message.rule,
-                    "refused": len(refused),
-                    "recipients": len(self._recipients),
-                },
-            )
+        later = self._refused(message, refused) if refused else {}
+        if later or done:  # partly sent, now or before: keep who is done with
+            served = done | {a for a in recipients if a not in later}
+            await self._remember(key, served, message)
+        if later:
+            first = next(iter(later.values()))
+            note = f" for {len(later)} of {len(self._recipients)} recipients"
+            raise _by_code(first, auth=False, note=note)
 
-    async def _transaction(self, mail: EmailMessage) -> dict[str, Any]:
+    def _refused(self, message: Outgoing, refused: dict[str, Any]) -> dict[str, int]:
+        """Log the recipients the server refused; those refused for now (4xx), with the code."""
+        later = {a: r.code for a, r in refused.items() if r.code < 500}
+        log.warning(
+            "some recipients were refused; sent to the others",
+            extra={
+                **self._extra(message),
+                "refused": len(refused),
+                "later": len(later),
+                "recipients": len(self._recipients),
+            },
+        )
+        return later
+
+    def _extra(self, message: Outgoing) -> dict[str, str]:
+        """The fields of every log line about a message (SPEC: run id, rule and channel)."""
+        return {
+            "channel": self.name,
+            "notification_id": message.notification_id,
+            "run_id": message.run_id,
+            "rule": message.rule,
+        }
+
+    async def _done(self, key: str, message: Outgoing) -> set[str]:
+        """The recipients earlier attempts of this notification are done with."""
+        if self._state is None:
+            return set()
+        try:
+            stored = await self._state.kv_get(SENT, key)
+        except StoreUnavailable:  # mail everyone: a duplicate beats a lost alert
+            log.warning("email recipients done with unknown", extra=self._extra(message))
+            return set()
+        value = orjson.loads(stored) if stored else []
+        return {a for a in value if isinstance(a, str)} if isinstance(value, list) else set()
+
+    async def _remember(self, key: str, done: set[str], message: Outgoing) -> None:
+        if self._state is None:
+            return
+        try:
+            await self._state.kv_put(SENT, key, orjson.dumps(sorted(done)).decode(), time.time())
+        except StoreUnavailable:  # the retry mails everyone again: a duplicate, nothing lost
+            log.warning("email recipients done with not saved", extra=self._extra(message))
+
+    async def _transaction(self, mail: EmailMessage, recipients: list[str]) -> dict[str, Any]:
         """Connect, send, then QUIT in what is left of the attempt's `timeout`. Not
         aiosmtplib.send: its clean-up QUITs even after the deadline (one more `timeout` spent on
         a server that stopped answering), and a mail the server accepted is sent, whatever
@@ -308,7 +364,7 @@ class EmailChannel:
             async with asyncio.timeout_at(deadline):
                 await client.connect()
                 refused, _ = await client.send_message(
-                    mail, sender=self._sender, recipients=self._recipients
+                    mail, sender=self._sender, recipients=recipients
                 )
             left = deadline - loop.time()
             if left > 0:
@@ -361,8 +417,8 @@ def _other(exc: BaseException) -> DeliveryError:
     return DeliveryError("other", retryable=True, detail=type(exc).__name__)
 
 
-def _by_code(code: int, *, auth: bool) -> DeliveryError:
-    detail = f"SMTP {code}"
+def _by_code(code: int, *, auth: bool, note: str = "") -> DeliveryError:
+    detail = f"SMTP {code}{note}"
     if code == 421:
         return DeliveryError("rate_limited", retryable=True, detail=detail, status=code)
     if 400 <= code < 500:

@@ -54,8 +54,9 @@ PRUNE = (
     "DELETE FROM relay_silences WHERE ends_at < $1",
     "DELETE FROM relay_runs WHERE seen_at < $1",
     # forgotten with their runs: the inhibit sources seen (relay.inhibition.SOURCES) and the
-    # Slack threads of runs and groups (relay.channels.slack.THREADS, touched by each reply)
-    "DELETE FROM relay_kv WHERE namespace IN ('inhibit_source', 'slack_thread')"
+    # Slack threads of runs and groups (relay.channels.slack.THREADS, touched by each reply),
+    # the recipients a partly sent mail is done with (relay.channels.email.SENT)
+    "DELETE FROM relay_kv WHERE namespace IN ('inhibit_source', 'slack_thread', 'email_sent')"
     " AND updated_at < $1",
 )
 LEAD = """

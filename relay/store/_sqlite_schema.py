@@ -332,8 +332,10 @@ PRUNE = (
     "DELETE FROM silences WHERE ends_at < :before",
     "DELETE FROM runs WHERE seen_at < :before",
     # forgotten with their runs: the inhibit sources seen (relay.inhibition.SOURCES) and the
-    # Slack threads of runs and groups (relay.channels.slack.THREADS, touched by each reply)
-    "DELETE FROM kv WHERE namespace IN ('inhibit_source', 'slack_thread') AND updated_at < :before",
+    # Slack threads of runs and groups (relay.channels.slack.THREADS, touched by each reply),
+    # the recipients a partly sent mail is done with (relay.channels.email.SENT)
+    "DELETE FROM kv WHERE namespace IN ('inhibit_source', 'slack_thread', 'email_sent')"
+    " AND updated_at < :before",
 )
 
 

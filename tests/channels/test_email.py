@@ -25,6 +25,7 @@ from relay.channels.email import EmailChannel, EmailSettings, build_message
 from relay.config import load_config, parse_config
 from relay.errors import ConfigError, DeliveryError
 from relay.model import Run, notification_id
+from relay.store.sqlite import SQLiteStore
 from relay.templating import RenderContext, Renderer
 from tests.conftest import FIXTURES, RelayFactory, assert_golden, sdk_run
 
@@ -387,6 +388,30 @@ async def test_one_refused_recipient_of_two_still_sends(
         "rule": "prod-failures",
         "channel": "team-email",
     }
+
+
+async def test_a_recipient_refused_for_now_gets_the_mail_on_the_retry_and_no_one_twice(
+    smtp_server: SmtpFactory, sqlite_store: SQLiteStore
+) -> None:
+    fake = await smtp_server()
+    settings = email_settings(fake.port).model_copy(
+        update={"cc": ["team@example.com", "boss@x.io"]}
+    )
+    env = ChannelEnv(HttpClient(), sys.stdout, 2.0, sqlite_store)
+    ch = EmailChannel("team-email", settings, env)
+    fake.refuse = {"boss@x.io": "550 5.1.1 no such user"}  # for good
+    fake.rcpt_replies = ["", "450 4.2.0 greylisted, try again later"]  # oncall ok, team later
+    with pytest.raises(DeliveryError) as info:
+        await ch.send(outgoing())
+    err = info.value
+    assert (err.reason, err.retryable) == ("server_error", True)
+    assert err.detail == "SMTP 450 for 1 of 3 recipients"
+    await ch.send(outgoing())  # the retry: team only
+    await ch.send(outgoing())  # a replay from the dead letters: everyone is served
+    first, second = await fake.wait_for(2)
+    assert (first.rcpt_tos, second.rcpt_tos) == (["oncall@example.com"], ["team@example.com"])
+    assert first.message()["Message-ID"] == second.message()["Message-ID"]
+    assert len(fake.messages) == 2 and fake.connections == 2
 
 
 async def test_starttls_and_auth(smtp_server: SmtpFactory, smtp_pki: Pki) -> None:

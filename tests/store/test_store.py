@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 import trustme
 
+from relay.channels.email import SENT
 from relay.channels.slack import THREADS
 from relay.errors import ConfigError, StoreUnavailable
 from relay.grouping import group_key
@@ -420,8 +421,8 @@ async def test_prune_forgets_what_finished_before_the_retention(store: Store) ->
     assert ids(refired) == [old]
 
 
-@pytest.mark.parametrize("namespace", ["inhibit_source", THREADS])
-async def test_prune_forgets_the_inhibit_sources_and_slack_threads(
+@pytest.mark.parametrize("namespace", ["inhibit_source", THREADS, SENT])
+async def test_prune_forgets_the_inhibit_sources_slack_threads_and_mail_recipients(
     store: Store, namespace: str
 ) -> None:
     await store.kv_put(namespace, "old", "1", now=100.0)
