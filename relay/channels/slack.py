@@ -19,7 +19,9 @@ the message is posted at the top level and starts the thread anew.
 Incoming webhooks return no `ts`: no threading there.
 
 When Slack refuses the layout of a message (invalid_blocks, invalid_blocks_format,
-invalid_attachments: a template Slack's validation rejects), the error is logged and the message
+invalid_attachments, too_many_attachments: a template Slack's validation rejects;
+msg_blocks_too_long: blocks each within their limits but too long together, as a digest of long
+run lines can be), the error is logged and the message
 is sent once more as its text alone, so the on-call is still told; only if that fails too is the
 notification failed (client_error, permanent).
 
@@ -77,8 +79,14 @@ _THREAD_GONE = frozenset(
         "restricted_action_thread_locked",
     }
 )  # fmt: skip
-# answers that refuse a message's blocks or attachments: send it again as its text alone
-_BAD_LAYOUT = frozenset({"invalid_blocks", "invalid_blocks_format", "invalid_attachments"})
+# answers that refuse a message's blocks or attachments (msg_blocks_too_long: the blocks together
+# are over a size Slack does not publish, each within its own limits): send the text alone
+_BAD_LAYOUT = frozenset(
+    {
+        "invalid_blocks", "invalid_blocks_format", "invalid_attachments", "msg_blocks_too_long",
+        "too_many_attachments",
+    }
+)  # fmt: skip
 _LAYOUT_KEYS = ("blocks", "attachments")
 MAX_BLOCKS, MAX_TEXT = 50, 40_000
 _TEXT_LIMITS = {"header": 150, "section": 3000, "markdown": 12_000}

@@ -666,15 +666,24 @@ async def test_refused_blocks_are_sent_again_as_text(
     assert not any(s in logged.getMessage() for s in SECRETS)
 
 
-@pytest.mark.parametrize("name", ["invalid_blocks_format", "invalid_attachments"])
+@pytest.mark.parametrize(
+    ("name", "bot"),
+    [
+        ("invalid_blocks_format", True),
+        ("invalid_attachments", True),
+        ("msg_blocks_too_long", True),  # blocks each within limits, too long together
+        ("too_many_attachments", True),
+        ("too_many_attachments", False),
+    ],
+)
 async def test_other_refused_layouts_are_sent_again_as_text(
-    slack: FakeSlack, http: HttpClient, name: str
+    slack: FakeSlack, http: HttpClient, name: str, bot: bool
 ) -> None:
-    slack.script(api_error(name))
+    slack.script(api_error(name) if bot else Reply(400, name))
     part = json.dumps({"text": "FAILED run_1", "attachments": [{"color": "#f00", "text": "x"}]})
-    await make_channel(slack, http, bot=True).send(outgoing(part))
+    await make_channel(slack, http, bot=bot).send(outgoing(part))
     assert [sorted(body) for body in slack.posted()][1] == sorted(
-        ["text", "channel", "unfurl_links", "unfurl_media"]
+        ["text", "unfurl_links", "unfurl_media", *(["channel"] if bot else [])]
     )
 
 
