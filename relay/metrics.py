@@ -7,13 +7,14 @@ failure words of relay.errors.REASONS, so logs, dead letters and metrics use one
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from relay import __version__
+from relay.errors import REASONS
 from relay.model import Notification
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -39,6 +40,7 @@ class IntakeOutcome(Protocol):
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 20, 50)
+RELOAD_RESULTS = ("success", "failure")
 
 
 class Metrics:
@@ -147,6 +149,23 @@ class Metrics:
             "When the running config was loaded.",
             registry=r,
         )
+        for result in RELOAD_RESULTS:
+            self.config_reloads.labels(result=result)
+
+    def configured(self, channels: Iterable[str], rules: Iterable[str]) -> None:
+        """The counters of the running config's channels and rules, at 0 until their first
+        event. A series that appears at 1 has no increase() for Prometheus (its first sample is
+        its only value): the shipped alerts missed the first dead letter, template error or
+        refused reload of each channel after every restart, as Alertmanager's metrics would
+        without the same zeros."""
+        for channel in channels:
+            for counter in (self.sent, self.muted, self.template_errors):
+                counter.labels(channel=channel)
+            for reason in REASONS:
+                self.failed.labels(channel=channel, reason=reason)
+                self.dead.labels(channel=channel, reason=reason)
+        for rule in rules:
+            self.matched.labels(rule=rule)
 
     def delivery_event(self, kind: str, row: Delivered, reason: str, attempts: int) -> None:
         """Delivery's hook: one call per finished attempt, mute or template fallback."""

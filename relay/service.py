@@ -122,6 +122,7 @@ class Service:
         released = await self.store.release_leases()
         if released:
             log.info("resuming notifications claimed before a restart", extra={"count": released})
+        self._zero_metrics()
         if self.role.workers:
             self.pool = WorkerPool(
                 self.role.workers,
@@ -208,6 +209,10 @@ class Service:
             return
         if released:
             log.info("resuming notifications a dead worker had claimed", extra={"count": released})
+
+    def _zero_metrics(self) -> None:
+        """The running config's channels and rules in /metrics from the start, at 0."""
+        self.metrics.configured(self.config.channels, [rule.name for rule in self.config.rules])
 
     def _config_args(self) -> list[str]:
         loaded = self.compiled.loaded
@@ -364,6 +369,7 @@ class Service:
             if compiled.loaded.config.templates.dir != self.config.templates.dir:
                 self._fingerprint = config_fingerprint(compiled)  # watch the new directory
             await self._swap(compiled)
+            self._zero_metrics()
             self.metrics.config_reloads.labels(result="success").inc()
             self.metrics.config_reload_time.set(time.time())
             log.info("config reloaded", extra={"trigger": trigger, "rules": len(self.config.rules)})

@@ -77,6 +77,32 @@ async def test_metrics_count_what_happened(relay: RelayFactory, sink: Sink) -> N
     assert value(text, "relay_outbox_oldest_pending_age_seconds") == 0
 
 
+async def test_every_channel_and_rule_is_counted_from_zero(relay: RelayFactory, sink: Sink) -> None:
+    """A counter that first appears at 1 has no increase() to Prometheus: the shipped alerts
+    (RelayNotificationsDead, RelayTemplateErrors, RelayConfigReloadFailed) missed the first
+    dead letter, template error or refused reload after each restart. So the running config's
+    channels and rules, and a reload's new ones, are exposed at 0 before anything happens."""
+    r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    text = await metrics_text(r)
+    for sample in (
+        'relay_notifications_sent_total{channel="hook"}',
+        'relay_notifications_muted_total{channel="hook"}',
+        'relay_template_errors_total{channel="hook"}',
+        'relay_notifications_failed_total{channel="hook",reason="server_error"}',
+        'relay_notifications_dead_total{channel="hook",reason="client_error"}',
+        'relay_rules_matched_total{rule="failures"}',
+        'relay_config_reloads_total{result="failure"}',
+        'relay_config_reloads_total{result="success"}',
+    ):
+        assert value(text, sample) == 0, sample
+    path = Path(r.service.compiled.loaded.source.filename)
+    path.write_text(CONFIG.format(url=sink.url, rule="crashes", status="CRASHED"))
+    assert await r.service.reload("SIGHUP") is True
+    text = await metrics_text(r)
+    assert value(text, 'relay_rules_matched_total{rule="crashes"}') == 0
+    assert value(text, 'relay_config_reloads_total{result="success"}') == 1
+
+
 async def metrics_after_failures(
     relay: RelayFactory, sink: Sink, answer: Any, attempts: int, tries: int | None = None
 ) -> str:
