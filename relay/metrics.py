@@ -38,7 +38,11 @@ class IntakeOutcome(Protocol):
     def source(self) -> str: ...
 
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+# 600 is a bound because RelayDeliverySlow's threshold is 600 s: histogram_quantile interpolates
+# inside a bucket, and one from 300 to 3600 read every delivery past 300 s as nearly 3600 s.
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
+)  # fmt: skip
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 20, 50)
 RELOAD_RESULTS = ("success", "failure")
 

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.utils import floatToGoString
 
-from relay.metrics import Metrics
+from relay.metrics import LATENCY_BUCKETS, Metrics
 from tests.conftest import REPO
 
 DASHBOARD = REPO / "deploy" / "grafana" / "relay.json"
@@ -227,3 +228,56 @@ def test_the_docs_name_only_series_and_labels_relay_exposes() -> None:
                 wrong.append(f"{doc.name}: {name}{{{labels}}}")
     assert not wrong, wrong
     assert store_tables() >= {"relay_outbox", "relay_replicas"}  # the exception is not empty
+
+
+def latency_series(seconds: float) -> list[dict[str, str]]:
+    """relay_delivery_latency_seconds of one channel delivering 10 a minute, each `seconds`
+    late, as relay buckets them."""
+    bounds = [*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf"]
+    return [
+        {
+            "series": "relay_delivery_latency_seconds_bucket"
+            f'{{job="relay",instance="a",channel="hook",le="{le}"}}',
+            "values": "0+10x40" if le == "+Inf" or float(le) >= seconds else "0x40",
+        }
+        for le in bounds
+    ]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+@pytest.mark.parametrize(
+    ("seconds", "fires"), [(30, False), (400, False), (540, False), (900, True)]
+)
+def test_delivery_slow_fires_past_its_threshold_only(
+    tmp_path: Path, seconds: float, fires: bool
+) -> None:
+    """histogram_quantile interpolates inside the bucket the quantile falls in: without a bucket
+    bound at the alert's 600 s, every delivery between 300 s and 600 s (a 5m digest interval,
+    a retry's backoff) read as a p99 near 3600 s and RelayDeliverySlow fired."""
+    expected = [{"exp_labels": {"severity": "warning", "channel": "hook"}}] if fires else []
+    test = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": latency_series(seconds),
+                "alert_rule_test": [
+                    {"eval_time": "40m", "alertname": "RelayDeliverySlow", "exp_alerts": expected}
+                ],
+            }
+        ],
+    }
+    if fires:  # the annotations are the alert's own; only whether it fires is checked
+        rule = next(r for r in alert_rules() if r["alert"] == "RelayDeliverySlow")
+        labels = {"channel": "hook"}
+        expected[0]["exp_annotations"] = {
+            k: v.replace("{{ $labels.channel }}", labels["channel"])
+            for k, v in rule["annotations"].items()
+        }
+    path = tmp_path / "test.yml"
+    path.write_text(yaml.safe_dump(test))
+    checked = subprocess.run(
+        ["promtool", "test", "rules", str(path)], capture_output=True, text=True, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
