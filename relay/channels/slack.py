@@ -337,7 +337,12 @@ class SlackChannel:
 
     def _extra(self, message: Outgoing) -> dict[str, str]:
         """The fields of every log line about a message (SPEC: run id, rule and channel)."""
-        return {"channel": self.name, "run_id": message.run_id, "rule": message.rule}
+        return {
+            "channel": self.name,
+            "notification_id": message.notification_id,
+            "run_id": message.run_id,
+            "rule": message.rule,
+        }
 
     async def _update(
         self, payload: dict[str, Any], where: dict[str, str], message: Outgoing

@@ -387,8 +387,8 @@ async def test_a_thread_that_takes_no_replies_is_started_anew(
 async def test_a_store_outage_loses_only_the_thread_and_says_of_which_message(
     slack: FakeSlack, http: HttpClient, store: SQLiteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The message goes out without its thread; the warnings carry the run id and rule, as
-    every line about a delivery does (SPEC §6), not the channel alone."""
+    """The message goes out without its thread; the warnings carry the run id, rule and
+    notification id, as every line about a delivery does (SPEC §6), not the channel alone."""
     await store.close()  # the store goes away: thread lookup and save fail
     channel = make_channel(slack, http, bot=True, state=store)
     await channel.send(outgoing(render(load_run("failed")), "run_a"))
@@ -398,8 +398,9 @@ async def test_a_store_outage_loses_only_the_thread_and_says_of_which_message(
         "slack thread lookup failed",
         "slack thread not saved",
     ]
-    assert {(getattr(r, "run_id", None), getattr(r, "rule", None)) for r in lines} == {
-        ("run_a", "r")
+    fields = ("run_id", "rule", "channel", "notification_id")
+    assert {tuple(getattr(r, f, None) for f in fields) for r in lines} == {
+        ("run_a", "r", "oncall", "ntf_1")
     }
 
 
