@@ -6,6 +6,7 @@ failure words of relay.errors.REASONS, so logs, dead letters and metrics use one
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
@@ -210,6 +211,13 @@ class Metrics:
         self.realtime_rows.labels(feed=feed).inc(rows)
         if lag_s is not None:
             self.realtime_lag.labels(feed=feed).set(max(lag_s, 0.0))
+
+    def realtime_unfollowed(self, feed: str) -> None:
+        """The Realtime source's hook: this process no longer follows `feed` (lease lost, feed
+        removed by a reload, single run finished). Its lag was frozen at the last value, so a
+        replica that lost the lease while behind kept RelayRealtimeLagging firing for good."""
+        with contextlib.suppress(KeyError):
+            self.realtime_lag.remove(feed)
 
     def realtime_error(self, feed: str, reason: str) -> None:
         """The Realtime source's hook: one call per failed request."""

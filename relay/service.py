@@ -269,6 +269,7 @@ class Service:
                 self.store,
                 observe=self.metrics.realtime_batch,
                 failed=self.metrics.realtime_error,
+                unfollowed=self.metrics.realtime_unfollowed,
             )
             self.realtime.start()
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -765,6 +766,30 @@ async def test_relay_alerts_each_failed_run_of_the_feed_once_in_order(
         lag = re.search(rf"^relay_realtime_lag_seconds\{{{feed}\}} (\S+)$", metrics, re.M)
         assert rows is not None and float(rows.group(1)) >= 2, metrics
         assert lag is not None and float(lag.group(1)) >= 0  # 0 once a long poll timed out
+
+
+async def test_a_feed_no_longer_followed_leaves_no_lag_behind(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """The lag of a feed this process stopped following (removed by a reload, or its lease
+    lost to another replica) was frozen at its last value: a feed dropped while it lagged kept
+    RelayRealtimeLagging firing until a restart."""
+    lag = re.compile(r"^relay_realtime_lag_seconds\{", re.M)
+    async with fake_realtime(session()) as fake:
+        r = await relay(config(fake.url, sink.url))
+        for _ in range(200):
+            async with r.http.get(r.url + "/metrics") as resp:
+                if lag.search(await resp.text()):
+                    break
+            await asyncio.sleep(0.05)
+        path = Path(r.service.compiled.loaded.source.filename)
+        text = config(fake.url, sink.url)  # the same, without its sources
+        path.write_text(text.split("sources:")[0] + "channels:" + text.split("channels:")[1])
+        assert await r.service.reload("SIGHUP") is True
+        async with r.http.get(r.url + "/metrics") as resp:
+            metrics = await resp.text()
+    assert "relay_realtime_rows_total{" in metrics  # counters stay; the gauge is gone
+    assert not lag.search(metrics), metrics
 
 
 async def test_relay_with_a_refused_key_logs_and_keeps_serving(

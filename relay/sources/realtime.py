@@ -426,10 +426,12 @@ class RealtimeSource:
         *,
         observe: Observe | None = None,
         failed: Failed | None = None,
+        unfollowed: Callable[[str], None] | None = None,
     ) -> None:
         self._config = config
         self._observe = observe
         self._failed = failed
+        self._unfollowed = unfollowed  # with a feed's key, once this process stops following it
         self._submit = submit
         self._positions = positions
         self._session: aiohttp.ClientSession | None = None
@@ -473,6 +475,8 @@ class RealtimeSource:
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+                if self._unfollowed is not None:
+                    self._unfollowed(follower.feed.key)
 
     async def _hold(self, name: str) -> bool:
         try:
