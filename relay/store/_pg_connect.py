@@ -81,7 +81,7 @@ def unavailable(what: str, exc: BaseException) -> StoreUnavailable:
     kind = type(exc).__name__ + (f" ({sqlstate})" if isinstance(sqlstate, str) else "")
     if isinstance(sqlstate, str) and sqlstate in _SQLSTATE_WORDS:
         kind = f"{_SQLSTATE_WORDS[sqlstate]}: {kind}"
-    kind = tls_failure(exc) or wire_failure(exc) or kind  # "connection refused", not its class
+    kind = _tls_refused(exc) or tls_failure(exc) or wire_failure(exc) or kind
     error = StoreUnavailable(f"{what}: {kind}")
     error.__cause__ = exc
     error.passing = _passing(exc)
@@ -91,12 +91,21 @@ def unavailable(what: str, exc: BaseException) -> StoreUnavailable:
 def _passing(exc: BaseException) -> bool:
     """Whether the store may answer later as configured: a server not listening yet, starting
     up, full or unreachable for now; not a refused login, a missing database or bad TLS."""
-    if tls_failure(exc):
+    if _tls_refused(exc) or tls_failure(exc):
         return False
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str):
         return sqlstate in _PASSING_SQLSTATES or sqlstate.startswith("08")
     return isinstance(exc, OSError)  # refused, reset, host not found (yet), timed out
+
+
+def _tls_refused(exc: BaseException) -> str | None:
+    """asyncpg's bare ConnectionError for a server without TLS (`ssl = off`) under sslmode
+    require or verify-*: only its text (which names the host, so never shown) tells it apart
+    from a connection lost. Waiting would not mend it."""
+    if type(exc) is ConnectionError and "rejected SSL upgrade" in str(exc):
+        return "TLS: the server does not offer it (see sslmode)"
+    return None
 
 
 def check_url(url: str) -> None:

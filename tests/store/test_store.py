@@ -859,6 +859,19 @@ async def test_a_missing_database_or_a_user_without_rights_is_named_plainly(pg_u
         await _sql(pg_url, f'DROP ROLE "{role}"')
 
 
+async def test_a_server_without_tls_under_sslmode_require_is_not_waited_for(pg_url: str) -> None:
+    """The test server has ssl off: asyncpg's bare ConnectionError read as a connection lost,
+    so `relay serve` waited forever for what only a config change mends."""
+    for mode in ("require", "verify-full"):
+        with pytest.raises(StoreUnavailable) as caught:
+            await open_store(f"{pg_url}?sslmode={mode}").open()
+        assert (
+            str(caught.value)
+            == "store open failed: TLS: the server does not offer it (see sslmode)"
+        )
+        assert not caught.value.passing
+
+
 async def test_connections_killed_under_the_pool_come_back(pg_url: str) -> None:
     store = PostgresStore(pg_url)
     await store.open()
