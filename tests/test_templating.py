@@ -720,6 +720,8 @@ MEMORY_BURNERS = [  # each step within its limits; together ~70-100 MB, ~1 GB gi
     _BIG_TEXT + "{% set all = [" + "s ~ 'x', " * 22 + "] %}{{ all|length }}",
     _BIG_TEXT + "{% set all = [" + "s.encode(), " * 22 + "] %}{{ all|length }}",
     _BIG_TEXT + "{% for i in range(22) %}{% set _ %}{{ s }}{% endset %}{% endfor %}",
+    _BIG_TEXT + "{% set ns = namespace(t='', keep=[]) %}{% for i in range(22) %}"
+    "{% set ns.t = s ~ i %}{% set ns.keep = ns.keep + [ns.t] %}{% endfor %}",
 ]
 
 
@@ -731,6 +733,20 @@ def test_what_a_render_builds_is_capped_in_total(tmp_path: Path, source: str) ->
     rendered = Renderer(tmp_path, budget_s=60).render("console", "t", ("txt",), ctx)
     assert rendered.error is not None and rendered.error.startswith("OutputTooLarge in console/t")
     assert rendered.parts["txt"] == fallback_text(ctx)
+
+
+def test_a_text_built_up_in_a_namespace_counts_once(tmp_path: Path) -> None:
+    """`{% set ns.text = ns.text ~ line %}`, Jinja's way to build a text in a loop, was charged
+    every copy: 2,000 runs or 1 MiB of metadata (0.1 s to render) passed MAX_BUILT_CHARS."""
+    (tmp_path / "console").mkdir()
+    (tmp_path / "console" / "t.txt.j2").write_text(
+        "{% set ns = namespace(text='', lines=[]) %}{% for k, v in run.metadata|dictsort %}"
+        "{% set ns.text = ns.text ~ k ~ '=' ~ v ~ '\\n' %}{% set ns.lines = ns.lines + [k] %}"
+        "{% endfor %}{{ ns.lines|length }} {{ ns.text|length }}"
+    )
+    run = {**load_run("failed"), "metadata": {f"key{i:04d}": "v" * 200 for i in range(4000)}}
+    rendered = Renderer(tmp_path, budget_s=60).render("console", "t", ("txt",), context(run))
+    assert rendered.error is None and rendered.parts["txt"] == "4000 836000"
 
 
 def test_a_long_run_of_scans_is_stopped(tmp_path: Path) -> None:
