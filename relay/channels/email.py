@@ -19,6 +19,7 @@ Failures are translated here, once, into DeliveryError (the SMTP boundary):
   530, 534, 535, 538, SMTPAuthenticationError 5xx      auth_error    no         SMTP 535
   other 5xx: recipient, sender or data refused         client_error  no         SMTP 550
   every recipient refused: the first 4xx if any        as above                 SMTP 550
+  552 to RCPT (RFC 5321 4.5.3.1.10: too many, as 452)  server_error  yes        SMTP 552
   timeout: connect, a reply, or the whole attempt      timeout       yes        no answer in time
   refused connection, DNS, reset, disconnected         network       yes        connection refused
   TLS handshake or certificate verification            network       yes        TLS: ...
@@ -307,11 +308,11 @@ class EmailChannel:
         if later:
             first = next(iter(later.values()))
             note = f" for {len(later)} of {len(self._recipients)} recipients"
-            raise _by_code(first, auth=False, note=note)
+            raise _by_code(first, auth=False, note=note, rcpt=True)
 
     def _refused(self, message: Outgoing, refused: dict[str, Any]) -> dict[str, int]:
         """Log the recipients the server refused; those refused for now (4xx), with the code."""
-        later = {a: r.code for a, r in refused.items() if r.code < 500}
+        later = {a: r.code for a, r in refused.items() if _for_now(r.code)}
         log.warning(
             "some recipients were refused; sent to the others",
             extra={
@@ -395,7 +396,7 @@ def classify(exc: BaseException) -> DeliveryError:
         return DeliveryError("timeout", retryable=True, detail="no answer in time")
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         codes = [r.code for r in exc.recipients] or [550]
-        return _by_code(next((c for c in codes if 400 <= c < 500), codes[0]), auth=False)
+        return _by_code(next((c for c in codes if _for_now(c)), codes[0]), auth=False, rcpt=True)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         return _by_code(exc.code, auth=isinstance(exc, aiosmtplib.SMTPAuthenticationError))
     tls = tls_failure(exc)
@@ -417,11 +418,17 @@ def _other(exc: BaseException) -> DeliveryError:
     return DeliveryError("other", retryable=True, detail=type(exc).__name__)
 
 
-def _by_code(code: int, *, auth: bool, note: str = "") -> DeliveryError:
+def _for_now(rcpt_code: int) -> bool:
+    """Whether a reply to RCPT refuses the recipient for now: a 4xx, or 552, which RFC 821
+    listed for "too many recipients" and RFC 5321 (4.5.3.1.10) says to take as 452."""
+    return 400 <= rcpt_code < 500 or rcpt_code == 552
+
+
+def _by_code(code: int, *, auth: bool, note: str = "", rcpt: bool = False) -> DeliveryError:
     detail = f"SMTP {code}{note}"
     if code == 421:
         return DeliveryError("rate_limited", retryable=True, detail=detail, status=code)
-    if 400 <= code < 500:
+    if 400 <= code < 500 or (rcpt and code == 552):
         return DeliveryError("server_error", retryable=True, detail=detail, status=code)
     if code in _AUTH_CODES or (auth and code >= 500):
         return DeliveryError("auth_error", retryable=False, detail=detail, status=code)

@@ -358,6 +358,13 @@ async def test_a_users_auto_submitted_replaces_relays(smtp_server: SmtpFactory) 
             True,
             "SMTP 450",
         ),
+        (  # RFC 5321 4.5.3.1.10: 552 to RCPT ("too many recipients") is taken as 452
+            {"rcpt_replies": ["552 5.5.3 too many recipients", "552 5.5.3 too many recipients"]},
+            "server_error",
+            True,
+            "SMTP 552",
+        ),
+        ({"data_replies": ["552 5.3.4 message too big"]}, "client_error", False, "SMTP 552"),
     ],
 )
 async def test_smtp_replies_are_classified(
@@ -412,6 +419,31 @@ async def test_a_recipient_refused_for_now_gets_the_mail_on_the_retry_and_no_one
     assert (first.rcpt_tos, second.rcpt_tos) == (["oncall@example.com"], ["team@example.com"])
     assert first.message()["Message-ID"] == second.message()["Message-ID"]
     assert len(fake.messages) == 2 and fake.connections == 2
+
+
+async def test_too_many_recipients_at_once_get_the_mail_on_the_retry(
+    smtp_server: SmtpFactory, sqlite_store: SQLiteStore
+) -> None:
+    """RFC 5321 4.5.3.1.10: a 552 to RCPT is "too many recipients" (RFC 821's code for it), to
+    be taken as 452. It was a refusal for good: those past the server's limit never got it."""
+    fake = await smtp_server()
+    ch = EmailChannel(
+        "team-email",
+        email_settings(fake.port),
+        ChannelEnv(HttpClient(), sys.stdout, 2.0, sqlite_store),
+    )
+    fake.rcpt_replies = ["", "552 5.5.3 too many recipients"]
+    with pytest.raises(DeliveryError) as info:
+        await ch.send(outgoing())
+    err = info.value
+    assert (err.reason, err.retryable, err.detail) == (
+        "server_error",
+        True,
+        "SMTP 552 for 1 of 2 recipients",
+    )
+    await ch.send(outgoing())
+    first, second = await fake.wait_for(2)
+    assert (first.rcpt_tos, second.rcpt_tos) == (["oncall@example.com"], ["team@example.com"])
 
 
 async def test_starttls_and_auth(smtp_server: SmtpFactory, smtp_pki: Pki) -> None:
