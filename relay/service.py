@@ -194,7 +194,13 @@ class Service:
             log.info("resuming notifications claimed before a restart", extra={"count": released})
         self.delivery = self._delivery(self.compiled)
         self.delivery.start()
-        commands = read_commands(self._wake, self._wake_all, self._reload_soon, self.request_stop)
+        commands = read_commands(
+            self._wake,
+            self._wake_all,
+            self._reload_soon,
+            self.request_stop,
+            self.silences.invalidate,
+        )
         self._tasks.append(asyncio.create_task(commands, name="commands"))
         if self.role.events is not None:
             write_ready(self.role.events)
@@ -286,7 +292,7 @@ class Service:
             ready=self._ready,
             clock=time.time,
             wake_all=self._wake_all,
-            silences_changed=self.silences.invalidate,
+            silences_changed=self._silences_changed,
             trigger_alert_secrets=lambda: (
                 None
                 if (alerts := self.config.sources.trigger_alerts) is None
@@ -313,6 +319,12 @@ class Service:
             self.pool.wake_all()
         elif self.delivery is not None:
             self.delivery.wake_all()
+
+    def _silences_changed(self) -> None:
+        """A silence was created or expired over HTTP: every cache of them is stale."""
+        self.silences.invalidate()
+        if self.pool is not None:
+            self.pool.silences_changed()
 
     async def _ready(self) -> str | None:
         try:

@@ -11,7 +11,8 @@ Between the processes, two pipes per child:
 
 - the child's stdin, commands from here: `wake <channel>` after a commit created work for it
   (the child also polls the store every second), `wake *`, `reload` (the config changed here),
-  and end of file: stop. A parent killed with -9 closes every stdin, so its children finish
+  `silences` (one was created or expired here: the child's cache of them is stale), and end of
+  file: stop. A parent killed with -9 closes every stdin, so its children finish
   their in-flight sends and exit by themselves.
 - an events pipe (fd passed as --events-fd), one JSON line per delivery outcome, which this
   process turns into its own metrics: /metrics stays one endpoint.
@@ -187,6 +188,10 @@ class WorkerPool:
         for child in self._children:
             self._send(child.index, "reload")
 
+    def silences_changed(self) -> None:
+        for child in self._children:
+            self._send(child.index, "silences")
+
     def down(self) -> list[int]:
         """The workers that died unasked and are not running again (yet): /readyz says so."""
         return [c.index for c in self._children if c.down]
@@ -289,6 +294,7 @@ async def read_commands(
     wake_all: Callable[[], None],
     reload: Callable[[], Any],
     stop: Callable[[], None],
+    silences_changed: Callable[[], None],
 ) -> None:
     """The child's side of stdin: commands until end of file, then `stop`."""
     loop = asyncio.get_running_loop()
@@ -300,4 +306,6 @@ async def read_commands(
             wake_all() if arg == "*" else wake(arg)
         elif command == "reload":
             reload()
+        elif command == "silences":
+            silences_changed()
     stop()

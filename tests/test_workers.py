@@ -246,3 +246,27 @@ async def test_workers_stopped_with_their_parent_are_not_started_again(
     assert await asyncio.to_thread(proc.terminate) == 0
     assert not [e for e in proc.logs if e.get("msg") == "delivery worker exited; starting it again"]
     assert sum(e.get("msg") == "delivery worker started" for e in proc.logs) == 2
+
+
+async def test_a_silence_expired_over_http_reaches_the_workers_at_once(
+    relay_process: Callable[..., RelayProcess], sink: Sink
+) -> None:
+    """DELETE /v1/silences/ID cleared the parent's cache of silences only: a worker that had
+    loaded them a moment before still muted the next failure by the expired silence (for up to
+    a quarter of a second; every time when it came right after), as one process never does."""
+    proc = relay_process(config(sink.url, ("a", "b")), {"RELAY_WORKERS": "1"})
+    await asyncio.to_thread(proc.start)
+    silence = {"matchers": {"channel": "a"}, "ends_at": "2099-01-01T00:00:00Z"}
+    async with aiohttp.ClientSession() as http:
+        for i in range(3):
+            async with http.post(proc.url + "/v1/silences", json=silence) as resp:
+                ident = (await resp.json())["id"]
+            first, second = runs(2 * i + 2)[2 * i :]
+            await post_all(proc.url, [first])  # to b only: the worker loads the silences
+            await delivered_ids(sink, 0, wanted([first], ("b",)))
+            async with http.delete(f"{proc.url}/v1/silences/{ident}") as resp:
+                assert resp.status == 200
+            await post_all(proc.url, [second])
+            want = wanted([second], ("a", "b"))
+            assert await delivered_ids(sink, 0, want) >= want
+    assert not [e for e in proc.logs if e.get("msg") == "notification muted by a silence"]
