@@ -17,7 +17,7 @@ import orjson
 from relay import __version__, signals
 from relay.configure import BUILTIN_NAME, Compiled, compile_config, load
 from relay.errors import ConfigError, InputError, Problem, RelayError
-from relay.logs import SCRUB, one_line, setup_logging
+from relay.logs import SCRUB, one_line, setup_logging, tag_lines
 from relay.model import SILENCE_MATCHERS
 from relay.service import serve
 from relay.settings import Settings, load_settings
@@ -205,6 +205,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"relay: --workers must be 0-{MAX_WORKERS}", file=sys.stderr)
         return 2
     setup_logging(settings.log_format, settings.log_level)
+    if args.delivery_worker is not None:  # every line of a worker names it, its first ones too
+        tag_lines(worker=args.delivery_worker)
     compiled = _compiled(args, settings)
     if compiled.loaded.builtin:
         log.warning(

@@ -31,7 +31,7 @@ from relay.configure import (
 from relay.delivery import Delivery, Deps, Reservation
 from relay.errors import ConfigError, Problem, StoreUnavailable
 from relay.intake import Intake
-from relay.logs import SCRUB, tag_lines
+from relay.logs import SCRUB
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.metrics import Metrics
 from relay.model import Notification
@@ -188,7 +188,6 @@ class Service:
 
     async def _start_worker(self) -> tuple[str, int]:
         """A delivery worker: the loops of the channels it owns, commands from the parent."""
-        tag_lines(worker=self.role.index)
         released = await self.store.release_leases(self.role.holder)
         if released:  # left by a predecessor that outlived its parent (kill -9), now gone
             log.info("resuming notifications claimed before a restart", extra={"count": released})

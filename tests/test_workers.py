@@ -97,6 +97,8 @@ async def test_workers_deliver_everything_once_and_the_parent_counts_it(
     sent = [e for e in proc.logs if e.get("msg") == "notification sent"]
     # each line names the worker that logged it: the owner of its channel
     assert sent and all(e["worker"] == owner(str(e["channel"]), CHANNELS, 2) for e in sent)
+    loaded = [e.get("worker") for e in proc.logs if e.get("msg") == "config loaded"]
+    assert sorted(loaded, key=str) == [0, 1, None]  # the workers' first lines too
     pids = list(worker_pids(proc).values())
     assert await asyncio.to_thread(proc.terminate) == 0
     assert not any(alive(pid) for pid in pids)
@@ -214,6 +216,9 @@ async def test_a_worker_that_cannot_start_again_shows_in_readyz(
         503,
         {"status": "not ready", "reason": "delivery worker not running"},
     )
+    # the worker says why, as a worker: not a bare "relay not started" of the whole relay
+    refused = [e for e in proc.logs if e.get("msg") == "relay not started"]
+    assert refused and all(e.get("worker") == 0 for e in refused)
     path.write_text(good)
     for _ in range(200):
         if (await readyz(proc.url))[0] == 200:
