@@ -19,9 +19,9 @@ from relay.configure import BUILTIN_NAME, Compiled, compile_config, load
 from relay.errors import ConfigError, InputError, Problem, RelayError
 from relay.logs import SCRUB, one_line, setup_logging, tag_lines
 from relay.model import SILENCE_MATCHERS
-from relay.service import serve
+from relay.service import refuse_empty, serve
 from relay.settings import Settings, load_settings
-from relay.workers import EVENTS_FLAG, MAX_WORKERS, WORKER_FLAG, Role
+from relay.workers import EVENTS_FLAG, MAX_WORKERS, REFUSE_EMPTY_FLAG, WORKER_FLAG, Role
 
 log = logging.getLogger("relay")
 DLQ_LISTED = 1000  # `relay dlq list` shows the newest this many, as GET /v1/dlq does
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument(WORKER_FLAG, type=int, default=None, help=argparse.SUPPRESS)
     serve_cmd.add_argument(EVENTS_FLAG, type=int, default=None, help=argparse.SUPPRESS)
+    serve_cmd.add_argument(REFUSE_EMPTY_FLAG, action="store_true", help=argparse.SUPPRESS)
     check = sub.add_parser("check", parents=[common], help="validate the configuration")
     check.add_argument(
         "file", nargs="?", type=_config_path, help="the YAML config (same as --config)"
@@ -208,6 +209,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.delivery_worker is not None:  # every line of a worker names it, its first ones too
         tag_lines(worker=args.delivery_worker)
     compiled = _compiled(args, settings)
+    if args.refuse_empty_config:
+        refuse_empty(compiled)
     if compiled.loaded.builtin:
         log.warning(
             "no config file found; running the built-in default: failed runs to the console",

@@ -41,6 +41,7 @@ from relay.sources.http import HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource
 from relay.store import Store, open_store
 from relay.workers import (
+    REFUSE_EMPTY_FLAG,
     Outcome,
     Role,
     WorkerPool,
@@ -126,7 +127,7 @@ class Service:
         if self.role.workers:
             self.pool = WorkerPool(
                 self.role.workers,
-                self._config_args(),
+                self._config_args,
                 lambda: self.config.channels,
                 self.metrics.delivery_event,
                 self._worker_died,
@@ -220,8 +221,13 @@ class Service:
         self.metrics.configured(self.config.channels, [rule.name for rule in self.config.rules])
 
     def _config_args(self) -> list[str]:
+        """What a worker started now is told of the config: read at each start, the running
+        one may differ (an emptied file is refused here, so the worker refuses it too)."""
         loaded = self.compiled.loaded
-        return [] if loaded.builtin else ["--config", loaded.source.filename]
+        if loaded.builtin:
+            return []
+        args = ["--config", loaded.source.filename]
+        return [*args, REFUSE_EMPTY_FLAG] if loaded.source.data else args
 
     def _delivery(self, compiled: Compiled) -> Delivery:
         config = compiled.loaded.config
@@ -491,10 +497,17 @@ def _refuse_emptied(running: Compiled, new: Compiled) -> None:
     """An emptied config file (a truncated write, a botched edit) loads as every default: no
     rules, no channels, no auth_token (intake open). A reload refuses it, as Alertmanager
     refuses a config without a route; relay started on an empty file keeps taking one."""
-    if new.loaded.source.data or not running.loaded.source.data:
+    if running.loaded.source.data:
+        refuse_empty(new)
+
+
+def refuse_empty(compiled: Compiled) -> None:
+    """Raise ConfigError if the config file was empty. Also a delivery worker's start, when its
+    parent runs a config that was not: it would deliver none of its channels."""
+    if compiled.loaded.source.data:
         return
     message = "the config file is empty (to run without rules, write `rules: []`)"
-    raise ConfigError([Problem(new.loaded.source.filename, "", message)])
+    raise ConfigError([Problem(compiled.loaded.source.filename, "", message)])
 
 
 def _os_reason(exc: OSError) -> str:

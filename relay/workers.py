@@ -44,6 +44,7 @@ import orjson
 log = logging.getLogger("relay.workers")
 WORKER_FLAG = "--delivery-worker"
 EVENTS_FLAG = "--events-fd"
+REFUSE_EMPTY_FLAG = "--refuse-empty-config"  # the parent runs a config file that was not empty
 RESTART_AFTER_S = 1.0
 MAX_WORKERS = 64
 READY = b'{"kind":"ready"}\n'
@@ -157,13 +158,13 @@ class WorkerPool:
     def __init__(
         self,
         count: int,
-        config_args: list[str],
+        config_args: Callable[[], list[str]],
         channels: Callable[[], Collection[str]],
         on_event: EventSink,
         on_death: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._count = count
-        self._args = config_args  # e.g. ["--config", path]: the children read what we read
+        self._args = config_args  # e.g. ["--config", path] now: the children read what we read
         self._channels = channels
         self._on_event = on_event
         self._on_death = on_death  # with a worker's index, once it died unasked
@@ -213,7 +214,7 @@ class WorkerPool:
                 "-m",
                 "relay",
                 "serve",
-                *self._args,
+                *self._args(),
                 "--workers",
                 str(self._count),
                 WORKER_FLAG,

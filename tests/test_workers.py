@@ -275,3 +275,30 @@ async def test_a_silence_expired_over_http_reaches_the_workers_at_once(
             want = wanted([second], ("a", "b"))
             assert await delivered_ids(sink, 0, want) >= want
     assert not [e for e in proc.logs if e.get("msg") == "notification muted by a silence"]
+
+
+async def test_a_worker_started_again_refuses_a_config_file_emptied_meanwhile(
+    relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
+) -> None:
+    """An emptied config file (a botched edit) is refused on reload and the parent runs on with
+    its channels; a worker started again on it ran with no channels at all: it said it was
+    ready, /readyz said so too, and its channels' notifications waited, unsent and unexplained."""
+    proc = relay_process(config(sink.url), {"RELAY_WORKERS": "1"})
+    await asyncio.to_thread(proc.start)
+    await wait_until(lambda: any(e.get("msg") == "delivery worker ready" for e in proc.logs))
+    path = tmp_path / "config.yaml"
+    good = path.read_text()
+    path.write_text("")
+    await wait_until(
+        lambda: any(e.get("msg", "").startswith("config reload refused") for e in proc.logs)
+    )
+    os.kill(worker_pids(proc)[0], signal.SIGKILL)
+    await wait_until(lambda: any(e.get("code") == 1 for e in proc.logs))
+    refused = [e for e in proc.logs if e.get("msg") == "relay not started"]
+    assert refused and "the config file is empty" in str(refused[0]["problems"])
+    assert (await readyz(proc.url))[0] == 503
+    items = runs(3)
+    await post_all(proc.url, items)
+    path.write_text(good)  # the file mended, the worker starts again and delivers
+    want = wanted(items)
+    assert await delivered_ids(sink, 0, want) == want
