@@ -149,7 +149,7 @@ class _Child:
     supervisor: asyncio.Task[None] | None = None
     events: asyncio.StreamReader | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
-    down: bool = False  # died unasked, and no successor said it is ready since
+    down: bool = True  # not said it is ready yet, or died unasked and no successor said it since
 
 
 class WorkerPool:
@@ -194,7 +194,8 @@ class WorkerPool:
             self._send(child.index, "silences")
 
     def down(self) -> list[int]:
-        """The workers that died unasked and are not running again (yet): /readyz says so."""
+        """The workers not delivering: not ready yet (one waits for the predecessor its killed
+        parent left, see store.sqlite), or dead and not running again yet. /readyz says so."""
         return [c.index for c in self._children if c.down]
 
     def pids(self) -> list[int]:

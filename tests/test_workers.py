@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import re
 import signal
@@ -302,3 +303,26 @@ async def test_a_worker_started_again_refuses_a_config_file_emptied_meanwhile(
     path.write_text(good)  # the file mended, the worker starts again and delivers
     want = wanted(items)
     assert await delivered_ids(sink, 0, want) == want
+
+
+async def test_readyz_waits_for_the_workers_to_deliver(
+    relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
+) -> None:
+    """A relay started again after a kill -9 listens at once, but its workers wait for the
+    ones their killed parent left to finish: /readyz said ready while nothing was delivered."""
+    lock = os.open(tmp_path / "relay.db-worker-0.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # held as by an orphaned worker 0 still sending
+    try:
+        proc = relay_process(config(sink.url), {"RELAY_WORKERS": "1"})
+        await asyncio.to_thread(proc.start)
+        assert await readyz(proc.url) == (
+            503,
+            {"status": "not ready", "reason": "delivery worker not running"},
+        )
+    finally:
+        os.close(lock)  # the orphan is gone
+    for _ in range(200):
+        if (await readyz(proc.url))[0] == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert await readyz(proc.url) == (200, {"status": "ready"})
