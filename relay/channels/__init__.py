@@ -41,6 +41,15 @@ class Outgoing:
     recovers: Recovery | None = None
     group_key: str | None = None  # set when the notification belongs to a digest group
 
+    def log_fields(self, channel: str) -> dict[str, str]:
+        """The fields of every log line about this message (SPEC: run id, rule and channel)."""
+        return {
+            "channel": channel,
+            "notification_id": self.notification_id,
+            "run_id": self.run_id,
+            "rule": self.rule,
+        }
+
 
 class KeyValue(Protocol):
     """Durable small state a channel may keep (e.g. the Slack thread of a run). The store."""

@@ -316,22 +316,13 @@ class EmailChannel:
         log.warning(
             "some recipients were refused; sent to the others",
             extra={
-                **self._extra(message),
+                **message.log_fields(self.name),
                 "refused": len(refused),
                 "later": len(later),
                 "recipients": len(self._recipients),
             },
         )
         return later
-
-    def _extra(self, message: Outgoing) -> dict[str, str]:
-        """The fields of every log line about a message (SPEC: run id, rule and channel)."""
-        return {
-            "channel": self.name,
-            "notification_id": message.notification_id,
-            "run_id": message.run_id,
-            "rule": message.rule,
-        }
 
     async def _done(self, key: str, message: Outgoing) -> set[str]:
         """The recipients earlier attempts of this notification are done with."""
@@ -340,7 +331,7 @@ class EmailChannel:
         try:
             stored = await self._state.kv_get(SENT, key)
         except StoreUnavailable:  # mail everyone: a duplicate beats a lost alert
-            log.warning("email recipients done with unknown", extra=self._extra(message))
+            log.warning("email recipients done with unknown", extra=message.log_fields(self.name))
             return set()
         value = orjson.loads(stored) if stored else []
         return {a for a in value if isinstance(a, str)} if isinstance(value, list) else set()
@@ -351,7 +342,7 @@ class EmailChannel:
         try:
             await self._state.kv_put(SENT, key, orjson.dumps(sorted(done)).decode(), time.time())
         except StoreUnavailable:  # the retry mails everyone again: a duplicate, nothing lost
-            log.warning("email recipients done with not saved", extra=self._extra(message))
+            log.warning("email recipients done with not saved", extra=message.log_fields(self.name))
 
     async def _transaction(self, mail: EmailMessage, recipients: list[str]) -> dict[str, Any]:
         """Connect, send, then QUIT in what is left of the attempt's `timeout`. Not

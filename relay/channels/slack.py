@@ -325,7 +325,7 @@ class SlackChannel:
             log.error(
                 "slack refused the message's layout (%s); sending its text alone",
                 err.detail,
-                extra=self._extra(message),
+                extra=message.log_fields(self.name),
             )
             return await self._post_once(url, plain)
 
@@ -334,15 +334,6 @@ class SlackChannel:
             await self._post(url, body)
             return {}
         return _answer(await self._post(url, body, self.settings.token.get_secret_value()))
-
-    def _extra(self, message: Outgoing) -> dict[str, str]:
-        """The fields of every log line about a message (SPEC: run id, rule and channel)."""
-        return {
-            "channel": self.name,
-            "notification_id": message.notification_id,
-            "run_id": message.run_id,
-            "rule": message.rule,
-        }
 
     async def _update(
         self, payload: dict[str, Any], where: dict[str, str], message: Outgoing
@@ -360,7 +351,9 @@ class SlackChannel:
             await self._send(url, body, message, clear=True)
         except DeliveryError as err:
             if err.detail in _NOT_UPDATABLE:
-                log.info("slack message cannot be updated; posting", extra=self._extra(message))
+                log.info(
+                    "slack message cannot be updated; posting", extra=message.log_fields(self.name)
+                )
                 return err.detail
             raise
         return None
@@ -384,7 +377,9 @@ class SlackChannel:
         except DeliveryError as err:
             if thread_ts is None or err.detail not in _THREAD_GONE:
                 raise
-            log.info("slack thread takes no replies; starting anew", extra=self._extra(message))
+            log.info(
+                "slack thread takes no replies; starting anew", extra=message.log_fields(self.name)
+            )
             del body["thread_ts"]
             thread_ts = None
             answer = await self._chat_post(body, message)
@@ -406,7 +401,7 @@ class SlackChannel:
         try:
             return await self._state.kv_get(THREADS, key)
         except StoreUnavailable:  # deliver anyway; only the threading is lost
-            log.warning("slack thread lookup failed", extra=self._extra(message))
+            log.warning("slack thread lookup failed", extra=message.log_fields(self.name))
             return None
 
     async def _remember(self, key: str, ts: str, message: Outgoing) -> None:
@@ -415,7 +410,7 @@ class SlackChannel:
         try:
             await self._state.kv_put(THREADS, key, ts, message.timestamp)
         except StoreUnavailable:  # the message is out: never fail (and resend) it for this
-            log.warning("slack thread not saved", extra=self._extra(message))
+            log.warning("slack thread not saved", extra=message.log_fields(self.name))
 
 
 def _answer(response: HttpResponse) -> dict[str, Any]:
