@@ -12,6 +12,7 @@ Failures are translated here, once, into DeliveryError (the SMTP boundary):
 
   outcome                                              reason        retryable  detail
   some recipients refused for good (5xx), the rest ok  (sent; a warning logs the refused count)
+  the rest refused for good on a retry (others had it) (sent, the same)
   some refused for now (4xx: greylisting), some ok     as below     yes        SMTP 450 for
                                                                                 1 of 2 recipients
   421 at any stage (the server sheds load)             rate_limited  yes        SMTP 421
@@ -299,6 +300,11 @@ class EmailChannel:
             return
         try:
             refused = await self._transaction(mail, recipients)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            if not done or any(_for_now(r.code) for r in exc.recipients):
+                raise classify(exc) from None
+            # the rest refused for good after others got it: sent, as when that is one attempt
+            refused = {r.recipient: r for r in exc.recipients}
         except Exception as exc:  # translated once, here; anything unknown becomes "other"
             raise classify(exc) from None
         later = self._refused(message, refused) if refused else {}

@@ -421,6 +421,25 @@ async def test_a_recipient_refused_for_now_gets_the_mail_on_the_retry_and_no_one
     assert len(fake.messages) == 2 and fake.connections == 2
 
 
+async def test_the_rest_refused_for_good_on_the_retry_is_sent_as_on_one_attempt(
+    smtp_server: SmtpFactory, sqlite_store: SQLiteStore
+) -> None:
+    """Some recipients got the mail, the others were refused for now, then for good: that went
+    dead, where the same refusals in one attempt count as sent (a warning says who)."""
+    fake = await smtp_server()
+    env = ChannelEnv(HttpClient(), sys.stdout, 2.0, sqlite_store)
+    ch = EmailChannel("team-email", email_settings(fake.port), env)
+    fake.rcpt_replies = ["", "450 4.2.0 greylisted, try again later"]
+    with pytest.raises(DeliveryError):
+        await ch.send(outgoing())
+    fake.rcpt_replies = []
+    fake.refuse = {"team@example.com": "550 5.1.1 no such user"}
+    await ch.send(outgoing())  # sent: oncall has it, team never will
+    await ch.send(outgoing())  # a replay: nobody is mailed again
+    assert [m.rcpt_tos for m in await fake.wait_for(1)] == [["oncall@example.com"]]
+    assert len(fake.messages) == 1
+
+
 async def test_too_many_recipients_at_once_get_the_mail_on_the_retry(
     smtp_server: SmtpFactory, sqlite_store: SQLiteStore
 ) -> None:
