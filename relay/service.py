@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import os
+import random
 import signal
 import sys
 import time
@@ -19,7 +21,7 @@ from aiohttp import web
 from relay import signals
 from relay.channels import ChannelEnv
 from relay.channels._http import HttpClient
-from relay.config import Config, ServerConfig
+from relay.config import Config, RetryPolicy, ServerConfig
 from relay.configure import (
     Compiled,
     compile_config,
@@ -35,6 +37,7 @@ from relay.logs import SCRUB
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.metrics import Metrics
 from relay.model import Notification
+from relay.policy import backoff_s
 from relay.settings import Settings
 from relay.silences import SilenceCache
 from relay.sources.http import HttpDeps, build_app
@@ -66,9 +69,9 @@ HTTP_IDLE_TIMEOUT_S = 60.0
 # writable" this long, unless a later commit works.
 NOT_WRITABLE_S = 10.0
 # While the store cannot answer at start (PostgreSQL still starting), tries are this far apart:
-# doubling from the first to the most.
-STORE_WAIT_FIRST_S = 0.5
-STORE_WAIT_MAX_S = 10.0
+# delivery's backoff (doubling, jittered, so replicas started together do not knock together).
+STORE_WAIT = RetryPolicy(min_backoff=0.5, max_backoff=10.0)
+_JITTER = random.Random()
 
 
 class StoppedWhileStarting(Exception):
@@ -158,17 +161,16 @@ class Service:
         relay, still starting or restarting); a refusal an operator must fix (a wrong password,
         a missing database, bad TLS) ends the start. A stop meanwhile ends it at once: raises
         StoppedWhileStarting."""
-        delay = STORE_WAIT_FIRST_S
-        while True:
+        for tries in itertools.count(1):
             try:
                 await self._unless_stopped(self.store.open())
                 return
             except StoreUnavailable as exc:
                 if not exc.passing:
                     raise
+                delay = round(backoff_s(tries, STORE_WAIT, _JITTER), 2)
                 log.warning("store not reachable; waiting for it", extra=_waiting(exc, delay))
             await self._unless_stopped(asyncio.sleep(delay))
-            delay = min(delay * 2, STORE_WAIT_MAX_S)
 
     async def _unless_stopped(self, work: Awaitable[None]) -> None:
         """Await `work`, unless a stop comes first: a PostgreSQL slow to answer (or a migration
