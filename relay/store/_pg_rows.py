@@ -58,6 +58,11 @@ PRUNE = (
     # the recipients a partly sent mail is done with (relay.channels.email.SENT)
     "DELETE FROM relay_kv WHERE namespace IN ('inhibit_source', 'slack_thread', 'email_sent')"
     " AND updated_at < $1",
+    # inhibit windows (relay.inhibition.NAMESPACE: the value is when the window ends) closed
+    # before, and pile-ups (COUNTS) no run joined since: one row per `equal` value ever seen
+    "DELETE FROM relay_kv WHERE namespace = 'inhibit' AND updated_at < $1"
+    r" AND CASE WHEN value ~ '^\d+(\.\d*)?$' THEN value::float8 ELSE 0 END < $1",
+    "DELETE FROM relay_kv WHERE namespace = 'inhibit_count' AND updated_at < $1",
 )
 LEAD = """
     INSERT INTO relay_leases AS l (name, owner, expires_at, updated_at) VALUES ($1, $2, $3, $4)

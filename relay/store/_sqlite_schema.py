@@ -336,6 +336,10 @@ PRUNE = (
     # the recipients a partly sent mail is done with (relay.channels.email.SENT)
     "DELETE FROM kv WHERE namespace IN ('inhibit_source', 'slack_thread', 'email_sent')"
     " AND updated_at < :before",
+    # inhibit windows (relay.inhibition.NAMESPACE: the value is when the window ends) closed
+    # before, and pile-ups (COUNTS) no run joined since: one row per `equal` value ever seen
+    "DELETE FROM kv WHERE namespace = 'inhibit' AND CAST(value AS REAL) < :before",
+    "DELETE FROM kv WHERE namespace = 'inhibit_count' AND updated_at < :before",
 )
 
 

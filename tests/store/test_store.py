@@ -433,6 +433,19 @@ async def test_prune_forgets_the_inhibit_sources_slack_threads_and_mail_recipien
     assert await store.kv_get("inhibit", "window") == "1700.0"  # windows are not runs
 
 
+async def test_prune_forgets_closed_inhibit_windows_and_quiet_pile_ups(store: Store) -> None:
+    """One row per `equal` value (a customer, a task) ever seen, and of every renamed inhibit
+    rule: kept for ever, a months-old store held every window and pile-up since its start."""
+    await store.kv_put("inhibit", "closed", "900.0", now=800.0)
+    await store.kv_put("inhibit", "open", "1700.0", now=100.0)  # a window longer than retention
+    await store.kv_put("inhibit", "recent", "1100.0", now=1050.0)
+    await store.kv_put("inhibit_count", "quiet", '{"run_1": 100.0}', now=100.0)
+    await store.kv_put("inhibit_count", "busy", '{"run_2": 1050.0}', now=1050.0)
+    await store.prune(before=1000.0)
+    assert await store.kv_list("inhibit") == {"open": "1700.0", "recent": "1100.0"}
+    assert await store.kv_list("inhibit_count") == {"busy": '{"run_2": 1050.0}'}
+
+
 # --- digests -------------------------------------------------------------------------------------
 
 
