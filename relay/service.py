@@ -41,7 +41,7 @@ from relay.policy import backoff_s
 from relay.settings import Settings
 from relay.silences import SilenceCache
 from relay.sources.http import HttpDeps, build_app
-from relay.sources.realtime import RealtimeSource
+from relay.sources.realtime import RealtimeSource, forget_removed_feeds
 from relay.store import Store, open_store
 from relay.workers import (
     REFUSE_EMPTY_FLAG,
@@ -362,6 +362,11 @@ class Service:
                 removed = await self.store.prune(before)
                 if removed:
                     log.info("history pruned", extra={"notifications": removed})
+                feeds = await forget_removed_feeds(self.store, self.config.sources.realtime)
+                if feeds:
+                    log.info(
+                        "realtime feeds no longer configured forgotten", extra={"feeds": feeds}
+                    )
             except StoreUnavailable:
                 log.warning("history not pruned: store unavailable")
             await asyncio.sleep(PRUNE_EVERY_S)

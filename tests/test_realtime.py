@@ -38,6 +38,7 @@ from relay.sources.realtime import (
     retry_delay,
 )
 from relay.store import KvWrite
+from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run
 from tests.fakes.realtime import (
     CUT,
@@ -937,3 +938,26 @@ async def test_relay_rides_out_broken_answers_and_alerts_once(
         ]
         assert "snapshot" in fake.served[fake.served.index("fault 200") :]
     assert all(SECRET not in r.getMessage() for r in caplog.records)
+
+
+async def test_the_rows_of_a_feed_removed_from_the_config_are_forgotten(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """A feed keeps the raw row of every run in its shape: those of each run id, batch or tag
+    set an operator once followed stayed in the store for good, months after the feed went."""
+    old = tmp_path / "relay.db"
+    store = SQLiteStore(old)
+    await store.open()
+    gone = "run:run_cm0ldfeed0000000000000001"
+    rows = [(f"{ROWS_NAMESPACE}:{gone}", f'"{i}"', "{}") for i in range(3)]
+    await store.kv_write(KvWrite(put=[(NAMESPACE, gone, "{}"), *rows]), 100.0)
+    await store.close()
+    async with fake_realtime(session()) as fake:
+        r = await relay(config(fake.url, sink.url))
+        store = r.service.store
+        for _ in range(200):  # until the configured feed saved its position (it stays)
+            if list(await store.kv_list(NAMESPACE)) == [FEED_KEY]:
+                break
+            await asyncio.sleep(0.05)
+        assert list(await store.kv_list(NAMESPACE)) == [FEED_KEY]
+        assert await store.kv_list(f"{ROWS_NAMESPACE}:{gone}") == {}

@@ -453,6 +453,22 @@ def _error_text(body: bytes) -> str:
     return SCRUB.scrub(str(error)[:4096])[:200] if error is not None else ""
 
 
+async def forget_removed_feeds(positions: Positions, config: RealtimeConfig | None) -> list[str]:
+    """Delete the stored position and rows of each feed `config` no longer has: nothing reads
+    them again (a feed added back starts from a snapshot, which intake deduplicates), and a
+    feed holds the raw row of every run in its shape, so the rows of each run id, batch or
+    tag set ever followed stayed in the store for good. Returns the keys forgotten."""
+    kept = set() if config is None else {feed_of(spec).key for spec in config.feeds}
+    gone = sorted(set(await positions.kv_list(NAMESPACE)) - kept)
+    if gone:
+        write = KvWrite(
+            delete=[(NAMESPACE, key) for key in gone],
+            clear=[f"{ROWS_NAMESPACE}:{key}" for key in gone],
+        )
+        await positions.kv_write(write, time.time())
+    return gone
+
+
 def _distinct(feeds: Iterable[Feed]) -> list[Feed]:
     """Each feed once: one listed twice (tags in another order are the same feed) would have
     two followers asking for the same runs and racing on one stored position."""
