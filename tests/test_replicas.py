@@ -358,3 +358,29 @@ async def test_a_replica_started_before_postgresql_waits_for_it(
         await wait_for(lambda: len(arrivals(sink)) == 1, 20, "the notification")
     finally:
         proc.kill()
+
+
+async def test_a_silence_changed_on_one_replica_holds_at_once_on_another(
+    replicas: Callable[[int], Any], sink: Sink
+) -> None:
+    """Each replica re-reads the silences every RELOAD_S: one just re-read (it ingested a run)
+    missed a silence created on another replica, and kept muting by one expired there, so a
+    failure posted right after DELETE's answer was muted for good. The answer now comes once
+    every replica mutes by the change, as `relay silence add`'s does."""
+    a, b = await replicas(2)
+    quiet = {**sdk_run("failed"), "id": "run_quiet", "status": "COMPLETED", "taskIdentifier": "q"}
+    muted, paged = failing_runs(2, "silenced", taskIdentifier="silenced/task")
+    silence = {"matchers": {"task": "silenced/*"}, "ends_at": "2099-01-01T00:00:00Z"}
+    async with aiohttp.ClientSession() as http:
+        assert await post(http, b.url, [quiet]) == 202  # b has just read the silences
+        async with http.post(a.url + "/v1/silences", json=silence) as resp:
+            assert resp.status == 201
+            ident = (await resp.json())["id"]
+        assert await post(http, b.url, [muted]) == 202
+        assert await post(http, a.url, [{**quiet, "id": "run_quiet_a"}]) == 202
+        async with http.delete(f"{b.url}/v1/silences/{ident}") as resp:
+            assert resp.status == 200
+        assert await post(http, a.url, [paged]) == 202
+    await wait_for(lambda: hook_id(paged) in arrivals(sink), 20, "the failure after DELETE")
+    assert hook_id(muted) not in arrivals(sink)
+    assert any(e.get("run_id") == muted["id"] and e.get("muted_by") == ident for e in b.logs)

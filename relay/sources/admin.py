@@ -6,6 +6,7 @@ Behind server.admin_token (falling back to server.auth_token), like the dead-let
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,13 @@ class SilenceHandlers:
 
         return None if authorized(request, self.deps.admin_token()) else unauthorized()
 
+    async def _changed(self) -> None:
+        """Return once every process mutes by the changed silences: this one's caches at once,
+        other replicas' once they re-read them (a failure posted to another replica right after
+        the answer is muted, or no longer muted; as `relay silence add` waits too)."""
+        self.deps.silences_changed()
+        await asyncio.sleep(self.deps.silences_settle_s)
+
     def refuse_create(self, request: web.Request) -> web.Response | None:
         """What POST /v1/silences refuses from its headers alone (also before `100 Continue`)."""
         from relay.sources.http import refuse_declared  # noqa: PLC0415
@@ -59,7 +67,7 @@ class SilenceHandlers:
         except InputError as exc:
             return error(400, exc.message, exc.field or None)
         await self.deps.store.add_silence(silence)
-        self.deps.silences_changed()
+        await self._changed()
         _said("silence created", silence)
         return json_response(silence_view(silence, now), 201)
 
@@ -95,7 +103,7 @@ class SilenceHandlers:
         silence = await self.deps.store.expire_silence(request.match_info["id"], now)
         if silence is None:
             return error(404, "no silence with that id", "id")
-        self.deps.silences_changed()
+        await self._changed()
         _said("silence expired", silence)
         return json_response(silence_view(silence, now))
 
