@@ -202,7 +202,8 @@ class SilenceCache:
         self._loaded_at: float | None = None
 
     async def current(self, now: float) -> list[Silence]:
-        if self._loaded_at is None or now - self._loaded_at >= self._ttl_s:
+        # a clock set back since the last read reads again too, not once it caught up
+        if self._loaded_at is None or not 0 <= now - self._loaded_at < self._ttl_s:
             self._silences = await self._load(now)
             self._loaded_at = now
         return self._silences

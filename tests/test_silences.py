@@ -14,6 +14,7 @@ from relay.cli import main
 from relay.errors import InputError
 from relay.model import Silence
 from relay.silences import (
+    SilenceCache,
     cli_matchers,
     new_silence,
     parse_matchers,
@@ -21,6 +22,7 @@ from relay.silences import (
     silence_view,
     silenced_by,
 )
+from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, Sink, run_cli, sdk_run, status
 
 NOW = 1_800_000_000.0
@@ -74,6 +76,18 @@ def test_states_over_time() -> None:
     ]
     assert not muted(s, now=NOW + 5, task="x") and muted(s, now=NOW + 15, task="x")
     assert not muted(s, now=NOW + 25, task="x")
+
+
+async def test_the_cache_reads_the_silences_again_after_the_clock_stepped_back(
+    sqlite_store: SQLiteStore,
+) -> None:
+    """A wall clock set back (NTP, a VM resumed) kept the silences read before it for as long
+    as the step: a silence created, or one expired, meanwhile was not seen for an hour."""
+    cache = SilenceCache(sqlite_store.silences)
+    assert await cache.current(NOW) == []
+    silence = new_silence(parse_matchers({"task": "x"}), ends_at=NOW + 7200, now=NOW - 3600)
+    await sqlite_store.add_silence(silence)
+    assert [s.id for s in await cache.current(NOW - 3600)] == [silence.id]
 
 
 @pytest.mark.parametrize(
