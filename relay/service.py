@@ -43,7 +43,6 @@ from relay.silences import RELOAD_S, SilenceCache
 from relay.sources.http import HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource, forget_removed_feeds
 from relay.store import Store, open_store
-from relay.store.sqlite import SQLiteStore
 from relay.workers import (
     REFUSE_EMPTY_FLAG,
     Outcome,
@@ -301,7 +300,7 @@ class Service:
             clock=time.time,
             wake_all=self._wake_all,
             silences_changed=self._silences_changed,
-            silences_settle_s=0.0 if isinstance(self.store, SQLiteStore) else RELOAD_S,
+            silences_settle_s=RELOAD_S,
             trigger_alert_secrets=lambda: (
                 None
                 if (alerts := self.config.sources.trigger_alerts) is None

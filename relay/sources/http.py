@@ -84,8 +84,8 @@ class HttpDeps:
     clock: Callable[[], float]
     wake_all: Callable[[], None] = lambda: None
     silences_changed: Callable[[], None] = lambda: None
-    # how long other replicas may mute by the silences they read before a change (0: none share
-    # the store); the admin API answers after it, as `relay silence add` does
+    # how long other replicas (and --workers) may mute by the silences they read before a
+    # change; the admin API answers after it, as `relay silence add` does
     silences_settle_s: float = 0.0
     # sources.trigger_alerts secrets; None when alert webhooks are not configured
     trigger_alert_secrets: Callable[[], list[SecretStr] | None] = lambda: None
