@@ -1,0 +1,180 @@
+"""Upgrades of a SQLite store: the work an older relay left in it is all there for this one.
+
+The old stores are built from the migration list (MIGRATIONS[:k]) with rows as that version
+wrote them, not from old commits: v6 is the schema of the first release that ran (digests,
+silences, Realtime positions), v2 the last one before v3 rebuilt the outbox.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+
+from relay.model import notification_id
+from relay.store._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from relay.store.sqlite import SQLiteStore
+from tests.store.conftest import decide, ids, make_run
+
+NOW = 1_800_000_000.0
+POSITION = '{"handle":"83412937-1","offset":"29374025320_0","cursor":"","schema":{}}'
+_OUTBOX = (
+    "INSERT INTO outbox (id, run_id, rule, channel, template, run_json, created_at, not_before,"
+    " attempts, state, lease_until, reason, last_error, updated_at, group_key)"
+    " VALUES (?, ?, ?, ?, 't1', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _old_store(path: Path, version: int) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    for statements in MIGRATIONS[:version]:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version:d}")
+    return conn
+
+
+def _v6_rows(conn: sqlite3.Connection) -> None:
+    """What a v6 relay killed with -9 mid-send leaves: a claim, a dead letter, a sent alert (its
+    run's fired set), a muted one, an active silence, a digest group due, a feed's position."""
+
+    def outbox(run_id: str, rule: str, channel: str, state: str, **extra: object) -> None:
+        values = {"attempts": 0, "lease": None, "reason": None, "error": None, "group": None}
+        values.update(extra)
+        conn.execute(
+            _OUTBOX,
+            (
+                notification_id(run_id, rule, channel),
+                run_id,
+                rule,
+                channel,
+                f'{{"id":"{run_id}","status":"FAILED","taskIdentifier":"billing"}}'.encode(),
+                NOW - 60,
+                NOW - 60,
+                values["attempts"],
+                state,
+                values["lease"],
+                values["reason"],
+                values["error"],
+                NOW - 30,
+                values["group"],
+            ),
+        )
+
+    outbox("run_claimed", "r1", "c1", "pending", attempts=2, lease=NOW + 240)
+    outbox("run_dead", "r1", "c1", "dead", attempts=1, reason="client_error", error="HTTP 400")
+    outbox("run_sent", "r1", "c1", "sent", attempts=1)
+    outbox("run_muted", "r1", "c1", "muted", reason="sil_old")
+    outbox("run_digest", "dg", "d", "pending", group="grp_old")
+    conn.execute(
+        "INSERT INTO runs (run_id, updated_at_ms, status, fired, seen_at)"
+        " VALUES ('run_sent', 1000000, 'FAILED', 'r1', ?)",
+        (NOW - 60,),
+    )
+    conn.execute(
+        "INSERT INTO groups VALUES ('grp_old', 'dg', 'd', '{\"taskIdentifier\":\"billing\"}',"
+        " ?, NULL, ?)",
+        (NOW - 1, NOW - 60),
+    )
+    conn.execute(
+        "INSERT INTO silences VALUES ('sil_old', '{\"task\":[\"muted/*\"]}', ?, ?, ?, 'pre', 'ops')",
+        (NOW - 60, NOW + 3600, NOW - 60),
+    )
+    conn.execute("INSERT INTO kv VALUES ('realtime', 'tags:env:prod|24h', ?, ?)", (POSITION, NOW))
+
+
+async def test_the_work_of_a_v6_store_survives_the_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    with closing(_old_store(path, 6)) as conn:
+        _v6_rows(conn)
+        conn.execute("COMMIT")
+    store = SQLiteStore(path, holder="head")
+    await store.open()
+    try:
+        await store.release_leases()  # as serve starts: the killed relay's claim is free
+        claimed = await store.claim("c1", NOW, 10, 30.0)
+        assert [(n.id, n.attempts, n.run["id"]) for n in claimed] == [
+            (notification_id("run_claimed", "r1", "c1"), 2, "run_claimed")
+        ]
+        dead_id = notification_id("run_dead", "r1", "c1")
+        assert [(n.id, n.reason) for n in await store.dead_letters()] == [(dead_id, "client_error")]
+        assert await store.replay([dead_id], NOW) == 1
+        assert [n.id for n in await store.claim("c1", NOW, 10, 30.0)] == [dead_id]
+        [silence] = await store.silences(NOW)
+        assert (silence.id, silence.matchers, silence.comment) == (
+            "sil_old",
+            {"task": ("muted/*",)},
+            "pre",
+        )
+        # the run that fired before the upgrade does not fire again, whatever it sends
+        again = [make_run("run_sent", at_s=1000), make_run("run_sent", at_s=2000)]
+        assert ids(await store.observe(again, decide, NOW)) == []
+        digest = await store.claim("d", NOW, 10, 30.0)
+        assert [(n.run_id, n.group_key) for n in digest] == [("run_digest", "grp_old")]
+        assert await store.group_flushed("grp_old", NOW) == {"taskIdentifier": "billing"}
+        assert await store.kv_get("realtime", "tags:env:prod|24h") == POSITION
+        assert await store.counts() == {"pending": 3, "sent": 1, "dead": 0, "muted": 1}
+    finally:
+        await store.close()
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+def _version_and_outbox(path: Path) -> tuple[int, list[tuple[str, int]]]:
+    with closing(sqlite3.connect(path)) as conn:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        states = conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state ORDER BY state")
+        return version, states.fetchall()
+
+
+def test_a_migration_killed_half_way_is_done_by_the_next_start(tmp_path: Path) -> None:
+    """kill -9 while v3 copies a big outbox into its rebuilt table: the file stays at v2 with
+    every row, and the next `relay migrate` (or serve) brings it to the current version."""
+    path = tmp_path / "relay.db"
+    with closing(_old_store(path, 2)) as conn:
+        blob = b'{"id":"r","status":"FAILED","payload":"' + b"x" * 4000 + b'"}'
+        conn.executemany(
+            "INSERT INTO outbox (id, run_id, rule, channel, template, run_json, created_at,"
+            " not_before, state, updated_at) VALUES (?, ?, 'r1', 'c1', 't1', ?, ?, ?, ?, ?)",
+            (
+                (
+                    f"ntf_{i:06d}",
+                    f"run_{i}",
+                    blob,
+                    NOW,
+                    NOW,
+                    ("pending", "sent", "dead")[i % 3],
+                    NOW,
+                )
+                for i in range(9000)
+            ),
+        )
+        conn.execute("COMMIT")
+        conn.execute("PRAGMA journal_mode = WAL")  # as relay keeps it
+    before = _version_and_outbox(path)
+    env = {**os.environ, "RELAY_STORE_URL": f"sqlite:///{path}"}
+    command = [sys.executable, "-m", "relay", "migrate"]
+    migrating = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wal = path.with_name("relay.db-wal")
+    while migrating.poll() is None and (not wal.exists() or wal.stat().st_size < 4_000_000):
+        time.sleep(0.001)
+    migrating.send_signal(signal.SIGKILL)
+    migrating.wait()
+    assert migrating.returncode == -signal.SIGKILL, "the migration ended before the kill"
+    assert (
+        _version_and_outbox(path)
+        == before
+        == (2, [("dead", 3000), ("pending", 3000), ("sent", 3000)])
+    )
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    assert (done.returncode, done.stdout) == (
+        0,
+        f"store schema migrated from version 2 to {SCHEMA_VERSION}\n",
+    )
+    assert _version_and_outbox(path) == (SCHEMA_VERSION, before[1])
