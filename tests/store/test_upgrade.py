@@ -1,8 +1,9 @@
-"""Upgrades of a SQLite store: the work an older relay left in it is all there for this one.
+"""Upgrades of a store: the work an older relay left in it is all there for this one.
 
 The old stores are built from the migration list (MIGRATIONS[:k]) with rows as that version
 wrote them, not from old commits: v6 is the schema of the first release that ran (digests,
-silences, Realtime positions), v2 the last one before v3 rebuilt the outbox.
+silences, Realtime positions), v2 the last one before v3 rebuilt the outbox; PostgreSQL v1 is
+the first release's too.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+import asyncpg
+
 from relay.model import notification_id
+from relay.store._pg_schema import MIGRATIONS as PG_MIGRATIONS
+from relay.store._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from relay.store._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SQLiteStore
+from tests.pg import fresh_database, shared_server
 from tests.store.conftest import decide, ids, make_run
 
 NOW = 1_800_000_000.0
@@ -178,3 +185,59 @@ def test_a_migration_killed_half_way_is_done_by_the_next_start(tmp_path: Path) -
         f"store schema migrated from version 2 to {SCHEMA_VERSION}\n",
     )
     assert _version_and_outbox(path) == (SCHEMA_VERSION, before[1])
+
+
+async def test_a_v1_postgresql_database_keeps_its_work_beside_an_old_replica() -> None:
+    """PostgreSQL v1 (the first release's) with an old replica's rows, migrated by this relay
+    while that replica keeps writing as v1 did: every row is read, nothing fires twice."""
+    async with fresh_database(shared_server()) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction():
+                for statement in PG_MIGRATIONS[0]:
+                    await conn.execute(statement)
+                await conn.execute(_PG_VERSIONS)
+                await conn.execute("INSERT INTO relay_schema_version (version) VALUES (1)")
+                for run_id, state, lease in (
+                    ("run_claimed", "pending", NOW - 1),  # the old replica's lease, ended
+                    ("run_dead", "dead", None),
+                    ("run_sent", "sent", None),
+                ):
+                    await conn.execute(_PG_V1_OUTBOX, *_pg_row(run_id, state), lease)
+                await conn.execute(
+                    "INSERT INTO relay_runs (run_id, updated_at_ms, status, fired, seen_at)"
+                    " VALUES ('run_sent', 1000000, 'FAILED', 'r1', $1)",
+                    NOW,
+                )
+            store = PostgresStore(url)
+            await store.open()  # migrates to the current version
+            try:
+                # the old replica goes on writing the columns it knows
+                await conn.execute(_PG_V1_OUTBOX, *_pg_row("run_later", "pending"), None)
+                claimed = await store.claim("c1", NOW, 10, 30.0)
+                assert sorted(n.run_id for n in claimed) == ["run_claimed", "run_later"]
+                assert [n.run_id for n in await store.dead_letters()] == ["run_dead"]
+                again = [make_run("run_sent", at_s=1000), make_run("run_sent", at_s=2000)]
+                assert ids(await store.observe(again, decide, NOW)) == []
+            finally:
+                await store.close()
+            versions = await conn.fetch("SELECT version FROM relay_schema_version ORDER BY 1")
+            assert [v["version"] for v in versions] == list(range(1, PG_SCHEMA_VERSION + 1))
+        finally:
+            await conn.close()
+
+
+_PG_VERSIONS = (
+    "CREATE TABLE relay_schema_version (version integer PRIMARY KEY,"
+    " applied_at timestamptz NOT NULL DEFAULT now())"
+)
+_PG_V1_OUTBOX = (
+    "INSERT INTO relay_outbox (id, run_id, rule, channel, template, run_json, created_at,"
+    " not_before, state, updated_at, lease_until) VALUES ($1, $2, 'r1', 'c1', 't1', $3, $4, $4,"
+    " $5, $4, $6)"
+)
+
+
+def _pg_row(run_id: str, state: str) -> tuple[object, ...]:
+    run_json = f'{{"id":"{run_id}","status":"FAILED"}}'.encode()
+    return notification_id(run_id, "r1", "c1"), run_id, run_json, NOW - 60, state
