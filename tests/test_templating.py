@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -733,6 +734,26 @@ def test_runaway_templates_give_the_fallback(
     assert rendered.fallback
     assert rendered.error is not None and rendered.error.startswith(f"{error} in console/t")
     assert rendered.parts["txt"] == fallback_text(ctx)
+
+
+class _Waiting:
+    """Items that come slowly without using the CPU: as a render thread waiting for the
+    interpreter lock, or a process waiting for a core, sees the wall clock go on."""
+
+    def __iter__(self) -> Iterator[str]:
+        for tag in ("a", "b", "c", "d", "e"):
+            time.sleep(0.03)
+            yield tag
+
+
+def test_the_budget_counts_the_renders_cpu_not_its_waiting(tmp_path: Path) -> None:
+    """0.15 s of waiting against a 0.05 s budget: a busy relay (the event loop holding the
+    lock) gave the fallback for a template that had hardly started."""
+    (tmp_path / "console").mkdir()
+    (tmp_path / "console" / "t.txt.j2").write_text("{% for t in run.tags %}{{ t }}{% endfor %}")
+    ctx = context({**load_run("failed"), "tags": _Waiting()})
+    rendered = Renderer(tmp_path, budget_s=0.05).render("console", "t", ("txt",), ctx)
+    assert rendered.error is None and rendered.parts["txt"] == "abcde"
 
 
 def test_a_text_built_up_in_a_namespace_counts_once(tmp_path: Path) -> None:
