@@ -1,5 +1,10 @@
 """`discord`: a message with embeds through a Discord webhook, POST {webhook_url}?wait=true.
 
+The URL's path is pinned to API v10 (`/api/webhooks/…` → `/api/v10/webhooks/…`): the URL Discord
+hands out has no version, which Discord serves as its default API v6, where a 429 counts
+`retry_after` and Retry-After in milliseconds (discord-api-docs #2360, #4722); from v8 on they
+are seconds, as read here.
+
 The template (`discord/<name>.json.j2`) renders {"content", "embeds": [...]}; the channel keeps
 only those two keys (plus `username` / `avatar_url` / `thread_id` from the settings), always sets
 `allowed_mentions: {"parse": []}` so no run data can ping @everyone, a role or a user, and clamps
@@ -27,6 +32,7 @@ Failure classification; Discord's JSON error code goes in `detail`, never the UR
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -43,6 +49,7 @@ from relay.retry_after import MAX_RETRY_AFTER_S, parse_retry_after
 
 MAX_CONTENT, MAX_EMBEDS, MAX_FIELDS, MAX_EMBED_CHARS = 2000, 10, 25, 6000
 _TEXT_LIMITS = {"title": 256, "description": 4096, "name": 256, "value": 1024, "footer": 2048}
+_API_PATH = re.compile(r"^/api(?:/v[0-9]+)?/webhooks/")
 _CODES = {
     0: "general_error", 10003: "unknown_channel", 10015: "unknown_webhook", 40005: "too_large",
     50006: "empty_message", 50027: "invalid_webhook_token", 50035: "invalid_form_body",
@@ -232,6 +239,7 @@ class DiscordChannel:
 
     def _url(self) -> str:
         parts = urlsplit(self.settings.webhook_url.get_secret_value())
+        parts = parts._replace(path=_API_PATH.sub("/api/v10/webhooks/", parts.path, count=1))
         query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("wait", "thread_id")]
         query.append(("wait", "true"))
         if self.settings.thread_id:

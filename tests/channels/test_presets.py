@@ -35,6 +35,7 @@ from relay.service import compile_config
 from relay.templating import RenderContext, Renderer, fallback_json
 from tests.conftest import FIXTURES, RelayFactory, assert_golden, sdk_run
 from tests.fakes.presets import (
+    DISCORD_ID,
     DISCORD_TOKEN,
     PD_KEY,
     TEAMS_SIG,
@@ -885,6 +886,28 @@ async def test_discord_errors_are_classified(
     discord.script(reply)
     err = await send_error(channel("discord", http, webhook_url=discord.webhook_url))
     _check(err, reason, retryable, retry_after, detail)
+
+
+async def test_discord_rate_limits_wait_seconds_for_the_url_discord_hands_out(
+    discord: FakeDiscord, http: HttpClient
+) -> None:
+    """Discord's UI gives /api/webhooks/… without a version: Discord serves it as API v6, whose
+    429 counts `retry_after` in milliseconds. The channel pins v10, where it counts seconds."""
+    ch = channel("discord", http, webhook_url=discord.webhook_url)
+    discord.limit_next(1.5)
+    discord.limit_next(0.25, is_global=True)
+    first, second = await send_error(ch), await send_error(ch)
+    assert (first.reason, first.retryable, first.retry_after) == ("rate_limited", True, 1.5)
+    assert (second.retry_after, second.detail) == (0.25, "rate limited (global, HTTP 429)")
+    await ch.send(outgoing("{}"))
+    assert [c.path for c in discord.calls] == [
+        f"/api/v10/webhooks/{DISCORD_ID}/{DISCORD_TOKEN}"
+    ] * 3
+    versioned = channel(
+        "discord", http, webhook_url=discord.webhook_url.replace("/api/", "/api/v9/")
+    )
+    await versioned.send(outgoing("{}"))
+    assert discord.calls[-1].path.startswith("/api/v10/webhooks/")
 
 
 @_table(TEAMS_ERRORS)

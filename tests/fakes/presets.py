@@ -1,10 +1,14 @@
 """Fakes on 127.0.0.1 for the discord, msteams and pagerduty channels, speaking each API's codes.
 
-- FakeDiscord, POST /api/webhooks/<id>/<token>[?wait=true&thread_id=…]: an unknown id is 404
+- FakeDiscord, POST /api[/v<N>]/webhooks/<id>/<token>[?wait=true&thread_id=…]: an unknown id is 404
   {"code": 10015, "message": "Unknown Webhook"}, a wrong token 401 {"code": 50027}; bad JSON 400
   {"code": 50109}; nothing to show 400 {"code": 50006}; a body over Discord's limits
   (`discord_problems`) 400 {"code": 50035, "message": "Invalid Form Body", "errors": {...}};
-  else 200 with the message object when wait=true, 204 without.
+  else 200 with the message object when wait=true, 204 without. `limit_next(seconds)` answers the
+  next request 429 as Discord does for the version in the path: v8 and later give `retry_after`
+  in seconds (a float) and Retry-After in whole seconds; a path without a version is served as
+  the default API v6, whose body and Retry-After count milliseconds (discord-api-docs #2360,
+  #4722). X-RateLimit-Reset-After is seconds in both.
 - FakeTeams, POST /workflows/<id>/triggers/manual/paths/invoke?api-version=…&sig=…: a
   Power Automate "When a Teams webhook request is received" trigger. No `sig` is 401
   DirectApiAuthorizationRequired, a wrong one 401 DirectApiInvalidAuthorizationSignature, an
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -178,6 +183,26 @@ def discord_problems(body: Any) -> list[str]:
 @dataclass
 class FakeDiscord(Fake):
     _next_id: int = 0
+    _limited_s: list[float] = field(default_factory=list)
+
+    def limit_next(self, seconds: float, is_global: bool = False) -> None:
+        self._limited_s.append(-seconds if is_global else seconds)
+
+    def _rate_limited(self, request: web.Request) -> web.Response:
+        signed = self._limited_s.pop(0)
+        seconds, is_global = abs(signed), signed < 0
+        version = int(request.match_info.get("version", "6"))
+        unit = 1000 if version < 8 else 1
+        after: float = round(seconds * 1000) if unit == 1000 else seconds
+        headers = {
+            "Retry-After": str(math.ceil(seconds * unit)),
+            "X-RateLimit-Limit": "5",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset-After": f"{seconds:.3f}",
+            "X-RateLimit-Scope": "global" if is_global else "user",
+        } | ({"X-RateLimit-Global": "true"} if is_global else {})
+        body = {"message": "You are being rate limited.", "retry_after": after, "global": is_global}
+        return Reply(429, body, headers).response()
 
     @property
     def webhook_url(self) -> str:
@@ -187,6 +212,8 @@ class FakeDiscord(Fake):
         body, scripted = await self._record(request, discord_problems)
         if scripted is not None:
             return scripted.response()
+        if self._limited_s:
+            return self._rate_limited(request)
         if request.match_info["id"] != DISCORD_ID:
             return Reply(404, {"message": "Unknown Webhook", "code": 10015}).response()
         if request.match_info["token"] != DISCORD_TOKEN:
@@ -441,7 +468,8 @@ async def _serve(fake: F, routes: list[tuple[str, Any]]) -> AsyncIterator[F]:
 
 def fake_discord() -> AbstractAsyncContextManager[FakeDiscord]:
     fake = FakeDiscord()
-    return _serve(fake, [("/api/webhooks/{id}/{token}", fake.execute)])
+    routes = ["/api/webhooks/{id}/{token}", r"/api/v{version:\d+}/webhooks/{id}/{token}"]
+    return _serve(fake, [(route, fake.execute) for route in routes])
 
 
 def fake_teams() -> AbstractAsyncContextManager[FakeTeams]:
