@@ -16,6 +16,10 @@ resort sends a card with the first text only.
 
 A workflow answers 202 Accepted (some 200) once the flow run is queued; the flow posts the card
 afterwards, so a card Teams itself refuses shows up as a failed run in Power Automate, not here.
+A legacy Office 365 connector URL (…/webhookb2/…, retired by Microsoft) answers 200 "1", and 200
+too when Teams refused the message, with "Webhook message delivery failed with error: Microsoft
+Teams endpoint returned HTTP error 429 …" as text (msteams-docs #400, #1810, #7425): that status
+is classified as if it were the answer's.
 
 Failure classification; Power Automate's `{"error": {"code"}}` goes in `detail`, never the URL:
 
@@ -47,6 +51,9 @@ MAX_BODY_BYTES = 24_000  # Teams' ~28 KB, less room for what the workflow adds
 _MIN_TEXT = 64  # texts are not cut below this while longer ones exist
 _TEXT_KEYS = frozenset({"text", "value", "title", "altText", "fallbackText"})
 _ERROR_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.]{1,79}")
+_CONNECTOR_FAILED = re.compile(
+    rb"^\s*Webhook message delivery failed(?:.*?returned HTTP error ([0-9]{3}))?", re.DOTALL
+)
 
 
 class MSTeamsSettings(ChannelSettings):
@@ -182,6 +189,23 @@ def classify(response: HttpResponse) -> DeliveryError:
     )
 
 
+def connector_failure(response: HttpResponse) -> DeliveryError | None:
+    """The failure a legacy connector reports inside a 2xx answer, None if it reports none."""
+    found = _CONNECTOR_FAILED.match(response.body)
+    if found is None:
+        return None
+    status = int(found.group(1) or 500)
+    base = classify_status(HttpResponse(status, response.headers, b""))
+    reason, retryable = (base.reason, base.retryable) if base else ("other", True)
+    return DeliveryError(
+        reason,
+        retryable=retryable,
+        detail=f"connector: Teams answered HTTP {status}",
+        retry_after=base.retry_after if base else None,
+        status=status,
+    )
+
+
 class MSTeamsChannel:
     def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
         assert isinstance(settings, MSTeamsSettings)
@@ -198,6 +222,8 @@ class MSTeamsChannel:
         response = await self._http.request("POST", url, body, headers, self._timeout_s)
         if not 200 <= response.status < 300:
             raise classify(response)
+        if (failure := connector_failure(response)) is not None:
+            raise failure
 
 
 KIND = ChannelKind("msteams", MSTeamsSettings, MSTeamsChannel, ("json",))

@@ -42,6 +42,7 @@ from tests.fakes.presets import (
     FakeDiscord,
     FakePagerDuty,
     FakeTeams,
+    connector_failure,
     discord_problems,
     pagerduty_problems,
     teams_problems,
@@ -923,6 +924,24 @@ async def test_teams_errors_are_classified(
     teams.script(reply)
     err = await send_error(channel("msteams", http, webhook_url=teams.webhook_url))
     _check(err, reason, retryable, retry_after, detail)
+
+
+async def test_teams_legacy_connector_failures_in_a_200_are_failures(
+    teams: FakeTeams, http: HttpClient
+) -> None:
+    """An Office 365 connector answers 200 also when Teams refused the message, the status in the
+    text: a 429 there is retried, a 413 is permanent, never `sent`."""
+    ch = channel("msteams", http, webhook_url=teams.connector_url)
+    await ch.send(outgoing("{}"))  # "1": delivered
+    teams.script(connector_failure(429), connector_failure(413), connector_failure(502))
+    limited, too_big, down = await send_error(ch), await send_error(ch), await send_error(ch)
+    assert (limited.reason, limited.retryable, limited.detail) == (
+        "rate_limited",
+        True,
+        "connector: Teams answered HTTP 429",
+    )
+    assert (too_big.reason, too_big.retryable) == ("client_error", False)
+    assert (down.reason, down.retryable) == ("server_error", True)
 
 
 @_table(PD_ERRORS)

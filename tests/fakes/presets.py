@@ -15,7 +15,9 @@
   unknown workflow 404 WorkflowNotFound, a body that is not JSON 400 InvalidRequestContent (all as
   {"error": {"code", "message"}}); anything else 202 with no body, like the real trigger, which
   posts the card later: what Teams would refuse (`teams_problems`: envelope, Adaptive Card
-  elements, 28 KB) is recorded in `problems` instead of being answered.
+  elements, 28 KB) is recorded in `problems` instead of being answered. POST /webhookb2/… is a
+  legacy Office 365 connector ("Incoming Webhook"): 200 with the text "1", and a failure of Teams
+  behind it also 200, with the text of `connector_failure(status)` (msteams-docs #400, #1810, #7425).
 - FakePagerDuty, POST /v2/enqueue and /v2/change/enqueue (Events API v2): 202 {"status":
   "success", "message": "Event processed", "dedup_key"} or 400 {"status": "invalid event",
   "message": "Event object is invalid", "errors": [...]} (`pagerduty_problems`: routing key
@@ -362,6 +364,25 @@ class FakeTeams(Fake):
             return _flow_error(400, "InvalidRequestContent")
         return web.Response(status=202)
 
+    @property
+    def connector_url(self) -> str:
+        return f"{self.url}/webhookb2/{TEAMS_FLOW}@tenant/IncomingWebhook/{TEAMS_SIG}/owner"
+
+    async def connector(self, request: web.Request) -> web.StreamResponse:
+        _, scripted = await self._record(request, teams_problems)
+        if scripted is not None:
+            return scripted.response()
+        return web.Response(text="1", content_type="text/plain")
+
+
+def connector_failure(status: int) -> Reply:
+    """How a legacy connector answers when Teams refused the message: 200, the status in text."""
+    return Reply(
+        200,
+        "Webhook message delivery failed with error: Microsoft Teams endpoint returned HTTP error"
+        f" {status} with ContextId tcid=0,server=msgapi-production-eus-azsc2-4-170,cv=aB3.0..",
+    )
+
 
 def _flow_error(status: int, code: str) -> web.Response:
     return Reply(status, {"error": {"code": code, "message": f"{code}."}}).response()
@@ -474,7 +495,11 @@ def fake_discord() -> AbstractAsyncContextManager[FakeDiscord]:
 
 def fake_teams() -> AbstractAsyncContextManager[FakeTeams]:
     fake = FakeTeams()
-    return _serve(fake, [("/workflows/{flow}/triggers/manual/paths/invoke", fake.invoke)])
+    routes = [
+        ("/workflows/{flow}/triggers/manual/paths/invoke", fake.invoke),
+        ("/webhookb2/{path:.*}", fake.connector),
+    ]
+    return _serve(fake, routes)
 
 
 def fake_pagerduty() -> AbstractAsyncContextManager[FakePagerDuty]:
