@@ -62,6 +62,7 @@ WATCH_EVERY_S = 1.0
 # or `cat >` writes in place, truncating first, and a poll between the truncation and the write
 # loaded an empty or half config (no rules: the updates meanwhile alerted nobody, ever).
 SETTLE_S = 0.2
+SETTLE_TRIES = 10  # no longer for a file whose mtime stays ahead of the clock (skewed NFS)
 # A connection gets this long for a complete request head, and is closed after this long idle
 # (aiohttp's keepalive_timeout; its default of an hour lets a slowloris hold sockets forever).
 HTTP_IDLE_TIMEOUT_S = 60.0
@@ -380,6 +381,7 @@ class Service:
                 return False
             loaded = self.compiled.loaded  # the built-in default: ./config.yaml may exist now
             path = None if loaded.builtin else Path(loaded.source.filename)
+            await self._settled()
             self._fingerprint = config_fingerprint(self.compiled)
             try:
                 compiled = compile_config(load(self.settings, path))
@@ -400,6 +402,19 @@ class Service:
             self.metrics.config_reload_time.set(time.time())
             log.info("config reloaded", extra={"trigger": trigger, "rules": len(self.config.rules)})
             return True
+
+    async def _settled(self) -> None:
+        """Wait until the files the config is read from have stood still for SETTLE_S, as the
+        watcher does. A SIGHUP sent while the file was rewritten in place (an editor, `cat >`,
+        an inotify-driven reloader woken by the truncation), or a reload that waited for the one
+        before it while the next write began, read half a file; cut after `channels:` it loads
+        with no rules, and the runs accepted until the next reload alerted nobody."""
+        for _ in range(SETTLE_TRIES):
+            changed_ns = max(entry[2] for entry in config_fingerprint(self.compiled))
+            still_s = time.time() - changed_ns / 1e9
+            if still_s >= SETTLE_S:
+                return
+            await asyncio.sleep(SETTLE_S - max(still_s, 0.0))
 
     async def _swap(self, compiled: Compiled) -> None:
         """New rules and channels take over; the old delivery finishes what it holds."""

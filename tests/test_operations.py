@@ -301,6 +301,25 @@ async def test_an_emptied_config_file_is_refused_on_reload(
     assert got.json()["rule"] == "failures"
 
 
+async def test_a_reload_waits_for_a_config_file_being_rewritten_in_place(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A SIGHUP (or a reload that waited for the one before it) while the file is rewritten
+    in place read what was written so far: cut after `channels:` it loaded with no rules, and
+    the runs accepted until the next reload alerted nobody."""
+    full = CONFIG.format(url=sink.url, rule="failures", status="failure")
+    r = await relay(full)
+    half = full[: full.index("rules:")]
+    with Path(r.service.compiled.loaded.source.filename).open("w") as file:
+        file.write(half)
+        file.flush()
+        reloading = asyncio.create_task(r.service.reload("SIGHUP"))
+        await asyncio.sleep(0.05)
+        file.write(full[len(half) :])
+    assert await reloading is True
+    assert [rule.name for rule in r.service.compiled.rules.rules] == ["failures"]
+
+
 async def test_sighup_reloads_a_running_relay(
     relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
 ) -> None:
