@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
@@ -199,6 +200,20 @@ class Delivery:
         await asyncio.gather(*(loop.stop(grace_s) for loop in self.loops.values()))
 
 
+_F = TypeVar("_F", bound="asyncio.Future[None]")
+
+
+async def _finish_within(tasks: set[_F], grace_s: float) -> set[_F]:
+    """Wait up to `grace_s` for `tasks` to finish; cancel the others and return them."""
+    if not tasks:
+        return set()
+    _, pending = await asyncio.wait(tasks, timeout=grace_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return pending
+
+
 class ChannelLoop:
     def __init__(self, name: str, route: Route, deps: Deps) -> None:
         self.name = name
@@ -206,7 +221,7 @@ class ChannelLoop:
         self.deps = deps
         self.lease_s = pol.lease_s(route.timeout_s, deps.lease_s)
         self.wake = asyncio.Event()
-        self.inflight: set[asyncio.Task[None]] = set()
+        self.inflight: dict[asyncio.Task[None], list[Notification]] = {}  # sends, their rows
         self.ready: deque[tuple[str | None, list[Notification]]] = deque()  # claimed, not started
         self.finishing: set[asyncio.Future[None]] = set()  # outcomes being written
         self._task: asyncio.Task[None] | None = None
@@ -238,12 +253,13 @@ class ChannelLoop:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._release_ready()
-        for tasks in (self.inflight, self.finishing):
-            if tasks:
-                _, pending = await asyncio.wait(set(tasks), timeout=grace_s)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+        sends = dict(self.inflight)
+        cut = await _finish_within(set(sends), grace_s)
+        # a send cut short gives its rows back too: after a reload the new loop would otherwise
+        # wait out their lease (5 min) before sending them (a duplicate of a message that got
+        # through carries the same id)
+        await self._release([row for task in cut for row in sends[task]])
+        await _finish_within(set(self.finishing), grace_s)
         if self._render_pool is not None:
             self._render_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -363,7 +379,7 @@ class ChannelLoop:
         while self.ready and len(self.inflight) < self.route.concurrency and not self._stopping:
             group_key, unit = self.ready.popleft()
             task = asyncio.create_task(self._deliver(unit, group_key))
-            self.inflight.add(task)
+            self.inflight[task] = unit
             task.add_done_callback(self._done)
 
     async def _release_ready(self) -> None:
@@ -386,7 +402,7 @@ class ChannelLoop:
             )
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self.inflight.discard(task)
+        self.inflight.pop(task, None)
         self.wake.set()
 
     async def _idle(self, wait_s: float) -> None:
