@@ -25,8 +25,10 @@
   key, 512 KB). A well-formed routing key the fake does not know is modelled as 400 "Invalid
   routing key". Alerts are tracked by dedup key (triggered, acknowledged, resolved).
 
-`script` queues answers (Reply: status, text or JSON body, headers) that take precedence over
-the checks, one per request. Every request is recorded with its path and query.
+`script` queues answers (Reply: status, text or JSON body, headers, and `delay_s` to answer that
+late: a hung service) that take precedence over the checks, one per request. Every request is
+recorded with its path and query. Each fake listens on a free port, or on `port` when given (a
+test that starts it only after relay found the port refused).
 """
 
 from __future__ import annotations
@@ -111,7 +113,10 @@ class Fake:
         except ValueError:
             body = None
         self.problems.append(check(body) if body is not None else ["not JSON"])
-        return body, self.scripted.pop(0) if self.scripted else None
+        scripted = self.scripted.pop(0) if self.scripted else None
+        if scripted is not None and scripted.delay_s:
+            await asyncio.sleep(scripted.delay_s)
+        return body, scripted
 
 
 # ----------------------------------------------------------------------------- Discord
@@ -471,13 +476,13 @@ F = TypeVar("F", bound=Fake)
 
 
 @asynccontextmanager
-async def _serve(fake: F, routes: list[tuple[str, Any]]) -> AsyncIterator[F]:
+async def _serve(fake: F, routes: list[tuple[str, Any]], port: int = 0) -> AsyncIterator[F]:
     app = web.Application(client_max_size=4 * 1024 * 1024)
     for path, handler in routes:
         app.router.add_post(path, handler)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     fake.url = f"http://127.0.0.1:{port}"
@@ -487,24 +492,25 @@ async def _serve(fake: F, routes: list[tuple[str, Any]]) -> AsyncIterator[F]:
         await runner.cleanup()
 
 
-def fake_discord() -> AbstractAsyncContextManager[FakeDiscord]:
+def fake_discord(port: int = 0) -> AbstractAsyncContextManager[FakeDiscord]:
     fake = FakeDiscord()
     routes = ["/api/webhooks/{id}/{token}", r"/api/v{version:\d+}/webhooks/{id}/{token}"]
-    return _serve(fake, [(route, fake.execute) for route in routes])
+    return _serve(fake, [(route, fake.execute) for route in routes], port)
 
 
-def fake_teams() -> AbstractAsyncContextManager[FakeTeams]:
+def fake_teams(port: int = 0) -> AbstractAsyncContextManager[FakeTeams]:
     fake = FakeTeams()
     routes = [
         ("/workflows/{flow}/triggers/manual/paths/invoke", fake.invoke),
         ("/webhookb2/{path:.*}", fake.connector),
     ]
-    return _serve(fake, routes)
+    return _serve(fake, routes, port)
 
 
-def fake_pagerduty() -> AbstractAsyncContextManager[FakePagerDuty]:
+def fake_pagerduty(port: int = 0) -> AbstractAsyncContextManager[FakePagerDuty]:
     fake = FakePagerDuty()
-    return _serve(fake, [("/v2/enqueue", fake.enqueue), ("/v2/change/enqueue", fake.enqueue)])
+    routes = [("/v2/enqueue", fake.enqueue), ("/v2/change/enqueue", fake.enqueue)]
+    return _serve(fake, routes, port)
 
 
 @pytest.fixture

@@ -263,8 +263,8 @@ class FakeSlack:
 
 
 @asynccontextmanager
-async def fake_slack() -> AsyncIterator[FakeSlack]:
-    """A running FakeSlack on an ephemeral port of 127.0.0.1."""
+async def fake_slack(port: int = 0) -> AsyncIterator[FakeSlack]:
+    """A running FakeSlack on 127.0.0.1: an ephemeral port, or `port`."""
     fake = FakeSlack()
     app = web.Application()
     app.router.add_post("/services/{team}/{bot}/{secret}", fake.webhook)
@@ -272,7 +272,7 @@ async def fake_slack() -> AsyncIterator[FakeSlack]:
     app.router.add_post("/api/chat.update", fake.update_message)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     fake.url = f"http://127.0.0.1:{port}"
