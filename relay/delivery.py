@@ -85,6 +85,9 @@ class Deps:
     silences: SilenceCache | None = None
     # (rule, now) → why its time intervals mute it then, or None: checked again at send time
     time_muted: Callable[[str, float], str | None] | None = None
+    # (rule, channel) → the template that rule renders for that channel now, or None: a
+    # notification is rendered as the config in force at send time says (Alertmanager's way)
+    template_of: Callable[[str, str], str | None] | None = None
     # (kind, row, reason, attempts) after each outcome: sent, retry, dead, muted, template_error
     on_event: Callable[[str, Notification, str, int], None] | None = None
 
@@ -613,8 +616,20 @@ class ChannelLoop:
         args = (self.deps.renderer, self.name, self.route)
         link = self.deps.dashboard_link
         if len(rows) == 1:
-            return render_notification(*args, rows[0], link, budget_s=budget_s)
+            return render_notification(*args, self._current(rows[0]), link, budget_s=budget_s)
         return render_digest(*args, rows, link, budget_s=budget_s)
+
+    def _current(self, row: Notification) -> Notification:
+        """`row` with the template its rule names now: a reload that changed it (with the
+        channel's type, say) while the row waited in a digest or a retry's backoff renders the
+        new one, as the templates' files are the new ones. A recovery keeps `recovered`."""
+        template_of = self.deps.template_of
+        if row.resolves is not None or template_of is None:
+            return row
+        template = template_of(row.rule, self.name)
+        return (
+            row if template is None or template == row.template else replace(row, template=template)
+        )
 
     async def _throttle(self) -> None:
         bucket = self.route.bucket

@@ -134,6 +134,12 @@ class RuleSet:
         found = self.by_name.get(rule)
         return None if found is None else found.time_muted(now)
 
+    def template_of(self, rule: str, channel: str) -> str | None:
+        """The template rule `rule` renders for `channel` now, or None when no rule of that
+        name notifies it any more (a reload removed one or the other)."""
+        found = self.by_name.get(rule)
+        return found.template if found is not None and channel in found.notify else None
+
     def evaluate(self, run: Run) -> list[CompiledRule]:
         """Rules that match `run`, in order, honouring first-match-wins and `continue`."""
         out = []

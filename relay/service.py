@@ -242,6 +242,7 @@ class Service:
             dashboard_link=dashboard_link(config.defaults),
             silences=self.silences,
             time_muted=compiled.rules.time_muted if compiled.rules.has_windows else None,
+            template_of=compiled.rules.template_of,
             on_event=self.metrics.delivery_event if self.role.events is None else self._forward,
         )
         names = self.role.owned(config.channels)

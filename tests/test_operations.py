@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -418,3 +419,36 @@ def test_a_text_log_line_stays_one_line_whatever_a_run_carries() -> None:
     line = TextFormatter().format(record)
     assert not any(c in line for c in "\n\r\u2028\x1b")  # nor an ESC that clears the screen
     assert line.endswith(r"run_id=run_1\n12:00:00 ERROR   store unavailable\r\u2028\x1b[2J")
+
+
+async def test_a_notification_retried_after_a_reload_renders_the_rule_s_new_template(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """The config in force at send time renders, as Alertmanager's: a rule whose `template`
+    a reload changed while its notification waited out a 503's Retry-After renders the new
+    one (the old name, kept with the row, was the old config's: with the channel's type
+    changed too it no longer existed and the message fell back to plain text)."""
+    (tmp_path / "tpl" / "webhook").mkdir(parents=True)
+    (tmp_path / "tpl" / "webhook" / "old.json.j2").write_text('{"v": "old"}')
+    (tmp_path / "tpl" / "webhook" / "new.json.j2").write_text('{"v": "new"}')
+    config = tmp_path / "config.yaml"
+    text = "templates: {{dir: ./tpl}}\n" + CONFIG.replace("max_attempts: 1", "max_attempts: 3")
+    text += "    template: {template}\n"
+    config.write_text(text.format(url=sink.url, rule="failures", status="failure", template="old"))
+    sink.responses = [status(503, {"Retry-After": "1"})]
+    settings = Settings(config=config, listen="127.0.0.1:0", store_url=f"sqlite:///{tmp_path}/r.db")
+    service = Service(settings, compile_config(load(settings)))
+    host, port = await service.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            await http.post(f"http://{host}:{port}/v1/runs", json=run_with("FAILED", "run_tpl"))
+        await sink.wait_for(1)
+        config.write_text(
+            text.format(url=sink.url, rule="failures", status="failure", template="new")
+        )
+        assert await service.reload("SIGHUP")
+        received = await sink.wait_for(2)
+    finally:
+        service.request_stop()
+        await service.shutdown()
+    assert [json.loads(r.body) for r in received] == [{"v": "old"}, {"v": "new"}]
