@@ -13,8 +13,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +144,6 @@ async def following(
     feed: RealtimeFeed | None = None,
     stored: Position | None = None,
     kv: MemoryKV | None = None,
-    grace_s: float = 0.5,
     **config: Any,
 ) -> AsyncIterator[Harness]:
     """A Follower of `feed` running against `fake`, with waits recorded instead of slept; `kv`
@@ -165,7 +163,7 @@ async def following(
     observed: list[tuple[str, int, float | None]] = []
     failed: list[str] = []
     async with aiohttp.ClientSession() as http:
-        timing = Timing(timeout_s=5.0, error_wait_s=settings.error_backoff, finish_grace_s=grace_s)
+        timing = Timing(timeout_s=5.0, error_wait_s=settings.error_backoff)
         follower = Follower(
             feed_of(feed),
             settings,
@@ -522,54 +520,8 @@ async def test_native_backend_single_run_ends_crashed_and_the_feed_stops() -> No
         "message": "Process exited with code -1 after signal SIGKILL.",
     }
     assert {s.path for s in fake.requests} == {f"/realtime/v1/runs/{run_id}"}
-    assert fake.served[:3] == ["native snapshot", "native live timeout", "native crashed"]
-    # followed for the grace, then stopped (in the middle of a long poll: "client gone")
-    assert set(fake.served[3:]) <= {"live timeout", "client gone"}
+    assert fake.served == ["native snapshot", "native live timeout", "native crashed"]
     assert "createdAt" not in fake.requests[0].query
-
-
-async def test_an_update_written_after_the_run_finished_still_arrives() -> None:
-    """Trigger.dev can write cost or metadata after `completedAt`; the SDK follows a finished
-    run 30 s more for them, and so does a single-run feed."""
-    run_id, script = native_single_run()
-    crashed = script[-1]
-    billed = crashed.body[0]["value"] | {
-        "costInCents": "912.5",
-        "updatedAt": "2026-08-20T08:02:20.000",
-    }
-    later = f"{int(crashed.headers['electric-offset'].split('_')[0]) + 1}_0"
-    script.append(
-        replace(
-            crashed,
-            name="native billed",
-            offset=crashed.headers["electric-offset"],
-            headers={**crashed.headers, "electric-offset": later, "electric-cursor": "103"},
-            body=[{**crashed.body[0], "value": billed}, crashed.body[-1]],
-        )
-    )
-    async with (
-        fake_realtime(script, native=True) as fake,
-        following(fake, RealtimeFeed(run_id=run_id), grace_s=2.0) as h,
-    ):
-        await asyncio.wait_for(h.task, 10)
-    assert "native billed" in fake.served
-    assert [(b[0].status, b[0].costInCents) for b in h.submit.batches][2:] == [("CRASHED", 912.5)]
-
-
-async def test_a_feed_restarted_within_the_grace_follows_the_run_until_it_ends() -> None:
-    """After a restart the grace counts from the stored `completedAt`: a run that finished
-    58.5 s ago is followed 1.5 s more, then the feed stops by itself."""
-    finished = datetime.now(UTC) - timedelta(seconds=58.5)
-    run_id, script = native_single_run(completed_at=finished.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3])
-    feed = RealtimeFeed(run_id=run_id)
-    async with fake_realtime(script, native=True) as fake:
-        async with following(fake, feed) as h:
-            await asyncio.wait_for(h.task, 10)
-        asked = len(fake.requests)
-        async with following(fake, feed, kv=h.kv, grace_s=60.0) as again:
-            await asyncio.wait_for(again.task, 10)
-        assert len(fake.requests) > asked
-        assert "native crashed" not in fake.served[asked:]  # resumed after it, not before
 
 
 async def test_a_single_run_feed_that_ended_before_a_restart_asks_for_nothing() -> None:

@@ -25,10 +25,6 @@ status and tried again after `error_backoff` (an operator may fix the key), and 
 which is not followed (the secret key would go with it) but logged with where it points. Log
 lines carry the feed key, rows emitted and lag, never the secret key; `observe` hears of every
 up-to-date (lag 0 when nothing was new) and `failed` of every failed request, by reason.
-
-A single-run feed stops 30 s after its run finished (`completedAt` set), as the SDK's
-`subscribeToRun` does: updates written after completion (cost, metadata) still arrive. After a
-restart the 30 s count from the stored `completedAt`.
 """
 
 from __future__ import annotations
@@ -102,9 +98,6 @@ class Timing:
     retry_factor: float = 1.3
     retry_max_s: float = 10.0
     error_wait_s: float = 60.0
-    # a single-run feed goes on this long after the run finished, as the SDK's subscribeToRun
-    # does (`stop(30 * 1000)`): a cost or metadata update can come after `completedAt`
-    finish_grace_s: float = 30.0
 
 
 def retry_delay(failures: int, timing: Timing, rand: float, retry_after: float | None) -> float:
@@ -132,8 +125,7 @@ Failed = Callable[[str, str], None]
 
 
 class Follower:
-    """Follows one feed until cancelled (a single-run feed: until `finish_grace_s` after its run
-    finished)."""
+    """Follows one feed until cancelled (a single-run feed: until the run has finished)."""
 
     def __init__(
         self,
@@ -158,7 +150,6 @@ class Follower:
         self._timing = timing or Timing(config.timeout, error_wait_s=config.error_backoff)
         self._sleep = sleep
         self._saved: Position | None = None
-        self._stop_at: float | None = None  # monotonic; a finished single run's end of grace
         self._failures = 0
         self._unreadables = 0  # responses in a row that could not be read
 
@@ -174,22 +165,16 @@ class Follower:
 
     async def _follow(self) -> None:
         shape = await self._resume()
-        self._stop_at = self._grace_end(shape)
-        if self._stop_at is not None and self._stop_at <= time.monotonic():
+        if self.feed.single_run and _finished(shape.rows.values()):
             log.info("realtime run had finished before; feed stopped", extra=self._extra())
             return
         refetches = 0
         while True:
-            if self._stop_at is not None and self._stop_at <= time.monotonic():
-                log.info("realtime run finished; feed stopped", extra=self._extra())
-                return
             try:
-                response = await self._get_in_grace(shape)
+                response = await self._get(shape)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 self._count(_error_reason(exc))
                 await self._retry(type(exc).__name__, None)
-                continue
-            if response is None:  # the grace ended during a long poll
                 continue
             if response.status == 409:
                 refetches += 1
@@ -207,7 +192,8 @@ class Follower:
                     continue
                 self._failures = refetches = self._unreadables = 0
                 if batch is not None and await self._emit(shape, batch):
-                    self._finished_now()
+                    log.info("realtime run finished; feed stopped", extra=self._extra())
+                    return
             elif response.status in (408, 429) or response.status >= 500:
                 self._count(_status_reason(response.status))
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -215,39 +201,6 @@ class Follower:
             else:
                 self._count(_status_reason(response.status))
                 await self._refused(response)
-
-    def _grace_end(self, shape: Shape) -> float | None:
-        """For a single-run feed resumed after its run finished: when its grace ends (counted
-        from the run's `completedAt`), else None."""
-        if not self.feed.single_run or not _finished(shape.rows.values()):
-            return None
-        runs = self._decode(list(shape.rows.values()), shape.position.schema)
-        ended = max((r.finishedAt.timestamp() for r in runs if r.finishedAt), default=0.0)
-        left = min(ended + self._timing.finish_grace_s - time.time(), self._timing.finish_grace_s)
-        return time.monotonic() + left
-
-    def _finished_now(self) -> None:
-        if self._stop_at is None:
-            self._stop_at = time.monotonic() + self._timing.finish_grace_s
-            log.info(
-                "realtime run finished; following it for its last updates",
-                extra=self._extra(wait_s=self._timing.finish_grace_s),
-            )
-
-    async def _get_in_grace(self, shape: Shape) -> _Response | None:
-        """The next response; None when a finished run's grace ends before it comes."""
-        if self._stop_at is None:
-            return await self._get(shape)
-        request = asyncio.ensure_future(self._get(shape))
-        try:
-            left = max(self._stop_at - time.monotonic(), 0)
-            done, _ = await asyncio.wait({request}, timeout=left)
-        finally:
-            request.cancel()  # when done already, or this task is cancelled: nothing to wait for
-        if done:
-            return request.result()
-        await asyncio.wait({request})
-        return None
 
     async def _unreadable(self, shape: Shape, error: ShapeError) -> None:
         """Ask again for a response that could not be read (the shape took none of it); the

@@ -176,13 +176,10 @@ def _ms(timestamp: str) -> int:
     return int(datetime.fromisoformat(timestamp + "+00:00").timestamp() * 1000)
 
 
-def native_single_run(completed_at: str | None = None) -> tuple[str, list[Exchange]]:
+def native_single_run() -> tuple[str, list[Exchange]]:
     """A single run (sdk/run_crashed.json) over the native backend: EXECUTING, a long-poll
-    timeout, then CRASHED (at `completed_at`, raw text, if given). Returns the run id and the
-    script."""
+    timeout, then CRASHED. Returns the run id and the script."""
     final = raw_row("crashed")
-    if completed_at is not None:
-        final["completedAt"] = final["updatedAt"] = completed_at
     executing = {
         **final,
         "status": "EXECUTING",
