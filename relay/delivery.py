@@ -85,9 +85,9 @@ class Deps:
     silences: SilenceCache | None = None
     # (rule, now) → why its time intervals mute it then, or None: checked again at send time
     time_muted: Callable[[str, float], str | None] | None = None
-    # (rule, channel) → the template that rule renders for that channel now, or None: a
+    # (rule, channel, event) → the template that rule renders for that channel now, or None: a
     # notification is rendered as the config in force at send time says (Alertmanager's way)
-    template_of: Callable[[str, str], str | None] | None = None
+    template_of: Callable[[str, str, str], str | None] | None = None
     # (kind, row, reason, attempts) after each outcome: sent, retry, dead, muted, template_error
     on_event: Callable[[str, Notification, str, int], None] | None = None
 
@@ -626,7 +626,7 @@ class ChannelLoop:
         template_of = self.deps.template_of
         if row.resolves is not None or template_of is None:
             return row
-        template = template_of(row.rule, self.name)
+        template = template_of(row.rule, self.name, str(row.run.get("event") or "run"))
         return (
             row if template is None or template == row.template else replace(row, template=template)
         )

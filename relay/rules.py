@@ -134,11 +134,14 @@ class RuleSet:
         found = self.by_name.get(rule)
         return None if found is None else found.time_muted(now)
 
-    def template_of(self, rule: str, channel: str) -> str | None:
-        """The template rule `rule` renders for `channel` now, or None when no rule of that
-        name notifies it any more (a reload removed one or the other)."""
+    def template_of(self, rule: str, channel: str, event: str) -> str | None:
+        """The template rule `rule` renders for `channel` and `event` now, or None when no
+        rule of that name notifies it of that event any more (a reload removed the rule or
+        the channel, or made it match another event: its template is for that one's body)."""
         found = self.by_name.get(rule)
-        return found.template if found is not None and channel in found.notify else None
+        if found is None or found.event != event or channel not in found.notify:
+            return None
+        return found.template
 
     def evaluate(self, run: Run) -> list[CompiledRule]:
         """Rules that match `run`, in order, honouring first-match-wins and `continue`."""

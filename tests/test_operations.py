@@ -452,3 +452,36 @@ async def test_a_notification_retried_after_a_reload_renders_the_rule_s_new_temp
         service.request_stop()
         await service.shutdown()
     assert [json.loads(r.body) for r in received] == [{"v": "old"}, {"v": "new"}]
+
+
+async def test_a_reload_that_makes_a_rule_match_another_event_keeps_a_waiting_run_s_template(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """A rule that a reload points at deployment alerts (same name, `event:` changed) renders
+    those with `deployment_failed`; a run's notification that waited out a 503 meanwhile is
+    still a run, and renders the run template, not a deployment's on a run's body."""
+    (tmp_path / "tpl" / "webhook").mkdir(parents=True)
+    (tmp_path / "tpl" / "webhook" / "run.json.j2").write_text('{"v": "run"}')
+    (tmp_path / "tpl" / "webhook" / "deployment_failed.json.j2").write_text('{"v": "deploy"}')
+    config = tmp_path / "config.yaml"
+    text = CONFIG.replace("max_attempts: 1", "max_attempts: 3")
+    text = "templates: {dir: ./tpl}\n" + text.format(
+        url=sink.url, rule="failures", status="failure"
+    )
+    config.write_text(text)
+    sink.responses = [status(503, {"Retry-After": "1"})]
+    settings = Settings(config=config, listen="127.0.0.1:0", store_url=f"sqlite:///{tmp_path}/r.db")
+    service = Service(settings, compile_config(load(settings)))
+    host, port = await service.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            await http.post(f"http://{host}:{port}/v1/runs", json=run_with("FAILED", "run_ev"))
+        await sink.wait_for(1)
+        deployments = "    match: {event: deployment.failed}\n"
+        config.write_text(text.replace("    match: {status: [failure]}\n", deployments))
+        assert await service.reload("SIGHUP")
+        received = await sink.wait_for(2)
+    finally:
+        service.request_stop()
+        await service.shutdown()
+    assert [json.loads(r.body) for r in received] == [{"v": "run"}, {"v": "run"}]
