@@ -258,11 +258,12 @@ class ChannelLoop:
         await self._release_ready()
         sends = dict(self.inflight)
         cut = await _finish_within(set(sends), grace_s)
-        # a send cut short gives its rows back too: after a reload the new loop would otherwise
-        # wait out their lease (5 min) before sending them (a duplicate of a message that got
-        # through carries the same id)
-        await self._release([row for task in cut for row in sends[task]])
         await _finish_within(set(self.finishing), grace_s)
+        # A send cut short gives its rows back too, once the outcomes being written are in (a
+        # digest's may be among them): after a reload the new loop would otherwise wait out
+        # their lease (5 min) before sending them. A message that got through and goes again
+        # carries the same id.
+        await self._release([row for task in cut for row in sends[task]])
         if self._render_pool is not None:
             self._render_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -454,14 +455,13 @@ class ChannelLoop:
             return writes[0] if len(writes) == 1 else asyncio.gather(*writes)
 
         extra = {**self._extra(rows[0]), "notifications": len(rows)}
-        if group_key is not None:  # a group's next digest waits for this one's flush
-            await asyncio.shield(self._write_through_blips(finish, extra))
-            return
         # The send is over: its slot is free while the outcome is written (the row stays leased
         # until then, so no claim takes it again). One store round trip less per send in flight.
         write = asyncio.ensure_future(self._write_through_blips(finish, extra))
         self.finishing.add(write)
         write.add_done_callback(functools.partial(self._written, extra))
+        if group_key is not None:  # a group's next digest waits for this one's flush
+            await asyncio.wait({write})  # a stop cancelling this send leaves the write going
 
     def _written(self, extra: dict[str, object], write: asyncio.Future[None]) -> None:
         self.finishing.discard(write)
