@@ -99,7 +99,7 @@ def render_notification(
     row: Notification,
     link: DashboardLink,
     *,
-    budget_s: float | None = None,
+    wall_s: float | None = None,
 ) -> Rendered:
     """Render `row` for one channel (also used by `relay test` and `relay send-test`)."""
     ctx = RenderContext(
@@ -111,7 +111,7 @@ def render_notification(
         dashboard_url=link(row.run),
         resolves=row.resolves,
     )
-    return renderer.render(route.type, row.template, route.parts, ctx, budget_s=budget_s)
+    return renderer.render(route.type, row.template, route.parts, ctx, wall_s=wall_s)
 
 
 def render_digest(
@@ -121,7 +121,7 @@ def render_digest(
     rows: list[Notification],
     link: DashboardLink,
     *,
-    budget_s: float | None = None,
+    wall_s: float | None = None,
 ) -> Rendered:
     """Render several notifications of one group as one digest (template `digest`)."""
     head = rows[-1]
@@ -136,7 +136,7 @@ def render_digest(
         dashboard_url=link(head.run),
         group=group,
     )
-    return renderer.render(route.type, DIGEST_TEMPLATE, route.parts, ctx, budget_s=budget_s)
+    return renderer.render(route.type, DIGEST_TEMPLATE, route.parts, ctx, wall_s=wall_s)
 
 
 def units(rows: list[Notification]) -> list[tuple[str | None, list[Notification]]]:
@@ -611,13 +611,13 @@ class ChannelLoop:
             ident, run_id, head.rule, rendered.parts, self.deps.clock(), recovers, group_key
         )
 
-    def _rendered(self, rows: list[Notification], budget_s: float | None) -> Rendered:
-        """One notification's message, or a digest's; budget_s None: the renderer's own."""
+    def _rendered(self, rows: list[Notification], wall_s: float | None) -> Rendered:
+        """One notification's message, or a digest's; wall_s None: the renderer's budget."""
         args = (self.deps.renderer, self.name, self.route)
         link = self.deps.dashboard_link
         if len(rows) == 1:
-            return render_notification(*args, self._current(rows[0]), link, budget_s=budget_s)
-        return render_digest(*args, rows, link, budget_s=budget_s)
+            return render_notification(*args, self._current(rows[0]), link, wall_s=wall_s)
+        return render_digest(*args, rows, link, wall_s=wall_s)
 
     def _current(self, row: Notification) -> Notification:
         """`row` with the template its rule names now: a reload that changed it (with the

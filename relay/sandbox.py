@@ -215,22 +215,25 @@ class _Budget:
 
     __slots__ = ("cpu_start", "seconds", "wall")
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, cpu: bool) -> None:
         self.seconds = seconds
-        self.cpu_start = time.thread_time()
+        self.cpu_start = time.thread_time() if cpu else None
         self.wall = time.monotonic() + seconds
 
     def spent(self) -> bool:
+        if self.cpu_start is None:  # the wall clock alone
+            return True
         left = self.seconds - (time.thread_time() - self.cpu_start)
         self.wall = time.monotonic() + left
         return left <= 0
 
 
 @contextmanager
-def time_budget(seconds: float) -> Iterator[None]:
+def time_budget(seconds: float, *, cpu: bool = True) -> Iterator[None]:
     """Loops and calls of templates rendered inside raise RenderTimeout after `seconds` of
-    CPU, and the steps that build texts and lists OutputTooLarge past MAX_BUILT_CHARS together."""
-    token = _DEADLINE.set(_Budget(seconds))
+    this thread's CPU (`cpu=False`: of the wall clock), and the steps that build texts and lists
+    OutputTooLarge past MAX_BUILT_CHARS together."""
+    token = _DEADLINE.set(_Budget(seconds, cpu))
     built = _BUILT.set([0])
     try:
         yield

@@ -452,15 +452,19 @@ class Renderer:
         name: str,
         parts: tuple[str, ...],
         ctx: RenderContext,
-        budget_s: float | None = None,
+        wall_s: float | None = None,
     ) -> Rendered:
-        """Every part rendered, or the fallback for every part; never raises. `budget_s`
-        replaces the renderer's time budget for this render."""
+        """Every part rendered, or the fallback for every part; never raises. `wall_s`
+        replaces the renderer's budget (CPU time) by this much time on the wall clock: the
+        event loop's own try, which is there to bound how long the loop is held."""
         template = _template_name(channel_type, name, parts[0] if parts else "")
         try:
             variables = _variables(ctx)
             out: dict[str, str] = {}
-            with time_budget(self.budget_s if budget_s is None else budget_s):
+            budget = (
+                time_budget(self.budget_s) if wall_s is None else time_budget(wall_s, cpu=False)
+            )
+            with budget:
                 for part in parts:
                     template = _template_name(channel_type, name, part)
                     out[part] = self._render_one(template, variables)
