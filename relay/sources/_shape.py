@@ -159,6 +159,7 @@ class Shape:
         self._changed: dict[str, None] = {}  # an ordered set of keys
         self._unsaved: set[str] = set()  # keys changed since saved()
         self._cleared = False  # every stored row is void (a refetch) since saved()
+        self.idle = False  # the last response changed no row (a long poll's timeout)
 
     def query(self) -> dict[str, str]:
         """Query parameters for the next request (besides the feed's own)."""
@@ -200,15 +201,17 @@ class Shape:
             _check(message)
         self.position = position
         up_to_date = status == 204 or "electric-up-to-date" in headers
+        self.idle = True
         for message in messages:
             control = _headers(message).get("control")
             if control == "must-refetch":
                 self.refetch(None)
+                self.idle = False
                 return None
             if control == "up-to-date":
                 up_to_date = True
-            elif "key" in message:
-                self._apply(message)
+            elif "key" in message and self._apply(message):
+                self.idle = False
         if not up_to_date:
             return None
         self.live = True
@@ -216,20 +219,24 @@ class Shape:
         self._changed.clear()
         return Batch(rows, self.position)
 
-    def _apply(self, message: dict[str, Any]) -> None:
+    def _apply(self, message: dict[str, Any]) -> bool:
+        """Apply one change; False when it changed nothing (a row served again as it is)."""
         key = str(message["key"])
         operation = _headers(message).get("operation")
         value: dict[str, Any] = message.get("value") or {}  # a dict unless a delete (_check)
-        self._unsaved.add(key)
         if operation == "delete":
+            self._unsaved.add(key)
             self.rows.pop(key, None)
             self._changed.pop(key, None)
-            return
-        if operation == "insert":
-            self.rows[key] = dict(value)
-        else:  # update: Electric sends the primary key and the changed columns only
-            self.rows[key] = {**self.rows.get(key, {}), **value}
+            return True
+        # an update: Electric sends the primary key and the changed columns only
+        row = dict(value) if operation == "insert" else {**self.rows.get(key, {}), **value}
+        if self.rows.get(key) == row:
+            return False
+        self._unsaved.add(key)
+        self.rows[key] = row
         self._changed[key] = None
+        return True
 
 
 def _check(message: dict[str, Any]) -> None:

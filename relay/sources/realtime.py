@@ -25,6 +25,11 @@ status and tried again after `error_backoff` (an operator may fix the key), and 
 which is not followed (the secret key would go with it) but logged with where it points. Log
 lines carry the feed key, rows emitted and lag, never the secret key; `observe` hears of every
 up-to-date (lag 0 when nothing was new) and `failed` of every failed request, by reason.
+
+Electric holds a live request until there is a change (~20 s); an answer that changed no row
+and came sooner than `idle_min_s` (0.5 s) after it was asked for is followed by a pause for the
+rest of it, so a server answering at once (no long poll, the same rows again) is not hammered.
+A change that leaves its row as it was is not emitted again.
 """
 
 from __future__ import annotations
@@ -98,6 +103,9 @@ class Timing:
     retry_factor: float = 1.3
     retry_max_s: float = 10.0
     error_wait_s: float = 60.0
+    # an answer with nothing new is asked again no sooner than this after it was asked for:
+    # Electric holds a live request ~20 s, a server answering at once would be hammered
+    idle_min_s: float = 0.5
 
 
 def retry_delay(failures: int, timing: Timing, rand: float, retry_after: float | None) -> float:
@@ -152,6 +160,7 @@ class Follower:
         self._saved: Position | None = None
         self._failures = 0
         self._unreadables = 0  # responses in a row that could not be read
+        self._idled = False  # an answer with nothing new came at once (logged once)
 
     async def run(self) -> None:
         """Never raises (but CancelledError): an unexpected error restarts from the store."""
@@ -170,6 +179,7 @@ class Follower:
             return
         refetches = 0
         while True:
+            asked, before = time.monotonic(), (shape.live, shape.position.offset)
             try:
                 response = await self._get(shape)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -184,16 +194,12 @@ class Follower:
                 if refetches > 1:
                     await self._retry("repeated must-refetch", None)
             elif response.status in (200, 204):
-                try:
-                    batch = shape.receive(response.status, response.headers, response.body)
-                except ShapeError as exc:
-                    self._count("other")
-                    await self._unreadable(shape, exc)
-                    continue
-                self._failures = refetches = self._unreadables = 0
-                if batch is not None and await self._emit(shape, batch):
+                answer = await self._answered(shape, response, asked, before)
+                if answer == "finished":
                     log.info("realtime run finished; feed stopped", extra=self._extra())
                     return
+                if answer != "unreadable":
+                    refetches = 0
             elif response.status in (408, 429) or response.status >= 500:
                 self._count(_status_reason(response.status))
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
@@ -201,6 +207,40 @@ class Follower:
             else:
                 self._count(_status_reason(response.status))
                 await self._refused(response)
+
+    async def _answered(
+        self, shape: Shape, response: _Response, asked: float, before: tuple[bool, str]
+    ) -> str:
+        """Take a 200/204 into the shape and emit what it completes: "unreadable", "finished"
+        (a single run's feed: its run has finished) or "taken"."""
+        try:
+            batch = shape.receive(response.status, response.headers, response.body)
+        except ShapeError as exc:
+            self._count("other")
+            await self._unreadable(shape, exc)
+            return "unreadable"
+        self._failures = self._unreadables = 0
+        if batch is not None and await self._emit(shape, batch):
+            return "finished"
+        was_live, offset = before
+        if shape.idle and (was_live or offset == shape.position.offset):
+            await self._idle(asked)
+        return "taken"
+
+    async def _idle(self, asked: float) -> None:
+        """After an answer that changed nothing: wait out the rest of `idle_min_s` since it was
+        asked for (nothing, after a long poll held by the server as Electric's is)."""
+        wait = self._timing.idle_min_s - (time.monotonic() - asked)
+        if wait <= 0:
+            return
+        if not self._idled:
+            self._idled = True
+            log.info(
+                "realtime server answered with nothing new without holding the request"
+                " (no long poll); asking it again no more often than every min_interval_s",
+                extra=self._extra(min_interval_s=self._timing.idle_min_s),
+            )
+        await self._sleep(wait)
 
     async def _unreadable(self, shape: Shape, error: ShapeError) -> None:
         """Ask again for a response that could not be read (the shape took none of it); the

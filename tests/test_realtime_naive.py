@@ -1,0 +1,95 @@
+"""The Realtime follower against naive Realtime servers: ones that answer every request at once
+(no long poll), serve the same rows again, or leave out Electric's headers. relay must neither
+hammer them nor lose an update; against Electric itself (tests/test_realtime.py) nothing changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from tests.fakes.realtime import FIXTURES, row_key
+from tests.test_realtime import following
+
+FAILED = json.loads(
+    (FIXTURES / "realtime-run" / "wire-value" / "run_failed.value.json").read_text()
+)
+UP_TO_DATE = {"headers": {"control": "up-to-date"}}
+HEADERS = {"electric-handle": "h1", "electric-offset": "1_0", "electric-cursor": "1"}
+
+Answer = Callable[[dict[str, str]], tuple[dict[str, str], list[dict[str, Any]]]]
+
+
+@dataclass
+class NaiveServer:
+    """Answers every request at once with what `answer(query)` gives (headers, messages)."""
+
+    answer: Answer
+    url: str = ""
+    queries: list[dict[str, str]] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.queries.append(dict(request.query))
+        headers, body = self.answer(dict(request.query))
+        return web.json_response(body, headers=headers)
+
+
+@asynccontextmanager
+async def naive_server(answer: Answer) -> AsyncIterator[NaiveServer]:
+    server = NaiveServer(answer)
+    app = web.Application()
+    app.router.add_get("/realtime/v1/runs", server.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    server.url = f"http://127.0.0.1:{port}"
+    try:
+        yield server
+    finally:
+        await runner.cleanup()
+
+
+def insert(row: dict[str, Any]) -> dict[str, Any]:
+    return {"key": row_key(row["id"]), "value": row, "headers": {"operation": "insert"}}
+
+
+async def asked(server: NaiveServer, count: int) -> None:
+    for _ in range(2000):
+        if len(server.queries) >= count:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{len(server.queries)} of {count} requests")
+
+
+async def test_the_same_rows_served_at_once_again_and_again_are_submitted_once_and_paced() -> None:
+    """A server answering every request at once with every row and up-to-date: the rows were
+    submitted again on every answer, hundreds of times a second per feed (a busy loop)."""
+
+    def answer(query: dict[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        return HEADERS, [insert(FAILED), UP_TO_DATE]
+
+    async with naive_server(answer) as server, following(server) as h:  # type: ignore[arg-type]
+        await asked(server, 6)
+    assert len(h.submit.batches) == 1 and h.submit.batches[0][0].status == "FAILED"
+    assert len(h.sleeps) >= 4 and all(s > 0 for s in h.sleeps)  # a pause before each again
+
+
+async def test_live_answers_at_once_with_only_up_to_date_are_paced() -> None:
+    def answer(query: dict[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        if query["offset"] == "-1":
+            return {**HEADERS, "electric-offset": "0_inf"}, [insert(FAILED)]
+        return HEADERS, [UP_TO_DATE]
+
+    async with naive_server(answer) as server, following(server) as h:  # type: ignore[arg-type]
+        await asked(server, 6)
+    assert [q.get("live") for q in server.queries[:3]] == [None, None, "true"]
+    assert len(h.submit.batches) == 1
+    assert len(h.sleeps) >= 3 and all(s > 0 for s in h.sleeps)
