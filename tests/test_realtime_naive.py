@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from relay.config import RealtimeFeed
 from tests.fakes.realtime import FIXTURES, row_key
 from tests.test_realtime import following
 
@@ -93,3 +94,29 @@ async def test_live_answers_at_once_with_only_up_to_date_are_paced() -> None:
     assert [q.get("live") for q in server.queries[:3]] == [None, None, "true"]
     assert len(h.submit.batches) == 1
     assert len(h.sleeps) >= 3 and all(s > 0 for s in h.sleeps)
+
+
+async def test_answers_without_electric_handle_or_offset_are_taken() -> None:
+    """No electric-offset at all, no electric-handle on live answers: the changes were refused
+    as unreadable (then a snapshot, again and again) and the FAILED update never arrived."""
+    executing = {**FAILED, "status": "EXECUTING", "completedAt": None, "error": None}
+    update = {
+        "key": row_key(FAILED["id"]),
+        "value": {k: FAILED[k] for k in ("id", "status", "updatedAt", "completedAt", "error")},
+        "headers": {"operation": "update"},
+    }
+
+    def answer(query: dict[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        if query.get("live") != "true":
+            return {"electric-handle": "h1"}, [insert(executing), UP_TO_DATE]
+        return {}, [update, UP_TO_DATE]
+
+    feed = RealtimeFeed(tags=["customer:cus_Q8x2LmN4"])
+    async with naive_server(answer) as server, following(server, feed) as h:  # type: ignore[arg-type]
+        await h.submit.wait_for(2)
+    assert [run.status for batch in h.submit.batches for run in batch][:2] == [
+        "EXECUTING",
+        "FAILED",
+    ]
+    live = [q for q in server.queries if q.get("live") == "true"]
+    assert live and all(q["handle"] == "h1" and q["offset"] == "-1" for q in live)

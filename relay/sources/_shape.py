@@ -61,7 +61,7 @@ def feed_of(spec: RealtimeFeed) -> Feed:
 
 
 class ShapeError(Exception):
-    """A response that breaks the protocol (missing headers, a body that is not a JSON array)."""
+    """A response that breaks the protocol (a body that is not a JSON array of messages)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +160,7 @@ class Shape:
         self._unsaved: set[str] = set()  # keys changed since saved()
         self._cleared = False  # every stored row is void (a refetch) since saved()
         self.idle = False  # the last response changed no row (a long poll's timeout)
+        self.missing: list[str] = []  # Electric's headers the last 200 lacked
 
     def query(self) -> dict[str, str]:
         """Query parameters for the next request (besides the feed's own)."""
@@ -196,10 +197,11 @@ class Shape:
         All or nothing: a response that cannot be read (ShapeError) changes neither the rows nor
         the position, so asking again cannot skip the changes after its bad message."""
         messages = _messages(body) if status != 204 else []
-        position = _advance(self.position, headers, required=status == 200)
+        position = _advance(self.position, headers)
         for message in messages:
             _check(message)
         self.position = position
+        self.missing = [] if status == 204 else [n for n in _REQUIRED if not headers.get(n)]
         up_to_date = status == 204 or "electric-up-to-date" in headers
         self.idle = True
         for message in messages:
@@ -263,11 +265,15 @@ def _messages(body: bytes) -> list[dict[str, Any]]:
     return data
 
 
-def _advance(position: Position, headers: Mapping[str, str], *, required: bool) -> Position:
+_REQUIRED = ("electric-handle", "electric-offset")
+
+
+def _advance(position: Position, headers: Mapping[str, str]) -> Position:
+    """The position after a response. Electric always sends its handle and offset; a server
+    that leaves one out is asked again from the ones the stream has (`-1` and no handle before
+    the first): what it sends again, intake drops."""
     handle = headers.get("electric-handle") or None
     offset = headers.get("electric-offset") or None
-    if required and (handle is None or offset is None):
-        raise ShapeError("electric-handle or electric-offset header missing")
     schema = position.schema
     if "electric-schema" in headers:
         try:

@@ -161,6 +161,7 @@ class Follower:
         self._failures = 0
         self._unreadables = 0  # responses in a row that could not be read
         self._idled = False  # an answer with nothing new came at once (logged once)
+        self._told_missing = False  # an answer lacked electric-handle/-offset (logged once)
 
     async def run(self) -> None:
         """Never raises (but CancelledError): an unexpected error restarts from the store."""
@@ -220,6 +221,13 @@ class Follower:
             await self._unreadable(shape, exc)
             return "unreadable"
         self._failures = self._unreadables = 0
+        if shape.missing and not self._told_missing:
+            self._told_missing = True
+            log.warning(
+                "realtime answer without Electric's headers; asking again from the last"
+                " position known",
+                extra=self._extra(missing=shape.missing, status=response.status),
+            )
         if batch is not None and await self._emit(shape, batch):
             return "finished"
         was_live, offset = before
