@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from relay.config import RealtimeFeed
@@ -120,3 +122,31 @@ async def test_answers_without_electric_handle_or_offset_are_taken() -> None:
     ]
     live = [q for q in server.queries if q.get("live") == "true"]
     assert live and all(q["handle"] == "h1" and q["offset"] == "-1" for q in live)
+
+
+SDK_RUN = json.loads((FIXTURES / "realtime-run" / "sdk" / "run_failed.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("body", "oddity"),
+    [
+        ([SDK_RUN, UP_TO_DATE], "neither a change (key) nor a control message"),
+        ([insert(FAILED)], "no up-to-date and no new offset"),
+    ],
+    ids=["sdk-runs-instead-of-messages", "never-up-to-date"],
+)
+async def test_an_answer_relay_cannot_use_is_logged_once_by_what_is_wrong(
+    body: list[dict[str, Any]], oddity: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SDK run objects in place of shape messages, or rows that never come to up-to-date: no
+    run ever reached the rules, and nothing in the log said why."""
+    caplog.set_level(logging.WARNING, logger="relay")
+
+    def answer(query: dict[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        return HEADERS, body
+
+    async with naive_server(answer) as server, following(server) as h:  # type: ignore[arg-type]
+        await asked(server, 4)
+    told = [r for r in caplog.records if "not as Electric sends it" in r.getMessage()]
+    assert len(told) == 1 and oddity in told[0].__dict__["oddity"]
+    assert not h.submit.batches

@@ -160,7 +160,7 @@ class Shape:
         self._unsaved: set[str] = set()  # keys changed since saved()
         self._cleared = False  # every stored row is void (a refetch) since saved()
         self.idle = False  # the last response changed no row (a long poll's timeout)
-        self.missing: list[str] = []  # Electric's headers the last 200 lacked
+        self.oddities: list[str] = []  # how the last response differs from Electric's
 
     def query(self) -> dict[str, str]:
         """Query parameters for the next request (besides the feed's own)."""
@@ -200,8 +200,8 @@ class Shape:
         position = _advance(self.position, headers)
         for message in messages:
             _check(message)
-        self.position = position
-        self.missing = [] if status == 204 else [n for n in _REQUIRED if not headers.get(n)]
+        moved, self.position = position.offset != self.position.offset, position
+        self.oddities = _oddities(status, headers, messages)
         up_to_date = status == 204 or "electric-up-to-date" in headers
         self.idle = True
         for message in messages:
@@ -215,6 +215,8 @@ class Shape:
             elif "key" in message and self._apply(message):
                 self.idle = False
         if not up_to_date:
+            if not moved:
+                self.oddities.append("no up-to-date and no new offset: its rows wait")
             return None
         self.live = True
         rows = [dict(self.rows[key]) for key in self._changed]
@@ -248,6 +250,15 @@ def _check(message: dict[str, Any]) -> None:
     if not isinstance(message.get("value"), dict):
         operation = _headers(message).get("operation")
         raise ShapeError(f"a change message without a value ({operation})")
+
+
+def _oddities(status: int, headers: Mapping[str, str], messages: list[dict[str, Any]]) -> list[str]:
+    """What an answer lacks that Electric always sends (the answer is taken all the same)."""
+    found = [] if status == 204 else [f"no {n} header" for n in _REQUIRED if not headers.get(n)]
+    strays = sum("key" not in m and "control" not in _headers(m) for m in messages)
+    if strays:
+        found.append("messages neither a change (key) nor a control message, ignored")
+    return found
 
 
 def _headers(message: dict[str, Any]) -> dict[str, Any]:

@@ -161,7 +161,7 @@ class Follower:
         self._failures = 0
         self._unreadables = 0  # responses in a row that could not be read
         self._idled = False  # an answer with nothing new came at once (logged once)
-        self._told_missing = False  # an answer lacked electric-handle/-offset (logged once)
+        self._told: set[str] = set()  # oddities of answers, each logged once
 
     async def run(self) -> None:
         """Never raises (but CancelledError): an unexpected error restarts from the store."""
@@ -221,12 +221,11 @@ class Follower:
             await self._unreadable(shape, exc)
             return "unreadable"
         self._failures = self._unreadables = 0
-        if shape.missing and not self._told_missing:
-            self._told_missing = True
+        for oddity in set(shape.oddities) - self._told:
+            self._told.add(oddity)
             log.warning(
-                "realtime answer without Electric's headers; asking again from the last"
-                " position known",
-                extra=self._extra(missing=shape.missing, status=response.status),
+                "realtime answer not as Electric sends it; taken as it is",
+                extra=self._extra(oddity=oddity, status=response.status),
             )
         if batch is not None and await self._emit(shape, batch):
             return "finished"
