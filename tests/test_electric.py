@@ -249,6 +249,10 @@ def test_schema_from_the_server_wins_over_the_defaults() -> None:
         ("{1,NULL,3}", {"type": "int4", "dims": 1}, [1, None, 3]),
         ("{{a,b},{c,d}}", {"type": "text", "dims": 2}, [["a", "b"], ["c", "d"]]),
         (["x"], {"type": "text", "dims": 1}, ["x"]),
+        ('["env:prod", "a b"]', {"type": "text", "dims": 1}, ["env:prod", "a b"]),  # JSON
+        ("[1, null]", {"type": "int4", "dims": 1}, [1, None]),
+        ("[0:1]={a,b}", {"type": "text", "dims": 1}, ["a", "b"]),
+        ('["a"', {"type": "text", "dims": 1}, '["a"'),  # neither: kept, the Run names it
         ("COMPLETED_WITH_ERRORS", {"type": "TaskRunStatus"}, "COMPLETED_WITH_ERRORS"),
         ("abc", {"type": "int4"}, "abc"),  # kept; the Run validation names the column
         (None, {"type": "int4"}, None),

@@ -172,10 +172,22 @@ def _kept(decode: Decoder, value: Any) -> Any:
 
 
 def _array_value(decode: Decoder | None, value: Any) -> Any:
-    items = _kept(parse_pg_array, value) if isinstance(value, str) else value
+    items = _kept(_array_text, value) if isinstance(value, str) else value
     if decode is None or not isinstance(items, list):
         return items
     return _each(items, decode)
+
+
+def _array_text(text: str) -> list[Any]:
+    """A Postgres array literal, or a JSON array where there is none (a server writing arrays
+    as JSON): `["a","b"]` is never a valid literal, so no literal reads differently."""
+    try:
+        return parse_pg_array(text)
+    except ValueError:
+        items = orjson.loads(text) if text.lstrip(_PG_SPACE).startswith("[") else None
+        if isinstance(items, list):
+            return items
+        raise
 
 
 def _each(items: list[Any], decode: Decoder) -> list[Any]:
