@@ -127,26 +127,34 @@ async def test_answers_without_electric_handle_or_offset_are_taken() -> None:
 SDK_RUN = json.loads((FIXTURES / "realtime-run" / "sdk" / "run_failed.json").read_text())
 
 
+def same(body: list[dict[str, Any]]) -> Answer:
+    return lambda query: (HEADERS, body)
+
+
+def live_without_up_to_date(query: dict[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    if query["offset"] == "-1":
+        return HEADERS, [insert({**FAILED, "status": "EXECUTING"}), UP_TO_DATE]
+    offset = f"{int(query['offset'].split('_')[0]) + 1}_0"  # moves on, as a change does
+    return {**HEADERS, "electric-offset": offset}, [insert(FAILED)]
+
+
 @pytest.mark.parametrize(
-    ("body", "oddity"),
+    ("answer", "oddity", "batches"),
     [
-        ([SDK_RUN, UP_TO_DATE], "neither a change (key) nor a control message"),
-        ([insert(FAILED)], "no up-to-date and no new offset"),
+        (same([SDK_RUN, UP_TO_DATE]), "neither a change (key) nor a control message", 0),
+        (same([insert(FAILED)]), "no up-to-date", 0),
+        (live_without_up_to_date, "no up-to-date", 1),
     ],
-    ids=["sdk-runs-instead-of-messages", "never-up-to-date"],
+    ids=["sdk-runs-instead-of-messages", "never-up-to-date", "live-without-up-to-date"],
 )
 async def test_an_answer_relay_cannot_use_is_logged_once_by_what_is_wrong(
-    body: list[dict[str, Any]], oddity: str, caplog: pytest.LogCaptureFixture
+    answer: Answer, oddity: str, batches: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """SDK run objects in place of shape messages, or rows that never come to up-to-date: no
     run ever reached the rules, and nothing in the log said why."""
     caplog.set_level(logging.WARNING, logger="relay")
-
-    def answer(query: dict[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
-        return HEADERS, body
-
     async with naive_server(answer) as server, following(server) as h:  # type: ignore[arg-type]
         await asked(server, 4)
     told = [r for r in caplog.records if "not as Electric sends it" in r.getMessage()]
     assert len(told) == 1 and oddity in told[0].__dict__["oddity"]
-    assert not h.submit.batches
+    assert len(h.submit.batches) == batches  # the rows still wait for an up-to-date

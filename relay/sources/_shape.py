@@ -215,8 +215,8 @@ class Shape:
             elif "key" in message and self._apply(message):
                 self.idle = False
         if not up_to_date:
-            if not moved:
-                self.oddities.append("no up-to-date and no new offset: its rows wait")
+            if self.live or not moved:  # Electric: only a snapshot's chunks move on without
+                self.oddities.append("no up-to-date: its rows wait for one")
             return None
         self.live = True
         rows = [dict(self.rows[key]) for key in self._changed]
