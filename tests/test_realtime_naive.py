@@ -158,3 +158,23 @@ async def test_an_answer_relay_cannot_use_is_logged_once_by_what_is_wrong(
     told = [r for r in caplog.records if "not as Electric sends it" in r.getMessage()]
     assert len(told) == 1 and oddity in told[0].__dict__["oddity"]
     assert len(h.submit.batches) == batches  # the rows still wait for an up-to-date
+
+
+async def test_a_change_sent_as_an_insert_of_the_changed_columns_merges_into_the_row() -> None:
+    """Every change an insert of the changed columns: the insert replaced the row, which lost
+    its friendlyId and task, so the FAILED update was skipped as undecodable."""
+    changed = {k: FAILED[k] for k in ("id", "status", "updatedAt", "completedAt", "error")}
+
+    def answer(query: dict[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        if query["offset"] == "-1":
+            return HEADERS, [insert({**FAILED, "status": "EXECUTING", "error": None}), UP_TO_DATE]
+        return {**HEADERS, "electric-offset": "2_0"}, [insert(changed), UP_TO_DATE]
+
+    async with naive_server(answer) as server, following(server) as h:  # type: ignore[arg-type]
+        await h.submit.wait_for(2)
+    failed = h.submit.batches[1][0]
+    assert (failed.id, failed.taskIdentifier, failed.status) == (
+        FAILED["friendlyId"],
+        FAILED["taskIdentifier"],
+        "FAILED",
+    )

@@ -233,8 +233,10 @@ class Shape:
             self.rows.pop(key, None)
             self._changed.pop(key, None)
             return True
-        # an update: Electric sends the primary key and the changed columns only
-        row = dict(value) if operation == "insert" else {**self.rows.get(key, {}), **value}
+        # An update: Electric sends the primary key and the changed columns only. An insert
+        # merges too: Electric inserts no key the shape holds (a delete comes first), but a
+        # server may send every change as an insert of the changed columns.
+        row = {**self.rows.get(key, {}), **value}
         if self.rows.get(key) == row:
             return False
         self._unsaved.add(key)
