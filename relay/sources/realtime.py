@@ -29,7 +29,10 @@ up-to-date (lag 0 when nothing was new) and `failed` of every failed request, by
 Electric holds a live request until there is a change (~20 s); an answer that changed no row
 and came sooner than `idle_min_s` (0.5 s) after it was asked for is followed by a pause for the
 rest of it, so a server answering at once (no long poll, the same rows again) is not hammered.
-A change that leaves its row as it was is not emitted again.
+A change that leaves its row as it was is not emitted again. An answer without
+electric-handle or electric-offset keeps the feed's own; that and other ways an answer differs
+from Electric's (messages that are neither changes nor control, no up-to-date where Electric
+always sends one) are logged once per feed.
 """
 
 from __future__ import annotations
