@@ -913,3 +913,28 @@ async def test_the_rows_of_a_feed_removed_from_the_config_are_forgotten(
             await asyncio.sleep(0.05)
         assert list(await store.kv_list(NAMESPACE)) == [FEED_KEY]
         assert await store.kv_list(f"{ROWS_NAMESPACE}:{gone}") == {}
+
+
+async def test_electric_s_catch_up_with_nothing_new_goes_live_without_a_pause(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The non-live catch-up after a snapshot, a restart or a 409 comes back at once with a bare
+    up-to-date: that is Electric, not a server without long polls. It was paced (up to 0.5 s
+    before going live, each time) and logged as a server that does not hold requests."""
+    caplog.set_level(logging.INFO, logger="relay")
+    async with fake_realtime(session()[:2]) as fake, following(fake) as fresh:
+        await fake.wait_for(asked_for(H1, live=True))
+    assert [s.answer for s in fake.requests[:2]] == ["initial-snapshot", "catch-up (non-live)"]
+    async with fake_realtime(session()[:4]) as fake:
+        kv = await stopped_after_live_2(fake)
+        before = len(fake.requests)
+        live = asked_for(H1, live=True, offset=LIVE_2_END)
+        async with following(fake, kv=kv) as restarted:
+            await fake.wait_for(lambda s: live(s) and any(s is r for r in fake.requests[before:]))
+        fake.rotate(H2)
+        async with following(fake, kv=kv) as refetched:
+            await fake.wait_for(asked_for(H2, live=True))
+    answers = [s.answer for s in fake.requests[before:]]
+    assert answers[0] == "up-to-date" and answers[-3:-1] == ["snapshot", "up-to-date"]
+    assert fresh.sleeps == restarted.sleeps == refetched.sleeps == []
+    assert not [r for r in caplog.records if "no long poll" in r.getMessage()]

@@ -26,9 +26,11 @@ which is not followed (the secret key would go with it) but logged with where it
 lines carry the feed key, rows emitted and lag, never the secret key; `observe` hears of every
 up-to-date (lag 0 when nothing was new) and `failed` of every failed request, by reason.
 
-Electric holds a live request until there is a change (~20 s); an answer that changed no row
-and came sooner than `idle_min_s` (0.5 s) after it was asked for is followed by a pause for the
-rest of it, so a server answering at once (no long poll, the same rows again) is not hammered.
+Electric holds a live request until there is a change (~20 s); a live answer that changed no
+row and came sooner than `idle_min_s` (0.5 s) after it was asked for is followed by a pause for
+the rest of it, and so is a non-live one that neither moved on nor ended up-to-date, so a server
+answering at once (no long poll, the same rows again) is not hammered. Electric's non-live
+catch-up (a bare up-to-date at once) is not paced: the long poll after it is held.
 A change that leaves its row as it was is not emitted again. An answer without
 electric-handle or electric-offset keeps the feed's own; that and other ways an answer differs
 from Electric's (messages that are neither changes nor control, no up-to-date where Electric
@@ -232,8 +234,12 @@ class Follower:
             )
         if batch is not None and await self._emit(shape, batch):
             return "finished"
+        # Paced: a live answer, or a non-live one that neither moved on nor ended up-to-date
+        # (the same rows again). Electric's catch-up (after a snapshot, a 409, a restart) comes
+        # at once with a bare up-to-date; the long poll that follows it is held.
         was_live, offset = before
-        if shape.idle and (was_live or offset == shape.position.offset):
+        stuck = offset == shape.position.offset and not shape.live
+        if shape.idle and (was_live or stuck):
             await self._idle(asked)
         return "taken"
 
