@@ -178,3 +178,18 @@ async def test_a_change_sent_as_an_insert_of_the_changed_columns_merges_into_the
         FAILED["taskIdentifier"],
         "FAILED",
     )
+
+
+async def test_a_snapshot_stripped_of_its_offset_is_a_failure_backed_off() -> None:
+    """A proxy dropping electric-offset in front of Electric: the snapshot (never up-to-date at
+    offset -1) came back the same twice a second for good, counted as no failure at all."""
+
+    def answer(query: dict[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        return {"electric-handle": "h1"}, [insert(FAILED)]
+
+    async with naive_server(answer) as server, following(server, RealtimeFeed(tags=["a"])) as h:
+        await asked(server, 6)
+    assert {q["offset"] for q in server.queries} == {"-1"}
+    assert h.failed[:5] == ["other"] * 5
+    assert len(h.sleeps) >= 5  # each retry waits (jittered backoff, growing to 10 s)
+    assert h.submit.batches == []

@@ -161,6 +161,9 @@ class Shape:
         self._cleared = False  # every stored row is void (a refetch) since saved()
         self.idle = False  # the last response changed no row (a long poll's timeout)
         self.oddities: list[str] = []  # how the last response differs from Electric's
+        # the last response neither moved the offset on nor ended up-to-date: asking again gets
+        # the same (a proxy stripping electric-offset in front of Electric's snapshot)
+        self.stalled = False
 
     def query(self) -> dict[str, str]:
         """Query parameters for the next request (besides the feed's own)."""
@@ -203,7 +206,7 @@ class Shape:
         moved, self.position = position.offset != self.position.offset, position
         self.oddities = _oddities(status, headers, messages)
         up_to_date = status == 204 or "electric-up-to-date" in headers
-        self.idle = True
+        self.idle, self.stalled = True, False
         for message in messages:
             control = _headers(message).get("control")
             if control == "must-refetch":
@@ -217,6 +220,7 @@ class Shape:
         if not up_to_date:
             if self.live or not moved:  # Electric: only a snapshot's chunks move on without
                 self.oddities.append("no up-to-date: its rows wait for one")
+            self.stalled = not moved
             return None
         self.live = True
         rows = [dict(self.rows[key]) for key in self._changed]

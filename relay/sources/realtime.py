@@ -234,6 +234,10 @@ class Follower:
             )
         if batch is not None and await self._emit(shape, batch):
             return "finished"
+        if shape.stalled:  # the same answer again would get nowhere: a failure, backed off
+            self._count("other")
+            await self._retry("an answer that neither moves on nor ends up-to-date", None)
+            return "taken"
         # Paced: a live answer, or a non-live one that neither moved on nor ended up-to-date
         # (the same rows again). Electric's catch-up (after a snapshot, a 409, a restart) comes
         # at once with a bare up-to-date; the long poll that follows it is held.
