@@ -186,9 +186,9 @@ def _year(value: str) -> int:
 
 def _range(item: str, parse: Any, what: str) -> tuple[int, int]:
     try:
-        low, _, high = item.partition(":")
+        low, colon, high = item.partition(":")
         first = parse(low)
-        return first, parse(high) if high else first
+        return first, parse(high) if colon else first
     except ValueError:
         raise ValueError(f"invalid {what} {item!r}") from None
 

@@ -87,6 +87,17 @@ def test_bad_time_intervals(spec: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("field", "item"),
+    [("weekdays", "monday:"), ("days_of_month", "5:"), ("months", "1:"), ("years", "2026:")],
+)
+def test_a_range_without_its_end_is_refused(field: str, item: str) -> None:
+    """Alertmanager (timeinterval.go, stringableRangeFromString) refuses `monday:`: the part
+    after the colon is not a weekday. It is not a single day."""
+    with pytest.raises(ValidationError, match=f"invalid .*{item!r}"):
+        TimeInterval.model_validate({field: [item]})
+
+
+@pytest.mark.parametrize(
     ("spec", "expected"),
     [
         ({"years": [2026], "days_of_month": [25], "months": [11]}, True),
