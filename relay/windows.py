@@ -28,7 +28,7 @@ from relay.durations import Duration
 from relay.errors import InputError
 from relay.silences import parse_matchers
 
-WEEKDAYS = [d.lower() for d in calendar.day_name]  # monday .. sunday
+WEEKDAYS = ["sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"]
 MONTHS = [m.lower() for m in calendar.month_name][1:]
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
 
@@ -73,7 +73,7 @@ class TimeInterval(_Strict):
     @classmethod
     def _weekdays(cls, value: list[str] | None) -> list[str] | None:
         for item in value or ():
-            _ordered(_range(item, lambda v: _named(v, WEEKDAYS, 0), "weekday"), item, "day")
+            _ordered(_weekday_range(item), item, "day")
         return value
 
     @field_validator("days_of_month")
@@ -110,7 +110,7 @@ class TimeInterval(_Strict):
         local = datetime.fromtimestamp(now, ZoneInfo(self.location))
         return (
             _any_range(self.times, lambda r: _in_time(r, local))
-            and _any_item(self.weekdays, lambda v: _named(v, WEEKDAYS, 0), local.weekday())
+            and _any_weekday(self.weekdays, local)
             and _any_day(self.days_of_month, local)
             and _any_item(self.months, lambda v: _named(v, MONTHS, 1), local.month)
             and _any_item(self.years, _year, local.year)
@@ -168,6 +168,14 @@ def _named(value: str, names: list[str], first: int) -> int:
     if text.isdigit() and first == 1 and 1 <= int(text) <= len(names):
         return int(text)
     raise ValueError(f"unknown name {value!r}")
+
+
+def _weekday_range(item: str) -> tuple[int, int]:
+    """Sunday 0 to saturday 6, Alertmanager's week: `sunday:monday` is those two days. A range
+    that ends on sunday (`saturday:sunday`, which Alertmanager refuses) reads it as 7, the day
+    after saturday."""
+    low, high = _range(item, lambda v: _named(v, WEEKDAYS, 0), "weekday")
+    return low, 7 if high == 0 < low else high
 
 
 def _day(value: str) -> int:
@@ -234,6 +242,14 @@ def _any_item(items: list[str] | None, parse: Any, value: int) -> bool:
         if low <= value <= high:
             return True
     return False
+
+
+def _any_weekday(items: list[str] | None, local: datetime) -> bool:
+    if items is None:
+        return True
+    day = local.isoweekday() % 7  # sunday 0, or 7 at the end of a range
+    ranges = [_weekday_range(item) for item in items]
+    return any(low <= d <= high for low, high in ranges for d in (day, day + 7))
 
 
 def _any_day(items: list[str] | None, local: datetime) -> bool:

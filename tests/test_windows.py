@@ -97,6 +97,33 @@ def test_a_range_without_its_end_is_refused(field: str, item: str) -> None:
         TimeInterval.model_validate({field: [item]})
 
 
+def _on(day: int, hour: int = 12) -> float:
+    """An instant in UTC in the week of Sunday 2026-11-22 (the 22nd) to Saturday the 28th."""
+    return datetime(2026, 11, day, hour, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("weekdays", "holds_on"),
+    [
+        # Alertmanager's week starts on Sunday (timeinterval.go daysOfWeek, docs "weekday_range")
+        (["sunday:monday"], {22, 23}),
+        (["sunday:saturday"], {22, 23, 24, 25, 26, 27, 28}),
+        (["Sunday:Tuesday"], {22, 23, 24}),
+        (["sunday"], {22}),
+        (["sunday:sunday"], {22}),
+        (["monday:friday"], {23, 24, 25, 26, 27}),
+        (["monday:wednesday", "saturday", "sunday"], {22, 23, 24, 25, 28}),
+        # relay also reads a range that ends on Sunday (Alertmanager refuses it)
+        (["saturday:sunday"], {22, 28}),
+        (["monday:sunday"], {22, 23, 24, 25, 26, 27, 28}),
+        (["friday:sunday"], {22, 27, 28}),
+    ],
+)
+def test_weekday_ranges(weekdays: list[str], holds_on: set[int]) -> None:
+    interval = TimeInterval.model_validate({"weekdays": weekdays})
+    assert {day for day in range(22, 29) if interval.contains(_on(day))} == holds_on
+
+
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
