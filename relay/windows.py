@@ -101,13 +101,15 @@ class TimeInterval(_Strict):
     @classmethod
     def _location(cls, value: str) -> str:
         try:
-            ZoneInfo(value)
+            _wall_clock(0, value)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError("unknown time zone; use an IANA name like Europe/Berlin") from None
+            raise ValueError(
+                "unknown time zone; use an IANA name like Europe/Berlin, or Local"
+            ) from None
         return value
 
     def contains(self, now: float) -> bool:
-        local = datetime.fromtimestamp(now, ZoneInfo(self.location))
+        local = _wall_clock(now, self.location)
         return (
             _any_range(self.times, lambda r: _in_time(r, local))
             and _any_weekday(self.weekdays, local)
@@ -154,6 +156,14 @@ class InhibitRule(_Strict):
     def model_post_init(self, context: Any) -> None:
         if (self.source_match is None) == (self.source_digest is None):
             raise ValueError("an inhibit rule needs exactly one of source_match, source_digest")
+
+
+def _wall_clock(now: float, location: str) -> datetime:
+    """`now` as read in `location`: an IANA name, or what Go's time.LoadLocation (so
+    Alertmanager) also takes: "Local", this machine's time zone, and "", UTC."""
+    if location == "Local":
+        return datetime.fromtimestamp(now)
+    return datetime.fromtimestamp(now, ZoneInfo(location or "UTC"))
 
 
 def _minutes(hhmm: str) -> int:

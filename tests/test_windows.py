@@ -6,6 +6,8 @@ import asyncio
 import hashlib
 import hmac
 import json
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,8 @@ def test_time_interval_table(spec: dict[str, Any], expected: bool) -> None:
         {"months": ["smarch"]},
         {"years": ["1900"]},
         {"location": "Mars/Olympus_Mons"},
+        {"location": "local"},
+        {"location": "Europe/berlin"},
         {"bogus": 1},
         # reversed ranges would never hold: refused, as Alertmanager does
         {"weekdays": ["friday:monday"]},
@@ -122,6 +126,33 @@ def _on(day: int, hour: int = 12) -> float:
 def test_weekday_ranges(weekdays: list[str], holds_on: set[int]) -> None:
     interval = TimeInterval.model_validate({"weekdays": weekdays})
     assert {day for day in range(22, 29) if interval.contains(_on(day))} == holds_on
+
+
+@pytest.fixture
+def new_york_machine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process's local time zone is New York's (a POSIX rule: no zoneinfo file needed)."""
+    monkeypatch.setenv("TZ", "EST5EDT,M3.2.0,M11.1.0")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("new_york_machine")
+@pytest.mark.parametrize(
+    ("location", "hour_utc", "expected"),
+    [
+        # Alertmanager takes Go's time.LoadLocation names: "Local" is the machine's zone
+        ("Local", 14, True),  # 09:00 in New York (EST)
+        ("Local", 13, False),  # 08:00
+        ("", 8, False),  # "" is UTC in Go: 08:00
+        ("", 9, True),
+    ],
+)
+def test_local_and_empty_locations(location: str, hour_utc: int, expected: bool) -> None:
+    spec = {"times": [{"start_time": "09:00", "end_time": "17:00"}], "location": location}
+    interval = TimeInterval.model_validate(spec)
+    assert interval.contains(_on(25, hour_utc)) is expected
 
 
 @pytest.mark.parametrize(
