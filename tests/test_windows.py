@@ -20,7 +20,7 @@ from relay.config import parse_config
 from relay.errors import ConfigError
 from relay.model import notification_id
 from relay.rules import compile_rules
-from relay.windows import TimeInterval
+from relay.windows import NamedTimeInterval, TimeInterval
 from tests.conftest import FIXTURES, RelayFactory, Sink, sdk_run
 
 # Wednesday 2026-11-25 14:30 UTC (15:30 in Berlin)
@@ -395,3 +395,102 @@ async def test_only_an_update_intake_takes_opens_a_window(
         return
     row = await r.service.store.get(notification_id("run_other", "failures", "hook"))
     assert row is not None and (row.state, row.reason) == ("muted", "inhibited:maintenance")
+
+
+NY, BERLIN = "America/New_York", "Europe/Berlin"
+
+
+def _hours(start: str, end: str, location: str = "UTC") -> dict[str, Any]:
+    return {"times": [{"start_time": start, "end_time": end}], "location": location}
+
+
+COMPLETE = {  # Alertmanager's TestTimeIntervalComplete (timeinterval_test.go)
+    "weekdays": ["monday:wednesday", "saturday", "sunday"],
+    "times": [{"start_time": "13:00", "end_time": "15:00"}],
+    "days_of_month": ["1", "10", "20:-1"],
+    "years": ["2020:2023"],
+    "months": ["january:march"],
+}
+
+
+@pytest.mark.parametrize(
+    ("spec", "instant", "expected"),
+    [
+        # minutes: start included, end excluded, seconds do not count; 24:00 ends the day
+        (_hours("09:00", "17:00"), "2026-11-25T09:00:00Z", True),
+        (_hours("09:00", "17:00"), "2026-11-25T08:59:59.999Z", False),
+        (_hours("09:00", "17:00"), "2026-11-25T16:59:59.999Z", True),
+        (_hours("09:00", "17:00"), "2026-11-25T17:00:00Z", False),
+        (_hours("22:00", "24:00"), "2026-11-25T23:59:59Z", True),
+        (_hours("22:00", "24:00"), "2026-11-26T00:00:00Z", False),
+        (_hours("00:00", "24:00"), "2026-11-26T00:00:00Z", True),
+        # New York springs forward at 02:00 EST (07:00 UTC) on 2026-03-08: 02:00-03:00 is skipped
+        (_hours("02:00", "03:00", NY), "2026-03-08T06:59:59Z", False),
+        (_hours("02:00", "03:00", NY), "2026-03-08T07:00:00Z", False),
+        (_hours("00:00", "03:00", NY), "2026-03-08T06:59:00Z", True),
+        (_hours("00:00", "03:00", NY), "2026-03-08T07:00:00Z", False),  # 03:00 EDT
+        (_hours("03:00", "04:00", NY), "2026-03-08T07:00:00Z", True),
+        # ... and falls back at 02:00 EDT (06:00 UTC) on 2026-11-01: 01:00-02:00 happens twice
+        (_hours("01:00", "02:00", NY), "2026-11-01T05:30:00Z", True),  # 01:30 EDT
+        (_hours("01:00", "02:00", NY), "2026-11-01T06:30:00Z", True),  # 01:30 EST
+        (_hours("01:00", "02:00", NY), "2026-11-01T07:00:00Z", False),  # 02:00 EST
+        # Berlin: 02:00 CET becomes 03:00 CEST on 2026-03-29, 03:00 CEST 02:00 CET on 10-25
+        (_hours("02:00", "03:00", BERLIN), "2026-03-29T00:59:59Z", False),
+        (_hours("02:00", "03:00", BERLIN), "2026-03-29T01:00:00Z", False),
+        (_hours("02:00", "03:00", BERLIN), "2026-10-25T00:30:00Z", True),  # 02:30 CEST
+        (_hours("02:00", "03:00", BERLIN), "2026-10-25T01:30:00Z", True),  # 02:30 CET
+        (_hours("02:00", "03:00", BERLIN), "2026-10-25T02:00:00Z", False),  # 03:00 CET
+        # the weekday and the day of month are the location's: Saturday 22:00 in New York
+        ({"weekdays": ["saturday"], "location": NY}, "2026-11-29T03:00:00Z", True),
+        ({"weekdays": ["saturday"]}, "2026-11-29T03:00:00Z", False),
+        ({"days_of_month": ["-1"], "location": NY}, "2021-03-31T12:00:00-04:00", True),
+        ({"days_of_month": ["-1"], "location": NY}, "2021-03-30T12:00:00-04:00", False),
+        ({"days_of_month": ["-1"], "location": NY}, "2026-12-01T04:59:59Z", True),
+        ({"days_of_month": ["-1"], "location": NY}, "2026-12-01T05:00:00Z", False),
+        # February and leap years: -1 is the 29th in 2028, the 28th in 2027
+        ({"days_of_month": ["-1"]}, "2028-02-29T12:00:00Z", True),
+        ({"days_of_month": ["-1"]}, "2028-02-28T12:00:00Z", False),
+        ({"days_of_month": ["-1"]}, "2027-02-28T12:00:00Z", True),
+        ({"days_of_month": ["29"]}, "2028-02-29T12:00:00Z", True),
+        ({"days_of_month": ["-7:-1"]}, "2028-02-23T00:00:00Z", True),
+        ({"days_of_month": ["-7:-1"]}, "2028-02-22T23:59:59Z", False),
+        # days a month does not have: clamped at its end, never moved into the next month
+        ({"days_of_month": ["30:31"], "months": ["february"]}, "2028-02-29T13:00:00Z", False),
+        ({"days_of_month": ["31"]}, "2026-04-30T12:00:00Z", False),
+        ({"days_of_month": ["31"]}, "2026-05-01T12:00:00Z", False),
+        ({"days_of_month": ["1:31"]}, "2027-02-28T12:00:00Z", True),
+        ({"days_of_month": ["-31:-1"], "months": ["6"]}, "2020-06-01T00:00:00Z", True),
+        ({"days_of_month": ["-31:-1"], "months": ["6"]}, "2020-05-31T00:00:00Z", False),
+        ({"days_of_month": ["1:-1"]}, "2027-02-28T12:00:00Z", True),
+        # months by name or number, years; read in the location
+        ({"months": ["January:3", "december"]}, "2026-03-31T23:59:59Z", True),
+        ({"months": ["January:3", "december"]}, "2026-04-01T00:00:00Z", False),
+        ({"years": ["2026:2027"]}, "2027-12-31T23:59:59Z", True),
+        ({"years": ["2026:2027"]}, "2028-01-01T00:00:00Z", False),
+        ({"years": ["2026:2027"], "location": "Pacific/Auckland"}, "2027-12-31T12:00:00Z", False),
+        # every key of an entry must hold (Alertmanager's complete test)
+        (COMPLETE, "2021-01-10T13:00:00Z", True),
+        (COMPLETE, "2021-01-30T14:24:00Z", True),
+        (COMPLETE, "2021-01-09T13:00:00Z", False),
+        (COMPLETE, "2021-01-20T12:59:00Z", False),
+        (COMPLETE, "2021-02-02T13:00:00Z", False),
+        # an empty list holds for nothing (Alertmanager checks `!= nil`), an absent key for all
+        ({"weekdays": []}, "2026-11-25T12:00:00Z", False),
+        ({"times": []}, "2026-11-25T12:00:00Z", False),
+        ({"weekdays": None}, "2026-11-25T12:00:00Z", True),
+    ],
+)
+def test_alertmanager_instants(spec: dict[str, Any], instant: str, expected: bool) -> None:
+    at = datetime.fromisoformat(instant).timestamp()
+    assert TimeInterval.model_validate(spec).contains(at) is expected
+
+
+def test_the_entries_of_an_interval_are_ored() -> None:
+    nights = NamedTimeInterval.model_validate(
+        {
+            "name": "nights",
+            "time_intervals": [_hours("22:00", "24:00", NY), _hours("00:00", "07:00", NY)],
+        }
+    )
+    held = [h for h in range(24) if nights.contains(_on(25, h))]  # UTC hours: EST is UTC-5
+    assert held == [3, 4, 5, 6, 7, 8, 9, 10, 11]  # 22:00 .. 06:00 in New York
