@@ -421,6 +421,40 @@ def test_a_text_log_line_stays_one_line_whatever_a_run_carries() -> None:
     assert line.endswith(r"run_id=run_1\n12:00:00 ERROR   store unavailable\r\u2028\x1b[2J")
 
 
+async def _reloaded_while_waiting(
+    tmp_path: Path, sink: Sink, templates: dict[str, str], before: str, after: str
+) -> list[Any]:
+    """The bodies a failing run's notification went out with: first answered 503 with a
+    Retry-After under config `before`, then sent again after a reload to `after`."""
+    (tmp_path / "tpl" / "webhook").mkdir(parents=True)
+    for name, body in templates.items():
+        (tmp_path / "tpl" / "webhook" / f"{name}.json.j2").write_text(body)
+    config = tmp_path / "config.yaml"
+    config.write_text(before)
+    sink.responses = [status(503, {"Retry-After": "1"})]
+    settings = Settings(config=config, listen="127.0.0.1:0", store_url=f"sqlite:///{tmp_path}/r.db")
+    service = Service(settings, compile_config(load(settings)))
+    host, port = await service.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            await http.post(f"http://{host}:{port}/v1/runs", json=run_with("FAILED", "run_w"))
+        await sink.wait_for(1)
+        config.write_text(after)
+        assert await service.reload("SIGHUP")
+        received = await sink.wait_for(2)
+    finally:
+        service.request_stop()
+        await service.shutdown()
+    return [json.loads(r.body) for r in received]
+
+
+def _retried_config(sink: Sink) -> str:
+    text = CONFIG.replace("max_attempts: 1", "max_attempts: 3")
+    return "templates: {dir: ./tpl}\n" + text.format(
+        url=sink.url, rule="failures", status="failure"
+    )
+
+
 async def test_a_notification_retried_after_a_reload_renders_the_rule_s_new_template(
     tmp_path: Path, sink: Sink
 ) -> None:
@@ -428,30 +462,15 @@ async def test_a_notification_retried_after_a_reload_renders_the_rule_s_new_temp
     a reload changed while its notification waited out a 503's Retry-After renders the new
     one (the old name, kept with the row, was the old config's: with the channel's type
     changed too it no longer existed and the message fell back to plain text)."""
-    (tmp_path / "tpl" / "webhook").mkdir(parents=True)
-    (tmp_path / "tpl" / "webhook" / "old.json.j2").write_text('{"v": "old"}')
-    (tmp_path / "tpl" / "webhook" / "new.json.j2").write_text('{"v": "new"}')
-    config = tmp_path / "config.yaml"
-    text = "templates: {{dir: ./tpl}}\n" + CONFIG.replace("max_attempts: 1", "max_attempts: 3")
-    text += "    template: {template}\n"
-    config.write_text(text.format(url=sink.url, rule="failures", status="failure", template="old"))
-    sink.responses = [status(503, {"Retry-After": "1"})]
-    settings = Settings(config=config, listen="127.0.0.1:0", store_url=f"sqlite:///{tmp_path}/r.db")
-    service = Service(settings, compile_config(load(settings)))
-    host, port = await service.start()
-    try:
-        async with aiohttp.ClientSession() as http:
-            await http.post(f"http://{host}:{port}/v1/runs", json=run_with("FAILED", "run_tpl"))
-        await sink.wait_for(1)
-        config.write_text(
-            text.format(url=sink.url, rule="failures", status="failure", template="new")
-        )
-        assert await service.reload("SIGHUP")
-        received = await sink.wait_for(2)
-    finally:
-        service.request_stop()
-        await service.shutdown()
-    assert [json.loads(r.body) for r in received] == [{"v": "old"}, {"v": "new"}]
+    text = _retried_config(sink)
+    bodies = await _reloaded_while_waiting(
+        tmp_path,
+        sink,
+        {"old": '{"v": "old"}', "new": '{"v": "new"}'},
+        text + "    template: old\n",
+        text + "    template: new\n",
+    )
+    assert bodies == [{"v": "old"}, {"v": "new"}]
 
 
 async def test_a_reload_that_makes_a_rule_match_another_event_keeps_a_waiting_run_s_template(
@@ -460,28 +479,15 @@ async def test_a_reload_that_makes_a_rule_match_another_event_keeps_a_waiting_ru
     """A rule that a reload points at deployment alerts (same name, `event:` changed) renders
     those with `deployment_failed`; a run's notification that waited out a 503 meanwhile is
     still a run, and renders the run template, not a deployment's on a run's body."""
-    (tmp_path / "tpl" / "webhook").mkdir(parents=True)
-    (tmp_path / "tpl" / "webhook" / "run.json.j2").write_text('{"v": "run"}')
-    (tmp_path / "tpl" / "webhook" / "deployment_failed.json.j2").write_text('{"v": "deploy"}')
-    config = tmp_path / "config.yaml"
-    text = CONFIG.replace("max_attempts: 1", "max_attempts: 3")
-    text = "templates: {dir: ./tpl}\n" + text.format(
-        url=sink.url, rule="failures", status="failure"
+    text = _retried_config(sink)
+    deployments = "    match: {event: deployment.failed}\n"
+    after = text.replace("    match: {status: [failure]}\n", deployments)
+    assert after != text
+    bodies = await _reloaded_while_waiting(
+        tmp_path,
+        sink,
+        {"run": '{"v": "run"}', "deployment_failed": '{"v": "deploy"}'},
+        text,
+        after,
     )
-    config.write_text(text)
-    sink.responses = [status(503, {"Retry-After": "1"})]
-    settings = Settings(config=config, listen="127.0.0.1:0", store_url=f"sqlite:///{tmp_path}/r.db")
-    service = Service(settings, compile_config(load(settings)))
-    host, port = await service.start()
-    try:
-        async with aiohttp.ClientSession() as http:
-            await http.post(f"http://{host}:{port}/v1/runs", json=run_with("FAILED", "run_ev"))
-        await sink.wait_for(1)
-        deployments = "    match: {event: deployment.failed}\n"
-        config.write_text(text.replace("    match: {status: [failure]}\n", deployments))
-        assert await service.reload("SIGHUP")
-        received = await sink.wait_for(2)
-    finally:
-        service.request_stop()
-        await service.shutdown()
-    assert [json.loads(r.body) for r in received] == [{"v": "run"}, {"v": "run"}]
+    assert bodies == [{"v": "run"}, {"v": "run"}]
