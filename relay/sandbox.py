@@ -209,10 +209,10 @@ class RenderTimeout(SecurityError):
 class _Budget:
     """A render's time: `seconds` of this thread's CPU (without `cpu`: of the wall clock, for
     the event loop's own try, which bounds how long the loop is held). The clock read at every
-    step is the cheap monotonic one (a thread's CPU time costs four times as much); only once it passes
-    `wall` is the CPU time looked at, and `wall` moved on by what is left. A render waiting for
-    the interpreter lock (the event loop busy delivering) or for a core (a loaded machine) is
-    not cut short for it: that gave the fallback message for a template that needs 50 ms."""
+    step is the cheap monotonic one (a thread's CPU time costs four times as much); only once
+    it passes `wall` is the CPU time looked at, and `wall` moved on by what is left. A render
+    waiting for the interpreter lock (the event loop busy delivering) or for a core (a loaded
+    machine) is not cut short for it: that gave the fallback for a template needing 50 ms."""
 
     __slots__ = ("cpu_start", "seconds", "wall")
 
