@@ -24,6 +24,7 @@ from relay.configure import compile_config
 from relay.service import Service
 from relay.settings import Settings
 from relay.store.sqlite import SQLiteStore
+from tests.fakes.serving import serving
 
 # Fakes of the outside services, with their fixtures (smtp_server, slack, discord, teams,
 # pagerduty), for every test module.
@@ -122,14 +123,8 @@ async def sink() -> AsyncIterator[Sink]:
     s = Sink()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", s.handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    s.url = f"http://127.0.0.1:{port}"
-    yield s
-    await runner.cleanup()
+    async with serving(app, access_log=None, shutdown_timeout=0.2) as s.url:
+        yield s
 
 
 # ---------------------------------------------------------------- relay in-process

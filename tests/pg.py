@@ -18,7 +18,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+
+from tests.fakes.serving import free_port
 
 SETTINGS = """
 listen_addresses = '127.0.0.1'
@@ -69,12 +70,6 @@ def _run_as() -> str | None:
             pwd.getpwnam(name)
             return name
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import io
 import logging
-import socket
 import sqlite3
 import sys
 import time
@@ -28,6 +27,7 @@ from relay.intake import Intake
 from relay.model import Notification, Run, notification_id
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, Sink, hang, sdk_run, status
+from tests.fakes.serving import free_port
 
 SECRET = "whsec_" + base64.b64encode(b"relay-test-signing-key-0123").decode()
 
@@ -275,14 +275,8 @@ async def wait_reason(r: Any, run_id: str) -> Notification:
     raise AssertionError("no failure was recorded")
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_refused_connection_is_retried_with_reason_network(relay: RelayFactory) -> None:
-    r = await relay(config(f"http://127.0.0.1:{closed_port()}"))
+    r = await relay(config(f"http://127.0.0.1:{free_port()}"))
     await r.post(failing_run())
     row = await wait_reason(r, "run_delivery_0000")
     assert row.reason == "network" and row.attempts == 3  # three quick tries, then the outbox

@@ -76,6 +76,7 @@ from relay.windows import (
 )
 from relay.yamlconf import load_yaml
 from tests.conftest import FIXTURES, REPO, registered_routes, run_cli
+from tests.fakes.serving import free_port
 
 README = REPO / "README.md"
 DOCS = REPO / "docs"
@@ -831,12 +832,6 @@ def test_installed_relay_checks_and_renders_outside_the_checkout(
     assert tested.returncode == 0, tested.stderr
     assert FAILED_LINE in tested.stdout
     assert "(fallback)" not in tested.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

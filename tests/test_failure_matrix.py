@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -42,6 +41,7 @@ from tests.fakes.presets import (
     fake_pagerduty,
     fake_teams,
 )
+from tests.fakes.serving import free_port, serving
 from tests.fakes.slack import TOKEN, WEBHOOK_PATH, FakeSlack, Reply, api_error, fake_slack
 from tests.fakes.smtp import FakeSMTP, start_smtp
 
@@ -126,13 +126,8 @@ class WebhookPath(Path_):
     async def serve(self, port: int) -> AsyncIterator[Any]:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.sink.handle)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
+        async with serving(app, port, access_log=None, shutdown_timeout=0.2):
             yield self.sink
-        finally:
-            await runner.cleanup()
 
     def script(self, *steps: str) -> None:
         self.sink.responses.extend(self.answers[step] for step in steps)
@@ -369,13 +364,6 @@ def path(request: pytest.FixtureRequest) -> Path_:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    """A port of 127.0.0.1 nothing listens on (yet): connecting is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def failed_run(run_id: str) -> dict[str, Any]:

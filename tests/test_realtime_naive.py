@@ -18,6 +18,7 @@ from aiohttp import web
 
 from relay.config import RealtimeFeed
 from tests.fakes.realtime import FIXTURES, row_key
+from tests.fakes.serving import serving
 from tests.test_realtime import following
 
 FAILED = json.loads(
@@ -48,16 +49,8 @@ async def naive_server(answer: Answer) -> AsyncIterator[NaiveServer]:
     server = NaiveServer(answer)
     app = web.Application()
     app.router.add_get("/realtime/v1/runs", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    server.url = f"http://127.0.0.1:{port}"
-    try:
+    async with serving(app) as server.url:
         yield server
-    finally:
-        await runner.cleanup()
 
 
 def insert(row: dict[str, Any]) -> dict[str, Any]:

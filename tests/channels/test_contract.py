@@ -27,7 +27,6 @@ import base64
 import functools
 import io
 import logging
-import socket
 import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -45,6 +44,7 @@ from relay.errors import DeliveryError
 from relay.model import Run
 from relay.templating import RenderContext, Renderer
 from tests.conftest import Sink, sdk_run
+from tests.fakes.serving import free_port, serving
 from tests.fakes.slack import TOKEN, WEBHOOK_PATH, FakeSlack, Reply, api_error, fake_slack
 
 if TYPE_CHECKING:  # imported by pytest as a plugin, so its asserts are rewritten
@@ -120,27 +120,13 @@ def assert_no_secrets(
         assert not leaked, f"secret {secret[:4]}… leaked into {leaked[0][:200]!r}"
 
 
-def closed_port() -> int:
-    """A port of 127.0.0.1 nothing listens on: connecting is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @asynccontextmanager
 async def serve(handler: Callable[..., Any]) -> AsyncIterator[str]:
     """An aiohttp app answering every path with `handler`, on 127.0.0.1; yields its base URL."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serving(app, access_log=None, shutdown_timeout=0.2) as url:
+        yield url
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -347,7 +333,7 @@ async def test_a_refused_port_is_a_retryable_network_error(
     target: HttpTarget, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    err = await failure(target.channel(f"http://127.0.0.1:{closed_port()}"), target.kind.type)
+    err = await failure(target.channel(f"http://127.0.0.1:{free_port()}"), target.kind.type)
     assert (err.reason, err.retryable, err.retry_after) == ("network", True, None)
     assert err.detail == "connection refused"  # as `relay send-test` says it; not the class
     assert target.requests() == 0
@@ -539,7 +525,7 @@ async def test_smtp_refused_is_network_and_silence_is_timeout(
     silent_smtp: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    refused = await failure(email_channel(closed_port()), "email")
+    refused = await failure(email_channel(free_port()), "email")
     assert (refused.reason, refused.retryable, refused.detail) == (
         "network",
         True,

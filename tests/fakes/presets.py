@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import web
 
+from tests.fakes.serving import serving
 from tests.fakes.slack import Reply
 
 DISCORD_ID, DISCORD_TOKEN = (
@@ -480,16 +481,8 @@ async def _serve(fake: F, routes: list[tuple[str, Any]], port: int = 0) -> Async
     app = web.Application(client_max_size=4 * 1024 * 1024)
     for path, handler in routes:
         app.router.add_post(path, handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fake.url = f"http://127.0.0.1:{port}"
-    try:
+    async with serving(app, port, access_log=None, shutdown_timeout=0.2) as fake.url:
         yield fake
-    finally:
-        await runner.cleanup()
 
 
 def fake_discord(port: int = 0) -> AbstractAsyncContextManager[FakeDiscord]:

@@ -47,6 +47,7 @@ from typing import Any
 from aiohttp import web
 
 from relay.formats.electric import TASKRUN_SCHEMA
+from tests.fakes.serving import serving
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "trigger"
 SESSION = FIXTURES / "electric" / "session_tag_feed.json"
@@ -469,14 +470,8 @@ async def fake_realtime(
     fake = FakeRealtime(exchanges, native=native, live_hold_s=live_hold_s)
     app = web.Application()
     app.router.add_get("/realtime/v1/{tail:.*}", fake.handle_request)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fake.url = f"http://127.0.0.1:{port}"
-    try:
-        yield fake
-    finally:
-        fake.release()
-        await runner.cleanup()
+    async with serving(app, access_log=None, shutdown_timeout=0.2) as fake.url:
+        try:
+            yield fake
+        finally:
+            fake.release()

@@ -36,6 +36,8 @@ from slack_sdk.errors import SlackObjectFormationError
 from slack_sdk.models.basic_objects import JsonObject
 from slack_sdk.models.blocks import Block
 
+from tests.fakes.serving import serving
+
 WEBHOOK_PATH = "/services/T0001/B0002/fakeWebhookSecret0123456789"
 TOKEN = "xoxb-1111-2222-fakeBotTokenSecret"
 FIRST_TS = "1712345678.000100"
@@ -270,16 +272,8 @@ async def fake_slack(port: int = 0) -> AsyncIterator[FakeSlack]:
     app.router.add_post("/services/{team}/{bot}/{secret}", fake.webhook)
     app.router.add_post("/api/chat.postMessage", fake.post_message)
     app.router.add_post("/api/chat.update", fake.update_message)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fake.url = f"http://127.0.0.1:{port}"
-    try:
+    async with serving(app, port, access_log=None, shutdown_timeout=0.2) as fake.url:
         yield fake
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import json
 import logging
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -33,6 +32,7 @@ from aiohttp import web
 from relay.logs import JsonFormatter, ScrubSecrets, TextFormatter, _ScrubbingHandler
 from relay.settings import Settings
 from tests.conftest import FIXTURES, RelayProcess, run_cli, sdk_run
+from tests.fakes.serving import free_port, serving
 
 SIGNING_KEY = b"SeCrEt-sign-1234567890-key-bytes"
 SECRETS = {
@@ -140,19 +140,8 @@ async def fakes() -> AsyncIterator[Fakes]:
     app.router.add_post("/services/{rest:.*}", f.slack_hook)
     app.router.add_post("/api/chat.postMessage", f.slack_api)
     app.router.add_get("/realtime/{rest:.*}", f.realtime)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    f.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-    yield f
-    await runner.cleanup()
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    async with serving(app, access_log=None, shutdown_timeout=0.2) as f.url:
+        yield f
 
 
 def leaks(text: str) -> list[str]:
@@ -196,7 +185,7 @@ async def test_no_secret_appears_anywhere(
     relay_process: Callable[..., RelayProcess], fakes: Fakes, tmp_path: Path
 ) -> None:
     config_text = (
-        CONFIG.replace("{fake}", fakes.url).replace("{smtp_port}", str(closed_port()))
+        CONFIG.replace("{fake}", fakes.url).replace("{smtp_port}", str(free_port()))
     )  # fmt: skip
     proc = relay_process(config_text, SECRETS)
     config_path, db = tmp_path / "config.yaml", tmp_path / "relay.db"

@@ -45,7 +45,8 @@ from relay.store import (
 from relay.store._pg_connect import connect_args
 from relay.store._pg_schema import SCHEMA_VERSION
 from relay.store.postgres import PostgresStore
-from tests.pg import free_port, fresh_database, shared_server
+from tests.fakes.serving import free_port
+from tests.pg import fresh_database, shared_server
 from tests.store.conftest import (
     Engine,
     decide,

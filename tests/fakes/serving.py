@@ -1,0 +1,34 @@
+"""Running a test's aiohttp app on 127.0.0.1, and a free port there."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from aiohttp import web
+
+
+@asynccontextmanager
+async def serving(app: web.Application, port: int = 0, **runner_kwargs: Any) -> AsyncIterator[str]:
+    """`app` on 127.0.0.1 (an ephemeral port, or `port`) until the block ends; yields its base URL.
+
+    `runner_kwargs` go to web.AppRunner (e.g. access_log=None, shutdown_timeout=0.2).
+    """
+    runner = web.AppRunner(app, **runner_kwargs)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 nothing listens on (yet): connecting is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
