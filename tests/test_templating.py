@@ -83,6 +83,14 @@ def render_source(
     return Renderer(tmp_path).render(channel_type, "t", (part,), ctx)
 
 
+def templates_in(folder: Path, files: dict[str, str]) -> Renderer:
+    """A Renderer of the templates directory `folder` is in, with `files` written into it."""
+    folder.mkdir()
+    for name, source in files.items():
+        (folder / name).write_text(source)
+    return Renderer(folder.parent)
+
+
 # ----------------------------------------------------------------------------- golden files
 
 
@@ -887,18 +895,18 @@ def test_check_compiles_what_a_template_imports_includes_or_extends(tmp_path: Pa
 def test_check_finds_a_template_that_reaches_itself_on_every_render(tmp_path: Path) -> None:
     """a extends b extends a, or a top-level include or import of itself: every render is a
     RecursionError and the fallback, and `relay check` said OK. One behind an `if` may stop."""
-    (tmp_path / "webhook").mkdir()
-    sources = {
-        "a": '{% extends "webhook/b.json.j2" %}',
-        "b": '{% import "webhook/_m.j2" as m %}{% extends "webhook/a.json.j2" %}',
-        "_m": "{% macro x() %}{% endmacro %}",
-        "self": '{"a": 1}\n{% include "webhook/self.json.j2" %}',
-        "tree": '{% if run.child %}{% include "webhook/tree.json.j2" %}{% endif %}{"a": 1}',
-    }
-    for name, source in sources.items():
-        suffix = ".j2" if name.startswith("_") else ".json.j2"
-        (tmp_path / "webhook" / f"{name}{suffix}").write_text(source)
-    renderer = Renderer(tmp_path)
+    renderer = templates_in(
+        tmp_path / "webhook",
+        {
+            "a.json.j2": '{% extends "webhook/b.json.j2" %}',
+            "b.json.j2": '{% import "webhook/_m.j2" as m %}{% extends "webhook/a.json.j2" %}',
+            "_m.j2": "{% macro x() %}{% endmacro %}",
+            "self.json.j2": '{"a": 1}\n{% include "webhook/self.json.j2" %}',
+            "tree.json.j2": (
+                '{% if run.child %}{% include "webhook/tree.json.j2" %}{% endif %}{"a": 1}'
+            ),
+        },
+    )
     assert renderer.check("webhook", "a", "json") == (
         "webhook/b.json.j2 line 1: it reaches itself on every render "
         "(webhook/a.json.j2 → webhook/b.json.j2 → webhook/a.json.j2)"
@@ -979,7 +987,6 @@ def test_a_none_prints_as_nothing_not_the_word() -> None:
 
 
 def test_check_follows_extends_includes_and_imports(tmp_path: Path) -> None:
-    (tmp_path / "console").mkdir()
     files = {
         "base.txt.j2": "one\n{% block b %}{% endblock %}\n{{ oops( }}\n",
         "child.txt.j2": '{% extends "console/base.txt.j2" %}{% block b %}x{% endblock %}',
@@ -992,9 +999,7 @@ def test_check_follows_extends_includes_and_imports(tmp_path: Path) -> None:
         ),
         "loop.txt.j2": '{% include "console/loop.txt.j2" %}',
     }
-    for name, source in files.items():
-        (tmp_path / "console" / name).write_text(source)
-    renderer = Renderer(tmp_path)
+    renderer = templates_in(tmp_path / "console", files)
     for channel_type in REGISTRY:
         for path in (shipped_templates_dir() / channel_type).glob(f"[!_]*{TEMPLATE_SUFFIX}"):
             name, part = path.name.split(".")[:2]
