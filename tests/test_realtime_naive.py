@@ -6,8 +6,10 @@ hammer them nor lose an update; against Electric itself (tests/test_realtime.py)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from relay.config import RealtimeFeed
 from tests.fakes.realtime import FIXTURES, row_key
 from tests.fakes.serving import serving
 from tests.test_realtime import following
+from tests.test_workers import wait_until
 
 FAILED = json.loads(
     (FIXTURES / "realtime-run" / "wire-value" / "run_failed.value.json").read_text()
@@ -186,3 +189,43 @@ async def test_a_snapshot_stripped_of_its_offset_is_a_failure_backed_off() -> No
     assert h.failed[:5] == ["other"] * 5
     assert len(h.sleeps) >= 5  # each retry waits (jittered backoff, growing to 10 s)
     assert h.submit.batches == []
+
+
+async def test_an_endless_answer_is_cut_off_and_retried() -> None:
+    """A server streaming an answer that never ends: relay read it into memory until the
+    process ran out of it (no timeout fires while bytes keep coming)."""
+    written: list[int] = []
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers=HEADERS)
+        await response.prepare(request)
+        chunk = b" " * (1024 * 1024)
+        with contextlib.suppress(ConnectionError):
+            for sent in range(1, 200):  # bounded: 199 MiB, ~3 times the most relay reads
+                await response.write(chunk)
+                written.append(sent)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/realtime/v1/runs", endless)
+    async with serving(app) as url, following(NaiveServer(same([]), url)) as h:  # type: ignore[arg-type]
+        await wait_until(lambda: len(h.failed) >= 2)
+    assert h.failed[:2] == ["other", "other"]
+    assert max(written) < 199  # relay hung up, it did not read to the end
+    assert h.submit.batches == []
+
+
+async def test_a_compressed_answer_is_read_no_further_than_the_limit() -> None:
+    """100 MiB of gzip-compressed whitespace (~100 KB on the wire): decompressed in full."""
+    squeeze = zlib.compressobj(wbits=31)
+    body = b"".join(squeeze.compress(b" " * (1024 * 1024)) for _ in range(100))
+    body += squeeze.compress(json.dumps([UP_TO_DATE]).encode()) + squeeze.flush()
+
+    async def bomb(request: web.Request) -> web.Response:
+        return web.Response(body=body, headers={**HEADERS, "Content-Encoding": "gzip"})
+
+    app = web.Application()
+    app.router.add_get("/realtime/v1/runs", bomb)
+    async with serving(app) as url, following(NaiveServer(same([]), url)) as h:  # type: ignore[arg-type]
+        await wait_until(lambda: bool(h.failed))
+    assert h.failed[:1] == ["other"]

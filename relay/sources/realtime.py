@@ -79,6 +79,9 @@ log = logging.getLogger("relay.realtime")
 NAMESPACE = "realtime"
 ROWS_NAMESPACE = "realtime-rows"  # + ":<feed key>": the merged raw rows of the feed
 MAX_RETRY_AFTER_S = 600.0
+# an answer is read no further than this (decompressed): Electric cuts its log into chunks of
+# ~10 MB, so only a broken or hostile server sends more, and it would fill the memory
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 UNREADABLE_LIMIT = 3  # the same unreadable response this often: start from a new snapshot
 
 Submit = Callable[[Sequence[Run]], Awaitable[IntakeResult]]
@@ -120,6 +123,10 @@ def retry_delay(failures: int, timing: Timing, rand: float, retry_after: float |
     if retry_after is not None:
         wait = max(wait, min(retry_after, MAX_RETRY_AFTER_S))
     return wait
+
+
+class AnswerTooLarge(Exception):
+    """An answer longer than MAX_ANSWER_BYTES: not read to its end."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +198,10 @@ class Follower:
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 self._count(_error_reason(exc))
                 await self._retry(type(exc).__name__, None)
+                continue
+            except AnswerTooLarge as exc:
+                self._count("other")
+                await self._retry(str(exc), None)
                 continue
             if response.status == 409:
                 refetches += 1
@@ -317,7 +328,7 @@ class Follower:
         async with self._session.get(
             url, params=params, headers=headers, timeout=timeout, allow_redirects=False
         ) as resp:
-            body = await resp.read()
+            body = await _read_capped(resp, MAX_ANSWER_BYTES)
             return _Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
 
     async def _emit(self, shape: Shape, batch: Batch) -> bool:
@@ -420,6 +431,19 @@ class Follower:
     def _count(self, reason: str) -> None:
         if self._failed is not None:
             self._failed(self.feed.key, reason)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body, decompressed; AnswerTooLarge once it passes `limit` bytes (declared or read)."""
+    too_large = AnswerTooLarge(f"answer larger than {limit // (1024 * 1024)} MiB")
+    if resp.content_length is not None and resp.content_length > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(256 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
 
 
 def _error_reason(exc: BaseException) -> str:
