@@ -80,7 +80,7 @@ NAMESPACE = "realtime"
 ROWS_NAMESPACE = "realtime-rows"  # + ":<feed key>": the merged raw rows of the feed
 MAX_RETRY_AFTER_S = 600.0
 # an answer is read no further than this (decompressed): Electric cuts its log into chunks of
-# ~10 MB, so only a broken or hostile server sends more, and it would fill the memory
+# 10 MiB, so only a broken or hostile server sends more, and it would fill the memory
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 UNREADABLE_LIMIT = 3  # the same unreadable response this often: start from a new snapshot
 
