@@ -468,13 +468,19 @@ class Service:
         Those that came while relay was starting (held by relay.signals) count too."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self._stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
         held = signals.take()
         if held & {signal.SIGTERM, signal.SIGINT}:
             self.request_stop()
         elif signal.SIGHUP in held:
             self._reload_soon()
+
+    def _stop_signal(self, signum: int) -> None:
+        """The first SIGTERM/SIGINT stops gracefully, a second one while stopping at once."""
+        if self._stop.is_set():
+            signals.exit_now(signum)
+        self.request_stop()
 
     @property
     def stopping(self) -> bool:

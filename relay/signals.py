@@ -5,12 +5,19 @@ event loop answers SIGTERM, SIGINT and SIGHUP. Their default actions meanwhile k
 143 for a SIGTERM, a traceback for a Ctrl-C, 129 for a SIGHUP). `hold` records them from the
 first instant; `relay serve` takes them when its handlers are in place, and every other command
 `release`s them: the default actions come back, and a signal held meanwhile takes effect then.
+
+Once running, a second SIGTERM or SIGINT while relay is stopping exits at once (`exit_now`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 from types import FrameType
+from typing import NoReturn
+
+log = logging.getLogger("relay.service")
 
 HELD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _received: list[int] = []
@@ -45,3 +52,15 @@ def release() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     for sig in take():
         signal.raise_signal(sig)
+
+
+def exit_now(signum: int) -> NoReturn:
+    """Exit at once with 128 + the signal, as a second Ctrl-C does in most servers: an operator
+    need not wait out the drain (up to 10 s for a hung receiver). Nothing is lost: what was in
+    flight stays in the outbox, as after a kill -9, and goes out after the next start."""
+    log.warning(
+        "second stop signal: exiting now; unfinished deliveries go out after the next start",
+        extra={"signal": signal.Signals(signum).name},
+    )
+    logging.shutdown()  # the line above is written before the process ends
+    os._exit(128 + signum)

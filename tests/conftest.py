@@ -237,6 +237,15 @@ class RelayProcess:
         for line in self.proc.stdout:
             self.stdout.append(line)
 
+    def wait_for_log(self, msg: str, timeout_s: float = 20.0) -> dict[str, Any]:
+        """The first log line with this message, once it is written."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if found := [e for e in self.logs if e.get("msg") == msg]:
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no {msg!r} in {[e.get('msg') for e in self.logs]}")
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)

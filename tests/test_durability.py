@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -114,6 +115,34 @@ async def test_sigterm_drains_and_exits_cleanly(
     await asyncio.to_thread(proc.start)
     want = {notification_id(r["id"], "failures", "hook") for r in items}
     assert await delivered_ids(sink, 0, want) == want
+
+
+async def test_a_second_sigterm_while_draining_exits_at_once_and_loses_nothing(
+    relay_process: Callable[..., RelayProcess], sink: Sink
+) -> None:
+    """A receiver that hangs holds the drain for its 10 s grace; a second SIGTERM (or Ctrl-C)
+    was ignored until then and relay exited 0. It exits 143 now, and the notifications in
+    flight go out after the restart."""
+    sink.default = hang(60)
+    proc = relay_process(CONFIG.format(url=sink.url))
+    await asyncio.to_thread(proc.start)
+    items = runs(6)
+    await post_all(proc.url, items)
+    await sink.wait_for(4)
+    assert proc.proc is not None
+    proc.proc.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(
+        proc.wait_for_log, "shutting down: intake stopped, finishing in-flight deliveries"
+    )
+    code = await asyncio.to_thread(proc.terminate)  # the second SIGTERM
+    assert code == 143
+    assert any(e.get("msg", "").startswith("second stop signal") for e in proc.logs)
+
+    sink.default = None
+    before = len(sink.received)
+    await asyncio.to_thread(proc.start)
+    want = {notification_id(r["id"], "failures", "hook") for r in items}
+    assert await delivered_ids(sink, before, want) == want
 
 
 async def test_serve_without_config_runs_the_builtin_default(

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -87,17 +86,8 @@ def test_a_sighup_while_starting_does_not_kill_relay(tmp_path: Path) -> None:
     plain.write_text(CONSOLE)
     os.replace(plain, fifo)
     assert listening.wait(20), proc.logs
-    assert _wait_for_log(proc, "config reloaded")["trigger"] == "SIGHUP"
+    assert proc.wait_for_log("config reloaded")["trigger"] == "SIGHUP"
     assert proc.terminate() == 0
-
-
-def _wait_for_log(proc: RelayProcess, msg: str, timeout_s: float = 20.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if found := [e for e in proc.logs if e.get("msg") == msg]:
-            return found[0]
-        time.sleep(0.05)
-    raise AssertionError(f"no {msg!r} in {[e.get('msg') for e in proc.logs]}")
 
 
 def test_a_stop_signal_stops_other_commands_as_before(tmp_path: Path) -> None:
