@@ -58,6 +58,11 @@ class KeyValue(Protocol):
 
     async def kv_put(self, namespace: str, key: str, value: str, now: float) -> None: ...
 
+    async def try_lead(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
+        """Hold the named lease for `ttl_s` from `now` (0: hand it back); True if `owner`
+        holds it now."""
+        ...
+
 
 @dataclass(frozen=True)
 class ChannelEnv:

@@ -12,7 +12,9 @@ go into its thread; for a rule with `group_by`, the thread is the digest group's
 one. Each reply touches the row's time, and the store prunes threads unused for `retention`,
 as it forgets runs. The Slack channel is in the key because a ts names a message only within
 its channel: when `channel:` changes, the runs' threads start anew there. Sends for one run or
-group are serialised in-process so concurrent notifications cannot start two threads.
+group are serialised in-process, and a thread's first message is posted under a store lease
+(relay.channels._slack_threads), so concurrent notifications, on one replica or several,
+cannot start two threads.
 When Slack refuses a reply in the thread (its first message was deleted, the thread is locked:
 cannot_reply_to_message, invalid_thread_ts, thread_not_found, restricted_action_thread_locked),
 the message is posted at the top level and starts the thread anew.
@@ -62,13 +64,13 @@ from pydantic import SecretStr, field_validator, model_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._http import HttpResponse, classify_status, https_or_local, json_object
+from relay.channels._slack_threads import Threads
 from relay.config import ChannelSettings, RateLimit, Token
-from relay.errors import DeliveryError, StoreUnavailable
+from relay.errors import DeliveryError
 from relay.filters import mrkdwn, truncate_chars
 from relay.retry_after import parse_retry_after
 
 log = logging.getLogger("relay.channels.slack")
-THREADS = "slack_thread"  # kv: "<channel>:<slack channel>:<run id>" -> ts of the first message
 # chat.update answers for a message that is gone or frozen: post the recovery as a new one
 _NOT_UPDATABLE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
 # chat.postMessage answers for a thread that takes no more replies (its first message deleted,
@@ -275,8 +277,9 @@ class SlackChannel:
         self.name = name
         self.settings = settings
         self._http = env.http
-        self._state = env.state
         self._timeout_s = settings.timeout or env.default_timeout_s
+        # a first message takes at most two posts (the second: its text alone), each a timeout
+        self._threads = Threads(env.state, name, 2 * self._timeout_s + 5.0)
         # one lock per run with a send in flight, so concurrent sends cannot start two threads
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
@@ -363,13 +366,22 @@ class SlackChannel:
     ) -> str | None:
         settings = self.settings
         assert settings.token is not None and settings.channel is not None
-        key = f"{self.name}:{settings.channel}:{thread_subject(message)}"
-        thread_ts = await self._thread(key, message) if threaded else None
         body: dict[str, Any] = {**payload, "channel": settings.channel}
         if settings.username:
             body["username"] = settings.username
         if settings.icon_emoji:
             body["icon_emoji"] = settings.icon_emoji
+        if not threaded:
+            return await self._post_in(None, body, message)
+        key = f"{self.name}:{settings.channel}:{thread_subject(message)}"
+        async with self._threads.joined(key, message) as thread_ts:
+            return await self._post_in(thread_ts, body, message, key)
+
+    async def _post_in(
+        self, thread_ts: str | None, body: dict[str, Any], message: Outgoing, key: str = ""
+    ) -> str | None:
+        """Post `body` in thread `thread_ts` (None: at the top level); keep the thread at
+        `key` (none: no threading) for the next message; the receipt."""
         if thread_ts is not None:
             body["thread_ts"] = thread_ts
         try:
@@ -386,31 +398,14 @@ class SlackChannel:
         ts, channel = answer.get("ts"), answer.get("channel")
         ts = ts if isinstance(ts, str) and ts else None
         kept = thread_ts or ts  # the thread started, or replied to (touched: pruned when unused)
-        if threaded and kept is not None:
-            await self._remember(key, kept, message)
+        if key and kept is not None:
+            await self._threads.remember(key, kept, message)
         if ts is None or not isinstance(channel, str) or not channel:
             return None
         return orjson.dumps({"channel": channel, "ts": ts}).decode()
 
     async def _chat_post(self, body: dict[str, Any], message: Outgoing) -> dict[str, Any]:
         return await self._send(f"{self.settings.api_url}/chat.postMessage", body, message)
-
-    async def _thread(self, key: str, message: Outgoing) -> str | None:
-        if self._state is None:
-            return None
-        try:
-            return await self._state.kv_get(THREADS, key)
-        except StoreUnavailable:  # deliver anyway; only the threading is lost
-            log.warning("slack thread lookup failed", extra=message.log_fields(self.name))
-            return None
-
-    async def _remember(self, key: str, ts: str, message: Outgoing) -> None:
-        if self._state is None:
-            return
-        try:
-            await self._state.kv_put(THREADS, key, ts, message.timestamp)
-        except StoreUnavailable:  # the message is out: never fail (and resend) it for this
-            log.warning("slack thread not saved", extra=message.log_fields(self.name))
 
 
 def _answer(response: HttpResponse) -> dict[str, Any]:

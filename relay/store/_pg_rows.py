@@ -54,10 +54,13 @@ PRUNE = (
     "DELETE FROM relay_silences WHERE ends_at < $1",
     "DELETE FROM relay_runs WHERE seen_at < $1",
     # forgotten with their runs: the inhibit sources seen (relay.inhibition.SOURCES) and the
-    # Slack threads of runs and groups (relay.channels.slack.THREADS, touched by each reply),
+    # Slack threads of runs and groups (relay.channels._slack_threads: each reply touches one),
     # the recipients a partly sent mail is done with (relay.channels.email.SENT)
     "DELETE FROM relay_kv WHERE namespace IN ('inhibit_source', 'slack_thread', 'email_sent')"
     " AND updated_at < $1",
+    # named leases that ended before (a Slack thread's start, a Realtime feed nobody follows
+    # any more): an ended lease is as good as none, and there is one per Slack thread started
+    "DELETE FROM relay_leases WHERE expires_at < $1",
     # inhibit windows (relay.inhibition.NAMESPACE: the value is when the window ends) closed
     # before, and pile-ups (COUNTS) no run joined since: one row per `equal` value ever seen
     "DELETE FROM relay_kv WHERE namespace = 'inhibit' AND updated_at < $1"

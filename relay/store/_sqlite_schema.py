@@ -332,10 +332,13 @@ PRUNE = (
     "DELETE FROM silences WHERE ends_at < :before",
     "DELETE FROM runs WHERE seen_at < :before",
     # forgotten with their runs: the inhibit sources seen (relay.inhibition.SOURCES) and the
-    # Slack threads of runs and groups (relay.channels.slack.THREADS, touched by each reply),
+    # Slack threads of runs and groups (relay.channels._slack_threads: each reply touches one),
     # the recipients a partly sent mail is done with (relay.channels.email.SENT)
     "DELETE FROM kv WHERE namespace IN ('inhibit_source', 'slack_thread', 'email_sent')"
     " AND updated_at < :before",
+    # named leases that ended before (a Slack thread's start, a Realtime feed nobody follows
+    # any more): an ended lease is as good as none, and there is one per Slack thread started
+    "DELETE FROM leases WHERE expires_at < :before",
     # inhibit windows (relay.inhibition.NAMESPACE: the value is when the window ends) closed
     # before, and pile-ups (COUNTS) no run joined since: one row per `equal` value ever seen
     "DELETE FROM kv WHERE namespace = 'inhibit' AND CAST(value AS REAL) < :before",

@@ -19,7 +19,8 @@ import pytest
 
 from relay.channels import ChannelEnv, KeyValue, Outgoing, Recovery, settings_models
 from relay.channels._http import HttpClient
-from relay.channels.slack import THREADS, SlackChannel, SlackSettings, slack_message
+from relay.channels._slack_threads import THREADS
+from relay.channels.slack import SlackChannel, SlackSettings, slack_message
 from relay.config import RateLimit, parse_config
 from relay.errors import ConfigError, DeliveryError
 from relay.model import Run
@@ -415,6 +416,32 @@ async def test_a_new_slack_channel_starts_its_own_threads(
     posted = [(body["channel"], body.get("thread_ts")) for body in slack.posted()]
     second_ts = "1712345678.000101"
     assert posted == [("#oncall", None), ("#oncall-2", None), ("#oncall-2", second_ts)]
+
+
+async def test_replicas_sending_about_one_run_at_once_start_one_thread(
+    slack: FakeSlack, http: HttpClient, store: SQLiteStore
+) -> None:
+    """Two processes (replicas, or delivery workers) each hold a notification of run_a: the
+    one that finds no thread posts the first message; the other waits for its ts."""
+    slack.post_delay_s = 0.2  # the first post is still in flight when the second send starts
+    replicas = [make_channel(slack, http, bot=True, state=store) for _ in range(2)]
+    part = render(load_run("failed"))
+    await asyncio.gather(*(channel.send(outgoing(part, "run_a")) for channel in replicas))
+    assert [body.get("thread_ts") for body in slack.posted()] == [None, FIRST_TS]
+    assert await store.kv_get(THREADS, "oncall:#oncall:run_a") == FIRST_TS
+
+
+async def test_when_the_first_message_fails_the_waiting_replica_starts_the_thread(
+    slack: FakeSlack, http: HttpClient, store: SQLiteStore
+) -> None:
+    slack.script(Reply(200, {"ok": False, "error": "channel_not_found"}, delay_s=0.2))
+    replicas = [make_channel(slack, http, bot=True, state=store) for _ in range(2)]
+    part = render(load_run("failed"))
+    sends = (channel.send(outgoing(part, "run_a")) for channel in replicas)
+    results = await asyncio.gather(*sends, return_exceptions=True)
+    assert sorted(type(r).__name__ for r in results) == ["DeliveryError", "str"]
+    assert [body.get("thread_ts") for body in slack.posted()] == [None, None]
+    assert await store.kv_get(THREADS, "oncall:#oncall:run_a") == FIRST_TS
 
 
 async def send_error(channel: SlackChannel) -> DeliveryError:

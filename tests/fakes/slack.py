@@ -14,7 +14,8 @@
   text and no blocks `no_text`; else the kept message takes the new text, blocks and attachments
   and the answer is {"ok": true, "channel", "ts", "text", "message"}.
 
-`script` queues answers (plain-text or JSON bodies with real status codes and headers) that
+`post_delay_s` makes every chat.postMessage answer that late (a Slack under load: two senders'
+posts overlap). `script` queues answers (plain-text or JSON bodies with real status codes and headers) that
 take precedence over the checks, one per request, in order; a Reply with `delay_s` answers that
 late (a hung Slack, for timeouts). Every request is recorded.
 Block Kit validation uses slack_sdk's models (`block_kit_problems`, also used by tests).
@@ -139,6 +140,7 @@ class FakeSlack:
     problems: list[list[str]] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    post_delay_s: float = 0.0
     _next_ts: int = 0
 
     @property
@@ -214,6 +216,7 @@ class FakeSlack:
         return body, None
 
     async def post_message(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(self.post_delay_s)
         body, early = await self._web_api(request)
         if early is not None:
             return early.response()

@@ -19,8 +19,8 @@ import asyncpg
 import pytest
 import trustme
 
+from relay.channels._slack_threads import THREADS
 from relay.channels.email import SENT
-from relay.channels.slack import THREADS
 from relay.errors import ConfigError, StoreUnavailable
 from relay.grouping import group_key
 from relay.model import (
@@ -642,6 +642,28 @@ async def test_try_lead_one_owner_until_the_lease_ends(store: Store) -> None:
     assert not await store.try_lead("realtime:feed", "a", ttl_s=10.0, now=119.0)
     assert await store.try_lead("realtime:feed", "b", ttl_s=0.0, now=120.0)  # b gives it up
     assert await store.try_lead("realtime:feed", "a", ttl_s=10.0, now=120.0)
+
+
+async def test_prune_forgets_leases_that_ended_before_the_retention(
+    engine: Engine, store: Store
+) -> None:
+    """A Slack channel takes one lease per thread it starts: ended ones must not pile up."""
+    assert await store.try_lead("slack_thread:old", "a", ttl_s=0.0, now=100.0)
+    assert await store.try_lead("realtime:feed", "b", ttl_s=10.0, now=995.0)  # held
+    await store.prune(before=1000.0)
+    assert await lease_names(engine) == ["realtime:feed"]
+    assert await store.try_lead("slack_thread:old", "c", ttl_s=10.0, now=1001.0)
+
+
+async def lease_names(engine: Engine) -> list[str]:
+    if engine.name == "sqlite":
+        with sqlite3.connect(engine.url.removeprefix("sqlite:///")) as conn:
+            return [row[0] for row in conn.execute("SELECT name FROM leases ORDER BY name")]
+    conn = await asyncpg.connect(engine.url)
+    try:
+        return [r["name"] for r in await conn.fetch("SELECT name FROM relay_leases ORDER BY 1")]
+    finally:
+        await conn.close()
 
 
 # --- opening and closing -------------------------------------------------------------------------
