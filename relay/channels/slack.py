@@ -9,9 +9,13 @@ With a bot token, the `ts` of the first message about a run is kept in the store
 `slack_thread`, key `<channel name>:<slack channel>:<run id>`) and later messages about that run
 go into its thread; for a rule with `group_by`, the thread is the digest group's (key
 `<channel name>:<slack channel>:group:<group key>`), so each group's digests follow its first
-one. Each reply touches the row's time, and the store prunes threads unused for `retention`,
-as it forgets runs. The Slack channel is in the key because a ts names a message only within
-its channel: when `channel:` changes, the runs' threads start anew there. Sends for one run or
+one. A digest's reply is also broadcast to the channel (`reply_broadcast`): it tells of new
+failures, and a group lives as long as its runs keep coming (weeks), so a reply seen only in
+the thread of a days-old message, notifying nobody, would hide them. A run's follow-ups
+(another rule, a recovery that cannot update) stay in its thread. Each reply touches the
+row's time, and the store prunes threads unused for `retention`, as it forgets runs. The
+Slack channel is in the key because a ts names a message only within its channel: when
+`channel:` changes, the runs' threads start anew there. Sends for one run or
 group are serialised in-process, and a thread's first message is posted under a store lease
 (relay.channels._slack_threads), so concurrent notifications, on one replica or several,
 cannot start two threads.
@@ -384,6 +388,8 @@ class SlackChannel:
         `key` (none: no threading) for the next message; the receipt."""
         if thread_ts is not None:
             body["thread_ts"] = thread_ts
+            if message.group_key:  # new failures: shown in the channel too, not only the thread
+                body["reply_broadcast"] = True
         try:
             answer = await self._chat_post(body, message)
         except DeliveryError as err:
@@ -392,6 +398,7 @@ class SlackChannel:
             log.info(
                 "slack thread takes no replies; starting anew", extra=message.log_fields(self.name)
             )
+            body.pop("reply_broadcast", None)
             del body["thread_ts"]
             thread_ts = None
             answer = await self._chat_post(body, message)

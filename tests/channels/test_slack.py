@@ -418,6 +418,30 @@ async def test_a_new_slack_channel_starts_its_own_threads(
     assert posted == [("#oncall", None), ("#oncall-2", None), ("#oncall-2", second_ts)]
 
 
+async def test_a_digest_reply_is_also_shown_in_the_channel(
+    slack: FakeSlack, http: HttpClient, store: SQLiteStore
+) -> None:
+    """A group's next digest tells of new failures, maybe days after its first: a reply seen
+    only in that old thread would notify nobody. A run's follow-up stays in its thread."""
+    channel = make_channel(slack, http, bot=True, state=store)
+    part = render(load_run("failed"))
+    digest = dataclasses.replace(outgoing(part), group_key="grp_1")
+    for message in (digest, digest, outgoing(part, "run_a"), outgoing(part, "run_a")):
+        await channel.send(message)
+    slack.script(api_error("thread_not_found"))  # the digest thread's first message deleted
+    await channel.send(digest)
+    posted = [(b.get("thread_ts"), b.get("reply_broadcast")) for b in slack.posted()]
+    run_ts = "1712345678.000102"
+    assert posted == [
+        (None, None),
+        (FIRST_TS, True),
+        (None, None),
+        (run_ts, None),
+        (FIRST_TS, True),
+        (None, None),  # starts the group's thread anew: nothing to broadcast from
+    ]
+
+
 async def test_replicas_sending_about_one_run_at_once_start_one_thread(
     slack: FakeSlack, http: HttpClient, store: SQLiteStore
 ) -> None:
