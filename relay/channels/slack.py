@@ -21,7 +21,9 @@ group are serialised in-process, and a thread's first message is posted under a 
 cannot start two threads.
 When Slack refuses a reply in the thread (its first message was deleted, the thread is locked:
 cannot_reply_to_message, invalid_thread_ts, thread_not_found, restricted_action_thread_locked),
-the message is posted at the top level and starts the thread anew.
+the message is posted at the top level and starts the thread anew; so does a reply Slack took
+but posted at the top level (its answer's message has no `thread_ts`: Slack does that when
+the first message was deleted).
 Incoming webhooks return no `ts`: no threading there.
 
 When Slack refuses the layout of a message (invalid_blocks, invalid_blocks_format,
@@ -402,6 +404,12 @@ class SlackChannel:
             del body["thread_ts"]
             thread_ts = None
             answer = await self._chat_post(body, message)
+        if thread_ts is not None and not _in_thread(answer):
+            log.info(
+                "slack posted the reply at the top level; starting the thread anew",
+                extra=message.log_fields(self.name),
+            )
+            thread_ts = None
         ts, channel = answer.get("ts"), answer.get("channel")
         ts = ts if isinstance(ts, str) and ts else None
         kept = thread_ts or ts  # the thread started, or replied to (touched: pruned when unused)
@@ -423,6 +431,14 @@ def _answer(response: HttpResponse) -> dict[str, Any]:
     if data.get("ok") is not True:
         raise classify(response, error_name(response.body) or "unknown_error")
     return data
+
+
+def _in_thread(answer: dict[str, Any]) -> bool:
+    """Whether a reply's answer says it went into the thread. Slack un-threads a reply whose
+    thread's first message was deleted (ok, no `thread_ts` in the message echoed); an answer
+    without the message is taken at its word."""
+    posted = answer.get("message")
+    return not isinstance(posted, dict) or bool(posted.get("thread_ts"))
 
 
 def _plain(body: dict[str, Any], clear: bool) -> dict[str, Any] | None:

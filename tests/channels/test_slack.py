@@ -385,6 +385,22 @@ async def test_a_thread_that_takes_no_replies_is_started_anew(
     assert threads == [None, FIRST_TS, None, new_ts] and new_ts not in (None, FIRST_TS)
 
 
+async def test_a_reply_slack_posted_at_the_top_level_starts_the_thread_anew(
+    slack: FakeSlack, http: HttpClient, store: SQLiteStore
+) -> None:
+    """Slack answers ok to a reply whose first message was deleted, and posts it at the top
+    level: its echoed message has no thread_ts. Later replies go under that one."""
+    channel = make_channel(slack, http, bot=True, state=store)
+    part = render(load_run("failed"))
+    await channel.send(outgoing(part, "run_a"))
+    lone = {"type": "message", "text": "x", "ts": "1712345678.999000"}
+    slack.script(Reply(200, {"ok": True, "channel": "C123", "ts": lone["ts"], "message": lone}))
+    await channel.send(outgoing(part, "run_a"))
+    await channel.send(outgoing(part, "run_a"))
+    threads = [body.get("thread_ts") for body in slack.posted()]
+    assert threads == [None, FIRST_TS, lone["ts"]]
+
+
 async def test_a_store_outage_loses_only_the_thread_and_says_of_which_message(
     slack: FakeSlack, http: HttpClient, store: SQLiteStore, caplog: pytest.LogCaptureFixture
 ) -> None:
