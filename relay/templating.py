@@ -90,10 +90,10 @@ def _error_view(raw: Any) -> dict[str, Any] | None:
         raw = {"message": raw}
     if not isinstance(raw, Mapping):
         return None
-    kind, code = as_text(raw.get("type")) or None, as_text(raw.get("code")) or None
-    message = as_text(raw.get("message")) or None
+    kind, code = _field_text(raw.get("type")), _field_text(raw.get("code"))
+    message = _field_text(raw.get("message"))
     if message is None and kind in ("STRING_ERROR", "CUSTOM_ERROR"):
-        message = as_text(raw.get("raw")) or None
+        message = _field_text(raw.get("raw"))
     wrapped = _SDK_INTERNAL.fullmatch(message.strip()) if code is None and message else None
     if wrapped:  # the SDK keeps only "trigger.dev internal error (CODE)"
         code, kind = wrapped.group(1), kind or "INTERNAL_ERROR"
@@ -103,13 +103,23 @@ def _error_view(raw: Any) -> dict[str, Any] | None:
     view = {
         "type": kind,
         "code": code,
-        "name": as_text(raw.get("name")) or None,
+        "name": _field_text(raw.get("name")),
         "message": message,
-        "stack": as_text(raw.get("stackTrace") or raw.get("stack")) or None,
+        "stack": _field_text(raw.get("stackTrace") or raw.get("stack")),
     }
     if not (message or code or view["name"]) and set(raw) - {"type", "stackTrace", "stack"}:
         view["message"] = _raw_text(raw)  # an error of a shape relay does not know
     return view if any(view.values()) else None
+
+
+def _field_text(value: Any) -> str | None:
+    """One field of an error as text; a value that is no string (an object or list a hook put
+    in `message`, a flag) is its JSON, never Python's repr; empty is None."""
+    if value is None or isinstance(value, str):
+        return value or None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return as_text(value)
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _raw_text(raw: Mapping[str, Any]) -> str:

@@ -442,6 +442,19 @@ ERROR_VIEWS = [
         ("NEW_KIND", None, None, '{"type":"NEW_KIND","detail":7}', None),
     ),
     ({"type": "NEW_KIND"}, ("NEW_KIND", None, None, None, None)),
+    # fields that are no text (a hook's thrown object): their JSON, never Python's repr
+    (
+        {"message": {"detail": "x", "n": 1}, "stackTrace": ["at a", "at b"]},
+        (None, None, None, '{"detail":"x","n":1}', '["at a","at b"]'),
+    ),
+    (
+        {"type": "CUSTOM_ERROR", "raw": {"ok": True}},
+        ("CUSTOM_ERROR", None, None, '{"ok":true}', None),
+    ),
+    (
+        {"name": "HttpError", "code": 502, "message": False},
+        (None, "502", "HttpError", "false", None),
+    ),
     ("just a string", (None, None, None, "just a string", None)),
     ({}, None),
     (["not", "an", "error"], None),
