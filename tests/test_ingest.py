@@ -236,6 +236,17 @@ async def test_empty_array_is_accepted_as_nothing(relay: RelayFactory) -> None:
     assert await r.post([]) == (202, {"accepted": 0, "stale": 0, "notifications": 0})
 
 
+async def test_the_sdks_wrapped_shapes_are_read(relay: RelayFactory) -> None:
+    """What the SDK hands a forwarder, as it comes: a runs.list page ({data, pagination}) and
+    the parts of runs.subscribeToRun(id).withStreams() ({type: "run", run}, stream chunks)."""
+    r = await relay(CONFIG)
+    page = {"data": [small_failed(id="run_p1"), small_failed(id="run_p2")], "pagination": {}}
+    assert await r.post(page) == (202, {"accepted": 2, "stale": 0, "notifications": 2})
+    part = {"type": "run", "run": small_failed(id="run_s1")}
+    chunk = {"type": "openai", "chunk": {"delta": "x"}, "run": small_failed(id="run_s2")}
+    assert await r.post([part, chunk]) == (202, {"accepted": 2, "stale": 0, "notifications": 2})
+
+
 ELECTRIC_BODY = (FIXTURES / "electric" / "live_response.body.json").read_bytes()
 ALERT_BODY = (FIXTURES / "alert-webhooks" / "alert.run.failed.body.json").read_bytes()
 BAD_BODIES: list[tuple[bytes, str | None, str]] = [
@@ -248,6 +259,9 @@ BAD_BODIES: list[tuple[bytes, str | None, str]] = [
     (ALERT_BODY, None, "/v1/trigger/alerts"),  # an alert webhook posted to the wrong path
     (json.dumps([json.loads(ALERT_BODY)]).encode(), "[0]", "/v1/trigger/alerts"),
     (json.dumps({"status": "FAILED"}).encode(), "id", "missing"),
+    (json.dumps({"data": small_failed()}).encode(), "data", "post the run object itself"),
+    (json.dumps({"data": [small_failed(id=None)], "pagination": {}}).encode(), "data[0].id", "string"),
+    (json.dumps({"type": "run", "run": small_failed(status=5)}).encode(), "run.status", "string"),
     (json.dumps({"id": "run_1"}).encode(), "status", "missing"),
     (json.dumps(small_failed(id=5)).encode(), "id", "string"),
     (json.dumps(small_failed(id="")).encode(), "id", "at least 1 character"),

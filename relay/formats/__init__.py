@@ -87,14 +87,28 @@ def _replace_surrogates(value: Any) -> Any:
 
 
 def parse_runs(data: Any) -> list[Run]:
-    """One run object or an array of them; all valid or InputError for the first bad one."""
+    """One run object or an array of them, or a page of runs.list ({data: [...], pagination});
+    all valid or InputError for the first bad one."""
+    where = ""
+    if is_list_page(data):
+        data, where = data["data"], "data"
     if isinstance(data, dict):
         return [_item(data, "")]
     if isinstance(data, list):
         if len(data) > MAX_BATCH:
-            raise InputError("", f"more than {MAX_BATCH} runs in one request")
-        return [_item(item, f"[{i}]") for i, item in enumerate(data)]
+            raise InputError(where, f"more than {MAX_BATCH} runs in one request")
+        return [_item(item, f"{where}[{i}]") for i, item in enumerate(data)]
     raise InputError("", "expected a JSON object or an array of objects")
+
+
+def is_list_page(data: Any) -> bool:
+    """A page of Trigger.dev's runs.list (GET /api/v1/runs: ListRunResponse) as it comes:
+    `{"data": [run, ...], "pagination": {...}}`; a run object always has its own `id`."""
+    return (
+        isinstance(data, dict)
+        and isinstance(data.get("data"), list)
+        and set(data) <= {"data", "pagination"}
+    )
 
 
 def _item(item: Any, where: str) -> Run:
@@ -104,13 +118,42 @@ def _item(item: Any, where: str) -> Run:
         raise InputError(where, SHAPE_MESSAGE)
     if is_alert_webhook(item):
         raise InputError(where, ALERT_MESSAGE)
+    if is_stream_part(item):
+        return parse_run(item["run"], f"{where}.run" if where else "run")
+    wrapper = _wrapper(item)
+    if wrapper is not None:
+        raise InputError(f"{where}.{wrapper}" if where else wrapper, WRAPPED_MESSAGE)
     return parse_run(item, where)
+
+
+def is_stream_part(item: dict[str, Any]) -> bool:
+    """A part of the SDK's runs.subscribeToRun(...).withStreams(): `{"type": "run", "run":
+    run}`, or a stream chunk `{"type": key, "chunk": ..., "run": run}` (the run it belongs to);
+    `{"run": run}` too."""
+    run = item.get("run")
+    return (
+        "id" not in item
+        and isinstance(run, dict)
+        and ("id" in run or "friendlyId" in run)
+        and isinstance(item.get("type", ""), str)
+        and set(item) <= {"type", "run", "chunk"}
+    )
+
+
+def _wrapper(item: dict[str, Any]) -> str | None:
+    """The one key of an object without an `id` that holds a run: {"data": {...}}."""
+    if "id" in item or len(item) != 1:
+        return None
+    key, value = next(iter(item.items()))
+    return key if isinstance(value, dict) and ("id" in value or "friendlyId" in value) else None
 
 
 SHAPE_MESSAGE = (
     "an Electric shape message, not a run: post its `value` row, or let sources.realtime"
     " follow the feed"
 )
+
+WRAPPED_MESSAGE = "a run object wrapped in another: post the run object itself"
 
 ALERT_MESSAGE = (
     "a Trigger.dev alert webhook, not a run: point the alert channel at /v1/trigger/alerts"
