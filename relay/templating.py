@@ -42,6 +42,9 @@ __all__ = ["RenderContext", "Rendered", "Renderer", "fallback_json", "fallback_t
 
 TEMPLATE_SUFFIX = ".j2"
 _SDK_INTERNAL = re.compile(r"trigger\.dev internal error \(([A-Z0-9_]+)\)")
+# The TaskRunError union (packages/core schemas/common.ts): its empty fields are empty, not a
+# shape to show as JSON.
+_ERROR_KINDS = frozenset({"BUILT_IN_ERROR", "CUSTOM_ERROR", "STRING_ERROR", "INTERNAL_ERROR"})
 _CODE_HINTS = {
     "MAX_DURATION_EXCEEDED": "The run exceeded its maximum compute time (maxDuration).",
     "TASK_PROCESS_OOM_KILLED": "The task process ran out of memory. Try a larger machine.",
@@ -107,9 +110,12 @@ def _error_view(raw: Any) -> dict[str, Any] | None:
         "message": message,
         "stack": _field_text(raw.get("stackTrace") or raw.get("stack")),
     }
-    if not (message or code or view["name"]) and set(raw) - {"type", "stackTrace", "stack"}:
+    readable = message or code or view["name"]
+    if not readable and kind not in _ERROR_KINDS and set(raw) - {"type", "stackTrace", "stack"}:
         view["message"] = _raw_text(raw)  # an error of a shape relay does not know
-    return view if any(view.values()) else None
+    # a type alone (`throw ""`, `throw undefined`: a STRING_ or CUSTOM_ERROR without its raw
+    # text) says nothing a reader can use: no error line rather than an empty one
+    return view if any(v for k, v in view.items() if k != "type") else None
 
 
 def _field_text(value: Any) -> str | None:

@@ -441,7 +441,12 @@ ERROR_VIEWS = [
         {"type": "NEW_KIND", "detail": 7},
         ("NEW_KIND", None, None, '{"type":"NEW_KIND","detail":7}', None),
     ),
-    ({"type": "NEW_KIND"}, ("NEW_KIND", None, None, None, None)),
+    # a type alone, or a known type with its fields empty (`throw ""`, `throw undefined`):
+    # nothing to show, neither an empty error line nor the error's JSON
+    ({"type": "NEW_KIND"}, None),
+    ({"type": "STRING_ERROR", "raw": ""}, None),
+    ({"type": "CUSTOM_ERROR"}, None),
+    ({"type": "BUILT_IN_ERROR", "name": "", "message": "", "stackTrace": ""}, None),
     # fields that are no text (a hook's thrown object): their JSON, never Python's repr
     (
         {"message": {"detail": "x", "n": 1}, "stackTrace": ["at a", "at b"]},
