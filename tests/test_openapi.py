@@ -12,6 +12,7 @@ seeded ids are looked up once each so the 200 answers of the by-id endpoints are
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -48,6 +49,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 MAX_EXAMPLES = 50  # per operation; the module takes about 10 s
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")  # as model.iso writes
 
 CONFIG = f"""
 server:
@@ -229,6 +231,22 @@ def test_created_silence_expires_as_documented(served: dict[str, Any]) -> None:
     expired = call(expire, served["url"])
     assert expired.status_code == 200 and expired.json()["state"] == "expired"
     expire.validate_response(expired, checks=CHECKS)
+
+
+def test_times_read_alike_across_endpoints(served: dict[str, Any]) -> None:
+    """Every time the admin API answers is ISO-8601 in UTC, and a dead notification's
+    `created_at` is the same text in GET /v1/dlq as in its history (it was Unix seconds)."""
+    url = served["url"]
+    wait_for_states(url, {"dead"})  # again, if another test replayed it
+    _, dead = http("GET", url + "/v1/dlq", token=ADMIN_TOKEN)
+    row = dead["dead"][0]
+    _, detail = http("GET", f"{url}/v1/notifications/{row['id']}", token=ADMIN_TOKEN)
+    _, listed = http("GET", url + "/v1/silences?expired=true", token=ADMIN_TOKEN)
+    assert row["created_at"] == detail["created_at"]
+    silences = listed["silences"]
+    times = [row["created_at"], detail["created_at"], *(e["at"] for e in detail["events"])]
+    times += [s[key] for s in silences for key in ("starts_at", "ends_at", "created_at")]
+    assert silences and all(isinstance(t, str) and ISO_UTC.fullmatch(t) for t in times), times
 
 
 # Edges of what the document allows that were 500s (a date whose UTC time falls outside years

@@ -32,6 +32,7 @@ from relay.formats.trigger_alerts import (
     parse_alert,
     verify_signature,
 )
+from relay.history import notification_view
 from relay.intake import Intake
 from relay.model import Notification
 from relay.sources._body import (
@@ -360,18 +361,23 @@ def _named_ids(data: dict[str, Any]) -> list[str] | None:
     return ids
 
 
+DEAD_LETTER_FIELDS = (
+    "id",
+    "run_id",
+    "rule",
+    "channel",
+    "reason",
+    "error",
+    "attempts",
+    "created_at",
+)
+
+
 def dead_letter_view(n: Notification) -> dict[str, Any]:
-    """The public face of a dead letter (also used by `relay dlq list --json`)."""
-    return {
-        "id": n.id,
-        "run_id": n.run_id,
-        "rule": n.rule,
-        "channel": n.channel,
-        "reason": n.reason,
-        "error": n.last_error,
-        "attempts": n.attempts,
-        "created_at": n.created_at,
-    }
+    """The public face of a dead letter (also used by `relay dlq list --json`): the fields of
+    its notification_view, so that its times read as the rest of the API's (ISO-8601, UTC)."""
+    view = notification_view(n)
+    return {name: view[name] for name in DEAD_LETTER_FIELDS}
 
 
 _REJECTIONS = {
