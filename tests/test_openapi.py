@@ -218,6 +218,8 @@ def test_seeded_ids_answer_as_documented(
 
 
 def test_created_silence_expires_as_documented(served: dict[str, Any]) -> None:
+    """201 with the silence and its Location (RFC 9110: else the created resource would be
+    /v1/silences itself), then DELETE there expires it."""
     ends = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 600))
     create = schema["/v1/silences"]["POST"].Case(
         body={"matchers": {"rule": ["failures"]}, "ends_at": ends}, media_type="application/json"
@@ -225,9 +227,12 @@ def test_created_silence_expires_as_documented(served: dict[str, Any]) -> None:
     created = call(create, served["url"])
     assert created.status_code == 201, created.text
     create.validate_response(created, checks=CHECKS)
-    expire = schema["/v1/silences/{id}"]["DELETE"].Case(
-        path_parameters={"id": created.json()["id"]}
-    )
+    ident = created.json()["id"]
+    [location] = created.headers["location"]  # schemathesis: lower-case names, lists of values
+    assert location == f"/v1/silences/{ident}"
+    _, found = http("GET", served["url"] + location, token=ADMIN_TOKEN)
+    assert found["id"] == ident
+    expire = schema["/v1/silences/{id}"]["DELETE"].Case(path_parameters={"id": ident})
     expired = call(expire, served["url"])
     assert expired.status_code == 200 and expired.json()["state"] == "expired"
     expire.validate_response(expired, checks=CHECKS)

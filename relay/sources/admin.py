@@ -69,7 +69,8 @@ class SilenceHandlers:
         await self.deps.store.add_silence(silence)
         await self._changed()
         _said("silence created", silence)
-        return json_response(silence_view(silence, now), 201)
+        where = {"Location": f"/v1/silences/{silence.id}"}  # where GET and DELETE find it
+        return json_response(silence_view(silence, now), 201, where)
 
     async def list(self, request: web.Request) -> web.Response:
         from relay.sources.http import json_response  # noqa: PLC0415
