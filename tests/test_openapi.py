@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 import schemathesis
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -331,3 +333,31 @@ def test_wrong_tokens_are_refused_as_documented(served: dict[str, Any]) -> None:
         )
         assert response.status_code == 401, path
         case.validate_response(response, checks=CHECKS)
+
+
+def test_an_unknown_expectation_is_a_json_417_on_every_operation(served: dict[str, Any]) -> None:
+    """aiohttp answers an Expect other than 100-continue itself, in plain text and before any
+    middleware, on every route not given relay's own expect handler."""
+    for path, item in document()["paths"].items():
+        for method in [m.upper() for m in item] + (["HEAD"] if "get" in item else []):
+            response = requests.request(
+                method,
+                served["url"] + path.replace("{id}", "x"),
+                headers={**auth_headers(path), "Expect": "coffee"},
+                timeout=10,
+            )
+            assert response.status_code == 417, (method, path)
+            assert response.headers["Content-Type"] == "application/json", (method, path)
+            if method != "HEAD":
+                assert response.json() == {"error": "unknown Expect: coffee"}, (method, path)
+
+
+def test_replay_refuses_a_wrong_token_before_the_body(served: dict[str, Any]) -> None:
+    """POST /v1/dlq/replay, as the other endpoints taking a body: a client asking `Expect:
+    100-continue` hears the 401 rather than being told to send its body."""
+    host, port = served["url"].removeprefix("http://").split(":")
+    head = b"POST /v1/dlq/replay HTTP/1.1\r\nHost: relay\r\nExpect: 100-continue\r\n"
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head + b"Authorization: Bearer wrong\r\nContent-Length: 10\r\n\r\n")
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:80]

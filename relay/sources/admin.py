@@ -158,11 +158,12 @@ def add_silence_routes(app: web.Application, deps: HttpDeps) -> None:
     from relay.sources.http import expect_handler  # noqa: PLC0415
 
     h = HistoryHandlers(deps)
+    plain = expect_handler(deps)
     app.router.add_post(
         "/v1/silences", h.create, expect_handler=expect_handler(deps, h.refuse_create)
     )
-    app.router.add_get("/v1/silences", h.list)
-    app.router.add_get("/v1/silences/{id}", h.get)
-    app.router.add_delete("/v1/silences/{id}", h.expire)
-    app.router.add_get("/v1/notifications", h.list_notifications)
-    app.router.add_get("/v1/notifications/{id}", h.get_notification)
+    app.router.add_get("/v1/silences", h.list, expect_handler=plain)
+    app.router.add_get("/v1/silences/{id}", h.get, expect_handler=plain)
+    app.router.add_delete("/v1/silences/{id}", h.expire, expect_handler=plain)
+    app.router.add_get("/v1/notifications", h.list_notifications, expect_handler=plain)
+    app.router.add_get("/v1/notifications/{id}", h.get_notification, expect_handler=plain)

@@ -309,12 +309,16 @@ class Handlers:
             extra.update(run_id=row.run_id or None, rule=row.rule, channel=row.channel)
         return extra
 
+    def refuse_replay(self, request: web.Request) -> web.Response | None:
+        """What POST /v1/dlq/replay refuses from its headers alone (also before `100 Continue`)."""
+        if not authorized(request, self.deps.admin_token()):
+            return unauthorized()
+        return refuse_declared(request, MAX_REPLAY_BODY)
+
     async def dlq_replay_all(self, request: web.Request) -> web.Response:
         """Every dead notification, or (as `relay dlq replay ID|--all`) the ones a JSON body
         names: `{"id": ...}` or `{"ids": [...]}`; `{"all": true}` or no body is every one."""
-        if not authorized(request, self.deps.admin_token()):
-            return unauthorized()
-        if (refused := refuse_declared(request, MAX_REPLAY_BODY)) is not None:
+        if (refused := self.refuse_replay(request)) is not None:
             return refused
         body = await read_limited(request, MAX_REPLAY_BODY)
         if isinstance(body, web.Response):
@@ -432,10 +436,15 @@ async def _continue(request: web.Request) -> None:
     request.writer.output_size = 0  # the response proper has not started
 
 
-def expect_handler(deps: HttpDeps, refuse: Refusal) -> Callable[..., Awaitable[Any]]:
+def _no_refusal(request: web.Request) -> None:
+    return None
+
+
+def expect_handler(deps: HttpDeps, refuse: Refusal = _no_refusal) -> Callable[..., Awaitable[Any]]:
     """`Expect: 100-continue` answered with the final refusal when the headers already earn one
     (a wrong token, a body declared too large ...), so the client never sends the body; else
-    aiohttp's `100 Continue`."""
+    aiohttp's `100 Continue`. Every route has one: aiohttp's own answers an unknown Expect
+    with a plain-text 417, before any middleware could make it JSON."""
 
     async def handle(request: web.Request) -> web.StreamResponse | None:
         refused = _unknown_expectation(request) or refuse(request)
@@ -505,19 +514,21 @@ def build_app(deps: HttpDeps) -> web.Application:
         handler_args={"auto_decompress": False},
     )
     h = Handlers(deps)
-    app.router.add_get("/metrics", functools.partial(_metrics, deps))
+    plain = expect_handler(deps)
+    app.router.add_get("/metrics", functools.partial(_metrics, deps), expect_handler=plain)
     app.router.add_post("/v1/runs", h.post_runs, expect_handler=expect_handler(deps, h.refuse_runs))
     app.router.add_post(
         "/v1/trigger/alerts",
         h.post_trigger_alert,
         expect_handler=expect_handler(deps, h.refuse_alert),
     )
-    app.router.add_get("/healthz", h.healthz)
-    app.router.add_get("/readyz", h.readyz)
-    app.router.add_get("/openapi.json", _openapi)
-    app.router.add_get("/v1/dlq", h.dlq_list)
-    app.router.add_post("/v1/dlq/replay", h.dlq_replay_all)
-    app.router.add_post("/v1/dlq/{id}/replay", h.dlq_replay_one)
+    app.router.add_get("/healthz", h.healthz, expect_handler=plain)
+    app.router.add_get("/readyz", h.readyz, expect_handler=plain)
+    app.router.add_get("/openapi.json", _openapi, expect_handler=plain)
+    app.router.add_get("/v1/dlq", h.dlq_list, expect_handler=plain)
+    replay = expect_handler(deps, h.refuse_replay)
+    app.router.add_post("/v1/dlq/replay", h.dlq_replay_all, expect_handler=replay)
+    app.router.add_post("/v1/dlq/{id}/replay", h.dlq_replay_one, expect_handler=plain)
     add_silence_routes(app, deps)
     return app
 
