@@ -7,10 +7,14 @@ supplied and alert webhooks signed: no answer may be a 5xx, and every answer mus
 documented status, content type, headers and body. A store seeded with a sent, a dead and a
 muted notification and a silence gives the list endpoints rows to answer with, and the
 seeded ids are looked up once each so the 200 answers of the by-id endpoints are checked too.
+The refusals the generator seldom earns are made on purpose, for every operation documenting
+them: 413 (declared and streamed), 415, 503 (the store closed under an in-process relay), and
+the 404/405/417 any path may answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -35,8 +39,9 @@ from relay.formats.trigger_alerts import SIGNATURE_HEADER, signature
 from relay.history import STATES, notification_view
 from relay.model import SILENCE_MATCHERS, Notification
 from relay.silences import new_silence, silence_view
-from relay.sources.http import dead_letter_view, openapi_document
-from tests.conftest import REPO, RelayProcess, registered_routes, sdk_run
+from relay.sources.admin import MAX_SILENCE_BODY
+from relay.sources.http import MAX_REPLAY_BODY, dead_letter_view, openapi_document
+from tests.conftest import REPO, RelayFactory, RelayProcess, registered_routes, sdk_run
 
 OPENAPI = REPO / "relay" / "openapi.json"
 INGEST_TOKEN = "ingest-token-0123456789"
@@ -333,6 +338,99 @@ def test_wrong_tokens_are_refused_as_documented(served: dict[str, Any]) -> None:
         )
         assert response.status_code == 401, path
         case.validate_response(response, checks=CHECKS)
+
+
+# ------------------------------------------------- refusals, as the document describes them
+
+
+def operations_answering(status: str) -> list[tuple[str, str]]:
+    """(path, METHOD) of every operation whose documented responses include `status`."""
+    return [
+        (path, method.upper())
+        for path, item in document()["paths"].items()
+        for method, operation in item.items()
+        if status in operation["responses"]
+    ]
+
+
+def limit_of(path: str) -> int:
+    """The body limit of a path: the silences' and replay's own, else max_body_bytes (unset in
+    CONFIG, so its default)."""
+    return {"/v1/silences": MAX_SILENCE_BODY, "/v1/dlq/replay": MAX_REPLAY_BODY}.get(
+        path, 1024 * 1024
+    )
+
+
+def refused(url: str, path: str, method: str, **kwargs: Any) -> requests.Response:
+    """The answer to a request on `path` with the right token (and some signature, which a
+    body refused by its headers or its size never gets to)."""
+    headers = {**auth_headers(path), SIGNATURE_HEADER: "0" * 64, **kwargs.pop("headers", {})}
+    return requests.request(method, url + path, headers=headers, timeout=30, **kwargs)
+
+
+@pytest.mark.parametrize(("path", "method"), operations_answering("413"))
+def test_bodies_over_the_limit_are_a_documented_413(
+    path: str, method: str, served: dict[str, Any]
+) -> None:
+    """Declared (Content-Length) and streamed (chunked) bodies over the limit."""
+    case = schema[path][method].Case()
+    over = b" " * (limit_of(path) + 1)
+    for body in (over, iter([over[:4096]] * (len(over) // 4096 + 1))):
+        response = refused(served["url"], path, method, data=body)
+        assert response.status_code == 413, (path, response.text)
+        case.validate_response(response, checks=CHECKS)
+    fits = refused(
+        served["url"], path, method, data=b"x" * limit_of(path)
+    )  # not JSON: changes nothing
+    assert fits.status_code in (400, 401), (path, fits.text)
+
+
+@pytest.mark.parametrize(("path", "method"), operations_answering("415"))
+def test_unknown_content_encoding_is_a_documented_415(
+    path: str, method: str, served: dict[str, Any]
+) -> None:
+    case = schema[path][method].Case()
+    response = refused(served["url"], path, method, data=b"{}", headers={"Content-Encoding": "br"})
+    assert response.status_code == 415, (path, response.text)
+    case.validate_response(response, checks=CHECKS)
+
+
+def test_unknown_paths_and_methods_are_json_errors_allowing_the_documented_methods(
+    served: dict[str, Any],
+) -> None:
+    """A path not in the document is a 404; a method a documented path does not take is a 405
+    whose Allow names the documented methods (and HEAD beside GET), both as JSON errors."""
+    url = served["url"]
+    for path in ("/v1/nope", "/v1/silences/", "/healthz/", "/v1/dlq/x/replay/"):
+        response = requests.get(url + path, headers=auth_headers(path), timeout=10)
+        assert response.status_code == 404, path
+        assert response.json() == {"error": "no such endpoint"}
+    for path, item in document()["paths"].items():
+        concrete = path.replace("{id}", "x")
+        allowed = {method.upper() for method in item} | ({"HEAD"} if "get" in item else set())
+        for method in {"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} - allowed:
+            response = requests.request(method, url + concrete, timeout=10)
+            assert response.status_code == 405, (method, path)
+            assert set(response.headers["Allow"].split(",")) == allowed, (method, path)
+            assert response.json() == {"error": f"method {method} not allowed"}
+
+
+async def test_store_outage_is_a_documented_503_everywhere(relay: RelayFactory) -> None:
+    """With the store gone, every operation documenting a 503 answers it as documented (JSON
+    error, Retry-After) for a request it would otherwise take: the body of its example."""
+    r = await relay(CONFIG)
+    await r.service.store.close()
+    for path, method in operations_answering("503"):
+        operation = schema[path][method]
+        content = operation.definition.raw.get("requestBody", {}).get("content", {})
+        example = content.get("application/json", {}).get("example")
+        case = operation.Case(
+            path_parameters={"id": "ntf_0"} if "{id}" in path else {},
+            **({} if example is None else {"body": example, "media_type": "application/json"}),
+        )
+        response = await asyncio.to_thread(call, case, r.url)  # the loop serves relay meanwhile
+        assert response.status_code == 503, (path, method, response.text)
+        case.validate_response(response, checks=CHECKS[1:])  # a 5xx, but this one documented
 
 
 def test_an_unknown_expectation_is_a_json_417_on_every_operation(served: dict[str, Any]) -> None:
