@@ -459,3 +459,18 @@ def test_replay_refuses_a_wrong_token_before_the_body(served: dict[str, Any]) ->
         sock.sendall(head + b"Authorization: Bearer wrong\r\nContent-Length: 10\r\n\r\n")
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:80]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"id": "ntf_gone"}, "id"), ({"ids": ["ntf_gone"]}, "ids"), ({"ids": ["a", "b"]}, "ids")],
+)
+def test_replaying_ids_none_of_which_is_dead_names_the_field_given(
+    body: dict[str, Any], field: str, served: dict[str, Any]
+) -> None:
+    """The 404's `field` is the one the body used (`{"ids": [one]}` was answered `id`)."""
+    case = schema["/v1/dlq/replay"]["POST"].Case(body=body, media_type="application/json")
+    response = call(case, served["url"])
+    assert response.status_code == 404, response.text
+    assert response.json() == {"error": "no dead notification with that id", "field": field}
+    case.validate_response(response, checks=CHECKS)

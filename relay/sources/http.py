@@ -324,20 +324,21 @@ class Handlers:
         if isinstance(body, web.Response):
             return body
         try:
-            ids = replay_selection(body)
+            named = replay_selection(body)
         except InputError as exc:
             return error(400, exc.message, exc.field or None)
+        ids = None if named is None else named[1]
         moved = await self.deps.store.replay(ids, self.deps.clock())
-        if ids is not None and not moved:
-            return error(404, "no dead notification with that id", "ids" if len(ids) > 1 else "id")
+        if named is not None and not moved:  # the field the body named them in
+            return error(404, "no dead notification with that id", named[0])
         self.deps.wake_all()
         log.info("dead notifications replayed", extra={"replayed": moved})
         return json_response({"replayed": moved})
 
 
-def replay_selection(body: bytes) -> list[str] | None:
-    """The ids a POST /v1/dlq/replay body names, or None for every dead notification. A body
-    naming ids never replays the others."""
+def replay_selection(body: bytes) -> tuple[str, list[str]] | None:
+    """The field (`id` or `ids`) and the ids a POST /v1/dlq/replay body names, or None for
+    every dead notification. A body naming ids never replays the others."""
     if not body.strip():
         return None
     expected = 'expected a JSON object: {"ids": [...]}, {"id": ...} or {"all": true}'
@@ -347,7 +348,7 @@ def replay_selection(body: bytes) -> list[str] | None:
         raise InputError("all", 'expected true, or name the notifications in "ids"')
     if ids is not None and "all" in data:
         raise InputError("all", 'give "all" or the ids, not both')
-    return ids
+    return None if ids is None else ("id" if "id" in data else "ids", ids)
 
 
 def _named_ids(data: dict[str, Any]) -> list[str] | None:
