@@ -103,6 +103,7 @@ class Service:
         self.address: tuple[str, int] | None = None
         self.silences = SilenceCache(self.store.silences)
         self._stop = asyncio.Event()
+        self._stop_signals = 0  # SIGTERM/SIGINT received
         self._tasks: list[asyncio.Task[Any]] = []
         self._reloading = asyncio.Lock()
         self._watching = asyncio.Lock()  # one look at the files at a time
@@ -472,13 +473,16 @@ class Service:
         loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
         held = signals.take()
         if held & {signal.SIGTERM, signal.SIGINT}:
-            self.request_stop()
+            self._stop_signal(signal.SIGTERM)
         elif signal.SIGHUP in held:
             self._reload_soon()
 
     def _stop_signal(self, signum: int) -> None:
-        """The first SIGTERM/SIGINT stops gracefully, a second one while stopping at once."""
-        if self._stop.is_set():
+        """The first SIGTERM/SIGINT stops gracefully, a second one at once. Counted apart from
+        other stops: a delivery worker told to stop by its parent (end of its stdin) and then
+        signalled with the whole process group (systemd, Ctrl-C) has had one signal."""
+        self._stop_signals += 1
+        if self._stop_signals > 1:
             signals.exit_now(signum)
         self.request_stop()
 
