@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import os
 import sys
@@ -187,12 +188,24 @@ _RUN_FIELD_OF_MATCH_KEY = {
 }
 
 
+# the fields of a run object (SPEC §2, and the SDK's beside them: TRIGGER.md §1), which a
+# `group_by` head close to but not one of is a misspelling
+_RUN_FIELDS = frozenset(Run.model_fields) | {
+    "version", "batchId", "friendlyId", "depth", "triggerFunction", "attemptCount",
+    "isQueued", "isWaiting", "isExecuting", "isCompleted", "isFailed", "isSuccess",
+    "isCancelled", "schedule", "relatedRuns", "environment", "project",
+}  # fmt: skip
+
+
 def _match_names_in_group_by(rules: list[RuleConfig], locate: Locate) -> list[str]:
-    """Warnings for `group_by: [task]`: valid (a run keeps unknown fields), and one group."""
+    """Warnings for `group_by: [task]` or `[taskIdentifer]`: valid (a run keeps unknown
+    fields), and one group."""
     out = []
     for i, rule in enumerate(rules):
+        if rule.match.event != "run":
+            continue
         for j, path in enumerate(rule.group_by or ()):
-            field = _RUN_FIELD_OF_MATCH_KEY.get(path.split(".")[0])
+            field = _meant_field(path.split(".")[0])
             if field is not None:
                 out.append(
                     f"{locate(('rules', i, 'group_by', j))}: rules[{i}].group_by[{j}]: a run has"
@@ -200,6 +213,16 @@ def _match_names_in_group_by(rules: list[RuleConfig], locate: Locate) -> list[st
                     f" as JSON: did you mean {field!r}?"
                 )
     return out
+
+
+def _meant_field(head: str) -> str | None:
+    """The run field a group_by path's first part names by a match key's name, or misspelled."""
+    if head in _RUN_FIELDS:
+        return None
+    if head in _RUN_FIELD_OF_MATCH_KEY:
+        return _RUN_FIELD_OF_MATCH_KEY[head]
+    close = difflib.get_close_matches(head, _RUN_FIELDS, n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def _yaml11_words(loaded: LoadedConfig) -> list[str]:

@@ -130,3 +130,22 @@ rules:
         "c.yaml:7: rules[0].group_by[2]: a run has no field 'tag', so every run falls in one"
         " group; group_by reads the run as JSON: did you mean 'tags'?",
     ]
+
+
+def test_check_warns_of_a_misspelled_run_field_in_group_by() -> None:
+    """`group_by: [taskIdentifer]` put every run in one group without a word: a run keeps
+    unknown fields, so the path is valid, and no run has it."""
+    config = """\
+channels:
+  out: {type: console}
+rules:
+  - name: per-task
+    match: {status: [failure]}
+    notify: [out]
+    group_by: [taskIdentifer, metdata.tenant, region, taskIdentifier, version]
+"""
+    compiled = compile_config(parse_config(config, "c.yaml", settings_models(), env={}))
+    assert [w.split(": did you mean ")[1] for w in compiled.warnings if "group_by" in w] == [
+        "'taskIdentifier'?",
+        "'metadata'?",
+    ]
