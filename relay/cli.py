@@ -248,7 +248,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     name = compiled.loaded.source.filename
     if name == BUILTIN_NAME:
         name = "built-in default (no config file found)"
-    print(f"{name}: OK: {len(config.channels)} channels, {len(config.rules)} rules")
+    counts = f"{_count(len(config.channels), 'channel')}, {_count(len(config.rules), 'rule')}"
+    print(f"{name}: OK: {counts}")
     return 0
 
 
@@ -552,3 +553,7 @@ _COMMANDS: dict[str, Command] = {
     "history": cmd_history,
     "migrate": cmd_migrate,
 }
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

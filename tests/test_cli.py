@@ -291,7 +291,7 @@ def test_check_missing_file_and_builtin_default(tmp_path: Path) -> None:
     assert f"{tmp_path / 'missing.yaml'}: config file not found" in missing.stderr
     assert builtin.returncode == 0, builtin.stderr
     assert "built-in default" in builtin.stdout
-    assert "1 channels, 1 rules" in builtin.stdout
+    assert "1 channel, 1 rule" in builtin.stdout
 
 
 def test_check_warns_of_a_misspelled_template_variable(tmp_path: Path) -> None:
