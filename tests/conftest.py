@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, settings
 
 from relay.configure import compile_config
 from relay.service import Service
@@ -29,6 +30,11 @@ from tests.fakes.serving import serving
 # Fakes of the outside services, with their fixtures (smtp_server, slack, discord, teams,
 # pagerduty), for every test module.
 pytest_plugins = ["tests.fakes.smtp", "tests.fakes.slack", "tests.fakes.presets"]
+
+# Tests never fail on timing: hypothesis's default 200 ms deadline per example and its
+# too_slow health check both fail a correct test on a loaded machine (CI runs suites side by side).
+settings.register_profile("relay", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("relay")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
