@@ -647,9 +647,9 @@ HOSTILE = [
 
 @pytest.mark.parametrize("source", HOSTILE)
 def test_hostile_templates_fall_back_quickly(tmp_path: Path, source: str) -> None:
-    started = time.monotonic()
+    started = time.thread_time()  # CPU: a loaded machine's wall clock fails correct code
     rendered = render_source(tmp_path, source)
-    assert time.monotonic() - started < 2
+    assert time.thread_time() - started < 2
     assert rendered.fallback, rendered.parts
     assert rendered.error is not None
     assert rendered.parts["txt"] == fallback_text(context(load_run("failed")))

@@ -26,7 +26,9 @@ from relay.templating import RenderContext, fallback_json
 from tests.conftest import RelayFactory, Sink, sdk_run
 from tests.test_templating import HOSTILE
 
-BUDGET_S = 5.0  # per render or evaluation: generous, it is about hangs
+# per render or evaluation, in this thread's CPU seconds (the wall clock of a loaded machine
+# fails correct code): generous, it is about hangs; relay's own budget is 1 s of the same clock
+BUDGET_S = 5.0
 MAX_BODY_BYTES = 64 * 1024  # a fallback body for a fixture run is a few KB
 
 EXTRA_TEMPLATES = [
@@ -91,17 +93,17 @@ def test_hostile_when_expression_never_matches_nor_hangs(
     expression: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     loaded = parse_config(rules_config([expression]), "c.yaml", settings_models(), env={})
-    started = time.monotonic()
+    started = time.thread_time()
     rules, problems = compile_rules(loaded.config.rules, loaded.locate)
-    assert time.monotonic() - started < BUDGET_S
+    assert time.thread_time() - started < BUDGET_S
     if problems:  # refused at load: `relay check` names it
         assert all(p.location == "c.yaml:4" and p.message for p in problems), problems
         return
     run = Run.model_validate(sdk_run("failed"))
     for _ in range(2):  # the same compiled expression, twice: nothing leaks between runs
-        started = time.monotonic()
+        started = time.thread_time()
         decision = rules.decide(run, None)
-        assert time.monotonic() - started < BUDGET_S, expression
+        assert time.thread_time() - started < BUDGET_S, expression
         assert decision.matches == (), expression
     logged = [r for r in caplog.records if r.getMessage().startswith("rule `when` failed")]
     assert all(getattr(r, "rule", None) == "hostile-0" for r in logged)  # errors: a warning
@@ -123,10 +125,10 @@ def test_hostile_when_expressions_all_together_stay_fast() -> None:
     rules, problems = compile_rules(loaded.config.rules, loaded.locate)
     assert problems == []
     run = Run.model_validate(sdk_run("failed"))
-    started = time.monotonic()
+    started = time.thread_time()
     for _ in range(20):
         assert rules.decide(run, None).matches == ()
-    assert time.monotonic() - started < BUDGET_S
+    assert time.thread_time() - started < BUDGET_S
 
 
 TEMPLATES = HOSTILE + EXTRA_TEMPLATES
@@ -178,18 +180,16 @@ async def test_running_relay_sends_the_fallback_for_hostile_templates(
     for i, raw in enumerate(runs):  # every render on its own: bounded in time, falls back
         run = Run.model_validate(raw).as_dict()
         ctx = RenderContext(run, f"t{i}", "hook", "webhook", "ntf_x", None)
-        started = time.monotonic()
+        started = time.thread_time()
         rendered = renderer.render("webhook", f"h{i}", ("json",), ctx)
-        took = time.monotonic() - started
+        took = time.thread_time() - started
         assert took < BUDGET_S, (TEMPLATES[i], took)
         assert rendered.fallback and rendered.error, (TEMPLATES[i], rendered.parts)
         assert rendered.parts["json"] == fallback_json(ctx)
 
-    posted = time.monotonic()
     status, body = await r.post(runs)
     assert status == 202 and body["notifications"] == len(TEMPLATES), body
-    received = await sink.wait_for(len(TEMPLATES), timeout=60)
-    assert time.monotonic() - posted < 60
+    received = await sink.wait_for(len(TEMPLATES), timeout=60)  # a guard: all of them, or a hang
     by_id = {got.headers["webhook-id"]: got for got in received}
     for i, raw in enumerate(runs):
         got = by_id[notification_id(raw["id"], f"t{i}", "hook")]
