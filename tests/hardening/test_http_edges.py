@@ -4,7 +4,9 @@ relay closes a connection that has not sent a complete request head within
 relay_service.HTTP_IDLE_TIMEOUT_S (aiohttp's keepalive_timeout, default an hour otherwise), and
 answers 408 when a body has not arrived within relay_http.BODY_TIMEOUT_S. The tests
 shorten both to a second; the defaults are checked to be sane. (Oversized and chunked bodies:
-tests/test_ingest.py.)
+tests/test_ingest.py.) No test measures the wall clock against a tight bound: the slow clients
+trickle for far longer (30 s and more) than the shortened timeouts, so a cut-off is told from
+none by what the server did before the client finished, on a machine however loaded.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from relay.sources import http as relay_http
 from tests.conftest import CONSOLE_FAILURES, RelayFactory, RelayProcess
 
 CONFIG = CONSOLE_FAILURES
+GUARD_S = 30.0  # a server that has not acted in this long never will: not what is measured
 RUN = {"id": "run_edge", "taskIdentifier": "t", "status": "EXECUTING"}
 
 
@@ -92,17 +95,16 @@ async def test_slowloris_headers_are_cut_off(
     monkeypatch.setattr(relay_service, "HTTP_IDLE_TIMEOUT_S", 1.0)
     r = await relay(CONFIG)
     head = b"POST /v1/runs HTTP/1.1\r\nHost: relay\r\n" + b"X-Slow: " + b"a" * 1000
-    slow = asyncio.create_task(asyncio.to_thread(trickle, r.url, head, 0.1, 10.0))
+    # 1000 bytes at 0.1 s: 100 s to send; cut off at the 1 s timeout, not at once nor never
+    slow = asyncio.create_task(asyncio.to_thread(trickle, r.url, head, 0.1, GUARD_S))
     await asyncio.sleep(0.3)
     await post_ok(r)  # others are served meanwhile
     took, answer = await slow
-    assert 0.8 < took < 5.0, took
+    assert took > 0.8, took
     assert answer == b"", answer  # hung up, nothing processed
     with connection(r.url) as idle:  # an idle connection (no request at all) is closed too
-        idle.settimeout(5.0)
-        started = time.monotonic()
+        idle.settimeout(GUARD_S)
         assert await asyncio.to_thread(closed_by_server, idle)  # the loop serves relay meanwhile
-        assert time.monotonic() - started < 4.0
     await post_ok(r)
 
 
@@ -116,10 +118,11 @@ async def test_slow_body_gets_408(relay: RelayFactory, monkeypatch: pytest.Monke
     )
     with connection(r.url) as sock:
         sock.sendall(head + body[:5])
-        slow = asyncio.create_task(asyncio.to_thread(trickle_on, sock, body[5:], 0.1, 10.0))
+        # a byte every 0.6 s: 30 s and more to send it all, and the 408 due after 1 s
+        trickled = asyncio.to_thread(trickle_on, sock, body[5:], 0.6, GUARD_S)
+        slow = asyncio.create_task(trickled)
         await post_ok(r)
-        took, answer = await slow
-    assert took < 5.0
+        _, answer = await slow
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b'"error"' in rest and b"body not received" in rest
@@ -225,10 +228,10 @@ async def test_many_idle_connections_do_not_block_or_bloat(
         before = rss_kb(pid)
         idle = await asyncio.to_thread(open_idle, proc.url, 500, True)
         try:
-            started = time.monotonic()
-            statuses = await asyncio.gather(*(post(i) for i in range(100)))
+            # blocked, they would wait for the idle ones to time out (a minute): a guard only
+            posts = asyncio.gather(*(post(i) for i in range(100)))
+            statuses = await asyncio.wait_for(posts, GUARD_S)
             assert statuses == [202] * 100
-            assert time.monotonic() - started < 20
             async with http.get(proc.url + "/healthz") as resp:
                 assert resp.status == 200
             during = rss_kb(pid)
