@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -568,24 +567,24 @@ async def test_nothing_listening_is_network() -> None:
 
 async def test_a_server_that_never_answers_is_a_timeout(silent_smtp: int) -> None:
     settings = email_settings(silent_smtp).model_copy(update={"timeout": 0.3})
-    started = time.monotonic()
-    err = await failure(make_channel(settings))
+    err = await asyncio.wait_for(failure(make_channel(settings)), 30)  # a guard, not a measure
     assert (err.reason, err.retryable, err.detail) == ("timeout", True, "no answer in time")
-    assert time.monotonic() - started < 2
 
 
 async def test_a_server_silent_after_data_costs_one_timeout_not_two(
     smtp_server: SmtpFactory,
 ) -> None:
     """The attempt ends at `timeout`: no polite QUIT to a server that already stopped answering
-    (that QUIT waited a second `timeout`, eating the lease margin of the delivery worker)."""
+    (that QUIT waited a second `timeout`, eating the lease margin of the delivery worker). Told
+    by what the server got before the client hung up, not by a clock."""
     fake = await smtp_server()
     fake.stall = {"DATA"}
-    settings = email_settings(fake.port).model_copy(update={"timeout": 0.6})
-    started = time.monotonic()
+    settings = email_settings(fake.port).model_copy(update={"timeout": 0.3})
     err = await failure(make_channel(settings))
     assert (err.reason, err.retryable) == ("timeout", True)
-    assert time.monotonic() - started < 1.15  # two timeouts would be at least 1.2
+    await asyncio.wait_for(fake.hung_up.wait(), 30)
+    _, end_of_data, after = bytes(fake.received).partition(b"\r\n.\r\n")
+    assert end_of_data and after == b"", after  # the mail went out, unanswered; then nothing
 
 
 async def test_mail_accepted_then_no_answer_to_quit_is_sent(smtp_server: SmtpFactory) -> None:

@@ -10,6 +10,8 @@ runs on the machine, and tests await what it received without threads.
 - `FakeSMTP.stall`: commands ("DATA", "QUIT") the server never answers, until the test ends.
 - modes: "plain", "starttls" (require_starttls), "tls" (implicit TLS from the first byte);
   `credentials=(user, password)` requires AUTH (over STARTTLS: aiosmtpd refuses AUTH in clear).
+- `FakeSMTP.received`: every byte clients sent, as it arrived (before TLS: STARTTLS sessions show
+  only their start); `hung_up` is set when a client's connection ends.
 - `silent_server()`: accepts connections and never says a word (for timeouts).
 
 Fixtures (pull them in with `pytest_plugins = ["tests.fakes.smtp"]`): `smtp_pki` (a trustme CA,
@@ -63,6 +65,8 @@ class FakeSMTP:
     stall: set[str] = field(default_factory=set)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    received: bytearray = field(default_factory=bytearray)
+    hung_up: asyncio.Event = field(default_factory=asyncio.Event)
 
     # aiosmtpd handler hooks ------------------------------------------------------------------
 
@@ -107,6 +111,22 @@ class FakeSMTP:
             except TimeoutError:
                 pass
         return self.messages
+
+
+class _RecordedSMTP(SMTP):
+    """aiosmtpd's protocol, noting in its FakeSMTP what arrived and when the client hung up."""
+
+    def __init__(self, fake: FakeSMTP, **kwargs: Any) -> None:
+        super().__init__(fake, **kwargs)
+        self.fake = fake
+
+    def data_received(self, data: bytes) -> None:
+        self.fake.received += data
+        super().data_received(data)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self.fake.hung_up.set()
 
 
 @dataclass(frozen=True)
@@ -155,7 +175,7 @@ async def start_smtp(
 
     def protocol() -> SMTP:
         fake.connections += 1
-        return SMTP(fake, **kwargs)
+        return _RecordedSMTP(fake, **kwargs)
 
     loop = asyncio.get_running_loop()
     ssl_context = pki.server_context if mode == "tls" and pki is not None else None
