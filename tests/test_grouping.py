@@ -113,18 +113,23 @@ def test_state_is_plain_data() -> None:
     assert GroupState("k", None, None, 1.0) == GroupState("k", None, None, 1.0)
 
 
-def test_check_warns_of_a_match_key_written_as_a_group_by_path() -> None:
-    config = """\
+def group_by_warnings(paths: str) -> list[str]:
+    """`relay check`'s warnings about a failure rule's `group_by: [paths]`."""
+    config = f"""\
 channels:
-  out: {type: console}
+  out: {{type: console}}
 rules:
   - name: per-task
-    match: {status: [failure]}
+    match: {{status: [failure]}}
     notify: [out]
-    group_by: [task, metadata.tenant, tag]
+    group_by: [{paths}]
 """
     compiled = compile_config(parse_config(config, "c.yaml", settings_models(), env={}))
-    assert [w for w in compiled.warnings if "group_by" in w] == [
+    return [w for w in compiled.warnings if "group_by" in w]
+
+
+def test_check_warns_of_a_match_key_written_as_a_group_by_path() -> None:
+    assert group_by_warnings("task, metadata.tenant, tag") == [
         "c.yaml:7: rules[0].group_by[0]: a run has no field 'task', so every run falls in one"
         " group; group_by reads the run as JSON: did you mean 'taskIdentifier'?",
         "c.yaml:7: rules[0].group_by[2]: a run has no field 'tag', so every run falls in one"
@@ -135,17 +140,5 @@ rules:
 def test_check_warns_of_a_misspelled_run_field_in_group_by() -> None:
     """`group_by: [taskIdentifer]` put every run in one group without a word: a run keeps
     unknown fields, so the path is valid, and no run has it."""
-    config = """\
-channels:
-  out: {type: console}
-rules:
-  - name: per-task
-    match: {status: [failure]}
-    notify: [out]
-    group_by: [taskIdentifer, metdata.tenant, region, taskIdentifier, version]
-"""
-    compiled = compile_config(parse_config(config, "c.yaml", settings_models(), env={}))
-    assert [w.split(": did you mean ")[1] for w in compiled.warnings if "group_by" in w] == [
-        "'taskIdentifier'?",
-        "'metadata'?",
-    ]
+    warnings = group_by_warnings("taskIdentifer, metdata.tenant, region, taskIdentifier, version")
+    assert [w.split(": did you mean ")[1] for w in warnings] == ["'taskIdentifier'?", "'metadata'?"]
