@@ -194,7 +194,14 @@ _RUN_FIELDS = frozenset(Run.model_fields) | {
     "version", "batchId", "friendlyId", "depth", "triggerFunction", "attemptCount",
     "isQueued", "isWaiting", "isExecuting", "isCompleted", "isFailed", "isSuccess",
     "isCancelled", "schedule", "relatedRuns", "environment", "project",
+    # a run from Trigger.dev's alert webhooks (TRIGGER.md §3.2) keeps the alert's other parts
+    "alert", "organization", "machine", "dashboardUrl", "isOutOfMemoryError",
 }  # fmt: skip
+# `task` is the alert webhook run's task (TRIGGER.md §3.2: alert.run.failed, and the legacy
+# body's fileName); alone, it is the match key's name for taskIdentifier
+_ALERT_TASK_FIELDS = frozenset(
+    {"id", "filePath", "fileName", "exportName", "version", "sdkVersion", "cliVersion"}
+)
 
 
 def _match_names_in_group_by(rules: list[RuleConfig], locate: Locate) -> list[str]:
@@ -205,7 +212,7 @@ def _match_names_in_group_by(rules: list[RuleConfig], locate: Locate) -> list[st
         if rule.match.event != "run":
             continue
         for j, path in enumerate(rule.group_by or ()):
-            field = _meant_field(path.split(".")[0])
+            field = _meant_field(path)
             if field is not None:
                 out.append(
                     f"{locate(('rules', i, 'group_by', j))}: rules[{i}].group_by[{j}]: a run has"
@@ -215,8 +222,12 @@ def _match_names_in_group_by(rules: list[RuleConfig], locate: Locate) -> list[st
     return out
 
 
-def _meant_field(head: str) -> str | None:
-    """The run field a group_by path's first part names by a match key's name, or misspelled."""
+def _meant_field(path: str) -> str | None:
+    """The run field a group_by path's first part names by a match key's name, or misspelled;
+    `task` too, unless the path reads the alert webhook run's task (`task.version`)."""
+    head, _, rest = path.partition(".")
+    if head == "task" and rest.split(".")[0] in _ALERT_TASK_FIELDS:
+        return None
     if head in _RUN_FIELDS:
         return None
     if head in _RUN_FIELD_OF_MATCH_KEY:

@@ -142,3 +142,18 @@ def test_check_warns_of_a_misspelled_run_field_in_group_by() -> None:
     unknown fields, so the path is valid, and no run has it."""
     warnings = group_by_warnings("taskIdentifer, metdata.tenant, region, taskIdentifier, version")
     assert [w.split(": did you mean ")[1] for w in warnings] == ["'taskIdentifier'?", "'metadata'?"]
+
+
+def test_check_takes_the_alert_webhook_runs_task_for_a_field() -> None:
+    """A run from an alert.run.failed webhook keeps its `task` (id, filePath, version ...):
+    `group_by: [task.version]` groups those runs by deployment, and was taken for `task`, the
+    match key's name; `task` alone still is."""
+    warnings = group_by_warnings(
+        "task.version, task.filePath, organization.slug, machine, task, task.nme"
+    )
+    assert [w.split(": a run has no field ")[1] for w in warnings] == [
+        "'task', so every run falls in one group; group_by reads the run as JSON: did you mean"
+        " 'taskIdentifier'?",
+        "'task.nme', so every run falls in one group; group_by reads the run as JSON: did you"
+        " mean 'taskIdentifier'?",
+    ]
