@@ -472,9 +472,10 @@ class Service:
             loop.add_signal_handler(sig, self._stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
         held = signals.take()
-        if held & {signal.SIGTERM, signal.SIGINT}:
-            self._stop_signal(signal.SIGTERM)
-        elif signal.SIGHUP in held:
+        stops = [held_sig for held_sig in held if held_sig in (signal.SIGTERM, signal.SIGINT)]
+        for stop in stops:  # Ctrl-C twice while starting: the second exits at once
+            self._stop_signal(stop)
+        if not stops and signal.SIGHUP in held:
             self._reload_soon()
 
     def _stop_signal(self, signum: int) -> None:

@@ -35,9 +35,10 @@ def _record(signum: int, _frame: FrameType | None) -> None:
     _received.append(signum)
 
 
-def take() -> set[int]:
-    """The signals held so far, for the service to act on; none are held from now on."""
-    taken = set(_received)
+def take() -> list[int]:
+    """The signals held so far, in order and each time it came, for the service to act on;
+    none are held from now on."""
+    taken = list(_received)
     _received.clear()
     _holding.clear()
     return taken
@@ -50,7 +51,7 @@ def release() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    for sig in take():
+    for sig in dict.fromkeys(take()):
         signal.raise_signal(sig)
 
 

@@ -47,6 +47,23 @@ def test_a_stop_signal_while_starting_is_a_clean_exit(tmp_path: Path, sig: int) 
     assert any(line.get("msg") == "stopped" for line in proc.logs)
 
 
+def test_ctrl_c_twice_while_starting_exits_at_once(tmp_path: Path) -> None:
+    """Held signals were a set: two Ctrl-C presses in the first half second made one graceful
+    stop, and a third was needed to exit at once, as a second does later."""
+    proc, fifo = _start_blocked_on_config(tmp_path)
+    assert proc.proc is not None
+    with fifo.open("w") as config:  # returns once relay opened the FIFO: it is starting
+        proc.proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)  # two handler calls, not one pending signal
+        proc.proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        config.write(CONSOLE)
+    assert proc.proc.wait(20) == 128 + signal.SIGINT
+    proc.wait_for_log(
+        "second stop signal: exiting now; unfinished deliveries go out after the next start"
+    )
+
+
 def test_a_stop_while_postgresql_does_not_answer_is_a_clean_exit(tmp_path: Path) -> None:
     """A SIGTERM while the store opened waited for PostgreSQL's connect timeout, then relay
     exited 1 with "store open failed": a replica deleted while its database was slow."""
