@@ -95,7 +95,7 @@ class Sink:
             return web.Response(status=200, text="ok")
         return await behaviour(request, index)
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+    async def wait_for(self, count: int, timeout: float = 60.0) -> list[Received]:
         deadline = time.monotonic() + timeout
         while len(self.received) < count:
             remaining = deadline - time.monotonic()
@@ -199,7 +199,7 @@ class RelayProcess:
         self.stdout: list[str] = []
         self.url = ""
 
-    def start(self, timeout: float = 20.0) -> RelayProcess:
+    def start(self, timeout: float = 60.0) -> RelayProcess:
         listening = self.spawn()
         deadline = time.monotonic() + timeout
         while not listening.wait(0.05):
@@ -243,7 +243,7 @@ class RelayProcess:
         for line in self.proc.stdout:
             self.stdout.append(line)
 
-    def wait_for_log(self, msg: str, timeout_s: float = 20.0) -> dict[str, Any]:
+    def wait_for_log(self, msg: str, timeout_s: float = 60.0) -> dict[str, Any]:
         """The first log line with this message, once it is written."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -255,9 +255,9 @@ class RelayProcess:
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+            self.proc.wait(30)
 
-    def terminate(self, timeout: float = 20.0) -> int:
+    def terminate(self, timeout: float = 60.0) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)

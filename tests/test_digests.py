@@ -41,7 +41,7 @@ async def test_twenty_failures_make_one_digest_per_task(relay: RelayFactory, sin
     await r.post(
         [failed(i) for i in range(20)] + [failed(100 + i, "render-video") for i in range(3)]
     )
-    got = await sink.wait_for(2, timeout=10)
+    got = await sink.wait_for(2)
     await settle(sink, 0.5)
     assert len(sink.received) == 2
     bodies = sorted((g.json() for g in got), key=lambda b: -b["group"]["count"])
@@ -75,7 +75,7 @@ async def test_runs_after_a_digest_wait_for_group_interval(relay: RelayFactory, 
     await r.post([failed(3), failed(4)])
     await asyncio.sleep(0.1)
     await r.post(failed(5))
-    second = (await sink.wait_for(2, timeout=10))[1]
+    second = (await sink.wait_for(2))[1]
     assert second.at - first.at >= 1.4
     assert {run["id"] for run in second.json()["runs"]} == {
         "run_digest_003",
@@ -93,7 +93,7 @@ async def test_a_digest_retried_from_the_outbox_stays_one_digest(
     spread = CONFIG.replace("min_backoff: 100ms, max_backoff: 200ms", "min_backoff: 400ms")
     r = await relay(spread.format(url=sink.url, wait="100ms", interval="5m"))
     await r.post([failed(i) for i in range(5)])
-    got = await sink.wait_for(5, timeout=10)
+    got = await sink.wait_for(5)
     await settle(sink, 0.6)
     assert len(sink.received) == 5
     assert {g.headers["webhook-id"] for g in got} == {got[0].headers["webhook-id"]}
@@ -120,7 +120,7 @@ async def test_a_restart_inside_the_wait_window_still_sends_one_digest(
         assert resp.status == 202
     proc.kill()
     await asyncio.to_thread(proc.start)
-    [got] = await sink.wait_for(1, timeout=15)
+    [got] = await sink.wait_for(1)
     await asyncio.sleep(1.0)
     assert len(sink.received) == 1
     assert got.json()["group"]["count"] == 10

@@ -76,7 +76,7 @@ def test_operations_backup_command_copies_a_running_store(tmp_path: Path) -> Non
         request = urllib.request.Request(
             relay.url + "/v1/runs", data=body, headers={"Content-Type": "application/json"}
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=30) as response:
             assert response.status == 202
         code = backup_command().replace("/var/lib/relay/", f"{live.parent}/")
         done = subprocess.run(

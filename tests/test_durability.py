@@ -156,7 +156,7 @@ async def test_serve_without_config_runs_the_builtin_default(
     first = proc.logs[0]
     assert "built-in default" in first["msg"], first
     await post_all(proc.url, [sdk_run("failed")])
-    for _ in range(100):
+    for _ in range(1200):
         if any("sync-customer-data" in line for line in proc.stdout):
             break
         await asyncio.sleep(0.05)

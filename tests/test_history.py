@@ -39,7 +39,7 @@ async def get(r: Any, path: str) -> tuple[int, Any]:
 
 
 async def until(r: Any, predicate: Any) -> None:
-    for _ in range(200):
+    for _ in range(600):
         if predicate(await r.service.store.counts()):
             return
         await asyncio.sleep(0.05)

@@ -142,7 +142,7 @@ async def test_a_changed_config_file_is_reloaded(
     r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
     path = Path(r.service.compiled.loaded.source.filename)
     path.write_text(CONFIG.format(url=sink.url, rule="crashes-only", status="CRASHED"))
-    for _ in range(100):
+    for _ in range(600):
         if r.service.compiled.rules.rules[0].name == "crashes-only":
             break
         await asyncio.sleep(0.05)
@@ -331,14 +331,14 @@ async def test_sighup_reloads_a_running_relay(
     config.write_text(CONFIG.format(url=sink.url, rule="sighup-rule", status="failure"))
     assert proc.proc is not None
     proc.proc.send_signal(signal.SIGHUP)
-    for _ in range(400):
+    for _ in range(1200):
         if any(e.get("msg") == "config reloaded" for e in proc.logs):
             break
         await asyncio.sleep(0.05)
     assert any(e.get("msg") == "config reloaded" for e in proc.logs)
     config.write_text("nonsense: [")
     proc.proc.send_signal(signal.SIGHUP)
-    for _ in range(400):
+    for _ in range(1200):
         if any("refused" in str(e.get("msg")) for e in proc.logs):
             break
         await asyncio.sleep(0.05)

@@ -170,7 +170,7 @@ def test_the_bucket_spaces_reservations_by_the_rate() -> None:
 
 
 async def _wait_counted(store: SQLiteStore, state: str, count: int) -> int:
-    for _ in range(200):
+    for _ in range(1500):
         n = (await store.counts())[state]
         if n >= count:
             return n

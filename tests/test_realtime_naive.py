@@ -61,7 +61,7 @@ def insert(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def asked(server: NaiveServer, count: int) -> None:
-    for _ in range(2000):
+    for _ in range(6000):
         if len(server.queries) >= count:
             return
         await asyncio.sleep(0.005)

@@ -155,7 +155,7 @@ async def api(r: Any, method: str, path: str, body: Any = None) -> tuple[int, An
 
 
 async def wait_counts(r: Any, **want: int) -> dict[str, int]:
-    for _ in range(200):
+    for _ in range(600):
         counts = await r.service.store.counts()
         if all(counts[k] == v for k, v in want.items()):
             return counts

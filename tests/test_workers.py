@@ -55,7 +55,7 @@ def alive(pid: int) -> bool:
     return True
 
 
-async def wait_until(check: Callable[[], bool], timeout: float = 20.0) -> None:
+async def wait_until(check: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "timed out"
@@ -90,7 +90,7 @@ async def test_workers_deliver_everything_once_and_the_parent_counts_it(
     want = wanted(items)
     assert await delivered_ids(sink, 0, want) == want
     assert len(sink.received) == len(want)  # nothing twice
-    for _ in range(50):  # the events pipe is asynchronous: the count catches up
+    for _ in range(600):  # the events pipe is asynchronous: the count catches up
         if await sent_total(proc.url) == len(want):
             break
         await asyncio.sleep(0.1)
@@ -221,7 +221,7 @@ async def test_a_worker_that_cannot_start_again_shows_in_readyz(
     refused = [e for e in proc.logs if e.get("msg") == "relay not started"]
     assert refused and all(e.get("worker") == 0 for e in refused)
     path.write_text(good)
-    for _ in range(200):
+    for _ in range(1200):
         if (await readyz(proc.url))[0] == 200:
             break
         await asyncio.sleep(0.05)
@@ -321,7 +321,7 @@ async def test_readyz_waits_for_the_workers_to_deliver(
         )
     finally:
         os.close(lock)  # the orphan is gone
-    for _ in range(200):
+    for _ in range(1200):
         if (await readyz(proc.url))[0] == 200:
             break
         await asyncio.sleep(0.05)

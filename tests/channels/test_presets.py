@@ -1088,7 +1088,7 @@ rules:
 
 
 async def wait_state(r: Any, state: str, count: int = 1) -> None:
-    for _ in range(200):
+    for _ in range(600):
         if (await r.service.store.counts())[state] >= count:
             return
         await asyncio.sleep(0.05)

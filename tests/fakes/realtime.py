@@ -274,7 +274,7 @@ class FakeRealtime:
     def served(self) -> list[str]:
         return [seen.answer for seen in self.requests]
 
-    async def wait_for(self, predicate: Callable[[Seen], bool], timeout: float = 10.0) -> Seen:
+    async def wait_for(self, predicate: Callable[[Seen], bool], timeout: float = 60.0) -> Seen:
         """The first recorded request (past or future) that satisfies `predicate`."""
         deadline = time.monotonic() + timeout
         while True:

@@ -158,7 +158,7 @@ class FakeSlack:
         """The JSON bodies received, in order."""
         return [call.json() for call in self.calls]
 
-    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Call]:
+    async def wait_for(self, count: int, timeout: float = 60.0) -> list[Call]:
         deadline = time.monotonic() + timeout
         while len(self.calls) < count:
             remaining = deadline - time.monotonic()

@@ -99,7 +99,7 @@ class FakeSMTP:
 
     # waiting -----------------------------------------------------------------------------------
 
-    async def wait_for(self, count: int, timeout: float = 5.0) -> list[Delivered]:
+    async def wait_for(self, count: int, timeout: float = 30.0) -> list[Delivered]:
         deadline = time.monotonic() + timeout
         while len(self.messages) < count:
             remaining = deadline - time.monotonic()

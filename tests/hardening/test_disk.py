@@ -82,7 +82,7 @@ async def store_up(r: Relay) -> str:
 
 
 def stored_runs(db: Path) -> set[str]:
-    with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:
         return {row[0] for row in conn.execute("SELECT run_id FROM runs")}
 
 
@@ -139,7 +139,7 @@ async def test_full_database_refuses_then_recovers_by_itself(tmp_path: Path) -> 
     async with running(tmp_path, SQLiteStore(db, max_pages=pages + 6)) as r:
         accepted, refused = await fill_until_refused(r)
         await assert_refusing(r, db, accepted, refused)
-        with contextlib.closing(sqlite3.connect(db, timeout=5)) as conn:  # the operator frees it
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:  # the operator frees it
             conn.execute("DELETE FROM filler")
             conn.commit()
         await assert_recovers(r, db, accepted, refused)

@@ -37,7 +37,7 @@ def address(url: str) -> tuple[str, int]:
 
 
 @contextlib.contextmanager
-def connection(url: str, timeout_s: float = 5.0) -> Iterator[socket.socket]:
+def connection(url: str, timeout_s: float = 30.0) -> Iterator[socket.socket]:
     sock = socket.create_connection(address(url), timeout=timeout_s)
     try:
         yield sock
@@ -203,7 +203,7 @@ def rss_kb(pid: int) -> int:
 def open_idle(url: str, count: int, partial: bool) -> list[socket.socket]:
     out = []
     for i in range(count):
-        sock = socket.create_connection(address(url), timeout=5)
+        sock = socket.create_connection(address(url), timeout=30)
         if partial and i % 2:  # half of them start a request and stall
             sock.sendall(b"POST /v1/runs HTTP/1.1\r\nHost: r\r\nContent-Len")
         out.append(sock)

@@ -169,7 +169,7 @@ def sign_alert(body: bytes, secret: str) -> str:
 
 async def settled(http: aiohttp.ClientSession, url: str, admin: dict[str, str]) -> list[Any]:
     """The notifications once none is pending (every channel sent or gave up)."""
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while True:
         async with http.get(url + "/v1/notifications", headers=admin) as resp:
             assert resp.status == 200
