@@ -45,13 +45,17 @@ from tests.fakes.serving import free_port, serving
 from tests.fakes.slack import TOKEN, WEBHOOK_PATH, FakeSlack, Reply, api_error, fake_slack
 from tests.fakes.smtp import FakeSMTP, start_smtp
 
-HANG_S = 2.0  # a hung answer: well past the channel's 300 ms timeout
-HOLD_S = 60.0  # a send held open until relay is killed
+# the channel's timeout where one answer hangs: long enough that no answer that should arrive
+# misses it on a loaded machine, short as each hang costs one in full
+TIMEOUT = "1s"
+HANG_S = 30.0  # a hung answer: far past TIMEOUT
+HOLD_S = 60.0  # a send held open until relay is killed: past HOLD_TIMEOUT, so never retried
+HOLD_TIMEOUT = "30s"
 RULE, CHANNEL = "failures", "out"
 CONFIG = """\
 defaults:
   retry: {{max_attempts: 500, max_age: 1h, min_backoff: 100ms, max_backoff: 200ms}}
-  timeout: 300ms
+  timeout: {timeout}
   project_ref: proj_test
 channels:
   out:
@@ -386,7 +390,7 @@ async def notification(url: str, run_id: str) -> dict[str, Any]:
         return dict(await resp.json())
 
 
-async def until(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+async def until(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
     for _ in range(int(timeout / 0.05)):
         if found := check():
             return found
@@ -395,7 +399,7 @@ async def until(check: Callable[[], Any], what: str, timeout: float = 20.0) -> A
 
 
 async def settled(url: str, run_id: str, state: str) -> dict[str, Any]:
-    for _ in range(400):
+    for _ in range(1200):
         row = await notification(url, run_id)
         if row["state"] == state:
             return row
@@ -427,7 +431,8 @@ async def test_refused_rate_limited_5xx_timeout_then_ok_and_permanent_is_dead(
     path: Path_, relay_process: Callable[..., RelayProcess], tmp_path: Path
 ) -> None:
     port = free_port()
-    proc = relay_process(CONFIG.format(channel=path.channel(port), concurrency=1))
+    config = CONFIG.format(channel=path.channel(port), concurrency=1, timeout=TIMEOUT)
+    proc = relay_process(config)
     await asyncio.to_thread(proc.start)
     await post(proc.url, "run_fm_a")
     await until(lambda: retries(proc, "network"), "a refused connection is retried")
@@ -474,7 +479,10 @@ async def test_kill_9_mid_flight_then_restart_delivers_each_at_least_once(
     concurrency, count = 2, 5
     port = free_port()
     async with path.serve(port):
-        proc = relay_process(CONFIG.format(channel=path.channel(port), concurrency=concurrency))
+        config = CONFIG.format(
+            channel=path.channel(port), concurrency=concurrency, timeout=HOLD_TIMEOUT
+        )
+        proc = relay_process(config)
         path.hold(True)
         await asyncio.to_thread(proc.start)
         run_ids = [f"run_fm_k{i}" for i in range(count)]

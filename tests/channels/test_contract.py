@@ -53,9 +53,13 @@ if TYPE_CHECKING:  # imported by pytest as a plugin, so its asserts are rewritte
 # the fake SMTP server takes AUTH without TLS so that no TLS set-up hides what the client sends
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 
-TIMEOUT_S = 0.3  # every channel's own timeout here
-# how long a hung server waits before answering: far past TIMEOUT_S on any machine, so a channel
-# that waited for it would get its 200 (no DeliveryError) rather than be timed against a clock
+# every channel's own timeout here: no answer that should arrive misses it on a loaded machine
+TIMEOUT_S = 10.0
+# the timeout of a channel whose server never answers in time: its expiry is the expected outcome,
+# so it is short (the test waits it out), and a loaded machine only makes it expire the surer
+HANG_TIMEOUT_S = 0.3
+# how long a hung server waits before answering: far past HANG_TIMEOUT_S on any machine, so a
+# channel that waited for it would get its 200 (no DeliveryError) rather than be timed by a clock
 HANG_S = 30.0
 PATH_SECRET = "hookPathSecret9f8e7d6c5b4a"
 SIGNING_KEY = base64.b64encode(b"signing-key-secret-0123456789ab").decode()
@@ -237,8 +241,8 @@ class HttpTarget:
     script: Callable[[Reply], None]
     requests: Callable[[], int]
 
-    def channel(self, base: str | None = None) -> Channel:
-        return build(self.kind.settings(base or self.base), self.http)
+    def channel(self, base: str | None = None, timeout_s: float = TIMEOUT_S) -> Channel:
+        return build({**self.kind.settings(base or self.base), "timeout": timeout_s}, self.http)
 
 
 async def _replay(replies: list[Reply], request: web.Request, index: int) -> web.StreamResponse:
@@ -324,7 +328,8 @@ async def test_a_hang_past_the_timeout_is_a_retryable_timeout(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     target.script(Reply(200, "late", delay_s=HANG_S))
-    err = await asyncio.wait_for(failure(target.channel(), target.kind.type), HANG_S)
+    channel = target.channel(timeout_s=HANG_TIMEOUT_S)
+    err = await asyncio.wait_for(failure(channel, target.kind.type), HANG_S)
     assert (err.reason, err.retryable, err.retry_after) == ("timeout", True, None)
     assert_no_secrets(err, target.kind.secrets, caplog)
 
@@ -453,7 +458,7 @@ async def test_a_wrong_bot_token_is_auth_error_without_the_token(
 # ----------------------------------------------------------------------------- email (SMTP)
 
 
-def email_channel(port: int) -> Channel:
+def email_channel(port: int, timeout_s: float = TIMEOUT_S) -> Channel:
     raw = {
         "type": "email",
         "smtp": {
@@ -465,7 +470,7 @@ def email_channel(port: int) -> Channel:
         },
         "from": "Relay <relay@example.com>",
         "to": ["oncall@example.com", "team@example.com"],
-        "timeout": TIMEOUT_S,
+        "timeout": timeout_s,
     }
     return build(raw, HttpClient())
 
@@ -531,7 +536,9 @@ async def test_smtp_refused_is_network_and_silence_is_timeout(
         True,
         "connection refused",
     )
-    silent = await asyncio.wait_for(failure(email_channel(silent_smtp), "email"), HANG_S)
+    silent = await asyncio.wait_for(
+        failure(email_channel(silent_smtp, HANG_TIMEOUT_S), "email"), HANG_S
+    )
     assert (silent.reason, silent.retryable) == ("timeout", True)
     for err in (refused, silent):
         assert_no_secrets(err, SMTP_SECRETS, caplog)
