@@ -19,7 +19,7 @@ from relay.sources._body import json_object
 
 if TYPE_CHECKING:
     from relay.model import Silence
-    from relay.sources.http import HttpDeps
+    from relay.sources.http import AddRoute, HttpDeps
 
 MAX_SILENCE_BODY = 64 * 1024
 log = logging.getLogger("relay.http")
@@ -154,16 +154,11 @@ class HistoryHandlers(SilenceHandlers):
         return json_response({**notification_view(found), "events": events})
 
 
-def add_silence_routes(app: web.Application, deps: HttpDeps) -> None:
-    from relay.sources.http import expect_handler  # noqa: PLC0415
-
+def add_silence_routes(add: AddRoute, deps: HttpDeps) -> None:
     h = HistoryHandlers(deps)
-    plain = expect_handler(deps)
-    app.router.add_post(
-        "/v1/silences", h.create, expect_handler=expect_handler(deps, h.refuse_create)
-    )
-    app.router.add_get("/v1/silences", h.list, expect_handler=plain)
-    app.router.add_get("/v1/silences/{id}", h.get, expect_handler=plain)
-    app.router.add_delete("/v1/silences/{id}", h.expire, expect_handler=plain)
-    app.router.add_get("/v1/notifications", h.list_notifications, expect_handler=plain)
-    app.router.add_get("/v1/notifications/{id}", h.get_notification, expect_handler=plain)
+    add("POST", "/v1/silences", h.create, h.refuse_create)
+    add("GET", "/v1/silences", h.list)
+    add("GET", "/v1/silences/{id}", h.get)
+    add("DELETE", "/v1/silences/{id}", h.expire)
+    add("GET", "/v1/notifications", h.list_notifications)
+    add("GET", "/v1/notifications/{id}", h.get_notification)

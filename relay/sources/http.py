@@ -515,23 +515,38 @@ def build_app(deps: HttpDeps) -> web.Application:
         handler_args={"auto_decompress": False},
     )
     h = Handlers(deps)
-    plain = expect_handler(deps)
-    app.router.add_get("/metrics", functools.partial(_metrics, deps), expect_handler=plain)
-    app.router.add_post("/v1/runs", h.post_runs, expect_handler=expect_handler(deps, h.refuse_runs))
-    app.router.add_post(
-        "/v1/trigger/alerts",
-        h.post_trigger_alert,
-        expect_handler=expect_handler(deps, h.refuse_alert),
-    )
-    app.router.add_get("/healthz", h.healthz, expect_handler=plain)
-    app.router.add_get("/readyz", h.readyz, expect_handler=plain)
-    app.router.add_get("/openapi.json", _openapi, expect_handler=plain)
-    app.router.add_get("/v1/dlq", h.dlq_list, expect_handler=plain)
-    replay = expect_handler(deps, h.refuse_replay)
-    app.router.add_post("/v1/dlq/replay", h.dlq_replay_all, expect_handler=replay)
-    app.router.add_post("/v1/dlq/{id}/replay", h.dlq_replay_one, expect_handler=plain)
-    add_silence_routes(app, deps)
+    add = route_adder(app, deps)
+    add("GET", "/metrics", functools.partial(_metrics, deps))
+    add("POST", "/v1/runs", h.post_runs, h.refuse_runs)
+    add("POST", "/v1/trigger/alerts", h.post_trigger_alert, h.refuse_alert)
+    add("GET", "/healthz", h.healthz)
+    add("GET", "/readyz", h.readyz)
+    add("GET", "/openapi.json", _openapi)
+    add("GET", "/v1/dlq", h.dlq_list)
+    add("POST", "/v1/dlq/replay", h.dlq_replay_all, h.refuse_replay)
+    add("POST", "/v1/dlq/{id}/replay", h.dlq_replay_one)
+    add_silence_routes(add, deps)
     return app
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+AddRoute = Callable[..., None]
+
+
+def route_adder(app: web.Application, deps: HttpDeps) -> AddRoute:
+    """`add(method, path, handler, refuse=None)`: every route gets relay's expect handler (see
+    expect_handler), so none answers an odd `Expect` with aiohttp's plain text; a GET also
+    answers HEAD."""
+    plain = expect_handler(deps)
+
+    def add(method: str, path: str, handler: Handler, refuse: Refusal | None = None) -> None:
+        expect = plain if refuse is None else expect_handler(deps, refuse)
+        if method == "GET":
+            app.router.add_get(path, handler, expect_handler=expect)
+        else:
+            app.router.add_route(method, path, handler, expect_handler=expect)
+
+    return add
 
 
 from relay.sources.admin import add_silence_routes  # noqa: E402 - admin.py builds on this module
