@@ -6,7 +6,8 @@ event loop answers SIGTERM, SIGINT and SIGHUP. Their default actions meanwhile k
 first instant; `relay serve` takes them when its handlers are in place, and every other command
 `release`s them: the default actions come back, and a signal held meanwhile takes effect then.
 
-Once running, a second SIGTERM or SIGINT while relay is stopping exits at once (`exit_now`).
+A second SIGTERM or SIGINT, held while starting or received later, exits at once (`exit_now`;
+the service counts them).
 """
 
 from __future__ import annotations
