@@ -21,7 +21,7 @@ import orjson
 import pytest
 from jinja2 import DictLoader
 
-from relay.channels import settings_models
+from relay.channels import REGISTRY, settings_models
 from relay.channels.email import SUBJECT_MAX_CHARS
 from relay.channels.slack import slack_message
 from relay.cli import main as relay_cli
@@ -368,6 +368,25 @@ def test_a_preview_run_names_its_branch(channel_type: str) -> None:
         assert "feat/x" in text, part
     if channel_type == "email":
         assert parts["subject"].startswith("[relay · feat/x] ")
+
+
+@pytest.mark.parametrize("channel_type", sorted(set(REGISTRY) - {"webhook"}))
+@pytest.mark.parametrize("template", ["run", "recovered"])
+def test_a_run_without_cost_shows_none(channel_type: str, template: str) -> None:
+    """Self-hosted Trigger.dev and alert webhooks carry no cost: no "$0.00" line on any
+    channel, failed or not. A run that cost something still shows it."""
+
+    def parts(cost: float) -> dict[str, str]:
+        run = sdk("completed", costInCents=cost, baseCostInCents=0)
+        ctx = RenderContext(run, "oncall", "team", channel_type, "ntf_0123", run_link(run))
+        rendered = RENDERER.render(channel_type, template, REGISTRY[channel_type].parts, ctx)
+        assert not rendered.fallback, rendered.error
+        return rendered.parts
+
+    for part, text in parts(0).items():
+        assert "$0" not in text and "Cost" not in text and "cost" not in text, part
+    if template == "run":  # a recovery need not say what the run cost (PagerDuty resolves)
+        assert any("$12.34" in text for text in parts(1234).values())
 
 
 # ----------------------------------------------------------------------------- any input
