@@ -351,7 +351,7 @@ def test_email_digest_escapes_what_its_macros_say_of_run_data() -> None:
     assert "&lt;img src=x onerror=alert(1)&gt; &#34;q&#34;" in html
 
 
-@pytest.mark.parametrize("channel_type", ["email", "slack"])
+@pytest.mark.parametrize("channel_type", sorted(REGISTRY))
 def test_a_preview_run_names_its_branch(channel_type: str) -> None:
     """A preview environment is known by its branch (Trigger.dev's own alerts title it so),
     not by the slug `preview` that every preview branch shares."""
@@ -363,7 +363,9 @@ def test_a_preview_run_names_its_branch(channel_type: str) -> None:
         "branchName": "feat/x",
     }
     ctx = RenderContext(run, "oncall", "team", channel_type, "ntf_0123", run["dashboardUrl"])
-    parts = render(channel_type, "run", ctx)
+    rendered = RENDERER.render(channel_type, "run", REGISTRY[channel_type].parts, ctx)
+    assert not rendered.fallback, rendered.error
+    parts = rendered.parts
     for part, text in parts.items():
         assert "feat/x" in text, part
     if channel_type == "email":
