@@ -123,8 +123,13 @@ def _json_default(value: Any) -> Any:
 
 def tojson(value: Any, indent: int | None = None) -> str:
     """Compact JSON (orjson); `indent` (any truthy value) gives two-space indentation."""
+    return json_bytes(value, indent).decode()
+
+
+def json_bytes(value: Any, indent: int | None = None) -> bytes:
+    """tojson's UTF-8 bytes, undecoded: measuring a large value this way costs a third."""
     option = orjson.OPT_NON_STR_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
-    return orjson.dumps(value, default=_json_default, option=option).decode()
+    return orjson.dumps(value, default=_json_default, option=option)
 
 
 def stack(value: Any, max_lines: int = 12, frames_only: bool = False) -> str:

@@ -27,7 +27,7 @@ from jinja2 import ChoiceLoader, FileSystemLoader, meta, nodes
 from jinja2.exceptions import TemplateError, TemplateNotFound, TemplateSyntaxError
 
 import relay
-from relay.filters import as_text, mrkdwn, status_emoji, tojson, truncate_chars
+from relay.filters import as_text, json_bytes, mrkdwn, status_emoji, tojson, truncate_chars
 from relay.sandbox import (
     MAX_OUTPUT_CHARS,
     RENDER_BUDGET_S,
@@ -226,7 +226,7 @@ def fallback_json(ctx: RenderContext) -> str:
     """{"id", "type", "rule", "channel", "text", "run", "dashboardUrl"} (+ "group" in a digest)
     as a JSON string of at most MAX_OUTPUT_CHARS; `text` is escaped for channel types that read
     it as markup (Slack mrkdwn). Fields of the run too large for that (or not JSON) are replaced by
-    "[omitted: N characters]"; if it is still too large, `run` is null and `group` has no runs."""
+    "[omitted: N bytes]"; if it is still too large, `run` is null and `group` has no runs."""
     escape = _TEXT_ESCAPES.get(ctx.channel_type, as_text)
     body: dict[str, Any] = {
         "id": ctx.notification_id,
@@ -241,11 +241,11 @@ def fallback_json(ctx: RenderContext) -> str:
         body["group"] = ctx.group
     for shrink in (_slim_runs, _no_runs):
         try:
-            text = tojson(body)
+            data = json_bytes(body)
         except (TypeError, ValueError):  # e.g. an integer beyond 64 bits somewhere in the run
-            text = None
-        if text is not None and len(text) <= MAX_OUTPUT_CHARS:
-            return text
+            data = None
+        if data is not None and len(data) <= MAX_OUTPUT_CHARS:  # bytes >= characters
+            return data.decode()
         body = shrink(body)
     return tojson(body)
 
@@ -269,10 +269,10 @@ _FIELD_MAX_CHARS = 10_000  # a run field larger than this is left out of a fallb
 
 def _slim_value(value: Any) -> Any:
     try:
-        size = len(tojson(value))
+        size = len(json_bytes(value))
     except (TypeError, ValueError):
         return "[omitted: not JSON]"
-    return value if size <= _FIELD_MAX_CHARS else f"[omitted: {size} characters]"
+    return value if size <= _FIELD_MAX_CHARS else f"[omitted: {size} bytes]"
 
 
 def _slim_run(run: Any) -> Any:

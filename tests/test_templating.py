@@ -227,7 +227,7 @@ def test_a_fallback_stays_within_the_output_cap(tmp_path: Path) -> None:
     assert len(text) <= MAX_OUTPUT_CHARS
     body = orjson.loads(text)
     assert body["run"]["id"] == run["id"] and body["run"]["tags"] == run["tags"]
-    assert body["run"]["payload"] == body["run"]["output"] == "[omitted: 2100002 characters]"
+    assert body["run"]["payload"] == body["run"]["output"] == "[omitted: 2100002 bytes]"
     group = digest_context("k", {"task": "t"}, [run] * 3)
     digest = orjson.loads(fallback_json(replace(context(run, "webhook"), group=group)))
     assert [r["output"] for r in digest["group"]["runs"]] == [body["run"]["output"]] * 3
