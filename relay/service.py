@@ -371,8 +371,8 @@ class Service:
                     log.info(
                         "realtime feeds no longer configured forgotten", extra={"feeds": feeds}
                     )
-            except StoreUnavailable:
-                log.warning("history not pruned: store unavailable")
+            except StoreUnavailable as exc:
+                log.warning("history not pruned: store unavailable", extra={"error": str(exc)})
             await asyncio.sleep(PRUNE_EVERY_S)
 
     async def reload(self, trigger: str) -> bool:

@@ -212,8 +212,10 @@ class Handlers:
             return error(400, exc.message, exc.field or None)
         try:
             result = await self.deps.intake.submit(runs)
-        except StoreUnavailable:
-            log.error("store unavailable; update refused", extra={"runs": len(runs)})
+        except StoreUnavailable as exc:
+            log.error(
+                "store unavailable; update refused", extra={"runs": len(runs), "error": str(exc)}
+            )
             return error(
                 503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S}
             )
@@ -238,8 +240,9 @@ class Handlers:
             return json_response({"accepted": 0, "ignored": 1, "notifications": 0}, 202)
         try:
             result = await self.deps.intake.submit([alert.run], source="trigger_alerts")
-        except StoreUnavailable:
-            log.error("store unavailable; alert refused", extra={"run_id": alert.run.id})
+        except StoreUnavailable as exc:
+            extra = {"run_id": alert.run.id, "error": str(exc)}
+            log.error("store unavailable; alert refused", extra=extra)
             return error(
                 503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S}
             )

@@ -126,7 +126,9 @@ async def assert_refusing(r: Relay, db: Path, accepted: list[str], refused: list
     assert stored_runs(db) == set(accepted)  # every 202 was committed, no 503 was
 
 
-async def test_full_database_refuses_then_recovers_by_itself(tmp_path: Path) -> None:
+async def test_full_database_refuses_then_recovers_by_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     db = tmp_path / "relay.db"
     prepared = SQLiteStore(db)
     await prepared.open()
@@ -139,10 +141,17 @@ async def test_full_database_refuses_then_recovers_by_itself(tmp_path: Path) -> 
     async with running(tmp_path, SQLiteStore(db, max_pages=pages + 6)) as r:
         accepted, refused = await fill_until_refused(r)
         await assert_refusing(r, db, accepted, refused)
+        assert refusals(caplog) == ["store operation failed: SQLITE_FULL"] * len(refused)
         with contextlib.closing(sqlite3.connect(db, timeout=30)) as conn:  # the operator frees it
             conn.execute("DELETE FROM filler")
             conn.commit()
         await assert_recovers(r, db, accepted, refused)
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Why each refused update was refused, as its log line says (the store's error kind)."""
+    refused = "store unavailable; update refused"
+    return [rec.__dict__["error"] for rec in caplog.records if rec.getMessage() == refused]
 
 
 def _mount_tmpfs(where: Path, size: str) -> bool:
