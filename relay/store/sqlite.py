@@ -93,6 +93,7 @@ class SQLiteStore:
         self._holder = holder  # recorded with each claim: release_leases(holder) frees them
         self._writer = Writer(WriteLock(self.path, _BUSY_TIMEOUT_MS / 1000))
         self._alive: WriteLock | None = None  # with a holder: held while this process lives
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
 
     @property
     def commits(self) -> int:
@@ -102,6 +103,7 @@ class SQLiteStore:
     async def open(self) -> None:
         """Create the file and its directory if needed, then create or migrate the schema."""
         await self._writer.start(lambda: _connect(self.path, self._max_pages))
+        self._file = _identity(self.path)
         if self._holder:  # a predecessor orphaned by a parent's kill -9 exits first
             self._alive = _holder_lock(self.path, self._holder, HOLDER_WAIT_S)
             await asyncio.to_thread(self._alive.hold)
@@ -114,7 +116,11 @@ class SQLiteStore:
             self._alive = None
 
     async def ping(self) -> None:
-        await self._writer.run(lambda conn: conn.execute("SELECT 1").fetchone())
+        def ping(conn: sqlite3.Connection) -> None:
+            self._still_the_file()
+            conn.execute("SELECT 1").fetchone()
+
+        await self._writer.run(ping)
 
     async def observe(
         self, runs: Sequence[Run], decide: Decide, now: float, lease: BirthLease | None = None
@@ -122,6 +128,7 @@ class SQLiteStore:
         batch, holder = list(runs), self._holder
 
         def observe(conn: sqlite3.Connection) -> list[Observed]:
+            self._still_the_file()
             return _lease_at_birth(conn, _observe(conn, batch, decide, now), lease, holder, now)
 
         return await self._writer.run(observe)
@@ -253,6 +260,15 @@ class SQLiteStore:
             return await self._writer.run(forget_dead)
         sql = release + " AND lease_holder = ?"
         return await self._writer.run(lambda conn: int(conn.execute(sql, (holder,)).rowcount))
+
+    def _still_the_file(self) -> None:
+        """Refuse new work once the database file was deleted or replaced (`rm relay.db`, a
+        backup restored over it): the open connection goes on writing to the old file, which
+        is gone at the next start with every update committed to it since."""
+        if self._file is not None and _identity(self.path) != self._file:
+            raise StoreUnavailable(
+                "store file deleted or replaced while relay runs; restart relay to open it again"
+            )
 
     def _holder_free(self, holder: str) -> bool:
         lock = _holder_lock(self.path, holder, 0.0)
@@ -578,6 +594,15 @@ def _connect(
             raise _open_failed(path, exc) from exc
         raise
     return conn
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file at `path` now, (st_dev, st_ino); None when there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _open_failed(path: Path, exc: sqlite3.Error) -> StoreUnavailable:

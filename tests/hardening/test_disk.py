@@ -235,3 +235,30 @@ async def test_store_that_cannot_answer_is_not_ready_until_it_can(tmp_path: Path
         assert status == 202
         assert await readiness(r) == (200, {"status": "ready"})
         assert await store_up(r) == "1.0"
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_database_file_deleted_or_replaced_refuses_updates(
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`rm data/relay.db` (or a backup moved over it) while relay runs: the open connection
+    went on committing to the unlinked file, and every update answered 202 since was gone at
+    the next start. Now intake refuses them (503) and readiness turns red."""
+    db = tmp_path / "relay.db"
+    async with running(tmp_path, SQLiteStore(db)) as r:
+        assert (await post(r, failed_run(0)))[0] == 202
+        if how == "deleted":
+            db.unlink()
+        else:
+            shutil.copyfile(db, tmp_path / "backup.db")
+            (tmp_path / "backup.db").replace(db)
+        status, body, retry_after = await post(r, failed_run(1))
+        assert (status, body["error"]) == (503, "store unavailable; retry later")
+        assert retry_after is not None
+        assert await readiness(r) == (503, {"status": "not ready", "reason": "store unreachable"})
+    refused = [
+        rec for rec in caplog.records if rec.getMessage() == "store unavailable; update refused"
+    ]
+    assert [rec.__dict__["error"] for rec in refused] == [
+        "store file deleted or replaced while relay runs; restart relay to open it again"
+    ]
