@@ -584,6 +584,7 @@ def _connect(
         _configure(conn, max_pages)
         conn.execute("BEGIN IMMEDIATE")
         version = migrate(conn)
+        _probe_write(conn)
         conn.execute("COMMIT")
         if versions is not None:
             versions.append(version)
@@ -594,6 +595,13 @@ def _connect(
             raise _open_failed(path, exc) from exc
         raise
     return conn
+
+
+def _probe_write(conn: sqlite3.Connection) -> None:
+    """Write the schema version again: SQLite opens a file it may not write (another user's,
+    chattr +i) read-only without a word, and the first update at run time failed with only
+    SQLITE_READONLY. A failed write here names what relay cannot write (_open_failed)."""
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
 
 
 def _identity(path: Path) -> tuple[int, int] | None:

@@ -205,6 +205,31 @@ async def test_a_read_only_volume_is_named_not_sqlite_cantopen(tmp_path: Path) -
         subprocess.run(["umount", "-l", str(volume)], capture_output=True, check=False)
 
 
+async def test_a_database_file_relay_cannot_write_is_named_at_open(tmp_path: Path) -> None:
+    """A database file relay's user may not write (another user's; here chattr +i, which
+    stops root too) opened read-only without a word: `relay serve` failed at its first write
+    with only `store operation failed: SQLITE_READONLY`."""
+    db = tmp_path / "relay.db"
+    existing = SQLiteStore(db)
+    await existing.open()
+    await existing.close()
+    done = subprocess.run(["chattr", "+i", str(db)], capture_output=True, check=False)
+    if done.returncode != 0:
+        pytest.skip("chattr +i is not permitted here")
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            await SQLiteStore(db).open()
+        assert str(caught.value) == (
+            "store open failed: cannot write the database file"
+            " (permission denied: relay's user must be able to write it)"
+        )
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], capture_output=True, check=True)
+    reopened = SQLiteStore(db)  # writable again: it opens as before
+    await reopened.open()
+    await reopened.close()
+
+
 async def test_the_file_is_in_wal_mode_with_a_versioned_schema(store: SQLiteStore) -> None:
     with closing(sqlite3.connect(store.path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
