@@ -92,8 +92,9 @@ class TokenBucket:
 
     def reserve(self, now: float) -> float:
         """Take one token; return the seconds to wait before using it (0 if available now)."""
-        if self._at is not None:
-            self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
+        if self._at is not None:  # a wall clock stepped back adds nothing, takes nothing
+            elapsed_s = max(now - self._at, 0.0)
+            self._tokens = min(self.capacity, self._tokens + elapsed_s * self.rate)
         self._at = now
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate

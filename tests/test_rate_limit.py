@@ -169,6 +169,16 @@ def test_the_bucket_spaces_reservations_by_the_rate() -> None:
     assert [burst.reserve(0.0) for _ in range(5)] == [0.0, 0.0, 0.0, 1.0, 2.0]
 
 
+def test_the_bucket_takes_a_wall_clock_step_in_its_stride() -> None:
+    """Delivery passes the wall clock. An NTP step back of an hour made the elapsed time -3600 s:
+    the bucket fell 7200 tokens short and the channel sent nothing for an hour. A step back
+    now adds no tokens and takes none; a step forward fills the bucket, never past its burst."""
+    bucket = TokenBucket(RateLimit(per_second=2))
+    assert [bucket.reserve(5000.0), bucket.reserve(5000.0)] == [0.0, 0.5]
+    assert bucket.reserve(5000.0 - 3600) == 1.0  # the next free slot, as without the step
+    assert [bucket.reserve(5000.0 + 3600) for _ in range(3)] == [0.0, 0.5, 1.0]
+
+
 async def _wait_counted(store: SQLiteStore, state: str, count: int) -> int:
     for _ in range(1500):
         n = (await store.counts())[state]
