@@ -343,7 +343,8 @@ class Service:
         except StoreUnavailable:
             return "store unreachable"
         failed_at = None if self.intake is None else self.intake.store_failed_at
-        if failed_at is not None and time.time() - failed_at < NOT_WRITABLE_S:
+        # a failure "in the future" was seen before the wall clock stepped back: long past
+        if failed_at is not None and 0 <= time.time() - failed_at < NOT_WRITABLE_S:
             return "store not writable"
         if self.pool is not None and self.pool.down():  # its channels go undelivered
             return "delivery worker not running"
