@@ -654,6 +654,10 @@ def _configure(conn: sqlite3.Connection, max_pages: int | None) -> None:
         raise StoreUnavailable(f"store open failed: journal mode is {mode}, WAL is required")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
+    # A write that changes many pages in one op spills its statement journal to a temp file
+    # (/var/tmp): under a read-only root file system or with every file descriptor in use
+    # (many clients), that update failed with SQLITE_CANTOPEN. Relay's temp data is small.
+    conn.execute("PRAGMA temp_store = MEMORY")
     if max_pages is not None:
         conn.execute(f"PRAGMA max_page_count = {int(max_pages):d}")
 

@@ -7,6 +7,7 @@ test_store.py.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from relay.errors import ConfigError, StoreUnavailable
 from relay.model import notification_id
 from relay.store._sqlite_schema import SCHEMA_VERSION
 from relay.store.sqlite import SQLiteStore, sqlite_path
+from tests.conftest import run_python
 from tests.hardening.test_disk import _mount_tmpfs
 from tests.store.conftest import decide, enqueue, explode_on_boom, ids, make_run
 
@@ -228,6 +230,53 @@ async def test_a_database_file_relay_cannot_write_is_named_at_open(tmp_path: Pat
     reopened = SQLiteStore(db)  # writable again: it opens as before
     await reopened.open()
     await reopened.close()
+
+
+NO_FD_LEFT = """
+import asyncio, os, resource, sys
+from relay.errors import StoreUnavailable
+from relay.model import Decision, Run, RunState
+from relay.store.sqlite import SQLiteStore
+
+def decide(run, previous):
+    return Decision(state=RunState(run.updated_at_ms, run.status, frozenset(), 0.0, 0.0))
+
+def runs(ids, at):
+    return [Run.model_validate({"id": f"run_{i:04d}", "status": "EXECUTING", "updatedAt": at})
+            for i in ids]
+
+async def main():
+    store = SQLiteStore(sys.argv[1])
+    await store.open()
+    await store.observe(runs(range(3000), "2026-01-01T00:00:00Z"), decide, 1.0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+    held = []
+    while True:  # every descriptor in use, as with many clients at `ulimit -n`
+        try:
+            held.append(open(os.devnull))
+        except OSError:
+            break
+    try:  # one op rewriting many existing pages: its statement journal outgrows 64 KiB
+        await store.observe(runs(range(0, 3000, 10), "2026-01-01T00:01:00Z"), decide, 2.0)
+    except StoreUnavailable as exc:
+        print(exc)
+    else:
+        print("committed")
+
+asyncio.run(main())
+"""
+
+
+def test_a_large_update_needs_no_temp_file(tmp_path: Path) -> None:
+    """SQLite spilled a large op's statement journal to a file in /var/tmp: with every file
+    descriptor in use (many clients, a low `ulimit -n`), or no writable temp directory (a
+    read-only root file system), the update was refused with SQLITE_CANTOPEN."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd")
+    code = NO_FD_LEFT.replace("sys.argv[1]", repr(str(tmp_path / "relay.db")))
+    done = run_python(code, dict(os.environ))
+    assert (done.returncode, done.stdout.strip()) == (0, "committed"), done.stderr
 
 
 async def test_the_file_is_in_wal_mode_with_a_versioned_schema(store: SQLiteStore) -> None:
