@@ -63,15 +63,20 @@ class RefusalLog:
         self._since: dict[tuple[str, str], int] = {}
 
     def refused(self, path: str, reason: str, status: int) -> None:
+        count = self.due(path, reason)
+        if count is not None:
+            extra = {"path": path, "reason": reason, "status": status, "refused": count}
+            log.warning("request refused", extra=extra)
+
+    def due(self, path: str, reason: str) -> int | None:
+        """Count one refusal; when a line is due, the refusals it reports (None: no line)."""
         key = (path, reason)
         self._since[key] = self._since.get(key, 0) + 1
         now = self._clock()
         if now - self._logged.get(key, -math.inf) < REFUSAL_LOG_EVERY_S:
-            return
+            return None
         self._logged[key] = now
-        count = self._since.pop(key)
-        extra = {"path": path, "reason": reason, "status": status, "refused": count}
-        log.warning("request refused", extra=extra)
+        return self._since.pop(key)
 
 
 @dataclass
@@ -213,18 +218,25 @@ class Handlers:
         try:
             result = await self.deps.intake.submit(runs)
         except StoreUnavailable as exc:
-            log.error(
-                "store unavailable; update refused", extra={"runs": len(runs), "error": str(exc)}
-            )
-            return error(
-                503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S}
-            )
+            return self._store_refused(request, "update refused", {"runs": len(runs)}, exc)
         body_out = {
             "accepted": result.accepted,
             "stale": result.stale,
             "notifications": result.notifications,
         }
         return json_response(body_out, 202)
+
+    def _store_refused(
+        self, request: web.Request, what: str, extra: dict[str, object], exc: StoreUnavailable
+    ) -> web.Response:
+        """503 for an update the store could not take. One log line per path every
+        REFUSAL_LOG_EVERY_S, with the count: clients retrying through an outage (a full disk
+        the logs may share) would otherwise write a line per request."""
+        count = self.deps.refusals.due(request.path, "store_unavailable")
+        if count is not None:
+            extra = {**extra, "error": str(exc), "refused": count}
+            log.error(f"store unavailable; {what}", extra=extra)
+        return error(503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S})
 
     async def post_trigger_alert(self, request: web.Request) -> web.Response:
         """POST /v1/trigger/alerts: a signed Trigger.dev alert webhook (formats/trigger_alerts)."""
@@ -241,11 +253,7 @@ class Handlers:
         try:
             result = await self.deps.intake.submit([alert.run], source="trigger_alerts")
         except StoreUnavailable as exc:
-            extra = {"run_id": alert.run.id, "error": str(exc)}
-            log.error("store unavailable; alert refused", extra=extra)
-            return error(
-                503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S}
-            )
+            return self._store_refused(request, "alert refused", {"run_id": alert.run.id}, exc)
         body_out = {
             "accepted": result.accepted,
             "ignored": 0,
