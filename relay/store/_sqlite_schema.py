@@ -177,6 +177,13 @@ def migrate(conn: sqlite3.Connection) -> int:
         raise StoreUnavailable(
             f"store schema version {version} is newer than this relay supports ({SCHEMA_VERSION})"
         )
+    if version == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+        # another application's database, or relay's overwritten by a -wal file from elsewhere
+        # (which replays onto any file): never relay's tables added beside what it holds
+        raise StoreUnavailable(
+            "store open failed: the database holds tables relay did not create;"
+            " RELAY_STORE_URL must name relay's own database file"
+        )
     for statements in MIGRATIONS[version:]:
         for statement in statements:
             conn.execute(statement)

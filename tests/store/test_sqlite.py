@@ -182,6 +182,15 @@ async def test_open_refuses_a_newer_schema_and_a_foreign_file(tmp_path: Path) ->
     with pytest.raises(StoreUnavailable, match="store open failed: SQLITE_NOTADB"):
         await SQLiteStore(foreign).open()
 
+    other = tmp_path / "other.db"  # another application's database: relay adds no tables
+    with closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE users (name TEXT)")
+    with pytest.raises(StoreUnavailable, match="holds tables relay did not create"):
+        await SQLiteStore(other).open()
+    with closing(sqlite3.connect(other)) as conn:
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    assert tables == [("users",)]
+
     with pytest.raises(StoreUnavailable, match="RELAY_STORE_URL names a directory, not a file"):
         await SQLiteStore(tmp_path).open()  # sqlite:////data: not SQLITE_CANTOPEN
 
