@@ -618,6 +618,8 @@ def _open_failed(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
     mounted read-only or owned by another user (a root-owned Docker volume); name that."""
     kind = str(getattr(exc, "sqlite_errorname", ""))
     why = _not_writable(path) if kind.startswith(_NOT_WRITABLE) else None
+    if why is None and kind.startswith(("SQLITE_FULL", "SQLITE_IOERR")) and _no_space(path):
+        why = "no space left on the database's file system"
     if why is None:
         return unavailable("store open failed", exc)
     error = StoreUnavailable(f"store open failed: {why}")
@@ -626,6 +628,14 @@ def _open_failed(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
 
 
 _NOT_WRITABLE = ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM", "SQLITE_IOERR")
+
+
+def _no_space(path: Path) -> bool:
+    """Whether the file system of the database's directory is full (for relay's user)."""
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
 
 
 def _not_writable(path: Path) -> str | None:

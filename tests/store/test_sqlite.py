@@ -216,6 +216,33 @@ async def test_a_read_only_volume_is_named_not_sqlite_cantopen(tmp_path: Path) -
         subprocess.run(["umount", "-l", str(volume)], capture_output=True, check=False)
 
 
+async def test_a_full_disk_is_named_at_open(tmp_path: Path) -> None:
+    """relay started on a full disk said only `store open failed: SQLITE_IOERR_SHMSIZE`."""
+    volume = tmp_path / "volume"
+    if not _mount_tmpfs(volume, "1m"):
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        existing = SQLiteStore(volume / "relay.db")
+        await existing.open()
+        await existing.close()
+        filler = volume / "filler"
+        full = pytest.raises(OSError, match="No space left")
+        with filler.open("wb", buffering=0) as out, full:  # write until the disk is full
+            while True:
+                out.write(b"\0" * 65536)
+        with pytest.raises(StoreUnavailable) as caught:
+            await SQLiteStore(volume / "relay.db").open()
+        assert str(caught.value) == (
+            "store open failed: no space left on the database's file system"
+        )
+        filler.unlink()
+        reopened = SQLiteStore(volume / "relay.db")  # space is back: it opens
+        await reopened.open()
+        await reopened.close()
+    finally:
+        subprocess.run(["umount", "-l", str(volume)], capture_output=True, check=False)
+
+
 async def test_a_database_file_relay_cannot_write_is_named_at_open(tmp_path: Path) -> None:
     """A database file relay's user may not write (another user's; here chattr +i, which
     stops root too) opened read-only without a word: `relay serve` failed at its first write
