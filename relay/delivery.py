@@ -335,8 +335,9 @@ class ChannelLoop:
         """Whether the last claim is a poll interval old. The store may then hold due rows no
         wake-up announces: another replica's, free since it died, or a retry whose time came.
         A busy loop never waits out an idle poll, and rows leased at birth would keep its room
-        from the claim for as long as intake stays busy."""
-        return now - self._claimed_at >= POLL_S
+        from the claim for as long as intake stays busy. A wall clock stepped back since the
+        last claim owes one too (else none would come until the clock caught up again)."""
+        return not 0 <= now - self._claimed_at < POLL_S
 
     def _room(self) -> int:
         """Rows this loop may still take: its concurrency plus the rows held ahead, less those
