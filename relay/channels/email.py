@@ -24,7 +24,7 @@ Failures are translated here, once, into DeliveryError (the SMTP boundary):
   timeout: connect, a reply, or the whole attempt      timeout       yes        no answer in time
   refused connection, DNS, reset, disconnected         network       yes        connection refused
   TLS handshake or certificate verification            network       yes        TLS: ...
-  a non-ASCII address, server without SMTPUTF8         client_error  no         server does
+  a non-ASCII local part, server without SMTPUTF8      client_error  no         server does
                                                                                 not take ...
   any other SMTPException (no STARTTLS, no AUTH...)   other         yes        aiosmtplib's text
 
@@ -51,6 +51,7 @@ import logging
 import re
 import ssl
 import time
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses
 from typing import Any
@@ -86,14 +87,45 @@ __all__ = ["KIND", "EmailChannel", "EmailSettings", "SmtpSettings", "classify"]
 
 
 def _check_address(value: str) -> str:
-    """One address, plain or with a display name; it is the envelope address we return."""
+    """One address, plain or with a display name; it is the envelope address we return, its
+    domain in ASCII (see `_ascii_domain`)."""
     if "\r" in value or "\n" in value:
         raise ValueError("addresses cannot contain line breaks")
     found = getaddresses([value])
     local, _, domain = found[0][1].rpartition("@") if len(found) == 1 else ("", "", "")
     if not local or not domain:
         raise ValueError(f"{value!r} is not one email address")
-    return found[0][1]
+    return _ascii_domain(found[0][1])
+
+
+def _ascii_domain(address: str) -> str:
+    """`ops@bücher.example` → `ops@xn--bcher-kva.example`: an IDN domain in its ASCII form
+    (IDNA), as every server takes it; only a non-ASCII local part needs SMTPUTF8. Without it,
+    the server refused the mail for want of SMTPUTF8 and the header got an encoded word in
+    the middle of the address."""
+    local, _, domain = address.rpartition("@")
+    if domain.isascii() or not local.isascii():
+        return address
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        raise ValueError(f"{domain!r} is not a valid domain name") from None
+
+
+def _header_addresses(entries: list[str]) -> str:
+    """The `To`/`Cc` value: each entry as written, but with its domain in ASCII if it had to
+    change (the display name stays as written, RFC 2047-encoded by the email package)."""
+    out = []
+    for entry in entries:  # each one address (EmailSettings checked them)
+        name, address = getaddresses([entry])[0]
+        ascii_address = _ascii_domain(address)
+        out.append(entry if ascii_address == address else str(_address(name, ascii_address)))
+    return ", ".join(out)
+
+
+def _address(name: str, address: str) -> Address:
+    local, _, domain = address.rpartition("@")
+    return Address(display_name=name, username=local, domain=domain)
 
 
 def _split_addresses(value: str) -> list[str]:
@@ -259,10 +291,10 @@ def one_line(text: str, limit: int = SUBJECT_MAX_CHARS) -> str:
 
 def build_message(settings: EmailSettings, message: Outgoing) -> EmailMessage:
     mail = EmailMessage()
-    mail["From"] = settings.from_
-    mail["To"] = ", ".join(settings.to)
+    mail["From"] = _header_addresses([settings.from_])
+    mail["To"] = _header_addresses(settings.to)
     if settings.cc:
-        mail["Cc"] = ", ".join(settings.cc)
+        mail["Cc"] = _header_addresses(settings.cc)
     mail["Subject"] = one_line(message.parts.get("subject", "")) or "relay notification"
     mail["Date"] = formatdate(message.timestamp, usegmt=True)
     mail["Message-ID"] = f"<{re.sub(r'[^A-Za-z0-9._-]', '-', message.notification_id)}@relay>"

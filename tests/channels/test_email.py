@@ -555,6 +555,32 @@ async def test_a_non_ascii_address_to_a_server_without_smtputf8_is_permanent(
     assert fake.messages == []
 
 
+async def test_an_idn_domain_goes_in_ascii_to_a_server_without_smtputf8(
+    smtp_server: SmtpFactory,
+) -> None:
+    """Only a non-ASCII local part needs SMTPUTF8; a domain has its ASCII form (IDNA). Before,
+    such a mail was a dead letter ("no SMTPUTF8"), and the To header would have carried an
+    encoded word inside the address."""
+    fake = await smtp_server()
+    to = ["Jörg Müller <ops@bücher.example>", "oncall@example.com"]
+    settings = email_settings(fake.port).model_copy(update={"to": to, "cc": ["x@münchen.de"]})
+    await make_channel(settings).send(outgoing())
+    [got] = await fake.wait_for(1)
+    wanted = ["ops@xn--bcher-kva.example", "oncall@example.com", "x@xn--mnchen-3ya.de"]
+    assert got.rcpt_tos == wanted
+    assert got.data.isascii()
+    mail = got.message()
+    assert mail["To"] == "Jörg Müller <ops@xn--bcher-kva.example>, oncall@example.com"
+    assert mail["Cc"] == "x@xn--mnchen-3ya.de" and not mail["To"].defects
+
+
+def test_a_domain_that_has_no_ascii_form_is_refused() -> None:
+    with pytest.raises(ValidationError, match="is not a valid domain name"):
+        EmailSettings.model_validate(
+            {**email_settings(25).model_dump(by_alias=True), "to": ["a@" + "ü" * 70 + ".de"]}
+        )
+
+
 async def test_nothing_listening_is_network() -> None:
     import socket  # noqa: PLC0415
 
