@@ -6,7 +6,8 @@ is the `subject` part on one line, at most 200 characters. `Message-ID: <{notifi
 is stable, so a resend after a lost reply is the same mail to a deduplicating system; the
 id is also in `X-Relay-Notification-Id`. `Auto-Submitted: auto-generated` keeps vacation
 auto-replies away (a user's own `headers: {Auto-Submitted: ...}` replaces it). TLS trusts the
-system store (and SSL_CERT_FILE) plus `smtp.ca_file`.
+system store (and SSL_CERT_FILE) plus `smtp.ca_file`. A username and password need STARTTLS or
+implicit TLS unless the host is this machine (as Go's smtp.PlainAuth, used by Alertmanager).
 
 Failures are translated here, once, into DeliveryError (the SMTP boundary):
 
@@ -68,6 +69,7 @@ from pydantic import (
 )
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
+from relay.channels._http import LOCAL_HOSTS
 from relay.config import CONTROL_CHARS, ChannelSettings, Strict, from_config_dir
 from relay.errors import DeliveryError, StoreUnavailable, tls_failure, wire_failure
 from relay.filters import truncate_chars
@@ -173,7 +175,16 @@ class SmtpSettings(Strict):
             raise ValueError("tls (implicit TLS) and starttls are exclusive; choose one")
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together")
+        if self.password is not None and not self._encrypted_or_local:
+            raise ValueError(
+                "username and password need starttls or tls: without TLS they cross the"
+                " network in clear (allowed only to this machine)"
+            )
         return self
+
+    @property
+    def _encrypted_or_local(self) -> bool:
+        return self.use_tls or self.use_starttls or self.host.lower().strip("[]") in LOCAL_HOSTS
 
     @field_validator("host")
     @classmethod

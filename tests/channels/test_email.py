@@ -196,6 +196,9 @@ GOOD = {
 }
 
 
+AUTH = {"host": "smtp.example.com", "username": "u", "password": "p"}
+
+
 @pytest.mark.parametrize(
     ("change", "why"),
     [
@@ -219,6 +222,9 @@ GOOD = {
         ({"headers": {"content-type": "v"}}, "set by relay"),
         ({"smtp": {"host": "h", "tls": True, "starttls": True}}, "exclusive"),
         ({"smtp": {"host": "h", "username": "u"}}, "go together"),
+        ({"smtp": {**AUTH, "starttls": False}}, "need starttls or tls"),
+        ({"smtp": {**AUTH, "port": 465, "starttls": False}}, "need starttls or tls"),
+        ({"smtp": {**AUTH, "port": 25, "tls": False, "starttls": False}}, "need starttls or tls"),
         ({"smtp": {"host": "h", "ca_file": "/nonexistent/ca.pem"}}, "ca_file"),
         ({"smtp": {"host": "h", "prot": 25}}, "Extra inputs"),
         ({"smtp": {"host": "smtp.example.com:587"}}, "set smtp.port"),
@@ -228,6 +234,21 @@ GOOD = {
 def test_bad_settings_are_refused(change: dict[str, Any], why: str) -> None:
     with pytest.raises(ValidationError, match=why):
         EmailSettings.model_validate({**GOOD, **change})
+
+
+@pytest.mark.parametrize(
+    "smtp",
+    [
+        AUTH,  # STARTTLS by default
+        {**AUTH, "port": 465},
+        {**AUTH, "host": "127.0.0.1", "starttls": False},
+        {**AUTH, "host": "localhost", "starttls": False},
+        {**AUTH, "host": "::1", "starttls": False},
+    ],
+)
+def test_credentials_go_over_tls_or_to_this_machine(smtp: dict[str, Any]) -> None:
+    """Before, `starttls: false` sent the password in clear to any host (AUTH PLAIN is base64)."""
+    EmailSettings.model_validate({**GOOD, "smtp": smtp})
 
 
 def test_recipients_as_one_string_as_alertmanager_writes_them() -> None:
