@@ -42,9 +42,11 @@ def is_blip(error: DeliveryError) -> bool:
 
     A Retry-After (however short) is honoured through the outbox (`not_before`), not by a
     sleep in process: a kill -9 forgets an in-memory wait, and the restarted relay would
-    retry sooner than the receiver asked.
+    retry sooner than the receiver asked. A rate limit without one (HTTP 429, SMTP 421: "slow
+    down", "closing, try later") is no blip either: it gets the backoff, not two more tries
+    within a quarter of a second, which also spent three of `max_attempts` at once.
     """
-    if not error.retryable or error.reason == "timeout":
+    if not error.retryable or error.reason in ("timeout", "rate_limited"):
         return False
     return not error.retry_after
 

@@ -710,6 +710,21 @@ async def test_end_to_end_451_then_accept_is_delivered_once(
     assert row.attempts == 2 and len(fake.messages) == 1
 
 
+async def test_end_to_end_421_waits_the_backoff_before_the_retry(
+    relay: RelayFactory, smtp_server: SmtpFactory, smtp_pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """421 is the server shedding load or going down (RFC 5321 4.5.4.1: the client MUST delay
+    its retry). Before, relay tried twice more within a quarter of a second, in process."""
+    caplog.set_level(logging.INFO, logger="relay.delivery")
+    fake = await smtp_server("starttls", credentials=(USER, PASSWORD))
+    fake.data_replies = ["421 4.3.2 closing, try later"]
+    r, ident = await e2e(relay, fake, smtp_pki)
+    row = await settled(r, ident, "sent")
+    assert row.attempts == 2 and len(fake.messages) == 1
+    [retry] = [rec for rec in caplog.records if rec.getMessage() == "delivery failed; will retry"]
+    assert (retry.__dict__["reason"], retry.__dict__["attempts"]) == ("rate_limited", 1)
+
+
 async def test_end_to_end_wrong_password_is_dead_without_the_password(
     relay: RelayFactory, smtp_server: SmtpFactory, smtp_pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
