@@ -12,7 +12,7 @@ implicit TLS unless the host is this machine (as Go's smtp.PlainAuth, used by Al
 Failures are translated here, once, into DeliveryError (the SMTP boundary):
 
   outcome                                              reason        retryable  detail
-  some recipients refused for good (5xx), the rest ok  (sent; a warning logs the refused count)
+  some recipients refused for good (5xx), the rest ok  (sent; a warning names them, with codes)
   the rest refused for good on a retry (others had it) (sent, the same)
   some refused for now (4xx: greylisting), some ok     as below     yes        SMTP 450 for
                                                                                 1 of 2 recipients
@@ -360,13 +360,15 @@ class EmailChannel:
             raise _by_code(first, auth=False, note=note, rcpt=True)
 
     def _refused(self, message: Outgoing, refused: dict[str, Any]) -> dict[str, int]:
-        """Log the recipients the server refused; those refused for now (4xx), with the code."""
+        """Log the recipients the server refused (who, and the reply code: a typo in `to` is
+        found in the log); return those refused for now (4xx), with the code."""
         later = {a: r.code for a, r in refused.items() if _for_now(r.code)}
         log.warning(
             "some recipients were refused; sent to the others",
             extra={
                 **message.log_fields(self.name),
                 "refused": len(refused),
+                "refused_codes": {a: r.code for a, r in refused.items()},
                 "later": len(later),
                 "recipients": len(self._recipients),
             },

@@ -409,6 +409,7 @@ async def test_one_refused_recipient_of_two_still_sends(
     assert got.rcpt_tos == ["oncall@example.com"]
     [record] = caplog.records
     assert record.__dict__["refused"] == 1 and record.__dict__["recipients"] == 2
+    assert record.__dict__["refused_codes"] == {"team@example.com": 550}  # who: a typo in `to`?
     said = {k: record.__dict__.get(k) for k in ("run_id", "rule", "channel")}  # SPEC §6: all three
     assert said == {
         "run_id": "run_cmuxjbf30kqkowywawhi1r8yr",
