@@ -28,6 +28,8 @@ Failures are translated here, once, into DeliveryError (the SMTP boundary):
   a non-ASCII local part, server without SMTPUTF8      client_error  no         server does
                                                                                 not take ...
   any other SMTPException (no STARTTLS, no AUTH...)   other         yes        aiosmtplib's text
+  a reply without a code, or a line too long          other         yes        malformed SMTP
+                                                                                reply
 
 A 421 to one RCPT of several makes aiosmtplib hang up before the next one: that reads as
 "network: server disconnected", retryable all the same.
@@ -467,7 +469,7 @@ def _for_now(rcpt_code: int) -> bool:
 
 
 def _by_code(code: int, *, auth: bool, note: str = "", rcpt: bool = False) -> DeliveryError:
-    detail = f"SMTP {code}{note}"
+    detail = f"SMTP {code}{note}" if code >= 100 else "malformed SMTP reply"  # aiosmtplib: -1
     if code == 421:
         return DeliveryError("rate_limited", retryable=True, detail=detail, status=code)
     if 400 <= code < 500 or (rcpt and code == 552):

@@ -356,6 +356,7 @@ async def test_a_users_auto_submitted_replaces_relays(smtp_server: SmtpFactory) 
         ),
         ({"rcpt_replies": ["421 4.7.0 closing"]}, "network", True, "server disconnected"),
         ({"data_replies": ["554 5.7.1 rejected as spam"]}, "client_error", False, "SMTP 554"),
+        ({"data_replies": ["queued as 4F2A"]}, "other", True, "malformed SMTP reply"),  # SMTP -1
         (
             {
                 "refuse": {
