@@ -86,6 +86,8 @@ _RESERVED = frozenset(
 _OVERRIDABLE = {"Auto-Submitted": "auto-generated"}
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
 _AUTH_CODES = frozenset((530, 534, 535, 538))
+# EHLO's argument (RFC 5321 4.1.1.1): a domain, or an address literal in brackets
+_EHLO_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[!-Z^-~]+\]")
 SENT = "email_sent"  # kv: "<channel>:<notification id>" -> JSON list of recipients done with
 __all__ = ["KIND", "EmailChannel", "EmailSettings", "SmtpSettings", "classify"]
 
@@ -170,6 +172,7 @@ class SmtpSettings(Strict):
     password: SecretStr | None = None
     ca_file: FilePath | None = None
     validate_certs: bool = True
+    hello: str | None = None  # the name EHLO gives; default: this machine's (socket.getfqdn)
 
     @model_validator(mode="after")
     def _coherent(self) -> SmtpSettings:
@@ -195,6 +198,15 @@ class SmtpSettings(Strict):
             raise ValueError("host must be a host name or an IP address, without a scheme")
         if value.count(":") == 1:
             raise ValueError("host cannot carry a port; set smtp.port")
+        return value
+
+    @field_validator("hello")
+    @classmethod
+    def _hello(cls, value: str | None) -> str | None:
+        if value is not None and not _EHLO_NAME.fullmatch(value):
+            raise ValueError(
+                "hello must be a domain name or an address literal such as [192.0.2.1]"
+            )
         return value
 
     @field_validator("ca_file", mode="before")
@@ -431,6 +443,7 @@ class EmailChannel:
             "start_tls": smtp.use_starttls,
             "tls_context": self._tls,
             "timeout": self._timeout_s,
+            "local_hostname": smtp.hello,
         }
 
 

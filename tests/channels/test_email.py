@@ -228,6 +228,8 @@ AUTH = {"host": "smtp.example.com", "username": "u", "password": "p"}
         ({"smtp": {"host": "h", "ca_file": "/nonexistent/ca.pem"}}, "ca_file"),
         ({"smtp": {"host": "h", "prot": 25}}, "Extra inputs"),
         ({"smtp": {"host": "smtp.example.com:587"}}, "set smtp.port"),
+        ({"smtp": {"host": "h", "hello": "relay.example.com\r\nRSET"}}, "hello must be"),
+        ({"smtp": {"host": "h", "hello": "my relay"}}, "hello must be"),
         ({"smtp": {"host": "smtp://smtp.example.com"}}, "without a scheme"),
     ],
 )
@@ -329,6 +331,15 @@ async def test_message_is_multipart_alternative_with_stable_ids(smtp_server: Smt
     assert text.replace("\r\n", "\n") == rendered()["txt"]
     assert html.replace("\r\n", "\n") == rendered()["html"]
     assert all(len(line) <= 998 for line in first.data.split(b"\r\n"))  # RFC 5322 line limit
+
+
+async def test_the_ehlo_name_is_the_configured_hello(smtp_server: SmtpFactory) -> None:
+    """Servers such as smtp-relay.gmail.com refuse an EHLO `localhost` (421 ... (EHLO)), which
+    is what socket.getfqdn() gives on many hosts and containers; Alertmanager has smtp_hello."""
+    fake = await smtp_server()
+    await channel(fake.port, hello="relay.example.com").send(outgoing())
+    await fake.wait_for(1)
+    assert bytes(fake.received).startswith(b"EHLO relay.example.com\r\n")
 
 
 async def test_a_users_auto_submitted_replaces_relays(smtp_server: SmtpFactory) -> None:
