@@ -99,9 +99,17 @@ def _check_address(value: str) -> str:
         raise ValueError("addresses cannot contain line breaks")
     found = getaddresses([value])
     local, _, domain = found[0][1].rpartition("@") if len(found) == 1 else ("", "", "")
-    if not local or not domain:
+    if not local or not domain or _is_group(value):
         raise ValueError(f"{value!r} is not one email address")
     return _ascii_domain(found[0][1])
+
+
+def _is_group(value: str) -> bool:
+    """`Ops: EU <o@x.com>` is the group "Ops" (RFC 5322 3.4): From cannot hold one, and in To
+    it swallowed every address after it. A display name with a ':' needs quotes."""
+    probe = EmailMessage()
+    probe["To"] = value
+    return any(group.display_name is not None for group in probe["To"].groups)
 
 
 def _ascii_domain(address: str) -> str:

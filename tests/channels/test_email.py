@@ -214,6 +214,8 @@ AUTH = {"host": "smtp.example.com", "username": "u", "password": "p"}
         ({"cc": "x@y@example.com"}, "not one email address"),
         ({"from": "@example.com"}, "not one email address"),
         ({"from": "relay"}, "not one email address"),
+        ({"from": "Ops: EU <relay@example.com>"}, "not one email address"),  # a group
+        ({"to": ["Team: EU <team@example.com>"]}, "not one email address"),
         ({"cc": ["ok@example.com", "x\n@example.com"]}, "line breaks"),
         ({"headers": {"X-Ok": "a\r\nBcc: x@evil.com"}}, "line breaks"),
         ({"headers": {"X-Bad: y": "v"}}, "printable ASCII"),
@@ -260,6 +262,8 @@ def test_recipients_as_one_string_as_alertmanager_writes_them() -> None:
     assert two.cc == ["a@x.com", '"Doe, J" <b@y.com>']
     three = EmailSettings.model_validate({**GOOD, "to": "Jöhn Dœ <j@x.com>;b@y.com"})
     assert three.to == ["Jöhn Dœ <j@x.com>", "b@y.com"]
+    four = EmailSettings.model_validate({**GOOD, "to": ['"Ops: EU" <o@x.com>', "J. Doe <j@x.com>"]})
+    assert four.to == ['"Ops: EU" <o@x.com>', "J. Doe <j@x.com>"]
 
 
 @pytest.mark.parametrize(
