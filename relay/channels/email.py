@@ -31,8 +31,8 @@ Failures are translated here, once, into DeliveryError (the SMTP boundary):
   a reply without a code, or a line too long          other         yes        malformed SMTP
                                                                                 reply
 
-A 421 to one RCPT of several makes aiosmtplib hang up before the next one: that reads as
-"network: server disconnected", retryable all the same.
+A 421 to one RCPT of several makes aiosmtplib hang up before the next one: that is the 421
+(rate_limited), not the "server disconnected" aiosmtplib says at the next RCPT.
 
 When the server takes a mail for some recipients and refuses others for now (a 4xx to RCPT:
 greylisting, a full mailbox), the recipients done with (accepted, or refused for good) are kept
@@ -424,20 +424,25 @@ class EmailChannel:
         becomes of the QUIT (a timeout there retried it, and the mail went out twice)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
-        client = aiosmtplib.SMTP(**self._options())
+        client = _Client(**self._options())
         try:
             async with asyncio.timeout_at(deadline):
                 await client.connect()
                 refused, _ = await client.send_message(
                     mail, sender=self._sender, recipients=recipients
                 )
+        except aiosmtplib.SMTPServerDisconnected:
+            if client.said_421:  # the 421 that made aiosmtplib hang up, not the hang-up
+                raise aiosmtplib.SMTPResponseException(421, "closing") from None
+            raise
+        else:
             left = deadline - loop.time()
             if left > 0:
                 with contextlib.suppress(Exception):
                     await client.quit(timeout=left)
+            return refused
         finally:
             client.close()
-        return refused
 
     def _options(self) -> dict[str, Any]:
         smtp = self.settings.smtp
@@ -453,6 +458,19 @@ class EmailChannel:
             "timeout": self._timeout_s,
             "local_hostname": smtp.hello,
         }
+
+
+class _Client(aiosmtplib.SMTP):
+    """aiosmtplib's client, noting a 421 reply: it hangs up on one, so a 421 to the first RCPT
+    of several surfaced as "server disconnected" at the next RCPT (network, tried again at
+    once) instead of the server's "closing, slow down" (rate_limited, the backoff)."""
+
+    said_421 = False
+
+    async def execute_command(self, *args: bytes, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        response = await super().execute_command(*args, **kwargs)
+        self.said_421 = self.said_421 or response.code == 421
+        return response
 
 
 def classify(exc: BaseException) -> DeliveryError:

@@ -369,7 +369,8 @@ async def test_a_users_auto_submitted_replaces_relays(smtp_server: SmtpFactory) 
             True,
             "SMTP 421",
         ),
-        ({"rcpt_replies": ["421 4.7.0 closing"]}, "network", True, "server disconnected"),
+        ({"rcpt_replies": ["421 4.7.0 closing"]}, "rate_limited", True, "SMTP 421"),  # 1st of 2
+        ({"rcpt_replies": ["", "421 4.7.0 closing"]}, "rate_limited", True, "SMTP 421"),  # 2nd
         ({"data_replies": ["554 5.7.1 rejected as spam"]}, "client_error", False, "SMTP 554"),
         ({"data_replies": ["queued as 4F2A"]}, "other", True, "malformed SMTP reply"),  # SMTP -1
         (
