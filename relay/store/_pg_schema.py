@@ -6,7 +6,9 @@ moves a database from version i to version i + 1. `migrate` runs them in one tra
 transaction-level advisory lock, so several replicas starting at once queue behind the first and
 then find nothing left to do; PostgreSQL DDL is transactional, so a failed migration leaves the
 previous version intact. Migrations must stay additive: replicas of the previous release may keep
-running beside the new schema during a rolling upgrade.
+running beside the new schema during a rolling upgrade. A schema already current needs no DDL:
+replicas may run as a role that only reads and writes relay's tables once `relay migrate` ran as
+one that may create them.
 
 Times are epoch seconds (double precision), as in the SQLite engine; run snapshots and extras
 are stored as the exact orjson bytes (bytea), not jsonb, so they come back byte for byte.
@@ -167,7 +169,8 @@ async def migrate(conn: asyncpg.Connection) -> tuple[int, int]:
     """Bring the schema to SCHEMA_VERSION; return (version before, version after)."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-        await conn.execute(_VERSION_TABLE)
+        if await conn.fetchval("SELECT to_regclass('relay_schema_version')") is None:
+            await conn.execute(_VERSION_TABLE)  # asks for CREATE even when the table exists
         version = int(
             await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM relay_schema_version")
         )

@@ -895,6 +895,30 @@ async def test_a_missing_database_or_a_user_without_rights_is_named_plainly(pg_u
         await _sql(pg_url, f'DROP ROLE "{role}"')
 
 
+async def test_a_role_that_may_only_use_the_tables_runs_a_migrated_store(pg_url: str) -> None:
+    """`relay migrate` as the owner, replicas as a role without CREATE: the start created the
+    version table IF NOT EXISTS, which PostgreSQL refuses without CREATE even when it exists."""
+    await migrate(pg_url)
+    role = f"relay_dml_{os.getpid()}"
+    await _sql(pg_url, f'CREATE ROLE "{role}" LOGIN')
+    try:
+        await _sql(pg_url, "REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        await _sql(
+            pg_url,
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"',
+        )
+        store = PostgresStore(pg_url.replace("postgres@", f"{role}@"))
+        await store.open()
+        try:
+            await enqueue(store, "run_1", 1.0)
+            assert [n.run_id for n in await store.claim("c1", 2.0, 10, 300)] == ["run_1"]
+        finally:
+            await store.close()
+    finally:
+        await _sql(pg_url, f'DROP OWNED BY "{role}"')
+        await _sql(pg_url, f'DROP ROLE "{role}"')
+
+
 async def test_a_server_without_tls_under_sslmode_require_is_not_waited_for(pg_url: str) -> None:
     """The test server has ssl off: asyncpg's bare ConnectionError read as a connection lost,
     so `relay serve` waited forever for what only a config change mends."""
