@@ -8,6 +8,8 @@ TLS follows libpq's `sslmode` (disable, allow, prefer, require, verify-ca, verif
 or PGSSLMODE. asyncpg verifies only against ~/.postgresql/root.crt or `sslrootcert`; relay makes
 verify-ca and verify-full trust the system store instead (honouring SSL_CERT_FILE and
 SSL_CERT_DIR), unless the URL or PGSSLROOTCERT names a root certificate, as SPEC §3 asks.
+`sslrootcert=system` (libpq 16) names the system store and means verify-full: a weaker sslmode
+in the URL is refused, as libpq does.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ RETRY_ERRORS: tuple[type[BaseException], ...] = (
 TRANSACTION_TRIES = 5
 T = TypeVar("T")
 _VERIFY_MODES = ("verify-ca", "verify-full")
+_SYSTEM = "system"  # sslrootcert=system: the system store, as libpq 16 reads it
 _SSL_MODES = ("disable", "allow", "prefer", "require", *_VERIFY_MODES)
 # libpq keywords asyncpg does not know: it would send them to the server as settings, and the
 # server refuses the connection (UndefinedObjectError). Client-side knobs, safe to leave out;
@@ -118,9 +121,12 @@ def check_url(url: str) -> None:
         raise _url_error("a postgresql URL starts with postgresql:// or postgres://")
     if not _ports_valid(parts.netloc):  # else asyncpg's ValueError, a traceback
         raise _url_error("a port is not a number from 1 to 65535")
-    mode = dict(parse_qsl(parts.query)).get("sslmode")
+    params = dict(parse_qsl(parts.query))
+    mode = params.get("sslmode")
     if mode is not None and mode not in _SSL_MODES:
         raise _url_error(f"sslmode must be one of {', '.join(_SSL_MODES)}")
+    if params.get("sslrootcert") == _SYSTEM and mode not in (None, "verify-full"):
+        raise _url_error("sslrootcert=system needs sslmode=verify-full (or no sslmode)")
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key in _UNSUPPORTED and value not in _UNSUPPORTED[key]:
             raise _url_error(
@@ -170,6 +176,8 @@ def connect_args(url: str) -> dict[str, Any]:
     params = dict(parse_qsl(urlsplit(url).query))
     mode = params.get("sslmode") or os.environ.get("PGSSLMODE")
     own_root = params.get("sslrootcert") or os.environ.get("PGSSLROOTCERT")
+    if own_root == _SYSTEM:  # libpq's name for the system store; asyncpg opens a file "system"
+        return {"ssl": system_trust_context(True, params)}  # verify-full, whatever PGSSLMODE says
     if mode not in _VERIFY_MODES or own_root:
         return {}  # asyncpg applies sslmode (and sslrootcert) the way libpq does
     return {"ssl": system_trust_context(mode == "verify-full", params)}

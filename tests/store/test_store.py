@@ -1060,6 +1060,12 @@ def test_verify_modes_trust_the_system_store_unless_a_root_cert_is_named(
     assert not ca.check_hostname and ca.verify_mode == ssl.CERT_REQUIRED
     monkeypatch.setenv("PGSSLMODE", "verify-full")
     assert "ssl" in connect_args("postgresql://h/db")
+    monkeypatch.setenv("PGSSLMODE", "require")
+    for query in ("sslrootcert=system", "sslrootcert=system&sslmode=verify-full"):
+        system = connect_args(f"postgresql://h/db?{query}")["ssl"]  # libpq 16: verify-full
+        assert system.check_hostname and system.verify_mode == ssl.CERT_REQUIRED
+    with pytest.raises(ConfigError, match="sslrootcert=system needs sslmode=verify-full"):
+        PostgresStore("postgresql://h/db?sslrootcert=system&sslmode=require")
 
 
 async def test_tls_verify_full_trusts_ssl_cert_file(
@@ -1084,6 +1090,9 @@ async def test_tls_verify_full_trusts_ssl_cert_file(
         ):
             await PostgresStore(url).open()  # our CA is in no system store
         monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+        system = PostgresStore(url + "&sslrootcert=system")  # libpq 16: the system store
+        await system.open()  # asyncpg alone looked for a file named "system"
+        await system.close()
         store = PostgresStore(url)
         await store.open()
         try:
