@@ -183,6 +183,26 @@ def connect_args(url: str) -> dict[str, Any]:
     return {"ssl": system_trust_context(mode == "verify-full", params)}
 
 
+def unreadable_tls_file(url: str) -> str | None:
+    """The parameter naming a certificate or key file that cannot be read, if asyncpg will read
+    it: asyncpg's FileNotFoundError looks like a server socket not there yet, and a missing file
+    does not appear by waiting."""
+    params = dict(parse_qsl(urlsplit(url).query))
+    mode = params.get("sslmode") or os.environ.get("PGSSLMODE") or "prefer"
+    if mode == "disable":
+        return None
+    names: tuple[str, ...] = (
+        "sslcert",
+        "sslkey",
+        *(("sslrootcert",) if mode in ("require", *_VERIFY_MODES) else ()),
+    )
+    for name in names:
+        path = params.get(name) or os.environ.get(f"PG{name.upper()}")
+        if path and path != _SYSTEM and not os.access(os.path.expanduser(path), os.R_OK):
+            return name
+    return None
+
+
 def system_trust_context(check_hostname: bool, params: dict[str, str]) -> ssl.SSLContext:
     """The system store (SSL_CERT_FILE/SSL_CERT_DIR honoured), plus a client cert if named."""
     context = ssl.create_default_context()

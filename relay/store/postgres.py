@@ -46,6 +46,7 @@ from relay.store._pg_connect import (
     dsn_and_timeout,
     retrying,
     unavailable,
+    unreadable_tls_file,
 )
 from relay.store._pg_observe import lease_at_birth, observe
 from relay.store._pg_replicas import DEFAULT_TIMEOUT_S, Heartbeat, new_holder
@@ -105,6 +106,7 @@ class PostgresStore:
         async with self._opening:
             if self._pool is not None:
                 return
+            self._check_tls_files()
             try:
                 pool = await asyncpg.create_pool(
                     self._url,
@@ -132,6 +134,10 @@ class PostgresStore:
                 await self.close()
                 raise
 
+    def _check_tls_files(self) -> None:
+        if (name := unreadable_tls_file(self._url)) is not None:
+            raise StoreUnavailable(f"store open failed: TLS: the file {name} names cannot be read")
+
     async def _connect(self) -> asyncpg.Connection:
         """A connection outside the pool (this replica's heartbeat)."""
         return await asyncpg.connect(
@@ -143,6 +149,7 @@ class PostgresStore:
 
     async def migrate(self) -> tuple[int, int]:
         """`relay migrate`: create or migrate the schema alone; (version before, after)."""
+        self._check_tls_files()
         try:
             conn = await asyncpg.connect(
                 self._url, timeout=self._connect_timeout, **connect_args(self._url)

@@ -1068,6 +1068,29 @@ def test_verify_modes_trust_the_system_store_unless_a_root_cert_is_named(
         PostgresStore("postgresql://h/db?sslrootcert=system&sslmode=require")
 
 
+async def test_a_missing_certificate_file_is_not_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncpg's FileNotFoundError read as a server socket not there yet: `relay serve` waited
+    for ever for a file only the operator can provide."""
+    monkeypatch.delenv("PGSSLMODE", raising=False)
+    missing = tmp_path / "missing.pem"
+    base = f"postgresql://relay@127.0.0.1:{free_port()}/relaydb"
+    for query, name in (
+        (f"sslmode=verify-full&sslrootcert={missing}", "sslrootcert"),
+        (f"sslmode=require&sslcert={missing}", "sslcert"),
+    ):
+        with pytest.raises(StoreUnavailable) as caught:
+            await PostgresStore(f"{base}?{query}").open()
+        assert str(caught.value) == f"store open failed: TLS: the file {name} names cannot be read"
+        assert not caught.value.passing
+    monkeypatch.setenv("PGSSLROOTCERT", str(missing))
+    with pytest.raises(StoreUnavailable, match="sslrootcert names cannot be read"):
+        await migrate(f"{base}?sslmode=verify-ca")
+    with pytest.raises(StoreUnavailable, match="connection refused"):  # prefer: not read
+        await PostgresStore(f"{base}?sslmode=prefer").open()
+
+
 async def test_tls_verify_full_trusts_ssl_cert_file(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
