@@ -70,8 +70,11 @@ _SQLSTATE_WORDS = {
     "28P01": "password authentication failed",
     "28000": "the server refused the login (check the user and pg_hba.conf)",
     "42501": "permission denied (relay's user must be able to create and use its relay_* tables"
-    " in that database's public schema)",
+    " in the first schema of its search_path, public by default)",
     "53300": "too many connections (max_connections)",
+    # At the start of a connection: a URL parameter asyncpg passed on as a server setting.
+    "42704": "a URL parameter names no setting the server knows",
+    "22023": "the server refused the value of a setting given as a URL parameter",
     "57P03": "the server is starting up or shutting down",
 }
 # Refusals that pass by themselves: a server starting, stopping or full, a connection lost.

@@ -919,6 +919,18 @@ async def test_a_role_that_may_only_use_the_tables_runs_a_migrated_store(pg_url:
         await _sql(pg_url, f'DROP ROLE "{role}"')
 
 
+async def test_a_url_parameter_the_server_refuses_is_named_plainly(pg_url: str) -> None:
+    """Prisma's `schema=`, Supabase's `pgbouncer=true`: sent as settings, refused by the
+    server; relay said only "UndefinedObjectError (42704)"."""
+    for query, words in (
+        ("schema=relay", "a URL parameter names no setting the server knows"),
+        ("statement_timeout=soon", "the server refused the value of a setting"),
+    ):
+        with pytest.raises(StoreUnavailable, match=words) as caught:
+            await open_store(f"{pg_url}?{query}").open()
+        assert not caught.value.passing
+
+
 async def test_a_server_without_tls_under_sslmode_require_is_not_waited_for(pg_url: str) -> None:
     """The test server has ssl off: asyncpg's bare ConnectionError read as a connection lost,
     so `relay serve` waited forever for what only a config change mends."""
