@@ -186,6 +186,16 @@ def connect_args(url: str) -> dict[str, Any]:
     return {"ssl": system_trust_context(mode == "verify-full", params)}
 
 
+def session_args(url: str) -> dict[str, Any]:
+    """asyncpg sets no application_name: name relay's connections in pg_stat_activity and the
+    server's log (%a) unless the URL or PGAPPNAME does; fallback_application_name as libpq."""
+    params = dict(parse_qsl(urlsplit(url).query))
+    if "application_name" in params:
+        return {}
+    name = os.environ.get("PGAPPNAME") or params.get("fallback_application_name") or "relay"
+    return {"server_settings": {"application_name": name}}
+
+
 def unreadable_tls_file(url: str) -> str | None:
     """The parameter naming a certificate or key file that cannot be read, if asyncpg will read
     it: asyncpg's FileNotFoundError looks like a server socket not there yet, and a missing file

@@ -45,6 +45,7 @@ from relay.store._pg_connect import (
     connect_args,
     dsn_and_timeout,
     retrying,
+    session_args,
     unavailable,
     unreadable_tls_file,
 )
@@ -83,6 +84,7 @@ class PostgresStore:
     ) -> None:
         check_url(url)
         self._url, self._connect_timeout = dsn_and_timeout(url, CONNECT_TIMEOUT_S)
+        self._session = session_args(url)
         self._pool_max = pool_max
         self._heartbeat = Heartbeat(new_holder(), replica_timeout_s)
         self._pool: asyncpg.Pool | None = None
@@ -115,7 +117,7 @@ class PostgresStore:
                     timeout=self._connect_timeout,
                     command_timeout=COMMAND_TIMEOUT_S,
                     reset=_keep_session,
-                    **connect_args(self._url),
+                    **self._args(),
                 )
             except DB_ERRORS as exc:
                 raise unavailable("store open failed", exc) from exc
@@ -134,6 +136,10 @@ class PostgresStore:
                 await self.close()
                 raise
 
+    def _args(self) -> dict[str, Any]:
+        """asyncpg's keyword arguments beside the DSN: TLS, the application name."""
+        return {**connect_args(self._url), **self._session}
+
     def _check_tls_files(self) -> None:
         if (name := unreadable_tls_file(self._url)) is not None:
             raise StoreUnavailable(f"store open failed: TLS: the file {name} names cannot be read")
@@ -144,16 +150,14 @@ class PostgresStore:
             self._url,
             timeout=self._connect_timeout,
             command_timeout=COMMAND_TIMEOUT_S,
-            **connect_args(self._url),
+            **self._args(),
         )
 
     async def migrate(self) -> tuple[int, int]:
         """`relay migrate`: create or migrate the schema alone; (version before, after)."""
         self._check_tls_files()
         try:
-            conn = await asyncpg.connect(
-                self._url, timeout=self._connect_timeout, **connect_args(self._url)
-            )
+            conn = await asyncpg.connect(self._url, timeout=self._connect_timeout, **self._args())
         except DB_ERRORS as exc:
             raise unavailable("store open failed", exc) from exc
         try:

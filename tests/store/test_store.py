@@ -1058,6 +1058,25 @@ async def test_libpq_client_parameters_in_the_url_are_accepted(pg_url: str) -> N
         await store.close()
 
 
+async def test_relay_names_its_connections(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pg_stat_activity showed relay's connections with no name: an operator counting them
+    (max_connections) could not tell them from others'. The URL's name or PGAPPNAME wins."""
+    monkeypatch.delenv("PGAPPNAME", raising=False)
+    for query, name in (("", "relay"), ("?fallback_application_name=relay-b", "relay-b")):
+        store = PostgresStore(pg_url + query)
+        await store.open()
+        try:
+            rows = await _sql(
+                pg_url,
+                "SELECT application_name, count(*) AS n FROM pg_stat_activity"
+                " WHERE datname = $1 AND pid <> pg_backend_pid() GROUP BY 1",
+                pg_url.rsplit("/", 1)[1],
+            )
+            assert {row["application_name"]: row["n"] for row in rows} == {name: 2}  # pool+beat
+        finally:
+            await store.close()
+
+
 def test_verify_modes_trust_the_system_store_unless_a_root_cert_is_named(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
