@@ -122,8 +122,10 @@ def check_url(url: str) -> None:
         raise _url_error("malformed postgresql URL") from None
     if parts.scheme not in SCHEMES:
         raise _url_error("a postgresql URL starts with postgresql:// or postgres://")
+    if "@" in parts.path:  # `user:pa/ss@host/db`: host "pa", and relay waited for it for ever
+        raise _url_error(f"an @ after the host: {_ENCODE}")
     if not _ports_valid(parts.netloc):  # else asyncpg's ValueError, a traceback
-        raise _url_error("a port is not a number from 1 to 65535")
+        raise _url_error(f"a port is not a number from 1 to 65535 ({_ENCODE})")
     params = dict(parse_qsl(parts.query))
     mode = params.get("sslmode")
     if mode is not None and mode not in _SSL_MODES:
@@ -168,6 +170,9 @@ def _ports_valid(netloc: str) -> bool:
         if colon and not spec.endswith("]") and not (port.isdigit() and 0 < int(port) < 65536):
             return False
     return True
+
+
+_ENCODE = "percent-encode / ? # @ in a user or password as %2F %3F %23 %40"
 
 
 def _url_error(message: str) -> ConfigError:

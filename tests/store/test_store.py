@@ -1040,6 +1040,16 @@ def test_bad_postgresql_urls(url: str) -> None:
     assert problem.path == "RELAY_STORE_URL" and "hunter2" not in str(caught.value)
 
 
+@pytest.mark.parametrize("password", ["hunter2/x", "hunter2?x", "hunter2#x", "12/hunter2"])
+def test_a_password_not_percent_encoded_is_named(password: str) -> None:
+    """`user:hunter2/x@host/db` read as host "hunter2": relay waited for ever for a host name
+    that does not resolve, saying only "host name lookup failed"."""
+    with pytest.raises(ConfigError) as caught:
+        PostgresStore(f"postgresql://u:{password}@db.example.com:5432/relay")
+    assert "percent-encode / ? # @ in a user or password" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
 async def test_libpq_client_parameters_in_the_url_are_accepted(pg_url: str) -> None:
     """A provider's libpq URL (connect_timeout, keepalives, channel_binding=prefer ...): asyncpg
     sent those to the server as settings, which refused them (UndefinedObjectError) at start."""
