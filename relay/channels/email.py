@@ -275,8 +275,15 @@ class EmailSettings(ChannelSettings):
     @field_validator("to", "cc")
     @classmethod
     def _recipients(cls, value: list[str]) -> list[str]:
+        """Every bad address named at once: a list with two typos is fixed in one go."""
+        problems = []
         for address in value:
-            _check_address(address)
+            try:
+                _check_address(address)
+            except ValueError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
     @field_validator("headers")

@@ -255,6 +255,12 @@ def test_credentials_go_over_tls_or_to_this_machine(smtp: dict[str, Any]) -> Non
     EmailSettings.model_validate({**GOOD, "smtp": smtp})
 
 
+def test_every_bad_recipient_is_named_at_once() -> None:
+    with pytest.raises(ValidationError) as caught:
+        EmailSettings.model_validate({**GOOD, "to": ["ok@example.com", "one@", "two@x@y"]})
+    assert "'one@'" in str(caught.value) and "'two@x@y'" in str(caught.value)
+
+
 def test_recipients_as_one_string_as_alertmanager_writes_them() -> None:
     one = EmailSettings.model_validate({**GOOD, "to": "team@example.com"})
     assert one.to == ["team@example.com"]
