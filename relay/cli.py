@@ -189,7 +189,7 @@ def _report(exc: RelayError, *, serving_json: bool) -> None:
         fields = {"problems": problems} if problems is not None else {"error": str(exc)}
         log.error("relay not started", extra=fields)
     elif problems is not None:
-        print(*problems, f"{len(problems)} problem(s) found", sep="\n", file=sys.stderr)
+        print(*problems, f"{_count(len(problems), 'problem')} found", sep="\n", file=sys.stderr)
     else:
         print(f"error: {exc}", file=sys.stderr)
 

@@ -122,7 +122,7 @@ rules:
     assert f"{bad}:7: rules[0].notify[0]: unknown channel 'nope'" in lines, result.stderr
     problems = [line for line in lines if re.match(rf"{re.escape(str(bad))}:\d+: \S+: ", line)]
     assert len(problems) == 2, result.stderr
-    assert lines[-1] == "2 problem(s) found"
+    assert lines[-1] == "2 problems found"
 
 
 SECRET_CONFIG = """\
@@ -187,7 +187,7 @@ rules:
     assert unset.returncode == 1
     assert unset.stderr.splitlines() == [
         f"{config}:2: server.auth_token: environment variable CLI_TEST_UNSET_TOKEN is not set",
-        "1 problem(s) found",
+        "1 problem found",
     ]
     # ${VAR:-default}: the unset variable takes its default (an empty timeout would be invalid)
     assert set_.returncode == 0, set_.stderr
@@ -206,7 +206,7 @@ def test_check_names_a_store_url_relay_serve_would_refuse(
     assert out == "" and "pw" not in err
     assert err.splitlines() == [
         "RELAY_STORE_URL: unsupported store scheme 'mysql' (use sqlite:///... or postgresql://...)",
-        "1 problem(s) found",
+        "1 problem found",
     ]
     assert relay_main(["check", bad]) == 1  # with the config's own problems, every one
     assert "unknown channel 'nope'" in capsys.readouterr().err.splitlines()[0]
@@ -331,7 +331,7 @@ def test_check_finds_every_broken_template_file(tmp_path: Path) -> None:
         "Expected an expression, got 'end of statement block'",
         f"{config}:4: rules[0].template: console: console/part.txt.j2 line 2: unexpected '}}'",
         f"{config}:6: rules[2].template: console: console/latin.txt.j2: not a readable UTF-8 file",
-        "3 problem(s) found",
+        "3 problems found",
     ]
     write(tpl / "console" / "part.txt.j2", "ok\n")  # fixed: what is left is a warning
     write(tpl / "slack" / "unused.json.j2", "{}")
@@ -649,7 +649,7 @@ async def test_send_test_failures(tmp_path: Path, sink: Sink) -> None:
         assert "secret-path" not in text and sink.url not in text and port not in text
         assert WHSEC not in text
 
-    assert unknown.returncode == 1  # one line: not a config problem, no "1 problem(s) found"
+    assert unknown.returncode == 1  # one line: not a config problem, no "1 problem found"
     assert unknown.stderr.splitlines() == ["error: unknown channel 'pager' (known: console, hook)"]
 
 
@@ -889,7 +889,7 @@ def test_serve_logs_why_it_did_not_start_as_json_lines(tmp_path: Path) -> None:
     assert problem.startswith(f"{bad}:1: channels.out.type: unknown channel type")
     *_, failed = [json.loads(line) for line in store.stderr.splitlines()]
     assert failed["error"].startswith("store open failed: ") and "S3CRET" not in store.stderr
-    assert text.stderr.splitlines()[-2:] == [problem, "1 problem(s) found"]
+    assert text.stderr.splitlines()[-2:] == [problem, "1 problem found"]
 
 
 def test_version_and_usage() -> None:
@@ -912,5 +912,5 @@ def test_a_bad_setting_hides_no_problem_of_the_config(tmp_path: Path) -> None:
         f"{config}:3: rules[0].notify[0]: unknown channel 'x'",
         "environment: RELAY_LISTEN: expected host:port, e.g. 0.0.0.0:8080",
         "environment: RELAY_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'",
-        "3 problem(s) found",
+        "3 problems found",
     ]

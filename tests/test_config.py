@@ -709,7 +709,7 @@ def test_check_reports_every_kind_of_problem_in_one_run(tmp_path: Path) -> None:
     assert (result.returncode, result.stdout) == (1, ""), result.stderr
     *lines, total = result.stderr.splitlines()
     assert_lines_start(lines, [f"{config}:{want}" for want in expected])
-    assert total == f"{len(expected)} problem(s) found"
+    assert total == f"{len(expected)} problems found"
     assert slack_url not in result.stderr and "never-printed" not in result.stderr
 
 
