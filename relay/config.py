@@ -128,6 +128,8 @@ class ChannelSettings(Strict):
     timeout: Duration | None = Field(default=None, gt=0)  # 0 would be no timeout at all (aiohttp)
     concurrency: int = Field(default=4, ge=1, le=256)
     rate_limit: RateLimit | None = None
+    # false: no recovery (update_on_recovery) goes to this channel; Alertmanager's name
+    send_resolved: bool = True
 
 
 class ServerConfig(Strict):

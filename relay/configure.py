@@ -114,6 +114,7 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
         loaded.locate,
         time_intervals=config.time_intervals,
         inhibit_rules=config.inhibit_rules,
+        unresolved=frozenset(n for n, ch in config.channels.items() if not ch.send_resolved),
     )
     renderer = Renderer(config.templates.dir, link=dashboard_link(config.defaults))
     warnings = []

@@ -66,6 +66,7 @@ class CompiledRule:
     mute_windows: tuple[NamedTimeInterval, ...] = ()
     active_windows: tuple[NamedTimeInterval, ...] | None = None
     update_on_recovery: bool = False
+    recover_to: tuple[str, ...] = ()  # told of a recovery: notify, less send_resolved false
     # what a run must have for the rule to match (checked by the index, before the predicates)
     is_test: bool | None = None
     needs_tags: frozenset[str] | None = None  # a run without any of these cannot matchs
@@ -188,7 +189,7 @@ class RuleSet:
             Match(rule.name, channel, RECOVERY_TEMPLATE, recovery=True)
             for rule in self.rules
             if rule.update_on_recovery and rule.name in previous.fired
-            for channel in rule.notify
+            for channel in rule.recover_to
         )
 
 
@@ -236,8 +237,10 @@ def compile_rules(
     *,
     time_intervals: Sequence[NamedTimeInterval] = (),
     inhibit_rules: Sequence[InhibitRule] = (),
+    unresolved: frozenset[str] = frozenset(),
 ) -> tuple[RuleSet, list[Problem]]:
-    """Compile every rule; problems (bad `when:` expressions) carry their file:line."""
+    """Compile every rule; problems (bad `when:` expressions) carry their file:line.
+    `unresolved`: the channels told of no recovery (`send_resolved: false`)."""
     windows = {w.name: w for w in time_intervals}
     compiled, problems = [], []
     for i, rule in enumerate(rules):
@@ -266,6 +269,7 @@ def compile_rules(
                     else None
                 ),
                 update_on_recovery=rule.update_on_recovery,
+                recover_to=tuple(ch for ch in rule.notify if ch not in unresolved),
                 is_test=rule.match.is_test,
                 needs_tags=_needed_tags(rule.match.tags),
             )

@@ -386,6 +386,24 @@ async def test_nothing_to_resolve_means_no_recovery(relay: RelayFactory, sink: S
     assert await state_of(r, ids("hook")[1]) is None
 
 
+async def test_a_channel_with_send_resolved_false_hears_no_recovery(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """Alertmanager's `send_resolved` per receiver: the rule follows up on its run, but only on
+    the channels that want recoveries (here the team's hook, not the pager's)."""
+    channels = (
+        f'  team: {{type: webhook, url: "{sink.url}/team"}}\n'
+        f'  pager: {{type: webhook, url: "{sink.url}/pager", send_resolved: false}}'
+    )
+    r = await relay(config(channels, slow_rule("team, pager")))
+    await r.post(executing())
+    assert (await r.post(completed()))[1]["notifications"] == 1
+    await until(lambda: _is(r, ids("team")[1], "sent"))
+    got = sorted((g.path, g.json()["type"]) for g in sink.received)
+    assert got == [("/pager", "run.alert"), ("/team", "run.alert"), ("/team", "run.recovered")]
+    assert await state_of(r, ids("pager")[1]) is None
+
+
 async def test_a_recovery_is_muted_with_its_alert(relay: RelayFactory, sink: Sink) -> None:
     sink.responses = [status(503, {"Retry-After": "1"})]  # the alert waits in the outbox
     channel = f'  hook: {{type: webhook, url: "{sink.url}/hook"}}'
