@@ -127,6 +127,7 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
     warnings += _match_names_in_group_by(config.rules, loaded.locate)
     warnings += _yaml11_words(loaded)
     warnings += _feed_warnings(config, loaded.locate)
+    warnings += _recovering_nowhere(config, loaded.locate)
     every_rule = dict(enumerate(config.rules))
     types = {name: channel.type for name, channel in config.channels.items()}
     found, unknown = _check_templates(renderer, types, every_rule, loaded.locate)
@@ -147,6 +148,20 @@ def _never_matching(rules: list[RuleConfig], locate: Locate) -> list[str]:
             out.append(
                 f"{locate(('rules', i, 'match', 'status'))}: rules[{i}].match.status: event"
                 f" {rule.match.event} carries {', '.join(sorted(carried))}; this rule never fires"
+            )
+    return out
+
+
+def _recovering_nowhere(config: Config, locate: Locate) -> list[str]:
+    """Warnings for rules with `update_on_recovery` whose channels all have `send_resolved:
+    false`: valid, and no recovery is ever sent."""
+    out = []
+    for i, rule in enumerate(config.rules):
+        channels = [config.channels.get(name) for name in rule.notify]
+        if rule.update_on_recovery and all(c is not None and not c.send_resolved for c in channels):
+            out.append(
+                f"{locate(('rules', i, 'update_on_recovery'))}: rules[{i}].update_on_recovery:"
+                " every channel of this rule has send_resolved: false; no recovery is sent"
             )
     return out
 

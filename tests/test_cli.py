@@ -246,6 +246,27 @@ rules:
     ]
 
 
+def test_check_warns_of_a_recovery_no_channel_hears(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "c.yaml",
+        """\
+channels:
+  quiet: {type: console, send_resolved: false}
+  loud: {type: console}
+rules:
+  - {name: a, match: {status: [EXECUTING]}, notify: [quiet], update_on_recovery: true}
+  - {name: b, match: {status: [QUEUED]}, notify: [quiet, loud], update_on_recovery: true}
+""",
+    )
+    result = cli("check", str(config))()
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "send_resolved" in line]
+    assert warned == [
+        f"warning: {config}:5: rules[0].update_on_recovery: every channel of this rule has"
+        " send_resolved: false; no recovery is sent"
+    ]
+
+
 def test_check_warns_of_realtime_feeds_that_do_not_do_what_they_say(tmp_path: Path) -> None:
     """Trigger.dev cuts a tag feed's createdAt to a day, and a feed listed twice (its tags in
     another order) is followed once: both passed `relay check` without a word."""
