@@ -60,6 +60,7 @@ from email.utils import formatdate, getaddresses
 from typing import Any
 
 import aiosmtplib
+import idna
 import orjson
 from pydantic import (
     Field,
@@ -120,10 +121,11 @@ def _ascii_domain(address: str) -> str:
     local, _, domain = address.rpartition("@")
     if domain.isascii() or not local.isascii():
         return address
-    try:
-        return f"{local}@{domain.encode('idna').decode('ascii')}"
-    except UnicodeError:
-        raise ValueError(f"{domain!r} is not a valid domain name") from None
+    try:  # IDNA 2008 (UTS 46, not transitional): Python's 'idna' codec is IDNA 2003, which
+        # made faß.de fass.de, another registrant's domain
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except UnicodeError:  # idna.IDNAError, and the codec's own
+        raise ValueError(f"{domain!r} is not a valid domain name (IDNA 2008)") from None
 
 
 def _header_addresses(entries: list[str]) -> str:

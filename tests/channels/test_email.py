@@ -619,6 +619,18 @@ async def test_an_idn_domain_goes_in_ascii_to_a_server_without_smtputf8(
     assert mail["Cc"] == "x@xn--mnchen-3ya.de" and not mail["To"].defects
 
 
+async def test_an_idn_domain_is_encoded_as_idna_2008_not_2003(smtp_server: SmtpFactory) -> None:
+    """Python's 'idna' codec is IDNA 2003, which maps ß to ss (and a final sigma to a sigma):
+    mail for faß.de went to fass.de, someone else's domain. IDNA 2008 (UTS 46) keeps them."""
+    fake = await smtp_server()
+    to = ["Ops <ops@faß.de>", "x@ς.example"]
+    settings = email_settings(fake.port).model_copy(update={"to": to, "cc": []})
+    await make_channel(settings).send(outgoing())
+    [got] = await fake.wait_for(1)
+    assert got.rcpt_tos == ["ops@xn--fa-hia.de", "x@xn--3xa.example"]
+    assert got.message()["To"] == "Ops <ops@xn--fa-hia.de>, x@xn--3xa.example"
+
+
 def test_a_domain_that_has_no_ascii_form_is_refused() -> None:
     with pytest.raises(ValidationError, match="is not a valid domain name"):
         EmailSettings.model_validate(
