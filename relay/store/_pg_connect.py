@@ -216,7 +216,8 @@ def unreadable_tls_file(url: str) -> str | None:
     )
     for name in names:
         path = params.get(name) or os.environ.get(f"PG{name.upper()}")
-        if path and path != _SYSTEM and not os.access(os.path.expanduser(path), os.R_OK):
+        # as written: asyncpg (as libpq) expands no ~, so `~/client.pem` is not read either
+        if path and path != _SYSTEM and not os.access(path, os.R_OK):
             return name
     return None
 

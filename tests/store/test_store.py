@@ -1132,6 +1132,23 @@ async def test_a_missing_certificate_file_is_not_waited_for(
         await PostgresStore(f"{base}?sslmode=prefer").open()
 
 
+async def test_a_certificate_path_with_a_tilde_is_named_as_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncpg (as libpq) opens `~/client.pem` as written, never expanding the ~: the check
+    expanded it, found the file and let asyncpg's FileNotFoundError through, which read as a
+    server not there yet, waited for for ever."""
+    monkeypatch.delenv("PGSSLMODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "client.pem").write_text("not a certificate")
+    url = f"postgresql://relay@127.0.0.1:{free_port()}/relaydb?sslmode=require&sslcert=~/client.pem"
+    with pytest.raises(StoreUnavailable) as caught:
+        await PostgresStore(url).open()
+    assert str(caught.value) == "store open failed: TLS: the file sslcert names cannot be read"
+    assert not caught.value.passing
+
+
 async def test_tls_verify_full_trusts_ssl_cert_file(
     pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
