@@ -8,14 +8,18 @@ import json
 import logging
 import time
 import zlib
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from relay.intake import Intake
+from relay.rules import compile_rules
 from relay.sources.http import HttpDeps, RefusalLog, build_app
 from relay.store import HistoryQuery
+from relay.store.sqlite import SQLiteStore
 from tests.conftest import CONSOLE_FAILURES, FIXTURES, RelayFactory, Sink, sdk_run
 
 CONFIG = "server:\n  auth_token: ${TOKEN:-}\n  max_body_bytes: 4096\n" + CONSOLE_FAILURES
@@ -560,3 +564,43 @@ def test_refused_requests_are_logged_once_per_path_and_reason_every_ten_seconds(
         refusals.refused("/v1/runs", "too_large", 413)
     lines = [(getattr(r, "reason"), getattr(r, "refused")) for r in caplog.records]
     assert lines == [("unauthorized", 1), ("unauthorized", 4), ("too_large", 1)]
+
+
+async def test_every_update_refused_in_a_store_outage_is_told(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refusals after the first line of an outage wait for the next line, due 10 s later: an
+    outage that ended before never told them, and the log said 1 where clients got 3 503s."""
+    now = [0.0]
+    store = SQLiteStore(tmp_path / "relay.db")
+    await store.open()
+    rules, _ = compile_rules([], lambda *_: "")
+    deps = HttpDeps(
+        intake=Intake(store, lambda: rules, lambda channel: None),
+        store=store,
+        auth_token=lambda: None,
+        admin_token=lambda: None,
+        max_body_bytes=lambda: 4096,
+        ready=None,  # type: ignore[arg-type]  # not asked
+        clock=time.time,
+        refusals=RefusalLog(clock=lambda: now[0]),
+    )
+    async with TestClient(TestServer(build_app(deps))) as client:
+
+        async def post_at(t: float) -> int:
+            now[0] = t
+            async with client.post("/v1/runs", json=small_failed(id=f"run_{t}")) as resp:
+                return resp.status
+
+        await store.close()  # the outage: the first refusal is told at once, the others wait
+        assert [await post_at(t) for t in (0.0, 1.0, 2.0)] == [503, 503, 503]
+        await store.open()  # over; the next line is due at 10 s
+        assert [await post_at(t) for t in (4.0, 12.0, 13.0)] == [202, 202, 202]
+    await store.close()
+    lines = [
+        (r.getMessage(), getattr(r, "refused")) for r in caplog.records if hasattr(r, "refused")
+    ]
+    assert lines == [
+        ("store unavailable; update refused", 1),
+        ("store available again; updates refused since the last line", 2),
+    ]

@@ -72,6 +72,15 @@ class RefusalLog:
         """Count one refusal; when a line is due, the refusals it reports (None: no line)."""
         key = (path, reason)
         self._since[key] = self._since.get(key, 0) + 1
+        return self._take(key)
+
+    def settled(self, path: str, reason: str) -> int | None:
+        """After a request was accepted: the refusals no line told yet, when a line is due.
+        Else the last ones of an outage were never told: no refusal came to carry them."""
+        key = (path, reason)
+        return self._take(key) if key in self._since else None
+
+    def _take(self, key: tuple[str, str]) -> int | None:
         now = self._clock()
         if now - self._logged.get(key, -math.inf) < REFUSAL_LOG_EVERY_S:
             return None
@@ -219,6 +228,7 @@ class Handlers:
             result = await self.deps.intake.submit(runs)
         except StoreUnavailable as exc:
             return self._store_refused(request, "update refused", {"runs": len(runs)}, exc)
+        self._store_settled(request)
         body_out = {
             "accepted": result.accepted,
             "stale": result.stale,
@@ -238,6 +248,13 @@ class Handlers:
             log.error(f"store unavailable; {what}", extra=extra)
         return error(503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S})
 
+    def _store_settled(self, request: web.Request) -> None:
+        """An update taken: tell the refusals of an outage the last line did not count."""
+        count = self.deps.refusals.settled(request.path, "store_unavailable")
+        if count is not None:
+            extra = {"path": request.path, "refused": count}
+            log.warning("store available again; updates refused since the last line", extra=extra)
+
     async def post_trigger_alert(self, request: web.Request) -> web.Response:
         """POST /v1/trigger/alerts: a signed Trigger.dev alert webhook (formats/trigger_alerts)."""
         body = await self._signed_body(request)
@@ -254,6 +271,7 @@ class Handlers:
             result = await self.deps.intake.submit([alert.run], source="trigger_alerts")
         except StoreUnavailable as exc:
             return self._store_refused(request, "alert refused", {"run_id": alert.run.id}, exc)
+        self._store_settled(request)
         body_out = {
             "accepted": result.accepted,
             "ignored": 0,
