@@ -109,8 +109,11 @@ def _is_group(value: str) -> bool:
     """`Ops: EU <o@x.com>` is the group "Ops" (RFC 5322 3.4): From cannot hold one, and in To
     it swallowed every address after it. A display name with a ':' needs quotes."""
     probe = EmailMessage()
-    probe["To"] = value
-    return any(group.display_name is not None for group in probe["To"].groups)
+    try:
+        probe["To"] = value
+        return any(group.display_name is not None for group in probe["To"].groups)
+    except _PARSER_FAILURES:  # no header can hold it: not one address
+        return True
 
 
 def _ascii_domain(address: str) -> str:
@@ -309,8 +312,13 @@ def _parses(name: str, text: str) -> bool:
     try:
         probe[name] = text
         return not probe[name].defects
-    except (ValueError, TypeError, IndexError):
+    except _PARSER_FAILURES:
         return False
+
+
+# What the stdlib's header parser raises on some malformed input (`a@[192.0.2.1`: an
+# AttributeError) besides a ValueError: a bad value, never a traceback.
+_PARSER_FAILURES = (ValueError, TypeError, IndexError, AttributeError, NameError)
 
 
 def tls_context(smtp: SmtpSettings) -> ssl.SSLContext:

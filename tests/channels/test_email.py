@@ -216,11 +216,15 @@ AUTH = {"host": "smtp.example.com", "username": "u", "password": "p"}
         ({"from": "relay"}, "not one email address"),
         ({"from": "Ops: EU <relay@example.com>"}, "not one email address"),  # a group
         ({"to": ["Team: EU <team@example.com>"]}, "not one email address"),
+        # the stdlib's header parser raised AttributeError on these: relay check's traceback
+        ({"to": ["a@[192.0.2.1"]}, "not one email address"),
+        ({"cc": ["<?c@["]}, "not one email address"),
         ({"cc": ["ok@example.com", "x\n@example.com"]}, "line breaks"),
         ({"headers": {"X-Ok": "a\r\nBcc: x@evil.com"}}, "line breaks"),
         ({"headers": {"X-Bad: y": "v"}}, "printable ASCII"),
         ({"headers": {"Subject": "v"}}, "set by relay"),
         ({"headers": {"Reply-To": "not an address <<"}}, "not a valid Reply-To"),
+        ({"headers": {"Reply-To": "a@[192.0.2.1"}}, "not a valid Reply-To"),
         ({"headers": {"content-type": "v"}}, "set by relay"),
         ({"smtp": {"host": "h", "tls": True, "starttls": True}}, "exclusive"),
         ({"smtp": {"host": "h", "username": "u"}}, "go together"),
