@@ -136,6 +136,8 @@ class ServerConfig(Strict):
     auth_token: Token | None = None
     admin_token: Token | None = None
     max_body_bytes: Size = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # the sum of ingest bodies held at once (read, parsed, being stored); over it: 503
+    max_body_bytes_in_flight: Size = Field(default=8 * 1024 * 1024, ge=1024, le=1024**3)
 
     @field_validator("auth_token", "admin_token", mode="before")
     @classmethod

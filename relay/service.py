@@ -299,6 +299,7 @@ class Service:
             auth_token=lambda: server().auth_token,
             admin_token=lambda: server().admin_token or server().auth_token,
             max_body_bytes=lambda: server().max_body_bytes,
+            max_body_bytes_in_flight=lambda: server().max_body_bytes_in_flight,
             ready=self._ready,
             clock=time.time,
             wake_all=self._wake_all,

@@ -43,10 +43,14 @@ from relay.sources._body import (
     decode,
     json_object,
 )
+from relay.sources._budget import BodyBudget, Hold
 from relay.store import Store
 
 log = logging.getLogger("relay.http")
 RETRY_AFTER_S = "5"
+BUSY_RETRY_AFTER_S = "1"  # bodies in flight are answered within moments
+# a response's own rejection reason (metrics), where its status says another
+REJECTION = web.ResponseKey("rejection", str)
 BODY_TIMEOUT_S = 60.0
 REFUSAL_LOG_EVERY_S = 10.0
 MAX_REPLAY_BODY = 1024 * 1024
@@ -107,6 +111,8 @@ class HttpDeps:
     on_rejected: Callable[[str], None] | None = None  # reason
     refusals: RefusalLog = field(default_factory=RefusalLog)
     metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None  # (body, content type)
+    # server.max_body_bytes_in_flight (sources/_budget)
+    max_body_bytes_in_flight: Callable[[], int] = lambda: 8 * 1024 * 1024
 
 
 def json_response(
@@ -145,21 +151,30 @@ def authorized(request: web.Request, token: SecretStr | None) -> bool:
     return hmac.compare_digest(given_bytes, token.get_secret_value().encode())
 
 
-async def read_limited(request: web.Request, limit: int) -> bytes | web.Response:
+async def read_limited(
+    request: web.Request, limit: int, hold: Hold | None = None
+) -> bytes | web.Response:
     """The body with its content codings undone, or the error to answer: 413 when it is larger
     than `limit` (streamed or decoded), 400 for a body its coding cannot undo, 408 when it has
-    not arrived within BODY_TIMEOUT_S (a slow client cannot hold a handler). A refused body is
-    not read further, and the connection then closes. Call it once `refuse_declared` (every
-    handler's refusal, which also answers `Expect: 100-continue`) let the headers through."""
+    not arrived within BODY_TIMEOUT_S (a slow client cannot hold a handler), 503 when its bytes
+    do not fit the `hold`'s budget (declared, streamed or decoded). A refused body is not read
+    further, and the connection then closes. Call it once `refuse_declared` (every handler's
+    refusal, which also answers `Expect: 100-continue`) let the headers through."""
     applied = codings(request.headers.get(hdrs.CONTENT_ENCODING, ""))
-    body = await _read_raw(request, limit)
+    if hold is not None and not hold.cover(request.content_length or 0):
+        return _busy()
+    body = await _read_raw(request, limit, hold)
     if isinstance(body, web.Response):
         return body
     try:
         decoded = decode(body, applied, limit)
     except CorruptBody as exc:
         return error(400, f"body is not valid {exc} (Content-Encoding)")
-    return _too_large(limit) if decoded is None else decoded
+    if decoded is None:
+        return _too_large(limit)
+    if hold is not None and not hold.cover(len(decoded)):
+        return _busy()
+    return decoded
 
 
 def refuse_declared(request: web.Request, limit: int) -> web.Response | None:
@@ -176,7 +191,7 @@ def refuse_declared(request: web.Request, limit: int) -> web.Response | None:
     return None
 
 
-async def _read_raw(request: web.Request, limit: int) -> bytes | web.Response:
+async def _read_raw(request: web.Request, limit: int, hold: Hold | None) -> bytes | web.Response:
     chunks, size = [], 0
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
@@ -184,6 +199,8 @@ async def _read_raw(request: web.Request, limit: int) -> bytes | web.Response:
                 size += len(chunk)
                 if size > limit:
                     return _too_large(limit)
+                if hold is not None and not hold.cover(size):
+                    return _busy()
                 chunks.append(chunk)
     except TimeoutError:
         return _closing(error(408, f"request body not received within {BODY_TIMEOUT_S:g} s"))
@@ -194,6 +211,14 @@ async def _read_raw(request: web.Request, limit: int) -> bytes | web.Response:
 
 def _too_large(limit: int) -> web.Response:
     return _closing(error(413, f"body larger than {limit} bytes"))
+
+
+def _busy() -> web.Response:
+    """503 for a body that does not fit server.max_body_bytes_in_flight (sources/_budget)."""
+    message = "too many request bytes in flight; retry later"
+    response = _closing(error(503, message, headers={"Retry-After": BUSY_RETRY_AFTER_S}))
+    response[REJECTION] = "busy"
+    return response
 
 
 def _closing(response: web.Response) -> web.Response:
@@ -207,6 +232,7 @@ def _closing(response: web.Response) -> web.Response:
 class Handlers:
     def __init__(self, deps: HttpDeps) -> None:
         self.deps = deps
+        self.bodies = BodyBudget(deps.max_body_bytes_in_flight)
 
     def refuse_runs(self, request: web.Request) -> web.Response | None:
         """What POST /v1/runs refuses from its headers alone (also before `100 Continue`)."""
@@ -215,9 +241,13 @@ class Handlers:
         return refuse_declared(request, self.deps.max_body_bytes())
 
     async def post_runs(self, request: web.Request) -> web.Response:
+        with self.bodies.hold() as hold:  # until answered: the parsed runs are held that long
+            return await self._post_runs(request, hold)
+
+    async def _post_runs(self, request: web.Request, hold: Hold) -> web.Response:
         if (refused := self.refuse_runs(request)) is not None:
             return refused
-        body = await read_limited(request, self.deps.max_body_bytes())
+        body = await read_limited(request, self.deps.max_body_bytes(), hold)
         if isinstance(body, web.Response):
             return body
         try:
@@ -257,7 +287,11 @@ class Handlers:
 
     async def post_trigger_alert(self, request: web.Request) -> web.Response:
         """POST /v1/trigger/alerts: a signed Trigger.dev alert webhook (formats/trigger_alerts)."""
-        body = await self._signed_body(request)
+        with self.bodies.hold() as hold:
+            return await self._post_trigger_alert(request, hold)
+
+    async def _post_trigger_alert(self, request: web.Request, hold: Hold) -> web.Response:
+        body = await self._signed_body(request, hold)
         if isinstance(body, web.Response):
             return body
         try:
@@ -290,13 +324,13 @@ class Handlers:
             return _closing(error(401, f"missing {SIGNATURE_HEADER} signature header"))
         return refuse_declared(request, self.deps.max_body_bytes())
 
-    async def _signed_body(self, request: web.Request) -> bytes | web.Response:
+    async def _signed_body(self, request: web.Request, hold: Hold) -> bytes | web.Response:
         """The raw body when its signature matches a configured secret, else the error reply."""
         if (refused := self.refuse_alert(request)) is not None:
             return refused
         secrets = self.deps.trigger_alert_secrets() or []
         header = request.headers.get(SIGNATURE_HEADER, "")
-        body = await read_limited(request, self.deps.max_body_bytes())
+        body = await read_limited(request, self.deps.max_body_bytes(), hold)
         if isinstance(body, bytes) and not verify_signature(
             body, header, [s.get_secret_value() for s in secrets]
         ):
@@ -425,10 +459,12 @@ _REJECTIONS = {
 _INGEST_PATHS = ("/v1/runs", "/v1/trigger/alerts")
 
 
-def _count_rejection(deps: HttpDeps, request: web.Request, status: int) -> None:
+def _count_rejection(
+    deps: HttpDeps, request: web.Request, status: int, reason: str | None = None
+) -> None:
     if request.path not in _INGEST_PATHS:
         return
-    reason = _REJECTIONS.get(status)
+    reason = reason or _REJECTIONS.get(status)
     if reason is None:
         return
     if deps.on_rejected is not None:
@@ -441,7 +477,7 @@ def _count_rejections(deps: HttpDeps) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse = await handler(request)
-        _count_rejection(deps, request, response.status)
+        _count_rejection(deps, request, response.status, response.get(REJECTION))
         return response
 
     return middleware

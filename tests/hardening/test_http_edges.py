@@ -266,3 +266,43 @@ async def test_malformed_requests_cannot_flood_the_log(
     assert not any(
         "aaaaaaaaaa" in json.dumps(e) or "bbbbbbbbbb" in json.dumps(e) for e in proc.logs
     )
+
+
+async def test_bodies_in_flight_are_bounded_and_refused_with_a_503(relay: RelayFactory) -> None:
+    """200 clients each pushing a 1 MiB body grew relay past 2 GB (parsed JSON costs ~10-20
+    times its size): a container's limit killed it with every request in flight. Bodies held
+    at once are bounded by server.max_body_bytes_in_flight; one over it is a 503 with
+    Retry-After, not read; a body bigger than the budget still passes alone, and small ones
+    always pass (clients trickling big bodies cannot stop the everyday updates)."""
+    r = await relay("server:\n  max_body_bytes_in_flight: 1024\n" + CONFIG)
+    big = json.dumps([{**RUN, "id": "run_big", "payload": "x" * 3000}]).encode()
+    head = (
+        b"POST /v1/runs HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(big)).encode() + b"\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection(*address(r.url))
+    writer.write(head + big[:10])  # the big body is held while its rest has not come
+    await writer.drain()
+    deadline = time.monotonic() + GUARD_S
+    second = [{**RUN, "id": "run_second", "payload": "y" * 70_000}]
+    while (answer := await busy_answer(r, second)) is None:  # until relay reads the big one
+        assert time.monotonic() < deadline, "a second big body never waited for the first"
+    status, headers, error = answer
+    assert status == 503, (status, error)
+    assert headers["Retry-After"].isdigit() and "in flight" in error["error"]
+    await post_ok(r)  # a small one passes meanwhile
+    writer.write(big[10:])
+    await writer.drain()
+    assert (await reader.readline()).startswith(b"HTTP/1.1 202")
+    writer.close()
+    await post_ok(r)  # given back: the next one passes
+    async with r.http.get(r.url + "/metrics") as resp:
+        assert 'relay_updates_rejected_total{reason="busy"}' in await resp.text()
+
+
+async def busy_answer(r: Any, body: Any) -> tuple[int, dict[str, str], Any] | None:
+    """None while POST /v1/runs of `body` is accepted, else its status, headers and body."""
+    async with r.http.post(r.url + "/v1/runs", json=body) as resp:
+        if resp.status == 202:
+            return None
+        return resp.status, dict(resp.headers), await resp.json()
