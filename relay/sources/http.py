@@ -157,11 +157,12 @@ async def read_limited(
     """The body with its content codings undone, or the error to answer: 413 when it is larger
     than `limit` (streamed or decoded), 400 for a body its coding cannot undo, 408 when it has
     not arrived within BODY_TIMEOUT_S (a slow client cannot hold a handler), 503 when its bytes
-    do not fit the `hold`'s budget (declared, streamed or decoded). A refused body is not read
+    (declared, streamed or decoded) found no room in the `hold`'s budget within its wait
+    (sources/_budget). A refused body is not read
     further, and the connection then closes. Call it once `refuse_declared` (every handler's
     refusal, which also answers `Expect: 100-continue`) let the headers through."""
     applied = codings(request.headers.get(hdrs.CONTENT_ENCODING, ""))
-    if hold is not None and not hold.cover(request.content_length or 0):
+    if hold is not None and not await hold.cover(request.content_length or 0):
         return _busy()
     body = await _read_raw(request, limit, hold)
     if isinstance(body, web.Response):
@@ -172,7 +173,7 @@ async def read_limited(
         return error(400, f"body is not valid {exc} (Content-Encoding)")
     if decoded is None:
         return _too_large(limit)
-    if hold is not None and not hold.cover(len(decoded)):
+    if hold is not None and not await hold.cover(len(decoded)):
         return _busy()
     return decoded
 
@@ -199,7 +200,7 @@ async def _read_raw(request: web.Request, limit: int, hold: Hold | None) -> byte
                 size += len(chunk)
                 if size > limit:
                     return _too_large(limit)
-                if hold is not None and not hold.cover(size):
+                if hold is not None and not await hold.cover(size):
                     return _busy()
                 chunks.append(chunk)
     except TimeoutError:
@@ -214,7 +215,7 @@ def _too_large(limit: int) -> web.Response:
 
 
 def _busy() -> web.Response:
-    """503 for a body that does not fit server.max_body_bytes_in_flight (sources/_budget)."""
+    """503 for a body that found no room under server.max_body_bytes_in_flight in time."""
     message = "too many request bytes in flight; retry later"
     response = _closing(error(503, message, headers={"Retry-After": BUSY_RETRY_AFTER_S}))
     response[REJECTION] = "busy"

@@ -24,6 +24,7 @@ import pytest
 
 from relay import service as relay_service
 from relay.sources import http as relay_http
+from relay.sources._budget import SMALL_BODY, BodyBudget
 from tests.conftest import CONSOLE_FAILURES, RelayFactory, RelayProcess
 
 CONFIG = CONSOLE_FAILURES
@@ -268,12 +269,12 @@ async def test_malformed_requests_cannot_flood_the_log(
     )
 
 
-async def test_bodies_in_flight_are_bounded_and_refused_with_a_503(relay: RelayFactory) -> None:
+async def test_bodies_in_flight_are_bounded_and_wait_their_turn(relay: RelayFactory) -> None:
     """200 clients each pushing a 1 MiB body grew relay past 2 GB (parsed JSON costs ~10-20
     times its size): a container's limit killed it with every request in flight. Bodies held
-    at once are bounded by server.max_body_bytes_in_flight; one over it is a 503 with
-    Retry-After, not read; a body bigger than the budget still passes alone, and small ones
-    always pass (clients trickling big bodies cannot stop the everyday updates)."""
+    at once are bounded by server.max_body_bytes_in_flight: one over it waits, unread, until
+    room is given back, then is accepted; a body bigger than the budget still passes alone,
+    and small ones pass at once (clients trickling big bodies cannot stop everyday updates)."""
     r = await relay("server:\n  max_body_bytes_in_flight: 1024\n" + CONFIG)
     big = json.dumps([{**RUN, "id": "run_big", "payload": "x" * 3000}]).encode()
     head = (
@@ -281,28 +282,33 @@ async def test_bodies_in_flight_are_bounded_and_refused_with_a_503(relay: RelayF
         b"Content-Length: " + str(len(big)).encode() + b"\r\n\r\n"
     )
     reader, writer = await asyncio.open_connection(*address(r.url))
-    writer.write(head + big[:10])  # the big body is held while its rest has not come
+    writer.write(head.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
     await writer.drain()
-    deadline = time.monotonic() + GUARD_S
+    assert (await reader.readline()).startswith(b"HTTP/1.1 100")  # its handler holds its bytes
+    await reader.readline()
+    writer.write(big[:10])  # and the rest has not come
+    await writer.drain()
     second = [{**RUN, "id": "run_second", "payload": "y" * 70_000}]
-    while (answer := await busy_answer(r, second)) is None:  # until relay reads the big one
-        assert time.monotonic() < deadline, "a second big body never waited for the first"
-    status, headers, error = answer
-    assert status == 503, (status, error)
-    assert headers["Retry-After"].isdigit() and "in flight" in error["error"]
+    posted = asyncio.ensure_future(r.http.post(r.url + "/v1/runs", json=second))
     await post_ok(r)  # a small one passes meanwhile
+    assert not posted.done()
     writer.write(big[10:])
     await writer.drain()
     assert (await reader.readline()).startswith(b"HTTP/1.1 202")
     writer.close()
-    await post_ok(r)  # given back: the next one passes
-    async with r.http.get(r.url + "/metrics") as resp:
-        assert 'relay_updates_rejected_total{reason="busy"}' in await resp.text()
+    async with await posted as resp:  # room given back: the waiting body goes in
+        assert resp.status == 202, await resp.text()
+        assert (await resp.json())["accepted"] == 1
 
 
-async def busy_answer(r: Any, body: Any) -> tuple[int, dict[str, str], Any] | None:
-    """None while POST /v1/runs of `body` is accepted, else its status, headers and body."""
-    async with r.http.post(r.url + "/v1/runs", json=body) as resp:
-        if resp.status == 202:
-            return None
-        return resp.status, dict(resp.headers), await resp.json()
+async def test_a_body_without_room_in_time_is_refused() -> None:
+    """Past its wait, a body with no room gets its refusal (the handler's 503): a waiting
+    body does not hold its connection for ever."""
+    budget = BodyBudget(lambda: 1024, wait_s=0.05)
+    with budget.hold() as first, budget.hold() as second, budget.hold() as small:
+        assert await first.cover(100_000)  # alone: passes whatever its size
+        assert not await second.cover(100_000)
+        assert await small.cover(SMALL_BODY)  # never waits
+    assert budget.held == 0
+    with budget.hold() as third:
+        assert await third.cover(100_000)  # given back: alone again
