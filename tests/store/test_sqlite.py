@@ -11,7 +11,7 @@ import os
 import sqlite3
 import subprocess
 from collections.abc import AsyncIterator
-from contextlib import closing
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 
 import pytest
@@ -198,13 +198,7 @@ async def test_open_refuses_a_newer_schema_and_a_foreign_file(tmp_path: Path) ->
 async def test_a_read_only_volume_is_named_not_sqlite_cantopen(tmp_path: Path) -> None:
     """A data volume mounted read-only (or owned by another user) said only `store open
     failed: SQLITE_CANTOPEN`, in `relay serve`'s log and from every store command."""
-    volume = tmp_path / "volume"
-    if not _mount_tmpfs(volume, "1m"):
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
-        existing = SQLiteStore(volume / "relay.db")
-        await existing.open()
-        await existing.close()
+    async with _volume_with_a_store(tmp_path) as volume:
         subprocess.run(["mount", "-o", "remount,ro", str(volume)], check=True)
         for path in (volume / "relay.db", volume / "new.db"):
             with pytest.raises(StoreUnavailable) as caught:
@@ -212,12 +206,11 @@ async def test_a_read_only_volume_is_named_not_sqlite_cantopen(tmp_path: Path) -
             assert str(caught.value) == (
                 "store open failed: the database directory is on a read-only file system"
             )
-    finally:
-        subprocess.run(["umount", "-l", str(volume)], capture_output=True, check=False)
 
 
-async def test_a_full_disk_is_named_at_open(tmp_path: Path) -> None:
-    """relay started on a full disk said only `store open failed: SQLITE_IOERR_SHMSIZE`."""
+@asynccontextmanager
+async def _volume_with_a_store(tmp_path: Path) -> AsyncIterator[Path]:
+    """A 1 MiB tmpfs holding relay.db (made by relay), unmounted afterwards; else a skip."""
     volume = tmp_path / "volume"
     if not _mount_tmpfs(volume, "1m"):
         pytest.skip("mounting a tmpfs is not permitted here")
@@ -225,6 +218,14 @@ async def test_a_full_disk_is_named_at_open(tmp_path: Path) -> None:
         existing = SQLiteStore(volume / "relay.db")
         await existing.open()
         await existing.close()
+        yield volume
+    finally:
+        subprocess.run(["umount", "-l", str(volume)], capture_output=True, check=False)
+
+
+async def test_a_full_disk_is_named_at_open(tmp_path: Path) -> None:
+    """relay started on a full disk said only `store open failed: SQLITE_IOERR_SHMSIZE`."""
+    async with _volume_with_a_store(tmp_path) as volume:
         filler = volume / "filler"
         full = pytest.raises(OSError, match="No space left")
         with filler.open("wb", buffering=0) as out, full:  # write until the disk is full
@@ -239,8 +240,6 @@ async def test_a_full_disk_is_named_at_open(tmp_path: Path) -> None:
         reopened = SQLiteStore(volume / "relay.db")  # space is back: it opens
         await reopened.open()
         await reopened.close()
-    finally:
-        subprocess.run(["umount", "-l", str(volume)], capture_output=True, check=False)
 
 
 async def test_a_database_file_relay_cannot_write_is_named_at_open(tmp_path: Path) -> None:
