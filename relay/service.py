@@ -37,6 +37,7 @@ from relay.logs import SCRUB
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.metrics import Metrics
 from relay.model import Notification
+from relay.outbox_reading import OutboxReading
 from relay.policy import backoff_s
 from relay.settings import Settings
 from relay.silences import RELOAD_S, SilenceCache
@@ -96,6 +97,7 @@ class Service:
         )
         self.http = HttpClient()
         self.metrics = Metrics()
+        self._outbox = OutboxReading(self.store)  # /metrics' figures, read as often as cheap
         self.delivery: Delivery | None = None
         self.intake: Intake | None = None
         self.runner: web.AppRunner | None = None
@@ -354,7 +356,7 @@ class Service:
     async def _metrics_text(self) -> tuple[bytes, str]:
         now = time.time()
         try:
-            counts, oldest = await self.store.counts(), await self.store.oldest_pending(now)
+            counts, oldest = await self._outbox.read(now)
         except StoreUnavailable:
             self.metrics.store_up.set(0)
         else:
