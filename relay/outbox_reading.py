@@ -24,8 +24,10 @@ Reading = tuple[dict[str, int], float | None]  # counts by state, oldest pending
 
 
 class OutboxReading:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
-        self._store = store
+    def __init__(
+        self, store: Callable[[], Store], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._store = store  # the service's store, looked up at each reading
         self._clock = clock
         self._last: Reading | None = None
         self._fresh_until = 0.0
@@ -47,7 +49,8 @@ class OutboxReading:
 
     async def _read(self, now: float) -> Reading:
         started = self._clock()
-        reading = await self._store.counts(), await self._store.oldest_pending(now)
+        store = self._store()
+        reading = await store.counts(), await store.oldest_pending(now)
         took = self._clock() - started
         self._last = reading
         self._fresh_until = started + took * (1 + COST_RATIO) if took > CHEAP_S else 0.0

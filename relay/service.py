@@ -97,7 +97,7 @@ class Service:
         )
         self.http = HttpClient()
         self.metrics = Metrics()
-        self._outbox = OutboxReading(self.store)  # /metrics' figures, read as often as cheap
+        self._outbox = OutboxReading(lambda: self.store)  # /metrics' figures, as often as cheap
         self.delivery: Delivery | None = None
         self.intake: Intake | None = None
         self.runner: web.AppRunner | None = None
