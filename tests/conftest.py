@@ -348,6 +348,7 @@ def registered_routes() -> set[tuple[str, str]]:
         auth_token=lambda: None,
         admin_token=lambda: None,
         max_body_bytes=lambda: 1024,
+        max_body_bytes_in_flight=lambda: 8 * 1024 * 1024,
         ready=None,  # type: ignore[arg-type]
         clock=time.time,
     )

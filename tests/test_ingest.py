@@ -420,6 +420,7 @@ async def test_a_failing_handler_answers_a_json_500_and_logs_why(
         auth_token=lambda: None,
         admin_token=lambda: None,
         max_body_bytes=lambda: 1024,
+        max_body_bytes_in_flight=lambda: 8 * 1024 * 1024,
         ready=None,  # type: ignore[arg-type]  # calling it raises TypeError
         clock=time.time,
     )
@@ -581,6 +582,7 @@ async def test_every_update_refused_in_a_store_outage_is_told(
         auth_token=lambda: None,
         admin_token=lambda: None,
         max_body_bytes=lambda: 4096,
+        max_body_bytes_in_flight=lambda: 8 * 1024 * 1024,
         ready=None,  # type: ignore[arg-type]  # not asked
         clock=time.time,
         refusals=RefusalLog(clock=lambda: now[0]),

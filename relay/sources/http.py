@@ -99,6 +99,7 @@ class HttpDeps:
     auth_token: Callable[[], SecretStr | None]
     admin_token: Callable[[], SecretStr | None]
     max_body_bytes: Callable[[], int]
+    max_body_bytes_in_flight: Callable[[], int]  # sources/_budget
     ready: Callable[[], Awaitable[str | None]]  # None when ready, else why not
     clock: Callable[[], float]
     wake_all: Callable[[], None] = lambda: None
@@ -111,8 +112,6 @@ class HttpDeps:
     on_rejected: Callable[[str], None] | None = None  # reason
     refusals: RefusalLog = field(default_factory=RefusalLog)
     metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None  # (body, content type)
-    # server.max_body_bytes_in_flight (sources/_budget)
-    max_body_bytes_in_flight: Callable[[], int] = lambda: 8 * 1024 * 1024
 
 
 def json_response(
@@ -158,9 +157,9 @@ async def read_limited(
     than `limit` (streamed or decoded), 400 for a body its coding cannot undo, 408 when it has
     not arrived within BODY_TIMEOUT_S (a slow client cannot hold a handler), 503 when its bytes
     (declared, streamed or decoded) found no room in the `hold`'s budget within its wait
-    (sources/_budget). A refused body is not read
-    further, and the connection then closes. Call it once `refuse_declared` (every handler's
-    refusal, which also answers `Expect: 100-continue`) let the headers through."""
+    (sources/_budget). A refused body is not read further, and the connection then closes.
+    Call it once `refuse_declared` (every handler's refusal, which also answers
+    `Expect: 100-continue`) let the headers through."""
     applied = codings(request.headers.get(hdrs.CONTENT_ENCODING, ""))
     if hold is not None and not await hold.cover(request.content_length or 0):
         return _busy()
