@@ -4,10 +4,12 @@ One message per notification: multipart/alternative with text/plain (`txt` part)
 (`html` part, autoescaped), both UTF-8 quoted-printable so any server takes them. The subject
 is the `subject` part on one line, at most 200 characters. `Message-ID: <{notification_id}@relay>`
 is stable, so a resend after a lost reply is the same mail to a deduplicating system; the
-id is also in `X-Relay-Notification-Id`. `Auto-Submitted: auto-generated` keeps vacation
-auto-replies away (a user's own `headers: {Auto-Submitted: ...}` replaces it). TLS trusts the
-system store (and SSL_CERT_FILE) plus `smtp.ca_file`. A username and password need STARTTLS or
-implicit TLS unless the host is this machine (as Go's smtp.PlainAuth, used by Alertmanager).
+id is also in `X-Relay-Notification-Id`. A recovery's `In-Reply-To` and `References` name the
+failure's mail, so mail clients show them as one thread. `Auto-Submitted: auto-generated`
+keeps vacation auto-replies away (a user's own `headers: {Auto-Submitted: ...}` replaces it).
+TLS trusts the system store (and SSL_CERT_FILE) plus `smtp.ca_file`. A username and password
+need STARTTLS or implicit TLS unless the host is this machine (as Go's smtp.PlainAuth, used
+by Alertmanager).
 
 Failures are translated here, once, into DeliveryError (the SMTP boundary):
 
@@ -339,6 +341,20 @@ def one_line(text: str, limit: int = SUBJECT_MAX_CHARS) -> str:
     return truncate_chars(line, limit)
 
 
+def _overridable(message: Outgoing) -> dict[str, str]:
+    """The headers relay sets unless `headers` has its own: a recovery replies to the failure's
+    mail, so mail clients thread the two."""
+    if message.recovers is None:
+        return _OVERRIDABLE
+    replied = message_id(message.recovers.notification_id)
+    return {**_OVERRIDABLE, "In-Reply-To": replied, "References": replied}
+
+
+def message_id(notification_id: str) -> str:
+    """The Message-ID of a notification's mail: the same at every attempt."""
+    return f"<{re.sub(r'[^A-Za-z0-9._-]', '-', notification_id)}@relay>"
+
+
 def build_message(settings: EmailSettings, message: Outgoing) -> EmailMessage:
     mail = EmailMessage()
     mail["From"] = _header_addresses([settings.from_])
@@ -347,12 +363,12 @@ def build_message(settings: EmailSettings, message: Outgoing) -> EmailMessage:
         mail["Cc"] = _header_addresses(settings.cc)
     mail["Subject"] = one_line(message.parts.get("subject", "")) or "relay notification"
     mail["Date"] = formatdate(message.timestamp, usegmt=True)
-    mail["Message-ID"] = f"<{re.sub(r'[^A-Za-z0-9._-]', '-', message.notification_id)}@relay>"
+    mail["Message-ID"] = message_id(message.notification_id)
     mail["X-Relay-Notification-Id"] = one_line(message.notification_id)
     mail["X-Relay-Run-Id"] = one_line(message.run_id)
     for name, value in settings.headers.items():
         mail[name] = value
-    for name, value in _OVERRIDABLE.items():  # after: the user's own value, once, wins
+    for name, value in _overridable(message).items():  # after: the user's own value wins
         if name not in mail:  # case-insensitive
             mail[name] = value
     mail.set_content(message.parts.get("txt", ""), cte="quoted-printable")

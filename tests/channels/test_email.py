@@ -9,6 +9,7 @@ the running service. Regenerate the golden files with
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pydantic import ValidationError
 
-from relay.channels import ChannelEnv, Outgoing, settings_models
+from relay.channels import ChannelEnv, Outgoing, Recovery, settings_models
 from relay.channels._http import HttpClient
 from relay.channels.email import EmailChannel, EmailSettings, build_message
 from relay.config import load_config, parse_config
@@ -341,6 +342,7 @@ async def test_message_is_multipart_alternative_with_stable_ids(smtp_server: Smt
     assert mail["X-Relay-Notification-Id"] == NTF
     assert mail["X-Relay-Run-Id"] == "run_cmuxjbf30kqkowywawhi1r8yr"
     assert mail["Auto-Submitted"] == "auto-generated" and mail["X-Team"] == "core"
+    assert mail["In-Reply-To"] is None and mail["References"] is None
     text, html = (part.get_content() for part in mail.iter_parts())
     assert text.replace("\r\n", "\n") == rendered()["txt"]
     assert html.replace("\r\n", "\n") == rendered()["html"]
@@ -544,6 +546,19 @@ async def test_starttls_and_auth(smtp_server: SmtpFactory, smtp_pki: Pki) -> Non
     )
     await unchecked.send(outgoing())
     assert len(await fake.wait_for(2)) == 2
+
+
+async def test_a_recovery_replies_to_the_failure_mail(smtp_server: SmtpFactory) -> None:
+    fake = await smtp_server()
+    failure = "ntf:prod-failures:mail:run_1:FAILED"
+    recovery = dataclasses.replace(outgoing(), recovers=Recovery(failure, None))
+    await channel(fake.port).send(recovery)
+    [got] = await fake.wait_for(1)
+    mail = got.message()
+    assert (
+        mail["In-Reply-To"] == mail["References"] == "<ntf-prod-failures-mail-run_1-FAILED@relay>"
+    )
+    assert mail["Message-ID"] == f"<{NTF}@relay>"
 
 
 async def test_implicit_tls(smtp_server: SmtpFactory, smtp_pki: Pki) -> None:
