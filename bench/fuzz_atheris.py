@@ -94,7 +94,9 @@ def check_shape(data: bytes) -> None:
     except ShapeError as exc:
         assert str(exc)
         return
-    for row in batch.rows if batch is not None else []:
+    if batch is None:
+        return
+    for row in batch.rows:
         try:
             parse_raw_run(row, schema=batch.position.schema).as_dict()
         except InputError as exc:

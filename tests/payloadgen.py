@@ -544,7 +544,7 @@ class Gen:
         return body, exp
 
     def _git(self) -> dict[str, Any]:
-        git = {
+        git: dict[str, Any] = {
             "branch": self.text(),
             "commitSha": "9f2c1e7",
             "commitMessage": self.text(),

@@ -26,13 +26,13 @@ from relay.channels.email import SUBJECT_MAX_CHARS
 from relay.channels.slack import slack_message
 from relay.cli import main as relay_cli
 from relay.config import parse_config
+from relay.configure import compile_config
 from relay.errors import ConfigError
 from relay.filters import mrkdwn
 from relay.formats.trigger_alerts import parse_alert
 from relay.grouping import digest_context
 from relay.model import Run
 from relay.sandbox import environment, sandbox
-from relay.service import compile_config
 from relay.templating import RenderContext, Renderer
 from tests.conftest import FIXTURES, assert_golden, sdk_run
 from tests.fakes.slack import block_kit_problems

@@ -236,7 +236,10 @@ async def test_replay_over_http_takes_the_ids_a_body_names(relay: RelayFactory, 
         assert resp.status == 200 and await resp.json() == {"replayed": 1}
     await wait_state(r, "sent", 2)
     assert (await r.service.store.counts())["dead"] == 1
-    refused = [({"id": "ntf_unknown"}, 404, "id"), ({"idz": [ids[2]]}, 400, "idz")]
+    refused: list[tuple[object, int, str | None]] = [
+        ({"id": "ntf_unknown"}, 404, "id"),
+        ({"idz": [ids[2]]}, 400, "idz"),
+    ]
     refused += [({"ids": "x"}, 400, "ids"), ({"all": False}, 400, "all"), ([ids[2]], 400, None)]
     for body, code, field in refused:
         async with r.http.post(replay, json=body) as resp:
@@ -505,6 +508,7 @@ async def test_a_trickle_costs_two_store_transactions_per_notification(
     runs = 6
     await r.post(failing_run(100))  # the loop is running and has found the store empty
     await wait_state(r, "sent", 1)
+    assert isinstance(r.service.store, SQLiteStore)
     before = r.service.store.commits
     for i in range(runs):
         await r.post(failing_run(i))

@@ -39,7 +39,6 @@ from relay import channels as channel_registry
 from relay import cli
 from relay.channels.webhook import sign
 from relay.config import (
-    EVENTS,
     ChannelSettings,
     Config,
     Defaults,
@@ -60,7 +59,7 @@ from relay.durations import parse_duration
 from relay.errors import REASONS
 from relay.formats import parse_any, parse_body, parse_runs
 from relay.metrics import Metrics
-from relay.model import SILENCE_MATCHERS
+from relay.model import EVENTS, SILENCE_MATCHERS
 from relay.rules import EVENT_TEMPLATES
 from relay.sandbox import environment
 from relay.settings import Settings

@@ -19,6 +19,7 @@ import yaml
 
 from relay.durations import parse_duration
 from relay.sandbox import environment
+from relay.settings import Settings
 from tests.conftest import REPO, RelayProcess, run_cli, sdk_run
 from tools import config_reference
 
@@ -37,7 +38,7 @@ def test_configuration_reference_lists_every_key() -> None:
     for table in config_reference.yaml_tables():
         for key, _ in config_reference.rows(table):
             assert f"| `{key}` |" in text, f"{table.heading}: {key}"
-    for name in config_reference.Settings.model_fields:
+    for name in Settings.model_fields:
         assert f"| `RELAY_{name.upper()}` |" in text
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from relay.channels import settings_models
 from relay.config import parse_config
 from relay.configure import compile_config
-from relay.grouping import GroupState, Timing, flushed, group_key, group_labels, schedule
+from relay.grouping import flushed, group_key, group_labels, schedule
+from relay.model import GroupState, Timing
 
 T = Timing(group_wait_s=30, group_interval_s=300, repeat_interval_s=3600)
 

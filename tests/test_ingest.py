@@ -8,6 +8,7 @@ import json
 import logging
 import time
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,8 @@ async def test_values_as_senders_write_them_are_read_not_refused(
         "42",
     )
     assert (sent["taskIdentifier"], sent["error"]) == ("", {"message": '["boom"]'})
-    for n, flags in enumerate([{"isTest": None, "number": 7.0}, {"isTest": "FALSE"}]):
+    odd: list[dict[str, Any]] = [{"isTest": None, "number": 7.0}, {"isTest": "FALSE"}]
+    for n, flags in enumerate(odd):
         status, body = await r.post(small_failed(id=f"run_{n}", costInCents=501, **flags))
         assert (status, body["notifications"]) == (202, 1), flags
 
@@ -345,7 +347,9 @@ async def test_oversized_bodies_get_413(relay: RelayFactory) -> None:
     status, answer, _ = await raw_post(r.url, big, {"Content-Type": "application/json"})
     assert status == 413 and "larger than 4096" in answer["error"]
 
-    async def chunks():  # no Content-Length: the limit holds while streaming
+    async def chunks() -> AsyncIterator[
+        bytes
+    ]:  # no Content-Length: the limit holds while streaming
         for _ in range(10):
             yield b" " * 1000
 

@@ -233,7 +233,7 @@ def test_the_docs_name_only_series_and_labels_relay_exposes() -> None:
 def latency_series(seconds: float) -> list[dict[str, str]]:
     """relay_delivery_latency_seconds of one channel delivering 10 a minute, each `seconds`
     late, as relay buckets them."""
-    bounds = [*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf"]
+    bounds = [*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf"]  # type: ignore[no-untyped-call]
     return [
         {
             "series": "relay_delivery_latency_seconds_bucket"

@@ -186,7 +186,7 @@ def auth_headers(path: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def call(case: schemathesis.Case, url: str) -> Any:
+def call(case: schemathesis.Case[Any], url: str) -> Any:
     """The request of a generated case, with the right token, and signed if it is an alert."""
     headers = auth_headers(case.operation.path)
     if case.operation.path == "/v1/trigger/alerts" and isinstance(case.body, dict | list):
@@ -202,7 +202,7 @@ schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True)
 
 
 @schema.parametrize()
-def test_api_conforms_to_its_document(case: schemathesis.Case, served: dict[str, Any]) -> None:
+def test_api_conforms_to_its_document(case: schemathesis.Case[Any], served: dict[str, Any]) -> None:
     response = call(case, served["url"])
     case.validate_response(response, checks=CHECKS)
 

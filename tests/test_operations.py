@@ -236,7 +236,12 @@ def test_the_watch_survives_a_configmap_update_of_the_templates(tmp_path: Path) 
     config = tmp_path / "config.yaml"
     config.write_text(f"templates: {{dir: {mount}}}\n")
     compiled = compile_config(load(Settings(config=config)))
-    kubelet = threading.Thread(target=lambda: [configmap_version(mount, v) for v in range(1, 300)])
+
+    def updates() -> None:
+        for version in range(1, 300):
+            configmap_version(mount, version)
+
+    kubelet = threading.Thread(target=updates)
     kubelet.start()
     try:
         while kubelet.is_alive():

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
@@ -129,7 +129,7 @@ class MemoryKV:
 
 @dataclass
 class Harness:
-    fake: FakeRealtime
+    fake: Served
     submit: Recorder
     kv: MemoryKV
     sleeps: list[float]
@@ -138,9 +138,16 @@ class Harness:
     failed: list[str] = field(default_factory=list)  # the reasons counted
 
 
+class Served(Protocol):
+    """A Realtime server on 127.0.0.1: the fake, or a naive one."""
+
+    @property
+    def url(self) -> str: ...
+
+
 @asynccontextmanager
 async def following(
-    fake: FakeRealtime,
+    fake: Served,
     feed: RealtimeFeed | None = None,
     stored: Position | None = None,
     kv: MemoryKV | None = None,
@@ -810,8 +817,8 @@ async def test_relay_with_a_refused_key_logs_and_keeps_serving(
         assert re.search(errors, metrics, re.M), metrics
         fake.refuse = None
         assert await settle(sink, 2, 0.2) == ["run_cmaxkfbrjm6jm6gofnnqj1787", RUN_A]
-    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert errors and all(e.__dict__.get("status") == 401 for e in errors)
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert logged and all(e.__dict__.get("status") == 401 for e in logged)
     assert all(SECRET not in e.getMessage() for e in caplog.records)
 
 
@@ -905,13 +912,13 @@ async def test_the_rows_of_a_feed_removed_from_the_config_are_forgotten(
     await store.close()
     async with fake_realtime(session()) as fake:
         r = await relay(config(fake.url, sink.url))
-        store = r.service.store
+        served = r.service.store
         for _ in range(600):  # until the configured feed saved its position (it stays)
-            if list(await store.kv_list(NAMESPACE)) == [FEED_KEY]:
+            if list(await served.kv_list(NAMESPACE)) == [FEED_KEY]:
                 break
             await asyncio.sleep(0.05)
-        assert list(await store.kv_list(NAMESPACE)) == [FEED_KEY]
-        assert await store.kv_list(f"{ROWS_NAMESPACE}:{gone}") == {}
+        assert list(await served.kv_list(NAMESPACE)) == [FEED_KEY]
+        assert await served.kv_list(f"{ROWS_NAMESPACE}:{gone}") == {}
 
 
 async def test_electric_s_catch_up_with_nothing_new_goes_live_without_a_pause(

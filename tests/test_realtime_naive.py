@@ -75,7 +75,7 @@ async def test_the_same_rows_served_at_once_again_and_again_are_submitted_once_a
     def answer(query: dict[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
         return HEADERS, [insert(FAILED), UP_TO_DATE]
 
-    async with naive_server(answer) as server, following(server) as h:  # type: ignore[arg-type]
+    async with naive_server(answer) as server, following(server) as h:
         await asked(server, 6)
     assert len(h.submit.batches) == 1 and h.submit.batches[0][0].status == "FAILED"
     assert len(h.sleeps) >= 4 and all(s > 0 for s in h.sleeps)  # a pause before each again
@@ -87,7 +87,7 @@ async def test_live_answers_at_once_with_only_up_to_date_are_paced() -> None:
             return {**HEADERS, "electric-offset": "0_inf"}, [insert(FAILED)]
         return HEADERS, [UP_TO_DATE]
 
-    async with naive_server(answer) as server, following(server) as h:  # type: ignore[arg-type]
+    async with naive_server(answer) as server, following(server) as h:
         await asked(server, 6)
     assert [q.get("live") for q in server.queries[:3]] == [None, None, "true"]
     assert len(h.submit.batches) == 1
@@ -110,7 +110,7 @@ async def test_answers_without_electric_handle_or_offset_are_taken() -> None:
         return {}, [update, UP_TO_DATE]
 
     feed = RealtimeFeed(tags=["customer:cus_Q8x2LmN4"])
-    async with naive_server(answer) as server, following(server, feed) as h:  # type: ignore[arg-type]
+    async with naive_server(answer) as server, following(server, feed) as h:
         await h.submit.wait_for(2)
     assert [run.status for batch in h.submit.batches for run in batch][:2] == [
         "EXECUTING",
@@ -149,7 +149,7 @@ async def test_an_answer_relay_cannot_use_is_logged_once_by_what_is_wrong(
     """SDK run objects in place of shape messages, or rows that never come to up-to-date: no
     run ever reached the rules, and nothing in the log said why."""
     caplog.set_level(logging.WARNING, logger="relay")
-    async with naive_server(answer) as server, following(server) as h:  # type: ignore[arg-type]
+    async with naive_server(answer) as server, following(server) as h:
         await asked(server, 4)
     told = [r for r in caplog.records if "not as Electric sends it" in r.getMessage()]
     assert len(told) == 1 and oddity in told[0].__dict__["oddity"]
@@ -166,7 +166,7 @@ async def test_a_change_sent_as_an_insert_of_the_changed_columns_merges_into_the
             return HEADERS, [insert({**FAILED, "status": "EXECUTING", "error": None}), UP_TO_DATE]
         return {**HEADERS, "electric-offset": "2_0"}, [insert(changed), UP_TO_DATE]
 
-    async with naive_server(answer) as server, following(server) as h:  # type: ignore[arg-type]
+    async with naive_server(answer) as server, following(server) as h:
         await h.submit.wait_for(2)
     failed = h.submit.batches[1][0]
     assert (failed.id, failed.taskIdentifier, failed.status) == (
@@ -208,7 +208,7 @@ async def test_an_endless_answer_is_cut_off_and_retried() -> None:
 
     app = web.Application()
     app.router.add_get("/realtime/v1/runs", endless)
-    async with serving(app) as url, following(NaiveServer(same([]), url)) as h:  # type: ignore[arg-type]
+    async with serving(app) as url, following(NaiveServer(same([]), url)) as h:
         await wait_until(lambda: len(h.failed) >= 2)
     assert h.failed[:2] == ["other", "other"]
     assert max(written) < 199  # relay hung up, it did not read to the end
@@ -226,6 +226,6 @@ async def test_a_compressed_answer_is_read_no_further_than_the_limit() -> None:
 
     app = web.Application()
     app.router.add_get("/realtime/v1/runs", bomb)
-    async with serving(app) as url, following(NaiveServer(same([]), url)) as h:  # type: ignore[arg-type]
+    async with serving(app) as url, following(NaiveServer(same([]), url)) as h:
         await wait_until(lambda: bool(h.failed))
     assert h.failed[:1] == ["other"]

@@ -35,7 +35,6 @@ from tests.conftest import RelayFactory, RelayProcess, Sink, assert_golden, sdk_
 from tests.fakes.presets import (
     PD_KEY,
     FakePagerDuty,
-    Reply,
     discord_problems,
     pagerduty_problems,
     teams_problems,
@@ -45,6 +44,7 @@ from tests.fakes.slack import (
     FIRST_TS,
     TOKEN,
     FakeSlack,
+    Reply,
     api_error,
     block_kit_problems,
 )

@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import asyncpg
@@ -61,6 +61,12 @@ rules:
 """
 
 
+class Replicas(Protocol):
+    """The `replicas` fixture: start `n` replicas taken for dead after `timeout`."""
+
+    async def __call__(self, n: int, timeout: str = "2s") -> list[RelayProcess]: ...
+
+
 @pytest.fixture(scope="module")
 def pg() -> Iterator[PgServer]:
     server = start_server()
@@ -77,9 +83,7 @@ async def database(pg: PgServer) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def replicas(
-    database: str, sink: Sink, tmp_path: Path
-) -> AsyncIterator[Callable[[int], Any]]:
+async def replicas(database: str, sink: Sink, tmp_path: Path) -> AsyncIterator[Replicas]:
     """Start n replicas at once (they migrate the fresh database together); killed afterwards."""
     started: list[RelayProcess] = []
     config = tmp_path / "config.yaml"
@@ -201,7 +205,7 @@ def sent_by(proc: RelayProcess) -> set[str]:
 
 
 async def test_replicas_share_the_work_and_survive_a_kill_9(
-    replicas: Callable[[int], Any], sink: Sink, database: str
+    replicas: Replicas, sink: Sink, database: str
 ) -> None:
     async def slow_ok(request: Any, index: int) -> Any:
         await asyncio.sleep(0.02)  # deliveries are in flight when the replica dies
@@ -251,9 +255,7 @@ async def test_replicas_share_the_work_and_survive_a_kill_9(
     assert overlap <= in_flight
 
 
-async def test_the_same_update_at_every_replica_fires_once(
-    replicas: Callable[[int], Any], sink: Sink
-) -> None:
+async def test_the_same_update_at_every_replica_fires_once(replicas: Replicas, sink: Sink) -> None:
     procs: list[RelayProcess] = await replicas(3, "15s")  # none dies: none is taken for dead
     plain = failing_runs(60, "same")
     grouped = [
@@ -287,7 +289,7 @@ async def test_the_same_update_at_every_replica_fires_once(
 
 
 async def test_postgresql_restart_mid_run_loses_nothing(
-    replicas: Callable[[int], Any], sink: Sink, database: str, pg: PgServer
+    replicas: Replicas, sink: Sink, database: str, pg: PgServer
 ) -> None:
     procs: list[RelayProcess] = await replicas(2, "15s")  # alive throughout the outage
     items = failing_runs(400, "restart")
@@ -343,7 +345,10 @@ async def test_a_replica_started_before_postgresql_waits_for_it(
     await asyncio.to_thread(pg.stop, "fast")
     try:
         listening = proc.spawn()
-        waits = lambda: [e for e in proc.logs if e.get("msg") == WAITING]  # noqa: E731
+
+        def waits() -> list[dict[str, Any]]:
+            return [e for e in proc.logs if e.get("msg") == WAITING]
+
         await wait_for(lambda: len(waits()) >= 2, 60, "two tries")
         assert proc.proc is not None and proc.proc.poll() is None
     finally:
@@ -361,7 +366,7 @@ async def test_a_replica_started_before_postgresql_waits_for_it(
 
 
 async def test_a_silence_changed_on_one_replica_holds_at_once_on_another(
-    replicas: Callable[[int], Any], sink: Sink
+    replicas: Replicas, sink: Sink
 ) -> None:
     """Each replica re-reads the silences every RELOAD_S: one just re-read (it ingested a run)
     missed a silence created on another replica, and kept muting by one expired there, so a

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from relay.channels import settings_models
 from relay.config import parse_config
 from relay.configure import compile_config
+from relay.grouping import lookup
 from relay.model import Run, RunState
-from relay.rules import RuleSet, compile_rules, lookup
+from relay.rules import RuleSet, compile_rules
 from tests.conftest import sdk_run
 
 

@@ -33,7 +33,7 @@ def silence(**matchers: Any) -> Silence:
 
 
 def muted(s: Silence, now: float = NOW + 1, **fields: Any) -> bool:
-    base = {
+    base: dict[str, Any] = {
         "rule": "r",
         "channel": "c",
         "task": "billing/charge",

@@ -80,7 +80,7 @@ def channel_tables() -> list[Table]:
             for name, info in model.model_fields.items()
             if name not in common or info.default != common[name].default
         }
-        nested = {"smtp": SmtpSettings} if kind == "email" else {}
+        nested: dict[str, type[BaseModel]] = {"smtp": SmtpSettings} if kind == "email" else {}
         intro = f"`type: {kind}`; parts rendered: {', '.join(f'`{p}`' for p in channel.parts)}."
         if not own - {"type"}:
             intro += " No options besides the common ones."

@@ -27,11 +27,11 @@ from relay.channels.msteams import MAX_BODY_BYTES, MSTeamsSettings, teams_messag
 from relay.channels.pagerduty import PagerDutySettings, pagerduty_event
 from relay.cli import main as relay_cli
 from relay.config import RateLimit, parse_config
+from relay.configure import compile_config
 from relay.errors import ConfigError, DeliveryError
 from relay.formats.trigger_alerts import parse_alert
 from relay.grouping import digest_context
 from relay.model import Run
-from relay.service import compile_config
 from relay.templating import RenderContext, Renderer, fallback_json
 from tests.conftest import FIXTURES, RelayFactory, assert_golden, sdk_run
 from tests.fakes.presets import (
@@ -566,7 +566,7 @@ async def test_discord_clamps_any_body_and_cannot_ping(
 
 
 async def test_teams_clamps_any_card(teams: FakeTeams, http: HttpClient) -> None:
-    card = {
+    card: dict[str, Any] = {
         "type": "AdaptiveCard",
         "body": [{"type": "TextBlock", "text": "x" * 3000, "wrap": True}] * 30
         + [{"type": "FactSet", "facts": [{"title": "t" * 40, "value": "v" * 60}] * 500}]
@@ -859,7 +859,7 @@ PD_ERRORS = [
 ]
 
 
-def _table(rows: list[tuple[Any, ...]]) -> Any:
+def _table(rows: list[tuple[Any, ...]]) -> pytest.MarkDecorator:
     return pytest.mark.parametrize(("reply", "reason", "retryable", "retry_after", "detail"), rows)
 
 

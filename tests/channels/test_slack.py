@@ -730,7 +730,11 @@ async def test_refused_blocks_are_sent_again_as_text(
     assert (receipt is not None) == bot
     [logged] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "invalid_blocks" in logged.getMessage()
-    assert (logged.run_id, logged.rule, logged.channel) == ("run_1", "r", "oncall")
+    assert (vars(logged)["run_id"], vars(logged)["rule"], vars(logged)["channel"]) == (
+        "run_1",
+        "r",
+        "oncall",
+    )
     assert not any(s in logged.getMessage() for s in SECRETS)
 
 

@@ -68,7 +68,7 @@ JSON = st.recursive(
     ),
     max_leaves=12,
 )
-NASTY = st.sampled_from(
+NASTY: st.SearchStrategy[Any] = st.sampled_from(
     [
         None,
         True,

@@ -958,7 +958,7 @@ async def test_connections_killed_under_the_pool_come_back(pg_url: str) -> None:
             )
         finally:
             await conn.close()
-        outcomes = []
+        outcomes: list[dict[str, int] | None] = []
         for _ in range(3):  # the dead connection fails one call, then the pool reconnects
             try:
                 outcomes.append(await store.counts())

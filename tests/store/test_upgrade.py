@@ -52,7 +52,13 @@ def _v6_rows(conn: sqlite3.Connection) -> None:
     run's fired set), a muted one, an active silence, a digest group due, a feed's position."""
 
     def outbox(run_id: str, rule: str, channel: str, state: str, **extra: object) -> None:
-        values = {"attempts": 0, "lease": None, "reason": None, "error": None, "group": None}
+        values: dict[str, object] = {
+            "attempts": 0,
+            "lease": None,
+            "reason": None,
+            "error": None,
+            "group": None,
+        }
         values.update(extra)
         conn.execute(
             _OUTBOX,
