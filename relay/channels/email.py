@@ -52,8 +52,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
+import socket
 import ssl
 import time
 from email.headerregistry import Address
@@ -187,7 +189,7 @@ class SmtpSettings(Strict):
     password: SecretStr | None = None
     ca_file: FilePath | None = None
     validate_certs: bool = True
-    hello: str | None = None  # the name EHLO gives; default: this machine's (socket.getfqdn)
+    hello: str | None = None  # the name EHLO gives; default: this machine's (socket.getfqdn, once)
 
     @model_validator(mode="after")
     def _coherent(self) -> SmtpSettings:
@@ -493,12 +495,22 @@ class EmailChannel:
         }
 
 
+@functools.cache
+def _this_host() -> str:
+    return socket.getfqdn()
+
+
 class _Client(aiosmtplib.SMTP):
     """aiosmtplib's client, noting a 421 reply: it hangs up on one, so a 421 to the first RCPT
     of several surfaced as "server disconnected" at the next RCPT (network, tried again at
     once) instead of the server's "closing, slow down" (rate_limited, the backoff)."""
 
     said_421 = False
+
+    async def _get_default_local_hostname(self) -> str:
+        """This machine's name for EHLO, looked up once: a slow reverse DNS lookup ate into
+        every attempt's timeout."""
+        return await asyncio.to_thread(_this_host)
 
     async def execute_command(self, *args: bytes, **kwargs: Any) -> aiosmtplib.SMTPResponse:
         response = await super().execute_command(*args, **kwargs)

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 
 from relay.channels import ChannelEnv, Outgoing, Recovery, settings_models
 from relay.channels._http import HttpClient
-from relay.channels.email import EmailChannel, EmailSettings, build_message
+from relay.channels.email import EmailChannel, EmailSettings, _this_host, build_message
 from relay.config import load_config, parse_config
 from relay.errors import ConfigError, DeliveryError
 from relay.model import Run, notification_id
@@ -356,6 +357,28 @@ async def test_the_ehlo_name_is_the_configured_hello(smtp_server: SmtpFactory) -
     await channel(fake.port, hello="relay.example.com").send(outgoing())
     await fake.wait_for(1)
     assert bytes(fake.received).startswith(b"EHLO relay.example.com\r\n")
+
+
+async def test_the_default_ehlo_name_is_looked_up_once(
+    smtp_server: SmtpFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """socket.getfqdn() ran at every connection, and a slow reverse DNS lookup (seconds in a
+    container whose resolver times out) came out of each attempt's timeout."""
+    lookups: list[str] = []
+
+    def getfqdn(name: str = "") -> str:
+        lookups.append(name)
+        return "host.example.com"
+
+    monkeypatch.setattr(socket, "getfqdn", getfqdn)
+    _this_host.cache_clear()
+    fake = await smtp_server()
+    for _ in range(3):
+        await channel(fake.port).send(outgoing())
+    await fake.wait_for(3)
+    _this_host.cache_clear()
+    assert len(lookups) == 1
+    assert bytes(fake.received).count(b"EHLO host.example.com\r\n") == 3
 
 
 async def test_a_users_auto_submitted_replaces_relays(smtp_server: SmtpFactory) -> None:
