@@ -39,13 +39,15 @@ settings.load_profile("relay")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "trigger"
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "ws_proxy", "wss_proxy")
 
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No RELAY_* from the machine leaks into a test."""
+    """No RELAY_* from the machine leaks into a test, nor a proxy (relay's HTTP follows
+    HTTP_PROXY: the loopback receivers would be asked for through it)."""
     for name in list(os.environ):
-        if name.startswith("RELAY_"):
+        if name.startswith("RELAY_") or name.lower() in PROXY_VARIABLES:
             monkeypatch.delenv(name)
 
 

@@ -8,6 +8,8 @@ failures are retryable. Messages never contain the URL (webhook URLs embed secre
 from __future__ import annotations
 
 import asyncio
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +32,26 @@ class HttpResponse:
 
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def env_proxies() -> dict[str, str]:
+    """HTTP_PROXY, HTTPS_PROXY and NO_PROXY (any case) as urllib reads them: scheme → URL."""
+    return urllib.request.getproxies_environment()
+
+
+def proxy_for(url: str, proxies: dict[str, str]) -> str | None:
+    """The proxy to send `url` through: its scheme's, unless NO_PROXY lists its host."""
+    if not proxies:
+        return None
+    parts = urlsplit(url)
+    proxy = proxies.get(parts.scheme.lower())
+    if proxy is None or _bypass(parts.hostname or "", proxies):
+        return None
+    return proxy
+
+
+# NO_PROXY's matching (suffixes, `*`, ports) as urllib does it; public but not in typeshed
+_bypass: Callable[[str, dict[str, str]], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
 
 
 def https_or_local(url: str, what: str) -> str:
@@ -84,11 +106,16 @@ class HttpClient:
     Its pool has no overall limit: each channel's `concurrency` bounds the connections that
     channel holds, and a shared cap would let hung receivers hold every connection while the
     other channels' sends wait for one (and time out).
+
+    Requests go through the proxy the environment names, as with curl, pip or requests: a
+    relay behind a corporate proxy reached no receiver (a name lookup failed at every send).
+    Not aiohttp's trust_env: that adds a thread hop per request and ~/.netrc credentials.
     """
 
     def __init__(self, user_agent: str = "relay") -> None:
         self._session: aiohttp.ClientSession | None = None
         self._user_agent = user_agent
+        self._proxies = env_proxies()  # read once, as the rest of the environment
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -114,7 +141,13 @@ class HttpClient:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with self._client().request(
-                method, url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+                method,
+                url,
+                data=body,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+                proxy=proxy_for(url, self._proxies),
             ) as resp:
                 data = await resp.content.read(64 * 1024)
                 return HttpResponse(resp.status, dict(resp.headers), data)

@@ -1,0 +1,49 @@
+"""The webhook channel's HTTP, driven through `relay send-test` against loopback servers:
+proxies from the environment, what a failed answer is called."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from tests.conftest import Sink, run_cli
+from tests.fakes.serving import free_port
+
+
+def hook_config(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"""\
+channels:
+  hook:
+    type: webhook
+    url: {url}
+rules:
+  - {{name: r1, notify: [hook]}}
+"""
+    )
+    return path
+
+
+async def send_test(config: Path, env: dict[str, str]) -> tuple[int, str]:
+    result = await asyncio.to_thread(run_cli, "send-test", "hook", "--config", str(config), env=env)
+    return result.returncode, result.stdout + result.stderr
+
+
+async def test_http_proxy_and_no_proxy_from_the_environment_are_honoured(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """Behind a corporate proxy, every other tool follows HTTP_PROXY: relay sent straight
+    to the receiver's name, which only the proxy can resolve, and every send failed."""
+    config = hook_config(tmp_path, "http://hooks.example.invalid/in")
+    code, out = await send_test(config, {"HTTP_PROXY": sink.url, "http_proxy": sink.url})
+    assert code == 0, out
+    [via_proxy] = sink.received
+    assert via_proxy.headers["Host"] == "hooks.example.invalid"
+    assert via_proxy.path == "/in" and via_proxy.headers["webhook-id"]
+
+    refused = f"http://127.0.0.1:{free_port()}"  # a proxy that is not there
+    env = {"HTTP_PROXY": refused, "http_proxy": refused, "NO_PROXY": "127.0.0.1"}
+    code, out = await send_test(hook_config(tmp_path, f"{sink.url}/direct"), env)
+    assert code == 0, out
+    assert sink.received[-1].path == "/direct"
