@@ -54,6 +54,20 @@ def proxy_for(url: str, proxies: dict[str, str]) -> str | None:
 _bypass: Callable[[str, dict[str, str]], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
 
 
+def origin(location: str | None) -> str:
+    """scheme://host[:port] of a redirect's target: enough to fix a URL, without the path,
+    query or user-info of the URL it points to (they may hold a token)."""
+    try:
+        url = urlsplit(location or "")
+        host, port = url.hostname, url.port
+    except ValueError:
+        return ""
+    if not url.scheme or not host:
+        return ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{url.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
 def https_or_local(url: str, what: str) -> str:
     """`url` if it is https:// (or http:// to this machine, for tests); else ValueError."""
     scheme = url.partition("://")[0].lower()
@@ -96,6 +110,9 @@ def classify_status(response: HttpResponse) -> DeliveryError | None:
         )
     if status in (401, 403):
         return DeliveryError("auth_error", retryable=False, detail=detail, status=status)
+    if 300 <= status < 400:  # not followed (Standard Webhooks): the url is to be fixed
+        target = origin(response.headers.get("Location"))
+        detail += f": redirect to {target}, not followed" if target else ": redirect, not followed"
     reason = "client_error" if 400 <= status < 500 else "other"
     return DeliveryError(reason, retryable=False, detail=detail, status=status)
 

@@ -50,11 +50,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
+from relay.channels._http import origin
 from relay.config import RealtimeConfig
 from relay.errors import InputError, StoreUnavailable
 from relay.formats.electric import Schema, parse_raw_run
@@ -415,7 +415,7 @@ class Follower:
                 "realtime API answered with a redirect, which relay does not follow;"
                 " set sources.realtime.api_url to the address it points to",
                 extra=self._extra(
-                    status=response.status, location=_origin(response.headers.get("location"))
+                    status=response.status, location=origin(response.headers.get("location"))
                 ),
             )
         else:
@@ -464,19 +464,6 @@ def _status_reason(status: int) -> str:
 def _finished(rows: Iterable[dict[str, Any]]) -> bool:
     """A stored raw row has its `completedAt` (the SDK's `finishedAt`) set."""
     return any(row.get("completedAt") is not None for row in rows)
-
-
-def _origin(location: str | None) -> str:
-    """scheme://host[:port] of a redirect's target: enough to fix api_url, without the
-    query or user-info of the URL it points to."""
-    try:
-        url = urlsplit(location or "")
-        host, port = url.hostname, url.port
-    except ValueError:
-        return ""
-    if not url.scheme or not host:
-        return ""
-    return f"{url.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 def _error_text(body: bytes) -> str:

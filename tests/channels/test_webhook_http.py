@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.conftest import Sink, run_cli
+from tests.conftest import Sink, run_cli, status
 from tests.fakes.serving import free_port
 
 
@@ -47,3 +47,16 @@ async def test_http_proxy_and_no_proxy_from_the_environment_are_honoured(
     code, out = await send_test(hook_config(tmp_path, f"{sink.url}/direct"), env)
     assert code == 0, out
     assert sink.received[-1].path == "/direct"
+
+
+async def test_a_redirect_is_not_followed_and_the_failure_says_where_it_points(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """A 301 said "other: HTTP 301": the dead letter now says it is a redirect and to where,
+    without the path or query of the target (a token may be in them)."""
+    location = "https://hooks.example.com:8443/v2/in?token=tok-in-location"
+    sink.default = status(301, {"Location": location})
+    code, out = await send_test(hook_config(tmp_path, f"{sink.url}/in"), {})
+    assert code == 1
+    assert "HTTP 301: redirect to https://hooks.example.com:8443, not followed" in out
+    assert "tok-in-location" not in out and len(sink.received) == 1
