@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict
 
 from relay.config import url_problem
 from relay.errors import DeliveryError, tls_failure, wire_failure
@@ -27,7 +28,9 @@ _BODY_SNIPPET = 200
 @dataclass(frozen=True)
 class HttpResponse:
     status: int
-    headers: dict[str, str]
+    # looked up in any case: aiohttp's C parser names known headers as `Retry-After` whatever
+    # the case on the wire (Envoy writes `retry-after`), its pure-Python one keeps the wire's
+    headers: Mapping[str, str]
     body: bytes
 
 
@@ -167,7 +170,7 @@ class HttpClient:
                 proxy=proxy_for(url, self._proxies),
             ) as resp:
                 data = await resp.content.read(64 * 1024)
-                return HttpResponse(resp.status, dict(resp.headers), data)
+                return HttpResponse(resp.status, CIMultiDict(resp.headers), data)
         except TimeoutError:
             raise DeliveryError("timeout", retryable=True, detail="no answer in time") from None
         except (aiohttp.InvalidURL, UnicodeError):  # a host IDNA cannot encode (`hooks..x.com`),

@@ -4,9 +4,13 @@ proxies from the environment, what a failed answer is called."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import Sink, run_cli, status
+import aiohttp
+
+from tests.conftest import RelayProcess, Sink, run_cli, sdk_run, status
 from tests.fakes.serving import free_port
 
 
@@ -60,3 +64,36 @@ async def test_a_redirect_is_not_followed_and_the_failure_says_where_it_points(
     assert code == 1
     assert "HTTP 301: redirect to https://hooks.example.com:8443, not followed" in out
     assert "tok-in-location" not in out and len(sink.received) == 1
+
+
+async def test_a_lower_case_retry_after_is_honoured_by_the_pure_python_parser(
+    tmp_path: Path, sink: Sink, relay_process: Callable[..., RelayProcess]
+) -> None:
+    """Without aiohttp's C extensions (no wheel for the platform, AIOHTTP_NO_EXTENSIONS)
+    header names keep the case they had on the wire: `retry-after: 600` from behind Envoy
+    was not seen, and the receiver was asked again within a second, three times."""
+    sink.default = status(503, {"retry-after": "600"})
+    proc = relay_process(RETRYING.format(url=sink.url), {"AIOHTTP_NO_EXTENSIONS": "1"}).start()
+    async with aiohttp.ClientSession() as http:
+        await http.post(f"{proc.url}/v1/runs", json=sdk_run("failed"))
+    await sink.wait_for(1)
+    db = sqlite3.connect(tmp_path / "relay.db")
+    for _ in range(600):
+        row = db.execute("SELECT reason, not_before - updated_at FROM outbox").fetchone()
+        if row is not None and row[0] is not None:
+            break
+        await asyncio.sleep(0.05)
+    db.close()
+    assert row[0] == "server_error" and row[1] >= 599
+
+
+RETRYING = """\
+defaults:
+  retry: {{max_attempts: 4, max_age: 1h, min_backoff: 100ms, max_backoff: 200ms}}
+channels:
+  hook:
+    type: webhook
+    url: {url}/in
+rules:
+  - {{name: failures, match: {{status: [failure]}}, notify: [hook]}}
+"""
