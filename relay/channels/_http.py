@@ -179,8 +179,11 @@ class HttpClient:
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
             detail = tls_failure(exc) or wire_failure(exc) or type(exc).__name__  # never the URL
             raise DeliveryError("network", retryable=True, detail=detail) from None
-        except aiohttp.ClientResponseError as exc:
-            raise DeliveryError("other", retryable=True, detail=f"HTTP {exc.status}") from None
+        except aiohttp.ClientHttpProxyError as exc:  # the proxy refused to connect us
+            detail = f"proxy answered HTTP {exc.status}"
+            raise DeliveryError("network", retryable=True, detail=detail) from None
+        except aiohttp.ClientResponseError:  # not an answer: aiohttp calls it a 400 of its own
+            raise DeliveryError("other", retryable=True, detail="malformed HTTP answer") from None
 
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:

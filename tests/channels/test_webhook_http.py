@@ -66,6 +66,27 @@ async def test_a_redirect_is_not_followed_and_the_failure_says_where_it_points(
     assert "tok-in-location" not in out and len(sink.received) == 1
 
 
+async def raw_server(answer: bytes) -> tuple[asyncio.Server, str]:
+    async def answer_with(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_with, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_an_answer_that_is_not_http_is_not_called_a_400(tmp_path: Path) -> None:
+    """aiohttp reports an unparseable answer as a status 400 of its own: the dead letter said
+    the receiver answered HTTP 400, and an operator looked for what was wrong in the body."""
+    server, url = await raw_server(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+    async with server:
+        code, out = await send_test(hook_config(tmp_path, f"{url}/in"), {})
+    assert code == 1
+    assert "malformed HTTP answer" in out and "400" not in out
+
+
 async def test_a_lower_case_retry_after_is_honoured_by_the_pure_python_parser(
     tmp_path: Path, sink: Sink, relay_process: Callable[..., RelayProcess]
 ) -> None:
@@ -97,3 +118,13 @@ channels:
 rules:
   - {{name: failures, match: {{status: [failure]}}, notify: [hook]}}
 """
+
+
+async def test_a_proxy_refusing_the_tunnel_is_a_network_failure(tmp_path: Path) -> None:
+    """A proxy's 407 to CONNECT is no answer of the receiver: it read "other: HTTP 407"."""
+    server, proxy = await raw_server(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+    config = hook_config(tmp_path, "https://hooks.example.invalid/in")
+    async with server:
+        code, out = await send_test(config, {"HTTPS_PROXY": proxy, "https_proxy": proxy})
+    assert code == 1
+    assert "network: proxy answered HTTP 407" in out
