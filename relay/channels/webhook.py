@@ -120,9 +120,12 @@ class WebhookSettings(ChannelSettings):
 
 
 def signing_key(secret: str) -> bytes:
-    """The HMAC key of a Standard Webhooks secret (whsec_ prefix optional, base64)."""
+    """The HMAC key of a Standard Webhooks secret (whsec_ prefix optional, base64, its `=`
+    padding optional: the reference libraries add it, and a receiver may hand out a secret
+    encoded without, as Go's RawStdEncoding does)."""
+    encoded = secret.removeprefix("whsec_")
     try:
-        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("secret must be whsec_ followed by base64") from None
     if len(key) < 16:

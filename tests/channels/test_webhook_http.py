@@ -4,11 +4,13 @@ proxies from the environment, what a failed answer is called."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import standardwebhooks
 
 from tests.conftest import RelayProcess, Sink, run_cli, sdk_run, status
 from tests.fakes.serving import free_port
@@ -128,3 +130,18 @@ async def test_a_proxy_refusing_the_tunnel_is_a_network_failure(tmp_path: Path) 
         code, out = await send_test(config, {"HTTPS_PROXY": proxy, "https_proxy": proxy})
     assert code == 1
     assert "network: proxy answered HTTP 407" in out
+
+
+async def test_a_secret_without_its_base64_padding_signs_as_the_reference_library_verifies(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """A 32-byte key is 43 base64 characters and one `=`: a receiver printing it without
+    the `=` (Go's RawStdEncoding) gave a secret that `standardwebhooks` takes and relay
+    refused ("secret must be whsec_ followed by base64")."""
+    secret = "whsec_" + base64.b64encode(b"k" * 31 + b"\xff").decode().rstrip("=")
+    config = hook_config(tmp_path, f"{sink.url}/in")
+    config.write_text(config.read_text().replace("\nrules:", f"\n    secret: {secret}\nrules:"))
+    code, out = await send_test(config, {})
+    assert code == 0, out
+    [got] = sink.received
+    assert standardwebhooks.Webhook(secret).verify(got.body, got.headers)["channel"] == "hook"
