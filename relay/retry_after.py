@@ -27,6 +27,6 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         if when.tzinfo is None:  # asctime and `-0000` dates carry no zone: HTTP dates are GMT
             when = when.replace(tzinfo=UTC)
         seconds = when.timestamp() - (time.time() if now is None else now)
-    if math.isnan(seconds):
+    if not math.isfinite(seconds):  # "inf", "1e999", "nan": no number of seconds, no header
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)

@@ -35,6 +35,11 @@ def test_an_http_date_is_read_as_gmt_in_any_local_zone(
         time.tzset()
 
 
-@pytest.mark.parametrize(("value", "seconds"), [("5", 5.0), ("-3", 0.0), ("soon", None)])
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("5", 5.0), ("-3", 0.0), ("soon", None), ("inf", None), ("1e999", None), ("-inf", None)],
+)
 def test_delta_seconds(value: str, seconds: float | None) -> None:
+    """A value that is no number of seconds is as no header: "inf" was read as the 24 h cap,
+    past a 1 h max_age, and the notification went dead at its first failure."""
     assert parse_retry_after(value, NOW) == seconds
