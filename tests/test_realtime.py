@@ -156,7 +156,8 @@ async def following(
     """A Follower of `feed` running against `fake`, with waits recorded instead of slept; `kv`
     is the store of a previous follower (a restart)."""
     feed = feed or RealtimeFeed(tags=[TAG])
-    settings = RealtimeConfig(api_url=fake.url, secret_key=SECRET, feeds=[feed], **config)
+    config.setdefault("api_url", fake.url)
+    settings = RealtimeConfig(secret_key=SECRET, feeds=[feed], **config)
     submit = Recorder()
     kv, sleeps = kv or MemoryKV(), []
     kv.recorder = submit
@@ -235,6 +236,19 @@ async def test_session_replays_like_the_sdk_and_refetch_repeats_only() -> None:
     position = h.kv.position(f"tags:{TAG}|24h")
     assert (position["handle"], position["offset"]) == (H2, "0_inf")
     assert position["schema"]["costInCents"] == {"type": "float8", "not_null": True}
+
+
+async def test_the_feed_goes_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Behind a corporate proxy the feed asked for api.trigger.dev's address itself, which
+    only the proxy can resolve, and failed for good; the channels already used the proxy."""
+    async with fake_realtime(session()) as fake:
+        monkeypatch.setenv("HTTP_PROXY", fake.url)
+        monkeypatch.setenv("http_proxy", fake.url)
+        async with following(fake, api_url="http://trigger.example.invalid") as h:
+            await h.submit.wait_for(1)
+    assert fake.requests[0].headers["Host"] == "trigger.example.invalid"
 
 
 async def test_409_without_a_handle_refetches_old_next() -> None:

@@ -54,7 +54,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from relay.channels._http import origin
+from relay.channels._http import env_proxies, origin, proxy_for
 from relay.config import RealtimeConfig
 from relay.errors import InputError, StoreUnavailable
 from relay.formats.electric import Schema, parse_raw_run
@@ -165,6 +165,7 @@ class Follower:
         self._failed = failed
         self._config = config
         self._session = session
+        self._proxy = proxy_for(config.api_url, env_proxies())  # as the channels' requests
         self._submit = submit
         self._positions = positions
         self._timing = timing or Timing(config.timeout, error_wait_s=config.error_backoff)
@@ -326,7 +327,12 @@ class Follower:
         )
         url = self._config.api_url + self.feed.path
         async with self._session.get(
-            url, params=params, headers=headers, timeout=timeout, allow_redirects=False
+            url,
+            params=params,
+            headers=headers,
+            timeout=timeout,
+            allow_redirects=False,
+            proxy=self._proxy,
         ) as resp:
             body = await _read_capped(resp, MAX_ANSWER_BYTES)
             return _Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
