@@ -229,3 +229,34 @@ async def test_a_compressed_answer_is_read_no_further_than_the_limit() -> None:
     async with serving(app) as url, following(NaiveServer(same([]), url)) as h:
         await wait_until(lambda: bool(h.failed))
     assert h.failed[:1] == ["other"]
+
+
+async def test_a_must_refetch_after_every_snapshot_is_backed_off() -> None:
+    """A CDN that caches Electric's 409 (its docs warn of it) answers the request after each
+    snapshot with the same must-refetch: the snapshot's good answer reset the count of
+    refetches, so relay asked again at once, thousands of times a second, for good."""
+    answered: list[str] = []
+
+    def answer(query: dict[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        answered.append(query["offset"])
+        return HEADERS, [insert(FAILED), UP_TO_DATE]
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.query.get("offset") != "-1":
+            answered.append("409")
+            must_refetch = [{"headers": {"control": "must-refetch"}}]
+            return web.json_response(must_refetch, status=409, headers={"electric-handle": "h2"})
+        headers, body = answer(dict(request.query))
+        return web.json_response(body, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/realtime/v1/runs", handle)
+    server = NaiveServer(answer)
+    async with serving(app) as server.url, following(server) as h:
+        for _ in range(6000):
+            if len(h.sleeps) >= 4:
+                break
+            await asyncio.sleep(0.005)
+    assert answered[:4] == ["-1", "409", "-1", "409"]
+    assert len(h.sleeps) >= 4 and h.sleeps[2] > h.sleeps[0]  # growing: 0.5-1x, then 2-4x
+    assert {run.status for batch in h.submit.batches for run in batch} == {"FAILED"}

@@ -210,13 +210,13 @@ class Follower:
                 shape.refetch(response.headers.get("electric-handle") or f"{old}-next")
                 log.info("realtime shape must be refetched", extra=self._extra())
                 if refetches > 1:
-                    await self._retry("repeated must-refetch", None)
+                    await self._retry("repeated must-refetch", None, attempt=refetches - 1)
             elif response.status in (200, 204):
                 answer = await self._answered(shape, response, asked, before)
                 if answer == "finished":
                     log.info("realtime run finished; feed stopped", extra=self._extra())
                     return
-                if answer != "unreadable":
+                if answer != "unreadable" and before[1] != START:  # past a snapshot's first
                     refetches = 0
             elif response.status in (408, 429) or response.status >= 500:
                 self._count(_status_reason(response.status))
@@ -405,12 +405,15 @@ class Follower:
         shape.saved()
         self._saved = position
 
-    async def _retry(self, reason: str, retry_after: float | None) -> None:
+    async def _retry(self, reason: str, retry_after: float | None, attempt: int = 0) -> None:
+        """Wait before asking again: the backoff of this many failures in a row (`attempt`
+        when given: a count of its own, such as must-refetches, that answers do not reset)."""
         self._failures += 1
-        wait = retry_delay(self._failures, self._timing, random.random(), retry_after)
+        attempt = attempt or self._failures
+        wait = retry_delay(attempt, self._timing, random.random(), retry_after)
         log.warning(
             "realtime request failed; retrying",
-            extra=self._extra(reason=reason, attempt=self._failures, wait_s=round(wait, 3)),
+            extra=self._extra(reason=reason, attempt=attempt, wait_s=round(wait, 3)),
         )
         await self._sleep(wait)
 
