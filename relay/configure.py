@@ -128,6 +128,7 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
     warnings += _yaml11_words(loaded)
     warnings += _feed_warnings(config, loaded.locate)
     warnings += _recovering_nowhere(config, loaded.locate)
+    warnings += _empty_tokens(loaded)
     every_rule = dict(enumerate(config.rules))
     types = {name: channel.type for name, channel in config.channels.items()}
     found, unknown = _check_templates(renderer, types, every_rule, loaded.locate)
@@ -150,6 +151,25 @@ def _never_matching(rules: list[RuleConfig], locate: Locate) -> list[str]:
                 f" {rule.match.event} carries {', '.join(sorted(carried))}; this rule never fires"
             )
     return out
+
+
+def _empty_tokens(loaded: LoadedConfig) -> list[str]:
+    """Warnings for a token the file sets that came out empty (`${RELAY_INGEST_TOKEN}` set to
+    ""): valid, as "unset", and the endpoints it guards then take requests from anyone."""
+    server = loaded.source.data.get("server") if isinstance(loaded.source.data, dict) else None
+    tokens = loaded.config.server
+    guarded = {
+        "auth_token": "POST /v1/runs takes updates without a token",
+        "admin_token": "the admin endpoints (DLQ, silences, history) take requests without a token",
+    }
+    if tokens.auth_token is not None:
+        del guarded["admin_token"]  # the admin endpoints use auth_token
+    written = server if isinstance(server, dict) else {}
+    return [
+        f"{loaded.locate(('server', key))}: server.{key} is empty: {effect}"
+        for key, effect in guarded.items()
+        if key in written and getattr(tokens, key) is None
+    ]
 
 
 def _recovering_nowhere(config: Config, locate: Locate) -> list[str]:

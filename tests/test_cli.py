@@ -268,6 +268,23 @@ def warnings_of(config: Path, needle: str) -> list[str]:
     return [line for line in result.stderr.splitlines() if needle in line]
 
 
+def test_check_warns_of_a_token_that_came_out_empty(tmp_path: Path) -> None:
+    """`auth_token: ${RELAY_INGEST_TOKEN}` with the variable set but empty (a secret not
+    mounted) left the API open without a word, since an empty token means unset."""
+    config = write(tmp_path / "c.yaml", "server:\n  auth_token: ${TOK}\n  admin_token: ${ADM:-}\n")
+    run = functools.partial(run_cli, "check", str(config))
+    warned = run(env={"TOK": ""}).stderr.replace(f"{tmp_path}/", "").splitlines()
+    assert warned == [
+        "warning: c.yaml: no rules: updates are taken in, none is sent",
+        "warning: c.yaml:2: server.auth_token is empty: POST /v1/runs takes updates without a"
+        " token",
+        "warning: c.yaml:3: server.admin_token is empty: the admin endpoints (DLQ, silences,"
+        " history) take requests without a token",
+    ]
+    guarded = run(env={"TOK": "a-token-of-some-length"})
+    assert guarded.returncode == 0 and "is empty" not in guarded.stderr  # admin: auth_token
+
+
 def test_check_warns_of_realtime_feeds_that_do_not_do_what_they_say(tmp_path: Path) -> None:
     """Trigger.dev cuts a tag feed's createdAt to a day, and a feed listed twice (its tags in
     another order) is followed once: both passed `relay check` without a word."""
