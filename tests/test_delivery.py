@@ -16,6 +16,7 @@ import pytest
 import standardwebhooks
 from aiohttp import web
 
+from relay import __version__ as relay_version
 from relay import delivery as relay_delivery
 from relay.channels import ChannelEnv, settings_models
 from relay.channels._http import HttpClient
@@ -108,6 +109,7 @@ async def test_webhook_is_signed_and_carries_the_stable_id(relay: RelayFactory, 
     assert got.headers["webhook-id"].startswith("ntf_")
     assert got.headers["X-Team"] == "core"
     assert got.headers["Content-Type"] == "application/json"
+    assert got.headers["User-Agent"] == f"relay/{relay_version}"
     assert (
         payload["dashboardUrl"]
         == "https://cloud.trigger.dev/projects/v3/proj_test/runs/run_delivery_0000"

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import aiohttp
 import pytest
 
+from relay import __version__ as relay_version
 from relay.config import RealtimeConfig, RealtimeFeed
 from relay.errors import StoreUnavailable
 from relay.formats.sdk import parse_sdk_run
@@ -249,6 +250,13 @@ async def test_the_feed_goes_through_the_proxy_the_environment_names(
         async with following(fake, api_url="http://trigger.example.invalid") as h:
             await h.submit.wait_for(1)
     assert fake.requests[0].headers["Host"] == "trigger.example.invalid"
+
+
+async def test_the_feed_names_relay_and_its_version(relay: RelayFactory, sink: Sink) -> None:
+    async with fake_realtime(session()) as fake:
+        await relay(config(fake.url, sink.url))
+        await fake.wait_for(lambda seen: True)
+    assert fake.requests[0].headers["User-Agent"] == f"relay/{relay_version}"
 
 
 async def test_409_without_a_handle_refetches_old_next() -> None:

@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 from multidict import CIMultiDict
 
+from relay import __version__
 from relay.config import url_problem
 from relay.errors import DeliveryError, tls_failure, wire_failure
 from relay.retry_after import parse_retry_after
@@ -35,6 +36,7 @@ class HttpResponse:
 
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+USER_AGENT = f"relay/{__version__}"  # as Alertmanager/0.27.0: a receiver's logs tell versions
 
 
 def env_proxies() -> dict[str, str]:
@@ -132,7 +134,7 @@ class HttpClient:
     Not aiohttp's trust_env: that adds a thread hop per request and ~/.netrc credentials.
     """
 
-    def __init__(self, user_agent: str = "relay") -> None:
+    def __init__(self, user_agent: str = USER_AGENT) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._user_agent = user_agent
         self._proxies = env_proxies()  # read once, as the rest of the environment

@@ -54,7 +54,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from relay.channels._http import env_proxies, origin, proxy_for
+from relay.channels._http import USER_AGENT, env_proxies, origin, proxy_for
 from relay.config import RealtimeConfig
 from relay.errors import InputError, StoreUnavailable
 from relay.formats.electric import Schema, parse_raw_run
@@ -536,7 +536,7 @@ class RealtimeSource:
         self._led: set[str] = set()
 
     def start(self) -> None:
-        self._session = aiohttp.ClientSession(headers={"User-Agent": "relay"})
+        self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
         for feed in _distinct(map(feed_of, self._config.feeds)):
             follower = Follower(
                 feed,
