@@ -64,6 +64,12 @@ class Metrics:
         self.matched = Counter(
             "relay_rules_matched_total", "Notifications created, by rule.", ["rule"], registry=r
         )
+        self.rule_failures = Counter(
+            "relay_rule_evaluation_failures_total",
+            "Rule `when:` expressions that raised (the rule did not match), by rule.",
+            ["rule"],
+            registry=r,
+        )
         labels = ["channel"]
         self.sent = Counter(
             "relay_notifications_sent_total", "Notifications delivered.", labels, registry=r
@@ -171,6 +177,11 @@ class Metrics:
                 self.dead.labels(channel=channel, reason=reason)
         for rule in rules:
             self.matched.labels(rule=rule)
+            self.rule_failures.labels(rule=rule)
+
+    def rule_failed(self, rule: str) -> None:
+        """The rules' hook: rule `rule`'s `when:` raised on an update."""
+        self.rule_failures.labels(rule=rule).inc()
 
     def delivery_event(self, kind: str, row: Delivered, reason: str, attempts: int) -> None:
         """Delivery's hook: one call per finished attempt, mute or template fallback."""

@@ -106,13 +106,30 @@ class _Candidates:
         return tuple(sorted((*self.always, *extra.values()), key=lambda r: r.index))
 
 
+class WhenFailures:
+    """Where a rule's `when:` that raised (and so did not match) is told, besides the log:
+    `observe` (the rule's name) is set by the service to count it in /metrics, as Prometheus
+    counts its rule evaluation failures; unset (relay test, relay check), nothing more."""
+
+    def __init__(self) -> None:
+        self.observe: Callable[[str], None] | None = None
+
+    def __call__(self, rule: str) -> None:
+        if self.observe is not None:
+            self.observe(rule)
+
+
 class RuleSet:
     """Compiled rules with an (event, status) index."""
 
     def __init__(
-        self, rules: Sequence[CompiledRule], inhibit_rules: Sequence[InhibitRule] = ()
+        self,
+        rules: Sequence[CompiledRule],
+        inhibit_rules: Sequence[InhibitRule] = (),
+        when_failures: WhenFailures | None = None,
     ) -> None:
         self.rules = tuple(rules)
+        self.when_failures = when_failures or WhenFailures()
         self.by_name = {rule.name: rule for rule in self.rules}
         self.inhibit_rules = tuple(inhibit_rules)
         self.has_windows = any(r.mute_windows or r.active_windows is not None for r in rules)
@@ -242,10 +259,11 @@ def compile_rules(
     """Compile every rule; problems (bad `when:` expressions) carry their file:line.
     `unresolved`: the channels told of no recovery (`send_resolved: false`)."""
     windows = {w.name: w for w in time_intervals}
+    failures = WhenFailures()
     compiled, problems = [], []
     for i, rule in enumerate(rules):
         predicates = _match_predicates(rule.match)
-        when = _when(i, rule, locate)
+        when = _when(i, rule, locate, failures)
         if isinstance(when, Problem):
             problems.append(when)
         elif when is not None:
@@ -274,7 +292,7 @@ def compile_rules(
                 needs_tags=_needed_tags(rule.match.tags),
             )
         )
-    return RuleSet(compiled, inhibit_rules), problems
+    return RuleSet(compiled, inhibit_rules, failures), problems
 
 
 def when_problems(rules: Mapping[int, RuleConfig], locate: Locate) -> list[Problem]:
@@ -288,12 +306,14 @@ def rule_template(rule: RuleConfig) -> str:
     return rule.template or EVENT_TEMPLATES.get(rule.match.event, DEFAULT_TEMPLATE)
 
 
-def _when(i: int, rule: RuleConfig, locate: Locate) -> Predicate | Problem | None:
+def _when(
+    i: int, rule: RuleConfig, locate: Locate, failed: WhenFailures | None = None
+) -> Predicate | Problem | None:
     """Rule `i`'s `when:` as a predicate, the problem with it, or None when it has none."""
     if rule.when is None:
         return None
     try:
-        return _when_predicate(rule.name, rule.when)
+        return _when_predicate(rule.name, rule.when, failed or WhenFailures())
     except (TemplateError, SecurityError) as exc:
         return Problem(locate(("rules", i, "when")), f"rules[{i}].when", _template_error(exc))
 
@@ -378,7 +398,7 @@ def _metadata_predicate(path: str, wanted: Any) -> Predicate:
 WHEN_NAMES = ("run", "payload", "output", "metadata", "error")  # what `when:` can read
 
 
-def _when_predicate(name: str, source: str) -> Predicate:
+def _when_predicate(name: str, source: str, failed: WhenFailures) -> Predicate:
     env = expression_sandbox()
     expr = Parser(env, source, state="variable").parse_expression()
     unknown = _unknown_names(env, expr)
@@ -402,6 +422,7 @@ def _when_predicate(name: str, source: str) -> Predicate:
                 "rule `when` failed; treating as no match",
                 extra={"rule": name, "run_id": run.id, "error": type(exc).__name__},
             )
+            failed(name)
             return False
 
     return check

@@ -97,6 +97,7 @@ class Service:
         )
         self.http = HttpClient()
         self.metrics = Metrics()
+        compiled.rules.when_failures.observe = self.metrics.rule_failed
         self._outbox = OutboxReading(lambda: self.store)  # /metrics' figures, as often as cheap
         self.delivery: Delivery | None = None
         self.intake: Intake | None = None
@@ -426,6 +427,7 @@ class Service:
         """New rules and channels take over; the old delivery finishes what it holds."""
         old_delivery, old_sources = self.delivery, self.config.sources
         SCRUB.set([*self.compiled.loaded.secrets(), *compiled.loaded.secrets()])
+        compiled.rules.when_failures.observe = self.metrics.rule_failed
         self.compiled = compiled
         if self.pool is not None:
             self.pool.reload()  # each worker reloads the same file and takes its channels

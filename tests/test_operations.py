@@ -104,6 +104,43 @@ async def test_every_channel_and_rule_is_counted_from_zero(relay: RelayFactory, 
     assert value(text, 'relay_config_reloads_total{result="success"}') == 1
 
 
+WHEN_CONFIG = """\
+channels:
+  hook: {{type: webhook, url: "{url}/hook"}}
+rules:
+  - name: {rule}
+    when: "run.metadata.retries > 2"
+    notify: [hook]
+    continue: true
+  - name: after
+    match: {{status: [failure]}}
+    notify: [hook]
+"""
+
+
+async def test_a_when_that_raises_is_counted_and_later_rules_still_match(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """`none > 2` raises: the rule does not match, which only a log line said; an operator
+    alerting on relay saw nothing. Counted by rule, as Prometheus counts its rule evaluation
+    failures, also for the rules of a reloaded config; the update is taken and the next rule
+    still matches it."""
+    r = await relay(WHEN_CONFIG.format(url=sink.url, rule="retries"))
+    assert value(await metrics_text(r), 'relay_rule_evaluation_failures_total{rule="retries"}') == 0
+    assert (await r.post(run_with("FAILED", "run_w1")))[0] == 202
+    assert [x.json()["rule"] for x in await sink.wait_for(1)] == ["after"]
+    text = await metrics_text(r)
+    assert value(text, 'relay_rule_evaluation_failures_total{rule="retries"}') == 1
+    assert value(text, 'relay_rule_evaluation_failures_total{rule="after"}') == 0
+    path = Path(r.service.compiled.loaded.source.filename)
+    path.write_text(WHEN_CONFIG.format(url=sink.url, rule="retries2"))
+    assert await r.service.reload("SIGHUP") is True
+    assert (await r.post(run_with("FAILED", "run_w2")))[0] == 202
+    await sink.wait_for(2)
+    text = await metrics_text(r)
+    assert value(text, 'relay_rule_evaluation_failures_total{rule="retries2"}') == 1
+
+
 async def metrics_after_failures(
     relay: RelayFactory, sink: Sink, answer: Any, attempts: int, tries: int | None = None
 ) -> str:
