@@ -124,6 +124,7 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
     if not config.rules:  # valid, and most likely not what the operator meant
         warnings.append(f"{loaded.source.filename}: no rules: updates are taken in, none is sent")
     warnings += _never_matching(config.rules, loaded.locate)
+    warnings += _shadowed(config.rules, loaded.locate)
     warnings += _match_names_in_group_by(config.rules, loaded.locate)
     warnings += _yaml11_words(loaded)
     warnings += _feed_warnings(config, loaded.locate)
@@ -170,6 +171,39 @@ def _empty_tokens(loaded: LoadedConfig) -> list[str]:
         for key, effect in guarded.items()
         if key in written and getattr(tokens, key) is None
     ]
+
+
+# the match keys that do not narrow a rule down within its event, status and test flag
+_BROAD_KEYS = frozenset({"event", "status", "is_test"})
+
+
+def _shadowed(rules: list[RuleConfig], locate: Locate) -> list[str]:
+    """Warnings for rules that never fire because a rule above them, without `continue` or
+    `when`, matches every update they could (a catch-all left above the specific rules):
+    the first match wins, so they silently match nothing. Only what is sure is said."""
+    out = []
+    for j, later in enumerate(rules):
+        above = next((i for i in range(j) if _covers(rules[i], later)), None)
+        if above is not None:
+            out.append(
+                f"{locate(('rules', j, 'name'))}: rules[{j}] ({later.name}): rule"
+                f" {rules[above].name} above it matches every update it could and has no"
+                " `continue: true`; this rule never fires"
+            )
+    return out
+
+
+def _covers(first: RuleConfig, later: RuleConfig) -> bool:
+    """Whether `first` matches every update `later` matches, and stops the rules below it."""
+    match, other = first.match, later.match
+    if first.continue_ or first.when is not None or match.model_fields_set - _BROAD_KEYS:
+        return False
+    statuses, wanted = statuses_of(match.status), statuses_of(other.status)
+    return (
+        match.event == other.event
+        and (statuses is None or (wanted is not None and wanted <= statuses))
+        and match.is_test in (None, other.is_test)
+    )
 
 
 def _recovering_nowhere(config: Config, locate: Locate) -> list[str]:

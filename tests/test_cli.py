@@ -68,14 +68,15 @@ channels:
   ops:
     type: console
 rules:
-  - name: failures
-    match:
-      status: [failure]
-    notify: [console, ops]
   - name: crashes
     match:
       status: [CRASHED]
     notify: [ops]
+    continue: true
+  - name: failures
+    match:
+      status: [failure]
+    notify: [console, ops]
 """
 
 
@@ -243,6 +244,39 @@ rules:
     ]
 
 
+def test_check_warns_of_a_rule_below_a_catch_all(tmp_path: Path) -> None:
+    """The first matching rule wins: below a rule without `continue` that matches every update
+    it could, a rule silently never fires. Said where sure; a rule above that narrows by more
+    than event, status and test flag, or has `when` or `continue`, shadows nothing."""
+    config = write(
+        tmp_path / "c.yaml",
+        """\
+channels:
+  out: {type: console}
+rules:
+  - {name: narrowed, match: {status: failure, task: "billing/*"}, notify: [out]}
+  - {name: guarded, match: {status: failure}, when: "run.durationMs > 1", notify: [out]}
+  - {name: goes-on, match: {status: failure}, notify: [out], continue: true}
+  - {name: failures, match: {status: failure, is_test: false}, notify: [out]}
+  - {name: crashes, match: {status: CRASHED, is_test: false, tags: {any: [vip]}}, notify: [out]}
+  - {name: test-crashes, match: {status: CRASHED, is_test: true}, notify: [out]}
+  - {name: deploys, match: {event: deployment.failed}, notify: [out]}
+  - {name: everything, notify: [out]}
+  - {name: executing, match: {status: EXECUTING}, notify: [out]}
+  - {name: more-deploys, match: {event: deployment.failed, status: TIMED_OUT}, notify: [out]}
+""",
+    )
+    assert warnings_of(config, "never fires") == [
+        f"warning: {config}:{line}: rules[{i}] ({name}): rule {above} above it matches every"
+        " update it could and has no `continue: true`; this rule never fires"
+        for line, i, name, above in (
+            (8, 4, "crashes", "failures"),
+            (12, 8, "executing", "everything"),
+            (13, 9, "more-deploys", "deploys"),
+        )
+    ]
+
+
 def test_check_warns_of_a_recovery_no_channel_hears(tmp_path: Path) -> None:
     config = write(
         tmp_path / "c.yaml",
@@ -359,8 +393,8 @@ def test_check_finds_every_broken_template_file(tmp_path: Path) -> None:
     config = write(
         tmp_path / "c.yaml",
         "templates: {dir: ./templates}\nchannels: {c: {type: console}}\nrules:\n"
-        "  - {name: r, notify: [c], template: mine}\n"
-        "  - {name: o, notify: [c], template: other}\n"
+        "  - {name: r, notify: [c], template: mine, continue: true}\n"
+        "  - {name: o, notify: [c], template: other, continue: true}\n"
         "  - {name: l, notify: [c], template: latin}\n",
     )
     result = run_cli("check", "--config", str(config))
