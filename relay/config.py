@@ -229,6 +229,14 @@ class TagMatch(Strict):
     all: list[str] | None = None
     none: list[str] | None = None
 
+    @field_validator("any", "all")
+    @classmethod
+    def _no_empty_tag(cls, value: list[str] | None) -> list[str] | None:
+        # `any: ["${TAG:-}"]` left unset: a condition only a run tagged "" meets, silently
+        if any(not tag for tag in value or ()):
+            raise ValueError("an empty tag: only a run tagged with empty text would match")
+        return value
+
     @model_validator(mode="after")
     def _something(self) -> TagMatch:
         """`tags: {}` holds for every run, most likely a condition left out."""
@@ -254,6 +262,14 @@ class MatchConfig(Strict):
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("task")
+    @classmethod
+    def _no_empty_glob(cls, value: list[str] | None) -> list[str] | None:
+        # `task: ${TASK:-}` left unset: a glob only a run without a task matches, silently
+        if any(not glob for glob in value or ()):
+            raise ValueError("an empty glob matches only a run without a task; `*` matches all")
+        return value
 
     @field_validator("status")
     @classmethod

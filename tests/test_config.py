@@ -164,6 +164,19 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "rules:\n  - {name: a, notify: [c], match: {status: []}}\nchannels: {c: {type: console}}\n",
             "c.yaml:2: rules[0].match.status: List should have at least 1 item",
         ),
+        # empty text (a `${TASK:-}` left unset): only a run without a task, or tagged "", met it
+        (
+            "rules:\n  - {name: a, notify: [c], match: {task: ''}}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].match.task: an empty glob matches only a run without a task",
+        ),
+        (
+            "rules:\n  - {name: a, notify: [c], match: {task: [b/*, '']}}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].match.task: an empty glob matches only a run without a task",
+        ),
+        (
+            "rules:\n  - {name: a, notify: [c], match: {tags: {all: [x, '']}}}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].match.tags.all: an empty tag: only a run tagged with empty text",
+        ),
         # bounds no value meets (NaN compares false with all): a rule that never fires
         (
             "rules:\n  - {name: a, notify: [c], match: {cost_cents: {gt: 500, lt: 100}}}\nchannels: {c: {type: console}}\n",
