@@ -67,9 +67,10 @@ FAILURE_STATUSES = frozenset({"FAILED", "CRASHED", "SYSTEM_FAILURE", "TIMED_OUT"
 
 
 def normalise_status(status: str) -> str:
-    """Public status for any vocabulary, in any case (`failed` is FAILED, as in rules); unknown
-    values are kept as they are."""
-    upper = status.upper()
+    """Public status for any vocabulary, in any case and with blanks around it (`failed` and
+    ` FAILED\\n` are FAILED, as a number or a flag in quotes is read); unknown values are kept as
+    they are."""
+    upper = status.strip().upper()
     if upper != status and (upper in KNOWN_STATUSES or upper in RAW_STATUS_MAP):
         status = upper
     return RAW_STATUS_MAP.get(status, status)

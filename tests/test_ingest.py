@@ -229,11 +229,17 @@ async def test_integers_beyond_64_bits_are_numbers_not_a_server_error(
 
 
 async def test_a_status_in_another_case_is_the_status(relay: RelayFactory) -> None:
-    """`failed` is FAILED, as rule statuses are any case; an unknown one is kept as sent."""
+    """`failed` is FAILED, as rule statuses are any case, and so is ` FAILED\\n`: a status
+    with blanks around it matched no rule, silently; an unknown one is kept as sent."""
     r = await relay(CONFIG)
     status, body = await r.post(small_failed(status="failed"))
     assert status == 202 and body["notifications"] == 1
     status, body = await r.post(small_failed(id="run_other", status="Some_Future"))
+    assert status == 202 and body["notifications"] == 0
+    # blanks around it (hand-built JSON, a shell's newline), as around a number or a flag
+    status, body = await r.post(small_failed(id="run_blank", status=" FAILED\n"))
+    assert status == 202 and body["notifications"] == 1
+    status, body = await r.post(small_failed(id="run_blank2", status=" Some_Future "))
     assert status == 202 and body["notifications"] == 0
 
 
