@@ -243,7 +243,20 @@ class TagMatch(Strict):
         return _not_empty(self)
 
 
-Scalar = str | int | float | bool | None
+def _scalar(value: Any) -> Any:
+    """A metadata value to compare with: one problem naming what to write, not one per type
+    of the union (`.str: Input should be a valid string`, `.int: …`) for a mapping or list."""
+    if isinstance(value, dict):
+        raise ValueError(
+            "expected text, a number, true/false or null; a nested key is written as a dotted"
+            " path (`customer.tier: enterprise`)"
+        )
+    if isinstance(value, list):
+        raise ValueError("expected text, a number, true/false or null (one value to equal)")
+    return value
+
+
+Scalar = Annotated[str | int | float | bool | None, BeforeValidator(_scalar)]
 
 
 class MatchConfig(Strict):

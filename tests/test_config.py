@@ -288,6 +288,29 @@ def test_bad_config_is_named_with_its_line(text: str, expected: str) -> None:
     assert any(expected in p for p in found), found
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (
+            "{customer: {tier: gold}}",
+            "metadata.customer: expected text, a number, true/false or"
+            " null; a nested key is written as a dotted path (`customer.tier: enterprise`)",
+        ),
+        (
+            "{tier: [gold, silver]}",
+            "metadata.tier: expected text, a number, true/false or null (one value to equal)",
+        ),
+    ],
+)
+def test_a_metadata_value_that_is_no_scalar_is_one_problem(value: str, expected: str) -> None:
+    """A mapping or a list as a value to equal was four problems, one per type it is not
+    (`metadata.customer.str: Input should be a valid string`, `.int`, `.float`, `.bool`),
+    none saying what to write instead."""
+    text = f"rules:\n  - {{name: a, notify: [c], match: {{metadata: {value}}}}}\n"
+    found = problems(text + "channels: {c: {type: console}}\n")
+    assert found == [f"c.yaml:2: rules[0].match.{expected}"]
+
+
 def test_a_dashboard_url_may_hold_literal_braces() -> None:
     defaults = Defaults(dashboard_url="https://x/{{a}}/{run_id}?t={task}")
     assert dashboard_link(defaults)({"id": "run_1", "taskIdentifier": "a/b"}) == (
