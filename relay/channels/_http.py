@@ -3,6 +3,11 @@
 Classification: 2xx ok; 429 rate_limited and 408/5xx server_error are retryable (Retry-After
 honoured); 401/403 auth_error and other 4xx client_error are permanent; timeouts and connection
 failures are retryable. Messages never contain the URL (webhook URLs embed secrets).
+
+An answer's body is read to its end, up to MAX_ANSWER_BYTES (a Slack chat.postMessage answer
+echoes the message, escaped: tens of KB), and arrives in pieces (TLS records of 16 KB, chunks):
+one read() gives only what has come so far. Once the status is in, a body that does not end
+within the attempt's timeout is kept as far as it came: the status is the outcome.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from relay.errors import DeliveryError, tls_failure, wire_failure
 from relay.retry_after import parse_retry_after
 
 _BODY_SNIPPET = 200
+MAX_ANSWER_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,20 @@ def classify_status(response: HttpResponse) -> DeliveryError | None:
     return DeliveryError(reason, retryable=False, detail=detail, status=status)
 
 
+async def _read_answer(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body to its end or its first `limit` bytes; as far as it came if it stalls past the
+    timeout (the status already told the outcome)."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < limit and (chunk := await content.read(limit - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except (TimeoutError, aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+        pass  # a body cut short or stalled: what came is kept
+    return b"".join(chunks)
+
+
 class HttpClient:
     """One shared aiohttp session for every HTTP channel; opened lazily, closed by the service.
 
@@ -171,7 +191,7 @@ class HttpClient:
                 allow_redirects=False,
                 proxy=proxy_for(url, self._proxies),
             ) as resp:
-                data = await resp.content.read(64 * 1024)
+                data = await _read_answer(resp.content, MAX_ANSWER_BYTES)
                 return HttpResponse(resp.status, CIMultiDict(resp.headers), data)
         except TimeoutError:
             raise DeliveryError("timeout", retryable=True, detail="no answer in time") from None

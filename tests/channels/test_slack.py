@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from relay.channels import ChannelEnv, KeyValue, Outgoing, Recovery, settings_models
 from relay.channels._http import HttpClient
@@ -27,6 +28,7 @@ from relay.model import Run
 from relay.store.sqlite import SQLiteStore
 from relay.templating import RenderContext, Renderer, fallback_json
 from tests.conftest import RelayFactory, assert_golden, sdk_run
+from tests.fakes.serving import serving
 from tests.fakes.slack import (
     FIRST_TS,
     TOKEN,
@@ -633,6 +635,37 @@ async def test_real_answers_of_the_fake_are_classified(slack: FakeSlack, http: H
     err = await send_error(SlackChannel("oncall", bot, ChannelEnv(http, io.StringIO(), 2.0)))
     assert (err.reason, err.retryable, err.detail) == ("auth_error", False, "invalid_auth")
     assert "xoxb-wrong" not in str(err)
+
+
+async def test_a_long_answer_arriving_in_pieces_is_read_whole(http: HttpClient) -> None:
+    """Slack's chat.postMessage answer echoes the message, its non-ASCII text escaped: tens of
+    KB, which come in pieces (TLS records of 16 KB). relay read only the first piece, took the
+    answer for not JSON and posted the message again at each retry."""
+    posts: list[bytes] = []
+    echoed = "障害が発生しました " * 2000  # what Slack sends back as \uXXXX escapes
+    answer = json.dumps({"ok": True, "channel": "C1", "ts": FIRST_TS, "message": {"text": echoed}})
+
+    async def post_message(request: web.Request) -> web.StreamResponse:
+        posts.append(await request.read())
+        data = answer.encode()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = len(data)
+        await response.prepare(request)
+        for start in range(0, len(data), 16384):
+            await response.write(data[start : start + 16384])
+            await asyncio.sleep(0.01)  # the next record comes later
+        return response
+
+    app = web.Application()
+    app.router.add_post("/api/chat.postMessage", post_message)
+    async with serving(app) as url:
+        settings = SlackSettings.model_validate(
+            {"type": "slack", "token": TOKEN, "channel": "C1", "api_url": url + "/api"}
+        )
+        channel = SlackChannel("oncall", settings, ChannelEnv(http, io.StringIO(), 5.0))
+        receipt = await channel.send(outgoing('{"text": "run failed"}'))
+    assert json.loads(receipt or "") == {"channel": "C1", "ts": FIRST_TS}
+    assert len(posts) == 1
 
 
 # ----------------------------------------------------------------------------- through relay
