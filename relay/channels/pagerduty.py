@@ -68,7 +68,9 @@ class PagerDutySettings(ChannelSettings):
     @field_validator("routing_key")
     @classmethod
     def _routing_key(cls, value: SecretStr) -> SecretStr:
-        if not re.fullmatch(r"[A-Za-z0-9_-]{8,128}", value.get_secret_value()):
+        # PagerDuty answers any other length 400 "Length of 'routing_key' is incorrect (should
+        # be 32 characters)": every page would be dead, so the file is refused instead
+        if not re.fullmatch(r"[A-Za-z0-9_-]{32}", value.get_secret_value()):
             raise ValueError("routing_key must be the 32-character integration key")
         return value
 

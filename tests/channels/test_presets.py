@@ -233,6 +233,18 @@ def config_problems(channel_type: str, options: str) -> list[tuple[str, str]]:
         ),
         (
             "pagerduty",
+            "routing_key: sekrit0123456789abcdef",  # PagerDuty answers 400 to each event
+            "routing_key",
+            "routing_key must be the 32-character integration key",
+        ),
+        (
+            "pagerduty",
+            f"routing_key: {PD_KEY}sekrit",
+            "routing_key",
+            "routing_key must be the 32-character integration key",
+        ),
+        (
+            "pagerduty",
             f"routing_key: {PD_KEY}, severity: urgent",
             "severity",
             "Input should be 'critical', 'error', 'warning' or 'info'",
@@ -843,6 +855,20 @@ PD_ERRORS = [
         None,
         "invalid event (HTTP 400): Invalid routing key [routing key]",
     ),
+    (  # a key of another length is refused at load; a key PagerDuty sees otherwise
+        Reply(
+            400,
+            {
+                "status": "invalid event",
+                "message": "Event object is invalid",
+                "errors": ["Length of 'routing_key' is incorrect (should be 32 characters)"],
+            },
+        ),
+        "auth_error",
+        False,
+        None,
+        "invalid event (HTTP 400): Length of 'routing_key' is incorrect (should be 32 characters)",
+    ),
     (Reply(400, "not json"), "client_error", False, None, "HTTP 400"),
     (Reply(401, ""), "auth_error", False, None, "HTTP 401"),
     (Reply(403, ""), "auth_error", False, None, "HTTP 403"),
@@ -993,12 +1019,6 @@ async def test_real_answers_of_the_fakes_are_classified(
             {"webhook_url": teams.webhook_url.replace("/a1b2", "/ffff")},
             "auth_error",
             "WorkflowNotFound (HTTP 404)",
-        ),
-        (
-            "pagerduty",
-            {"routing_key": "short-key-1", "api_url": pagerduty.url},
-            "auth_error",
-            "invalid event (HTTP 400): Length of 'routing_key' is incorrect (should be 32 characters)",
         ),
         (
             "pagerduty",
