@@ -145,6 +145,8 @@ def dummy_env(text: str) -> dict[str, str]:
     """A plausible value for every ${VAR} without a default."""
 
     def value(name: str) -> str:
+        if "DISCORD" in name and "URL" in name:
+            return "https://discord.com/api/webhooks/1290000000000000001/t0ken"
         if "URL" in name:
             return "https://hooks.example.com/relay"
         if "ROUTING_KEY" in name:

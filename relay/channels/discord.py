@@ -50,6 +50,9 @@ from relay.retry_after import MAX_RETRY_AFTER_S, parse_retry_after
 MAX_CONTENT, MAX_EMBEDS, MAX_FIELDS, MAX_EMBED_CHARS = 2000, 10, 25, 6000
 _TEXT_LIMITS = {"title": 256, "description": 4096, "name": 256, "value": 1024, "footer": 2048}
 _API_PATH = re.compile(r"^/api(?:/v[0-9]+)?/webhooks/")
+# what Discord executes as a webhook taking this body: not a channel link (/channels/…), nor
+# the Slack- or GitHub-compatible endpoints (…/slack, …/github), which take other bodies
+_WEBHOOK_PATH = re.compile(r"/api(?:/v[0-9]+)?/webhooks/[0-9]+/[A-Za-z0-9_-]+/?")
 _CODES = {
     0: "general_error", 10003: "unknown_channel", 10015: "unknown_webhook", 40005: "too_large",
     50006: "empty_message", 50027: "invalid_webhook_token", 50035: "invalid_form_body",
@@ -71,6 +74,11 @@ class DiscordSettings(ChannelSettings):
         if value is not None:
             text = value.get_secret_value() if isinstance(value, SecretStr) else value
             https_or_local(text, str(info.field_name))
+        if info.field_name == "webhook_url" and not _WEBHOOK_PATH.fullmatch(urlsplit(text).path):
+            raise ValueError(
+                "webhook_url must be a Discord webhook URL: https://discord.com/api/webhooks/<id>/"
+                "<token> (channel settings → Integrations → Webhooks → Copy Webhook URL)"
+            )
         return value
 
     @field_validator("username")

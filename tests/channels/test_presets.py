@@ -198,21 +198,39 @@ def config_problems(channel_type: str, options: str) -> list[tuple[str, str]]:
             "webhook_url must be an https:// URL (http:// only for localhost)",
         ),
         ("discord", "webhook_url: 'sekrit'", "webhook_url", "webhook_url must be an https:// URL"),
+        (  # a channel link
+            "discord",
+            "webhook_url: https://discord.com/channels/1290000000000000001/sekrit",
+            "webhook_url",
+            "webhook_url must be a Discord webhook URL: https://discord.com/api/webhooks/<id>/<token>",
+        ),
+        (  # the token left out
+            "discord",
+            "webhook_url: https://discord.com/api/webhooks/1290000000000000001",
+            "webhook_url",
+            "webhook_url must be a Discord webhook URL: https://discord.com/api/webhooks/<id>/<token>",
+        ),
+        (  # Slack-compatible: another body
+            "discord",
+            "webhook_url: https://discord.com/api/webhooks/1290000000000000001/sekrit/slack",
+            "webhook_url",
+            "webhook_url must be a Discord webhook URL: https://discord.com/api/webhooks/<id>/<token>",
+        ),
         (
             "discord",
-            "webhook_url: https://x.test/sekrit, username: Discord Bot",
+            "webhook_url: https://x.test/api/webhooks/1/sekrit, username: Discord Bot",
             "username",
             "Discord refuses usernames containing 'discord' or 'clyde'",
         ),
         (
             "discord",
-            "webhook_url: https://x.test/sekrit, thread_id: abc",
+            "webhook_url: https://x.test/api/webhooks/1/sekrit, thread_id: abc",
             "thread_id",
             "String should match pattern",
         ),
         (
             "discord",
-            "webhook_url: https://x.test/sekrit, avatar_url: 'ftp://x'",
+            "webhook_url: https://x.test/api/webhooks/1/sekrit, avatar_url: 'ftp://x'",
             "avatar_url",
             "avatar_url must be an https:// URL",
         ),
@@ -272,7 +290,9 @@ def test_settings_are_checked_without_quoting_secrets(
 
 
 def test_settings_defaults_and_secrets() -> None:
-    discord = DiscordSettings.model_validate({"type": "discord", "webhook_url": "https://d.test/x"})
+    discord = DiscordSettings.model_validate(
+        {"type": "discord", "webhook_url": "https://d.test/api/webhooks/1/x"}
+    )
     assert discord.rate_limit == RateLimit(per_minute=30, burst=5)
     teams = MSTeamsSettings.model_validate({"type": "msteams", "webhook_url": "http://[::1]:9/x"})
     assert teams.rate_limit == RateLimit(per_second=1, burst=4)
@@ -283,7 +303,7 @@ def test_settings_defaults_and_secrets() -> None:
     assert pd.severities == {"TIMED_OUT": "warning"}
     assert pd.rate_limit == RateLimit(per_second=2, burst=10)
     for settings in (discord, teams, pd):
-        assert "d.test/x" not in repr(settings) and PD_KEY not in repr(settings)
+        assert "d.test/api" not in repr(settings) and PD_KEY not in repr(settings)
     assert {"discord", "msteams", "pagerduty"} <= set(REGISTRY)
     assert all(REGISTRY[t].parts == ("json",) for t in TYPES)
 
