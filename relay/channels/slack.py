@@ -31,7 +31,9 @@ invalid_attachments, too_many_attachments: a template Slack's validation rejects
 msg_blocks_too_long: blocks each within their limits but too long together, as a digest of long
 run lines can be), the error is logged and the message
 is sent once more as its text alone, so the on-call is still told; only if that fails too is the
-notification failed (client_error, permanent).
+notification failed (client_error, permanent). Likewise a text Slack finds too long
+(msg_too_long: Slack now refuses texts from about 4,000 characters, not the 40,000 it documents)
+is sent once more cut to 3,000 characters.
 
 Recoveries (rules with `update_on_recovery`): each chat.postMessage returns the receipt
 {"channel": <channel id>, "ts"} (chat.update wants the id, not a #name), kept with the
@@ -97,6 +99,10 @@ _BAD_LAYOUT = frozenset(
 )  # fmt: skip
 _LAYOUT_KEYS = ("blocks", "attachments")
 MAX_BLOCKS, MAX_TEXT = 50, 40_000
+# Slack's documented `text` limit is 40,000 (it truncates), but it now answers msg_too_long from
+# about 4,000 (Slack's SDK maintainer, seratch/ChatGPT-in-Slack#102): a longer text is sent
+# again cut to what every Slack takes, the section limit
+SAFE_TEXT = 3000
 _TEXT_LIMITS = {"header": 150, "section": 3000, "markdown": 12_000}
 _MESSAGE_KEYS = ("text", "blocks", "attachments", "mrkdwn", "username", "icon_emoji", "icon_url")
 _ERROR_NAME = re.compile(r"[a-z][a-z0-9_]{1,63}")
@@ -328,15 +334,21 @@ class SlackChannel:
         try:
             return await self._post_once(url, body)
         except DeliveryError as err:
-            plain = _plain(body, clear)
-            if plain is None or err.detail.split(" ", 1)[0] not in _BAD_LAYOUT:
+            word = err.detail.split(" ", 1)[0]
+            if word == "msg_too_long" and (shorter := _shorter(body)) is not None:
+                what, again = "text", shorter
+            elif word in _BAD_LAYOUT and (plain := _plain(body, clear)) is not None:
+                what, again = "layout", plain
+            else:
                 raise
             log.error(
-                "slack refused the message's layout (%s); sending its text alone",
+                "slack refused the message's %s (%s); sending it %s",
+                what,
                 err.detail,
+                "with its text cut" if what == "text" else "as its text alone",
                 extra=message.log_fields(self.name),
             )
-            return await self._post_once(url, plain)
+            return await self._post_once(url, again)
 
     async def _post_once(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         if self.settings.token is None:
@@ -439,6 +451,14 @@ def _in_thread(answer: dict[str, Any]) -> bool:
     without the message is taken at its word."""
     posted = answer.get("message")
     return not isinstance(posted, dict) or bool(posted.get("thread_ts"))
+
+
+def _shorter(body: dict[str, Any]) -> dict[str, Any] | None:
+    """`body` with its text cut to SAFE_TEXT; None when it is no longer than that."""
+    text = body.get("text")
+    if not isinstance(text, str) or len(text) <= SAFE_TEXT:
+        return None
+    return {**body, "text": _clip(text, SAFE_TEXT)}
 
 
 def _plain(body: dict[str, Any], clear: bool) -> dict[str, Any] | None:

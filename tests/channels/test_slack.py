@@ -792,6 +792,24 @@ async def test_other_refused_layouts_are_sent_again_as_text(
     )
 
 
+@pytest.mark.parametrize("bot", [False, True])
+async def test_a_text_slack_finds_too_long_is_sent_again_cut(
+    slack: FakeSlack, http: HttpClient, bot: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Slack documents 40,000 characters for `text` but answers msg_too_long from about 4,000
+    (seratch/ChatGPT-in-Slack#102): a template's long text no longer kills the page."""
+    slack.script(api_error("msg_too_long") if bot else Reply(400, "msg_too_long"))
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "FAILED run_1"}}]
+    part = json.dumps({"text": "FAILED run_1 " + "stack line\n" * 900, "blocks": blocks})
+    receipt = await make_channel(slack, http, bot=bot).send(outgoing(part))
+    refused, sent = slack.posted()
+    assert len(refused["text"]) > 4000 and len(sent["text"]) <= 3000
+    assert sent["text"].startswith("FAILED run_1 stack line") and sent["blocks"] == blocks
+    assert (receipt is not None) == bot
+    [logged] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "msg_too_long" in logged.getMessage()
+
+
 async def test_a_refused_recovery_update_clears_the_blocks(
     slack: FakeSlack, http: HttpClient
 ) -> None:
