@@ -45,7 +45,7 @@ from pydantic import SecretStr, field_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._http import HttpResponse, classify_status, https_or_local, json_object
-from relay.config import ChannelSettings, RateLimit
+from relay.config import ChannelSettings, RateLimit, Token
 from relay.errors import DeliveryError
 from relay.filters import truncate_chars
 
@@ -58,7 +58,7 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z ]{0,39}")
 
 
 class PagerDutySettings(ChannelSettings):
-    routing_key: SecretStr
+    routing_key: Token  # trimmed like every token: one read from a secret file ends with \n
     api_url: str = "https://events.pagerduty.com"
     severity: Severity = "error"
     severities: dict[str, Severity] = {"CRASHED": "critical", "SYSTEM_FAILURE": "critical"}

@@ -289,6 +289,16 @@ def test_settings_are_checked_without_quoting_secrets(
     assert "sekrit" not in problem and PD_KEY not in problem
 
 
+def test_a_routing_key_read_from_a_secret_file_is_trimmed() -> None:
+    """A Kubernetes or Docker secret file ends with a newline; tokens are trimmed, and the
+    routing key was refused as 'must be the 32-character integration key' instead."""
+    text = "channels:\n  pager: {type: pagerduty, routing_key: '${PD_KEY}'}\n"
+    config = parse_config(text, "config.yaml", settings_models(), env={"PD_KEY": PD_KEY + "\n"})
+    settings = config.config.channels["pager"]
+    assert isinstance(settings, PagerDutySettings)
+    assert settings.routing_key.get_secret_value() == PD_KEY
+
+
 def test_settings_defaults_and_secrets() -> None:
     discord = DiscordSettings.model_validate(
         {"type": "discord", "webhook_url": "https://d.test/api/webhooks/1/x"}
