@@ -248,10 +248,14 @@ class DiscordChannel:
     def _url(self) -> str:
         parts = urlsplit(self.settings.webhook_url.get_secret_value())
         parts = parts._replace(path=_API_PATH.sub("/api/v10/webhooks/", parts.path, count=1))
-        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("wait", "thread_id")]
+        pairs = parse_qsl(parts.query)
+        # the thread of the settings, else the one the URL names (`…?thread_id=`: how a thread
+        # or forum post is often given); a thread_id in the URL is never dropped
+        thread = self.settings.thread_id or next((v for k, v in pairs if k == "thread_id"), None)
+        query = [(k, v) for k, v in pairs if k not in ("wait", "thread_id")]
         query.append(("wait", "true"))
-        if self.settings.thread_id:
-            query.append(("thread_id", self.settings.thread_id))
+        if thread:
+            query.append(("thread_id", thread))
         return urlunsplit(parts._replace(query=urlencode(query)))
 
     async def send(self, message: Outgoing) -> None:

@@ -607,6 +607,20 @@ async def test_discord_clamps_any_body_and_cannot_ping(
     assert all(c.json()["allowed_mentions"] == {"parse": []} for c in discord.calls)
 
 
+async def test_a_thread_named_in_the_discord_url_is_kept(
+    discord: FakeDiscord, http: HttpClient
+) -> None:
+    """`…/webhooks/<id>/<token>?thread_id=<id>` is how a thread or forum post is often given
+    (Discord's Execute Webhook query parameter); relay dropped it, and the alert went to the
+    parent channel, or was refused (220001) in a forum channel."""
+    url = discord.webhook_url + "?thread_id=555"
+    await channel("discord", http, webhook_url=url).send(outgoing("{}"))
+    await channel("discord", http, webhook_url=url, thread_id="777").send(outgoing("{}"))
+    in_url, in_settings = discord.calls
+    assert in_url.query == {"wait": "true", "thread_id": "555"}
+    assert in_settings.query == {"wait": "true", "thread_id": "777"}
+
+
 async def test_teams_clamps_any_card(teams: FakeTeams, http: HttpClient) -> None:
     card: dict[str, Any] = {
         "type": "AdaptiveCard",
