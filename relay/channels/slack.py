@@ -142,6 +142,14 @@ class SlackSettings(ChannelSettings):
             https_or_local(value.get_secret_value(), "webhook_url")
         return value
 
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        # `token: ${SLACK_BOT_TOKEN:-}` unset: every post would be dead on not_authed
+        if value is not None and not value.get_secret_value():
+            raise ValueError("token is empty (the bot's xoxb-… token)")
+        return value
+
     @field_validator("api_url")
     @classmethod
     def _api_url(cls, value: str) -> str:

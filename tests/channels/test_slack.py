@@ -123,6 +123,7 @@ def config_problems(options: str) -> list[str]:
             "use either webhook_url, or token + channel, not both",
         ),
         ("token: xoxb-sekrit", "token and channel go together: set both"),
+        ("token: '', channel: '#oncall'", "token is empty (the bot's xoxb-… token)"),
         ("channel: '#oncall'", "token and channel go together: set both"),
         (
             "webhook_url: http://hooks.slack.com/services/T/B/sekrit",
