@@ -182,8 +182,9 @@ def _shadowed(rules: list[RuleConfig], locate: Locate) -> list[str]:
     `when`, matches every update they could (a catch-all left above the specific rules):
     the first match wins, so they silently match nothing. Only what is sure is said."""
     out = []
+    stoppers = [i for i, rule in enumerate(rules) if _stops_broadly(rule)]  # few, if any
     for j, later in enumerate(rules):
-        above = next((i for i in range(j) if _covers(rules[i], later)), None)
+        above = next((i for i in stoppers if i < j and _covers(rules[i], later)), None)
         if above is not None:
             out.append(
                 f"{locate(('rules', j, 'name'))}: rules[{j}] ({later.name}): rule"
@@ -193,11 +194,16 @@ def _shadowed(rules: list[RuleConfig], locate: Locate) -> list[str]:
     return out
 
 
+def _stops_broadly(rule: RuleConfig) -> bool:
+    """Whether `rule` stops the rules below it and narrows only by event, status or test."""
+    return not (
+        rule.continue_ or rule.when is not None or rule.match.model_fields_set - _BROAD_KEYS
+    )
+
+
 def _covers(first: RuleConfig, later: RuleConfig) -> bool:
-    """Whether `first` matches every update `later` matches, and stops the rules below it."""
+    """Whether `first` (one that stops broadly) matches every update `later` matches."""
     match, other = first.match, later.match
-    if first.continue_ or first.when is not None or match.model_fields_set - _BROAD_KEYS:
-        return False
     statuses, wanted = statuses_of(match.status), statuses_of(other.status)
     return (
         match.event == other.event
@@ -332,35 +338,42 @@ def _check_templates(
     (rules by their index in the file; a name not in `channel_types` is reported elsewhere)."""
     problems: list[Problem] = []
     warnings: list[str] = []
+    findings: dict[tuple[str, str, str], _Findings] = {}  # most rules share a few templates
     for i, rule in rules.items():
         where = locate(("rules", i, "template"))
         types = dict.fromkeys(channel_types[n] for n in rule.notify if n in channel_types)
         for kind in (channel_registry.REGISTRY[t] for t in types):
             for template, part in itertools.product(_templates_of(rule), kind.parts):
-                why = renderer.check(kind.type, template, part)
+                key = (kind.type, template, part)
+                if key not in findings:
+                    findings[key] = _template_findings(renderer, *key)
+                why, unknown, missing = findings[key]
                 if why is not None:
                     problems.append(Problem(where, f"rules[{i}].template", f"{kind.type}: {why}"))
-                warnings += _template_warnings(
-                    renderer, f"{where}: rules[{i}].template", kind.type, template, part
-                )
+                warnings += [f"{where}: rules[{i}].template: {text}" for text in unknown + missing]
     return problems, warnings
 
 
-def _template_warnings(
-    renderer: Renderer, where: str, channel_type: str, template: str, part: str
-) -> list[str]:
-    """A name the template reads that its context lacks (it renders empty); a template it
-    includes that does not exist (that line renders the fallback when it runs)."""
+# what is wrong with a template (or None), and the warnings about it, without their place
+_Findings = tuple[str | None, list[str], list[str]]
+
+
+def _template_findings(
+    renderer: Renderer, channel_type: str, template: str, part: str
+) -> _Findings:
+    """The problem of a template; a name it reads that its context lacks (it renders empty); a
+    template it includes that does not exist (that line renders the fallback when it runs).
+    Each takes ~25 ms (Jinja parses and walks the tree): once per template, not per rule."""
     unknown = [
-        f"{where}: {channel_type}/{template}.{part}: `{name}` is not in the template context "
+        f"{channel_type}/{template}.{part}: `{name}` is not in the template context "
         "(it renders empty)"
         for name in renderer.unknown_names(channel_type, template, part)
     ]
     missing = [
-        f"{where}: {channel_type}: {why} (the fallback is sent when that line runs)"
+        f"{channel_type}: {why} (the fallback is sent when that line runs)"
         for why in renderer.missing_references(channel_type, template, part)
     ]
-    return unknown + missing
+    return renderer.check(channel_type, template, part), unknown, missing
 
 
 def _broken_files(renderer: Renderer, locate: Locate, reported: list[Problem]) -> list[Problem]:
