@@ -28,6 +28,8 @@ from relay.durations import Duration
 from relay.errors import InputError
 from relay.silences import parse_matchers
 
+SOURCE_UNKNOWN = ("rule", "channel")  # matchers a source update cannot be held to
+
 WEEKDAYS = ["sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday"]
 MONTHS = [m.lower() for m in calendar.month_name][1:]
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$|^24:00$")
@@ -151,6 +153,18 @@ class InhibitRule(_Strict):
                 parse_matchers(value)
             except InputError as exc:
                 raise ValueError(f"{exc.field}: {exc.message}") from None
+        return value
+
+    @field_validator("source_match")
+    @classmethod
+    def _source_known(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A source is an update, before any rule or channel: with nothing else to fit, every
+        update would be a source (`{}` failed every intake), and never muted by its own rule."""
+        if value is not None and not set(value) - set(SOURCE_UNKNOWN):
+            raise ValueError(
+                "needs at least one of event, status, task, tag"
+                " (rule and channel are not known for a source)"
+            )
         return value
 
     def model_post_init(self, context: Any) -> None:

@@ -218,6 +218,17 @@ def test_config_references_and_names() -> None:
     assert any("inhibit_rules[0].source_match" in p and "unknown matcher" in p for p in found)
 
 
+@pytest.mark.parametrize("source", ["{}", "{rule: crash}", "{rule: crash, channel: c}"])
+def test_a_source_match_with_nothing_a_source_has_is_refused(source: str) -> None:
+    """`{}` loaded, then failed every POST /v1/runs with a 500; `{rule: crash}` loaded and
+    made every update a source, so its own rule never muted anything."""
+    found = problems(f"inhibit_rules:\n  - {{name: i, source_match: {source}}}\n")
+    assert any(
+        "inhibit_rules[0].source_match" in p and "at least one of event, status, task, tag" in p
+        for p in found
+    )
+
+
 CONFIG = """\
 channels:
   hook: {{type: webhook, url: "{url}/hook"}}
