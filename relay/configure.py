@@ -129,6 +129,7 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
     warnings += _yaml11_words(loaded)
     warnings += _feed_warnings(config, loaded.locate)
     warnings += _recovering_nowhere(config, loaded.locate)
+    warnings += _inhibiting_nothing(config, loaded.locate)
     warnings += _empty_tokens(loaded)
     every_rule = dict(enumerate(config.rules))
     types = {name: channel.type for name, channel in config.channels.items()}
@@ -210,6 +211,23 @@ def _covers(first: RuleConfig, later: RuleConfig) -> bool:
         and (statuses is None or (wanted is not None and wanted <= statuses))
         and match.is_test in (None, other.is_test)
     )
+
+
+def _inhibiting_nothing(config: Config, locate: Locate) -> list[str]:
+    """Warnings for an inhibit rule's `target_match` naming a rule or channel the file has not
+    (a typo, a rule since renamed): valid, and it mutes nothing under that name."""
+    known = {"rule": {rule.name for rule in config.rules}, "channel": set(config.channels)}
+    out = []
+    for i, inhibit in enumerate(config.inhibit_rules):
+        for key, names in known.items():
+            value = inhibit.target_match.get(key, [])
+            for name in [value] if isinstance(value, str) else value:
+                if name not in names:
+                    out.append(
+                        f"{locate(('inhibit_rules', i, 'target_match', key))}: inhibit_rules[{i}]"
+                        f".target_match.{key}: no {key} is named {name!r}; it mutes nothing"
+                    )
+    return out
 
 
 def _recovering_nowhere(config: Config, locate: Locate) -> list[str]:

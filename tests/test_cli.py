@@ -295,6 +295,27 @@ rules:
     ]
 
 
+def test_check_warns_of_an_inhibit_target_no_rule_or_channel_is_named(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "c.yaml",
+        """\
+channels: {pager: {type: console}}
+rules:
+  - {name: page, match: {status: [failure]}, notify: [pager]}
+inhibit_rules:
+  - name: i
+    source_match: {status: CRASHED}
+    target_match: {rule: [page, pgae], channel: pagr}
+""",
+    )
+    assert warnings_of(config, "mutes nothing") == [
+        f"warning: {config}:7: inhibit_rules[0].target_match.rule: no rule is named 'pgae';"
+        " it mutes nothing",
+        f"warning: {config}:7: inhibit_rules[0].target_match.channel: no channel is named"
+        " 'pagr'; it mutes nothing",
+    ]
+
+
 def warnings_of(config: Path, needle: str) -> list[str]:
     """The lines of `relay check` (which must pass) that mention `needle`."""
     result = cli("check", str(config))()
