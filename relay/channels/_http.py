@@ -46,8 +46,11 @@ USER_AGENT = f"relay/{__version__}"  # as Alertmanager/0.27.0: a receiver's logs
 
 
 def env_proxies() -> dict[str, str]:
-    """HTTP_PROXY, HTTPS_PROXY and NO_PROXY (any case) as urllib reads them: scheme → URL."""
-    return urllib.request.getproxies_environment()
+    """HTTP_PROXY, HTTPS_PROXY and NO_PROXY (any case) as urllib reads them: scheme → URL. A
+    proxy written without a scheme (`proxy.corp:3128`) is an http:// one, as curl, requests and
+    pip take it: aiohttp called it an invalid URL and every send failed for good."""
+    found = urllib.request.getproxies_environment()
+    return {k: v if k == "no" or "://" in v else f"http://{v}" for k, v in found.items()}
 
 
 def proxy_for(url: str, proxies: dict[str, str]) -> str | None:

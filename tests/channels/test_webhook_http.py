@@ -55,6 +55,17 @@ async def test_http_proxy_and_no_proxy_from_the_environment_are_honoured(
     assert sink.received[-1].path == "/direct"
 
 
+async def test_a_proxy_written_without_a_scheme_is_an_http_one(tmp_path: Path, sink: Sink) -> None:
+    """`http_proxy=proxy.corp:3128`, as curl, requests and pip take it: aiohttp called the
+    proxy an invalid URL and every send failed for good ("other: invalid URL", permanent)."""
+    bare = sink.url.removeprefix("http://")
+    config = hook_config(tmp_path, "http://hooks.example.invalid/in")
+    code, out = await send_test(config, {"HTTP_PROXY": bare, "http_proxy": bare})
+    assert code == 0, out
+    [via_proxy] = sink.received
+    assert via_proxy.headers["Host"] == "hooks.example.invalid"
+
+
 async def test_a_redirect_is_not_followed_and_the_failure_says_where_it_points(
     tmp_path: Path, sink: Sink
 ) -> None:
