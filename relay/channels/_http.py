@@ -13,11 +13,13 @@ within the attempt's timeout is kept as far as it came: the status is the outcom
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
 import orjson
@@ -59,9 +61,38 @@ def proxy_for(url: str, proxies: dict[str, str]) -> str | None:
         return None
     parts = urlsplit(url)
     proxy = proxies.get(parts.scheme.lower())
-    if proxy is None or _bypass(parts.hostname or "", proxies):
+    if proxy is None or _bypassed(parts, proxies):
         return None
     return proxy
+
+
+def _bypassed(parts: SplitResult, proxies: dict[str, str]) -> bool:
+    """Whether NO_PROXY lists the URL's host: urllib's matching (`*`, a name and its
+    subdomains) of the host and of host:port, and an IP address within a CIDR block
+    (`10.0.0.0/8`), which curl and requests take and urllib does not: such receivers were
+    sent through the proxy."""
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if _bypass(host, proxies) or (port is not None and _bypass(f"{host}:{port}", proxies)):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address in block for block in _blocks(proxies.get("no", "")))
+
+
+def _blocks(no_proxy: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The CIDR blocks NO_PROXY lists (`10.0.0.0/8`, `fd00::/8`); other entries are skipped."""
+    out = []
+    for entry in no_proxy.split(","):
+        if "/" in entry:
+            with contextlib.suppress(ValueError):
+                out.append(ipaddress.ip_network(entry.strip(), strict=False))
+    return out
 
 
 # NO_PROXY's matching (suffixes, `*`, ports) as urllib does it; public but not in typeshed

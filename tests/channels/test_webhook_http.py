@@ -55,6 +55,20 @@ async def test_http_proxy_and_no_proxy_from_the_environment_are_honoured(
     assert sink.received[-1].path == "/direct"
 
 
+async def test_no_proxy_takes_a_cidr_block_and_a_host_with_its_port(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """`NO_PROXY=10.0.0.0/8` (curl, requests) and `host:port` (requests) were not matched by
+    urllib's rules: receivers the operator had excepted were sent through the proxy."""
+    refused = f"http://127.0.0.1:{free_port()}"  # a proxy that is not there
+    port = sink.url.rsplit(":", 1)[1]
+    for no_proxy in ("10.0.0.0/8, 127.0.0.0/8", f"127.0.0.1:{port}"):
+        env = {"HTTP_PROXY": refused, "http_proxy": refused, "NO_PROXY": no_proxy}
+        code, out = await send_test(hook_config(tmp_path, f"{sink.url}/direct"), env)
+        assert code == 0, (no_proxy, out)
+    assert len(sink.received) == 2
+
+
 async def test_a_proxy_written_without_a_scheme_is_an_http_one(tmp_path: Path, sink: Sink) -> None:
     """`http_proxy=proxy.corp:3128`, as curl, requests and pip take it: aiohttp called the
     proxy an invalid URL and every send failed for good ("other: invalid URL", permanent)."""
