@@ -260,3 +260,32 @@ async def test_a_must_refetch_after_every_snapshot_is_backed_off() -> None:
     assert answered[:4] == ["-1", "409", "-1", "409"]
     assert len(h.sleeps) >= 4 and h.sleeps[2] > h.sleeps[0]  # growing: 0.5-1x, then 2-4x
     assert {run.status for batch in h.submit.batches for run in batch} == {"FAILED"}
+
+
+async def test_a_must_refetch_after_every_snapshot_of_two_chunks_is_backed_off() -> None:
+    """The same with a snapshot in two chunks (a feed of many runs): its second chunk is no
+    snapshot's first request, its answer reset the count, and relay asked again at once."""
+    answered: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        offset = request.query.get("offset", "")
+        answered.append(offset)
+        if offset == "-1":  # the snapshot's first chunk, more to come
+            return web.json_response(
+                [insert(FAILED)], headers={**HEADERS, "electric-offset": "0_1"}
+            )
+        if offset == "0_1":  # its last chunk
+            return web.json_response([UP_TO_DATE], headers={**HEADERS, "electric-offset": "1_0"})
+        must_refetch = [{"headers": {"control": "must-refetch"}}]
+        return web.json_response(must_refetch, status=409, headers={"electric-handle": "h2"})
+
+    app = web.Application()
+    app.router.add_get("/realtime/v1/runs", handle)
+    server = NaiveServer(lambda query: (HEADERS, []))
+    async with serving(app) as server.url, following(server) as h:
+        for _ in range(6000):
+            if len(h.sleeps) >= 4 or len(answered) > 60:
+                break
+            await asyncio.sleep(0.005)
+    assert answered[:6] == ["-1", "0_1", "1_0", "-1", "0_1", "1_0"]
+    assert len(h.sleeps) >= 3 and h.sleeps[2] > h.sleeps[0], (h.sleeps, len(answered))

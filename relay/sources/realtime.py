@@ -216,8 +216,8 @@ class Follower:
                 if answer == "finished":
                     log.info("realtime run finished; feed stopped", extra=self._extra())
                     return
-                if answer != "unreadable" and before[1] != START:  # past a snapshot's first
-                    refetches = 0
+                if answer != "unreadable" and before[0]:  # a live answer: past every chunk
+                    refetches = 0  # of the snapshot (its second one reset it: no backoff)
             elif response.status in (408, 429) or response.status >= 500:
                 self._count(_status_reason(response.status))
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
