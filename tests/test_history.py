@@ -151,3 +151,31 @@ async def test_prune_forgets_what_finished_before_the_retention(tmp_path: Path) 
     assert await store.events(notification_id("run_old", "r", "c")) == []
     assert await store.get(notification_id("run_new", "r", "c")) is not None  # pending: kept
     await store.close()
+
+
+async def test_a_large_prune_lets_ingest_in_between(tmp_path: Path) -> None:
+    """A pruning pass deleted every finished notification in one transaction of the one writer:
+    on a large store every update posted meanwhile waited for all of it (over a second for 50,000
+    notifications). It now goes a batch at a time, and an update lands between two batches."""
+    from relay.model import Decision, Match, Run, RunState  # noqa: PLC0415
+
+    store = SQLiteStore(tmp_path / "r.db")
+    await store.open()
+
+    def decide(run: Run, previous: RunState | None) -> Decision:
+        return Decision(RunState(None, run.status), (Match("r", "c", "run"),))
+
+    old = [Run.model_validate({"id": f"run_{i}", "status": "FAILED"}) for i in range(3000)]
+    await store.observe(old, decide, now=100.0)
+    for run in old:
+        await store.mark_sent(notification_id(run.id, "r", "c"), now=110.0, attempts=1)
+    pruning = asyncio.create_task(store.prune(before=1000.0))
+    await asyncio.sleep(0)  # the first batch is on its way
+    new = Run.model_validate({"id": "run_new", "status": "FAILED"})
+    await store.observe([new], decide, now=5000.0)
+    assert not pruning.done()  # the update did not wait for the whole pass
+    assert await pruning == 3000
+    assert (await store.counts())["sent"] == 0
+    assert await store.events(notification_id("run_0", "r", "c")) == []
+    assert await store.get(notification_id("run_new", "r", "c")) is not None
+    await store.close()

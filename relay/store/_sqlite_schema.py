@@ -330,11 +330,15 @@ def add_event(conn: sqlite3.Connection, notification_id: str, event: Event) -> N
     )
 
 
+# Finished notifications go a batch per transaction (prune_notifications): a pruning pass over
+# a large store (the first after a long stop, a shorter retention) held the one writer for
+# seconds in one transaction, and every POST /v1/runs waited for it.
+PRUNE_BATCH = 500
+_FINISHED = (
+    "SELECT id FROM outbox WHERE state IN ('sent', 'muted', 'dead') AND updated_at < ? LIMIT ?"
+)
 PRUNE = (
-    # finished notifications and their events, groups and silences nobody needs any more, runs
-    "DELETE FROM events WHERE notification_id IN (SELECT id FROM outbox"
-    " WHERE state IN ('sent', 'muted', 'dead') AND updated_at < :before)",
-    "DELETE FROM outbox WHERE state IN ('sent', 'muted', 'dead') AND updated_at < :before",
+    # groups and silences nobody needs any more, runs
     "DELETE FROM groups WHERE last_seen < :before AND next_flush IS NULL",
     "DELETE FROM silences WHERE ends_at < :before",
     "DELETE FROM runs WHERE seen_at < :before",
@@ -353,10 +357,18 @@ PRUNE = (
 )
 
 
-def prune(conn: sqlite3.Connection, before: float) -> int:
-    """Forget what finished before `before`; return how many notifications went."""
-    removed = 0
-    for i, statement in enumerate(PRUNE):
-        count = conn.execute(statement, {"before": before}).rowcount
-        removed += count if i == 1 else 0
-    return removed
+def prune_notifications(conn: sqlite3.Connection, before: float, limit: int) -> int:
+    """Forget up to `limit` notifications finished before `before`, with their events."""
+    ids = orjson.dumps([row[0] for row in conn.execute(_FINISHED, (before, limit))]).decode()
+    conn.execute(
+        "DELETE FROM events WHERE notification_id IN (SELECT value FROM json_each(?))", (ids,)
+    )
+    return conn.execute(
+        "DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?))", (ids,)
+    ).rowcount
+
+
+def prune(conn: sqlite3.Connection, before: float) -> None:
+    """Forget the rest of what finished before `before` (notifications: prune_notifications)."""
+    for statement in PRUNE:
+        conn.execute(statement, {"before": before})

@@ -33,6 +33,7 @@ from relay.store._rows import to_notification, to_silence
 from relay.store._sqlite_history import event_rows, history_rows
 from relay.store._sqlite_lock import WriteLock
 from relay.store._sqlite_schema import (
+    PRUNE_BATCH,
     SCHEMA_VERSION,
     Event,
     add_event,
@@ -43,6 +44,7 @@ from relay.store._sqlite_schema import (
     load_state,
     migrate,
     prune,
+    prune_notifications,
     save_group,
     save_state,
 )
@@ -366,7 +368,17 @@ class SQLiteStore:
         return await self._writer.run(lambda conn: event_rows(conn, notification_id))
 
     async def prune(self, before: float) -> int:
-        return await self._writer.run(lambda conn: prune(conn, before))
+        """A batch of notifications per transaction, so that ingest goes on between them."""
+        removed = 0
+        while True:
+            batch = await self._writer.run(
+                lambda conn: prune_notifications(conn, before, PRUNE_BATCH)
+            )
+            removed += batch
+            if batch < PRUNE_BATCH:
+                break
+        await self._writer.run(lambda conn: prune(conn, before))
+        return removed
 
     async def run_updated_ms(self, run_id: str) -> int | None:
         row = await self._writer.run(
