@@ -179,3 +179,14 @@ async def test_a_large_prune_lets_ingest_in_between(tmp_path: Path) -> None:
     assert await store.events(notification_id("run_0", "r", "c")) == []
     assert await store.get(notification_id("run_new", "r", "c")) is not None
     await store.close()
+
+
+async def test_a_filter_given_twice_is_refused(relay: RelayFactory, sink: Sink) -> None:
+    """`?state=sent&state=dead` answered the sent ones alone, as if it were both."""
+    r = await relay(CONFIG.format(url=sink.url))
+    await r.post(failed("run_twice"))
+    await until(r, lambda c: c["sent"] == 1)
+    code, body = await get(r, "/v1/notifications?state=sent&state=dead")
+    assert code == 400 and body["field"] == "state" and "more than once" in body["error"]
+    code, body = await get(r, "/v1/notifications?state=sent")
+    assert code == 200 and [n["run_id"] for n in body["notifications"]] == ["run_twice"]

@@ -135,7 +135,7 @@ class HistoryHandlers(SilenceHandlers):
         if (denied := self._denied(request)) is not None:
             return denied
         try:
-            query = history_query(dict(request.query), self.deps.clock())
+            query = history_query(_single(request), self.deps.clock())
         except InputError as exc:
             return error(400, exc.message, exc.field or None)
         rows = await self.deps.store.history(query)
@@ -152,6 +152,15 @@ class HistoryHandlers(SilenceHandlers):
             return error(404, "no notification with that id", "id")
         events = [event_view(e) for e in await self.deps.store.events(ident)]
         return json_response({**notification_view(found), "events": events})
+
+
+def _single(request: web.Request) -> dict[str, str]:
+    """The query parameters, each given once: `state=sent&state=dead` answered the first alone,
+    which reads as both."""
+    for name in request.query:
+        if len(request.query.getall(name)) > 1:
+            raise InputError(name, "given more than once; give it once")
+    return dict(request.query)
 
 
 def add_silence_routes(add: AddRoute, deps: HttpDeps) -> None:
