@@ -13,21 +13,18 @@ within the attempt's timeout is kept as far as it came: the status is the outcom
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from multidict import CIMultiDict
 
-from relay import __version__
 from relay.config import url_problem
 from relay.errors import DeliveryError, tls_failure, wire_failure
+from relay.outbound import USER_AGENT, Proxies, origin
 from relay.retry_after import parse_retry_after
 
 _BODY_SNIPPET = 200
@@ -44,73 +41,6 @@ class HttpResponse:
 
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-USER_AGENT = f"relay/{__version__}"  # as Alertmanager/0.27.0: a receiver's logs tell versions
-
-
-def env_proxies() -> dict[str, str]:
-    """HTTP_PROXY, HTTPS_PROXY and NO_PROXY (any case) as urllib reads them: scheme → URL. A
-    proxy written without a scheme (`proxy.corp:3128`) is an http:// one, as curl, requests and
-    pip take it: aiohttp called it an invalid URL and every send failed for good."""
-    found = urllib.request.getproxies_environment()
-    return {k: v if k == "no" or "://" in v else f"http://{v}" for k, v in found.items()}
-
-
-def proxy_for(url: str, proxies: dict[str, str]) -> str | None:
-    """The proxy to send `url` through: its scheme's, unless NO_PROXY lists its host."""
-    if not proxies:
-        return None
-    parts = urlsplit(url)
-    proxy = proxies.get(parts.scheme.lower())
-    if proxy is None or _bypassed(parts, proxies):
-        return None
-    return proxy
-
-
-def _bypassed(parts: SplitResult, proxies: dict[str, str]) -> bool:
-    """Whether NO_PROXY lists the URL's host: urllib's matching (`*`, a name and its
-    subdomains) of the host and of host:port, and an IP address within a CIDR block
-    (`10.0.0.0/8`), which curl and requests take and urllib does not: such receivers were
-    sent through the proxy."""
-    host = parts.hostname or ""
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if _bypass(host, proxies) or (port is not None and _bypass(f"{host}:{port}", proxies)):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(address in block for block in _blocks(proxies.get("no", "")))
-
-
-def _blocks(no_proxy: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """The CIDR blocks NO_PROXY lists (`10.0.0.0/8`, `fd00::/8`); other entries are skipped."""
-    out = []
-    for entry in no_proxy.split(","):
-        if "/" in entry:
-            with contextlib.suppress(ValueError):
-                out.append(ipaddress.ip_network(entry.strip(), strict=False))
-    return out
-
-
-# NO_PROXY's matching (suffixes, `*`, ports) as urllib does it; public but not in typeshed
-_bypass: Callable[[str, dict[str, str]], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
-
-
-def origin(location: str | None) -> str:
-    """scheme://host[:port] of a redirect's target: enough to fix a URL, without the path,
-    query or user-info of the URL it points to (they may hold a token)."""
-    try:
-        url = urlsplit(location or "")
-        host, port = url.hostname, url.port
-    except ValueError:
-        return ""
-    if not url.scheme or not host:
-        return ""
-    host = f"[{host}]" if ":" in host else host
-    return f"{url.scheme}://{host}" + (f":{port}" if port is not None else "")
 
 
 def https_or_local(url: str, what: str) -> str:
@@ -183,15 +113,13 @@ class HttpClient:
     channel holds, and a shared cap would let hung receivers hold every connection while the
     other channels' sends wait for one (and time out).
 
-    Requests go through the proxy the environment names, as with curl, pip or requests: a
-    relay behind a corporate proxy reached no receiver (a name lookup failed at every send).
-    Not aiohttp's trust_env: that adds a thread hop per request and ~/.netrc credentials.
+    Requests go through the proxy the environment names (relay.outbound).
     """
 
     def __init__(self, user_agent: str = USER_AGENT) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._user_agent = user_agent
-        self._proxies = env_proxies()  # read once, as the rest of the environment
+        self._proxies = Proxies.from_env()  # read once, as the rest of the environment
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -223,7 +151,7 @@ class HttpClient:
                 headers=headers,
                 timeout=timeout,
                 allow_redirects=False,
-                proxy=proxy_for(url, self._proxies),
+                proxy=self._proxies.for_url(url),
             ) as resp:
                 data = await _read_answer(resp.content, MAX_ANSWER_BYTES)
                 return HttpResponse(resp.status, CIMultiDict(resp.headers), data)

@@ -54,13 +54,13 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from relay.channels._http import USER_AGENT, env_proxies, origin, proxy_for
 from relay.config import RealtimeConfig
 from relay.errors import InputError, StoreUnavailable
 from relay.formats.electric import Schema, parse_raw_run
 from relay.intake import IntakeResult
 from relay.logs import SCRUB
 from relay.model import Run
+from relay.outbound import USER_AGENT, Proxies, origin
 from relay.retry_after import parse_retry_after
 from relay.sources._shape import (
     START,
@@ -165,7 +165,7 @@ class Follower:
         self._failed = failed
         self._config = config
         self._session = session
-        self._proxy = proxy_for(config.api_url, env_proxies())  # as the channels' requests
+        self._proxy = Proxies.from_env().for_url(config.api_url)  # as the channels' requests
         self._submit = submit
         self._positions = positions
         self._timing = timing or Timing(config.timeout, error_wait_s=config.error_backoff)

@@ -1,0 +1,100 @@
+"""What every HTTP request relay makes shares, channels' and Realtime feeds' alike: the
+User-Agent, the proxy the environment names, and how a redirect's target is told.
+
+Proxies: HTTP_PROXY / HTTPS_PROXY / NO_PROXY (any case), read once at start, as curl, pip and
+requests read them: behind a corporate proxy every send and feed failed with a name lookup
+error. A proxy written without a scheme (`proxy.corp:3128`) is an http:// one. NO_PROXY takes
+urllib's forms (`*`, a name and its subdomains, `host:port`) and CIDR blocks (`10.0.0.0/8`),
+which curl and requests take and urllib does not. Not aiohttp's trust_env: it adds a thread hop
+per request and ~/.netrc credentials, which would clash with a configured Authorization header.
+The answer for each scheme://host:port is kept: receivers are few, requests many.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import urllib.request
+from collections.abc import Callable, Mapping
+from urllib.parse import SplitResult, urlsplit
+
+from relay import __version__
+
+USER_AGENT = f"relay/{__version__}"  # as Alertmanager/0.27.0: a receiver's logs tell versions
+
+# NO_PROXY's matching (suffixes, `*`, ports) as urllib does it; public but not in typeshed
+_bypass: Callable[[str, Mapping[str, str]], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Proxies:
+    """The proxy each URL goes through, as the environment says (see the module)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        """`environ`: scheme → proxy URL and "no" → NO_PROXY, as urllib reads them."""
+        self._by_scheme = {
+            k: v if "://" in v else f"http://{v}" for k, v in environ.items() if k != "no"
+        }
+        self._environ = dict(environ)
+        self._blocks = _blocks(environ.get("no", ""))
+        self._known: dict[tuple[str, str, int | None], str | None] = {}
+
+    @classmethod
+    def from_env(cls) -> Proxies:
+        return cls(urllib.request.getproxies_environment())
+
+    def for_url(self, url: str) -> str | None:
+        """The proxy to send `url` through: its scheme's, unless NO_PROXY lists its host."""
+        if not self._by_scheme:
+            return None
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        key = (parts.scheme.lower(), parts.hostname or "", port)
+        if key not in self._known:
+            self._known[key] = self._choose(key[0], parts)
+        return self._known[key]
+
+    def _choose(self, scheme: str, parts: SplitResult) -> str | None:
+        proxy = self._by_scheme.get(scheme)
+        return None if proxy is None or self._bypassed(parts) else proxy
+
+    def _bypassed(self, parts: SplitResult) -> bool:
+        host = parts.hostname or ""
+        with contextlib.suppress(ValueError):
+            if parts.port is not None and _bypass(f"{host}:{parts.port}", self._environ):
+                return True
+        if _bypass(host, self._environ):
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in block for block in self._blocks)
+
+
+def _blocks(no_proxy: str) -> list[Network]:
+    """The CIDR blocks NO_PROXY lists (`10.0.0.0/8`, `fd00::/8`); other entries are skipped."""
+    out: list[Network] = []
+    for entry in no_proxy.split(","):
+        if "/" in entry:
+            with contextlib.suppress(ValueError):
+                out.append(ipaddress.ip_network(entry.strip(), strict=False))
+    return out
+
+
+def origin(location: str | None) -> str:
+    """scheme://host[:port] of a redirect's target: enough to fix a URL, without the path,
+    query or user-info of the URL it points to (they may hold a token)."""
+    try:
+        url = urlsplit(location or "")
+        host, port = url.hostname, url.port
+    except ValueError:
+        return ""
+    if not url.scheme or not host:
+        return ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{url.scheme}://{host}" + (f":{port}" if port is not None else "")
