@@ -5,7 +5,10 @@ Proxies: HTTP_PROXY / HTTPS_PROXY / NO_PROXY (any case), read once at start, as 
 requests read them: behind a corporate proxy every send and feed failed with a name lookup
 error. A proxy written without a scheme (`proxy.corp:3128`) is an http:// one. NO_PROXY takes
 urllib's forms (`*`, a name and its subdomains, `host:port`) and CIDR blocks (`10.0.0.0/8`),
-which curl and requests take and urllib does not. Not aiohttp's trust_env: it adds a thread hop
+which curl and requests take and urllib does not. A proxy of another scheme (`socks5://`) is
+refused at each send, in words, and warned of at start: aiohttp would speak HTTP to it and the
+failure would read as a malformed answer. ALL_PROXY is not read (its usual value is a SOCKS
+proxy). Not aiohttp's trust_env: it adds a thread hop
 per request and ~/.netrc credentials, which would clash with a configured Authorization header.
 The answer for each scheme://host:port is kept: receivers are few, requests many.
 """
@@ -18,6 +21,8 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from urllib.parse import SplitResult, urlsplit
 
+import aiohttp
+
 from relay import __version__
 
 USER_AGENT = f"relay/{__version__}"  # as Alertmanager/0.27.0: a receiver's logs tell versions
@@ -26,6 +31,10 @@ USER_AGENT = f"relay/{__version__}"  # as Alertmanager/0.27.0: a receiver's logs
 _bypass: Callable[[str, Mapping[str, str]], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class UnsupportedProxy(aiohttp.ClientConnectionError):
+    """The environment names a proxy relay cannot speak to (a SOCKS one)."""
 
 
 class Proxies:
@@ -56,7 +65,18 @@ class Proxies:
         key = (parts.scheme.lower(), parts.hostname or "", port)
         if key not in self._known:
             self._known[key] = self._choose(key[0], parts)
-        return self._known[key]
+        proxy = self._known[key]
+        if proxy is not None and not _speakable(proxy):
+            raise UnsupportedProxy(_unsupported(proxy))
+        return proxy
+
+    def problems(self) -> list[str]:
+        """What to warn of at start: each proxy variable relay cannot use."""
+        return [
+            f"{scheme.upper()}_PROXY: {_unsupported(proxy)}"
+            for scheme, proxy in sorted(self._by_scheme.items())
+            if scheme in ("http", "https") and not _speakable(proxy)
+        ]
 
     def _choose(self, scheme: str, parts: SplitResult) -> str | None:
         proxy = self._by_scheme.get(scheme)
@@ -74,6 +94,14 @@ class Proxies:
         except ValueError:
             return False
         return any(address in block for block in self._blocks)
+
+
+def _speakable(proxy: str) -> bool:
+    return proxy[:8].lower().startswith(("http://", "https://"))
+
+
+def _unsupported(proxy: str) -> str:
+    return f"proxy {origin(proxy)} not supported: relay speaks to http:// and https:// proxies"
 
 
 def _blocks(no_proxy: str) -> list[Network]:

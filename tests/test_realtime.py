@@ -252,6 +252,24 @@ async def test_the_feed_goes_through_the_proxy_the_environment_names(
     assert fake.requests[0].headers["Host"] == "trigger.example.invalid"
 
 
+async def test_a_socks_proxy_is_named_in_the_feed_failure_and_not_spoken_to(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp spoke HTTP to a SOCKS proxy: the feed's failures read "ClientOSError" or a
+    malformed answer, which says nothing of the variable to fix."""
+    caplog.set_level(logging.INFO, logger="relay")
+    async with fake_realtime(session()) as fake:
+        socks = fake.url.replace("http://", "socks5://")
+        monkeypatch.setenv("HTTP_PROXY", socks)
+        monkeypatch.setenv("http_proxy", socks)
+        async with following(fake, api_url="http://trigger.example.invalid") as h:
+            while len(h.sleeps) < 2:
+                await asyncio.sleep(0.001)
+    assert not fake.requests and h.failed[:2] == ["network", "network"]
+    reasons = [r.__dict__.get("reason", "") for r in caplog.records]
+    assert f"proxy {socks} not supported: relay speaks to http:// and https:// proxies" in reasons
+
+
 async def test_the_feed_names_relay_and_its_version(relay: RelayFactory, sink: Sink) -> None:
     async with fake_realtime(session()) as fake:
         await relay(config(fake.url, sink.url))

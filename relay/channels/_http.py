@@ -13,6 +13,7 @@ within the attempt's timeout is kept as far as it came: the status is the outcom
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +25,10 @@ from multidict import CIMultiDict
 
 from relay.config import url_problem
 from relay.errors import DeliveryError, tls_failure, wire_failure
-from relay.outbound import USER_AGENT, Proxies, origin
+from relay.outbound import USER_AGENT, Proxies, UnsupportedProxy, origin
 from relay.retry_after import parse_retry_after
+
+log = logging.getLogger("relay.channels")
 
 _BODY_SNIPPET = 200
 MAX_ANSWER_BYTES = 1024 * 1024
@@ -120,6 +123,8 @@ class HttpClient:
         self._session: aiohttp.ClientSession | None = None
         self._user_agent = user_agent
         self._proxies = Proxies.from_env()  # read once, as the rest of the environment
+        for problem in self._proxies.problems():
+            log.warning(problem)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -160,6 +165,8 @@ class HttpClient:
         except (aiohttp.InvalidURL, UnicodeError):  # a host IDNA cannot encode (`hooks..x.com`),
             # a user:password not in Latin-1 (Basic auth): the same at every send
             raise DeliveryError("other", retryable=False, detail="invalid URL") from None
+        except UnsupportedProxy as exc:  # retried: a restart with the variable fixed sends it
+            raise DeliveryError("network", retryable=True, detail=str(exc)) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
             detail = tls_failure(exc) or wire_failure(exc) or type(exc).__name__  # never the URL
             raise DeliveryError("network", retryable=True, detail=detail) from None

@@ -60,7 +60,7 @@ from relay.formats.electric import Schema, parse_raw_run
 from relay.intake import IntakeResult
 from relay.logs import SCRUB
 from relay.model import Run
-from relay.outbound import USER_AGENT, Proxies, origin
+from relay.outbound import USER_AGENT, Proxies, UnsupportedProxy, origin
 from relay.retry_after import parse_retry_after
 from relay.sources._shape import (
     START,
@@ -165,7 +165,7 @@ class Follower:
         self._failed = failed
         self._config = config
         self._session = session
-        self._proxy = Proxies.from_env().for_url(config.api_url)  # as the channels' requests
+        self._proxies = Proxies.from_env()  # as the channels' requests
         self._submit = submit
         self._positions = positions
         self._timing = timing or Timing(config.timeout, error_wait_s=config.error_backoff)
@@ -198,7 +198,7 @@ class Follower:
                 response = await self._get(shape)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 self._count(_error_reason(exc))
-                await self._retry(type(exc).__name__, None)
+                await self._retry(_error_words(exc), None)
                 continue
             except AnswerTooLarge as exc:
                 self._count("other")
@@ -332,7 +332,7 @@ class Follower:
             headers=headers,
             timeout=timeout,
             allow_redirects=False,
-            proxy=self._proxy,
+            proxy=self._proxies.for_url(url),
         ) as resp:
             body = await _read_capped(resp, MAX_ANSWER_BYTES)
             return _Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
@@ -457,6 +457,10 @@ async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 def _error_reason(exc: BaseException) -> str:
     return "timeout" if isinstance(exc, TimeoutError) else "network"
+
+
+def _error_words(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, UnsupportedProxy) else type(exc).__name__
 
 
 def _status_reason(status: int) -> str:

@@ -80,6 +80,21 @@ async def test_a_proxy_written_without_a_scheme_is_an_http_one(tmp_path: Path, s
     assert via_proxy.headers["Host"] == "hooks.example.invalid"
 
 
+async def test_a_socks_proxy_is_refused_in_words_and_nothing_is_sent_to_it(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """`HTTPS_PROXY=socks5://...`: aiohttp spoke HTTP to the SOCKS proxy, and the failure read
+    as a malformed answer or a lost connection; relay cannot speak SOCKS, so it says so, without
+    the proxy's credentials, and warns of the variable at start."""
+    socks = f"socks5://user:pw-secret@127.0.0.1:{sink.url.rsplit(':', 1)[1]}"
+    config = hook_config(tmp_path, "http://hooks.example.invalid/in")
+    code, out = await send_test(config, {"HTTP_PROXY": socks, "http_proxy": socks})
+    assert code == 1 and not sink.received
+    refusal = "not supported: relay speaks to http:// and https:// proxies"
+    assert f"network: proxy socks5://127.0.0.1:{socks.rsplit(':', 1)[1]} {refusal}" in out
+    assert "HTTP_PROXY: proxy socks5://" in out and "pw-secret" not in out
+
+
 async def test_a_redirect_is_not_followed_and_the_failure_says_where_it_points(
     tmp_path: Path, sink: Sink
 ) -> None:
