@@ -4,8 +4,9 @@ User-Agent, the proxy the environment names, and how a redirect's target is told
 Proxies: HTTP_PROXY / HTTPS_PROXY / NO_PROXY (any case), read once at start, as curl, pip and
 requests read them: behind a corporate proxy every send and feed failed with a name lookup
 error. A proxy written without a scheme (`proxy.corp:3128`) is an http:// one. NO_PROXY takes
-urllib's forms (`*`, a name and its subdomains, `host:port`) and CIDR blocks (`10.0.0.0/8`),
-which curl and requests take and urllib does not. A proxy of another scheme (`socks5://`) is
+urllib's forms (`*`, a name and its subdomains, `host:port`), CIDR blocks (`10.0.0.0/8`), which
+curl and requests take, and Go's `*.example.com` and `[::1]`/`[::1]:8080` (Alertmanager's
+operators write them), which urllib does not. A proxy of another scheme (`socks5://`) is
 refused at each send, in words, and warned of at start: aiohttp would speak HTTP to it and the
 failure would read as a malformed answer. ALL_PROXY is not read (its usual value is a SOCKS
 proxy). Not aiohttp's trust_env: it adds a thread hop
@@ -31,6 +32,7 @@ USER_AGENT = f"relay/{__version__}"  # as Alertmanager/0.27.0: a receiver's logs
 _bypass: Callable[[str, Mapping[str, str]], bool] = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Block = tuple[Network, int | None]  # addresses NO_PROXY lists, and the one port if it names one
 
 
 class UnsupportedProxy(aiohttp.ClientConnectionError):
@@ -45,8 +47,9 @@ class Proxies:
         self._by_scheme = {
             k: v if "://" in v else f"http://{v}" for k, v in environ.items() if k != "no"
         }
-        self._environ = dict(environ)
-        self._blocks = _blocks(environ.get("no", ""))
+        no_proxy = [entry.strip() for entry in environ.get("no", "").split(",")]
+        self._environ = {**environ, "no": ",".join(_names(no_proxy))}
+        self._blocks = _blocks(no_proxy)
         self._known: dict[tuple[str, str, int | None], str | None] = {}
 
     @classmethod
@@ -91,9 +94,10 @@ class Proxies:
             return True
         try:
             address = ipaddress.ip_address(host)
+            port = parts.port
         except ValueError:
             return False
-        return any(address in block for block in self._blocks)
+        return any(address in net and wanted in (None, port) for net, wanted in self._blocks)
 
 
 def _speakable(proxy: str) -> bool:
@@ -104,13 +108,22 @@ def _unsupported(proxy: str) -> str:
     return f"proxy {origin(proxy)} not supported: relay speaks to http:// and https:// proxies"
 
 
-def _blocks(no_proxy: str) -> list[Network]:
-    """The CIDR blocks NO_PROXY lists (`10.0.0.0/8`, `fd00::/8`); other entries are skipped."""
-    out: list[Network] = []
-    for entry in no_proxy.split(","):
-        if "/" in entry:
-            with contextlib.suppress(ValueError):
-                out.append(ipaddress.ip_network(entry.strip(), strict=False))
+def _names(no_proxy: list[str]) -> list[str]:
+    """The entries urllib matches: names (Go's `*.example.com` as `.example.com`) and `*`."""
+    return [entry[1:] if entry.startswith("*.") else entry for entry in no_proxy if entry]
+
+
+def _blocks(no_proxy: list[str]) -> list[Block]:
+    """The CIDR blocks (`10.0.0.0/8`, `fd00::/8`) and bracketed IPv6 addresses (`[::1]`,
+    `[::1]:8080`) NO_PROXY lists; other entries are urllib's to match."""
+    out: list[Block] = []
+    for entry in no_proxy:
+        with contextlib.suppress(ValueError):
+            if "/" in entry:
+                out.append((ipaddress.ip_network(entry, strict=False), None))
+            elif entry.startswith("["):
+                address, _, port = entry[1:].partition("]")
+                out.append((ipaddress.ip_network(address), int(port[1:]) if port else None))
     return out
 
 

@@ -1,0 +1,55 @@
+"""Which proxy each URL goes through, as HTTP_PROXY / NO_PROXY say (relay.outbound); sends
+through a proxy end to end are in tests/channels/test_webhook_http.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.outbound import Proxies, UnsupportedProxy
+
+PROXY = "http://proxy.corp:3128"
+
+
+def via(no_proxy: str, url: str) -> str | None:
+    return Proxies({"http": PROXY, "https": PROXY, "no": no_proxy}).for_url(url)
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "url"),
+    [
+        ("[::1]", "http://[::1]:8080/in"),  # Go's and Alertmanager's form: urllib missed it
+        ("[::1]:8080", "http://[::1]:8080/in"),
+        ("::1", "http://[::1]/in"),
+        ("*.example.com", "https://hooks.example.com/in"),  # Go's subdomain wildcard
+        ("example.com", "https://hooks.example.com/in"),
+        ("10.0.0.0/8, fd00::/8", "http://[fd00::5]/in"),
+        ("127.0.0.1:9000", "http://127.0.0.1:9000/in"),
+        ("*", "https://anything.example/in"),
+    ],
+)
+def test_no_proxy_excepts_the_host(no_proxy: str, url: str) -> None:
+    assert via(no_proxy, url) is None
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "url"),
+    [
+        ("[::1]:8080", "http://[::1]:9000/in"),  # another port
+        ("[::2]", "http://[::1]/in"),
+        ("*.example.com", "https://example.org/in"),
+        ("[not-an-address", "http://[::1]/in"),  # skipped, not a crash
+        ("", "http://10.0.0.1/in"),
+    ],
+)
+def test_no_proxy_leaves_other_hosts_to_the_proxy(no_proxy: str, url: str) -> None:
+    assert via(no_proxy, url) == PROXY
+
+
+def test_a_socks_proxy_is_refused_at_each_url_and_warned_of_without_credentials() -> None:
+    proxies = Proxies({"https": "socks5h://u:secret@gate:1080", "no": "internal"})
+    assert proxies.for_url("http://x/") is None  # no HTTP_PROXY: nothing to refuse
+    assert proxies.for_url("https://internal/") is None
+    with pytest.raises(UnsupportedProxy, match="proxy socks5h://gate:1080 not supported"):
+        proxies.for_url("https://hooks.slack.com/x")
+    [problem] = proxies.problems()
+    assert problem.startswith("HTTPS_PROXY: proxy socks5h://gate:1080") and "secret" not in problem
