@@ -190,7 +190,8 @@ async def test_numbers_beside_a_lone_surrogate_read_as_orjson_reads_them(
     relay: RelayFactory,
 ) -> None:
     """The lone-surrogate reading took integers past 64 bits as they were (a 500 after the
-    commit: neither the store nor orjson writes them) and 1e400 as infinity."""
+    commit: neither the store nor orjson writes them) and 1e400 as infinity; an integer of
+    400 digits, too large for a float, was a 500."""
     r = await relay(CONFIG)
     big = b"123456789012345678901234567890"
     for n, field in enumerate((b'"extra": ', b'"metadata": {"n": ', b'"durationMs": ')):
@@ -198,9 +199,11 @@ async def test_numbers_beside_a_lone_surrogate_read_as_orjson_reads_them(
         body = b'{"id": "run_big%d", "status": "FAILED", "taskIdentifier": "t\\ud800", ' % n
         status, answer, _ = await raw_post(r.url, body + field + big + close + b"}")
         assert (status, answer) == (202, {"accepted": 1, "stale": 0, "notifications": 1})
-    body = b'{"id": "run_inf", "status": "FAILED", "taskIdentifier": "t\\ud800", "x": 1e400}'
-    status, answer, _ = await raw_post(r.url, body)
-    assert status == 400 and "invalid JSON" in answer["error"], answer
+    huge = b"1" + b"0" * 400  # an integer past a double's range: orjson says infinity
+    for n, number in enumerate((b"1e400", huge, b"-" + huge)):
+        body = b'{"id": "run_inf%d", "status": "FAILED", "taskIdentifier": "t\\ud800", "x": ' % n
+        status, answer, _ = await raw_post(r.url, body + number + b"}")
+        assert status == 400 and "invalid JSON" in answer["error"], answer
 
 
 async def test_integers_beyond_64_bits_are_numbers_not_a_server_error(

@@ -63,9 +63,10 @@ def _refuse_constant(name: str) -> Any:
 
 def _as_orjson_int(text: str) -> int | float:
     """An integer as orjson reads it: past its 64-bit range, a float (which the store and the
-    serialiser can hold; a bigger int was a 500 after the 202)."""
+    serialiser can hold; a bigger int was a 500 after the 202), and past a double's range
+    refused as orjson refuses it (float() of such an int raised OverflowError: a 500)."""
     value = int(text)
-    return value if -(2**63) <= value < 2**64 else float(value)
+    return value if -(2**63) <= value < 2**64 else _finite(text)
 
 
 def _finite(text: str) -> float:
