@@ -41,6 +41,7 @@ from relay.outbox_reading import OutboxReading
 from relay.policy import backoff_s
 from relay.settings import Settings
 from relay.silences import RELOAD_S, SilenceCache
+from relay.sources._wire import JsonErrorRunner
 from relay.sources.http import HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource, forget_removed_feeds
 from relay.store import Store, open_store
@@ -260,7 +261,7 @@ class Service:
 
     async def _serve_http(self, intake: Intake) -> tuple[str, int]:
         app = build_app(self._http_deps(intake))
-        self.runner = web.AppRunner(
+        self.runner = JsonErrorRunner(
             app,
             access_log=None,
             handle_signals=False,

@@ -187,11 +187,37 @@ async def test_malformed_requests_get_a_4xx_and_relay_keeps_serving(
 ) -> None:
     r = await relay(CONFIG)
     answer = await asyncio.to_thread(raw_request, r.url, request_bytes)
-    status_line = answer.partition(b"\r\n")[0]
+    head, _, body = answer.partition(b"\r\n\r\n")
     if answer:  # aiohttp may also just hang up on garbage
-        code = int(status_line.split()[1])
-        assert 400 <= code < 500, status_line
+        code = int(head.split()[1])
+        assert 400 <= code < 500, head
+        assert b"application/json" in head and "error" in json.loads(body), answer[:300]
     await post_ok(r)
+
+
+TOKEN = "tok-never-echoed-0123456789"
+MALFORMED_AUTH = [
+    b"Authorization: Bearer " + TOKEN.encode() + b"\x00\r\n",  # a NUL in the value
+    b"Authorization : Bearer " + TOKEN.encode() + b"\r\n",  # a space before the colon
+    b"Authorization: Bearer\r\n " + TOKEN.encode() + b"\r\n",  # folded (obs-fold)
+    b"Authorization: Bearer " + TOKEN.encode() + b"\rX: y\r\n",  # a bare CR
+    b"Authorization: Bearer " + TOKEN.encode() + b"A" * 9000 + b"\r\n",  # over 8190 bytes
+]
+
+
+@pytest.mark.parametrize("auth_line", MALFORMED_AUTH, ids=["nul", "space", "fold", "cr", "long"])
+async def test_a_malformed_authorization_line_is_not_echoed(
+    relay: RelayFactory, auth_line: bytes
+) -> None:
+    """aiohttp's parser quoted the bad line in its plain-text 400, token and all: a client or
+    proxy logging error bodies logged the secret. The answer is a JSON error naming none."""
+    r = await relay(f"server:\n  auth_token: {TOKEN}\n" + CONFIG)
+    request = b"POST /v1/runs HTTP/1.1\r\nHost: r\r\n" + auth_line + b"Content-Length: 2\r\n\r\n{}"
+    answer = await asyncio.to_thread(raw_request, r.url, request)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"400", head
+    assert TOKEN[:12].encode() not in answer
+    assert "error" in json.loads(body), body
 
 
 def rss_kb(pid: int) -> int:
