@@ -1,14 +1,24 @@
-"""aiohttp's own answers to a request it cannot parse (a header over 8190 bytes, a folded or
-duplicated header, Content-Length beside Transfer-Encoding ...), made relay's JSON errors.
+"""relay's HTTP server below the routes: its connections and aiohttp's own answers.
 
-aiohttp answers these before any route or middleware, in plain text that quotes the offending
-bytes: a malformed `Authorization` line came back with the token in it, so a client or proxy
-logging error bodies logged the secret. relay's answer names the kind of problem, never the
-bytes, and still closes the connection.
+aiohttp answers a request it cannot parse (a header over 8190 bytes, a folded or duplicated
+header, Content-Length beside Transfer-Encoding ...) before any route or middleware, in plain
+text that quotes the offending bytes: a malformed `Authorization` line came back with the token
+in it, so a client or proxy logging error bodies logged the secret. relay's answer names the
+kind of problem, never the bytes, and still closes the connection.
+
+aiohttp also takes every connection it is offered until the process runs out of file
+descriptors (`ulimit -n`, often 1024): a thousand clients that connect and send nothing, or a
+header a byte at a time, then held every descriptor for the 60 s idle timeout, and no update
+could come in, nor a delivery go out. Past MAX_SHARE of the descriptor limit, each new
+connection closes the oldest one that is not in the middle of a request (else the oldest):
+a client that sends its request at once is never the oldest for long.
 """
 
 from __future__ import annotations
 
+import logging
+import resource
+import time
 from typing import Any
 
 import orjson
@@ -52,17 +62,57 @@ class _JsonErrorHandler(RequestHandler):
         return response
 
 
-class _JsonErrorServer(web.Server):
-    __slots__ = ()
+log = logging.getLogger("relay.http")
+MAX_SHARE = 0.75  # of the descriptor limit, for incoming connections
+SHED_LOG_EVERY_S = 10.0
+
+
+def connection_cap() -> int | None:
+    """How many incoming connections relay keeps open at once (None: no limit)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else max(16, int(soft * MAX_SHARE))
+
+
+def oldest_idle(handlers: list[RequestHandler]) -> RequestHandler:
+    """The oldest of `handlers` (oldest first) not handling a request, else the oldest."""
+    for handler in handlers:
+        if not handler._request_in_progress:
+            return handler
+    return handlers[0]
+
+
+class _Server(web.Server):
+    shed = 0  # connections closed to make room since the last log line
+    shed_logged = -SHED_LOG_EVERY_S
 
     def __call__(self) -> RequestHandler:
         return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
 
+    def connection_made(self, handler: RequestHandler, transport: Any) -> None:
+        super().connection_made(handler, transport)
+        cap = connection_cap()
+        if cap is not None and len(self._connections) > cap:
+            # a closed one stays listed until its request task ends: skip it
+            others = [h for h in self.connections if h is not handler and h.transport]
+            if others:
+                oldest_idle(others).force_close()
+            self._count_shed(cap)
+
+    def _count_shed(self, cap: int) -> None:
+        """One warning line every SHED_LOG_EVERY_S at most, counting the connections closed."""
+        self.shed += 1
+        now = time.monotonic()
+        if now - self.shed_logged >= SHED_LOG_EVERY_S:
+            extra = {"limit": cap, "closed": self.shed}
+            log.warning("too many connections; the oldest idle ones closed", extra=extra)
+            self.shed, self.shed_logged = 0, now
+
 
 class JsonErrorRunner(web.AppRunner):
-    """web.AppRunner whose connections answer unparsable requests as relay's JSON errors."""
+    """web.AppRunner whose connections answer unparsable requests as relay's JSON errors and
+    stay within the descriptor limit."""
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        server.__class__ = _JsonErrorServer  # the same server; only its handler class differs
+        server.__class__ = _Server  # the same server, with relay's connection handling
         return server

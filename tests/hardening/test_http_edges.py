@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import resource
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -269,6 +271,46 @@ async def test_many_idle_connections_do_not_block_or_bloat(
     growth_mb = (during - before) / 1024
     print(f"relay RSS {before / 1024:.1f} MB -> {during / 1024:.1f} MB with 500 idle connections")
     assert growth_mb < 200, growth_mb
+
+
+def open_stalled(url: str, count: int) -> list[socket.socket]:
+    """`count` connections: a third send nothing, a third half a header, a third half a body."""
+    stalls = [b"", b"POST /v1/runs HTTP/1.1\r\nHost: r\r\nContent-Len",
+              b"POST /v1/runs HTTP/1.1\r\nHost: r\r\nContent-Length: 100\r\n\r\n{"]  # fmt: skip
+    out = []
+    for i in range(count):
+        sock = socket.create_connection(address(url), timeout=30)
+        sock.sendall(stalls[i % 3])
+        out.append(sock)
+    return out
+
+
+async def test_stalled_connections_cannot_take_every_file_descriptor(
+    relay_process: Callable[..., RelayProcess],
+) -> None:
+    """With `ulimit -n` at 256, 300 connections sending nothing or a request a byte short held
+    every descriptor for the idle timeout (a minute): no update came in. Past 3/4 of the limit,
+    a new connection closes the oldest idle (else the oldest) one."""
+    proc = relay_process(CONFIG)
+    await asyncio.to_thread(proc.start)
+    assert proc.proc is not None
+    resource.prlimit(proc.proc.pid, resource.RLIMIT_NOFILE, (256, 256))
+    stalled = await asyncio.to_thread(open_stalled, proc.url, 300)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for i in range(20):
+                run = {**RUN, "id": f"run_fd_{i}", "status": "FAILED"}
+                async with http.post(proc.url + "/v1/runs", json=run) as resp:
+                    assert resp.status == 202
+        open_fds = len(os.listdir(f"/proc/{proc.proc.pid}/fd"))
+        assert open_fds < 256, open_fds
+        line = await asyncio.to_thread(
+            proc.wait_for_log, "too many connections; the oldest idle ones closed"
+        )
+        assert line["level"] == "warning" and line["limit"] == 192, line
+    finally:
+        for sock in stalled:
+            sock.close()
 
 
 async def test_malformed_requests_cannot_flood_the_log(
