@@ -41,7 +41,7 @@ from relay.outbox_reading import OutboxReading
 from relay.policy import backoff_s
 from relay.settings import Settings
 from relay.silences import RELOAD_S, SilenceCache
-from relay.sources._wire import JsonErrorRunner
+from relay.sources._wire import JsonErrorRunner, raise_descriptor_limit
 from relay.sources.http import HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource, forget_removed_feeds
 from relay.store import Store, open_store
@@ -261,6 +261,7 @@ class Service:
 
     async def _serve_http(self, intake: Intake) -> tuple[str, int]:
         app = build_app(self._http_deps(intake))
+        raise_descriptor_limit()
         self.runner = JsonErrorRunner(
             app,
             access_log=None,

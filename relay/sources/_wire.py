@@ -11,16 +11,23 @@ descriptors (`ulimit -n`, often 1024): a thousand clients that connect and send 
 header a byte at a time, then held every descriptor for the 60 s idle timeout, and no update
 could come in, nor a delivery go out. Past MAX_SHARE of the descriptor limit, each new
 connection closes the oldest one that is not in the middle of a request (else the oldest):
-a client that sends its request at once is never the oldest for long.
+a client that sends its request at once is never the oldest for long. At start the soft limit
+is raised to the hard one, as Go programs (Alertmanager among them) do.
+
+These lean on aiohttp's internals (its Server's `_kwargs`, `_loop`, `_connections`, a handler's
+`_request_in_progress` and `handle_error`), as they are in 3.9-3.14: where a later aiohttp
+lacks one, serve warns and keeps aiohttp's own handling, rather than fail every connection.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import resource
 import time
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import BadStatusLine, LineTooLong
@@ -114,5 +121,38 @@ class JsonErrorRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
-        server.__class__ = _Server  # the same server, with relay's connection handling
+        if fits(server):
+            server.__class__ = _Server  # the same server, with relay's connection handling
+        else:
+            log.warning(
+                "this aiohttp's internals differ from those relay knows: its plain-text answers"
+                " to malformed requests and its unlimited connections are kept",
+                extra={"aiohttp": aiohttp.__version__},
+            )
         return server
+
+
+_HANDLE_ERROR = ["self", "request", "status", "exc", "message"]
+
+
+def fits(server: web.Server) -> bool:
+    """Whether `server` has the internals _Server and _JsonErrorHandler rely on."""
+    return (
+        type(server) is web.Server
+        and all(hasattr(server, name) for name in ("_kwargs", "_loop", "_connections"))
+        and hasattr(RequestHandler, "_request_in_progress")
+        and list(inspect.signature(RequestHandler.handle_error).parameters) == _HANDLE_ERROR
+    )
+
+
+def raise_descriptor_limit() -> None:
+    """The soft limit on open files raised to the hard one (often 1024 → 524288), as Go does
+    for Alertmanager: a soft 1024 is a default kept for select(), which relay does not use."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if resource.RLIM_INFINITY in (hard, soft) or soft >= hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return  # kept as it was: the cap above follows whichever limit holds
+    log.info("open file limit raised", extra={"from": soft, "to": hard})

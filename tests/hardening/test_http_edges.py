@@ -23,8 +23,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from relay import service as relay_service
+from relay.sources import _wire as relay_wire
 from relay.sources import http as relay_http
 from relay.sources._budget import SMALL_BODY, BodyBudget
 from tests.conftest import CONSOLE_FAILURES, RelayFactory, RelayProcess
@@ -311,6 +313,35 @@ async def test_stalled_connections_cannot_take_every_file_descriptor(
     finally:
         for sock in stalled:
             sock.close()
+
+
+async def test_serve_raises_its_soft_open_file_limit_to_the_hard_one(
+    relay_process: Callable[..., RelayProcess],
+) -> None:
+    """A soft `ulimit -n` of 1024 (many hosts' default) let a thousand connections stop ingest,
+    where the hard limit allowed hundreds of thousands: Go raises it at start for Alertmanager."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard < 512:
+        pytest.skip(f"hard open file limit {hard}")
+    proc = relay_process(CONFIG)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the child
+    try:
+        await asyncio.to_thread(proc.start)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert proc.proc is not None
+    assert resource.prlimit(proc.proc.pid, resource.RLIMIT_NOFILE) == (hard, hard)
+    raised = [e for e in proc.logs if e.get("msg") == "open file limit raised"]
+    assert raised and raised[0]["from"] == 256 and raised[0]["to"] == hard, proc.logs[:5]
+
+
+async def test_the_aiohttp_in_use_has_the_internals_the_server_relies_on() -> None:
+    """Where a later aiohttp lacks them, serve keeps aiohttp's own handling (and warns)."""
+
+    async def handler(request: Any) -> Any:
+        raise AssertionError
+
+    assert relay_wire.fits(web.Server(handler))
 
 
 async def test_malformed_requests_cannot_flood_the_log(
