@@ -91,7 +91,10 @@ async def replicas(database: str, sink: Sink, tmp_path: Path) -> AsyncIterator[R
 
     async def start(n: int, timeout: str = "2s") -> list[RelayProcess]:
         env = {"RELAY_STORE_URL": database, "RELAY_REPLICA_TIMEOUT": timeout}
-        procs = [RelayProcess(config, tmp_path / "unused.db", env) for _ in range(n)]
+        procs = [  # each its own name in pg_stat_activity (see backends_gone)
+            RelayProcess(config, tmp_path / "unused.db", {**env, "PGAPPNAME": f"relay-{i}"})
+            for i in range(len(started), len(started) + n)
+        ]
         started.extend(procs)
         await asyncio.gather(*(asyncio.to_thread(p.start, 60.0) for p in procs))
         return procs
@@ -174,6 +177,21 @@ async def end_stuck_leases(url: str, sink: Sink, quiet_s: float = 1.0) -> set[st
         await conn.close()
 
 
+async def backends_gone(url: str, application_name: str) -> None:
+    """Wait until a killed replica's server sessions have ended: a COMMIT it sent just before
+    kill -9 (a row marked sent) lands only then, and the rows it leases are known after it."""
+    conn = await asyncpg.connect(url)
+    try:
+        for _ in range(600):
+            query = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+            if not await conn.fetchval(query, application_name):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{application_name}'s sessions did not end")
+    finally:
+        await conn.close()
+
+
 async def leased_by(url: str, pid: int) -> set[str]:
     """The pending rows process `pid` holds a live lease on: sent or not, it died with them."""
     conn = await asyncpg.connect(url)
@@ -230,6 +248,7 @@ async def test_replicas_share_the_work_and_survive_a_kill_9(
         victim = procs[2]
         assert victim.proc is not None
         await asyncio.to_thread(victim.kill)  # kill -9, mid-way through ingest and delivery
+        await backends_gone(database, victim.env["PGAPPNAME"])
         in_flight = await leased_by(database, victim.proc.pid)
         await posting
 
