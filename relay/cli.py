@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from relay import __version__, signals
-from relay.configure import BUILTIN_NAME, Compiled, compile_config, load
+from relay.configure import BUILTIN_NAME, Compiled, DryRun, compile_config, load
 from relay.errors import ConfigError, InputError, Problem, RelayError
 from relay.logs import SCRUB, one_line, setup_logging, tag_lines
 from relay.model import SILENCE_MATCHERS
@@ -360,19 +360,25 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
         ]
         print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
         return 0
+    _print_dry_run(results)
+    return 0
+
+
+def _print_dry_run(results: list[DryRun]) -> None:
+    """`relay test`'s human output: run data (ids, error texts in the rendered messages) shows
+    escaped, as the console channel prints it, so an ESC in it steers no operator's terminal."""
+    from relay.channels.console import printable  # noqa: PLC0415
+
     for r in results:
         matched = ", ".join(r.rules) if r.rules else "no rule matched"
-        print(f"run {r.run_id}: {matched}")
+        print(one_line(f"run {r.run_id}: {matched}"))
         for rule, channel, rendered in r.messages:
-            print(
-                f"--- rule {rule} → channel {channel}"
-                + (f" (fallback: {rendered.error})" if rendered.fallback else "")
-            )
+            fallback = f" (fallback: {rendered.error})" if rendered.fallback else ""
+            print(one_line(f"--- rule {rule} → channel {channel}{fallback}"))
             for part, text in rendered.parts.items():
                 if len(rendered.parts) > 1:
                     print(f"[{part}]")
-                print(text.rstrip("\n"))
-    return 0
+                print(printable(text).rstrip("\n"))
 
 
 def _nothing_to_test(data: Any) -> str:

@@ -487,6 +487,23 @@ def test_dry_run_says_why_a_message_is_the_fallback(tmp_path: Path) -> None:
     assert (message["fallback"], message["error"]) == (True, error)
 
 
+def test_dry_run_shows_hostile_run_data_escaped(tmp_path: Path) -> None:
+    """`relay test` printed a run id and the rendered console text raw: an ESC sequence in a
+    run's error message cleared or retitled the operator's terminal, a line break forged a line."""
+    config = write(
+        tmp_path / "c.yaml",
+        "channels: {c: {type: console}}\nrules:\n  - {name: r, notify: [c], match: {status: [failure]}}\n",
+    )
+    run = sdk_run("failed")
+    run["id"] = "run_x\nrun forged: r\x1b]0;pwn\x07"
+    run["error"] = {"message": "boom\x1b[2J\x1b[H\x9b31m", "name": "Error"}
+    shown = run_cli("test", "-", "--config", str(config), stdin=json.dumps(run))
+    assert shown.returncode == 0, shown.stderr
+    assert not any(c in shown.stdout for c in "\x1b\x07\x9b"), shown.stdout
+    assert shown.stdout.splitlines()[0] == r"run run_x\nrun forged: r\x1b]0;pwn\x07: r"
+    assert r"boom\x1b[2J\x1b[H\x9b31m" in shown.stdout
+
+
 def test_dry_run_reads_the_event_from_standard_input(tmp_path: Path) -> None:
     config = write(
         tmp_path / "c.yaml",
