@@ -304,15 +304,33 @@ def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _with_store(settings: Settings, action: Callable[[Any], Any]) -> Any:
+async def _with_store(
+    settings: Settings, action: Callable[[Any], Any], *, create: bool = False
+) -> Any:
+    """`action(store)` on the opened store; one not there yet only when `create` (a silence
+    added before the first `relay serve`): a reading command refuses a missing SQLite file."""
     from relay.store import open_store  # noqa: PLC0415
 
     store = open_store(settings.store_url)
+    if not create:
+        _refuse_missing(store)
     await store.open()
     try:
         return await action(store)
     finally:
         await store.close()
+
+
+def _refuse_missing(store: Any) -> None:
+    """A SQLite file that is not there is a mistyped RELAY_STORE_URL, not a new store: opening
+    it would create it (and its directories) and `relay dlq list` would say all is well."""
+    from relay.store.sqlite import SQLiteStore  # noqa: PLC0415
+
+    if isinstance(store, SQLiteStore) and not store.path.exists():
+        raise RelayError(
+            f"no store at {store.path} (RELAY_STORE_URL): "
+            "`relay serve` or `relay migrate` creates it"
+        )
 
 
 def _read_event(path: Path) -> bytes:
@@ -430,7 +448,7 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
         )
     except (InputError, ValueError) as exc:
         raise RelayError(f"silence not added: {exc}") from None
-    asyncio.run(_with_store(settings, lambda s: s.add_silence(silence)))
+    asyncio.run(_with_store(settings, lambda s: s.add_silence(silence), create=True))
     _wait_until_applied()
     print(silence.id)  # the id alone, as amtool prints it: `id=$(relay silence add ...)`
     return 0
