@@ -440,8 +440,9 @@ class SQLiteStore:
 
     async def migrate(self) -> tuple[int, int]:
         """`relay migrate`: create or migrate the schema, then close; (version before, after)."""
-        before: list[int] = []
-        writer = Writer()
+        before: list[int] = []  # the write lock too: without it SQLite's busy handler (sleeps
+        # of up to 100 ms) lost every try to a busy `relay serve` and failed with SQLITE_BUSY
+        writer = Writer(WriteLock(self.path, _BUSY_TIMEOUT_MS / 1000))
         await writer.start(lambda: _connect(self.path, self._max_pages, before))
         await writer.stop()
         return before[0], SCHEMA_VERSION

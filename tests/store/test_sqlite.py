@@ -10,6 +10,8 @@ import asyncio
 import os
 import sqlite3
 import subprocess
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 
 from relay.errors import ConfigError, StoreUnavailable
 from relay.model import notification_id
+from relay.store._sqlite_lock import WriteLock
 from relay.store._sqlite_schema import SCHEMA_VERSION
 from relay.store.sqlite import SQLiteStore, sqlite_path
 from tests.conftest import run_python
@@ -382,3 +385,34 @@ async def test_an_old_database_is_migrated_with_its_rows(tmp_path: Path) -> None
         assert await store.counts() == {"pending": 0, "sent": 0, "dead": 0, "muted": 1}
     finally:
         await store.close()
+
+
+async def test_migrate_gets_in_between_a_busy_writers_transactions(tmp_path: Path) -> None:
+    """`relay migrate` beside a busy `relay serve` failed with SQLITE_BUSY: it took no write
+    lock, and SQLite's busy handler (sleeps of up to 100 ms) never found the file free while a
+    writer holding the lock left it free only for moments between its transactions."""
+    path = tmp_path / "relay.db"
+    await SQLiteStore(path).migrate()
+    stop, writing = threading.Event(), threading.Event()
+
+    def busy_writer() -> None:  # as the store's writer threads do: each transaction under the lock
+        lock = WriteLock(path, 10.0)
+        lock.open()
+        with closing(sqlite3.connect(path, timeout=10.0, isolation_level=None)) as conn:
+            while not stop.is_set():
+                with lock.held():
+                    conn.execute("BEGIN IMMEDIATE")
+                    writing.set()
+                    time.sleep(2.0)  # a long transaction
+                    conn.execute("COMMIT")
+                time.sleep(0.001)  # the moment between two
+        lock.close()
+
+    writer = threading.Thread(target=busy_writer)
+    writer.start()
+    try:
+        await asyncio.to_thread(writing.wait)
+        assert await SQLiteStore(path).migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)
+    finally:
+        stop.set()
+        writer.join()
