@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -307,13 +308,22 @@ def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
 async def _with_store(
     settings: Settings, action: Callable[[Any], Any], *, create: bool = False
 ) -> Any:
-    """`action(store)` on the opened store; one not there yet only when `create` (a silence
-    added before the first `relay serve`): a reading command refuses a missing SQLite file."""
+    """`action(store)` on the opened store. A SQLite file that is not there is created only
+    when `create` (a silence added before the first `relay serve`); a reading command says so
+    and answers as from an empty store, creating nothing: a mistyped RELAY_STORE_URL made
+    `relay dlq list` create an empty store (and its directories) and say all was well."""
     from relay.store import open_store  # noqa: PLC0415
 
-    store = open_store(settings.store_url)
-    if not create:
-        _refuse_missing(store)
+    missing = None if create else _missing_file(settings.store_url)
+    if missing is None:
+        return await _acting(open_store(settings.store_url), action)
+    note = f"note: no store at {missing} (RELAY_STORE_URL): nothing is stored there"
+    print(note, file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="relay-empty-") as empty:
+        return await _acting(open_store(f"sqlite:///{empty}/relay.db"), action)
+
+
+async def _acting(store: Any, action: Callable[[Any], Any]) -> Any:
     await store.open()
     try:
         return await action(store)
@@ -321,16 +331,13 @@ async def _with_store(
         await store.close()
 
 
-def _refuse_missing(store: Any) -> None:
-    """A SQLite file that is not there is a mistyped RELAY_STORE_URL, not a new store: opening
-    it would create it (and its directories) and `relay dlq list` would say all is well."""
+def _missing_file(store_url: str) -> Path | None:
+    """The SQLite file `store_url` names, if it is not there."""
+    from relay.store import open_store  # noqa: PLC0415
     from relay.store.sqlite import SQLiteStore  # noqa: PLC0415
 
-    if isinstance(store, SQLiteStore) and not store.path.exists():
-        raise RelayError(
-            f"no store at {store.path} (RELAY_STORE_URL): "
-            "`relay serve` or `relay migrate` creates it"
-        )
+    store = open_store(store_url)
+    return store.path if isinstance(store, SQLiteStore) and not store.path.exists() else None
 
 
 def _read_event(path: Path) -> bytes:
