@@ -74,6 +74,15 @@ ACQUIRE_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 5.0  # /readyz answers 503 by then: a health check must not hang with the server
+# A row is due at its not_before, or at its lease's end if later: none is due before the first
+# unleased row, so only the leased rows ahead of it are read, not the channel's whole backlog.
+_NEXT_DUE = """
+    SELECT MIN(GREATEST(not_before, COALESCE(lease_until, not_before))) FROM relay_outbox
+    WHERE channel = $1 AND state = 'pending' AND not_before <= COALESCE((
+        SELECT not_before FROM relay_outbox WHERE channel = $1 AND state = 'pending'
+        AND lease_until IS NULL ORDER BY not_before LIMIT 1
+    ), 'Infinity'::double precision)
+"""
 
 
 class PostgresStore:
@@ -250,8 +259,7 @@ class PostgresStore:
 
     async def next_due(self, channel: str) -> float | None:
         value = await self._fetchval(
-            "SELECT MIN(GREATEST(not_before, COALESCE(lease_until, not_before)))"
-            " FROM relay_outbox WHERE channel = $1 AND state = 'pending'",
+            _NEXT_DUE,
             clean(channel),
         )
         return None if value is None else float(value)

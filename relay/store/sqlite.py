@@ -149,13 +149,7 @@ class SQLiteStore:
 
     async def next_due(self, channel: str) -> float | None:
         row = await self._writer.run(
-            lambda conn: conn.execute(
-                """
-                SELECT MIN(MAX(not_before, COALESCE(lease_until, not_before))) FROM outbox
-                WHERE channel = ? AND state = 'pending'
-                """,
-                (channel,),
-            ).fetchone()
+            lambda conn: conn.execute(_NEXT_DUE, (channel, channel)).fetchone()
         )
         return None if row[0] is None else float(row[0])
 
@@ -481,6 +475,17 @@ def _requeue_recoveries(conn: sqlite3.Connection, ids: list[str], now: float) ->
     return len(moved)
 
 
+# A row is due at its not_before, or at its lease's end if later: none is due before the first
+# unleased row, so only the rows ahead of it (the leased ones) are read. The MIN over every
+# pending row of the channel read them all, through the state index: 200 channels polling a
+# 30,000-row backlog kept the one writer busy and the fast channel sent 150 a second.
+_NEXT_DUE = """
+    SELECT MIN(MAX(not_before, COALESCE(lease_until, not_before))) FROM outbox
+    WHERE channel = ? AND state = 'pending' AND not_before <= COALESCE((
+        SELECT not_before FROM outbox WHERE channel = ? AND state = 'pending'
+        AND lease_until IS NULL ORDER BY not_before LIMIT 1
+    ), 1e308)
+"""
 _LEASE = "UPDATE outbox SET lease_until = ?, lease_holder = ?, updated_at = ?"
 _CLAIM = f"""
     {_LEASE} WHERE id IN (

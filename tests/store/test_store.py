@@ -211,6 +211,23 @@ async def test_next_due_accounts_for_leases(store: Store) -> None:
     assert await store.next_due("c2") is None
 
 
+async def test_next_due_is_the_earliest_of_lease_ends_and_unleased_rows(store: Store) -> None:
+    """Rows leased ahead of the first unleased one count by their lease's end, an expired lease
+    as due at once; rows behind the first unleased one never come first."""
+    for i in range(4):
+        await enqueue(store, f"run_{i}", 10.0 + i)  # due at 10, 11, 12, 13
+    await store.claim("c1", now=20.0, limit=2, lease_s=30)  # run_0, run_1 leased until 50
+    assert await store.next_due("c1") == 12.0
+    await store.claim("c1", now=21.0, limit=1, lease_s=5)  # run_2 leased until 26
+    assert await store.next_due("c1") == 13.0
+    await store.claim("c1", now=22.0, limit=1, lease_s=2)  # run_3 leased until 24: all leased
+    assert await store.next_due("c1") == 24.0
+    await store.claim("c1", now=30.0, limit=2, lease_s=100)  # run_2, run_3 again, until 130
+    assert await store.next_due("c1") == 50.0  # run_0 and run_1 end first
+    await enqueue(store, "run_4", 40.0)
+    assert await store.next_due("c1") == 40.0
+
+
 async def test_a_birth_lease_leases_new_due_ungrouped_rows_within_its_slots(store: Store) -> None:
     """Rows leased as they are created are the creator's: no claim takes them until the lease
     ends; the slots per channel bound them; digest rows and muted rows are never leased."""
