@@ -18,6 +18,12 @@ _FILTERS = (
 
 
 def history_rows(conn: sqlite3.Connection, query: HistoryQuery) -> list[Notification]:
+    rows = conn.execute(*history_sql(query)).fetchall()
+    return [to_notification(row) for row in rows]
+
+
+def history_sql(query: HistoryQuery) -> tuple[str, tuple[object, ...]]:
+    """The newest rows first, in the order of the outbox_created index."""
     clauses, params = [], []
     for field, clause in _FILTERS:
         value = getattr(query, field)
@@ -26,8 +32,7 @@ def history_rows(conn: sqlite3.Connection, query: HistoryQuery) -> list[Notifica
             params.append(value)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     sql = f"SELECT * FROM outbox{where} ORDER BY created_at DESC, id LIMIT ?"  # noqa: S608
-    rows = conn.execute(sql, (*params, max(1, min(query.limit, 10_000)))).fetchall()
-    return [to_notification(row) for row in rows]
+    return sql, (*params, max(1, min(query.limit, 10_000)))
 
 
 def event_rows(conn: sqlite3.Connection, notification_id: str) -> list[dict[str, object]]:

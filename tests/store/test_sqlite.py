@@ -20,6 +20,8 @@ import pytest
 
 from relay.errors import ConfigError, StoreUnavailable
 from relay.model import notification_id
+from relay.store import HistoryQuery
+from relay.store._sqlite_history import history_sql
 from relay.store._sqlite_lock import WriteLock
 from relay.store._sqlite_schema import SCHEMA_VERSION
 from relay.store.sqlite import SQLiteStore, sqlite_path
@@ -321,6 +323,29 @@ async def test_the_file_is_in_wal_mode_with_a_versioned_schema(store: SQLiteStor
     with closing(sqlite3.connect(store.path)) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_the_history_reads_the_newest_rows_from_an_index(store: SQLiteStore) -> None:
+    """A page of the history follows outbox_created, newest first: no sort of the whole outbox.
+    The index is added at open without a new schema version, so the relay before it still opens
+    the store; a store made before it gets it at the next open."""
+    for i in range(3):
+        await enqueue(store, f"run_{i}", 10.0 + i)
+    page = await store.history(HistoryQuery(limit=2))
+    assert [n.run_id for n in page] == ["run_2", "run_1"]
+    for query in (HistoryQuery(), HistoryQuery(channel="c1"), HistoryQuery(rule="r1")):
+        sql, params = history_sql(query)
+        with closing(sqlite3.connect(store.path)) as conn:
+            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+        assert plan == ["SCAN outbox USING INDEX outbox_created"], plan
+    await store.close()
+    with closing(sqlite3.connect(store.path)) as conn, conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        conn.execute("DROP INDEX outbox_created")
+    await store.open()
+    with closing(sqlite3.connect(store.path)) as conn:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert "outbox_created" in names
 
 
 # --- URLs ----------------------------------------------------------------------------------------
