@@ -393,7 +393,9 @@ class Service:
             await self._settled()
             self._fingerprint = config_fingerprint(self.compiled)
             try:
-                compiled = compile_config(load(self.settings, path))
+                # off the event loop: 2,000 rules take about 2 s to read and compile, and
+                # intake, /healthz and delivery went without an answer meanwhile
+                compiled = await asyncio.to_thread(_compile, self.settings, path)
                 _refuse_emptied(self.compiled, compiled)
             except ConfigError as exc:
                 self.metrics.config_reloads.labels(result="failure").inc()
@@ -402,6 +404,9 @@ class Service:
                     "config reload refused; the running config is kept",
                     extra={"trigger": trigger, "problems": problems},
                 )
+                return False
+            if self._stop.is_set():  # SIGTERM while the file was read: keep what is running
+                log.info("config reload skipped: shutting down", extra={"trigger": trigger})
                 return False
             if compiled.loaded.config.templates.dir != self.config.templates.dir:
                 self._fingerprint = config_fingerprint(compiled)  # watch the new directory
@@ -534,6 +539,11 @@ class Service:
 
 def _waiting(exc: StoreUnavailable, delay: float) -> dict[str, object]:
     return {"error": str(exc), "retry_in_s": delay}
+
+
+def _compile(settings: Settings, path: Path | None) -> Compiled:
+    """Read and compile the config file (in a thread: it touches nothing the service runs)."""
+    return compile_config(load(settings, path))
 
 
 def _refuse_emptied(running: Compiled, new: Compiled) -> None:

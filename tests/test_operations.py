@@ -427,6 +427,25 @@ async def test_a_sighup_during_shutdown_starts_no_delivery(tmp_path: Path, sink:
     assert (await _counts_after(store_url))["sent"] == 1
 
 
+async def test_a_sigterm_while_a_reload_reads_the_file_keeps_the_running_config(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """The file is read and compiled off the event loop (2,000 rules take seconds): a stop
+    requested meanwhile must not swap in a new config and delivery on the way out."""
+    service, store_url = await _service_sending(tmp_path, sink)
+    running = service.delivery
+    config = Path(service.compiled.loaded.source.filename)
+    config.write_text(CONFIG.format(url=sink.url, rule="renamed", status="failure"))
+    reloading = asyncio.create_task(service.reload("SIGHUP"))
+    await asyncio.sleep(0)  # the reload waits for the file to settle, then reads it
+    service.request_stop()
+    assert await reloading is False
+    assert service.delivery is running
+    assert [rule.name for rule in service.compiled.rules.rules] == ["failures"]
+    await service.shutdown()
+    assert (await _counts_after(store_url))["sent"] == 1
+
+
 async def test_shutdown_during_a_reload_still_drains_the_replaced_delivery(
     tmp_path: Path, sink: Sink
 ) -> None:
