@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
+from relay import yamlconf
 from relay.channels import settings_models
 from relay.config import Defaults, parse_config
 from relay.configure import dashboard_link, load
@@ -1004,3 +1006,33 @@ def test_a_problem_masks_no_other_in_one_check(
     tmp_path: Path, text: str, expected: list[str]
 ) -> None:
     assert_lines_start(checked(tmp_path, text), expected)
+
+
+YAML_TRAPS = [
+    "metadata: {region: no, on: yes}\nwindow: [17:00, 1:5]\nquoted: 'no'\n",
+    "a: 1\na: 2\n",
+    "base: &b {x: 1}\nother:\n  <<: *b\n",
+    "bomb: &a [*a]\n",
+    "secret: !x9!y\n",
+    "password: *x9\n",
+    "n: !!int ''\nt: !!timestamp x\nk: !!python/name:os.system x\n",
+    "a: 1\n  b: 2\n",
+    "a: [1, 2\n",
+    "a: 1\n---\nb: 2\n",
+    "key: ${X}\n${X}: 1\n",
+    "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'x'] * 9)}]\n" for i in range(7)),
+]
+
+
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML built without libyaml")
+@pytest.mark.parametrize("text", YAML_TRAPS)
+def test_libyaml_reads_a_config_as_pyyaml_s_own_parser_does(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libyaml composes a large config faster; what relay reads and refuses stays the same:
+    plain yes/no and 17:00 as text, duplicate and merge keys, aliases, tags, syntax errors
+    with their file:line and PyYAML's words."""
+    fast = yamlconf.load_yaml(text, "c.yaml", {"X": "1"})
+    monkeypatch.setattr(yamlconf, "_FAST_LOADER", None)
+    own = yamlconf.load_yaml(text, "c.yaml", {"X": "1"})
+    assert (fast.data, fast.problems, fast.lines) == (own.data, own.problems, own.lines)
