@@ -40,6 +40,7 @@ log = logging.getLogger("relay.delivery")
 POLL_S = 1.0
 CLAIM_AHEAD = 16  # rows claimed beyond the free slots (at least the channel's concurrency)
 RECOVERY_WAIT_S = 1.0  # a recovery is tried again this long after its notification's next try
+RETRY_SOON_S = 5.0  # rows given back after a store failure before their send, due again then
 DIGEST_TEMPLATE = "digest"
 # A render gets this long on the event loop (the shipped templates take a millisecond or two);
 # one that needs more starts again in the channel's own thread with the full budget, so a slow
@@ -394,10 +395,12 @@ class ChannelLoop:
         self.ready.clear()
         await self._release(rows)
 
-    async def _release(self, rows: list[Notification]) -> None:
+    async def _release(self, rows: list[Notification], delay_s: float = 0.0) -> None:
+        """Give claimed rows back to the outbox, due again in `delay_s` at the soonest."""
         now = self.deps.clock()
         releases = (
-            self.deps.store.postpone(row.id, now=now, not_before=row.not_before) for row in rows
+            self.deps.store.postpone(row.id, now=now, not_before=max(row.not_before, now + delay_s))
+            for row in rows
         )
         results = await asyncio.gather(*releases, return_exceptions=True)
         if any(isinstance(result, BaseException) for result in results):
@@ -407,8 +410,16 @@ class ChannelLoop:
             )
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self.inflight.pop(task, None)
+        unit = self.inflight.pop(task, None)
         self.wake.set()
+        if task.cancelled() or (exc := task.exception()) is None or not unit:
+            return
+        # A bug past every handler: said once, and the rows go back (else they waited out
+        # their lease, and the error was only "Task exception was never retrieved").
+        log.error("delivery failed unexpectedly", extra=self._extra(unit[0]), exc_info=exc)
+        releasing = asyncio.ensure_future(self._release(unit, delay_s=RETRY_SOON_S))
+        self.finishing.add(releasing)
+        releasing.add_done_callback(self.finishing.discard)
 
     async def _idle(self, wait_s: float) -> None:
         """Wait for a wake-up or `wait_s`; a wait that runs out claims next time (the poll that
@@ -422,17 +433,41 @@ class ChannelLoop:
 
     async def _deliver(self, rows: list[Notification], group_key: str | None) -> None:
         """Send one notification, or every due one of a group as one digest; then finish."""
+        try:
+            ready = await self._to_send(rows, group_key)
+        except StoreUnavailable as exc:  # a silence or recovery read: they go again shortly
+            log.warning(
+                "store unavailable before sending; the notification goes back to the outbox",
+                extra={**self._extra(rows[0]), "error": str(exc)},
+            )
+            await self._release(rows, delay_s=RETRY_SOON_S)
+            return
+        if ready is not None:
+            await self._send_and_finish(*ready, group_key)
+
+    async def _to_send(
+        self, rows: list[Notification], group_key: str | None
+    ) -> tuple[list[Notification], Recovery | None, Notification | None] | None:
+        """The rows to send now (the muted ones marked so), what a recovery among them
+        resolves and that alert if it is dead; None when nothing goes now."""
         rows = [row for row in rows if not await self._muted(row, self._extra(row))]
         if not rows:
             if group_key is not None:
                 await asyncio.shield(self.deps.store.group_flushed(group_key, self.deps.clock()))
-            return
-        recovers, dead = None, None
+            return None
         if group_key is None and rows[0].resolves is not None:
             resolving = await self._recovers(rows[0])
-            if resolving is None:
-                return
-            recovers, dead = resolving
+            return None if resolving is None else (rows, *resolving)
+        return rows, None, None
+
+    async def _send_and_finish(
+        self,
+        rows: list[Notification],
+        recovers: Recovery | None,
+        dead: Notification | None,
+        group_key: str | None,
+    ) -> None:
+        """Render, send with quick retries, and have the outcome written (see finish)."""
         outgoing = await self._render(rows, group_key, recovers)
         tried = await self._attempt(outgoing, max(row.attempts for row in rows))
         for reason in tried.failed:  # every failed try counts, quick retries too (Alertmanager)

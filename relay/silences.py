@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from relay.errors import InputError
+from relay.errors import InputError, StoreUnavailable
 from relay.model import (
     EVENTS,
     FAILURE_STATUSES,
@@ -18,6 +19,8 @@ from relay.model import (
     normalise_status,
     to_utc,
 )
+
+log = logging.getLogger("relay.silences")
 
 MAX_VALUES = 100
 MAX_TEXT = 1000
@@ -191,7 +194,13 @@ def silenced_by(
 
 class SilenceCache:
     """The silences that may apply now, reloaded at most every `ttl_s` (another process, such as
-    `relay silence add`, may have changed them) and at once after `invalidate()`."""
+    `relay silence add`, may have changed them) and at once after `invalidate()`.
+
+    A reload the store cannot answer (its pool taken by CLI commands, a blip) keeps the
+    silences last read, until the next reload: it raised into every delivery and intake in the
+    meantime, and a delivery's rows then waited out their lease (5 min). Each silence still
+    ends at its own time, as silenced_by checks it; only one added meanwhile is not seen yet.
+    """
 
     def __init__(
         self, load: Callable[[float], Awaitable[list[Silence]]], ttl_s: float = RELOAD_S
@@ -204,7 +213,13 @@ class SilenceCache:
     async def current(self, now: float) -> list[Silence]:
         # a clock set back since the last read reads again too, not once it caught up
         if self._loaded_at is None or not 0 <= now - self._loaded_at < self._ttl_s:
-            self._silences = await self._load(now)
+            loaded = self._loaded_at is not None
+            try:
+                self._silences = await self._load(now)
+            except StoreUnavailable as exc:
+                if not loaded:
+                    raise  # nothing to go on: not knowing the silences is not "none"
+                log.warning("silences not reloaded; the last read kept", extra={"error": str(exc)})
             self._loaded_at = now
         return self._silences
 

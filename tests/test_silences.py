@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import asyncpg
 import pytest
 
 from relay.cli import main
+from relay.configure import compile_config, load
 from relay.errors import InputError
 from relay.model import Silence
+from relay.service import Service
+from relay.settings import Settings
 from relay.silences import (
+    RELOAD_S,
     SilenceCache,
     cli_matchers,
     new_silence,
@@ -22,8 +30,10 @@ from relay.silences import (
     silence_view,
     silenced_by,
 )
+from relay.store import postgres
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, Sink, run_cli, sdk_run, status
+from tests.pg import fresh_database, shared_server
 
 NOW = 1_800_000_000.0
 
@@ -412,3 +422,76 @@ def test_cli_list_shows_when_a_pending_silence_starts(tmp_path: Path) -> None:
         "2999-01-01T22:00:00.000Z",
         "2999-01-02T00:00:00.000Z",
     ]
+
+
+async def test_silences_the_store_cannot_read_neither_stall_nor_lose_a_notification(
+    sink: Sink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL with its pool taken by CLI commands at once: reading the silences failed
+    inside a delivery ("Task exception was never retrieved") and its notification waited out
+    its lease (5 min); inside intake, POST /v1/runs answered 503. Here the silences table is
+    locked, so that each read of it times out."""
+    monkeypatch.setattr(postgres, "COMMAND_TIMEOUT_S", 1.0)
+    caplog.set_level(logging.INFO, logger="relay")
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.format(url=sink.url))
+    async with fresh_database(shared_server()) as url, aiohttp.ClientSession() as http:
+        settings = Settings(config=config, listen="127.0.0.1:0", store_url=url)
+        sink.responses = [status(503)] * 1000  # the first relay leaves it pending
+        first, url_1 = await serving(settings)
+        await post(http, url_1, failed("email/send", "run_early"))
+        await sink.wait_for(1)
+        await first.shutdown()
+        async with locked(url, "relay_silences"):
+            sink.responses = []
+            second, url_2 = await serving(settings)  # its silences were never read: none to go on
+            try:
+                for _ in range(1200):  # 60 s at most
+                    if "store unavailable before sending" in caplog.text:
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    raise AssertionError("the delivery did not find the store unavailable")
+            except BaseException:
+                await second.shutdown()
+                raise
+        try:
+            await wait_sent(second, 1)  # within seconds, not the 5 min lease
+            await asyncio.sleep(RELOAD_S)
+            async with locked(url, "relay_silences"):  # now the last read is kept
+                assert await post(http, url_2, failed("email/send", "run_late")) == 202
+                await wait_sent(second, 2)
+        finally:
+            await second.shutdown()
+    assert "Task exception was never retrieved" not in caplog.text
+
+
+async def serving(settings: Settings) -> tuple[Service, str]:
+    service = Service(settings, compile_config(load(settings)))
+    host, port = await service.start()
+    return service, f"http://{host}:{port}"
+
+
+async def post(http: aiohttp.ClientSession, url: str, run: dict[str, Any]) -> int:
+    async with http.post(f"{url}/v1/runs", json=run) as resp:
+        return resp.status
+
+
+@contextlib.asynccontextmanager
+async def locked(url: str, table: str) -> AsyncIterator[None]:
+    """`table` locked against every read until the block ends."""
+    conn = await asyncpg.connect(url)
+    try:
+        async with conn.transaction():
+            await conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+            yield
+    finally:
+        await conn.close()
+
+
+async def wait_sent(service: Service, sent: int) -> None:
+    for _ in range(1200):  # 60 s at most
+        if (counts := await service.store.counts())["sent"] >= sent:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{sent} not sent: {counts}")
