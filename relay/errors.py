@@ -151,4 +151,6 @@ def wire_failure(exc: BaseException) -> str | None:
             return "host name lookup failed"
         if isinstance(cause, ConnectionResetError):
             return "connection reset"
+        if isinstance(cause, TimeoutError):  # a PostgreSQL server that never answers the
+            return "no answer in time"  # connect said only "TimeoutError"
     return None

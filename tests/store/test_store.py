@@ -893,6 +893,25 @@ async def test_an_unreachable_server_is_unavailable_and_names_no_secret() -> Non
         await migrate(url)
 
 
+async def test_a_server_that_never_answers_is_named_so() -> None:
+    """A port that takes the connection and says nothing (a firewall, a stopped VM behind a
+    proxy): the error read "store open failed: TimeoutError"."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = open_store(f"postgresql://relay:hunter2@127.0.0.1:{port}/relaydb?connect_timeout=2")
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            await store.open()
+    finally:
+        server.close()
+    assert str(caught.value) == "store open failed: no answer in time"
+    assert caught.value.passing
+
+
 async def test_a_missing_database_or_a_user_without_rights_is_named_plainly(pg_url: str) -> None:
     """SQLite says what it cannot write; PostgreSQL said "InvalidCatalogNameError (3D000)"."""
     with pytest.raises(StoreUnavailable, match="the database does not exist") as missing:
