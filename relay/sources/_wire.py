@@ -15,8 +15,9 @@ a client that sends its request at once is never the oldest for long. At start t
 is raised to the hard one, as Go programs (Alertmanager among them) do.
 
 These lean on aiohttp's internals (its Server's `_kwargs`, `_loop`, `_connections`, a handler's
-`_request_in_progress` and `handle_error`), as they are in 3.9-3.14: where a later aiohttp
-lacks one, serve warns and keeps aiohttp's own handling, rather than fail every connection.
+`_request_in_progress`, `_messages` and `handle_error`), as they are in 3.9-3.14: where a later
+aiohttp lacks one, serve warns and keeps aiohttp's own handling, rather than fail every
+connection.
 """
 
 from __future__ import annotations
@@ -83,9 +84,15 @@ def connection_cap() -> int | None:
 def oldest_idle(handlers: list[RequestHandler]) -> RequestHandler:
     """The oldest of `handlers` (oldest first) not handling a request, else the oldest."""
     for handler in handlers:
-        if not handler._request_in_progress:
+        if not busy(handler):
             return handler
     return handlers[0]
+
+
+def busy(handler: RequestHandler) -> bool:
+    """Handling a request, or holding one read whose handler has not started yet (a loop turn
+    or two after the bytes came in): closing it would drop a request the client sent."""
+    return handler._request_in_progress or bool(handler._messages)
 
 
 class _Server(web.Server):
@@ -140,7 +147,7 @@ def fits(server: web.Server) -> bool:
     return (
         type(server) is web.Server
         and all(hasattr(server, name) for name in ("_kwargs", "_loop", "_connections"))
-        and hasattr(RequestHandler, "_request_in_progress")
+        and all(hasattr(RequestHandler, name) for name in ("_request_in_progress", "_messages"))
         and list(inspect.signature(RequestHandler.handle_error).parameters) == _HANDLE_ERROR
     )
 

@@ -411,3 +411,32 @@ async def test_a_body_without_room_in_time_is_refused() -> None:
     assert budget.held == 0
     with budget.hold() as third:
         assert await third.cover(100_000)  # given back: alone again
+
+
+async def test_a_connection_holding_a_request_read_but_not_started_is_not_idle() -> None:
+    """A request is read (data_received) a loop turn or two before its handler starts; a
+    connection made in between closed the oldest connection as idle, request and all: the
+    client saw the connection drop with no answer, and a POST is not retried."""
+
+    async def handler(request: Any) -> Any:
+        return web.Response()
+
+    runner = relay_wire.JsonErrorRunner(web.Application(), handle_signals=False)
+    runner.app.router.add_get("/", handler)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    server = runner.server
+    assert server is not None
+    streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    try:
+        while len(server.connections) < 2:
+            await asyncio.sleep(0.01)
+        first, second = server.connections
+        first.data_received(b"GET / HTTP/1.1\r\nHost: r\r\n\r\n")  # as its transport would
+        assert relay_wire.oldest_idle([first, second]) is second
+    finally:
+        for _, writer in streams:
+            writer.close()
+        await runner.cleanup()
