@@ -126,6 +126,7 @@ class Service:
 
     async def _start(self) -> tuple[str, int]:
         SCRUB.set(self.compiled.loaded.secrets())
+        raise_descriptor_limit()  # before the workers start: they inherit it
         await self._open_store()
         if self.role.index is not None:
             return await self._start_worker()
@@ -261,7 +262,6 @@ class Service:
 
     async def _serve_http(self, intake: Intake) -> tuple[str, int]:
         app = build_app(self._http_deps(intake))
-        raise_descriptor_limit()
         self.runner = JsonErrorRunner(
             app,
             access_log=None,

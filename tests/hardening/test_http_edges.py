@@ -19,6 +19,7 @@ import resource
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -323,14 +324,17 @@ async def test_serve_raises_its_soft_open_file_limit_to_the_hard_one(
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard < 512:
         pytest.skip(f"hard open file limit {hard}")
-    proc = relay_process(CONFIG)
+    proc = relay_process(CONFIG, {"RELAY_WORKERS": "1"})  # a delivery process as well
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the child
     try:
         await asyncio.to_thread(proc.start)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert proc.proc is not None
-    assert resource.prlimit(proc.proc.pid, resource.RLIMIT_NOFILE) == (hard, hard)
+    pid = proc.proc.pid
+    [worker] = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for each in (pid, int(worker)):  # the worker started after the raise: it inherits it
+        assert resource.prlimit(each, resource.RLIMIT_NOFILE) == (hard, hard)
     raised = [e for e in proc.logs if e.get("msg") == "open file limit raised"]
     assert raised and raised[0]["from"] == 256 and raised[0]["to"] == hard, proc.logs[:5]
 
