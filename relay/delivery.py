@@ -414,10 +414,11 @@ class ChannelLoop:
         self.wake.set()
         if task.cancelled() or (exc := task.exception()) is None or not unit:
             return
-        # A bug past every handler: said once, and the rows go back (else they waited out
-        # their lease, and the error was only "Task exception was never retrieved").
+        # A bug past every handler: told with its traceback (it was only "Task exception was
+        # never retrieved"), and the rows tried again after a lease's time, as before: one
+        # that fails the same way each time must not fill the log every few seconds.
         log.error("delivery failed unexpectedly", extra=self._extra(unit[0]), exc_info=exc)
-        releasing = asyncio.ensure_future(self._release(unit, delay_s=RETRY_SOON_S))
+        releasing = asyncio.ensure_future(self._release(unit, delay_s=self.lease_s))
         self.finishing.add(releasing)
         releasing.add_done_callback(self.finishing.discard)
 
