@@ -15,9 +15,9 @@ a client that sends its request at once is never the oldest for long. At start t
 is raised to the hard one, as Go programs (Alertmanager among them) do.
 
 These lean on aiohttp's internals (its Server's `_kwargs`, `_loop`, `_connections`, a handler's
-`_request_in_progress`, `_messages` and `handle_error`), as they are in 3.9-3.14: where a later
-aiohttp lacks one, serve warns and keeps aiohttp's own handling, rather than fail every
-connection.
+`_request_in_progress`, `_messages` and `handle_error`), as they are in 3.14 (3.9 had no
+`_request_in_progress`): where another aiohttp lacks one, serve warns and keeps aiohttp's own
+handling, rather than fail every connection.
 """
 
 from __future__ import annotations
