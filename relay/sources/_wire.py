@@ -34,6 +34,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadStatusLine, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
+log = logging.getLogger("relay.http")
+
 _MESSAGES: tuple[tuple[type[BaseException], str], ...] = (
     (LineTooLong, "request line or header too long"),
     (BadStatusLine, "malformed request line"),
@@ -70,7 +72,6 @@ class _JsonErrorHandler(RequestHandler):
         return response
 
 
-log = logging.getLogger("relay.http")
 MAX_SHARE = 0.75  # of the descriptor limit, for incoming connections
 SHED_LOG_EVERY_S = 10.0
 
