@@ -208,16 +208,17 @@ class SilenceCache:
         self._load = load
         self._ttl_s = ttl_s
         self._silences: list[Silence] = []
-        self._loaded_at: float | None = None
+        self._loaded_at: float | None = None  # None: read at the next call (invalidate)
+        self._read = False  # whether _silences was ever read (they are kept if a reload fails)
 
     async def current(self, now: float) -> list[Silence]:
         # a clock set back since the last read reads again too, not once it caught up
         if self._loaded_at is None or not 0 <= now - self._loaded_at < self._ttl_s:
-            loaded = self._loaded_at is not None
             try:
                 self._silences = await self._load(now)
+                self._read = True
             except StoreUnavailable as exc:
-                if not loaded:
+                if not self._read:
                     raise  # nothing to go on: not knowing the silences is not "none"
                 log.warning("silences not reloaded; the last read kept", extra={"error": str(exc)})
             self._loaded_at = now

@@ -16,7 +16,7 @@ import pytest
 
 from relay.cli import main
 from relay.configure import compile_config, load
-from relay.errors import InputError
+from relay.errors import InputError, StoreUnavailable
 from relay.model import Silence
 from relay.service import Service
 from relay.settings import Settings
@@ -98,6 +98,22 @@ async def test_the_cache_reads_the_silences_again_after_the_clock_stepped_back(
     silence = new_silence(parse_matchers({"task": "x"}), ends_at=NOW + 7200, now=NOW - 3600)
     await sqlite_store.add_silence(silence)
     assert [s.id for s in await cache.current(NOW - 3600)] == [silence.id]
+
+
+async def test_the_cache_keeps_its_last_read_when_a_reload_after_invalidate_fails(
+    sqlite_store: SQLiteStore,
+) -> None:
+    """invalidate() (a silence added over HTTP) forgot that the silences had been read: a
+    reload failing then raised into intake (503) and delivery, as if none had ever been read."""
+    silence = new_silence(parse_matchers({"task": "x"}), ends_at=NOW + 7200, now=NOW)
+    await sqlite_store.add_silence(silence)
+    cache = SilenceCache(sqlite_store.silences)
+    assert [s.id for s in await cache.current(NOW)] == [silence.id]
+    cache.invalidate()
+    await sqlite_store.close()  # every read now raises StoreUnavailable
+    assert [s.id for s in await cache.current(NOW + 1)] == [silence.id]
+    with pytest.raises(StoreUnavailable):  # never read: not knowing is not "no silence"
+        await SilenceCache(sqlite_store.silences).current(NOW + 1)
 
 
 @pytest.mark.parametrize(
