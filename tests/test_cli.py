@@ -782,6 +782,7 @@ def test_dlq_on_a_fresh_store(tmp_path: Path) -> None:
     assert "replayed 0" in replay_all.stdout
     assert replay_one.returncode == 1
     assert "ntf_nope" in replay_one.stderr
+    assert replay_one.stdout == ""  # no "replayed 0" before the error
 
 
 def test_reading_commands_create_no_store_and_say_none_is_there(tmp_path: Path) -> None:
