@@ -441,6 +441,9 @@ async def test_a_failing_handler_answers_a_json_500_and_logs_why(
         resp = await client.get("/readyz")
         assert resp.status == 500 and resp.content_type == "application/json"
         assert (await resp.json())["error"].startswith("internal error")
+        assert resp.headers["Server"] == "relay"  # aiohttp's named Python's and its versions
+        missing = await client.get("/nope")
+        assert missing.status == 404 and missing.headers["Server"] == "relay"
     [failed] = [r for r in caplog.records if r.getMessage() == "request failed"]
     assert failed.exc_info is not None and getattr(failed, "path", None) == "/readyz"
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadStatusLine, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
@@ -52,6 +52,9 @@ def wire_error(status: int, exc: BaseException | None) -> dict[str, str]:
     return {"error": "malformed HTTP request"}
 
 
+SERVER = "relay"  # aiohttp's default named Python's and aiohttp's versions to every client
+
+
 class _JsonErrorHandler(RequestHandler):
     __slots__ = ()
 
@@ -67,6 +70,7 @@ class _JsonErrorHandler(RequestHandler):
             body=orjson.dumps(wire_error(status, exc)),
             status=plain.status,
             content_type="application/json",
+            headers={hdrs.SERVER: SERVER},
         )
         response.force_close()
         return response

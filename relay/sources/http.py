@@ -44,6 +44,7 @@ from relay.sources._body import (
     json_object,
 )
 from relay.sources._budget import BodyBudget, Hold
+from relay.sources._wire import SERVER
 from relay.store import Store
 
 log = logging.getLogger("relay.http")
@@ -579,6 +580,7 @@ def build_app(deps: HttpDeps) -> web.Application:
         middlewares=[_json_http_errors, _count_rejections(deps), _store_unavailable],
         handler_args={"auto_decompress": False},
     )
+    app.on_response_prepare.append(name_the_server)
     h = Handlers(deps)
     add = route_adder(app, deps)
     add("GET", "/metrics", functools.partial(_metrics, deps))
@@ -592,6 +594,10 @@ def build_app(deps: HttpDeps) -> web.Application:
     add("POST", "/v1/dlq/{id}/replay", h.dlq_replay_one)
     add_silence_routes(add, deps)
     return app
+
+
+async def name_the_server(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[hdrs.SERVER] = SERVER
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -197,6 +197,7 @@ async def test_malformed_requests_get_a_4xx_and_relay_keeps_serving(
         code = int(head.split()[1])
         assert 400 <= code < 500, head
         assert b"application/json" in head and "error" in json.loads(body), answer[:300]
+        assert b"\r\nServer: relay\r\n" in head, head  # no Python or aiohttp version
     await post_ok(r)
 
 
