@@ -48,12 +48,15 @@ class JsonFormatter(logging.Formatter):
 
 
 # C0 and C1 controls, DEL, and the line and paragraph separators: line breaks to str.splitlines
-# and to JSON-unaware readers, or (ESC, CSI) orders to the terminal that shows the text
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# and to JSON-unaware readers, or (ESC, CSI) orders to the terminal that shows the text; and the
+# bidirectional overrides, which make a terminal show text in another order than it is in
+# ("Trojan Source": a run id that reads as another)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-def _escaped(char: str) -> str:
+def escaped(char: str) -> str:
+    """One character as the escape sequence a reader can type back: `\\n`, `\\x1b`, `\\u202e`."""
     code = ord(char)
     return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
@@ -62,7 +65,7 @@ def one_line(value: object) -> str:
     """`value` as text that cannot start a line of its own nor steer a terminal: a run id or
     task name carrying a line break would otherwise write a forged line into a text log or a
     CLI listing, and one carrying ESC could recolour or clear the operator's screen."""
-    return _UNPRINTABLE.sub(lambda m: _escaped(m[0]), str(value))
+    return _UNPRINTABLE.sub(lambda m: escaped(m[0]), str(value))
 
 
 class TextFormatter(logging.Formatter):

@@ -473,13 +473,13 @@ async def test_serve_runs_on_uvloop_when_it_is_installed(
 def test_a_text_log_line_stays_one_line_whatever_a_run_carries() -> None:
     """A run id or task with a line break wrote a forged line into a text log (`RELAY_LOG_FORMAT
     =text`): what comes from outside is written with its line breaks escaped."""
-    forged = "run_1\n12:00:00 ERROR   store unavailable\r\u2028\x1b[2J"
+    forged = "run_1\n12:00:00 ERROR   store unavailable\r\u2028\x1b[2J\u202e"
     record = logging.makeLogRecord(
         {"msg": "rule matched: %s", "args": (forged,), "levelname": "INFO", "run_id": forged}
     )
     line = TextFormatter().format(record)
-    assert not any(c in line for c in "\n\r\u2028\x1b")  # nor an ESC that clears the screen
-    assert line.endswith(r"run_id=run_1\n12:00:00 ERROR   store unavailable\r\u2028\x1b[2J")
+    assert not any(c in line for c in "\n\r\u2028\x1b\u202e")  # nor an ESC that clears the screen
+    assert line.endswith(r"run_id=run_1\n12:00:00 ERROR   store unavailable\r\u2028\x1b[2J\u202e")
 
 
 async def _reloaded_while_waiting(

@@ -11,13 +11,15 @@ import re
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.config import ChannelSettings
 from relay.errors import DeliveryError
+from relay.logs import escaped
 
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text: str) -> str:
-    """`text` with CRLF as LF and every other control character but tab as `\\xNN`."""
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text.replace("\r\n", "\n"))
+    """`text` with CRLF as LF, and every other control character but tab, and the bidirectional
+    overrides (which make a terminal show text in another order), escaped (relay.logs)."""
+    return _CONTROLS.sub(lambda m: escaped(m[0]), text.replace("\r\n", "\n"))
 
 
 class ConsoleSettings(ChannelSettings):

@@ -562,9 +562,10 @@ async def test_console_prints_and_never_raises_for_normal_input() -> None:
         text = parts.get("txt", "")
         expected += text if text.endswith("\n") else text + "\n"
     assert stdout.getvalue() == expected
-    hostile = "\x1b[2J\x1b]0;pwned\x07 a\r\nb\rc\x00\td\x9b"
+    hostile = "\x1b[2J\x1b]0;pwned\x07 a\r\nb\rc\x00\td\x9b run_\u202e9\u2066"
     await channel.send(Outgoing("ntf_1", "run_1", "r", {"txt": hostile}, 1.7e9))
-    assert stdout.getvalue() == expected + "\\x1b[2J\\x1b]0;pwned\\x07 a\nb\\x0dc\\x00\td\\x9b\n"
+    shown = "\\x1b[2J\\x1b]0;pwned\\x07 a\nb\\rc\\x00\td\\x9b run_\\u202e9\\u2066\n"
+    assert stdout.getvalue() == expected + shown
     stdout.close()  # a broken stdout is a classified, retryable failure, not a crash
     err = await failure(channel, "console")
     assert (err.reason, err.retryable) == ("other", True)
