@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import difflib
 
-from relay.config import Config, LoadedConfig, RuleConfig
+from relay.config import Config, LoadedConfig, MatchConfig, RuleConfig
 from relay.model import EVENT_STATUSES, Run
-from relay.rules import Locate, statuses_of
+from relay.rules import Locate, passes_filters, statuses_of
 from relay.yamlconf import dotted
 
 
@@ -23,6 +23,7 @@ def config_warnings(loaded: LoadedConfig) -> list[str]:
     if not config.rules:  # valid, and most likely not what the operator meant
         warnings.append(f"{loaded.source.filename}: no rules: updates are taken in, none is sent")
     warnings += _never_matching(config.rules, locate)
+    warnings += _filtering_what_events_lack(config.rules, locate)
     warnings += _shadowed(config.rules, locate)
     warnings += _match_names_in_group_by(config.rules, locate)
     warnings += _yaml11_words(loaded)
@@ -45,6 +46,36 @@ def _never_matching(rules: list[RuleConfig], locate: Locate) -> list[str]:
                 f"{locate(('rules', i, 'match', 'status'))}: rules[{i}].match.status: event"
                 f" {rule.match.event} carries {', '.join(sorted(carried))}; this rule never fires"
             )
+    return out
+
+
+_NOT_IN_ALERTS = ("tags", "cost_cents", "base_cost_cents", "duration_ms", "is_test", "metadata")
+# The match keys an event other than `run` has no value for: no alert webhook carries tags,
+# cost, duration, metadata or a test flag, and a deployment has no task (its taskIdentifier
+# is ""). A filter on them sees the event as a run without them.
+_LACKED_KEYS = {
+    "deployment.failed": ("task", "task_regex", *_NOT_IN_ALERTS),
+    "deployment.success": ("task", "task_regex", *_NOT_IN_ALERTS),
+    "error": _NOT_IN_ALERTS,
+}
+
+
+def _filtering_what_events_lack(rules: list[RuleConfig], locate: Locate) -> list[str]:
+    """Warnings for rules filtering an event on a key it never carries (`event:
+    deployment.failed` with `task: billing/*` or `cost_cents: {gt: 500}`) in a way no such
+    event passes: valid, and never firing."""
+    out = []
+    for i, rule in enumerate(rules):
+        event = rule.match.event
+        blank = Run(id="-", event=event, status="")
+        for key in _LACKED_KEYS.get(event, ()):
+            value = getattr(rule.match, key)
+            alone = MatchConfig.model_construct(event=event, **{key: value})
+            if value is not None and not passes_filters(alone, blank):
+                out.append(
+                    f"{locate(('rules', i, 'match', key))}: rules[{i}].match.{key}: event"
+                    f" {event} carries no {key}; this rule never fires"
+                )
     return out
 
 

@@ -331,6 +331,11 @@ def statuses_of(names: list[str] | None) -> frozenset[str] | None:
     return frozenset(out)
 
 
+def passes_filters(match: MatchConfig, run: Run) -> bool:
+    """Whether `run` passes the filters of `match` besides its event and status."""
+    return all(predicate(run) for predicate in _match_predicates(match))
+
+
 def _match_predicates(match: MatchConfig) -> list[Predicate]:
     preds: list[Predicate] = []
     if match.task:

@@ -244,6 +244,40 @@ rules:
     ]
 
 
+def test_check_warns_of_a_rule_filtering_an_event_on_what_it_never_carries(
+    tmp_path: Path,
+) -> None:
+    """A deployment has no task, and no alert webhook carries tags, cost, duration, metadata or
+    a test flag: `event: deployment.failed` with `task: billing/*` passed `relay check` and
+    never fired. Filters every such event passes (`task: "*"`, `is_test: false`) say nothing."""
+    config = write(
+        tmp_path / "c.yaml",
+        """\
+channels:
+  out: {type: console}
+rules:
+  - {name: a, match: {event: deployment.failed, task: "billing/*"}, notify: [out]}
+  - {name: b, match: {event: deployment.success, tags: {any: [env:prod]}}, notify: [out]}
+  - {name: c, match: {event: error, cost_cents: {gt: 500}}, notify: [out]}
+  - {name: d, match: {event: error, is_test: true, metadata: {tier: x}}, notify: [out]}
+  - {name: e, match: {event: error, task: "sync-*", is_test: false}, notify: [out]}
+  - {name: f, match: {event: deployment.failed, task: "*", tags: {none: [x]}}, notify: [out]}
+  - {name: g, match: {cost_cents: {gt: 500}, tags: {any: [vip]}}, notify: [out]}
+""",
+    )
+    assert warnings_of(config, "never fires") == [
+        f"warning: {config}:{line}: rules[{i}].match.{key}: event {event} carries no {key};"
+        " this rule never fires"
+        for line, i, key, event in (
+            (4, 0, "task", "deployment.failed"),
+            (5, 1, "tags", "deployment.success"),
+            (6, 2, "cost_cents", "error"),
+            (7, 3, "is_test", "error"),
+            (7, 3, "metadata", "error"),
+        )
+    ]
+
+
 def test_check_warns_of_a_rule_below_a_catch_all(tmp_path: Path) -> None:
     """The first matching rule wins: below a rule without `continue` that matches every update
     it could, a rule silently never fires. Said where sure; a rule above that narrows by more
