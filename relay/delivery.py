@@ -31,7 +31,7 @@ from relay.channels import Channel, Outgoing, Recovery
 from relay.config import RetryPolicy
 from relay.errors import DeliveryError, StoreUnavailable
 from relay.grouping import digest_context, digest_id
-from relay.model import Notification
+from relay.model import Notification, subject_of
 from relay.silences import SilenceCache, silenced_by
 from relay.store import BirthLease, Store
 from relay.templating import RenderContext, Rendered, Renderer
@@ -643,9 +643,16 @@ class ChannelLoop:
                 extra={**self._extra(head), "reason": "template", "error": rendered.error},
             )
             self._event("template_error", head, "template")
-        run_id = head.run_id if len(rows) == 1 else ""
+        run_id, subject = (head.run_id, subject_of(head.run)) if len(rows) == 1 else ("", None)
         return Outgoing(
-            ident, run_id, head.rule, rendered.parts, self.deps.clock(), recovers, group_key
+            ident,
+            run_id,
+            head.rule,
+            rendered.parts,
+            self.deps.clock(),
+            recovers,
+            group_key,
+            subject,
         )
 
     def _rendered(self, rows: list[Notification], wall_s: float | None) -> Rendered:

@@ -360,6 +360,19 @@ def notification_id(run_id: str, rule: str, channel: str) -> str:
     return "ntf_" + digest.hexdigest()
 
 
+def subject_of(run: dict[str, Any]) -> str | None:
+    """What messages about `run` are about when it is not the run itself, for channels that
+    keep one thread per subject: an error-group alert is about its error group in its
+    environment (errgrp_<fingerprint>:<environment id>, PagerDuty's dedup key too), so a
+    regression or a later alert of the group follows the first. None: the run (its id)."""
+    error, env = run.get("error"), run.get("environment")
+    fingerprint = error.get("fingerprint") if isinstance(error, dict) else None
+    if run.get("event") != "error" or not isinstance(fingerprint, str) or not fingerprint:
+        return None
+    env_id = env.get("id") if isinstance(env, dict) else None
+    return f"errgrp_{fingerprint}" + (f":{env_id}" if isinstance(env_id, str) else "")
+
+
 def recovery_id(firing_id: str) -> str:
     """Stable id of the recovery of notification `firing_id`: one per firing notification."""
     digest = hashlib.blake2b(f"{firing_id}\x1frecovered".encode(), digest_size=12)

@@ -25,6 +25,7 @@ from relay.model import Run
 from relay.rules import compile_rules
 from relay.templating import RenderContext, Renderer
 from tests.conftest import FIXTURES, Relay, RelayFactory, Sink, assert_golden, sdk_run
+from tests.fakes.slack import FIRST_TS, TOKEN, FakeSlack
 
 SHIPPED = FIXTURES / "alert-webhooks"
 OURS = Path(__file__).parent / "fixtures" / "trigger_alerts"
@@ -359,6 +360,30 @@ async def test_error_group_alerts_once_per_distinct_alert(relay: RelayFactory, s
     payloads = [g.json() for g in await sink.wait_for(2)]
     assert sorted(p["classification"] for p in payloads) == ["new_issue", "regression"]
     assert await stored(r) == 2
+
+
+async def test_an_error_groups_alerts_share_one_slack_thread(
+    relay: RelayFactory, slack: FakeSlack
+) -> None:
+    """Each alert of an error group has its own id (it notifies once), and each used to start
+    a top-level Slack message: a regression hid nowhere near the first alert. They now thread
+    under the group's first message (broadcast, as news), per environment, as PagerDuty's
+    dedup key groups them; another group starts its own thread."""
+    bot = f"{{type: slack, token: {TOKEN}, channel: '#oncall', api_url: {slack.api_url}}}"
+    r = await relay(
+        f"sources:\n  trigger_alerts:\n    secret: {SECRET}\nchannels:\n  bot: {bot}\n"
+        "rules:\n  - {name: errors, match: {event: error}, notify: [bot]}\n"
+    )
+    staging = {"object.environment.id": "cm_staging_env"}
+    other = {"object.error.fingerprint": "fp_other"}
+    bodies = [body_of(ERROR), body_of("alert.error.regression"), variant(ERROR, staging)]
+    for body in [*bodies, variant(ERROR, other)]:
+        assert (await post_alert(r, body))[1]["notifications"] == 1
+        await slack.wait_for(len(slack.calls) + 1)
+    first, regression, staged, new_group = slack.posted()
+    assert "thread_ts" not in first and "thread_ts" not in new_group
+    assert "thread_ts" not in staged  # the same fingerprint in another environment
+    assert regression["thread_ts"] == FIRST_TS and regression["reply_broadcast"] is True
 
 
 # ----------------------------------------------------------------------------- rules & config

@@ -40,6 +40,7 @@ class Outgoing:
     timestamp: float
     recovers: Recovery | None = None
     group_key: str | None = None  # set when the notification belongs to a digest group
+    subject: str | None = None  # what a thread is about when not the run (an error group)
 
     def log_fields(self, channel: str) -> dict[str, str]:
         """The fields of every log line about this message (SPEC: run id, rule and channel)."""

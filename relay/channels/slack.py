@@ -9,7 +9,9 @@ With a bot token, the `ts` of the first message about a run is kept in the store
 `slack_thread`, key `<channel name>:<slack channel>:<run id>`) and later messages about that run
 go into its thread; for a rule with `group_by`, the thread is the digest group's (key
 `<channel name>:<slack channel>:group:<group key>`), so each group's digests follow its first
-one. A digest's reply is also broadcast to the channel (`reply_broadcast`): it tells of new
+one; an error-group alert's thread is its error group's (key `…:errgrp_<fingerprint>:<environment
+id>`), so a regression or a later alert follows the group's first. Such a reply (a digest's, an
+error group's) is also broadcast to the channel (`reply_broadcast`): it tells of new
 failures, and a group lives as long as its runs keep coming (weeks), so a reply seen only in
 the thread of a days-old message, notifying nobody, would hide them. A run's follow-ups
 (another rule, a recovery that cannot update) stay in its thread. Each reply touches the
@@ -287,8 +289,11 @@ def slack_message(rendered: str, default_text: str) -> dict[str, Any]:
 
 
 def thread_subject(message: Outgoing) -> str:
-    """What a thread is about: the digest group of a grouped rule, else the run (its id)."""
-    return f"group:{message.group_key}" if message.group_key else message.run_id
+    """What a thread is about: the digest group of a grouped rule, else the run's subject (an
+    error-group alert's group) or the run (its id)."""
+    if message.group_key:
+        return f"group:{message.group_key}"
+    return message.subject or message.run_id
 
 
 class SlackChannel:
@@ -410,7 +415,9 @@ class SlackChannel:
         `key` (none: no threading) for the next message; the receipt."""
         if thread_ts is not None:
             body["thread_ts"] = thread_ts
-            if message.group_key:  # new failures: shown in the channel too, not only the thread
+            if (
+                message.group_key or message.subject
+            ):  # news: in the channel too, not only the thread
                 body["reply_broadcast"] = True
         try:
             answer = await self._chat_post(body, message)
