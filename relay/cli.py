@@ -9,7 +9,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -287,12 +287,26 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     if not views:
         print("no dead notifications")
         return 0
-    print(f"{'ID':<28} {'RUN':<32} {'CHANNEL':<16} {'ATTEMPTS':>8}  REASON")
-    for v in views:
-        why = failure(v["reason"], v["error"])
-        line = f"{v['id']:<28} {v['run_id']:<32} {v['channel']:<16} {v['attempts']:>8}  {why}"
-        print(one_line(line))  # a run id or a receiver's error text steers no terminal
+    rows_shown = [
+        [v["id"], v["run_id"], v["channel"], str(v["attempts"]), failure(v["reason"], v["error"])]
+        for v in views
+    ]
+    print_table(["ID", "RUN", "CHANNEL", "ATTEMPTS", "REASON"], rows_shown, right={3})
     return 0
+
+
+def print_table(head: list[str], rows: list[list[str]], right: Collection[int] = ()) -> None:
+    """`rows` under `head` in columns as wide as their longest cell (an error group's run id is
+    ~90 characters, a notification id 28), two spaces apart; the last column is not padded.
+    Cells are escaped (relay.logs.one_line): run data steers no terminal, starts no line."""
+    cells = [[one_line(cell) for cell in row] for row in [head, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head) - 1)]
+    for row in cells:
+        padded = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=False))
+        ]
+        print("  ".join([*padded, row[-1]]).rstrip())
 
 
 def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
@@ -485,15 +499,13 @@ def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
     if not views:
         print("no silences")
         return 0
-    print(f"{'ID':<22} {'STATE':<8} {'STARTS':<25} {'ENDS':<25} {'BY':<12} MATCHERS / COMMENT")
+    rows = []
     for v in views:
         matchers = " ".join(f"{k}={','.join(vals)}" for k, vals in v["matchers"].items())
-        line = (
-            f"{v['id']:<22} {v['state']:<8} {v['starts_at']:<25} {v['ends_at']:<25} "
-            f"{v['created_by'][:12]:<12} {matchers}"
-            + (f"  # {v['comment']}" if v["comment"] else "")
-        )
-        print(one_line(line))  # a comment's line break forges no silence, ESC steers nothing
+        comment = f"  # {v['comment']}" if v["comment"] else ""
+        when = [v["starts_at"], v["ends_at"]]
+        rows.append([v["id"], v["state"], *when, v["created_by"][:12], matchers + comment])
+    print_table(["ID", "STATE", "STARTS", "ENDS", "BY", "MATCHERS / COMMENT"], rows)
     return 0
 
 
