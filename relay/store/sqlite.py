@@ -1,7 +1,9 @@
 """The SQLite engine: one file, WAL, one writer thread, group commit.
 
 Every method is an op run by relay.store._sqlite_writer.Writer: concurrent calls share one
-transaction and one fsync, and each call's writes commit together or not at all. Several processes
+transaction and one fsync, and each call's writes commit together or not at all. The long
+reads (history, events, dead letters) run on a reader connection of their own instead
+(relay.store._sqlite_reader), so that commits do not wait for them. Several processes
 may share the file (`relay dlq replay` while `relay serve` runs): WAL lets readers run beside the
 writer, and BEGIN IMMEDIATE with a busy timeout makes writers queue instead of failing.
 """
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from relay.store import (
 from relay.store._rows import to_notification, to_silence
 from relay.store._sqlite_history import event_rows, history_rows
 from relay.store._sqlite_lock import WriteLock
+from relay.store._sqlite_reader import Reader
 from relay.store._sqlite_schema import (
     PRUNE_BATCH,
     SCHEMA_VERSION,
@@ -94,6 +98,7 @@ class SQLiteStore:
         self._max_pages = max_pages
         self._holder = holder  # recorded with each claim: release_leases(holder) frees them
         self._writer = Writer(WriteLock(self.path, _BUSY_TIMEOUT_MS / 1000))
+        self._reader = Reader()  # long reads (history, dead letters) beside the writer
         self._alive: WriteLock | None = None  # with a holder: held while this process lives
         self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
 
@@ -105,6 +110,11 @@ class SQLiteStore:
     async def open(self) -> None:
         """Create the file and its directory if needed, then create or migrate the schema."""
         await self._writer.start(lambda: _connect(self.path, self._max_pages))
+        try:
+            await self._reader.start(lambda: _connect_reader(self.path))
+        except BaseException:
+            await self._writer.stop()
+            raise
         self._file = _identity(self.path)
         if self._holder:  # a predecessor orphaned by a parent's kill -9 exits first
             self._alive = _holder_lock(self.path, self._holder, HOLDER_WAIT_S)
@@ -112,7 +122,10 @@ class SQLiteStore:
 
     async def close(self) -> None:
         """Finish queued operations and close the file; later calls raise StoreUnavailable."""
-        await self._writer.stop()
+        try:  # the reader first: the writer's close, the last, checkpoints and removes the -wal
+            await self._reader.stop()
+        finally:
+            await self._writer.stop()
         if self._alive is not None:
             self._alive.close()
             self._alive = None
@@ -203,7 +216,7 @@ class SQLiteStore:
         )
 
     async def dead_letters(self, limit: int = 1000) -> list[Notification]:
-        rows = await self._writer.run(
+        rows = await self._reader.run(
             lambda conn: conn.execute(
                 "SELECT * FROM outbox WHERE state = 'dead' ORDER BY updated_at DESC, id LIMIT ?",
                 (limit,),
@@ -356,10 +369,10 @@ class SQLiteStore:
         )
 
     async def history(self, query: HistoryQuery) -> list[Notification]:
-        return await self._writer.run(lambda conn: history_rows(conn, query))
+        return await self._reader.run(lambda conn: history_rows(conn, query))
 
     async def events(self, notification_id: str) -> list[dict[str, object]]:
-        return await self._writer.run(lambda conn: event_rows(conn, notification_id))
+        return await self._reader.run(lambda conn: event_rows(conn, notification_id))
 
     async def prune(self, before: float) -> int:
         """A batch of notifications per transaction, so that ingest goes on between them."""
@@ -612,6 +625,25 @@ def _connect(
         if isinstance(exc, sqlite3.Error):
             raise _open_failed(path, exc) from exc
         raise
+    return conn
+
+
+def _connect_reader(path: Path) -> sqlite3.Connection:
+    """In the reader thread: the file the writer opened (never a new one), for reads only."""
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=rw"
+    try:
+        conn = sqlite3.connect(uri, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None, uri=True)
+    except sqlite3.Error as exc:
+        raise _open_failed(path, exc) from exc
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS:d}")
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("PRAGMA temp_store = MEMORY")  # a large ORDER BY sorts in memory, as above
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the file itself, now
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _open_failed(path, exc) from exc
     return conn
 
 

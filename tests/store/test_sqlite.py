@@ -348,6 +348,106 @@ async def test_the_history_reads_the_newest_rows_from_an_index(store: SQLiteStor
     assert "outbox_created" in names
 
 
+# --- the reader connection -------------------------------------------------------------------
+
+
+async def test_long_reads_are_answered_while_the_writer_is_busy(store: SQLiteStore) -> None:
+    """A 10,000-row history page ran on the writer thread and held every commit behind it
+    (~300 ms at 160,000 rows); history, events and dead letters read on a connection of
+    their own now. Here the writer's thread waits until they answered."""
+    [ident] = await enqueue(store, "run_1", 1.0)
+    await store.mark_dead(ident, now=2.0, attempts=1, reason="http_4xx", error="400")
+    started, answered = threading.Event(), threading.Event()
+
+    def busy(_: sqlite3.Connection) -> bool:
+        started.set()
+        return answered.wait(30)
+
+    write = asyncio.ensure_future(store._writer.run(busy))
+    await asyncio.to_thread(started.wait, 10)
+    try:
+        assert [n.id for n in await store.history(HistoryQuery())] == [ident]
+        assert [e["kind"] for e in await store.events(ident)] == ["created", "dead"]
+        assert [n.id for n in await store.dead_letters()] == [ident]
+    finally:
+        answered.set()
+    assert await write is True
+
+
+async def test_long_reads_see_every_write_committed_before_them(store: SQLiteStore) -> None:
+    """Read-your-writes: a call's writes committed when it returned, and a read started after
+    that sees them (a replay, then the dead-letter list), with other writes in the batches."""
+    others = [asyncio.ensure_future(enqueue(store, f"other_{i}", 1.0)) for i in range(50)]
+    for i in range(20):
+        [ident] = await enqueue(store, f"run_{i}", 1.0)
+        assert [n.id for n in await store.history(HistoryQuery(run_id=f"run_{i}"))] == [ident]
+        await store.mark_dead(ident, now=2.0, attempts=1, reason="http_4xx", error="400")
+        assert ident in [n.id for n in await store.dead_letters()]
+        assert [e["kind"] for e in await store.events(ident)] == ["created", "dead"]
+        assert await store.replay([ident], now=3.0) == 1
+        assert ident not in [n.id for n in await store.dead_letters()]
+    await asyncio.gather(*others)
+
+
+async def test_long_reads_answer_while_another_process_holds_the_write_lock(
+    store: SQLiteStore,
+) -> None:
+    """WAL: a reader does not wait for a writer. On the writer thread a history page waited
+    out the busy timeout (5 s) behind `relay dlq replay` or a second relay, then failed."""
+    [ident] = await enqueue(store, "run_1", 1.0)
+    with closing(sqlite3.connect(store.path, isolation_level=None)) as locker:
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            assert [n.id for n in await store.history(HistoryQuery())] == [ident]
+        finally:
+            locker.execute("ROLLBACK")
+
+
+async def test_a_corrupt_page_fails_a_long_read_with_store_unavailable(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    store = SQLiteStore(path)
+    await store.open()
+    for i in range(200):
+        await enqueue(store, f"run_{i}", 1.0)
+    await store.close()  # the last connection: its rows are in the file, the -wal is gone
+    await store.open()
+    try:
+        with path.open("r+b") as file:  # every page but the first (the schema) overwritten
+            file.seek(4096)
+            file.write(b"\xff" * (path.stat().st_size - 4096))
+        with pytest.raises(StoreUnavailable, match=r"^store operation failed: SQLITE_CORRUPT"):
+            await store.history(HistoryQuery())
+    finally:
+        await store.close()
+
+
+async def test_a_deleted_file_is_read_as_the_writer_reads_it(store: SQLiteStore) -> None:
+    """The reader reads the file the writer opened, as the writer does: a history page of a
+    file deleted meanwhile answers from it (ingest refuses, tests/hardening/test_disk.py), and
+    no read creates a new, empty file at the path."""
+    [ident] = await enqueue(store, "run_1", 1.0)
+    store.path.unlink()
+    assert [n.id for n in await store.history(HistoryQuery())] == [ident]
+    assert [n.id for n in await store.dead_letters()] == []
+    assert not store.path.exists()
+
+
+async def test_close_finishes_the_reads_asked_then_ends_the_thread(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "relay.db")
+    await store.open()
+    await enqueue(store, "run_1", 1.0)
+    reading = asyncio.ensure_future(store.history(HistoryQuery()))
+    await asyncio.sleep(0)  # the read is asked, then the store closes
+    await store.close()
+    assert len(await reading) == 1
+    assert not [t for t in threading.enumerate() if t.name.startswith("relay-store")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["relay.db", "relay.db-writer.lock"]
+    with pytest.raises(StoreUnavailable, match="store is closed"):
+        await store.history(HistoryQuery())
+    with pytest.raises(StoreUnavailable, match="store is closed"):
+        await store.dead_letters()
+
+
 # --- URLs ----------------------------------------------------------------------------------------
 
 
