@@ -2,7 +2,9 @@
 
 A source update opens the window of an inhibit rule for its `equal` values until now + duration;
 while it is open, a notification whose run fits the rule's `target_match` and shares those values
-is recorded as muted ("inhibited:<rule>"), not sent. Windows live in the store's key-value table
+is recorded as muted ("inhibited:<rule>"), not sent. An update matching the rule's `close_match`
+(a successful deployment after a failed one) ends an open window at once, as a resolved source
+alert ends its inhibition in Alertmanager. Windows live in the store's key-value table
 (namespace "inhibit"), so they survive restarts. A run opens or extends a window only with an
 update newer than the one it last opened it with (namespace "inhibit_source", pruned with the
 runs): a Realtime snapshot or a retried push repeats old sources, which must not mute anew.
@@ -69,9 +71,13 @@ class _Rule:
     rule: InhibitRule
     source: dict[str, tuple[str, ...]] | None  # None: a source_digest
     target: dict[str, tuple[str, ...]]
+    close: dict[str, tuple[str, ...]] | None = None
 
     def opened_by(self, run: Run) -> bool:
         return self.source is not None and fits(self.source, run_fields(run))
+
+    def closed_by(self, run: Run) -> bool:
+        return self.close is not None and fits(self.close, run_fields(run))
 
 
 @dataclass
@@ -146,31 +152,10 @@ async def inhibitions(
 
     `rules_of(run)` names the rules a run matches, for `source_digest` sources.
     """
-    compiled = [
-        _Rule(
-            r,
-            None if r.source_match is None else parse_matchers(r.source_match),
-            parse_matchers(r.target_match or {"event": "run"}),
-        )
-        for r in rules
-    ]
+    compiled = [_compiled(r) for r in rules]
     windows = _Windows(now)
     for run, earlier_ms in zip(runs, _earlier_ms(runs), strict=True):
-        matched: Collection[str] | None = None
-        for item in compiled:
-            if item.opened_by(run):
-                if not await windows.stale(kv, run, earlier_ms) and await _news(
-                    kv, item.rule, run, windows, counted=False
-                ):
-                    key = window_key(item.rule, run)
-                    windows.until[key] = now + item.rule.duration
-                    await kv.kv_put(NAMESPACE, key, repr(windows.until[key]), now)
-            elif item.rule.source_digest is not None:
-                matched = rules_of(run) if matched is None else matched
-                if item.rule.source_digest.rule in matched and not await windows.stale(
-                    kv, run, earlier_ms
-                ):
-                    await _count(kv, item.rule, run, windows)
+        await _take_sources(kv, compiled, run, earlier_ms, windows, rules_of=rules_of)
     for run in runs:
         for item in compiled:
             if fits(item.target, run_fields(run)):
@@ -192,6 +177,56 @@ async def inhibitions(
     return check
 
 
+def _compiled(rule: InhibitRule) -> _Rule:
+    return _Rule(
+        rule,
+        None if rule.source_match is None else parse_matchers(rule.source_match),
+        parse_matchers(rule.target_match or {"event": "run"}),
+        None if rule.close_match is None else parse_matchers(rule.close_match),
+    )
+
+
+async def _take_sources(
+    kv: KeyValue,
+    compiled: list[_Rule],
+    run: Run,
+    earlier_ms: int,
+    windows: _Windows,
+    *,
+    rules_of: RulesOf,
+) -> None:
+    """Open, extend or close the windows `run` is a new source (or closer) of; count it into
+    the pile-ups of the digest rules it matches."""
+    matched: Collection[str] | None = None
+    for item in compiled:
+        if item.opened_by(run) or item.closed_by(run):
+            if not await windows.stale(kv, run, earlier_ms) and await _news(
+                kv, item.rule, run, windows, counted=False
+            ):
+                await _open_or_close(kv, item, run, windows)
+        elif item.rule.source_digest is not None:
+            matched = rules_of(run) if matched is None else matched
+            if item.rule.source_digest.rule in matched and not await windows.stale(
+                kv, run, earlier_ms
+            ):
+                await _count(kv, item.rule, run, windows)
+
+
+async def _open_or_close(kv: KeyValue, item: _Rule, run: Run, windows: _Windows) -> None:
+    """A source opens (or extends) its window until now + duration; an update matching
+    `close_match` ends an open one now, so its targets go out again (a successful deployment
+    after a failed one)."""
+    key, now = window_key(item.rule, run), windows.now
+    if item.opened_by(run):
+        windows.until[key] = now + item.rule.duration
+    else:
+        await _load(kv, item, key, windows)
+        if windows.until[key] <= now:
+            return  # nothing open: nothing to write
+        windows.until[key] = now
+    await kv.kv_put(NAMESPACE, key, repr(windows.until[key]), now)
+
+
 async def _load(kv: KeyValue, item: _Rule, key: str, windows: _Windows) -> None:
     """The stored window (or pile-up) of `key`, unless this call already has it."""
     if item.source is not None and key not in windows.until:
@@ -204,9 +239,10 @@ async def _load(kv: KeyValue, item: _Rule, key: str, windows: _Windows) -> None:
 async def _news(
     kv: KeyValue, rule: InhibitRule, run: Run, windows: _Windows, *, counted: bool
 ) -> bool:
-    """Whether `run` is a new source of `rule`: seen for the first time, or (unless `counted`:
-    a pile-up counts runs, not updates) with a newer `updatedAt`. A stale or repeated update
-    (a Realtime snapshot, a retried push or alert) opens no window and counts no run again."""
+    """Whether `run` is a new source (or closer) of `rule`: seen for the first time, or (unless
+    `counted`: a pile-up counts runs, not updates) with a newer `updatedAt`. A stale or repeated
+    update (a Realtime snapshot, a retried push or alert) opens or closes no window and counts no
+    run again."""
     key = _source_key(rule, run)
     if key not in windows.sources:
         windows.sources[key] = await kv.kv_get(SOURCES, key)

@@ -141,11 +141,12 @@ class InhibitRule(_Strict):
     name: str = Field(min_length=1)
     source_match: dict[str, Any] | None = None
     source_digest: DigestSource | None = None
+    close_match: dict[str, Any] | None = None  # updates that close a source_match's window
     target_match: dict[str, Any] = {"event": "run"}
     equal: list[str] = []
     duration: Duration = 1800.0
 
-    @field_validator("source_match", "target_match")
+    @field_validator("source_match", "close_match", "target_match")
     @classmethod
     def _matchers(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value:
@@ -155,11 +156,12 @@ class InhibitRule(_Strict):
                 raise ValueError(f"{exc.field}: {exc.message}") from None
         return value
 
-    @field_validator("source_match")
+    @field_validator("source_match", "close_match")
     @classmethod
     def _source_known(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         """A source is an update, before any rule or channel: with nothing else to fit, every
-        update would be a source (`{}` failed every intake), and never muted by its own rule."""
+        update would be a source (`{}` failed every intake), and never muted by its own rule.
+        So is an update that closes a window."""
         if value is not None and not set(value) - set(SOURCE_UNKNOWN):
             raise ValueError(
                 "needs at least one of event, status, task, tag"
@@ -170,6 +172,11 @@ class InhibitRule(_Strict):
     def model_post_init(self, context: Any) -> None:
         if (self.source_match is None) == (self.source_digest is None):
             raise ValueError("an inhibit rule needs exactly one of source_match, source_digest")
+        if self.close_match is not None and self.source_digest is not None:
+            raise ValueError(
+                "close_match closes the window a source_match update opened; a source_digest"
+                " window closes by itself when the pile-up is over"
+            )
 
 
 def _wall_clock(now: float, location: str) -> datetime:

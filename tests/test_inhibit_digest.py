@@ -90,6 +90,14 @@ inhibit_rules:
         ("{name: i}", "an inhibit rule needs exactly one of source_match, source_digest"),
         ("{name: i, source_digest: {rule: digest, min_count: 0}}", "greater than or equal to 1"),
         ("{name: i, source_digest: {rule: digest}}", "required key is missing"),
+        (
+            "{name: i, source_digest: {rule: digest, min_count: 3}, close_match: {event: run}}",
+            "a source_digest window closes by itself when the pile-up is over",
+        ),
+        (
+            "{name: i, source_match: {event: run}, close_match: {rule: single}}",
+            "needs at least one of event, status, task, tag",
+        ),
     ],
 )
 def test_source_digest_is_checked(inhibit: str, message: str) -> None:
@@ -175,6 +183,53 @@ async def test_a_newer_source_update_extends_the_window(store: SQLiteStore) -> N
     assert await inhibited(store, crashed("2026-11-25T10:00:00Z"), now=100.0) is not None
     assert await inhibited(store, crashed("2026-11-25T09:00:00Z"), now=5000.0) is None  # stale
     assert await inhibited(store, crashed("2026-11-25T11:00:00Z"), now=6000.0) is not None
+
+
+MAINTENANCE = InhibitRule.model_validate(
+    {
+        "name": "maintenance",
+        "source_match": {"task": "maintenance", "status": "EXECUTING"},
+        "close_match": {"task": "maintenance", "status": "COMPLETED"},
+        "duration": 3600,
+    }
+)
+
+
+def maintenance(status: str, minute: int, run_id: str = "run_maint") -> Run:
+    updated = f"2026-11-25T10:{minute:02d}:00Z"
+    run = {"id": run_id, "taskIdentifier": "maintenance", "status": status, "updatedAt": updated}
+    return Run.model_validate(run)
+
+
+async def inhibited_by(store: SQLiteStore, runs: list[Run], now: float) -> str | None:
+    """The mute reason of a failure of another run arriving after `runs` (one call) at `now`."""
+    target = failed("target")
+    check = await inhibitions(store, [MAINTENANCE], [*runs, target], now)
+    return None if check is None else check(target, PAGE)
+
+
+async def test_an_update_matching_close_match_ends_the_window_at_once(
+    store: SQLiteStore,
+) -> None:
+    """A maintenance run opens a window of an hour; its COMPLETED ends it there and then, as a
+    resolved source alert ends its inhibition in Alertmanager."""
+    assert await inhibited_by(store, [maintenance("EXECUTING", 1)], now=100.0)
+    assert await inhibited_by(store, [maintenance("COMPLETED", 9)], now=200.0) is None
+    assert await inhibited_by(store, [], now=201.0) is None  # kept in the store
+    # a new maintenance opens again; the old COMPLETED delivered again does not close it
+    assert await inhibited_by(store, [maintenance("EXECUTING", 20, "run_m2")], now=300.0)
+    assert await inhibited_by(store, [maintenance("COMPLETED", 9)], now=400.0)
+    assert await inhibited_by(store, [maintenance("COMPLETED", 30, "run_m2")], 500.0) is None
+    # in one call, in order: opened then closed is closed; closed then opened is open
+    opened_closed = [maintenance("EXECUTING", 1, "m3"), maintenance("COMPLETED", 2, "m3")]
+    assert await inhibited_by(store, opened_closed, now=600.0) is None
+    closed_opened = [maintenance("COMPLETED", 3, "m4"), maintenance("EXECUTING", 4, "m5")]
+    assert await inhibited_by(store, closed_opened, now=700.0)
+
+
+async def test_a_close_with_no_window_open_writes_nothing(store: SQLiteStore) -> None:
+    assert await inhibited_by(store, [maintenance("COMPLETED", 9)], now=100.0) is None
+    assert await store.kv_list("inhibit") == {}
 
 
 # ------------------------------------------------------------------------------ end to end

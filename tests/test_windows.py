@@ -359,6 +359,30 @@ async def test_a_failed_deployment_inhibits_run_failures_of_its_environment(
     assert (inhibited["state"], inhibited["reason"]) == ("muted", "inhibited:deploy-broke-it")
 
 
+async def test_a_successful_deployment_ends_the_inhibition_of_a_failed_one(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """Without `close_match`, run failures stayed muted for the whole `duration` after the
+    deployment that fixed them: the failures of the new version went unseen."""
+    closing = INHIBIT.replace(
+        "    duration: 10m\n", "    close_match: {{event: deployment.success}}\n    duration: 10m\n"
+    )
+    r = await relay(closing.format(url=sink.url, secret=SECRET))
+    assert await post_alert(r, (ALERTS / "alert.deployment.failed.body.json").read_bytes()) == 202
+    await sink.wait_for(1)
+    run_alert = json.loads((ALERTS / "alert.run.failed.body.json").read_bytes())
+    assert await post_alert(r, json.dumps(run_alert).encode()) == 202
+    assert await post_alert(r, (ALERTS / "alert.deployment.success.body.json").read_bytes()) == 202
+    after_fix = json.loads(json.dumps(run_alert))
+    after_fix["object"]["run"]["id"] = "run_after_the_fix"
+    assert await post_alert(r, json.dumps(after_fix).encode()) == 202
+    await sink.wait_for(2)
+    await asyncio.sleep(0.3)
+    assert [g.json()["run"]["id"] for g in sink.received[1:]] == ["run_after_the_fix"]
+    before = await notification(r, run_alert["object"]["run"]["id"])
+    assert (before["state"], before["reason"]) == ("muted", "inhibited:deploy-broke-it")
+
+
 STALE_SOURCE = """
 channels:
   hook: {{type: webhook, url: "{url}/hook"}}
