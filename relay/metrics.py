@@ -46,6 +46,9 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 20, 50)
 RELOAD_RESULTS = ("success", "failure")
+# why an alert webhook was answered 202 but not taken: a fixed set, never the body's `type`
+# (a sender could make a series of every string it likes)
+ALERT_IGNORED_REASONS = ("unknown_type",)
 
 
 class Metrics:
@@ -58,6 +61,14 @@ class Metrics:
         self.rejected = Counter(
             "relay_updates_rejected_total", "Requests refused, by reason.", ["reason"], registry=r
         )
+        self.alerts_ignored = Counter(
+            "relay_trigger_alerts_ignored_total",
+            "Trigger.dev alert webhooks answered 202 but not taken, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ALERT_IGNORED_REASONS:
+            self.alerts_ignored.labels(reason=reason)
         self.stale = Counter(
             "relay_updates_stale_total", "Updates older than the stored state.", registry=r
         )

@@ -316,6 +316,7 @@ class Service:
                 else alerts.all_secrets()
             ),
             on_rejected=lambda reason: self.metrics.rejected.labels(reason=reason).inc(),
+            on_alert_ignored=lambda reason: self.metrics.alerts_ignored.labels(reason=reason).inc(),
             metrics=self._metrics_text,
         )
 

@@ -290,9 +290,19 @@ async def test_bad_bodies_get_400_naming_the_field(relay: RelayFactory, sink: Si
 async def test_an_unknown_type_is_accepted_and_ignored(relay: RelayFactory, sink: Sink) -> None:
     r = await relay(config(sink))
     body = b'{"id":"a1","created":"2026-09-01T00:00:00.000Z","type":"alert.run.slow","object":{}}'
+    ignored = 'relay_trigger_alerts_ignored_total{reason="unknown_type"}'
+    assert f"{ignored} 0.0" in await metrics(r)  # there from the start: increase() sees the 1st
     status, answer = await post_alert(r, body)
     assert (status, answer) == (202, {"accepted": 0, "ignored": 1, "notifications": 0})
     assert await stored(r) == 0
+    text = await metrics(r)
+    assert f"{ignored} 1.0" in text  # counted, so a new alert type shows on the dashboard
+    assert "alert.run.slow" not in text  # never the sender's type as a label
+
+
+async def metrics(r: Relay) -> str:
+    async with r.http.get(r.url + "/metrics") as resp:
+        return await resp.text()
 
 
 @pytest.mark.parametrize(

@@ -111,6 +111,8 @@ class HttpDeps:
     # sources.trigger_alerts secrets; None when alert webhooks are not configured
     trigger_alert_secrets: Callable[[], list[SecretStr] | None] = lambda: None
     on_rejected: Callable[[str], None] | None = None  # reason
+    # an alert webhook answered 202 but not taken; reason from metrics.ALERT_IGNORED_REASONS
+    on_alert_ignored: Callable[[str], None] = lambda reason: None
     refusals: RefusalLog = field(default_factory=RefusalLog)
     metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None  # (body, content type)
 
@@ -301,6 +303,7 @@ class Handlers:
             return error(400, exc.message, exc.field or None)
         if alert.run is None:  # a newer alert type: refusing it would be retried forever
             log.warning("alert webhook of an unknown type ignored", extra={"type": alert.type[:80]})
+            self.deps.on_alert_ignored("unknown_type")
             return json_response({"accepted": 0, "ignored": 1, "notifications": 0}, 202)
         try:
             result = await self.deps.intake.submit([alert.run], source="trigger_alerts")
