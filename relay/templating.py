@@ -201,17 +201,18 @@ def fallback_text(ctx: RenderContext) -> str:
         run = ctx.run if isinstance(ctx.run, Mapping) else {}
         text = f"{_summary(run, _error_view(run.get('error')))} (rule: {ctx.rule})"
         if ctx.group is not None:
-            text = f"{_group_line(ctx.group)} (rule: {ctx.rule}); latest: {text}"
+            text = f"{_group_line(ctx.group, run.get('event'))} (rule: {ctx.rule}); latest: {text}"
     except Exception:  # the last resort must not fail
         text = f"relay notification {ctx.notification_id} (rule: {ctx.rule})"
     return f"{text} {ctx.dashboard_url}" if ctx.dashboard_url else text
 
 
-def _group_line(group: Mapping[str, Any]) -> str:
+def _group_line(group: Mapping[str, Any], event: Any) -> str:
     statuses = ", ".join(f"{n} {s}" for s, n in dict(group.get("by_status") or {}).items())
     labels = ", ".join(f"{k}={v}" for k, v in dict(group.get("labels") or {}).items())
+    noun = _DIGEST_NOUNS.get(event, "runs") if isinstance(event, str) else "runs"
     return (
-        f"{group.get('count', 0)} runs"
+        f"{group.get('count', 0)} {noun}"
         + (f" [{labels}]" if labels else "")
         + (f": {statuses}" if statuses else "")
     )
@@ -251,16 +252,28 @@ def fallback_json(ctx: RenderContext) -> str:
 
 
 _EVENT_TYPES = frozenset(("deployment.failed", "deployment.success", "error"))
+# a digest of events: what its messages count, and the `type` of its webhook body
+_DIGEST_NOUNS = {
+    "error": "errors",
+    "deployment.failed": "deployments",
+    "deployment.success": "deployments",
+}
+_DIGEST_TYPES = {
+    "error": "error.digest",
+    "deployment.failed": "deployment.digest",
+    "deployment.success": "deployment.digest",
+}
 
 
 def _body_type(ctx: RenderContext) -> str:
     """The `type` the shipped webhook template of this message would give (a receiver routes on
-    it, so the fallback keeps it): run.digest, run.recovered, an event's name, or run.alert."""
+    it, so the fallback keeps it): run.digest (error.digest, deployment.digest for a digest of
+    those events), run.recovered, an event's name, or run.alert."""
+    event = ctx.run.get("event")
     if ctx.group is not None:
-        return "run.digest"
+        return _DIGEST_TYPES.get(event, "run.digest") if isinstance(event, str) else "run.digest"
     if ctx.resolves is not None:
         return "run.recovered"
-    event = ctx.run.get("event")
     return event if isinstance(event, str) and event in _EVENT_TYPES else "run.alert"
 
 

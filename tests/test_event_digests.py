@@ -1,0 +1,180 @@
+"""Digests of Trigger.dev alert events (rules with `event: error` / `deployment.failed` /
+`deployment.success` and group_by): every shipped digest template speaks of errors or
+deployments, not runs, and links each one; a run digest is unchanged (its golden files in
+test_templating, test_channel_templates and channels/test_presets).
+
+Golden files: tests/golden/<type>/digest/<case>.<part>; regenerate with
+`RELAY_UPDATE_GOLDEN=1 pytest tests/test_event_digests.py` and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from relay.channels import REGISTRY
+from relay.config import Defaults
+from relay.configure import dashboard_link
+from relay.formats.trigger_alerts import parse_alert, signature
+from relay.grouping import digest_context
+from relay.templating import RenderContext, Renderer, fallback_json, fallback_text
+from tests.channels.test_presets import HOSTILE, check_sent
+from tests.conftest import FIXTURES, RelayFactory, Sink, assert_golden
+from tests.fakes.slack import block_kit_problems
+from tests.test_channel_templates import no_pings_or_forged_links
+
+GOLDEN = Path(__file__).parent / "golden"
+OURS = Path(__file__).parent / "fixtures" / "trigger_alerts"
+LINK = dashboard_link(Defaults(project_ref="proj_abc123"))
+RENDERER = Renderer(link=LINK)  # a deployment links to its page through `|dashboard_url`
+CASES = {
+    "error_events": ["alert.error", "alert.error.regression"],
+    "deployment_failed_events": [
+        "alert.deployment.failed",
+        "alert.deployment.failed.preview",
+        "legacy-v1.deployment.failed",
+    ],
+    "deployment_success_events": ["alert.deployment.success", "legacy-v1.deployment.success"],
+}
+# what a run digest says that an event digest must not
+RUN_WORDS = re.compile(r"\bruns?\b|unknown task|Open (the )?latest run|run\.digest", re.I)
+
+
+def event(name: str) -> dict[str, Any]:
+    shipped = FIXTURES / "alert-webhooks" / f"{name}.body.json"
+    path = shipped if shipped.exists() else OURS / f"{name}.body.json"
+    run = parse_alert(json.loads(path.read_text())).run
+    assert run is not None
+    return run.as_dict()
+
+
+def digest_ctx(channel_type: str, case: str) -> RenderContext:
+    runs = [event(name) for name in CASES[case]]
+    head = runs[-1]
+    group = digest_context("grp_0123", {"environment.id": "cmawoa5x9dbfmzrfzms2sq7bh"}, runs)
+    return RenderContext(
+        head, "prod-events", f"team-{channel_type}", channel_type, "dgs_0123", LINK(head), group
+    )
+
+
+def rendered(channel_type: str, case: str) -> dict[str, str]:
+    parts = REGISTRY[channel_type].parts
+    out = RENDERER.render(channel_type, "digest", parts, digest_ctx(channel_type, case))
+    assert not out.fallback, out.error
+    return out.parts
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("channel_type", sorted(REGISTRY))
+def test_event_digests_match_golden(channel_type: str, case: str) -> None:
+    for part, text in rendered(channel_type, case).items():
+        assert_golden(GOLDEN / channel_type / "digest" / f"{case}.{part}", text)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("channel_type", sorted(REGISTRY))
+def test_event_digests_speak_of_events_and_link_each(channel_type: str, case: str) -> None:
+    parts = rendered(channel_type, case)
+    text = "\n".join(parts.values())
+    # the webhook's words are its type and text (its events hold the raw alerts, stacks too)
+    body = orjson.loads(parts["json"]) if channel_type == "webhook" else None
+    words = f"{body['type']} {body['text']}" if body else re.sub(r"https?://\S+", "", text)
+    assert not RUN_WORDS.search(words), RUN_WORDS.search(words)
+    noun = "error" if case == "error_events" else "(failed )?deployment"
+    assert re.search(rf"\b\d+ {noun}s\b", words, re.I), words[:300]
+    if case == "error_events":  # each error group's page, as the alert sent it
+        assert "/errors/fp_9c1e4a7d2b" in text
+        assert ("new_issue" if body else "New error") in text
+        assert ("regression" if body else "Regression") in text
+    else:  # the deployments' versions, environments and pages
+        assert "20260820.2" in text or "20260820.3" in text
+        assert "/deployments/" in text
+    if case == "deployment_failed_events":
+        assert "BuildError" in text and "20260820.5" in text and "feat/invoice-pdf" in text
+    if channel_type in ("discord", "msteams", "pagerduty"):
+        check_sent(channel_type, parts["json"])
+    if channel_type == "slack":
+        assert block_kit_problems(json.loads(parts["json"])) == []
+
+
+def hostile(run: dict[str, Any]) -> dict[str, Any]:
+    """An event whose every shown text tries markup, pings and forged links."""
+    text = HOSTILE + " <!channel> <https://evil.test|x>"
+    env = {**run["environment"], "slug": text, "name": text}
+    deployment = {**run["deployment"], "version": text} if "deployment" in run else None
+    error = {**(run.get("error") or {}), "message": text, "type": text, "name": text}
+    return {**run, "error": error, "environment": env, "taskIdentifier": text} | (
+        {"deployment": deployment} if deployment else {}
+    )
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("channel_type", sorted(REGISTRY))
+def test_hostile_and_many_events_stay_valid(channel_type: str, case: str) -> None:
+    runs = [hostile(event(name)) for name in CASES[case]] * 30
+    group = digest_context("grp_x", {"x": HOSTILE}, runs)
+    ctx = RenderContext(runs[-1], "r", "c", channel_type, "dgs_x", LINK(runs[-1]), group)
+    out = RENDERER.render(channel_type, "digest", REGISTRY[channel_type].parts, ctx)
+    assert not out.fallback, out.error
+    if channel_type in ("discord", "msteams", "pagerduty"):
+        check_sent(channel_type, out.parts["json"])
+    if channel_type == "slack":
+        message = json.loads(out.parts["json"])
+        assert block_kit_problems(message) == [] and no_pings_or_forged_links(message)
+    if channel_type == "webhook":
+        items = "errors" if case == "error_events" else "deployments"
+        assert len(orjson.loads(out.parts["json"])[items]) == len(runs)
+    if channel_type == "email":
+        assert "<script>" not in out.parts["html"]
+
+
+@pytest.mark.parametrize(
+    ("case", "kind", "items"),
+    [
+        ("error_events", "error.digest", "errors"),
+        ("deployment_failed_events", "deployment.digest", "deployments"),
+        ("deployment_success_events", "deployment.digest", "deployments"),
+    ],
+)
+def test_the_webhook_digest_of_events_has_its_own_type(case: str, kind: str, items: str) -> None:
+    body = orjson.loads(rendered("webhook", case)["json"])
+    assert body["type"] == kind and body["group"]["count"] == len(CASES[case])
+    assert [i["id"] for i in body[items]] == [event(n)["id"] for n in CASES[case]]
+    assert all(i["dashboardUrl"] for i in body[items])
+    # the plain fallback (a broken override) keeps the type a receiver routes on
+    ctx = digest_ctx("webhook", case)
+    assert orjson.loads(fallback_json(ctx))["type"] == kind
+    assert f"{len(CASES[case])} {items}" in fallback_text(ctx)
+
+
+CONFIG = """\
+sources:
+  trigger_alerts: {{secret: whsec-test}}
+defaults: {{project_ref: proj_abc123}}
+channels:
+  hook: {{type: webhook, url: "{url}"}}
+rules:
+  - name: prod-errors
+    match: {{event: error}}
+    notify: [hook]
+    group_by: [taskIdentifier]
+    group_wait: 2s
+"""
+
+
+async def test_a_relay_sends_one_error_digest(relay: RelayFactory, sink: Sink) -> None:
+    r = await relay(CONFIG.format(url=sink.url))
+    for name in CASES["error_events"]:
+        body = (OURS / f"{name}.body.json").read_bytes()
+        headers = {"x-trigger-signature-hmacsha256": signature(body, "whsec-test")}
+        async with r.http.post(r.url + "/v1/trigger/alerts", data=body, headers=headers) as resp:
+            assert resp.status == 202, await resp.text()
+    await sink.wait_for(1)
+    digest = sink.received[0].json()
+    assert (digest["type"], digest["text"]) == ("error.digest", "2 errors matched prod-errors")
+    assert [e["classification"] for e in digest["errors"]] == ["new_issue", "regression"]
