@@ -22,6 +22,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, settings
 
 from relay.configure import compile_config
+from relay.formats.trigger_alerts import parse_alert
 from relay.service import Service
 from relay.settings import Settings
 from relay.store.sqlite import SQLiteStore
@@ -39,7 +40,17 @@ settings.load_profile("relay")
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "trigger"
+OUR_ALERTS = REPO / "tests" / "fixtures" / "trigger_alerts"  # alert bodies beside the shipped
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "ws_proxy", "wss_proxy")
+
+
+def alert_event(name: str) -> dict[str, Any]:
+    """An alert-webhook fixture (shipped, else ours) as relay holds it, through parse_alert."""
+    shipped = FIXTURES / "alert-webhooks" / f"{name}.body.json"
+    path = shipped if shipped.exists() else OUR_ALERTS / f"{name}.body.json"
+    run = parse_alert(json.loads(path.read_text())).run
+    assert run is not None
+    return run.as_dict()
 
 
 @pytest.fixture(autouse=True)

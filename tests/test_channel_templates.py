@@ -29,16 +29,14 @@ from relay.config import parse_config
 from relay.configure import compile_config
 from relay.errors import ConfigError
 from relay.filters import mrkdwn
-from relay.formats.trigger_alerts import parse_alert
 from relay.grouping import digest_context
 from relay.model import Run
 from relay.sandbox import environment, sandbox
 from relay.templating import RenderContext, Renderer
-from tests.conftest import FIXTURES, assert_golden, sdk_run
+from tests.conftest import alert_event, assert_golden, sdk_run
 from tests.fakes.slack import block_kit_problems
 
 GOLDEN = Path(__file__).parent / "golden"
-OURS = Path(__file__).parent / "fixtures" / "trigger_alerts"
 PARTS = {"slack": ("json",), "email": ("subject", "txt", "html")}
 EVENT_TEMPLATES = ("deployment_failed", "deployment_success", "error")
 SDK_FIXTURES = ("failed", "crashed", "timed_out", "completed", "executing")
@@ -61,15 +59,6 @@ HOSTILE = (
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def event(name: str) -> dict[str, Any]:
-    """An alert-webhook fixture (shipped or ours) as relay holds it."""
-    shipped = FIXTURES / "alert-webhooks" / f"{name}.body.json"
-    path = shipped if shipped.exists() else OURS / f"{name}.body.json"
-    run = parse_alert(json.loads(path.read_text())).run
-    assert run is not None
-    return run.as_dict()
 
 
 def sdk(name: str, **changes: Any) -> dict[str, Any]:
@@ -98,7 +87,7 @@ def case_ctx(channel_type: str, fixture: str) -> RenderContext:
     if fixture == "five_fixtures":
         runs = [sdk(name) for name in SDK_FIXTURES]
         return digest_ctx(channel_type, runs, taskIdentifier="sync-customer-data")
-    run = event(fixture)
+    run = alert_event(fixture)
     link = run.get("dashboardUrl")
     return RenderContext(run, "oncall", f"team-{channel_type}", channel_type, "ntf_0123", link)
 
@@ -243,7 +232,7 @@ def test_slack_deployment_success_lists_tasks_capped() -> None:
         "*3 tasks* deployed to *billing-workers*\n• `sync-customer-data`\n"
         "• `generate-report`\n• `nightly-backfill` _scheduled_"
     )
-    run = event("alert.deployment.success")
+    run = alert_event("alert.deployment.success")
     run["tasks"] = [{"id": f"task-{i}", "triggerSource": "STANDARD"} for i in range(45)]
     many = slack("deployment_success", RenderContext(run, "r", "c", "slack", "n", None))
     listing = many["blocks"][1]["text"]["text"]
@@ -262,7 +251,7 @@ def test_slack_deployment_success_lists_tasks_capped() -> None:
     ],
 )
 def test_error_groups_say_what_happened(classification: str, label: str) -> None:
-    run = {**event("alert.error"), "classification": classification}
+    run = {**alert_event("alert.error"), "classification": classification}
     link = run["dashboardUrl"]
     message = slack("error", RenderContext(run, "oncall", "c", "slack", "n", link))
     header = message["blocks"][0]["text"]["text"]
@@ -355,7 +344,7 @@ def test_email_digest_escapes_what_its_macros_say_of_run_data() -> None:
 def test_a_preview_run_names_its_branch(channel_type: str) -> None:
     """A preview environment is known by its branch (Trigger.dev's own alerts title it so),
     not by the slug `preview` that every preview branch shares."""
-    run = event("alert.run.failed")
+    run = alert_event("alert.run.failed")
     run["environment"] = {
         "id": "env_p",
         "type": "PREVIEW",
@@ -514,7 +503,7 @@ def test_any_digest_renders_within_limits() -> None:
         {**hostile, "id": f"run_{i}<", "dashboardUrl": "https://x.test/" + "r" * (i * 40)}
         for i in range(60)
     ]
-    runs += [sdk(name) for name in SDK_FIXTURES] + [event("alert.run.failed")]
+    runs += [sdk(name) for name in SDK_FIXTURES] + [alert_event("alert.run.failed")]
     labels = {f"label{i}": HOSTILE for i in range(30)}
     heavy = heavy_event()
     link = "https://x.test/?" + "a=1&" * 40  # short, but longer than Slack's 200 once escaped

@@ -20,16 +20,15 @@ import pytest
 from relay.channels import REGISTRY
 from relay.config import Defaults
 from relay.configure import dashboard_link
-from relay.formats.trigger_alerts import parse_alert, signature
+from relay.formats.trigger_alerts import signature
 from relay.grouping import digest_context
 from relay.templating import RenderContext, Renderer, fallback_json, fallback_text
 from tests.channels.test_presets import HOSTILE, check_sent
-from tests.conftest import FIXTURES, RelayFactory, Sink, assert_golden
+from tests.conftest import OUR_ALERTS, RelayFactory, Sink, alert_event, assert_golden
 from tests.fakes.slack import block_kit_problems
 from tests.test_channel_templates import no_pings_or_forged_links
 
 GOLDEN = Path(__file__).parent / "golden"
-OURS = Path(__file__).parent / "fixtures" / "trigger_alerts"
 LINK = dashboard_link(Defaults(project_ref="proj_abc123"))
 RENDERER = Renderer(link=LINK)  # a deployment links to its page through `|dashboard_url`
 CASES = {
@@ -45,16 +44,8 @@ CASES = {
 RUN_WORDS = re.compile(r"\bruns?\b|unknown task|Open (the )?latest run|run\.digest", re.I)
 
 
-def event(name: str) -> dict[str, Any]:
-    shipped = FIXTURES / "alert-webhooks" / f"{name}.body.json"
-    path = shipped if shipped.exists() else OURS / f"{name}.body.json"
-    run = parse_alert(json.loads(path.read_text())).run
-    assert run is not None
-    return run.as_dict()
-
-
 def digest_ctx(channel_type: str, case: str) -> RenderContext:
-    runs = [event(name) for name in CASES[case]]
+    runs = [alert_event(name) for name in CASES[case]]
     head = runs[-1]
     group = digest_context("grp_0123", {"environment.id": "cmawoa5x9dbfmzrfzms2sq7bh"}, runs)
     return RenderContext(
@@ -116,7 +107,7 @@ def hostile(run: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("channel_type", sorted(REGISTRY))
 def test_hostile_and_many_events_stay_valid(channel_type: str, case: str) -> None:
-    runs = [hostile(event(name)) for name in CASES[case]] * 30
+    runs = [hostile(alert_event(name)) for name in CASES[case]] * 30
     group = digest_context("grp_x", {"x": HOSTILE}, runs)
     ctx = RenderContext(runs[-1], "r", "c", channel_type, "dgs_x", LINK(runs[-1]), group)
     out = RENDERER.render(channel_type, "digest", REGISTRY[channel_type].parts, ctx)
@@ -144,7 +135,7 @@ def test_hostile_and_many_events_stay_valid(channel_type: str, case: str) -> Non
 def test_the_webhook_digest_of_events_has_its_own_type(case: str, kind: str, items: str) -> None:
     body = orjson.loads(rendered("webhook", case)["json"])
     assert body["type"] == kind and body["group"]["count"] == len(CASES[case])
-    assert [i["id"] for i in body[items]] == [event(n)["id"] for n in CASES[case]]
+    assert [i["id"] for i in body[items]] == [alert_event(n)["id"] for n in CASES[case]]
     assert all(i["dashboardUrl"] for i in body[items])
     # the plain fallback (a broken override) keeps the type a receiver routes on
     ctx = digest_ctx("webhook", case)
@@ -170,7 +161,7 @@ rules:
 async def test_a_relay_sends_one_error_digest(relay: RelayFactory, sink: Sink) -> None:
     r = await relay(CONFIG.format(url=sink.url))
     for name in CASES["error_events"]:
-        body = (OURS / f"{name}.body.json").read_bytes()
+        body = (OUR_ALERTS / f"{name}.body.json").read_bytes()
         headers = {"x-trigger-signature-hmacsha256": signature(body, "whsec-test")}
         async with r.http.post(r.url + "/v1/trigger/alerts", data=body, headers=headers) as resp:
             assert resp.status == 202, await resp.text()

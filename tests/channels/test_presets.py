@@ -29,11 +29,10 @@ from relay.cli import main as relay_cli
 from relay.config import RateLimit, parse_config
 from relay.configure import compile_config
 from relay.errors import ConfigError, DeliveryError
-from relay.formats.trigger_alerts import parse_alert
 from relay.grouping import digest_context
 from relay.model import Run
 from relay.templating import RenderContext, Renderer, fallback_json
-from tests.conftest import FIXTURES, RelayFactory, assert_golden, sdk_run
+from tests.conftest import RelayFactory, alert_event, assert_golden, sdk_run
 from tests.fakes.presets import (
     DISCORD_ID,
     DISCORD_TOKEN,
@@ -50,7 +49,6 @@ from tests.fakes.presets import (
 from tests.fakes.slack import Reply
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
-OURS = Path(__file__).resolve().parents[1] / "fixtures" / "trigger_alerts"
 TYPES = ("discord", "msteams", "pagerduty")
 SDK_FIXTURES = ("failed", "crashed", "timed_out", "completed", "executing")
 EVENT_TEMPLATES = ("deployment_failed", "deployment_success", "error")
@@ -79,14 +77,6 @@ def sdk(name: str, **changes: Any) -> dict[str, Any]:
     return Run.model_validate({**sdk_run(name), **changes}).as_dict()
 
 
-def event(name: str) -> dict[str, Any]:
-    shipped = FIXTURES / "alert-webhooks" / f"{name}.body.json"
-    path = shipped if shipped.exists() else OURS / f"{name}.body.json"
-    run = parse_alert(json.loads(path.read_text())).run
-    assert run is not None
-    return run.as_dict()
-
-
 def run_link(run: dict[str, Any]) -> str:
     return f"https://cloud.trigger.dev/projects/v3/proj_abc123/runs/{run.get('id')}"
 
@@ -104,7 +94,7 @@ def case_ctx(channel_type: str, fixture: str) -> RenderContext:
         return RenderContext(
             head, "prod-failures", "oncall", channel_type, "dgs_0123", run_link(head), group
         )
-    run = event(fixture)
+    run = alert_event(fixture)
     return RenderContext(run, "oncall", "oncall", channel_type, "ntf_0123", run.get("dashboardUrl"))
 
 
@@ -545,7 +535,7 @@ def test_any_digest_renders_a_valid_request(channel_type: str) -> None:
         {**hostile, "id": f"run_{i}(", "dashboardUrl": "https://x.test/" + "r" * (i * 40)}
         for i in range(60)
     ]
-    runs += [sdk(name) for name in SDK_FIXTURES] + [event("alert.run.failed")]
+    runs += [sdk(name) for name in SDK_FIXTURES] + [alert_event("alert.run.failed")]
     labels = {f"label{i}": HOSTILE for i in range(30)}
     for group_runs, group_labels in ((runs, labels), (runs[-3:], {})):
         group = digest_context("grp_x", group_labels, group_runs)
