@@ -4,10 +4,13 @@ A source update opens the window of an inhibit rule for its `equal` values until
 while it is open, a notification whose run fits the rule's `target_match` and shares those values
 is recorded as muted ("inhibited:<rule>"), not sent. An update matching the rule's `close_match`
 (a successful deployment after a failed one) ends an open window at once, as a resolved source
-alert ends its inhibition in Alertmanager. Windows live in the store's key-value table
-(namespace "inhibit"), so they survive restarts. A run opens or extends a window only with an
-update newer than the one it last opened it with (namespace "inhibit_source", pruned with the
-runs): a Realtime snapshot or a retried push repeats old sources, which must not mute anew.
+alert ends its inhibition in Alertmanager; an update older than the newest source of the
+open window (a success retried late, after a newer failure) ends nothing: the event time of
+that source is kept per window (namespace "inhibit_opened"). Windows live in the store's
+key-value table (namespace "inhibit"), so they survive restarts. A run opens or extends a
+window only with an update newer than the one it last opened it with (namespace
+"inhibit_source", pruned with the runs): a Realtime snapshot or a retried push repeats old
+sources, which must not mute anew.
 Nor does an update older than the newest of its run before it (stored, or earlier in the same
 call), which intake ignores as stale: it must not mute either.
 
@@ -35,6 +38,7 @@ from relay.windows import InhibitRule
 NAMESPACE = "inhibit"
 COUNTS = "inhibit_count"
 SOURCES = "inhibit_source"  # (rule, run) → the run's updatedAt (ms, "" if none) it opened with
+OPENED = "inhibit_opened"  # window → event time (ms, "" if none) of its open window's newest source
 MuteCheck = Callable[[Run, Match], str | None]
 RulesOf = Callable[[Run], Collection[str]]  # the names of the rules that match a run
 
@@ -90,6 +94,7 @@ class _Windows:
     counted_by: dict[str, InhibitRule] = field(default_factory=dict)  # digests: key → its rule
     at_arrival: dict[tuple[str, str], bool] = field(default_factory=dict)  # (key, run): open?
     sources: dict[str, str | None] = field(default_factory=dict)  # SOURCES read or written
+    opened: dict[str, int | None] = field(default_factory=dict)  # OPENED read or written
     stored_ms: dict[str, int | None] = field(default_factory=dict)  # run → newest stored
 
     async def stale(self, kv: KeyValue, run: Run, earlier_ms: int) -> bool:
@@ -215,16 +220,40 @@ async def _take_sources(
 async def _open_or_close(kv: KeyValue, item: _Rule, run: Run, windows: _Windows) -> None:
     """A source opens (or extends) its window until now + duration; an update matching
     `close_match` ends an open one now, so its targets go out again (a successful deployment
-    after a failed one)."""
+    after a failed one), unless it happened before the window's newest source."""
     key, now = window_key(item.rule, run), windows.now
+    await _load(kv, item, key, windows)
+    was_open, at = windows.until[key] > now, event_ms(run)
     if item.opened_by(run):
         windows.until[key] = now + item.rule.duration
+        newest = await _opened(kv, key, windows) if was_open else None
+        windows.opened[key] = at if newest is None else max(newest, at or 0)
+        await kv.kv_put(OPENED, key, str(windows.opened[key] or ""), now)
     else:
-        await _load(kv, item, key, windows)
-        if windows.until[key] <= now:
+        if not was_open:
             return  # nothing open: nothing to write
+        opened = await _opened(kv, key, windows)
+        if at is not None and opened is not None and at < opened:
+            return  # older than the newest source (a success retried late): it ends nothing
         windows.until[key] = now
     await kv.kv_put(NAMESPACE, key, repr(windows.until[key]), now)
+
+
+def event_ms(run: Run) -> int | None:
+    """When an update happened: its `updatedAt`, else (an alert webhook's deployment or error
+    group) its `createdAt`; None if neither is known."""
+    if (ms := run.updated_at_ms) is not None or run.createdAt is None:
+        return ms
+    return int(run.createdAt.timestamp() * 1000)
+
+
+async def _opened(kv: KeyValue, key: str, windows: _Windows) -> int | None:
+    """The event time of the newest source of window `key` (None: unknown, or an older relay
+    opened it)."""
+    if key not in windows.opened:
+        stored = await kv.kv_get(OPENED, key)
+        windows.opened[key] = int(stored) if stored and stored.isdigit() else None
+    return windows.opened[key]
 
 
 async def _load(kv: KeyValue, item: _Rule, key: str, windows: _Windows) -> None:

@@ -227,6 +227,14 @@ async def test_an_update_matching_close_match_ends_the_window_at_once(
     assert await inhibited_by(store, closed_opened, now=700.0)
 
 
+async def test_a_close_older_than_the_newest_source_ends_nothing(store: SQLiteStore) -> None:
+    """A maintenance that ended at 10:09, heard of late (a retried push), does not end the
+    window of one that began at 10:20; a close after it does."""
+    assert await inhibited_by(store, [maintenance("EXECUTING", 20, "run_new")], now=100.0)
+    assert await inhibited_by(store, [maintenance("COMPLETED", 9, "run_old")], now=200.0)
+    assert await inhibited_by(store, [maintenance("COMPLETED", 21, "run_new")], 300.0) is None
+
+
 async def test_a_close_with_no_window_open_writes_nothing(store: SQLiteStore) -> None:
     assert await inhibited_by(store, [maintenance("COMPLETED", 9)], now=100.0) is None
     assert await store.kv_list("inhibit") == {}

@@ -383,6 +383,28 @@ async def test_a_successful_deployment_ends_the_inhibition_of_a_failed_one(
     assert (before["state"], before["reason"]) == ("muted", "inhibited:deploy-broke-it")
 
 
+async def test_a_success_older_than_the_failure_does_not_end_its_inhibition(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """Trigger.dev retries an alert webhook it could not deliver: a success of 09:50 that
+    arrives after the failure of 10:02 is not news of a fix, and kept the failures of the
+    broken version coming."""
+    closing = INHIBIT.replace(
+        "    duration: 10m\n", "    close_match: {{event: deployment.success}}\n    duration: 10m\n"
+    )
+    r = await relay(closing.format(url=sink.url, secret=SECRET))
+    assert await post_alert(r, (ALERTS / "alert.deployment.failed.body.json").read_bytes()) == 202
+    await sink.wait_for(1)
+    late = json.loads((ALERTS / "alert.deployment.success.body.json").read_bytes())
+    late["id"], late["created"] = "alert_retried", "2026-08-20T09:50:00.100Z"
+    late["object"]["deployment"] |= {"id": "deployment_old", "deployedAt": "2026-08-20T09:50:00Z"}
+    assert await post_alert(r, json.dumps(late).encode()) == 202
+    run_alert = json.loads((ALERTS / "alert.run.failed.body.json").read_bytes())
+    assert await post_alert(r, json.dumps(run_alert).encode()) == 202
+    muted = await notification(r, run_alert["object"]["run"]["id"])
+    assert (muted["state"], muted["reason"]) == ("muted", "inhibited:deploy-broke-it")
+
+
 STALE_SOURCE = """
 channels:
   hook: {{type: webhook, url: "{url}/hook"}}

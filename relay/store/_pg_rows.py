@@ -62,10 +62,12 @@ PRUNE = (
     # any more): an ended lease is as good as none, and there is one per Slack thread started
     "DELETE FROM relay_leases WHERE expires_at < $1",
     # inhibit windows (relay.inhibition.NAMESPACE: the value is when the window ends) closed
-    # before, and pile-ups (COUNTS) no run joined since: one row per `equal` value ever seen
+    # before, and pile-ups (COUNTS) or newest sources (OPENED) no update touched since: one row
+    # per `equal` value ever seen
     "DELETE FROM relay_kv WHERE namespace = 'inhibit' AND updated_at < $1"
     r" AND CASE WHEN value ~ '^\d+(\.\d*)?$' THEN value::float8 ELSE 0 END < $1",
-    "DELETE FROM relay_kv WHERE namespace = 'inhibit_count' AND updated_at < $1",
+    "DELETE FROM relay_kv WHERE namespace IN ('inhibit_count', 'inhibit_opened')"
+    " AND updated_at < $1",
 )
 LEAD = """
     INSERT INTO relay_leases AS l (name, owner, expires_at, updated_at) VALUES ($1, $2, $3, $4)

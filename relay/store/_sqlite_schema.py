@@ -360,9 +360,11 @@ PRUNE = (
     # any more): an ended lease is as good as none, and there is one per Slack thread started
     "DELETE FROM leases WHERE expires_at < :before",
     # inhibit windows (relay.inhibition.NAMESPACE: the value is when the window ends) closed
-    # before, and pile-ups (COUNTS) no run joined since: one row per `equal` value ever seen
+    # before, and pile-ups (COUNTS) or newest sources (OPENED) no update touched since: one row
+    # per `equal` value ever seen
     "DELETE FROM kv WHERE namespace = 'inhibit' AND CAST(value AS REAL) < :before",
-    "DELETE FROM kv WHERE namespace = 'inhibit_count' AND updated_at < :before",
+    "DELETE FROM kv WHERE namespace IN ('inhibit_count', 'inhibit_opened')"
+    " AND updated_at < :before",
 )
 
 
