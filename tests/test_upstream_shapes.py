@@ -1,0 +1,111 @@
+"""Bodies shaped like Trigger.dev's own schemas, driven through `relay test` and the renderer.
+
+Source: triggerdotdev/trigger.dev @ b082e44389337dc6505d590737a6df70867cc8f4 (2026-08-21),
+`packages/core/src/v3/schemas/webhooks.ts` (AlertWebhookErrorGroupObject: `error.stackTrace` is
+optional, `occurrenceCount` a number; a new error group is sent with occurrenceCount 1) and
+`apps/webapp/app/v3/services/alerts/errorGroupWebhook.server.ts` (the body it sends).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from relay.channels import REGISTRY
+from relay.formats.trigger_alerts import parse_alert
+from relay.grouping import digest_context
+from relay.templating import RenderContext, Renderer
+from tests.conftest import run_cli
+
+ORG = {"id": "cmgg0k5tkdg06j8gk01fydlt9", "slug": "acme-inc-4f1d", "name": "Acme Inc"}
+PROJECT = {
+    "id": "cm0ugcoj2dxkn21p3x32h0534",
+    "ref": "proj_jaavkuscdmabvdrlfscm",
+    "slug": "billing-workers-x7qa",
+    "name": "billing-workers",
+}
+CONSOLE_CONFIG = """\
+channels:
+  console: {type: console}
+rules:
+  - name: errors
+    match: {event: error}
+    notify: [console]
+"""
+
+
+def error_group(count: int, message: str, stack: str | None = None) -> dict[str, Any]:
+    """An `alert.error` body as generateErrorGroupWebhookPayload builds it (stackTrace omitted
+    when the sample stack is empty)."""
+    error: dict[str, Any] = {
+        "fingerprint": "fp_9f8e7d",
+        "type": "TypeError",
+        "message": message,
+        "firstSeen": "2026-08-19T10:00:00.000Z",
+        "lastSeen": "2026-08-20T10:00:00.000Z",
+        "occurrenceCount": count,
+        "taskIdentifier": "sync-customer-data",
+    }
+    if stack is not None:
+        error["stackTrace"] = stack
+    return {
+        "id": "V1StGXR8_Z5jdHi6B-myT",
+        "created": "2026-08-20T10:00:02.000Z",
+        "webhookVersion": "2025-01-01",
+        "type": "alert.error",
+        "object": {
+            "classification": "new_issue",
+            "error": error,
+            "environment": {"id": "cmawoa5x9dbfmzrfzms2sq7bh", "name": "Production"},
+            "organization": ORG,
+            "project": PROJECT,
+            "dashboardUrl": "https://cloud.trigger.dev/orgs/acme/projects/x/env/prod/errors/fp",
+        },
+    }
+
+
+def console_text(tmp_path: Path, body: dict[str, Any]) -> str:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONSOLE_CONFIG)
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps(body))
+    result = run_cli("test", str(event), "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    [run] = json.loads(result.stdout)
+    [message] = run["messages"]
+    assert not message["fallback"], message["error"]
+    text: str = message["parts"]["txt"]
+    return text
+
+
+def test_a_new_error_group_seen_once_says_one_time(tmp_path: Path) -> None:
+    """A new error group usually comes with occurrenceCount 1: "1 time", not "1 times"."""
+    text = console_text(tmp_path, error_group(1, "Cannot read properties of undefined"))
+    assert "seen      1 time · first" in text
+    assert "1 times" not in text
+
+
+def test_an_error_group_without_a_message_keeps_its_type_on_the_error_line(
+    tmp_path: Path,
+) -> None:
+    """`throw new TypeError()` groups with message "": the error line still names the type and
+    the stack sits under it, not under the title."""
+    text = console_text(tmp_path, error_group(3, "", "TypeError: \n    at load (src/a.ts:4:2)"))
+    lines = text.splitlines()
+    at = lines.index("  error     TypeError")
+    assert lines[at + 1] == "            at load (src/a.ts:4:2)"
+
+
+def test_an_error_digest_of_one_occurrence_says_one_time() -> None:
+    """The digest line of each error ("TypeError in task: message · N times") in every channel."""
+    run = parse_alert(error_group(1, "boom")).run
+    assert run is not None
+    head = run.as_dict()
+    group = digest_context("grp_1", {"taskIdentifier": "sync-customer-data"}, [head])
+    renderer = Renderer()
+    for channel_type, channel in REGISTRY.items():
+        ctx = RenderContext(head, "errors", "team", channel_type, "dgs_1", None, group)
+        out = renderer.render(channel_type, "digest", channel.parts, ctx)
+        assert not out.fallback, out.error
+        assert not any("1 times" in text for text in out.parts.values()), channel_type
