@@ -59,6 +59,15 @@ _CODE_HINTS = {
     "TASK_RUN_CRASHED": "The run crashed.",
     "DISK_SPACE_EXCEEDED": "The run ran out of disk space.",
     "POD_EVICTED": "The machine running the task was evicted.",
+    # the codes Trigger.dev explains itself (packages/core/src/v3/errors.ts prettyInternalErrors)
+    "OUTDATED_SDK_VERSION": "The task uses an outdated version of the SDK. Upgrade it.",
+    "TASK_DID_CONCURRENT_WAIT": (
+        "Parallel waits are not supported (e.g. Promise.all() around wait functions)."
+    ),
+    "RECURSIVE_WAIT_DEADLOCK": (
+        "The run was triggered recursively and its task has no concurrency left: "
+        "it will never execute."
+    ),
 }
 
 

@@ -16,7 +16,7 @@ from relay.channels import REGISTRY
 from relay.formats.trigger_alerts import parse_alert
 from relay.grouping import digest_context
 from relay.templating import RenderContext, Renderer
-from tests.conftest import run_cli
+from tests.conftest import FIXTURES, run_cli
 
 ORG = {"id": "cmgg0k5tkdg06j8gk01fydlt9", "slug": "acme-inc-4f1d", "name": "Acme Inc"}
 PROJECT = {
@@ -109,3 +109,36 @@ def test_an_error_digest_of_one_occurrence_says_one_time() -> None:
         out = renderer.render(channel_type, "digest", channel.parts, ctx)
         assert not out.fallback, out.error
         assert not any("1 times" in text for text in out.parts.values()), channel_type
+
+
+ROW = FIXTURES / "realtime-run" / "raw-row"
+
+
+def test_internal_codes_trigger_dev_explains_read_as_sentences(tmp_path: Path) -> None:
+    """Raw rows whose INTERNAL_ERROR has only a code (`message` is optional in TaskRunInternalError,
+    packages/core/src/v3/schemas/common.ts); Trigger.dev's own dashboard explains these three
+    (packages/core/src/v3/errors.ts prettyInternalErrors, same commit)."""
+    base = json.loads((ROW / "run_failed.row.json").read_text())
+    codes = ("OUTDATED_SDK_VERSION", "TASK_DID_CONCURRENT_WAIT", "RECURSIVE_WAIT_DEADLOCK")
+    rows = [
+        {
+            **base,
+            "id": f"cm{n}",
+            "friendlyId": f"run_{n}",
+            "error": {"type": "INTERNAL_ERROR", "code": code},
+        }
+        for n, code in enumerate(codes)
+    ]
+    config = tmp_path / "config.yaml"
+    config.write_text(CONSOLE_CONFIG.replace("{event: error}", "{status: [failure]}"))
+    event = tmp_path / "rows.json"
+    event.write_text(json.dumps(rows))
+    result = run_cli("test", str(event), "--config", str(config), "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [
+        next(ln for ln in run["messages"][0]["parts"]["txt"].splitlines() if "error " in ln)
+        for run in json.loads(result.stdout)
+    ]
+    for code, line in zip(codes, lines, strict=True):
+        assert line.startswith(f"  error     {code}: "), line
+        assert len(line) > len(f"  error     {code}: ") + 20, line
