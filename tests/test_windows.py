@@ -339,6 +339,21 @@ async def post_alert(r: Any, body: bytes) -> int:
         return resp.status
 
 
+def alert(name: str) -> dict[str, Any]:
+    """A shipped alert-webhook body, to change before posting."""
+    body: dict[str, Any] = json.loads((ALERTS / f"{name}.body.json").read_bytes())
+    return body
+
+
+async def post(r: Any, body: dict[str, Any]) -> None:
+    assert await post_alert(r, json.dumps(body).encode()) == 202
+
+
+CLOSING = INHIBIT.replace(
+    "    duration: 10m\n", "    close_match: {{event: deployment.success}}\n    duration: 10m\n"
+)
+
+
 async def test_a_failed_deployment_inhibits_run_failures_of_its_environment(
     relay: RelayFactory, sink: Sink
 ) -> None:
@@ -364,18 +379,15 @@ async def test_a_successful_deployment_ends_the_inhibition_of_a_failed_one(
 ) -> None:
     """Without `close_match`, run failures stayed muted for the whole `duration` after the
     deployment that fixed them: the failures of the new version went unseen."""
-    closing = INHIBIT.replace(
-        "    duration: 10m\n", "    close_match: {{event: deployment.success}}\n    duration: 10m\n"
-    )
-    r = await relay(closing.format(url=sink.url, secret=SECRET))
-    assert await post_alert(r, (ALERTS / "alert.deployment.failed.body.json").read_bytes()) == 202
+    r = await relay(CLOSING.format(url=sink.url, secret=SECRET))
+    await post(r, alert("alert.deployment.failed"))
     await sink.wait_for(1)
-    run_alert = json.loads((ALERTS / "alert.run.failed.body.json").read_bytes())
-    assert await post_alert(r, json.dumps(run_alert).encode()) == 202
-    assert await post_alert(r, (ALERTS / "alert.deployment.success.body.json").read_bytes()) == 202
-    after_fix = json.loads(json.dumps(run_alert))
+    run_alert = alert("alert.run.failed")
+    await post(r, run_alert)
+    await post(r, alert("alert.deployment.success"))
+    after_fix = alert("alert.run.failed")
     after_fix["object"]["run"]["id"] = "run_after_the_fix"
-    assert await post_alert(r, json.dumps(after_fix).encode()) == 202
+    await post(r, after_fix)
     await sink.wait_for(2)
     await asyncio.sleep(0.3)
     assert [g.json()["run"]["id"] for g in sink.received[1:]] == ["run_after_the_fix"]
@@ -389,18 +401,15 @@ async def test_a_success_older_than_the_failure_does_not_end_its_inhibition(
     """Trigger.dev retries an alert webhook it could not deliver: a success of 09:50 that
     arrives after the failure of 10:02 is not news of a fix, and kept the failures of the
     broken version coming."""
-    closing = INHIBIT.replace(
-        "    duration: 10m\n", "    close_match: {{event: deployment.success}}\n    duration: 10m\n"
-    )
-    r = await relay(closing.format(url=sink.url, secret=SECRET))
-    assert await post_alert(r, (ALERTS / "alert.deployment.failed.body.json").read_bytes()) == 202
+    r = await relay(CLOSING.format(url=sink.url, secret=SECRET))
+    await post(r, alert("alert.deployment.failed"))
     await sink.wait_for(1)
-    late = json.loads((ALERTS / "alert.deployment.success.body.json").read_bytes())
+    late = alert("alert.deployment.success")
     late["id"], late["created"] = "alert_retried", "2026-08-20T09:50:00.100Z"
     late["object"]["deployment"] |= {"id": "deployment_old", "deployedAt": "2026-08-20T09:50:00Z"}
-    assert await post_alert(r, json.dumps(late).encode()) == 202
-    run_alert = json.loads((ALERTS / "alert.run.failed.body.json").read_bytes())
-    assert await post_alert(r, json.dumps(run_alert).encode()) == 202
+    await post(r, late)
+    run_alert = alert("alert.run.failed")
+    await post(r, run_alert)
     muted = await notification(r, run_alert["object"]["run"]["id"])
     assert (muted["state"], muted["reason"]) == ("muted", "inhibited:deploy-broke-it")
 
