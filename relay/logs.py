@@ -51,7 +51,8 @@ class JsonFormatter(logging.Formatter):
 # and to JSON-unaware readers, or (ESC, CSI) orders to the terminal that shows the text; and the
 # bidirectional overrides, which make a terminal show text in another order than it is in
 # ("Trojan Source": a run id that reads as another)
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+BIDI_OVERRIDES = "\u202a-\u202e\u2066-\u2069"  # embeddings, overrides, isolates (a class's body)
+_UNPRINTABLE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{BIDI_OVERRIDES}]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 

@@ -11,9 +11,9 @@ import re
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.config import ChannelSettings
 from relay.errors import DeliveryError
-from relay.logs import escaped
+from relay.logs import BIDI_OVERRIDES, escaped
 
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{BIDI_OVERRIDES}]")
 
 
 def printable(text: str) -> str:

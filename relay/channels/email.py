@@ -80,6 +80,7 @@ from relay.channels._http import LOCAL_HOSTS
 from relay.config import CONTROL_CHARS, ChannelSettings, Strict, from_config_dir
 from relay.errors import DeliveryError, StoreUnavailable, tls_failure, wire_failure
 from relay.filters import truncate_chars
+from relay.logs import BIDI_OVERRIDES
 
 log = logging.getLogger("relay.channels.email")
 
@@ -336,10 +337,16 @@ def tls_context(smtp: SmtpSettings) -> ssl.SSLContext:
     return context
 
 
+# the bidirectional overrides: a subject would show in another order than it is written
+# ("Trojan Source": `run_1<RLO>9` reads as another run); the text stays, in its own order
+_BIDI_OVERRIDES = re.compile(f"[{BIDI_OVERRIDES}]")
+
+
 def one_line(text: str, limit: int = SUBJECT_MAX_CHARS) -> str:
     """Whitespace (line breaks included) and control characters (a NUL from run data: servers
-    refuse the mail) collapsed to single spaces, cut to `limit` with '…'."""
-    line = " ".join(CONTROL_CHARS.sub(" ", text).split())
+    refuse the mail) collapsed to single spaces, bidirectional overrides dropped, cut to `limit`
+    with '…'."""
+    line = " ".join(CONTROL_CHARS.sub(" ", _BIDI_OVERRIDES.sub("", text)).split())
     return truncate_chars(line, limit)
 
 

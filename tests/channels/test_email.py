@@ -181,9 +181,9 @@ def test_a_subject_cut_keeps_each_character_whole() -> None:
 
 def test_control_characters_of_run_data_leave_the_subject() -> None:
     """A NUL or BEL from a task name went raw into the Subject header (servers refuse a NUL)."""
-    parts = {**rendered(), "subject": "failed: task\x00\x07name\x7f end"}
+    parts = {**rendered(), "subject": "failed: task\x00\x07name\x7f end run_\u202e9x\u2066"}
     mail = build_message(email_settings(25), outgoing(parts))
-    assert str(mail["Subject"]) == "failed: task name end"
+    assert str(mail["Subject"]) == "failed: task name end run_9x"  # nor shows in another order
     assert b"\x00" not in mail.as_bytes()
 
 
