@@ -222,21 +222,31 @@ async def _open_or_close(kv: KeyValue, item: _Rule, run: Run, windows: _Windows)
     `close_match` ends an open one now, so its targets go out again (a successful deployment
     after a failed one), unless it happened before the window's newest source."""
     key, now = window_key(item.rule, run), windows.now
-    await _load(kv, item, key, windows)
-    was_open, at = windows.until[key] > now, event_ms(run)
     if item.opened_by(run):
+        if item.close is not None:  # only a rule that can be closed needs its sources' times
+            await _keep_newest_source(kv, item, key, run, windows)
         windows.until[key] = now + item.rule.duration
-        newest = await _opened(kv, key, windows) if was_open else None
-        windows.opened[key] = at if newest is None else max(newest, at or 0)
-        await kv.kv_put(OPENED, key, str(windows.opened[key] or ""), now)
     else:
-        if not was_open:
+        await _load(kv, item, key, windows)
+        if windows.until[key] <= now:
             return  # nothing open: nothing to write
-        opened = await _opened(kv, key, windows)
+        at, opened = event_ms(run), await _opened(kv, key, windows)
         if at is not None and opened is not None and at < opened:
             return  # older than the newest source (a success retried late): it ends nothing
         windows.until[key] = now
     await kv.kv_put(NAMESPACE, key, repr(windows.until[key]), now)
+
+
+async def _keep_newest_source(
+    kv: KeyValue, item: _Rule, key: str, run: Run, windows: _Windows
+) -> None:
+    """Record when the newest source of window `key` happened: `run`'s time, or the newest of
+    the sources that keep the window open."""
+    await _load(kv, item, key, windows)
+    at = event_ms(run)
+    newest = await _opened(kv, key, windows) if windows.until[key] > windows.now else None
+    windows.opened[key] = at if newest is None else max(newest, at or 0)
+    await kv.kv_put(OPENED, key, str(windows.opened[key] or ""), windows.now)
 
 
 def event_ms(run: Run) -> int | None:

@@ -179,6 +179,12 @@ async def test_a_source_seen_again_opens_no_window(store: SQLiteStore, updated: 
     assert await inhibited(store, crashed(updated), now=5000.0) is None
 
 
+async def test_a_rule_without_close_match_keeps_no_source_times(store: SQLiteStore) -> None:
+    """Only a window that an update can close needs when its newest source happened."""
+    assert await inhibited(store, crashed("2026-11-25T10:00:00Z"), now=100.0) is not None
+    assert await store.kv_list("inhibit_opened") == {}
+
+
 async def test_a_newer_source_update_extends_the_window(store: SQLiteStore) -> None:
     assert await inhibited(store, crashed("2026-11-25T10:00:00Z"), now=100.0) is not None
     assert await inhibited(store, crashed("2026-11-25T09:00:00Z"), now=5000.0) is None  # stale

@@ -415,8 +415,8 @@ class SlackChannel:
         `key` (none: no threading) for the next message; the receipt."""
         if thread_ts is not None:
             body["thread_ts"] = thread_ts
-            if message.group_key or message.subject:  # news: in the channel too, not only
-                body["reply_broadcast"] = True  # in the thread
+            if message.group_key or message.subject:  # news: shown in the channel too
+                body["reply_broadcast"] = True
         try:
             answer = await self._chat_post(body, message)
         except DeliveryError as err:
