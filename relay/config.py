@@ -32,7 +32,7 @@ from pydantic import (
 
 from relay.durations import Duration
 from relay.errors import ConfigError, Problem, field_message, in_file_order
-from relay.model import EVENTS, FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP
+from relay.model import EVENTS
 from relay.sizes import Size
 from relay.windows import InhibitRule, NamedTimeInterval
 from relay.yamlconf import Located, Path_, load_yaml
@@ -284,19 +284,6 @@ class MatchConfig(Strict):
             raise ValueError("an empty glob matches only a run without a task; `*` matches all")
         return value
 
-    @field_validator("status")
-    @classmethod
-    def _known(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
-        # run statuses are a known vocabulary (a typo would silently never match); deployment
-        # and error-group events have their own (DEPLOYED, TIMED_OUT, REGRESSION, ...). A
-        # field validator, not a post-init check, so other errors of the match do not hide it.
-        if info.data.get("event") != "run":
-            return value
-        for status in value or ():
-            if status.lower() != "failure" and status.upper() not in _ACCEPTED_STATUSES:
-                raise ValueError(f"unknown status {status!r}; known: failure, " + _STATUS_LIST)
-        return value
-
     @field_validator("event")
     @classmethod
     def _event(cls, value: str) -> str:
@@ -313,10 +300,6 @@ class MatchConfig(Strict):
             except re.error as exc:
                 raise ValueError(f"invalid regex: {exc.msg} at position {exc.pos}") from None
         return value
-
-
-_ACCEPTED_STATUSES = KNOWN_STATUSES | frozenset(RAW_STATUS_MAP) | FAILURE_STATUSES
-_STATUS_LIST = ", ".join(sorted(KNOWN_STATUSES))
 
 
 class RuleConfig(Strict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 
 from relay.config import Config, LoadedConfig, MatchConfig, RuleConfig
-from relay.model import EVENT_STATUSES, Run
+from relay.model import EVENT_STATUSES, FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP, Run
 from relay.rules import Locate, passes_filters, statuses_of
 from relay.yamlconf import dotted
 
@@ -22,6 +22,7 @@ def config_warnings(loaded: LoadedConfig) -> list[str]:
         warnings.append(f"{where}: templates.dir: no such directory; the shipped templates apply")
     if not config.rules:  # valid, and most likely not what the operator meant
         warnings.append(f"{loaded.source.filename}: no rules: updates are taken in, none is sent")
+    warnings += _unknown_statuses(config.rules, locate)
     warnings += _never_matching(config.rules, locate)
     warnings += _filtering_what_events_lack(config.rules, locate)
     warnings += _shadowed(config.rules, locate)
@@ -32,6 +33,30 @@ def config_warnings(loaded: LoadedConfig) -> list[str]:
     warnings += _inhibiting_nothing(config, locate)
     warnings += _empty_tokens(loaded)
     return warnings
+
+
+_RUN_STATUSES = KNOWN_STATUSES | frozenset(RAW_STATUS_MAP) | FAILURE_STATUSES
+
+
+def _unknown_statuses(rules: list[RuleConfig], locate: Locate) -> list[str]:
+    """Warnings for a run rule's status relay does not know: most likely a typo (`FAILLED`),
+    never matching; but Trigger.dev adds statuses, and incoming unknown ones are kept as they
+    are, so a rule may name one before relay knows it, and it is matched as written."""
+    out = []
+    for i, rule in enumerate(rules):
+        if rule.match.event != "run":
+            continue  # other events have their own statuses; `_never_matching` checks them
+        for name in rule.match.status or ():
+            status = name.strip().upper()
+            if name.lower() == "failure" or status in _RUN_STATUSES:
+                continue
+            close = difflib.get_close_matches(status, sorted(KNOWN_STATUSES), n=1, cutoff=0.75)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            out.append(
+                f"{locate(('rules', i, 'match', 'status'))}: rules[{i}].match.status: {name!r}"
+                f" is not a status relay knows{hint}; it matches only a run sent with it"
+            )
+    return out
 
 
 def _never_matching(rules: list[RuleConfig], locate: Locate) -> list[str]:

@@ -244,6 +244,31 @@ rules:
     ]
 
 
+def test_a_rule_may_name_a_status_relay_does_not_know_with_a_warning(tmp_path: Path) -> None:
+    """Trigger.dev adds statuses and relay keeps unknown ones as they come, so a rule may name
+    one before relay knows it (it was refused); `relay check` still flags it, with the nearest
+    known status for a typo. Known names in any vocabulary and case draw nothing."""
+    config = write(
+        tmp_path / "c.yaml",
+        """\
+channels:
+  out: {type: console}
+rules:
+  - name: new
+    match: {status: [FAILLED, quantum_leap, failure, frozen, Completed_With_Errors]}
+    notify: [out]
+""",
+    )
+    assert warnings_of(config, "not a status") == [
+        f"warning: {config}:5: rules[0].match.status: 'FAILLED' is not a status relay knows"
+        " (did you mean FAILED?); it matches only a run sent with it",
+        f"warning: {config}:5: rules[0].match.status: 'quantum_leap' is not a status relay"
+        " knows; it matches only a run sent with it",
+    ]
+    run = write(tmp_path / "run.json", json.dumps({"id": "run_q", "status": "QUANTUM_LEAP"}))
+    assert "--- rule new → channel out" in run_cli("test", str(run), "--config", str(config)).stdout
+
+
 def test_check_warns_of_a_rule_filtering_an_event_on_what_it_never_carries(
     tmp_path: Path,
 ) -> None:

@@ -142,8 +142,8 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "c.yaml:2: rules[0].name: a rule name cannot contain control characters",
         ),
         (
-            "rules:\n  - {name: a, notify: [c], match: {status: [FAILLED]}}\nchannels: {c: {type: console}}\n",
-            "unknown status 'FAILLED'",
+            "rules:\n  - {name: a, notify: [c], match: {status: [FAILED, 5]}}\nchannels: {c: {type: console}}\n",
+            "rules[0].match.status[1]: Input should be a valid string",
         ),
         (
             "rules:\n  - {name: a, notify: [c], match: {task_regex: '('}}\nchannels: {c: {type: console}}\n",
@@ -707,7 +707,7 @@ channels:
       Content-Type: text/plain
 rules:
   - name: first
-    match: {status: [BOGUS]}
+    match: {event: bogus}
     notify: [out]
   - name: first
     runn: true
@@ -736,7 +736,7 @@ def test_check_reports_every_kind_of_problem_in_one_run(tmp_path: Path) -> None:
         "8: channels.chat.concurrency: Input should be a valid integer",
         "13: channels.hook.headers.webhook-id: header webhook-id is set by relay",
         "14: channels.hook.headers.Content-Type: header Content-Type is set by relay",
-        "17: rules[0].match.status: unknown status 'BOGUS'; known: failure, ",
+        "17: rules[0].match.event: unknown event; use one of run,",
         "19: rules[1].name: duplicate rule name",
         "20: rules[1].runn: unknown key",
         "23: rules[2].when: invalid expression: unexpected 'end of template'",
@@ -789,7 +789,7 @@ def test_load_checks_rules_beside_schema_problems_but_not_into_a_broken_part(
     [
         (  # an unknown key in a match hides not the bad status beside it
             "rules:\n  - name: a\n    notify: [c]\n    match:\n      runn: 1\n"
-            "      status: [BOGUS]\nchannels: {c: {type: console}}\n",
+            "      status: [FAILED, 5]\nchannels: {c: {type: console}}\n",
             ["c.yaml:5: rules[0].match.runn: unknown key", "c.yaml:6: rules[0].match.status"],
         ),
         (  # an unreadable value, a merge key: the rest is still read and checked
@@ -858,12 +858,12 @@ def checked(tmp_path: Path, text: str) -> list[str]:
 # order, each once, and none that only follows from another (a value left out or unset).
 UNMASKED = [
     (  # a bad match hides not the rule's `when`, template, timing or time intervals
-        "channels: {c: {type: console}}\nrules:\n  - name: a\n    match: {status: [BOGUS]}\n"
+        "channels: {c: {type: console}}\nrules:\n  - name: a\n    match: {event: bogus}\n"
         "    when: 'run.x >'\n    template: nope\n    group_wait: 5s\n"
         "    mute_time_intervals: [nosuch]\n    notify: [c]\n",
         [
             "c.yaml:3: rules[0]: group_* options need `group_by`",
-            "c.yaml:4: rules[0].match.status: unknown status 'BOGUS'",
+            "c.yaml:4: rules[0].match.event: unknown event",
             "c.yaml:5: rules[0].when: invalid expression: unexpected 'end of template'",
             "c.yaml:6: rules[0].template: console: template console/nope.txt.j2 not found",
             "c.yaml:8: rules[0].mute_time_intervals[0]: unknown time interval 'nosuch'",
@@ -962,13 +962,13 @@ UNMASKED = [
         "  - {name: z, source_digest: {rule: broken, min_count: 2}, equal: [x]}\n"
         "  - {name: w, source_digest: {rule: unknown-group, min_count: 2}, equal: [x]}\n"
         "channels: {c: {type: console}}\n"
-        "rules:\n  - {name: broken, match: {status: [NOPE]}, group_by: [a], notify: [c]}\n"
+        "rules:\n  - {name: broken, match: {event: nope}, group_by: [a], notify: [c]}\n"
         "  - {name: unknown-group, group_by: 5, notify: [c]}\n",
         [
             "c.yaml:2: inhibit_rules[0].bogus: unknown key",
             "c.yaml:3: inhibit_rules[1].source_digest.rule: unknown rule: 'nosuch'",
             "c.yaml:4: inhibit_rules[2].equal[0]: not in the `group_by` of rule 'broken'",
-            "c.yaml:8: rules[0].match.status: unknown status 'NOPE'",
+            "c.yaml:8: rules[0].match.event: unknown event",
             "c.yaml:9: rules[1].group_by: Input should be a valid list",
         ],
     ),
