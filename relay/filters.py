@@ -151,10 +151,11 @@ def stack(value: Any, max_lines: int = 12, frames_only: bool = False) -> str:
 
 
 def status_emoji(status: Any) -> str:
-    """🔴 for failures, ✅ for COMPLETED, ⚠️ for anything else."""
+    """🔴 for failures, ✅ for a completed run or a deployment that went out (DEPLOYED), ⚠️
+    for anything else."""
     if status in FAILURE_STATUSES:
         return "🔴"
-    return "✅" if status == "COMPLETED" else "⚠️"
+    return "✅" if status in ("COMPLETED", "DEPLOYED") else "⚠️"
 
 
 def mrkdwn(value: Any, limit: int | None = None) -> str:

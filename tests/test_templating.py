@@ -372,12 +372,8 @@ def test_tojson_and_status_emoji() -> None:
     assert tojson({"a": [1, 2.5], "b": None, "c": "é🔥"}) == '{"a":[1,2.5],"b":null,"c":"é🔥"}'
     assert tojson({1: {"b", "a"}}) == '{"1":["a","b"]}'
     assert tojson([1], indent=2) == "[\n  1\n]"
-    assert [status_emoji(s) for s in ("FAILED", "TIMED_OUT", "COMPLETED", "CANCELED")] == [
-        "🔴",
-        "🔴",
-        "✅",
-        "⚠️",
-    ]
+    statuses = ("FAILED", "TIMED_OUT", "COMPLETED", "CANCELED", "DEPLOYED", "REGRESSION")
+    assert [status_emoji(s) for s in statuses] == ["🔴", "🔴", "✅", "⚠️", "✅", "⚠️"]
 
 
 def test_filters_in_a_template(tmp_path: Path) -> None:
