@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         history.add_argument(flag, dest=dest)
     history.add_argument("--state", choices=("pending", "sent", "dead", "muted"))
     history.add_argument("--since", help="how far back (1h, 2d) or an ISO time")
+    history.add_argument("--before", help="the next page: those older than this notification id")
     history.add_argument("--limit", default="200")
     history.add_argument("--json", action="store_true")
     return parser
@@ -536,20 +537,21 @@ def _wait_until_applied() -> None:
 
 
 def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.history import event_view, explain, failure, history_query, notification_view  # noqa: PLC0415
+    from relay import history  # noqa: PLC0415
+    from relay.history import event_view, explain, failure, notification_view  # noqa: PLC0415
 
-    fields = ("run_id", "rule", "channel", "state", "since", "limit")
-    params = {f: getattr(args, f) for f in fields if getattr(args, f) is not None}
-    try:
-        query = history_query(params, time.time())
-    except InputError as exc:
-        raise RelayError(f"history: {exc}") from None
+    params = {f: getattr(args, f) for f in history.PARAMS if getattr(args, f) is not None}
+    now = time.time()
 
     async def fetch(store: Any) -> list[tuple[Any, list[dict[str, Any]]]]:
-        rows = await store.history(query)
+        rows = await history.find_history(store, params, now)
         return [(n, await store.events(n.id)) for n in rows]
 
-    found = asyncio.run(_with_store(settings, fetch))
+    try:
+        history.history_query(params, now)  # refused before the store is opened (or said missing)
+        found = asyncio.run(_with_store(settings, fetch))
+    except InputError as exc:
+        raise RelayError(f"history: {exc}") from None
     if args.json:
         out = [
             {**notification_view(n), "why": explain(n), "events": [event_view(e) for e in ev]}

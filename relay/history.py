@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,15 +11,33 @@ from relay.durations import parse_duration
 from relay.errors import InputError
 from relay.model import Notification, iso
 from relay.silences import parse_time
-from relay.store import HistoryQuery
+from relay.store import HistoryQuery, Store
 
 STATES = ("pending", "sent", "dead", "muted")
 
 
+PARAMS = ("run_id", "rule", "channel", "state", "since", "before", "limit")
+
+
+async def find_history(store: Store, params: Mapping[str, str], now: float) -> list[Notification]:
+    """The notifications `params` ask for (`history_query`), newest first; `before` names the
+    last notification of the page before, so that pages of up to 10,000 go back in time
+    without a gap or a repeat (notifications created in the same millisecond included)."""
+    query = history_query(params, now)
+    before = params.get("before")
+    if before is not None:
+        cursor = await store.get(before)
+        if cursor is None:
+            raise InputError("before", "no notification with this id (or deleted by retention)")
+        query = replace(query, after=(cursor.created_at, cursor.id))
+    return await store.history(query)
+
+
 def history_query(params: Mapping[str, str], now: float) -> HistoryQuery:
     """A HistoryQuery from query parameters or CLI flags: run_id, rule, channel, state, since
-    (a duration back from now, like 1h, or an ISO time) and limit."""
-    unknown = set(params) - {"run_id", "rule", "channel", "state", "since", "limit"}
+    (a duration back from now, like 1h, or an ISO time) and limit; `before` is for
+    `find_history`."""
+    unknown = set(params) - set(PARAMS)
     if unknown:
         raise InputError(sorted(unknown)[0], "unknown parameter")
     state = params.get("state")

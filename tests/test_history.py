@@ -94,6 +94,32 @@ async def test_history_explains_sent_muted_and_dead(
     assert {n["run_id"] for n in listed} == {"run_sent", "run_muted", "run_dead"}
 
 
+async def test_history_pages_by_the_last_id_over_http_and_the_cli(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A page of at most 10,000 went no further back: `before` (the last id of a page) gives
+    the next one, with nothing missed or repeated; an id the store does not hold is refused."""
+    r = await relay(CONFIG.format(url=sink.url))
+    await r.post([failed(f"run_{i}") for i in range(5)])
+    await until(r, lambda c: c["sent"] == 5)
+    _, whole = await get(r, "/v1/notifications")
+    first = [n["id"] for n in whole["notifications"][:2]]
+    code, page = await get(r, f"/v1/notifications?limit=2&before={first[-1]}")
+    assert code == 200
+    assert [n["id"] for n in page["notifications"]] == [
+        n["id"] for n in whole["notifications"][2:4]
+    ]
+    code, body = await get(r, "/v1/notifications?before=ntf_gone")
+    assert code == 400 and body["field"] == "before", body
+
+    env = {"RELAY_STORE_URL": r.service.settings.store_url}
+    args = ("history", "--json", "--limit", "2", "--before", first[-1])
+    listed = json.loads((await asyncio.to_thread(run_cli, *args, env=env)).stdout)
+    assert [n["id"] for n in listed] == [n["id"] for n in whole["notifications"][2:4]]
+    gone = await asyncio.to_thread(run_cli, "history", "--before", "ntf_gone", env=env)
+    assert gone.returncode == 1 and "before" in gone.stderr, gone.stderr
+
+
 async def test_replay_is_part_of_the_history(relay: RelayFactory, sink: Sink) -> None:
     sink.responses = [status(400)]
     r = await relay(CONFIG.format(url=sink.url))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from relay.errors import InputError
-from relay.history import event_view, history_query, notification_view
+from relay.history import event_view, find_history, notification_view
 from relay.silences import new_silence, parse_matchers, parse_time, silence_view
 from relay.sources._body import json_object
 
@@ -135,10 +135,9 @@ class HistoryHandlers(SilenceHandlers):
         if (denied := self._denied(request)) is not None:
             return denied
         try:
-            query = history_query(_single(request), self.deps.clock())
+            rows = await find_history(self.deps.store, _single(request), self.deps.clock())
         except InputError as exc:
             return error(400, exc.message, exc.field or None)
-        rows = await self.deps.store.history(query)
         return json_response({"notifications": [notification_view(n) for n in rows]})
 
     async def get_notification(self, request: web.Request) -> web.Response:

@@ -36,6 +36,9 @@ class HistoryQuery:
     channel: str | None = None
     state: str | None = None
     since: float | None = None
+    # a page's cursor: the (created_at, id) of the last notification of the page before; only
+    # those after it in the order (created_at newest first, then id) are returned
+    after: tuple[float, str] | None = None
     limit: int = 200
 
 

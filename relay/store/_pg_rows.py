@@ -163,6 +163,10 @@ def history_sql(query: HistoryQuery) -> tuple[str, Sequence[Any]]:
     if query.since is not None:
         params.append(float(query.since))
         clauses.append(f"created_at >= ${len(params)}")
+    if query.after is not None:  # a range on the created_at index, then the ties
+        params += [float(query.after[0]), clean(query.after[1])]
+        at, ident = f"${len(params) - 1}", f"${len(params)}"
+        clauses.append(f"created_at <= {at} AND (created_at < {at} OR id > {ident})")
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     params.append(max(1, min(query.limit, 10_000)))
     sql = f"SELECT * FROM relay_outbox{where} ORDER BY created_at DESC, id LIMIT ${len(params)}"  # noqa: S608

@@ -30,6 +30,10 @@ def history_sql(query: HistoryQuery) -> tuple[str, tuple[object, ...]]:
         if value is not None:
             clauses.append(clause)
             params.append(value)
+    if query.after is not None:  # a range on the outbox_created index, then the ties
+        created_at, ident = query.after
+        clauses.append("created_at <= ? AND (created_at < ? OR id > ?)")
+        params += [created_at, created_at, ident]
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     sql = f"SELECT * FROM outbox{where} ORDER BY created_at DESC, id LIMIT ?"  # noqa: S608
     return sql, (*params, max(1, min(query.limit, 10_000)))

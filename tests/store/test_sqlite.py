@@ -338,6 +338,10 @@ async def test_the_history_reads_the_newest_rows_from_an_index(store: SQLiteStor
         with closing(sqlite3.connect(store.path)) as conn:
             plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
         assert plan == ["SCAN outbox USING INDEX outbox_created"], plan
+    sql, params = history_sql(HistoryQuery(channel="c1", after=(11.0, "ntf_x")))
+    with closing(sqlite3.connect(store.path)) as conn:  # a later page starts at its cursor
+        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    assert plan == ["SEARCH outbox USING INDEX outbox_created (created_at<?)"], plan
     await store.close()
     with closing(sqlite3.connect(store.path)) as conn, conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)

@@ -424,6 +424,31 @@ async def test_history_and_events(store: Store) -> None:
     assert await store.events("ntf_unknown") == []
 
 
+async def test_history_pages_follow_each_other_without_gap_or_repeat(store: Store) -> None:
+    """Pages of the history by cursor: the notifications after the last of a page, in the
+    page order (newest first, then id), ties in the same instant included."""
+    made = []
+    for i, at in enumerate((10.0, 10.0, 10.0, 11.0, 12.0, 12.0)):
+        made += await enqueue(store, f"run_{i}", at, "c1", "c2")
+    whole = [n.id for n in await store.history(HistoryQuery())]
+    assert sorted(whole) == sorted(made) and len(whole) == 12
+    for size in (1, 2, 5):
+        paged: list[str] = []
+        after: tuple[float, str] | None = None
+        for _ in range(len(whole) + 1):  # bounded: a cursor that is ignored repeats pages
+            page = await store.history(HistoryQuery(limit=size, after=after))
+            if not page:
+                break
+            paged += [n.id for n in page]
+            after = (page[-1].created_at, page[-1].id)
+        assert paged == whole, size
+    sent = await store.history(HistoryQuery(channel="c2", limit=2))
+    rest = await store.history(HistoryQuery(channel="c2", after=(sent[-1].created_at, sent[-1].id)))
+    assert [n.id for n in sent + rest] == [
+        n.id for n in await store.history(HistoryQuery(channel="c2"))
+    ]
+
+
 async def test_prune_forgets_what_finished_before_the_retention(store: Store) -> None:
     old, kept = await enqueue(store, "run_old", 100.0, "c1", "c2")
     await store.mark_sent(old, now=110.0, attempts=1)
