@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import sys
@@ -346,6 +347,23 @@ def config_fingerprint(compiled: Compiled) -> tuple[tuple[str, int, int, int], .
             continue
         out.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino))
     return tuple(out)
+
+
+def config_hash(compiled: Compiled) -> int:
+    """A 52-bit digest (exact as a float, so in /metrics) of the running config as relay reads
+    it, its environment variables filled in, and of the files of its templates directory: two
+    replicas or two reloads that differ in it run different configs. Secrets are masked before
+    it is taken, so a secret changed alone does not change it (and nothing of one leaks)."""
+    loaded = compiled.loaded
+    digest = hashlib.sha256(loaded.config.model_dump_json().encode())
+    directory = loaded.config.templates.dir or Path()
+    for path in _files_under(directory) if loaded.config.templates.dir is not None else ():
+        digest.update(b"\0" + str(path.relative_to(directory)).encode(errors="replace") + b"\0")
+        try:
+            digest.update(path.read_bytes())
+        except OSError:  # a file gone since the load: what it rendered is in the compiled config
+            digest.update(b"\0gone")
+    return int(digest.hexdigest()[:13], 16)
 
 
 def _files_under(directory: Path) -> list[Path]:

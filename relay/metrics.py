@@ -171,6 +171,11 @@ class Metrics:
             "When the running config was loaded.",
             registry=r,
         )
+        self.config_hash = Gauge(
+            "relay_config_hash",
+            "Digest of the running config (secrets masked) and its templates directory.",
+            registry=r,
+        )
         for result in RELOAD_RESULTS:
             self.config_reloads.labels(result=result)
 

@@ -26,6 +26,7 @@ from relay.configure import (
     Compiled,
     compile_config,
     config_fingerprint,
+    config_hash,
     dashboard_link,
     load,
     route_for,
@@ -226,7 +227,9 @@ class Service:
             log.info("resuming notifications a dead worker had claimed", extra={"count": released})
 
     def _zero_metrics(self) -> None:
-        """The running config's channels and rules in /metrics from the start, at 0."""
+        """The running config in /metrics: its digest, and its channels and rules from the
+        start, at 0."""
+        self.metrics.config_hash.set(config_hash(self.compiled))
         self.metrics.configured(self.config.channels, [rule.name for rule in self.config.rules])
 
     def _config_args(self) -> list[str]:

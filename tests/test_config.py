@@ -10,7 +10,7 @@ import yaml
 from relay import yamlconf
 from relay.channels import settings_models
 from relay.config import Defaults, parse_config
-from relay.configure import dashboard_link, load
+from relay.configure import compile_config, config_hash, dashboard_link, load
 from relay.durations import format_duration, parse_duration
 from relay.errors import ConfigError
 from relay.settings import load_settings
@@ -1036,3 +1036,31 @@ def test_libyaml_reads_a_config_as_pyyaml_s_own_parser_does(
     monkeypatch.setattr(yamlconf, "_FAST_LOADER", None)
     own = yamlconf.load_yaml(text, "c.yaml", {"X": "1"})
     assert (fast.data, fast.problems, fast.lines) == (own.data, own.problems, own.lines)
+
+
+def test_the_config_hash_follows_the_config_and_not_its_secrets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`relay_config_hash` (as Alertmanager's config_hash) tells replicas running different
+    configs apart: a rule, or a value from the environment, changes it; a secret alone (a
+    signing secret, a URL, which may carry a token) does not: secrets are masked before the
+    digest, so nothing of one reaches /metrics."""
+    text = (
+        "channels:\n  hook: {type: webhook, url: '${HOOK_URL}', secret: '${HOOK_SECRET}'}\n"
+        "rules:\n  - {name: r, match: {status: %s, task: '${TASK}'}, notify: [hook]}\n"
+    )
+
+    def digest(status: str, url: str, secret: str, task: str = "billing/*") -> int:
+        monkeypatch.setenv("TASK", task)
+        monkeypatch.setenv("HOOK_URL", url)
+        monkeypatch.setenv("HOOK_SECRET", secret)
+        path = tmp_path / "c.yaml"
+        path.write_text(text % status)
+        return config_hash(compile_config(load(load_settings(), path)))
+
+    base = digest("failure", "https://a.example/h", "whsec_" + "QUJD" * 8)
+    assert digest("failure", "https://a.example/h", "whsec_" + "REVG" * 8) == base
+    assert digest("failure", "https://b.example/h", "whsec_" + "QUJD" * 8) == base
+    assert digest("failure", "https://a.example/h", "whsec_" + "QUJD" * 8, "sync/*") != base
+    assert digest("CRASHED", "https://a.example/h", "whsec_" + "QUJD" * 8) != base
+    assert 0 < base < 2**52

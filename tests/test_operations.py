@@ -198,6 +198,7 @@ async def test_a_new_templates_dir_is_watched_from_the_reload_that_names_it(
     """One change, one reload: the reload that brings a templates.dir starts watching its files
     (before, the next poll saw them as a change and reloaded again)."""
     r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    hashes = [value(await metrics_text(r), "relay_config_hash")]
     (tmp_path / "tpl" / "webhook").mkdir(parents=True)
     template = tmp_path / "tpl" / "webhook" / "run.json.j2"
     template.write_text('{"mine": {{ run.id | tojson }}}')
@@ -205,10 +206,15 @@ async def test_a_new_templates_dir_is_watched_from_the_reload_that_names_it(
     text = CONFIG.format(url=sink.url, rule="failures", status="failure")
     path.write_text(f"templates: {{dir: {tmp_path / 'tpl'}}}\n{text}")
     assert await r.service.reload_if_changed() is True
+    hashes.append(value(await metrics_text(r), "relay_config_hash"))
     assert await r.service.reload_if_changed() is None
     template.write_text('{"mine": {{ run.taskIdentifier | tojson }}}')
     assert await r.service.reload_if_changed() is True
-    assert value(await metrics_text(r), 'relay_config_reloads_total{result="success"}') == 2
+    metrics = await metrics_text(r)
+    assert value(metrics, 'relay_config_reloads_total{result="success"}') == 2
+    # the config digest, as Alertmanager's config_hash: every change of config or template shows
+    hashes.append(value(metrics, "relay_config_hash"))
+    assert len(set(hashes)) == 3 and all(0 < h < 2**52 for h in hashes), hashes
 
 
 async def test_sighup_on_the_built_in_default_loads_a_config_yaml_written_since(
