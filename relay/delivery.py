@@ -306,7 +306,7 @@ class ChannelLoop:
         finally:
             self._claiming = 0
         self._store_answered()
-        self.ready.extend(units(rows))  # a claim takes a digest group whole
+        self.ready.extend(units(self._not_held(rows)))  # a claim takes a digest group whole
         self._start_ready()
         if len(rows) >= want:  # more may be due (a digest group can take more than `want`)
             return
@@ -325,6 +325,14 @@ class ChannelLoop:
         room = min(most, max(self._room(), 0))
         self._promised += room
         return room
+
+    def _not_held(self, rows: list[Notification]) -> list[Notification]:
+        """The claimed rows this loop does not hold already. A wall clock stepped forward past
+        the lease while a row is in flight (or waits its turn) makes that row due again: this
+        loop's own claim took it back, and it went a second time beside the first send."""
+        held = {row.id for _, unit in self.ready for row in unit}
+        held.update(row.id for unit in self.inflight.values() for row in unit)
+        return [row for row in rows if row.id not in held]
 
     def _store_answered(self) -> None:
         """A claim went through: after an outage, say once that delivery goes on."""

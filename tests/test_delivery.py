@@ -10,6 +10,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -647,6 +648,48 @@ async def test_a_channel_that_raises_unexpectedly_is_logged_with_its_notificatio
     fields = {k: getattr(line, k, None) for k in ("run_id", "rule", "channel")}
     assert fields == {"run_id": "run_delivery_0007", "rule": "f", "channel": "out"}
     assert getattr(line, "notification_id", "").startswith("ntf_") and line.exc_info
+
+
+async def test_a_clock_stepped_past_the_lease_does_not_send_a_row_in_flight_again(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """The wall clock steps forward an hour (NTP, a resumed VM) while a webhook is in flight:
+    its lease has passed, and the next claim (made for another run) took the row back and sent
+    it a second time beside the first send. The loop's own rows are not sent again."""
+    compiled = compile_config(parse_config(config(sink.url), "c.yaml", settings_models(), {}))
+    store = SQLiteStore(tmp_path / "relay.db")
+    await store.open()
+    now = [1_790_000_000.0]
+    answer = asyncio.Event()
+
+    async def wait_for_answer(request: web.Request, index: int) -> web.StreamResponse:
+        await answer.wait()
+        return web.Response(status=200)
+
+    sink.responses = [wait_for_answer]
+    intake = Intake(store, lambda: compiled.rules, lambda channel: None, clock=lambda: now[0])
+    http = HttpClient()
+    defaults = compiled.loaded.config.defaults
+    deps = relay_delivery.Deps(
+        store, compiled.renderer, defaults.retry, dashboard_link(defaults), clock=lambda: now[0]
+    )
+    route = route_for(compiled, "hook", ChannelEnv(http, io.StringIO(), 10.0, store))
+    delivery = relay_delivery.Delivery(deps, {"hook": route})
+    delivery.start()
+    try:
+        await intake.submit(parse_runs([failing_run(0)]))
+        await sink.wait_for(1)
+        now[0] += 3600.0  # past the lease of the row in flight
+        await intake.submit(parse_runs([failing_run(1)]))
+        await sink.wait_for(2)
+        answer.set()
+        await wait_state(SimpleNamespace(service=SimpleNamespace(store=store)), "sent", 2)
+    finally:
+        await delivery.stop(5.0)  # a send still in flight ends first
+        await http.close()
+        await store.close()
+    runs = [r.json()["run"]["id"] for r in sink.received]
+    assert runs == ["run_delivery_0000", "run_delivery_0001"]
 
 
 async def test_an_outcome_the_store_cannot_take_is_logged_with_its_notification(
