@@ -744,7 +744,8 @@ class ChannelLoop:
         extra = self._extra(row)
         now = self.deps.clock()
         await self.deps.store.mark_sent(row.id, now=now, attempts=attempts, receipt=tried.receipt)
-        extra.update(attempts=attempts, latency_s=round(now - row.created_at, 4))
+        # a wall clock stepped back since the row was made: no negative latency (as the metric)
+        extra.update(attempts=attempts, latency_s=round(max(now - row.created_at, 0.0), 4))
         if tried.failed:  # quick retries leave no line of their own: say what they were
             extra["failed_tries"] = list(tried.failed)
         log.info("notification sent", extra=extra)

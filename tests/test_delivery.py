@@ -9,6 +9,8 @@ import logging
 import sqlite3
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -650,16 +652,33 @@ async def test_a_channel_that_raises_unexpectedly_is_logged_with_its_notificatio
     assert getattr(line, "notification_id", "").startswith("ntf_") and line.exc_info
 
 
-async def test_a_clock_stepped_past_the_lease_does_not_send_a_row_in_flight_again(
-    tmp_path: Path, sink: Sink
-) -> None:
-    """The wall clock steps forward an hour (NTP, a resumed VM) while a webhook is in flight:
-    its lease has passed, and the next claim (made for another run) took the row back and sent
-    it a second time beside the first send. The loop's own rows are not sent again."""
+@asynccontextmanager
+async def delivering_on(
+    tmp_path: Path, sink: Sink, clock: Callable[[], float]
+) -> AsyncIterator[tuple[Intake, SQLiteStore]]:
+    """Intake and a delivery loop on channel `hook` (to `sink`), both on `clock`."""
     compiled = compile_config(parse_config(config(sink.url), "c.yaml", settings_models(), {}))
     store = SQLiteStore(tmp_path / "relay.db")
     await store.open()
-    now = [1_790_000_000.0]
+    intake = Intake(store, lambda: compiled.rules, lambda channel: None, clock=clock)
+    http = HttpClient()
+    defaults = compiled.loaded.config.defaults
+    deps = relay_delivery.Deps(
+        store, compiled.renderer, defaults.retry, dashboard_link(defaults), clock=clock
+    )
+    route = route_for(compiled, "hook", ChannelEnv(http, io.StringIO(), 10.0, store))
+    delivery = relay_delivery.Delivery(deps, {"hook": route})
+    delivery.start()
+    try:
+        yield intake, store
+    finally:
+        await delivery.stop(5.0)  # a send still in flight ends first
+        await http.close()
+        await store.close()
+
+
+def first_held(sink: Sink) -> asyncio.Event:
+    """The sink answers its first request (200) once the event returned is set."""
     answer = asyncio.Event()
 
     async def wait_for_answer(request: web.Request, index: int) -> web.StreamResponse:
@@ -667,16 +686,18 @@ async def test_a_clock_stepped_past_the_lease_does_not_send_a_row_in_flight_agai
         return web.Response(status=200)
 
     sink.responses = [wait_for_answer]
-    intake = Intake(store, lambda: compiled.rules, lambda channel: None, clock=lambda: now[0])
-    http = HttpClient()
-    defaults = compiled.loaded.config.defaults
-    deps = relay_delivery.Deps(
-        store, compiled.renderer, defaults.retry, dashboard_link(defaults), clock=lambda: now[0]
-    )
-    route = route_for(compiled, "hook", ChannelEnv(http, io.StringIO(), 10.0, store))
-    delivery = relay_delivery.Delivery(deps, {"hook": route})
-    delivery.start()
-    try:
+    return answer
+
+
+async def test_a_clock_stepped_past_the_lease_does_not_send_a_row_in_flight_again(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """The wall clock steps forward an hour (NTP, a resumed VM) while a webhook is in flight:
+    its lease has passed, and the next claim (made for another run) took the row back and sent
+    it a second time beside the first send. The loop's own rows are not sent again."""
+    now = [1_790_000_000.0]
+    answer = first_held(sink)
+    async with delivering_on(tmp_path, sink, lambda: now[0]) as (intake, store):
         await intake.submit(parse_runs([failing_run(0)]))
         await sink.wait_for(1)
         now[0] += 3600.0  # past the lease of the row in flight
@@ -684,12 +705,26 @@ async def test_a_clock_stepped_past_the_lease_does_not_send_a_row_in_flight_agai
         await sink.wait_for(2)
         answer.set()
         await wait_state(SimpleNamespace(service=SimpleNamespace(store=store)), "sent", 2)
-    finally:
-        await delivery.stop(5.0)  # a send still in flight ends first
-        await http.close()
-        await store.close()
     runs = [r.json()["run"]["id"] for r in sink.received]
     assert runs == ["run_delivery_0000", "run_delivery_0001"]
+
+
+async def test_a_clock_stepped_back_during_a_send_logs_no_negative_latency(
+    tmp_path: Path, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The wall clock steps back an hour while a webhook is in flight (NTP correcting a clock
+    that ran ahead): the "notification sent" line said latency_s -3600; the metric says 0."""
+    caplog.set_level(logging.INFO, logger="relay.delivery")
+    now = [1_790_000_000.0]
+    answer = first_held(sink)
+    async with delivering_on(tmp_path, sink, lambda: now[0]) as (intake, store):
+        await intake.submit(parse_runs([failing_run(0)]))
+        await sink.wait_for(1)
+        now[0] -= 3600.0
+        answer.set()
+        await wait_state(SimpleNamespace(service=SimpleNamespace(store=store)), "sent")
+    [line] = [r for r in caplog.records if r.getMessage() == "notification sent"]
+    assert getattr(line, "latency_s", None) == 0.0
 
 
 async def test_an_outcome_the_store_cannot_take_is_logged_with_its_notification(
