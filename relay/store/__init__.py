@@ -261,8 +261,8 @@ class Store(Protocol):
         The lease is taken when it is free, expired (expires_at <= now) or already `owner`'s, and
         renewed by calling again before it ends; otherwise it stays with its holder (False). One
         owner per name across replicas: the Realtime follower of a feed. `ttl_s=0` gives up a
-        lease one holds. `now` comes from the caller's clock: replicas need synchronised clocks
-        (NTP), well within `ttl_s`.
+        lease one holds (free at once, whatever the clocks). `now` comes from the caller's
+        clock: replicas need synchronised clocks (NTP), well within `ttl_s`.
         """
 
 

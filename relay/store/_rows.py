@@ -47,3 +47,10 @@ def to_silence(row: Row) -> Silence:
         comment=row["comment"],
         created_by=row["created_by"],
     )
+
+
+def lease_end(ttl_s: float, now: float) -> float:
+    """The expires_at of a named lease taken for `ttl_s` at `now`. One handed back (`ttl_s` 0)
+    ends at the epoch, not `now`: free at once on any clock, also after a wall clock stepped
+    back (a Slack thread's next message waited out the step, polling, holding a send slot)."""
+    return now + ttl_s if ttl_s > 0 else 0.0

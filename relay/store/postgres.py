@@ -65,7 +65,7 @@ from relay.store._pg_rows import (
     to_event,
 )
 from relay.store._pg_schema import migrate
-from relay.store._rows import to_notification, to_silence
+from relay.store._rows import lease_end, to_notification, to_silence
 
 POOL_MIN = 1
 POOL_MAX = 10
@@ -470,7 +470,7 @@ class PostgresStore:
 
     async def try_lead(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
         """Hold the lease `name` for `ttl_s` from `now`: True if `owner` holds it now."""
-        held = await self._fetchval(LEAD, clean(name), clean(owner), now + ttl_s, now)
+        held = await self._fetchval(LEAD, clean(name), clean(owner), lease_end(ttl_s, now), now)
         return held is not None
 
 

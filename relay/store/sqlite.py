@@ -32,7 +32,7 @@ from relay.store import (
     owed_notification,
     recoveries_of,
 )
-from relay.store._rows import to_notification, to_silence
+from relay.store._rows import lease_end, to_notification, to_silence
 from relay.store._sqlite_history import event_rows, history_rows
 from relay.store._sqlite_lock import WriteLock
 from relay.store._sqlite_reader import Reader
@@ -440,7 +440,7 @@ class SQLiteStore:
                 " expires_at = excluded.expires_at, updated_at = excluded.updated_at"
                 " WHERE leases.owner = excluded.owner OR leases.expires_at <= excluded.updated_at"
                 " RETURNING owner",
-                (name, owner, now + ttl_s, now),
+                (name, owner, lease_end(ttl_s, now), now),
             ).fetchone()
         )
         return row is not None

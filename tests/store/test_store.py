@@ -686,6 +686,15 @@ async def test_try_lead_one_owner_until_the_lease_ends(store: Store) -> None:
     assert await store.try_lead("realtime:feed", "a", ttl_s=10.0, now=120.0)
 
 
+async def test_a_lease_handed_back_is_free_after_the_clock_stepped_back(store: Store) -> None:
+    """A lease given up ended at the `now` of its holder: after the wall clock stepped back an
+    hour (NTP), the next taker waited out that hour (a Slack sender polling for the thread)."""
+    assert await store.try_lead("slack_thread:k", "a", ttl_s=25.0, now=5000.0)
+    assert await store.try_lead("slack_thread:k", "a", ttl_s=0.0, now=5000.0)  # a gives it up
+    assert await store.try_lead("slack_thread:k", "b", ttl_s=25.0, now=1400.0)
+    assert not await store.try_lead("slack_thread:k", "c", ttl_s=25.0, now=1410.0)  # b's now
+
+
 async def test_prune_forgets_leases_that_ended_before_the_retention(
     engine: Engine, store: Store
 ) -> None:
