@@ -36,7 +36,7 @@ except ImportError:  # the parent process and the docs need no atheris
 # relay's modules only are instrumented for coverage feedback (all of them would cost minutes)
 with atheris.instrument_imports(include=["relay"]) if atheris else contextlib.nullcontext():
     from relay.channels import settings_models
-    from relay.config import parse_config
+    from relay.config_load import parse_config
     from relay.errors import ConfigError, InputError
     from relay.formats import parse_body, parse_runs
     from relay.formats.electric import parse_raw_run

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import difflib
 
-from relay.config import Config, LoadedConfig, MatchConfig, RuleConfig
+from relay.config import Config, MatchConfig, RuleConfig
+from relay.config_load import LoadedConfig
 from relay.model import EVENT_STATUSES, FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP, Run
 from relay.rules import Locate, passes_filters, statuses_of
 from relay.yamlconf import dotted

@@ -17,14 +17,8 @@ from urllib.parse import quote, urlsplit
 from relay import channels as channel_registry
 from relay.channels import ChannelEnv, Outgoing
 from relay.channels._http import HttpClient
-from relay.config import (
-    Defaults,
-    Draft,
-    LoadedConfig,
-    RuleConfig,
-    check_file,
-    parse_config,
-)
+from relay.config import Defaults, RuleConfig
+from relay.config_load import Draft, LoadedConfig, check_file, parse_config
 from relay.config_warnings import config_warnings
 from relay.delivery import DIGEST_TEMPLATE, Route, render_notification
 from relay.errors import ConfigError, Problem, RelayError, in_file_order

@@ -25,7 +25,7 @@ from relay.channels import REGISTRY, settings_models
 from relay.channels.email import SUBJECT_MAX_CHARS
 from relay.channels.slack import slack_message
 from relay.cli import main as relay_cli
-from relay.config import parse_config
+from relay.config_load import parse_config
 from relay.configure import compile_config
 from relay.errors import ConfigError
 from relay.filters import mrkdwn

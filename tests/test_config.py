@@ -9,7 +9,8 @@ import yaml
 
 from relay import yamlconf
 from relay.channels import settings_models
-from relay.config import Defaults, parse_config
+from relay.config import Defaults
+from relay.config_load import parse_config
 from relay.configure import compile_config, config_hash, dashboard_link, load
 from relay.durations import format_duration, parse_duration
 from relay.errors import ConfigError

@@ -23,7 +23,7 @@ from relay import __version__ as relay_version
 from relay import delivery as relay_delivery
 from relay.channels import ChannelEnv, settings_models
 from relay.channels._http import HttpClient
-from relay.config import parse_config
+from relay.config_load import parse_config
 from relay.configure import compile_config, dashboard_link, route_for
 from relay.delivery import CLAIM_AHEAD
 from relay.formats import parse_runs

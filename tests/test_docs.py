@@ -52,8 +52,8 @@ from relay.config import (
     SourcesConfig,
     TemplatesConfig,
     TriggerAlertsConfig,
-    load_config,
 )
+from relay.config_load import load_config
 from relay.configure import compile_config, dry_run
 from relay.durations import parse_duration
 from relay.errors import REASONS

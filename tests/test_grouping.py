@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from relay.channels import settings_models
-from relay.config import parse_config
+from relay.config_load import parse_config
 from relay.configure import compile_config
 from relay.grouping import flushed, group_key, group_labels, schedule
 from relay.model import GroupState, Timing

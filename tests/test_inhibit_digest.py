@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from relay.channels import settings_models
-from relay.config import parse_config
+from relay.config_load import parse_config
 from relay.errors import ConfigError
 from relay.inhibition import inhibitions
 from relay.model import Match, Run

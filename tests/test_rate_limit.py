@@ -23,7 +23,8 @@ import pytest
 from relay.channels import ChannelEnv
 from relay.channels._http import HttpClient
 from relay.channels.console import ConsoleSettings
-from relay.config import RateLimit, parse_config
+from relay.config import RateLimit
+from relay.config_load import parse_config
 from relay.configure import compile_config, dashboard_link, route_for
 from relay.delivery import Delivery, Deps
 from relay.formats import parse_runs

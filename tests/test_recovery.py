@@ -25,7 +25,7 @@ from relay.channels.discord import discord_message
 from relay.channels.msteams import teams_message
 from relay.channels.pagerduty import PagerDutySettings, pagerduty_event
 from relay.channels.slack import slack_message
-from relay.config import parse_config
+from relay.config_load import parse_config
 from relay.configure import compile_config
 from relay.errors import ConfigError, DeliveryError
 from relay.model import Run, notification_id, recovery_id

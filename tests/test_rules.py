@@ -10,7 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from relay.channels import settings_models
-from relay.config import parse_config
+from relay.config_load import parse_config
 from relay.configure import compile_config
 from relay.grouping import lookup
 from relay.model import Run, RunState

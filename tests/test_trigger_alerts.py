@@ -18,7 +18,8 @@ import orjson
 import pytest
 
 from relay.channels import settings_models
-from relay.config import Defaults, RuleConfig, parse_config
+from relay.config import Defaults, RuleConfig
+from relay.config_load import parse_config
 from relay.configure import compile_config, dashboard_link
 from relay.formats.trigger_alerts import parse_alert
 from relay.model import Run
@@ -224,7 +225,7 @@ async def test_not_configured_is_404(relay: RelayFactory, sink: Sink) -> None:
 
 def test_a_config_without_a_usable_secret_is_refused() -> None:
     from relay.channels import settings_models  # noqa: PLC0415
-    from relay.config import parse_config  # noqa: PLC0415
+    from relay.config_load import parse_config  # noqa: PLC0415
     from relay.errors import ConfigError  # noqa: PLC0415
 
     for sources in ('{trigger_alerts: {secret: ""}}', "{trigger_alerts: {}}"):

@@ -16,7 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from relay.channels import settings_models
-from relay.config import parse_config
+from relay.config_load import parse_config
 from relay.errors import ConfigError
 from relay.model import notification_id
 from relay.rules import compile_rules

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from relay.channels import ChannelEnv, Outgoing, Recovery, settings_models
 from relay.channels._http import HttpClient
 from relay.channels.email import EmailChannel, EmailSettings, _this_host, build_message
-from relay.config import load_config, parse_config
+from relay.config_load import load_config, parse_config
 from relay.errors import ConfigError, DeliveryError
 from relay.model import Run, notification_id
 from relay.store.sqlite import SQLiteStore

@@ -26,7 +26,8 @@ from relay.channels.discord import DiscordSettings, discord_message
 from relay.channels.msteams import MAX_BODY_BYTES, MSTeamsSettings, teams_message
 from relay.channels.pagerduty import PagerDutySettings, pagerduty_event
 from relay.cli import main as relay_cli
-from relay.config import RateLimit, parse_config
+from relay.config import RateLimit
+from relay.config_load import parse_config
 from relay.configure import compile_config
 from relay.errors import ConfigError, DeliveryError
 from relay.grouping import digest_context

@@ -22,7 +22,8 @@ from relay.channels import ChannelEnv, KeyValue, Outgoing, Recovery, settings_mo
 from relay.channels._http import HttpClient
 from relay.channels._slack_threads import THREADS
 from relay.channels.slack import SlackChannel, SlackSettings, slack_message
-from relay.config import RateLimit, parse_config
+from relay.config import RateLimit
+from relay.config_load import parse_config
 from relay.errors import ConfigError, DeliveryError
 from relay.model import Run
 from relay.store.sqlite import SQLiteStore

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.channels import settings_models
-from relay.config import parse_config
+from relay.config_load import parse_config
 from relay.configure import compile_config
 from relay.errors import ConfigError, InputError
 from relay.formats.electric import parse_raw_run

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from relay.channels import settings_models
-from relay.config import parse_config
+from relay.config_load import parse_config
 from relay.model import Run, notification_id
 from relay.rules import compile_rules
 from relay.templating import RenderContext, fallback_json
