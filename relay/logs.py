@@ -6,6 +6,7 @@ and appear as top-level keys.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -103,15 +104,17 @@ class ScrubSecrets(logging.Filter):
 
     def record(self, record: logging.LogRecord, formatter: logging.Formatter) -> logging.LogRecord:
         """A copy of `record` whose message, fields and traceback are scrubbed."""
-        copy = logging.makeLogRecord(record.__dict__)
-        copy.msg, copy.args = self.scrub(record.getMessage()), None
-        copy.__dict__.update({k: self._value(v) for k, v in _extras(record).items()})
+        scrubbed = copy.copy(record)
+        scrubbed.msg, scrubbed.args = self.scrub(record.getMessage()), None
+        scrubbed.__dict__.update({k: self._value(v) for k, v in _extras(record).items()})
         if record.exc_info:
-            copy.exc_text = self.scrub(formatter.formatException(record.exc_info))
-            copy.exc_info = None
-        return copy
+            scrubbed.exc_text = self.scrub(formatter.formatException(record.exc_info))
+            scrubbed.exc_info = None
+        return scrubbed
 
     def _value(self, value: Any) -> Any:
+        if isinstance(value, str):  # nearly every field: checked first
+            return self.scrub(value)
         if value is None or isinstance(value, bool | int | float):
             return value
         if isinstance(value, tuple):
@@ -218,6 +221,10 @@ def tag_lines(**fields: Any) -> None:
 
 
 def setup_logging(fmt: str, level: str) -> None:
+    # No line says where it was logged from, nor which thread or process logged it: records do
+    # not collect those (the logging HOWTO's "Optimization"; a frame walk and a getpid() a line).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = _ScrubbingHandler(SCRUB)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
