@@ -18,7 +18,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -308,6 +308,13 @@ class _Environment(ImmutableSandboxedEnvironment):
         _check_deadline()
         _check_binop(operator, left, right)
         return _checked_result(super().call_binop(context, operator, left, right))
+
+    def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
+        """A template's globals as one dict, not Jinja's ChainMap over the environment's: every
+        render copies them key by key, a ChainMap's keys in Python. The environment's globals
+        are all set before a template loads (Jinja asks for that: its templates see no later
+        change reliably either)."""
+        return {**self.globals, **(d or {})}
 
     def getattr(self, obj: Any, attribute: str) -> Any:
         _check_name(obj, attribute)
