@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 from relay import __version__
 from relay.errors import REASONS
@@ -49,6 +50,25 @@ RELOAD_RESULTS = ("success", "failure")
 # why an alert webhook was answered 202 but not taken: a fixed set, never the body's `type`
 # (a sender could make a series of every string it likes)
 ALERT_IGNORED_REASONS = ("unknown_type",)
+
+
+_M = TypeVar("_M", bound=MetricWrapperBase)
+
+
+class _ByLabel(Generic[_M]):
+    """The children of a metric with one label, each looked up once: `labels()` checks and
+    converts its argument and takes a lock at every call (three times a send). Only for
+    metrics whose children are never removed."""
+
+    def __init__(self, metric: _M) -> None:
+        self._metric = metric
+        self._children: dict[str, _M] = {}
+
+    def __getitem__(self, value: str) -> _M:
+        child = self._children.get(value)
+        if child is None:
+            child = self._children[value] = self._metric.labels(value)
+        return child
 
 
 class Metrics:
@@ -178,6 +198,10 @@ class Metrics:
         )
         for result in RELOAD_RESULTS:
             self.config_reloads.labels(result=result)
+        # those of every update and every send
+        self._received, self._matched = _ByLabel(self.received), _ByLabel(self.matched)
+        self._sent = _ByLabel(self.sent)
+        self._latency, self._attempts = _ByLabel(self.latency), _ByLabel(self.attempts)
 
     def configured(self, channels: Iterable[str], rules: Iterable[str]) -> None:
         """The counters of the running config's channels and rules, at 0 until their first
@@ -203,9 +227,9 @@ class Metrics:
         """Delivery's hook: one call per finished attempt, mute or template fallback."""
         channel = row.channel
         if kind == "sent":
-            self.sent.labels(channel=channel).inc()
-            self.latency.labels(channel=channel).observe(max(time.time() - row.created_at, 0.0))
-            self.attempts.labels(channel=channel).observe(attempts)
+            self._sent[channel].inc()
+            self._latency[channel].observe(max(time.time() - row.created_at, 0.0))
+            self._attempts[channel].observe(attempts)
         elif kind == "failed":
             self.failed.labels(channel=channel, reason=reason).inc()
         elif kind == "dead":
@@ -217,11 +241,11 @@ class Metrics:
 
     def intake_result(self, result: IntakeOutcome, created: Sequence[Notification]) -> None:
         """Intake's hook: one call per committed batch."""
-        self.received.labels(source=result.source).inc(result.accepted)
+        self._received[result.source].inc(result.accepted)
         if result.stale:
             self.stale.inc(result.stale)
         for n in created:
-            self.matched.labels(rule=n.rule).inc()
+            self._matched[n.rule].inc()
             if n.state == "muted":
                 self.muted.labels(channel=n.channel).inc()
 
