@@ -20,7 +20,7 @@ from relay.channels._http import HttpClient
 from relay.config import Defaults, RuleConfig
 from relay.config_load import Draft, LoadedConfig, check_file, parse_config
 from relay.config_warnings import config_warnings
-from relay.delivery import DIGEST_TEMPLATE, Route, render_notification
+from relay.dispatch import DIGEST_TEMPLATE, render_notification
 from relay.errors import ConfigError, Problem, RelayError, in_file_order
 from relay.model import Notification, Run, notification_id
 from relay.policy import TokenBucket
@@ -32,6 +32,7 @@ from relay.rules import (
     rule_template,
     when_problems,
 )
+from relay.sending import Route
 from relay.settings import Settings
 from relay.templating import Rendered, Renderer
 

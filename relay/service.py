@@ -31,7 +31,8 @@ from relay.configure import (
     load,
     route_for,
 )
-from relay.delivery import Delivery, Deps, Reservation
+from relay.delivery import Delivery, Reservation
+from relay.dispatch import Deps
 from relay.errors import ConfigError, Problem, StoreUnavailable
 from relay.intake import Intake
 from relay.logs import SCRUB

@@ -26,6 +26,7 @@ from relay.channels._http import HttpClient
 from relay.config_load import parse_config
 from relay.configure import compile_config, dashboard_link, route_for
 from relay.delivery import CLAIM_AHEAD
+from relay.dispatch import Deps
 from relay.formats import parse_runs
 from relay.intake import Intake
 from relay.model import Notification, Run, notification_id
@@ -663,9 +664,7 @@ async def delivering_on(
     intake = Intake(store, lambda: compiled.rules, lambda channel: None, clock=clock)
     http = HttpClient()
     defaults = compiled.loaded.config.defaults
-    deps = relay_delivery.Deps(
-        store, compiled.renderer, defaults.retry, dashboard_link(defaults), clock=clock
-    )
+    deps = Deps(store, compiled.renderer, defaults.retry, dashboard_link(defaults), clock=clock)
     route = route_for(compiled, "hook", ChannelEnv(http, io.StringIO(), 10.0, store))
     delivery = relay_delivery.Delivery(deps, {"hook": route})
     delivery.start()
@@ -752,7 +751,7 @@ async def test_an_outcome_the_store_cannot_take_is_logged_with_its_notification(
     assert (await intake.submit(parse_runs([failing_run()]))).notifications == 1
     http = HttpClient()
     defaults = compiled.loaded.config.defaults
-    deps = relay_delivery.Deps(
+    deps = Deps(
         store,
         compiled.renderer,
         defaults.retry,

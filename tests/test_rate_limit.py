@@ -26,7 +26,8 @@ from relay.channels.console import ConsoleSettings
 from relay.config import RateLimit
 from relay.config_load import parse_config
 from relay.configure import compile_config, dashboard_link, route_for
-from relay.delivery import Delivery, Deps
+from relay.delivery import Delivery
+from relay.dispatch import Deps
 from relay.formats import parse_runs
 from relay.intake import Intake
 from relay.policy import QUICK_TRIES, TokenBucket

@@ -1,0 +1,438 @@
+"""One delivery unit of a channel (a notification, or every due one of a group as one
+digest), from its claim to its recorded outcome: muted by a silence or time interval at send
+time, a recovery waiting for the notification it resolves, rendered, sent (relay.sending), and
+the outcome written through store blips: sent, a retry from the outbox with backoff or the
+server's Retry-After, or dead. Final writes are shielded from cancellation: a notification is
+marked sent only after the send returned, with the channel's receipt. A recovery follows its
+notification's fate: muted with it, never muted on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from relay import policy as pol
+from relay.channels import Outgoing, Recovery
+from relay.config import RetryPolicy
+from relay.errors import DeliveryError, StoreUnavailable
+from relay.grouping import digest_context, digest_id
+from relay.model import Notification, subject_of
+from relay.sending import Clock, Route, Sender, Sleep, Tried
+from relay.silences import SilenceCache, silenced_by
+from relay.store import Store
+from relay.templating import RenderContext, Rendered, Renderer
+
+log = logging.getLogger("relay.delivery")
+RECOVERY_WAIT_S = 1.0  # a recovery is tried again this long after its notification's next try
+RETRY_SOON_S = 5.0  # rows given back after a store failure before their send, due again then
+DIGEST_TEMPLATE = "digest"
+# A render gets this long on the event loop (the shipped templates take a millisecond or two);
+# one that needs more starts again in the channel's own thread with the full budget, so a slow
+# template holds up its channel, never intake or the other channels for a second per message.
+ON_LOOP_RENDER_S = 0.05
+DashboardLink = Callable[[dict[str, object]], str | None]
+Release = Callable[[list[Notification], float], Awaitable[None]]
+
+
+@dataclass
+class Deps:
+    store: Store
+    renderer: Renderer
+    retry: RetryPolicy
+    dashboard_link: DashboardLink
+    clock: Clock = time.time
+    sleep: Sleep = asyncio.sleep
+    rng: random.Random = random.Random()  # noqa: RUF009 - one shared generator is the intent
+    lease_s: float = 300.0
+    silences: SilenceCache | None = None
+    # (rule, now) → why its time intervals mute it then, or None: checked again at send time
+    time_muted: Callable[[str, float], str | None] | None = None
+    # (rule, channel, event) → the template that rule renders for that channel now, or None: a
+    # notification is rendered as the config in force at send time says (Alertmanager's way)
+    template_of: Callable[[str, str, str], str | None] | None = None
+    # (kind, row, reason, attempts) after each outcome: sent, retry, dead, muted, template_error
+    on_event: Callable[[str, Notification, str, int], None] | None = None
+
+
+def render_notification(
+    renderer: Renderer,
+    channel: str,
+    route: Route,
+    row: Notification,
+    link: DashboardLink,
+    *,
+    wall_s: float | None = None,
+) -> Rendered:
+    """Render `row` for one channel (also used by `relay test` and `relay send-test`)."""
+    ctx = RenderContext(
+        run=row.run,
+        rule=row.rule,
+        channel=channel,
+        channel_type=route.type,
+        notification_id=row.id,
+        dashboard_url=link(row.run),
+        resolves=row.resolves,
+    )
+    return renderer.render(route.type, row.template, route.parts, ctx, wall_s=wall_s)
+
+
+def render_digest(
+    renderer: Renderer,
+    channel: str,
+    route: Route,
+    rows: list[Notification],
+    link: DashboardLink,
+    *,
+    wall_s: float | None = None,
+) -> Rendered:
+    """Render several notifications of one group as one digest (template `digest`)."""
+    head = rows[-1]
+    labels = head.extra.get("group_labels") or {}
+    group = digest_context(head.group_key or "", labels, [row.run for row in rows])
+    ctx = RenderContext(
+        run=head.run,
+        rule=head.rule,
+        channel=channel,
+        channel_type=route.type,
+        notification_id=digest_id([row.id for row in rows]),
+        dashboard_url=link(head.run),
+        group=group,
+    )
+    return renderer.render(route.type, DIGEST_TEMPLATE, route.parts, ctx, wall_s=wall_s)
+
+
+class Dispatch:
+    """Delivers the units a channel loop starts; its writes join `finishing` (the loop waits
+    for them on stop), and rows it cannot send now go back through `release`."""
+
+    def __init__(
+        self,
+        name: str,
+        route: Route,
+        deps: Deps,
+        *,
+        lease_s: float,
+        finishing: set[asyncio.Future[None]],
+        release: Release,
+    ) -> None:
+        self.name = name
+        self.route = route
+        self.deps = deps
+        self.lease_s = lease_s
+        self.finishing = finishing
+        self.release = release
+        self.sender = Sender(
+            name,
+            route,
+            clock=deps.clock,
+            sleep=deps.sleep,
+            rng=deps.rng,
+            max_attempts=deps.retry.max_attempts,
+        )
+        self._render_pool: ThreadPoolExecutor | None = None  # for renders too slow for the loop
+
+    def close(self) -> None:
+        if self._render_pool is not None:
+            self._render_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def deliver(self, rows: list[Notification], group_key: str | None) -> None:
+        """Send one notification, or every due one of a group as one digest; then finish."""
+        try:
+            ready = await self._to_send(rows, group_key)
+        except StoreUnavailable as exc:  # a silence or recovery read: they go again shortly
+            log.warning(
+                "store unavailable before sending; the notification goes back to the outbox",
+                extra={**row_extra(self.name, rows[0]), "error": str(exc)},
+            )
+            await self.release(rows, RETRY_SOON_S)
+            return
+        if ready is not None:
+            await self._send_and_finish(*ready, group_key)
+
+    async def _to_send(
+        self, rows: list[Notification], group_key: str | None
+    ) -> tuple[list[Notification], Recovery | None, Notification | None] | None:
+        """The rows to send now (the muted ones marked so), what a recovery among them
+        resolves and that alert if it is dead; None when nothing goes now."""
+        rows = [row for row in rows if not await self._muted(row, row_extra(self.name, row))]
+        if not rows:
+            if group_key is not None:
+                await asyncio.shield(self.deps.store.group_flushed(group_key, self.deps.clock()))
+            return None
+        if group_key is None and rows[0].resolves is not None:
+            resolving = await self._recovers(rows[0])
+            return None if resolving is None else (rows, *resolving)
+        return rows, None, None
+
+    async def _send_and_finish(
+        self,
+        rows: list[Notification],
+        recovers: Recovery | None,
+        dead: Notification | None,
+        group_key: str | None,
+    ) -> None:
+        """Render, send with quick retries, and have the outcome written (see finish)."""
+        outgoing = await self._render(rows, group_key, recovers)
+        tried = await self.sender.attempt(outgoing, max(row.attempts for row in rows))
+        for reason in tried.failed:  # every failed try counts, quick retries too (Alertmanager)
+            self._event("failed", rows[0], reason)
+        err = tried.error
+
+        def finish() -> Awaitable[object]:
+            # A digest fails as one message: its rows retry together (one jittered time) or die
+            # together, else each row would come back alone and the digest split into N messages.
+            tries = tried.tries
+            writes: list[Awaitable[object]]
+            if err is None and dead is not None:  # a recovery, of an alert that was dead
+                writes = [self._recovery_sent(rows[0], rows[0].attempts + tries, tried, dead)]
+            elif err is None:
+                writes = [self._sent(row, row.attempts + tries, tried) for row in rows]
+            else:
+                after = self._outcome(err, rows, tries)
+                writes = [self._failed(row, err, row.attempts + tries, after) for row in rows]
+            if err is None and group_key is not None:
+                writes.append(self.deps.store.group_flushed(group_key, self.deps.clock()))
+            return writes[0] if len(writes) == 1 else asyncio.gather(*writes)
+
+        extra = {**row_extra(self.name, rows[0]), "notifications": len(rows)}
+        # The send is over: its slot is free while the outcome is written (the row stays leased
+        # until then, so no claim takes it again). One store round trip less per send in flight.
+        write = asyncio.ensure_future(self._write_through_blips(finish, extra))
+        self.finishing.add(write)
+        write.add_done_callback(functools.partial(self._written, extra))
+        if group_key is not None:  # a group's next digest waits for this one's flush
+            await asyncio.wait({write})  # a stop cancelling this send leaves the write going
+
+    def _written(self, extra: dict[str, object], write: asyncio.Future[None]) -> None:
+        self.finishing.discard(write)
+        if not write.cancelled() and write.exception() is not None:
+            log.error("outcome not recorded", extra=extra, exc_info=write.exception())
+
+    async def _write_through_blips(
+        self, write: Callable[[], Awaitable[object]], extra: dict[str, object]
+    ) -> None:
+        """Record the outcome even if the store blips: retried with backoff up to the lease
+        (the writes are idempotent: they only change rows still pending)."""
+        deadline = self.deps.clock() + self.lease_s
+        wait_s = 0.25
+        while True:
+            try:
+                await write()
+                return
+            except StoreUnavailable:
+                if self.deps.clock() + wait_s > deadline:
+                    log.error("outcome not recorded: store unavailable", extra=extra)
+                    return
+                await self.deps.sleep(wait_s)
+                wait_s = min(wait_s * 2, 15.0)
+
+    async def _recovers(self, row: Notification) -> tuple[Recovery, Notification | None] | None:
+        """What recovery `row` resolves, once that notification is finished, and that
+        notification if it is dead. Until then the row waits (None); it is muted (None) when
+        that notification was muted."""
+        firing_id = row.resolves or ""
+        firing = await self.deps.store.get(firing_id)
+        now = self.deps.clock()
+        if firing is not None and firing.state == "pending":
+            later = max(firing.not_before, now) + RECOVERY_WAIT_S
+            await asyncio.shield(self.deps.store.postpone(row.id, now=now, not_before=later))
+            return None
+        if firing is not None and firing.state == "muted":
+            silence = firing.reason or ""
+            await asyncio.shield(self.deps.store.mark_muted(row.id, now=now, silence_id=silence))
+            log.info("recovery muted with its notification", extra=row_extra(self.name, row))
+            self._event("muted", row, "")
+            return None
+        receipt = firing.receipt if firing is not None and firing.state == "sent" else None
+        dead = firing if firing is not None and firing.state == "dead" else None
+        return Recovery(firing_id, receipt), dead  # dead or forgotten: the channel makes do
+
+    async def _recovery_sent(
+        self, row: Notification, attempts: int, tried: Tried, dead: Notification
+    ) -> None:
+        """A recovery sent while its alert was dead. A replay of that alert meanwhile (by
+        `relay dlq replay`, on any replica) queued no recovery: this one was still pending.
+        The alert then came after it, and the run ended on an open alert: it goes again."""
+        await self._sent(row, attempts, tried)
+        firing = await self.deps.store.get(dead.id)
+        if firing is None or _same_outcome(firing, dead):
+            return
+        if await self.deps.store.requeue_recoveries([row.id], self.deps.clock()):
+            log.info(
+                "recovery queued again: its notification was replayed",
+                extra=row_extra(self.name, row),
+            )
+
+    async def _muted(self, row: Notification, extra: dict[str, object]) -> bool:
+        """A silence created after the notification was queued still mutes it, and so does a
+        time interval that began since (a digest's group_wait, a retry's backoff), as
+        Alertmanager mutes at flush time. A recovery follows its notification instead: see
+        _recovers."""
+        if row.resolves is not None:
+            return False
+        now = self.deps.clock()
+        reason, words = await self._silence(row, now), "notification muted by a silence"
+        if reason is None and self.deps.time_muted is not None:
+            reason = self.deps.time_muted(row.rule, now)
+            words = "notification muted by a time interval"
+        if reason is None:
+            return False
+        await asyncio.shield(self.deps.store.mark_muted(row.id, now=now, silence_id=reason))
+        log.info(words, extra={**extra, "muted_by": reason})
+        self._event("muted", row, "")
+        return True
+
+    async def _silence(self, row: Notification, now: float) -> str | None:
+        """The id of a silence that covers `row` now, or None."""
+        cache = self.deps.silences
+        if cache is None:
+            return None
+        run = row.run
+        tags = run.get("tags")
+        return silenced_by(
+            await cache.current(now),
+            now,
+            rule=row.rule,
+            channel=self.name,
+            task=str(run.get("taskIdentifier") or ""),
+            tags=tags if isinstance(tags, list) else [],
+            status=str(run.get("status") or ""),
+            event=str(run.get("event") or "run"),
+        )
+
+    async def _render(
+        self, rows: list[Notification], group_key: str | None, recovers: Recovery | None = None
+    ) -> Outgoing:
+        head = rows[-1]
+        ident = head.id if len(rows) == 1 else digest_id([row.id for row in rows])
+        on_loop_s = min(ON_LOOP_RENDER_S, self.deps.renderer.budget_s)
+        rendered = self._rendered(rows, on_loop_s)
+        if rendered.timed_out and on_loop_s < self.deps.renderer.budget_s:
+            # too slow for the event loop: again in the channel's thread, with the full budget
+            if self._render_pool is None:
+                self._render_pool = ThreadPoolExecutor(1, f"render:{self.name}")
+            loop = asyncio.get_running_loop()
+            rendered = await loop.run_in_executor(self._render_pool, self._rendered, rows, None)
+        if rendered.fallback:
+            log.error(
+                "template failed; sending the plain fallback",
+                extra={**row_extra(self.name, head), "reason": "template", "error": rendered.error},
+            )
+            self._event("template_error", head, "template")
+        run_id, subject = (head.run_id, subject_of(head.run)) if len(rows) == 1 else ("", None)
+        return Outgoing(
+            ident,
+            run_id,
+            head.rule,
+            rendered.parts,
+            self.deps.clock(),
+            recovers,
+            group_key,
+            subject,
+        )
+
+    def _rendered(self, rows: list[Notification], wall_s: float | None) -> Rendered:
+        """One notification's message, or a digest's; wall_s None: the renderer's budget."""
+        args = (self.deps.renderer, self.name, self.route)
+        link = self.deps.dashboard_link
+        if len(rows) == 1:
+            return render_notification(*args, self._current(rows[0]), link, wall_s=wall_s)
+        return render_digest(*args, rows, link, wall_s=wall_s)
+
+    def _current(self, row: Notification) -> Notification:
+        """`row` with the template its rule names now: a reload that changed it (with the
+        channel's type, say) while the row waited in a digest or a retry's backoff renders the
+        new one, as the templates' files are the new ones. A recovery keeps `recovered`."""
+        template_of = self.deps.template_of
+        if row.resolves is not None or template_of is None:
+            return row
+        template = template_of(row.rule, self.name, str(row.run.get("event") or "run"))
+        return (
+            row if template is None or template == row.template else replace(row, template=template)
+        )
+
+    async def _sent(self, row: Notification, attempts: int, tried: Tried) -> None:
+        extra = row_extra(self.name, row)
+        now = self.deps.clock()
+        await self.deps.store.mark_sent(row.id, now=now, attempts=attempts, receipt=tried.receipt)
+        # a wall clock stepped back since the row was made: no negative latency (as the metric)
+        extra.update(attempts=attempts, latency_s=round(max(now - row.created_at, 0.0), 4))
+        if tried.failed:  # quick retries leave no line of their own: say what they were
+            extra["failed_tries"] = list(tried.failed)
+        log.info("notification sent", extra=extra)
+        self._event("sent", row, "", attempts)
+
+    def _outcome(self, err: DeliveryError, rows: list[Notification], tries: int) -> pol.Outcome:
+        """What follows a failed send of these rows (one message): the oldest row and the most
+        attempts decide, so a digest retries or dies whole."""
+        return pol.after_failure(
+            err,
+            attempts=max(row.attempts for row in rows) + tries,
+            created_at=min(row.created_at for row in rows),
+            now=self.deps.clock(),
+            policy=self.deps.retry,
+            rng=self.deps.rng,
+        )
+
+    async def _failed(
+        self, row: Notification, err: DeliveryError, attempts: int, outcome: pol.Outcome
+    ) -> None:
+        extra = row_extra(self.name, row)
+        now = self.deps.clock()
+        info = {**extra, "reason": err.reason, "attempts": attempts, "error": str(err)}
+        if outcome.dead:
+            await self.deps.store.mark_dead(
+                row.id,
+                now=now,
+                attempts=attempts,
+                reason=err.reason,
+                error=f"{err} ({outcome.why})",
+            )
+            log.error("notification dead", extra={**info, "why": outcome.why})
+            self._event("dead", row, err.reason, attempts)
+            return
+        await self.deps.store.mark_retry(
+            row.id,
+            now=now,
+            not_before=outcome.not_before,
+            attempts=attempts,
+            reason=err.reason,
+            error=str(err),
+        )
+        log.warning(
+            "delivery failed; will retry",
+            extra={**info, "retry_in_s": round(outcome.not_before - now, 3)},
+        )
+        self._event("retry", row, err.reason, attempts)
+
+    def _event(self, kind: str, row: Notification, reason: str, attempts: int = 0) -> None:
+        if self.deps.on_event is not None:
+            self.deps.on_event(kind, row, reason, attempts)
+
+
+def row_extra(channel: str, row: Notification) -> dict[str, object]:
+    """The log fields of a notification's lines."""
+    return {
+        "run_id": row.run_id,
+        "rule": row.rule,
+        "channel": channel,
+        "notification_id": row.id,
+        "group": row.group_key,
+    }
+
+
+def _same_outcome(a: Notification, b: Notification) -> bool:
+    """Whether a notification row is as it was (a replay resets its state and attempts)."""
+    return (a.state, a.attempts, a.not_before, a.receipt) == (
+        b.state,
+        b.attempts,
+        b.not_before,
+        b.receipt,
+    )

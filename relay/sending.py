@@ -1,0 +1,144 @@
+"""One message to one channel: each try throttled by the channel's rate limit and stamped as
+it goes out, blips retried in-process (tenacity), the outcome as `Tried`. What follows a
+failure (a retry from the outbox, or dead) is relay.dispatch's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from relay import policy as pol
+from relay.channels import Channel, Outgoing
+from relay.errors import DeliveryError
+
+log = logging.getLogger("relay.delivery")
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass
+class Route:
+    """A channel and how to render for it."""
+
+    channel: Channel
+    type: str
+    parts: tuple[str, ...]
+    concurrency: int
+    bucket: pol.TokenBucket | None
+    timeout_s: float = 10.0  # of one try: the lease of a claim outlasts every quick try
+
+
+@dataclass(frozen=True)
+class Tried:
+    """The outcome of one delivery attempt (quick retries included)."""
+
+    tries: int
+    error: DeliveryError | None = None
+    receipt: str | None = None
+    failed: tuple[str, ...] = ()  # the reason of each failed try, quick retries included
+
+
+class Sender:
+    """Sends through one channel's route; `max_attempts` is the retry policy's, which the
+    quick retries of one attempt never pass."""
+
+    def __init__(
+        self,
+        name: str,
+        route: Route,
+        *,
+        clock: Clock,
+        sleep: Sleep,
+        rng: random.Random,
+        max_attempts: int,
+    ) -> None:
+        self.name = name
+        self.route = route
+        self.clock = clock
+        self.sleep = sleep
+        self.rng = rng
+        self.max_attempts = max_attempts
+
+    async def attempt(self, outgoing: Outgoing, attempts: int) -> Tried:
+        """Send with in-process retries, each try throttled."""
+        try:
+            budget = max(1, min(pol.QUICK_TRIES, self.max_attempts - attempts))
+            return await self._send(outgoing, budget)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a channel bug: retry, never drop
+            log.exception("channel raised unexpectedly", extra=self._outgoing_extra(outgoing))
+            error = DeliveryError("other", retryable=True, detail=type(exc).__name__)
+            return Tried(1, error, failed=(error.reason,))
+
+    def _outgoing_extra(self, outgoing: Outgoing) -> dict[str, object]:
+        return {
+            "run_id": outgoing.run_id or None,  # "" for a digest of several runs
+            "rule": outgoing.rule,
+            "channel": self.name,
+            "notification_id": outgoing.notification_id,
+            "group": outgoing.group_key,
+        }
+
+    async def _throttle(self) -> None:
+        bucket = self.route.bucket
+        if bucket is not None:
+            wait = bucket.reserve(self.clock())
+            if wait > 0:
+                await self.sleep(wait)
+
+    async def _send(self, outgoing: Outgoing, budget: int) -> Tried:
+        """Send, retrying blips in-process: the tries made and the final error or receipt. The
+        first try is made directly (nearly every send succeeds at once: setting up a retry
+        loop for each cost more CPU than rendering the message); tenacity takes the rest."""
+        try:
+            return Tried(1, None, await self._send_once(outgoing))
+        except DeliveryError as err:
+            if budget <= 1 or not pol.is_blip(err):
+                return Tried(1, err, failed=(err.reason,))
+            await self.sleep(pol.quick_wait_s(1, err, self.rng))
+            failed = [err.reason]
+        tries = 1
+        receipt: str | None = None
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            err = exc if isinstance(exc, DeliveryError) else None
+            return pol.quick_wait_s(1 + state.attempt_number, err, self.rng)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(budget - 1),
+            wait=wait,
+            retry=retry_if_exception(lambda e: isinstance(e, DeliveryError) and pol.is_blip(e)),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    tries += 1
+                    receipt = await self._try(outgoing, failed)
+        except DeliveryError as err:
+            return Tried(tries, err, failed=tuple(failed))
+        return Tried(tries, None, receipt, tuple(failed))
+
+    async def _try(self, outgoing: Outgoing, failed: list[str]) -> str | None:
+        try:
+            return await self._send_once(outgoing)
+        except DeliveryError as err:
+            failed.append(err.reason)
+            raise
+
+    async def _send_once(self, outgoing: Outgoing) -> str | None:
+        """One request: it takes a token of the rate limit (a retry is a request too), and it
+        is stamped when it goes out, not when rendered: a send that waited for the rate limit
+        would carry a stale webhook-timestamp, which Standard Webhooks receivers refuse after
+        5 minutes."""
+        await self._throttle()
+        return await self.route.channel.send(replace(outgoing, timestamp=self.clock()))
