@@ -1,0 +1,240 @@
+"""The commands that read and change the store, not the config: `relay dlq`, `relay silence`,
+`relay history` and `relay migrate` (RELAY_STORE_URL; a running relay sees their changes)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Collection
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from relay.errors import InputError, RelayError
+from relay.logs import one_line
+from relay.model import SILENCE_MATCHERS
+from relay.settings import Settings
+
+DLQ_LISTED = 1000  # `relay dlq list` shows the newest this many, as GET /v1/dlq does
+
+
+def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.history import failure  # noqa: PLC0415
+    from relay.sources.http import dead_letter_view  # noqa: PLC0415
+
+    rows = asyncio.run(_with_store(settings, lambda s: s.dead_letters(DLQ_LISTED + 1)))
+    views = [dead_letter_view(n) for n in rows[:DLQ_LISTED]]
+    if len(rows) > DLQ_LISTED:  # said on stderr: stdout stays the list (or JSON) alone
+        print(f"more than {DLQ_LISTED} dead notifications: the newest shown", file=sys.stderr)
+    if args.json:
+        print(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not views:
+        print("no dead notifications")
+        return 0
+    rows_shown = [
+        [v["id"], v["run_id"], v["channel"], str(v["attempts"]), failure(v["reason"], v["error"])]
+        for v in views
+    ]
+    print_table(["ID", "RUN", "CHANNEL", "ATTEMPTS", "REASON"], rows_shown, right={3})
+    return 0
+
+
+def print_table(head: list[str], rows: list[list[str]], right: Collection[int] = ()) -> None:
+    """`rows` under `head` in columns as wide as their longest cell (an error group's run id is
+    ~90 characters, a notification id 28), two spaces apart; the last column is not padded.
+    Cells are escaped (relay.logs.one_line): run data steers no terminal, starts no line."""
+    cells = [[one_line(cell) for cell in row] for row in [head, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(head) - 1)]
+    for row in cells:
+        padded = [
+            cell.rjust(width) if i in right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=False))
+        ]
+        print("  ".join([*padded, row[-1]]).rstrip())
+
+
+def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
+    ids = None if args.all else [args.id]
+    moved = asyncio.run(_with_store(settings, lambda s: s.replay(ids, time.time())))
+    if not args.all and moved == 0:
+        print(f"no dead notification with id {args.id}", file=sys.stderr)
+        return 1
+    print(f"replayed {moved} notification(s)")
+    return 0
+
+
+async def _with_store(
+    settings: Settings, action: Callable[[Any], Any], *, create: bool = False
+) -> Any:
+    """`action(store)` on the opened store. A SQLite file that is not there is created only
+    when `create` (a silence added before the first `relay serve`); a reading command says so
+    and answers as from an empty store, creating nothing: a mistyped RELAY_STORE_URL made
+    `relay dlq list` create an empty store (and its directories) and say all was well."""
+    from relay.store import open_store  # noqa: PLC0415
+
+    missing = None if create else _missing_file(settings.store_url)
+    if missing is None:
+        return await _acting(open_store(settings.store_url), action)
+    note = f"note: no store at {missing} (RELAY_STORE_URL): nothing is stored there"
+    print(note, file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="relay-empty-") as empty:
+        return await _acting(open_store(f"sqlite:///{empty}/relay.db"), action)
+
+
+async def _acting(store: Any, action: Callable[[Any], Any]) -> Any:
+    await store.open()
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+def _missing_file(store_url: str) -> Path | None:
+    """The SQLite file `store_url` names, if it is not there."""
+    from relay.store import open_store  # noqa: PLC0415
+    from relay.store.sqlite import SQLiteStore  # noqa: PLC0415
+
+    store = open_store(store_url)
+    return store.path if isinstance(store, SQLiteStore) and not store.path.exists() else None
+
+
+def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.durations import parse_duration  # noqa: PLC0415
+    from relay.silences import cli_matchers, new_silence, parse_matchers, parse_time  # noqa: PLC0415
+
+    flags = {key: getattr(args, key) or [] for key in SILENCE_MATCHERS}
+    now = time.time()
+    try:
+        matchers = parse_matchers(cli_matchers(args.matchers, flags))
+        start = parse_time(args.start, "--start") if args.start else now
+        if args.until:
+            end = parse_time(args.until, "--until")
+        else:
+            end = start + parse_duration(args.duration)
+        silence = new_silence(
+            matchers,
+            ends_at=end,
+            starts_at=start,
+            now=now,
+            comment=args.comment,
+            created_by=args.author,
+        )
+    except (InputError, ValueError) as exc:
+        raise RelayError(f"silence not added: {exc}") from None
+    asyncio.run(_with_store(settings, lambda s: s.add_silence(silence), create=True))
+    _wait_until_applied()
+    print(silence.id)  # the id alone, as amtool prints it: `id=$(relay silence add ...)`
+    return 0
+
+
+def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.silences import cli_matchers, has_matchers, silence_view  # noqa: PLC0415
+
+    try:
+        wanted = cli_matchers(args.matchers, {})
+    except InputError as exc:
+        raise RelayError(f"silence list: {exc}") from None
+    now = time.time()
+    wide = args.all or args.expired
+    found = asyncio.run(_with_store(settings, lambda s: s.silences(now, include_expired=wide)))
+    views = [
+        silence_view(s, now)
+        for s in found
+        if has_matchers(s, wanted) and (not args.expired or s.state(now) == "expired")
+    ]
+    if args.quiet:
+        print("\n".join(v["id"] for v in views))
+        return 0
+    if args.json:
+        print(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not views:
+        print("no silences")
+        return 0
+    rows = []
+    for v in views:
+        matchers = " ".join(f"{k}={','.join(vals)}" for k, vals in v["matchers"].items())
+        comment = f"  # {v['comment']}" if v["comment"] else ""
+        when = [v["starts_at"], v["ends_at"]]
+        rows.append([v["id"], v["state"], *when, v["created_by"][:12], matchers + comment])
+    print_table(["ID", "STATE", "STARTS", "ENDS", "BY", "MATCHERS / COMMENT"], rows)
+    return 0
+
+
+def cmd_silence_expire(args: argparse.Namespace, settings: Settings) -> int:
+    """Expire each id given (amtool: `expire $(amtool silence query -q)`); 1 if any is unknown."""
+
+    async def expire_all(store: Any) -> list[str]:
+        now = time.time()
+        return [i for i in args.ids if await store.expire_silence(i, now) is None]
+
+    missing = asyncio.run(_with_store(settings, expire_all))
+    if len(missing) < len(args.ids):
+        _wait_until_applied()
+    for ident in args.ids:
+        if ident in missing:
+            print(f"no silence with id {ident}", file=sys.stderr)
+        else:
+            print(f"expired {ident}")
+    return 1 if missing else 0
+
+
+def _wait_until_applied() -> None:
+    """Return once a running relay mutes by the changed silences: it re-reads them every
+    RELOAD_S, so `relay silence add ...` followed at once by a failure mutes that failure."""
+    from relay.silences import RELOAD_S  # noqa: PLC0415
+
+    time.sleep(RELOAD_S)
+
+
+def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
+    from relay import history  # noqa: PLC0415
+    from relay.history import event_view, explain, failure, notification_view  # noqa: PLC0415
+
+    params = {f: getattr(args, f) for f in history.PARAMS if getattr(args, f) is not None}
+    now = time.time()
+
+    async def fetch(store: Any) -> list[tuple[Any, list[dict[str, Any]]]]:
+        rows = await history.find_history(store, params, now)
+        return [(n, await store.events(n.id)) for n in rows]
+
+    try:
+        history.history_query(params, now)  # refused before the store is opened (or said missing)
+        found = asyncio.run(_with_store(settings, fetch))
+    except InputError as exc:
+        raise RelayError(f"history: {exc}") from None
+    if args.json:
+        out = [
+            {**notification_view(n), "why": explain(n), "events": [event_view(e) for e in ev]}
+            for n, ev in found
+        ]
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if not found:
+        print("no notifications")
+    for n, events in found:
+        view = notification_view(n)
+        print(
+            one_line(f"{n.id}  {view['created_at']}  run {n.run_id}  rule {n.rule} → {n.channel}")
+        )
+        print(one_line(f"    {explain(n)}"))
+        for e in map(event_view, events):
+            detail = f" {failure(e['reason'], e['detail'])}" if e["reason"] or e["detail"] else ""
+            print(one_line(f"      {e['at']}  {e['kind']}  attempts={e['attempts']}{detail}"))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.store import migrate  # noqa: PLC0415
+
+    before, after = asyncio.run(migrate(settings.store_url))
+    if before == after:
+        print(f"store schema is up to date (version {after})")
+    else:
+        print(f"store schema migrated from version {before} to {after}")
+    return 0
