@@ -28,15 +28,15 @@ from relay.intake import IntakeResult
 from relay.logs import SCRUB
 from relay.model import Run
 from relay.sources._shape import Position, Shape, ShapeError, feed_of, stored_rows
-from relay.sources.realtime import (
+from relay.sources._follower import (
     NAMESPACE,
     ROWS_NAMESPACE,
     UNREADABLE_LIMIT,
     Follower,
-    RealtimeSource,
     Timing,
     retry_delay,
 )
+from relay.sources.realtime import RealtimeSource
 from relay.store import KvWrite
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run

@@ -1,0 +1,448 @@
+"""The Realtime follower: Trigger.dev's Realtime API (Electric shape long-polling) → intake.
+
+One task per configured feed (tags, run id or batch id) speaks TRIGGER.md §2.2: a snapshot from
+offset -1, a non-live catch-up, then live long-polls. Rows are emitted only at up-to-date; each
+batch is decoded (formats/electric.py) and handed to `Intake.submit` in one call, and only after
+that commit are the position (handle, offset, cursor, schema) and the merged rows that changed
+written to the store, in one transaction (`kv_write`: the position under ("realtime", <feed
+key>), each raw row under ("realtime-rows:<feed key>", <row key>)). `must-refetch` (409 or
+control message) drops the rows and starts again from a snapshot; the next save replaces the
+stored rows whole. A snapshot repeats runs already seen, and intake's transition detection
+(same `updatedAt`, rule already in the run's fired set) makes them fire nothing.
+
+Resume after a restart: from the stored handle and offset, with the stored rows. Electric sends
+only the primary key and the changed columns of an update, so the rows are what turns the first
+update after a restart back into a whole run. The position records how many rows were stored
+with it; rows that cannot be read, or do not add up (an older relay stored none), make the feed
+resume with a snapshot of its stored handle instead, as a 409 does. A kill at any point leaves
+the position and the rows of one committed batch: the changes after it are asked for again and
+submitted again, which intake deduplicates. The cost: one row write per changed run per batch,
+and the rows of every run in the shape kept in the store as in memory.
+
+Failures never stop a feed: 429/5xx/408, network errors and timeouts back off with jitter
+(100 ms, times 1.3 up to 10 s, Retry-After honoured); 400/401/403/404 are logged with the feed and
+status and tried again after `error_backoff` (an operator may fix the key), and so is a 3xx,
+which is not followed (the secret key would go with it) but logged with where it points. Log
+lines carry the feed key, rows emitted and lag, never the secret key; `observe` hears of every
+up-to-date (lag 0 when nothing was new) and `failed` of every failed request, by reason.
+
+Electric holds a live request until there is a change (~20 s); a live answer that changed no
+row and came sooner than `idle_min_s` (0.5 s) after it was asked for is followed by a pause for
+the rest of it, and so is a non-live one that neither moved on nor ended up-to-date, so a server
+answering at once (no long poll, the same rows again) is not hammered. Electric's non-live
+catch-up (a bare up-to-date at once) is not paced: the long poll after it is held.
+A change that leaves its row as it was is not emitted again. An answer without
+electric-handle or electric-offset keeps the feed's own; that and other ways an answer differs
+from Electric's (messages that are neither changes nor control, no up-to-date where Electric
+always sends one) are logged once per feed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from relay.config import RealtimeConfig
+from relay.errors import InputError, StoreUnavailable
+from relay.formats.electric import Schema, parse_raw_run
+from relay.intake import IntakeResult
+from relay.model import Run
+from relay.outbound import Proxies, origin
+from relay.retry_after import parse_retry_after
+from relay.sources._answers import (
+    AnswerTooLarge,
+    Response,
+    error_reason,
+    error_text,
+    error_words,
+    read_capped,
+    status_reason,
+)
+from relay.sources._shape import (
+    START,
+    Batch,
+    Feed,
+    Position,
+    Shape,
+    ShapeError,
+    request_headers,
+    stored_rows,
+)
+from relay.store import KvWrite
+
+log = logging.getLogger("relay.realtime")
+NAMESPACE = "realtime"
+
+
+ROWS_NAMESPACE = "realtime-rows"  # + ":<feed key>": the merged raw rows of the feed
+
+
+MAX_RETRY_AFTER_S = 600.0
+
+
+# an answer is read no further than this (decompressed): Electric cuts its log into chunks of
+# 10 MiB, so only a broken or hostile server sends more, and it would fill the memory
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
+
+UNREADABLE_LIMIT = 3  # the same unreadable response this often: start from a new snapshot
+
+
+Submit = Callable[[Sequence[Run]], Awaitable[IntakeResult]]
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Positions(Protocol):
+    """The part of the Store a follower uses."""
+
+    async def kv_get(self, namespace: str, key: str) -> str | None: ...
+
+    async def kv_list(self, namespace: str) -> dict[str, str]: ...
+
+    async def kv_write(self, write: KvWrite, now: float) -> None: ...
+
+    async def try_lead(self, name: str, owner: str, ttl_s: float, now: float) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Timing:
+    timeout_s: float = 60.0
+    retry_min_s: float = 0.1
+    retry_factor: float = 1.3
+    retry_max_s: float = 10.0
+    error_wait_s: float = 60.0
+    # an answer with nothing new is asked again no sooner than this after it was asked for:
+    # Electric holds a live request ~20 s, a server answering at once would be hammered
+    idle_min_s: float = 0.5
+
+
+def retry_delay(failures: int, timing: Timing, rand: float, retry_after: float | None) -> float:
+    """Seconds before retry number `failures` (1, 2, ...): exponential, jittered by `rand`."""
+    base = timing.retry_min_s * timing.retry_factor ** min(max(failures - 1, 0), 100)
+    wait = min(base, timing.retry_max_s) * (0.5 + rand / 2)
+    if retry_after is not None:
+        wait = max(wait, min(retry_after, MAX_RETRY_AFTER_S))
+    return wait
+
+
+# (feed key, rows submitted, lag in seconds from the newest row's updatedAt; 0 when the
+# server had nothing new) per up-to-date
+Observe = Callable[[str, int, float | None], None]
+
+
+# (feed key, reason) per request that failed: timeout, network, rate_limited, server_error,
+# auth_error, client_error, other (an answer that breaks the protocol)
+Failed = Callable[[str, str], None]
+
+
+class Follower:
+    """Follows one feed until cancelled (a single-run feed: until the run has finished)."""
+
+    def __init__(
+        self,
+        feed: Feed,
+        config: RealtimeConfig,
+        session: aiohttp.ClientSession,
+        submit: Submit,
+        positions: Positions,
+        *,
+        timing: Timing | None = None,
+        sleep: Sleep = asyncio.sleep,
+        observe: Observe | None = None,
+        failed: Failed | None = None,
+    ) -> None:
+        self.feed = feed
+        self._observe = observe
+        self._failed = failed
+        self._config = config
+        self._session = session
+        self._proxies = Proxies.from_env()  # as the channels' requests
+        self._submit = submit
+        self._positions = positions
+        self._timing = timing or Timing(config.timeout, error_wait_s=config.error_backoff)
+        self._sleep = sleep
+        self._saved: Position | None = None
+        self._failures = 0
+        self._unreadables = 0  # responses in a row that could not be read
+        self._idled = False  # an answer with nothing new came at once (logged once)
+        self._told: set[str] = set()  # oddities of answers, each logged once
+
+    async def run(self) -> None:
+        """Never raises (but CancelledError): an unexpected error restarts from the store."""
+        while True:
+            try:
+                await self._follow()
+                return
+            except Exception:
+                log.exception("realtime feed failed; starting it again", extra=self._extra())
+                await self._sleep(self._timing.error_wait_s)
+
+    async def _follow(self) -> None:
+        shape = await self._resume()
+        if self.feed.single_run and _finished(shape.rows.values()):
+            log.info("realtime run had finished before; feed stopped", extra=self._extra())
+            return
+        refetches = 0
+        while True:
+            asked, before = time.monotonic(), (shape.live, shape.position.offset)
+            try:
+                response = await self._get(shape)
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                self._count(error_reason(exc))
+                await self._retry(error_words(exc), None)
+                continue
+            except AnswerTooLarge as exc:
+                self._count("other")
+                await self._retry(str(exc), None)
+                continue
+            if response.status == 409:
+                refetches += 1
+                old = shape.position.handle
+                shape.refetch(response.headers.get("electric-handle") or f"{old}-next")
+                log.info("realtime shape must be refetched", extra=self._extra())
+                if refetches > 1:
+                    await self._retry("repeated must-refetch", None, attempt=refetches - 1)
+            elif response.status in (200, 204):
+                answer = await self._answered(shape, response, asked, before)
+                if answer == "finished":
+                    log.info("realtime run finished; feed stopped", extra=self._extra())
+                    return
+                if answer != "unreadable" and before[0]:  # a live answer: past every chunk
+                    refetches = 0  # of the snapshot (its second one reset it: no backoff)
+            elif response.status in (408, 429) or response.status >= 500:
+                self._count(status_reason(response.status))
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                await self._retry(f"HTTP {response.status}", retry_after)
+            else:
+                self._count(status_reason(response.status))
+                await self._refused(response)
+
+    async def _answered(
+        self, shape: Shape, response: Response, asked: float, before: tuple[bool, str]
+    ) -> str:
+        """Take a 200/204 into the shape and emit what it completes: "unreadable", "finished"
+        (a single run's feed: its run has finished) or "taken"."""
+        try:
+            batch = shape.receive(response.status, response.headers, response.body)
+        except ShapeError as exc:
+            self._count("other")
+            await self._unreadable(shape, exc)
+            return "unreadable"
+        self._failures = self._unreadables = 0
+        for oddity in set(shape.oddities) - self._told:
+            self._told.add(oddity)
+            log.warning(
+                "realtime answer not as Electric sends it; taken as it is",
+                extra=self._extra(oddity=oddity, status=response.status),
+            )
+        if batch is not None and await self._emit(shape, batch):
+            return "finished"
+        if shape.stalled:  # the same answer again would get nowhere: a failure, backed off
+            self._count("other")
+            await self._retry("an answer that neither moves on nor ends up-to-date", None)
+            return "taken"
+        # Paced: a live answer, or a non-live one that neither moved on nor ended up-to-date
+        # (the same rows again). Electric's catch-up (after a snapshot, a 409, a restart) comes
+        # at once with a bare up-to-date; the long poll that follows it is held.
+        was_live, offset = before
+        stuck = offset == shape.position.offset and not shape.live
+        if shape.idle and (was_live or stuck):
+            await self._idle(asked)
+        return "taken"
+
+    async def _idle(self, asked: float) -> None:
+        """After an answer that changed nothing: wait out the rest of `idle_min_s` since it was
+        asked for (nothing, after a long poll held by the server as Electric's is)."""
+        wait = self._timing.idle_min_s - (time.monotonic() - asked)
+        if wait <= 0:
+            return
+        if not self._idled:
+            self._idled = True
+            log.info(
+                "realtime server answered with nothing new without holding the request"
+                " (no long poll); asking it again no more often than every min_interval_s",
+                extra=self._extra(min_interval_s=self._timing.idle_min_s),
+            )
+        await self._sleep(wait)
+
+    async def _unreadable(self, shape: Shape, error: ShapeError) -> None:
+        """Ask again for a response that could not be read (the shape took none of it); the
+        same one unreadable UNREADABLE_LIMIT times in a row is read anew from a snapshot of a
+        new shape, rather than holding the feed up forever (intake drops what it has seen)."""
+        self._unreadables += 1
+        if self._unreadables >= UNREADABLE_LIMIT:
+            self._unreadables = 0
+            log.warning(
+                "realtime responses unreadable; reading a new snapshot",
+                extra=self._extra(reason=str(error)),
+            )
+            shape.refetch(None)
+        await self._retry(str(error), None)
+
+    async def _resume(self) -> Shape:
+        """The stored position and rows, or a snapshot of the stored handle without them."""
+        stored = Position.loads(await self._positions.kv_get(NAMESPACE, self.feed.key))
+        if stored is None or stored.handle is None:
+            return Shape()
+        self._saved = stored
+        extra = self._extra(handle=stored.handle, stored_offset=stored.offset)
+        rows, problem = await self._stored_rows(stored)
+        if rows is None:
+            log.info(
+                "realtime feed resumes with a snapshot of its stored shape",
+                extra={**extra, "reason": problem},
+            )
+            shape = Shape(Position(schema=stored.schema))
+            shape.refetch(stored.handle)  # and the stored rows are replaced at the next save
+            return shape
+        log.info(
+            "realtime feed resumes from its stored position", extra={**extra, "rows": len(rows)}
+        )
+        return Shape(replace(stored, rows=None), rows)
+
+    async def _stored_rows(self, stored: Position) -> tuple[dict[str, dict[str, Any]] | None, str]:
+        if stored.offset == START or stored.rows is None:
+            return stored_rows(stored, {})  # nothing to read
+        return stored_rows(stored, await self._positions.kv_list(self._rows_namespace))
+
+    @property
+    def _rows_namespace(self) -> str:
+        return f"{ROWS_NAMESPACE}:{self.feed.key}"
+
+    async def _get(self, shape: Shape) -> Response:
+        headers = request_headers(self._config.secret_key.get_secret_value())
+        params = dict(sorted({**self.feed.params, **shape.query()}.items()))
+        timeout_s = self._timing.timeout_s
+        timeout = aiohttp.ClientTimeout(
+            total=timeout_s if shape.live else None, sock_connect=timeout_s, sock_read=timeout_s
+        )
+        url = self._config.api_url + self.feed.path
+        async with self._session.get(
+            url,
+            params=params,
+            headers=headers,
+            timeout=timeout,
+            allow_redirects=False,
+            proxy=self._proxies.for_url(url),
+        ) as resp:
+            body = await read_capped(resp, MAX_ANSWER_BYTES)
+            return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
+
+    async def _emit(self, shape: Shape, batch: Batch) -> bool:
+        """Submit the batch (retrying while the store is down), then save position and rows."""
+        runs = self._decode(batch.rows, batch.position.schema)
+        if not runs and self._observe is not None:  # caught up: nothing newer on the server
+            self._observe(self.feed.key, 0, 0.0)
+        if runs:
+            result = await self._submit_until_done(runs)
+            newest = max((r.updated_at_ms or 0) for r in runs)
+            lag_ms = round(time.time() * 1000 - newest) if newest else None
+            log.info(
+                "realtime rows submitted",
+                extra=self._extra(
+                    rows=len(runs), notifications=result.notifications, lag_ms=lag_ms
+                ),
+            )
+            if self._observe is not None:
+                self._observe(self.feed.key, len(runs), None if lag_ms is None else lag_ms / 1000)
+        await self._save(shape, batch.position, force=bool(runs))
+        return self.feed.single_run and any(r.finishedAt is not None for r in runs)
+
+    def _decode(self, rows: list[dict[str, Any]], schema: Schema) -> list[Run]:
+        runs = []
+        for row in rows:
+            try:
+                runs.append(parse_raw_run(row, schema=schema))
+            except InputError as exc:
+                log.warning(
+                    "realtime row skipped: cannot decode it",
+                    extra=self._extra(row_id=row.get("id"), field=exc.field, error=exc.message),
+                )
+        return runs
+
+    async def _submit_until_done(self, runs: list[Run]) -> IntakeResult:
+        while True:
+            try:
+                return await self._submit(runs)
+            except StoreUnavailable:
+                await self._retry("store unavailable", None)
+
+    async def _save(self, shape: Shape, position: Position, *, force: bool) -> None:
+        """Store the position with the rows it depends on, in one transaction; on failure keep
+        both unsaved (the next save writes every change since the last one that worked)."""
+        changes = shape.unsaved()
+        saved = self._saved
+        same = saved is not None and (saved.handle, saved.offset) == (
+            position.handle,
+            position.offset,
+        )
+        if same and not force and not changes:
+            return
+        position = replace(position, rows=len(shape.rows))
+        namespace = self._rows_namespace
+        write = KvWrite(
+            put=[
+                (NAMESPACE, self.feed.key, position.dumps()),
+                *((namespace, key, orjson.dumps(row).decode()) for key, row in changes.put.items()),
+            ],
+            delete=[(namespace, key) for key in changes.delete],
+            clear=[namespace] if changes.cleared else [],
+        )
+        try:
+            await self._positions.kv_write(write, time.time())
+        except StoreUnavailable:
+            log.warning("realtime position not saved; store unavailable", extra=self._extra())
+            return
+        shape.saved()
+        self._saved = position
+
+    async def _retry(self, reason: str, retry_after: float | None, attempt: int = 0) -> None:
+        """Wait before asking again: the backoff of this many failures in a row (`attempt`
+        when given: a count of its own, such as must-refetches, that answers do not reset)."""
+        self._failures += 1
+        attempt = attempt or self._failures
+        wait = retry_delay(attempt, self._timing, random.random(), retry_after)
+        log.warning(
+            "realtime request failed; retrying",
+            extra=self._extra(reason=reason, attempt=attempt, wait_s=round(wait, 3)),
+        )
+        await self._sleep(wait)
+
+    async def _refused(self, response: Response) -> None:
+        if 300 <= response.status < 400:
+            # Not followed: the secret key would go wherever the Location points.
+            log.error(
+                "realtime API answered with a redirect, which relay does not follow;"
+                " set sources.realtime.api_url to the address it points to",
+                extra=self._extra(
+                    status=response.status, location=origin(response.headers.get("location"))
+                ),
+            )
+        else:
+            log.error(
+                "realtime request refused; check the secret key and the feed",
+                extra=self._extra(status=response.status, error=error_text(response.body)),
+            )
+        await self._sleep(self._timing.error_wait_s)
+
+    def _extra(self, **fields: object) -> dict[str, object]:
+        return {"feed": self.feed.key, **fields}
+
+    def _count(self, reason: str) -> None:
+        if self._failed is not None:
+            self._failed(self.feed.key, reason)
+
+
+def _finished(rows: Iterable[dict[str, Any]]) -> bool:
+    """A stored raw row has its `completedAt` (the SDK's `finishedAt`) set."""
+    return any(row.get("completedAt") is not None for row in rows)
