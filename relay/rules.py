@@ -34,7 +34,8 @@ from relay.model import (
     Timing,
     normalise_status,
 )
-from relay.sandbox import RENDER_BUDGET_S, expression_sandbox, time_budget, unknown_filters
+from relay.render_limits import RENDER_BUDGET_S, time_budget
+from relay.sandbox import expression_sandbox, unknown_filters
 from relay.windows import InhibitRule, NamedTimeInterval
 
 log = logging.getLogger("relay.rules")

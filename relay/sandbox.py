@@ -16,11 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-import sys
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import jinja2
@@ -42,22 +38,22 @@ from relay.filters import (
     tojson,
     truncate_chars,
 )
+from relay.render_limits import (
+    MAX_INT_BITS,
+    MAX_SEQUENCE_LEN,
+    MAX_VALUE_CHARS,
+    MAX_WIDTH,
+    SLOT_CHARS,
+    OutputTooLarge,
+    charge,
+    check_deadline,
+    check_weight,
+    loop_budget,
+    refund,
+    weight,
+)
 
-MAX_SEQUENCE_LEN = 100_000  # `'a' * n`, `[x] * n`
-MAX_INT_BITS = 128  # integer results of `*` and `**`
-MAX_WIDTH = 100_000  # widths of format strings, padding methods and filters like center
-# one rendered part: a webhook body carries the run whole (its error stack twice), so twice the
-# largest run intake takes by default (server.max_body_bytes, 1 MiB) must fit, with room
-MAX_OUTPUT_CHARS = 4_000_000
-MAX_VALUE_CHARS = MAX_OUTPUT_CHARS  # one text (or list written out) a step may build
-# all the texts and lists the steps of one render build together (a list slot counting as
-# _SLOT_CHARS): each step is capped, but a list of many capped ones filled ~1 GB in a second
-MAX_BUILT_CHARS = 16 * MAX_OUTPUT_CHARS
-_SLOT_CHARS = 32  # a list item's pointer and, often, a new object of its own
-RENDER_BUDGET_S = 1.0  # one notification, every part: the default templates take milliseconds
 _LOOP_BUDGET = "_loop_budget"  # the filter every `for` loop's iterable goes through
-_DEADLINE: ContextVar[_Budget | None] = ContextVar("relay_render_deadline", default=None)
-_BUILT: ContextVar[list[int] | None] = ContextVar("relay_render_built", default=None)
 _SEQUENCES = (str, bytes, list, tuple)
 _WIDE_PERCENT = re.compile(r"%[-#0 +]*(?:\*|\d{6,})|%[-#0 +]*\d*\.(?:\*|\d{6,})")
 _WIDE_BRACES = re.compile(r"\{[^{}]*:[^{}]*(?:\d{6,}|\{)")
@@ -65,64 +61,6 @@ _WIDE_BRACES = re.compile(r"\{[^{}]*:[^{}]*(?:\d{6,}|\{)")
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-class OutputTooLarge(SecurityError):
-    """A step would build a text (or a list to write out) past MAX_VALUE_CHARS."""
-
-
-def _weight(value: Any, limit: int = MAX_VALUE_CHARS) -> int:
-    """About the characters `value` written out takes (each reference counted), counting
-    stops once past `limit`: lists of references to one large text cost nothing to build."""
-    total, stack = 0, [value]
-    while stack and total <= limit:
-        item = stack.pop()
-        if isinstance(item, str | bytes):
-            total += len(item)
-        elif isinstance(item, Mapping):
-            total += 2 + 4 * len(item)
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list | tuple | set | frozenset):
-            total += 2 + 2 * len(item)
-            stack.extend(item)
-        else:
-            total += 8
-    return total
-
-
-def _check_weight(*values: Any, extra: int = 0) -> int:
-    total = extra + sum(_weight(v) for v in values)
-    if total > MAX_VALUE_CHARS:
-        raise OutputTooLarge(f"the result would exceed {MAX_VALUE_CHARS} characters")
-    return total
-
-
-def _charge(chars: int) -> None:
-    """Counts `chars` built against the render's MAX_BUILT_CHARS (inside time_budget)."""
-    built = _BUILT.get()
-    if built is None:
-        return
-    built[0] += chars
-    if built[0] > MAX_BUILT_CHARS:
-        raise OutputTooLarge(f"the render built more than {MAX_BUILT_CHARS} characters")
-
-
-def _refund(old: Any) -> None:
-    """Takes back what `old` was charged, when the caller's reference is the last one (it is
-    freed now): only what a render still holds adds up, not every text it ever built."""
-    built = _BUILT.get()
-    if built is None or sys.getrefcount(old) > _LAST_REF:
-        return
-    if isinstance(old, str | bytes):
-        built[0] = max(0, built[0] - len(old))
-    elif isinstance(old, list | tuple | dict | set | frozenset):
-        built[0] = max(0, built[0] - _SLOT_CHARS * len(old))
-
-
-# sys.getrefcount(old) in _refund when nothing else holds `old`: _Namespace.__setitem__'s
-# local, _refund's argument and getrefcount's own
-_LAST_REF = 3
 
 
 class _Namespace(Namespace):
@@ -135,13 +73,13 @@ class _Namespace(Namespace):
         old = attrs.get(name)
         attrs[name] = value
         if old is not None:
-            _refund(old)
+            refund(old)
 
 
 def _check_binop(operator: str, left: Any, right: Any) -> None:
     if operator == "+":
         if isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
-            _check_weight(left, right)
+            check_weight(left, right)
     elif operator == "**" and _is_int(left) and _is_int(right) and abs(left) > 1 and right > 0:
         if right * math.log2(abs(left)) > MAX_INT_BITS:
             raise SecurityError(f"`**` result would exceed {MAX_INT_BITS} bits")
@@ -150,7 +88,7 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
             if isinstance(seq, _SEQUENCES) and _is_int(count):
                 if len(seq) * count > MAX_SEQUENCE_LEN:
                     raise SecurityError(f"`*` result would exceed {MAX_SEQUENCE_LEN} items")
-                if count > 0 and _weight(seq, MAX_VALUE_CHARS // count) * count > MAX_VALUE_CHARS:
+                if count > 0 and weight(seq, MAX_VALUE_CHARS // count) * count > MAX_VALUE_CHARS:
                     raise OutputTooLarge(f"`*` result would exceed {MAX_VALUE_CHARS} characters")
                 return
         if (
@@ -184,7 +122,7 @@ def _check_join(separator: Any, items: Any) -> list[Any] | Any:
         return items
     items = list(items)
     gaps = max(len(items) - 1, 0) * len(as_text(separator))
-    _check_weight(items, extra=gaps)
+    check_weight(items, extra=gaps)
     return items
 
 
@@ -200,65 +138,6 @@ def _check_str_method(text: str, name: str, args: tuple[Any, ...], kw: Mapping[s
         if _is_int(size) and len(text) + text.count("\t") * size > MAX_VALUE_CHARS:
             raise OutputTooLarge(f"expandtabs would exceed {MAX_VALUE_CHARS} characters")
     return args
-
-
-class RenderTimeout(SecurityError):
-    """A render went past its time budget (see time_budget)."""
-
-
-class _Budget:
-    """A render's time: `seconds` of this thread's CPU (without `cpu`: of the wall clock, for
-    the event loop's own try, which bounds how long the loop is held). The clock read at every
-    step is the cheap monotonic one (a thread's CPU time costs four times as much); only once
-    it passes `wall` is the CPU time looked at, and `wall` moved on by what is left. A render
-    waiting for the interpreter lock (the event loop busy delivering) or for a core (a loaded
-    machine) is not cut short for it: that gave the fallback for a template needing 50 ms."""
-
-    __slots__ = ("cpu_start", "seconds", "wall")
-
-    def __init__(self, seconds: float, cpu: bool) -> None:
-        self.seconds = seconds
-        self.cpu_start = time.thread_time() if cpu else None
-        self.wall = time.monotonic() + seconds
-
-    def spent(self) -> bool:
-        if self.cpu_start is None:  # the wall clock alone
-            return True
-        left = self.seconds - (time.thread_time() - self.cpu_start)
-        self.wall = time.monotonic() + left
-        return left <= 0
-
-
-@contextmanager
-def time_budget(seconds: float, *, cpu: bool = True) -> Iterator[None]:
-    """Loops and calls of templates rendered inside raise RenderTimeout after `seconds` of
-    this thread's CPU (`cpu=False`: of the wall clock), and the steps that build texts and lists
-    OutputTooLarge past MAX_BUILT_CHARS together."""
-    token = _DEADLINE.set(_Budget(seconds, cpu))
-    built = _BUILT.set([0])
-    try:
-        yield
-    finally:
-        _BUILT.reset(built)
-        _DEADLINE.reset(token)
-
-
-def _check_deadline() -> None:
-    budget = _DEADLINE.get()
-    if budget is not None and time.monotonic() > budget.wall and budget.spent():
-        raise RenderTimeout("the render went past its time budget")
-
-
-def _loop_budget(iterable: Iterable[Any]) -> Iterable[Any]:
-    return iterable if _DEADLINE.get() is None else _budgeted(iterable)
-
-
-def _budgeted(iterable: Iterable[Any]) -> Iterator[Any]:
-    """Every item: a body of a few large comparisons (`x in items`) takes milliseconds, so
-    looking only every few hundred items let a loop run for a minute past the budget."""
-    for item in iterable:
-        _check_deadline()
-        yield item
 
 
 class _BudgetedLoops(CodeGenerator):
@@ -305,7 +184,7 @@ class _Environment(ImmutableSandboxedEnvironment):
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         """`+`, `*`, `**`, `%`: each looks at the clock, as a call does (checking the size of
         a large list takes time, so a loop of them could run far past the budget)."""
-        _check_deadline()
+        check_deadline()
         _check_binop(operator, left, right)
         return _checked_result(super().call_binop(context, operator, left, right))
 
@@ -328,7 +207,7 @@ class _Environment(ImmutableSandboxedEnvironment):
         raise SecurityError(f"access to {attribute!r} of a {type(obj).__name__} is unsafe")
 
     def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        _check_deadline()
+        check_deadline()
         text = getattr(__obj, "__self__", None)
         if isinstance(text, str):  # 'x'.ljust(10**9), 'x'.replace('x', big) and friends
             args = _check_str_method(text, getattr(__obj, "__name__", ""), args, kwargs)
@@ -341,12 +220,12 @@ class _Environment(ImmutableSandboxedEnvironment):
 
     def call_filter(self, name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
         """A filter called by another one (`map('string')`), per item: looks at the clock."""
-        _check_deadline()
+        check_deadline()
         return super().call_filter(name, value, *args, **kwargs)
 
     def call_test(self, name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
         """A test called by a filter (`select('in', items)`), per item: looks at the clock."""
-        _check_deadline()
+        check_deadline()
         return super().call_test(name, value, *args, **kwargs)
 
     @staticmethod
@@ -359,25 +238,25 @@ class _Environment(ImmutableSandboxedEnvironment):
             if size > MAX_VALUE_CHARS:
                 raise OutputTooLarge(f"a text of more than {MAX_VALUE_CHARS} characters")
             parts.append(chunk)
-        _charge(size)
+        charge(size)
         return "".join(parts)
 
     @staticmethod
     def clocked(value: Any) -> Any:
         """`value` (a comparison's), once the render is seen to be within its time budget."""
-        _check_deadline()
+        check_deadline()
         return value
 
     @staticmethod
     def sliced(value: Any) -> Any:
         """A slice's copy, charged to the render (see _checked_result)."""
-        _check_deadline()
+        check_deadline()
         return _checked_result(value)
 
     def concat_operands(self, parts: tuple[Any, ...]) -> tuple[Any, ...]:
         """The operands of `~`, checked: their text together within MAX_VALUE_CHARS."""
-        _check_deadline()
-        _charge(_check_weight(*parts))
+        check_deadline()
+        charge(check_weight(*parts))
         return parts
 
 
@@ -407,7 +286,7 @@ def _width_guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _check_fill(count: Any = 0, fill_with: Any = None, **_: Any) -> None:
     if not _is_int(count) or count <= 0 or fill_with is None:
         return
-    if _weight(fill_with, MAX_VALUE_CHARS // count) * count > MAX_VALUE_CHARS:
+    if weight(fill_with, MAX_VALUE_CHARS // count) * count > MAX_VALUE_CHARS:
         raise OutputTooLarge(f"the fill would exceed {MAX_VALUE_CHARS} characters")
 
 
@@ -433,7 +312,7 @@ def _sum_guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def guarded(env: Any, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
         if isinstance(iterable, list | tuple):
-            _check_weight(iterable)
+            check_weight(iterable)
         if type(start) is list:
             return list(fn(env, iterable, attribute, _Accumulator(start)))
         return fn(env, iterable, attribute, start)
@@ -448,7 +327,7 @@ def _result_checked(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def checked(*args: Any, **kwargs: Any) -> Any:
-        _check_deadline()
+        check_deadline()
         return _checked_result(fn(*args, **kwargs))
 
     return checked
@@ -459,7 +338,7 @@ def _clocked(fn: Any) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def clocked(*args: Any, **kwargs: Any) -> Any:
-        _check_deadline()
+        check_deadline()
         return fn(*args, **kwargs)
 
     return clocked
@@ -470,9 +349,9 @@ def _checked_result(value: Any) -> Any:
     if isinstance(value, str | bytes):
         if len(value) > MAX_VALUE_CHARS:
             raise OutputTooLarge(f"a value of more than {MAX_VALUE_CHARS} characters")
-        _charge(len(value))
+        charge(len(value))
     elif isinstance(value, list | tuple | dict | set | frozenset):
-        _charge(_SLOT_CHARS * len(value))
+        charge(SLOT_CHARS * len(value))
     return value
 
 
@@ -568,7 +447,7 @@ def environment(
     env.filters["indent"] = _checked_indent(env.filters["indent"])
     env.filters.update({name: _result_checked(f) for name, f in env.filters.items()})
     env.tests.update({name: _clocked(test) for name, test in env.tests.items()})
-    env.filters[_LOOP_BUDGET] = _loop_budget
+    env.filters[_LOOP_BUDGET] = loop_budget
     return env
 
 

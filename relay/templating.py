@@ -28,15 +28,8 @@ from jinja2.exceptions import TemplateError, TemplateNotFound, TemplateSyntaxErr
 
 import relay
 from relay.filters import as_text, json_bytes, mrkdwn, status_emoji, tojson, truncate_chars
-from relay.sandbox import (
-    MAX_OUTPUT_CHARS,
-    RENDER_BUDGET_S,
-    RenderTimeout,
-    environment,
-    sandbox,
-    time_budget,
-    unknown_filters,
-)
+from relay.render_limits import MAX_OUTPUT_CHARS, RENDER_BUDGET_S, RenderTimeout, time_budget
+from relay.sandbox import environment, sandbox, unknown_filters
 
 __all__ = ["RenderContext", "Rendered", "Renderer", "fallback_json", "fallback_text", "sandbox"]
 

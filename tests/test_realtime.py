@@ -27,7 +27,6 @@ from relay.formats.sdk import parse_sdk_run
 from relay.intake import IntakeResult
 from relay.logs import SCRUB
 from relay.model import Run
-from relay.sources._shape import Position, Shape, ShapeError, feed_of, stored_rows
 from relay.sources._follower import (
     NAMESPACE,
     ROWS_NAMESPACE,
@@ -36,6 +35,7 @@ from relay.sources._follower import (
     Timing,
     retry_delay,
 )
+from relay.sources._shape import Position, Shape, ShapeError, feed_of, stored_rows
 from relay.sources.realtime import RealtimeSource
 from relay.store import KvWrite
 from relay.store.sqlite import SQLiteStore

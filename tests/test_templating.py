@@ -21,7 +21,7 @@ from relay.channels import REGISTRY
 from relay.filters import duration, money, stack, status_emoji, tojson, truncate_chars
 from relay.grouping import digest_context
 from relay.model import Run
-from relay.sandbox import MAX_OUTPUT_CHARS
+from relay.render_limits import MAX_OUTPUT_CHARS
 from relay.templating import (
     CONTEXT_NAMES,
     TEMPLATE_SUFFIX,

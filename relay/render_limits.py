@@ -1,0 +1,165 @@
+"""The limits of a render (and of a rule's `when:`): the sizes a step may build, the characters
+a render holds together, and its time. The sandbox (relay.sandbox) checks its steps against
+them; `time_budget` opens a render's account.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from jinja2.exceptions import SecurityError
+
+MAX_SEQUENCE_LEN = 100_000  # `'a' * n`, `[x] * n`
+
+
+MAX_INT_BITS = 128  # integer results of `*` and `**`
+
+
+MAX_WIDTH = 100_000  # widths of format strings, padding methods and filters like center
+
+
+# one rendered part: a webhook body carries the run whole (its error stack twice), so twice the
+# largest run intake takes by default (server.max_body_bytes, 1 MiB) must fit, with room
+MAX_OUTPUT_CHARS = 4_000_000
+
+
+MAX_VALUE_CHARS = MAX_OUTPUT_CHARS  # one text (or list written out) a step may build
+
+
+# all the texts and lists the steps of one render build together (a list slot counting as
+# SLOT_CHARS): each step is capped, but a list of many capped ones filled ~1 GB in a second
+MAX_BUILT_CHARS = 16 * MAX_OUTPUT_CHARS
+
+
+SLOT_CHARS = 32  # a list item's pointer and, often, a new object of its own
+
+
+RENDER_BUDGET_S = 1.0  # one notification, every part: the default templates take milliseconds
+
+
+_DEADLINE: ContextVar[_Budget | None] = ContextVar("relay_render_deadline", default=None)
+
+
+_BUILT: ContextVar[list[int] | None] = ContextVar("relay_render_built", default=None)
+
+
+class OutputTooLarge(SecurityError):
+    """A step would build a text (or a list to write out) past MAX_VALUE_CHARS."""
+
+
+def weight(value: Any, limit: int = MAX_VALUE_CHARS) -> int:
+    """About the characters `value` written out takes (each reference counted), counting
+    stops once past `limit`: lists of references to one large text cost nothing to build."""
+    total, stack = 0, [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, str | bytes):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            total += 2 + 4 * len(item)
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            total += 2 + 2 * len(item)
+            stack.extend(item)
+        else:
+            total += 8
+    return total
+
+
+def check_weight(*values: Any, extra: int = 0) -> int:
+    total = extra + sum(weight(v) for v in values)
+    if total > MAX_VALUE_CHARS:
+        raise OutputTooLarge(f"the result would exceed {MAX_VALUE_CHARS} characters")
+    return total
+
+
+def charge(chars: int) -> None:
+    """Counts `chars` built against the render's MAX_BUILT_CHARS (inside time_budget)."""
+    built = _BUILT.get()
+    if built is None:
+        return
+    built[0] += chars
+    if built[0] > MAX_BUILT_CHARS:
+        raise OutputTooLarge(f"the render built more than {MAX_BUILT_CHARS} characters")
+
+
+def refund(old: Any) -> None:
+    """Takes back what `old` was charged, when the caller's reference is the last one (it is
+    freed now): only what a render still holds adds up, not every text it ever built."""
+    built = _BUILT.get()
+    if built is None or sys.getrefcount(old) > LAST_REF:
+        return
+    if isinstance(old, str | bytes):
+        built[0] = max(0, built[0] - len(old))
+    elif isinstance(old, list | tuple | dict | set | frozenset):
+        built[0] = max(0, built[0] - SLOT_CHARS * len(old))
+
+
+# sys.getrefcount(old) in refund when nothing else holds `old`: _Namespace.__setitem__'s
+# local, refund's argument and getrefcount's own
+LAST_REF = 3
+
+
+class RenderTimeout(SecurityError):
+    """A render went past its time budget (see time_budget)."""
+
+
+class _Budget:
+    """A render's time: `seconds` of this thread's CPU (without `cpu`: of the wall clock, for
+    the event loop's own try, which bounds how long the loop is held). The clock read at every
+    step is the cheap monotonic one (a thread's CPU time costs four times as much); only once
+    it passes `wall` is the CPU time looked at, and `wall` moved on by what is left. A render
+    waiting for the interpreter lock (the event loop busy delivering) or for a core (a loaded
+    machine) is not cut short for it: that gave the fallback for a template needing 50 ms."""
+
+    __slots__ = ("cpu_start", "seconds", "wall")
+
+    def __init__(self, seconds: float, cpu: bool) -> None:
+        self.seconds = seconds
+        self.cpu_start = time.thread_time() if cpu else None
+        self.wall = time.monotonic() + seconds
+
+    def spent(self) -> bool:
+        if self.cpu_start is None:  # the wall clock alone
+            return True
+        left = self.seconds - (time.thread_time() - self.cpu_start)
+        self.wall = time.monotonic() + left
+        return left <= 0
+
+
+@contextmanager
+def time_budget(seconds: float, *, cpu: bool = True) -> Iterator[None]:
+    """Loops and calls of templates rendered inside raise RenderTimeout after `seconds` of
+    this thread's CPU (`cpu=False`: of the wall clock), and the steps that build texts and lists
+    OutputTooLarge past MAX_BUILT_CHARS together."""
+    token = _DEADLINE.set(_Budget(seconds, cpu))
+    built = _BUILT.set([0])
+    try:
+        yield
+    finally:
+        _BUILT.reset(built)
+        _DEADLINE.reset(token)
+
+
+def check_deadline() -> None:
+    budget = _DEADLINE.get()
+    if budget is not None and time.monotonic() > budget.wall and budget.spent():
+        raise RenderTimeout("the render went past its time budget")
+
+
+def loop_budget(iterable: Iterable[Any]) -> Iterable[Any]:
+    return iterable if _DEADLINE.get() is None else _budgeted(iterable)
+
+
+def _budgeted(iterable: Iterable[Any]) -> Iterator[Any]:
+    """Every item: a body of a few large comparisons (`x in items`) takes milliseconds, so
+    looking only every few hundred items let a loop run for a minute past the budget."""
+    for item in iterable:
+        check_deadline()
+        yield item
