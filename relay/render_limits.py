@@ -15,36 +15,18 @@ from typing import Any
 from jinja2.exceptions import SecurityError
 
 MAX_SEQUENCE_LEN = 100_000  # `'a' * n`, `[x] * n`
-
-
 MAX_INT_BITS = 128  # integer results of `*` and `**`
-
-
 MAX_WIDTH = 100_000  # widths of format strings, padding methods and filters like center
-
-
 # one rendered part: a webhook body carries the run whole (its error stack twice), so twice the
 # largest run intake takes by default (server.max_body_bytes, 1 MiB) must fit, with room
 MAX_OUTPUT_CHARS = 4_000_000
-
-
 MAX_VALUE_CHARS = MAX_OUTPUT_CHARS  # one text (or list written out) a step may build
-
-
 # all the texts and lists the steps of one render build together (a list slot counting as
 # SLOT_CHARS): each step is capped, but a list of many capped ones filled ~1 GB in a second
 MAX_BUILT_CHARS = 16 * MAX_OUTPUT_CHARS
-
-
 SLOT_CHARS = 32  # a list item's pointer and, often, a new object of its own
-
-
 RENDER_BUDGET_S = 1.0  # one notification, every part: the default templates take milliseconds
-
-
 _DEADLINE: ContextVar[_Budget | None] = ContextVar("relay_render_deadline", default=None)
-
-
 _BUILT: ContextVar[list[int] | None] = ContextVar("relay_render_built", default=None)
 
 
@@ -93,7 +75,7 @@ def refund(old: Any) -> None:
     """Takes back what `old` was charged, when the caller's reference is the last one (it is
     freed now): only what a render still holds adds up, not every text it ever built."""
     built = _BUILT.get()
-    if built is None or sys.getrefcount(old) > LAST_REF:
+    if built is None or sys.getrefcount(old) > _LAST_REF:
         return
     if isinstance(old, str | bytes):
         built[0] = max(0, built[0] - len(old))
@@ -103,7 +85,7 @@ def refund(old: Any) -> None:
 
 # sys.getrefcount(old) in refund when nothing else holds `old`: _Namespace.__setitem__'s
 # local, refund's argument and getrefcount's own
-LAST_REF = 3
+_LAST_REF = 3
 
 
 class RenderTimeout(SecurityError):
