@@ -60,12 +60,13 @@ from relay.errors import REASONS
 from relay.formats import parse_any, parse_body, parse_runs
 from relay.metrics import Metrics
 from relay.model import EVENTS, SILENCE_MATCHERS
+from relay.render_context import template_variables
 from relay.rules import EVENT_TEMPLATES
 from relay.sandbox import environment
 from relay.settings import Settings
 from relay.store import open_store
 from relay.store.sqlite import sqlite_path
-from relay.templating import RenderContext, Renderer, _variables
+from relay.templating import RenderContext, Renderer
 from relay.windows import (
     DigestSource,
     InhibitRule,
@@ -435,7 +436,7 @@ def test_readme_template_context_and_filters_match_the_code() -> None:
     text = section(readme(), "### Context and filters")
     context = RenderContext({}, "rule", "channel", "console", "ntf_1", None)
     variables = {v for row in table_after(text, "| Variable |") for v in ticked(row[0])}
-    assert variables == set(_variables(context))
+    assert variables == set(template_variables(context))
     filters = {ticked(row[0])[0].split("(")[0] for row in table_after(text, "| Filter |")}
     ours = {name for name, f in environment().filters.items() if f.__module__ == "relay.filters"}
     assert filters == ours | {"format", "dashboard_url"}  # dashboard_url: set by the Renderer

@@ -21,14 +21,13 @@ from relay.channels import REGISTRY
 from relay.filters import duration, money, stack, status_emoji, tojson, truncate_chars
 from relay.grouping import digest_context
 from relay.model import Run
+from relay.render_context import CONTEXT_NAMES, template_variables
 from relay.render_limits import MAX_OUTPUT_CHARS
 from relay.templating import (
-    CONTEXT_NAMES,
     TEMPLATE_SUFFIX,
     RenderContext,
     Rendered,
     Renderer,
-    _variables,
     fallback_json,
     fallback_text,
     sandbox,
@@ -1034,4 +1033,7 @@ def test_check_follows_extends_includes_and_imports(tmp_path: Path) -> None:
 
 
 def test_the_names_relay_check_knows_are_the_context() -> None:
-    assert set(_variables(RenderContext({}, "r", "c", "console", "ntf_1", None))) == CONTEXT_NAMES
+    assert (
+        set(template_variables(RenderContext({}, "r", "c", "console", "ntf_1", None)))
+        == CONTEXT_NAMES
+    )
