@@ -19,6 +19,7 @@ from relay.formats.electric import (
     parse_raw_run,
     parse_timestamp,
 )
+from relay.formats.packets import few_brackets, too_deep
 from relay.formats.sdk import parse_sdk_run
 from relay.model import Run
 from relay.templating import RenderContext, Renderer
@@ -396,3 +397,27 @@ async def test_post_takes_a_duration_past_64_bits_as_a_float(relay: RelayFactory
     assert await r.post(row) == (202, {"accepted": 1, "stale": 0, "notifications": 1})
     sdk = {**sdk_run("crashed"), "durationMs": 2**63}
     assert await r.post(sdk) == (202, {"accepted": 1, "stale": 0, "notifications": 1})
+
+
+_JSON = st.recursive(
+    st.none() | st.integers() | st.text(alphabet='{[]}a"', max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@given(_JSON, st.integers(min_value=0, max_value=6))
+def test_few_brackets_is_never_wrong_about_depth(value: Any, limit: int) -> None:
+    """The bracket count is a shortcut for too_deep: a text it lets through is never too deep."""
+    text = json.dumps(value)
+    if few_brackets(text, limit):
+        assert not too_deep(json.loads(text), limit)
+    assert few_brackets(text.encode(), limit) == few_brackets(text, limit)
+
+
+def test_few_brackets_counts_every_level() -> None:
+    deep = "[" * 66 + "]" * 66
+    assert too_deep(json.loads(deep)) and not few_brackets(deep) and not few_brackets(deep.encode())
+    assert few_brackets(b'{"a": [1, {"b": "]]"}]}')
