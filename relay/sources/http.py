@@ -195,6 +195,8 @@ def refuse_declared(request: web.Request, limit: int) -> web.Response | None:
 
 
 async def _read_raw(request: web.Request, limit: int, hold: Hold | None) -> bytes | web.Response:
+    if request.content.is_eof():  # the whole body came with the headers: take it as it is
+        return await _buffered(request, limit, hold)
     chunks, size = [], 0
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
@@ -210,6 +212,20 @@ async def _read_raw(request: web.Request, limit: int, hold: Hold | None) -> byte
     except (web.RequestPayloadError, ConnectionResetError):  # broken chunks, client gone
         return _closing(error(400, "request body could not be read"))
     return b"".join(chunks)
+
+
+async def _buffered(request: web.Request, limit: int, hold: Hold | None) -> bytes | web.Response:
+    """A body aiohttp holds whole already (most are: a small one arrives with its headers),
+    under the same limits as one read as it streams in, without a timer or a read loop."""
+    try:
+        body = request.content.read_nowait()
+    except (web.RequestPayloadError, ConnectionResetError):
+        return _closing(error(400, "request body could not be read"))
+    if len(body) > limit:
+        return _too_large(limit)
+    if hold is not None and not await hold.cover(len(body)):
+        return _busy()
+    return body
 
 
 def _too_large(limit: int) -> web.Response:
