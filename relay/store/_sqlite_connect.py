@@ -1,0 +1,146 @@
+"""Opening the SQLite store's file: the writer's connection (pragmas, schema migration, a probe
+write) and the reader's, the file's identity, and the words for a file that cannot be opened."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import urllib.parse
+from pathlib import Path
+
+from relay.errors import StoreUnavailable
+from relay.store._sqlite_schema import SCHEMA_VERSION, migrate
+from relay.store._sqlite_writer import rollback, unavailable
+
+BUSY_TIMEOUT_MS = 5000  # a writer waits this long for another process's transaction
+
+
+def connect(
+    path: Path, max_pages: int | None, versions: list[int] | None = None
+) -> sqlite3.Connection:
+    """In the writer thread: open the file, set the pragmas, migrate the schema.
+
+    `versions`, when given, receives the schema version the file had.
+    """
+    if path.is_dir():  # sqlite would only say SQLITE_CANTOPEN
+        raise StoreUnavailable("store open failed: RELAY_STORE_URL names a directory, not a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailable(
+            f"store open failed: cannot create the database directory ({exc.strerror})"
+        ) from exc
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise open_failed(path, exc) from exc
+    try:
+        _configure(conn, max_pages)
+        conn.execute("BEGIN IMMEDIATE")
+        version = migrate(conn)
+        _probe_write(conn)
+        conn.execute("COMMIT")
+        if versions is not None:
+            versions.append(version)
+    except BaseException as exc:
+        rollback(conn)
+        conn.close()
+        if isinstance(exc, sqlite3.Error):
+            raise open_failed(path, exc) from exc
+        raise
+    return conn
+
+
+def connect_reader(path: Path) -> sqlite3.Connection:
+    """In the reader thread: the file the writer opened (never a new one), for reads only."""
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=rw"
+    try:
+        conn = sqlite3.connect(uri, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, uri=True)
+    except sqlite3.Error as exc:
+        raise open_failed(path, exc) from exc
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("PRAGMA temp_store = MEMORY")  # a large ORDER BY sorts in memory, as above
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the file itself, now
+    except sqlite3.Error as exc:
+        conn.close()
+        raise open_failed(path, exc) from exc
+    return conn
+
+
+def _probe_write(conn: sqlite3.Connection) -> None:
+    """Write the schema version again: SQLite opens a file it may not write (another user's,
+    chattr +i) read-only without a word, and the first update at run time failed with only
+    SQLITE_READONLY. A failed write here names what relay cannot write (open_failed)."""
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+
+
+def identity(path: Path) -> tuple[int, int] | None:
+    """The file at `path` now, (st_dev, st_ino); None when there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def open_failed(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
+    """Why the file did not open: sqlite says SQLITE_CANTOPEN or SQLITE_READONLY of a volume
+    mounted read-only or owned by another user (a root-owned Docker volume); name that."""
+    kind = str(getattr(exc, "sqlite_errorname", ""))
+    why = _not_writable(path) if kind.startswith(_NOT_WRITABLE) else None
+    if why is None and kind.startswith(("SQLITE_FULL", "SQLITE_IOERR")) and _no_space(path):
+        why = "no space left on the database's file system"
+    if why is None:
+        return unavailable("store open failed", exc)
+    error = StoreUnavailable(f"store open failed: {why}")
+    error.__cause__ = exc
+    return error
+
+
+_NOT_WRITABLE = ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM", "SQLITE_IOERR")
+
+
+def _no_space(path: Path) -> bool:
+    """Whether the file system of the database's directory is full (for relay's user)."""
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
+
+
+def _not_writable(path: Path) -> str | None:
+    """What of the database (its directory, the file, its -wal and -shm) relay cannot write."""
+    parts = [
+        (path.parent, "the database directory"),
+        (path, "the database file"),
+        (Path(f"{path}-wal"), "the database's -wal file"),
+        (Path(f"{path}-shm"), "the database's -shm file"),
+    ]
+    for target, what in parts:
+        if not target.exists() or os.access(target, os.W_OK):
+            continue
+        with contextlib.suppress(OSError):
+            if os.statvfs(target).f_flag & os.ST_RDONLY:
+                return f"{what} is on a read-only file system"
+        return f"cannot write {what} (permission denied: relay's user must be able to write it)"
+    return None
+
+
+def _configure(conn: sqlite3.Connection, max_pages: int | None) -> None:
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+    (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    if str(mode).lower() != "wal":
+        raise StoreUnavailable(f"store open failed: journal mode is {mode}, WAL is required")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    # A write that changes many pages in one op spills its statement journal to a temp file
+    # (/var/tmp): under a read-only root file system or with every file descriptor in use
+    # (many clients), that update failed with SQLITE_CANTOPEN. Relay's temp data is small.
+    conn.execute("PRAGMA temp_store = MEMORY")
+    if max_pages is not None:
+        conn.execute(f"PRAGMA max_page_count = {int(max_pages):d}")

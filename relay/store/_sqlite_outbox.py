@@ -1,0 +1,167 @@
+"""The outbox work of the SQLite store, run in its writer thread: observing runs (state,
+rules, notifications, digest groups), claiming due rows with their groups, leasing new rows at
+birth, and requeueing recoveries."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import orjson
+
+from relay.grouping import group_key, group_labels, schedule
+from relay.model import GroupState, Match, Notification, Run
+from relay.store import (
+    BirthLease,
+    Decide,
+    Observed,
+    owed_notification,
+)
+from relay.store._sqlite_schema import (
+    add_event,
+    insert_notification,
+    load_group,
+    load_state,
+    save_group,
+    save_state,
+)
+
+GROUP_CLAIM_LIMIT = 1000  # rows of one digest group a claim takes with it
+
+
+_DUE = "state = 'pending' AND not_before <= ? AND (lease_until IS NULL OR lease_until <= ?)"
+
+
+# A replayed alert brings back its recovery, sent meanwhile without it: the recovery follows the
+# alert again (waiting for it), so the run does not end on an open alert (a PagerDuty incident
+# triggered after its resolve stays open).
+REPLAY_RECOVERIES = """
+    UPDATE outbox SET state = 'pending', attempts = 0, not_before = ?, lease_until = NULL,
+        reason = NULL, last_error = NULL, updated_at = ?
+    WHERE state IN ('sent', 'dead') AND id IN (SELECT value FROM json_each(?))
+    RETURNING id
+"""
+
+
+def requeue_recoveries(conn: sqlite3.Connection, ids: list[str], now: float) -> int:
+    """Move sent or dead recoveries back to pending, each with its 'replayed' event."""
+    moved = conn.execute(REPLAY_RECOVERIES, (now, now, orjson.dumps(ids).decode())).fetchall()
+    for (ident,) in moved:
+        add_event(conn, ident, ("replayed", now, 0, None, None))
+    return len(moved)
+
+
+# A row is due at its not_before, or at its lease's end if later: none is due before the first
+# unleased row, so only the rows ahead of it (the leased ones) are read. The MIN over every
+# pending row of the channel read them all, through the state index: 200 channels polling a
+# 30,000-row backlog kept the one writer busy and the fast channel sent 150 a second.
+NEXT_DUE = """
+    SELECT MIN(MAX(not_before, COALESCE(lease_until, not_before))) FROM outbox
+    WHERE channel = ? AND state = 'pending' AND not_before <= COALESCE((
+        SELECT not_before FROM outbox WHERE channel = ? AND state = 'pending'
+        AND lease_until IS NULL ORDER BY not_before LIMIT 1
+    ), 1e308)
+"""
+
+
+_LEASE = "UPDATE outbox SET lease_until = ?, lease_holder = ?, updated_at = ?"
+
+
+_CLAIM = f"""
+    {_LEASE} WHERE id IN (
+        SELECT id FROM outbox WHERE channel = ? AND {_DUE}
+        ORDER BY not_before, created_at, id LIMIT ?
+    ) RETURNING *
+"""  # noqa: S608
+
+
+_CLAIM_GROUP = f"""
+    {_LEASE} WHERE id IN (
+        SELECT id FROM outbox WHERE group_key = ? AND {_DUE} ORDER BY created_at, id LIMIT ?
+    ) RETURNING *
+"""  # noqa: S608
+
+
+Lease = tuple[float, str, float]  # lease_until, lease_holder, updated_at
+
+
+def claim(
+    conn: sqlite3.Connection, channel: str, now: float, limit: int, lease: Lease
+) -> list[sqlite3.Row]:
+    """In the writer thread: the due rows, then the rest of each digest group among them."""
+    rows: list[sqlite3.Row] = conn.execute(_CLAIM, (*lease, channel, now, now, limit)).fetchall()
+    for key in dict.fromkeys(row["group_key"] for row in rows if row["group_key"] is not None):
+        group = (*lease, key, now, now, GROUP_CLAIM_LIMIT)
+        rows += conn.execute(_CLAIM_GROUP, group).fetchall()
+    return rows
+
+
+def observe(
+    conn: sqlite3.Connection, runs: list[Run], decide: Decide, now: float
+) -> list[Observed]:
+    """In the writer thread: decide each run against its stored state, save it, enqueue."""
+    observed: list[Observed] = []
+    for run in runs:
+        decision = decide(run, load_state(conn, run.id))
+        if decision.stale:
+            observed.append(Observed(run.id, stale=True))
+            continue
+        save_state(conn, run.id, decision.state, now)
+        enqueued: list[Notification] = []
+        run_dict = run.as_dict() if decision.matches else {}
+        for match in decision.matches:
+            notification = owed_notification(run, match, run_dict, now)
+            if match.recovery and not _said(conn, notification.resolves):
+                continue
+            group = _join_group(conn, match, notification, now)
+            if insert_notification(conn, notification):
+                kind = "created" if match.muted_by is None else "muted"
+                reason = None if match.muted_by is None else _mute_kind(match.muted_by)
+                add_event(conn, notification.id, (kind, now, 0, reason, match.muted_by))
+                enqueued.append(notification)
+                if group is not None:
+                    save_group(conn, *group)
+        observed.append(Observed(run.id, stale=False, notifications=enqueued))
+    return observed
+
+
+def lease_at_birth(
+    conn: sqlite3.Connection,
+    observed: list[Observed],
+    lease: BirthLease | None,
+    holder: str,
+    now: float,
+) -> list[Observed]:
+    """In the writer thread, after observe: lease the new rows `lease` chooses to `holder`."""
+    if lease is None:
+        return observed
+    conn.executemany(
+        "UPDATE outbox SET lease_until = ?, lease_holder = ? WHERE id = ?",
+        [(lease.until, holder, ident) for ident in lease.take(observed, now)],
+    )
+    return observed
+
+
+def _said(conn: sqlite3.Connection, notification_id: str | None) -> bool:
+    """Whether the notification exists and is not muted: something a recovery can resolve."""
+    row = conn.execute("SELECT state FROM outbox WHERE id = ?", (notification_id,)).fetchone()
+    return row is not None and row[0] != "muted"
+
+
+def _join_group(
+    conn: sqlite3.Connection, match: Match, notification: Notification, now: float
+) -> tuple[GroupState, str, str, dict[str, str]] | None:
+    """For a digest rule: put the notification in its group, due at the group's next flush."""
+    if match.group_by is None or match.timing is None or notification.state != "pending":
+        return None
+    labels = group_labels(notification.run, match.group_by)
+    key = group_key(match.rule, match.channel, labels)
+    state = schedule(load_group(conn, key), key, now, match.timing)
+    notification.group_key = key
+    notification.extra = {**notification.extra, "group_labels": labels}
+    notification.not_before = state.next_flush if state.next_flush is not None else now
+    return state, match.rule, match.channel, labels
+
+
+def _mute_kind(muted_by: str) -> str:
+    """ "silence" for a silence id, else the prefix: time_interval, inhibited."""
+    return muted_by.split(":", 1)[0] if ":" in muted_by else "silence"
