@@ -1,7 +1,8 @@
-"""Admin API: silences (POST/GET /v1/silences, GET /v1/silences/{id}, DELETE expires one) and
-notification history (GET /v1/notifications, GET /v1/notifications/{id} with its events).
+"""Admin API: dead letters (GET /v1/dlq, POST /v1/dlq/replay, POST /v1/dlq/{id}/replay), silences
+(POST/GET /v1/silences, GET /v1/silences/{id}, DELETE expires one) and notification history
+(GET /v1/notifications, GET /v1/notifications/{id} with its events).
 
-Behind server.admin_token (falling back to server.auth_token), like the dead-letter API.
+Behind server.admin_token (falling back to server.auth_token).
 """
 
 from __future__ import annotations
@@ -16,9 +17,17 @@ from relay.errors import InputError
 from relay.history import event_view, find_history, notification_view
 from relay.silences import new_silence, parse_matchers, parse_time, silence_view
 from relay.sources._body import json_object
+from relay.sources._replies import (
+    authorized,
+    error,
+    json_response,
+    read_limited,
+    refuse_declared,
+    unauthorized,
+)
 
 if TYPE_CHECKING:
-    from relay.model import Silence
+    from relay.model import Notification, Silence
     from relay.sources.http import AddRoute, HttpDeps
 
 MAX_SILENCE_BODY = 64 * 1024
@@ -31,13 +40,65 @@ def _said(what: str, silence: Silence) -> None:
     log.info(what, extra=extra)
 
 
-class SilenceHandlers:
+class DeadLetterHandlers:
     def __init__(self, deps: HttpDeps) -> None:
         self.deps = deps
 
-    def _denied(self, request: web.Request) -> web.Response | None:
-        from relay.sources.http import authorized, unauthorized  # noqa: PLC0415
+    async def dlq_list(self, request: web.Request) -> web.Response:
+        if not authorized(request, self.deps.admin_token()):
+            return unauthorized()
+        rows = await self.deps.store.dead_letters()
+        return json_response({"dead": [dead_letter_view(n) for n in rows]})
 
+    async def dlq_replay_one(self, request: web.Request) -> web.Response:
+        if not authorized(request, self.deps.admin_token()):
+            return unauthorized()
+        ident = request.match_info["id"]
+        moved = await self.deps.store.replay([ident], self.deps.clock())
+        if not moved:
+            return error(404, "no dead notification with that id", "id")
+        self.deps.wake_all()
+        log.info("dead notification replayed", extra=await self._about(ident))
+        return json_response({"replayed": moved})
+
+    async def _about(self, ident: str) -> dict[str, Any]:
+        """A log line's run id, rule and channel of notification `ident`, as every line about
+        a notification carries them."""
+        row = await self.deps.store.get(ident)
+        extra: dict[str, Any] = {"notification_id": ident}
+        if row is not None:
+            extra.update(run_id=row.run_id or None, rule=row.rule, channel=row.channel)
+        return extra
+
+    def refuse_replay(self, request: web.Request) -> web.Response | None:
+        """What POST /v1/dlq/replay refuses from its headers alone (also before `100 Continue`)."""
+        if not authorized(request, self.deps.admin_token()):
+            return unauthorized()
+        return refuse_declared(request, MAX_REPLAY_BODY)
+
+    async def dlq_replay_all(self, request: web.Request) -> web.Response:
+        """Every dead notification, or (as `relay dlq replay ID|--all`) the ones a JSON body
+        names: `{"id": ...}` or `{"ids": [...]}`; `{"all": true}` or no body is every one."""
+        if (refused := self.refuse_replay(request)) is not None:
+            return refused
+        body = await read_limited(request, MAX_REPLAY_BODY)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            named = replay_selection(body)
+        except InputError as exc:
+            return error(400, exc.message, exc.field or None)
+        ids = None if named is None else named[1]
+        moved = await self.deps.store.replay(ids, self.deps.clock())
+        if named is not None and not moved:  # the field the body named them in
+            return error(404, "no dead notification with that id", named[0])
+        self.deps.wake_all()
+        log.info("dead notifications replayed", extra={"replayed": moved})
+        return json_response({"replayed": moved})
+
+
+class SilenceHandlers(DeadLetterHandlers):
+    def _denied(self, request: web.Request) -> web.Response | None:
         return None if authorized(request, self.deps.admin_token()) else unauthorized()
 
     async def _changed(self) -> None:
@@ -49,13 +110,9 @@ class SilenceHandlers:
 
     def refuse_create(self, request: web.Request) -> web.Response | None:
         """What POST /v1/silences refuses from its headers alone (also before `100 Continue`)."""
-        from relay.sources.http import refuse_declared  # noqa: PLC0415
-
         return self._denied(request) or refuse_declared(request, MAX_SILENCE_BODY)
 
     async def create(self, request: web.Request) -> web.Response:
-        from relay.sources.http import error, json_response, read_limited  # noqa: PLC0415
-
         if (refused := self.refuse_create(request)) is not None:
             return refused
         body = await read_limited(request, MAX_SILENCE_BODY)
@@ -73,8 +130,6 @@ class SilenceHandlers:
         return json_response(silence_view(silence, now), 201, where)
 
     async def list(self, request: web.Request) -> web.Response:
-        from relay.sources.http import json_response  # noqa: PLC0415
-
         if (denied := self._denied(request)) is not None:
             return denied
         now = self.deps.clock()
@@ -83,8 +138,6 @@ class SilenceHandlers:
         return json_response({"silences": [silence_view(s, now) for s in silences]})
 
     async def get(self, request: web.Request) -> web.Response:
-        from relay.sources.http import error, json_response  # noqa: PLC0415
-
         if (denied := self._denied(request)) is not None:
             return denied
         now = self.deps.clock()
@@ -96,8 +149,6 @@ class SilenceHandlers:
         return json_response(silence_view(found, now))
 
     async def expire(self, request: web.Request) -> web.Response:
-        from relay.sources.http import error, json_response  # noqa: PLC0415
-
         if (denied := self._denied(request)) is not None:
             return denied
         now = self.deps.clock()
@@ -130,8 +181,6 @@ def _silence_from(body: bytes, now: float) -> Any:
 
 class HistoryHandlers(SilenceHandlers):
     async def list_notifications(self, request: web.Request) -> web.Response:
-        from relay.sources.http import error, json_response  # noqa: PLC0415
-
         if (denied := self._denied(request)) is not None:
             return denied
         try:
@@ -141,8 +190,6 @@ class HistoryHandlers(SilenceHandlers):
         return json_response({"notifications": [notification_view(n) for n in rows]})
 
     async def get_notification(self, request: web.Request) -> web.Response:
-        from relay.sources.http import error, json_response  # noqa: PLC0415
-
         if (denied := self._denied(request)) is not None:
             return denied
         ident = request.match_info["id"]
@@ -162,11 +209,66 @@ def _single(request: web.Request) -> dict[str, str]:
     return dict(request.query)
 
 
-def add_silence_routes(add: AddRoute, deps: HttpDeps) -> None:
+def add_admin_routes(add: AddRoute, deps: HttpDeps) -> None:
     h = HistoryHandlers(deps)
+    add("GET", "/v1/dlq", h.dlq_list)
+    add("POST", "/v1/dlq/replay", h.dlq_replay_all, h.refuse_replay)
+    add("POST", "/v1/dlq/{id}/replay", h.dlq_replay_one)
     add("POST", "/v1/silences", h.create, h.refuse_create)
     add("GET", "/v1/silences", h.list)
     add("GET", "/v1/silences/{id}", h.get)
     add("DELETE", "/v1/silences/{id}", h.expire)
     add("GET", "/v1/notifications", h.list_notifications)
     add("GET", "/v1/notifications/{id}", h.get_notification)
+
+
+MAX_REPLAY_BODY = 1024 * 1024
+
+
+def replay_selection(body: bytes) -> tuple[str, list[str]] | None:
+    """The field (`id` or `ids`) and the ids a POST /v1/dlq/replay body names, or None for
+    every dead notification. A body naming ids never replays the others."""
+    if not body.strip():
+        return None
+    expected = 'expected a JSON object: {"ids": [...]}, {"id": ...} or {"all": true}'
+    data = json_object(body, ("id", "ids", "all"), expected, "unknown field; use id, ids or all")
+    ids = _named_ids(data)
+    if ids is None and data.get("all", True) is not True:
+        raise InputError("all", 'expected true, or name the notifications in "ids"')
+    if ids is not None and "all" in data:
+        raise InputError("all", 'give "all" or the ids, not both')
+    return None if ids is None else ("id" if "id" in data else "ids", ids)
+
+
+def _named_ids(data: dict[str, Any]) -> list[str] | None:
+    if "id" in data and "ids" in data:
+        raise InputError("ids", 'give "id" or "ids", not both')
+    if "id" in data:
+        if not isinstance(data["id"], str) or not data["id"]:
+            raise InputError("id", "expected a notification id")
+        return [data["id"]]
+    if "ids" not in data:
+        return None
+    ids = data["ids"]
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+        raise InputError("ids", "expected a non-empty list of notification ids")
+    return ids
+
+
+DEAD_LETTER_FIELDS = (
+    "id",
+    "run_id",
+    "rule",
+    "channel",
+    "reason",
+    "error",
+    "attempts",
+    "created_at",
+)
+
+
+def dead_letter_view(n: Notification) -> dict[str, Any]:
+    """The public face of a dead letter (also used by `relay dlq list --json`): the fields of
+    its notification_view, so that its times read as the rest of the API's (ISO-8601, UTC)."""
+    view = notification_view(n)
+    return {name: view[name] for name in DEAD_LETTER_FIELDS}

@@ -1,4 +1,5 @@
-"""The aiohttp application: ingest, admin API (dead letters), health, the OpenAPI document.
+"""The aiohttp application: ingest, health, metrics, the OpenAPI document, and the routes of the
+admin API (relay.sources.admin).
 
 POST /v1/runs answers 202 only after the store committed the batch; a batch is accepted whole
 or rejected whole. POST /v1/trigger/alerts takes Trigger.dev's signed alert webhooks: 404 when
@@ -9,9 +10,7 @@ the body is parsed), then the same 413/400/503/202 as /v1/runs. Errors are JSON:
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import hmac
 import logging
 import math
 import time
@@ -20,7 +19,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import orjson
 from aiohttp import HttpVersion11, hdrs, web
 from pydantic import SecretStr
 
@@ -32,29 +30,25 @@ from relay.formats.trigger_alerts import (
     parse_alert,
     verify_signature,
 )
-from relay.history import notification_view
 from relay.intake import Intake
-from relay.model import Notification
-from relay.sources._body import (
-    ACCEPT_ENCODING,
-    CorruptBody,
-    UnsupportedCoding,
-    codings,
-    decode,
-    json_object,
-)
 from relay.sources._budget import BodyBudget, Hold
+from relay.sources._replies import (
+    REJECTION,
+    authorized,
+    closing,
+    error,
+    json_response,
+    read_limited,
+    refuse_declared,
+    unauthorized,
+)
 from relay.sources._wire import SERVER
+from relay.sources.admin import add_admin_routes
 from relay.store import Store
 
 log = logging.getLogger("relay.http")
 RETRY_AFTER_S = "5"
-BUSY_RETRY_AFTER_S = "1"  # bodies in flight are answered within moments
-# a response's own rejection reason (metrics), where its status says another
-REJECTION = web.ResponseKey("rejection", str)
-BODY_TIMEOUT_S = 60.0
 REFUSAL_LOG_EVERY_S = 10.0
-MAX_REPLAY_BODY = 1024 * 1024
 
 
 class RefusalLog:
@@ -115,137 +109,6 @@ class HttpDeps:
     on_alert_ignored: Callable[[str], None] = lambda reason: None
     refusals: RefusalLog = field(default_factory=RefusalLog)
     metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None  # (body, content type)
-
-
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
-    )
-
-
-def error(
-    status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None
-) -> web.Response:
-    body: dict[str, Any] = {"error": message}
-    if field is not None:
-        body["field"] = field
-    return json_response(body, status, headers)
-
-
-def unauthorized() -> web.Response:
-    """401; the connection closes, so that a refused body is not read."""
-    return _closing(
-        error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-    )
-
-
-def authorized(request: web.Request, token: SecretStr | None) -> bool:
-    if token is None:
-        return True
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        return False
-    # surrogateescape: a header that is not UTF-8 is compared as the bytes it was (not a 500)
-    given_bytes = given.strip().encode("utf-8", "surrogateescape")
-    return hmac.compare_digest(given_bytes, token.get_secret_value().encode())
-
-
-async def read_limited(
-    request: web.Request, limit: int, hold: Hold | None = None
-) -> bytes | web.Response:
-    """The body with its content codings undone, or the error to answer: 413 when it is larger
-    than `limit` (streamed or decoded), 400 for a body its coding cannot undo, 408 when it has
-    not arrived within BODY_TIMEOUT_S (a slow client cannot hold a handler), 503 when its bytes
-    (declared, streamed or decoded) found no room in the `hold`'s budget within its wait
-    (sources/_budget). A refused body is not read further, and the connection then closes.
-    Call it once `refuse_declared` (every handler's refusal, which also answers
-    `Expect: 100-continue`) let the headers through."""
-    applied = codings(request.headers.get(hdrs.CONTENT_ENCODING, ""))
-    if hold is not None and not await hold.cover(request.content_length or 0):
-        return _busy()
-    body = await _read_raw(request, limit, hold)
-    if isinstance(body, web.Response):
-        return body
-    try:
-        decoded = decode(body, applied, limit)
-    except CorruptBody as exc:
-        return error(400, f"body is not valid {exc} (Content-Encoding)")
-    if decoded is None:
-        return _too_large(limit)
-    if hold is not None and not await hold.cover(len(decoded)):
-        return _busy()
-    return decoded
-
-
-def refuse_declared(request: web.Request, limit: int) -> web.Response | None:
-    """The error for a body its headers already rule out (a coding relay does not know, a
-    Content-Length over `limit`), else None."""
-    try:
-        codings(request.headers.get(hdrs.CONTENT_ENCODING, ""))
-    except UnsupportedCoding as exc:
-        message = f"Content-Encoding {exc} is not supported; use {ACCEPT_ENCODING} or none"
-        return _closing(error(415, message, headers={"Accept-Encoding": ACCEPT_ENCODING}))
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        return _too_large(limit)
-    return None
-
-
-async def _read_raw(request: web.Request, limit: int, hold: Hold | None) -> bytes | web.Response:
-    if request.content.is_eof():  # the whole body came with the headers: take it as it is
-        return await _buffered(request, limit, hold)
-    chunks, size = [], 0
-    try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):
-            async for chunk in request.content.iter_chunked(64 * 1024):
-                size += len(chunk)
-                if size > limit:
-                    return _too_large(limit)
-                if hold is not None and not await hold.cover(size):
-                    return _busy()
-                chunks.append(chunk)
-    except TimeoutError:
-        return _closing(error(408, f"request body not received within {BODY_TIMEOUT_S:g} s"))
-    except (web.RequestPayloadError, ConnectionResetError):  # broken chunks, client gone
-        return _closing(error(400, "request body could not be read"))
-    return b"".join(chunks)
-
-
-async def _buffered(request: web.Request, limit: int, hold: Hold | None) -> bytes | web.Response:
-    """A body aiohttp holds whole already (most are: a small one arrives with its headers),
-    under the same limits as one read as it streams in, without a timer or a read loop."""
-    try:
-        body = request.content.read_nowait()
-    except (web.RequestPayloadError, ConnectionResetError):
-        return _closing(error(400, "request body could not be read"))
-    if len(body) > limit:
-        return _too_large(limit)
-    if hold is not None and not await hold.cover(len(body)):
-        return _busy()
-    return body
-
-
-def _too_large(limit: int) -> web.Response:
-    return _closing(error(413, f"body larger than {limit} bytes"))
-
-
-def _busy() -> web.Response:
-    """503 for a body that found no room under server.max_body_bytes_in_flight in time."""
-    message = "too many request bytes in flight; retry later"
-    response = _closing(error(503, message, headers={"Retry-After": BUSY_RETRY_AFTER_S}))
-    response[REJECTION] = "busy"
-    return response
-
-
-def _closing(response: web.Response) -> web.Response:
-    """The response with `Connection: close`: a refused body is not read into memory; what is
-    left of it is discarded for at most aiohttp's lingering time (10 s, as nginx does) so that
-    the client reads the answer rather than a reset, then the connection closes."""
-    response.force_close()
-    return response
 
 
 class Handlers:
@@ -339,9 +202,9 @@ class Handlers:
     def refuse_alert(self, request: web.Request) -> web.Response | None:
         """What POST /v1/trigger/alerts refuses from its headers alone (before the body)."""
         if self.deps.trigger_alert_secrets() is None:
-            return _closing(error(404, "alert webhooks are not configured"))
+            return closing(error(404, "alert webhooks are not configured"))
         if not request.headers.get(SIGNATURE_HEADER):
-            return _closing(error(401, f"missing {SIGNATURE_HEADER} signature header"))
+            return closing(error(401, f"missing {SIGNATURE_HEADER} signature header"))
         return refuse_declared(request, self.deps.max_body_bytes())
 
     async def _signed_body(self, request: web.Request, hold: Hold) -> bytes | web.Response:
@@ -365,107 +228,6 @@ class Handlers:
         if why is None:
             return json_response({"status": "ready"})
         return json_response({"status": "not ready", "reason": why}, 503)
-
-    async def dlq_list(self, request: web.Request) -> web.Response:
-        if not authorized(request, self.deps.admin_token()):
-            return unauthorized()
-        rows = await self.deps.store.dead_letters()
-        return json_response({"dead": [dead_letter_view(n) for n in rows]})
-
-    async def dlq_replay_one(self, request: web.Request) -> web.Response:
-        if not authorized(request, self.deps.admin_token()):
-            return unauthorized()
-        ident = request.match_info["id"]
-        moved = await self.deps.store.replay([ident], self.deps.clock())
-        if not moved:
-            return error(404, "no dead notification with that id", "id")
-        self.deps.wake_all()
-        log.info("dead notification replayed", extra=await self._about(ident))
-        return json_response({"replayed": moved})
-
-    async def _about(self, ident: str) -> dict[str, Any]:
-        """A log line's run id, rule and channel of notification `ident`, as every line about
-        a notification carries them."""
-        row = await self.deps.store.get(ident)
-        extra: dict[str, Any] = {"notification_id": ident}
-        if row is not None:
-            extra.update(run_id=row.run_id or None, rule=row.rule, channel=row.channel)
-        return extra
-
-    def refuse_replay(self, request: web.Request) -> web.Response | None:
-        """What POST /v1/dlq/replay refuses from its headers alone (also before `100 Continue`)."""
-        if not authorized(request, self.deps.admin_token()):
-            return unauthorized()
-        return refuse_declared(request, MAX_REPLAY_BODY)
-
-    async def dlq_replay_all(self, request: web.Request) -> web.Response:
-        """Every dead notification, or (as `relay dlq replay ID|--all`) the ones a JSON body
-        names: `{"id": ...}` or `{"ids": [...]}`; `{"all": true}` or no body is every one."""
-        if (refused := self.refuse_replay(request)) is not None:
-            return refused
-        body = await read_limited(request, MAX_REPLAY_BODY)
-        if isinstance(body, web.Response):
-            return body
-        try:
-            named = replay_selection(body)
-        except InputError as exc:
-            return error(400, exc.message, exc.field or None)
-        ids = None if named is None else named[1]
-        moved = await self.deps.store.replay(ids, self.deps.clock())
-        if named is not None and not moved:  # the field the body named them in
-            return error(404, "no dead notification with that id", named[0])
-        self.deps.wake_all()
-        log.info("dead notifications replayed", extra={"replayed": moved})
-        return json_response({"replayed": moved})
-
-
-def replay_selection(body: bytes) -> tuple[str, list[str]] | None:
-    """The field (`id` or `ids`) and the ids a POST /v1/dlq/replay body names, or None for
-    every dead notification. A body naming ids never replays the others."""
-    if not body.strip():
-        return None
-    expected = 'expected a JSON object: {"ids": [...]}, {"id": ...} or {"all": true}'
-    data = json_object(body, ("id", "ids", "all"), expected, "unknown field; use id, ids or all")
-    ids = _named_ids(data)
-    if ids is None and data.get("all", True) is not True:
-        raise InputError("all", 'expected true, or name the notifications in "ids"')
-    if ids is not None and "all" in data:
-        raise InputError("all", 'give "all" or the ids, not both')
-    return None if ids is None else ("id" if "id" in data else "ids", ids)
-
-
-def _named_ids(data: dict[str, Any]) -> list[str] | None:
-    if "id" in data and "ids" in data:
-        raise InputError("ids", 'give "id" or "ids", not both')
-    if "id" in data:
-        if not isinstance(data["id"], str) or not data["id"]:
-            raise InputError("id", "expected a notification id")
-        return [data["id"]]
-    if "ids" not in data:
-        return None
-    ids = data["ids"]
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
-        raise InputError("ids", "expected a non-empty list of notification ids")
-    return ids
-
-
-DEAD_LETTER_FIELDS = (
-    "id",
-    "run_id",
-    "rule",
-    "channel",
-    "reason",
-    "error",
-    "attempts",
-    "created_at",
-)
-
-
-def dead_letter_view(n: Notification) -> dict[str, Any]:
-    """The public face of a dead letter (also used by `relay dlq list --json`): the fields of
-    its notification_view, so that its times read as the rest of the API's (ISO-8601, UTC)."""
-    view = notification_view(n)
-    return {name: view[name] for name in DEAD_LETTER_FIELDS}
 
 
 _REJECTIONS = {
@@ -511,7 +273,7 @@ def _unknown_expectation(request: web.Request) -> web.Response | None:
     expect = request.headers.get(hdrs.EXPECT, "")
     if request.version != HttpVersion11 or expect.lower() == "100-continue":
         return None
-    return _closing(error(417, f"unknown Expect: {expect[:80]}"))
+    return closing(error(417, f"unknown Expect: {expect[:80]}"))
 
 
 async def _continue(request: web.Request) -> None:
@@ -608,10 +370,7 @@ def build_app(deps: HttpDeps) -> web.Application:
     add("GET", "/healthz", h.healthz)
     add("GET", "/readyz", h.readyz)
     add("GET", "/openapi.json", _openapi)
-    add("GET", "/v1/dlq", h.dlq_list)
-    add("POST", "/v1/dlq/replay", h.dlq_replay_all, h.refuse_replay)
-    add("POST", "/v1/dlq/{id}/replay", h.dlq_replay_one)
-    add_silence_routes(add, deps)
+    add_admin_routes(add, deps)
     return app
 
 
@@ -637,6 +396,3 @@ def route_adder(app: web.Application, deps: HttpDeps) -> AddRoute:
             app.router.add_route(method, path, handler, expect_handler=expect)
 
     return add
-
-
-from relay.sources.admin import add_silence_routes  # noqa: E402 - admin.py builds on this module

@@ -2,7 +2,7 @@
 
 relay closes a connection that has not sent a complete request head within
 relay_service.HTTP_IDLE_TIMEOUT_S (aiohttp's keepalive_timeout, default an hour otherwise), and
-answers 408 when a body has not arrived within relay_http.BODY_TIMEOUT_S. The tests
+answers 408 when a body has not arrived within relay_replies.BODY_TIMEOUT_S. The tests
 shorten both to a second; the defaults are checked to be sane. (Oversized and chunked bodies:
 tests/test_ingest.py.) No test measures the wall clock against a tight bound: the slow clients
 trickle for far longer (30 s and more) than the shortened timeouts, so a cut-off is told from
@@ -27,8 +27,8 @@ import pytest
 from aiohttp import web
 
 from relay import service as relay_service
+from relay.sources import _replies as relay_replies
 from relay.sources import _wire as relay_wire
-from relay.sources import http as relay_http
 from relay.sources._budget import SMALL_BODY, BodyBudget
 from tests.conftest import CONSOLE_FAILURES, RelayFactory, RelayProcess
 
@@ -92,7 +92,7 @@ async def post_ok(r: Any) -> None:
 
 def test_the_default_timeouts_are_bounded() -> None:
     assert 5 <= relay_service.HTTP_IDLE_TIMEOUT_S <= 300
-    assert 5 <= relay_http.BODY_TIMEOUT_S <= 300
+    assert 5 <= relay_replies.BODY_TIMEOUT_S <= 300
 
 
 async def test_slowloris_headers_are_cut_off(
@@ -115,7 +115,7 @@ async def test_slowloris_headers_are_cut_off(
 
 
 async def test_slow_body_gets_408(relay: RelayFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(relay_http, "BODY_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(relay_replies, "BODY_TIMEOUT_S", 1.0)
     r = await relay(CONFIG)
     body = json.dumps(RUN).encode()
     head = (
