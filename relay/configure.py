@@ -344,13 +344,18 @@ def config_fingerprint(compiled: Compiled) -> tuple[tuple[str, int, int, int], .
     return tuple(out)
 
 
+_WHERE = {"templates": {"dir"}}  # the config's files' place on disk: not part of its digest
+
+
 def config_hash(compiled: Compiled) -> int:
     """A 52-bit digest (exact as a float, so in /metrics) of the running config as relay reads
     it, its environment variables filled in, and of the files of its templates directory: two
     replicas or two reloads that differ in it run different configs. Secrets are masked before
-    it is taken, so a secret changed alone does not change it (and nothing of one leaks)."""
+    it is taken, so a secret changed alone does not change it (and nothing of one leaks). The
+    templates directory counts by its files (their paths inside it), not by where it is: two
+    replicas mounting the same files at different paths run the same config."""
     loaded = compiled.loaded
-    digest = hashlib.sha256(loaded.config.model_dump_json().encode())
+    digest = hashlib.sha256(loaded.config.model_dump_json(exclude=_WHERE).encode())
     directory = loaded.config.templates.dir or Path()
     for path in _files_under(directory) if loaded.config.templates.dir is not None else ():
         digest.update(b"\0" + str(path.relative_to(directory)).encode(errors="replace") + b"\0")

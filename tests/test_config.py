@@ -1065,3 +1065,27 @@ def test_the_config_hash_follows_the_config_and_not_its_secrets(
     assert digest("failure", "https://a.example/h", "whsec_" + "QUJD" * 8, "sync/*") != base
     assert digest("CRASHED", "https://a.example/h", "whsec_" + "QUJD" * 8) != base
     assert 0 < base < 2**52
+
+
+def test_the_config_hash_does_not_follow_where_the_files_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas with the same config and templates, mounted at different paths (or named
+    by a relative and an absolute RELAY_CONFIG), run the same config: RelayConfigInconsistent
+    must not fire for them. What the templates say still counts."""
+    text = "templates: {dir: ./tpl}\nchannels:\n  c: {type: console}\n"
+    text += "rules:\n  - {name: r, notify: [c]}\n"
+    for where in ("a", "b"):
+        (tmp_path / where / "tpl" / "console").mkdir(parents=True)
+        (tmp_path / where / "tpl" / "console" / "run_failed.txt.j2").write_text("{{ run.id }}")
+        (tmp_path / where / "c.yaml").write_text(text)
+
+    def digest(path: Path) -> int:
+        return config_hash(compile_config(load(load_settings(), path)))
+
+    base = digest(tmp_path / "a" / "c.yaml")
+    assert digest(tmp_path / "b" / "c.yaml") == base
+    monkeypatch.chdir(tmp_path)
+    assert digest(Path("a/c.yaml")) == base
+    (tmp_path / "b" / "tpl" / "console" / "run_failed.txt.j2").write_text("{{ run.status }}")
+    assert digest(tmp_path / "b" / "c.yaml") != base
