@@ -422,6 +422,8 @@ class Service:
             self.metrics.config_reloads.labels(result="success").inc()
             self.metrics.config_reload_time.set(time.time())
             log.info("config reloaded", extra={"trigger": trigger, "rules": len(self.config.rules)})
+            for warning in compiled.warnings:  # what `relay check` warns of, as at the start
+                log.warning(warning)
             return True
 
     async def _settled(self) -> None:

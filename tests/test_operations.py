@@ -104,6 +104,22 @@ async def test_every_channel_and_rule_is_counted_from_zero(relay: RelayFactory, 
     assert value(text, 'relay_config_reloads_total{result="success"}') == 1
 
 
+async def test_a_reload_logs_what_relay_check_warns_of(
+    relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A misspelled run status was refused (a reload kept the running config and said why);
+    it is a warning now, so a reload takes it: the log says what `relay check` would, as the
+    start does, or the rule that never fires went unnoticed."""
+    r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    path = Path(r.service.compiled.loaded.source.filename)
+    path.write_text(CONFIG.format(url=sink.url, rule="failures", status="FAILLED"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="relay"):
+        assert await r.service.reload("SIGHUP") is True
+    said = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert any("'FAILLED' is not a status relay knows (did you mean FAILED?)" in m for m in said)
+
+
 WHEN_CONFIG = """\
 channels:
   hook: {{type: webhook, url: "{url}/hook"}}
