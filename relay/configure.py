@@ -357,13 +357,35 @@ def config_hash(compiled: Compiled) -> int:
     loaded = compiled.loaded
     digest = hashlib.sha256(loaded.config.model_dump_json(exclude=_WHERE).encode())
     directory = loaded.config.templates.dir or Path()
-    for path in _files_under(directory) if loaded.config.templates.dir is not None else ():
+    for path in _template_files(directory) if loaded.config.templates.dir is not None else ():
         digest.update(b"\0" + str(path.relative_to(directory)).encode(errors="replace") + b"\0")
         try:
             digest.update(path.read_bytes())
         except OSError:  # a file gone since the load: what it rendered is in the compiled config
             digest.update(b"\0gone")
     return int(digest.hexdigest()[:13], 16)
+
+
+def _template_files(directory: Path) -> list[Path]:
+    """The files under `directory` by the names templates are read with, sorted: symlinked
+    directories followed (each directory once), hidden entries skipped. A Kubernetes ConfigMap
+    volume keeps its files in `..<time written>/`, its own name in each pod, reached through
+    `..data` and a symlink per top entry: those symlinks are the names that count."""
+    seen: set[tuple[int, int]] = set()
+    found = []
+    for parent, dirs, names in os.walk(directory, followlinks=True):
+        try:
+            stat = os.stat(parent)
+        except OSError:  # gone since it was listed (a ConfigMap update)
+            dirs[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:  # a symlink loop, or one directory twice
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(parent, name) for name in names if not name.startswith(".")]
+    return sorted(found)
 
 
 def _files_under(directory: Path) -> list[Path]:

@@ -1089,3 +1089,29 @@ def test_the_config_hash_does_not_follow_where_the_files_are(
     assert digest(Path("a/c.yaml")) == base
     (tmp_path / "b" / "tpl" / "console" / "run_failed.txt.j2").write_text("{{ run.status }}")
     assert digest(tmp_path / "b" / "c.yaml") != base
+
+
+def test_the_config_hash_reads_a_kubernetes_config_map_as_its_templates(tmp_path: Path) -> None:
+    """A ConfigMap volume holds its files in a directory named by the time the kubelet wrote
+    it (`..2026_12_05_08_00_00.123`), reached through `..data` and one symlink per top entry:
+    each pod has its own time. Replicas mounting one ConfigMap run the same templates, and
+    the digest is that of the same files laid out plainly."""
+    text = "templates: {dir: ./tpl}\nchannels:\n  c: {type: console}\n"
+    text += "rules:\n  - {name: r, notify: [c]}\n"
+
+    def digest(where: str, written: str | None, body: str = "{{ run.id }}") -> int:
+        root = tmp_path / where
+        tpl = root / "tpl"
+        files = tpl / written if written is not None else tpl
+        (files / "console").mkdir(parents=True)
+        (files / "console" / "run.txt.j2").write_text(body)
+        if written is not None:  # the ConfigMap layout
+            (tpl / "..data").symlink_to(written)
+            (tpl / "console").symlink_to("..data/console")
+        (root / "c.yaml").write_text(text)
+        return config_hash(compile_config(load(load_settings(), root / "c.yaml")))
+
+    plain = digest("plain", None)
+    assert digest("pod1", "..2026_12_05_08_00_00.1") == plain
+    assert digest("pod2", "..2026_12_05_08_00_07.2") == plain
+    assert digest("pod3", "..2026_12_05_08_00_07.3", "{{ run.status }}") != plain
