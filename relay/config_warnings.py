@@ -46,7 +46,8 @@ def _unknown_statuses(rules: list[RuleConfig], locate: Locate) -> list[str]:
     out = []
     for i, rule in enumerate(rules):
         if rule.match.event != "run":
-            continue  # other events have their own statuses; `_never_matching` checks them
+            out += _uncarried_statuses(rule, locate(("rules", i, "match", "status")), i)
+            continue
         for name in rule.match.status or ():
             status = name.strip().upper()
             if name.lower() == "failure" or status in _RUN_STATUSES:
@@ -57,6 +58,26 @@ def _unknown_statuses(rules: list[RuleConfig], locate: Locate) -> list[str]:
                 f"{locate(('rules', i, 'match', 'status'))}: rules[{i}].match.status: {name!r}"
                 f" is not a status relay knows{hint}; it matches only a run sent with it"
             )
+    return out
+
+
+def _uncarried_statuses(rule: RuleConfig, where: str, i: int) -> list[str]:
+    """Warnings for each status of an event rule that its event never carries (`TIMEDOUT`
+    beside `FAILED`): when none is carried, `_never_matching` says so for the whole rule."""
+    carried = EVENT_STATUSES.get(rule.match.event)
+    wanted = statuses_of(rule.match.status)
+    if carried is None or not wanted or not wanted & carried:
+        return []
+    out = []
+    for name in rule.match.status or ():
+        if (statuses_of([name]) or frozenset()) & carried:
+            continue
+        close = difflib.get_close_matches(name.strip().upper(), sorted(carried), n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        out.append(
+            f"{where}: rules[{i}].match.status: {name!r} is not a status event"
+            f" {rule.match.event} carries{hint}; it never matches"
+        )
     return out
 
 

@@ -269,6 +269,30 @@ rules:
     assert "--- rule new → channel out" in run_cli("test", str(run), "--config", str(config)).stdout
 
 
+def test_check_warns_of_an_event_status_misspelt_beside_a_good_one(tmp_path: Path) -> None:
+    """A deployment or error rule's status is checked against what its event carries: a
+    list with only typos drew "never fires", but a typo beside a good status drew nothing,
+    and the alerts it meant (a timed-out deployment here) never came."""
+    config = write(
+        tmp_path / "c.yaml",
+        """\
+channels:
+  out: {type: console}
+rules:
+  - name: deploys
+    match: {event: deployment.failed, status: [FAILED, TIMEDOUT, failure]}
+    notify: [out]
+  - name: issues
+    match: {event: error, status: [new_issue, Regression]}
+    notify: [out]
+""",
+    )
+    assert warnings_of(config, "match.status") == [
+        f"warning: {config}:5: rules[0].match.status: 'TIMEDOUT' is not a status event"
+        " deployment.failed carries (did you mean TIMED_OUT?); it never matches",
+    ]
+
+
 def test_check_warns_of_a_rule_filtering_an_event_on_what_it_never_carries(
     tmp_path: Path,
 ) -> None:
