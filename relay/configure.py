@@ -356,9 +356,9 @@ def config_hash(compiled: Compiled) -> int:
     replicas mounting the same files at different paths run the same config."""
     loaded = compiled.loaded
     digest = hashlib.sha256(loaded.config.model_dump_json(exclude=_WHERE).encode())
-    directory = loaded.config.templates.dir or Path()
-    for path in _template_files(directory) if loaded.config.templates.dir is not None else ():
-        digest.update(b"\0" + str(path.relative_to(directory)).encode(errors="replace") + b"\0")
+    directory = loaded.config.templates.dir
+    for name, path in _template_files(directory) if directory is not None else ():
+        digest.update(b"\0" + name.encode(errors="replace") + b"\0")
         try:
             digest.update(path.read_bytes())
         except OSError:  # a file gone since the load: what it rendered is in the compiled config
@@ -366,25 +366,20 @@ def config_hash(compiled: Compiled) -> int:
     return int(digest.hexdigest()[:13], 16)
 
 
-def _template_files(directory: Path) -> list[Path]:
-    """The files under `directory` by the names templates are read with, sorted: symlinked
-    directories followed (each directory once), hidden entries skipped. A Kubernetes ConfigMap
-    volume keeps its files in `..<time written>/`, its own name in each pod, reached through
-    `..data` and a symlink per top entry: those symlinks are the names that count."""
-    seen: set[tuple[int, int]] = set()
+def _template_files(directory: Path) -> list[tuple[str, Path]]:
+    """The files under `directory`, each with the name templates read it by, sorted; hidden
+    entries left out. A Kubernetes ConfigMap volume keeps its files in `..<time written>/`, its
+    own name in each pod, reached through `..data` (and a symlink per top entry): there, the
+    files under `..data`, named as if at the top."""
+    data = directory / "..data"
+    root = data if data.is_dir() else directory
     found = []
-    for parent, dirs, names in os.walk(directory, followlinks=True):
-        try:
-            stat = os.stat(parent)
-        except OSError:  # gone since it was listed (a ConfigMap update)
-            dirs[:] = []
-            continue
-        if (stat.st_dev, stat.st_ino) in seen:  # a symlink loop, or one directory twice
-            dirs[:] = []
-            continue
-        seen.add((stat.st_dev, stat.st_ino))
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(parent, name) for name in names if not name.startswith(".")]
+    for parent, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            if not name.startswith("."):
+                path = Path(parent, name)
+                found.append((path.relative_to(root).as_posix(), path))
     return sorted(found)
 
 
