@@ -97,6 +97,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_undecodable(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 on an argument that is not UTF-8 (Python hands such bytes over as surrogates):
+    a rule, run id or matcher reached the store and ended in a traceback. Paths may be any
+    bytes and are left alone (they are Path values by then)."""
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and not text.isascii():
+                try:
+                    text.encode()
+                except UnicodeEncodeError:
+                    parser.error(f"argument {name}: not valid UTF-8")
+
+
 def _config_path(text: str) -> Path:
     if not text.strip():  # Path("") is ".", the working directory
         raise argparse.ArgumentTypeError("empty path: name the YAML file")
@@ -144,6 +157,7 @@ def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    _refuse_undecodable(parser, args)
     if args.command == "check" and args.file is not None:  # `relay check config.yaml`, as
         if getattr(args, "config", args.file) != args.file:  # `amtool check-config FILE`
             parser.error("give the config once: as --config or as FILE, not both")  # exit 2

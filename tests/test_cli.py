@@ -732,6 +732,22 @@ def test_dry_run_says_so_when_there_is_nothing_to_match(tmp_path: Path) -> None:
     assert empty_r.stdout == "no runs in the file: no rule can match\n"
 
 
+def test_arguments_that_are_not_utf8_are_refused(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 (a shell's $'\\xff', which Python hands over as surrogates)
+    in a rule, run id or matcher reached the store and ended in a traceback; a path may be
+    any bytes and is read as one."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path}/relay.db"}
+    rule, matcher, path = parallel(
+        cli("history", "--rule", "\udcff", env=env),
+        cli("silence", "add", "task=\udcff", env=env),
+        cli("check", str(tmp_path / "\udcff.yaml")),
+    )
+    for refused in (rule, matcher):
+        assert refused.returncode == 2, refused.stderr
+        assert "not valid UTF-8" in refused.stderr and "Traceback" not in refused.stderr
+    assert path.returncode == 1 and "config file not found" in path.stderr, path.stderr
+
+
 def test_dry_run_refuses_bad_event_files(tmp_path: Path) -> None:
     config = write(tmp_path / "c.yaml", GOOD)
     broken = write(tmp_path / "broken.json", '{"id": "run_1", ')
