@@ -11,30 +11,7 @@ TLS trusts the system store (and SSL_CERT_FILE) plus `smtp.ca_file`. A username 
 need STARTTLS or implicit TLS unless the host is this machine (as Go's smtp.PlainAuth, used
 by Alertmanager).
 
-Failures are translated here, once, into DeliveryError (the SMTP boundary):
-
-  outcome                                              reason        retryable  detail
-  some recipients refused for good (5xx), the rest ok  (sent; a warning names them, with codes)
-  the rest refused for good on a retry (others had it) (sent, the same)
-  some refused for now (4xx: greylisting), some ok     as below     yes        SMTP 450 for
-                                                                                1 of 2 recipients
-  421 at any stage (the server sheds load)             rate_limited  yes        SMTP 421
-  other 4xx: 450, 451, 452 (busy, greylisting)        server_error  yes        SMTP 451
-  530, 534, 535, 538, SMTPAuthenticationError 5xx      auth_error    no         SMTP 535
-  other 5xx: recipient, sender or data refused         client_error  no         SMTP 550
-  every recipient refused: the first 4xx if any        as above                 SMTP 550
-  552 to RCPT (RFC 5321 4.5.3.1.10: too many, as 452)  server_error  yes        SMTP 552
-  timeout: connect, a reply, or the whole attempt      timeout       yes        no answer in time
-  refused connection, DNS, reset, disconnected         network       yes        connection refused
-  TLS handshake or certificate verification            network       yes        TLS: ...
-  a non-ASCII local part, server without SMTPUTF8      client_error  no         server does
-                                                                                not take ...
-  any other SMTPException (no STARTTLS, no AUTH...)   other         yes        aiosmtplib's text
-  a reply without a code, or a line too long          other         yes        malformed SMTP
-                                                                                reply
-
-A 421 to one RCPT of several makes aiosmtplib hang up before the next one: that is the 421
-(rate_limited), not the "server disconnected" aiosmtplib says at the next RCPT.
+Failures are translated once, at the SMTP boundary (relay.channels._smtp has the table).
 
 When the server takes a mail for some recipients and refuses others for now (a 4xx to RCPT:
 greylisting, a full mailbox), the recipients done with (accepted, or refused for good) are kept
@@ -52,10 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import re
-import socket
 import ssl
 import time
 from email.headerregistry import Address
@@ -77,25 +52,29 @@ from pydantic import (
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._http import LOCAL_HOSTS
-from relay.config import CONTROL_CHARS, ChannelSettings, Strict, from_config_dir
-from relay.errors import DeliveryError, StoreUnavailable, tls_failure, wire_failure
-from relay.filters import truncate_chars
-from relay.logs import BIDI_OVERRIDES
+from relay.channels._smtp import SUBJECT_MAX_CHARS, Client, by_code, classify, for_now, one_line
+from relay.config import ChannelSettings, Strict, from_config_dir
+from relay.errors import StoreUnavailable
 
 log = logging.getLogger("relay.channels.email")
 
-SUBJECT_MAX_CHARS = 200
 _RESERVED = frozenset(
     ("from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version", "sender")
 )
 # relay's defaults a user's `headers` replace (not added twice: a mail with two Auto-Submitted)
 _OVERRIDABLE = {"Auto-Submitted": "auto-generated"}
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
-_AUTH_CODES = frozenset((530, 534, 535, 538))
 # EHLO's argument (RFC 5321 4.1.1.1): a domain, or an address literal in brackets
 _EHLO_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[!-Z^-~]+\]")
 SENT = "email_sent"  # kv: "<channel>:<notification id>" -> JSON list of recipients done with
-__all__ = ["KIND", "EmailChannel", "EmailSettings", "SmtpSettings", "classify"]
+__all__ = [
+    "KIND",
+    "SUBJECT_MAX_CHARS",
+    "EmailChannel",
+    "EmailSettings",
+    "SmtpSettings",
+    "classify",
+]
 
 
 def _check_address(value: str) -> str:
@@ -337,19 +316,6 @@ def tls_context(smtp: SmtpSettings) -> ssl.SSLContext:
     return context
 
 
-# the bidirectional overrides: a subject would show in another order than it is written
-# ("Trojan Source": `run_1<RLO>9` reads as another run); the text stays, in its own order
-_BIDI_OVERRIDES = re.compile(f"[{BIDI_OVERRIDES}]")
-
-
-def one_line(text: str, limit: int = SUBJECT_MAX_CHARS) -> str:
-    """Whitespace (line breaks included) and control characters (a NUL from run data: servers
-    refuse the mail) collapsed to single spaces, bidirectional overrides dropped, cut to `limit`
-    with '…'."""
-    line = " ".join(CONTROL_CHARS.sub(" ", _BIDI_OVERRIDES.sub("", text)).split())
-    return truncate_chars(line, limit)
-
-
 def _overridable(message: Outgoing) -> dict[str, str]:
     """The headers relay sets unless `headers` has its own: a recovery replies to the failure's
     mail, so mail clients thread the two."""
@@ -408,7 +374,7 @@ class EmailChannel:
         try:
             refused = await self._transaction(mail, recipients)
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            if not done or any(_for_now(r.code) for r in exc.recipients):
+            if not done or any(for_now(r.code) for r in exc.recipients):
                 raise classify(exc) from None
             # the rest refused for good after others got it: sent, as when that is one attempt
             refused = {r.recipient: r for r in exc.recipients}
@@ -421,12 +387,12 @@ class EmailChannel:
         if later:
             first = next(iter(later.values()))
             note = f" for {len(later)} of {len(self._recipients)} recipients"
-            raise _by_code(first, auth=False, note=note, rcpt=True)
+            raise by_code(first, auth=False, note=note, rcpt=True)
 
     def _refused(self, message: Outgoing, refused: dict[str, Any]) -> dict[str, int]:
         """Log the recipients the server refused (who, and the reply code: a typo in `to` is
         found in the log); return those refused for now (4xx), with the code."""
-        later = {a: r.code for a, r in refused.items() if _for_now(r.code)}
+        later = {a: r.code for a, r in refused.items() if for_now(r.code)}
         log.warning(
             "some recipients were refused; sent to the others",
             extra={
@@ -466,7 +432,7 @@ class EmailChannel:
         becomes of the QUIT (a timeout there retried it, and the mail went out twice)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
-        client = _Client(**self._options())
+        client = Client(**self._options())
         try:
             async with asyncio.timeout_at(deadline):
                 await client.connect()
@@ -500,84 +466,6 @@ class EmailChannel:
             "timeout": self._timeout_s,
             "local_hostname": smtp.hello,
         }
-
-
-@functools.cache
-def _this_host() -> str:
-    return socket.getfqdn()
-
-
-class _Client(aiosmtplib.SMTP):
-    """aiosmtplib's client, noting a 421 reply: it hangs up on one, so a 421 to the first RCPT
-    of several surfaced as "server disconnected" at the next RCPT (network, tried again at
-    once) instead of the server's "closing, slow down" (rate_limited, the backoff)."""
-
-    said_421 = False
-
-    async def _get_default_local_hostname(self) -> str:
-        """This machine's name for EHLO, looked up once: a slow reverse DNS lookup ate into
-        every attempt's timeout."""
-        return await asyncio.to_thread(_this_host)
-
-    async def execute_command(self, *args: bytes, **kwargs: Any) -> aiosmtplib.SMTPResponse:
-        response = await super().execute_command(*args, **kwargs)
-        self.said_421 = self.said_421 or response.code == 421
-        return response
-
-
-def classify(exc: BaseException) -> DeliveryError:
-    """The DeliveryError an aiosmtplib/socket/TLS exception means (see the module table)."""
-    if isinstance(exc, TimeoutError):  # SMTPTimeoutError and its connect/read kinds too
-        return DeliveryError("timeout", retryable=True, detail="no answer in time")
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        codes = [r.code for r in exc.recipients] or [550]
-        return _by_code(next((c for c in codes if _for_now(c)), codes[0]), auth=False, rcpt=True)
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return _by_code(exc.code, auth=isinstance(exc, aiosmtplib.SMTPAuthenticationError))
-    tls = tls_failure(exc)
-    if tls is not None:
-        return DeliveryError("network", retryable=True, detail=tls)
-    if isinstance(exc, OSError | aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected):
-        return DeliveryError("network", retryable=True, detail=_network_detail(exc))
-    return _other(exc)
-
-
-def _other(exc: BaseException) -> DeliveryError:
-    if isinstance(exc, ValueError):  # an address aiosmtplib refuses to put on the wire
-        return DeliveryError("client_error", retryable=False, detail="invalid address")
-    if isinstance(exc, aiosmtplib.SMTPNotSupported):  # SMTPUTF8 missing: no retry will mend it
-        detail = "server does not take non-ASCII addresses (no SMTPUTF8)"
-        return DeliveryError("client_error", retryable=False, detail=detail)
-    if isinstance(exc, aiosmtplib.SMTPException):  # aiosmtplib's own words, e.g. no STARTTLS
-        return DeliveryError("other", retryable=True, detail=one_line(exc.message, 120))
-    return DeliveryError("other", retryable=True, detail=type(exc).__name__)
-
-
-def _for_now(rcpt_code: int) -> bool:
-    """Whether a reply to RCPT refuses the recipient for now: a 4xx, or 552, which RFC 821
-    listed for "too many recipients" and RFC 5321 (4.5.3.1.10) says to take as 452."""
-    return 400 <= rcpt_code < 500 or rcpt_code == 552
-
-
-def _by_code(code: int, *, auth: bool, note: str = "", rcpt: bool = False) -> DeliveryError:
-    detail = f"SMTP {code}{note}" if code >= 100 else "malformed SMTP reply"  # aiosmtplib: -1
-    if code == 421:
-        return DeliveryError("rate_limited", retryable=True, detail=detail, status=code)
-    if 400 <= code < 500 or (rcpt and code == 552):
-        return DeliveryError("server_error", retryable=True, detail=detail, status=code)
-    if code in _AUTH_CODES or (auth and code >= 500):
-        return DeliveryError("auth_error", retryable=False, detail=detail, status=code)
-    if 500 <= code < 600:
-        return DeliveryError("client_error", retryable=False, detail=detail, status=code)
-    return DeliveryError("other", retryable=True, detail=detail, status=code)
-
-
-def _network_detail(exc: BaseException) -> str:
-    if (failure := wire_failure(exc)) is not None:
-        return failure
-    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
-        return "server disconnected"
-    return "connection failed"
 
 
 KIND = ChannelKind("email", EmailSettings, EmailChannel, ("subject", "txt", "html"))

@@ -22,7 +22,8 @@ from pydantic import ValidationError
 
 from relay.channels import ChannelEnv, Outgoing, Recovery, settings_models
 from relay.channels._http import HttpClient
-from relay.channels.email import EmailChannel, EmailSettings, _this_host, build_message
+from relay.channels._smtp import this_host
+from relay.channels.email import EmailChannel, EmailSettings, build_message
 from relay.config_load import load_config, parse_config
 from relay.errors import ConfigError, DeliveryError
 from relay.model import Run, notification_id
@@ -371,12 +372,12 @@ async def test_the_default_ehlo_name_is_looked_up_once(
         return "host.example.com"
 
     monkeypatch.setattr(socket, "getfqdn", getfqdn)
-    _this_host.cache_clear()
+    this_host.cache_clear()
     fake = await smtp_server()
     for _ in range(3):
         await channel(fake.port).send(outgoing())
     await fake.wait_for(3)
-    _this_host.cache_clear()
+    this_host.cache_clear()
     assert len(lookups) == 1
     assert bytes(fake.received).count(b"EHLO host.example.com\r\n") == 3
 

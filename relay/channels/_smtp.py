@@ -1,0 +1,139 @@
+"""The SMTP wire of the `email` channel: aiosmtplib's client as relay uses it, header lines
+as servers take them, and the translation of failures into DeliveryError.
+
+Failures are translated here, once, into DeliveryError:
+
+  outcome                                              reason        retryable  detail
+  some recipients refused for good (5xx), the rest ok  (sent; a warning names them, with codes)
+  the rest refused for good on a retry (others had it) (sent, the same)
+  some refused for now (4xx: greylisting), some ok     as below     yes        SMTP 450 for
+                                                                                1 of 2 recipients
+  421 at any stage (the server sheds load)             rate_limited  yes        SMTP 421
+  other 4xx: 450, 451, 452 (busy, greylisting)        server_error  yes        SMTP 451
+  530, 534, 535, 538, SMTPAuthenticationError 5xx      auth_error    no         SMTP 535
+  other 5xx: recipient, sender or data refused         client_error  no         SMTP 550
+  every recipient refused: the first 4xx if any        as above                 SMTP 550
+  552 to RCPT (RFC 5321 4.5.3.1.10: too many, as 452)  server_error  yes        SMTP 552
+  timeout: connect, a reply, or the whole attempt      timeout       yes        no answer in time
+  refused connection, DNS, reset, disconnected         network       yes        connection refused
+  TLS handshake or certificate verification            network       yes        TLS: ...
+  a non-ASCII local part, server without SMTPUTF8      client_error  no         server does
+                                                                                not take ...
+  any other SMTPException (no STARTTLS, no AUTH...)   other         yes        aiosmtplib's text
+  a reply without a code, or a line too long          other         yes        malformed SMTP
+                                                                                reply
+
+A 421 to one RCPT of several makes aiosmtplib hang up before the next one: that is the 421
+(rate_limited), not the "server disconnected" aiosmtplib says at the next RCPT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import socket
+from typing import Any
+
+import aiosmtplib
+
+from relay.config import CONTROL_CHARS
+from relay.errors import DeliveryError, tls_failure, wire_failure
+from relay.filters import truncate_chars
+from relay.logs import BIDI_OVERRIDES
+
+SUBJECT_MAX_CHARS = 200
+
+
+_AUTH_CODES = frozenset((530, 534, 535, 538))
+
+
+# the bidirectional overrides: a subject would show in another order than it is written
+# ("Trojan Source": `run_1<RLO>9` reads as another run); the text stays, in its own order
+_BIDI_OVERRIDES = re.compile(f"[{BIDI_OVERRIDES}]")
+
+
+def one_line(text: str, limit: int = SUBJECT_MAX_CHARS) -> str:
+    """Whitespace (line breaks included) and control characters (a NUL from run data: servers
+    refuse the mail) collapsed to single spaces, bidirectional overrides dropped, cut to `limit`
+    with '…'."""
+    line = " ".join(CONTROL_CHARS.sub(" ", _BIDI_OVERRIDES.sub("", text)).split())
+    return truncate_chars(line, limit)
+
+
+@functools.cache
+def this_host() -> str:
+    return socket.getfqdn()
+
+
+class Client(aiosmtplib.SMTP):
+    """aiosmtplib's client, noting a 421 reply: it hangs up on one, so a 421 to the first RCPT
+    of several surfaced as "server disconnected" at the next RCPT (network, tried again at
+    once) instead of the server's "closing, slow down" (rate_limited, the backoff)."""
+
+    said_421 = False
+
+    async def _get_default_local_hostname(self) -> str:
+        """This machine's name for EHLO, looked up once: a slow reverse DNS lookup ate into
+        every attempt's timeout."""
+        return await asyncio.to_thread(this_host)
+
+    async def execute_command(self, *args: bytes, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        response = await super().execute_command(*args, **kwargs)
+        self.said_421 = self.said_421 or response.code == 421
+        return response
+
+
+def classify(exc: BaseException) -> DeliveryError:
+    """The DeliveryError an aiosmtplib/socket/TLS exception means (see the module table)."""
+    if isinstance(exc, TimeoutError):  # SMTPTimeoutError and its connect/read kinds too
+        return DeliveryError("timeout", retryable=True, detail="no answer in time")
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients] or [550]
+        return by_code(next((c for c in codes if for_now(c)), codes[0]), auth=False, rcpt=True)
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return by_code(exc.code, auth=isinstance(exc, aiosmtplib.SMTPAuthenticationError))
+    tls = tls_failure(exc)
+    if tls is not None:
+        return DeliveryError("network", retryable=True, detail=tls)
+    if isinstance(exc, OSError | aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected):
+        return DeliveryError("network", retryable=True, detail=_network_detail(exc))
+    return _other(exc)
+
+
+def _other(exc: BaseException) -> DeliveryError:
+    if isinstance(exc, ValueError):  # an address aiosmtplib refuses to put on the wire
+        return DeliveryError("client_error", retryable=False, detail="invalid address")
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):  # SMTPUTF8 missing: no retry will mend it
+        detail = "server does not take non-ASCII addresses (no SMTPUTF8)"
+        return DeliveryError("client_error", retryable=False, detail=detail)
+    if isinstance(exc, aiosmtplib.SMTPException):  # aiosmtplib's own words, e.g. no STARTTLS
+        return DeliveryError("other", retryable=True, detail=one_line(exc.message, 120))
+    return DeliveryError("other", retryable=True, detail=type(exc).__name__)
+
+
+def for_now(rcpt_code: int) -> bool:
+    """Whether a reply to RCPT refuses the recipient for now: a 4xx, or 552, which RFC 821
+    listed for "too many recipients" and RFC 5321 (4.5.3.1.10) says to take as 452."""
+    return 400 <= rcpt_code < 500 or rcpt_code == 552
+
+
+def by_code(code: int, *, auth: bool, note: str = "", rcpt: bool = False) -> DeliveryError:
+    detail = f"SMTP {code}{note}" if code >= 100 else "malformed SMTP reply"  # aiosmtplib: -1
+    if code == 421:
+        return DeliveryError("rate_limited", retryable=True, detail=detail, status=code)
+    if 400 <= code < 500 or (rcpt and code == 552):
+        return DeliveryError("server_error", retryable=True, detail=detail, status=code)
+    if code in _AUTH_CODES or (auth and code >= 500):
+        return DeliveryError("auth_error", retryable=False, detail=detail, status=code)
+    if 500 <= code < 600:
+        return DeliveryError("client_error", retryable=False, detail=detail, status=code)
+    return DeliveryError("other", retryable=True, detail=detail, status=code)
+
+
+def _network_detail(exc: BaseException) -> str:
+    if (failure := wire_failure(exc)) is not None:
+        return failure
+    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+        return "server disconnected"
+    return "connection failed"
