@@ -110,6 +110,13 @@ def _refuse_undecodable(parser: argparse.ArgumentParser, args: argparse.Namespac
                     parser.error(f"argument {name}: not valid UTF-8")
 
 
+def _login_name() -> str:
+    """$USER, the default author of a silence, as text: bytes that are not UTF-8 (which Python
+    hands over as surrogates) read as U+FFFD, so that a silence the user named no author for is
+    not refused as an argument they never gave."""
+    return os.environ.get("USER", "").encode(errors="surrogateescape").decode(errors="replace")
+
+
 def _config_path(text: str) -> Path:
     if not text.strip():  # Path("") is ".", the working directory
         raise argparse.ArgumentTypeError("empty path: name the YAML file")
@@ -139,7 +146,7 @@ def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     add.add_argument("--start", help="start time, ISO-8601 (default: now)")
     add.add_argument("-c", "--comment", default="")
-    add.add_argument("-a", "--author", default=os.environ.get("USER", ""), help="created_by")
+    add.add_argument("-a", "--author", default=_login_name(), help="created_by")
     listing = silence_sub.add_parser(
         "list", aliases=["query"], parents=[common, quiet], help="list silences"
     )

@@ -748,6 +748,16 @@ def test_arguments_that_are_not_utf8_are_refused(tmp_path: Path) -> None:
     assert path.returncode == 1 and "config file not found" in path.stderr, path.stderr
 
 
+def test_a_user_name_that_is_not_utf8_does_not_refuse_a_silence(tmp_path: Path) -> None:
+    """The default author is $USER: bytes in it that are not UTF-8 refused `relay silence add`
+    as "argument author", an argument the user never gave; they now read as U+FFFD."""
+    env = {**store_env(tmp_path), "USER": "ops\udcff"}
+    added = run_cli("silence", "add", "--task", "x", "-q", env=env)
+    assert added.returncode == 0, added.stderr
+    listed = run_cli("silence", "list", "--json", env=env)
+    assert [s["created_by"] for s in json.loads(listed.stdout)] == ["ops\ufffd"], listed.stdout
+
+
 def test_dry_run_refuses_bad_event_files(tmp_path: Path) -> None:
     config = write(tmp_path / "c.yaml", GOOD)
     broken = write(tmp_path / "broken.json", '{"id": "run_1", ')
