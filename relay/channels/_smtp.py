@@ -1,7 +1,8 @@
 """The SMTP wire of the `email` channel: aiosmtplib's client as relay uses it, header lines
 as servers take them, and the translation of failures into DeliveryError.
 
-Failures are translated here, once, into DeliveryError:
+Failures are translated here, once, into DeliveryError (the outcomes of a mail taken for
+some recipients only are the channel's, relay.channels.email, built from these):
 
   outcome                                              reason        retryable  detail
   some recipients refused for good (5xx), the rest ok  (sent; a warning names them, with codes)
