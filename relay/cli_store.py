@@ -30,11 +30,7 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     views = [dead_letter_view(n) for n in rows[:DLQ_LISTED]]
     if len(rows) > DLQ_LISTED:  # said on stderr: stdout stays the list (or JSON) alone
         print(f"more than {DLQ_LISTED} dead notifications: the newest shown", file=sys.stderr)
-    if args.json:
-        print(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode())
-        return 0
-    if not views:
-        print("no dead notifications")
+    if _said_whole(views, as_json=args.json, none="no dead notifications"):
         return 0
     rows_shown = [
         [v["id"], v["run_id"], v["channel"], str(v["attempts"]), failure(v["reason"], v["error"])]
@@ -42,6 +38,15 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     ]
     print_table(["ID", "RUN", "CHANNEL", "ATTEMPTS", "REASON"], rows_shown, right={3})
     return 0
+
+
+def _said_whole(views: list[Any], *, as_json: bool, none: str) -> bool:
+    """Whether `views` are said without a table: as JSON, or as `none` when there are none."""
+    if as_json:
+        print(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode())
+    elif not views:
+        print(none)
+    return as_json or not views
 
 
 def print_table(head: list[str], rows: list[list[str]], right: Collection[int] = ()) -> None:
@@ -150,11 +155,7 @@ def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
     if args.quiet:
         print("\n".join(v["id"] for v in views))
         return 0
-    if args.json:
-        print(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode())
-        return 0
-    if not views:
-        print("no silences")
+    if _said_whole(views, as_json=args.json, none="no silences"):
         return 0
     rows = []
     for v in views:
