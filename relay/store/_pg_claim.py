@@ -28,14 +28,16 @@ log = logging.getLogger("relay.store")
 
 _DUE = f"state = 'pending' AND not_before <= $3 AND {lease_free('$3')}"
 _CANDIDATES = f"""
-    SELECT id, group_key, lease_until, lease_holder FROM relay_outbox
+    SELECT id, group_key FROM relay_outbox
     WHERE channel = $1 AND state = 'pending' AND not_before <= $2 AND {lease_free("$2")}
     ORDER BY not_before, created_at, id
     LIMIT $3
 """  # noqa: S608
+# Each claim returns the lease a row had before it (was_until, was_holder): a row whose lease
+# had not ended belonged to a replica taken for dead, and the claim says it took it over.
 _CLAIM_SINGLES = f"""
     WITH picked AS (
-        SELECT id FROM relay_outbox
+        SELECT id, lease_until AS was_until, lease_holder AS was_holder FROM relay_outbox
         WHERE channel = $1 AND group_key IS NULL AND {_DUE}
         ORDER BY not_before, created_at, id
         LIMIT $4
@@ -43,15 +45,20 @@ _CLAIM_SINGLES = f"""
     )
     UPDATE relay_outbox AS o SET lease_until = $2, updated_at = $3, lease_holder = $5
     FROM picked WHERE o.id = picked.id
-    RETURNING o.*
+    RETURNING o.*, picked.was_until, picked.was_holder
 """  # noqa: S608
 _WIN_GROUPS = """
     SELECT g FROM unnest($1::text[], $2::bigint[]) AS t(g, k) WHERE pg_try_advisory_xact_lock(k)
 """
 _CLAIM_GROUPS = f"""
-    UPDATE relay_outbox SET lease_until = $2, updated_at = $3, lease_holder = $4
-    WHERE group_key = ANY($1::text[]) AND {_DUE}
-    RETURNING *
+    WITH picked AS (
+        SELECT id, lease_until AS was_until, lease_holder AS was_holder FROM relay_outbox
+        WHERE group_key = ANY($1::text[]) AND {_DUE}
+        FOR UPDATE
+    )
+    UPDATE relay_outbox AS o SET lease_until = $2, updated_at = $3, lease_holder = $4
+    FROM picked WHERE o.id = picked.id
+    RETURNING o.*, picked.was_until, picked.was_holder
 """  # noqa: S608
 
 
@@ -80,22 +87,18 @@ async def claim(
             if won:
                 keys = [row["g"] for row in won]
                 rows += await conn.fetch(_CLAIM_GROUPS, keys, until, now, holder)
-    _note_taken_over(channel, now, candidates, {row["id"] for row in rows})
+    _note_taken_over(channel, now, rows)
     claimed = [to_notification(row) for row in rows]
     claimed.sort(key=lambda n: (n.not_before, n.created_at, n.id))
     return claimed
 
 
-def _note_taken_over(
-    channel: str, now: float, candidates: list[asyncpg.Record], claimed: set[str]
-) -> None:
+def _note_taken_over(channel: str, now: float, claimed: list[asyncpg.Record]) -> None:
     """Log the rows taken from replicas that stopped while holding them (free although their
-    lease had not ended: their holder is gone)."""
-    held = [
-        r["lease_holder"]
-        for r in candidates
-        if r["id"] in claimed and (r["lease_until"] or 0.0) > now
-    ]
+    lease had not ended: their holder is gone). Read from the claimed rows' own former lease:
+    the candidates read before the claim missed rows that another replica's claim raced for,
+    and the count came out short."""
+    held = [r["was_holder"] for r in claimed if (r["was_until"] or 0.0) > now]
     if held:
         log.warning(
             "taking over notifications of a stopped replica",
