@@ -133,8 +133,27 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
         raise RelayError(f"silence not added: {exc}") from None
     asyncio.run(_with_store(settings, lambda s: s.add_silence(silence), create=True))
     _wait_until_applied()
+    for warning in _silence_warnings(silence.matchers, args, settings):
+        print(f"warning: {warning}", file=sys.stderr)
     print(silence.id)  # the id alone, as amtool prints it: `id=$(relay silence add ...)`
     return 0
+
+
+def _silence_warnings(
+    matchers: dict[str, tuple[str, ...]], args: argparse.Namespace, settings: Settings
+) -> list[str]:
+    """What the matchers name that the config does not (`matcher_warnings`). The config file
+    is read if it is there and valid; without it (a store reached from another machine),
+    rule and channel names go unchecked."""
+    from relay.configure import load  # noqa: PLC0415
+    from relay.errors import ConfigError  # noqa: PLC0415
+    from relay.silences import matcher_warnings  # noqa: PLC0415
+
+    try:
+        loaded = load(settings, getattr(args, "config", None))
+    except ConfigError:
+        return matcher_warnings(matchers, None)
+    return matcher_warnings(matchers, None if loaded.builtin else loaded.config.names())
 
 
 def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:

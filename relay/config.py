@@ -444,3 +444,7 @@ class Config(Strict):
 
     def channel(self, name: str) -> ChannelSettings:
         return self.channels[name]
+
+    def names(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The rule names and the channel names (what silences' matchers are checked against)."""
+        return tuple(rule.name for rule in self.rules), tuple(self.channels)

@@ -314,6 +314,7 @@ class Service:
             wake_all=self._wake_all,
             silences_changed=self._silences_changed,
             silences_settle_s=RELOAD_S,
+            silence_names=lambda: self.config.names(),  # noqa: PLW0108 (the config of now)
             trigger_alert_secrets=lambda: (
                 None
                 if (alerts := self.config.sources.trigger_alerts) is None

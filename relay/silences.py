@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from relay.errors import InputError, StoreUnavailable
 from relay.model import (
+    EVENT_STATUSES,
     EVENTS,
     FAILURE_STATUSES,
+    KNOWN_STATUSES,
+    RAW_STATUS_MAP,
     SILENCE_MATCHERS,
     Silence,
     iso,
@@ -24,6 +28,8 @@ log = logging.getLogger("relay.silences")
 
 MAX_VALUES = 100
 MAX_TEXT = 1000
+# a config's rule and channel names (Config.names), that silences' matchers are checked against
+ConfigNames = tuple[Collection[str], Collection[str]]
 RELOAD_S = 0.25  # how stale a running relay's silences may be (`relay silence add` waits it out)
 YEAR_10000 = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() + 1  # none shown from
 
@@ -82,6 +88,42 @@ def has_matchers(silence: Silence, wanted: Mapping[str, Sequence[str]]) -> bool:
     return all(
         value in silence.matchers.get(key, ()) for key, values in wanted.items() for value in values
     )
+
+
+def matcher_warnings(matchers: Mapping[str, Sequence[str]], names: ConfigNames | None) -> list[str]:
+    """What a silence's matchers name that the config does not (its rule and channel names;
+    None: not known, unchecked) and the statuses relay does not know. Most likely a typo, and
+    the silence would mute nothing by it; yet it is kept (the rule may come with the next
+    reload, the status with a newer Trigger.dev), so these are warnings, with the nearest
+    name known."""
+    known: dict[str, Collection[str]] = {"status": _SILENCE_STATUSES}
+    if names is not None:
+        known.update(rule=names[0], channel=names[1])
+    return [
+        warning
+        for key in SILENCE_MATCHERS
+        if key in known
+        for value in matchers.get(key, ())
+        if (warning := _unknown_name(key, value, known[key]))
+    ]
+
+
+def _unknown_name(key: str, value: str, names: Collection[str]) -> str:
+    """The warning about matcher `key`'s `value` if it is none of `names`, else ''."""
+    wanted = value.strip().upper() if key == "status" else value
+    if wanted in names or (key == "status" and value.lower() == "failure"):
+        return ""
+    close = difflib.get_close_matches(wanted, sorted(names), n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    if key == "status":
+        what = f"is not a status relay knows{hint}; only a run sent with it fits"
+        return f"matchers.status: {value!r} {what}"
+    return f"matchers.{key}: {value!r} names no {key} of the config{hint}; nothing fits it"
+
+
+_SILENCE_STATUSES = frozenset(
+    KNOWN_STATUSES | frozenset(RAW_STATUS_MAP) | frozenset().union(*EVENT_STATUSES.values())
+)
 
 
 def new_silence(

@@ -118,7 +118,8 @@ def test_document_vocabularies_match_the_code() -> None:
     assert set(schemas["Notification"]["properties"]) == set(notification_view(row))
     assert set(schemas["DeadLetter"]["properties"]) == set(dead_letter_view(row))
     silence = new_silence({"task": ("x",)}, ends_at=2e9, now=1e9)
-    assert set(schemas["Silence"]["properties"]) == set(silence_view(silence, 1e9))
+    created_only = {"warnings"}  # POST's answer, when the matchers name what the config lacks
+    assert set(schemas["Silence"]["properties"]) == set(silence_view(silence, 1e9)) | created_only
     for path, item in document()["paths"].items():
         for operation in item.values():
             admin = path.startswith(ADMIN_PREFIXES)

@@ -24,6 +24,7 @@ from relay.silences import (
     RELOAD_S,
     SilenceCache,
     cli_matchers,
+    matcher_warnings,
     new_silence,
     parse_matchers,
     parse_time,
@@ -32,7 +33,7 @@ from relay.silences import (
 )
 from relay.store import postgres
 from relay.store.sqlite import SQLiteStore
-from tests.conftest import RelayFactory, Sink, run_cli, sdk_run, status
+from tests.conftest import CONSOLE_FAILURES, RelayFactory, Sink, run_cli, sdk_run, status
 from tests.pg import fresh_database, shared_server
 
 NOW = 1_800_000_000.0
@@ -294,6 +295,37 @@ async def test_silence_api_errors_and_listing(
     assert said.count(("silence expired", pending["id"])) == 1
 
 
+async def test_silence_api_warns_of_names_the_running_config_lacks(
+    relay: RelayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typo in a silence's rule or channel mutes nothing: the 201 says so in `warnings`
+    (and the log), checked against the config the relay runs; a silence naming what the
+    config has carries no `warnings` key."""
+    caplog.set_level(logging.INFO, logger="relay.http")
+    r = await relay(CONFIG.format(url="http://127.0.0.1:9"))
+    ends = "2099-01-01T00:00:00Z"
+    code, typo = await api(
+        r,
+        "POST",
+        "/v1/silences",
+        {"matchers": {"rule": "failurs", "channel": "hook"}, "ends_at": ends},
+    )
+    assert code == 201 and typo["warnings"] == [
+        "matchers.rule: 'failurs' names no rule of the config (did you mean 'failures'?);"
+        " nothing fits it"
+    ], typo
+    assert "warnings" not in (await api(r, "GET", f"/v1/silences/{typo['id']}"))[1]
+    code, good = await api(
+        r,
+        "POST",
+        "/v1/silences",
+        {"matchers": {"rule": "failures", "status": "failed"}, "ends_at": ends},
+    )
+    assert code == 201 and "warnings" not in good, good
+    logged = [rec for rec in caplog.records if rec.getMessage().startswith("silence names")]
+    assert [rec.__dict__["silence"] for rec in logged] == [typo["id"]]
+
+
 async def test_silence_api_needs_the_admin_token(relay: RelayFactory) -> None:
     r = await relay(
         "server: {admin_token: adm1n-token}\n" + CONFIG.format(url="http://127.0.0.1:9")
@@ -303,6 +335,73 @@ async def test_silence_api_needs_the_admin_token(relay: RelayFactory) -> None:
         r.url + "/v1/silences", headers={"Authorization": "Bearer adm1n-token"}
     ) as resp:
         assert resp.status == 200
+
+
+NAMES = (("prod-failures", "billing"), ("oncall-slack", "pager"))
+
+
+@pytest.mark.parametrize(
+    ("matchers", "names", "expected"),
+    [
+        ({"rule": ["prod-failures"], "channel": ["pager"]}, NAMES, []),
+        (
+            {"rule": ["prod-failurs"]},
+            NAMES,
+            ["'prod-failurs' names no rule of the config (did you mean 'prod-failures'?)"],
+        ),
+        (
+            {"channel": ["pagr"]},
+            NAMES,
+            ["'pagr' names no channel of the config (did you mean 'pager'?)"],
+        ),
+        ({"channel": ["nope"]}, NAMES, ["'nope' names no channel of the config; nothing fits it"]),
+        ({"rule": ["anything"], "channel": ["at-all"]}, None, []),  # names not known: unchecked
+        ({"status": ["failure", "failed", " CRASHED ", "COMPLETED_WITH_ERRORS"]}, None, []),
+        ({"status": ["DEPLOYED", "REGRESSION", "INTERRUPTED", "REATTEMPTING"]}, None, []),
+        (
+            {"status": ["FAILLED"]},
+            None,
+            ["'FAILLED' is not a status relay knows (did you mean 'FAILED'?)"],
+        ),
+        ({"status": ["failure "]}, None, ["is not a status relay knows"]),  # not the shorthand
+        ({"task": ["no/such/*"], "tag": ["nope"], "event": ["run"]}, NAMES, []),
+    ],
+)
+def test_matcher_warnings(matchers: dict[str, list[str]], names: Any, expected: list[str]) -> None:
+    """A silence naming a rule, channel or status that nothing has mutes nothing: a typo the
+    operator hears of (a warning; the silence is kept)."""
+    warnings = matcher_warnings(matchers, names)
+    assert len(warnings) == len(expected), warnings
+    assert all(part in got for part, got in zip(expected, warnings, strict=True)), warnings
+
+
+def test_cli_add_warns_of_names_the_config_lacks(tmp_path: Path) -> None:
+    """The id alone on stdout (`id=$(relay silence add ...)` still works), each warning on
+    stderr; with no config file to read, rule and channel names go unchecked."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    config = tmp_path / "config.yaml"
+    config.write_text(CONSOLE_FAILURES)
+    added = run_cli(
+        "silence",
+        "add",
+        "prod-failurs",
+        "--channel",
+        "out",
+        "--status",
+        "FAILLED",
+        "--config",
+        str(config),
+        env=env,
+    )
+    assert added.returncode == 0 and added.stdout.strip().startswith("sil_"), added
+    assert added.stderr.splitlines() == [
+        "warning: matchers.rule: 'prod-failurs' names no rule of the config; nothing fits it",
+        "warning: matchers.status: 'FAILLED' is not a status relay knows (did you mean"
+        " 'FAILED'?); only a run sent with it fits",
+    ], added.stderr
+    (tmp_path / "x").mkdir()  # no config.yaml there, and no RELAY_CONFIG
+    elsewhere = run_cli("silence", "add", "prod-failurs", "-d", "1h", env=env, cwd=tmp_path / "x")
+    assert elsewhere.returncode == 0 and elsewhere.stderr == "", elsewhere.stderr
 
 
 def test_cli_add_list_expire(tmp_path: Path) -> None:

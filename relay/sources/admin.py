@@ -15,7 +15,13 @@ from aiohttp import web
 
 from relay.errors import InputError
 from relay.history import event_view, find_history, notification_view
-from relay.silences import new_silence, parse_matchers, parse_time, silence_view
+from relay.silences import (
+    matcher_warnings,
+    new_silence,
+    parse_matchers,
+    parse_time,
+    silence_view,
+)
 from relay.sources._body import json_object
 from relay.sources._replies import (
     authorized,
@@ -127,7 +133,21 @@ class SilenceHandlers(DeadLetterHandlers):
         await self._changed()
         _said("silence created", silence)
         where = {"Location": f"/v1/silences/{silence.id}"}  # where GET and DELETE find it
-        return json_response(silence_view(silence, now), 201, where)
+        view = silence_view(silence, now)
+        if warnings := self._warnings(silence):
+            view["warnings"] = warnings
+        return json_response(view, 201, where)
+
+    def _warnings(self, silence: Silence) -> list[str]:
+        """What the silence names that the running config does not (`matcher_warnings`),
+        logged as well: a typo would mute nothing, and the operator would not know."""
+        warnings = matcher_warnings(silence.matchers, self.deps.silence_names())
+        for warning in warnings:
+            log.warning(
+                "silence names what the config does not",
+                extra={"silence": silence.id, "warning": warning},
+            )
+        return warnings
 
     async def list(self, request: web.Request) -> web.Response:
         if (denied := self._denied(request)) is not None:

@@ -31,6 +31,7 @@ from relay.formats.trigger_alerts import (
     verify_signature,
 )
 from relay.intake import Intake
+from relay.silences import ConfigNames
 from relay.sources._budget import BodyBudget, Hold
 from relay.sources._replies import (
     REJECTION,
@@ -102,6 +103,9 @@ class HttpDeps:
     # how long other replicas (and --workers) may mute by the silences they read before a
     # change; the admin API answers after it, as `relay silence add` does
     silences_settle_s: float = 0.0
+    # the running config's rule and channel names, which a new silence's matchers are checked
+    # against (a warning, not a refusal)
+    silence_names: Callable[[], ConfigNames | None] = lambda: None
     # sources.trigger_alerts secrets; None when alert webhooks are not configured
     trigger_alert_secrets: Callable[[], list[SecretStr] | None] = lambda: None
     on_rejected: Callable[[str], None] | None = None  # reason
