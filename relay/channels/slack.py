@@ -45,27 +45,13 @@ when Slack says the message cannot be updated any more (cant_update_message, edi
 the recovery is posted as a new message in the run's thread; when the message is gone
 (message_not_found), as a new message of its own.
 
-Failure classification; Slack's error name goes in `detail`, never the webhook URL or token:
-
-    rate_limited  retryable, Retry-After  HTTP 429; ratelimited, rate_limited
-    server_error  retryable, Retry-After  HTTP 5xx, 408; internal_error, fatal_error,
-                                          service_unavailable, request_timeout, rollup_error
-    auth_error    permanent               HTTP 401, 403; invalid_auth, not_authed, token_revoked,
-                                          account_inactive, missing_scope, ...; webhooks (404,
-                                          403): no_service, no_team, invalid_token,
-                                          no_active_hooks, action_prohibited
-    client_error  permanent               other 4xx or ok:false: channel_not_found, not_in_channel,
-                                          is_archived, channel_is_archived (410), invalid_blocks,
-                                          invalid_payload, msg_too_long, no_text, ...
-    other         retryable               a 2xx Web API answer that is not JSON
-    timeout, network: retryable, from channels/_http.py
+Failures are classified once, from Slack's answer (relay.channels._slack_api has the table).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import weakref
 from typing import Any
 
@@ -73,14 +59,16 @@ import orjson
 from pydantic import SecretStr, field_validator, model_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
-from relay.channels._http import HttpResponse, classify_status, https_or_local, json_object
+from relay.channels._http import HttpResponse, https_or_local
+from relay.channels._slack_api import api_answer, classify, error_name, in_thread, posted_at
+from relay.channels._slack_blocks import plain_body, shorter_body, slack_message
 from relay.channels._slack_threads import Threads
 from relay.config import ChannelSettings, RateLimit, Token
 from relay.errors import DeliveryError
-from relay.filters import mrkdwn, truncate_chars
-from relay.retry_after import parse_retry_after
+from relay.filters import mrkdwn
 
 log = logging.getLogger("relay.channels.slack")
+__all__ = ["KIND", "SlackChannel", "SlackSettings", "slack_message", "thread_subject"]
 # chat.update answers for a message that is gone or frozen: post the recovery as a new one
 _NOT_UPDATABLE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
 # chat.postMessage answers for a thread that takes no more replies (its first message deleted,
@@ -97,29 +85,6 @@ _BAD_LAYOUT = frozenset(
     {
         "invalid_blocks", "invalid_blocks_format", "invalid_attachments", "msg_blocks_too_long",
         "too_many_attachments",
-    }
-)  # fmt: skip
-_LAYOUT_KEYS = ("blocks", "attachments")
-MAX_BLOCKS, MAX_TEXT = 50, 40_000
-# Slack's documented `text` limit is 40,000 (it truncates), but it now answers msg_too_long from
-# about 4,000 (Slack's SDK maintainer, seratch/ChatGPT-in-Slack#102): a longer text is sent
-# again cut to what every Slack takes, the section limit
-SAFE_TEXT = 3000
-_TEXT_LIMITS = {"header": 150, "section": 3000, "markdown": 12_000}
-_MESSAGE_KEYS = ("text", "blocks", "attachments", "mrkdwn", "username", "icon_emoji", "icon_url")
-_ERROR_NAME = re.compile(r"[a-z][a-z0-9_]{1,63}")
-_RATE = frozenset({"ratelimited", "rate_limited"})
-_SERVER = frozenset(
-    {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "rollup_error"}
-)
-_AUTH = frozenset(
-    {
-        "invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive",
-        "missing_scope", "no_permission", "not_allowed_token_type", "ekm_access_denied",
-        "access_denied", "org_login_required", "team_access_not_granted",
-        # incoming webhooks: the URL was revoked, disabled or is not allowed to post
-        "no_service", "no_team", "invalid_token", "no_active_hooks", "action_prohibited",
-        "posting_to_general_channel_denied",
     }
 )  # fmt: skip
 
@@ -171,123 +136,6 @@ class SlackSettings(ChannelSettings):
         return self
 
 
-def error_name(body: bytes) -> str | None:
-    """Slack's error word from a plain-text or `{"ok": false, "error": ...}` body, if sane."""
-    text = body[:4096].decode("utf-8", "replace").strip()
-    name: Any = text
-    if text.startswith("{"):
-        try:
-            data = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            return None
-        name = data.get("error") if isinstance(data, dict) else None
-    return name if isinstance(name, str) and _ERROR_NAME.fullmatch(name) else None
-
-
-def classify(response: HttpResponse, name: str | None) -> DeliveryError:
-    """The DeliveryError for a failed answer with Slack error word `name` (if any)."""
-    status = response.status
-    base = classify_status(response)
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    detail = name or f"HTTP {status}"
-    if name is not None and status != 200:
-        detail = f"{name} (HTTP {status})"
-    if status == 429 or name in _RATE:
-        reason, retryable = "rate_limited", True
-    elif status >= 500 or status == 408 or name in _SERVER:
-        reason, retryable = "server_error", True
-    elif name in _AUTH:
-        reason, retryable = "auth_error", False
-    elif base is not None:
-        reason, retryable = base.reason, base.retryable
-    else:
-        reason, retryable = "client_error", False
-    after = retry_after if retryable else None
-    return DeliveryError(
-        reason, retryable=retryable, detail=detail, retry_after=after, status=status
-    )
-
-
-def _clip(text: str, limit: int) -> str:
-    """At most `limit` characters; a closing ``` fence survives the cut."""
-    if len(text) <= limit:
-        return text
-    if text.rstrip().endswith("```"):
-        return truncate_chars(text, limit - 3) + "```"
-    return truncate_chars(text, limit)
-
-
-def _clip_object(obj: Any, limit: int) -> Any:
-    """A text object ({"type", "text"}) with its text clipped; anything else unchanged."""
-    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
-        return {**obj, "text": _clip(obj["text"], limit)}
-    return obj
-
-
-def _has_text(obj: Any) -> bool:
-    return isinstance(obj, dict) and isinstance(obj.get("text"), str) and bool(obj["text"].strip())
-
-
-def _clamp_button(element: Any) -> Any:
-    if not isinstance(element, dict) or element.get("type") != "button":
-        return element
-    url = element.get("url")
-    if isinstance(url, str) and len(url) > 3000:
-        return None  # a cut URL would lead nowhere
-    return {**element, "text": _clip_object(element.get("text"), 75)}
-
-
-def _clamp_block(block: Any) -> dict[str, Any] | None:
-    """One block within Slack's limits, or None when nothing sendable is left of it."""
-    if not isinstance(block, dict):
-        return None
-    out, kind = dict(block), block.get("type")
-    if isinstance(out.get("block_id"), str):
-        out["block_id"] = out["block_id"][:255]
-    if kind in ("header", "section"):
-        if "text" in out:
-            out["text"] = _clip_object(out["text"], _TEXT_LIMITS[kind])
-        fields = out.get("fields")
-        if isinstance(fields, list):
-            out["fields"] = [_clip_object(f, 2000) for f in fields[:10]]
-        if not _has_text(out.get("text")) and not (kind == "section" and out.get("fields")):
-            return None
-    elif kind == "markdown" and isinstance(out.get("text"), str):
-        out["text"] = _clip(out["text"], _TEXT_LIMITS[kind])
-    elif kind in ("context", "actions") and isinstance(out.get("elements"), list):
-        if kind == "context":
-            out["elements"] = [_clip_object(e, 3000) for e in out["elements"][:10]]
-        else:
-            buttons = (_clamp_button(e) for e in out["elements"][:25])
-            out["elements"] = [e for e in buttons if e is not None]
-        if not out["elements"]:
-            return None
-    return out
-
-
-def slack_message(rendered: str, default_text: str) -> dict[str, Any]:
-    """The rendered part as a Slack message: known keys only, every length within limits."""
-    try:
-        value: Any = orjson.loads(rendered)
-    except orjson.JSONDecodeError:
-        value = rendered
-    if isinstance(value, list):
-        value = {"blocks": value}
-    if not isinstance(value, dict):
-        value = {"text": str(value)}
-    message = {key: value[key] for key in _MESSAGE_KEYS if key in value}
-    blocks = message.pop("blocks", None)
-    if isinstance(blocks, list):
-        kept = [b for b in (_clamp_block(b) for b in blocks) if b is not None]
-        if kept:
-            message["blocks"] = kept[:MAX_BLOCKS]
-    text = message.get("text")
-    message["text"] = _clip(
-        text if isinstance(text, str) and text.strip() else default_text, MAX_TEXT
-    )
-    return message
-
-
 def thread_subject(message: Outgoing) -> str:
     """What a thread is about: the digest group of a grouped rule, else the run's subject (an
     error-group alert's group) or the run (its id)."""
@@ -321,7 +169,7 @@ class SlackChannel:
         if lock is None:
             lock = self._locks[subject] = asyncio.Lock()
         async with lock:
-            where = _where(message.recovers.receipt) if message.recovers is not None else None
+            where = posted_at(message.recovers.receipt) if message.recovers is not None else None
             refused = None if where is None else await self._update(payload, where, message)
             if where is not None and refused is None:
                 return None
@@ -348,9 +196,9 @@ class SlackChannel:
             return await self._post_once(url, body)
         except DeliveryError as err:
             word = err.detail.split(" ", 1)[0]
-            if word == "msg_too_long" and (shorter := _shorter(body)) is not None:
+            if word == "msg_too_long" and (shorter := shorter_body(body)) is not None:
                 what, again = "text", shorter
-            elif word in _BAD_LAYOUT and (plain := _plain(body, clear)) is not None:
+            elif word in _BAD_LAYOUT and (plain := plain_body(body, clear)) is not None:
                 what, again = "layout", plain
             else:
                 raise
@@ -367,7 +215,7 @@ class SlackChannel:
         if self.settings.token is None:
             await self._post(url, body)
             return {}
-        return _answer(await self._post(url, body, self.settings.token.get_secret_value()))
+        return api_answer(await self._post(url, body, self.settings.token.get_secret_value()))
 
     async def _update(
         self, payload: dict[str, Any], where: dict[str, str], message: Outgoing
@@ -429,7 +277,7 @@ class SlackChannel:
             del body["thread_ts"]
             thread_ts = None
             answer = await self._chat_post(body, message)
-        if thread_ts is not None and not _in_thread(answer):
+        if thread_ts is not None and not in_thread(answer):
             log.info(
                 "slack posted the reply at the top level; starting the thread anew",
                 extra=message.log_fields(self.name),
@@ -446,54 +294,6 @@ class SlackChannel:
 
     async def _chat_post(self, body: dict[str, Any], message: Outgoing) -> dict[str, Any]:
         return await self._send(f"{self.settings.api_url}/chat.postMessage", body, message)
-
-
-def _answer(response: HttpResponse) -> dict[str, Any]:
-    """A 2xx Web API answer; raise the classified error for ok:false."""
-    data = json_object(response.body)
-    if data is None:
-        raise DeliveryError("other", retryable=True, detail="Slack answered without JSON")
-    if data.get("ok") is not True:
-        raise classify(response, error_name(response.body) or "unknown_error")
-    return data
-
-
-def _in_thread(answer: dict[str, Any]) -> bool:
-    """Whether a reply's answer says it went into the thread. Slack un-threads a reply whose
-    thread's first message was deleted (ok, no `thread_ts` in the message echoed); an answer
-    without the message is taken at its word."""
-    posted = answer.get("message")
-    return not isinstance(posted, dict) or bool(posted.get("thread_ts"))
-
-
-def _shorter(body: dict[str, Any]) -> dict[str, Any] | None:
-    """`body` with its text cut to SAFE_TEXT; None when it is no longer than that."""
-    text = body.get("text")
-    if not isinstance(text, str) or len(text) <= SAFE_TEXT:
-        return None
-    return {**body, "text": _clip(text, SAFE_TEXT)}
-
-
-def _plain(body: dict[str, Any], clear: bool) -> dict[str, Any] | None:
-    """`body` as its text alone (blocks and attachments dropped, or emptied when `clear`); None
-    when it has neither, so there is nothing to fall back from."""
-    if not any(body.get(key) for key in _LAYOUT_KEYS):
-        return None
-    plain = {key: value for key, value in body.items() if key not in _LAYOUT_KEYS}
-    if clear:
-        plain.update(blocks=[], attachments=[])
-    return plain
-
-
-def _where(receipt: str | None) -> dict[str, str] | None:
-    """{"channel", "ts"} of a posted message from its receipt; None if there is none."""
-    value = json_object(receipt)
-    if value is None:
-        return None
-    channel, ts = value.get("channel"), value.get("ts")
-    if isinstance(channel, str) and channel and isinstance(ts, str) and ts:
-        return {"channel": channel, "ts": ts}
-    return None
 
 
 KIND = ChannelKind("slack", SlackSettings, SlackChannel, ("json",))

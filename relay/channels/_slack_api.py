@@ -1,0 +1,111 @@
+"""The Slack Web API's and incoming webhooks' answers: the error word of a refusal, its
+DeliveryError, a 2xx answer's JSON, and the receipt of a posted message.
+
+Failure classification; Slack's error name goes in `detail`, never the webhook URL or token:
+
+    rate_limited  retryable, Retry-After  HTTP 429; ratelimited, rate_limited
+    server_error  retryable, Retry-After  HTTP 5xx, 408; internal_error, fatal_error,
+                                          service_unavailable, request_timeout, rollup_error
+    auth_error    permanent               HTTP 401, 403; invalid_auth, not_authed, token_revoked,
+                                          account_inactive, missing_scope, ...; webhooks (404,
+                                          403): no_service, no_team, invalid_token,
+                                          no_active_hooks, action_prohibited
+    client_error  permanent               other 4xx or ok:false: channel_not_found, not_in_channel,
+                                          is_archived, channel_is_archived (410), invalid_blocks,
+                                          invalid_payload, msg_too_long, no_text, ...
+    other         retryable               a 2xx Web API answer that is not JSON
+    timeout, network: retryable, from channels/_http.py
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from relay.channels._http import HttpResponse, classify_status, json_object
+from relay.errors import DeliveryError
+from relay.retry_after import parse_retry_after
+
+_ERROR_NAME = re.compile(r"[a-z][a-z0-9_]{1,63}")
+_RATE = frozenset({"ratelimited", "rate_limited"})
+_SERVER = frozenset(
+    {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "rollup_error"}
+)
+_AUTH = frozenset(
+    {
+        "invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive",
+        "missing_scope", "no_permission", "not_allowed_token_type", "ekm_access_denied",
+        "access_denied", "org_login_required", "team_access_not_granted",
+        # incoming webhooks: the URL was revoked, disabled or is not allowed to post
+        "no_service", "no_team", "invalid_token", "no_active_hooks", "action_prohibited",
+        "posting_to_general_channel_denied",
+    }
+)  # fmt: skip
+
+
+def error_name(body: bytes) -> str | None:
+    """Slack's error word from a plain-text or `{"ok": false, "error": ...}` body, if sane."""
+    text = body[:4096].decode("utf-8", "replace").strip()
+    name: Any = text
+    if text.startswith("{"):
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return None
+        name = data.get("error") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and _ERROR_NAME.fullmatch(name) else None
+
+
+def classify(response: HttpResponse, name: str | None) -> DeliveryError:
+    """The DeliveryError for a failed answer with Slack error word `name` (if any)."""
+    status = response.status
+    base = classify_status(response)
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    detail = name or f"HTTP {status}"
+    if name is not None and status != 200:
+        detail = f"{name} (HTTP {status})"
+    if status == 429 or name in _RATE:
+        reason, retryable = "rate_limited", True
+    elif status >= 500 or status == 408 or name in _SERVER:
+        reason, retryable = "server_error", True
+    elif name in _AUTH:
+        reason, retryable = "auth_error", False
+    elif base is not None:
+        reason, retryable = base.reason, base.retryable
+    else:
+        reason, retryable = "client_error", False
+    after = retry_after if retryable else None
+    return DeliveryError(
+        reason, retryable=retryable, detail=detail, retry_after=after, status=status
+    )
+
+
+def api_answer(response: HttpResponse) -> dict[str, Any]:
+    """A 2xx Web API answer; raise the classified error for ok:false."""
+    data = json_object(response.body)
+    if data is None:
+        raise DeliveryError("other", retryable=True, detail="Slack answered without JSON")
+    if data.get("ok") is not True:
+        raise classify(response, error_name(response.body) or "unknown_error")
+    return data
+
+
+def in_thread(answer: dict[str, Any]) -> bool:
+    """Whether a reply's answer says it went into the thread. Slack un-threads a reply whose
+    thread's first message was deleted (ok, no `thread_ts` in the message echoed); an answer
+    without the message is taken at its word."""
+    posted = answer.get("message")
+    return not isinstance(posted, dict) or bool(posted.get("thread_ts"))
+
+
+def posted_at(receipt: str | None) -> dict[str, str] | None:
+    """{"channel", "ts"} of a posted message from its receipt; None if there is none."""
+    value = json_object(receipt)
+    if value is None:
+        return None
+    channel, ts = value.get("channel"), value.get("ts")
+    if isinstance(channel, str) and channel and isinstance(ts, str) and ts:
+        return {"channel": channel, "ts": ts}
+    return None

@@ -1,0 +1,120 @@
+"""Block Kit as Slack takes it: a rendered `slack/<name>.json.j2` part kept to Slack's message
+keys, every length Slack checks clamped (relay.channels.slack lists them), and the two forms
+a refused message is sent again in (its text cut, its text alone).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from relay.filters import truncate_chars
+
+_LAYOUT_KEYS = ("blocks", "attachments")
+MAX_BLOCKS, MAX_TEXT = 50, 40_000
+# Slack's documented `text` limit is 40,000 (it truncates), but it now answers msg_too_long from
+# about 4,000 (Slack's SDK maintainer, seratch/ChatGPT-in-Slack#102): a longer text is sent
+# again cut to what every Slack takes, the section limit
+SAFE_TEXT = 3000
+_TEXT_LIMITS = {"header": 150, "section": 3000, "markdown": 12_000}
+_MESSAGE_KEYS = ("text", "blocks", "attachments", "mrkdwn", "username", "icon_emoji", "icon_url")
+
+
+def _clip(text: str, limit: int) -> str:
+    """At most `limit` characters; a closing ``` fence survives the cut."""
+    if len(text) <= limit:
+        return text
+    if text.rstrip().endswith("```"):
+        return truncate_chars(text, limit - 3) + "```"
+    return truncate_chars(text, limit)
+
+
+def _clip_object(obj: Any, limit: int) -> Any:
+    """A text object ({"type", "text"}) with its text clipped; anything else unchanged."""
+    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+        return {**obj, "text": _clip(obj["text"], limit)}
+    return obj
+
+
+def _has_text(obj: Any) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("text"), str) and bool(obj["text"].strip())
+
+
+def _clamp_button(element: Any) -> Any:
+    if not isinstance(element, dict) or element.get("type") != "button":
+        return element
+    url = element.get("url")
+    if isinstance(url, str) and len(url) > 3000:
+        return None  # a cut URL would lead nowhere
+    return {**element, "text": _clip_object(element.get("text"), 75)}
+
+
+def _clamp_block(block: Any) -> dict[str, Any] | None:
+    """One block within Slack's limits, or None when nothing sendable is left of it."""
+    if not isinstance(block, dict):
+        return None
+    out, kind = dict(block), block.get("type")
+    if isinstance(out.get("block_id"), str):
+        out["block_id"] = out["block_id"][:255]
+    if kind in ("header", "section"):
+        if "text" in out:
+            out["text"] = _clip_object(out["text"], _TEXT_LIMITS[kind])
+        fields = out.get("fields")
+        if isinstance(fields, list):
+            out["fields"] = [_clip_object(f, 2000) for f in fields[:10]]
+        if not _has_text(out.get("text")) and not (kind == "section" and out.get("fields")):
+            return None
+    elif kind == "markdown" and isinstance(out.get("text"), str):
+        out["text"] = _clip(out["text"], _TEXT_LIMITS[kind])
+    elif kind in ("context", "actions") and isinstance(out.get("elements"), list):
+        if kind == "context":
+            out["elements"] = [_clip_object(e, 3000) for e in out["elements"][:10]]
+        else:
+            buttons = (_clamp_button(e) for e in out["elements"][:25])
+            out["elements"] = [e for e in buttons if e is not None]
+        if not out["elements"]:
+            return None
+    return out
+
+
+def slack_message(rendered: str, default_text: str) -> dict[str, Any]:
+    """The rendered part as a Slack message: known keys only, every length within limits."""
+    try:
+        value: Any = orjson.loads(rendered)
+    except orjson.JSONDecodeError:
+        value = rendered
+    if isinstance(value, list):
+        value = {"blocks": value}
+    if not isinstance(value, dict):
+        value = {"text": str(value)}
+    message = {key: value[key] for key in _MESSAGE_KEYS if key in value}
+    blocks = message.pop("blocks", None)
+    if isinstance(blocks, list):
+        kept = [b for b in (_clamp_block(b) for b in blocks) if b is not None]
+        if kept:
+            message["blocks"] = kept[:MAX_BLOCKS]
+    text = message.get("text")
+    message["text"] = _clip(
+        text if isinstance(text, str) and text.strip() else default_text, MAX_TEXT
+    )
+    return message
+
+
+def shorter_body(body: dict[str, Any]) -> dict[str, Any] | None:
+    """`body` with its text cut to SAFE_TEXT; None when it is no longer than that."""
+    text = body.get("text")
+    if not isinstance(text, str) or len(text) <= SAFE_TEXT:
+        return None
+    return {**body, "text": _clip(text, SAFE_TEXT)}
+
+
+def plain_body(body: dict[str, Any], clear: bool) -> dict[str, Any] | None:
+    """`body` as its text alone (blocks and attachments dropped, or emptied when `clear`); None
+    when it has neither, so there is nothing to fall back from."""
+    if not any(body.get(key) for key in _LAYOUT_KEYS):
+        return None
+    plain = {key: value for key, value in body.items() if key not in _LAYOUT_KEYS}
+    if clear:
+        plain.update(blocks=[], attachments=[])
+    return plain
