@@ -26,6 +26,16 @@ from relay.store._rows import to_notification
 
 log = logging.getLogger("relay.store")
 
+# A row is due at its not_before, or at its lease's end if later: none is due before the first
+# unleased row, so only the leased rows ahead of it are read, not the channel's whole backlog.
+NEXT_DUE = """
+    SELECT MIN(GREATEST(not_before, COALESCE(lease_until, not_before))) FROM relay_outbox
+    WHERE channel = $1 AND state = 'pending' AND not_before <= COALESCE((
+        SELECT not_before FROM relay_outbox WHERE channel = $1 AND state = 'pending'
+        AND lease_until IS NULL ORDER BY not_before LIMIT 1
+    ), 'Infinity'::double precision)
+"""
+
 _DUE = f"state = 'pending' AND not_before <= $3 AND {lease_free('$3')}"
 _CANDIDATES = f"""
     SELECT id, group_key FROM relay_outbox

@@ -243,6 +243,12 @@ def clean_opt(text: str | None) -> str | None:
     return None if text is None else clean(text)
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset: asyncpg rolls back an open transaction before this; relay keeps no other
+    session state (no SET, LISTEN or session advisory lock), so its full reset query, a round
+    trip on every release, has nothing to undo."""
+
+
 async def retrying(attempt: Callable[[], Awaitable[T]]) -> T:
     """Run a transaction again when PostgreSQL aborted it to resolve a race (deadlock...)."""
     for tries in range(1, TRANSACTION_TRIES):

@@ -173,6 +173,10 @@ def history_sql(query: HistoryQuery) -> tuple[str, Sequence[Any]]:
     return sql, params
 
 
+def to_labels(text: str) -> dict[str, str]:
+    return dict(orjson.loads(text))
+
+
 def to_event(row: asyncpg.Record) -> dict[str, object]:
     return {
         "at": row["at"],

@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
-import orjson
 
 from relay.errors import StoreUnavailable
 from relay.model import Notification, Run, Silence
@@ -44,6 +43,7 @@ from relay.store._pg_connect import (
     clean_opt,
     connect_args,
     dsn_and_timeout,
+    keep_session,
     retrying,
     session_args,
     unavailable,
@@ -63,6 +63,7 @@ from relay.store._pg_rows import (
     kv_write,
     silence_params,
     to_event,
+    to_labels,
 )
 from relay.store._pg_schema import migrate
 from relay.store._rows import lease_end, to_notification, to_silence
@@ -74,15 +75,6 @@ ACQUIRE_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 5.0  # /readyz answers 503 by then: a health check must not hang with the server
-# A row is due at its not_before, or at its lease's end if later: none is due before the first
-# unleased row, so only the leased rows ahead of it are read, not the channel's whole backlog.
-_NEXT_DUE = """
-    SELECT MIN(GREATEST(not_before, COALESCE(lease_until, not_before))) FROM relay_outbox
-    WHERE channel = $1 AND state = 'pending' AND not_before <= COALESCE((
-        SELECT not_before FROM relay_outbox WHERE channel = $1 AND state = 'pending'
-        AND lease_until IS NULL ORDER BY not_before LIMIT 1
-    ), 'Infinity'::double precision)
-"""
 
 
 class PostgresStore:
@@ -125,7 +117,7 @@ class PostgresStore:
                     max_size=self._pool_max,
                     timeout=self._connect_timeout,
                     command_timeout=COMMAND_TIMEOUT_S,
-                    reset=_keep_session,
+                    reset=keep_session,
                     **self._args(),
                 )
             except DB_ERRORS as exc:
@@ -259,7 +251,7 @@ class PostgresStore:
 
     async def next_due(self, channel: str) -> float | None:
         value = await self._fetchval(
-            _NEXT_DUE,
+            _pg_claim.NEXT_DUE,
             clean(channel),
         )
         return None if value is None else float(value)
@@ -381,7 +373,7 @@ class PostgresStore:
             clean(group_key),
             now,
         )
-        return {} if labels is None else _labels(labels)
+        return {} if labels is None else to_labels(labels)
 
     async def add_silence(self, silence: Silence) -> None:
         await self._execute(
@@ -474,17 +466,7 @@ class PostgresStore:
         return held is not None
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Pool reset: asyncpg rolls back an open transaction before this; relay keeps no other
-    session state (no SET, LISTEN or session advisory lock), so its full reset query, a round
-    trip on every release, has nothing to undo."""
-
-
 def _retrieved(future: asyncio.Future[Any]) -> None:
     """Mark the outcome of a ping nobody waits for any more as seen (no asyncio warning)."""
     if not future.cancelled():
         future.exception()
-
-
-def _labels(text: str) -> dict[str, str]:
-    return dict(orjson.loads(text))
