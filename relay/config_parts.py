@@ -1,0 +1,191 @@
+"""Validating a configuration part by part: each top-level section, channel, rule, time
+interval and inhibit rule alone, an invalid rule again without its invalid keys (salvaged), and
+every pydantic error worded for operators at its file:line. relay.config_load puts the parts
+together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from relay.config import ChannelSettings, Config, RuleConfig
+from relay.errors import Problem, field_message
+from relay.windows import InhibitRule, NamedTimeInterval
+from relay.yamlconf import Located, Path_
+
+ChannelModels = Mapping[str, type[ChannelSettings]]
+
+
+def is_known(path: Path_, unknown: frozenset[Path_] | set[Path_]) -> bool:
+    return not any(path[:n] in unknown for n in range(len(path) + 1))
+
+
+class Parts:
+    """Validates the parts of one document alone, recording problems and the paths whose value
+    is not known (invalid: left out, or at its default in what is validated again)."""
+
+    def __init__(
+        self, located: Located, channel_models: ChannelModels, base_dir: Path | None
+    ) -> None:
+        self.located = located
+        self.models = channel_models
+        self.context = {"config_dir": base_dir}
+        self.problems = list(located.problems)
+        self.unknown: set[Path_] = set()
+        self.types: dict[str, str] = {}
+        self.salvaged: set[int] = set()  # rules valid only without their invalid keys
+        self.indexed: dict[str, dict[int, Any]] = {"time_intervals": {}, "inhibit_rules": {}}
+
+    def section(self, key: str, value: Any) -> dict[str, Any]:
+        """{key: its validated value}; on a problem, its value without the invalid keys (for
+        the checks that follow: `templates.dir` beside an unknown key), or {}."""
+        try:
+            return {key: getattr(Config.model_validate({key: value}), key)}
+        except ValidationError as exc:
+            self._fail(exc, ())
+        if not isinstance(value, dict) or key not in Config.model_fields:
+            return {}
+        kept = {k: v for k, v in value.items() if is_known((key, k), self.unknown)}
+        try:
+            return {key: getattr(Config.model_validate({key: kept}), key)}
+        except ValidationError:
+            return {}
+
+    def rules(self, raw: Any) -> dict[int, RuleConfig]:
+        """Every rule by its index, an invalid one without its invalid keys (`salvaged`)."""
+        if raw is None:
+            return {}
+        if not isinstance(raw, list):
+            self.section("rules", raw)  # not a list: the schema words the problem (null, ...)
+            return {}
+        out: dict[int, RuleConfig] = {}
+        for i, spec in enumerate(raw):
+            try:
+                out[i] = RuleConfig.model_validate(spec)
+            except ValidationError as exc:
+                self._fail(exc, ("rules", i))
+                rule = _salvaged_rule(spec, ("rules", i), self.unknown)
+                if rule is not None:
+                    out[i] = rule
+                    self.salvaged.add(i)
+        return out
+
+    def items(self, key: str, raw: Any) -> dict[int, Any]:
+        """The valid entries of list section `key` (time_intervals, inhibit_rules), by index."""
+        if raw is None:
+            return {}
+        if not isinstance(raw, list):
+            self.section(key, raw)
+            return {}
+        model = _ITEM_MODELS[key]
+        for i, spec in enumerate(raw):
+            try:
+                self.indexed[key][i] = model.model_validate(spec)
+            except ValidationError as exc:
+                self._fail(exc, (key, i))
+        return self.indexed[key]
+
+    def channels(self, raw: Any) -> dict[str, ChannelSettings]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            self._bad_channel(("channels",), "must be a mapping of name to channel")
+            return {}
+        out = {name: self._channel(name, spec) for name, spec in raw.items()}
+        return {name: channel for name, channel in out.items() if channel is not None}
+
+    def _channel(self, name: str, spec: Any) -> ChannelSettings | None:
+        path: Path_ = ("channels", name)
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if (*path, "type") in self.located.reported:  # an unset variable: already reported
+            self.unknown.add(path)
+            return None
+        if not isinstance(kind, str):
+            self._bad_channel(path, "a channel needs a `type`")
+            return None
+        model = self.models.get(kind)
+        if model is None:
+            known = ", ".join(sorted(self.models))
+            self._bad_channel((*path, "type"), f"unknown channel type; use {known}")
+            return None
+        self.types[name] = kind  # its templates are checked even if its options are invalid
+        try:
+            return model.model_validate(spec, context=self.context)
+        except ValidationError as exc:
+            self._fail(exc, path)
+            return None
+
+    def _fail(self, exc: ValidationError, prefix: Path_) -> None:
+        self.problems += _pydantic_problems(exc, prefix, self.located)
+        self.unknown |= {(*prefix, *_key_of(err["loc"], prefix)) for err in exc.errors()}
+
+    def _bad_channel(self, path: Path_, message: str) -> None:
+        self.problems.append(self.located.problem(path, message))
+        self.unknown.add(path[:2])
+
+
+def _key_of(loc: tuple[str | int, ...], prefix: Path_) -> Path_:
+    """The key an error is in, as the salvage leaves it out: a key of an entry (a rule, a
+    channel, a time interval), or of a rule's `match` (`event` stays known beside a bad
+    `status`); a section's key (`templates.dir` stays known beside an unknown key)."""
+    loc = tuple("continue" if p == "continue_" else p for p in loc)
+    if prefix[:1] == ("rules",) and loc[:1] == ("match",):
+        return loc[:2]
+    return loc[:1] if prefix else loc[:2]
+
+
+_ITEM_MODELS: dict[str, type[BaseModel]] = {
+    "time_intervals": NamedTimeInterval,
+    "inhibit_rules": InhibitRule,
+}
+_RULE_PLACEHOLDERS: dict[str, Any] = {"name": "?", "notify": ["?"]}  # required: never checked
+
+
+def _salvaged_rule(spec: Any, path: Path_, unknown: set[Path_]) -> RuleConfig | None:
+    """Rule `spec` without its invalid keys (placeholders for the required ones), or None."""
+    if not isinstance(spec, dict):
+        return None
+    kept = {k: v for k, v in spec.items() if is_known((*path, k), unknown)}
+    match = spec.get("match")
+    written = match.items() if isinstance(match, dict) else ()
+    kept["match"] = {k: v for k, v in written if is_known((*path, "match", k), unknown)}
+    for key, value in _RULE_PLACEHOLDERS.items():
+        if not is_known((*path, key), unknown) or key not in kept:
+            kept[key] = value
+            unknown.add((*path, key))
+    for _ in range(3):  # a status that the (left out) event no longer explains, ...
+        try:
+            return RuleConfig.model_validate(kept)
+        except ValidationError as exc:
+            for err in exc.errors():
+                bad = _key_of(err["loc"], path)
+                unknown.add((*path, *bad))
+                (kept["match"] if len(bad) == 2 else kept).pop(bad[-1] if bad else "", 0)
+    return None
+
+
+def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) -> list[Problem]:
+    """One Problem per pydantic error, worded for operators, quoting no input value."""
+    out = []
+    for err in exc.errors(include_input=False, include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        path = (*prefix, *("continue" if p == "continue_" else p for p in loc))
+        kind = err["type"]
+        if path in located.reported or (kind == "missing" and path[:-1] in located.merging):
+            continue  # already reported: an unset environment variable, an unreadable value
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required key is missing"
+        elif kind == "model_type":  # not "... or instance of ServerConfig"
+            message = "expected a mapping of keys and values"
+        elif kind == "path_type":  # not "... for <class 'pathlib.Path'>"
+            message = "expected a path"
+        else:
+            message = field_message(err)
+        out.append(located.problem(path, message))
+    return out
