@@ -30,6 +30,9 @@ DASHBOARD = REPO / "deploy" / "grafana" / "relay.json"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$job": ".*", "$instance": ".*"}
 TARGET_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
+# added by Kubernetes service discovery (Prometheus Operator), absent elsewhere: only grouped by
+# (`by (namespace, service)` groups everything into one where they are absent)
+DEPLOYMENT_LABELS = {"namespace", "service"}
 SERIES = re.compile(r"\b(relay_[a-z0-9_]+)\b(?:\{([^}]*)\})?")
 
 
@@ -118,7 +121,8 @@ def test_every_query_reads_series_and_labels_relay_exposes() -> None:
         if grouped:  # an aggregation keeps only its `by` labels
             assert shown <= grouped | {"value"}, f"{where}: shows {shown - grouped}, not kept"
         for label in selected | grouped | shown:
-            assert label in available, f"{where}: label {label!r} is not on {expr!r}"
+            ok = label in available or (label in DEPLOYMENT_LABELS and label not in selected)
+            assert ok, f"{where}: label {label!r} is not on {expr!r}"
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
@@ -275,9 +279,52 @@ def test_delivery_slow_fires_past_its_threshold_only(
             k: v.replace("{{ $labels.channel }}", labels["channel"])
             for k, v in rule["annotations"].items()
         }
+    promtool_test(tmp_path, test)
+
+
+def promtool_test(tmp_path: Path, test: dict[str, Any]) -> None:
+    """`promtool test rules` of `test` (a unit test file's content) passes."""
     path = tmp_path / "test.yml"
     path.write_text(yaml.safe_dump(test))
     checked = subprocess.run(
         ["promtool", "test", "rules", str(path)], capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_config_inconsistent_compares_the_replicas_of_one_deployment(tmp_path: Path) -> None:
+    """Two relay deployments with their own configs (staging and prod) under one job are not
+    inconsistent; two replicas of one deployment with different digests are."""
+
+    def series(namespace: str, pod: str, digest: int) -> dict[str, str]:
+        labels = f'job="relay",namespace="{namespace}",service="relay",instance="{pod}"'
+        return {"series": f"relay_config_hash{{{labels}}}", "values": f"{digest}x40"}
+
+    rule = next(r for r in alert_rules() if r["alert"] == "RelayConfigInconsistent")
+    fired = {"severity": "warning", "namespace": "prod", "service": "relay"}
+    test = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    series("staging", "s-0", 1),
+                    series("staging", "s-1", 1),
+                    series("prod", "p-0", 2),
+                    series("prod", "p-1", 3),
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "30m",
+                        "alertname": "RelayConfigInconsistent",
+                        "exp_alerts": [
+                            {"exp_labels": fired, "exp_annotations": rule["annotations"]}
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    promtool_test(tmp_path, test)
