@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         "--config",
         type=_config_path,
         default=argparse.SUPPRESS,
-        help="YAML config (default: $RELAY_CONFIG)",
+        help="YAML config (default: $RELAY_CONFIG, else ./config.yaml, else the built-in one)",
     )
     parser = argparse.ArgumentParser(
         prog="relay", description="Alerting relay for Trigger.dev", parents=[common]

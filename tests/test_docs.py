@@ -339,6 +339,14 @@ def test_readme_cli_table_matches_the_parser() -> None:
         assert options <= shown, f"relay {' '.join(path)}: {options - shown} not in the README"
 
 
+def test_config_help_gives_the_readme_defaults() -> None:
+    """The README's CLI section: `--config`, default `$RELAY_CONFIG`, then `./config.yaml`,
+    then the built-in default; the help named the first alone."""
+    for path in [(), ("check",), ("silence", "add")]:
+        text = " ".join(help_text(*path).split())
+        assert "(default: $RELAY_CONFIG, else ./config.yaml, else the built-in one)" in text
+
+
 def test_readme_http_table_matches_the_routes() -> None:
     rows = table_after(section(readme(), "## HTTP API"), "| Endpoint |")
     documented = {tuple(ticked(row[0])[0].split(" ", 1)) for row in rows}
