@@ -177,6 +177,8 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
         kind = err["type"]
         if path in located.reported or (kind == "missing" and path[:-1] in located.merging):
             continue  # already reported: an unset environment variable, an unreadable value
+        if _holds_reported(path, located):
+            continue  # judged the empty text an unset variable left: `set secret` beside it
         if kind == "extra_forbidden":
             message = "unknown key"
         elif kind == "missing":
@@ -189,3 +191,11 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
             message = field_message(err)
         out.append(located.problem(path, message))
     return out
+
+
+def _holds_reported(path: Path_, located: Located) -> bool:
+    """A problem about a whole mapping or list (a section's own check, `secret` or `secrets`
+    required) when a value inside it is already reported: an unset variable reads as empty
+    text there, so the section's check is about a value the operator did write."""
+    inside = (r for r in located.reported if len(r) > len(path))
+    return bool(path) and any(r[: len(path)] == path for r in inside)

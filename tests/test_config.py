@@ -673,6 +673,24 @@ def test_unset_variable_is_reported_once() -> None:
     assert problems(text) == ["c.yaml:4: channels.h.url: environment variable HOOK_URL is not set"]
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (  # not also `set secret (or secrets)`: the secret is written, its variable unset
+            "sources:\n  trigger_alerts:\n    secret: ${ALERT_SECRET}\n",
+            "c.yaml:3: sources.trigger_alerts.secret: environment variable ALERT_SECRET is not set",
+        ),
+        (  # not also `an empty tag`: the tag is written, its variable unset
+            "channels: {c: {type: console}}\nrules:\n  - name: a\n"
+            "    match: {tags: {any: ['${TAG}']}}\n    notify: [c]\n",
+            "c.yaml:4: rules[0].match.tags.any[0]: environment variable TAG is not set",
+        ),
+    ],
+)
+def test_an_unset_variable_is_not_reported_again_by_its_section(text: str, expected: str) -> None:
+    assert problems(text) == [expected]
+
+
 def test_references_are_checked_even_when_the_schema_fails() -> None:
     text = (
         "server: {bogus: 1}\nchannels: {c: {type: console}}\n"
