@@ -1,8 +1,10 @@
 """Group commit over one SQLite connection owned by one writer thread.
 
 Callers submit `op(conn) -> result` functions. While the writer thread runs a batch, new ops
-queue up; the next batch takes all of them and runs them in one transaction (one fsync). Each op
-runs inside its own savepoint, so a failing op rolls back and fails only itself. If the commit
+queue up; the next batch takes all of them and runs them in one transaction (one fsync). A failing
+op fails only itself: the batch runs its ops one after the other, and once one fails, the
+transaction is rolled back and the others run again, each inside its own savepoint from then on
+(a savepoint per op in every batch cost as much as a statement of its own). If the commit
 fails, every op of the batch fails with StoreUnavailable. sqlite3 errors never leave this module
 untranslated.
 """
@@ -145,9 +147,10 @@ class Writer:
     def _run_locked(self, conn: sqlite3.Connection, ops: list[Op[Any]]) -> list[_Outcome]:
         outcomes: list[_Outcome] = [(None, None)] * len(ops)
         todo = list(range(len(ops)))
+        run: Callable[[sqlite3.Connection, Op[Any]], _Outcome] = _run_bare
         while todo:
             try:
-                lost = _attempt(conn, ops, todo, outcomes)
+                lost = _attempt(conn, ops, todo, outcomes, run)
             except StoreUnavailable as exc:  # BEGIN or COMMIT failed: nothing was accepted
                 rollback(conn)
                 for i in todo:
@@ -160,21 +163,31 @@ class Writer:
             if not lost:
                 self.commits += 1
                 break
-            # SQLite rolled back the whole transaction after an op failed: run the others again.
+            # The transaction was rolled back after an op failed: run the others again, each
+            # in its savepoint now, so that one more failure costs no third try.
             todo = [i for i in todo if outcomes[i][1] is None]
+            run = _run_op
         return outcomes
 
 
 def _attempt(
-    conn: sqlite3.Connection, ops: list[Op[Any]], todo: list[int], outcomes: list[_Outcome]
+    conn: sqlite3.Connection,
+    ops: list[Op[Any]],
+    todo: list[int],
+    outcomes: list[_Outcome],
+    run: Callable[[sqlite3.Connection, Op[Any]], _Outcome],
 ) -> bool:
-    """One transaction over `todo`; True when an op's failure took the transaction with it."""
+    """One transaction over `todo`, each op run by `run`; True when an op's failure took the
+    transaction with it (a failed bare op: rolled back here)."""
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
         raise unavailable("store unavailable", exc) from exc
     for i in todo:
-        outcomes[i] = _run_op(conn, ops[i])
+        outcomes[i] = run(conn, ops[i])
+        if outcomes[i][1] is not None and run is _run_bare:
+            rollback(conn)  # its writes may be half done: undo the whole transaction
+            return True
         if not conn.in_transaction:
             if outcomes[i][1] is None:  # the op ended the transaction itself: a bug, not retried
                 outcomes[i] = (None, StoreUnavailable("store operation ended its transaction"))
@@ -186,6 +199,14 @@ def _attempt(
     return False
 
 
+def _run_bare(conn: sqlite3.Connection, op: Op[Any]) -> _Outcome:
+    """Run one op without a savepoint: on failure the caller rolls back the transaction."""
+    try:
+        return op(conn), None
+    except Exception as exc:
+        return None, _failure(exc)
+
+
 def _run_op(conn: sqlite3.Connection, op: Op[Any]) -> _Outcome:
     """Run one op inside a savepoint; on failure undo only its writes."""
     conn.execute("SAVEPOINT op")
@@ -193,11 +214,15 @@ def _run_op(conn: sqlite3.Connection, op: Op[Any]) -> _Outcome:
         result = op(conn)
     except Exception as exc:
         _undo(conn)
-        if isinstance(exc, sqlite3.Error):
-            return None, unavailable("store operation failed", exc)
-        return None, exc
+        return None, _failure(exc)
     conn.execute("RELEASE op")
     return result, None
+
+
+def _failure(exc: Exception) -> Exception:
+    if isinstance(exc, sqlite3.Error):
+        return unavailable("store operation failed", exc)
+    return exc
 
 
 def _undo(conn: sqlite3.Connection) -> None:

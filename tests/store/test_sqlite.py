@@ -71,6 +71,28 @@ async def test_a_failing_call_leaves_the_shared_commit_to_the_others(store: SQLi
     assert len(ids(await store.observe([make_run("ok_0")], decide, now=2.0))) == 1
 
 
+async def test_two_failing_calls_in_one_batch_leave_the_commit_to_the_others(
+    store: SQLiteStore,
+) -> None:
+    """Ops run without savepoints until one fails; the retry runs each in its savepoint, so
+    a second failure (after writes of its own) fails only itself in that same retry."""
+    before = store.commits
+    results = await asyncio.gather(
+        store.observe([make_run("ok_1")], explode_on_boom, now=1.0),
+        store.observe([make_run("ok_a"), make_run("boom_a")], explode_on_boom, now=1.0),
+        store.observe([make_run("ok_2")], explode_on_boom, now=1.0),
+        store.observe([make_run("ok_b"), make_run("boom_b")], explode_on_boom, now=1.0),
+        store.observe([make_run("ok_3")], explode_on_boom, now=1.0),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], ValueError) and isinstance(results[3], ValueError)
+    assert [ids(r) for r in results if isinstance(r, list)] == [
+        [notification_id(f"ok_{i}", "r1", "c1")] for i in (1, 2, 3)
+    ]
+    assert store.commits - before == 1
+    assert await store.counts() == {"pending": 3, "sent": 0, "dead": 0, "muted": 0}
+
+
 async def test_release_leases_forgets_every_lease(store: SQLiteStore) -> None:
     assert await store.next_due("c1") is None
     await enqueue(store, "run_1", 10.0)
