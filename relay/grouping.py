@@ -43,7 +43,7 @@ def lookup(data: Any, path: str) -> Any:
 
 
 def _child(data: Any, key: str) -> Any:
-    if isinstance(data, Mapping):
+    if isinstance(data, (dict, Mapping)):  # dict first: JSON is, and needs no ABC check
         return data.get(key, MISSING)
     if isinstance(data, list) and key.isascii() and key.isdigit() and int(key) < len(data):
         return data[int(key)]

@@ -15,7 +15,7 @@ import fnmatch
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from jinja2 import Environment, TemplateError, meta, nodes
@@ -43,6 +43,7 @@ Predicate = Callable[[Run], bool]
 DEFAULT_TEMPLATE = "run"
 RECOVERY_TEMPLATE = "recovered"
 RECOVERED_STATUS = "COMPLETED"
+MERGED_TAG_SETS = 1000  # tag sets whose candidates one (event, status, isTest) keeps merged
 # The template of a rule without `template:`, by the event it matches.
 EVENT_TEMPLATES = {
     "run": DEFAULT_TEMPLATE,
@@ -97,14 +98,22 @@ class _Candidates:
 
     always: tuple[CompiledRule, ...]
     by_tag: dict[str, tuple[CompiledRule, ...]]
+    # the merged, ordered candidates by the indexed tags a run has (one sort per tag set)
+    merged: dict[frozenset[str], tuple[CompiledRule, ...]] = field(default_factory=dict)
 
     def for_tags(self, tags: list[str]) -> tuple[CompiledRule, ...]:
         if not self.by_tag:
             return self.always
-        extra = {r.index: r for tag in tags for r in self.by_tag.get(tag, ())}
-        if not extra:
+        indexed = frozenset(tag for tag in tags if tag in self.by_tag)
+        if not indexed:
             return self.always
-        return tuple(sorted((*self.always, *extra.values()), key=lambda r: r.index))
+        found = self.merged.get(indexed)
+        if found is None:
+            extra = {r.index: r for tag in indexed for r in self.by_tag[tag]}
+            found = tuple(sorted((*self.always, *extra.values()), key=lambda r: r.index))
+            if len(self.merged) < MERGED_TAG_SETS:
+                self.merged[indexed] = found
+        return found
 
 
 class WhenFailures:
@@ -347,13 +356,13 @@ def _match_predicates(match: MatchConfig) -> list[Predicate]:
         preds.append(lambda run: regex.search(run.taskIdentifier) is not None)
     if match.tags is not None:
         preds.append(_tags_predicate(match.tags))
-    for field, threshold in (
+    for name, threshold in (
         ("costInCents", match.cost_cents),
         ("baseCostInCents", match.base_cost_cents),
         ("durationMs", match.duration_ms),
     ):
         if threshold is not None:
-            preds.append(_threshold_predicate(field, threshold))
+            preds.append(_threshold_predicate(name, threshold))
     if match.is_test is not None:
         wanted = match.is_test
         preds.append(lambda run: run.isTest is wanted)
@@ -376,14 +385,16 @@ def _tags_predicate(spec: TagMatch) -> Predicate:
     return check
 
 
-def _threshold_predicate(field: str, t: Threshold) -> Predicate:
+def _threshold_predicate(name: str, t: Threshold) -> Predicate:
+    gt, gte, lt, lte = t.gt, t.gte, t.lt, t.lte  # read once: each is a pydantic attribute
+
     def check(run: Run) -> bool:
-        value = float(getattr(run, field))
+        value = float(getattr(run, name))
         return (
-            (t.gt is None or value > t.gt)
-            and (t.gte is None or value >= t.gte)
-            and (t.lt is None or value < t.lt)
-            and (t.lte is None or value <= t.lte)
+            (gt is None or value > gt)
+            and (gte is None or value >= gte)
+            and (lt is None or value < lt)
+            and (lte is None or value <= lte)
         )
 
     return check

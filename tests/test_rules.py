@@ -354,21 +354,28 @@ def naive(rules: RuleSet, r: Run) -> list[str]:
 
 @settings(max_examples=300, deadline=None)
 @example(  # a run with the second tag of a two-tag `any`
-    specs=[({"tags": {"any": ["a", "b"]}}, False)], status="FAILED", tags=["b"], is_test=False
+    specs=[({"tags": {"any": ["a", "b"]}}, False)], status="FAILED", tags=[["b"]], is_test=False
+)
+@example(  # runs with other tags after the first: candidates merged for each tag set
+    specs=[({"tags": {"any": ["a"]}}, True), ({"tags": {"any": ["b"]}}, True)],
+    status="FAILED",
+    tags=[["a"], ["b"], ["b", "a"], ["a"], []],
+    is_test=False,
 )
 @given(
     specs=st.lists(st.tuples(RULE_PARTS, st.booleans()), min_size=1, max_size=12),
     status=st.sampled_from(["FAILED", "COMPLETED", "CRASHED"]),
-    tags=st.lists(st.sampled_from(TAGS), max_size=3),
+    tags=st.lists(st.lists(st.sampled_from(TAGS), max_size=3), min_size=1, max_size=4),
     is_test=st.booleans(),
 )
 def test_the_rule_index_agrees_with_evaluating_every_rule(
-    specs: list[tuple[dict[str, Any], bool]], status: str, tags: list[str], is_test: bool
+    specs: list[tuple[dict[str, Any], bool]], status: str, tags: list[list[str]], is_test: bool
 ) -> None:
+    """One rule set, runs with one tag set after another (the index caches by both)."""
     rules = ruleset("".join(rule_yaml(i, p, c) for i, (p, c) in enumerate(specs)))
-    r = run(status=status, tags=tags, isTest=is_test)
-    assert matched(rules, r) == naive(rules, r)
-    assert matched(rules, r) == naive(rules, r)  # the cached index, second time
+    for run_tags in tags + tags:  # each a second time: from the caches
+        r = run(status=status, tags=run_tags, isTest=is_test)
+        assert matched(rules, r) == naive(rules, r)
 
 
 def test_check_warns_of_a_yaml_1_1_boolean_word_in_match_metadata() -> None:
