@@ -201,11 +201,17 @@ def _fits_one(key: str, wanted: tuple[str, ...], fields: Mapping[str, Any]) -> b
         return any(tag in tags for tag in wanted)
     if key == "status":
         status = normalise_status(str(fields.get("status") or ""))
-        return any(
-            status in FAILURE_STATUSES if w.lower() == "failure" else normalise_status(w) == status
-            for w in wanted
-        )
+        return any(_status_fits(w, status) for w in wanted)
     return str(fields.get(key) or "") in wanted
+
+
+def _status_fits(wanted: str, status: str) -> bool:
+    """Whether a silence's status `wanted` names the run's normalised `status`: in any case, as
+    a rule's status does (`new_issue` is an error event's NEW_ISSUE), or exactly as written (a
+    status relay does not know is kept as it came)."""
+    if wanted.lower() == "failure":
+        return status in FAILURE_STATUSES
+    return status in (normalise_status(wanted), normalise_status(wanted.strip().upper()))
 
 
 def silenced_by(

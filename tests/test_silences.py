@@ -17,13 +17,14 @@ import pytest
 from relay.cli import main
 from relay.configure import compile_config, load
 from relay.errors import InputError, StoreUnavailable
-from relay.model import Silence
+from relay.model import EVENT_STATUSES, KNOWN_STATUSES, Silence
 from relay.service import Service
 from relay.settings import Settings
 from relay.silences import (
     RELOAD_S,
     SilenceCache,
     cli_matchers,
+    fits,
     matcher_warnings,
     new_silence,
     parse_matchers,
@@ -610,3 +611,14 @@ async def wait_sent(service: Service, sent: int) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{sent} not sent: {counts}")
+
+
+@pytest.mark.parametrize(
+    "status", sorted(KNOWN_STATUSES | frozenset().union(*EVENT_STATUSES.values()))
+)
+def test_a_status_without_a_warning_fits_in_any_case(status: str) -> None:
+    """A status matcher fits in any case, as a rule's status does: `new_issue` fit no error
+    event's NEW_ISSUE (a silence muting nothing), though no warning said so."""
+    for written in (status.lower(), f" {status.title()} "):
+        assert matcher_warnings({"status": [written]}, None) == []
+        assert fits({"status": (written,)}, {"status": status}), written
