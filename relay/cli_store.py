@@ -143,17 +143,13 @@ def _silence_warnings(
     matchers: dict[str, tuple[str, ...]], args: argparse.Namespace, settings: Settings
 ) -> list[str]:
     """What the matchers name that the config does not (`matcher_warnings`). The config file
-    is read if it is there and valid; without it (a store reached from another machine),
+    is read if it is there, also with variables unset (an operator's shell seldom has the
+    service's secrets); without it (a store reached from another machine) or unreadable,
     rule and channel names go unchecked."""
-    from relay.configure import load  # noqa: PLC0415
-    from relay.errors import ConfigError  # noqa: PLC0415
+    from relay.configure import written_names  # noqa: PLC0415
     from relay.silences import matcher_warnings  # noqa: PLC0415
 
-    try:
-        loaded = load(settings, getattr(args, "config", None))
-    except ConfigError:
-        return matcher_warnings(matchers, None)
-    return matcher_warnings(matchers, None if loaded.builtin else loaded.config.names())
+    return matcher_warnings(matchers, written_names(settings, getattr(args, "config", None)))
 
 
 def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:

@@ -63,6 +63,16 @@ class Draft:
         """Whether the value at `path` is as the file meant it (no unknown part above it)."""
         return is_known(path, self.unknown)
 
+    def names(self) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        """The rule names and channel names the file gives, also where a value is not known
+        (an unset variable); None when one may be missing (a rule whose name is not known)."""
+        data = self.source.data
+        channels = data.get("channels") if isinstance(data, dict) else None
+        rules = Names(data, self.unknown, self.source).every("rules") if channels else None
+        if rules is None or not isinstance(channels, dict):
+            return None
+        return tuple(sorted(rules)), tuple(str(name) for name in channels)
+
     def loaded(self) -> LoadedConfig:
         """The configuration, or ConfigError with every problem, in file order."""
         if self.problems:

@@ -74,6 +74,18 @@ def load(settings: Settings, path: Path | None = None) -> LoadedConfig:
     return LoadedConfig(loaded.config, loaded.source, builtin=True)
 
 
+def written_names(
+    settings: Settings, path: Path | None = None
+) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """The rule and channel names of the config file `load` would read, as written (unset
+    variables or other problems elsewhere in it aside); None without a file or its names."""
+    target = path or settings.config
+    try:
+        return check_file(target, channel_registry.settings_models()).names()
+    except ConfigError:  # not there, not readable, not YAML
+        return None
+
+
 def _complete(draft: Draft) -> LoadedConfig:
     """The draft's config; if it has problems, ConfigError with them and those of its rules'
     expressions and templates where they are known (compile_config finds these in a valid

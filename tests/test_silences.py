@@ -34,7 +34,7 @@ from relay.silences import (
 )
 from relay.store import postgres
 from relay.store.sqlite import SQLiteStore
-from tests.conftest import CONSOLE_FAILURES, RelayFactory, Sink, run_cli, sdk_run, status
+from tests.conftest import RelayFactory, Sink, run_cli, sdk_run, status
 from tests.pg import fresh_database, shared_server
 
 NOW = 1_800_000_000.0
@@ -378,10 +378,15 @@ def test_matcher_warnings(matchers: dict[str, list[str]], names: Any, expected: 
 
 def test_cli_add_warns_of_names_the_config_lacks(tmp_path: Path) -> None:
     """The id alone on stdout (`id=$(relay silence add ...)` still works), each warning on
-    stderr; with no config file to read, rule and channel names go unchecked."""
+    stderr. The names are read as written, also when the operator's shell lacks a variable
+    the service has (a channel's secret); with no config file to read, rule and channel
+    names go unchecked."""
     env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
     config = tmp_path / "config.yaml"
-    config.write_text(CONSOLE_FAILURES)
+    config.write_text(
+        "channels:\n  out: {type: console}\n  hook: {type: webhook, url: '${HOOK_URL}'}\n"
+        "rules:\n  - {name: failures, match: {status: [failure]}, notify: [out, hook]}\n"
+    )
     added = run_cli(
         "silence",
         "add",
