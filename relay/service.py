@@ -54,6 +54,7 @@ from relay.workers import (
     WorkerPool,
     holder,
     read_commands,
+    reap_orphans_forever,
     write_event,
     write_ready,
 )
@@ -163,6 +164,9 @@ class Service:
             asyncio.create_task(self._prune_forever(), name="retention"),
             asyncio.create_task(self._watch_config(), name="config-watch"),
         ]
+        if os.getpid() == 1:  # a container's init: the orphans of `docker exec` are ours
+            own = self.pool.known_pids if self.pool is not None else list
+            self._tasks.append(asyncio.create_task(reap_orphans_forever(own), name="orphans"))
         return self.address
 
     async def _open_store(self) -> None:

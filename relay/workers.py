@@ -46,6 +46,7 @@ WORKER_FLAG = "--delivery-worker"
 EVENTS_FLAG = "--events-fd"
 REFUSE_EMPTY_FLAG = "--refuse-empty-config"  # the parent runs a config file that was not empty
 RESTART_AFTER_S = 1.0
+ORPHANS_EVERY_S = 1.0
 MAX_WORKERS = 64
 READY = b'{"kind":"ready"}\n'
 
@@ -170,6 +171,7 @@ class WorkerPool:
         self._on_death = on_death  # with a worker's index, once it died unasked
         self._children = [_Child(i) for i in range(count)]
         self._stopping = False
+        self._spawning = 0  # children started whose pid is not in `pids` yet
 
     async def start(self) -> None:
         for child in self._children:
@@ -201,6 +203,10 @@ class WorkerPool:
     def pids(self) -> list[int]:
         return [c.proc.pid for c in self._children if c.proc is not None]
 
+    def known_pids(self) -> list[int] | None:
+        """Every child this pool started, or None while one is starting (its pid not known)."""
+        return None if self._spawning else self.pids()
+
     def _send(self, index: int, command: str) -> None:
         proc = self._children[index].proc
         if proc is None or proc.stdin is None or proc.stdin.is_closing():
@@ -209,6 +215,7 @@ class WorkerPool:
 
     async def _spawn(self, child: _Child) -> None:
         read_fd, write_fd = os.pipe()
+        self._spawning += 1
         try:
             child.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -226,6 +233,7 @@ class WorkerPool:
                 pass_fds=(write_fd,),
             )
         finally:
+            self._spawning -= 1
             os.close(write_fd)
         reader = asyncio.StreamReader(limit=1 << 20)
         loop = asyncio.get_running_loop()
@@ -289,6 +297,37 @@ class WorkerPool:
         for child in self._children:
             if child.supervisor is not None:
                 await asyncio.gather(child.supervisor, return_exceptions=True)
+
+
+async def reap_orphans_forever(own: Callable[[], Collection[int] | None]) -> None:
+    """As PID 1 (the Docker image has no init), wait for the orphans the kernel gives it.
+
+    A process whose parent exits in the container (`docker exec relay sh -c 'job &'`) becomes
+    PID 1's child; nothing else waits for it, so once it exits it stays a zombie (`<defunct>`)
+    until the container stops. Every second this waits for exited children that are not
+    `own` (the delivery workers, which asyncio waits for; None: one is starting, skip a turn).
+    """
+    while True:
+        await asyncio.sleep(ORPHANS_EVERY_S)
+        own_pids = own()
+        if own_pids is not None:
+            reap_orphans(own_pids)
+
+
+def reap_orphans(own: Collection[int]) -> int:
+    """Wait for the exited children not in `own`, until the next exited one is `own` or none
+    is left; how many. WNOWAIT looks without waiting, so asyncio still sees its own exit."""
+    reaped = 0
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # no children at all
+            return reaped
+        if info is None or info.si_pid in own:
+            return reaped
+        os.waitpid(info.si_pid, 0)
+        log.debug("orphaned process reaped", extra={"pid": info.si_pid})
+        reaped += 1
 
 
 async def read_commands(

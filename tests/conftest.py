@@ -207,6 +207,7 @@ class RelayProcess:
             **(env or {}),
         }
         self.cwd: Path | None = None
+        self.argv = [sys.executable, "-m", "relay", "serve"]
         self.proc: subprocess.Popen[str] | None = None
         self.logs: list[dict[str, Any]] = []
         self.stdout: list[str] = []
@@ -227,7 +228,7 @@ class RelayProcess:
         """The child started, its output read; the event is set once it is listening."""
         self.logs, self.stdout = [], []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve"],
+            self.argv,
             env=self.env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

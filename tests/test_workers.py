@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import re
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from relay.model import notification_id
 from relay.workers import Outcome, owned, owner, write_event
@@ -326,3 +330,57 @@ async def test_readyz_waits_for_the_workers_to_deliver(
             break
         await asyncio.sleep(0.05)
     assert await readyz(proc.url) == (200, {"status": "ready"})
+
+
+def pid_namespaces_or_skip() -> None:
+    """`unshare --pid` (root, util-linux) makes relay PID 1, as in its Docker image."""
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")):
+        pytest.skip("needs root and util-linux's unshare and nsenter")
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], check=False)
+    if probe.returncode != 0:
+        pytest.skip("no PID namespaces here")
+
+
+def namespace_init(proc: RelayProcess) -> int:
+    """The host pid of the process `unshare --fork` started: PID 1 of its namespace."""
+    assert proc.proc is not None
+    outer = proc.proc.pid
+    return int(Path(f"/proc/{outer}/task/{outer}/children").read_text().split()[0])
+
+
+def children_of(parent: int) -> list[tuple[str, str]]:
+    """(command name, state) of each child, running or a zombie (`Z`), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            head, _, tail = stat.read_text().rpartition(")")
+            state, ppid = tail.split()[:2]
+            if int(ppid) == parent:
+                found.append((head.partition("(")[2], state))
+    return found
+
+
+async def test_as_pid_1_orphans_are_reaped_and_workers_still_restarted(
+    relay_process: Callable[..., RelayProcess], sink: Sink
+) -> None:
+    """The image runs relay as PID 1 without an init: the kernel hands it every orphan
+    (`docker exec relay sh -c 'job &'`), and each stayed a zombie until the container stopped."""
+    pid_namespaces_or_skip()
+    proc = relay_process(config(sink.url), env={"RELAY_WORKERS": "1"})
+    proc.argv = ["unshare", "--pid", "--kill-child", "--mount-proc", *proc.argv]
+    proc.start()
+    init = namespace_init(proc)
+    proc.wait_for_log("delivery worker started")
+    in_namespace = ["nsenter", "-t", str(init), "-p", "-m"]  # the log's pids are the namespace's
+    orphans = "sleep 0.1 & sleep 0.1 & exit 0"  # sh exits first: the sleeps become relay's
+    subprocess.run([*in_namespace, "sh", "-c", orphans], check=True)
+    await wait_until(lambda: not [c for c in children_of(init) if c[0] == "sleep"], timeout=10)
+    worker = worker_pids(proc)[0]
+    # asyncio, not the reaper, waits for the worker: it is started again
+    subprocess.run([*in_namespace, "kill", "-KILL", str(worker)], check=True)
+    await wait_until(lambda: worker_pids(proc)[0] != worker, timeout=10)
+    assert all(state != "Z" for _, state in children_of(init))
+    await post_all(proc.url, runs(3))
+    await delivered_ids(sink, 0, wanted(runs(3)))
+    os.kill(init, signal.SIGTERM)  # unshare itself ignores it
+    assert proc.proc is not None and proc.proc.wait(30) == 0
