@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import fnmatch
 import logging
@@ -270,19 +271,44 @@ class SilenceCache:
         self._silences: list[Silence] = []
         self._loaded_at: float | None = None  # None: read at the next call (invalidate)
         self._read = False  # whether _silences was ever read (they are kept if a reload fails)
+        self._reading: asyncio.Future[None] | None = None  # the reload callers share
+        self._generation = 0  # bumped by invalidate(): a reload begun before it is not kept
+        self.reloads = 0  # reloads begun
 
     async def current(self, now: float) -> list[Silence]:
+        """The silences, reloaded when stale. Callers meanwhile share one reload: each
+        delivery and intake started its own, and 1,000 silences parsed by each of 50
+        channels' sends held the event loop for seconds (ingest's 202s waited)."""
         # a clock set back since the last read reads again too, not once it caught up
         if self._loaded_at is None or not 0 <= now - self._loaded_at < self._ttl_s:
-            try:
-                self._silences = await self._load(now)
-                self._read = True
-            except StoreUnavailable as exc:
-                if not self._read:
-                    raise  # nothing to go on: not knowing the silences is not "none"
-                log.warning("silences not reloaded; the last read kept", extra={"error": str(exc)})
-            self._loaded_at = now
+            if self._reading is None:
+                self.reloads += 1
+                self._reading = asyncio.ensure_future(self._reload(now, self._generation))
+                self._reading.add_done_callback(_retrieved)
+            await asyncio.shield(self._reading)
         return self._silences
+
+    async def _reload(self, now: float, generation: int) -> None:
+        try:
+            silences = await self._load(now)
+        except StoreUnavailable as exc:
+            if not self._read:
+                raise  # nothing to go on: not knowing the silences is not "none"
+            log.warning("silences not reloaded; the last read kept", extra={"error": str(exc)})
+            silences = self._silences
+        finally:
+            if generation == self._generation:
+                self._reading = None
+        if generation == self._generation:
+            self._silences, self._read, self._loaded_at = silences, True, now
 
     def invalidate(self) -> None:
         self._loaded_at = None
+        self._reading = None  # a reload under way may predate the change: the next call reads
+        self._generation += 1
+
+
+def _retrieved(done: asyncio.Future[None]) -> None:
+    """Mark a shared reload's failure seen, also when every caller was cancelled meanwhile."""
+    if not done.cancelled():
+        done.exception()
