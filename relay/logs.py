@@ -6,7 +6,6 @@ and appear as top-level keys.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import re
@@ -34,10 +33,13 @@ def _exception(formatter: logging.Formatter, record: logging.LogRecord) -> str |
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._second: tuple[int, str] = (-1, "")  # the last second stamped, as text
+
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._utc_second(record.created)}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -46,6 +48,14 @@ class JsonFormatter(logging.Formatter):
         if (exc := _exception(self, record)) is not None:
             data["exc"] = exc
         return orjson.dumps(data, default=str).decode()
+
+    def _utc_second(self, created: float) -> str:
+        """`created`'s second in UTC as text: formatted once a second, not at every line (a
+        sixth of what formatting a line cost)."""
+        second = int(created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return self._second[1]
 
 
 # C0 and C1 controls, DEL, and the line and paragraph separators: line breaks to str.splitlines
@@ -103,10 +113,16 @@ class ScrubSecrets(logging.Filter):
         self.set(())
 
     def record(self, record: logging.LogRecord, formatter: logging.Formatter) -> logging.LogRecord:
-        """A copy of `record` whose message, fields and traceback are scrubbed."""
-        scrubbed = copy.copy(record)
+        """A copy of `record` whose message, fields and traceback are scrubbed: its attributes
+        copied as one dict, then its fields scrubbed in place (copy.copy went through a failed
+        __copy__ lookup and __reduce_ex__, then a second pass over the fields took the copy's
+        fields out and put them back: nearly half of what scrubbing a line cost)."""
+        cls = type(record)
+        scrubbed = cls.__new__(cls)
+        scrubbed.__dict__ = fields = record.__dict__.copy()
+        for key in fields.keys() - _STANDARD:
+            fields[key] = self._value(fields[key])
         scrubbed.msg, scrubbed.args = self.scrub(record.getMessage()), None
-        scrubbed.__dict__.update({k: self._value(v) for k, v in _extras(record).items()})
         if record.exc_info:
             scrubbed.exc_text = self.scrub(formatter.formatException(record.exc_info))
             scrubbed.exc_info = None
