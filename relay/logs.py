@@ -52,10 +52,11 @@ class JsonFormatter(logging.Formatter):
     def _utc_second(self, created: float) -> str:
         """`created`'s second in UTC as text: formatted once a second, not at every line (a
         sixth of what formatting a line cost)."""
-        second = int(created)
-        if second != self._second[0]:
-            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-        return self._second[1]
+        second, stamped = int(created), self._second  # one read: other threads log too
+        if second != stamped[0]:
+            stamped = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+            self._second = stamped
+        return stamped[1]
 
 
 # C0 and C1 controls, DEL, and the line and paragraph separators: line breaks to str.splitlines
