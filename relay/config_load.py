@@ -68,10 +68,10 @@ class Draft:
         (an unset variable); None when one may be missing (a rule whose name is not known)."""
         data = self.source.data
         channels = data.get("channels") if isinstance(data, dict) else None
-        rules = Names(data, self.unknown, self.source).every("rules") if channels else None
-        if rules is None or not isinstance(channels, dict):
+        if not isinstance(channels, dict):
             return None
-        return tuple(sorted(rules)), tuple(str(name) for name in channels)
+        rules = Names(data, self.unknown, self.source).every("rules")
+        return None if rules is None else (tuple(sorted(rules)), tuple(map(str, channels)))
 
     def loaded(self) -> LoadedConfig:
         """The configuration, or ConfigError with every problem, in file order."""
