@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -24,13 +24,14 @@ from relay.cli_store import (
     cmd_silence_expire,
     cmd_silence_list,
 )
-from relay.configure import BUILTIN_NAME, Compiled, DryRun, compile_config, load
 from relay.errors import ConfigError, InputError, Problem, RelayError
 from relay.logs import SCRUB, one_line, setup_logging, tag_lines
 from relay.model import SILENCE_MATCHERS
-from relay.service import refuse_empty, serve
 from relay.settings import Settings, load_settings
 from relay.workers import EVENTS_FLAG, MAX_WORKERS, REFUSE_EMPTY_FLAG, WORKER_FLAG, Role
+
+if TYPE_CHECKING:  # the store's commands (dlq, silence, history) start without them
+    from relay.configure import Compiled, DryRun
 
 log = logging.getLogger("relay")
 Command = Callable[[argparse.Namespace, Settings], int]
@@ -225,12 +226,16 @@ def _report(exc: RelayError, *, serving_json: bool) -> None:
 
 
 def _compiled(args: argparse.Namespace, settings: Settings) -> Compiled:
+    from relay.configure import compile_config, load  # noqa: PLC0415
+
     compiled = compile_config(load(settings, getattr(args, "config", None)))
     SCRUB.set(compiled.loaded.secrets())  # no secret in a warning either
     return compiled
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service import refuse_empty, serve  # noqa: PLC0415
+
     workers = settings.workers if args.workers is None else args.workers
     if not 0 <= workers <= MAX_WORKERS:
         print(f"relay: --workers must be 0-{MAX_WORKERS}", file=sys.stderr)
@@ -265,6 +270,8 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.configure import BUILTIN_NAME  # noqa: PLC0415
+
     store_problems = getattr(args, "env_problems", []) + _store_url_problems(settings.store_url)
     try:
         compiled = _compiled(args, settings)

@@ -23,8 +23,7 @@ DLQ_LISTED = 1000  # `relay dlq list` shows the newest this many, as GET /v1/dlq
 
 
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.history import failure  # noqa: PLC0415
-    from relay.sources.admin import dead_letter_view  # noqa: PLC0415
+    from relay.history import dead_letter_view, failure  # noqa: PLC0415
 
     rows = asyncio.run(_with_store(settings, lambda s: s.dead_letters(DLQ_LISTED + 1)))
     views = [dead_letter_view(n) for n in rows[:DLQ_LISTED]]

@@ -108,6 +108,25 @@ def failure(reason: str | None, error: str | None) -> str:
     return error if error.startswith(reason) else f"{reason}: {error}"
 
 
+DEAD_LETTER_FIELDS = (
+    "id",
+    "run_id",
+    "rule",
+    "channel",
+    "reason",
+    "error",
+    "attempts",
+    "created_at",
+)
+
+
+def dead_letter_view(n: Notification) -> dict[str, Any]:
+    """The public face of a dead letter (also used by `relay dlq list --json`): the fields of
+    its notification_view, so that its times read as the rest of the API's (ISO-8601, UTC)."""
+    view = notification_view(n)
+    return {name: view[name] for name in DEAD_LETTER_FIELDS}
+
+
 def explain(n: Notification) -> str:
     """One line answering "why was this (not) sent?"."""
     if n.state == "sent":

@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import orjson
-from aiohttp.http_exceptions import HttpProcessingError
 
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
@@ -183,6 +182,8 @@ class MalformedRequests(logging.Filter):
     Such a record becomes one WARNING line naming the kind of problem."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError  # noqa: PLC0415 - CLI start
+
         exc = record.exc_info[1] if record.exc_info else None
         bad = isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500
         if bad and record.levelno >= logging.ERROR:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from relay.errors import InputError
-from relay.history import event_view, find_history, notification_view
+from relay.history import dead_letter_view, event_view, find_history, notification_view
 from relay.silences import (
     matcher_warnings,
     new_silence,
@@ -33,7 +33,7 @@ from relay.sources._replies import (
 )
 
 if TYPE_CHECKING:
-    from relay.model import Notification, Silence
+    from relay.model import Silence
     from relay.sources.http import AddRoute, HttpDeps
 
 MAX_SILENCE_BODY = 64 * 1024
@@ -273,22 +273,3 @@ def _named_ids(data: dict[str, Any]) -> list[str] | None:
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
         raise InputError("ids", "expected a non-empty list of notification ids")
     return ids
-
-
-DEAD_LETTER_FIELDS = (
-    "id",
-    "run_id",
-    "rule",
-    "channel",
-    "reason",
-    "error",
-    "attempts",
-    "created_at",
-)
-
-
-def dead_letter_view(n: Notification) -> dict[str, Any]:
-    """The public face of a dead letter (also used by `relay dlq list --json`): the fields of
-    its notification_view, so that its times read as the rest of the API's (ISO-8601, UTC)."""
-    view = notification_view(n)
-    return {name: view[name] for name in DEAD_LETTER_FIELDS}
