@@ -186,7 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             setup_logging(settings.log_format, quiet)
         return command(args, settings)
     except RelayError as exc:  # ConfigError too
-        _report(exc, serving_json=args.command == "serve" and _json(settings))
+        serving_json = args.command == "serve" and _json(settings)
+        if serving_json and settings is None:  # the settings that set logging up are the fault
+            setup_logging("json", "INFO")
+        _report(exc, serving_json=serving_json)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -210,7 +213,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _json(settings: Settings | None) -> bool:
-    return settings is not None and settings.log_format == "json"
+    """Whether the service logs JSON lines. Without its settings (a bad RELAY_LISTEN), as the
+    RELAY_LOG_FORMAT variable says, else JSON, the default: the reason a container never
+    started is a JSON line among them, whichever setting was wrong."""
+    if settings is not None:
+        return settings.log_format == "json"
+    return os.environ.get("RELAY_LOG_FORMAT", "").strip().lower() != "text"
 
 
 def _report(exc: RelayError, *, serving_json: bool) -> None:

@@ -1137,12 +1137,17 @@ def test_serve_logs_why_it_did_not_start_as_json_lines(tmp_path: Path) -> None:
     good = write(tmp_path / "c.yaml", "channels: {out: {type: console}}\nrules: []\n")
     not_a_db = write(tmp_path / "not-a.db", "S3CRET " * 1000)  # a store it cannot open
     unreachable = {"RELAY_STORE_URL": f"sqlite:///{not_a_db}"}
-    config, store, text = parallel(
+    config, store, text, setting = parallel(
         cli("serve", "--config", str(bad), env=store_env(tmp_path)),
         cli("serve", "--config", str(good), env=unreachable),
         cli("serve", "--config", str(bad), env={**store_env(tmp_path), "RELAY_LOG_FORMAT": "text"}),
+        cli("serve", "--config", str(good), env={**store_env(tmp_path), "RELAY_LISTEN": "8080"}),
     )
     assert (config.returncode, store.returncode, text.returncode) == (1, 1, 1)
+    assert setting.returncode == 1
+    [unset] = [json.loads(line) for line in setting.stderr.splitlines()]  # a bad RELAY_* too
+    assert unset["msg"] == "relay not started"
+    assert unset["problems"] == ["environment: RELAY_LISTEN: expected host:port, e.g. 0.0.0.0:8080"]
     *_, refused = [json.loads(line) for line in config.stderr.splitlines()]
     assert (refused["level"], refused["msg"]) == ("error", "relay not started")
     [problem] = refused["problems"]
