@@ -9,6 +9,7 @@ import difflib
 
 from relay.config import Config, MatchConfig, RuleConfig
 from relay.config_load import LoadedConfig
+from relay.errors import did_you_mean
 from relay.model import EVENT_STATUSES, FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP, Run
 from relay.rules import Locate, passes_filters, statuses_of
 from relay.yamlconf import dotted
@@ -52,8 +53,7 @@ def _unknown_statuses(rules: list[RuleConfig], locate: Locate) -> list[str]:
             status = name.strip().upper()
             if name.lower() == "failure" or status in _RUN_STATUSES:
                 continue
-            close = difflib.get_close_matches(status, sorted(KNOWN_STATUSES), n=1, cutoff=0.75)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            hint = did_you_mean(status, KNOWN_STATUSES)
             out.append(
                 f"{locate(('rules', i, 'match', 'status'))}: rules[{i}].match.status: {name!r}"
                 f" is not a status relay knows{hint}; it matches only a run sent with it"
@@ -72,8 +72,7 @@ def _uncarried_statuses(rule: RuleConfig, where: str, i: int) -> list[str]:
     for name in rule.match.status or ():
         if (statuses_of([name]) or frozenset()) & carried:
             continue
-        close = difflib.get_close_matches(name.strip().upper(), sorted(carried), n=1, cutoff=0.75)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        hint = did_you_mean(name.strip().upper(), carried)
         out.append(
             f"{where}: rules[{i}].match.status: {name!r} is not a status event"
             f" {rule.match.event} carries{hint}; it never matches"

@@ -14,9 +14,10 @@ token or other secret.
 
 from __future__ import annotations
 
+import difflib
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,14 @@ class InputError(RelayError):
         self.field = field
         self.message = message
         super().__init__(f"{field}: {message}" if field else message)
+
+
+def did_you_mean(word: str, names: Collection[str], *, quoted: bool = False) -> str:
+    """ " (did you mean X?)" with the nearest of `names` to a misspelt `word`, or ""."""
+    close = difflib.get_close_matches(word, sorted(names), n=1, cutoff=0.75)
+    if not close:
+        return ""
+    return f" (did you mean {close[0]!r}?)" if quoted else f" (did you mean {close[0]}?)"
 
 
 def field_message(err: Mapping[str, Any]) -> str:

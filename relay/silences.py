@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import difflib
 import fnmatch
 import logging
 import secrets
@@ -11,7 +10,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 from datetime import UTC, datetime
 from typing import Any
 
-from relay.errors import InputError, StoreUnavailable
+from relay.errors import InputError, StoreUnavailable, did_you_mean
 from relay.model import (
     EVENT_STATUSES,
     EVENTS,
@@ -126,8 +125,7 @@ def _is_known(key: str, value: str, names: Collection[str]) -> bool:
 def _unknown_name(key: str, value: str, names: Collection[str]) -> str:
     """The warning about matcher `key`'s unknown `value`, with the nearest of `names`."""
     wanted = value.strip().upper() if key == "status" else value
-    close = difflib.get_close_matches(wanted, sorted(names), n=1, cutoff=0.75)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(wanted, names, quoted=True)
     if key == "status":
         what = f"is not a status relay knows{hint}; only a run sent with it fits"
         return f"matchers.status: {value!r} {what}"
