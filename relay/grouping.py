@@ -76,9 +76,18 @@ def group_key(rule: str, channel: str, labels: Mapping[str, str]) -> str:
     return "grp_" + digest
 
 
-def schedule(previous: GroupState | None, key: str, now: float, timing: Timing) -> GroupState:
-    """The group after a run joined it; its next_flush is when that run will be sent."""
-    if previous is not None and previous.next_flush is not None and previous.next_flush >= now:
+def schedule(
+    previous: GroupState | None, key: str, now: float, timing: Timing, *, sending: bool = False
+) -> GroupState:
+    """The group after a run joined it; its next_flush is when that run will be sent.
+    `sending`: the due digest is claimed already, whatever `now` says (a replica's `now` is
+    taken before its transaction, which may commit after another replica's claim)."""
+    if (
+        previous is not None
+        and previous.next_flush is not None
+        and previous.next_flush >= now
+        and not sending
+    ):
         # a digest waits: join it, however short repeat_interval is (a group is not closed
         # under a waiting digest); >=: runs of one batch share `now`, so a digest due at once
         # takes the whole batch
@@ -86,7 +95,8 @@ def schedule(previous: GroupState | None, key: str, now: float, timing: Timing) 
     if previous is None or now - previous.last_seen >= timing.repeat_interval_s:
         return GroupState(key, now + timing.group_wait_s, None, now)
     if previous.next_flush is not None:  # that digest is due, maybe on its way: the next one
-        return GroupState(key, now + timing.group_interval_s, previous.last_sent, now)
+        after = max(now, previous.next_flush) + timing.group_interval_s
+        return GroupState(key, after, previous.last_sent, now)
     last_sent = previous.last_sent if previous.last_sent is not None else now
     due = last_sent + timing.group_interval_s
     if due <= now:  # quiet past group_interval: wait group_wait for the rest of a burst, as a

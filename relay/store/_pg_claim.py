@@ -71,6 +71,11 @@ _CLAIM_GROUPS = f"""
     RETURNING o.*, picked.was_until, picked.was_holder
 """  # noqa: S608
 
+# The lock an intake holds while it puts runs in a group (relay.store._pg_observe), taken in
+# the same sorted order: an intake that decided a run into this digest commits before the
+# claim reads the group's rows, so the run goes with them, not alone right after.
+_JOINS_DONE = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k"
+
 
 def group_lock(key: str) -> int:
     return lock_key("claim", key)
@@ -96,6 +101,7 @@ async def claim(
             won = await conn.fetch(_WIN_GROUPS, groups, [group_lock(g) for g in groups])
             if won:
                 keys = [row["g"] for row in won]
+                await conn.execute(_JOINS_DONE, sorted({lock_key("group", k) for k in keys}))
                 rows += await conn.fetch(_CLAIM_GROUPS, keys, until, now, holder)
     _note_taken_over(channel, now, rows)
     claimed = [to_notification(row) for row in rows]

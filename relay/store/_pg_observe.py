@@ -73,6 +73,15 @@ _WRITE = """
 """
 
 
+# A waiting digest's rows are all due at the group's next_flush; leased, one is being sent (a
+# birth lease never takes a grouped row). By the due index: not every row the group ever had.
+_CLAIMED = """
+    SELECT DISTINCT o.group_key FROM unnest($1::text[], $2::text[], $3::float8[]) AS w(k, c, f)
+    JOIN relay_outbox AS o ON o.channel = w.c AND o.not_before = w.f AND o.group_key = w.k
+    WHERE o.state = 'pending' AND o.lease_until IS NOT NULL
+"""
+
+
 @dataclass
 class _Owed:
     """A notification `decide` asked for, and the Observed it belongs to."""
@@ -227,17 +236,42 @@ async def _join_groups(
         unique,
     )
     states: dict[str, GroupState] = {row["key"]: to_group(row) for row in rows}
+    sending = await _claimed(conn, states, labelled, now)
     groups: dict[str, _Group] = {}
     for item, labels, key in labelled:
         match, notification = item.match, item.notification
         if match.timing is None:  # pragma: no cover - _grouped() checked it
             continue
-        state = states[key] = schedule(states.get(key), key, now, match.timing)
+        on_its_way = key in sending
+        sending.discard(key)  # the next run of the batch joins the digest this one opened
+        state = states[key] = schedule(states.get(key), key, now, match.timing, sending=on_its_way)
         notification.group_key = key
         notification.extra = {**notification.extra, "group_labels": labels}
         notification.not_before = state.next_flush if state.next_flush is not None else now
         groups[key] = _Group(state, match.rule, match.channel, labels)
     return groups
+
+
+async def _claimed(
+    conn: asyncpg.Connection,
+    states: dict[str, GroupState],
+    labelled: list[tuple[_Owed, dict[str, str], str]],
+    now: float,
+) -> set[str]:
+    """The groups whose waiting digest a replica has claimed already although `now` says it is
+    not due: `now` was taken before this transaction, which waited for the group's lock while
+    another replica claimed it. A run joining that digest would be due at once, alone."""
+    channels = {key: item.match.channel for item, _, key in labelled}
+    waiting = [
+        (key, channels[key], state.next_flush)
+        for key, state in states.items()
+        if state.next_flush is not None and state.next_flush >= now
+    ]
+    if not waiting:
+        return set()
+    keys, chans, flushes = (list(column) for column in zip(*waiting, strict=True))
+    rows = await conn.fetch(_CLAIMED, keys, chans, flushes)
+    return {row["group_key"] for row in rows}
 
 
 def _state_arrays(changed: dict[str, RunState]) -> tuple[list[object], ...]:

@@ -155,11 +155,28 @@ def _join_group(
         return None
     labels = group_labels(notification.run, match.group_by)
     key = group_key(match.rule, match.channel, labels)
-    state = schedule(load_group(conn, key), key, now, match.timing)
+    previous = load_group(conn, key)
+    sending = _claimed(conn, match.channel, key, previous, now)
+    state = schedule(previous, key, now, match.timing, sending=sending)
     notification.group_key = key
     notification.extra = {**notification.extra, "group_labels": labels}
     notification.not_before = state.next_flush if state.next_flush is not None else now
     return state, match.rule, match.channel, labels
+
+
+def _claimed(
+    conn: sqlite3.Connection, channel: str, key: str, group: GroupState | None, now: float
+) -> bool:
+    """Whether the group's waiting digest is claimed already although `now` (taken before the
+    write) says it is not due: its rows are all due at next_flush, and a claimed one is leased."""
+    if group is None or group.next_flush is None or group.next_flush < now:
+        return False
+    row = conn.execute(
+        "SELECT 1 FROM outbox WHERE channel = ? AND not_before = ? AND group_key = ?"
+        " AND state = 'pending' AND lease_until IS NOT NULL LIMIT 1",
+        (channel, group.next_flush, key),
+    ).fetchone()
+    return row is not None
 
 
 def _mute_kind(muted_by: str) -> str:

@@ -539,6 +539,60 @@ async def test_a_run_joining_while_its_digest_is_sent_waits_for_the_next_digest(
     )
 
 
+async def test_a_run_decided_just_before_its_digest_was_claimed_waits_for_the_next_one(
+    store: Store,
+) -> None:
+    """A replica decides a run at 29.5 (its clock when the request came) but commits it after
+    another replica claimed the digest due at 30: the run must not be due at once as a digest
+    of its own beside the one on its way; it goes in the next digest, group_interval later."""
+    [n1] = ids(await store.observe([make_run("run_1", taskIdentifier="t/a")], decide_digest, 0))
+    assert [n.id for n in await store.claim("d", now=30.0, limit=10, lease_s=60)] == [n1]
+    late = await store.observe([make_run("run_2", taskIdentifier="t/a")], decide_digest, 29.5)
+    [n2] = ids(late)
+    assert await store.claim("d", now=30.5, limit=10, lease_s=60) == []  # not on its own
+    await store.mark_sent(n1, now=31.0, attempts=1)
+    await store.group_flushed(group_key("dg", "d", {"taskIdentifier": "t/a"}), 31.0)
+    assert await store.claim("d", now=329.0, limit=10, lease_s=60) == []
+    assert [n.id for n in await store.claim("d", now=330.0, limit=10, lease_s=60)] == [n2]
+
+
+async def test_a_claim_waits_for_a_replica_that_is_joining_the_digest(
+    engine: Engine, store: Store
+) -> None:
+    """PostgreSQL: replica B decided run_2 into the digest due at 30 and has not committed yet
+    when replica A claims it (B waits on the group's row here, holding the group's lock). The
+    claim must wait for B and send both runs, not one now and run_2 alone right after."""
+    if engine.name == "sqlite":
+        pytest.skip("one writer: an observe and a claim never overlap")
+    [n1] = ids(await store.observe([make_run("run_1", taskIdentifier="t/a")], decide_digest, 0))
+    key = group_key("dg", "d", {"taskIdentifier": "t/a"})
+    other = engine.make()
+    await other.open()
+    gate = await asyncpg.connect(engine.url)
+    waiting = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type IN ('Lock', 'LWLock') AND pid <> pg_backend_pid()"
+    )
+    try:
+        hold = gate.transaction()
+        await hold.start()
+        await gate.execute("SELECT 1 FROM relay_groups WHERE key = $1 FOR UPDATE", key)
+        joining = asyncio.ensure_future(
+            other.observe([make_run("run_2", taskIdentifier="t/a")], decide_digest, 29.5)
+        )
+        while await gate.fetchval(waiting) < 1:  # B holds the group lock, waits for the row
+            await asyncio.sleep(0.01)
+        claiming = asyncio.ensure_future(store.claim("d", now=30.0, limit=10, lease_s=60))
+        while not claiming.done() and await gate.fetchval(waiting) < 2:
+            await asyncio.sleep(0.01)
+        await hold.commit()
+        [n2] = ids(await joining)
+        assert sorted(n.id for n in await claiming) == sorted([n1, n2])
+    finally:
+        await gate.close()
+        await other.close()
+
+
 async def test_muted_matches_are_recorded_not_grouped(store: Store) -> None:
     def muted(run: Run, previous: RunState | None) -> Decision:
         decision = decide_digest(run, previous)
