@@ -60,11 +60,22 @@ _CLAIM_SINGLES = f"""
 _WIN_GROUPS = """
     SELECT g FROM unnest($1::text[], $2::bigint[]) AS t(g, k) WHERE pg_try_advisory_xact_lock(k)
 """
+# A group with rows of an unfinished claim (still leased: a stopped replica's, or one whose
+# lease ran out) sends that claim's rows again, alone: the same digest with the same id, as it
+# may have gone out already. Runs that came due meanwhile go in the group's next digest.
 _CLAIM_GROUPS = f"""
-    WITH picked AS (
-        SELECT id, lease_until AS was_until, lease_holder AS was_holder FROM relay_outbox
+    WITH due AS (
+        SELECT id, group_key, lease_until AS was_until, lease_holder AS was_holder
+        FROM relay_outbox
         WHERE group_key = ANY($1::text[]) AND {_DUE}
         FOR UPDATE
+    ), held AS (
+        SELECT DISTINCT ON (group_key) group_key, was_until, was_holder FROM due
+        WHERE was_until IS NOT NULL ORDER BY group_key, was_until, was_holder
+    ), picked AS (
+        SELECT due.id, due.was_until, due.was_holder FROM due LEFT JOIN held USING (group_key)
+        WHERE held.group_key IS NULL OR (due.was_until = held.was_until
+            AND due.was_holder IS NOT DISTINCT FROM held.was_holder)
     )
     UPDATE relay_outbox AS o SET lease_until = $2, updated_at = $3, lease_holder = $4
     FROM picked WHERE o.id = picked.id

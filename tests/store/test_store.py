@@ -1325,3 +1325,35 @@ async def test_the_newest_update_of_a_run(store: Store) -> None:
     assert await store.run_updated_ms("run_1") == 1_000_000
     await store.observe([make_run("run_2", updatedAt=None)], decide, now=3.0)
     assert await store.run_updated_ms("run_2") is None
+
+
+async def test_a_digest_taken_over_from_a_stopped_replica_is_sent_again_as_it_was(
+    pg_url: str,
+) -> None:
+    """A replica claimed a digest, may have sent it, and died; by the takeover more runs of the
+    group are due. The digest goes again with the runs (and so the id) it had: a receiver
+    drops it as a repeat. The later runs follow in a digest of their own, not merged into it."""
+    dead, other = (PostgresStore(pg_url, replica_timeout_s=3600.0) for _ in range(2))
+    for s in (dead, other):
+        await s.open()
+    try:
+
+        async def observe(run_id: str, now: float) -> str:
+            run = make_run(run_id, taskIdentifier="t/a")
+            [ident] = ids(await other.observe([run], decide_digest, now))
+            return ident
+
+        first = {await observe("run_1", 0.0), await observe("run_2", 10.0)}
+        assert {n.id for n in await dead.claim("d", now=30.0, limit=10, lease_s=300)} == first
+        late = await observe("run_3", 31.0)  # the next digest: due at 330
+        await _sql(
+            pg_url,
+            "UPDATE relay_replicas SET expires_at = clock_timestamp() WHERE holder = $1",
+            dead.holder,
+        )
+        again = await other.claim("d", now=331.0, limit=10, lease_s=300)
+        assert {n.id for n in again} == first
+        assert [n.id for n in await other.claim("d", now=331.0, limit=10, lease_s=300)] == [late]
+    finally:
+        for s in (dead, other):
+            await s.close()
