@@ -25,7 +25,7 @@ from relay.errors import DeliveryError, StoreUnavailable
 from relay.grouping import digest_context, digest_id
 from relay.model import Notification, subject_of
 from relay.sending import Clock, Route, Sender, Sleep, Tried
-from relay.silences import SilenceCache, silenced_by
+from relay.silences import SilenceCache
 from relay.store import Store
 from relay.templating import RenderContext, Rendered, Renderer
 
@@ -296,8 +296,7 @@ class Dispatch:
             return None
         run = row.run
         tags = run.get("tags")
-        return silenced_by(
-            await cache.current(now),
+        return (await cache.index(now)).silenced_by(
             now,
             rule=row.rule,
             channel=self.name,

@@ -17,9 +17,9 @@ from typing import Protocol
 
 from relay.errors import StoreUnavailable
 from relay.inhibition import MuteCheck, inhibitions
-from relay.model import Decision, Match, Notification, Run, RunState, Silence
+from relay.model import Decision, Match, Notification, Run, RunState
 from relay.rules import RuleSet
-from relay.silences import SilenceCache, silenced_by
+from relay.silences import SilenceCache, SilenceIndex
 from relay.store import BirthLease, Decide, Observed, Store
 
 log = logging.getLogger("relay.intake")
@@ -71,7 +71,7 @@ class Intake:
     ) -> MuteCheck | None:
         """Silences, then the rules' time intervals, then inhibitions; None if nothing mutes."""
         checks: list[MuteCheck] = []
-        if self._silences is not None and (active := await self._silences.current(now)):
+        if self._silences is not None and (active := await self._silences.index(now)):
             checks.append(silence_check(active, now))
         if rules.has_windows:
             checks.append(lambda run, match: rules.by_name[match.rule].time_muted(now))
@@ -167,10 +167,9 @@ def muting(decide: Decide, mute: MuteCheck) -> Decide:
     return decide_muted
 
 
-def silence_check(silences: Sequence[Silence], now: float) -> MuteCheck:
+def silence_check(silences: SilenceIndex, now: float) -> MuteCheck:
     def check(run: Run, match: Match) -> str | None:
-        return silenced_by(
-            silences,
+        return silences.silenced_by(
             now,
             rule=match.rule,
             channel=match.channel,

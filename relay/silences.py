@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import heapq
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
@@ -251,6 +252,80 @@ def silenced_by(
     return None
 
 
+class SilenceIndex:
+    """The silences of one reload, each filed under one matcher a notification must fit
+    exactly (its rule, channel, status or event), so that a send looks only at the silences
+    that may fit it: 1,000 silences each checked at every send cost ~2.5 ms a send, on the
+    event loop. Silences with none of these (globs on task, tags) are looked at by every send.
+    The first silence that mutes is the same as silenced_by over them all would find."""
+
+    EXACT = ("rule", "channel", "status", "event")
+
+    def __init__(self, silences: Sequence[Silence]) -> None:
+        self.silences = list(silences)
+        self._filed: dict[str, dict[str, list[int]]] = {key: {} for key in self.EXACT}
+        self._rest: list[int] = []  # positions of the silences filed under no exact matcher
+        for n, silence in enumerate(self.silences):
+            key = next((key for key in self.EXACT if key in silence.matchers), None)
+            if key is None:
+                self._rest.append(n)
+                continue
+            for value in _exact_values(key, silence.matchers[key]):
+                self._filed[key].setdefault(value, []).append(n)
+
+    def __bool__(self) -> bool:
+        return bool(self.silences)
+
+    def candidates(self, *, rule: str, channel: str, status: str, event: str) -> list[Silence]:
+        """The silences that may fit a notification of these, in their order."""
+        wanted = {"rule": rule, "channel": channel, "status": _run_status(status), "event": event}
+        # each silence is filed once, under one key: the lists (positions, ascending) are disjoint
+        found = [self._rest, *(self._filed[key].get(value, []) for key, value in wanted.items())]
+        return [self.silences[n] for n in heapq.merge(*(one for one in found if one))]
+
+    def silenced_by(
+        self,
+        now: float,
+        *,
+        rule: str,
+        channel: str,
+        task: str,
+        tags: Sequence[str],
+        status: str,
+        event: str,
+    ) -> str | None:
+        """silenced_by over this reload's silences."""
+        candidates = self.candidates(rule=rule, channel=channel, status=status, event=event)
+        return silenced_by(
+            candidates,
+            now,
+            rule=rule,
+            channel=channel,
+            task=task,
+            tags=tags,
+            status=status,
+            event=event,
+        )
+
+
+def _exact_values(key: str, wanted: tuple[str, ...]) -> set[str]:
+    """The values of field `key` that matcher values `wanted` fit (a status: normalised)."""
+    if key != "status":
+        return set(wanted)
+    values: set[str] = set()
+    for one in wanted:
+        if one.lower() == "failure":
+            values.update(FAILURE_STATUSES)
+        else:
+            values.update((normalise_status(one), normalise_status(one.strip().upper())))
+    return values
+
+
+def _run_status(status: str) -> str:
+    """A notification's status as _fits_one compares it."""
+    return normalise_status(str(status or ""))
+
+
 class SilenceCache:
     """The silences that may apply now, reloaded at most every `ttl_s` (another process, such as
     `relay silence add`, may have changed them) and at once after `invalidate()`.
@@ -267,6 +342,7 @@ class SilenceCache:
         self._load = load
         self._ttl_s = ttl_s
         self._silences: list[Silence] = []
+        self._index = SilenceIndex([])  # _silences, filed
         self._loaded_at: float | None = None  # None: read at the next call (invalidate)
         self._read = False  # whether _silences was ever read (they are kept if a reload fails)
         self._reading: asyncio.Future[None] | None = None  # the reload callers share
@@ -286,6 +362,12 @@ class SilenceCache:
             await asyncio.shield(self._reading)
         return self._silences
 
+    async def index(self, now: float) -> SilenceIndex:
+        """The silences of `current`, filed (at each reload) for a send to look only at those
+        that may fit it."""
+        await self.current(now)
+        return self._index
+
     async def _reload(self, now: float, generation: int) -> None:
         try:
             silences = await self._load(now)
@@ -298,6 +380,8 @@ class SilenceCache:
             if generation == self._generation:
                 self._reading = None
         if generation == self._generation:
+            if silences is not self._silences:
+                self._index = SilenceIndex(silences)
             self._silences, self._read, self._loaded_at = silences, True, now
 
     def invalidate(self) -> None:
