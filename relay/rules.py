@@ -329,7 +329,10 @@ def _when(
 
 
 def statuses_of(names: list[str] | None) -> frozenset[str] | None:
-    """The statuses a rule's `status:` list stands for (`failure` expanded, names normalised)."""
+    """The statuses a rule's `status:` list stands for (`failure` expanded, names normalised):
+    a name relay does not know stands for itself as written, since an incoming unknown status
+    is kept as it came, and for its capitals, as known names are read in any case (a
+    silence's status fits the same way)."""
     if names is None:
         return None
     out: set[str] = set()
@@ -337,7 +340,7 @@ def statuses_of(names: list[str] | None) -> frozenset[str] | None:
         if name.lower() == "failure":
             out |= FAILURE_STATUSES
         else:
-            out.add(normalise_status(name.upper()))
+            out |= {normalise_status(name), normalise_status(name.upper())}
     return frozenset(out)
 
 

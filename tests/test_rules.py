@@ -60,6 +60,11 @@ CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("status: [failure]", {"status": "CANCELED"}, False),
     ("status: [COMPLETED_WITH_ERRORS]", {}, True),  # raw names are understood in rules too
     ("status: [EXPIRED]", {"status": "EXPIRED"}, True),
+    # a status newer than relay is matched as written (and in capitals, as known ones are)
+    ("status: [quarantined]", {"status": "quarantined"}, True),
+    ("status: [QUARANTINED]", {"status": "QUARANTINED"}, True),
+    ("status: [quarantined]", {"status": "QUARANTINED"}, True),
+    ("status: [QUARANTINED]", {"status": "other"}, False),
     ("task: 'billing/*'", {}, True),
     ("task: 'billing/*'", {"taskIdentifier": "email/send"}, False),
     ("task: ['email/*', 'billing/*']", {}, True),
