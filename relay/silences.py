@@ -295,6 +295,8 @@ class SilenceIndex:
         event: str,
     ) -> str | None:
         """silenced_by over this reload's silences."""
+        if not self.silences:  # the usual case: nothing to look at on each send
+            return None
         candidates = self.candidates(rule=rule, channel=channel, status=status, event=event)
         return silenced_by(
             candidates,
