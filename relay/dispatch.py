@@ -25,7 +25,7 @@ from relay.errors import DeliveryError, StoreUnavailable
 from relay.grouping import digest_context, digest_id
 from relay.model import Notification, subject_of
 from relay.sending import Clock, Route, Sender, Sleep, Tried
-from relay.silences import SilenceCache
+from relay.silences import SilenceCache, silenced_by
 from relay.store import Store
 from relay.templating import RenderContext, Rendered, Renderer
 
@@ -296,7 +296,8 @@ class Dispatch:
             return None
         run = row.run
         tags = run.get("tags")
-        return (await cache.index(now)).silenced_by(
+        return silenced_by(
+            await cache.index(now),
             now,
             rule=row.rule,
             channel=self.name,

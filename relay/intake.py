@@ -19,7 +19,7 @@ from relay.errors import StoreUnavailable
 from relay.inhibition import MuteCheck, inhibitions
 from relay.model import Decision, Match, Notification, Run, RunState
 from relay.rules import RuleSet
-from relay.silences import SilenceCache, SilenceIndex
+from relay.silences import SilenceCache, SilenceIndex, silenced_by
 from relay.store import BirthLease, Decide, Observed, Store
 
 log = logging.getLogger("relay.intake")
@@ -169,7 +169,8 @@ def muting(decide: Decide, mute: MuteCheck) -> Decide:
 
 def silence_check(silences: SilenceIndex, now: float) -> MuteCheck:
     def check(run: Run, match: Match) -> str | None:
-        return silences.silenced_by(
+        return silenced_by(
+            silences,
             now,
             rule=match.rule,
             channel=match.channel,

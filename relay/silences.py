@@ -227,7 +227,7 @@ def _status_fits(wanted: str, status: str) -> bool:
 
 
 def silenced_by(
-    silences: Iterable[Silence],
+    silences: Iterable[Silence] | SilenceIndex,
     now: float,
     *,
     rule: str,
@@ -237,7 +237,12 @@ def silenced_by(
     status: str,
     event: str,
 ) -> str | None:
-    """The id of the first active silence that mutes this notification, else None."""
+    """The id of the first active silence that mutes this notification, else None. Of an
+    index, only the silences that may fit it are looked at."""
+    if isinstance(silences, SilenceIndex):
+        if not silences:  # the usual case: nothing to look at on each send
+            return None
+        silences = silences.candidates(rule=rule, channel=channel, status=status, event=event)
     fields = {
         "rule": rule,
         "channel": channel,
@@ -282,32 +287,6 @@ class SilenceIndex:
         # each silence is filed once, under one key: the lists (positions, ascending) are disjoint
         found = [self._rest, *(self._filed[key].get(value, []) for key, value in wanted.items())]
         return [self.silences[n] for n in heapq.merge(*(one for one in found if one))]
-
-    def silenced_by(
-        self,
-        now: float,
-        *,
-        rule: str,
-        channel: str,
-        task: str,
-        tags: Sequence[str],
-        status: str,
-        event: str,
-    ) -> str | None:
-        """silenced_by over this reload's silences."""
-        if not self.silences:  # the usual case: nothing to look at on each send
-            return None
-        candidates = self.candidates(rule=rule, channel=channel, status=status, event=event)
-        return silenced_by(
-            candidates,
-            now,
-            rule=rule,
-            channel=channel,
-            task=task,
-            tags=tags,
-            status=status,
-            event=event,
-        )
 
 
 def _exact_values(key: str, wanted: tuple[str, ...]) -> set[str]:
