@@ -1103,6 +1103,24 @@ def test_bad_environment_is_named_without_secrets(tmp_path: Path) -> None:
     assert "pw" not in output(store) and "u:pw@h" not in output(store)
 
 
+def test_a_store_url_query_field_without_a_value_is_named_not_a_traceback(tmp_path: Path) -> None:
+    """`?sslmode=disable&` (a trailing &) or `?x`: relay check said OK, then `relay serve` and
+    the store's commands ended in asyncpg's ValueError traceback."""
+    urls = ("postgresql://u:pw@127.0.0.1:1/db?sslmode=disable&", "postgresql://u:pw@h/db?x")
+    config = str(write(tmp_path / "c.yaml", GOOD))
+    runs = parallel(
+        *(cli("check", config, env={"RELAY_STORE_URL": url}, cwd=tmp_path) for url in urls),
+        *(cli("serve", "--config", config, env={"RELAY_STORE_URL": url}) for url in urls),
+    )
+    wanted = "RELAY_STORE_URL: each query parameter is key=value, joined by a single &"
+    for done in runs[:2]:
+        assert (done.returncode, done.stderr.splitlines()) == (1, [wanted, "1 problem found"])
+    for done in runs[2:]:
+        *_, refused = [json.loads(line) for line in done.stderr.splitlines()]
+        assert (done.returncode, refused["problems"]) == (1, [wanted])
+        assert "pw" not in output(done)
+
+
 def test_an_empty_config_path_is_named_not_read_as_the_working_directory(tmp_path: Path) -> None:
     variable, flag = parallel(
         cli("check", env={"RELAY_CONFIG": ""}, cwd=tmp_path),

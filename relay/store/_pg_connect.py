@@ -126,6 +126,9 @@ def check_url(url: str) -> None:
         raise _url_error(f"an @ after the host: {_ENCODE}")
     if not _ports_valid(parts.netloc):  # else asyncpg's ValueError, a traceback
         raise _url_error(f"a port is not a number from 1 to 65535 ({_ENCODE})")
+    if parts.query and not all("=" in field for field in parts.query.split("&")):
+        # `?sslmode=require&` or `?x`: asyncpg's ValueError, a traceback after relay check's OK
+        raise _url_error("each query parameter is key=value, joined by a single &")
     params = dict(parse_qsl(parts.query))
     mode = params.get("sslmode")
     if mode is not None and mode not in _SSL_MODES:
