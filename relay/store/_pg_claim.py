@@ -60,9 +60,9 @@ _CLAIM_SINGLES = f"""
 _WIN_GROUPS = """
     SELECT g FROM unnest($1::text[], $2::bigint[]) AS t(g, k) WHERE pg_try_advisory_xact_lock(k)
 """
-# A group with rows of an unfinished claim (still leased: a stopped replica's, or one whose
-# lease ran out) sends that claim's rows again, alone: the same digest with the same id, as it
-# may have gone out already. Runs that came due meanwhile go in the group's next digest.
+# A group with rows of an unfinished claim (handed back unsent, see HAND_BACK, or still leased
+# by a stopped replica) sends that claim's rows again, alone: the same digest with the same id,
+# as it may have gone out already. Runs that came due meanwhile go in the group's next digest.
 _CLAIM_GROUPS = f"""
     WITH due AS (
         SELECT id, group_key, lease_until AS was_until, lease_holder AS was_holder
@@ -70,11 +70,11 @@ _CLAIM_GROUPS = f"""
         WHERE group_key = ANY($1::text[]) AND {_DUE}
         FOR UPDATE
     ), held AS (
-        SELECT DISTINCT ON (group_key) group_key, was_until, was_holder FROM due
-        WHERE was_until IS NOT NULL ORDER BY group_key, was_until, was_holder
+        SELECT DISTINCT ON (group_key) group_key, ABS(was_until) AS until, was_holder FROM due
+        WHERE was_until IS NOT NULL ORDER BY group_key, ABS(was_until), was_holder
     ), picked AS (
         SELECT due.id, due.was_until, due.was_holder FROM due LEFT JOIN held USING (group_key)
-        WHERE held.group_key IS NULL OR (due.was_until = held.was_until
+        WHERE held.group_key IS NULL OR (ABS(due.was_until) = held.until
             AND due.was_holder IS NOT DISTINCT FROM held.was_holder)
     )
     UPDATE relay_outbox AS o SET lease_until = $2, updated_at = $3, lease_holder = $4

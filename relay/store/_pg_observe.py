@@ -74,11 +74,12 @@ _WRITE = """
 
 
 # A waiting digest's rows are all due at the group's next_flush; leased, one is being sent (a
-# birth lease never takes a grouped row). By the due index: not every row the group ever had.
+# birth lease never takes a grouped row; one handed back unsent has a negative lease_until, see
+# HAND_BACK). By the due index: not every row the group ever had.
 _CLAIMED = """
     SELECT DISTINCT o.group_key FROM unnest($1::text[], $2::text[], $3::float8[]) AS w(k, c, f)
     JOIN relay_outbox AS o ON o.channel = w.c AND o.not_before = w.f AND o.group_key = w.k
-    WHERE o.state = 'pending' AND o.lease_until IS NOT NULL
+    WHERE o.state = 'pending' AND o.lease_until > 0
 """
 
 

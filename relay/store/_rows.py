@@ -49,6 +49,17 @@ def to_silence(row: Row) -> Silence:
     )
 
 
+# A digest's rows given back unsent (a stop cut its send short, a retry, a restart after kill -9)
+# keep their claim's lease negated: ended (<= any `now`, as older relays read it too), yet the
+# rows of that one claim still share it. The group's next claim takes those rows alone
+# (HELD_FIRST), so the digest goes again with its runs and so its id; runs that came due
+# meanwhile go in the next one. A single row needs no such mark: NULL, as before.
+HAND_BACK = "CASE WHEN group_key IS NULL THEN NULL ELSE -ABS(lease_until) END"
+# The unfinished claim a group's claim sends again: of its due rows with a lease (handed back,
+# or taken from a dead holder), the claim that sorts first; rows match it by these columns.
+HELD_ORDER = "ABS(lease_until), lease_holder"
+
+
 def lease_end(ttl_s: float, now: float) -> float:
     """The expires_at of a named lease taken for `ttl_s` at `now`. One handed back (`ttl_s` 0)
     ends at the epoch, not `now`: free at once on any clock, also after a wall clock stepped

@@ -16,6 +16,7 @@ from relay.store import (
     Observed,
     owed_notification,
 )
+from relay.store._rows import HELD_ORDER
 from relay.store._sqlite_schema import (
     add_event,
     insert_notification,
@@ -66,17 +67,26 @@ NEXT_DUE = """
 _LEASE = "UPDATE outbox SET lease_until = ?, lease_holder = ?, updated_at = ?"
 
 
-_CLAIM = f"""
-    {_LEASE} WHERE id IN (
-        SELECT id FROM outbox WHERE channel = ? AND {_DUE}
-        ORDER BY not_before, created_at, id LIMIT ?
-    ) RETURNING *
+_CANDIDATES = f"""
+    SELECT id, group_key FROM outbox WHERE channel = ? AND {_DUE}
+    ORDER BY not_before, created_at, id LIMIT ?
 """  # noqa: S608
 
 
+_CLAIM_IDS = f"{_LEASE} WHERE id IN (SELECT value FROM json_each(?)) RETURNING *"  # noqa: S608
+
+
+_GROUP_DUE = f"group_key = ? AND {_DUE}"
+_HELD = f"""
+    SELECT {HELD_ORDER} FROM outbox WHERE {_GROUP_DUE} AND lease_until IS NOT NULL
+    ORDER BY {HELD_ORDER} LIMIT 1
+"""  # noqa: S608
+# HAND_BACK: a group with rows of an unfinished claim sends that claim's rows again, alone.
 _CLAIM_GROUP = f"""
     {_LEASE} WHERE id IN (
-        SELECT id FROM outbox WHERE group_key = ? AND {_DUE} ORDER BY created_at, id LIMIT ?
+        SELECT id FROM outbox WHERE {_GROUP_DUE} AND (
+            ? IS NULL OR (ABS(lease_until) = ? AND lease_holder IS ?)
+        ) ORDER BY created_at, id LIMIT ?
     ) RETURNING *
 """  # noqa: S608
 
@@ -87,10 +97,14 @@ Lease = tuple[float, str, float]  # lease_until, lease_holder, updated_at
 def claim(
     conn: sqlite3.Connection, channel: str, now: float, limit: int, lease: Lease
 ) -> list[sqlite3.Row]:
-    """In the writer thread: the due rows, then the rest of each digest group among them."""
-    rows: list[sqlite3.Row] = conn.execute(_CLAIM, (*lease, channel, now, now, limit)).fetchall()
-    for key in dict.fromkeys(row["group_key"] for row in rows if row["group_key"] is not None):
-        group = (*lease, key, now, now, GROUP_CLAIM_LIMIT)
+    """In the writer thread: the due rows, each digest group among them whole (or the rows of
+    its unfinished claim)."""
+    due = conn.execute(_CANDIDATES, (channel, now, now, limit)).fetchall()
+    singles = orjson.dumps([ident for ident, key in due if key is None]).decode()
+    rows: list[sqlite3.Row] = conn.execute(_CLAIM_IDS, (*lease, singles)).fetchall()
+    for key in dict.fromkeys(key for _, key in due if key is not None):
+        until, holder = conn.execute(_HELD, (key, now, now)).fetchone() or (None, None)
+        group = (*lease, key, now, now, until, until, holder, GROUP_CLAIM_LIMIT)
         rows += conn.execute(_CLAIM_GROUP, group).fetchall()
     return rows
 
@@ -168,12 +182,13 @@ def _claimed(
     conn: sqlite3.Connection, channel: str, key: str, group: GroupState | None, now: float
 ) -> bool:
     """Whether the group's waiting digest is claimed already although `now` (taken before the
-    write) says it is not due: its rows are all due at next_flush, and a claimed one is leased."""
+    write) says it is not due: its rows are all due at next_flush, and a claimed one is leased
+    (lease_until > 0: one handed back unsent is negative, see HAND_BACK)."""
     if group is None or group.next_flush is None or group.next_flush < now:
         return False
     row = conn.execute(
         "SELECT 1 FROM outbox WHERE channel = ? AND not_before = ? AND group_key = ?"
-        " AND state = 'pending' AND lease_until IS NOT NULL LIMIT 1",
+        " AND state = 'pending' AND lease_until > 0 LIMIT 1",
         (channel, group.next_flush, key),
     ).fetchone()
     return row is not None

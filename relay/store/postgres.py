@@ -66,7 +66,7 @@ from relay.store._pg_rows import (
     to_labels,
 )
 from relay.store._pg_schema import migrate
-from relay.store._rows import lease_end, to_notification, to_silence
+from relay.store._rows import HAND_BACK, lease_end, to_notification, to_silence
 
 POOL_MIN = 1
 POOL_MAX = 10
@@ -75,6 +75,10 @@ ACQUIRE_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 5.0  # /readyz answers 503 by then: a health check must not hang with the server
+_POSTPONE = f"""
+    UPDATE relay_outbox SET not_before = $2, lease_until = {HAND_BACK}, updated_at = $3
+    WHERE id = $1 AND state = 'pending'
+"""  # noqa: S608
 
 
 class PostgresStore:
@@ -269,8 +273,7 @@ class PostgresStore:
 
     async def postpone(self, notification_id: str, *, now: float, not_before: float) -> None:
         await self._execute(
-            "UPDATE relay_outbox SET not_before = $2, lease_until = NULL, updated_at = $3"
-            " WHERE id = $1 AND state = 'pending'",
+            _POSTPONE,
             clean(notification_id),
             not_before,
             now,
@@ -287,8 +290,8 @@ class PostgresStore:
         error: str,
     ) -> None:
         await self._update(
-            "not_before = $7, attempts = $4, reason = $5, last_error = $6, lease_until = NULL,"
-            " updated_at = $3",
+            "not_before = $7, attempts = $4, reason = $5, last_error = $6,"
+            f" lease_until = {HAND_BACK}, updated_at = $3",
             notification_id,
             ("retry", now, attempts, reason, error),
             not_before,

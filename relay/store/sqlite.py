@@ -29,7 +29,7 @@ from relay.store import (
     recoveries_of,
 )
 from relay.store import _sqlite_outbox as outbox
-from relay.store._rows import lease_end, to_notification, to_silence
+from relay.store._rows import HAND_BACK, lease_end, to_notification, to_silence
 from relay.store._sqlite_connect import BUSY_TIMEOUT_MS, connect, connect_reader, identity
 from relay.store._sqlite_history import event_rows, history_rows
 from relay.store._sqlite_lock import WriteLock
@@ -52,8 +52,16 @@ _PREFIX = "sqlite:///"
 # with -9, finishing its sends within the shutdown grace) to exit, then goes ahead.
 HOLDER_WAIT_S = 30.0
 _CLAIM_HOLDERS = (
-    "SELECT DISTINCT lease_holder FROM outbox WHERE state = 'pending' AND lease_until IS NOT NULL"
+    "SELECT DISTINCT lease_holder FROM outbox WHERE state = 'pending' AND lease_until > 0"
 )
+_POSTPONE = f"""
+    UPDATE outbox SET not_before = ?, lease_until = {HAND_BACK}, updated_at = ?
+    WHERE id = ? AND state = 'pending'
+"""  # noqa: S608
+# A restart's claims go back as a stop's do (HAND_BACK): a digest cut short goes again as it was.
+_RELEASE = f"""
+    UPDATE outbox SET lease_until = {HAND_BACK} WHERE state = 'pending' AND lease_until > 0
+"""  # noqa: S608
 _USAGE = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
 
 
@@ -173,11 +181,7 @@ class SQLiteStore:
 
     async def postpone(self, notification_id: str, *, now: float, not_before: float) -> None:
         await self._writer.run(
-            lambda conn: conn.execute(
-                "UPDATE outbox SET not_before = ?, lease_until = NULL, updated_at = ?"
-                " WHERE id = ? AND state = 'pending'",
-                (not_before, now, notification_id),
-            )
+            lambda conn: conn.execute(_POSTPONE, (not_before, now, notification_id))
         )
 
     async def mark_retry(
@@ -191,8 +195,8 @@ class SQLiteStore:
         error: str,
     ) -> None:
         await self._update(
-            "not_before = ?, attempts = ?, reason = ?, last_error = ?, lease_until = NULL,"
-            " updated_at = ?",
+            "not_before = ?, attempts = ?, reason = ?, last_error = ?,"
+            f" lease_until = {HAND_BACK}, updated_at = ?",
             (not_before, attempts, reason, error, now),
             notification_id,
             ("retry", now, attempts, reason, error),
@@ -248,20 +252,18 @@ class SQLiteStore:
         for the claims of a delivery worker still alive (its parent was killed with -9: it
         finishes its sends, then exits, and its successor frees what it left); with `holder`,
         the claims of one dead delivery worker (opened with that holder)."""
-        release = "UPDATE outbox SET lease_until = NULL"
-        release += " WHERE state = 'pending' AND lease_until IS NOT NULL"
 
         def forget_dead(conn: sqlite3.Connection) -> int:
             conn.execute("DELETE FROM leases")
             holders = conn.execute(_CLAIM_HOLDERS).fetchall()
             alive = [h for (h,) in holders if h and not self._holder_free(h)]
             keep = ",".join("?" * len(alive))
-            sql = f"{release} AND COALESCE(lease_holder, '') NOT IN ({keep})"
+            sql = f"{_RELEASE} AND COALESCE(lease_holder, '') NOT IN ({keep})"
             return int(conn.execute(sql, alive).rowcount)
 
         if holder is None:
             return await self._writer.run(forget_dead)
-        sql = release + " AND lease_holder = ?"
+        sql = _RELEASE + " AND lease_holder = ?"
         return await self._writer.run(lambda conn: int(conn.execute(sql, (holder,)).rowcount))
 
     def _still_the_file(self) -> None:

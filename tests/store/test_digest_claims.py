@@ -1,0 +1,70 @@
+"""A digest given back unsent goes again as it was: the same runs, so the same dgs_ id.
+
+Its rows were claimed and may have gone out: a stop cut the send short and gave them back, the
+send failed and waits for a retry, or the process was killed with -9 and the next start (or
+another replica) takes its claims back. Runs that came due meanwhile must not be merged into it
+(a receiver would see the first runs again under a new id): they go in a digest of their own.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pytest
+
+from relay.grouping import digest_id
+from relay.model import Notification
+from relay.store import Store
+from tests.store.conftest import Engine, decide_digest, ids, make_run
+
+How = Literal["stop", "retry", "restart"]
+LEASE_S = 3600.0  # the first claim's lease has not ended when the rows are claimed again
+
+
+async def _observe(store: Store, run_id: str, now: float) -> str:
+    [ident] = ids(await store.observe([make_run(run_id, taskIdentifier="t/a")], decide_digest, now))
+    return ident
+
+
+async def _give_back(engine: Engine, store: Store, rows: list[Notification], how: How) -> Store:
+    """The claimed rows back in the outbox unsent, at 1000 (past every not_before here); the
+    store that claims next."""
+    for row in rows:
+        if how == "stop":
+            await store.postpone(row.id, now=1000.0, not_before=1000.0)
+        elif how == "retry":
+            await store.mark_retry(
+                row.id, now=1000.0, not_before=1000.0, attempts=1, reason="timeout", error="x"
+            )
+    if how != "restart":
+        return store
+    await store.close()  # as kill -9 leaves them: still leased
+    again = engine.make()
+    await again.open()
+    await again.release_leases()
+    return again
+
+
+@pytest.mark.parametrize("how", ["stop", "retry", "restart"])
+async def test_a_digest_given_back_unsent_goes_again_as_it_was(engine: Engine, how: How) -> None:
+    store = engine.make()
+    await store.open()
+    try:
+        first = {await _observe(store, "run_1", 0.0), await _observe(store, "run_2", 10.0)}
+        sent = await store.claim("d", now=30.0, limit=10, lease_s=LEASE_S)  # digest A, in flight
+        assert {n.id for n in sent} == first
+        # while A is on its way, two more runs come due (at 331) and go as digest B
+        second = {await _observe(store, "run_3", 31.0), await _observe(store, "run_4", 32.0)}
+        also = await store.claim("d", now=331.0, limit=10, lease_s=LEASE_S)
+        assert {n.id for n in also} == second
+        later = await _observe(store, "run_5", 340.0)
+        store = await _give_back(engine, store, [*sent, *also], how)
+
+        claims = [await store.claim("d", now=2000.0, limit=10, lease_s=LEASE_S) for _ in range(3)]
+        assert [digest_id([n.id for n in c]) for c in claims] == [
+            digest_id(sorted(first)),
+            digest_id(sorted(second)),
+            digest_id([later]),
+        ]
+    finally:
+        await store.close()
