@@ -8,7 +8,7 @@ it returns (SQLite: concurrent calls share commits, group commit).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -241,8 +241,14 @@ class Store(Protocol):
     async def run_updated_ms(self, run_id: str) -> int | None:
         """The newest `updatedAt` (ms) stored for a run; None if unseen or it had none."""
 
+    async def runs_updated_ms(self, run_ids: Collection[str]) -> dict[str, int]:
+        """run_updated_ms of many runs in one read: those stored with an `updatedAt`."""
+
     async def kv_get(self, namespace: str, key: str) -> str | None:
         """Small durable state of a source or channel (a Realtime position, a Slack thread ts)."""
+
+    async def kv_get_many(self, namespace: str, keys: Collection[str]) -> dict[str, str]:
+        """kv_get of many keys of `namespace` in one read: those stored, with their values."""
 
     async def kv_put(self, namespace: str, key: str, value: str, now: float) -> None:
         """Store `value` under (namespace, key), replacing what was there."""

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Collection, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -75,6 +75,7 @@ ACQUIRE_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 5.0  # /readyz answers 503 by then: a health check must not hang with the server
+_T = TypeVar("_T")
 _POSTPONE = f"""
     UPDATE relay_outbox SET not_before = $2, lease_until = {HAND_BACK}, updated_at = $3
     WHERE id = $1 AND state = 'pending'
@@ -429,6 +430,15 @@ class PostgresStore:
         )
         return None if value is None else int(value)
 
+    async def runs_updated_ms(self, run_ids: Collection[str]) -> dict[str, int]:
+        rows = await self._fetch(
+            "SELECT run_id, updated_at_ms FROM relay_runs"
+            " WHERE run_id = ANY($1::text[]) AND updated_at_ms IS NOT NULL",
+            [*map(clean, run_ids)],
+        )
+        found = {str(row["run_id"]): int(row["updated_at_ms"]) for row in rows}
+        return _as_asked(run_ids, found)
+
     async def kv_get(self, namespace: str, key: str) -> str | None:
         value = await self._fetchval(
             "SELECT value FROM relay_kv WHERE namespace = $1 AND key = $2",
@@ -436,6 +446,14 @@ class PostgresStore:
             clean(key),
         )
         return None if value is None else str(value)
+
+    async def kv_get_many(self, namespace: str, keys: Collection[str]) -> dict[str, str]:
+        rows = await self._fetch(
+            "SELECT key, value FROM relay_kv WHERE namespace = $1 AND key = ANY($2::text[])",
+            clean(namespace),
+            [*map(clean, keys)],
+        )
+        return _as_asked(keys, {str(row["key"]): str(row["value"]) for row in rows})
 
     async def kv_put(self, namespace: str, key: str, value: str, now: float) -> None:
         await self._execute(
@@ -467,6 +485,12 @@ class PostgresStore:
         """Hold the lease `name` for `ttl_s` from `now`: True if `owner` holds it now."""
         held = await self._fetchval(LEAD, clean(name), clean(owner), lease_end(ttl_s, now), now)
         return held is not None
+
+
+def _as_asked(asked: Collection[str], found: dict[str, _T]) -> dict[str, _T]:
+    """`found` (keyed as stored, NUL replaced) under the keys as asked, as the one-key reads
+    answer them."""
+    return {key: found[clean(key)] for key in asked if clean(key) in found}
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -51,6 +52,7 @@ _PREFIX = "sqlite:///"
 # A delivery worker waits this long at most for the one it succeeds (orphaned by a parent killed
 # with -9, finishing its sends within the shutdown grace) to exit, then goes ahead.
 HOLDER_WAIT_S = 30.0
+IN_CHUNK = 500  # values per `IN (?, ...)`: within SQLite's variable limit, old versions too
 _CLAIM_HOLDERS = (
     "SELECT DISTINCT lease_holder FROM outbox WHERE state = 'pending' AND lease_until > 0"
 )
@@ -391,6 +393,11 @@ class SQLiteStore:
         )
         return None if row is None or row[0] is None else int(row[0])
 
+    async def runs_updated_ms(self, run_ids: Collection[str]) -> dict[str, int]:
+        sql = "SELECT run_id, updated_at_ms FROM runs WHERE updated_at_ms IS NOT NULL AND run_id IN"
+        rows = await self._writer.run(lambda conn: _in_chunks(conn, sql, (), list(run_ids)))
+        return {str(run_id): int(ms) for run_id, ms in rows}
+
     async def kv_get(self, namespace: str, key: str) -> str | None:
         row = await self._writer.run(
             lambda conn: conn.execute(
@@ -398,6 +405,11 @@ class SQLiteStore:
             ).fetchone()
         )
         return None if row is None else str(row[0])
+
+    async def kv_get_many(self, namespace: str, keys: Collection[str]) -> dict[str, str]:
+        sql = "SELECT key, value FROM kv WHERE namespace = ? AND key IN"
+        rows = await self._writer.run(lambda conn: _in_chunks(conn, sql, (namespace,), list(keys)))
+        return {str(key): str(value) for key, value in rows}
 
     async def kv_put(self, namespace: str, key: str, value: str, now: float) -> None:
         await self._writer.run(
@@ -461,6 +473,20 @@ class SQLiteStore:
                 add_event(conn, id_, event)
 
         await self._writer.run(update)
+
+
+def _in_chunks(
+    conn: sqlite3.Connection, sql: str, params: tuple[object, ...], values: list[str]
+) -> list[tuple[Any, ...]]:
+    """The rows of `sql` ending in `IN` for `values`, one op in statements of IN_CHUNK variables
+    (SQLite's limit is 999 before 3.32). Not json_each: its text stops at a NUL, which a
+    (hostile) run id may hold."""
+    rows: list[tuple[Any, ...]] = []
+    for start in range(0, len(values), IN_CHUNK):
+        chunk = values[start : start + IN_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        rows += conn.execute(f"{sql} ({marks})", (*params, *chunk)).fetchall()
+    return rows
 
 
 def _kv_write(conn: sqlite3.Connection, write: KvWrite, now: float) -> None:
