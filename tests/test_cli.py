@@ -1121,6 +1121,52 @@ def test_a_store_url_query_field_without_a_value_is_named_not_a_traceback(tmp_pa
         assert "pw" not in output(done)
 
 
+@pytest.mark.parametrize(
+    ("url", "wanted"),
+    [
+        ("postgresql://u:pw@/db?host=127.0.0.1:abc", "host parameter: a port is not a number"),
+        ("postgresql://u:pw@/db?host=h1,,h2", "host parameter: a host in the list is empty"),
+        ("postgresql://u:pw@h1,,h2/db", "a host in the list is empty"),
+        ("postgresql://u:pw@h1,/db", "a host in the list is empty"),
+        ("postgresql://u:pw@/db?host=h&port=5432,", "port parameter: a port is not a number"),
+        ("postgresql://u:pw@/db?host=h&port=x", "port parameter: a port is not a number"),
+        ("postgresql://u:pw@h:\u00b2/db", "a port is not a number"),  # a digit int() refuses
+    ],
+)
+def test_a_store_url_host_or_port_asyncpg_cannot_read_is_named_not_a_traceback(
+    url: str,
+    wanted: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """asyncpg reads a URL's hosts and ports (also `?host=`, `?port=` when it names no host)
+    with int() and hostspec[0]: relay check said OK (or itself ended in a traceback on `²`),
+    then relay serve and the store's commands ended in a ValueError or IndexError traceback."""
+    monkeypatch.setenv("RELAY_STORE_URL", url)
+    assert relay_main(["check", str(write(tmp_path / "c.yaml", GOOD))]) == 1
+    assert relay_main(["dlq", "list"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "pw" not in err
+    check, found, dlq, found_again = err.splitlines()
+    assert found == found_again == "1 problem found"
+    assert check == dlq and check.startswith(f"RELAY_STORE_URL: {wanted}")
+
+
+def test_a_store_url_with_hosts_and_ports_asyncpg_reads_passes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = str(write(tmp_path / "c.yaml", GOOD))
+    for url in (
+        "postgresql://u:pw@h1:5432,[::1]:5433,h3/db",
+        "postgresql://u:pw@[::1]/db",
+        "postgresql://u:pw@/db?host=/run/postgresql,h2:5433&port=5432,5433",
+        "postgresql://u@/db?host=h&port=",
+    ):
+        monkeypatch.setenv("RELAY_STORE_URL", url)
+        assert relay_main(["check", config]) == 0, url
+
+
 def test_an_empty_config_path_is_named_not_read_as_the_working_directory(tmp_path: Path) -> None:
     variable, flag = parallel(
         cli("check", env={"RELAY_CONFIG": ""}, cwd=tmp_path),

@@ -124,12 +124,17 @@ def check_url(url: str) -> None:
         raise _url_error("a postgresql URL starts with postgresql:// or postgres://")
     if "@" in parts.path:  # `user:pa/ss@host/db`: host "pa", and relay waited for it for ever
         raise _url_error(f"an @ after the host: {_ENCODE}")
-    if not _ports_valid(parts.netloc):  # else asyncpg's ValueError, a traceback
-        raise _url_error(f"a port is not a number from 1 to 65535 ({_ENCODE})")
+    if problem := _hosts_problem(parts.netloc.rpartition("@")[2]):
+        raise _url_error(f"{problem} ({_ENCODE})" if problem == _BAD_PORT else problem)
     if parts.query and not all("=" in field for field in parts.query.split("&")):
         # `?sslmode=require&` or `?x`: asyncpg's ValueError, a traceback after relay check's OK
         raise _url_error("each query parameter is key=value, joined by a single &")
     params = dict(parse_qsl(parts.query))
+    # asyncpg reads these when the URL names no host: `?host=h1:5432,h2&port=5432,5433`
+    if problem := _hosts_problem(params.get("host", "")):
+        raise _url_error(f"host parameter: {problem}")
+    if "port" in params and not all(map(_port_valid, params["port"].split(","))):
+        raise _url_error(f"port parameter: {_BAD_PORT}")
     mode = params.get("sslmode")
     if mode is not None and mode not in _SSL_MODES:
         raise _url_error(f"sslmode must be one of {', '.join(_SSL_MODES)}")
@@ -166,13 +171,35 @@ def _seconds(text: str) -> int | None:
         return None
 
 
-def _ports_valid(netloc: str) -> bool:
-    """Every host[:port] of `user:password@h1:5432,h2:5432` has a usable port, if any."""
-    for spec in netloc.rpartition("@")[2].split(","):
-        _, colon, port = spec.rpartition(":")
-        if colon and not spec.endswith("]") and not (port.isdigit() and 0 < int(port) < 65536):
-            return False
-    return True
+def _hosts_problem(hosts: str) -> str | None:
+    """What asyncpg would end in a traceback over (ValueError, IndexError) in a list of hosts
+    `h1:5432,[::1]:5433,/run/postgresql`, read as it reads them: an empty host, a bad port."""
+    for spec in hosts.split(",") if hosts else ():
+        if not spec:
+            return "a host in the list is empty (h1,,h2)"
+        port = _port_of(spec)
+        if port is None or (port and not _port_valid(port)):
+            return _BAD_PORT
+    return None
+
+
+def _port_of(spec: str) -> str | None:
+    """The port of one host (`h:5432`, `[::1]:5432`, a socket directory): "" if none, None if
+    what follows an IPv6 address is not `:port`."""
+    if spec.startswith("/"):
+        return ""
+    if not spec.startswith("["):
+        return spec.partition(":")[2]  # asyncpg splits at the first colon
+    rest = spec.partition("]")[2]
+    return rest[1:] if rest.startswith(":") or not rest else None
+
+
+def _port_valid(text: str) -> bool:
+    """A port number asyncpg's int() reads and a socket takes ("²" is a digit int() refuses)."""
+    return text.isascii() and text.isdigit() and 0 < int(text) < 65536
+
+
+_BAD_PORT = "a port is not a number from 1 to 65535"
 
 
 _ENCODE = "percent-encode / ? # @ in a user or password as %2F %3F %23 %40"
