@@ -19,6 +19,8 @@ while at least `min_count` distinct runs that the digest rule matched (sharing t
 values) arrived within the last `duration`. The run that reaches `min_count` is inhibited with
 the later ones; the digest rule's own notifications never are. The latest `min_count` runs and
 when they arrived are kept per window (namespace "inhibit_count").
+
+Which rules a run opens, closes or is a target of, and its window's key: relay.inhibit_batch.
 """
 
 from __future__ import annotations
@@ -30,9 +32,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from relay.grouping import group_labels
+from relay.inhibit_batch import Batch, Rule, compile_rule, equal_values, key_of, window_key
 from relay.model import Match, Run
-from relay.silences import fits, parse_matchers
 from relay.windows import InhibitRule
 
 NAMESPACE = "inhibit"
@@ -52,47 +53,6 @@ class KeyValue(Protocol):
     async def runs_updated_ms(self, run_ids: Collection[str]) -> dict[str, int]: ...
 
 
-def run_fields(run: Run, match: Match | None = None) -> dict[str, Any]:
-    """What matchers look at; rule and channel only once a match exists."""
-    fields: dict[str, Any] = {
-        "task": run.taskIdentifier,
-        "tags": run.tags,
-        "status": run.status,
-        "event": run.event,
-    }
-    if match is not None:
-        fields.update(rule=match.rule, channel=match.channel)
-    return fields
-
-
-def window_key(rule: InhibitRule, run: Run) -> str:
-    return _window_key(rule.name, _equal_values(run.as_dict(), rule.equal) if rule.equal else ())
-
-
-def _equal_values(run: dict[str, Any], equal: Sequence[str]) -> tuple[str, ...]:
-    """A run's `equal` values, as a window's key is made of them."""
-    return tuple(f"{k}={v}" for k, v in sorted(group_labels(run, equal).items()))
-
-
-def _window_key(rule: str, values: tuple[str, ...]) -> str:
-    text = "\x1f".join([rule, *values])
-    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
-
-
-@dataclass
-class _Rule:
-    rule: InhibitRule
-    source: dict[str, tuple[str, ...]] | None  # None: a source_digest
-    target: dict[str, tuple[str, ...]]
-    close: dict[str, tuple[str, ...]] | None = None
-
-    def opened_by(self, run: Run) -> bool:
-        return self.source is not None and fits(self.source, run_fields(run))
-
-    def closed_by(self, run: Run) -> bool:
-        return self.close is not None and fits(self.close, run_fields(run))
-
-
 @dataclass
 class _Wants:
     """What one step of an intake call reads of the store: read before the step, one read per
@@ -105,7 +65,7 @@ class _Wants:
     opened: set[str] = field(default_factory=set)  # OPENED
     run_ids: set[str] = field(default_factory=set)  # the runs' newest stored updatedAt
 
-    def window(self, item: _Rule, key: str) -> None:
+    def window(self, item: Rule, key: str) -> None:
         if item.source is None:
             self.counts[key] = item.rule
         else:
@@ -144,7 +104,7 @@ class _Windows:
         recent = sum(at > self.now - rule.duration for at in runs.values())
         return recent >= rule.source_digest.min_count
 
-    def is_open(self, item: _Rule, key: str, run_id: str) -> bool:
+    def is_open(self, item: Rule, key: str, run_id: str) -> bool:
         if item.source is not None:
             return self.until.get(key, 0.0) > self.now
         arrived = self.at_arrival.get((key, run_id))
@@ -205,8 +165,8 @@ async def inhibitions(
 
     `rules_of(run)` names the rules a run matches, for `source_digest` sources.
     """
-    compiled = [_compiled(r) for r in rules]
-    batch, windows = _Batch(compiled), _Windows(now)
+    compiled = [compile_rule(r) for r in rules]
+    batch, windows = Batch(compiled), _Windows(now)
     steps = [
         (run, earlier_ms, items, rules_of(run) if any(i.source is None for i in items) else ())
         for run, earlier_ms in zip(runs, _earlier_ms(runs), strict=True)
@@ -237,7 +197,7 @@ async def inhibitions(
                 continue
             if item.rule.equal and not as_dict:
                 as_dict = run.as_dict()
-            key = _window_key(item.rule.name, _equal_values(as_dict, item.rule.equal))
+            key = key_of(item.rule.name, equal_values(as_dict, item.rule.equal))
             if windows.is_open(item, key, run.id):
                 return f"inhibited:{item.rule.name}"
         return None
@@ -245,8 +205,7 @@ async def inhibitions(
     return check
 
 
-Seen = tuple[object, ...]  # what a source or target looks at of a run (_fields)
-Step = tuple[Run, int, list["_Rule"], Collection[str]]  # a run, earlier_ms, sources, its rules
+Step = tuple[Run, int, list["Rule"], Collection[str]]  # a run, earlier_ms, sources, its rules
 
 
 def _source_wants(steps: Sequence[Step]) -> _Wants:
@@ -277,123 +236,9 @@ async def _read(kv: KeyValue, namespace: str, keys: set[str]) -> dict[str, str |
     return {key: stored.get(key) for key in keys}
 
 
-class _Batch:
-    """The inhibit rules for the runs of one intake call: each rule's matchers evaluated once
-    per distinct run fields (of task, tags, status, event: those the rules' source or target
-    matchers look at), and each target window once per distinct `equal` values. With the task
-    in the key, 5,000 runs of distinct tasks against 50 rules that look at tags and status
-    evaluated 500,000 matchers (2 s of event loop). Before that, 4,000 failed runs against 50
-    inhibit rules held the event loop for 3 s evaluating every rule's matchers and key for every
-    run; most runs of a batch share their task and status. The rules are looked at by the event
-    they name first: a batch of runs with every run's task different passed each deployment
-    rule's sources by, one by one."""
-
-    def __init__(self, compiled: list[_Rule]) -> None:
-        self._compiled = compiled
-        self._by_event: dict[str, tuple[list[_Rule], list[_Rule]]] = {}  # (sources, targets)
-        self._source_fields = _looked_at([m for i in compiled for m in (i.source, i.close)])
-        self._target_fields = _looked_at([item.target for item in compiled])
-        self._either = tuple(map(max, self._source_fields, self._target_fields))
-        self._muters: dict[tuple[Seen, str, str], list[_Rule]] = {}
-        self._sources: dict[Seen, list[_Rule]] = {}
-        self._targets: dict[Seen, tuple[list[_Rule], list[tuple[str, ...]]]] = {}  # equals
-        self._windows: set[tuple[Seen, tuple[tuple[str, ...], ...]]] = set()
-
-    def sources(self, run: Run) -> list[_Rule]:
-        """The rules `run` opens or closes a window of, and the digest rules, in their order."""
-        fields = _fields(run, self._source_fields)
-        found = self._sources.get(fields)
-        if found is None:
-            found = self._sources[fields] = [
-                item
-                for item in self._of_event(run)[0]
-                if item.source is None or item.opened_by(run) or item.closed_by(run)
-            ]
-        return found
-
-    def muters(self, run: Run, match: Match) -> list[_Rule]:
-        """The rules whose targets `run` fits with `match`, but not its sources, in their
-        order: those that mute `match` while their window of `run` is open."""
-        seen = (_fields(run, self._either), match.rule, match.channel)
-        found = self._muters.get(seen)
-        if found is None:
-            fields = run_fields(run, match)
-            found = self._muters[seen] = [
-                item
-                for item in self._compiled
-                if not item.opened_by(run) and fits(item.target, fields)
-            ]
-        return found
-
-    def target_windows(self, run: Run) -> list[tuple[_Rule, str]]:
-        """The windows (rule, key) whose targets `run` fits; none already given for a run of
-        the same fields and `equal` values."""
-        fields = _fields(run, self._target_fields)
-        if fields not in self._targets:
-            items = [item for item in self._of_event(run)[1] if fits(item.target, run_fields(run))]
-            equals = list(dict.fromkeys(tuple(item.rule.equal) for item in items))
-            self._targets[fields] = items, equals
-        items, equals = self._targets[fields]
-        if not items:
-            return []
-        as_dict = run.as_dict() if any(equals) else {}
-        values = {equal: _equal_values(as_dict, equal) for equal in equals}
-        seen = (fields, tuple(values.values()))
-        if seen in self._windows:
-            return []
-        self._windows.add(seen)
-        return [
-            (item, _window_key(item.rule.name, values[tuple(item.rule.equal)])) for item in items
-        ]
-
-    def _of_event(self, run: Run) -> tuple[list[_Rule], list[_Rule]]:
-        """The rules whose sources (or closers, or pile-ups) and whose targets may fit an update
-        of `run`'s event, in their order."""
-        event = str(run.event or "")
-        if event not in self._by_event:
-            self._by_event[event] = (
-                [
-                    item
-                    for item in self._compiled
-                    if item.source is None
-                    or _names_event(item.source, event)
-                    or _names_event(item.close, event)
-                ],
-                [item for item in self._compiled if _names_event(item.target, event)],
-            )
-        return self._by_event[event]
-
-
-def _names_event(matchers: dict[str, tuple[str, ...]] | None, event: str) -> bool:
-    """Whether matchers may fit an update of `event` (those without an event matcher may)."""
-    return matchers is not None and ("event" not in matchers or event in matchers["event"])
-
-
-def _fields(run: Run, looked_at: tuple[bool, ...]) -> Seen:
-    """The fields of `run` that matchers look at (`looked_at`: of task, tags, status, event)."""
-    fields = (run.taskIdentifier, tuple(run.tags), run.status, run.event)
-    return tuple(value if wanted else None for value, wanted in zip(fields, looked_at, strict=True))
-
-
-def _looked_at(matchers: Sequence[dict[str, tuple[str, ...]] | None]) -> tuple[bool, ...]:
-    """Which of task, tags, status, event any of `matchers` looks at; the event always (the
-    rules are looked at by event first)."""
-    keys = {key for m in matchers if m is not None for key in m}
-    return "task" in keys, "tag" in keys, "status" in keys, True
-
-
-def _compiled(rule: InhibitRule) -> _Rule:
-    return _Rule(
-        rule,
-        None if rule.source_match is None else parse_matchers(rule.source_match),
-        parse_matchers(rule.target_match or {"event": "run"}),
-        None if rule.close_match is None else parse_matchers(rule.close_match),
-    )
-
-
 async def _take_sources(
     kv: KeyValue,
-    compiled: list[_Rule],
+    compiled: list[Rule],
     run: Run,
     earlier_ms: int,
     windows: _Windows,
@@ -403,7 +248,7 @@ async def _take_sources(
     """Open, extend or close the windows `run` is a new source (or closer) of; count it into
     the pile-ups of the digest rules it matches (`matched`: the names of the rules `run`
     matches). `compiled`: the rules `run` opens or closes and the digest rules
-    (_Batch.sources)."""
+    (Batch.sources)."""
     for item in compiled:
         if item.source is not None or item.closed_by(run):
             if not await windows.stale(kv, run, earlier_ms) and await _news(
@@ -418,7 +263,7 @@ async def _take_sources(
             await _count(kv, item.rule, run, windows)
 
 
-async def _open_or_close(kv: KeyValue, item: _Rule, run: Run, windows: _Windows) -> None:
+async def _open_or_close(kv: KeyValue, item: Rule, run: Run, windows: _Windows) -> None:
     """A source opens (or extends) its window until now + duration; an update matching
     `close_match` ends an open one now, so its targets go out again (a successful deployment
     after a failed one), unless it happened before the window's newest source."""
@@ -440,7 +285,7 @@ async def _open_or_close(kv: KeyValue, item: _Rule, run: Run, windows: _Windows)
 
 
 async def _keep_newest_source(
-    kv: KeyValue, item: _Rule, key: str, run: Run, windows: _Windows
+    kv: KeyValue, item: Rule, key: str, run: Run, windows: _Windows
 ) -> None:
     """Record when the newest source of window `key` happened: `run`'s time, or the newest of
     the sources that keep the window open."""
@@ -467,7 +312,7 @@ async def _opened(kv: KeyValue, key: str, windows: _Windows) -> int | None:
     return windows.opened[key]
 
 
-async def _load(kv: KeyValue, item: _Rule, key: str, windows: _Windows) -> None:
+async def _load(kv: KeyValue, item: Rule, key: str, windows: _Windows) -> None:
     """The stored window (or pile-up) of `key`, unless this call already has it."""
     if item.source is not None and key not in windows.until:
         await windows.fetch(kv, _Wants(windows={key: item.rule.name}))

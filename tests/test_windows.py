@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from relay import grouping, inhibition, silences
+from relay import grouping, inhibit_batch, silences
 from relay.channels import settings_models
 from relay.config_load import parse_config
 from relay.errors import ConfigError
@@ -496,8 +496,10 @@ async def test_a_batch_looks_at_each_inhibit_rule_once_per_kind_of_run(
 
         return call
 
-    monkeypatch.setattr(inhibition, "fits", counted("fits", silences.fits))
-    monkeypatch.setattr(inhibition, "group_labels", counted("group_labels", grouping.group_labels))
+    monkeypatch.setattr(inhibit_batch, "fits", counted("fits", silences.fits))
+    monkeypatch.setattr(
+        inhibit_batch, "group_labels", counted("group_labels", grouping.group_labels)
+    )
     r = await relay(MANY.format(url=sink.url))
     runs = [_update(f"run_{n}", f"task-{n % 4}", "FAILED", 10) for n in range(400)]
     assert (await r.post(runs))[0] == 202
@@ -528,7 +530,7 @@ async def test_runs_of_distinct_tasks_share_matchers_that_do_not_look_at_the_tas
         calls["fits"] += 1
         return silences.fits(*args)
 
-    monkeypatch.setattr(inhibition, "fits", counted)
+    monkeypatch.setattr(inhibit_batch, "fits", counted)
     r = await relay(MANY.format(url=sink.url))
     runs = [_update(f"run_{n}", f"task-{n}", "FAILED", 10) for n in range(200)]
     source = {**_update("run_src", "task-3", "COMPLETED", 9), "tags": ["deploy-7"]}
