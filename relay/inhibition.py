@@ -205,7 +205,7 @@ async def inhibitions(
     return check
 
 
-Step = tuple[Run, int, list["Rule"], Collection[str]]  # a run, earlier_ms, sources, its rules
+Step = tuple[Run, int, list[Rule], Collection[str]]  # a run, earlier_ms, sources, its rules
 
 
 def _source_wants(steps: Sequence[Step]) -> _Wants:
