@@ -238,11 +238,9 @@ class Store(Protocol):
     async def prune(self, before: float) -> int:
         """Forget finished notifications, runs, groups and silences older than `before`."""
 
-    async def run_updated_ms(self, run_id: str) -> int | None:
-        """The newest `updatedAt` (ms) stored for a run; None if unseen or it had none."""
-
     async def runs_updated_ms(self, run_ids: Collection[str]) -> dict[str, int]:
-        """run_updated_ms of many runs in one read: those stored with an `updatedAt`."""
+        """The newest `updatedAt` (ms) stored for each of these runs, in one read; a run unseen,
+        or seen without one, is left out."""
 
     async def kv_get(self, namespace: str, key: str) -> str | None:
         """Small durable state of a source or channel (a Realtime position, a Slack thread ts)."""

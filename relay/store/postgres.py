@@ -424,12 +424,6 @@ class PostgresStore:
                 removed += int(status.rsplit(" ", 1)[-1]) if i == 1 else 0
             return removed
 
-    async def run_updated_ms(self, run_id: str) -> int | None:
-        value = await self._fetchval(
-            "SELECT updated_at_ms FROM relay_runs WHERE run_id = $1", clean(run_id)
-        )
-        return None if value is None else int(value)
-
     async def runs_updated_ms(self, run_ids: Collection[str]) -> dict[str, int]:
         rows = await self._fetch(
             "SELECT run_id, updated_at_ms FROM relay_runs"

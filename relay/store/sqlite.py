@@ -385,14 +385,6 @@ class SQLiteStore:
         await self._writer.run(lambda conn: prune(conn, before))
         return removed
 
-    async def run_updated_ms(self, run_id: str) -> int | None:
-        row = await self._writer.run(
-            lambda conn: conn.execute(
-                "SELECT updated_at_ms FROM runs WHERE run_id = ?", (run_id,)
-            ).fetchone()
-        )
-        return None if row is None or row[0] is None else int(row[0])
-
     async def runs_updated_ms(self, run_ids: Collection[str]) -> dict[str, int]:
         sql = "SELECT run_id, updated_at_ms FROM runs WHERE updated_at_ms IS NOT NULL AND run_id IN"
         rows = await self._writer.run(lambda conn: _in_chunks(conn, sql, (), list(run_ids)))

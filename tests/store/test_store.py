@@ -1319,12 +1319,12 @@ async def test_tls_verify_full_trusts_ssl_cert_file(
 
 
 async def test_the_newest_update_of_a_run(store: Store) -> None:
-    assert await store.run_updated_ms("run_1") is None
+    assert await store.runs_updated_ms(["run_1"]) == {}
     await store.observe([make_run("run_1", at_s=1000)], decide, now=1.0)
     await store.observe([make_run("run_1", at_s=900)], decide, now=2.0)  # stale: ignored
-    assert await store.run_updated_ms("run_1") == 1_000_000
+    assert await store.runs_updated_ms(["run_1"]) == {"run_1": 1_000_000}
     await store.observe([make_run("run_2", updatedAt=None)], decide, now=3.0)
-    assert await store.run_updated_ms("run_2") is None
+    assert await store.runs_updated_ms(["run_1", "run_2"]) == {"run_1": 1_000_000}
 
 
 async def test_a_digest_taken_over_from_a_stopped_replica_is_sent_again_as_it_was(
