@@ -1167,6 +1167,49 @@ def test_a_store_url_with_hosts_and_ports_asyncpg_reads_passes(
         assert relay_main(["check", config]) == 0, url
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "url", "wanted"),
+    [
+        ("PGPORT", "x", "postgresql://u:pw@127.0.0.1/db", "a port is not a number"),
+        ("PGPORT", "99999", "postgresql://u:pw@h:5432/db", "a port is not a number"),
+        ("PGPORT", "5432,", "postgresql://u:pw@/db?host=h", "a port is not a number"),
+        ("PGHOST", "h1,,h2", "postgresql://u:pw@/db", "a host in the list is empty"),
+        ("PGHOST", "h:abc", "postgresql://u:pw@/db", "a port is not a number"),
+    ],
+)
+def test_a_libpq_variable_asyncpg_cannot_read_is_named_not_a_traceback(
+    variable: str,
+    value: str,
+    url: str,
+    wanted: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """asyncpg reads PGPORT whenever the URL has no `?port=` (even beside a host's own port),
+    and PGHOST when it names no host, with int(): relay check said OK, then the store's
+    commands ended in a ValueError or OverflowError traceback."""
+    monkeypatch.setenv("RELAY_STORE_URL", url)
+    monkeypatch.setenv(variable, value)
+    assert relay_main(["check", str(write(tmp_path / "c.yaml", GOOD))]) == 1
+    assert relay_main(["dlq", "list"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "pw" not in err
+    check, found, dlq, found_again = err.splitlines()
+    assert found == found_again == "1 problem found"
+    assert check == dlq and check.startswith(f"{variable}: {wanted}")
+
+
+def test_a_libpq_variable_the_url_overrides_is_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = str(write(tmp_path / "c.yaml", GOOD))
+    monkeypatch.setenv("PGPORT", "x")
+    monkeypatch.setenv("PGHOST", "h1,,h2")
+    monkeypatch.setenv("RELAY_STORE_URL", "postgresql://u@h/db?port=5432")
+    assert relay_main(["check", config]) == 0
+
+
 def test_an_empty_config_path_is_named_not_read_as_the_working_directory(tmp_path: Path) -> None:
     variable, flag = parallel(
         cli("check", env={"RELAY_CONFIG": ""}, cwd=tmp_path),
