@@ -11,6 +11,7 @@ import orjson
 from relay.model import GroupState, RunState, Silence
 from relay.store import HistoryQuery, KvWrite
 from relay.store._pg_connect import clean
+from relay.store._rows import HAND_BACK, SAME_CLAIM
 
 FIRED_SEPARATOR = "\x1f"
 Event = tuple[str, float, int, str | None, str | None]  # kind, at, attempts, reason, detail
@@ -23,18 +24,21 @@ UPDATE_PENDING = """
     INSERT INTO relay_events (notification_id, kind, at, attempts, reason, detail)
     SELECT id, $2::text, $3::float8, $4::integer, $5::text, $6::text FROM changed
 """
-REPLAY = """
+# Every dead row ($2 NULL), or the named ones with the rest of their dead digests (SAME_CLAIM).
+REPLAY = f"""
     WITH moved AS (
         UPDATE relay_outbox SET state = 'pending', attempts = 0, not_before = $1,
-            lease_until = NULL, reason = NULL, last_error = NULL, updated_at = $1
-        WHERE state = 'dead' {only}
+            lease_until = {HAND_BACK}, reason = NULL, last_error = NULL, updated_at = $1
+        WHERE state = 'dead' AND ($2::text[] IS NULL OR id = ANY($2::text[]) OR
+            ({SAME_CLAIM}) IN (SELECT {SAME_CLAIM} FROM relay_outbox WHERE state = 'dead'
+            AND lease_until IS NOT NULL AND id = ANY($2::text[])))
         RETURNING id
     ), logged AS (
         INSERT INTO relay_events (notification_id, kind, at, attempts)
         SELECT id, 'replayed', $1, 0 FROM moved
     )
     SELECT id FROM moved
-"""
+"""  # noqa: S608
 # the recoveries of replayed alerts follow them again (relay.store.recoveries_of)
 REPLAY_RECOVERIES = """
     WITH moved AS (

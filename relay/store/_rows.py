@@ -58,6 +58,11 @@ HAND_BACK = "CASE WHEN group_key IS NULL THEN NULL ELSE -ABS(lease_until) END"
 # The unfinished claim a group's claim sends again: of its due rows with a lease (handed back,
 # or taken from a dead holder), the claim that sorts first; rows match it by these columns.
 HELD_ORDER = "ABS(lease_until), lease_holder"
+# A digest gone dead keeps that mark too, and its replay keeps it: the digest goes again alone,
+# with its runs and so its id, not merged with another dead digest of its group replayed with
+# it nor with runs due meanwhile. A replay naming one of its rows brings back the others (the
+# dead rows of the same claim: SAME_CLAIM). Older relays read the mark as no lease.
+SAME_CLAIM = "group_key, lease_until, lease_holder"
 
 
 def lease_end(ttl_s: float, now: float) -> float:

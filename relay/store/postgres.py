@@ -302,8 +302,8 @@ class PostgresStore:
         self, notification_id: str, *, now: float, attempts: int, reason: str, error: str
     ) -> None:
         await self._update(
-            "state = 'dead', attempts = $4, reason = $5, last_error = $6, lease_until = NULL,"
-            " updated_at = $3",
+            "state = 'dead', attempts = $4, reason = $5, last_error = $6,"
+            f" lease_until = {HAND_BACK}, updated_at = $3",
             notification_id,
             ("dead", now, attempts, reason, error),
         )
@@ -328,11 +328,9 @@ class PostgresStore:
         return [to_notification(row) for row in rows]
 
     async def replay(self, ids: Sequence[str] | None, now: float) -> int:
-        only, args = (
-            ("", ()) if ids is None else ("AND id = ANY($2::text[])", ([*map(clean, ids)],))
-        )
+        named = None if ids is None else [*map(clean, ids)]
         async with self._conn() as conn, conn.transaction():
-            moved = [row["id"] for row in await conn.fetch(REPLAY.format(only=only), now, *args)]
+            moved = [row["id"] for row in await conn.fetch(REPLAY, now, named)]
             await conn.execute(REPLAY_RECOVERIES, now, recoveries_of(moved))
         return len(moved)
 

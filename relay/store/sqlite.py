@@ -30,7 +30,7 @@ from relay.store import (
     recoveries_of,
 )
 from relay.store import _sqlite_outbox as outbox
-from relay.store._rows import HAND_BACK, lease_end, to_notification, to_silence
+from relay.store._rows import HAND_BACK, SAME_CLAIM, lease_end, to_notification, to_silence
 from relay.store._sqlite_connect import BUSY_TIMEOUT_MS, connect, connect_reader, identity
 from relay.store._sqlite_history import event_rows, history_rows
 from relay.store._sqlite_lock import WriteLock
@@ -63,6 +63,15 @@ _POSTPONE = f"""
 # A restart's claims go back as a stop's do (HAND_BACK): a digest cut short goes again as it was.
 _RELEASE = f"""
     UPDATE outbox SET lease_until = {HAND_BACK} WHERE state = 'pending' AND lease_until > 0
+"""  # noqa: S608
+# Every dead row (ids NULL), or the named ones with the rest of their dead digests (SAME_CLAIM).
+_REPLAY = f"""
+    UPDATE outbox SET state = 'pending', attempts = 0, not_before = :now,
+        lease_until = {HAND_BACK}, reason = NULL, last_error = NULL, updated_at = :now
+    WHERE state = 'dead' AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)) OR
+        ({SAME_CLAIM}) IN (SELECT {SAME_CLAIM} FROM outbox WHERE state = 'dead'
+        AND lease_until IS NOT NULL AND id IN (SELECT value FROM json_each(:ids))))
+    RETURNING id
 """  # noqa: S608
 _USAGE = "use sqlite:///relative/path.db or sqlite:////absolute/path.db"
 
@@ -208,8 +217,8 @@ class SQLiteStore:
         self, notification_id: str, *, now: float, attempts: int, reason: str, error: str
     ) -> None:
         await self._update(
-            "state = 'dead', attempts = ?, reason = ?, last_error = ?, lease_until = NULL,"
-            " updated_at = ?",
+            "state = 'dead', attempts = ?, reason = ?, last_error = ?,"
+            f" lease_until = {HAND_BACK}, updated_at = ?",
             (attempts, reason, error, now),
             notification_id,
             ("dead", now, attempts, reason, error),
@@ -225,20 +234,10 @@ class SQLiteStore:
         return [to_notification(row) for row in rows]
 
     async def replay(self, ids: Sequence[str] | None, now: float) -> int:
-        sql = """
-            UPDATE outbox SET state = 'pending', attempts = 0, not_before = ?, lease_until = NULL,
-                reason = NULL, last_error = NULL, updated_at = ?
-            WHERE state = 'dead'
-        """
-        if ids is None:
-            params: tuple[object, ...] = (now, now)
-        else:
-            sql += " AND id IN (SELECT value FROM json_each(?))"
-            params = (now, now, orjson.dumps(list(ids)).decode())
-        sql += " RETURNING id"
+        named = None if ids is None else orjson.dumps(list(ids)).decode()
 
         def replay(conn: sqlite3.Connection) -> int:
-            moved = [row[0] for row in conn.execute(sql, params).fetchall()]
+            moved = [row[0] for row in conn.execute(_REPLAY, {"now": now, "ids": named}).fetchall()]
             for ident in moved:
                 add_event(conn, ident, ("replayed", now, 0, None, None))
             outbox.requeue_recoveries(conn, recoveries_of(moved), now)

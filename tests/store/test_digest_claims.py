@@ -68,3 +68,37 @@ async def test_a_digest_given_back_unsent_goes_again_as_it_was(engine: Engine, h
         ]
     finally:
         await store.close()
+
+
+async def _dead(store: Store, rows: list[Notification]) -> None:
+    for row in rows:
+        await store.mark_dead(row.id, now=1000.0, attempts=1, reason="client_error", error="400")
+
+
+@pytest.mark.parametrize("replay", ["all", "by id"])
+async def test_a_replayed_dead_digest_goes_again_as_it_was(engine: Engine, replay: str) -> None:
+    """Two dead digests of one group replayed together, while a newer run of the group is due:
+    each goes again alone with its runs (so its id), the newer run in a digest of its own. A
+    replay naming one row of a dead digest brings back the digest, not that row alone."""
+    store = engine.make()
+    await store.open()
+    try:
+        first = {await _observe(store, "run_1", 0.0), await _observe(store, "run_2", 10.0)}
+        sent = await store.claim("d", now=30.0, limit=10, lease_s=LEASE_S)
+        await _dead(store, sent)
+        second = {await _observe(store, "run_3", 31.0), await _observe(store, "run_4", 32.0)}
+        also = await store.claim("d", now=331.0, limit=10, lease_s=LEASE_S)
+        await _dead(store, also)
+        assert ({n.id for n in sent}, {n.id for n in also}) == (first, second)
+        later = await _observe(store, "run_5", 340.0)
+
+        named = None if replay == "all" else [min(first), max(second)]
+        assert await store.replay(named, 2000.0) == 4
+        claims = [await store.claim("d", now=2000.0, limit=10, lease_s=LEASE_S) for _ in range(3)]
+        assert [digest_id([n.id for n in c]) for c in claims] == [
+            digest_id(sorted(first)),
+            digest_id(sorted(second)),
+            digest_id([later]),
+        ]
+    finally:
+        await store.close()
