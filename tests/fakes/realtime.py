@@ -7,7 +7,9 @@ TRIGGER.md §2.3-2.4). A request is answered by, in order:
 1. `refuse` (a status for every request, e.g. 401 for a bad key) or the next scripted `faults`
    entry (429, 500, ... one per request): `(status, headers)` answers with a JSON error,
    `(status, headers, body)` with exactly those bytes (an empty body, an HTML page, cut JSON),
-   and `(status, headers, CUT)` starts a body it never finishes (the connection closes);
+   `(status, headers, CUT)` starts a body it never finishes (the connection closes), and
+   `(status, headers, SLOW)` answers as 2.-6. would, but only after `slow_s` (past a client's
+   timeout: a client gone by then consumes nothing);
 2. the next scripted exchange, when it is released and its request matches on offset, handle
    and live — then it happened: its changes are merged into the shape's rows;
 3. offset -1 (a new client, a restart, a refetch): a snapshot of the rows as they are now, every
@@ -54,6 +56,7 @@ SESSION = FIXTURES / "electric" / "session_tag_feed.json"
 RAW_ROWS = FIXTURES / "realtime-run" / "raw-row"
 UP_TO_DATE = {"headers": {"control": "up-to-date"}}
 CUT = object()  # a scripted fault's body: headers and a start, then the connection closes
+SLOW = object()  # a scripted fault's body: the usual answer, after `slow_s`
 ELECTRIC_VERSION_HEADER = "x-trigger-electric-version"
 API_VERSION_HEADER = "x-trigger-api-version"
 LEGACY_NAMES = {
@@ -242,6 +245,7 @@ class FakeRealtime:
     exchanges: list[Exchange]
     native: bool = False
     live_hold_s: float = 0.3
+    slow_s: float = 1.0
     url: str = ""
     requests: list[Seen] = field(default_factory=list)
     faults: list[tuple[Any, ...]] = field(default_factory=list)
@@ -310,6 +314,11 @@ class FakeRealtime:
         body: Any = None,
     ) -> web.StreamResponse:
         seen.answer = f"fault {status}"
+        if body is SLOW:
+            await asyncio.sleep(self.slow_s)
+            late = _proxied(request, await self._answer(seen, request))
+            seen.answer = f"slow {seen.answer}"
+            return late
         if body is None:
             return _json(status, headers, {"error": "scripted failure"})
         if body is not CUT:
