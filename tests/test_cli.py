@@ -1175,6 +1175,8 @@ def test_a_store_url_with_hosts_and_ports_asyncpg_reads_passes(
         ("PGPORT", "5432,", "postgresql://u:pw@/db?host=h", "a port is not a number"),
         ("PGHOST", "h1,,h2", "postgresql://u:pw@/db", "a host in the list is empty"),
         ("PGHOST", "h:abc", "postgresql://u:pw@/db", "a port is not a number"),
+        # asyncpg parses the URL's hosts, reading PGPORT, before it reads ?port=
+        ("PGPORT", "x", "postgresql://u:pw@h/db?port=5432", "a port is not a number"),
     ],
 )
 def test_a_libpq_variable_asyncpg_cannot_read_is_named_not_a_traceback(
@@ -1186,8 +1188,8 @@ def test_a_libpq_variable_asyncpg_cannot_read_is_named_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """asyncpg reads PGPORT whenever the URL has no `?port=` (even beside a host's own port),
-    and PGHOST when it names no host, with int(): relay check said OK, then the store's
+    """asyncpg reads PGPORT whenever the URL has hosts (even with their own ports or `?port=`)
+    or no `?port=`, and PGHOST when it names no host, with int(): relay check said OK, then the store's
     commands ended in a ValueError or OverflowError traceback."""
     monkeypatch.setenv("RELAY_STORE_URL", url)
     monkeypatch.setenv(variable, value)
@@ -1206,7 +1208,11 @@ def test_a_libpq_variable_the_url_overrides_is_not_read(
     config = str(write(tmp_path / "c.yaml", GOOD))
     monkeypatch.setenv("PGPORT", "x")
     monkeypatch.setenv("PGHOST", "h1,,h2")
-    monkeypatch.setenv("RELAY_STORE_URL", "postgresql://u@h/db?port=5432")
+    monkeypatch.setenv("RELAY_STORE_URL", "postgresql://u@/db?host=h&port=5432")
+    assert relay_main(["check", config]) == 0
+    monkeypatch.setenv("RELAY_STORE_URL", "postgresql://u@:5432/db")  # a host "" in the URL
+    assert relay_main(["check", config]) == 1  # PGPORT, not PGHOST
+    monkeypatch.setenv("PGPORT", "5432")
     assert relay_main(["check", config]) == 0
 
 

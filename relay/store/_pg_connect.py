@@ -140,7 +140,7 @@ def check_url(url: str) -> None:
         raise _url_error(f"sslmode must be one of {', '.join(_SSL_MODES)}")
     if params.get("sslrootcert") == _SYSTEM and mode not in (None, "verify-full"):
         raise _url_error("sslrootcert=system needs sslmode=verify-full (or no sslmode)")
-    _check_environment(parts.hostname, params)
+    _check_environment(parts.netloc.rpartition("@")[2], params)
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key in _UNSUPPORTED and value not in _UNSUPPORTED[key]:
             raise _url_error(
@@ -150,14 +150,17 @@ def check_url(url: str) -> None:
             raise _url_error("connect_timeout is a whole number of seconds")
 
 
-def _check_environment(url_host: str | None, params: dict[str, str]) -> None:
+def _check_environment(url_hosts: str, params: dict[str, str]) -> None:
     """libpq's PGPORT and PGHOST, which asyncpg reads when the URL leaves them out, with a value
-    it would end in a traceback over (ValueError, OverflowError) after relay check said OK."""
+    it would end in a traceback over (ValueError, OverflowError) after relay check said OK.
+    asyncpg reads the hosts before the query, so PGPORT beside hosts in the URL, even with
+    `?port=`; PGHOST when the URL names no host."""
     ports = os.environ.get("PGPORT")
-    if ports and "port" not in params and not all(map(_port_valid, ports.split(","))):
+    read = url_hosts or "port" not in params
+    if ports and read and not all(map(_port_valid, ports.split(","))):
         raise ConfigError([Problem("", "PGPORT", f"{_BAD_PORT} (libpq's variable)")])
     hosts = os.environ.get("PGHOST")
-    if hosts and not url_host and "host" not in params and (problem := _hosts_problem(hosts)):
+    if hosts and not url_hosts and "host" not in params and (problem := _hosts_problem(hosts)):
         raise ConfigError([Problem("", "PGHOST", f"{problem} (libpq's variable)")])
 
 
