@@ -234,7 +234,8 @@ class SQLiteStore:
         return [to_notification(row) for row in rows]
 
     async def replay(self, ids: Sequence[str] | None, now: float) -> int:
-        named = None if ids is None else orjson.dumps(list(ids)).decode()
+        # json_each ends a text at a NUL (`ntf_x\0y` would name ntf_x); relay's ids hold none
+        named = None if ids is None else orjson.dumps([i for i in ids if "\x00" not in i]).decode()
 
         def replay(conn: sqlite3.Connection) -> int:
             moved = [row[0] for row in conn.execute(_REPLAY, {"now": now, "ids": named}).fetchall()]

@@ -102,3 +102,16 @@ async def test_a_replayed_dead_digest_goes_again_as_it_was(engine: Engine, repla
         ]
     finally:
         await store.close()
+
+
+async def test_a_replay_naming_an_id_with_a_nul_moves_nothing(engine: Engine) -> None:
+    """SQLite's json_each ends a text at a NUL: `ntf_x\\0y` named ntf_x, and its dead digest."""
+    store = engine.make()
+    await store.open()
+    try:
+        first = {await _observe(store, "run_1", 0.0), await _observe(store, "run_2", 10.0)}
+        await _dead(store, await store.claim("d", now=30.0, limit=10, lease_s=LEASE_S))
+        assert await store.replay([f"{min(first)}\x00y"], 2000.0) == 0
+        assert {n.id for n in await store.dead_letters()} == first
+    finally:
+        await store.close()
