@@ -46,7 +46,7 @@ from relay.silences import RELOAD_S, SilenceCache
 from relay.sources._wire import JsonErrorRunner, raise_descriptor_limit
 from relay.sources.http import HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource, forget_removed_feeds
-from relay.store import Store, open_store
+from relay.store import HistoryQuery, Store, open_store
 from relay.workers import (
     REFUSE_EMPTY_FLAG,
     Outcome,
@@ -67,6 +67,7 @@ WATCH_EVERY_S = 1.0
 # or `cat >` writes in place, truncating first, and a poll between the truncation and the write
 # loaded an empty or half config (no rules: the updates meanwhile alerted nobody, ever).
 SETTLE_S = 0.2
+OWED_COUNTED = 1000  # pending rows of a removed channel counted for its log line, at most
 SETTLE_TRIES = 10  # no longer for a file whose mtime stays ahead of the clock (skewed NFS)
 # A connection gets this long for a complete request head, and is closed after this long idle
 # (aiohttp's keepalive_timeout; its default of an hour lets a slowloris hold sockets forever).
@@ -422,7 +423,9 @@ class Service:
                 return False
             if compiled.loaded.config.templates.dir != self.config.templates.dir:
                 self._fingerprint = config_fingerprint(compiled)  # watch the new directory
+            removed = set(self.config.channels) - set(compiled.loaded.config.channels)
             await self._swap(compiled)
+            await owed_to_removed(self.store, removed)
             self._zero_metrics()
             self.metrics.config_reloads.labels(result="success").inc()
             self.metrics.config_reload_time.set(time.time())
@@ -549,6 +552,23 @@ class Service:
         with contextlib.suppress(StoreUnavailable):
             await self.store.close()
         log.info("stopped")
+
+
+async def owed_to_removed(store: Store, channels: set[str]) -> None:
+    """Say, for each channel a reload removed, how many notifications it still owes: they stay
+    pending until a channel of that name returns, and otherwise only the outbox gauges grew
+    (RelayOldestPendingOld fired half an hour later, with no word of the reload)."""
+    for channel in sorted(channels):
+        query = HistoryQuery(channel=channel, state="pending", limit=OWED_COUNTED)
+        try:
+            pending = len(await store.history(query))
+        except StoreUnavailable:
+            return
+        if pending:
+            log.warning(
+                "a removed channel's notifications stay pending until it returns",
+                extra={"channel": channel, "pending": pending},
+            )
 
 
 def _waiting(exc: StoreUnavailable, delay: float) -> dict[str, object]:

@@ -574,3 +574,49 @@ async def test_a_reload_that_makes_a_rule_match_another_event_keeps_a_waiting_ru
         after,
     )
     assert bodies == [{"v": "run"}, {"v": "run"}]
+
+
+TWO_CHANNELS = """\
+defaults:
+  retry: {{min_backoff: 100ms, max_backoff: 200ms}}
+channels:
+{channels}
+rules:
+  - name: failures
+    match: {{status: [failure]}}
+    notify: [{notify}]
+"""
+
+
+async def test_a_reload_that_removes_a_channel_says_what_it_still_owes(
+    relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A channel removed while its notification is being retried: the notification stays
+    pending (README "Reload"), and the reload now says so in a log line with the channel and
+    the count (only the outbox gauges showed it, an alert half an hour later). Once the channel
+    returns, the notification goes with the id it had."""
+    sink.default = status(503)
+    hook = f'  hook: {{type: webhook, url: "{sink.url}/hook"}}'
+    other = f'  other: {{type: webhook, url: "{sink.url}/other"}}'
+    both = "\n".join([hook, other])
+    r = await relay(TWO_CHANNELS.format(channels=both, notify="hook"))
+    path = Path(r.service.compiled.loaded.source.filename)
+    assert (await r.post(run_with("FAILED", "run_owed")))[0] == 202
+    first = (await sink.wait_for(1))[0]
+    path.write_text(TWO_CHANNELS.format(channels=other, notify="other"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="relay"):
+        assert await r.service.reload("SIGHUP") is True
+    owed = [rec for rec in caplog.records if rec.msg.startswith("a removed channel's")]
+    assert [(rec.channel, rec.pending) for rec in owed] == [("hook", 1)]  # type: ignore[attr-defined]
+    sink.default = None
+    path.write_text(TWO_CHANNELS.format(channels=both, notify="hook"))
+    assert await r.service.reload("SIGHUP") is True
+    for _ in range(600):
+        async with r.http.get(r.url + "/v1/notifications", params={"run_id": "run_owed"}) as resp:
+            (row,) = (await resp.json())["notifications"]
+        if row["state"] != "pending":
+            break
+        await asyncio.sleep(0.05)
+    assert row["state"] == "sent"
+    assert sink.received[-1].headers["webhook-id"] == first.headers["webhook-id"] == row["id"]
