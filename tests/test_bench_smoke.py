@@ -38,9 +38,8 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.wait(5)
 
 
-@pytest.fixture(scope="module")
-def rows(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    out = tmp_path_factory.mktemp("bench") / "rows.json"
+def _run_quick(tmp_path: Path) -> list[dict[str, Any]]:
+    out = tmp_path / "rows.json"
     argv = [sys.executable, str(RUN_ALL), "--quick", "--no-install", "--json-out", str(out)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     proc = subprocess.Popen(
@@ -67,14 +66,21 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
-def test_scenario_produces_numbers(rows: list[dict[str, Any]], scenario: str) -> None:
-    mine = [r for r in rows if r["scenario"] == scenario]
-    assert mine, f"no summary row for {scenario}"
-    for row in mine:
-        assert _finite(row["value"]), row
-        if "skipped" in row["baseline_name"]:
-            assert row["baseline"] is None and row["ratio"] is None, row
-        else:
-            assert _finite(row["baseline"]) and _finite(row["ratio"]), row
-        assert row["met"] in (True, False, None), row
+def test_every_scenario_produces_numbers(tmp_path: Path) -> None:
+    """One test, so that run_all runs once: parametrized, pytest-xdist ran its module fixture
+    once in each process that got a scenario, 20 s of the suite twice."""
+    rows = _run_quick(tmp_path)
+    for scenario in SCENARIOS:
+        mine = [r for r in rows if r["scenario"] == scenario]
+        assert mine, f"no summary row for {scenario}"
+        for row in mine:
+            _check_row(row)
+
+
+def _check_row(row: dict[str, Any]) -> None:
+    assert _finite(row["value"]), row
+    if "skipped" in row["baseline_name"]:
+        assert row["baseline"] is None and row["ratio"] is None, row
+    else:
+        assert _finite(row["baseline"]) and _finite(row["ratio"]), row
+    assert row["met"] in (True, False, None), row
