@@ -750,6 +750,8 @@ def test_dockerfile_passes_hadolint() -> None:
 needs_wheel = pytest.mark.skipif(
     os.environ.get("RELAY_SKIP_WHEEL_TEST") == "1", reason="RELAY_SKIP_WHEEL_TEST=1"
 )
+# The tests of the built wheel share one build (8 s): .ci/run keeps them in one test process.
+ONE_BUILD = pytest.mark.xdist_group("wheel")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -813,6 +815,7 @@ def venv(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @needs_wheel
+@ONE_BUILD
 def test_wheel_ships_the_templates(wheel: Path, venv: Path, tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {
@@ -896,6 +899,7 @@ def test_the_healthcheck_probes_the_address_relay_listens_on(host: str, listen: 
 
 
 @needs_wheel
+@ONE_BUILD
 def test_image_command_serves_and_passes_its_healthcheck(venv: Path, tmp_path: Path) -> None:
     probe = healthcheck_command(stages()[-1])
     probe[0] = str(venv / "bin" / probe[0])
