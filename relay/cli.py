@@ -242,7 +242,8 @@ def _compiled(args: argparse.Namespace, settings: Settings) -> Compiled:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.service import refuse_empty, serve  # noqa: PLC0415
+    from relay.reloading import refuse_empty  # noqa: PLC0415
+    from relay.service import serve  # noqa: PLC0415
 
     workers = settings.workers if args.workers is None else args.workers
     if not 0 <= workers <= MAX_WORKERS:

@@ -13,7 +13,6 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -24,11 +23,8 @@ from relay.channels._http import HttpClient
 from relay.config import Config, RetryPolicy, ServerConfig
 from relay.configure import (
     Compiled,
-    compile_config,
-    config_fingerprint,
     config_hash,
     dashboard_link,
-    load,
     route_for,
 )
 from relay.delivery import Delivery, Reservation
@@ -41,12 +37,13 @@ from relay.metrics import Metrics
 from relay.model import Notification
 from relay.outbox_reading import OutboxReading
 from relay.policy import backoff_s
+from relay.reloading import ConfigReloads
 from relay.settings import Settings
 from relay.silences import RELOAD_S, SilenceCache
 from relay.sources._wire import JsonErrorRunner, raise_descriptor_limit
 from relay.sources.http import HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource, forget_removed_feeds
-from relay.store import HistoryQuery, Store, open_store
+from relay.store import Store, open_store
 from relay.workers import (
     REFUSE_EMPTY_FLAG,
     Outcome,
@@ -62,13 +59,6 @@ from relay.workers import (
 log = logging.getLogger("relay")
 SHUTDOWN_GRACE_S = 10.0
 PRUNE_EVERY_S = 600.0
-WATCH_EVERY_S = 1.0
-# A changed file must stay unchanged this long before it is loaded: an editor (nano, VS Code)
-# or `cat >` writes in place, truncating first, and a poll between the truncation and the write
-# loaded an empty or half config (no rules: the updates meanwhile alerted nobody, ever).
-SETTLE_S = 0.2
-OWED_COUNTED = 1000  # pending rows of a removed channel counted for its log line, at most
-SETTLE_TRIES = 10  # no longer for a file whose mtime stays ahead of the clock (skewed NFS)
 # A connection gets this long for a complete request head, and is closed after this long idle
 # (aiohttp's keepalive_timeout; its default of an hour lets a slowloris hold sockets forever).
 HTTP_IDLE_TIMEOUT_S = 60.0
@@ -113,10 +103,8 @@ class Service:
         self._stop = asyncio.Event()
         self._stop_signals = 0  # SIGTERM/SIGINT received
         self._tasks: list[asyncio.Task[Any]] = []
-        self._reloading = asyncio.Lock()
-        self._watching = asyncio.Lock()  # one look at the files at a time
         self._draining: set[asyncio.Task[None]] = set()  # deliveries a reload replaced
-        self._fingerprint = config_fingerprint(compiled)  # what the running config was read from
+        self.reloads = ConfigReloads(self)
 
     @property
     def config(self) -> Config:
@@ -125,7 +113,7 @@ class Service:
     async def start(self) -> tuple[str, int]:
         """Open the store, start delivery and intake. A reload (SIGHUP) meanwhile waits: it
         started a second delivery that nothing stopped."""
-        async with self._reloading:
+        async with self.reloads.lock:
             return await self._start()
 
     async def _start(self) -> tuple[str, int]:
@@ -163,7 +151,7 @@ class Service:
         self.metrics.config_reload_time.set(time.time())
         self._tasks += [
             asyncio.create_task(self._prune_forever(), name="retention"),
-            asyncio.create_task(self._watch_config(), name="config-watch"),
+            asyncio.create_task(self.reloads.watch(), name="config-watch"),
         ]
         if os.getpid() == 1:  # a container's init: the orphans of `docker exec` are ours
             own = self.pool.known_pids if self.pool is not None else list
@@ -396,58 +384,13 @@ class Service:
             await asyncio.sleep(PRUNE_EVERY_S)
 
     async def reload(self, trigger: str) -> bool:
-        """Load and check the config again; swap it in only if it is valid."""
-        async with self._reloading:
-            if self._stop.is_set():  # shutting down: a new delivery would outlive the drain
-                log.info("config reload skipped: shutting down", extra={"trigger": trigger})
-                return False
-            loaded = self.compiled.loaded  # the built-in default: ./config.yaml may exist now
-            path = None if loaded.builtin else Path(loaded.source.filename)
-            await self._settled()
-            self._fingerprint = config_fingerprint(self.compiled)
-            try:
-                # off the event loop: 2,000 rules take about 2 s to read and compile, and
-                # intake, /healthz and delivery went without an answer meanwhile
-                compiled = await asyncio.to_thread(_compile, self.settings, path)
-                _refuse_emptied(self.compiled, compiled)
-            except ConfigError as exc:
-                self.metrics.config_reloads.labels(result="failure").inc()
-                problems = [str(p) for p in exc.problems]
-                log.error(
-                    "config reload refused; the running config is kept",
-                    extra={"trigger": trigger, "problems": problems},
-                )
-                return False
-            if self._stop.is_set():  # SIGTERM while the file was read: keep what is running
-                log.info("config reload skipped: shutting down", extra={"trigger": trigger})
-                return False
-            if compiled.loaded.config.templates.dir != self.config.templates.dir:
-                self._fingerprint = config_fingerprint(compiled)  # watch the new directory
-            removed = set(self.config.channels) - set(compiled.loaded.config.channels)
-            await self._swap(compiled)
-            await owed_to_removed(self.store, removed)
-            self._zero_metrics()
-            self.metrics.config_reloads.labels(result="success").inc()
-            self.metrics.config_reload_time.set(time.time())
-            log.info("config reloaded", extra={"trigger": trigger, "rules": len(self.config.rules)})
-            for warning in compiled.warnings:  # what `relay check` warns of, as at the start
-                log.warning(warning)
-            return True
+        """Load and check the config again; swap it in only if it is valid (relay.reloading)."""
+        return await self.reloads.reload(trigger)
 
-    async def _settled(self) -> None:
-        """Wait until the files the config is read from have stood still for SETTLE_S, as the
-        watcher does. A SIGHUP sent while the file was rewritten in place (an editor, `cat >`,
-        an inotify-driven reloader woken by the truncation), or a reload that waited for the one
-        before it while the next write began, read half a file; cut after `channels:` it loads
-        with no rules, and the runs accepted until the next reload alerted nobody."""
-        for _ in range(SETTLE_TRIES):
-            changed_ns = max(entry[2] for entry in config_fingerprint(self.compiled))
-            still_s = time.time() - changed_ns / 1e9
-            if still_s >= SETTLE_S:
-                return
-            await asyncio.sleep(SETTLE_S - max(still_s, 0.0))
+    async def reload_if_changed(self) -> bool | None:
+        return await self.reloads.reload_if_changed()
 
-    async def _swap(self, compiled: Compiled) -> None:
+    async def swap(self, compiled: Compiled) -> None:
         """New rules and channels take over; the old delivery finishes what it holds."""
         old_delivery, old_sources = self.delivery, self.config.sources
         SCRUB.set([*self.compiled.loaded.secrets(), *compiled.loaded.secrets()])
@@ -468,28 +411,7 @@ class Service:
                 await self.realtime.stop()
                 self.realtime = None
             self._start_realtime()
-
-    async def _watch_config(self) -> None:
-        """Reload when the config file or a template changes (polled: works on every volume;
-        running the built-in default, from the SIGHUP that loads ./config.yaml on)."""
-        while True:
-            await asyncio.sleep(WATCH_EVERY_S)
-            await self.reload_if_changed()
-
-    async def reload_if_changed(self) -> bool | None:
-        """Reload when a file the running config was read from changed and then stayed as it
-        is for SETTLE_S; None when none did, or one is still being written."""
-        async with self._watching:
-            seen = config_fingerprint(self.compiled)
-            if seen == self._fingerprint:
-                return None
-            await asyncio.sleep(SETTLE_S)
-            now = config_fingerprint(self.compiled)
-            if now != seen:
-                return None  # still being written: the next poll looks again
-            if now == self._fingerprint:
-                return None  # a SIGHUP meanwhile loaded it
-            return await self.reload("file change")
+        self._zero_metrics()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -554,47 +476,8 @@ class Service:
         log.info("stopped")
 
 
-async def owed_to_removed(store: Store, channels: set[str]) -> None:
-    """Say, for each channel a reload removed, how many notifications it still owes: they stay
-    pending until a channel of that name returns, and otherwise only the outbox gauges grew
-    (RelayOldestPendingOld fired half an hour later, with no word of the reload)."""
-    for channel in sorted(channels):
-        query = HistoryQuery(channel=channel, state="pending", limit=OWED_COUNTED)
-        try:
-            pending = len(await store.history(query))
-        except StoreUnavailable:
-            return
-        if pending:
-            log.warning(
-                "a removed channel's notifications stay pending until it returns",
-                extra={"channel": channel, "pending": pending},
-            )
-
-
 def _waiting(exc: StoreUnavailable, delay: float) -> dict[str, object]:
     return {"error": str(exc), "retry_in_s": delay}
-
-
-def _compile(settings: Settings, path: Path | None) -> Compiled:
-    """Read and compile the config file (in a thread: it touches nothing the service runs)."""
-    return compile_config(load(settings, path))
-
-
-def _refuse_emptied(running: Compiled, new: Compiled) -> None:
-    """An emptied config file (a truncated write, a botched edit) loads as every default: no
-    rules, no channels, no auth_token (intake open). A reload refuses it, as Alertmanager
-    refuses a config without a route; relay started on an empty file keeps taking one."""
-    if running.loaded.source.data:
-        refuse_empty(new)
-
-
-def refuse_empty(compiled: Compiled) -> None:
-    """Raise ConfigError if the config file was empty. Also a delivery worker's start, when its
-    parent runs a config that was not: it would deliver none of its channels."""
-    if compiled.loaded.source.data:
-        return
-    message = "the config file is empty (to run without rules, write `rules: []`)"
-    raise ConfigError([Problem(compiled.loaded.source.filename, "", message)])
 
 
 def _os_reason(exc: OSError) -> str:

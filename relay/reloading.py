@@ -1,0 +1,177 @@
+"""Reloading `relay serve`'s config: on SIGHUP, or when its file or a template changed and then
+stood still; only a valid new config is swapped in, and the running one is kept otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Protocol
+
+from relay.configure import Compiled, compile_config, config_fingerprint, load
+from relay.errors import ConfigError, Problem, StoreUnavailable
+from relay.metrics import Metrics
+from relay.settings import Settings
+from relay.store import HistoryQuery, Store
+
+log = logging.getLogger("relay")
+WATCH_EVERY_S = 1.0
+# A changed file must stay unchanged this long before it is loaded: an editor (nano, VS Code)
+# or `cat >` writes in place, truncating first, and a poll between the truncation and the write
+# loaded an empty or half config (no rules: the updates meanwhile alerted nobody, ever).
+SETTLE_S = 0.2
+SETTLE_TRIES = 10  # no longer for a file whose mtime stays ahead of the clock (skewed NFS)
+OWED_COUNTED = 1000  # pending rows of a removed channel counted for its log line, at most
+
+
+class Reloadable(Protocol):
+    """What a reload reads and swaps: the service."""
+
+    settings: Settings
+    compiled: Compiled
+    metrics: Metrics
+    store: Store
+
+    @property
+    def stopping(self) -> bool: ...
+
+    async def swap(self, compiled: Compiled) -> None:
+        """New rules and channels take over (the running config's metrics at 0 included)."""
+
+
+class ConfigReloads:
+    """One reload at a time (`lock`, which the service's start holds too), and the file watch."""
+
+    def __init__(self, service: Reloadable) -> None:
+        self.service = service
+        self.lock = asyncio.Lock()
+        self._watching = asyncio.Lock()  # one look at the files at a time
+        # what the running config was read from
+        self._fingerprint = config_fingerprint(service.compiled)
+
+    async def reload(self, trigger: str) -> bool:
+        """Load and check the config again; swap it in only if it is valid."""
+        async with self.lock:
+            if self._skipped(trigger):  # shutting down: a new delivery would outlive the drain
+                return False
+            running = self.service.compiled  # the built-in default: ./config.yaml may exist now
+            path = None if running.loaded.builtin else Path(running.loaded.source.filename)
+            await self._settled()
+            self._fingerprint = config_fingerprint(running)
+            compiled = await self._read(trigger, path)
+            if compiled is None or self._skipped(trigger):  # SIGTERM while the file was read
+                return False
+            if compiled.loaded.config.templates.dir != running.loaded.config.templates.dir:
+                self._fingerprint = config_fingerprint(compiled)  # watch the new directory
+            await self._swap(trigger, compiled)
+            return True
+
+    def _skipped(self, trigger: str) -> bool:
+        if self.service.stopping:
+            log.info("config reload skipped: shutting down", extra={"trigger": trigger})
+        return self.service.stopping
+
+    async def _read(self, trigger: str, path: Path | None) -> Compiled | None:
+        """The new config, or None (counted and logged) if it is refused."""
+        try:
+            # off the event loop: 2,000 rules take about 2 s to read and compile, and
+            # intake, /healthz and delivery went without an answer meanwhile
+            compiled = await asyncio.to_thread(_compile, self.service.settings, path)
+            _refuse_emptied(self.service.compiled, compiled)
+        except ConfigError as exc:
+            self.service.metrics.config_reloads.labels(result="failure").inc()
+            problems = [str(p) for p in exc.problems]
+            log.error(
+                "config reload refused; the running config is kept",
+                extra={"trigger": trigger, "problems": problems},
+            )
+            return None
+        return compiled
+
+    async def _swap(self, trigger: str, compiled: Compiled) -> None:
+        channels = self.service.compiled.loaded.config.channels
+        removed = set(channels) - set(compiled.loaded.config.channels)
+        await self.service.swap(compiled)
+        await owed_to_removed(self.service.store, removed)
+        metrics = self.service.metrics
+        metrics.config_reloads.labels(result="success").inc()
+        metrics.config_reload_time.set(time.time())
+        rules = len(compiled.loaded.config.rules)
+        log.info("config reloaded", extra={"trigger": trigger, "rules": rules})
+        for warning in compiled.warnings:  # what `relay check` warns of, as at the start
+            log.warning(warning)
+
+    async def _settled(self) -> None:
+        """Wait until the files the config is read from have stood still for SETTLE_S, as the
+        watcher does. A SIGHUP sent while the file was rewritten in place (an editor, `cat >`,
+        an inotify-driven reloader woken by the truncation), or a reload that waited for the one
+        before it while the next write began, read half a file; cut after `channels:` it loads
+        with no rules, and the runs accepted until the next reload alerted nobody."""
+        for _ in range(SETTLE_TRIES):
+            changed_ns = max(entry[2] for entry in config_fingerprint(self.service.compiled))
+            still_s = time.time() - changed_ns / 1e9
+            if still_s >= SETTLE_S:
+                return
+            await asyncio.sleep(SETTLE_S - max(still_s, 0.0))
+
+    async def watch(self) -> None:
+        """Reload when the config file or a template changes (polled: works on every volume;
+        running the built-in default, from the SIGHUP that loads ./config.yaml on)."""
+        while True:
+            await asyncio.sleep(WATCH_EVERY_S)
+            await self.reload_if_changed()
+
+    async def reload_if_changed(self) -> bool | None:
+        """Reload when a file the running config was read from changed and then stayed as it
+        is for SETTLE_S; None when none did, or one is still being written."""
+        async with self._watching:
+            seen = config_fingerprint(self.service.compiled)
+            if seen == self._fingerprint:
+                return None
+            await asyncio.sleep(SETTLE_S)
+            now = config_fingerprint(self.service.compiled)
+            if now != seen:
+                return None  # still being written: the next poll looks again
+            if now == self._fingerprint:
+                return None  # a SIGHUP meanwhile loaded it
+            return await self.reload("file change")
+
+
+async def owed_to_removed(store: Store, channels: set[str]) -> None:
+    """Say, for each channel a reload removed, how many notifications it still owes: they stay
+    pending until a channel of that name returns, and otherwise only the outbox gauges grew
+    (RelayOldestPendingOld fired half an hour later, with no word of the reload)."""
+    for channel in sorted(channels):
+        query = HistoryQuery(channel=channel, state="pending", limit=OWED_COUNTED)
+        try:
+            pending = len(await store.history(query))
+        except StoreUnavailable:
+            return
+        if pending:
+            log.warning(
+                "a removed channel's notifications stay pending until it returns",
+                extra={"channel": channel, "pending": pending},
+            )
+
+
+def _compile(settings: Settings, path: Path | None) -> Compiled:
+    """Read and compile the config file (in a thread: it touches nothing the service runs)."""
+    return compile_config(load(settings, path))
+
+
+def _refuse_emptied(running: Compiled, new: Compiled) -> None:
+    """An emptied config file (a truncated write, a botched edit) loads as every default: no
+    rules, no channels, no auth_token (intake open). A reload refuses it, as Alertmanager
+    refuses a config without a route; relay started on an empty file keeps taking one."""
+    if running.loaded.source.data:
+        refuse_empty(new)
+
+
+def refuse_empty(compiled: Compiled) -> None:
+    """Raise ConfigError if the config file was empty. Also a delivery worker's start, when its
+    parent runs a config that was not: it would deliver none of its channels."""
+    if compiled.loaded.source.data:
+        return
+    message = "the config file is empty (to run without rules, write `rules: []`)"
+    raise ConfigError([Problem(compiled.loaded.source.filename, "", message)])
