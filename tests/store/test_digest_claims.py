@@ -60,14 +60,15 @@ async def test_a_digest_given_back_unsent_goes_again_as_it_was(engine: Engine, h
         later = await _observe(store, "run_5", 340.0)
         store = await _give_back(engine, store, [*sent, *also], how)
 
-        claims = [await store.claim("d", now=2000.0, limit=10, lease_s=LEASE_S) for _ in range(3)]
-        assert [digest_id([n.id for n in c]) for c in claims] == [
-            digest_id(sorted(first)),
-            digest_id(sorted(second)),
-            digest_id([later]),
-        ]
+        await _claimed_as(store, first, second, {later})
     finally:
         await store.close()
+
+
+async def _claimed_as(store: Store, *digests: set[str]) -> None:
+    """The next claims, one for each digest given, take exactly its rows (so its id)."""
+    claims = [await store.claim("d", now=2000.0, limit=10, lease_s=LEASE_S) for _ in digests]
+    assert [digest_id([n.id for n in c]) for c in claims] == [digest_id(sorted(d)) for d in digests]
 
 
 async def _dead(store: Store, rows: list[Notification]) -> None:
@@ -94,12 +95,7 @@ async def test_a_replayed_dead_digest_goes_again_as_it_was(engine: Engine, repla
 
         named = None if replay == "all" else [min(first), max(second)]
         assert await store.replay(named, 2000.0) == 4
-        claims = [await store.claim("d", now=2000.0, limit=10, lease_s=LEASE_S) for _ in range(3)]
-        assert [digest_id([n.id for n in c]) for c in claims] == [
-            digest_id(sorted(first)),
-            digest_id(sorted(second)),
-            digest_id([later]),
-        ]
+        await _claimed_as(store, first, second, {later})
     finally:
         await store.close()
 
