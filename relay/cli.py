@@ -28,7 +28,14 @@ from relay.errors import ConfigError, InputError, Problem, RelayError
 from relay.logs import SCRUB, one_line, setup_logging, tag_lines
 from relay.model import SILENCE_MATCHERS
 from relay.settings import Settings, load_settings
-from relay.workers import EVENTS_FLAG, MAX_WORKERS, REFUSE_EMPTY_FLAG, WORKER_FLAG, Role
+from relay.workers import (
+    CONFIG_FD_FLAG,
+    EVENTS_FLAG,
+    MAX_WORKERS,
+    WORKER_FLAG,
+    Role,
+    read_config_payload,
+)
 
 if TYPE_CHECKING:  # the store's commands (dlq, silence, history) start without them
     from relay.configure import Compiled, DryRun
@@ -61,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument(WORKER_FLAG, type=int, default=None, help=argparse.SUPPRESS)
     serve_cmd.add_argument(EVENTS_FLAG, type=int, default=None, help=argparse.SUPPRESS)
-    serve_cmd.add_argument(REFUSE_EMPTY_FLAG, action="store_true", help=argparse.SUPPRESS)
+    serve_cmd.add_argument(CONFIG_FD_FLAG, type=int, default=None, help=argparse.SUPPRESS)
     check = sub.add_parser("check", parents=[common], help="validate the configuration")
     check.add_argument(
         "file", nargs="?", type=_config_path, help="the YAML config (same as --config)"
@@ -241,8 +248,17 @@ def _compiled(args: argparse.Namespace, settings: Settings) -> Compiled:
     return compiled
 
 
+def _parents_config(fd: int) -> Compiled:
+    """A delivery worker's config: its parent's, as the parent read it (see relay.workers)."""
+    from relay.configure import compile_config, load_text  # noqa: PLC0415
+
+    with os.fdopen(fd, "rb") as file:
+        compiled = compile_config(load_text(*read_config_payload(file.read())))
+    SCRUB.set(compiled.loaded.secrets())
+    return compiled
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.reloading import refuse_empty  # noqa: PLC0415
     from relay.service import serve  # noqa: PLC0415
 
     workers = settings.workers if args.workers is None else args.workers
@@ -252,9 +268,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     setup_logging(settings.log_format, settings.log_level)
     if args.delivery_worker is not None:  # every line of a worker names it, its first ones too
         tag_lines(worker=args.delivery_worker)
-    compiled = _compiled(args, settings)
-    if args.refuse_empty_config:
-        refuse_empty(compiled)
+    fd = args.config_fd
+    compiled = _compiled(args, settings) if fd is None else _parents_config(fd)
     if compiled.loaded.builtin:
         log.warning(
             "no config file found; running the built-in default: failed runs to the console",

@@ -18,7 +18,7 @@ from relay import channels as channel_registry
 from relay.channels import ChannelEnv, Outgoing
 from relay.channels._http import HttpClient
 from relay.config import Defaults, RuleConfig
-from relay.config_load import Draft, LoadedConfig, check_file, parse_config
+from relay.config_load import Draft, LoadedConfig, check_config, check_file, parse_config
 from relay.config_warnings import config_warnings
 from relay.dispatch import DIGEST_TEMPLATE, render_notification
 from relay.errors import ConfigError, Problem, RelayError, in_file_order
@@ -70,7 +70,22 @@ def load(settings: Settings, path: Path | None = None) -> LoadedConfig:
         if not target.exists():
             raise ConfigError([Problem(str(target), "", "config file not found")])
         return _complete(check_file(target, models))
-    loaded = parse_config(BUILTIN_CONFIG, BUILTIN_NAME, models, env={})
+    return _builtin()
+
+
+def load_text(filename: str | None, text: str) -> LoadedConfig:
+    """The config another relay process read, a delivery worker's parent: `text` as read from
+    `filename` (None: the built-in default), its variables from this process's environment,
+    which is the parent's. The file may have changed since: reading it again ran another config
+    than the parent's, or kept an older one."""
+    if filename is None:
+        return _builtin()
+    models = channel_registry.settings_models()
+    return _complete(check_config(text, filename, models, base_dir=Path(filename).parent))
+
+
+def _builtin() -> LoadedConfig:
+    loaded = parse_config(BUILTIN_CONFIG, BUILTIN_NAME, channel_registry.settings_models(), env={})
     return LoadedConfig(loaded.config, loaded.source, builtin=True)
 
 

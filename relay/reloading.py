@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from relay.configure import Compiled, compile_config, config_fingerprint, load
+from relay.configure import Compiled, compile_config, config_fingerprint, load, load_text
 from relay.errors import ConfigError, Problem, StoreUnavailable
 from relay.metrics import Metrics
 from relay.settings import Settings
 from relay.store import HistoryQuery, Store
+from relay.workers import read_config_payload
 
 log = logging.getLogger("relay")
 WATCH_EVERY_S = 1.0
@@ -35,6 +36,8 @@ class Reloadable(Protocol):
 
     @property
     def stopping(self) -> bool: ...
+
+    def request_stop(self) -> None: ...
 
     async def swap(self, compiled: Compiled) -> None:
         """New rules and channels take over (the running config's metrics at 0 included)."""
@@ -65,6 +68,27 @@ class ConfigReloads:
             if compiled.loaded.config.templates.dir != running.loaded.config.templates.dir:
                 self._fingerprint = config_fingerprint(compiled)  # watch the new directory
             await self._swap(trigger, compiled)
+            return True
+
+    async def adopt(self, payload: bytes) -> bool:
+        """A delivery worker: its parent's config (workers.config_payload), compiled from the
+        text the parent read. Each worker read the file again: one rewritten meanwhile left it
+        on another config than its parent's, or on its old one if invalid, until the next valid
+        reload. One it cannot compile even so (a template changed in between) ends the worker:
+        its successor starts with the parent's config, /readyz saying so until one runs."""
+        async with self.lock:
+            if self._skipped("parent"):
+                return False
+            try:
+                compiled = await asyncio.to_thread(_compile_text, payload)
+            except ConfigError as exc:
+                log.error(
+                    "delivery worker cannot run its parent's config; stopping to start again",
+                    extra={"problems": [str(p) for p in exc.problems]},
+                )
+                self.service.request_stop()
+                return False
+            await self._swap("parent", compiled)
             return True
 
     def _skipped(self, trigger: str) -> bool:
@@ -160,6 +184,10 @@ def _compile(settings: Settings, path: Path | None) -> Compiled:
     return compile_config(load(settings, path))
 
 
+def _compile_text(payload: bytes) -> Compiled:
+    return compile_config(load_text(*read_config_payload(payload)))
+
+
 def _refuse_emptied(running: Compiled, new: Compiled) -> None:
     """An emptied config file (a truncated write, a botched edit) loads as every default: no
     rules, no channels, no auth_token (intake open). A reload refuses it, as Alertmanager
@@ -169,8 +197,7 @@ def _refuse_emptied(running: Compiled, new: Compiled) -> None:
 
 
 def refuse_empty(compiled: Compiled) -> None:
-    """Raise ConfigError if the config file was empty. Also a delivery worker's start, when its
-    parent runs a config that was not: it would deliver none of its channels."""
+    """Raise ConfigError if the config file was empty."""
     if compiled.loaded.source.data:
         return
     message = "the config file is empty (to run without rules, write `rules: []`)"

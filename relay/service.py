@@ -45,10 +45,10 @@ from relay.sources.http import HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource, forget_removed_feeds
 from relay.store import Store, open_store
 from relay.workers import (
-    REFUSE_EMPTY_FLAG,
     Outcome,
     Role,
     WorkerPool,
+    config_payload,
     holder,
     read_commands,
     reap_orphans_forever,
@@ -129,7 +129,7 @@ class Service:
         if self.role.workers:
             self.pool = WorkerPool(
                 self.role.workers,
-                self._config_args,
+                self._config_payload,
                 lambda: self.config.channels,
                 self.metrics.delivery_event,
                 self._worker_died,
@@ -201,7 +201,7 @@ class Service:
         commands = read_commands(
             self._wake,
             self._wake_all,
-            self._reload_soon,
+            self._adopt_soon,
             self.request_stop,
             self.silences.invalidate,
         )
@@ -226,14 +226,13 @@ class Service:
         self.metrics.config_hash.set(config_hash(self.compiled))
         self.metrics.configured(self.config.channels, [rule.name for rule in self.config.rules])
 
-    def _config_args(self) -> list[str]:
-        """What a worker started now is told of the config: read at each start, the running
-        one may differ (an emptied file is refused here, so the worker refuses it too)."""
+    def _config_payload(self) -> bytes:
+        """The config a worker is to run, at its start and on a reload: the one running here,
+        as it was read (the file may differ by now: invalid, emptied, or another valid one)."""
         loaded = self.compiled.loaded
-        if loaded.builtin:
-            return []
-        args = ["--config", loaded.source.filename]
-        return [*args, REFUSE_EMPTY_FLAG] if loaded.source.data else args
+        return config_payload(
+            None if loaded.builtin else loaded.source.filename, loaded.source.text
+        )
 
     def _delivery(self, compiled: Compiled) -> Delivery:
         config = compiled.loaded.config
@@ -397,7 +396,7 @@ class Service:
         compiled.rules.when_failures.observe = self.metrics.rule_failed
         self.compiled = compiled
         if self.pool is not None:
-            self.pool.reload()  # each worker reloads the same file and takes its channels
+            self.pool.reload()  # each worker compiles what we read and takes its channels
         else:
             self.delivery = self._delivery(compiled)
             self.delivery.start()
@@ -422,12 +421,14 @@ class Service:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
+        # a worker runs the config its parent hands it, never the file (a process group's SIGHUP)
+        worker = self.role.index is not None
+        loop.add_signal_handler(signal.SIGHUP, (lambda: None) if worker else self._reload_soon)
         held = signals.take()
         stops = [held_sig for held_sig in held if held_sig in (signal.SIGTERM, signal.SIGINT)]
         for stop in stops:  # Ctrl-C twice while starting: the second exits at once
             self._stop_signal(stop)
-        if not stops and signal.SIGHUP in held:
+        if not stops and signal.SIGHUP in held and not worker:
             self._reload_soon()
 
     def _stop_signal(self, signum: int) -> None:
@@ -450,7 +451,13 @@ class Service:
     def _reload_soon(self) -> None:
         """A reload task, kept until it is done: shutdown cancels one still running, and one
         kept for good made every SIGHUP grow the process (a reloader sidecar's every minute)."""
-        task = asyncio.create_task(self.reload("SIGHUP"), name="reload")
+        self._keep(asyncio.create_task(self.reload("SIGHUP"), name="reload"))
+
+    def _adopt_soon(self, payload: bytes) -> None:
+        """A delivery worker: its parent's config, which the parent runs from now on."""
+        self._keep(asyncio.create_task(self.reloads.adopt(payload), name="reload"))
+
+    def _keep(self, task: asyncio.Task[Any]) -> None:
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
 

@@ -10,7 +10,9 @@ store's claims and leases would keep a notification from going out twice anyway.
 Between the processes, two pipes per child:
 
 - the child's stdin, commands from here: `wake <channel>` after a commit created work for it
-  (the child also polls the store every second), `wake *`, `reload` (the config changed here),
+  (the child also polls the store every second), `wake *`, `reload <n>` and n bytes: the config
+  this process runs now, as it read it (the child compiles that, not the file, which may have
+  changed since; it starts with it too, from a file passed as --config-fd),
   `silences` (one was created or expired here: the child's cache of them is stale), and end of
   file: stop. A parent killed with -9 closes every stdin, so its children finish
   their in-flight sends and exit by themselves.
@@ -35,6 +37,7 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -44,7 +47,7 @@ import orjson
 log = logging.getLogger("relay.workers")
 WORKER_FLAG = "--delivery-worker"
 EVENTS_FLAG = "--events-fd"
-REFUSE_EMPTY_FLAG = "--refuse-empty-config"  # the parent runs a config file that was not empty
+CONFIG_FD_FLAG = "--config-fd"  # a file holding the parent's config: `config_payload`
 RESTART_AFTER_S = 1.0
 ORPHANS_EVERY_S = 1.0
 MAX_WORKERS = 64
@@ -130,6 +133,16 @@ def _write(out: IO[str], line: str) -> None:
             out.close()
 
 
+def config_payload(filename: str | None, text: str) -> bytes:
+    """The config a child is to run: as the parent read it from `filename` (None: built in)."""
+    return orjson.dumps({"config": filename, "text": text})
+
+
+def read_config_payload(data: bytes) -> tuple[str | None, str]:
+    config = orjson.loads(data)
+    return config["config"], config["text"]
+
+
 def read_event(line: bytes) -> tuple[str, Outcome, str, int] | None:
     try:
         data = orjson.loads(line)
@@ -159,13 +172,13 @@ class WorkerPool:
     def __init__(
         self,
         count: int,
-        config_args: Callable[[], list[str]],
+        config: Callable[[], bytes],
         channels: Callable[[], Collection[str]],
         on_event: EventSink,
         on_death: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._count = count
-        self._args = config_args  # e.g. ["--config", path] now: the children read what we read
+        self._config = config  # config_payload of the config this process runs now
         self._channels = channels
         self._on_event = on_event
         self._on_death = on_death  # with a worker's index, once it died unasked
@@ -188,8 +201,9 @@ class WorkerPool:
             self._send(child.index, "wake *")
 
     def reload(self) -> None:
+        payload = self._config()
         for child in self._children:
-            self._send(child.index, "reload")
+            self._send(child.index, f"reload {len(payload)}", payload)
 
     def silences_changed(self) -> None:
         for child in self._children:
@@ -207,31 +221,36 @@ class WorkerPool:
         """Every child this pool started, or None while one is starting (its pid not known)."""
         return None if self._spawning else self.pids()
 
-    def _send(self, index: int, command: str) -> None:
+    def _send(self, index: int, command: str, data: bytes = b"") -> None:
         proc = self._children[index].proc
         if proc is None or proc.stdin is None or proc.stdin.is_closing():
-            return  # a child being restarted polls the store when it is back
-        proc.stdin.write(command.encode() + b"\n")
+            return  # a child being restarted polls the store, and runs our config, when back
+        proc.stdin.write(command.encode() + b"\n" + data)
 
     async def _spawn(self, child: _Child) -> None:
         read_fd, write_fd = os.pipe()
         self._spawning += 1
         try:
-            child.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "relay",
-                "serve",
-                *self._args(),
-                "--workers",
-                str(self._count),
-                WORKER_FLAG,
-                str(child.index),
-                EVENTS_FLAG,
-                str(write_fd),
-                stdin=asyncio.subprocess.PIPE,
-                pass_fds=(write_fd,),
-            )
+            with tempfile.TemporaryFile() as config:  # no name: gone once both have closed it
+                config.write(self._config())
+                config.flush()
+                config.seek(0)
+                child.proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "relay",
+                    "serve",
+                    "--workers",
+                    str(self._count),
+                    WORKER_FLAG,
+                    str(child.index),
+                    EVENTS_FLAG,
+                    str(write_fd),
+                    CONFIG_FD_FLAG,
+                    str(config.fileno()),
+                    stdin=asyncio.subprocess.PIPE,
+                    pass_fds=(write_fd, config.fileno()),
+                )
         finally:
             self._spawning -= 1
             os.close(write_fd)
@@ -333,7 +352,7 @@ def reap_orphans(own: Collection[int]) -> int:
 async def read_commands(
     wake: Callable[[str], None],
     wake_all: Callable[[], None],
-    reload: Callable[[], Any],
+    reload: Callable[[bytes], Any],
     stop: Callable[[], None],
     silences_changed: Callable[[], None],
 ) -> None:
@@ -345,8 +364,12 @@ async def read_commands(
         command, _, arg = line.decode(errors="replace").strip().partition(" ")
         if command == "wake":
             wake_all() if arg == "*" else wake(arg)
-        elif command == "reload":
-            reload()
+        elif command == "reload":  # the parent's config follows: compiled as it read it
+            try:
+                config = await reader.readexactly(int(arg))
+            except asyncio.IncompleteReadError:  # the parent died while writing it
+                break
+            reload(config)
         elif command == "silences":
             silences_changed()
     stop()

@@ -39,6 +39,7 @@ class Located:
     merging: set[Path_] = field(default_factory=set)
     # plain yes/no/on/off, read as text (YAML 1.2) where YAML 1.1 read a boolean
     yaml11_words: set[Path_] = field(default_factory=set)
+    text: str = ""  # as read: what a delivery worker is handed to run its parent's config
 
     def locate(self, path: Path_) -> str:
         """file:line of the longest known prefix of `path`."""
@@ -351,7 +352,7 @@ def _compose(text: str) -> yaml.Node | None:
 
 def load_yaml(text: str, filename: str, env: Mapping[str, str]) -> Located:
     """Parse `text`; problems are recorded on the result, data is None if unparseable."""
-    located = Located(filename, None)
+    located = Located(filename, None, text=text)
     if len(text.encode()) > MAX_BYTES:
         located.problems.append(Problem(filename, "", f"file larger than {MAX_BYTES} bytes"))
         return located
