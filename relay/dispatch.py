@@ -190,13 +190,14 @@ class Dispatch:
             # together, else each row would come back alone and the digest split into N messages.
             tries = tried.tries
             writes: list[Awaitable[object]]
+            # Its outcome is one store write, all its rows or none: a kill between rows would
+            # leave part of it marked and send the rest again as a smaller digest (a new id).
             if err is None and dead is not None:  # a recovery, of an alert that was dead
-                writes = [self._recovery_sent(rows[0], rows[0].attempts + tries, tried, dead)]
+                writes = [self._recovery_sent(rows[0], tries, tried, dead)]
             elif err is None:
-                writes = [self._sent(row, row.attempts + tries, tried) for row in rows]
+                writes = [self._sent(rows, tries, tried)]
             else:
-                after = self._outcome(err, rows, tries)
-                writes = [self._failed(row, err, row.attempts + tries, after) for row in rows]
+                writes = [self._failed(rows, err, tries, self._outcome(err, rows, tries))]
             if err is None and group_key is not None:
                 writes.append(self.deps.store.group_flushed(group_key, self.deps.clock()))
             return writes[0] if len(writes) == 1 else asyncio.gather(*writes)
@@ -255,12 +256,12 @@ class Dispatch:
         return Recovery(firing_id, receipt), dead  # dead or forgotten: the channel makes do
 
     async def _recovery_sent(
-        self, row: Notification, attempts: int, tried: Tried, dead: Notification
+        self, row: Notification, tries: int, tried: Tried, dead: Notification
     ) -> None:
         """A recovery sent while its alert was dead. A replay of that alert meanwhile (by
         `relay dlq replay`, on any replica) queued no recovery: this one was still pending.
         The alert then came after it, and the run ended on an open alert: it goes again."""
-        await self._sent(row, attempts, tried)
+        await self._sent([row], tries, tried)
         firing = await self.deps.store.get(dead.id)
         if firing is None or _same_outcome(firing, dead):
             return
@@ -358,16 +359,18 @@ class Dispatch:
             row if template is None or template == row.template else replace(row, template=template)
         )
 
-    async def _sent(self, row: Notification, attempts: int, tried: Tried) -> None:
-        extra = row_extra(self.name, row)
+    async def _sent(self, rows: list[Notification], tries: int, tried: Tried) -> None:
         now = self.deps.clock()
-        await self.deps.store.mark_sent(row.id, now=now, attempts=attempts, receipt=tried.receipt)
-        # a wall clock stepped back since the row was made: no negative latency (as the metric)
-        extra.update(attempts=attempts, latency_s=round(max(now - row.created_at, 0.0), 4))
-        if tried.failed:  # quick retries leave no line of their own: say what they were
-            extra["failed_tries"] = list(tried.failed)
-        log.info("notification sent", extra=extra)
-        self._event("sent", row, "", attempts)
+        marks = [(row.id, row.attempts + tries) for row in rows]
+        await self.deps.store.mark_sent(marks, now=now, receipt=tried.receipt)
+        for row, (_, attempts) in zip(rows, marks, strict=True):
+            # a wall clock stepped back since the row was made: no negative latency (as the metric)
+            latency_s = round(max(now - row.created_at, 0.0), 4)
+            extra = {**row_extra(self.name, row), "attempts": attempts, "latency_s": latency_s}
+            if tried.failed:  # quick retries leave no line of their own: say what they were
+                extra["failed_tries"] = list(tried.failed)
+            log.info("notification sent", extra=extra)
+            self._event("sent", row, "", attempts)
 
     def _outcome(self, err: DeliveryError, rows: list[Notification], tries: int) -> pol.Outcome:
         """What follows a failed send of these rows (one message): the oldest row and the most
@@ -382,35 +385,27 @@ class Dispatch:
         )
 
     async def _failed(
-        self, row: Notification, err: DeliveryError, attempts: int, outcome: pol.Outcome
+        self, rows: list[Notification], err: DeliveryError, tries: int, outcome: pol.Outcome
     ) -> None:
-        extra = row_extra(self.name, row)
         now = self.deps.clock()
-        info = {**extra, "reason": err.reason, "attempts": attempts, "error": str(err)}
+        marks = [(row.id, row.attempts + tries) for row in rows]
+        store = self.deps.store
         if outcome.dead:
-            await self.deps.store.mark_dead(
-                row.id,
-                now=now,
-                attempts=attempts,
-                reason=err.reason,
-                error=f"{err} ({outcome.why})",
+            error = f"{err} ({outcome.why})"
+            await store.mark_dead(marks, now=now, reason=err.reason, error=error)
+        else:
+            await store.mark_retry(
+                marks, now=now, not_before=outcome.not_before, reason=err.reason, error=str(err)
             )
-            log.error("notification dead", extra={**info, "why": outcome.why})
-            self._event("dead", row, err.reason, attempts)
-            return
-        await self.deps.store.mark_retry(
-            row.id,
-            now=now,
-            not_before=outcome.not_before,
-            attempts=attempts,
-            reason=err.reason,
-            error=str(err),
-        )
-        log.warning(
-            "delivery failed; will retry",
-            extra={**info, "retry_in_s": round(outcome.not_before - now, 3)},
-        )
-        self._event("retry", row, err.reason, attempts)
+        for row, (_, attempts) in zip(rows, marks, strict=True):
+            info = {**row_extra(self.name, row), "reason": err.reason, "attempts": attempts}
+            info["error"] = str(err)
+            if outcome.dead:
+                log.error("notification dead", extra={**info, "why": outcome.why})
+            else:
+                retry_in_s = round(outcome.not_before - now, 3)
+                log.warning("delivery failed; will retry", extra={**info, "retry_in_s": retry_in_s})
+            self._event("dead" if outcome.dead else "retry", row, err.reason, attempts)
 
     def _event(self, kind: str, row: Notification, reason: str, attempts: int = 0) -> None:
         if self.deps.on_event is not None:

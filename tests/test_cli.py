@@ -964,7 +964,7 @@ async def make_dead_letters(db: Path, *run_ids: str) -> list[str]:
         claimed = await store.claim("hook", now=100.0, limit=len(runs), lease_s=60)
         for i, n in enumerate(claimed):
             await store.mark_dead(
-                n.id, now=200.0 + i, attempts=12, reason="server_error", error=ERRORS[i % 2]
+                [(n.id, 12)], now=200.0 + i, reason="server_error", error=ERRORS[i % 2]
             )
         assert (await store.counts())["dead"] == len(run_ids)
         return [n.id for n in claimed]

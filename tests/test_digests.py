@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 
+from relay.model import notification_id
+from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run, status
 
 CONFIG = """\
@@ -124,3 +127,35 @@ async def test_a_restart_inside_the_wait_window_still_sends_one_digest(
     await asyncio.sleep(1.0)
     assert len(sink.received) == 1
     assert got.json()["group"]["count"] == 10
+
+
+async def test_a_digest_whose_outcome_write_fails_is_marked_whole_later(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A digest's outcome is one store write: while writing one of its rows fails, none is
+    marked (each row's own write marked the others sent: a kill -9 then sent the rest again as a
+    smaller digest under a new id); once the store takes it, all are, and nothing goes again."""
+    r = await relay(CONFIG.format(url=sink.url, wait="200ms", interval="5m"))
+    assert isinstance(r.service.store, SQLiteStore)
+    last = notification_id(failed(2)["id"], "failures", "hook")
+    db = sqlite3.connect(r.service.store.path, timeout=10)
+    trigger = (
+        "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.kind = 'sent'"
+        f" AND NEW.notification_id = '{last}' BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    with db:
+        db.execute(trigger)
+    await r.post([failed(i) for i in range(3)])
+    [got] = await sink.wait_for(1)
+    await asyncio.sleep(0.5)  # the write failed, and was tried again: still failing
+    counts = await r.service.store.counts()
+    assert (counts["sent"], counts["pending"]) == (0, 3)
+    with db:
+        db.execute("DROP TRIGGER refuse")
+    db.close()
+    for _ in range(100):  # tried again within a second or two (backoff from 250 ms)
+        if (await r.service.store.counts())["sent"] == 3:
+            break
+        await asyncio.sleep(0.1)
+    assert (await r.service.store.counts())["sent"] == 3
+    assert len(sink.received) == 1 and got.json()["group"]["count"] == 3

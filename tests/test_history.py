@@ -169,7 +169,7 @@ async def test_prune_forgets_what_finished_before_the_retention(tmp_path: Path) 
     old = Run.model_validate({"id": "run_old", "status": "FAILED"})
     new = Run.model_validate({"id": "run_new", "status": "FAILED"})
     await store.observe([old], decide, now=100.0)
-    await store.mark_sent(notification_id("run_old", "r", "c"), now=110.0, attempts=1)
+    await store.mark_sent([(notification_id("run_old", "r", "c"), 1)], now=110.0)
     await store.observe([new], decide, now=5000.0)
     removed = await store.prune(before=1000.0)
     assert removed == 1
@@ -194,7 +194,7 @@ async def test_a_large_prune_lets_ingest_in_between(tmp_path: Path) -> None:
     old = [Run.model_validate({"id": f"run_{i}", "status": "FAILED"}) for i in range(1500)]
     await store.observe(old, decide, now=100.0)
     for run in old:
-        await store.mark_sent(notification_id(run.id, "r", "c"), now=110.0, attempts=1)
+        await store.mark_sent([(notification_id(run.id, "r", "c"), 1)], now=110.0)
     pruning = asyncio.create_task(store.prune(before=1000.0))
     await asyncio.sleep(0)  # the first batch is on its way
     new = Run.model_validate({"id": "run_new", "status": "FAILED"})

@@ -25,6 +25,10 @@ from relay.model import (
 )
 
 Decide = Callable[[Run, RunState | None], Decision]
+# The rows of one message (a notification, or a digest's every row), each with its attempts: its
+# outcome is written whole or not at all, else a kill between rows would leave part of a digest
+# marked and the rest sent again as a smaller digest under a new id.
+Tries = Sequence[tuple[str, int]]  # (notification id, attempts)
 
 
 @dataclass(frozen=True)
@@ -159,31 +163,22 @@ class Store(Protocol):
     async def next_due(self, channel: str) -> float | None:
         """When the channel's next pending notification is due (not_before, or its lease's end)."""
 
-    async def mark_sent(
-        self, notification_id: str, *, now: float, attempts: int, receipt: str | None = None
-    ) -> None:
-        """Record a successful send and the channel's receipt (only a pending row changes)."""
+    async def mark_sent(self, rows: Tries, *, now: float, receipt: str | None = None) -> None:
+        """Record a successful send of one message and the channel's receipt: its rows (one,
+        or a digest's every row) in one write, with their events; only pending rows change."""
 
     async def postpone(self, notification_id: str, *, now: float, not_before: float) -> None:
         """Release a pending row's lease and make it due at `not_before`: no attempt counted,
         no event (a recovery waiting for the notification it resolves)."""
 
     async def mark_retry(
-        self,
-        notification_id: str,
-        *,
-        now: float,
-        not_before: float,
-        attempts: int,
-        reason: str,
-        error: str,
+        self, rows: Tries, *, now: float, not_before: float, reason: str, error: str
     ) -> None:
-        """Keep the row pending, due again at `not_before`."""
+        """Keep one message's rows pending, due again at `not_before` (one write, as mark_sent)."""
 
-    async def mark_dead(
-        self, notification_id: str, *, now: float, attempts: int, reason: str, error: str
-    ) -> None:
-        """Give up: the row is kept as a dead letter, replayable."""
+    async def mark_dead(self, rows: Tries, *, now: float, reason: str, error: str) -> None:
+        """Give up on one message: its rows are kept as dead letters, replayable (one write,
+        as mark_sent)."""
 
     async def dead_letters(self, limit: int = 1000) -> list[Notification]: ...
 

@@ -9,20 +9,23 @@ import asyncpg
 import orjson
 
 from relay.model import GroupState, RunState, Silence
-from relay.store import HistoryQuery, KvWrite
+from relay.store import HistoryQuery, KvWrite, Tries
 from relay.store._pg_connect import clean
-from relay.store._rows import HAND_BACK, SAME_CLAIM
+from relay.store._rows import HAND_BACK, SAME_CLAIM, RowsEvent
 
 FIRED_SEPARATOR = "\x1f"
-Event = tuple[str, float, int, str | None, str | None]  # kind, at, attempts, reason, detail
 
-# One statement: the row changes only while pending, and the event is written only if it did.
+# One statement: the rows of one message ($1 ids, $2 their attempts: `g.tries` in the
+# assignments) change only while pending, and each one's event is written only if it did.
 UPDATE_PENDING = """
     WITH changed AS (
-        UPDATE relay_outbox SET {assignments} WHERE id = $1 AND state = 'pending' RETURNING id
+        UPDATE relay_outbox SET {assignments}
+        FROM unnest($1::text[], $2::integer[]) AS g(nid, tries)
+        WHERE relay_outbox.id = g.nid AND relay_outbox.state = 'pending'
+        RETURNING relay_outbox.id, g.tries
     )
     INSERT INTO relay_events (notification_id, kind, at, attempts, reason, detail)
-    SELECT id, $2::text, $3::float8, $4::integer, $5::text, $6::text FROM changed
+    SELECT id, $3::text, $4::float8, tries, $5::text, $6::text FROM changed
 """
 # Every dead row ($2 NULL), or the named ones with the rest of their dead digests (SAME_CLAIM).
 REPLAY = f"""
@@ -119,13 +122,14 @@ def to_state(row: asyncpg.Record) -> RunState:
     )
 
 
-def event_params(notification_id: str, event: Event) -> tuple[Any, ...]:
-    kind, at, attempts, reason, detail = event
+def rows_params(rows: Tries, event: RowsEvent) -> tuple[Any, ...]:
+    """$1..$6 of UPDATE_PENDING."""
+    kind, at, reason, detail = event
     return (
-        notification_id,
+        [clean(ident) for ident, _ in rows],
+        [attempts for _, attempts in rows],
         kind,
         at,
-        attempts,
         None if reason is None else clean(reason),
         None if detail is None else clean(detail),
     )

@@ -9,6 +9,10 @@ import orjson
 
 from relay.model import Notification, Silence
 
+# The event every row of one message's outcome gets: kind, at, reason, detail (each row's
+# attempts are its own).
+RowsEvent = tuple[str, float, str | None, str | None]
+
 
 class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...

@@ -33,6 +33,7 @@ from relay.store import (
     HistoryQuery,
     KvWrite,
     Observed,
+    Tries,
     _pg_claim,
     recoveries_of,
 )
@@ -57,16 +58,15 @@ from relay.store._pg_rows import (
     REPLAY,
     REPLAY_RECOVERIES,
     UPDATE_PENDING,
-    Event,
-    event_params,
     history_sql,
     kv_write,
+    rows_params,
     silence_params,
     to_event,
     to_labels,
 )
 from relay.store._pg_schema import migrate
-from relay.store._rows import HAND_BACK, lease_end, to_notification, to_silence
+from relay.store._rows import HAND_BACK, RowsEvent, lease_end, to_notification, to_silence
 
 POOL_MIN = 1
 POOL_MAX = 10
@@ -261,14 +261,12 @@ class PostgresStore:
         )
         return None if value is None else float(value)
 
-    async def mark_sent(
-        self, notification_id: str, *, now: float, attempts: int, receipt: str | None = None
-    ) -> None:
+    async def mark_sent(self, rows: Tries, *, now: float, receipt: str | None = None) -> None:
         await self._update(
-            "state = 'sent', attempts = $4, lease_until = NULL, reason = NULL, receipt = $7,"
-            " updated_at = $3",
-            notification_id,
-            ("sent", now, attempts, None, None),
+            "state = 'sent', attempts = g.tries, lease_until = NULL, reason = NULL,"
+            " receipt = $7, updated_at = $4",
+            rows,
+            ("sent", now, None, None),
             clean_opt(receipt),
         )
 
@@ -281,44 +279,36 @@ class PostgresStore:
         )
 
     async def mark_retry(
-        self,
-        notification_id: str,
-        *,
-        now: float,
-        not_before: float,
-        attempts: int,
-        reason: str,
-        error: str,
+        self, rows: Tries, *, now: float, not_before: float, reason: str, error: str
     ) -> None:
         await self._update(
-            "not_before = $7, attempts = $4, reason = $5, last_error = $6,"
-            f" lease_until = {HAND_BACK}, updated_at = $3",
-            notification_id,
-            ("retry", now, attempts, reason, error),
+            "not_before = $7, attempts = g.tries, reason = $5, last_error = $6,"
+            f" lease_until = {HAND_BACK}, updated_at = $4",
+            rows,
+            ("retry", now, reason, error),
             not_before,
         )
 
-    async def mark_dead(
-        self, notification_id: str, *, now: float, attempts: int, reason: str, error: str
-    ) -> None:
+    async def mark_dead(self, rows: Tries, *, now: float, reason: str, error: str) -> None:
         await self._update(
-            "state = 'dead', attempts = $4, reason = $5, last_error = $6,"
-            f" lease_until = {HAND_BACK}, updated_at = $3",
-            notification_id,
-            ("dead", now, attempts, reason, error),
+            "state = 'dead', attempts = g.tries, reason = $5, last_error = $6,"
+            f" lease_until = {HAND_BACK}, updated_at = $4",
+            rows,
+            ("dead", now, reason, error),
         )
 
     async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> None:
         await self._update(
-            "state = 'muted', reason = $6, lease_until = NULL, updated_at = $3",
-            notification_id,
-            ("muted", now, 0, "silence", silence_id),
+            "state = 'muted', reason = $6, lease_until = NULL, updated_at = $4",
+            [(notification_id, 0)],
+            ("muted", now, "silence", silence_id),
         )
 
-    async def _update(self, assignments: str, id_: str, event: Event, *more: Any) -> None:
-        """Change one pending row and log the event, in one statement ($1 id, $2..$6 event)."""
+    async def _update(self, assignments: str, rows: Tries, event: RowsEvent, *more: Any) -> None:
+        """Change the pending rows of one message and log each one's event, in one statement
+        (all of them or none; $1..$6 rows and event, then `more`)."""
         sql = UPDATE_PENDING.format(assignments=assignments)
-        await self._execute(sql, *event_params(clean(id_), event), *more)
+        await self._execute(sql, *rows_params(rows, event), *more)
 
     async def dead_letters(self, limit: int = 1000) -> list[Notification]:
         rows = await self._fetch(

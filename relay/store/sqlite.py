@@ -27,10 +27,18 @@ from relay.store import (
     HistoryQuery,
     KvWrite,
     Observed,
+    Tries,
     recoveries_of,
 )
 from relay.store import _sqlite_outbox as outbox
-from relay.store._rows import HAND_BACK, SAME_CLAIM, lease_end, to_notification, to_silence
+from relay.store._rows import (
+    HAND_BACK,
+    SAME_CLAIM,
+    RowsEvent,
+    lease_end,
+    to_notification,
+    to_silence,
+)
 from relay.store._sqlite_connect import BUSY_TIMEOUT_MS, connect, connect_reader, identity
 from relay.store._sqlite_history import event_rows, history_rows
 from relay.store._sqlite_lock import WriteLock
@@ -38,7 +46,6 @@ from relay.store._sqlite_reader import Reader
 from relay.store._sqlite_schema import (
     PRUNE_BATCH,
     SCHEMA_VERSION,
-    Event,
     add_event,
     group_labels_of,
     insert_silence,
@@ -179,15 +186,13 @@ class SQLiteStore:
         )
         return None if row[0] is None else float(row[0])
 
-    async def mark_sent(
-        self, notification_id: str, *, now: float, attempts: int, receipt: str | None = None
-    ) -> None:
+    async def mark_sent(self, rows: Tries, *, now: float, receipt: str | None = None) -> None:
         await self._update(
-            "state = 'sent', attempts = ?, lease_until = NULL, reason = NULL, receipt = ?,"
-            " updated_at = ?",
-            (attempts, receipt, now),
-            notification_id,
-            ("sent", now, attempts, None, None),
+            "state = 'sent', attempts = :attempts, lease_until = NULL, reason = NULL,"
+            " receipt = :receipt, updated_at = :now",
+            {"receipt": receipt, "now": now},
+            rows,
+            ("sent", now, None, None),
         )
 
     async def postpone(self, notification_id: str, *, now: float, not_before: float) -> None:
@@ -196,32 +201,23 @@ class SQLiteStore:
         )
 
     async def mark_retry(
-        self,
-        notification_id: str,
-        *,
-        now: float,
-        not_before: float,
-        attempts: int,
-        reason: str,
-        error: str,
+        self, rows: Tries, *, now: float, not_before: float, reason: str, error: str
     ) -> None:
         await self._update(
-            "not_before = ?, attempts = ?, reason = ?, last_error = ?,"
-            f" lease_until = {HAND_BACK}, updated_at = ?",
-            (not_before, attempts, reason, error, now),
-            notification_id,
-            ("retry", now, attempts, reason, error),
+            "not_before = :not_before, attempts = :attempts, reason = :reason,"
+            f" last_error = :error, lease_until = {HAND_BACK}, updated_at = :now",
+            {"not_before": not_before, "reason": reason, "error": error, "now": now},
+            rows,
+            ("retry", now, reason, error),
         )
 
-    async def mark_dead(
-        self, notification_id: str, *, now: float, attempts: int, reason: str, error: str
-    ) -> None:
+    async def mark_dead(self, rows: Tries, *, now: float, reason: str, error: str) -> None:
         await self._update(
-            "state = 'dead', attempts = ?, reason = ?, last_error = ?,"
-            f" lease_until = {HAND_BACK}, updated_at = ?",
-            (attempts, reason, error, now),
-            notification_id,
-            ("dead", now, attempts, reason, error),
+            "state = 'dead', attempts = :attempts, reason = :reason, last_error = :error,"
+            f" lease_until = {HAND_BACK}, updated_at = :now",
+            {"reason": reason, "error": error, "now": now},
+            rows,
+            ("dead", now, reason, error),
         )
 
     async def dead_letters(self, limit: int = 1000) -> list[Notification]:
@@ -360,10 +356,10 @@ class SQLiteStore:
 
     async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> None:
         await self._update(
-            "state = 'muted', reason = ?, lease_until = NULL, updated_at = ?",
-            (silence_id, now),
-            notification_id,
-            ("muted", now, 0, "silence", silence_id),
+            "state = 'muted', reason = :silence, lease_until = NULL, updated_at = :now",
+            {"silence": silence_id, "now": now},
+            [(notification_id, 0)],
+            ("muted", now, "silence", silence_id),
         )
 
     async def history(self, query: HistoryQuery) -> list[Notification]:
@@ -455,14 +451,18 @@ class SQLiteStore:
         return before[0], SCHEMA_VERSION
 
     async def _update(
-        self, assignments: str, params: tuple[object, ...], id_: str, event: Event
+        self, assignments: str, params: dict[str, object], rows: Tries, event: RowsEvent
     ) -> None:
-        """Update one pending outbox row and record the event; finished rows are left alone."""
-        sql = f"UPDATE outbox SET {assignments} WHERE id = ? AND state = 'pending'"  # noqa: S608
+        """Update the pending rows of one message and record each one's event (with its
+        attempts, `:attempts`), in one writer op: all of them or none (a failing op rolls back
+        whole). Finished rows are left alone."""
+        sql = f"UPDATE outbox SET {assignments} WHERE id = :id AND state = 'pending'"  # noqa: S608
+        kind, at, reason, detail = event
 
         def update(conn: sqlite3.Connection) -> None:
-            if conn.execute(sql, (*params, id_)).rowcount == 1:
-                add_event(conn, id_, event)
+            for id_, attempts in rows:
+                if conn.execute(sql, {**params, "id": id_, "attempts": attempts}).rowcount == 1:
+                    add_event(conn, id_, (kind, at, attempts, reason, detail))
 
         await self._writer.run(update)
 

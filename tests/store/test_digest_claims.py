@@ -8,10 +8,13 @@ another replica) takes its claims back. Runs that came due meanwhile must not be
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Literal
 
+import asyncpg
 import pytest
 
+from relay.errors import StoreUnavailable
 from relay.grouping import digest_id
 from relay.model import Notification
 from relay.store import Store
@@ -34,7 +37,7 @@ async def _give_back(engine: Engine, store: Store, rows: list[Notification], how
             await store.postpone(row.id, now=1000.0, not_before=1000.0)
         elif how == "retry":
             await store.mark_retry(
-                row.id, now=1000.0, not_before=1000.0, attempts=1, reason="timeout", error="x"
+                [(row.id, 1)], now=1000.0, not_before=1000.0, reason="timeout", error="x"
             )
     if how != "restart":
         return store
@@ -72,8 +75,8 @@ async def _claimed_as(store: Store, *digests: set[str]) -> None:
 
 
 async def _dead(store: Store, rows: list[Notification]) -> None:
-    for row in rows:
-        await store.mark_dead(row.id, now=1000.0, attempts=1, reason="client_error", error="400")
+    marks = [(row.id, 1) for row in rows]
+    await store.mark_dead(marks, now=1000.0, reason="client_error", error="400")
 
 
 @pytest.mark.parametrize("replay", ["all", "by id"])
@@ -109,5 +112,78 @@ async def test_a_replay_naming_an_id_with_a_nul_moves_nothing(engine: Engine) ->
         await _dead(store, await store.claim("d", now=30.0, limit=10, lease_s=LEASE_S))
         assert await store.replay([f"{min(first)}\x00y"], 2000.0) == 0
         assert {n.id for n in await store.dead_letters()} == first
+    finally:
+        await store.close()
+
+
+async def test_a_digest_is_marked_whole_each_row_with_its_attempts(engine: Engine) -> None:
+    """One write marks every row of the message, each with its own attempts and event; a row
+    no longer pending (muted meanwhile) is left as it is and does not stop the others."""
+    store = engine.make()
+    await store.open()
+    try:
+        a, b, c = [await _observe(store, f"run_{i}", float(i)) for i in range(3)]
+        await store.claim("d", now=30.0, limit=10, lease_s=LEASE_S)
+        await store.mark_muted(b, now=31.0, silence_id="sil_1")
+        await store.mark_sent([(a, 1), (b, 1), (c, 3)], now=32.0, receipt="r")
+        got = {ident: await store.get(ident) for ident in (a, b, c)}
+        assert {i: (n.state, n.attempts) for i, n in got.items() if n} == {
+            a: ("sent", 1),
+            b: ("muted", 0),
+            c: ("sent", 3),
+        }
+        assert [(e["kind"], e["attempts"]) for e in await store.events(c)][-1] == ("sent", 3)
+        assert [e["kind"] for e in await store.events(b)][-1] == "muted"
+    finally:
+        await store.close()
+
+
+async def _refuse_events_of(engine: Engine, ident: str) -> None:
+    """A write that records an event of `ident` fails (as a full disk or a lost connection
+    would, halfway through a message's rows)."""
+    if engine.name == "sqlite":
+        db = sqlite3.connect(engine.url.removeprefix("sqlite:///"), timeout=10)
+        with db:
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON events"
+                f" WHEN NEW.notification_id = '{ident}' BEGIN SELECT RAISE(ABORT, 'no'); END"
+            )
+        db.close()
+        return
+    conn = await asyncpg.connect(engine.url)
+    try:
+        await conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            f" IF NEW.notification_id = '{ident}' THEN RAISE EXCEPTION 'no'; END IF;"
+            " RETURN NEW; END $$;"
+            " CREATE TRIGGER refuse BEFORE INSERT ON relay_events"
+            " FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("outcome", ["sent", "retry", "dead"])
+async def test_a_digest_whose_outcome_write_fails_is_marked_not_at_all(
+    engine: Engine, outcome: str
+) -> None:
+    """Part of a digest marked and the rest still leased would send the rest again as a smaller
+    digest under a new id: a write that fails on one row changes none of them."""
+    store = engine.make()
+    await store.open()
+    try:
+        rows = [await _observe(store, f"run_{i}", float(i)) for i in range(3)]
+        await store.claim("d", now=30.0, limit=10, lease_s=LEASE_S)
+        await _refuse_events_of(engine, rows[-1])
+        marks = [(ident, 1) for ident in rows]
+        with pytest.raises((StoreUnavailable, asyncpg.PostgresError)):
+            if outcome == "sent":
+                await store.mark_sent(marks, now=32.0)
+            elif outcome == "retry":
+                await store.mark_retry(marks, now=32.0, not_before=99.0, reason="x", error="x")
+            else:
+                await store.mark_dead(marks, now=32.0, reason="x", error="x")
+        assert (await store.counts())["pending"] == 3
+        assert all(n.attempts == 0 for n in await store.claim("d", 9e9, 10, LEASE_S))
     finally:
         await store.close()

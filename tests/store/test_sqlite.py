@@ -382,7 +382,7 @@ async def test_long_reads_are_answered_while_the_writer_is_busy(store: SQLiteSto
     (~300 ms at 160,000 rows); history, events and dead letters read on a connection of
     their own now. Here the writer's thread waits until they answered."""
     [ident] = await enqueue(store, "run_1", 1.0)
-    await store.mark_dead(ident, now=2.0, attempts=1, reason="http_4xx", error="400")
+    await store.mark_dead([(ident, 1)], now=2.0, reason="http_4xx", error="400")
     started, answered = threading.Event(), threading.Event()
 
     def busy(_: sqlite3.Connection) -> bool:
@@ -407,7 +407,7 @@ async def test_long_reads_see_every_write_committed_before_them(store: SQLiteSto
     for i in range(20):
         [ident] = await enqueue(store, f"run_{i}", 1.0)
         assert [n.id for n in await store.history(HistoryQuery(run_id=f"run_{i}"))] == [ident]
-        await store.mark_dead(ident, now=2.0, attempts=1, reason="http_4xx", error="400")
+        await store.mark_dead([(ident, 1)], now=2.0, reason="http_4xx", error="400")
         assert ident in [n.id for n in await store.dead_letters()]
         assert [e["kind"] for e in await store.events(ident)] == ["created", "dead"]
         assert await store.replay([ident], now=3.0) == 1

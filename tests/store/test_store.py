@@ -136,7 +136,7 @@ async def test_a_failing_call_fails_alone_and_leaves_no_trace(store: Store) -> N
 async def test_nul_characters_in_text_are_stored(store: Store) -> None:
     """A NUL in a run id or an error text (hostile input) must not make the store 'unavailable'."""
     [nid] = ids(await store.observe([make_run("run\x00nul", payload="a\x00b")], decide, now=1.0))
-    await store.mark_retry(nid, now=2.0, not_before=3.0, attempts=1, reason="other", error="x\x00y")
+    await store.mark_retry([(nid, 1)], now=2.0, not_before=3.0, reason="other", error="x\x00y")
     row = await store.get(nid)
     assert row is not None and row.run["payload"] == "a\x00b" and row.last_error is not None
     await store.kv_put("ns\x00", "k\x00", "v\x00", now=1.0)
@@ -181,7 +181,7 @@ async def test_oldest_pending_is_what_waits_longest(store: Store) -> None:
     assert await store.oldest_pending(now=25.0) == 10.0
     await store.claim("c1", now=30.0, limit=1, lease_s=60)  # claimed, still pending
     assert await store.oldest_pending(now=30.0) == 10.0
-    await store.mark_sent(first, now=31.0, attempts=1)
+    await store.mark_sent([(first, 1)], now=31.0)
     assert await store.oldest_pending(now=31.0) == 20.0
 
 
@@ -194,7 +194,7 @@ async def test_a_digest_run_waiting_for_its_group_is_not_overdue(store: Store) -
     assert await store.oldest_pending(now=140.0) == 130.0
     await store.claim("d", now=140.0, limit=10, lease_s=60)
     await store.mark_retry(
-        held, now=141.0, not_before=200.0, attempts=1, reason="network", error="network"
+        [(held, 1)], now=141.0, not_before=200.0, reason="network", error="network"
     )
     assert await store.oldest_pending(now=150.0) == 100.0
 
@@ -272,13 +272,12 @@ async def test_release_leases_only_where_one_replica_owns_them(
 async def test_mark_sent_and_retry(store: Store) -> None:
     sent, retried = await enqueue(store, "run_1", 10.0, "c1", "c2")
     await store.claim("c1", now=10.0, limit=10, lease_s=60)
-    await store.mark_sent(sent, now=11.0, attempts=1)
+    await store.mark_sent([(sent, 1)], now=11.0)
     await store.claim("c2", now=10.0, limit=10, lease_s=60)
     await store.mark_retry(
-        retried,
+        [(retried, 2)],
         now=12.0,
         not_before=50.0,
-        attempts=2,
         reason="rate_limited",
         error="429 from receiver",
     )
@@ -292,7 +291,7 @@ async def test_mark_sent_and_retry(store: Store) -> None:
     assert await store.claim("c2", now=49.0, limit=10, lease_s=60) == []  # lease was released
     assert [n.id for n in await store.claim("c2", now=50.0, limit=10, lease_s=60)] == [retried]
     await store.mark_retry(
-        sent, now=13.0, not_before=60.0, attempts=5, reason="other", error="x"
+        [(sent, 5)], now=13.0, not_before=60.0, reason="other", error="x"
     )  # a sent row stays sent
     assert await store.get(sent) == done
     assert await store.counts() == {**EMPTY, "pending": 1, "sent": 1}
@@ -301,7 +300,7 @@ async def test_mark_sent_and_retry(store: Store) -> None:
 async def test_receipts_are_kept_and_postponed_rows_wait(store: Store) -> None:
     sent, waiting = await enqueue(store, "run_1", 10.0, "c1", "c2")
     await store.claim("c1", now=10.0, limit=10, lease_s=60)
-    await store.mark_sent(sent, now=11.0, attempts=1, receipt='{"ts": "1.2"}')
+    await store.mark_sent([(sent, 1)], now=11.0, receipt='{"ts": "1.2"}')
     row = await store.get(sent)
     assert row is not None and (row.state, row.receipt) == ("sent", '{"ts": "1.2"}')
 
@@ -351,9 +350,9 @@ async def test_a_recovery_is_enqueued_once_for_what_was_said(store: Store) -> No
 async def test_dead_letters_and_replay(store: Store) -> None:
     a, b = await enqueue(store, "run_a", 10.0, "c1", "c2")
     c = (await enqueue(store, "run_c", 10.0))[0]
-    await store.mark_dead(a, now=20.0, attempts=3, reason="server_error", error="HTTP 503")
-    await store.mark_dead(b, now=30.0, attempts=1, reason="client_error", error="HTTP 400")
-    await store.mark_dead(c, now=25.0, attempts=2, reason="timeout", error="timed out")
+    await store.mark_dead([(a, 3)], now=20.0, reason="server_error", error="HTTP 503")
+    await store.mark_dead([(b, 1)], now=30.0, reason="client_error", error="HTTP 400")
+    await store.mark_dead([(c, 2)], now=25.0, reason="timeout", error="timed out")
     dead = await store.dead_letters()
     assert [n.id for n in dead] == [b, c, a]  # newest first
     assert (dead[0].reason, dead[0].last_error, dead[0].attempts) == ("client_error", "HTTP 400", 1)
@@ -376,12 +375,12 @@ async def test_dead_letters_and_replay(store: Store) -> None:
 async def test_a_replayed_alert_brings_back_its_recovery(store: Store) -> None:
     await store.observe([make_run("run_1")], decide_recovery, now=1.0)
     firing = notification_id("run_1", "r1", "c1")
-    await store.mark_dead(firing, now=2.0, attempts=1, reason="client_error", error="HTTP 400")
+    await store.mark_dead([(firing, 1)], now=2.0, reason="client_error", error="HTTP 400")
     await store.observe([make_run("run_1", "COMPLETED", at_s=2000)], decide_recovery, now=3.0)
     recovered = recovery_id(firing)
-    await store.mark_sent(recovered, now=4.0, attempts=1)  # resolved what was never said
+    await store.mark_sent([(recovered, 1)], now=4.0)  # resolved what was never said
     other = (await enqueue(store, "run_2", 1.0))[0]
-    await store.mark_sent(other, now=4.0, attempts=1)
+    await store.mark_sent([(other, 1)], now=4.0)
 
     assert await store.replay([firing], now=5.0) == 1  # what was asked for is counted
     again = await store.get(recovered)
@@ -389,8 +388,8 @@ async def test_a_replayed_alert_brings_back_its_recovery(store: Store) -> None:
     assert (again.state, again.attempts, again.not_before) == ("pending", 0, 5.0)
     assert [e["kind"] for e in await store.events(recovered)][-1] == "replayed"
     assert (await store.get(other)).state == "sent"  # type: ignore[union-attr]
-    await store.mark_dead(firing, now=6.0, attempts=1, reason="client_error", error="HTTP 400")
-    await store.mark_dead(recovered, now=6.0, attempts=1, reason="client_error", error="x")
+    await store.mark_dead([(firing, 1)], now=6.0, reason="client_error", error="HTTP 400")
+    await store.mark_dead([(recovered, 1)], now=6.0, reason="client_error", error="x")
     assert await store.replay(None, now=7.0) == 2  # both dead: each comes back once
 
 
@@ -398,9 +397,9 @@ async def test_history_and_events(store: Store) -> None:
     a, b = await enqueue(store, "run_a", 10.0, "c1", "c2")
     c = (await enqueue(store, "run_c", 20.0))[0]
     await store.claim("c1", now=10.0, limit=10, lease_s=60)
-    await store.mark_retry(a, now=11.0, not_before=12.0, attempts=1, reason="timeout", error="t")
-    await store.mark_sent(a, now=13.0, attempts=2)
-    await store.mark_dead(b, now=14.0, attempts=1, reason="client_error", error="HTTP 400")
+    await store.mark_retry([(a, 1)], now=11.0, not_before=12.0, reason="timeout", error="t")
+    await store.mark_sent([(a, 2)], now=13.0)
+    await store.mark_dead([(b, 1)], now=14.0, reason="client_error", error="HTTP 400")
     await store.replay([b], now=15.0)
     await store.mark_muted(c, now=21.0, silence_id="sil_1")
 
@@ -451,7 +450,7 @@ async def test_history_pages_follow_each_other_without_gap_or_repeat(store: Stor
 
 async def test_prune_forgets_what_finished_before_the_retention(store: Store) -> None:
     old, kept = await enqueue(store, "run_old", 100.0, "c1", "c2")
-    await store.mark_sent(old, now=110.0, attempts=1)
+    await store.mark_sent([(old, 1)], now=110.0)
     new = (await enqueue(store, "run_new", 5000.0))[0]
     await store.add_silence(Silence("sil_old", {"rule": ("r1",)}, 0.0, 200.0, 0.0))
     assert await store.prune(before=1000.0) == 1
@@ -511,7 +510,7 @@ async def test_a_digest_group_collects_runs_and_is_claimed_whole(store: Store) -
     assert sorted(n.id for n in group) == sorted([n1.id, n2.id])
     assert [n.id for n in await store.claim("d", now=140.0, limit=10, lease_s=60)] == [n3.id]
     for n in (n1, n2):
-        await store.mark_sent(n.id, now=131.0, attempts=1)
+        await store.mark_sent([(n.id, 1)], now=131.0)
     assert await store.group_flushed(n1.group_key or "", 131.0) == {"taskIdentifier": "t/a"}
     assert await store.group_flushed("grp_unknown", 131.0) == {}
 
@@ -530,7 +529,7 @@ async def test_a_run_joining_while_its_digest_is_sent_waits_for_the_next_digest(
     assert [n.id for n in await store.claim("d", now=30.0, limit=10, lease_s=60)] == [n1]
     [n2] = ids(await store.observe([make_run("run_2", taskIdentifier="t/a")], decide_digest, 31))
     assert await store.claim("d", now=31.5, limit=10, lease_s=60) == []  # not on its own
-    await store.mark_sent(n1, now=32.0, attempts=1)
+    await store.mark_sent([(n1, 1)], now=32.0)
     await store.group_flushed(group_key("dg", "d", {"taskIdentifier": "t/a"}), 32.0)
     [n3] = ids(await store.observe([make_run("run_3", taskIdentifier="t/a")], decide_digest, 33))
     assert await store.claim("d", now=330.0, limit=10, lease_s=60) == []
@@ -550,7 +549,7 @@ async def test_a_run_decided_just_before_its_digest_was_claimed_waits_for_the_ne
     late = await store.observe([make_run("run_2", taskIdentifier="t/a")], decide_digest, 29.5)
     [n2] = ids(late)
     assert await store.claim("d", now=30.5, limit=10, lease_s=60) == []  # not on its own
-    await store.mark_sent(n1, now=31.0, attempts=1)
+    await store.mark_sent([(n1, 1)], now=31.0)
     await store.group_flushed(group_key("dg", "d", {"taskIdentifier": "t/a"}), 31.0)
     assert await store.claim("d", now=329.0, limit=10, lease_s=60) == []
     assert [n.id for n in await store.claim("d", now=330.0, limit=10, lease_s=60)] == [n2]
@@ -817,7 +816,7 @@ async def test_two_stores_on_one_database(engine: Engine, store: Store) -> None:
     await other.open()
     try:
         [nid] = await enqueue(store, "run_1", 10.0)
-        await store.mark_dead(nid, now=11.0, attempts=3, reason="timeout", error="timed out")
+        await store.mark_dead([(nid, 3)], now=11.0, reason="timeout", error="timed out")
         assert [n.id for n in await other.dead_letters()] == [nid]
         assert await other.replay(None, now=12.0) == 1
         assert [n.id for n in await store.claim("c1", now=12.0, limit=10, lease_s=60)] == [nid]
