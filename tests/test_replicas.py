@@ -265,7 +265,9 @@ async def test_replicas_share_the_work_and_survive_a_kill_9(
     assert set(got) == want
     twice = {ident for ident, n in got.items() if n > 1}
     assert twice <= in_flight, "only a dead replica's in-flight rows may be sent again"
-    assert len(in_flight) <= 4 + CLAIM_AHEAD  # its concurrency, and the rows claimed ahead
+    # its concurrency and the rows claimed ahead, and as many again answered whose outcome was
+    # still being written (a send's slot is free while it is: relay.dispatch, finishing)
+    assert len(in_flight) <= 2 * (4 + CLAIM_AHEAD)
     taken = sum(e["count"] for p in procs[:2] for e in p.logs if e.get("msg") == TAKEOVER)
     assert taken == len(in_flight), "the survivors took the dead replica's rows, and said so"
     by_replica = [sent_by(p) for p in procs]
