@@ -1121,30 +1121,46 @@ def test_a_store_url_query_field_without_a_value_is_named_not_a_traceback(tmp_pa
         assert "pw" not in output(done)
 
 
+_URL = "RELAY_STORE_URL: "
+
+
 @pytest.mark.parametrize(
-    ("url", "wanted"),
+    ("url", "env", "wanted"),
     [
-        ("postgresql://u:pw@/db?host=127.0.0.1:abc", "host parameter: a port is not a number"),
-        ("postgresql://u:pw@/db?host=h1,,h2", "host parameter: a host in the list is empty"),
-        ("postgresql://u:pw@h1,,h2/db", "a host in the list is empty"),
-        ("postgresql://u:pw@h1,/db", "a host in the list is empty"),
-        ("postgresql://u:pw@/db?host=h&port=5432,", "port parameter: a port is not a number"),
-        ("postgresql://u:pw@/db?host=h&port=x", "port parameter: a port is not a number"),
-        ("postgresql://u:pw@h:\u00b2/db", "a port is not a number"),  # a digit int() refuses
+        ("postgresql://u:pw@/db?host=127.0.0.1:abc", {}, f"{_URL}host parameter: a port is not"),
+        ("postgresql://u:pw@/db?host=h1,,h2", {}, f"{_URL}host parameter: a host in the list is"),
+        ("postgresql://u:pw@h1,,h2/db", {}, f"{_URL}a host in the list is empty"),
+        ("postgresql://u:pw@h1,/db", {}, f"{_URL}a host in the list is empty"),
+        ("postgresql://u:pw@/db?host=h&port=5432,", {}, f"{_URL}port parameter: a port is not"),
+        ("postgresql://u:pw@/db?host=h&port=x", {}, f"{_URL}port parameter: a port is not"),
+        ("postgresql://u:pw@h:\u00b2/db", {}, f"{_URL}a port is not"),  # a digit int() refuses
+        # libpq's variables, which asyncpg reads where the URL leaves them out
+        ("postgresql://u:pw@127.0.0.1/db", {"PGPORT": "x"}, "PGPORT: a port is not a number"),
+        ("postgresql://u:pw@h:5432/db", {"PGPORT": "99999"}, "PGPORT: a port is not a number"),
+        ("postgresql://u:pw@/db?host=h", {"PGPORT": "5432,"}, "PGPORT: a port is not a number"),
+        ("postgresql://u:pw@/db", {"PGHOST": "h1,,h2"}, "PGHOST: a host in the list is empty"),
+        ("postgresql://u:pw@/db", {"PGHOST": "h:abc"}, "PGHOST: a port is not a number"),
+        # asyncpg parses the URL's hosts, reading PGPORT, before it reads ?port=
+        ("postgresql://u:pw@h/db?port=5432", {"PGPORT": "x"}, "PGPORT: a port is not a number"),
     ],
 )
 def test_a_store_url_host_or_port_asyncpg_cannot_read_is_named_not_a_traceback(
     url: str,
+    env: dict[str, str],
     wanted: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """asyncpg reads a URL's hosts and ports (also `?host=`, `?port=` when it names no host)
-    with int() and hostspec[0]: relay check said OK (or itself ended in a traceback on `²`),
-    then relay serve and the store's commands ended in a ValueError or IndexError traceback."""
+    with int() and hostspec[0], and PGPORT whenever the URL has hosts (even with their own
+    ports or `?port=`) or no `?port=`, PGHOST when it names no host: relay check said OK (or
+    itself ended in a traceback on `²`), then relay serve and the store's commands ended in a
+    ValueError, IndexError or OverflowError traceback."""
     monkeypatch.setenv("RELAY_STORE_URL", url)
-    assert _check_and_dlq_refuse_alike(tmp_path, capsys).startswith(f"RELAY_STORE_URL: {wanted}")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _check_and_dlq_refuse_alike(tmp_path, capsys).startswith(wanted)
 
 
 def test_a_store_url_with_hosts_and_ports_asyncpg_reads_passes(
@@ -1159,35 +1175,6 @@ def test_a_store_url_with_hosts_and_ports_asyncpg_reads_passes(
     ):
         monkeypatch.setenv("RELAY_STORE_URL", url)
         assert relay_main(["check", config]) == 0, url
-
-
-@pytest.mark.parametrize(
-    ("variable", "value", "url", "wanted"),
-    [
-        ("PGPORT", "x", "postgresql://u:pw@127.0.0.1/db", "a port is not a number"),
-        ("PGPORT", "99999", "postgresql://u:pw@h:5432/db", "a port is not a number"),
-        ("PGPORT", "5432,", "postgresql://u:pw@/db?host=h", "a port is not a number"),
-        ("PGHOST", "h1,,h2", "postgresql://u:pw@/db", "a host in the list is empty"),
-        ("PGHOST", "h:abc", "postgresql://u:pw@/db", "a port is not a number"),
-        # asyncpg parses the URL's hosts, reading PGPORT, before it reads ?port=
-        ("PGPORT", "x", "postgresql://u:pw@h/db?port=5432", "a port is not a number"),
-    ],
-)
-def test_a_libpq_variable_asyncpg_cannot_read_is_named_not_a_traceback(
-    variable: str,
-    value: str,
-    url: str,
-    wanted: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    """asyncpg reads PGPORT whenever the URL has hosts (even with their own ports or `?port=`)
-    or no `?port=`, and PGHOST when it names no host, with int(): relay check said OK, then the store's
-    commands ended in a ValueError or OverflowError traceback."""
-    monkeypatch.setenv("RELAY_STORE_URL", url)
-    monkeypatch.setenv(variable, value)
-    assert _check_and_dlq_refuse_alike(tmp_path, capsys).startswith(f"{variable}: {wanted}")
 
 
 def _check_and_dlq_refuse_alike(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
