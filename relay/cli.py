@@ -34,7 +34,6 @@ from relay.workers import (
     MAX_WORKERS,
     WORKER_FLAG,
     Role,
-    read_config_payload,
 )
 
 if TYPE_CHECKING:  # the store's commands (dlq, silence, history) start without them
@@ -241,20 +240,18 @@ def _report(exc: RelayError, *, serving_json: bool) -> None:
 
 
 def _compiled(args: argparse.Namespace, settings: Settings) -> Compiled:
+    """The config file's (or the built-in one); a delivery worker's: its parent's, as the
+    parent read it, from the file --config-fd names (see relay.workers)."""
     from relay.configure import compile_config, load  # noqa: PLC0415
+    from relay.reloading import compile_payload  # noqa: PLC0415
 
-    compiled = compile_config(load(settings, getattr(args, "config", None)))
+    fd = getattr(args, "config_fd", None)
+    if fd is None:
+        compiled = compile_config(load(settings, getattr(args, "config", None)))
+    else:
+        with os.fdopen(fd, "rb") as file:
+            compiled = compile_payload(file.read())
     SCRUB.set(compiled.loaded.secrets())  # no secret in a warning either
-    return compiled
-
-
-def _parents_config(fd: int) -> Compiled:
-    """A delivery worker's config: its parent's, as the parent read it (see relay.workers)."""
-    from relay.configure import compile_config, load_text  # noqa: PLC0415
-
-    with os.fdopen(fd, "rb") as file:
-        compiled = compile_config(load_text(*read_config_payload(file.read())))
-    SCRUB.set(compiled.loaded.secrets())
     return compiled
 
 
@@ -268,8 +265,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     setup_logging(settings.log_format, settings.log_level)
     if args.delivery_worker is not None:  # every line of a worker names it, its first ones too
         tag_lines(worker=args.delivery_worker)
-    fd = args.config_fd
-    compiled = _compiled(args, settings) if fd is None else _parents_config(fd)
+    compiled = _compiled(args, settings)
     if compiled.loaded.builtin:
         log.warning(
             "no config file found; running the built-in default: failed runs to the console",

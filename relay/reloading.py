@@ -80,7 +80,7 @@ class ConfigReloads:
             if self._skipped("parent"):
                 return False
             try:
-                compiled = await asyncio.to_thread(_compile_text, payload)
+                compiled = await asyncio.to_thread(compile_payload, payload)
             except ConfigError as exc:
                 log.error(
                     "delivery worker cannot run its parent's config; stopping to start again",
@@ -184,7 +184,9 @@ def _compile(settings: Settings, path: Path | None) -> Compiled:
     return compile_config(load(settings, path))
 
 
-def _compile_text(payload: bytes) -> Compiled:
+def compile_payload(payload: bytes) -> Compiled:
+    """The config a delivery worker's parent runs, from the text it read (workers.config_payload):
+    at the worker's start and on each reload."""
     return compile_config(load_text(*read_config_payload(payload)))
 
 
