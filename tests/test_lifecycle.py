@@ -20,6 +20,7 @@ from relay.configure import compile_config, load
 from relay.service import Service
 from relay.settings import Settings
 from tests.conftest import CONSOLE_FAILURES, RelayProcess, run_python
+from tests.test_workers import namespace_init, pid_namespaces_or_skip
 
 CONSOLE = CONSOLE_FAILURES
 
@@ -46,6 +47,62 @@ def test_a_stop_signal_while_starting_is_a_clean_exit(tmp_path: Path, sig: int) 
     assert proc.proc.wait(20) == 0
     assert not any("Traceback" in str(line) for line in proc.logs)
     assert any(line.get("msg") == "stopped" for line in proc.logs)
+
+
+def test_the_stop_handlers_come_before_any_other_import() -> None:
+    """As PID 1 (the image has no init) the kernel drops a SIGTERM that comes before its handler:
+    `docker stop` in the first ~20 ms after exec waited for the SIGKILL. relay.signals imported
+    logging and typing first, 12 ms of it; it now loads only what `signal` needs."""
+    heavy = ("logging", "typing", "asyncio", "relay.cli")
+    probe = f"import sys, relay.signals; print([m for m in {heavy!r} if m in sys.modules])"
+    assert run_python(probe, dict(os.environ)).stdout.strip() == "[]"
+
+
+def _caught(pid: int, sig: int) -> bool:
+    """The process has a handler for `sig` (its SigCgt mask in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) & (1 << (sig - 1)))
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.005, 0.05])
+def test_as_pid_1_a_sigterm_as_soon_as_it_can_be_caught_is_a_clean_exit(
+    tmp_path: Path, delay_s: float
+) -> None:
+    """`docker stop` right after start: relay as PID 1 of its namespace, a SIGTERM the moment
+    its handler is in place (the earliest a PID 1 can hear one) or a few ms later ends it at
+    once with 0, as a stop while starting does, not at the SIGKILL."""
+    pid_namespaces_or_skip()
+    config = tmp_path / "config.yaml"
+    config.write_text(CONSOLE)
+    proc = RelayProcess(config, tmp_path / "relay.db")
+    proc.argv = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", *proc.argv]
+    proc.spawn()
+    assert proc.proc is not None
+    try:
+        init = _namespace_init_when_caught(proc)
+        time.sleep(delay_s)
+        os.kill(init, signal.SIGTERM)
+        assert proc.proc.wait(20) == 0
+    finally:
+        proc.kill()
+    time.sleep(0.1)  # the reader thread takes the last lines
+    assert not any("Traceback" in str(line) for line in proc.logs)
+    assert {"stopped", "stop requested while starting: not started"} & {
+        line.get("msg") for line in proc.logs
+    }
+
+
+def _namespace_init_when_caught(proc: RelayProcess) -> int:
+    """The namespace's PID 1 once it has its SIGTERM handler (a bounded wait)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, IndexError):
+            init = namespace_init(proc)
+            if _caught(init, signal.SIGTERM):
+                return init
+        time.sleep(0.0005)
+    raise AssertionError("relay never installed its SIGTERM handler")
 
 
 def test_ctrl_c_twice_while_starting_exits_at_once(tmp_path: Path) -> None:
