@@ -43,6 +43,7 @@ from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run
 from tests.fakes.realtime import (
     CUT,
     SESSION,
+    TRICKLE,
     Exchange,
     FakeRealtime,
     fake_realtime,
@@ -762,7 +763,9 @@ def extended_session() -> list[Exchange]:
     return with_exchange(script, 3, fails)
 
 
-def config(fake_url: str, sink_url: str, *, error_backoff: str = "60s") -> str:
+def config(
+    fake_url: str, sink_url: str, *, error_backoff: str = "60s", timeout: str = "60s"
+) -> str:
     return f"""\
 defaults:
   retry: {{max_attempts: 50, max_age: 1h, min_backoff: 100ms, max_backoff: 500ms}}
@@ -771,6 +774,7 @@ sources:
     api_url: {fake_url}
     secret_key: {SECRET}
     error_backoff: {error_backoff}
+    timeout: {timeout}
     feeds:
       - tags: ["{TAG}"]
 channels:
@@ -813,6 +817,25 @@ async def test_relay_alerts_each_failed_run_of_the_feed_once_in_order(
         lag = re.search(rf"^relay_realtime_lag_seconds\{{{feed}\}} (\S+)$", metrics, re.M)
         assert rows is not None and float(rows.group(1)) >= 2, metrics
         assert lag is not None and float(lag.group(1)) >= 0  # 0 once a long poll timed out
+
+
+async def test_a_snapshot_trickled_byte_by_byte_times_out_and_is_asked_again(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A server (or a proxy) sending the snapshot one byte every half timeout: no read ever
+    timed out and a non-live request had no bound at all, so the feed hung on it for good and
+    no failed run of it was alerted. Now it is cut after 5 timeouts, counted as a timeout and
+    asked again."""
+    async with fake_realtime(session()) as fake:
+        fake.faults = [(200, {}, TRICKLE)]  # the first snapshot: ~1 KB, ~50 s at 20 bytes/s
+        r = await relay(config(fake.url, sink.url, timeout="500ms"))
+        await sink.wait_for(1, timeout=30)  # the bound: 2.5 s, then a retry
+        assert fake.served[0] == "trickled initial-snapshot"
+        assert alerted(sink) == [RUN_A]
+        async with r.http.get(r.url + "/metrics") as resp:
+            metrics = await resp.text()
+    timeouts = rf'^relay_realtime_errors_total\{{feed="{re.escape(FEED_KEY)}",reason="timeout"\}} '
+    assert re.search(timeouts, metrics, re.M), metrics
 
 
 async def test_a_feed_no_longer_followed_leaves_no_lag_behind(

@@ -19,6 +19,8 @@ the position and the rows of one committed batch: the changes after it are asked
 submitted again, which intake deduplicates. The cost: one row write per changed run per batch,
 and the rows of every run in the shape kept in the store as in memory.
 
+A request times out when no byte comes for `timeout`, a live one also after `timeout` in all
+and a non-live one after NON_LIVE_TIMEOUTS times it (a server trickling bytes).
 Failures never stop a feed: 429/5xx/408, network errors and timeouts back off with jitter
 (100 ms, times 1.3 up to 10 s, Retry-After honoured); 400/401/403/404 are logged with the feed and
 status and tried again after `error_backoff` (an operator may fix the key), and so is a 3xx,
@@ -94,6 +96,13 @@ MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 UNREADABLE_LIMIT = 3  # the same unreadable response this often: start from a new snapshot
+
+
+# A non-live request (a snapshot chunk, a catch-up) is not held by the server, but may be large
+# and slow: up to one 10 MiB chunk, which Electric may take a while to build. No read waits
+# longer than the timeout; the whole request may take this many times it (5 min at the default
+# 60 s: a chunk at 35 KB/s), so a server or proxy trickling bytes cannot hold the feed forever.
+NON_LIVE_TIMEOUTS = 5
 
 
 Submit = Callable[[Sequence[Run]], Awaitable[IntakeResult]]
@@ -323,9 +332,8 @@ class Follower:
         headers = request_headers(self._config.secret_key.get_secret_value())
         params = dict(sorted({**self.feed.params, **shape.query()}.items()))
         timeout_s = self._timing.timeout_s
-        timeout = aiohttp.ClientTimeout(
-            total=timeout_s if shape.live else None, sock_connect=timeout_s, sock_read=timeout_s
-        )
+        total = timeout_s if shape.live else timeout_s * NON_LIVE_TIMEOUTS
+        timeout = aiohttp.ClientTimeout(total=total, sock_connect=timeout_s, sock_read=timeout_s)
         url = self._config.api_url + self.feed.path
         async with self._session.get(
             url,

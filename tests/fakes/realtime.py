@@ -9,7 +9,8 @@ TRIGGER.md §2.3-2.4). A request is answered by, in order:
    `(status, headers, body)` with exactly those bytes (an empty body, an HTML page, cut JSON),
    `(status, headers, CUT)` starts a body it never finishes (the connection closes), and
    `(status, headers, SLOW)` answers as 2.-6. would, but only after `slow_s` (past a client's
-   timeout: a client gone by then consumes nothing);
+   timeout: a client gone by then consumes nothing), `(status, headers, TRICKLE)` answers so too,
+   but one byte every `trickle_s` (a proxy feeding a slow answer: no read ever times out);
 2. the next scripted exchange, when it is released and its request matches on offset, handle
    and live — then it happened: its changes are merged into the shape's rows;
 3. offset -1 (a new client, a restart, a refetch): a snapshot of the rows as they are now, every
@@ -37,6 +38,7 @@ rows rewritten to EXECUTING; Electric's up-to-date carries `global_last_seen_lsn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -57,6 +59,7 @@ RAW_ROWS = FIXTURES / "realtime-run" / "raw-row"
 UP_TO_DATE = {"headers": {"control": "up-to-date"}}
 CUT = object()  # a scripted fault's body: headers and a start, then the connection closes
 SLOW = object()  # a scripted fault's body: the usual answer, after `slow_s`
+TRICKLE = object()  # a scripted fault's body: the usual answer, a byte every `trickle_s`
 ELECTRIC_VERSION_HEADER = "x-trigger-electric-version"
 API_VERSION_HEADER = "x-trigger-api-version"
 LEGACY_NAMES = {
@@ -246,6 +249,7 @@ class FakeRealtime:
     native: bool = False
     live_hold_s: float = 0.3
     slow_s: float = 1.0
+    trickle_s: float = 0.05
     url: str = ""
     requests: list[Seen] = field(default_factory=list)
     faults: list[tuple[Any, ...]] = field(default_factory=list)
@@ -319,6 +323,8 @@ class FakeRealtime:
             late = _proxied(request, await self._answer(seen, request))
             seen.answer = f"slow {seen.answer}"
             return late
+        if body is TRICKLE:
+            return await self._trickle(seen, request)
         if body is None:
             return _json(status, headers, {"error": "scripted failure"})
         if body is not CUT:
@@ -328,6 +334,22 @@ class FakeRealtime:
         await response.write(b'[{"key": "')
         assert request.transport is not None
         request.transport.close()
+        return response
+
+    async def _trickle(self, seen: Seen, request: web.Request) -> web.StreamResponse:
+        """The usual answer, one byte every `trickle_s`, until the client hangs up."""
+        answer = _proxied(request, await self._answer(seen, request))
+        seen.answer = f"trickled {seen.answer}"
+        body = answer.body
+        assert isinstance(body, bytes)
+        headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-length"}
+        response = web.StreamResponse(status=answer.status, headers=headers)
+        response.content_length = len(body)
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for at in range(len(body)):
+                await response.write(body[at : at + 1])
+                await asyncio.sleep(self.trickle_s)
         return response
 
     async def _answer(self, seen: Seen, request: web.Request) -> web.Response:
