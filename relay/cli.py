@@ -385,7 +385,7 @@ def _print_dry_run(results: list[DryRun]) -> None:
 
     for r in results:
         matched = ", ".join(r.rules) if r.rules else "no rule matched"
-        print(one_line(f"run {r.run_id}: {matched}"))
+        print(one_line(f"{r.event} {r.run_id}: {matched}"))
         for rule, channel, rendered in r.messages:
             fallback = f" (fallback: {rendered.error})" if rendered.fallback else ""
             print(one_line(f"--- rule {rule} → channel {channel}{fallback}"))

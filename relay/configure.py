@@ -281,6 +281,7 @@ class DryRun:
     run_id: str
     rules: list[str]
     messages: list[tuple[str, str, Rendered]]  # (rule, channel, rendered)
+    event: str = "run"  # run, deployment.failed, ...: what `relay test` heads the id with
 
 
 def route_for(compiled: Compiled, name: str, env: ChannelEnv, *, throttled: bool = True) -> Route:
@@ -322,7 +323,7 @@ def dry_run(compiled: Compiled, runs: list[Run]) -> list[DryRun]:
                 )
             )
         rules = list(dict.fromkeys(m.rule for m in decision.matches))
-        out.append(DryRun(run.id, rules, messages))
+        out.append(DryRun(run.id, rules, messages, run.event))
     return out
 
 

@@ -659,10 +659,12 @@ rules:
     )
     files = sorted((FIXTURES / "alert-webhooks").glob("*.json"))
     results = parallel(*(cli("test", str(path), "--config", str(config)) for path in files))
+    # each line names the event's kind: a deployment was headed "run deployment_…"
     expected = {
         "alert.run.failed": "run run_cmuxjbf30kqkowywawhi1r8yr: runs",
-        "alert.deployment.failed": "run deployment_piiwr6f92xrz7zfhpvkcy: broken-deploys",
-        "alert.deployment.success": "run deployment_eojsuds5n9dhqsgm4i3pi: deploys",
+        "alert.deployment.failed": "deployment.failed deployment_piiwr6f92xrz7zfhpvkcy: "
+        "broken-deploys",
+        "alert.deployment.success": "deployment.success deployment_eojsuds5n9dhqsgm4i3pi: deploys",
     }
     assert len(files) == 2 * len(expected)
     for path, result in zip(files, results, strict=True):
@@ -682,10 +684,10 @@ def test_dry_run_of_an_array_of_alert_webhooks_tests_each(
     bodies = [json.loads((FIXTURES / "alert-webhooks" / n).read_bytes()) for n in names]
     events = write(tmp_path / "alerts.json", json.dumps(bodies))
     assert relay_main(["test", str(events), "--config", config]) == 0
-    runs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("run ")]
-    assert runs == [
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if line.startswith(("run ", "deployment."))] == [
         f"run {FAILED_ID}: failures",
-        "run deployment_piiwr6f92xrz7zfhpvkcy: no rule matched",
+        "deployment.failed deployment_piiwr6f92xrz7zfhpvkcy: no rule matched",
     ]
 
 
