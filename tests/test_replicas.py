@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -410,3 +411,48 @@ async def test_a_silence_changed_on_one_replica_holds_at_once_on_another(
     await wait_for(lambda: hook_id(paged) in arrivals(sink), 60, "the failure after DELETE")
     assert hook_id(muted) not in arrivals(sink)
     assert any(e.get("run_id") == muted["id"] and e.get("muted_by") == ident for e in b.logs)
+
+
+async def test_a_replica_whose_send_was_taken_over_does_not_mark_its_failure(
+    replicas: Replicas, sink: Sink, database: str
+) -> None:
+    """A replica frozen mid-send (SIGSTOP: a VM pause, a long GC) is taken for dead, and another
+    sends its notification again. The frozen one, thawed, hears its receiver refuse (400): its
+    `dead` may not land on a row the other replica holds, which delivered it (the row stayed
+    dead, `relay dlq replay --all` would send it a third time, and the delivery went uncounted);
+    a retry likewise handed the other's lease back, for a third send while it was in flight."""
+    first, second = asyncio.Event(), asyncio.Event()
+
+    def gated(gate: asyncio.Event, code: int) -> Any:
+        async def respond(request: Any, index: int) -> Any:
+            await gate.wait()
+            return aiohttp.web.Response(status=code)
+
+        return respond
+
+    sink.responses = [gated(first, 400), gated(second, 200)]
+    procs = await replicas(2)
+    run = {"id": "run_frozen", "status": "FAILED", "taskIdentifier": "t/a", "tags": []}
+    run["updatedAt"] = "2026-08-20T09:14:22.461Z"
+    async with aiohttp.ClientSession() as http:
+        await post_until_accepted(http, procs, 0, [run])
+    await sink.wait_for(1)
+    [frozen] = [
+        p for p in procs if p.proc and hook_id(run) in await leased_by(database, p.proc.pid)
+    ]
+    [other] = [p for p in procs if p is not frozen]
+    assert frozen.proc is not None
+    frozen.proc.send_signal(signal.SIGSTOP)
+    try:
+        await sink.wait_for(2)  # taken over, sent again: both in flight
+    finally:
+        first.set()  # the frozen one's answer waits in its socket
+        frozen.proc.send_signal(signal.SIGCONT)
+    await asyncio.to_thread(frozen.wait_for_log, "notification dead")
+    second.set()
+    await asyncio.to_thread(other.wait_for_log, "notification sent")
+    for _ in range(300):  # the mark commits just after the log line
+        if (counts := await outbox_counts(database)) == {"sent": 1}:
+            break
+        await asyncio.sleep(0.1)
+    assert counts == {"sent": 1}

@@ -16,12 +16,13 @@ from relay.store._rows import HAND_BACK, SAME_CLAIM, RowsEvent
 FIRED_SEPARATOR = "\x1f"
 
 # One statement: the rows of one message ($1 ids, $2 their attempts: `g.tries` in the
-# assignments) change only while pending, and each one's event is written only if it did.
+# assignments) change only while pending (and held: {fence}), and each one's event is written
+# only if it did.
 UPDATE_PENDING = """
     WITH changed AS (
         UPDATE relay_outbox SET {assignments}
         FROM unnest($1::text[], $2::integer[]) AS g(nid, tries)
-        WHERE relay_outbox.id = g.nid AND relay_outbox.state = 'pending'
+        WHERE relay_outbox.id = g.nid AND relay_outbox.state = 'pending'{fence}
         RETURNING relay_outbox.id, g.tries
     )
     INSERT INTO relay_events (notification_id, kind, at, attempts, reason, detail)

@@ -78,8 +78,15 @@ PING_TIMEOUT_S = 5.0  # /readyz answers 503 by then: a health check must not han
 _T = TypeVar("_T")
 _POSTPONE = f"""
     UPDATE relay_outbox SET not_before = $2, lease_until = {HAND_BACK}, updated_at = $3
-    WHERE id = $1 AND state = 'pending'
+    WHERE id = $1 AND state = 'pending' AND COALESCE(lease_holder, $4) = $4
 """  # noqa: S608
+# A replica frozen mid-send (a VM pause, a long GC) is taken for dead and its rows sent again
+# by another: thawed, it may change a row only while it still holds it. Its failure (retry,
+# dead), mute or postponement landed on the other's lease: a retry handed that lease back, for
+# a third send while the second was in flight; dead killed a row the other then delivered (its
+# `sent` found it dead). A send is recorded whoever holds the row: it went out. A row nobody
+# holds (never claimed, or released) stays free to change.
+HELD = " AND COALESCE(relay_outbox.lease_holder, ${n}) = ${n}"
 
 
 class PostgresStore:
@@ -276,6 +283,7 @@ class PostgresStore:
             clean(notification_id),
             not_before,
             now,
+            self.holder,
         )
 
     async def mark_retry(
@@ -287,6 +295,7 @@ class PostgresStore:
             rows,
             ("retry", now, reason, error),
             not_before,
+            held=True,
         )
 
     async def mark_dead(self, rows: Tries, *, now: float, reason: str, error: str) -> None:
@@ -295,6 +304,7 @@ class PostgresStore:
             f" lease_until = {HAND_BACK}, updated_at = $4",
             rows,
             ("dead", now, reason, error),
+            held=True,
         )
 
     async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> None:
@@ -302,13 +312,18 @@ class PostgresStore:
             "state = 'muted', reason = $6, lease_until = NULL, updated_at = $4",
             [(notification_id, 0)],
             ("muted", now, "silence", silence_id),
+            held=True,
         )
 
-    async def _update(self, assignments: str, rows: Tries, event: RowsEvent, *more: Any) -> None:
+    async def _update(
+        self, assignments: str, rows: Tries, event: RowsEvent, *more: Any, held: bool = False
+    ) -> None:
         """Change the pending rows of one message and log each one's event, in one statement
-        (all of them or none; $1..$6 rows and event, then `more`)."""
-        sql = UPDATE_PENDING.format(assignments=assignments)
-        await self._execute(sql, *rows_params(rows, event), *more)
+        (all of them or none; $1..$6 rows and event, then `more`); `held`: only those this
+        replica still holds (HELD, its holder the last parameter)."""
+        fence = HELD.format(n=7 + len(more)) if held else ""
+        sql = UPDATE_PENDING.format(assignments=assignments, fence=fence)
+        await self._execute(sql, *rows_params(rows, event), *more, *([self.holder] if held else []))
 
     async def dead_letters(self, limit: int = 1000) -> list[Notification]:
         rows = await self._fetch(

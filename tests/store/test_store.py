@@ -1356,3 +1356,36 @@ async def test_a_digest_taken_over_from_a_stopped_replica_is_sent_again_as_it_wa
     finally:
         for s in (dead, other):
             await s.close()
+
+
+async def test_a_replica_taken_for_dead_changes_no_row_another_holds_but_to_say_it_sent(
+    pg_url: str,
+) -> None:
+    """A replica frozen mid-send is taken for dead and its row claimed by another. Thawed, its
+    retry, dead, mute or postponement would land on the other's lease (a retry handing it back,
+    for a third send while the second is in flight; dead killing a row the other delivers): the
+    row stays as the other holds it. Its send is recorded: the notification went out."""
+    frozen, other = (PostgresStore(pg_url, replica_timeout_s=3600.0) for _ in range(2))
+    for s in (frozen, other):
+        await s.open()
+    try:
+        [nid] = ids(await other.observe([make_run("run_1")], decide, 1.0))
+        assert [n.id for n in await frozen.claim("c1", now=2.0, limit=10, lease_s=300)] == [nid]
+        await _sql(
+            pg_url,
+            "UPDATE relay_replicas SET expires_at = clock_timestamp() WHERE holder = $1",
+            frozen.holder,
+        )
+        [held] = await other.claim("c1", now=3.0, limit=10, lease_s=300)
+        await frozen.mark_retry([(nid, 1)], now=4.0, not_before=5.0, reason="x", error="x")
+        await frozen.mark_dead([(nid, 1)], now=4.0, reason="x", error="x")
+        await frozen.mark_muted(nid, now=4.0, silence_id="sil_1")
+        await frozen.postpone(nid, now=4.0, not_before=5.0)
+        assert await other.get(nid) == held
+        assert [e["kind"] for e in await other.events(nid)] == ["created"]
+        await frozen.mark_sent([(nid, 1)], now=6.0)
+        after = await other.get(nid)
+        assert after is not None and (after.state, after.attempts) == ("sent", 1)
+    finally:
+        for s in (frozen, other):
+            await s.close()
