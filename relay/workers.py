@@ -203,7 +203,7 @@ class WorkerPool:
     def reload(self) -> None:
         payload = self._config()
         for child in self._children:
-            self._send(child.index, f"reload {len(payload)}", payload)
+            self._send_config(child.index, payload)
 
     def silences_changed(self) -> None:
         for child in self._children:
@@ -221,6 +221,9 @@ class WorkerPool:
         """Every child this pool started, or None while one is starting (its pid not known)."""
         return None if self._spawning else self.pids()
 
+    def _send_config(self, index: int, payload: bytes) -> None:
+        self._send(index, f"reload {len(payload)}", payload)
+
     def _send(self, index: int, command: str, data: bytes = b"") -> None:
         proc = self._children[index].proc
         if proc is None or proc.stdin is None or proc.stdin.is_closing():
@@ -228,11 +231,12 @@ class WorkerPool:
         proc.stdin.write(command.encode() + b"\n" + data)
 
     async def _spawn(self, child: _Child) -> None:
+        payload = self._config()
         read_fd, write_fd = os.pipe()
         self._spawning += 1
         try:
             with tempfile.TemporaryFile() as config:  # no name: gone once both have closed it
-                config.write(self._config())
+                config.write(payload)
                 config.flush()
                 config.seek(0)
                 child.proc = await asyncio.create_subprocess_exec(
@@ -251,6 +255,9 @@ class WorkerPool:
                     stdin=asyncio.subprocess.PIPE,
                     pass_fds=(write_fd, config.fileno()),
                 )
+            now = self._config()
+            if now != payload:  # a reload while it was started went to the one it replaces
+                self._send_config(child.index, now)
         finally:
             self._spawning -= 1
             os.close(write_fd)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ import aiohttp
 import pytest
 
 from relay.model import notification_id
-from relay.workers import Outcome, owned, owner, write_event
+from relay.workers import Outcome, WorkerPool, config_payload, owned, owner, write_event
 from tests.conftest import RelayProcess, Sink, hang, run_cli
 from tests.test_durability import delivered_ids, post_all, runs
 
@@ -423,3 +424,36 @@ async def test_a_worker_runs_the_config_its_parent_read_not_the_file_of_later(
     assert await delivered_ids(sink, 0, want) == want
     assert {r.path for r in sink.received} == {"/new/a"}
     assert not [e for e in proc.logs if e.get("msg") == refused and "worker" in e]
+
+
+async def test_a_reload_while_a_worker_starts_reaches_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A worker is handed the config of its start, then started; a reload swapped in between
+    (it waited in the thread that compiles it) went to the process being replaced, dead. The
+    worker ran the config of before until the next reload: a channel added in the reload had
+    no worker, a changed URL was not taken. Here the service's config is one before the start
+    and another by the time the process is known: the worker runs the later one."""
+    monkeypatch.setenv("RELAY_STORE_URL", f"sqlite:///{tmp_path / 'relay.db'}")
+    monkeypatch.setenv("RELAY_LOG_FORMAT", "json")
+    before, after = config("http://127.0.0.1:9/old", ("a",)), config("http://127.0.0.1:9/new")
+    texts = iter([before])
+    pool = WorkerPool(
+        1,
+        lambda: config_payload(str(tmp_path / "config.yaml"), next(texts, after)),
+        lambda: CHANNELS,
+        lambda *_: None,
+    )
+    await pool.start()
+    try:
+        seen = ""
+        for _ in range(600):
+            seen += capfd.readouterr().err
+            if '"config reloaded"' in seen and not pool.down():
+                break
+            await asyncio.sleep(0.05)
+        reloaded = [json.loads(line) for line in seen.splitlines() if "config reloaded" in line]
+        assert [(e["trigger"], e["rules"]) for e in reloaded] == [("parent", 1)]
+        assert pool.down() == []
+    finally:
+        await pool.stop(5.0)
