@@ -235,7 +235,7 @@ class WorkerPool:
         read_fd, write_fd = os.pipe()
         self._spawning += 1
         try:
-            with tempfile.TemporaryFile() as config:  # no name: gone once both have closed it
+            with _config_file() as config:
                 config.write(payload)
                 config.flush()
                 config.seek(0)
@@ -323,6 +323,17 @@ class WorkerPool:
         for child in self._children:
             if child.supervisor is not None:
                 await asyncio.gather(child.supervisor, return_exceptions=True)
+
+
+def _config_file() -> IO[bytes]:
+    """An empty file with no name, gone once the worker and this process have closed it: in
+    memory where it can be (memfd). A temporary file in /tmp left a read-only root filesystem
+    (Docker --read-only, Kubernetes readOnlyRootFilesystem) with no worker: `relay serve
+    --workers N` hung before listening, deaf to SIGTERM."""
+    memfd_create = getattr(os, "memfd_create", None)  # Linux
+    if memfd_create is None:
+        return tempfile.TemporaryFile()
+    return os.fdopen(memfd_create("relay-config"), "w+b")
 
 
 async def reap_orphans_forever(own: Callable[[], Collection[int] | None]) -> None:

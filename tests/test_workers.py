@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -11,9 +12,11 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import aiohttp
 import pytest
@@ -434,16 +437,9 @@ async def test_a_reload_while_a_worker_starts_reaches_it(
     worker ran the config of before until the next reload: a channel added in the reload had
     no worker, a changed URL was not taken. Here the service's config is one before the start
     and another by the time the process is known: the worker runs the later one."""
-    monkeypatch.setenv("RELAY_STORE_URL", f"sqlite:///{tmp_path / 'relay.db'}")
-    monkeypatch.setenv("RELAY_LOG_FORMAT", "json")
     before, after = config("http://127.0.0.1:9/old", ("a",)), config("http://127.0.0.1:9/new")
     texts = iter([before])
-    pool = WorkerPool(
-        1,
-        lambda: config_payload(str(tmp_path / "config.yaml"), next(texts, after)),
-        lambda: CHANNELS,
-        lambda *_: None,
-    )
+    pool = _pool(tmp_path, monkeypatch, lambda: next(texts, after))
     await pool.start()
     try:
         seen = ""
@@ -455,5 +451,34 @@ async def test_a_reload_while_a_worker_starts_reaches_it(
         reloaded = [json.loads(line) for line in seen.splitlines() if "config reloaded" in line]
         assert [(e["trigger"], e["rules"]) for e in reloaded] == [("parent", 1)]
         assert pool.down() == []
+    finally:
+        await pool.stop(5.0)
+
+
+def _pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: Callable[[], str]) -> WorkerPool:
+    """One delivery worker run by this process, as `relay serve` runs it, on the config `text`
+    gives (the service's running config, at the worker's start and on a reload)."""
+    monkeypatch.setenv("RELAY_STORE_URL", f"sqlite:///{tmp_path / 'relay.db'}")
+    monkeypatch.setenv("RELAY_LOG_FORMAT", "json")
+    path = str(tmp_path / "config.yaml")
+    return WorkerPool(1, lambda: config_payload(path, text()), lambda: CHANNELS, lambda *_: None)
+
+
+async def test_workers_start_with_no_writable_temporary_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only root filesystem (Docker --read-only, Kubernetes readOnlyRootFilesystem) has
+    no writable /tmp: the worker's config went through a temporary file there, and `relay serve
+    --workers N` hung before listening, deaf to SIGTERM. It needs no file system."""
+
+    def read_only(*args: object, **kwargs: object) -> NoReturn:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
+    pool = _pool(tmp_path, monkeypatch, lambda: config("http://127.0.0.1:9"))
+    try:
+        await asyncio.wait_for(pool.start(), 60)
+        await wait_until(lambda: pool.down() == [])
     finally:
         await pool.stop(5.0)
