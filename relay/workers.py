@@ -258,6 +258,9 @@ class WorkerPool:
             now = self._config()
             if now != payload:  # a reload while it was started went to the one it replaces
                 self._send_config(child.index, now)
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             self._spawning -= 1
             os.close(write_fd)
@@ -272,8 +275,8 @@ class WorkerPool:
     async def _supervise(self, child: _Child) -> None:
         """Run the child, relay its events, and start it again if it dies unasked."""
         while not self._stopping:
-            await self._spawn(child)
-            child.started.set()
+            if not await self._started(child):
+                continue
             assert child.proc is not None and child.events is not None
             await self._relay_events(child)
             code = await child.proc.wait()
@@ -287,6 +290,23 @@ class WorkerPool:
             if self._on_death is not None:
                 await self._on_death(child.index)
             await asyncio.sleep(RESTART_AFTER_S)
+
+    async def _started(self, child: _Child) -> bool:
+        """Start the child; False, said and after a pause, if the system refused it (no process
+        or descriptor left: a container's pids limit). That ended the supervisor, silently: the
+        service never listened (at its start) or the worker never came back."""
+        try:
+            await self._spawn(child)
+        except OSError as exc:
+            log.error(
+                "delivery worker could not be started; trying again",
+                extra={"worker": child.index, "error": str(exc)},
+            )
+            child.started.set()  # the service starts all the same, /readyz saying so
+            await asyncio.sleep(RESTART_AFTER_S)
+            return False
+        child.started.set()
+        return True
 
     async def _relay_events(self, child: _Child) -> None:
         assert child.events is not None
@@ -310,9 +330,11 @@ class WorkerPool:
             if child.proc is not None and child.proc.stdin is not None:
                 child.proc.stdin.close()
         procs = [c.proc for c in self._children if c.proc is not None]
-        _, late = await asyncio.wait(
-            [asyncio.create_task(p.wait()) for p in procs], timeout=grace_s + 5
-        )
+        late: set[asyncio.Task[int]] = set()
+        if procs:  # none when the system refused every start
+            _, late = await asyncio.wait(
+                [asyncio.create_task(p.wait()) for p in procs], timeout=grace_s + 5
+            )
         for proc in procs:
             if proc.returncode is None:
                 log.warning("delivery worker did not stop in time; killed", extra={"pid": proc.pid})

@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import aiohttp
 import pytest
@@ -480,5 +480,29 @@ async def test_workers_start_with_no_writable_temporary_directory(
     try:
         await asyncio.wait_for(pool.start(), 60)
         await wait_until(lambda: pool.down() == [])
+    finally:
+        await pool.stop(5.0)
+
+
+async def test_a_worker_the_system_refuses_to_start_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fork refused (EAGAIN: a container's pids limit reached) ended the worker's supervisor
+    with no word: at the start the service never listened, and a worker that had died never
+    came back. It is said, and tried again a second later."""
+    refusals = [OSError(errno.EAGAIN, "Resource temporarily unavailable")]
+    spawn = asyncio.create_subprocess_exec
+
+    async def forking(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        if refusals:
+            raise refusals.pop()
+        return await spawn(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", forking)
+    pool = _pool(tmp_path, monkeypatch, lambda: config("http://127.0.0.1:9"))
+    try:
+        await asyncio.wait_for(pool.start(), 60)
+        await wait_until(lambda: pool.down() == [])
+        assert not refusals
     finally:
         await pool.stop(5.0)
