@@ -232,6 +232,15 @@ class Run(BaseModel):
     def is_failure(self) -> bool:
         return self.status in FAILURE_STATUSES
 
+    @property
+    def measured(self) -> bool:
+        """Whether the update carries the run's cost and duration. A run of an alert webhook
+        (its `alert` part, and every deployment or error event) carries none (TRIGGER.md §3.2):
+        its 0s are no value, so no threshold holds for it and the known ones are kept. The SDK
+        object and Realtime rows read a missing cost as 0, as Trigger.dev's SDK does."""
+        extra = self.__pydantic_extra__
+        return self.event == "run" and not (extra and "alert" in extra)
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict in Trigger.dev's camelCase, dates as ISO strings."""
         return self.model_dump(mode="json", exclude_none=False)

@@ -4,9 +4,10 @@ A rule fires on the update that first satisfies it, once per run (the store reme
 rules fired). Rules are tried in order and the first match wins unless it says `continue: true`.
 A rule with `update_on_recovery` also owes its channels a recovery (template `recovered`) when a
 run it fired for later moves into COMPLETED.
-Candidate rules are indexed by (event, status, isTest) and by the tags a rule requires, so a run
-is only tried against rules it could match; rules filtered on cost, duration, task or metadata
-alone are still tried one by one.
+Candidate rules are indexed by (event, status, isTest, whether the update carries a cost and
+duration) and by the tags a rule requires, so a run is only tried against rules it could match:
+a cost or duration threshold never matches an alert webhook's run, which carries neither. Rules
+filtered on cost, duration, task or metadata alone are still tried one by one.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ class CompiledRule:
     # what a run must have for the rule to match (checked by the index, before the predicates)
     is_test: bool | None = None
     needs_tags: frozenset[str] | None = None  # a run without any of these cannot matchs
+    # a threshold on cost or duration: a run whose update carries neither (an alert webhook's,
+    # Run.measured) cannot match, whatever the bound, as a missing metadata path equals nothing
+    needs_measures: bool = False
 
     def time_muted(self, now: float) -> str | None:
         """Why a notification of this rule is muted at `now` by its time intervals, or None."""
@@ -143,12 +147,12 @@ class RuleSet:
         self.by_name = {rule.name: rule for rule in self.rules}
         self.inhibit_rules = tuple(inhibit_rules)
         self.has_windows = any(r.mute_windows or r.active_windows is not None for r in rules)
-        self._index: dict[tuple[str, str, bool | None], _Candidates] = {}
+        self._index: dict[tuple[str, str, bool | None, bool], _Candidates] = {}
 
     def candidates(self, run: Run) -> tuple[CompiledRule, ...]:
         """The rules worth evaluating for `run`, in order: indexed by (event, status, isTest),
         then by tag, so a thousand rules cost about what the few that may match cost."""
-        key = (run.event, run.status, run.isTest)
+        key = (run.event, run.status, run.isTest, run.measured)
         found = self._index.get(key)
         if found is None:
             found = _index_rules(self.rules, *key)
@@ -188,12 +192,13 @@ class RuleSet:
             return Decision(previous, stale=True)
         fired = previous.fired if previous is not None else frozenset()
         matched = [r for r in self.evaluate(run) if r.name not in fired]
+        cost, duration = _measures(run, previous)
         state = RunState(
             updated_at_ms=new_ms if new_ms is not None else _keep_ms(previous),
             status=run.status,
             fired=fired | {r.name for r in matched},
-            cost_cents=run.costInCents,
-            duration_ms=run.durationMs,
+            cost_cents=cost,
+            duration_ms=duration,
         )
         matches = tuple(
             Match(r.name, ch, r.template, group_by=r.group_by, timing=r.timing)
@@ -221,7 +226,7 @@ class RuleSet:
 
 
 def _index_rules(
-    rules: Sequence[CompiledRule], event: str, status: str, is_test: bool | None
+    rules: Sequence[CompiledRule], event: str, status: str, is_test: bool | None, measured: bool
 ) -> _Candidates:
     fit = [
         r
@@ -229,6 +234,7 @@ def _index_rules(
         if r.event == event
         and (r.statuses is None or status in r.statuses)
         and (r.is_test is None or r.is_test is is_test)
+        and (measured or not r.needs_measures)
     ]
     by_tag: dict[str, list[CompiledRule]] = {}
     for rule in fit:
@@ -253,6 +259,14 @@ def _is_stale(new_ms: int | None, old_ms: int | None) -> bool:
 
 def _keep_ms(previous: RunState | None) -> int | None:
     return previous.updated_at_ms if previous is not None else None
+
+
+def _measures(run: Run, previous: RunState | None) -> tuple[float, float]:
+    """The cost and duration to remember: the run's, or when this update carries none (an
+    alert webhook's run) those known before, which its 0s must not erase."""
+    if run.measured or previous is None:
+        return run.costInCents, run.durationMs
+    return previous.cost_cents, previous.duration_ms
 
 
 Locate = Callable[[tuple[str | int, ...]], str]
@@ -300,6 +314,7 @@ def compile_rules(
                 recover_to=tuple(ch for ch in rule.notify if ch not in unresolved),
                 is_test=rule.match.is_test,
                 needs_tags=_needed_tags(rule.match.tags),
+                needs_measures=_has_threshold(rule.match),
             )
         )
     return RuleSet(compiled, inhibit_rules, failures), problems
@@ -346,7 +361,13 @@ def statuses_of(names: list[str] | None) -> frozenset[str] | None:
 
 def passes_filters(match: MatchConfig, run: Run) -> bool:
     """Whether `run` passes the filters of `match` besides its event and status."""
+    if not run.measured and _has_threshold(match):
+        return False
     return all(predicate(run) for predicate in _match_predicates(match))
+
+
+def _has_threshold(match: MatchConfig) -> bool:
+    return any(t is not None for t in (match.cost_cents, match.base_cost_cents, match.duration_ms))
 
 
 def _match_predicates(match: MatchConfig) -> list[Predicate]:

@@ -144,6 +144,7 @@ class Expect:
     cost: float = 0.0
     base_cost: float = 0.0
     duration: float = 0.0
+    measured: bool = True  # the update carries a cost and duration (an alert webhook's does not)
     is_test: bool = False
     metadata: Any = None
     updated: datetime | None = None  # updatedAt as sent (None: the update carries none)
@@ -524,6 +525,7 @@ class Gen:
         if self.chance():
             run["idempotencyKey"] = self.text()
         exp = Expect(rid, status=status, task=task["id"], tags=run["tags"], is_test=run["isTest"])
+        exp.measured = False
         return task, run, exp
 
     def alert_run(self) -> tuple[dict[str, Any], Expect]:

@@ -21,6 +21,11 @@ def _run(check: Check) -> Check:
     return lambda e: e.event == "run" and check(e)
 
 
+def _measured(check: Check) -> Check:
+    """A threshold: never met by an update without a cost or duration (an alert webhook's)."""
+    return lambda e: e.event == "run" and e.measured and check(e)
+
+
 def _tier(e: Expect) -> Any:
     meta = e.metadata if isinstance(e.metadata, dict) else {}
     if "customer.tier" in meta:
@@ -47,10 +52,10 @@ RULES: list[tuple[str, dict[str, Any], Check]] = [
         _run(lambda e: {"vip", "plan:pro"} <= set(e.tags)),
     ),
     ("tags-none", {"tags": {"none": ["env:prod"]}}, _run(lambda e: "env:prod" not in e.tags)),
-    ("cost-gt", {"cost_cents": {"gt": 5}}, _run(lambda e: e.cost > 5)),
-    ("base-lte", {"base_cost_cents": {"lte": 0.0025}}, _run(lambda e: e.base_cost <= 0.0025)),
-    ("dur-gte", {"duration_ms": {"gte": 60000}}, _run(lambda e: e.duration >= 60000)),
-    ("dur-lt", {"duration_ms": {"lt": 60000}}, _run(lambda e: e.duration < 60000)),
+    ("cost-gt", {"cost_cents": {"gt": 5}}, _measured(lambda e: e.cost > 5)),
+    ("base-lte", {"base_cost_cents": {"lte": 0.0025}}, _measured(lambda e: e.base_cost <= 0.0025)),
+    ("dur-gte", {"duration_ms": {"gte": 60000}}, _measured(lambda e: e.duration >= 60000)),
+    ("dur-lt", {"duration_ms": {"lt": 60000}}, _measured(lambda e: e.duration < 60000)),
     ("is-test", {"is_test": True}, _run(lambda e: e.is_test)),
     ("not-test", {"is_test": False}, _run(lambda e: not e.is_test)),
     (

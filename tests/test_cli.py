@@ -312,6 +312,7 @@ rules:
   - {name: e, match: {event: error, task: "sync-*", is_test: false}, notify: [out]}
   - {name: f, match: {event: deployment.failed, task: "*", tags: {none: [x]}}, notify: [out]}
   - {name: g, match: {cost_cents: {gt: 500}, tags: {any: [vip]}}, notify: [out]}
+  - {name: h, match: {event: deployment.failed, duration_ms: {lt: 5000}}, notify: [out]}
 """,
     )
     assert warnings_of(config, "never fires") == [
@@ -323,6 +324,7 @@ rules:
             (6, 2, "cost_cents", "error"),
             (7, 3, "is_test", "error"),
             (7, 3, "metadata", "error"),
+            (11, 7, "duration_ms", "deployment.failed"),  # no duration meets any bound
         )
     ]
 

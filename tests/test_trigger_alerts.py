@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -395,6 +397,75 @@ async def test_an_error_groups_alerts_share_one_slack_thread(
     assert "thread_ts" not in first and "thread_ts" not in new_group
     assert "thread_ts" not in staged  # the same fingerprint in another environment
     assert regression["thread_ts"] == FIRST_TS and regression["reply_broadcast"] is True
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+THRESHOLDS = """\
+rules:
+  - {name: cheap, match: {status: [failure], cost_cents: {lt: 100}}, notify: [hook], continue: true}
+  - {name: fast, match: {duration_ms: {lte: 20000}}, notify: [hook], continue: true}
+  - {name: no-base, match: {base_cost_cents: {gte: 0, lt: 1}}, notify: [hook], continue: true}
+  - {name: dear, match: {cost_cents: {gt: 100}}, notify: [hook]}
+"""
+
+
+async def threshold_relay(relay: RelayFactory, sink: Sink) -> Relay:
+    return await relay(config(sink).split("rules:")[0] + THRESHOLDS)
+
+
+def remembered(db: Path, run_id: str) -> tuple[float, float]:
+    """The cost and duration the store keeps of a run (what the rules' transitions see)."""
+    with closing(sqlite3.connect(db)) as conn:
+        row = conn.execute(
+            "SELECT cost_cents, duration_ms FROM runs WHERE run_id = ?", (run_id,)
+        ).fetchone()
+    return row[0], row[1]
+
+
+async def test_a_threshold_never_matches_an_alert_webhooks_run(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """alert.run.failed (and the v1 body) carry no cost or duration: `lt`/`lte` rules used to
+    match every such run (its cost and duration read as 0). The same run pushed as an SDK
+    object, with its low cost and short duration, fires them, once."""
+    r = await threshold_relay(relay, sink)
+    for name in (RUN, "legacy-v1.run.failed"):
+        status, answer = await post_alert(r, body_of(name))
+        assert (status, answer["accepted"], answer["notifications"]) == (202, 1, 0), name
+    sdk = sdk_run("failed")  # the same run: 0.05 cents, 14873 ms
+    assert [a["notifications"] for _, a in [await r.post(sdk), await r.post(sdk)]] == [3, 0]
+    got = await sink.wait_for(3)
+    assert sorted(g.json()["rule"] for g in got) == ["cheap", "fast", "no-base"]
+    assert (await post_alert(r, body_of(RUN)))[1]["notifications"] == 0
+
+
+async def test_an_alert_after_the_run_keeps_its_cost(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """A run pushed with its cost and duration, then its failure alert (no cost, no
+    duration): the alert neither fires the rules the known values fail, nor erases them."""
+    r = await threshold_relay(relay, sink)
+    sdk = {**sdk_run("failed"), "costInCents": 500, "baseCostInCents": 2, "durationMs": 60000}
+    assert (await r.post(sdk))[1]["notifications"] == 1  # dear
+    assert (await post_alert(r, body_of(RUN)))[1]["notifications"] == 0
+    assert remembered(tmp_path / "relay.db", sdk["id"]) == (500, 60000)
+    [got] = await sink.wait_for(1)
+    assert got.json()["rule"] == "dear"
+
+
+def test_thresholds_never_match_deployment_and_error_events() -> None:
+    """They come as alert webhooks too, with no cost or duration: as for a run's alert."""
+    rules = [
+        {"name": f"{event}-{key}", "match": {"event": event, key: bound}}
+        for event in ("deployment.failed", "deployment.success", "error")
+        for key, bound in (("cost_cents", {"lt": 100}), ("duration_ms", {"lte": 5000}))
+    ]
+    configs = [RuleConfig.model_validate({**rule, "notify": ["hook"]}) for rule in rules]
+    compiled, _ = compile_rules(configs, lambda p: "")
+    for name in ("alert.deployment.failed", "alert.deployment.success", ERROR):
+        run = parse_alert(json.loads(body_of(name))).run
+        assert run is not None and compiled.decide(run, None).matches == (), name
 
 
 # ----------------------------------------------------------------------------- rules & config
