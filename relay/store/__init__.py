@@ -167,18 +167,21 @@ class Store(Protocol):
         """Record a successful send of one message and the channel's receipt: its rows (one,
         or a digest's every row) in one write, with their events; only pending rows change."""
 
-    async def postpone(self, notification_id: str, *, now: float, not_before: float) -> None:
+    async def postpone(self, notification_id: str, *, now: float, not_before: float) -> bool:
         """Release a pending row's lease and make it due at `not_before`: no attempt counted,
-        no event (a recovery waiting for the notification it resolves)."""
+        no event (a recovery waiting for the notification it resolves). Whether it changed
+        (see mark_retry)."""
 
     async def mark_retry(
         self, rows: Tries, *, now: float, not_before: float, reason: str, error: str
-    ) -> None:
-        """Keep one message's rows pending, due again at `not_before` (one write, as mark_sent)."""
+    ) -> set[str]:
+        """Keep one message's rows pending, due again at `not_before` (one write, as mark_sent).
+        The ids it changed: a row finished, or (PostgreSQL) held by another replica now (this
+        one was taken for dead), is left alone, and its outcome is that replica's to tell."""
 
-    async def mark_dead(self, rows: Tries, *, now: float, reason: str, error: str) -> None:
+    async def mark_dead(self, rows: Tries, *, now: float, reason: str, error: str) -> set[str]:
         """Give up on one message: its rows are kept as dead letters, replayable (one write,
-        as mark_sent)."""
+        as mark_sent). The ids it changed, as mark_retry."""
 
     async def dead_letters(self, limit: int = 1000) -> list[Notification]: ...
 
@@ -221,8 +224,9 @@ class Store(Protocol):
     async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
         """End a silence now (kept for history); None if there is no such silence."""
 
-    async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> None:
-        """A pending notification a silence now covers: recorded as muted, never sent."""
+    async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> bool:
+        """A pending notification a silence now covers: recorded as muted, never sent. Whether
+        it changed (see mark_retry)."""
 
     async def history(self, query: HistoryQuery) -> list[Notification]:
         """Notifications (any state) matching the query, newest first."""

@@ -17,7 +17,7 @@ FIRED_SEPARATOR = "\x1f"
 
 # One statement: the rows of one message ($1 ids, $2 their attempts: `g.tries` in the
 # assignments) change only while pending (and held: {fence}), and each one's event is written
-# only if it did.
+# only if it did; the ids it changed come back.
 UPDATE_PENDING = """
     WITH changed AS (
         UPDATE relay_outbox SET {assignments}
@@ -27,6 +27,7 @@ UPDATE_PENDING = """
     )
     INSERT INTO relay_events (notification_id, kind, at, attempts, reason, detail)
     SELECT id, $3::text, $4::float8, tries, $5::text, $6::text FROM changed
+    RETURNING notification_id
 """
 # Every dead row ($2 NULL), or the named ones with the rest of their dead digests (SAME_CLAIM).
 REPLAY = f"""

@@ -277,19 +277,20 @@ class PostgresStore:
             clean_opt(receipt),
         )
 
-    async def postpone(self, notification_id: str, *, now: float, not_before: float) -> None:
-        await self._execute(
+    async def postpone(self, notification_id: str, *, now: float, not_before: float) -> bool:
+        status = await self._execute(
             _POSTPONE,
             clean(notification_id),
             not_before,
             now,
             self.holder,
         )
+        return status == "UPDATE 1"
 
     async def mark_retry(
         self, rows: Tries, *, now: float, not_before: float, reason: str, error: str
-    ) -> None:
-        await self._update(
+    ) -> set[str]:
+        return await self._update(
             "not_before = $7, attempts = g.tries, reason = $5, last_error = $6,"
             f" lease_until = {HAND_BACK}, updated_at = $4",
             rows,
@@ -298,8 +299,8 @@ class PostgresStore:
             held=True,
         )
 
-    async def mark_dead(self, rows: Tries, *, now: float, reason: str, error: str) -> None:
-        await self._update(
+    async def mark_dead(self, rows: Tries, *, now: float, reason: str, error: str) -> set[str]:
+        return await self._update(
             "state = 'dead', attempts = g.tries, reason = $5, last_error = $6,"
             f" lease_until = {HAND_BACK}, updated_at = $4",
             rows,
@@ -307,23 +308,26 @@ class PostgresStore:
             held=True,
         )
 
-    async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> None:
-        await self._update(
+    async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> bool:
+        changed = await self._update(
             "state = 'muted', reason = $6, lease_until = NULL, updated_at = $4",
             [(notification_id, 0)],
             ("muted", now, "silence", silence_id),
             held=True,
         )
+        return bool(changed)
 
     async def _update(
         self, assignments: str, rows: Tries, event: RowsEvent, *more: Any, held: bool = False
-    ) -> None:
+    ) -> set[str]:
         """Change the pending rows of one message and log each one's event, in one statement
         (all of them or none; $1..$6 rows and event, then `more`); `held`: only those this
-        replica still holds (HELD, its holder the last parameter)."""
+        replica still holds (HELD, its holder the last parameter). The ids it changed."""
         fence = HELD.format(n=7 + len(more)) if held else ""
         sql = UPDATE_PENDING.format(assignments=assignments, fence=fence)
-        await self._execute(sql, *rows_params(rows, event), *more, *([self.holder] if held else []))
+        holder = [self.holder] if held else []
+        changed = await self._fetch(sql, *rows_params(rows, event), *more, *holder)
+        return {row["notification_id"] for row in changed}
 
     async def dead_letters(self, limit: int = 1000) -> list[Notification]:
         rows = await self._fetch(

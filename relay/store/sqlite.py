@@ -195,15 +195,15 @@ class SQLiteStore:
             ("sent", now, None, None),
         )
 
-    async def postpone(self, notification_id: str, *, now: float, not_before: float) -> None:
-        await self._writer.run(
-            lambda conn: conn.execute(_POSTPONE, (not_before, now, notification_id))
+    async def postpone(self, notification_id: str, *, now: float, not_before: float) -> bool:
+        return await self._writer.run(
+            lambda conn: conn.execute(_POSTPONE, (not_before, now, notification_id)).rowcount == 1
         )
 
     async def mark_retry(
         self, rows: Tries, *, now: float, not_before: float, reason: str, error: str
-    ) -> None:
-        await self._update(
+    ) -> set[str]:
+        return await self._update(
             "not_before = :not_before, attempts = :attempts, reason = :reason,"
             f" last_error = :error, lease_until = {HAND_BACK}, updated_at = :now",
             {"not_before": not_before, "reason": reason, "error": error, "now": now},
@@ -211,8 +211,8 @@ class SQLiteStore:
             ("retry", now, reason, error),
         )
 
-    async def mark_dead(self, rows: Tries, *, now: float, reason: str, error: str) -> None:
-        await self._update(
+    async def mark_dead(self, rows: Tries, *, now: float, reason: str, error: str) -> set[str]:
+        return await self._update(
             "state = 'dead', attempts = :attempts, reason = :reason, last_error = :error,"
             f" lease_until = {HAND_BACK}, updated_at = :now",
             {"reason": reason, "error": error, "now": now},
@@ -354,13 +354,14 @@ class SQLiteStore:
         row = await self._writer.run(expire)
         return None if row is None else to_silence(row)
 
-    async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> None:
-        await self._update(
+    async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> bool:
+        changed = await self._update(
             "state = 'muted', reason = :silence, lease_until = NULL, updated_at = :now",
             {"silence": silence_id, "now": now},
             [(notification_id, 0)],
             ("muted", now, "silence", silence_id),
         )
+        return bool(changed)
 
     async def history(self, query: HistoryQuery) -> list[Notification]:
         return await self._reader.run(lambda conn: history_rows(conn, query))
@@ -452,19 +453,22 @@ class SQLiteStore:
 
     async def _update(
         self, assignments: str, params: dict[str, object], rows: Tries, event: RowsEvent
-    ) -> None:
+    ) -> set[str]:
         """Update the pending rows of one message and record each one's event (with its
         attempts, `:attempts`), in one writer op: all of them or none (a failing op rolls back
-        whole). Finished rows are left alone."""
+        whole). Finished rows are left alone; the ids it changed."""
         sql = f"UPDATE outbox SET {assignments} WHERE id = :id AND state = 'pending'"  # noqa: S608
         kind, at, reason, detail = event
 
-        def update(conn: sqlite3.Connection) -> None:
+        def update(conn: sqlite3.Connection) -> set[str]:
+            changed = set()
             for id_, attempts in rows:
                 if conn.execute(sql, {**params, "id": id_, "attempts": attempts}).rowcount == 1:
                     add_event(conn, id_, (kind, at, attempts, reason, detail))
+                    changed.add(id_)
+            return changed
 
-        await self._writer.run(update)
+        return await self._writer.run(update)
 
 
 def _in_chunks(

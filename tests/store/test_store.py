@@ -274,13 +274,14 @@ async def test_mark_sent_and_retry(store: Store) -> None:
     await store.claim("c1", now=10.0, limit=10, lease_s=60)
     await store.mark_sent([(sent, 1)], now=11.0)
     await store.claim("c2", now=10.0, limit=10, lease_s=60)
-    await store.mark_retry(
+    changed = await store.mark_retry(
         [(retried, 2)],
         now=12.0,
         not_before=50.0,
         reason="rate_limited",
         error="429 from receiver",
     )
+    assert changed == {retried}  # the ids changed: dispatch tells and counts only those
 
     done = await store.get(sent)
     assert done is not None and (done.state, done.attempts, done.reason) == ("sent", 1, None)
@@ -290,9 +291,12 @@ async def test_mark_sent_and_retry(store: Store) -> None:
     assert (later.reason, later.last_error) == ("rate_limited", "429 from receiver")
     assert await store.claim("c2", now=49.0, limit=10, lease_s=60) == []  # lease was released
     assert [n.id for n in await store.claim("c2", now=50.0, limit=10, lease_s=60)] == [retried]
-    await store.mark_retry(
-        [(sent, 5)], now=13.0, not_before=60.0, reason="other", error="x"
-    )  # a sent row stays sent
+    finished = await store.mark_retry(
+        [(sent, 5), (retried, 3)], now=13.0, not_before=60.0, reason="other", error="x"
+    )  # a sent row stays sent, and says so
+    assert finished == {retried}
+    assert await store.mark_dead([(sent, 5)], now=13.0, reason="x", error="x") == set()
+    assert not await store.mark_muted(sent, now=13.0, silence_id="sil_1")
     assert await store.get(sent) == done
     assert await store.counts() == {**EMPTY, "pending": 1, "sent": 1}
 
@@ -305,7 +309,7 @@ async def test_receipts_are_kept_and_postponed_rows_wait(store: Store) -> None:
     assert row is not None and (row.state, row.receipt) == ("sent", '{"ts": "1.2"}')
 
     assert [n.id for n in await store.claim("c2", now=10.0, limit=10, lease_s=60)] == [waiting]
-    await store.postpone(waiting, now=12.0, not_before=40.0)
+    assert await store.postpone(waiting, now=12.0, not_before=40.0)
     later = await store.get(waiting)
     assert later is not None and (later.state, later.attempts, later.not_before) == (
         "pending",
@@ -315,7 +319,8 @@ async def test_receipts_are_kept_and_postponed_rows_wait(store: Store) -> None:
     assert await store.claim("c2", now=39.0, limit=10, lease_s=60) == []  # lease released too
     assert await store.next_due("c2") == 40.0
     assert [e["kind"] for e in await store.events(waiting)] == ["created"]  # no attempt, no event
-    await store.postpone(sent, now=13.0, not_before=99.0)  # a finished row is left alone
+    # a finished row is left alone
+    assert not await store.postpone(sent, now=13.0, not_before=99.0)
     assert await store.get(sent) == row
 
 
@@ -1377,10 +1382,12 @@ async def test_a_replica_taken_for_dead_changes_no_row_another_holds_but_to_say_
             frozen.holder,
         )
         [held] = await other.claim("c1", now=3.0, limit=10, lease_s=300)
-        await frozen.mark_retry([(nid, 1)], now=4.0, not_before=5.0, reason="x", error="x")
-        await frozen.mark_dead([(nid, 1)], now=4.0, reason="x", error="x")
-        await frozen.mark_muted(nid, now=4.0, silence_id="sil_1")
-        await frozen.postpone(nid, now=4.0, not_before=5.0)
+        # each says it changed nothing: the frozen one neither logs nor counts the outcome
+        retry = await frozen.mark_retry([(nid, 1)], now=4.0, not_before=5.0, reason="x", error="x")
+        assert retry == set()
+        assert await frozen.mark_dead([(nid, 1)], now=4.0, reason="x", error="x") == set()
+        assert not await frozen.mark_muted(nid, now=4.0, silence_id="sil_1")
+        assert not await frozen.postpone(nid, now=4.0, not_before=5.0)
         assert await other.get(nid) == held
         assert [e["kind"] for e in await other.events(nid)] == ["created"]
         await frozen.mark_sent([(nid, 1)], now=6.0)
