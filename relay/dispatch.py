@@ -243,13 +243,20 @@ class Dispatch:
         now = self.deps.clock()
         if firing is not None and firing.state == "pending":
             later = max(firing.not_before, now) + RECOVERY_WAIT_S
-            await asyncio.shield(self.deps.store.postpone(row.id, now=now, not_before=later))
+            if not await asyncio.shield(
+                self.deps.store.postpone(row.id, now=now, not_before=later)
+            ):
+                self._fenced(row, "postponed")
             return None
         if firing is not None and firing.state == "muted":
             silence = firing.reason or ""
-            await asyncio.shield(self.deps.store.mark_muted(row.id, now=now, silence_id=silence))
-            log.info("recovery muted with its notification", extra=row_extra(self.name, row))
-            self._event("muted", row, "")
+            if await asyncio.shield(
+                self.deps.store.mark_muted(row.id, now=now, silence_id=silence)
+            ):
+                log.info("recovery muted with its notification", extra=row_extra(self.name, row))
+                self._event("muted", row, "")
+            else:
+                self._fenced(row, "muted")
             return None
         receipt = firing.receipt if firing is not None and firing.state == "sent" else None
         dead = firing if firing is not None and firing.state == "dead" else None
@@ -285,7 +292,9 @@ class Dispatch:
             words = "notification muted by a time interval"
         if reason is None:
             return False
-        await asyncio.shield(self.deps.store.mark_muted(row.id, now=now, silence_id=reason))
+        if not await asyncio.shield(self.deps.store.mark_muted(row.id, now=now, silence_id=reason)):
+            self._fenced(row, "muted")  # not sent either: it is the other replica's to send
+            return True
         log.info(words, extra={**extra, "muted_by": reason})
         self._event("muted", row, "")
         return True
@@ -392,12 +401,15 @@ class Dispatch:
         store = self.deps.store
         if outcome.dead:
             error = f"{err} ({outcome.why})"
-            await store.mark_dead(marks, now=now, reason=err.reason, error=error)
+            changed = await store.mark_dead(marks, now=now, reason=err.reason, error=error)
         else:
-            await store.mark_retry(
+            changed = await store.mark_retry(
                 marks, now=now, not_before=outcome.not_before, reason=err.reason, error=str(err)
             )
         for row, (_, attempts) in zip(rows, marks, strict=True):
+            if row.id not in changed:  # taken for dead meanwhile: the other replica tells it
+                self._fenced(row, "dead" if outcome.dead else "retry")
+                continue
             info = {**row_extra(self.name, row), "reason": err.reason, "attempts": attempts}
             info["error"] = str(err)
             if outcome.dead:
@@ -406,6 +418,15 @@ class Dispatch:
                 retry_in_s = round(outcome.not_before - now, 3)
                 log.warning("delivery failed; will retry", extra={**info, "retry_in_s": retry_in_s})
             self._event("dead" if outcome.dead else "retry", row, err.reason, attempts)
+
+    def _fenced(self, row: Notification, outcome: str) -> None:
+        """A row this replica no longer holds (it was taken for dead, frozen or cut off, and
+        another replica claimed the row) or that is finished: its mark changed nothing, so its
+        outcome is neither logged as one nor counted here."""
+        log.info(
+            "notification held by another replica now; outcome not recorded here",
+            extra={**row_extra(self.name, row), "outcome": outcome},
+        )
 
     def _event(self, kind: str, row: Notification, reason: str, attempts: int = 0) -> None:
         if self.deps.on_event is not None:

@@ -32,6 +32,7 @@ from tests.conftest import RelayProcess, Sink, sdk_run
 from tests.pg import PgServer, fresh_database, start_server
 
 TAKEOVER = "taking over notifications of a stopped replica"
+FENCED = "notification held by another replica now; outcome not recorded here"
 PAUSED = "store unavailable; delivery paused"
 RESUMED = "store available again; delivery resumed"
 WAITING = "store not reachable; waiting for it"
@@ -420,7 +421,9 @@ async def test_a_replica_whose_send_was_taken_over_does_not_mark_its_failure(
     sends its notification again. The frozen one, thawed, hears its receiver refuse (400): its
     `dead` may not land on a row the other replica holds, which delivered it (the row stayed
     dead, `relay dlq replay --all` would send it a third time, and the delivery went uncounted);
-    a retry likewise handed the other's lease back, for a third send while it was in flight."""
+    a retry likewise handed the other's lease back, for a third send while it was in flight.
+    Nor does it log or count that dead (a dead letter in its metrics that `relay dlq list` does
+    not show): it says once that another replica holds the notification now."""
     first, second = asyncio.Event(), asyncio.Event()
 
     def gated(gate: asyncio.Event, code: int) -> Any:
@@ -448,7 +451,7 @@ async def test_a_replica_whose_send_was_taken_over_does_not_mark_its_failure(
     finally:
         first.set()  # the frozen one's answer waits in its socket
         frozen.proc.send_signal(signal.SIGCONT)
-    await asyncio.to_thread(frozen.wait_for_log, "notification dead")
+    said = await thawed_outcome(frozen, hook_id(run))
     second.set()
     await asyncio.to_thread(other.wait_for_log, "notification sent")
     for _ in range(300):  # the mark commits just after the log line
@@ -456,3 +459,30 @@ async def test_a_replica_whose_send_was_taken_over_does_not_mark_its_failure(
             break
         await asyncio.sleep(0.1)
     assert counts == {"sent": 1}
+    # its dead changed no row: neither said nor counted (`relay dlq list` shows no such letter)
+    assert said == FENCED
+    async with aiohttp.ClientSession() as http, http.get(frozen.url + "/metrics") as resp:
+        text = await resp.text()
+    assert set(samples(text, "relay_notifications_dead_total{")) == {0.0}  # none, any channel
+    assert samples(text, 'relay_notifications_failed_total{channel="hook",reason="client_e') == [
+        1.0
+    ]
+
+
+def samples(metrics: str, prefix: str) -> list[float]:
+    """The values of the /metrics samples whose line starts with `prefix`."""
+    return [float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(prefix)]
+
+
+async def thawed_outcome(proc: RelayProcess, ident: str) -> str:
+    """The first outcome line a replica wrote about notification `ident` (bounded wait)."""
+    outcomes = {FENCED, "notification dead", "delivery failed; will retry", "notification sent"}
+
+    def said() -> list[str]:
+        logs = list(proc.logs)
+        return [
+            e["msg"] for e in logs if e.get("msg") in outcomes and e.get("notification_id") == ident
+        ]
+
+    await wait_for(lambda: bool(said()), 60, f"an outcome of {ident}")
+    return said()[0]
