@@ -424,7 +424,7 @@ class Dispatch:
         another replica claimed the row) or that is finished: its mark changed nothing, so its
         outcome is neither logged as one nor counted here."""
         log.info(
-            "notification held by another replica now; outcome not recorded here",
+            "notification not held here now (another replica's, or finished); outcome not recorded",
             extra={**row_extra(self.name, row), "outcome": outcome},
         )
 

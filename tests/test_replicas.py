@@ -32,7 +32,7 @@ from tests.conftest import RelayProcess, Sink, sdk_run
 from tests.pg import PgServer, fresh_database, start_server
 
 TAKEOVER = "taking over notifications of a stopped replica"
-FENCED = "notification held by another replica now; outcome not recorded here"
+FENCED = "notification not held here now (another replica's, or finished); outcome not recorded"
 PAUSED = "store unavailable; delivery paused"
 RESUMED = "store available again; delivery resumed"
 WAITING = "store not reachable; waiting for it"
