@@ -21,7 +21,14 @@ other update moves the run, and each (run, rule) its status reaches (first match
   runs, so the same id), never merged with runs that came due meanwhile, and a SIGTERM hands
   its claim back the same way. So no kill explains a run in two digest ids.
 
-A failure names its seed; RELAY_REPLICA_SEED=N replays one, RELAY_REPLICA_SEEDS=N runs N.
+A SIGTERM explains no duplicate: it finishes its sends (a slow answer, 0.3 s, is far under the
+5 s timeout and the shutdown grace) or hands them back unsent. Answers other than 2xx are not
+deliveries (the receiver keeps nothing), so a retry of one is no duplicate either. A replica is
+taken for dead 2 s after its last heartbeat (RELAY_REPLICA_TIMEOUT), as in test_replicas.py.
+
+A failure names its seed and the steps; RELAY_REPLICA_SEED=N replays one, RELAY_REPLICA_SEEDS=N
+runs N (40 with RELAY_SLOW=1). With -s each seed prints what it did. Seeds replay the steps, not
+the timing: which request a receiver's answer falls on depends on the replicas' order.
 """
 
 from __future__ import annotations
@@ -51,10 +58,12 @@ from tests.fakes.serving import serving
 from tests.pg import fresh_database, shared_server
 from tests.test_replicas import backends_gone, outbox_counts, post
 
+SLOW = os.environ.get("RELAY_SLOW") == "1"
+SIZE = 3 if SLOW else 1  # runs and steps
 if "RELAY_REPLICA_SEED" in os.environ:
     SEEDS: list[int] = [int(os.environ["RELAY_REPLICA_SEED"])]
 else:
-    SEEDS = list(range(int(os.environ.get("RELAY_REPLICA_SEEDS", "2"))))
+    SEEDS = list(range(int(os.environ.get("RELAY_REPLICA_SEEDS", "40" if SLOW else "2"))))
 START = datetime(2026, 9, 1, 12, 0)
 FAILURE = {"FAILED", "CRASHED", "SYSTEM_FAILURE", "TIMED_OUT"}
 ENDS = ["FAILED", "CRASHED", "TIMED_OUT", "COMPLETED", "COMPLETED", "CANCELED"]
@@ -409,12 +418,14 @@ async def drive(seed: int, url: str, tmp: Path) -> None:
             if rng.random() < 0.4:
                 proc.argv += ["--workers", "2"]
             replicas.append(Replica(proc))
-        model = Model(seed, rng, url, receiver, replicas, new_runs(rng, seed, rng.randint(8, 20)))
+        model = Model(
+            seed, rng, url, receiver, replicas, new_runs(rng, seed, rng.randint(8, 20) * SIZE)
+        )
         try:
             await asyncio.gather(*(model.start(r) for r in replicas))
             model.arm()
             async with aiohttp.ClientSession() as model.http:
-                for _ in range(rng.randint(8, 14)):
+                for _ in range(rng.randint(8, 14) * SIZE):
                     await model.step()
                 while any(r.sent < len(r.statuses) for r in model.runs):
                     await model.post_batch(model.next_updates(), twice=False)
