@@ -312,11 +312,18 @@ class Model:
 
     # ---- steps
 
+    def pending(self) -> bool:
+        return any(r.sent < len(r.statuses) for r in self.runs)
+
     async def step(self) -> None:
         up = [r for r in self.replicas if r.up]
         down = [r for r in self.replicas if not r.up]
         roll = self.rng.random()
-        if roll < 0.1 and len(up) > 1:
+        if roll < 0.05 and len(up) > 1 and self.pending():  # mid-intake: the client retries
+            victim = self.rng.choice(up)
+            await asyncio.gather(self.post_batch(self.next_updates(), False), self.kill(victim))
+            self.log.append("(that one mid-intake)")
+        elif roll < 0.1 and len(up) > 1:
             await self.kill(self.rng.choice(up))
         elif roll < 0.15 and len(up) > 1:
             await self.terminate(self.rng.choice(up))
@@ -324,7 +331,7 @@ class Model:
             await self.start(self.rng.choice(down))
         elif roll < 0.4 and any(r.stored for r in self.runs):
             await self.post_batch(self.stale_updates(), twice=False)
-        elif any(r.sent < len(r.statuses) for r in self.runs):
+        elif self.pending():
             await self.post_batch(self.next_updates(), twice=self.rng.random() < 0.25)
         if self.rng.random() < 0.3:
             await asyncio.sleep(self.rng.choice([0.1, 0.4]))
@@ -427,7 +434,7 @@ async def drive(seed: int, url: str, tmp: Path) -> None:
             async with aiohttp.ClientSession() as model.http:
                 for _ in range(rng.randint(8, 14) * SIZE):
                     await model.step()
-                while any(r.sent < len(r.statuses) for r in model.runs):
+                while model.pending():
                     await model.post_batch(model.next_updates(), twice=False)
                 await asyncio.gather(*(model.start(r) for r in replicas if not r.up))
             await quiet(model)
