@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    PrivateAttr,
     field_serializer,
     field_validator,
 )
@@ -212,6 +213,15 @@ class Run(BaseModel):
     isTest: Flag = False
     # relay's own: which kind of event this is (run, deployment.failed, ...).
     event: str = "run"
+    # set by the alert webhook's parser alone (Run.of_alert), never by a field of the input
+    _of_alert: bool = PrivateAttr(default=False)
+
+    @classmethod
+    def of_alert(cls, fields: dict[str, Any]) -> Run:
+        """The run of an alert webhook: validated, and known to carry no cost or duration."""
+        run = cls.model_validate(fields)
+        run._of_alert = True
+        return run
 
     @field_validator(*_DATES)
     @classmethod
@@ -235,11 +245,11 @@ class Run(BaseModel):
     @property
     def measured(self) -> bool:
         """Whether the update carries the run's cost and duration. A run of an alert webhook
-        (its `alert` part, and every deployment or error event) carries none (TRIGGER.md §3.2):
+        (Run.of_alert, and every deployment or error event) carries none (TRIGGER.md §3.2):
         its 0s are no value, so no threshold holds for it and the known ones are kept. The SDK
-        object and Realtime rows read a missing cost as 0, as Trigger.dev's SDK does."""
-        extra = self.__pydantic_extra__
-        return self.event == "run" and not (extra and "alert" in extra)
+        object and Realtime rows read a missing cost as 0, as Trigger.dev's SDK does; a field
+        of theirs named `alert` is theirs, not the webhook's mark."""
+        return self.event == "run" and not self._of_alert
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict in Trigger.dev's camelCase, dates as ISO strings."""

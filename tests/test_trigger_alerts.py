@@ -454,6 +454,19 @@ async def test_an_alert_after_the_run_keeps_its_cost(
     assert got.json()["rule"] == "dear"
 
 
+async def test_a_pushed_run_with_a_field_named_alert_is_measured(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """Only the alert webhook's parser says a run carries no cost or duration: an SDK object
+    pushed with a field of its own called `alert` (kept as an extra) used to be taken for an
+    alert's run, and its cost (500 cents) fired no threshold."""
+    r = await threshold_relay(relay, sink)
+    sdk = {**sdk_run("failed"), "costInCents": 500, "baseCostInCents": 2, "durationMs": 60000}
+    sdk["alert"] = {"type": "alert.run.failed"}
+    assert (await r.post(sdk))[1]["notifications"] == 1  # dear
+    assert [g.json()["rule"] for g in await sink.wait_for(1)] == ["dear"]
+
+
 def test_thresholds_never_match_deployment_and_error_events() -> None:
     """They come as alert webhooks too, with no cost or duration: as for a run's alert."""
     rules = [

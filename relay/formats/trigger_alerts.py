@@ -246,9 +246,9 @@ def _string(data: Mapping[str, Any], key: str, where: str) -> str:
 
 
 def _validate(fields: dict[str, Any], sources: Mapping[str, str]) -> Run:
-    """Run.model_validate; a failure names the field of the webhook body, not of the Run."""
+    """Run.of_alert; a failure names the field of the webhook body, not of the Run."""
     try:
-        return Run.model_validate(fields)
+        return Run.of_alert(fields)
     except ValidationError as exc:
         err = exc.errors(include_input=False, include_url=False)[0]
         head, *rest = (str(p) for p in err["loc"])
