@@ -26,7 +26,7 @@ from relay.grouping import digest_context, digest_id
 from relay.model import Notification, subject_of
 from relay.sending import Clock, Route, Sender, Sleep, Tried
 from relay.silences import SilenceCache, silenced_by
-from relay.store import Store
+from relay.store import Store, Tries
 from relay.templating import RenderContext, Rendered, Renderer
 
 log = logging.getLogger("relay.delivery")
@@ -185,7 +185,7 @@ class Dispatch:
             self._event("failed", rows[0], reason)
         err = tried.error
 
-        def finish() -> Awaitable[object]:
+        def finish(again: bool) -> Awaitable[object]:
             # A digest fails as one message: its rows retry together (one jittered time) or die
             # together, else each row would come back alone and the digest split into N messages.
             tries = tried.tries
@@ -197,7 +197,8 @@ class Dispatch:
             elif err is None:
                 writes = [self._sent(rows, tries, tried)]
             else:
-                writes = [self._failed(rows, err, tries, self._outcome(err, rows, tries))]
+                outcome = self._outcome(err, rows, tries)
+                writes = [self._failed(rows, err, tries, outcome, again=again)]
             if err is None and group_key is not None:
                 writes.append(self.deps.store.group_flushed(group_key, self.deps.clock()))
             return writes[0] if len(writes) == 1 else asyncio.gather(*writes)
@@ -217,17 +218,20 @@ class Dispatch:
             log.error("outcome not recorded", extra=extra, exc_info=write.exception())
 
     async def _write_through_blips(
-        self, write: Callable[[], Awaitable[object]], extra: dict[str, object]
+        self, write: Callable[[bool], Awaitable[object]], extra: dict[str, object]
     ) -> None:
         """Record the outcome even if the store blips: retried with backoff up to the lease
-        (the writes are idempotent: they only change rows still pending)."""
+        (the writes are idempotent: they only change rows still pending). `write(again)`: again
+        once a try failed, which may have landed all the same (committed, its reply lost)."""
         deadline = self.deps.clock() + self.lease_s
         wait_s = 0.25
+        again = False
         while True:
             try:
-                await write()
+                await write(again)
                 return
             except StoreUnavailable:
+                again = True
                 if self.deps.clock() + wait_s > deadline:
                     log.error("outcome not recorded: store unavailable", extra=extra)
                     return
@@ -394,7 +398,13 @@ class Dispatch:
         )
 
     async def _failed(
-        self, rows: list[Notification], err: DeliveryError, tries: int, outcome: pol.Outcome
+        self,
+        rows: list[Notification],
+        err: DeliveryError,
+        tries: int,
+        outcome: pol.Outcome,
+        *,
+        again: bool = False,
     ) -> None:
         now = self.deps.clock()
         marks = [(row.id, row.attempts + tries) for row in rows]
@@ -406,6 +416,8 @@ class Dispatch:
             changed = await store.mark_retry(
                 marks, now=now, not_before=outcome.not_before, reason=err.reason, error=str(err)
             )
+        if again:  # a try before may have changed them, its reply lost: then this one did not
+            changed |= await self._landed(marks, "dead" if outcome.dead else "pending", changed)
         for row, (_, attempts) in zip(rows, marks, strict=True):
             if row.id not in changed:  # taken for dead meanwhile: the other replica tells it
                 self._fenced(row, "dead" if outcome.dead else "retry")
@@ -418,6 +430,17 @@ class Dispatch:
                 retry_in_s = round(outcome.not_before - now, 3)
                 log.warning("delivery failed; will retry", extra={**info, "retry_in_s": retry_in_s})
             self._event("dead" if outcome.dead else "retry", row, err.reason, attempts)
+
+    async def _landed(self, marks: Tries, state: str, changed: set[str]) -> set[str]:
+        """The rows of `marks` left unchanged that are as the mark leaves them (`state`, its
+        attempts): an earlier try of the write changed them, and they are this replica's to
+        tell, not another's."""
+        landed = set()
+        for id_, attempts in marks:
+            row = None if id_ in changed else await self.deps.store.get(id_)
+            if row is not None and row.state == state and row.attempts == attempts:
+                landed.add(id_)
+        return landed
 
     def _fenced(self, row: Notification, outcome: str) -> None:
         """A row this replica no longer holds (it was taken for dead, frozen or cut off, and

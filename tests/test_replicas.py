@@ -486,3 +486,97 @@ async def thawed_outcome(proc: RelayProcess, ident: str) -> str:
 
     await wait_for(lambda: bool(said()), 60, f"an outcome of {ident}")
     return said()[0]
+
+
+class LosingProxy:
+    """A TCP proxy to PostgreSQL that, once, lets a statement holding `marker` run and commit
+    (its command tag `done`), then cuts the connection before any of its reply reaches relay:
+    a reply lost on the way back."""
+
+    def __init__(self, upstream_port: int, marker: bytes, done: bytes) -> None:
+        self.upstream_port, self.marker, self.done = upstream_port, marker, done
+        self.armed, self.cut = True, asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        losing = asyncio.Event()
+        pumps = [
+            asyncio.ensure_future(self._up(reader, up_writer, losing)),
+            asyncio.ensure_future(self._down(up_reader, writer, losing)),
+        ]
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for task in pumps:
+            task.cancel()
+        writer.close()
+        up_writer.close()
+
+    async def _up(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, losing: asyncio.Event
+    ) -> None:
+        while data := await reader.read(65536):
+            if self.armed and self.marker in data:
+                self.armed = False
+                losing.set()
+            writer.write(data)
+            await writer.drain()
+
+    async def _down(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, losing: asyncio.Event
+    ) -> None:
+        held = b""  # from the statement's command tag on: never forwarded
+        while data := await reader.read(65536):
+            if not held and losing.is_set() and self.done in data:
+                at = data.index(self.done) - 5  # its CommandComplete message: 'C', length
+                data, held = data[:at], data[at:]
+            elif held:
+                held, data = held + data, b""
+            writer.write(data)
+            await writer.drain()
+            if b"Z\x00\x00\x00\x05" in held:  # ReadyForQuery: committed; relay never hears it
+                self.cut.set()
+                return
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_a_dead_mark_whose_reply_was_lost_is_still_said_and_counted(
+    pg: PgServer, database: str, sink: Sink, tmp_path: Path
+) -> None:
+    """The receiver refuses (400): the row is marked dead, and PostgreSQL commits it, but the
+    reply is lost (the connection drops). The outcome is written again after the blip and finds
+    the row dead already: that is this replica's own dead, to log and count, not another's."""
+
+    async def refuse(request: Any, index: int) -> Any:
+        return aiohttp.web.Response(status=400)
+
+    sink.responses = [refuse]
+    proxy = LosingProxy(pg.port, b"state = 'dead', attempts = g.tries", b"INSERT 0 1\x00")
+    await proxy.start()
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(url=sink.url))
+    url = database.replace(f":{pg.port}/", f":{proxy.port}/")
+    proc = RelayProcess(config, tmp_path / "unused.db", {"RELAY_STORE_URL": url})
+    try:
+        await asyncio.to_thread(proc.start, 60.0)
+        run = {"id": "run_lost_reply", "status": "FAILED", "taskIdentifier": "t/a", "tags": []}
+        async with aiohttp.ClientSession() as http:
+            assert await post(http, proc.url, [run]) == 202
+            await asyncio.wait_for(proxy.cut.wait(), 60)
+            said = await thawed_outcome(proc, hook_id(run))
+            async with http.get(proc.url + "/metrics") as resp:
+                text = await resp.text()
+    finally:
+        proc.kill()
+        await proxy.close()
+    assert await outbox_counts(database) == {"dead": 1}
+    assert said == "notification dead"
+    assert sum(samples(text, 'relay_notifications_dead_total{channel="hook"')) == 1.0
