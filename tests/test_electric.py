@@ -421,3 +421,16 @@ def test_few_brackets_counts_every_level() -> None:
     deep = "[" * 66 + "]" * 66
     assert too_deep(json.loads(deep)) and not few_brackets(deep) and not few_brackets(deep.encode())
     assert few_brackets(b'{"a": [1, {"b": "]]"}]}')
+
+
+def test_an_error_column_of_a_huge_integer_is_a_custom_error() -> None:
+    """A server whose schema types `error` as int8 (or any JSON decoder) may hand a number past
+    64 bits: orjson cannot write it, and the row raised TypeError (not an InputError), which
+    the feed does not skip. Trigger.dev wraps any non-object error as CUSTOM_ERROR."""
+    row = {"friendlyId": "run_x", "status": "CRASHED", "error": str(2**64)}
+    run = parse_raw_run(row, schema={"error": {"type": "int8"}})
+    assert run.error is not None and run.error["raw"] == str(2**64)
+    assert parse_raw_run({**row, "error": [2**70]}).error == {
+        "type": "CUSTOM_ERROR",
+        "raw": f"[{2**70}]",
+    }

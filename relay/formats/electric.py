@@ -13,6 +13,7 @@ kept as it is (with `type`, INTERNAL_ERROR `code` and `message`): richer than th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
@@ -351,7 +352,16 @@ def _error(value: Any) -> dict[str, Any] | None:
         return enhanced(value)
     if isinstance(value, str):
         return {"type": "STRING_ERROR", "raw": value}
-    return {"type": "CUSTOM_ERROR", "raw": orjson.dumps(value, default=str).decode()}
+    return {"type": "CUSTOM_ERROR", "raw": _json_text(value)}
+
+
+def _json_text(value: Any) -> str:
+    """`value` as JSON; a number past 64 bits (an int8 column, a decoder's) orjson cannot
+    write, Python's json can."""
+    try:
+        return orjson.dumps(value, default=str).decode()
+    except TypeError:
+        return json.dumps(value, default=str, separators=(",", ":"))
 
 
 def _raw_field(exc: InputError) -> InputError:
