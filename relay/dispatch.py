@@ -22,7 +22,7 @@ from relay import policy as pol
 from relay.channels import Outgoing, Recovery
 from relay.config import RetryPolicy
 from relay.errors import DeliveryError, StoreUnavailable
-from relay.grouping import digest_context, digest_id
+from relay.grouping import digest_context, digest_id, seen_at
 from relay.model import Notification, subject_of
 from relay.sending import Clock, Route, Sender, Sleep, Tried
 from relay.silences import SilenceCache, silenced_by
@@ -92,7 +92,9 @@ def render_digest(
     *,
     wall_s: float | None = None,
 ) -> Rendered:
-    """Render several notifications of one group as one digest (template `digest`)."""
+    """Render several notifications of one group as one digest (template `digest`): its runs
+    oldest first, by when each was seen (one batch's rows share a created_at), the latest last."""
+    rows = sorted(rows, key=lambda row: seen_at(row.run))
     head = rows[-1]
     labels = head.extra.get("group_labels") or {}
     group = digest_context(head.group_key or "", labels, [row.run for row in rows])

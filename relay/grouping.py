@@ -129,7 +129,7 @@ def digest_context(
         by_status[status] = by_status.get(status, 0) + 1
         by_task[task] = by_task.get(task, 0) + 1
         cost += _number(run.get("costInCents")) + _number(run.get("baseCostInCents"))
-    seen = sorted(str(t) for run in runs if (t := run.get("updatedAt") or run.get("createdAt")))
+    seen = sorted(t for run in runs if (t := seen_at(run)))
     return {
         "key": key,
         "labels": dict(labels),
@@ -141,6 +141,12 @@ def digest_context(
         "last_seen": seen[-1] if seen else None,
         "total_cost_cents": cost,
     }
+
+
+def seen_at(run: Mapping[str, Any]) -> str:
+    """When a run (or alert event) was last seen, as its ISO text; "" when it says nothing."""
+    value = run.get("updatedAt") or run.get("createdAt")
+    return str(value) if value else ""
 
 
 def _number(value: Any) -> float:

@@ -57,6 +57,22 @@ async def test_twenty_failures_make_one_digest_per_task(relay: RelayFactory, sin
     assert (await r.service.store.counts())["sent"] == 23
 
 
+async def test_a_digest_lists_its_runs_oldest_first_and_ends_with_the_latest(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    # one batch gives its notifications one created_at: the digest listed them by notification
+    # id (a hash), so "the latest run" (the last one, its link on Slack's button) was any of them
+    r = await relay(CONFIG.format(url=sink.url, wait="200ms", interval="5m"))
+    runs = [failed(i) for i in range(8)]
+    for i, run in enumerate(runs):
+        run["updatedAt"] = f"2026-08-20T09:{59 - i:02d}:00.000Z"  # the first posted is the newest
+    await r.post(runs)
+    [got] = await sink.wait_for(1)
+    body = got.json()
+    assert [run["id"] for run in body["runs"]] == [f"run_digest_{i:03d}" for i in range(7, -1, -1)]
+    assert body["group"]["lastSeen"] == "2026-08-20T09:59:00.000Z"
+
+
 async def test_a_group_of_one_reads_like_a_normal_alert(relay: RelayFactory, sink: Sink) -> None:
     r = await relay(CONFIG.format(url=sink.url, wait="300ms", interval="5m"))
     await r.post(failed(1))
