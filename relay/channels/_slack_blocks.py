@@ -5,11 +5,11 @@ a refused message is sent again in (its text cut, its text alone).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
-from relay.filters import truncate_chars
+from relay.filters import mrkdwn, truncate_chars
 
 _LAYOUT_KEYS = ("blocks", "attachments")
 MAX_BLOCKS, MAX_TEXT = 50, 40_000
@@ -115,6 +115,35 @@ def plain_body(body: dict[str, Any], clear: bool) -> dict[str, Any] | None:
     if not any(body.get(key) for key in _LAYOUT_KEYS):
         return None
     plain = {key: value for key, value in body.items() if key not in _LAYOUT_KEYS}
+    links = "".join(f"\n{link}" for link in _button_links(body.get("blocks")))
+    if links:
+        text = plain.get("text")
+        plain["text"] = _clip(text if isinstance(text, str) else "", MAX_TEXT - len(links)) + links
     if clear:
         plain.update(blocks=[], attachments=[])
     return plain
+
+
+def _button_links(blocks: Any) -> list[str]:
+    """The http(s) buttons of `blocks` as mrkdwn links (<url|label>): the dashboard link the
+    shipped templates give only as a button, kept when a message goes out as its text alone."""
+    links: list[str] = []
+    for block in blocks if isinstance(blocks, list) else []:
+        elements = block.get("elements") if isinstance(block, dict) else None
+        for element in elements if isinstance(elements, list) else []:
+            url = element.get("url") if isinstance(element, dict) else None
+            if _linkable(url):
+                label = element.get("text")
+                label = label.get("text") if isinstance(label, dict) else None
+                links.append(f"<{url.replace('&', '&amp;')}|{mrkdwn(label or url, 200)}>")
+    return links
+
+
+def _linkable(url: Any) -> TypeGuard[str]:
+    """A plain http(s) URL that fits in <url|label> (as the templates' `link` macro has it)."""
+    return (
+        isinstance(url, str)
+        and url.startswith(("https://", "http://"))
+        and len(url) <= 1500
+        and not any(c.isspace() or c in "|<>" for c in url)
+    )

@@ -31,8 +31,8 @@ Incoming webhooks return no `ts`: no threading there.
 When Slack refuses the layout of a message (invalid_blocks, invalid_blocks_format,
 invalid_attachments, too_many_attachments: a template Slack's validation rejects;
 msg_blocks_too_long: blocks each within their limits but too long together, as a digest of long
-run lines can be), the error is logged and the message
-is sent once more as its text alone, so the on-call is still told; only if that fails too is the
+run lines can be), the error is logged and the message is sent once more as its text
+alone (and its buttons' links), so the on-call is still told; only if that fails too is the
 notification failed (client_error, permanent). Likewise a text Slack finds too long
 (msg_too_long: Slack now refuses texts from about 4,000 characters, not the 40,000 it documents)
 is sent once more cut to 3,000 characters.

@@ -773,6 +773,26 @@ async def test_refused_blocks_are_sent_again_as_text(
     assert not any(s in logged.getMessage() for s in SECRETS)
 
 
+@pytest.mark.parametrize("bot", [False, True])
+async def test_a_refused_layout_sent_as_text_keeps_its_buttons_links(
+    slack: FakeSlack, http: HttpClient, bot: bool
+) -> None:
+    """The text alone used to lose the run's dashboard link (the shipped templates put it in a
+    button only): the page reached the on-call with nothing to click."""
+    button = {"type": "button", "text": {"type": "plain_text", "text": "Open <run> & logs"}}
+    blocks = [
+        {"type": "no_such_block"},
+        {"type": "actions", "elements": [{**button, "url": "https://t.example/r/1?a=1&b=2"}]},
+        {"type": "actions", "elements": [{**button, "url": "javascript:alert(1)"}]},
+    ]
+    await make_channel(slack, http, bot=bot).send(
+        outgoing(json.dumps({"text": "FAILED run_1", "blocks": blocks}))
+    )
+    assert slack.posted()[1]["text"] == (
+        "FAILED run_1\n<https://t.example/r/1?a=1&amp;b=2|Open &lt;run&gt; &amp; logs>"
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "bot"),
     [
