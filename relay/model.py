@@ -109,10 +109,24 @@ def _numeric_text(text: str) -> int | float | None:
     if not _NUMERIC_TEXT.fullmatch(text):
         return None
     if text.lstrip("-").isdigit():
-        whole = int(text)
-        return whole if abs(whole) < _INT64 else float(whole)  # as orjson reads a JSON number
+        try:
+            whole = int(text)
+        except ValueError:  # past Python's 4,300 digits: past a float's range as well
+            return None
+        return _as_read(whole)
     value = float(text)
     return value if math.isfinite(value) else None
+
+
+def _as_read(whole: int) -> int | float | None:
+    """An integer as orjson reads a JSON number: past 64 bits a float; past a float's range
+    none (orjson refuses it as infinity, and float() raised OverflowError)."""
+    if abs(whole) < _INT64:
+        return whole
+    try:
+        return float(whole)
+    except OverflowError:
+        return None
 
 
 def _number(value: object) -> int | float:
@@ -123,8 +137,9 @@ def _number(value: object) -> int | float:
     if value is None:
         return 0
     if isinstance(value, int) and not isinstance(value, bool):
-        return value if abs(value) < _INT64 else float(value)
-    if isinstance(value, float) and math.isfinite(value):
+        if (read := _as_read(value)) is not None:
+            return read
+    elif isinstance(value, float) and math.isfinite(value):
         return value
     if isinstance(value, str) and (parsed := _numeric_text(value)) is not None:
         return parsed

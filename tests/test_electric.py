@@ -380,6 +380,7 @@ async def test_post_names_the_raw_column_of_a_bad_row(relay: RelayFactory) -> No
         ("costInCents", "-Infinity"),
         ("costInCents", "1e400"),
         ("number", "99999999999999999999"),  # past 64 bits: was a 500
+        ("usageDurationMs", "9" * 400),  # past a float's range: was an OverflowError, a 500
     ],
 )
 async def test_post_refuses_a_value_the_store_cannot_hold(
@@ -397,6 +398,31 @@ async def test_post_takes_a_duration_past_64_bits_as_a_float(relay: RelayFactory
     assert await r.post(row) == (202, {"accepted": 1, "stale": 0, "notifications": 1})
     sdk = {**sdk_run("crashed"), "durationMs": 2**63}
     assert await r.post(sdk) == (202, {"accepted": 1, "stale": 0, "notifications": 1})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("durationMs", "9" * 400), ("costInCents", "-1" + "0" * 400), ("durationMs", "9" * 5000)],
+)
+async def test_post_refuses_numeric_text_past_a_float(
+    relay: RelayFactory, field: str, value: str
+) -> None:
+    """An SDK run's number as text of 400 digits: float() of it raised OverflowError (a 500,
+    found by fuzzing `relay test`); a JSON number that long is refused as invalid JSON, so the
+    text is no number either (past 4,300 digits the error quoted Python's int limit)."""
+    r = await relay(CONFIG)
+    status, answer = await r.post({**sdk_run("crashed"), field: value})
+    assert (status, answer["field"]) == (400, field), answer
+    assert answer["error"] == "Input should be a valid number", answer
+
+
+def test_a_realtime_row_past_a_float_is_an_input_error() -> None:
+    """The Realtime feed skips a row with an InputError; an OverflowError restarted the feed
+    on the same row, for ever."""
+    row = {**layer("failed", "wire-value"), "usageDurationMs": "9" * 400}
+    with pytest.raises(InputError) as caught:
+        parse_raw_run(row, schema={"usageDurationMs": {"type": "int8"}})
+    assert caught.value.field == "usageDurationMs"
 
 
 _JSON = st.recursive(
