@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +23,7 @@ import pytest
 from relay import __version__ as relay_version
 from relay.config import RealtimeConfig, RealtimeFeed
 from relay.errors import StoreUnavailable
+from relay.formats.packets import too_deep
 from relay.formats.sdk import parse_sdk_run
 from relay.intake import IntakeResult
 from relay.logs import SCRUB
@@ -612,6 +613,31 @@ async def test_a_feed_listed_twice_is_followed_once() -> None:
     ]
 
 
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def test_a_row_nested_too_deep_to_store_does_not_stall_the_feed() -> None:
+    """orjson reads JSON 1,024 levels deep but writes only 255: a row nested 300 levels (a
+    native backend's metadata object) was read, then its row could not be stored (TypeError):
+    the feed started again on that same answer for ever (found by fuzzing Shape beyond its
+    parsers). Now it is cut past 64 levels, as a POSTed run is, and the feed moves on."""
+    script = extended_session()
+    fails = script[4]
+    assert fails.name == "live (E fails)"
+    value = {**E_FAILS, "metadata": nested(300)}
+    script[4] = replace(fails, body=[{**fails.body[0], "value": value}, *fails.body[1:]])
+    async with fake_realtime(script) as fake, following(fake) as h:
+        await fake.wait_for(asked_for(H1, live=True, offset="29374039000_0"))
+        batches = await h.submit.wait_for(4)
+    assert statuses(batches)[3] == [(RUN_E, "FAILED")]
+    assert h.kv.position(FEED_KEY)["offset"] == "29374039000_0"
+    assert not too_deep(h.kv.rows(FEED_KEY)[row_key(E_INTERNAL)])
+
+
 # ---------------------------------------------------------------- pure pieces
 
 
@@ -673,6 +699,18 @@ def test_partial_update_merges_into_the_row_and_delete_forgets_it() -> None:
         200, {**headers, "electric-up-to-date": ""}, json.dumps([delete]).encode()
     )
     assert batch is not None and batch.rows == [] and shape.rows == {}
+
+
+def test_a_schema_nested_too_deep_to_store_is_cut() -> None:
+    """An electric-schema header nested 300 levels was read (orjson reads 1,024) but the
+    position holding it could not be stored (orjson writes 255): a TypeError at every save,
+    so the feed started again on that answer for ever. Now it is cut past 64 levels."""
+    schema = json.dumps({"status": {"type": "text", "x": nested(300)}})
+    headers = {"electric-handle": H1, "electric-offset": "1_0", "electric-schema": schema}
+    shape = Shape()
+    shape.receive(200, {**headers, "electric-up-to-date": ""}, b"[]")
+    assert shape.position.schema["status"]["type"] == "text"
+    assert Position.loads(shape.position.dumps()) == shape.position
 
 
 def test_a_response_that_cannot_be_read_changes_nothing() -> None:

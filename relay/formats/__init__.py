@@ -11,7 +11,7 @@ import orjson
 
 from relay.errors import InputError
 from relay.formats.electric import fold_messages, is_raw_row, is_shape_message, parse_raw_run
-from relay.formats.packets import cap_depth, few_brackets, too_deep
+from relay.formats.packets import cap_depth, capped, too_deep
 from relay.formats.sdk import parse_sdk_run
 from relay.model import Run
 
@@ -33,9 +33,7 @@ def parse_body(body: bytes, expected: str = RUNS_EXPECTED) -> Any:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         data = _with_lone_surrogates(body, exc)
-    if few_brackets(body) or not too_deep(data):
-        return data
-    return cap_depth(data)
+    return capped(data, body)
 
 
 def _with_lone_surrogates(body: bytes, exc: orjson.JSONDecodeError) -> Any:

@@ -58,6 +58,14 @@ def cap_depth(value: Any, limit: int = MAX_DEPTH) -> Any:
     return [cap_depth(item, limit - 1) for item in value]
 
 
+def capped(data: Any, text: str | bytes, limit: int = MAX_DEPTH) -> Any:
+    """`data` read from the JSON `text`, cut past `limit` levels (cap_depth) if it nests deeper.
+    orjson reads 1,024 levels but writes only 255: what relay stores must be cut first."""
+    if few_brackets(text, limit) or not too_deep(data, limit):
+        return data
+    return cap_depth(data, limit)
+
+
 def loads_shallow(text: str | bytes) -> Any:
     """orjson.loads, but a ValueError for a document nested deeper than MAX_DEPTH."""
     value = orjson.loads(text)

@@ -22,6 +22,7 @@ from urllib.parse import quote
 import orjson
 
 from relay.config import RealtimeFeed
+from relay.formats.packets import MAX_DEPTH, capped
 
 START = "-1"
 TRIGGER_VERSION = "4.5.12"  # the SDK (packages/core) version relay speaks like
@@ -274,12 +275,18 @@ def _headers(message: dict[str, Any]) -> dict[str, Any]:
 
 def _messages(body: bytes) -> list[dict[str, Any]]:
     try:
-        data = orjson.loads(body)
+        data = _shallow(body, MAX_DEPTH + 2)  # a row as deep as a POSTed one: [{value: row}]
     except orjson.JSONDecodeError:
         raise ShapeError("the body is not JSON") from None
     if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
         raise ShapeError("the body is not a JSON array of messages")
     return data
+
+
+def _shallow(text: str | bytes, limit: int) -> Any:
+    """orjson.loads, cut past `limit` levels: the rows and the position are stored as JSON
+    (one orjson could not write restarted the feed on the same answer for ever)."""
+    return capped(orjson.loads(text), text, limit)
 
 
 _REQUIRED = ("electric-handle", "electric-offset")
@@ -294,7 +301,7 @@ def _advance(position: Position, headers: Mapping[str, str]) -> Position:
     schema = position.schema
     if "electric-schema" in headers:
         try:
-            parsed = orjson.loads(headers["electric-schema"])
+            parsed = _shallow(headers["electric-schema"], MAX_DEPTH)
         except orjson.JSONDecodeError:
             raise ShapeError("electric-schema is not JSON") from None
         if isinstance(parsed, dict):
