@@ -7,7 +7,8 @@ Targets (each in its own child process, since libFuzzer exits when it is done):
 
 * `runs`   — a POST /v1/runs body: parse_body + parse_runs (SDK objects, raw rows, wire values)
 * `alerts` — a POST /v1/trigger/alerts body: parse_body + parse_alert
-* `shape`  — a Realtime (Electric shape) response body through Shape.receive + parse_raw_run
+* `shape`  — a Realtime (Electric shape) response body through Shape.receive + parse_raw_run,
+             and its rows and position written as the follower stores them
 * `config` — a YAML config through parse_config
 
 The seed corpus is the fixtures (shared/fixtures/trigger, tests/fixtures). An input may only be
@@ -28,6 +29,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
+
 try:
     import atheris
 except ImportError:  # the parent process and the docs need no atheris
@@ -41,7 +44,7 @@ with atheris.instrument_imports(include=["relay"]) if atheris else contextlib.nu
     from relay.formats import parse_body, parse_runs
     from relay.formats.electric import parse_raw_run
     from relay.formats.trigger_alerts import parse_alert
-    from relay.sources._shape import Shape, ShapeError
+    from relay.sources._shape import Position, Shape, ShapeError
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures" / "trigger"
@@ -89,11 +92,15 @@ def check_alerts(data: bytes) -> None:
 def check_shape(data: bytes) -> None:
 
     headers = {"electric-handle": "h-1", "electric-offset": "0_0", "electric-up-to-date": ""}
+    shape = Shape()
     try:
-        batch = Shape().receive(200, headers, data)
+        batch = shape.receive(200, headers, data)
     except ShapeError as exc:
         assert str(exc)
         return
+    Position.loads(shape.position.dumps())  # the follower stores both as JSON
+    for row in shape.unsaved().put.values():
+        orjson.dumps(row)
     if batch is None:
         return
     for row in batch.rows:

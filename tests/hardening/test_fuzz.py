@@ -7,7 +7,10 @@
   reached: the same.
 * Realtime (Electric shape) responses, mutated, through relay.sources._shape.Shape and
   relay.formats.electric.parse_raw_run the way the Realtime source calls them: only ShapeError
-  and InputError (which the source handles) may come out.
+  and InputError (which the source handles) may come out, and the rows and position must be
+  writable as the follower stores them (rows nested past orjson's 255 levels included).
+* Every channel's shipped run and digest templates render any run intake accepted from such a
+  body without falling back.
 * The YAML config (random YAML-ish text, mutations of a full config): a LoadedConfig or a
   ConfigError whose problems all say something.
 
@@ -27,21 +30,27 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.channels import settings_models
+from relay.channels import REGISTRY, settings_models
 from relay.config_load import parse_config
 from relay.configure import compile_config
 from relay.errors import ConfigError, InputError
+from relay.formats import parse_body, parse_runs
 from relay.formats.electric import parse_raw_run
+from relay.grouping import digest_context
 from relay.model import Run
+from relay.render_context import RenderContext
 from relay.sources._shape import Position, Shape, ShapeError
+from relay.templating import Rendered, Renderer
 from tests.conftest import FIXTURES, REPO, RelayFactory
 
 FUZZ = settings(
@@ -83,6 +92,8 @@ NASTY: st.SearchStrategy[Any] = st.sampled_from(
         "",
         " ",
         "x" * 20_000,
+        "9" * 400,  # numeric text past a float: was an OverflowError
+        "-1" + "0" * 5000,
         "🔥" * 1000,
         "\u0000",
         "\u2028\u2029",
@@ -214,9 +225,11 @@ def raw_text_mutation(draw: st.DrawFn, text: str) -> bytes:
         return draw(st.binary(max_size=300))
     if op == "truncate":
         return data[: draw(st.integers(0, max(0, len(data) - 1)))]
-    if op == "nest":
-        depth = draw(st.integers(1, 3000))
-        return data.replace(b"{", b'{"metadata": ' + deep(depth).encode() + b", ", 1)
+    if op == "nest":  # in any object: a Realtime row is the value of a message
+        depth = draw(st.sampled_from([63, 65, 254, 256, 1023, 1025]) | st.integers(1, 3000))
+        opens = [m.end() for m in re.finditer(rb"\{", data)]
+        at = draw(st.sampled_from(opens)) if opens else 0
+        return data[:at] + b'"metadata": ' + deep(depth).encode() + b", " + data[at:]
     return data
 
 
@@ -396,11 +409,23 @@ def shape_responses(draw: st.DrawFn) -> tuple[dict[str, str], bytes]:
                 st.text(max_size=40) | st.sampled_from(["{}", "[]", "null", '{"status": 5}'])
                 | st.builds(dumps, mutated([load_json_schema(response)]))
             )  # fmt: skip
-    messages = response["body"]
+    messages = copy.deepcopy(response["body"])
     if draw(st.booleans()):
         messages = draw(mutated([messages])) if messages else draw(VALUES)
+    listed = messages if isinstance(messages, list) else []
+    rows = [m["value"] for m in listed if isinstance(m, dict) and isinstance(m.get("value"), dict)]
+    deeper: bool = draw(st.booleans())  # a native backend's metadata object, deeper than stored
+    if rows and deeper:
+        draw(st.sampled_from(rows))["metadata"] = nested_lists(draw(st.integers(200, 900)))
     body = draw(raw_text_mutation(dumps(messages))) if draw(st.booleans()) else dumps(messages)
     return headers, body if isinstance(body, bytes) else body.encode()
+
+
+def nested_lists(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 def load_json_schema(response: dict[str, Any]) -> Any:
@@ -420,9 +445,12 @@ def test_fuzz_realtime_shape_messages(
         except ShapeError as exc:
             assert str(exc)
             continue
+        assert Position.loads(shape.position.dumps()) is not None
+        for row in shape.unsaved().put.values():  # the follower stores them as JSON
+            orjson.dumps(row)
+        shape.saved()
         if batch is None:
             continue
-        assert Position.loads(batch.position.dumps()) is not None
         for row in batch.rows:
             try:
                 run = parse_raw_run(row, schema=batch.position.schema)
@@ -447,6 +475,53 @@ def test_fuzz_realtime_rows(row: Any, schema: Any) -> None:
         assert exc.message
         return
     run.as_dict()
+
+
+RUN_TEMPLATES = ("run", "run_failed", "recovered", "run_resolve")
+
+
+@st.composite
+def accepted_runs(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """What intake holds of a hostile body (as the store and templates see it), or nothing."""
+    try:
+        return [run.as_dict() for run in parse_runs(parse_body(draw(run_bodies())))]
+    except InputError:
+        return []
+
+
+@FUZZ
+@given(runs=accepted_runs())
+def test_fuzz_shipped_templates_render_any_accepted_run(runs: list[dict[str, Any]]) -> None:
+    """Every channel's shipped run and digest templates render what intake accepted (deep
+    metadata, numbers past 64 bits, U+FFFD for lone surrogates, odd types) without falling
+    back to the plain message: a fallback there is a template bug every user meets."""
+    renderer = Renderer()
+    for run in runs[:1]:
+        for channel_type, channel in REGISTRY.items():
+            ctx = render_context(run, channel_type)
+            for name in RUN_TEMPLATES:
+                if renderer.has_template(channel_type, name, channel.parts[0]):
+                    assert_rendered(renderer.render(channel_type, name, channel.parts, ctx))
+            group = digest_context("grp_1", {"taskIdentifier": "t"}, [run, *runs[1:]])
+            digest = replace(ctx, group=group)
+            assert_rendered(renderer.render(channel_type, "digest", channel.parts, digest))
+
+
+def render_context(run: dict[str, Any], channel_type: str) -> RenderContext:
+    return RenderContext(
+        run=run,
+        rule="failures",
+        channel="out",
+        channel_type=channel_type,
+        notification_id="ntf_1",
+        dashboard_url=f"https://cloud.trigger.dev/runs/{run.get('id')}",
+    )
+
+
+def assert_rendered(rendered: Rendered) -> None:
+    assert not rendered.fallback, rendered.error
+    for text in rendered.parts.values():
+        text.encode()  # sendable: no lone surrogate
 
 
 @FUZZ
