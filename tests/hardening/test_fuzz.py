@@ -11,6 +11,8 @@
   writable as the follower stores them (rows nested past orjson's 255 levels included).
 * Every channel's shipped run and digest templates render any run intake accepted from such a
   body without falling back.
+* POST /v1/silences with mutated silences (hostile matcher strings, times, types) and
+  GET /v1/notifications with arbitrary query parameters: a 2xx, or a 400 with its error.
 * The YAML config (random YAML-ish text, mutations of a full config): a LoadedConfig or a
   ConfigError whose problems all say something.
 
@@ -33,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import orjson
 import pytest
@@ -261,7 +263,9 @@ class Client:
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.conn: http.client.HTTPConnection | None = None
 
-    def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, float]:
+    def post(
+        self, path: str, body: bytes, headers: dict[str, str], method: str = "POST"
+    ) -> tuple[int, bytes, float]:
         for attempt in range(2):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection(
@@ -269,7 +273,7 @@ class Client:
                 )
             started = time.process_time()
             try:
-                self.conn.request("POST", path, body=body, headers=headers)
+                self.conn.request(method, path, body=body, headers=headers)
                 resp = self.conn.getresponse()
                 data = resp.read()
             except (ConnectionError, http.client.HTTPException):
@@ -300,19 +304,27 @@ def assert_clear_answer(status: int, data: bytes, body: bytes, accepted: set[int
 
 
 async def fuzz_endpoint(
-    r: Any, path: str, strategy: st.SearchStrategy[bytes], sign: Callable[[bytes], dict[str, str]]
+    r: Any,
+    path: str,
+    strategy: st.SearchStrategy[Any],
+    sign: Callable[[bytes], dict[str, str]],
+    accepted: frozenset[int] = frozenset({202, 400, 413}),
+    examples: int = FUZZ.max_examples,
 ) -> Counter[int]:
-    """Post every example to `path` from a worker thread; return the answers by status."""
+    """Post every example to `path` from a worker thread; return the answers by status. A
+    strategy of (path, b"") pairs GETs each path instead."""
     client = Client(r.url)
     counts: Counter[int] = Counter()
 
-    @FUZZ
-    @given(body=strategy)
-    def check(body: bytes) -> None:
+    @settings(FUZZ, max_examples=examples)
+    @given(example=strategy)
+    def check(example: bytes | tuple[str, bytes]) -> None:
+        where, body = example if isinstance(example, tuple) else (path, example)
         headers = {"Content-Type": "application/json", **sign(body)}
-        status, data, cpu_s = client.post(path, body, headers)
+        method = "GET" if isinstance(example, tuple) else "POST"
+        status, data, cpu_s = client.post(where, body, headers, method)
         assert cpu_s < REQUEST_CPU_S
-        answer = assert_clear_answer(status, data, body, {202, 400, 413})
+        answer = assert_clear_answer(status, data, body or where.encode(), set(accepted))
         counts[status] += 1
         if status == 202:
             assert answer["accepted"] >= 0 and answer["notifications"] >= 0
@@ -386,6 +398,57 @@ async def test_fuzz_trigger_alert_webhooks(relay: RelayFactory) -> None:
     r = await relay(CONFIG)
     answers = await fuzz_endpoint(r, "/v1/trigger/alerts", alert_bodies(), signed)
     assert answers[202] and answers[400]  # the signature held: the parser was reached
+
+
+SILENCE = {
+    "matchers": {"rule": "failures", "task": ["billing/*", "[!a]"], "event": "run"},
+    "starts_at": "2026-01-01T00:00:00Z",
+    "ends_at": "2099-01-01T00:00:00+02:00",
+    "comment": "deploy",
+    "created_by": "ops",
+}
+
+
+@st.composite
+def silence_bodies(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["texts", "mutated", "raw"]))
+    if kind == "texts":  # valid but for what the strings hold
+        names = st.text(min_size=1, max_size=30)
+        matchers = {"task": draw(names), "tag": draw(st.lists(names, min_size=1, max_size=3))}
+        return dumps({**SILENCE, "matchers": matchers, "comment": draw(st.text())}).encode()
+    text = dumps(draw(mutated([SILENCE])))
+    return draw(raw_text_mutation(text)) if kind == "raw" else text.encode()
+
+
+async def test_fuzz_post_silences(relay: RelayFactory) -> None:
+    r = await relay(CONFIG)
+    answers = await fuzz_endpoint(
+        r, "/v1/silences", silence_bodies(), lambda body: {}, frozenset({201, 400, 413}), 50
+    )  # 50: a silence created waits out RELOAD_S (0.25 s) before its answer
+    assert answers[201] and answers[400]
+
+
+HISTORY_PARAMS = st.dictionaries(
+    st.sampled_from(["run_id", "rule", "channel", "state", "since", "before", "limit", "x"]),
+    st.text(max_size=30) | st.sampled_from(["1h", "-1h", "1e400h", "10000", "0", "sent", "\x00"])
+    | NASTY.filter(lambda v: isinstance(v, str) and len(v) < 2000),
+    max_size=4,
+)  # fmt: skip
+
+
+@st.composite
+def history_queries(draw: st.DrawFn) -> tuple[str, bytes]:
+    params = draw(HISTORY_PARAMS)
+    query = urlencode(params, encoding="utf-8", errors="surrogatepass")
+    return f"/v1/notifications?{query}", b""
+
+
+async def test_fuzz_history_queries(relay: RelayFactory) -> None:
+    r = await relay(CONFIG)
+    status, _ = await r.post({"id": "run_1", "status": "FAILED", "taskIdentifier": "t"})
+    assert status == 202  # a notification for `before` and the filters to find
+    answers = await fuzz_endpoint(r, "", history_queries(), lambda body: {}, frozenset({200, 400}))
+    assert answers[200] and answers[400]
 
 
 # ----------------------------------------------------------------------- Realtime (pure functions)
