@@ -423,8 +423,8 @@ def silence_bodies(draw: st.DrawFn) -> bytes:
 async def test_fuzz_post_silences(relay: RelayFactory) -> None:
     r = await relay(CONFIG)
     answers = await fuzz_endpoint(
-        r, "/v1/silences", silence_bodies(), lambda body: {}, frozenset({201, 400, 413}), 50
-    )  # 50: a silence created waits out RELOAD_S (0.25 s) before its answer
+        r, "/v1/silences", silence_bodies(), lambda body: {}, frozenset({201, 400, 413}), 30
+    )  # 30: a silence created waits out RELOAD_S (0.25 s) before its answer
     assert answers[201] and answers[400]
 
 
