@@ -552,7 +552,7 @@ def accepted_runs(draw: st.DrawFn) -> list[dict[str, Any]]:
         return []
 
 
-@FUZZ
+@settings(FUZZ, max_examples=30)  # every channel's run and digest templates: ~0.1 s an example
 @given(runs=accepted_runs())
 def test_fuzz_shipped_templates_render_any_accepted_run(runs: list[dict[str, Any]]) -> None:
     """Every channel's shipped run and digest templates render what intake accepted (deep
