@@ -614,6 +614,7 @@ async def test_a_feed_listed_twice_is_followed_once() -> None:
 
 
 def nested(depth: int) -> Any:
+    """A value `depth` lists deep (deeper than orjson writes, past 255)."""
     value: Any = 1
     for _ in range(depth):
         value = [value]

@@ -54,6 +54,7 @@ from relay.render_context import RenderContext
 from relay.sources._shape import Position, Shape, ShapeError
 from relay.templating import Rendered, Renderer
 from tests.conftest import FIXTURES, REPO, RelayFactory
+from tests.test_realtime import nested
 
 FUZZ = settings(
     max_examples=150,
@@ -479,16 +480,9 @@ def shape_responses(draw: st.DrawFn) -> tuple[dict[str, str], bytes]:
     rows = [m["value"] for m in listed if isinstance(m, dict) and isinstance(m.get("value"), dict)]
     deeper: bool = draw(st.booleans())  # a native backend's metadata object, deeper than stored
     if rows and deeper:
-        draw(st.sampled_from(rows))["metadata"] = nested_lists(draw(st.integers(200, 900)))
+        draw(st.sampled_from(rows))["metadata"] = nested(draw(st.integers(200, 900)))
     body = draw(raw_text_mutation(dumps(messages))) if draw(st.booleans()) else dumps(messages)
     return headers, body if isinstance(body, bytes) else body.encode()
-
-
-def nested_lists(depth: int) -> Any:
-    value: Any = 1
-    for _ in range(depth):
-        value = [value]
-    return value
 
 
 def load_json_schema(response: dict[str, Any]) -> Any:
