@@ -26,7 +26,7 @@ from relay.formats.trigger_alerts import parse_alert
 from relay.service import Service
 from relay.settings import Settings
 from relay.store.sqlite import SQLiteStore
-from tests.fakes.serving import serving
+from tests.fakes.serving import serving, until
 
 # Fakes of the outside services, with their fixtures (smtp_server, slack, discord, teams,
 # pagerduty), for every test module.
@@ -109,16 +109,12 @@ class Sink:
         return await behaviour(request, index)
 
     async def wait_for(self, count: int, timeout: float = 60.0) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"sink got {len(self.received)} of {count} requests")
-            self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), remaining)
-            except TimeoutError:
-                pass
+        await until(
+            lambda: len(self.received) >= count,
+            self.arrived,
+            timeout,
+            lambda: f"sink got {len(self.received)} of {count} requests",
+        )
         return self.received
 
 

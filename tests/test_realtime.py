@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -53,6 +52,7 @@ from tests.fakes.realtime import (
     session,
     with_exchange,
 )
+from tests.fakes.serving import until
 from tests.test_electric import assert_same_run
 
 SECRET = "tr_prod_4xmPq0JvT7cSyfGdZbRwKe9H"
@@ -79,16 +79,12 @@ class Recorder:
         return IntakeResult(len(runs), 0, 0)
 
     async def wait_for(self, count: int, timeout: float = 30.0) -> list[list[Run]]:
-        deadline = time.monotonic() + timeout
-        while len(self.batches) < count:
-            self.arrived.clear()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"{len(self.batches)} of {count} batches")
-            try:
-                await asyncio.wait_for(self.arrived.wait(), remaining)
-            except TimeoutError:
-                pass
+        await until(
+            lambda: len(self.batches) >= count,
+            self.arrived,
+            timeout,
+            lambda: f"{len(self.batches)} of {count} batches",
+        )
         return self.batches
 
 

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import web
 
-from tests.fakes.serving import serving
+from tests.fakes.serving import serving, until
 from tests.fakes.slack import Reply
 
 DISCORD_ID, DISCORD_TOKEN = (
@@ -90,16 +90,12 @@ class Fake:
         return [call.json() for call in self.calls]
 
     async def wait_for(self, count: int, timeout: float = 60.0) -> list[Call]:
-        deadline = time.monotonic() + timeout
-        while len(self.calls) < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"{type(self).__name__} got {len(self.calls)} of {count}")
-            self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), remaining)
-            except TimeoutError:
-                pass
+        await until(
+            lambda: len(self.calls) >= count,
+            self.arrived,
+            timeout,
+            lambda: f"{type(self).__name__} got {len(self.calls)} of {count}",
+        )
         return self.calls
 
     async def _record(

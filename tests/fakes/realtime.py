@@ -51,7 +51,7 @@ from typing import Any
 from aiohttp import web
 
 from relay.formats.electric import TASKRUN_SCHEMA
-from tests.fakes.serving import serving
+from tests.fakes.serving import serving, until
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "trigger"
 SESSION = FIXTURES / "electric" / "session_tag_feed.json"
@@ -284,19 +284,16 @@ class FakeRealtime:
 
     async def wait_for(self, predicate: Callable[[Seen], bool], timeout: float = 60.0) -> Seen:
         """The first recorded request (past or future) that satisfies `predicate`."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for seen in self.requests:
-                if predicate(seen):
-                    return seen
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no such request; answered: {self.served}")
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                pass
+        found: list[Seen] = []
+
+        def seen_one() -> bool:
+            found.extend(seen for seen in self.requests if predicate(seen))
+            return bool(found)
+
+        await until(
+            seen_one, self._arrived, timeout, lambda: f"no such request; answered: {self.served}"
+        )
+        return found[0]
 
     async def handle_request(self, request: web.Request) -> web.StreamResponse:
         seen = Seen(request.path, dict(request.query), dict(request.headers), time.monotonic())

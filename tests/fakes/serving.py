@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -32,3 +34,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def until(
+    done: Callable[[], bool], arrived: asyncio.Event, timeout: float, failure: Callable[[], str]
+) -> None:
+    """Wait, woken by each `arrived.set()`, until `done()` holds; after `timeout` seconds raise
+    AssertionError with `failure()` (what a fake saw instead)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(failure())
+        arrived.clear()
+        try:
+            await asyncio.wait_for(arrived.wait(), remaining)
+        except TimeoutError:
+            pass

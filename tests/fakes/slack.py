@@ -37,7 +37,7 @@ from slack_sdk.errors import SlackObjectFormationError
 from slack_sdk.models.basic_objects import JsonObject
 from slack_sdk.models.blocks import Block
 
-from tests.fakes.serving import serving
+from tests.fakes.serving import serving, until
 
 WEBHOOK_PATH = "/services/T0001/B0002/fakeWebhookSecret0123456789"
 TOKEN = "xoxb-1111-2222-fakeBotTokenSecret"
@@ -159,16 +159,12 @@ class FakeSlack:
         return [call.json() for call in self.calls]
 
     async def wait_for(self, count: int, timeout: float = 60.0) -> list[Call]:
-        deadline = time.monotonic() + timeout
-        while len(self.calls) < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"fake Slack got {len(self.calls)} of {count} requests")
-            self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), remaining)
-            except TimeoutError:
-                pass
+        await until(
+            lambda: len(self.calls) >= count,
+            self.arrived,
+            timeout,
+            lambda: f"fake Slack got {len(self.calls)} of {count} requests",
+        )
         return self.calls
 
     async def _record(self, request: web.Request) -> tuple[Any, Reply | None]:

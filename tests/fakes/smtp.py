@@ -25,7 +25,6 @@ import asyncio
 import email
 import email.policy
 import ssl
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -35,6 +34,8 @@ from typing import Any
 import pytest
 import trustme
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+from tests.fakes.serving import until
 
 HOST = "127.0.0.1"
 
@@ -100,16 +101,12 @@ class FakeSMTP:
     # waiting -----------------------------------------------------------------------------------
 
     async def wait_for(self, count: int, timeout: float = 30.0) -> list[Delivered]:
-        deadline = time.monotonic() + timeout
-        while len(self.messages) < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"SMTP server got {len(self.messages)} of {count} messages")
-            self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), remaining)
-            except TimeoutError:
-                pass
+        await until(
+            lambda: len(self.messages) >= count,
+            self.arrived,
+            timeout,
+            lambda: f"SMTP server got {len(self.messages)} of {count} messages",
+        )
         return self.messages
 
 
