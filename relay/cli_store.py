@@ -108,7 +108,6 @@ def _missing_file(store_url: str) -> Path | None:
 
 
 def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.durations import parse_duration  # noqa: PLC0415
     from relay.silences import cli_matchers, new_silence, parse_matchers, parse_time  # noqa: PLC0415
 
     flags = {key: getattr(args, key) or [] for key in SILENCE_MATCHERS}
@@ -116,10 +115,7 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
     try:
         matchers = parse_matchers(cli_matchers(args.matchers, flags))
         start = parse_time(args.start, "--start") if args.start else now
-        if args.until:
-            end = parse_time(args.until, "--until")
-        else:
-            end = start + parse_duration(args.duration)
+        end = parse_time(args.until, "--until") if args.until else start + _duration(args.duration)
         silence = new_silence(
             matchers,
             ends_at=end,
@@ -136,6 +132,16 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(silence.id)  # the id alone, as amtool prints it: `id=$(relay silence add ...)`
     return 0
+
+
+def _duration(text: str) -> float:
+    """`--duration`'s seconds; an error quotes what was given (nan read as out of range)."""
+    from relay.durations import parse_duration  # noqa: PLC0415
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise InputError(f"--duration {text!r}", str(exc)) from None
 
 
 def _silence_warnings(

@@ -19,6 +19,8 @@ _UNITS = {
     "y": 31536000.0,
 }
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+# nan and inf read as numbers, yet measure no time: not "out of range" (nan was said to be)
+NOT_A_DURATION = "not a duration; use 30s, 5m, 4h, 1h30m, 250ms or a number of seconds"
 
 
 def parse_duration(value: Any) -> float:
@@ -31,7 +33,9 @@ def parse_duration(value: Any) -> float:
         seconds = _parse_text(value.strip())
     else:
         raise ValueError("expected a duration like 30s, 5m, 4h")
-    if math.isnan(seconds) or seconds < 0 or seconds > 10 * 365 * 86400:
+    if not math.isfinite(seconds):
+        raise ValueError(NOT_A_DURATION)
+    if seconds < 0 or seconds > 10 * 365 * 86400:
         raise ValueError("duration must be between 0 and 10 years")
     return seconds
 

@@ -76,9 +76,12 @@ def cli_matchers(words: Sequence[str], flags: Mapping[str, Sequence[str]]) -> di
         if not eq:
             key, value = "rule", word
         key = "rule" if key.strip() == "alertname" else key.strip()
-        if key not in SILENCE_MATCHERS:
+        if key not in SILENCE_MATCHERS:  # `=` was `matchers.: unknown matcher`
+            what = f"unknown matcher {key!r}" if key else "no matcher name"
             raise InputError(
-                f"matchers.{key}", f"unknown matcher; use {', '.join(SILENCE_MATCHERS)}"
+                "matchers",
+                f"{word!r}: {what}; expected name=value (e.g. task=billing/*),"
+                f" name one of {', '.join(SILENCE_MATCHERS)}",
             )
         out.setdefault(key, []).append(value.strip().strip("\"'"))
     return out

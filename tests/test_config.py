@@ -470,7 +470,9 @@ def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "5 minutes", "m5", "-1s", "1x", True, None, [1]])
+@pytest.mark.parametrize(
+    "text", ["", "5 minutes", "m5", "-1s", "1x", True, None, [1], float("nan"), "inf", "-nan"]
+)
 def test_bad_durations(text: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)

@@ -18,8 +18,9 @@ import pytest
 from relay import silences
 from relay.cli import main
 from relay.configure import compile_config, load
+from relay.durations import NOT_A_DURATION
 from relay.errors import InputError, StoreUnavailable
-from relay.model import EVENT_STATUSES, KNOWN_STATUSES, Silence
+from relay.model import EVENT_STATUSES, KNOWN_STATUSES, SILENCE_MATCHERS, Silence
 from relay.service import Service
 from relay.settings import Settings
 from relay.silences import (
@@ -533,6 +534,37 @@ def test_cli_speaks_amtool(tmp_path: Path) -> None:
 def test_cli_matchers_amtool_cannot_express(word: str, complaint: str) -> None:
     with pytest.raises(InputError, match=complaint):
         cli_matchers([word], {})
+
+
+_MATCHER_FORM = "expected name=value (e.g. task=billing/*), name one of " + ", ".join(
+    SILENCE_MATCHERS
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # it said `matchers.: unknown matcher`: no word of what was wrong, nor of the form
+        (["="], f"matchers: '=': no matcher name; {_MATCHER_FORM}"),
+        (["task=a", "=x"], f"matchers: '=x': no matcher name; {_MATCHER_FORM}"),
+        (
+            ["severity=page"],
+            f"matchers: 'severity=page': unknown matcher 'severity'; {_MATCHER_FORM}",
+        ),
+        # nan said "duration must be between 0 and 10 years": it is no duration at all
+        (["-d", "nan", "task=a"], f"--duration 'nan': {NOT_A_DURATION}"),
+        (["-d", "inf", "task=a"], f"--duration 'inf': {NOT_A_DURATION}"),
+        (["-d", "-5", "task=a"], "--duration '-5': duration must be between 0 and 10 years"),
+    ],
+)
+def test_cli_add_says_what_it_refused_and_what_it_takes(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    refused = run_cli("silence", "add", *args, env=env)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == f"error: silence not added: {message}\n"
+    assert not (tmp_path / "relay.db").exists()
 
 
 def test_cli_matchers_merge_words_and_flags() -> None:
