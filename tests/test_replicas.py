@@ -28,7 +28,7 @@ import pytest
 
 from relay.delivery import CLAIM_AHEAD
 from relay.model import notification_id
-from tests.conftest import RelayProcess, Sink, sdk_run
+from tests.conftest import RelayProcess, Sink, sdk_run, status
 from tests.pg import PgServer, fresh_database, start_server
 
 TAKEOVER = "taking over notifications of a stopped replica"
@@ -491,11 +491,14 @@ async def thawed_outcome(proc: RelayProcess, ident: str) -> str:
 class LosingProxy:
     """A TCP proxy to PostgreSQL that, once, lets a statement holding `marker` run and commit
     (its command tag `done`), then cuts the connection before any of its reply reaches relay:
-    a reply lost on the way back."""
+    a reply lost on the way back. The statement sent again after that waits for `let_through`
+    (set unless a test clears it): a write retried later than the row's backoff."""
 
     def __init__(self, upstream_port: int, marker: bytes, done: bytes) -> None:
         self.upstream_port, self.marker, self.done = upstream_port, marker, done
         self.armed, self.cut = True, asyncio.Event()
+        self.let_through, self.held = asyncio.Event(), asyncio.Event()
+        self.let_through.set()
         self.server: asyncio.Server | None = None
         self.port = 0
 
@@ -523,6 +526,9 @@ class LosingProxy:
             if self.armed and self.marker in data:
                 self.armed = False
                 losing.set()
+            elif self.marker in data:
+                self.held.set()
+                await self.let_through.wait()
             writer.write(data)
             await writer.drain()
 
@@ -580,3 +586,62 @@ async def test_a_dead_mark_whose_reply_was_lost_is_still_said_and_counted(
     assert await outbox_counts(database) == {"dead": 1}
     assert said == "notification dead"
     assert sum(samples(text, 'relay_notifications_dead_total{channel="hook"')) == 1.0
+
+
+async def test_a_retry_mark_written_again_leaves_the_claim_taken_since_alone(
+    pg: PgServer, database: str, sink: Sink, tmp_path: Path
+) -> None:
+    """The receiver answers 429: the row is marked for a retry 50-100 ms later, PostgreSQL
+    commits it, the reply is lost. The write goes again 0.25 s later (held here until the row
+    was claimed again and its second send is in flight, as a write retried after a 30 s command
+    timeout is): it landed on that claim, this replica's own, handing its lease back mid-send
+    and logging a second retry."""
+    second = asyncio.Event()
+
+    async def wait_then_ok(request: Any, index: int) -> Any:
+        await second.wait()
+        return aiohttp.web.Response(status=200)
+
+    sink.responses = [status(429), wait_then_ok]
+    proxy = LosingProxy(pg.port, b"not_before = $7, attempts = g.tries", b"INSERT 0 1\x00")
+    proxy.let_through.clear()
+    await proxy.start()
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(url=sink.url))
+    url = database.replace(f":{pg.port}/", f":{proxy.port}/")
+    proc = RelayProcess(config, tmp_path / "unused.db", {"RELAY_STORE_URL": url})
+    run = {"id": "run_lost_retry", "status": "FAILED", "taskIdentifier": "t/a", "tags": []}
+    try:
+        await asyncio.to_thread(proc.start, 60.0)
+        async with aiohttp.ClientSession() as http:
+            assert await post(http, proc.url, [run]) == 202
+        await asyncio.wait_for(proxy.cut.wait(), 60)
+        await sink.wait_for(2)  # claimed again: its second send waits at the receiver
+        await asyncio.wait_for(proxy.held.wait(), 60)
+        proxy.let_through.set()  # the first claim's mark, written again
+        assert await thawed_outcome(proc, hook_id(run)) == "delivery failed; will retry"
+        row, retries = await outbox_row(database, hook_id(run))
+        second.set()
+        await wait_for(lambda: bool(sent_by(proc)), 60, "the second send recorded")
+    finally:
+        proc.kill()
+        await proxy.close()
+    assert len(sink.received) == 2  # not a third send while the second was in flight
+    assert retries == 1
+    lease = (row["lease_holder"] is not None, (row["lease_until"] or 0) > 0)
+    assert (row["attempts"], lease) == (1, (True, True))  # still the second claim's
+    assert await outbox_counts(database) == {"sent": 1}
+
+
+async def outbox_row(url: str, ident: str) -> tuple[asyncpg.Record, int]:
+    """The outbox row of notification `ident` and how many retries its events record."""
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow("SELECT * FROM relay_outbox WHERE id = $1", ident)
+        retries = await conn.fetchval(
+            "SELECT count(*) FROM relay_events WHERE notification_id = $1 AND kind = 'retry'",
+            ident,
+        )
+        return row, int(retries)
+    finally:
+        await conn.close()

@@ -87,6 +87,13 @@ _POSTPONE = f"""
 # `sent` found it dead). A send is recorded whoever holds the row: it went out. A row nobody
 # holds (never claimed, or released) stays free to change.
 HELD = " AND COALESCE(relay_outbox.lease_holder, ${n}) = ${n}"
+# A failure's mark committed, its reply lost, is written again (dispatch's write through
+# blips, 0.25 s and more later; 30 s when the reply never came): meanwhile a backoff as short
+# as min_backoff allows (0) made the row due, and this replica, its holder still, claimed it
+# again. The repeat released that claim mid-send, for a third send, and set attempts back. A
+# send tries at least once, so each failure's mark raises attempts: a row whose attempts reached
+# the mark's was marked already, by this write or a later claim's.
+ONCE = " AND relay_outbox.attempts < g.tries"
 
 
 class PostgresStore:
@@ -297,6 +304,7 @@ class PostgresStore:
             ("retry", now, reason, error),
             not_before,
             held=True,
+            once=True,
         )
 
     async def mark_dead(self, rows: Tries, *, now: float, reason: str, error: str) -> set[str]:
@@ -306,6 +314,7 @@ class PostgresStore:
             rows,
             ("dead", now, reason, error),
             held=True,
+            once=True,
         )
 
     async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> bool:
@@ -318,12 +327,19 @@ class PostgresStore:
         return bool(changed)
 
     async def _update(
-        self, assignments: str, rows: Tries, event: RowsEvent, *more: Any, held: bool = False
+        self,
+        assignments: str,
+        rows: Tries,
+        event: RowsEvent,
+        *more: Any,
+        held: bool = False,
+        once: bool = False,
     ) -> set[str]:
         """Change the pending rows of one message and log each one's event, in one statement
         (all of them or none; $1..$6 rows and event, then `more`); `held`: only those this
-        replica still holds (HELD, its holder the last parameter). The ids it changed."""
-        fence = HELD.format(n=7 + len(more)) if held else ""
+        replica still holds (HELD, its holder the last parameter); `once`: only those the
+        mark's attempts advance (ONCE). The ids it changed."""
+        fence = (HELD.format(n=7 + len(more)) if held else "") + (ONCE if once else "")
         sql = UPDATE_PENDING.format(assignments=assignments, fence=fence)
         holder = [self.holder] if held else []
         changed = await self._fetch(sql, *rows_params(rows, event), *more, *holder)
