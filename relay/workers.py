@@ -185,6 +185,8 @@ class WorkerPool:
         self._children = [_Child(i) for i in range(count)]
         self._stopping = False
         self._spawning = 0  # children started whose pid is not in `pids` yet
+        self._spawned = asyncio.Event()  # set while none is being started: stop() waits for it
+        self._spawned.set()
 
     async def start(self) -> None:
         for child in self._children:
@@ -234,6 +236,7 @@ class WorkerPool:
         payload = self._config()
         read_fd, write_fd = os.pipe()
         self._spawning += 1
+        self._spawned.clear()
         try:
             with _config_file() as config:
                 config.write(payload)
@@ -263,6 +266,8 @@ class WorkerPool:
             raise
         finally:
             self._spawning -= 1
+            if not self._spawning:
+                self._spawned.set()
             os.close(write_fd)
         reader = asyncio.StreamReader(limit=1 << 20)
         loop = asyncio.get_running_loop()
@@ -324,8 +329,13 @@ class WorkerPool:
         self._stopping = True
 
     async def stop(self, grace_s: float) -> None:
-        """Close every child's stdin (its signal to finish and exit), then wait, then kill."""
+        """Close every child's stdin (its signal to finish and exit), then wait, then kill.
+
+        A child being started again (its predecessor died a second ago) is waited for first:
+        listed before its start returned, it was left out, running, and its supervisor with
+        it, which this waits for: SIGTERM at that moment hung the service until SIGKILL."""
         self.stopping()
+        await self._spawned.wait()  # no new start begins now: each checks `_stopping` first
         for child in self._children:
             if child.proc is not None and child.proc.stdin is not None:
                 child.proc.stdin.close()
