@@ -219,6 +219,10 @@ def test_packet_text_without_its_type_column_is_json(type_column: str | None) ->
         ("RETRYING_AFTER_FAILURE", "EXECUTING"),
         ("CRASHED", "CRASHED"),
         ("SOMETHING_NEW", "SOMETHING_NEW"),
+        # any case, blanks around (docs/configuration.md `status`): the raw-row readings too
+        ("interrupted", "FAILED"),
+        (" Waiting_For_Deploy\n", "PENDING_VERSION"),
+        ("completed_with_errors", "FAILED"),
     ],
 )
 def test_raw_statuses_read_as_todays_sdk_reads_them(raw: str, public: str) -> None:

@@ -338,7 +338,8 @@ def _sdk_shape(row: dict[str, Any]) -> dict[str, Any]:
     data["error"] = _error(data.get("error"))
     status = data.get("status")
     if isinstance(status, str):
-        public = data["status"] = ROW_STATUS_MAP.get(status, normalise_status(status))
+        normal = normalise_status(status)  # any case first: `interrupted` is INTERRUPTED
+        public = data["status"] = ROW_STATUS_MAP.get(normal, normal)
         data.update({flag: public in among for flag, among in _HELPERS.items()})
     return data
 
