@@ -26,7 +26,7 @@ from relay.grouping import digest_context, digest_id, seen_at
 from relay.model import Notification, subject_of
 from relay.sending import Clock, Route, Sender, Sleep, Tried
 from relay.silences import SilenceCache, silenced_by
-from relay.store import Store, Tries
+from relay.store import Store
 from relay.templating import RenderContext, Rendered, Renderer
 
 log = logging.getLogger("relay.delivery")
@@ -419,7 +419,8 @@ class Dispatch:
                 marks, now=now, not_before=outcome.not_before, reason=err.reason, error=str(err)
             )
         if again:  # a try before may have changed them, its reply lost: then this one did not
-            changed |= await self._landed(marks, "dead" if outcome.dead else "pending", changed)
+            left = [mark for mark in marks if mark[0] not in changed]
+            changed |= await store.marked_here(left, "dead" if outcome.dead else "pending")
         for row, (_, attempts) in zip(rows, marks, strict=True):
             if row.id not in changed:  # taken for dead meanwhile: the other replica tells it
                 self._fenced(row, "dead" if outcome.dead else "retry")
@@ -432,17 +433,6 @@ class Dispatch:
                 retry_in_s = round(outcome.not_before - now, 3)
                 log.warning("delivery failed; will retry", extra={**info, "retry_in_s": retry_in_s})
             self._event("dead" if outcome.dead else "retry", row, err.reason, attempts)
-
-    async def _landed(self, marks: Tries, state: str, changed: set[str]) -> set[str]:
-        """The rows of `marks` left unchanged that are as the mark leaves them (`state`, its
-        attempts): an earlier try of the write changed them, and they are this replica's to
-        tell, not another's."""
-        landed = set()
-        for id_, attempts in marks:
-            row = None if id_ in changed else await self.deps.store.get(id_)
-            if row is not None and row.state == state and row.attempts == attempts:
-                landed.add(id_)
-        return landed
 
     def _fenced(self, row: Notification, outcome: str) -> None:
         """A row this replica no longer holds (it was taken for dead, frozen or cut off, and

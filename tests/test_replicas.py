@@ -488,6 +488,29 @@ async def thawed_outcome(proc: RelayProcess, ident: str) -> str:
     return said()[0]
 
 
+DEAD_MARK = b"state = 'dead', attempts = g.tries"  # in mark_dead's statement
+
+
+def proxied(
+    pg: PgServer, database: str, port: int, sink: Sink, tmp_path: Path, **env: str
+) -> RelayProcess:
+    """A replica (not started) whose store is `database` through a proxy on `port`."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(url=sink.url))
+    url = database.replace(f":{pg.port}/", f":{port}/")
+    return RelayProcess(config, tmp_path / "unused.db", {"RELAY_STORE_URL": url, **env})
+
+
+async def failure_cut(proc: RelayProcess, proxy: LosingProxy, run_id: str) -> dict[str, Any]:
+    """Start `proc`, post it a failed run, and wait for `proxy` to cut its dead mark short."""
+    await asyncio.to_thread(proc.start, 60.0)
+    run = {"id": run_id, "status": "FAILED", "taskIdentifier": "t/a", "tags": []}
+    async with aiohttp.ClientSession() as http:
+        assert await post(http, proc.url, [run]) == 202
+    await asyncio.wait_for(proxy.cut.wait(), 60)
+    return run
+
+
 class LosingProxy:
     """A TCP proxy to PostgreSQL that, once, lets a statement holding `marker` run and commit
     (its command tag `done`), then cuts the connection before any of its reply reaches relay:
@@ -561,22 +584,13 @@ async def test_a_dead_mark_whose_reply_was_lost_is_still_said_and_counted(
     reply is lost (the connection drops). The outcome is written again after the blip and finds
     the row dead already: that is this replica's own dead, to log and count, not another's."""
 
-    async def refuse(request: Any, index: int) -> Any:
-        return aiohttp.web.Response(status=400)
-
-    sink.responses = [refuse]
-    proxy = LosingProxy(pg.port, b"state = 'dead', attempts = g.tries", b"INSERT 0 1\x00")
+    sink.responses = [status(400)]
+    proxy = LosingProxy(pg.port, DEAD_MARK, b"INSERT 0 1\x00")
     await proxy.start()
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG.format(url=sink.url))
-    url = database.replace(f":{pg.port}/", f":{proxy.port}/")
-    proc = RelayProcess(config, tmp_path / "unused.db", {"RELAY_STORE_URL": url})
+    proc = proxied(pg, database, proxy.port, sink, tmp_path)
     try:
-        await asyncio.to_thread(proc.start, 60.0)
-        run = {"id": "run_lost_reply", "status": "FAILED", "taskIdentifier": "t/a", "tags": []}
+        run = await failure_cut(proc, proxy, "run_lost_reply")
         async with aiohttp.ClientSession() as http:
-            assert await post(http, proc.url, [run]) == 202
-            await asyncio.wait_for(proxy.cut.wait(), 60)
             said = await thawed_outcome(proc, hook_id(run))
             async with http.get(proc.url + "/metrics") as resp:
                 text = await resp.text()
@@ -645,3 +659,68 @@ async def outbox_row(url: str, ident: str) -> tuple[asyncpg.Record, int]:
         return row, int(retries)
     finally:
         await conn.close()
+
+
+class BlackoutProxy(LosingProxy):
+    """A TCP proxy to PostgreSQL that, once, drops a statement holding `marker` and cuts every
+    connection, then refuses every connection until `restore`: a replica cut off from
+    PostgreSQL (it is taken for dead) before its outcome's write reached the server."""
+
+    def __init__(self, upstream_port: int, marker: bytes) -> None:
+        super().__init__(upstream_port, marker, b"")
+        self.out = False
+        self.open: set[asyncio.StreamWriter] = set()
+
+    def restore(self) -> None:
+        self.out = False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.out:
+            writer.close()
+            return
+        self.open.add(writer)
+        try:
+            await super()._serve(reader, writer)
+        finally:
+            self.open.discard(writer)
+
+    async def _up(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, losing: asyncio.Event
+    ) -> None:
+        while data := await reader.read(65536):
+            if self.armed and self.marker in data:
+                self.armed, self.out = False, True
+                self.cut.set()
+                for client in self.open:  # the heartbeat's connection too
+                    client.close()
+                return  # not forwarded: the write never ran
+            writer.write(data)
+            await writer.drain()
+
+
+async def test_a_cut_off_replica_does_not_tell_the_dead_another_marked(
+    replicas: Replicas, database: str, pg: PgServer, sink: Sink, tmp_path: Path
+) -> None:
+    """A replica whose dead mark never reached PostgreSQL (cut off) is taken for dead; another
+    sends the notification again, is refused alike and marks it dead, at the same attempts.
+    The first, back, writes its outcome again and finds the row dead: another's, not its own
+    (it never landed), so it says once that it no longer holds it and counts no dead."""
+
+    sink.responses = [status(400), status(400)]
+    proxy = BlackoutProxy(pg.port, DEAD_MARK)
+    await proxy.start()
+    cut_off = proxied(pg, database, proxy.port, sink, tmp_path, RELAY_REPLICA_TIMEOUT="2s")
+    try:
+        run = await failure_cut(cut_off, proxy, "run_cut_off")
+        [other] = await replicas(1)
+        await asyncio.to_thread(other.wait_for_log, "notification dead")
+        proxy.restore()
+        said = await thawed_outcome(cut_off, hook_id(run))
+        async with aiohttp.ClientSession() as http, http.get(cut_off.url + "/metrics") as resp:
+            text = await resp.text()
+    finally:
+        cut_off.kill()
+        await proxy.close()
+    assert await outbox_counts(database) == {"dead": 1}
+    assert said == FENCED
+    assert set(samples(text, "relay_notifications_dead_total{")) <= {0.0}

@@ -184,6 +184,12 @@ class Store(Protocol):
         """Give up on one message: its rows are kept as dead letters, replayable (one write,
         as mark_sent). The ids it changed, as mark_retry."""
 
+    async def marked_here(self, rows: Tries, state: str) -> set[str]:
+        """The ids of `rows` in `state` with those attempts, as a mark of this store's claim
+        left them: one that committed with its reply lost. A row another replica claimed since
+        (this one was taken for dead) and marked alike is not among them: its outcome is that
+        replica's to tell. One read, whatever the number of rows."""
+
     async def dead_letters(self, limit: int = 1000) -> list[Notification]: ...
 
     async def replay(self, ids: Sequence[str] | None, now: float) -> int:

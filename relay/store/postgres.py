@@ -95,6 +95,11 @@ HELD = " AND COALESCE(relay_outbox.lease_holder, ${n}) = ${n}"
 # the mark's was marked already, by this write or a later claim's.
 ONCE = " AND relay_outbox.attempts < g.tries"
 
+_MARKED_HERE = """
+    SELECT o.id FROM relay_outbox o JOIN unnest($1::text[], $2::integer[]) AS g(nid, tries)
+    ON o.id = g.nid WHERE o.attempts = g.tries AND o.state = $3 AND o.lease_holder = $4
+"""
+
 
 class PostgresStore:
     """The Store on a PostgreSQL database (RELAY_STORE_URL=postgresql://...)."""
@@ -316,6 +321,12 @@ class PostgresStore:
             held=True,
             once=True,
         )
+
+    async def marked_here(self, rows: Tries, state: str) -> set[str]:
+        found = await self._fetch(
+            _MARKED_HERE, [clean(i) for i, _ in rows], [t for _, t in rows], state, self.holder
+        )
+        return {row["id"] for row in found}
 
     async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> bool:
         changed = await self._update(

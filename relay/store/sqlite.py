@@ -63,6 +63,9 @@ IN_CHUNK = 500  # values per `IN (?, ...)`: within SQLite's variable limit, old 
 _CLAIM_HOLDERS = (
     "SELECT DISTINCT lease_holder FROM outbox WHERE state = 'pending' AND lease_until > 0"
 )
+_MARKED_HERE = (
+    "SELECT 1 FROM outbox WHERE id = ? AND attempts = ? AND state = ? AND lease_holder IS ?"
+)
 _POSTPONE = f"""
     UPDATE outbox SET not_before = ?, lease_until = {HAND_BACK}, updated_at = ?
     WHERE id = ? AND state = 'pending'
@@ -219,6 +222,16 @@ class SQLiteStore:
             rows,
             ("dead", now, reason, error),
         )
+
+    async def marked_here(self, rows: Tries, state: str) -> set[str]:
+        def marked(conn: sqlite3.Connection) -> set[str]:
+            return {
+                id_
+                for id_, attempts in rows
+                if conn.execute(_MARKED_HERE, (id_, attempts, state, self._holder)).fetchone()
+            }
+
+        return await self._writer.run(marked)
 
     async def dead_letters(self, limit: int = 1000) -> list[Notification]:
         rows = await self._reader.run(

@@ -301,6 +301,32 @@ async def test_mark_sent_and_retry(store: Store) -> None:
     assert await store.counts() == {**EMPTY, "pending": 1, "sent": 1}
 
 
+async def test_marked_here_is_what_a_mark_of_this_stores_claim_left(
+    engine: Engine, store: Store
+) -> None:
+    """A mark written again after a lost reply finds its rows marked: its own (this store's
+    claim, the mark's state and attempts), told by dispatch; not one another replica claimed
+    since and marked alike, which that replica tells."""
+    mine, theirs = await enqueue(store, "run_1", 10.0, "c1", "c2")
+    await store.claim("c1", now=10.0, limit=10, lease_s=60)
+    await store.mark_dead([(mine, 2)], now=11.0, reason="client_error", error="HTTP 400")
+    assert await store.marked_here([(mine, 2)], "dead") == {mine}
+    assert await store.marked_here([(mine, 3)], "dead") == set()
+    assert await store.marked_here([(mine, 2)], "pending") == set()
+    if engine.name == "sqlite":  # one replica: every claim is this store's
+        return
+    other = engine.make()
+    await other.open()
+    try:
+        await store.claim("c2", now=10.0, limit=10, lease_s=60)
+        await other.claim("c2", now=80.0, limit=10, lease_s=60)  # the lease ended: taken over
+        await other.mark_dead([(theirs, 1)], now=81.0, reason="client_error", error="HTTP 400")
+        assert await store.marked_here([(theirs, 1), (mine, 2)], "dead") == {mine}
+        assert await other.marked_here([(theirs, 1)], "dead") == {theirs}
+    finally:
+        await other.close()
+
+
 async def test_receipts_are_kept_and_postponed_rows_wait(store: Store) -> None:
     sent, waiting = await enqueue(store, "run_1", 10.0, "c1", "c2")
     await store.claim("c1", now=10.0, limit=10, lease_s=60)
