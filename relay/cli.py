@@ -357,6 +357,7 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         out = [
             {
+                "event": r.event,
                 "run_id": r.run_id,
                 "rules": r.rules,
                 "messages": [

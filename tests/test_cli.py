@@ -691,6 +691,13 @@ def test_dry_run_of_an_array_of_alert_webhooks_tests_each(
         f"run {FAILED_ID}: failures",
         "deployment.failed deployment_piiwr6f92xrz7zfhpvkcy: no rule matched",
     ]
+    # --json says the kind too: a deployment was a bare "run_id", as a run's
+    assert relay_main(["test", str(events), "--config", config, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [(r["event"], r["run_id"]) for r in results] == [
+        ("run", FAILED_ID),
+        ("deployment.failed", "deployment_piiwr6f92xrz7zfhpvkcy"),
+    ]
 
 
 def test_dry_run_of_a_realtime_response_body_tests_its_rows(tmp_path: Path) -> None:
