@@ -418,8 +418,8 @@ class Dispatch:
             changed = await store.mark_retry(
                 marks, now=now, not_before=outcome.not_before, reason=err.reason, error=str(err)
             )
-        if again:  # a try before may have changed them, its reply lost: then this one did not
-            left = [mark for mark in marks if mark[0] not in changed]
+        left = [mark for mark in marks if mark[0] not in changed]
+        if again and left:  # a try before may have changed them, its reply lost: not this one
             changed |= await store.marked_here(left, "dead" if outcome.dead else "pending")
         for row, (_, attempts) in zip(rows, marks, strict=True):
             if row.id not in changed:  # taken for dead meanwhile: the other replica tells it
