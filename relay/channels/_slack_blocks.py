@@ -110,18 +110,29 @@ def shorter_body(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def plain_body(body: dict[str, Any], clear: bool) -> dict[str, Any] | None:
-    """`body` as its text alone (blocks and attachments dropped, or emptied when `clear`); None
-    when it has neither, so there is nothing to fall back from."""
+    """`body` as its text alone (blocks and attachments dropped, or emptied when `clear`), its
+    buttons' links after it, all cut to SAFE_TEXT (a longer text Slack refuses as msg_too_long,
+    and this is the message's last try); None when it has neither, so nothing to fall back from."""
     if not any(body.get(key) for key in _LAYOUT_KEYS):
         return None
     plain = {key: value for key, value in body.items() if key not in _LAYOUT_KEYS}
-    links = "".join(f"\n{link}" for link in _button_links(body.get("blocks")))
-    if links:
-        text = plain.get("text")
-        plain["text"] = _clip(text if isinstance(text, str) else "", MAX_TEXT - len(links)) + links
+    links = _fitting(_button_links(body.get("blocks")), SAFE_TEXT // 2)
+    text = plain.get("text")
+    if links or isinstance(text, str):  # cut as Slack takes it: this is the last try
+        plain["text"] = _clip(text if isinstance(text, str) else "", SAFE_TEXT - len(links)) + links
     if clear:
         plain.update(blocks=[], attachments=[])
     return plain
+
+
+def _fitting(links: list[str], limit: int) -> str:
+    """The first `links`, one per line after the text, in at most `limit` characters."""
+    kept = ""
+    for link in links:
+        if len(kept) + 1 + len(link) > limit:
+            break
+        kept += f"\n{link}"
+    return kept
 
 
 def _button_links(blocks: Any) -> list[str]:

@@ -32,7 +32,8 @@ When Slack refuses the layout of a message (invalid_blocks, invalid_blocks_forma
 invalid_attachments, too_many_attachments: a template Slack's validation rejects;
 msg_blocks_too_long: blocks each within their limits but too long together, as a digest of long
 run lines can be), the error is logged and the message is sent once more as its text
-alone (and its buttons' links), so the on-call is still told; only if that fails too is the
+alone (and its buttons' links; cut to 3,000 characters, as msg_too_long below), so the
+on-call is still told; only if that fails too is the
 notification failed (client_error, permanent). Likewise a text Slack finds too long
 (msg_too_long: Slack now refuses texts from about 4,000 characters, not the 40,000 it documents)
 is sent once more cut to 3,000 characters.

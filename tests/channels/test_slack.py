@@ -832,6 +832,27 @@ async def test_a_text_slack_finds_too_long_is_sent_again_cut(
     assert "msg_too_long" in logged.getMessage()
 
 
+@pytest.mark.parametrize("bot", [False, True])
+async def test_a_refused_layout_is_sent_as_a_text_slack_takes(
+    slack: FakeSlack, http: HttpClient, bot: bool
+) -> None:
+    """The text alone went at up to 40,000 characters; Slack answers msg_too_long from about
+    4,000, so a long message whose blocks Slack refused failed, permanently, and the on-call was
+    never told. The text alone is now cut as Slack takes it, its buttons' links kept."""
+    slack.script(api_error("invalid_blocks") if bot else Reply(400, "invalid_blocks"))
+    url = "https://t.example/r/1"
+    blocks = [
+        {"type": "no_such_block"},
+        {"type": "actions", "elements": [{"type": "button", "text": {}, "url": url}] * 300},
+    ]
+    part = json.dumps({"text": "FAILED run_1 " + "stack line\n" * 900, "blocks": blocks})
+    receipt = await make_channel(slack, http, bot=bot).send(outgoing(part))
+    _, sent = slack.posted()
+    assert "blocks" not in sent and sent["text"].startswith("FAILED run_1 stack line")
+    assert len(sent["text"]) <= 3000 and sent["text"].endswith(f"\n<{url}|{url}>")
+    assert 10 < sent["text"].count(f"\n<{url}|") < 300 and (receipt is not None) == bot
+
+
 async def test_a_refused_recovery_update_clears_the_blocks(
     slack: FakeSlack, http: HttpClient
 ) -> None:
