@@ -6,8 +6,17 @@ import asyncio
 import fnmatch
 import heapq
 import logging
+import re
 import secrets
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,7 +74,7 @@ def cli_matchers(words: Sequence[str], flags: Mapping[str, Sequence[str]]) -> di
     a rule name, as amtool's is an alertname; `alertname=` means `rule=`) beside `--task`-style
     flags. relay's matchers are globs compared for equality: `!=`, `=~` and `!~` are refused."""
     out: dict[str, list[str]] = {key: list(values) for key, values in flags.items() if values}
-    for word in words:
+    for word in _matcher_words(words):
         if any(op in word for op in ("!=", "=~", "!~")):
             raise InputError(
                 "matchers",
@@ -77,7 +86,8 @@ def cli_matchers(words: Sequence[str], flags: Mapping[str, Sequence[str]]) -> di
             key, value = "rule", word
         key = "rule" if key.strip() == "alertname" else key.strip()
         if key not in SILENCE_MATCHERS:  # `=` was `matchers.: unknown matcher`
-            what = f"unknown matcher {key!r}" if key else "no matcher name"
+            hint = did_you_mean(key, SILENCE_MATCHERS, quoted=True)
+            what = f"unknown matcher {key!r}{hint}" if key else "no matcher name"
             raise InputError(
                 "matchers",
                 f"{word!r}: {what}; expected name=value (e.g. task=billing/*),"
@@ -85,6 +95,30 @@ def cli_matchers(words: Sequence[str], flags: Mapping[str, Sequence[str]]) -> di
             )
         out.setdefault(key, []).append(value.strip().strip("\"'"))
     return out
+
+
+_GROUP = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")*')  # one matcher of a `{...}` group
+
+
+def _matcher_words(words: Sequence[str]) -> Iterator[str]:
+    """The words, with each `{task="a", rule="b"}` (a matcher as Prometheus writes it, which
+    amtool takes) split into its matchers; commas within quotes stay in their value."""
+    for word in words:
+        text = word.strip()
+        if not text.startswith("{") and not text.endswith("}"):
+            yield word
+            continue
+        if not (text.startswith("{") and text.endswith("}")):
+            raise InputError("matchers", f'{word!r}: unclosed {{...}}; write {{task="x"}}')
+        inner, pos = text[1:-1], 0
+        while pos <= len(inner):
+            part = _GROUP.match(inner, pos)
+            end = part.end() if part else pos
+            if end < len(inner) and inner[end] != ",":
+                raise InputError("matchers", f"{word!r}: unbalanced quotes")
+            if inner[pos:end].strip():
+                yield inner[pos:end]
+            pos = end + 1
 
 
 def has_matchers(silence: Silence, wanted: Mapping[str, Sequence[str]]) -> bool:

@@ -567,6 +567,35 @@ def test_cli_add_says_what_it_refused_and_what_it_takes(
     assert not (tmp_path / "relay.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        (['{task="billing/*"}'], {"task": ["billing/*"]}),
+        (['{task="billing/*", alertname="prod"}'], {"task": ["billing/*"], "rule": ["prod"]}),
+        (['{task="a,b",tag=env:prod,}'], {"task": ["a,b"], "tag": ["env:prod"]}),
+        (["{task=x}", "nightly"], {"task": ["x"], "rule": ["nightly"]}),
+    ],
+)
+def test_cli_matchers_take_amtool_braces(words: list[str], expected: dict[str, list[str]]) -> None:
+    """amtool takes a matcher as Prometheus writes it, `{alertname="x"}`: relay read `{task`
+    as a matcher's name ("matchers.{task: unknown matcher")."""
+    assert cli_matchers(words, {}) == expected
+
+
+@pytest.mark.parametrize(
+    ("word", "complaint"),
+    [
+        ('{task="x}', "unbalanced quotes"),
+        ("{task=x", "unclosed"),
+        ('{task!="x"}', "no negative or regex"),
+        ("tsk=x", "did you mean 'task'"),
+    ],
+)
+def test_cli_matchers_say_what_to_fix(word: str, complaint: str) -> None:
+    with pytest.raises(InputError, match=complaint):
+        cli_matchers([word], {})
+
+
 def test_cli_matchers_merge_words_and_flags() -> None:
     words = ["task=billing/*", "alertname=prod", "nightly", "tag='env:prod'"]
     assert cli_matchers(words, {"task": ["a"], "rule": []}) == {
