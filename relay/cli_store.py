@@ -125,7 +125,8 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
             created_by=args.author,
         )
     except (InputError, ValueError) as exc:
-        raise RelayError(f"silence not added: {exc}") from None
+        said = _as_flags(exc, args) if isinstance(exc, InputError) else str(exc)
+        raise RelayError(f"silence not added: {said}") from None
     asyncio.run(_with_store(settings, lambda s: s.add_silence(silence), create=True))
     _wait_until_applied()
     for warning in _silence_warnings(silence.matchers, args, settings):
@@ -135,13 +136,28 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _duration(text: str) -> float:
-    """`--duration`'s seconds; an error quotes what was given (nan read as out of range)."""
+    """`--duration`'s seconds, more than 0 (amtool: "silence duration must be greater than 0");
+    an error quotes what was given (nan read as out of range)."""
     from relay.durations import parse_duration  # noqa: PLC0415
 
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError as exc:
         raise InputError(f"--duration {text!r}", str(exc)) from None
+    if seconds <= 0:
+        raise InputError(f"--duration {text!r}", "must be more than 0")
+    return seconds
+
+
+def _as_flags(exc: InputError, args: argparse.Namespace) -> str:
+    """`exc` in the words of `relay silence add`: its flags, not the API's fields (`ends_at`)."""
+    if exc.field != "ends_at":
+        return str(exc)
+    if args.until:
+        return f"--until: {exc.message.replace('starts_at', '--start')}"
+    if args.start and "future" in exc.message:  # --start past, and --duration too short
+        return "--start: the silence would end in the past; give a later --start or --duration"
+    return f"--duration {args.duration!r}: {exc.message}"
 
 
 def _silence_warnings(
@@ -172,8 +188,9 @@ def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
         for s in found
         if has_matchers(s, wanted) and (not args.expired or s.state(now) == "expired")
     ]
-    if args.quiet:
-        print("\n".join(v["id"] for v in views))
+    if args.quiet:  # one id a line; nothing at all for none (amtool's `query -q`)
+        for view in views:
+            print(view["id"])
         return 0
     if _said_whole(views, as_json=args.json, none="no silences"):
         return 0

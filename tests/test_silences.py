@@ -624,6 +624,35 @@ def test_cli_add_takes_the_spec_synopsis_and_amtool_default(tmp_path: Path) -> N
     assert 3599 <= hour <= 3601
 
 
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["-d", "0"], "--duration '0': must be more than 0"),
+        (["-d", "soon"], "--duration 'soon': expected a duration like"),
+        (["-d", "20y"], "--duration '20y': duration must be between 0 and 10 years"),
+        (["--until", "2020-01-01T00:00:00Z"], "--until: must be in the future"),
+        (["--start", "2999-01-02", "--until", "2999-01-01"], "--until: must be after --start"),
+        (["--start", "2000-01-01", "-d", "1h"], "--start: the silence would end in the past"),
+    ],
+)
+def test_cli_add_names_the_flag_to_fix(tmp_path: Path, args: list[str], complaint: str) -> None:
+    """`-d 0` said "ends_at: must be in the future" and `-d 20y` "duration must be between 0
+    and 10 years": neither named the flag given (ends_at is the HTTP API's field)."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    bad = run_cli("silence", "add", "task=x", *args, env=env)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith(f"error: silence not added: {complaint}"), bad.stderr
+    assert bad.stderr.count("\n") == 1, bad.stderr  # one line
+
+
+def test_cli_list_quiet_prints_nothing_when_nothing_is_listed(tmp_path: Path) -> None:
+    """`relay silence query -q` with no silence printed an empty line (amtool prints nothing)."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    assert run_cli("silence", "add", "task=x", env=env).returncode == 0
+    assert run_cli("silence", "query", "-q", "task=y", env=env).stdout == ""
+    assert run_cli("silence", "list", "-q", env=env).stdout.count("\n") == 1
+
+
 def test_cli_list_expired_shows_only_expired_ones_as_amtool(tmp_path: Path) -> None:
     env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
     gone, kept = (
