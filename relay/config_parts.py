@@ -6,14 +6,16 @@ together.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from relay.config import ChannelSettings, Config, RuleConfig
-from relay.errors import Problem, field_message
+from relay.errors import Problem, did_you_mean, field_message
 from relay.windows import InhibitRule, NamedTimeInterval
 from relay.yamlconf import Located, Path_
 
@@ -180,7 +182,7 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
         if _holds_reported(path, located):
             continue  # judged the empty text an unset variable left: `set secret` beside it
         if kind == "extra_forbidden":
-            message = "unknown key"
+            message = "unknown key" + _meant(exc.title, loc)
         elif kind == "missing":
             message = "required key is missing"
         elif kind == "model_type":  # not "... or instance of ServerConfig"
@@ -191,6 +193,54 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
             message = field_message(err)
         out.append(located.problem(path, message))
     return out
+
+
+def _meant(model_name: str, loc: tuple[str | int, ...]) -> str:
+    """ " (did you mean K?)" with the key of the mapping at `loc[:-1]` nearest to the unknown
+    `loc[-1]`, in the model named `model_name` (a ValidationError's title), or ""."""
+    kinds: list[Any] = [_model_named(model_name)]
+    for part in loc[:-1]:
+        kinds = [inner for kind in kinds for inner in _inside(kind, part)]
+    keys = {
+        field.alias or name
+        for model in (t for kind in kinds for t in _alternatives(kind))
+        if isinstance(model, type) and issubclass(model, BaseModel)
+        for name, field in model.model_fields.items()
+    }
+    return did_you_mean(str(loc[-1]), keys, quoted=True) if loc else ""
+
+
+def _inside(annotation: Any, part: str | int) -> list[Any]:
+    """The types the value at key or index `part` of a value typed `annotation` may have."""
+    out: list[Any] = []
+    for t in _alternatives(annotation):
+        if isinstance(t, type) and issubclass(t, BaseModel) and isinstance(part, str):
+            fields = {f.alias or n: f for n, f in t.model_fields.items()}
+            if part in fields:
+                out.append(fields[part].annotation)
+        elif typing.get_origin(t) in (dict, list, tuple, Mapping, Sequence):
+            out.append(typing.get_args(t)[-1] if typing.get_args(t) else Any)
+    return out
+
+
+def _alternatives(annotation: Any) -> list[Any]:
+    """`annotation` without Annotated, and each member of a union (`X | None`)."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _alternatives(typing.get_args(annotation)[0])
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return [t for arg in typing.get_args(annotation) for t in _alternatives(arg)]
+    return [annotation]
+
+
+def _model_named(name: str) -> type[BaseModel] | None:
+    """relay's config model of that class name (a ValidationError names the model it checked)."""
+    found, seen = None, list(BaseModel.__subclasses__())
+    while seen and found is None:
+        model = seen.pop()
+        if model.__name__ == name and model.__module__.startswith("relay."):
+            found = model
+        seen.extend(model.__subclasses__())
+    return found
 
 
 def _holds_reported(path: Path_, located: Located) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 from relay.config import RuleConfig
 from relay.config_parts import is_known
-from relay.errors import Problem
+from relay.errors import Problem, did_you_mean
 from relay.windows import InhibitRule
 from relay.yamlconf import Located, Path_
 
@@ -148,5 +148,6 @@ def references(data: dict[str, Any], names: Names) -> list[Problem]:
                 and channel not in known
                 and path not in located.reported  # an unset variable: reported as such
             ):
-                problems.append(located.problem(path, f"unknown channel {channel!r}"))
+                hint = did_you_mean(channel, known, quoted=True)
+                problems.append(located.problem(path, f"unknown channel {channel!r}{hint}"))
     return problems

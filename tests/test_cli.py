@@ -119,7 +119,7 @@ rules:
     assert result.returncode == 1
     assert result.stdout == ""
     lines = result.stderr.splitlines()
-    assert f"{bad}:2: server.auth_tokn: unknown key" in lines, result.stderr
+    assert f"{bad}:2: server.auth_tokn: unknown key (did you mean 'auth_token'?)" in lines
     assert f"{bad}:7: rules[0].notify[0]: unknown channel 'nope'" in lines, result.stderr
     problems = [line for line in lines if re.match(rf"{re.escape(str(bad))}:\d+: \S+: ", line)]
     assert len(problems) == 2, result.stderr
@@ -141,6 +141,40 @@ rules:
 defaults:
   timeout: %(timeout)s
 """
+
+
+def test_check_names_the_key_or_channel_a_typo_meant(tmp_path: Path) -> None:
+    """`statuss`, `notfy`, a top-level `channel` and `notify: [consle]` were "unknown key" /
+    "unknown channel 'consle'": right, but the operator had to find the spelling in the docs."""
+    bad = write(
+        tmp_path / "typo.yaml",
+        """\
+channel: {}
+channels:
+  console: {type: console}
+  hook: {type: webhook, url: "https://example.com/x", header: {X-Team: core}}
+rules:
+  - name: r1
+    match: {statuss: failure, tags: {nnone: [x]}}
+    notfy: [console]
+  - name: r2
+    notify: [consle]
+    continue_on: true
+""",
+    )
+    result = run_cli("check", "--config", str(bad))
+    assert result.returncode == 1
+    lines = set(result.stderr.splitlines())
+    for line in [
+        "1: channel: unknown key (did you mean 'channels'?)",
+        "4: channels.hook.header: unknown key (did you mean 'headers'?)",
+        "7: rules[0].match.statuss: unknown key (did you mean 'status'?)",
+        "7: rules[0].match.tags.nnone: unknown key (did you mean 'none'?)",
+        "8: rules[0].notfy: unknown key (did you mean 'notify'?)",
+        "10: rules[1].notify[0]: unknown channel 'consle' (did you mean 'console'?)",
+        "11: rules[1].continue_on: unknown key (did you mean 'continue'?)",
+    ]:
+        assert f"{bad}:{line}" in lines, result.stderr
 
 
 def test_check_never_prints_secrets(tmp_path: Path) -> None:
