@@ -311,9 +311,18 @@ _QUOTES_A_NAME = {
 }
 
 
+# what to fix, after PyYAML's words for the two slips of hand-indented YAML
+_FIXES = {
+    "found character '\\t' that cannot start any token": "; indent with spaces, not tabs",
+    "expected <block end>, but found": " (check this line's indentation against the lines above)",
+}
+
+
 def _unquoted(problem: str) -> str:
-    """A PyYAML problem without the name it quotes, for those that quote what the file wrote."""
-    return next((v for k, v in _QUOTES_A_NAME.items() if problem.startswith(k)), problem)
+    """A PyYAML problem without the name it quotes, for those that quote what the file wrote;
+    with the fix, for those an indentation slip makes."""
+    fix = next((v for k, v in _FIXES.items() if problem.startswith(k)), "")
+    return next((v for k, v in _QUOTES_A_NAME.items() if problem.startswith(k)), problem) + fix
 
 
 def _tag_words(tag: str) -> str:

@@ -234,6 +234,16 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "c.yaml:2: server.auth_token: environment variable UNSET_VAR is not set",
         ),
         ("a: [1, 2\n", "c.yaml:2: invalid YAML"),
+        (  # a tab, and a line indented off by one: PyYAML's words alone named no fix
+            "channels:\n\tc: {type: console}\n",
+            "c.yaml:2: invalid YAML: found character '\\t' that cannot start any token;"
+            " indent with spaces, not tabs",
+        ),
+        (
+            "rules:\n  - name: a\n    match: {}\n   notify: [c]\n",
+            "c.yaml:4: invalid YAML: expected <block end>, but found '<block mapping start>'"
+            " (check this line's indentation against the lines above)",
+        ),
         ("- 1\n- 2\n", "the top level must be a mapping"),
         ("server: {max_body_bytes: 1}\nserver: {}\n", "c.yaml:2: server: duplicate key"),
         ("x: &a {b: 1}\ny: {<<: *a}\n", "merge keys"),
