@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
+import pwd
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -118,10 +120,15 @@ def _refuse_undecodable(parser: argparse.ArgumentParser, args: argparse.Namespac
 
 
 def _login_name() -> str:
-    """$USER, the default author of a silence, as text: bytes that are not UTF-8 (which Python
-    hands over as surrogates) read as U+FFFD, so that a silence the user named no author for is
-    not refused as an argument they never gave."""
-    return os.environ.get("USER", "").encode(errors="surrogateescape").decode(errors="replace")
+    """$USER, the default author of a silence, else the account's name (as amtool takes it;
+    `docker exec` sets no $USER), as text: bytes that are not UTF-8 (which Python hands over
+    as surrogates) read as U+FFFD, so that a silence the user named no author for is not
+    refused as an argument they never gave."""
+    name = os.environ.get("USER", "")
+    if not name:
+        with contextlib.suppress(OSError, KeyError):  # a uid without a passwd entry: none
+            name = pwd.getpwuid(os.getuid()).pw_name
+    return name.encode(errors="surrogateescape").decode(errors="replace")
 
 
 def _config_path(text: str) -> Path:

@@ -11,6 +11,7 @@ import base64
 import functools
 import json
 import os
+import pwd
 import re
 import socket
 import subprocess
@@ -801,6 +802,18 @@ def test_a_user_name_that_is_not_utf8_does_not_refuse_a_silence(tmp_path: Path) 
     assert added.returncode == 0, added.stderr
     listed = run_cli("silence", "list", "--json", env=env)
     assert [s["created_by"] for s in json.loads(listed.stdout)] == ["ops\ufffd"], listed.stdout
+
+
+def test_the_default_author_without_user_is_the_login_name(tmp_path: Path) -> None:
+    """`docker exec relay relay silence add ...` runs without $USER: the silence had no author
+    (BY empty in `silence list`); amtool takes the account's name. relay does too now."""
+    blank = dict.fromkeys(("USER", "LOGNAME", "LNAME", "USERNAME"), "")
+    env = {**store_env(tmp_path), **blank}
+    added = run_cli("silence", "add", "--task", "x", env=env)
+    assert added.returncode == 0, added.stderr
+    listed = run_cli("silence", "list", "--json", env=env)
+    account = pwd.getpwuid(os.getuid()).pw_name
+    assert [s["created_by"] for s in json.loads(listed.stdout)] == [account], listed.stdout
 
 
 def test_dry_run_refuses_bad_event_files(tmp_path: Path) -> None:
