@@ -207,19 +207,28 @@ def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_silence_expire(args: argparse.Namespace, settings: Settings) -> int:
     """Expire each id given (amtool: `expire $(amtool silence query -q)`); 1 if any is unknown."""
 
-    async def expire_all(store: Any) -> list[str]:
+    async def expire_all(store: Any) -> dict[str, str]:
         now = time.time()
-        return [i for i in args.ids if await store.expire_silence(i, now) is None]
+        return {i: _expired(await store.expire_silence(i, now), now) for i in args.ids}
 
-    missing = asyncio.run(_with_store(settings, expire_all))
-    if len(missing) < len(args.ids):
+    said = asyncio.run(_with_store(settings, expire_all))
+    if any(said.values()):
         _wait_until_applied()
-    for ident in args.ids:
-        if ident in missing:
-            print(f"no silence with id {ident}", file=sys.stderr)
-        else:
-            print(f"expired {ident}")
-    return 1 if missing else 0
+    for ident, what in said.items():
+        print(what or f"no silence with id {ident}", file=sys.stdout if what else sys.stderr)
+    return 0 if all(said.values()) else 1
+
+
+def _expired(silence: Any, now: float) -> str:
+    """What `relay silence expire` says of a silence it expired at `now` ("" if none): one
+    that had ended before is told apart (amtool: "already expired"), its end left as it was."""
+    from relay.silences import silence_view  # noqa: PLC0415
+
+    if silence is None:
+        return ""
+    if silence.ends_at < now:
+        return f"{silence.id} was already expired (ended {silence_view(silence, now)['ends_at']})"
+    return f"expired {silence.id}"
 
 
 def _wait_until_applied() -> None:

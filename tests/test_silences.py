@@ -485,7 +485,9 @@ def test_cli_add_list_expire(tmp_path: Path) -> None:
         view["matchers"] == {"task": ["billing/*"], "tag": ["env:prod"]}
         and view["comment"] == "deploy"
     )
-    assert run_cli("silence", "expire", ident, env=env).returncode == 0
+    assert run_cli("silence", "expire", ident, env=env).stdout == f"expired {ident}\n"
+    again = run_cli("silence", "expire", ident, env=env)  # said "expired" as if it had been now
+    assert again.returncode == 0 and again.stdout.startswith(f"{ident} was already expired (ended")
     assert "no silences" in run_cli("silence", "list", env=env).stdout
     assert ident in run_cli("silence", "list", "--all", env=env).stdout
     assert run_cli("silence", "expire", "sil_nope", env=env).returncode == 1
