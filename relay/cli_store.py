@@ -196,12 +196,20 @@ def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     rows = []
     for v in views:
-        matchers = " ".join(f"{k}={','.join(vals)}" for k, vals in v["matchers"].items())
+        matchers = " ".join(
+            f"{k}={_quoted(val)}" for k, vals in v["matchers"].items() for val in vals
+        )
         comment = f"  # {v['comment']}" if v["comment"] else ""
         when = [v["starts_at"], v["ends_at"]]
         rows.append([v["id"], v["state"], *when, v["created_by"][:12], matchers + comment])
     print_table(["ID", "STATE", "STARTS", "ENDS", "BY", "MATCHERS / COMMENT"], rows)
     return 0
+
+
+def _quoted(value: str) -> str:
+    """A matcher's value as amtool prints it, and as `silence add` takes it back: in double
+    quotes, `"` and `\\` escaped (`task=a b,c` read as two words, or two values)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def cmd_silence_expire(args: argparse.Namespace, settings: Settings) -> int:

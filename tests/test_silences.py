@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import shlex
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -495,6 +496,23 @@ def test_cli_add_list_expire(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "matchers" in bad.stderr
     bad = run_cli("silence", "add", "--task", "x", "--duration", "soon", env=env)
     assert bad.returncode == 1 and "duration" in bad.stderr
+
+
+def test_cli_list_quotes_each_value_as_amtool_does(tmp_path: Path) -> None:
+    """`task=a b,c` was printed bare: one glob with a space and a comma read as two words, or
+    as two values; each value is now quoted, and the line given back to `silence add` (the
+    shell's quoting) makes the same silence."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    values = ["a b,c", 'q"x\\y']
+    run_cli("silence", "add", *(f"--task={v}" for v in values), "-d", "1h", env=env)
+    line = run_cli("silence", "list", env=env).stdout.splitlines()[-1]
+    assert line.endswith('task="a b,c" task="q\\"x\\\\y"')
+    again = run_cli(
+        "silence", "add", *shlex.split(line[line.index("task=") :]), "-d", "1h", env=env
+    )
+    assert again.returncode == 0, again.stderr
+    views = json.loads(run_cli("silence", "list", "--json", env=env).stdout)
+    assert [view["matchers"] for view in views] == [{"task": values}] * 2
 
 
 def test_cli_speaks_amtool(tmp_path: Path) -> None:
