@@ -11,7 +11,14 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Generic, Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -20,6 +27,10 @@ from relay.errors import REASONS
 from relay.model import Notification
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# No `<name>_created` series beside each counter and histogram (prometheus-client's default):
+# one series more per label set that Prometheus stores and nobody queries, which Alertmanager
+# and most exporters do not expose. Process-wide; relay's metrics are all made below.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
 
 
 class Delivered(Protocol):

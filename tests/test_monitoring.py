@@ -66,8 +66,6 @@ def exposed() -> dict[str, set[str]]:
     text = metrics.render().decode()
     series: dict[str, set[str]] = {}
     for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, flags=re.M):
-        if name.endswith("_created"):
-            continue
         own = declared.get(name, set()) | declared.get(name.removesuffix("_total"), set())
         if kind == "histogram":
             series |= {f"{name}_bucket": own | {"le"}, f"{name}_sum": own, f"{name}_count": own}

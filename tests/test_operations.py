@@ -76,6 +76,8 @@ async def test_metrics_count_what_happened(relay: RelayFactory, sink: Sink) -> N
     assert value(text, 'relay_delivery_latency_seconds_count{channel="hook"}') == 1
     assert 'relay_build_info{version="' in text
     assert value(text, "relay_outbox_oldest_pending_age_seconds") == 0
+    # no `_created` series beside each counter (prometheus-client's default), as Alertmanager
+    assert "_created" not in text
 
 
 async def test_every_channel_and_rule_is_counted_from_zero(relay: RelayFactory, sink: Sink) -> None:
