@@ -93,8 +93,19 @@ def cli_matchers(words: Sequence[str], flags: Mapping[str, Sequence[str]]) -> di
                 f"{word!r}: {what}; expected name=value (e.g. task=billing/*),"
                 f" name one of {', '.join(SILENCE_MATCHERS)}",
             )
-        out.setdefault(key, []).append(value.strip().strip("\"'"))
+        out.setdefault(key, []).append(_unquoted(value.strip()))
     return out
+
+
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def _unquoted(value: str) -> str:
+    """A matcher's value as amtool reads it: `"a\\"b"` is `a"b` (`silence list` prints each
+    value so); any other quotes around it are dropped, as before."""
+    if len(value) > 1 and value[0] == value[-1] == '"':
+        return _ESCAPE.sub(r"\1", value[1:-1])
+    return value.strip("\"'")
 
 
 _GROUP = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")*')  # one matcher of a `{...}` group

@@ -594,6 +594,10 @@ def test_cli_add_says_what_it_refused_and_what_it_takes(
         (['{task="billing/*", alertname="prod"}'], {"task": ["billing/*"], "rule": ["prod"]}),
         (['{task="a,b",tag=env:prod,}'], {"task": ["a,b"], "tag": ["env:prod"]}),
         (["{task=x}", "nightly"], {"task": ["x"], "rule": ["nightly"]}),
+        # a quoted value's escapes read as amtool reads them (`silence list` prints them so):
+        # `\"` and `\\` were kept, `x"` cut to `x\`
+        (['{task="a\\"b\\\\c"}'], {"task": ['a"b\\c']}),
+        (['task="x\\""', "'nightly'"], {"task": ['x"'], "rule": ["nightly"]}),
     ],
 )
 def test_cli_matchers_take_amtool_braces(words: list[str], expected: dict[str, list[str]]) -> None:
