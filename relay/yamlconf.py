@@ -311,18 +311,35 @@ _QUOTES_A_NAME = {
 }
 
 
-# what to fix, after PyYAML's words for the two slips of hand-indented YAML
+# what to fix, after PyYAML's words for the slips of hand-written YAML: a tab; a line indented
+# off (it starts a key, an item or a plain value); a text after a closing quote on its line
+# (an apostrophe in '...': `'it's'`). Another thing found (a stray `]`) gets no fix named.
+_INDENT = " (check this line's indentation against the lines above)"
+_AFTER_QUOTE = " (text after a closing quote: quote the whole value; within '...' write a ' as '')"
 _FIXES = {
     "found character '\\t' that cannot start any token": "; indent with spaces, not tabs",
-    "expected <block end>, but found": " (check this line's indentation against the lines above)",
+    "expected <block end>, but found '<block mapping start>'": _INDENT,
+    "expected <block end>, but found '<block sequence start>'": _INDENT,
+    "expected <block end>, but found '-'": _INDENT,
+    "expected <block end>, but found '<scalar>'": _INDENT,
 }
 
 
-def _unquoted(problem: str) -> str:
+def _unquoted(problem: str, mark: yaml.Mark | None) -> str:
     """A PyYAML problem without the name it quotes, for those that quote what the file wrote;
-    with the fix, for those an indentation slip makes."""
+    with the fix, for those a slip makes (`mark`: where)."""
     fix = next((v for k, v in _FIXES.items() if problem.startswith(k)), "")
+    if fix == _INDENT and _after_quote(mark):
+        fix = _AFTER_QUOTE
     return next((v for k, v in _QUOTES_A_NAME.items() if problem.startswith(k)), problem) + fix
+
+
+def _after_quote(mark: yaml.Mark | None) -> bool:
+    """Whether the text before `mark` on its line ends with a quote."""
+    if mark is None or not isinstance(mark.buffer, str):
+        return False
+    before = mark.buffer[: mark.pointer].rpartition("\n")[2]
+    return before.rstrip().endswith(("'", '"'))
 
 
 def _tag_words(tag: str) -> str:
@@ -371,7 +388,7 @@ def load_yaml(text: str, filename: str, env: Mapping[str, str]) -> Located:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{filename}:{mark.line + 1}" if mark is not None else filename
-        problem = _unquoted(str(exc.problem))
+        problem = _unquoted(str(exc.problem), mark)
         if exc.context and problem.startswith("but "):  # "but found another document"
             problem = f"{exc.context}, {problem}"
         located.problems.append(Problem(where, "", f"invalid YAML: {problem}"))

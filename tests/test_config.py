@@ -302,6 +302,34 @@ def test_bad_config_is_named_with_its_line(text: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (  # an apostrophe in '...', or text after a closing quote: no indentation slip
+            "rules:\n  - name: 'it's'\n",
+            "c.yaml:2: invalid YAML: expected <block end>, but found '<scalar>' (text after a"
+            " closing quote: quote the whole value; within '...' write a ' as '')",
+        ),
+        (
+            'server: {}\nname: "a" b\n',
+            "c.yaml:2: invalid YAML: expected <block end>, but found"
+            " '<scalar>' (text after a closing quote: quote the whole value; within '...' write a"
+            " ' as '')",
+        ),
+        (  # a scalar on a line of its own, indented off: the indentation
+            "a:\n  b: 1\n c\n",
+            "c.yaml:3: invalid YAML: expected <block end>, but found '<scalar>'"
+            " (check this line's indentation against the lines above)",
+        ),
+        ("a: [1]\n]\n", "c.yaml:2: invalid YAML: expected <block end>, but found ']'"),
+    ],
+)
+def test_yaml_slip_hint_fits_the_slip(text: str, expected: str) -> None:
+    """ "expected <block end>, but found" named an indentation slip for every thing found: a
+    text after a closing quote (`'it's'`) or a stray bracket was told to check indentation."""
+    assert problems(text) == [expected]
+
+
+@pytest.mark.parametrize(
     ("value", "expected"),
     [
         (
