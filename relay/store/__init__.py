@@ -177,8 +177,9 @@ class Store(Protocol):
     ) -> set[str]:
         """Keep one message's rows pending, due again at `not_before` (one write, as mark_sent).
         The ids it changed: a row finished, or (PostgreSQL) held by another replica now (this
-        one was taken for dead), or whose attempts already reached the mark's (this write came
-        before, its reply lost: the row may be in a later claim's send now), is left alone."""
+        one was taken for dead), or whose attempts already reached the mark's or whose lease was
+        handed back (this write came before, its reply lost: the row may be in a later claim's
+        send now, or replayed since), is left alone."""
 
     async def mark_dead(self, rows: Tries, *, now: float, reason: str, error: str) -> set[str]:
         """Give up on one message: its rows are kept as dead letters, replayable (one write,

@@ -92,8 +92,14 @@ HELD = " AND COALESCE(relay_outbox.lease_holder, ${n}) = ${n}"
 # as min_backoff allows (0) made the row due, and this replica, its holder still, claimed it
 # again. The repeat released that claim mid-send, for a third send, and set attempts back. A
 # send tries at least once, so each failure's mark raises attempts: a row whose attempts reached
-# the mark's was marked already, by this write or a later claim's.
-ONCE = " AND relay_outbox.attempts < g.tries"
+# the mark's was marked already, by this write or a later claim's. A mark also hands the lease
+# back (HAND_BACK: none, or negative), as a replay does, which sets attempts back to 0: a row
+# claimed once and not leased now was marked already, and maybe replayed since (the repeat
+# killed it again). A row never claimed (no holder) stays free to change, as HELD says.
+ONCE = (
+    " AND relay_outbox.attempts < g.tries"
+    " AND (relay_outbox.lease_until > 0 OR relay_outbox.lease_holder IS NULL)"
+)
 
 _MARKED_HERE = """
     SELECT o.id FROM relay_outbox o JOIN unnest($1::text[], $2::integer[]) AS g(nid, tries)
