@@ -126,12 +126,12 @@ def plain_body(body: dict[str, Any], clear: bool) -> dict[str, Any] | None:
 
 
 def _fitting(links: list[str], limit: int) -> str:
-    """The first `links`, one per line after the text, in at most `limit` characters."""
+    """The `links` in order, one per line after the text, that fit in `limit` characters (one
+    too long is left out, not those after it)."""
     kept = ""
     for link in links:
-        if len(kept) + 1 + len(link) > limit:
-            break
-        kept += f"\n{link}"
+        if len(kept) + 1 + len(link) <= limit:
+            kept += f"\n{link}"
     return kept
 
 

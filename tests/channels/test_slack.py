@@ -853,6 +853,20 @@ async def test_a_refused_layout_is_sent_as_a_text_slack_takes(
     assert 10 < sent["text"].count(f"\n<{url}|") < 300 and (receipt is not None) == bot
 
 
+@pytest.mark.parametrize("bot", [False, True])
+async def test_a_link_too_long_for_the_text_alone_leaves_out_only_itself(
+    slack: FakeSlack, http: HttpClient, bot: bool
+) -> None:
+    slack.script(api_error("invalid_blocks") if bot else Reply(400, "invalid_blocks"))
+    long_url, url = "https://t.example/" + "l" * 1400, "https://t.example/r/1"
+    buttons = [{"type": "button", "text": {}, "url": u} for u in (long_url, url)]
+    blocks = [{"type": "no_such_block"}, {"type": "actions", "elements": buttons}]
+    await make_channel(slack, http, bot=bot).send(
+        outgoing(json.dumps({"text": "FAILED run_1", "blocks": blocks}))
+    )
+    assert slack.posted()[1]["text"] == f"FAILED run_1\n<{url}|{url}>"
+
+
 async def test_a_refused_recovery_update_clears_the_blocks(
     slack: FakeSlack, http: HttpClient
 ) -> None:
