@@ -98,10 +98,13 @@ class Children:
         for child in reversed(self.started):
             self.stop(child, grace_s=self.exit_grace_s)
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Child:
+    def spawn(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> Child:
         proc = subprocess.Popen(
             argv,
             env=env,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -159,7 +162,9 @@ class Children:
             RELAY_LISTEN="127.0.0.1:0",
             RELAY_LOG_FORMAT="json",
         )
-        child = self.spawn("relay", [sys.executable, "-m", "relay", "serve"], env)
+        # Started beside its config, not here: `-m` puts the working directory first on the
+        # path, so from a checkout's root PYTHONPATH=<another checkout> (an A/B) ran this one.
+        child = self.spawn("relay", [sys.executable, "-m", "relay", "serve"], env, config.parent)
         child.watch(child.proc.stderr, _relay_listening)
         child.watch(child.proc.stdout, lambda line: None)
         return child, str(child.wait_for(30.0))
