@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from relay import heap
 from relay.configure import Compiled, compile_config, config_fingerprint, load, load_text
 from relay.errors import ConfigError, Problem, StoreUnavailable
 from relay.metrics import Metrics
@@ -56,19 +57,25 @@ class ConfigReloads:
     async def reload(self, trigger: str) -> bool:
         """Load and check the config again; swap it in only if it is valid."""
         async with self.lock:
-            if self._skipped(trigger):  # shutting down: a new delivery would outlive the drain
-                return False
-            running = self.service.compiled  # the built-in default: ./config.yaml may exist now
-            path = None if running.loaded.builtin else Path(running.loaded.source.filename)
-            await self._settled()
-            self._fingerprint = config_fingerprint(running)
-            compiled = await self._read(trigger, path)
-            if compiled is None or self._skipped(trigger):  # SIGTERM while the file was read
-                return False
-            if compiled.loaded.config.templates.dir != running.loaded.config.templates.dir:
-                self._fingerprint = config_fingerprint(compiled)  # watch the new directory
-            await self._swap(trigger, compiled)
-            return True
+            swapped = await self._reload(trigger)
+        if swapped:  # once _reload's frame, which held the replaced config, is gone
+            heap.resettle()
+        return swapped
+
+    async def _reload(self, trigger: str) -> bool:
+        if self._skipped(trigger):  # shutting down: a new delivery would outlive the drain
+            return False
+        running = self.service.compiled  # the built-in default: ./config.yaml may exist now
+        path = None if running.loaded.builtin else Path(running.loaded.source.filename)
+        await self._settled()
+        self._fingerprint = config_fingerprint(running)
+        compiled = await self._read(trigger, path)
+        if compiled is None or self._skipped(trigger):  # SIGTERM while the file was read
+            return False
+        if compiled.loaded.config.templates.dir != running.loaded.config.templates.dir:
+            self._fingerprint = config_fingerprint(compiled)  # watch the new directory
+        await self._swap(trigger, compiled)
+        return True
 
     async def adopt(self, payload: bytes) -> bool:
         """A delivery worker: its parent's config (workers.config_payload), compiled from the
@@ -89,7 +96,8 @@ class ConfigReloads:
                 self.service.request_stop()
                 return False
             await self._swap("parent", compiled)
-            return True
+        heap.resettle()  # the replaced config can go (see reload)
+        return True
 
     def _skipped(self, trigger: str) -> bool:
         if self.service.stopping:

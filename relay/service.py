@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import signals
+from relay import heap, signals
 from relay.channels import ChannelEnv
 from relay.channels._http import HttpClient
 from relay.config import Config, RetryPolicy, ServerConfig
@@ -515,6 +515,7 @@ async def serve(settings: Settings, compiled: Compiled, role: Role | None = None
         except StoppedWhileStarting:
             log.info("stop requested while starting: not started")
             return
+        heap.settle()  # what start built lives until the stop: out of the collector's way
         if service.role.index is not None:
             log.info("delivery worker ready", extra={"worker": service.role.index})
             await service.run_until_stopped()
