@@ -83,7 +83,7 @@ async def _with_store(
 
     missing = None if create else _missing_file(settings.store_url)
     if missing is None:
-        return await _acting(open_store(settings.store_url), action)
+        return await _acting(open_store(settings.store_url, upgrade=False), action)
     note = f"note: no store at {missing} (RELAY_STORE_URL): nothing is stored there"
     print(note, file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="relay-empty-") as empty:

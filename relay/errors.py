@@ -163,3 +163,20 @@ def wire_failure(exc: BaseException) -> str | None:
         if isinstance(cause, TimeoutError):  # a PostgreSQL server that never answers the
             return "no answer in time"  # connect said only "TimeoutError"
     return None
+
+
+def check_schema(version: int, current: int, *, upgrade: bool) -> None:
+    """Refuse a store schema this relay may not use: one newer than `current`, or, unless
+    `upgrade` (`relay serve`, `relay migrate`), an older one. The other store commands must
+    not migrate behind an operator's back: the relay still running on that store (an older
+    release) would refuse it at its next start."""
+    if version > current:
+        raise StoreUnavailable(
+            f"store schema version {version} is newer than this relay supports ({current})"
+        )
+    if 0 < version < current and not upgrade:
+        raise StoreUnavailable(
+            f"store schema version {version} is older than this relay's ({current}): upgrade it"
+            " with `relay migrate` (or by starting `relay serve`) first; this command changes"
+            " no schema"
+        )

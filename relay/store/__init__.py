@@ -277,18 +277,21 @@ class Store(Protocol):
         """
 
 
-def open_store(url: str, holder: str = "", replica_timeout_s: float = 15.0) -> Store:
+def open_store(
+    url: str, holder: str = "", replica_timeout_s: float = 15.0, *, upgrade: bool = True
+) -> Store:
     """The engine for a RELAY_STORE_URL (not opened yet: call `open`). SQLite: `holder` names
     this process in the leases it takes (see release_leases). PostgreSQL names each process
-    itself, and frees the leases of a replica silent for `replica_timeout_s`."""
+    itself, and frees the leases of a replica silent for `replica_timeout_s`. Not `upgrade`
+    (the store commands but migrate): `open` refuses an older schema instead of migrating it."""
     from relay.store.sqlite import SQLiteStore, sqlite_path  # noqa: PLC0415
 
     if url.startswith("sqlite:"):
-        return SQLiteStore(sqlite_path(url), holder=holder)
+        return SQLiteStore(sqlite_path(url), holder=holder, upgrade=upgrade)
     if url.startswith(("postgresql:", "postgres:")):
         from relay.store.postgres import PostgresStore  # noqa: PLC0415
 
-        return PostgresStore(url, replica_timeout_s=replica_timeout_s)
+        return PostgresStore(url, replica_timeout_s=replica_timeout_s, upgrade=upgrade)
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise ConfigError(
         [

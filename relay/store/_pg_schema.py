@@ -21,7 +21,7 @@ import logging
 
 import asyncpg
 
-from relay.errors import StoreUnavailable
+from relay.errors import check_schema
 
 log = logging.getLogger("relay.store")
 
@@ -165,8 +165,9 @@ def lock_key(kind: str, name: str) -> int:
 MIGRATION_LOCK = lock_key("schema", "migrate")
 
 
-async def migrate(conn: asyncpg.Connection) -> tuple[int, int]:
-    """Bring the schema to SCHEMA_VERSION; return (version before, version after)."""
+async def migrate(conn: asyncpg.Connection, *, upgrade: bool = True) -> tuple[int, int]:
+    """Bring the schema to SCHEMA_VERSION; return (version before, version after). Not
+    `upgrade`: an older schema is refused (an empty database is still created)."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
         if await conn.fetchval("SELECT to_regclass('relay_schema_version')") is None:
@@ -174,11 +175,7 @@ async def migrate(conn: asyncpg.Connection) -> tuple[int, int]:
         version = int(
             await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM relay_schema_version")
         )
-        if version > SCHEMA_VERSION:
-            raise StoreUnavailable(
-                f"store schema version {version} is newer than this relay supports"
-                f" ({SCHEMA_VERSION})"
-            )
+        check_schema(version, SCHEMA_VERSION, upgrade=upgrade)
         for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in statements:
                 await conn.execute(statement)

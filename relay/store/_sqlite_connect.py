@@ -17,7 +17,7 @@ BUSY_TIMEOUT_MS = 5000  # a writer waits this long for another process's transac
 
 
 def connect(
-    path: Path, max_pages: int | None, versions: list[int] | None = None
+    path: Path, max_pages: int | None, versions: list[int] | None = None, *, upgrade: bool = True
 ) -> sqlite3.Connection:
     """In the writer thread: open the file, set the pragmas, migrate the schema.
 
@@ -38,7 +38,7 @@ def connect(
     try:
         _configure(conn, max_pages)
         conn.execute("BEGIN IMMEDIATE")
-        version = migrate(conn)
+        version = migrate(conn, upgrade=upgrade)
         _probe_write(conn)
         conn.execute("COMMIT")
         if versions is not None:

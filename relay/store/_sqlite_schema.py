@@ -10,7 +10,7 @@ import sqlite3
 
 import orjson
 
-from relay.errors import StoreUnavailable
+from relay.errors import StoreUnavailable, check_schema
 from relay.model import GroupState, Notification, RunState, Silence
 
 FIRED_SEPARATOR = "\x1f"
@@ -177,13 +177,11 @@ SCHEMA_VERSION = len(MIGRATIONS)
 INDEXES = ("CREATE INDEX IF NOT EXISTS outbox_created ON outbox (created_at DESC, id)",)
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring the schema to SCHEMA_VERSION inside the open transaction; return the old version."""
+def migrate(conn: sqlite3.Connection, *, upgrade: bool = True) -> int:
+    """Bring the schema to SCHEMA_VERSION inside the open transaction; return the old version.
+    Not `upgrade`: an older schema is refused (a new file is still created)."""
     (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version > SCHEMA_VERSION:
-        raise StoreUnavailable(
-            f"store schema version {version} is newer than this relay supports ({SCHEMA_VERSION})"
-        )
+    check_schema(version, SCHEMA_VERSION, upgrade=upgrade)
     if version == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
         # another application's database, or relay's overwritten by a -wal file from elsewhere
         # (which replays onto any file): never relay's tables added beside what it holds

@@ -111,9 +111,15 @@ class PostgresStore:
     """The Store on a PostgreSQL database (RELAY_STORE_URL=postgresql://...)."""
 
     def __init__(
-        self, url: str, *, pool_max: int = POOL_MAX, replica_timeout_s: float = DEFAULT_TIMEOUT_S
+        self,
+        url: str,
+        *,
+        pool_max: int = POOL_MAX,
+        replica_timeout_s: float = DEFAULT_TIMEOUT_S,
+        upgrade: bool = True,
     ) -> None:
         check_url(url)
+        self._upgrade = upgrade  # False: an older schema is refused, not migrated
         self._url, self._connect_timeout = dsn_and_timeout(url, CONNECT_TIMEOUT_S)
         self._session = session_args(url)
         self._pool_max = pool_max
@@ -154,7 +160,7 @@ class PostgresStore:
                 raise unavailable("store open failed", exc) from exc
             try:
                 async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-                    await migrate(conn)
+                    await migrate(conn, upgrade=self._upgrade)
             except BaseException as exc:
                 pool.terminate()
                 if isinstance(exc, DB_ERRORS):

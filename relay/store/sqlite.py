@@ -114,8 +114,16 @@ class SQLiteStore:
     writes fail with StoreUnavailable. `commits` counts committed transactions (batches).
     """
 
-    def __init__(self, path: Path | str, *, max_pages: int | None = None, holder: str = "") -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_pages: int | None = None,
+        holder: str = "",
+        upgrade: bool = True,
+    ) -> None:
         self.path = Path(path)
+        self._upgrade = upgrade  # False: an older schema is refused, not migrated
         self._max_pages = max_pages
         self._holder = holder  # recorded with each claim: release_leases(holder) frees them
         self._writer = Writer(WriteLock(self.path, BUSY_TIMEOUT_MS / 1000))
@@ -130,7 +138,7 @@ class SQLiteStore:
 
     async def open(self) -> None:
         """Create the file and its directory if needed, then create or migrate the schema."""
-        await self._writer.start(lambda: connect(self.path, self._max_pages))
+        await self._writer.start(lambda: connect(self.path, self._max_pages, upgrade=self._upgrade))
         try:
             await self._reader.start(lambda: connect_reader(self.path))
         except BaseException:

@@ -200,10 +200,7 @@ async def test_a_v1_postgresql_database_keeps_its_work_beside_an_old_replica() -
         conn = await asyncpg.connect(url)
         try:
             async with conn.transaction():
-                for statement in PG_MIGRATIONS[0]:
-                    await conn.execute(statement)
-                await conn.execute(_PG_VERSIONS)
-                await conn.execute("INSERT INTO relay_schema_version (version) VALUES (1)")
+                await _pg_v1_schema(conn)
                 for run_id, state, lease in (
                     ("run_claimed", "pending", NOW - 1),  # the old replica's lease, ended
                     ("run_dead", "dead", None),
@@ -233,6 +230,14 @@ async def test_a_v1_postgresql_database_keeps_its_work_beside_an_old_replica() -
             await conn.close()
 
 
+async def _pg_v1_schema(conn: asyncpg.Connection) -> None:
+    """The first release's PostgreSQL schema, as it left it (version 1)."""
+    for statement in PG_MIGRATIONS[0]:
+        await conn.execute(statement)
+    await conn.execute(_PG_VERSIONS)
+    await conn.execute("INSERT INTO relay_schema_version (version) VALUES (1)")
+
+
 _PG_VERSIONS = (
     "CREATE TABLE relay_schema_version (version integer PRIMARY KEY,"
     " applied_at timestamptz NOT NULL DEFAULT now())"
@@ -247,3 +252,43 @@ _PG_V1_OUTBOX = (
 def _pg_row(run_id: str, state: str) -> tuple[object, ...]:
     run_json = f'{{"id":"{run_id}","status":"FAILED"}}'.encode()
     return notification_id(run_id, "r1", "c1"), run_id, run_json, NOW - 60, state
+
+
+def _store_command(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RELAY_STORE_URL": url}
+    command = [sys.executable, "-m", "relay", *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+
+
+def test_a_look_at_an_old_store_leaves_its_schema_to_relay_migrate(tmp_path: Path) -> None:
+    """`relay dlq list` of the new image on the store an old relay still runs on: the schema
+    stays where the old relay can open it again, and the command says what to run instead."""
+    path = tmp_path / "relay.db"
+    with closing(_old_store(path, 6)) as conn:
+        _v6_rows(conn)
+        conn.execute("COMMIT")
+    url = f"sqlite:///{path}"
+    for command in (["dlq", "list"], ["history"], ["silence", "list"], ["dlq", "replay", "x"]):
+        looked = _store_command(url, *command)
+        assert looked.returncode == 1, (command, looked.stdout, looked.stderr)
+        assert "store schema version 6 is older than this relay's" in looked.stderr
+        assert "relay migrate" in looked.stderr
+        assert _version_and_outbox(path)[0] == 6
+    assert _store_command(url, "migrate").returncode == 0
+    listed = _store_command(url, "dlq", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert notification_id("run_dead", "r1", "c1") in listed.stdout
+
+
+async def test_a_look_at_an_old_postgresql_database_leaves_its_schema_to_relay_migrate() -> None:
+    async with fresh_database(shared_server()) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction():
+                await _pg_v1_schema(conn)
+            looked = _store_command(url, "history")
+            assert looked.returncode == 1, (looked.stdout, looked.stderr)
+            assert "store schema version 1 is older than this relay's" in looked.stderr
+            assert await conn.fetchval("SELECT MAX(version) FROM relay_schema_version") == 1
+        finally:
+            await conn.close()
