@@ -26,13 +26,16 @@ rules:
 @pytest.fixture
 def settled() -> Iterator[None]:
     """The test process's heap settled as `relay serve`'s is, and unfrozen after the test."""
+    thresholds = gc.get_threshold()
     yield
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 def test_settle_freezes_what_is_alive(settled: None) -> None:
     heap.settle()
     assert gc.get_freeze_count() > 0
+    assert gc.get_threshold()[0] == heap.YOUNG_THRESHOLD  # young collections 10x rarer
     heap.resettle()
     assert gc.get_freeze_count() > 0
 
