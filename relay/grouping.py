@@ -7,8 +7,8 @@ time has passed already, `group_wait` after the run that wakes the group, so tha
 posted run by run goes in one digest, not one run then the rest); so do runs that join
 while a due digest is on its way (claimed, being sent), not in a digest of their own. Runs do
 not resolve the way Prometheus alerts do, so there is nothing to repeat: a group that saw
-nothing for `repeat_interval` is closed, and the next run opens a new one (waiting
-`group_wait` again).
+nothing for `repeat_interval` (and at least `group_interval`) is closed, and the next run
+opens a new one (waiting `group_wait` again).
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def schedule(
         # under a waiting digest); >=: runs of one batch share `now`, so a digest due at once
         # takes the whole batch
         return GroupState(key, previous.next_flush, previous.last_sent, now)
-    if previous is None or now - previous.last_seen >= timing.repeat_interval_s:
+    if previous is None or _closed(previous, now, timing):
         return GroupState(key, now + timing.group_wait_s, None, now)
     if previous.next_flush is not None:  # that digest is due, maybe on its way: the next one
         after = max(now, previous.next_flush) + timing.group_interval_s
@@ -102,6 +102,14 @@ def schedule(
     if due <= now:  # quiet past group_interval: wait group_wait for the rest of a burst, as a
         due = now + timing.group_wait_s  # new group does (at once, runs posted one by one split)
     return GroupState(key, due, last_sent, now)
+
+
+def _closed(previous: GroupState, now: float, timing: Timing) -> bool:
+    """Quiet for `repeat_interval`, and never sooner than `group_interval`: a shorter
+    `repeat_interval` would open a new group (a digest `group_wait` later) under the floor
+    `group_interval` promises; Alertmanager also never notifies a group more often."""
+    quiet = max(timing.repeat_interval_s, timing.group_interval_s)
+    return now - previous.last_seen >= quiet
 
 
 def flushed(previous: GroupState, now: float) -> GroupState:

@@ -103,6 +103,22 @@ async def test_runs_after_a_digest_wait_for_group_interval(relay: RelayFactory, 
     }
 
 
+async def test_a_repeat_interval_shorter_than_group_interval_does_not_shorten_it(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    # the group closed after repeat_interval of quiet, so a run 0.6 s after a digest opened a
+    # new group and went group_wait later: two digests 0.8 s apart under a 1.5 s group_interval
+    config = CONFIG.format(url=sink.url, wait="200ms", interval="1500ms")
+    r = await relay(config + "    repeat_interval: 300ms\n")
+    await r.post([failed(1), failed(2)])
+    [first] = await sink.wait_for(1)
+    await asyncio.sleep(0.6)
+    await r.post([failed(3), failed(4)])
+    second = (await sink.wait_for(2))[1]
+    assert second.at - first.at >= 1.4
+    assert second.json()["group"]["count"] == 2
+
+
 async def test_a_digest_retried_from_the_outbox_stays_one_digest(
     relay: RelayFactory, sink: Sink
 ) -> None:

@@ -63,6 +63,14 @@ def test_a_quiet_group_closes_after_repeat_interval() -> None:
     assert g.next_flush == 130.0 + 3600.0 + 30.0 and g.last_sent is None
 
 
+def test_a_group_stays_open_for_group_interval_whatever_repeat_interval_says() -> None:
+    short = Timing(group_wait_s=30, group_interval_s=300, repeat_interval_s=10)
+    g = schedule(flushed(schedule(None, "k", 100.0, short), 130.0), "k", 200.0, short)
+    assert g.next_flush == 430.0 and g.last_sent == 130.0  # not 230: a new group's group_wait
+    late = schedule(flushed(g, 430.0), "k", 430.0 + 300.0, short)
+    assert late.next_flush == 760.0 and late.last_sent is None  # quiet that long: closed
+
+
 def test_labels_and_keys() -> None:
     run = {"taskIdentifier": "t", "tags": ["a", "b"], "metadata": {"customer": {"tier": "pro"}}}
     labels = group_labels(run, ["taskIdentifier", "metadata.customer.tier", "tags", "nope.x"])
