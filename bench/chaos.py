@@ -41,7 +41,9 @@ The report (`--json` for one JSON object):
   always with the same id; the rate is duplicates / delivered).
 - `retry_after_given`, `retry_after_violations`: 429s sent, and requests for an id that arrived
   before the Retry-After the sink gave that id had passed (per id, the sink's own clock, 20 ms
-  tolerance) — **must be 0**; `samples.violations` says whether a kill fell in between.
+  tolerance) — **must be 0**; `samples.violations` says whether a kill fell in between. A 429
+  counts once written to a connection relay still held: one whose try timed out as the sink
+  answered was never read (a loaded machine once made a 1.37 s "violation" of that).
 - `dead`: dead letters at the end (`GET /v1/dlq`) — 0. `relay_exceptions`: relay log lines
   with a traceback — 0. `sink_answers`: what the sink answered (`refused` = a request on a
   kept-alive connection while the listener was down).
@@ -191,6 +193,21 @@ class ChaosSink:
                 await asyncio.sleep(0.05)
         raise RuntimeError("the sink could not listen again on its port")
 
+    async def _rate_limit(
+        self, request: web.BaseRequest, ident: str, until: float | None
+    ) -> web.StreamResponse:
+        """429 with Retry-After 1 or 2 s, held against the id only once written to a connection
+        relay still holds: a try whose 1 s timeout ran out as the sink answered never read it
+        (relay retried it as a timeout, by its own backoff: not a violation)."""
+        wait = self.rng.choice((1, 2))
+        response = web.StreamResponse(status=429, headers={"Retry-After": str(wait)})
+        await response.prepare(request)
+        await response.write_eof()
+        if request.transport is not None and not request.transport.is_closing():
+            self.retry_after_at[ident] = time.monotonic()
+            self.retry_after_until[ident] = max(until or 0.0, self.retry_after_at[ident] + wait)
+        return response
+
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         arrived = time.monotonic()
         self.requests += 1
@@ -214,10 +231,7 @@ class ChaosSink:
             self.delivered[ident] += 1
             return web.Response(status=200, text="ok")
         if kind == "rate_limited":
-            wait = self.rng.choice((1, 2))
-            self.retry_after_at[ident] = time.monotonic()
-            self.retry_after_until[ident] = max(until or 0.0, self.retry_after_at[ident] + wait)
-            return web.Response(status=429, headers={"Retry-After": str(wait)})
+            return await self._rate_limit(request, ident, until)
         if kind == "error":
             return web.Response(status=500, text="boom")
         if kind == "hang":  # past relay's timeout; the answer (if any) reaches nobody
