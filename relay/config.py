@@ -398,6 +398,9 @@ class RealtimeConfig(Strict):
 
     api_url: str = "https://api.trigger.dev"
     secret_key: Token
+    # a preview environment's branch: its key is the preview environment's, and Trigger.dev
+    # answers for a branch only with `x-trigger-branch` (as the SDK's TRIGGER_PREVIEW_BRANCH)
+    branch: str | None = Field(default=None, max_length=256)
     feeds: list[RealtimeFeed] = Field(min_length=1)
     # per request; must outlast the server's long-poll hold (~20 s)
     timeout: Duration = Field(default=60.0, gt=0)
@@ -410,6 +413,16 @@ class RealtimeConfig(Strict):
         if not value.get_secret_value():
             raise ValueError("secret_key is empty (the environment's tr_… key)")
         return value
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, value: str | None) -> str | None:
+        """Trimmed like the SDK's; empty (`${TRIGGER_PREVIEW_BRANCH:-}` unset) is no branch."""
+        if value is None or not value.strip():
+            return None
+        if (problem := header_value_problem(value)) is not None:
+            raise ValueError(f"branch {problem}")
+        return value.strip()
 
     @field_validator("api_url")
     @classmethod

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import pytest
+from pydantic import ValidationError
 
 from relay import __version__ as relay_version
 from relay.config import RealtimeConfig, RealtimeFeed
@@ -266,6 +267,21 @@ async def test_a_socks_proxy_is_named_in_the_feed_failure_and_not_spoken_to(
     assert not fake.requests and h.failed[:2] == ["network", "network"]
     reasons = [r.__dict__.get("reason", "") for r in caplog.records]
     assert f"proxy {socks} not supported: relay speaks to http:// and https:// proxies" in reasons
+
+
+@pytest.mark.parametrize(("branch", "sent"), [(None, None), ("", None), (" feat/x ", "feat/x")])
+async def test_a_preview_branch_is_asked_for_by_name(branch: str | None, sent: str | None) -> None:
+    """A preview environment's key reads a branch's runs only with `x-trigger-branch` (Trigger.dev
+    answers "x-trigger-branch header required for preview env"); there was no way to send it.
+    Empty, as `${TRIGGER_PREVIEW_BRANCH:-}` gives when unset, is no branch."""
+    async with fake_realtime(session()) as fake, following(fake, branch=branch) as h:
+        await h.submit.wait_for(1)
+    assert {seen.headers.get("x-trigger-branch") for seen in fake.requests} == {sent}
+
+
+def test_a_branch_that_cannot_be_a_header_is_refused_at_load() -> None:
+    with pytest.raises(ValidationError, match="branch cannot contain line breaks"):
+        RealtimeConfig(secret_key=SECRET, feeds=[RealtimeFeed(tags=[TAG])], branch="a\nX-Evil: 1")
 
 
 async def test_the_feed_names_relay_and_its_version(relay: RelayFactory, sink: Sink) -> None:

@@ -329,7 +329,7 @@ class Follower:
         return f"{ROWS_NAMESPACE}:{self.feed.key}"
 
     async def _get(self, shape: Shape) -> Response:
-        headers = request_headers(self._config.secret_key.get_secret_value())
+        headers = request_headers(self._config.secret_key.get_secret_value(), self._config.branch)
         params = dict(sorted({**self.feed.params, **shape.query()}.items()))
         timeout_s = self._timing.timeout_s
         total = timeout_s if shape.live else timeout_s * NON_LIVE_TIMEOUTS

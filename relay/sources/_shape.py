@@ -30,13 +30,16 @@ ELECTRIC_VERSION = "1.0.0-beta.1"  # without it the proxy answers with legacy he
 API_VERSION = "2025-07-16"  # without it the server rewrites DEQUEUED to EXECUTING
 
 
-def request_headers(secret_key: str) -> dict[str, str]:
-    return {
+def request_headers(secret_key: str, branch: str | None = None) -> dict[str, str]:
+    headers = {
         "Authorization": f"Bearer {secret_key}",
         "trigger-version": TRIGGER_VERSION,
         "x-trigger-electric-version": ELECTRIC_VERSION,
         "x-trigger-api-version": API_VERSION,
     }
+    if branch is not None:
+        headers["x-trigger-branch"] = branch
+    return headers
 
 
 @dataclass(frozen=True)
