@@ -101,11 +101,7 @@ class Renderer:
         self.budget_s = budget_s  # per render(): past it, loops and calls raise RenderTimeout
 
     def has_template(self, channel_type: str, name: str, part: str) -> bool:
-        try:
-            self._loader.get_source(self._env, _template_name(channel_type, name, part))
-        except TemplateNotFound:
-            return False
-        return True
+        return self._exists(_template_name(channel_type, name, part))
 
     def unknown_names(self, channel_type: str, name: str, part: str) -> list[str]:
         """Top-level names the template reads that its context does not have (a misspelled
@@ -137,10 +133,11 @@ class Renderer:
 
     def check(self, channel_type: str, name: str, part: str) -> str | None:
         """None when the template exists and it and those it extends, includes or imports (by
-        a constant name) compile and none of them reaches itself again on lines that always run
-        (it could only ever give the fallback); else what is wrong, with its line."""
+        a constant name) compile and none of them reaches itself again, or a template that does
+        not exist, on lines that always run (it could only ever give the fallback); else what is
+        wrong, with its line."""
         template = _template_name(channel_type, name, part)
-        return self._check(template, set(), []) or self._cycle(template, ())
+        return self._check(template, set(), []) or self._always_fails(template, ())
 
     def missing_references(self, channel_type: str, name: str, part: str) -> list[str]:
         """Templates it (or one it reaches) extends, includes or imports that do not exist:
@@ -170,9 +167,10 @@ class Renderer:
                 return why
         return None
 
-    def _cycle(self, template: str, chain: tuple[str, ...]) -> str | None:
+    def _always_fails(self, template: str, chain: tuple[str, ...]) -> str | None:
         """`<template> line <n>: ...` when a top-level extends, include or import leads back
-        to a template on `chain` (Jinja recurses until RecursionError on every render)."""
+        to a template on `chain` (Jinja recurses until RecursionError on every render) or to
+        one that does not exist (TemplateNotFound on every render)."""
         try:
             ast = self._parse(template)
         except (TemplateError, UnicodeDecodeError, OSError):
@@ -182,9 +180,18 @@ class Renderer:
             if ref in chain:
                 loop = " → ".join((*chain[chain.index(ref) :], ref))
                 return f"{template} line {line}: it reaches itself on every render ({loop})"
-            if found := self._cycle(ref, chain):
+            if not self._exists(ref):
+                return f"{template} line {line}: template {ref} not found (every render needs it)"
+            if found := self._always_fails(ref, chain):
                 return found
         return None
+
+    def _exists(self, template: str) -> bool:
+        try:
+            self._loader.get_source(self._env, template)
+        except TemplateNotFound:
+            return False
+        return True
 
     def broken_overrides(self) -> list[str]:
         """What is wrong with each `*.j2` file of the override directory that does not compile,

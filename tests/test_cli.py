@@ -529,7 +529,10 @@ def test_check_finds_every_broken_template_file(tmp_path: Path) -> None:
     write(tpl / "slack" / "unused.json.j2", "{\n{% if %}\n")  # no rule renders it
     write(tpl / "console" / "mine.txt.j2", '{% include "console/part.txt.j2" %}\n')
     write(tpl / "console" / "part.txt.j2", "ok\n{{ run.id }\n")  # reported once, at the rule
-    write(tpl / "console" / "other.txt.j2", '\n\n{% include "console/gone.txt.j2" %}')
+    write(
+        tpl / "console" / "other.txt.j2",
+        '\n\n{% if run.tags %}{% include "console/gone.txt.j2" %}{% endif %}',
+    )
     (tpl / "console" / "latin.txt.j2").write_bytes(b"caf\xe9 {{ run.id }}")
     config = write(
         tmp_path / "c.yaml",

@@ -1003,7 +1003,7 @@ def test_check_follows_extends_includes_and_imports(tmp_path: Path) -> None:
     files = {
         "base.txt.j2": "one\n{% block b %}{% endblock %}\n{{ oops( }}\n",
         "child.txt.j2": '{% extends "console/base.txt.j2" %}{% block b %}x{% endblock %}',
-        "inc.txt.j2": 'a\n{% include "console/gone.txt.j2" %}',
+        "inc.txt.j2": 'a\n{% if run.tags %}{% include "console/gone.txt.j2" %}{% endif %}',
         "imp.txt.j2": '{% from "console/_m.j2" import m %}{% import "console/_m.j2" as n %}',
         "_m.j2": '{% macro m() %}{% include "console/child.txt.j2" %}{% endmacro %}',
         "fine.txt.j2": (
@@ -1029,6 +1029,33 @@ def test_check_follows_extends_includes_and_imports(tmp_path: Path) -> None:
     assert renderer.check("console", "loop", "txt") == (
         "console/loop.txt.j2 line 1: it reaches itself on every render "
         "(console/loop.txt.j2 → console/loop.txt.j2)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "where"),
+    [
+        ('{% extends "console/gone.txt.j2" %}{% block b %}x{% endblock %}', "mine.txt.j2 line 1"),
+        ('one\n{% include "console/gone.txt.j2" %}', "mine.txt.j2 line 2"),
+        ('{% import "console/gone.txt.j2" as m %}{{ m.x() }}', "mine.txt.j2 line 1"),
+        ('{% from "console/gone.txt.j2" import x %}{{ x() }}', "mine.txt.j2 line 1"),
+        ('{% extends "console/base.txt.j2" %}', "base.txt.j2 line 2"),
+    ],
+)
+def test_check_refuses_a_template_every_render_of_which_needs_one_that_is_missing(
+    tmp_path: Path, source: str, where: str
+) -> None:
+    """A top-level extends, include or import of a template that does not exist runs on every
+    render: every message was the fallback, and `relay check` said OK with a warning."""
+    renderer = templates_in(
+        tmp_path / "console",
+        {"mine.txt.j2": source, "base.txt.j2": 'x\n{% include "console/gone.txt.j2" %}'},
+    )
+    rendered = renderer.render("console", "mine", ("txt",), context(load_run("failed")))
+    assert rendered.fallback and rendered.error is not None
+    assert rendered.error.startswith("TemplateNotFound"), rendered.error
+    assert renderer.check("console", "mine", "txt") == (
+        f"console/{where}: template console/gone.txt.j2 not found (every render needs it)"
     )
 
 
