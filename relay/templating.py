@@ -103,16 +103,22 @@ class Renderer:
     def has_template(self, channel_type: str, name: str, part: str) -> bool:
         return self._exists(_template_name(channel_type, name, part))
 
-    def unknown_names(self, channel_type: str, name: str, part: str) -> list[str]:
+    def unknown_names(self, channel_type: str, name: str, part: str) -> list[tuple[str, int]]:
         """Top-level names the template reads that its context does not have (a misspelled
-        variable renders empty, so `relay check` warns); [] when it cannot be read."""
+        variable renders empty, so `relay check` warns), each with the first line reading it;
+        [] when it cannot be read."""
         try:
             ast = self._parse(_template_name(channel_type, name, part))
             known = self._names_set(ast, set())
             used = meta.find_undeclared_variables(ast) - known  # compiles: an unknown filter
         except (TemplateError, UnicodeDecodeError, OSError):
             return []
-        return sorted(used - CONTEXT_NAMES - set(self._env.globals))
+        unknown = used - CONTEXT_NAMES - set(self._env.globals)
+        lines: dict[str, int] = {}
+        for node in ast.find_all(nodes.Name):
+            if node.name in unknown and node.ctx == "load":
+                lines[node.name] = min(lines.get(node.name, node.lineno), node.lineno)
+        return sorted(lines.items())
 
     def _parse(self, template: str) -> nodes.Template:
         source, _, _ = self._loader.get_source(self._env, template)

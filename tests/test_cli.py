@@ -510,7 +510,10 @@ def test_check_missing_file_and_builtin_default(tmp_path: Path) -> None:
 
 def test_check_warns_of_a_misspelled_template_variable(tmp_path: Path) -> None:
     (tmp_path / "templates" / "console").mkdir(parents=True)
-    write(tmp_path / "templates" / "console" / "mine.txt.j2", "{{ runn.id }} {{ run.status }}\n")
+    """The warning names the template file and the line to fix, as a check problem does."""
+    (tmp_path / "templates" / "console" / "mine.txt.j2").write_text(
+        "{{ run.status }}\n\n{{ runn.id }} {{ runn.status }}\n{{ runn.tags }}\n"
+    )
     config = write(
         tmp_path / "c.yaml",
         "templates: {dir: ./templates}\nchannels: {c: {type: console}}\n"
@@ -518,8 +521,10 @@ def test_check_warns_of_a_misspelled_template_variable(tmp_path: Path) -> None:
     )
     result = run_cli("check", "--config", str(config))
     assert result.returncode == 0, output(result)
-    assert "`runn` is not in the template context" in result.stderr
-    assert "c.yaml:4" in result.stderr
+    assert result.stderr.splitlines() == [
+        f"warning: {config}:4: rules[0].template: console/mine.txt.j2 line 3: "
+        "`runn` is not in the template context (it renders empty)"
+    ]
 
 
 def test_check_finds_every_broken_template_file(tmp_path: Path) -> None:
