@@ -43,9 +43,10 @@ EXTRA_TEMPLATES = [
     "{{ run.items() | map(attribute='__class__') | list }}",
     "{{ run|attr('\\x5f\\x5fclass\\x5f\\x5f') }}",
     "{{ config }}{{ request }}{{ settings }}",
-    "{% include '/etc/passwd' %}",
-    "{% include '../../../../../../etc/passwd' %}",
-    "{% extends 'webhook/../../../../etc/passwd' %}",
+    # behind an `if`: at top level `relay check` already refuses a template not found
+    "{% if run %}{% include '/etc/passwd' %}{% endif %}",
+    "{% if run %}{% include '../../../../../../etc/passwd' %}{% endif %}",
+    "{% if run %}{% extends 'webhook/../../../../etc/passwd' %}{% endif %}",
     "{% import 'webhook/run.json.j2' as m %}{{ m.__dict__ }}",
     "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}",
     "{{ ''.join(['a'] * 99999) * 99999 }}",
