@@ -30,7 +30,12 @@ _DEADLINE: ContextVar[_Budget | None] = ContextVar("relay_render_deadline", defa
 _BUILT: ContextVar[list[int] | None] = ContextVar("relay_render_built", default=None)
 
 
-class OutputTooLarge(SecurityError):
+class LimitExceeded(SecurityError):
+    """One of relay's own render limits: its words name the limit and never quote run data,
+    so a failed render's reason may carry them."""
+
+
+class OutputTooLarge(LimitExceeded):
     """A step would build a text (or a list to write out) past MAX_VALUE_CHARS."""
 
 
@@ -88,7 +93,7 @@ def refund(old: Any) -> None:
 _LAST_REF = 3
 
 
-class RenderTimeout(SecurityError):
+class RenderTimeout(LimitExceeded):
     """A render went past its time budget (see time_budget)."""
 
 

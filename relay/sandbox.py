@@ -1,8 +1,9 @@
 """The hardened Jinja sandbox shared by templates and rule `when:` expressions.
 
 Beyond Jinja's own sandbox: dunders and unsafe attributes raise SecurityError; `*`, `**`, `%`,
-str.format and padding refuse huge sizes, and so do the steps that build a large text or list
-out of small ones (`~`, `+`, replace, join, indent, expandtabs, and writing a list out whole):
+str.format and padding refuse huge sizes (LimitExceeded, a SecurityError in relay's own words),
+and so do the steps that build a large text or list out of small ones (`~`, `+`, replace, join,
+indent, expandtabs, and writing a list out whole):
 one such step cannot be stopped halfway, so it is refused before it runs when its result would
 pass MAX_VALUE_CHARS. Inside `time_budget(s)` (the Renderer's renders) what the steps build
 (texts, lists, slices) adds up, refused past MAX_BUILT_CHARS, and every `for` loop item,
@@ -44,6 +45,7 @@ from relay.render_limits import (
     MAX_VALUE_CHARS,
     MAX_WIDTH,
     SLOT_CHARS,
+    LimitExceeded,
     OutputTooLarge,
     charge,
     check_deadline,
@@ -82,12 +84,12 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
             check_weight(left, right)
     elif operator == "**" and _is_int(left) and _is_int(right) and abs(left) > 1 and right > 0:
         if right * math.log2(abs(left)) > MAX_INT_BITS:
-            raise SecurityError(f"`**` result would exceed {MAX_INT_BITS} bits")
+            raise LimitExceeded(f"`**` result would exceed {MAX_INT_BITS} bits")
     elif operator == "*":
         for seq, count in ((left, right), (right, left)):
             if isinstance(seq, _SEQUENCES) and _is_int(count):
                 if len(seq) * count > MAX_SEQUENCE_LEN:
-                    raise SecurityError(f"`*` result would exceed {MAX_SEQUENCE_LEN} items")
+                    raise LimitExceeded(f"`*` result would exceed {MAX_SEQUENCE_LEN} items")
                 if count > 0 and weight(seq, MAX_VALUE_CHARS // count) * count > MAX_VALUE_CHARS:
                     raise OutputTooLarge(f"`*` result would exceed {MAX_VALUE_CHARS} characters")
                 return
@@ -96,14 +98,14 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
             and _is_int(right)
             and left.bit_length() + right.bit_length() > MAX_INT_BITS + 1
         ):
-            raise SecurityError(f"`*` result would exceed {MAX_INT_BITS} bits")
+            raise LimitExceeded(f"`*` result would exceed {MAX_INT_BITS} bits")
     elif operator == "%" and isinstance(left, str) and _WIDE_PERCENT.search(left):
-        raise SecurityError("format width too large")
+        raise LimitExceeded("format width too large")
 
 
 def _check_int_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     if any(_is_int(a) and abs(a) > MAX_WIDTH for a in (*args, *kwargs.values())):
-        raise SecurityError(f"argument larger than {MAX_WIDTH}")
+        raise LimitExceeded(f"argument larger than {MAX_WIDTH}")
 
 
 def _check_replace(text: str, old: Any, new: Any, count: Any = None) -> None:
@@ -267,7 +269,7 @@ def _check_name(obj: Any, name: Any) -> None:
     if name.startswith("__") and not (isinstance(obj, dict) and name in obj):
         raise SecurityError(f"access to {name!r} is not allowed")
     if name in ("format", "format_map") and isinstance(obj, str) and _WIDE_BRACES.search(obj):
-        raise SecurityError("format width too large")
+        raise LimitExceeded("format width too large")
 
 
 def _width_guarded(fn: Callable[..., Any]) -> Callable[..., Any]:

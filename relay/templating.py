@@ -28,7 +28,13 @@ from jinja2.exceptions import TemplateError, TemplateNotFound, TemplateSyntaxErr
 import relay
 from relay.fallback import fallback_json, fallback_part, fallback_text
 from relay.render_context import CONTEXT_NAMES, RenderContext, template_variables
-from relay.render_limits import MAX_OUTPUT_CHARS, RENDER_BUDGET_S, RenderTimeout, time_budget
+from relay.render_limits import (
+    MAX_OUTPUT_CHARS,
+    RENDER_BUDGET_S,
+    LimitExceeded,
+    RenderTimeout,
+    time_budget,
+)
 from relay.sandbox import environment, sandbox, unknown_filters
 
 __all__ = ["RenderContext", "Rendered", "Renderer", "fallback_json", "fallback_text", "sandbox"]
@@ -59,7 +65,8 @@ def _template_name(channel_type: str, name: str, part: str) -> str:
 
 
 def _describe(exc: Exception, template: str) -> str:
-    """`<kind> in <template> line <n>` from the innermost template frame; never the message."""
+    """`<kind> in <template> line <n>` from the innermost template frame; never the message
+    (it may quote run data), but relay's own limits' words, which name the limit hit."""
     if isinstance(exc, _Unrenderable):
         return f"{exc.args[0]} in {template}: {exc.args[1]}"
     kind = "TemplateNotFound" if isinstance(exc, TemplateNotFound) else type(exc).__name__
@@ -71,7 +78,8 @@ def _describe(exc: Exception, template: str) -> str:
         if filename.endswith(TEMPLATE_SUFFIX):
             where = f"{'/'.join(Path(filename).parts[-2:])} line {tb.tb_lineno}"
         tb = tb.tb_next
-    return f"{kind} in {where}"
+    own_words = f": {exc}" if isinstance(exc, LimitExceeded) else ""
+    return f"{kind} in {where}{own_words}"
 
 
 def _dashboard_filter(link: Callable[[dict[str, Any]], str | None] | None) -> Any:

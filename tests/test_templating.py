@@ -495,7 +495,12 @@ def test_no_error_is_null(tmp_path: Path) -> None:
         ("ok\n{{ nothing_here() }}", "UndefinedError in console/t.txt.j2 line 2"),
         ("{{ 1 // 0 }}", "ZeroDivisionError in console/t.txt.j2 line 1"),
         ("{% include 'console/missing.txt.j2' %}", "TemplateNotFound in console/t.txt.j2 line 1"),
-        ("{% for i in range(100000) %}{{ 'x' * 50 }}{% endfor %}", "OutputTooLarge in"),
+        (
+            "{% for i in range(100000) %}{{ 'x' * 50 }}{% endfor %}",
+            "OutputTooLarge in console/t.txt.j2: more than 4000000 characters",
+        ),
+        ("{{ 'x' * 10**9 }}", "LimitExceeded in console/t.txt.j2 line 1: `*` result would exceed"),
+        ("{{ 9**9**9 }}", "LimitExceeded in console/t.txt.j2 line 1: `**` result would exceed"),
     ],
 )
 def test_a_broken_template_falls_back(tmp_path: Path, source: str, kind: str) -> None:
