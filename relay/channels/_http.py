@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from aiohttp.connector import Connection
 from multidict import CIMultiDict
 
 from relay.config import url_problem
@@ -109,6 +110,19 @@ async def _read_answer(content: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class _Response(aiohttp.ClientResponse):
+    """Closes the connection of a 101 answer (Switching Protocols, an Upgrade aiohttp does not
+    know, or none): it speaks something else now, yet aiohttp put it back in the pool, and the
+    next send to that host, of any channel, waited there for an answer until its timeout."""
+
+    async def start(self, connection: Connection) -> aiohttp.ClientResponse:
+        protocol = connection.protocol  # released to the pool within start() when 101 has no body
+        response = await super().start(connection)
+        if self.status == 101 and protocol is not None:
+            protocol.close()  # the pool drops a closed connection when it is next taken
+        return response
+
+
 class HttpClient:
     """One shared aiohttp session for every HTTP channel; opened lazily, closed by the service.
 
@@ -130,7 +144,9 @@ class HttpClient:
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
             self._session = aiohttp.ClientSession(
-                connector=connector, headers={"User-Agent": self._user_agent}
+                connector=connector,
+                headers={"User-Agent": self._user_agent},
+                response_class=_Response,
             )
         return self._session
 

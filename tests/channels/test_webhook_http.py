@@ -8,6 +8,7 @@ import base64
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import standardwebhooks
@@ -185,3 +186,54 @@ async def test_a_secret_without_its_base64_padding_signs_as_the_reference_librar
     assert code == 0, out
     [got] = sink.received
     assert standardwebhooks.Webhook(secret).verify(got.body, got.headers)["channel"] == "hook"
+
+
+async def switching_server() -> tuple[asyncio.Server, str]:
+    """Its first connection answers 101 Switching Protocols and then only reads (the protocol
+    switched: no HTTP answer ever comes on it again); every later connection answers 204."""
+    connections: list[int] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        first = len(connections) == 1
+        await reader.readuntil(b"\r\n\r\n")
+        if first:
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n")
+            while await reader.read(65536):  # until relay lets go of the connection
+                pass
+        else:
+            writer.write(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def post_run_and_wait(proc: RelayProcess, run_id: str, msg: str) -> dict[str, Any]:
+    """POST a failed run under `run_id`; the log line `msg` about it."""
+    async with aiohttp.ClientSession() as http:
+        await http.post(f"{proc.url}/v1/runs", json={**sdk_run("failed"), "id": run_id})
+    for _ in range(400):
+        if lines := [e for e in proc.logs if e.get("msg") == msg and e.get("run_id") == run_id]:
+            return lines[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {msg!r} for {run_id}: {proc.logs[-5:]}")
+
+
+async def test_a_101_answer_does_not_hand_its_connection_to_the_next_send(
+    relay_process: Callable[..., RelayProcess],
+) -> None:
+    """A receiver answering a POST with 101 Switching Protocols has taken the connection over;
+    aiohttp put it back in the pool all the same, and the next send to that host (of any
+    channel) was written into it, got no answer and failed as a timeout: another channel's
+    notification held up for the whole timeout by one broken receiver."""
+    server, url = await switching_server()
+    async with server:
+        config = RETRYING.format(url=url).replace("defaults:", "defaults:\n  timeout: 3s")
+        proc = relay_process(config).start()
+        dead = await post_run_and_wait(proc, "run_switched", "notification dead")
+        assert dead["error"] == "other: HTTP 101"
+        sent = await post_run_and_wait(proc, "run_after_it", "notification sent")
+        assert sent["attempts"] == 1, sent
+        proc.kill()
