@@ -127,6 +127,9 @@ def _blocks(no_proxy: list[str]) -> list[Block]:
     return out
 
 
+MAX_HOST_CHARS = 253  # the longest DNS name
+
+
 def origin(location: str | None) -> str:
     """scheme://host[:port] of a redirect's target: enough to fix a URL, without the path,
     query or user-info of the URL it points to (they may hold a token)."""
@@ -135,7 +138,7 @@ def origin(location: str | None) -> str:
         host, port = url.hostname, url.port
     except ValueError:
         return ""
-    if not url.scheme or not host:
+    if not url.scheme or not host or len(host) > MAX_HOST_CHARS:  # no host: noise, not a hint
         return ""
     host = f"[{host}]" if ":" in host else host
     return f"{url.scheme}://{host}" + (f":{port}" if port is not None else "")

@@ -109,6 +109,17 @@ async def test_a_redirect_is_not_followed_and_the_failure_says_where_it_points(
     assert "tok-in-location" not in out and len(sink.received) == 1
 
 
+async def test_a_redirect_to_no_possible_host_does_not_fill_the_dead_letter(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """A Location naming a "host" of 8,000 characters (no DNS name exceeds 253) was copied
+    whole into the failure: an 8 KB reason line in `relay dlq list`, logs and history."""
+    sink.default = status(302, {"Location": "https://" + "a" * 8000 + ".example/in"})
+    code, out = await send_test(hook_config(tmp_path, f"{sink.url}/in"), {})
+    assert code == 1
+    assert "HTTP 302: redirect, not followed" in out and "aaaa" not in out
+
+
 async def raw_server(answer: bytes) -> tuple[asyncio.Server, str]:
     async def answer_with(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
