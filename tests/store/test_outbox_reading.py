@@ -36,9 +36,20 @@ async def test_a_costly_reading_is_reused_for_a_while_then_read_again(store: Sto
     reading = OutboxReading(lambda: store, clock)
     assert (await reading.read(2000.0))[0]["pending"] == 0
     await enqueue(store, "run_a", 1000.0, "hook")
-    assert (await reading.read(2000.0))[0]["pending"] == 0  # within 20 s: the last one
+    assert (await reading.read(2000.0))[0]["pending"] == 0  # within 5 s: the last one
     clock.now += COST_RATIO
     assert (await reading.read(2000.0))[0]["pending"] == 1
+
+
+async def test_a_reading_slowed_by_the_store_queue_is_reused_for_seconds_only(store: Store) -> None:
+    """A reading that waited 3 s behind a large ingest commit is no cost of its own to spread:
+    it was reused for 60 s, /metrics showing a queue depth a minute old."""
+    clock = SlowClock(3.0)  # each reading "takes" 3 s, and each look moves the clock 3 s
+    reading = OutboxReading(lambda: store, clock)
+    assert (await reading.read(2000.0))[0]["pending"] == 0  # read from 3 s to 6 s
+    await enqueue(store, "run_a", 1000.0, "hook")
+    assert (await reading.read(2000.0))[0]["pending"] == 0  # at 9 s: reused
+    assert (await reading.read(2000.0))[0]["pending"] == 1  # at 12 s, 6 s on: read again
 
 
 async def test_scrapes_that_arrive_together_share_one_reading(store: Store) -> None:
