@@ -9,6 +9,7 @@ import contextlib
 import logging
 import os
 import pwd
+import re
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -155,6 +156,9 @@ def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     add.add_argument(
         "-d", "--duration", default="1h", help="how long, from the start: 30m, 2h, 1d (1h)"
     )
+    # `-d -1h` is a duration to refuse ("must be more than 0"), not an option: argparse takes
+    # only `-1` and `-1.5` for values, and said "-d: expected one argument"
+    add._negative_number_matcher = re.compile(r"^-\.?\d")
     add.add_argument(
         "--until", "--end", help="end time, ISO-8601 (2026-11-28T18:00:00Z); wins over --duration"
     )

@@ -136,15 +136,17 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _duration(text: str) -> float:
-    """`--duration`'s seconds, more than 0 (amtool: "silence duration must be greater than 0");
-    an error quotes what was given (nan read as out of range)."""
+    """`--duration`'s seconds, more than 0 (amtool: "silence duration must be greater than 0"),
+    so a negative one (`-1h`) is not "expected a duration like ..."; an error quotes what was
+    given (nan read as out of range)."""
     from relay.durations import parse_duration  # noqa: PLC0415
 
+    negative = text.strip().startswith("-")
     try:
-        seconds = parse_duration(text)
+        seconds = parse_duration(text.strip()[1:] if negative else text)
     except ValueError as exc:
         raise InputError(f"--duration {text!r}", str(exc)) from None
-    if seconds <= 0:
+    if negative or seconds <= 0:
         raise InputError(f"--duration {text!r}", "must be more than 0")
     return seconds
 

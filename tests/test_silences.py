@@ -560,7 +560,7 @@ _MATCHER_FORM = "expected name=value (e.g. task=billing/*), name one of " + ", "
         # nan said "duration must be between 0 and 10 years": it is no duration at all
         (["-d", "nan", "task=a"], f"--duration 'nan': {NOT_A_DURATION}"),
         (["-d", "inf", "task=a"], f"--duration 'inf': {NOT_A_DURATION}"),
-        (["-d", "-5", "task=a"], "--duration '-5': duration must be between 0 and 10 years"),
+        (["-d", "-5", "task=a"], "--duration '-5': must be more than 0"),  # as -d 0 and -d -1h
     ],
 )
 def test_cli_add_says_what_it_refused_and_what_it_takes(
@@ -642,6 +642,8 @@ def test_cli_add_takes_the_spec_synopsis_and_amtool_default(tmp_path: Path) -> N
     ("args", "complaint"),
     [
         (["-d", "0"], "--duration '0': must be more than 0"),
+        (["-d", "-1h"], "--duration '-1h': must be more than 0"),  # not argparse's "expected
+        (["--duration", "-30"], "--duration '-30': must be more than 0"),  # one argument"
         (["-d", "soon"], "--duration 'soon': expected a duration like"),
         (["-d", "20y"], "--duration '20y': duration must be between 0 and 10 years"),
         (["--until", "2020-01-01T00:00:00Z"], "--until: must be in the future"),
