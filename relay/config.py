@@ -302,7 +302,9 @@ class RuleConfig(Strict):
     continue_: bool = Field(default=False, alias="continue")
     group_by: list[str] | None = None
     group_wait: Duration | None = None
-    group_interval: Duration | None = None
+    # 0 is refused, as Alertmanager does ("group_interval cannot be zero"): no least time
+    # between two digests is no digest, every burst a message of its own `group_wait` later
+    group_interval: Duration | None = Field(default=None, gt=0)
     repeat_interval: Duration | None = None
     mute_time_intervals: list[str] | None = None
     active_time_intervals: list[str] | None = None
@@ -323,6 +325,9 @@ class RuleConfig(Strict):
     def _every_run_alone(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and "..." in value and len(value) > 1:  # as Alertmanager refuses
             raise ValueError("`...` (every run a group of its own) cannot go with other paths")
+        twice = [path for i, path in enumerate(value or ()) if path in (value or ())[:i]]
+        if twice:  # as Alertmanager refuses: "duplicated label in group_by"
+            raise ValueError(f"{twice[0]!r} is listed twice")
         return value
 
 

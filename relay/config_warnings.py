@@ -9,8 +9,16 @@ import difflib
 
 from relay.config import Config, MatchConfig, RuleConfig
 from relay.config_load import LoadedConfig
+from relay.durations import format_duration
 from relay.errors import did_you_mean
-from relay.model import EVENT_STATUSES, FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP, Run
+from relay.model import (
+    EVENT_STATUSES,
+    FAILURE_STATUSES,
+    KNOWN_STATUSES,
+    RAW_STATUS_MAP,
+    Run,
+    Timing,
+)
 from relay.rules import Locate, passes_filters, statuses_of
 from relay.yamlconf import dotted
 
@@ -29,6 +37,7 @@ def config_warnings(loaded: LoadedConfig) -> list[str]:
     warnings += _filtering_what_events_lack(config.rules, locate)
     warnings += _shadowed(config.rules, locate)
     warnings += _match_names_in_group_by(config.rules, locate)
+    warnings += _repeat_under_group_interval(config.rules, locate)
     warnings += _yaml11_words(loaded)
     warnings += _feed_warnings(config, locate)
     warnings += _recovering_nowhere(config, locate)
@@ -266,6 +275,27 @@ _RUN_FIELDS = frozenset(Run.model_fields) | {
 _ALERT_TASK_FIELDS = frozenset(
     {"id", "filePath", "fileName", "exportName", "version", "sdkVersion", "cliVersion"}
 )
+
+
+def _repeat_under_group_interval(rules: list[RuleConfig], locate: Locate) -> list[str]:
+    """Warnings for a digest rule whose `repeat_interval` (as written, or the default) is
+    shorter than its `group_interval`: valid, and it has no effect, a group is closed only
+    after `group_interval` of quiet (Alertmanager warns of it at load the same way)."""
+    default = Timing()
+    out = []
+    for i, rule in enumerate(rules):
+        if rule.group_by is None or (rule.repeat_interval, rule.group_interval) == (None, None):
+            continue
+        repeat = default.repeat_interval_s if rule.repeat_interval is None else rule.repeat_interval
+        group = default.group_interval_s if rule.group_interval is None else rule.group_interval
+        if repeat < group:
+            key = "repeat_interval" if rule.repeat_interval is not None else "group_interval"
+            out.append(
+                f"{locate(('rules', i, key))}: rules[{i}].repeat_interval {format_duration(repeat)}"
+                f" is shorter than group_interval {format_duration(group)}: it has no effect, a"
+                " group is closed after group_interval of quiet at the soonest"
+            )
+    return out
 
 
 def _match_names_in_group_by(rules: list[RuleConfig], locate: Locate) -> list[str]:

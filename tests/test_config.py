@@ -229,6 +229,14 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "rules:\n  - {name: a, notify: [c], group_by: ['...', taskIdentifier]}\nchannels: {c: {type: console}}\n",
             "c.yaml:2: rules[0].group_by: `...` (every run a group of its own) cannot go with other paths",
         ),
+        (  # Alertmanager: "duplicated label in group_by"; it was accepted
+            "rules:\n  - {name: a, notify: [c], group_by: [taskIdentifier, taskIdentifier]}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].group_by: 'taskIdentifier' is listed twice",
+        ),
+        (  # Alertmanager: "group_interval cannot be zero"; it was accepted
+            "rules:\n  - {name: a, notify: [c], group_by: [], group_interval: 0s}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].group_interval: Input should be greater than 0",
+        ),
         (
             "server:\n  auth_token: ${UNSET_VAR}\n",
             "c.yaml:2: server.auth_token: environment variable UNSET_VAR is not set",

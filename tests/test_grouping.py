@@ -146,6 +146,33 @@ def test_check_warns_of_a_match_key_written_as_a_group_by_path() -> None:
     ]
 
 
+def timing_warnings(timing: str) -> list[str]:
+    """`relay check`'s warnings about a digest rule with `timing` (flow mapping entries)."""
+    config = f"""\
+channels:
+  out: {{type: console}}
+rules:
+  - {{name: per-task, match: {{status: [failure]}}, notify: [out], group_by: [id], {timing}}}
+"""
+    compiled = compile_config(parse_config(config, "c.yaml", settings_models(), env={}))
+    return [w for w in compiled.warnings if "interval" in w]
+
+
+def test_check_warns_of_a_repeat_interval_shorter_than_group_interval() -> None:
+    """Since a shorter repeat_interval no longer shortens group_interval (530c5df), it has no
+    effect: `relay check` said nothing of it; Alertmanager warns at load."""
+    assert timing_warnings("group_interval: 30m, repeat_interval: 10m") == [
+        "c.yaml:4: rules[0].repeat_interval 10m is shorter than group_interval 30m: it has no"
+        " effect, a group is closed after group_interval of quiet at the soonest"
+    ]
+    assert timing_warnings("group_interval: 5h") == [  # under the default repeat_interval, 4h
+        "c.yaml:4: rules[0].repeat_interval 4h is shorter than group_interval 5h: it has no"
+        " effect, a group is closed after group_interval of quiet at the soonest"
+    ]
+    assert timing_warnings("group_interval: 5m, repeat_interval: 5m") == []
+    assert timing_warnings("repeat_interval: 1h") == []  # over the default group_interval, 5m
+
+
 def test_check_warns_of_a_misspelled_run_field_in_group_by() -> None:
     """`group_by: [taskIdentifer]` put every run in one group without a word: a run keeps
     unknown fields, so the path is valid, and no run has it."""
