@@ -72,7 +72,8 @@ def rule_options(rules: Mapping[int, RuleConfig], names: Names) -> list[Problem]
             for j, name in enumerate(getattr(rule, key) or ()):
                 where = ("rules", i, key, j)
                 if intervals is not None and name not in intervals and is_known(where, unknown):
-                    problems.append(located.problem(where, f"unknown time interval {name!r}"))
+                    hint = did_you_mean(name, intervals, quoted=True)
+                    problems.append(located.problem(where, f"unknown time interval {name!r}{hint}"))
     for i, rule in rules.items():
         timing = (rule.group_wait, rule.group_interval, rule.repeat_interval)
         grouped = rule.group_by is not None or not is_known(("rules", i, "group_by"), unknown)
@@ -105,7 +106,8 @@ def inhibit_sources(
         index = by_name.get(source.rule)
         if index is None or index not in rules:
             if every is not None and source.rule not in every:
-                problems.append(located.problem(where, f"unknown rule: {source.rule!r}"))
+                hint = did_you_mean(source.rule, every, quoted=True)
+                problems.append(located.problem(where, f"unknown rule: {source.rule!r}{hint}"))
             continue
         rule = rules[index]
         if not is_known(("rules", index, "group_by"), unknown):

@@ -204,7 +204,8 @@ def _inhibiting_nothing(config: Config, locate: Locate) -> list[str]:
                 if name not in names:
                     out.append(
                         f"{locate(('inhibit_rules', i, 'target_match', key))}: inhibit_rules[{i}]"
-                        f".target_match.{key}: no {key} is named {name!r}; it mutes nothing"
+                        f".target_match.{key}: no {key} is named {name!r}"
+                        f"{did_you_mean(name, names, quoted=True)}; it mutes nothing"
                     )
     return out
 

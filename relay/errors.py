@@ -79,11 +79,19 @@ class InputError(RelayError):
 
 
 def did_you_mean(word: str, names: Collection[str], *, quoted: bool = False) -> str:
-    """ " (did you mean X?)" with the nearest of `names` to a misspelt `word`, or ""."""
-    close = difflib.get_close_matches(word, sorted(names), n=1, cutoff=0.75)
+    """ " (did you mean X?)" with the nearest of `names` to a misspelt `word`, or "". Case and
+    `_` for `-` count for nothing: `Prod_Failures_To_Pagerduty` is `prod-failures-to-pagerduty`
+    (three swapped separators and a capital scored under the cutoff)."""
+    folded = {_folded(name): name for name in sorted(names, reverse=True)}
+    close = difflib.get_close_matches(_folded(word), sorted(folded), n=1, cutoff=0.75)
     if not close:
         return ""
-    return f" (did you mean {close[0]!r}?)" if quoted else f" (did you mean {close[0]}?)"
+    name = folded[close[0]]
+    return f" (did you mean {name!r}?)" if quoted else f" (did you mean {name}?)"
+
+
+def _folded(name: str) -> str:
+    return name.lower().replace("_", "-")
 
 
 def field_message(err: Mapping[str, Any]) -> str:

@@ -429,10 +429,10 @@ inhibit_rules:
 """,
     )
     assert warnings_of(config, "mutes nothing") == [
-        f"warning: {config}:7: inhibit_rules[0].target_match.rule: no rule is named 'pgae';"
-        " it mutes nothing",
+        f"warning: {config}:7: inhibit_rules[0].target_match.rule: no rule is named 'pgae'"
+        " (did you mean 'page'?); it mutes nothing",
         f"warning: {config}:7: inhibit_rules[0].target_match.channel: no channel is named"
-        " 'pagr'; it mutes nothing",
+        " 'pagr' (did you mean 'pager'?); it mutes nothing",
     ]
 
 

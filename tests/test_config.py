@@ -13,7 +13,7 @@ from relay.config import Defaults
 from relay.config_load import parse_config
 from relay.configure import compile_config, config_hash, dashboard_link, load
 from relay.durations import format_duration, parse_duration
-from relay.errors import ConfigError
+from relay.errors import ConfigError, did_you_mean
 from relay.settings import load_settings
 from tests.conftest import run_cli
 
@@ -307,6 +307,56 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
 def test_bad_config_is_named_with_its_line(text: str, expected: str) -> None:
     found = problems(text)
     assert any(expected in p for p in found), found
+
+
+_NAMED = """\
+channels:
+  prod-failures: {type: console}
+time_intervals:
+  - {name: business-hours, time_intervals: [{weekdays: [monday]}]}
+rules:
+  - name: prod-failures-to-pagerduty
+    match: {status: failure}
+    notify: [prod-failures]
+    group_by: [taskIdentifier]
+    mute_time_intervals: [%s]
+inhibit_rules:
+  - {name: storm, source_digest: {rule: %s, min_count: 3}, target_match: {rule: x}}
+"""
+
+
+def test_check_suggests_the_time_interval_and_rule_a_misspelt_name_meant() -> None:
+    """`unknown time interval 'buisness-hours'` and `unknown rule: 'prod-failures-to-pagerdty'`
+    came without the suggestion an unknown channel gets."""
+    found = problems(_NAMED % ("buisness-hours", "prod-failures-to-pagerdty"))
+    assert found == [
+        "c.yaml:10: rules[0].mute_time_intervals[0]: unknown time interval 'buisness-hours'"
+        " (did you mean 'business-hours'?)",
+        "c.yaml:12: inhibit_rules[0].source_digest.rule: unknown rule:"
+        " 'prod-failures-to-pagerdty' (did you mean 'prod-failures-to-pagerduty'?)",
+    ]
+    unrelated = problems(_NAMED % ("nights", "deploy-failures"))
+    assert not [p for p in unrelated if "did you mean" in p], unrelated
+
+
+@pytest.mark.parametrize(
+    ("word", "meant"),
+    [
+        ("prod-failurs", "prod-failures"),  # one letter left out
+        ("prod-faliures", "prod-failures"),  # two swapped
+        ("prod_failures", "prod-failures"),  # _ for -
+        ("Prod_Failures_To_PagerDuty", "prod-failures-to-pagerduty"),  # scored 0.73
+        ("ONCALL_SLACK", "oncall-slack"),  # scored 0
+        ("oncall-slakc", "oncall-slack"),
+        ("ops-pager", "ops_pager"),
+        ("slack", None),  # unrelated: nothing
+        ("staging-failures", None),
+        ("deploy-alerts", None),
+    ],
+)
+def test_a_misspelt_name_gets_the_name_it_meant_and_no_other(word: str, meant: str | None) -> None:
+    names = ["prod-failures", "prod-failures-to-pagerduty", "oncall-slack", "ops_pager", "email"]
+    assert did_you_mean(word, names) == (f" (did you mean {meant}?)" if meant else "")
 
 
 @pytest.mark.parametrize(

@@ -212,7 +212,10 @@ def problems(text: str) -> list[str]:
 def test_config_references_and_names() -> None:
     base = "channels: {c: {type: console}}\ntime_intervals:\n  - name: nights\n    time_intervals: [{times: [{start_time: '00:00', end_time: '06:00'}]}]\n"
     found = problems(base + "rules:\n  - {name: r, notify: [c], mute_time_intervals: [nigths]}\n")
-    assert found == ["c.yaml:6: rules[0].mute_time_intervals[0]: unknown time interval 'nigths'"]
+    assert found == [
+        "c.yaml:6: rules[0].mute_time_intervals[0]: unknown time interval 'nigths'"
+        " (did you mean 'nights'?)"
+    ]
     found = problems(base + "  - name: nights\n    time_intervals: [{}]\n")
     assert any("time_intervals[1].name: duplicate name" in p for p in found)
     found = problems("inhibit_rules:\n  - {name: i, source_match: {nope: x}}\n")
