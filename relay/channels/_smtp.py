@@ -8,7 +8,7 @@ some recipients only are the channel's, relay.channels.email, built from these):
   some recipients refused for good (5xx), the rest ok  (sent; a warning names them, with codes)
   the rest refused for good on a retry (others had it) (sent, the same)
   some refused for now (4xx: greylisting), some ok     as below     yes        SMTP 450 for
-                                                                                1 of 2 recipients
+  (ok now, or on an earlier try of the notification)                           1 of 2 recipients
   421 at any stage (the server sheds load)             rate_limited  yes        SMTP 421
   other 4xx: 450, 451, 452 (busy, greylisting)        server_error  yes        SMTP 451
   530, 534, 535, 538, SMTPAuthenticationError 5xx      auth_error    no         SMTP 535

@@ -374,9 +374,10 @@ class EmailChannel:
         try:
             refused = await self._transaction(mail, recipients)
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            if not done or any(for_now(r.code) for r in exc.recipients):
+            if not done:
                 raise classify(exc) from None
-            # the rest refused for good after others got it: sent, as when that is one attempt
+            # the rest refused after others got it: as when that is one attempt (sent, or
+            # retried "for n of m recipients", not a bare code as if nobody had the mail)
             refused = {r.recipient: r for r in exc.recipients}
         except Exception as exc:  # translated once, here; anything unknown becomes "other"
             raise classify(exc) from None

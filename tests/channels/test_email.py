@@ -514,6 +514,29 @@ async def test_the_rest_refused_for_good_on_the_retry_is_sent_as_on_one_attempt(
     assert len(fake.messages) == 1
 
 
+async def test_a_retry_refused_for_now_again_still_says_the_others_have_it(
+    smtp_server: SmtpFactory, sqlite_store: SQLiteStore
+) -> None:
+    """The recipients left over were refused for now once more: the error (and the dead letter,
+    if it stays so) said "SMTP 450", as if nobody had the mail, where the first try said "for 1
+    of 2 recipients"."""
+    fake = await smtp_server()
+    env = ChannelEnv(HttpClient(), sys.stdout, 2.0, sqlite_store)
+    ch = EmailChannel("team-email", email_settings(fake.port), env)
+    fake.rcpt_replies = ["", "450 4.2.0 greylisted, try again later"]
+    details = []
+    for script in (fake.rcpt_replies, ["451 4.3.0 still busy"]):
+        fake.rcpt_replies = script
+        with pytest.raises(DeliveryError) as info:
+            await ch.send(outgoing())
+        details.append((info.value.reason, info.value.retryable, info.value.detail))
+    assert details == [
+        ("server_error", True, "SMTP 450 for 1 of 2 recipients"),
+        ("server_error", True, "SMTP 451 for 1 of 2 recipients"),
+    ]
+    assert [m.rcpt_tos for m in await fake.wait_for(1)] == [["oncall@example.com"]]
+
+
 async def test_too_many_recipients_at_once_get_the_mail_on_the_retry(
     smtp_server: SmtpFactory, sqlite_store: SQLiteStore
 ) -> None:
