@@ -16,6 +16,7 @@ some recipients only are the channel's, relay.channels.email, built from these):
   every recipient refused: the first 4xx if any        as above                 SMTP 550
   552 to RCPT (RFC 5321 4.5.3.1.10: too many, as 452)  server_error  yes        SMTP 552
   timeout: connect, a reply, or the whole attempt      timeout       yes        no answer in time
+  (up to DATA; the DATA phase has a `timeout` of its own)
   refused connection, DNS, reset, disconnected         network       yes        connection refused
   TLS handshake or certificate verification            network       yes        TLS: ...
   a non-ASCII local part, server without SMTPUTF8      client_error  no         server does
@@ -73,6 +74,18 @@ class Client(aiosmtplib.SMTP):
     once) instead of the server's "closing, slow down" (rate_limited, the backoff)."""
 
     said_421 = False
+    # the deadline of the attempt, and how long the DATA phase has from its start (see `data`)
+    budget: asyncio.Timeout | None = None
+    data_s = 0.0
+
+    async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        """The DATA phase (the command, the mail, the server's verdict) gets `data_s` of its
+        own: an attempt that timed out there had most likely been queued by the server, and the
+        retry sent it again (RFC 5321 4.5.3.2.6 gives that reply a 10-minute wait for this)."""
+        if self.budget is not None:
+            loop = asyncio.get_running_loop()
+            self.budget.reschedule(max(self.budget.when() or 0.0, loop.time() + self.data_s))
+        return await super().data(message, **kwargs)
 
     async def _get_default_local_hostname(self) -> str:
         """This machine's name for EHLO, looked up once: a slow reverse DNS lookup ate into

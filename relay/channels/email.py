@@ -427,15 +427,17 @@ class EmailChannel:
             log.warning("email recipients done with not saved", extra=message.log_fields(self.name))
 
     async def _transaction(self, mail: EmailMessage, recipients: list[str]) -> dict[str, Any]:
-        """Connect, send, then QUIT in what is left of the attempt's `timeout`. Not
-        aiosmtplib.send: its clean-up QUITs even after the deadline (one more `timeout` spent on
-        a server that stopped answering), and a mail the server accepted is sent, whatever
-        becomes of the QUIT (a timeout there retried it, and the mail went out twice)."""
+        """Connect, send, then QUIT in what is left of the attempt's `timeout` (the DATA phase
+        starts a `timeout` of its own: Client.data). Not aiosmtplib.send: its clean-up QUITs
+        even after the deadline (one more `timeout` spent on a server that stopped answering),
+        and a mail the server accepted is sent, whatever becomes of the QUIT (a timeout there
+        retried it, and the mail went out twice)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout_s
+        budget = asyncio.timeout_at(loop.time() + self._timeout_s)
         client = Client(**self._options())
+        client.budget, client.data_s = budget, self._timeout_s
         try:
-            async with asyncio.timeout_at(deadline):
+            async with budget:
                 await client.connect()
                 refused, _ = await client.send_message(
                     mail, sender=self._sender, recipients=recipients
@@ -445,7 +447,7 @@ class EmailChannel:
                 raise aiosmtplib.SMTPResponseException(421, "closing") from None
             raise
         else:
-            left = deadline - loop.time()
+            left = (budget.when() or 0.0) - loop.time()
             if left > 0:
                 with contextlib.suppress(Exception):
                     await client.quit(timeout=left)

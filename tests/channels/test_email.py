@@ -723,7 +723,7 @@ async def test_a_server_that_never_answers_is_a_timeout(silent_smtp: int) -> Non
 async def test_a_server_silent_after_data_costs_one_timeout_not_two(
     smtp_server: SmtpFactory,
 ) -> None:
-    """The attempt ends at `timeout`: no polite QUIT to a server that already stopped answering
+    """The attempt ends at its deadline: no polite QUIT to a server that already stopped answering
     (that QUIT waited a second `timeout`, eating the lease margin of the delivery worker). Told
     by what the server got before the client hung up, not by a clock."""
     fake = await smtp_server()
@@ -734,6 +734,21 @@ async def test_a_server_silent_after_data_costs_one_timeout_not_two(
     await asyncio.wait_for(fake.hung_up.wait(), 30)
     _, end_of_data, after = bytes(fake.received).partition(b"\r\n.\r\n")
     assert end_of_data and after == b"", after  # the mail went out, unanswered; then nothing
+
+
+async def test_a_slow_verdict_on_the_mail_is_waited_for_not_sent_again(
+    smtp_server: SmtpFactory,
+) -> None:
+    """A server that answers every command within `timeout`, but the session as a whole takes
+    longer (a slow RCPT lookup, then a content scan before the 250 to the mail): the attempt
+    timed out while the server was queueing the mail, and every retry sent it once more (3
+    copies and a dead letter "timeout" with 3 attempts). The DATA phase now has its own
+    `timeout`, as RFC 5321 4.5.3.2 gives the reply to the mail a wait of its own."""
+    fake = await smtp_server()
+    fake.slow = {"RCPT": 1.6, "DATA": 1.6}  # each well within the 3 s, together past them
+    settings = email_settings(fake.port).model_copy(update={"cc": [], "timeout": 3.0})
+    await make_channel(settings).send(outgoing())
+    assert len(fake.messages) == 1
 
 
 async def test_mail_accepted_then_no_answer_to_quit_is_sent(smtp_server: SmtpFactory) -> None:

@@ -8,6 +8,8 @@ runs on the machine, and tests await what it received without threads.
 - `FakeSMTP.rcpt_replies` / `data_replies`: the next RCPT / DATA replies, popped in order, then
   250. "451 4.7.1 try later" once = `data_replies = ["451 4.7.1 try later"]`.
 - `FakeSMTP.stall`: commands ("DATA", "QUIT") the server never answers, until the test ends.
+- `FakeSMTP.slow`: seconds the server takes to answer these commands ("RCPT", "DATA"); a slow
+  DATA has taken the mail before it answers, as an MTA queues it before its 250.
 - modes: "plain", "starttls" (require_starttls), "tls" (implicit TLS from the first byte);
   `credentials=(user, password)` requires AUTH (over STARTTLS: aiosmtpd refuses AUTH in clear).
 - `FakeSMTP.received`: every byte clients sent, as it arrived (before TLS: STARTTLS sessions show
@@ -64,6 +66,7 @@ class FakeSMTP:
     logins: list[str] = field(default_factory=list)
     connections: int = 0
     stall: set[str] = field(default_factory=set)
+    slow: dict[str, float] = field(default_factory=dict)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     released: asyncio.Event = field(default_factory=asyncio.Event)
     received: bytearray = field(default_factory=bytearray)
@@ -74,6 +77,7 @@ class FakeSMTP:
     async def handle_RCPT(
         self, server: SMTP, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
+        await self._take_time("RCPT")
         reply = self.refuse.get(address) or (self.rcpt_replies.pop(0) if self.rcpt_replies else "")
         if reply:
             return reply
@@ -88,11 +92,16 @@ class FakeSMTP:
             Delivered(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
         )
         self.arrived.set()
+        await self._take_time("DATA")
         return "250 2.0.0 accepted"
 
     async def handle_QUIT(self, server: SMTP, session: Any, envelope: Any) -> str:
         await self._maybe_stall("QUIT")
         return "221 Bye"
+
+    async def _take_time(self, command: str) -> None:
+        if command in self.slow:
+            await asyncio.sleep(self.slow[command])
 
     async def _maybe_stall(self, command: str) -> None:
         if command in self.stall:
