@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from multidict import CIMultiDict
 
 from relay.channels import settings_models
 from relay.config import Defaults, RuleConfig
@@ -204,6 +205,24 @@ async def test_signature_is_hex_case_insensitive(relay: RelayFactory, sink: Sink
     r = await relay(config(sink))
     body = body_of("alert.deployment.failed")
     assert (await post_alert(r, body, " " + sign(body).upper() + " "))[0] == 202
+
+
+async def test_several_signature_values_verify_whatever_their_order(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """Several header lines are one comma-separated value (RFC 9110 §5.3): the order of a
+    wrong and a right signature, or a proxy folding them, must not decide the answer."""
+    r = await relay(config(sink))
+    body = body_of("alert.run.failed")
+    wrong, right = "0" * 64, sign(body)
+    url = r.url + "/v1/trigger/alerts"
+    for values in ([wrong, right], [right, wrong], [f"{wrong}, {right}"], [f"{right},{wrong}"]):
+        headers = [("Content-Type", "application/json")] + [(HEADER, v) for v in values]
+        async with r.http.post(url, data=body, headers=CIMultiDict(headers)) as resp:
+            assert resp.status == 202, (values, await resp.text())
+    headers = [("Content-Type", "application/json"), (HEADER, wrong), (HEADER, f"{wrong}, x")]
+    async with r.http.post(url, data=body, headers=CIMultiDict(headers)) as resp:
+        assert resp.status == 401
 
 
 async def test_any_configured_secret_verifies(relay: RelayFactory, sink: Sink) -> None:

@@ -3,7 +3,8 @@
 Signature: `x-trigger-signature-hmacsha256` = hex HMAC-SHA256 of the exact raw body, keyed with
 the alert channel's secret (UTF-8). Every configured secret is tried with a constant-time
 compare; hex case is ignored (Trigger.dev sends lowercase; the digest is the same value either
-way). Empty secrets never verify anything.
+way). Several header lines (or one a proxy folded with commas) verify when any value does, in
+whatever order. Empty secrets never verify anything.
 
 Accepted bodies (TRIGGER.md §3.2):
 * `alert.run.failed` (envelope `{id, created, webhookVersion, type, object}`) → a Run:
@@ -95,11 +96,13 @@ def signature(body: bytes, secret: str) -> str:
 
 
 def verify_signature(body: bytes, header: str | None, secrets: Sequence[str]) -> bool:
-    """True when `header` is the signature of `body` under any non-empty secret."""
+    """True when one of the comma-separated values of `header` (several header lines joined,
+    as RFC 9110 reads them) is the signature of `body` under any non-empty secret."""
     if not header:
         return False
-    given = header.strip().lower().encode("ascii", "replace")
-    checks = [hmac.compare_digest(signature(body, s).encode(), given) for s in secrets if s]
+    expected = [signature(body, s).encode() for s in secrets if s]
+    given = [v.strip().lower().encode("ascii", "replace") for v in header.split(",")]
+    checks = [hmac.compare_digest(e, g) for e in expected for g in given]
     return any(checks)
 
 

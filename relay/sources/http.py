@@ -216,7 +216,7 @@ class Handlers:
         if (refused := self.refuse_alert(request)) is not None:
             return refused
         secrets = self.deps.trigger_alert_secrets() or []
-        header = request.headers.get(SIGNATURE_HEADER, "")
+        header = ",".join(request.headers.getall(SIGNATURE_HEADER, []))
         body = await read_limited(request, self.deps.max_body_bytes(), hold)
         if isinstance(body, bytes) and not verify_signature(
             body, header, [s.get_secret_value() for s in secrets]
