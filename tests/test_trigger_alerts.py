@@ -567,6 +567,29 @@ def render(channel_type: str, template: str, run: dict[str, Any]) -> str:
     return rendered.parts[part]
 
 
+ALL_PARTS = {
+    "webhook": ("json",),
+    "slack": ("json",),
+    "discord": ("json",),
+    "msteams": ("json",),
+    "pagerduty": ("json",),
+    "email": ("subject", "txt", "html"),
+}
+
+
+@pytest.mark.parametrize("channel_type", sorted(ALL_PARTS))
+def test_a_one_task_deployment_counts_one_task_on_every_channel(channel_type: str) -> None:
+    """The webhook body's text said "1 tasks" where every other channel said "1 task"."""
+    one = variant("alert.deployment.success", {"object.tasks": [{"id": "only-task"}]})
+    run = parse_alert(json.loads(one)).run
+    assert run is not None
+    ctx = RenderContext(run.as_dict(), "oncall", "c", channel_type, "ntf_0123", None)
+    rendered = Renderer().render(channel_type, "deployment_success", ALL_PARTS[channel_type], ctx)
+    assert not rendered.fallback, rendered.error
+    text = " ".join(rendered.parts.values())
+    assert "1 task" in text and "1 tasks" not in text
+
+
 @pytest.mark.parametrize("channel_type", ["console", "webhook"])
 @pytest.mark.parametrize(("template", "fixture"), GOLDEN_CASES)
 def test_template_matches_golden(channel_type: str, template: str, fixture: str) -> None:
