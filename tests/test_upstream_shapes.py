@@ -142,3 +142,16 @@ def test_internal_codes_trigger_dev_explains_read_as_sentences(tmp_path: Path) -
     for code, line in zip(codes, lines, strict=True):
         assert line.startswith(f"  error     {code}: "), line
         assert len(line) > len(f"  error     {code}: ") + 20, line
+
+
+def test_a_bare_error_group_dated_in_epoch_milliseconds_shows_its_dates(tmp_path: Path) -> None:
+    """The un-enveloped `alert.error_group` body (deliverErrorGroupAlert.server.ts) copies the
+    job's firstSeen / lastSeen as they come: epoch milliseconds in a string (its Slack message
+    reads them with `new Date(Number(lastSeen))`). Messages showed the raw digits."""
+    body = error_group(2, "boom")["object"]
+    body["error"].update(firstSeen="1755680000000", lastSeen="1755684000000")
+    text = console_text(tmp_path, {"type": "alert.error_group", **body})
+    assert "first 2025-08-20 08:53:20 UTC · last 2025-08-20 10:00:00 UTC" in text
+    assert "1755684000000" not in text
+    run = parse_alert({"type": "alert.error_group", **body}).run
+    assert run is not None and run.as_dict()["error"]["lastSeen"] == "2025-08-20T10:00:00.000Z"

@@ -21,7 +21,8 @@ Accepted bodies (TRIGGER.md §3.2):
   (NEW_ISSUE, REGRESSION, UNIGNORED), taskIdentifier = error.taskIdentifier, error = the group's
   error {fingerprint, type, message, stackTrace?, firstSeen, lastSeen, occurrenceCount},
   createdAt = the envelope's `created`. The un-enveloped variant `{"type": "alert.error_group",
-  classification, error, …}` of some 2026 versions is read the same way.
+  classification, error, …}` of some 2026 versions is read the same way; its firstSeen /
+  lastSeen come in epoch milliseconds (a string of digits) and are turned into ISO dates.
 * Legacy v1 channels (no `type`): a body with `run`/`task` is a run failure (v1 sends no status:
   FAILED is assumed; its error is top-level), a body with `deployment` is a deployment alert
   (`deployment.success` when its status is DEPLOYED, else `deployment.failed`).
@@ -50,6 +51,7 @@ import hashlib
 import hmac
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -67,6 +69,8 @@ ERROR_GROUP = "alert.error"
 ERROR_GROUP_BARE = "alert.error_group"  # un-enveloped variant
 ALERT_PREFIX = "alert."  # every type of Trigger.dev's Webhook union
 ALERT_EXPECTED = "a JSON object (one Trigger.dev alert webhook)"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_YEAR_10000_MS = 253_402_300_800_000  # the first instant a datetime cannot hold
 # run.* keys → Run fields (v2 and legacy v1 run bodies)
 _RUN_KEYS = {
     "id": "id",
@@ -207,7 +211,7 @@ def _error_group(obj: dict[str, Any], where: str, meta: dict[str, Any]) -> Run:
         "id": f"errgrp_{fingerprint}:{classification}:{digest}",
         "event": "error",
         "status": classification.upper(),
-        "error": error,
+        "error": _iso_seen(error),
     }
     sources = {"taskIdentifier": _join(where, "error.taskIdentifier"), "createdAt": "created"}
     if error.get("taskIdentifier") is not None:
@@ -217,6 +221,23 @@ def _error_group(obj: dict[str, Any], where: str, meta: dict[str, Any]) -> Run:
     _keep(fields, obj, skip=("type",) if not where else ())
     fields["alert"] = meta
     return _validate(fields, sources)
+
+
+def _iso_seen(error: dict[str, Any]) -> dict[str, Any]:
+    """The error with firstSeen / lastSeen given in epoch milliseconds (digits in a string, as
+    the un-enveloped body sends them, or a number) as ISO-8601 `…Z`, like every other date."""
+    seen = {k: _epoch_ms_iso(error[k]) for k in ("firstSeen", "lastSeen") if k in error}
+    return error | {k: v for k, v in seen.items() if v is not None}
+
+
+def _epoch_ms_iso(value: Any) -> str | None:
+    """`1755684000000` or "1755684000000" → "2025-08-20T10:00:00.000Z"; None for anything else."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 15:
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < _YEAR_10000_MS:
+        return None
+    at = _EPOCH + timedelta(milliseconds=value)
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _keep(fields: dict[str, Any], source: Mapping[str, Any], skip: Collection[str]) -> None:
