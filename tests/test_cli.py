@@ -786,6 +786,29 @@ def test_dry_run_says_so_when_there_is_nothing_to_match(tmp_path: Path) -> None:
     assert empty_r.stdout == "no runs in the file: no rule can match\n"
 
 
+def test_dry_run_reports_an_unknown_alert_type_among_known_ones(tmp_path: Path) -> None:
+    """An array of alert bodies with a type relay does not know: that one was dropped without
+    a word (a lone one was reported), and `--json` never said it. Human output says so after
+    the results; `--json` keeps stdout for the results and says it on stderr."""
+    config = write(tmp_path / "c.yaml", GOOD)
+    known = json.loads((FIXTURES / "alert-webhooks" / "alert.run.failed.body.json").read_text())
+    newer = {"type": "alert.run.slow", "object": {}}
+    path = write(tmp_path / "alerts.json", json.dumps([known, newer]))
+    lone = write(tmp_path / "lone.json", json.dumps(newer))
+    human, as_json, lone_json = parallel(
+        cli("test", str(path), "--config", str(config)),
+        cli("test", str(path), "--config", str(config), "--json"),
+        cli("test", str(lone), "--config", str(config), "--json"),
+    )
+    note = "alert alert.run.slow: an alert type relay does not know"
+    assert human.returncode == as_json.returncode == lone_json.returncode == 0
+    assert human.stdout.splitlines()[0].startswith(f"run {FAILED_ID}: ")
+    assert any(line.startswith(f"[1] {note}") for line in human.stdout.splitlines())
+    assert [r["run_id"] for r in json.loads(as_json.stdout)] == [FAILED_ID]
+    assert f"[1] {note}" in as_json.stderr
+    assert json.loads(lone_json.stdout) == [] and note in lone_json.stderr
+
+
 def test_arguments_that_are_not_utf8_are_refused(tmp_path: Path) -> None:
     """Bytes that are not UTF-8 (a shell's $'\\xff', which Python hands over as surrogates)
     in a rule, run id or matcher reached the store and ended in a traceback; a path may be

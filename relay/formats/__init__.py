@@ -223,11 +223,14 @@ def session_messages(data: Any) -> Any:
     return [m for b in bodies if isinstance(b, list) for m in b if isinstance(m, dict)]
 
 
-def parse_any(data: Any, skipped: list[str] | None = None) -> list[Run]:
+def parse_any(
+    data: Any, skipped: list[str] | None = None, ignored: list[str] | None = None
+) -> list[Run]:
     """Whatever a user may hand `relay test`: runs, raw rows, alert webhook bodies, a
     Realtime response body (its rows, folded), a recorded request holding one of them, or a
     recorded Realtime session (its responses' rows, folded). What it had to leave out is said
-    in `skipped`."""
+    in `skipped`; alert bodies of a type relay does not know (POST /v1/trigger/alerts ignores
+    them) in `ignored`, `[i] ` before each when the file holds an array."""
     data = session_messages(recorded_body(data))
     if _shape_log(data):
         rows = fold_messages(data)
@@ -236,7 +239,24 @@ def parse_any(data: Any, skipped: list[str] | None = None) -> list[Run]:
         return [parse_raw_run(row, f"row {i}") for i, row in enumerate(rows) if is_raw_row(row)]
     alerts = [data] if is_alert_webhook(data) else data
     if isinstance(alerts, list) and alerts and all(map(is_alert_webhook, alerts)):
-        from relay.formats.trigger_alerts import parse_alert  # noqa: PLC0415
-
-        return [alert.run for alert in map(parse_alert, alerts) if alert.run is not None]
+        return _parse_alerts(alerts, isinstance(data, list), ignored)
     return parse_runs(data)
+
+
+def _parse_alerts(alerts: list[Any], indexed: bool, ignored: list[str] | None) -> list[Run]:
+    from relay.formats.trigger_alerts import parse_alert  # noqa: PLC0415
+
+    runs: list[Run] = []
+    for i, alert in enumerate(map(parse_alert, alerts)):
+        if alert.run is not None:
+            runs.append(alert.run)
+        elif ignored is not None:
+            ignored.append((f"[{i}] " if indexed else "") + _ignored_note(alert.type))
+    return runs
+
+
+def _ignored_note(kind: str) -> str:
+    return (
+        f"alert {kind[:80]}: an alert type relay does not know; "
+        "POST /v1/trigger/alerts accepts and ignores it (no rule can match)"
+    )
