@@ -100,13 +100,23 @@ class Settings(BaseSettings):
 def host_port(value: str) -> tuple[str, int]:
     """Split host:port ([::1]:8080 for IPv6); raise ValueError naming no secret."""
     host, sep, port_text = value.strip().rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not (port_text.isascii() and port_text.isdigit()):  # not `:٣` (Arabic 3)
         raise ValueError("expected host:port, e.g. 0.0.0.0:8080")
     port = int(port_text)
     if not 0 <= port <= 65535:
         raise ValueError("port must be 0-65535")
-    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 - listening on all interfaces is the default
-    return host, port
+    return _listen_host(host) or "0.0.0.0", port  # noqa: S104 - all interfaces is the default
+
+
+def _listen_host(host: str) -> str:
+    """The host of host:port: an IPv6 address in brackets, as Go's net.SplitHostPort (and so
+    Alertmanager's --web.listen-address) has it. `::1:8080` read as [::1]:8080 and `[::1:0`
+    as [::1]:0, and `fe80::1` (no port) became the host name `fe80:` on port 1."""
+    bracketed = host.startswith("[") and host.endswith("]")
+    inner = host[1:-1] if bracketed else host
+    if "[" in inner or "]" in inner or (":" in inner and not bracketed):
+        raise ValueError("an IPv6 address goes in brackets: [::1]:8080")
+    return inner
 
 
 def load_settings(**overrides: object) -> Settings:

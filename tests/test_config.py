@@ -652,6 +652,25 @@ def test_bad_environment_names_the_variable(
     assert [p.path for p in info.value.problems] == [name]
 
 
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        ("::1:8080", "an IPv6 address goes in brackets: [::1]:8080"),
+        ("[::1:8080", "an IPv6 address goes in brackets: [::1]:8080"),
+        ("fe80::1", "an IPv6 address goes in brackets: [::1]:8080"),
+        ("127.0.0.1:\u0663", "expected host:port, e.g. 0.0.0.0:8080"),  # Arabic-Indic 3
+    ],
+)
+def test_a_listen_address_go_would_refuse_is_refused(
+    monkeypatch: pytest.MonkeyPatch, listen: str, message: str
+) -> None:
+    """`::1:8080` was taken as [::1]:8080, `[::1:8080` too, `fe80::1` (port forgotten) as the
+    host `fe80:` on port 1, and `127.0.0.1:٣` as port 3. Go's net.SplitHostPort (Alertmanager's
+    --web.listen-address) refuses them all; relay does too, saying what to write."""
+    problems = [str(p) for p in _problems(monkeypatch, {"RELAY_LISTEN": listen})]
+    assert problems == [f"environment: RELAY_LISTEN: {message}"]
+
+
 def test_an_empty_variable_is_unset_where_the_default_is_harmless(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -686,6 +705,8 @@ def test_environment_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     monkeypatch.setenv("RELAY_REPLICA_TIMEOUT", "1m30s")
     settings = load_settings()
     assert settings.listen_host_port == ("::1", 9000)
+    assert load_settings(listen="[127.0.0.1]:80").listen_host_port == ("127.0.0.1", 80)
+    assert load_settings(listen=":8080").listen_host_port == ("0.0.0.0", 8080)
     assert settings.replica_timeout == 90.0
     assert settings.log_level == "DEBUG"
     assert settings.config_explicit
