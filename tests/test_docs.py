@@ -897,6 +897,37 @@ def test_the_healthcheck_probes_the_address_relay_listens_on(host: str, listen: 
             assert proc.wait(10) == 0
 
 
+@pytest.mark.parametrize(
+    ("listen", "url"),
+    [
+        ("", "http://127.0.0.1:8080/healthz"),  # compose's `${RELAY_LISTEN}` of an unset one
+        (" \n", "http://127.0.0.1:8080/healthz"),
+        (" 0.0.0.0:9000\n", "http://127.0.0.1:9000/healthz"),  # a .env file's or YAML block's
+        ("[::]:9000", "http://[::1]:9000/healthz"),
+    ],
+)
+def test_the_healthcheck_reads_relay_listen_as_relay_does(listen: str, url: str) -> None:
+    """relay takes an empty RELAY_LISTEN as its default 0.0.0.0:8080 and a padded one trimmed;
+    the probe asked http://127.0.0.1:/healthz (port 80) and `http:// 0.0.0.0:9000\n`: the
+    container was unhealthy while relay served. Seen through an HTTP proxy, which urllib
+    sends the whole URL to, so no test binds port 8080."""
+    probe = healthcheck_command(stages()[-1])
+    probe[0] = sys.executable
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen()
+        env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "http_proxy")}
+        env |= {"RELAY_LISTEN": listen, "http_proxy": f"http://127.0.0.1:{proxy.getsockname()[1]}"}
+        with subprocess.Popen(probe, env=env, stderr=subprocess.DEVNULL) as proc:
+            proxy.settimeout(10)
+            conn, _ = proxy.accept()
+            with conn:
+                request_line = conn.recv(4096).split(b"\r\n")[0].decode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            assert request_line == f"GET {url} HTTP/1.1"
+            assert proc.wait(10) == 0
+
+
 @needs_wheel
 @ONE_BUILD
 def test_image_command_serves_and_passes_its_healthcheck(venv: Path, tmp_path: Path) -> None:
