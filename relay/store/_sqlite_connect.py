@@ -10,7 +10,7 @@ import urllib.parse
 from pathlib import Path
 
 from relay.errors import StoreUnavailable
-from relay.store._sqlite_schema import SCHEMA_VERSION, migrate
+from relay.store._sqlite_schema import OWN_FILE, SCHEMA_VERSION, migrate
 from relay.store._sqlite_writer import rollback, unavailable
 
 BUSY_TIMEOUT_MS = 5000  # a writer waits this long for another process's transaction
@@ -94,6 +94,8 @@ def open_failed(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
     why = _not_writable(path) if kind.startswith(_NOT_WRITABLE) else None
     if why is None and kind.startswith(("SQLITE_FULL", "SQLITE_IOERR")) and _no_space(path):
         why = "no space left on the database's file system"
+    if why is None and kind == "SQLITE_NOTADB":  # a config file, a dump, another engine's file
+        why = f"the file is not a SQLite database ({kind}); {OWN_FILE}"
     if why is None:
         return unavailable("store open failed", exc)
     error = StoreUnavailable(f"store open failed: {why}")

@@ -177,6 +177,9 @@ SCHEMA_VERSION = len(MIGRATIONS)
 INDEXES = ("CREATE INDEX IF NOT EXISTS outbox_created ON outbox (created_at DESC, id)",)
 
 
+OWN_FILE = "RELAY_STORE_URL must name relay's own database file"
+
+
 def migrate(conn: sqlite3.Connection, *, upgrade: bool = True) -> int:
     """Bring the schema to SCHEMA_VERSION inside the open transaction; return the old version.
     Not `upgrade`: an older schema is refused (a new file is still created)."""
@@ -186,8 +189,7 @@ def migrate(conn: sqlite3.Connection, *, upgrade: bool = True) -> int:
         # another application's database, or relay's overwritten by a -wal file from elsewhere
         # (which replays onto any file): never relay's tables added beside what it holds
         raise StoreUnavailable(
-            "store open failed: the database holds tables relay did not create;"
-            " RELAY_STORE_URL must name relay's own database file"
+            f"store open failed: the database holds tables relay did not create; {OWN_FILE}"
         )
     for statements in MIGRATIONS[version:]:
         for statement in statements:

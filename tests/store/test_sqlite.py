@@ -204,10 +204,14 @@ async def test_open_refuses_a_newer_schema_and_a_foreign_file(tmp_path: Path) ->
     with pytest.raises(StoreUnavailable, match="schema version 99 is newer"):
         await SQLiteStore(newer).open()
 
-    foreign = tmp_path / "foreign.db"
+    foreign = tmp_path / "foreign.db"  # said only `store open failed: SQLITE_NOTADB`
     foreign.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(StoreUnavailable, match="store open failed: SQLITE_NOTADB"):
+    with pytest.raises(StoreUnavailable) as caught:
         await SQLiteStore(foreign).open()
+    assert str(caught.value) == (
+        "store open failed: the file is not a SQLite database (SQLITE_NOTADB);"
+        " RELAY_STORE_URL must name relay's own database file"
+    )
 
     other = tmp_path / "other.db"  # another application's database: relay adds no tables
     with closing(sqlite3.connect(other)) as conn:
