@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     workers: int = Field(default=0, ge=0, le=64)  # relay serve: delivery processes (0: none)
     # PostgreSQL: a replica silent this long is dead, and its leased notifications go to others
-    replica_timeout: Annotated[Duration, Field(ge=1.0, le=3600.0)] = 15.0
+    replica_timeout: Duration = 15.0
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -79,6 +79,15 @@ class Settings(BaseSettings):
         database in their place would hide a broken deployment."""
         if isinstance(value, str) and not value.strip():
             raise PydanticUseDefault
+        return value
+
+    @field_validator("replica_timeout")
+    @classmethod
+    def _replica_timeout(cls, value: float) -> float:
+        """In the units it is written in: `0s` and `2h` were told "Input should be greater
+        than or equal to 1" and "less than or equal to 3600" (seconds, not said)."""
+        if not 1.0 <= value <= 3600.0:
+            raise ValueError("must be from 1s to 1h")
         return value
 
     @field_validator("listen")

@@ -671,6 +671,19 @@ def test_a_listen_address_go_would_refuse_is_refused(
     assert problems == [f"environment: RELAY_LISTEN: {message}"]
 
 
+@pytest.mark.parametrize("value", ["0s", "0", "100ms", "2h", "7200"])
+def test_a_replica_timeout_out_of_range_is_told_in_units(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """`RELAY_REPLICA_TIMEOUT=2h` was told "Input should be less than or equal to 3600", and
+    `0s` "greater than or equal to 1": seconds, which it does not say, of a value written in
+    hours. Now the documented range, as it is written (`1s`, `1m30s` and `1h` pass)."""
+    problems = [str(p) for p in _problems(monkeypatch, {"RELAY_REPLICA_TIMEOUT": value})]
+    assert problems == ["environment: RELAY_REPLICA_TIMEOUT: must be from 1s to 1h"]
+    for good, seconds in (("1s", 1.0), ("1m30s", 90.0), ("1h", 3600.0)):
+        assert load_settings(replica_timeout=good).replica_timeout == seconds
+
+
 def test_an_empty_variable_is_unset_where_the_default_is_harmless(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
