@@ -461,8 +461,9 @@ class Service:
         self._tasks.append(task)
         task.add_done_callback(self._tasks.remove)
 
-    async def shutdown(self) -> None:
-        """Stop intake first, then delivery (in-flight finish or stay in the outbox), then I/O."""
+    async def shutdown(self, *, announce: bool = True) -> None:
+        """Stop intake first, then delivery (in-flight finish or stay in the outbox), then I/O.
+        Not `announce`: a start that failed, which `relay not started` tells."""
         if self.pool is not None:
             self.pool.stopping()
         for task in self._tasks:
@@ -480,7 +481,8 @@ class Service:
         await self.http.close()
         with contextlib.suppress(StoreUnavailable):
             await self.store.close()
-        log.info("stopped")
+        if announce:
+            log.info("stopped")
 
 
 def _waiting(exc: StoreUnavailable, delay: float) -> dict[str, object]:
@@ -506,6 +508,7 @@ def _bound_address(site: web.TCPSite, host: str, port: int) -> tuple[str, int]:
 async def serve(settings: Settings, compiled: Compiled, role: Role | None = None) -> None:
     service = Service(settings, compiled, role)
     service.install_signal_handlers()
+    started = False
     try:
         if service.stopping:
             log.info("stop requested while starting: not started")
@@ -515,6 +518,7 @@ async def serve(settings: Settings, compiled: Compiled, role: Role | None = None
         except StoppedWhileStarting:
             log.info("stop requested while starting: not started")
             return
+        started = True
         heap.settle()  # what start built lives until the stop: out of the collector's way
         if service.role.index is not None:
             log.info("delivery worker ready", extra={"worker": service.role.index})
@@ -534,4 +538,4 @@ async def serve(settings: Settings, compiled: Compiled, role: Role | None = None
         )
         await service.run_until_stopped()
     finally:
-        await service.shutdown()
+        await service.shutdown(announce=started or service.stopping)
