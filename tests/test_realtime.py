@@ -284,6 +284,23 @@ def test_a_branch_that_cannot_be_a_header_is_refused_at_load() -> None:
         RealtimeConfig(secret_key=SECRET, feeds=[RealtimeFeed(tags=[TAG])], branch="a\nX-Evil: 1")
 
 
+async def test_a_handle_of_another_branch_is_dropped_for_a_snapshot_of_this_one() -> None:
+    """The stored handle is the shape of the branch (or environment) followed before: Electric
+    answers 400 "shape definition and handle do not match" for it at every request, and the
+    feed asked again with it every `error_backoff`, forever. Now it reads a new snapshot."""
+    other = "83412937-1755600000000000"
+    stored = Position(other, "29374025320_0", "58785280", {"isTest": {"type": "bool"}}, 0)
+    async with fake_realtime(session()) as fake:
+        fake.others.add(other)
+        async with following(fake, stored=stored, branch="b") as h:
+            await h.submit.wait_for(1)
+    first, second = fake.requests[:2]
+    assert (first.query["handle"], first.answer) == (other, "400 another shape's handle")
+    assert (second.query["offset"], "handle" not in second.query) == ("-1", True)
+    assert second.answer == "initial-snapshot" and h.failed[:1] == ["client_error"]
+    assert RealtimeConfig.model_fields["error_backoff"].default not in h.sleeps  # at once
+
+
 async def test_the_feed_names_relay_and_its_version(relay: RelayFactory, sink: Sink) -> None:
     async with fake_realtime(session()) as fake:
         await relay(config(fake.url, sink.url))

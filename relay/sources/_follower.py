@@ -24,9 +24,12 @@ and a non-live one after NON_LIVE_TIMEOUTS times it (a server trickling bytes).
 Failures never stop a feed: 429/5xx/408, network errors and timeouts back off with jitter
 (100 ms, times 1.3 up to 10 s, Retry-After honoured); 400/401/403/404 are logged with the feed and
 status and tried again after `error_backoff` (an operator may fix the key), and so is a 3xx,
-which is not followed (the secret key would go with it) but logged with where it points. Log
-lines carry the feed key, rows emitted and lag, never the secret key; `observe` hears of every
-up-to-date (lag 0 when nothing was new) and `failed` of every failed request, by reason.
+which is not followed (the secret key would go with it) but logged with where it points. A 400
+to a request with a handle is Electric's "shape definition and handle do not match" (the stored
+handle is the shape of the branch, key or api_url followed before a reload): the feed drops it
+for a snapshot at once. Log lines carry the feed key, rows emitted and lag, never the secret
+key; `observe` hears of every up-to-date (lag 0 when nothing was new) and `failed` of every
+failed request, by reason.
 
 Electric holds a live request until there is a change (~20 s); a live answer that changed no
 row and came sooner than `idle_min_s` (0.5 s) after it was asked for is followed by a pause for
@@ -232,6 +235,9 @@ class Follower:
                 self._count(status_reason(response.status))
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 await self._retry(f"HTTP {response.status}", retry_after)
+            elif response.status == 400 and shape.position.handle is not None:
+                self._count(status_reason(response.status))
+                self._foreign_handle(shape, response)
             else:
                 self._count(status_reason(response.status))
                 await self._refused(response)
@@ -425,6 +431,17 @@ class Follower:
             extra=self._extra(reason=reason, attempt=attempt, wait_s=round(wait, 3)),
         )
         await self._sleep(wait)
+
+    def _foreign_handle(self, shape: Shape, response: Response) -> None:
+        """A 400 to a request with a handle: Electric's "shape definition and handle do not
+        match" when the handle is another shape's (the branch, key or api_url followed before
+        a reload), given at every request with it. A snapshot without it, at once; a 400 to
+        that is refused as any other."""
+        log.warning(
+            "realtime shape handle refused; reading a new snapshot",
+            extra=self._extra(handle=shape.position.handle, error=error_text(response.body)),
+        )
+        shape.refetch(None)
 
     async def _refused(self, response: Response) -> None:
         if 300 <= response.status < 400:

@@ -19,7 +19,10 @@ TRIGGER.md §2.3-2.4). A request is answered by, in order:
 4. not live, the current handle (a client resuming from a stored offset): the released
    exchanges nobody fetched happen first; then from an earlier offset of the shape's log, every
    change since it and up-to-date (Electric's catch-up); from an offset the log lacks, 409;
-5. another handle than the current one: 409 + must-refetch with the current handle;
+5. a handle of `others` (Electric holds it for another shape definition: another branch's or
+   environment's where clause), at any offset: 400 "The specified shape definition and handle
+   do not match" (EL-S `shapes/api.ex`); another handle than the current one: 409 +
+   must-refetch with the current handle;
 6. the current position, not live: a bare up-to-date; live: the request is held until an
    exchange is released or `live_hold_s` passes (then the bare up-to-date of a long-poll timeout).
    A held request whose client went away (killed) consumes nothing.
@@ -67,6 +70,10 @@ LEGACY_NAMES = {
     "electric-offset": "electric-chunk-last-offset",
 }
 PG_SPACE = " \t\n\r\v\f"
+SHAPE_MISMATCH = (  # Electric's 400 for a handle it holds for another shape definition
+    "The specified shape definition and handle do not match. Please ensure the shape definition"
+    " is correct or omit the shape handle from the request to obtain a new one."
+)
 
 
 @dataclass
@@ -260,6 +267,7 @@ class FakeRealtime:
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     handle: str | None = None
     offset: str | None = None
+    others: set[str] = field(default_factory=set)  # handles of other shape definitions
     cursor: int = 58785300
     log: list[tuple[str, str, list[dict[str, Any]]]] = field(default_factory=list)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -358,6 +366,9 @@ class FakeRealtime:
         handle = seen.query.get("shape_id" if legacy else "handle")
         live = seen.query.get("live") == "true"
         deadline = time.monotonic() + self.live_hold_s
+        if handle in self.others:
+            seen.answer = "400 another shape's handle"
+            return _json(400, {}, {"message": SHAPE_MISMATCH})
         while True:
             if request.transport is None or request.transport.is_closing():
                 seen.answer = "client gone"  # killed while it waited: nothing is consumed
