@@ -427,6 +427,11 @@ class RealtimeConfig(Strict):
             return None
         if (problem := header_value_problem(value)) is not None:
             raise ValueError(f"branch {problem}")
+        if not value.isascii():  # `feat/café` would arrive as `feat/cafÃ©`: no such branch
+            raise ValueError(
+                "branch can only be ASCII: x-trigger-branch goes out as UTF-8, and Trigger.dev"
+                " reads a header's bytes as Latin-1, so it would find no such branch"
+            )
         return value.strip()
 
     @field_validator("api_url")

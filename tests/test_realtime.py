@@ -284,6 +284,15 @@ def test_a_branch_that_cannot_be_a_header_is_refused_at_load() -> None:
         RealtimeConfig(secret_key=SECRET, feeds=[RealtimeFeed(tags=[TAG])], branch="a\nX-Evil: 1")
 
 
+@pytest.mark.parametrize("branch", ["feat/café", "feat/日本"])
+def test_a_branch_trigger_dev_cannot_read_from_a_header_is_refused_at_load(branch: str) -> None:
+    """The header goes out as UTF-8 and Trigger.dev (Node) reads header bytes as Latin-1:
+    `feat/café` arrives as `feat/cafÃ©`, no branch has that name, and every request was
+    refused ("check the secret key") while relay check said OK."""
+    with pytest.raises(ValidationError, match="branch can only be ASCII"):
+        RealtimeConfig(secret_key=SECRET, feeds=[RealtimeFeed(tags=[TAG])], branch=branch)
+
+
 async def test_a_handle_of_another_branch_is_dropped_for_a_snapshot_of_this_one() -> None:
     """The stored handle is the shape of the branch (or environment) followed before: Electric
     answers 400 "shape definition and handle do not match" for it at every request, and the
