@@ -82,11 +82,14 @@ def did_you_mean(word: str, names: Collection[str], *, quoted: bool = False) -> 
     """ " (did you mean X?)" with the nearest of `names` to a misspelt `word`, or "". Case and
     `_` for `-` count for nothing: `Prod_Failures_To_Pagerduty` is `prod-failures-to-pagerduty`
     (three swapped separators and a capital scored under the cutoff)."""
-    folded = {_folded(name): name for name in sorted(names, reverse=True)}
+    folded: dict[str, list[str]] = {}
+    for name in sorted(names):
+        folded.setdefault(_folded(name), []).append(name)
     close = difflib.get_close_matches(_folded(word), sorted(folded), n=1, cutoff=0.75)
     if not close:
         return ""
-    name = folded[close[0]]
+    # of names folded alike (`oncall-slack`, `oncall_slack`), the nearest as written
+    name = max(folded[close[0]], key=lambda n: difflib.SequenceMatcher(None, word, n).ratio())
     return f" (did you mean {name!r}?)" if quoted else f" (did you mean {name}?)"
 
 

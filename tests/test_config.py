@@ -360,6 +360,20 @@ def test_a_misspelt_name_gets_the_name_it_meant_and_no_other(word: str, meant: s
 
 
 @pytest.mark.parametrize(
+    ("word", "meant"),
+    [
+        ("ONCALL_SLACK", "oncall_slack"),
+        ("Oncall-Slack", "oncall-slack"),
+        ("oncal_slack", "oncall_slack"),
+    ],
+)
+def test_of_two_names_folded_alike_the_one_as_written_is_meant(word: str, meant: str) -> None:
+    """`oncall-slack` and `oncall_slack` fold alike: `ONCALL_SLACK` was told `oncall-slack`
+    (the last one folded), not the name that differs from it by case alone."""
+    assert did_you_mean(word, ["oncall-slack", "oncall_slack"]) == f" (did you mean {meant}?)"
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [
         (  # an apostrophe in '...', or text after a closing quote: no indentation slip
