@@ -290,11 +290,12 @@ def _repeat_under_group_interval(rules: list[RuleConfig], locate: Locate) -> lis
         repeat = default.repeat_interval_s if rule.repeat_interval is None else rule.repeat_interval
         group = default.group_interval_s if rule.group_interval is None else rule.group_interval
         if repeat < group:
-            key = "repeat_interval" if rule.repeat_interval is not None else "group_interval"
+            written = rule.repeat_interval is not None
+            key, default_ = ("repeat_interval", "") if written else ("group_interval", " (default)")
             out.append(
                 f"{locate(('rules', i, key))}: rules[{i}].repeat_interval {format_duration(repeat)}"
-                f" is shorter than group_interval {format_duration(group)}: it has no effect, a"
-                " group is closed after group_interval of quiet at the soonest"
+                f"{default_} is shorter than group_interval {format_duration(group)}: it has no"
+                " effect, a group is closed after group_interval of quiet at the soonest"
             )
     return out
 

@@ -166,7 +166,7 @@ def test_check_warns_of_a_repeat_interval_shorter_than_group_interval() -> None:
         " effect, a group is closed after group_interval of quiet at the soonest"
     ]
     assert timing_warnings("group_interval: 5h") == [  # under the default repeat_interval, 4h
-        "c.yaml:4: rules[0].repeat_interval 4h is shorter than group_interval 5h: it has no"
+        "c.yaml:4: rules[0].repeat_interval 4h (default) is shorter than group_interval 5h: it has no"
         " effect, a group is closed after group_interval of quiet at the soonest"
     ]
     assert timing_warnings("group_interval: 5m, repeat_interval: 5m") == []
