@@ -310,6 +310,22 @@ async def test_a_handle_of_another_branch_is_dropped_for_a_snapshot_of_this_one(
     assert RealtimeConfig.model_fields["error_backoff"].default not in h.sleeps  # at once
 
 
+async def test_a_400_to_a_handle_this_server_gave_waits_instead_of_snapshot_after_snapshot() -> (
+    None
+):
+    """Only the stored handle can be another shape's: a 400 to the handle of this server's own
+    snapshot is refused as any other 400 (error_backoff), not a new snapshot at once, over and
+    over, without a pause."""
+    async with fake_realtime(session()) as fake:
+        fake.others.add(H1)  # the handle of the first snapshot
+        async with following(fake) as h:
+            while len(fake.requests) < 4 and len(h.sleeps) < 1:
+                await asyncio.sleep(0.001)
+    answers = [seen.answer for seen in fake.requests[:2]]
+    assert answers == ["initial-snapshot", "400 another shape's handle"]
+    assert h.sleeps[:1] == [RealtimeConfig.model_fields["error_backoff"].default]
+
+
 async def test_the_feed_names_relay_and_its_version(relay: RelayFactory, sink: Sink) -> None:
     async with fake_realtime(session()) as fake:
         await relay(config(fake.url, sink.url))

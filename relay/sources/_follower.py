@@ -25,11 +25,12 @@ Failures never stop a feed: 429/5xx/408, network errors and timeouts back off wi
 (100 ms, times 1.3 up to 10 s, Retry-After honoured); 400/401/403/404 are logged with the feed and
 status and tried again after `error_backoff` (an operator may fix the key), and so is a 3xx,
 which is not followed (the secret key would go with it) but logged with where it points. A 400
-to a request with a handle is Electric's "shape definition and handle do not match" (the stored
-handle is the shape of the branch, key or api_url followed before a reload): the feed drops it
-for a snapshot at once. Log lines carry the feed key, rows emitted and lag, never the secret
-key; `observe` hears of every up-to-date (lag 0 when nothing was new) and `failed` of every
-failed request, by reason.
+to a request with the stored handle is Electric's "shape definition and handle do not match" (it
+is the shape of the branch, key or api_url followed before a reload): the feed drops it for a
+snapshot at once, once; a 400 to a handle this server gave waits `error_backoff` as any other
+(no snapshot after snapshot without a pause). Log lines carry the feed key, rows emitted and
+lag, never the secret key; `observe` hears of every up-to-date (lag 0 when nothing was new) and
+`failed` of every failed request, by reason.
 
 Electric holds a live request until there is a change (~20 s); a live answer that changed no
 row and came sooner than `idle_min_s` (0.5 s) after it was asked for is followed by a pause for
@@ -204,7 +205,7 @@ class Follower:
         if self.feed.single_run and _finished(shape.rows.values()):
             log.info("realtime run had finished before; feed stopped", extra=self._extra())
             return
-        refetches = 0
+        refetches, stored_handle = 0, shape.position.handle
         while True:
             asked, before = time.monotonic(), (shape.live, shape.position.offset)
             try:
@@ -235,9 +236,14 @@ class Follower:
                 self._count(status_reason(response.status))
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 await self._retry(f"HTTP {response.status}", retry_after)
-            elif response.status == 400 and shape.position.handle is not None:
+            elif (
+                response.status == 400
+                and stored_handle is not None
+                and (shape.position.handle == stored_handle)
+            ):
                 self._count(status_reason(response.status))
                 self._foreign_handle(shape, response)
+                stored_handle = None  # once: a 400 to a handle this server gave waits
             else:
                 self._count(status_reason(response.status))
                 await self._refused(response)
@@ -433,10 +439,9 @@ class Follower:
         await self._sleep(wait)
 
     def _foreign_handle(self, shape: Shape, response: Response) -> None:
-        """A 400 to a request with a handle: Electric's "shape definition and handle do not
-        match" when the handle is another shape's (the branch, key or api_url followed before
-        a reload), given at every request with it. A snapshot without it, at once; a 400 to
-        that is refused as any other."""
+        """A 400 to a request with the stored handle: Electric's "shape definition and handle
+        do not match" when it is another shape's (the branch, key or api_url followed before a
+        reload), given at every request with it. A snapshot without it, at once."""
         log.warning(
             "realtime shape handle refused; reading a new snapshot",
             extra=self._extra(handle=shape.position.handle, error=error_text(response.body)),
