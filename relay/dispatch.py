@@ -93,7 +93,7 @@ def render_digest(
     wall_s: float | None = None,
 ) -> Rendered:
     """Render several notifications of one group as one digest (template `digest`): its runs
-    oldest first, by when each was seen (one batch's rows share a created_at), the latest last."""
+    oldest first, by when each run says it was seen (updatedAt), the latest last."""
     rows = sorted(rows, key=lambda row: seen_at(row.run))
     head = rows[-1]
     labels = head.extra.get("group_labels") or {}

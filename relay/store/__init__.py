@@ -103,8 +103,21 @@ def recoveries_of(replayed: Sequence[str]) -> list[str]:
     return [recovery_id(ident) for ident in replayed]
 
 
-def owed_notification(run: Run, match: Match, run_dict: dict[str, Any], now: float) -> Notification:
-    """The outbox row `match` asks for. Its id is stable: derived from run, rule and channel, or
+# The rows of one `observe` call (a POST's batch, a Realtime batch) share its `now`, and their ids
+# are hashes: claimed by (not_before, created_at, id), a batch went out in an order of its own (a
+# rate-limited channel sent 20 runs as 11 18 09 17 03 ...). So the row at position k of the call
+# is created at `now + k * BATCH_STEP_S`: its batch's order, oldest first. Its not_before stays
+# `now`: the batch is due at once (a claim or a birth lease at `now` takes every row), and each
+# later call's rows still come after the whole batch (a later now). A microsecond is about four
+# steps of a float64 near today's epoch seconds (2**-22 s), two past 2038: still apart.
+BATCH_STEP_S = 1e-6
+
+
+def owed_notification(
+    run: Run, match: Match, run_dict: dict[str, Any], now: float, position: int
+) -> Notification:
+    """The outbox row `match` asks for, the `position`-th of its observe call (see
+    BATCH_STEP_S). Its id is stable: derived from run, rule and channel, or
     for a recovery from the id of the notification it resolves (kept in `extra["resolves"]`).
 
     Engines enqueue a recovery only when that notification exists and is not muted: nothing
@@ -121,7 +134,7 @@ def owed_notification(run: Run, match: Match, run_dict: dict[str, Any], now: flo
         channel=match.channel,
         template=match.template,
         run=run_dict,
-        created_at=now,
+        created_at=now + position * BATCH_STEP_S,
         not_before=now,
         state="pending" if match.muted_by is None else "muted",
         reason=match.muted_by,

@@ -31,7 +31,7 @@ from relay.store._pg_rows import FIRED_SEPARATOR, to_group, to_state
 from relay.store._pg_schema import lock_key
 
 _LOCK = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k"
-# $1-$6 run states, $7 now, $8-$18 notifications, $19-$25 groups: arrays, one element a row.
+# $1-$6 run states, $7 now, $8-$19 notifications, $20-$26 groups: arrays, one element a row.
 _WRITE = """
     WITH saved AS (
         INSERT INTO relay_runs AS r
@@ -46,12 +46,13 @@ _WRITE = """
     ), queued AS (
         INSERT INTO relay_outbox (id, run_id, rule, channel, template, run_json, created_at,
             not_before, state, reason, updated_at, extra_json, group_key)
-        SELECT u.id, u.run_id, u.rule, u.channel, u.template, u.run_json, $7, u.not_before,
-            u.state, u.reason, $7, u.extra_json, u.group_key
+        SELECT u.id, u.run_id, u.rule, u.channel, u.template, u.run_json, u.created_at,
+            u.not_before, u.state, u.reason, $7, u.extra_json, u.group_key
         FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-            $13::bytea[], $14::float8[], $15::text[], $16::text[], $17::bytea[], $18::text[])
-            AS u(id, run_id, rule, channel, template, run_json, not_before, state, reason,
-                 extra_json, group_key)
+            $13::bytea[], $14::float8[], $15::float8[], $16::text[], $17::text[], $18::bytea[],
+            $19::text[])
+            AS u(id, run_id, rule, channel, template, run_json, created_at, not_before, state,
+                 reason, extra_json, group_key)
         ON CONFLICT (id) DO NOTHING
         RETURNING id, state, reason
     ), logged AS (
@@ -64,8 +65,8 @@ _WRITE = """
     ), grouped AS (
         INSERT INTO relay_groups AS g
             (key, rule, channel, labels_json, next_flush, last_sent, last_seen)
-        SELECT * FROM unnest($19::text[], $20::text[], $21::text[], $22::text[],
-            $23::float8[], $24::float8[], $25::float8[])
+        SELECT * FROM unnest($20::text[], $21::text[], $22::text[], $23::text[],
+            $24::float8[], $25::float8[], $26::float8[])
         ON CONFLICT (key) DO UPDATE SET next_flush = excluded.next_flush,
             last_sent = excluded.last_sent, last_seen = excluded.last_seen
     )
@@ -121,7 +122,9 @@ async def observe(
             continue
         states[key] = changed[key] = decision.state
         run_dict = run.as_dict() if decision.matches else {}
-        owed += (_owe(len(observed), match, run, run_dict, now) for match in decision.matches)
+        for match in decision.matches:  # each row's position in the call: its batch order
+            notification = owed_notification(run, match, run_dict, now, len(owed))
+            owed.append(_Owed(len(observed), match, notification))
         observed.append(Observed(run.id, stale=False))
     owed = await _said(conn, _first_of_each(owed))
     groups: dict[str, _Group] = {}
@@ -158,10 +161,6 @@ async def lease_at_birth(
             holder,
         )
     return observed
-
-
-def _owe(index: int, match: Match, run: Run, run_dict: dict[str, object], now: float) -> _Owed:
-    return _Owed(index, match, owed_notification(run, match, run_dict, now))
 
 
 def _first_of_each(owed: list[_Owed]) -> list[_Owed]:
@@ -297,6 +296,7 @@ def _arrays(owed: list[_Owed], groups: dict[str, _Group]) -> tuple[list[object],
         [clean(n.channel) for n in ns],
         [clean(n.template) for n in ns],
         [orjson.dumps(n.run) for n in ns],
+        [n.created_at for n in ns],
         [n.not_before for n in ns],
         [n.state for n in ns],
         [clean_opt(n.reason) for n in ns],

@@ -4,6 +4,7 @@ birth, and requeueing recoveries."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 
 import orjson
@@ -114,6 +115,7 @@ def observe(
 ) -> list[Observed]:
     """In the writer thread: decide each run against its stored state, save it, enqueue."""
     observed: list[Observed] = []
+    position = itertools.count()  # of each owed row in the call: its batch order
     for run in runs:
         decision = decide(run, load_state(conn, run.id))
         if decision.stale:
@@ -123,7 +125,7 @@ def observe(
         enqueued: list[Notification] = []
         run_dict = run.as_dict() if decision.matches else {}
         for match in decision.matches:
-            notification = owed_notification(run, match, run_dict, now)
+            notification = owed_notification(run, match, run_dict, now, next(position))
             if match.recovery and not _said(conn, notification.resolves):
                 continue
             group = _join_group(conn, match, notification, now)

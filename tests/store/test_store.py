@@ -454,7 +454,7 @@ async def test_history_and_events(store: Store) -> None:
     await store.replay([b], now=15.0)
     await store.mark_muted(c, now=21.0, silence_id="sil_1")
 
-    assert [n.id for n in await store.history(HistoryQuery())] == [c, *sorted([a, b])]
+    assert [n.id for n in await store.history(HistoryQuery())] == [c, b, a]  # b after a
     assert [n.id for n in await store.history(HistoryQuery(run_id="run_a", channel="c2"))] == [b]
     assert [n.id for n in await store.history(HistoryQuery(state="sent"))] == [a]
     assert [n.id for n in await store.history(HistoryQuery(since=15.0))] == [c]
