@@ -213,8 +213,26 @@ def _seconds(value: Any) -> float | None:
     return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
 
 
-def classify(response: HttpResponse) -> DeliveryError:
-    """The DeliveryError for a non-2xx answer of Discord."""
+def _form_errors(node: Any, path: str = "") -> list[str]:
+    """`path: message` of each error of a 50035 body's `errors` tree, as Discord nests them:
+    {"embeds": {"0": {"description": {"_errors": [{"code", "message"}]}}}}."""
+    if not isinstance(node, dict):
+        return []
+    found = []
+    for key, value in node.items():
+        if key == "_errors" and isinstance(value, list):
+            found += [
+                f"{path or 'body'}: {e['message']}"
+                for e in value
+                if isinstance(e, dict) and isinstance(e.get("message"), str)
+            ]
+        elif len(found) < 3:
+            found += _form_errors(value, f"{path}.{key}" if path else str(key))
+    return found
+
+
+def classify(response: HttpResponse, token: str = "") -> DeliveryError:
+    """The DeliveryError for a non-2xx answer of Discord; never quotes the webhook token."""
     status, base = response.status, classify_status(response)
     assert base is not None
     data = json_object(response.body) or {}
@@ -223,6 +241,9 @@ def classify(response: HttpResponse) -> DeliveryError:
     detail = f"HTTP {status}"
     if code is not None:
         detail = f"{_CODES.get(code, 'error')} ({code}, HTTP {status})"
+    # which field Discord refused (a custom template, a setting such as username or thread_id)
+    if errors := "; ".join(truncate_chars(e, 160) for e in _form_errors(data.get("errors"))[:3]):
+        detail += ": " + (errors.replace(token, "[token]") if token else errors)
     reason, retryable, retry_after = base.reason, base.retryable, base.retry_after
     if status == 429:
         retry_after = _seconds(data.get("retry_after"))
@@ -266,7 +287,8 @@ class DiscordChannel:
         data = orjson.dumps(body)
         response = await self._http.request("POST", self._url(), data, headers, self._timeout_s)
         if not 200 <= response.status < 300:
-            raise classify(response)
+            token = urlsplit(self.settings.webhook_url.get_secret_value()).path.rstrip("/")
+            raise classify(response, token.rsplit("/", 1)[-1])
 
 
 KIND = ChannelKind("discord", DiscordSettings, DiscordChannel, ("json",))

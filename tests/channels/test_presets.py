@@ -736,6 +736,25 @@ def discord_error(status: int, code: int, headers: dict[str, str] | None = None)
     return Reply(status, {"message": "whatever " + DISCORD_TOKEN, "code": code}, headers or {})
 
 
+FORM_ERRORS = {
+    "embeds": {
+        "0": {
+            "description": {
+                "_errors": [
+                    {"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 4096 or fewer in length."}
+                ]
+            }
+        }
+    },
+    "username": {
+        "_errors": [
+            {
+                "code": "USERNAME_INVALID_CONTAINS",
+                "message": f'Username cannot contain "{DISCORD_TOKEN}"',
+            }
+        ]
+    },
+}
 DISCORD_ERRORS = [
     (
         Reply(
@@ -762,6 +781,14 @@ DISCORD_ERRORS = [
     ),
     (Reply(429, "", {"Retry-After": "4"}), "rate_limited", True, 4.0, "rate limited (HTTP 429)"),
     (discord_error(400, 50035), "client_error", False, None, "invalid_form_body (50035, HTTP 400)"),
+    (  # which field Discord refused, as its errors tree nests it; never the token
+        Reply(400, {"message": "Invalid Form Body", "code": 50035, "errors": FORM_ERRORS}),
+        "client_error",
+        False,
+        None,
+        "invalid_form_body (50035, HTTP 400): embeds.0.description: Must be 4096 or fewer in"
+        ' length.; username: Username cannot contain "[token]"',
+    ),
     (discord_error(400, 50006), "client_error", False, None, "empty_message (50006, HTTP 400)"),
     (discord_error(400, 50109), "client_error", False, None, "invalid_json (50109, HTTP 400)"),
     (discord_error(400, 12345), "client_error", False, None, "error (12345, HTTP 400)"),
