@@ -55,6 +55,7 @@ MAX_BODY_BYTES = 500_000
 _ACTIONS = ("trigger", "acknowledge", "resolve")
 _CHANGE_KEYS = ("summary", "source", "timestamp", "custom_details")
 _WORD = re.compile(r"[A-Za-z][A-Za-z ]{0,39}")
+_ENDPOINT = re.compile(r"/v2(?:/change)?/enqueue$")
 
 
 class PagerDutySettings(ChannelSettings):
@@ -77,7 +78,10 @@ class PagerDutySettings(ChannelSettings):
     @field_validator("api_url")
     @classmethod
     def _api_url(cls, value: str) -> str:
-        return https_or_local(value, "api_url").rstrip("/")
+        # the whole endpoint, as PagerDuty's integration page and Alertmanager's `url` give it,
+        # names its base: relay adds /v2/enqueue (or /v2/change/enqueue) itself
+        base = https_or_local(value, "api_url").rstrip("/")
+        return _ENDPOINT.sub("", base)
 
     @field_validator("severities")
     @classmethod

@@ -689,6 +689,21 @@ async def test_pagerduty_sends_triggers_resolves_and_changes(
     assert all(p == [] for p in pagerduty.problems)
 
 
+@pytest.mark.parametrize("path", ["/v2/enqueue", "/v2/enqueue/", "/v2/change/enqueue"])
+async def test_pagerduty_api_url_may_be_the_whole_endpoint(
+    pagerduty: FakePagerDuty, http: HttpClient, path: str
+) -> None:
+    """PagerDuty's integration page shows https://events.pagerduty.com/v2/enqueue, and
+    Alertmanager's `url` takes it whole: relay reads it as the base, not as a prefix that
+    would post to /v2/enqueue/v2/enqueue (404, every page dead)."""
+    ch = channel("pagerduty", http, routing_key=PD_KEY, api_url=pagerduty.url + path)
+    await ch.send(outgoing(render("run_failed", run_ctx("pagerduty", sdk("failed")))))
+    await ch.send(
+        outgoing(render("deployment_success", case_ctx("pagerduty", "alert.deployment.success")))
+    )
+    assert [c.path for c in pagerduty.calls] == ["/v2/enqueue", "/v2/change/enqueue"]
+
+
 def test_pagerduty_clamps_any_event() -> None:
     raw = {
         "event_action": "explode",
