@@ -20,8 +20,9 @@ adds `routing_key` (a secret the template never sees). What the channel does wit
   severe of `severities[status]` for `custom_details.status` (or the keys of
   `custom_details.by_status` in digests); else `severity` (default "error").
 * Limits: summary 1024 characters; source, component, group and class 255; at most 20 links and
-  images with http(s) URLs; a body over 500 KB (PagerDuty refuses 512 KB) has its custom_details
-  cut to their short scalar values.
+  images with http(s) URLs; a body over 500 KB (PagerDuty refuses 512 KB) has its largest
+  custom_details cut to 1000 characters (a list or mapping as JSON text) until it fits, the
+  others kept; failing that, only their short scalar values.
 
 Failure classification; PagerDuty's status and errors go in `detail` with the routing key
 redacted:
@@ -52,6 +53,7 @@ from relay.filters import truncate_chars
 Severity = Literal["critical", "error", "warning", "info"]
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 MAX_BODY_BYTES = 500_000
+_CUT_CHARS = 1000  # a custom detail longer than this is cut first when the event is too large
 _ACTIONS = ("trigger", "acknowledge", "resolve")
 _CHANGE_KEYS = ("summary", "source", "timestamp", "custom_details")
 _WORD = re.compile(r"[A-Za-z][A-Za-z ]{0,39}")
@@ -132,11 +134,26 @@ def _http_url(value: Any) -> str | None:
 
 
 def _trim_details(body: dict[str, Any]) -> dict[str, Any]:
-    """The body, its custom_details cut to short scalars when the whole is too large."""
+    """The body within MAX_BODY_BYTES: its largest custom_details cut first (to 1000
+    characters, a list or mapping as its JSON text), then, if that is not enough, only short
+    scalar details kept."""
     payload = body.get("payload")
-    if _size(body) <= MAX_BODY_BYTES or not isinstance(payload, dict):
+    size = _size(body)
+    if size <= MAX_BODY_BYTES or not isinstance(payload, dict):
         return body
     details = payload.get("custom_details")
+    if isinstance(details, dict):
+        details = {str(k)[:100]: v for k, v in details.items()}
+        for key, old in sorted(((k, _size(v)) for k, v in details.items()), key=lambda kv: -kv[1]):
+            if size <= MAX_BODY_BYTES or old <= _CUT_CHARS:
+                break
+            value = details[key]
+            text = value if isinstance(value, str) else _json(value)
+            details[key] = truncate_chars(text, _CUT_CHARS)
+            size -= old - _size(details[key])
+        payload["custom_details"] = {**details, "relay": "details cut: the event was too large"}
+        if _size(body) <= MAX_BODY_BYTES:
+            return body
     kept = {
         str(k)[:100]: truncate_chars(v, 1000) if isinstance(v, str) else v
         for k, v in (details.items() if isinstance(details, dict) else ())
@@ -145,6 +162,10 @@ def _trim_details(body: dict[str, Any]) -> dict[str, Any]:
     kept = dict(list(kept.items())[:100])
     payload["custom_details"] = {**kept, "relay": "details cut: the event was too large"}
     return body
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, default=str).decode()
 
 
 def _size(body: Any) -> int:

@@ -736,6 +736,24 @@ def test_pagerduty_clamps_any_event() -> None:
     assert (info.value.reason, info.value.retryable) == ("template", False)
 
 
+def test_pagerduty_too_large_event_cuts_the_largest_details_first() -> None:
+    """A run whose metadata passes PagerDuty's 512 KB keeps its error, tags and stack: only the
+    metadata is cut (to its JSON text's first 1000 characters), not every detail that is not a
+    short scalar."""
+    run = sdk("failed", metadata={"blob": "z" * 600_000}, tags=["env:prod"])
+    _, body = pagerduty_event(
+        render("run_failed", run_ctx("pagerduty", run)), PD_SETTINGS, "k", "-"
+    )
+    assert pagerduty_problems({"routing_key": PD_KEY, **body}) == []
+    details = body["payload"]["custom_details"]
+    assert details["error"] == {
+        k: v for k, v in sdk("failed")["error"].items() if k in ("name", "message")
+    }
+    assert details["tags"] == ["env:prod"] and details["stack"]
+    assert details["metadata"].startswith('{"blob":"zzz') and len(details["metadata"]) == 1000
+    assert details["relay"] == "details cut: the event was too large"
+
+
 # ----------------------------------------------------------------------------- classification
 
 
