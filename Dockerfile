@@ -36,9 +36,9 @@ USER 10001:10001
 VOLUME ["/etc/relay", "/var/lib/relay"]
 EXPOSE 8080
 # No curl in slim images: probe /healthz with the standard library, on RELAY_LISTEN's port
-# (empty: relay's default, as relay reads it).
+# (empty: relay's default; brackets around any host, [127.0.0.1] or [], as relay reads it).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; host, _, port = (os.environ.get('RELAY_LISTEN', '').strip() or '0.0.0.0:8080').rpartition(':'); host = {'': '127.0.0.1', '0.0.0.0': '127.0.0.1', '[::]': '[::1]'}.get(host, host); urllib.request.urlopen(f'http://{host}:{port}/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; host, _, port = (os.environ.get('RELAY_LISTEN', '').strip() or '0.0.0.0:8080').rpartition(':'); host = host.strip('[]'); host = {'': '127.0.0.1', '0.0.0.0': '127.0.0.1', '::': '::1'}.get(host, host); host = f'[{host}]' if ':' in host else host; urllib.request.urlopen(f'http://{host}:{port}/healthz', timeout=4)"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["relay"]
 CMD ["serve"]

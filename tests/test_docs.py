@@ -904,6 +904,9 @@ def test_the_healthcheck_probes_the_address_relay_listens_on(host: str, listen: 
         (" \n", "http://127.0.0.1:8080/healthz"),
         (" 0.0.0.0:9000\n", "http://127.0.0.1:9000/healthz"),  # a .env file's or YAML block's
         ("[::]:9000", "http://[::1]:9000/healthz"),
+        ("[0.0.0.0]:9000", "http://127.0.0.1:9000/healthz"),  # relay takes any host in brackets,
+        ("[127.0.0.1]:9000", "http://127.0.0.1:9000/healthz"),  # as Go's net.SplitHostPort;
+        ("[]:9000", "http://127.0.0.1:9000/healthz"),  # urllib refused http://[0.0.0.0]:9000
     ],
 )
 def test_the_healthcheck_reads_relay_listen_as_relay_does(listen: str, url: str) -> None:
