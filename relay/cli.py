@@ -361,8 +361,8 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
     except InputError as exc:
         source = "standard input" if str(args.event) == "-" else args.event
         raise RelayError(f"{source}: {exc}") from None
-    for note in skipped + (ignored if args.json else []):
-        print(note, file=sys.stderr)
+    for note in skipped + (ignored if args.json else []):  # ids and types from the file
+        print(one_line(note), file=sys.stderr)
     results = dry_run(compiled, runs)
     if args.json:
         out = [

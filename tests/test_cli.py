@@ -809,6 +809,23 @@ def test_dry_run_reports_an_unknown_alert_type_among_known_ones(tmp_path: Path) 
     assert json.loads(lone_json.stdout) == [] and note in lone_json.stderr
 
 
+def test_dry_run_notes_on_stderr_cannot_steer_the_terminal(tmp_path: Path) -> None:
+    """`--json` said an unknown alert type on stderr as the file had it: ESC recoloured the
+    operator's terminal and a line break forged a line of its own (the human output, on
+    stdout, escaped them). Both say it escaped now, and stdout stays the results' JSON."""
+    config = write(tmp_path / "c.yaml", GOOD)
+    forged = {"type": "alert.\x1b[31mred\x1b[0m\nforged", "object": {}}
+    path = write(tmp_path / "forged.json", json.dumps([forged]))
+    human, as_json = parallel(
+        cli("test", str(path), "--config", str(config)),
+        cli("test", str(path), "--config", str(config), "--json"),
+    )
+    assert human.returncode == as_json.returncode == 0 and json.loads(as_json.stdout) == []
+    for text in (human.stdout, as_json.stderr):
+        assert "\x1b" not in text and "\nforged" not in text
+        assert "[0] alert alert.\\x1b[31mred\\x1b[0m\\nforged: an alert type" in text
+
+
 def test_arguments_that_are_not_utf8_are_refused(tmp_path: Path) -> None:
     """Bytes that are not UTF-8 (a shell's $'\\xff', which Python hands over as surrogates)
     in a rule, run id or matcher reached the store and ended in a traceback; a path may be
