@@ -207,7 +207,7 @@ class Handlers:
         """What POST /v1/trigger/alerts refuses from its headers alone (before the body)."""
         if self.deps.trigger_alert_secrets() is None:
             return closing(error(404, "alert webhooks are not configured"))
-        if not request.headers.get(SIGNATURE_HEADER):
+        if not any(v.strip() for v in request.headers.getall(SIGNATURE_HEADER, [])):
             return closing(error(401, f"missing {SIGNATURE_HEADER} signature header"))
         return refuse_declared(request, self.deps.max_body_bytes())
 
