@@ -377,7 +377,8 @@ class Dispatch:
     async def _sent(self, rows: list[Notification], tries: int, tried: Tried) -> None:
         now = self.deps.clock()
         marks = [(row.id, row.attempts + tries) for row in rows]
-        await self.deps.store.mark_sent(marks, now=now, receipt=tried.receipt)
+        error = tried.last_failure
+        await self.deps.store.mark_sent(marks, now=now, receipt=tried.receipt, error=error)
         for row, (_, attempts) in zip(rows, marks, strict=True):
             # a wall clock stepped back since the row was made: no negative latency (as the metric)
             latency_s = round(max(now - row.created_at, 0.0), 4)

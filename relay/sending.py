@@ -42,6 +42,7 @@ class Tried:
     error: DeliveryError | None = None
     receipt: str | None = None
     failed: tuple[str, ...] = ()  # the reason of each failed try, quick retries included
+    last_failure: str | None = None  # the last failed try's error (history's `error`)
 
 
 class Sender:
@@ -103,7 +104,7 @@ class Sender:
             if budget <= 1 or not pol.is_blip(err):
                 return Tried(1, err, failed=(err.reason,))
             await self.sleep(pol.quick_wait_s(1, err, self.rng))
-            failed = [err.reason]
+            failures = [err]
         tries = 1
         receipt: str | None = None
 
@@ -123,16 +124,16 @@ class Sender:
             async for attempt in retrying:
                 with attempt:
                     tries += 1
-                    receipt = await self._try(outgoing, failed)
+                    receipt = await self._try(outgoing, failures)
         except DeliveryError as err:
-            return Tried(tries, err, failed=tuple(failed))
-        return Tried(tries, None, receipt, tuple(failed))
+            return Tried(tries, err, failed=_reasons(failures))
+        return Tried(tries, None, receipt, _reasons(failures), str(failures[-1]))
 
-    async def _try(self, outgoing: Outgoing, failed: list[str]) -> str | None:
+    async def _try(self, outgoing: Outgoing, failures: list[DeliveryError]) -> str | None:
         try:
             return await self._send_once(outgoing)
         except DeliveryError as err:
-            failed.append(err.reason)
+            failures.append(err)
             raise
 
     async def _send_once(self, outgoing: Outgoing) -> str | None:
@@ -142,3 +143,7 @@ class Sender:
         5 minutes."""
         await self._throttle()
         return await self.route.channel.send(replace(outgoing, timestamp=self.clock()))
+
+
+def _reasons(failures: list[DeliveryError]) -> tuple[str, ...]:
+    return tuple(err.reason for err in failures)

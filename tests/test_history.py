@@ -133,6 +133,21 @@ async def test_replay_is_part_of_the_history(relay: RelayFactory, sink: Sink) ->
     assert [e["kind"] for e in detail["events"]] == ["created", "dead", "replayed", "sent"]
 
 
+async def test_a_send_after_a_quick_retry_keeps_the_failed_tries_error(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """`error` is the last failed attempt's, kept once a later attempt sent it: also when that
+    attempt was a quick retry in the same round (a 503 blip, then 200), which leaves no event."""
+    sink.responses = [status(503)]
+    r = await relay(CONFIG.format(url=sink.url))
+    await r.post(failed("run_blip"))
+    await until(r, lambda c: c["sent"] == 1)
+    _, body = await get(r, "/v1/notifications?run_id=run_blip")
+    [row] = body["notifications"]
+    assert (row["state"], row["attempts"]) == ("sent", 2), row
+    assert row["error"] == "server_error: HTTP 503", row
+
+
 @pytest.mark.parametrize(
     ("params", "field"),
     [

@@ -176,9 +176,13 @@ class Store(Protocol):
     async def next_due(self, channel: str) -> float | None:
         """When the channel's next pending notification is due (not_before, or its lease's end)."""
 
-    async def mark_sent(self, rows: Tries, *, now: float, receipt: str | None = None) -> None:
+    async def mark_sent(
+        self, rows: Tries, *, now: float, receipt: str | None = None, error: str | None = None
+    ) -> None:
         """Record a successful send of one message and the channel's receipt: its rows (one,
-        or a digest's every row) in one write, with their events; only pending rows change."""
+        or a digest's every row) in one write, with their events; only pending rows change.
+        `error`: the last failed try's of this round (quick retries), which replaces the one a
+        retry recorded; None keeps that one (history's `error` outlives the send)."""
 
     async def postpone(self, notification_id: str, *, now: float, not_before: float) -> bool:
         """Release a pending row's lease and make it due at `not_before`: no attempt counted,

@@ -292,13 +292,16 @@ class PostgresStore:
         )
         return None if value is None else float(value)
 
-    async def mark_sent(self, rows: Tries, *, now: float, receipt: str | None = None) -> None:
+    async def mark_sent(
+        self, rows: Tries, *, now: float, receipt: str | None = None, error: str | None = None
+    ) -> None:
         await self._update(
             "state = 'sent', attempts = g.tries, lease_until = NULL, reason = NULL,"
-            " receipt = $7, updated_at = $4",
+            " receipt = $7, last_error = COALESCE($8, last_error), updated_at = $4",
             rows,
             ("sent", now, None, None),
             clean_opt(receipt),
+            clean_opt(error),
         )
 
     async def postpone(self, notification_id: str, *, now: float, not_before: float) -> bool:

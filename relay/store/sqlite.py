@@ -197,11 +197,13 @@ class SQLiteStore:
         )
         return None if row[0] is None else float(row[0])
 
-    async def mark_sent(self, rows: Tries, *, now: float, receipt: str | None = None) -> None:
+    async def mark_sent(
+        self, rows: Tries, *, now: float, receipt: str | None = None, error: str | None = None
+    ) -> None:
         await self._update(
             "state = 'sent', attempts = :attempts, lease_until = NULL, reason = NULL,"
-            " receipt = :receipt, updated_at = :now",
-            {"receipt": receipt, "now": now},
+            " receipt = :receipt, last_error = COALESCE(:error, last_error), updated_at = :now",
+            {"receipt": receipt, "error": error, "now": now},
             rows,
             ("sent", now, None, None),
         )

@@ -269,6 +269,26 @@ async def test_release_leases_only_where_one_replica_owns_them(
         assert [n.run_id for n in await store.claim("c1", 45.0, 1, 30)] == ["run_1"]
 
 
+async def test_mark_sent_keeps_the_last_failed_tries_error(store: Store) -> None:
+    """A send after failed tries keeps the last one's error: given with the send (quick
+    retries of the same round), else the one a retry recorded; a first-try send has none."""
+    blip, retried, clean = await enqueue(store, "run_1", 10.0, "c1", "c2", "c3")
+    await store.claim("c1", now=10.0, limit=10, lease_s=60)
+    await store.mark_sent([(blip, 2)], now=11.0, error="server_error: HTTP 503")
+    await store.claim("c2", now=10.0, limit=10, lease_s=60)
+    await store.mark_retry([(retried, 1)], now=11.0, not_before=12.0, reason="timeout", error="t")
+    await store.claim("c2", now=12.0, limit=10, lease_s=60)
+    await store.mark_sent([(retried, 2)], now=13.0)
+    await store.claim("c3", now=10.0, limit=10, lease_s=60)
+    await store.mark_sent([(clean, 1)], now=11.0)
+    errors = [await store.get(ident) for ident in (blip, retried, clean)]
+    assert [(n.state, n.reason, n.last_error) for n in errors if n is not None] == [
+        ("sent", None, "server_error: HTTP 503"),
+        ("sent", None, "t"),
+        ("sent", None, None),
+    ]
+
+
 async def test_mark_sent_and_retry(store: Store) -> None:
     sent, retried = await enqueue(store, "run_1", 10.0, "c1", "c2")
     await store.claim("c1", now=10.0, limit=10, lease_s=60)
