@@ -257,7 +257,9 @@ class Dispatch:
         if firing is not None and firing.state == "muted":
             silence = firing.reason or ""
             if await asyncio.shield(
-                self.deps.store.mark_muted(row.id, now=now, silence_id=silence)
+                self.deps.store.mark_muted(
+                    row.id, now=now, silence_id=silence, attempts=row.attempts
+                )
             ):
                 log.info("recovery muted with its notification", extra=row_extra(self.name, row))
                 self._event("muted", row, "")
@@ -298,7 +300,10 @@ class Dispatch:
             words = "notification muted by a time interval"
         if reason is None:
             return False
-        if not await asyncio.shield(self.deps.store.mark_muted(row.id, now=now, silence_id=reason)):
+        muting = self.deps.store.mark_muted(
+            row.id, now=now, silence_id=reason, attempts=row.attempts
+        )
+        if not await asyncio.shield(muting):
             self._fenced(row, "muted")  # not sent either: it is the other replica's to send
             return True
         log.info(words, extra={**extra, "muted_by": reason})

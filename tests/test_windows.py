@@ -22,7 +22,7 @@ from relay.errors import ConfigError
 from relay.model import notification_id
 from relay.rules import compile_rules
 from relay.windows import NamedTimeInterval, TimeInterval
-from tests.conftest import FIXTURES, RelayFactory, Sink, sdk_run
+from tests.conftest import FIXTURES, RelayFactory, Sink, sdk_run, status
 
 # Wednesday 2026-11-25 14:30 UTC (15:30 in Berlin)
 WED = datetime(2026, 11, 25, 14, 30, tzinfo=UTC).timestamp()
@@ -282,19 +282,18 @@ async def test_time_intervals_mute_and_activate(relay: RelayFactory, sink: Sink)
     assert (inactive["state"], inactive["reason"]) == ("muted", "time_interval:outside far-future")
 
 
-DIGEST = """\
+ALWAYS = """\
 channels:
   hook: {{type: webhook, url: "{url}/hook"}}
 time_intervals:
   - name: always
     time_intervals: [{{weekdays: ["monday:sunday"]}}]
 rules:
-  - name: digest-rule
+  - name: failures
     match: {{status: [failure]}}
     notify: [hook]
-    group_by: [taskIdentifier]
-    group_wait: 1s
 """
+DIGEST = ALWAYS + "    group_by: [taskIdentifier]\n    group_wait: 1s\n"
 
 
 async def test_a_time_interval_mutes_at_send_time_too(
@@ -311,6 +310,41 @@ async def test_a_time_interval_mutes_at_send_time_too(
     assert sink.received == []
     queued = await notification(r, "run_q")
     assert (queued["state"], queued["reason"]) == ("muted", "time_interval:always")
+
+
+RETRYING = "defaults:\n  retry: {{max_attempts: 5, max_age: 1h}}\n" + ALWAYS
+
+
+async def until_state(r: Any, run_id: str, state: str) -> dict[str, Any]:
+    for _ in range(400):
+        found = await notification(r, run_id)
+        if found["state"] == state and found["attempts"] >= 1:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(found)
+
+
+async def test_a_retry_muted_by_a_time_interval_says_so_in_its_events(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """The `muted` event of a retrying notification that a time interval mutes at send time
+    names the interval's kind (not `silence`) and the attempts made so far (not 0)."""
+    sink.default = status(503, {"Retry-After": "1"})
+    r = await relay(RETRYING.format(url=sink.url))
+    await r.post([failed("run_r", "retried/x")])
+    await until_state(r, "run_r", "pending")
+    muting = RETRYING + "    mute_time_intervals: [always]\n"
+    (tmp_path / "config0.yaml").write_text(muting.format(url=sink.url))
+    assert await r.service.reload("test")
+    muted = await until_state(r, "run_r", "muted")
+    assert (muted["reason"], muted["attempts"]) == ("time_interval:always", 1), muted
+    async with r.http.get(r.url + f"/v1/notifications/{muted['id']}") as resp:
+        events = (await resp.json())["events"]
+    assert [(e["kind"], e["attempts"], e["reason"]) for e in events] == [
+        ("created", 0, None),
+        ("retry", 1, "server_error"),
+        ("muted", 1, "time_interval"),
+    ]
 
 
 SECRET = "Zx3vQ9kLm2Tn8Pw4Rb7Yc"

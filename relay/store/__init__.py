@@ -249,9 +249,12 @@ class Store(Protocol):
     async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
         """End a silence now (kept for history); None if there is no such silence."""
 
-    async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> bool:
+    async def mark_muted(
+        self, notification_id: str, *, now: float, silence_id: str, attempts: int
+    ) -> bool:
         """A pending notification a silence now covers: recorded as muted, never sent. Whether
-        it changed (see mark_retry)."""
+        it changed (see mark_retry). `silence_id`: the mute reason (a silence's id,
+        `time_interval:…`, `inhibited:…`); `attempts`: the row's so far, for its event."""
 
     async def history(self, query: HistoryQuery) -> list[Notification]:
         """Notifications (any state) matching the query, newest first."""

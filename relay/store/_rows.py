@@ -14,6 +14,12 @@ from relay.model import Notification, Silence
 RowsEvent = tuple[str, float, str | None, str | None]
 
 
+def mute_kind(muted_by: str) -> str:
+    """The `reason` of a `muted` event: "silence" for a silence id, else the prefix of the mute
+    reason (time_interval, inhibited); its `detail` is the whole reason."""
+    return muted_by.split(":", 1)[0] if ":" in muted_by else "silence"
+
+
 class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 

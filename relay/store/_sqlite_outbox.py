@@ -17,7 +17,7 @@ from relay.store import (
     Observed,
     owed_notification,
 )
-from relay.store._rows import HELD_ORDER
+from relay.store._rows import HELD_ORDER, mute_kind
 from relay.store._sqlite_schema import (
     add_event,
     insert_notification,
@@ -131,7 +131,7 @@ def observe(
             group = _join_group(conn, match, notification, now)
             if insert_notification(conn, notification):
                 kind = "created" if match.muted_by is None else "muted"
-                reason = None if match.muted_by is None else _mute_kind(match.muted_by)
+                reason = None if match.muted_by is None else mute_kind(match.muted_by)
                 add_event(conn, notification.id, (kind, now, 0, reason, match.muted_by))
                 enqueued.append(notification)
                 if group is not None:
@@ -194,8 +194,3 @@ def _claimed(
         (channel, group.next_flush, key),
     ).fetchone()
     return row is not None
-
-
-def _mute_kind(muted_by: str) -> str:
-    """ "silence" for a silence id, else the prefix: time_interval, inhibited."""
-    return muted_by.split(":", 1)[0] if ":" in muted_by else "silence"

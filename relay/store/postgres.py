@@ -66,7 +66,14 @@ from relay.store._pg_rows import (
     to_labels,
 )
 from relay.store._pg_schema import migrate
-from relay.store._rows import HAND_BACK, RowsEvent, lease_end, to_notification, to_silence
+from relay.store._rows import (
+    HAND_BACK,
+    RowsEvent,
+    lease_end,
+    mute_kind,
+    to_notification,
+    to_silence,
+)
 
 POOL_MIN = 1
 POOL_MAX = 10
@@ -343,11 +350,13 @@ class PostgresStore:
         )
         return {row["id"] for row in found}
 
-    async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> bool:
+    async def mark_muted(
+        self, notification_id: str, *, now: float, silence_id: str, attempts: int
+    ) -> bool:
         changed = await self._update(
             "state = 'muted', reason = $6, lease_until = NULL, updated_at = $4",
-            [(notification_id, 0)],
-            ("muted", now, "silence", silence_id),
+            [(notification_id, attempts)],
+            ("muted", now, mute_kind(silence_id), silence_id),
             held=True,
         )
         return bool(changed)

@@ -36,6 +36,7 @@ from relay.store._rows import (
     SAME_CLAIM,
     RowsEvent,
     lease_end,
+    mute_kind,
     to_notification,
     to_silence,
 )
@@ -377,12 +378,14 @@ class SQLiteStore:
         row = await self._writer.run(expire)
         return None if row is None else to_silence(row)
 
-    async def mark_muted(self, notification_id: str, *, now: float, silence_id: str) -> bool:
+    async def mark_muted(
+        self, notification_id: str, *, now: float, silence_id: str, attempts: int
+    ) -> bool:
         changed = await self._update(
             "state = 'muted', reason = :silence, lease_until = NULL, updated_at = :now",
             {"silence": silence_id, "now": now},
-            [(notification_id, 0)],
-            ("muted", now, "silence", silence_id),
+            [(notification_id, attempts)],
+            ("muted", now, mute_kind(silence_id), silence_id),
         )
         return bool(changed)
 

@@ -124,7 +124,7 @@ async def test_a_digest_is_marked_whole_each_row_with_its_attempts(engine: Engin
     try:
         a, b, c = [await _observe(store, f"run_{i}", float(i)) for i in range(3)]
         await store.claim("d", now=30.0, limit=10, lease_s=LEASE_S)
-        await store.mark_muted(b, now=31.0, silence_id="sil_1")
+        await store.mark_muted(b, now=31.0, silence_id="sil_1", attempts=0)
         await store.mark_sent([(a, 1), (b, 1), (c, 3)], now=32.0, receipt="r")
         got = {ident: await store.get(ident) for ident in (a, b, c)}
         assert {i: (n.state, n.attempts) for i, n in got.items() if n} == {

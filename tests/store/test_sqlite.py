@@ -536,7 +536,9 @@ async def test_an_old_database_is_migrated_with_its_rows(tmp_path: Path) -> None
     try:
         old = await store.get("ntf_old")
         assert old is not None and old.state == "pending" and old.run_id == "run_old"
-        await store.mark_muted("ntf_old", now=2.0, silence_id="sil_x")  # the new state is allowed
+        await store.mark_muted(
+            "ntf_old", now=2.0, silence_id="sil_x", attempts=0
+        )  # the new state is allowed
         assert await store.counts() == {"pending": 0, "sent": 0, "dead": 0, "muted": 1}
     finally:
         await store.close()

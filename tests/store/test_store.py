@@ -289,6 +289,29 @@ async def test_mark_sent_keeps_the_last_failed_tries_error(store: Store) -> None
     ]
 
 
+async def test_a_mute_at_send_time_records_its_kind_and_the_attempts_so_far(
+    store: Store,
+) -> None:
+    [ident] = await enqueue(store, "run_1", 10.0, "c1")
+    await store.claim("c1", now=10.0, limit=10, lease_s=60)
+    await store.mark_retry([(ident, 2)], now=11.0, not_before=12.0, reason="timeout", error="t")
+    await store.claim("c1", now=12.0, limit=10, lease_s=60)
+    assert await store.mark_muted(ident, now=13.0, silence_id="time_interval:nights", attempts=2)
+    row = await store.get(ident)
+    assert row is not None and (row.state, row.reason, row.attempts) == (
+        "muted",
+        "time_interval:nights",
+        2,
+    )
+    events = await store.events(ident)
+    assert [(e["kind"], e["attempts"], e["reason"], e["detail"]) for e in events][-1] == (
+        "muted",
+        2,
+        "time_interval",
+        "time_interval:nights",
+    )
+
+
 async def test_mark_sent_and_retry(store: Store) -> None:
     sent, retried = await enqueue(store, "run_1", 10.0, "c1", "c2")
     await store.claim("c1", now=10.0, limit=10, lease_s=60)
@@ -316,7 +339,7 @@ async def test_mark_sent_and_retry(store: Store) -> None:
     )  # a sent row stays sent, and says so
     assert finished == {retried}
     assert await store.mark_dead([(sent, 5)], now=13.0, reason="x", error="x") == set()
-    assert not await store.mark_muted(sent, now=13.0, silence_id="sil_1")
+    assert not await store.mark_muted(sent, now=13.0, silence_id="sil_1", attempts=0)
     assert await store.get(sent) == done
     assert await store.counts() == {**EMPTY, "pending": 1, "sent": 1}
 
@@ -393,7 +416,9 @@ async def test_receipts_are_kept_and_postponed_rows_wait(store: Store) -> None:
 async def test_a_recovery_is_enqueued_once_for_what_was_said(store: Store) -> None:
     await store.observe([make_run("run_1", tags=["c1", "c2"])], decide_recovery, now=1.0)
     firing = notification_id("run_1", "r1", "c1")
-    await store.mark_muted(notification_id("run_1", "r1", "c2"), now=2.0, silence_id="sil_1")
+    await store.mark_muted(
+        notification_id("run_1", "r1", "c2"), now=2.0, silence_id="sil_1", attempts=0
+    )
     done = make_run("run_1", "COMPLETED", at_s=2000, tags=["c1", "c2"])
     [observed] = await store.observe([done], decide_recovery, now=3.0)
     [recovery] = observed.notifications  # none for c2: its alert was muted, never said
@@ -472,7 +497,7 @@ async def test_history_and_events(store: Store) -> None:
     await store.mark_sent([(a, 2)], now=13.0)
     await store.mark_dead([(b, 1)], now=14.0, reason="client_error", error="HTTP 400")
     await store.replay([b], now=15.0)
-    await store.mark_muted(c, now=21.0, silence_id="sil_1")
+    await store.mark_muted(c, now=21.0, silence_id="sil_1", attempts=0)
 
     assert [n.id for n in await store.history(HistoryQuery())] == [c, b, a]  # b after a
     assert [n.id for n in await store.history(HistoryQuery(run_id="run_a", channel="c2"))] == [b]
@@ -1452,7 +1477,7 @@ async def test_a_replica_taken_for_dead_changes_no_row_another_holds_but_to_say_
         retry = await frozen.mark_retry([(nid, 1)], now=4.0, not_before=5.0, reason="x", error="x")
         assert retry == set()
         assert await frozen.mark_dead([(nid, 1)], now=4.0, reason="x", error="x") == set()
-        assert not await frozen.mark_muted(nid, now=4.0, silence_id="sil_1")
+        assert not await frozen.mark_muted(nid, now=4.0, silence_id="sil_1", attempts=0)
         assert not await frozen.postpone(nid, now=4.0, not_before=5.0)
         assert await other.get(nid) == held
         assert [e["kind"] for e in await other.events(nid)] == ["created"]
