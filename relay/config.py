@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from relay.durations import Duration
+from relay.durations import Duration, format_duration, parse_duration
 from relay.model import EVENTS
 from relay.sizes import Size
 from relay.windows import InhibitRule, NamedTimeInterval
@@ -137,6 +137,9 @@ class ServerConfig(Strict):
         return None if isinstance(value, str) and not value.strip() else value
 
 
+MIN_RETENTION_S = 3600.0
+
+
 class RetryPolicy(Strict):
     max_attempts: int = Field(default=12, ge=1, le=1000)
     max_age: Duration = 24 * 3600.0
@@ -150,7 +153,18 @@ class Defaults(Strict):
     retry: RetryPolicy = RetryPolicy()
     timeout: Duration = Field(default=10.0, gt=0)
     # finished notifications, their history, and runs are forgotten after this
-    retention: Duration = Field(default=30 * 86400.0, ge=3600.0)
+    retention: Duration = Field(default=30 * 86400.0, ge=MIN_RETENTION_S)
+
+    @field_validator("retention", mode="before")
+    @classmethod
+    def _retention_at_least(cls, value: Any) -> Any:
+        """Said in durations: pydantic's own words were "greater than or equal to 3600"."""
+        seconds = parse_duration(value)
+        if seconds < MIN_RETENTION_S:
+            raise ValueError(
+                f"at least {format_duration(MIN_RETENTION_S)} (got {format_duration(seconds)})"
+            )
+        return seconds
 
     @field_validator("dashboard_url")
     @classmethod

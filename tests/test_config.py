@@ -237,6 +237,10 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "rules:\n  - {name: a, notify: [c], group_by: [], group_interval: 0s}\nchannels: {c: {type: console}}\n",
             "c.yaml:2: rules[0].group_interval: Input should be greater than 0",
         ),
+        (  # in the units it was written in, not "greater than or equal to 3600"
+            "defaults:\n  retention: 30m\n",
+            "c.yaml:2: defaults.retention: at least 1h (got 30m)",
+        ),
         (
             "server:\n  auth_token: ${UNSET_VAR}\n",
             "c.yaml:2: server.auth_token: environment variable UNSET_VAR is not set",
