@@ -38,6 +38,8 @@ settings.register_profile("relay", deadline=None, suppress_health_check=[HealthC
 settings.load_profile("relay")
 
 REPO = Path(__file__).resolve().parents[1]
+# RELAY_SLOW=1: the large sizes (more seeds, the large chaos soak, more timings); never in CI
+SLOW = os.environ.get("RELAY_SLOW") == "1"
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "trigger"
 OUR_ALERTS = REPO / "tests" / "fixtures" / "trigger_alerts"  # alert bodies beside the shipped

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.conftest import SLOW as SLOW_MODE  # SLOW here is the fake's fault kind
 from tests.conftest import RelayProcess, Sink
 from tests.fakes.realtime import (
     CUT,
@@ -46,7 +46,6 @@ from tests.fakes.realtime import (
 from tests.test_realtime import SECRET, TAG
 from tests.test_rule_sequences import settled
 
-SLOW_MODE = os.environ.get("RELAY_SLOW") == "1"
 SEEDS = range(40) if SLOW_MODE else range(4)
 RUNS = 8 if SLOW_MODE else 2
 KILLS = 3 if SLOW_MODE else 2  # at most, each a restart of relay serve (~1 s)

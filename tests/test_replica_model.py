@@ -54,12 +54,11 @@ from aiohttp import web
 
 from relay.grouping import digest_id
 from relay.model import notification_id
-from tests.conftest import RelayProcess, sdk_run
+from tests.conftest import SLOW, RelayProcess, sdk_run
 from tests.fakes.serving import serving
 from tests.pg import fresh_database, shared_server
 from tests.test_replicas import backends_gone, outbox_counts, post
 
-SLOW = os.environ.get("RELAY_SLOW") == "1"
 SIZE = 3 if SLOW else 1  # runs and steps
 if "RELAY_REPLICA_SEED" in os.environ:
     SEEDS: list[int] = [int(os.environ["RELAY_REPLICA_SEED"])]

@@ -16,7 +16,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SLOW
 
 
 def load_chaos() -> ModuleType:
@@ -30,7 +30,6 @@ def load_chaos() -> ModuleType:
 
 # Read at import: the autouse fixture of conftest.py removes RELAY_* variables during tests.
 SEED = os.environ.get("RELAY_CHAOS_SEED")
-SLOW = os.environ.get("RELAY_SLOW") == "1"
 
 
 async def soak(*args: str, budget_s: float) -> dict[str, object]:
