@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from relay.durations import Duration, format_duration, parse_duration
+from relay.durations import Duration, parse_duration, within
 from relay.model import EVENTS
 from relay.sizes import Size
 from relay.windows import InhibitRule, NamedTimeInterval
@@ -159,12 +159,7 @@ class Defaults(Strict):
     @classmethod
     def _retention_at_least(cls, value: Any) -> Any:
         """Said in durations: pydantic's own words were "greater than or equal to 3600"."""
-        seconds = parse_duration(value)
-        if seconds < MIN_RETENTION_S:
-            raise ValueError(
-                f"at least {format_duration(MIN_RETENTION_S)} (got {format_duration(seconds)})"
-            )
-        return seconds
+        return within(parse_duration(value), MIN_RETENTION_S)
 
     @field_validator("dashboard_url")
     @classmethod

@@ -58,6 +58,17 @@ def _parse_text(text: str) -> float:
     return total
 
 
+def within(seconds: float, low: float, high: float | None = None) -> float:
+    """`seconds` when inside [low, high]; else a ValueError in durations, as written (pydantic's
+    own bounds say "greater than or equal to 3600", seconds nobody wrote)."""
+    if seconds < low or (high is not None and seconds > high):
+        span = f"at least {format_duration(low)}"
+        if high is not None:
+            span = f"from {format_duration(low)} to {format_duration(high)}"
+        raise ValueError(f"must be {span} (got {format_duration(seconds)})")
+    return seconds
+
+
 def format_duration(seconds: float) -> str:
     """The shortest way to write `seconds` back (for check output and logs)."""
     if seconds < 1:

@@ -10,7 +10,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from relay.durations import Duration
+from relay.durations import Duration, within
 from relay.errors import ConfigError, Problem, field_message
 
 DEFAULT_CONFIG = Path("config.yaml")
@@ -86,9 +86,7 @@ class Settings(BaseSettings):
     def _replica_timeout(cls, value: float) -> float:
         """In the units it is written in: `0s` and `2h` were told "Input should be greater
         than or equal to 1" and "less than or equal to 3600" (seconds, not said)."""
-        if not 1.0 <= value <= 3600.0:
-            raise ValueError("must be from 1s to 1h")
-        return value
+        return within(value, 1.0, 3600.0)
 
     @field_validator("listen")
     @classmethod
