@@ -23,7 +23,13 @@ from pydantic import (
     model_validator,
 )
 
-from relay.durations import Duration, parse_duration, within
+from relay.durations import (
+    Duration,
+    PositiveDuration,
+    more_than_zero,
+    parse_duration,
+    within,
+)
 from relay.model import EVENTS
 from relay.sizes import Size
 from relay.windows import InhibitRule, NamedTimeInterval
@@ -116,7 +122,7 @@ class ChannelSettings(Strict):
     """Options every channel has; channel modules subclass it with their own."""
 
     type: str
-    timeout: Duration | None = Field(default=None, gt=0)  # 0 would be no timeout at all (aiohttp)
+    timeout: PositiveDuration | None = None  # 0 would be no timeout at all (aiohttp)
     concurrency: int = Field(default=4, ge=1, le=256)
     rate_limit: RateLimit | None = None
     # false: no recovery (update_on_recovery) goes to this channel; Alertmanager's name
@@ -151,7 +157,7 @@ class Defaults(Strict):
     project_ref: str | None = None
     dashboard_url: str = "https://cloud.trigger.dev/projects/v3/{project_ref}/runs/{run_id}"
     retry: RetryPolicy = RetryPolicy()
-    timeout: Duration = Field(default=10.0, gt=0)
+    timeout: PositiveDuration = 10.0
     # finished notifications, their history, and runs are forgotten after this
     retention: Duration = Field(default=30 * 86400.0, ge=MIN_RETENTION_S)
 
@@ -313,8 +319,8 @@ class RuleConfig(Strict):
     group_wait: Duration | None = None
     # 0 is refused, as Alertmanager does ("group_interval cannot be zero"): no least time
     # between two digests is no digest, every burst a message of its own `group_wait` later
-    group_interval: Duration | None = Field(default=None, gt=0)
-    repeat_interval: Duration | None = None
+    group_interval: PositiveDuration | None = None
+    repeat_interval: PositiveDuration | None = None  # its own fix said: _repeat_interval
     mute_time_intervals: list[str] | None = None
     active_time_intervals: list[str] | None = None
     # when a run this rule notified about later completes: resolve / update / tell the channels
@@ -328,6 +334,14 @@ class RuleConfig(Strict):
         if CONTROL_CHARS.search(value):
             raise ValueError("a rule name cannot contain control characters")
         return value
+
+    @field_validator("repeat_interval", mode="before")
+    @classmethod
+    def _repeat_interval(cls, value: Any) -> Any:
+        """0 was accepted (and read as group_interval); Alertmanager refuses it ("repeat_interval
+        cannot be zero"). The fix says what 0 was most likely meant to do."""
+        fix = ": group_interval's value (5m unless set) closes a group soonest"
+        return value if value is None else more_than_zero(value, fix)
 
     @field_validator("group_by")
     @classmethod
@@ -417,9 +431,9 @@ class RealtimeConfig(Strict):
     branch: str | None = Field(default=None, max_length=256)
     feeds: list[RealtimeFeed] = Field(min_length=1)
     # per request; must outlast the server's long-poll hold (~20 s)
-    timeout: Duration = Field(default=60.0, gt=0)
+    timeout: PositiveDuration = 60.0
     # wait after 400/401/403/404 (logged) before trying again: an operator may fix the key
-    error_backoff: Duration = Field(default=60.0, gt=0)
+    error_backoff: PositiveDuration = 60.0
 
     @field_validator("secret_key")
     @classmethod

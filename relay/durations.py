@@ -7,6 +7,7 @@ import math
 import re
 from typing import Annotated, Any
 
+from annotated_types import Gt
 from pydantic import BeforeValidator
 
 _UNITS = {
@@ -69,9 +70,18 @@ def within(seconds: float, low: float, high: float | None = None) -> float:
     return seconds
 
 
+def more_than_zero(value: Any, fix: str = "") -> float:
+    """The seconds of duration `value`, refused in durations when 0 (pydantic's `gt=0` said
+    "Input should be greater than 0"); `fix` says what to write instead."""
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be more than 0 (got {format_duration(seconds)}){fix}")
+    return seconds
+
+
 def format_duration(seconds: float) -> str:
     """The shortest way to write `seconds` back (for check output and logs)."""
-    if seconds < 1:
+    if 0 < seconds < 1:  # 0 is "0s", not "0ms"
         return f"{round(seconds * 1000)}ms"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
@@ -80,3 +90,6 @@ def format_duration(seconds: float) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+# a timeout, an interval; Gt(0) never fails (more_than_zero refuses 0 first): it is what the
+# generated reference (tools/config_reference.py) reads as the bound
+PositiveDuration = Annotated[float, BeforeValidator(more_than_zero), Gt(0)]

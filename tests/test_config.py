@@ -235,7 +235,15 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
         ),
         (  # Alertmanager: "group_interval cannot be zero"; it was accepted
             "rules:\n  - {name: a, notify: [c], group_by: [], group_interval: 0s}\nchannels: {c: {type: console}}\n",
-            "c.yaml:2: rules[0].group_interval: Input should be greater than 0",
+            "c.yaml:2: rules[0].group_interval: must be more than 0 (got 0s)",
+        ),
+        *(  # Alertmanager: "repeat_interval cannot be zero"; it was accepted (read as 5m)
+            (
+                f"rules:\n  - {{name: a, notify: [c], group_by: [], repeat_interval: {zero}}}\nchannels: {{c: {{type: console}}}}\n",
+                "c.yaml:2: rules[0].repeat_interval: must be more than 0 (got 0s): group_interval's"
+                " value (5m unless set) closes a group soonest",
+            )
+            for zero in ("0", "0s", "0ms")
         ),
         (  # in the units it was written in, not "greater than or equal to 3600"
             "defaults:\n  retention: 30m\n",
@@ -628,17 +636,26 @@ def test_bad_sizes(text: str, message: str) -> None:
     ]
 
 
-def test_a_timeout_of_zero_is_refused() -> None:
-    """aiohttp reads a total timeout of 0 as none at all: a hung receiver would hold a slot."""
-    text = "defaults: {timeout: 0s}\nchannels: {h: {type: console, timeout: 0}}\n"
+def test_a_timeout_of_zero_is_refused_in_durations() -> None:
+    """aiohttp reads a total timeout of 0 as none at all: a hung receiver would hold a slot.
+    Every duration that must be more than 0 says so in durations, as relay's others do: they
+    said pydantic's "Input should be greater than 0"."""
+    text = (
+        "defaults: {timeout: 0s}\nchannels: {h: {type: console, timeout: 0}}\n"
+        "sources: {realtime: {secret_key: k, feeds: [{tags: [a]}], timeout: 0ms,"
+        " error_backoff: '0'}}\n"
+    )
     assert problems(text) == [
-        "c.yaml:1: defaults.timeout: Input should be greater than 0",
-        "c.yaml:2: channels.h.timeout: Input should be greater than 0",
+        "c.yaml:1: defaults.timeout: must be more than 0 (got 0s)",
+        "c.yaml:2: channels.h.timeout: must be more than 0 (got 0s)",
+        "c.yaml:3: sources.realtime.timeout: must be more than 0 (got 0s)",
+        "c.yaml:3: sources.realtime.error_backoff: must be more than 0 (got 0s)",
     ]
 
 
 def test_format_duration() -> None:
-    assert [format_duration(s) for s in (0.25, 30, 300, 14400, 90)] == [
+    assert [format_duration(s) for s in (0, 0.25, 30, 300, 14400, 90)] == [
+        "0s",  # was "0ms": `RELAY_REPLICA_TIMEOUT=0s` was told "(got 0ms)"
         "250ms",
         "30s",
         "5m",
@@ -698,7 +715,8 @@ def test_a_replica_timeout_out_of_range_is_told_in_units(
     hours. Now the documented range, as it is written (`1s`, `1m30s` and `1h` pass)."""
     problems = [str(p) for p in _problems(monkeypatch, {"RELAY_REPLICA_TIMEOUT": value})]
     assert len(problems) == 1
-    assert problems[0].startswith("environment: RELAY_REPLICA_TIMEOUT: must be from 1s to 1h (got ")
+    said = {"0": "0s", "7200": "2h"}.get(value, value)  # in durations; zero is "0s", not "0ms"
+    assert problems == [f"environment: RELAY_REPLICA_TIMEOUT: must be from 1s to 1h (got {said})"]
     for good, seconds in (("1s", 1.0), ("1m30s", 90.0), ("1h", 3600.0)):
         assert load_settings(replica_timeout=good).replica_timeout == seconds
 

@@ -40,7 +40,7 @@ from relay.config import (
     TemplatesConfig,
     TriggerAlertsConfig,
 )
-from relay.durations import format_duration, parse_duration
+from relay.durations import format_duration, more_than_zero, parse_duration
 from relay.settings import Settings
 from relay.sizes import parse_size
 from relay.windows import DigestSource, InhibitRule, NamedTimeInterval, TimeInterval, TimeRange
@@ -187,7 +187,18 @@ def from_docs(markdown: str) -> str:
 
 
 def is_duration(metadata: list[Any]) -> bool:
-    return any(isinstance(m, BeforeValidator) and m.func is parse_duration for m in metadata)
+    durations = (parse_duration, more_than_zero)
+    return any(isinstance(m, BeforeValidator) and m.func in durations for m in metadata)
+
+
+def metadata(info: FieldInfo) -> list[Any]:
+    """`info`'s constraints, and those of the Annotated type of an optional field
+    (`PositiveDuration | None`), which pydantic leaves in the annotation."""
+    found = list(info.metadata)
+    for member in typing.get_args(info.annotation):
+        if typing.get_origin(member) is typing.Annotated:
+            found += list(member.__metadata__)
+    return found
 
 
 def type_name(annotation: Any, metadata: list[Any] | None = None) -> str:  # noqa: PLR0911
@@ -235,7 +246,7 @@ BOUNDS = (
 
 def limits(info: FieldInfo) -> str:
     words = []
-    for item in info.metadata:
+    for item in metadata(info):
         words += [
             f"{sign} {plain(getattr(item, a))}" for t, a, sign in BOUNDS if isinstance(item, t)
         ]
