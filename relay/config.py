@@ -346,11 +346,11 @@ class RuleConfig(Strict):
     @field_validator("group_by")
     @classmethod
     def _every_run_alone(cls, value: list[str] | None) -> list[str] | None:
+        twice = [path for i, path in enumerate(value or ()) if path in (value or ())[:i]]
+        if twice:  # as Alertmanager refuses: "duplicated label in group_by" (`...` too)
+            raise ValueError(f"{twice[0]!r} is listed twice")
         if value is not None and "..." in value and len(value) > 1:  # as Alertmanager refuses
             raise ValueError("`...` (every run a group of its own) cannot go with other paths")
-        twice = [path for i, path in enumerate(value or ()) if path in (value or ())[:i]]
-        if twice:  # as Alertmanager refuses: "duplicated label in group_by"
-            raise ValueError(f"{twice[0]!r} is listed twice")
         return value
 
 

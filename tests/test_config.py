@@ -245,6 +245,11 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             )
             for zero in ("0", "0s", "0ms")
         ),
+        (  # Alertmanager: "duplicated label in group_by"; `...` twice said it "cannot go with
+            # other paths", when there is no other path
+            "rules:\n  - {name: a, notify: [c], group_by: ['...', '...']}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].group_by: '...' is listed twice",
+        ),
         (  # in the units it was written in, not "greater than or equal to 3600"
             "defaults:\n  retention: 30m\n",
             "c.yaml:2: defaults.retention: must be at least 1h (got 30m)",
