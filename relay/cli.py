@@ -9,7 +9,6 @@ import contextlib
 import logging
 import os
 import pwd
-import re
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -138,9 +137,38 @@ def _config_path(text: str) -> Path:
     return Path(text)
 
 
+class _DashValues(argparse.ArgumentParser):
+    """A parser whose options take a value starting with `-` that is none of its options:
+    `-d -1h` and `-d -abc` are durations to refuse, naming the value ("--duration '-abc':
+    expected a duration like ..."), where argparse took `-1h` and `-abc` for options (`-abc`
+    as `-a bc`) and said only "-d: expected one argument"."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        return super().parse_known_args(self._joined(args), namespace)
+
+    def _joined(self, args: list[str] | None) -> list[str] | None:
+        """`args` with each `OPTION VALUE` whose VALUE starts with `-` as `OPTION=VALUE`."""
+        if args is None:
+            return None
+        options = self._option_string_actions
+        out: list[str] = []
+        for word in args:
+            action = options.get(out[-1]) if out and "--" not in out else None
+            taking = action is not None and action.nargs is None and action.option_strings
+            if taking and word.startswith("-") and word not in options and word != "--":
+                out[-1] = f"{out[-1]}={word}"
+            else:
+                out.append(word)
+        return out
+
+
 def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     silence = sub.add_parser("silence", parents=[common], help="mute notifications for a while")
-    silence_sub = silence.add_subparsers(dest="silence_command", required=True)
+    silence_sub = silence.add_subparsers(
+        dest="silence_command", required=True, parser_class=_DashValues
+    )
     quiet = argparse.ArgumentParser(add_help=False)
     quiet.add_argument("-q", "--quiet", action="store_true", help="print silence ids only")
     add = silence_sub.add_parser(
@@ -156,9 +184,6 @@ def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     add.add_argument(
         "-d", "--duration", default="1h", help="how long, from the start: 30m, 2h, 1d (1h)"
     )
-    # `-d -1h` is a duration to refuse ("must be more than 0"), not an option: argparse takes
-    # only `-1` and `-1.5` for values, and said "-d: expected one argument"
-    add._negative_number_matcher = re.compile(r"^-\.?\d")
     add.add_argument(
         "--until", "--end", help="end time, ISO-8601 (2026-11-28T18:00:00Z); wins over --duration"
     )
