@@ -98,7 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", parents=[common], help="what was sent, when, and why")
     for flag, dest in (("--run", "run_id"), ("--rule", "rule"), ("--channel", "channel")):
         history.add_argument(flag, dest=dest)
-    history.add_argument("--state", choices=("pending", "sent", "dead", "muted"))
+    # checked with the other flags (relay.history.STATES): exit 1 naming the states, as for a
+    # bad --limit or --since, not argparse's usage text and exit 2
+    history.add_argument("--state", help="pending, sent, dead or muted")
     history.add_argument("--since", help="how far back (1h, 2d) or an ISO time")
     history.add_argument("--before", help="the next page: those older than this notification id")
     history.add_argument("--limit", default="200")

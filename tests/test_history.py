@@ -164,6 +164,22 @@ def test_bad_history_queries(params: dict[str, str], field: str) -> None:
     assert info.value.field == field
 
 
+@pytest.mark.parametrize(
+    ("flag", "said"),
+    [
+        ("--state", "state: use one of pending, sent, dead, muted"),
+        ("--limit", "limit: expected a number from 1 to 10000"),
+    ],
+)
+def test_the_cli_refuses_a_bad_flag_value_alike(tmp_path: Path, flag: str, said: str) -> None:
+    """`--state bogus` exited 2 with argparse's usage text, where a bad `--limit` or `--since`
+    (and `silence add --event bogus`) exits 1 with one line naming what it takes."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    bad = run_cli("history", flag, "bogus", env=env)
+    assert (bad.returncode, bad.stdout, bad.stderr) == (1, "", f"error: history: {said}\n")
+    assert not (tmp_path / "relay.db").exists()
+
+
 def test_a_bad_since_names_both_forms_it_takes() -> None:
     """`relay history --since yesterday` said "expected an ISO-8601 time" alone, though its
     help and the docs offer a duration back (1h) first."""
