@@ -183,16 +183,29 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
             continue  # judged the empty text an unset variable left: `set secret` beside it
         if kind == "extra_forbidden":
             message = "unknown key" + _meant(exc.title, loc)
-        elif kind == "missing":
-            message = "required key is missing"
-        elif kind == "model_type":  # not "... or instance of ServerConfig"
-            message = "expected a mapping of keys and values"
-        elif kind == "path_type":  # not "... for <class 'pathlib.Path'>"
-            message = "expected a path"
         else:
-            message = field_message(err)
+            message = _IN_YAML_WORDS.get(kind) or field_message(err)
         out.append(located.problem(path, message))
     return out
+
+
+_MAPPING = "expected a mapping of keys and values"
+# pydantic's words for a value of the wrong type, in YAML's: not "a valid dictionary", "or
+# instance of ServerConfig", "unable to parse string as an integer", "unable to interpret input"
+_IN_YAML_WORDS = {
+    "missing": "required key is missing",
+    "model_type": _MAPPING,
+    "dict_type": _MAPPING,
+    "list_type": "expected a list: [a, b], or one `- item` a line",
+    "path_type": "expected a path",
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number, not a fraction",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+}
 
 
 def _meant(model_name: str, loc: tuple[str | int, ...]) -> str:

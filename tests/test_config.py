@@ -630,7 +630,7 @@ def test_sizes(text: str | int, size: int) -> None:
         ("1m", "expected a number of bytes or a size like 512KiB, 1MiB or 1MB"),  # MB? MiB? milli?
         ("lots", "expected a number of bytes or a size like 512KiB, 1MiB or 1MB"),
         ("true", "expected a number of bytes or a size like 512KiB, 1MiB or 1MB"),  # not 1 byte
-        ("1.5", "Input should be a valid integer, got a number with a fractional part"),
+        ("1.5", "expected a whole number, not a fraction"),
         ("512", "Input should be greater than or equal to 1024"),
         ("65MiB", "Input should be less than or equal to 67108864"),
     ],
@@ -639,6 +639,34 @@ def test_bad_sizes(text: str, message: str) -> None:
     assert problems(f"server:\n  max_body_bytes: {text}\n") == [
         f"c.yaml:2: server.max_body_bytes: {message}"
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("channels: {c: {type: console, rate_limit: {per_second: fast}}}", "expected a number"),
+        ("channels: {c: {type: console, concurrency: lots}}", "expected a whole number"),
+        ("channels: {c: {type: console, send_resolved: maybe}}", "expected true or false"),
+        (
+            "channels: {w: {type: webhook, url: 'http://127.0.0.1:9', headers: [a]}}",
+            "expected a mapping of keys and values",
+        ),
+        ("rules: [{name: a, notify: c}]", "expected a list: [a, b], or one `- item` a line"),
+        ("rules: [{name: a, notify: [c], match: {is_test: maybe}}]", "expected true or false"),
+        ("rules: [{name: a, notify: [c], match: {metadata: [a]}}]", "expected a mapping of keys"),
+        ("rules: [{name: a, notify: [c], match: {cost_cents: {gt: lots}}}]", "expected a number"),
+        ("defaults: {retry: {max_attempts: 2.5}}", "expected a whole number, not a fraction"),
+        ("inhibit_rules: [{name: i, source_match: {status: X}, equal: task}]", "expected a list"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_said_in_yaml_words(text: str, said: str) -> None:
+    """pydantic's own words named Python's types and parsers: "Input should be a valid
+    dictionary", "unable to parse string as a number", "valid boolean, unable to interpret
+    input". Every config error goes through one wording (relay.config_parts)."""
+    channel = "" if text.startswith("channels") else "channels: {c: {type: console}}\n"
+    found = problems(f"{text}\n{channel}")
+    assert len(found) == 1 and said in found[0], found
+    assert "Input should" not in found[0]
 
 
 def test_a_timeout_of_zero_is_refused_in_durations() -> None:
@@ -926,7 +954,7 @@ def test_check_reports_every_kind_of_problem_in_one_run(tmp_path: Path) -> None:
     result = run_cli("check", "--config", str(config), env={"CHECK_ALL_SLACK_URL": slack_url})
     expected = [
         "2: server.auth_token: environment variable CHECK_ALL_UNSET_TOKEN is not set",
-        "8: channels.chat.concurrency: Input should be a valid integer",
+        "8: channels.chat.concurrency: expected a whole number",
         "13: channels.hook.headers.webhook-id: header webhook-id is set by relay",
         "14: channels.hook.headers.Content-Type: header Content-Type is set by relay",
         "17: rules[0].match.event: unknown event; use one of run,",
@@ -999,7 +1027,7 @@ def test_load_checks_rules_beside_schema_problems_but_not_into_a_broken_part(
             "rules:\n  - {name: a, notify: [c], mute_time_intervals: [night]}\n",
             [
                 "c.yaml:1: channels: must be a mapping of name to channel",
-                "c.yaml:2: time_intervals: Input should be a valid list",
+                "c.yaml:2: time_intervals: expected a list: [a, b], or one `- item` a line",
             ],
         ),
     ],
@@ -1162,7 +1190,7 @@ UNMASKED = [
             "c.yaml:3: inhibit_rules[1].source_digest.rule: unknown rule: 'nosuch'",
             "c.yaml:4: inhibit_rules[2].equal[0]: not in the `group_by` of rule 'broken'",
             "c.yaml:8: rules[0].match.event: unknown event",
-            "c.yaml:9: rules[1].group_by: Input should be a valid list",
+            "c.yaml:9: rules[1].group_by: expected a list: [a, b], or one `- item` a line",
         ],
     ),
     (  # a key with ${...} is not also an unknown key; a merge key (refused) may have given
