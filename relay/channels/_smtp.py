@@ -9,7 +9,9 @@ some recipients only are the channel's, relay.channels.email, built from these):
   the rest refused for good on a retry (others had it) (sent, the same)
   some refused for now (4xx: greylisting), some ok     as below     yes        SMTP 450 for
   (ok now, or on an earlier try of the notification)                           1 of 2 recipients
-  421 at any stage (the server sheds load)             rate_limited  yes        SMTP 421
+  421 at any stage (the server sheds load)             rate_limited  yes        SMTP 421 to RCPT
+                                                                                (at greeting, to
+                                                                                EHLO, to DATA...)
   other 4xx: 450, 451, 452 (busy, greylisting)        server_error  yes        SMTP 451
   530, 534, 535, 538, SMTPAuthenticationError 5xx      auth_error    no         SMTP 535
   other 5xx: recipient, sender or data refused         client_error  no         SMTP 550
@@ -68,12 +70,30 @@ def this_host() -> str:
     return socket.getfqdn()
 
 
+class Said421(aiosmtplib.SMTPResponseException):
+    """A 421 (the server closes the session), with where it came: `stage` is "at greeting" or
+    "to <command>" (EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA)."""
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(421, "closing")
+        self.stage = stage
+
+
+# the commands a stage is named after (not an AUTH exchange's base64 lines: a password)
+_COMMANDS = frozenset(
+    (b"EHLO", b"HELO", b"STARTTLS", b"AUTH", b"MAIL", b"RCPT", b"DATA", b"RSET", b"QUIT")
+)
+
+
 class Client(aiosmtplib.SMTP):
-    """aiosmtplib's client, noting a 421 reply: it hangs up on one, so a 421 to the first RCPT
-    of several surfaced as "server disconnected" at the next RCPT (network, tried again at
-    once) instead of the server's "closing, slow down" (rate_limited, the backoff)."""
+    """aiosmtplib's client, noting a 421 reply and the command it answered: aiosmtplib hangs
+    up on one, so a 421 to the first RCPT of several surfaced as "server disconnected" at the
+    next RCPT (network, tried again at once) instead of the server's "closing, slow down"
+    (rate_limited, the backoff)."""
 
     said_421 = False
+    stage_421 = ""  # "to RCPT": the command the 421 answered
+    command = ""  # the last command sent
     # the deadline of the attempt, and how long the DATA phase has from its start (see `data`)
     budget: asyncio.Timeout | None = None
     data_s = 0.0
@@ -85,7 +105,13 @@ class Client(aiosmtplib.SMTP):
         if self.budget is not None:
             loop = asyncio.get_running_loop()
             self.budget.reschedule(max(self.budget.when() or 0.0, loop.time() + self.data_s))
-        return await super().data(message, **kwargs)
+        try:
+            return await super().data(message, **kwargs)
+        except aiosmtplib.SMTPDataError as exc:  # the verdict on the mail is no command's reply
+            if exc.code == 421:
+                self.command = "DATA"
+                self._note_421()
+            raise
 
     async def _get_default_local_hostname(self) -> str:
         """This machine's name for EHLO, looked up once: a slow reverse DNS lookup ate into
@@ -93,26 +119,50 @@ class Client(aiosmtplib.SMTP):
         return await asyncio.to_thread(this_host)
 
     async def execute_command(self, *args: bytes, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        if args and args[0].upper() in _COMMANDS:
+            self.command = args[0].upper().decode("ascii")
         response = await super().execute_command(*args, **kwargs)
-        self.said_421 = self.said_421 or response.code == 421
+        if response.code == 421:
+            self._note_421()
         return response
+
+    def _note_421(self) -> None:
+        """The first 421 and its command: aiosmtplib may send more (RSET) before it gives up."""
+        if not self.said_421:
+            self.said_421, self.stage_421 = True, f"to {self.command}"
+
+    def closed_421(self, exc: Exception) -> Said421 | None:
+        """The 421 behind `exc`, with its stage: a reply of 421, or the hang-up after one."""
+        if isinstance(exc, aiosmtplib.SMTPConnectResponseError) and exc.code == 421:
+            return Said421("at greeting")
+        if self.said_421:
+            return Said421(self.stage_421)
+        return None
 
 
 def classify(exc: BaseException) -> DeliveryError:
     """The DeliveryError an aiosmtplib/socket/TLS exception means (see the module table)."""
     if isinstance(exc, TimeoutError):  # SMTPTimeoutError and its connect/read kinds too
         return DeliveryError("timeout", retryable=True, detail="no answer in time")
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        codes = [r.code for r in exc.recipients] or [550]
-        return by_code(next((c for c in codes if for_now(c)), codes[0]), auth=False, rcpt=True)
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return by_code(exc.code, auth=isinstance(exc, aiosmtplib.SMTPAuthenticationError))
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused | aiosmtplib.SMTPResponseException):
+        return _replied(exc)
     tls = tls_failure(exc)
     if tls is not None:
         return DeliveryError("network", retryable=True, detail=tls)
     if isinstance(exc, OSError | aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected):
         return DeliveryError("network", retryable=True, detail=_network_detail(exc))
     return _other(exc)
+
+
+def _replied(
+    exc: aiosmtplib.SMTPRecipientsRefused | aiosmtplib.SMTPResponseException,
+) -> DeliveryError:
+    if isinstance(exc, Said421):
+        return by_code(421, auth=False, stage=exc.stage)
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients] or [550]
+        return by_code(next((c for c in codes if for_now(c)), codes[0]), auth=False, rcpt=True)
+    return by_code(exc.code, auth=isinstance(exc, aiosmtplib.SMTPAuthenticationError))
 
 
 def _other(exc: BaseException) -> DeliveryError:
@@ -132,10 +182,16 @@ def for_now(rcpt_code: int) -> bool:
     return 400 <= rcpt_code < 500 or rcpt_code == 552
 
 
-def by_code(code: int, *, auth: bool, note: str = "", rcpt: bool = False) -> DeliveryError:
-    detail = f"SMTP {code}{note}" if code >= 100 else "malformed SMTP reply"  # aiosmtplib: -1
+def by_code(
+    code: int, *, auth: bool, note: str = "", rcpt: bool = False, stage: str = ""
+) -> DeliveryError:
+    """`stage` ("to DATA", "at greeting") is said for a 421: the server closed the session,
+    and where tells why (the EHLO name, a recipient, the mail)."""
     if code == 421:
+        where = "to RCPT" if rcpt else stage
+        detail = " ".join(filter(None, ("SMTP 421", where))) + note
         return DeliveryError("rate_limited", retryable=True, detail=detail, status=code)
+    detail = f"SMTP {code}{note}" if code >= 100 else "malformed SMTP reply"  # aiosmtplib: -1
     if 400 <= code < 500 or (rcpt and code == 552):
         return DeliveryError("server_error", retryable=True, detail=detail, status=code)
     if code in _AUTH_CODES or (auth and code >= 500):

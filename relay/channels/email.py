@@ -442,9 +442,10 @@ class EmailChannel:
                 refused, _ = await client.send_message(
                     mail, sender=self._sender, recipients=recipients
                 )
-        except aiosmtplib.SMTPServerDisconnected:
-            if client.said_421:  # the 421 that made aiosmtplib hang up, not the hang-up
-                raise aiosmtplib.SMTPResponseException(421, "closing") from None
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPResponseException) as exc:
+            said = client.closed_421(exc)  # the 421 that made aiosmtplib hang up, not the hang-up
+            if said is not None:
+                raise said from None
             raise
         else:
             left = (budget.when() or 0.0) - loop.time()

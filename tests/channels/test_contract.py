@@ -476,7 +476,12 @@ def email_channel(port: int, timeout_s: float = TIMEOUT_S) -> Channel:
 
 
 SMTP_FAILURES = [
-    ({"data_replies": [f"421 4.7.0 slow down {SMTP_PASSWORD}"]}, "rate_limited", True, "SMTP 421"),
+    (
+        {"data_replies": [f"421 4.7.0 slow down {SMTP_PASSWORD}"]},
+        "rate_limited",
+        True,
+        "SMTP 421 to DATA",
+    ),
     ({"data_replies": [f"451 4.7.1 try later {SMTP_PASSWORD}"]}, "server_error", True, "SMTP 451"),
     ({"data_replies": [f"550 5.7.1 rejected {SMTP_PASSWORD}"]}, "client_error", False, "SMTP 550"),
     (

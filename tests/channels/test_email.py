@@ -14,6 +14,7 @@ import json
 import logging
 import socket
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -403,10 +404,10 @@ async def test_a_users_auto_submitted_replaces_relays(smtp_server: SmtpFactory) 
             {"data_replies": ["421 4.7.0 too many messages, slow down"]},
             "rate_limited",
             True,
-            "SMTP 421",
+            "SMTP 421 to DATA",
         ),
-        ({"rcpt_replies": ["421 4.7.0 closing"]}, "rate_limited", True, "SMTP 421"),  # 1st of 2
-        ({"rcpt_replies": ["", "421 4.7.0 closing"]}, "rate_limited", True, "SMTP 421"),  # 2nd
+        ({"rcpt_replies": ["421 4.7.0 closing"]}, "rate_limited", True, "SMTP 421 to RCPT"),
+        ({"rcpt_replies": ["", "421 4.7.0 closing"]}, "rate_limited", True, "SMTP 421 to RCPT"),
         ({"data_replies": ["554 5.7.1 rejected as spam"]}, "client_error", False, "SMTP 554"),
         ({"data_replies": ["queued as 4F2A"]}, "other", True, "malformed SMTP reply"),  # SMTP -1
         (
@@ -449,6 +450,44 @@ async def test_smtp_replies_are_classified(
     err = await failure(channel(fake.port))
     assert (err.reason, err.retryable, err.detail) == (reason, retryable, detail)
     assert fake.messages == []
+
+
+async def test_a_421_says_where_it_came_greeting_and_ehlo_too() -> None:
+    """A 421 said "SMTP 421" wherever it came; where tells why (the greeting: the server sheds
+    load; EHLO: it dislikes the name; RCPT: a recipient; DATA: the mail). A bare server speaks
+    the two replies: aiosmtpd cannot greet with 421."""
+    details = []
+    for replies in ([b"421 4.3.2 busy\r\n"], [b"220 hi\r\n", b"421 4.7.0 bad name\r\n"]):
+        port, close = await scripted_server(replies)
+        try:
+            err = await failure(channel(port))
+        finally:
+            await close()
+        details.append((err.reason, err.retryable, err.detail))
+    assert details == [
+        ("rate_limited", True, "SMTP 421 at greeting"),
+        ("rate_limited", True, "SMTP 421 to EHLO"),
+    ]
+
+
+async def scripted_server(replies: list[bytes]) -> tuple[int, Callable[[], Awaitable[None]]]:
+    """A server that says `replies`, one per line it gets (the first before any), then holds."""
+
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for reply in replies:
+            writer.write(reply)
+            await writer.drain()
+            if not await reader.readline():
+                break
+        writer.close()
+
+    server = await asyncio.start_server(talk, "127.0.0.1", 0)
+
+    async def close() -> None:
+        server.close()
+        await server.wait_closed()
+
+    return server.sockets[0].getsockname()[1], close
 
 
 async def test_one_refused_recipient_of_two_still_sends(
