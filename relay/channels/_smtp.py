@@ -23,7 +23,9 @@ some recipients only are the channel's, relay.channels.email, built from these):
   TLS handshake or certificate verification            network       yes        TLS: ...
   a non-ASCII local part, server without SMTPUTF8      client_error  no         server does
                                                                                 not take ...
-  any other SMTPException (no STARTTLS, no AUTH...)   other         yes        aiosmtplib's text
+  username set, the server offers no AUTH (email.py)   auth_error    no         server offers
+                                                                                no AUTH ...
+  any other SMTPException (no STARTTLS...)             other         yes        aiosmtplib's text
   a reply without a code, or a line too long          other         yes        malformed SMTP
                                                                                 reply
 
@@ -113,6 +115,10 @@ class Client(aiosmtplib.SMTP):
                 self._note_421()
             raise
 
+    async def greet(self) -> None:
+        """EHLO (or HELO) unless done: what the server offers (AUTH, SMTPUTF8) is known after."""
+        await self._ehlo_or_helo_if_needed()
+
     async def _get_default_local_hostname(self) -> str:
         """This machine's name for EHLO, looked up once: a slow reverse DNS lookup ate into
         every attempt's timeout."""
@@ -144,6 +150,8 @@ def classify(exc: BaseException) -> DeliveryError:
     """The DeliveryError an aiosmtplib/socket/TLS exception means (see the module table)."""
     if isinstance(exc, TimeoutError):  # SMTPTimeoutError and its connect/read kinds too
         return DeliveryError("timeout", retryable=True, detail="no answer in time")
+    if isinstance(exc, DeliveryError):  # already said (e.g. a server that offers no AUTH)
+        return exc
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused | aiosmtplib.SMTPResponseException):
         return _replied(exc)
     tls = tls_failure(exc)

@@ -54,7 +54,7 @@ from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._http import LOCAL_HOSTS
 from relay.channels._smtp import SUBJECT_MAX_CHARS, Client, by_code, classify, for_now, one_line
 from relay.config import ChannelSettings, Strict, from_config_dir
-from relay.errors import StoreUnavailable
+from relay.errors import DeliveryError, StoreUnavailable
 
 log = logging.getLogger("relay.channels.email")
 
@@ -427,11 +427,11 @@ class EmailChannel:
             log.warning("email recipients done with not saved", extra=message.log_fields(self.name))
 
     async def _transaction(self, mail: EmailMessage, recipients: list[str]) -> dict[str, Any]:
-        """Connect, send, then QUIT in what is left of the attempt's `timeout` (the DATA phase
-        starts a `timeout` of its own: Client.data). Not aiosmtplib.send: its clean-up QUITs
-        even after the deadline (one more `timeout` spent on a server that stopped answering),
-        and a mail the server accepted is sent, whatever becomes of the QUIT (a timeout there
-        retried it, and the mail went out twice)."""
+        """Connect, log in, send, then QUIT in what is left of the attempt's `timeout` (the
+        DATA phase starts a `timeout` of its own: Client.data). Not aiosmtplib.send: its
+        clean-up QUITs even after the deadline (one more `timeout` spent on a server that
+        stopped answering), and a mail the server accepted is sent, whatever becomes of the
+        QUIT (a timeout there retried it, and the mail went out twice)."""
         loop = asyncio.get_running_loop()
         budget = asyncio.timeout_at(loop.time() + self._timeout_s)
         client = Client(**self._options())
@@ -439,6 +439,8 @@ class EmailChannel:
         try:
             async with budget:
                 await client.connect()
+                await client.greet()
+                await self._login(client)
                 refused, _ = await client.send_message(
                     mail, sender=self._sender, recipients=recipients
                 )
@@ -456,20 +458,38 @@ class EmailChannel:
         finally:
             client.close()
 
+    async def _login(self, client: Client) -> None:
+        """AUTH with the configured credentials. A server that offers no AUTH will not start
+        to: dead at once, saying whether STARTTLS was done (many offer AUTH only after it)."""
+        smtp = self.settings.smtp
+        if smtp.username is None or smtp.password is None:
+            return
+        if not client.supports_extension("auth"):
+            raise DeliveryError("auth_error", retryable=False, detail=_no_auth(smtp, client))
+        await client.login(smtp.username, smtp.password.get_secret_value())
+
     def _options(self) -> dict[str, Any]:
         smtp = self.settings.smtp
-        password = smtp.password.get_secret_value() if smtp.password is not None else None
-        return {
+        return {  # no username: _login logs in, and says so if the server offers no AUTH
             "hostname": smtp.host,
             "port": smtp.effective_port,
-            "username": smtp.username,
-            "password": password,
             "use_tls": smtp.use_tls,
             "start_tls": smtp.use_starttls,
             "tls_context": self._tls,
             "timeout": self._timeout_s,
             "local_hostname": smtp.hello,
         }
+
+
+def _no_auth(smtp: SmtpSettings, client: Client) -> str:
+    """Why a server that offers no AUTH will not take the credentials, and the likely fix."""
+    if smtp.use_tls:
+        return "server offers no AUTH (over implicit TLS)"
+    if smtp.use_starttls:
+        return "server offers no AUTH, even after STARTTLS"
+    if client.supports_extension("starttls"):
+        return "server offers no AUTH without STARTTLS (STARTTLS not done): enable starttls"
+    return "server offers no AUTH (STARTTLS not done, nor offered)"
 
 
 KIND = ChannelKind("email", EmailSettings, EmailChannel, ("subject", "txt", "html"))

@@ -614,10 +614,12 @@ async def test_starttls_and_auth(smtp_server: SmtpFactory, smtp_pki: Pki) -> Non
     assert (untrusted.reason, untrusted.retryable) == ("network", True)
     assert untrusted.detail == "TLS: certificate not trusted"
 
+    # AUTH only after STARTTLS, not done (allowed to this machine): dead at once, saying the fix
     cleartext = await failure(channel(fake.port, username=USER, password=PASSWORD))
-    assert (cleartext.reason, cleartext.retryable) == ("other", True)
-    assert cleartext.detail.startswith(
-        "The SMTP AUTH extension is not supported by this server. Try"
+    assert (cleartext.reason, cleartext.retryable, cleartext.detail) == (
+        "auth_error",
+        False,
+        "server offers no AUTH without STARTTLS (STARTTLS not done): enable starttls",
     )
 
     anonymous = await failure(channel(fake.port))
@@ -702,6 +704,28 @@ async def test_a_non_ascii_address_to_a_server_without_smtputf8_is_permanent(
     err = await failure(make_channel(settings))
     assert (err.reason, err.retryable) == ("client_error", False)
     assert "SMTPUTF8" in err.detail
+    assert fake.messages == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "smtp", "detail"),
+    [
+        ("plain", {}, "server offers no AUTH (STARTTLS not done, nor offered)"),
+        ("starttls", {"starttls": True}, "server offers no AUTH, even after STARTTLS"),
+        ("tls", {"tls": True}, "server offers no AUTH (over implicit TLS)"),
+    ],
+)
+async def test_a_server_that_offers_no_auth_is_dead_at_once(
+    smtp_server: SmtpFactory, smtp_pki: Pki, mode: str, smtp: dict[str, Any], detail: str
+) -> None:
+    """Credentials set, the server offers no AUTH: that was `other`, retried until max_age,
+    though no retry changes what the server offers. (AUTH offered only after STARTTLS, not
+    done: test_starttls_and_auth.)"""
+    fake = await smtp_server(mode)
+    fake.offer_auth = False
+    creds = {"username": USER, "password": PASSWORD, "ca_file": str(smtp_pki.ca_file)}
+    err = await failure(channel(fake.port, **creds, **smtp))
+    assert (err.reason, err.retryable, err.detail) == ("auth_error", False, detail)
     assert fake.messages == []
 
 
