@@ -21,7 +21,9 @@ some recipients only are the channel's, relay.channels.email, built from these):
   (up to DATA; the DATA phase has a `timeout` of its own)
   refused connection, DNS, reset, disconnected         network       yes        connection refused
   TLS handshake or certificate verification            network       yes        TLS: ...
-  a non-ASCII local part, server without SMTPUTF8      client_error  no         server does
+  a non-ASCII local part, server without SMTPUTF8:     (as a recipient refused for good: the
+  for some recipients                                   others get it; the warning names them)
+  for every recipient, or the sender                   client_error  no         server does
                                                                                 not take ...
   username set, the server offers no AUTH (email.py)   auth_error    no         server offers
                                                                                 no AUTH ...
@@ -96,6 +98,7 @@ class Client(aiosmtplib.SMTP):
     said_421 = False
     stage_421 = ""  # "to RCPT": the command the 421 answered
     command = ""  # the last command sent
+    unsendable: list[str] = []  # set per instance by `sendable`, never mutated
     # the deadline of the attempt, and how long the DATA phase has from its start (see `data`)
     budget: asyncio.Timeout | None = None
     data_s = 0.0
@@ -118,6 +121,19 @@ class Client(aiosmtplib.SMTP):
     async def greet(self) -> None:
         """EHLO (or HELO) unless done: what the server offers (AUTH, SMTPUTF8) is known after."""
         await self._ehlo_or_helo_if_needed()
+
+    def sendable(self, sender: str, recipients: list[str]) -> list[str]:
+        """The recipients this server can take: without SMTPUTF8, not those whose local part is
+        not ASCII (their domains are, see email._ascii_domain); they are `unsendable`, refused
+        for good as a 5xx would be, while the others get the mail. If none is left (or the
+        sender is one), all go: aiosmtplib refuses them, the mail is dead at once."""
+        self.unsendable = []
+        if self.supports_extension("smtputf8") or not sender.isascii():
+            return recipients
+        usable = [r for r in recipients if r.isascii()]
+        if usable:
+            self.unsendable = [r for r in recipients if not r.isascii()]
+        return usable or recipients
 
     async def _get_default_local_hostname(self) -> str:
         """This machine's name for EHLO, looked up once: a slow reverse DNS lookup ate into

@@ -19,6 +19,9 @@ in the store (namespace `email_sent`, key `<channel name>:<notification id>`, pr
 runs) and the attempt fails retryable: the retry, and a replay from the dead letters, send the
 same mail to the others only, so nobody gets it twice and nobody is dropped for a busy server.
 
+A recipient whose local part is not ASCII, to a server without SMTPUTF8, is one refused for
+good: the others get the mail.
+
 TLS failures are retryable: a handshake blip or a certificate renewed mid-rotation heals by
 itself, and a wrong CA still ends as a dead letter (detail "TLS: certificate not trusted") once
 the retries run out, instead of dropping alerts during a renewal. Details carry the reply code,
@@ -371,17 +374,18 @@ class EmailChannel:
         recipients = [r for r in self._recipients if r not in done]
         if not recipients:  # every one served by earlier attempts
             return
+        client = Client(**self._options())
         try:
-            refused = await self._transaction(mail, recipients)
+            refused = await self._transaction(client, mail, recipients)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             if not done:
                 raise classify(exc) from None
             # the rest refused after others got it: as when that is one attempt (sent, or
             # retried "for n of m recipients", not a bare code as if nobody had the mail)
-            refused = {r.recipient: r for r in exc.recipients}
+            refused = {r.recipient: r.code for r in exc.recipients}
         except Exception as exc:  # translated once, here; anything unknown becomes "other"
             raise classify(exc) from None
-        later = self._refused(message, refused) if refused else {}
+        later = self._refused(message, refused, client.unsendable)
         if later or done:  # partly sent, now or before: keep who is done with
             served = done | {a for a in recipients if a not in later}
             await self._remember(key, served, message)
@@ -390,16 +394,22 @@ class EmailChannel:
             note = f" for {len(later)} of {len(self._recipients)} recipients"
             raise by_code(first, auth=False, note=note, rcpt=True)
 
-    def _refused(self, message: Outgoing, refused: dict[str, Any]) -> dict[str, int]:
+    def _refused(
+        self, message: Outgoing, refused: dict[str, int], unsendable: list[str]
+    ) -> dict[str, int]:
         """Log the recipients the server refused (who, and the reply code: a typo in `to` is
-        found in the log); return those refused for now (4xx), with the code."""
-        later = {a: r.code for a, r in refused.items() if for_now(r.code)}
+        found in the log) and those it cannot take (a non-ASCII local part, no SMTPUTF8);
+        return those refused for now (4xx), with the code."""
+        if not refused and not unsendable:
+            return {}
+        later = {a: code for a, code in refused.items() if for_now(code)}
         log.warning(
             "some recipients were refused; sent to the others",
             extra={
                 **message.log_fields(self.name),
-                "refused": len(refused),
-                "refused_codes": {a: r.code for a, r in refused.items()},
+                "refused": len(refused) + len(unsendable),
+                "refused_codes": refused,
+                "refused_no_smtputf8": unsendable,
                 "later": len(later),
                 "recipients": len(self._recipients),
             },
@@ -426,15 +436,17 @@ class EmailChannel:
         except StoreUnavailable:  # the retry mails everyone again: a duplicate, nothing lost
             log.warning("email recipients done with not saved", extra=message.log_fields(self.name))
 
-    async def _transaction(self, mail: EmailMessage, recipients: list[str]) -> dict[str, Any]:
+    async def _transaction(
+        self, client: Client, mail: EmailMessage, recipients: list[str]
+    ) -> dict[str, int]:
         """Connect, log in, send, then QUIT in what is left of the attempt's `timeout` (the
-        DATA phase starts a `timeout` of its own: Client.data). Not aiosmtplib.send: its
-        clean-up QUITs even after the deadline (one more `timeout` spent on a server that
-        stopped answering), and a mail the server accepted is sent, whatever becomes of the
-        QUIT (a timeout there retried it, and the mail went out twice)."""
+        DATA phase starts a `timeout` of its own: Client.data); the reply codes of the
+        recipients refused. Not aiosmtplib.send: its clean-up QUITs even after the deadline
+        (one more `timeout` spent on a server that stopped answering), and a mail the server
+        accepted is sent, whatever becomes of the QUIT (a timeout there retried it, and the
+        mail went out twice)."""
         loop = asyncio.get_running_loop()
         budget = asyncio.timeout_at(loop.time() + self._timeout_s)
-        client = Client(**self._options())
         client.budget, client.data_s = budget, self._timeout_s
         try:
             async with budget:
@@ -442,7 +454,7 @@ class EmailChannel:
                 await client.greet()
                 await self._login(client)
                 refused, _ = await client.send_message(
-                    mail, sender=self._sender, recipients=recipients
+                    mail, sender=self._sender, recipients=client.sendable(self._sender, recipients)
                 )
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPResponseException) as exc:
             said = client.closed_421(exc)  # the 421 that made aiosmtplib hang up, not the hang-up
@@ -454,7 +466,7 @@ class EmailChannel:
             if left > 0:
                 with contextlib.suppress(Exception):
                     await client.quit(timeout=left)
-            return refused
+            return {address: reply.code for address, reply in refused.items()}
         finally:
             client.close()
 

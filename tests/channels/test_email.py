@@ -697,14 +697,30 @@ async def test_starttls_required_but_not_offered_is_retryable(smtp_server: SmtpF
 async def test_a_non_ascii_address_to_a_server_without_smtputf8_is_permanent(
     smtp_server: SmtpFactory,
 ) -> None:
-    """Retrying cannot help (the server lacks SMTPUTF8): dead at once, so the operator sees
-    it now and not after max_age of retries."""
+    """Retrying cannot help (the server lacks SMTPUTF8): with no recipient the server can take,
+    dead at once, so the operator sees it now and not after max_age of retries."""
     fake = await smtp_server()
-    settings = email_settings(fake.port).model_copy(update={"cc": ["équipe@exemple.fr"]})
-    err = await failure(make_channel(settings))
+    update = {"to": ["jürgen@example.com"], "cc": ["équipe@exemple.fr"]}
+    err = await failure(make_channel(email_settings(fake.port).model_copy(update=update)))
     assert (err.reason, err.retryable) == ("client_error", False)
-    assert "SMTPUTF8" in err.detail
+    assert err.detail == "server does not take non-ASCII addresses (no SMTPUTF8)"
     assert fake.messages == []
+
+
+async def test_a_non_ascii_local_part_without_smtputf8_leaves_out_only_that_recipient(
+    smtp_server: SmtpFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`to: [ops@…, jürgen@…]` to a server without SMTPUTF8: the mail went to nobody (dead,
+    "no SMTPUTF8"). Now ops gets it, and jürgen is named as a recipient refused for good."""
+    fake = await smtp_server()
+    update = {"to": ["ops@example.com", "Jürgen <jürgen@example.com>"], "cc": []}
+    with caplog.at_level(logging.WARNING, logger="relay.channels.email"):
+        await make_channel(email_settings(fake.port).model_copy(update=update)).send(outgoing())
+    [got] = await fake.wait_for(1)
+    assert got.rcpt_tos == ["ops@example.com"]
+    [record] = caplog.records
+    said = {k: record.__dict__[k] for k in ("refused", "refused_no_smtputf8", "recipients")}
+    assert said == {"refused": 1, "refused_no_smtputf8": ["jürgen@example.com"], "recipients": 2}
 
 
 @pytest.mark.parametrize(
