@@ -338,7 +338,7 @@ async def send_test(compiled: Compiled, channel: str) -> None:
         route = route_for(
             compiled,
             channel,
-            ChannelEnv(http, sys.stdout, config.defaults.timeout),
+            ChannelEnv(http, sys.stdout, config.defaults.timeout, partial_fails=True),
             throttled=False,
         )
         run = Run.model_validate(SAMPLE_RUN)

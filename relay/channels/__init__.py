@@ -73,6 +73,9 @@ class ChannelEnv:
     stdout: IO[str]
     default_timeout_s: float
     state: KeyValue | None = None
+    # `relay send-test`: a message some recipients were refused for good is a failure (after
+    # the others got it), where `serve` counts it sent and warns
+    partial_fails: bool = False
 
 
 class Channel(Protocol):

@@ -20,7 +20,8 @@ runs) and the attempt fails retryable: the retry, and a replay from the dead let
 same mail to the others only, so nobody gets it twice and nobody is dropped for a busy server.
 
 A recipient whose local part is not ASCII, to a server without SMTPUTF8, is one refused for
-good: the others get the mail.
+good: the others get the mail. `relay send-test` (ChannelEnv.partial_fails) fails a mail some
+recipients were refused for good, naming them, where `serve` counts it sent and warns.
 
 TLS failures are retryable: a handshake blip or a certificate renewed mid-rotation heals by
 itself, and a wrong CA still ends as a dead letter (detail "TLS: certificate not trusted") once
@@ -361,6 +362,7 @@ class EmailChannel:
         self.settings = settings
         self._timeout_s = settings.timeout or env.default_timeout_s
         self._state = env.state
+        self._partial_fails = env.partial_fails
         smtp = settings.smtp
         self._tls = tls_context(smtp) if smtp.use_tls or smtp.use_starttls else None
         self._sender = _check_address(settings.from_)
@@ -393,6 +395,8 @@ class EmailChannel:
             first = next(iter(later.values()))
             note = f" for {len(later)} of {len(self._recipients)} recipients"
             raise by_code(first, auth=False, note=note, rcpt=True)
+        if self._partial_fails and (refused or client.unsendable):
+            raise _refused_for_good(refused, client.unsendable, len(self._recipients))
 
     def _refused(
         self, message: Outgoing, refused: dict[str, int], unsendable: list[str]
@@ -502,6 +506,16 @@ def _no_auth(smtp: SmtpSettings, client: Client) -> str:
     if client.supports_extension("starttls"):
         return "server offers no AUTH without STARTTLS (STARTTLS not done): enable starttls"
     return "server offers no AUTH (STARTTLS not done, nor offered)"
+
+
+def _refused_for_good(refused: dict[str, int], unsendable: list[str], total: int) -> DeliveryError:
+    """A mail some recipients were refused for good, as `relay send-test` reports it: who, why,
+    and that the others got it."""
+    named = [f"{a} (SMTP {code})" for a, code in refused.items()]
+    named += [f"{a} (no SMTPUTF8 on the server for its non-ASCII name)" for a in unsendable]
+    others = total - len(named)
+    detail = f"refused for good: {', '.join(named)}; the other {others} of {total} got the mail"
+    return DeliveryError("client_error", retryable=False, detail=detail)
 
 
 KIND = ChannelKind("email", EmailSettings, EmailChannel, ("subject", "txt", "html"))

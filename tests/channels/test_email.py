@@ -30,7 +30,7 @@ from relay.errors import ConfigError, DeliveryError
 from relay.model import Run, notification_id
 from relay.store.sqlite import SQLiteStore
 from relay.templating import RenderContext, Renderer
-from tests.conftest import FIXTURES, RelayFactory, assert_golden, sdk_run
+from tests.conftest import FIXTURES, RelayFactory, assert_golden, run_cli, sdk_run
 
 if TYPE_CHECKING:  # imported by pytest as a plugin, so its asserts are rewritten
     from tests.fakes.smtp import FakeSMTP, Pki, SmtpFactory
@@ -841,6 +841,35 @@ async def test_mail_accepted_then_no_answer_to_quit_is_sent(smtp_server: SmtpFac
 
 
 # ----------------------------------------------------------------------------- end to end
+
+
+async def test_send_test_fails_when_a_recipient_is_refused_for_good(
+    smtp_server: SmtpFactory, tmp_path: Path
+) -> None:
+    """`relay send-test` exited 0 when the server refused one recipient for good (a stderr
+    warning alone said so): the operator checking a new `to` list missed the typo. Now exit 1,
+    naming who and why, and saying the others got the mail."""
+    fake = await smtp_server()
+    fake.refuse = {"tema@example.com": "550 5.1.1 no such user"}
+    config = tmp_path / "relay.yaml"
+    config.write_text(f"""\
+channels:
+  mail:
+    type: email
+    smtp: {{host: 127.0.0.1, port: {fake.port}, starttls: false}}
+    from: relay@example.com
+    to: [oncall@example.com, tema@example.com, jürgen@example.com]
+rules:
+  - {{name: r1, notify: [mail]}}
+""")
+    result = await asyncio.to_thread(run_cli, "send-test", "mail", "--config", str(config))
+    assert result.returncode == 1, result.stderr
+    assert [m.rcpt_tos for m in fake.messages] == [["oncall@example.com"]]
+    assert (
+        "send-test to mail failed: client_error: refused for good: tema@example.com (SMTP 550),"
+        " jürgen@example.com (no SMTPUTF8 on the server for its non-ASCII name);"
+        " the other 1 of 3 got the mail"
+    ) in result.stderr
 
 
 def relay_config(port: int, ca_file: Path, password: str = PASSWORD) -> str:
