@@ -8,11 +8,18 @@ An answer's body is read to its end, up to MAX_ANSWER_BYTES (a Slack chat.postMe
 echoes the message, escaped: tens of KB), and arrives in pieces (TLS records of 16 KB, chunks):
 one read() gives only what has come so far. Once the status is in, a body that does not end
 within the attempt's timeout is kept as far as it came: the status is the outcome.
+
+A kept-alive connection the receiver closes as idle just as it is reused (the stale keep-alive
+race) fails before a byte of the answer: the receiver never took that request. It is sent again
+at once, once, on a new connection, within the same try and its timeout (as browsers and curl
+do): it cost an attempt, and with `max_attempts: 1` the notification went dead unseen. A failure
+on a new connection, or once a byte of the answer came, stays the try's failure.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +28,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from aiohttp.client_proto import ResponseHandler
 from aiohttp.connector import Connection
 from multidict import CIMultiDict
 
@@ -110,17 +118,69 @@ async def _read_answer(content: aiohttp.StreamReader, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+class _Handler(ResponseHandler):
+    """A connection's protocol that tells whether it is stale: it carried a request before
+    this one, and no byte of the answer to this one has come."""
+
+    exchanges = 0
+    answered = False
+
+    def set_response_params(self, *args: Any, **kwargs: Any) -> None:  # before each request
+        self.exchanges += 1
+        self.answered = False
+        super().set_response_params(*args, **kwargs)
+
+    def data_received(self, data: bytes) -> None:
+        self.answered = self.answered or bool(data)
+        super().data_received(data)
+
+    @property
+    def stale(self) -> bool:
+        return self.exchanges > 1 and not self.answered
+
+
+def _new_handler(loop: asyncio.AbstractEventLoop) -> ResponseHandler:
+    return _Handler(loop)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's connector with _Handler for protocol: aiohttp has no public seam for it, and
+    tests/channels/test_stale_connections.py fails if this one stops being used."""
+
+    def __init__(self, *, force_close: bool) -> None:
+        super().__init__(limit=0, ttl_dns_cache=60, force_close=force_close)
+        self._factory = functools.partial(_new_handler, loop=self._loop)
+
+
+class StaleConnection(aiohttp.ServerDisconnectedError):
+    """A reused connection closed or reset before a byte of the answer came."""
+
+
 class _Response(aiohttp.ClientResponse):
     """Closes the connection of a 101 answer (Switching Protocols, an Upgrade aiohttp does not
     know, or none): it speaks something else now, yet aiohttp put it back in the pool, and the
-    next send to that host, of any channel, waited there for an answer until its timeout."""
+    next send to that host, of any channel, waited there for an answer until its timeout.
+    Raises StaleConnection for a reused connection lost before the answer began."""
 
     async def start(self, connection: Connection) -> aiohttp.ClientResponse:
         protocol = connection.protocol  # released to the pool within start() when 101 has no body
-        response = await super().start(connection)
+        try:
+            response = await super().start(connection)
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+            if isinstance(protocol, _Handler) and protocol.stale:
+                raise StaleConnection() from exc
+            raise
         if self.status == 101 and protocol is not None:
             protocol.close()  # the pool drops a closed connection when it is next taken
         return response
+
+
+def _left(deadline: float) -> float:
+    """The seconds left until `deadline` (loop time); TimeoutError if none."""
+    left = deadline - asyncio.get_running_loop().time()
+    if left <= 0:
+        raise TimeoutError
+    return left
 
 
 class HttpClient:
@@ -130,25 +190,27 @@ class HttpClient:
     channel holds, and a shared cap would let hung receivers hold every connection while the
     other channels' sends wait for one (and time out).
 
-    Requests go through the proxy the environment names (relay.outbound).
+    Requests go through the proxy the environment names (relay.outbound). A request lost to
+    a stale keep-alive connection goes again through a second session whose connections are
+    never reused (see the module).
     """
 
     def __init__(self, user_agent: str = USER_AGENT) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        self._sessions: dict[bool, aiohttp.ClientSession] = {}  # by force_close
         self._user_agent = user_agent
         self._proxies = Proxies.from_env()  # read once, as the rest of the environment
         for problem in self._proxies.problems():
             log.warning(problem)
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
+    def _client(self, *, fresh: bool = False) -> aiohttp.ClientSession:
+        session = self._sessions.get(fresh)
+        if session is None or session.closed:
+            session = self._sessions[fresh] = aiohttp.ClientSession(
+                connector=_Connector(force_close=fresh),
                 headers={"User-Agent": self._user_agent},
                 response_class=_Response,
             )
-        return self._session
+        return session
 
     async def post(
         self, url: str, body: bytes, headers: dict[str, str], timeout_s: float
@@ -163,19 +225,14 @@ class HttpClient:
     async def request(
         self, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout_s: float
     ) -> HttpResponse:
-        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        deadline = asyncio.get_running_loop().time() + timeout_s
         try:
-            async with self._client().request(
-                method,
-                url,
-                data=body,
-                headers=headers,
-                timeout=timeout,
-                allow_redirects=False,
-                proxy=self._proxies.for_url(url),
-            ) as resp:
-                data = await _read_answer(resp.content, MAX_ANSWER_BYTES)
-                return HttpResponse(resp.status, CIMultiDict(resp.headers), data)
+            try:
+                return await self._exchange(method, url, body, headers, timeout_s)
+            except StaleConnection:
+                log.debug("kept-alive connection closed as it was reused; sending on a new one")
+                left = _left(deadline)  # one try within its timeout: a claim's lease counts on it
+                return await self._exchange(method, url, body, headers, left, fresh=True)
         except TimeoutError:
             raise DeliveryError("timeout", retryable=True, detail="no answer in time") from None
         except (aiohttp.InvalidURL, UnicodeError):  # a host IDNA cannot encode (`hooks..x.com`),
@@ -192,7 +249,31 @@ class HttpClient:
         except aiohttp.ClientResponseError:  # not an answer: aiohttp calls it a 400 of its own
             raise DeliveryError("other", retryable=True, detail="malformed HTTP answer") from None
 
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        timeout_s: float,
+        *,
+        fresh: bool = False,
+    ) -> HttpResponse:
+        async with self._client(fresh=fresh).request(
+            method,
+            url,
+            data=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            allow_redirects=False,
+            proxy=self._proxies.for_url(url),
+        ) as resp:
+            data = await _read_answer(resp.content, MAX_ANSWER_BYTES)
+            return HttpResponse(resp.status, CIMultiDict(resp.headers), data)
+
     async def close(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        open_sessions = [s for s in self._sessions.values() if not s.closed]
+        for session in open_sessions:
+            await session.close()
+        if open_sessions:
             await asyncio.sleep(0)
