@@ -12,6 +12,12 @@ never reused: the figures are as fresh as the scrape.
 What a reading "took" includes its wait in the store's queue: behind a 5,000-run ingest commit
 of 3 s it took 3.4 s, and was reused for 68 s, relay_queue_depth showing a depth a minute old
 while the queue drained or grew. MAX_REUSE_S bounds how old a figure can be.
+
+A scrape waits WAIT_S at most, then answers as if the store had not answered (relay_store_up
+0, the last figures): with another process holding SQLite's write lock each reading waited out
+the busy timeout behind a write that did too, 10 s, Prometheus' default scrape_timeout, and the
+failed scrape told of relay being down, not of its store. The reading goes on and serves the
+scrapes that follow while it is fresh.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from relay.errors import StoreUnavailable
 from relay.store import Store
 
 CHEAP_S = 0.01
 COST_RATIO = 20.0
 MAX_REUSE_S = 5.0
+WAIT_S = 5.0  # half Prometheus' default scrape_timeout
 Reading = tuple[dict[str, int], float | None]  # counts by state, oldest pending (store time)
 
 
@@ -42,12 +50,14 @@ class OutboxReading:
         """The figures at `now` (wall clock, the store's time); StoreUnavailable as the store."""
         if self._last is not None and self._clock() < self._fresh_until:
             return self._last
-        if self._under_way is None:
+        if self._under_way is None or self._under_way.done():  # done: after a scrape gave up
             self._under_way = asyncio.ensure_future(self._read(now))
             self._under_way.add_done_callback(_retrieved)  # its scrapers may all have left
         under_way = self._under_way
         try:
-            return await asyncio.shield(under_way)
+            return await asyncio.wait_for(asyncio.shield(under_way), WAIT_S)
+        except TimeoutError:
+            raise StoreUnavailable(f"no outbox figures within {WAIT_S:g} s") from None
         finally:
             if self._under_way is under_way and under_way.done():
                 self._under_way = None

@@ -27,6 +27,7 @@ import aiohttp
 import pytest
 
 import relay.store.sqlite as relay_sqlite
+from relay import outbox_reading
 from relay.configure import compile_config, load
 from relay.service import Service
 from relay.settings import Settings
@@ -242,6 +243,35 @@ async def test_store_that_cannot_answer_is_not_ready_until_it_can(
         status, _, _ = await post(r, failed_run(1))
         assert status == 202
         assert await readiness(r) == (200, {"status": "ready"})
+        assert await store_up(r) == "1.0"
+
+
+async def test_a_scrape_answers_while_the_store_is_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process held the SQLite write lock (a second relay, `sqlite3` in a transaction):
+    each scrape of /metrics waited in the store's queue behind a write waiting out the busy
+    timeout, then for its own: 10 s, Prometheus' default scrape_timeout, so the scrape failed,
+    RelayDown fired and relay_store_up 0 reached no one. Now the scrape answers at once with
+    relay_store_up 0, the store still locked (here for a minute's busy timeout)."""
+    for module in (_sqlite_connect, relay_sqlite):
+        monkeypatch.setattr(module, "BUSY_TIMEOUT_MS", 60_000)
+    monkeypatch.setattr(outbox_reading, "WAIT_S", 0.5, raising=False)  # 5 s: quicker
+    db = tmp_path / "relay.db"
+    async with running(tmp_path, SQLiteStore(db)) as r:
+        assert await store_up(r) == "1.0"
+        locker = sqlite3.connect(db, isolation_level=None)
+        try:
+            locker.execute("BEGIN EXCLUSIVE")
+            for _ in range(2):  # the next scrape too, not only the first
+                assert await asyncio.wait_for(store_up(r), 30) == "0.0"
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        for _ in range(600):  # the readings under way finish once the lock is gone
+            if await store_up(r) == "1.0":
+                break
+            await asyncio.sleep(0.05)
         assert await store_up(r) == "1.0"
 
 
