@@ -61,6 +61,12 @@ RELOAD_RESULTS = ("success", "failure")
 # why an alert webhook was answered 202 but not taken: a fixed set, never the body's `type`
 # (a sender could make a series of every string it likes)
 ALERT_IGNORED_REASONS = ("unknown_type",)
+# where updates come from, and why a request to /v1/runs or /v1/trigger/alerts was refused
+# (relay.sources.http's rejections): fixed sets, exposed at 0 from the start
+SOURCES = ("http", "trigger_alerts", "realtime")
+REJECTION_REASONS = (
+    "bad_request", "unauthorized", "not_configured", "too_large", "store_unavailable", "busy",
+)  # fmt: skip
 
 
 _M = TypeVar("_M", bound=MetricWrapperBase)
@@ -98,8 +104,6 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        for reason in ALERT_IGNORED_REASONS:
-            self.alerts_ignored.labels(reason=reason)
         self.stale = Counter(
             "relay_updates_stale_total", "Updates older than the stored state.", registry=r
         )
@@ -207,8 +211,15 @@ class Metrics:
             "Digest of the running config (secrets masked) and its templates directory.",
             registry=r,
         )
-        for result in RELOAD_RESULTS:
-            self.config_reloads.labels(result=result)
+        # at 0 until their first event: a series born at 1 has no increase() (see configured())
+        for counter, values in (
+            (self.received, SOURCES),
+            (self.rejected, REJECTION_REASONS),
+            (self.alerts_ignored, ALERT_IGNORED_REASONS),
+            (self.config_reloads, RELOAD_RESULTS),
+        ):
+            for value in values:
+                counter.labels(value)
         # those of every update and every send
         self._received, self._matched = _ByLabel(self.received), _ByLabel(self.matched)
         self._sent = _ByLabel(self.sent)

@@ -106,6 +106,24 @@ async def test_every_channel_and_rule_is_counted_from_zero(relay: RelayFactory, 
     assert value(text, 'relay_config_reloads_total{result="success"}') == 1
 
 
+async def test_updates_received_and_refused_are_counted_from_zero(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """relay_updates_received_total and relay_updates_rejected_total appeared at their first
+    update: a batch of 500 posted just after a start was a series born at 500, which
+    increase() and the dashboard's ingest rate read as 0, as they read the first refusals
+    (RelayRejectingUpdates, the rejections panel), and an alert on nothing received
+    (`rate(relay_updates_received_total[1h]) == 0`) had no series to fire on. Their label
+    values are a fixed set: every source and every reason the README names is there at 0."""
+    r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    text = await metrics_text(r)
+    for source in ("http", "trigger_alerts", "realtime"):
+        assert value(text, f'relay_updates_received_total{{source="{source}"}}') == 0, source
+    reasons = ("bad_request", "unauthorized", "not_configured", "too_large")
+    for reason in (*reasons, "store_unavailable", "busy"):
+        assert value(text, f'relay_updates_rejected_total{{reason="{reason}"}}') == 0, reason
+
+
 async def test_a_reload_logs_what_relay_check_warns_of(
     relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
 ) -> None:
