@@ -10,6 +10,7 @@ parsed too.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -24,7 +25,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.utils import floatToGoString
 
 from relay.metrics import LATENCY_BUCKETS, Metrics
-from tests.conftest import REPO
+from tests.conftest import REPO, RelayFactory, Sink, sdk_run, status
+from tests.test_operations import CONFIG, metrics_text
 
 DASHBOARD = REPO / "deploy" / "grafana" / "relay.json"
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -326,3 +328,86 @@ def test_config_inconsistent_compares_the_replicas_of_one_deployment(tmp_path: P
         ],
     }
     promtool_test(tmp_path, test)
+
+
+# the README's own suggestion, as printed under Metrics
+README_DEAD_RULE = {
+    "alert": "ReadmeDeadLetters",
+    "expr": "rate(relay_notifications_dead_total[5m]) > 0",
+}
+
+
+def scraped(text: str, family: str) -> dict[str, float]:
+    """The samples of `family` in a scrape, by series, with the job label a scrape adds."""
+    samples = (line.rsplit(" ", 1) for line in text.splitlines() if line.startswith(family + "{"))
+    return {series.replace("{", '{job="relay",', 1): float(v) for series, v in samples}
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+async def test_dead_letter_alerts_fire_on_the_series_relay_exposes(
+    tmp_path: Path, relay: RelayFactory, sink: Sink
+) -> None:
+    """An SRE's first alert, dead letters rising: relay scraped before and after one notification
+    went dead (a receiver answering 503 to its only attempt), those very samples fed to promtool:
+    the README's `rate(relay_notifications_dead_total[5m]) > 0` and the shipped
+    RelayNotificationsDead fire for that channel and reason, and for no other series."""
+    sink.default = status(503)
+    r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    family = "relay_notifications_dead_total"
+    before = scraped(await metrics_text(r), family)
+    dead = f'{family}{{job="relay",channel="hook",reason="server_error"}}'
+    assert before[dead] == 0  # there from the start
+    run = sdk_run("failed")
+    await r.post(run)
+    for _ in range(600):
+        after = scraped(await metrics_text(r), family)
+        if after[dead] == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert after[dead] == 1
+    rules = tmp_path / "readme.yml"
+    rules.write_text(yaml.safe_dump({"groups": [{"name": "sre", "rules": [README_DEAD_RULE]}]}))
+    fired = {"channel": "hook", "reason": "server_error"}
+    test = {
+        "rule_files": [str(ALERTS), str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": s, "values": f"{before[s]:g}x2 {after[s]:g}x10"} for s in after
+                ],
+                "alert_rule_test": [
+                    {"eval_time": "2m", "alertname": "ReadmeDeadLetters", "exp_alerts": []},
+                    {
+                        "eval_time": "4m",
+                        "alertname": "ReadmeDeadLetters",
+                        "exp_alerts": [{"exp_labels": {"job": "relay", **fired}}],
+                    },
+                    {
+                        "eval_time": "4m",
+                        "alertname": "RelayNotificationsDead",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "warning", **fired},
+                                "exp_annotations": dead_annotations(fired),
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    promtool_test(tmp_path, test)
+
+
+def dead_annotations(labels: dict[str, str]) -> dict[str, str]:
+    rule = next(r for r in alert_rules() if r["alert"] == "RelayNotificationsDead")
+    return {key: filled(text, labels) for key, text in rule["annotations"].items()}
+
+
+def filled(template: str, labels: dict[str, str]) -> str:
+    """An annotation as Prometheus fills it, for `{{ $labels.NAME }}` placeholders only."""
+    for name, label in labels.items():
+        template = template.replace(f"{{{{ $labels.{name} }}}}", label)
+    return template
