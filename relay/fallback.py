@@ -45,7 +45,9 @@ def fallback_json(ctx: RenderContext) -> str:
     """{"id", "type", "rule", "channel", "text", "run", "dashboardUrl"} (+ "group" in a digest)
     as a JSON string of at most MAX_OUTPUT_CHARS; `text` is escaped for channel types that read
     it as markup (Slack mrkdwn). Fields of the run too large for that (or not JSON) are replaced by
-    "[omitted: N bytes]"; if it is still too large, `run` is null and `group` has no runs."""
+    "[omitted: N bytes]"; if it is still too large, every field over a few hundred bytes is, so
+    that a digest still names each of its runs; only if that is too large, `run` is null and
+    `group` has no runs."""
     escape = _TEXT_ESCAPES.get(ctx.channel_type, as_text)
     body: dict[str, Any] = {
         "id": ctx.notification_id,
@@ -58,7 +60,7 @@ def fallback_json(ctx: RenderContext) -> str:
     }
     if ctx.group is not None:
         body["group"] = ctx.group
-    for shrink in (_slim_runs, _no_runs):
+    for shrink in (_slim_runs, _brief_runs, _no_runs):
         try:
             data = json_bytes(body)
         except (TypeError, ValueError):  # e.g. an integer beyond 64 bits somewhere in the run
@@ -100,27 +102,40 @@ def _body_type(ctx: RenderContext) -> str:
 
 
 _FIELD_MAX_CHARS = 10_000  # a run field larger than this is left out of a fallback too large
+# ...and larger than this when that is still too large: 1,000 runs of a digest with long errors
+# (each run's id, status, task and times kept) then fit, where dropping the runs would lose them
+_BRIEF_FIELD_MAX_CHARS = 200
 
 
-def _slim_value(value: Any) -> Any:
+def _slim_value(value: Any, limit: int = _FIELD_MAX_CHARS) -> Any:
     try:
         size = len(json_bytes(value))
     except (TypeError, ValueError):
         return "[omitted: not JSON]"
-    return value if size <= _FIELD_MAX_CHARS else f"[omitted: {size} bytes]"
+    return value if size <= limit else f"[omitted: {size} bytes]"
 
 
-def _slim_run(run: Any) -> Any:
-    return {k: _slim_value(v) for k, v in run.items()} if isinstance(run, Mapping) else None
+def _slim_run(run: Any, limit: int) -> Any:
+    if not isinstance(run, Mapping):
+        return None
+    return {k: _slim_value(v, limit) for k, v in run.items()}
+
+
+def _omit_large(body: dict[str, Any], limit: int) -> dict[str, Any]:
+    """The body with the fields over `limit` of its run (and of a digest's runs) omitted."""
+    slim = {**body, "run": _slim_run(body["run"], limit)}
+    group = body.get("group")
+    if isinstance(group, Mapping) and isinstance(group.get("runs"), list):
+        slim["group"] = {**group, "runs": [_slim_run(r, limit) for r in group["runs"]]}
+    return slim
 
 
 def _slim_runs(body: dict[str, Any]) -> dict[str, Any]:
-    """The body with the large fields of its run (and of a digest's runs) omitted."""
-    slim = {**body, "run": _slim_run(body["run"])}
-    group = body.get("group")
-    if isinstance(group, Mapping) and isinstance(group.get("runs"), list):
-        slim["group"] = {**group, "runs": [_slim_run(r) for r in group["runs"]]}
-    return slim
+    return _omit_large(body, _FIELD_MAX_CHARS)
+
+
+def _brief_runs(body: dict[str, Any]) -> dict[str, Any]:
+    return _omit_large(body, _BRIEF_FIELD_MAX_CHARS)
 
 
 def _no_runs(body: dict[str, Any]) -> dict[str, Any]:

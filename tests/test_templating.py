@@ -230,13 +230,28 @@ def test_a_fallback_stays_within_the_output_cap(tmp_path: Path) -> None:
     group = digest_context("k", {"task": "t"}, [run] * 3)
     digest = orjson.loads(fallback_json(replace(context(run, "webhook"), group=group)))
     assert [r["output"] for r in digest["group"]["runs"]] == [body["run"]["output"]] * 3
-    wide = {**run, **{f"field{i}": "w" * 9_000 for i in range(20)}}  # no field too large
+    wide = {**run, **{f"field{i}": "w" * 150 for i in range(2_000)}}  # no field too large
     group = digest_context("k", {"task": "t"}, [wide] * 30)
     text = fallback_json(replace(context(wide, "webhook"), group=group))
     digest = orjson.loads(text)
     assert len(text) <= MAX_OUTPUT_CHARS and digest["run"] is None and "runs" not in digest["group"]
     assert digest["group"]["count"] == 30 and digest["group"]["labels"] == {"task": "t"}
     assert (body["type"], digest["type"]) == ("run.alert", "run.digest")
+
+
+def test_a_digest_too_large_for_the_webhook_template_still_names_every_run() -> None:
+    # 1,000 failures with 4 KB errors: the shipped template's body passes the output cap
+    error = {"name": "Error", "message": "E" * 3_000, "stackTrace": "    at f (a.ts:1:1)\n" * 50}
+    runs = [{**load_run("failed"), "id": f"run_{i:04d}", "error": error} for i in range(1_000)]
+    group = digest_context("k", {"taskIdentifier": "t"}, runs)
+    ctx = replace(context(runs[-1], "webhook"), group=group)
+    rendered = Renderer().render("webhook", "digest", ("json",), ctx)
+    assert rendered.fallback and len(rendered.parts["json"]) <= MAX_OUTPUT_CHARS
+    body = orjson.loads(rendered.parts["json"])
+    assert [r["id"] for r in body["group"]["runs"]] == [r["id"] for r in runs]
+    assert {r["status"] for r in body["group"]["runs"]} == {"FAILED"}
+    assert body["run"]["id"] == "run_0999" and body["run"]["error"].startswith("[omitted: ")
+    assert (body["type"], body["group"]["count"]) == ("run.digest", 1_000)
 
 
 @pytest.mark.parametrize(
