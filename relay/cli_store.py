@@ -66,7 +66,10 @@ def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
     ids = None if args.all else [args.id]
     moved = asyncio.run(_with_store(settings, lambda s: s.replay(ids, time.time())))
     if not args.all and moved == 0:
-        print(f"no dead notification with id {args.id}", file=sys.stderr)
+        from relay.history import digest_hint  # noqa: PLC0415
+
+        hint = digest_hint([args.id], "relay dlq list")
+        print(f"no dead notification with id {args.id}{hint}", file=sys.stderr)
         return 1
     print(f"replayed {moved} notification(s)")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -125,6 +125,19 @@ def dead_letter_view(n: Notification) -> dict[str, Any]:
     its notification_view, so that its times read as the rest of the API's (ISO-8601, UTC)."""
     view = notification_view(n)
     return {name: view[name] for name in DEAD_LETTER_FIELDS}
+
+
+def digest_hint(ids: Sequence[str], listing: str) -> str:
+    """What to add when a replay of `ids` moved nothing and one of them is a digest's `dgs_` id
+    (its `webhook-id`, what a receiver logs), which names no row: the dead letters are its
+    notifications, which `listing` shows."""
+    digest = next((i for i in ids if i.startswith("dgs_")), None)
+    if digest is None:
+        return ""
+    return (
+        f": {digest} is a digest's id; replay it by one of its notifications"
+        f" (the ntf_ ids {listing} shows)"
+    )
 
 
 def explain(n: Notification) -> str:

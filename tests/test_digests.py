@@ -6,13 +6,14 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from relay.model import notification_id
 from relay.store.sqlite import SQLiteStore
-from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run, status
+from tests.conftest import RelayFactory, RelayProcess, Sink, run_cli, sdk_run, status
 
 CONFIG = """\
 defaults:
@@ -191,3 +192,38 @@ async def test_a_digest_whose_outcome_write_fails_is_marked_whole_later(
         await asyncio.sleep(0.1)
     assert (await r.service.store.counts())["sent"] == 3
     assert len(sink.received) == 1 and got.json()["group"]["count"] == 3
+
+
+async def test_replaying_a_dead_digest_by_its_webhook_id_says_which_ids_replay_it(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """A receiver logs a digest's `dgs_` id (its webhook-id); the dead letters are its rows
+    (`ntf_`). Replaying by the `dgs_` id answered a bare "no dead notification with that id", as
+    if the digest were not dead; now the answer says how to replay it, and that replays it whole."""
+    sink.responses = [status(400)]
+    r = await relay(CONFIG.format(url=sink.url, wait="100ms", interval="5m"))
+    await r.post([failed(i) for i in range(3)])
+    [first] = await sink.wait_for(1)
+    digest = first.headers["webhook-id"]
+    dead: list[dict[str, Any]] = []
+    for _ in range(200):  # the answer reaches the sink before the rows are marked dead
+        async with r.http.get(r.url + "/v1/dlq") as resp:
+            dead = (await resp.json())["dead"]
+        if len(dead) == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert len(dead) == 3 and digest.startswith("dgs_")
+    hint = f": {digest} is a digest's id; replay it by one of its notifications (the ntf_ ids"
+    for url, body in ((f"/v1/dlq/{digest}/replay", None), ("/v1/dlq/replay", {"ids": [digest]})):
+        async with r.http.post(r.url + url, json=body) as resp:
+            said = await resp.json()
+        assert resp.status == 404 and said["error"].startswith("no dead notification with that id")
+        assert hint + " GET /v1/dlq shows)" in said["error"]
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    out = await asyncio.to_thread(run_cli, "dlq", "replay", digest, env=env)
+    assert out.returncode == 1
+    assert out.stderr == f"no dead notification with id {digest}{hint} relay dlq list shows)\n"
+    async with r.http.post(r.url + f"/v1/dlq/{dead[0]['id']}/replay") as resp:
+        assert await resp.json() == {"replayed": 3}
+    [_, again] = await sink.wait_for(2)
+    assert again.headers["webhook-id"] == digest and len(again.json()["runs"]) == 3

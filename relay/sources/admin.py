@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from relay.errors import InputError
-from relay.history import dead_letter_view, event_view, find_history, notification_view
+from relay.history import dead_letter_view, digest_hint, event_view, find_history, notification_view
 from relay.silences import (
     matcher_warnings,
     new_silence,
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 MAX_SILENCE_BODY = 64 * 1024
 log = logging.getLogger("relay.http")
+NOT_DEAD = "no dead notification with that id"
+LISTING = "GET /v1/dlq"
 
 
 def _said(what: str, silence: Silence) -> None:
@@ -62,7 +64,7 @@ class DeadLetterHandlers:
         ident = request.match_info["id"]
         moved = await self.deps.store.replay([ident], self.deps.clock())
         if not moved:
-            return error(404, "no dead notification with that id", "id")
+            return error(404, NOT_DEAD + digest_hint([ident], LISTING), "id")
         self.deps.wake_all()
         log.info("dead notification replayed", extra=await self._about(ident))
         return json_response({"replayed": moved})
@@ -97,7 +99,7 @@ class DeadLetterHandlers:
         ids = None if named is None else named[1]
         moved = await self.deps.store.replay(ids, self.deps.clock())
         if named is not None and not moved:  # the field the body named them in
-            return error(404, "no dead notification with that id", named[0])
+            return error(404, NOT_DEAD + digest_hint(named[1], LISTING), named[0])
         self.deps.wake_all()
         log.info("dead notifications replayed", extra={"replayed": moved})
         return json_response({"replayed": moved})
