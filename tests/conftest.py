@@ -27,6 +27,7 @@ from relay.service import Service
 from relay.settings import Settings
 from relay.store.sqlite import SQLiteStore
 from tests.fakes.serving import serving, until
+from tests.pg import fresh_database, shared_server
 
 # Fakes of the outside services, with their fixtures (smtp_server, slack, discord, teams,
 # pagerduty), for every test module.
@@ -273,6 +274,17 @@ class RelayProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def engine_env(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, str]]:
+    """The environment that points `relay serve` (or `relay` commands) at a fresh store of each
+    engine: SQLite (relay_process's own file), PostgreSQL through tests/pg.py."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    async with fresh_database(shared_server()) as url:
+        yield {"RELAY_STORE_URL": url}
 
 
 @pytest.fixture

@@ -8,14 +8,11 @@ in the order of their hashed ids)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests.conftest import RelayProcess, Sink, sdk_run
-from tests.pg import fresh_database, shared_server
 
 CONFIG = """\
 channels:
@@ -31,24 +28,14 @@ rules:
 """
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store_env(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, str]]:
-    """The environment that points `relay serve` at a fresh store of each engine."""
-    if request.param == "sqlite":
-        yield {}
-        return
-    async with fresh_database(shared_server()) as url:
-        yield {"RELAY_STORE_URL": url}
-
-
 def batch(count: int) -> list[dict[str, Any]]:
     return [{**sdk_run("failed"), "id": f"run_order_{i:02d}"} for i in range(count)]
 
 
 async def test_a_batch_goes_out_in_its_order_through_a_rate_limit(
-    relay_process: Any, sink: Sink, store_env: dict[str, str]
+    relay_process: Any, sink: Sink, engine_env: dict[str, str]
 ) -> None:
-    proc: RelayProcess = relay_process(CONFIG.format(url=sink.url), store_env).start()
+    proc: RelayProcess = relay_process(CONFIG.format(url=sink.url), engine_env).start()
     runs = batch(20)
     async with (
         aiohttp.ClientSession() as http,
