@@ -4,7 +4,8 @@ time, a recovery waiting for the notification it resolves, rendered, sent (relay
 the outcome written through store blips: sent, a retry from the outbox with backoff or the
 server's Retry-After, or dead. Final writes are shielded from cancellation: a notification is
 marked sent only after the send returned, with the channel's receipt. A recovery follows its
-notification's fate: muted with it, never muted on its own.
+notification's fate: muted with it, never muted on its own, held while it is dead (the channel
+never heard it: Alertmanager sends no resolved for an alert it never notified).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from relay.channels import Outgoing, Recovery
 from relay.config import RetryPolicy
 from relay.errors import DeliveryError, StoreUnavailable
 from relay.grouping import digest_context, digest_id, seen_at
-from relay.model import Notification, subject_of
+from relay.model import ALERT_DEAD, Notification, held_error, subject_of
 from relay.sending import Clock, Route, Sender, Sleep, Tried
 from relay.silences import SilenceCache, silenced_by
 from relay.store import Store
@@ -160,9 +161,9 @@ class Dispatch:
 
     async def _to_send(
         self, rows: list[Notification], group_key: str | None
-    ) -> tuple[list[Notification], Recovery | None, Notification | None] | None:
-        """The rows to send now (the muted ones marked so), what a recovery among them
-        resolves and that alert if it is dead; None when nothing goes now."""
+    ) -> tuple[list[Notification], Recovery | None] | None:
+        """The rows to send now (the muted ones marked so) and what a recovery among them
+        resolves; None when nothing goes now."""
         rows = [row for row in rows if not await self._muted(row, row_extra(self.name, row))]
         if not rows:
             if group_key is not None:
@@ -170,14 +171,13 @@ class Dispatch:
             return None
         if group_key is None and rows[0].resolves is not None:
             resolving = await self._recovers(rows[0])
-            return None if resolving is None else (rows, *resolving)
-        return rows, None, None
+            return None if resolving is None else (rows, resolving)
+        return rows, None
 
     async def _send_and_finish(
         self,
         rows: list[Notification],
         recovers: Recovery | None,
-        dead: Notification | None,
         group_key: str | None,
     ) -> None:
         """Render, send with quick retries, and have the outcome written (see finish)."""
@@ -194,9 +194,7 @@ class Dispatch:
             writes: list[Awaitable[object]]
             # Its outcome is one store write, all its rows or none: a kill between rows would
             # leave part of it marked and send the rest again as a smaller digest (a new id).
-            if err is None and dead is not None:  # a recovery, of an alert that was dead
-                writes = [self._recovery_sent(rows[0], tries, tried, dead)]
-            elif err is None:
+            if err is None:
                 writes = [self._sent(rows, tries, tried)]
             else:
                 outcome = self._outcome(err, rows, tries)
@@ -240,10 +238,10 @@ class Dispatch:
                 await self.deps.sleep(wait_s)
                 wait_s = min(wait_s * 2, 15.0)
 
-    async def _recovers(self, row: Notification) -> tuple[Recovery, Notification | None] | None:
-        """What recovery `row` resolves, once that notification is finished, and that
-        notification if it is dead. Until then the row waits (None); it is muted (None) when
-        that notification was muted."""
+    async def _recovers(self, row: Notification) -> Recovery | None:
+        """What recovery `row` resolves, once that notification is finished. Until then the row
+        waits (None); it is muted (None) when that notification was muted, held (None) while
+        that notification is dead."""
         firing_id = row.resolves or ""
         firing = await self.deps.store.get(firing_id)
         now = self.deps.clock()
@@ -266,17 +264,28 @@ class Dispatch:
             else:
                 self._fenced(row, "muted")
             return None
-        receipt = firing.receipt if firing is not None and firing.state == "sent" else None
-        dead = firing if firing is not None and firing.state == "dead" else None
-        return Recovery(firing_id, receipt), dead  # dead or forgotten: the channel makes do
+        if firing is not None and firing.state == "dead":
+            await asyncio.shield(self._hold(row, firing))
+            return None
+        receipt = firing.receipt if firing is not None else None
+        return Recovery(firing_id, receipt)  # sent, or forgotten (retention): the channel makes do
 
-    async def _recovery_sent(
-        self, row: Notification, tries: int, tried: Tried, dead: Notification
-    ) -> None:
-        """A recovery sent while its alert was dead. A replay of that alert meanwhile (by
-        `relay dlq replay`, on any replica) queued no recovery: this one was still pending.
-        The alert then came after it, and the run ended on an open alert: it goes again."""
-        await self._sent([row], tries, tried)
+    async def _hold(self, row: Notification, dead: Notification) -> None:
+        """A recovery of a dead alert: the channel never heard that alert, so nothing is to be
+        resolved there. Kept as a dead letter (reason `alert_dead`, not counted as a failed
+        delivery: its alert was) that a replay of the alert brings back after it. A replay of
+        the alert (by `relay dlq replay`, on any replica) between its read and this mark found
+        the recovery still pending and queued nothing: it is queued again here."""
+        now = self.deps.clock()
+        if not await self.deps.store.mark_held(
+            row.id, now=now, reason=ALERT_DEAD, error=held_error(dead.id), attempts=row.attempts
+        ):
+            self._fenced(row, "held")
+            return
+        log.warning(
+            "recovery held: its notification is dead",
+            extra={**row_extra(self.name, row), "resolves": dead.id},
+        )
         firing = await self.deps.store.get(dead.id)
         if firing is None or _same_outcome(firing, dead):
             return

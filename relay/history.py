@@ -9,7 +9,7 @@ from typing import Any
 
 from relay.durations import parse_duration
 from relay.errors import InputError
-from relay.model import Notification, iso
+from relay.model import ALERT_DEAD, Notification, iso
 from relay.silences import parse_time
 from relay.store import HistoryQuery, Store
 
@@ -146,6 +146,8 @@ def explain(n: Notification) -> str:
         return f"sent after {n.attempts} attempt(s)"
     if n.state == "muted":
         return f"muted by {n.reason or 'a silence'}: recorded, not sent"
+    if n.state == "dead" and n.reason == ALERT_DEAD:
+        return f"held, not sent: {n.last_error}"
     if n.state == "dead":
         return f"dead after {n.attempts} attempt(s): {failure(n.reason, n.last_error)}"
     if n.attempts:

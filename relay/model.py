@@ -414,6 +414,19 @@ def subject_of(run: dict[str, Any]) -> str | None:
     return f"errgrp_{fingerprint}" + (f":{env_id}" if isinstance(env_id, str) else "")
 
 
+# The reason of a recovery held because its alert is dead: the channel never heard the alert,
+# so there is nothing to resolve there. A dead letter, brought back by a replay of the alert.
+ALERT_DEAD = "alert_dead"
+
+
+def held_error(firing_id: str) -> str:
+    """What a recovery held for its dead alert says, in the history and the dead letters."""
+    return (
+        f"{ALERT_DEAD}: its alert {firing_id} is dead, so the channel never heard it;"
+        f" `relay dlq replay {firing_id}` sends the alert, then this recovery"
+    )
+
+
 def recovery_id(firing_id: str) -> str:
     """Stable id of the recovery of notification `firing_id`: one per firing notification."""
     digest = hashlib.blake2b(f"{firing_id}\x1frecovered".encode(), digest_size=12)

@@ -31,7 +31,15 @@ from relay.errors import ConfigError, DeliveryError
 from relay.model import Run, notification_id, recovery_id
 from relay.store.sqlite import SQLiteStore
 from relay.templating import RenderContext, Renderer
-from tests.conftest import RelayFactory, RelayProcess, Sink, assert_golden, sdk_run, status
+from tests.conftest import (
+    RelayFactory,
+    RelayProcess,
+    Sink,
+    assert_golden,
+    run_cli,
+    sdk_run,
+    status,
+)
 from tests.fakes.presets import (
     PD_KEY,
     FakePagerDuty,
@@ -423,11 +431,11 @@ async def test_a_recovery_is_muted_with_its_alert(relay: RelayFactory, sink: Sin
     assert len(sink.received) == 1
 
 
-async def test_a_replayed_dead_alert_is_resolved_again(
+async def test_a_dead_page_is_not_resolved_until_it_is_replayed(
     relay: RelayFactory, pagerduty: FakePagerDuty
 ) -> None:
-    # the trigger dies, the run completes (the resolve goes out alone), then the dead trigger is
-    # replayed: its resolve must follow it again, or the page stays open for a completed run
+    # the trigger dies, the run completes: PagerDuty never opened the key, so no resolve goes
+    # (it used to, alone); the replayed trigger opens it and its resolve follows at once
     pagerduty.script(Reply(400, {"status": "invalid event", "message": "bad", "errors": ["x"]}))
     channel = f"  pager: {{type: pagerduty, routing_key: {PD_KEY}, api_url: {pagerduty.url}}}"
     r = await relay(config(channel, slow_rule("pager")))
@@ -435,43 +443,80 @@ async def test_a_replayed_dead_alert_is_resolved_again(
     await r.post(executing())
     await until(lambda: _is(r, firing, "dead"))
     await r.post(completed())
-    await until(lambda: _is(r, recovered, "sent"))
+    await until(lambda: _is(r, recovered, "dead"))
+    assert len(pagerduty.calls) == 1
+    assert [n.id for n in await r.service.store.dead_letters()] == [recovered, firing]
     assert await r.service.store.replay([firing], now=time.time()) == 1
     r.service._wake_all()
-    calls = await pagerduty.wait_for(4)
+    calls = await pagerduty.wait_for(3)
     await until(lambda: _is(r, recovered, "sent"))
-    actions = [c.json()["event_action"] for c in calls]
-    assert actions == ["trigger", "resolve", "trigger", "resolve"]
+    assert [c.json()["event_action"] for c in calls] == ["trigger", "trigger", "resolve"]
     assert set(pagerduty.alerts.values()) == {"resolved"}
-    history = await r.service.store.events(recovered)
-    assert [e["kind"] for e in history].count("sent") == 2
+    history = [(e["kind"], e["reason"]) for e in await r.service.store.events(recovered)]
+    assert history == [
+        ("created", None),
+        ("dead", "alert_dead"),
+        ("replayed", None),
+        ("sent", None),
+    ]
 
 
-async def test_an_alert_replayed_while_its_recovery_is_in_flight_is_resolved_again(
+async def test_an_alert_that_dies_while_its_recovery_waits_holds_it(
     relay: RelayFactory, sink: Sink
 ) -> None:
-    # the replay finds the recovery still pending (being sent), so it queues none: the alert went
-    # out after the recovery, and the run ended on an open alert
-    replayed = asyncio.Event()
-
-    async def after_the_replay(request: Any, index: int) -> Any:
-        await replayed.wait()
-        return aiohttp.web.Response(status=200)
-
-    sink.responses = [status(400), after_the_replay]  # the alert dies; its recovery waits
+    # the run completes while the alert is retrying (its recovery waits), then the alert dies:
+    # the recovery is held, not sent; a replay of every dead letter sends the alert, then it
+    sink.responses = [status(503), status(400)]
     r = await relay(config(f'  hook: {{type: webhook, url: "{sink.url}/hook"}}', slow_rule("hook")))
     firing, recovered = ids("hook")
     await r.post(executing())
-    await until(lambda: _is(r, firing, "dead"))
-    await r.post(completed())
-    await sink.wait_for(2)  # the recovery is in flight
-    async with r.http.post(r.url + "/v1/dlq/replay", json={"ids": [firing]}) as resp:
-        assert (await resp.json())["replayed"] == 1
-    replayed.set()
+    await sink.wait_for(1)
+    assert (await r.post(completed()))[1]["notifications"] == 1  # owed: the alert is pending
+    await until(lambda: _is(r, recovered, "dead"))
+    assert await state_of(r, firing) == "dead" and len(sink.received) == 2
+    async with r.http.post(r.url + "/v1/dlq/replay", json={"all": True}) as resp:
+        assert (await resp.json())["replayed"] == 2
     await sink.wait_for(4)
     await until(lambda: _is(r, recovered, "sent"))
     order = [req.headers["webhook-id"] for req in sink.received]
-    assert order == [firing, recovered, firing, recovered]
+    assert order == [firing, firing, firing, recovered]
+
+
+async def test_a_dead_alert_holds_its_recovery_until_it_is_replayed(
+    relay_process: Callable[..., RelayProcess], sink: Sink, engine_env: dict[str, str]
+) -> None:
+    """The channel never heard the alert (a 410 killed it at once): no "recovered" for it (on
+    PagerDuty, a resolve of a key it never opened), as Alertmanager sends no resolved for an
+    alert it never notified. The recovery is held as a dead letter saying why, and `relay dlq
+    replay` of the alert (here over HTTP) sends the alert, then its recovery."""
+    sink.responses = [status(410)]  # the alert dies at once; later requests get 200
+    channel = f'  hook: {{type: webhook, url: "{sink.url}/hook"}}'
+    proc = relay_process(config(channel, slow_rule("hook")), engine_env)
+    await asyncio.to_thread(proc.start)
+    firing, recovered = ids("hook")
+    async with aiohttp.ClientSession() as http:
+        await _post(http, proc.url, executing())
+        await until(lambda: _state_over_http(http, proc.url, firing, "dead"))
+        assert (await _post(http, proc.url, completed()))["notifications"] == 1
+        await until(lambda: _state_over_http(http, proc.url, recovered, "dead", "sent"))
+        async with http.get(f"{proc.url}/v1/notifications/{recovered}") as resp:
+            held = await resp.json()
+        assert (held["state"], held["reason"]) == ("dead", "alert_dead")
+        assert f"`relay dlq replay {firing}` sends the alert, then this recovery" in held["error"]
+        env = {"RELAY_STORE_URL": proc.env["RELAY_STORE_URL"]}
+        listed = await asyncio.to_thread(run_cli, "history", "--run", RUN_ID, env=env)
+        assert f"held, not sent: alert_dead: its alert {firing} is dead" in listed.stdout
+        assert len(sink.received) == 1  # the alert's one try: no recovery went out
+        async with http.post(proc.url + "/v1/dlq/replay", json={"ids": [firing]}) as resp:
+            assert (await resp.json())["replayed"] == 1
+        got = await sink.wait_for(3)
+        await until(lambda: _state_over_http(http, proc.url, recovered, "sent"))
+    assert [(g.headers["webhook-id"], g.json()["type"]) for g in got] == [
+        (firing, "run.alert"),
+        (firing, "run.alert"),
+        (recovered, "run.recovered"),
+    ]
+    assert proc.terminate() == 0
 
 
 # ------------------------------------------------------------------------------ durability
@@ -503,6 +548,11 @@ async def test_the_recovery_survives_kill_9_and_goes_out_once(
 
 async def _is(r: Any, ident: str, state: str) -> bool:
     return await state_of(r, ident) == state
+
+
+async def _state_over_http(http: aiohttp.ClientSession, url: str, ident: str, *states: str) -> bool:
+    async with http.get(f"{url}/v1/notifications/{ident}") as resp:
+        return resp.status == 200 and (await resp.json())["state"] in states
 
 
 async def _post(http: aiohttp.ClientSession, url: str, run: dict[str, Any]) -> dict[str, Any]:

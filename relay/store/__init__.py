@@ -256,6 +256,13 @@ class Store(Protocol):
         it changed (see mark_retry). `silence_id`: the mute reason (a silence's id,
         `time_interval:…`, `inhibited:…`); `attempts`: the row's so far, for its event."""
 
+    async def mark_held(
+        self, notification_id: str, *, now: float, reason: str, error: str, attempts: int
+    ) -> bool:
+        """A pending notification that must not go now and waits for a replay (a recovery of a
+        dead alert): recorded as dead with `reason`, its attempts left as they are, so no
+        attempt is counted. Whether it changed (see mark_muted)."""
+
     async def history(self, query: HistoryQuery) -> list[Notification]:
         """Notifications (any state) matching the query, newest first."""
 

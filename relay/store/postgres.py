@@ -361,6 +361,17 @@ class PostgresStore:
         )
         return bool(changed)
 
+    async def mark_held(
+        self, notification_id: str, *, now: float, reason: str, error: str, attempts: int
+    ) -> bool:
+        changed = await self._update(
+            "state = 'dead', reason = $5, last_error = $6, lease_until = NULL, updated_at = $4",
+            [(notification_id, attempts)],
+            ("dead", now, reason, error),
+            held=True,
+        )
+        return bool(changed)
+
     async def _update(
         self,
         assignments: str,

@@ -389,6 +389,18 @@ class SQLiteStore:
         )
         return bool(changed)
 
+    async def mark_held(
+        self, notification_id: str, *, now: float, reason: str, error: str, attempts: int
+    ) -> bool:
+        changed = await self._update(
+            "state = 'dead', reason = :reason, last_error = :error, lease_until = NULL,"
+            " updated_at = :now",
+            {"reason": reason, "error": error, "now": now},
+            [(notification_id, attempts)],
+            ("dead", now, reason, error),
+        )
+        return bool(changed)
+
     async def history(self, query: HistoryQuery) -> list[Notification]:
         return await self._reader.run(lambda conn: history_rows(conn, query))
 
