@@ -22,6 +22,7 @@ from relay.config_load import Draft, LoadedConfig, check_config, check_file, par
 from relay.config_warnings import config_warnings
 from relay.dispatch import DIGEST_TEMPLATE, render_notification
 from relay.errors import ConfigError, Problem, RelayError, in_file_order
+from relay.filters import web_url
 from relay.model import Notification, Run, notification_id
 from relay.policy import TokenBucket
 from relay.rules import (
@@ -212,15 +213,24 @@ def _templates_of(rule: RuleConfig) -> list[str]:
 
 
 def dashboard_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]:
-    """The run's dashboard URL: the one Trigger.dev sent, else defaults.dashboard_url (with the
-    project of the alert that brought the run, else defaults.project_ref). A deployment event
-    links to its deployment (deployment_link)."""
+    """The run's dashboard URL: the one Trigger.dev sent if it is an absolute http(s) URL (a
+    pushed run or an alert can carry `javascript:…`, which no link or button may take), else
+    defaults.dashboard_url (with the project of the alert that brought the run, else
+    defaults.project_ref). A deployment event links to its deployment (deployment_link). Only
+    http(s) URLs come out (web_url): None otherwise."""
+    made = _made_link(defaults)
+
+    def link(run: dict[str, Any]) -> str | None:
+        return web_url(run.get("dashboardUrl")) or web_url(made(run))
+
+    return link
+
+
+def _made_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]:
+    """The link relay makes for a run from defaults.dashboard_url (see dashboard_link)."""
     pattern = defaults.dashboard_url
 
     def link(run: dict[str, Any]) -> str | None:
-        sent = run.get("dashboardUrl")
-        if isinstance(sent, str) and sent:
-            return sent
         if run.get("event", "run").startswith("deployment."):
             return deployment_link(defaults, run)
         if run.get("event", "run") != "run":  # the pattern is for runs

@@ -7,11 +7,13 @@ Registered in every template and `when:` expression (relay/sandbox.py):
     stack           trace without node:internal      status_emoji  🔴 failures, ✅ COMPLETED
     mrkdwn          Slack mrkdwn text: &, <, > escaped (so run data cannot ping @channel or
                     forge <links>); mrkdwn(N) also cuts to N characters, never inside an entity
+    web_url         the value if it is an absolute http(s) URL a link can take, else None
 """
 
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 import unicodedata
 from typing import Any
@@ -156,6 +158,24 @@ def status_emoji(status: Any) -> str:
     if status in FAILURE_STATUSES:
         return "🔴"
     return "✅" if status in ("COMPLETED", "DEPLOYED") else "⚠️"
+
+
+# Longer is no dashboard link (Trigger.dev's are ~100 characters): Slack takes 3000 in a
+# button, Discord's embeds and many mail clients less.
+MAX_URL_CHARS = 2000
+_WEB_URL = re.compile(r"https?://[^\s/?#\\]+[^\s\\]*", re.IGNORECASE | re.ASCII)
+
+
+def web_url(value: Any) -> str | None:
+    """`value` trimmed if it is an absolute http(s) URL with a host, no whitespace or control
+    character in it, at most MAX_URL_CHARS long: what a link or a button can be. Else None
+    (`javascript:…`, `ftp://…`, a relative path, something that is not text)."""
+    if not isinstance(value, str):
+        return None
+    url = value.strip()
+    if len(url) > MAX_URL_CHARS or not url.isprintable() or _WEB_URL.fullmatch(url) is None:
+        return None
+    return url
 
 
 def mrkdwn(value: Any, limit: int | None = None) -> str:

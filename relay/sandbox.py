@@ -38,6 +38,7 @@ from relay.filters import (
     status_emoji,
     tojson,
     truncate_chars,
+    web_url,
 )
 from relay.render_limits import (
     MAX_INT_BITS,
@@ -441,7 +442,7 @@ def environment(
     env.globals["namespace"] = _Namespace
     for name in ("center", "batch", "slice", "wordwrap", "truncate"):
         env.filters[name] = _width_guarded(env.filters[name])
-    ours = (money, duration, truncate_chars, tojson, stack, status_emoji, mrkdwn)
+    ours = (money, duration, truncate_chars, tojson, stack, status_emoji, mrkdwn, web_url)
     env.filters.update({f.__name__: f for f in ours}, format=_format)
     env.filters["sum"] = _sum_guarded(env.filters["sum"])
     env.filters["replace"] = _checked_replace(env.filters["replace"])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -99,7 +100,18 @@ def _nested_problems(raw: dict[str, Any], where: str) -> list[str]:
         for i, item in enumerate(raw.get("elements") or []):
             if isinstance(item, dict) and item.get("type") in ("mrkdwn", "plain_text"):
                 problems += _text_problems(item, f"{where}.elements[{i}]", 3000)
+    elif kind == "actions":
+        for i, item in enumerate(raw.get("elements") or []):
+            url = item.get("url") if isinstance(item, dict) else None
+            if url is not None and not _web_url(url):
+                problems.append(f"{where}.elements[{i}].url: not a valid url")  # Slack's words
     return problems
+
+
+def _web_url(url: Any) -> bool:
+    """A button's url Slack takes: an absolute http(s) URL, no whitespace in or around it
+    (`javascript:`, `ftp://`, a leading space: `invalid_blocks`)."""
+    return isinstance(url, str) and re.fullmatch(r"https?://[^\s/?#]+\S*", url) is not None
 
 
 def block_kit_problems(message: Any) -> list[str]:

@@ -1,0 +1,104 @@
+"""A run's `dashboardUrl` becomes a link or a button only when it is an absolute http(s) URL.
+
+A pushed run or a signed alert webhook can carry anything there (`javascript:alert(1)`, `ftp://x`,
+a relative path, spaces around a URL, 5,000 characters). That value went into Slack's button (Slack refuses
+the blocks: `invalid_blocks`, and relay resent the message as plain text, its layout lost), into
+Discord's embed and Teams' Action.OpenUrl (both refuse the message), and into digest links. Now
+such a run links where a run without one does: `defaults.dashboard_url`; spaces around a
+URL are trimmed.
+
+Real relay in process, the fakes of Slack, Discord and Teams speaking their protocols, real SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import RelayFactory, sdk_run
+from tests.fakes.presets import FakeDiscord, FakeTeams
+from tests.fakes.slack import FakeSlack
+
+RUN_ID = "run_cmy2trjs6h23sbbwrzm2jlnhj"
+BUILT = f"https://cloud.trigger.dev/projects/v3/proj_test/runs/{RUN_ID}"  # defaults.dashboard_url
+NOT_WEB = ["javascript:alert(1)", "ftp://x/run", "/runs/relative", "https://x/" + "r" * 5000]
+
+CONFIG = """\
+defaults:
+  retry: {{max_attempts: 2, max_age: 1h, min_backoff: 100ms, max_backoff: 200ms}}
+  project_ref: proj_test
+channels:
+  {name}: {channel}
+rules:
+  - {{name: failures, match: {{status: [failure]}}, notify: [{name}]{extra}}}
+"""
+
+
+def failed(dashboard_url: str, run_id: str = RUN_ID) -> dict[str, Any]:
+    return {**sdk_run("failed"), "id": run_id, "dashboardUrl": dashboard_url}
+
+
+def urls(body: Any) -> list[str]:
+    """Every `url` value in a message body, however deep."""
+    if isinstance(body, dict):
+        own = [v for k, v in body.items() if k == "url" and isinstance(v, str)]
+        return own + [u for v in body.values() for u in urls(v)]
+    if isinstance(body, list):
+        return [u for v in body for u in urls(v)]
+    return []
+
+
+@pytest.mark.parametrize("bad", NOT_WEB, ids=["javascript", "ftp", "relative", "5000_chars"])
+async def test_slack_buttons_link_only_to_web_pages(
+    relay: RelayFactory, slack: FakeSlack, bad: str
+) -> None:
+    channel = f"{{type: slack, webhook_url: {slack.webhook_url}}}"
+    r = await relay(CONFIG.format(name="chat", channel=channel, extra=""))
+    await r.post(failed(bad))
+    [call] = await slack.wait_for(1)
+    await asyncio.sleep(0.2)  # a refused message would be sent again as text by now
+    assert len(slack.calls) == 1 and slack.problems == [[]]
+    assert urls(call.json()["blocks"]) == [BUILT]
+
+
+async def test_a_web_dashboard_url_is_the_link(relay: RelayFactory, slack: FakeSlack) -> None:
+    own = "  https://trigger.example/projects/v3/proj_x/runs/run_1\n"  # Slack refused it as sent
+    channel = f"{{type: slack, webhook_url: {slack.webhook_url}}}"
+    r = await relay(CONFIG.format(name="chat", channel=channel, extra=""))
+    await r.post(failed(own))
+    [call] = await slack.wait_for(1)
+    assert urls(call.json()["blocks"]) == [own.strip()] and slack.problems == [[]]
+
+
+async def test_slack_digest_links_only_to_web_pages(relay: RelayFactory, slack: FakeSlack) -> None:
+    channel = f"{{type: slack, webhook_url: {slack.webhook_url}}}"
+    extra = ", group_by: [taskIdentifier], group_wait: 200ms"
+    r = await relay(CONFIG.format(name="chat", channel=channel, extra=extra))
+    await r.post([failed("javascript:alert(1)"), failed("ftp://x", "run_second")])
+    [call] = await slack.wait_for(1)
+    raw = call.raw.decode()
+    assert "javascript:" not in raw and "ftp://" not in raw and slack.problems == [[]]
+    assert f"<{BUILT}|" in raw  # the run's own link, built from defaults.dashboard_url
+    assert urls(call.json()["blocks"]) == [BUILT.replace(RUN_ID, "run_second")]  # the latest
+
+
+@pytest.mark.parametrize("bad", NOT_WEB[:2], ids=["javascript", "ftp"])
+async def test_discord_and_teams_link_only_to_web_pages(
+    relay: RelayFactory, discord: FakeDiscord, teams: FakeTeams, bad: str
+) -> None:
+    channels = (
+        f"{{type: discord, webhook_url: '{discord.webhook_url}'}}\n"
+        f"  room: {{type: msteams, webhook_url: '{teams.webhook_url}'}}"
+    )
+    config = CONFIG.format(name="chat", channel=channels, extra="").replace(
+        "notify: [chat]", "notify: [chat, room]"
+    )
+    r = await relay(config)
+    await r.post(failed(bad))
+    [to_discord], [to_teams] = await discord.wait_for(1), await teams.wait_for(1)
+    assert discord.problems == teams.problems == [[]]
+    assert set(urls(to_discord.json())) == {BUILT}
+    assert BUILT in urls(to_teams.json()) and bad not in json.dumps(to_teams.json())
