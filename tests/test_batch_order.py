@@ -1,9 +1,10 @@
 """A rate-limited channel sends the notifications of one batch oldest first: the order of the
 runs in the POST. `relay serve` as a child on each engine (SQLite, PostgreSQL through
-tests/pg.py), a webhook channel limited to 50 a second (20 sends held 0.4 s), a real receiver noting the order of
-arrival. One send at a time (`concurrency: 1`): two sends in flight at once may arrive in
-either order on a loaded machine, whatever order they left in. Twenty runs in one POST arrived as 11 18 09 17 03 06 ... (the claim took a batch's rows
-in the order of their hashed ids)."""
+tests/pg.py), a webhook channel limited to 50 a second (20 sends held 0.4 s), a real receiver
+noting the order of arrival. Twenty runs in one POST arrived as 11 18 09 17 03 06 ... (the
+claim took a batch's rows in the order of their hashed ids). One send at a time
+(`concurrency: 1`): two sends in flight at once may arrive in either order on a loaded
+machine, whatever order they left in."""
 
 from __future__ import annotations
 
