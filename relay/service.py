@@ -69,6 +69,11 @@ NOT_WRITABLE_S = 10.0
 # delivery's backoff (doubling, jittered, so replicas started together do not knock together).
 STORE_WAIT = RetryPolicy(min_backoff=0.5, max_backoff=10.0)
 _JITTER = random.Random()
+# What /healthz adds while relay listens but does not serve yet: the store is not open, or it
+# is and delivery (the --workers children) is starting. /readyz says "store unreachable" or
+# "starting" meanwhile; every other endpoint answers 503 with Retry-After.
+WAITING_FOR_STORE = "waiting for the store"
+STARTING = "starting"
 
 
 class StoppedWhileStarting(Exception):
@@ -104,6 +109,7 @@ class Service:
         self._stop_signals = 0  # SIGTERM/SIGINT received
         self._tasks: list[asyncio.Task[Any]] = []
         self._draining: set[asyncio.Task[None]] = set()  # deliveries a reload replaced
+        self._starting: str | None = WAITING_FOR_STORE  # /healthz's reason until all runs
         self.reloads = ConfigReloads(self)
 
     @property
@@ -119,9 +125,22 @@ class Service:
     async def _start(self) -> tuple[str, int]:
         SCRUB.set(self.compiled.loaded.secrets())
         raise_descriptor_limit()  # before the workers start: they inherit it
-        await self._open_store()
         if self.role.index is not None:
+            await self._open_store()
             return await self._start_worker()
+        self.intake = Intake(
+            self.store,
+            lambda: self.compiled.rules,
+            self._wake,
+            silences=self.silences,
+            observer=self.metrics.intake_result,
+            reserve=self._reserve,
+        )
+        # listening before the store opens: /healthz answers while relay waits for it (a
+        # liveness probe restarted it in a loop through a database outage), the rest 503
+        self.address = await self._serve_http(self.intake)
+        await self._open_store()
+        self._starting = STARTING
         released = await self.store.release_leases()
         if released:
             log.info("resuming notifications claimed before a restart", extra={"count": released})
@@ -138,15 +157,7 @@ class Service:
         else:
             self.delivery = self._delivery(self.compiled)
             self.delivery.start()
-        self.intake = Intake(
-            self.store,
-            lambda: self.compiled.rules,
-            self._wake,
-            silences=self.silences,
-            observer=self.metrics.intake_result,
-            reserve=self._reserve,
-        )
-        self.address = await self._serve_http(self.intake)
+        self._starting = None  # every endpoint answers from now on
         self._start_realtime()
         self.metrics.config_reload_time.set(time.time())
         self._tasks += [
@@ -171,8 +182,16 @@ class Service:
                 if not exc.passing:
                     raise
                 delay = round(backoff_s(tries, STORE_WAIT, _JITTER), 2)
-                log.warning("store not reachable; waiting for it", extra=_waiting(exc, delay))
+                log.warning("store not reachable; waiting for it", extra=self._waiting(exc, delay))
             await self._unless_stopped(asyncio.sleep(delay))
+
+    def _waiting(self, exc: StoreUnavailable, delay: float) -> dict[str, object]:
+        """The fields of a `waiting for it` line: why, when next, and where /healthz answers
+        meanwhile (a delivery worker does not listen)."""
+        fields: dict[str, object] = {"error": str(exc), "retry_in_s": delay}
+        if self.address is not None:
+            fields.update(host=self.address[0], port=self.address[1])
+        return fields
 
     async def _unless_stopped(self, work: Awaitable[None]) -> None:
         """Await `work`, unless a stop comes first: a PostgreSQL slow to answer (or a migration
@@ -315,6 +334,7 @@ class Service:
             on_rejected=lambda reason: self.metrics.rejected.labels(reason=reason).inc(),
             on_alert_ignored=lambda reason: self.metrics.alerts_ignored.labels(reason=reason).inc(),
             metrics=self._metrics_text,
+            starting=lambda: self._starting,
         )
 
     def _reserve(self, most: int) -> Reservation | None:
@@ -342,6 +362,8 @@ class Service:
             self.pool.silences_changed()
 
     async def _ready(self) -> str | None:
+        if self._starting is not None:
+            return "store unreachable" if self._starting == WAITING_FOR_STORE else STARTING
         try:
             await self.store.ping()
         except StoreUnavailable:
@@ -483,10 +505,6 @@ class Service:
             await self.store.close()
         if announce:
             log.info("stopped")
-
-
-def _waiting(exc: StoreUnavailable, delay: float) -> dict[str, object]:
-    return {"error": str(exc), "retry_in_s": delay}
 
 
 def _os_reason(exc: OSError) -> str:

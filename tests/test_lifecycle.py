@@ -12,14 +12,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
 from relay.configure import compile_config, load
 from relay.service import Service
 from relay.settings import Settings
-from tests.conftest import CONSOLE_FAILURES, RelayProcess, run_python
+from tests.conftest import CONSOLE_FAILURES, RelayProcess, run_python, sdk_run
+from tests.fakes.serving import free_port
+from tests.pg import shared_server
+from tests.test_docs import healthcheck_command, stages
 from tests.test_workers import namespace_init, pid_namespaces_or_skip
 
 CONSOLE = CONSOLE_FAILURES
@@ -257,3 +263,138 @@ async def test_sighups_leave_nothing_behind(tmp_path: Path) -> None:
     finally:
         service.request_stop()
         await service.shutdown()
+
+
+# ------------------------------------------------ alive while the store is not answering yet
+
+WAITING = "store not reachable; waiting for it"
+WAITING_HEALTH = {"status": "ok", "reason": "waiting for the store"}
+UNREADY = {"status": "not ready", "reason": "store unreachable"}
+UNAVAILABLE = {"error": "store unavailable; retry later"}
+
+
+def _relay_before_its_store(tmp_path: Path, port: int) -> tuple[RelayProcess, str]:
+    """`relay serve` on a PostgreSQL at `port`, where nothing listens yet, and relay's URL."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONSOLE)
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    listen = f"127.0.0.1:{free_port()}"
+    env = {"RELAY_STORE_URL": url, "RELAY_LISTEN": listen}
+    proc = RelayProcess(config, tmp_path / "unused.db", env)
+    proc.spawn()
+    return proc, f"http://{listen}"
+
+
+async def _waiting(proc: RelayProcess) -> dict[str, Any]:
+    """relay's first `waiting for it` line (it listens by then)."""
+    line = await asyncio.to_thread(proc.wait_for_log, WAITING, 20)
+    assert line["error"] == "store open failed: connection refused"
+    return line
+
+
+async def _answer(http: aiohttp.ClientSession, method: str, url: str) -> tuple[int, Any, str]:
+    async with http.request(method, url, json=[] if method == "POST" else None) as resp:
+        return resp.status, await resp.json(), resp.headers.get("Retry-After", "")
+
+
+async def _check_waiting(http: aiohttp.ClientSession, url: str) -> None:
+    """Alive, not ready, and every other endpoint 503 with Retry-After, as in an outage."""
+    assert await _answer(http, "GET", url + "/healthz") == (200, WAITING_HEALTH, "")
+    assert await _answer(http, "GET", url + "/readyz") == (503, UNREADY, "")
+    for method, path in [("POST", "/v1/runs"), ("GET", "/v1/silences"), ("GET", "/metrics")]:
+        assert await _answer(http, method, url + path) == (503, UNAVAILABLE, "5"), path
+    assert await _first_line_to_expect_continue(url) == b"HTTP/1.1 503 Service Unavailable\r\n"
+
+
+async def _first_line_to_expect_continue(url: str) -> bytes:
+    """The first line answering a POST /v1/runs with `Expect: 100-continue`: no `100 Continue`
+    asks for a body that would only be refused."""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /v1/runs HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+        )
+        return await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+
+
+async def test_relay_answers_healthz_while_it_waits_for_its_store(tmp_path: Path) -> None:
+    """relay listened only once PostgreSQL answered: through a database outage at boot the
+    liveness probe on /healthz failed and Kubernetes restarted the pod in a loop. It listens at
+    once now: /healthz 200 saying what it waits for, /readyz 503, the rest 503 + Retry-After;
+    the image's HEALTHCHECK passes; a SIGTERM meanwhile still exits 0 at once."""
+    proc, url = _relay_before_its_store(tmp_path, free_port())
+    try:
+        waiting = await _waiting(proc)
+        async with aiohttp.ClientSession() as http:
+            await _check_waiting(http, url)
+        assert url == f"http://{waiting['host']}:{waiting['port']}"  # where it answers, said
+        probe = healthcheck_command(stages()[-1])  # the image's HEALTHCHECK: healthy
+        probe[0] = sys.executable
+        env = {**os.environ, "RELAY_LISTEN": url.removeprefix("http://")}
+        assert subprocess.run(probe, env=env, timeout=10, check=False).returncode == 0
+        assert proc.proc is not None
+        started = time.monotonic()
+        assert await asyncio.to_thread(proc.terminate, 20) == 0
+        assert time.monotonic() - started < 3
+    finally:
+        proc.kill()
+    await asyncio.sleep(0.1)  # the reader thread takes the last lines
+    msgs = [line.get("msg") for line in proc.logs]
+    assert "stop requested while starting: not started" in msgs
+    assert "relay not started" not in msgs and "listening" not in msgs
+
+
+@contextlib.asynccontextmanager
+async def _forwarding(port: int, to: int) -> AsyncIterator[None]:
+    """127.0.0.1:`port` forwarded to 127.0.0.1:`to`: the PostgreSQL there, now at `port`."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", to)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(forward, "127.0.0.1", port)
+    async with server:
+        yield
+
+
+async def test_relay_serves_on_the_same_socket_once_its_store_answers(tmp_path: Path) -> None:
+    """Once PostgreSQL answers, relay serves on the socket it answered health on: no moment in
+    which a connection is refused, an update taken (202) and delivered."""
+    pg = shared_server()
+    port = free_port()
+    proc, url = _relay_before_its_store(tmp_path, port)
+    try:
+        await _waiting(proc)
+        async with aiohttp.ClientSession() as http:
+            await _check_waiting(http, url)
+            async with _forwarding(port, pg.port):
+                while not any(line.get("msg") == "listening" for line in proc.logs):
+                    status, _, _ = await _answer(http, "GET", url + "/healthz")  # never refused
+                    assert status == 200
+                    assert proc.proc is not None and proc.proc.poll() is None, proc.logs[-3:]
+                    await asyncio.sleep(0.02)
+                assert proc.url == url
+                assert await _answer(http, "GET", url + "/healthz") == (200, {"status": "ok"}, "")
+                assert await _answer(http, "GET", url + "/readyz") == (200, {"status": "ready"}, "")
+                run = {**sdk_run("failed"), "id": f"run_late_{os.getpid()}_{time.time_ns()}"}
+                async with http.post(url + "/v1/runs", json=[run]) as resp:
+                    assert resp.status == 202, await resp.text()
+                for _ in range(200):  # bounded: the console line, within 10 s
+                    if any(run["id"] in line for line in proc.stdout):
+                        break
+                    await asyncio.sleep(0.05)
+                assert any(run["id"] in line for line in proc.stdout), proc.stdout
+                assert await asyncio.to_thread(proc.terminate, 20) == 0
+    finally:
+        proc.kill()

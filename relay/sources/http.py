@@ -113,6 +113,9 @@ class HttpDeps:
     on_alert_ignored: Callable[[str], None] = lambda reason: None
     refusals: RefusalLog = field(default_factory=RefusalLog)
     metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None  # (body, content type)
+    # why the service does not serve yet (waiting for its store at start), None once it does:
+    # meanwhile /healthz says so and every endpoint but /healthz and /readyz answers 503
+    starting: Callable[[], str | None] = lambda: None
 
 
 class Handlers:
@@ -162,7 +165,7 @@ class Handlers:
         if count is not None:
             extra = {**extra, "error": str(exc), "refused": count}
             log.error(f"store unavailable; {what}", extra=extra)
-        return error(503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S})
+        return store_unavailable()
 
     def _store_settled(self, request: web.Request) -> None:
         """An update taken: tell the refusals of an outage the last line did not count."""
@@ -225,7 +228,8 @@ class Handlers:
         return body
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return json_response({"status": "ok"})
+        why = self.deps.starting()
+        return json_response({"status": "ok"} if why is None else {"status": "ok", "reason": why})
 
     async def readyz(self, request: web.Request) -> web.Response:
         why = await self.deps.ready()
@@ -243,6 +247,19 @@ _REJECTIONS = {
     503: "store_unavailable",
 }
 _INGEST_PATHS = ("/v1/runs", "/v1/trigger/alerts")
+_WHILE_STARTING = ("/healthz", "/readyz")  # what answers before the store opened
+
+
+def store_unavailable() -> web.Response:
+    """503 with Retry-After: the answer of an endpoint whose store cannot answer now."""
+    return error(503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S})
+
+
+def _not_started(deps: HttpDeps, request: web.Request) -> web.Response | None:
+    """503 (store unavailable) for every endpoint but health while the store is not open yet."""
+    if deps.starting() is None or request.path in _WHILE_STARTING:
+        return None
+    return store_unavailable()
 
 
 def _count_rejection(
@@ -299,7 +316,7 @@ def expect_handler(deps: HttpDeps, refuse: Refusal = _no_refusal) -> Callable[..
     with a plain-text 417, before any middleware could make it JSON."""
 
     async def handle(request: web.Request) -> web.StreamResponse | None:
-        refused = _unknown_expectation(request) or refuse(request)
+        refused = _unknown_expectation(request) or _not_started(deps, request) or refuse(request)
         if refused is None:
             await _continue(request)
             return None
@@ -316,8 +333,17 @@ async def _store_unavailable(request: web.Request, handler: Any) -> web.StreamRe
         response: web.StreamResponse = await handler(request)
     except StoreUnavailable:
         log.warning("store unavailable", extra={"path": request.path})
-        return error(503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S})
+        return store_unavailable()
     return response
+
+
+def _until_started(deps: HttpDeps) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        refused = _not_started(deps, request)
+        return await handler(request) if refused is None else refused
+
+    return middleware
 
 
 @web.middleware
@@ -362,7 +388,12 @@ def build_app(deps: HttpDeps) -> web.Application:
     # backstop far above it. Content codings are undone by read_limited too (relay/sources/_body).
     app = web.Application(
         client_max_size=64 * 1024 * 1024 + 1,
-        middlewares=[_json_http_errors, _count_rejections(deps), _store_unavailable],
+        middlewares=[
+            _json_http_errors,
+            _count_rejections(deps),
+            _until_started(deps),
+            _store_unavailable,
+        ],
         handler_args={"auto_decompress": False},
     )
     app.on_response_prepare.append(name_the_server)
