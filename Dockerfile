@@ -35,6 +35,8 @@ WORKDIR /app
 USER 10001:10001
 VOLUME ["/etc/relay", "/var/lib/relay"]
 EXPOSE 8080
+# /healthz (liveness) answers from the start, also while relay waits for its database: an
+# orchestrator that restarts unhealthy containers leaves it waiting; /readyz says when it serves.
 # No curl in slim images: probe /healthz with the standard library, on RELAY_LISTEN's port
 # (empty: relay's default; brackets around any host, [127.0.0.1] or [], as relay reads it).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
