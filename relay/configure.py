@@ -127,8 +127,9 @@ def _rendering(i: int) -> list[tuple[str | int, ...]]:
     return [("rules", i, key) for key in keys]
 
 
-def compile_config(loaded: LoadedConfig) -> Compiled:
-    """Compile rules and check templates; ConfigError lists every problem with file:line."""
+def compile_config(loaded: LoadedConfig, templates: Mapping[str, bytes] | None = None) -> Compiled:
+    """Compile rules and check templates (the files of templates.dir as they are now, or
+    `templates`: a delivery worker's parent's); ConfigError lists every problem with file:line."""
     config = loaded.config
     rules, problems = compile_rules(
         config.rules,
@@ -137,7 +138,8 @@ def compile_config(loaded: LoadedConfig) -> Compiled:
         inhibit_rules=config.inhibit_rules,
         unresolved=frozenset(n for n, ch in config.channels.items() if not ch.send_resolved),
     )
-    renderer = Renderer(config.templates.dir, link=dashboard_link(config.defaults))
+    link = dashboard_link(config.defaults)
+    renderer = Renderer(config.templates.dir, link=link, files=templates)
     warnings = config_warnings(loaded)
     every_rule = dict(enumerate(config.rules))
     types = {name: channel.type for name, channel in config.channels.items()}
@@ -394,31 +396,9 @@ def config_hash(compiled: Compiled) -> int:
     replicas mounting the same files at different paths run the same config."""
     loaded = compiled.loaded
     digest = hashlib.sha256(loaded.config.model_dump_json(exclude=_WHERE).encode())
-    directory = loaded.config.templates.dir
-    for name, path in _template_files(directory) if directory is not None else ():
-        digest.update(b"\0" + name.encode(errors="replace") + b"\0")
-        try:
-            digest.update(path.read_bytes())
-        except OSError:  # a file gone since the load: what it rendered is in the compiled config
-            digest.update(b"\0gone")
+    for name, data in sorted(compiled.renderer.overrides.items()):  # the files it runs
+        digest.update(b"\0" + name.encode(errors="replace") + b"\0" + data)
     return int(digest.hexdigest()[:13], 16)
-
-
-def _template_files(directory: Path) -> list[tuple[str, Path]]:
-    """The files under `directory`, each with the name templates read it by, sorted; hidden
-    entries left out. A Kubernetes ConfigMap volume keeps its files in `..<time written>/`, its
-    own name in each pod, reached through `..data` (and a symlink per top entry): there, the
-    files under `..data`, named as if at the top."""
-    data = directory / "..data"
-    root = data if data.is_dir() else directory
-    found = []
-    for parent, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in names:
-            if not name.startswith("."):
-                path = Path(parent, name)
-                found.append((path.relative_to(root).as_posix(), path))
-    return sorted(found)
 
 
 def _files_under(directory: Path) -> list[Path]:

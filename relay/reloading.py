@@ -79,10 +79,10 @@ class ConfigReloads:
 
     async def adopt(self, payload: bytes) -> bool:
         """A delivery worker: its parent's config (workers.config_payload), compiled from the
-        text the parent read. Each worker read the file again: one rewritten meanwhile left it
-        on another config than its parent's, or on its old one if invalid, until the next valid
-        reload. One it cannot compile even so (a template changed in between) ends the worker:
-        its successor starts with the parent's config, /readyz saying so until one runs."""
+        text and template files the parent read. Each worker read the files again: one rewritten
+        meanwhile left it on another config than its parent's, or on its old one if invalid,
+        until the next valid reload. One it cannot compile even so ends the worker: its
+        successor starts with the parent's config, /readyz saying so until one runs."""
         async with self.lock:
             if self._skipped("parent"):
                 return False
@@ -193,9 +193,10 @@ def _compile(settings: Settings, path: Path | None) -> Compiled:
 
 
 def compile_payload(payload: bytes) -> Compiled:
-    """The config a delivery worker's parent runs, from the text it read (workers.config_payload):
-    at the worker's start and on each reload."""
-    return compile_config(load_text(*read_config_payload(payload)))
+    """The config a delivery worker's parent runs, from the text and template files it read
+    (workers.config_payload): at the worker's start and on each reload."""
+    filename, text, templates = read_config_payload(payload)
+    return compile_config(load_text(filename, text), templates)
 
 
 def _refuse_emptied(running: Compiled, new: Compiled) -> None:

@@ -247,11 +247,11 @@ class Service:
 
     def _config_payload(self) -> bytes:
         """The config a worker is to run, at its start and on a reload: the one running here,
-        as it was read (the file may differ by now: invalid, emptied, or another valid one)."""
+        as it was read, templates too (the files may differ by now: invalid, emptied, or
+        another valid one)."""
         loaded = self.compiled.loaded
-        return config_payload(
-            None if loaded.builtin else loaded.source.filename, loaded.source.text
-        )
+        filename = None if loaded.builtin else loaded.source.filename
+        return config_payload(filename, loaded.source.text, self.compiled.renderer.overrides)
 
     def _delivery(self, compiled: Compiled) -> Delivery:
         config = compiled.loaded.config

@@ -16,13 +16,15 @@ and a render past its time budget (1 s: nested loops, runaway recursion) is stop
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from jinja2 import ChoiceLoader, FileSystemLoader, meta, nodes
+from jinja2 import BaseLoader, ChoiceLoader, Environment, FileSystemLoader, meta, nodes
 from jinja2.exceptions import TemplateError, TemplateNotFound, TemplateSyntaxError
 
 import relay
@@ -46,6 +48,55 @@ def shipped_templates_dir() -> Path:
     """The default templates: inside the installed wheel, else at the repository root."""
     packaged = Path(relay.__file__).parent / "templates"
     return packaged if packaged.is_dir() else Path(relay.__file__).parent.parent / "templates"
+
+
+def template_files(directory: Path) -> list[tuple[str, Path]]:
+    """The files under `directory`, each with the name templates read it by, sorted; hidden
+    entries left out. A Kubernetes ConfigMap volume keeps its files in `..<time written>/`, its
+    own name in each pod, reached through `..data` (and a symlink per top entry): there, the
+    files under `..data`, named as if at the top."""
+    data = directory / "..data"
+    root = data if data.is_dir() else directory
+    found = []
+    for parent, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in names:
+            if not name.startswith("."):
+                path = Path(parent, name)
+                found.append((path.relative_to(root).as_posix(), path))
+    return sorted(found)
+
+
+def read_overrides(directory: Path | None) -> dict[str, bytes]:
+    """The files of a templates directory by name, as they are now ({} without one); a file
+    gone while read is left out, as if it had not been there."""
+    files: dict[str, bytes] = {}
+    for name, path in template_files(directory) if directory is not None else ():
+        with contextlib.suppress(OSError):
+            files[name] = path.read_bytes()
+    return files
+
+
+class _Snapshot(BaseLoader):
+    """The override directory's files as they were when the config was read. Jinja read them
+    when first rendered: a template edited since (one a reload refused, as not compiling or
+    beside a config that did not load) went out from then on, and a delivery worker started
+    again read them all anew, ending at a template that did not compile."""
+
+    def __init__(self, root: Path, files: Mapping[str, bytes]) -> None:
+        self._root = root
+        self._files = files
+
+    def get_source(
+        self, environment: Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        data = self._files.get(template)
+        if data is None:
+            raise TemplateNotFound(template)
+        return data.decode(), str(self._root / template), lambda: True
+
+    def list_templates(self) -> list[str]:
+        return sorted(self._files)
 
 
 @dataclass(frozen=True)
@@ -93,19 +144,24 @@ def _dashboard_filter(link: Callable[[dict[str, Any]], str | None] | None) -> An
 
 
 class Renderer:
-    """Renders `<channel_type>/<name>.<part>.j2`, overrides first, then the shipped defaults."""
+    """Renders `<channel_type>/<name>.<part>.j2`, overrides first, then the shipped defaults.
+    The overrides are the files of `override_dir` as they are when it is made, or `files` (a
+    delivery worker's: those its parent read)."""
 
     def __init__(
         self,
         override_dir: Path | None = None,
         budget_s: float = RENDER_BUDGET_S,
         link: Callable[[dict[str, Any]], str | None] | None = None,
+        files: Mapping[str, bytes] | None = None,
     ) -> None:
-        dirs = [d for d in (override_dir, shipped_templates_dir()) if d is not None]
-        self._loader = ChoiceLoader([FileSystemLoader(str(d)) for d in dirs])
+        self.overrides = read_overrides(override_dir) if files is None else dict(files)
+        loaders: list[BaseLoader] = [FileSystemLoader(str(shipped_templates_dir()))]
+        if override_dir is not None:
+            loaders.insert(0, _Snapshot(override_dir, self.overrides))
+        self._loader = ChoiceLoader(loaders)
         self._env = environment(self._loader)
         self._env.filters["dashboard_url"] = _dashboard_filter(link)
-        self._override_dir = override_dir
         self.budget_s = budget_s  # per render(): past it, loops and calls raise RenderTimeout
 
     def has_template(self, channel_type: str, name: str, part: str) -> bool:
@@ -210,14 +266,8 @@ class Renderer:
     def broken_overrides(self) -> list[str]:
         """What is wrong with each `*.j2` file of the override directory that does not compile,
         whether a rule renders it or not (Alertmanager refuses any broken template file too)."""
-        root = self._override_dir
-        if root is None or not root.is_dir():
-            return []
         found = []
-        for path in sorted(root.rglob(f"*{TEMPLATE_SUFFIX}")):
-            name = path.relative_to(root).as_posix()
-            if name.startswith(".") or "/." in name or not path.is_file():
-                continue
+        for name in sorted(n for n in self.overrides if n.endswith(TEMPLATE_SUFFIX)):
             try:
                 self._env.get_template(name)
                 unknown = unknown_filters(self._env, self._parse(name))

@@ -11,8 +11,9 @@ Between the processes, two pipes per child:
 
 - the child's stdin, commands from here: `wake <channel>` after a commit created work for it
   (the child also polls the store every second), `wake *`, `reload <n>` and n bytes: the config
-  this process runs now, as it read it (the child compiles that, not the file, which may have
-  changed since; it starts with it too, from a file passed as --config-fd),
+  this process runs now, as it read it, its templates directory's files included (the child
+  compiles that, not the files, which may have changed since; it starts with it too, from a
+  file passed as --config-fd),
   `silences` (one was created or expired here: the child's cache of them is stale), and end of
   file: stop. A parent killed with -9 closes every stdin, so its children finish
   their in-flight sends and exit by themselves.
@@ -38,7 +39,8 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Collection
+from base64 import b64decode, b64encode
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -133,14 +135,20 @@ def _write(out: IO[str], line: str) -> None:
             out.close()
 
 
-def config_payload(filename: str | None, text: str) -> bytes:
-    """The config a child is to run: as the parent read it from `filename` (None: built in)."""
-    return orjson.dumps({"config": filename, "text": text})
+def config_payload(
+    filename: str | None, text: str, templates: Mapping[str, bytes] | None = None
+) -> bytes:
+    """The config a child is to run: as the parent read it from `filename` (None: built in),
+    with the files of its templates directory as the parent read them (None: read them)."""
+    files = None if templates is None else {n: b64encode(d).decode() for n, d in templates.items()}
+    return orjson.dumps({"config": filename, "text": text, "templates": files})
 
 
-def read_config_payload(data: bytes) -> tuple[str | None, str]:
+def read_config_payload(data: bytes) -> tuple[str | None, str, dict[str, bytes] | None]:
     config = orjson.loads(data)
-    return config["config"], config["text"]
+    files = config.get("templates")
+    templates = None if files is None else {n: b64decode(d) for n, d in files.items()}
+    return config["config"], config["text"], templates
 
 
 def read_event(line: bytes) -> tuple[str, Outcome, str, int] | None:

@@ -887,6 +887,23 @@ def test_override_dir_beats_shipped(tmp_path: Path) -> None:
     assert not webhook.fallback
 
 
+def test_overrides_render_as_they_were_read(tmp_path: Path) -> None:
+    """The running config's templates are the files as they were when it was read: one edited
+    since (a reload refused it, or a reload of it is to come) rendered from the disk the first
+    time it was used, and a delivery worker renders the files its parent read."""
+    (tmp_path / "console").mkdir()
+    (tmp_path / "console" / "run.txt.j2").write_text("READ {{ run.id }}")
+    renderer = Renderer(tmp_path)
+    (tmp_path / "console" / "run.txt.j2").write_text("{{ broken")
+    ctx = context(load_run("failed"))
+    want = "READ run_cmuxjbf30kqkowywawhi1r8yr"
+    assert renderer.render("console", "run", ("txt",), ctx).parts["txt"] == want
+    assert renderer.broken_overrides() == []
+    files = {"console/run.txt.j2": b"SENT {{ run.id }}"}
+    worker = Renderer(tmp_path, files=files)
+    assert worker.render("console", "run", ("txt",), ctx).parts["txt"].startswith("SENT ")
+
+
 def test_has_template(tmp_path: Path) -> None:
     (tmp_path / "slack").mkdir()
     (tmp_path / "slack" / "custom.json.j2").write_text("{}")

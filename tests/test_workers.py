@@ -209,21 +209,29 @@ async def readyz(url: str) -> tuple[int, dict[str, object]]:
         return resp.status, await resp.json()
 
 
+WORKERS_STORE = """\
+import os, pathlib
+if b"--delivery-worker" in pathlib.Path("/proc/self/cmdline").read_bytes().split(b"\\0"):
+    os.environ["RELAY_STORE_URL"] = "sqlite:///" + os.environ["TEST_WORKERS_STORE"]
+"""
+
+
 async def test_a_worker_that_cannot_start_again_shows_in_readyz(
     relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
 ) -> None:
-    """A worker started again compiles its parent's config, with the templates directory as it
-    is now: a template removed meanwhile, it exits at each start and its channels go
-    undelivered. /readyz said "ready" all along; it names the worker until one runs again."""
-    template = tmp_path / "templates" / "webhook" / "mine.json.j2"
-    template.parent.mkdir(parents=True)
-    template.write_text('{"run": "{{ run.id }}"}')
-    text = config(sink.url).replace("notify:", "template: mine\n    notify:")
-    proc = relay_process(
-        text + f"templates: {{dir: {tmp_path / 'templates'}}}\n", {"RELAY_WORKERS": "1"}
-    )
+    """A worker that cannot start again (here its store cannot be opened: a directory is in
+    its database file's place) exits at each start and its channels go undelivered. /readyz
+    said "ready" all along; it names the worker until one runs again."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(WORKERS_STORE)  # workers' own RELAY_STORE_URL
+    store = tmp_path / "workers.db"
+    env = {"RELAY_WORKERS": "1", "PYTHONPATH": str(site), "TEST_WORKERS_STORE": str(store)}
+    proc = relay_process(config(sink.url), env)
     await asyncio.to_thread(proc.start)
-    template.unlink()
+    await wait_until(lambda: any(e.get("msg") == "delivery worker ready" for e in proc.logs))
+    store.unlink()
+    store.mkdir()
     os.kill(worker_pids(proc)[0], signal.SIGKILL)
     await wait_until(lambda: any(e.get("code") == 1 for e in proc.logs))
     assert await readyz(proc.url) == (
@@ -233,12 +241,52 @@ async def test_a_worker_that_cannot_start_again_shows_in_readyz(
     # the worker says why, as a worker: not a bare "relay not started" of the whole relay
     refused = [e for e in proc.logs if e.get("msg") == "relay not started"]
     assert refused and all(e.get("worker") == 0 for e in refused)
-    template.write_text('{"run": "{{ run.id }}"}')
+    store.rmdir()
     for _ in range(1200):
         if (await readyz(proc.url))[0] == 200:
             break
         await asyncio.sleep(0.05)
     assert await readyz(proc.url) == (200, {"status": "ready"})
+
+
+async def refused_then_worker_killed(proc: RelayProcess, path: Path, text: str) -> None:
+    """Write `text` to the config file, see its reload refused, then kill worker 0 and wait
+    for the one started in its place."""
+    path.write_text(text)
+    await wait_until(
+        lambda: any(e.get("msg", "").startswith("config reload refused") for e in proc.logs)
+    )
+    first = worker_pids(proc)[0]
+    os.kill(first, signal.SIGKILL)
+    await wait_until(lambda: worker_pids(proc).get(0, first) != first)
+
+
+async def test_a_worker_started_again_renders_its_parents_templates_not_the_files_of_now(
+    relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
+) -> None:
+    """A template edit the parent refused (it does not compile; or it came with a config
+    that does not load) stays out, as with one process: a worker started again read
+    templates.dir as it was then, and could not start at all (its channels undelivered until
+    the file was mended) or sent what the parent never accepted. It renders the templates its
+    parent runs."""
+    template = tmp_path / "templates" / "webhook" / "run.json.j2"
+    template.parent.mkdir(parents=True)
+    template.write_text('{"v": "1"}')
+    proc = relay_process(
+        config(sink.url) + f"templates: {{dir: {tmp_path / 'templates'}}}\n",
+        {"RELAY_WORKERS": "1"},
+    )
+    await asyncio.to_thread(proc.start)
+    await wait_until(lambda: any(e.get("msg") == "delivery worker ready" for e in proc.logs))
+    template.write_text('{"v": "{{ run.id ')  # does not compile
+    path = tmp_path / "config.yaml"
+    await refused_then_worker_killed(proc, path, path.read_text() + "  - {notify: [nowhere]}\n")
+    items = runs(2)
+    await post_all(proc.url, items)
+    want = wanted(items)
+    assert await delivered_ids(sink, 0, want) == want
+    assert {r.body for r in sink.received} == {b'{"v": "1"}'}
+    assert not [e for e in proc.logs if e.get("msg") == "relay not started"]
 
 
 async def test_workers_stopped_with_their_parent_are_not_started_again(
@@ -303,13 +351,7 @@ async def test_a_worker_started_again_runs_its_parents_config_not_the_file_of_no
     await asyncio.to_thread(proc.start)
     await wait_until(lambda: any(e.get("msg") == "delivery worker ready" for e in proc.logs))
     path = tmp_path / "config.yaml"
-    path.write_text(rewrite and path.read_text() + rewrite)
-    await wait_until(
-        lambda: any(e.get("msg", "").startswith("config reload refused") for e in proc.logs)
-    )
-    first = worker_pids(proc)[0]
-    os.kill(first, signal.SIGKILL)
-    await wait_until(lambda: worker_pids(proc).get(0, first) != first)
+    await refused_then_worker_killed(proc, path, rewrite and path.read_text() + rewrite)
     items = runs(3)
     await post_all(proc.url, items)
     want = wanted(items)
