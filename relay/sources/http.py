@@ -326,22 +326,22 @@ def expect_handler(deps: HttpDeps, refuse: Refusal = _no_refusal) -> Callable[..
     return handle
 
 
-@web.middleware
-async def _store_unavailable(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Any endpoint whose store is down answers 503 with Retry-After, never 500."""
-    try:
-        response: web.StreamResponse = await handler(request)
-    except StoreUnavailable:
-        log.warning("store unavailable", extra={"path": request.path})
-        return store_unavailable()
-    return response
+def _store_unavailable(deps: HttpDeps) -> Any:
+    """Any endpoint whose store is down answers 503 with Retry-After, never 500; so does every
+    endpoint but health while the store is not open yet (_not_started). One middleware for
+    both: each one more costs every request about a microsecond."""
 
-
-def _until_started(deps: HttpDeps) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         refused = _not_started(deps, request)
-        return await handler(request) if refused is None else refused
+        if refused is not None:
+            return refused
+        try:
+            response: web.StreamResponse = await handler(request)
+        except StoreUnavailable:
+            log.warning("store unavailable", extra={"path": request.path})
+            return store_unavailable()
+        return response
 
     return middleware
 
@@ -388,12 +388,7 @@ def build_app(deps: HttpDeps) -> web.Application:
     # backstop far above it. Content codings are undone by read_limited too (relay/sources/_body).
     app = web.Application(
         client_max_size=64 * 1024 * 1024 + 1,
-        middlewares=[
-            _json_http_errors,
-            _count_rejections(deps),
-            _until_started(deps),
-            _store_unavailable,
-        ],
+        middlewares=[_json_http_errors, _count_rejections(deps), _store_unavailable(deps)],
         handler_args={"auto_decompress": False},
     )
     app.on_response_prepare.append(name_the_server)
