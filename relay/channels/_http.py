@@ -13,7 +13,9 @@ A kept-alive connection the receiver closes as idle just as it is reused (the st
 race) fails before a byte of the answer: the receiver never took that request. It is sent again
 at once, once, on a new connection, within the same try and its timeout (as browsers and curl
 do): it cost an attempt, and with `max_attempts: 1` the notification went dead unseen. A failure
-on a new connection, or once a byte of the answer came, stays the try's failure.
+on a new connection, or once a byte of the answer came, stays the try's failure. A receiver that
+read the request and closed without answering (it crashed) looks the same from here: it gets
+the request twice, as it did when that drop was a failed try, retried at once (a network blip).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The stale keep-alive race: a receiver closes an idle kept-alive connection just as relay
 reuses it, before answering. That request never reached the receiver's application; it is
 sent again at once on a new connection and costs no attempt (relay/channels/_http.py). A drop
-on a new connection, or once the answer began, stays a failed try.
+on a new connection, or once the answer began, stays a failed try. A receiver that read the
+request and closed without a word (CLOSE) cannot be told apart: it gets the request twice.
 
 The receiver here is a raw asyncio server on 127.0.0.1 that speaks HTTP/1.1 with keep-alive and
 does, for each request, what the test scripts by (connection, request on it): answer, close
