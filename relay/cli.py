@@ -154,16 +154,24 @@ class _DashValues(argparse.ArgumentParser):
         """`args` with each `OPTION VALUE` whose VALUE starts with `-` as `OPTION=VALUE`."""
         if args is None:
             return None
-        options = self._option_string_actions
         out: list[str] = []
         for word in args:
-            action = options.get(out[-1]) if out and "--" not in out else None
+            action = self._action(out[-1]) if out and "--" not in out else None
             taking = action is not None and action.nargs is None and action.option_strings
-            if taking and word.startswith("-") and word not in options and word != "--":
+            if taking and word.startswith("-") and self._action(word) is None and word != "--":
                 out[-1] = f"{out[-1]}={word}"
             else:
                 out.append(word)
         return out
+
+    def _action(self, word: str) -> argparse.Action | None:
+        """The option `word` names: in full, or a long one abbreviated as argparse takes it
+        (`--dur` for --duration: `--dur -1h` said "expected one argument")."""
+        options = self._option_string_actions
+        if word in options or not (self.allow_abbrev and word.startswith("--")):
+            return options.get(word)
+        found = {action for option, action in options.items() if option.startswith(word)}
+        return found.pop() if len(found) == 1 else None
 
 
 def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:

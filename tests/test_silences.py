@@ -648,6 +648,9 @@ def test_cli_add_takes_the_spec_synopsis_and_amtool_default(tmp_path: Path) -> N
         # argparse read `-abc` as `-a bc` (an option) and said only "-d: expected one argument"
         (["-d", "-abc"], "--duration '-abc': expected a duration like"),
         (["--duration", "-x"], "--duration '-x': expected a duration like"),
+        # an abbreviation argparse takes (`--dur` for --duration) is the option too
+        (["--dur", "-1h"], "--duration '-1h': must be more than 0"),
+        (["--comm", "-x", "-d", "-abc"], "--duration '-abc': expected a duration like"),
         (["-d", "20y"], "--duration '20y': duration must be between 0 and 10 years"),
         (["--until", "2020-01-01T00:00:00Z"], "--until: must be in the future"),
         (["--start", "2999-01-02", "--until", "2999-01-01"], "--until: must be after --start"),
