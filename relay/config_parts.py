@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from relay.config import ChannelSettings, Config, RuleConfig
-from relay.errors import Problem, did_you_mean, field_message
+from relay.errors import Problem, did_you_mean, setting_message
+from relay.sizes import format_size, is_size
 from relay.windows import InhibitRule, NamedTimeInterval
 from relay.yamlconf import Located, Path_
 
@@ -171,9 +172,10 @@ def _salvaged_rule(spec: Any, path: Path_, unknown: set[Path_]) -> RuleConfig | 
 
 
 def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) -> list[Problem]:
-    """One Problem per pydantic error, worded for operators, quoting no input value."""
+    """One Problem per pydantic error, worded for operators, quoting no input value but a
+    number out of bounds."""
     out = []
-    for err in exc.errors(include_input=False, include_url=False):
+    for err in exc.errors(include_url=False):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
         path = (*prefix, *("continue" if p == "continue_" else p for p in loc))
         kind = err["type"]
@@ -184,43 +186,53 @@ def _pydantic_problems(exc: ValidationError, prefix: Path_, located: Located) ->
         if kind == "extra_forbidden":
             message = "unknown key" + _meant(exc.title, loc)
         else:
-            message = _IN_YAML_WORDS.get(kind) or field_message(err)
+            message = _IN_YAML_WORDS.get(kind) or setting_message(err, _shown(exc.title, loc))
         out.append(located.problem(path, message))
     return out
 
 
 _MAPPING = "expected a mapping of keys and values"
 # pydantic's words for a value of the wrong type, in YAML's: not "a valid dictionary", "or
-# instance of ServerConfig", "unable to parse string as an integer", "unable to interpret input"
+# instance of ServerConfig" (numbers and booleans: relay.errors.setting_message)
 _IN_YAML_WORDS = {
     "missing": "required key is missing",
     "model_type": _MAPPING,
     "dict_type": _MAPPING,
     "list_type": "expected a list: [a, b], or one `- item` a line",
     "path_type": "expected a path",
-    "int_type": "expected a whole number",
-    "int_parsing": "expected a whole number",
-    "int_from_float": "expected a whole number, not a fraction",
-    "float_type": "expected a number",
-    "float_parsing": "expected a number",
-    "bool_type": "expected true or false",
-    "bool_parsing": "expected true or false",
 }
 
 
 def _meant(model_name: str, loc: tuple[str | int, ...]) -> str:
     """ " (did you mean K?)" with the key of the mapping at `loc[:-1]` nearest to the unknown
     `loc[-1]`, in the model named `model_name` (a ValidationError's title), or ""."""
-    kinds: list[Any] = [_model_named(model_name)]
-    for part in loc[:-1]:
-        kinds = [inner for kind in kinds for inner in _inside(kind, part)]
     keys = {
         field.alias or name
-        for model in (t for kind in kinds for t in _alternatives(kind))
-        if isinstance(model, type) and issubclass(model, BaseModel)
+        for model in _models_at(model_name, loc[:-1])
         for name, field in model.model_fields.items()
     }
     return did_you_mean(str(loc[-1]), keys, quoted=True) if loc else ""
+
+
+def _shown(model_name: str, loc: tuple[str | int, ...]) -> Callable[[Any], str] | None:
+    """How the bounds of the field at `loc` are written: a size in sizes (1KiB), else None
+    (as numbers)."""
+    sizes = (
+        is_size(field.metadata)
+        for model in _models_at(model_name, loc[:-1])
+        for name, field in model.model_fields.items()
+        if loc and loc[-1] in (name, field.alias)
+    )
+    return format_size if any(sizes) else None
+
+
+def _models_at(model_name: str, loc: tuple[str | int, ...]) -> list[type[BaseModel]]:
+    """The models the mapping at `loc` may be, in the model named `model_name`."""
+    kinds: list[Any] = [_model_named(model_name)]
+    for part in loc:
+        kinds = [inner for kind in kinds for inner in _inside(kind, part)]
+    alternatives = (t for kind in kinds for t in _alternatives(kind))
+    return [t for t in alternatives if isinstance(t, type) and issubclass(t, BaseModel)]
 
 
 def _inside(annotation: Any, part: str | int) -> list[Any]:

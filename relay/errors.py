@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import socket
 import ssl
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,9 +97,55 @@ def _folded(name: str) -> str:
     return name.lower().replace("_", "-")
 
 
-def field_message(err: Mapping[str, Any]) -> str:
-    """A pydantic error's message for a person: without pydantic's "Value error, " prefix."""
+def field_message(err: Mapping[str, Any], show: Callable[[Any], str] | None = None) -> str:
+    """A pydantic error's message for a person: without pydantic's "Value error, " prefix, a
+    numeric bound in relay's words and `show`'s units ("must be at least 1KiB (got 512B)"; a
+    number given is no secret)."""
+    kind = str(err["type"])
+    if kind in BOUNDS:
+        words, key = BOUNDS[kind]
+        show = show or _number
+        given = err.get("input")
+        got = f" (got {show(given)})" if _is_number(given) else ""
+        return f"must be {words} {show(err['ctx'][key])}{got}"
     return str(err["msg"]).removeprefix("Value error, ")
+
+
+def setting_message(err: Mapping[str, Any], show: Callable[[Any], str] | None = None) -> str:
+    """field_message of a configuration's or environment's value, a number or boolean of the
+    wrong type said as expected ("expected a whole number"): pydantic's words named Python's
+    types and parsers ("unable to parse string as an integer", "unable to interpret input")."""
+    return TYPE_WORDS.get(str(err["type"])) or field_message(err, show)
+
+
+# pydantic's numeric bounds ("Input should be greater than or equal to 1024"): by error type,
+# relay's words and the key of the bound in the error's ctx
+BOUNDS = {
+    "greater_than_equal": ("at least", "ge"),
+    "less_than_equal": ("at most", "le"),
+    "greater_than": ("more than", "gt"),
+    "less_than": ("less than", "lt"),
+}
+TYPE_WORDS = {
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number, not a fraction",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+}
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)  # 0, not 0.0
+
+
+def _is_number(value: Any) -> bool:
+    """An int or float, or the text of one (an environment variable's): never a bool."""
+    if isinstance(value, str):
+        return value.strip().lstrip("+-").replace(".", "", 1).isdigit()
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 class StoreUnavailable(RelayError):

@@ -5,6 +5,7 @@ to some, mebibytes to Docker, "milli" to Kubernetes."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
@@ -46,6 +47,25 @@ def parse_size(value: Any) -> Any:
     if not size.is_integer():
         raise ValueError("a size must be a whole number of bytes")
     return int(size)
+
+
+def format_size(size: Any) -> str:
+    """The shortest way to write `size` bytes back, as relay reads it (1KiB, 64MiB, 1MB, 512B);
+    what is not a whole number of bytes (the text of one) as it is."""
+    if isinstance(size, float) and size.is_integer():
+        size = int(size)
+    if not isinstance(size, int) or isinstance(size, bool):
+        return str(size)
+    for unit in ("GiB", "MiB", "KiB", "GB", "MB", "kB"):
+        scale = _UNITS[unit.lower()]
+        if size and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return f"{size}B"
+
+
+def is_size(metadata: Iterable[Any]) -> bool:
+    """Whether a field's metadata (pydantic's FieldInfo.metadata) makes it a Size."""
+    return any(isinstance(m, BeforeValidator) and m.func is parse_size for m in metadata)
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]

@@ -15,6 +15,7 @@ from relay.configure import compile_config, config_hash, dashboard_link, load
 from relay.durations import format_duration, parse_duration
 from relay.errors import ConfigError, did_you_mean
 from relay.settings import load_settings
+from relay.sizes import format_size, parse_size
 from tests.conftest import run_cli
 
 GOOD = """\
@@ -70,7 +71,7 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
     assert (channels["hook"].concurrency, channels["out"].concurrency) == (16, 4)
     assert channels["few"].concurrency == 2
     assert problems(text.replace("concurrency: 2", "concurrency: 257"), env) == [
-        "c.yaml:5: channels.few.concurrency: Input should be less than or equal to 256"
+        "c.yaml:5: channels.few.concurrency: must be at most 256 (got 257)"
     ]
 
 
@@ -631,14 +632,41 @@ def test_sizes(text: str | int, size: int) -> None:
         ("lots", "expected a number of bytes or a size like 512KiB, 1MiB or 1MB"),
         ("true", "expected a number of bytes or a size like 512KiB, 1MiB or 1MB"),  # not 1 byte
         ("1.5", "expected a whole number, not a fraction"),
-        ("512", "Input should be greater than or equal to 1024"),
-        ("65MiB", "Input should be less than or equal to 67108864"),
+        ("512", "must be at least 1KiB (got 512B)"),  # was "greater than or equal to 1024"
+        ("65MiB", "must be at most 64MiB (got 65MiB)"),  # was "... equal to 67108864"
     ],
 )
 def test_bad_sizes(text: str, message: str) -> None:
     assert problems(f"server:\n  max_body_bytes: {text}\n") == [
         f"c.yaml:2: server.max_body_bytes: {message}"
     ]
+
+
+def test_numeric_bounds_are_said_in_relays_words_and_sizes_in_sizes() -> None:
+    """pydantic's bounds read "Input should be greater than or equal to 1024" (bytes, of a value
+    written 512B or 1MiB) and "less than or equal to 256": now as relay's durations say theirs,
+    with the number given, sizes as sizes."""
+    text = (
+        "server: {max_body_bytes: 512B, max_body_bytes_in_flight: 2GiB}\n"
+        "channels: {c: {type: console, concurrency: 300, rate_limit: {per_second: 0}}}\n"
+        "defaults: {retry: {max_attempts: 0}}\n"
+    )
+    assert problems(text) == [
+        "c.yaml:1: server.max_body_bytes: must be at least 1KiB (got 512B)",
+        "c.yaml:1: server.max_body_bytes_in_flight: must be at most 1GiB (got 2GiB)",
+        "c.yaml:2: channels.c.concurrency: must be at most 256 (got 300)",
+        "c.yaml:2: channels.c.rate_limit.per_second: must be more than 0 (got 0)",
+        "c.yaml:3: defaults.retry.max_attempts: must be at least 1 (got 0)",
+    ]
+
+
+def test_format_size() -> None:
+    sizes = (0, 512, 1024, 1500, 1_000_000, 64 * 1024**2, 1024**3, 2000)
+    assert [format_size(n) for n in sizes] == [
+        *("0B", "512B", "1KiB", "1500B", "1MB", "64MiB", "1GiB", "2kB"),
+    ]
+    for n in sizes:  # each reads back as the size it was
+        assert parse_size(format_size(n)) == n
 
 
 @pytest.mark.parametrize(

@@ -88,7 +88,7 @@ inhibit_rules:
             "an inhibit rule needs exactly one of source_match, source_digest",
         ),
         ("{name: i}", "an inhibit rule needs exactly one of source_match, source_digest"),
-        ("{name: i, source_digest: {rule: digest, min_count: 0}}", "greater than or equal to 1"),
+        ("{name: i, source_digest: {rule: digest, min_count: 0}}", "must be at least 1 (got 0)"),
         ("{name: i, source_digest: {rule: digest}}", "required key is missing"),
         (
             "{name: i, source_digest: {rule: digest, min_count: 3}, close_match: {event: run}}",

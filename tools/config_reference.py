@@ -42,7 +42,7 @@ from relay.config import (
 )
 from relay.durations import format_duration, more_than_zero, parse_duration
 from relay.settings import Settings
-from relay.sizes import parse_size
+from relay.sizes import is_size
 from relay.windows import DigestSource, InhibitRule, NamedTimeInterval, TimeInterval, TimeRange
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,7 +205,7 @@ def type_name(annotation: Any, metadata: list[Any] | None = None) -> str:  # noq
     """How an operator reads a type: `duration`, `list of string`, `string, secret` ..."""
     if is_duration(metadata or []):
         return "duration"
-    if any(isinstance(m, BeforeValidator) and m.func is parse_size for m in metadata or []):
+    if is_size(metadata or []):
         return "size"
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
