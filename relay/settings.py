@@ -7,11 +7,11 @@ from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_core import PydanticUseDefault
+from pydantic_core import ErrorDetails, PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.durations import Duration, within
-from relay.errors import ConfigError, Problem, field_message
+from relay.errors import ConfigError, Problem, setting_message
 
 DEFAULT_CONFIG = Path("config.yaml")
 
@@ -131,8 +131,22 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = [
-            Problem("environment", "RELAY_" + str(err["loc"][0]).upper(), field_message(err))
-            for err in exc.errors()
-        ]
+        problems = [_problem(err) for err in exc.errors(include_url=False)]
         raise ConfigError(problems) from None
+
+
+_SECRET = frozenset({"store_url"})  # its password: no value of it is said
+
+
+def _problem(err: ErrorDetails) -> Problem:
+    """One line naming the variable, what is expected and the value given (unless it is
+    secret, empty, or already said): `RELAY_WORKERS=abc` was told pydantic's "Input should be a
+    valid integer, unable to parse string as an integer"."""
+    name = str(err["loc"][0])
+    message = setting_message(err)
+    if err["type"] == "literal_error":  # "Input should be 'json' or 'text'"
+        message = f"expected {err.get('ctx', {}).get('expected')}"
+    value = err.get("input")
+    if name not in _SECRET and str(value).strip() and "(got " not in message:
+        message += f" (got {value!r})"
+    return Problem("environment", "RELAY_" + name.upper(), message)

@@ -1356,7 +1356,8 @@ def test_serve_logs_why_it_did_not_start_as_json_lines(tmp_path: Path) -> None:
     assert setting.returncode == 1
     [unset] = [json.loads(line) for line in setting.stderr.splitlines()]  # a bad RELAY_* too
     assert unset["msg"] == "relay not started"
-    assert unset["problems"] == ["environment: RELAY_LISTEN: expected host:port, e.g. 0.0.0.0:8080"]
+    listen = "environment: RELAY_LISTEN: expected host:port, e.g. 0.0.0.0:8080 (got '8080')"
+    assert unset["problems"] == [listen]
     *_, refused = [json.loads(line) for line in config.stderr.splitlines()]
     assert (refused["level"], refused["msg"]) == ("error", "relay not started")
     [problem] = refused["problems"]
@@ -1384,7 +1385,7 @@ def test_a_bad_setting_hides_no_problem_of_the_config(tmp_path: Path) -> None:
     assert (both.returncode, both.stdout) == (1, ""), both.stderr
     assert both.stderr.splitlines() == [
         f"{config}:3: rules[0].notify[0]: unknown channel 'x'",
-        "environment: RELAY_LISTEN: expected host:port, e.g. 0.0.0.0:8080",
-        "environment: RELAY_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'",
+        "environment: RELAY_LISTEN: expected host:port, e.g. 0.0.0.0:8080 (got 'nonsense')",
+        "environment: RELAY_LOG_LEVEL: expected 'DEBUG', 'INFO', 'WARNING' or 'ERROR' (got 'LOUD')",
         "3 problems found",
     ]

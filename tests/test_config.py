@@ -764,7 +764,7 @@ def test_a_listen_address_go_would_refuse_is_refused(
     host `fe80:` on port 1, and `127.0.0.1:٣` as port 3. Go's net.SplitHostPort (Alertmanager's
     --web.listen-address) refuses them all; relay does too, saying what to write."""
     problems = [str(p) for p in _problems(monkeypatch, {"RELAY_LISTEN": listen})]
-    assert problems == [f"environment: RELAY_LISTEN: {message}"]
+    assert problems == [f"environment: RELAY_LISTEN: {message} (got {listen!r})"]
 
 
 @pytest.mark.parametrize("value", ["0s", "0", "100ms", "2h", "7200"])
@@ -780,6 +780,35 @@ def test_a_replica_timeout_out_of_range_is_told_in_units(
     assert problems == [f"environment: RELAY_REPLICA_TIMEOUT: must be from 1s to 1h (got {said})"]
     for good, seconds in (("1s", 1.0), ("1m30s", 90.0), ("1h", 3600.0)):
         assert load_settings(replica_timeout=good).replica_timeout == seconds
+
+
+_BAD_VARIABLES = [
+    ("WORKERS", "abc", "expected a whole number (got 'abc')"),
+    ("WORKERS", "1.5", "expected a whole number (got '1.5')"),
+    ("WORKERS", "65", "must be at most 64 (got 65)"),
+    ("LOG_FORMAT", "xml", "expected 'json' or 'text' (got 'xml')"),
+    ("STORE_URL", " ", "empty: set the store's URL, or unset it for sqlite:///data/relay.db"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "said"), _BAD_VARIABLES)
+def test_a_bad_variable_is_one_line_of_relays_words_with_its_value(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, said: str
+) -> None:
+    """`RELAY_WORKERS=abc` was told pydantic's "Input should be a valid integer, unable to parse
+    string as an integer", `65` "less than or equal to 64", neither with the value given. The
+    store's URL (a password in it) is never quoted."""
+    problems = [str(p) for p in _problems(monkeypatch, {f"RELAY_{name}": value})]
+    assert problems == [f"environment: RELAY_{name}: {said}"]
+
+
+def test_the_store_url_is_not_quoted_in_its_problem() -> None:
+    """Its password would be in the line (a value of the wrong type, given as an override)."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(store_url=["postgresql://relay:hunter2@127.0.0.1/relay"])
+    assert [str(p) for p in info.value.problems] == [
+        "environment: RELAY_STORE_URL: Input should be a valid string"
+    ]
 
 
 def test_an_empty_variable_is_unset_where_the_default_is_harmless(
