@@ -148,9 +148,24 @@ MIN_RETENTION_S = 3600.0
 
 class RetryPolicy(Strict):
     max_attempts: int = Field(default=12, ge=1, le=1000)
-    max_age: Duration = 24 * 3600.0
-    min_backoff: Duration = 1.0
-    max_backoff: Duration = 600.0
+    max_age: PositiveDuration = 24 * 3600.0
+    min_backoff: PositiveDuration = 1.0
+    max_backoff: PositiveDuration = 600.0
+
+    @field_validator("max_age", "min_backoff", "max_backoff", mode="before")
+    @classmethod
+    def _more_than_zero(cls, value: Any, info: ValidationInfo) -> float:
+        """0 was accepted. A max_age of 0 made every first failure dead, "too old"; a backoff of
+        0 doubles to 0: every retry at once, `max_attempts` spent in a moment. The fix says
+        what 0 was most likely meant to do."""
+        return more_than_zero(value, _RETRY_ZERO[str(info.field_name)])
+
+
+_RETRY_ZERO = {
+    "max_age": ": max_attempts: 1 sends once, without retrying",
+    "min_backoff": ": it doubles from there, and 0 stays 0 (every retry at once)",
+    "max_backoff": ": every retry would be at once",
+}
 
 
 class Defaults(Strict):

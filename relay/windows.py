@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from relay.durations import Duration
+from relay.durations import PositiveDuration, more_than_zero
 from relay.errors import InputError
 from relay.silences import parse_matchers
 
@@ -144,7 +144,14 @@ class InhibitRule(_Strict):
     close_match: dict[str, Any] | None = None  # updates that close a source_match's window
     target_match: dict[str, Any] = {"event": "run"}
     equal: list[str] = []
-    duration: Duration = 1800.0
+    # 0 was accepted: a window that closes as it opens, and no run counted: a rule that never
+    # inhibits (a source_match window is held until now + duration)
+    duration: PositiveDuration = 1800.0
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _some_time(cls, value: Any) -> float:
+        return more_than_zero(value, ": a window of 0 never opens, so nothing would be inhibited")
 
     @field_validator("source_match", "close_match", "target_match")
     @classmethod

@@ -714,6 +714,26 @@ def test_a_timeout_of_zero_is_refused_in_durations() -> None:
     ]
 
 
+def test_a_zero_retry_age_or_backoff_and_inhibit_duration_are_refused() -> None:
+    """All four were accepted: a max_age of 0 made every first failure dead ("too old"), a
+    backoff of 0 retried at once every time (0 doubles to 0), an inhibit window of 0 closed as
+    it opened (a rule that inhibits nothing). Each says what 0 was likely meant to do."""
+    text = (
+        "defaults: {retry: {max_age: 0, min_backoff: 0s, max_backoff: 0ms}}\n"
+        "inhibit_rules: [{name: i, source_match: {event: run}, duration: '0'}]\n"
+    )
+    assert problems(text) == [
+        "c.yaml:1: defaults.retry.max_age: must be more than 0 (got 0s): max_attempts: 1 sends"
+        " once, without retrying",
+        "c.yaml:1: defaults.retry.min_backoff: must be more than 0 (got 0s): it doubles from"
+        " there, and 0 stays 0 (every retry at once)",
+        "c.yaml:1: defaults.retry.max_backoff: must be more than 0 (got 0s): every retry would be"
+        " at once",
+        "c.yaml:2: inhibit_rules[0].duration: must be more than 0 (got 0s): a window of 0 never"
+        " opens, so nothing would be inhibited",
+    ]
+
+
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (0, 0.25, 30, 300, 14400, 90)] == [
         "0s",  # was "0ms": `RELAY_REPLICA_TIMEOUT=0s` was told "(got 0ms)"

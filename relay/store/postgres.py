@@ -96,7 +96,7 @@ _POSTPONE = f"""
 HELD = " AND COALESCE(relay_outbox.lease_holder, ${n}) = ${n}"
 # A failure's mark committed, its reply lost, is written again (dispatch's write through
 # blips, 0.25 s and more later; 30 s when the reply never came): meanwhile a backoff as short
-# as min_backoff allows (0) made the row due, and this replica, its holder still, claimed it
+# as min_backoff allows (a few ms) made the row due, and this replica, its holder still, claimed it
 # again. The repeat released that claim mid-send, for a third send, and set attempts back. A
 # send tries at least once, so each failure's mark raises attempts: a row whose attempts reached
 # the mark's was marked already, by this write or a later claim's. A mark also hands the lease
