@@ -27,7 +27,11 @@ some recipients only are the channel's, relay.channels.email, built from these):
                                                                                 not take ...
   username set, the server offers no AUTH (email.py)   auth_error    no         server offers
                                                                                 no AUTH ...
-  any other SMTPException (no STARTTLS...)             other         yes        aiosmtplib's text
+  ... offers AUTH, no mechanism aiosmtplib speaks      auth_error    no         server offers
+                                                                                AUTH only ...
+  starttls: true, the server does not offer STARTTLS   client_error  no         server does not
+                                                                                offer STARTTLS
+  any other SMTPException                              other         yes        aiosmtplib's text
   a reply without a code, or a line too long          other         yes        malformed SMTP
                                                                                 reply
 
@@ -54,6 +58,7 @@ SUBJECT_MAX_CHARS = 200
 
 
 _AUTH_CODES = frozenset((530, 534, 535, 538))
+NO_STARTTLS = "server does not offer STARTTLS (starttls: true): nothing sent in clear"
 
 
 # the bidirectional overrides: a subject would show in another order than it is written
@@ -117,6 +122,15 @@ class Client(aiosmtplib.SMTP):
                 self.command = "DATA"
                 self._note_421()
             raise
+
+    async def starttls(self, *args: Any, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        """STARTTLS (`starttls: true`, aiosmtplib's connect runs it). A server that does not
+        offer it will not start to: dead at once, not aiosmtplib's "not supported" (`other`,
+        retried until max_age)."""
+        await self._ehlo_or_helo_if_needed()
+        if not self.supports_extension("starttls"):
+            raise DeliveryError("client_error", retryable=False, detail=NO_STARTTLS)
+        return await super().starttls(*args, **kwargs)
 
     async def greet(self) -> None:
         """EHLO (or HELO) unless done: what the server offers (AUTH, SMTPUTF8) is known after."""
@@ -195,7 +209,7 @@ def _other(exc: BaseException) -> DeliveryError:
     if isinstance(exc, aiosmtplib.SMTPNotSupported):  # SMTPUTF8 missing: no retry will mend it
         detail = "server does not take non-ASCII addresses (no SMTPUTF8)"
         return DeliveryError("client_error", retryable=False, detail=detail)
-    if isinstance(exc, aiosmtplib.SMTPException):  # aiosmtplib's own words, e.g. no STARTTLS
+    if isinstance(exc, aiosmtplib.SMTPException):  # aiosmtplib's own words
         return DeliveryError("other", retryable=True, detail=one_line(exc.message, 120))
     return DeliveryError("other", retryable=True, detail=type(exc).__name__)
 

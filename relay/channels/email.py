@@ -475,13 +475,16 @@ class EmailChannel:
             client.close()
 
     async def _login(self, client: Client) -> None:
-        """AUTH with the configured credentials. A server that offers no AUTH will not start
-        to: dead at once, saying whether STARTTLS was done (many offer AUTH only after it)."""
+        """AUTH with the configured credentials. A server that offers no AUTH, or none of the
+        mechanisms aiosmtplib speaks, will not start to: dead at once, saying whether STARTTLS
+        was done (many offer AUTH only after it), or what it offers."""
         smtp = self.settings.smtp
         if smtp.username is None or smtp.password is None:
             return
         if not client.supports_extension("auth"):
             raise DeliveryError("auth_error", retryable=False, detail=_no_auth(smtp, client))
+        if not client.supported_auth_methods:  # aiosmtplib's "No suitable authentication..."
+            raise DeliveryError("auth_error", retryable=False, detail=_no_mechanism(client))
         await client.login(smtp.username, smtp.password.get_secret_value())
 
     def _options(self) -> dict[str, Any]:
@@ -506,6 +509,13 @@ def _no_auth(smtp: SmtpSettings, client: Client) -> str:
     if client.supports_extension("starttls"):
         return "server offers no AUTH without STARTTLS (STARTTLS not done): enable starttls"
     return "server offers no AUTH (STARTTLS not done, nor offered)"
+
+
+def _no_mechanism(client: Client) -> str:
+    """The AUTH mechanisms a server offers when relay speaks none of them (XOAUTH2 alone)."""
+    offered = " ".join(m.upper() for m in client.server_auth_methods)[:100] or "none"
+    spoken = " ".join(m.upper() for m in client.AUTH_METHODS)
+    return f"server offers AUTH {offered} only; relay speaks {spoken}"
 
 
 def _refused_for_good(refused: dict[str, int], unsendable: list[str], total: int) -> DeliveryError:

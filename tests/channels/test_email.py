@@ -687,11 +687,29 @@ async def test_ssl_cert_file_is_honoured(
     assert len(await fake.wait_for(1)) == 1
 
 
-async def test_starttls_required_but_not_offered_is_retryable(smtp_server: SmtpFactory) -> None:
+async def test_starttls_required_but_not_offered_is_dead_at_once(smtp_server: SmtpFactory) -> None:
+    """`starttls: true`, the server does not offer it: that was `other` (aiosmtplib's "SMTP
+    STARTTLS extension not supported by server."), retried until max_age, though no retry
+    changes what the server offers. Nothing goes in clear: no mail, no MAIL FROM."""
     fake = await smtp_server()
     err = await failure(channel(fake.port, starttls=True))
-    assert (err.reason, err.retryable) == ("other", True)
-    assert err.detail == "SMTP STARTTLS extension not supported by server."
+    assert (err.reason, err.retryable) == ("client_error", False)
+    assert err.detail == "server does not offer STARTTLS (starttls: true): nothing sent in clear"
+    assert fake.messages == [] and b"MAIL FROM" not in bytes(fake.received)
+
+
+async def test_auth_with_no_mechanism_relay_speaks_is_dead_at_once(
+    smtp_server: SmtpFactory, smtp_pki: Pki
+) -> None:
+    """AUTH offered with XOAUTH2 only: aiosmtplib's "No suitable authentication method found."
+    was `other`, retried until max_age; now dead at once, naming what the server offers."""
+    fake = await smtp_server("tls")
+    fake.auth_offered = "XOAUTH2"
+    creds = {"username": USER, "password": PASSWORD, "ca_file": str(smtp_pki.ca_file)}
+    err = await failure(channel(fake.port, tls=True, **creds))
+    assert (err.reason, err.retryable) == ("auth_error", False)
+    assert err.detail == "server offers AUTH XOAUTH2 only; relay speaks CRAM-MD5 PLAIN LOGIN"
+    assert fake.messages == []
 
 
 async def test_a_non_ascii_address_to_a_server_without_smtputf8_is_permanent(

@@ -12,7 +12,8 @@ runs on the machine, and tests await what it received without threads.
   DATA has taken the mail before it answers, as an MTA queues it before its 250.
 - modes: "plain", "starttls" (require_starttls), "tls" (implicit TLS from the first byte);
   `credentials=(user, password)` requires AUTH (over STARTTLS: aiosmtpd refuses AUTH in clear).
-- `FakeSMTP.offer_auth = False`: EHLO leaves out AUTH, even over TLS (a server without AUTH).
+- `FakeSMTP.offer_auth = False`: EHLO leaves out AUTH, even over TLS (a server without AUTH);
+  `auth_offered = "XOAUTH2"`: EHLO offers AUTH with these mechanisms (and takes none of them).
 - `FakeSMTP.received`: every byte clients sent, as it arrived (before TLS: STARTTLS sessions show
   only their start); `hung_up` is set when a client's connection ends.
 - `silent_server()`: accepts connections and never says a word (for timeouts).
@@ -73,6 +74,7 @@ class FakeSMTP:
     received: bytearray = field(default_factory=bytearray)
     hung_up: asyncio.Event = field(default_factory=asyncio.Event)
     offer_auth: bool = True
+    auth_offered: str | None = None
 
     # aiosmtpd handler hooks ------------------------------------------------------------------
 
@@ -80,7 +82,11 @@ class FakeSMTP:
         self, server: SMTP, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
         session.host_name = hostname
-        return [r for r in responses if self.offer_auth or not r.startswith("250-AUTH")]
+        kept = [r for r in responses if self.offer_auth or not r.startswith("250-AUTH")]
+        if self.auth_offered is None:
+            return kept
+        others = [r for r in kept if not r.startswith("250-AUTH")]  # after the greeting line
+        return [*others[:1], f"250-AUTH {self.auth_offered}", *others[1:]]
 
     async def handle_RCPT(
         self, server: SMTP, session: Any, envelope: Any, address: str, options: list[str]
