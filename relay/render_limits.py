@@ -14,6 +14,8 @@ from typing import Any
 
 from jinja2.exceptions import SecurityError
 
+from relay.filters import json_bytes, truncate_chars
+
 MAX_SEQUENCE_LEN = 100_000  # `'a' * n`, `[x] * n`
 MAX_INT_BITS = 128  # integer results of `*` and `**`
 MAX_WIDTH = 100_000  # widths of format strings, padding methods and filters like center
@@ -91,6 +93,63 @@ def refund(old: Any) -> None:
 # sys.getrefcount(old) in refund when nothing else holds `old`: _Namespace.__setitem__'s
 # local, refund's argument and getrefcount's own
 _LAST_REF = 3
+
+
+OMITTED = "[omitted]"  # what `brief` leaves of a value with no room at all
+_BRIEF_MIN_CHARS = 40  # a share smaller than this is not worth a cut text: the value is omitted
+
+
+def brief(value: Any, limit: int = 2_000) -> Any:
+    """`value` in at most `limit` characters of JSON (the `brief` filter): whole when it fits;
+    else a text cut to fit, and a mapping or list with its small items whole and the room left
+    shared by its large ones, each cut the same way (items past the room are left out). A digest
+    lists each of its runs so: a thousand runs with long errors stay within MAX_OUTPUT_CHARS."""
+    for room in (limit, limit // 2, limit // 4, limit // 8):  # escapes write more than weighed
+        cut = _brief(value, room)
+        if _fits(cut, limit):
+            return cut
+    return OMITTED
+
+
+def _fits(value: Any, limit: int) -> bool:
+    try:
+        return len(json_bytes(value).decode()) <= limit
+    except (TypeError, ValueError):  # not JSON, e.g. an integer beyond 64 bits
+        return False
+
+
+def _brief(value: Any, room: int) -> Any:
+    if weight(value, room) <= room:
+        return value
+    if room < _BRIEF_MIN_CHARS:
+        return OMITTED
+    if isinstance(value, str):
+        return truncate_chars(value, room - 2)  # its quotes
+    if isinstance(value, Mapping):
+        return dict(_brief_items(list(value.items()), room))
+    if isinstance(value, list | tuple):
+        return [item for _, item in _brief_items(list(enumerate(value)), room)]
+    return OMITTED
+
+
+def _brief_items(items: list[tuple[Any, Any]], room: int) -> list[tuple[Any, Any]]:
+    """The small values whole, the large ones sharing equally what the small ones leave; in
+    order, each that still has room."""
+    small = max(room // 16, 16)
+    whole = [weight(item, small) <= small for _, item in items]
+    spent = sum(
+        weight(key, room) + 6 + (weight(item, small) if fits else 0)
+        for (key, item), fits in zip(items, whole, strict=True)
+    )
+    share = max(0, room - 2 - spent) // max(whole.count(False), 1)
+    kept, left = [], room - 2
+    for (key, item), fits in zip(items, whole, strict=True):
+        value = item if fits else _brief(item, share)
+        cost = weight(key, room) + weight(value, room) + 6
+        if cost <= left:
+            kept.append((key, value))
+            left -= cost
+    return kept
 
 
 class RenderTimeout(LimitExceeded):

@@ -48,6 +48,7 @@ from relay.render_limits import (
     SLOT_CHARS,
     LimitExceeded,
     OutputTooLarge,
+    brief,
     charge,
     check_deadline,
     check_weight,
@@ -442,7 +443,7 @@ def environment(
     env.globals["namespace"] = _Namespace
     for name in ("center", "batch", "slice", "wordwrap", "truncate"):
         env.filters[name] = _width_guarded(env.filters[name])
-    ours = (money, duration, truncate_chars, tojson, stack, status_emoji, mrkdwn, web_url)
+    ours = (money, duration, truncate_chars, tojson, stack, status_emoji, mrkdwn, web_url, brief)
     env.filters.update({f.__name__: f for f in ours}, format=_format)
     env.filters["sum"] = _sum_guarded(env.filters["sum"])
     env.filters["replace"] = _checked_replace(env.filters["replace"])

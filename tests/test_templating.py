@@ -22,7 +22,7 @@ from relay.filters import duration, money, stack, status_emoji, tojson, truncate
 from relay.grouping import digest_context
 from relay.model import Run
 from relay.render_context import CONTEXT_NAMES, template_variables
-from relay.render_limits import MAX_OUTPUT_CHARS
+from relay.render_limits import MAX_OUTPUT_CHARS, brief
 from relay.templating import (
     TEMPLATE_SUFFIX,
     RenderContext,
@@ -33,7 +33,7 @@ from relay.templating import (
     sandbox,
     shipped_templates_dir,
 )
-from tests.conftest import assert_golden
+from tests.conftest import alert_event, assert_golden
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "trigger"
@@ -239,19 +239,89 @@ def test_a_fallback_stays_within_the_output_cap(tmp_path: Path) -> None:
     assert (body["type"], digest["type"]) == ("run.alert", "run.digest")
 
 
-def test_a_digest_too_large_for_the_webhook_template_still_names_every_run() -> None:
-    # 1,000 failures with 4 KB errors: the shipped template's body passes the output cap
-    error = {"name": "Error", "message": "E" * 3_000, "stackTrace": "    at f (a.ts:1:1)\n" * 50}
-    runs = [{**load_run("failed"), "id": f"run_{i:04d}", "error": error} for i in range(1_000)]
+def long_error_runs(n: int) -> list[dict[str, Any]]:
+    """`n` failures with ~5 KB errors: in full, 1,000 of them pass the output cap."""
+    error = {"name": "Error", "message": "E" * 3_000, "stackTrace": "    at f (a.ts:1:1)\n" * 100}
+    return [{**load_run("failed"), "id": f"run_{i:04d}", "error": error} for i in range(n)]
+
+
+def webhook_digest(runs: list[dict[str, Any]], renderer: Renderer | None = None) -> Rendered:
     group = digest_context("k", {"taskIdentifier": "t"}, runs)
     ctx = replace(context(runs[-1], "webhook"), group=group)
+    return (renderer or Renderer()).render("webhook", "digest", ("json",), ctx)
+
+
+def test_a_thousand_runs_with_long_errors_fit_the_webhook_digest_by_design() -> None:
+    runs = long_error_runs(1_000)
+    rendered = webhook_digest(runs)
+    assert not rendered.fallback, rendered.error  # no template error, no fallback
+    assert len(rendered.parts["json"]) <= MAX_OUTPUT_CHARS
+    body = orjson.loads(rendered.parts["json"])
+    readme = {"id", "type", "rule", "channel", "text", "group", "runs", "truncated"}
+    assert (set(body), body["type"], body["group"]["count"]) == (readme, "run.digest", 1_000)
+    assert [r["id"] for r in body["runs"]] == [r["id"] for r in runs]
+    assert body["truncated"] == 0
+    for listed in body["runs"]:  # each run kept, its long texts cut
+        assert (
+            listed["status"] == "FAILED" and listed["taskIdentifier"] == runs[0]["taskIdentifier"]
+        )
+        assert listed["error"]["name"] == "Error" and listed["error"]["message"].startswith("EEE")
+        assert listed["error"]["message"].endswith("…")
+    small = orjson.loads(webhook_digest(runs[:3]).parts["json"])
+    assert small["runs"] == orjson.loads(orjson.dumps(runs[:3]))  # a small digest: runs whole
+
+
+def test_a_digest_of_more_runs_lists_the_first_thousand_and_counts_the_rest() -> None:
+    runs = long_error_runs(1_200)
+    rendered = webhook_digest(runs)
+    assert not rendered.fallback and len(rendered.parts["json"]) <= MAX_OUTPUT_CHARS
+    body = orjson.loads(rendered.parts["json"])
+    assert [r["id"] for r in body["runs"]] == [r["id"] for r in runs[:1_000]]
+    assert (body["group"]["count"], body["truncated"]) == (1_200, 200)
+
+
+def test_a_thousand_deployments_with_long_errors_fit_the_webhook_digest() -> None:
+    error = {"name": "BuildError", "message": "E" * 3_000, "stderr": "  at f (a.ts:1:1)\n" * 100}
+    event = alert_event("alert.deployment.failed")
+    events = [{**event, "id": f"deployment_{i:04d}", "error": error} for i in range(1_000)]
+    group = digest_context("k", {}, events)
+    ctx = replace(context(events[-1], "webhook"), group=group)
     rendered = Renderer().render("webhook", "digest", ("json",), ctx)
+    assert not rendered.fallback, rendered.error  # was: past the time budget
+    body = orjson.loads(rendered.parts["json"])
+    assert [d["id"] for d in body["deployments"]] == [e["id"] for e in events]
+    assert (body["type"], body["truncated"]) == ("deployment.digest", 0)
+    assert len(rendered.parts["json"]) <= MAX_OUTPUT_CHARS
+
+
+def test_a_digest_too_large_for_a_webhook_template_still_names_every_run(tmp_path: Path) -> None:
+    # a template of the old shape, every run whole: the body passes the output cap
+    source = '{"type": "run.digest", "runs": {{ group.runs|tojson }}}'
+    renderer = templates_in(tmp_path / "webhook", {"digest.json.j2": source})
+    runs = long_error_runs(1_000)
+    rendered = webhook_digest(runs, renderer)
     assert rendered.fallback and len(rendered.parts["json"]) <= MAX_OUTPUT_CHARS
     body = orjson.loads(rendered.parts["json"])
     assert [r["id"] for r in body["group"]["runs"]] == [r["id"] for r in runs]
     assert {r["status"] for r in body["group"]["runs"]} == {"FAILED"}
     assert body["run"]["id"] == "run_0999" and body["run"]["error"].startswith("[omitted: ")
     assert (body["type"], body["group"]["count"]) == ("run.digest", 1_000)
+
+
+@pytest.mark.parametrize(
+    ("value", "limit", "expected"),
+    [
+        ({"a": 1}, 100, {"a": 1}),
+        ("x" * 50, 45, "x" * 42 + "…"),
+        ({"id": "r", "big": "y" * 500}, 100, {"id": "r", "big": "y" * 77 + "…"}),
+        ([1] * 100, 60, [1, 1]),  # weighed as fields: the cut is short, never too long
+        ("x" * 50, 10, "[omitted]"),  # no room worth a cut
+    ],
+)
+def test_brief_fits_a_value_in_its_limit(value: Any, limit: int, expected: Any) -> None:
+    cut = brief(value, limit)
+    assert cut == expected
+    assert cut == "[omitted]" or len(orjson.dumps(cut).decode()) <= limit
 
 
 @pytest.mark.parametrize(
