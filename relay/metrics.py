@@ -68,6 +68,12 @@ REJECTION_REASONS = (
     "bad_request", "unauthorized", "not_configured", "too_large", "store_unavailable", "busy",
 )  # fmt: skip
 
+# why a request of a Realtime feed failed (relay.sources._follower's reasons): exposed at 0 for
+# every configured feed
+REALTIME_ERROR_REASONS = (
+    "timeout", "network", "rate_limited", "server_error", "auth_error", "client_error", "other",
+)  # fmt: skip
+
 
 _M = TypeVar("_M", bound=MetricWrapperBase)
 
@@ -225,8 +231,11 @@ class Metrics:
         self._sent = _ByLabel(self.sent)
         self._latency, self._attempts = _ByLabel(self.latency), _ByLabel(self.attempts)
 
-    def configured(self, channels: Iterable[str], rules: Iterable[str]) -> None:
-        """The counters of the running config's channels and rules, at 0 until their first
+    def configured(
+        self, channels: Iterable[str], rules: Iterable[str], feeds: Iterable[str] = ()
+    ) -> None:
+        """The counters of the running config's channels, rules and Realtime feeds (their
+        keys: `tags:…|24h`, `run:…`, `batch:…`), at 0 until their first
         event. A series that appears at 1 has no increase() for Prometheus (its first sample is
         its only value): the shipped alerts missed the first dead letter, template error or
         refused reload of each channel after every restart, as Alertmanager's metrics would
@@ -240,6 +249,10 @@ class Metrics:
         for rule in rules:
             self.matched.labels(rule=rule)
             self.rule_failures.labels(rule=rule)
+        for feed in feeds:  # RelayRealtimeFailing missed each feed's first failure
+            self.realtime_rows.labels(feed=feed)
+            for reason in REALTIME_ERROR_REASONS:
+                self.realtime_errors.labels(feed=feed, reason=reason)
 
     def rule_failed(self, rule: str) -> None:
         """The rules' hook: rule `rule`'s `when:` raised on an update."""

@@ -42,7 +42,7 @@ from relay.settings import Settings
 from relay.silences import RELOAD_S, SilenceCache
 from relay.sources._wire import JsonErrorRunner, raise_descriptor_limit
 from relay.sources.http import HttpDeps, build_app
-from relay.sources.realtime import RealtimeSource, forget_removed_feeds
+from relay.sources.realtime import RealtimeSource, feed_keys, forget_removed_feeds
 from relay.store import Store, open_store
 from relay.workers import (
     Outcome,
@@ -240,10 +240,12 @@ class Service:
             log.info("resuming notifications a dead worker had claimed", extra={"count": released})
 
     def _zero_metrics(self) -> None:
-        """The running config in /metrics: its digest, and its channels and rules from the
-        start, at 0."""
+        """The running config in /metrics: its digest, and its channels, rules and Realtime
+        feeds from the start, at 0."""
         self.metrics.config_hash.set(config_hash(self.compiled))
-        self.metrics.configured(self.config.channels, [rule.name for rule in self.config.rules])
+        rules = [rule.name for rule in self.config.rules]
+        feeds = feed_keys(self.config.sources.realtime)
+        self.metrics.configured(self.config.channels, rules, feeds)
 
     def _config_payload(self) -> bytes:
         """The config a worker is to run, at its start and on a reload: the one running here,

@@ -27,7 +27,9 @@ from relay.formats.packets import too_deep
 from relay.formats.sdk import parse_sdk_run
 from relay.intake import IntakeResult
 from relay.logs import SCRUB
+from relay.metrics import REALTIME_ERROR_REASONS
 from relay.model import Run
+from relay.sources._answers import error_reason, status_reason
 from relay.sources._follower import (
     NAMESPACE,
     ROWS_NAMESPACE,
@@ -929,6 +931,46 @@ async def test_a_snapshot_trickled_byte_by_byte_times_out_and_is_asked_again(
             metrics = await resp.text()
     timeouts = rf'^relay_realtime_errors_total\{{feed="{re.escape(FEED_KEY)}",reason="timeout"\}} '
     assert re.search(timeouts, metrics, re.M), metrics
+
+
+def feed_series(metrics: str, feed: str) -> set[str]:
+    """The reasons of relay_realtime_errors_total shown for `feed`, and "rows" if its
+    relay_realtime_rows_total is shown."""
+    label = re.escape(f'feed="{feed}"')
+    errors = re.findall(
+        rf'^relay_realtime_errors_total\{{{label},reason="(\w+)"\}} ', metrics, re.M
+    )
+    rows = re.search(rf"^relay_realtime_rows_total\{{{label}\}} ", metrics, re.M)
+    return set(errors) | ({"rows"} if rows else set())
+
+
+async def test_every_configured_feed_counts_its_errors_from_0(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """relay_realtime_errors_total (and _rows_total) of a feed appeared with its first failure,
+    at 1: increase() saw nothing, and RelayRealtimeFailing missed it. Now every configured feed
+    has a series per reason from the start, and one a reload adds from then on."""
+    every = {*REALTIME_ERROR_REASONS, "rows"}
+    async with fake_realtime(session()) as fake:
+        text = config(fake.url, sink.url).replace(
+            "    feeds:\n", "    feeds:\n      - run_id: run_zero\n"
+        )
+        r = await relay(text)
+        async with r.http.get(r.url + "/metrics") as resp:
+            metrics = await resp.text()
+        assert feed_series(metrics, FEED_KEY) == every, metrics
+        assert feed_series(metrics, "run:run_zero") == every
+        path = Path(r.service.compiled.loaded.source.filename)
+        path.write_text(text.replace("run_zero", "run_added"))
+        assert await r.service.reload("SIGHUP") is True
+        async with r.http.get(r.url + "/metrics") as resp:
+            assert feed_series(await resp.text(), "run:run_added") == every
+
+
+def test_every_reason_a_feed_fails_for_is_counted_from_0() -> None:
+    reasons = {status_reason(status) for status in range(400, 600)}
+    reasons |= {error_reason(TimeoutError()), error_reason(OSError()), "other"}
+    assert reasons == set(REALTIME_ERROR_REASONS)
 
 
 async def test_a_feed_no_longer_followed_leaves_no_lag_behind(

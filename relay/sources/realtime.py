@@ -42,12 +42,17 @@ LEAD_TTL_S = 30.0
 LEAD_RENEW_S = 10.0
 
 
+def feed_keys(config: RealtimeConfig | None) -> list[str]:
+    """The keys of the configured feeds, each once (its position key, its metrics' `feed`)."""
+    return [] if config is None else [feed.key for feed in _distinct(map(feed_of, config.feeds))]
+
+
 async def forget_removed_feeds(positions: Positions, config: RealtimeConfig | None) -> list[str]:
     """Delete the stored position and rows of each feed `config` no longer has: nothing reads
     them again (a feed added back starts from a snapshot, which intake deduplicates), and a
     feed holds the raw row of every run in its shape, so the rows of each run id, batch or
     tag set ever followed stayed in the store for good. Returns the keys forgotten."""
-    kept = set() if config is None else {feed_of(spec).key for spec in config.feeds}
+    kept = set(feed_keys(config))
     gone = sorted(set(await positions.kv_list(NAMESPACE)) - kept)
     if gone:
         write = KvWrite(
