@@ -139,7 +139,7 @@ def hang(seconds: float) -> Behaviour:
 @pytest.fixture
 async def sink() -> AsyncIterator[Sink]:
     s = Sink()
-    app = web.Application()
+    app = web.Application(client_max_size=16 * 1024 * 1024)  # a digest's body passes 1 MiB
     app.router.add_route("*", "/{tail:.*}", s.handle)
     async with serving(app, access_log=None, shutdown_timeout=0.2) as s.url:
         yield s

@@ -227,3 +227,24 @@ async def test_replaying_a_dead_digest_by_its_webhook_id_says_which_ids_replay_i
         assert await resp.json() == {"replayed": 3}
     [_, again] = await sink.wait_for(2)
     assert again.headers["webhook-id"] == digest and len(again.json()["runs"]) == 3
+
+
+async def test_a_thousand_failures_with_long_errors_make_one_digest_without_a_template_error(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    # the shipped webhook digest wrote each run whole: past the output cap, every attempt
+    # logged "template failed", counted relay_template_errors_total and sent the fallback
+    server = "server: {max_body_bytes: 16MiB}\n"
+    r = await relay(server + CONFIG.format(url=sink.url, wait="0s", interval="5m"))
+    # ~3.6 KB errors: 1,000 runs whole are ~4.8 million characters
+    error = {"name": "Error", "message": "E" * 1_500, "stackTrace": "    at f (a.ts:1:1)\n" * 100}
+    runs = [{**failed(i), "error": error} for i in range(1_000)]
+    status_code, _ = await r.post(runs)
+    assert status_code == 202
+    [got] = await sink.wait_for(1, timeout=30)
+    body = got.json()
+    assert (body["type"], body["group"]["count"], body["truncated"]) == ("run.digest", 1_000, 0)
+    assert len(body["runs"]) == 1_000 and body["runs"][0]["error"]["message"].startswith("EEE")
+    async with r.http.get(r.url + "/metrics") as resp:
+        metrics = await resp.text()
+    assert 'relay_template_errors_total{channel="hook"} 0.0' in metrics
