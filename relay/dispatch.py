@@ -267,25 +267,39 @@ class Dispatch:
         if firing is not None and firing.state == "dead":
             await asyncio.shield(self._hold(row, firing))
             return None
+        if firing is None and await self._was_held(row):
+            await asyncio.shield(self._hold(row, None))
+            return None
         receipt = firing.receipt if firing is not None else None
         return Recovery(firing_id, receipt)  # sent, or forgotten (retention): the channel makes do
 
-    async def _hold(self, row: Notification, dead: Notification) -> None:
-        """A recovery of a dead alert: the channel never heard that alert, so nothing is to be
-        resolved there. Kept as a dead letter (reason `alert_dead`, not counted as a failed
-        delivery: its alert was) that a replay of the alert brings back after it. A replay of
-        the alert (by `relay dlq replay`, on any replica) between its read and this mark found
-        the recovery still pending and queued nothing: it is queued again here."""
-        now = self.deps.clock()
+    async def _was_held(self, row: Notification) -> bool:
+        """Whether recovery `row` was held for its dead alert before (a replay clears its
+        reason, not its events): retention forgot that alert while it was still dead (the
+        alert finished first, so it is forgotten first), and the channel never heard it."""
+        events = await self.deps.store.events(row.id)
+        return any(e["kind"] == "dead" and e["reason"] == ALERT_DEAD for e in events)
+
+    async def _hold(self, row: Notification, dead: Notification | None) -> None:
+        """A recovery of a dead alert (None: of one retention forgot while it was dead): the
+        channel never heard that alert, so nothing is to be resolved there. Kept as a dead
+        letter (reason `alert_dead`, not counted as a failed delivery: its alert was) that a
+        replay of the alert brings back after it. A replay of the alert (by `relay dlq replay`,
+        on any replica) between its read and this mark found the recovery still pending and
+        queued nothing: it is queued again here."""
+        firing_id = row.resolves or ""
+        error = held_error(firing_id, forgotten=dead is None)
         if not await self.deps.store.mark_held(
-            row.id, now=now, reason=ALERT_DEAD, error=held_error(dead.id), attempts=row.attempts
+            row.id, now=self.deps.clock(), reason=ALERT_DEAD, error=error, attempts=row.attempts
         ):
             self._fenced(row, "held")
             return
         log.warning(
             "recovery held: its notification is dead",
-            extra={**row_extra(self.name, row), "resolves": dead.id},
+            extra={**row_extra(self.name, row), "resolves": firing_id},
         )
+        if dead is None:
+            return
         firing = await self.deps.store.get(dead.id)
         if firing is None or _same_outcome(firing, dead):
             return

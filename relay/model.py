@@ -419,8 +419,14 @@ def subject_of(run: dict[str, Any]) -> str | None:
 ALERT_DEAD = "alert_dead"
 
 
-def held_error(firing_id: str) -> str:
-    """What a recovery held for its dead alert says, in the history and the dead letters."""
+def held_error(firing_id: str, *, forgotten: bool = False) -> str:
+    """What a recovery held for its dead alert says, in the history and the dead letters;
+    `forgotten`: retention forgot that alert while it was dead, so no replay can send it."""
+    if forgotten:
+        return (
+            f"{ALERT_DEAD}: its alert {firing_id} was dead and is forgotten (retention), so the"
+            " channel never heard it and will not: nothing to resolve"
+        )
     return (
         f"{ALERT_DEAD}: its alert {firing_id} is dead, so the channel never heard it;"
         f" `relay dlq replay {firing_id}` sends the alert, then this recovery"

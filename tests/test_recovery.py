@@ -29,6 +29,7 @@ from relay.config_load import parse_config
 from relay.configure import compile_config
 from relay.errors import ConfigError, DeliveryError
 from relay.model import Run, notification_id, recovery_id
+from relay.store import open_store
 from relay.store.sqlite import SQLiteStore
 from relay.templating import RenderContext, Renderer
 from tests.conftest import (
@@ -489,14 +490,9 @@ async def test_a_dead_alert_holds_its_recovery_until_it_is_replayed(
     PagerDuty, a resolve of a key it never opened), as Alertmanager sends no resolved for an
     alert it never notified. The recovery is held as a dead letter saying why, and `relay dlq
     replay` of the alert (here over HTTP) sends the alert, then its recovery."""
-    sink.responses = [status(410)]  # the alert dies at once; later requests get 200
-    channel = f'  hook: {{type: webhook, url: "{sink.url}/hook"}}'
-    proc = relay_process(config(channel, slow_rule("hook")), engine_env)
-    await asyncio.to_thread(proc.start)
     firing, recovered = ids("hook")
     async with aiohttp.ClientSession() as http:
-        await _post(http, proc.url, executing())
-        await until(lambda: _state_over_http(http, proc.url, firing, "dead"))
+        proc = await _with_dead_alert(http, sink, relay_process, engine_env)
         assert (await _post(http, proc.url, completed()))["notifications"] == 1
         await until(lambda: _state_over_http(http, proc.url, recovered, "dead", "sent"))
         async with http.get(f"{proc.url}/v1/notifications/{recovered}") as resp:
@@ -517,6 +513,59 @@ async def test_a_dead_alert_holds_its_recovery_until_it_is_replayed(
         (recovered, "run.recovered"),
     ]
     assert proc.terminate() == 0
+
+
+async def test_a_held_recovery_whose_alert_retention_forgot_stays_held(
+    relay_process: Callable[..., RelayProcess], sink: Sink, engine_env: dict[str, str]
+) -> None:
+    """Retention forgets the dead alert before its recovery (held later, so finished later):
+    a `dlq replay --all` then finds the recovery alone. The channel still never heard the
+    alert, so the recovery must not go out ("Recovered" for an alert nobody saw): it is held
+    again, saying its alert is forgotten."""
+    firing, recovered = ids("hook")
+    async with aiohttp.ClientSession() as http:
+        proc = await _with_dead_alert(http, sink, relay_process, engine_env)
+        await _post(http, proc.url, completed())
+        await until(lambda: _state_over_http(http, proc.url, recovered, "dead", "sent"))
+        assert await _pruned_before(proc.env["RELAY_STORE_URL"], recovered) == 1  # the alert
+        async with http.post(proc.url + "/v1/dlq/replay", json={"all": True}) as resp:
+            assert (await resp.json())["replayed"] == 1
+        await until(lambda: _state_over_http(http, proc.url, recovered, "dead", "sent"))
+        async with http.get(f"{proc.url}/v1/notifications/{recovered}") as resp:
+            held = await resp.json()
+    assert (held["state"], held["reason"]) == ("dead", "alert_dead")
+    assert f"its alert {firing} was dead and is forgotten (retention)" in held["error"]
+    assert len(sink.received) == 1  # the alert's one try: no recovery went out
+    assert proc.terminate() == 0
+
+
+async def _with_dead_alert(
+    http: aiohttp.ClientSession,
+    sink: Sink,
+    relay_process: Callable[..., RelayProcess],
+    env: dict[str, str],
+) -> RelayProcess:
+    """`relay serve` with the webhook channel `hook`, the fixture run's alert dead (a 410
+    killed it at once; later requests get 200)."""
+    sink.responses = [status(410)]
+    channel = f'  hook: {{type: webhook, url: "{sink.url}/hook"}}'
+    proc = relay_process(config(channel, slow_rule("hook")), env)
+    await asyncio.to_thread(proc.start)
+    await _post(http, proc.url, executing())
+    await until(lambda: _state_over_http(http, proc.url, ids("hook")[0], "dead"))
+    return proc
+
+
+async def _pruned_before(store_url: str, ident: str) -> int:
+    """Retention run on the store, forgetting what finished before notification `ident`."""
+    store = open_store(store_url, upgrade=False)
+    await store.open()
+    try:
+        held_at = (await store.events(ident))[-1]["at"]  # when it finished (was held)
+        assert isinstance(held_at, float)
+        return await store.prune(held_at)
+    finally:
+        await store.close()
 
 
 # ------------------------------------------------------------------------------ durability
