@@ -274,11 +274,12 @@ class Dispatch:
         return Recovery(firing_id, receipt)  # sent, or forgotten (retention): the channel makes do
 
     async def _was_held(self, row: Notification) -> bool:
-        """Whether recovery `row` was held for its dead alert before (a replay clears its
-        reason, not its events): retention forgot that alert while it was still dead (the
-        alert finished first, so it is forgotten first), and the channel never heard it."""
-        events = await self.deps.store.events(row.id)
-        return any(e["kind"] == "dead" and e["reason"] == ALERT_DEAD for e in events)
+        """Whether recovery `row` was last dead because it was held for its dead alert (a
+        replay clears its reason, not its events): retention forgot that alert while it was
+        still dead (the alert finished first, so it is forgotten first), and the channel never
+        heard it. Dead since for a failure of its own, it was tried: its alert had been sent."""
+        deaths = [e for e in await self.deps.store.events(row.id) if e["kind"] == "dead"]
+        return bool(deaths) and deaths[-1]["reason"] == ALERT_DEAD
 
     async def _hold(self, row: Notification, dead: Notification | None) -> None:
         """A recovery of a dead alert (None: of one retention forgot while it was dead): the

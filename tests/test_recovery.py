@@ -539,6 +539,32 @@ async def test_a_held_recovery_whose_alert_retention_forgot_stays_held(
     assert proc.terminate() == 0
 
 
+async def test_a_recovery_of_a_replayed_alert_retention_forgot_still_goes(
+    relay_process: Callable[..., RelayProcess], sink: Sink, engine_env: dict[str, str]
+) -> None:
+    """Held, then its alert replayed and sent: the channel heard the alert. The recovery then
+    dies on its own (a 400); retention forgets the alert, and a replay of the recovery must
+    send it, as for any sent alert forgotten: an earlier hold is no reason to hold it now."""
+    firing, recovered = ids("hook")
+    async with aiohttp.ClientSession() as http:
+        proc = await _with_dead_alert(http, sink, relay_process, engine_env)
+        await _post(http, proc.url, completed())
+        await until(lambda: _state_over_http(http, proc.url, recovered, "dead", "sent"))
+        sink.responses = [status(200), status(400)]  # the replayed alert goes, its recovery dies
+        async with http.post(proc.url + "/v1/dlq/replay", json={"ids": [firing]}) as resp:
+            assert (await resp.json())["replayed"] == 1
+        await sink.wait_for(3)
+        await until(lambda: _state_over_http(http, proc.url, recovered, "dead", "sent"))
+        assert await _pruned_before(proc.env["RELAY_STORE_URL"], recovered) == 1  # the alert
+        async with http.post(proc.url + "/v1/dlq/replay", json={"ids": [recovered]}) as resp:
+            assert (await resp.json())["replayed"] == 1
+        got = await sink.wait_for(4)
+        await until(lambda: _state_over_http(http, proc.url, recovered, "dead", "sent"))
+        assert await _state_over_http(http, proc.url, recovered, "sent")
+    assert [g.headers["webhook-id"] for g in got] == [firing, firing, recovered, recovered]
+    assert proc.terminate() == 0
+
+
 async def _with_dead_alert(
     http: aiohttp.ClientSession,
     sink: Sink,
