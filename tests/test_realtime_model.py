@@ -46,7 +46,7 @@ from tests.fakes.realtime import (
 from tests.test_realtime import SECRET, TAG
 from tests.test_rule_sequences import settled
 
-SEEDS = range(40) if SLOW_MODE else range(4)
+SEEDS = range(40) if SLOW_MODE else range(2)
 RUNS = 8 if SLOW_MODE else 2
 KILLS = 3 if SLOW_MODE else 2  # at most, each a restart of relay serve (~1 s)
 FIRST_HANDLE = "fake-handle-1"  # the fake's handle of its first snapshot

@@ -44,7 +44,7 @@ from tests.fakes.serving import serving
 CHANNELS = ["c0", "c1", "c2", "c3"]
 ENDPOINTS = [f"e{i}" for i in range(6)]
 STATUSES = ["FAILED", "CRASHED", "COMPLETED", "EXECUTING"]
-SEEDS = range(int(os.environ.get("RELAY_RELOAD_SEEDS", "40" if SLOW else "2")))
+SEEDS = range(int(os.environ.get("RELAY_RELOAD_SEEDS", "40" if SLOW else "1")))
 WORKER_SEEDS = SEEDS if SLOW or "RELAY_RELOAD_SEEDS" in os.environ else range(1)
 TEMPLATE = (REPO / "templates" / "webhook" / "run.json.j2").read_text()
 FRESH = ("config reloaded", "delivery worker ready")  # a worker's config read again

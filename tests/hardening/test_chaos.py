@@ -52,7 +52,7 @@ async def soak(*args: str, budget_s: float) -> dict[str, object]:
 
 async def test_chaos_soak_ci_size() -> None:
     data = await soak(
-        "--rounds", "3", "--updates", "50", "--spread", "1.0", "--kill-window", "1.5",
+        "--rounds", "2", "--updates", "50", "--spread", "1.0", "--kill-window", "1.5",
         "--round-timeout", "4", "--drain-timeout", "30",
         budget_s=90,
     )  # fmt: skip
