@@ -10,7 +10,7 @@ black-box through `relay serve` and `relay test`:
 * `relay test FILE` decides the same rules and channels as `relay serve`.
 
 `PAYLOAD_EXAMPLES=2000 PAYLOAD_SEED=7 pytest tests/hardening/test_payload_properties.py` runs
-longer locally; the committed default is small and fast.
+longer locally; the committed default is small and fast (20 payloads; 200 with RELAY_SLOW=1).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import RelayProcess, Sink, run_cli
+from tests.conftest import SLOW, RelayProcess, Sink, run_cli
 from tests.fakes.realtime import Exchange, fake_realtime, row_key, session
 from tests.fakes.smtp import SmtpFactory
 from tests.payloadgen import Expect, Gen
@@ -37,7 +37,7 @@ from tests.payloadrules import RENDER_CHANNELS, config_text, expected_rules, rul
 
 SECRET = "Zx3vQ9kLm2Tn8Pw4Rb7Yc"
 SERVE_ONLY = ("run.digest", "run.recovered")  # bodies `relay test` does not show
-EXAMPLES = int(os.environ.get("PAYLOAD_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("PAYLOAD_EXAMPLES", "200" if SLOW else "20"))
 SEED = int(os.environ.get("PAYLOAD_SEED", "20261204"))
 
 
