@@ -26,6 +26,7 @@ from pydantic import (
 from relay.durations import (
     Duration,
     PositiveDuration,
+    format_duration,
     more_than_zero,
     parse_duration,
     within,
@@ -159,6 +160,20 @@ class RetryPolicy(Strict):
         0 doubles to 0: every retry at once, `max_attempts` spent in a moment. The fix says
         what 0 was most likely meant to do."""
         return more_than_zero(value, _RETRY_ZERO[str(info.field_name)])
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> RetryPolicy:
+        """`{min_backoff: 10m, max_backoff: 1m}` was accepted, and every wait was the cap:
+        the written min_backoff meant nothing. A max_backoff alone below the default 1s is
+        that cap from the first retry, as written."""
+        written = {"min_backoff", "max_backoff"} <= self.model_fields_set
+        if written and self.min_backoff > self.max_backoff:
+            raise ValueError(
+                f"min_backoff {format_duration(self.min_backoff)} is more than max_backoff"
+                f" {format_duration(self.max_backoff)}: the backoff starts at min_backoff and"
+                " doubles up to max_backoff"
+            )
+        return self
 
 
 _RETRY_ZERO = {

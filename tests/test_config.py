@@ -9,7 +9,7 @@ import yaml
 
 from relay import yamlconf
 from relay.channels import settings_models
-from relay.config import Defaults
+from relay.config import Defaults, RetryPolicy
 from relay.config_load import parse_config
 from relay.configure import compile_config, config_hash, dashboard_link, load
 from relay.durations import format_duration, parse_duration
@@ -732,6 +732,18 @@ def test_a_zero_retry_age_or_backoff_and_inhibit_duration_are_refused() -> None:
         "c.yaml:2: inhibit_rules[0].duration: must be more than 0 (got 0s): a window of 0 never"
         " opens, so nothing would be inhibited",
     ]
+
+
+def test_a_max_backoff_below_min_backoff_is_refused_naming_both() -> None:
+    """`{min_backoff: 10m, max_backoff: 1m}` was accepted: every wait was the 1m cap, the 10m
+    written meant nothing. Equal is a constant backoff; max_backoff alone below the default
+    1s min_backoff is the cap it says."""
+    assert problems("defaults:\n  retry: {min_backoff: 10m, max_backoff: 1m}\n") == [
+        "c.yaml:2: defaults.retry: min_backoff 10m is more than max_backoff 1m: the backoff"
+        " starts at min_backoff and doubles up to max_backoff",
+    ]
+    for fine in ({"min_backoff": "2s", "max_backoff": "2s"}, {"max_backoff": "200ms"}):
+        RetryPolicy.model_validate(fine)
 
 
 def test_format_duration() -> None:
