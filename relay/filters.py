@@ -17,6 +17,7 @@ import re
 import textwrap
 import unicodedata
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from jinja2 import Undefined
@@ -169,13 +170,24 @@ _WEB_URL = re.compile(r"https?://[^\s/?#\\]+[^\s\\]*", re.IGNORECASE | re.ASCII)
 def web_url(value: Any) -> str | None:
     """`value` trimmed if it is an absolute http(s) URL with a host, no whitespace or control
     character in it, at most MAX_URL_CHARS long: what a link or a button can be. Else None
-    (`javascript:…`, `ftp://…`, a relative path, something that is not text)."""
+    (`javascript:…`, `ftp://…`, a relative path, `http://@/x` and other URLs without a host,
+    something that is not text)."""
     if not isinstance(value, str):
         return None
     url = value.strip()
     if len(url) > MAX_URL_CHARS or not url.isprintable() or _WEB_URL.fullmatch(url) is None:
         return None
-    return url
+    return url if _has_host(url) else None
+
+
+def _has_host(url: str) -> bool:
+    """Whether `url` names a host: `http://@/x`, `http://:80/x` name none; `http://[]/` and a
+    port that is no number are no URL at all."""
+    try:
+        parts = urlsplit(url)
+        return bool(parts.hostname) and (parts.port is None or parts.port >= 0)
+    except ValueError:
+        return False
 
 
 def mrkdwn(value: Any, limit: int | None = None) -> str:

@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 
+from relay.config import Defaults
+from relay.configure import dashboard_link
+from relay.filters import web_url
 from tests.conftest import RelayFactory, sdk_run
 from tests.fakes.presets import FakeDiscord, FakeTeams
 from tests.fakes.slack import FakeSlack
@@ -102,3 +105,15 @@ async def test_discord_and_teams_link_only_to_web_pages(
     assert discord.problems == teams.problems == [[]]
     assert set(urls(to_discord.json())) == {BUILT}
     assert BUILT in urls(to_teams.json()) and bad not in json.dumps(to_teams.json())
+
+
+@pytest.mark.parametrize(
+    "hostless", ["http://@/x", "https://user@/runs/1", "http://:80/x", "http://[]/x"]
+)
+def test_a_url_without_a_host_is_no_link(hostless: str) -> None:
+    """`http://@/x` passed web_url (the `@` read as the host) and became a button and a link
+    going nowhere; a run carrying it now links where a run without one does."""
+    assert web_url(hostless) is None
+    link = dashboard_link(Defaults(project_ref="proj_test"))
+    assert link(failed(hostless)) == BUILT
+    assert web_url("http://[::1]:8080/x") == "http://[::1]:8080/x"
