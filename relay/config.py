@@ -31,6 +31,7 @@ from relay.durations import (
     parse_duration,
     within,
 )
+from relay.filters import http_url
 from relay.model import EVENTS
 from relay.sizes import Size
 from relay.windows import InhibitRule, NamedTimeInterval
@@ -490,13 +491,13 @@ class RealtimeConfig(Strict):
     @field_validator("api_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
+        if (url := http_url(value)) is None:
             raise ValueError("api_url must be an http:// or https:// URL")
         if (problem := url_problem(value)) is not None:
             raise ValueError(f"api_url {problem}")
         if urlsplit(value).username is not None:  # the client refuses it beside the bearer key
             raise ValueError("api_url cannot carry a user:password; secret_key authenticates")
-        return value.rstrip("/")
+        return url.rstrip("/")
 
 
 class SourcesConfig(Strict):

@@ -169,15 +169,16 @@ _WEB_URL = re.compile(r"https?://[^\s/?#\\]+[^\s\\]*", re.IGNORECASE | re.ASCII)
 
 def web_url(value: Any) -> str | None:
     """`value` trimmed if it is an absolute http(s) URL with a host, no whitespace or control
-    character in it, at most MAX_URL_CHARS long: what a link or a button can be. Else None
-    (`javascript:…`, `ftp://…`, a relative path, `http://@/x` and other URLs without a host,
+    character in it, at most MAX_URL_CHARS long: what a link or a button can be, its scheme in
+    lower case (`HTTPS://` is https, RFC 3986). Else None (`javascript:…`, `ftp://…`, a
+    relative path, `http://@/x` and other URLs without a host,
     something that is not text)."""
     if not isinstance(value, str):
         return None
     url = value.strip()
     if len(url) > MAX_URL_CHARS or not url.isprintable() or _WEB_URL.fullmatch(url) is None:
         return None
-    return url if _has_host(url) else None
+    return http_url(url) if _has_host(url) else None
 
 
 def _has_host(url: str) -> bool:
@@ -188,6 +189,19 @@ def _has_host(url: str) -> bool:
         return bool(parts.hostname) and (parts.port is None or parts.port >= 0)
     except ValueError:
         return False
+
+
+def http_url(value: Any) -> str | None:
+    """`value` if it is text starting with http:// or https://, the scheme in any case (RFC
+    3986: `HTTPS://` is https) and given back in lower case, as every receiver reads it; else
+    None. The one place relay tests a URL's scheme."""
+    if not isinstance(value, str) or not value[:8].lower().startswith(_HTTP_SCHEMES):
+        return None
+    scheme, sep, rest = value.partition("://")
+    return scheme.lower() + sep + rest
+
+
+_HTTP_SCHEMES = ("http://", "https://")
 
 
 def mrkdwn(value: Any, limit: int | None = None) -> str:

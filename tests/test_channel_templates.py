@@ -19,20 +19,21 @@ from typing import Any
 
 import orjson
 import pytest
-from jinja2 import DictLoader
+from jinja2 import ChoiceLoader, DictLoader, FileSystemLoader
 
 from relay.channels import REGISTRY, settings_models
+from relay.channels._slack_blocks import plain_body
 from relay.channels.email import SUBJECT_MAX_CHARS
 from relay.channels.slack import slack_message
 from relay.cli import main as relay_cli
 from relay.config_load import parse_config
 from relay.configure import compile_config
 from relay.errors import ConfigError
-from relay.filters import mrkdwn
+from relay.filters import mrkdwn, web_url
 from relay.grouping import digest_context
 from relay.model import Run
 from relay.sandbox import environment, sandbox
-from relay.templating import RenderContext, Renderer
+from relay.templating import RenderContext, Renderer, shipped_templates_dir
 from tests.conftest import alert_event, assert_golden, sdk_run
 from tests.fakes.slack import block_kit_problems
 
@@ -638,3 +639,22 @@ def test_every_new_template_compiles_in_the_sandbox() -> None:
             for part in parts:
                 assert renderer.check(channel_type, name, part) is None, (channel_type, name)
     assert orjson.loads(render("slack", "digest", case_ctx("slack", "five_fixtures"))["json"])
+
+
+def test_an_upper_case_scheme_is_a_web_link_too() -> None:
+    """RFC 3986 schemes are case-insensitive: `HTTPS://x` lost its <url|text> link in Slack
+    (the `link` macro and a button kept as text tested the scheme case-sensitively), its
+    Discord and email link, its PagerDuty client_url. Now it links, written https://."""
+    source = '{% from "slack/_macros.j2" import link %}{{ link(u, "go") }}'
+    shipped = FileSystemLoader(shipped_templates_dir())
+    env = environment(ChoiceLoader([DictLoader({"t.json.j2": source}), shipped]))
+    assert env.get_template("t.json.j2").render(u="HTTPS://x.test/r?a&b") == (
+        "<https://x.test/r?a&amp;b|go>"
+    )
+    label = {"type": "plain_text", "text": "Open"}
+    button = {"type": "button", "text": label, "url": "HTTP://x.test/1"}
+    body = {"text": "t", "blocks": [{"type": "actions", "elements": [button]}]}
+    assert (plain_body(body, clear=False) or {})["text"] == "t\n<http://x.test/1|Open>"
+    assert web_url(" HTTPS://x.test/r ") == "https://x.test/r"
+    hook = "channels: {h: {type: webhook, url: 'HTTPS://x.test/h'}}\n"  # was refused
+    assert parse_config(hook, "c.yaml", settings_models(), {}).config.channels["h"]

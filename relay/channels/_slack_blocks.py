@@ -5,11 +5,11 @@ a refused message is sent again in (its text cut, its text alone).
 
 from __future__ import annotations
 
-from typing import Any, TypeGuard
+from typing import Any
 
 import orjson
 
-from relay.filters import mrkdwn, truncate_chars
+from relay.filters import http_url, mrkdwn, truncate_chars
 
 _LAYOUT_KEYS = ("blocks", "attachments")
 MAX_BLOCKS, MAX_TEXT = 50, 40_000
@@ -143,18 +143,16 @@ def _button_links(blocks: Any) -> list[str]:
         elements = block.get("elements") if isinstance(block, dict) else None
         for element in elements if isinstance(elements, list) else []:
             url = element.get("url") if isinstance(element, dict) else None
-            if _linkable(url):
+            if (url := _link_target(url)) is not None:
                 label = element.get("text")
                 label = label.get("text") if isinstance(label, dict) else None
                 links.append(f"<{url.replace('&', '&amp;')}|{mrkdwn(label or url, 200)}>")
     return links
 
 
-def _linkable(url: Any) -> TypeGuard[str]:
-    """A plain http(s) URL that fits in <url|label> (as the templates' `link` macro has it)."""
-    return (
-        isinstance(url, str)
-        and url.startswith(("https://", "http://"))
-        and len(url) <= 1500
-        and not any(c.isspace() or c in "|<>" for c in url)
-    )
+def _link_target(value: Any) -> str | None:
+    """A plain http(s) URL (`HTTPS://` too, given back as https://) that fits in <url|label>
+    (as the templates' `link` macro has it); else None."""
+    url = http_url(value)
+    fits = url is not None and len(url) <= 1500
+    return url if fits and not any(c.isspace() or c in "|<>" for c in url or "") else None

@@ -44,7 +44,7 @@ from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._http import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit
 from relay.errors import DeliveryError
-from relay.filters import truncate_chars
+from relay.filters import http_url, truncate_chars
 from relay.retry_after import MAX_RETRY_AFTER_S, parse_retry_after
 
 MAX_CONTENT, MAX_EMBEDS, MAX_FIELDS, MAX_EMBED_CHARS = 2000, 10, 25, 6000
@@ -115,8 +115,8 @@ class _Budget:
 
 
 def _http_url(value: Any) -> str | None:
-    ok = isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) < 2048
-    return value if ok and " " not in value else None
+    url = http_url(value)
+    return url if url is not None and len(url) < 2048 and " " not in url else None
 
 
 def _timestamp(value: Any) -> str | None:

@@ -44,7 +44,7 @@ from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._http import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit
 from relay.errors import DeliveryError
-from relay.filters import truncate_chars
+from relay.filters import http_url, truncate_chars
 
 ADAPTIVE = "application/vnd.microsoft.card.adaptive"
 MAX_BODY_BYTES = 24_000  # Teams' ~28 KB, less room for what the workflow adds
@@ -95,7 +95,7 @@ def _bad_action(node: Any) -> bool:
     if not isinstance(node, dict) or node.get("type") != "Action.OpenUrl":
         return False
     url = node.get("url")
-    return not (isinstance(url, str) and url.startswith(("https://", "http://")))
+    return http_url(url) is None
 
 
 def _card(value: Any) -> dict[str, Any] | None:

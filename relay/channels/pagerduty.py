@@ -48,7 +48,7 @@ from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._http import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit, Token
 from relay.errors import DeliveryError
-from relay.filters import truncate_chars
+from relay.filters import http_url, truncate_chars
 
 Severity = Literal["critical", "error", "warning", "info"]
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
@@ -129,8 +129,8 @@ def _links(value: Any, key: str, keep: tuple[str, ...]) -> list[dict[str, str]]:
 
 
 def _http_url(value: Any) -> str | None:
-    ok = isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) < 2048
-    return value if ok else None
+    url = http_url(value)
+    return url if url is not None and len(url) < 2048 else None
 
 
 def _trim_details(body: dict[str, Any]) -> dict[str, Any]:

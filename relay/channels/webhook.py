@@ -20,6 +20,7 @@ from pydantic import AfterValidator, Field, SecretStr, field_validator, model_va
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.config import ChannelSettings, header_value_problem, url_problem
+from relay.filters import http_url
 
 # relay's own (the body's type, the Standard Webhooks headers) and the framing the HTTP client
 # owns: a Transfer-Encoding or Content-Encoding of the user's lied about the body, and each
@@ -86,7 +87,7 @@ class WebhookSettings(ChannelSettings):
     @classmethod
     def _url(cls, value: SecretStr) -> SecretStr:
         text = value.get_secret_value()
-        if not text.startswith(("http://", "https://")) or len(text) < 10:
+        if http_url(text) is None or len(text) < 10:
             raise ValueError("url must be an http:// or https:// URL")
         if (problem := url_problem(text)) is not None:  # else every send fails: invalid URL
             raise ValueError(f"url {problem}")
