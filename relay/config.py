@@ -31,7 +31,7 @@ from relay.durations import (
     parse_duration,
     within,
 )
-from relay.filters import http_url
+from relay.filters import http_url, web_url
 from relay.model import EVENTS
 from relay.sizes import Size
 from relay.windows import InhibitRule, NamedTimeInterval
@@ -215,7 +215,25 @@ class Defaults(Strict):
                 raise ValueError(
                     f"unknown placeholder {{{written}}}; use {', '.join(DASHBOARD_FIELDS)}"
                 )
-        return value
+        return _links_somewhere(value)
+
+
+def _links_somewhere(pattern: str) -> str:
+    """`pattern` if filling it makes an absolute http(s) URL with a host: `ftp://…`, a relative
+    path or `https:///runs/{run_id}` passed, and every notification went out without a link
+    (web_url, at send, drops what is no web link)."""
+    made = pattern.format(**{name: name for name in DASHBOARD_FIELDS})
+    if http_url(made.strip()) is None:
+        raise ValueError(
+            "must start with https:// (or http://): links are made from it, and no"
+            " notification would get one"
+        )
+    if web_url(made) is None:
+        raise ValueError(
+            "makes no link: it needs a host, no spaces, at most 2000 characters; no"
+            " notification would get one"
+        )
+    return pattern
 
 
 _Model = TypeVar("_Model", bound=BaseModel)

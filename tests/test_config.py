@@ -449,6 +449,23 @@ def test_a_dashboard_url_may_hold_literal_braces() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        ("ftp://x/{run_id}", "must start with https:// (or http://)"),
+        ("/runs/{run_id}", "must start with https:// (or http://)"),
+        ("https:///runs/{run_id}", "makes no link: it needs a host"),
+        ("https://{project_ref} x/{run_id}", "makes no link: it needs a host"),
+    ],
+)
+def test_a_dashboard_url_that_makes_no_web_link_is_refused(pattern: str, why: str) -> None:
+    """Accepted before, and every notification went out without a link: web_url drops what
+    is no absolute http(s) URL with a host when the link is made."""
+    [found] = problems(f"defaults:\n  dashboard_url: '{pattern}'\n")
+    assert found.startswith(f"c.yaml:2: defaults.dashboard_url: {why}"), found
+    Defaults(dashboard_url="HTTPS://{project_ref}.example/r/{run_id}")  # fine
+
+
 def test_every_problem_is_reported_not_just_the_first() -> None:
     found = problems("server: {bogus: 1, max_body_bytes: -5}\ndefaults: {timeout: x}\n")
     assert len(found) == 3, found
