@@ -25,7 +25,8 @@ NOT_A_DURATION = "not a duration; use 30s, 5m, 4h, 1h30m, 250ms or a number of s
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds in `value`; raises ValueError with a message that quotes no input."""
+    """Seconds in `value`; raises ValueError with a message that quotes no input but a
+    negative duration (`-0`, `-5s`: a number is no secret)."""
     if isinstance(value, bool):
         raise ValueError("expected a duration like 30s, 5m, 4h")
     if isinstance(value, int | float):
@@ -36,9 +37,16 @@ def parse_duration(value: Any) -> float:
         raise ValueError("expected a duration like 30s, 5m, 4h")
     if not math.isfinite(seconds):
         raise ValueError(NOT_A_DURATION)
-    if seconds < 0 or seconds > 10 * 365 * 86400:
+    if math.copysign(1.0, seconds) < 0:  # -0 too: it said "must be more than 0 (got -0s)"
+        raise ValueError(f"a duration cannot be negative (got {_written(value)})")
+    if seconds > 10 * 365 * 86400:
         raise ValueError("duration must be between 0 and 10 years")
     return seconds
+
+
+def _written(number: float | str) -> str:
+    """A number as the file or variable has it (`-0`, `-1.5`): a number is no secret."""
+    return number.strip() if isinstance(number, str) else f"{number:g}"
 
 
 def _parse_text(text: str) -> float:
@@ -48,6 +56,8 @@ def _parse_text(text: str) -> float:
         return float(text)
     except ValueError:
         pass
+    if text[:1] == "-" and text[1:2].isdigit():  # -5s: negative (refused), not "no duration"
+        return -_parse_text(text[1:])
     pos, total = 0, 0.0
     for match in _PART.finditer(text):
         if match.start() != pos:

@@ -623,6 +623,17 @@ def test_bad_durations(text: object) -> None:
         parse_duration(text)
 
 
+def test_a_negative_duration_says_what_was_written() -> None:
+    """`timeout: '-0'` was told "must be more than 0 (got -0s)", `-1` no value at all, `-5s`
+    "expected a duration like 30s" (it is one, negative)."""
+    text = "defaults:\n  timeout: '-0'\n  retention: -5s\nchannels: {c: {type: console, timeout: -1.5}}\n"
+    assert problems(text) == [
+        "c.yaml:2: defaults.timeout: a duration cannot be negative (got -0)",
+        "c.yaml:3: defaults.retention: a duration cannot be negative (got -5s)",
+        "c.yaml:4: channels.c.timeout: a duration cannot be negative (got -1.5)",
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "size"),
     [
