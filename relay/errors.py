@@ -15,6 +15,7 @@ token or other secret.
 from __future__ import annotations
 
 import difflib
+import re
 import socket
 import ssl
 from collections.abc import Callable, Collection, Mapping
@@ -100,7 +101,7 @@ def _folded(name: str) -> str:
 def field_message(err: Mapping[str, Any], show: Callable[[Any], str] | None = None) -> str:
     """A pydantic error's message for a person: without pydantic's "Value error, " prefix, a
     numeric bound in relay's words and `show`'s units ("must be at least 1KiB (got 512B)"; a
-    number given is no secret)."""
+    number given is no secret), a choice field's values listed ("expected one of json, text")."""
     kind = str(err["type"])
     if kind in BOUNDS:
         words, key = BOUNDS[kind]
@@ -108,7 +109,15 @@ def field_message(err: Mapping[str, Any], show: Callable[[Any], str] | None = No
         given = err.get("input")
         got = f" (got {show(given)})" if _is_number(given) else ""
         return f"must be {words} {show(err['ctx'][key])}{got}"
+    if kind in ("literal_error", "enum"):  # "Input should be 'json' or 'text'"
+        return f"expected one of {', '.join(_choices(err))}"
     return str(err["msg"]).removeprefix("Value error, ")
+
+
+def _choices(err: Mapping[str, Any]) -> list[str]:
+    """The values a choice field takes, from pydantic's "'a', 'b' or 'c'" (repr'd)."""
+    expected = str(err.get("ctx", {}).get("expected", ""))
+    return [choice.strip("'\"") for choice in re.split(r", | or ", expected)]
 
 
 def setting_message(err: Mapping[str, Any], show: Callable[[Any], str] | None = None) -> str:

@@ -144,8 +144,6 @@ def _problem(err: ErrorDetails) -> Problem:
     valid integer, unable to parse string as an integer"."""
     name = str(err["loc"][0])
     message = setting_message(err)
-    if err["type"] == "literal_error":  # "Input should be 'json' or 'text'"
-        message = f"expected {err.get('ctx', {}).get('expected')}"
     value = err.get("input")
     if name not in _SECRET and str(value).strip() and "(got " not in message:
         message += f" (got {value!r})"

@@ -466,6 +466,16 @@ def test_a_dashboard_url_that_makes_no_web_link_is_refused(pattern: str, why: st
     Defaults(dashboard_url="HTTPS://{project_ref}.example/r/{run_id}")  # fine
 
 
+def test_a_choice_field_lists_its_choices_at_its_line() -> None:
+    """A Literal field (pagerduty's severity) said pydantic's "Input should be 'critical',
+    'error', 'warning' or 'info'"; now in relay's words, as the environment's choices are."""
+    key = "a" * 32
+    text = f"channels:\n  p:\n    type: pagerduty\n    routing_key: {key}\n    severity: loud\n"
+    assert problems(text) == [
+        "c.yaml:5: channels.p.severity: expected one of critical, error, warning, info"
+    ]
+
+
 def test_every_problem_is_reported_not_just_the_first() -> None:
     found = problems("server: {bogus: 1, max_body_bytes: -5}\ndefaults: {timeout: x}\n")
     assert len(found) == 3, found
@@ -846,7 +856,7 @@ _BAD_VARIABLES = [
     ("WORKERS", "abc", "expected a whole number (got 'abc')"),
     ("WORKERS", "1.5", "expected a whole number (got '1.5')"),
     ("WORKERS", "65", "must be at most 64 (got 65)"),
-    ("LOG_FORMAT", "xml", "expected 'json' or 'text' (got 'xml')"),
+    ("LOG_FORMAT", "xml", "expected one of json, text (got 'xml')"),
     ("STORE_URL", " ", "empty: set the store's URL, or unset it for sqlite:///data/relay.db"),
 ]
 

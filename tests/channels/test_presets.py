@@ -256,13 +256,13 @@ def config_problems(channel_type: str, options: str) -> list[tuple[str, str]]:
             "pagerduty",
             f"routing_key: {PD_KEY}, severity: urgent",
             "severity",
-            "Input should be 'critical', 'error', 'warning' or 'info'",
+            "expected one of critical, error, warning, info",
         ),
         (
             "pagerduty",
             f"routing_key: {PD_KEY}, severities: {{CRASHED: high}}",
             "CRASHED",
-            "Input should be",
+            "expected one of critical, error, warning, info",
         ),
         (
             "pagerduty",
