@@ -31,22 +31,15 @@ def _exception(formatter: logging.Formatter, record: logging.LogRecord) -> str |
     return record.exc_text or None
 
 
-class JsonFormatter(logging.Formatter):
+class _UtcStamp:
+    """A record's time as ISO-8601 in UTC with milliseconds (2026-12-05T23:59:59.250Z): the JSON
+    lines' `ts`, and the text lines' first word (a time alone read the same across midnight)."""
+
     def __init__(self) -> None:
-        super().__init__()
         self._second: tuple[int, str] = (-1, "")  # the last second stamped, as text
 
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "ts": f"{self._utc_second(record.created)}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        data.update(_extras(record))
-        if (exc := _exception(self, record)) is not None:
-            data["exc"] = exc
-        return orjson.dumps(data, default=str).decode()
+    def __call__(self, record: logging.LogRecord) -> str:
+        return f"{self._utc_second(record.created)}.{int(record.msecs):03d}Z"
 
     def _utc_second(self, created: float) -> str:
         """`created`'s second in UTC as text: formatted once a second, not at every line (a
@@ -56,6 +49,24 @@ class JsonFormatter(logging.Formatter):
             stamped = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
             self._second = stamped
         return stamped[1]
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._stamp = _UtcStamp()
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "ts": self._stamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        data.update(_extras(record))
+        if (exc := _exception(self, record)) is not None:
+            data["exc"] = exc
+        return orjson.dumps(data, default=str).decode()
 
 
 # C0 and C1 controls, DEL, and the line and paragraph separators: line breaks to str.splitlines
@@ -81,8 +92,12 @@ def one_line(value: object) -> str:
 
 
 class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        self._stamp = _UtcStamp()
+
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        stamp = self._stamp(record)
         fields = " ".join(f"{k}={one_line(v)}" for k, v in _extras(record).items())
         said = one_line(record.getMessage())
         line = f"{stamp} {record.levelname:<7} {said} {fields}".rstrip()

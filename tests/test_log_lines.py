@@ -9,7 +9,7 @@ import time
 
 import orjson
 
-from relay.logs import JsonFormatter, ScrubSecrets, _ScrubbingHandler
+from relay.logs import JsonFormatter, ScrubSecrets, TextFormatter, _ScrubbingHandler
 
 SECRET = "https://hooks.example.com/T0/B0/s3cr3t-t0ken"
 
@@ -78,3 +78,13 @@ def test_each_line_is_stamped_with_its_own_time_in_utc() -> None:
         stamp = orjson.loads(formatter.format(record))["ts"]
         second = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
         assert stamp == f"{second}.{int(record.msecs):03d}Z"
+
+
+def test_a_text_line_starts_with_the_date_and_time_in_utc() -> None:
+    """RELAY_LOG_FORMAT=text began with a local time alone (`23:59:59`): a log read across
+    midnight (or from another time zone) could not say which day a line was. Now the stamp is
+    the JSON lines' `ts`."""
+    logger = logging.getLogger("relay.test")
+    record = logger.makeRecord("relay.test", logging.WARNING, "(unknown file)", 0, "late", (), None)
+    record.created, record.msecs = 1_764_979_199.25, 250.0  # 2025-12-05 23:59:59.25 UTC
+    assert TextFormatter().format(record) == "2025-12-05T23:59:59.250Z WARNING late"
