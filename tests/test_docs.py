@@ -750,7 +750,8 @@ def test_dockerfile_passes_hadolint() -> None:
 needs_wheel = pytest.mark.skipif(
     os.environ.get("RELAY_SKIP_WHEEL_TEST") == "1", reason="RELAY_SKIP_WHEEL_TEST=1"
 )
-# The tests of the built wheel share one build (8 s): .ci/run keeps them in one test process.
+# The tests of the built wheel share one build (25-50 s): .ci/run keeps them in one test process
+# (each one without the mark could land on the other process and build it all again there).
 ONE_BUILD = pytest.mark.xdist_group("wheel")
 
 
@@ -834,6 +835,7 @@ def test_wheel_ships_the_templates(wheel: Path, venv: Path, tmp_path: Path) -> N
 
 
 @needs_wheel
+@ONE_BUILD
 def test_installed_relay_checks_and_renders_outside_the_checkout(
     venv: Path, tmp_path: Path
 ) -> None:
