@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run_all.py            # full sizes (about 10-15 minutes)
     .venv/bin/python bench/run_all.py --quick    # tiny sizes (seconds): does everything run?
+    .venv/bin/python bench/run_all.py --quick --jobs 7   # the same, all scenarios at once
     .venv/bin/python bench/run_all.py --only latency,delivery --no-install
 
 Each scenario is its own script (see bench/README.md) run as a child process with
@@ -9,7 +10,9 @@ Each scenario is its own script (see bench/README.md) run as a child process wit
 that fails or overruns its time limit gets a row saying so and the others still run. The table:
 scenario, figure, value, baseline figure (measured in the same run), ratio, target, met?
 `--no-install` is passed to the scenarios that would otherwise apt-get Alertmanager or
-pip-install Apprise (their baselines are then skipped when missing).
+pip-install Apprise (their baselines are then skipped when missing). `--jobs N` runs up to N
+scenarios side by side (their lines prefixed with the scenario's name): quicker to see that
+everything runs, but their figures then compete for the CPU, so measure with the default 1.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import platform
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,8 +99,9 @@ def run_one(
     print(f"\n== {scenario.name}: {' '.join(argv[1:])}", flush=True)
     started = time.monotonic()
     child = children.spawn(scenario.name, argv)
+    prefix = f"   [{scenario.name}] " if args.jobs > 1 else "   "
     for stream in (child.proc.stdout, child.proc.stderr):
-        child.watch(stream, lambda line: print(f"   {line}", end="", flush=True))
+        child.watch(stream, lambda line: print(prefix + line, end="", flush=True))
     try:
         child.proc.wait(args.timeout)
     except subprocess.TimeoutExpired:
@@ -120,11 +125,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-install", action="store_true", help="no apt-get / pip install")
     p.add_argument("--timeout", type=float, default=0.0, help="seconds per scenario")
     p.add_argument("--json-out", type=Path, default=None, help="write every row here")
+    p.add_argument("--jobs", type=int, default=1, help="scenarios run side by side (figures skew)")
     args = p.parse_args(argv)
     names = {s.name for s in SCENARIOS}
     args.only = [n for n in args.only.split(",") if n]
     if set(args.only) - names:
         p.error(f"--only takes: {', '.join(sorted(names))}")
+    if args.jobs < 1:
+        p.error("--jobs takes 1 or more")
     args.timeout = args.timeout or (120.0 if args.quick else 900.0)
     return args
 
@@ -137,8 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     # a scenario stopped early needs a moment to stop its own children
     with workspace("relay-bench-all-", exit_grace_s=15.0) as (children, tmp):
-        for scenario in chosen:
-            rows += run_one(children, scenario, args, tmp / f"{scenario.name}.json")
+        # threads only wait on children; on Ctrl-C or SIGTERM (raised here, in the main thread)
+        # the workspace stops every child, so each thread's wait ends and the pool with it
+        # (the scenarios not started yet are dropped: none starts after the workspace closed)
+        pool = ThreadPoolExecutor(args.jobs, thread_name_prefix="scenario")
+        try:
+            runs = [pool.submit(run_one, children, s, args, tmp / f"{s.name}.json") for s in chosen]
+            for run in runs:  # the table keeps the scenarios' order
+                rows += run.result()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
     print(f"\n{machine()}  took {time.monotonic() - started:.0f}s")
     print(table(rows), flush=True)
     write_rows(args.json_out, rows)
