@@ -14,6 +14,7 @@ import base64
 import contextlib
 import fnmatch
 import io
+import itertools
 import json
 import os
 import re
@@ -27,6 +28,7 @@ import time
 import urllib.request
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -221,23 +223,51 @@ def sample_events() -> list[list[Any]]:
     return batches
 
 
-def check_and_try(text: str, where: str, tmp_path: Path, templates: dict[str, str]) -> None:
-    """`relay check` passes; a config with rules matches a sample event, renders no fallback,
-    and every rule using a documented template renders it."""
+def check_and_try_all(
+    configs: list[str], where: str, tmp_path: Path, templates: dict[str, str]
+) -> None:
+    """relay_check, then try_rules, for each config; the `relay check` children run side by
+    side: one after the other, their waits (a child's start, under load) added up to 30 s."""
+    folders = [tmp_path / f"config{i}" for i in range(len(configs))]
+    with ThreadPoolExecutor(4) as pool:
+        checks = pool.map(relay_check, configs, folders, itertools.repeat(templates))
+        for i, (text, folder, checked) in enumerate(zip(configs, folders, checks)):
+            try_rules(text, f"{where} config #{i}", folder, templates, checked)
+
+
+def relay_check(
+    text: str, folder: Path, templates: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """`relay check` of the config in `folder` (made here), the templates it shows beside it."""
+    folder.mkdir()
     for name, body in templates.items():
-        path = tmp_path / "templates" / name
+        path = folder / "templates" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(body)
-    config = tmp_path / "config.yaml"
-    config.write_text(text)
-    env = dummy_env(text)
-    checked = run_cli("check", "--config", str(config), env=env, cwd=tmp_path)
+    (folder / "config.yaml").write_text(text)
+    return run_cli(
+        "check", "--config", str(folder / "config.yaml"), env=dummy_env(text), cwd=folder
+    )
+
+
+def try_rules(
+    text: str,
+    where: str,
+    folder: Path,
+    templates: dict[str, str],
+    checked: subprocess.CompletedProcess[str],
+) -> None:
+    """`relay check` passed; a config with rules matches a sample event, renders no fallback,
+    and every rule using a documented template renders it."""
     assert checked.returncode == 0, f"{where}:\n{checked.stderr}"
     assert ": OK: " in checked.stdout, where
     rules = config_data(text).get("rules") or []
     if not rules:
         return
-    compiled = compile_config(load_config(config, channel_registry.settings_models(), env))
+    config = folder / "config.yaml"
+    compiled = compile_config(
+        load_config(config, channel_registry.settings_models(), dummy_env(text))
+    )
     messages = [
         m for batch in sample_events() for r in dry_run(compiled, batch) for m in r.messages
     ]
@@ -264,19 +294,13 @@ def test_readme_configs_pass_check_and_render(tmp_path: Path) -> None:
     configs, templates = configs_in(readme()), readme_templates()
     assert len(configs) >= 5, "README shows fewer configs than expected"
     assert templates, "README shows no template file"
-    for i, text in enumerate(configs):
-        folder = tmp_path / f"readme{i}"
-        folder.mkdir()
-        check_and_try(text, f"README config #{i}", folder, templates)
+    check_and_try_all(configs, "README", tmp_path, templates)
 
 
 @pytest.mark.parametrize("doc", sorted(p.name for p in DOCS.glob("*.md")))
 def test_docs_configs_pass_check_and_render(doc: str, tmp_path: Path) -> None:
     text = (DOCS / doc).read_text(encoding="utf-8")
-    for i, config in enumerate(configs_in(text)):
-        folder = tmp_path / f"config{i}"
-        folder.mkdir()
-        check_and_try(config, f"docs/{doc} config #{i}", folder, templates_in(text))
+    check_and_try_all(configs_in(text), f"docs/{doc}", tmp_path, templates_in(text))
 
 
 def test_cookbook_has_every_recipe() -> None:
