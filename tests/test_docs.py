@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import fnmatch
 import io
 import itertools
@@ -774,8 +775,10 @@ def test_dockerfile_passes_hadolint() -> None:
 needs_wheel = pytest.mark.skipif(
     os.environ.get("RELAY_SKIP_WHEEL_TEST") == "1", reason="RELAY_SKIP_WHEEL_TEST=1"
 )
-# The tests of the built wheel share one build (25-50 s): .ci/run keeps them in one test process
-# (each one without the mark could land on the other process and build it all again there).
+# The tests of the built wheel share one build (25-50 s of pip): .ci/run's --dist loadgroup
+# would keep them in one test process, but pytest-xdist 3.8 ignores xdist_group under pytest 9
+# (it renames `item._nodeid`, which pytest 9 no longer reads), so `image_build` shares the build
+# between the processes of one session too.
 ONE_BUILD = pytest.mark.xdist_group("wheel")
 
 
@@ -816,27 +819,38 @@ def run_steps(steps: list[str], cwd: Path) -> None:
         assert done.returncode == 0, f"{step}:\n{done.stderr}"
 
 
-@pytest.fixture(scope="module")
-def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The build stage's pip steps, as written (relay's wheel, then its dependencies' wheels)."""
-    out = tmp_path_factory.mktemp("wheels")
-    run_steps(python_steps(stages()[1], {"/wheels": out}), REPO)
-    return out
+@pytest.fixture(scope="session")
+def image_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The build stage's pip steps, as written (relay's wheel, then its dependencies' wheels),
+    then the final stage's: a fresh venv with relay installed from the built wheels only
+    (`--no-index`), so a dependency the build stage missed fails here; no checkout on path.
+    Built once per session: the test process that comes second waits on the lock, then reuses
+    it (the session's temporary root is its processes' only)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    wheels, venv, built = root / "image-wheels", root / "image-venv" / "venv", root / "image-built"
+    with (root / "image-build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not built.exists():  # a build that failed before is tried again from scratch
+            for folder in (wheels, venv.parent):
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir()
+            run_steps(python_steps(stages()[1], {"/wheels": wheels}), REPO)
+            run_steps(python_steps(stages()[-1], {"/wheels": wheels, "/opt/venv": venv}), REPO)
+            built.touch()
+    return wheels, venv
 
 
-@pytest.fixture(scope="module")
-def wheel(wheels: Path) -> Path:
-    (found,) = wheels.glob("relay-*.whl")
+@pytest.fixture
+def wheel(image_build: tuple[Path, Path]) -> Path:
+    (found,) = image_build[0].glob("relay-*.whl")
     return found
 
 
-@pytest.fixture(scope="module")
-def venv(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The final stage's steps: a fresh venv with relay installed from the built wheels only
-    (`--no-index`), so a dependency the build stage missed fails here; no checkout on path."""
-    path = tmp_path_factory.mktemp("venv") / "venv"
-    run_steps(python_steps(stages()[-1], {"/wheels": wheels, "/opt/venv": path}), REPO)
-    return path
+@pytest.fixture
+def venv(image_build: tuple[Path, Path]) -> Path:
+    return image_build[1]
 
 
 @needs_wheel
