@@ -41,7 +41,7 @@ from relay.reloading import ConfigReloads
 from relay.settings import Settings
 from relay.silences import RELOAD_S, SilenceCache
 from relay.sources._wire import JsonErrorRunner, raise_descriptor_limit
-from relay.sources.http import HttpDeps, build_app
+from relay.sources.http import DRAINING, HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource, feed_keys, forget_removed_feeds
 from relay.store import Store, open_store
 from relay.workers import (
@@ -337,6 +337,7 @@ class Service:
             on_alert_ignored=lambda reason: self.metrics.alerts_ignored.labels(reason=reason).inc(),
             metrics=self._metrics_text,
             starting=lambda: self._starting,
+            draining=lambda: self.stopping,
         )
 
     def _reserve(self, most: int) -> Reservation | None:
@@ -364,6 +365,8 @@ class Service:
             self.pool.silences_changed()
 
     async def _ready(self) -> str | None:
+        if self.stopping:  # out of the load balancer's (Service's) endpoints while draining
+            return DRAINING
         if self._starting is not None:
             return "store unreachable" if self._starting == WAITING_FOR_STORE else STARTING
         try:
@@ -470,7 +473,7 @@ class Service:
 
     async def run_until_stopped(self) -> None:
         await self._stop.wait()
-        log.info("shutting down: intake stopped, finishing in-flight deliveries")
+        log.info("shutting down: finishing in-flight deliveries")
 
     def _reload_soon(self) -> None:
         """A reload task, kept until it is done: shutdown cancels one still running, and one
@@ -486,7 +489,10 @@ class Service:
         task.add_done_callback(self._tasks.remove)
 
     async def shutdown(self, *, announce: bool = True) -> None:
-        """Stop intake first, then delivery (in-flight finish or stay in the outbox), then I/O.
+        """Stop the Realtime feeds, drain delivery (in-flight finish or stay in the outbox),
+        then close the listener, then I/O. HTTP answers through the drain (relay.sources.http:
+        /readyz 503, updates still taken, committed before their 202, sent after the next
+        start), where a closed listener refused the probes, the scrapes and the pushers' updates.
         Not `announce`: a start that failed, which `relay not started` tells."""
         if self.pool is not None:
             self.pool.stopping()
@@ -495,13 +501,13 @@ class Service:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.realtime is not None:  # a position not yet saved is fetched again after a restart
             await self.realtime.stop()
-        if self.runner is not None:
-            await self.runner.cleanup()
         if self.pool is not None:
             await self.pool.stop(SHUTDOWN_GRACE_S)
         if self.delivery is not None:
             await self.delivery.stop(SHUTDOWN_GRACE_S)
         await asyncio.gather(*self._draining, return_exceptions=True)
+        if self.runner is not None:  # waits for requests in progress: before the store closes
+            await self.runner.cleanup()
         await self.http.close()
         with contextlib.suppress(StoreUnavailable):
             await self.store.close()

@@ -49,6 +49,8 @@ from relay.store import Store
 
 log = logging.getLogger("relay.http")
 RETRY_AFTER_S = "5"
+# /healthz's and /readyz's reason between SIGTERM and exit (the drain): relay still answers
+DRAINING = "shutting down"
 REFUSAL_LOG_EVERY_S = 10.0
 
 
@@ -116,6 +118,9 @@ class HttpDeps:
     # why the service does not serve yet (waiting for its store at start), None once it does:
     # meanwhile /healthz says so and every endpoint but /healthz and /readyz answers 503
     starting: Callable[[], str | None] = lambda: None
+    # whether the service is draining (SIGTERM): /readyz says so with a 503, /healthz with a
+    # 200, the rest answer as before, and every answer closes its connection
+    draining: Callable[[], bool] = lambda: False
 
 
 class Handlers:
@@ -228,7 +233,7 @@ class Handlers:
         return body
 
     async def healthz(self, request: web.Request) -> web.Response:
-        why = self.deps.starting()
+        why = self.deps.starting() or (DRAINING if self.deps.draining() else None)
         return json_response({"status": "ok"} if why is None else {"status": "ok", "reason": why})
 
     async def readyz(self, request: web.Request) -> web.Response:
@@ -276,11 +281,23 @@ def _count_rejection(
         deps.refusals.refused(request.path, reason, status)
 
 
+def _closing_while_draining(deps: HttpDeps, response: web.StreamResponse) -> None:
+    """While relay drains, each answer says `Connection: close`: a client's next request opens
+    a new connection (to another replica, once this one is out of the endpoints), and no
+    kept-alive connection is left idle for the end of the drain to cut under a request."""
+    if deps.draining():
+        response.force_close()
+
+
 def _count_rejections(deps: HttpDeps) -> Any:
+    """The outermost middleware: counts refused ingest requests, and closes each connection
+    while draining (one middleware for both: each one more costs every request ~1 µs)."""
+
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse = await handler(request)
         _count_rejection(deps, request, response.status, response.get(REJECTION))
+        _closing_while_draining(deps, response)
         return response
 
     return middleware
@@ -321,6 +338,7 @@ def expect_handler(deps: HttpDeps, refuse: Refusal = _no_refusal) -> Callable[..
             await _continue(request)
             return None
         _count_rejection(deps, request, refused.status)
+        _closing_while_draining(deps, refused)
         return refused
 
     return handle
@@ -388,7 +406,7 @@ def build_app(deps: HttpDeps) -> web.Application:
     # backstop far above it. Content codings are undone by read_limited too (relay/sources/_body).
     app = web.Application(
         client_max_size=64 * 1024 * 1024 + 1,
-        middlewares=[_json_http_errors, _count_rejections(deps), _store_unavailable(deps)],
+        middlewares=[_count_rejections(deps), _json_http_errors, _store_unavailable(deps)],
         handler_args={"auto_decompress": False},
     )
     app.on_response_prepare.append(name_the_server)
