@@ -66,6 +66,7 @@ ALERT_IGNORED_REASONS = ("unknown_type",)
 SOURCES = ("http", "trigger_alerts", "realtime")
 REJECTION_REASONS = (
     "bad_request", "unauthorized", "not_configured", "too_large", "store_unavailable", "busy",
+    "shutting_down",
 )  # fmt: skip
 
 # why a request of a Realtime feed failed (relay.sources._follower's reasons): exposed at 0 for

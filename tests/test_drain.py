@@ -59,22 +59,23 @@ async def stored_state(db: Path, run_id: str) -> str | None:
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-async def test_relay_answers_while_it_drains_and_takes_updates_durably(
+async def test_relay_answers_while_it_drains_and_refuses_updates_with_a_retry(
     relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path, workers: int
 ) -> None:
     """On SIGTERM relay closed its listener at once: while a delivery drained, /healthz and
     /readyz refused connections (a liveness probe that fails often enough SIGKILLs the pod
     mid-drain), /metrics could not be scraped, and a pusher's update met a refused connection.
     Now it listens until the drain is done: /healthz 200, /readyz 503 (out of the endpoints),
-    /metrics served, an update taken (committed before its 202, sent after the next start),
-    every answer with `Connection: close` so that no kept-alive connection outlives the drain."""
+    /metrics served, an update refused with 503 and Retry-After (SIGTERM stops intake, SPEC
+    §5: the pusher tries again, at another replica or this one started again), every answer
+    with `Connection: close` so that no kept-alive connection outlives the drain."""
     gate = asyncio.Event()
     sink.default = held_until(gate)
     env = {"RELAY_WORKERS": str(workers)} if workers else None
     proc = relay_process(CONFIG.format(url=sink.url), env)
     await asyncio.to_thread(proc.start)
     try:
-        health, ready, metrics, posted = await _asked_while_draining(proc, sink)
+        health, ready, posted, metrics = await _asked_while_draining(proc, sink)
     finally:
         gate.set()
     assert proc.proc is not None
@@ -83,19 +84,21 @@ async def test_relay_answers_while_it_drains_and_takes_updates_durably(
     assert (health[0], json.loads(health[2])) == (200, {"status": "ok", "reason": DRAINING})
     assert (ready[0], json.loads(ready[2])) == (503, {"status": "not ready", "reason": DRAINING})
     assert metrics[0] == 200 and b"relay_notifications_sent_total" in metrics[2]
-    assert posted[0] == 202 and json.loads(posted[2])["notifications"] == 1
+    assert posted[0] == 503 and "shutting down" in json.loads(posted[2])["error"]
+    assert posted[1]["Retry-After"] == "5"
     for _, headers, _ in (health, ready, metrics, posted):
         assert headers.get("Connection") == "close"
     db = tmp_path / "relay.db"
     assert await stored_state(db, "run_before") == "sent"
-    assert await stored_state(db, "run_during") == "pending"  # goes out after the next start
+    assert await stored_state(db, "run_during") is None  # not taken: its pusher sends it again
+    assert 'relay_updates_rejected_total{reason="shutting_down"} 1.0' in metrics[2].decode()
     assert [e.get("msg") for e in proc.logs][-1] == "stopped"
 
 
 async def _asked_while_draining(
     proc: RelayProcess, sink: Sink
 ) -> list[tuple[int, dict[str, str], bytes]]:
-    """One update in flight, SIGTERM, then /healthz, /readyz, /metrics and an update, answered
+    """One update in flight, SIGTERM, then /healthz, /readyz, an update and /metrics, answered
     while the delivery is still held (the process still running)."""
     async with aiohttp.ClientSession() as http:
         status, _, _ = await answer(http, "POST", proc.url + "/v1/runs", failed_run("run_before"))
@@ -107,8 +110,8 @@ async def _asked_while_draining(
         answers = [
             await answer(http, "GET", proc.url + "/healthz"),
             await answer(http, "GET", proc.url + "/readyz"),
-            await answer(http, "GET", proc.url + "/metrics"),
             await answer(http, "POST", proc.url + "/v1/runs", failed_run("run_during")),
+            await answer(http, "GET", proc.url + "/metrics"),
         ]
         assert proc.proc.poll() is None  # all of it while draining
     return answers

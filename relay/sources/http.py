@@ -119,7 +119,8 @@ class HttpDeps:
     # meanwhile /healthz says so and every endpoint but /healthz and /readyz answers 503
     starting: Callable[[], str | None] = lambda: None
     # whether the service is draining (SIGTERM): /readyz says so with a 503, /healthz with a
-    # 200, the rest answer as before, and every answer closes its connection
+    # 200, updates get a 503 with Retry-After, the rest answer as before, and every answer
+    # closes its connection
     draining: Callable[[], bool] = lambda: False
 
 
@@ -260,11 +261,17 @@ def store_unavailable() -> web.Response:
     return error(503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S})
 
 
-def _not_started(deps: HttpDeps, request: web.Request) -> web.Response | None:
-    """503 (store unavailable) for every endpoint but health while the store is not open yet."""
-    if deps.starting() is None or request.path in _WHILE_STARTING:
-        return None
-    return store_unavailable()
+def _not_serving(deps: HttpDeps, request: web.Request) -> web.Response | None:
+    """503 (store unavailable) for every endpoint but health while the store is not open yet;
+    503 for updates while relay drains (SIGTERM stops intake: the pusher tries again, another
+    replica or this one started again takes it), every other endpoint answering as before."""
+    if deps.starting() is not None and request.path not in _WHILE_STARTING:
+        return store_unavailable()
+    if request.path in _INGEST_PATHS and deps.draining():
+        response = error(503, "shutting down; retry later", headers={"Retry-After": RETRY_AFTER_S})
+        response[REJECTION] = "shutting_down"
+        return response
+    return None
 
 
 def _count_rejection(
@@ -333,7 +340,7 @@ def expect_handler(deps: HttpDeps, refuse: Refusal = _no_refusal) -> Callable[..
     with a plain-text 417, before any middleware could make it JSON."""
 
     async def handle(request: web.Request) -> web.StreamResponse | None:
-        refused = _unknown_expectation(request) or _not_started(deps, request) or refuse(request)
+        refused = _unknown_expectation(request) or _not_serving(deps, request) or refuse(request)
         if refused is None:
             await _continue(request)
             return None
@@ -346,12 +353,13 @@ def expect_handler(deps: HttpDeps, refuse: Refusal = _no_refusal) -> Callable[..
 
 def _store_unavailable(deps: HttpDeps) -> Any:
     """Any endpoint whose store is down answers 503 with Retry-After, never 500; so does every
-    endpoint but health while the store is not open yet (_not_started). One middleware for
+    endpoint but health while the store is not open yet, and ingest while relay drains
+    (_not_serving). One middleware for
     both: each one more costs every request about a microsecond."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-        refused = _not_started(deps, request)
+        refused = _not_serving(deps, request)
         if refused is not None:
             return refused
         try:
