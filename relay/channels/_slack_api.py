@@ -5,7 +5,9 @@ Failure classification; Slack's error name goes in `detail`, never the webhook U
 
     rate_limited  retryable, Retry-After  HTTP 429; ratelimited, rate_limited
     server_error  retryable, Retry-After  HTTP 5xx, 408; internal_error, fatal_error,
-                                          service_unavailable, request_timeout, rollup_error
+                                          service_unavailable, request_timeout, rollup_error,
+                                          team_added_to_org (the workspace is moving into an
+                                          Enterprise Grid: "intermittently unavailable")
     auth_error    permanent               HTTP 401, 403; invalid_auth, not_authed, token_revoked,
                                           account_inactive, missing_scope, ...; webhooks (404,
                                           403): no_service, no_team, invalid_token,
@@ -31,8 +33,11 @@ from relay.retry_after import parse_retry_after
 _ERROR_NAME = re.compile(r"[a-z][a-z0-9_]{1,63}")
 _RATE = frozenset({"ratelimited", "rate_limited"})
 _SERVER = frozenset(
-    {"internal_error", "fatal_error", "service_unavailable", "request_timeout", "rollup_error"}
-)
+    {
+        "internal_error", "fatal_error", "service_unavailable", "request_timeout", "rollup_error",
+        "team_added_to_org",
+    }
+)  # fmt: skip
 _AUTH = frozenset(
     {
         "invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive",

@@ -575,7 +575,13 @@ API_ERRORS = [
     ],
     *[
         (api_error(n), "server_error", True, None, n)
-        for n in ("internal_error", "fatal_error", "service_unavailable", "request_timeout")
+        for n in (
+            "internal_error",
+            "fatal_error",
+            "service_unavailable",
+            "request_timeout",
+            "team_added_to_org",  # mid-migration to an Enterprise Grid: back later
+        )
     ],
     (
         api_error("ratelimited", 429, {"Retry-After": "3"}),
