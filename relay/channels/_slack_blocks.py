@@ -1,6 +1,7 @@
 """Block Kit as Slack takes it: a rendered `slack/<name>.json.j2` part kept to Slack's message
-keys, every length Slack checks clamped (relay.channels.slack lists them), and the two forms
-a refused message is sent again in (its text cut, its text alone).
+keys, every length Slack checks clamped (relay.channels.slack lists them), its mrkdwn texts
+sent verbatim (no @here parsed into a mention), and the two forms a refused message is sent
+again in (its text cut, its text alone).
 """
 
 from __future__ import annotations
@@ -99,6 +100,35 @@ def slack_message(rendered: str, default_text: str) -> dict[str, Any]:
         text if isinstance(text, str) and text.strip() else default_text, MAX_TEXT
     )
     return message
+
+
+def verbatim(message: dict[str, Any]) -> dict[str, Any]:
+    """`message` with every mrkdwn text object of its blocks sent `verbatim` unless the template
+    chose: Slack's default (false) parses a plain @here, @channel or @user-group in run data
+    into a mention, which escaping &, <, > cannot stop. Manual links and mentions (<url|x>,
+    <!here>) still work, plain URLs are no longer linked."""
+    blocks = message.get("blocks")
+    if not isinstance(blocks, list):
+        return message
+    return {**message, "blocks": [_verbatim_block(block) for block in blocks]}
+
+
+def _verbatim_block(block: Any) -> Any:
+    if not isinstance(block, dict):
+        return block
+    out = dict(block)
+    if "text" in out:
+        out["text"] = _verbatim_object(out["text"])
+    for key in ("fields", "elements"):
+        if isinstance(out.get(key), list):
+            out[key] = [_verbatim_object(obj) for obj in out[key]]
+    return out
+
+
+def _verbatim_object(obj: Any) -> Any:
+    if isinstance(obj, dict) and obj.get("type") == "mrkdwn" and "verbatim" not in obj:
+        return {**obj, "verbatim": True}
+    return obj
 
 
 def shorter_body(body: dict[str, Any]) -> dict[str, Any] | None:

@@ -1,9 +1,11 @@
 """`slack`: Block Kit messages through an incoming webhook or a bot token (chat.postMessage).
 
 The template (`slack/<name>.json.j2`) renders {"text": ..., "blocks": [...]}; the channel keeps
-only Slack's message keys, adds `channel`, `thread_ts`, `unfurl_links/media: false`, and clamps
-every length Slack checks (header 150, section/context text 3000, fields 10 x 2000, button text
-75, url 3000, 50 blocks, `text` 40,000) so no template can earn `invalid_blocks` for length.
+only Slack's message keys, adds `channel`, `thread_ts`, `unfurl_links/media: false` and
+`verbatim: true` to mrkdwn texts (unless the template set it: Slack's default parses a plain
+@here or @user-group in run data into a mention), and clamps every length Slack checks
+(header 150, section/context text 3000, fields 10 x 2000, button text 75, url 3000, 50
+blocks, `text` 40,000) so no template can earn `invalid_blocks` for length.
 
 With a bot token, the `ts` of the first message about a run is kept in the store (namespace
 `slack_thread`, key `<channel name>:<slack channel>:<run id>`) and later messages about that run
@@ -62,7 +64,7 @@ from pydantic import SecretStr, field_validator, model_validator
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._http import HttpResponse, https_or_local
 from relay.channels._slack_api import api_answer, classify, error_name, in_thread, posted_at
-from relay.channels._slack_blocks import plain_body, shorter_body, slack_message
+from relay.channels._slack_blocks import plain_body, shorter_body, slack_message, verbatim
 from relay.channels._slack_threads import Threads
 from relay.config import ChannelSettings, RateLimit, Token
 from relay.errors import DeliveryError
@@ -160,7 +162,7 @@ class SlackChannel:
     async def send(self, message: Outgoing) -> str | None:
         """Post (or for a recovery, update) the message; the receipt of a posted one."""
         default = mrkdwn(f"relay: rule {message.rule} matched run {message.run_id}")
-        payload = slack_message(message.parts.get("json", ""), default)
+        payload = verbatim(slack_message(message.parts.get("json", ""), default))
         payload.update(unfurl_links=False, unfurl_media=False)
         if self.settings.webhook_url is not None:
             await self._send(self.settings.webhook_url.get_secret_value(), payload, message)

@@ -339,6 +339,34 @@ async def test_the_default_text_cannot_ping(slack: FakeSlack, http: HttpClient) 
     assert body["text"] == ("relay: rule r matched run &lt;!channel&gt; &amp; &lt;https://x|y&gt;")
 
 
+def mrkdwn_objects(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every mrkdwn text object of the message's blocks."""
+    found = []
+    for block in message["blocks"]:
+        for obj in [block.get("text"), *block.get("fields", []), *block.get("elements", [])]:
+            if isinstance(obj, dict) and obj.get("type") == "mrkdwn":
+                found.append(obj)
+    return found
+
+
+async def test_run_data_cannot_ping_by_name(slack: FakeSlack, http: HttpClient) -> None:
+    # a mrkdwn text object Slack parses (verbatim: false, its default) turns a plain @here,
+    # @channel or @user-group into a mention; relay sends its texts verbatim, a template's
+    # explicit choice kept
+    run = load_run("failed", tags=["@here"])
+    run["error"] = {"name": "Error", "message": "@channel deploy broke; ask @oncall-team"}
+    part = json.loads(render(run))
+    part["blocks"].append(
+        {"type": "section", "text": {"type": "mrkdwn", "text": "<!here>", "verbatim": False}}
+    )
+    await make_channel(slack, http).send(outgoing(json.dumps(part)))
+    [body] = slack.posted()
+    *sent, chosen = mrkdwn_objects(body)
+    assert "@channel deploy broke" in json.dumps(sent) and "@here" in json.dumps(sent)
+    assert all(obj["verbatim"] is True for obj in sent)
+    assert chosen == {"type": "mrkdwn", "text": "<!here>", "verbatim": False}
+
+
 async def test_bot_message_is_authenticated_and_threaded(
     slack: FakeSlack, http: HttpClient, store: SQLiteStore
 ) -> None:
@@ -827,7 +855,8 @@ async def test_a_text_slack_finds_too_long_is_sent_again_cut(
     """Slack documents 40,000 characters for `text` but answers msg_too_long from about 4,000
     (seratch/ChatGPT-in-Slack#102): a template's long text no longer kills the page."""
     slack.script(api_error("msg_too_long") if bot else Reply(400, "msg_too_long"))
-    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "FAILED run_1"}}]
+    text = {"type": "mrkdwn", "text": "FAILED run_1", "verbatim": True}
+    blocks = [{"type": "section", "text": text}]
     part = json.dumps({"text": "FAILED run_1 " + "stack line\n" * 900, "blocks": blocks})
     receipt = await make_channel(slack, http, bot=bot).send(outgoing(part))
     refused, sent = slack.posted()
