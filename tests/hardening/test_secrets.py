@@ -6,16 +6,22 @@ webhook signing secret and a header value, a Slack bot token and a Slack webhook
 fake that refuses), an SMTP password (nothing listening), the trigger_alerts secret and the
 Realtime secret key (a local fake answering 401). Scanned: every stderr log line and stdout line
 of `relay serve`, GET /metrics, the 401 bodies, GET /v1/dlq, /v1/notifications and
-/v1/notifications/{id}, and the output of relay check, dlq list (--json), history --json,
-and send-test.
+/v1/notifications/{id}, the output of relay check, dlq list (--json), history --json,
+silence list --json and send-test, and the store's file.
+
+A second test sends through every channel type to a hostile receiver that echoes what it was
+sent (URL, headers, body; the SMTP AUTH line) in the error fields each channel reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import functools
 import hashlib
 import hmac
+import io
 import json
 import logging
 import sys
@@ -29,6 +35,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from relay.cli import main as relay_main
 from relay.logs import JsonFormatter, ScrubSecrets, TextFormatter, _ScrubbingHandler
 from relay.settings import Settings
 from tests.conftest import FIXTURES, RelayProcess, run_cli, sdk_run
@@ -47,11 +54,19 @@ SECRETS = {
     "SMTP_PASSWORD": "SeCrEt-smtp-1234567890",
     "TRIGGER_ALERT_SECRET": "SeCrEt-alerts-1234567890",
     "TRIGGER_SECRET_KEY": "tr_prod_SeCrEt-realtime-1234567890",
+    "HOOK_PASSWORD": "SeCrEt-basic-1234567890",
+    "DISCORD_TOKEN": "SeCrEt-discord-1234567890",
+    "TEAMS_SIG": "SeCrEt-teams-1234567890",
+    "PAGERDUTY_KEY": "SeCrEt-pagerduty-1234567890abcde",  # 32 characters, as PagerDuty's
 }
 # what must never show: every value, and the parts of composite ones
 NEEDLES = [
     *SECRETS.values(),
     SECRETS["HOOK_SECRET"].removeprefix("whsec_"),
+    # as the wire carries them: Basic auth, SMTP AUTH PLAIN and AUTH LOGIN
+    base64.b64encode(f"relay:{SECRETS['HOOK_PASSWORD']}".encode()).decode(),
+    AUTH_PLAIN := base64.b64encode(f"\0relay\0{SECRETS['SMTP_PASSWORD']}".encode()).decode(),
+    base64.b64encode(SECRETS["SMTP_PASSWORD"].encode()).decode(),
     "SeCrEt",  # every secret above carries it; nothing else does
 ]
 CONFIG = """\
@@ -243,6 +258,7 @@ async def test_no_secret_appears_anywhere(
         ("dlq", "list"),
         ("dlq", "list", "--json"),
         ("history", "--json"),
+        ("silence", "list", "--json"),
         ("send-test", "slack-hook"),
         ("send-test", "mail"),
     ]
@@ -259,6 +275,11 @@ async def test_no_secret_appears_anywhere(
     for entry in proc.logs:
         scan.add("serve stderr", json.dumps(entry, ensure_ascii=False))
     scan.add("serve stdout", "".join(proc.stdout))
+    # the store's pages: an outbox row keeps its channel's name, not the channel's secrets
+    stored = {f.name: f.read_bytes().decode("latin-1") for f in tmp_path.glob("relay.db*")}
+    assert any(DEAD_RUN in text for text in stored.values()), list(stored)
+    for name, text in stored.items():
+        scan.add(name, text)
     # the scan is meaningful: the secrets were really in use...
     kinds = {kind for kind, _, _ in fakes.seen}
     assert kinds == {"hook", "slack-hook", "slack-bot", "realtime"}, kinds
@@ -335,3 +356,128 @@ def test_the_store_password_is_scrubbed_through_every_config() -> None:
     said = scrub.scrub("pg/Pw-Zq81 pg%2FPw-Zq81 config-secret-1 config-secret-2")
     assert said == "*** *** config-secret-1 ***"
     assert Settings(store_url="sqlite:///data/relay.db").secrets() == []
+
+
+# one config a channel: send-test checks every template of the config's channel types
+ECHO_CHANNELS = {
+    "hook": """type: webhook
+    url: http://relay:${HOOK_PASSWORD}@127.0.0.1:{port}/hooks/${HOOK_PATH_KEY}?key=${HOOK_QUERY_KEY}
+    secret: ${HOOK_SECRET}
+    headers: {X-Api-Key: "${HOOK_HEADER}"}""",
+    "slack-hook": """type: slack
+    webhook_url: {fake}/services/T000/B000/${SLACK_HOOK_KEY}""",
+    "slack-bot": """type: slack
+    token: ${SLACK_BOT_TOKEN}
+    channel: "#oncall"
+    api_url: {fake}/api""",
+    "discord": """type: discord
+    webhook_url: {fake}/api/webhooks/123456/${DISCORD_TOKEN}""",
+    "teams": """type: msteams
+    webhook_url: {fake}/workflows/abc/triggers/manual/paths/invoke?api-version=1&sig=${TEAMS_SIG}""",
+    "pagerduty": """type: pagerduty
+    routing_key: ${PAGERDUTY_KEY}
+    api_url: {fake}""",
+    "mail": """type: email
+    smtp: {host: 127.0.0.1, port: {smtp_port}, starttls: false, username: relay, password: "${SMTP_PASSWORD}"}
+    from: relay@example.com
+    to: [team@example.com]""",
+}
+ECHO_CONFIG = """\
+defaults:
+  timeout: 5s
+channels:
+  {name}:
+    {channel}
+rules:
+  - name: failures
+    match: {status: [failure]}
+    notify: [{name}]
+"""
+
+
+class Echo:
+    """A receiver that quotes what it was sent (URL, every header, the body) in the error
+    fields each channel reads from an answer, as a debugging proxy or a careless API does."""
+
+    def __init__(self) -> None:
+        self.heard: list[str] = []
+
+    def _said(self, text: str) -> str:
+        self.heard.append(text)
+        return text
+
+    async def http(self, request: web.Request) -> web.Response:
+        body = (await request.read()).decode("utf-8", "replace")
+        echo = self._said(" ".join([request.path_qs, *request.headers.values(), body]))
+        path = request.path
+        if path.startswith("/api/chat."):
+            return web.json_response({"ok": False, "error": echo})
+        if "/webhooks/" in path:  # Discord, at its API v10
+            errors = {echo: {"_errors": [{"code": "BASE_TYPE_BAD", "message": echo}]}}
+            return web.json_response({"code": 50035, "message": echo, "errors": errors}, status=400)
+        if path.startswith("/workflows/"):
+            return web.json_response({"error": {"code": echo, "message": echo}}, status=400)
+        if path.startswith("/v2/"):
+            answer = {"status": "invalid event", "message": echo, "errors": [echo]}
+            return web.json_response(answer, status=400)
+        return web.Response(status=400, text=echo)  # the webhook's and Slack webhook's plain text
+
+    async def smtp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 echo ESMTP\r\n")
+        while line := (await reader.readline()).decode("ascii", "replace").strip():
+            if line.upper().startswith(("EHLO", "HELO")):
+                writer.write(b"250-echo\r\n250 AUTH PLAIN LOGIN\r\n")
+            elif line.upper().startswith("QUIT"):
+                writer.write(b"221 bye\r\n")
+            else:  # AUTH PLAIN <base64 of \0user\0password>, or anything else
+                writer.write(f"535 5.7.8 refused: {self._said(line)}\r\n".encode())
+            await writer.drain()
+        writer.close()
+
+
+def send_tests(configs: dict[str, Path]) -> dict[str, tuple[int, str]]:
+    """`relay send-test` to each channel, in this process: (exit code, what it said)."""
+    said = {}
+    for name, config in configs.items():
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = relay_main(["send-test", name, "--config", str(config)])
+        said[name] = (code, out.getvalue() + err.getvalue())
+    return said
+
+
+def echo_configs(directory: Path, fill: dict[str, str]) -> dict[str, Path]:
+    configs = {}
+    for name, channel in ECHO_CHANNELS.items():
+        text = ECHO_CONFIG.replace("{name}", name).replace("{channel}", channel)
+        configs[name] = directory / f"{name}.yaml"
+        configs[name].write_text(functools.reduce(lambda t, kv: t.replace(*kv), fill.items(), text))
+    return configs
+
+
+async def test_a_receiver_echoing_the_request_learns_nothing_from_what_relay_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What relay says of a failed send (send-test's words; the same go to the logs, the store
+    and /v1/dlq) names the failure, not the answer: the answer may quote the secrets."""
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    echo = Echo()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo.http)
+    smtp = await asyncio.start_server(echo.smtp, "127.0.0.1", 0)
+    smtp_port = smtp.sockets[0].getsockname()[1]
+    async with smtp, serving(app, access_log=None, shutdown_timeout=0.2) as url:
+        fill = {"{fake}": url, "{port}": url.rsplit(":", 1)[1], "{smtp_port}": str(smtp_port)}
+        said = await asyncio.to_thread(send_tests, echo_configs(tmp_path, fill))
+    assert {code for code, _ in said.values()} == {1}, said
+    # the scan is meaningful: every channel's secret went out and came back in an answer...
+    heard = " ".join(echo.heard)
+    sent = ["HOOK_PATH_KEY", "HOOK_HEADER", "SLACK_BOT_TOKEN", "SLACK_HOOK_KEY", "DISCORD_TOKEN"]
+    for name in [*sent, "TEAMS_SIG", "PAGERDUTY_KEY"]:
+        assert SECRETS[name] in heard, name
+    assert AUTH_PLAIN in heard  # the SMTP password
+    # ...and relay names each failure, quoting none of it
+    assert "SMTP 535" in said["mail"][1] and "HTTP 400" in said["hook"][1], said
+    found = {name: leaks(text) for name, (_, text) in said.items() if leaks(text)}
+    assert not found, (found, said)
