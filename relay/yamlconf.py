@@ -56,8 +56,16 @@ class Located:
 def dotted(path: Path_) -> str:
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        key = _named(str(part))
+        out += f"[{part}]" if isinstance(part, int) else (f".{key}" if out else key)
     return out
+
+
+def _named(key: str) -> str:
+    """A key as a problem names it: up to a colon. `{password:hunter2}`, its space forgotten,
+    is one key `password:hunter2` of a flow mapping, and what follows the colon is a value."""
+    name, colon, value = key.partition(":")
+    return f"{name}:…" if colon and value else key
 
 
 _REFERENCE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)

@@ -481,3 +481,31 @@ async def test_a_receiver_echoing_the_request_learns_nothing_from_what_relay_say
     assert "SMTP 535" in said["mail"][1] and "HTTP 400" in said["hook"][1], said
     found = {name: leaks(text) for name, (_, text) in said.items() if leaks(text)}
     assert not found, (found, said)
+
+
+def test_a_secret_run_into_its_key_is_not_quoted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`{password:hunter2}`, the space after the colon forgotten, is one key `password:hunter2`
+    of a flow mapping: relay check named that key whole ("channels.mail.smtp.password:hunter2:
+    unknown key"), and so every problem under it, a webhook header's too."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "channels:\n"
+        "  mail:\n"
+        "    type: email\n"
+        f"    smtp: {{host: 127.0.0.1, username: relay, password:{SECRETS['SMTP_PASSWORD']}}}\n"
+        "    from: relay@example.com\n"
+        "    to: [team@example.com]\n"
+        "  hook:\n"
+        "    type: webhook\n"
+        "    url: https://example.com/hook\n"
+        f"    headers: {{X-Api-Key:{SECRETS['HOOK_HEADER']}}}\n"
+        "rules:\n"
+        "  - {name: all, match: {status: [failure]}, notify: [mail, hook]}\n"
+    )
+    assert relay_main(["check", str(config)]) == 1
+    said = "".join(capsys.readouterr())
+    assert "config.yaml:4: channels.mail.smtp.password:…: unknown key" in said, said
+    assert "config.yaml:10: channels.hook.headers.X-Api-Key:…: " in said, said
+    assert not leaks(said), said
