@@ -21,6 +21,7 @@ import orjson
 import pytest
 from jinja2 import ChoiceLoader, DictLoader, FileSystemLoader
 
+from relay import configure
 from relay.channels import REGISTRY, settings_models
 from relay.channels._slack_blocks import plain_body
 from relay.channels.email import SUBJECT_MAX_CHARS
@@ -658,3 +659,36 @@ def test_an_upper_case_scheme_is_a_web_link_too() -> None:
     assert web_url(" HTTPS://x.test/r ") == "https://x.test/r"
     hook = "channels: {h: {type: webhook, url: 'HTTPS://x.test/h'}}\n"  # was refused
     assert parse_config(hook, "c.yaml", settings_models(), {}).config.channels["h"]
+
+
+def shipped_templates() -> list[tuple[str, str, str]]:
+    """Every template a rule can name, shipped with relay: (channel type, name, part)."""
+    found = []
+    for path in sorted(shipped_templates_dir().glob("[!_]*/[!_]*.j2")):
+        name, part = path.name.removesuffix(".j2").rsplit(".", 1)
+        found.append((path.parent.name, name, part))
+    return found
+
+
+def test_every_shipped_template_is_found_fine() -> None:
+    """`relay check` and every start skip the checks of shipped templates when templates.dir
+    overrides none (relay.configure._findings): this is what stands for them. Each one, with
+    all it extends, includes or imports, compiles, reads no name its context lacks and reaches
+    no template that is missing."""
+    renderer = Renderer()
+    templates = shipped_templates()
+    assert len(templates) > 40 and {t for t, _, _ in templates} >= set(REGISTRY)
+    for key in templates:
+        assert configure._template_findings(renderer, *key) == (None, [], []), key
+
+
+def test_a_shipped_template_is_checked_when_a_file_it_reaches_is_overridden(
+    tmp_path: Path,
+) -> None:
+    """With templates.dir overriding a shipped file that a shipped template includes, that
+    template's findings are the user's file's: checked, not skipped."""
+    (tmp_path / "slack").mkdir()
+    (tmp_path / "slack" / "_macros.j2").write_text("{% macro oops( %}")
+    renderer = Renderer(tmp_path)
+    why, _, _ = configure._findings(renderer, "slack", "run_failed", "json")
+    assert why is not None and "_macros.j2" in why
