@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -45,6 +46,19 @@ SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "trigger"
 OUR_ALERTS = REPO / "tests" / "fixtures" / "trigger_alerts"  # alert bodies beside the shipped
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "ws_proxy", "wss_proxy")
+# Where the relay children keep relay's compiled modules: with PYTHONDONTWRITEBYTECODE (set on
+# some machines) each `python -m relay` compiled its ~50 modules again, a fifth of its CPU.
+# Outside the tree, shared by the xdist workers (a .pyc is written by an atomic rename).
+PYCACHE = Path(tempfile.gettempdir()) / f"relay-tests-pycache-{os.getuid()}"
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a relay child: this one without RELAY_*, relay's compiled modules
+    kept in PYCACHE, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+    return {**env, **(extra or {})}
 
 
 def alert_event(name: str) -> dict[str, Any]:
@@ -197,14 +211,15 @@ class RelayProcess:
     """`python -m relay serve` as a child; its JSON log lines and stdout are collected."""
 
     def __init__(self, config: Path, db: Path, env: dict[str, str] | None = None) -> None:
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("RELAY_")},
-            "RELAY_CONFIG": str(config),
-            "RELAY_STORE_URL": f"sqlite:///{db}",
-            "RELAY_LISTEN": "127.0.0.1:0",
-            "RELAY_LOG_FORMAT": "json",
-            **(env or {}),
-        }
+        self.env = child_env(
+            {
+                "RELAY_CONFIG": str(config),
+                "RELAY_STORE_URL": f"sqlite:///{db}",
+                "RELAY_LISTEN": "127.0.0.1:0",
+                "RELAY_LOG_FORMAT": "json",
+                **(env or {}),
+            }
+        )
         self.cwd: Path | None = None
         self.argv = [sys.executable, "-m", "relay", "serve"]
         self.proc: subprocess.Popen[str] | None = None
@@ -308,11 +323,9 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """`relay ARGS` as a child process, with a clean RELAY_* environment plus `env`, `stdin` as
     its standard input."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "relay", *args],
-        env=full_env,
+        env=child_env(env),
         input=stdin,
         capture_output=True,
         text=True,
