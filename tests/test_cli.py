@@ -1,7 +1,10 @@
 """The CLI as operators run it: `python -m relay ...` as a child process, no mocks.
 
 check · test · send-test · dlq list/replay · bad environment · --version. Independent commands of
-one test run side by side (a thread each) to keep the file fast.
+one test run side by side (a thread each) to keep the file fast. A test of what a command finds
+and says (a warning's text, a dry run's rules) calls relay.cli.main here (`here`, `serially`):
+a child cost half a second of CPU; the process's part (exit codes, streams, environment, standard
+input, argv bytes, `serve`) stays with the child-process tests.
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ import standardwebhooks
 from relay.cli import main as relay_main
 from relay.model import Decision, Match, Run, RunState
 from relay.store.sqlite import SQLiteStore
-from tests.conftest import FIXTURES, Sink, run_cli, run_python, sdk_run, status
+from tests.conftest import (
+    FIXTURES,
+    Sink,
+    run_cli,
+    run_cli_in_process,
+    run_python,
+    sdk_run,
+    status,
+)
 
 Result = subprocess.CompletedProcess[str]
 FAILED_JSON = FIXTURES / "realtime-run" / "sdk" / "run_failed.json"
@@ -46,6 +57,18 @@ def cli(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> Callable[[], Result]:
     return functools.partial(run_cli, *args, env=env, cwd=cwd)
+
+
+def here(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> Callable[[], Result]:
+    """`cli`, called in this process (run_cli_in_process)."""
+    return functools.partial(run_cli_in_process, *args, env=env, cwd=cwd)
+
+
+def serially(*calls: Callable[[], Result]) -> list[Result]:
+    """In-process commands one after another (they share this process's streams)."""
+    return [call() for call in calls]
 
 
 def write(path: Path, text: str) -> Path:
@@ -116,7 +139,7 @@ rules:
     notify: [nope]
 """,
     )
-    result = run_cli("check", "--config", str(bad))
+    result = run_cli_in_process("check", "--config", str(bad))
     assert result.returncode == 1
     assert result.stdout == ""
     lines = result.stderr.splitlines()
@@ -163,7 +186,7 @@ rules:
     continue_on: true
 """,
     )
-    result = run_cli("check", "--config", str(bad))
+    result = run_cli_in_process("check", "--config", str(bad))
     assert result.returncode == 1
     lines = set(result.stderr.splitlines())
     for line in [
@@ -216,9 +239,9 @@ rules:
   - {name: r1, notify: [console]}
 """,
     )
-    unset, set_ = parallel(
-        cli("check", "--config", str(config)),
-        cli("check", "--config", str(config), env={"CLI_TEST_UNSET_TOKEN": "abc"}),
+    unset, set_ = serially(
+        here("check", "--config", str(config)),
+        here("check", "--config", str(config), env={"CLI_TEST_UNSET_TOKEN": "abc"}),
     )
     assert unset.returncode == 1
     assert unset.stderr.splitlines() == [
@@ -252,9 +275,9 @@ def test_check_names_a_store_url_relay_serve_would_refuse(
 
 
 def test_check_warns_of_a_config_without_rules(tmp_path: Path) -> None:
-    empty, channels_only = parallel(
-        cli("check", str(write(tmp_path / "empty.yaml", ""))),
-        cli("check", str(write(tmp_path / "c.yaml", "channels:\n  out: {type: console}\n"))),
+    empty, channels_only = serially(
+        here("check", str(write(tmp_path / "empty.yaml", ""))),
+        here("check", str(write(tmp_path / "c.yaml", "channels:\n  out: {type: console}\n"))),
     )
     for result in (empty, channels_only):
         assert result.returncode == 0, result.stderr  # valid, but says what it will not do
@@ -301,7 +324,10 @@ rules:
         " knows; it matches only a run sent with it",
     ]
     run = write(tmp_path / "run.json", json.dumps({"id": "run_q", "status": "QUANTUM_LEAP"}))
-    assert "--- rule new → channel out" in run_cli("test", str(run), "--config", str(config)).stdout
+    assert (
+        "--- rule new → channel out"
+        in run_cli_in_process("test", str(run), "--config", str(config)).stdout
+    )
 
 
 def test_check_warns_of_an_event_status_misspelt_beside_a_good_one(tmp_path: Path) -> None:
@@ -438,7 +464,7 @@ inhibit_rules:
 
 def warnings_of(config: Path, needle: str) -> list[str]:
     """The lines of `relay check` (which must pass) that mention `needle`."""
-    result = cli("check", str(config))()
+    result = here("check", str(config))()
     assert result.returncode == 0, result.stderr
     return [line for line in result.stderr.splitlines() if needle in line]
 
@@ -447,7 +473,7 @@ def test_check_warns_of_a_token_that_came_out_empty(tmp_path: Path) -> None:
     """`auth_token: ${RELAY_INGEST_TOKEN}` with the variable set but empty (a secret not
     mounted) left the API open without a word, since an empty token means unset."""
     config = write(tmp_path / "c.yaml", "server:\n  auth_token: ${TOK}\n  admin_token: ${ADM:-}\n")
-    run = functools.partial(run_cli, "check", str(config))
+    run = functools.partial(run_cli_in_process, "check", str(config))
     warned = run(env={"TOK": ""}).stderr.replace(f"{tmp_path}/", "").splitlines()
     assert warned == [
         "warning: c.yaml: no rules: updates are taken in, none is sent",
@@ -480,7 +506,7 @@ sources:
 rules: []
 """,
     )
-    result = cli("check", str(config))()
+    result = here("check", str(config))()
     assert result.returncode == 0, result.stderr
     warned = [line for line in result.stderr.splitlines() if "feeds[" in line]
     cut = "Trigger.dev cuts the window to 1d"
@@ -497,9 +523,9 @@ rules: []
 
 
 def test_check_missing_file_and_builtin_default(tmp_path: Path) -> None:
-    missing, builtin = parallel(
-        cli("check", "--config", str(tmp_path / "missing.yaml")),
-        cli("check", cwd=tmp_path),
+    missing, builtin = serially(
+        here("check", "--config", str(tmp_path / "missing.yaml")),
+        here("check", cwd=tmp_path),
     )
     assert missing.returncode == 1
     assert f"{tmp_path / 'missing.yaml'}: config file not found" in missing.stderr
@@ -519,7 +545,7 @@ def test_check_warns_of_a_misspelled_template_variable(tmp_path: Path) -> None:
         "templates: {dir: ./templates}\nchannels: {c: {type: console}}\n"
         "rules:\n  - {name: r, notify: [c], template: mine}\n",
     )
-    result = run_cli("check", "--config", str(config))
+    result = run_cli_in_process("check", "--config", str(config))
     assert result.returncode == 0, output(result)
     assert result.stderr.splitlines() == [
         f"warning: {config}:4: rules[0].template: console/mine.txt.j2 line 3: "
@@ -546,7 +572,7 @@ def test_check_finds_every_broken_template_file(tmp_path: Path) -> None:
         "  - {name: o, notify: [c], template: other, continue: true}\n"
         "  - {name: l, notify: [c], template: latin}\n",
     )
-    result = run_cli("check", "--config", str(config))
+    result = run_cli_in_process("check", "--config", str(config))
     assert result.returncode == 1, output(result)
     assert result.stderr.splitlines() == [
         f"{config}:1: templates.dir: slack/unused.json.j2 line 2: "
@@ -558,7 +584,7 @@ def test_check_finds_every_broken_template_file(tmp_path: Path) -> None:
     write(tpl / "console" / "part.txt.j2", "ok\n")  # fixed: what is left is a warning
     write(tpl / "slack" / "unused.json.j2", "{}")
     (tpl / "console" / "latin.txt.j2").write_text("{{ run.id }}")
-    result = run_cli("check", "--config", str(config))
+    result = run_cli_in_process("check", "--config", str(config))
     assert result.returncode == 0, output(result)
     assert result.stderr.splitlines() == [
         f"warning: {config}:5: rules[1].template: console: console/other.txt.j2 line 3: template "
@@ -607,8 +633,8 @@ def test_dry_run_says_why_a_message_is_the_fallback(tmp_path: Path) -> None:
         "templates: {dir: ./templates}\nchannels: {c: {type: console}}\n"
         "rules:\n  - {name: r, notify: [c], match: {status: [failure]}, template: mine}\n",
     )
-    text = run_cli("test", str(FAILED_JSON), "--config", str(config))
-    as_json = run_cli("test", str(FAILED_JSON), "--config", str(config), "--json")
+    text = run_cli_in_process("test", str(FAILED_JSON), "--config", str(config))
+    as_json = run_cli_in_process("test", str(FAILED_JSON), "--config", str(config), "--json")
     error = "ZeroDivisionError in console/mine.txt.j2 line 2"
     assert f"--- rule r → channel c (fallback: {error})" in text.stdout.splitlines()
     [message] = json.loads(as_json.stdout)[0]["messages"]
@@ -703,7 +729,7 @@ rules:
 """,
     )
     files = sorted((FIXTURES / "alert-webhooks").glob("*.json"))
-    results = parallel(*(cli("test", str(path), "--config", str(config)) for path in files))
+    results = serially(*(here("test", str(path), "--config", str(config)) for path in files))
     # each line names the event's kind: a deployment was headed "run deployment_…"
     expected = {
         "alert.run.failed": "run run_cmuxjbf30kqkowywawhi1r8yr: runs",
@@ -748,7 +774,7 @@ def test_dry_run_of_a_realtime_response_body_tests_its_rows(tmp_path: Path) -> N
     only updates (changed columns, no snapshot row) is named as skipped, not an error."""
     config = write(tmp_path / "c.yaml", GOOD)
     body = FIXTURES / "electric" / "live_response.body.json"
-    result = cli("test", str(body), "--config", str(config))()
+    result = here("test", str(body), "--config", str(config))()
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0] == "run run_cmy2trjs6h23sbbwrzm2jlnhj: no rule matched"
     assert "skipped cmuxjbf30kqkowywawhi1r8yr: only an update" in result.stderr
@@ -778,8 +804,8 @@ def test_dry_run_says_so_when_there_is_nothing_to_match(tmp_path: Path) -> None:
     config = write(tmp_path / "c.yaml", GOOD)
     newer = write(tmp_path / "newer.json", '{"type": "alert.run.slow", "object": {}}')
     empty = write(tmp_path / "empty.json", "[]")
-    newer_r, empty_r = parallel(
-        *(cli("test", str(path), "--config", str(config)) for path in (newer, empty))
+    newer_r, empty_r = serially(
+        *(here("test", str(path), "--config", str(config)) for path in (newer, empty))
     )
     assert newer_r.returncode == 0 and empty_r.returncode == 0
     assert newer_r.stdout.startswith("alert alert.run.slow: an alert type relay does not know")
@@ -795,10 +821,10 @@ def test_dry_run_reports_an_unknown_alert_type_among_known_ones(tmp_path: Path) 
     newer = {"type": "alert.run.slow", "object": {}}
     path = write(tmp_path / "alerts.json", json.dumps([known, newer]))
     lone = write(tmp_path / "lone.json", json.dumps(newer))
-    human, as_json, lone_json = parallel(
-        cli("test", str(path), "--config", str(config)),
-        cli("test", str(path), "--config", str(config), "--json"),
-        cli("test", str(lone), "--config", str(config), "--json"),
+    human, as_json, lone_json = serially(
+        here("test", str(path), "--config", str(config)),
+        here("test", str(path), "--config", str(config), "--json"),
+        here("test", str(lone), "--config", str(config), "--json"),
     )
     note = "alert alert.run.slow: an alert type relay does not know"
     assert human.returncode == as_json.returncode == lone_json.returncode == 0
@@ -816,9 +842,9 @@ def test_dry_run_notes_on_stderr_cannot_steer_the_terminal(tmp_path: Path) -> No
     config = write(tmp_path / "c.yaml", GOOD)
     forged = {"type": "alert.\x1b[31mred\x1b[0m\nforged", "object": {}}
     path = write(tmp_path / "forged.json", json.dumps([forged]))
-    human, as_json = parallel(
-        cli("test", str(path), "--config", str(config)),
-        cli("test", str(path), "--config", str(config), "--json"),
+    human, as_json = serially(
+        here("test", str(path), "--config", str(config)),
+        here("test", str(path), "--config", str(config), "--json"),
     )
     assert human.returncode == as_json.returncode == 0 and json.loads(as_json.stdout) == []
     for text in (human.stdout, as_json.stderr):
@@ -869,8 +895,8 @@ def test_dry_run_refuses_bad_event_files(tmp_path: Path) -> None:
     broken = write(tmp_path / "broken.json", '{"id": "run_1", ')
     no_id = write(tmp_path / "no_id.json", '{"status": "FAILED"}')
     missing = tmp_path / "missing.json"
-    results = parallel(
-        *(cli("test", str(path), "--config", str(config)) for path in (broken, no_id, missing))
+    results = serially(
+        *(here("test", str(path), "--config", str(config)) for path in (broken, no_id, missing))
     )
     broken_r, no_id_r, missing_r = results
     for result in results:
@@ -893,9 +919,9 @@ rules:
   - {name: divides, match: {status: [FAILED]}, when: "run.durationMs / 0 > 1", notify: [out]}
 """,
     )
-    as_json, quiet = parallel(
-        cli("test", str(FAILED_JSON), "--config", str(config), env={"RELAY_LOG_FORMAT": "json"}),
-        cli("test", str(FAILED_JSON), "--config", str(config), env={"RELAY_LOG_LEVEL": "ERROR"}),
+    as_json, quiet = serially(
+        here("test", str(FAILED_JSON), "--config", str(config), env={"RELAY_LOG_FORMAT": "json"}),
+        here("test", str(FAILED_JSON), "--config", str(config), env={"RELAY_LOG_LEVEL": "ERROR"}),
     )
     assert as_json.returncode == 0, as_json.stderr
     assert f"run {FAILED_ID}: no rule matched" in as_json.stdout
@@ -984,11 +1010,11 @@ async def test_send_test_failures(tmp_path: Path, sink: Sink) -> None:
 
 def test_dlq_on_a_fresh_store(tmp_path: Path) -> None:
     env = store_env(tmp_path)
-    listed, as_json, replay_all, replay_one = parallel(
-        cli("dlq", "list", env=env),
-        cli("dlq", "list", "--json", env=env),
-        cli("dlq", "replay", "--all", env=env),
-        cli("dlq", "replay", "ntf_nope", env=env),
+    listed, as_json, replay_all, replay_one = serially(
+        here("dlq", "list", env=env),
+        here("dlq", "list", "--json", env=env),
+        here("dlq", "replay", "--all", env=env),
+        here("dlq", "replay", "ntf_nope", env=env),
     )
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.strip() == "no dead notifications"
@@ -1012,7 +1038,7 @@ def test_reading_commands_create_no_store_and_say_none_is_there(tmp_path: Path) 
         ("silence", "list", "--json"),
         ("silence", "expire", "sil_0123456789abcdef"),
     ]
-    listed, history, silences, expired = parallel(*(cli(*args, env=env) for args in commands))
+    listed, history, silences, expired = serially(*(here(*args, env=env) for args in commands))
     assert (listed.returncode, listed.stdout) == (0, "no dead notifications\n"), listed
     assert (history.returncode, json.loads(history.stdout)) == (0, []), history
     assert (silences.returncode, json.loads(silences.stdout)) == (0, []), silences
@@ -1026,13 +1052,13 @@ def test_reading_commands_create_no_store_and_say_none_is_there(tmp_path: Path) 
 def test_every_command_takes_config_after_its_name(tmp_path: Path) -> None:
     env = store_env(tmp_path)
     config = str(write(tmp_path / "c.yaml", GOOD))
-    results = parallel(
-        cli("migrate", "--config", config, env=env),
-        cli("dlq", "--config", config, "list", env=env),
-        cli("dlq", "list", "--config", config, env=env),
-        cli("silence", "list", "--config", config, env=env),
-        cli("history", "--config", config, env=env),
-        cli("check", "--config", config, env=env),
+    results = serially(
+        here("migrate", "--config", config, env=env),
+        here("dlq", "--config", config, "list", env=env),
+        here("dlq", "list", "--config", config, env=env),
+        here("silence", "list", "--config", config, env=env),
+        here("history", "--config", config, env=env),
+        here("check", "--config", config, env=env),
     )
     for result in results:
         assert result.returncode == 0, output(result)
@@ -1381,7 +1407,7 @@ def test_a_bad_setting_hides_no_problem_of_the_config(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("channels: {c: {type: console}}\nrules:\n  - {name: a, notify: [x]}\n")
     env = {"RELAY_LISTEN": "nonsense", "RELAY_LOG_LEVEL": "loud"}
-    both = run_cli("check", "--config", str(config), env=env)
+    both = run_cli_in_process("check", "--config", str(config), env=env)
     assert (both.returncode, both.stdout) == (1, ""), both.stderr
     assert both.stderr.splitlines() == [
         f"{config}:3: rules[0].notify[0]: unknown channel 'x'",

@@ -13,7 +13,7 @@ from relay.errors import InputError
 from relay.history import history_query
 from relay.model import notification_id
 from relay.store.sqlite import SQLiteStore
-from tests.conftest import RelayFactory, Sink, run_cli, sdk_run, status
+from tests.conftest import RelayFactory, Sink, run_cli, run_cli_in_process, sdk_run, status
 
 CONFIG = """\
 defaults:
@@ -175,7 +175,7 @@ def test_the_cli_refuses_a_bad_flag_value_alike(tmp_path: Path, flag: str, said:
     """`--state bogus` exited 2 with argparse's usage text, where a bad `--limit` or `--since`
     (and `silence add --event bogus`) exits 1 with one line naming what it takes."""
     env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
-    bad = run_cli("history", flag, "bogus", env=env)
+    bad = run_cli_in_process("history", flag, "bogus", env=env)
     assert (bad.returncode, bad.stdout, bad.stderr) == (1, "", f"error: history: {said}\n")
     assert not (tmp_path / "relay.db").exists()
 

@@ -40,7 +40,7 @@ from relay.silences import (
 )
 from relay.store import postgres
 from relay.store.sqlite import SQLiteStore
-from tests.conftest import RelayFactory, Sink, run_cli, sdk_run, status
+from tests.conftest import RelayFactory, Sink, run_cli, run_cli_in_process, sdk_run, status
 from tests.pg import fresh_database, shared_server
 
 NOW = 1_800_000_000.0
@@ -504,42 +504,44 @@ def test_cli_list_quotes_each_value_as_amtool_does(tmp_path: Path) -> None:
     shell's quoting) makes the same silence."""
     env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
     values = ["a b,c", 'q"x\\y']
-    run_cli("silence", "add", *(f"--task={v}" for v in values), "-d", "1h", env=env)
-    line = run_cli("silence", "list", env=env).stdout.splitlines()[-1]
+    run_cli_in_process("silence", "add", *(f"--task={v}" for v in values), "-d", "1h", env=env)
+    line = run_cli_in_process("silence", "list", env=env).stdout.splitlines()[-1]
     assert line.endswith('task="a b,c" task="q\\"x\\\\y"')
-    again = run_cli(
+    again = run_cli_in_process(
         "silence", "add", *shlex.split(line[line.index("task=") :]), "-d", "1h", env=env
     )
     assert again.returncode == 0, again.stderr
-    views = json.loads(run_cli("silence", "list", "--json", env=env).stdout)
+    views = json.loads(run_cli_in_process("silence", "list", "--json", env=env).stdout)
     assert [view["matchers"] for view in views] == [{"task": values}] * 2
 
 
 def test_cli_speaks_amtool(tmp_path: Path) -> None:
     """amtool's habits work: matchers as words, -d/-c/-a/--end, `query`, -q, expire many."""
     env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
-    added = run_cli(
+    added = run_cli_in_process(
         "silence", "add", "task=billing/*", "alertname=prod", "-d", "1h", "-c", "deploy", "-q",
         env=env,
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
     first = added.stdout.strip()
     assert first.startswith("sil_") and " " not in first
-    second = run_cli(
+    second = run_cli_in_process(
         "silence", "add", "nightly", "--tag", "env:prod", "--end", "2999-01-01", env=env
     )
     assert second.returncode == 0, second.stderr
-    listed = json.loads(run_cli("silence", "query", "--json", env=env).stdout)
+    listed = json.loads(run_cli_in_process("silence", "query", "--json", env=env).stdout)
     assert {s["id"]: s["matchers"] for s in listed} == {
         first: {"task": ["billing/*"], "rule": ["prod"]},
         second.stdout.strip(): {"tag": ["env:prod"], "rule": ["nightly"]},
     }
-    assert run_cli("silence", "query", "-q", "task=billing/*", env=env).stdout.split() == [first]
-    ids = run_cli("silence", "list", "-q", env=env).stdout.split()
-    expired = run_cli("silence", "expire", *ids, "sil_nope", env=env)
+    assert run_cli_in_process(
+        "silence", "query", "-q", "task=billing/*", env=env
+    ).stdout.split() == [first]
+    ids = run_cli_in_process("silence", "list", "-q", env=env).stdout.split()
+    expired = run_cli_in_process("silence", "expire", *ids, "sil_nope", env=env)
     assert expired.returncode == 1 and "sil_nope" in expired.stderr
     assert expired.stdout.count("expired ") == 2
-    assert run_cli("silence", "query", "-q", env=env).stdout.strip() == ""
+    assert run_cli_in_process("silence", "query", "-q", env=env).stdout.strip() == ""
 
 
 _MATCHER_FORM = "expected name=value (e.g. task=billing/*), name one of " + ", ".join(
@@ -567,7 +569,7 @@ def test_cli_add_says_what_it_refused_and_what_it_takes(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
     env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
-    refused = run_cli("silence", "add", *args, env=env)
+    refused = run_cli_in_process("silence", "add", *args, env=env)
     assert (refused.returncode, refused.stdout) == (1, "")
     assert refused.stderr == f"error: silence not added: {message}\n"
     assert not (tmp_path / "relay.db").exists()
@@ -623,14 +625,14 @@ def test_cli_add_takes_the_spec_synopsis_and_amtool_default(tmp_path: Path) -> N
     """SPEC §6 writes `--duration 1h [--until ISO]`: both together work and --until wins (as
     amtool's --end does over --duration); neither means amtool's 1h."""
     env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
-    both = run_cli(
+    both = run_cli_in_process(
         "silence", "add", "--task", "billing/*", "--duration", "1h",
         "--until", "2999-01-01T00:00:00Z", env=env,
     )  # fmt: skip
     assert both.returncode == 0, both.stderr
-    plain = run_cli("silence", "add", "--task", "email/*", env=env)
+    plain = run_cli_in_process("silence", "add", "--task", "email/*", env=env)
     assert plain.returncode == 0, plain.stderr
-    listed = json.loads(run_cli("silence", "list", "--json", env=env).stdout)
+    listed = json.loads(run_cli_in_process("silence", "list", "--json", env=env).stdout)
     views = {s["id"]: s for s in listed}
     assert views[both.stdout.strip()]["ends_at"].startswith("2999-01-01T00:00:00")
     view = views[plain.stdout.strip()]
@@ -661,7 +663,7 @@ def test_cli_add_names_the_flag_to_fix(tmp_path: Path, args: list[str], complain
     """`-d 0` said "ends_at: must be in the future" and `-d 20y` "duration must be between 0
     and 10 years": neither named the flag given (ends_at is the HTTP API's field)."""
     env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
-    bad = run_cli("silence", "add", "task=x", *args, env=env)
+    bad = run_cli_in_process("silence", "add", "task=x", *args, env=env)
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.startswith(f"error: silence not added: {complaint}"), bad.stderr
     assert bad.stderr.count("\n") == 1, bad.stderr  # one line
@@ -670,34 +672,38 @@ def test_cli_add_names_the_flag_to_fix(tmp_path: Path, args: list[str], complain
 def test_cli_list_quiet_prints_nothing_when_nothing_is_listed(tmp_path: Path) -> None:
     """`relay silence query -q` with no silence printed an empty line (amtool prints nothing)."""
     env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
-    assert run_cli("silence", "add", "task=x", env=env).returncode == 0
-    assert run_cli("silence", "query", "-q", "task=y", env=env).stdout == ""
-    assert run_cli("silence", "list", "-q", env=env).stdout.count("\n") == 1
+    assert run_cli_in_process("silence", "add", "task=x", env=env).returncode == 0
+    assert run_cli_in_process("silence", "query", "-q", "task=y", env=env).stdout == ""
+    assert run_cli_in_process("silence", "list", "-q", env=env).stdout.count("\n") == 1
 
 
 def test_cli_list_expired_shows_only_expired_ones_as_amtool(tmp_path: Path) -> None:
     env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
     gone, kept = (
-        run_cli("silence", "add", f"task={task}", "-d", "1h", env=env).stdout.strip()
+        run_cli_in_process("silence", "add", f"task={task}", "-d", "1h", env=env).stdout.strip()
         for task in ("a", "b")
     )
-    assert run_cli("silence", "expire", gone, env=env).returncode == 0
-    assert run_cli("silence", "list", "--expired", "-q", env=env).stdout.split() == [gone]
-    assert run_cli("silence", "query", "--expired", "-q", env=env).stdout.split() == [gone]
-    assert sorted(run_cli("silence", "list", "--all", "-q", env=env).stdout.split()) == sorted(
-        [gone, kept]
-    )
+    assert run_cli_in_process("silence", "expire", gone, env=env).returncode == 0
+    assert run_cli_in_process("silence", "list", "--expired", "-q", env=env).stdout.split() == [
+        gone
+    ]
+    assert run_cli_in_process("silence", "query", "--expired", "-q", env=env).stdout.split() == [
+        gone
+    ]
+    assert sorted(
+        run_cli_in_process("silence", "list", "--all", "-q", env=env).stdout.split()
+    ) == sorted([gone, kept])
 
 
 def test_cli_list_shows_when_a_pending_silence_starts(tmp_path: Path) -> None:
     """A silence for tonight's maintenance was listed `pending` with its end alone: when it
     starts was nowhere but in --json (amtool's query shows Starts At beside Ends At)."""
     env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
-    added = run_cli(
+    added = run_cli_in_process(
         "silence", "add", "task=x", "--start", "2999-01-01T22:00:00Z", "-d", "2h", env=env
     )
     assert added.returncode == 0, added.stderr
-    header, row = run_cli("silence", "list", env=env).stdout.splitlines()
+    header, row = run_cli_in_process("silence", "list", env=env).stdout.splitlines()
     assert header.split()[:4] == ["ID", "STATE", "STARTS", "ENDS"]
     assert row.split()[:4] == [
         added.stdout.strip(),
