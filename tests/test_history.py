@@ -85,12 +85,16 @@ async def test_history_explains_sent_muted_and_dead(
 
     # the CLI reads the same store
     env = {"RELAY_STORE_URL": r.service.settings.store_url}
-    out = (await asyncio.to_thread(run_cli, "history", "--run", "run_muted", env=env)).stdout
-    assert f"muted by {silence}" in out
-    out = (await asyncio.to_thread(run_cli, "history", "--run", "run_dead", env=env)).stdout
-    assert "dead after 1 attempt(s): client_error: HTTP 400" in out
-    assert "client_error: client_error" not in out  # the reason once
-    listed = json.loads((await asyncio.to_thread(run_cli, "history", "--json", env=env)).stdout)
+    muted_run, dead_run, as_json = await asyncio.gather(
+        *(
+            asyncio.to_thread(run_cli, "history", *args, env=env)
+            for args in (("--run", "run_muted"), ("--run", "run_dead"), ("--json",))
+        )
+    )
+    assert f"muted by {silence}" in muted_run.stdout
+    assert "dead after 1 attempt(s): client_error: HTTP 400" in dead_run.stdout
+    assert "client_error: client_error" not in dead_run.stdout  # the reason once
+    listed = json.loads(as_json.stdout)
     assert {n["run_id"] for n in listed} == {"run_sent", "run_muted", "run_dead"}
 
 
@@ -224,8 +228,7 @@ async def test_a_large_prune_lets_ingest_in_between(tmp_path: Path) -> None:
 
     old = [Run.model_validate({"id": f"run_{i}", "status": "FAILED"}) for i in range(1500)]
     await store.observe(old, decide, now=100.0)
-    for run in old:
-        await store.mark_sent([(notification_id(run.id, "r", "c"), 1)], now=110.0)
+    await store.mark_sent([(notification_id(run.id, "r", "c"), 1) for run in old], now=110.0)
     pruning = asyncio.create_task(store.prune(before=1000.0))
     await asyncio.sleep(0)  # the first batch is on its way
     new = Run.model_validate({"id": "run_new", "status": "FAILED"})

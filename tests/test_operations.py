@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from relay import reloading
 from relay.configure import compile_config, config_fingerprint, load
 from relay.logs import TextFormatter
 from relay.service import Service
@@ -210,8 +211,9 @@ async def test_the_oldest_pending_notification_ages_while_a_channel_is_down(
 
 
 async def test_a_changed_config_file_is_reloaded(
-    relay: RelayFactory, sink: Sink, tmp_path: Path
+    relay: RelayFactory, sink: Sink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(reloading, "WATCH_EVERY_S", 0.1)  # it looks every second otherwise
     r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
     path = Path(r.service.compiled.loaded.source.filename)
     path.write_text(CONFIG.format(url=sink.url, rule="crashes-only", status="CRASHED"))

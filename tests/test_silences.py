@@ -16,7 +16,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from relay import silences
+from relay import dispatch, silences
 from relay.cli import main
 from relay.configure import compile_config, load
 from relay.durations import NOT_A_DURATION
@@ -721,6 +721,7 @@ async def test_silences_the_store_cannot_read_neither_stall_nor_lose_a_notificat
     its lease (5 min); inside intake, POST /v1/runs answered 503. Here the silences table is
     locked, so that each read of it times out."""
     monkeypatch.setattr(postgres, "COMMAND_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(dispatch, "RETRY_SOON_S", 0.5)  # the row given back is due again soon
     caplog.set_level(logging.INFO, logger="relay")
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG.format(url=sink.url))
