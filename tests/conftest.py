@@ -153,6 +153,16 @@ def hang(seconds: float) -> Behaviour:
     return respond
 
 
+def held(gate: asyncio.Event, code: int = 200) -> Behaviour:
+    """Answer `code` once `gate` is set: a request kept in flight until the test lets it go."""
+
+    async def respond(request: web.Request, index: int) -> web.StreamResponse:
+        await gate.wait()
+        return web.Response(status=code)
+
+    return respond
+
+
 @pytest.fixture
 async def sink() -> AsyncIterator[Sink]:
     s = Sink()

@@ -28,7 +28,7 @@ import pytest
 
 from relay.delivery import CLAIM_AHEAD
 from relay.model import notification_id
-from tests.conftest import RelayProcess, Sink, sdk_run, status
+from tests.conftest import RelayProcess, Sink, held, sdk_run, status
 from tests.pg import PgServer, fresh_database, start_server
 
 TAKEOVER = "taking over notifications of a stopped replica"
@@ -425,15 +425,7 @@ async def test_a_replica_whose_send_was_taken_over_does_not_mark_its_failure(
     Nor does it log or count that dead (a dead letter in its metrics that `relay dlq list` does
     not show): it says once that another replica holds the notification now."""
     first, second = asyncio.Event(), asyncio.Event()
-
-    def gated(gate: asyncio.Event, code: int) -> Any:
-        async def respond(request: Any, index: int) -> Any:
-            await gate.wait()
-            return aiohttp.web.Response(status=code)
-
-        return respond
-
-    sink.responses = [gated(first, 400), gated(second, 200)]
+    sink.responses = [held(first, 400), held(second)]
     procs = await replicas(2)
     run = {"id": "run_frozen", "status": "FAILED", "taskIdentifier": "t/a", "tags": []}
     run["updatedAt"] = "2026-08-20T09:14:22.461Z"
@@ -611,12 +603,7 @@ async def test_a_retry_mark_written_again_leaves_the_claim_taken_since_alone(
     timeout is): it landed on that claim, this replica's own, handing its lease back mid-send
     and logging a second retry."""
     second = asyncio.Event()
-
-    async def wait_then_ok(request: Any, index: int) -> Any:
-        await second.wait()
-        return aiohttp.web.Response(status=200)
-
-    sink.responses = [status(429), wait_then_ok]
+    sink.responses = [status(429), held(second)]
     proxy = LosingProxy(pg.port, b"not_before = $7, attempts = g.tries", b"INSERT 0 1\x00")
     proxy.let_through.clear()
     await proxy.start()

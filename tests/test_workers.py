@@ -24,7 +24,7 @@ import pytest
 from relay import workers
 from relay.model import notification_id
 from relay.workers import Outcome, WorkerPool, config_payload, owned, owner, write_event
-from tests.conftest import SLOW, RelayProcess, Sink, hang, run_cli
+from tests.conftest import SLOW, RelayProcess, Sink, hang, held, run_cli
 from tests.test_durability import delivered_ids, post_all, runs
 
 CHANNELS = ("a", "b", "c")
@@ -129,7 +129,8 @@ def test_a_worker_whose_parent_died_reports_no_error_for_the_outcomes_it_records
 async def test_kill_9_of_the_parent_stops_the_workers_and_a_restart_loses_nothing(
     relay_process: Callable[..., RelayProcess], sink: Sink
 ) -> None:
-    sink.default = hang(3)  # deliveries are in flight in the workers when the parent dies
+    answer = asyncio.Event()
+    sink.default = held(answer)  # deliveries are in flight in the workers when the parent dies
     proc = relay_process(config(sink.url), {"RELAY_WORKERS": "2"})
     await asyncio.to_thread(proc.start)
     items = runs(20)
@@ -137,10 +138,11 @@ async def test_kill_9_of_the_parent_stops_the_workers_and_a_restart_loses_nothin
     await sink.wait_for(4)
     pids = list(worker_pids(proc).values())
     proc.kill()
+    answer.set()  # the receiver answers 200 after the kill: the workers finish those sends
     await wait_until(lambda: not any(alive(pid) for pid in pids))  # stdin closed: they stop
     sink.default = None
     await asyncio.to_thread(proc.start)
-    want = wanted(items)  # those in flight at the kill were answered 200 after 3 s: delivered
+    want = wanted(items)  # those in flight at the kill were answered 200: delivered
     assert await delivered_ids(sink, 0, want) == want
 
 
