@@ -1,7 +1,8 @@
 """Several `relay serve` replicas on one PostgreSQL: the work is shared, nothing is lost.
 
-Real child processes (kill -9 is real), a real PostgreSQL (tests/pg.py: its own throwaway
-cluster, since one test restarts it), a real webhook receiver. Every notification carries its
+Real child processes (kill -9 is real), a real PostgreSQL (tests/pg.py: the worker's shared
+cluster, a fresh database per test; the tests that stop it start it again, and the next user
+of a stopped one starts it), a real webhook receiver. Every notification carries its
 stable id in `webhook-id`, so the sink tells what arrived and what arrived twice.
 
 A kill -9 leaves the dead replica's claimed rows leased; the others take them once its row in
@@ -18,7 +19,7 @@ import collections
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,7 +30,7 @@ import pytest
 from relay.delivery import CLAIM_AHEAD
 from relay.model import notification_id
 from tests.conftest import RelayProcess, Sink, held, sdk_run, status
-from tests.pg import PgServer, fresh_database, start_server
+from tests.pg import PgServer, fresh_database, shared_server
 
 TAKEOVER = "taking over notifications of a stopped replica"
 FENCED = "notification not held here now (another replica's, or finished); outcome not recorded"
@@ -69,17 +70,14 @@ class Replicas(Protocol):
     async def __call__(self, n: int, timeout: str = "2s") -> list[RelayProcess]: ...
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PgServer]:
-    server = start_server()
-    yield server
-    server.destroy()
+@pytest.fixture
+def pg() -> PgServer:
+    """This xdist worker's cluster (an initdb is seconds: one per worker, not per module)."""
+    return shared_server()
 
 
 @pytest.fixture
 async def database(pg: PgServer) -> AsyncIterator[str]:
-    if not pg.running():
-        pg.start()
     async with fresh_database(pg) as url:
         yield url
 
