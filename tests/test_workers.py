@@ -14,7 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -252,12 +252,15 @@ async def test_a_worker_that_cannot_start_again_shows_in_readyz(
 
 
 async def refused_then_worker_killed(proc: RelayProcess, path: Path, text: str) -> None:
-    """Write `text` to the config file, see its reload refused, then kill worker 0 and wait
-    for the one started in its place."""
+    """Write `text` to the config file, see its reload refused (one more refusal than before),
+    then kill worker 0 and wait for the one started in its place."""
+
+    def refusals() -> int:
+        return sum(e.get("msg", "").startswith("config reload refused") for e in proc.logs)
+
+    before = refusals()
     path.write_text(text)
-    await wait_until(
-        lambda: any(e.get("msg", "").startswith("config reload refused") for e in proc.logs)
-    )
+    await wait_until(lambda: refusals() > before)
     first = worker_pids(proc)[0]
     os.kill(first, signal.SIGKILL)
     await wait_until(lambda: worker_pids(proc).get(0, first) != first)
@@ -344,24 +347,44 @@ async def test_a_silence_expired_over_http_reaches_the_workers_at_once(
     assert not [e for e in proc.logs if e.get("msg") == "notification muted by a silence"]
 
 
-@pytest.mark.parametrize("rewrite", ["", "bogus: 1\n"], ids=["emptied", "invalid"])
 async def test_a_worker_started_again_runs_its_parents_config_not_the_file_of_now(
-    relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path, rewrite: str
+    relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
 ) -> None:
     """A config file emptied or made invalid is refused on reload and the parent runs on with
     its channels; a worker started again read the file: it ran with no channels at all (an
     emptied one), or could not start, and its channels' notifications waited until the file
-    was mended. It runs the config its parent runs."""
+    was mended. It runs the config its parent runs. Both rewrites, one after the other, on one
+    relay (a start of it is seconds); a failure names the rewrite."""
     proc = relay_process(config(sink.url), {"RELAY_WORKERS": "1"})
     await asyncio.to_thread(proc.start)
     await wait_until(lambda: any(e.get("msg") == "delivery worker ready" for e in proc.logs))
     path = tmp_path / "config.yaml"
-    await refused_then_worker_killed(proc, path, rewrite and path.read_text() + rewrite)
-    items = runs(3)
-    await post_all(proc.url, items)
-    want = wanted(items)
-    assert await delivered_ids(sink, 0, want) == want
-    assert not [e for e in proc.logs if e.get("msg") == "relay not started"]
+    rewrites = {"emptied": "", "invalid": path.read_text() + "bogus: 1\n"}
+    for i, (name, text) in enumerate(rewrites.items()):
+        with named(name):
+            await refused_then_worker_killed(proc, path, text)
+            items = runs(3 * i + 3)[3 * i :]
+            since = len(sink.received)
+            await post_all(proc.url, items)
+            want = wanted(items)
+            assert await delivered_ids(sink, since, want) == want
+            assert not [e for e in proc.logs if e.get("msg") == "relay not started"]
+            # marked sent: the next round's kill leaves none of these to send again
+            await wait_until(lambda: want <= logged_sent(proc))
+
+
+def logged_sent(proc: RelayProcess) -> set[str]:
+    """The notifications a worker logged sent: their marks are committed."""
+    return {str(e["notification_id"]) for e in proc.logs if e.get("msg") == "notification sent"}
+
+
+@contextlib.contextmanager
+def named(step: str) -> Iterator[None]:
+    """An assertion failing inside says which step of a test (several on one relay) it was."""
+    try:
+        yield
+    except AssertionError as exc:
+        raise AssertionError(f"{step}: {exc}") from exc
 
 
 async def test_readyz_waits_for_the_workers_to_deliver(
