@@ -79,6 +79,24 @@ async def sent_total(url: str) -> float:
     )
 
 
+# A worker that died is started again RESTART_AFTER_S (1 s) later. Where that pause is not the
+# subject, the test's relay waits 0.1 s: its parent's constant set as the process starts, as
+# the in-process tests below set it with monkeypatch.
+QUICK_RESTARTS = """\
+import relay.workers
+relay.workers.RESTART_AFTER_S = 0.1
+"""
+
+
+def site_env(tmp_path: Path, *code: str) -> dict[str, str]:
+    """The environment that runs `code` at the start of each of relay's processes (its
+    sitecustomize), for a relay with one delivery worker."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text("\n".join(code))
+    return {"RELAY_WORKERS": "1", "PYTHONPATH": str(site)}
+
+
 def test_each_channel_has_exactly_one_worker() -> None:
     names = [f"ch{i}" for i in range(7)]
     for count in (1, 2, 3):
@@ -147,9 +165,11 @@ async def test_kill_9_of_the_parent_stops_the_workers_and_a_restart_loses_nothin
 
 
 async def test_a_killed_worker_is_started_again(
-    relay_process: Callable[..., RelayProcess], sink: Sink
+    relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
 ) -> None:
-    proc = relay_process(config(sink.url), {"RELAY_WORKERS": "2"})
+    proc = relay_process(
+        config(sink.url), {**site_env(tmp_path, QUICK_RESTARTS), "RELAY_WORKERS": "2"}
+    )
     await asyncio.to_thread(proc.start)
     first = worker_pids(proc)
     os.kill(first[1], signal.SIGKILL)
@@ -162,10 +182,10 @@ async def test_a_killed_worker_is_started_again(
 
 
 async def test_a_killed_workers_claims_go_to_its_successor_at_once(
-    relay_process: Callable[..., RelayProcess], sink: Sink
+    relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
 ) -> None:
     sink.default = hang(30)  # the worker's sends are in flight, more claimed rows wait their turn
-    proc = relay_process(config(sink.url, ("a",)), {"RELAY_WORKERS": "1"})
+    proc = relay_process(config(sink.url, ("a",)), site_env(tmp_path, QUICK_RESTARTS))
     await asyncio.to_thread(proc.start)
     items = runs(30)
     await post_all(proc.url, items)
@@ -224,11 +244,8 @@ async def test_a_worker_that_cannot_start_again_shows_in_readyz(
     """A worker that cannot start again (here its store cannot be opened: a directory is in
     its database file's place) exits at each start and its channels go undelivered. /readyz
     said "ready" all along; it names the worker until one runs again."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(WORKERS_STORE)  # workers' own RELAY_STORE_URL
-    store = tmp_path / "workers.db"
-    env = {"RELAY_WORKERS": "1", "PYTHONPATH": str(site), "TEST_WORKERS_STORE": str(store)}
+    store = tmp_path / "workers.db"  # the workers' own store (WORKERS_STORE)
+    env = {**site_env(tmp_path, WORKERS_STORE, QUICK_RESTARTS), "TEST_WORKERS_STORE": str(store)}
     proc = relay_process(config(sink.url), env)
     await asyncio.to_thread(proc.start)
     await wait_until(lambda: any(e.get("msg") == "delivery worker ready" for e in proc.logs))
@@ -279,7 +296,7 @@ async def test_a_worker_started_again_renders_its_parents_templates_not_the_file
     template.write_text('{"v": "1"}')
     proc = relay_process(
         config(sink.url) + f"templates: {{dir: {tmp_path / 'templates'}}}\n",
-        {"RELAY_WORKERS": "1"},
+        site_env(tmp_path, QUICK_RESTARTS),
     )
     await asyncio.to_thread(proc.start)
     await wait_until(lambda: any(e.get("msg") == "delivery worker ready" for e in proc.logs))
@@ -355,7 +372,7 @@ async def test_a_worker_started_again_runs_its_parents_config_not_the_file_of_no
     emptied one), or could not start, and its channels' notifications waited until the file
     was mended. It runs the config its parent runs. Both rewrites, one after the other, on one
     relay (a start of it is seconds); a failure names the rewrite."""
-    proc = relay_process(config(sink.url), {"RELAY_WORKERS": "1"})
+    proc = relay_process(config(sink.url), site_env(tmp_path, QUICK_RESTARTS))
     await asyncio.to_thread(proc.start)
     await wait_until(lambda: any(e.get("msg") == "delivery worker ready" for e in proc.logs))
     path = tmp_path / "config.yaml"
@@ -439,12 +456,12 @@ def children_of(parent: int) -> list[tuple[str, str]]:
 
 
 async def test_as_pid_1_orphans_are_reaped_and_workers_still_restarted(
-    relay_process: Callable[..., RelayProcess], sink: Sink
+    relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
 ) -> None:
     """The image runs relay as PID 1 without an init: the kernel hands it every orphan
     (`docker exec relay sh -c 'job &'`), and each stayed a zombie until the container stopped."""
     pid_namespaces_or_skip()
-    proc = relay_process(config(sink.url), env={"RELAY_WORKERS": "1"})
+    proc = relay_process(config(sink.url), env=site_env(tmp_path, QUICK_RESTARTS))
     proc.argv = ["unshare", "--pid", "--kill-child", "--mount-proc", *proc.argv]
     proc.start()
     init = namespace_init(proc)
