@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -974,6 +975,21 @@ def test_the_healthcheck_reads_relay_listen_as_relay_does(listen: str, url: str)
 
 @needs_wheel
 @ONE_BUILD
+def wait_ready(url: str, proc: subprocess.Popen[str], tmp_path: Path) -> None:
+    """Until `url` (/readyz) answers 200, within 60 s, the process still running."""
+    deadline = time.monotonic() + 60
+    while True:
+        with (
+            contextlib.suppress(urllib.error.HTTPError),
+            urllib.request.urlopen(url, timeout=10) as response,
+        ):
+            if response.status == 200:
+                return
+        assert proc.poll() is None, (tmp_path / "stderr").read_text()
+        assert time.monotonic() < deadline, "relay never became ready"
+        time.sleep(0.1)
+
+
 def test_image_command_serves_and_passes_its_healthcheck(venv: Path, tmp_path: Path) -> None:
     probe = healthcheck_command(stages()[-1])
     probe[0] = str(venv / "bin" / probe[0])
@@ -984,6 +1000,9 @@ def test_image_command_serves_and_passes_its_healthcheck(venv: Path, tmp_path: P
             assert proc.poll() is None, (tmp_path / "stderr").read_text()
             assert time.monotonic() < deadline, "the HEALTHCHECK never passed"
             time.sleep(0.2)
+        # the HEALTHCHECK passes from the listener's start (liveness, also while the store
+        # opens); updates are taken once /readyz says so, as a load balancer would wait
+        wait_ready(f"http://{env['RELAY_LISTEN']}/readyz", proc, tmp_path)
         url = f"http://{env['RELAY_LISTEN']}/v1/runs"
         for expected in (answer, {**answer, "notifications": 0}):  # alerts once per run
             request = urllib.request.Request(
