@@ -173,6 +173,8 @@ class ChannelLoop:
 
     async def _step(self) -> None:
         self.wake.clear()
+        if await self._wait_hold():
+            return
         self._start_ready()
         if self.ready or len(self.inflight) >= self.route.concurrency:
             await self._idle(POLL_S)  # a finished send wakes us
@@ -204,10 +206,25 @@ class ChannelLoop:
         wait = POLL_S if due is None else min(POLL_S, max(due - self.deps.clock(), 0.0))
         await self._idle(wait)
 
+    async def _wait_hold(self) -> bool:
+        """Whether the channel is held by a receiver's Retry-After (see policy.Hold): then
+        nothing starts and nothing is claimed till it ends, and the rows waiting their turn go
+        back to the outbox due then (no attempt counted), not kept leased for all that time."""
+        left_s = self._held_s()
+        if left_s <= 0:
+            return False
+        await self._release_ready(left_s)
+        await self._idle(left_s)
+        return True
+
+    def _held_s(self) -> float:
+        return self.route.hold.left_s(self.deps.clock())
+
     def reserve(self, most: int) -> int:
         """Hold room for up to `most` rows leased at birth; none on a rate-limited channel
-        (they would wait for the bucket leased), once stopping, or while a claim is owed."""
-        if self._stopping or self.route.bucket is not None:
+        (they would wait for the bucket leased), once stopping, while the channel is held or
+        while a claim is owed."""
+        if self._stopping or self.route.bucket is not None or self._held_s() > 0:
             return 0
         if self._more or self._poll_owed(self.deps.clock()):
             return 0  # a claim comes first: the store may hold due rows older than these
@@ -278,19 +295,24 @@ class ChannelLoop:
         return 0 if self.route.bucket is not None else max(self.route.concurrency, CLAIM_AHEAD)
 
     def _start_ready(self) -> None:
-        """Start claimed units while slots are free; none once stopping (they are released)."""
+        """Start claimed units while slots are free; none once stopping (they are released) or
+        while the channel is held (the loop gives them back)."""
+        if self.ready and self._held_s() > 0:
+            self.wake.set()
+            return
         while self.ready and len(self.inflight) < self.route.concurrency and not self._stopping:
             group_key, unit = self.ready.popleft()
             task = asyncio.create_task(self.dispatch.deliver(unit, group_key))
             self.inflight[task] = unit
             task.add_done_callback(self._done)
 
-    async def _release_ready(self) -> None:
+    async def _release_ready(self, delay_s: float = 0.0) -> None:
         """On stop: the claimed rows not started yet go back to the outbox at once (not after
-        their lease), for the next loop (a reload) or another replica."""
+        their lease), for the next loop (a reload) or another replica; on a hold, due at its
+        end."""
         rows = [row for _, unit in self.ready for row in unit]
         self.ready.clear()
-        await self._release(rows)
+        await self._release(rows, delay_s)
 
     async def _release(self, rows: list[Notification], delay_s: float = 0.0) -> None:
         """Give claimed rows back to the outbox, due again in `delay_s` at the soonest."""

@@ -183,6 +183,9 @@ class Dispatch:
         """Render, send with quick retries, and have the outcome written (see finish)."""
         outgoing = await self._render(rows, group_key, recovers)
         tried = await self.sender.attempt(outgoing, max(row.attempts for row in rows))
+        if tried.held_s is not None:  # not sent: a hold is no attempt, the rows wait it out
+            await self.release(rows, tried.held_s)
+            return
         for reason in tried.failed:  # every failed try counts, quick retries too (Alertmanager)
             self._event("failed", rows[0], reason)
         err = tried.error

@@ -100,3 +100,26 @@ class TokenBucket:
         self._at = now
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
+class Hold:
+    """A channel's pause after a receiver's Retry-After: Slack, Discord, Teams and GitHub mean
+    it as "no request before then" for the whole app, workspace or webhook, not the one
+    message, and calls made meanwhile are refused too (each spending an attempt) and prolong
+    the limit. Per process and per channel, as the token bucket."""
+
+    def __init__(self) -> None:
+        self.until = 0.0
+        self._set_at = 0.0
+
+    def extend(self, now: float, seconds: float) -> bool:
+        """Hold until `now + seconds` at least; whether the channel was free until now."""
+        began = self.left_s(now) <= 0
+        if now + seconds > self.until:
+            self.until, self._set_at = now + seconds, now
+        return began
+
+    def left_s(self, now: float) -> float:
+        """Seconds the hold lasts still: never more than it was set for (a wall clock stepped
+        back holds no longer for it)."""
+        return max(min(self.until - now, self.until - self._set_at), 0.0)

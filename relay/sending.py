@@ -9,7 +9,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
@@ -32,6 +32,7 @@ class Route:
     concurrency: int
     bucket: pol.TokenBucket | None
     timeout_s: float = 10.0  # of one try: the lease of a claim outlasts every quick try
+    hold: pol.Hold = field(default_factory=pol.Hold)  # set by a Retry-After: no request before
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,15 @@ class Tried:
     receipt: str | None = None
     failed: tuple[str, ...] = ()  # the reason of each failed try, quick retries included
     last_failure: str | None = None  # the last failed try's error (history's `error`)
+    held_s: float | None = None  # not sent: the channel is held this long still (no attempt)
+
+
+class Held(Exception):
+    """A request not made: the channel is held by a receiver's Retry-After for `left_s`."""
+
+    def __init__(self, left_s: float) -> None:
+        super().__init__(f"channel held for {left_s:.3f}s")
+        self.left_s = left_s
 
 
 class Sender:
@@ -100,6 +110,8 @@ class Sender:
         loop for each cost more CPU than rendering the message); tenacity takes the rest."""
         try:
             return Tried(1, None, await self._send_once(outgoing))
+        except Held as held:  # no try made: the rows go back as they were
+            return Tried(0, held_s=held.left_s)
         except DeliveryError as err:
             if budget <= 1 or not pol.is_blip(err):
                 return Tried(1, err, failed=(err.reason,))
@@ -127,6 +139,8 @@ class Sender:
                     receipt = await self._try(outgoing, failures)
         except DeliveryError as err:
             return Tried(tries, err, failed=_reasons(failures))
+        except Held:  # the try not made is no try: the last failure stands, due after the hold
+            return Tried(len(failures), failures[-1], failed=_reasons(failures))
         return Tried(tries, None, receipt, _reasons(failures), str(failures[-1]))
 
     async def _try(self, outgoing: Outgoing, failures: list[DeliveryError]) -> str | None:
@@ -140,9 +154,24 @@ class Sender:
         """One request: it takes a token of the rate limit (a retry is a request too), and it
         is stamped when it goes out, not when rendered: a send that waited for the rate limit
         would carry a stale webhook-timestamp, which Standard Webhooks receivers refuse after
-        5 minutes."""
+        5 minutes. None goes while the channel is held (Held), and a Retry-After holds it."""
         await self._throttle()
-        return await self.route.channel.send(replace(outgoing, timestamp=self.clock()))
+        now = self.clock()
+        left_s = self.route.hold.left_s(now)
+        if left_s > 0:
+            raise Held(left_s)
+        try:
+            return await self.route.channel.send(replace(outgoing, timestamp=now))
+        except DeliveryError as err:
+            if err.retryable and err.retry_after:
+                self._hold(outgoing, err.retry_after)
+            raise
+
+    def _hold(self, outgoing: Outgoing, seconds: float) -> None:
+        """The receiver asked for a pause: the channel's other sends wait it out too."""
+        if self.route.hold.extend(self.clock(), seconds):
+            extra = {**self._outgoing_extra(outgoing), "hold_s": round(seconds, 3)}
+            log.warning("channel held: the receiver asked to wait (Retry-After)", extra=extra)
 
 
 def _reasons(failures: list[DeliveryError]) -> tuple[str, ...]:

@@ -6,11 +6,13 @@ import asyncio
 import base64
 import io
 import logging
+import random
 import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,7 +23,7 @@ from aiohttp import web
 
 from relay import __version__ as relay_version
 from relay import delivery as relay_delivery
-from relay.channels import ChannelEnv, settings_models
+from relay.channels import ChannelEnv, Outgoing, settings_models
 from relay.channels._http import HttpClient
 from relay.config_load import parse_config
 from relay.configure import compile_config, dashboard_link, route_for
@@ -30,6 +32,7 @@ from relay.dispatch import Deps
 from relay.formats import parse_runs
 from relay.intake import Intake
 from relay.model import Notification, Run, notification_id
+from relay.sending import Sender
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, Sink, hang, sdk_run, status
 from tests.fakes.serving import free_port
@@ -157,6 +160,83 @@ async def test_long_retry_after_goes_back_to_the_outbox(relay: RelayFactory, sin
     assert row.reason == "server_error" and row.attempts == 1
     assert row.not_before - row.created_at >= 599
     assert len(sink.received) == 1
+
+
+def hook_channel(url: str, name: str, concurrency: int) -> str:
+    return f"  {name}:\n    type: webhook\n    url: {url}/{name}\n    concurrency: {concurrency}\n"
+
+
+async def test_a_retry_after_holds_the_whole_channel_not_just_its_message(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """Slack's (Discord's, Teams', GitHub's) Retry-After means no call before then, for the
+    whole app or webhook: the other notifications queued for that channel went 0.5 s after a
+    429 with `Retry-After: 7` (each refused too in a storm, spending its attempts). Now they
+    wait out the hold as the one refused does, with no attempt counted for the wait."""
+    sink.responses = [status(429, {"Retry-After": "2"})]
+    cfg = config(sink.url).replace("    secret:", "    concurrency: 1\n    secret:")
+    r = await relay(cfg)
+    await r.post([failing_run(i) for i in range(3)])
+    await wait_state(r, "sent", 3)
+    first, *rest = sink.received
+    assert first.path == "/hook" and len(rest) == 3  # the one refused went again, once
+    assert all(got.at - first.at >= 2.0 for got in rest)  # a lower bound only
+    attempts = sorted(
+        [(await r.service.store.get(got.headers["webhook-id"])) for got in rest],
+        key=lambda row: row.attempts if row else 0,
+    )
+    assert [row.attempts if row else None for row in attempts] == [1, 1, 2]
+
+
+async def test_a_held_channel_keeps_its_queue_and_delays_no_other_channel(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """While one channel waits out a 10-minute Retry-After, another is served; the held
+    channel's queue stays in the outbox, unclaimed, with no attempt counted."""
+    refuse = status(429, {"Retry-After": "600"})
+
+    async def route(request: Any, index: int) -> Any:  # the first request to /hook is refused
+        first = [got.path for got in sink.received].count("/hook") == 1
+        return await (refuse if request.path == "/hook" and first else ok)(request, index)
+
+    ok, sink.default = status(200), route
+    extra = hook_channel(sink.url, "fast", 4)
+    cfg = config(sink.url, extra_channel=extra, rule_notify="[hook, fast]")
+    r = await relay(cfg.replace("    secret:", "    concurrency: 1\n    secret:"))
+    await r.post(failing_run(0))
+    await wait_reason(r, "run_delivery_0000")
+    await r.post([failing_run(i) for i in range(1, 6)])
+    await wait_state(r, "sent", 6)  # every fast one (the first one's too)
+    assert [got.path for got in sink.received].count("/hook") == 1
+    for i in range(1, 6):
+        row = await r.service.store.get(
+            notification_id(f"run_delivery_{i:04d}", "failures", "hook")
+        )
+        assert row is not None and row.state == "pending" and row.attempts == 0
+
+
+async def test_a_send_under_way_when_the_hold_began_makes_no_request_inside_it(
+    sink: Sink,
+) -> None:
+    """A send already started when another one's 429 held the channel (waiting for the rate
+    limit's token, or between quick retries) makes no request inside the hold either: it
+    comes back unsent, no try counted, with the time the hold lasts still."""
+    sink.responses = [status(429, {"Retry-After": "60"})]
+    compiled = compile_config(parse_config(config(sink.url), "c.yaml", settings_models(), {}))
+    http = HttpClient()
+    route = route_for(compiled, "hook", ChannelEnv(http, io.StringIO(), 10.0))
+    sender = Sender(
+        "hook", route, clock=time.time, sleep=asyncio.sleep, rng=random.Random(0), max_attempts=4
+    )
+    message = Outgoing("ntf_a", "run_a", "failures", {"json": "{}"}, time.time())
+    try:
+        refused = await sender.attempt(message, 0)
+        under_way = await sender.attempt(replace(message, notification_id="ntf_b"), 0)
+    finally:
+        await http.close()
+    assert refused.error is not None and refused.error.reason == "rate_limited"
+    assert under_way.tries == 0 and under_way.error is None and len(sink.received) == 1
+    assert under_way.held_s is not None and 0 < under_way.held_s <= 60
 
 
 async def test_a_retry_after_past_max_age_is_dead_at_once_and_says_so(
