@@ -189,6 +189,11 @@ class Store(Protocol):
         no event (a recovery waiting for the notification it resolves). Whether it changed
         (see mark_retry)."""
 
+    async def hasten(self, notification_id: str, *, now: float) -> bool:
+        """Make a pending row nobody holds, due later, due at `now` (a recovery postponed to
+        wait for its alert, once that alert is finished); a held row is left alone. Whether
+        it changed."""
+
     async def mark_retry(
         self, rows: Tries, *, now: float, not_before: float, reason: str, error: str
     ) -> set[str]:

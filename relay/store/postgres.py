@@ -87,6 +87,10 @@ _POSTPONE = f"""
     UPDATE relay_outbox SET not_before = $2, lease_until = {HAND_BACK}, updated_at = $3
     WHERE id = $1 AND state = 'pending' AND COALESCE(lease_holder, $4) = $4
 """  # noqa: S608
+_HASTEN = """
+    UPDATE relay_outbox SET not_before = $2, updated_at = $2
+    WHERE id = $1 AND state = 'pending' AND lease_until IS NULL AND not_before > $2
+"""
 # A replica frozen mid-send (a VM pause, a long GC) is taken for dead and its rows sent again
 # by another: thawed, it may change a row only while it still holds it. Its failure (retry,
 # dead), mute or postponement landed on the other's lease: a retry handed that lease back, for
@@ -320,6 +324,9 @@ class PostgresStore:
             self.holder,
         )
         return status == "UPDATE 1"
+
+    async def hasten(self, notification_id: str, *, now: float) -> bool:
+        return await self._execute(_HASTEN, clean(notification_id), now) == "UPDATE 1"
 
     async def mark_retry(
         self, rows: Tries, *, now: float, not_before: float, reason: str, error: str

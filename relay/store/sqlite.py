@@ -71,6 +71,10 @@ _POSTPONE = f"""
     UPDATE outbox SET not_before = ?, lease_until = {HAND_BACK}, updated_at = ?
     WHERE id = ? AND state = 'pending'
 """  # noqa: S608
+_HASTEN = """
+    UPDATE outbox SET not_before = ?, updated_at = ?
+    WHERE id = ? AND state = 'pending' AND lease_until IS NULL AND not_before > ?
+"""
 # A restart's claims go back as a stop's do (HAND_BACK): a digest cut short goes again as it was.
 _RELEASE = f"""
     UPDATE outbox SET lease_until = {HAND_BACK} WHERE state = 'pending' AND lease_until > 0
@@ -212,6 +216,11 @@ class SQLiteStore:
     async def postpone(self, notification_id: str, *, now: float, not_before: float) -> bool:
         return await self._writer.run(
             lambda conn: conn.execute(_POSTPONE, (not_before, now, notification_id)).rowcount == 1
+        )
+
+    async def hasten(self, notification_id: str, *, now: float) -> bool:
+        return await self._writer.run(
+            lambda conn: conn.execute(_HASTEN, (now, now, notification_id, now)).rowcount == 1
         )
 
     async def mark_retry(

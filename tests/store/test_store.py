@@ -413,6 +413,24 @@ async def test_receipts_are_kept_and_postponed_rows_wait(store: Store) -> None:
     assert await store.get(sent) == row
 
 
+async def test_a_postponed_row_nobody_holds_is_hastened(store: Store) -> None:
+    """A recovery postponed to wait for its alert is made due once the alert is sent; a row a
+    claim holds, one due already, or a finished one is left as it is."""
+    waiting, sent = await enqueue(store, "run_1", 10.0, "c1", "c2")
+    assert [n.id for n in await store.claim("c1", now=10.0, limit=10, lease_s=60)] == [waiting]
+    assert not await store.hasten(waiting, now=10.5)  # held by that claim
+    assert await store.postpone(waiting, now=11.0, not_before=40.0)
+    assert await store.hasten(waiting, now=12.0)
+    row = await store.get(waiting)
+    assert row is not None and (row.state, row.attempts, row.not_before) == ("pending", 0, 12.0)
+    assert not await store.hasten(waiting, now=13.0)  # due already
+    assert await store.next_due("c1") == 12.0
+    assert [e["kind"] for e in await store.events(waiting)] == ["created"]  # no event
+    await store.claim("c2", now=10.0, limit=10, lease_s=60)
+    await store.mark_sent([(sent, 1)], now=11.0)
+    assert not await store.hasten(sent, now=0.0)
+
+
 async def test_a_recovery_is_enqueued_once_for_what_was_said(store: Store) -> None:
     await store.observe([make_run("run_1", tags=["c1", "c2"])], decide_recovery, now=1.0)
     firing = notification_id("run_1", "r1", "c1")
