@@ -128,7 +128,13 @@ class ChannelLoop:
         self._claimed_at = -math.inf  # when the last claim began (deps.clock)
         self._paused = False  # the store was unavailable at the last step
         self.dispatch = Dispatch(
-            name, route, deps, lease_s=self.lease_s, finishing=self.finishing, release=self._release
+            name,
+            route,
+            deps,
+            lease_s=self.lease_s,
+            finishing=self.finishing,
+            release=self._release,
+            wake=self.poke,
         )
 
     def poke(self) -> None:

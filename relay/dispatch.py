@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from relay import policy as pol
+from relay.awaited import Awaited
 from relay.channels import Outgoing, Recovery
 from relay.config import RetryPolicy
 from relay.errors import DeliveryError, StoreUnavailable
@@ -124,6 +125,7 @@ class Dispatch:
         lease_s: float,
         finishing: set[asyncio.Future[None]],
         release: Release,
+        wake: Callable[[], None],
     ) -> None:
         self.name = name
         self.route = route
@@ -131,6 +133,7 @@ class Dispatch:
         self.lease_s = lease_s
         self.finishing = finishing
         self.release = release
+        self.awaited = Awaited(deps.store, deps.clock, wake)  # recoveries waiting for an alert
         self.sender = Sender(
             name,
             route,
@@ -246,6 +249,7 @@ class Dispatch:
         waits (None); it is muted (None) when that notification was muted, held (None) while
         that notification is dead."""
         firing_id = row.resolves or ""
+        self.awaited.expect(firing_id, row.id)
         firing = await self.deps.store.get(firing_id)
         now = self.deps.clock()
         if firing is not None and firing.state == "pending":
@@ -254,7 +258,10 @@ class Dispatch:
                 self.deps.store.postpone(row.id, now=now, not_before=later)
             ):
                 self._fenced(row, "postponed")
+            elif not self.awaited.expected(firing_id):  # sent since its read: no wait
+                await asyncio.shield(self.awaited.hasten(row.id))
             return None
+        self.awaited.forget(firing_id)
         if firing is not None and firing.state == "muted":
             silence = firing.reason or ""
             if await asyncio.shield(
@@ -411,6 +418,7 @@ class Dispatch:
         marks = [(row.id, row.attempts + tries) for row in rows]
         error = tried.last_failure
         await self.deps.store.mark_sent(marks, now=now, receipt=tried.receipt, error=error)
+        await self.awaited.finished(row.id for row in rows)
         for row, (_, attempts) in zip(rows, marks, strict=True):
             # a wall clock stepped back since the row was made: no negative latency (as the metric)
             latency_s = round(max(now - row.created_at, 0.0), 4)
@@ -454,6 +462,8 @@ class Dispatch:
         left = [mark for mark in marks if mark[0] not in changed]
         if again and left:  # a try before may have changed them, its reply lost: not this one
             changed |= await store.marked_here(left, "dead" if outcome.dead else "pending")
+        if outcome.dead:  # a recovery waiting for it is held now, not in a second
+            await self.awaited.finished(changed)
         for row, (_, attempts) in zip(rows, marks, strict=True):
             if row.id not in changed:  # taken for dead meanwhile: the other replica tells it
                 self._fenced(row, "dead" if outcome.dead else "retry")

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from relay import delivery
 from relay.channels import REGISTRY, ChannelEnv, Outgoing, Recovery, settings_models
 from relay.channels._http import HttpClient
 from relay.channels.discord import discord_message
@@ -481,6 +482,27 @@ async def test_an_alert_that_dies_while_its_recovery_waits_holds_it(
     await until(lambda: _is(r, recovered, "sent"))
     order = [req.headers["webhook-id"] for req in sink.received]
     assert order == [firing, firing, firing, recovered]
+
+
+async def test_a_replayed_alert_wakes_the_recovery_waiting_for_it(
+    relay: RelayFactory, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay claims the alert and its recovery together: the recovery waits for the alert,
+    and goes as soon as the alert is sent. It waited out its postponement and then a delivery
+    poll (a second of an on-call engineer's time): here no poll comes within the wait, so only
+    the alert's send can wake it."""
+    monkeypatch.setattr(delivery, "POLL_S", 3600.0)
+    sink.responses = [status(410)]  # the alert dies at once
+    r = await relay(config(f'  hook: {{type: webhook, url: "{sink.url}/hook"}}', slow_rule("hook")))
+    firing, recovered = ids("hook")
+    await r.post(executing())
+    await until(lambda: _is(r, firing, "dead"))
+    await r.post(completed())
+    await until(lambda: _is(r, recovered, "dead"))  # held for its dead alert
+    async with r.http.post(r.url + "/v1/dlq/replay", json={"ids": [firing]}) as resp:
+        assert (await resp.json())["replayed"] == 1
+    got = await sink.wait_for(3, timeout=30.0)
+    assert [g.headers["webhook-id"] for g in got] == [firing, firing, recovered]
 
 
 async def test_a_dead_alert_holds_its_recovery_until_it_is_replayed(
