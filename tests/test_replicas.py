@@ -309,6 +309,10 @@ async def test_the_same_update_at_every_replica_fires_once(replicas: Replicas, s
     assert len(digests) <= 6  # per group: the first digest, at most one more for late joiners
 
 
+def paused_once(proc: RelayProcess) -> bool:
+    return any(e.get("msg") == PAUSED for e in proc.logs)
+
+
 async def test_postgresql_restart_mid_run_loses_nothing(
     replicas: Replicas, sink: Sink, database: str, pg: PgServer
 ) -> None:
@@ -330,7 +334,9 @@ async def test_postgresql_restart_mid_run_loses_nothing(
                     assert resp.status == 200
                 async with http.get(p.url + "/readyz") as resp:
                     assert resp.status == 503
-            await asyncio.sleep(2.5)  # delivery loops retry their claims meanwhile
+            # the delivery loops meet the outage (each logs its pause), however slow the machine
+            await wait_for(lambda: all(paused_once(p) for p in procs), 60, "every replica paused")
+            await asyncio.sleep(2.0)  # their claims fail again meanwhile: logged once all the same
         finally:
             await asyncio.to_thread(pg.start)
         assert refused and all(status == 503 and after for status, after in refused)
