@@ -289,12 +289,13 @@ def _compiled(args: argparse.Namespace, settings: Settings) -> Compiled:
     """The config file's (or the built-in one); a delivery worker's: its parent's, as the
     parent read it, from the file --config-fd names (see relay.workers)."""
     from relay.configure import compile_config, load  # noqa: PLC0415
-    from relay.reloading import compile_payload  # noqa: PLC0415
 
     fd = getattr(args, "config_fd", None)
     if fd is None:
         compiled = compile_config(load(settings, getattr(args, "config", None)))
-    else:
+    else:  # relay.reloading imports the service's metrics (prometheus_client): workers only
+        from relay.reloading import compile_payload  # noqa: PLC0415
+
         with os.fdopen(fd, "rb") as file:
             compiled = compile_payload(file.read())
     SCRUB.set(compiled.loaded.secrets())  # no secret in a warning either
