@@ -22,8 +22,6 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from urllib.parse import SplitResult, urlsplit
 
-import aiohttp
-
 from relay import __version__
 
 USER_AGENT = f"relay/{__version__}"  # as Alertmanager/0.27.0: a receiver's logs tell versions
@@ -35,8 +33,10 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Block = tuple[Network, int | None]  # addresses NO_PROXY lists, and the one port if it names one
 
 
-class UnsupportedProxy(aiohttp.ClientConnectionError):
-    """The environment names a proxy relay cannot speak to (a SOCKS one)."""
+class UnsupportedProxy(ConnectionError):
+    """The environment names a proxy relay cannot speak to (a SOCKS one). An OSError, not
+    aiohttp's: this module is imported where no HTTP is sent (`relay check`), and what catches
+    a failed connection (OSError with aiohttp's errors) catches it too."""
 
 
 class Proxies:

@@ -1218,6 +1218,43 @@ def test_the_store_commands_start_without_the_service(tmp_path: Path) -> None:
     assert (done.returncode, done.stdout) == (0, "[]\n"), done.stderr
 
 
+EVERY_CHANNEL_TYPE = """\
+channels:
+  console: {type: console}
+  slack: {type: slack, webhook_url: "https://hooks.slack.com/services/T/B/X"}
+  email: {type: email, smtp: {host: smtp.example.com}, from: a@example.com, to: [b@example.com]}
+  pagerduty: {type: pagerduty, routing_key: 0123456789abcdef0123456789abcdef}
+  discord: {type: discord, webhook_url: "https://discord.com/api/webhooks/1/x"}
+  teams: {type: msteams, webhook_url: "%s"}
+  hook: {type: webhook, url: "https://example.com/hook"}
+rules:
+  - {name: all, match: {status: failure}, notify: [console, slack, email, pagerduty, discord, teams, hook]}
+"""
+
+
+def test_check_validates_every_channel_type_without_aiohttp(tmp_path: Path) -> None:
+    """`relay check` reads every channel type's settings (a bad one is named) without importing
+    aiohttp, which only a send needs: 0.55 s of CPU at each check before, ~0.4 s after."""
+    good = write(tmp_path / "good.yaml", EVERY_CHANNEL_TYPE % "https://example.com/teams")
+    bad = write(tmp_path / "bad.yaml", EVERY_CHANNEL_TYPE % "http://example.com/teams")
+    code = (
+        "import sys, contextlib, io\n"
+        "from relay.cli import main\n"
+        f"for path in {[str(good), str(bad)]!r}:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "        code = main(['check', path])\n"
+        "    print(code, out.getvalue().strip())\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('aiohttp', 'relay.channels._http'))))\n"
+    )
+    done = run_python(code, {**os.environ, **store_env(tmp_path)})
+    assert [line.rstrip() for line in done.stdout.splitlines()] == [
+        f"0 {good}: OK: 7 channels, 1 rule",
+        "1",
+        "['relay.channels._http_answers']",
+    ], done.stderr
+    assert "channels.teams.webhook_url: webhook_url must be an https:// URL" in done.stderr
+
+
 def test_bad_environment_is_named_without_secrets(tmp_path: Path) -> None:
     bad_port = "postgresql://u:pw@127.0.0.1:5432,[::1]:5433,127.0.0.1:abc/db"
     listen, store, port = parallel(

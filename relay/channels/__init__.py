@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
-from relay.channels._http import HttpClient
 from relay.config import ChannelSettings
+
+if TYPE_CHECKING:  # aiohttp's: `relay check` reads the channels' settings and sends nothing
+    from relay.channels._http import HttpClient
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""The one boundary where HTTP transport outcomes become DeliveryErrors.
+"""The one boundary where HTTP transport outcomes become DeliveryErrors: the shared client.
 
-Classification: 2xx ok; 429 rate_limited and 408/5xx server_error are retryable (Retry-After
-honoured); 401/403 auth_error and other 4xx client_error are permanent; timeouts and connection
+Statuses are classified in relay.channels._http_answers (aiohttp-free: the channels' modules,
+which `relay check` imports for their settings, need no HTTP client); timeouts and connection
 failures are retryable. Messages never contain the URL (webhook URLs embed secrets).
 
 An answer's body is read to its end, up to MAX_ANSWER_BYTES (a Slack chat.postMessage answer
@@ -23,87 +23,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
-import orjson
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.connector import Connection
 from multidict import CIMultiDict
 
-from relay.config import url_problem
+from relay.channels._http_answers import HttpResponse, classify_status
 from relay.errors import DeliveryError, tls_failure, wire_failure
-from relay.outbound import USER_AGENT, Proxies, UnsupportedProxy, origin
-from relay.retry_after import parse_retry_after
+from relay.outbound import USER_AGENT, Proxies, UnsupportedProxy
 
 log = logging.getLogger("relay.channels")
 
 _BODY_SNIPPET = 200
 MAX_ANSWER_BYTES = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class HttpResponse:
-    status: int
-    # looked up in any case: aiohttp's C parser names known headers as `Retry-After` whatever
-    # the case on the wire (Envoy writes `retry-after`), its pure-Python one keeps the wire's
-    headers: Mapping[str, str]
-    body: bytes
-
-
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
-def https_or_local(url: str, what: str) -> str:
-    """`url` if it is https:// (or http:// to this machine, for tests); else ValueError."""
-    scheme = url.partition("://")[0].lower()
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:  # said below, without Python's words (they may quote a password)
-        host = None
-    if not (scheme == "https" or (scheme == "http" and host in LOCAL_HOSTS)):
-        raise ValueError(f"{what} must be an https:// URL (http:// only for localhost)")
-    if (problem := url_problem(url)) is not None:
-        raise ValueError(f"{what} {problem}")
-    return url
-
-
-def json_object(data: bytes | str | None) -> dict[str, Any] | None:
-    """An answer body (or a stored receipt) as a JSON object; None if it is not one."""
-    if not data:
-        return None
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def classify_status(response: HttpResponse) -> DeliveryError | None:
-    """None for success, else the DeliveryError this status means."""
-    status = response.status
-    if 200 <= status < 300:
-        return None
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    detail = f"HTTP {status}"
-    if status == 429:
-        return DeliveryError(
-            "rate_limited", retryable=True, detail=detail, retry_after=retry_after, status=status
-        )
-    if status >= 500 or status == 408:
-        return DeliveryError(
-            "server_error", retryable=True, detail=detail, retry_after=retry_after, status=status
-        )
-    if status in (401, 403):
-        return DeliveryError("auth_error", retryable=False, detail=detail, status=status)
-    if 300 <= status < 400:  # not followed (Standard Webhooks): the url is to be fixed
-        target = origin(response.headers.get("Location"))
-        detail += f": redirect to {target}, not followed" if target else ": redirect, not followed"
-    reason = "client_error" if 400 <= status < 500 else "other"
-    return DeliveryError(reason, retryable=False, detail=detail, status=status)
 
 
 async def _read_answer(content: aiohttp.StreamReader, limit: int) -> bytes:

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from relay.channels._http import HttpResponse, classify_status, json_object
+from relay.channels._http_answers import HttpResponse, classify_status, json_object
 from relay.errors import DeliveryError
 from relay.retry_after import parse_retry_after
 

@@ -55,7 +55,7 @@ from pydantic import (
 )
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
-from relay.channels._http import LOCAL_HOSTS
+from relay.channels._http_answers import LOCAL_HOSTS
 from relay.channels._smtp import SUBJECT_MAX_CHARS, Client, by_code, classify, for_now, one_line
 from relay.config import ChannelSettings, Strict, from_config_dir
 from relay.errors import DeliveryError, StoreUnavailable

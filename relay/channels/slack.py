@@ -62,7 +62,7 @@ import orjson
 from pydantic import SecretStr, field_validator, model_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
-from relay.channels._http import HttpResponse, https_or_local
+from relay.channels._http_answers import HttpResponse, https_or_local
 from relay.channels._slack_api import api_answer, classify, error_name, in_thread, posted_at
 from relay.channels._slack_blocks import plain_body, shorter_body, slack_message, verbatim
 from relay.channels._slack_threads import Threads

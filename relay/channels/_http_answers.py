@@ -1,0 +1,84 @@
+"""What the HTTP channels read and check without a client (no aiohttp: `relay check` imports
+the channels for their settings and sends nothing): the URLs they may post to, an answer's JSON
+body, and what its status means.
+
+Classification: 2xx ok; 429 rate_limited and 408/5xx server_error are retryable (Retry-After
+honoured); 401/403 auth_error and other 4xx client_error are permanent. The client that makes
+the requests, and turns timeouts and connection failures into retryable errors, is
+relay.channels._http. Messages never contain the URL (webhook URLs embed secrets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from relay.config import url_problem
+from relay.errors import DeliveryError
+from relay.outbound import origin
+from relay.retry_after import parse_retry_after
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    # looked up in any case: aiohttp's C parser names known headers as `Retry-After` whatever
+    # the case on the wire (Envoy writes `retry-after`), its pure-Python one keeps the wire's
+    headers: Mapping[str, str]
+    body: bytes
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def https_or_local(url: str, what: str) -> str:
+    """`url` if it is https:// (or http:// to this machine, for tests); else ValueError."""
+    scheme = url.partition("://")[0].lower()
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:  # said below, without Python's words (they may quote a password)
+        host = None
+    if not (scheme == "https" or (scheme == "http" and host in LOCAL_HOSTS)):
+        raise ValueError(f"{what} must be an https:// URL (http:// only for localhost)")
+    if (problem := url_problem(url)) is not None:
+        raise ValueError(f"{what} {problem}")
+    return url
+
+
+def json_object(data: bytes | str | None) -> dict[str, Any] | None:
+    """An answer body (or a stored receipt) as a JSON object; None if it is not one."""
+    if not data:
+        return None
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def classify_status(response: HttpResponse) -> DeliveryError | None:
+    """None for success, else the DeliveryError this status means."""
+    status = response.status
+    if 200 <= status < 300:
+        return None
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    detail = f"HTTP {status}"
+    if status == 429:
+        return DeliveryError(
+            "rate_limited", retryable=True, detail=detail, retry_after=retry_after, status=status
+        )
+    if status >= 500 or status == 408:
+        return DeliveryError(
+            "server_error", retryable=True, detail=detail, retry_after=retry_after, status=status
+        )
+    if status in (401, 403):
+        return DeliveryError("auth_error", retryable=False, detail=detail, status=status)
+    if 300 <= status < 400:  # not followed (Standard Webhooks): the url is to be fixed
+        target = origin(response.headers.get("Location"))
+        detail += f": redirect to {target}, not followed" if target else ": redirect, not followed"
+    reason = "client_error" if 400 <= status < 500 else "other"
+    return DeliveryError(reason, retryable=False, detail=detail, status=status)
