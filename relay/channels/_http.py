@@ -36,7 +36,6 @@ from relay.outbound import USER_AGENT, Proxies, UnsupportedProxy
 
 log = logging.getLogger("relay.channels")
 
-_BODY_SNIPPET = 200
 MAX_ANSWER_BYTES = 1024 * 1024
 
 
