@@ -354,8 +354,8 @@ def expect_handler(deps: HttpDeps, refuse: Refusal = _no_refusal) -> Callable[..
 def _store_unavailable(deps: HttpDeps) -> Any:
     """Any endpoint whose store is down answers 503 with Retry-After, never 500; so does every
     endpoint but health while the store is not open yet, and ingest while relay drains
-    (_not_serving). One middleware for
-    both: each one more costs every request about a microsecond."""
+    (_not_serving). One middleware for all three: each one more costs every request about a
+    microsecond."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
