@@ -1,6 +1,8 @@
 """Rate limits over time, on a virtual clock: 20 notifications through a channel limited to 2 a
 second take 9.5 s (the first goes at once, each other one 0.5 s later), none is lost and they go
-out in the order they came in — without the suite sleeping 10 seconds.
+out once each — without the suite sleeping 10 seconds. Their order is not asserted: at a
+concurrency above 1 a render slower than its on-loop budget (a loaded machine) finishes in the
+channel's thread, and the next send may take the earlier slot.
 
 The real pieces run: YAML config, rules, intake, the SQLite store, the delivery loop with its
 token bucket and concurrency, templates, the console channel. Only time is virtual: intake and
@@ -144,7 +146,7 @@ async def test_twenty_notifications_at_two_a_second_take_ten_seconds(tmp_path: P
     # 2 a second, 9.5 s in all, on the virtual clock: had delivery waited on the real one, the
     # virtual clock (it moves only for its own sleepers) would show them all at once
     assert at == pytest.approx([0.5 * i for i in range(20)])
-    assert run_ids(printed) == runs  # none lost, none twice, in order
+    assert sorted(run_ids(printed)) == runs  # none lost, none twice
     assert sent == 20
 
 
@@ -157,7 +159,7 @@ async def test_a_rate_slower_than_the_claim_lease_sends_each_notification_once(
     config = CONFIG.replace("rate_limit: {per_second: 2}", "rate_limit: {per_minute: 1}")
     config = config.replace("    type: console\n", "    type: console\n    concurrency: 16\n")
     printed, runs, sent = await deliver_on_virtual_time(tmp_path, config, 20)
-    assert run_ids(printed) == runs  # none lost, none twice, in order
+    assert sorted(run_ids(printed)) == runs  # none lost, none twice
     assert [t for t, _ in printed] == pytest.approx([60.0 * i for i in range(20)])
     assert sent == 20
 
