@@ -68,6 +68,11 @@ class Delivery:
         self.deps = deps
         self.loops = {name: ChannelLoop(name, route, deps) for name, route in routes.items()}
 
+    def route(self, channel: str) -> Route | None:
+        """The route channel `channel` runs on, if this delivery has it."""
+        loop = self.loops.get(channel)
+        return None if loop is None else loop.route
+
     def start(self) -> None:
         for loop in self.loops.values():
             loop.start()

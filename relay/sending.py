@@ -15,6 +15,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from relay import policy as pol
 from relay.channels import Channel, Outgoing
+from relay.config import ChannelSettings
 from relay.errors import DeliveryError
 
 log = logging.getLogger("relay.delivery")
@@ -33,6 +34,7 @@ class Route:
     bucket: pol.TokenBucket | None
     timeout_s: float = 10.0  # of one try: the lease of a claim outlasts every quick try
     hold: pol.Hold = field(default_factory=pol.Hold)  # set by a Retry-After: no request before
+    settings: ChannelSettings | None = None  # what it was built from (a reload compares them)
 
 
 @dataclass(frozen=True)

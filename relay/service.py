@@ -269,7 +269,9 @@ class Service:
             on_event=self.metrics.delivery_event if self.role.events is None else self._forward,
         )
         names = self.role.owned(config.channels)
-        routes = {name: route_for(compiled, name, env) for name in names}
+        running = self.delivery  # the one a reload replaces: its holds and buckets carry over
+        before = running.route if running is not None else lambda _name: None
+        routes = {name: route_for(compiled, name, env, before=before(name)) for name in names}
         return Delivery(deps, routes)
 
     def _forward(self, kind: str, row: Notification, reason: str, attempts: int) -> None:

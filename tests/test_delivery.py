@@ -215,6 +215,61 @@ async def test_a_held_channel_keeps_its_queue_and_delays_no_other_channel(
         assert row is not None and row.state == "pending" and row.attempts == 0
 
 
+async def reload_with(r: Any, text: str) -> None:
+    """Rewrite the running config file and reload it, as a SIGHUP does."""
+    Path(r.service.compiled.loaded.source.filename).write_text(text)
+    assert await r.service.reload("SIGHUP") is True
+
+
+async def test_a_reload_keeps_the_hold_of_a_channel_whose_receiver_is_the_same(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A reload rebuilt every channel and forgot the hold: inside a `Retry-After: 2`, a reload
+    (here one that changes only the channel's concurrency) let the next notification go to the
+    receiver at once. The same receiver keeps its hold through the reload."""
+    sink.responses = [status(429, {"Retry-After": "2"})]
+    cfg = config(sink.url)
+    r = await relay(cfg.replace("    secret:", "    concurrency: 1\n    secret:"))
+    await r.post(failing_run(0))
+    await wait_reason(r, "run_delivery_0000")
+    await reload_with(r, cfg.replace("    secret:", "    concurrency: 2\n    secret:"))
+    await r.post(failing_run(1))
+    await wait_state(r, "sent", 2)
+    first, *rest = sink.received
+    assert len(rest) == 2 and all(got.at - first.at >= 2.0 for got in rest)  # a lower bound
+
+
+async def test_a_reload_to_another_receiver_drops_the_hold(relay: RelayFactory, sink: Sink) -> None:
+    """The hold is the receiver's: a channel pointed elsewhere by a reload sends at once."""
+    sink.responses = [status(429, {"Retry-After": "600"})]
+    cfg = config(sink.url)
+    r = await relay(cfg)
+    await r.post(failing_run(0))
+    await wait_reason(r, "run_delivery_0000")
+    await reload_with(r, cfg.replace(f"url: {sink.url}/hook", f"url: {sink.url}/moved"))
+    await r.post(failing_run(1))
+    await wait_state(r, "sent")
+    assert [got.path for got in sink.received] == ["/hook", "/moved"]
+
+
+async def test_a_reload_keeps_the_rate_limit_of_a_channel_whose_limit_is_the_same(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A reload started the token bucket full again: a channel allowed one request every 4 s
+    made two within a second when a reload came between them."""
+    cfg = config(sink.url).replace(
+        "    secret:", "    rate_limit: {per_second: 0.25, burst: 1}\n    secret:"
+    )
+    r = await relay(cfg)
+    await r.post(failing_run(0))
+    await wait_state(r, "sent")
+    await reload_with(r, cfg.replace("rules:", "# reloaded\nrules:"))
+    await r.post(failing_run(1))
+    await wait_state(r, "sent", 2)
+    first, second = sink.received
+    assert second.at - first.at >= 3.0  # a lower bound: 4 s less the first request's way in
+
+
 async def test_a_send_under_way_when_the_hold_began_makes_no_request_inside_it(
     sink: Sink,
 ) -> None:
