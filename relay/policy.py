@@ -101,6 +101,10 @@ class TokenBucket:
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
 
+    def give_back(self) -> None:
+        """Return the token of a request not made after all (the channel was held)."""
+        self._tokens = min(self.capacity, self._tokens + 1.0)
+
 
 class Hold:
     """A channel's pause after a receiver's Retry-After: Slack, Discord, Teams and GitHub mean

@@ -156,11 +156,14 @@ class Sender:
         """One request: it takes a token of the rate limit (a retry is a request too), and it
         is stamped when it goes out, not when rendered: a send that waited for the rate limit
         would carry a stale webhook-timestamp, which Standard Webhooks receivers refuse after
-        5 minutes. None goes while the channel is held (Held), and a Retry-After holds it."""
+        5 minutes. None goes while the channel is held (Held, the token given back), and a
+        Retry-After holds it."""
         await self._throttle()
         now = self.clock()
         left_s = self.route.hold.left_s(now)
-        if left_s > 0:
+        if left_s > 0:  # no request: its token goes back (the limit would be slower after)
+            if self.route.bucket is not None:
+                self.route.bucket.give_back()
             raise Held(left_s)
         try:
             return await self.route.channel.send(replace(outgoing, timestamp=now))

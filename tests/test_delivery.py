@@ -294,6 +294,37 @@ async def test_a_send_under_way_when_the_hold_began_makes_no_request_inside_it(
     assert under_way.held_s is not None and 0 < under_way.held_s <= 60
 
 
+async def test_a_send_caught_by_the_hold_gives_its_rate_limit_token_back(sink: Sink) -> None:
+    """Sends under way when the hold began each took a token of the rate limit and made no
+    request: the tokens were lost, and after the hold the channel ran slower than its
+    `rate_limit` (here the next send waited 9 s for a token of a burst of 3 never used)."""
+    cfg = config(sink.url).replace(
+        "    secret:", "    rate_limit: {per_minute: 6, burst: 3}\n    secret:"
+    )
+    compiled = compile_config(parse_config(cfg, "c.yaml", settings_models(), {}))
+    http = HttpClient()
+    route = route_for(compiled, "hook", ChannelEnv(http, io.StringIO(), 10.0))
+    now, waits = [1000.0], []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    sender = Sender(
+        "hook", route, clock=lambda: now[0], sleep=sleep, rng=random.Random(0), max_attempts=4
+    )
+    message = Outgoing("ntf_a", "run_a", "failures", {"json": "{}"}, now[0])
+    route.hold.extend(now[0], 1.0)
+    try:
+        held = [await sender.attempt(message, 0) for _ in range(3)]
+        now[0] += 1.0  # the hold is over
+        sent = await sender.attempt(message, 0)
+    finally:
+        await http.close()
+    assert [tried.tries for tried in held] == [0, 0, 0] and len(sink.received) == 1
+    assert sent.tries == 1 and sent.error is None and waits == []
+
+
 async def test_a_retry_after_past_max_age_is_dead_at_once_and_says_so(
     relay: RelayFactory, sink: Sink
 ) -> None:
