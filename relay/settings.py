@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails, PydanticUseDefault
@@ -14,6 +14,9 @@ from relay.durations import Duration, within
 from relay.errors import ConfigError, Problem, setting_message
 
 DEFAULT_CONFIG = Path("config.yaml")
+
+
+_QUERY_SECRETS = frozenset({"password", "sslpassword"})  # libpq's keywords naming one
 
 
 class Settings(BaseSettings):
@@ -43,12 +46,16 @@ class Settings(BaseSettings):
         return "WARNING" if level == "WARN" else level  # Alertmanager's --log.level=warn
 
     def secrets(self) -> list[str]:
-        """The password in store_url, to keep out of every output."""
+        """The passwords in store_url, to keep out of every output: its user's, and those of
+        libpq's query keywords (`?password=`, `?sslpassword=`, read as asyncpg reads them)."""
         try:
-            password = urlsplit(self.store_url).password
+            parts = urlsplit(self.store_url)
+            password = parts.password
         except ValueError:
             return []
-        return [unquote(password)] if password else []
+        found = [unquote(password)] if password else []
+        query = parse_qsl(parts.query)
+        return found + [value for key, value in query if key in _QUERY_SECRETS and value]
 
     @field_validator("store_url", mode="before")
     @classmethod

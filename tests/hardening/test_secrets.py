@@ -358,6 +358,47 @@ def test_the_store_password_is_scrubbed_through_every_config() -> None:
     assert Settings(store_url="sqlite:///data/relay.db").secrets() == []
 
 
+QUERY_URL = (
+    "postgresql://relay@127.0.0.1:{port}/relay?sslmode=require"
+    "&password=Qp%2FSecret-1&sslpassword=Kp-Secret-2{more}"
+)
+
+
+def test_a_store_password_in_the_url_query_is_scrubbed_too() -> None:
+    """libpq and asyncpg take the password from `?password=` and the TLS key's from
+    `?sslpassword=` as well: the scrubber knew only the one before the `@`, so a line quoting
+    either (the URL, a driver's message) went out as it was."""
+    settings = Settings(store_url=QUERY_URL.format(port=5432, more=""))
+    assert settings.secrets() == ["Qp/Secret-1", "Kp-Secret-2"]
+    scrub = ScrubSecrets()
+    scrub.lasting(settings.secrets())
+    said = scrub.scrub(f"{settings.store_url} Qp/Secret-1")
+    assert (
+        said
+        == "postgresql://relay@127.0.0.1:5432/relay?sslmode=require&password=***&sslpassword=*** ***"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "more", "said"),
+    [
+        (("serve",), "&sslcert=/nonexistent/client.crt", "store open failed: TLS"),
+        (("dlq", "list"), "&port=0", "RELAY_STORE_URL: port parameter"),
+    ],
+)
+def test_a_store_url_error_never_shows_a_query_password(
+    args: tuple[str, ...], more: str, said: str, tmp_path: Path
+) -> None:
+    """A store that cannot be opened (a TLS file missing) or a URL refused (a bad port) is
+    said without the passwords of the URL's query."""
+    url = QUERY_URL.format(port=free_port(), more=more)
+    env = {"RELAY_STORE_URL": url, "RELAY_LISTEN": "127.0.0.1:0"}
+    done = run_cli(*args, env=env, cwd=tmp_path)
+    assert done.returncode != 0 and said in done.stderr
+    for secret in ("Qp", "Secret-1", "Kp-Secret-2"):
+        assert secret not in done.stderr + done.stdout
+
+
 # one config a channel: send-test checks every template of the config's channel types
 ECHO_CHANNELS = {
     "hook": """type: webhook
