@@ -188,6 +188,24 @@ async def test_a_retry_after_holds_the_whole_channel_not_just_its_message(
     assert [row.attempts if row else None for row in attempts] == [1, 1, 2]
 
 
+async def test_a_429_without_retry_after_backs_off_that_message_alone(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A 429 that names no wait is no blip (no quick retry spending attempts at once) and no
+    hold: that notification goes back to the outbox with the backoff; its channel sends on."""
+    sink.responses = [status(429)]
+    cfg = config(sink.url).replace("min_backoff: 100ms, max_backoff: 400ms", "min_backoff: 2s")
+    r = await relay(cfg)
+    await r.post(failing_run(0))
+    refused = await wait_reason(r, "run_delivery_0000")  # due in 1-2 s: the backoff's
+    assert (refused.state, refused.reason, refused.attempts) == ("pending", "rate_limited", 1)
+    assert len(sink.received) == 1
+    await r.post([failing_run(i) for i in range(1, 3)])
+    await wait_state(r, "sent", 3)
+    rows = [await r.service.store.get(got.headers["webhook-id"]) for got in sink.received]
+    assert len(rows) == 4 and sorted(row.attempts if row else 0 for row in rows[1:]) == [1, 1, 2]
+
+
 async def test_a_held_channel_keeps_its_queue_and_delays_no_other_channel(
     relay: RelayFactory, sink: Sink
 ) -> None:
