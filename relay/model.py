@@ -20,6 +20,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
     field_serializer,
     field_validator,
 )
@@ -85,6 +87,15 @@ def to_utc(value: datetime) -> datetime:
         return value.astimezone(UTC)
     except OverflowError:
         raise ValueError("date out of range (years 1-9999 in UTC)") from None
+
+
+def _iso_or_none(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
 
 
 def iso(value: datetime | None) -> str | None:
@@ -234,10 +245,19 @@ class Run(BaseModel):
         (AlertRun: a class, not a field of the input, marks it)."""
         return AlertRun.model_validate(fields)
 
-    @field_validator(*_DATES)
+    @field_validator(*_DATES, mode="wrap")
     @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else to_utc(value)
+    def _utc(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> datetime | None:
+        """In UTC. Every form pydantic reads, and the ISO forms it refuses that Python reads:
+        PostgreSQL's text of a timestamptz (`2026-08-20 09:14:22.123+00`, its zone in hours), as
+        a raw row's column carries it (formats.electric reads those alike)."""
+        try:
+            parsed = handler(value)
+        except ValidationError:
+            parsed = _iso_or_none(value)
+            if parsed is None:
+                raise
+        return None if parsed is None else to_utc(parsed)
 
     @field_serializer(*_DATES)
     def _iso(self, value: datetime | None) -> str | None:

@@ -343,6 +343,28 @@ def test_both_timestamp_forms_of_the_docs() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "utc"),
+    [
+        ("2026-08-20 09:14:22.123+00", datetime(2026, 8, 20, 9, 14, 22, 123000, tzinfo=UTC)),
+        ("2026-08-20T09:14:22.123+00", datetime(2026, 8, 20, 9, 14, 22, 123000, tzinfo=UTC)),
+        ("2026-08-20T11:14:22+02", datetime(2026, 8, 20, 9, 14, 22, tzinfo=UTC)),
+        ("2026-08-20T09:14:22.123Z", datetime(2026, 8, 20, 9, 14, 22, 123000, tzinfo=UTC)),
+    ],
+)
+def test_a_run_object_takes_the_timestamps_a_raw_row_takes(text: str, utc: datetime) -> None:
+    """PostgreSQL writes a timestamptz's zone in hours (`+00`); pydantic refused it (a 400 for
+    the whole run) in a run object while a raw row's column took it."""
+    run = parse_sdk_run({**sdk_run("failed"), "updatedAt": text, "createdAt": text}, "[0]")
+    assert run.updatedAt == run.createdAt == utc
+
+
+def test_a_run_object_still_refuses_a_date_no_form_reads() -> None:
+    with pytest.raises(InputError) as caught:
+        parse_sdk_run({**sdk_run("failed"), "updatedAt": "yesterday"}, "[2]")
+    assert caught.value.field == "[2].updatedAt"
+
+
 def test_a_bad_column_is_named_by_its_raw_name() -> None:
     row = layer("failed", "wire-value")
     with pytest.raises(InputError) as caught:
