@@ -144,6 +144,33 @@ async def test_values_as_senders_write_them_are_read_not_refused(
         assert (status, body["notifications"]) == (202, 1), flags
 
 
+# ISO 8601 forms Python reads and pydantic refused in the SDK object (a 400) while a Realtime
+# row with the same text was read: Postgres' timestamptz text (`+00`), a blank around, the
+# basic form; each is 09:14:22.46 UTC.
+ISO_FORMS = (
+    "2026-08-20 09:14:22.46+00",
+    "2026-08-20T11:14:22.46+02",
+    "2026-08-20T09:14:22.460Z ",
+    "20260820T091422.46Z",
+)
+
+
+async def test_iso_timestamps_a_realtime_row_may_carry_are_read_in_the_sdk_object(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    r = await relay(hook_config(sink))
+    runs = [small_failed(id=f"run_ts{i}", updatedAt=text) for i, text in enumerate(ISO_FORMS)]
+    status, answer = await r.post(runs)
+    assert (status, answer) == (202, {"accepted": 4, "stale": 0, "notifications": 4})
+    sent = {got.json()["run"]["updatedAt"] for got in await sink.wait_for(4)}
+    assert sent == {"2026-08-20T09:14:22.460Z"}
+    status, answer = await r.post(small_failed(id="run_ts", updatedAt="2026-08-20 09:14:22.46+"))
+    assert (status, answer["field"]) == (400, "updatedAt")
+    # beside such a date, the field that is wrong is the one named
+    bad_cost = small_failed(id="run_ts", updatedAt=ISO_FORMS[0], costInCents="lots")
+    assert (await r.post(bad_cost))[1]["field"] == "costInCents"
+
+
 async def test_null_is_missing_for_every_optional_field(relay: RelayFactory, sink: Sink) -> None:
     r = await relay(hook_config(sink))
     optional = set(sdk_run("failed")) - {"id", "status"}
