@@ -12,6 +12,7 @@ from string import Formatter
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
+from annotated_types import MinLen
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -277,12 +278,22 @@ class Threshold(Strict):
         raise ValueError("no value is above the lower bound and below the upper one")
 
 
+def one_or_many(value: Any) -> Any:
+    """One name where a list of them goes is a list of one: `notify: pager`, `status: FAILED`,
+    `any: env:prod` (as Alertmanager's `receiver: pager` names one)."""
+    return [value] if isinstance(value, str) else value
+
+
+Names = Annotated[list[str], BeforeValidator(one_or_many)]
+SomeNames = Annotated[list[str], MinLen(1), BeforeValidator(one_or_many)]
+
+
 class TagMatch(Strict):
     # `any: []` would hold for no run: refused (as `status: []` and `task: []`) rather than
     # read one way or the other; `all: []` and `none: []` hold for every run, as they say
-    any: list[str] | None = Field(default=None, min_length=1)
-    all: list[str] | None = None
-    none: list[str] | None = None
+    any: SomeNames | None = None
+    all: Names | None = None
+    none: Names | None = None
 
     @field_validator("any", "all")
     @classmethod
@@ -316,8 +327,8 @@ Scalar = Annotated[str | int | float | bool | None, BeforeValidator(_scalar)]
 
 class MatchConfig(Strict):
     event: str = "run"  # first: `status` is checked against the vocabulary of its event
-    status: list[str] | None = Field(default=None, min_length=1)  # `[]`: a rule that never fires
-    task: list[str] | None = Field(default=None, min_length=1)  # `[]` used to match every task
+    status: SomeNames | None = None  # `[]`: a rule that never fires
+    task: SomeNames | None = None  # `[]` used to match every task
     task_regex: str | None = None
     tags: TagMatch | None = None
     cost_cents: Threshold | None = None
@@ -325,11 +336,6 @@ class MatchConfig(Strict):
     duration_ms: Threshold | None = None
     is_test: bool | None = None
     metadata: dict[str, Scalar] | None = None
-
-    @field_validator("status", "task", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
     @field_validator("task")
     @classmethod
@@ -361,10 +367,10 @@ class RuleConfig(Strict):
     name: str = Field(min_length=1, max_length=200)
     match: MatchConfig = MatchConfig()
     when: str | None = Field(default=None, max_length=4000)
-    notify: list[str] = Field(min_length=1)
+    notify: SomeNames
     template: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     continue_: bool = Field(default=False, alias="continue")
-    group_by: list[str] | None = None
+    group_by: Names | None = None
     group_wait: Duration | None = None
     # 0 is refused, as Alertmanager does ("group_interval cannot be zero"): no least time
     # between two digests is no digest, every burst a message of its own `group_wait` later

@@ -50,6 +50,21 @@ def test_good_config_loads_with_interpolation() -> None:
     assert "http://127.0.0.1:9/x" in loaded.secrets()  # webhook URLs embed keys: secret
 
 
+def test_one_name_stands_for_a_list_of_one_wherever_a_list_of_names_goes() -> None:
+    """`status: FAILED` and `task: "billing/*"` were read as lists of one, `notify: pager` was
+    refused ("expected a list"): one name is one channel, tag or group path, as it is a status."""
+    text = GOOD.replace("notify: [out, hook]", "notify: hook\n    group_by: taskIdentifier")
+    text = text.replace("{any: [env:prod]}", "{any: env:prod, all: vip, none: canary}")
+    [rule] = parse_config(text, "c.yaml", settings_models(), {"TOKEN": "tok-123456"}).config.rules
+    assert (rule.notify, rule.group_by) == (["hook"], ["taskIdentifier"])
+    assert rule.match.tags is not None
+    assert (rule.match.tags.any, rule.match.tags.all, rule.match.tags.none) == (
+        ["env:prod"],
+        ["vip"],
+        ["canary"],
+    )
+
+
 def test_header_values_are_scrubbed_when_they_are_credentials_not_every_word() -> None:
     """`X-Team: core` (SPEC's own example) made every "core" in the logs read "***" (a rule
     `core-failures`, a task `core/sync`); credentials by name or by length are still scrubbed."""
@@ -717,7 +732,7 @@ def test_format_size() -> None:
             "channels: {w: {type: webhook, url: 'http://127.0.0.1:9', headers: [a]}}",
             "expected a mapping of keys and values",
         ),
-        ("rules: [{name: a, notify: c}]", "expected a list: [a, b], or one `- item` a line"),
+        ("rules: [{name: a, notify: {c: x}}]", "expected a list: [a, b], or one `- item` a line"),
         ("rules: [{name: a, notify: [c], match: {is_test: maybe}}]", "expected true or false"),
         ("rules: [{name: a, notify: [c], match: {metadata: [a]}}]", "expected a mapping of keys"),
         ("rules: [{name: a, notify: [c], match: {cost_cents: {gt: lots}}}]", "expected a number"),

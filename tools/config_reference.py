@@ -39,6 +39,7 @@ from relay.config import (
     ServerConfig,
     TemplatesConfig,
     TriggerAlertsConfig,
+    one_or_many,
 )
 from relay.durations import format_duration, more_than_zero, parse_duration
 from relay.settings import Settings
@@ -205,6 +206,8 @@ def type_name(annotation: Any, metadata: list[Any] | None = None) -> str:  # noq
     """How an operator reads a type: `duration`, `list of string`, `string, secret` ..."""
     if is_duration(metadata or []):
         return "duration"
+    if any(isinstance(m, BeforeValidator) and m.func is one_or_many for m in metadata or []):
+        return f"string or {type_name(annotation)}"
     if is_size(metadata or []):
         return "size"
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
