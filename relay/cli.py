@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         sub = _ALIASES.get(sub, sub) if sub else None
         command = _COMMANDS[f"{args.command} {sub}" if sub else args.command]
         if args.command != "serve":  # warnings (a `when` that failed in `relay test`) in the
-            quiet = "ERROR" if settings.log_level == "ERROR" else "WARNING"  # operator's format
+            quiet = max(settings.log_level, "WARNING", key=logging.getLevelName)  # their format
             setup_logging(settings.log_format, quiet)
         return command(args, settings)
     except RelayError as exc:  # ConfigError too

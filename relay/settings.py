@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     listen: str = "0.0.0.0:8080"
     store_url: str = "sqlite:///data/relay.db"
     log_format: Literal["json", "text"] = "json"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     workers: int = Field(default=0, ge=0, le=64)  # relay serve: delivery processes (0: none)
     # PostgreSQL: a replica silent this long is dead, and its leased notifications go to others
     replica_timeout: Duration = 15.0
@@ -42,8 +42,8 @@ class Settings(BaseSettings):
         field = getattr(info, "field_name", "")
         if field == "log_format":
             return value.strip().lower()
-        level = value.strip().upper()
-        return "WARNING" if level == "WARN" else level  # Alertmanager's --log.level=warn
+        level = value.strip().upper()  # WARN: Alertmanager's --log.level=warn; FATAL: Python's
+        return {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level)
 
     def secrets(self) -> list[str]:
         """The passwords in store_url, to keep out of every output: its user's, and those of

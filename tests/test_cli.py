@@ -1449,6 +1449,6 @@ def test_a_bad_setting_hides_no_problem_of_the_config(tmp_path: Path) -> None:
     assert both.stderr.splitlines() == [
         f"{config}:3: rules[0].notify[0]: unknown channel 'x'",
         "environment: RELAY_LISTEN: expected host:port, e.g. 0.0.0.0:8080 (got 'nonsense')",
-        "environment: RELAY_LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR (got 'LOUD')",
+        "environment: RELAY_LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL (got 'LOUD')",
         "3 problems found",
     ]

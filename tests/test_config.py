@@ -945,6 +945,16 @@ def test_environment_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert (settings.log_level, settings.log_format) == ("WARNING", "text")
 
 
+@pytest.mark.parametrize(("value", "level"), [("critical", "CRITICAL"), ("FATAL", "CRITICAL")])
+def test_pythons_highest_log_level_is_a_level(
+    monkeypatch: pytest.MonkeyPatch, value: str, level: str
+) -> None:
+    """RELAY_LOG_LEVEL=CRITICAL, Python logging's own level (FATAL its alias), was "expected one
+    of DEBUG, INFO, WARNING, ERROR": relay refused to start for a quieter log."""
+    monkeypatch.setenv("RELAY_LOG_LEVEL", value)
+    assert load_settings().log_level == level
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
