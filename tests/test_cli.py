@@ -1408,7 +1408,8 @@ def test_serve_logs_why_it_did_not_start_as_json_lines(tmp_path: Path) -> None:
     bad = write(tmp_path / "bad.yaml", "channels: {out: {type: nope}}\nrules: []\n")
     good = write(tmp_path / "c.yaml", "channels: {out: {type: console}}\nrules: []\n")
     not_a_db = write(tmp_path / "not-a.db", "S3CRET " * 1000)  # a store it cannot open
-    unreachable = {"RELAY_STORE_URL": f"sqlite:///{not_a_db}"}
+    # port 0: the default 0.0.0.0:8080 may be taken on the machine running the suite
+    unreachable = {"RELAY_STORE_URL": f"sqlite:///{not_a_db}", "RELAY_LISTEN": "127.0.0.1:0"}
     config, store, text, setting = parallel(
         cli("serve", "--config", str(bad), env=store_env(tmp_path)),
         cli("serve", "--config", str(good), env=unreachable),
