@@ -448,7 +448,8 @@ def free_text(s: str) -> str:
 
 
 def registered_routes() -> set[tuple[str, str]]:
-    """(method, path) of every route the HTTP app registers (HEAD, added per GET, left out)."""
+    """(method, path) of every route the HTTP app registers (HEAD, added per GET, and the
+    trailing-slash twins of the intake routes left out)."""
     from relay.sources.http import HttpDeps, build_app  # noqa: PLC0415
 
     deps = HttpDeps(
@@ -461,10 +462,13 @@ def registered_routes() -> set[tuple[str, str]]:
         ready=None,  # type: ignore[arg-type]
         clock=time.time,
     )
-    return {
+    routes = {
         (r.method, r.resource.canonical)
         for r in build_app(deps).router.routes()
         if r.method != "HEAD" and r.resource is not None
+    }
+    return {
+        (m, path) for m, path in routes if not (path[1:].endswith("/") and (m, path[:-1]) in routes)
     }
 
 

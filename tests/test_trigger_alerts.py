@@ -87,11 +87,13 @@ def variant(name: str, change: dict[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
-async def post_alert(r: Relay, body: bytes, signature: str | None = "sign") -> tuple[int, Any]:
+async def post_alert(
+    r: Relay, body: bytes, signature: str | None = "sign", path: str = "/v1/trigger/alerts"
+) -> tuple[int, Any]:
     headers = {"Content-Type": "application/json"}
     if signature is not None:
         headers[HEADER] = sign(body) if signature == "sign" else signature
-    async with r.http.post(r.url + "/v1/trigger/alerts", data=body, headers=headers) as resp:
+    async with r.http.post(r.url + path, data=body, headers=headers) as resp:
         return resp.status, await resp.json(content_type=None)
 
 
@@ -143,6 +145,19 @@ async def test_shipped_fixture_with_its_real_signature_fires_its_rule(
         assert payload["error"]["name"] == "BuildError" and "BuildError" in payload["text"]
     if kind == "deployment.success":
         assert payload["taskCount"] == 3
+
+
+async def test_a_webhook_url_pasted_with_its_trailing_slash_is_the_same_endpoint(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """Was a 404 (Trigger.dev's alert lost) for `https://relay.example/v1/trigger/alerts/`."""
+    r = await relay(config(sink))
+    status, answer = await post_alert(r, body_of("alert.run.failed"), path="/v1/trigger/alerts/")
+    assert (status, answer["notifications"]) == (202, 1)
+    [got] = await sink.wait_for(1)
+    assert got.json()["rule"] == "run-failures"
+    async with r.http.post(r.url + "/v1/runs/", json=sdk_run("failed")) as resp:
+        assert (resp.status, (await resp.json())["accepted"]) == (202, 1)
 
 
 async def test_internal_errors_keep_code_and_message(relay: RelayFactory, sink: Sink) -> None:

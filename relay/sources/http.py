@@ -421,8 +421,9 @@ def build_app(deps: HttpDeps) -> web.Application:
     h = Handlers(deps)
     add = route_adder(app, deps)
     add("GET", "/metrics", functools.partial(_metrics, deps))
-    add("POST", "/v1/runs", h.post_runs, h.refuse_runs)
-    add("POST", "/v1/trigger/alerts", h.post_trigger_alert, h.refuse_alert)
+    for slash in ("", "/"):  # a URL pasted into Trigger.dev or a task with its slash: not a 404
+        add("POST", "/v1/runs" + slash, h.post_runs, h.refuse_runs)
+        add("POST", "/v1/trigger/alerts" + slash, h.post_trigger_alert, h.refuse_alert)
     add("GET", "/healthz", h.healthz)
     add("GET", "/readyz", h.readyz)
     add("GET", "/openapi.json", _openapi)
