@@ -37,7 +37,7 @@ from relay.metrics import Metrics
 from relay.model import Notification
 from relay.outbox_reading import OutboxReading
 from relay.policy import backoff_s
-from relay.reloading import ConfigReloads
+from relay.reloading import SIGNAL, ConfigReloads
 from relay.settings import Settings
 from relay.silences import RELOAD_S, SilenceCache
 from relay.sources._wire import JsonErrorRunner, raise_descriptor_limit
@@ -479,8 +479,10 @@ class Service:
 
     def _reload_soon(self) -> None:
         """A reload task, kept until it is done: shutdown cancels one still running, and one
-        kept for good made every SIGHUP grow the process (a reloader sidecar's every minute)."""
-        self._keep(asyncio.create_task(self.reload("SIGHUP"), name="reload"))
+        kept for good made every SIGHUP grow the process (a reloader sidecar's every minute).
+        None while a SIGHUP's reload waits to start: it reads the files after this one too."""
+        if self.reloads.signalled():
+            self._keep(asyncio.create_task(self.reload(SIGNAL), name="reload"))
 
     def _adopt_soon(self, payload: bytes) -> None:
         """A delivery worker: its parent's config, which the parent runs from now on."""

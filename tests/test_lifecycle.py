@@ -243,26 +243,60 @@ def test_a_postgresql_outage_is_one_line_a_try_not_a_traceback() -> None:
     assert entry["logger"] == "asyncpg.pool" and "exc_info" not in entry
 
 
-async def test_sighups_leave_nothing_behind(tmp_path: Path) -> None:
-    """Each SIGHUP's reload task was kept for good: a SIGHUP every minute grew the process."""
-    config = tmp_path / "config.yaml"
+@contextlib.asynccontextmanager
+async def _serving(config: Path) -> AsyncIterator[Service]:
+    """A started Service on `config` (CONSOLE), stopped afterwards."""
     config.write_text(CONSOLE)
-    settings = Settings(
-        config=config, listen="127.0.0.1:0", store_url=f"sqlite:///{tmp_path}/relay.db"
-    )
+    store_url = f"sqlite:///{config.parent}/relay.db"
+    settings = Settings(config=config, listen="127.0.0.1:0", store_url=store_url)
     service = Service(settings, compile_config(load(settings)))
     await service.start()
     try:
-        before = len(service._tasks)
-        for _ in range(20):
-            service._reload_soon()  # as SIGHUP does
-        reloads = [t for t in service._tasks if t.get_name() == "reload"]
-        assert await asyncio.gather(*reloads) == [True] * 20
-        await asyncio.sleep(0)
-        assert len(service._tasks) == before
+        yield service
     finally:
         service.request_stop()
         await service.shutdown()
+
+
+def _reloading(service: Service) -> list[asyncio.Task[Any]]:
+    return [task for task in service._tasks if task.get_name() == "reload"]
+
+
+async def test_sighups_leave_nothing_behind(tmp_path: Path) -> None:
+    """Each SIGHUP's reload task was kept for good: a SIGHUP every minute grew the process."""
+    async with _serving(tmp_path / "config.yaml") as service:
+        before = len(service._tasks)
+        for _ in range(20):
+            service._reload_soon()  # as SIGHUP does
+            assert await asyncio.gather(*_reloading(service)) == [True]
+        await asyncio.sleep(0)
+        assert len(service._tasks) == before
+
+
+async def test_a_burst_of_sighups_is_one_reload_reading_the_file_after_the_last(
+    tmp_path: Path,
+) -> None:
+    """50 SIGHUPs in a second queued 50 reloads, one after the other: ~20 s of compiling and
+    swapping deliveries under load, a file change waiting behind them. Those that come while
+    a reload waits to start are that reload, which reads the file as it is after them; one
+    that comes after the file was read has its own."""
+    config = tmp_path / "config.yaml"
+    async with _serving(config) as service:
+        registry, labels = service.metrics.registry, {"result": "success"}
+
+        def reloads() -> float | None:
+            return registry.get_sample_value("relay_config_reloads_total", labels)
+
+        async with service.reloads.lock:  # a reload in progress
+            for _ in range(50):
+                service._reload_soon()  # as SIGHUP does
+            config.write_text(CONSOLE.replace("name: failures", "name: renamed"))
+        assert await asyncio.gather(*_reloading(service)) == [True]
+        assert reloads() == 1
+        assert [rule.name for rule in service.compiled.rules.rules] == ["renamed"]
+        service._reload_soon()
+        assert await asyncio.gather(*_reloading(service)) == [True]
+        assert reloads() == 2
 
 
 # ------------------------------------------------ alive while the store is not answering yet
