@@ -21,6 +21,7 @@ Path_ = tuple[str | int, ...]
 MAX_NODES = 100_000
 MAX_DEPTH = 64  # nesting levels; also ends a recursive alias (&a [*a])
 MAX_BYTES = 4 * 1024 * 1024
+MERGE_TAG = "tag:yaml.org,2002:merge"  # the key `<<`
 
 
 @dataclass
@@ -35,7 +36,8 @@ class Located:
     # recorded (an unset variable, an unreadable value): a schema error there would repeat it
     from_env: set[Path_] = field(default_factory=set)
     reported: set[Path_] = field(default_factory=set)
-    # mappings with a merge key (<<, refused): a key it would have given is not called missing
+    # mappings with a merge key (<<) that merged no mapping, or a key that is no scalar: a key
+    # it would have given is not called missing
     merging: set[Path_] = field(default_factory=set)
     # plain yes/no/on/off, read as text (YAML 1.2) where YAML 1.1 read a boolean
     yaml11_words: set[Path_] = field(default_factory=set)
@@ -189,6 +191,7 @@ class _Walker:
         self.originals = originals
         self.nodes = 0
         self.constructor = yaml.SafeLoader("")
+        self._merging = 0  # inside a merged mapping: a line already known is kept
 
     def walk(self, node: yaml.Node, path: Path_) -> Any:
         self.nodes += 1
@@ -207,7 +210,10 @@ class _Walker:
 
     def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        merges = [value for key, value in node.value if key.tag == MERGE_TAG]
         for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:
+                continue
             key = self._key(key_node)
             if key is None:
                 self.located.merging.add(path)  # or a key that is no scalar: reported
@@ -223,15 +229,40 @@ class _Walker:
                         "duplicate key",
                     )
                 )
-            self.located.lines[child] = key_node.start_mark.line + 1
+            if self._merging:  # the lines of the mapping's own keys, and the first merged
+                self.located.lines.setdefault(child, key_node.start_mark.line + 1)
+            else:
+                self.located.lines[child] = key_node.start_mark.line + 1
             out[key] = self.walk(value_node, child)
-        return out
+        if not merges:
+            return out
+        merged: dict[str, Any] = {}
+        for merge in merges:
+            for key, value in self._merged(merge, path).items():
+                merged.setdefault(key, value)
+        return {**merged, **out}
+
+    def _merged(self, node: yaml.Node, path: Path_) -> dict[str, Any]:
+        """What a merge key brings (`<<: *base`, or `<<: [*a, *b]`, the first one's keys
+        first), as YAML 1.1, Alertmanager's and Kubernetes' loaders read it: the mapping's own
+        keys win; a merged key's problems point at the line where it is written."""
+        merged: dict[str, Any] = {}
+        for source in node.value if isinstance(node, yaml.SequenceNode) else [node]:
+            if not isinstance(source, yaml.MappingNode):
+                self._report(source, "a merge key (<<) takes a mapping, or a list of mappings")
+                self.located.merging.add(path)  # the keys it was meant to give seem missing
+                continue
+            self._merging += 1
+            try:
+                walked = self.walk(source, path)
+            finally:
+                self._merging -= 1
+            for key, value in walked.items():
+                merged.setdefault(key, value)
+        return merged
 
     def _key(self, node: yaml.Node) -> str | None:
         """The key as text; None (and a problem recorded) when it cannot be one."""
-        if node.tag == "tag:yaml.org,2002:merge":
-            self._report(node, "YAML merge keys (<<) are not supported")
-            return None
         if not isinstance(node, yaml.ScalarNode):
             self._report(node, "mapping keys must be plain scalars")
             return None

@@ -287,7 +287,7 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
         ),
         ("- 1\n- 2\n", "the top level must be a mapping"),
         ("server: {max_body_bytes: 1}\nserver: {}\n", "c.yaml:2: server: duplicate key"),
-        ("x: &a {b: 1}\ny: {<<: *a}\n", "merge keys"),
+        ("server: {<<: 5}\n", "c.yaml:1: a merge key (<<) takes a mapping, or a list of mappings"),
         (
             "sources: {realtime: {api_url: x, secret_key: k, feeds: [{tags: [a]}]}}\n",
             "api_url must be an http",
@@ -1165,13 +1165,14 @@ def test_load_checks_rules_beside_schema_problems_but_not_into_a_broken_part(
             "      status: [FAILED, 5]\nchannels: {c: {type: console}}\n",
             ["c.yaml:5: rules[0].match.runn: unknown key", "c.yaml:6: rules[0].match.status"],
         ),
-        (  # an unreadable value, a merge key: the rest is still read and checked
-            "a: !!bool maybe\nx: &x {b: 1}\nserver: {<<: *x, bogus: 1}\n",
+        (  # an unreadable value, a bad merge: the rest is still read and checked
+            "a: !!bool maybe\nx: &x {b: 1}\nserver: {<<: *x, bogus: 1}\nsources: {<<: [1]}\n",
             [
                 "c.yaml:1: cannot read this value",
                 "c.yaml:2: x: unknown key",
-                "c.yaml:3: YAML merge keys (<<) are not supported",
+                "c.yaml:2: server.b: unknown key",  # merged: named where it is written
                 "c.yaml:3: server.bogus: unknown key",
+                "c.yaml:4: a merge key (<<) takes a mapping, or a list of mappings",
             ],
         ),
         (  # names are not looked up in a section that is itself invalid
@@ -1345,17 +1346,17 @@ UNMASKED = [
             "c.yaml:9: rules[1].group_by: expected a list: [a, b], or one `- item` a line",
         ],
     ),
-    (  # a key with ${...} is not also an unknown key; a merge key (refused) may have given
-        # the keys that seem missing; an unreadable `when` is not read as none
+    (  # a key with ${...} is not also an unknown key; a merge key that merged nothing may
+        # have given the keys that seem missing; an unreadable `when` is not read as none
         "base: &b {notify: [c]}\nchannels: {c: {type: console}}\nrules:\n"
         "  - {name: a, notify: [c], '${K}': 1, when: 'x >'}\n"
-        "  - {<<: *b, name: b, when: 'y >'}\n"
+        "  - {<<: [*b, 1], name: b, when: 'y >'}\n"
         "  - {name: c, notify: [c], when: !!bool maybe, template: nope}\n",
         [
             "c.yaml:1: base: unknown key",
             "c.yaml:4: keys are not substituted",
             "c.yaml:4: rules[0].when: invalid expression",
-            "c.yaml:5: YAML merge keys (<<) are not supported",
+            "c.yaml:5: a merge key (<<) takes a mapping, or a list of mappings",
             "c.yaml:5: rules[1].when: invalid expression",
             "c.yaml:6: cannot read this value",
             "c.yaml:6: rules[2].template: console: template console/nope.txt.j2 not found",
@@ -1394,7 +1395,51 @@ YAML_TRAPS = [
     "a: 1\n---\nb: 2\n",
     "key: ${X}\n${X}: 1\n",
     "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'x'] * 9)}]\n" for i in range(7)),
+    "".join(  # merges of merges: as many nodes walked, the same bound
+        f"m{i}: &m{i} {{<<: [{', '.join([f'*m{i - 1}' if i else '{x: 1}'] * 9)}], k{i}: 1}}\n"
+        for i in range(7)
+    ),
 ]
+
+
+def test_merge_keys_share_settings_as_alertmanager_and_kubernetes_read_them(
+    tmp_path: Path,
+) -> None:
+    """`<<: *base` (YAML 1.1's merge key, which Alertmanager's and Kubernetes' loaders read) was
+    refused: channels and rules that share settings had to repeat them. The mapping's own keys
+    win over merged ones, the first of a list of merged mappings over the next; a problem in a
+    merged key is named at the line where it is written."""
+    text = (
+        "channels:\n"
+        "  a: &hook {type: webhook, url: 'http://127.0.0.1:9/a', timeout: 5s}\n"
+        "  b: {<<: *hook, url: 'http://127.0.0.1:9/b'}\n"
+        "  c:\n"
+        "    <<: [*hook, {timeout: 9s, concurrency: 2}]\n"
+        "rules:\n"
+        "  - &failing {name: failing, match: {status: failure}, notify: [a]}\n"
+        "  - {<<: *failing, name: failing-b, notify: [b, c]}\n"
+    )
+    config = parse_config(text, "c.yaml", settings_models(), {}).config
+    hooks = {name: config.channels[name] for name in "abc"}
+    assert [getattr(h, "url").get_secret_value() for h in hooks.values()] == [
+        "http://127.0.0.1:9/a",
+        "http://127.0.0.1:9/b",
+        "http://127.0.0.1:9/a",
+    ]
+    assert [(h.timeout, h.concurrency) for h in hooks.values()] == [(5.0, 16), (5.0, 16), (5.0, 2)]
+    assert [(r.name, r.notify, r.match.status) for r in config.rules] == [
+        ("failing", ["a"], ["failure"]),
+        ("failing-b", ["b", "c"], ["failure"]),
+    ]
+    bad = text.replace("timeout: 5s}", "timeout: soon}")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(bad, "c.yaml", settings_models(), {})
+    found = sorted(": ".join(str(p).split(": ")[:2]) for p in caught.value.problems)
+    assert found == [
+        "c.yaml:2: channels.a.timeout",
+        "c.yaml:2: channels.b.timeout",
+        "c.yaml:2: channels.c.timeout",
+    ]
 
 
 @pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML built without libyaml")
