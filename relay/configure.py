@@ -141,7 +141,8 @@ def compile_config(loaded: LoadedConfig, templates: Mapping[str, bytes] | None =
         unresolved=frozenset(n for n, ch in config.channels.items() if not ch.send_resolved),
     )
     link = dashboard_link(config.defaults)
-    renderer = Renderer(config.templates.dir, link=link, files=templates)
+    checks = channel_registry.rendered_checks()
+    renderer = Renderer(config.templates.dir, link=link, files=templates, checks=checks)
     warnings = config_warnings(loaded)
     every_rule = dict(enumerate(config.rules))
     types = {name: channel.type for name, channel in config.channels.items()}

@@ -154,7 +154,10 @@ class Renderer:
         budget_s: float = RENDER_BUDGET_S,
         link: Callable[[dict[str, Any]], str | None] | None = None,
         files: Mapping[str, bytes] | None = None,
+        checks: Mapping[str, Callable[[str], str | None]] | None = None,
     ) -> None:
+        # by channel type: what is wrong with a rendered `json` part besides not being JSON
+        self._checks = dict(checks or {})
         self.overrides = read_overrides(override_dir) if files is None else dict(files)
         loaders: list[BaseLoader] = [FileSystemLoader(str(shipped_templates_dir()))]
         if override_dir is not None:
@@ -302,7 +305,7 @@ class Renderer:
                     template = _template_name(channel_type, name, part)
                     out[part] = self._render_one(template, variables)
                     if part == "json":
-                        _check_json(out[part])
+                        _check_json(out[part], self._checks.get(channel_type))
             return Rendered(out, fallback=False, error=None)
         except Exception as exc:  # never drop a notification for a template bug
             fallback = {part: fallback_part(part, ctx) for part in parts}
@@ -338,8 +341,11 @@ def _references(ast: nodes.Template, top_level: bool = False) -> list[tuple[int,
     return found
 
 
-def _check_json(text: str) -> None:
+def _check_json(text: str, check: Callable[[str], str | None] | None) -> None:
     try:
         orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise _Unrenderable("InvalidJSON", f"line {exc.lineno} column {exc.colno}") from None
+    problem = None if check is None else check(text)
+    if problem is not None:
+        raise _Unrenderable("InvalidMessage", problem)

@@ -100,6 +100,14 @@ class ChannelKind:
     settings: SettingsModel
     create: ChannelFactory
     parts: tuple[str, ...]
+    # what is wrong with a rendered `json` part for this type (None: nothing), beyond being
+    # JSON: the renderer treats a problem as a template failure (plain fallback, error logged)
+    check: Callable[[str], str | None] | None = None
+
+
+def rendered_checks() -> dict[str, Callable[[str], str | None]]:
+    """Each channel type's check of its rendered `json` part (ChannelKind.check)."""
+    return {kind.type: kind.check for kind in REGISTRY.values() if kind.check is not None}
 
 
 def _registry() -> dict[str, ChannelKind]:

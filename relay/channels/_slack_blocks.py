@@ -102,6 +102,17 @@ def slack_message(rendered: str, default_text: str) -> dict[str, Any]:
     return message
 
 
+def says_nothing(rendered: str) -> str | None:
+    """Why a rendered part makes a message of nothing (no text, no block, no attachment kept:
+    Slack would get only relay's one-line default), else None. The renderer counts it a
+    template failure, so the plain fallback tells of the run and the error is logged."""
+    message = slack_message(rendered, "")
+    attachments = message.get("attachments")
+    if message["text"] or message.get("blocks") or (isinstance(attachments, list) and attachments):
+        return None
+    return "no text, blocks or attachments Slack can show"
+
+
 def verbatim(message: dict[str, Any]) -> dict[str, Any]:
     """`message` with every mrkdwn text object of its blocks sent `verbatim` unless the template
     chose: Slack's default (false) parses a plain @here, @channel or @user-group in run data

@@ -64,7 +64,13 @@ from pydantic import SecretStr, field_validator, model_validator
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._http_answers import HttpResponse, https_or_local
 from relay.channels._slack_api import api_answer, classify, error_name, in_thread, posted_at
-from relay.channels._slack_blocks import plain_body, shorter_body, slack_message, verbatim
+from relay.channels._slack_blocks import (
+    plain_body,
+    says_nothing,
+    shorter_body,
+    slack_message,
+    verbatim,
+)
 from relay.channels._slack_threads import Threads
 from relay.config import ChannelSettings, RateLimit, Token
 from relay.errors import DeliveryError
@@ -299,4 +305,4 @@ class SlackChannel:
         return await self._send(f"{self.settings.api_url}/chat.postMessage", body, message)
 
 
-KIND = ChannelKind("slack", SlackSettings, SlackChannel, ("json",))
+KIND = ChannelKind("slack", SlackSettings, SlackChannel, ("json",), says_nothing)
