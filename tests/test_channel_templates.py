@@ -22,7 +22,7 @@ import pytest
 from jinja2 import ChoiceLoader, DictLoader, FileSystemLoader
 
 from relay import configure
-from relay.channels import REGISTRY, settings_models
+from relay.channels import REGISTRY, rendered_checks, settings_models
 from relay.channels._slack_blocks import plain_body
 from relay.channels.email import SUBJECT_MAX_CHARS
 from relay.channels.slack import slack_message
@@ -54,7 +54,8 @@ CASES = [
     ("run", "alert.run.failed.crashed"),
     ("digest", "five_fixtures"),
 ]
-RENDERER = Renderer()  # one environment: templates compile once for the module
+# one environment: templates compile once for the module; rendered as relay does
+RENDERER = Renderer(checks=rendered_checks())
 HOSTILE = (
     'He said "hi"\n\tthen </script><script>x()</script> <!channel> & <https://evil.test|x> ```'
 )
@@ -692,3 +693,62 @@ def test_a_shipped_template_is_checked_when_a_file_it_reaches_is_overridden(
     renderer = Renderer(tmp_path)
     why, _, _ = configure._findings(renderer, "slack", "run_failed", "json")
     assert why is not None and "_macros.j2" in why
+
+
+HOOKS = {
+    "slack": "https://hooks.slack.com/services/T/B/x",
+    "discord": "https://discord.com/api/webhooks/123/abc",
+    "msteams": "https://prod-01.westus.logic.azure.com/workflows/x/triggers/manual/paths/invoke",
+}
+
+
+@pytest.mark.parametrize(
+    ("channel_type", "template", "fallback"),
+    [
+        ("slack", '{"blocks": "not a list", "text": 5}', True),
+        ("slack", "{}", True),
+        ("slack", '{"blocks": [{"type": "divider"}], "text": ""}', False),
+        ("slack", '{"attachments": [{"color": "#f00", "text": "x"}]}', False),
+        ("slack", '"just words"', False),
+        ("discord", '{"embeds": "not a list"}', True),
+        ("discord", '{"content": "hi"}', False),
+        ("msteams", '{"body": 5}', True),
+        ("msteams", '{"text": "hi"}', False),
+    ],
+)
+def test_a_template_that_says_nothing_is_a_template_failure(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    channel_type: str,
+    template: str,
+    fallback: bool,
+) -> None:
+    """SPEC 4: a template bug still sends the plain fallback, with an error in the logs and
+    metrics. A template rendering JSON with nothing its channel can show (no text, block or
+    attachment for Slack) was sent as relay's one-line default "relay: rule r matched run ...":
+    no status, task or error, and no error logged or counted."""
+    (tmp_path / channel_type).mkdir()
+    (tmp_path / channel_type / "run.json.j2").write_text(template)
+    config = tmp_path / "relay.yaml"
+    config.write_text(
+        f"templates: {{dir: {tmp_path}}}\n"
+        f"channels: {{c: {{type: {channel_type}, webhook_url: '{HOOKS[channel_type]}'}}}}\n"
+        "rules: [{name: r, match: {status: [failure]}, notify: [c]}]\n"
+    )
+    event = tmp_path / "run.json"
+    event.write_text(json.dumps(sdk_run("failed")))
+    assert relay_cli(["test", "--json", "--config", str(config), str(event)]) == 0
+    [message] = json.loads(capsys.readouterr().out)[0]["messages"]
+    assert message["fallback"] is fallback, message["error"]
+    if fallback:
+        assert message["error"].startswith(f"InvalidMessage in {channel_type}/run.json.j2")
+        text = json.loads(message["parts"]["json"])["text"]
+        assert text.startswith("🔴 FAILED · sync-customer-data")
+
+
+@pytest.mark.parametrize("channel_type", sorted(rendered_checks()))
+def test_every_shipped_template_gives_its_channel_something_to_show(channel_type: str) -> None:
+    for template, fixture in CASES:
+        ctx = case_ctx(channel_type, fixture)
+        rendered = RENDERER.render(channel_type, template, ("json",), ctx)
+        assert not rendered.fallback, (template, fixture, rendered.error)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from relay.config import ChannelSettings
 
@@ -103,6 +103,22 @@ class ChannelKind:
     # what is wrong with a rendered `json` part for this type (None: nothing), beyond being
     # JSON: the renderer treats a problem as a template failure (plain fallback, error logged)
     check: Callable[[str], str | None] | None = None
+
+
+_NOTHING = "relay-default-3f9c2e: the template said nothing"
+
+
+def says_nothing_when(
+    build: Callable[[str, str], dict[str, Any]],
+) -> Callable[[str], str | None]:
+    """A ChannelKind.check for a channel whose `build(rendered, default_text)` falls back to
+    relay's one-line default when the template gives it nothing to show."""
+
+    def check(rendered: str) -> str | None:
+        built = build(rendered, _NOTHING)
+        return "nothing the channel can show" if _NOTHING in repr(built) else None
+
+    return check
 
 
 def rendered_checks() -> dict[str, Callable[[str], str | None]]:

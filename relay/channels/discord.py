@@ -40,7 +40,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
-from relay.channels import ChannelEnv, ChannelKind, Outgoing
+from relay.channels import ChannelEnv, ChannelKind, Outgoing, says_nothing_when
 from relay.channels._http_answers import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit
 from relay.errors import DeliveryError
@@ -291,4 +291,6 @@ class DiscordChannel:
             raise classify(response, token.rsplit("/", 1)[-1])
 
 
-KIND = ChannelKind("discord", DiscordSettings, DiscordChannel, ("json",))
+KIND = ChannelKind(
+    "discord", DiscordSettings, DiscordChannel, ("json",), says_nothing_when(discord_message)
+)

@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 from pydantic import SecretStr, field_validator
 
-from relay.channels import ChannelEnv, ChannelKind, Outgoing
+from relay.channels import ChannelEnv, ChannelKind, Outgoing, says_nothing_when
 from relay.channels._http_answers import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit
 from relay.errors import DeliveryError
@@ -226,4 +226,6 @@ class MSTeamsChannel:
             raise failure
 
 
-KIND = ChannelKind("msteams", MSTeamsSettings, MSTeamsChannel, ("json",))
+KIND = ChannelKind(
+    "msteams", MSTeamsSettings, MSTeamsChannel, ("json",), says_nothing_when(teams_message)
+)
