@@ -41,13 +41,16 @@ class OutputTooLarge(LimitExceeded):
     """A step would build a text (or a list to write out) past MAX_VALUE_CHARS."""
 
 
-def weight(value: Any, limit: int = MAX_VALUE_CHARS) -> int:
-    """About the characters `value` written out takes (each reference counted), counting
-    stops once past `limit`: lists of references to one large text cost nothing to build."""
+def weight(value: Any, limit: int = MAX_VALUE_CHARS, *, utf8: bool = False) -> int:
+    """About the characters (`utf8`: bytes of UTF-8) `value` written out takes (each reference
+    counted), counting stops once past `limit`: lists of references to one large text cost
+    nothing to build."""
     total, stack = 0, [value]
     while stack and total <= limit:
         item = stack.pop()
-        if isinstance(item, str | bytes):
+        if isinstance(item, str) and utf8 and not item.isascii():
+            total += len(item[: limit + 1].encode())  # past the limit, no matter how far
+        elif isinstance(item, str | bytes):
             total += len(item)
         elif isinstance(item, Mapping):
             total += 2 + 4 * len(item)
@@ -100,11 +103,13 @@ _BRIEF_MIN_CHARS = 40  # a share smaller than this is not worth a cut text: the 
 
 
 def brief(value: Any, limit: int = 2_000) -> Any:
-    """`value` in at most `limit` characters of JSON (the `brief` filter): whole when it fits;
+    """`value` in at most `limit` bytes of JSON (UTF-8; the `brief` filter): whole when it fits;
     else a text cut to fit, and a mapping or list with its small items whole and the room left
     shared by its large ones, each cut the same way (items past the room are left out). A digest
-    lists each of its runs so: a thousand runs with long errors stay within MAX_OUTPUT_CHARS."""
-    for room in (limit, limit // 2, limit // 4, limit // 8):  # escapes write more than weighed
+    lists each of its runs so: its body stays within the receiver's limit (and MAX_OUTPUT_CHARS,
+    as a character takes at least a byte)."""
+    # escapes and characters beyond ASCII (up to 4 bytes) write more than weighed
+    for room in (limit, limit // 2, limit // 4, limit // 8):
         cut = _brief(value, room)
         if _fits(cut, limit):
             return cut
@@ -113,18 +118,22 @@ def brief(value: Any, limit: int = 2_000) -> Any:
 
 def _fits(value: Any, limit: int) -> bool:
     try:
-        return len(json_bytes(value).decode()) <= limit
+        return len(json_bytes(value)) <= limit
     except (TypeError, ValueError):  # not JSON, e.g. an integer beyond 64 bits
         return False
 
 
+def _bytes(value: Any, limit: int) -> int:
+    return weight(value, limit, utf8=True)
+
+
 def _brief(value: Any, room: int) -> Any:
-    if weight(value, room) <= room:
+    if _bytes(value, room) <= room:
         return value
     if room < _BRIEF_MIN_CHARS:
         return OMITTED
     if isinstance(value, str):
-        return truncate_chars(value, room - 2)  # its quotes
+        return _cut_text(value, room - 2)  # its quotes
     if isinstance(value, Mapping):
         return dict(_brief_items(list(value.items()), room))
     if isinstance(value, list | tuple):
@@ -132,20 +141,26 @@ def _brief(value: Any, room: int) -> Any:
     return OMITTED
 
 
+def _cut_text(text: str, room: int) -> str:
+    """`text` cut to at most `room` bytes of UTF-8, its end marker "…" (3 bytes) included."""
+    fits = len(text[:room].encode()[: room - 3].decode(errors="ignore"))  # characters
+    return truncate_chars(text, fits + 1)
+
+
 def _brief_items(items: list[tuple[Any, Any]], room: int) -> list[tuple[Any, Any]]:
     """The small values whole, the large ones sharing equally what the small ones leave; in
     order, each that still has room."""
     small = max(room // 16, 16)
-    whole = [weight(item, small) <= small for _, item in items]
+    whole = [_bytes(item, small) <= small for _, item in items]
     spent = sum(
-        weight(key, room) + 6 + (weight(item, small) if fits else 0)
+        _bytes(key, room) + 6 + (_bytes(item, small) if fits else 0)
         for (key, item), fits in zip(items, whole, strict=True)
     )
     share = max(0, room - 2 - spent) // max(whole.count(False), 1)
     kept, left = [], room - 2
     for (key, item), fits in zip(items, whole, strict=True):
         value = item if fits else _brief(item, share)
-        cost = weight(key, room) + weight(value, room) + 6
+        cost = _bytes(key, room) + _bytes(value, room) + 6
         if cost <= left:
             kept.append((key, value))
             left -= cost

@@ -312,16 +312,18 @@ def test_a_digest_too_large_for_a_webhook_template_still_names_every_run(tmp_pat
     ("value", "limit", "expected"),
     [
         ({"a": 1}, 100, {"a": 1}),
-        ("x" * 50, 45, "x" * 42 + "…"),
-        ({"id": "r", "big": "y" * 500}, 100, {"id": "r", "big": "y" * 77 + "…"}),
+        ("x" * 50, 45, "x" * 40 + "…"),  # bytes: … takes 3
+        ({"id": "r", "big": "y" * 500}, 100, {"id": "r", "big": "y" * 75 + "…"}),
         ([1] * 100, 60, [1, 1]),  # weighed as fields: the cut is short, never too long
         ("x" * 50, 10, "[omitted]"),  # no room worth a cut
+        ("é" * 50, 45, "é" * 20 + "…"),  # bytes of UTF-8: é takes 2
+        ({"id": "r", "big": "😀" * 100}, 100, {"id": "r", "big": "😀" * 18 + "…"}),
     ],
 )
 def test_brief_fits_a_value_in_its_limit(value: Any, limit: int, expected: Any) -> None:
     cut = brief(value, limit)
     assert cut == expected
-    assert cut == "[omitted]" or len(orjson.dumps(cut).decode()) <= limit
+    assert cut == "[omitted]" or len(orjson.dumps(cut)) <= limit
 
 
 @pytest.mark.parametrize(
