@@ -63,6 +63,13 @@ class Deps:
     on_event: Callable[[str, Notification, str, int], None] | None = None
 
 
+def body_limit(route: Route) -> int | None:
+    """The largest body the channel's receiver takes (`channel.max_body_bytes` of a template),
+    for the types that have the setting."""
+    limit = getattr(route.settings, "max_body_bytes", None)
+    return limit if isinstance(limit, int) else None
+
+
 def render_notification(
     renderer: Renderer,
     channel: str,
@@ -81,6 +88,7 @@ def render_notification(
         notification_id=row.id,
         dashboard_url=link(row.run),
         resolves=row.resolves,
+        max_body_bytes=body_limit(route),
     )
     return renderer.render(route.type, row.template, route.parts, ctx, wall_s=wall_s)
 
@@ -108,6 +116,7 @@ def render_digest(
         notification_id=digest_id([row.id for row in rows]),
         dashboard_url=link(head.run),
         group=group,
+        max_body_bytes=body_limit(route),
     )
     return renderer.render(route.type, DIGEST_TEMPLATE, route.parts, ctx, wall_s=wall_s)
 

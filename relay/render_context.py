@@ -59,6 +59,7 @@ class RenderContext:
     dashboard_url: str | None
     group: dict[str, Any] | None = None  # digests: see relay.grouping.digest_context
     resolves: str | None = None  # recoveries: the id of the notification they resolve
+    max_body_bytes: int | None = None  # the channel's, for types that have one (webhook)
 
 
 def error_view(raw: Any) -> dict[str, Any] | None:
@@ -156,7 +157,11 @@ def template_variables(ctx: RenderContext) -> dict[str, Any]:
     return {
         "run": run,
         "rule": ctx.rule,
-        "channel": {"name": ctx.channel, "type": ctx.channel_type},
+        "channel": {
+            "name": ctx.channel,
+            "type": ctx.channel_type,
+            "max_body_bytes": ctx.max_body_bytes,
+        },
         "notification": {"id": ctx.notification_id, "resolves": ctx.resolves},
         "dashboard_url": ctx.dashboard_url,
         "error": error,

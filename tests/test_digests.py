@@ -11,10 +11,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from relay.model import notification_id
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import SLOW, RelayFactory, RelayProcess, Sink, run_cli, sdk_run, status
+from tests.fakes.serving import serving, until
 
 CONFIG = """\
 defaults:
@@ -29,6 +31,14 @@ rules:
     group_wait: {wait}
     group_interval: {interval}
 """
+
+
+def storm_config(url: str, hook_setting: str) -> str:
+    """CONFIG sending at once, its channel with `hook_setting` (", key: value"), and room at
+    intake for 1,000 runs with long errors."""
+    text = CONFIG.format(url=url, wait="0s", interval="5m")
+    hook = f'hook: {{type: webhook, url: "{url}/hook"'
+    return "server: {max_body_bytes: 64MiB}\n" + text.replace(hook, hook + hook_setting)
 
 
 def failed(i: int, task: str = "sync-customer-data") -> dict[str, Any]:
@@ -238,8 +248,7 @@ async def test_a_thousand_failures_with_long_errors_make_one_digest_without_a_te
 ) -> None:
     # the shipped webhook digest wrote each run whole: past the output cap, every attempt
     # logged "template failed", counted relay_template_errors_total and sent the fallback
-    server = "server: {max_body_bytes: 16MiB}\n"
-    r = await relay(server + CONFIG.format(url=sink.url, wait="0s", interval="5m"))
+    r = await relay(storm_config(sink.url, ", max_body_bytes: 3MiB"))  # 1,000 runs listed
     # ~3.6 KB errors: 1,000 runs whole are ~4.8 million characters
     error = {"name": "Error", "message": "E" * 1_500, "stackTrace": "    at f (a.ts:1:1)\n" * 100}
     runs = [{**failed(i), "error": error} for i in range(1_000)]
@@ -252,3 +261,53 @@ async def test_a_thousand_failures_with_long_errors_make_one_digest_without_a_te
     async with r.http.get(r.url + "/metrics") as resp:
         metrics = await resp.text()
     assert 'relay_template_errors_total{channel="hook"} 0.0' in metrics
+
+
+class SizedReceiver:
+    """A webhook receiver refusing bodies over `limit` bytes with 413, as nginx
+    (client_max_body_size, 1 MiB by default) or Express's JSON body-parser (100 kB) do."""
+
+    def __init__(self) -> None:
+        self.answers: list[tuple[int, bytes]] = []
+        self.arrived = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.answers.append((413, b""))
+            self.arrived.set()
+            raise
+        self.answers.append((200, body))
+        self.arrived.set()
+        return web.Response(status=200)
+
+
+@pytest.mark.parametrize(
+    ("setting", "limit"),
+    [("", 1024 * 1024), (", max_body_bytes: 100kB", 100_000)],
+    ids=["default-1MiB", "express-100kB"],
+)
+async def test_a_storm_digest_fits_the_body_size_the_receiver_takes(
+    relay: RelayFactory, setting: str, limit: int
+) -> None:
+    # 1,000 failures with 3,000-character errors made a 2.9 MB digest: the receiver answered
+    # 413, a permanent failure, and the whole digest went to the dead letters
+    receiver = SizedReceiver()
+    app = web.Application(client_max_size=limit)
+    app.router.add_post("/hook", receiver.handle)
+    async with serving(app, access_log=None, shutdown_timeout=0.2) as url:
+        r = await relay(storm_config(url, setting))
+        error = {"name": "Error", "message": "é" * 3_000, "stackTrace": "  at f (a.ts:1:1)\n" * 50}
+        runs = [{**failed(i), "error": error} for i in range(1_000)]
+        assert (await r.post(runs))[0] == 202
+        await until(lambda: bool(receiver.answers), receiver.arrived, 60, lambda: "no request")
+    [(answer, data)] = receiver.answers
+    assert answer == 200 and len(data) <= limit
+    body = json.loads(data)
+    listed = [run["id"] for run in body["runs"]]
+    assert listed == [f"run_digest_{i:03d}" for i in range(len(listed))]
+    assert (body["group"]["count"], len(listed) + body["truncated"]) == (1_000, 1_000)
+    assert len(listed) >= limit // 3_000  # as many as fit, each with its error
+    assert all(run["error"]["message"].startswith("éé") for run in body["runs"])
+    assert (await r.service.store.counts())["sent"] == 1_000

@@ -239,59 +239,88 @@ def test_a_fallback_stays_within_the_output_cap(tmp_path: Path) -> None:
     assert (body["type"], digest["type"]) == ("run.alert", "run.digest")
 
 
-def long_error_runs(n: int) -> list[dict[str, Any]]:
+def long_error_runs(n: int, text: str = "E") -> list[dict[str, Any]]:
     """`n` failures with ~5 KB errors: in full, 1,000 of them pass the output cap."""
-    error = {"name": "Error", "message": "E" * 3_000, "stackTrace": "    at f (a.ts:1:1)\n" * 100}
+    error = {"name": "Error", "message": text * 3_000, "stackTrace": "    at f (a.ts:1:1)\n" * 100}
     return [{**load_run("failed"), "id": f"run_{i:04d}", "error": error} for i in range(n)]
 
 
-def webhook_digest(runs: list[dict[str, Any]], renderer: Renderer | None = None) -> Rendered:
+def webhook_digest(
+    runs: list[dict[str, Any]], renderer: Renderer | None = None, limit: int | None = None
+) -> Rendered:
     group = digest_context("k", {"taskIdentifier": "t"}, runs)
-    ctx = replace(context(runs[-1], "webhook"), group=group)
+    ctx = replace(context(runs[-1], "webhook"), group=group, max_body_bytes=limit)
     return (renderer or Renderer()).render("webhook", "digest", ("json",), ctx)
 
 
-def test_a_thousand_runs_with_long_errors_fit_the_webhook_digest_by_design() -> None:
-    runs = long_error_runs(1_000)
-    rendered = webhook_digest(runs)
+def sized_body(rendered: Rendered, limit: int) -> dict[str, Any]:
+    """The digest's body, checked to be rendered by the template and within `limit` bytes."""
     assert not rendered.fallback, rendered.error  # no template error, no fallback
-    assert len(rendered.parts["json"]) <= MAX_OUTPUT_CHARS
-    body = orjson.loads(rendered.parts["json"])
+    data = rendered.parts["json"].encode()
+    assert len(data) <= limit
+    body: dict[str, Any] = orjson.loads(data)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("limit", "text", "listed"),
+    [
+        (None, "E", 391),  # the channel's default, 1 MiB: nginx's default client_max_body_size
+        (100_000, "E", 35),  # Express's JSON body-parser
+        (100_000, "é😀", 35),  # bytes of UTF-8 counted, not characters
+        (16 * 1024, "E", 4),  # the least max_body_bytes
+        (3 * 1024 * 1024, "E", 1_000),  # the most: every run listed
+    ],
+)
+def test_a_thousand_runs_with_long_errors_fit_the_receivers_body_limit(
+    limit: int | None, text: str, listed: int
+) -> None:
+    # the digest listed all 1,000 runs in shares of 3,000,000 characters: 2.9 MB, which a
+    # receiver taking 1 MiB answered with 413, and the whole digest went to the dead letters
+    runs = long_error_runs(1_000, text)
+    body = sized_body(webhook_digest(runs, limit=limit), limit or 1024 * 1024)
     readme = {"id", "type", "rule", "channel", "text", "group", "runs", "truncated"}
     assert (set(body), body["type"], body["group"]["count"]) == (readme, "run.digest", 1_000)
-    assert [r["id"] for r in body["runs"]] == [r["id"] for r in runs]
-    assert body["truncated"] == 0
-    for listed in body["runs"]:  # each run kept, its long texts cut
-        assert (
-            listed["status"] == "FAILED" and listed["taskIdentifier"] == runs[0]["taskIdentifier"]
-        )
-        assert listed["error"]["name"] == "Error" and listed["error"]["message"].startswith("EEE")
-        assert listed["error"]["message"].endswith("…")
+    assert [r["id"] for r in body["runs"]] == [r["id"] for r in runs[:listed]]
+    assert body["truncated"] == 1_000 - listed  # Alertmanager's truncatedAlerts
+    assert body["group"]["labels"] == {"taskIdentifier": "t"}
+    for run in body["runs"]:  # each run kept, its long texts cut
+        assert run["status"] == "FAILED" and run["taskIdentifier"] == runs[0]["taskIdentifier"]
+        assert run["error"]["name"] == "Error" and run["error"]["message"].startswith(text * 3)
+        assert run["error"]["message"].endswith("…")
     small = orjson.loads(webhook_digest(runs[:3]).parts["json"])
     assert small["runs"] == orjson.loads(orjson.dumps(runs[:3]))  # a small digest: runs whole
 
 
 def test_a_digest_of_more_runs_lists_the_first_thousand_and_counts_the_rest() -> None:
     runs = long_error_runs(1_200)
-    rendered = webhook_digest(runs)
-    assert not rendered.fallback and len(rendered.parts["json"]) <= MAX_OUTPUT_CHARS
-    body = orjson.loads(rendered.parts["json"])
+    body = sized_body(webhook_digest(runs, limit=3 * 1024 * 1024), 3 * 1024 * 1024)
     assert [r["id"] for r in body["runs"]] == [r["id"] for r in runs[:1_000]]
     assert (body["group"]["count"], body["truncated"]) == (1_200, 200)
 
 
-def test_a_thousand_deployments_with_long_errors_fit_the_webhook_digest() -> None:
+def test_a_huge_group_key_is_cut_to_keep_the_digest_within_the_limit() -> None:
+    runs = long_error_runs(10)
+    group = digest_context("k" * 50_000, {"taskIdentifier": "t" * 50_000}, runs)
+    ctx = replace(context(runs[-1], "webhook"), group=group, max_body_bytes=100_000)
+    body = sized_body(Renderer().render("webhook", "digest", ("json",), ctx), 100_000)
+    assert body["group"]["key"].startswith("kkk") and body["group"]["key"].endswith("…")
+    assert (len(body["runs"]) + body["truncated"], body["group"]["count"]) == (10, 10)
+
+
+@pytest.mark.parametrize("limit", [None, 100_000])
+def test_a_thousand_deployments_with_long_errors_fit_the_webhook_digest(limit: int | None) -> None:
     error = {"name": "BuildError", "message": "E" * 3_000, "stderr": "  at f (a.ts:1:1)\n" * 100}
     event = alert_event("alert.deployment.failed")
     events = [{**event, "id": f"deployment_{i:04d}", "error": error} for i in range(1_000)]
     group = digest_context("k", {}, events)
-    ctx = replace(context(events[-1], "webhook"), group=group)
-    rendered = Renderer().render("webhook", "digest", ("json",), ctx)
-    assert not rendered.fallback, rendered.error  # was: past the time budget
-    body = orjson.loads(rendered.parts["json"])
-    assert [d["id"] for d in body["deployments"]] == [e["id"] for e in events]
-    assert (body["type"], body["truncated"]) == ("deployment.digest", 0)
-    assert len(rendered.parts["json"]) <= MAX_OUTPUT_CHARS
+    ctx = replace(context(events[-1], "webhook"), group=group, max_body_bytes=limit)
+    rendered = Renderer().render("webhook", "digest", ("json",), ctx)  # was: past the time budget
+    body = sized_body(rendered, limit or 1024 * 1024)
+    listed = [d["id"] for d in body["deployments"]]
+    assert listed == [e["id"] for e in events[: len(listed)]] and len(listed) >= 35
+    assert (body["type"], body["truncated"]) == ("deployment.digest", 1_000 - len(listed))
+    assert {d["error"]["name"] for d in body["deployments"]} == {"BuildError"}
 
 
 def test_a_digest_too_large_for_a_webhook_template_still_names_every_run(tmp_path: Path) -> None:

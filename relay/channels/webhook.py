@@ -21,6 +21,7 @@ from pydantic import AfterValidator, Field, SecretStr, field_validator, model_va
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.config import ChannelSettings, header_value_problem, url_problem
 from relay.filters import http_url
+from relay.sizes import Size
 
 # relay's own (the body's type, the Standard Webhooks headers) and the framing the HTTP client
 # owns: a Transfer-Encoding or Content-Encoding of the user's lied about the body, and each
@@ -82,6 +83,10 @@ class WebhookSettings(ChannelSettings):
     # default, where Slack, Discord, Teams, PagerDuty and SMTP servers limit senders) a storm of
     # alerts would queue for minutes; Alertmanager has no limit at all
     concurrency: int = Field(default=16, ge=1, le=256)
+    # the largest body the receiver takes (nginx's client_max_body_size defaults to 1 MiB,
+    # Express's JSON body-parser to 100 kB): the shipped digest lists as many runs as fit it, as
+    # a 413 would send the whole digest to the dead letters; up to 3 MiB, within a render's cap
+    max_body_bytes: Size = Field(default=1024 * 1024, ge=16 * 1024, le=3 * 1024 * 1024)
 
     @field_validator("url")
     @classmethod
