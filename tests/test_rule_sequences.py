@@ -141,8 +141,9 @@ def gen_silence(rng: random.Random, rules: list[dict[str, Any]]) -> dict[str, li
 
 
 async def settled(http: aiohttp.ClientSession, url: str) -> None:
-    """Until every notification relay made is final (sent or muted), recoveries included."""
-    for _ in range(600):
+    """Until every notification relay made is final (sent or muted), recoveries included:
+    bounded at 2 minutes (30 s ran out once in a full run on a machine loaded ~7)."""
+    for _ in range(2_400):
         async with http.get(url + "/v1/notifications", params={"limit": "10000"}) as resp:
             rows = (await resp.json())["notifications"]
         if not [r for r in rows if r["state"] == "pending"]:
