@@ -7,6 +7,7 @@ relay does not know are kept as extra attributes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import re
@@ -21,7 +22,6 @@ from pydantic import (
     Field,
     PlainValidator,
     ValidationError,
-    ValidatorFunctionWrapHandler,
     field_serializer,
     field_validator,
 )
@@ -89,13 +89,25 @@ def to_utc(value: datetime) -> datetime:
         raise ValueError("date out of range (years 1-9999 in UTC)") from None
 
 
-def _iso_or_none(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
+def from_iso(text: str) -> datetime:
+    """ISO 8601 text as Python reads it, blanks around ignored, in UTC (no zone means UTC):
+    also Postgres' timestamptz `2026-08-20 09:14:22.46+00` and the basic `20260820T091422Z`,
+    which pydantic refuses. ValueError for anything else."""
+    return to_utc(datetime.fromisoformat(text.strip()))
+
+
+def dates_from_iso(data: dict[str, Any], exc: ValidationError) -> dict[str, Any] | None:
+    """`data` with the date texts pydantic refused in `exc` read by from_iso instead, so the
+    same text is the same time in the SDK object as in a Realtime row (never a 400 in one);
+    None when from_iso reads none of them. Only after a refusal: no cost otherwise."""
+    dated = dict(data)
+    for err in exc.errors(include_url=False, include_input=False):
+        name = str(err["loc"][0]) if len(err["loc"]) == 1 else ""
+        text = dated.get(name) if name in _DATES else None
+        if isinstance(text, str):
+            with contextlib.suppress(ValueError):
+                dated[name] = from_iso(text)
+    return None if dated == data else dated
 
 
 def iso(value: datetime | None) -> str | None:
@@ -245,19 +257,10 @@ class Run(BaseModel):
         (AlertRun: a class, not a field of the input, marks it)."""
         return AlertRun.model_validate(fields)
 
-    @field_validator(*_DATES, mode="wrap")
+    @field_validator(*_DATES)
     @classmethod
-    def _utc(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> datetime | None:
-        """In UTC. Every form pydantic reads, and the ISO forms it refuses that Python reads:
-        PostgreSQL's text of a timestamptz (`2026-08-20 09:14:22.123+00`, its zone in hours), as
-        a raw row's column carries it (formats.electric reads those alike)."""
-        try:
-            parsed = handler(value)
-        except ValidationError:
-            parsed = _iso_or_none(value)
-            if parsed is None:
-                raise
-        return None if parsed is None else to_utc(parsed)
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else to_utc(value)
 
     @field_serializer(*_DATES)
     def _iso(self, value: datetime | None) -> str | None:

@@ -25,7 +25,7 @@ from relay.errors import InputError
 from relay.formats.packets import loads_shallow
 from relay.formats.run_errors import enhanced
 from relay.formats.sdk import parse_sdk_run
-from relay.model import ROW_STATUS_MAP, Run, normalise_status, to_utc
+from relay.model import ROW_STATUS_MAP, Run, from_iso, normalise_status
 
 Schema = Mapping[str, Mapping[str, Any]]
 
@@ -243,7 +243,7 @@ def parse_timestamp(text: str) -> datetime:
         return datetime.max.replace(tzinfo=UTC)
     if text == "-infinity":
         return datetime.min.replace(tzinfo=UTC)
-    return to_utc(datetime.fromisoformat(text))
+    return from_iso(text)
 
 
 _PG_SPACE = " \t\n\r\v\f"  # what Postgres skips around array elements (array_isspace)

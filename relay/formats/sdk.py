@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from relay.errors import InputError, field_message
 from relay.formats.packets import decode_packet
-from relay.model import Run, normalise_status
+from relay.model import Run, dates_from_iso, normalise_status
 
 _PACKETS = (("payload", "payloadType"), ("output", "outputType"), ("metadata", "metadataType"))
 
@@ -36,9 +36,19 @@ def parse_sdk_run(obj: dict[str, Any], where: str = "") -> Run:
     if "metadata" in data and not isinstance(data["metadata"], dict | None):
         data["metadata"] = {"value": data["metadata"]}
     try:
-        return Run.model_validate(data)
+        return _validated(data)
     except ValidationError as exc:
         raise _input_error(exc, where) from None
+
+
+def _validated(data: dict[str, Any]) -> Run:
+    try:
+        return Run.model_validate(data)
+    except ValidationError as exc:
+        dated = dates_from_iso(data, exc)
+        if dated is None:
+            raise
+    return Run.model_validate(dated)
 
 
 def _input_error(exc: ValidationError, where: str) -> InputError:
