@@ -135,6 +135,9 @@ async def test_replay_is_part_of_the_history(relay: RelayFactory, sink: Sink) ->
     await until(r, lambda c: c["sent"] == 1)
     _, detail = await get(r, f"/v1/notifications/{ident}")
     assert [e["kind"] for e in detail["events"]] == ["created", "dead", "replayed", "sent"]
+    # as the README says: a replay clears `error`, the dead event keeps it
+    assert detail["error"] is None, detail
+    assert detail["events"][1]["detail"] == "client_error: HTTP 400 (permanent)", detail
 
 
 async def test_a_send_after_a_quick_retry_keeps_the_failed_tries_error(
