@@ -266,6 +266,8 @@ def try_rules(
     rules = config_data(text).get("rules") or []
     if not rules:
         return
+    # a warning is `relay check` saying the example does not do what it shows
+    assert "warning" not in checked.stderr, f"{where}:\n{checked.stderr}"
     config = folder / "config.yaml"
     compiled = compile_config(
         load_config(config, channel_registry.settings_models(), dummy_env(text))
