@@ -367,6 +367,45 @@ def test_readme_cli_table_matches_the_parser() -> None:
         assert options <= shown, f"relay {' '.join(path)}: {options - shown} not in the README"
 
 
+def shown_commands(text: str) -> list[list[str]]:
+    """The argument lists of the `relay …` commands a document tells to run: each line of its
+    `sh` blocks (after `$ `, `docker exec relay`, …) and each inline `relay …` span with a flag
+    that is not a syntax line (`[--all]`, `ID|--all`); `$(…)` stands for an id, `N` for 1."""
+    blocks = [b.replace("\\\n", " ") for b in code_blocks(text, "sh")]
+    blocks += re.findall(r"^\$ (relay .*)$", text, flags=re.M)  # a session shown with its output
+    spans = re.findall(r"`(relay [a-z][^`]* -[^`]*)`", text)
+    found = []
+    for shown in [line for b in blocks for line in b.splitlines()] + [
+        s for s in spans if not re.search(r"[\[|…]|\.\.\.", s)
+    ]:
+        line = re.sub(r"\$\([^)]*\)", "sil_0", shown.removeprefix("$ "))
+        words = shlex.split(re.sub(r" N\b", " 1", line), comments=True)
+        for i, word in enumerate(words[:-1]):
+            if word.rpartition("/")[2] == "relay" and (
+                words[i + 1] in subcommands() or words[i + 1][:2] == "--"
+            ):
+                found.append(words[i + 1 :])
+                break
+    return found
+
+
+@pytest.mark.parametrize(
+    "path", [REPO / "README.md", EXAMPLE_CONFIG, *sorted(DOCS.glob("*.md"))], ids=lambda p: p.name
+)
+def test_shown_relay_commands_parse(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every `relay …` command the docs show exists with those flags: an operator copying one
+    gets no usage error."""
+    commands = shown_commands(path.read_text(encoding="utf-8"))
+    assert commands or path.name in {"configuration.md", "postgresql.md"}, "no command found"
+    refused = []
+    for argv in commands:
+        with contextlib.suppress(SystemExit):
+            cli._parser().parse_args(argv)
+            continue
+        refused.append((argv, capsys.readouterr().err.strip().splitlines()[-1:]))
+    assert not refused, refused
+
+
 def test_config_help_gives_the_readme_defaults() -> None:
     """The README's CLI section: `--config`, default `$RELAY_CONFIG`, then `./config.yaml`,
     then the built-in default; the help named the first alone."""
