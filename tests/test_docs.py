@@ -1063,3 +1063,14 @@ def test_image_command_serves_and_passes_its_healthcheck(venv: Path, tmp_path: P
         assert proc.wait(30) == 0
     assert run(probe, env=env, timeout=10).returncode != 0, "HEALTHCHECK passes with relay down"
     assert (tmp_path / "var" / "lib" / "relay" / "relay.db").is_file()
+
+
+def test_https_only_keys_say_localhost_may_use_http() -> None:
+    """Every `https://` URL key takes `http://` on localhost (relay.channels._http_answers): the
+    README said so for Slack's `api_url` only, so its `webhook_url`, Discord's, Teams' and
+    PagerDuty's `api_url` read as refusing a local test receiver that `relay check` accepts."""
+    rows = re.findall(r"^\| `\w+` \| `https://` URL.*$", readme(), flags=re.M)
+    rows = [r for r in rows if not r.startswith("| `avatar_url`")]  # Discord fetches it, not relay
+    assert len(rows) >= 5, rows
+    silent = [r[:60] for r in rows if "`http://` only for localhost" not in r]
+    assert not silent, silent
