@@ -278,9 +278,11 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     if not found:
         print("no notifications")
     for n, events in found:
-        view = notification_view(n)
+        view, kind = notification_view(n), n.run.get("event") or "run"  # as `relay test` heads it
         print(
-            one_line(f"{n.id}  {view['created_at']}  run {n.run_id}  rule {n.rule} → {n.channel}")
+            one_line(
+                f"{n.id}  {view['created_at']}  {kind} {n.run_id}  rule {n.rule} → {n.channel}"
+            )
         )
         print(one_line(f"    {explain(n)}"))
         for e in map(event_view, events):

@@ -7,6 +7,7 @@ Regenerate the golden files with `RELAY_UPDATE_GOLDEN=1 pytest tests/test_trigge
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -28,7 +29,15 @@ from relay.formats.trigger_alerts import MAX_SIGNATURES, parse_alert
 from relay.model import Run
 from relay.rules import compile_rules
 from relay.templating import RenderContext, Renderer
-from tests.conftest import FIXTURES, Relay, RelayFactory, Sink, assert_golden, sdk_run
+from tests.conftest import (
+    FIXTURES,
+    Relay,
+    RelayFactory,
+    Sink,
+    assert_golden,
+    run_cli,
+    sdk_run,
+)
 from tests.fakes.slack import FIRST_TS, TOKEN, FakeSlack
 
 SHIPPED = FIXTURES / "alert-webhooks"
@@ -158,6 +167,22 @@ async def test_a_webhook_url_pasted_with_its_trailing_slash_is_the_same_endpoint
     assert got.json()["rule"] == "run-failures"
     async with r.http.post(r.url + "/v1/runs/", json=sdk_run("failed")) as resp:
         assert (resp.status, (await resp.json())["accepted"]) == (202, 1)
+
+
+async def test_history_heads_an_alert_s_notification_with_its_event(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """`relay history` said `run deployment_…` of a failed deployment; it heads each line with
+    the event as `relay test` does."""
+    r = await relay(config(sink))
+    status, _ = await post_alert(r, body_of("alert.deployment.failed"))
+    assert status == 202
+    await sink.wait_for(1)
+    env = {"RELAY_STORE_URL": r.service.settings.store_url}
+    listed = await asyncio.to_thread(run_cli, "history", env=env)
+    assert listed.returncode == 0, listed.stderr
+    [head] = [line for line in listed.stdout.splitlines() if line.startswith("ntf_")]
+    assert "  deployment.failed deployment_" in head and " run " not in head, head
 
 
 async def test_internal_errors_keep_code_and_message(relay: RelayFactory, sink: Sink) -> None:
