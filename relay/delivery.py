@@ -123,6 +123,7 @@ class ChannelLoop:
         self.finishing: set[asyncio.Future[None]] = set()  # outcomes being written
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._stop = asyncio.Event()  # set on stop: sends waiting for their turn give back now
         # Whether the store may hold due rows not claimed yet: set by new work (poke) and by
         # every idle poll that ran out; cleared by a claim that took all there was.
         self._more = True
@@ -140,6 +141,7 @@ class ChannelLoop:
             finishing=self.finishing,
             release=self._release,
             wake=self.poke,
+            stop=self._stop,
         )
 
     def poke(self) -> None:
@@ -152,7 +154,10 @@ class ChannelLoop:
         self._task = asyncio.create_task(self._run(), name=f"delivery:{self.name}")
 
     async def stop(self, grace_s: float) -> None:
+        """Start nothing more; sends waiting (the rate limit, a quick retry's backoff) give
+        their rows back at once, those on the wire get up to `grace_s`."""
         self._stopping = True
+        self._stop.set()
         self.wake.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):

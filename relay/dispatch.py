@@ -135,6 +135,7 @@ class Dispatch:
         finishing: set[asyncio.Future[None]],
         release: Release,
         wake: Callable[[], None],
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.name = name
         self.route = route
@@ -150,6 +151,7 @@ class Dispatch:
             sleep=deps.sleep,
             rng=deps.rng,
             max_attempts=deps.retry.max_attempts,
+            stop=stop,
         )
         self._render_pool: ThreadPoolExecutor | None = None  # for renders too slow for the loop
 

@@ -57,6 +57,16 @@ class Held(Exception):
         self.left_s = left_s
 
 
+class Stopped(Held):
+    """A request not made: the channel loop stops (a shutdown, a reload) while the send waits
+    for its turn under the rate limit or for a quick retry. Nothing is on the wire, so the rows
+    go back to the outbox now (as for a hold that ends at once) rather than hold up the stop
+    until its grace runs out."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0)
+
+
 class Sender:
     """Sends through one channel's route; `max_attempts` is the retry policy's, which the
     quick retries of one attempt never pass."""
@@ -70,6 +80,7 @@ class Sender:
         sleep: Sleep,
         rng: random.Random,
         max_attempts: int,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self.name = name
         self.route = route
@@ -77,6 +88,7 @@ class Sender:
         self.sleep = sleep
         self.rng = rng
         self.max_attempts = max_attempts
+        self.stop = stop if stop is not None else asyncio.Event()  # set: waits end (Stopped)
 
     async def attempt(self, outgoing: Outgoing, attempts: int) -> Tried:
         """Send with in-process retries, each try throttled."""
@@ -103,8 +115,25 @@ class Sender:
         bucket = self.route.bucket
         if bucket is not None:
             wait = bucket.reserve(self.clock())
-            if wait > 0:
-                await self.sleep(wait)
+            try:
+                await self._wait(wait)
+            except Stopped:  # no request: its token goes back (a reload keeps the bucket)
+                bucket.give_back()
+                raise
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep `seconds` (a turn under the rate limit, a quick retry's backoff), unless the
+        stop comes first: then Stopped. Such a wait ran out the whole shutdown grace."""
+        if seconds > 0 and not self.stop.is_set():
+            stop = asyncio.ensure_future(self.stop.wait())
+            sleep = asyncio.ensure_future(self.sleep(seconds))
+            try:
+                await asyncio.wait({stop, sleep}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                sleep.cancel()
+        if self.stop.is_set():
+            raise Stopped
 
     async def _send(self, outgoing: Outgoing, budget: int) -> Tried:
         """Send, retrying blips in-process: the tries made and the final error or receipt. The
@@ -112,12 +141,11 @@ class Sender:
         loop for each cost more CPU than rendering the message); tenacity takes the rest."""
         try:
             return Tried(1, None, await self._send_once(outgoing))
-        except Held as held:  # no try made: the rows go back as they were
+        except Held as held:  # no try made: the rows go back as they were (Stopped: now)
             return Tried(0, held_s=held.left_s)
         except DeliveryError as err:
             if budget <= 1 or not pol.is_blip(err):
                 return Tried(1, err, failed=(err.reason,))
-            await self.sleep(pol.quick_wait_s(1, err, self.rng))
             failures = [err]
         tries = 1
         receipt: str | None = None
@@ -131,10 +159,11 @@ class Sender:
             stop=stop_after_attempt(budget - 1),
             wait=wait,
             retry=retry_if_exception(lambda e: isinstance(e, DeliveryError) and pol.is_blip(e)),
-            sleep=self.sleep,
+            sleep=self._wait,
             reraise=True,
         )
         try:
+            await self._wait(pol.quick_wait_s(1, failures[0], self.rng))
             async for attempt in retrying:
                 with attempt:
                     tries += 1
@@ -142,6 +171,7 @@ class Sender:
         except DeliveryError as err:
             return Tried(tries, err, failed=_reasons(failures))
         except Held:  # the try not made is no try: the last failure stands, due after the hold
+            # or, stopped (Stopped) while a quick retry waited, at the outbox's backoff
             return Tried(len(failures), failures[-1], failed=_reasons(failures))
         return Tried(tries, None, receipt, _reasons(failures), str(failures[-1]))
 

@@ -965,3 +965,45 @@ async def test_an_outcome_the_store_cannot_take_is_logged_with_its_notification(
         "channel": "hook",
         "notification_id": sink.received[0].headers["webhook-id"],
     }
+
+
+async def test_a_stop_ends_a_sends_wait_for_its_token_or_its_quick_retry(sink: Sink) -> None:
+    """The loop's stop (SIGTERM, a reload) ends the waits of relay's own timers at once: a send
+    waiting for its rate-limit token comes back unsent (no try, its token given back, due now)
+    and one waiting out a quick retry's backoff ends with the try it made. Both waited out the
+    shutdown's whole grace (10 s) before being cut short."""
+    sink.responses = [status(200), status(502)]
+    cfg = config(sink.url).replace("    secret:", "    rate_limit: {per_minute: 1}\n    secret:")
+    compiled = compile_config(parse_config(cfg, "c.yaml", settings_models(), {}))
+    http = HttpClient()
+    route = route_for(compiled, "hook", ChannelEnv(http, io.StringIO(), 10.0))
+    assert route.bucket is not None
+    stop = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:  # the stop comes while a send waits
+        stop.set()
+        await asyncio.Event().wait()
+
+    sender = Sender(
+        "hook",
+        route,
+        clock=lambda: 1000.0,
+        sleep=sleep,
+        rng=random.Random(0),
+        max_attempts=4,
+        stop=stop,
+    )
+    message = Outgoing("ntf_a", "run_a", "failures", {"json": "{}"}, 1000.0)
+    try:
+        sent = await sender.attempt(message, 0)
+        waiting = await sender.attempt(message, 0)
+        next_wait_s = route.bucket.reserve(1000.0)  # a minute: the token given back, not two
+        route.bucket = None  # the next one is not throttled: its wait is the quick retry's
+        stop.clear()
+        retrying = await sender.attempt(message, 0)
+    finally:
+        await http.close()
+    assert sent.tries == 1 and sent.error is None
+    assert waiting.tries == 0 and waiting.held_s == 0.0 and waiting.error is None
+    assert next_wait_s == 60.0
+    assert retrying.tries == 1 and retrying.failed == ("server_error",) and len(sink.received) == 2

@@ -4,8 +4,11 @@ holds a delivery open so that the drain lasts, the endpoints asked meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
+import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -137,3 +140,62 @@ async def test_a_second_stop_signal_while_draining_with_workers_exits_at_once(
         gate.set()
     worker = worker_pids(proc)[0]
     await wait_until(lambda: not alive(worker))
+
+
+RATE_LIMITED = CONFIG.replace(
+    "    concurrency: 4\n", "    concurrency: 4\n    rate_limit: {{per_minute: 1}}\n"
+)
+
+
+def outbox(db: Path, query: str, *args: object) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        return conn.execute(query, args).fetchall()
+
+
+def leased_waiting(db: Path) -> bool:
+    """Whether a pending row is claimed while none is being sent: its send waits for its turn
+    under the rate limit (the first one's outcome written, so the claim is not that one's)."""
+    query = "SELECT count(*) FROM outbox WHERE state = 'pending' AND lease_until > ?"
+    claimed = outbox(db, query, time.time())[0][0]
+    return bool(claimed) and outbox(db, "SELECT count(*) FROM outbox WHERE state = 'sent'") == [
+        (1,)
+    ]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+async def test_a_send_waiting_for_the_rate_limit_goes_back_at_once_on_sigterm(
+    relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path, workers: int
+) -> None:
+    """A send waiting for its token (`rate_limit: {per_minute: 1}`: a minute) counted as in
+    flight: SIGTERM waited the whole grace (10 s) before cutting it short, a rolling update of
+    10 pods took 100 s more. Nothing of it is on the wire: it goes back to the outbox at once,
+    no attempt counted, and relay exits. Started again, each notification arrives once."""
+    env = {"RELAY_WORKERS": "1"} if workers else None
+    proc = relay_process(RATE_LIMITED.format(url=sink.url), env)
+    await asyncio.to_thread(proc.start)
+    async with aiohttp.ClientSession() as http:
+        for i in range(5):
+            status, _, _ = await answer(http, "POST", proc.url + "/v1/runs", failed_run(f"r{i}"))
+            assert status == 202
+    await sink.wait_for(1)
+    db = tmp_path / "relay.db"
+    await wait_until(lambda: leased_waiting(db))
+    sent_before = len(sink.received)
+    begun = time.monotonic()
+    assert await asyncio.to_thread(proc.terminate, 30) == 0
+    assert time.monotonic() - begun < 8.0  # not the grace (10 s): well under a second here
+    assert len(sink.received) == sent_before == 1
+    attempts = outbox(db, "SELECT attempts FROM outbox WHERE state = 'pending'")
+    assert attempts == [(0,)] * 4  # handed back: no attempt counted, no lease kept
+    assert not outbox(db, "SELECT id FROM outbox WHERE lease_until > ?", time.time())
+
+    proc = relay_process(CONFIG.format(url=sink.url), env)  # no rate limit: all at once
+    await asyncio.to_thread(proc.start)
+    received = await sink.wait_for(5)
+    await wait_until(
+        lambda: outbox(db, "SELECT count(*) FROM outbox WHERE state = 'sent'") == [(5,)]
+    )
+    ids = [r.headers["webhook-id"] for r in received]
+    assert len(ids) == len(set(ids)) == 5  # each once
+    assert outbox(db, "SELECT DISTINCT attempts FROM outbox") == [(1,)]
+    assert await asyncio.to_thread(proc.terminate, 30) == 0
