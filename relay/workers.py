@@ -192,6 +192,7 @@ class WorkerPool:
         self._on_death = on_death  # with a worker's index, once it died unasked
         self._children = [_Child(i) for i in range(count)]
         self._stopping = False
+        self._stopped = asyncio.Event()  # set with `_stopping`: ends a restart's pause
         self._spawning = 0  # children started whose pid is not in `pids` yet
         self._spawned = asyncio.Event()  # set while none is being started: stop() waits for it
         self._spawned.set()
@@ -302,7 +303,7 @@ class WorkerPool:
             )
             if self._on_death is not None:
                 await self._on_death(child.index)
-            await asyncio.sleep(RESTART_AFTER_S)
+            await self._pause()
 
     async def _started(self, child: _Child) -> bool:
         """Start the child; False, said and after a pause, if the system refused it (no process
@@ -316,7 +317,7 @@ class WorkerPool:
                 extra={"worker": child.index, "error": str(exc)},
             )
             child.started.set()  # the service starts all the same, /readyz saying so
-            await asyncio.sleep(RESTART_AFTER_S)
+            await self._pause()
             return False
         child.started.set()
         return True
@@ -335,6 +336,13 @@ class WorkerPool:
         """The service is stopping: a child that exits from now on is not started again (Ctrl-C
         or systemd's stop signal the whole process group: the children may exit first)."""
         self._stopping = True
+        self._stopped.set()
+
+    async def _pause(self) -> None:
+        """RESTART_AFTER_S before a start again, cut short by a stop: a SIGTERM during it
+        waited it out."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), RESTART_AFTER_S)
 
     async def stop(self, grace_s: float) -> None:
         """Close every child's stdin (its signal to finish and exit), then wait, then kill.

@@ -668,3 +668,19 @@ async def test_sigterm_around_a_workers_restart_stops_every_process(
     await asyncio.sleep(delay_s)
     assert await asyncio.to_thread(proc.terminate, 30) == 0
     await wait_until(lambda: not processes_with(str(tmp_path / "config.yaml")), timeout=10)
+
+
+async def test_a_stop_during_a_workers_restart_pause_does_not_wait_it_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that died is started again after a pause (RESTART_AFTER_S, 1 s); a stop during
+    it (SIGTERM) waited the pause out before the service could exit. It ends the pause."""
+    monkeypatch.setattr(workers, "RESTART_AFTER_S", 3600.0)
+    pool = _pool(tmp_path, monkeypatch, lambda: config("http://127.0.0.1:9"))
+    await asyncio.wait_for(pool.start(), 60)
+    await wait_until(lambda: pool.down() == [])
+    [pid] = pool.pids()
+    os.kill(pid, signal.SIGKILL)
+    await wait_until(lambda: pool.down() == [0])  # dead, pausing before its start again
+    await asyncio.wait_for(pool.stop(5.0), 30)  # not the hour
+    assert pool.pids() == [pid]  # not started again
