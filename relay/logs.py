@@ -6,6 +6,8 @@ and appear as top-level keys.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -177,10 +179,49 @@ def _written(secret: str) -> set[str]:
     }
 
 
+# Lines held for one event-loop turn at most (see _ScrubbingHandler); more are written at once.
+HELD_LINES = 256
+
+
 class _ScrubbingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Scrubs and formats each line at once. An INFO or DEBUG line logged on a running event
+    loop is written at the end of the loop's turn, with the others of that turn in one write:
+    a write per line ("notification sent" under load) cost its system call and a pass of the
+    interpreter lock to the store's thread each time. Warnings and errors, lines of other
+    threads and lines with no loop are written at once; the held ones go before them, and at
+    logging.shutdown (a normal exit, relay.signals.exit_now)."""
+
     def __init__(self, scrub: ScrubSecrets) -> None:
         super().__init__(sys.stderr)
         self.scrub = scrub
+        self._held: list[str] = []  # guarded by self.lock, as emit and flush are
+
+    def emit(self, record: logging.LogRecord) -> None:
+        loop = asyncio._get_running_loop()
+        if loop is None or record.levelno >= logging.WARNING:
+            self.flush()
+            super().emit(record)
+            return
+        try:
+            self._held.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+            return
+        if len(self._held) == 1:
+            loop.call_soon(self.flush)
+        elif len(self._held) >= HELD_LINES:
+            self.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            lines, self._held = self._held, []
+            with contextlib.suppress(OSError, ValueError):  # stderr closed: lost, as before
+                if lines:
+                    self.stream.write("".join(line + self.terminator for line in lines))
+                super().flush()
+        finally:
+            self.release()
 
     def format(self, record: logging.LogRecord) -> str:
         if self.scrub.secrets and self.formatter is not None:
