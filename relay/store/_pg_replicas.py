@@ -22,6 +22,7 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 import asyncpg
 
@@ -57,22 +58,29 @@ def new_holder() -> str:
 
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
+# A connection of the replica's pool, for a beat whose own connection the server refuses.
+Spare = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
 
 
 class Heartbeat:
     """Renews this replica's row every `timeout_s / 5` until stopped, over a connection of its
     own: a pool kept busy by intake must not delay the renewal past the timeout (the others
-    would take this replica's claims while it sends them)."""
+    would take this replica's claims while it sends them). When the server refuses that
+    connection (full after a restart: its pool's connections took the slots) a beat renews over
+    a pooled one: the replica that claims and sends over its pool is alive, and its row expiring
+    had the others, and itself, send its claimed rows again, an id up to 5 times."""
 
     def __init__(self, holder: str, timeout_s: float) -> None:
         self.holder = holder
         self.timeout_s = timeout_s
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
+        self._spare: Spare | None = None
 
-    async def start(self, connect: Connect) -> None:
+    async def start(self, connect: Connect, spare: Spare | None = None) -> None:
         """Write the row now (before any claim can name this holder), then keep renewing it;
         StoreUnavailable if the first write fails."""
+        self._spare = spare
         try:
             await self._beat(connect, first=True)
         except DB_ERRORS as exc:
@@ -94,10 +102,20 @@ class Heartbeat:
 
     async def _beat(self, connect: Connect, *, first: bool = False) -> None:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await connect()
+            try:
+                self._conn = await connect()
+            except DB_ERRORS:
+                if first or self._spare is None:
+                    raise
+                await self._beat_spare(self._spare)
+                return
         if first:
             await self._conn.execute(FORGET_STALE, float(STALE_ROWS_S), timeout=self.timeout_s)
         await self._conn.execute(RENEW, self.holder, self.timeout_s, timeout=self.timeout_s / 5)
+
+    async def _beat_spare(self, spare: Spare) -> None:
+        async with spare() as conn:
+            await conn.execute(RENEW, self.holder, self.timeout_s, timeout=self.timeout_s / 5)
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None

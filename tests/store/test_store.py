@@ -1038,6 +1038,44 @@ async def _sql(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
+async def test_a_heartbeat_the_full_server_refuses_a_connection_renews_over_the_pool(
+    pg_url: str,
+) -> None:
+    """Restarted with max_connections taken by the pools, the server refused the heartbeat a
+    connection of its own while the pool claimed and sent: the replica's row expired and its
+    claimed rows were taken as a dead replica's, by the other and by itself, an id sent 5
+    times. The role's connection limit is that full server here: the beat uses the pool's."""
+    await migrate(pg_url)
+    role = f"relay_full_{os.getpid()}"
+    await _sql(pg_url, f'CREATE ROLE "{role}" LOGIN')
+    await _sql(
+        pg_url, f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"'
+    )
+    store = PostgresStore(pg_url.replace("postgres@", f"{role}@"), replica_timeout_s=3.0)
+    await store.open()
+    try:
+        await _sql(pg_url, f'ALTER ROLE "{role}" CONNECTION LIMIT 1')  # the pool's one stays
+        gone = await _sql(
+            pg_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE usename = $1 AND query LIKE '%relay_replicas%'",
+            role,
+        )
+        assert [row[0] for row in gone] == [True]  # the heartbeat's connection
+        beat = "SELECT expires_at, clock_timestamp() FROM relay_replicas WHERE holder = $1"
+        [(last, _)] = await _sql(pg_url, beat, store.holder)
+        for _ in range(200):  # until renewed, or expired: 3 s at most
+            [(expires, now)] = await _sql(pg_url, beat, store.holder)
+            if expires > last or now > last:
+                break
+            await asyncio.sleep(0.05)
+        assert expires > last
+    finally:
+        await store.close()
+        await _sql(pg_url, f'DROP OWNED BY "{role}"')
+        await _sql(pg_url, f'DROP ROLE "{role}"')
+
+
 async def test_the_leases_of_a_replica_that_stopped_beating_are_free_at_once(pg_url: str) -> None:
     """A kill -9 is a row in relay_replicas that expires (time travel here: its renewals are an
     hour apart); a graceful close deletes it. Either frees the replica's leases before they end."""
