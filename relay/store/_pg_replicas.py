@@ -21,8 +21,8 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 
 import asyncpg
 
@@ -58,29 +58,41 @@ def new_holder() -> str:
 
 
 Connect = Callable[[], Awaitable[asyncpg.Connection]]
-# A connection of the replica's pool, for a beat whose own connection the server refuses.
-Spare = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
 
 
 class Heartbeat:
     """Renews this replica's row every `timeout_s / 5` until stopped, over a connection of its
     own: a pool kept busy by intake must not delay the renewal past the timeout (the others
-    would take this replica's claims while it sends them). When the server refuses that
-    connection (full after a restart: its pool's connections took the slots) a beat renews over
-    a pooled one: the replica that claims and sends over its pool is alive, and its row expiring
-    had the others, and itself, send its claimed rows again, an id up to 5 times."""
+    would take this replica's claims while it sends them). That connection may be refused
+    for longer than the timeout while the pool's work (a server full after a restart, the
+    pool's connections holding the slots): the others, and the replica itself, then took the
+    rows it was sending for a dead replica's and sent them again, an id up to 5 times. So a
+    renewal two periods late is made by the next call on a pooled connection (`renew_on`)."""
 
     def __init__(self, holder: str, timeout_s: float) -> None:
         self.holder = holder
         self.timeout_s = timeout_s
         self._task: asyncio.Task[None] | None = None
         self._conn: asyncpg.Connection | None = None
-        self._spare: Spare | None = None
+        self._renewed = 0.0  # time.monotonic() of the last renewal recorded
+        self._renewing = False  # a pooled call renews: the others need not
 
-    async def start(self, connect: Connect, spare: Spare | None = None) -> None:
+    def overdue(self) -> bool:
+        """Whether this running heartbeat missed two renewals and no pooled call renews now."""
+        late = time.monotonic() - self._renewed > 2 * self.timeout_s / 5
+        return late and self._task is not None and not self._renewing
+
+    async def renew_on(self, conn: asyncpg.Connection) -> None:
+        """Renew over `conn` (a pooled connection, outside a transaction)."""
+        self._renewing = True
+        try:
+            await self._renew_row(conn)
+        finally:
+            self._renewing = False
+
+    async def start(self, connect: Connect) -> None:
         """Write the row now (before any claim can name this holder), then keep renewing it;
         StoreUnavailable if the first write fails."""
-        self._spare = spare
         try:
             await self._beat(connect, first=True)
         except DB_ERRORS as exc:
@@ -102,20 +114,14 @@ class Heartbeat:
 
     async def _beat(self, connect: Connect, *, first: bool = False) -> None:
         if self._conn is None or self._conn.is_closed():
-            try:
-                self._conn = await connect()
-            except DB_ERRORS:
-                if first or self._spare is None:
-                    raise
-                await self._beat_spare(self._spare)
-                return
+            self._conn = await connect()
         if first:
             await self._conn.execute(FORGET_STALE, float(STALE_ROWS_S), timeout=self.timeout_s)
-        await self._conn.execute(RENEW, self.holder, self.timeout_s, timeout=self.timeout_s / 5)
+        await self._renew_row(self._conn)
 
-    async def _beat_spare(self, spare: Spare) -> None:
-        async with spare() as conn:
-            await conn.execute(RENEW, self.holder, self.timeout_s, timeout=self.timeout_s / 5)
+    async def _renew_row(self, conn: asyncpg.Connection) -> None:
+        await conn.execute(RENEW, self.holder, self.timeout_s, timeout=self.timeout_s / 5)
+        self._renewed = time.monotonic()
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None

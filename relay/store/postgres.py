@@ -51,7 +51,7 @@ from relay.store._pg_connect import (
     unreadable_tls_file,
 )
 from relay.store._pg_observe import lease_at_birth, observe
-from relay.store._pg_replicas import DEFAULT_TIMEOUT_S, Heartbeat, Spare, new_holder
+from relay.store._pg_replicas import DEFAULT_TIMEOUT_S, Heartbeat, new_holder
 from relay.store._pg_rows import (
     LEAD,
     PRUNE,
@@ -179,7 +179,7 @@ class PostgresStore:
                 raise
             self._pool = pool
             try:
-                await self._heartbeat.start(self._connect, self._spare_for(pool))
+                await self._heartbeat.start(self._connect)
             except BaseException:
                 await self.close()
                 raise
@@ -191,11 +191,6 @@ class PostgresStore:
     def _check_tls_files(self) -> None:
         if (name := unreadable_tls_file(self._url)) is not None:
             raise StoreUnavailable(f"store open failed: TLS: the file {name} names cannot be read")
-
-    def _spare_for(self, pool: asyncpg.Pool) -> Spare:
-        """The heartbeat's connection when its own is refused: one of `pool`'s, not waited for
-        past a renewal's period."""
-        return lambda: pool.acquire(timeout=self._heartbeat.timeout_s / 5)
 
     async def _connect(self) -> asyncpg.Connection:
         """A connection outside the pool (this replica's heartbeat)."""
@@ -247,6 +242,8 @@ class PostgresStore:
         self._idle.clear()
         try:
             async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                if self._heartbeat.overdue():  # its own connection refused, the pool's working
+                    await self._heartbeat.renew_on(conn)
                 yield conn
         except DB_ERRORS as exc:
             raise unavailable("store unavailable", exc) from exc

@@ -1038,13 +1038,14 @@ async def _sql(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
-async def test_a_heartbeat_the_full_server_refuses_a_connection_renews_over_the_pool(
+async def test_a_heartbeat_refused_its_connection_is_renewed_by_the_replicas_calls(
     pg_url: str,
 ) -> None:
     """Restarted with max_connections taken by the pools, the server refused the heartbeat a
     connection of its own while the pool claimed and sent: the replica's row expired and its
     claimed rows were taken as a dead replica's, by the other and by itself, an id sent 5
-    times. The role's connection limit is that full server here: the beat uses the pool's."""
+    times. The role's connection limit is that full server here; the replica's claims go on,
+    and one of them renews the row."""
     await migrate(pg_url)
     role = f"relay_full_{os.getpid()}"
     await _sql(pg_url, f'CREATE ROLE "{role}" LOGIN')
@@ -1065,6 +1066,7 @@ async def test_a_heartbeat_the_full_server_refuses_a_connection_renews_over_the_
         beat = "SELECT expires_at, clock_timestamp() FROM relay_replicas WHERE holder = $1"
         [(last, _)] = await _sql(pg_url, beat, store.holder)
         for _ in range(200):  # until renewed, or expired: 3 s at most
+            assert await store.claim("c1", now=1.0, limit=10, lease_s=300) == []
             [(expires, now)] = await _sql(pg_url, beat, store.holder)
             if expires > last or now > last:
                 break
