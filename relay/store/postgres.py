@@ -39,6 +39,7 @@ from relay.store import (
 )
 from relay.store._pg_connect import (
     DB_ERRORS,
+    ConnectGate,
     check_url,
     clean,
     clean_opt,
@@ -165,6 +166,7 @@ class PostgresStore:
                     timeout=self._connect_timeout,
                     command_timeout=COMMAND_TIMEOUT_S,
                     reset=keep_session,
+                    connect=ConnectGate().connect,
                     **self._args(),
                 )
             except DB_ERRORS as exc:
