@@ -1039,6 +1039,23 @@ async def _sql(url: str, sql: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
+@contextlib.asynccontextmanager
+async def _dml_role(pg_url: str, prefix: str) -> AsyncIterator[tuple[str, str]]:
+    """A role that may use the migrated relay_* tables: (its name, its URL); dropped after."""
+    await migrate(pg_url)
+    role = f"{prefix}_{os.getpid()}"
+    await _sql(pg_url, f'CREATE ROLE "{role}" LOGIN')
+    try:
+        await _sql(
+            pg_url,
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"',
+        )
+        yield role, pg_url.replace("postgres@", f"{role}@")
+    finally:
+        await _sql(pg_url, f'DROP OWNED BY "{role}"')
+        await _sql(pg_url, f'DROP ROLE "{role}"')
+
+
 async def test_a_heartbeat_refused_its_connection_is_renewed_by_the_replicas_calls(
     pg_url: str,
 ) -> None:
@@ -1047,13 +1064,12 @@ async def test_a_heartbeat_refused_its_connection_is_renewed_by_the_replicas_cal
     claimed rows were taken as a dead replica's, by the other and by itself, an id sent 5
     times. The role's connection limit is that full server here; the replica's claims go on,
     and one of them renews the row."""
-    await migrate(pg_url)
-    role = f"relay_full_{os.getpid()}"
-    await _sql(pg_url, f'CREATE ROLE "{role}" LOGIN')
-    await _sql(
-        pg_url, f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"'
-    )
-    store = PostgresStore(pg_url.replace("postgres@", f"{role}@"), replica_timeout_s=3.0)
+    async with _dml_role(pg_url, "relay_full") as (role, url):
+        await _full(pg_url, role, url)
+
+
+async def _full(pg_url: str, role: str, url: str) -> None:
+    store = PostgresStore(url, replica_timeout_s=3.0)
     await store.open()
     try:
         await _sql(pg_url, f'ALTER ROLE "{role}" CONNECTION LIMIT 1')  # the pool's one stays
@@ -1075,8 +1091,6 @@ async def test_a_heartbeat_refused_its_connection_is_renewed_by_the_replicas_cal
         assert expires > last
     finally:
         await store.close()
-        await _sql(pg_url, f'DROP OWNED BY "{role}"')
-        await _sql(pg_url, f'DROP ROLE "{role}"')
 
 
 async def test_a_full_server_is_not_asked_for_a_connection_by_every_call(pg_url: str) -> None:
@@ -1084,13 +1098,12 @@ async def test_a_full_server_is_not_asked_for_a_connection_by_every_call(pg_url:
     of connection slots, intake at 300 runs/s made 320 refused connections a second, each a
     backend the server forked to refuse it. After a refusal the calls get it again at once
     (503 for intake, as before) for a moment, then one tries; the server's log counts them."""
-    await migrate(pg_url)
-    role = f"relay_gate_{os.getpid()}"
-    await _sql(pg_url, f'CREATE ROLE "{role}" LOGIN')
-    await _sql(
-        pg_url, f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"'
-    )
-    store = PostgresStore(pg_url.replace("postgres@", f"{role}@"))
+    async with _dml_role(pg_url, "relay_gate") as (role, url):
+        await _gate(pg_url, role, url)
+
+
+async def _gate(pg_url: str, role: str, url: str) -> None:
+    store = PostgresStore(url)
     await store.open()
     refused = f'too many connections for role "{role}"'
     log = shared_server().root / "server.log"
@@ -1118,8 +1131,6 @@ async def test_a_full_server_is_not_asked_for_a_connection_by_every_call(pg_url:
             pytest.fail("the store never connected again")
     finally:
         await store.close()
-        await _sql(pg_url, f'DROP OWNED BY "{role}"')
-        await _sql(pg_url, f'DROP ROLE "{role}"')
 
 
 async def test_the_leases_of_a_replica_that_stopped_beating_are_free_at_once(pg_url: str) -> None:
