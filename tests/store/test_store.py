@@ -44,7 +44,7 @@ from relay.store import (
     postgres,
 )
 from relay.store._pg_connect import connect_args
-from relay.store._pg_schema import SCHEMA_VERSION
+from relay.store._pg_schema import MIGRATION_LOCK, SCHEMA_VERSION
 from relay.store.postgres import PostgresStore
 from tests.fakes.serving import free_port
 from tests.pg import fresh_database, shared_server
@@ -1131,6 +1131,22 @@ async def _gate(pg_url: str, role: str, url: str) -> None:
             pytest.fail("the store never connected again")
     finally:
         await store.close()
+
+
+async def test_a_start_cut_short_by_statement_timeout_waits_for_the_lock(pg_url: str) -> None:
+    """A replica starting while another migrates waits for the migration lock; the role's
+    statement_timeout cut that wait short and `relay serve` exited 1 ("QueryCanceledError
+    (57014)", a refusal waiting would not mend). It is one waiting mends, said in words."""
+    async with _dml_role(pg_url, "relay_timeout") as (role, url):
+        await _sql(pg_url, f"ALTER ROLE \"{role}\" SET statement_timeout = '200ms'")
+        migrating = await asyncpg.connect(pg_url)
+        try:
+            await migrating.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+            with pytest.raises(StoreUnavailable, match="statement_timeout") as caught:
+                await PostgresStore(url).open()
+            assert caught.value.passing
+        finally:
+            await migrating.close()
 
 
 async def test_the_leases_of_a_replica_that_stopped_beating_are_free_at_once(pg_url: str) -> None:
