@@ -77,13 +77,18 @@ _SQLSTATE_WORDS = {
     "42704": "a URL parameter names no setting the server knows",
     "22023": "the server refused the value of a setting given as a URL parameter",
     "57P03": "the server is starting up or shutting down",
+    # Met in an outage: a connection closed under relay, a database made read-only.
+    "08003": "the connection was closed (terminated by the server, or lost)",
+    "57P01": "the server closed the connection (pg_terminate_backend, or a shutdown)",
+    "25006": "the database is read-only (default_transaction_read_only, or a standby)",
     # A wait cut short: a lock held longer (another replica migrating, an operator's LOCK).
     "57014": "a statement was cancelled (statement_timeout, or by an administrator)",
     "55P03": "a lock was not available in time (lock_timeout)",
 }
 # Refusals that pass by themselves: a server starting, stopping or full, a connection lost, a
-# wait for a lock cut short by the role's statement_timeout or lock_timeout.
-_PASSING_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03", "57014", "55P03"})
+# wait for a lock cut short by the role's statement_timeout or lock_timeout, a database
+# read-only for a while (a failover's standby, a disk-full guard).
+_PASSING_SQLSTATES = frozenset({"53300", "57P01", "57P02", "57P03", "57014", "55P03", "25006"})
 
 
 def unavailable(what: str, exc: BaseException) -> StoreUnavailable:

@@ -1149,6 +1149,17 @@ async def test_a_start_cut_short_by_statement_timeout_waits_for_the_lock(pg_url:
             await migrating.close()
 
 
+async def test_a_read_only_database_is_said_in_words_and_waited_for(pg_url: str) -> None:
+    """A database made read-only for a while (a disk-full guard, a failover's standby) was
+    "ReadOnlySQLTransactionError (25006)" in the log, and ended a start (exit 1)."""
+    await migrate(pg_url)
+    name = pg_url.rsplit("/", 1)[1]
+    await _sql(pg_url, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    with pytest.raises(StoreUnavailable, match="the database is read-only") as caught:
+        await PostgresStore(pg_url).open()
+    assert caught.value.passing
+
+
 async def test_the_leases_of_a_replica_that_stopped_beating_are_free_at_once(pg_url: str) -> None:
     """A kill -9 is a row in relay_replicas that expires (time travel here: its renewals are an
     hour apart); a graceful close deletes it. Either frees the replica's leases before they end."""
