@@ -246,7 +246,14 @@ class PostgresStore:
             async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 if self._heartbeat.overdue():  # its own connection refused, the pool's working
                     await self._heartbeat.renew_on(conn)
-                yield conn
+                try:
+                    yield conn
+                except asyncpg.ReadOnlySQLTransactionError:
+                    # The session took the database's default_transaction_read_only when it
+                    # connected and keeps it: once the database is writable again, only a new
+                    # connection can write. Kept, it refused every write for good.
+                    conn.terminate()
+                    raise
         except DB_ERRORS as exc:
             raise unavailable("store unavailable", exc) from exc
         finally:

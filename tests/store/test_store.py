@@ -1160,6 +1160,40 @@ async def test_a_read_only_database_is_said_in_words_and_waited_for(pg_url: str)
     assert caught.value.passing
 
 
+async def test_a_database_writable_again_is_written_by_connections_made_meanwhile(
+    pg_url: str,
+) -> None:
+    """A connection opened while the database was read-only (a disk-full guard) keeps that
+    session default for good: the pool kept it, and both replicas refused every update long
+    after the database was writable again. A connection refused a write is replaced."""
+    store = PostgresStore(pg_url)
+    await store.open()
+    name = pg_url.rsplit("/", 1)[1]
+    admin = pg_url.rsplit("/", 1)[0] + "/postgres"
+    try:
+        await _sql(admin, f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        await _sql(
+            admin,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+        for tries in range(20):  # the terminated connection first, then a read-only one
+            with pytest.raises(StoreUnavailable) as caught:
+                await enqueue(store, f"run_{tries}", 1.0)
+            if "read-only" in str(caught.value):
+                break
+        assert "read-only" in str(caught.value)
+        await _sql(admin, f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        for tries in range(5):  # a connection the pool opened before the reset fails once
+            with contextlib.suppress(StoreUnavailable):
+                assert len(await enqueue(store, f"run_writable_{tries}", 2.0)) == 1
+                break
+        else:
+            pytest.fail("the store never wrote again")
+    finally:
+        await store.close()
+
+
 async def test_the_leases_of_a_replica_that_stopped_beating_are_free_at_once(pg_url: str) -> None:
     """A kill -9 is a row in relay_replicas that expires (time travel here: its renewals are an
     hour apart); a graceful close deletes it. Either frees the replica's leases before they end."""
