@@ -111,15 +111,24 @@ class Sender:
             "group": outgoing.group_key,
         }
 
-    async def _throttle(self) -> None:
+    async def _cleared(self) -> float:
+        """The time a request may go at: its token of the rate limit taken and waited for,
+        the channel not held. Else Held (Stopped: the loop stops meanwhile), the token given
+        back, as no request is made (the limit would be slower after; a reload keeps the
+        bucket)."""
         bucket = self.route.bucket
-        if bucket is not None:
-            wait = bucket.reserve(self.clock())
-            try:
-                await self._wait(wait)
-            except Stopped:  # no request: its token goes back (a reload keeps the bucket)
+        try:
+            if bucket is not None:
+                await self._wait(bucket.reserve(self.clock()))
+            now = self.clock()
+            left_s = self.route.hold.left_s(now)
+            if left_s > 0:
+                raise Held(left_s)
+        except Held:
+            if bucket is not None:
                 bucket.give_back()
-                raise
+            raise
+        return now
 
     async def _wait(self, seconds: float) -> None:
         """Sleep `seconds` (a turn under the rate limit, a quick retry's backoff), unless the
@@ -186,15 +195,8 @@ class Sender:
         """One request: it takes a token of the rate limit (a retry is a request too), and it
         is stamped when it goes out, not when rendered: a send that waited for the rate limit
         would carry a stale webhook-timestamp, which Standard Webhooks receivers refuse after
-        5 minutes. None goes while the channel is held (Held, the token given back), and a
-        Retry-After holds it."""
-        await self._throttle()
-        now = self.clock()
-        left_s = self.route.hold.left_s(now)
-        if left_s > 0:  # no request: its token goes back (the limit would be slower after)
-            if self.route.bucket is not None:
-                self.route.bucket.give_back()
-            raise Held(left_s)
+        5 minutes. None goes while the channel is held (Held), and a Retry-After holds it."""
+        now = await self._cleared()
         try:
             return await self.route.channel.send(replace(outgoing, timestamp=now))
         except DeliveryError as err:
