@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -37,9 +37,7 @@ def history_query(params: Mapping[str, str], now: float) -> HistoryQuery:
     """A HistoryQuery from query parameters or CLI flags: run_id, rule, channel, state, since
     (a duration back from now, like 1h, or an ISO time) and limit; `before` is for
     `find_history`."""
-    unknown = set(params) - set(PARAMS)
-    if unknown:
-        raise InputError(sorted(unknown)[0], "unknown parameter")
+    refuse_unknown(params, PARAMS)
     state = params.get("state")
     if state is not None and state not in STATES:
         raise InputError("state", f"use one of {', '.join(STATES)}")
@@ -51,6 +49,14 @@ def history_query(params: Mapping[str, str], now: float) -> HistoryQuery:
         since=_since(params.get("since"), now),
         limit=_limit(params.get("limit")),
     )
+
+
+def refuse_unknown(params: Iterable[str], known: Iterable[str]) -> None:
+    """An InputError naming the first parameter (by name) that is not one of `known`: a typo
+    answered as if the parameter were absent reads as an empty or unfiltered answer."""
+    unknown = set(params) - set(known)
+    if unknown:
+        raise InputError(sorted(unknown)[0], "unknown parameter")
 
 
 def _since(value: str | None, now: float) -> float | None:

@@ -253,3 +253,21 @@ async def test_a_filter_given_twice_is_refused(relay: RelayFactory, sink: Sink) 
     assert code == 400 and body["field"] == "state" and "more than once" in body["error"]
     code, body = await get(r, "/v1/notifications?state=sent")
     assert code == 200 and [n["run_id"] for n in body["notifications"]] == ["run_twice"]
+
+
+async def test_every_admin_list_refuses_what_it_does_not_know(relay: RelayFactory) -> None:
+    """GET /v1/silences and GET /v1/dlq answered a typo (`?expird=true`, `?expired=ture`) or a
+    parameter they do not take as if it were absent, a 200 that reads as "nothing there"; GET
+    /v1/notifications refused it. Each is now a 400 naming the parameter, as there."""
+    r = await relay(CONFIG.format(url="http://127.0.0.1:9"))
+    for path, field, said in [
+        ("/v1/notifications?expird=1", "expird", "unknown parameter"),
+        ("/v1/silences?expird=true", "expird", "unknown parameter"),
+        ("/v1/silences?expired=ture", "expired", "expected true or false"),
+        ("/v1/silences?expired=true&expired=false", "expired", "given more than once"),
+        ("/v1/dlq?limit=5", "limit", "unknown parameter"),
+    ]:
+        code, body = await get(r, path)
+        assert (code, body["field"]) == (400, field) and said in body["error"], (path, body)
+    for path in ["/v1/silences?expired=TRUE", "/v1/silences?expired=no", "/v1/dlq"]:
+        assert (await get(r, path))[0] == 200, path

@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from relay.errors import InputError
-from relay.history import dead_letter_view, digest_hint, event_view, find_history, notification_view
+from relay.history import (
+    dead_letter_view,
+    digest_hint,
+    event_view,
+    find_history,
+    notification_view,
+    refuse_unknown,
+)
 from relay.silences import (
     matcher_warnings,
     new_silence,
@@ -55,6 +62,10 @@ class DeadLetterHandlers:
     async def dlq_list(self, request: web.Request) -> web.Response:
         if not authorized(request, self.deps.admin_token()):
             return unauthorized()
+        try:
+            _query(request, ())
+        except InputError as exc:
+            return error(400, exc.message, exc.field or None)
         rows = await self.deps.store.dead_letters()
         return json_response({"dead": [dead_letter_view(n) for n in rows]})
 
@@ -154,8 +165,11 @@ class SilenceHandlers(DeadLetterHandlers):
     async def list(self, request: web.Request) -> web.Response:
         if (denied := self._denied(request)) is not None:
             return denied
+        try:
+            everything = _yes(_query(request, ("expired",)).get("expired"), "expired")
+        except InputError as exc:
+            return error(400, exc.message, exc.field or None)
         now = self.deps.clock()
-        everything = request.query.get("expired", "").lower() in ("1", "true", "yes")
         silences = await self.deps.store.silences(now, include_expired=everything)
         return json_response({"silences": [silence_view(s, now) for s in silences]})
 
@@ -229,6 +243,23 @@ def _single(request: web.Request) -> dict[str, str]:
         if len(request.query.getall(name)) > 1:
             raise InputError(name, "given more than once; give it once")
     return dict(request.query)
+
+
+def _query(request: web.Request, known: tuple[str, ...]) -> dict[str, str]:
+    """The query parameters of a list without a filter of history's: each one of `known`,
+    given once (as GET /v1/notifications refuses a typo rather than ignore it)."""
+    params = _single(request)
+    refuse_unknown(params, known)
+    return params
+
+
+def _yes(value: str | None, field: str) -> bool:
+    """A true/false query parameter: `true`, `1`, `yes` or `false`, `0`, `no` (any case)."""
+    if value is None or value.lower() in ("false", "0", "no"):
+        return False
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    raise InputError(field, "expected true or false")
 
 
 def add_admin_routes(add: AddRoute, deps: HttpDeps) -> None:
