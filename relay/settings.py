@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -17,6 +18,9 @@ DEFAULT_CONFIG = Path("config.yaml")
 
 
 _QUERY_SECRETS = frozenset({"password", "sslpassword"})  # libpq's keywords naming one
+# libpq's environment variables naming one: asyncpg reads PGPASSWORD when the URL has none, and
+# libpq (psql beside relay, a future driver) PGSSLPASSWORD for the TLS key
+_ENV_SECRETS = ("PGPASSWORD", "PGSSLPASSWORD")
 
 
 class Settings(BaseSettings):
@@ -46,8 +50,14 @@ class Settings(BaseSettings):
         return {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level)
 
     def secrets(self) -> list[str]:
-        """The passwords in store_url, to keep out of every output: its user's, and those of
-        libpq's query keywords (`?password=`, `?sslpassword=`, read as asyncpg reads them)."""
+        """The store's passwords, to keep out of every output: store_url's user's, those of
+        libpq's query keywords (`?password=`, `?sslpassword=`, read as asyncpg reads them),
+        and, for a PostgreSQL store, PGPASSWORD's and PGSSLPASSWORD's."""
+        env = [os.environ.get(name, "") for name in _ENV_SECRETS]
+        pg = self.store_url.startswith(("postgresql:", "postgres:"))
+        return self._url_secrets() + ([value for value in env if value] if pg else [])
+
+    def _url_secrets(self) -> list[str]:
         try:
             parts = urlsplit(self.store_url)
             password = parts.password

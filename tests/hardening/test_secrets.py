@@ -36,8 +36,10 @@ import pytest
 from aiohttp import web
 
 from relay.cli import main as relay_main
+from relay.errors import StoreUnavailable
 from relay.logs import JsonFormatter, ScrubSecrets, TextFormatter, _ScrubbingHandler
 from relay.settings import Settings
+from relay.store import open_store
 from tests.conftest import FIXTURES, RelayProcess, run_cli, sdk_run
 from tests.fakes.serving import free_port, serving
 
@@ -397,6 +399,67 @@ def test_a_store_url_error_never_shows_a_query_password(
     assert done.returncode != 0 and said in done.stderr
     for secret in ("Qp", "Secret-1", "Kp-Secret-2"):
         assert secret not in done.stderr + done.stdout
+
+
+PG_ENV_SECRETS = {"PGPASSWORD": "Pg-Env-Secret-1", "PGSSLPASSWORD": "Pg-Env-Secret-2"}
+
+
+def _pg_message(kind: bytes, body: bytes) -> bytes:
+    return kind + (len(body) + 4).to_bytes(4, "big") + body
+
+
+async def _pg_echoing_password(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A PostgreSQL server (protocol 3) that asks for a cleartext password, then refuses it
+    quoting it in its ErrorResponse, as a misconfigured proxy might: the line relay logs of
+    the failure carries the password it sent."""
+    with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+        while True:  # an SSLRequest (answered N) first, or the StartupMessage
+            size = int.from_bytes(await reader.readexactly(4), "big")
+            code = int.from_bytes((await reader.readexactly(size - 4))[:4], "big")
+            if code != 80877103:
+                break
+            writer.write(b"N")
+        writer.write(_pg_message(b"R", (3).to_bytes(4, "big")))  # AuthenticationCleartextPassword
+        await reader.readexactly(1)  # p: PasswordMessage
+        size = int.from_bytes(await reader.readexactly(4), "big")
+        password = (await reader.readexactly(size - 4)).rstrip(b"\0")
+        fields = [b"SFATAL", b"VFATAL", b"C28P01", b"Mpassword " + password + b" refused"]
+        writer.write(_pg_message(b"E", b"".join(f + b"\0" for f in fields) + b"\0"))
+        await writer.drain()
+    writer.close()
+
+
+async def test_libpq_environment_passwords_are_scrubbed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """asyncpg (as libpq) takes the store's password from PGPASSWORD when the URL has none
+    (libpq the TLS key's from PGSSLPASSWORD): neither was on the scrub list, so a connection
+    failure logged with its cause (a traceback: "outcome not recorded", "replica heartbeat
+    failed") quoting the password went to the log as it was."""
+    server = await asyncio.start_server(_pg_echoing_password, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"postgresql://relay@127.0.0.1:{port}/relay?sslmode=disable"
+    for name, value in PG_ENV_SECRETS.items():
+        monkeypatch.setenv(name, value)
+    scrub = ScrubSecrets()
+    scrub.lasting(Settings(store_url=url).secrets())  # as relay.cli.main does
+    handler = _ScrubbingHandler(scrub)
+    handler.setStream(io.StringIO())
+    handler.setFormatter(JsonFormatter())
+    async with server:
+        store = open_store(url)
+        with pytest.raises(StoreUnavailable) as failed:
+            await store.open()
+    assert PG_ENV_SECRETS["PGPASSWORD"] in repr(failed.value.__cause__)  # what the server said
+    record = logging.makeLogRecord({"msg": "store failed", "levelname": "ERROR"})
+    record.exc_info = (StoreUnavailable, failed.value, failed.value.__traceback__)
+    line = handler.format(record)
+    assert "password *** refused" in line, line
+    assert not [s for s in PG_ENV_SECRETS.values() if s in line]
+    assert Settings(store_url="sqlite:///data/relay.db").secrets() == []  # PostgreSQL's alone
+    env = {"RELAY_STORE_URL": url, **PG_ENV_SECRETS}  # and a command never says it at all
+    done = await asyncio.to_thread(run_cli, "dlq", "list", env=env, cwd=tmp_path)
+    assert done.returncode == 1 and not [s for s in PG_ENV_SECRETS.values() if s in done.stderr]
 
 
 # one config a channel: send-test checks every template of the config's channel types
