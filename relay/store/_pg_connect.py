@@ -1,8 +1,9 @@
 """Connecting relay.store.postgres: the URL, TLS, and the one boundary where asyncpg errors end.
 
 Every asyncpg or socket error becomes StoreUnavailable naming the kind of failure (the
-exception class, e.g. ConnectionRefusedError, CannotConnectNowError) and never its text, which
-may hold the host, the user or the DSN.
+exception class, e.g. ConnectionRefusedError, CannotConnectNowError, after words saying what it
+means where relay knows them: by SQLSTATE for the server's, by class for the driver's own) and
+never its text, which may hold the host, the user or the DSN.
 
 TLS follows libpq's `sslmode` (disable, allow, prefer, require, verify-ca, verify-full) in the URL
 or PGSSLMODE. asyncpg verifies only against ~/.postgresql/root.crt or `sslrootcert`; relay makes
@@ -85,6 +86,39 @@ _SQLSTATE_WORDS = {
     "57014": "a statement was cancelled (statement_timeout, or by an administrator)",
     "55P03": "a lock was not available in time (lock_timeout)",
 }
+# asyncpg's own errors, which carry no SQLSTATE (subclasses before their bases).
+_CLIENT_WORDS: tuple[tuple[type[BaseException], str], ...] = (
+    (
+        asyncpg.exceptions.TargetServerAttributeNotMatched,
+        "no server of the URL's hosts is of the kind target_session_attrs asks for",
+    ),
+    (asyncpg.exceptions.ProtocolError, "the server's answer broke PostgreSQL's protocol"),
+    (
+        asyncpg.exceptions.OutdatedSchemaCacheError,
+        "a table or type changed under a prepared statement (another replica migrating)",
+    ),
+    (
+        asyncpg.exceptions.InternalClientError,
+        "the driver lost track of the connection (closed under it, or terminated)",
+    ),
+    (
+        asyncpg.exceptions.ClientConfigurationError,
+        "the URL or a PG* environment variable has a value the driver refuses",
+    ),
+    (asyncpg.exceptions.DataError, "the driver could not send a value"),
+    (
+        asyncpg.exceptions.UnsupportedServerFeatureError,
+        "the server lacks a feature the driver needs",
+    ),
+    (
+        asyncpg.exceptions.UnsupportedClientFeatureError,
+        "the server asks for what the driver cannot do (an authentication method)",
+    ),
+    (
+        asyncpg.InterfaceError,
+        "the driver could not use the connection (closed, lost, or the pool closing)",
+    ),
+)
 # Refusals that pass by themselves: a server starting, stopping or full, a connection lost, a
 # wait for a lock cut short by the role's statement_timeout or lock_timeout, a database
 # read-only for a while (a failover's standby, a disk-full guard).
@@ -95,13 +129,20 @@ def unavailable(what: str, exc: BaseException) -> StoreUnavailable:
     """StoreUnavailable naming the kind of an asyncpg/socket error, never its text."""
     sqlstate = getattr(exc, "sqlstate", None)
     kind = type(exc).__name__ + (f" ({sqlstate})" if isinstance(sqlstate, str) else "")
-    if isinstance(sqlstate, str) and sqlstate in _SQLSTATE_WORDS:
-        kind = f"{_SQLSTATE_WORDS[sqlstate]}: {kind}"
+    if words := _words(exc, sqlstate):
+        kind = f"{words}: {kind}"
     kind = _tls_refused(exc) or tls_failure(exc) or wire_failure(exc) or kind
     error = StoreUnavailable(f"{what}: {kind}")
     error.__cause__ = exc
     error.passing = _passing(exc)
     return error
+
+
+def _words(exc: BaseException, sqlstate: object) -> str | None:
+    """What a refusal (by its SQLSTATE) or a driver's own error (by its class) means."""
+    if isinstance(sqlstate, str):
+        return _SQLSTATE_WORDS.get(sqlstate)
+    return next((words for kind, words in _CLIENT_WORDS if isinstance(exc, kind)), None)
 
 
 def _passing(exc: BaseException) -> bool:

@@ -43,7 +43,7 @@ from relay.store import (
     open_store,
     postgres,
 )
-from relay.store._pg_connect import connect_args
+from relay.store._pg_connect import connect_args, unavailable
 from relay.store._pg_schema import MIGRATION_LOCK, SCHEMA_VERSION
 from relay.store.postgres import PostgresStore
 from tests.fakes.serving import free_port
@@ -1286,6 +1286,44 @@ async def test_a_missing_database_or_a_user_without_rights_is_named_plainly(pg_u
         assert not denied.value.passing
     finally:
         await _sql(pg_url, f'DROP ROLE "{role}"')
+
+
+async def test_a_server_of_the_wrong_kind_is_named_plainly(pg_url: str) -> None:
+    """`?target_session_attrs=standby` against a primary: the store said only
+    "store open failed: TargetServerAttributeNotMatched", a class name, not what to fix."""
+    with pytest.raises(StoreUnavailable) as caught:
+        await open_store(pg_url + "?target_session_attrs=standby").open()
+    said = str(caught.value)
+    assert said.startswith("store open failed: no server of the URL's hosts is of the kind")
+    assert said.endswith(": TargetServerAttributeNotMatched") and not caught.value.passing
+
+
+@pytest.mark.parametrize(
+    ("exc", "words"),
+    [
+        (
+            asyncpg.exceptions.InternalClientError("got result for unknown protocol state 3"),
+            "the driver lost track of the connection (closed under it, or terminated)",
+        ),
+        (
+            asyncpg.exceptions.ProtocolError("unexpected message"),
+            "the server's answer broke PostgreSQL's protocol",
+        ),
+        (
+            asyncpg.InterfaceError("cannot perform operation: connection is closed"),
+            "the driver could not use the connection (closed, lost, or the pool closing)",
+        ),
+        (
+            asyncpg.exceptions.ClientConfigurationError("invalid sslmode"),
+            "the URL or a PG* environment variable has a value the driver refuses",
+        ),
+    ],
+)
+def test_client_side_driver_errors_are_said_in_words(exc: Exception, words: str) -> None:
+    """asyncpg's own errors (no SQLSTATE) were said by class name alone, "InternalClientError",
+    where the server's refusals had words; their text is not shown (it may name the host)."""
+    said = str(unavailable("store write failed", exc))
+    assert said == f"store write failed: {words}: {type(exc).__name__}"
 
 
 async def test_a_role_that_may_only_use_the_tables_runs_a_migrated_store(pg_url: str) -> None:
