@@ -132,20 +132,23 @@ class Heartbeat:
                 conn.terminate()
 
     async def _renew(self, connect: Connect) -> None:
-        failing = False
+        """Renew every period. Said lost only when nothing renewed the row for three periods:
+        its own connection refused while the replica's calls renew it over the pool is no
+        loss (the row is current, the store answers)."""
+        late = False
         while True:
             await asyncio.sleep(self.timeout_s / 5)
-            try:
-                await self._beat(connect)
-            except DB_ERRORS:
-                await self._drop()
-                if not failing:
-                    log.warning("replica heartbeat not recorded: store unavailable")
-                failing = True
-                continue
-            except Exception:  # never stop beating: the others would take this replica's work
-                log.exception("replica heartbeat failed")
-                continue
-            if failing:
+            await self._try_beat(connect)
+            was_late, late = late, time.monotonic() - self._renewed > 3 * self.timeout_s / 5
+            if late and not was_late:
+                log.warning("replica heartbeat not recorded: store unavailable")
+            elif was_late and not late:
                 log.info("replica heartbeat recorded again")
-            failing = False
+
+    async def _try_beat(self, connect: Connect) -> None:
+        try:
+            await self._beat(connect)
+        except DB_ERRORS:
+            await self._drop()
+        except Exception:  # never stop beating: the others would take this replica's work
+            log.exception("replica heartbeat failed")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import sqlite3
@@ -1089,6 +1090,50 @@ async def _full(pg_url: str, role: str, url: str) -> None:
                 break
             await asyncio.sleep(0.05)
         assert expires > last
+    finally:
+        await store.close()
+
+
+async def test_a_heartbeat_renewed_by_the_pool_is_not_said_lost(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The heartbeat's own connection refused, its first failed renewal warned "replica
+    heartbeat not recorded: store unavailable" while the replica's calls renewed the row over
+    the pool and the store answered them. The warning now comes when nothing renewed the row
+    for three renewal periods: here once the calls stop."""
+    caplog.set_level(logging.INFO, logger="relay.store")
+    async with _dml_role(pg_url, "relay_said") as (role, url):
+        await _said_lost(pg_url, role, url, caplog)
+
+
+async def _said_lost(pg_url: str, role: str, url: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = PostgresStore(url, replica_timeout_s=3.0)  # renewed every 0.6 s
+    await store.open()
+    lost = "replica heartbeat not recorded: store unavailable"
+    try:
+        await _sql(pg_url, f'ALTER ROLE "{role}" CONNECTION LIMIT 1')  # the pool's one stays
+        await _sql(
+            pg_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE usename = $1 AND query LIKE '%relay_replicas%'",
+            role,
+        )
+        beat = "SELECT expires_at FROM relay_replicas WHERE holder = $1"
+        seen = [(await _sql(pg_url, beat, store.holder))[0][0]]
+        for _ in range(400):  # until the pool renewed it twice: two own renewals failed
+            assert await store.claim("c1", now=1.0, limit=10, lease_s=300) == []
+            [(expires,)] = await _sql(pg_url, beat, store.holder)
+            seen += [expires] if expires > seen[-1] else []
+            if len(seen) == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert len(seen) == 3
+        assert lost not in caplog.messages
+        for _ in range(200):  # no call renews it now: said within three periods (1.8 s)
+            if lost in caplog.messages:
+                break
+            await asyncio.sleep(0.05)
+        assert caplog.messages.count(lost) == 1
     finally:
         await store.close()
 
