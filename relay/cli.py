@@ -453,11 +453,12 @@ def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:
     compiled = _compiled(args, settings)
     _log_warnings(compiled)
     try:
-        asyncio.run(send_test(compiled, args.channel))
+        resolved = asyncio.run(send_test(compiled, args.channel))
     except DeliveryError as exc:
         print(f"send-test to {args.channel} failed: {exc}", file=sys.stderr)
         return 1
-    print(f"test message sent to {args.channel}")
+    paged = f": paged and resolved (dedup_key {resolved})" if resolved else ""
+    print(f"test message sent to {args.channel}{paged}")
     return 0
 
 

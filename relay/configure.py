@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from relay import channels as channel_registry
-from relay.channels import ChannelEnv, Outgoing
+from relay.channels import ChannelEnv, Outgoing, Recovery
 from relay.config import ChannelSettings, Defaults, RuleConfig
 from relay.config_load import Draft, LoadedConfig, check_config, check_file, parse_config
 from relay.config_warnings import config_warnings
 from relay.dispatch import DIGEST_TEMPLATE, render_notification
-from relay.errors import ConfigError, Problem, RelayError, in_file_order
+from relay.errors import ConfigError, DeliveryError, Problem, RelayError, in_file_order
 from relay.filters import web_url
 from relay.model import Notification, Run, notification_id
 from relay.policy import TokenBucket
@@ -398,8 +398,9 @@ def dry_run(compiled: Compiled, runs: list[Run]) -> list[DryRun]:
     return out
 
 
-async def send_test(compiled: Compiled, channel: str) -> None:
-    """One real attempt through `channel` with a sample run; raises DeliveryError on failure."""
+async def send_test(compiled: Compiled, channel: str) -> str | None:
+    """One real attempt through `channel` with a sample run; raises DeliveryError on failure.
+    On a `pagerduty` channel the trigger, once accepted, is resolved: its dedup key is returned."""
     config = compiled.loaded.config
     if channel not in config.channels:
         known = ", ".join(sorted(config.channels)) or "none"
@@ -420,9 +421,28 @@ async def send_test(compiled: Compiled, channel: str) -> None:
         rendered = render_notification(
             compiled.renderer, channel, route, row, dashboard_link(config.defaults)
         )
-        await route.channel.send(Outgoing(row.id, run.id, row.rule, rendered.parts, now))
+        receipt = await route.channel.send(Outgoing(row.id, run.id, row.rule, rendered.parts, now))
+        if config.channels[channel].type != "pagerduty" or not receipt:
+            return None
+        await _resolve_test(route, row, receipt)
+        return receipt
     finally:
         await http.close()
+
+
+async def _resolve_test(route: Route, row: Notification, receipt: str) -> None:
+    """Resolve the alert a send-test's trigger opened (its dedup key, PagerDuty's receipt): the
+    on-call was paged, the incident closes, and the next send-test (the same sample run, the
+    same key) pages again instead of joining an alert still open."""
+    body = '{"event_action": "resolve"}'  # the channel sends the receipt as its dedup_key
+    recovery = Recovery(row.id, receipt)
+    resolve = Outgoing(row.id, row.run_id, row.rule, {"json": body}, time.time(), recovery)
+    try:
+        await route.channel.send(resolve)
+    except DeliveryError as exc:
+        raise RelayError(
+            f"paged, but the resolve failed: {exc}; resolve it in PagerDuty (dedup_key {receipt})"
+        ) from exc
 
 
 def config_fingerprint(compiled: Compiled) -> tuple[tuple[str, int, int, int], ...]:

@@ -37,6 +37,8 @@ from tests.conftest import (
     sdk_run,
     status,
 )
+from tests.fakes.presets import PD_KEY, FakePagerDuty
+from tests.fakes.slack import Reply
 
 Result = subprocess.CompletedProcess[str]
 FAILED_JSON = FIXTURES / "realtime-run" / "sdk" / "run_failed.json"
@@ -1003,6 +1005,53 @@ async def test_send_test_failures(tmp_path: Path, sink: Sink) -> None:
 
     assert unknown.returncode == 1  # one line: not a config problem, no "1 problem found"
     assert unknown.stderr.splitlines() == ["error: unknown channel 'pager' (known: console, hook)"]
+
+
+PD_CONFIG = """\
+channels:
+  pager:
+    type: pagerduty
+    routing_key: ${PD_KEY}
+    api_url: ${PD_URL}
+rules:
+  - {name: r1, notify: [pager]}
+"""
+
+
+async def test_send_test_to_pagerduty_pages_then_resolves(
+    tmp_path: Path, pagerduty: FakePagerDuty
+) -> None:
+    """A send-test opened an incident and left it open: the on-call had to resolve it by hand,
+    and the next send-test (the same sample run, the same dedup key) paged nobody, the alert
+    still open. The trigger is followed, once PagerDuty accepted it, by a resolve of its key."""
+    config = write(tmp_path / "c.yaml", PD_CONFIG)
+    env = {"PD_KEY": PD_KEY, "PD_URL": pagerduty.url}
+    for _ in range(2):
+        done = await asyncio.to_thread(
+            run_cli, "send-test", "pager", "--config", str(config), env=env
+        )
+        assert done.returncode == 0, done.stderr
+        assert "paged and resolved" in done.stdout
+    trigger, resolve, *again = pagerduty.posted()
+    assert (trigger["event_action"], resolve["event_action"]) == ("trigger", "resolve")
+    assert resolve == {
+        "routing_key": PD_KEY,
+        "event_action": "resolve",
+        "dedup_key": trigger["dedup_key"],
+    }
+    assert [e["event_action"] for e in again] == ["trigger", "resolve"]
+    assert pagerduty.alerts == {trigger["dedup_key"]: "resolved"}
+    assert pagerduty.problems == [[]] * 4
+
+    pagerduty.script(Reply(500, {"status": "error"}))  # no trigger accepted: nothing to resolve
+    done = await asyncio.to_thread(run_cli, "send-test", "pager", "--config", str(config), env=env)
+    assert done.returncode == 1 and "server_error" in done.stderr and len(pagerduty.calls) == 5
+    pagerduty.script(Reply(202, {"status": "success", "dedup_key": "k1"}), Reply(503, {}))
+    done = await asyncio.to_thread(run_cli, "send-test", "pager", "--config", str(config), env=env)
+    assert done.returncode == 1 and len(pagerduty.calls) == 7
+    assert (
+        "paged, but the resolve failed" in done.stderr and "resolve it in PagerDuty" in done.stderr
+    )
 
 
 # ------------------------------------------------------------------------------------ relay dlq
