@@ -202,21 +202,22 @@ class Defaults(Strict):
     @field_validator("dashboard_url")
     @classmethod
     def _placeholders(cls, value: str) -> str:
-        """Checked as str.format reads it when a link is made: a brace left open (or closed
-        alone) is refused here, not by every notification; `{{`/`}}` are literal braces."""
-        try:
-            fields = [(n, c, s) for _, n, s, c in Formatter().parse(value) if n is not None]
-        except ValueError:
-            raise ValueError("a lone { or }: write {{ or }} for a literal brace") from None
-        for name, conversion, spec in fields:
-            if name not in DASHBOARD_FIELDS or conversion or spec:
-                written = (
-                    name + (f"!{conversion}" if conversion else "") + (f":{spec}" * bool(spec))
-                )
-                raise ValueError(
-                    f"unknown placeholder {{{written}}}; use {', '.join(DASHBOARD_FIELDS)}"
-                )
-        return _links_somewhere(value)
+        return _links_somewhere(placeholders(value, DASHBOARD_FIELDS))
+
+
+def placeholders(value: str, known: tuple[str, ...]) -> str:
+    """`value`, checked as str.format reads it when it is filled: a brace left open (or closed
+    alone), or a placeholder not in `known`, is refused here, not by every notification;
+    `{{`/`}}` are literal braces."""
+    try:
+        fields = [(n, c, s) for _, n, s, c in Formatter().parse(value) if n is not None]
+    except ValueError:
+        raise ValueError("a lone { or }: write {{ or }} for a literal brace") from None
+    for name, conversion, spec in fields:
+        if name not in known or conversion or spec:
+            written = name + (f"!{conversion}" if conversion else "") + (f":{spec}" * bool(spec))
+            raise ValueError(f"unknown placeholder {{{written}}}; use {', '.join(known)}")
+    return value
 
 
 def _links_somewhere(pattern: str) -> str:

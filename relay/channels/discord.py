@@ -6,12 +6,17 @@ hands out has no version, which Discord serves as its default API v6, where a 42
 are seconds, as read here.
 
 The template (`discord/<name>.json.j2`) renders {"content", "embeds": [...]}; the channel keeps
-only those two keys (plus `username` / `avatar_url` / `thread_id` from the settings), always sets
+only those two keys (plus `username` / `avatar_url` / `thread_id` / `thread_name` from the
+settings), always sets
 `allowed_mentions: {"parse": []}` so no run data can ping @everyone, a role or a user, and clamps
 every length Discord checks, so no template can earn a 400 for length:
 
     content 2000 · 10 embeds · title 256 · description 4096 · 25 fields, name 256, value 1024 ·
     footer 2048 · author name 256 · 6000 characters over all embeds of the message
+
+A forum channel's webhook takes no message outside a post (400, code 220001): `thread_name`, a
+pattern filled with `{title}` (the message's first embed title, else its text), `{rule}` and
+`{run_id}`, starts a post of that name (at most 100 characters) for each message.
 
 Non-http(s) URLs, bad colours or timestamps, empty fields and embeds are dropped; a body with
 nothing left (the template fallback) is sent as `content`. With `wait=true` Discord answers only
@@ -38,11 +43,11 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing, says_nothing_when
 from relay.channels._http_answers import HttpResponse, classify_status, https_or_local, json_object
-from relay.config import ChannelSettings, RateLimit
+from relay.config import ChannelSettings, RateLimit, placeholders
 from relay.errors import DeliveryError
 from relay.filters import http_url, truncate_chars
 from relay.retry_after import MAX_RETRY_AFTER_S, parse_retry_after
@@ -56,8 +61,11 @@ _WEBHOOK_PATH = re.compile(r"/api(?:/v[0-9]+)?/webhooks/[0-9]+/[A-Za-z0-9_-]+/?"
 _CODES = {
     0: "general_error", 10003: "unknown_channel", 10015: "unknown_webhook", 40005: "too_large",
     50006: "empty_message", 50027: "invalid_webhook_token", 50035: "invalid_form_body",
-    50109: "invalid_json",
+    50109: "invalid_json", 220001: "forum_needs_thread_name",
 }  # fmt: skip
+MAX_THREAD_NAME = 100  # a thread's (forum post's) name, as every channel's: 1-100 characters
+THREAD_NAME_FIELDS = ("title", "rule", "run_id")
+_UNESCAPE = re.compile(r"\\([\\*_~`|<>\[\]#])")  # a name shows no markdown: `sync\_data` as is
 
 
 class DiscordSettings(ChannelSettings):
@@ -65,6 +73,7 @@ class DiscordSettings(ChannelSettings):
     username: str | None = Field(default=None, min_length=1, max_length=80)
     avatar_url: str | None = None
     thread_id: str | None = Field(default=None, pattern=r"^[0-9]{1,20}$")
+    thread_name: str | None = Field(default=None, min_length=1)  # a forum channel's new post
     # a webhook may post 5 requests per 2 s and a channel about 30 messages a minute
     rate_limit: RateLimit | None = RateLimit(per_minute=30, burst=5)
 
@@ -80,6 +89,22 @@ class DiscordSettings(ChannelSettings):
                 "<token> (channel settings → Integrations → Webhooks → Copy Webhook URL)"
             )
         return value
+
+    @field_validator("thread_name")
+    @classmethod
+    def _thread_name(cls, value: str | None) -> str | None:
+        return None if value is None else placeholders(value, THREAD_NAME_FIELDS)
+
+    @model_validator(mode="after")
+    def _one_thread(self) -> DiscordSettings:
+        """Discord takes a thread to post into or a post to start, not both."""
+        query = parse_qsl(urlsplit(self.webhook_url.get_secret_value()).query)
+        if self.thread_name is not None and (self.thread_id or dict(query).get("thread_id")):
+            raise ValueError(
+                "thread_name starts a forum post, thread_id (here or in webhook_url) posts"
+                " into one: give one of them"
+            )
+        return self
 
     @field_validator("username")
     @classmethod
@@ -258,6 +283,16 @@ def classify(response: HttpResponse, token: str = "") -> DeliveryError:
     )
 
 
+def thread_name(pattern: str, body: dict[str, Any], message: Outgoing) -> str:
+    """The forum post's name: `pattern` filled, on one line, within Discord's 100 characters;
+    never empty (Discord refuses an empty name)."""
+    embeds = body.get("embeds") or [{}]
+    title = _UNESCAPE.sub(r"\1", embeds[0].get("title") or body.get("content") or "")
+    name = pattern.format(title=title, rule=message.rule, run_id=message.run_id)
+    name = " ".join(name.split())
+    return truncate_chars(name or f"relay: {message.rule}", MAX_THREAD_NAME)
+
+
 class DiscordChannel:
     def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
         assert isinstance(settings, DiscordSettings)
@@ -283,6 +318,8 @@ class DiscordChannel:
         default = f"relay: rule {message.rule} matched run {message.run_id}"
         body = discord_message(message.parts.get("json", ""), default)
         body |= {k: v for k in ("username", "avatar_url") if (v := getattr(self.settings, k))}
+        if self.settings.thread_name is not None:
+            body["thread_name"] = thread_name(self.settings.thread_name, body, message)
         headers = {"Content-Type": "application/json"}
         data = orjson.dumps(body)
         response = await self._http.request("POST", self._url(), data, headers, self._timeout_s)

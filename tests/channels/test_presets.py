@@ -221,6 +221,24 @@ def config_problems(channel_type: str, options: str) -> list[tuple[str, str]]:
         ),
         (
             "discord",
+            "webhook_url: https://x.test/api/webhooks/1/sekrit, thread_name: '{task}'",
+            "thread_name",
+            "unknown placeholder {task}; use title, rule, run_id",
+        ),
+        (
+            "discord",
+            "webhook_url: https://x.test/api/webhooks/1/sekrit, thread_id: '5', thread_name: x",
+            "oncall",
+            "thread_name starts a forum post, thread_id (here or in webhook_url) posts into one",
+        ),
+        (
+            "discord",
+            "webhook_url: 'https://x.test/api/webhooks/1/sekrit?thread_id=5', thread_name: x",
+            "oncall",
+            "thread_name starts a forum post, thread_id (here or in webhook_url) posts into one",
+        ),
+        (
+            "discord",
             "webhook_url: https://x.test/api/webhooks/1/sekrit, avatar_url: 'ftp://x'",
             "avatar_url",
             "avatar_url must be an https:// URL",
@@ -610,6 +628,29 @@ async def test_a_thread_named_in_the_discord_url_is_kept(
     in_url, in_settings = discord.calls
     assert in_url.query == {"wait": "true", "thread_id": "555"}
     assert in_settings.query == {"wait": "true", "thread_id": "777"}
+
+
+async def test_a_discord_forum_channel_gets_a_post_of_its_own_for_each_message(
+    discord: FakeDiscord, http: HttpClient
+) -> None:
+    """A forum channel's webhook refuses a message outside a post (400, code 220001, for
+    good): relay had no way to name one, so every alert to a forum was dead. `thread_name`
+    starts a post named from the message (markdown escapes undone), cut to 100 characters."""
+    discord.forum = True
+    title = json.dumps({"embeds": [{"title": "🔴 FAILED · sync\\_data", "description": "d"}]})
+    err = await send_error(channel("discord", http, webhook_url=discord.webhook_url))
+    _check(err, "client_error", False, None, "forum_needs_thread_name (220001, HTTP 400)")
+    named = channel("discord", http, webhook_url=discord.webhook_url, thread_name="{title}")
+    await named.send(outgoing(title))
+    long = channel("discord", http, webhook_url=discord.webhook_url, thread_name="x" * 150)
+    await long.send(outgoing("{}"))
+    ruled = "{rule}: {run_id}\n{title}"  # one line, whatever the pattern or the message
+    await channel("discord", http, webhook_url=discord.webhook_url, thread_name=ruled).send(
+        outgoing(json.dumps({"content": "plain\ntext"}))
+    )
+    names = [call.json()["thread_name"] for call in discord.calls[1:]]
+    assert names == ["🔴 FAILED · sync_data", "x" * 99 + "…", "r: run_1 plain text"]
+    assert discord.problems[1:] == [[], [], []]
 
 
 async def test_teams_clamps_any_card(teams: FakeTeams, http: HttpClient) -> None:

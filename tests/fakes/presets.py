@@ -169,6 +169,7 @@ def discord_problems(body: Any) -> list[str]:
     if not isinstance(body, dict):
         return ["the body is not an object"]
     problems = _too_long(body.get("content"), 2000, "content")
+    problems += _too_long(body.get("thread_name"), 100, "thread_name")
     embeds = body.get("embeds") or []
     if not isinstance(embeds, list) or len(embeds) > 10:
         return [*problems, "embeds: not a list of at most 10"]
@@ -186,6 +187,7 @@ def discord_problems(body: Any) -> list[str]:
 
 @dataclass
 class FakeDiscord(Fake):
+    forum: bool = False  # a forum channel's webhook: a message needs a thread_name or thread_id
     _next_id: int = 0
     _limited_s: list[float] = field(default_factory=list)
 
@@ -226,6 +228,9 @@ class FakeDiscord(Fake):
             return Reply(
                 400, {"message": "The request body contains invalid JSON.", "code": 50109}
             ).response()
+        if self.forum and not body.get("thread_name") and not request.query.get("thread_id"):
+            needed = "Webhooks posted to forum channels must have a thread_name or thread_id"
+            return Reply(400, {"message": needed, "code": 220001}).response()
         if self.problems[-1] == ["empty message"]:
             return Reply(400, {"message": "Cannot send an empty message", "code": 50006}).response()
         if self.problems[-1]:
