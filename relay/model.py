@@ -63,6 +63,15 @@ ROW_STATUS_MAP = {
     "INTERRUPTED": "FAILED",
     "WAITING_FOR_DEPLOY": "PENDING_VERSION",
 }
+# The v3 name of a raw status where today's differs (TRIGGER.md 1.3, the SDK up to
+# 4.0.0-v4-beta.23): a row keeps it as `v3Status`, so a rule in either vocabulary matches it.
+ROW_V3_STATUS = {
+    "INTERRUPTED": "INTERRUPTED",
+    "WAITING_FOR_DEPLOY": "WAITING_FOR_DEPLOY",
+    "RETRYING_AFTER_FAILURE": "REATTEMPTING",
+    "PAUSED": "FROZEN",
+    "WAITING_TO_RESUME": "FROZEN",
+}
 KNOWN_STATUSES = CURRENT_STATUSES | V3_STATUSES
 # The `failure` shorthand of rules.
 FAILURE_STATUSES = frozenset({"FAILED", "CRASHED", "SYSTEM_FAILURE", "TIMED_OUT", "INTERRUPTED"})
@@ -271,6 +280,14 @@ class Run(BaseModel):
         if self.updatedAt is None:
             return None
         return int(self.updatedAt.timestamp() * 1000)
+
+    @property
+    def v3_status(self) -> str | None:
+        """The status in the v3 vocabulary where a Realtime row's differs from today's
+        (ROW_V3_STATUS), else None."""
+        extra = self.model_extra
+        value = extra.get("v3Status") if extra else None
+        return value if isinstance(value, str) else None
 
     @property
     def is_failure(self) -> bool:

@@ -147,15 +147,16 @@ class RuleSet:
         self.by_name = {rule.name: rule for rule in self.rules}
         self.inhibit_rules = tuple(inhibit_rules)
         self.has_windows = any(r.mute_windows or r.active_windows is not None for r in rules)
-        self._index: dict[tuple[str, str, bool | None, bool], _Candidates] = {}
+        self._index: dict[tuple[str, str, str | None, bool | None, bool], _Candidates] = {}
 
     def candidates(self, run: Run) -> tuple[CompiledRule, ...]:
         """The rules worth evaluating for `run`, in order: indexed by (event, status, isTest),
         then by tag, so a thousand rules cost about what the few that may match cost."""
-        key = (run.event, run.status, run.isTest, run.measured)
+        key = (run.event, run.status, run.v3_status, run.isTest, run.measured)
         found = self._index.get(key)
         if found is None:
-            found = _index_rules(self.rules, *key)
+            names = (run.status,) if run.v3_status is None else (run.status, run.v3_status)
+            found = _index_rules(self.rules, run.event, names, run.isTest, run.measured)
             if len(self._index) < 10_000:  # unknown statuses are few; bound it anyway
                 self._index[key] = found
         return found.for_tags(run.tags)
@@ -226,13 +227,19 @@ class RuleSet:
 
 
 def _index_rules(
-    rules: Sequence[CompiledRule], event: str, status: str, is_test: bool | None, measured: bool
+    rules: Sequence[CompiledRule],
+    event: str,
+    names: tuple[str, ...],
+    is_test: bool | None,
+    measured: bool,
 ) -> _Candidates:
+    """The candidates for runs of one key; a rule's status fits by any of `names` (today's
+    status and, for a Realtime row, its v3 name: Run.v3_status)."""
     fit = [
         r
         for r in rules
         if r.event == event
-        and (r.statuses is None or status in r.statuses)
+        and (r.statuses is None or not r.statuses.isdisjoint(names))
         and (r.is_test is None or r.is_test is is_test)
         and (measured or not r.needs_measures)
     ]

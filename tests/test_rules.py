@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from relay.channels import settings_models
 from relay.config_load import parse_config
 from relay.configure import compile_config
+from relay.formats.electric import parse_raw_run
 from relay.grouping import lookup
 from relay.model import Run, RunState
 from relay.rules import RuleSet, compile_rules
@@ -297,6 +298,31 @@ def test_fixtures_against_the_failure_rule() -> None:
     }
     for name, fires in expected.items():
         assert bool(matched(rules, Run.model_validate(sdk_run(name)))) is fires, name
+
+
+@pytest.mark.parametrize(
+    ("raw", "rule_status", "fires"),
+    [
+        ("INTERRUPTED", "INTERRUPTED", True),
+        ("INTERRUPTED", "FAILED", True),  # today's name matches as before
+        ("WAITING_FOR_DEPLOY", "WAITING_FOR_DEPLOY", True),
+        ("WAITING_FOR_DEPLOY", "PENDING_VERSION", True),
+        ("RETRYING_AFTER_FAILURE", "REATTEMPTING", True),
+        ("PAUSED", "FROZEN", True),
+        ("WAITING_TO_RESUME", "FROZEN", True),
+        ("EXECUTING", "REATTEMPTING", False),  # not a retry: no v3 name of its own
+        ("COMPLETED_WITH_ERRORS", "INTERRUPTED", False),
+    ],
+)
+def test_a_raw_row_matches_a_rule_in_either_status_vocabulary(
+    raw: str, rule_status: str, fires: bool
+) -> None:
+    """SPEC §2: both vocabularies are understood. Before, a Realtime row INTERRUPTED read as
+    today's FAILED only, so `status: [INTERRUPTED]` (or WAITING_FOR_DEPLOY, REATTEMPTING,
+    FROZEN) never matched a row that said so in as many words; only an SDK object did."""
+    rules = ruleset(f"  - {{name: r, match: {{status: [{rule_status}]}}, notify: [c]}}\n")
+    row = parse_raw_run({"friendlyId": "run_x", "taskIdentifier": "t", "status": raw})
+    assert matched(rules, row) == (["r"] if fires else [])
 
 
 def test_index_returns_same_answer_as_a_scan() -> None:

@@ -25,7 +25,7 @@ from relay.errors import InputError
 from relay.formats.packets import loads_shallow
 from relay.formats.run_errors import enhanced
 from relay.formats.sdk import parse_sdk_run
-from relay.model import ROW_STATUS_MAP, Run, from_iso, normalise_status
+from relay.model import ROW_STATUS_MAP, ROW_V3_STATUS, Run, from_iso, normalise_status
 
 Schema = Mapping[str, Mapping[str, Any]]
 
@@ -340,6 +340,9 @@ def _sdk_shape(row: dict[str, Any]) -> dict[str, Any]:
     if isinstance(status, str):
         normal = normalise_status(status)  # any case first: `interrupted` is INTERRUPTED
         public = data["status"] = ROW_STATUS_MAP.get(normal, normal)
+        v3 = ROW_V3_STATUS.get(status.strip().upper())
+        if v3 is not None:
+            data["v3Status"] = v3
         data.update({flag: public in among for flag, among in _HELPERS.items()})
     return data
 
