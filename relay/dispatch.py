@@ -371,6 +371,7 @@ class Dispatch:
             tags=tags if isinstance(tags, list) else [],
             status=str(run.get("status") or ""),
             event=str(run.get("event") or "run"),
+            v3_status=v3 if isinstance(v3 := run.get("v3Status"), str) else None,
         )
 
     async def _render(

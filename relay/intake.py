@@ -178,6 +178,7 @@ def silence_check(silences: SilenceIndex, now: float) -> MuteCheck:
             tags=run.tags,
             status=run.status,
             event=run.event,
+            v3_status=run.v3_status,
         )
 
     return check

@@ -260,9 +260,16 @@ def _fits_one(key: str, wanted: tuple[str, ...], fields: Mapping[str, Any]) -> b
         tags = fields.get("tags") or ()
         return any(tag in tags for tag in wanted)
     if key == "status":
-        status = normalise_status(str(fields.get("status") or ""))
-        return any(_status_fits(w, status) for w in wanted)
+        statuses = _statuses(fields)
+        return any(_status_fits(w, status) for w in wanted for status in statuses)
     return str(fields.get(key) or "") in wanted
+
+
+def _statuses(fields: Mapping[str, Any]) -> tuple[str, ...]:
+    """The run's normalised status, and its v3 name if a Realtime row gave one (`v3Status`)."""
+    status = normalise_status(str(fields.get("status") or ""))
+    v3 = fields.get("v3Status")
+    return (status, v3) if isinstance(v3, str) and v3 else (status,)
 
 
 def _status_fits(wanted: str, status: str) -> bool:
@@ -284,19 +291,24 @@ def silenced_by(
     tags: Sequence[str],
     status: str,
     event: str,
+    v3_status: str | None = None,
 ) -> str | None:
     """The id of the first active silence that mutes this notification, else None. Of an
-    index, only the silences that may fit it are looked at."""
+    index, only the silences that may fit it are looked at. `v3_status`: a Realtime row's
+    status in the v3 vocabulary (Run.v3_status), which a silence's status fits as well."""
     if isinstance(silences, SilenceIndex):
         if not silences:  # the usual case: nothing to look at on each send
             return None
-        silences = silences.candidates(rule=rule, channel=channel, status=status, event=event)
+        silences = silences.candidates(
+            rule=rule, channel=channel, status=status, event=event, v3_status=v3_status
+        )
     fields = {
         "rule": rule,
         "channel": channel,
         "task": task,
         "tags": tags,
         "status": status,
+        "v3Status": v3_status,
         "event": event,
     }
     for silence in silences:
@@ -329,12 +341,19 @@ class SilenceIndex:
     def __bool__(self) -> bool:
         return bool(self.silences)
 
-    def candidates(self, *, rule: str, channel: str, status: str, event: str) -> list[Silence]:
+    def candidates(
+        self, *, rule: str, channel: str, status: str, event: str, v3_status: str | None = None
+    ) -> list[Silence]:
         """The silences that may fit a notification of these, in their order."""
         wanted = {"rule": rule, "channel": channel, "status": _run_status(status), "event": event}
         # each silence is filed once, under one key: the lists (positions, ascending) are disjoint
         found = [self._rest, *(self._filed[key].get(value, []) for key, value in wanted.items())]
-        return [self.silences[n] for n in heapq.merge(*(one for one in found if one))]
+        if not v3_status:
+            return [self.silences[n] for n in heapq.merge(*(one for one in found if one))]
+        # a silence on both names (status: [FAILED, INTERRUPTED]) is in both lists: once here
+        found.append(self._filed["status"].get(_run_status(v3_status), []))
+        merged = dict.fromkeys(heapq.merge(*(one for one in found if one)))
+        return [self.silences[n] for n in merged]
 
 
 def _exact_values(key: str, wanted: tuple[str, ...]) -> set[str]:

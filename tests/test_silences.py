@@ -80,6 +80,12 @@ def muted(s: Silence, now: float = NOW + 1, **fields: Any) -> bool:
         ({"rule": "r", "channel": "other"}, {}, False),
         ({"event": "deployment.failed"}, {}, False),
         ({"task": "billing/*", "tag": "env:stg"}, {}, False),  # every matcher must fit
+        # a Realtime row's v3 name fits too (SPEC §2: both vocabularies), today's as before
+        ({"status": "INTERRUPTED"}, {"v3_status": "INTERRUPTED"}, True),
+        ({"status": "INTERRUPTED"}, {}, False),
+        ({"status": ["FAILED", "INTERRUPTED"]}, {"v3_status": "INTERRUPTED"}, True),
+        ({"status": "frozen"}, {"status": "WAITING", "v3_status": "FROZEN"}, True),
+        ({"status": "FAILED"}, {"v3_status": "INTERRUPTED"}, True),
     ],
 )
 def test_matchers(matchers: dict[str, Any], fields: dict[str, Any], expected: bool) -> None:
@@ -258,6 +264,21 @@ async def test_a_silence_mutes_one_task_and_not_another(relay: RelayFactory, sin
     await sink.wait_for(2)
     await asyncio.sleep(0.3)
     assert [g.json()["run"]["id"] for g in sink.received] == ["run_loud", "run_after"]
+
+
+async def test_a_silence_on_a_v3_status_mutes_a_realtime_row_in_it(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A raw row INTERRUPTED reads as today's FAILED: a silence on INTERRUPTED mutes it all the
+    same, as a rule on INTERRUPTED matches it; before, only a silence on FAILED did."""
+    r = await relay(CONFIG.format(url=sink.url))
+    body = {"matchers": {"status": "INTERRUPTED"}, "ends_at": "2099-01-01T00:00:00Z"}
+    assert (await api(r, "POST", "/v1/silences", body))[0] == 201
+    row = {"friendlyId": "run_row", "taskIdentifier": "billing/charge", "status": "INTERRUPTED"}
+    await r.post([row, failed("email/send", "run_loud")])
+    [got] = await sink.wait_for(1)
+    assert got.json()["run"]["id"] == "run_loud"
+    await wait_counts(r, sent=1, muted=1)
 
 
 async def test_a_silence_added_while_queued_mutes_before_sending(
