@@ -41,6 +41,15 @@ CURRENT = [
     "TIMED_OUT",
 ]
 V3 = ["WAITING_FOR_DEPLOY", "REATTEMPTING", "FROZEN", "INTERRUPTED"]
+# raw TaskRunStatus → its v3 name where today's differs (the SDK up to 4.0.0-v4-beta.23): a
+# rule on either name matches the row
+RAW_V3 = {
+    "WAITING_FOR_DEPLOY": "WAITING_FOR_DEPLOY",
+    "RETRYING_AFTER_FAILURE": "REATTEMPTING",
+    "PAUSED": "FROZEN",
+    "WAITING_TO_RESUME": "FROZEN",
+    "INTERRUPTED": "INTERRUPTED",
+}
 # raw TaskRunStatus → today's public status (apiStatusFromRunStatus)
 RAW = {
     "DELAYED": "DELAYED",
@@ -139,6 +148,7 @@ class Expect:
     id: str
     event: str = "run"
     status: str = ""
+    v3_status: str | None = None  # a raw row's v3 status name (RAW_V3), which rules match too
     task: str = ""
     tags: list[str] = field(default_factory=list)
     cost: float = 0.0
@@ -347,7 +357,7 @@ class Gen:
         raw_status = self.pick(list(RAW) + UNKNOWN)
         public = RAW.get(raw_status, raw_status)
         created = self.when()
-        exp = Expect(rid, status=public, task=self.pick(TASKS))
+        exp = Expect(rid, status=public, v3_status=RAW_V3.get(raw_status), task=self.pick(TASKS))
         tags = self.tags() if self.chance(0.8) else self.pick([None, []])
         duration = self.r.choice([0, 14873, 60000, 60001, 2**31 - 1])
         cost = self.r.choice([0.0, 0.050270739999999994, 5.0, 5.5, 1e-7, 1.7976931348623157e308])

@@ -37,7 +37,7 @@ def _tier(e: Expect) -> Any:
 RULES: list[tuple[str, dict[str, Any], Check]] = [
     ("failure", {"status": ["failure"]}, _run(lambda e: e.status in FAILURE)),
     *[
-        (f"st-{s}", {"status": [s]}, _run(lambda e, s=s: e.status == s))  # type: ignore[misc]
+        (f"st-{s}", {"status": [s]}, _run(lambda e, s=s: s in (e.status, e.v3_status)))  # type: ignore[misc]
         for s in CURRENT + V3
     ],
     ("task-glob", {"task": "billing/*"}, _run(lambda e: fnmatch.fnmatchcase(e.task, "billing/*"))),
