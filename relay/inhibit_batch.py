@@ -23,6 +23,7 @@ def run_fields(run: Run, match: Match | None = None) -> dict[str, Any]:
         "task": run.taskIdentifier,
         "tags": run.tags,
         "status": run.status,
+        "v3Status": run.v3_status,  # a Realtime row's v3 name: a matcher's status fits either
         "event": run.event,
     }
     if match is not None:
@@ -150,7 +151,7 @@ def _names_event(matchers: dict[str, tuple[str, ...]] | None, event: str) -> boo
 
 def _fields(run: Run, looked_at: tuple[bool, ...]) -> Seen:
     """The fields of `run` that matchers look at (`looked_at`: of task, tags, status, event)."""
-    fields = (run.taskIdentifier, tuple(run.tags), run.status, run.event)
+    fields = (run.taskIdentifier, tuple(run.tags), (run.status, run.v3_status), run.event)
     return tuple(value if wanted else None for value, wanted in zip(fields, looked_at, strict=True))
 
 

@@ -281,6 +281,34 @@ async def test_a_silence_on_a_v3_status_mutes_a_realtime_row_in_it(
     await wait_counts(r, sent=1, muted=1)
 
 
+INHIBIT_ON_V3 = (
+    CONFIG
+    + """\
+inhibit_rules:
+  - name: infra-down
+    source_match: {{task: "infra/*", status: INTERRUPTED}}
+    target_match: {{task: "billing/*"}}
+    duration: 10m
+"""
+)
+
+
+async def test_an_inhibit_rule_on_a_v3_status_opens_on_a_realtime_row_in_it(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """An inhibit rule's matchers are a silence's: a source on INTERRUPTED opens its window on a
+    raw row INTERRUPTED (today's FAILED) too; before, only a source on FAILED did."""
+    r = await relay(INHIBIT_ON_V3.format(url=sink.url))
+    row = {"friendlyId": "run_src", "taskIdentifier": "infra/db", "status": "INTERRUPTED"}
+    await r.post(row)
+    [source] = await sink.wait_for(1)
+    assert source.json()["run"]["id"] == "run_src"
+    await r.post([failed("billing/charge", "run_inhibited"), failed("email/send", "run_loud")])
+    await sink.wait_for(2)
+    await wait_counts(r, sent=2, muted=1)
+    assert [g.json()["run"]["id"] for g in sink.received] == ["run_src", "run_loud"]
+
+
 async def test_a_silence_added_while_queued_mutes_before_sending(
     relay: RelayFactory, sink: Sink
 ) -> None:
