@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -635,8 +636,51 @@ async def test_every_update_refused_in_a_store_outage_is_told(
 ) -> None:
     """Refusals after the first line of an outage wait for the next line, due 10 s later: an
     outage that ended before never told them, and the log said 1 where clients got 3 503s."""
-    now = [0.0]
     store = SQLiteStore(tmp_path / "relay.db")
+    async with store_outages(store) as post_at:
+        await store.close()  # the outage: the first refusal is told at once, the others wait
+        assert [await post_at(t) for t in (0.0, 1.0, 2.0)] == [503, 503, 503]
+        await store.open()  # over
+        assert [await post_at(t) for t in (4.0, 12.0, 13.0)] == [202, 202, 202]
+    assert refusal_lines(caplog) == [
+        ("store unavailable; update refused", 1),
+        ("store available again; updates refused since the last line", 2),
+    ]
+
+
+async def test_an_outage_starting_just_after_the_last_one_ended_is_told_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The line saying an outage was over took the slot of the next refusal line: a disk full
+    again 2 s after the operator freed space had no line for 10 s, and then only `available
+    again` lines, as if all were well (seen with a tmpfs filled twice under 300 updates/s)."""
+    store = SQLiteStore(tmp_path / "relay.db")
+    async with store_outages(store) as post_at:
+        await store.close()
+        assert [await post_at(t) for t in (0.0, 1.0)] == [503, 503]
+        await store.open()
+        assert await post_at(20.0) == 202
+        await store.close()  # the second outage, 1 s after the first was said over
+        assert await post_at(21.0) == 503
+        await store.open()
+    assert refusal_lines(caplog) == [
+        ("store unavailable; update refused", 1),
+        ("store available again; updates refused since the last line", 1),
+        ("store unavailable; update refused", 1),
+    ]
+
+
+def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, int]]:
+    return [
+        (r.getMessage(), getattr(r, "refused")) for r in caplog.records if hasattr(r, "refused")
+    ]
+
+
+@contextlib.asynccontextmanager
+async def store_outages(store: SQLiteStore) -> AsyncIterator[Callable[[float], Awaitable[int]]]:
+    """The HTTP intake on `store` (opened here, closed after) with the refusal log's clock set
+    by the `post_at(t)` yielded: it posts one new failed run at time t and gives the status."""
+    now = [0.0]
     await store.open()
     rules, _ = compile_rules([], lambda *_: "")
     deps = HttpDeps(
@@ -657,15 +701,7 @@ async def test_every_update_refused_in_a_store_outage_is_told(
             async with client.post("/v1/runs", json=small_failed(id=f"run_{t}")) as resp:
                 return resp.status
 
-        await store.close()  # the outage: the first refusal is told at once, the others wait
-        assert [await post_at(t) for t in (0.0, 1.0, 2.0)] == [503, 503, 503]
-        await store.open()  # over; the next line is due at 10 s
-        assert [await post_at(t) for t in (4.0, 12.0, 13.0)] == [202, 202, 202]
-    await store.close()
-    lines = [
-        (r.getMessage(), getattr(r, "refused")) for r in caplog.records if hasattr(r, "refused")
-    ]
-    assert lines == [
-        ("store unavailable; update refused", 1),
-        ("store available again; updates refused since the last line", 2),
-    ]
+        try:
+            yield post_at
+        finally:
+            await store.close()

@@ -57,11 +57,16 @@ REFUSAL_LOG_EVERY_S = 10.0
 class RefusalLog:
     """A warning for refused ingest requests: at most one line per path and reason every
     REFUSAL_LOG_EVERY_S, counting the refusals since the last, so that a wrong alert secret or
-    token shows in the log (not only in a metric) and a scanner cannot flood it."""
+    token shows in the log (not only in a metric) and a scanner cannot flood it. A store outage
+    over (`settled`) has its own line, as often at most."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
+        # when the last line of refusals, and the last line of an outage over, were told: apart,
+        # so that an outage starting just after a line saying the last one was over is told at
+        # once (sharing one slot, a disk full again 2 s after freeing had no line for 10 s)
         self._logged: dict[tuple[str, str], float] = {}
+        self._settled: dict[tuple[str, str], float] = {}
         self._since: dict[tuple[str, str], int] = {}
 
     def refused(self, path: str, reason: str, status: int) -> None:
@@ -74,19 +79,20 @@ class RefusalLog:
         """Count one refusal; when a line is due, the refusals it reports (None: no line)."""
         key = (path, reason)
         self._since[key] = self._since.get(key, 0) + 1
-        return self._take(key)
+        return self._take(key, self._logged)
 
     def settled(self, path: str, reason: str) -> int | None:
         """After a request was accepted: the refusals no line told yet, when a line is due.
         Else the last ones of an outage were never told: no refusal came to carry them."""
         key = (path, reason)
-        return self._take(key) if key in self._since else None
+        return self._take(key, self._settled) if key in self._since else None
 
-    def _take(self, key: tuple[str, str]) -> int | None:
+    def _take(self, key: tuple[str, str], told: dict[tuple[str, str], float]) -> int | None:
+        """The count since the last line when a line of this kind (`told`) is due, else None."""
         now = self._clock()
-        if now - self._logged.get(key, -math.inf) < REFUSAL_LOG_EVERY_S:
+        if now - told.get(key, -math.inf) < REFUSAL_LOG_EVERY_S:
             return None
-        self._logged[key] = now
+        told[key] = now
         return self._since.pop(key)
 
 
