@@ -11,7 +11,7 @@ from pathlib import Path
 
 from relay.errors import StoreUnavailable
 from relay.store._sqlite_schema import OWN_FILE, SCHEMA_VERSION, migrate
-from relay.store._sqlite_writer import rollback, unavailable
+from relay.store._sqlite_writer import NO_SPACE, no_space, rollback, unavailable
 
 BUSY_TIMEOUT_MS = 5000  # a writer waits this long for another process's transaction
 
@@ -92,8 +92,8 @@ def open_failed(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
     mounted read-only or owned by another user (a root-owned Docker volume); name that."""
     kind = str(getattr(exc, "sqlite_errorname", ""))
     why = _not_writable(path) if kind.startswith(_NOT_WRITABLE) else None
-    if why is None and kind.startswith(("SQLITE_FULL", "SQLITE_IOERR")) and _no_space(path):
-        why = "no space left on the database's file system"
+    if why is None and kind.startswith(("SQLITE_FULL", "SQLITE_IOERR")) and no_space(path):
+        why = NO_SPACE
     if why is None and kind == "SQLITE_NOTADB":  # a config file, a dump, another engine's file
         why = f"the file is not a SQLite database ({kind}); {OWN_FILE}"
     if why is None:
@@ -104,14 +104,6 @@ def open_failed(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
 
 
 _NOT_WRITABLE = ("SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM", "SQLITE_IOERR")
-
-
-def _no_space(path: Path) -> bool:
-    """Whether the file system of the database's directory is full (for relay's user)."""
-    try:
-        return os.statvfs(path.parent).f_bavail == 0
-    except OSError:
-        return False
 
 
 def _not_writable(path: Path) -> str | None:

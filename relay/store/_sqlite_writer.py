@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from relay.errors import StoreUnavailable
@@ -26,6 +28,31 @@ T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], T]
 # (result, None) when the op committed, (None, error) when it failed.
 _Outcome = tuple[Any, BaseException | None]
+
+
+NO_SPACE = "no space left on the database's file system"
+
+
+def no_space(path: Path) -> bool:
+    """Whether the file system of the database's directory is full (for relay's user)."""
+    try:
+        return os.statvfs(path.parent).f_bavail == 0
+    except OSError:
+        return False
+
+
+def in_words(outcome: _Outcome, path: Path | None) -> _Outcome:
+    """`outcome`, its failure said in words when the disk is full: sqlite says only SQLITE_FULL
+    (or an SQLITE_IOERR), and the log of a relay whose volume filled up at night said `store
+    commit failed: SQLITE_FULL` (also what a database at its max_page_count says)."""
+    exc = outcome[1]
+    kind = str(getattr(exc and exc.__cause__, "sqlite_errorname", ""))
+    if path is None or not kind.startswith(("SQLITE_FULL", "SQLITE_IOERR")) or not no_space(path):
+        return outcome
+    what = str(exc).removesuffix(f": {kind}")
+    worded = StoreUnavailable(f"{what}: {NO_SPACE} ({kind})")
+    worded.__cause__ = exc.__cause__ if exc is not None else None
+    return None, worded
 
 
 def unavailable(what: str, exc: BaseException) -> StoreUnavailable:
@@ -52,8 +79,9 @@ class _Job:
 class Writer:
     """The writer thread, its connection and the queue of ops waiting for the next batch."""
 
-    def __init__(self, lock: WriteLock | None = None) -> None:
+    def __init__(self, lock: WriteLock | None = None, path: Path | None = None) -> None:
         self._lock = lock  # between processes writing the same file; None: this one only
+        self._path = path  # the database's, to say a failure for want of space in words
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # used only in the writer thread
         self._pending: list[_Job] = []
@@ -167,7 +195,7 @@ class Writer:
             # in its savepoint now, so that one more failure costs no third try.
             todo = [i for i in todo if outcomes[i][1] is None]
             run = _run_op
-        return outcomes
+        return [in_words(outcome, self._path) for outcome in outcomes]
 
 
 def _attempt(

@@ -131,7 +131,7 @@ class SQLiteStore:
         self._upgrade = upgrade  # False: an older schema is refused, not migrated
         self._max_pages = max_pages
         self._holder = holder  # recorded with each claim: release_leases(holder) frees them
-        self._writer = Writer(WriteLock(self.path, BUSY_TIMEOUT_MS / 1000))
+        self._writer = Writer(WriteLock(self.path, BUSY_TIMEOUT_MS / 1000), self.path)
         self._reader = Reader()  # long reads (history, dead letters) beside the writer
         self._alive: WriteLock | None = None  # with a holder: held while this process lives
         self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
@@ -493,7 +493,7 @@ class SQLiteStore:
         """`relay migrate`: create or migrate the schema, then close; (version before, after)."""
         before: list[int] = []  # the write lock too: without it SQLite's busy handler (sleeps
         # of up to 100 ms) lost every try to a busy `relay serve` and failed with SQLITE_BUSY
-        writer = Writer(WriteLock(self.path, BUSY_TIMEOUT_MS / 1000))
+        writer = Writer(WriteLock(self.path, BUSY_TIMEOUT_MS / 1000), self.path)
         await writer.start(lambda: connect(self.path, self._max_pages, before))
         await writer.stop()
         return before[0], SCHEMA_VERSION

@@ -184,7 +184,11 @@ def _fill(directory: Path) -> Path:
     return filler
 
 
-async def test_disk_full_enospc_refuses_then_recovers_by_itself(tmp_path: Path) -> None:
+async def test_disk_full_enospc_refuses_then_recovers_by_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The log says the disk is full in words: it said `store commit failed: SQLITE_FULL`,
+    which a database at its size limit says too, and the operator looked for the wrong cause."""
     disk = tmp_path / "disk"
     if not _mount_tmpfs(disk, "2m"):
         pytest.skip("mounting a tmpfs is not permitted here")
@@ -195,6 +199,8 @@ async def test_disk_full_enospc_refuses_then_recovers_by_itself(tmp_path: Path) 
             filler = await asyncio.to_thread(_fill, disk)
             accepted, refused = await fill_until_refused(r)
             await assert_refusing(r, db, [*accepted, "run_disk_9999"], refused)
+            [why] = refusals(caplog)
+            assert "no space left on the database's file system (SQLITE_" in why, why
             filler.unlink()  # space is back
             await assert_recovers(r, db, [*accepted, "run_disk_9999"], refused)
     finally:
