@@ -15,6 +15,7 @@ token or other secret.
 from __future__ import annotations
 
 import difflib
+import errno
 import re
 import socket
 import ssl
@@ -228,7 +229,16 @@ def wire_failure(exc: BaseException) -> str | None:
             return "connection reset"
         if isinstance(cause, TimeoutError):  # a PostgreSQL server that never answers the
             return "no answer in time"  # connect said only "TimeoutError"
+        if isinstance(cause, OSError) and cause.errno in NO_DESCRIPTOR:  # aiohttp said only
+            return NO_DESCRIPTOR[cause.errno]  # "ClientConnectorError"
     return None
+
+
+# Every file descriptor in use: the words for it, with what the operator can do.
+NO_DESCRIPTOR = {
+    errno.EMFILE: "too many open files (EMFILE): raise relay's `ulimit -n`",
+    errno.ENFILE: "too many open files in the system (ENFILE)",
+}
 
 
 def check_schema(version: int, current: int, *, upgrade: bool) -> None:

@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import functools
 import io
 import logging
+import os
 import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -40,10 +43,10 @@ from pydantic import ValidationError
 from relay import channels
 from relay.channels import REGISTRY, Channel, ChannelEnv, Outgoing
 from relay.channels._http import HttpClient
-from relay.errors import DeliveryError
+from relay.errors import NO_DESCRIPTOR, DeliveryError
 from relay.model import Run
 from relay.templating import RenderContext, Renderer
-from tests.conftest import Sink, sdk_run
+from tests.conftest import Sink, run_python, sdk_run
 from tests.fakes.serving import free_port, serving
 from tests.fakes.slack import TOKEN, WEBHOOK_PATH, FakeSlack, Reply, api_error, fake_slack
 
@@ -343,6 +346,47 @@ async def test_a_refused_port_is_a_retryable_network_error(
     assert err.detail == "connection refused"  # as `relay send-test` says it; not the class
     assert target.requests() == 0
     assert_no_secrets(err, target.kind.secrets, caplog)
+
+
+NO_FD_LEFT = """
+import asyncio, os, resource, socket
+from relay.channels._http import HttpClient
+from relay.errors import DeliveryError
+
+async def main():
+    listener = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    client = HttpClient()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+    held = []
+    while True:  # every descriptor in use, as with many clients and channels at `ulimit -n`
+        try:
+            held.append(open(os.devnull))
+        except OSError:
+            break
+    try:
+        await client.post(url, b"{}", {}, 5.0)
+    except DeliveryError as exc:
+        print(exc.reason, exc.detail, sep="|")
+    for each in held:
+        each.close()
+    await client.close()
+
+asyncio.run(main())
+"""
+
+
+def test_no_descriptor_left_is_said_in_words() -> None:
+    """With every file descriptor in use (`prlimit --nofile=64:64`, 20 channels and idle
+    clients), each send failed with `network: ClientConnectorError`: the class, not the cause
+    an operator can fix (the descriptor limit)."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd")
+    done = run_python(NO_FD_LEFT, dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    reason, detail = done.stdout.strip().split("|")
+    assert (reason, detail) == ("network", NO_DESCRIPTOR[errno.EMFILE])
 
 
 @pytest.mark.parametrize("kind", sorted(HTTP_KINDS))
