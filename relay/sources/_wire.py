@@ -77,6 +77,8 @@ class _JsonErrorHandler(RequestHandler):
 
 
 MAX_SHARE = 0.75  # of the descriptor limit, for incoming connections
+# Descriptors kept free: with fewer left, a new connection closes the oldest idle one as well
+RESERVE_SHARE, RESERVE_MIN = 1 / 16, 8
 SHED_LOG_EVERY_S = 10.0
 
 
@@ -84,6 +86,18 @@ def connection_cap() -> int | None:
     """How many incoming connections relay keeps open at once (None: no limit)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return None if soft == resource.RLIM_INFINITY else max(16, int(soft * MAX_SHARE))
+
+
+def near_descriptor_limit(transport: Any) -> bool:
+    """Whether a new connection's descriptor shows the process near its descriptor limit: the
+    kernel gives the lowest free number, so every one below it is in use. relay's own (the
+    store, channels' connections) count too, and past the limit libuv resets each new
+    connection without a word."""
+    sock = transport.get_extra_info("socket")
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if sock is None or soft == resource.RLIM_INFINITY:
+        return False
+    return bool(sock.fileno() >= soft - max(RESERVE_MIN, int(soft * RESERVE_SHARE)))
 
 
 def oldest_idle(handlers: list[RequestHandler]) -> RequestHandler:
@@ -110,12 +124,20 @@ class _Server(web.Server):
     def connection_made(self, handler: RequestHandler, transport: Any) -> None:
         super().connection_made(handler, transport)
         cap = connection_cap()
-        if cap is not None and len(self._connections) > cap:
-            # a closed one stays listed until its request task ends: skip it
+        if cap is None:
+            return
+        # a closed one stays listed until its request task ends: skip it
+        if len(self._connections) > cap:
             others = [h for h in self.connections if h is not handler and h.transport]
             if others:
                 oldest_idle(others).force_close()
             self._count_shed(cap)
+        elif near_descriptor_limit(transport):  # idle ones only: requests here are not too many
+            idle = [h for h in self.connections if h is not handler and h.transport]
+            idle = [h for h in idle if not busy(h)]  # oldest first
+            if idle:
+                idle[0].force_close()
+                self._count_shed(cap)
 
     def _count_shed(self, cap: int) -> None:
         """One warning line every SHED_LOG_EVERY_S at most, counting the connections closed."""

@@ -317,6 +317,34 @@ async def test_stalled_connections_cannot_take_every_file_descriptor(
             sock.close()
 
 
+async def test_idle_connections_are_closed_before_descriptors_run_out(
+    relay_process: Callable[..., RelayProcess],
+) -> None:
+    """With `ulimit -n` at 64, the 3/4 kept for connections (48) was never reached: relay's
+    own descriptors (store, pipes, channels' connections) took the rest first, so 50 idle
+    clients held every descriptor, each new connection was reset (libuv accepts and closes
+    when accept says EMFILE) and the log said nothing. Near the limit, a new connection
+    closes the oldest idle one too."""
+    proc = relay_process(CONFIG)
+    await asyncio.to_thread(proc.start)
+    assert proc.proc is not None
+    resource.prlimit(proc.proc.pid, resource.RLIMIT_NOFILE, (64, 64))
+    idle = [socket.create_connection(address(proc.url), timeout=30) for _ in range(50)]
+    try:
+        async with aiohttp.ClientSession() as http:
+            for i in range(5):
+                run = {**RUN, "id": f"run_fd_{i}", "status": "FAILED"}
+                async with http.post(proc.url + "/v1/runs", json=run) as resp:
+                    assert resp.status == 202
+        line = await asyncio.to_thread(
+            proc.wait_for_log, "too many connections; the oldest idle ones closed"
+        )
+        assert line["level"] == "warning", line
+    finally:
+        for sock in idle:
+            sock.close()
+
+
 async def test_serve_raises_its_soft_open_file_limit_to_the_hard_one(
     relay_process: Callable[..., RelayProcess],
 ) -> None:
