@@ -22,8 +22,11 @@ handling, rather than fail every connection.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import inspect
 import logging
+import os
 import resource
 import time
 from typing import Any
@@ -80,6 +83,7 @@ MAX_SHARE = 0.75  # of the descriptor limit, for incoming connections
 # Descriptors kept free: with fewer left, a new connection closes the oldest idle one as well
 RESERVE_SHARE, RESERVE_MIN = 1 / 16, 8
 SHED_LOG_EVERY_S = 10.0
+WATCH_EVERY_S = 1.0  # how often the descriptors left are looked at while connections are open
 
 
 def connection_cap() -> int | None:
@@ -88,16 +92,23 @@ def connection_cap() -> int | None:
     return None if soft == resource.RLIM_INFINITY else max(16, int(soft * MAX_SHARE))
 
 
-def near_descriptor_limit(transport: Any) -> bool:
-    """Whether a new connection's descriptor shows the process near its descriptor limit: the
-    kernel gives the lowest free number, so every one below it is in use. relay's own (the
-    store, channels' connections) count too, and past the limit libuv resets each new
-    connection without a word."""
-    sock = transport.get_extra_info("socket")
+def reserve() -> int | None:
+    """How many descriptors relay keeps free (None: no limit)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if sock is None or soft == resource.RLIM_INFINITY:
-        return False
-    return bool(sock.fileno() >= soft - max(RESERVE_MIN, int(soft * RESERVE_SHARE)))
+    return None if soft == resource.RLIM_INFINITY else max(RESERVE_MIN, int(soft * RESERVE_SHARE))
+
+
+def few_descriptors_left(keep: int) -> bool:
+    """Whether fewer than `keep` descriptors are free: the kernel gives the lowest free number,
+    so every one below a new one is in use. relay's own (the store, channels' connections)
+    count too, and past the limit libuv resets each new connection without a word."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        probe = os.open(os.devnull, os.O_RDONLY)
+    except OSError as exc:
+        return exc.errno in (errno.EMFILE, errno.ENFILE)
+    os.close(probe)
+    return probe >= soft - keep
 
 
 def oldest_idle(handlers: list[RequestHandler]) -> RequestHandler:
@@ -117,6 +128,7 @@ def busy(handler: RequestHandler) -> bool:
 class _Server(web.Server):
     shed = 0  # connections closed to make room since the last log line
     shed_logged = -SHED_LOG_EVERY_S
+    watching: asyncio.TimerHandle | None = None  # the next look at the descriptors left
 
     def __call__(self) -> RequestHandler:
         return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
@@ -126,18 +138,36 @@ class _Server(web.Server):
         cap = connection_cap()
         if cap is None:
             return
-        # a closed one stays listed until its request task ends: skip it
         if len(self._connections) > cap:
+            # a closed one stays listed until its request task ends: skip it
             others = [h for h in self.connections if h is not handler and h.transport]
             if others:
                 oldest_idle(others).force_close()
             self._count_shed(cap)
-        elif near_descriptor_limit(transport):  # idle ones only: requests here are not too many
-            idle = [h for h in self.connections if h is not handler and h.transport]
-            idle = [h for h in idle if not busy(h)]  # oldest first
-            if idle:
-                idle[0].force_close()
-                self._count_shed(cap)
+        else:
+            self._relieve(1, handler)
+        if self.watching is None:
+            self.watching = self._loop.call_later(WATCH_EVERY_S, self._watch)
+
+    def _watch(self) -> None:
+        """Every WATCH_EVERY_S while connections are open: a burst of them can take the last
+        descriptors before any connection_made runs, and then libuv resets each new one
+        unseen; closing idle ones lets the next in."""
+        self.watching = None
+        if self._connections:
+            self._relieve(reserve() or 1)
+            self.watching = self._loop.call_later(WATCH_EVERY_S, self._watch)
+
+    def _relieve(self, count: int, new: RequestHandler | None = None) -> None:
+        """Close up to `count` idle connections (oldest first, never `new`) when few descriptors
+        are left: idle ones only, requests in flight here are not the excess."""
+        keep = reserve()
+        if keep is None or not few_descriptors_left(keep):
+            return
+        idle = [h for h in self.connections if h is not new and h.transport and not busy(h)]
+        for handler in idle[:count]:
+            handler.force_close()
+            self._count_shed(connection_cap() or 0)
 
     def _count_shed(self, cap: int) -> None:
         """One warning line every SHED_LOG_EVERY_S at most, counting the connections closed."""
