@@ -14,6 +14,10 @@ from relay.store._sqlite_schema import OWN_FILE, SCHEMA_VERSION, migrate
 from relay.store._sqlite_writer import NO_SPACE, no_space, rollback, unavailable
 
 BUSY_TIMEOUT_MS = 5000  # a writer waits this long for another process's transaction
+# What the -wal is cut back to once a checkpoint let it start over (SQLite's autocheckpoint is
+# at 1,000 pages, ~4 MiB): a reader holding a snapshot lets it grow without end, and sqlite
+# reuses the file without truncating it, so a volume it had filled stayed full for good.
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
 
 
 def connect(
@@ -131,6 +135,7 @@ def _configure(conn: sqlite3.Connection, max_pages: int | None) -> None:
     if str(mode).lower() != "wal":
         raise StoreUnavailable(f"store open failed: journal mode is {mode}, WAL is required")
     conn.execute("PRAGMA synchronous = FULL")
+    conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES:d}")
     conn.execute("PRAGMA foreign_keys = ON")
     # A write that changes many pages in one op spills its statement journal to a temp file
     # (/var/tmp): under a read-only root file system or with every file descriptor in use
