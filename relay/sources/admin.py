@@ -176,13 +176,10 @@ class SilenceHandlers(DeadLetterHandlers):
     async def get(self, request: web.Request) -> web.Response:
         if (denied := self._denied(request)) is not None:
             return denied
-        now = self.deps.clock()
-        ident = request.match_info["id"]
-        silences = await self.deps.store.silences(now, include_expired=True)
-        found = next((s for s in silences if s.id == ident), None)
+        found = await self.deps.store.silence(request.match_info["id"])
         if found is None:
             return error(404, "no silence with that id", "id")
-        return json_response(silence_view(found, now))
+        return json_response(silence_view(found, self.deps.clock()))
 
     async def expire(self, request: web.Request) -> web.Response:
         if (denied := self._denied(request)) is not None:

@@ -251,6 +251,9 @@ class Store(Protocol):
     async def silences(self, now: float, *, include_expired: bool = False) -> list[Silence]:
         """Silences not yet expired (all with include_expired), in start order."""
 
+    async def silence(self, silence_id: str) -> Silence | None:
+        """The silence with this id, whatever its state; None if there is none."""
+
     async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
         """End a silence now (kept for history); None if there is no such silence."""
 

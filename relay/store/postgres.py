@@ -482,6 +482,10 @@ class PostgresStore:
             )
         return [to_silence(row) for row in rows]
 
+    async def silence(self, silence_id: str) -> Silence | None:
+        rows = await self._fetch("SELECT * FROM relay_silences WHERE id = $1", clean(silence_id))
+        return to_silence(rows[0]) if rows else None
+
     async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
         rows = await self._fetch(
             "UPDATE relay_silences SET starts_at = LEAST(starts_at, $2),"

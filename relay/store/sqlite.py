@@ -364,13 +364,24 @@ class SQLiteStore:
     async def silences(self, now: float, *, include_expired: bool = False) -> list[Silence]:
         where = "" if include_expired else " WHERE ends_at > ?"
         params: tuple[float, ...] = () if include_expired else (now,)
-        rows = await self._writer.run(
-            lambda conn: conn.execute(
-                f"SELECT * FROM silences{where} ORDER BY starts_at, id",  # noqa: S608
-                params,
-            ).fetchall()
+        # every silence ever (50,000): a long read, beside the writer, parsed off the event loop
+        return await (self._reader if include_expired else self._writer).run(
+            lambda conn: [
+                to_silence(row)
+                for row in conn.execute(
+                    f"SELECT * FROM silences{where} ORDER BY starts_at, id",  # noqa: S608
+                    params,
+                )
+            ]
         )
-        return [to_silence(row) for row in rows]
+
+    async def silence(self, silence_id: str) -> Silence | None:
+        row = await self._writer.run(
+            lambda conn: conn.execute(
+                "SELECT * FROM silences WHERE id = ?", (silence_id,)
+            ).fetchone()
+        )
+        return None if row is None else to_silence(row)
 
     async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
         def expire(conn: sqlite3.Connection) -> sqlite3.Row | None:

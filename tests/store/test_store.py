@@ -759,6 +759,9 @@ async def test_silences(store: Store) -> None:
     assert [s.id for s in await store.silences(70.0, include_expired=True)] == ["sil_b", "sil_a"]
     assert (await store.expire_silence("sil_a", 90.0)).ends_at == 70.0  # type: ignore[union-attr]
     assert await store.expire_silence("sil_unknown", 70.0) is None
+    assert await store.silence("sil_a") == replace(a, ends_at=70.0)  # one, whatever its state
+    assert await store.silence("sil_unknown") is None
+    assert await store.silence("sil_a\x00") is None
     # a pending one, expired before it began, starts and ends then (as Alertmanager's): never
     # an ends_at before its starts_at
     await store.add_silence(Silence("sil_c", {"task": ("x",)}, 200.0, 300.0, 5.0))
