@@ -292,3 +292,62 @@ async def test_a_look_at_an_old_postgresql_database_leaves_its_schema_to_relay_m
             assert await conn.fetchval("SELECT MAX(version) FROM relay_schema_version") == 1
         finally:
             await conn.close()
+
+
+def _newer_sqlite_store(path: Path) -> None:
+    with closing(_old_store(path, SCHEMA_VERSION)) as conn:
+        _v6_rows(conn)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1:d}")
+        conn.execute("COMMIT")
+
+
+def test_a_store_a_newer_relay_migrated_is_refused_and_left_alone(tmp_path: Path) -> None:
+    """Downgrade: this relay on a store of a later version (`migrate`, as `serve` opens it) exits
+    1 saying so, and the store keeps its version and every row."""
+    path = tmp_path / "relay.db"
+    _newer_sqlite_store(path)
+    before = _version_and_outbox(path)
+    refused = _store_command(f"sqlite:///{path}", "migrate")
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    newer = f"store schema version {SCHEMA_VERSION + 1} is newer than this relay supports"
+    assert newer in refused.stderr
+    assert _version_and_outbox(path) == before
+
+
+async def test_a_postgresql_database_a_newer_relay_migrated_is_refused() -> None:
+    async with fresh_database(shared_server()) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            assert _store_command(url, "migrate").returncode == 0
+            later = PG_SCHEMA_VERSION + 1
+            await conn.execute("INSERT INTO relay_schema_version (version) VALUES ($1)", later)
+            refused = _store_command(url, "migrate")
+            assert refused.returncode == 1, (refused.stdout, refused.stderr)
+            assert f"store schema version {later} is newer than this relay supports" in (
+                refused.stderr
+            )
+            assert await conn.fetchval("SELECT MAX(version) FROM relay_schema_version") == later
+        finally:
+            await conn.close()
+
+
+async def test_a_claim_of_a_replica_of_an_older_release_waits_for_its_lease() -> None:
+    """A replica from before relay_replicas (schema 2) claims with no holder: once it is gone
+    (kill -9 in a rolling upgrade) its row is not taken over early; its lease ends, then it goes,
+    with the same id and the attempts it had (docs/postgresql.md)."""
+    async with fresh_database(shared_server()) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction():
+                await _pg_v1_schema(conn)
+                await conn.execute(_PG_V1_OUTBOX, *_pg_row("run_claimed", "pending"), NOW + 240)
+            store = PostgresStore(url)
+            await store.open()
+            try:
+                assert await store.claim("c1", NOW, 10, 30.0) == []
+                claimed = await store.claim("c1", NOW + 241, 10, 30.0)
+                assert [n.id for n in claimed] == [notification_id("run_claimed", "r1", "c1")]
+            finally:
+                await store.close()
+        finally:
+            await conn.close()
