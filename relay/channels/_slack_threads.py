@@ -42,23 +42,28 @@ class Threads:
         self._lease_s = lease_s
 
     @asynccontextmanager
-    async def joined(self, key: str, message: Outgoing) -> AsyncIterator[str | None]:
-        """The ts of thread `key` to reply to; None: the block posts its first message, and
-        no other process does until the block ends (call `remember` in it)."""
-        ts, owner = await self._ts_or_lease(key, message)
+    async def joined(
+        self, key: str, message: Outgoing, legacy: str | None = None
+    ) -> AsyncIterator[str | None]:
+        """The ts of thread `key` (else of `legacy`, the key an older relay kept it under) to
+        reply to; None: the block posts its first message, and no other process does until the
+        block ends (call `remember` in it)."""
+        ts, owner = await self._ts_or_lease(key, legacy, message)
         try:
             yield ts
         finally:
             if owner is not None:
                 await asyncio.shield(self._lead(key, owner, 0.0, message))
 
-    async def _ts_or_lease(self, key: str, message: Outgoing) -> tuple[str | None, str | None]:
+    async def _ts_or_lease(
+        self, key: str, legacy: str | None, message: Outgoing
+    ) -> tuple[str | None, str | None]:
         """(ts, None) for a thread to join; (None, owner of the lease) for one to start;
         (None, None) when the store does not answer."""
         owner = secrets.token_hex(8)
         while True:
             try:
-                ts = await self._state.kv_get(THREADS, key) if self._state else None
+                ts = await self._kept(key, legacy) if self._state else None
             except StoreUnavailable:  # deliver anyway; only the threading is lost
                 log.warning("slack thread lookup failed", extra=message.log_fields(self._channel))
                 return None, None
@@ -78,6 +83,15 @@ class Threads:
                 return None, owner
             await self._lead(key, owner, 0.0, message)
             return ts, None
+
+    async def _kept(self, key: str, legacy: str | None) -> str | None:
+        """The ts kept for `key`; else the one kept for `legacy`: a relay from before the Slack
+        channel was part of the key started that thread (its reply keeps it under `key`)."""
+        assert self._state is not None
+        ts = await self._state.kv_get(THREADS, key)
+        if ts is None and legacy is not None:
+            ts = await self._state.kv_get(THREADS, legacy)
+        return ts
 
     async def _lead(self, key: str, owner: str, ttl_s: float, message: Outgoing) -> bool | None:
         """Take (or with ttl_s 0, hand back) the lease on starting thread `key`; None when the

@@ -261,8 +261,12 @@ class SlackChannel:
             body["icon_emoji"] = settings.icon_emoji
         if not threaded:
             return await self._post_in(None, body, message)
-        key = f"{self.name}:{settings.channel}:{thread_subject(message)}"
-        async with self._threads.joined(key, message) as thread_ts:
+        subject = thread_subject(message)
+        key = f"{self.name}:{settings.channel}:{subject}"
+        # relays before 2026-12-04 kept the thread under `<name>:<subject>`: after an upgrade
+        # the runs they alerted about go on in their threads
+        legacy = f"{self.name}:{subject}"
+        async with self._threads.joined(key, message, legacy) as thread_ts:
             return await self._post_in(thread_ts, body, message, key)
 
     async def _post_in(

@@ -466,6 +466,22 @@ async def test_a_new_slack_channel_starts_its_own_threads(
     assert posted == [("#oncall", None), ("#oncall-2", None), ("#oncall-2", second_ts)]
 
 
+async def test_a_thread_an_older_relay_started_goes_on_after_the_upgrade(
+    slack: FakeSlack, http: HttpClient, store: SQLiteStore
+) -> None:
+    """Relays before 2026-12-04 kept a run's thread under `<channel name>:<run id>`: the run's
+    follow-up sent by this one replies in it (black-box: 00d5e10 posted the EXECUTING alert,
+    HEAD then posted the FAILED one at the top level), and keeps it under today's key."""
+    old_ts = "1700000000.000001"
+    await store.kv_put(THREADS, "oncall:run_a", old_ts, 1.0)  # as the older relay kept it
+    channel = make_channel(slack, http, bot=True, state=store)
+    part = render(load_run("failed"))
+    await channel.send(outgoing(part, "run_a"))
+    await channel.send(outgoing(part, "run_a"))
+    assert [body.get("thread_ts") for body in slack.posted()] == [old_ts, old_ts]
+    assert await store.kv_get(THREADS, "oncall:#oncall:run_a") == old_ts
+
+
 async def test_a_digest_reply_is_also_shown_in_the_channel(
     slack: FakeSlack, http: HttpClient, store: SQLiteStore
 ) -> None:
