@@ -474,7 +474,9 @@ async def test_as_pid_1_orphans_are_reaped_and_workers_still_restarted(
     # asyncio, not the reaper, waits for the worker: it is started again
     subprocess.run([*in_namespace, "kill", "-KILL", str(worker)], check=True)
     await wait_until(lambda: worker_pids(proc)[0] != worker, timeout=10)
-    assert all(state != "Z" for _, state in children_of(init))
+    # the killed worker may be seen before asyncio's watcher reaped it (a loaded machine): a
+    # zombie that lasts is the defect
+    await wait_until(lambda: all(state != "Z" for _, state in children_of(init)), timeout=10)
     await post_all(proc.url, runs(3))
     await delivered_ids(sink, 0, wanted(runs(3)))
     os.kill(init, signal.SIGTERM)  # unshare itself ignores it
