@@ -65,9 +65,9 @@ def error_group(count: int, message: str, stack: str | None = None) -> dict[str,
     }
 
 
-def console_text(tmp_path: Path, body: dict[str, Any]) -> str:
+def console_text(tmp_path: Path, body: dict[str, Any], match: str = "{event: error}") -> str:
     config = tmp_path / "config.yaml"
-    config.write_text(CONSOLE_CONFIG)
+    config.write_text(CONSOLE_CONFIG.replace("{event: error}", match))
     event = tmp_path / "event.json"
     event.write_text(json.dumps(body))
     result = run_cli("test", str(event), "--config", str(config), "--json")
@@ -155,3 +155,48 @@ def test_a_bare_error_group_dated_in_epoch_milliseconds_shows_its_dates(tmp_path
     assert "1755684000000" not in text
     run = parse_alert({"type": "alert.error_group", **body}).run
     assert run is not None and run.as_dict()["error"]["lastSeen"] == "2025-08-20T10:00:00.000Z"
+
+
+def rest_run(**extra: Any) -> dict[str, Any]:
+    """A run as Trigger.dev's REST API answers it (CommonRunFields: `version` is the deployment
+    version the run is locked to); `extra` adds the fields of one endpoint."""
+    return {
+        "id": "run_cmuxjbf30kqkowywawhi1r8yr",
+        "status": "FAILED",
+        "taskIdentifier": "sync-customer-data",
+        "version": "20260819.4",
+        "isTest": False,
+        "createdAt": "2026-08-20T09:14:03.118Z",
+        "updatedAt": "2026-08-20T09:14:22.461Z",
+        "finishedAt": "2026-08-20T09:14:22.460Z",
+        "tags": ["plan:pro"],
+        "costInCents": 0.05,
+        "baseCostInCents": 0.0025,
+        "durationMs": 14873,
+        **extra,
+    }
+
+
+def test_a_runs_list_item_shows_its_environment_and_version(tmp_path: Path) -> None:
+    """runs.list items (GET /api/v1/runs; `ListRunResponseItem` = CommonRunFields + `env {id,
+    name, user?}`, packages/core/src/v3/schemas/api.ts) name their environment in `env.name`, the
+    environment's slug (apps/webapp/app/presenters/v3/ApiRunListPresenter.server.ts), and carry
+    the deployment `version`, as the alert webhook's run has `environment` and `task.version`.
+    Messages of a pushed runs.list page showed neither."""
+    env = {"id": "cmawoa5x9dbfmzrfzms2sq7bh", "name": "prod", "user": "Alice"}
+    page = {"data": [rest_run(env=env)], "pagination": {"next": None}}
+    text = console_text(tmp_path, page, "{status: failure}")
+    assert "  env       prod\n" in text
+    assert "  version   20260819.4\n" in text
+
+
+def test_a_retrieved_run_shows_its_version_and_keeps_what_it_says(tmp_path: Path) -> None:
+    """runs.retrieve (RetrieveRunResponse, same api.ts) has `version` but no environment; a run
+    that names its own `environment` or `task` keeps them as they are."""
+    text = console_text(tmp_path, rest_run(depth=0, attemptCount=3), "{status: failure}")
+    assert "  version   20260819.4\n" in text
+    assert "  env " not in text
+    own = rest_run(env={"id": "e", "name": "prod"}, environment="staging", task={"version": "7"})
+    text = console_text(tmp_path, own, "{status: failure}")
+    assert "  env       staging\n" in text
+    assert "  version   7\n" in text

@@ -1,4 +1,10 @@
-"""The SDK run object (runs.subscribeToRun & co., RunShape) → Run."""
+"""The SDK run object (runs.subscribeToRun & co., RunShape) → Run.
+
+The REST API's runs (runs.list items, runs.retrieve: CommonRunFields in Trigger.dev's
+packages/core/src/v3/schemas/api.ts) also carry the deployment `version` and, in runs.list,
+`env {id, name, user?}`, `name` being the environment's slug (ApiRunListPresenter). They are
+given the places an alert webhook's run has them, `task.version` and `environment {id, slug}`,
+which messages read; a run that has its own `task` or `environment` keeps it."""
 
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ def parse_sdk_run(obj: dict[str, Any], where: str = "") -> Run:
     status = data.get("status")
     if isinstance(status, str):
         data["status"] = normalise_status(status)
+    _rest_fields(data)
     if data.get("tags") is None and "tags" in data:
         data["tags"] = []
     error = data.get("error")
@@ -39,6 +46,19 @@ def parse_sdk_run(obj: dict[str, Any], where: str = "") -> Run:
         return _validated(data)
     except ValidationError as exc:
         raise _input_error(exc, where) from None
+
+
+def _rest_fields(data: dict[str, Any]) -> None:
+    """`environment` from runs.list's `env`, `task.version` from `version` (module doc)."""
+    env, version = data.get("env"), data.get("version")
+    if "environment" not in data and isinstance(env, dict) and _text(env.get("name")):
+        data["environment"] = {"id": env.get("id"), "slug": env["name"]}
+    if "task" not in data and _text(version):
+        data["task"] = {"id": data.get("taskIdentifier"), "version": version}
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
 
 
 def _validated(data: dict[str, Any]) -> Run:
