@@ -25,7 +25,7 @@ DLQ_LISTED = 1000  # `relay dlq list` shows the newest this many, as GET /v1/dlq
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     from relay.history import dead_letter_view, failure  # noqa: PLC0415
 
-    rows = asyncio.run(_with_store(settings, lambda s: s.dead_letters(DLQ_LISTED + 1)))
+    rows = asyncio.run(_reading(settings, lambda s: s.dead_letters(DLQ_LISTED + 1)))
     views = [dead_letter_view(n) for n in rows[:DLQ_LISTED]]
     if len(rows) > DLQ_LISTED:  # said on stderr: stdout stays the list (or JSON) alone
         print(f"more than {DLQ_LISTED} dead notifications: the newest shown", file=sys.stderr)
@@ -75,8 +75,18 @@ def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _reading(settings: Settings, action: Callable[[Any], Any]) -> Any:
+    """`_with_store` for a command that only reads: SQLite is opened read-only (no writer, no
+    test write), so it answers on a full disk, when an operator needs it most."""
+    return await _with_store(settings, action, read_only=True)
+
+
 async def _with_store(
-    settings: Settings, action: Callable[[Any], Any], *, create: bool = False
+    settings: Settings,
+    action: Callable[[Any], Any],
+    *,
+    create: bool = False,
+    read_only: bool = False,
 ) -> Any:
     """`action(store)` on the opened store. A SQLite file that is not there is created only
     when `create` (a silence added before the first `relay serve`); a reading command says so
@@ -86,7 +96,8 @@ async def _with_store(
 
     missing = None if create else _missing_file(settings.store_url)
     if missing is None:
-        return await _acting(open_store(settings.store_url, upgrade=False), action)
+        store = open_store(settings.store_url, upgrade=False, read_only=read_only)
+        return await _acting(store, action)
     note = f"note: no store at {missing} (RELAY_STORE_URL): nothing is stored there"
     print(note, file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="relay-empty-") as empty:
@@ -187,7 +198,7 @@ def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
         raise RelayError(f"silence list: {exc}") from None
     now = time.time()
     wide = args.all or args.expired
-    found = asyncio.run(_with_store(settings, lambda s: s.silences(now, include_expired=wide)))
+    found = asyncio.run(_reading(settings, lambda s: s.silences(now, include_expired=wide)))
     views = [
         silence_view(s, now)
         for s in found
@@ -265,7 +276,7 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         history.history_query(params, now)  # refused before the store is opened (or said missing)
-        found = asyncio.run(_with_store(settings, fetch))
+        found = asyncio.run(_reading(settings, fetch))
     except InputError as exc:
         raise RelayError(f"history: {exc}") from None
     if args.json:

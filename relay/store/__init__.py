@@ -313,16 +313,23 @@ class Store(Protocol):
 
 
 def open_store(
-    url: str, holder: str = "", replica_timeout_s: float = 15.0, *, upgrade: bool = True
+    url: str,
+    holder: str = "",
+    replica_timeout_s: float = 15.0,
+    *,
+    upgrade: bool = True,
+    read_only: bool = False,
 ) -> Store:
     """The engine for a RELAY_STORE_URL (not opened yet: call `open`). SQLite: `holder` names
     this process in the leases it takes (see release_leases). PostgreSQL names each process
     itself, and frees the leases of a replica silent for `replica_timeout_s`. Not `upgrade`
-    (the store commands but migrate): `open` refuses an older schema instead of migrating it."""
+    (the store commands but migrate): `open` refuses an older schema instead of migrating it.
+    `read_only` (the store commands that only read): SQLite opens no writer, so a full disk
+    refuses no read; PostgreSQL is opened as ever."""
     from relay.store.sqlite import SQLiteStore, sqlite_path  # noqa: PLC0415
 
     if url.startswith("sqlite:"):
-        return SQLiteStore(sqlite_path(url), holder=holder, upgrade=upgrade)
+        return SQLiteStore(sqlite_path(url), holder=holder, upgrade=upgrade, read_only=read_only)
     if url.startswith(("postgresql:", "postgres:")):
         from relay.store.postgres import PostgresStore  # noqa: PLC0415
 

@@ -9,7 +9,7 @@ import sqlite3
 import urllib.parse
 from pathlib import Path
 
-from relay.errors import StoreUnavailable
+from relay.errors import StoreUnavailable, check_schema
 from relay.store._sqlite_schema import OWN_FILE, SCHEMA_VERSION, migrate
 from relay.store._sqlite_writer import NO_SPACE, no_space, rollback, unavailable
 
@@ -56,9 +56,13 @@ def connect(
     return conn
 
 
-def connect_reader(path: Path) -> sqlite3.Connection:
-    """In the reader thread: the file the writer opened (never a new one), for reads only."""
-    uri = f"file:{urllib.parse.quote(str(path))}?mode=rw"
+def connect_reader(path: Path, *, alone: bool = False) -> sqlite3.Connection:
+    """In the reader thread: the file the writer opened (never a new one), for reads only.
+    `alone` (no writer: the store commands that only read): opened read-only and its schema
+    version checked as the writer's open checks it. `relay dlq list`, `history` and `silence
+    list` opened the writer, whose test write failed on a full disk: `store open failed: no
+    space left ...` when the operator needed them most."""
+    uri = f"file:{urllib.parse.quote(str(path))}?mode={'ro' if alone else 'rw'}"
     try:
         conn = sqlite3.connect(uri, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, uri=True)
     except sqlite3.Error as exc:
@@ -69,10 +73,22 @@ def connect_reader(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA query_only = ON")
         conn.execute("PRAGMA temp_store = MEMORY")  # a large ORDER BY sorts in memory, as above
         conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # the file itself, now
-    except sqlite3.Error as exc:
+        if alone:
+            _check_version(conn)
+    except BaseException as exc:
         conn.close()
-        raise open_failed(path, exc) from exc
+        if isinstance(exc, sqlite3.Error):
+            raise open_failed(path, exc) from exc
+        raise
     return conn
+
+
+def _check_version(conn: sqlite3.Connection) -> None:
+    """Refuse a schema the reads would not understand (check_schema), or none at all."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    check_schema(version, SCHEMA_VERSION, upgrade=False)
+    if version == 0:
+        raise StoreUnavailable(f"store open failed: the database holds no relay tables; {OWN_FILE}")
 
 
 def _probe_write(conn: sqlite3.Connection) -> None:

@@ -126,9 +126,11 @@ class SQLiteStore:
         max_pages: int | None = None,
         holder: str = "",
         upgrade: bool = True,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
         self._upgrade = upgrade  # False: an older schema is refused, not migrated
+        self._read_only = read_only  # no writer: the reads (dead letters, history, silences)
         self._max_pages = max_pages
         self._holder = holder  # recorded with each claim: release_leases(holder) frees them
         self._writer = Writer(WriteLock(self.path, BUSY_TIMEOUT_MS / 1000), self.path)
@@ -142,7 +144,12 @@ class SQLiteStore:
         return self._writer.commits
 
     async def open(self) -> None:
-        """Create the file and its directory if needed, then create or migrate the schema."""
+        """Create the file and its directory if needed, then create or migrate the schema; for
+        `read_only`, open the file there is for reading only (a full disk refuses no read)."""
+        if self._read_only:
+            await self._reader.start(lambda: connect_reader(self.path, alone=True))
+            self._file = identity(self.path)
+            return
         await self._writer.start(lambda: connect(self.path, self._max_pages, upgrade=self._upgrade))
         try:
             await self._reader.start(lambda: connect_reader(self.path))
@@ -364,8 +371,9 @@ class SQLiteStore:
     async def silences(self, now: float, *, include_expired: bool = False) -> list[Silence]:
         where = "" if include_expired else " WHERE ends_at > ?"
         params: tuple[float, ...] = () if include_expired else (now,)
-        # every silence ever (50,000): a long read, beside the writer, parsed off the event loop
-        return await (self._reader if include_expired else self._writer).run(
+        # on the reader, beside the writer (a read-only store has no writer), parsed there too:
+        # every silence ever (50,000) is a long read
+        return await self._reader.run(
             lambda conn: [
                 to_silence(row)
                 for row in conn.execute(

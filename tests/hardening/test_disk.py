@@ -19,7 +19,7 @@ import shutil
 import sqlite3
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from relay.settings import Settings
 from relay.silences import SilenceCache
 from relay.store import _sqlite_connect
 from relay.store.sqlite import SQLiteStore
-from tests.conftest import CONSOLE_FAILURES, Relay
+from tests.conftest import CONSOLE_FAILURES, Relay, run_cli
 
 CONFIG = CONSOLE_FAILURES
 
@@ -171,6 +171,18 @@ def _mount_tmpfs(where: Path, size: str) -> bool:
     return done.returncode == 0
 
 
+@contextlib.contextmanager
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB tmpfs (skipped where mounting is not permitted), unmounted on exit."""
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "2m"):
+        pytest.skip("mounting a tmpfs is not permitted here")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)
+
+
 def _fill(directory: Path) -> Path:
     """Write a file until the filesystem has no space left."""
     filler = directory / "filler"
@@ -189,10 +201,7 @@ async def test_disk_full_enospc_refuses_then_recovers_by_itself(
 ) -> None:
     """The log says the disk is full in words: it said `store commit failed: SQLITE_FULL`,
     which a database at its size limit says too, and the operator looked for the wrong cause."""
-    disk = tmp_path / "disk"
-    if not _mount_tmpfs(disk, "2m"):
-        pytest.skip("mounting a tmpfs is not permitted here")
-    try:
+    with small_disk(tmp_path) as disk:
         db = disk / "relay.db"
         async with running(tmp_path, SQLiteStore(db)) as r:
             assert (await post(r, failed_run(9999)))[0] == 202
@@ -203,8 +212,51 @@ async def test_disk_full_enospc_refuses_then_recovers_by_itself(
             assert "no space left on the database's file system (SQLITE_" in why, why
             filler.unlink()  # space is back
             await assert_recovers(r, db, [*accepted, "run_disk_9999"], refused)
+
+
+READING = (("dlq", "list"), ("history",), ("silence", "list"))  # the store commands that only read
+
+
+async def read_commands(db: Path) -> list[subprocess.CompletedProcess[str]]:
+    """`relay dlq list`, `relay history` and `relay silence list` on `db`, side by side."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{db}"}
+    return await asyncio.gather(*(asyncio.to_thread(run_cli, *a, env=env) for a in READING))
+
+
+async def test_read_commands_answer_on_a_full_disk(tmp_path: Path) -> None:
+    """`relay dlq list`, `history` and `silence list` opened the store's writer and wrote to
+    test it: on a full disk each said `store open failed: no space left ...`, in the very
+    incident an operator runs them for. Now they open the file for reading only."""
+    with small_disk(tmp_path) as disk:
+        db = disk / "relay.db"
+        async with running(tmp_path, SQLiteStore(db)) as r:
+            assert (await post(r, failed_run(1)))[0] == 202
+            await asyncio.to_thread(_fill, disk)
+            dlq, history, silences = await read_commands(db)
+    assert [dlq.returncode, history.returncode, silences.returncode] == [0, 0, 0], (
+        dlq.stderr + history.stderr + silences.stderr
+    )
+    assert "run_disk_0001" in history.stdout
+    assert (dlq.stdout, silences.stdout) == ("no dead notifications\n", "no silences\n")
+
+
+async def test_read_commands_answer_while_another_process_writes(tmp_path: Path) -> None:
+    """The same, anywhere: a write lock held elsewhere (a `sqlite3` shell in a transaction)
+    made each read command wait out the busy timeout, then fail `database is locked`."""
+    db = tmp_path / "relay.db"
+    async with running(tmp_path, SQLiteStore(db)) as r:
+        assert (await post(r, failed_run(1)))[0] == 202
+    locker = sqlite3.connect(db, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        dlq, history, silences = await read_commands(db)
     finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert [dlq.returncode, history.returncode, silences.returncode] == [0, 0, 0], (
+        dlq.stderr + history.stderr + silences.stderr
+    )
+    assert "run_disk_0001" in history.stdout
 
 
 async def test_read_only_files_refuse_then_recover_by_itself(tmp_path: Path) -> None:
