@@ -19,12 +19,14 @@ from typing import TypeVar
 from relay import policy as pol
 from relay.dispatch import Deps, Dispatch, row_extra
 from relay.errors import StoreUnavailable
+from relay.logs import CountedLines
 from relay.model import Notification
 from relay.sending import Route
 from relay.store import BirthLease
 
 log = logging.getLogger("relay.delivery")
 POLL_S = 1.0
+_STORE = "store"  # the key of the store's failures in a loop's CountedLines
 CLAIM_AHEAD = 16  # rows claimed beyond the free slots (at least the channel's concurrency)
 
 
@@ -132,7 +134,7 @@ class ChannelLoop:
         self._promised = 0  # room reserved for rows being leased at birth (Reservation)
         self._claiming = 0  # rows asked for by the claim under way
         self._claimed_at = -math.inf  # when the last claim began (deps.clock)
-        self._paused = False  # the store was unavailable at the last step
+        self._outage = CountedLines()  # the store's failures: its lines and their counts
         self.dispatch = Dispatch(
             name,
             route,
@@ -178,10 +180,7 @@ class ChannelLoop:
             try:
                 await self._step()
             except StoreUnavailable as exc:
-                if not self._paused:  # once per outage: it is retried every POLL_S
-                    extra = {"channel": self.name, "error": str(exc)}
-                    log.warning("store unavailable; delivery paused", extra=extra)
-                self._paused = True
+                self._store_failed(exc)
                 await self._idle(POLL_S)
             except Exception:
                 log.exception("delivery loop error", extra={"channel": self.name})
@@ -256,11 +255,23 @@ class ChannelLoop:
         held.update(row.id for unit in self.inflight.values() for row in unit)
         return [row for row in rows if row.id not in held]
 
+    def _store_failed(self, exc: StoreUnavailable) -> None:
+        """A step the store failed (it is tried again every POLL_S): said when an outage starts,
+        then at most every LINE_EVERY_S with the failures since the last line. A full disk
+        lets some commits through (a -wal that started over has room): paused and resumed,
+        a line each, came every 1-2 s per channel."""
+        failures = self._outage.due(_STORE, until_settled=True)
+        if failures is not None:
+            extra = {"channel": self.name, "error": str(exc), "failures": failures}
+            log.warning("store unavailable; delivery paused", extra=extra)
+
     def _store_answered(self) -> None:
-        """A claim went through: after an outage, say once that delivery goes on."""
-        if self._paused:
-            self._paused = False
-            log.info("store available again; delivery resumed", extra={"channel": self.name})
+        """A claim went through: after an outage, say that delivery goes on (and how many
+        steps failed that no line told), at most every LINE_EVERY_S."""
+        failures = self._outage.settled(_STORE)
+        if failures is not None:
+            extra = {"channel": self.name, "failures": failures}
+            log.info("store available again; delivery resumed", extra=extra)
 
     def _poll_owed(self, now: float) -> bool:
         """Whether the last claim is a poll interval old. The store may then hold due rows no

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -276,6 +277,47 @@ def _error_words(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno).lower()
     return type(exc).__name__
+
+
+LINE_EVERY_S = 10.0
+
+
+class CountedLines:
+    """At most one line of a kind per key every LINE_EVERY_S, counting what happened since the
+    last one: refused ingest requests (a wrong token must show in the log, a scanner must not
+    flood it), a channel's delivery or the silences' reload while the store fails. A trouble
+    over (`settled`) has its line, as often at most, apart: a trouble starting again just after
+    a line said the last one was over is told at once (sharing one slot, a disk full again 2 s
+    after freeing had no line for 10 s)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._logged: dict[Hashable, float] = {}  # when the last line of failures was told
+        self._settled: dict[Hashable, float] = {}  # when the last line of a trouble over was
+        self._since: dict[Hashable, int] = {}  # failures no line told; a key here: not over
+
+    def due(self, key: Hashable, *, until_settled: bool = False) -> int | None:
+        """Count one failure; when a line is due, the failures it reports (None: no line).
+        `until_settled`: once told, the trouble stays open till `settled` says it is over (a
+        store that failed once and answers again is said to, where a refusal is not)."""
+        self._since[key] = self._since.get(key, 0) + 1
+        count = self._take(key, self._logged)
+        if count is not None and until_settled:
+            self._since[key] = 0
+        return count
+
+    def settled(self, key: Hashable) -> int | None:
+        """After a success: the failures no line told yet, when a line is due. Else the last
+        ones of a trouble were never told: no failure came to carry them."""
+        return self._take(key, self._settled) if key in self._since else None
+
+    def _take(self, key: Hashable, told: dict[Hashable, float]) -> int | None:
+        """The count since the last line when a line of this kind (`told`) is due, else None."""
+        now = self._clock()
+        if now - told.get(key, -math.inf) < LINE_EVERY_S:
+            return None
+        told[key] = now
+        return self._since.pop(key)
 
 
 class _Fields(logging.Filter):

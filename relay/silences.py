@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from relay.errors import InputError, StoreUnavailable, did_you_mean
+from relay.logs import CountedLines
 from relay.model import (
     EVENT_STATUSES,
     EVENTS,
@@ -43,6 +44,7 @@ MAX_TEXT = 1000
 # a config's rule and channel names (Config.names), that silences' matchers are checked against
 ConfigNames = tuple[Collection[str], Collection[str]]
 RELOAD_S = 0.25  # how stale a running relay's silences may be (`relay silence add` waits it out)
+_RELOAD = "reload"  # the key of the failed reloads in a SilenceCache's CountedLines
 YEAR_10000 = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() + 1  # none shown from
 
 
@@ -438,6 +440,7 @@ class SilenceCache:
         self._reading: asyncio.Future[None] | None = None  # the reload callers share
         self._generation = 0  # bumped by invalidate(): a reload begun before it is not kept
         self.reloads = 0  # reloads begun
+        self._lines = CountedLines()  # the failed reloads: their lines and counts
 
     async def current(self, now: float) -> list[Silence]:
         """The silences, reloaded when stale. Callers meanwhile share one reload: each
@@ -464,8 +467,10 @@ class SilenceCache:
         except StoreUnavailable as exc:
             if not self._read:
                 raise  # nothing to go on: not knowing the silences is not "none"
-            log.warning("silences not reloaded; the last read kept", extra={"error": str(exc)})
+            self._tell_failed(exc)
             silences = self._silences
+        else:
+            self._tell_settled()
         finally:
             if generation == self._generation:
                 self._reading = None
@@ -474,6 +479,19 @@ class SilenceCache:
                 self._index = SilenceIndex(silences)
                 self._silences = silences
             self._read, self._loaded_at = True, now
+
+    def _tell_failed(self, exc: StoreUnavailable) -> None:
+        """A reload failed: said when it starts, then at most every LINE_EVERY_S with the
+        failures since (a line a reload, every RELOAD_S, through a store outage)."""
+        failures = self._lines.due(_RELOAD, until_settled=True)
+        if failures is not None:
+            extra = {"error": str(exc), "failures": failures}
+            log.warning("silences not reloaded; the last read kept", extra=extra)
+
+    def _tell_settled(self) -> None:
+        failures = self._lines.settled(_RELOAD)
+        if failures is not None:
+            log.info("silences reloaded again", extra={"failures": failures})
 
     def invalidate(self) -> None:
         self._loaded_at = None

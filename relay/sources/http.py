@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -31,6 +29,7 @@ from relay.formats.trigger_alerts import (
     verify_signature,
 )
 from relay.intake import Intake
+from relay.logs import CountedLines
 from relay.silences import ConfigNames
 from relay.sources._budget import BodyBudget, Hold
 from relay.sources._replies import (
@@ -51,49 +50,19 @@ log = logging.getLogger("relay.http")
 RETRY_AFTER_S = "5"
 # /healthz's and /readyz's reason between SIGTERM and exit (the drain): relay still answers
 DRAINING = "shutting down"
-REFUSAL_LOG_EVERY_S = 10.0
 
 
-class RefusalLog:
+class RefusalLog(CountedLines):
     """A warning for refused ingest requests: at most one line per path and reason every
-    REFUSAL_LOG_EVERY_S, counting the refusals since the last, so that a wrong alert secret or
-    token shows in the log (not only in a metric) and a scanner cannot flood it. A store outage
-    over (`settled`) has its own line, as often at most."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        # when the last line of refusals, and the last line of an outage over, were told: apart,
-        # so that an outage starting just after a line saying the last one was over is told at
-        # once (sharing one slot, a disk full again 2 s after freeing had no line for 10 s)
-        self._logged: dict[tuple[str, str], float] = {}
-        self._settled: dict[tuple[str, str], float] = {}
-        self._since: dict[tuple[str, str], int] = {}
+    LINE_EVERY_S, counting the refusals since the last, so that a wrong alert secret or token
+    shows in the log (not only in a metric) and a scanner cannot flood it. A store outage over
+    (`settled`) has its own line, as often at most."""
 
     def refused(self, path: str, reason: str, status: int) -> None:
-        count = self.due(path, reason)
+        count = self.due((path, reason))
         if count is not None:
             extra = {"path": path, "reason": reason, "status": status, "refused": count}
             log.warning("request refused", extra=extra)
-
-    def due(self, path: str, reason: str) -> int | None:
-        """Count one refusal; when a line is due, the refusals it reports (None: no line)."""
-        key = (path, reason)
-        self._since[key] = self._since.get(key, 0) + 1
-        return self._take(key, self._logged)
-
-    def settled(self, path: str, reason: str) -> int | None:
-        """After a request was accepted: the refusals no line told yet, when a line is due.
-        Else the last ones of an outage were never told: no refusal came to carry them."""
-        key = (path, reason)
-        return self._take(key, self._settled) if key in self._since else None
-
-    def _take(self, key: tuple[str, str], told: dict[tuple[str, str], float]) -> int | None:
-        """The count since the last line when a line of this kind (`told`) is due, else None."""
-        now = self._clock()
-        if now - told.get(key, -math.inf) < REFUSAL_LOG_EVERY_S:
-            return None
-        told[key] = now
-        return self._since.pop(key)
 
 
 @dataclass
@@ -171,9 +140,9 @@ class Handlers:
         self, request: web.Request, what: str, extra: dict[str, object], exc: StoreUnavailable
     ) -> web.Response:
         """503 for an update the store could not take. One log line per path every
-        REFUSAL_LOG_EVERY_S, with the count: clients retrying through an outage (a full disk
+        LINE_EVERY_S, with the count: clients retrying through an outage (a full disk
         the logs may share) would otherwise write a line per request."""
-        count = self.deps.refusals.due(request.path, "store_unavailable")
+        count = self.deps.refusals.due((request.path, "store_unavailable"))
         if count is not None:
             extra = {**extra, "error": str(exc), "refused": count}
             log.error(f"store unavailable; {what}", extra=extra)
@@ -181,7 +150,7 @@ class Handlers:
 
     def _store_settled(self, request: web.Request) -> None:
         """An update taken: tell the refusals of an outage the last line did not count."""
-        count = self.deps.refusals.settled(request.path, "store_unavailable")
+        count = self.deps.refusals.settled((request.path, "store_unavailable"))
         if count is not None:
             extra = {"path": request.path, "refused": count}
             log.warning("store available again; updates refused since the last line", extra=extra)

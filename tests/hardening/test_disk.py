@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import shutil
 import sqlite3
 import subprocess
@@ -26,8 +27,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+import relay.logs as relay_logs
 import relay.store.sqlite as relay_sqlite
-from relay import outbox_reading
+from relay import delivery, outbox_reading
 from relay.configure import compile_config, load
 from relay.service import Service
 from relay.settings import Settings
@@ -257,6 +259,72 @@ async def test_read_commands_answer_while_another_process_writes(tmp_path: Path)
         dlq.stderr + history.stderr + silences.stderr
     )
     assert "run_disk_0001" in history.stdout
+
+
+PAUSED = "store unavailable; delivery paused"
+RESUMED = "store available again; delivery resumed"
+
+
+def said(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.LogRecord]:
+    return [rec for rec in caplog.records if rec.getMessage() == message]
+
+
+async def until_said(caplog: pytest.LogCaptureFixture, message: str) -> None:
+    for _ in range(600):  # a delivery loop claims every POLL_S (1 s)
+        if said(caplog, message):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never said: {message}")
+
+
+async def test_a_store_that_comes_and_goes_pauses_delivery_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk lets some commits through (a -wal that started over has room): `delivery
+    paused` and `delivery resumed` came every 1-2 s per channel. Now the first of each is said
+    at once and the next ones at most every LINE_EVERY_S (here an hour), with a count."""
+    monkeypatch.setattr(relay_logs, "LINE_EVERY_S", 3600.0, raising=False)
+    caplog.set_level(logging.INFO, logger="relay.delivery")
+    store = SQLiteStore(tmp_path / "relay.db")
+    async with running(tmp_path, store):
+        await store.close()  # the outage: the channel loop's next claim fails
+        await until_said(caplog, PAUSED)
+        await store.open()
+        await until_said(caplog, RESUMED)
+        for _ in range(2):  # twice more, each side long enough for a claim (every POLL_S)
+            await store.close()
+            await asyncio.sleep(2.5 * delivery.POLL_S)
+            await store.open()
+            await asyncio.sleep(2.5 * delivery.POLL_S)
+    paused, resumed = said(caplog, PAUSED), said(caplog, RESUMED)
+    assert (len(paused), len(resumed)) == (1, 1), [r.getMessage() for r in paused + resumed]
+    assert paused[0].__dict__["failures"] == 1
+    assert paused[0].__dict__["error"] == "store is closed"
+
+
+async def test_silences_not_reloaded_are_said_once_and_then_that_they_are_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every reload (each RELOAD_S, 0.25 s) the store failed logged `silences not reloaded`."""
+    monkeypatch.setattr(relay_logs, "LINE_EVERY_S", 3600.0, raising=False)
+    caplog.set_level(logging.INFO, logger="relay.silences")
+    store = SQLiteStore(tmp_path / "relay.db")
+    await store.open()
+    cache = SilenceCache(store.silences, ttl_s=1.0)
+    assert await cache.current(0.0) == []
+    await store.close()
+    for now in (2.0, 4.0, 6.0):
+        assert await cache.current(now) == []  # the last read kept
+    await store.open()
+    try:
+        assert await cache.current(8.0) == []
+    finally:
+        await store.close()
+    lines = [(r.getMessage(), r.__dict__.get("failures")) for r in caplog.records]
+    assert lines == [
+        ("silences not reloaded; the last read kept", 1),
+        ("silences reloaded again", 2),
+    ]
 
 
 async def test_read_only_files_refuse_then_recover_by_itself(tmp_path: Path) -> None:
