@@ -174,6 +174,8 @@ class DeliveryError(RelayError):
     retryable: whether a later attempt may succeed (429, 5xx, timeouts, network errors).
     reason: one of REASONS, used as is in logs, metric labels and dead letters.
     retry_after: seconds the receiver asked us to wait (Retry-After), if it said.
+    local: relay's own failure, the receiver never asked (no file descriptor left to even
+    connect): tried again without spending an attempt (the age limit still applies).
     """
 
     def __init__(
@@ -184,6 +186,7 @@ class DeliveryError(RelayError):
         detail: str = "",
         retry_after: float | None = None,
         status: int | None = None,
+        local: bool = False,
     ) -> None:
         if reason not in REASONS:
             raise ValueError(f"unknown delivery failure reason {reason!r}")
@@ -192,6 +195,7 @@ class DeliveryError(RelayError):
         self.detail = detail
         self.retry_after = retry_after
         self.status = status
+        self.local = local
         text = reason if not detail else f"{reason}: {detail}"
         super().__init__(text)
 
@@ -232,6 +236,14 @@ def wire_failure(exc: BaseException) -> str | None:
         if isinstance(cause, OSError) and cause.errno in NO_DESCRIPTOR:  # aiohttp said only
             return NO_DESCRIPTOR[cause.errno]  # "ClientConnectorError"
     return None
+
+
+def network_error(exc: BaseException, detail: str) -> DeliveryError:
+    """The retried "network" failure `exc` means, said as `detail`; local (no attempt spent)
+    when no file descriptor was left to connect: under a descriptor shortage notifications
+    went dead after max_attempts of these without their receiver ever being asked."""
+    local = any(isinstance(c, OSError) and c.errno in NO_DESCRIPTOR for c in causes(exc))
+    return DeliveryError("network", retryable=True, detail=detail, local=local)
 
 
 # Every file descriptor in use: the words for it, with what the operator can do.

@@ -41,7 +41,7 @@ class Route:
 class Tried:
     """The outcome of one delivery attempt (quick retries included)."""
 
-    tries: int
+    tries: int  # the attempts spent: a local failure (no descriptor to connect) spends none
     error: DeliveryError | None = None
     receipt: str | None = None
     failed: tuple[str, ...] = ()  # the reason of each failed try, quick retries included
@@ -154,7 +154,7 @@ class Sender:
             return Tried(0, held_s=held.left_s)
         except DeliveryError as err:
             if budget <= 1 or not pol.is_blip(err):
-                return Tried(1, err, failed=(err.reason,))
+                return Tried(_spent(1, [err]), err, failed=(err.reason,))
             failures = [err]
         tries = 1
         receipt: str | None = None
@@ -178,11 +178,12 @@ class Sender:
                     tries += 1
                     receipt = await self._try(outgoing, failures)
         except DeliveryError as err:
-            return Tried(tries, err, failed=_reasons(failures))
+            return Tried(_spent(tries, failures), err, failed=_reasons(failures))
         except Held:  # the try not made is no try: the last failure stands, due after the hold
             # or, stopped (Stopped) while a quick retry waited, at the outbox's backoff
-            return Tried(len(failures), failures[-1], failed=_reasons(failures))
-        return Tried(tries, None, receipt, _reasons(failures), str(failures[-1]))
+            return Tried(_spent(len(failures), failures), failures[-1], failed=_reasons(failures))
+        spent = _spent(tries, failures)
+        return Tried(spent, None, receipt, _reasons(failures), str(failures[-1]))
 
     async def _try(self, outgoing: Outgoing, failures: list[DeliveryError]) -> str | None:
         try:
@@ -209,6 +210,11 @@ class Sender:
         if self.route.hold.extend(self.clock(), seconds):
             extra = {**self._outgoing_extra(outgoing), "hold_s": round(seconds, 3)}
             log.warning("channel held: the receiver asked to wait (Retry-After)", extra=extra)
+
+
+def _spent(tries: int, failures: list[DeliveryError]) -> int:
+    """The attempts `tries` spent: a local failure (errors.network_error) is none."""
+    return tries - sum(err.local for err in failures)
 
 
 def _reasons(failures: list[DeliveryError]) -> tuple[str, ...]:

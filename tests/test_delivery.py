@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import errno
 import io
 import logging
+import os
 import random
+import resource
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -473,6 +477,49 @@ async def test_refused_connection_is_retried_with_reason_network(relay: RelayFac
     await r.post(failing_run())
     row = await wait_reason(r, "run_delivery_0000")
     assert row.reason == "network" and row.attempts == 3  # three quick tries, then the outbox
+
+
+@contextlib.contextmanager
+def no_descriptor_left() -> Iterator[None]:
+    """Every file descriptor of this process in use (as relay under `ulimit -n` with many
+    clients and channels), the soft limit a few above those open now; put back on exit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+    held: list[int] = []
+    try:
+        for _ in range(64):  # bounded: 8 left, and the listing's own descriptor
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError as exc:
+        assert exc.errno == errno.EMFILE
+    try:
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_no_descriptor_to_connect_spends_no_attempt(relay: RelayFactory, sink: Sink) -> None:
+    """With every descriptor in use, each send failed before a connection was made, and each
+    counted as an attempt: notifications went dead (attempts exhausted) without their
+    receiver ever being asked. Relay's own failure now spends none; once descriptors are
+    free again the notification goes, on its first attempt."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd")
+    r = await relay(config(sink.url).replace("max_attempts: 4", "max_attempts: 2"))
+    async with r.http.get(r.url + "/healthz") as resp:  # the post below reuses this connection
+        assert resp.status == 200
+    run = failing_run()  # read from its file before
+    with no_descriptor_left():
+        status, _ = await r.post(run)
+        row = await wait_reason(r, "run_delivery_0000")
+    assert status == 202
+    assert (row.state, row.attempts, row.reason) == ("pending", 0, "network"), row.last_error
+    assert "EMFILE" in (row.last_error or "")
+    await wait_state(r, "sent")
+    sent = await r.service.store.get(row.id)
+    assert sent is not None and sent.attempts == 1
+    assert len(sink.received) == 1
 
 
 async def test_a_channel_that_always_times_out_does_not_delay_another(

@@ -31,7 +31,7 @@ from aiohttp.connector import Connection
 from multidict import CIMultiDict
 
 from relay.channels._http_answers import HttpResponse, classify_status
-from relay.errors import DeliveryError, tls_failure, wire_failure
+from relay.errors import DeliveryError, network_error, tls_failure, wire_failure
 from relay.outbound import USER_AGENT, Proxies, UnsupportedProxy
 
 log = logging.getLogger("relay.channels")
@@ -177,7 +177,7 @@ class HttpClient:
             raise DeliveryError("network", retryable=True, detail=str(exc)) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
             detail = tls_failure(exc) or wire_failure(exc) or type(exc).__name__  # never the URL
-            raise DeliveryError("network", retryable=True, detail=detail) from None
+            raise network_error(exc, detail) from None
         except aiohttp.ClientHttpProxyError as exc:  # the proxy refused to connect us
             detail = f"proxy answered HTTP {exc.status}"
             raise DeliveryError("network", retryable=True, detail=detail) from None

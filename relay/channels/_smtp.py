@@ -50,7 +50,7 @@ from typing import Any
 import aiosmtplib
 
 from relay.config import CONTROL_CHARS
-from relay.errors import DeliveryError, tls_failure, wire_failure
+from relay.errors import DeliveryError, network_error, tls_failure, wire_failure
 from relay.filters import truncate_chars
 from relay.logs import BIDI_OVERRIDES
 
@@ -188,7 +188,7 @@ def classify(exc: BaseException) -> DeliveryError:
     if tls is not None:
         return DeliveryError("network", retryable=True, detail=tls)
     if isinstance(exc, OSError | aiosmtplib.SMTPConnectError | aiosmtplib.SMTPServerDisconnected):
-        return DeliveryError("network", retryable=True, detail=_network_detail(exc))
+        return network_error(exc, _network_detail(exc))
     return _other(exc)
 
 

@@ -344,6 +344,7 @@ async def test_a_refused_port_is_a_retryable_network_error(
     err = await failure(target.channel(f"http://127.0.0.1:{free_port()}"), target.kind.type)
     assert (err.reason, err.retryable, err.retry_after) == ("network", True, None)
     assert err.detail == "connection refused"  # as `relay send-test` says it; not the class
+    assert not err.local  # the receiver's: an attempt spent
     assert target.requests() == 0
     assert_no_secrets(err, target.kind.secrets, caplog)
 
@@ -368,7 +369,7 @@ async def main():
     try:
         await client.post(url, b"{}", {}, 5.0)
     except DeliveryError as exc:
-        print(exc.reason, exc.detail, sep="|")
+        print(exc.reason, exc.detail, exc.local, sep="|")
     for each in held:
         each.close()
     await client.close()
@@ -385,8 +386,9 @@ def test_no_descriptor_left_is_said_in_words() -> None:
         pytest.skip("needs /proc/self/fd")
     done = run_python(NO_FD_LEFT, dict(os.environ))
     assert done.returncode == 0, done.stderr
-    reason, detail = done.stdout.strip().split("|")
+    reason, detail, local = done.stdout.strip().split("|")
     assert (reason, detail) == ("network", NO_DESCRIPTOR[errno.EMFILE])
+    assert local == "True"  # relay's own failure: no attempt spent (test_delivery)
 
 
 @pytest.mark.parametrize("kind", sorted(HTTP_KINDS))
