@@ -7,9 +7,11 @@ import contextlib
 import os
 import sqlite3
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 
 from relay.errors import StoreUnavailable, check_schema
+from relay.store._sqlite_lock import WriteLock
 from relay.store._sqlite_schema import OWN_FILE, SCHEMA_VERSION, migrate
 from relay.store._sqlite_writer import NO_SPACE, no_space, rollback, unavailable
 
@@ -54,6 +56,55 @@ def connect(
             raise open_failed(path, exc) from exc
         raise
     return conn
+
+
+@contextlib.contextmanager
+def undone_on_failure(path: Path) -> Iterator[None]:
+    """On an exception, remove what opening the database at `path` created (never what was
+    there before): `relay serve` that could not create its store on a full disk left an empty
+    relay.db and its lock file behind, and the directories made for them. The files go only
+    while the database holds no table and no other process holds its write lock."""
+    made = [p for p in _files_of(path) if not p.exists()]
+    dirs = [d for d in path.parents if not d.exists()]  # the deepest first
+    try:
+        yield
+    except BaseException:
+        if path in made:
+            _remove(path, made, dirs)
+        raise
+
+
+def _files_of(path: Path) -> list[Path]:
+    return [path, *(Path(f"{path}-{end}") for end in ("wal", "shm", "writer.lock"))]
+
+
+def _remove(path: Path, made: list[Path], dirs: list[Path]) -> None:
+    lock = WriteLock(path, 0.0)
+    lock.open()
+    try:
+        with contextlib.suppress(OSError):
+            if not lock.hold() or not _holds_nothing(path):
+                return  # another process's open under way, or a database made after all
+            for made_file in made:
+                made_file.unlink(missing_ok=True)
+    finally:
+        lock.close()
+    for directory in dirs:
+        with contextlib.suppress(OSError):
+            directory.rmdir()  # only an empty one
+
+
+def _holds_nothing(path: Path) -> bool:
+    """Whether the file at `path` is no database yet, or one without a table (the header of a
+    journal mode set, a schema that did not fit)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return True
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]) == 0
+    except sqlite3.Error:
+        return False
 
 
 def connect_reader(path: Path, *, alone: bool = False) -> sqlite3.Connection:

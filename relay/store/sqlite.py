@@ -40,7 +40,13 @@ from relay.store._rows import (
     to_notification,
     to_silence,
 )
-from relay.store._sqlite_connect import BUSY_TIMEOUT_MS, connect, connect_reader, identity
+from relay.store._sqlite_connect import (
+    BUSY_TIMEOUT_MS,
+    connect,
+    connect_reader,
+    identity,
+    undone_on_failure,
+)
 from relay.store._sqlite_history import event_rows, history_rows
 from relay.store._sqlite_lock import WriteLock
 from relay.store._sqlite_reader import Reader
@@ -150,12 +156,15 @@ class SQLiteStore:
             await self._reader.start(lambda: connect_reader(self.path, alone=True))
             self._file = identity(self.path)
             return
-        await self._writer.start(lambda: connect(self.path, self._max_pages, upgrade=self._upgrade))
-        try:
-            await self._reader.start(lambda: connect_reader(self.path))
-        except BaseException:
-            await self._writer.stop()
-            raise
+        with undone_on_failure(self.path):
+            await self._writer.start(
+                lambda: connect(self.path, self._max_pages, upgrade=self._upgrade)
+            )
+            try:
+                await self._reader.start(lambda: connect_reader(self.path))
+            except BaseException:
+                await self._writer.stop()
+                raise
         self._file = identity(self.path)
         if self._holder:  # a predecessor orphaned by a parent's kill -9 exits first
             self._alive = _holder_lock(self.path, self._holder, HOLDER_WAIT_S)
@@ -513,7 +522,8 @@ class SQLiteStore:
         before: list[int] = []  # the write lock too: without it SQLite's busy handler (sleeps
         # of up to 100 ms) lost every try to a busy `relay serve` and failed with SQLITE_BUSY
         writer = Writer(WriteLock(self.path, BUSY_TIMEOUT_MS / 1000), self.path)
-        await writer.start(lambda: connect(self.path, self._max_pages, before))
+        with undone_on_failure(self.path):
+            await writer.start(lambda: connect(self.path, self._max_pages, before))
         await writer.stop()
         return before[0], SCHEMA_VERSION
 

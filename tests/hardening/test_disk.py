@@ -31,6 +31,7 @@ import relay.logs as relay_logs
 import relay.store.sqlite as relay_sqlite
 from relay import delivery, outbox_reading
 from relay.configure import compile_config, load
+from relay.errors import StoreUnavailable
 from relay.service import Service
 from relay.settings import Settings
 from relay.silences import SilenceCache
@@ -325,6 +326,41 @@ async def test_silences_not_reloaded_are_said_once_and_then_that_they_are_again(
         ("silences not reloaded; the last read kept", 1),
         ("silences reloaded again", 2),
     ]
+
+
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+async def test_serve_that_cannot_create_its_store_leaves_nothing_behind(tmp_path: Path) -> None:
+    """`relay serve` on a full disk said `store open failed: no space left ...` and left an
+    empty relay.db, its lock file and the directory made for them: the next start found an
+    "existing" empty database. What it made is removed now; what was there stays."""
+    with small_disk(tmp_path) as disk:
+        (disk / "kept").mkdir()
+        (disk / "kept" / "relay.db-writer.lock").touch()  # there before: stays
+        await asyncio.to_thread(_fill, disk)
+        before = tree(disk)
+        config = tmp_path / "config.yaml"
+        config.write_text(CONFIG)
+        for db in (disk / "data" / "relay.db", disk / "kept" / "relay.db"):
+            env = {"RELAY_STORE_URL": f"sqlite:///{db}", "RELAY_LISTEN": "127.0.0.1:0"}
+            done = await asyncio.to_thread(run_cli, "--config", str(config), "serve", env=env)
+            assert done.returncode == 1 and "no space left" in done.stderr, done.stderr
+            assert tree(disk) == before
+
+
+async def test_a_store_that_cannot_be_created_leaves_no_file_behind(tmp_path: Path) -> None:
+    """The same anywhere: a new database that does not fit its max_page_count (SQLITE_FULL)."""
+    db = tmp_path / "new" / "relay.db"
+    with pytest.raises(StoreUnavailable, match="SQLITE_FULL"):
+        await SQLiteStore(db, max_pages=2).open()
+    assert tree(tmp_path) == []
+    db.parent.mkdir()
+    db.touch()  # an empty file there before: not relay's to remove
+    with pytest.raises(StoreUnavailable, match="SQLITE_FULL"):
+        await SQLiteStore(db, max_pages=2).open()
+    assert db.exists()
 
 
 async def test_read_only_files_refuse_then_recover_by_itself(tmp_path: Path) -> None:
