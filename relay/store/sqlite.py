@@ -330,7 +330,9 @@ class SQLiteStore:
             lock.close()
 
     async def get(self, notification_id: str) -> Notification | None:
-        row = await self._writer.run(
+        # opened read-only (`relay history --before`), a read goes to the reader: no writer
+        runner = self._reader if self._read_only else self._writer
+        row = await runner.run(
             lambda conn: conn.execute(
                 "SELECT * FROM outbox WHERE id = ?", (notification_id,)
             ).fetchone()
