@@ -73,6 +73,8 @@ _SQLSTATE_WORDS = {
     "28000": "the server refused the login (check the user and pg_hba.conf)",
     "42501": "permission denied (relay's user must be able to create and use its relay_* tables"
     " in the first schema of its search_path, public by default)",
+    "3F000": "no schema to create relay's tables in (the search_path, e.g. the URL's"
+    " options=-c search_path=..., names no schema that exists: create it first)",
     "53300": "too many connections (max_connections)",
     # At the start of a connection: a URL parameter asyncpg passed on as a server setting.
     "42704": "a URL parameter names no setting the server knows",

@@ -1336,6 +1336,25 @@ async def test_a_missing_database_or_a_user_without_rights_is_named_plainly(pg_u
         await _sql(pg_url, f'DROP ROLE "{role}"')
 
 
+async def test_a_search_path_naming_no_schema_is_named_plainly(pg_url: str) -> None:
+    """`?options=-c%20search_path%3Drelay` before `CREATE SCHEMA relay`: relay said only
+    "store migration failed: InvalidSchemaNameError (3F000)", not what to fix."""
+    with pytest.raises(StoreUnavailable, match="names no schema that exists") as caught:
+        await open_store(pg_url + "?options=-c%20search_path%3Dno_such_schema").open()
+    assert str(caught.value).endswith(": InvalidSchemaNameError (3F000)")
+    assert not caught.value.passing  # `relay serve` exits: waiting would not create it
+
+
+async def test_a_search_path_in_the_url_puts_the_tables_in_that_schema(pg_url: str) -> None:
+    """docs/postgresql.md: another schema than public by the URL's options."""
+    await _sql(pg_url, "CREATE SCHEMA relay_elsewhere")
+    await migrate(pg_url + "?options=-c%20search_path%3Drelay_elsewhere")
+    schemas = await _sql(
+        pg_url, "SELECT DISTINCT schemaname FROM pg_tables WHERE tablename LIKE 'relay\\_%'"
+    )
+    assert [row["schemaname"] for row in schemas] == ["relay_elsewhere"]
+
+
 async def test_a_server_of_the_wrong_kind_is_named_plainly(pg_url: str) -> None:
     """`?target_session_attrs=standby` against a primary: the store said only
     "store open failed: TargetServerAttributeNotMatched", a class name, not what to fix."""
