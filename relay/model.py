@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -228,6 +229,14 @@ _DATES = (
 MAX_RUN_ID_CHARS = 512  # 2,048 bytes of UTF-8 at most: within a PostgreSQL index entry
 
 
+def _no_nul(value: str) -> str:
+    """No Trigger.dev id holds a NUL (its database cannot store one), nor can relay's
+    PostgreSQL store: there `run\\0a` became `run\\ufffda`, one run with another's state."""
+    if "\x00" in value:
+        raise PydanticCustomError("string_nul", "must not contain a NUL character (\\u0000)")
+    return value
+
+
 class Run(BaseModel):
     """One Realtime run update, normalised. Unknown fields are kept (extra="allow")."""
 
@@ -235,7 +244,7 @@ class Run(BaseModel):
 
     # an empty id names no run: a 400, not an alert; nor does a huge one (Trigger.dev's are
     # ~30 characters), which PostgreSQL cannot index (2,704 bytes): a 503 retried forever
-    id: Annotated[str, Field(min_length=1, max_length=MAX_RUN_ID_CHARS)]
+    id: Annotated[str, Field(min_length=1, max_length=MAX_RUN_ID_CHARS), AfterValidator(_no_nul)]
     taskIdentifier: Annotated[str, BeforeValidator(lambda v: "" if v is None else v)] = ""
     status: str
     payload: Any = None

@@ -309,6 +309,7 @@ BAD_BODIES: list[tuple[bytes, str | None, str]] = [
     (json.dumps(small_failed(id=5)).encode(), "id", "string"),
     (json.dumps(small_failed(id="")).encode(), "id", "at least 1 character"),
     (json.dumps(small_failed(id="run_" + "é" * 509)).encode(), "id", "at most 512 characters"),
+    (json.dumps(small_failed(id="run_\x00a")).encode(), "id", "NUL"),  # PostgreSQL: run_\ufffda
     (json.dumps(small_failed(costInCents="twelve")).encode(), "costInCents", "number"),
     (json.dumps(small_failed(costInCents="NaN")).encode(), "costInCents", "number"),
     (json.dumps(small_failed(number=1.5)).encode(), "number", "integer"),

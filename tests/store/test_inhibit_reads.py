@@ -61,10 +61,10 @@ async def test_many_keys_are_read_as_each_key_alone(store: Store) -> None:
     many = await store.kv_get_many("inhibit", keys)
     assert many == {"a": "1.5", "k\x00": (await store.kv_get("inhibit", "k\x00")) or ""}
     assert await store.kv_get_many("inhibit", []) == {}
-    runs = [make_run("run_a", at_s=1000), make_run("run\x00nul", at_s=2000)]
+    runs = [make_run("run_a", at_s=1000), make_run("run_ünï", at_s=2000)]
     await store.observe(runs, decide, now=1.0)
-    asked = ["run_a", "run\x00nul", "run_unseen", *(f"run_{n}" for n in range(40_000))]
-    assert await store.runs_updated_ms(asked) == {"run_a": 1_000_000, "run\x00nul": 2_000_000}
+    asked = ["run_a", "run_ünï", "run_unseen", *(f"run_{n}" for n in range(40_000))]
+    assert await store.runs_updated_ms(asked) == {"run_a": 1_000_000, "run_ünï": 2_000_000}
 
 
 async def test_an_intake_call_reads_its_windows_a_batch_at_a_time(store: Store) -> None:

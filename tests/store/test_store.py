@@ -136,8 +136,10 @@ async def test_a_failing_call_fails_alone_and_leaves_no_trace(store: Store) -> N
 
 
 async def test_nul_characters_in_text_are_stored(store: Store) -> None:
-    """A NUL in a run id or an error text (hostile input) must not make the store 'unavailable'."""
-    [nid] = ids(await store.observe([make_run("run\x00nul", payload="a\x00b")], decide, now=1.0))
+    """A NUL in a task name or an error text (hostile input) must not make the store
+    'unavailable' (a run id holding one is refused at intake: Run)."""
+    run = make_run("run_nul", payload="a\x00b", taskIdentifier="t\x00")
+    [nid] = ids(await store.observe([run], decide, now=1.0))
     await store.mark_retry([(nid, 1)], now=2.0, not_before=3.0, reason="other", error="x\x00y")
     row = await store.get(nid)
     assert row is not None and row.run["payload"] == "a\x00b" and row.last_error is not None
