@@ -135,6 +135,7 @@ class ChannelLoop:
         self._claiming = 0  # rows asked for by the claim under way
         self._claimed_at = -math.inf  # when the last claim began (deps.clock)
         self._outage = CountedLines()  # the store's failures: its lines and their counts
+        self._reclaimed: dict[str, Notification] = {}  # claimed again while their send ended
         self.dispatch = Dispatch(
             name,
             route,
@@ -252,8 +253,11 @@ class ChannelLoop:
         the lease while a row is in flight (or waits its turn) makes that row due again: this
         loop's own claim took it back, and it went a second time beside the first send."""
         held = {row.id for _, unit in self.ready for row in unit}
-        held.update(row.id for unit in self.inflight.values() for row in unit)
-        return [row for row in rows if row.id not in held]
+        sending = {row.id for unit in self.inflight.values() for row in unit}
+        # ... but a send may be ending without an outcome (a recovery that gave its row back to
+        # wait for its alert, made due again since): kept to give back when that send is over
+        self._reclaimed.update((row.id, row) for row in rows if row.id in sending)
+        return [row for row in rows if row.id not in held and row.id not in sending]
 
     def _store_failed(self, exc: StoreUnavailable) -> None:
         """A step the store failed (it is tried again every POLL_S): said when an outage starts,
@@ -358,6 +362,7 @@ class ChannelLoop:
     def _done(self, task: asyncio.Task[None]) -> None:
         unit = self.inflight.pop(task, None)
         self.wake.set()
+        self._give_back_reclaimed(unit or [])
         if task.cancelled() or (exc := task.exception()) is None or not unit:
             return
         # A bug past every handler: told with its traceback (it was only "Task exception was
@@ -367,6 +372,22 @@ class ChannelLoop:
         releasing = asyncio.ensure_future(self._release(unit, delay_s=self.lease_s))
         self.finishing.add(releasing)
         releasing.add_done_callback(self.finishing.discard)
+
+    def _give_back_reclaimed(self, unit: list[Notification]) -> None:
+        """Rows of a finished send that a claim took again meanwhile: that claim's lease would
+        keep them unsent for all its length (a recovery waited 5 minutes for its alert's)."""
+        rows = [row for r in unit if (row := self._reclaimed.pop(r.id, None)) is not None]
+        if rows:
+            giving = asyncio.ensure_future(self._give_back(rows, set(self.finishing)))
+            self.finishing.add(giving)
+            giving.add_done_callback(self.finishing.discard)
+
+    async def _give_back(self, rows: list[Notification], writes: set[asyncio.Future[None]]) -> None:
+        """After the outcomes being written (a row sent stays sent: it is not given back), the
+        rows are due again and claimed anew."""
+        await asyncio.gather(*writes, return_exceptions=True)
+        await self._release(rows)
+        self.poke()
 
     async def _idle(self, wait_s: float) -> None:
         """Wait for a wake-up or `wait_s`; a wait that runs out claims next time (the poll that

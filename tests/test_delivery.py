@@ -886,8 +886,8 @@ async def test_a_channel_that_raises_unexpectedly_is_logged_with_its_notificatio
 
 @asynccontextmanager
 async def delivering_on(
-    tmp_path: Path, sink: Sink, clock: Callable[[], float]
-) -> AsyncIterator[tuple[Intake, SQLiteStore]]:
+    tmp_path: Path, sink: Sink, clock: Callable[[], float], *, start: bool = True
+) -> AsyncIterator[tuple[Intake, SQLiteStore, relay_delivery.Delivery]]:
     """Intake and a delivery loop on channel `hook` (to `sink`), both on `clock`."""
     compiled = compile_config(parse_config(config(sink.url), "c.yaml", settings_models(), {}))
     store = SQLiteStore(tmp_path / "relay.db")
@@ -898,9 +898,10 @@ async def delivering_on(
     deps = Deps(store, compiled.renderer, defaults.retry, dashboard_link(defaults), clock=clock)
     route = route_for(compiled, "hook", ChannelEnv(http, io.StringIO(), 10.0, store))
     delivery = relay_delivery.Delivery(deps, {"hook": route})
-    delivery.start()
+    if start:
+        delivery.start()
     try:
-        yield intake, store
+        yield intake, store, delivery
     finally:
         await delivery.stop(5.0)  # a send still in flight ends first
         await http.close()
@@ -927,7 +928,7 @@ async def test_a_clock_stepped_past_the_lease_does_not_send_a_row_in_flight_agai
     it a second time beside the first send. The loop's own rows are not sent again."""
     now = [1_790_000_000.0]
     answer = first_held(sink)
-    async with delivering_on(tmp_path, sink, lambda: now[0]) as (intake, store):
+    async with delivering_on(tmp_path, sink, lambda: now[0]) as (intake, store, _):
         await intake.submit(parse_runs([failing_run(0)]))
         await sink.wait_for(1)
         now[0] += 3600.0  # past the lease of the row in flight
@@ -939,6 +940,42 @@ async def test_a_clock_stepped_past_the_lease_does_not_send_a_row_in_flight_agai
     assert runs == ["run_delivery_0000", "run_delivery_0001"]
 
 
+async def test_a_row_claimed_again_as_its_send_ends_is_not_left_leased(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """A recovery gives its row back to wait for its alert; the alert is sent, the recovery
+    made due, and the loop's next claim takes it while its first send is still ending: the
+    claim dropped it as one in flight, and it sat leased, unsent, for the whole lease (5
+    minutes; 3 of 100 runs posted FAILED and COMPLETED at once, on SQLite and PostgreSQL)."""
+    now = [1_790_000_000.0]
+    async with delivering_on(tmp_path, sink, lambda: now[0], start=False) as (
+        intake,
+        store,
+        delivery,
+    ):
+        await intake.submit(parse_runs([failing_run(0)]))
+        [row] = await store.claim("hook", now[0], 10, 300.0)  # the first send's claim
+        assert await store.postpone(row.id, now=now[0], not_before=now[0])  # ... given back
+        loop = delivery.loops["hook"]
+        ending = asyncio.Event()
+
+        async def send_ending() -> None:  # that send, ending without an outcome
+            await ending.wait()
+
+        first = asyncio.create_task(send_ending())
+        loop.inflight[first] = [row]
+        first.add_done_callback(loop._done)
+        delivery.start()
+        for _ in range(600):  # the loop's claim took it again
+            if leased(tmp_path / "relay.db") == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert leased(tmp_path / "relay.db") == 1
+        ending.set()
+        [got] = await sink.wait_for(1, timeout=10.0)  # the fake clock never ends the lease
+    assert got.json()["run"]["id"] == "run_delivery_0000"
+
+
 async def test_a_clock_stepped_back_during_a_send_logs_no_negative_latency(
     tmp_path: Path, sink: Sink, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -947,7 +984,7 @@ async def test_a_clock_stepped_back_during_a_send_logs_no_negative_latency(
     caplog.set_level(logging.INFO, logger="relay.delivery")
     now = [1_790_000_000.0]
     answer = first_held(sink)
-    async with delivering_on(tmp_path, sink, lambda: now[0]) as (intake, store):
+    async with delivering_on(tmp_path, sink, lambda: now[0]) as (intake, store, _):
         await intake.submit(parse_runs([failing_run(0)]))
         await sink.wait_for(1)
         now[0] -= 3600.0
