@@ -209,6 +209,9 @@ def new_silence(
         raise InputError("ends_at", "time out of range (years 1-9999 in UTC)")
     if len(comment) > MAX_TEXT or len(created_by) > MAX_TEXT:
         raise InputError("comment", f"comment and created_by are limited to {MAX_TEXT} characters")
+    for field, text in (("comment", comment), ("created_by", created_by)):
+        if "\x00" in text:  # PostgreSQL text holds none: the answer and later reads would differ
+            raise InputError(field, "must not contain a NUL character (\\u0000)")
     ident = "sil_" + secrets.token_hex(8)
     return Silence(ident, matchers, start, ends_at, now, comment, created_by)
 

@@ -184,6 +184,16 @@ def test_bad_matchers(raw: Any, field: str) -> None:
     assert info.value.field == field
 
 
+@pytest.mark.parametrize(("comment", "created_by"), [("c\x00", ""), ("", "c\x00")])
+def test_a_nul_in_the_comment_or_author_is_refused(comment: str, created_by: str) -> None:
+    """PostgreSQL text cannot hold NUL: the 201 said comment "c\\u0000", every later read of
+    that silence "c\\ufffd" (SQLite kept it). Refused on every engine, naming the field."""
+    with pytest.raises(InputError, match="NUL") as caught:
+        m = parse_matchers({"task": "x"})
+        new_silence(m, ends_at=NOW + 5, now=NOW, comment=comment, created_by=created_by)
+    assert caught.value.field == ("comment" if comment else "created_by")
+
+
 def test_bad_times() -> None:
     m = parse_matchers({"task": "x"})
     with pytest.raises(InputError, match="after starts_at"):
