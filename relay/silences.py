@@ -363,7 +363,7 @@ class SilenceIndex:
             "task": [task[:n] for n in self._starts if n <= len(task)],
             "rule": [str(fields.get("rule") or "")],
             "channel": [str(fields.get("channel") or "")],
-            "status": [_run_status(s) for s in (fields.get("status"), fields.get("v3Status")) if s],
+            "status": _statuses(fields),  # as _fits_one compares them: a blank one too
             "event": [str(fields.get("event") or "")],
         }
         found = [self._rest]
@@ -414,11 +414,6 @@ def _exact_values(key: str, wanted: tuple[str, ...]) -> set[str]:
         else:
             values.update((normalise_status(one), normalise_status(one.strip().upper())))
     return values
-
-
-def _run_status(status: str) -> str:
-    """A notification's status as _fits_one compares it."""
-    return normalise_status(str(status or ""))
 
 
 class SilenceCache:

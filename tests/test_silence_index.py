@@ -1,0 +1,108 @@
+"""The silence index (SilenceIndex) against the plain list: over any silences and any
+notification, a send's lookup finds the same first silence that checking them all finds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from relay.model import EVENTS, Silence
+from relay.silences import (
+    SilenceCache,
+    SilenceIndex,
+    fits,
+    new_silence,
+    parse_matchers,
+    silenced_by,
+)
+from relay.store.sqlite import SQLiteStore
+
+NOW = 1_800_000_000.0
+STATUSES = [
+    "failure", "FAILURE", "FAILED", "failed", " Crashed ", "INTERRUPTED", "interrupted",
+    "WAITING_FOR_DEPLOY", "FROZEN", "frozen", "REATTEMPTING", "COMPLETED_WITH_ERRORS",
+    "pending", "QUEUED", "COMPLETED", "EXECUTING", "WAITING", "PAUSED", "NEW_ISSUE",
+    "weird", "Weird", " ", "TIMED_OUT", "SYSTEM_FAILURE",
+]  # fmt: skip
+TEXT = st.text("ab/*?[]!", min_size=1, max_size=6)
+TAGS = st.sampled_from(["a", "b", "env:prod", "c"])
+
+
+def values(strategy: st.SearchStrategy[str]) -> st.SearchStrategy[tuple[str, ...]]:
+    return st.lists(strategy, min_size=1, max_size=3).map(tuple)
+
+
+MATCHERS = st.fixed_dictionaries(
+    {},
+    optional={
+        "rule": values(st.sampled_from(["r", "q", "x"])),
+        "channel": values(st.sampled_from(["c", "d"])),
+        "task": values(TEXT),
+        "tag": values(TAGS),
+        "status": values(st.sampled_from(STATUSES)),
+        "event": values(st.sampled_from(EVENTS)),
+    },
+).filter(bool)
+# active, pending (starts later) or expired
+WHEN = st.sampled_from([(NOW - 10, NOW + 10), (NOW + 5, NOW + 10), (NOW - 10, NOW - 1)])
+
+
+@st.composite
+def silences(draw: st.DrawFn) -> list[Silence]:
+    drawn = draw(st.lists(st.tuples(MATCHERS, WHEN), max_size=12))
+    return [Silence(f"s{n}", m, start, end, NOW - 20) for n, (m, (start, end)) in enumerate(drawn)]
+
+
+NOTIFICATIONS = st.fixed_dictionaries(
+    {
+        "rule": st.sampled_from(["r", "q", "x", ""]),
+        "channel": st.sampled_from(["c", "d"]),
+        "task": st.text("ab/*?[]!", max_size=6),
+        "tags": st.lists(TAGS, max_size=3),
+        "status": st.sampled_from([*STATUSES, ""]),
+        "event": st.sampled_from(EVENTS),
+        "v3_status": st.sampled_from([None, "", "INTERRUPTED", "FROZEN", "REATTEMPTING", "x"]),
+    }
+)
+
+
+BLANK = Silence("s0", {"status": (" ",)}, NOW - 10, NOW + 10, NOW - 20)
+NOTHING: dict[str, Any] = {
+    "rule": "r",
+    "channel": "c",
+    "task": "",
+    "tags": [],
+    "event": "run",
+    "v3_status": None,
+}
+
+
+@given(silences(), NOTIFICATIONS)
+# a run of no status and a silence on a blank one (which fit): the index did not look it up
+@example([BLANK], {**NOTHING, "status": ""})
+def test_the_index_finds_the_first_silence_the_list_finds(
+    every: list[Silence], notification: dict[str, Any]
+) -> None:
+    index = SilenceIndex(every)
+    assert silenced_by(index, NOW, **notification) == silenced_by(every, NOW, **notification)
+    fields = {**notification, "v3Status": notification["v3_status"]}
+    fitting = [s.id for s in every if fits(s.matchers, fields)]
+    looked_at = [s.id for s in index.candidates(fields)]
+    assert [one for one in looked_at if one in fitting] == fitting  # all, once each, in order
+
+
+async def test_a_silence_changed_in_place_is_filed_again(sqlite_store: SQLiteStore) -> None:
+    """The cache files its silences again only when a reload reads different ones: one
+    expired in place (same id, an earlier end) is different, and stops muting at its end."""
+    cache = SilenceCache(sqlite_store.silences)
+    one = new_silence(parse_matchers({"task": "x"}), ends_at=NOW + 3600, now=NOW)
+    await sqlite_store.add_silence(one)
+    fields: dict[str, Any] = {**NOTHING, "task": "x", "status": "FAILED"}
+    assert silenced_by(await cache.index(NOW), NOW + 20, **fields) == one.id
+    await sqlite_store.expire_silence(one.id, NOW + 10)
+    cache.invalidate()
+    index = await cache.index(NOW + 5)  # read before its new end: still listed
+    assert [s.ends_at for s in index.silences] == [NOW + 10]
+    assert silenced_by(index, NOW + 20, **fields) is None
