@@ -16,10 +16,13 @@ from relay.store._sqlite_schema import OWN_FILE, SCHEMA_VERSION, migrate
 from relay.store._sqlite_writer import NO_SPACE, no_space, rollback, unavailable
 
 BUSY_TIMEOUT_MS = 5000  # a writer waits this long for another process's transaction
-# What the -wal is cut back to once a checkpoint let it start over (SQLite's autocheckpoint is
-# at 1,000 pages, ~4 MiB): a reader holding a snapshot lets it grow without end, and sqlite
-# reuses the file without truncating it, so a volume it had filled stayed full for good.
-WAL_LIMIT_BYTES = 4 * 1024 * 1024
+# What the -wal is cut back to once a checkpoint let it start over: a reader holding a snapshot
+# lets it grow without end, and sqlite reuses the file without truncating it, so a volume it
+# had filled stayed full for good. Well above what a busy relay's -wal reaches between restarts
+# (its reader keeps checkpoints from starting over at SQLite's 1,000 pages): at 4 MiB the file
+# was cut and grew again under load, each fdatasync then writing its new size too (+20 µs of
+# CPU per ingest request, 3 alternating pairs).
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 def connect(
