@@ -62,9 +62,14 @@ def parse_matchers(raw: Any) -> dict[str, tuple[str, ...]]:
             )
         values = [value] if isinstance(value, str) else value
         if not isinstance(values, list) or not values or len(values) > MAX_VALUES:
-            raise InputError(f"matchers.{key}", "expected a string or a non-empty list of strings")
+            raise InputError(
+                f"matchers.{key}",
+                f"expected a string or a non-empty list of at most {MAX_VALUES} strings",
+            )
         if not all(isinstance(v, str) and v and len(v) <= MAX_TEXT for v in values):
-            raise InputError(f"matchers.{key}", "expected non-empty strings")
+            raise InputError(
+                f"matchers.{key}", f"expected non-empty strings of at most {MAX_TEXT} characters"
+            )
         if key == "event" and (unknown := [v for v in values if v not in EVENTS]):
             raise InputError(
                 "matchers.event", f"unknown event {unknown[0]!r}; use one of {', '.join(EVENTS)}"

@@ -184,6 +184,18 @@ def test_bad_matchers(raw: Any, field: str) -> None:
     assert info.value.field == field
 
 
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        ({"task": "x" * 1001}, "at most 1000 characters"),  # was "expected non-empty strings"
+        ({"tag": ["x"] * 101}, "at most 100 strings"),
+    ],
+)
+def test_a_matcher_over_its_limits_is_told_the_limit(raw: Any, said: str) -> None:
+    with pytest.raises(InputError, match=said):
+        parse_matchers(raw)
+
+
 @pytest.mark.parametrize(("comment", "created_by"), [("c\x00", ""), ("", "c\x00")])
 def test_a_nul_in_the_comment_or_author_is_refused(comment: str, created_by: str) -> None:
     """PostgreSQL text cannot hold NUL: the 201 said comment "c\\u0000", every later read of
