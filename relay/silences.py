@@ -308,6 +308,8 @@ def silenced_by(
     """The id of the first active silence that mutes this notification, else None. Of an
     index, only the silences that may fit it are looked at. `v3_status`: a Realtime row's
     status in the v3 vocabulary (Run.v3_status), which a silence's status fits as well."""
+    if isinstance(silences, SilenceIndex) and not silences:
+        return None  # the usual case, on each send and intake: nothing to look at, nothing built
     fields = {
         "rule": rule,
         "channel": channel,
@@ -318,8 +320,6 @@ def silenced_by(
         "event": event,
     }
     if isinstance(silences, SilenceIndex):
-        if not silences:  # the usual case: nothing to look at on each send
-            return None
         silences = silences.candidates(fields)
     for silence in silences:
         if silence.state(now) == "active" and fits(silence.matchers, fields):
