@@ -400,7 +400,8 @@ def dry_run(compiled: Compiled, runs: list[Run]) -> list[DryRun]:
 
 async def send_test(compiled: Compiled, channel: str) -> str | None:
     """One real attempt through `channel` with a sample run; raises DeliveryError on failure.
-    On a `pagerduty` channel the trigger, once accepted, is resolved: its dedup key is returned."""
+    On a channel that opens incidents (PagerDuty) the trigger, once accepted, is resolved: its
+    key (the receipt) is returned."""
     config = compiled.loaded.config
     if channel not in config.channels:
         known = ", ".join(sorted(config.channels)) or "none"
@@ -422,7 +423,8 @@ async def send_test(compiled: Compiled, channel: str) -> str | None:
             compiled.renderer, channel, route, row, dashboard_link(config.defaults)
         )
         receipt = await route.channel.send(Outgoing(row.id, run.id, row.rule, rendered.parts, now))
-        if config.channels[channel].type != "pagerduty" or not receipt:
+        kind = channel_registry.REGISTRY[config.channels[channel].type]
+        if not kind.opens_incidents or not receipt:
             return None
         await _resolve_test(route, row, receipt)
         return receipt

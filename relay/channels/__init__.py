@@ -103,6 +103,9 @@ class ChannelKind:
     # what is wrong with a rendered `json` part for this type (None: nothing), beyond being
     # JSON: the renderer treats a problem as a template failure (plain fallback, error logged)
     check: Callable[[str], str | None] | None = None
+    # a send opens an incident that stays open (and joins the next send of the same key) until
+    # a recovery resolves it: `relay send-test` resolves the one it opened
+    opens_incidents: bool = False
 
 
 _NOTHING = "relay-default-3f9c2e: the template said nothing"

@@ -276,4 +276,6 @@ def _opened(response: HttpResponse, event: dict[str, Any]) -> str | None:
     return sent if isinstance(sent, str) and sent else None
 
 
-KIND = ChannelKind("pagerduty", PagerDutySettings, PagerDutyChannel, ("json",))
+KIND = ChannelKind(
+    "pagerduty", PagerDutySettings, PagerDutyChannel, ("json",), opens_incidents=True
+)
