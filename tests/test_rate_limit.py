@@ -19,6 +19,7 @@ import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,8 +52,9 @@ class VirtualClock:
     """A clock that moves only to the deadline of the earliest sleeper, one sleeper at a time.
 
     `sleep(s)` parks the caller until the clock reaches now + s. `run_until` lets the event loop
-    settle (real I/O included: the store's thread) for a few real milliseconds, then wakes the
-    earliest sleeper at its deadline, and so on; time never passes while nobody sleeps.
+    settle (real I/O included: the store's thread) until every other task is parked, then wakes
+    the earliest sleeper at its deadline, and so on; time never passes while nobody sleeps, nor
+    while anybody works.
     """
 
     def __init__(self, start: float) -> None:
@@ -76,10 +78,37 @@ class VirtualClock:
         while not done():
             assert time.monotonic() < deadline, "the virtual clock ran out of real time"
             await asyncio.sleep(0.01)
-            if self._sleepers:
+            for _ in range(SETTLE_HOPS):  # a woken task's callbacks run their course first
+                await asyncio.sleep(0)
+            if self._sleepers and _all_parked():
                 at, _, woken = heapq.heappop(self._sleepers)
                 self.now = max(self.now, at)
                 woken.set_result(None)
+
+
+# Where a task waits when only time (or a wake-up) moves it on: the clock's sleep, an event
+# (delivery's idle wait), and the waits around them (3.11's wait_for, asyncio.wait)
+PARKED = frozenset({"VirtualClock.sleep", "Event.wait", "wait_for", "_wait"})
+# Loop turns given before looking: a sleeper woken last turn reaches its task through a few
+# callbacks (its future, the sleep's task, asyncio.wait's waiter), each a turn of the loop
+SETTLE_HOPS = 20
+
+
+def _all_parked() -> bool:
+    """Whether every other task waits for time or a wake-up: none is in the store's thread or
+    rendering. The clock moved while a woken send was still rendering on a loaded machine, and
+    its line showed the next slot's time (1.0, 2.0, 2.0 where 1.0, 1.5, 2.0 were sent)."""
+    me = asyncio.current_task()
+    return all(_innermost(task) in PARKED for task in asyncio.all_tasks() if task is not me)
+
+
+def _innermost(task: asyncio.Task[Any]) -> str:
+    """The qualified name of the coroutine `task` is suspended in, innermost."""
+    coro: Any = task.get_coro()
+    while getattr(getattr(coro, "cr_await", None), "cr_code", None) is not None:
+        coro = coro.cr_await
+    code = getattr(coro, "cr_code", None)
+    return code.co_qualname if code is not None else ""
 
 
 class Terminal(io.StringIO):
