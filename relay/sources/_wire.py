@@ -14,10 +14,13 @@ connection closes the oldest one that is not in the middle of a request (else th
 a client that sends its request at once is never the oldest for long. At start the soft limit
 is raised to the hard one, as Go programs (Alertmanager among them) do.
 
+A client that closes its side of the connection once its request is out (a half-close, as
+`nc -N` and `socat` do) still reads its answer; aiohttp closed such a connection at once.
+
 These lean on aiohttp's internals (its Server's `_kwargs`, `_loop`, `_connections`, a handler's
-`_request_in_progress`, `_messages` and `handle_error`), as they are in 3.14 (3.9 had no
-`_request_in_progress`): where another aiohttp lacks one, serve warns and keeps aiohttp's own
-handling, rather than fail every connection.
+`_request_in_progress`, `_messages`, `_parser`, `_waiter` and `handle_error`), as they
+are in 3.14 (3.9 had no `_request_in_progress`): where another aiohttp lacks one, serve warns and
+keeps aiohttp's own handling, rather than fail every connection.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import hdrs, web
-from aiohttp.http_exceptions import BadStatusLine, LineTooLong
+from aiohttp.http_exceptions import BadStatusLine, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 log = logging.getLogger("relay.http")
 
@@ -59,7 +63,7 @@ SERVER = "relay"  # aiohttp's default named Python's and aiohttp's versions to e
 
 
 class _JsonErrorHandler(RequestHandler):
-    __slots__ = ()
+    __slots__ = ("_half_closed",)
 
     def handle_error(
         self,
@@ -77,6 +81,39 @@ class _JsonErrorHandler(RequestHandler):
         )
         response.force_close()
         return response
+
+    def eof_received(self) -> bool:  # type: ignore[override]  # asyncio.Protocol: bool | None
+        """The client closed its side (`shutdown(SHUT_WR)`: `nc -N`, `socat`, a script done
+        writing) after a whole request: it still reads the answer. aiohttp's None closed the
+        connection at once, so the update was stored and its 202 never sent, and a health
+        probe got no answer at all. Idle, or with a body cut short, it closes as before."""
+        waiting = self._waiter is not None and not self._waiter.done()  # for a request
+        if waiting or self._body_cut_short():
+            return False
+        self._half_closed = True
+        if not self._messages:  # the request in hand is the last: answer it, then close
+            self.close()
+        return True
+
+    def _body_cut_short(self) -> bool:
+        """Whether the last request's body lacks bytes its framing promised: the parser told
+        the input ended (a body it has whole, flow control paused or not, is left as it is)."""
+        if self._parser is None:
+            return True
+        try:
+            self._parser.feed_eof()
+        except HttpProcessingError:  # fewer bytes than Content-Length, chunks unfinished
+            return True
+        return False
+
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """Pipelined requests before a half-close are answered in turn; the connection closes
+        after the last one's answer (it would otherwise wait out the idle timeout)."""
+        if not self._messages and getattr(self, "_half_closed", False):
+            self.close()
+        return await super().finish_response(request, resp, start_time)
 
 
 MAX_SHARE = 0.75  # of the descriptor limit, for incoming connections
@@ -197,6 +234,7 @@ class JsonErrorRunner(web.AppRunner):
 
 
 _HANDLE_ERROR = ["self", "request", "status", "exc", "message"]
+_HANDLER_SLOTS = ("_request_in_progress", "_messages", "_parser", "_waiter")
 
 
 def fits(server: web.Server) -> bool:
@@ -204,7 +242,7 @@ def fits(server: web.Server) -> bool:
     return (
         type(server) is web.Server
         and all(hasattr(server, name) for name in ("_kwargs", "_loop", "_connections"))
-        and all(hasattr(RequestHandler, name) for name in ("_request_in_progress", "_messages"))
+        and all(hasattr(RequestHandler, name) for name in _HANDLER_SLOTS)
         and list(inspect.signature(RequestHandler.handle_error).parameters) == _HANDLE_ERROR
     )
 

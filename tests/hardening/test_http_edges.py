@@ -170,6 +170,42 @@ def raw_request(url: str, request: bytes) -> bytes:
         return b"".join(chunks)
 
 
+def half_closed(url: str, request: bytes) -> bytes:
+    """`request` sent, then the client's side shut (as `nc -N` does); all the server sent until
+    it hung up (TimeoutError if it has not within 30 s)."""
+    with connection(url) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def post_bytes(run_id: str) -> bytes:
+    body = json.dumps({**RUN, "id": run_id}).encode()
+    return b"POST /v1/runs HTTP/1.1\r\nHost: r\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+async def test_a_client_that_half_closes_after_its_request_reads_the_answer(
+    relay: RelayFactory,
+) -> None:
+    """aiohttp closed the connection on the client's half-close: the run was stored, its 202
+    never sent, and a health probe got nothing. Pipelined requests are all answered, then the
+    connection closes; a body the close cuts short is not waited for."""
+    r = await relay(CONFIG)
+    answer = await asyncio.to_thread(half_closed, r.url, post_bytes("run_half"))
+    assert answer.startswith(b"HTTP/1.1 202"), answer
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["accepted"] == 1
+    health = await asyncio.to_thread(half_closed, r.url, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert health.startswith(b"HTTP/1.0 200"), health
+    both = post_bytes("run_half_1") + post_bytes("run_half_2")
+    answers = await asyncio.to_thread(half_closed, r.url, both)
+    assert answers.count(b"HTTP/1.1 202 Accepted") == 2, answers
+    assert await asyncio.to_thread(half_closed, r.url, post_bytes("run_half_cut")[:-3]) == b""
+
+
 MALFORMED = [
     b"POST /v1/runs HTTP/1.1\r\nHost: r\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
     b"POST /v1/runs HTTP/1.1\r\nHost: r\r\n"
