@@ -523,6 +523,26 @@ async def test_a_token_that_is_not_utf8_is_a_401_not_a_500(relay: RelayFactory) 
     assert answer.startswith(b"HTTP/1.1 401 "), answer[:80]
 
 
+@pytest.mark.parametrize(
+    ("line", "status", "error"),
+    [
+        (b"Content-Encoding: gz\xefp", b"415 ", "Content-Encoding gz\ufffdp is not supported"),
+        (b"Expect: 100-\xffcontinue", b"417 ", "unknown Expect: 100-\ufffdcontinue"),
+    ],
+    ids=["content-encoding", "expect"],
+)
+async def test_a_header_that_is_not_utf8_quoted_in_an_error_is_not_a_500(
+    relay: RelayFactory, line: bytes, status: bytes, error: str
+) -> None:
+    """aiohttp hands such bytes over as surrogates, which orjson refuses: quoted back in the
+    415 or 417, they were a 500 and an ERROR traceback a request. They read as U+FFFD."""
+    r = await relay(CONFIG)
+    head = b"POST /v1/runs HTTP/1.1\r\nHost: relay\r\n" + line + b"\r\nContent-Length: 2\r\n"
+    answer = await raw_exchange(r.url, head, b"[]")
+    assert answer.startswith(b"HTTP/1.1 " + status), answer[:80]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"].startswith(error), answer
+
+
 async def test_a_client_gone_mid_body_is_a_refusal_not_an_error_traceback(
     relay: RelayFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

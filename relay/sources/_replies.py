@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 from typing import Any
 
 import orjson
@@ -42,10 +43,20 @@ def json_response(
 def error(
     status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None
 ) -> web.Response:
-    body: dict[str, Any] = {"error": message}
+    body: dict[str, Any] = {"error": _utf8(message)}
     if field is not None:
-        body["field"] = field
+        body["field"] = _utf8(field)
     return json_response(body, status, headers)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8(text: str) -> str:
+    """`text` with what a client sent quoted in it fit for JSON: aiohttp hands a header's
+    bytes that are not UTF-8 over as surrogates, which orjson refuses (a 500 for an odd
+    `Content-Encoding` or `Expect`); each reads as U+FFFD."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 def unauthorized() -> web.Response:
