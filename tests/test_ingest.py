@@ -625,6 +625,37 @@ async def test_content_codings(relay: RelayFactory) -> None:
     ]
 
 
+async def test_content_codings_over_several_header_lines_and_gzip_members(
+    relay: RelayFactory,
+) -> None:
+    """Two `Content-Encoding` lines are one list (RFC 9110 §5.3), and a gzip body may hold
+    several members (RFC 1952 §2.2, what `cat a.gz b.gz` makes; Python and Go read them all).
+    relay undid the first line's codings only, and inflated the first member only: a 400
+    "invalid JSON" for a body sent right. Bytes after the last member are not gzip: a 400."""
+    r = await relay(CONFIG)
+    run = json.dumps(small_failed()).encode()
+    head = b"POST /v1/runs HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n"
+    twice = gzip.compress(gzip.compress(run))
+    lines = b"Content-Encoding: gzip\r\nContent-Encoding: gzip\r\n"
+    answer = await raw_exchange(r.url, head + lines + b"Content-Length: %d\r\n" % len(twice), twice)
+    assert answer.startswith(b"HTTP/1.1 202 "), answer
+    lines = b"Content-Encoding: identity\r\nContent-Encoding: br\r\nContent-Length: 2\r\n"
+    assert (await raw_exchange(r.url, head + lines, b"[]")).startswith(b"HTTP/1.1 415 ")
+    members = gzip.compress(run[:10]) + gzip.compress(run[10:])
+    status, body, _ = await raw_post(r.url, members, {"Content-Encoding": "gzip"})
+    assert (status, body["accepted"]) == (202, 1), body
+    status, body, _ = await raw_post(
+        r.url, gzip.compress(run) + b"junk", {"Content-Encoding": "gzip"}
+    )
+    assert (status, body["error"]) == (400, "body is not valid gzip (Content-Encoding)")
+    many = gzip.compress(b" ") * 16 + gzip.compress(run)  # each member copies what follows
+    status, body, _ = await raw_post(r.url, many, {"Content-Encoding": "gzip"})
+    assert (status, body["error"]) == (
+        400,
+        "body is not valid gzip of at most 16 members (Content-Encoding)",
+    )
+
+
 async def test_a_byte_order_mark_is_ignored(relay: RelayFactory) -> None:
     """RFC 8259 lets a parser ignore it, and Windows tools (PowerShell, Notepad) write it."""
     r = await relay(CONFIG)

@@ -88,7 +88,7 @@ async def read_limited(
     (sources/_budget). A refused body is not read further, and the connection then closes.
     Call it once `refuse_declared` (every handler's refusal, which also answers
     `Expect: 100-continue`) let the headers through."""
-    applied = codings(request.headers.get(hdrs.CONTENT_ENCODING, ""))
+    applied = content_codings(request)
     if hold is not None and not await hold.cover(request.content_length or 0):
         return busy()
     body = await _read_raw(request, limit, hold)
@@ -109,7 +109,7 @@ def refuse_declared(request: web.Request, limit: int) -> web.Response | None:
     """The error for a body its headers already rule out (a coding relay does not know, a
     Content-Length over `limit`), else None."""
     try:
-        codings(request.headers.get(hdrs.CONTENT_ENCODING, ""))
+        content_codings(request)
     except UnsupportedCoding as exc:
         message = f"Content-Encoding {exc} is not supported; use {ACCEPT_ENCODING} or none"
         return closing(error(415, message, headers={"Accept-Encoding": ACCEPT_ENCODING}))
@@ -151,6 +151,12 @@ async def _buffered(request: web.Request, limit: int, hold: Hold | None) -> byte
     if hold is not None and not await hold.cover(len(body)):
         return busy()
     return body
+
+
+def content_codings(request: web.Request) -> list[str]:
+    """The codings the body's `Content-Encoding` lines list (several lines are one list,
+    RFC 9110 §5.3), to undo; UnsupportedCoding for one relay does not know."""
+    return codings(",".join(request.headers.getall(hdrs.CONTENT_ENCODING, [])))
 
 
 def too_large(limit: int) -> web.Response:
