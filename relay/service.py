@@ -402,7 +402,8 @@ class Service:
                 removed = await self.store.prune(before)
                 if removed:
                     log.info("history pruned", extra={"notifications": removed})
-                feeds = await forget_removed_feeds(self.store, self.config.sources.realtime)
+                realtime = self.config.sources.realtime
+                feeds = await forget_removed_feeds(self.store, realtime, time.time())
                 if feeds:
                     log.info(
                         "realtime feeds no longer configured forgotten", extra={"feeds": feeds}

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -39,8 +40,9 @@ from relay.sources._follower import (
     retry_delay,
 )
 from relay.sources._shape import Position, Shape, ShapeError, feed_of, stored_rows
-from relay.sources.realtime import RealtimeSource
+from relay.sources.realtime import RealtimeSource, forget_removed_feeds
 from relay.store import KvWrite
+from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run
 from tests.fakes.realtime import (
@@ -56,6 +58,7 @@ from tests.fakes.realtime import (
     with_exchange,
 )
 from tests.fakes.serving import until
+from tests.pg import fresh_database, shared_server
 from tests.test_electric import assert_same_run
 
 SECRET = "tr_prod_4xmPq0JvT7cSyfGdZbRwKe9H"
@@ -1117,6 +1120,42 @@ async def test_the_rows_of_a_feed_removed_from_the_config_are_forgotten(
             await asyncio.sleep(0.05)
         assert list(await served.kv_list(NAMESPACE)) == [FEED_KEY]
         assert await served.kv_list(f"{ROWS_NAMESPACE}:{gone}") == {}
+
+
+async def test_a_feed_another_replica_follows_is_not_forgotten_by_one_configured_without_it() -> (
+    None
+):
+    """Replicas run different configs during a rollout. One without a feed deleted, in its
+    retention pass (at its start, then every 10 minutes), the position and rows of that feed
+    while another replica followed it: the next follower (a restart, a takeover) read a whole
+    new snapshot instead of the changes since, and missed the states runs passed through."""
+    async with fresh_database(shared_server()) as url, fake_realtime(session()) as fake:
+        leader, other = PostgresStore(url), PostgresStore(url)
+        await leader.open()
+        await other.open()
+        settings = RealtimeConfig(
+            api_url=fake.url, secret_key=SECRET, feeds=[RealtimeFeed(tags=[TAG])]
+        )
+        source = RealtimeSource(settings, Recorder(), leader)
+        source.start()
+        try:
+            for _ in range(600):  # until the follower saved its position and rows
+                if await other.kv_get(NAMESPACE, FEED_KEY) is not None:
+                    break
+                await asyncio.sleep(0.05)
+            rows = await other.kv_list(f"{ROWS_NAMESPACE}:{FEED_KEY}")
+            assert rows
+            assert await forget_removed_feeds(other, None, time.time()) == []
+            assert await other.kv_get(NAMESPACE, FEED_KEY) is not None
+            assert set(rows) <= set(await other.kv_list(f"{ROWS_NAMESPACE}:{FEED_KEY}"))
+        finally:
+            await source.stop()  # hands the lease back: nobody follows the feed any more
+            await leader.close()
+        try:
+            assert await forget_removed_feeds(other, None, time.time()) == [FEED_KEY]
+            assert await other.kv_list(NAMESPACE) == {}
+        finally:
+            await other.close()
 
 
 async def test_electric_s_catch_up_with_nothing_new_goes_live_without_a_pause(

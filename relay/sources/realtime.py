@@ -47,19 +47,37 @@ def feed_keys(config: RealtimeConfig | None) -> list[str]:
     return [] if config is None else [feed.key for feed in _distinct(map(feed_of, config.feeds))]
 
 
-async def forget_removed_feeds(positions: Positions, config: RealtimeConfig | None) -> list[str]:
+def lease_name(key: str) -> str:
+    """The name of the lease whose holder follows the feed `key` (one follower across replicas)."""
+    return f"realtime:{key}"
+
+
+async def forget_removed_feeds(
+    positions: Positions, config: RealtimeConfig | None, now: float
+) -> list[str]:
     """Delete the stored position and rows of each feed `config` no longer has: nothing reads
     them again (a feed added back starts from a snapshot, which intake deduplicates), and a
     feed holds the raw row of every run in its shape, so the rows of each run id, batch or
-    tag set ever followed stayed in the store for good. Returns the keys forgotten."""
+    tag set ever followed stayed in the store for good. Returns the keys forgotten.
+
+    Not a feed another replica follows (it holds the feed's lease): replicas run different
+    configs for a while (a rollout adding or removing a feed), and one without the feed
+    deleted what its follower had stored, which then resumed from a whole new snapshot and
+    missed the states runs passed through meanwhile. The check takes the lease for no time
+    at all (`ttl_s` 0, free again at once): it succeeds only when nobody holds it."""
     kept = set(feed_keys(config))
-    gone = sorted(set(await positions.kv_list(NAMESPACE)) - kept)
+    probe = f"forget:{secrets.token_hex(4)}"
+    gone = [
+        key
+        for key in sorted(set(await positions.kv_list(NAMESPACE)) - kept)
+        if await positions.try_lead(lease_name(key), probe, 0.0, now)
+    ]
     if gone:
         write = KvWrite(
             delete=[(NAMESPACE, key) for key in gone],
             clear=[f"{ROWS_NAMESPACE}:{key}" for key in gone],
         )
-        await positions.kv_write(write, time.time())
+        await positions.kv_write(write, now)
     return gone
 
 
@@ -114,7 +132,7 @@ class RealtimeSource:
 
     async def _lead(self, follower: Follower) -> None:
         """Follow the feed only while this replica holds its lease (one follower per feed)."""
-        name = f"realtime:{follower.feed.key}"
+        name = lease_name(follower.feed.key)
         while True:
             if not await self._hold(name):
                 await asyncio.sleep(LEAD_RENEW_S)
