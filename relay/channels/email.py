@@ -20,8 +20,9 @@ runs) and the attempt fails retryable: the retry, and a replay from the dead let
 same mail to the others only, so nobody gets it twice and nobody is dropped for a busy server.
 
 A recipient whose local part is not ASCII, to a server without SMTPUTF8, is one refused for
-good: the others get the mail. `relay send-test` (ChannelEnv.partial_fails) fails a mail some
-recipients were refused for good, naming them, where `serve` counts it sent and warns.
+good: the others get the mail, and its To and Cc leave it out (no ASCII header can hold
+it). `relay send-test` (ChannelEnv.partial_fails) fails a mail some recipients were refused
+for good, naming them, where `serve` counts it sent and warns.
 
 TLS failures are retryable: a handshake blip or a certificate renewed mid-rotation heals by
 itself, and a wrong CA still ends as a dead letter (detail "TLS: certificate not trusted") once
@@ -355,6 +356,22 @@ def build_message(settings: EmailSettings, message: Outgoing) -> EmailMessage:
     return mail
 
 
+def _ascii_recipients_only(mail: EmailMessage) -> None:
+    """To and Cc for a server without SMTPUTF8: without the addresses whose local part is not
+    ASCII. An ASCII header cannot hold one (the email package wrote an encoded word inside the
+    address, which RFC 2047 5 forbids, and a mail client's reply-all wrote to that string), and
+    the server cannot take them as recipients either (Client.sendable)."""
+    for name in ("To", "Cc"):
+        header = mail[name]
+        kept = [str(a) for a in header.addresses if a.username.isascii()] if header else []
+        if header is None or len(kept) == len(header.addresses):
+            continue
+        if kept:
+            mail.replace_header(name, ", ".join(kept))
+        else:
+            del mail[name]
+
+
 class EmailChannel:
     def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
         assert isinstance(settings, EmailSettings)
@@ -457,6 +474,8 @@ class EmailChannel:
                 await client.connect()
                 await client.greet()
                 await self._login(client)
+                if not client.supports_extension("smtputf8"):
+                    _ascii_recipients_only(mail)
                 refused, _ = await client.send_message(
                     mail, sender=self._sender, recipients=client.sendable(self._sender, recipients)
                 )

@@ -741,6 +741,30 @@ async def test_a_non_ascii_local_part_without_smtputf8_leaves_out_only_that_reci
     assert said == {"refused": 1, "refused_no_smtputf8": ["jürgen@example.com"], "recipients": 2}
 
 
+async def test_headers_without_smtputf8_name_no_address_they_cannot_hold(
+    smtp_server: SmtpFactory, sqlite_store: SQLiteStore
+) -> None:
+    """An ASCII header cannot hold jürgen@…: it went out as `<=?utf-8?q?j=C3=BCrgen?=@…>`, an
+    encoded word inside an address (RFC 2047 5: never), so a mail client's reply-all wrote to
+    that string. The To and Cc that a mail client reads name only whom the server can take,
+    also on the retry that mails the others only."""
+    fake = await smtp_server()
+    to = ["ops@example.com", "Jürgen <jürgen@example.com>"]
+    settings = email_settings(fake.port).model_copy(update={"to": to, "cc": ["équipe@x.fr"]})
+    ch = EmailChannel(
+        "team-email", settings, ChannelEnv(HttpClient(), sys.stdout, 2.0, sqlite_store)
+    )
+    fake.rcpt_replies = ["450 4.2.0 greylisted, try again later"]  # ops: on the retry
+    with pytest.raises(DeliveryError):
+        await ch.send(outgoing())
+    await ch.send(outgoing())
+    [got] = await fake.wait_for(1)
+    mail = got.message()
+    assert got.rcpt_tos == ["ops@example.com"] and got.data.isascii()
+    assert (mail["To"], mail["Cc"]) == ("ops@example.com", None)
+    assert not mail["To"].defects
+
+
 @pytest.mark.parametrize(
     ("mode", "smtp", "detail"),
     [
