@@ -14,6 +14,7 @@ some recipients only are the channel's, relay.channels.email, built from these):
                                                                                 EHLO, to DATA...)
   other 4xx: 450, 451, 452 (busy, greylisting)        server_error  yes        SMTP 451
   530, 534, 535, 538, SMTPAuthenticationError 5xx      auth_error    no         SMTP 535
+  (a 530 from a server offering STARTTLS, not done: email.py adds "...: enable starttls")
   other 5xx: recipient, sender or data refused         client_error  no         SMTP 550
   every recipient refused: the first 4xx if any        as above                 SMTP 550
   552 to RCPT (RFC 5321 4.5.3.1.10: too many, as 452)  server_error  yes        SMTP 552
@@ -104,6 +105,7 @@ class Client(aiosmtplib.SMTP):
     stage_421 = ""  # "to RCPT": the command the 421 answered
     command = ""  # the last command sent
     unsendable: list[str] = []  # set per instance by `sendable`, never mutated
+    offers_starttls = False  # noted by `greet`
     # the deadline of the attempt, and how long the DATA phase has from its start (see `data`)
     budget: asyncio.Timeout | None = None
     data_s = 0.0
@@ -133,8 +135,10 @@ class Client(aiosmtplib.SMTP):
         return await super().starttls(*args, **kwargs)
 
     async def greet(self) -> None:
-        """EHLO (or HELO) unless done: what the server offers (AUTH, SMTPUTF8) is known after."""
+        """EHLO (or HELO) unless done: what the server offers (AUTH, SMTPUTF8) is known after,
+        and whether it offers STARTTLS stays known after the connection closes."""
         await self._ehlo_or_helo_if_needed()
+        self.offers_starttls = self.supports_extension("starttls")
 
     def sendable(self, sender: str, recipients: list[str]) -> list[str]:
         """The recipients this server can take: without SMTPUTF8, not those whose local part is

@@ -403,7 +403,7 @@ class EmailChannel:
             # retried "for n of m recipients", not a bare code as if nobody had the mail)
             refused = {r.recipient: r.code for r in exc.recipients}
         except Exception as exc:  # translated once, here; anything unknown becomes "other"
-            raise classify(exc) from None
+            raise _starttls_hint(classify(exc), self.settings.smtp, client) from None
         later = self._refused(message, refused, client.unsendable)
         if later or done:  # partly sent, now or before: keep who is done with
             served = done | {a for a in recipients if a not in later}
@@ -528,6 +528,16 @@ def _no_auth(smtp: SmtpSettings, client: Client) -> str:
     if client.supports_extension("starttls"):
         return "server offers no AUTH without STARTTLS (STARTTLS not done): enable starttls"
     return "server offers no AUTH (STARTTLS not done, nor offered)"
+
+
+def _starttls_hint(err: DeliveryError, smtp: SmtpSettings, client: Client) -> DeliveryError:
+    """A 530 from a server that offers STARTTLS, not done: servers say it for "must issue a
+    STARTTLS command first" as well as for "authentication required"; say the setting, as
+    `_no_auth` does, so nobody checks a password relay never sent."""
+    if err.status != 530 or smtp.use_tls or smtp.use_starttls or not client.offers_starttls:
+        return err
+    detail = f"{err.detail}; the server offers STARTTLS (not done): enable starttls"
+    return DeliveryError(err.reason, retryable=err.retryable, detail=detail, status=err.status)
 
 
 def _no_mechanism(client: Client) -> str:

@@ -452,6 +452,16 @@ async def test_smtp_replies_are_classified(
     assert fake.messages == []
 
 
+async def test_a_530_for_want_of_starttls_says_to_enable_it(smtp_server: SmtpFactory) -> None:
+    """`starttls: false` to a server that takes mail only after STARTTLS ("530 5.7.0 Must issue
+    a STARTTLS command first"): the dead letter said `auth_error: SMTP 530`, and the operator
+    checked a password relay never sent. It says the setting, as a server without AUTH does."""
+    fake = await smtp_server("starttls")
+    err = await failure(channel(fake.port))
+    assert (err.reason, err.retryable, err.status) == ("auth_error", False, 530)
+    assert err.detail == "SMTP 530; the server offers STARTTLS (not done): enable starttls"
+
+
 async def test_a_421_says_where_it_came_greeting_and_ehlo_too() -> None:
     """A 421 said "SMTP 421" wherever it came; where tells why (the greeting: the server sheds
     load; EHLO: it dislikes the name; RCPT: a recipient; DATA: the mail). A bare server speaks
@@ -626,7 +636,7 @@ async def test_starttls_and_auth(smtp_server: SmtpFactory, smtp_pki: Pki) -> Non
     assert (anonymous.reason, anonymous.retryable, anonymous.detail) == (
         "auth_error",
         False,
-        "SMTP 530",
+        "SMTP 530; the server offers STARTTLS (not done): enable starttls",
     )
 
     unchecked = channel(
