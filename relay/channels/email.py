@@ -5,7 +5,8 @@ One message per notification: multipart/alternative with text/plain (`txt` part)
 is the `subject` part on one line, at most 200 characters. `Message-ID: <{notification_id}@relay>`
 is stable, so a resend after a lost reply is the same mail to a deduplicating system; the
 id is also in `X-Relay-Notification-Id`. A recovery's `In-Reply-To` and `References` name the
-failure's mail, so mail clients show them as one thread. `Auto-Submitted: auto-generated`
+failure's mail, so mail clients that thread by them show one thread (Gmail and Outlook
+also want the same subject). `Auto-Submitted: auto-generated`
 keeps vacation auto-replies away (a user's own `headers: {Auto-Submitted: ...}` replaces it).
 TLS trusts the system store (and SSL_CERT_FILE) plus `smtp.ca_file`. A username and password
 need STARTTLS or implicit TLS unless the host is this machine (as Go's smtp.PlainAuth, used
