@@ -346,7 +346,8 @@ def build_message(settings: EmailSettings, message: Outgoing) -> EmailMessage:
     mail["Date"] = formatdate(message.timestamp, usegmt=True)
     mail["Message-ID"] = message_id(message.notification_id)
     mail["X-Relay-Notification-Id"] = one_line(message.notification_id)
-    mail["X-Relay-Run-Id"] = one_line(message.run_id)
+    if message.run_id:  # a digest is about many runs: no header rather than an empty one
+        mail["X-Relay-Run-Id"] = one_line(message.run_id)
     for name, value in settings.headers.items():
         mail[name] = value
     for name, value in _overridable(message).items():  # after: the user's own value wins

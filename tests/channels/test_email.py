@@ -189,6 +189,15 @@ def test_control_characters_of_run_data_leave_the_subject() -> None:
     assert b"\x00" not in mail.as_bytes()
 
 
+def test_a_digest_mail_has_no_empty_run_id_header() -> None:
+    """A digest is about many runs, none in particular: its mail carried `X-Relay-Run-Id:` with
+    nothing after it, which a mail filter on that header matched as a run with no id."""
+    digest = dataclasses.replace(outgoing(ident="dgs_0123456789abcdef01234567"), run_id="")
+    mail = build_message(email_settings(25), digest)
+    assert mail["X-Relay-Run-Id"] is None and b"X-Relay-Run-Id" not in mail.as_bytes()
+    assert mail["X-Relay-Notification-Id"] == "dgs_0123456789abcdef01234567"
+
+
 # ----------------------------------------------------------------------------- settings
 
 
