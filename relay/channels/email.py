@@ -39,7 +39,7 @@ import logging
 import re
 import ssl
 import time
-from email.headerregistry import Address
+from email.headerregistry import Address, AddressHeader
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses
 from typing import Any
@@ -293,7 +293,7 @@ class EmailSettings(ChannelSettings):
                 raise ValueError(f"header {name} cannot contain line breaks")
             if not _parses(name, text):
                 raise ValueError(f"header {name} is not a valid {name} value")
-        return value
+        return {name: _ascii_domains(name, text) for name, text in value.items()}
 
 
 def _parses(name: str, text: str) -> bool:
@@ -304,6 +304,22 @@ def _parses(name: str, text: str) -> bool:
         return not probe[name].defects
     except _PARSER_FAILURES:
         return False
+
+
+def _ascii_domains(name: str, text: str) -> str:
+    """An address header of `headers` (Reply-To ...) with its domains in ASCII, as To and Cc
+    (`_header_addresses`): an ASCII header held `ops@bücher.example` as an encoded word inside
+    the address (RFC 2047 5 forbids it), and a reply went to that string. A group stays."""
+    probe = EmailMessage()
+    probe[name] = text
+    header = probe[name]
+    if not isinstance(header, AddressHeader) or any(g.display_name for g in header.groups):
+        return text
+    if all(a.domain.isascii() for a in header.addresses):
+        return text
+    return ", ".join(
+        str(_address(a.display_name, _ascii_domain(a.addr_spec))) for a in header.addresses
+    )
 
 
 # What the stdlib's header parser raises on some malformed input (`a@[192.0.2.1`: an

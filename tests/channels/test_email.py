@@ -825,6 +825,22 @@ async def test_an_idn_domain_goes_in_ascii_to_a_server_without_smtputf8(
     assert mail["Cc"] == "x@xn--mnchen-3ya.de" and not mail["To"].defects
 
 
+async def test_an_idn_domain_in_a_reply_to_of_headers_goes_in_ascii_too(
+    smtp_server: SmtpFactory,
+) -> None:
+    """`headers: {Reply-To: ops@bücher.example}` went out as `<ops@=?utf-8?q?b=C3=BCcher?=
+    .example>`: an encoded word inside an address (RFC 2047 5: never), so a reply went to that
+    string. Address headers of `headers` get their domains in ASCII, as To and Cc."""
+    fake = await smtp_server()
+    headers = {"Reply-To": "Jörg <ops@bücher.example>, x@example.com"}
+    raw = email_settings(fake.port).model_dump(by_alias=True)
+    await make_channel(EmailSettings.model_validate({**raw, "headers": headers})).send(outgoing())
+    [got] = await fake.wait_for(1)
+    reply_to = got.message()["Reply-To"]
+    assert reply_to == "Jörg <ops@xn--bcher-kva.example>, x@example.com"
+    assert not reply_to.defects
+
+
 async def test_an_idn_domain_is_encoded_as_idna_2008_not_2003(smtp_server: SmtpFactory) -> None:
     """Python's 'idna' codec is IDNA 2003, which maps ß to ss (and a final sigma to a sigma):
     mail for faß.de went to fass.de, someone else's domain. IDNA 2008 (UTS 46) keeps them."""
