@@ -133,8 +133,9 @@ def _header_addresses(entries: list[str]) -> str:
 
 
 def _address(name: str, address: str) -> Address:
-    local, _, domain = address.rpartition("@")
-    return Address(display_name=name, username=local, domain=domain)
+    """`address` as written (`"john doe"@x.com`): parsed, not split at its '@', which put the
+    quotes inside the local part (`"\\"john doe\\""@x.com`, another mailbox)."""
+    return Address(display_name=name, addr_spec=address)
 
 
 def _split_addresses(value: str) -> list[str]:

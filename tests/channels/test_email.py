@@ -841,6 +841,25 @@ async def test_an_idn_domain_in_a_reply_to_of_headers_goes_in_ascii_too(
     assert not reply_to.defects
 
 
+async def test_a_quoted_local_part_at_an_idn_domain_keeps_its_one_pair_of_quotes(
+    smtp_server: SmtpFactory,
+) -> None:
+    """`"john doe"@bücher.example` went into To as `"\\"john doe\\""@xn--bcher-kva.example`: the
+    quotes became part of the name, another mailbox for a reply-all."""
+    fake = await smtp_server()
+    raw = email_settings(fake.port).model_dump(by_alias=True)
+    headers = {"Reply-To": '"jane doe"@bücher.example'}
+    to = ['"john doe"@bücher.example']
+    await make_channel(EmailSettings.model_validate({**raw, "to": to, "headers": headers})).send(
+        outgoing()
+    )
+    [got] = await fake.wait_for(1)
+    mail = got.message()
+    assert got.rcpt_tos[0] == '"john doe"@xn--bcher-kva.example'
+    assert mail["To"] == '"john doe"@xn--bcher-kva.example'
+    assert mail["Reply-To"] == '"jane doe"@xn--bcher-kva.example'
+
+
 async def test_an_idn_domain_is_encoded_as_idna_2008_not_2003(smtp_server: SmtpFactory) -> None:
     """Python's 'idna' codec is IDNA 2003, which maps ß to ss (and a final sigma to a sigma):
     mail for faß.de went to fass.de, someone else's domain. IDNA 2008 (UTS 46) keeps them."""
