@@ -19,6 +19,8 @@ some recipients only are the channel's, relay.channels.email, built from these):
   every recipient refused: the first 4xx if any        as above                 SMTP 550
   552 to RCPT (RFC 5321 4.5.3.1.10: too many, as 452)  server_error  yes        SMTP 552
   timeout: connect, a reply, or the whole attempt      timeout       yes        no answer in time
+                                                                                at greeting, to
+                                                                                DATA... (email.py)
   (up to DATA; the DATA phase has a `timeout` of its own)
   refused connection, DNS, reset, disconnected         network       yes        connection refused
   TLS handshake or certificate verification            network       yes        TLS: ...
@@ -117,11 +119,11 @@ class Client(aiosmtplib.SMTP):
         if self.budget is not None:
             loop = asyncio.get_running_loop()
             self.budget.reschedule(max(self.budget.when() or 0.0, loop.time() + self.data_s))
+        self.command = "DATA"  # aiosmtplib sends it past execute_command
         try:
             return await super().data(message, **kwargs)
         except aiosmtplib.SMTPDataError as exc:  # the verdict on the mail is no command's reply
             if exc.code == 421:
-                self.command = "DATA"
                 self._note_421()
             raise
 

@@ -422,7 +422,7 @@ class EmailChannel:
             # retried "for n of m recipients", not a bare code as if nobody had the mail)
             refused = {r.recipient: r.code for r in exc.recipients}
         except Exception as exc:  # translated once, here; anything unknown becomes "other"
-            raise _starttls_hint(classify(exc), self.settings.smtp, client) from None
+            raise _explained(classify(exc), self.settings.smtp, client) from None
         later = self._refused(message, refused, client.unsendable)
         if later or done:  # partly sent, now or before: keep who is done with
             served = done | {a for a in recipients if a not in later}
@@ -547,6 +547,16 @@ def _no_auth(smtp: SmtpSettings, client: Client) -> str:
     if client.supports_extension("starttls"):
         return "server offers no AUTH without STARTTLS (STARTTLS not done): enable starttls"
     return "server offers no AUTH (STARTTLS not done, nor offered)"
+
+
+def _explained(err: DeliveryError, smtp: SmtpSettings, client: Client) -> DeliveryError:
+    """`err` with what the session tells about it: where a timeout came (`at greeting`: often
+    a port of implicit TLS spoken to in plain text; `to DATA`: the server may have the mail),
+    as a 421 says; whether a 530 wants STARTTLS."""
+    if err.reason == "timeout":
+        where = f"to {client.command}" if client.command else "at greeting"
+        return DeliveryError("timeout", retryable=True, detail=f"{err.detail} {where}")
+    return _starttls_hint(err, smtp, client)
 
 
 def _starttls_hint(err: DeliveryError, smtp: SmtpSettings, client: Client) -> DeliveryError:

@@ -889,10 +889,13 @@ async def test_nothing_listening_is_network() -> None:
     assert (err.reason, err.retryable, err.detail) == ("network", True, "connection refused")
 
 
-async def test_a_server_that_never_answers_is_a_timeout(silent_smtp: int) -> None:
+async def test_a_server_that_never_answers_is_a_timeout_at_greeting(silent_smtp: int) -> None:
+    """A timeout says where, as a 421 does: a server that never greets is most often a port of
+    implicit TLS (465) spoken to in plain text, which said only "no answer in time"."""
     settings = email_settings(silent_smtp).model_copy(update={"timeout": 0.3})
     err = await asyncio.wait_for(failure(make_channel(settings)), 30)  # a guard, not a measure
-    assert (err.reason, err.retryable, err.detail) == ("timeout", True, "no answer in time")
+    detail = "no answer in time at greeting"
+    assert (err.reason, err.retryable, err.detail) == ("timeout", True, detail)
 
 
 async def test_a_server_silent_after_data_costs_one_timeout_not_two(
@@ -905,7 +908,8 @@ async def test_a_server_silent_after_data_costs_one_timeout_not_two(
     fake.stall = {"DATA"}
     settings = email_settings(fake.port).model_copy(update={"timeout": 2.0})
     err = await failure(make_channel(settings))
-    assert (err.reason, err.retryable) == ("timeout", True)
+    # "to DATA": the server may have queued the mail, and the retry sends it again
+    assert (err.reason, err.retryable, err.detail) == ("timeout", True, "no answer in time to DATA")
     await asyncio.wait_for(fake.hung_up.wait(), 30)
     _, end_of_data, after = bytes(fake.received).partition(b"\r\n.\r\n")
     assert end_of_data and after == b"", after  # the mail went out, unanswered; then nothing
