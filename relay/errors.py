@@ -216,6 +216,9 @@ def tls_failure(exc: BaseException) -> str | None:
     for cause in causes(exc):
         if isinstance(cause, ssl.SSLCertVerificationError):
             return "TLS: certificate not trusted"
+        if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
+            # the first bytes back were no TLS record: an SMTP greeting, an HTTP answer
+            return "TLS: the server answered in plain text (no TLS on this port)"
         if isinstance(cause, ssl.SSLError):
             return "TLS: handshake failed"
     return None

@@ -675,6 +675,18 @@ async def test_implicit_tls(smtp_server: SmtpFactory, smtp_pki: Pki) -> None:
     assert got.message()["Message-ID"] == f"<{NTF}@relay>"
 
 
+async def test_implicit_tls_to_a_plain_port_says_the_server_spoke_plain_text(
+    smtp_server: SmtpFactory, smtp_pki: Pki
+) -> None:
+    """`tls: true` to a port of plain SMTP (587, 25): the server's greeting is no TLS record
+    (OpenSSL: WRONG_VERSION_NUMBER). That said "TLS: handshake failed", as a broken server
+    would; it says the likely fix."""
+    fake = await smtp_server()
+    err = await failure(channel(fake.port, tls=True, ca_file=str(smtp_pki.ca_file)))
+    detail = "TLS: the server answered in plain text (no TLS on this port)"
+    assert (err.reason, err.retryable, err.detail) == ("network", True, detail)
+
+
 async def test_a_relative_ca_file_is_found_beside_the_config(
     smtp_server: SmtpFactory, smtp_pki: Pki, tmp_path: Path
 ) -> None:
