@@ -30,6 +30,7 @@ from relay.intake import IntakeResult
 from relay.logs import SCRUB
 from relay.metrics import REALTIME_ERROR_REASONS
 from relay.model import Run
+from relay.sources import realtime as realtime_module
 from relay.sources._answers import error_reason, status_reason
 from relay.sources._follower import (
     NAMESPACE,
@@ -1181,3 +1182,55 @@ async def test_electric_s_catch_up_with_nothing_new_goes_live_without_a_pause(
     assert answers[0] == "up-to-date" and answers[-3:-1] == ["snapshot", "up-to-date"]
     assert fresh.sleeps == restarted.sleeps == refetched.sleeps == []
     assert not [r for r in caplog.records if "no long poll" in r.getMessage()]
+
+
+class FailingLeases(MemoryKV):
+    """A store whose lease renewals fail (as when PostgreSQL is down), or are taken."""
+
+    def __init__(self, failure: StoreUnavailable | None) -> None:
+        super().__init__()
+        self.failure, self.renewals = failure, 0
+
+    async def try_lead(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
+        self.renewals += 1
+        if self.renewals == 1:
+            return await super().try_lead(name, owner, ttl_s, now)
+        if self.failure is not None:
+            raise self.failure
+        return False
+
+
+@pytest.mark.parametrize(
+    ("failure", "said"),
+    [
+        (None, "feed lease lost: another replica follows the feed"),
+        (
+            StoreUnavailable("connection refused"),
+            "feed lease not renewed: store not reachable; following again once it is",
+        ),
+    ],
+)
+async def test_a_lease_not_renewed_says_whether_the_store_answered(
+    failure: StoreUnavailable | None,
+    said: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """'feed lease lost' was said when PostgreSQL was down as when another replica took it."""
+    monkeypatch.setattr(realtime_module, "LEAD_RENEW_S", 0.05)
+    async with fake_realtime(session()[:2], live_hold_s=30) as fake:
+        settings = RealtimeConfig(api_url=fake.url, secret_key=SECRET, feeds=[{"tags": [TAG]}])
+        store = FailingLeases(failure)
+        source = RealtimeSource(settings, Recorder(), store)
+        source.start()
+        try:
+            for _ in range(200):
+                if store.renewals >= 2:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
+        finally:
+            await source.stop()
+    lines = [r for r in caplog.records if r.name == "relay.realtime" and "lease" in r.message]
+    assert lines and lines[0].getMessage() == said
+    assert getattr(lines[0], "error", None) == (None if failure is None else "connection refused")

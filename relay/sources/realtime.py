@@ -113,6 +113,7 @@ class RealtimeSource:
         self._tasks: list[asyncio.Task[None]] = []
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._led: set[str] = set()
+        self._unreachable: dict[str, StoreUnavailable] = {}  # by lease: why its renewal failed
 
     def start(self) -> None:
         self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
@@ -145,7 +146,7 @@ class RealtimeSource:
                     if done:  # a single-run feed ends once its run finished
                         return
                     if not await self._hold(name):
-                        log.warning("feed lease lost", extra={"feed": follower.feed.key})
+                        self._tell_lost(follower.feed.key)
                         break
             finally:
                 task.cancel()
@@ -154,12 +155,25 @@ class RealtimeSource:
                     self._unfollowed(follower.feed.key)
 
     async def _hold(self, name: str) -> bool:
+        self._unreachable.pop(name, None)
         try:
             held = await self._positions.try_lead(name, self._owner, LEAD_TTL_S, time.time())
-        except StoreUnavailable:
-            held = False
+        except StoreUnavailable as exc:
+            held, self._unreachable[name] = False, exc
         (self._led.add if held else self._led.discard)(name)
         return held
+
+    def _tell_lost(self, feed: str) -> None:
+        """The lease was not renewed: taken by another replica, or the store did not answer
+        (the feed is followed again, here or by another replica, once it does)."""
+        unreachable = self._unreachable.get(lease_name(feed))
+        if unreachable is None:
+            log.warning("feed lease lost: another replica follows the feed", extra={"feed": feed})
+            return
+        log.warning(
+            "feed lease not renewed: store not reachable; following again once it is",
+            extra={"feed": feed, "error": str(unreachable)},
+        )
 
     async def stop(self) -> None:
         """Cancel every feed (an in-flight long poll ends at once), hand the leases back."""
