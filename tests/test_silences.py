@@ -40,7 +40,7 @@ from relay.silences import (
 )
 from relay.store import postgres
 from relay.store.sqlite import SQLiteStore
-from tests.conftest import RelayFactory, Sink, run_cli, run_cli_in_process, sdk_run, status
+from tests.conftest import RelayFactory, Sink, run_cli_in_process, sdk_run, status
 from tests.pg import fresh_database, shared_server
 
 NOW = 1_800_000_000.0
@@ -535,7 +535,7 @@ def test_cli_add_warns_of_names_the_config_lacks(tmp_path: Path) -> None:
         "channels:\n  out: {type: console}\n  hook: {type: webhook, url: '${HOOK_URL}'}\n"
         "rules:\n  - {name: failures, match: {status: [failure]}, notify: [out, hook]}\n"
     )
-    added = run_cli(
+    added = run_cli_in_process(
         "silence",
         "add",
         "prod-failurs",
@@ -554,13 +554,15 @@ def test_cli_add_warns_of_names_the_config_lacks(tmp_path: Path) -> None:
         " 'FAILED'?); only a run sent with it fits",
     ], added.stderr
     (tmp_path / "x").mkdir()  # no config.yaml there, and no RELAY_CONFIG
-    elsewhere = run_cli("silence", "add", "prod-failurs", "-d", "1h", env=env, cwd=tmp_path / "x")
+    elsewhere = run_cli_in_process(
+        "silence", "add", "prod-failurs", "-d", "1h", env=env, cwd=tmp_path / "x"
+    )
     assert elsewhere.returncode == 0 and elsewhere.stderr == "", elsewhere.stderr
 
 
 def test_cli_add_list_expire(tmp_path: Path) -> None:
     env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
-    added = run_cli(
+    added = run_cli_in_process(
         "silence",
         "add",
         "--task",
@@ -576,21 +578,23 @@ def test_cli_add_list_expire(tmp_path: Path) -> None:
     assert added.returncode == 0, added.stderr
     ident = added.stdout.strip()  # the id alone, as amtool prints it
     assert ident.startswith("sil_") and " " not in ident
-    listed = run_cli("silence", "list", "--json", env=env)
+    listed = run_cli_in_process("silence", "list", "--json", env=env)
     [view] = json.loads(listed.stdout)
     assert (
         view["matchers"] == {"task": ["billing/*"], "tag": ["env:prod"]}
         and view["comment"] == "deploy"
     )
-    assert run_cli("silence", "expire", ident, env=env).stdout == f"expired {ident}\n"
-    again = run_cli("silence", "expire", ident, env=env)  # said "expired" as if it had been now
+    assert run_cli_in_process("silence", "expire", ident, env=env).stdout == f"expired {ident}\n"
+    again = run_cli_in_process(
+        "silence", "expire", ident, env=env
+    )  # said "expired" as if it had been now
     assert again.returncode == 0 and again.stdout.startswith(f"{ident} was already expired (ended")
-    assert "no silences" in run_cli("silence", "list", env=env).stdout
-    assert ident in run_cli("silence", "list", "--all", env=env).stdout
-    assert run_cli("silence", "expire", "sil_nope", env=env).returncode == 1
-    bad = run_cli("silence", "add", "--duration", "1h", env=env)  # no matcher
+    assert "no silences" in run_cli_in_process("silence", "list", env=env).stdout
+    assert ident in run_cli_in_process("silence", "list", "--all", env=env).stdout
+    assert run_cli_in_process("silence", "expire", "sil_nope", env=env).returncode == 1
+    bad = run_cli_in_process("silence", "add", "--duration", "1h", env=env)  # no matcher
     assert bad.returncode == 1 and "matchers" in bad.stderr
-    bad = run_cli("silence", "add", "--task", "x", "--duration", "soon", env=env)
+    bad = run_cli_in_process("silence", "add", "--task", "x", "--duration", "soon", env=env)
     assert bad.returncode == 1 and "duration" in bad.stderr
 
 

@@ -6,7 +6,7 @@ import base64
 import re
 from pathlib import Path
 
-from tests.conftest import SHARED, run_cli
+from tests.conftest import SHARED, run_cli_in_process
 
 
 def spec_example() -> str:
@@ -29,7 +29,7 @@ ENV = {
 def test_the_spec_example_passes_relay_check(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(spec_example())
-    result = run_cli("check", "--config", str(config), env=ENV, cwd=tmp_path)
+    result = run_cli_in_process("check", "--config", str(config), env=ENV, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
     for secret in ENV.values():
@@ -39,7 +39,7 @@ def test_the_spec_example_passes_relay_check(tmp_path: Path) -> None:
 def test_the_spec_example_without_its_env_names_each_variable(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text(spec_example())
-    result = run_cli("check", "--config", str(config), cwd=tmp_path)
+    result = run_cli_in_process("check", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 1
     for name in ENV:
         assert f"environment variable {name} is not set" in result.stderr, name
@@ -62,6 +62,6 @@ def test_relay_test_understands_every_payload_shape(tmp_path: Path) -> None:
         fixtures / "alert-webhooks" / "alert.deployment.failed.body.json": "deploys",
     }
     for path, rule in cases.items():
-        result = run_cli("test", str(path), "--config", str(config))
+        result = run_cli_in_process("test", str(path), "--config", str(config))
         assert result.returncode == 0, (path.name, result.stderr)
         assert f": {rule}" in result.stdout.splitlines()[0], (path.name, result.stdout)

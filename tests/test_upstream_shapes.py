@@ -16,7 +16,7 @@ from relay.channels import REGISTRY
 from relay.formats.trigger_alerts import parse_alert
 from relay.grouping import digest_context
 from relay.templating import RenderContext, Renderer
-from tests.conftest import FIXTURES, run_cli
+from tests.conftest import FIXTURES, run_cli_in_process
 
 ORG = {"id": "cmgg0k5tkdg06j8gk01fydlt9", "slug": "acme-inc-4f1d", "name": "Acme Inc"}
 PROJECT = {
@@ -70,7 +70,7 @@ def console_text(tmp_path: Path, body: dict[str, Any], match: str = "{event: err
     config.write_text(CONSOLE_CONFIG.replace("{event: error}", match))
     event = tmp_path / "event.json"
     event.write_text(json.dumps(body))
-    result = run_cli("test", str(event), "--config", str(config), "--json")
+    result = run_cli_in_process("test", str(event), "--config", str(config), "--json")
     assert result.returncode == 0, result.stderr
     [run] = json.loads(result.stdout)
     [message] = run["messages"]
@@ -133,7 +133,7 @@ def test_internal_codes_trigger_dev_explains_read_as_sentences(tmp_path: Path) -
     config.write_text(CONSOLE_CONFIG.replace("{event: error}", "{status: [failure]}"))
     event = tmp_path / "rows.json"
     event.write_text(json.dumps(rows))
-    result = run_cli("test", str(event), "--config", str(config), "--json")
+    result = run_cli_in_process("test", str(event), "--config", str(config), "--json")
     assert result.returncode == 0, result.stderr
     lines = [
         next(ln for ln in run["messages"][0]["parts"]["txt"].splitlines() if "error " in ln)
