@@ -16,7 +16,7 @@ from relay.durations import format_duration, parse_duration
 from relay.errors import ConfigError, did_you_mean
 from relay.settings import load_settings
 from relay.sizes import format_size, parse_size
-from tests.conftest import run_cli
+from tests.conftest import run_cli_in_process
 
 GOOD = """\
 server:
@@ -1103,7 +1103,9 @@ def test_check_reports_every_kind_of_problem_in_one_run(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(EVERY_KIND)
     slack_url = "https://hooks.slack.com/services/T0/B0/never-printed"
-    result = run_cli("check", "--config", str(config), env={"CHECK_ALL_SLACK_URL": slack_url})
+    result = run_cli_in_process(
+        "check", "--config", str(config), env={"CHECK_ALL_SLACK_URL": slack_url}
+    )
     expected = [
         "2: server.auth_token: environment variable CHECK_ALL_UNSET_TOKEN is not set",
         "8: channels.chat.concurrency: expected a whole number",

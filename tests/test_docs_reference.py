@@ -20,7 +20,7 @@ import yaml
 from relay.durations import parse_duration
 from relay.sandbox import environment
 from relay.settings import Settings
-from tests.conftest import REPO, RelayProcess, run_cli, sdk_run
+from tests.conftest import REPO, RelayProcess, run_cli_in_process, sdk_run
 from tools import config_reference
 
 DOCS = REPO / "docs"
@@ -87,10 +87,10 @@ def test_operations_backup_command_copies_a_running_store(tmp_path: Path) -> Non
     finally:
         relay.terminate()
     env = {"RELAY_STORE_URL": f"sqlite:///{copy}"}
-    history = run_cli("history", "--json", "--config", str(config), env=env)
+    history = run_cli_in_process("history", "--json", "--config", str(config), env=env)
     assert history.returncode == 0, history.stderr
     assert sdk_run("failed")["id"] in history.stdout
-    migrated = run_cli("migrate", env=env)
+    migrated = run_cli_in_process("migrate", env=env)
     assert "up to date" in migrated.stdout, migrated.stdout + migrated.stderr
 
 
