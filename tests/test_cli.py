@@ -679,9 +679,11 @@ async def test_dry_run_names_rules_renders_messages_and_sends_nothing(
     config = write(tmp_path / "c.yaml", DRY_RUN_CONFIG % {"url": sink.url, "secret": WHSEC})
     both = write(tmp_path / "both.json", json.dumps([sdk_run("failed"), sdk_run("completed")]))
     text, as_json, many = await asyncio.gather(
-        asyncio.to_thread(run_cli, "test", str(FAILED_JSON), "--config", str(config)),
-        asyncio.to_thread(run_cli, "test", str(FAILED_JSON), "--config", str(config), "--json"),
-        asyncio.to_thread(run_cli, "test", str(both), "--config", str(config)),
+        asyncio.to_thread(run_cli_in_process, "test", str(FAILED_JSON), "--config", str(config)),
+        asyncio.to_thread(
+            run_cli_in_process, "test", str(FAILED_JSON), "--config", str(config), "--json"
+        ),
+        asyncio.to_thread(run_cli_in_process, "test", str(both), "--config", str(config)),
     )
     for result in (text, as_json, many):
         assert result.returncode == 0, result.stderr
