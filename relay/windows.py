@@ -104,7 +104,8 @@ class TimeInterval(_Strict):
     def _location(cls, value: str) -> str:
         try:
             _wall_clock(0, value)
-        except (ZoneInfoNotFoundError, ValueError):
+        # OSError: a folder of the zone database (`America`), a name too long for a file
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise ValueError(
                 "unknown time zone; use an IANA name like Europe/Berlin, or Local"
             ) from None

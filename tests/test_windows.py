@@ -203,6 +203,20 @@ def test_a_reversed_range_names_its_line() -> None:
     assert "'friday:monday'" in found and "split" in found
 
 
+@pytest.mark.parametrize("location", ["America", "Europe", "A" * 300])
+def test_a_zone_folder_or_an_overlong_name_is_an_unknown_zone(location: str) -> None:
+    """`America` is a folder of the zone database and 300 letters no file name: ZoneInfo
+    raised IsADirectoryError and OSError there, and `relay check` (and a reload) ended in a
+    traceback instead of naming the line."""
+    text = (
+        "channels: {c: {type: console}}\ntime_intervals:\n  - name: t\n"
+        f"    time_intervals:\n      - location: {location}\n"
+    )
+    [found] = problems(text)
+    assert found.startswith("c.yaml:5: time_intervals[0].time_intervals[0].location: ")
+    assert "unknown time zone" in found
+
+
 def problems(text: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(text, "c.yaml", settings_models(), {})
