@@ -40,6 +40,7 @@ def config_warnings(loaded: LoadedConfig) -> list[str]:
     warnings += _repeat_under_group_interval(config.rules, locate)
     warnings += _yaml11_words(loaded)
     warnings += _feed_warnings(config, locate)
+    warnings += _timeout_inside_long_poll(config, locate)
     warnings += _recovering_nowhere(config, locate)
     warnings += _inhibiting_nothing(config, locate)
     warnings += _empty_tokens(loaded)
@@ -248,6 +249,24 @@ def _feed_warnings(config: Config, locate: Locate) -> list[str]:
                 f" not in the feed"
             )
     return out
+
+
+# How long Trigger.dev holds a quiet live request: Electric 20 s, the native backend 20 s ±15 %
+LONG_POLL_HOLD_S = 23.0
+
+
+def _timeout_inside_long_poll(config: Config, locate: Locate) -> list[str]:
+    """A Realtime `timeout` the server's long-poll hold outlasts: every quiet live request
+    fails by timeout (a warning line, an error counted, a backoff before the next request)."""
+    realtime = config.sources.realtime
+    if realtime is None or realtime.timeout > LONG_POLL_HOLD_S:
+        return []
+    where = locate(("sources", "realtime", "timeout"))
+    return [
+        f"{where}: sources.realtime.timeout: Trigger.dev holds a quiet live request about 20 s"
+        " (up to 23 s); a timeout this short ends each one as a failed request (a warning, an"
+        " error counted, a backoff before the next)"
+    ]
 
 
 # `match` (and silence) keys a `group_by` path may be written with by mistake: group_by reads

@@ -524,6 +524,34 @@ rules: []
     assert warned[0].startswith(f"warning: {config}:6: ")
 
 
+@pytest.mark.parametrize(("timeout", "warned"), [("5s", True), ("23s", True), ("24s", False)])
+def test_check_warns_of_a_realtime_timeout_inside_the_long_poll(
+    tmp_path: Path, timeout: str, warned: bool
+) -> None:
+    """Trigger.dev holds a quiet live request about 20 s (the native backend up to 23 s): a
+    shorter `timeout` ends every one of them as a failed request (a WARNING, an error counted,
+    a backoff growing to 10 s before the next). The docs say it must outlast the hold; `relay
+    check` took `timeout: 5s` without a word."""
+    config = write(
+        tmp_path / "c.yaml",
+        f"""\
+sources:
+  realtime:
+    api_url: http://127.0.0.1:9
+    secret_key: tr_dev_x
+    timeout: {timeout}
+    feeds: [{{tags: [a]}}]
+rules: []
+""",
+    )
+    expected = [
+        f"warning: {config}:5: sources.realtime.timeout: Trigger.dev holds a quiet live request"
+        " about 20 s (up to 23 s); a timeout this short ends each one as a failed request"
+        " (a warning, an error counted, a backoff before the next)"
+    ]
+    assert warnings_of(config, "holds a quiet live request") == (expected if warned else [])
+
+
 def test_check_missing_file_and_builtin_default(tmp_path: Path) -> None:
     missing, builtin = serially(
         here("check", "--config", str(tmp_path / "missing.yaml")),
