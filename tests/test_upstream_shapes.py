@@ -157,6 +157,24 @@ def test_a_bare_error_group_dated_in_epoch_milliseconds_shows_its_dates(tmp_path
     assert run is not None and run.as_dict()["error"]["lastSeen"] == "2025-08-20T10:00:00.000Z"
 
 
+def test_a_deployment_dated_with_an_offset_shows_its_time_in_utc(tmp_path: Path) -> None:
+    """A deployment's failedAt with an offset (`12:02:47+02:00`, 10:02:47 UTC) or in epoch
+    milliseconds was kept as sent: relay read the same instant for createdAt, but the messages
+    cut the raw text and showed "Failed 2026-08-20 12:02:47 UTC" (two hours off) or the digits.
+    Now the date is ISO-8601 `…Z` like every other date (as an error group's firstSeen)."""
+    body = json.loads(
+        (FIXTURES / "alert-webhooks" / "alert.deployment.failed.body.json").read_text()
+    )
+    match = "{event: deployment.failed}"
+    for sent in ("2026-08-20T12:02:47.811+02:00", 1787220167811):
+        body["object"]["deployment"]["failedAt"] = sent
+        text = console_text(tmp_path, body, match)
+        assert "failed    2026-08-20 10:02:47 UTC" in text, text
+        run = parse_alert(body).run
+        assert run is not None
+        assert run.as_dict()["deployment"]["failedAt"] == "2026-08-20T10:02:47.811Z"
+
+
 def rest_run(**extra: Any) -> dict[str, Any]:
     """A run as Trigger.dev's REST API answers it (CommonRunFields: `version` is the deployment
     version the run is locked to); `extra` adds the fields of one endpoint."""

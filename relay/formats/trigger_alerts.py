@@ -60,7 +60,7 @@ from pydantic import ValidationError
 
 from relay.errors import InputError, field_message
 from relay.formats.run_errors import enhanced
-from relay.model import Run, normalise_status
+from relay.model import Run, iso, normalise_status
 
 SIGNATURE_HEADER = "x-trigger-signature-hmacsha256"
 MAX_SIGNATURES = 16  # values of the signature header compared; Trigger.dev sends one
@@ -200,7 +200,16 @@ def _deployment(obj: dict[str, Any], where: str, event: str, meta: dict[str, Any
         fields["error"] = obj["error"]
     _keep(fields, obj, skip=())
     fields["alert"] = meta
-    return _validate(fields, sources)
+    return _utc_stamp(_validate(fields, sources), deployment, stamp)
+
+
+def _utc_stamp(run: Run, deployment: dict[str, Any], stamp: str) -> Run:
+    """The run with its deployment's failedAt / deployedAt as ISO-8601 `…Z`, the instant read
+    for createdAt, like every other date: as sent (`+02:00`, epoch ms), messages cutting the
+    text showed another hour as UTC, or digits."""
+    if deployment.get(stamp) is None or run.createdAt is None:
+        return run
+    return run.model_copy(update={"deployment": deployment | {stamp: iso(run.createdAt)}})
 
 
 def _error_group(obj: dict[str, Any], where: str, meta: dict[str, Any]) -> Run:
