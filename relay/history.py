@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from relay.durations import parse_duration
+from relay.durations import NOT_A_DURATION, parse_duration
 from relay.errors import InputError
 from relay.model import ALERT_DEAD, Notification, iso
 from relay.silences import parse_time
@@ -64,12 +64,16 @@ def _since(value: str | None, now: float) -> float | None:
         return None
     try:
         return now - parse_duration(value)
-    except ValueError:
-        pass
+    except ValueError as exc:
+        refused = str(exc)
     try:
         return parse_time(value, "since")
-    except InputError:  # both forms, not "expected an ISO-8601 time" alone
-        raise InputError(
+    except InputError as exc:
+        if not refused.startswith(("expected", NOT_A_DURATION)):  # a duration: negative, 11y
+            raise InputError("since", refused) from None
+        if not exc.message.startswith("expected"):  # a time: before year 1 in UTC
+            raise
+        raise InputError(  # both forms, not "expected an ISO-8601 time" alone
             "since", "expected a duration back (1h, 2d) or an ISO-8601 time (2026-11-28T18:00:00Z)"
         ) from None
 

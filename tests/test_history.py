@@ -195,6 +195,22 @@ def test_a_bad_since_names_both_forms_it_takes() -> None:
     assert "1h" in info.value.message and "ISO-8601" in info.value.message
 
 
+@pytest.mark.parametrize(
+    ("since", "said"),
+    [
+        ("11y", "duration must be between 0 and 10 years"),
+        ("-1h", "a duration cannot be negative (got -1h)"),
+        ("0001-01-01T00:00:00+01:00", "time out of range (years 1-9999 in UTC)"),
+    ],
+)
+def test_a_since_refused_for_its_size_or_sign_says_so(since: str, said: str) -> None:
+    """`--since 11y`, `-1h` and a time before year 1 in UTC were each told "expected a
+    duration back (1h, 2d) or an ISO-8601 time": they are one, refused for another reason."""
+    with pytest.raises(InputError) as info:
+        history_query({"since": since}, 1000.0)
+    assert (info.value.field, info.value.message) == ("since", said)
+
+
 async def test_prune_forgets_what_finished_before_the_retention(tmp_path: Path) -> None:
     from relay.model import Decision, Match, Run, RunState  # noqa: PLC0415
 
