@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -326,6 +327,24 @@ async def _waiting(proc: RelayProcess) -> dict[str, Any]:
     return line
 
 
+def _next_wait(proc: RelayProcess, least_s: float) -> dict[str, Any]:
+    """The next `waiting for it` line whose wait is at least `least_s`, once written."""
+    seen = len([e for e in proc.logs if e.get("msg") == WAITING])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        waits = [e for e in proc.logs if e.get("msg") == WAITING][seen:]
+        if fresh := [e for e in waits if e["retry_in_s"] >= least_s]:
+            return fresh[0]
+        seen += len(waits)
+        time.sleep(0.02)
+    raise AssertionError("no new wait for the store")
+
+
+def _at(line: dict[str, Any]) -> float:
+    """When relay wrote a log line, in seconds."""
+    return datetime.fromisoformat(line["ts"]).timestamp()
+
+
 async def _answer(http: aiohttp.ClientSession, method: str, url: str) -> tuple[int, Any, str]:
     async with http.request(method, url, json=[] if method == "POST" else None) as resp:
         return resp.status, await resp.json(), resp.headers.get("Retry-After", "")
@@ -371,14 +390,20 @@ async def test_relay_answers_healthz_while_it_waits_for_its_store(tmp_path: Path
         env = {**os.environ, "RELAY_LISTEN": url.removeprefix("http://")}
         assert subprocess.run(probe, env=env, timeout=10, check=False).returncode == 0
         assert proc.proc is not None
-        started = time.monotonic()
+        waited = await asyncio.to_thread(_next_wait, proc, 1.0)  # a wait just begun, ≥ 1 s
         assert await asyncio.to_thread(proc.terminate, 20) == 0
-        assert time.monotonic() - started < 3
     finally:
         proc.kill()
     await asyncio.sleep(0.1)  # the reader thread takes the last lines
     msgs = [line.get("msg") for line in proc.logs]
     assert "stop requested while starting: not started" in msgs
+    # at once: within the wait the stop came in (on relay's clock: a loaded machine delays
+    # the exit, not the line), not after waiting it out and trying the store again
+    stopped = next(
+        e for e in proc.logs if e.get("msg") == "stop requested while starting: not started"
+    )
+    assert [e for e in proc.logs if e.get("msg") == WAITING][-1] == waited
+    assert _at(stopped) < _at(waited) + waited["retry_in_s"]
     assert "relay not started" not in msgs and "listening" not in msgs
 
 
