@@ -306,7 +306,11 @@ async def test_the_same_update_at_every_replica_fires_once(replicas: Replicas, s
     assert sorted(arrivals(sink).elements()) == sorted(want)  # each exactly once
     digests = digested()
     assert sorted(i for d in digests for i in d) == expect  # each run in exactly one digest
-    assert len(digests) <= 6  # per group: the first digest, at most one more for late joiners
+    # per group, at most one digest for each batch that brought it runs (a batch commits as
+    # one): how many batches fall into one group window is timing (2 digests a group on a
+    # quiet machine, 3 under load), so the bound counts batches, not windows
+    rounds = len(grouped) // 15
+    assert len(digests) <= 3 * rounds
 
 
 def paused_once(proc: RelayProcess) -> bool:
