@@ -166,6 +166,7 @@ class Renderer:
         self._env = environment(self._loader)
         self._env.filters["dashboard_url"] = _dashboard_filter(link)
         self.budget_s = budget_s  # per render(): past it, loops and calls raise RenderTimeout
+        self._asts: dict[str, nodes.Template] = {}  # by name: one per template file at most
 
     def has_template(self, channel_type: str, name: str, part: str) -> bool:
         return self._exists(_template_name(channel_type, name, part))
@@ -188,8 +189,14 @@ class Renderer:
         return sorted(lines.items())
 
     def _parse(self, template: str) -> nodes.Template:
-        source, _, _ = self._loader.get_source(self._env, template)
-        return self._env.parse(source)
+        """The template's syntax tree, parsed once: its source is fixed for this renderer's
+        life (shipped files, the override directory's snapshot), and a check of every rule's
+        parts walked the same ones again and again (666 parses of 64 templates)."""
+        ast = self._asts.get(template)
+        if ast is None:
+            source, _, _ = self._loader.get_source(self._env, template)
+            ast = self._asts[template] = self._env.parse(source)
+        return ast
 
     def _names_set(self, ast: nodes.Template, seen: set[str]) -> set[str]:
         """Names a template and those it extends, includes or imports set or import: jinja's
