@@ -125,6 +125,10 @@ class PgServer:
     def start(self) -> None:
         self.ctl("start", "-t", "60")
 
+    def promote(self) -> None:
+        """A standby becomes a primary (a failover's last step); returns once it takes writes."""
+        self.ctl("promote", "-t", "60")
+
     def stop(self, mode: str = "fast") -> None:
         self.ctl("stop", "-m", mode, "-t", "60")
 
@@ -153,8 +157,10 @@ class PgServer:
         return ""
 
 
-def start_server() -> PgServer:
-    """initdb + start a new cluster; pytest.skip when the machine has no PostgreSQL."""
+def start_server(*, standby: bool = False) -> PgServer:
+    """initdb + start a new cluster; pytest.skip when the machine has no PostgreSQL. `standby`:
+    started in hot-standby mode (standby.signal, no primary to follow): it takes read-only
+    sessions until `promote`, as a replica does in a failover before it is promoted."""
     bindir = find_bindir()
     if bindir is None:
         pytest.skip(
@@ -171,6 +177,10 @@ def start_server() -> PgServer:
     atexit.register(server.destroy)
     try:
         server.init()
+        if standby:
+            signal_file = server.data / "standby.signal"
+            signal_file.touch()
+            server.own(signal_file, 0o600)
         server.start()
     except subprocess.CalledProcessError as exc:
         detail = f"{exc.stderr}\n{server.log_tail()}"

@@ -25,7 +25,7 @@ from relay.service import Service
 from relay.settings import Settings
 from tests.conftest import CONSOLE_FAILURES, RelayProcess, run_python, sdk_run
 from tests.fakes.serving import free_port
-from tests.pg import shared_server
+from tests.pg import shared_server, start_server
 from tests.test_docs import healthcheck_command, stages
 from tests.test_workers import namespace_init, pid_namespaces_or_skip
 
@@ -308,11 +308,12 @@ UNREADY = {"status": "not ready", "reason": "store unreachable"}
 UNAVAILABLE = {"error": "store unavailable; retry later"}
 
 
-def _relay_before_its_store(tmp_path: Path, port: int) -> tuple[RelayProcess, str]:
-    """`relay serve` on a PostgreSQL at `port`, where nothing listens yet, and relay's URL."""
+def _relay_before_its_store(tmp_path: Path, port: int, query: str = "") -> tuple[RelayProcess, str]:
+    """`relay serve` on a PostgreSQL at `port`, where nothing listens yet (or nothing it may
+    use: `query` asks for a kind of server), and relay's URL."""
     config = tmp_path / "config.yaml"
     config.write_text(CONSOLE)
-    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres{query}"
     listen = f"127.0.0.1:{free_port()}"
     env = {"RELAY_STORE_URL": url, "RELAY_LISTEN": listen}
     proc = RelayProcess(config, tmp_path / "unused.db", env)
@@ -457,3 +458,32 @@ async def test_relay_serves_on_the_same_socket_once_its_store_answers(tmp_path: 
                 assert await asyncio.to_thread(proc.terminate, 20) == 0
     finally:
         proc.kill()
+
+
+async def test_relay_waits_out_a_failover_at_start(tmp_path: Path) -> None:
+    """A URL with target_session_attrs=read-write meeting a standby (a failover under way:
+    the old primary gone, the replica not promoted yet) ended the start, exit 1 `relay not
+    started` (asyncpg's TargetServerAttributeNotMatched was taken for a refusal to fix). relay
+    waits it out as it waits for a server not reachable, the line saying why, and serves once
+    the standby is promoted."""
+    standby = await asyncio.to_thread(start_server, standby=True)
+    try:
+        proc, url = _relay_before_its_store(
+            tmp_path, standby.port, "?target_session_attrs=read-write"
+        )
+        try:
+            line = await asyncio.to_thread(proc.wait_for_log, WAITING, 20)
+            assert line["error"] == (
+                "store open failed: no server of the URL's hosts is of the kind"
+                " target_session_attrs asks for: TargetServerAttributeNotMatched"
+            )
+            await asyncio.to_thread(standby.promote)
+            await asyncio.to_thread(proc.wait_for_log, "listening", 20)
+            async with aiohttp.ClientSession() as http:
+                assert await _answer(http, "GET", url + "/readyz") == (200, {"status": "ready"}, "")
+            assert await asyncio.to_thread(proc.terminate, 20) == 0
+        finally:
+            proc.kill()
+    finally:
+        await asyncio.to_thread(standby.destroy)
+    assert "relay not started" not in [line.get("msg") for line in proc.logs]

@@ -149,13 +149,27 @@ def _words(exc: BaseException, sqlstate: object) -> str | None:
 
 def _passing(exc: BaseException) -> bool:
     """Whether the store may answer later as configured: a server not listening yet, starting
-    up, full or unreachable for now; not a refused login, a missing database or bad TLS."""
+    up, full, unreachable or a standby for now; not a refused login, a missing database or bad
+    TLS."""
     if _tls_refused(exc) or tls_failure(exc):
         return False
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str):
         return sqlstate in _PASSING_SQLSTATES or sqlstate.startswith("08")
-    return isinstance(exc, OSError)  # refused, reset, host not found (yet), timed out
+    return isinstance(exc, OSError) or _failover(exc)  # refused, reset, not found, timed out
+
+
+# The kinds of server relay can write to, as asyncpg names the one asked for in its message.
+_WRITABLE_KINDS = ("'primary'", "'read-write'")
+
+
+def _failover(exc: BaseException) -> bool:
+    """Only standbys where the URL's target_session_attrs asks for a primary: a failover
+    under way, until one is promoted. (A URL asking for a standby is a mistake to fix: relay
+    writes.) asyncpg says which kind was asked for only in its message."""
+    return isinstance(exc, asyncpg.exceptions.TargetServerAttributeNotMatched) and any(
+        kind in str(exc) for kind in _WRITABLE_KINDS
+    )
 
 
 class ConnectGate:
