@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import configparser
+import contextlib
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -52,10 +55,12 @@ class Settings(BaseSettings):
     def secrets(self) -> list[str]:
         """The store's passwords, to keep out of every output: store_url's user's, those of
         libpq's query keywords (`?password=`, `?sslpassword=`, read as asyncpg reads them),
-        and, for a PostgreSQL store, PGPASSWORD's and PGSSLPASSWORD's."""
-        env = [os.environ.get(name, "") for name in _ENV_SECRETS]
-        pg = self.store_url.startswith(("postgresql:", "postgres:"))
-        return self._url_secrets() + ([value for value in env if value] if pg else [])
+        and, for a PostgreSQL store, PGPASSWORD's and PGSSLPASSWORD's, and those of the files
+        asyncpg reads them from (libpq_file_secrets)."""
+        if not self.store_url.startswith(("postgresql:", "postgres:")):
+            return self._url_secrets()
+        env = [value for name in _ENV_SECRETS if (value := os.environ.get(name, ""))]
+        return self._url_secrets() + env + libpq_file_secrets(self.store_url)
 
     def _url_secrets(self) -> list[str]:
         try:
@@ -165,3 +170,56 @@ def _problem(err: ErrorDetails) -> Problem:
     if name not in _SECRET and str(value).strip() and "(got " not in message:
         message += f" (got {value!r})"
     return Problem("environment", "RELAY_" + name.upper(), message)
+
+
+def libpq_file_secrets(url: str) -> list[str]:
+    """The passwords asyncpg may read from files beside the URL: every entry's of the password
+    file (PGPASSFILE, else ~/.pgpass) and, when a service is named (`?service=`, PGSERVICE),
+    every `password` and `sslpassword` of the connection service file (PGSERVICEFILE, else
+    ~/.pg_service.conf). All of them, not only the one a connection would pick: a log line
+    quoting one (a server or proxy echoing it) is scrubbed whichever it was."""
+    named = "service" in dict(parse_qsl(urlsplit(url).query)) or os.environ.get("PGSERVICE")
+    services = _service_secrets() if named else []
+    return _pgpass_secrets() + services
+
+
+def _home_file(variable: str, name: str) -> Path | None:
+    if named := os.environ.get(variable):
+        return Path(named)
+    with contextlib.suppress(RuntimeError, KeyError):  # no home directory: asyncpg reads none
+        return Path.home() / name
+    return None
+
+
+def _read(path: Path | None) -> str:
+    """The file's text; "" when there is none or it cannot be read (asyncpg reads nothing)."""
+    with contextlib.suppress(OSError):
+        return path.read_text(errors="replace") if path is not None else ""
+    return ""
+
+
+def _pgpass_secrets() -> list[str]:
+    """host:port:database:user:password lines: each password with its backslash escapes kept,
+    as asyncpg sends it, and undone, as libpq does."""
+    found: list[str] = []
+    for line in _read(_home_file("PGPASSFILE", ".pgpass")).splitlines():
+        fields = re.split(r"(?<!\\):", line.strip().replace("\\\\", "\n"), maxsplit=4)
+        if len(fields) == 5 and fields[4] and not fields[0].startswith("#"):
+            raw = fields[4].replace("\n", "\\\\")
+            found += {raw, re.sub(r"\\(.)", r"\1", raw)}
+    return found
+
+
+def _service_secrets() -> list[str]:
+    """An INI file (sections of libpq keywords); one configparser cannot read gives none here,
+    and the store's connect says so without its text (relay.store._pg_connect)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(_read(_home_file("PGSERVICEFILE", ".pg_service.conf")))
+    except configparser.Error:
+        return []
+    values = [
+        section.get(key, "") for section in parser.values() for key in ("password", "sslpassword")
+    ]
+    # asyncpg reads them with configparser's interpolation: `%%` is sent as `%`
+    return [form for value in values if value for form in {value, value.replace("%%", "%")}]

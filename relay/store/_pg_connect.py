@@ -16,6 +16,7 @@ in the URL is refused, as libpq does.
 from __future__ import annotations
 
 import asyncio
+import configparser
 import os
 import ssl
 import time
@@ -34,6 +35,8 @@ DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,  # the client side: closed connection, pool closing, bad parameters
     asyncpg.exceptions.InternalClientError,
     ssl.SSLError,
+    # a connection service file asyncpg cannot read: its message quotes the line (a password)
+    configparser.Error,
 )
 # A transaction that lost a race PostgreSQL resolved by aborting it: run it again.
 RETRY_ERRORS: tuple[type[BaseException], ...] = (
@@ -93,6 +96,10 @@ _CLIENT_WORDS: tuple[tuple[type[BaseException], str], ...] = (
     (
         asyncpg.exceptions.TargetServerAttributeNotMatched,
         "no server of the URL's hosts is of the kind target_session_attrs asks for",
+    ),
+    (
+        configparser.Error,
+        "the connection service file (PGSERVICEFILE, else ~/.pg_service.conf) cannot be read",
     ),
     (asyncpg.exceptions.ProtocolError, "the server's answer broke PostgreSQL's protocol"),
     (

@@ -462,6 +462,65 @@ async def test_libpq_environment_passwords_are_scrubbed(
     assert done.returncode == 1 and not [s for s in PG_ENV_SECRETS.values() if s in done.stderr]
 
 
+FILE_SECRET = "Pg-File-Secret-3"
+
+
+def _libpq_files(tmp_path: Path, how: str) -> tuple[str, dict[str, str]]:
+    """The query and environment by which asyncpg finds FILE_SECRET in a file: a password file
+    (PGPASSFILE, as ~/.pgpass) or a connection service file (`?service=`, PGSERVICEFILE)."""
+    if how == "pgpass":
+        path = tmp_path / "pgpass"
+        path.write_text(f"*:*:*:relay:{FILE_SECRET}\n")
+        path.chmod(0o600)  # asyncpg (as libpq) ignores a file others may read
+        return "", {"PGPASSFILE": str(path)}
+    path = tmp_path / "pg_service.conf"
+    path.write_text(f"[relay]\npassword={FILE_SECRET}\n")
+    return "&service=relay", {"PGSERVICEFILE": str(path)}
+
+
+@pytest.mark.parametrize("how", ["pgpass", "service"])
+async def test_passwords_from_libpq_files_are_scrubbed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """asyncpg reads the store's password from ~/.pgpass (PGPASSFILE) or a service file
+    (`?service=`, PGSERVICEFILE) as well: neither was on the scrub list, so a failure logged
+    with its cause (the server quoting the password) carried it as it was."""
+    server = await asyncio.start_server(_pg_echoing_password, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    query, env = _libpq_files(tmp_path, how)
+    url = f"postgresql://relay@127.0.0.1:{port}/relay?sslmode=disable{query}"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    scrub = ScrubSecrets()
+    scrub.lasting(Settings(store_url=url).secrets())  # as relay.cli.main does
+    handler = _ScrubbingHandler(scrub)
+    handler.setStream(io.StringIO())
+    handler.setFormatter(JsonFormatter())
+    async with server:
+        with pytest.raises(StoreUnavailable) as failed:
+            await open_store(url).open()
+    assert FILE_SECRET in repr(failed.value.__cause__)  # what the server said
+    record = logging.makeLogRecord({"msg": "store failed", "levelname": "ERROR"})
+    record.exc_info = (StoreUnavailable, failed.value, failed.value.__traceback__)
+    line = handler.format(record)
+    assert "password *** refused" in line and FILE_SECRET not in line, line
+
+
+def test_a_malformed_service_file_is_said_without_its_lines(tmp_path: Path) -> None:
+    """A service file configparser cannot read (a line before any [section]) ended `relay
+    serve` in a traceback quoting that line: the password in it, on stderr. Now exit 1, a
+    `relay not started` line naming the file's kind, none of its text."""
+    path = tmp_path / "pg_service.conf"
+    path.write_text(f"password={FILE_SECRET}\n[relay]\nhost=127.0.0.1\n")
+    url = f"postgresql://relay@127.0.0.1:{free_port()}/relay?service=relay"
+    env = {"RELAY_STORE_URL": url, "PGSERVICEFILE": str(path), "RELAY_LISTEN": "127.0.0.1:0"}
+    for args in (["serve"], ["dlq", "list"]):
+        done = run_cli(*args, env=env, cwd=tmp_path)
+        assert done.returncode == 1, done.stderr
+        assert FILE_SECRET not in done.stderr + done.stdout and "Traceback" not in done.stderr
+        assert "connection service file" in done.stderr
+
+
 # one config a channel: send-test checks every template of the config's channel types
 ECHO_CHANNELS = {
     "hook": """type: webhook
