@@ -18,6 +18,7 @@ import orjson
 
 from relay import __version__, signals
 from relay.cli_store import (
+    check_named_config,
     cmd_dlq_list,
     cmd_dlq_replay,
     cmd_history,
@@ -233,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         sub = _ALIASES.get(sub, sub) if sub else None
         command = _COMMANDS[f"{args.command} {sub}" if sub else args.command]
+        if args.command not in _LOADING_CONFIG:
+            check_named_config(settings, getattr(args, "config", None))
         if args.command != "serve":  # warnings (a `when` that failed in `relay test`) in the
             quiet = max(settings.log_level, "WARNING", key=logging.getLevelName)  # their format
             setup_logging(settings.log_format, quiet)
@@ -462,6 +465,8 @@ def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+_LOADING_CONFIG = ("serve", "check", "test", "send-test")  # the others only open it (see
+# relay.cli_store.check_named_config)
 _ALIASES = {"query": "list"}  # amtool's name for `silence list`
 _COMMANDS: dict[str, Command] = {
     "serve": cmd_serve,

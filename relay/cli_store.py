@@ -14,12 +14,28 @@ from typing import Any
 
 import orjson
 
-from relay.errors import InputError, RelayError
+from relay.errors import ConfigError, InputError, Problem, RelayError
 from relay.logs import one_line
 from relay.model import SILENCE_MATCHERS
 from relay.settings import Settings
 
 DLQ_LISTED = 1000  # `relay dlq list` shows the newest this many, as GET /v1/dlq does
+
+
+def check_named_config(settings: Settings, path: Path | None) -> None:
+    """These commands read the store, not the config (`silence add` only its names, for its
+    warnings); but a config file named (--config, else RELAY_CONFIG) that is not there or
+    cannot be read is an error, as for `relay serve`: a mistyped path is not passed over.
+    Opened only, not parsed: a look at the store needs no valid config, nor YAML's import."""
+    target = path or (settings.config if settings.config_explicit else None)
+    if target is None:
+        return
+    try:
+        target.open("rb").close()
+    except OSError as exc:
+        missing = isinstance(exc, FileNotFoundError)
+        reason = "config file not found" if missing else f"cannot read config: {exc.strerror}"
+        raise ConfigError([Problem(str(target), "", reason)]) from None
 
 
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:

@@ -1532,3 +1532,38 @@ def test_a_bad_setting_hides_no_problem_of_the_config(tmp_path: Path) -> None:
         "environment: RELAY_LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL (got 'LOUD')",
         "3 problems found",
     ]
+
+
+STORE_COMMANDS = [
+    ["dlq", "list"],
+    ["dlq", "replay", "--all"],
+    ["silence", "add", "--task", "billing/*"],
+    ["silence", "list"],
+    ["silence", "expire", "sil_none"],
+    ["history"],
+    ["migrate"],
+]
+
+
+@pytest.mark.parametrize("argv", STORE_COMMANDS, ids=" ".join)
+def test_the_store_commands_refuse_a_config_file_named_that_is_not_there(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """The store commands read the store, not the config (but `silence add` its names), and
+    took no notice of --config: `relay dlq list --config misstyped.yaml` exited 0. A config
+    named (--config or RELAY_CONFIG) that is not there, or cannot be read, is exit 1 naming
+    it, as for `relay serve`; none named and no ./config.yaml is fine, as before."""
+    missing = tmp_path / "missing.yaml"
+    env = store_env(tmp_path)
+    for how in (["--config", str(missing)], []):
+        named = {**env, "RELAY_CONFIG": str(missing)} if not how else env
+        done = run_cli_in_process(*argv, *how, env=named, cwd=tmp_path)
+        assert done.returncode == 1, output(done)
+        assert f"{missing}: config file not found" in done.stderr
+    done = run_cli_in_process(*argv, "--config", str(tmp_path), env=env, cwd=tmp_path)
+    assert (done.returncode, done.stderr.splitlines()[0]) == (
+        1,
+        f"{tmp_path}: cannot read config: Is a directory",
+    )
+    done = run_cli_in_process(*argv, env=env, cwd=tmp_path)
+    assert done.returncode == (1 if "expire" in argv else 0), output(done)  # sil_none: unknown
