@@ -183,8 +183,8 @@ class Metrics:
         )
         self.store_up = Gauge(
             "relay_store_up",
-            "1 if the store answered this scrape's outbox queries, 0 if not (the outbox gauges"
-            " then keep their last values).",
+            "1 if the store answered this scrape's outbox queries, 0 if not, or while relay"
+            " waits for it at start (the outbox gauges then keep their last values).",
             registry=r,
         )
         self.realtime_rows = Counter(

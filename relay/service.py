@@ -43,7 +43,7 @@ from relay.silences import RELOAD_S, SilenceCache
 from relay.sources._wire import JsonErrorRunner, raise_descriptor_limit
 from relay.sources.http import DRAINING, HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource, feed_keys, forget_removed_feeds
-from relay.store import Store, open_store
+from relay.store import Store, open_store, store_name
 from relay.workers import (
     Outcome,
     Role,
@@ -188,7 +188,11 @@ class Service:
     def _waiting(self, exc: StoreUnavailable, delay: float) -> dict[str, object]:
         """The fields of a `waiting for it` line: why, when next, and where /healthz answers
         meanwhile (a delivery worker does not listen)."""
-        fields: dict[str, object] = {"error": str(exc), "retry_in_s": delay}
+        fields: dict[str, object] = {
+            "error": str(exc),
+            "store": store_name(self.settings.store_url),
+            "retry_in_s": delay,
+        }
         if self.address is not None:
             fields.update(host=self.address[0], port=self.address[1])
         return fields
@@ -384,6 +388,17 @@ class Service:
         return None
 
     async def _metrics_text(self) -> tuple[bytes, str]:
+        """The scrape; while relay waits for its store at start, with relay_store_up 0 (a 503
+        made the target itself look down)."""
+        if self._starting == WAITING_FOR_STORE:
+            self.metrics.store_up.set(0)
+        else:
+            await self._read_outbox()
+        # in a thread (prometheus_client reads its values under its locks): with 2,000 rules
+        # and 200 channels the text is 1 MB, ~150 ms that held every request on the loop
+        return await asyncio.to_thread(self.metrics.render), METRICS_CONTENT_TYPE
+
+    async def _read_outbox(self) -> None:
         now = time.time()
         try:
             counts, oldest = await self._outbox.read(now)
@@ -391,9 +406,6 @@ class Service:
             self.metrics.store_up.set(0)
         else:
             self.metrics.set_outbox(counts, oldest, now)
-        # in a thread (prometheus_client reads its values under its locks): with 2,000 rules
-        # and 200 channels the text is 1 MB, ~150 ms that held every request on the loop
-        return await asyncio.to_thread(self.metrics.render), METRICS_CONTENT_TYPE
 
     async def _prune_forever(self) -> None:
         while True:

@@ -23,6 +23,7 @@ import pytest
 from relay.configure import compile_config, load
 from relay.service import Service
 from relay.settings import Settings
+from relay.store import store_name
 from tests.conftest import CONSOLE_FAILURES, RelayProcess, run_python, sdk_run
 from tests.fakes.serving import free_port
 from tests.pg import shared_server, start_server
@@ -346,17 +347,29 @@ def _at(line: dict[str, Any]) -> float:
     return datetime.fromisoformat(line["ts"]).timestamp()
 
 
+def test_the_waiting_line_names_the_store_without_its_secrets() -> None:
+    """The `store` of a `waiting for it` line: PostgreSQL's hosts and database, never the
+    user, the password or the query (`?password=`); SQLite's file."""
+    url = "postgresql://relay:p%40ss@db1:5432,db2:5433/relay?password=q&sslmode=require"
+    assert store_name(url) == "db1:5432,db2:5433/relay"
+    assert store_name("sqlite:////data/relay.db") == "/data/relay.db"
+
+
 async def _answer(http: aiohttp.ClientSession, method: str, url: str) -> tuple[int, Any, str]:
     async with http.request(method, url, json=[] if method == "POST" else None) as resp:
         return resp.status, await resp.json(), resp.headers.get("Retry-After", "")
 
 
 async def _check_waiting(http: aiohttp.ClientSession, url: str) -> None:
-    """Alive, not ready, and every other endpoint 503 with Retry-After, as in an outage."""
+    """Alive, not ready, metrics saying the store is down, and every other endpoint 503 with
+    Retry-After, as in an outage."""
     assert await _answer(http, "GET", url + "/healthz") == (200, WAITING_HEALTH, "")
     assert await _answer(http, "GET", url + "/readyz") == (503, UNREADY, "")
-    for method, path in [("POST", "/v1/runs"), ("GET", "/v1/silences"), ("GET", "/metrics")]:
+    for method, path in [("POST", "/v1/runs"), ("GET", "/v1/silences")]:
         assert await _answer(http, method, url + path) == (503, UNAVAILABLE, "5"), path
+    async with http.get(url + "/metrics") as resp:  # a scrape: the target up, its store not
+        assert resp.status == 200
+        assert "\nrelay_store_up 0.0\n" in await resp.text()
     assert await _first_line_to_expect_continue(url) == b"HTTP/1.1 503 Service Unavailable\r\n"
 
 
@@ -379,10 +392,14 @@ async def test_relay_answers_healthz_while_it_waits_for_its_store(tmp_path: Path
     """relay listened only once PostgreSQL answered: through a database outage at boot the
     liveness probe on /healthz failed and Kubernetes restarted the pod in a loop. It listens at
     once now: /healthz 200 saying what it waits for, /readyz 503, the rest 503 + Retry-After;
-    the image's HEALTHCHECK passes; a SIGTERM meanwhile still exits 0 at once."""
-    proc, url = _relay_before_its_store(tmp_path, free_port())
+    the image's HEALTHCHECK passes; a SIGTERM meanwhile still exits 0 at once. /metrics was a
+    503 too (a scrape said the target was down, not its store): it answers, relay_store_up 0;
+    the waiting line names the store."""
+    port = free_port()
+    proc, url = _relay_before_its_store(tmp_path, port)
     try:
         waiting = await _waiting(proc)
+        assert waiting["store"] == f"127.0.0.1:{port}/postgres"  # which store, no user
         async with aiohttp.ClientSession() as http:
             await _check_waiting(http, url)
         assert url == f"http://{waiting['host']}:{waiting['port']}"  # where it answers, said

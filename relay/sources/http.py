@@ -91,7 +91,8 @@ class HttpDeps:
     refusals: RefusalLog = field(default_factory=RefusalLog)
     metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None  # (body, content type)
     # why the service does not serve yet (waiting for its store at start), None once it does:
-    # meanwhile /healthz says so and every endpoint but /healthz and /readyz answers 503
+    # meanwhile /healthz says so and every endpoint but /healthz, /readyz and /metrics answers
+    # 503
     starting: Callable[[], str | None] = lambda: None
     # whether the service is draining (SIGTERM): /readyz says so with a 503, /healthz with a
     # 200, updates get a 503 with Retry-After, the rest answer as before, and every answer
@@ -228,7 +229,8 @@ _REJECTIONS = {
     503: "store_unavailable",
 }
 _INGEST_PATHS = ("/v1/runs", "/v1/trigger/alerts")
-_WHILE_STARTING = ("/healthz", "/readyz")  # what answers before the store opened
+# what answers before the store opened (/metrics with relay_store_up 0)
+_WHILE_STARTING = ("/healthz", "/readyz", "/metrics")
 
 
 def store_unavailable() -> web.Response:

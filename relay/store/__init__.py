@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from relay.errors import ConfigError, Problem
 from relay.model import (
@@ -310,6 +311,20 @@ class Store(Protocol):
         lease one holds (free at once, whatever the clocks). `now` comes from the caller's
         clock: replicas need synchronised clocks (NTP), well within `ttl_s`.
         """
+
+
+def store_name(url: str) -> str:
+    """Which store a RELAY_STORE_URL names, for a log line: SQLite's file; PostgreSQL's hosts
+    and database (`db.internal:5432/relay`), never its user, password or query."""
+    if url.startswith("sqlite:"):
+        from relay.store.sqlite import sqlite_path  # noqa: PLC0415
+
+        return str(sqlite_path(url))
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # refused by the store's check before any line names it
+        return ""
+    return parts.netloc.rpartition("@")[2] + parts.path
 
 
 def open_store(
