@@ -429,6 +429,26 @@ async def _pg_echoing_password(reader: asyncio.StreamReader, writer: asyncio.Str
     writer.close()
 
 
+async def _failure_logged(password: str, query: str = "") -> tuple[str, str]:
+    """The store's URL (`query` added) at a server echoing the password it gets, and the log
+    line of the open's failure with its cause, as relay's scrubbing handler writes it."""
+    server = await asyncio.start_server(_pg_echoing_password, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"postgresql://relay@127.0.0.1:{port}/relay?sslmode=disable{query}"
+    scrub = ScrubSecrets()
+    scrub.lasting(Settings(store_url=url).secrets())  # as relay.cli.main does
+    handler = _ScrubbingHandler(scrub)
+    handler.setStream(io.StringIO())
+    handler.setFormatter(JsonFormatter())
+    async with server:
+        with pytest.raises(StoreUnavailable) as failed:
+            await open_store(url).open()
+    assert password in repr(failed.value.__cause__)  # what the server said
+    record = logging.makeLogRecord({"msg": "store failed", "levelname": "ERROR"})
+    record.exc_info = (StoreUnavailable, failed.value, failed.value.__traceback__)
+    return url, handler.format(record)
+
+
 async def test_libpq_environment_passwords_are_scrubbed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -436,24 +456,9 @@ async def test_libpq_environment_passwords_are_scrubbed(
     (libpq the TLS key's from PGSSLPASSWORD): neither was on the scrub list, so a connection
     failure logged with its cause (a traceback: "outcome not recorded", "replica heartbeat
     failed") quoting the password went to the log as it was."""
-    server = await asyncio.start_server(_pg_echoing_password, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    url = f"postgresql://relay@127.0.0.1:{port}/relay?sslmode=disable"
     for name, value in PG_ENV_SECRETS.items():
         monkeypatch.setenv(name, value)
-    scrub = ScrubSecrets()
-    scrub.lasting(Settings(store_url=url).secrets())  # as relay.cli.main does
-    handler = _ScrubbingHandler(scrub)
-    handler.setStream(io.StringIO())
-    handler.setFormatter(JsonFormatter())
-    async with server:
-        store = open_store(url)
-        with pytest.raises(StoreUnavailable) as failed:
-            await store.open()
-    assert PG_ENV_SECRETS["PGPASSWORD"] in repr(failed.value.__cause__)  # what the server said
-    record = logging.makeLogRecord({"msg": "store failed", "levelname": "ERROR"})
-    record.exc_info = (StoreUnavailable, failed.value, failed.value.__traceback__)
-    line = handler.format(record)
+    url, line = await _failure_logged(PG_ENV_SECRETS["PGPASSWORD"])
     assert "password *** refused" in line, line
     assert not [s for s in PG_ENV_SECRETS.values() if s in line]
     assert Settings(store_url="sqlite:///data/relay.db").secrets() == []  # PostgreSQL's alone
@@ -485,24 +490,10 @@ async def test_passwords_from_libpq_files_are_scrubbed(
     """asyncpg reads the store's password from ~/.pgpass (PGPASSFILE) or a service file
     (`?service=`, PGSERVICEFILE) as well: neither was on the scrub list, so a failure logged
     with its cause (the server quoting the password) carried it as it was."""
-    server = await asyncio.start_server(_pg_echoing_password, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     query, env = _libpq_files(tmp_path, how)
-    url = f"postgresql://relay@127.0.0.1:{port}/relay?sslmode=disable{query}"
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    scrub = ScrubSecrets()
-    scrub.lasting(Settings(store_url=url).secrets())  # as relay.cli.main does
-    handler = _ScrubbingHandler(scrub)
-    handler.setStream(io.StringIO())
-    handler.setFormatter(JsonFormatter())
-    async with server:
-        with pytest.raises(StoreUnavailable) as failed:
-            await open_store(url).open()
-    assert FILE_SECRET in repr(failed.value.__cause__)  # what the server said
-    record = logging.makeLogRecord({"msg": "store failed", "levelname": "ERROR"})
-    record.exc_info = (StoreUnavailable, failed.value, failed.value.__traceback__)
-    line = handler.format(record)
+    _, line = await _failure_logged(FILE_SECRET, query)
     assert "password *** refused" in line and FILE_SECRET not in line, line
 
 
