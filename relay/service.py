@@ -104,7 +104,7 @@ class Service:
         self.runner: web.AppRunner | None = None
         self.realtime: RealtimeSource | None = None
         self.address: tuple[str, int] | None = None
-        self.silences = SilenceCache(self.store.silences)
+        self.silences = SilenceCache(self.store.silences, version=self.store.silences_version)
         self._stop = asyncio.Event()
         self._stop_signals = 0  # SIGTERM/SIGINT received
         self._tasks: list[asyncio.Task[Any]] = []

@@ -429,12 +429,22 @@ class SilenceCache:
     silences last read, until the next reload: it raised into every delivery and intake in the
     meantime, and a delivery's rows then waited out their lease (5 min). Each silence still
     ends at its own time, as silenced_by checks it; only one added meanwhile is not seen yet.
+
+    With `version` (Store.silences_version), a reload reads the silences again only when it
+    moved: 8,000 read and compared again every `ttl_s` while nothing changed cost ~50 ms of
+    CPU each, a fifth of a core. The ones kept still start and end at their own times.
     """
 
     def __init__(
-        self, load: Callable[[float], Awaitable[list[Silence]]], ttl_s: float = RELOAD_S
+        self,
+        load: Callable[[float], Awaitable[list[Silence]]],
+        ttl_s: float = RELOAD_S,
+        *,
+        version: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self._load = load
+        self._version = version
+        self._version_read: int | None = None  # the version of _silences, None: not known
         self._ttl_s = ttl_s
         self._silences: list[Silence] = []
         self._index = SilenceIndex([])  # _silences, filed
@@ -443,6 +453,7 @@ class SilenceCache:
         self._reading: asyncio.Future[None] | None = None  # the reload callers share
         self._generation = 0  # bumped by invalidate(): a reload begun before it is not kept
         self.reloads = 0  # reloads begun
+        self.reads = 0  # reloads that read the silences (not only their version)
         self._lines = CountedLines()  # the failed reloads: their lines and counts
 
     async def current(self, now: float) -> list[Silence]:
@@ -466,7 +477,7 @@ class SilenceCache:
 
     async def _reload(self, now: float, generation: int) -> None:
         try:
-            silences = await self._load(now)
+            silences = await self._read_changed(now, generation)
         except StoreUnavailable as exc:
             if not self._read:
                 raise  # nothing to go on: not knowing the silences is not "none"
@@ -478,10 +489,23 @@ class SilenceCache:
             if generation == self._generation:
                 self._reading = None
         if generation == self._generation:
-            if silences != self._silences:  # filing 10,000 again at each reload: ~0.1 s
-                self._index = SilenceIndex(silences)
+            if silences is not self._silences and silences != self._silences:
+                self._index = SilenceIndex(silences)  # filing 10,000 again: ~0.1 s
                 self._silences = silences
             self._read, self._loaded_at = True, now
+
+    async def _read_changed(self, now: float, generation: int) -> list[Silence]:
+        """The silences, read again unless their version shows no change since the last read.
+        The version is read first: a change committed between the two reads is read again at
+        the next reload, never missed."""
+        version = None if self._version is None else await self._version()
+        if version is not None and version == self._version_read and self._read:
+            return self._silences
+        self.reads += 1
+        silences = await self._load(now)
+        if generation == self._generation:
+            self._version_read = version
+        return silences
 
     def _tell_failed(self, exc: StoreUnavailable) -> None:
         """A reload failed: said when it starts, then at most every LINE_EVERY_S with the
@@ -498,6 +522,7 @@ class SilenceCache:
 
     def invalidate(self) -> None:
         self._loaded_at = None
+        self._version_read = None  # read the silences themselves, whatever their version
         self._reading = None  # a reload under way may predate the change: the next call reads
         self._generation += 1
 

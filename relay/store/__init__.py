@@ -252,6 +252,10 @@ class Store(Protocol):
     async def silences(self, now: float, *, include_expired: bool = False) -> list[Silence]:
         """Silences not yet expired (all with include_expired), in start order."""
 
+    async def silences_version(self) -> int:
+        """A count that moves with every write to the silences, by any process or replica
+        (committed with it): unchanged, `silences` would read the same rows again."""
+
     async def silence(self, silence_id: str) -> Silence | None:
         """The silence with this id, whatever its state; None if there is none."""
 

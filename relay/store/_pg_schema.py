@@ -145,7 +145,27 @@ _V3 = (
     """,
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+# v4: a count of the changes to the silences, bumped in the transaction of every statement that
+# writes them (a trigger's: a replica of the previous release's writes too), so that a replica
+# re-reads them only when it moved (8,000 read again every 0.25 s: ~20 % of a core).
+_V4 = (
+    "CREATE TABLE relay_silences_changes (n bigint NOT NULL)",
+    "INSERT INTO relay_silences_changes (n) VALUES (0)",
+    """
+    CREATE FUNCTION relay_silences_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE relay_silences_changes SET n = n + 1;
+        RETURN NULL;
+    END
+    $$
+    """,
+    """
+    CREATE TRIGGER relay_silences_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON relay_silences FOR EACH STATEMENT EXECUTE FUNCTION relay_silences_changed()
+    """,
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _VERSION_TABLE = """

@@ -166,7 +166,21 @@ _V7 = ("ALTER TABLE outbox ADD COLUMN receipt TEXT",)
 # at once, and only its own: workers share channels)
 _V8 = ("ALTER TABLE outbox ADD COLUMN lease_holder TEXT",)
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8)
+# v9: a count of the changes to the silences, bumped by every write to them (a trigger's, in its
+# transaction: `relay silence add` and every --workers process too), so that a running relay
+# re-reads them only when it moved (8,000 read again every 0.25 s: ~20 % of a core)
+_V9 = (
+    "CREATE TABLE silences_changes (n INTEGER NOT NULL)",
+    "INSERT INTO silences_changes (n) VALUES (0)",
+    "CREATE TRIGGER silences_insert AFTER INSERT ON silences"
+    " BEGIN UPDATE silences_changes SET n = n + 1; END",
+    "CREATE TRIGGER silences_update AFTER UPDATE ON silences"
+    " BEGIN UPDATE silences_changes SET n = n + 1; END",
+    "CREATE TRIGGER silences_delete AFTER DELETE ON silences"
+    " BEGIN UPDATE silences_changes SET n = n + 1; END",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7, _V8, _V9)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Indexes that change no table, made at every open without a new version: the relay before

@@ -482,6 +482,9 @@ class PostgresStore:
             )
         return [to_silence(row) for row in rows]
 
+    async def silences_version(self) -> int:
+        return int(await self._fetchval("SELECT n FROM relay_silences_changes"))
+
     async def silence(self, silence_id: str) -> Silence | None:
         rows = await self._fetch("SELECT * FROM relay_silences WHERE id = $1", clean(silence_id))
         return to_silence(rows[0]) if rows else None

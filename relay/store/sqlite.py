@@ -394,6 +394,11 @@ class SQLiteStore:
             ]
         )
 
+    async def silences_version(self) -> int:
+        return await self._reader.run(
+            lambda conn: int(conn.execute("SELECT n FROM silences_changes").fetchone()[0])
+        )
+
     async def silence(self, silence_id: str) -> Silence | None:
         row = await self._writer.run(
             lambda conn: conn.execute(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import asyncpg
 
-from relay.model import notification_id
+from relay.model import Silence, notification_id
 from relay.store._pg_schema import MIGRATIONS as PG_MIGRATIONS
 from relay.store._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from relay.store._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
@@ -228,6 +228,65 @@ async def test_a_v1_postgresql_database_keeps_its_work_beside_an_old_replica() -
             assert [v["version"] for v in versions] == list(range(1, PG_SCHEMA_VERSION + 1))
         finally:
             await conn.close()
+
+
+async def test_a_v8_store_counts_the_changes_to_its_silences_once_upgraded(
+    tmp_path: Path,
+) -> None:
+    """v9 counts the writes to the silences (the running relay reads them again only then):
+    the silences of a v8 store are kept, and each write after the upgrade moves the count."""
+    path = tmp_path / "relay.db"
+    with closing(_old_store(path, 8)) as conn:
+        conn.execute(_SILENCE, ("sil_old", NOW - 60, NOW + 3600, NOW - 60))
+        conn.execute("COMMIT")
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        seen = [await store.silences_version()]
+        await store.add_silence(Silence("sil_new", {"task": ("x",)}, NOW, NOW + 60, NOW))
+        seen.append(await store.silences_version())
+        await store.expire_silence("sil_old", NOW)
+        seen.append(await store.silences_version())
+        assert len(set(seen)) == 3, seen
+        assert [s.id for s in await store.silences(NOW - 1)] == ["sil_old", "sil_new"]
+    finally:
+        await store.close()
+
+
+async def test_silences_an_old_replica_writes_move_the_count_a_new_one_reads() -> None:
+    """A replica of a release before the count (PostgreSQL schema 1-3) adds and expires silences beside
+    the migrated schema as it always did: the trigger counts its writes, so a new replica reads
+    the silences again and mutes by them within its reload (0.25 s), as before."""
+    async with fresh_database(shared_server()) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction():
+                await _pg_v1_schema(conn)
+            store = PostgresStore(url)
+            await store.open()  # migrates to the current version
+            try:
+                seen = [await store.silences_version()]
+                await conn.execute(_PG_SILENCE, "sil_old", NOW - 60, NOW + 3600, NOW - 60)
+                seen.append(await store.silences_version())
+                await conn.execute(
+                    "UPDATE relay_silences SET ends_at = LEAST(ends_at, $1) WHERE id = $2",
+                    NOW,
+                    "sil_old",
+                )
+                seen.append(await store.silences_version())
+                assert len(set(seen)) == 3, seen
+                [old] = await store.silences(NOW - 1)
+                assert (old.id, old.ends_at) == ("sil_old", NOW)
+            finally:
+                await store.close()
+        finally:
+            await conn.close()
+
+
+_SILENCE = "INSERT INTO silences VALUES (?, '{\"task\":[\"muted/*\"]}', ?, ?, ?, 'pre', 'ops')"
+_PG_SILENCE = (
+    "INSERT INTO relay_silences VALUES ($1, '{\"task\":[\"muted/*\"]}', $2, $3, $4, 'pre', 'ops')"
+)
 
 
 async def _pg_v1_schema(conn: asyncpg.Connection) -> None:
