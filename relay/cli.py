@@ -205,8 +205,16 @@ def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "list", aliases=["query"], parents=[common, quiet], help="list silences"
     )
     listing.add_argument(
-        "matchers", nargs="*", metavar="MATCHER", help="only silences with these matchers"
+        "matchers",
+        nargs="*",
+        metavar="MATCHER",
+        help='only silences these fit, as amtool query\'s: rule=x, tag=~"env:.*", task!=a',
     )
+    listing.add_argument(
+        "--filter", action="append", default=[], help="a MATCHER more (repeatable; the API's)"
+    )
+    listing.add_argument("--limit", help="at most this many (1-10000; default: all)")
+    listing.add_argument("--after", help="the next page: those after this silence id")
     shown = listing.add_mutually_exclusive_group()
     shown.add_argument("--all", action="store_true", help="include expired silences")
     shown.add_argument("--expired", action="store_true", help="only expired silences (amtool)")

@@ -10,7 +10,7 @@ import tempfile
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -18,6 +18,9 @@ from relay.errors import ConfigError, InputError, Problem, RelayError
 from relay.logs import one_line
 from relay.model import SILENCE_MATCHERS
 from relay.settings import Settings
+
+if TYPE_CHECKING:  # imported when a command needs it: `relay --help` starts without it
+    from relay.silences import SilenceListing
 
 DLQ_LISTED = 1000  # `relay dlq list` shows the newest this many, as GET /v1/dlq does
 
@@ -206,20 +209,15 @@ def _silence_warnings(
 
 
 def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.silences import cli_matchers, has_matchers, silence_view  # noqa: PLC0415
+    from relay.silences import find_silences, silence_view  # noqa: PLC0415
 
+    now = time.time()
     try:
-        wanted = cli_matchers(args.matchers, {})
+        listing = _silence_listing(args)  # refused before the store is opened
+        found = asyncio.run(_reading(settings, lambda s: find_silences(s, listing, now)))
     except InputError as exc:
         raise RelayError(f"silence list: {exc}") from None
-    now = time.time()
-    wide = args.all or args.expired
-    found = asyncio.run(_reading(settings, lambda s: s.silences(now, include_expired=wide)))
-    views = [
-        silence_view(s, now)
-        for s in found
-        if has_matchers(s, wanted) and (not args.expired or s.state(now) == "expired")
-    ]
+    views = [silence_view(s, now) for s in found]
     if args.quiet:  # one id a line; nothing at all for none (amtool's `query -q`)
         for view in views:
             print(view["id"])
@@ -236,6 +234,20 @@ def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
         rows.append([v["id"], v["state"], *when, v["created_by"][:12], matchers + comment])
     print_table(["ID", "STATE", "STARTS", "ENDS", "BY", "MATCHERS / COMMENT"], rows)
     return 0
+
+
+def _silence_listing(args: argparse.Namespace) -> SilenceListing:
+    """`relay silence list`'s SilenceListing: its MATCHER words and --filter ones, the expired
+    ones too (--all) or alone (--expired), --limit and --after."""
+    from relay.silences import silence_listing  # noqa: PLC0415
+
+    return silence_listing(
+        [*args.matchers, *args.filter],
+        expired="only" if args.expired else "also" if args.all else "no",
+        limit=args.limit,
+        after=args.after,
+        field="matchers",
+    )
 
 
 def _quoted(value: str) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from relay.durations import NOT_A_DURATION, parse_duration
 from relay.errors import InputError
 from relay.model import ALERT_DEAD, Notification, iso
-from relay.silences import parse_time
+from relay.silences import parse_limit, parse_time
 from relay.store import HistoryQuery, Store
 
 STATES = ("pending", "sent", "dead", "muted")
@@ -79,11 +79,7 @@ def _since(value: str | None, now: float) -> float | None:
 
 
 def _limit(value: str | None) -> int:
-    if value is None:
-        return 200
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 10_000:  # not ²
-        raise InputError("limit", "expected a number from 1 to 10000")
-    return int(value)
+    return 200 if value is None else parse_limit(value)
 
 
 def _when(ts: float | None) -> str | None:

@@ -409,6 +409,15 @@ class Silence:
 
 
 @dataclass(frozen=True)
+class SilencePage:
+    """A page of silences in start order (Store.silences): those after `after` (the last
+    one's (starts_at, id) of the page before), at most `limit`."""
+
+    after: tuple[float, str] | None = None
+    limit: int = 1000
+
+
+@dataclass(frozen=True)
 class Decision:
     """The pure outcome of observing one update: the state to keep and what to enqueue."""
 

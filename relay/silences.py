@@ -19,8 +19,9 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from relay.errors import InputError, StoreUnavailable, did_you_mean
 from relay.logs import CountedLines
@@ -32,6 +33,7 @@ from relay.model import (
     RAW_STATUS_MAP,
     SILENCE_MATCHERS,
     Silence,
+    SilencePage,
     iso,
     normalise_status,
     to_utc,
@@ -141,11 +143,140 @@ def _matcher_words(words: Sequence[str]) -> Iterator[str]:
             pos = end + 1
 
 
-def has_matchers(silence: Silence, wanted: Mapping[str, Sequence[str]]) -> bool:
-    """True when `silence` names every wanted value among its matchers (`silence list` filter)."""
-    return all(
-        value in silence.matchers.get(key, ()) for key, values in wanted.items() for value in values
+@dataclass(frozen=True)
+class Filter:
+    """One matcher of a silence listing, as Alertmanager's `GET /silences?filter=`: `rule="x"`
+    fits a silence with x among its rule values (a silence without a rule matcher has the
+    value ""), `=~` one whose value matches the regex whole; `!=` and `!~` the others."""
+
+    key: str
+    op: str
+    value: str
+    pattern: re.Pattern[str] | None = None  # of =~ and !~
+
+    def fits(self, silence: Silence) -> bool:
+        values = silence.matchers.get(self.key) or ("",)
+        if self.pattern is None:
+            found = self.value in values
+        else:
+            found = any(self.pattern.fullmatch(value) for value in values)
+        return found != self.op.startswith("!")
+
+
+_FILTER = re.compile(r"\s*([^=!~]*?)\s*(=~|!~|!=|=)(.*)", re.DOTALL)
+
+
+def parse_filters(words: Sequence[str], field: str = "filter") -> list[Filter]:
+    """Listing filters, amtool's way: `rule=x`, `tag=~"env:.*"`, `task!=a`, `{rule="x",
+    task!~"b.*"}`, a bare word a rule name (`alertname` means `rule`)."""
+    try:
+        return [_filter(word, field) for word in _matcher_words(words)]
+    except InputError as exc:
+        raise InputError(field, exc.message) from None
+
+
+def _filter(word: str, field: str) -> Filter:
+    found = _FILTER.fullmatch(word)
+    key, op, value = found.groups() if found else ("rule", "=", word)
+    key = "rule" if key == "alertname" else key
+    if key not in SILENCE_MATCHERS:
+        hint = did_you_mean(key, SILENCE_MATCHERS, quoted=True)
+        what = f"unknown matcher {key!r}{hint}" if key else "no matcher name"
+        raise InputError(
+            field,
+            f'{word!r}: {what}; expected name=value, !=, =~ or !~ (e.g. tag=~"env:.*"),'
+            f" name one of {', '.join(SILENCE_MATCHERS)}",
+        )
+    value = _unquoted(value.strip())
+    if len(value) > MAX_TEXT:
+        raise InputError(field, f"{word[:40]!r}...: at most {MAX_TEXT} characters")
+    if "~" not in op:
+        return Filter(key, op, value)
+    try:
+        return Filter(key, op, value, re.compile(value))
+    except (re.error, OverflowError, RecursionError) as exc:  # a{9999999999}, ((((...))))
+        raise InputError(field, f"{word!r}: not a regular expression ({exc})") from None
+
+
+def parse_limit(value: str) -> int:
+    """A page's size: a number from 1 to 10,000."""
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 10_000:  # not ²
+        raise InputError("limit", "expected a number from 1 to 10000")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class SilenceListing:
+    """Which silences `find_silences` gives, in start order: those every filter fits, the
+    expired ones too (`expired` "also") or alone ("only"), up to `limit` (None: all), after
+    the silence `after` names (the last of the page before)."""
+
+    filters: tuple[Filter, ...] = ()
+    expired: str = "no"
+    limit: int | None = None
+    after: str | None = None
+
+    def keeps(self, silence: Silence, now: float) -> bool:
+        if self.expired == "only" and silence.state(now) != "expired":
+            return False
+        return all(one.fits(silence) for one in self.filters)
+
+
+def silence_listing(
+    words: Sequence[str],
+    *,
+    expired: str = "no",
+    limit: str | None = None,
+    after: str | None = None,
+    field: str = "filter",
+) -> SilenceListing:
+    """A SilenceListing from the API's parameters or the CLI's words and flags: `words` the
+    matchers (parse_filters; `field` names them in an error), `limit` as written."""
+    return SilenceListing(
+        filters=tuple(parse_filters(words, field)),
+        expired=expired,
+        limit=None if limit is None else parse_limit(limit),
+        after=after,
     )
+
+
+class SilenceReads(Protocol):
+    """The reads of the store that `find_silences` uses (Store's)."""
+
+    async def silences(
+        self, now: float, *, include_expired: bool = False, page: SilencePage | None = None
+    ) -> list[Silence]: ...
+
+    async def silence(self, silence_id: str) -> Silence | None: ...
+
+
+PAGE = 1000  # silences read at a time by find_silences
+
+
+async def find_silences(store: SilenceReads, listing: SilenceListing, now: float) -> list[Silence]:
+    """The silences `listing` asks for, read PAGE at a time and filtered here (a filter over
+    60,000 expired ones holds only those that fit); the pages of `after` go on without a gap
+    or a repeat, silences starting at the same time included."""
+    after = await _cursor(store, listing.after)
+    found: list[Silence] = []
+    while listing.limit is None or len(found) < listing.limit:
+        read = await store.silences(
+            now, include_expired=listing.expired != "no", page=SilencePage(after, PAGE)
+        )
+        found += [silence for silence in read if listing.keeps(silence, now)]
+        if len(read) < PAGE:
+            break
+        after = (read[-1].starts_at, read[-1].id)
+    return found[: listing.limit]
+
+
+async def _cursor(store: SilenceReads, ident: str | None) -> tuple[float, str] | None:
+    if ident is None:
+        return None
+    found = await store.silence(ident)
+    if found is None:
+        raise InputError("after", "no silence with this id (or deleted by retention)")
+    return found.starts_at, found.id
 
 
 def matcher_warnings(matchers: Mapping[str, Sequence[str]], names: ConfigNames | None) -> list[str]:

@@ -408,6 +408,98 @@ async def test_silence_api_errors_and_listing(
     assert said.count(("silence expired", pending["id"])) == 1
 
 
+async def test_silence_api_lists_by_alertmanagers_filters_a_page_at_a_time(
+    relay: RelayFactory,
+) -> None:
+    """GET /v1/silences gave every silence at once (60,000 expired ones for `expired=true`):
+    `filter` (repeatable, Alertmanager's API v2 matchers), `limit` and `after` now narrow it."""
+    r = await relay(CONFIG.format(url="http://127.0.0.1:9"))
+    made = []
+    for n in range(5):
+        tag = "env:prod" if n % 2 == 0 else "env:dev"
+        body = {"matchers": {"rule": f"r{n}", "tag": tag}, "ends_at": "2099-01-01T00:00:00Z"}
+        made.append((await api(r, "POST", "/v1/silences", body))[1]["id"])
+
+    async def listed(query: str) -> list[str]:
+        code, answer = await api(r, "GET", "/v1/silences?" + query)
+        assert code == 200, answer
+        return [s["id"] for s in answer["silences"]]
+
+    prod = [made[0], made[2], made[4]]
+    assert sorted(await listed('filter=tag%3D~"env:p.*"')) == sorted(prod)
+    assert sorted(await listed("filter=tag!%3Denv:prod")) == sorted([made[1], made[3]])
+    assert await listed('filter=tag="env:prod"&filter=rule="r2"') == [made[2]]
+    assert await listed('filter={alertname="r4",tag=~"env:.*"}') == [made[4]]
+    assert await listed("filter=channel%3D~.%2B") == []  # none has a channel matcher
+    everyone = await listed("expired=true")
+    assert sorted(everyone) == sorted(made)
+    paged = await listed("limit=2")
+    while len(paged) < len(made):
+        paged += await listed(f"limit=2&after={paged[-1]}")
+    assert paged == everyone
+    for query, field in [
+        ("filter=severity%3Dpage", "filter"),
+        ('filter=tag%3D~"["', "filter"),
+        ("filter={rule%3Dx", "filter"),
+        ("limit=0", "limit"),
+        ("limit=1&limit=2", "limit"),
+        ("after=sil_nope", "after"),
+        ("after=a&after=b", "after"),
+        ("filters=rule%3Dx", "filters"),
+    ]:
+        code, answer = await api(r, "GET", "/v1/silences?" + query)
+        assert (code, answer.get("field")) == (400, field), (query, answer)
+
+
+def test_cli_query_filters_as_amtool_and_pages(tmp_path: Path) -> None:
+    """`relay silence query` took `name=value` alone; amtool's `=~`, `!=` and `!~` now filter
+    too (`--filter` beside the words), and `--limit`/`--after` read the list a page at a time."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    made = [
+        run_cli_in_process(
+            "silence", "add", f"rule=nightly-{n}", "-d", "1h", "-q", env=env
+        ).stdout.strip()
+        for n in range(3)
+    ]
+
+    def query(*args: str) -> list[str]:
+        done = run_cli_in_process("silence", "query", "-q", *args, env=env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert sorted(query('rule=~"nightly-.*"')) == sorted(made)
+    assert sorted(query("rule!=nightly-1", "--filter", "rule!~nightly-0")) == [made[2]]
+    assert query("alertname=nightly-0") == [made[0]]
+    first = query("--limit", "2")
+    assert sorted(first + query("--limit", "2", "--after", first[-1])) == sorted(made)
+    bad = run_cli_in_process("silence", "query", 'rule=~"("', env=env)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: silence list: matchers: ")
+    bad = run_cli_in_process("silence", "query", "--limit", "0", env=env)
+    assert bad.returncode == 1 and "limit: expected a number from 1 to 10000" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("words", "fits"),
+    [
+        (["rule=a"], ["a"]),
+        (["rule!=a"], ["b", "none"]),
+        (['rule=~"[ab]"'], ["a", "b"]),
+        (["rule!~a|b"], ["none"]),
+        (["rule="], ["none"]),  # Alertmanager's: a matcher absent is the value ""
+        (["a"], ["a"]),  # a bare word names a rule, as amtool's an alertname
+        (["{rule=~.*, rule!=b}"], ["a", "none"]),
+    ],
+)
+def test_filters_fit_as_alertmanagers(words: list[str], fits: list[str]) -> None:
+    made = {
+        "a": Silence("a", {"rule": ("a", "x")}, NOW, NOW + 1, NOW),
+        "b": Silence("b", {"rule": ("b",)}, NOW, NOW + 1, NOW),
+        "none": Silence("none", {"task": ("a",)}, NOW, NOW + 1, NOW),
+    }
+    filters = silences.parse_filters(words)
+    assert [k for k, s in made.items() if all(f.fits(s) for f in filters)] == fits
+
+
 async def test_silence_api_reads_one_silence_alone(
     relay: RelayFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -420,10 +512,10 @@ async def test_silence_api_reads_one_silence_alone(
     store = r.service.store
     listing = store.silences
 
-    async def counted(now: float, *, include_expired: bool = False) -> list[Silence]:
-        if include_expired:
+    async def counted(now: float, **kwargs: Any) -> list[Silence]:
+        if kwargs.get("include_expired"):
             every.append(now)
-        return await listing(now, include_expired=include_expired)
+        return await listing(now, **kwargs)
 
     monkeypatch.setattr(store, "silences", counted)
     assert await api(r, "GET", f"/v1/silences/{made['id']}") == (200, made)

@@ -23,10 +23,12 @@ from relay.history import (
     refuse_unknown,
 )
 from relay.silences import (
+    find_silences,
     matcher_warnings,
     new_silence,
     parse_matchers,
     parse_time,
+    silence_listing,
     silence_view,
 )
 from relay.sources._body import json_object
@@ -41,6 +43,7 @@ from relay.sources._replies import (
 
 if TYPE_CHECKING:
     from relay.model import Silence
+    from relay.silences import SilenceListing
     from relay.sources.http import AddRoute, HttpDeps
 
 MAX_SILENCE_BODY = 64 * 1024
@@ -165,12 +168,11 @@ class SilenceHandlers(DeadLetterHandlers):
     async def list(self, request: web.Request) -> web.Response:
         if (denied := self._denied(request)) is not None:
             return denied
+        now = self.deps.clock()
         try:
-            everything = _yes(_query(request, ("expired",)).get("expired"), "expired")
+            silences = await find_silences(self.deps.store, _listing(request), now)
         except InputError as exc:
             return error(400, exc.message, exc.field or None)
-        now = self.deps.clock()
-        silences = await self.deps.store.silences(now, include_expired=everything)
         return json_response({"silences": [silence_view(s, now) for s in silences]})
 
     async def get(self, request: web.Request) -> web.Response:
@@ -233,11 +235,11 @@ class HistoryHandlers(SilenceHandlers):
         return json_response({**notification_view(found), "events": events})
 
 
-def _single(request: web.Request) -> dict[str, str]:
-    """The query parameters, each given once: `state=sent&state=dead` answered the first alone,
-    which reads as both."""
+def _single(request: web.Request, repeatable: tuple[str, ...] = ()) -> dict[str, str]:
+    """The query parameters, each given once but the `repeatable` ones (of those, the first
+    is in the answer): `state=sent&state=dead` answered the first alone, which reads as both."""
     for name in request.query:
-        if len(request.query.getall(name)) > 1:
+        if name not in repeatable and len(request.query.getall(name)) > 1:
             raise InputError(name, "given more than once; give it once")
     return dict(request.query)
 
@@ -248,6 +250,22 @@ def _query(request: web.Request, known: tuple[str, ...]) -> dict[str, str]:
     params = _single(request)
     refuse_unknown(params, known)
     return params
+
+
+SILENCE_PARAMS = ("expired", "filter", "limit", "after")
+
+
+def _listing(request: web.Request) -> SilenceListing:
+    """GET /v1/silences's parameters: `filter` as Alertmanager's (repeated: each must fit),
+    `expired`, and a page's `limit` and `after` (the last id of the page before)."""
+    params = _single(request, repeatable=("filter",))
+    refuse_unknown(params, SILENCE_PARAMS)
+    return silence_listing(
+        request.query.getall("filter", []),
+        expired="also" if _yes(params.get("expired"), "expired") else "no",
+        limit=params.get("limit"),
+        after=params.get("after"),
+    )
 
 
 def _yes(value: str | None, field: str) -> bool:

@@ -21,6 +21,7 @@ from relay.model import (
     Run,
     RunState,
     Silence,
+    SilencePage,
     notification_id,
     recovery_id,
 )
@@ -249,8 +250,11 @@ class Store(Protocol):
 
     async def add_silence(self, silence: Silence) -> None: ...
 
-    async def silences(self, now: float, *, include_expired: bool = False) -> list[Silence]:
-        """Silences not yet expired (all with include_expired), in start order."""
+    async def silences(
+        self, now: float, *, include_expired: bool = False, page: SilencePage | None = None
+    ) -> list[Silence]:
+        """Silences not yet expired (all with include_expired), in start order (starts_at, then
+        id); with `page`, only those of the page."""
 
     async def silences_version(self) -> int:
         """A count that moves with every write to the silences, by any process or replica

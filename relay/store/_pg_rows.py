@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from relay.model import GroupState, RunState, Silence
+from relay.model import GroupState, RunState, Silence, SilencePage
 from relay.store import HistoryQuery, KvWrite, Tries
 from relay.store._pg_connect import clean
 from relay.store._rows import HAND_BACK, SAME_CLAIM, RowsEvent
@@ -181,6 +181,25 @@ def history_sql(query: HistoryQuery) -> tuple[str, Sequence[Any]]:
     params.append(max(1, min(query.limit, 10_000)))
     sql = f"SELECT * FROM relay_outbox{where} ORDER BY created_at DESC, id LIMIT ${len(params)}"  # noqa: S608
     return sql, params
+
+
+def silences_sql(
+    now: float, include_expired: bool, page: SilencePage | None
+) -> tuple[str, Sequence[Any]]:
+    """The SELECT of Store.silences: in start order; of a page, from after its `after`."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if not include_expired:
+        params.append(now)
+        clauses.append(f"ends_at > ${len(params)}")
+    if page is not None and page.after is not None:
+        params += [float(page.after[0]), clean(page.after[1])]
+        clauses.append(f"(starts_at, id) > (${len(params) - 1}, ${len(params)})")
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    if page is not None:
+        params.append(page.limit)
+    tail = "" if page is None else f" LIMIT ${len(params)}"
+    return f"SELECT * FROM relay_silences{where} ORDER BY starts_at, id{tail}", params  # noqa: S608
 
 
 def to_labels(text: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from relay.errors import StoreUnavailable
-from relay.model import Notification, Run, Silence
+from relay.model import Notification, Run, Silence, SilencePage
 from relay.store import (
     BirthLease,
     Decide,
@@ -63,6 +63,7 @@ from relay.store._pg_rows import (
     kv_write,
     rows_params,
     silence_params,
+    silences_sql,
     to_event,
     to_labels,
 )
@@ -473,14 +474,11 @@ class PostgresStore:
             *silence_params(silence),
         )
 
-    async def silences(self, now: float, *, include_expired: bool = False) -> list[Silence]:
-        if include_expired:
-            rows = await self._fetch("SELECT * FROM relay_silences ORDER BY starts_at, id")
-        else:
-            rows = await self._fetch(
-                "SELECT * FROM relay_silences WHERE ends_at > $1 ORDER BY starts_at, id", now
-            )
-        return [to_silence(row) for row in rows]
+    async def silences(
+        self, now: float, *, include_expired: bool = False, page: SilencePage | None = None
+    ) -> list[Silence]:
+        sql, params = silences_sql(now, include_expired, page)
+        return [to_silence(row) for row in await self._fetch(sql, *params)]
 
     async def silences_version(self) -> int:
         return int(await self._fetchval("SELECT n FROM relay_silences_changes"))

@@ -20,7 +20,7 @@ import orjson
 
 from relay.errors import ConfigError, Problem, StoreUnavailable
 from relay.grouping import flushed
-from relay.model import Notification, Run, Silence
+from relay.model import Notification, Run, Silence, SilencePage
 from relay.store import (
     BirthLease,
     Decide,
@@ -59,6 +59,7 @@ from relay.store._sqlite_schema import (
     load_group,
     prune,
     prune_notifications,
+    silences_sql,
 )
 from relay.store._sqlite_writer import Writer
 
@@ -379,19 +380,14 @@ class SQLiteStore:
     async def add_silence(self, silence: Silence) -> None:
         await self._writer.run(lambda conn: insert_silence(conn, silence))
 
-    async def silences(self, now: float, *, include_expired: bool = False) -> list[Silence]:
-        where = "" if include_expired else " WHERE ends_at > ?"
-        params: tuple[float, ...] = () if include_expired else (now,)
+    async def silences(
+        self, now: float, *, include_expired: bool = False, page: SilencePage | None = None
+    ) -> list[Silence]:
+        sql, params = silences_sql(now, include_expired, page)
         # on the reader, beside the writer (a read-only store has no writer), parsed there too:
         # every silence ever (50,000) is a long read
         return await self._reader.run(
-            lambda conn: [
-                to_silence(row)
-                for row in conn.execute(
-                    f"SELECT * FROM silences{where} ORDER BY starts_at, id",  # noqa: S608
-                    params,
-                )
-            ]
+            lambda conn: [to_silence(row) for row in conn.execute(sql, params)]
         )
 
     async def silences_version(self) -> int:
@@ -400,7 +396,8 @@ class SQLiteStore:
         )
 
     async def silence(self, silence_id: str) -> Silence | None:
-        row = await self._writer.run(
+        # on the reader: a read-only store (`relay silence list --after ID`) has no writer
+        row = await self._reader.run(
             lambda conn: conn.execute(
                 "SELECT * FROM silences WHERE id = ?", (silence_id,)
             ).fetchone()

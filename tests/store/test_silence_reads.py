@@ -4,8 +4,19 @@ cache compares it before reading them all (8,000 read again every 0.25 s: a fift
 
 from __future__ import annotations
 
-from relay.model import Silence
-from relay.silences import RELOAD_S, SilenceCache, silenced_by
+import pytest
+
+from relay import silences
+from relay.errors import InputError
+from relay.model import Silence, SilencePage
+from relay.silences import (
+    RELOAD_S,
+    SilenceCache,
+    SilenceListing,
+    find_silences,
+    parse_filters,
+    silenced_by,
+)
 from relay.store import Store
 from tests.store.conftest import Engine
 
@@ -85,3 +96,46 @@ async def test_silences_kept_unread_start_and_end_at_their_times(store: Store) -
         None,
     ]
     assert (cache.reloads, cache.reads) == (6, 1)
+
+
+async def test_silences_are_read_a_page_at_a_time_after_the_last_one(store: Store) -> None:
+    """Pages of `limit` from after the last one's (starts_at, id): none missed or repeated,
+    ties in starts_at included; expired ones only when asked for."""
+    for ident, start, end in [
+        ("sil_c", 5.0, 50.0),
+        ("sil_b", 10.0, 50.0),
+        ("sil_a", 10.0, 50.0),
+        ("sil_gone", 7.0, 8.0),
+        ("sil_e", 30.0, 50.0),
+    ]:
+        await store.add_silence(Silence(ident, {"rule": ("r",)}, start, end, 1.0))
+    first = await store.silences(20.0, page=SilencePage(None, 2))
+    assert [s.id for s in first] == ["sil_c", "sil_a"]
+    cursor = (first[-1].starts_at, first[-1].id)
+    assert [s.id for s in await store.silences(20.0, page=SilencePage(cursor, 2))] == [
+        "sil_b",
+        "sil_e",
+    ]
+    assert [s.id for s in await store.silences(20.0, page=SilencePage((30.0, "sil_e")))] == []
+    every = await store.silences(20.0, include_expired=True, page=SilencePage((5.0, "sil_c"), 2))
+    assert [s.id for s in every] == ["sil_gone", "sil_a"]
+
+
+async def test_a_listing_filters_every_page_it_reads(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """find_silences reads PAGE at a time (60,000 expired ones are never held at once) and
+    keeps reading until `limit` silences fit; `after` goes on where a page ended."""
+    monkeypatch.setattr(silences, "PAGE", 2)
+    for n in range(9):
+        tags = ("env:prod",) if n % 3 == 0 else ("env:dev",)
+        await store.add_silence(Silence(f"sil_{n}", {"tag": tags}, NOW + n, NOW + 60, NOW))
+    prod = (parse_filters(['tag=~"env:p.*"'])[0],)
+    first = await find_silences(store, SilenceListing(prod, limit=2), NOW)
+    assert [s.id for s in first] == ["sil_0", "sil_3"]
+    rest = SilenceListing(prod, limit=2, after="sil_3")
+    assert [s.id for s in await find_silences(store, rest, NOW)] == ["sil_6"]
+    others = SilenceListing(tuple(parse_filters(["tag!=env:prod", "{tag!~prod}"])))
+    assert len(await find_silences(store, others, NOW)) == 6
+    with pytest.raises(InputError, match="after: no silence with this id"):
+        await find_silences(store, SilenceListing(after="sil_nope"), NOW)
