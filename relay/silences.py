@@ -9,6 +9,7 @@ import itertools
 import logging
 import re
 import secrets
+import time
 from collections import Counter
 from collections.abc import (
     Awaitable,
@@ -22,6 +23,8 @@ from collections.abc import (
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+import regex
 
 from relay.errors import InputError, StoreUnavailable, did_you_mean
 from relay.logs import CountedLines
@@ -152,15 +155,31 @@ class Filter:
     key: str
     op: str
     value: str
-    pattern: re.Pattern[str] | None = None  # of =~ and !~
+    pattern: regex.Pattern[str] | None = None  # of =~ and !~
 
-    def fits(self, silence: Silence) -> bool:
+    def fits(self, silence: Silence, deadline: float) -> bool:
+        """Whether it fits `silence`; InputError once the regexes of a listing have matched
+        past `deadline` (time.monotonic): `(a|a)+b` backtracks for hours on 40 letters, and a
+        listing runs on the event loop (Python's `re` has no timeout; Alertmanager's RE2 needs
+        none, as it never backtracks)."""
         values = silence.matchers.get(self.key) or ("",)
         if self.pattern is None:
             found = self.value in values
         else:
-            found = any(self.pattern.fullmatch(value) for value in values)
+            found = any(self._matches(value, deadline) for value in values)
         return found != self.op.startswith("!")
+
+    def _matches(self, value: str, deadline: float) -> bool:
+        assert self.pattern is not None
+        try:
+            left = max(deadline - time.monotonic(), 0.001)
+            return self.pattern.fullmatch(value, timeout=left) is not None
+        except TimeoutError:
+            raise InputError(
+                "filter",
+                f"{self.key}{self.op}{self.value[:40]!r}: the regular expression takes over"
+                f" {REGEX_BUDGET_S:g} s to match the silences; write one that backtracks less",
+            ) from None
 
 
 _FILTER = re.compile(r"\s*([^=!~]*?)\s*(=~|!~|!=|=)(.*)", re.DOTALL)
@@ -193,8 +212,8 @@ def _filter(word: str, field: str) -> Filter:
     if "~" not in op:
         return Filter(key, op, value)
     try:
-        return Filter(key, op, value, re.compile(value))
-    except (re.error, OverflowError, RecursionError) as exc:  # a{9999999999}, ((((...))))
+        return Filter(key, op, value, regex.compile(value))
+    except (regex.error, OverflowError, RecursionError) as exc:  # a{9999999999}, ((((...))))
         raise InputError(field, f"{word!r}: not a regular expression ({exc})") from None
 
 
@@ -216,10 +235,10 @@ class SilenceListing:
     limit: int | None = None
     after: str | None = None
 
-    def keeps(self, silence: Silence, now: float) -> bool:
+    def keeps(self, silence: Silence, now: float, deadline: float) -> bool:
         if self.expired == "only" and silence.state(now) != "expired":
             return False
-        return all(one.fits(silence) for one in self.filters)
+        return all(one.fits(silence, deadline) for one in self.filters)
 
 
 def silence_listing(
@@ -251,6 +270,9 @@ class SilenceReads(Protocol):
 
 
 PAGE = 1000  # silences read at a time by find_silences
+# How long the `=~`/`!~` filters of one listing may take to match, together: a plain regex
+# over 60,000 silences takes ~0.1 s
+REGEX_BUDGET_S = 1.0
 
 
 async def find_silences(store: SilenceReads, listing: SilenceListing, now: float) -> list[Silence]:
@@ -258,12 +280,13 @@ async def find_silences(store: SilenceReads, listing: SilenceListing, now: float
     60,000 expired ones holds only those that fit); the pages of `after` go on without a gap
     or a repeat, silences starting at the same time included."""
     after = await _cursor(store, listing.after)
+    deadline = time.monotonic() + REGEX_BUDGET_S  # for all its regexes' matching together
     found: list[Silence] = []
     while listing.limit is None or len(found) < listing.limit:
         read = await store.silences(
             now, include_expired=listing.expired != "no", page=SilencePage(after, PAGE)
         )
-        found += [silence for silence in read if listing.keeps(silence, now)]
+        found += [silence for silence in read if listing.keeps(silence, now, deadline)]
         if len(read) < PAGE:
             break
         after = (read[-1].starts_at, read[-1].id)
