@@ -204,16 +204,20 @@ def load_argv(url: str, options: list[str]) -> list[str]:
     return [sys.executable, str(BENCH / "_load.py"), url, *options]
 
 
-def py_spy(children: Children, server: Child, out: str, seconds: float) -> Child | None:
-    """`py-spy record` (raw collapsed stacks, every thread) of `server` for `seconds` into
-    `out`, when py-spy is on PATH or in the venv (bench/profile_summary.py reads it)."""
+def py_spy(
+    children: Children, server: Child, out: str, seconds: float, rate: int = 100
+) -> Child | None:
+    """`py-spy record` (raw collapsed stacks, every thread, `rate` samples a second) of `server`
+    and its worker processes for `seconds` into `out`, when py-spy is on PATH or in the venv
+    (bench/profile_summary.py reads it)."""
     exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(exe).exists():
         print("# py-spy not found; not profiling", file=sys.stderr)
         return None
     duration = str(max(1, round(seconds)))
-    argv = [exe, "record", "--pid", str(server.proc.pid), "--duration", duration]
-    argv += ["--format", "raw", "--threads", "--nonblocking", "-o", out]
+    argv = [exe, "record", "--pid", str(server.proc.pid), "--subprocesses"]
+    argv += ["--duration", duration, "--rate", str(rate), "--format", "raw", "--threads"]
+    argv += ["--nonblocking", "-o", out]
     spy = children.spawn("py-spy", argv)
     spy.watch(spy.proc.stdout, lambda line: None)
     spy.watch(spy.proc.stderr, lambda line: None)

@@ -90,7 +90,9 @@ def relay_drain(children: Children, args: argparse.Namespace, tmp: Path) -> Drai
         print(f"relay: outbox filled with {load['notifications']} notifications", flush=True)
         before, t0 = cpu_sample(children, server), time.monotonic()
         pause(sink, False)
-        spy = py_spy(children, server, args.py_spy, args.count / 1000) if args.py_spy else None
+        spy = None
+        if args.py_spy:
+            spy = py_spy(children, server, args.py_spy, args.count / 1000, args.py_spy_rate)
         state = wait_for_sink(sink_port, load["notifications"], args.timeout)
         used = cpu_sample(children, server).shares(before)
         others = used.get("other_cpu")
@@ -150,6 +152,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="best of this many per system")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per delivery wait")
     p.add_argument("--py-spy", default="", metavar="FILE", help="profile relay's drain into FILE")
+    p.add_argument("--py-spy-rate", type=int, default=100, help="py-spy samples a second")
     args = p.parse_args(argv)
     if not 1 <= args.count <= 1_000_000 or not 1 <= (args.concurrency or 1) <= 256:
         p.error("--count 1..1000000, --concurrency 1..256")

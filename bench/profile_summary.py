@@ -2,8 +2,10 @@
 
     python bench/profile_summary.py PROFILE.txt [--top 25] [--match relay/]
 
-Written by `bench/ingest.py --py-spy PREFIX` (py-spy record --format raw --threads). Prints, per
-thread, the share of samples each function is on the stack (inclusive) and at the top (self).
+Written by `bench/ingest.py --py-spy PREFIX` or `bench/delivery.py --py-spy FILE` (py-spy
+record --format raw --threads --subprocesses). Prints, per thread (and process, for relay's
+delivery workers), the share of samples each function is on the stack (inclusive) and at the
+top (self).
 py-spy samples only non-idle threads by default, so shares are of CPU-busy time.
 """
 
@@ -30,9 +32,22 @@ def load(path: Path) -> dict[str, list[tuple[list[str], int]]]:
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
+        procs = [f for f in frames if f.startswith("process ")]  # py-spy --subprocesses
+        frames = frames[len(procs) :]
         thread = frames[0].split(":", 1)[-1].strip() if frames[0].startswith("thread") else "?"
+        if procs:
+            thread = f"{_process(procs[-1])} {thread}"
         threads[thread].append(([function(f) for f in frames[1:]], int(count)))
     return threads
+
+
+def _process(frame: str) -> str:
+    """`process 123:"python -m relay serve --delivery-worker 0 ..."` → `123 (worker 0)`."""
+    pid, _, command = frame.removeprefix("process ").partition(":")
+    words = command.strip('"').split()
+    flag = "--delivery-worker"
+    role = f"worker {words[words.index(flag) + 1]}" if flag in words[:-1] else "parent"
+    return f"process {pid} ({role})"
 
 
 def summarise(stacks: list[tuple[list[str], int]], top: int, match: str) -> list[str]:
