@@ -45,6 +45,7 @@ from relay.sources.http import DRAINING, HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource, feed_keys, forget_removed_feeds
 from relay.store import Store, open_store, store_name
 from relay.workers import (
+    EventPipe,
     Outcome,
     Role,
     WorkerPool,
@@ -52,8 +53,6 @@ from relay.workers import (
     holder,
     read_commands,
     reap_orphans_forever,
-    write_event,
-    write_ready,
 )
 
 log = logging.getLogger("relay")
@@ -91,6 +90,7 @@ class Service:
         self.settings = settings
         self.compiled = compiled
         self.role = role or Role()
+        self.events = None if self.role.events is None else EventPipe(self.role.events)
         self.pool: WorkerPool | None = None
         self.store: Store = open_store(
             settings.store_url, self.role.holder, settings.replica_timeout
@@ -229,8 +229,8 @@ class Service:
             self.silences.invalidate,
         )
         self._tasks.append(asyncio.create_task(commands, name="commands"))
-        if self.role.events is not None:
-            write_ready(self.role.events)
+        if self.events is not None:
+            self.events.ready()
         return "", 0
 
     async def _worker_died(self, index: int) -> None:
@@ -270,7 +270,7 @@ class Service:
             silences=self.silences,
             time_muted=compiled.rules.time_muted if compiled.rules.has_windows else None,
             template_of=compiled.rules.template_of,
-            on_event=self.metrics.delivery_event if self.role.events is None else self._forward,
+            on_event=self.metrics.delivery_event if self.events is None else self._forward,
         )
         names = self.role.owned(config.channels)
         running = self.delivery  # the one a reload replaces: its holds and buckets carry over
@@ -280,8 +280,8 @@ class Service:
 
     def _forward(self, kind: str, row: Notification, reason: str, attempts: int) -> None:
         """A worker's delivery outcome, to the parent's metrics."""
-        assert self.role.events is not None
-        write_event(self.role.events, kind, Outcome(row.channel, row.created_at), reason, attempts)
+        assert self.events is not None
+        self.events.outcome(kind, Outcome(row.channel, row.created_at), reason, attempts)
 
     async def _serve_http(self, intake: Intake) -> tuple[str, int]:
         app = build_app(self._http_deps(intake))
@@ -528,6 +528,8 @@ class Service:
         await self.http.close()
         with contextlib.suppress(StoreUnavailable):
             await self.store.close()
+        if self.events is not None:
+            self.events.flush()
         if announce:
             log.info("stopped")
 

@@ -105,8 +105,8 @@ def owned(index: int, channels: Collection[str], count: int) -> set[str]:
     return {name for name in channels if owner(name, channels, count) == index}
 
 
-def write_event(out: IO[str], kind: str, outcome: Outcome, reason: str, attempts: int) -> None:
-    """The child's side of the events pipe: one JSON line."""
+def event_line(kind: str, outcome: Outcome, reason: str, attempts: int) -> str:
+    """One outcome as the events pipe carries it: one JSON line."""
     line = {
         "kind": kind,
         "channel": outcome.channel,
@@ -114,12 +114,37 @@ def write_event(out: IO[str], kind: str, outcome: Outcome, reason: str, attempts
         "attempts": attempts,
         "at": outcome.created_at,
     }
-    _write(out, orjson.dumps(line).decode() + "\n")
+    return orjson.dumps(line).decode() + "\n"
 
 
-def write_ready(out: IO[str]) -> None:
-    """The child's first line on the events pipe: its delivery loops run."""
-    _write(out, READY.decode())
+class EventPipe:
+    """The child's side of the events pipe. The outcomes of one turn of the event loop go in
+    one write at its end: a write each (a system call here, and a wake-up and a read of the
+    parent's loop for each line) cost CPU per notification in both processes. They are metrics
+    only (the store holds the outcomes): a worker killed with -9 loses at most that turn's."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self.out = out
+        self._held: list[str] = []
+
+    def ready(self) -> None:
+        """The child's first line: its delivery loops run."""
+        self._held.append(READY.decode())
+        self.flush()
+
+    def outcome(self, kind: str, outcome: Outcome, reason: str, attempts: int) -> None:
+        self._held.append(event_line(kind, outcome, reason, attempts))
+        if len(self._held) == 1:
+            loop = asyncio._get_running_loop()
+            if loop is None:
+                self.flush()
+            else:
+                loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        lines, self._held = self._held, []
+        if lines:
+            _write(self.out, "".join(lines))
 
 
 def _write(out: IO[str], line: str) -> None:

@@ -23,7 +23,7 @@ import pytest
 
 from relay import workers
 from relay.model import notification_id
-from relay.workers import Outcome, WorkerPool, config_payload, owned, owner, write_event
+from relay.workers import EventPipe, Outcome, WorkerPool, config_payload, owned, owner
 from tests.conftest import SLOW, RelayProcess, Sink, hang, held, run_cli
 from tests.test_durability import delivered_ids, post_all, runs
 
@@ -139,9 +139,29 @@ def test_a_worker_whose_parent_died_reports_no_error_for_the_outcomes_it_records
     read_fd, write_fd = os.pipe()
     os.close(read_fd)
     out = os.fdopen(write_fd, "w", encoding="utf-8")
+    events = EventPipe(out)
     for _ in range(2):
-        write_event(out, "sent", Outcome("a", 0.0), "", 1)
+        events.outcome("sent", Outcome("a", 0.0), "", 1)
     assert out.closed
+
+
+async def test_a_worker_writes_the_outcomes_of_one_loop_turn_in_one_write() -> None:
+    """One write per outcome cost a system call in the worker and a wake-up of the parent's
+    loop for each line; the lines of a turn go together at its end, the ready line at once."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    with os.fdopen(read_fd, "rb") as inlet, os.fdopen(write_fd, "w", encoding="utf-8") as out:
+        events = EventPipe(out)
+        events.ready()
+        assert inlet.read() == workers.READY
+        for channel in ("a", "b", "c"):
+            events.outcome("sent", Outcome(channel, 0.0), "", 1)
+        assert inlet.read() is None  # nothing yet: the turn is not over
+        await asyncio.sleep(0)
+        lines = inlet.read().splitlines()
+    assert [workers.read_event(line) for line in lines] == [
+        ("sent", Outcome(channel, 0.0), "", 1) for channel in ("a", "b", "c")
+    ]
 
 
 async def test_kill_9_of_the_parent_stops_the_workers_and_a_restart_loses_nothing(
