@@ -17,8 +17,9 @@ Between the processes, two pipes per child:
   `silences` (one was created or expired here: the child's cache of them is stale), and end of
   file: stop. A parent killed with -9 closes every stdin, so its children finish
   their in-flight sends and exit by themselves.
-- an events pipe (fd passed as --events-fd), one JSON line per delivery outcome, which this
-  process turns into its own metrics: /metrics stays one endpoint.
+- an events pipe (fd passed as --events-fd), one JSON line per delivery outcome (a loop
+  turn's lines in one write), which this process turns into its own metrics: /metrics stays
+  one endpoint.
 
 A child that dies is started again after a second. What it had claimed goes back to the outbox
 first with SQLite (each claim names the worker that holds it: ownership moves between workers
