@@ -27,7 +27,7 @@ from relay.store import BirthLease
 log = logging.getLogger("relay.delivery")
 POLL_S = 1.0
 _STORE = "store"  # the key of the store's failures in a loop's CountedLines
-CLAIM_AHEAD = 16  # rows claimed beyond the free slots (at least the channel's concurrency)
+CLAIM_AHEAD = 64  # rows claimed beyond the free slots (at least the channel's concurrency)
 
 
 def units(rows: list[Notification]) -> list[tuple[str | None, list[Notification]]]:

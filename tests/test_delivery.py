@@ -706,7 +706,7 @@ async def test_a_busy_channel_claims_ahead_and_gives_back_on_stop_all_it_holds(
     text = config(sink.url, timeout="30s").replace("    secret:", "    concurrency: 2\n    secret:")
     db = tmp_path / "ahead.db"
     r = await relay(text, db)
-    await r.post([failing_run(i) for i in range(40)])
+    await r.post([failing_run(i) for i in range(CLAIM_AHEAD + 10)])
     await sink.wait_for(2)
     # two in flight, CLAIM_AHEAD more claimed in the same commit, the rest left in the outbox
     assert leased(db) == 2 + CLAIM_AHEAD
