@@ -135,12 +135,11 @@ class EventPipe:
 
     def outcome(self, kind: str, outcome: Outcome, reason: str, attempts: int) -> None:
         self._held.append(event_line(kind, outcome, reason, attempts))
-        if len(self._held) == 1:
-            loop = asyncio._get_running_loop()
-            if loop is None:
+        if len(self._held) == 1:  # the turn's first: written once the turn's callbacks ran
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop (the shutdown's last lines): at once
                 self.flush()
-            else:
-                loop.call_soon(self.flush)
 
     def flush(self) -> None:
         lines, self._held = self._held, []
