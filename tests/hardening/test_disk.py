@@ -192,11 +192,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def _fill(directory: Path) -> Path:
     """Write the filler (made by small_disk) until the filesystem has no space left."""
     filler = directory / "filler"
-    with filler.open("r+b") as out:
+    # unbuffered: a buffered file kept the part of a write that did not fit and failed again
+    # (ENOSPC) flushing it at close, depending on where the disk's end fell
+    with filler.open("r+b", buffering=0) as out:
         try:
             while True:
                 out.write(b"\0" * 65536)
-                out.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
     return filler
