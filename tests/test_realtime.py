@@ -7,6 +7,7 @@ child killed with -9) with `sources.realtime` pointing at the fake and a webhook
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -41,8 +42,15 @@ from relay.sources._follower import (
     retry_delay,
 )
 from relay.sources._shape import Position, Shape, ShapeError, feed_of, stored_rows
-from relay.sources.realtime import RealtimeSource, forget_removed_feeds
-from relay.store import KvWrite
+from relay.sources.realtime import (
+    FORGET_AFTER_S,
+    LEAD_RENEW_S,
+    LEAD_TTL_S,
+    RealtimeSource,
+    forget_removed_feeds,
+    lease_name,
+)
+from relay.store import KvWrite, Store
 from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, RelayProcess, Sink, sdk_run
@@ -1152,11 +1160,50 @@ async def test_a_feed_another_replica_follows_is_not_forgotten_by_one_configured
         finally:
             await source.stop()  # hands the lease back: nobody follows the feed any more
             await leader.close()
-        try:
-            assert await forget_removed_feeds(other, None, time.time()) == [FEED_KEY]
+        try:  # a lease handed back is a handover: the feed is forgotten only an hour later
+            assert await forget_removed_feeds(other, None, time.time()) == []
+            later = time.time() + FORGET_AFTER_S
+            assert await forget_removed_feeds(other, None, later) == [FEED_KEY]
             assert await other.kv_list(NAMESPACE) == {}
         finally:
             await other.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh store of each engine."""
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            opened: Store = SQLiteStore(tmp_path / "relay.db")
+        else:
+            opened = PostgresStore(await stack.enter_async_context(fresh_database(shared_server())))
+        await opened.open()
+        stack.push_async_callback(opened.close)
+        yield opened
+
+
+async def test_a_feed_in_a_handover_is_not_forgotten_by_a_replica_configured_without_it(
+    store: Store,
+) -> None:
+    """Its follower killed (its lease ends LEAD_TTL_S after the last renewal) or stopped (the
+    lease handed back), the feed is free until another replica takes it over, seconds later.
+    A replica without the feed found the lease free in that gap and forgot the feed: its next
+    follower read a whole new snapshot and missed the states runs passed through meanwhile."""
+    name, rows = lease_name(FEED_KEY), f"{ROWS_NAMESPACE}:{FEED_KEY}"
+    await store.kv_write(KvWrite(put=[(NAMESPACE, FEED_KEY, "{}"), (rows, "r", "{}")]), 0.0)
+    t = 5000.0
+    assert await store.try_lead(name, "killed", LEAD_TTL_S, t)  # its last renewal
+    for at in (t + LEAD_TTL_S, t + LEAD_TTL_S + LEAD_RENEW_S, t + LEAD_TTL_S + 600.0):
+        assert await forget_removed_feeds(store, None, at) == []
+    t += LEAD_TTL_S + 600.0
+    assert await store.try_lead(name, "stopped", LEAD_TTL_S, t)
+    assert await store.try_lead(name, "stopped", 0.0, t + 5.0)  # handed back
+    for at in (t + 5.0, t + 15.0, t + FORGET_AFTER_S):
+        assert await forget_removed_feeds(store, None, at) == []
+    assert await store.kv_list(rows) == {"r": "{}"}
+    # nobody took it over: a feed removed from every replica's config is forgotten in time
+    assert await forget_removed_feeds(store, None, t + 5.0 + FORGET_AFTER_S) == [FEED_KEY]
+    assert (await store.kv_list(NAMESPACE), await store.kv_list(rows)) == ({}, {})
 
 
 async def test_electric_s_catch_up_with_nothing_new_goes_live_without_a_pause(

@@ -13,6 +13,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import aiohttp
 
@@ -42,6 +43,11 @@ LEAD_TTL_S = 30.0
 LEAD_RENEW_S = 10.0
 
 
+# A feed no longer configured is forgotten once its lease has been free this long: far longer
+# than a handover (LEAD_TTL_S after a kill -9, the time a replica takes to start again)
+FORGET_AFTER_S = 3600.0
+
+
 def feed_keys(config: RealtimeConfig | None) -> list[str]:
     """The keys of the configured feeds, each once (its position key, its metrics' `feed`)."""
     return [] if config is None else [feed.key for feed in _distinct(map(feed_of, config.feeds))]
@@ -52,32 +58,36 @@ def lease_name(key: str) -> str:
     return f"realtime:{key}"
 
 
+class Forgetting(Protocol):
+    """The part of the Store that forget_removed_feeds uses."""
+
+    async def kv_list(self, namespace: str) -> dict[str, str]: ...
+
+    async def write_if_free(
+        self, name: str, free_since: float, write: KvWrite, now: float
+    ) -> bool: ...
+
+
 async def forget_removed_feeds(
-    positions: Positions, config: RealtimeConfig | None, now: float
+    store: Forgetting, config: RealtimeConfig | None, now: float
 ) -> list[str]:
     """Delete the stored position and rows of each feed `config` no longer has: nothing reads
     them again (a feed added back starts from a snapshot, which intake deduplicates), and a
     feed holds the raw row of every run in its shape, so the rows of each run id, batch or
     tag set ever followed stayed in the store for good. Returns the keys forgotten.
 
-    Not a feed another replica follows (it holds the feed's lease): replicas run different
-    configs for a while (a rollout adding or removing a feed), and one without the feed
-    deleted what its follower had stored, which then resumed from a whole new snapshot and
-    missed the states runs passed through meanwhile. The check takes the lease for no time
-    at all (`ttl_s` 0, free again at once): it succeeds only when nobody holds it."""
+    Only a feed nobody has followed for FORGET_AFTER_S (its lease free that long): replicas
+    run different configs for a while (a rollout adding or removing a feed), and one without
+    the feed deleted what the follower had stored, while another replica followed it or in
+    the seconds of a handover (its follower killed or stopped, the next not yet there), and
+    the next follower resumed from a whole new snapshot and missed the states runs passed
+    through meanwhile."""
     kept = set(feed_keys(config))
-    probe = f"forget:{secrets.token_hex(4)}"
-    gone = [
-        key
-        for key in sorted(set(await positions.kv_list(NAMESPACE)) - kept)
-        if await positions.try_lead(lease_name(key), probe, 0.0, now)
-    ]
-    if gone:
-        write = KvWrite(
-            delete=[(NAMESPACE, key) for key in gone],
-            clear=[f"{ROWS_NAMESPACE}:{key}" for key in gone],
-        )
-        await positions.kv_write(write, now)
+    gone = []
+    for key in sorted(set(await store.kv_list(NAMESPACE)) - kept):
+        write = KvWrite(delete=[(NAMESPACE, key)], clear=[f"{ROWS_NAMESPACE}:{key}"])
+        if await store.write_if_free(lease_name(key), now - FORGET_AFTER_S, write, now):
+            gone.append(key)
     return gone
 
 

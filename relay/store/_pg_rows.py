@@ -68,8 +68,10 @@ PRUNE = (
     "DELETE FROM relay_kv WHERE namespace IN ('inhibit_source', 'slack_thread', 'email_sent')"
     " AND updated_at < $1",
     # named leases that ended before (a Slack thread's start, a Realtime feed nobody follows
-    # any more): an ended lease is as good as none, and there is one per Slack thread started
-    "DELETE FROM relay_leases WHERE expires_at < $1",
+    # any more): an ended lease is as good as none, and there is one per Slack thread started.
+    # One handed back (expires_at 0) ended when it was (updated_at): a feed's lease handed
+    # back by a replica stopping stays, as Store.write_if_free reads when it was last held.
+    "DELETE FROM relay_leases WHERE GREATEST(expires_at, updated_at) < $1",
     # inhibit windows (relay.inhibition.NAMESPACE: the value is when the window ends) closed
     # before, and pile-ups (COUNTS) or newest sources (OPENED) no update touched since: one row
     # per `equal` value ever seen
@@ -111,6 +113,24 @@ async def kv_write(conn: asyncpg.Connection, write: KvWrite, now: float) -> None
         if puts:
             namespaces, keys = [ns for ns, _ in puts], [key for _, key in puts]
             await conn.execute(KV_PUT, namespaces, keys, list(puts.values()), now)
+
+
+# when the lease was last held: its end, or when it was handed back (expires_at 0) if later
+LEASE_HELD_UNTIL = (
+    "SELECT GREATEST(expires_at, updated_at) FROM relay_leases WHERE name = $1 FOR UPDATE"
+)
+
+
+async def write_if_free(
+    conn: asyncpg.Connection, name: str, free_since: float, write: KvWrite, now: float
+) -> bool:
+    """Store.write_if_free: the lease's row locked (a try_lead of it waits for the commit)."""
+    async with conn.transaction():
+        held_until = await conn.fetchval(LEASE_HELD_UNTIL, clean(name))
+        if held_until is not None and held_until > free_since:
+            return False
+        await kv_write(conn, write, now)
+        return True
 
 
 def to_state(row: asyncpg.Record) -> RunState:

@@ -392,8 +392,10 @@ PRUNE = (
     "DELETE FROM kv WHERE namespace IN ('inhibit_source', 'slack_thread', 'email_sent')"
     " AND updated_at < :before",
     # named leases that ended before (a Slack thread's start, a Realtime feed nobody follows
-    # any more): an ended lease is as good as none, and there is one per Slack thread started
-    "DELETE FROM leases WHERE expires_at < :before",
+    # any more): an ended lease is as good as none, and there is one per Slack thread started.
+    # One handed back (expires_at 0) ended when it was (updated_at): a feed's lease handed
+    # back by a replica stopping stays, as Store.write_if_free reads when it was last held.
+    "DELETE FROM leases WHERE max(expires_at, updated_at) < :before",
     # inhibit windows (relay.inhibition.NAMESPACE: the value is when the window ends) closed
     # before, and pile-ups (COUNTS) or newest sources (OPENED) no update touched since: one row
     # per `equal` value ever seen

@@ -66,6 +66,7 @@ from relay.store._pg_rows import (
     silences_sql,
     to_event,
     to_labels,
+    write_if_free,
 )
 from relay.store._pg_schema import migrate
 from relay.store._rows import (
@@ -571,6 +572,10 @@ class PostgresStore:
         """Hold the lease `name` for `ttl_s` from `now`: True if `owner` holds it now."""
         held = await self._fetchval(LEAD, clean(name), clean(owner), lease_end(ttl_s, now), now)
         return held is not None
+
+    async def write_if_free(self, name: str, free_since: float, write: KvWrite, now: float) -> bool:
+        async with self._conn() as conn:
+            return await retrying(lambda: write_if_free(conn, name, free_since, write, now))
 
 
 def _as_asked(asked: Collection[str], found: dict[str, _T]) -> dict[str, _T]:

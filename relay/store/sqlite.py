@@ -521,6 +521,11 @@ class SQLiteStore:
         )
         return row is not None
 
+    async def write_if_free(self, name: str, free_since: float, write: KvWrite, now: float) -> bool:
+        return await self._writer.run(
+            lambda conn: _write_if_free(conn, name, free_since, write, now)
+        )
+
     async def migrate(self) -> tuple[int, int]:
         """`relay migrate`: create or migrate the schema, then close; (version before, after)."""
         before: list[int] = []  # the write lock too: without it SQLite's busy handler (sleeps
@@ -563,6 +568,20 @@ def _in_chunks(
         marks = ", ".join("?" * len(chunk))
         rows += conn.execute(f"{sql} ({marks})", (*params, *chunk)).fetchall()
     return rows
+
+
+def _write_if_free(
+    conn: sqlite3.Connection, name: str, free_since: float, write: KvWrite, now: float
+) -> bool:
+    """Store.write_if_free, in one writer op. The lease was last held until its end, or until
+    it was handed back (expires_at 0) if that came later."""
+    row = conn.execute(
+        "SELECT max(expires_at, updated_at) FROM leases WHERE name = ?", (name,)
+    ).fetchone()
+    if row is not None and row[0] > free_since:
+        return False
+    _kv_write(conn, write, now)
+    return True
 
 
 def _kv_write(conn: sqlite3.Connection, write: KvWrite, now: float) -> None:

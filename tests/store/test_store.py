@@ -880,6 +880,35 @@ async def test_prune_forgets_leases_that_ended_before_the_retention(
     assert await store.try_lead("slack_thread:old", "c", ttl_s=10.0, now=1001.0)
 
 
+async def test_prune_keeps_a_lease_handed_back_after_the_retention_began(
+    engine: Engine, store: Store
+) -> None:
+    """A lease handed back ends at the epoch: retention deleted it at once, and with it when
+    it was last held, which a replica's check of a feed nobody follows any more reads."""
+    assert await store.try_lead("realtime:feed", "a", ttl_s=0.0, now=1000.0)
+    await store.prune(before=999.0)
+    assert await lease_names(engine) == ["realtime:feed"]
+    await store.prune(before=1001.0)
+    assert await lease_names(engine) == []
+
+
+async def test_write_if_free_writes_only_long_after_the_lease_was_last_held(store: Store) -> None:
+    write = KvWrite(put=[("ns", "k", "v")])
+    assert await store.try_lead("lease", "a", ttl_s=30.0, now=1000.0)  # ends at 1030
+    assert not await store.write_if_free("lease", 1029.0, write, 1100.0)  # ended, not long ago
+    assert await store.kv_get("ns", "k") is None
+    assert await store.write_if_free("lease", 1030.0, write, 1100.0)
+    assert await store.kv_get("ns", "k") == "v"
+    assert await store.try_lead("lease", "b", ttl_s=30.0, now=2000.0)
+    assert await store.try_lead("lease", "b", ttl_s=0.0, now=2010.0)  # handed back at 2010
+    gone = KvWrite(delete=[("ns", "k")])
+    assert not await store.write_if_free("lease", 2009.0, gone, 2100.0)
+    assert await store.write_if_free("lease", 2010.0, gone, 2100.0)
+    assert await store.kv_get("ns", "k") is None
+    assert await store.write_if_free("never taken", 0.0, write, 2100.0)
+    assert await store.kv_get("ns", "k") == "v"
+
+
 async def lease_names(engine: Engine) -> list[str]:
     if engine.name == "sqlite":
         with sqlite3.connect(engine.url.removeprefix("sqlite:///")) as conn:
