@@ -323,8 +323,9 @@ class Store(Protocol):
     async def write_if_free(self, name: str, free_since: float, write: KvWrite, now: float) -> bool:
         """Apply `write` (as kv_write) only if nobody has held the lease `name` since
         `free_since`: it has no row, or it ended (expires_at) and was last taken or handed back
-        (updated_at) by then. The check and the write are one transaction, taken before any
-        try_lead of the lease that commits after it. True if it wrote.
+        (updated_at) by then; and then delete the lease's row (free, it is as good as none).
+        The check, the delete and the write are one transaction, taken before any try_lead of
+        the lease that commits after it. True if it wrote.
 
         What a lease guards is dropped only long after its last holder, never in a handover:
         a lease free for a moment (its holder killed or stopped) is soon taken by another.

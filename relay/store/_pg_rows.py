@@ -115,19 +115,26 @@ async def kv_write(conn: asyncpg.Connection, write: KvWrite, now: float) -> None
             await conn.execute(KV_PUT, namespaces, keys, list(puts.values()), now)
 
 
-# when the lease was last held: its end, or when it was handed back (expires_at 0) if later
-LEASE_HELD_UNTIL = (
-    "SELECT GREATEST(expires_at, updated_at) FROM relay_leases WHERE name = $1 FOR UPDATE"
-)
+# a row for a lease without one (free since ever) for the DELETE below to lock: a try_lead of
+# it meanwhile waits for the commit, then takes the lease anew
+LEASE_ROW = """
+    INSERT INTO relay_leases (name, owner, expires_at, updated_at)
+    VALUES ($1, '', '-Infinity', '-Infinity') ON CONFLICT (name) DO NOTHING
+"""
+# the lease if it was last held (its end, or when it was handed back, expires_at 0) by $2
+DROP_FREE_LEASE = """
+    DELETE FROM relay_leases WHERE name = $1 AND GREATEST(expires_at, updated_at) <= $2
+    RETURNING name
+"""
 
 
 async def write_if_free(
     conn: asyncpg.Connection, name: str, free_since: float, write: KvWrite, now: float
 ) -> bool:
-    """Store.write_if_free: the lease's row locked (a try_lead of it waits for the commit)."""
+    """Store.write_if_free: the lease's row deleted, and locked until the commit."""
     async with conn.transaction():
-        held_until = await conn.fetchval(LEASE_HELD_UNTIL, clean(name))
-        if held_until is not None and held_until > free_since:
+        await conn.execute(LEASE_ROW, clean(name))
+        if await conn.fetchval(DROP_FREE_LEASE, clean(name), free_since) is None:
             return False
         await kv_write(conn, write, now)
         return True

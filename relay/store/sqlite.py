@@ -580,6 +580,7 @@ def _write_if_free(
     ).fetchone()
     if row is not None and row[0] > free_since:
         return False
+    conn.execute("DELETE FROM leases WHERE name = ?", (name,))
     _kv_write(conn, write, now)
     return True
 

@@ -909,6 +909,20 @@ async def test_write_if_free_writes_only_long_after_the_lease_was_last_held(stor
     assert await store.kv_get("ns", "k") == "v"
 
 
+async def test_write_if_free_deletes_the_free_lease_with_the_write(
+    engine: Engine, store: Store
+) -> None:
+    """A forgotten feed's lease stayed behind (one row per feed ever removed), free."""
+    write = KvWrite(put=[("ns", "k", "v")])
+    assert await store.try_lead("held", "a", ttl_s=30.0, now=1000.0)
+    assert await store.try_lead("free", "a", ttl_s=0.0, now=1000.0)
+    assert not await store.write_if_free("held", 1020.0, write, 1020.0)
+    assert await store.write_if_free("free", 1000.0, write, 1020.0)
+    assert await store.write_if_free("none", 1000.0, write, 1020.0)
+    assert await lease_names(engine) == ["held"]
+    assert await store.try_lead("free", "b", ttl_s=30.0, now=1021.0)
+
+
 async def lease_names(engine: Engine) -> list[str]:
     if engine.name == "sqlite":
         with sqlite3.connect(engine.url.removeprefix("sqlite:///")) as conn:
