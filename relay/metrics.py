@@ -199,6 +199,21 @@ class Metrics:
             ["feed"],
             registry=r,
         )
+        self.realtime_following = Gauge(
+            "relay_realtime_following",
+            "1 while this process follows the Realtime feed (it holds the feed's lease), 0 while"
+            " it does not (another replica does, or nobody), by feed.",
+            ["feed"],
+            registry=r,
+        )
+        self.realtime_up_to_date = Gauge(
+            "relay_realtime_last_up_to_date_timestamp_seconds",
+            "When this process's follower of the feed last caught up with Trigger.dev (an"
+            " up-to-date answer), by feed.",
+            ["feed"],
+            registry=r,
+        )
+        self._feeds: set[str] = set()  # those configured() was last given
         self.realtime_errors = Counter(
             "relay_realtime_errors_total",
             "Realtime requests that failed (retried), by feed and reason.",
@@ -252,8 +267,18 @@ class Metrics:
             self.rule_failures.labels(rule=rule)
         for feed in feeds:  # RelayRealtimeFailing missed each feed's first failure
             self.realtime_rows.labels(feed=feed)
+            self.realtime_following.labels(feed=feed)  # 0 unless its follower took the lease
             for reason in REALTIME_ERROR_REASONS:
                 self.realtime_errors.labels(feed=feed, reason=reason)
+        self._forget_feeds(set(feeds))
+
+    def _forget_feeds(self, feeds: set[str]) -> None:
+        """A feed a reload removed is followed by nobody here, and says so no more (its 0
+        would read as a feed nobody follows); its counters stay."""
+        for feed in self._feeds - feeds:
+            with contextlib.suppress(KeyError):
+                self.realtime_following.remove(feed)
+        self._feeds = feeds
 
     def rule_failed(self, rule: str) -> None:
         """The rules' hook: rule `rule`'s `when:` raised on an update."""
@@ -296,15 +321,23 @@ class Metrics:
         """The Realtime source's hook: one call per up-to-date answer (rows submitted, or none:
         caught up, lag 0)."""
         self.realtime_rows.labels(feed=feed).inc(rows)
+        self.realtime_up_to_date.labels(feed=feed).set(time.time())
         if lag_s is not None:
             self.realtime_lag.labels(feed=feed).set(max(lag_s, 0.0))
+
+    def realtime_followed(self, feed: str) -> None:
+        """The Realtime source's hook: this process took the feed's lease and follows it."""
+        self.realtime_following.labels(feed=feed).set(1)
 
     def realtime_unfollowed(self, feed: str) -> None:
         """The Realtime source's hook: this process no longer follows `feed` (lease lost, feed
         removed by a reload, single run finished). Its lag was frozen at the last value, so a
-        replica that lost the lease while behind kept RelayRealtimeLagging firing for good."""
-        with contextlib.suppress(KeyError):
-            self.realtime_lag.remove(feed)
+        replica that lost the lease while behind kept RelayRealtimeLagging firing for good;
+        so was when it last caught up, which only the follower's replica can say."""
+        self.realtime_following.labels(feed=feed).set(0)
+        for gauge in (self.realtime_lag, self.realtime_up_to_date):
+            with contextlib.suppress(KeyError):
+                gauge.remove(feed)
 
     def realtime_error(self, feed: str, reason: str) -> None:
         """The Realtime source's hook: one call per failed request."""

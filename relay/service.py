@@ -313,6 +313,7 @@ class Service:
                 self.store,
                 observe=self.metrics.realtime_batch,
                 failed=self.metrics.realtime_error,
+                followed=self.metrics.realtime_followed,
                 unfollowed=self.metrics.realtime_unfollowed,
             )
             self.realtime.start()

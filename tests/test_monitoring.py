@@ -303,31 +303,59 @@ def test_config_inconsistent_compares_the_replicas_of_one_deployment(tmp_path: P
 
     rule = next(r for r in alert_rules() if r["alert"] == "RelayConfigInconsistent")
     fired = {"severity": "warning", "namespace": "prod", "service": "relay"}
+    inputs = [
+        series("staging", "s-0", 1),
+        series("staging", "s-1", 1),
+        series("prod", "p-0", 2),
+        series("prod", "p-1", 3),
+    ]
+    expected = [{"exp_labels": fired, "exp_annotations": rule["annotations"]}]
+    alert_test(tmp_path, "RelayConfigInconsistent", inputs, "30m", expected)
+
+
+def alert_test(
+    tmp_path: Path,
+    alert: str,
+    inputs: list[dict[str, str]],
+    eval_time: str,
+    expected: list[dict[str, Any]],
+) -> None:
+    """`promtool test rules`: over `inputs` (a sample a minute), `alert` fires at `eval_time`
+    with exactly the `expected` alerts (labels and annotations)."""
+    rule_test = {"eval_time": eval_time, "alertname": alert, "exp_alerts": expected}
     test = {
         "rule_files": [str(ALERTS)],
         "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [
-                    series("staging", "s-0", 1),
-                    series("staging", "s-1", 1),
-                    series("prod", "p-0", 2),
-                    series("prod", "p-1", 3),
-                ],
-                "alert_rule_test": [
-                    {
-                        "eval_time": "30m",
-                        "alertname": "RelayConfigInconsistent",
-                        "exp_alerts": [
-                            {"exp_labels": fired, "exp_annotations": rule["annotations"]}
-                        ],
-                    }
-                ],
-            }
-        ],
+        "tests": [{"interval": "1m", "input_series": inputs, "alert_rule_test": [rule_test]}],
     }
     promtool_test(tmp_path, test)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_realtime_followed_twice_fires_on_two_followers_not_on_a_handover(tmp_path: Path) -> None:
+    """relay_realtime_following of two replicas: a handover (both at 1 for a scrape) is not an
+    alert; two replicas following one feed for good are."""
+
+    def series(feed: str, instance: str, values: str) -> dict[str, str]:
+        labels = f'job="relay",instance="{instance}",feed="{feed}"'
+        return {"series": f"relay_realtime_following{{{labels}}}", "values": values}
+
+    rule = next(r for r in alert_rules() if r["alert"] == "RelayRealtimeFollowedTwice")
+    feed = "tags:twice|24h"
+    annotations = {
+        k: v.replace("{{ $value }}", "2").replace("{{ $labels.feed }}", feed)
+        for k, v in rule["annotations"].items()
+    }
+    inputs = [
+        series("tags:handover|24h", "a", "1x10 0x30"),
+        series("tags:handover|24h", "b", "0x9 1x31"),
+        series(feed, "a", "1x40"),
+        series(feed, "b", "0x9 1x31"),
+    ]
+    expected = [
+        {"exp_labels": {"severity": "warning", "feed": feed}, "exp_annotations": annotations}
+    ]
+    alert_test(tmp_path, "RelayRealtimeFollowedTwice", inputs, "30m", expected)
 
 
 # the README's own suggestion, as printed under Metrics

@@ -29,7 +29,7 @@ from relay.formats.packets import too_deep
 from relay.formats.sdk import parse_sdk_run
 from relay.intake import IntakeResult
 from relay.logs import SCRUB
-from relay.metrics import REALTIME_ERROR_REASONS
+from relay.metrics import REALTIME_ERROR_REASONS, Metrics
 from relay.model import Run
 from relay.sources import realtime as realtime_module
 from relay.sources._answers import error_reason, status_reason
@@ -985,28 +985,98 @@ def test_every_reason_a_feed_fails_for_is_counted_from_0() -> None:
     assert reasons == set(REALTIME_ERROR_REASONS)
 
 
+def following_gauges(metrics: str, feed: str = FEED_KEY) -> dict[str, float]:
+    """relay_realtime_following and _last_up_to_date_timestamp_seconds of `feed`, as shown."""
+    label = re.escape(f'feed="{feed}"')
+    found = re.findall(
+        rf"^relay_realtime_(following|last_up_to_date_timestamp_seconds)\{{{label}\}} (\S+)$",
+        metrics,
+        re.M,
+    )
+    return {name: float(value) for name, value in found}
+
+
 async def test_a_feed_no_longer_followed_leaves_no_lag_behind(
     relay: RelayFactory, sink: Sink, tmp_path: Path
 ) -> None:
     """The lag of a feed this process stopped following (removed by a reload, or its lease
     lost to another replica) was frozen at its last value: a feed dropped while it lagged kept
-    RelayRealtimeLagging firing until a restart."""
+    RelayRealtimeLagging firing until a restart. While it follows the feed, /metrics says so
+    and when it last caught up with the server; nothing of the kind once the feed is gone."""
     lag = re.compile(r"^relay_realtime_lag_seconds\{", re.M)
+    started = time.time()
     async with fake_realtime(session()) as fake:
         r = await relay(config(fake.url, sink.url))
         for _ in range(600):
             async with r.http.get(r.url + "/metrics") as resp:
-                if lag.search(await resp.text()):
+                if lag.search(following := await resp.text()):
                     break
             await asyncio.sleep(0.05)
+        gauges = following_gauges(following)
+        assert gauges.pop("following") == 1, following
+        assert started <= gauges.pop("last_up_to_date_timestamp_seconds") <= time.time()
         path = Path(r.service.compiled.loaded.source.filename)
         text = config(fake.url, sink.url)  # the same, without its sources
         path.write_text(text.split("sources:")[0] + "channels:" + text.split("channels:")[1])
         assert await r.service.reload("SIGHUP") is True
         async with r.http.get(r.url + "/metrics") as resp:
             metrics = await resp.text()
-    assert "relay_realtime_rows_total{" in metrics  # counters stay; the gauge is gone
+    assert "relay_realtime_rows_total{" in metrics  # counters stay; the gauges are gone
     assert not lag.search(metrics), metrics
+    assert following_gauges(metrics) == {}
+
+
+async def test_metrics_say_which_replica_follows_a_feed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing said which replica followed a feed, nor whether two did (their clocks apart by
+    more than the lease) or one was stuck: now relay_realtime_following is 1 on the follower,
+    0 on the others, and moves with the lease; the follower says when it last caught up."""
+    monkeypatch.setattr(realtime_module, "LEAD_RENEW_S", 0.05)
+    async with fresh_database(shared_server()) as url, fake_realtime(session()) as fake:
+        settings = RealtimeConfig(api_url=fake.url, secret_key=SECRET, feeds=[{"tags": [TAG]}])
+        replicas = [await replica(url, settings) for _ in range(2)]
+        (first, first_metrics, _), (second, second_metrics, _) = replicas
+        try:
+            first.start()
+            await until_shown(first_metrics, {"following": 1.0})
+            second.start()
+            await asyncio.sleep(0.3)  # its tries to take the lease, every 0.05 s, fail
+            await until_shown(second_metrics, {"following": 0.0})
+            await until_shown(first_metrics, {"following": 1.0})
+            await first.stop()  # hands the lease back: the other takes the feed over
+            await until_shown(second_metrics, {"following": 1.0})
+            await until_shown(first_metrics, {"following": 0.0})
+        finally:
+            for source, _, store in replicas:
+                await source.stop()
+                await store.close()
+
+
+async def replica(url: str, settings: RealtimeConfig) -> tuple[RealtimeSource, Metrics, Store]:
+    """A replica's Realtime source (not started) with the metrics relay serves, on `url`."""
+    store, metrics = PostgresStore(url), Metrics()
+    await store.open()
+    metrics.configured([], [], [FEED_KEY])
+    source = RealtimeSource(
+        settings,
+        Recorder(),
+        store,
+        observe=metrics.realtime_batch,
+        followed=metrics.realtime_followed,
+        unfollowed=metrics.realtime_unfollowed,
+    )
+    return source, metrics, store
+
+
+async def until_shown(metrics: Metrics, following: dict[str, float]) -> None:
+    """Until `metrics` shows its follower's gauges of the feed so: `following`, and with 1 a
+    time it caught up."""
+    for _ in range(600):
+        shown = following_gauges(metrics.render().decode())
+        caught_up = shown.pop("last_up_to_date_timestamp_seconds", None)
+        if shown == following and (caught_up is not None) == (following["following"] == 1):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{following_gauges(metrics.render().decode())} is not {following}")
 
 
 async def test_relay_with_a_refused_key_logs_and_keeps_serving(

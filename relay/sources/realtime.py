@@ -111,11 +111,13 @@ class RealtimeSource:
         *,
         observe: Observe | None = None,
         failed: Failed | None = None,
+        followed: Callable[[str], None] | None = None,
         unfollowed: Callable[[str], None] | None = None,
     ) -> None:
         self._config = config
         self._observe = observe
         self._failed = failed
+        self._followed = followed  # with a feed's key, once this process follows it
         self._unfollowed = unfollowed  # with a feed's key, once this process stops following it
         self._submit = submit
         self._positions = positions
@@ -149,6 +151,8 @@ class RealtimeSource:
                 await asyncio.sleep(LEAD_RENEW_S)
                 continue
             log.info("following the feed (lease taken)", extra={"feed": follower.feed.key})
+            if self._followed is not None:
+                self._followed(follower.feed.key)
             task = asyncio.create_task(follower.run())
             try:
                 while True:
