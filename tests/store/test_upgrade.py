@@ -283,6 +283,45 @@ async def test_silences_an_old_replica_writes_move_the_count_a_new_one_reads() -
             await conn.close()
 
 
+async def test_a_role_granted_the_tables_before_an_upgrade_may_use_the_ones_it_adds() -> None:
+    """Replicas run as a role granted SELECT, INSERT, UPDATE, DELETE on relay's tables
+    (docs/postgresql.md), `relay migrate` as their owner. Shown with real releases (schema 3):
+    the tables a migration added had no grant, so a new replica as that role answered 503 to
+    every POST /v1/runs (the silences' count unreadable) and an old one 503 to every silence
+    added (its trigger's UPDATE refused). A table a migration adds now gets the grants
+    relay_outbox has."""
+    async with fresh_database(shared_server()) as url:
+        conn = await asyncpg.connect(url)
+        role = f"relay_dml_{os.getpid()}_{time.monotonic_ns()}"
+        try:
+            async with conn.transaction():
+                await _pg_old_schema(conn, 3)
+            await conn.execute(f'CREATE ROLE "{role}" LOGIN')
+            await conn.execute(
+                f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"'
+            )
+            assert await PostgresStore(url).migrate() == (3, PG_SCHEMA_VERSION)
+            as_role = url.replace("postgres@", f"{role}@")
+            old = await asyncpg.connect(as_role)  # a replica of the old release, still running
+            try:
+                await old.execute(_PG_SILENCE, "sil_old", NOW - 60, NOW + 3600, NOW - 60)
+            finally:
+                await old.close()
+            store = PostgresStore(as_role)
+            await store.open()
+            try:
+                before = await store.silences_version()
+                await store.add_silence(Silence("sil_new", {"task": ("x",)}, NOW, NOW + 60, NOW))
+                assert await store.silences_version() != before
+                assert [s.id for s in await store.silences(NOW)] == ["sil_old", "sil_new"]
+            finally:
+                await store.close()
+        finally:
+            await conn.execute(f'DROP OWNED BY "{role}"')
+            await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+            await conn.close()
+
+
 _SILENCE = "INSERT INTO silences VALUES (?, '{\"task\":[\"muted/*\"]}', ?, ?, ?, 'pre', 'ops')"
 _PG_SILENCE = (
     "INSERT INTO relay_silences VALUES ($1, '{\"task\":[\"muted/*\"]}', $2, $3, $4, 'pre', 'ops')"
@@ -291,10 +330,16 @@ _PG_SILENCE = (
 
 async def _pg_v1_schema(conn: asyncpg.Connection) -> None:
     """The first release's PostgreSQL schema, as it left it (version 1)."""
-    for statement in PG_MIGRATIONS[0]:
-        await conn.execute(statement)
+    await _pg_old_schema(conn, 1)
+
+
+async def _pg_old_schema(conn: asyncpg.Connection, version: int) -> None:
+    """The PostgreSQL schema of an older release, as it left it (`version`)."""
     await conn.execute(_PG_VERSIONS)
-    await conn.execute("INSERT INTO relay_schema_version (version) VALUES (1)")
+    for number, statements in enumerate(PG_MIGRATIONS[:version], start=1):
+        for statement in statements:
+            await conn.execute(statement)
+        await conn.execute("INSERT INTO relay_schema_version (version) VALUES ($1)", number)
 
 
 _PG_VERSIONS = (
