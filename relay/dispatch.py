@@ -61,6 +61,9 @@ class Deps:
     template_of: Callable[[str, str, str], str | None] | None = None
     # (kind, row, reason, attempts) after each outcome: sent, retry, dead, muted, template_error
     on_event: Callable[[str, Notification, str, int], None] | None = None
+    # rule → its group_interval (s) now, or None: a digest's next one waits that long after
+    # this one's send began, however late that was
+    group_interval_of: Callable[[str], float | None] | None = None
 
 
 def body_limit(route: Route) -> int | None:
@@ -121,6 +124,9 @@ def render_digest(
     return renderer.render(route.type, DIGEST_TEMPLATE, route.parts, ctx, wall_s=wall_s)
 
 
+MAX_GROUPS_TIMED = 10_000  # groups whose next digest a channel remembers the earliest time of
+
+
 class Dispatch:
     """Delivers the units a channel loop starts; its writes join `finishing` (the loop waits
     for them on stop), and rows it cannot send now go back through `release`."""
@@ -154,6 +160,11 @@ class Dispatch:
             stop=stop,
         )
         self._render_pool: ThreadPoolExecutor | None = None  # for renders too slow for the loop
+        # group key → the earliest its next digest may go (see _flushed): one claimed while
+        # the last was on its way waits for it here
+        self._next_digest: dict[str, float] = {}
+        # groups with a digest on its way from here → when its oldest run was queued
+        self._sending: dict[str, float] = {}
 
     def close(self) -> None:
         if self._render_pool is not None:
@@ -161,6 +172,21 @@ class Dispatch:
 
     async def deliver(self, rows: list[Notification], group_key: str | None) -> None:
         """Send one notification, or every due one of a group as one digest; then finish."""
+        if group_key is None:
+            await self._deliver(rows, None)
+            return
+        oldest = min(row.created_at for row in rows)
+        if (wait_s := self._too_soon(group_key, rows[0].rule, oldest)) > 0:
+            await self.release(rows, wait_s)  # no attempt: due again group_interval after
+            return
+        first = self._sending.setdefault(group_key, oldest) == oldest
+        try:
+            await self._deliver(rows, group_key)
+        finally:
+            if first:
+                self._sending.pop(group_key, None)
+
+    async def _deliver(self, rows: list[Notification], group_key: str | None) -> None:
         try:
             ready = await self._to_send(rows, group_key)
         except StoreUnavailable as exc:  # a silence or recovery read: they go again shortly
@@ -188,6 +214,45 @@ class Dispatch:
             return None if resolving is None else (rows, resolving)
         return rows, None
 
+    def _interval(self, rule: str) -> float | None:
+        lookup = self.deps.group_interval_of
+        return None if lookup is None else lookup(rule)
+
+    def _flushed(self, group_key: str, rule: str, started: float) -> Awaitable[dict[str, str]]:
+        """Record a digest's flush: the group's next digest no sooner than group_interval after
+        this one's send began (Alertmanager's timer restarts as a flush starts), not after
+        when it was due: held back by a Retry-After or a retry's backoff, it went late."""
+        interval = self._interval(rule)
+        next_at = None if interval is None else started + interval
+        if next_at is not None:
+            now = self.deps.clock()
+            if len(self._next_digest) >= MAX_GROUPS_TIMED:  # forget the windows that ended
+                self._next_digest = {k: t for k, t in self._next_digest.items() if t > now}
+            self._next_digest[group_key] = next_at
+        return self.deps.store.group_flushed(group_key, self.deps.clock(), next_at)
+
+    @staticmethod
+    async def _then(first: Awaitable[object], second: Callable[[], Awaitable[object]]) -> None:
+        await first
+        await second()
+
+    def _too_soon(self, group_key: str, rule: str, oldest: float) -> float:
+        """How long a digest of this group claimed now must wait for group_interval after the
+        last one this channel sent (0: it may go). One of newer runs claimed beside a digest
+        of its group still on its way (the runs that joined a digest held back, claimed as the
+        hold ended) waits group_interval from now: that one began before. Older runs never
+        wait behind newer ones."""
+        on_its_way = self._sending.get(group_key)
+        if on_its_way is not None and oldest > on_its_way:
+            return self._interval(rule) or 0.0
+        next_at = self._next_digest.get(group_key)
+        if next_at is None:
+            return 0.0
+        wait_s = next_at - self.deps.clock()
+        if wait_s <= 0:
+            del self._next_digest[group_key]
+        return max(wait_s, 0.0)
+
     async def _send_and_finish(
         self,
         rows: list[Notification],
@@ -196,6 +261,7 @@ class Dispatch:
     ) -> None:
         """Render, send with quick retries, and have the outcome written (see finish)."""
         outgoing = await self._render(rows, group_key, recovers)
+        started = self.deps.clock()
         tried = await self.sender.attempt(outgoing, max(row.attempts for row in rows))
         if tried.held_s is not None:  # not sent: a hold is no attempt, the rows wait it out
             await self.release(rows, tried.held_s)
@@ -216,8 +282,10 @@ class Dispatch:
             else:
                 outcome = self._outcome(err, rows, tries)
                 writes = [self._failed(rows, err, tries, outcome, again=again)]
-            if err is None and group_key is not None:
-                writes.append(self.deps.store.group_flushed(group_key, self.deps.clock()))
+            if err is None and group_key is not None:  # after the rows: what is left waits
+                return self._then(
+                    writes[0], lambda: self._flushed(group_key, rows[0].rule, started)
+                )
             return writes[0] if len(writes) == 1 else asyncio.gather(*writes)
 
         extra = {**row_extra(self.name, rows[0]), "notifications": len(rows)}

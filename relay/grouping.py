@@ -112,9 +112,16 @@ def _closed(previous: GroupState, now: float, timing: Timing) -> bool:
     return now - previous.last_seen >= quiet
 
 
-def flushed(previous: GroupState, now: float) -> GroupState:
-    """The group after its digest went out; a later digest that runs joined meanwhile stays."""
+def flushed(
+    previous: GroupState, now: float, next_at: float | None = None, *, waiting: bool = False
+) -> GroupState:
+    """The group after its digest went out; a later digest that runs joined meanwhile stays
+    (`waiting`: the group has rows left, maybe due already), no sooner than `next_at` (the
+    send's start plus group_interval: runs that joined a digest held back by its receiver were
+    scheduled from when it was due, not from when it went)."""
     later = previous.next_flush if (previous.next_flush or 0.0) > now else None
+    if next_at is not None and (later is not None or waiting):
+        later = max(later or next_at, next_at)
     return GroupState(previous.key, later, now, max(previous.last_seen, now))
 
 

@@ -167,6 +167,11 @@ class RuleSet:
         found = self.by_name.get(rule)
         return None if found is None else found.time_muted(now)
 
+    def group_interval_of(self, rule: str) -> float | None:
+        """Rule `rule`'s group_interval in seconds, or None (not a digest rule, or removed)."""
+        found = self.by_name.get(rule)
+        return None if found is None or found.timing is None else found.timing.group_interval_s
+
     def template_of(self, rule: str, channel: str, event: str) -> str | None:
         """The template rule `rule` renders for `channel` and `event` now, or None when no
         rule of that name notifies it of that event any more (a reload removed the rule or

@@ -270,6 +270,7 @@ class Service:
             silences=self.silences,
             time_muted=compiled.rules.time_muted if compiled.rules.has_windows else None,
             template_of=compiled.rules.template_of,
+            group_interval_of=compiled.rules.group_interval_of,
             on_event=self.metrics.delivery_event if self.events is None else self._forward,
         )
         names = self.role.owned(config.channels)

@@ -311,3 +311,21 @@ async def test_a_storm_digest_fits_the_body_size_the_receiver_takes(
     assert len(listed) >= limit // 3_000  # as many as fit, each with its error
     assert all(run["error"]["message"].startswith("éé") for run in body["runs"])
     assert (await r.service.store.counts())["sent"] == 1_000
+
+
+async def test_a_digest_held_back_by_its_receiver_leaves_group_interval_before_the_next(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    # A run that joins a group while its due digest is held back (a Retry-After, a retry's
+    # backoff) was scheduled group_interval after when that digest was due, not after when
+    # it went: here 0.5 s after it went, under a 1.5 s group_interval.
+    sink.responses = [status(429, {"Retry-After": "1"})]
+    r = await relay(CONFIG.format(url=sink.url, wait="100ms", interval="1500ms"))
+    await r.post([failed(1), failed(2)])
+    await sink.wait_for(1)  # tried, and the channel is held for 1 s
+    await r.post(failed(3))
+    got = await sink.wait_for(3)
+    first, second = got[1], got[2]
+    assert {run["id"] for run in first.json()["runs"]} == {"run_digest_001", "run_digest_002"}
+    assert second.json()["run"]["id"] == "run_digest_003"
+    assert second.at - first.at >= 1.4

@@ -193,3 +193,14 @@ def test_check_takes_the_alert_webhook_runs_task_for_a_field() -> None:
         "'task.nme', so every run falls in one group; group_by reads the run as JSON: did you"
         " mean 'taskIdentifier'?",
     ]
+
+
+def test_a_late_flush_keeps_group_interval_before_the_next_digest() -> None:
+    # a digest due at 130 went at 600 (held back); runs that joined meanwhile were due at 430
+    g = schedule(schedule(None, "k", 100.0, T), "k", 131.0, T, sending=True)
+    assert g.next_flush == 431.0
+    assert flushed(g, 601.0).next_flush is None  # their digest is left to the rows' not_before
+    assert flushed(g, 601.0, 900.0, waiting=True).next_flush == 900.0  # 600 + group_interval
+    assert flushed(g, 601.0, 900.0).next_flush is None  # nothing left waiting: none scheduled
+    on_time = schedule(flushed(schedule(None, "k", 100.0, T), 130.0), "k", 140.0, T)
+    assert flushed(on_time, 131.0, 429.0).next_flush == 430.0  # a later one stays as it was

@@ -244,9 +244,12 @@ class Store(Protocol):
         digest's run not tried yet its group's flush time (before that it waits by design and
         does not count); None when nothing counts."""
 
-    async def group_flushed(self, group_key: str, now: float) -> dict[str, str]:
+    async def group_flushed(
+        self, group_key: str, now: float, next_at: float | None = None
+    ) -> dict[str, str]:
         """Record that a group's digest went out (a later digest, of runs that joined while it
-        was on its way, stays scheduled); return the group's labels."""
+        was on its way, stays scheduled, but no sooner than `next_at`: its unclaimed rows are
+        due then at the earliest); return the group's labels."""
 
     async def add_silence(self, silence: Silence) -> None: ...
 

@@ -121,6 +121,25 @@ _MARKED_HERE = """
 """
 
 
+# A digest went out (its rows marked sent before): the group's later digest (runs that joined
+# while this one was due, held back or on its way: rows still pending) and its unclaimed rows
+# wait until $3 (the send's start + group_interval), as grouping.flushed says.
+_GROUP_FLUSHED = """
+    WITH pushed AS (
+        UPDATE relay_outbox SET not_before = $3::double precision
+        WHERE group_key = $1 AND state = 'pending' AND lease_until IS NULL
+            AND not_before < $3::double precision
+    )
+    UPDATE relay_groups SET last_sent = $2, last_seen = GREATEST(last_seen, $2),
+        next_flush = CASE
+            WHEN $3::double precision IS NOT NULL AND (next_flush > $2 OR EXISTS (
+                SELECT 1 FROM relay_outbox WHERE group_key = $1 AND state = 'pending'))
+            THEN GREATEST(next_flush, $3::double precision)
+            WHEN next_flush > $2 THEN next_flush END
+    WHERE key = $1 RETURNING labels_json
+"""
+
+
 class PostgresStore:
     """The Store on a PostgreSQL database (RELAY_STORE_URL=postgresql://...)."""
 
@@ -458,14 +477,10 @@ class PostgresStore:
         )
         return None if value is None else float(value)
 
-    async def group_flushed(self, group_key: str, now: float) -> dict[str, str]:
-        labels = await self._fetchval(
-            "UPDATE relay_groups SET next_flush = CASE WHEN next_flush > $2 THEN next_flush END,"
-            " last_sent = $2,"
-            " last_seen = GREATEST(last_seen, $2) WHERE key = $1 RETURNING labels_json",
-            clean(group_key),
-            now,
-        )
+    async def group_flushed(
+        self, group_key: str, now: float, next_at: float | None = None
+    ) -> dict[str, str]:
+        labels = await self._fetchval(_GROUP_FLUSHED, clean(group_key), now, next_at)
         return {} if labels is None else to_labels(labels)
 
     async def add_silence(self, silence: Silence) -> None:

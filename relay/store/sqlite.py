@@ -119,6 +119,15 @@ def _url_error(message: str) -> ConfigError:
     return ConfigError([Problem("", "RELAY_STORE_URL", message)])
 
 
+# The rows of a group's later digest not claimed yet wait until the flush's next_at (see
+# Store.group_flushed); the digest's own rows are marked sent before.
+_GROUP_WAITING = "SELECT 1 FROM outbox WHERE group_key = ? AND state = 'pending' LIMIT 1"
+_PUSH_GROUP = (
+    "UPDATE outbox SET not_before = ? WHERE group_key = ? AND state = 'pending'"
+    " AND lease_until IS NULL AND not_before < ?"
+)
+
+
 class SQLiteStore:
     """The Store on one SQLite file.
 
@@ -362,13 +371,18 @@ class SQLiteStore:
         )
         return None if value is None else float(value)
 
-    async def group_flushed(self, group_key: str, now: float) -> dict[str, str]:
+    async def group_flushed(
+        self, group_key: str, now: float, next_at: float | None = None
+    ) -> dict[str, str]:
         """Record that the group's digest went out; return the group's labels."""
 
         def flush(conn: sqlite3.Connection) -> dict[str, str]:
             state = load_group(conn, group_key)
             if state is not None:
-                after = flushed(state, now)
+                waiting = conn.execute(_GROUP_WAITING, (group_key,)).fetchone() is not None
+                after = flushed(state, now, next_at, waiting=waiting)
+                if next_at is not None:
+                    conn.execute(_PUSH_GROUP, (next_at, group_key, next_at))
                 conn.execute(
                     "UPDATE groups SET next_flush = ?, last_sent = ?, last_seen = ? WHERE key = ?",
                     (after.next_flush, after.last_sent, after.last_seen, group_key),
