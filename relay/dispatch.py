@@ -124,9 +124,6 @@ def render_digest(
     return renderer.render(route.type, DIGEST_TEMPLATE, route.parts, ctx, wall_s=wall_s)
 
 
-MAX_GROUPS_TIMED = 10_000  # groups whose next digest a channel remembers the earliest time of
-
-
 class Dispatch:
     """Delivers the units a channel loop starts; its writes join `finishing` (the loop waits
     for them on stop), and rows it cannot send now go back through `release`."""
@@ -160,11 +157,6 @@ class Dispatch:
             stop=stop,
         )
         self._render_pool: ThreadPoolExecutor | None = None  # for renders too slow for the loop
-        # group key → the earliest its next digest may go (see _flushed): one claimed while
-        # the last was on its way waits for it here
-        self._next_digest: dict[str, float] = {}
-        # groups with a digest on its way from here → when its oldest run was queued
-        self._sending: dict[str, float] = {}
 
     def close(self) -> None:
         if self._render_pool is not None:
@@ -172,22 +164,10 @@ class Dispatch:
 
     async def deliver(self, rows: list[Notification], group_key: str | None) -> None:
         """Send one notification, or every due one of a group as one digest; then finish."""
-        if group_key is None:
-            await self._deliver(rows, None)
-            return
-        oldest = min(row.created_at for row in rows)
-        if (wait_s := self._too_soon(group_key, rows[0].rule, oldest)) > 0:
-            await self.release(rows, wait_s)  # no attempt: due again group_interval after
-            return
-        first = self._sending.setdefault(group_key, oldest) == oldest
         try:
-            await self._deliver(rows, group_key)
-        finally:
-            if first:
-                self._sending.pop(group_key, None)
-
-    async def _deliver(self, rows: list[Notification], group_key: str | None) -> None:
-        try:
+            if group_key is not None and (wait_s := await self._too_soon(rows, group_key)) > 0:
+                await self.release(rows, wait_s)  # no attempt: due again group_interval after
+                return
             ready = await self._to_send(rows, group_key)
         except StoreUnavailable as exc:  # a silence or recovery read: they go again shortly
             log.warning(
@@ -218,40 +198,32 @@ class Dispatch:
         lookup = self.deps.group_interval_of
         return None if lookup is None else lookup(rule)
 
-    def _flushed(self, group_key: str, rule: str, started: float) -> Awaitable[dict[str, str]]:
+    def _flushed(self, group_key: str, rule: str) -> Awaitable[dict[str, str]]:
         """Record a digest's flush: the group's next digest no sooner than group_interval after
-        this one's send began (Alertmanager's timer restarts as a flush starts), not after
-        when it was due: held back by a Retry-After or a retry's backoff, it went late."""
+        it, not after when this one was due (held back by a Retry-After or a retry's
+        backoff, it went late)."""
+        now = self.deps.clock()
         interval = self._interval(rule)
-        next_at = None if interval is None else started + interval
-        if next_at is not None:
-            now = self.deps.clock()
-            if len(self._next_digest) >= MAX_GROUPS_TIMED:  # forget the windows that ended
-                self._next_digest = {k: t for k, t in self._next_digest.items() if t > now}
-            self._next_digest[group_key] = next_at
-        return self.deps.store.group_flushed(group_key, self.deps.clock(), next_at)
+        next_at = None if interval is None else now + interval
+        return self.deps.store.group_flushed(group_key, now, next_at)
 
     @staticmethod
     async def _then(first: Awaitable[object], second: Callable[[], Awaitable[object]]) -> None:
         await first
         await second()
 
-    def _too_soon(self, group_key: str, rule: str, oldest: float) -> float:
-        """How long a digest of this group claimed now must wait for group_interval after the
-        last one this channel sent (0: it may go). One of newer runs claimed beside a digest
-        of its group still on its way (the runs that joined a digest held back, claimed as the
-        hold ended) waits group_interval from now: that one began before. Older runs never
-        wait behind newer ones."""
-        on_its_way = self._sending.get(group_key)
-        if on_its_way is not None and oldest > on_its_way:
-            return self._interval(rule) or 0.0
-        next_at = self._next_digest.get(group_key)
-        if next_at is None:
+    async def _too_soon(self, rows: list[Notification], group_key: str) -> float:
+        """How long this digest must wait to go group_interval after the group's last one
+        (0: it may go). One claimed while another digest of its group is on its way (from
+        another replica, or claimed beside it as a hold ended) waits group_interval from now."""
+        interval = self._interval(rows[0].rule)
+        if interval is None:
             return 0.0
-        wait_s = next_at - self.deps.clock()
-        if wait_s <= 0:
-            del self._next_digest[group_key]
-        return max(wait_s, 0.0)
+        now = self.deps.clock()
+        last_sent, busy = await self.deps.store.group_pace(group_key, [r.id for r in rows], now)
+        if busy:
+            return interval
+        return 0.0 if last_sent is None else max(last_sent + interval - now, 0.0)
 
     async def _send_and_finish(
         self,
@@ -261,7 +233,6 @@ class Dispatch:
     ) -> None:
         """Render, send with quick retries, and have the outcome written (see finish)."""
         outgoing = await self._render(rows, group_key, recovers)
-        started = self.deps.clock()
         tried = await self.sender.attempt(outgoing, max(row.attempts for row in rows))
         if tried.held_s is not None:  # not sent: a hold is no attempt, the rows wait it out
             await self.release(rows, tried.held_s)
@@ -274,19 +245,15 @@ class Dispatch:
             # A digest fails as one message: its rows retry together (one jittered time) or die
             # together, else each row would come back alone and the digest split into N messages.
             tries = tried.tries
-            writes: list[Awaitable[object]]
             # Its outcome is one store write, all its rows or none: a kill between rows would
             # leave part of it marked and send the rest again as a smaller digest (a new id).
-            if err is None:
-                writes = [self._sent(rows, tries, tried)]
-            else:
-                outcome = self._outcome(err, rows, tries)
-                writes = [self._failed(rows, err, tries, outcome, again=again)]
-            if err is None and group_key is not None:  # after the rows: what is left waits
-                return self._then(
-                    writes[0], lambda: self._flushed(group_key, rows[0].rule, started)
-                )
-            return writes[0] if len(writes) == 1 else asyncio.gather(*writes)
+            if err is not None:
+                return self._failed(rows, err, tries, self._outcome(err, rows, tries), again=again)
+            if group_key is not None:  # the group first: no moment between the rows' mark and
+                # the group's flush where another digest of it would look due at once
+                flush = self._flushed(group_key, rows[0].rule)
+                return self._then(flush, lambda: self._sent(rows, tries, tried))
+            return self._sent(rows, tries, tried)
 
         extra = {**row_extra(self.name, rows[0]), "notifications": len(rows)}
         # The send is over: its slot is free while the outcome is written (the row stays leased

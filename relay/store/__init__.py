@@ -251,6 +251,13 @@ class Store(Protocol):
         was on its way, stays scheduled, but no sooner than `next_at`: its unclaimed rows are
         due then at the earliest); return the group's labels."""
 
+    async def group_pace(
+        self, group_key: str, sending: Sequence[str], now: float
+    ) -> tuple[float | None, bool]:
+        """Before a digest of `sending` goes: when the group's last digest went out (None: none
+        yet), and whether another digest of it is on its way (rows of it leased, by any live
+        replica or process)."""
+
     async def add_silence(self, silence: Silence) -> None: ...
 
     async def silences(

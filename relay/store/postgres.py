@@ -52,7 +52,7 @@ from relay.store._pg_connect import (
     unreadable_tls_file,
 )
 from relay.store._pg_observe import lease_at_birth, observe
-from relay.store._pg_replicas import DEFAULT_TIMEOUT_S, Heartbeat, new_holder
+from relay.store._pg_replicas import DEFAULT_TIMEOUT_S, Heartbeat, lease_free, new_holder
 from relay.store._pg_rows import (
     LEAD,
     PRUNE,
@@ -121,9 +121,9 @@ _MARKED_HERE = """
 """
 
 
-# A digest went out (its rows marked sent before): the group's later digest (runs that joined
-# while this one was due, held back or on its way: rows still pending) and its unclaimed rows
-# wait until $3 (the send's start + group_interval), as grouping.flushed says.
+# A digest went out (its rows, marked sent after this, still leased): the group's later digest
+# (runs that joined while this one was due, held back or on its way: rows pending, not leased)
+# and its unclaimed rows wait until $3 (now + group_interval), as grouping.flushed says.
 _GROUP_FLUSHED = """
     WITH pushed AS (
         UPDATE relay_outbox SET not_before = $3::double precision
@@ -133,11 +133,20 @@ _GROUP_FLUSHED = """
     UPDATE relay_groups SET last_sent = $2, last_seen = GREATEST(last_seen, $2),
         next_flush = CASE
             WHEN $3::double precision IS NOT NULL AND (next_flush > $2 OR EXISTS (
-                SELECT 1 FROM relay_outbox WHERE group_key = $1 AND state = 'pending'))
+                SELECT 1 FROM relay_outbox WHERE group_key = $1 AND state = 'pending'
+                AND (lease_until IS NULL OR lease_until <= $2)))
             THEN GREATEST(next_flush, $3::double precision)
             WHEN next_flush > $2 THEN next_flush END
     WHERE key = $1 RETURNING labels_json
 """
+
+# Before a digest goes: the group's last flush, and whether another digest of it is leased.
+_GROUP_PACE = f"""
+    SELECT (SELECT last_sent FROM relay_groups WHERE key = $1) AS last_sent, EXISTS (
+        SELECT 1 FROM relay_outbox WHERE group_key = $1 AND state = 'pending'
+        AND id <> ALL($2::text[]) AND NOT {lease_free("$3")}
+    ) AS busy
+"""  # noqa: S608
 
 
 class PostgresStore:
@@ -482,6 +491,12 @@ class PostgresStore:
     ) -> dict[str, str]:
         labels = await self._fetchval(_GROUP_FLUSHED, clean(group_key), now, next_at)
         return {} if labels is None else to_labels(labels)
+
+    async def group_pace(
+        self, group_key: str, sending: Sequence[str], now: float
+    ) -> tuple[float | None, bool]:
+        [row] = await self._fetch(_GROUP_PACE, clean(group_key), [clean(i) for i in sending], now)
+        return row["last_sent"], bool(row["busy"])
 
     async def add_silence(self, silence: Silence) -> None:
         await self._execute(

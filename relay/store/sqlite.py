@@ -120,8 +120,14 @@ def _url_error(message: str) -> ConfigError:
 
 
 # The rows of a group's later digest not claimed yet wait until the flush's next_at (see
-# Store.group_flushed); the digest's own rows are marked sent before.
-_GROUP_WAITING = "SELECT 1 FROM outbox WHERE group_key = ? AND state = 'pending' LIMIT 1"
+# Store.group_flushed); the digest's own rows, marked sent after, are still leased.
+_GROUP_LEASED = (
+    "SELECT id FROM outbox WHERE group_key = ? AND state = 'pending' AND lease_until > ?"
+)
+_GROUP_WAITING = (
+    "SELECT 1 FROM outbox WHERE group_key = ? AND state = 'pending'"
+    " AND (lease_until IS NULL OR lease_until <= ?) LIMIT 1"
+)
 _PUSH_GROUP = (
     "UPDATE outbox SET not_before = ? WHERE group_key = ? AND state = 'pending'"
     " AND lease_until IS NULL AND not_before < ?"
@@ -379,7 +385,7 @@ class SQLiteStore:
         def flush(conn: sqlite3.Connection) -> dict[str, str]:
             state = load_group(conn, group_key)
             if state is not None:
-                waiting = conn.execute(_GROUP_WAITING, (group_key,)).fetchone() is not None
+                waiting = conn.execute(_GROUP_WAITING, (group_key, now)).fetchone() is not None
                 after = flushed(state, now, next_at, waiting=waiting)
                 if next_at is not None:
                     conn.execute(_PUSH_GROUP, (next_at, group_key, next_at))
@@ -390,6 +396,18 @@ class SQLiteStore:
             return group_labels_of(conn, group_key)
 
         return await self._writer.run(flush)
+
+    async def group_pace(
+        self, group_key: str, sending: Sequence[str], now: float
+    ) -> tuple[float | None, bool]:
+        def read(conn: sqlite3.Connection) -> tuple[float | None, bool]:
+            row = conn.execute("SELECT last_sent FROM groups WHERE key = ?", (group_key,))
+            found = row.fetchone()
+            leased = conn.execute(_GROUP_LEASED, (group_key, now)).fetchall()
+            busy = any(other[0] not in set(sending) for other in leased)
+            return (None if found is None else found[0]), busy
+
+        return await self._reader.run(read)
 
     async def add_silence(self, silence: Silence) -> None:
         await self._writer.run(lambda conn: insert_silence(conn, silence))

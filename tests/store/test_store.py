@@ -660,19 +660,33 @@ async def test_a_digest_sent_late_puts_group_interval_between_it_and_the_next(
     store: Store,
 ) -> None:
     """A digest due at 30 went out only at 400 (held back by a Retry-After, or retried): run_2,
-    which joined at 31, was due at 331 and followed at once. The flush pushes the next digest
-    (its rows and the group's schedule, so a run joining later goes with it) to group_interval
-    after the send began, as Alertmanager's timer restarts when a flush starts."""
+    which joined at 31, was due at 331 and followed at once. The flush (recorded before its
+    rows are marked) pushes the next digest (its rows and the group's schedule, so a run
+    joining later goes with it) to group_interval after it."""
     [n1] = ids(await store.observe([make_run("run_1", taskIdentifier="t/a")], decide_digest, 0))
     assert [n.id for n in await store.claim("d", now=30.0, limit=10, lease_s=600)] == [n1]
     [n2] = ids(await store.observe([make_run("run_2", taskIdentifier="t/a")], decide_digest, 31))
+    await store.group_flushed(group_key("dg", "d", {"taskIdentifier": "t/a"}), 400.0, 700.0)
     await store.mark_sent([(n1, 1)], now=401.0)
-    await store.group_flushed(group_key("dg", "d", {"taskIdentifier": "t/a"}), 401.0, 700.0)
     later = await store.observe([make_run("run_3", taskIdentifier="t/a")], decide_digest, 500)
     assert [n.not_before for n in later[0].notifications] == [700.0]
     assert await store.claim("d", now=699.0, limit=10, lease_s=60) == []
     claimed = await store.claim("d", now=700.0, limit=10, lease_s=60)
     assert sorted(n.id for n in claimed) == sorted([n2, *ids(later)])
+
+
+async def test_a_digest_learns_its_groups_last_flush_and_one_on_its_way(store: Store) -> None:
+    """Before a digest goes, delivery asks when its group's last one went and whether another
+    of it is leased (on its way from another replica: both would go at once)."""
+    key = group_key("dg", "d", {"taskIdentifier": "t/a"})
+    [n1] = ids(await store.observe([make_run("run_1", taskIdentifier="t/a")], decide_digest, 0))
+    assert [n.id for n in await store.claim("d", now=30.0, limit=10, lease_s=600)] == [n1]
+    [n2] = ids(await store.observe([make_run("run_2", taskIdentifier="t/a")], decide_digest, 31))
+    assert await store.group_pace(key, [n1], 31.0) == (None, False)
+    assert await store.group_pace(key, [n2], 31.0) == (None, True)
+    await store.group_flushed(key, 40.0, 340.0)
+    await store.mark_sent([(n1, 1)], now=40.0)
+    assert await store.group_pace(key, [n2], 340.0) == (40.0, False)
 
 
 async def test_a_run_decided_just_before_its_digest_was_claimed_waits_for_the_next_one(
