@@ -215,14 +215,16 @@ class Dispatch:
     async def _too_soon(self, rows: list[Notification], group_key: str) -> float:
         """How long this digest must wait to go group_interval after the group's last one
         (0: it may go). One claimed while another digest of its group is on its way (from
-        another replica, or claimed beside it as a hold ended) waits group_interval from now."""
+        another replica, or claimed beside it as a hold ended) waits group_interval from now,
+        unless its runs are the older: those never wait behind newer ones."""
         interval = self._interval(rows[0].rule)
         if interval is None:
             return 0.0
         now = self.deps.clock()
-        last_sent, busy = await self.deps.store.group_pace(group_key, [r.id for r in rows], now)
-        if busy:
-            return interval
+        sending = [row.id for row in rows]
+        last_sent, other = await self.deps.store.group_pace(group_key, sending, now)
+        if other is not None:
+            return interval if other <= min(row.created_at for row in rows) else 0.0
         return 0.0 if last_sent is None else max(last_sent + interval - now, 0.0)
 
     async def _send_and_finish(

@@ -253,10 +253,10 @@ class Store(Protocol):
 
     async def group_pace(
         self, group_key: str, sending: Sequence[str], now: float
-    ) -> tuple[float | None, bool]:
+    ) -> tuple[float | None, float | None]:
         """Before a digest of `sending` goes: when the group's last digest went out (None: none
-        yet), and whether another digest of it is on its way (rows of it leased, by any live
-        replica or process)."""
+        yet), and when the oldest run of another digest of it on its way (rows of it leased,
+        by any live replica or process) was queued (its created_at; None: none on its way)."""
 
     async def add_silence(self, silence: Silence) -> None: ...
 

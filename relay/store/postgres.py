@@ -142,8 +142,8 @@ _GROUP_FLUSHED = """
 
 # Before a digest goes: the group's last flush, and whether another digest of it is leased.
 _GROUP_PACE = f"""
-    SELECT (SELECT last_sent FROM relay_groups WHERE key = $1) AS last_sent, EXISTS (
-        SELECT 1 FROM relay_outbox WHERE group_key = $1 AND state = 'pending'
+    SELECT (SELECT last_sent FROM relay_groups WHERE key = $1) AS last_sent, (
+        SELECT MIN(created_at) FROM relay_outbox WHERE group_key = $1 AND state = 'pending'
         AND id <> ALL($2::text[]) AND NOT {lease_free("$3")}
     ) AS busy
 """  # noqa: S608
@@ -494,9 +494,9 @@ class PostgresStore:
 
     async def group_pace(
         self, group_key: str, sending: Sequence[str], now: float
-    ) -> tuple[float | None, bool]:
+    ) -> tuple[float | None, float | None]:
         [row] = await self._fetch(_GROUP_PACE, clean(group_key), [clean(i) for i in sending], now)
-        return row["last_sent"], bool(row["busy"])
+        return row["last_sent"], row["busy"]
 
     async def add_silence(self, silence: Silence) -> None:
         await self._execute(

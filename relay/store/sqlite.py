@@ -122,7 +122,8 @@ def _url_error(message: str) -> ConfigError:
 # The rows of a group's later digest not claimed yet wait until the flush's next_at (see
 # Store.group_flushed); the digest's own rows, marked sent after, are still leased.
 _GROUP_LEASED = (
-    "SELECT id FROM outbox WHERE group_key = ? AND state = 'pending' AND lease_until > ?"
+    "SELECT id, created_at FROM outbox WHERE group_key = ? AND state = 'pending'"
+    " AND lease_until > ?"
 )
 _GROUP_WAITING = (
     "SELECT 1 FROM outbox WHERE group_key = ? AND state = 'pending'"
@@ -399,13 +400,13 @@ class SQLiteStore:
 
     async def group_pace(
         self, group_key: str, sending: Sequence[str], now: float
-    ) -> tuple[float | None, bool]:
-        def read(conn: sqlite3.Connection) -> tuple[float | None, bool]:
+    ) -> tuple[float | None, float | None]:
+        def read(conn: sqlite3.Connection) -> tuple[float | None, float | None]:
             row = conn.execute("SELECT last_sent FROM groups WHERE key = ?", (group_key,))
             found = row.fetchone()
             leased = conn.execute(_GROUP_LEASED, (group_key, now)).fetchall()
-            busy = any(other[0] not in set(sending) for other in leased)
-            return (None if found is None else found[0]), busy
+            busy = [other[1] for other in leased if other[0] not in set(sending)]
+            return (None if found is None else found[0]), min(busy, default=None)
 
         return await self._reader.run(read)
 

@@ -682,11 +682,12 @@ async def test_a_digest_learns_its_groups_last_flush_and_one_on_its_way(store: S
     [n1] = ids(await store.observe([make_run("run_1", taskIdentifier="t/a")], decide_digest, 0))
     assert [n.id for n in await store.claim("d", now=30.0, limit=10, lease_s=600)] == [n1]
     [n2] = ids(await store.observe([make_run("run_2", taskIdentifier="t/a")], decide_digest, 31))
-    assert await store.group_pace(key, [n1], 31.0) == (None, False)
-    assert await store.group_pace(key, [n2], 31.0) == (None, True)
+    assert await store.group_pace(key, [n1], 31.0) == (None, None)
+    [created] = {n.created_at for n in await store.history(HistoryQuery(run_id="run_1"))}
+    assert await store.group_pace(key, [n2], 31.0) == (None, created)
     await store.group_flushed(key, 40.0, 340.0)
     await store.mark_sent([(n1, 1)], now=40.0)
-    assert await store.group_pace(key, [n2], 340.0) == (40.0, False)
+    assert await store.group_pace(key, [n2], 340.0) == (40.0, None)
 
 
 async def test_a_run_decided_just_before_its_digest_was_claimed_waits_for_the_next_one(
