@@ -216,7 +216,8 @@ class Dispatch:
         """How long this digest must wait to go group_interval after the group's last one
         (0: it may go). One claimed while another digest of its group is on its way (from
         another replica, or claimed beside it as a hold ended) waits group_interval from now,
-        unless its runs are the older: those never wait behind newer ones."""
+        unless all its runs are older than all of that one's: those never wait behind newer
+        ones (a run queued amid that digest's, committed after its claim, does wait)."""
         interval = self._interval(rows[0].rule)
         if interval is None:
             return 0.0
@@ -224,7 +225,7 @@ class Dispatch:
         sending = [row.id for row in rows]
         last_sent, other = await self.deps.store.group_pace(group_key, sending, now)
         if other is not None:
-            return interval if other <= min(row.created_at for row in rows) else 0.0
+            return interval if other <= max(row.created_at for row in rows) else 0.0
         return 0.0 if last_sent is None else max(last_sent + interval - now, 0.0)
 
     async def _send_and_finish(
