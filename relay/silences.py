@@ -7,6 +7,7 @@ import fnmatch
 import heapq
 import itertools
 import logging
+import math
 import re
 import secrets
 import time
@@ -51,6 +52,8 @@ ConfigNames = tuple[Collection[str], Collection[str]]
 RELOAD_S = 0.25  # how stale a running relay's silences may be (`relay silence add` waits it out)
 _RELOAD = "reload"  # the key of the failed reloads in a SilenceCache's CountedLines
 YEAR_10000 = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() + 1  # none shown from
+# the last epoch second a float holds in year 9999: its last microseconds round up to YEAR_10000
+LAST_INSTANT = math.nextafter(YEAR_10000, 0.0)
 
 
 def parse_matchers(raw: Any) -> dict[str, tuple[str, ...]]:
@@ -385,16 +388,17 @@ def parse_time(value: Any, field: str) -> float:
     except ValueError:
         raise InputError(field, "expected an ISO-8601 time like 2026-11-28T18:00:00Z") from None
     try:
-        return to_utc(when).timestamp()  # in UTC's years 1-9999, so it can be shown again
+        seconds = to_utc(when).timestamp()  # in UTC's years 1-9999, so it can be shown again
     except ValueError:
         raise InputError(field, "time out of range (years 1-9999 in UTC)") from None
+    return min(seconds, LAST_INSTANT)  # 9999-12-31T23:59:59.999999Z is year 9999's, not 10000's
 
 
 def silence_view(silence: Silence, now: float) -> dict[str, Any]:
     """The public JSON face of a silence (API and `relay silence list --json`)."""
 
     def when(ts: float) -> str | None:  # one stored by an older relay may end past year 9999
-        return iso(datetime.fromtimestamp(min(ts, YEAR_10000 - 0.001), UTC))
+        return iso(datetime.fromtimestamp(min(ts, LAST_INSTANT), UTC))
 
     return {
         "id": silence.id,

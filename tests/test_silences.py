@@ -408,6 +408,32 @@ async def test_silence_api_errors_and_listing(
     assert said.count(("silence expired", pending["id"])) == 1
 
 
+async def test_silence_api_takes_the_first_and_last_instants_and_refuses_past_them(
+    relay: RelayFactory,
+) -> None:
+    """`ends_at: 9999-12-31T23:59:59.999999Z`, a valid instant, was refused as "out of range":
+    as epoch seconds it rounded up to year 10000. Years 1 and 9999 are taken to their last
+    microsecond; an instant outside them is a 400 naming the field, never a 500."""
+    r = await relay(CONFIG.format(url="http://127.0.0.1:9"))
+    first, last = "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"
+    body = {"matchers": {"task": "x"}, "starts_at": first, "ends_at": last}
+    code, made = await api(r, "POST", "/v1/silences", body)
+    assert code == 201, made
+    assert (made["starts_at"], made["ends_at"]) == (
+        "0001-01-01T00:00:00.000Z",
+        "9999-12-31T23:59:59.999Z",
+    )
+    assert (await api(r, "GET", "/v1/silences"))[1]["silences"] == [made]
+    for field, when in [
+        ("ends_at", "9999-12-31T23:59:59.999999-00:01"),  # 00:00:59 in year 10000, UTC
+        ("ends_at", "10000-01-01T00:00:00Z"),
+        ("starts_at", "0001-01-01T00:00:00+00:01"),  # 23:59 in year 0, UTC
+        ("starts_at", "0000-12-31T23:59:59Z"),
+    ]:
+        code, answer = await api(r, "POST", "/v1/silences", {**body, field: when})
+        assert (code, answer.get("field")) == (400, field), (when, answer)
+
+
 async def test_silence_api_lists_by_alertmanagers_filters_a_page_at_a_time(
     relay: RelayFactory,
 ) -> None:
@@ -865,6 +891,9 @@ def test_cli_add_takes_the_spec_synopsis_and_amtool_default(tmp_path: Path) -> N
         (["--until", "2020-01-01T00:00:00Z"], "--until: must be in the future"),
         (["--start", "2999-01-02", "--until", "2999-01-01"], "--until: must be after --start"),
         (["--start", "2000-01-01", "-d", "1h"], "--start: the silence would end in the past"),
+        (["--until", "9999-12-31T23:59:59.999999-00:01"], "--until: time out of range"),
+        (["--start", "0001-01-01T00:00:00+00:01"], "--start: time out of range"),
+        (["--start", "9999-12-31T23:59:59Z", "-d", "1s"], "--duration '1s': time out of range"),
     ],
 )
 def test_cli_add_names_the_flag_to_fix(tmp_path: Path, args: list[str], complaint: str) -> None:
@@ -875,6 +904,17 @@ def test_cli_add_names_the_flag_to_fix(tmp_path: Path, args: list[str], complain
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.startswith(f"error: silence not added: {complaint}"), bad.stderr
     assert bad.stderr.count("\n") == 1, bad.stderr  # one line
+
+
+def test_cli_add_takes_the_last_microsecond_of_year_9999(tmp_path: Path) -> None:
+    """`--until 9999-12-31T23:59:59.999999Z` said "time out of range": as epoch seconds it
+    rounded up to year 10000."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    until = ["--until", "9999-12-31T23:59:59.999999Z"]
+    added = run_cli_in_process("silence", "add", "task=x", *until, env=env)
+    assert added.returncode == 0, added.stderr
+    listed = json.loads(run_cli_in_process("silence", "list", "--json", env=env).stdout)
+    assert [s["ends_at"] for s in listed] == ["9999-12-31T23:59:59.999Z"]
 
 
 def test_cli_list_quiet_prints_nothing_when_nothing_is_listed(tmp_path: Path) -> None:
