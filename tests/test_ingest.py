@@ -419,18 +419,21 @@ async def test_a_body_that_arrives_whole_with_its_headers_has_the_same_limit(
 
 
 async def test_bearer_token(relay: RelayFactory) -> None:
+    """Each 401 carries its challenge (RFC 9110 §15.5.2) as RFC 6750 writes it: with a realm
+    (it was a bare `Bearer`), and `error="invalid_token"` when a bearer token was wrong."""
     r = await relay(AUTH_CONFIG)
-    for headers in (
-        {},
-        {"Authorization": "Bearer wrong"},
-        {"Authorization": "Basic s3cret-token"},
-        {"Authorization": "Bearer"},
+    challenge = 'Bearer realm="relay"'
+    for headers, said in (
+        ({}, challenge),
+        ({"Authorization": "Bearer wrong"}, challenge + ', error="invalid_token"'),
+        ({"Authorization": "Basic s3cret-token"}, challenge),
+        ({"Authorization": "Bearer"}, challenge),
     ):
         status, answer, resp_headers = await raw_post(
             r.url, json.dumps(small_failed()).encode(), headers
         )
         assert status == 401, headers
-        assert resp_headers["WWW-Authenticate"] == "Bearer"
+        assert resp_headers.getall("WWW-Authenticate") == [said], headers
         assert "s3cret-token" not in json.dumps(answer)
     status, _ = await r.post(small_failed(), token="s3cret-token")
     assert status == 202

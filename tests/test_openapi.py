@@ -330,17 +330,6 @@ def test_document_is_served_without_a_token(served: dict[str, Any]) -> None:
         assert json.loads(response.read()) == document()
 
 
-def test_wrong_tokens_are_refused_as_documented(served: dict[str, Any]) -> None:
-    for path, method in (("/v1/runs", "POST"), ("/v1/dlq", "GET"), ("/v1/notifications", "GET")):
-        operation = schema[path][method]
-        case = operation.Case(body=[]) if method == "POST" else operation.Case()
-        response = case.call(
-            base_url=served["url"], headers={"Authorization": "Bearer wrong"}, timeout=30
-        )
-        assert response.status_code == 401, path
-        case.validate_response(response, checks=CHECKS)
-
-
 # ------------------------------------------------- refusals, as the document describes them
 
 
@@ -352,6 +341,23 @@ def operations_answering(status: str) -> list[tuple[str, str]]:
         for method, operation in item.items()
         if status in operation["responses"]
     ]
+
+
+@pytest.mark.parametrize(("path", "method"), operations_answering("401"))
+def test_missing_and_wrong_credentials_are_a_documented_401_with_its_challenge(
+    path: str, method: str, served: dict[str, Any]
+) -> None:
+    """Every 401 carries WWW-Authenticate (RFC 9110 §15.5.2 says it MUST): a bare `Bearer`
+    was the API's, and the alert webhooks' refused signature had none."""
+    operation = schema[path][method]
+    wrong = {"Authorization": "Bearer wrong", SIGNATURE_HEADER: "0" * 64}
+    for headers in ({}, wrong):
+        body: dict[str, Any] = {"body": []} if "requestBody" in operation.definition.raw else {}
+        case = operation.Case(path_parameters={"id": "x"} if "{id}" in path else {}, **body)
+        response = case.call(base_url=served["url"], headers=headers, timeout=30)
+        assert response.status_code == 401, (path, headers, response.text)
+        assert response.headers.get("www-authenticate"), (path, headers)  # lower-cased
+        case.validate_response(response, checks=CHECKS)
 
 
 def limit_of(path: str) -> int:

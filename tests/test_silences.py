@@ -602,7 +602,9 @@ async def test_silence_api_needs_the_admin_token(relay: RelayFactory) -> None:
     r = await relay(
         "server: {admin_token: adm1n-token}\n" + CONFIG.format(url="http://127.0.0.1:9")
     )
-    assert (await api(r, "GET", "/v1/silences"))[0] == 401
+    async with r.http.get(r.url + "/v1/silences") as resp:
+        assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"] == 'Bearer realm="relay"'  # RFC 9110 §15.5.2
     async with r.http.get(
         r.url + "/v1/silences", headers={"Authorization": "Bearer adm1n-token"}
     ) as resp:

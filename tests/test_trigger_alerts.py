@@ -103,7 +103,12 @@ async def post_alert(
     if signature is not None:
         headers[HEADER] = sign(body) if signature == "sign" else signature
     async with r.http.post(r.url + path, data=body, headers=headers) as resp:
+        if resp.status == 401:  # a 401 must carry its challenge (RFC 9110 §15.5.2)
+            assert resp.headers.getall("WWW-Authenticate") == [CHALLENGE]
         return resp.status, await resp.json(content_type=None)
+
+
+CHALLENGE = f'HMAC-SHA256 realm="relay", header="{HEADER}"'
 
 
 async def stored(r: Relay) -> int:
@@ -281,6 +286,7 @@ async def test_a_signature_header_of_more_values_than_any_sender_has_is_not_comp
         headers = {"Content-Type": "application/json", HEADER: folded}
         async with r.http.post(url, data=body, headers=headers) as resp:
             assert resp.status == status, (count, await resp.text())
+            assert resp.headers.get("WWW-Authenticate") == (CHALLENGE if status == 401 else None)
 
 
 async def test_any_configured_secret_verifies(relay: RelayFactory, sink: Sink) -> None:

@@ -59,23 +59,34 @@ def _utf8(text: str) -> str:
     return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
-def unauthorized() -> web.Response:
-    """401; the connection closes, so that a refused body is not read."""
+BEARER_CHALLENGE = 'Bearer realm="relay"'  # RFC 6750 §3
+
+
+def unauthorized(request: web.Request) -> web.Response:
+    """401 with the challenge every 401 must carry (RFC 9110 §15.5.2): RFC 6750's Bearer, and
+    `error="invalid_token"` when a bearer token was sent and is wrong (§3.1; none when the
+    request had none). The connection closes, so that a refused body is not read."""
+    challenge = BEARER_CHALLENGE + (', error="invalid_token"' if _bearer_token(request) else "")
     return closing(
-        error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        error(401, "missing or wrong bearer token", headers={"WWW-Authenticate": challenge})
     )
 
 
 def authorized(request: web.Request, token: SecretStr | None) -> bool:
     if token is None:
         return True
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
+    given = _bearer_token(request)
+    if not given:
         return False
     # surrogateescape: a header that is not UTF-8 is compared as the bytes it was (not a 500)
-    given_bytes = given.strip().encode("utf-8", "surrogateescape")
+    given_bytes = given.encode("utf-8", "surrogateescape")
     return hmac.compare_digest(given_bytes, token.get_secret_value().encode())
+
+
+def _bearer_token(request: web.Request) -> str:
+    """The token of the request's `Authorization: Bearer ...`, else ''."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return given.strip() if scheme.lower() == "bearer" else ""
 
 
 async def read_limited(

@@ -64,7 +64,7 @@ class DeadLetterHandlers:
 
     async def dlq_list(self, request: web.Request) -> web.Response:
         if not authorized(request, self.deps.admin_token()):
-            return unauthorized()
+            return unauthorized(request)
         try:
             _query(request, ())
         except InputError as exc:
@@ -74,7 +74,7 @@ class DeadLetterHandlers:
 
     async def dlq_replay_one(self, request: web.Request) -> web.Response:
         if not authorized(request, self.deps.admin_token()):
-            return unauthorized()
+            return unauthorized(request)
         ident = request.match_info["id"]
         moved = await self.deps.store.replay([ident], self.deps.clock())
         if not moved:
@@ -95,7 +95,7 @@ class DeadLetterHandlers:
     def refuse_replay(self, request: web.Request) -> web.Response | None:
         """What POST /v1/dlq/replay refuses from its headers alone (also before `100 Continue`)."""
         if not authorized(request, self.deps.admin_token()):
-            return unauthorized()
+            return unauthorized(request)
         return refuse_declared(request, MAX_REPLAY_BODY)
 
     async def dlq_replay_all(self, request: web.Request) -> web.Response:
@@ -121,7 +121,7 @@ class DeadLetterHandlers:
 
 class SilenceHandlers(DeadLetterHandlers):
     def _denied(self, request: web.Request) -> web.Response | None:
-        return None if authorized(request, self.deps.admin_token()) else unauthorized()
+        return None if authorized(request, self.deps.admin_token()) else unauthorized(request)
 
     async def _changed(self) -> None:
         """Return once every process mutes by the changed silences: this one's caches at once,

@@ -108,7 +108,7 @@ class Handlers:
     def refuse_runs(self, request: web.Request) -> web.Response | None:
         """What POST /v1/runs refuses from its headers alone (also before `100 Continue`)."""
         if not authorized(request, self.deps.auth_token()):
-            return unauthorized()
+            return unauthorized(request)
         return refuse_declared(request, self.deps.max_body_bytes())
 
     async def post_runs(self, request: web.Request) -> web.Response:
@@ -193,7 +193,7 @@ class Handlers:
         if self.deps.trigger_alert_secrets() is None:
             return closing(error(404, "alert webhooks are not configured"))
         if not any(v.strip() for v in request.headers.getall(SIGNATURE_HEADER, [])):
-            return closing(error(401, f"missing {SIGNATURE_HEADER} signature header"))
+            return closing(bad_signature(f"missing {SIGNATURE_HEADER} signature header"))
         return refuse_declared(request, self.deps.max_body_bytes())
 
     async def _signed_body(self, request: web.Request, hold: Hold) -> bytes | web.Response:
@@ -206,7 +206,7 @@ class Handlers:
         if isinstance(body, bytes) and not verify_signature(
             body, header, [s.get_secret_value() for s in secrets]
         ):
-            return error(401, "invalid signature")
+            return bad_signature("invalid signature")
         return body
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -218,6 +218,16 @@ class Handlers:
         if why is None:
             return json_response({"status": "ready"})
         return json_response({"status": "not ready", "reason": why}, 503)
+
+
+# No HTTP authentication scheme covers a signed body: the challenge a 401 must carry (RFC 9110
+# §15.5.2) names the signature relay wants and the header it goes in, in the challenge's form.
+SIGNATURE_CHALLENGE = f'HMAC-SHA256 realm="relay", header="{SIGNATURE_HEADER}"'
+
+
+def bad_signature(message: str) -> web.Response:
+    """401 for an alert webhook whose signature is missing or wrong."""
+    return error(401, message, headers={"WWW-Authenticate": SIGNATURE_CHALLENGE})
 
 
 _REJECTIONS = {
