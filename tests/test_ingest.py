@@ -418,6 +418,33 @@ async def test_a_body_that_arrives_whole_with_its_headers_has_the_same_limit(
     assert answer.startswith(b"HTTP/1.1 202 ") and b'"notifications":1' in answer, answer[:200]
 
 
+def one_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"deflate,chunked", b"identity , chunked"])
+async def test_a_transfer_coding_besides_chunked_is_a_501_before_the_body(
+    relay: RelayFactory, coding: bytes
+) -> None:
+    """aiohttp frames a body by the last transfer coding (chunked) and ignores the ones before:
+    a gzipped run sent `Transfer-Encoding: gzip, chunked` was a 400 "invalid JSON", and a plain
+    one labelled so was taken as it came. RFC 9112 §6.1: a transfer coding the server does not
+    understand is a 501 (`Content-Encoding: gzip` is the way relay takes gzip); none stored."""
+    r = await relay(CONFIG)
+    head = b"POST /v1/runs HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+    head += b"Connection: close\r\nTransfer-Encoding: %s\r\n" % coding
+    plain = json.dumps(small_failed()).encode()
+    for data in (plain, gzip.compress(plain)):
+        answer = await raw_exchange(r.url, head, one_chunk(data))
+        assert answer.startswith(b"HTTP/1.1 501 "), answer[:200]
+        said = json.loads(answer.partition(b"\r\n\r\n")[2])
+        assert said["error"].startswith("Transfer-Encoding other than chunked"), said
+    assert sum((await r.service.store.counts()).values()) == 0
+    chunked = head.replace(b"Transfer-Encoding: " + coding, b"Transfer-Encoding: Chunked")
+    answer = await raw_exchange(r.url, chunked, one_chunk(plain))
+    assert answer.startswith(b"HTTP/1.1 202 "), answer[:200]
+
+
 async def test_bearer_token(relay: RelayFactory) -> None:
     """Each 401 carries its challenge (RFC 9110 §15.5.2) as RFC 6750 writes it: with a realm
     (it was a bare `Bearer`), and `error="invalid_token"` when a bearer token was wrong."""

@@ -21,6 +21,7 @@ import socket
 import time
 import urllib.request
 from collections.abc import Iterator
+from http.client import HTTPConnection
 from typing import Any
 
 import pytest
@@ -400,6 +401,31 @@ def test_unknown_content_encoding_is_a_documented_415(
     response = refused(served["url"], path, method, data=b"{}", headers={"Content-Encoding": "br"})
     assert response.status_code == 415, (path, response.text)
     case.validate_response(response, checks=CHECKS)
+
+
+@pytest.mark.parametrize(("path", "method"), operations_answering("501"))
+def test_a_transfer_coding_besides_chunked_is_a_documented_501(
+    path: str, method: str, served: dict[str, Any]
+) -> None:
+    """aiohttp undoes none but the last transfer coding: `gzip, chunked` was read as if plain.
+    (http.client, as requests replaces a Transfer-Encoding given with its own `chunked`.)"""
+    host, port = served["url"].removeprefix("http://").split(":")
+    headers = {**auth_headers(path), SIGNATURE_HEADER: "0" * 64}
+    connection = HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request(
+            method,
+            path,
+            body=iter([b"{}"]),
+            headers={**headers, "Transfer-Encoding": "gzip, chunked"},
+            encode_chunked=True,
+        )
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+    finally:
+        connection.close()
+    assert (response.status, response.getheader("Content-Type")) == (501, "application/json")
+    assert list(answer) == ["error"] and isinstance(answer["error"], str), answer  # as documented
 
 
 def test_unknown_paths_and_methods_are_json_errors_allowing_the_documented_methods(

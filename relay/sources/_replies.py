@@ -116,9 +116,16 @@ async def read_limited(
     return decoded
 
 
+TE_ONLY_CHUNKED = (
+    "Transfer-Encoding other than chunked is not supported; send gzip as Content-Encoding"
+)
+
+
 def refuse_declared(request: web.Request, limit: int) -> web.Response | None:
     """The error for a body its headers already rule out (a coding relay does not know, a
     Content-Length over `limit`), else None."""
+    if not _chunked_alone(request.headers.get(hdrs.TRANSFER_ENCODING)):
+        return closing(error(501, TE_ONLY_CHUNKED))
     try:
         content_codings(request)
     except UnsupportedCoding as exc:
@@ -128,6 +135,15 @@ def refuse_declared(request: web.Request, limit: int) -> web.Response | None:
     if declared is not None and declared > limit:
         return too_large(limit)
     return None
+
+
+def _chunked_alone(value: str | None) -> bool:
+    """Whether a request's Transfer-Encoding is none or `chunked` alone. aiohttp frames the body
+    by the last coding and hands it over with the ones before (`gzip, chunked`) not undone, so
+    it would be misread: RFC 9112 §6.1's 501 for a coding the server does not understand."""
+    if value is None:
+        return True
+    return [c.strip(" \t").lower() for c in value.split(",") if c.strip(" \t")] == ["chunked"]
 
 
 async def _read_raw(request: web.Request, limit: int, hold: Hold | None) -> bytes | web.Response:
