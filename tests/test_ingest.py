@@ -445,6 +445,24 @@ async def test_a_transfer_coding_besides_chunked_is_a_501_before_the_body(
     assert answer.startswith(b"HTTP/1.1 202 "), answer[:200]
 
 
+async def test_an_http_1_1_request_without_host_is_a_400_and_http_1_0_needs_none(
+    relay: RelayFactory,
+) -> None:
+    """RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request that lacks Host (aiohttp
+    3.14's parser refuses it; relay answers in its JSON shape). HTTP/1.0 has no Host to lack,
+    and an empty Host is an HTTP/1.1 request's own way to name no authority."""
+    r = await relay(CONFIG)
+    body = json.dumps(small_failed()).encode()
+    tail = b"Content-Length: %d\r\nConnection: close\r\n" % len(body)
+    answer = await raw_exchange(r.url, b"POST /v1/runs HTTP/1.1\r\n" + tail, body)
+    head, _, said = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"400" and b"application/json" in head, answer[:200]
+    assert json.loads(said) == {"error": "malformed HTTP request"}
+    for request_line in (b"POST /v1/runs HTTP/1.0\r\n", b"POST /v1/runs HTTP/1.1\r\nHost:\r\n"):
+        answer = await raw_exchange(r.url, request_line + tail, body)
+        assert answer.split()[1] == b"202", (request_line, answer[:200])
+
+
 async def test_bearer_token(relay: RelayFactory) -> None:
     """Each 401 carries its challenge (RFC 9110 §15.5.2) as RFC 6750 writes it: with a realm
     (it was a bare `Bearer`), and `error="invalid_token"` when a bearer token was wrong."""
