@@ -343,7 +343,7 @@ class EmailPath(Path_):
         return [_message_id(m.data) for m in self.fake.messages]
 
     def identity(self, run_id: str) -> str:
-        return f"<{notification_id(run_id, RULE, CHANNEL)}@relay>"
+        return f"<{notification_id(run_id, RULE, CHANNEL)}@example.com>"  # from: relay@
 
 
 def _message_id(data: bytes) -> str:

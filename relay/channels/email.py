@@ -2,7 +2,8 @@
 
 One message per notification: multipart/alternative with text/plain (`txt` part) and text/html
 (`html` part, autoescaped), both UTF-8 quoted-printable so any server takes them. The subject
-is the `subject` part on one line, at most 200 characters. `Message-ID: <{notification_id}@relay>`
+is the `subject` part on one line, at most 200 characters. `Message-ID: <{notification_id}@{the
+From's domain}>` (in ASCII; this machine's name if that domain cannot be one: id_domain)
 is stable, so a resend after a lost reply is the same mail to a deduplicating system; the
 id is also in `X-Relay-Notification-Id`. A recovery's `In-Reply-To` and `References` name the
 failure's mail, so mail clients that thread by them show one thread (Gmail and Outlook
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import ssl
@@ -58,7 +60,15 @@ from pydantic import (
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._http_answers import LOCAL_HOSTS
-from relay.channels._smtp import SUBJECT_MAX_CHARS, Client, by_code, classify, for_now, one_line
+from relay.channels._smtp import (
+    SUBJECT_MAX_CHARS,
+    Client,
+    by_code,
+    classify,
+    for_now,
+    one_line,
+    this_host,
+)
 from relay.config import ChannelSettings, Strict, from_config_dir
 from relay.errors import DeliveryError, StoreUnavailable
 
@@ -339,18 +349,37 @@ def tls_context(smtp: SmtpSettings) -> ssl.SSLContext:
     return context
 
 
-def _overridable(message: Outgoing) -> dict[str, str]:
+def _overridable(message: Outgoing, domain: str) -> dict[str, str]:
     """The headers relay sets unless `headers` has its own: a recovery replies to the failure's
     mail, so mail clients thread the two."""
     if message.recovers is None:
         return _OVERRIDABLE
-    replied = message_id(message.recovers.notification_id)
+    replied = message_id(message.recovers.notification_id, domain)
     return {**_OVERRIDABLE, "In-Reply-To": replied, "References": replied}
 
 
-def message_id(notification_id: str) -> str:
+def message_id(notification_id: str, domain: str) -> str:
     """The Message-ID of a notification's mail: the same at every attempt."""
-    return f"<{re.sub(r'[^A-Za-z0-9._-]', '-', notification_id)}@relay>"
+    return f"<{re.sub(r'[^A-Za-z0-9._-]', '-', notification_id)}@{domain}>"
+
+
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+# RFC 5322 3.6.4's id-right: dot-atom-text or no-fold-literal
+_ID_RIGHT = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*|\[[\x21-\x5a\x5e-\x7e]*\]")
+
+
+@functools.cache
+def id_domain(sender: str) -> str:
+    """The right side of the Message-IDs of mail from `sender` (the From): its domain in ASCII,
+    as RFC 5322 3.6.4 wants one unique to the sender (`@relay` was every installation's); else,
+    for a domain that is none there (`example.com.`), this machine's name, as the EHLO says."""
+    domain = getaddresses([sender])[0][1].rpartition("@")[2]
+    with contextlib.suppress(ValueError):  # EmailSettings refused an IDN one that cannot be
+        domain = _ascii_domain(f"x@{domain}").rpartition("@")[2]
+    if _ID_RIGHT.fullmatch(domain):
+        return domain
+    host = this_host()
+    return host if _ID_RIGHT.fullmatch(host) else "localhost"
 
 
 def build_message(settings: EmailSettings, message: Outgoing) -> EmailMessage:
@@ -361,13 +390,14 @@ def build_message(settings: EmailSettings, message: Outgoing) -> EmailMessage:
         mail["Cc"] = _header_addresses(settings.cc)
     mail["Subject"] = one_line(message.parts.get("subject", "")) or "relay notification"
     mail["Date"] = formatdate(message.timestamp, usegmt=True)
-    mail["Message-ID"] = message_id(message.notification_id)
+    domain = id_domain(settings.from_)
+    mail["Message-ID"] = message_id(message.notification_id, domain)
     mail["X-Relay-Notification-Id"] = one_line(message.notification_id)
     if message.run_id:  # a digest is about many runs: no header rather than an empty one
         mail["X-Relay-Run-Id"] = one_line(message.run_id)
     for name, value in settings.headers.items():
         mail[name] = value
-    for name, value in _overridable(message).items():  # after: the user's own value wins
+    for name, value in _overridable(message, domain).items():  # after: the user's own value wins
         if name not in mail:  # case-insensitive
             mail[name] = value
     mail.set_content(message.parts.get("txt", ""), cte="quoted-printable")

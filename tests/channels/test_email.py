@@ -350,7 +350,7 @@ async def test_message_is_multipart_alternative_with_stable_ids(smtp_server: Smt
     assert mail["From"] == "Relay <relay@example.com>"
     assert mail["To"] == "oncall@example.com" and mail["Cc"] == "team@example.com"
     assert mail["Subject"] == rendered()["subject"]
-    assert mail["Message-ID"] == f"<{NTF}@relay>" == second.message()["Message-ID"]
+    assert mail["Message-ID"] == f"<{NTF}@example.com>" == second.message()["Message-ID"]
     assert mail["X-Relay-Notification-Id"] == NTF
     assert mail["X-Relay-Run-Id"] == "run_cmuxjbf30kqkowywawhi1r8yr"
     assert mail["Auto-Submitted"] == "auto-generated" and mail["X-Team"] == "core"
@@ -655,6 +655,35 @@ async def test_starttls_and_auth(smtp_server: SmtpFactory, smtp_pki: Pki) -> Non
     assert len(await fake.wait_for(2)) == 2
 
 
+@pytest.mark.parametrize(
+    ("sender", "right"),
+    [
+        ("relay@bücher.example", "xn--bcher-kva.example"),  # IDN: its ASCII form
+        ("Relay <relay@[192.0.2.1]>", "[192.0.2.1]"),  # a domain literal is one too
+    ],
+)
+async def test_the_message_id_is_unique_to_the_sender_domain(
+    smtp_server: SmtpFactory, sender: str, right: str
+) -> None:
+    """Every relay wrote `<id@relay>`: RFC 5322 3.6.4 wants a Message-ID unique to its host
+    (the right side a domain of the sender's), not one shared by every installation. It is the
+    From address's domain, in ASCII."""
+    fake = await smtp_server()
+    settings = email_settings(fake.port).model_copy(update={"from_": sender})
+    await make_channel(settings).send(outgoing())
+    [got] = await fake.wait_for(1)
+    assert got.message()["Message-ID"] == f"<{NTF}@{right}>"
+
+
+@pytest.mark.parametrize("sender", ["relay@example.com.", "relay@exa..mple.com"])
+def test_a_from_domain_no_message_id_can_hold_gives_this_machines_name(sender: str) -> None:
+    """A From that config takes, yet whose domain is no msg-id's right side (a trailing dot,
+    an empty label): this machine's name, as the EHLO gives it (no server takes such a
+    sender, so the message is built here alone)."""
+    settings = email_settings(25).model_copy(update={"from_": sender})
+    assert build_message(settings, outgoing())["Message-ID"] == f"<{NTF}@{this_host()}>"
+
+
 async def test_a_recovery_replies_to_the_failure_mail(smtp_server: SmtpFactory) -> None:
     fake = await smtp_server()
     failure = "ntf:prod-failures:mail:run_1:FAILED"
@@ -663,16 +692,18 @@ async def test_a_recovery_replies_to_the_failure_mail(smtp_server: SmtpFactory) 
     [got] = await fake.wait_for(1)
     mail = got.message()
     assert (
-        mail["In-Reply-To"] == mail["References"] == "<ntf-prod-failures-mail-run_1-FAILED@relay>"
+        mail["In-Reply-To"]
+        == mail["References"]
+        == "<ntf-prod-failures-mail-run_1-FAILED@example.com>"
     )
-    assert mail["Message-ID"] == f"<{NTF}@relay>"
+    assert mail["Message-ID"] == f"<{NTF}@example.com>"
 
 
 async def test_implicit_tls(smtp_server: SmtpFactory, smtp_pki: Pki) -> None:
     fake = await smtp_server("tls")
     await channel(fake.port, tls=True, ca_file=str(smtp_pki.ca_file)).send(outgoing())
     [got] = await fake.wait_for(1)
-    assert got.message()["Message-ID"] == f"<{NTF}@relay>"
+    assert got.message()["Message-ID"] == f"<{NTF}@example.com>"
 
 
 async def test_implicit_tls_to_a_plain_port_says_the_server_spoke_plain_text(
@@ -1028,7 +1059,7 @@ async def test_end_to_end_starttls_auth(
     mail = got.message()
     assert [p.get_content_type() for p in mail.iter_parts()] == ["text/plain", "text/html"]
     assert mail["Subject"].startswith("[relay] 🔴 FAILED sync-customer-data: Stripe API")
-    assert mail["Message-ID"] == f"<{ident}@relay>"
+    assert mail["Message-ID"] == f"<{ident}@example.com>"
     assert "https://cloud.trigger.dev/projects/v3/proj_test/runs/run_cmuxjbf30kqkowywawhi1r8yr" in (
         mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     )
