@@ -410,8 +410,9 @@ class Silence:
 
 @dataclass(frozen=True)
 class SilencePage:
-    """A page of silences in start order (Store.silences): those after `after` (the last
-    one's (starts_at, id) of the page before), at most `limit`."""
+    """A page of silences in creation order (Store.silences): those after `after` (the last
+    one's (created_at, id) of the page before), at most `limit`. Not start order: expiring a
+    pending silence moves its start (as Alertmanager's), and a page would skip or repeat it."""
 
     after: tuple[float, str] | None = None
     limit: int = 1000

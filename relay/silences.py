@@ -292,7 +292,7 @@ async def find_silences(store: SilenceReads, listing: SilenceListing, now: float
         found += [silence for silence in read if listing.keeps(silence, now, deadline)]
         if len(read) < PAGE:
             break
-        after = (read[-1].starts_at, read[-1].id)
+        after = (read[-1].created_at, read[-1].id)
     return found[: listing.limit]
 
 
@@ -302,7 +302,7 @@ async def _cursor(store: SilenceReads, ident: str | None) -> tuple[float, str] |
     found = await store.silence(ident)
     if found is None:
         raise InputError("after", "no silence with this id (or deleted by retention)")
-    return found.starts_at, found.id
+    return found.created_at, found.id
 
 
 def matcher_warnings(matchers: Mapping[str, Sequence[str]], names: ConfigNames | None) -> list[str]:

@@ -477,6 +477,41 @@ async def test_silence_api_lists_by_alertmanagers_filters_a_page_at_a_time(
         assert (code, answer.get("field")) == (400, field), (query, answer)
 
 
+async def test_paging_neither_skips_nor_repeats_a_silence_expired_meanwhile(
+    relay: RelayFactory,
+) -> None:
+    """Pages went in start order, and expiring a pending silence moves its start to the moment
+    it expired: one after the last page's moved before it (skipped, listing expired ones too),
+    and the last page's own moved back, so the next page began again (repeated). Pages follow
+    creation now, which nothing moves."""
+    r = await relay(CONFIG.format(url="http://127.0.0.1:9"))
+
+    async def add(task: str, days: int) -> str:
+        start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + days * 86400))
+        body = {"matchers": {"task": task}, "starts_at": start, "ends_at": "2999-01-01T00:00:00Z"}
+        code, made = await api(r, "POST", "/v1/silences", body)
+        assert code == 201, made
+        return str(made["id"])
+
+    async def page(query: str) -> list[str]:
+        code, answer = await api(r, "GET", "/v1/silences?" + query)
+        assert code == 200, answer
+        return [s["id"] for s in answer["silences"]]
+
+    for expired in ("true", "false"):
+        made = [await add(expired, days) for days in (0, 1, 2, 3)]  # active, then pending
+        query = f"expired={expired}&filter=task%3D{expired}"
+        first = await page(query + "&limit=3")
+        # expired=true: one of the next page expires; false: the page's last one does
+        gone = made[3] if expired == "true" else first[-1]
+        assert (await api(r, "DELETE", f"/v1/silences/{gone}"))[0] == 200
+        second = await page(query + f"&after={first[-1]}")
+        assert len(first + second) == len(set(first + second)), (made, first, second)
+        assert set(made) - {gone} <= set(first + second), (made, first, second)
+        if expired == "true":
+            assert gone in second, (made, first, second)
+
+
 def test_cli_query_filters_as_amtool_and_pages(tmp_path: Path) -> None:
     """`relay silence query` took `name=value` alone; amtool's `=~`, `!=` and `!~` now filter
     too (`--filter` beside the words), and `--limit`/`--after` read the list a page at a time."""

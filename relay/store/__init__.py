@@ -263,8 +263,8 @@ class Store(Protocol):
     async def silences(
         self, now: float, *, include_expired: bool = False, page: SilencePage | None = None
     ) -> list[Silence]:
-        """Silences not yet expired (all with include_expired), in start order (starts_at, then
-        id); with `page`, only those of the page."""
+        """Silences not yet expired (all with include_expired), in creation order (created_at,
+        then id: nothing changes either); with `page`, only those of the page."""
 
     async def silences_version(self) -> int:
         """A count that moves with every write to the silences, by any process or replica

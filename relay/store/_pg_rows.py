@@ -213,7 +213,7 @@ def history_sql(query: HistoryQuery) -> tuple[str, Sequence[Any]]:
 def silences_sql(
     now: float, include_expired: bool, page: SilencePage | None
 ) -> tuple[str, Sequence[Any]]:
-    """The SELECT of Store.silences: in start order; of a page, from after its `after`."""
+    """The SELECT of Store.silences: in creation order; of a page, from after its `after`."""
     clauses: list[str] = []
     params: list[Any] = []
     if not include_expired:
@@ -221,12 +221,12 @@ def silences_sql(
         clauses.append(f"ends_at > ${len(params)}")
     if page is not None and page.after is not None:
         params += [float(page.after[0]), clean(page.after[1])]
-        clauses.append(f"(starts_at, id) > (${len(params) - 1}, ${len(params)})")
+        clauses.append(f"(created_at, id) > (${len(params) - 1}, ${len(params)})")
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     if page is not None:
         params.append(page.limit)
     tail = "" if page is None else f" LIMIT ${len(params)}"
-    return f"SELECT * FROM relay_silences{where} ORDER BY starts_at, id{tail}", params  # noqa: S608
+    return f"SELECT * FROM relay_silences{where} ORDER BY created_at, id{tail}", params  # noqa: S608
 
 
 def to_labels(text: str) -> dict[str, str]:

@@ -188,11 +188,12 @@ SCHEMA_VERSION = len(MIGRATIONS)
 # outbox_created: the history (`GET /v1/notifications`, `relay history`) reads the newest
 # first; without it each page sorted the whole outbox (0.2 s at 160,000 rows, in the queue
 # POST /v1/runs commits through).
-# silences_start: a page of `GET /v1/silences?limit=` read from after the last one's, not
-# every silence (60,000) sorted again for each page.
+# silences_created: a page of `GET /v1/silences?limit=` read from after the last one's, not
+# every silence (60,000) sorted again for each page (silences_start, of the start order
+# before, is left to the relays that read by it).
 INDEXES = (
     "CREATE INDEX IF NOT EXISTS outbox_created ON outbox (created_at DESC, id)",
-    "CREATE INDEX IF NOT EXISTS silences_start ON silences (starts_at, id)",
+    "CREATE INDEX IF NOT EXISTS silences_created ON silences (created_at, id)",
 )
 
 
@@ -313,17 +314,17 @@ def insert_silence(conn: sqlite3.Connection, s: Silence) -> None:
 def silences_sql(
     now: float, include_expired: bool, page: SilencePage | None
 ) -> tuple[str, dict[str, object]]:
-    """The SELECT of Store.silences: in start order; of a page, from after its `after`."""
+    """The SELECT of Store.silences: in creation order; of a page, from after its `after`."""
     after = None if page is None else page.after
     clauses = [] if include_expired else ["ends_at > :now"]
     if after is not None:
-        clauses.append("(starts_at, id) > (:start, :id)")
+        clauses.append("(created_at, id) > (:created, :id)")
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     tail = "" if page is None else " LIMIT :limit"
-    start, ident = after or (None, None)
+    created, ident = after or (None, None)
     limit = None if page is None else page.limit
-    params: dict[str, object] = {"now": now, "start": start, "id": ident, "limit": limit}
-    return f"SELECT * FROM silences{where} ORDER BY starts_at, id{tail}", params  # noqa: S608
+    params: dict[str, object] = {"now": now, "created": created, "id": ident, "limit": limit}
+    return f"SELECT * FROM silences{where} ORDER BY created_at, id{tail}", params  # noqa: S608
 
 
 def load_group(conn: sqlite3.Connection, key: str) -> GroupState | None:

@@ -99,19 +99,19 @@ async def test_silences_kept_unread_start_and_end_at_their_times(store: Store) -
 
 
 async def test_silences_are_read_a_page_at_a_time_after_the_last_one(store: Store) -> None:
-    """Pages of `limit` from after the last one's (starts_at, id): none missed or repeated,
-    ties in starts_at included; expired ones only when asked for."""
-    for ident, start, end in [
+    """Pages of `limit` from after the last one's (created_at, id): none missed or repeated,
+    ties in created_at included; expired ones only when asked for."""
+    for ident, created, end in [
         ("sil_c", 5.0, 50.0),
         ("sil_b", 10.0, 50.0),
         ("sil_a", 10.0, 50.0),
         ("sil_gone", 7.0, 8.0),
         ("sil_e", 30.0, 50.0),
     ]:
-        await store.add_silence(Silence(ident, {"rule": ("r",)}, start, end, 1.0))
+        await store.add_silence(Silence(ident, {"rule": ("r",)}, 1.0, end, created))
     first = await store.silences(20.0, page=SilencePage(None, 2))
     assert [s.id for s in first] == ["sil_c", "sil_a"]
-    cursor = (first[-1].starts_at, first[-1].id)
+    cursor = (first[-1].created_at, first[-1].id)
     assert [s.id for s in await store.silences(20.0, page=SilencePage(cursor, 2))] == [
         "sil_b",
         "sil_e",
