@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import fcntl
 import fnmatch
+import inspect
 import io
 import json
 import os
@@ -818,10 +818,30 @@ needs_wheel = pytest.mark.skipif(
     os.environ.get("RELAY_SKIP_WHEEL_TEST") == "1", reason="RELAY_SKIP_WHEEL_TEST=1"
 )
 # The tests of the built wheel share one build (25-50 s of pip): .ci/run's --dist loadgroup
-# would keep them in one test process, but pytest-xdist 3.8 ignores xdist_group under pytest 9
-# (it renames `item._nodeid`, which pytest 9 no longer reads), so `image_build` shares the build
-# between the processes of one session too.
+# keeps them in one test process (pytest below 9.2: pyproject.toml says why), where the other
+# processes go on with the rest of the suite.
 ONE_BUILD = pytest.mark.xdist_group("wheel")
+
+
+def test_the_built_image_tests_are_one_group_that_xdist_keeps_together(
+    request: pytest.FixtureRequest,
+) -> None:
+    """Each test of the built image is ONE_BUILD (one of them had the marks on a helper above
+    it, so it built the image again in another process), and under --dist loadgroup xdist
+    gives them their group (under pytest 9.2 it silently did not: pyproject.toml)."""
+    built = {"image_build", "wheel", "venv"}
+    tests = [
+        test
+        for name, test in globals().items()
+        if name.startswith("test_") and built & set(inspect.signature(test).parameters)
+    ]
+    assert len(tests) >= 3, tests
+    for test in tests:
+        assert ONE_BUILD.mark in getattr(test, "pytestmark", []), test.__name__
+    if getattr(request.config.option, "loadgroup", False):  # an xdist worker of loadgroup
+        for item in request.session.items:
+            if built & set(getattr(item, "fixturenames", ())):
+                assert item.nodeid.endswith("@wheel"), item.nodeid
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -866,21 +886,11 @@ def image_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The build stage's pip steps, as written (relay's wheel, then its dependencies' wheels),
     then the final stage's: a fresh venv with relay installed from the built wheels only
     (`--no-index`), so a dependency the build stage missed fails here; no checkout on path.
-    Built once per session: the test process that comes second waits on the lock, then reuses
-    it (the session's temporary root is its processes' only)."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent
-    wheels, venv, built = root / "image-wheels", root / "image-venv" / "venv", root / "image-built"
-    with (root / "image-build.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not built.exists():  # a build that failed before is tried again from scratch
-            for folder in (wheels, venv.parent):
-                shutil.rmtree(folder, ignore_errors=True)
-                folder.mkdir()
-            run_steps(python_steps(stages()[1], {"/wheels": wheels}), REPO)
-            run_steps(python_steps(stages()[-1], {"/wheels": wheels, "/opt/venv": venv}), REPO)
-            built.touch()
+    Built once in the test process that runs the ONE_BUILD tests, in its own folders."""
+    wheels = tmp_path_factory.mktemp("image-wheels")
+    venv = tmp_path_factory.mktemp("image-venv") / "venv"
+    run_steps(python_steps(stages()[1], {"/wheels": wheels}), REPO)
+    run_steps(python_steps(stages()[-1], {"/wheels": wheels, "/opt/venv": venv}), REPO)
     return wheels, venv
 
 
@@ -1014,8 +1024,6 @@ def test_the_healthcheck_reads_relay_listen_as_relay_does(listen: str, url: str)
             assert proc.wait(10) == 0
 
 
-@needs_wheel
-@ONE_BUILD
 def wait_ready(url: str, proc: subprocess.Popen[str], tmp_path: Path) -> None:
     """Until `url` (/readyz) answers 200, within 60 s, the process still running."""
     deadline = time.monotonic() + 60
@@ -1031,6 +1039,8 @@ def wait_ready(url: str, proc: subprocess.Popen[str], tmp_path: Path) -> None:
         time.sleep(0.1)
 
 
+@needs_wheel
+@ONE_BUILD
 def test_image_command_serves_and_passes_its_healthcheck(venv: Path, tmp_path: Path) -> None:
     probe = healthcheck_command(stages()[-1])
     probe[0] = str(venv / "bin" / probe[0])
