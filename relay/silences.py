@@ -198,6 +198,8 @@ def parse_filters(words: Sequence[str], field: str = "filter") -> list[Filter]:
 
 
 def _filter(word: str, field: str) -> Filter:
+    if not word.strip():  # not the rule "" (a slip, `?filter=`): Alertmanager's 400 too
+        raise InputError(field, 'an empty matcher; expected name=value, e.g. rule="x"')
     found = _FILTER.fullmatch(word)
     key, op, value = found.groups() if found else ("rule", "=", word)
     key = "rule" if key == "alertname" else key

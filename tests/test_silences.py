@@ -467,6 +467,8 @@ async def test_silence_api_lists_by_alertmanagers_filters_a_page_at_a_time(
         ("filter=severity%3Dpage", "filter"),
         ('filter=tag%3D~"["', "filter"),
         ("filter={rule%3Dx", "filter"),
+        ("filter=", "filter"),  # not the rule "", which kept the silences without a rule
+        ("filter=%20", "filter"),
         ("limit=0", "limit"),
         ("limit=1&limit=2", "limit"),
         ("after=sil_nope", "after"),
@@ -535,6 +537,8 @@ def test_cli_query_filters_as_amtool_and_pages(tmp_path: Path) -> None:
     assert sorted(first + query("--limit", "2", "--after", first[-1])) == sorted(made)
     bad = run_cli_in_process("silence", "query", 'rule=~"("', env=env)
     assert bad.returncode == 1 and bad.stderr.startswith("error: silence list: matchers: ")
+    bad = run_cli_in_process("silence", "query", "", env=env)
+    assert bad.returncode == 1 and "an empty matcher" in bad.stderr
     bad = run_cli_in_process("silence", "query", "--limit", "0", env=env)
     assert bad.returncode == 1 and "limit: expected a number from 1 to 10000" in bad.stderr
 
