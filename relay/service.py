@@ -137,14 +137,16 @@ class Service:
             reserve=self._reserve,
         )
         # listening before the store opens: /healthz answers while relay waits for it (a
-        # liveness probe restarted it in a loop through a database outage), the rest 503
+        # liveness probe restarted it in a loop through a database outage), the rest 503;
+        # /metrics already shows the config (a hash of 0 set off RelayConfigInconsistent)
+        self._zero_metrics()
+        self.metrics.config_reload_time.set(time.time())
         self.address = await self._serve_http(self.intake)
         await self._open_store()
         self._starting = STARTING
         released = await self.store.release_leases()
         if released:
             log.info("resuming notifications claimed before a restart", extra={"count": released})
-        self._zero_metrics()
         if self.role.workers:
             self.pool = WorkerPool(
                 self.role.workers,
@@ -159,7 +161,6 @@ class Service:
             self.delivery.start()
         self._starting = None  # every endpoint answers from now on
         self._start_realtime()
-        self.metrics.config_reload_time.set(time.time())
         self._tasks += [
             asyncio.create_task(self._prune_forever(), name="retention"),
             asyncio.create_task(self.reloads.watch(), name="config-watch"),

@@ -369,7 +369,12 @@ async def _check_waiting(http: aiohttp.ClientSession, url: str) -> None:
         assert await _answer(http, method, url + path) == (503, UNAVAILABLE, "5"), path
     async with http.get(url + "/metrics") as resp:  # a scrape: the target up, its store not
         assert resp.status == 200
-        assert "\nrelay_store_up 0.0\n" in await resp.text()
+        text = await resp.text()
+    assert "\nrelay_store_up 0.0\n" in text
+    # the config it loaded, not a hash of 0 (RelayConfigInconsistent beside the other replicas)
+    assert "\nrelay_config_hash 0.0\n" not in text
+    assert "\nrelay_config_last_reload_timestamp_seconds 0.0\n" not in text
+    assert 'relay_rules_matched_total{rule="failures"} 0.0' in text  # its rules from the start
     assert await _first_line_to_expect_continue(url) == b"HTTP/1.1 503 Service Unavailable\r\n"
 
 
