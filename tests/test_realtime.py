@@ -165,10 +165,11 @@ async def following(
     feed: RealtimeFeed | None = None,
     stored: Position | None = None,
     kv: MemoryKV | None = None,
+    clock: Callable[[], float] = time.monotonic,
     **config: Any,
 ) -> AsyncIterator[Harness]:
     """A Follower of `feed` running against `fake`, with waits recorded instead of slept; `kv`
-    is the store of a previous follower (a restart)."""
+    is the store of a previous follower (a restart); `clock` times the grace of finished runs."""
     feed = feed or RealtimeFeed(tags=[TAG])
     config.setdefault("api_url", fake.url)
     settings = RealtimeConfig(secret_key=SECRET, feeds=[feed], **config)
@@ -196,6 +197,7 @@ async def following(
             sleep=sleep,
             observe=lambda *batch: observed.append(batch),
             failed=lambda key, reason: failed.append(reason),
+            clock=clock,
         )
         task = asyncio.create_task(follower.run())
         try:

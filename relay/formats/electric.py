@@ -85,6 +85,14 @@ _HELPERS: dict[str, frozenset[str]] = {
     "isSuccess": frozenset({"COMPLETED"}),
     "isCancelled": frozenset({"CANCELED"}),
 }
+# The public statuses a run never leaves (the SDK's isCompleted or isCancelled; raw CANCELED,
+# INTERRUPTED, COMPLETED_*, SYSTEM_FAILURE, CRASHED, EXPIRED, TIMED_OUT: TRIGGER.md §1.3).
+FINAL_STATUSES = _HELPERS["isCompleted"] | _HELPERS["isCancelled"]
+# The columns every row of a TaskRun shape carries (Trigger.dev's RESERVED_COLUMNS: skipColumns
+# cannot drop them). All but `status` are set when the run is made and never change, so
+# Electric's update (the primary key and the changed columns) never carries them all: a row that
+# does is whole (an insert, the native backend's update, a replica=full one).
+WHOLE_ROW_COLUMNS = ("id", "friendlyId", "taskIdentifier", "status", "createdAt")
 
 
 def is_raw_row(obj: Mapping[str, Any]) -> bool:
@@ -338,13 +346,28 @@ def _sdk_shape(row: dict[str, Any]) -> dict[str, Any]:
     data["error"] = _error(data.get("error"))
     status = data.get("status")
     if isinstance(status, str):
-        normal = normalise_status(status)  # any case first: `interrupted` is INTERRUPTED
-        public = data["status"] = ROW_STATUS_MAP.get(normal, normal)
+        public = data["status"] = _public_status(status)
         v3 = ROW_V3_STATUS.get(status.strip().upper())
         if v3 is not None:
             data["v3Status"] = v3
         data.update({flag: public in among for flag, among in _HELPERS.items()})
     return data
+
+
+def _public_status(status: str) -> str:
+    normal = normalise_status(status)  # any case first: `interrupted` is INTERRUPTED
+    return ROW_STATUS_MAP.get(normal, normal)
+
+
+def is_final_row(row: Mapping[str, Any]) -> bool:
+    """A raw row (wire or typed values) whose status is final: the run's status never changes."""
+    status = row.get("status")
+    return isinstance(status, str) and _public_status(status) in FINAL_STATUSES
+
+
+def is_whole_row(row: Mapping[str, Any]) -> bool:
+    """A raw row that carries every column of WHOLE_ROW_COLUMNS (not a partial update)."""
+    return all(name in row for name in WHOLE_ROW_COLUMNS)
 
 
 def _error(value: Any) -> dict[str, Any] | None:

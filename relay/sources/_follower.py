@@ -17,7 +17,15 @@ with it; rows that cannot be read, or do not add up (an older relay stored none)
 resume with a snapshot of its stored handle instead, as a 409 does. A kill at any point leaves
 the position and the rows of one committed batch: the changes after it are asked for again and
 submitted again, which intake deduplicates. The cost: one row write per changed run per batch,
-and the rows of every run in the shape kept in the store as in memory.
+and the rows of the shape's runs kept in the store as in memory.
+
+Those rows are bounded: a run in a final status whose row has not changed for FINAL_GRACE_S is
+dropped from them (not on a single-run feed, which stops at its run's end), in memory and, in
+the same write as the position, in the store. Without it a tags feed held every run it ever
+matched (Trigger.dev fixes its createdAt window per shape handle: no run leaves the shape), ~3
+KB of memory and ~1 KB of store each, until a must-refetch. A later update of a dropped run
+that is not a whole row (Electric's changed columns) has nothing to merge into: it is skipped,
+and counted in one log line per batch (reason "dropped"); a whole row is taken as a new one.
 
 A request times out when no byte comes for `timeout`, a live one also after `timeout` in all
 and a non-live one after NON_LIVE_TIMEOUTS times it (a server trickling bytes).
@@ -109,6 +117,15 @@ UNREADABLE_LIMIT = 3  # the same unreadable response this often: start from a ne
 NON_LIVE_TIMEOUTS = 5
 
 
+# A run in a final status is dropped from the feed's rows once its row has not changed for this
+# long. Its status never changes again; what Trigger.dev still writes after the end (cost and
+# duration, written when the attempt ends, TRIGGER.md §1.1, come with the final status in the
+# fixtures' session; a metadata flush, the SDK's 30 s stop grace after completedAt) comes within
+# seconds, so an hour merges it with a wide margin (rows read back at a restart count from
+# then), while a feed matching 10 runs/s holds ~36,000 finished runs (~110 MB), not all.
+FINAL_GRACE_S = 3600.0
+
+
 Submit = Callable[[Sequence[Run]], Awaitable[IntakeResult]]
 
 
@@ -173,8 +190,10 @@ class Follower:
         sleep: Sleep = asyncio.sleep,
         observe: Observe | None = None,
         failed: Failed | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.feed = feed
+        self._clock = clock  # times the grace of finished runs (FINAL_GRACE_S)
         self._observe = observe
         self._failed = failed
         self._config = config
@@ -314,7 +333,7 @@ class Follower:
         """The stored position and rows, or a snapshot of the stored handle without them."""
         stored = Position.loads(await self._positions.kv_get(NAMESPACE, self.feed.key))
         if stored is None or stored.handle is None:
-            return Shape()
+            return Shape(clock=self._clock)
         self._saved = stored
         extra = self._extra(handle=stored.handle, stored_offset=stored.offset)
         rows, problem = await self._stored_rows(stored)
@@ -323,13 +342,13 @@ class Follower:
                 "realtime feed resumes with a snapshot of its stored shape",
                 extra={**extra, "reason": problem},
             )
-            shape = Shape(Position(schema=stored.schema))
+            shape = Shape(Position(schema=stored.schema), clock=self._clock)
             shape.refetch(stored.handle)  # and the stored rows are replaced at the next save
             return shape
         log.info(
             "realtime feed resumes from its stored position", extra={**extra, "rows": len(rows)}
         )
-        return Shape(replace(stored, rows=None), rows)
+        return Shape(replace(stored, rows=None), rows, self._clock)
 
     async def _stored_rows(self, stored: Position) -> tuple[dict[str, dict[str, Any]] | None, str]:
         if stored.offset == START or stored.rows is None:
@@ -375,8 +394,26 @@ class Follower:
             )
             if self._observe is not None:
                 self._observe(self.feed.key, len(runs), None if lag_ms is None else lag_ms / 1000)
+        self._drop_final(shape, batch.skipped)
         await self._save(shape, batch.position, force=bool(runs))
         return self.feed.single_run and any(r.finishedAt is not None for r in runs)
+
+    def _drop_final(self, shape: Shape, skipped: int) -> None:
+        """Forget the runs finished FINAL_GRACE_S ago (stored by the next save), and say how
+        many updates of runs no longer held were skipped."""
+        if skipped:
+            log.info(
+                "realtime rows skipped: updates of runs the feed no longer holds",
+                extra=self._extra(rows=skipped, reason="dropped"),
+            )
+        if self.feed.single_run:  # it stops at its run's end; a resume reads that from its row
+            return
+        dropped = shape.drop_final(FINAL_GRACE_S)
+        if dropped:
+            log.debug(
+                "realtime finished runs dropped from the feed's rows",
+                extra=self._extra(rows=dropped, held=len(shape.rows)),
+            )
 
     def _decode(self, rows: list[dict[str, Any]], schema: Schema) -> list[Run]:
         runs = []

@@ -10,11 +10,19 @@ handles `must-refetch` (409 or control message). Rows are kept by key and update
 them: Electric sends only the primary key and the changed columns of an update, the native
 backend whole rows. `Shape.unsaved()` is what changed in the rows since `Shape.saved()`, so that
 a caller can store the rows beside the position and resume from both (`Shape(position, rows)`).
+
+`Shape.drop_final(grace_s)` forgets the rows of runs in a final status that have not changed
+for `grace_s` (by the shape's clock; rows it resumed with count from then): a run's status
+never changes once final, and without it a shape, which no run leaves (a tags feed's window is
+fixed per handle), held every run it ever matched. An update of a run not held that is not a
+whole row cannot be merged: it is skipped and counted (`Batch.skipped`); a whole one is taken
+as a new row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import quote
@@ -22,6 +30,7 @@ from urllib.parse import quote
 import orjson
 
 from relay.config import RealtimeFeed
+from relay.formats.electric import is_final_row, is_whole_row
 from relay.formats.packets import MAX_DEPTH, capped
 
 START = "-1"
@@ -136,6 +145,7 @@ class Batch:
 
     rows: list[dict[str, Any]]
     position: Position
+    skipped: int = 0  # updates of runs not held (dropped once final) that were not whole rows
 
 
 @dataclass(frozen=True)
@@ -152,14 +162,23 @@ class RowChanges:
 
 class Shape:
     """One shape stream. `rows` resumes it from stored rows at `position` (not live: the first
-    request catches up from the stored offset, as Electric's client does when it resumes)."""
+    request catches up from the stored offset, as Electric's client does when it resumes).
+    `clock` (monotonic seconds) times when each row in a final status last changed (drop_final)."""
 
     def __init__(
-        self, position: Position | None = None, rows: dict[str, dict[str, Any]] | None = None
+        self,
+        position: Position | None = None,
+        rows: dict[str, dict[str, Any]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.position = position or Position()
         self.live = False  # becomes true at the first up-to-date
         self.rows: dict[str, dict[str, Any]] = dict(rows or {})
+        self._clock = clock
+        now = clock()
+        # the keys of rows in a final status, with when they last changed: oldest first
+        self._final = {key: now for key, row in self.rows.items() if is_final_row(row)}
+        self._skipped = 0  # updates not merged since the last batch (Batch.skipped)
         self._changed: dict[str, None] = {}  # an ordered set of keys
         self._unsaved: set[str] = set()  # keys changed since saved()
         self._cleared = False  # every stored row is void (a refetch) since saved()
@@ -182,6 +201,7 @@ class Shape:
     def refetch(self, handle: str | None) -> None:
         """must-refetch: forget every row and start again from a snapshot of `handle`."""
         self.rows.clear()
+        self._final.clear()
         self._changed.clear()
         self._unsaved.clear()
         self._cleared = True
@@ -198,6 +218,21 @@ class Shape:
         """The rows are stored as they are now."""
         self._unsaved.clear()
         self._cleared = False
+
+    def drop_final(self, grace_s: float) -> int:
+        """Forget the rows in a final status unchanged for `grace_s` (but those still to be
+        emitted); a delete for unsaved(). How many were dropped."""
+        before = self._clock() - grace_s
+        old = []
+        for key, since in self._final.items():
+            if since > before:
+                break
+            if key not in self._changed:
+                old.append(key)
+        for key in old:
+            del self._final[key], self.rows[key]
+            self._unsaved.add(key)
+        return len(old)
 
     def receive(self, status: int, headers: Mapping[str, str], body: bytes) -> Batch | None:
         """Apply one 200/204 response; the rows to emit when it ends up-to-date, else None.
@@ -229,7 +264,8 @@ class Shape:
         self.live = True
         rows = [dict(self.rows[key]) for key in self._changed]
         self._changed.clear()
-        return Batch(rows, self.position)
+        skipped, self._skipped = self._skipped, 0
+        return Batch(rows, self.position, skipped)
 
     def _apply(self, message: dict[str, Any]) -> bool:
         """Apply one change; False when it changed nothing (a row served again as it is)."""
@@ -239,17 +275,25 @@ class Shape:
         if operation == "delete":
             self._unsaved.add(key)
             self.rows.pop(key, None)
+            self._final.pop(key, None)
             self._changed.pop(key, None)
             return True
+        held = self.rows.get(key)
+        if held is None and operation == "update" and not is_whole_row(value):
+            self._skipped += 1  # a run dropped once final: nothing to merge the columns into
+            return False
         # An update: Electric sends the primary key and the changed columns only. An insert
         # merges too: Electric inserts no key the shape holds (a delete comes first), but a
         # server may send every change as an insert of the changed columns.
-        row = {**self.rows.get(key, {}), **value}
-        if self.rows.get(key) == row:
+        row = {**(held or {}), **value}
+        if held == row:
             return False
         self._unsaved.add(key)
         self.rows[key] = row
         self._changed[key] = None
+        self._final.pop(key, None)  # a change: its grace starts again (at the end: newest)
+        if is_final_row(row):
+            self._final[key] = self._clock()
         return True
 
 

@@ -1,0 +1,244 @@
+"""A Realtime feed holds its finished runs for a grace, not for the life of the shape.
+
+Runs never leave a tags feed's shape (Trigger.dev fixes its createdAt window per handle), and a
+feed held each one, whole, in memory and in the store. Now a run in a final status whose row has
+not changed for FINAL_GRACE_S is dropped from both. The follower runs against the fake Realtime
+server (tests/fakes/realtime.py) with a virtual clock for the grace.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from relay.sources._follower import FINAL_GRACE_S
+from relay.sources._shape import Position, Shape
+from tests.fakes.realtime import Exchange, FakeRealtime, fake_realtime, row_key, session
+from tests.test_realtime import FEED_KEY, H1, following, statuses
+
+RUNS = 1000
+ENDED = "10_0"  # the offset after the live answer that ends every run
+LATER = "11_0"  # the offset after the live answer that comes later (FakeRealtime.release)
+STILL = "bound-still-running"  # a run that never ends
+
+
+def internal(number: int) -> str:
+    return f"bound{number:05d}"
+
+
+def public(ident: str) -> str:
+    return f"run_{ident}"
+
+
+def insert(ident: str) -> dict[str, Any]:
+    """Electric's snapshot insert of an EXECUTING run: every column (the fixture session's)."""
+    value = {**session()[0].body[0]["value"], "id": ident, "friendlyId": public(ident)}
+    return {"key": row_key(ident), "value": value, "headers": {"operation": "insert"}}
+
+
+def update(ident: str, **columns: Any) -> dict[str, Any]:
+    """Electric's update: the primary key and the changed columns only."""
+    return {
+        "key": row_key(ident),
+        "value": {"id": ident, **columns},
+        "headers": {"operation": "update"},
+    }
+
+
+def ends(ident: str) -> dict[str, Any]:
+    """The fixture session's update that ends a run FAILED (status, completedAt, cost, ...)."""
+    return update(ident, **{**session()[2].body[0]["value"], "id": ident})
+
+
+def whole(ident: str, **columns: Any) -> dict[str, Any]:
+    """The native backend's update: the whole row."""
+    value = {**insert(ident)["value"], **columns}
+    return {"key": row_key(ident), "value": value, "headers": {"operation": "update"}}
+
+
+def script(later: list[dict[str, Any]]) -> list[Exchange]:
+    """A snapshot of RUNS + 1 executing runs, the catch-up, a live answer ending RUNS of them,
+    and a live answer with `later` (released by the test)."""
+    snapshot, catch_up = session()[:2]
+    runs = [insert(internal(n)) for n in range(RUNS)] + [insert(STILL)]
+    ended = [ends(internal(n)) for n in range(RUNS)]
+    return [
+        Exchange("snapshot", "-1", None, False, 200, {**snapshot.headers}, runs),
+        catch_up,
+        live(catch_up.headers["electric-offset"], ENDED, ended, "runs end"),
+        live(ENDED, LATER, later, "later"),
+    ]
+
+
+def live(offset: str, after: str, changes: list[dict[str, Any]], name: str) -> Exchange:
+    headers = {
+        "electric-handle": H1,
+        "electric-offset": after,
+        "electric-cursor": "58785280",
+        "electric-up-to-date": "",
+    }
+    return Exchange(name, offset, H1, True, 200, headers, [*changes, UP])
+
+
+UP = {"headers": {"control": "up-to-date"}}
+
+
+class Clock:
+    """Monotonic seconds the test moves on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def answered_since(fake: FakeRealtime, count: int) -> None:
+    """Until `count` more requests came: the first may have been asked before, the second is
+    asked after the answer to it was emitted and saved."""
+    before = len(fake.requests)
+    await fake.wait_for(lambda s: any(s is r for r in fake.requests[before + count - 1 :]))
+
+
+def held(kv: Any) -> set[str]:
+    return set(kv.rows(FEED_KEY))
+
+
+async def test_a_feed_drops_its_finished_runs_past_the_grace_from_memory_and_store(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """1,000 runs end; past the grace the store holds only the run still running, and the
+    position counts it alone. A later partial update of a dropped run (a metadata write) is
+    skipped, counted with reason "dropped": nothing is held to merge it into (memory); a whole
+    row of another dropped run is taken as a new row."""
+    caplog.set_level(logging.INFO, logger="relay")
+    clock = Clock()
+    late = '{"late": true}'
+    later = [
+        update(internal(0), metadata=late),  # Electric: the changed column only
+        whole(internal(1), status="COMPLETED_WITH_ERRORS", metadata=late),  # native: whole row
+        update(STILL, status="WAITING_TO_RESUME"),
+    ]
+    async with fake_realtime(script(later)) as fake:
+        fake.release(3)
+        async with following(fake, clock=clock) as h:
+            await h.submit.wait_for(2)
+            await answered_since(fake, 2)
+            assert len(held(h.kv)) == RUNS + 1  # within the grace: every run held
+            clock.now = FINAL_GRACE_S + 1
+            await answered_since(fake, 2)
+            assert held(h.kv) == {row_key(STILL)}
+            assert h.kv.position(FEED_KEY)["rows"] == 1
+            fake.release()
+            batches = await h.submit.wait_for(3)
+    assert statuses(batches[2:]) == [[(public(internal(1)), "FAILED"), (public(STILL), "WAITING")]]
+    assert batches[2][0].metadata == {"late": True}
+    assert held(h.kv) == {row_key(STILL), row_key(internal(1))}
+    skipped = [r for r in caplog.records if "no longer holds" in r.getMessage()]
+    assert [(r.__dict__["rows"], r.__dict__["reason"]) for r in skipped] == [(1, "dropped")]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_a_run_finished_within_the_grace_still_merges_a_partial_update() -> None:
+    clock = Clock()
+    settles = update(internal(7), costInCents="0.2", usageDurationMs="40000")
+    async with fake_realtime(script([settles])) as fake:
+        fake.release(3)
+        async with following(fake, clock=clock) as h:
+            await h.submit.wait_for(2)
+            clock.now = FINAL_GRACE_S - 1
+            await answered_since(fake, 2)
+            fake.release()
+            batches = await h.submit.wait_for(3)
+    assert statuses(batches[2:]) == [[(public(internal(7)), "FAILED")]]
+    settled = batches[2][0]
+    assert (settled.costInCents, settled.durationMs) == (0.2, 40000)
+    assert settled.taskIdentifier and settled.createdAt is not None  # merged onto the held row
+    assert len(held(h.kv)) == RUNS + 1
+
+
+async def test_a_restart_after_the_drop_resumes_without_the_dropped_rows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay")
+    clock = Clock()
+    async with fake_realtime(script([update(STILL, status="COMPLETED_SUCCESSFULLY")])) as fake:
+        fake.release(3)
+        async with following(fake, clock=clock) as h:
+            await h.submit.wait_for(2)
+            clock.now = FINAL_GRACE_S + 1
+            await answered_since(fake, 2)
+            assert held(h.kv) == {row_key(STILL)}
+        before = len(fake.requests)
+        async with following(fake, kv=h.kv, clock=Clock()) as again:  # relay restarted
+            await fake.wait_for(lambda s: any(s is r for r in fake.requests[before:]))
+            fake.release()
+            batches = await again.submit.wait_for(1)
+    first = fake.requests[before]
+    assert (first.query["offset"], first.query["handle"]) == (ENDED, H1)  # no snapshot
+    resumed = [r for r in caplog.records if "resumes from its stored position" in r.getMessage()]
+    assert [r.__dict__["rows"] for r in resumed] == [1]
+    assert statuses(batches) == [[(public(STILL), "COMPLETED")]]
+    assert batches[0][0].taskIdentifier  # merged onto its stored row
+    assert held(h.kv) == {row_key(STILL)}  # final now, but within its grace
+
+
+def test_the_shape_drops_final_rows_by_when_they_last_changed_not_others() -> None:
+    """Rows resumed with count from the resume; a change restarts a row's grace; a row not
+    final, or changed and not yet emitted, stays; the drops are deletes for the next save."""
+    clock = Clock()
+    final = {"status": "COMPLETED_SUCCESSFULLY"}
+    f, g, r = row_key("f"), row_key("g"), row_key("r")
+    rows = {f: {"id": "f", **final}, g: {"id": "g", **final}, r: {"id": "r", "status": "PENDING"}}
+    shape = Shape(Position(H1, "1_0", rows=3), rows, clock)
+    clock.now = 10.0
+    headers = {"electric-handle": H1, "electric-offset": "2_0", "electric-up-to-date": ""}
+    shape.receive(200, headers, json.dumps([update("g", metadata="{}")]).encode())
+    shape.saved()
+    clock.now = FINAL_GRACE_S + 5
+    assert shape.drop_final(FINAL_GRACE_S) == 1
+    assert set(shape.rows) == {g, r}
+    assert shape.unsaved().delete == [f]
+    clock.now = FINAL_GRACE_S * 10
+    assert shape.drop_final(FINAL_GRACE_S) == 1 and set(shape.rows) == {r}
+
+
+def test_a_final_row_not_yet_emitted_is_not_dropped() -> None:
+    clock = Clock()
+    shape = Shape(clock=clock)
+    headers = {"electric-handle": H1, "electric-offset": "1_0"}  # no up-to-date: not emitted
+    body = [
+        {"key": "k", "value": {"id": "k", "status": "CANCELED"}, "headers": {"operation": "insert"}}
+    ]
+    shape.receive(200, headers, json.dumps(body).encode())
+    clock.now = FINAL_GRACE_S * 2
+    assert shape.drop_final(FINAL_GRACE_S) == 0 and set(shape.rows) == {"k"}
+
+
+@pytest.mark.parametrize(
+    ("status", "final"),
+    [
+        ("COMPLETED_SUCCESSFULLY", True),
+        ("COMPLETED_WITH_ERRORS", True),
+        ("INTERRUPTED", True),
+        ("CANCELED", True),
+        ("CRASHED", True),
+        ("SYSTEM_FAILURE", True),
+        ("EXPIRED", True),
+        ("TIMED_OUT", True),
+        ("EXECUTING", False),
+        ("WAITING_TO_RESUME", False),
+        ("PAUSED", False),
+        ("RETRYING_AFTER_FAILURE", False),
+        ("DELAYED", False),
+        ("PENDING", False),
+    ],
+)
+def test_which_raw_statuses_are_final(status: str, final: bool) -> None:
+    clock = Clock()
+    shape = Shape(Position(H1, "1_0", rows=1), {"k": {"id": "k", "status": status}}, clock)
+    clock.now = FINAL_GRACE_S
+    assert shape.drop_final(FINAL_GRACE_S) == int(final)
