@@ -54,7 +54,8 @@ class Reservation:
     lease_s: float
 
     def lease(self, now: float) -> BirthLease | None:
-        return BirthLease(self.slots, now + self.lease_s) if self.slots else None
+        """The lease for the store, which fills this room (`fill`) once its call is over."""
+        return BirthLease(self.slots, now + self.lease_s, self.fill) if self.slots else None
 
     def fill(self, leased: list[Notification]) -> None:
         """Hand each loop its leased rows (none if the commit failed) and free the rest of the

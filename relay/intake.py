@@ -8,7 +8,6 @@ same transaction and handed over after it (no claim between the 202 and the send
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -27,11 +26,9 @@ log = logging.getLogger("relay.intake")
 
 class Handoff(Protocol):
     """Room that delivery loops of this process hold for rows leased at birth: `lease` for the
-    store, then `fill` once with what was leased. No lease (None) means no room is held."""
+    store, whose `handed` gives the loops what was leased. No lease (None): no room is held."""
 
     def lease(self, now: float) -> BirthLease | None: ...
-
-    def fill(self, leased: list[Notification]) -> None: ...
 
 
 Reserve = Callable[[int], Handoff | None]  # room for up to N rows per channel, or None
@@ -129,24 +126,13 @@ class Intake:
         return result
 
     async def _observe(self, runs: Sequence[Run], decide: Decide, now: float) -> list[Observed]:
-        """store.observe, leasing new rows to the loops that hold room for them. The rows go
-        to their loops when the commit is done, even if the caller was cancelled meanwhile
-        (a leased row nobody sends would wait out its lease)."""
+        """store.observe, leasing new rows to the loops that hold room for them. The store
+        hands the rows to their loops (`BirthLease.handed`) when the commit is done, even if
+        the caller was cancelled meanwhile (a leased row nobody sends would wait out its
+        lease), a loop turn after the caller's result: the 202 goes before the sends start."""
         handoff = None if self._reserve is None else self._reserve(len(runs))
         lease = None if handoff is None else handoff.lease(now)
-        if handoff is None or lease is None:  # no loop had room: nothing to hand over
-            return await self._store.observe(runs, decide, now)
-        observing = asyncio.ensure_future(self._store.observe(runs, decide, now, lease))
-        # a turn later: the caller (the 202) goes before the sends start
-        loop = asyncio.get_running_loop()
-        observing.add_done_callback(lambda done: loop.call_soon(handoff.fill, _leased(done)))
-        return await asyncio.shield(observing)
-
-
-def _leased(done: asyncio.Future[list[Observed]]) -> list[Notification]:
-    if done.cancelled() or done.exception() is not None:
-        return []
-    return [n for item in done.result() for n in item.leased]
+        return await self._store.observe(runs, decide, now, lease)
 
 
 def muting(decide: Decide, mute: MuteCheck) -> Decide:

@@ -8,7 +8,8 @@ it returns (SQLite: concurrent calls share commits, group commit).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -77,6 +78,11 @@ class BirthLease:
 
     slots: Mapping[str, int]
     until: float
+    # told the rows leased once the call is over (none when its transaction failed or never
+    # ran), even when the caller of `observe` was cancelled meanwhile: a leased row nobody
+    # sends would wait out its lease. Called once, a loop turn after the call's result is
+    # set, so that the caller (a 202) goes before the sends start.
+    handed: Callable[[list[Notification]], None] = lambda leased: None
 
     def take(self, observed: Sequence[Observed], now: float) -> list[str]:
         """Choose, in order, the new rows to lease while the slots of their channel last; set
@@ -90,6 +96,27 @@ class BirthLease:
                     left[n.channel] -= 1
                     item.leased.append(n)
         return [n.id for item in observed for n in item.leased]
+
+
+def hand_over(lease: BirthLease, observed: Sequence[Observed] | None) -> None:
+    """Tell `lease.handed` the rows leased in `observed` (None: the call committed nothing),
+    a loop turn later. In the event loop's thread."""
+    leased = [] if observed is None else [n for item in observed for n in item.leased]
+    asyncio.get_running_loop().call_soon(lease.handed, leased)
+
+
+async def handing_over(observing: Awaitable[list[Observed]], lease: BirthLease) -> list[Observed]:
+    """`observing` awaited in a task of its own, so that `lease.handed` hears of its rows even
+    when the caller is cancelled: for an engine whose observe runs in its caller's task."""
+    task = asyncio.ensure_future(observing)
+    task.add_done_callback(lambda done: hand_over(lease, _result(done)))
+    return await asyncio.shield(task)
+
+
+def _result(done: asyncio.Future[list[Observed]]) -> list[Observed] | None:
+    if done.cancelled() or done.exception() is not None:
+        return None
+    return done.result()
 
 
 def _leasable(n: Notification, now: float) -> bool:
@@ -157,7 +184,8 @@ class Store(Protocol):
         self, runs: Sequence[Run], decide: Decide, now: float, lease: BirthLease | None = None
     ) -> list[Observed]:
         """Apply `decide` to each run against its stored state and enqueue its matches; with
-        `lease`, lease the new rows it chooses to this process (`Observed.leased`).
+        `lease`, lease the new rows it chooses to this process (`Observed.leased`) and tell
+        `lease.handed` of them once the call is over, cancelled or not.
 
         All of `runs` commit together or not at all (StoreUnavailable); other concurrent calls may
         share the same commit. Notification rows are idempotent by id. `decide` must be pure: an

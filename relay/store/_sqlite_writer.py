@@ -74,6 +74,7 @@ def rollback(conn: sqlite3.Connection) -> None:
 class _Job:
     op: Op[Any]
     future: asyncio.Future[Any]
+    settled: Callable[[Any], None] | None = None  # see Writer.run
 
 
 class Writer:
@@ -129,13 +130,17 @@ class Writer:
             if self._lock is not None:
                 self._lock.close()
 
-    async def run(self, op: Op[T]) -> T:
-        """Run `op` in the next batch; its result once that batch has committed."""
+    async def run(self, op: Op[T], settled: Callable[[T | None], None] | None = None) -> T:
+        """Run `op` in the next batch; its result once that batch has committed. `settled` is
+        called once, in the event loop's thread, with that result (None when `op` failed or
+        never ran), even when the caller was cancelled meanwhile: what the op did is known."""
         if not self._accepting:
+            if settled is not None:
+                settled(None)
             raise StoreUnavailable("store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.append(_Job(op, future))
+        self._pending.append(_Job(op, future, settled))
         if self._drainer is None or self._drainer.done():
             self._drainer = loop.create_task(self._drain())
         return await future
@@ -145,16 +150,16 @@ class Writer:
         jobs: list[_Job] = []
         try:
             while self._pending:
-                jobs = [job for job in self._pending if not job.future.done()]
+                jobs = [job for job in self._pending if not _settled_unrun(job)]
                 self._pending = []
                 if jobs:
                     for job, outcome in zip(jobs, await self._execute(jobs), strict=True):
-                        _deliver(job.future, outcome)
+                        _deliver(job, outcome)
                 jobs = []
         finally:  # cancelled or broken: nobody may wait forever
             for job in jobs + self._pending:
-                if not job.future.done():
-                    job.future.set_exception(StoreUnavailable("store writer stopped"))
+                if not _settled_unrun(job):
+                    _deliver(job, (None, StoreUnavailable("store writer stopped")))
             self._pending = []
 
     async def _execute(self, jobs: list[_Job]) -> list[_Outcome]:
@@ -271,11 +276,22 @@ def _copy(exc: StoreUnavailable) -> StoreUnavailable:
     return error
 
 
-def _deliver(future: asyncio.Future[Any], outcome: _Outcome) -> None:
-    if future.done():  # the caller was cancelled meanwhile
-        return
+def _settled_unrun(job: _Job) -> bool:
+    """Whether the job's caller is gone before its op ran (it is not run then), settled so."""
+    if not job.future.done():
+        return False
+    if job.settled is not None:
+        job.settled(None)
+    return True
+
+
+def _deliver(job: _Job, outcome: _Outcome) -> None:
+    """The outcome to the job's caller (unless cancelled meanwhile), then to its `settled`."""
     result, error = outcome
-    if error is None:
-        future.set_result(result)
-    else:
-        future.set_exception(error)
+    if not job.future.done():
+        if error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(error)
+    if job.settled is not None:
+        job.settled(result if error is None else None)

@@ -35,6 +35,7 @@ from relay.store import (
     Observed,
     Tries,
     _pg_claim,
+    handing_over,
     recoveries_of,
 )
 from relay.store._pg_connect import (
@@ -326,8 +327,11 @@ class PostgresStore:
                 observed = await observe(conn, batch, decide, now)
                 return await lease_at_birth(conn, observed, lease, self.holder, now)
 
-        async with self._conn() as conn:
-            return await retrying(lambda: attempt(conn))
+        async def observing() -> list[Observed]:
+            async with self._conn() as conn:
+                return await retrying(lambda: attempt(conn))
+
+        return await (observing() if lease is None else handing_over(observing(), lease))
 
     async def claim(
         self, channel: str, now: float, limit: int, lease_s: float

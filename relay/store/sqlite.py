@@ -28,6 +28,7 @@ from relay.store import (
     KvWrite,
     Observed,
     Tries,
+    hand_over,
     recoveries_of,
 )
 from relay.store import _sqlite_outbox as outbox
@@ -215,7 +216,10 @@ class SQLiteStore:
                 conn, outbox.observe(conn, batch, decide, now), lease, holder, now
             )
 
-        return await self._writer.run(observe)
+        if lease is None:
+            return await self._writer.run(observe)
+        # the writer settles every op it is given, the caller cancelled or not: no task needed
+        return await self._writer.run(observe, settled=lambda done: hand_over(lease, done))
 
     async def claim(
         self, channel: str, now: float, limit: int, lease_s: float

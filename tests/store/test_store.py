@@ -258,6 +258,43 @@ async def test_a_birth_lease_leases_new_due_ungrouped_rows_within_its_slots(stor
     assert again[0].notifications == again[0].leased == []  # nothing new, nothing leased
 
 
+async def test_a_birth_lease_hands_its_rows_over_once_though_the_caller_was_cancelled(
+    store: Store,
+) -> None:
+    """`handed` hears of the rows a birth lease took once the call is over, exactly once, also
+    when the caller was cancelled before (the op never ran: none) or during its transaction
+    (committed: its rows), so no leased row waits out its lease unsent."""
+    loop = asyncio.get_running_loop()
+    for when in ("queued", "deciding"):
+        handed: list[list[str]] = []
+        lease = BirthLease({"c1": 5}, 60.0, lambda rows: handed.append([n.id for n in rows]))
+        caller: asyncio.Task[list[Observed]] | None = None
+
+        def deciding(run: Run, previous: RunState | None) -> Decision:
+            if when == "deciding" and caller is not None:
+                loop.call_soon_threadsafe(caller.cancel)  # SQLite decides in its writer thread
+            return decide(run, previous)
+
+        caller = asyncio.ensure_future(
+            store.observe([make_run(f"run_{when}")], deciding, 10, lease)
+        )
+        await asyncio.sleep(0)  # under way
+        if when == "queued":
+            caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        for _ in range(500):
+            if handed:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)  # a second call would come by now
+        assert await store.claim("c1", now=11.0, limit=10, lease_s=60) == []  # leased, or none
+        committed = [n.id for n in await store.claim("c1", now=61.0, limit=10, lease_s=60)]
+        assert handed == [committed], (when, handed, committed)  # once, with what committed
+        if when == "deciding":  # cancelled in its transaction, which still committed
+            assert len(committed) == 1
+
+
 async def test_release_leases_only_where_one_replica_owns_them(
     engine: Engine, store: Store
 ) -> None:
