@@ -16,13 +16,13 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from relay.errors import StoreUnavailable
 from relay.store._sqlite_lock import WriteLock
+from relay.store._sqlite_thread import OwnThread
 
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], T]
@@ -83,7 +83,7 @@ class Writer:
     def __init__(self, lock: WriteLock | None = None, path: Path | None = None) -> None:
         self._lock = lock  # between processes writing the same file; None: this one only
         self._path = path  # the database's, to say a failure for want of space in words
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread: OwnThread | None = None
         self._conn: sqlite3.Connection | None = None  # used only in the writer thread
         self._pending: list[_Job] = []
         self._drainer: asyncio.Task[None] | None = None
@@ -94,19 +94,17 @@ class Writer:
         """Start the thread and open the connection with `connect`, in that thread."""
         if self._accepting:
             return
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-store")
+        thread = OwnThread("relay-store")
         if self._lock is not None:
             self._lock.open()
         try:  # opening migrates the schema: one process at a time
-            conn = await asyncio.get_running_loop().run_in_executor(
-                executor, lambda: self._locked(connect)
-            )
+            conn = await thread.call(lambda: self._locked(connect))
         except BaseException:
-            executor.shutdown(wait=False)
+            thread.end(wait=False)
             if self._lock is not None:
                 self._lock.close()
             raise
-        self._executor, self._conn, self._accepting = executor, conn, True
+        self._thread, self._conn, self._accepting = thread, conn, True
 
     def _locked(self, call: Callable[[], T]) -> T:
         with self._lock.held() if self._lock is not None else contextlib.nullcontext():
@@ -117,16 +115,16 @@ class Writer:
         self._accepting = False
         if self._drainer is not None:
             await asyncio.wait({self._drainer})
-        executor, conn = self._executor, self._conn
-        self._executor = self._conn = None
-        if executor is None or conn is None:
+        thread, conn = self._thread, self._conn
+        self._thread = self._conn = None
+        if thread is None or conn is None:
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+            await thread.call(conn.close)
         except sqlite3.Error as exc:
             raise unavailable("store close failed", exc) from exc
         finally:
-            executor.shutdown(wait=True)
+            thread.end(wait=True)
             if self._lock is not None:
                 self._lock.close()
 
@@ -164,10 +162,11 @@ class Writer:
 
     async def _execute(self, jobs: list[_Job]) -> list[_Outcome]:
         ops = [job.op for job in jobs]
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, self._run_batch, ops)
-        except Exception as exc:  # the executor is gone, or a bug outside the ops
+            if self._thread is None:
+                raise RuntimeError("no writer thread")
+            return await self._thread.call(lambda: self._run_batch(ops))
+        except Exception as exc:  # the thread is gone, or a bug outside the ops
             return [(None, unavailable("store writer failed", exc)) for _ in jobs]
 
     def _run_batch(self, ops: list[Op[Any]]) -> list[_Outcome]:
