@@ -96,7 +96,7 @@ def start_py_spy(
     """py-spy record (collapsed stacks) of the relay over the measured window, if asked."""
     if not args.py_spy:
         return None
-    return py_spy(children, server, f"{args.py_spy}-{tag}.txt", args.seconds)
+    return py_spy(children, server, f"{args.py_spy}-{tag}.txt", args.seconds, args.py_spy_rate)
 
 
 def baseline(children: Children, args: argparse.Namespace, tag: str) -> dict[str, Any]:
@@ -188,6 +188,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="PREFIX",
         help="profile each relay run with py-spy (if on PATH or in the venv) into PREFIX-TAG.txt",
     )
+    p.add_argument("--py-spy-rate", type=int, default=100, help="py-spy samples a second")
     args = p.parse_args(argv)
     if not 0 < args.seconds <= 300 or not 0 <= args.warmup <= 30:
         p.error("--seconds must be in (0, 300] and --warmup in [0, 30]")
