@@ -61,7 +61,7 @@ class Reservation:
         """Hand each loop its leased rows (none if the commit failed) and free the rest of the
         room it held; exactly once per reservation."""
         for name, loop in self.loops.items():
-            loop.take([n for n in leased if n.channel == name], self.slots[name])
+            loop.take([n for n in leased if n.channel == name] if leased else [], self.slots[name])
 
 
 class Delivery:
@@ -82,10 +82,14 @@ class Delivery:
 
     def reserve(self, most: int) -> Reservation:
         """Room for up to `most` rows per channel, leased to these loops as they are created."""
-        slots = {name: loop.reserve(most) for name, loop in self.loops.items()}
-        held = {name: n for name, n in slots.items() if n}
-        lease_s = max((self.loops[n].lease_s for n in held), default=self.deps.lease_s)
-        return Reservation(held, {n: self.loops[n] for n in held}, lease_s)
+        now = self.deps.clock()
+        held: dict[str, int] = {}
+        loops: dict[str, ChannelLoop] = {}
+        for name, loop in self.loops.items():
+            if room := loop.reserve(most, now):
+                held[name], loops[name] = room, loop
+        lease_s = max((loop.lease_s for loop in loops.values()), default=self.deps.lease_s)
+        return Reservation(held, loops, lease_s)
 
     def wake(self, channel: str) -> None:
         loop = self.loops.get(channel)
@@ -237,13 +241,13 @@ class ChannelLoop:
     def _held_s(self) -> float:
         return self.route.hold.left_s(self.deps.clock())
 
-    def reserve(self, most: int) -> int:
+    def reserve(self, most: int, now: float) -> int:
         """Hold room for up to `most` rows leased at birth; none on a rate-limited channel
         (they would wait for the bucket leased), once stopping, while the channel is held or
         while a claim is owed."""
-        if self._stopping or self.route.bucket is not None or self._held_s() > 0:
+        if self._stopping or self.route.bucket is not None or self.route.hold.left_s(now) > 0:
             return 0
-        if self._more or self._poll_owed(self.deps.clock()):
+        if self._more or self._poll_owed(now):
             return 0  # a claim comes first: the store may hold due rows older than these
         room = min(most, max(self._room(), 0))
         self._promised += room

@@ -796,8 +796,8 @@ async def test_room_given_back_by_a_birth_lease_lets_a_waiting_claim_go(
     assert delivery is not None
     loop = delivery.loops["hook"]
     await asyncio.sleep(0.1)  # its first claim is done
-    held = loop.reserve(1000)  # as many requests in flight would
-    assert held > 0 and loop.reserve(1) == 0
+    held = loop.reserve(1000, time.time())  # as many requests in flight would
+    assert held > 0 and loop.reserve(1, time.time()) == 0
     await r.post(failing_run(1))  # no room: created without a lease, the loop is poked
     await asyncio.sleep(0.2)
     assert sink.received == []

@@ -84,7 +84,10 @@ class Hold:
         the budget what they need beyond what it holds already."""
         if size <= self.size:
             return True
-        if not await self._budget._take(size - self.size, self.size):
+        more, budget = size - self.size, self._budget
+        if budget._fits(more, self.size):  # most requests: no wait, no timer
+            budget.held += more
+        elif not await budget._take(more, self.size):
             return False
         self.size = size
         return True

@@ -183,6 +183,8 @@ async def _buffered(request: web.Request, limit: int, hold: Hold | None) -> byte
 def content_codings(request: web.Request) -> list[str]:
     """The codings the body's `Content-Encoding` lines list (several lines are one list,
     RFC 9110 §5.3), to undo; UnsupportedCoding for one relay does not know."""
+    if hdrs.CONTENT_ENCODING not in request.headers:  # most bodies: asked twice a request
+        return []
     return codings(",".join(request.headers.getall(hdrs.CONTENT_ENCODING, [])))
 
 
