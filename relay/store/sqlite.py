@@ -409,7 +409,8 @@ class SQLiteStore:
             row = conn.execute("SELECT last_sent FROM groups WHERE key = ?", (group_key,))
             found = row.fetchone()
             leased = conn.execute(_GROUP_LEASED, (group_key, now)).fetchall()
-            busy = [other[1] for other in leased if other[0] not in set(sending)]
+            ours = set(sending)
+            busy = [other[1] for other in leased if other[0] not in ours]
             return (None if found is None else found[0]), min(busy, default=None)
 
         return await self._reader.run(read)
