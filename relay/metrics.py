@@ -213,6 +213,13 @@ class Metrics:
             ["feed"],
             registry=r,
         )
+        self.realtime_held = Gauge(
+            "relay_realtime_rows_held",
+            "Runs the Realtime feed holds to merge Trigger.dev's partial updates (its unfinished"
+            " runs and those finished within the hour), by feed.",
+            ["feed"],
+            registry=r,
+        )
         self._feeds: set[str] = set()  # those configured() was last given
         self.realtime_errors = Counter(
             "relay_realtime_errors_total",
@@ -317,10 +324,11 @@ class Metrics:
         self.queue_depth.set(counts.get("pending", 0))
         self.outbox_oldest.set(0.0 if oldest is None else max(now - oldest, 0.0))
 
-    def realtime_batch(self, feed: str, rows: int, lag_s: float | None) -> None:
+    def realtime_batch(self, feed: str, rows: int, lag_s: float | None, held: int) -> None:
         """The Realtime source's hook: one call per up-to-date answer (rows submitted, or none:
-        caught up, lag 0)."""
+        caught up, lag 0), with the rows the feed holds after it."""
         self.realtime_rows.labels(feed=feed).inc(rows)
+        self.realtime_held.labels(feed=feed).set(held)
         self.realtime_up_to_date.labels(feed=feed).set(time.time())
         if lag_s is not None:
             self.realtime_lag.labels(feed=feed).set(max(lag_s, 0.0))
@@ -333,9 +341,10 @@ class Metrics:
         """The Realtime source's hook: this process no longer follows `feed` (lease lost, feed
         removed by a reload, single run finished). Its lag was frozen at the last value, so a
         replica that lost the lease while behind kept RelayRealtimeLagging firing for good;
-        so was when it last caught up, which only the follower's replica can say."""
+        so was when it last caught up and how many rows it held, which only the follower's
+        replica can say."""
         self.realtime_following.labels(feed=feed).set(0)
-        for gauge in (self.realtime_lag, self.realtime_up_to_date):
+        for gauge in (self.realtime_lag, self.realtime_up_to_date, self.realtime_held):
             with contextlib.suppress(KeyError):
                 gauge.remove(feed)
 

@@ -148,7 +148,7 @@ class Harness:
     kv: MemoryKV
     sleeps: list[float]
     task: asyncio.Task[None]
-    observed: list[tuple[str, int, float | None]] = field(default_factory=list)
+    observed: list[tuple[str, int, float | None, int]] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # the reasons counted
 
 
@@ -183,7 +183,7 @@ async def following(
         sleeps.append(seconds)
         await asyncio.sleep(0.001)
 
-    observed: list[tuple[str, int, float | None]] = []
+    observed: list[tuple[str, int, float | None, int]] = []
     failed: list[str] = []
     async with aiohttp.ClientSession() as http:
         timing = Timing(timeout_s=30.0, error_wait_s=settings.error_backoff)
@@ -419,9 +419,10 @@ async def test_lag_is_zero_once_a_long_poll_finds_nothing_new() -> None:
         await fake.wait_for(lambda s: s.answer == "live timeout")
         while len(h.observed) < 2:
             await asyncio.sleep(0.01)
-    (key, rows, lag_s), caught_up = h.observed[:2]
+    (key, rows, lag_s, held), caught_up = h.observed[:2]
     assert rows == 1 and lag_s is not None and lag_s > 3600
-    assert caught_up == (key, 0, 0.0)
+    assert held == 1  # the run the snapshot brought, to merge its later updates into
+    assert caught_up == (key, 0, 0.0, 1)
 
 
 async def test_an_answer_unreadable_again_and_again_is_read_anew_from_a_snapshot() -> None:
@@ -1015,6 +1016,7 @@ async def test_a_feed_no_longer_followed_leaves_no_lag_behind(
                     break
             await asyncio.sleep(0.05)
         gauges = following_gauges(following)
+        assert re.search(r"^relay_realtime_rows_held\{[^}]*\} [1-9]", following, re.M), following
         assert gauges.pop("following") == 1, following
         assert started <= gauges.pop("last_up_to_date_timestamp_seconds") <= time.time()
         path = Path(r.service.compiled.loaded.source.filename)
@@ -1025,6 +1027,7 @@ async def test_a_feed_no_longer_followed_leaves_no_lag_behind(
             metrics = await resp.text()
     assert "relay_realtime_rows_total{" in metrics  # counters stay; the gauges are gone
     assert not lag.search(metrics), metrics
+    assert "relay_realtime_rows_held{" not in metrics
     assert following_gauges(metrics) == {}
 
 

@@ -167,7 +167,8 @@ def retry_delay(failures: int, timing: Timing, rand: float, retry_after: float |
 
 # (feed key, rows submitted, lag in seconds from the newest row's updatedAt; 0 when the
 # server had nothing new) per up-to-date
-Observe = Callable[[str, int, float | None], None]
+# (feed, rows submitted, lag in seconds or None, rows the feed holds) per up-to-date answer
+Observe = Callable[[str, int, float | None, int], None]
 
 
 # (feed key, reason) per request that failed: timeout, network, rate_limited, server_error,
@@ -380,8 +381,7 @@ class Follower:
     async def _emit(self, shape: Shape, batch: Batch) -> bool:
         """Submit the batch (retrying while the store is down), then save position and rows."""
         runs = self._decode(batch.rows, batch.position.schema)
-        if not runs and self._observe is not None:  # caught up: nothing newer on the server
-            self._observe(self.feed.key, 0, 0.0)
+        lag_s: float | None = 0.0  # caught up: nothing newer on the server
         if runs:
             result = await self._submit_until_done(runs)
             newest = max((r.updated_at_ms or 0) for r in runs)
@@ -392,9 +392,10 @@ class Follower:
                     rows=len(runs), notifications=result.notifications, lag_ms=lag_ms
                 ),
             )
-            if self._observe is not None:
-                self._observe(self.feed.key, len(runs), None if lag_ms is None else lag_ms / 1000)
+            lag_s = None if lag_ms is None else lag_ms / 1000
         self._drop_final(shape, batch.skipped)
+        if self._observe is not None:
+            self._observe(self.feed.key, len(runs), lag_s, len(shape.rows))
         await self._save(shape, batch.position, force=bool(runs))
         return self.feed.single_run and any(r.finishedAt is not None for r in runs)
 
