@@ -369,16 +369,17 @@ _ID_RIGHT = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*|\[[\x21-\x5a\x5e-\x7e]*\]")
 
 
 @functools.cache
-def id_domain(sender: str) -> str:
+def id_domain(sender: str, hello: str | None = None) -> str:
     """The right side of the Message-IDs of mail from `sender` (the From): its domain in ASCII,
     as RFC 5322 3.6.4 wants one unique to the sender (`@relay` was every installation's); else,
-    for a domain that is none there (`example.com.`), this machine's name, as the EHLO says."""
+    for a domain that is none there (`example.com.`), the name the EHLO gives: `hello` when
+    configured, this machine's otherwise (looked up once per sender)."""
     domain = getaddresses([sender])[0][1].rpartition("@")[2]
     with contextlib.suppress(ValueError):  # EmailSettings refused an IDN one that cannot be
         domain = _ascii_domain(f"x@{domain}").rpartition("@")[2]
     if _ID_RIGHT.fullmatch(domain):
         return domain
-    host = this_host()
+    host = hello or this_host()
     return host if _ID_RIGHT.fullmatch(host) else "localhost"
 
 
@@ -390,7 +391,7 @@ def build_message(settings: EmailSettings, message: Outgoing) -> EmailMessage:
         mail["Cc"] = _header_addresses(settings.cc)
     mail["Subject"] = one_line(message.parts.get("subject", "")) or "relay notification"
     mail["Date"] = formatdate(message.timestamp, usegmt=True)
-    domain = id_domain(settings.from_)
+    domain = id_domain(settings.from_, settings.smtp.hello)
     mail["Message-ID"] = message_id(message.notification_id, domain)
     mail["X-Relay-Notification-Id"] = one_line(message.notification_id)
     if message.run_id:  # a digest is about many runs: no header rather than an empty one

@@ -682,6 +682,9 @@ def test_a_from_domain_no_message_id_can_hold_gives_this_machines_name(sender: s
     sender, so the message is built here alone)."""
     settings = email_settings(25).model_copy(update={"from_": sender})
     assert build_message(settings, outgoing())["Message-ID"] == f"<{NTF}@{this_host()}>"
+    smtp = settings.smtp.model_copy(update={"hello": "mx.relay.example"})  # what EHLO says
+    named = settings.model_copy(update={"smtp": smtp})
+    assert build_message(named, outgoing())["Message-ID"] == f"<{NTF}@mx.relay.example>"
 
 
 async def test_a_recovery_replies_to_the_failure_mail(smtp_server: SmtpFactory) -> None:
