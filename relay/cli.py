@@ -90,7 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     dlq_list.add_argument("--json", action="store_true")
     replay = dlq_sub.add_parser("replay", parents=[common], help="send dead notifications again")
     which = replay.add_mutually_exclusive_group(required=True)
-    which.add_argument("id", nargs="?", help="notification id")
+    which.add_argument(
+        "ids", nargs="*", default=[], metavar="ID", help="notification ids (ntf_...)"
+    )
     which.add_argument("--all", action="store_true", help="every dead notification")
     _silence_parser(sub, common)
     sub.add_parser(

@@ -82,16 +82,25 @@ def print_table(head: list[str], rows: list[list[str]], right: Collection[int] =
 
 
 def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
-    ids = None if args.all else [args.id]
-    moved = asyncio.run(_with_store(settings, lambda s: s.replay(ids, time.time())))
-    if not args.all and moved == 0:
-        from relay.history import digest_hint  # noqa: PLC0415
+    """Replay every dead notification (--all) or the ids given (amtool's `expire ID ...` way:
+    `relay dlq replay $(...)`); 1 if an id names no dead one (the others are still replayed)."""
+    from relay.history import digest_hint  # noqa: PLC0415
 
-        hint = digest_hint([args.id], "relay dlq list")
-        print(f"no dead notification with id {args.id}{hint}", file=sys.stderr)
-        return 1
-    print(f"replayed {moved} notification(s)")
-    return 0
+    ids: list[str] = args.ids
+    moved, not_dead = asyncio.run(_with_store(settings, lambda s: _replay(s, ids or None)))
+    for ident in not_dead:
+        hint = digest_hint([ident], "relay dlq list")
+        print(f"no dead notification with id {ident}{hint}", file=sys.stderr)
+    if moved or not not_dead:
+        print(f"replayed {moved} notification(s)")
+    return 1 if not_dead else 0
+
+
+async def _replay(store: Any, ids: list[str] | None) -> tuple[int, list[str]]:
+    """How many `store.replay(ids)` moved, and those of `ids` that were not dead."""
+    found = [await store.get(ident) for ident in ids or []]
+    not_dead = [i for i, n in zip(ids or [], found, strict=True) if n is None or n.state != "dead"]
+    return await store.replay(ids, time.time()), not_dead
 
 
 async def _reading(settings: Settings, action: Callable[[Any], Any]) -> Any:

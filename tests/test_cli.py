@@ -1222,6 +1222,36 @@ async def test_dlq_lists_and_replays_dead_letters(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_dlq_replay_takes_several_ids_as_silence_expire_does(tmp_path: Path) -> None:
+    """`relay dlq replay ID ID` said "unrecognized arguments" (exit 2): the dead of one channel
+    could not be replayed by `$(...)` as `silence expire $(silence query -q ...)` expires
+    silences. Each id is replayed now; one that is not dead is named, exit 1, the others
+    replayed all the same."""
+    db = tmp_path / "relay.db"
+    ids = await make_dead_letters(db, "run_r1", "run_r2", "run_r3")
+    env = store_env(tmp_path)
+    replay = await asyncio.to_thread(run_cli_in_process, "dlq", "replay", ids[0], ids[2], env=env)
+    assert (replay.returncode, replay.stdout, replay.stderr) == (
+        0, "replayed 2 notification(s)\n", "",
+    )  # fmt: skip
+    again = await asyncio.to_thread(
+        run_cli_in_process, "dlq", "replay", ids[0], "ntf_nope", ids[1], env=env
+    )
+    assert again.returncode == 1 and again.stdout == "replayed 1 notification(s)\n"
+    assert again.stderr.splitlines() == [
+        f"no dead notification with id {ids[0]}",
+        "no dead notification with id ntf_nope",
+    ]
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        assert await store.counts() == {"pending": 3, "sent": 0, "dead": 0, "muted": 0}
+    finally:
+        await store.close()
+    both = await asyncio.to_thread(run_cli_in_process, "dlq", "replay", ids[0], "--all", env=env)
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+
+
 async def test_dlq_list_says_when_it_shows_only_the_newest(tmp_path: Path) -> None:
     """Past 1000 dead notifications the listing was cut without a word: an operator counting
     what a receiver's outage killed saw 1000 and replayed by id, leaving the rest dead."""
