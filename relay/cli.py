@@ -136,6 +136,12 @@ def _login_name() -> str:
     return name.encode(errors="surrogateescape").decode(errors="replace")
 
 
+def _author(text: str) -> str:
+    """`--author`, else (not given, or given empty: `-a "$AUTHOR"` with it unset) the login
+    name, as amtool takes an empty one."""
+    return text or _login_name()
+
+
 def _config_path(text: str) -> Path:
     if not text.strip():  # Path("") is ".", the working directory
         raise argparse.ArgumentTypeError("empty path: name the YAML file")
@@ -202,7 +208,9 @@ def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     add.add_argument("--start", help="start time, ISO-8601 (default: now)")
     add.add_argument("-c", "--comment", default="")
-    add.add_argument("-a", "--author", default=_login_name(), help="created_by")
+    add.add_argument(  # a string default goes through `type` too: the login name, read then
+        "-a", "--author", type=_author, default="", help="created_by (default: $USER)"
+    )
     listing = silence_sub.add_parser(
         "list", aliases=["query"], parents=[common, quiet], help="list silences"
     )
@@ -221,6 +229,13 @@ def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     shown.add_argument("--all", action="store_true", help="include expired silences")
     shown.add_argument("--expired", action="store_true", help="only expired silences (amtool)")
     listing.add_argument("--json", action="store_true")
+    listing.add_argument(
+        "-o",
+        "--output",
+        choices=("simple", "extended", "json"),
+        default="simple",
+        help="json: as --json; simple and extended: the table (amtool's flag)",
+    )
     expire = silence_sub.add_parser("expire", parents=[common], help="end silences now")
     expire.add_argument("ids", nargs="+", metavar="ID")
 

@@ -231,7 +231,7 @@ def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
         for view in views:
             print(view["id"])
         return 0
-    if _said_whole(views, as_json=args.json, none="no silences"):
+    if _said_whole(views, as_json=args.json or args.output == "json", none="no silences"):
         return 0
     rows = []
     for v in views:
