@@ -105,13 +105,15 @@ def cli_matchers(words: Sequence[str], flags: Mapping[str, Sequence[str]]) -> di
         if key not in SILENCE_MATCHERS:  # `=` was `matchers.: unknown matcher`
             hint = did_you_mean(key, SILENCE_MATCHERS, quoted=True)
             what = f"unknown matcher {key!r}{hint}" if key else "no matcher name"
-            raise InputError(
-                "matchers",
-                f"{word!r}: {what}; expected name=value (e.g. task=billing/*),"
-                f" name one of {', '.join(SILENCE_MATCHERS)}",
-            )
+            raise InputError("matchers", f"{word!r}: {what}; {_WORD_FORM}")
         out.setdefault(key, []).append(_unquoted(value.strip()))
+    if not any(out.values()):  # `add $(...)` that came back empty: the API's "expected an
+        # object with any of ..." said nothing of words or flags (amtool: no matchers specified)
+        raise InputError("matchers", f"none given; {_WORD_FORM}, or the flag (--task ...)")
     return out
+
+
+_WORD_FORM = f"expected name=value (e.g. task=billing/*), name one of {', '.join(SILENCE_MATCHERS)}"
 
 
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)

@@ -838,6 +838,13 @@ _MATCHER_FORM = "expected name=value (e.g. task=billing/*), name one of " + ", "
         (["-d", "nan", "task=a"], f"--duration 'nan': {NOT_A_DURATION}"),
         (["-d", "inf", "task=a"], f"--duration 'inf': {NOT_A_DURATION}"),
         (["-d", "-5", "task=a"], "--duration '-5': must be more than 0"),  # as -d 0 and -d -1h
+        # none at all said "expected an object with any of ...", the API's words (amtool: "no
+        # matchers specified"); `$(...)` that came back empty is the likely cause
+        ([], f"matchers: none given; {_MATCHER_FORM}, or the flag (--task ...)"),
+        (
+            ["-d", "2h", "-c", "deploy"],
+            f"matchers: none given; {_MATCHER_FORM}, or the flag (--task ...)",
+        ),
     ],
 )
 def test_cli_add_says_what_it_refused_and_what_it_takes(
