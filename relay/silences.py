@@ -106,7 +106,7 @@ def cli_matchers(words: Sequence[str], flags: Mapping[str, Sequence[str]]) -> di
             hint = did_you_mean(key, SILENCE_MATCHERS, quoted=True)
             what = f"unknown matcher {key!r}{hint}" if key else "no matcher name"
             raise InputError("matchers", f"{word!r}: {what}; {_WORD_FORM}")
-        out.setdefault(key, []).append(_unquoted(value.strip()))
+        out.setdefault(key, []).append(_unquoted(value.strip(), word))
     if not any(out.values()):  # `add $(...)` that came back empty: the API's "expected an
         # object with any of ..." said nothing of words or flags (amtool: no matchers specified)
         raise InputError("matchers", f"none given; {_WORD_FORM}, or the flag (--task ...)")
@@ -119,12 +119,19 @@ _WORD_FORM = f"expected name=value (e.g. task=billing/*), name one of {', '.join
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
 
-def _unquoted(value: str) -> str:
+def _unquoted(value: str, word: str) -> str:
     """A matcher's value as amtool reads it: `"a\\"b"` is `a"b` (`silence list` prints each
-    value so); any other quotes around it are dropped, as before."""
-    if len(value) > 1 and value[0] == value[-1] == '"':
+    value so); single quotes around it are dropped, as before. A double quote not closed, or
+    closed but not opened (`task="billing/*`), is refused, as amtool refuses it: it was dropped,
+    and the silence made for a value not written."""
+    if _QUOTED.fullmatch(value):
         return _ESCAPE.sub(r"\1", value[1:-1])
-    return value.strip("\"'")
+    if value.startswith('"') or value.endswith('"'):
+        raise InputError("matchers", f"{word!r}: unbalanced quotes")
+    return value.strip("'")
+
+
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 
 
 _GROUP = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")*')  # one matcher of a `{...}` group
@@ -213,7 +220,7 @@ def _filter(word: str, field: str) -> Filter:
             f'{word!r}: {what}; expected name=value, !=, =~ or !~ (e.g. tag=~"env:.*"),'
             f" name one of {', '.join(SILENCE_MATCHERS)}",
         )
-    value = _unquoted(value.strip())
+    value = _unquoted(value.strip(), word)
     if len(value) > MAX_TEXT:
         raise InputError(field, f"{word[:40]!r}...: at most {MAX_TEXT} characters")
     if "~" not in op:

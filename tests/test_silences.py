@@ -543,6 +543,14 @@ def test_cli_query_filters_as_amtool_and_pages(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "limit: expected a number from 1 to 10000" in bad.stderr
 
 
+@pytest.mark.parametrize("word", ['task="billing/*', 'tag=~"env:.*', 'rule!=x"'])
+def test_a_filter_with_unbalanced_quotes_is_refused(word: str) -> None:
+    """`silence query 'task="billing/*'` listed the silences of billing/*: the quote not closed
+    was dropped, where amtool refuses the matcher."""
+    with pytest.raises(InputError, match=r"filter: .*unbalanced quotes"):
+        silences.parse_filters([word])
+
+
 @pytest.mark.parametrize(
     ("words", "fits"),
     [
@@ -884,6 +892,12 @@ def test_cli_matchers_take_amtool_braces(words: list[str], expected: dict[str, l
         ("task!~x", "no negative or regex"),
         ("severity=page", "unknown matcher"),
         ('{task="x}', "unbalanced quotes"),
+        # a double quote not closed or not opened was dropped: `task="billing/*` made a silence
+        # of billing/*, `task=x"` one of x, `task="x\\"` one of `x\` (amtool refuses them)
+        ('task="billing/*', "unbalanced quotes"),
+        ('task=x"', "unbalanced quotes"),
+        ('task="x\\"', "unbalanced quotes"),
+        ('"nightly', "unbalanced quotes"),
         ("{task=x", "unclosed"),
         ('{task!="x"}', "no negative or regex"),
         ("tsk=x", "did you mean 'task'"),
