@@ -428,6 +428,9 @@ class TriggerAlertsConfig(Strict):
         return ([self.secret] if self.secret is not None else []) + list(self.secrets)
 
 
+# What Trigger.dev's Realtime refuses in a tag (400 "Invalid tag"): control characters, DEL,
+# backslash, double quote (UNSAFE_REALTIME_TAG_CHARS, apps/webapp/app/v3/electricShape.server.ts).
+_UNSAFE_TAG = re.compile(r'[\x00-\x1f\x7f\\"]')
 # Trigger.dev's createdAt grammar (parseNaturalLanguageDurationAgo): anything else is no window.
 _TRIGGER_DURATION = re.compile(r"(?:[0-9]+(?:w|d|hr|h|m|s))+")
 _TRIGGER_PARTS = re.compile(r"([0-9]+)(w|d|hr|h|m|s)")
@@ -445,11 +448,18 @@ class RealtimeFeed(Strict):
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: list[str] | None) -> list[str] | None:
-        """Trigger.dev splits `tags` on commas, and takes `tags=` for no tags (every run)."""
+        """Trigger.dev splits `tags` on commas, and takes `tags=` for no tags (every run); it
+        answers 400 "Invalid tag" to every request naming a tag with a character of
+        _UNSAFE_TAG (its UNSAFE_REALTIME_TAG_CHARS), so such a feed could never start."""
         if value is not None and any(not tag or "," in tag for tag in value):
             raise ValueError(
                 "a feed's tags cannot be empty or contain a comma (Trigger.dev splits the"
                 " tags on commas); tags: [] follows every run"
+            )
+        if value is not None and any(_UNSAFE_TAG.search(tag) for tag in value):
+            raise ValueError(
+                "a feed's tags cannot hold a double quote, a backslash or a control character"
+                " (Trigger.dev refuses such a tag with 400 Invalid tag)"
             )
         return value
 

@@ -321,6 +321,14 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
                 ("{tags: ['a,b']}", "tags: a feed's tags cannot be empty or contain a comma"),
                 ("{tags: ['']}", "tags: a feed's tags cannot be empty"),
                 ("{tags: [a, '']}", "tags: a feed's tags cannot be empty"),
+                # what Trigger.dev answers 400 "Invalid tag" for, at every request: a double
+                # quote, a backslash, a control character or DEL (UNSAFE_REALTIME_TAG_CHARS in
+                # apps/webapp/app/v3/electricShape.server.ts, checked by
+                # apps/webapp/app/routes/realtime.v1.runs.ts @ b082e44389337dc6505d590737a6df70867cc8f4)
+                *(
+                    (f"{{tags: [ok, {tag}]}}", "tags: a feed's tags cannot hold a double quote")
+                    for tag in ("'say \"hi\"'", "'a\\b'", '"a\\tb"', '"a\\x7fb"', '"\\x01"')
+                ),
                 ("{run_id: ''}", "run_id: "),
                 ("{batch_id: ''}", "batch_id: "),
             )
