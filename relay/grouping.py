@@ -104,6 +104,18 @@ def schedule(
     return GroupState(key, due, last_sent, now)
 
 
+def retimed(last_sent: float | None, first_waiting: float, now: float, timing: Timing) -> float:
+    """When a waiting digest goes under `timing` (a reload changed the rule's group_wait or
+    group_interval): as `schedule` would have put it had `timing` been in force when its first
+    run (`first_waiting`) joined; not before `now` (a reload makes no digest overdue)."""
+    if last_sent is None:  # the group's first digest
+        return max(first_waiting + timing.group_wait_s, now)
+    due = last_sent + timing.group_interval_s
+    if due <= first_waiting:  # that run woke a group quiet past group_interval
+        due = first_waiting + timing.group_wait_s
+    return max(due, now)
+
+
 def _closed(previous: GroupState, now: float, timing: Timing) -> bool:
     """Quiet for `repeat_interval`, and never sooner than `group_interval`: a shorter
     `repeat_interval` would open a new group (a digest `group_wait` later) under the floor

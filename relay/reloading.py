@@ -13,6 +13,7 @@ from relay import heap
 from relay.configure import Compiled, compile_config, config_fingerprint, load, load_text
 from relay.errors import ConfigError, Problem, StoreUnavailable
 from relay.metrics import Metrics
+from relay.model import Timing
 from relay.settings import Settings
 from relay.store import HistoryQuery, Store
 from relay.workers import read_config_payload
@@ -139,8 +140,11 @@ class ConfigReloads:
     async def _swap(self, trigger: str, compiled: Compiled) -> None:
         channels = self.service.compiled.loaded.config.channels
         removed = set(channels) - set(compiled.loaded.config.channels)
+        retime = compiled.rules.timings_changed_since(self.service.compiled.rules)
         await self.service.swap(compiled)
         await owed_to_removed(self.service.store, removed)
+        if trigger != "parent":  # a delivery worker: its parent re-timed them in the store
+            await retime_digests(self.service.store, retime)
         metrics = self.service.metrics
         metrics.config_reloads.labels(result="success").inc()
         metrics.config_reload_time.set(time.time())
@@ -200,6 +204,23 @@ async def owed_to_removed(store: Store, channels: set[str]) -> None:
                 "a removed channel's notifications stay pending until it returns",
                 extra={"channel": channel, "pending": pending},
             )
+
+
+async def retime_digests(store: Store, timings: dict[str, Timing]) -> None:
+    """Digests waiting under rules whose group_wait or group_interval a reload changed go when
+    the new values say (Store.retime_groups): one held for a 30 s group_interval shortened to
+    2 s waited out the 30 s, and was sent sooner than a lengthened group_wait says."""
+    if not timings:
+        return
+    try:
+        groups = await store.retime_groups(timings, time.time())
+    except StoreUnavailable as exc:
+        log.warning(
+            "waiting digests not re-timed; they keep the times they had",
+            extra={"rules": sorted(timings), "error": str(exc)},
+        )
+        return
+    log.info("waiting digests re-timed", extra={"rules": sorted(timings), "groups": groups})
 
 
 def _compile(settings: Settings, path: Path | None) -> Compiled:

@@ -172,6 +172,18 @@ class RuleSet:
         found = self.by_name.get(rule)
         return None if found is None or found.timing is None else found.timing.group_interval_s
 
+    def timings_changed_since(self, old: RuleSet) -> dict[str, Timing]:
+        """The digest rules of both rule sets whose group_wait or group_interval this one
+        changed, with their new timing (a reload re-times their waiting digests)."""
+        changed = {}
+        for name, rule in self.by_name.items():
+            was = old.by_name.get(name)
+            if rule.timing is None or was is None or was.timing is None:
+                continue
+            if _windows(rule.timing) != _windows(was.timing):
+                changed[name] = rule.timing
+        return changed
+
     def template_of(self, rule: str, channel: str, event: str) -> str | None:
         """The template rule `rule` renders for `channel` and `event` now, or None when no
         rule of that name notifies it of that event any more (a reload removed the rule or
@@ -510,6 +522,10 @@ def _template_error(exc: Exception) -> str:
     line = getattr(exc, "lineno", None)
     message = getattr(exc, "message", None) or type(exc).__name__
     return f"invalid expression: {message}" + (f" (line {line})" if line else "")
+
+
+def _windows(timing: Timing) -> tuple[float, float]:
+    return timing.group_wait_s, timing.group_interval_s
 
 
 def _timing(rule: RuleConfig) -> Timing | None:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,42 @@ async def test_relay_check_shows_the_digest_in_a_dry_run(relay: RelayFactory, si
     status, body = await r.post(failed(1))
     assert status == 202 and body["notifications"] == 1
     assert sink.received == []  # waiting for group_wait
+
+
+async def test_a_reload_that_shortens_group_interval_sends_the_waiting_digest_by_it(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """group_interval 1h → 1s while the group's second digest waits: it goes 1 s after the
+    first, not an hour after (it waited out the old interval, whatever the config said)."""
+    r = await relay(CONFIG.format(url=sink.url, wait="0s", interval="1h"))
+    await r.post([failed(1), failed(2)])
+    [first] = await sink.wait_for(1)
+    await r.post([failed(3), failed(4)])
+    (tmp_path / "config0.yaml").write_text(CONFIG.format(url=sink.url, wait="0s", interval="1s"))
+    assert await r.service.reload("test")
+    second = (await sink.wait_for(2, timeout=30))[1]
+    assert second.at - first.at >= 0.9
+    assert [run["id"] for run in second.json()["runs"]] == ["run_digest_003", "run_digest_004"]
+
+
+async def test_a_reload_that_lengthens_group_wait_holds_the_waiting_digest_by_it(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """group_wait 30s → 1h while a new group's first digest waits: due an hour after its
+    first run, as the new group_wait says, not at the old time."""
+    r = await relay(CONFIG.format(url=sink.url, wait="30s", interval="5m"))
+    await r.post([failed(1), failed(2)])
+    (tmp_path / "config0.yaml").write_text(CONFIG.format(url=sink.url, wait="1h", interval="5m"))
+    assert await r.service.reload("test")
+    async with r.http.get(r.url + "/v1/notifications?run_id=run_digest_001") as resp:
+        [waiting] = (await resp.json())["notifications"]
+    created, due = (_instant(waiting[key]) for key in ("created_at", "next_attempt_at"))
+    assert waiting["state"] == "pending"
+    assert 3599 <= due - created <= 3601
+
+
+def _instant(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
 
 
 async def test_a_restart_inside_the_wait_window_still_sends_one_digest(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from relay.channels import settings_models
 from relay.config_load import parse_config
 from relay.configure import compile_config
-from relay.grouping import flushed, group_key, group_labels, schedule
+from relay.grouping import flushed, group_key, group_labels, retimed, schedule
 from relay.model import GroupState, Timing
 
 T = Timing(group_wait_s=30, group_interval_s=300, repeat_interval_s=3600)
@@ -16,6 +16,19 @@ def test_first_run_waits_group_wait_and_others_join() -> None:
     assert g.next_flush == 130.0
     g = schedule(g, "k", 110.0, T)
     assert g.next_flush == 130.0 and g.last_seen == 110.0
+
+
+def test_a_reload_retimes_a_waiting_digest_as_if_its_timing_had_always_been() -> None:
+    """A digest waiting when a reload changed group_wait or group_interval goes when the new
+    values say, counted from its group's history (its first waiting run, its last digest),
+    never before the reload."""
+    short = Timing(group_wait_s=2, group_interval_s=5, repeat_interval_s=3600)
+    assert retimed(None, 100.0, 103.0, short) == 103.0  # first digest: 100 + 2 is past
+    assert retimed(None, 100.0, 101.0, short) == 102.0
+    assert retimed(None, 100.0, 101.0, T) == 130.0  # lengthened: 100 + 30
+    assert retimed(130.0, 200.0, 201.0, T) == 430.0  # last digest at 130 + 300
+    assert retimed(130.0, 200.0, 201.0, short) == 202.0  # 135 was past: woke it, + 2
+    assert retimed(130.0, 132.0, 133.0, short) == 135.0  # joined within the interval
 
 
 def test_after_a_digest_new_runs_wait_group_interval() -> None:

@@ -23,6 +23,7 @@ from relay.model import (
     RunState,
     Silence,
     SilencePage,
+    Timing,
     notification_id,
     recovery_id,
 )
@@ -285,6 +286,12 @@ class Store(Protocol):
         """Before a digest of `sending` goes: when the group's last digest went out (None: none
         yet), and when the oldest run of another digest of it on its way (rows of it leased,
         by any live replica or process) was queued (its created_at; None: none on its way)."""
+
+    async def retime_groups(self, timings: Mapping[str, Timing], now: float) -> int:
+        """A reload changed the group_wait or group_interval of the rules in `timings`: each
+        of their groups' waiting digests (rows not claimed, not tried yet, due after `now`)
+        is due when `grouping.retimed` says, the group's schedule with it; how many groups
+        it moved."""
 
     async def add_silence(self, silence: Silence) -> None: ...
 

@@ -65,6 +65,9 @@ def to_silence(row: Row) -> Silence:
 # (HELD_FIRST), so the digest goes again with its runs and so its id; runs that came due
 # meanwhile go in the next one. A single row needs no such mark: NULL, as before.
 HAND_BACK = "CASE WHEN group_key IS NULL THEN NULL ELSE -ABS(lease_until) END"
+# The rows of a waiting digest a reload may re-time (Store.retime_groups): not claimed, not
+# tried yet (a retry keeps its backoff); its due time comes after.
+RETIMABLE = "state = 'pending' AND attempts = 0 AND (lease_until IS NULL OR lease_until <= 0)"
 # The unfinished claim a group's claim sends again: of its due rows with a lease (handed back,
 # or taken from a dead holder), the claim that sorts first; rows match it by these columns.
 HELD_ORDER = "ABS(lease_until), lease_holder"

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
 
 from relay.errors import StoreUnavailable
-from relay.model import Notification, Run, Silence, SilencePage
+from relay.grouping import retimed
+from relay.model import Notification, Run, Silence, SilencePage, Timing
 from relay.store import (
     BirthLease,
     Decide,
@@ -72,6 +73,7 @@ from relay.store._pg_rows import (
 from relay.store._pg_schema import migrate
 from relay.store._rows import (
     HAND_BACK,
+    RETIMABLE,
     RowsEvent,
     lease_end,
     mute_kind,
@@ -87,6 +89,16 @@ COMMAND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 5.0  # /readyz answers 503 by then: a health check must not hang with the server
 _T = TypeVar("_T")
+_WAITING_GROUPS = f"""
+    SELECT g.key, g.rule, g.last_sent, MIN(o.created_at) AS first
+    FROM relay_groups g JOIN relay_outbox o ON o.group_key = g.key
+    WHERE g.rule = ANY($1::text[]) AND o.not_before > $2 AND {RETIMABLE}
+    GROUP BY g.key, g.rule, g.last_sent
+"""  # noqa: S608 (RETIMABLE names the outbox's columns)
+_RETIME_ROWS = f"""
+    UPDATE relay_outbox SET not_before = $1 WHERE group_key = $2 AND not_before > $3
+    AND {RETIMABLE}
+"""  # noqa: S608
 _POSTPONE = f"""
     UPDATE relay_outbox SET not_before = $2, lease_until = {HAND_BACK}, updated_at = $3
     WHERE id = $1 AND state = 'pending' AND COALESCE(lease_holder, $4) = $4
@@ -501,6 +513,19 @@ class PostgresStore:
     ) -> tuple[float | None, float | None]:
         [row] = await self._fetch(_GROUP_PACE, clean(group_key), [clean(i) for i in sending], now)
         return row["last_sent"], row["busy"]
+
+    async def retime_groups(self, timings: Mapping[str, Timing], now: float) -> int:
+        if not timings:
+            return 0
+        async with self._conn() as conn, conn.transaction():
+            waiting = await conn.fetch(_WAITING_GROUPS, list(timings), now)
+            due = [
+                (retimed(row["last_sent"], row["first"], now, timings[row["rule"]]), row["key"])
+                for row in waiting
+            ]
+            await conn.executemany(_RETIME_ROWS, [(at, key, now) for at, key in due])
+            await conn.executemany("UPDATE relay_groups SET next_flush = $1 WHERE key = $2", due)
+        return len(due)
 
     async def add_silence(self, silence: Silence) -> None:
         await self._execute(

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from relay.errors import ConfigError, Problem, StoreUnavailable
-from relay.grouping import flushed
-from relay.model import Notification, Run, Silence, SilencePage
+from relay.grouping import flushed, retimed
+from relay.model import Notification, Run, Silence, SilencePage, Timing
 from relay.store import (
     BirthLease,
     Decide,
@@ -34,6 +34,7 @@ from relay.store import (
 from relay.store import _sqlite_outbox as outbox
 from relay.store._rows import (
     HAND_BACK,
+    RETIMABLE,
     SAME_CLAIM,
     RowsEvent,
     lease_end,
@@ -134,6 +135,17 @@ _PUSH_GROUP = (
     "UPDATE outbox SET not_before = ? WHERE group_key = ? AND state = 'pending'"
     " AND lease_until IS NULL AND not_before < ?"
 )
+
+# RETIMABLE names the outbox's columns; {rules} is one `?` per rule
+_WAITING_GROUPS = f"""
+    SELECT g.key, g.rule, g.last_sent, MIN(o.created_at) FROM groups g
+    JOIN outbox o ON o.group_key = g.key
+    WHERE g.rule IN ({{rules}}) AND o.not_before > ? AND {RETIMABLE}
+    GROUP BY g.key, g.rule, g.last_sent
+"""  # noqa: S608
+_RETIME_ROWS = f"""
+    UPDATE outbox SET not_before = ? WHERE group_key = ? AND not_before > ? AND {RETIMABLE}
+"""  # noqa: S608
 
 
 class SQLiteStore:
@@ -414,6 +426,18 @@ class SQLiteStore:
             return (None if found is None else found[0]), min(busy, default=None)
 
         return await self._reader.run(read)
+
+    async def retime_groups(self, timings: Mapping[str, Timing], now: float) -> int:
+        def retime(conn: sqlite3.Connection) -> int:
+            sql = _WAITING_GROUPS.format(rules=",".join("?" * len(timings)))
+            waiting = conn.execute(sql, (*timings, now)).fetchall()
+            for key, rule, last_sent, first in waiting:
+                due = retimed(last_sent, first, now, timings[rule])
+                conn.execute(_RETIME_ROWS, (due, key, now))
+                conn.execute("UPDATE groups SET next_flush = ? WHERE key = ?", (due, key))
+            return len(waiting)
+
+        return await self._writer.run(retime) if timings else 0
 
     async def add_silence(self, silence: Silence) -> None:
         await self._writer.run(lambda conn: insert_silence(conn, silence))

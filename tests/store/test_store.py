@@ -31,6 +31,7 @@ from relay.model import (
     Run,
     RunState,
     Silence,
+    Timing,
     notification_id,
     recovery_id,
 )
@@ -710,6 +711,27 @@ async def test_a_digest_sent_late_puts_group_interval_between_it_and_the_next(
     assert await store.claim("d", now=699.0, limit=10, lease_s=60) == []
     claimed = await store.claim("d", now=700.0, limit=10, lease_s=60)
     assert sorted(n.id for n in claimed) == sorted([n2, *ids(later)])
+
+
+async def test_a_reload_retimes_the_waiting_digests_of_a_rule(store: Store) -> None:
+    """At 140, group_interval 300 s → 5 s while t/a's second digest waits (due 431), and
+    group_wait 30 s → 60 s while t/b's first waits (due 163): t/a goes at once, t/b at 193,
+    each group's schedule with it; a digest of another rule or one claimed keeps its time."""
+    [a1] = ids(await store.observe([make_run("run_1", taskIdentifier="t/a")], decide_digest, 100))
+    await store.claim("d", now=130.0, limit=10, lease_s=60)
+    await store.mark_sent([(a1, 1)], now=131.0)
+    await store.group_flushed(group_key("dg", "d", {"taskIdentifier": "t/a"}), 131.0)
+    [a2] = ids(await store.observe([make_run("run_2", taskIdentifier="t/a")], decide_digest, 133))
+    [b1] = ids(await store.observe([make_run("run_3", taskIdentifier="t/b")], decide_digest, 133))
+    assert await store.retime_groups({"other": Timing(1, 1, 1)}, now=140.0) == 0
+    new = {"dg": Timing(group_wait_s=60, group_interval_s=5, repeat_interval_s=3600)}
+    assert await store.retime_groups(new, now=140.0) == 2
+    assert [n.id for n in await store.claim("d", now=140.0, limit=10, lease_s=600)] == [a2]
+    assert await store.claim("d", now=192.0, limit=10, lease_s=600) == []
+    assert [n.id for n in await store.claim("d", now=193.0, limit=10, lease_s=600)] == [b1]
+    assert await store.retime_groups(new, now=194.0) == 0  # claimed: left as they are
+    later = await store.observe([make_run("run_4", taskIdentifier="t/b")], decide_digest, 194)
+    assert later[0].notifications[0].not_before > 193.0  # b's digest is on its way: the next
 
 
 async def test_a_digest_learns_its_groups_last_flush_and_one_on_its_way(store: Store) -> None:
