@@ -183,6 +183,11 @@ def libpq_file_secrets(url: str) -> list[str]:
     return _pgpass_secrets() + services
 
 
+def service_file() -> Path | None:
+    """The connection service file asyncpg reads: PGSERVICEFILE, else ~/.pg_service.conf."""
+    return _home_file("PGSERVICEFILE", ".pg_service.conf")
+
+
 def _home_file(variable: str, name: str) -> Path | None:
     if named := os.environ.get(variable):
         return Path(named)
@@ -215,7 +220,7 @@ def _service_secrets() -> list[str]:
     and the store's connect says so without its text (relay.store._pg_connect)."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
-        parser.read_string(_read(_home_file("PGSERVICEFILE", ".pg_service.conf")))
+        parser.read_string(_read(service_file()))
     except configparser.Error:
         return []
     values = [

@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from relay.errors import ConfigError, Problem, StoreUnavailable, tls_failure, wire_failure
+from relay.settings import service_file
 
 SCHEMES = ("postgresql", "postgres")
 DB_ERRORS: tuple[type[BaseException], ...] = (
@@ -97,10 +98,6 @@ _CLIENT_WORDS: tuple[tuple[type[BaseException], str], ...] = (
         asyncpg.exceptions.TargetServerAttributeNotMatched,
         "no server of the URL's hosts is of the kind target_session_attrs asks for",
     ),
-    (
-        configparser.Error,
-        "the connection service file (PGSERVICEFILE, else ~/.pg_service.conf) cannot be read",
-    ),
     (asyncpg.exceptions.ProtocolError, "the server's answer broke PostgreSQL's protocol"),
     (
         asyncpg.exceptions.OutdatedSchemaCacheError,
@@ -151,7 +148,19 @@ def _words(exc: BaseException, sqlstate: object) -> str | None:
     """What a refusal (by its SQLSTATE) or a driver's own error (by its class) means."""
     if isinstance(sqlstate, str):
         return _SQLSTATE_WORDS.get(sqlstate)
+    if isinstance(exc, configparser.Error):
+        return _service_file_words()
     return next((words for kind, words in _CLIENT_WORDS if isinstance(exc, kind)), None)
+
+
+def _service_file_words() -> str:
+    """Which file could not be read and why that one: the variable alone ("PGSERVICEFILE,
+    else ~/.pg_service.conf") left the operator to work out which was read. Its path, never
+    its lines (a password)."""
+    path = service_file()
+    named = "PGSERVICEFILE" if os.environ.get("PGSERVICEFILE") else "PGSERVICEFILE unset"
+    shown = f"{path} ({named})" if path is not None else "(PGSERVICEFILE unset, no home)"
+    return f"the connection service file {shown} cannot be read"
 
 
 def _passing(exc: BaseException) -> bool:

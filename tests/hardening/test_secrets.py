@@ -497,19 +497,23 @@ async def test_passwords_from_libpq_files_are_scrubbed(
     assert "password *** refused" in line and FILE_SECRET not in line, line
 
 
-def test_a_malformed_service_file_is_said_without_its_lines(tmp_path: Path) -> None:
+@pytest.mark.parametrize("named", [True, False], ids=["PGSERVICEFILE", "home"])
+def test_a_malformed_service_file_is_said_without_its_lines(tmp_path: Path, named: bool) -> None:
     """A service file configparser cannot read (a line before any [section]) ended `relay
     serve` in a traceback quoting that line: the password in it, on stderr. Now exit 1, a
-    `relay not started` line naming the file's kind, none of its text."""
-    path = tmp_path / "pg_service.conf"
+    `relay not started` line naming the file (its path, and whether PGSERVICEFILE named it:
+    the variable alone left which file was read to guess), none of its text."""
+    path = tmp_path / ("pg_service.conf" if named else ".pg_service.conf")
     path.write_text(f"password={FILE_SECRET}\n[relay]\nhost=127.0.0.1\n")
     url = f"postgresql://relay@127.0.0.1:{free_port()}/relay?service=relay"
-    env = {"RELAY_STORE_URL": url, "PGSERVICEFILE": str(path), "RELAY_LISTEN": "127.0.0.1:0"}
+    env = {"RELAY_STORE_URL": url, "RELAY_LISTEN": "127.0.0.1:0"}
+    env |= {"PGSERVICEFILE": str(path)} if named else {"HOME": str(tmp_path)}
+    said = f"connection service file {path} (PGSERVICEFILE{'' if named else ' unset'})"
     for args in (["serve"], ["dlq", "list"]):
         done = run_cli(*args, env=env, cwd=tmp_path)
         assert done.returncode == 1, done.stderr
         assert FILE_SECRET not in done.stderr + done.stdout and "Traceback" not in done.stderr
-        assert "connection service file" in done.stderr
+        assert said in done.stderr, done.stderr
 
 
 # one config a channel: send-test checks every template of the config's channel types
