@@ -45,9 +45,9 @@ A 421 to one RCPT of several makes aiosmtplib hang up before the next one: that 
 from __future__ import annotations
 
 import asyncio
-import functools
 import re
 import socket
+import threading
 from typing import Any
 
 import aiosmtplib
@@ -77,9 +77,23 @@ def one_line(text: str, limit: int = SUBJECT_MAX_CHARS) -> str:
     return truncate_chars(line, limit)
 
 
-@functools.cache
+_HOST: list[str] = []  # this machine's name, once looked up
+_LOOKING_UP = threading.Lock()
+
+
 def this_host() -> str:
-    return socket.getfqdn()
+    """This machine's name (socket.getfqdn), for EHLO and a Message-ID's fallback, looked up
+    once per process: two threads at once make one lookup, the other waits for its answer."""
+    with _LOOKING_UP:
+        if not _HOST:
+            _HOST.append(socket.getfqdn())
+        return _HOST[0]
+
+
+async def local_host() -> str:
+    """this_host, in a thread the first time: a slow reverse DNS lookup on the event loop
+    stalled every other task, and one per connection ate into each attempt's timeout."""
+    return _HOST[0] if _HOST else await asyncio.to_thread(this_host)
 
 
 class Said421(aiosmtplib.SMTPResponseException):
@@ -156,9 +170,7 @@ class Client(aiosmtplib.SMTP):
         return usable or recipients
 
     async def _get_default_local_hostname(self) -> str:
-        """This machine's name for EHLO, looked up once: a slow reverse DNS lookup ate into
-        every attempt's timeout."""
-        return await asyncio.to_thread(this_host)
+        return await local_host()
 
     async def execute_command(self, *args: bytes, **kwargs: Any) -> aiosmtplib.SMTPResponse:
         if args and args[0].upper() in _COMMANDS:

@@ -66,8 +66,8 @@ from relay.channels._smtp import (
     by_code,
     classify,
     for_now,
+    local_host,
     one_line,
-    this_host,
 )
 from relay.config import ChannelSettings, Strict, from_config_dir
 from relay.errors import DeliveryError, StoreUnavailable
@@ -369,21 +369,27 @@ _ID_RIGHT = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*|\[[\x21-\x5a\x5e-\x7e]*\]")
 
 
 @functools.cache
-def id_domain(sender: str, hello: str | None = None) -> str:
-    """The right side of the Message-IDs of mail from `sender` (the From): its domain in ASCII,
-    as RFC 5322 3.6.4 wants one unique to the sender (`@relay` was every installation's); else,
-    for a domain that is none there (`example.com.`), the name the EHLO gives: `hello` when
-    configured, this machine's otherwise (looked up once per sender)."""
+def _from_domain(sender: str) -> str | None:
+    """The From's domain in ASCII, if it can end a Message-ID (`example.com.` cannot)."""
     domain = getaddresses([sender])[0][1].rpartition("@")[2]
     with contextlib.suppress(ValueError):  # EmailSettings refused an IDN one that cannot be
         domain = _ascii_domain(f"x@{domain}").rpartition("@")[2]
-    if _ID_RIGHT.fullmatch(domain):
+    return domain if _ID_RIGHT.fullmatch(domain) else None
+
+
+async def id_domain(sender: str, hello: str | None = None) -> str:
+    """The right side of the Message-IDs of mail from `sender` (the From): its domain in ASCII,
+    as RFC 5322 3.6.4 wants one unique to the sender (`@relay` was every installation's); else,
+    for a domain that is none there (`example.com.`), the name the EHLO gives: `hello` when
+    configured, this machine's otherwise (_smtp.local_host: once per process, off the loop)."""
+    if domain := _from_domain(sender):
         return domain
-    host = hello or this_host()
+    host = hello or await local_host()
     return host if _ID_RIGHT.fullmatch(host) else "localhost"
 
 
-def build_message(settings: EmailSettings, message: Outgoing) -> EmailMessage:
+def build_message(settings: EmailSettings, message: Outgoing, domain: str) -> EmailMessage:
+    """The mail; `domain` ends its Message-ID (id_domain)."""
     mail = EmailMessage()
     mail["From"] = _header_addresses([settings.from_])
     mail["To"] = _header_addresses(settings.to)
@@ -391,7 +397,6 @@ def build_message(settings: EmailSettings, message: Outgoing) -> EmailMessage:
         mail["Cc"] = _header_addresses(settings.cc)
     mail["Subject"] = one_line(message.parts.get("subject", "")) or "relay notification"
     mail["Date"] = formatdate(message.timestamp, usegmt=True)
-    domain = id_domain(settings.from_, settings.smtp.hello)
     mail["Message-ID"] = message_id(message.notification_id, domain)
     mail["X-Relay-Notification-Id"] = one_line(message.notification_id)
     if message.run_id:  # a digest is about many runs: no header rather than an empty one
@@ -437,7 +442,8 @@ class EmailChannel:
         self._recipients = list(dict.fromkeys(everyone))
 
     async def send(self, message: Outgoing) -> None:
-        mail = build_message(self.settings, message)
+        domain = await id_domain(self.settings.from_, self.settings.smtp.hello)
+        mail = build_message(self.settings, message, domain)
         key = f"{self.name}:{message.notification_id}"
         done = await self._done(key, message)
         recipients = [r for r in self._recipients if r not in done]

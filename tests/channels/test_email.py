@@ -9,11 +9,13 @@ the running service. Regenerate the golden files with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import socket
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,10 +23,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from pydantic import ValidationError
 
-from relay.channels import ChannelEnv, Outgoing, Recovery, settings_models
+from relay.channels import ChannelEnv, Outgoing, Recovery, _smtp, settings_models
 from relay.channels._http import HttpClient
-from relay.channels._smtp import this_host
-from relay.channels.email import EmailChannel, EmailSettings, build_message
+from relay.channels.email import EmailChannel, EmailSettings, build_message, id_domain
 from relay.config_load import load_config, parse_config
 from relay.errors import ConfigError, DeliveryError
 from relay.model import Run, notification_id
@@ -164,11 +165,15 @@ def test_html_escapes_hostile_run_data() -> None:
 
 def test_subject_is_one_line_and_capped_whatever_the_template_says() -> None:
     parts = {**rendered(), "subject": "first\r\nBcc: evil@example.com\n" + "x" * 500}
-    mail = build_message(email_settings(25), outgoing(parts))
+    mail = build_message(email_settings(25), outgoing(parts), "example.com")
     assert mail["Bcc"] is None
     subject = str(mail["Subject"])
     assert subject.startswith("first Bcc: evil@example.com x") and len(subject) == 200
     assert subject.endswith("…")
+
+
+def subject_of(parts: dict[str, str]) -> str:
+    return str(build_message(email_settings(25), outgoing(parts), "example.com")["Subject"])
 
 
 def test_a_subject_cut_keeps_each_character_whole() -> None:
@@ -176,15 +181,15 @@ def test_a_subject_cut_keeps_each_character_whole() -> None:
     accent; now it goes back to the start of that character."""
     family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
     parts = {**rendered(), "subject": "x" * 195 + family + "e\u0301"}
-    assert str(build_message(email_settings(25), outgoing(parts))["Subject"]) == "x" * 195 + "…"
+    assert subject_of(parts) == "x" * 195 + "…"
     parts = {**rendered(), "subject": "x" * 198 + "e\u0301" + "y"}
-    assert str(build_message(email_settings(25), outgoing(parts))["Subject"]) == "x" * 198 + "…"
+    assert subject_of(parts) == "x" * 198 + "…"
 
 
 def test_control_characters_of_run_data_leave_the_subject() -> None:
     """A NUL or BEL from a task name went raw into the Subject header (servers refuse a NUL)."""
     parts = {**rendered(), "subject": "failed: task\x00\x07name\x7f end run_\u202e9x\u2066"}
-    mail = build_message(email_settings(25), outgoing(parts))
+    mail = build_message(email_settings(25), outgoing(parts), "example.com")
     assert str(mail["Subject"]) == "failed: task name end run_9x"  # nor shows in another order
     assert b"\x00" not in mail.as_bytes()
 
@@ -193,7 +198,7 @@ def test_a_digest_mail_has_no_empty_run_id_header() -> None:
     """A digest is about many runs, none in particular: its mail carried `X-Relay-Run-Id:` with
     nothing after it, which a mail filter on that header matched as a run with no id."""
     digest = dataclasses.replace(outgoing(ident="dgs_0123456789abcdef01234567"), run_id="")
-    mail = build_message(email_settings(25), digest)
+    mail = build_message(email_settings(25), digest, "example.com")
     assert mail["X-Relay-Run-Id"] is None and b"X-Relay-Run-Id" not in mail.as_bytes()
     assert mail["X-Relay-Notification-Id"] == "dgs_0123456789abcdef01234567"
 
@@ -382,14 +387,36 @@ async def test_the_default_ehlo_name_is_looked_up_once(
         return "host.example.com"
 
     monkeypatch.setattr(socket, "getfqdn", getfqdn)
-    this_host.cache_clear()
+    monkeypatch.setattr(_smtp, "_HOST", [])  # not looked up yet
     fake = await smtp_server()
     for _ in range(3):
         await channel(fake.port).send(outgoing())
     await fake.wait_for(3)
-    this_host.cache_clear()
     assert len(lookups) == 1
     assert bytes(fake.received).count(b"EHLO host.example.com\r\n") == 3
+
+
+async def test_the_message_id_fallback_host_is_looked_up_once_off_the_loop(
+    smtp_server: SmtpFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A From whose domain cannot end a Message-ID and no smtp.hello: this machine's name
+    was looked up (socket.getfqdn, a reverse DNS lookup that may take seconds) on the event
+    loop, stalling intake and every other send. Now once per process, in a thread, and the
+    same value the EHLO gives."""
+    lookups: list[int] = []
+
+    def getfqdn(name: str = "") -> str:
+        lookups.append(threading.get_ident())
+        return "host.example.com"
+
+    monkeypatch.setattr(socket, "getfqdn", getfqdn)
+    monkeypatch.setattr(_smtp, "_HOST", [])  # not looked up yet
+    fake = await smtp_server()
+    for sender in ("relay@example.com.", "relay@exa..mple.com", "relay@example.com."):
+        settings = email_settings(fake.port).model_copy(update={"from_": sender})
+        with contextlib.suppress(DeliveryError):  # the server may refuse such a sender
+            await make_channel(settings).send(outgoing())
+    assert len(lookups) == 1 and lookups[0] != threading.get_ident()
 
 
 async def test_a_users_auto_submitted_replaces_relays(smtp_server: SmtpFactory) -> None:
@@ -676,15 +703,12 @@ async def test_the_message_id_is_unique_to_the_sender_domain(
 
 
 @pytest.mark.parametrize("sender", ["relay@example.com.", "relay@exa..mple.com"])
-def test_a_from_domain_no_message_id_can_hold_gives_this_machines_name(sender: str) -> None:
+async def test_a_from_domain_no_message_id_can_hold_gives_this_machines_name(sender: str) -> None:
     """A From that config takes, yet whose domain is no msg-id's right side (a trailing dot,
     an empty label): this machine's name, as the EHLO gives it (no server takes such a
-    sender, so the message is built here alone)."""
-    settings = email_settings(25).model_copy(update={"from_": sender})
-    assert build_message(settings, outgoing())["Message-ID"] == f"<{NTF}@{this_host()}>"
-    smtp = settings.smtp.model_copy(update={"hello": "mx.relay.example"})  # what EHLO says
-    named = settings.model_copy(update={"smtp": smtp})
-    assert build_message(named, outgoing())["Message-ID"] == f"<{NTF}@mx.relay.example>"
+    sender, so the domain is found here alone)."""
+    assert await id_domain(sender) == _smtp.this_host()
+    assert await id_domain(sender, "mx.relay.example") == "mx.relay.example"  # what EHLO says
 
 
 async def test_a_recovery_replies_to_the_failure_mail(smtp_server: SmtpFactory) -> None:
