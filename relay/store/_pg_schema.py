@@ -205,49 +205,52 @@ async def migrate(conn: asyncpg.Connection, *, upgrade: bool = True) -> tuple[in
             await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM relay_schema_version")
         )
         check_schema(version, SCHEMA_VERSION, upgrade=upgrade)
-        tables = await _tables(conn)
         for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in statements:
                 await conn.execute(statement)
             await conn.execute("INSERT INTO relay_schema_version (version) VALUES ($1)", number)
-        if version:
-            await _grant_as_outbox(conn, sorted(await _tables(conn) - tables))
+        await _grant_as_outbox(conn)
     if version != SCHEMA_VERSION:
         log.info("store schema migrated", extra={"from": version, "to": SCHEMA_VERSION})
     return version, SCHEMA_VERSION
 
 
-# relay's tables in the schema it uses (the first of the search path, where it created them)
-_TABLES = (
-    "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE 'relay\\_%'"
-    " AND pg_table_is_visible(oid)"
-)
-# who may do what on relay_outbox, its owner aside (a grantee 0 is PUBLIC)
-_OUTBOX_GRANTS = """
-    SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END AS grantee,
-           string_agg(a.privilege_type, ', ' ORDER BY a.privilege_type) AS privileges
-    FROM pg_class c, aclexplode(c.relacl) a
-    WHERE c.oid = 'relay_outbox'::regclass AND a.grantee <> c.relowner
-    GROUP BY 1 ORDER BY 1
+# What each relay table (in the schema relay uses, the first of the search path) this role
+# may grant on (it owns it, or is a member of its owner) lacks of what relay_outbox grants,
+# its owner aside (a grantee 0 is PUBLIC): (table, grantee, privileges).
+_MISSING_GRANTS = """
+    WITH outbox AS (
+        SELECT a.grantee, a.privilege_type
+        FROM pg_class c, aclexplode(c.relacl) a
+        WHERE c.oid = 'relay_outbox'::regclass AND a.grantee <> c.relowner
+    )
+    SELECT t.relname AS table,
+           CASE WHEN o.grantee = 0 THEN 'PUBLIC' ELSE o.grantee::regrole::text END AS grantee,
+           string_agg(o.privilege_type, ', ' ORDER BY o.privilege_type) AS privileges
+    FROM pg_class t, outbox o
+    WHERE t.relkind = 'r' AND t.relname LIKE 'relay\\_%' AND t.relname <> 'relay_outbox'
+      AND pg_table_is_visible(t.oid) AND pg_has_role(t.relowner, 'USAGE')
+      AND NOT EXISTS (
+          SELECT FROM aclexplode(t.relacl) a
+          WHERE a.grantee = o.grantee AND a.privilege_type = o.privilege_type
+      )
+    GROUP BY 1, 2 ORDER BY 1, 2
 """
 
 
-async def _tables(conn: asyncpg.Connection) -> set[str]:
-    return {row["relname"] for row in await conn.fetch(_TABLES)}
-
-
-async def _grant_as_outbox(conn: asyncpg.Connection, tables: list[str]) -> None:
-    """Give each table a migration added the grants relay_outbox has: replicas may run as a role
-    granted only the use of relay's tables when they were made (`GRANT ... ON ALL TABLES`), and
-    `relay migrate` as their owner. Without it a new replica as that role could not read the
-    silences' count (503 to every update) nor an old replica's trigger bump it (503 to every
-    silence added)."""
-    grants = await conn.fetch(_OUTBOX_GRANTS)
-    for table in tables:
-        for grant in grants:
-            await conn.execute(
-                f"GRANT {grant['privileges']} ON {_quoted(table)} TO {grant['grantee']}"
-            )
+async def _grant_as_outbox(conn: asyncpg.Connection) -> None:
+    """Give every relay table the grants relay_outbox has that it lacks: replicas may run as a
+    role granted only the use of relay's tables when they were made (`GRANT ... ON ALL
+    TABLES`), and `relay migrate` as their owner. Without it a new replica as that role could
+    not read the silences' count (503 to every update) nor an old replica's trigger bump it
+    (503 to every silence added). At every migrate, the schema current or not: databases the
+    releases before this took to a newer schema have such tables without the grants, and one
+    `relay migrate` mends them. Only tables this role may grant on: a replica running as the
+    granted role grants nothing and is not refused."""
+    for row in await conn.fetch(_MISSING_GRANTS):
+        table, grantee = _quoted(row["table"]), row["grantee"]
+        await conn.execute(f"GRANT {row['privileges']} ON {table} TO {grantee}")
+        log.info("store table granted", extra={"table": row["table"], "to": grantee})
 
 
 def _quoted(name: str) -> str:

@@ -8,12 +8,15 @@ the first release's too.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from relay.store._pg_schema import SCHEMA_VERSION as PG_SCHEMA_VERSION
 from relay.store._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SQLiteStore
+from tests.conftest import run_cli
 from tests.pg import fresh_database, shared_server
 from tests.store.conftest import decide, ids, make_run
 
@@ -292,34 +296,69 @@ async def test_a_role_granted_the_tables_before_an_upgrade_may_use_the_ones_it_a
     relay_outbox has."""
     async with fresh_database(shared_server()) as url:
         conn = await asyncpg.connect(url)
-        role = f"relay_dml_{os.getpid()}_{time.monotonic_ns()}"
         try:
             async with conn.transaction():
                 await _pg_old_schema(conn, 3)
-            await conn.execute(f'CREATE ROLE "{role}" LOGIN')
-            await conn.execute(
-                f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"'
-            )
-            assert await PostgresStore(url).migrate() == (3, PG_SCHEMA_VERSION)
-            as_role = url.replace("postgres@", f"{role}@")
-            old = await asyncpg.connect(as_role)  # a replica of the old release, still running
-            try:
-                await old.execute(_PG_SILENCE, "sil_old", NOW - 60, NOW + 3600, NOW - 60)
-            finally:
-                await old.close()
-            store = PostgresStore(as_role)
-            await store.open()
-            try:
-                before = await store.silences_version()
-                await store.add_silence(Silence("sil_new", {"task": ("x",)}, NOW, NOW + 60, NOW))
-                assert await store.silences_version() != before
-                assert [s.id for s in await store.silences(NOW)] == ["sil_old", "sil_new"]
-            finally:
-                await store.close()
+            async with _dml_role(conn, url) as (_, as_role):
+                assert await PostgresStore(url).migrate() == (3, PG_SCHEMA_VERSION)
+                old = await asyncpg.connect(as_role)  # a replica of the old release, running
+                try:
+                    await old.execute(_PG_SILENCE, "sil_old", NOW - 60, NOW + 3600, NOW - 60)
+                finally:
+                    await old.close()
+                await _silences_written(as_role, ["sil_old", "sil_new"])
         finally:
-            await conn.execute(f'DROP OWNED BY "{role}"')
-            await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
             await conn.close()
+
+
+async def test_relay_migrate_mends_the_grants_of_a_database_already_current() -> None:
+    """Databases the builds before the grants took to schema 4 or 5 never got them on the
+    tables those migrations added (relay_silences_changes): a replica as the role granted
+    relay's tables answered 503 to every update, and `relay migrate`, the schema current,
+    said "up to date" and changed nothing. Now it gives every relay table the grants
+    relay_outbox has, whatever the version: run once, it mends such a database."""
+    async with fresh_database(shared_server()) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction():
+                await _pg_old_schema(conn, PG_SCHEMA_VERSION)
+            async with _dml_role(conn, url) as (role, as_role):
+                await conn.execute(f'REVOKE ALL ON relay_silences_changes FROM "{role}"')
+                done = await asyncio.to_thread(run_cli, "migrate", env={"RELAY_STORE_URL": url})
+                said = f"store schema is up to date (version {PG_SCHEMA_VERSION})\n"
+                assert (done.returncode, done.stdout) == (0, said), done.stderr
+                await _silences_written(as_role, ["sil_new"])
+        finally:
+            await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def _dml_role(conn: asyncpg.Connection, url: str) -> AsyncIterator[tuple[str, str]]:
+    """A login role granted SELECT, INSERT, UPDATE, DELETE on the tables there are now (as
+    docs/postgresql.md has replicas run); its name and a URL as it, dropped after."""
+    role = f"relay_dml_{os.getpid()}_{time.monotonic_ns()}"
+    await conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        await conn.execute(
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"'
+        )
+        yield role, url.replace("postgres@", f"{role}@")
+    finally:
+        await conn.execute(f'DROP OWNED BY "{role}"')
+        await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+async def _silences_written(url: str, expected: list[str]) -> None:
+    """A replica at `url` adds a silence, sees the count move and reads `expected`."""
+    store = PostgresStore(url)
+    await store.open()
+    try:
+        before = await store.silences_version()
+        await store.add_silence(Silence("sil_new", {"task": ("x",)}, NOW, NOW + 60, NOW))
+        assert await store.silences_version() != before
+        assert [s.id for s in await store.silences(NOW)] == expected
+    finally:
+        await store.close()
 
 
 _SILENCE = "INSERT INTO silences VALUES (?, '{\"task\":[\"muted/*\"]}', ?, ?, ?, 'pre', 'ops')"
