@@ -228,3 +228,20 @@ async def fresh_database(server: PgServer) -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def dml_role(conn: asyncpg.Connection, url: str) -> AsyncIterator[tuple[str, str]]:
+    """A login role granted SELECT, INSERT, UPDATE, DELETE on the tables there are now (as
+    docs/postgresql.md has replicas run), `conn` a superuser's; its name and `url` as it,
+    dropped after."""
+    role = f"relay_dml_{os.getpid()}_{next(_counter)}"
+    await conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        await conn.execute(
+            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"'
+        )
+        yield role, url.replace("postgres@", f"{role}@")
+    finally:
+        await conn.execute(f'DROP OWNED BY "{role}"')
+        await conn.execute(f'DROP ROLE IF EXISTS "{role}"')

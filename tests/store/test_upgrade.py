@@ -9,14 +9,12 @@ the first release's too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from relay.store._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import run_cli
-from tests.pg import fresh_database, shared_server
+from tests.pg import dml_role, fresh_database, shared_server
 from tests.store.conftest import decide, ids, make_run
 
 NOW = 1_800_000_000.0
@@ -299,7 +297,7 @@ async def test_a_role_granted_the_tables_before_an_upgrade_may_use_the_ones_it_a
         try:
             async with conn.transaction():
                 await _pg_old_schema(conn, 3)
-            async with _dml_role(conn, url) as (_, as_role):
+            async with dml_role(conn, url) as (_, as_role):
                 assert await PostgresStore(url).migrate() == (3, PG_SCHEMA_VERSION)
                 old = await asyncpg.connect(as_role)  # a replica of the old release, running
                 try:
@@ -322,7 +320,7 @@ async def test_relay_migrate_mends_the_grants_of_a_database_already_current() ->
         try:
             async with conn.transaction():
                 await _pg_old_schema(conn, PG_SCHEMA_VERSION)
-            async with _dml_role(conn, url) as (role, as_role):
+            async with dml_role(conn, url) as (role, as_role):
                 await conn.execute(f'REVOKE ALL ON relay_silences_changes FROM "{role}"')
                 done = await asyncio.to_thread(run_cli, "migrate", env={"RELAY_STORE_URL": url})
                 said = f"store schema is up to date (version {PG_SCHEMA_VERSION})\n"
@@ -330,22 +328,6 @@ async def test_relay_migrate_mends_the_grants_of_a_database_already_current() ->
                 await _silences_written(as_role, ["sil_new"])
         finally:
             await conn.close()
-
-
-@contextlib.asynccontextmanager
-async def _dml_role(conn: asyncpg.Connection, url: str) -> AsyncIterator[tuple[str, str]]:
-    """A login role granted SELECT, INSERT, UPDATE, DELETE on the tables there are now (as
-    docs/postgresql.md has replicas run); its name and a URL as it, dropped after."""
-    role = f"relay_dml_{os.getpid()}_{time.monotonic_ns()}"
-    await conn.execute(f'CREATE ROLE "{role}" LOGIN')
-    try:
-        await conn.execute(
-            f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"'
-        )
-        yield role, url.replace("postgres@", f"{role}@")
-    finally:
-        await conn.execute(f'DROP OWNED BY "{role}"')
-        await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
 
 
 async def _silences_written(url: str, expected: list[str]) -> None:
