@@ -144,6 +144,8 @@ class Service:
         self.address = await self._serve_http(self.intake)
         await self._open_store()
         self._starting = STARTING
+        with contextlib.suppress(StoreUnavailable):  # said in the log now, not at a /readyz
+            await self.store.lacking()
         released = await self.store.release_leases()
         if released:
             log.info("resuming notifications claimed before a restart", extra={"count": released})
@@ -378,16 +380,26 @@ class Service:
             return DRAINING
         if self._starting is not None:
             return "store unreachable" if self._starting == WAITING_FOR_STORE else STARTING
+        if why := await self._store_problem():
+            return why
+        if self.pool is not None and self.pool.down():  # its channels go undelivered
+            return "delivery worker not running"
+        return None
+
+    async def _store_problem(self) -> str | None:
+        """Unreachable; a privilege relay's user lacks (every update refused with 503); or a
+        commit of incoming runs failed lately."""
         try:
             await self.store.ping()
+            lacking = await self.store.lacking()
         except StoreUnavailable:
             return "store unreachable"
+        if lacking is not None:
+            return lacking
         failed_at = None if self.intake is None else self.intake.store_failed_at
         # a failure "in the future" was seen before the wall clock stepped back: long past
         if failed_at is not None and 0 <= time.time() - failed_at < NOT_WRITABLE_S:
             return "store not writable"
-        if self.pool is not None and self.pool.down():  # its channels go undelivered
-            return "delivery worker not running"
         return None
 
     async def _metrics_text(self) -> tuple[bytes, str]:

@@ -181,6 +181,11 @@ class Store(Protocol):
     async def ping(self) -> None:
         """Raise StoreUnavailable unless a round trip to the store works."""
 
+    async def lacking(self) -> str | None:
+        """Why relay cannot use a store that answers, worded with the fix (PostgreSQL: a
+        privilege relay's user lacks on one of its tables), or None; StoreUnavailable if it
+        cannot be asked."""
+
     async def observe(
         self, runs: Sequence[Run], decide: Decide, now: float, lease: BirthLease | None = None
     ) -> list[Observed]:

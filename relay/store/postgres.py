@@ -53,6 +53,7 @@ from relay.store._pg_connect import (
     unavailable,
     unreadable_tls_file,
 )
+from relay.store._pg_grants import INSUFFICIENT_PRIVILEGE, Grants
 from relay.store._pg_observe import lease_at_birth, observe
 from relay.store._pg_replicas import DEFAULT_TIMEOUT_S, Heartbeat, lease_free, new_holder
 from relay.store._pg_rows import (
@@ -185,6 +186,7 @@ class PostgresStore:
         self._idle = asyncio.Event()
         self._idle.set()
         self._ping: asyncio.Future[Any] | None = None
+        self._grants = Grants()
 
     def __repr__(self) -> str:  # never the URL: it may carry a password
         return "PostgresStore()"
@@ -223,6 +225,7 @@ class PostgresStore:
                     raise unavailable("store open failed", exc) from exc
                 raise
             self._pool = pool
+            self._grants.forget()
             try:
                 await self._heartbeat.start(self._connect)
             except BaseException:
@@ -298,6 +301,8 @@ class PostgresStore:
                     conn.terminate()
                     raise
         except DB_ERRORS as exc:
+            if getattr(exc, "sqlstate", None) == INSUFFICIENT_PRIVILEGE:  # a grant taken back
+                self._grants.forget()
             raise unavailable("store unavailable", exc) from exc
         finally:
             self._active -= 1
@@ -328,6 +333,12 @@ class PostgresStore:
         if not done:
             raise StoreUnavailable("store unavailable: no answer")
         ping.result()
+
+    async def lacking(self) -> str | None:
+        """The first relay table relay's user lacks a privilege on, with the GRANT to run
+        (relay.store._pg_grants), said once in the log; asked of the database at start, while
+        one lacks, and after a statement refused for a privilege."""
+        return await self._grants.lacking(self._fetch)
 
     async def observe(
         self, runs: Sequence[Run], decide: Decide, now: float, lease: BirthLease | None = None

@@ -210,6 +210,9 @@ class SQLiteStore:
             self._alive.close()
             self._alive = None
 
+    async def lacking(self) -> None:
+        """Nothing: a file relay cannot write is refused at open, or said by a failed commit."""
+
     async def ping(self) -> None:
         def ping(conn: sqlite3.Connection) -> None:
             self._still_the_file()
