@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -48,9 +51,9 @@ def update(ident: str, **columns: Any) -> dict[str, Any]:
     }
 
 
-def ends(ident: str) -> dict[str, Any]:
+def ends(ident: str, **columns: Any) -> dict[str, Any]:
     """The fixture session's update that ends a run FAILED (status, completedAt, cost, ...)."""
-    return update(ident, **{**session()[2].body[0]["value"], "id": ident})
+    return update(ident, **{**session()[2].body[0]["value"], "id": ident, **columns})
 
 
 def whole(ident: str, **columns: Any) -> dict[str, Any]:
@@ -59,12 +62,15 @@ def whole(ident: str, **columns: Any) -> dict[str, Any]:
     return {"key": row_key(ident), "value": value, "headers": {"operation": "update"}}
 
 
-def script(later: list[dict[str, Any]]) -> list[Exchange]:
-    """A snapshot of RUNS + 1 executing runs, the catch-up, a live answer ending RUNS of them,
-    and a live answer with `later` (released by the test)."""
+def script(
+    later: list[dict[str, Any]], ended_with: Callable[[int], dict[str, Any]] = lambda n: {}
+) -> list[Exchange]:
+    """A snapshot of RUNS + 1 executing runs, the catch-up, a live answer ending RUNS of them
+    (run n with the columns `ended_with(n)` too), and a live answer with `later` (released by
+    the test)."""
     snapshot, catch_up = session()[:2]
     runs = [insert(internal(n)) for n in range(RUNS)] + [insert(STILL)]
-    ended = [ends(internal(n)) for n in range(RUNS)]
+    ended = [ends(internal(n), **ended_with(n)) for n in range(RUNS)]
     return [
         Exchange("snapshot", "-1", None, False, 200, {**snapshot.headers}, runs),
         catch_up,
@@ -184,6 +190,36 @@ async def test_a_restart_after_the_drop_resumes_without_the_dropped_rows(
     assert statuses(batches) == [[(public(STILL), "COMPLETED")]]
     assert batches[0][0].taskIdentifier  # merged onto its stored row
     assert held(h.kv) == {row_key(STILL)}  # final now, but within its grace
+
+
+def pg_time(epoch_s: float) -> str:
+    """A timestamp as Electric sends a `timestamp(3)` column: `2026-08-20 09:14:22.461`."""
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+async def test_a_restart_does_not_start_the_grace_of_the_rows_again() -> None:
+    """The grace counted from the process start: the rows read back at a restart got a whole
+    hour again, so a relay restarted more often than hourly never dropped a finished run. Now
+    a resumed row counts from its own updatedAt: runs that ended two hours ago are dropped at
+    the first up-to-date after the restart, a run that ended a minute ago is kept."""
+    now = time.time()
+
+    def ended_at(n: int) -> dict[str, Any]:
+        return {"updatedAt": pg_time(now - (60 if n == 0 else 2 * FINAL_GRACE_S))}
+
+    later = [update(STILL, status="WAITING_TO_RESUME")]
+    async with fake_realtime(script(later, ended_at)) as fake:
+        fake.release(3)
+        async with following(fake, clock=Clock()) as h:  # its clock never moves on
+            await h.submit.wait_for(2)
+            await answered_since(fake, 2)
+            assert len(held(h.kv)) == RUNS + 1  # within the grace by this process's clock
+        async with following(fake, kv=h.kv, clock=Clock()) as again:  # relay restarted
+            fake.release()
+            await again.submit.wait_for(1)
+            await answered_since(fake, 1)
+    assert held(h.kv) == {row_key(STILL), row_key(internal(0))}
+    assert h.kv.position(FEED_KEY)["rows"] == 2
 
 
 def test_the_shape_drops_final_rows_by_when_they_last_changed_not_others() -> None:

@@ -13,6 +13,7 @@ kept as it is (with `type`, INTERNAL_ERROR `code` and `message`): richer than th
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -363,6 +364,19 @@ def is_final_row(row: Mapping[str, Any]) -> bool:
     """A raw row (wire or typed values) whose status is final: the run's status never changes."""
     status = row.get("status")
     return isinstance(status, str) and _public_status(status) in FINAL_STATUSES
+
+
+def row_changed_at(row: Mapping[str, Any]) -> float | None:
+    """When a raw row (wire values) last changed, in epoch seconds: the later of its
+    `updatedAt` (Trigger.dev's, set at every write of the run) and `completedAt` that reads;
+    None when neither does."""
+    times = []
+    for name in ("updatedAt", "completedAt"):
+        value = row.get(name)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError, OverflowError):
+                times.append(parse_timestamp(value).timestamp())
+    return max(times, default=None)
 
 
 def is_whole_row(row: Mapping[str, Any]) -> bool:

@@ -122,7 +122,8 @@ NON_LIVE_TIMEOUTS = 5
 # duration, written when the attempt ends, TRIGGER.md §1.1, come with the final status in the
 # fixtures' session; a metadata flush, the SDK's 30 s stop grace after completedAt) comes within
 # seconds, so an hour merges it with a wide margin (rows read back at a restart count from
-# then), while a feed matching 10 runs/s holds ~36,000 finished runs (~110 MB), not all.
+# their own updatedAt, so restarts do not start it again), while a feed matching 10 runs/s
+# holds ~36,000 finished runs (~110 MB), not all.
 FINAL_GRACE_S = 3600.0
 
 

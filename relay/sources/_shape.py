@@ -12,7 +12,8 @@ backend whole rows. `Shape.unsaved()` is what changed in the rows since `Shape.s
 a caller can store the rows beside the position and resume from both (`Shape(position, rows)`).
 
 `Shape.drop_final(grace_s)` forgets the rows of runs in a final status that have not changed
-for `grace_s` (by the shape's clock; rows it resumed with count from then): a run's status
+for `grace_s` (by the shape's clock; rows it resumed with count from their own `updatedAt` or
+`completedAt`, else from the resume, so a restart does not start their grace again): a run's status
 never changes once final, and without it a shape, which no run leaves (a tags feed's window is
 fixed per handle), held every run it ever matched. An update of a run not held that is not a
 whole row cannot be merged: it is skipped and counted (`Batch.skipped`); a whole one is taken
@@ -30,7 +31,7 @@ from urllib.parse import quote
 import orjson
 
 from relay.config import RealtimeFeed
-from relay.formats.electric import is_final_row, is_whole_row
+from relay.formats.electric import is_final_row, is_whole_row, row_changed_at
 from relay.formats.packets import MAX_DEPTH, capped
 
 START = "-1"
@@ -163,21 +164,22 @@ class RowChanges:
 class Shape:
     """One shape stream. `rows` resumes it from stored rows at `position` (not live: the first
     request catches up from the stored offset, as Electric's client does when it resumes).
-    `clock` (monotonic seconds) times when each row in a final status last changed (drop_final)."""
+    `clock` (monotonic seconds) times when each row in a final status last changed (drop_final);
+    `wall` (epoch seconds) reads how long ago a resumed row last changed from its columns."""
 
     def __init__(
         self,
         position: Position | None = None,
         rows: dict[str, dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.position = position or Position()
         self.live = False  # becomes true at the first up-to-date
         self.rows: dict[str, dict[str, Any]] = dict(rows or {})
         self._clock = clock
-        now = clock()
         # the keys of rows in a final status, with when they last changed: oldest first
-        self._final = {key: now for key, row in self.rows.items() if is_final_row(row)}
+        self._final = _resumed_final(self.rows, clock(), wall())
         self._skipped = 0  # updates not merged since the last batch (Batch.skipped)
         self._changed: dict[str, None] = {}  # an ordered set of keys
         self._unsaved: set[str] = set()  # keys changed since saved()
@@ -295,6 +297,22 @@ class Shape:
         if is_final_row(row):
             self._final[key] = self._clock()
         return True
+
+
+def _resumed_final(
+    rows: Mapping[str, Mapping[str, Any]], now: float, wall_now: float
+) -> dict[str, float]:
+    """The final rows resumed with, each with when it last changed on the shape's clock, oldest
+    first: its `updatedAt` (or `completedAt`) that long before `now`. Counted from the resume
+    instead, the grace started again at every restart, and a relay restarted more often than
+    it lasts never dropped a run; a row without either column, or one in the future (clocks
+    apart), counts from the resume."""
+    since = {}
+    for key, row in rows.items():
+        if is_final_row(row):
+            changed = row_changed_at(row)
+            since[key] = now - (0.0 if changed is None else max(0.0, wall_now - changed))
+    return dict(sorted(since.items(), key=lambda item: item[1]))
 
 
 def _check(message: dict[str, Any]) -> None:
