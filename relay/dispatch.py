@@ -215,7 +215,8 @@ class Dispatch:
     async def _too_soon(self, rows: list[Notification], group_key: str) -> float:
         """How long this digest must wait to go group_interval after the group's last one
         (0: it may go). One claimed while another digest of its group is on its way (from
-        another replica, or claimed beside it as a hold ended) waits group_interval from now,
+        another replica, claimed beside it as a hold ended, or waiting for its retry's backoff
+        with older runs: a digest that failed keeps its place) waits group_interval from now,
         unless all its runs are older than all of that one's: those never wait behind newer
         ones (a run queued amid that digest's, committed after its claim, does wait)."""
         interval = self._interval(rows[0].rule)

@@ -16,7 +16,16 @@ from aiohttp import web
 
 from relay.model import notification_id
 from relay.store.sqlite import SQLiteStore
-from tests.conftest import SLOW, RelayFactory, RelayProcess, Sink, run_cli, sdk_run, status
+from tests.conftest import (
+    SLOW,
+    Relay,
+    RelayFactory,
+    RelayProcess,
+    Sink,
+    run_cli,
+    sdk_run,
+    status,
+)
 from tests.fakes.serving import serving, until
 
 CONFIG = """\
@@ -362,11 +371,32 @@ async def test_a_digest_held_back_by_its_receiver_leaves_group_interval_before_t
     # it went: here 0.5 s after it went, under a 1.5 s group_interval.
     sink.responses = [status(429, {"Retry-After": "1"})]
     r = await relay(CONFIG.format(url=sink.url, wait="100ms", interval="1500ms"))
+    await run_joins_after_a_failed_try(r, sink, received=3, gap_s=1.4)  # held for 1 s
+
+
+async def test_a_digest_waiting_for_its_retry_is_not_overtaken_by_the_next(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    # The soak on PostgreSQL: a digest timed out, and the group's next digest went 0.25 s
+    # later, before it; then its retry and the one after went together. A retry's backoff
+    # (here 1-2 s) longer than group_interval (400 ms) let the run that joined meanwhile come
+    # due first and go alone ahead of it: it must wait for the digest ahead of it, and
+    # group_interval after that one.
+    sink.responses = [status(503)] * 3  # the quick tries of the first attempt
+    slow = CONFIG.replace("min_backoff: 100ms, max_backoff: 200ms", "min_backoff: 500ms")
+    r = await relay(slow.format(url=sink.url, wait="100ms", interval="400ms"))
+    await run_joins_after_a_failed_try(r, sink, received=5, gap_s=0.35)
+
+
+async def run_joins_after_a_failed_try(
+    r: Relay, sink: Sink, *, received: int, gap_s: float
+) -> None:
+    """Runs 1 and 2 in a digest whose first try fails; run 3 joins then. The last two of the
+    `received` requests: that digest, then run 3 alone at least `gap_s` later."""
     await r.post([failed(1), failed(2)])
-    await sink.wait_for(1)  # tried, and the channel is held for 1 s
+    await sink.wait_for(1)
     await r.post(failed(3))
-    got = await sink.wait_for(3)
-    first, second = got[1], got[2]
+    first, second = (await sink.wait_for(received))[-2:]
     assert {run["id"] for run in first.json()["runs"]} == {"run_digest_001", "run_digest_002"}
     assert second.json()["run"]["id"] == "run_digest_003"
-    assert second.at - first.at >= 1.4
+    assert second.at - first.at >= gap_s

@@ -290,7 +290,9 @@ class Store(Protocol):
     ) -> tuple[float | None, float | None]:
         """Before a digest of `sending` goes: when the group's last digest went out (None: none
         yet), and when the oldest run of another digest of it on its way (rows of it leased,
-        by any live replica or process) was queued (its created_at; None: none on its way)."""
+        by any live replica or process, or handed back for a retry with runs older than all of
+        `sending`'s: it goes first, as it would have but for its failure) was queued (its
+        created_at; None: none on its way)."""
 
     async def retime_groups(self, timings: Mapping[str, Timing], now: float) -> int:
         """A reload changed the group_wait or group_interval of the rules in `timings`: each

@@ -154,11 +154,14 @@ _GROUP_FLUSHED = """
     WHERE key = $1 RETURNING labels_json
 """
 
-# Before a digest goes: the group's last flush, and whether another digest of it is leased.
+# Before a digest goes: the group's last flush, and whether another digest of it is leased,
+# or handed back (a retry's backoff, a stop) with runs older than all of this one's: that one
+# goes first, as it would have but for its failure.
 _GROUP_PACE = f"""
     SELECT (SELECT last_sent FROM relay_groups WHERE key = $1) AS last_sent, (
         SELECT MIN(created_at) FROM relay_outbox WHERE group_key = $1 AND state = 'pending'
-        AND id <> ALL($2::text[]) AND NOT {lease_free("$3")}
+        AND id <> ALL($2::text[]) AND (NOT {lease_free("$3")} OR (lease_until < 0
+            AND created_at < (SELECT MIN(created_at) FROM relay_outbox WHERE id = ANY($2))))
     ) AS busy
 """  # noqa: S608
 

@@ -11,6 +11,7 @@ writer, and BEGIN IMMEDIATE with a busy timeout makes writers queue instead of f
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -123,9 +124,10 @@ def _url_error(message: str) -> ConfigError:
 
 # The rows of a group's later digest not claimed yet wait until the flush's next_at (see
 # Store.group_flushed); the digest's own rows, marked sent after, are still leased.
+# the group's rows leased (on their way), or handed back (lease_until < 0: a retry's backoff)
 _GROUP_LEASED = (
-    "SELECT id, created_at FROM outbox WHERE group_key = ? AND state = 'pending'"
-    " AND lease_until > ?"
+    "SELECT id, created_at, lease_until FROM outbox WHERE group_key = ? AND state = 'pending'"
+    " AND (lease_until > ? OR lease_until < 0)"
 )
 _GROUP_WAITING = (
     "SELECT 1 FROM outbox WHERE group_key = ? AND state = 'pending'"
@@ -425,7 +427,12 @@ class SQLiteStore:
             found = row.fetchone()
             leased = conn.execute(_GROUP_LEASED, (group_key, now)).fetchall()
             ours = set(sending)
-            busy = [other[1] for other in leased if other[0] not in ours]
+            first = min((row[1] for row in leased if row[0] in ours), default=math.inf)
+            busy = [
+                created
+                for nid, created, until in leased
+                if nid not in ours and (until > 0 or created < first)
+            ]
             return (None if found is None else found[0]), min(busy, default=None)
 
         return await self._reader.run(read)

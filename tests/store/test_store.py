@@ -749,6 +749,25 @@ async def test_a_digest_learns_its_groups_last_flush_and_one_on_its_way(store: S
     assert await store.group_pace(key, [n2], 340.0) == (40.0, None)
 
 
+async def test_a_digest_waiting_for_its_retry_keeps_its_place_before_newer_runs(
+    store: Store,
+) -> None:
+    """A digest handed back for a retry is one on its way for the group's newer runs (they
+    went ahead of it, alone, while it waited for its backoff); not for older ones, nor does it
+    wait for newer ones handed back."""
+    key = group_key("dg", "d", {"taskIdentifier": "t/a"})
+    [n1] = ids(await store.observe([make_run("run_1", taskIdentifier="t/a")], decide_digest, 0))
+    assert [n.id for n in await store.claim("d", now=30.0, limit=10, lease_s=600)] == [n1]
+    [n2] = ids(await store.observe([make_run("run_2", taskIdentifier="t/a")], decide_digest, 31))
+    await store.mark_retry([(n1, 1)], now=32.0, not_before=900.0, reason="timeout", error="t")
+    [created] = {n.created_at for n in await store.history(HistoryQuery(run_id="run_1"))}
+    assert [n.id for n in await store.claim("d", now=400.0, limit=10, lease_s=600)] == [n2]
+    assert await store.group_pace(key, [n2], 400.0) == (None, created)
+    await store.mark_retry([(n2, 1)], now=401.0, not_before=1000.0, reason="timeout", error="t")
+    assert [n.id for n in await store.claim("d", now=900.0, limit=10, lease_s=600)] == [n1]
+    assert await store.group_pace(key, [n1], 900.0) == (None, None)
+
+
 async def test_a_run_decided_just_before_its_digest_was_claimed_waits_for_the_next_one(
     store: Store,
 ) -> None:
