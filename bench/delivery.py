@@ -32,6 +32,7 @@ from _procs import (
     pause,
     py_spy,
     run_script,
+    threads_cpu_s,
     wait_for_sink,
     workspace,
 )
@@ -63,12 +64,15 @@ class Drain:
     delivered: int
     others: float | None  # cores busy with other work meanwhile (noise)
     cpu_us: float | None = None  # CPU of the sender's processes per notification
+    threads_us: dict[str, float] | None = None  # of relay's main process, by thread, the same
 
     def line(self, name: str) -> str:
         cpu = "" if self.cpu_us is None else f"  {self.cpu_us:,.0f} us CPU each"
+        busy = {t: us for t, us in (self.threads_us or {}).items() if us >= 1}
+        threads = ", ".join(f"{t} {us:,.0f}" for t, us in busy.items())
         return (
             f"{name:<8} {self.delivered:>7} delivered at {self.rate:9,.0f}/s{cpu}"
-            f"  {cores(self.others)}"
+            f"  {cores(self.others)}" + (f"  [threads, us each: {threads}]" if threads else "")
         )
 
 
@@ -89,20 +93,25 @@ def relay_drain(children: Children, args: argparse.Namespace, tmp: Path) -> Drai
         load = children.load(url + "/v1/runs", options, 400)
         print(f"relay: outbox filled with {load['notifications']} notifications", flush=True)
         before, t0 = cpu_sample(children, server), time.monotonic()
+        threads_before = threads_cpu_s(server.proc.pid)
         pause(sink, False)
         spy = None
         if args.py_spy:
             spy = py_spy(children, server, args.py_spy, args.count / 1000, args.py_spy_rate)
         state = wait_for_sink(sink_port, load["notifications"], args.timeout)
         used = cpu_sample(children, server).shares(before)
+        threads = threads_cpu_s(server.proc.pid)
         others = used.get("other_cpu")
         if spy is not None:
             spy.proc.wait(60)
         children.stop(server)
     finally:
         children.stop(sink)
-    cpu_us = used.get("server_cpu_s", 0.0) * 1e6 / max(state["posts"], 1)
-    return Drain(_rate(state["posts"], state["last"], t0), state["posts"], others, cpu_us)
+    posts = max(state["posts"], 1)
+    cpu_us = used.get("server_cpu_s", 0.0) * 1e6 / posts
+    threads_us = {t: (s - threads_before.get(t, 0.0)) * 1e6 / posts for t, s in threads.items()}
+    rate = _rate(state["posts"], state["last"], t0)
+    return Drain(rate, state["posts"], others, cpu_us, threads_us)
 
 
 def apprise_drain(children: Children, args: argparse.Namespace) -> Drain:
