@@ -366,7 +366,12 @@ class ChannelLoop:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         unit = self.inflight.pop(task, None)
-        self.wake.set()
+        # The freed slot takes the next claimed unit here; the loop wakes only when none is
+        # left to start (a claim is due): a wake-up per send cost a turn of the loop's task
+        # and a new wait_for each time.
+        self._start_ready()
+        if not self.ready:
+            self.wake.set()
         self._give_back_reclaimed(unit or [])
         if task.cancelled() or (exc := task.exception()) is None or not unit:
             return
