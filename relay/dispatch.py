@@ -265,7 +265,7 @@ class Dispatch:
             return self._sent([(rows, tries, tried)])
 
         extra = {**row_extra(self.name, rows[0]), "notifications": len(rows)}
-        write = self._finishing(self._write_through_blips(finish, extra), extra)
+        write = self._finishing(self._write_through_blips(finish, lambda: [extra]), extra)
         if group_key is not None:  # a group's next digest waits for this one's flush
             await asyncio.wait({write})  # a stop cancelling this send leaves the write going
 
@@ -288,8 +288,10 @@ class Dispatch:
     async def _write_sent(self) -> None:
         sends, self._sent_queue = self._sent_queue, []
         rows = [row for unit, _, _ in sends for row in unit]
-        extra = {**row_extra(self.name, rows[0]), "notifications": len(rows)}
-        await self._write_through_blips(lambda _again: self._sent(sends), extra)
+        await self._write_through_blips(
+            lambda _again: self._sent(sends),
+            lambda: [{**row_extra(self.name, row), "notifications": 1} for row in rows],
+        )
 
     def _written(self, extra: dict[str, object], write: asyncio.Future[None]) -> None:
         self.finishing.discard(write)
@@ -297,11 +299,14 @@ class Dispatch:
             log.error("outcome not recorded", extra=extra, exc_info=write.exception())
 
     async def _write_through_blips(
-        self, write: Callable[[bool], Awaitable[object]], extra: dict[str, object]
+        self,
+        write: Callable[[bool], Awaitable[object]],
+        about: Callable[[], list[dict[str, object]]],
     ) -> None:
         """Record the outcome even if the store blips: retried with backoff up to the lease
         (the writes are idempotent: they only change rows still pending). `write(again)`: again
-        once a try failed, which may have landed all the same (committed, its reply lost)."""
+        once a try failed, which may have landed all the same (committed, its reply lost).
+        Given up, a line for each message `about` names (each notification of queued marks)."""
         deadline = self.deps.clock() + self.lease_s
         wait_s = 0.25
         again = False
@@ -312,7 +317,8 @@ class Dispatch:
             except StoreUnavailable:
                 again = True
                 if self.deps.clock() + wait_s > deadline:
-                    log.error("outcome not recorded: store unavailable", extra=extra)
+                    for extra in about():
+                        log.error("outcome not recorded: store unavailable", extra=extra)
                     return
                 await self.deps.sleep(wait_s)
                 wait_s = min(wait_s * 2, 15.0)
