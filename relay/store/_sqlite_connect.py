@@ -10,8 +10,9 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
-from relay.errors import StoreUnavailable, check_schema
+from relay.errors import StoreUnavailable
 from relay.store._sqlite_lock import WriteLock
+from relay.store._sqlite_own import check_own
 from relay.store._sqlite_schema import OWN_FILE, SCHEMA_VERSION, migrate
 from relay.store._sqlite_writer import NO_SPACE, no_space, rollback, unavailable
 
@@ -47,6 +48,7 @@ def connect(
     try:
         _configure(conn, max_pages)
         conn.execute("BEGIN IMMEDIATE")
+        check_own(conn, upgrade=upgrade)
         version = migrate(conn, upgrade=upgrade)
         _probe_write(conn)
         conn.execute("COMMIT")
@@ -138,10 +140,8 @@ def connect_reader(path: Path, *, alone: bool = False) -> sqlite3.Connection:
 
 
 def _check_version(conn: sqlite3.Connection) -> None:
-    """Refuse a schema the reads would not understand (check_schema), or none at all."""
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    check_schema(version, SCHEMA_VERSION, upgrade=False)
-    if version == 0:
+    """Refuse a schema the reads would not understand (check_own), or none at all."""
+    if check_own(conn, upgrade=False) == 0:
         raise StoreUnavailable(f"store open failed: the database holds no relay tables; {OWN_FILE}")
 
 

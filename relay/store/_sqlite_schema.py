@@ -10,7 +10,7 @@ import sqlite3
 
 import orjson
 
-from relay.errors import StoreUnavailable, check_schema
+from relay.errors import check_schema
 from relay.model import GroupState, Notification, RunState, Silence, SilencePage
 
 FIRED_SEPARATOR = "\x1f"
@@ -202,15 +202,10 @@ OWN_FILE = "RELAY_STORE_URL must name relay's own database file"
 
 def migrate(conn: sqlite3.Connection, *, upgrade: bool = True) -> int:
     """Bring the schema to SCHEMA_VERSION inside the open transaction; return the old version.
-    Not `upgrade`: an older schema is refused (a new file is still created)."""
+    Not `upgrade`: an older schema is refused (a new file is still created). The file must be
+    relay's (relay.store._sqlite_own.check_own)."""
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     check_schema(version, SCHEMA_VERSION, upgrade=upgrade)
-    if version == 0 and conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
-        # another application's database, or relay's overwritten by a -wal file from elsewhere
-        # (which replays onto any file): never relay's tables added beside what it holds
-        raise StoreUnavailable(
-            f"store open failed: the database holds tables relay did not create; {OWN_FILE}"
-        )
     for statements in MIGRATIONS[version:]:
         for statement in statements:
             conn.execute(statement)

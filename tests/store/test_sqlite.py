@@ -199,6 +199,7 @@ async def test_a_failed_commit_fails_the_whole_batch(store: SQLiteStore) -> None
 
 async def test_open_refuses_a_newer_schema_and_a_foreign_file(tmp_path: Path) -> None:
     newer = tmp_path / "newer.db"
+    await SQLiteStore(newer).open()  # relay's own file, which a later relay migrated
     with closing(sqlite3.connect(newer)) as conn:
         conn.execute("PRAGMA user_version = 99")
     with pytest.raises(StoreUnavailable, match="schema version 99 is newer"):
@@ -224,6 +225,32 @@ async def test_open_refuses_a_newer_schema_and_a_foreign_file(tmp_path: Path) ->
 
     with pytest.raises(StoreUnavailable, match="RELAY_STORE_URL names a directory, not a file"):
         await SQLiteStore(tmp_path).open()  # sqlite:////data: not SQLITE_CANTOPEN
+
+
+@pytest.mark.parametrize("version", [5, SCHEMA_VERSION, SCHEMA_VERSION + 1])
+async def test_another_applications_database_with_a_user_version_is_refused_untouched(
+    tmp_path: Path, version: int
+) -> None:
+    """Applications set PRAGMA user_version too: another one's database at 5 said `store open
+    failed: SQLITE_ERROR` (a migration meeting its tables), at relay's own version it opened
+    (its updates then failed: no such table), and past it was called a newer relay's."""
+    other = tmp_path / "other.db"
+    with closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE outbox (id TEXT PRIMARY KEY, body TEXT)")
+        conn.execute(f"PRAGMA user_version = {version:d}")
+    for read_only in (False, True):  # relay serve, and relay dlq list
+        with pytest.raises(StoreUnavailable) as caught:
+            await SQLiteStore(other, read_only=read_only).open()
+        said = str(caught.value)
+        assert said.startswith(f"store open failed: the database (user_version {version}) lacks")
+        assert "lacks relay's table runs, table kv, table silences and " in said, said
+        assert said.endswith(
+            "it is not relay's; RELAY_STORE_URL must name relay's own database file"
+        )
+    with closing(sqlite3.connect(other)) as conn:
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        assert tables == [("outbox",)]
+        assert conn.execute("PRAGMA user_version").fetchone() == (version,)
 
 
 async def test_a_read_only_volume_is_named_not_sqlite_cantopen(tmp_path: Path) -> None:
