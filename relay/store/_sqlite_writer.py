@@ -55,10 +55,21 @@ def in_words(outcome: _Outcome, path: Path | None) -> _Outcome:
     return None, worded
 
 
+DAMAGED = (
+    "the database file is damaged ({kind}): stop relay, move the database and its -wal and -shm"
+    " files aside (kept for a recovery) and restore the last backup"
+)
+
+
 def unavailable(what: str, exc: BaseException) -> StoreUnavailable:
-    """StoreUnavailable naming the kind of a sqlite3 error (SQLITE_FULL, ...), never its text."""
+    """StoreUnavailable naming the kind of a sqlite3 error (SQLITE_FULL, ...), never its text;
+    a damaged file is said in words: relay on a truncated file (a volume copied while relay
+    ran, a disk error) exited with only `store operation failed: SQLITE_CORRUPT`."""
     kind = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-    error = StoreUnavailable(f"{what}: {kind}")
+    said = (
+        DAMAGED.format(kind=kind) if kind.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) else kind
+    )
+    error = StoreUnavailable(f"{what}: {said}")
     error.__cause__ = exc
     return error
 

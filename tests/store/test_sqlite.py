@@ -253,6 +253,29 @@ async def test_another_applications_database_with_a_user_version_is_refused_unto
         assert conn.execute("PRAGMA user_version").fetchone() == (version,)
 
 
+async def test_a_damaged_file_is_named_so_with_what_to_do(tmp_path: Path) -> None:
+    """A database cut short (a copy of a running relay's volume, a disk error): `relay serve`
+    exited with only `store operation failed: SQLITE_CORRUPT`."""
+    path = tmp_path / "relay.db"
+    store = SQLiteStore(path)
+    await store.open()
+    for n in range(200):
+        await enqueue(store, f"run_{n}", 1.0)
+    await store.close()
+    os.truncate(path, path.stat().st_size // 2 + 1000)  # mid-page
+    store = SQLiteStore(path)
+    with pytest.raises(StoreUnavailable) as caught:
+        await store.open()
+        try:  # as `relay serve` starts: the leases of a run before it go back
+            await store.release_leases()
+        finally:
+            await store.close()
+    assert str(caught.value).endswith(
+        ": the database file is damaged (SQLITE_CORRUPT): stop relay, move the database and its"
+        " -wal and -shm files aside (kept for a recovery) and restore the last backup"
+    ), str(caught.value)
+
+
 async def test_a_read_only_volume_is_named_not_sqlite_cantopen(tmp_path: Path) -> None:
     """A data volume mounted read-only (or owned by another user) said only `store open
     failed: SQLITE_CANTOPEN`, in `relay serve`'s log and from every store command."""
@@ -505,7 +528,10 @@ async def test_a_corrupt_page_fails_a_long_read_with_store_unavailable(tmp_path:
         with path.open("r+b") as file:  # every page but the first (the schema) overwritten
             file.seek(4096)
             file.write(b"\xff" * (path.stat().st_size - 4096))
-        with pytest.raises(StoreUnavailable, match=r"^store operation failed: SQLITE_CORRUPT"):
+        with pytest.raises(
+            StoreUnavailable,
+            match=r"^store operation failed: the database file is damaged \(SQLITE_CORRUPT\)",
+        ):
             await store.history(HistoryQuery())
     finally:
         await store.close()
@@ -523,6 +549,7 @@ async def test_a_deleted_file_is_read_as_the_writer_reads_it(store: SQLiteStore)
 
 
 async def test_close_finishes_the_reads_asked_then_ends_the_thread(tmp_path: Path) -> None:
+    others = set(threading.enumerate())  # a store that failed to open, its thread still ending
     store = SQLiteStore(tmp_path / "relay.db")
     await store.open()
     await enqueue(store, "run_1", 1.0)
@@ -530,7 +557,8 @@ async def test_close_finishes_the_reads_asked_then_ends_the_thread(tmp_path: Pat
     await asyncio.sleep(0)  # the read is asked, then the store closes
     await store.close()
     assert len(await reading) == 1
-    assert not [t for t in threading.enumerate() if t.name.startswith("relay-store")]
+    ours = set(threading.enumerate()) - others
+    assert not [t for t in ours if t.name.startswith("relay-store")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["relay.db", "relay.db-writer.lock"]
     with pytest.raises(StoreUnavailable, match="store is closed"):
         await store.history(HistoryQuery())
