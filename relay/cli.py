@@ -27,7 +27,7 @@ from relay.cli_store import (
     cmd_silence_expire,
     cmd_silence_list,
 )
-from relay.errors import ConfigError, InputError, Problem, RelayError
+from relay.errors import ConfigError, InputError, Problem, RelayError, StoreUnavailable
 from relay.logs import SCRUB, one_line, setup_logging, tag_lines
 from relay.model import SILENCE_MATCHERS
 from relay.settings import Settings, load_settings
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         serving_json = args.command == "serve" and _json(settings)
         if serving_json and settings is None:  # the settings that set logging up are the fault
             setup_logging("json", "INFO")
-        _report(exc, serving_json=serving_json)
+        _report(exc, serving_json=serving_json, store=_store_named(exc, settings))
         return 1
     except KeyboardInterrupt:
         return 130
@@ -301,16 +301,31 @@ def _json(settings: Settings | None) -> bool:
     return os.environ.get("RELAY_LOG_FORMAT", "").strip().lower() != "text"
 
 
-def _report(exc: RelayError, *, serving_json: bool) -> None:
-    """Why the command failed, on stderr; `relay serve` logging JSON says it in a log line."""
+def _store_named(exc: RelayError, settings: Settings | None) -> str | None:
+    """The store a failure of the store is about (its file, or a PostgreSQL server's host:port
+    and database): `store open failed: the database file is damaged ...` named no file, and
+    the operator of several relays or volumes had to guess which."""
+    if not isinstance(exc, StoreUnavailable) or settings is None:
+        return None
+    from relay.store import store_name  # noqa: PLC0415
+
+    try:
+        return store_name(settings.store_url) or None
+    except RelayError:  # pragma: no cover - a URL the store refuses opens no store to fail
+        return None
+
+
+def _report(exc: RelayError, *, serving_json: bool, store: str | None = None) -> None:
+    """Why the command failed, on stderr; `relay serve` logging JSON says it in a log line.
+    `store`: the store a failure of the store is about."""
     problems = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else None
     if serving_json:  # one JSON object a line, also for the reason the service never started
         fields = {"problems": problems} if problems is not None else {"error": str(exc)}
-        log.error("relay not started", extra=fields)
+        log.error("relay not started", extra=fields | ({"store": store} if store else {}))
     elif problems is not None:
         print(*problems, f"{_count(len(problems), 'problem')} found", sep="\n", file=sys.stderr)
     else:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}" + (f" (store: {store})" if store else ""), file=sys.stderr)
 
 
 def _compiled(args: argparse.Namespace, settings: Settings) -> Compiled:

@@ -1537,7 +1537,17 @@ def test_serve_logs_why_it_did_not_start_as_json_lines(tmp_path: Path) -> None:
     assert problem.startswith(f"{bad}:1: channels.out.type: unknown channel type")
     *_, failed = [json.loads(line) for line in store.stderr.splitlines()]
     assert failed["error"].startswith("store open failed: ") and "S3CRET" not in store.stderr
+    assert failed["store"] == str(not_a_db)  # which of the operator's files
     assert text.stderr.splitlines()[-2:] == [problem, "1 problem found"]
+
+
+def test_a_store_command_names_the_store_it_could_not_use(tmp_path: Path) -> None:
+    """`error: store open failed: the file is not a SQLite database ...` named no file."""
+    not_a_db = write(tmp_path / "not-a.db", "not a database " * 1000)
+    listed = run_cli("dlq", "list", env={"RELAY_STORE_URL": f"sqlite:///{not_a_db}"})
+    assert listed.returncode == 1
+    assert listed.stderr.startswith("error: store open failed: the file is not a SQLite database")
+    assert listed.stderr.endswith(f" (store: {not_a_db})\n"), listed.stderr
 
 
 def test_version_and_usage() -> None:
