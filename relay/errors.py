@@ -256,6 +256,12 @@ NO_DESCRIPTOR = {
 }
 
 
+def first_of(names: list[str], shown: int = 3) -> str:
+    """`names` for an error message: the first `shown`, then how many more."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
 def check_schema(version: int, current: int, *, upgrade: bool) -> None:
     """Refuse a store schema this relay may not use: one newer than `current`, or, unless
     `upgrade` (`relay serve`, `relay migrate`), an older one. The other store commands must

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 
 import asyncpg
 
-from relay.errors import check_schema
+from relay.errors import StoreUnavailable, check_schema, first_of
 
 log = logging.getLogger("relay.store")
 
@@ -204,6 +205,8 @@ async def migrate(conn: asyncpg.Connection, *, upgrade: bool = True) -> tuple[in
         version = int(
             await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM relay_schema_version")
         )
+        tables = await _tables(conn)
+        _check_own(version, tables)
         check_schema(version, SCHEMA_VERSION, upgrade=upgrade)
         for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in statements:
@@ -236,6 +239,48 @@ _MISSING_GRANTS = """
       )
     GROUP BY 1, 2 ORDER BY 1, 2
 """
+
+
+_CREATED = re.compile(r"CREATE TABLE (relay_\w+)")
+_OWN_TABLES = (
+    "RELAY_STORE_URL must name relay's own database, or a schema of relay's own"
+    " (options=-c search_path=...)"
+)
+
+
+def _check_own(version: int, tables: set[str]) -> None:
+    """Refuse relay_* tables relay did not make (another application's, or relay's of another
+    kind): with none recorded in relay_schema_version, relay's migration met them and said
+    only `store open failed: DuplicateTableError (42P07)`, and with a version recorded but
+    its tables missing, `UndefinedTableError (42P01)`."""
+    if version == 0 and (found := sorted(tables - {"relay_schema_version"})):
+        raise StoreUnavailable(
+            f"store open failed: the database holds {first_of(found)}, relay_* tables relay"
+            f" did not create (relay_schema_version records none); {_OWN_TABLES}"
+        )
+    made = {
+        table
+        for statements in MIGRATIONS[: min(version, SCHEMA_VERSION)]
+        for statement in statements
+        for table in _CREATED.findall(statement)
+    }
+    if missing := sorted(made - tables):
+        raise StoreUnavailable(
+            f"store open failed: relay_schema_version records version {version}, but relay's"
+            f" {first_of(missing)} of that version are not there: not relay's tables;"
+            f" {_OWN_TABLES}"
+        )
+
+
+# relay's tables in the schema it uses (the first of the search path, where it created them)
+_TABLES = (
+    "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE 'relay\\_%'"
+    " AND pg_table_is_visible(oid)"
+)
+
+
+async def _tables(conn: asyncpg.Connection) -> set[str]:
+    return {row["relname"] for row in await conn.fetch(_TABLES)}
 
 
 async def _grant_as_outbox(conn: asyncpg.Connection) -> None:

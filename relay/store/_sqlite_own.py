@@ -11,7 +11,7 @@ import contextlib
 import functools
 import sqlite3
 
-from relay.errors import StoreUnavailable, check_schema
+from relay.errors import StoreUnavailable, check_schema, first_of
 from relay.store._sqlite_schema import MIGRATIONS, OWN_FILE, SCHEMA_VERSION
 
 
@@ -34,7 +34,7 @@ def check_own(conn: sqlite3.Connection, *, upgrade: bool) -> int:
         if missing:
             raise StoreUnavailable(
                 f"store open failed: the database (user_version {version}) lacks relay's"
-                f" {_first_of(missing)}: it is not relay's; {OWN_FILE}"
+                f" {first_of(missing)}: it is not relay's; {OWN_FILE}"
             )
     check_schema(version, SCHEMA_VERSION, upgrade=upgrade)
     return int(version)
@@ -49,11 +49,6 @@ def _lacking(conn: sqlite3.Connection, version: int) -> list[str]:
         else:
             missing += [f"column {table}.{column}" for column in sorted(columns - have[table])]
     return missing
-
-
-def _first_of(names: list[str], shown: int = 3) -> str:
-    more = len(names) - shown
-    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 @functools.cache

@@ -476,3 +476,34 @@ async def test_a_claim_of_a_replica_of_an_older_release_waits_for_its_lease() ->
                 await store.close()
         finally:
             await conn.close()
+
+
+async def test_relay_tables_relay_did_not_create_in_postgresql_are_refused_untouched() -> None:
+    """Another application's `relay_outbox` (or a `relay_schema_version` of its own) in the
+    database: relay's migration met it and said only `store open failed: DuplicateTableError
+    (42P07)`, or `UndefinedTableError (42P01)`."""
+    foreign = {
+        "CREATE TABLE relay_outbox (a integer, b text)": (
+            "store open failed: the database holds relay_outbox, relay_* tables relay did not"
+            " create (relay_schema_version records none); RELAY_STORE_URL must name"
+        ),
+        "CREATE TABLE relay_schema_version (version integer); INSERT INTO relay_schema_version"
+        " VALUES (3)": (
+            "store open failed: relay_schema_version records version 3, but relay's relay_events,"
+            " relay_groups, relay_kv and 5 more of that version are not there"
+        ),
+    }
+    for ddl, said in foreign.items():
+        async with fresh_database(shared_server()) as url:
+            conn = await asyncpg.connect(url)
+            try:
+                await conn.execute(ddl)
+                refused = _store_command(url, "migrate")
+                assert refused.returncode == 1, (refused.stdout, refused.stderr)
+                assert said in refused.stderr, refused.stderr
+                tables = await conn.fetch(
+                    "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE 'relay%'"
+                )
+                assert len(tables) == 1, tables
+            finally:
+                await conn.close()
