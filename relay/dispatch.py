@@ -41,7 +41,6 @@ DIGEST_TEMPLATE = "digest"
 ON_LOOP_RENDER_S = 0.05
 DashboardLink = Callable[[dict[str, object]], str | None]
 Release = Callable[[list[Notification], float], Awaitable[None]]
-Sent = tuple[list[Notification], int, Tried]  # a send that got through: its rows, tries, outcome
 
 
 @dataclass
@@ -158,7 +157,6 @@ class Dispatch:
             stop=stop,
         )
         self._render_pool: ThreadPoolExecutor | None = None  # for renders too slow for the loop
-        self._sent_queue: list[Sent] = []  # sends through, their marks not taken by a write yet
 
     def close(self) -> None:
         if self._render_pool is not None:
@@ -246,9 +244,6 @@ class Dispatch:
         for reason in tried.failed:  # every failed try counts, quick retries too (Alertmanager)
             self._event("failed", rows[0], reason)
         err = tried.error
-        if err is None and group_key is None:
-            self._queue_sent((rows, tried.tries, tried))
-            return
 
         def finish(again: bool) -> Awaitable[object]:
             # A digest fails as one message: its rows retry together (one jittered time) or die
@@ -261,37 +256,17 @@ class Dispatch:
             if group_key is not None:  # the group first: no moment between the rows' mark and
                 # the group's flush where another digest of it would look due at once
                 flush = self._flushed(group_key, rows[0].rule)
-                return self._then(flush, lambda: self._sent([(rows, tries, tried)]))
-            return self._sent([(rows, tries, tried)])
+                return self._then(flush, lambda: self._sent(rows, tries, tried))
+            return self._sent(rows, tries, tried)
 
         extra = {**row_extra(self.name, rows[0]), "notifications": len(rows)}
-        write = self._finishing(self._write_through_blips(finish, lambda: [extra]), extra)
+        # The send is over: its slot is free while the outcome is written (the row stays leased
+        # until then, so no claim takes it again). One store round trip less per send in flight.
+        write = asyncio.ensure_future(self._write_through_blips(finish, extra))
+        self.finishing.add(write)
+        write.add_done_callback(functools.partial(self._written, extra))
         if group_key is not None:  # a group's next digest waits for this one's flush
             await asyncio.wait({write})  # a stop cancelling this send leaves the write going
-
-    def _finishing(self, write: Awaitable[None], extra: dict[str, object]) -> asyncio.Future[None]:
-        """The send is over: its slot is free while the outcome is written (the row stays leased
-        until then, so no claim takes it again). One store round trip less per send in flight."""
-        task = asyncio.ensure_future(write)
-        self.finishing.add(task)
-        task.add_done_callback(functools.partial(self._written, extra))
-        return task
-
-    def _queue_sent(self, sent: Sent) -> None:
-        """A send that got through: its mark joins those of the others ending before the write
-        starts (the same loop turn), all written in one store operation: a task and a writer
-        operation per send cost more than the marks themselves."""
-        self._sent_queue.append(sent)
-        if len(self._sent_queue) == 1:
-            self._finishing(self._write_sent(), row_extra(self.name, sent[0][0]))
-
-    async def _write_sent(self) -> None:
-        sends, self._sent_queue = self._sent_queue, []
-        rows = [row for unit, _, _ in sends for row in unit]
-        await self._write_through_blips(
-            lambda _again: self._sent(sends),
-            lambda: [{**row_extra(self.name, row), "notifications": 1} for row in rows],
-        )
 
     def _written(self, extra: dict[str, object], write: asyncio.Future[None]) -> None:
         self.finishing.discard(write)
@@ -299,14 +274,11 @@ class Dispatch:
             log.error("outcome not recorded", extra=extra, exc_info=write.exception())
 
     async def _write_through_blips(
-        self,
-        write: Callable[[bool], Awaitable[object]],
-        about: Callable[[], list[dict[str, object]]],
+        self, write: Callable[[bool], Awaitable[object]], extra: dict[str, object]
     ) -> None:
         """Record the outcome even if the store blips: retried with backoff up to the lease
         (the writes are idempotent: they only change rows still pending). `write(again)`: again
-        once a try failed, which may have landed all the same (committed, its reply lost).
-        Given up, a line for each message `about` names (each notification of queued marks)."""
+        once a try failed, which may have landed all the same (committed, its reply lost)."""
         deadline = self.deps.clock() + self.lease_s
         wait_s = 0.25
         again = False
@@ -317,8 +289,7 @@ class Dispatch:
             except StoreUnavailable:
                 again = True
                 if self.deps.clock() + wait_s > deadline:
-                    for extra in about():
-                        log.error("outcome not recorded: store unavailable", extra=extra)
+                    log.error("outcome not recorded: store unavailable", extra=extra)
                     return
                 await self.deps.sleep(wait_s)
                 wait_s = min(wait_s * 2, 15.0)
@@ -493,30 +464,20 @@ class Dispatch:
             row if template is None or template == row.template else replace(row, template=template)
         )
 
-    async def _sent(self, sends: list[Sent]) -> None:
-        """Mark the rows of these sends sent (one store operation per receipt and error: one
-        for them all on a channel without receipts), then say so."""
+    async def _sent(self, rows: list[Notification], tries: int, tried: Tried) -> None:
         now = self.deps.clock()
-        marks: dict[tuple[str | None, str | None], list[tuple[str, int]]] = {}
-        for rows, tries, tried in sends:
-            key = (tried.receipt, tried.last_failure)
-            marks.setdefault(key, []).extend((row.id, row.attempts + tries) for row in rows)
-        store = self.deps.store
-        writes = [store.mark_sent(m, now=now, receipt=r, error=e) for (r, e), m in marks.items()]
-        await (writes[0] if len(writes) == 1 else asyncio.gather(*writes))
-        await self.awaited.finished(row.id for rows, _, _ in sends for row in rows)
-        for rows, tries, tried in sends:
-            for row in rows:
-                self._said_sent(row, row.attempts + tries, tried, now)
-
-    def _said_sent(self, row: Notification, attempts: int, tried: Tried, now: float) -> None:
-        # a wall clock stepped back since the row was made: no negative latency (as the metric)
-        latency_s = round(max(now - row.created_at, 0.0), 4)
-        extra = {**row_extra(self.name, row), "attempts": attempts, "latency_s": latency_s}
-        if tried.failed:  # quick retries leave no line of their own: say what they were
-            extra["failed_tries"] = list(tried.failed)
-        log.info("notification sent", extra=extra)
-        self._event("sent", row, "", attempts)
+        marks = [(row.id, row.attempts + tries) for row in rows]
+        error = tried.last_failure
+        await self.deps.store.mark_sent(marks, now=now, receipt=tried.receipt, error=error)
+        await self.awaited.finished(row.id for row in rows)
+        for row, (_, attempts) in zip(rows, marks, strict=True):
+            # a wall clock stepped back since the row was made: no negative latency (as the metric)
+            latency_s = round(max(now - row.created_at, 0.0), 4)
+            extra = {**row_extra(self.name, row), "attempts": attempts, "latency_s": latency_s}
+            if tried.failed:  # quick retries leave no line of their own: say what they were
+                extra["failed_tries"] = list(tried.failed)
+            log.info("notification sent", extra=extra)
+            self._event("sent", row, "", attempts)
 
     def _outcome(self, err: DeliveryError, rows: list[Notification], tries: int) -> pol.Outcome:
         """What follows a failed send of these rows (one message): the oldest row and the most
