@@ -43,7 +43,7 @@ from relay.silences import RELOAD_S, SilenceCache
 from relay.sources._wire import JsonErrorRunner, raise_descriptor_limit
 from relay.sources.http import DRAINING, HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource, feed_keys, forget_removed_feeds
-from relay.store import Store, open_store, store_name
+from relay.store import ServeLock, Store, open_store, serve_lock, store_name
 from relay.workers import (
     EventPipe,
     Outcome,
@@ -73,6 +73,11 @@ _JITTER = random.Random()
 # "starting" meanwhile; every other endpoint answers 503 with Retry-After.
 WAITING_FOR_STORE = "waiting for the store"
 STARTING = "starting"
+# SQLite: another `relay serve` holds the file (its `-serve.lock`); /healthz and /readyz say so
+# while this one waits for it to exit, trying again this often.
+HELD = "store held by another relay serve"
+HELD_RETRY_S = 1.0
+_UNREADY = {WAITING_FOR_STORE: "store unreachable", HELD: HELD}  # /readyz's, else "starting"
 
 
 class StoppedWhileStarting(Exception):
@@ -110,6 +115,7 @@ class Service:
         self._tasks: list[asyncio.Task[Any]] = []
         self._draining: set[asyncio.Task[None]] = set()  # deliveries a reload replaced
         self._starting: str | None = WAITING_FOR_STORE  # /healthz's reason until all runs
+        self._serve_lock: ServeLock | None = None  # SQLite: held from the start to the exit
         self.reloads = ConfigReloads(self)
 
     @property
@@ -142,6 +148,7 @@ class Service:
         self._zero_metrics()
         self.metrics.config_reload_time.set(time.time())
         self.address = await self._serve_http(self.intake)
+        await self._hold_the_file()
         await self._open_store()
         self._starting = STARTING
         with contextlib.suppress(StoreUnavailable):  # said in the log now, not at a /readyz
@@ -171,6 +178,42 @@ class Service:
             own = self.pool.known_pids if self.pool is not None else list
             self._tasks.append(asyncio.create_task(reap_orphans_forever(own), name="orphans"))
         return self.address
+
+    async def _hold_the_file(self) -> None:
+        """SQLite: wait until no other `relay serve` runs on the file (a rolling update's old
+        one, draining), before opening it: opened beside it, this one freed every lease at its
+        start and sent again what the other had in flight. A lock file that cannot be created
+        is said once, and relay goes on without it. A stop meanwhile raises
+        StoppedWhileStarting."""
+        lock = serve_lock(self.settings.store_url)
+        if lock is None:
+            return
+        if (exc := lock.open()) is not None:
+            log.warning(
+                "serve lock not created; nothing stops a second relay serve on this file",
+                extra={"lock": str(lock.path), "error": _os_reason(exc)},
+            )
+            return
+        self._serve_lock = lock
+        self._starting = HELD
+        waited = False
+        while not lock.take():
+            if not waited:
+                log.warning(
+                    "store held by another relay serve; waiting for it to exit",
+                    extra=self._held(lock),
+                )
+                waited = True
+            await self._unless_stopped(asyncio.sleep(HELD_RETRY_S))
+        if waited:
+            log.info("store free: the other relay serve exited", extra={"lock": str(lock.path)})
+        self._starting = WAITING_FOR_STORE
+
+    def _held(self, lock: ServeLock) -> dict[str, object]:
+        fields: dict[str, object] = {"lock": str(lock.path), "retry_in_s": HELD_RETRY_S}
+        if self.address is not None:
+            fields.update(host=self.address[0], port=self.address[1])
+        return fields
 
     async def _open_store(self) -> None:
         """Open the store, waiting while it cannot answer yet (a PostgreSQL started beside
@@ -379,7 +422,7 @@ class Service:
         if self.stopping:  # out of the load balancer's (Service's) endpoints while draining
             return DRAINING
         if self._starting is not None:
-            return "store unreachable" if self._starting == WAITING_FOR_STORE else STARTING
+            return _UNREADY.get(self._starting, STARTING)
         if why := await self._store_problem():
             return why
         if self.pool is not None and self.pool.down():  # its channels go undelivered
@@ -405,7 +448,7 @@ class Service:
     async def _metrics_text(self) -> tuple[bytes, str]:
         """The scrape; while relay waits for its store at start, with relay_store_up 0 (a 503
         made the target itself look down)."""
-        if self._starting == WAITING_FOR_STORE:
+        if self._starting in _UNREADY:  # not open yet
             self.metrics.store_up.set(0)
         else:
             await self._read_outbox()
@@ -543,6 +586,8 @@ class Service:
         await self.http.close()
         with contextlib.suppress(StoreUnavailable):
             await self.store.close()
+        if self._serve_lock is not None:  # the file closed: the next relay serve may take it
+            self._serve_lock.close()
         if self.events is not None:
             self.events.flush()
         if announce:

@@ -27,6 +27,7 @@ from relay.model import (
     notification_id,
     recovery_id,
 )
+from relay.store._sqlite_lock import ServeLock as ServeLock  # relay.service holds one
 
 Decide = Callable[[Run, RunState | None], Decision]
 # The rows of one message (a notification, or a digest's every row), each with its attempts: its
@@ -430,6 +431,14 @@ def open_store(
             )
         ]
     )
+
+
+def serve_lock(url: str) -> ServeLock | None:
+    """The lock `relay serve` holds on its store from its start to its exit, not opened yet:
+    SQLite's `<db>-serve.lock` (one relay per file); None for PostgreSQL (any number)."""
+    from relay.store.sqlite import sqlite_path  # noqa: PLC0415
+
+    return ServeLock(sqlite_path(url)) if url.startswith("sqlite:") else None
 
 
 async def migrate(url: str) -> tuple[int, int]:

@@ -59,9 +59,7 @@ class WriteLock:
         """Whether no process holds the lock now (one that cannot be opened is free)."""
         if self._fd is None:
             return True
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if _lock_now(self._fd) is not None:
             return False
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         return True
@@ -78,3 +76,44 @@ class WriteLock:
                 time.sleep(POLL_S)
             except OSError:
                 return False
+
+
+class ServeLock:
+    """`<db>-serve.lock`: held by the one `relay serve` of a database file from its start to its
+    exit (the kernel frees it at a kill -9). A second one started meanwhile (a rolling update,
+    `docker compose up` on the same volume) waits for it instead of freeing the first one's
+    leases and sending what that one has in flight once more. Its delivery workers and the
+    store commands (dlq, history, silence, migrate) never take it."""
+
+    def __init__(self, db: Path) -> None:
+        self.path = Path(f"{db}-serve.lock")
+        self._fd: int | None = None
+
+    def open(self) -> OSError | None:
+        """Open (create) the file; the error if it cannot be (a read-only directory)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            return exc
+        return None
+
+    def take(self) -> bool:
+        """Whether the lock is this process's now; False while another process holds it. A
+        lock that cannot be taken for another reason (no flock on the file system) is no lock:
+        True, as if there were none."""
+        return self._fd is None or not isinstance(_lock_now(self._fd), BlockingIOError)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _lock_now(fd: int) -> OSError | None:
+    """Take the flock without waiting; why not (BlockingIOError: another process holds it)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc
+    return None
