@@ -149,7 +149,12 @@ class Service:
         self.metrics.config_reload_time.set(time.time())
         self.address = await self._serve_http(self.intake)
         await self._hold_the_file()
-        await self._open_store()
+        try:
+            await self._open_store()
+        except BaseException:
+            if self._serve_lock is not None:  # what its open made goes, as the store's does
+                self._serve_lock.undo()
+            raise
         self._starting = STARTING
         with contextlib.suppress(StoreUnavailable):  # said in the log now, not at a /readyz
             await self.store.lacking()

@@ -87,22 +87,47 @@ class ServeLock:
 
     def __init__(self, db: Path) -> None:
         self.path = Path(f"{db}-serve.lock")
+        self._db = db
         self._fd: int | None = None
+        self._made: list[Path] = []  # the lock file and the directories open() created
+        self._held = False
 
     def open(self) -> OSError | None:
         """Open (create) the file; the error if it cannot be (a read-only directory)."""
+        made = [self.path, *(d for d in self.path.parents if not d.exists())]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            made = []
+            try:
+                self._fd = os.open(self.path, os.O_RDWR, 0o600)
+            except OSError as exc:
+                return exc
         except OSError as exc:
             return exc
+        self._made = made
         return None
 
     def take(self) -> bool:
         """Whether the lock is this process's now; False while another process holds it. A
         lock that cannot be taken for another reason (no flock on the file system) is no lock:
         True, as if there were none."""
-        return self._fd is None or not isinstance(_lock_now(self._fd), BlockingIOError)
+        self._held = self._fd is None or not isinstance(_lock_now(self._fd), BlockingIOError)
+        return self._held
+
+    def undo(self) -> None:
+        """Close it after a start that failed; held, and the database file never made (a full
+        disk), remove the lock file and the directories open() made: left behind, the next
+        start found a directory of relay's with nothing in it but the lock."""
+        try:
+            if self._held and self._made and not self._db.exists():
+                self.path.unlink(missing_ok=True)
+                for directory in self._made[1:]:  # the deepest first
+                    with contextlib.suppress(OSError):
+                        directory.rmdir()  # only an empty one
+        finally:
+            self.close()
 
     def close(self) -> None:
         if self._fd is not None:
