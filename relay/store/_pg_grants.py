@@ -13,6 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from relay.store._pg_schema import RELAY_TABLE
+
 log = logging.getLogger("relay.store")
 
 LACKING = "store lacks privileges"
@@ -23,16 +25,15 @@ _ALL = ("SELECT", "INSERT", "UPDATE", "DELETE")
 _NEEDS = {"relay_schema_version": ("SELECT",), "relay_silences_changes": ("SELECT", "UPDATE")}
 # each relay table (in the schema relay uses, the first of the search path) and what the
 # current user may do on it
-TABLE_PRIVILEGES = """
+TABLE_PRIVILEGES = f"""
     SELECT relname AS table,
            has_table_privilege(oid, 'SELECT') AS "SELECT",
            has_table_privilege(oid, 'INSERT') AS "INSERT",
            has_table_privilege(oid, 'UPDATE') AS "UPDATE",
            has_table_privilege(oid, 'DELETE') AS "DELETE"
-    FROM pg_class
-    WHERE relkind = 'r' AND relname LIKE 'relay\\_%' AND pg_table_is_visible(oid)
+    FROM pg_class WHERE {RELAY_TABLE}
     ORDER BY relname
-"""
+"""  # noqa: S608 (RELAY_TABLE: a constant)
 _UNKNOWN = "unknown"
 
 

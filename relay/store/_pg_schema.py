@@ -218,10 +218,13 @@ async def migrate(conn: asyncpg.Connection, *, upgrade: bool = True) -> tuple[in
     return version, SCHEMA_VERSION
 
 
+# Which rows of pg_class are relay's tables: those in the schema relay uses (the first of the
+# search path, where it created them). Unqualified: the queries name no other relname or oid.
+RELAY_TABLE = "relkind = 'r' AND relname LIKE 'relay\\_%' AND pg_table_is_visible(oid)"
 # What each relay table (in the schema relay uses, the first of the search path) this role
 # may grant on (it owns it, or is a member of its owner) lacks of what relay_outbox grants,
 # its owner aside (a grantee 0 is PUBLIC): (table, grantee, privileges).
-_MISSING_GRANTS = """
+_MISSING_GRANTS = f"""
     WITH outbox AS (
         SELECT a.grantee, a.privilege_type
         FROM pg_class c, aclexplode(c.relacl) a
@@ -231,14 +234,13 @@ _MISSING_GRANTS = """
            CASE WHEN o.grantee = 0 THEN 'PUBLIC' ELSE o.grantee::regrole::text END AS grantee,
            string_agg(o.privilege_type, ', ' ORDER BY o.privilege_type) AS privileges
     FROM pg_class t, outbox o
-    WHERE t.relkind = 'r' AND t.relname LIKE 'relay\\_%' AND t.relname <> 'relay_outbox'
-      AND pg_table_is_visible(t.oid) AND pg_has_role(t.relowner, 'USAGE')
+    WHERE {RELAY_TABLE} AND t.relname <> 'relay_outbox' AND pg_has_role(t.relowner, 'USAGE')
       AND NOT EXISTS (
           SELECT FROM aclexplode(t.relacl) a
           WHERE a.grantee = o.grantee AND a.privilege_type = o.privilege_type
       )
     GROUP BY 1, 2 ORDER BY 1, 2
-"""
+"""  # noqa: S608 (RELAY_TABLE: a constant)
 
 
 _CREATED = re.compile(r"CREATE TABLE (relay_\w+)")
@@ -272,11 +274,7 @@ def _check_own(version: int, tables: set[str]) -> None:
         )
 
 
-# relay's tables in the schema it uses (the first of the search path, where it created them)
-_TABLES = (
-    "SELECT relname FROM pg_class WHERE relkind = 'r' AND relname LIKE 'relay\\_%'"
-    " AND pg_table_is_visible(oid)"
-)
+_TABLES = f"SELECT relname FROM pg_class WHERE {RELAY_TABLE}"  # noqa: S608
 
 
 async def _tables(conn: asyncpg.Connection) -> set[str]:
