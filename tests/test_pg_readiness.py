@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from relay.store._pg_grants import _ALL, Grants
 from relay.store.postgres import PostgresStore
 from tests.conftest import RelayProcess, sdk_run
 from tests.pg import dml_role, fresh_database, shared_server
@@ -104,3 +105,37 @@ async def _not_ready_then_ready(
     code, body = await readyz(http, proc)
     assert (code, body["reason"]) == (503, f"{LACKING}: no INSERT on relay_runs; {GRANT_RUNS}")
     assert await logged(proc, 2) == [reason, body["reason"]]  # each once
+
+
+def _privileges(**lacking: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Catalog rows of the check: every privilege on relay_runs, but those named."""
+    taken = lacking.get("relay_runs", ())
+    return [{"table": "relay_runs", **{p: p not in taken for p in _ALL}}]
+
+
+async def test_a_refusal_begun_before_the_check_that_saw_the_grant_does_not_ask_again() -> None:
+    """CI at 85b919a: retention's first pass at start, refused before the GRANT (a statement
+    trigger on relay_silences), had its answer late under load, after /readyz had checked and
+    said ready; it made the check ask again and report a grant taken back later, before any
+    statement was refused for it. A refusal counts only if its statement began after the
+    check: one begun before tells nothing the check did not see."""
+    grants = Grants()
+    rows = _privileges(relay_runs=("INSERT",))
+
+    async def fetch(_sql: str) -> list[dict[str, Any]]:
+        return rows
+
+    assert (await grants.lacking(fetch) or "").startswith(LACKING)
+    stale = grants.era()  # a statement begins while INSERT is lacking
+    rows = _privileges()  # granted
+    assert await grants.lacking(fetch) is None
+    rows = _privileges(relay_runs=("INSERT",))  # taken back while ready
+    grants.forget(stale)  # the old statement's refusal arrives
+    assert await grants.lacking(fetch) is None  # not asked: nothing new was refused
+    grants.forget(grants.era())  # a statement begun since is refused
+    assert (await grants.lacking(fetch) or "").startswith(LACKING)
+    rows = _privileges()
+    assert await grants.lacking(fetch) is None
+    grants.forget()  # the store opened again: asked whatever began when
+    rows = _privileges(relay_runs=("DELETE",))
+    assert "no DELETE on relay_runs" in (await grants.lacking(fetch) or "")

@@ -62,15 +62,25 @@ class Grants:
 
     def __init__(self) -> None:
         self._said: str | None = _UNKNOWN
+        self._asked = 0  # checks begun
 
-    def forget(self) -> None:
-        """Ask again at the next check: the store opened, or a write was refused (42501)."""
-        if self._said is None:
+    def era(self) -> int:
+        """The checks begun so far: what a statement notes when it begins, for `forget`."""
+        return self._asked
+
+    def forget(self, began: int | None = None) -> None:
+        """Ask again at the next check: the store opened, or a statement begun at era `began`
+        was refused (42501). One begun before the last check began is no news: refused before
+        a GRANT that check saw (retention's first pass at start, its answer late under load),
+        it made /readyz ask again and say what was no longer so. A privilege taken back later
+        refuses the next statement too, which began after."""
+        if self._said is None and (began is None or began >= self._asked):
             self._said = _UNKNOWN
 
     async def lacking(self, fetch: Callable[[str], Awaitable[Sequence[Any]]]) -> str | None:
         if self._said is None:
             return None
+        self._asked += 1
         found = lacking_words(await fetch(TABLE_PRIVILEGES))
         if found is not None and found != self._said:
             log.error(LACKING, extra={"reason": found})

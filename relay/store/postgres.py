@@ -291,6 +291,7 @@ class PostgresStore:
             raise StoreUnavailable("store is closed")
         self._active += 1
         self._idle.clear()
+        began = self._grants.era()
         try:
             async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
                 if self._heartbeat.overdue():  # its own connection refused, the pool's working
@@ -305,7 +306,7 @@ class PostgresStore:
                     raise
         except DB_ERRORS as exc:
             if getattr(exc, "sqlstate", None) == INSUFFICIENT_PRIVILEGE:  # a grant taken back
-                self._grants.forget()
+                self._grants.forget(began)
             raise unavailable("store unavailable", exc) from exc
         finally:
             self._active -= 1
