@@ -20,7 +20,7 @@ from relay.model import SILENCE_MATCHERS
 from relay.settings import Settings
 
 if TYPE_CHECKING:  # imported when a command needs it: `relay --help` starts without it
-    from relay.silences import SilenceListing
+    from relay.silences.listing import SilenceListing
 
 DLQ_LISTED = 1000  # `relay dlq list` shows the newest this many, as GET /v1/dlq does
 
@@ -150,7 +150,8 @@ def _missing_file(store_url: str) -> Path | None:
 
 
 def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.silences import cli_matchers, new_silence, parse_matchers, parse_time  # noqa: PLC0415
+    from relay.silences.matchers import cli_matchers, parse_matchers  # noqa: PLC0415
+    from relay.silences.shapes import new_silence, parse_time  # noqa: PLC0415
 
     flags = {key: getattr(args, key) or [] for key in SILENCE_MATCHERS}
     now = time.time()
@@ -212,13 +213,14 @@ def _silence_warnings(
     service's secrets); without it (a store reached from another machine) or unreadable,
     rule and channel names go unchecked."""
     from relay.configure import written_names  # noqa: PLC0415
-    from relay.silences import matcher_warnings  # noqa: PLC0415
+    from relay.silences.matchers import matcher_warnings  # noqa: PLC0415
 
     return matcher_warnings(matchers, written_names(settings, getattr(args, "config", None)))
 
 
 def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.silences import find_silences, silence_view  # noqa: PLC0415
+    from relay.silences.listing import find_silences  # noqa: PLC0415
+    from relay.silences.shapes import silence_view  # noqa: PLC0415
 
     now = time.time()
     try:
@@ -248,7 +250,7 @@ def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
 def _silence_listing(args: argparse.Namespace) -> SilenceListing:
     """`relay silence list`'s SilenceListing: its MATCHER words and --filter ones, the expired
     ones too (--all) or alone (--expired), --limit and --after."""
-    from relay.silences import silence_listing  # noqa: PLC0415
+    from relay.silences.listing import silence_listing  # noqa: PLC0415
 
     return silence_listing(
         [*args.matchers, *args.filter],
@@ -283,7 +285,7 @@ def cmd_silence_expire(args: argparse.Namespace, settings: Settings) -> int:
 def _expired(silence: Any, now: float) -> str:
     """What `relay silence expire` says of a silence it expired at `now` ("" if none): one
     that had ended before is told apart (amtool: "already expired"), its end left as it was."""
-    from relay.silences import silence_view  # noqa: PLC0415
+    from relay.silences.shapes import silence_view  # noqa: PLC0415
 
     if silence is None:
         return ""

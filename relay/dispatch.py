@@ -27,7 +27,8 @@ from relay.errors import DeliveryError, StoreUnavailable
 from relay.grouping import digest_context, digest_id, seen_at
 from relay.model import ALERT_DEAD, Notification, held_error, subject_of
 from relay.sending import Clock, Route, Sender, Sleep, Tried
-from relay.silences import SilenceCache, silenced_by
+from relay.silences import SilenceCache
+from relay.silences.index import silenced_by
 from relay.store import Store
 from relay.templating import RenderContext, Rendered, Renderer
 

@@ -10,7 +10,8 @@ from typing import Any
 from relay.durations import NOT_A_DURATION, parse_duration
 from relay.errors import InputError
 from relay.model import ALERT_DEAD, Notification, iso
-from relay.silences import parse_limit, parse_time
+from relay.silences.listing import parse_limit
+from relay.silences.shapes import parse_time
 from relay.store import HistoryQuery, Store
 
 STATES = ("pending", "sent", "dead", "muted")

@@ -11,7 +11,8 @@ from typing import Any
 
 from relay.grouping import group_labels
 from relay.model import Match, Run
-from relay.silences import fits, parse_matchers
+from relay.silences.index import fits
+from relay.silences.matchers import parse_matchers
 from relay.windows import InhibitRule
 
 Seen = tuple[object, ...]  # what a source or target looks at of a run (_fields)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from relay.durations import PositiveDuration, more_than_zero
 from relay.errors import InputError
-from relay.silences import parse_matchers
+from relay.silences.matchers import parse_matchers
 
 SOURCE_UNKNOWN = ("rule", "channel")  # matchers a source update cannot be held to
 

@@ -39,7 +39,7 @@ import relay
 from relay.formats.trigger_alerts import SIGNATURE_HEADER, signature
 from relay.history import STATES, dead_letter_view, notification_view
 from relay.model import SILENCE_MATCHERS, Notification
-from relay.silences import new_silence, silence_view
+from relay.silences.shapes import new_silence, silence_view
 from relay.sources.admin import MAX_REPLAY_BODY, MAX_SILENCE_BODY
 from relay.sources.http import openapi_document
 from tests.conftest import REPO, RelayFactory, RelayProcess, registered_routes, sdk_run

@@ -16,7 +16,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from relay import dispatch, silences
+from relay import dispatch
 from relay.cli import main
 from relay.configure import compile_config, load
 from relay.durations import NOT_A_DURATION
@@ -24,20 +24,12 @@ from relay.errors import InputError, StoreUnavailable
 from relay.model import EVENT_STATUSES, KNOWN_STATUSES, SILENCE_MATCHERS, Silence
 from relay.service import Service
 from relay.settings import Settings
-from relay.silences import (
-    HINTS,
-    RELOAD_S,
-    SilenceCache,
-    SilenceIndex,
-    cli_matchers,
-    fits,
-    matcher_warnings,
-    new_silence,
-    parse_matchers,
-    parse_time,
-    silence_view,
-    silenced_by,
-)
+from relay.silences import RELOAD_S, SilenceCache
+from relay.silences import index as silence_index
+from relay.silences.index import SilenceIndex, fits, silenced_by
+from relay.silences.listing import parse_filters
+from relay.silences.matchers import HINTS, cli_matchers, matcher_warnings, parse_matchers
+from relay.silences.shapes import new_silence, parse_time, silence_view
 from relay.store import postgres
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, Sink, run_cli_in_process, sdk_run, status
@@ -548,7 +540,7 @@ def test_a_filter_with_unbalanced_quotes_is_refused(word: str) -> None:
     """`silence query 'task="billing/*'` listed the silences of billing/*: the quote not closed
     was dropped, where amtool refuses the matcher."""
     with pytest.raises(InputError, match=r"filter: .*unbalanced quotes"):
-        silences.parse_filters([word])
+        parse_filters([word])
 
 
 @pytest.mark.parametrize(
@@ -569,7 +561,7 @@ def test_filters_fit_as_alertmanagers(words: list[str], fits: list[str]) -> None
         "b": Silence("b", {"rule": ("b",)}, NOW, NOW + 1, NOW),
         "none": Silence("none", {"task": ("a",)}, NOW, NOW + 1, NOW),
     }
-    filters = silences.parse_filters(words)
+    filters = parse_filters(words)
     deadline = time.monotonic() + 60
     assert [k for k, s in made.items() if all(f.fits(s, deadline) for f in filters)] == fits
 
@@ -1188,7 +1180,7 @@ def counting_fits(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         looked_at.append(matchers)
         return fits(matchers, fields)
 
-    monkeypatch.setattr(silences, "fits", counted)
+    monkeypatch.setattr(silence_index, "fits", counted)
     return looked_at
 
 

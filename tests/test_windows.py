@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from relay import grouping, inhibit_batch, silences
+from relay import grouping, inhibit_batch
 from relay.channels import settings_models
 from relay.config_load import parse_config
 from relay.errors import ConfigError
 from relay.model import notification_id
 from relay.rules import compile_rules
+from relay.silences import index as silence_index
 from relay.windows import NamedTimeInterval, TimeInterval
 from tests.conftest import FIXTURES, RelayFactory, Sink, sdk_run, status
 
@@ -547,7 +548,7 @@ async def test_a_batch_looks_at_each_inhibit_rule_once_per_kind_of_run(
 
         return call
 
-    monkeypatch.setattr(inhibit_batch, "fits", counted("fits", silences.fits))
+    monkeypatch.setattr(inhibit_batch, "fits", counted("fits", silence_index.fits))
     monkeypatch.setattr(
         inhibit_batch, "group_labels", counted("group_labels", grouping.group_labels)
     )
@@ -579,7 +580,7 @@ async def test_runs_of_distinct_tasks_share_matchers_that_do_not_look_at_the_tas
 
     def counted(*args: Any) -> Any:
         calls["fits"] += 1
-        return silences.fits(*args)
+        return silence_index.fits(*args)
 
     monkeypatch.setattr(inhibit_batch, "fits", counted)
     r = await relay(MANY.format(url=sink.url))

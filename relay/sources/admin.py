@@ -22,15 +22,9 @@ from relay.history import (
     notification_view,
     refuse_unknown,
 )
-from relay.silences import (
-    find_silences,
-    matcher_warnings,
-    new_silence,
-    parse_matchers,
-    parse_time,
-    silence_listing,
-    silence_view,
-)
+from relay.silences.listing import find_silences, silence_listing
+from relay.silences.matchers import matcher_warnings, parse_matchers
+from relay.silences.shapes import new_silence, parse_time, silence_view
 from relay.sources._body import json_object
 from relay.sources._replies import (
     authorized,
@@ -43,7 +37,7 @@ from relay.sources._replies import (
 
 if TYPE_CHECKING:
     from relay.model import Silence
-    from relay.silences import SilenceListing
+    from relay.silences.listing import SilenceListing
     from relay.sources.http import AddRoute, HttpDeps
 
 MAX_SILENCE_BODY = 64 * 1024

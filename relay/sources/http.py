@@ -30,7 +30,7 @@ from relay.formats.trigger_alerts import (
 )
 from relay.intake import Intake
 from relay.logs import CountedLines
-from relay.silences import ConfigNames
+from relay.silences.matchers import ConfigNames
 from relay.sources._budget import BodyBudget, Hold
 from relay.sources._replies import (
     REJECTION,

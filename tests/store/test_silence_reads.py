@@ -6,17 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from relay import silences
 from relay.errors import InputError
 from relay.model import Silence, SilencePage
-from relay.silences import (
-    RELOAD_S,
-    SilenceCache,
-    SilenceListing,
-    find_silences,
-    parse_filters,
-    silenced_by,
-)
+from relay.silences import RELOAD_S, SilenceCache, listing
+from relay.silences.index import silenced_by
+from relay.silences.listing import SilenceListing, find_silences, parse_filters
 from relay.store import Store
 from tests.store.conftest import Engine
 
@@ -126,7 +120,7 @@ async def test_a_listing_filters_every_page_it_reads(
 ) -> None:
     """find_silences reads PAGE at a time (60,000 expired ones are never held at once) and
     keeps reading until `limit` silences fit; `after` goes on where a page ended."""
-    monkeypatch.setattr(silences, "PAGE", 2)
+    monkeypatch.setattr(listing, "PAGE", 2)
     for n in range(9):
         tags = ("env:prod",) if n % 3 == 0 else ("env:dev",)
         await store.add_silence(Silence(f"sil_{n}", {"tag": tags}, NOW + n, NOW + 60, NOW))

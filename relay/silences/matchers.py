@@ -1,0 +1,165 @@
+"""Silence matchers as people write them: parse_matchers reads the API's JSON, cli_matchers
+amtool-style words and flags, matcher_warnings names what the config does not know."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Any
+
+from relay.errors import InputError, did_you_mean
+from relay.model import EVENT_STATUSES, EVENTS, KNOWN_STATUSES, RAW_STATUS_MAP, SILENCE_MATCHERS
+
+MAX_VALUES = 100
+MAX_TEXT = 1000
+# a config's rule and channel names (Config.names), that silences' matchers are checked against
+ConfigNames = tuple[Collection[str], Collection[str]]
+
+
+def parse_matchers(raw: Any) -> dict[str, tuple[str, ...]]:
+    """Matchers from JSON/CLI input: each key a string or a list of strings; at least one key."""
+    if not isinstance(raw, Mapping) or not raw:
+        raise InputError(
+            "matchers", f"expected an object with any of {', '.join(SILENCE_MATCHERS)}"
+        )
+    out: dict[str, tuple[str, ...]] = {}
+    for key, value in raw.items():
+        if key not in SILENCE_MATCHERS:
+            raise InputError(
+                f"matchers.{key}", f"unknown matcher; use {', '.join(SILENCE_MATCHERS)}"
+            )
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not values or len(values) > MAX_VALUES:
+            raise InputError(
+                f"matchers.{key}",
+                f"expected a string or a non-empty list of at most {MAX_VALUES} strings",
+            )
+        if not all(isinstance(v, str) and v and len(v) <= MAX_TEXT for v in values):
+            raise InputError(
+                f"matchers.{key}", f"expected non-empty strings of at most {MAX_TEXT} characters"
+            )
+        if key == "event" and (unknown := [v for v in values if v not in EVENTS]):
+            raise InputError(
+                "matchers.event", f"unknown event {unknown[0]!r}; use one of {', '.join(EVENTS)}"
+            )
+        out[key] = tuple(values)
+    return out
+
+
+def cli_matchers(words: Sequence[str], flags: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Matchers from the command line, amtool's way: `task=billing/*` words (a bare word is
+    a rule name, as amtool's is an alertname; `alertname=` means `rule=`) beside `--task`-style
+    flags. relay's matchers are globs compared for equality: `!=`, `=~` and `!~` are refused."""
+    out: dict[str, list[str]] = {key: list(values) for key, values in flags.items() if values}
+    for word in matcher_words(words):
+        if any(op in word for op in ("!=", "=~", "!~")):
+            raise InputError(
+                "matchers",
+                f"{word!r}: only key=value matchers (globs), e.g. task=billing/*; "
+                "relay has no negative or regex silence matchers",
+            )
+        key, eq, value = word.partition("=")
+        if not eq:
+            key, value = "rule", word
+        key = "rule" if key.strip() == "alertname" else key.strip()
+        if key not in SILENCE_MATCHERS:  # `=` was `matchers.: unknown matcher`
+            hint = did_you_mean(key, SILENCE_MATCHERS, quoted=True)
+            what = f"unknown matcher {key!r}{hint}" if key else "no matcher name"
+            raise InputError("matchers", f"{word!r}: {what}; {_WORD_FORM}")
+        out.setdefault(key, []).append(unquoted(value.strip(), word))
+    if not any(out.values()):  # `add $(...)` that came back empty: the API's "expected an
+        # object with any of ..." said nothing of words or flags (amtool: no matchers specified)
+        raise InputError("matchers", f"none given; {_WORD_FORM}, or the flag (--task ...)")
+    return out
+
+
+_WORD_FORM = f"expected name=value (e.g. task=billing/*), name one of {', '.join(SILENCE_MATCHERS)}"
+
+
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def unquoted(value: str, word: str) -> str:
+    """A matcher's value as amtool reads it: `"a\\"b"` is `a"b` (`silence list` prints each
+    value so); single quotes around it are dropped, as before. A double quote not closed, or
+    closed but not opened (`task="billing/*`), is refused, as amtool refuses it: it was dropped,
+    and the silence made for a value not written."""
+    if _QUOTED.fullmatch(value):
+        return _ESCAPE.sub(r"\1", value[1:-1])
+    if value.startswith('"') or value.endswith('"'):
+        raise InputError("matchers", f"{word!r}: unbalanced quotes")
+    return value.strip("'")
+
+
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+_GROUP = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")*')  # one matcher of a `{...}` group
+
+
+def matcher_words(words: Sequence[str]) -> Iterator[str]:
+    """The words, with each `{task="a", rule="b"}` (a matcher as Prometheus writes it, which
+    amtool takes) split into its matchers; commas within quotes stay in their value."""
+    for word in words:
+        text = word.strip()
+        if not text.startswith("{") and not text.endswith("}"):
+            yield word
+            continue
+        if not (text.startswith("{") and text.endswith("}")):
+            raise InputError("matchers", f'{word!r}: unclosed {{...}}; write {{task="x"}}')
+        inner, pos = text[1:-1], 0
+        while pos <= len(inner):
+            part = _GROUP.match(inner, pos)
+            end = part.end() if part else pos
+            if end < len(inner) and inner[end] != ",":
+                raise InputError("matchers", f"{word!r}: unbalanced quotes")
+            if inner[pos:end].strip():
+                yield inner[pos:end]
+            pos = end + 1
+
+
+def matcher_warnings(matchers: Mapping[str, Sequence[str]], names: ConfigNames | None) -> list[str]:
+    """What a silence's matchers name that the config does not (its rule and channel names;
+    None: not known, unchecked) and the statuses relay does not know. Most likely a typo, and
+    the silence would mute nothing by it; yet it is kept (the rule may come with the next
+    reload, the status with a newer Trigger.dev), so these are warnings, the first `HINTS`
+    with the nearest name known (a search over every name: 100 values against 2,000 rules
+    held the event loop for a second)."""
+    known: dict[str, Collection[str]] = {"status": _SILENCE_STATUSES}
+    if names is not None:
+        known.update(rule=names[0], channel=names[1])
+    unknown = [
+        (key, value)
+        for key in SILENCE_MATCHERS
+        if key in known
+        for value in matchers.get(key, ())
+        if not _is_known(key, value, known[key])
+    ]
+    return [
+        _unknown_name(key, value, known[key] if n < HINTS else ())
+        for n, (key, value) in enumerate(unknown)
+    ]
+
+
+HINTS = 3  # unknown names of one silence given the nearest known one
+
+
+def _is_known(key: str, value: str, names: Collection[str]) -> bool:
+    if key == "status":
+        return value.lower() == "failure" or value.strip().upper() in names
+    return value in names
+
+
+def _unknown_name(key: str, value: str, names: Collection[str]) -> str:
+    """The warning about matcher `key`'s unknown `value`, with the nearest of `names`."""
+    wanted = value.strip().upper() if key == "status" else value
+    hint = did_you_mean(wanted, names, quoted=True)
+    if key == "status":
+        what = f"is not a status relay knows{hint}; only a run sent with it fits"
+        return f"matchers.status: {value!r} {what}"
+    return f"matchers.{key}: {value!r} names no {key} of the config{hint}; nothing fits it"
+
+
+_SILENCE_STATUSES = frozenset(
+    KNOWN_STATUSES | frozenset(RAW_STATUS_MAP) | frozenset().union(*EVENT_STATUSES.values())
+)
