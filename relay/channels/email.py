@@ -30,56 +30,37 @@ TLS failures are retryable: a handshake blip or a certificate renewed mid-rotati
 itself, and a wrong CA still ends as a dead letter (detail "TLS: certificate not trusted") once
 the retries run out, instead of dropping alerts during a renewal. Details carry the reply code,
 never the server's text, the host or the password.
+
+This module holds the settings and the SMTP session; the addresses and headers of the config
+are checked in relay.channels._email_addresses, the mail is written by
+relay.channels._email_message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import re
 import ssl
 import time
-from email.headerregistry import Address, AddressHeader
 from email.message import EmailMessage
-from email.utils import formatdate, getaddresses
 from typing import Any
 
 import aiosmtplib
-import idna
 import orjson
-from pydantic import (
-    Field,
-    FilePath,
-    SecretStr,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, FilePath, SecretStr, ValidationInfo, field_validator, model_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
+from relay.channels._email_addresses import check_address, check_headers, split_addresses
+from relay.channels._email_message import ascii_recipients_only, build_message, id_domain
 from relay.channels._http_answers import LOCAL_HOSTS
-from relay.channels._smtp import (
-    SUBJECT_MAX_CHARS,
-    Client,
-    by_code,
-    classify,
-    for_now,
-    local_host,
-    one_line,
-)
+from relay.channels._smtp import SUBJECT_MAX_CHARS, Client, by_code, classify, for_now
 from relay.config import ChannelSettings, Strict, from_config_dir
 from relay.errors import DeliveryError, StoreUnavailable
 
 log = logging.getLogger("relay.channels.email")
 
-_RESERVED = frozenset(
-    ("from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version", "sender")
-)
-# relay's defaults a user's `headers` replace (not added twice: a mail with two Auto-Submitted)
-_OVERRIDABLE = {"Auto-Submitted": "auto-generated"}
-_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
 # EHLO's argument (RFC 5321 4.1.1.1): a domain, or an address literal in brackets
 _EHLO_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[!-Z^-~]+\]")
 SENT = "email_sent"  # kv: "<channel>:<notification id>" -> JSON list of recipients done with
@@ -91,90 +72,6 @@ __all__ = [
     "SmtpSettings",
     "classify",
 ]
-
-
-def _check_address(value: str) -> str:
-    """One address, plain or with a display name; it is the envelope address we return, its
-    domain in ASCII (see `_ascii_domain`)."""
-    if "\r" in value or "\n" in value:
-        raise ValueError("addresses cannot contain line breaks")
-    found = getaddresses([value])
-    local, _, domain = found[0][1].rpartition("@") if len(found) == 1 else ("", "", "")
-    if not local or not domain or _is_group(value):
-        raise ValueError(f"{value!r} is not one email address")
-    return _ascii_domain(found[0][1])
-
-
-def _is_group(value: str) -> bool:
-    """`Ops: EU <o@x.com>` is the group "Ops" (RFC 5322 3.4): From cannot hold one, and in To
-    it swallowed every address after it. A display name with a ':' needs quotes."""
-    probe = EmailMessage()
-    try:
-        probe["To"] = value
-        return any(group.display_name is not None for group in probe["To"].groups)
-    except _PARSER_FAILURES:  # no header can hold it: not one address
-        return True
-
-
-def _ascii_domain(address: str) -> str:
-    """`ops@bücher.example` → `ops@xn--bcher-kva.example`: an IDN domain in its ASCII form
-    (IDNA), as every server takes it; only a non-ASCII local part needs SMTPUTF8. Without it,
-    the server refused the mail for want of SMTPUTF8 and the header got an encoded word in
-    the middle of the address."""
-    local, _, domain = address.rpartition("@")
-    if domain.isascii() or not local.isascii():
-        return address
-    try:  # IDNA 2008 (UTS 46, not transitional): Python's 'idna' codec is IDNA 2003, which
-        # made faß.de fass.de, another registrant's domain
-        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
-    except UnicodeError:  # idna.IDNAError, and the codec's own
-        raise ValueError(f"{domain!r} is not a valid domain name (IDNA 2008)") from None
-
-
-def _header_addresses(entries: list[str]) -> str:
-    """The `To`/`Cc` value: each entry as written, but with its domain in ASCII if it had to
-    change (the display name stays as written, RFC 2047-encoded by the email package)."""
-    out = []
-    for entry in entries:  # each one address (EmailSettings checked them)
-        name, address = getaddresses([entry])[0]
-        ascii_address = _ascii_domain(address)
-        out.append(entry if ascii_address == address else str(_address(name, ascii_address)))
-    return ", ".join(out)
-
-
-def _address(name: str, address: str) -> Address:
-    """`address` as written (`"john doe"@x.com`): parsed, not split at its '@', which put the
-    quotes inside the local part (`"\\"john doe\\""@x.com`, another mailbox)."""
-    return Address(display_name=name, addr_spec=address)
-
-
-def _split_addresses(value: str) -> list[str]:
-    """`"a@x.com, Doe <b@y.com>"` → its addresses: split at the commas (or semicolons) outside
-    quotes, <...> and (comments), blank entries dropped. Each is checked on its own afterwards,
-    so a typo is refused instead of being dropped or mangled by a lenient parse of the whole."""
-    entries: list[str] = []
-    current: list[str] = []
-    quoted = escaped = False
-    nested = {"<": 0, "(": 0}
-    for char in value:
-        if escaped:
-            escaped = False
-        elif char == "\\" and quoted:
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char in "<(" and not quoted:
-            nested[char] += 1
-        elif char in ">)" and not quoted:
-            opener = "<" if char == ">" else "("
-            nested[opener] = max(0, nested[opener] - 1)
-        elif char in ",;" and not quoted and not any(nested.values()):
-            entries.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    entries.append("".join(current))
-    return [entry.strip() for entry in entries if entry.strip()]
 
 
 class SmtpSettings(Strict):
@@ -267,7 +164,7 @@ class EmailSettings(ChannelSettings):
     @field_validator("from_")
     @classmethod
     def _sender(cls, value: str) -> str:
-        _check_address(value)
+        check_address(value)
         return value
 
     @field_validator("to", "cc", mode="before")
@@ -275,7 +172,7 @@ class EmailSettings(ChannelSettings):
     def _one_string(cls, value: object) -> object:
         """Alertmanager's `to: "a@x.com, b@y.com"`: one string of comma-separated addresses."""
         if isinstance(value, str) and "\r" not in value and "\n" not in value:
-            return _split_addresses(value)
+            return split_addresses(value)
         return [value] if isinstance(value, str) else value
 
     @field_validator("to", "cc")
@@ -285,7 +182,7 @@ class EmailSettings(ChannelSettings):
         problems = []
         for address in value:
             try:
-                _check_address(address)
+                check_address(address)
             except ValueError as exc:
                 problems.append(str(exc))
         if problems:
@@ -295,47 +192,7 @@ class EmailSettings(ChannelSettings):
     @field_validator("headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, text in value.items():
-            if not _HEADER_NAME.match(name):
-                raise ValueError(f"header name {name!r} must be printable ASCII without ':'")
-            if name.lower() in _RESERVED or name.lower().startswith(("content-", "x-relay-")):
-                raise ValueError(f"header {name} is set by relay")
-            if "\r" in text or "\n" in text:
-                raise ValueError(f"header {name} cannot contain line breaks")
-            if not _parses(name, text):
-                raise ValueError(f"header {name} is not a valid {name} value")
-        return {name: _ascii_domains(name, text) for name, text in value.items()}
-
-
-def _parses(name: str, text: str) -> bool:
-    """The value parses as that header (Reply-To must hold addresses, ...) without defects."""
-    probe = EmailMessage()
-    try:
-        probe[name] = text
-        return not probe[name].defects
-    except _PARSER_FAILURES:
-        return False
-
-
-def _ascii_domains(name: str, text: str) -> str:
-    """An address header of `headers` (Reply-To ...) with its domains in ASCII, as To and Cc
-    (`_header_addresses`): an ASCII header held `ops@bücher.example` as an encoded word inside
-    the address (RFC 2047 5 forbids it), and a reply went to that string. A group stays."""
-    probe = EmailMessage()
-    probe[name] = text
-    header = probe[name]
-    if not isinstance(header, AddressHeader) or any(g.display_name for g in header.groups):
-        return text
-    if all(a.domain.isascii() for a in header.addresses):
-        return text
-    return ", ".join(
-        str(_address(a.display_name, _ascii_domain(a.addr_spec))) for a in header.addresses
-    )
-
-
-# What the stdlib's header parser raises on some malformed input (`a@[192.0.2.1`: an
-# AttributeError) besides a ValueError: a bad value, never a traceback.
-_PARSER_FAILURES = (ValueError, TypeError, IndexError, AttributeError, NameError)
+        return check_headers(value)
 
 
 def tls_context(smtp: SmtpSettings) -> ssl.SSLContext:
@@ -349,84 +206,6 @@ def tls_context(smtp: SmtpSettings) -> ssl.SSLContext:
     return context
 
 
-def _overridable(message: Outgoing, domain: str) -> dict[str, str]:
-    """The headers relay sets unless `headers` has its own: a recovery replies to the failure's
-    mail, so mail clients thread the two."""
-    if message.recovers is None:
-        return _OVERRIDABLE
-    replied = message_id(message.recovers.notification_id, domain)
-    return {**_OVERRIDABLE, "In-Reply-To": replied, "References": replied}
-
-
-def message_id(notification_id: str, domain: str) -> str:
-    """The Message-ID of a notification's mail: the same at every attempt."""
-    return f"<{re.sub(r'[^A-Za-z0-9._-]', '-', notification_id)}@{domain}>"
-
-
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-# RFC 5322 3.6.4's id-right: dot-atom-text or no-fold-literal
-_ID_RIGHT = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*|\[[\x21-\x5a\x5e-\x7e]*\]")
-
-
-@functools.cache
-def _from_domain(sender: str) -> str | None:
-    """The From's domain in ASCII, if it can end a Message-ID (`example.com.` cannot)."""
-    domain = getaddresses([sender])[0][1].rpartition("@")[2]
-    with contextlib.suppress(ValueError):  # EmailSettings refused an IDN one that cannot be
-        domain = _ascii_domain(f"x@{domain}").rpartition("@")[2]
-    return domain if _ID_RIGHT.fullmatch(domain) else None
-
-
-async def id_domain(sender: str, hello: str | None = None) -> str:
-    """The right side of the Message-IDs of mail from `sender` (the From): its domain in ASCII,
-    as RFC 5322 3.6.4 wants one unique to the sender (`@relay` was every installation's); else,
-    for a domain that is none there (`example.com.`), the name the EHLO gives: `hello` when
-    configured, this machine's otherwise (_smtp.local_host: once per process, off the loop)."""
-    if domain := _from_domain(sender):
-        return domain
-    host = hello or await local_host()
-    return host if _ID_RIGHT.fullmatch(host) else "localhost"
-
-
-def build_message(settings: EmailSettings, message: Outgoing, domain: str) -> EmailMessage:
-    """The mail; `domain` ends its Message-ID (id_domain)."""
-    mail = EmailMessage()
-    mail["From"] = _header_addresses([settings.from_])
-    mail["To"] = _header_addresses(settings.to)
-    if settings.cc:
-        mail["Cc"] = _header_addresses(settings.cc)
-    mail["Subject"] = one_line(message.parts.get("subject", "")) or "relay notification"
-    mail["Date"] = formatdate(message.timestamp, usegmt=True)
-    mail["Message-ID"] = message_id(message.notification_id, domain)
-    mail["X-Relay-Notification-Id"] = one_line(message.notification_id)
-    if message.run_id:  # a digest is about many runs: no header rather than an empty one
-        mail["X-Relay-Run-Id"] = one_line(message.run_id)
-    for name, value in settings.headers.items():
-        mail[name] = value
-    for name, value in _overridable(message, domain).items():  # after: the user's own value wins
-        if name not in mail:  # case-insensitive
-            mail[name] = value
-    mail.set_content(message.parts.get("txt", ""), cte="quoted-printable")
-    mail.add_alternative(message.parts.get("html", ""), subtype="html", cte="quoted-printable")
-    return mail
-
-
-def _ascii_recipients_only(mail: EmailMessage) -> None:
-    """To and Cc for a server without SMTPUTF8: without the addresses whose local part is not
-    ASCII. An ASCII header cannot hold one (the email package wrote an encoded word inside the
-    address, which RFC 2047 5 forbids, and a mail client's reply-all wrote to that string), and
-    the server cannot take them as recipients either (Client.sendable)."""
-    for name in ("To", "Cc"):
-        header = mail[name]
-        kept = [str(a) for a in header.addresses if a.username.isascii()] if header else []
-        if header is None or len(kept) == len(header.addresses):
-            continue
-        if kept:
-            mail.replace_header(name, ", ".join(kept))
-        else:
-            del mail[name]
-
-
 class EmailChannel:
     def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
         assert isinstance(settings, EmailSettings)
@@ -437,8 +216,8 @@ class EmailChannel:
         self._partial_fails = env.partial_fails
         smtp = settings.smtp
         self._tls = tls_context(smtp) if smtp.use_tls or smtp.use_starttls else None
-        self._sender = _check_address(settings.from_)
-        everyone = [_check_address(a) for a in (*settings.to, *settings.cc)]
+        self._sender = check_address(settings.from_)
+        everyone = [check_address(a) for a in (*settings.to, *settings.cc)]
         self._recipients = list(dict.fromkeys(everyone))
 
     async def send(self, message: Outgoing) -> None:
@@ -531,7 +310,7 @@ class EmailChannel:
                 await client.greet()
                 await self._login(client)
                 if not client.supports_extension("smtputf8"):
-                    _ascii_recipients_only(mail)
+                    ascii_recipients_only(mail)
                 refused, _ = await client.send_message(
                     mail, sender=self._sender, recipients=client.sendable(self._sender, recipients)
                 )
