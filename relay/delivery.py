@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from relay import policy as pol
-from relay.dispatch import Deps, Dispatch, row_extra
+from relay.dispatch import Deps, Dispatch
 from relay.errors import StoreUnavailable
 from relay.logs import CountedLines
 from relay.model import Notification
+from relay.outcomes import row_extra
 from relay.sending import Route
 from relay.store import BirthLease
 

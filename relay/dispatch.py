@@ -6,6 +6,9 @@ server's Retry-After, or dead. Final writes are shielded from cancellation: a no
 marked sent only after the send returned, with the channel's receipt. A recovery follows its
 notification's fate: muted with it, never muted on its own, held while it is dead (the channel
 never heard it: Alertmanager sends no resolved for an alert it never notified).
+
+This module decides what goes and renders it; relay.recoveries decides what a recovery waits
+for, relay.outcomes writes and tells what came of a send.
 """
 
 from __future__ import annotations
@@ -19,21 +22,21 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
-from relay import policy as pol
 from relay.awaited import Awaited
 from relay.channels import Outgoing, Recovery
 from relay.config import RetryPolicy
-from relay.errors import DeliveryError, StoreUnavailable
+from relay.errors import StoreUnavailable
 from relay.grouping import digest_context, digest_id, seen_at
-from relay.model import ALERT_DEAD, Notification, held_error, subject_of
-from relay.sending import Clock, Route, Sender, Sleep, Tried
+from relay.model import Notification, subject_of
+from relay.outcomes import Outcomes, row_extra
+from relay.recoveries import Recoveries
+from relay.sending import Clock, Route, Sender, Sleep
 from relay.silences import SilenceCache
 from relay.silences.index import silenced_by
 from relay.store import Store
 from relay.templating import RenderContext, Rendered, Renderer
 
 log = logging.getLogger("relay.delivery")
-RECOVERY_WAIT_S = 1.0  # a recovery is tried again this long after its notification's next try
 RETRY_SOON_S = 5.0  # rows given back after a store failure before their send, due again then
 DIGEST_TEMPLATE = "digest"
 # A render gets this long on the event loop (the shipped templates take a millisecond or two);
@@ -157,6 +160,18 @@ class Dispatch:
             max_attempts=deps.retry.max_attempts,
             stop=stop,
         )
+        self.outcomes = Outcomes(
+            name,
+            deps.store,
+            self.awaited,
+            clock=deps.clock,
+            sleep=deps.sleep,
+            rng=deps.rng,
+            retry=deps.retry,
+            lease_s=lease_s,
+            on_event=deps.on_event,
+        )
+        self.recoveries = Recoveries(name, deps.store, self.awaited, deps.clock, self.outcomes)
         self._render_pool: ThreadPoolExecutor | None = None  # for renders too slow for the loop
 
     def close(self) -> None:
@@ -191,7 +206,7 @@ class Dispatch:
                 await asyncio.shield(self.deps.store.group_flushed(group_key, self.deps.clock()))
             return None
         if group_key is None and rows[0].resolves is not None:
-            resolving = await self._recovers(rows[0])
+            resolving = await self.recoveries.recovers(rows[0])
             return None if resolving is None else (rows, resolving)
         return rows, None
 
@@ -243,7 +258,7 @@ class Dispatch:
             await self.release(rows, tried.held_s)
             return
         for reason in tried.failed:  # every failed try counts, quick retries too (Alertmanager)
-            self._event("failed", rows[0], reason)
+            self.outcomes.event("failed", rows[0], reason)
         err = tried.error
 
         def finish(again: bool) -> Awaitable[object]:
@@ -253,17 +268,19 @@ class Dispatch:
             # Its outcome is one store write, all its rows or none: a kill between rows would
             # leave part of it marked and send the rest again as a smaller digest (a new id).
             if err is not None:
-                return self._failed(rows, err, tries, self._outcome(err, rows, tries), again=again)
+                return self.outcomes.failed(
+                    rows, err, tries, self.outcomes.outcome(err, rows, tries), again=again
+                )
             if group_key is not None:  # the group first: no moment between the rows' mark and
                 # the group's flush where another digest of it would look due at once
                 flush = self._flushed(group_key, rows[0].rule)
-                return self._then(flush, lambda: self._sent(rows, tries, tried))
-            return self._sent(rows, tries, tried)
+                return self._then(flush, lambda: self.outcomes.sent(rows, tries, tried))
+            return self.outcomes.sent(rows, tries, tried)
 
         extra = {**row_extra(self.name, rows[0]), "notifications": len(rows)}
         # The send is over: its slot is free while the outcome is written (the row stays leased
         # until then, so no claim takes it again). One store round trip less per send in flight.
-        write = asyncio.ensure_future(self._write_through_blips(finish, extra))
+        write = asyncio.ensure_future(self.outcomes.write_through_blips(finish, extra))
         self.finishing.add(write)
         write.add_done_callback(functools.partial(self._written, extra))
         if group_key is not None:  # a group's next digest waits for this one's flush
@@ -273,103 +290,6 @@ class Dispatch:
         self.finishing.discard(write)
         if not write.cancelled() and write.exception() is not None:
             log.error("outcome not recorded", extra=extra, exc_info=write.exception())
-
-    async def _write_through_blips(
-        self, write: Callable[[bool], Awaitable[object]], extra: dict[str, object]
-    ) -> None:
-        """Record the outcome even if the store blips: retried with backoff up to the lease
-        (the writes are idempotent: they only change rows still pending). `write(again)`: again
-        once a try failed, which may have landed all the same (committed, its reply lost)."""
-        deadline = self.deps.clock() + self.lease_s
-        wait_s = 0.25
-        again = False
-        while True:
-            try:
-                await write(again)
-                return
-            except StoreUnavailable:
-                again = True
-                if self.deps.clock() + wait_s > deadline:
-                    log.error("outcome not recorded: store unavailable", extra=extra)
-                    return
-                await self.deps.sleep(wait_s)
-                wait_s = min(wait_s * 2, 15.0)
-
-    async def _recovers(self, row: Notification) -> Recovery | None:
-        """What recovery `row` resolves, once that notification is finished. Until then the row
-        waits (None); it is muted (None) when that notification was muted, held (None) while
-        that notification is dead."""
-        firing_id = row.resolves or ""
-        self.awaited.expect(firing_id, row.id)
-        firing = await self.deps.store.get(firing_id)
-        now = self.deps.clock()
-        if firing is not None and firing.state == "pending":
-            later = max(firing.not_before, now) + RECOVERY_WAIT_S
-            if not await asyncio.shield(
-                self.deps.store.postpone(row.id, now=now, not_before=later)
-            ):
-                self._fenced(row, "postponed")
-            elif not self.awaited.expected(firing_id):  # sent since its read: no wait
-                await asyncio.shield(self.awaited.hasten(row.id))
-            return None
-        self.awaited.forget(firing_id)
-        if firing is not None and firing.state == "muted":
-            silence = firing.reason or ""
-            if await asyncio.shield(
-                self.deps.store.mark_muted(
-                    row.id, now=now, silence_id=silence, attempts=row.attempts
-                )
-            ):
-                log.info("recovery muted with its notification", extra=row_extra(self.name, row))
-                self._event("muted", row, "")
-            else:
-                self._fenced(row, "muted")
-            return None
-        if firing is not None and firing.state == "dead":
-            await asyncio.shield(self._hold(row, firing))
-            return None
-        if firing is None and await self._was_held(row):
-            await asyncio.shield(self._hold(row, None))
-            return None
-        receipt = firing.receipt if firing is not None else None
-        return Recovery(firing_id, receipt)  # sent, or forgotten (retention): the channel makes do
-
-    async def _was_held(self, row: Notification) -> bool:
-        """Whether recovery `row` was last dead because it was held for its dead alert (a
-        replay clears its reason, not its events): retention forgot that alert while it was
-        still dead (the alert finished first, so it is forgotten first), and the channel never
-        heard it. Dead since for a failure of its own, it was tried: its alert had been sent."""
-        deaths = [e for e in await self.deps.store.events(row.id) if e["kind"] == "dead"]
-        return bool(deaths) and deaths[-1]["reason"] == ALERT_DEAD
-
-    async def _hold(self, row: Notification, dead: Notification | None) -> None:
-        """A recovery of a dead alert (None: of one retention forgot while it was dead): the
-        channel never heard that alert, so nothing is to be resolved there. Kept as a dead
-        letter (reason `alert_dead`, not counted as a failed delivery: its alert was) that a
-        replay of the alert brings back after it. A replay of the alert (by `relay dlq replay`,
-        on any replica) between its read and this mark found the recovery still pending and
-        queued nothing: it is queued again here."""
-        firing_id = row.resolves or ""
-        error = held_error(firing_id, forgotten=dead is None)
-        if not await self.deps.store.mark_held(
-            row.id, now=self.deps.clock(), reason=ALERT_DEAD, error=error, attempts=row.attempts
-        ):
-            self._fenced(row, "held")
-            return
-        log.warning(
-            "recovery held: its notification is dead",
-            extra={**row_extra(self.name, row), "resolves": firing_id},
-        )
-        if dead is None:
-            return
-        firing = await self.deps.store.get(dead.id)
-        if firing is None or _same_outcome(firing, dead):
-            return
-        if await self.deps.store.requeue_recoveries([row.id], self.deps.clock()):
-            log.info(
-                "recovery queued again: its notification was replayed",
-                extra=row_extra(self.name, row),
-            )
 
     async def _muted(self, row: Notification, extra: dict[str, object]) -> bool:
         """A silence created after the notification was queued still mutes it, and so does a
@@ -389,10 +309,10 @@ class Dispatch:
             row.id, now=now, silence_id=reason, attempts=row.attempts
         )
         if not await asyncio.shield(muting):
-            self._fenced(row, "muted")  # not sent either: it is the other replica's to send
+            self.outcomes.fenced(row, "muted")  # not sent either: it is the other replica's to send
             return True
         log.info(words, extra={**extra, "muted_by": reason})
-        self._event("muted", row, "")
+        self.outcomes.event("muted", row, "")
         return True
 
     async def _silence(self, row: Notification, now: float) -> str | None:
@@ -432,7 +352,7 @@ class Dispatch:
                 "template failed; sending the plain fallback",
                 extra={**row_extra(self.name, head), "reason": "template", "error": rendered.error},
             )
-            self._event("template_error", head, "template")
+            self.outcomes.event("template_error", head, "template")
         run_id, subject = (head.run_id, subject_of(head.run)) if len(rows) == 1 else ("", None)
         return Outgoing(
             ident,
@@ -464,101 +384,3 @@ class Dispatch:
         return (
             row if template is None or template == row.template else replace(row, template=template)
         )
-
-    async def _sent(self, rows: list[Notification], tries: int, tried: Tried) -> None:
-        now = self.deps.clock()
-        marks = [(row.id, row.attempts + tries) for row in rows]
-        error = tried.last_failure
-        await self.deps.store.mark_sent(marks, now=now, receipt=tried.receipt, error=error)
-        await self.awaited.finished(row.id for row in rows)
-        for row, (_, attempts) in zip(rows, marks, strict=True):
-            # a wall clock stepped back since the row was made: no negative latency (as the metric)
-            latency_s = round(max(now - row.created_at, 0.0), 4)
-            extra = {**row_extra(self.name, row), "attempts": attempts, "latency_s": latency_s}
-            if tried.failed:  # quick retries leave no line of their own: say what they were
-                extra["failed_tries"] = list(tried.failed)
-            log.info("notification sent", extra=extra)
-            self._event("sent", row, "", attempts)
-
-    def _outcome(self, err: DeliveryError, rows: list[Notification], tries: int) -> pol.Outcome:
-        """What follows a failed send of these rows (one message): the oldest row and the most
-        attempts decide, so a digest retries or dies whole."""
-        return pol.after_failure(
-            err,
-            attempts=max(row.attempts for row in rows) + tries,
-            created_at=min(row.created_at for row in rows),
-            now=self.deps.clock(),
-            policy=self.deps.retry,
-            rng=self.deps.rng,
-        )
-
-    async def _failed(
-        self,
-        rows: list[Notification],
-        err: DeliveryError,
-        tries: int,
-        outcome: pol.Outcome,
-        *,
-        again: bool = False,
-    ) -> None:
-        now = self.deps.clock()
-        marks = [(row.id, row.attempts + tries) for row in rows]
-        store = self.deps.store
-        if outcome.dead:
-            error = f"{err} ({outcome.why})"
-            changed = await store.mark_dead(marks, now=now, reason=err.reason, error=error)
-        else:
-            changed = await store.mark_retry(
-                marks, now=now, not_before=outcome.not_before, reason=err.reason, error=str(err)
-            )
-        left = [mark for mark in marks if mark[0] not in changed]
-        if again and left:  # a try before may have changed them, its reply lost: not this one
-            changed |= await store.marked_here(left, "dead" if outcome.dead else "pending")
-        if outcome.dead:  # a recovery waiting for it is held now, not in a second
-            await self.awaited.finished(changed)
-        for row, (_, attempts) in zip(rows, marks, strict=True):
-            if row.id not in changed:  # taken for dead meanwhile: the other replica tells it
-                self._fenced(row, "dead" if outcome.dead else "retry")
-                continue
-            info = {**row_extra(self.name, row), "reason": err.reason, "attempts": attempts}
-            info["error"] = str(err)
-            if outcome.dead:
-                log.error("notification dead", extra={**info, "why": outcome.why})
-            else:
-                retry_in_s = round(outcome.not_before - now, 3)
-                log.warning("delivery failed; will retry", extra={**info, "retry_in_s": retry_in_s})
-            self._event("dead" if outcome.dead else "retry", row, err.reason, attempts)
-
-    def _fenced(self, row: Notification, outcome: str) -> None:
-        """A row this replica no longer holds (it was taken for dead, frozen or cut off, and
-        another replica claimed the row) or that is finished: its mark changed nothing, so its
-        outcome is neither logged as one nor counted here."""
-        log.info(
-            "notification not held here now (another replica's, or finished); outcome not recorded",
-            extra={**row_extra(self.name, row), "outcome": outcome},
-        )
-
-    def _event(self, kind: str, row: Notification, reason: str, attempts: int = 0) -> None:
-        if self.deps.on_event is not None:
-            self.deps.on_event(kind, row, reason, attempts)
-
-
-def row_extra(channel: str, row: Notification) -> dict[str, object]:
-    """The log fields of a notification's lines."""
-    return {
-        "run_id": row.run_id,
-        "rule": row.rule,
-        "channel": channel,
-        "notification_id": row.id,
-        "group": row.group_key,
-    }
-
-
-def _same_outcome(a: Notification, b: Notification) -> bool:
-    """Whether a notification row is as it was (a replay resets its state and attempts)."""
-    return (a.state, a.attempts, a.not_before, a.receipt) == (
-        b.state,
-        b.attempts,
-        b.not_before,
-        b.receipt,
-    )

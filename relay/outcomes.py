@@ -1,0 +1,149 @@
+"""A delivery's outcome, written to the store and told: sent (with the channel's receipt), a
+retry from the outbox at the policy's backoff or the server's Retry-After, or dead. The write
+is retried through store blips up to the lease (the marks are idempotent); a mark that changed
+nothing (the row is another replica's now, or finished) is told as fenced, not as an outcome.
+relay.dispatch decides what to send; this module records what came of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from relay import policy as pol
+from relay.awaited import Awaited
+from relay.config import RetryPolicy
+from relay.errors import DeliveryError, StoreUnavailable
+from relay.model import Notification
+from relay.sending import Clock, Sleep, Tried
+from relay.store import Store
+
+log = logging.getLogger("relay.delivery")
+OnEvent = Callable[[str, Notification, str, int], None]
+
+
+@dataclass
+class Outcomes:
+    """The outcomes of one channel's sends (`name`); `on_event(kind, row, reason, attempts)`
+    hears each: sent, retry, dead, muted, template_error, failed."""
+
+    name: str
+    store: Store
+    awaited: Awaited  # recoveries waiting here for the rows finished
+    clock: Clock
+    sleep: Sleep
+    rng: random.Random
+    retry: RetryPolicy
+    lease_s: float
+    on_event: OnEvent | None = None
+
+    async def write_through_blips(
+        self, write: Callable[[bool], Awaitable[object]], extra: dict[str, object]
+    ) -> None:
+        """Record the outcome even if the store blips: retried with backoff up to the lease
+        (the writes are idempotent: they only change rows still pending). `write(again)`: again
+        once a try failed, which may have landed all the same (committed, its reply lost)."""
+        deadline = self.clock() + self.lease_s
+        wait_s = 0.25
+        again = False
+        while True:
+            try:
+                await write(again)
+                return
+            except StoreUnavailable:
+                again = True
+                if self.clock() + wait_s > deadline:
+                    log.error("outcome not recorded: store unavailable", extra=extra)
+                    return
+                await self.sleep(wait_s)
+                wait_s = min(wait_s * 2, 15.0)
+
+    async def sent(self, rows: list[Notification], tries: int, tried: Tried) -> None:
+        now = self.clock()
+        marks = [(row.id, row.attempts + tries) for row in rows]
+        error = tried.last_failure
+        await self.store.mark_sent(marks, now=now, receipt=tried.receipt, error=error)
+        await self.awaited.finished(row.id for row in rows)
+        for row, (_, attempts) in zip(rows, marks, strict=True):
+            # a wall clock stepped back since the row was made: no negative latency (as the metric)
+            latency_s = round(max(now - row.created_at, 0.0), 4)
+            extra = {**row_extra(self.name, row), "attempts": attempts, "latency_s": latency_s}
+            if tried.failed:  # quick retries leave no line of their own: say what they were
+                extra["failed_tries"] = list(tried.failed)
+            log.info("notification sent", extra=extra)
+            self.event("sent", row, "", attempts)
+
+    def outcome(self, err: DeliveryError, rows: list[Notification], tries: int) -> pol.Outcome:
+        """What follows a failed send of these rows (one message): the oldest row and the most
+        attempts decide, so a digest retries or dies whole."""
+        return pol.after_failure(
+            err,
+            attempts=max(row.attempts for row in rows) + tries,
+            created_at=min(row.created_at for row in rows),
+            now=self.clock(),
+            policy=self.retry,
+            rng=self.rng,
+        )
+
+    async def failed(
+        self,
+        rows: list[Notification],
+        err: DeliveryError,
+        tries: int,
+        outcome: pol.Outcome,
+        *,
+        again: bool = False,
+    ) -> None:
+        now = self.clock()
+        marks = [(row.id, row.attempts + tries) for row in rows]
+        store = self.store
+        if outcome.dead:
+            error = f"{err} ({outcome.why})"
+            changed = await store.mark_dead(marks, now=now, reason=err.reason, error=error)
+        else:
+            changed = await store.mark_retry(
+                marks, now=now, not_before=outcome.not_before, reason=err.reason, error=str(err)
+            )
+        left = [mark for mark in marks if mark[0] not in changed]
+        if again and left:  # a try before may have changed them, its reply lost: not this one
+            changed |= await store.marked_here(left, "dead" if outcome.dead else "pending")
+        if outcome.dead:  # a recovery waiting for it is held now, not in a second
+            await self.awaited.finished(changed)
+        for row, (_, attempts) in zip(rows, marks, strict=True):
+            if row.id not in changed:  # taken for dead meanwhile: the other replica tells it
+                self.fenced(row, "dead" if outcome.dead else "retry")
+                continue
+            info = {**row_extra(self.name, row), "reason": err.reason, "attempts": attempts}
+            info["error"] = str(err)
+            if outcome.dead:
+                log.error("notification dead", extra={**info, "why": outcome.why})
+            else:
+                retry_in_s = round(outcome.not_before - now, 3)
+                log.warning("delivery failed; will retry", extra={**info, "retry_in_s": retry_in_s})
+            self.event("dead" if outcome.dead else "retry", row, err.reason, attempts)
+
+    def fenced(self, row: Notification, outcome: str) -> None:
+        """A row this replica no longer holds (it was taken for dead, frozen or cut off, and
+        another replica claimed the row) or that is finished: its mark changed nothing, so its
+        outcome is neither logged as one nor counted here."""
+        log.info(
+            "notification not held here now (another replica's, or finished); outcome not recorded",
+            extra={**row_extra(self.name, row), "outcome": outcome},
+        )
+
+    def event(self, kind: str, row: Notification, reason: str, attempts: int = 0) -> None:
+        if self.on_event is not None:
+            self.on_event(kind, row, reason, attempts)
+
+
+def row_extra(channel: str, row: Notification) -> dict[str, object]:
+    """The log fields of a notification's lines."""
+    return {
+        "run_id": row.run_id,
+        "rule": row.rule,
+        "channel": channel,
+        "notification_id": row.id,
+        "group": row.group_key,
+    }
