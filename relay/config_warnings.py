@@ -19,7 +19,8 @@ from relay.model import (
     Run,
     Timing,
 )
-from relay.rules import Locate, passes_filters, statuses_of
+from relay.rule_filters import passes_filters, statuses_of
+from relay.rules import Locate
 from relay.yamlconf import dotted
 
 

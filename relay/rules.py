@@ -8,39 +8,23 @@ Candidate rules are indexed by (event, status, isTest, whether the update carrie
 duration) and by the tags a rule requires, so a run is only tried against rules it could match:
 a cost or duration threshold never matches an alert webhook's run, which carries neither. Rules
 filtered on cost, duration, task or metadata alone are still tried one by one.
+
+A rule's `match:` filters become predicates in relay.rule_filters, its `when:` expression in
+relay.rule_when.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from jinja2 import Environment, TemplateError, meta, nodes
-from jinja2.exceptions import SecurityError
-from jinja2.parser import Parser
-
-from relay.config import MatchConfig, RuleConfig, TagMatch, Threshold
+from relay.config import RuleConfig, TagMatch
 from relay.errors import Problem
-from relay.grouping import MISSING, lookup
-from relay.model import (
-    FAILURE_STATUSES,
-    Decision,
-    Match,
-    Run,
-    RunState,
-    Timing,
-    normalise_status,
-)
-from relay.render_limits import RENDER_BUDGET_S, time_budget
-from relay.sandbox import expression_sandbox, unknown_filters
+from relay.model import Decision, Match, Run, RunState, Timing
+from relay.rule_filters import Predicate, has_threshold, match_predicates, statuses_of
+from relay.rule_when import WhenFailures, when_predicate
 from relay.windows import InhibitRule, NamedTimeInterval
 
-log = logging.getLogger("relay.rules")
-Predicate = Callable[[Run], bool]
 DEFAULT_TEMPLATE = "run"
 RECOVERY_TEMPLATE = "recovered"
 RECOVERED_STATUS = "COMPLETED"
@@ -118,19 +102,6 @@ class _Candidates:
             if len(self.merged) < MERGED_TAG_SETS:
                 self.merged[indexed] = found
         return found
-
-
-class WhenFailures:
-    """Where a rule's `when:` that raised (and so did not match) is told, besides the log:
-    `observe` (the rule's name) is set by the service to count it in /metrics, as Prometheus
-    counts its rule evaluation failures; unset (relay test, relay check), nothing more."""
-
-    def __init__(self) -> None:
-        self.observe: Callable[[str], None] | None = None
-
-    def __call__(self, rule: str) -> None:
-        if self.observe is not None:
-            self.observe(rule)
 
 
 class RuleSet:
@@ -310,7 +281,7 @@ def compile_rules(
     failures = WhenFailures()
     compiled, problems = [], []
     for i, rule in enumerate(rules):
-        predicates = _match_predicates(rule.match)
+        predicates = match_predicates(rule.match)
         when = _when(i, rule, locate, failures)
         if isinstance(when, Problem):
             problems.append(when)
@@ -338,7 +309,7 @@ def compile_rules(
                 recover_to=tuple(ch for ch in rule.notify if ch not in unresolved),
                 is_test=rule.match.is_test,
                 needs_tags=_needed_tags(rule.match.tags),
-                needs_measures=_has_threshold(rule.match),
+                needs_measures=has_threshold(rule.match),
             )
         )
     return RuleSet(compiled, inhibit_rules, failures), problems
@@ -361,167 +332,10 @@ def _when(
     """Rule `i`'s `when:` as a predicate, the problem with it, or None when it has none."""
     if rule.when is None:
         return None
-    try:
-        return _when_predicate(rule.name, rule.when, failed or WhenFailures())
-    except (TemplateError, SecurityError) as exc:
-        return Problem(locate(("rules", i, "when")), f"rules[{i}].when", _template_error(exc))
-
-
-def statuses_of(names: list[str] | None) -> frozenset[str] | None:
-    """The statuses a rule's `status:` list stands for (`failure` expanded, names normalised):
-    a name relay does not know stands for itself as written, since an incoming unknown status
-    is kept as it came, and for its capitals, as known names are read in any case (a
-    silence's status fits the same way)."""
-    if names is None:
-        return None
-    out: set[str] = set()
-    for name in names:
-        if name.lower() == "failure":
-            out |= FAILURE_STATUSES
-        else:
-            out |= {normalise_status(name), normalise_status(name.upper())}
-    return frozenset(out)
-
-
-def passes_filters(match: MatchConfig, run: Run) -> bool:
-    """Whether `run` passes the filters of `match` besides its event and status."""
-    if not run.measured and _has_threshold(match):
-        return False
-    return all(predicate(run) for predicate in _match_predicates(match))
-
-
-def _has_threshold(match: MatchConfig) -> bool:
-    return any(t is not None for t in (match.cost_cents, match.base_cost_cents, match.duration_ms))
-
-
-def _match_predicates(match: MatchConfig) -> list[Predicate]:
-    preds: list[Predicate] = []
-    if match.task:
-        pattern = re.compile("|".join(fnmatch.translate(g) for g in match.task))
-        preds.append(lambda run: pattern.match(run.taskIdentifier) is not None)
-    if match.task_regex is not None:
-        regex = re.compile(match.task_regex)
-        preds.append(lambda run: regex.search(run.taskIdentifier) is not None)
-    if match.tags is not None:
-        preds.append(_tags_predicate(match.tags))
-    for name, threshold in (
-        ("costInCents", match.cost_cents),
-        ("baseCostInCents", match.base_cost_cents),
-        ("durationMs", match.duration_ms),
-    ):
-        if threshold is not None:
-            preds.append(_threshold_predicate(name, threshold))
-    if match.is_test is not None:
-        wanted = match.is_test
-        preds.append(lambda run: run.isTest is wanted)
-    for path, value in (match.metadata or {}).items():
-        preds.append(_metadata_predicate(path, value))
-    return preds
-
-
-def _tags_predicate(spec: TagMatch) -> Predicate:
-    any_ = frozenset(spec.any or ())
-    all_ = frozenset(spec.all or ())
-    none_ = frozenset(spec.none or ())
-
-    def check(run: Run) -> bool:
-        tags = set(run.tags)
-        if any_ and not any_ & tags:
-            return False
-        return all_ <= tags and not none_ & tags
-
-    return check
-
-
-def _threshold_predicate(name: str, t: Threshold) -> Predicate:
-    gt, gte, lt, lte = t.gt, t.gte, t.lt, t.lte  # read once: each is a pydantic attribute
-
-    def check(run: Run) -> bool:
-        value = float(getattr(run, name))
-        return (
-            (gt is None or value > gt)
-            and (gte is None or value >= gte)
-            and (lt is None or value < lt)
-            and (lte is None or value <= lte)
-        )
-
-    return check
-
-
-def _metadata_predicate(path: str, wanted: Any) -> Predicate:
-    def check(run: Run) -> bool:
-        value = lookup(run.metadata or {}, path)
-        if value is MISSING:
-            return False
-        if isinstance(value, bool) or isinstance(wanted, bool):
-            return value is wanted
-        return bool(value == wanted)
-
-    return check
-
-
-WHEN_NAMES = ("run", "payload", "output", "metadata", "error")  # what `when:` can read
-
-
-def _when_predicate(name: str, source: str, failed: WhenFailures) -> Predicate:
-    env = expression_sandbox()
-    expr = Parser(env, source, state="variable").parse_expression()
-    unknown = _unknown_names(env, expr)
-    if unknown:
-        known = ", ".join(WHEN_NAMES)
-        raise TemplateError(f"unknown name `{unknown[0]}` (an expression can read {known})")
-    for _, why in unknown_filters(env, expr)[:1]:  # in `a if b else c|f`, Jinja waits to run it
-        raise TemplateError(why)
-    dunder = _dunder_names(expr)
-    if dunder:
-        raise TemplateError(f"`{dunder[0]}` is not allowed (the sandbox refuses `__` names)")
-    expression = env.compile_expression(source, undefined_to_none=True)
-
-    def check(run: Run) -> bool:
-        try:
-            data = run.as_dict()
-            with time_budget(RENDER_BUDGET_S):  # as a render: never a stalled intake
-                return bool(expression(run=data, **{k: data.get(k) for k in WHEN_NAMES[1:]}))
-        except Exception as exc:
-            log.warning(
-                "rule `when` failed; treating as no match",
-                extra={"rule": name, "run_id": run.id, "error": type(exc).__name__},
-            )
-            failed(name)
-            return False
-
-    return check
-
-
-def _unknown_names(env: Environment, expr: nodes.Expr) -> list[str]:
-    """Names the expression reads that are neither in WHEN_NAMES nor Jinja globals: a typo
-    there would make the rule silently never match."""
-    tree = nodes.Template([nodes.Output([expr], lineno=1)], lineno=1)
-    tree.set_environment(env)
-    used = meta.find_undeclared_variables(tree)
-    return sorted(used - set(WHEN_NAMES) - set(env.globals))
-
-
-def _dunder_names(expr: nodes.Expr) -> list[str]:
-    """The `__` attributes the expression reads (`run.__class__`, `x['__init__']`,
-    `x | attr('__dict__')`): the sandbox refuses each on every run, so the rule would
-    silently never match."""
-    found: list[object] = []
-    for node in (expr, *expr.find_all(nodes.Expr)):  # find_all: the descendants only
-        if isinstance(node, nodes.Getattr):
-            found.append(node.attr)
-        elif isinstance(node, nodes.Getitem):
-            found.append(node.arg)
-        elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
-            found.append(node.args[0])
-    names = [n.value if isinstance(n, nodes.Const) else n for n in found]
-    return [n for n in names if isinstance(n, str) and n.startswith("__")]
-
-
-def _template_error(exc: Exception) -> str:
-    line = getattr(exc, "lineno", None)
-    message = getattr(exc, "message", None) or type(exc).__name__
-    return f"invalid expression: {message}" + (f" (line {line})" if line else "")
+    found = when_predicate(rule.name, rule.when, failed or WhenFailures())
+    if isinstance(found, str):
+        return Problem(locate(("rules", i, "when")), f"rules[{i}].when", found)
+    return found
 
 
 def _windows(timing: Timing) -> tuple[float, float]:

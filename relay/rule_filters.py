@@ -1,0 +1,109 @@
+"""A rule's `match:` filters as predicates on a run (pure): its status list expanded
+(statuses_of), task globs and regex, tags, cost and duration thresholds, isTest and metadata
+paths. `passes_filters` tells whether a run passes them all, besides event and status."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable
+from typing import Any
+
+from relay.config import MatchConfig, TagMatch, Threshold
+from relay.grouping import MISSING, lookup
+from relay.model import FAILURE_STATUSES, Run, normalise_status
+
+Predicate = Callable[[Run], bool]
+
+
+def statuses_of(names: list[str] | None) -> frozenset[str] | None:
+    """The statuses a rule's `status:` list stands for (`failure` expanded, names normalised):
+    a name relay does not know stands for itself as written, since an incoming unknown status
+    is kept as it came, and for its capitals, as known names are read in any case (a
+    silence's status fits the same way)."""
+    if names is None:
+        return None
+    out: set[str] = set()
+    for name in names:
+        if name.lower() == "failure":
+            out |= FAILURE_STATUSES
+        else:
+            out |= {normalise_status(name), normalise_status(name.upper())}
+    return frozenset(out)
+
+
+def passes_filters(match: MatchConfig, run: Run) -> bool:
+    """Whether `run` passes the filters of `match` besides its event and status."""
+    if not run.measured and has_threshold(match):
+        return False
+    return all(predicate(run) for predicate in match_predicates(match))
+
+
+def has_threshold(match: MatchConfig) -> bool:
+    return any(t is not None for t in (match.cost_cents, match.base_cost_cents, match.duration_ms))
+
+
+def match_predicates(match: MatchConfig) -> list[Predicate]:
+    preds: list[Predicate] = []
+    if match.task:
+        pattern = re.compile("|".join(fnmatch.translate(g) for g in match.task))
+        preds.append(lambda run: pattern.match(run.taskIdentifier) is not None)
+    if match.task_regex is not None:
+        regex = re.compile(match.task_regex)
+        preds.append(lambda run: regex.search(run.taskIdentifier) is not None)
+    if match.tags is not None:
+        preds.append(_tags_predicate(match.tags))
+    for name, threshold in (
+        ("costInCents", match.cost_cents),
+        ("baseCostInCents", match.base_cost_cents),
+        ("durationMs", match.duration_ms),
+    ):
+        if threshold is not None:
+            preds.append(_threshold_predicate(name, threshold))
+    if match.is_test is not None:
+        wanted = match.is_test
+        preds.append(lambda run: run.isTest is wanted)
+    for path, value in (match.metadata or {}).items():
+        preds.append(_metadata_predicate(path, value))
+    return preds
+
+
+def _tags_predicate(spec: TagMatch) -> Predicate:
+    any_ = frozenset(spec.any or ())
+    all_ = frozenset(spec.all or ())
+    none_ = frozenset(spec.none or ())
+
+    def check(run: Run) -> bool:
+        tags = set(run.tags)
+        if any_ and not any_ & tags:
+            return False
+        return all_ <= tags and not none_ & tags
+
+    return check
+
+
+def _threshold_predicate(name: str, t: Threshold) -> Predicate:
+    gt, gte, lt, lte = t.gt, t.gte, t.lt, t.lte  # read once: each is a pydantic attribute
+
+    def check(run: Run) -> bool:
+        value = float(getattr(run, name))
+        return (
+            (gt is None or value > gt)
+            and (gte is None or value >= gte)
+            and (lt is None or value < lt)
+            and (lte is None or value <= lte)
+        )
+
+    return check
+
+
+def _metadata_predicate(path: str, wanted: Any) -> Predicate:
+    def check(run: Run) -> bool:
+        value = lookup(run.metadata or {}, path)
+        if value is MISSING:
+            return False
+        if isinstance(value, bool) or isinstance(wanted, bool):
+            return value is wanted
+        return bool(value == wanted)
+
+    return check

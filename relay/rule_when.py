@@ -1,0 +1,103 @@
+"""A rule's `when:` expression, compiled once in the expression sandbox: names it cannot read,
+unknown filters and `__` attributes refused at load (each would make the rule silently never
+match); at run time it reads the run under the render time budget, and one that raises is
+logged, told to WhenFailures (counted in /metrics) and does not match."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from jinja2 import Environment, TemplateError, meta, nodes
+from jinja2.exceptions import SecurityError
+from jinja2.parser import Parser
+
+from relay.model import Run
+from relay.render_limits import RENDER_BUDGET_S, time_budget
+from relay.rule_filters import Predicate
+from relay.sandbox import expression_sandbox, unknown_filters
+
+log = logging.getLogger("relay.rules")
+WHEN_NAMES = ("run", "payload", "output", "metadata", "error")  # what `when:` can read
+
+
+class WhenFailures:
+    """Where a rule's `when:` that raised (and so did not match) is told, besides the log:
+    `observe` (the rule's name) is set by the service to count it in /metrics, as Prometheus
+    counts its rule evaluation failures; unset (relay test, relay check), nothing more."""
+
+    def __init__(self) -> None:
+        self.observe: Callable[[str], None] | None = None
+
+    def __call__(self, rule: str) -> None:
+        if self.observe is not None:
+            self.observe(rule)
+
+
+def when_predicate(name: str, source: str, failed: WhenFailures) -> Predicate | str:
+    """Rule `name`'s `when:` as a predicate, or why it is not a valid expression."""
+    try:
+        return _compiled(name, source, failed)
+    except (TemplateError, SecurityError) as exc:
+        return _template_error(exc)
+
+
+def _compiled(name: str, source: str, failed: WhenFailures) -> Predicate:
+    env = expression_sandbox()
+    expr = Parser(env, source, state="variable").parse_expression()
+    unknown = _unknown_names(env, expr)
+    if unknown:
+        known = ", ".join(WHEN_NAMES)
+        raise TemplateError(f"unknown name `{unknown[0]}` (an expression can read {known})")
+    for _, why in unknown_filters(env, expr)[:1]:  # in `a if b else c|f`, Jinja waits to run it
+        raise TemplateError(why)
+    dunder = _dunder_names(expr)
+    if dunder:
+        raise TemplateError(f"`{dunder[0]}` is not allowed (the sandbox refuses `__` names)")
+    expression = env.compile_expression(source, undefined_to_none=True)
+
+    def check(run: Run) -> bool:
+        try:
+            data = run.as_dict()
+            with time_budget(RENDER_BUDGET_S):  # as a render: never a stalled intake
+                return bool(expression(run=data, **{k: data.get(k) for k in WHEN_NAMES[1:]}))
+        except Exception as exc:
+            log.warning(
+                "rule `when` failed; treating as no match",
+                extra={"rule": name, "run_id": run.id, "error": type(exc).__name__},
+            )
+            failed(name)
+            return False
+
+    return check
+
+
+def _unknown_names(env: Environment, expr: nodes.Expr) -> list[str]:
+    """Names the expression reads that are neither in WHEN_NAMES nor Jinja globals: a typo
+    there would make the rule silently never match."""
+    tree = nodes.Template([nodes.Output([expr], lineno=1)], lineno=1)
+    tree.set_environment(env)
+    used = meta.find_undeclared_variables(tree)
+    return sorted(used - set(WHEN_NAMES) - set(env.globals))
+
+
+def _dunder_names(expr: nodes.Expr) -> list[str]:
+    """The `__` attributes the expression reads (`run.__class__`, `x['__init__']`,
+    `x | attr('__dict__')`): the sandbox refuses each on every run, so the rule would
+    silently never match."""
+    found: list[object] = []
+    for node in (expr, *expr.find_all(nodes.Expr)):  # find_all: the descendants only
+        if isinstance(node, nodes.Getattr):
+            found.append(node.attr)
+        elif isinstance(node, nodes.Getitem):
+            found.append(node.arg)
+        elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
+            found.append(node.args[0])
+    names = [n.value if isinstance(n, nodes.Const) else n for n in found]
+    return [n for n in names if isinstance(n, str) and n.startswith("__")]
+
+
+def _template_error(exc: Exception) -> str:
+    line = getattr(exc, "lineno", None)
+    message = getattr(exc, "message", None) or type(exc).__name__
+    return f"invalid expression: {message}" + (f" (line {line})" if line else "")
