@@ -4,20 +4,10 @@ One task per configured feed (tags, run id or batch id) speaks TRIGGER.md §2.2:
 offset -1, a non-live catch-up, then live long-polls. Rows are emitted only at up-to-date; each
 batch is decoded (formats/electric.py) and handed to `Intake.submit` in one call, and only after
 that commit are the position (handle, offset, cursor, schema) and the merged rows that changed
-written to the store, in one transaction (`kv_write`: the position under ("realtime", <feed
-key>), each raw row under ("realtime-rows:<feed key>", <row key>)). `must-refetch` (409 or
-control message) drops the rows and starts again from a snapshot; the next save replaces the
-stored rows whole. A snapshot repeats runs already seen, and intake's transition detection
+written to the store, in one transaction, from which a restart resumes (relay.sources._feed_store
+says how). `must-refetch` (409 or control message) drops the rows and starts again from a
+snapshot. A snapshot repeats runs already seen, and intake's transition detection
 (same `updatedAt`, rule already in the run's fired set) makes them fire nothing.
-
-Resume after a restart: from the stored handle and offset, with the stored rows. Electric sends
-only the primary key and the changed columns of an update, so the rows are what turns the first
-update after a restart back into a whole run. The position records how many rows were stored
-with it; rows that cannot be read, or do not add up (an older relay stored none), make the feed
-resume with a snapshot of its stored handle instead, as a 409 does. A kill at any point leaves
-the position and the rows of one committed batch: the changes after it are asked for again and
-submitted again, which intake deduplicates. The cost: one row write per changed run per batch,
-and the rows of the shape's runs kept in the store as in memory.
 
 Those rows are bounded: a run in a final status whose row has not changed for FINAL_GRACE_S is
 dropped from them (not on a single-run feed, which stops at its run's end), in memory and, in
@@ -27,8 +17,8 @@ KB of memory and ~1 KB of store each, until a must-refetch. A later update of a 
 that is not a whole row (Electric's changed columns) has nothing to merge into: it is skipped,
 and counted in one log line per batch (reason "dropped"); a whole row is taken as a new one.
 
-A request times out when no byte comes for `timeout`, a live one also after `timeout` in all
-and a non-live one after NON_LIVE_TIMEOUTS times it (a server trickling bytes).
+A request's headers, timeouts and size cap, and the backoff between requests, are
+relay.sources._feed_request's.
 Failures never stop a feed: 429/5xx/408, network errors and timeouts back off with jitter
 (100 ms, times 1.3 up to 10 s, Retry-After honoured); 400/401/403/404 are logged with the feed and
 status and tried again after `error_backoff` (an operator may fix the key), and so is a 3xx,
@@ -58,11 +48,9 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
-import orjson
 
 from relay.config import RealtimeConfig
 from relay.errors import InputError, StoreUnavailable
@@ -77,44 +65,14 @@ from relay.sources._answers import (
     error_reason,
     error_text,
     error_words,
-    read_capped,
     status_reason,
 )
-from relay.sources._shape import (
-    START,
-    Batch,
-    Feed,
-    Position,
-    Shape,
-    ShapeError,
-    request_headers,
-    stored_rows,
-)
-from relay.store import KvWrite
+from relay.sources._feed_request import Timing, feed_request, retry_delay
+from relay.sources._feed_store import FeedStore, Positions
+from relay.sources._shape import Batch, Feed, Shape, ShapeError
 
 log = logging.getLogger("relay.realtime")
-NAMESPACE = "realtime"
-
-
-ROWS_NAMESPACE = "realtime-rows"  # + ":<feed key>": the merged raw rows of the feed
-
-
-MAX_RETRY_AFTER_S = 600.0
-
-
-# an answer is read no further than this (decompressed): Electric cuts its log into chunks of
-# 10 MiB, so only a broken or hostile server sends more, and it would fill the memory
-MAX_ANSWER_BYTES = 64 * 1024 * 1024
-
-
 UNREADABLE_LIMIT = 3  # the same unreadable response this often: start from a new snapshot
-
-
-# A non-live request (a snapshot chunk, a catch-up) is not held by the server, but may be large
-# and slow: up to one 10 MiB chunk, which Electric may take a while to build. No read waits
-# longer than the timeout; the whole request may take this many times it (5 min at the default
-# 60 s: a chunk at 35 KB/s), so a server or proxy trickling bytes cannot hold the feed forever.
-NON_LIVE_TIMEOUTS = 5
 
 
 # A run in a final status is dropped from the feed's rows once its row has not changed for this
@@ -133,42 +91,8 @@ Submit = Callable[[Sequence[Run]], Awaitable[IntakeResult]]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class Positions(Protocol):
-    """The part of the Store a follower uses."""
-
-    async def kv_get(self, namespace: str, key: str) -> str | None: ...
-
-    async def kv_list(self, namespace: str) -> dict[str, str]: ...
-
-    async def kv_write(self, write: KvWrite, now: float) -> None: ...
-
-    async def try_lead(self, name: str, owner: str, ttl_s: float, now: float) -> bool: ...
-
-
-@dataclass(frozen=True)
-class Timing:
-    timeout_s: float = 60.0
-    retry_min_s: float = 0.1
-    retry_factor: float = 1.3
-    retry_max_s: float = 10.0
-    error_wait_s: float = 60.0
-    # an answer with nothing new is asked again no sooner than this after it was asked for:
-    # Electric holds a live request ~20 s, a server answering at once would be hammered
-    idle_min_s: float = 0.5
-
-
-def retry_delay(failures: int, timing: Timing, rand: float, retry_after: float | None) -> float:
-    """Seconds before retry number `failures` (1, 2, ...): exponential, jittered by `rand`."""
-    base = timing.retry_min_s * timing.retry_factor ** min(max(failures - 1, 0), 100)
-    wait = min(base, timing.retry_max_s) * (0.5 + rand / 2)
-    if retry_after is not None:
-        wait = max(wait, min(retry_after, MAX_RETRY_AFTER_S))
-    return wait
-
-
-# (feed key, rows submitted, lag in seconds from the newest row's updatedAt; 0 when the
-# server had nothing new) per up-to-date
-# (feed, rows submitted, lag in seconds or None, rows the feed holds) per up-to-date answer
+# (feed key, rows submitted, lag in seconds from the newest row's updatedAt: 0 when the server
+# had nothing new, None when unknown; rows the feed holds) per up-to-date answer
 Observe = Callable[[str, int, float | None, int], None]
 
 
@@ -195,17 +119,15 @@ class Follower:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.feed = feed
-        self._clock = clock  # times the grace of finished runs (FINAL_GRACE_S)
         self._observe = observe
         self._failed = failed
         self._config = config
         self._session = session
         self._proxies = Proxies.from_env()  # as the channels' requests
         self._submit = submit
-        self._positions = positions
+        self._store = FeedStore(positions, feed.key, clock)
         self._timing = timing or Timing(config.timeout, error_wait_s=config.error_backoff)
         self._sleep = sleep
-        self._saved: Position | None = None
         self._failures = 0
         self._unreadables = 0  # responses in a row that could not be read
         self._idled = False  # an answer with nothing new came at once (logged once)
@@ -222,30 +144,19 @@ class Follower:
                 await self._sleep(self._timing.error_wait_s)
 
     async def _follow(self) -> None:
-        shape = await self._resume()
+        shape = await self._store.resume()
         if self.feed.single_run and _finished(shape.rows.values()):
             log.info("realtime run had finished before; feed stopped", extra=self._extra())
             return
         refetches, stored_handle = 0, shape.position.handle
         while True:
             asked, before = time.monotonic(), (shape.live, shape.position.offset)
-            try:
-                response = await self._get(shape)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                self._count(error_reason(exc))
-                await self._retry(error_words(exc), None)
-                continue
-            except AnswerTooLarge as exc:
-                self._count("other")
-                await self._retry(str(exc), None)
+            response = await self._ask(shape)
+            if response is None:
                 continue
             if response.status == 409:
                 refetches += 1
-                old = shape.position.handle
-                shape.refetch(response.headers.get("electric-handle") or f"{old}-next")
-                log.info("realtime shape must be refetched", extra=self._extra())
-                if refetches > 1:
-                    await self._retry("repeated must-refetch", None, attempt=refetches - 1)
+                await self._must_refetch(shape, response, refetches)
             elif response.status in (200, 204):
                 answer = await self._answered(shape, response, asked, before)
                 if answer == "finished":
@@ -253,21 +164,56 @@ class Follower:
                     return
                 if answer != "unreadable" and before[0]:  # a live answer: past every chunk
                     refetches = 0  # of the snapshot (its second one reset it: no backoff)
-            elif response.status in (408, 429) or response.status >= 500:
-                self._count(status_reason(response.status))
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-                await self._retry(f"HTTP {response.status}", retry_after)
-            elif (
-                response.status == 400
-                and stored_handle is not None
-                and (shape.position.handle == stored_handle)
-            ):
-                self._count(status_reason(response.status))
-                self._foreign_handle(shape, response)
-                stored_handle = None  # once: a 400 to a handle this server gave waits
             else:
-                self._count(status_reason(response.status))
-                await self._refused(response)
+                stored_handle = await self._not_taken(shape, response, stored_handle)
+
+    async def _ask(self, shape: Shape) -> Response | None:
+        """The server's answer, or None when the request failed (counted, backed off)."""
+        try:
+            return await feed_request(
+                self._session,
+                self._config,
+                self.feed,
+                shape,
+                timing=self._timing,
+                proxies=self._proxies,
+            )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._count(error_reason(exc))
+            await self._retry(error_words(exc), None)
+        except AnswerTooLarge as exc:
+            self._count("other")
+            await self._retry(str(exc), None)
+        return None
+
+    async def _must_refetch(self, shape: Shape, response: Response, refetches: int) -> None:
+        """A 409: a snapshot of the new handle, backed off from the second in a row."""
+        old = shape.position.handle
+        shape.refetch(response.headers.get("electric-handle") or f"{old}-next")
+        log.info("realtime shape must be refetched", extra=self._extra())
+        if refetches > 1:
+            await self._retry("repeated must-refetch", None, attempt=refetches - 1)
+
+    async def _not_taken(
+        self, shape: Shape, response: Response, stored_handle: str | None
+    ) -> str | None:
+        """A status that brings nothing: backed off (408, 429, 5xx), a snapshot at once (a 400
+        to the stored handle, once), else waited out (_refused). The stored handle that a 400
+        still drops, None once one did."""
+        self._count(status_reason(response.status))
+        if response.status in (408, 429) or response.status >= 500:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            await self._retry(f"HTTP {response.status}", retry_after)
+        elif (
+            response.status == 400
+            and stored_handle is not None
+            and (shape.position.handle == stored_handle)
+        ):
+            self._foreign_handle(shape, response)
+            return None  # once: a 400 to a handle this server gave waits
+        else:
+            await self._refused(response)
+        return stored_handle
 
     async def _answered(
         self, shape: Shape, response: Response, asked: float, before: tuple[bool, str]
@@ -331,54 +277,6 @@ class Follower:
             shape.refetch(None)
         await self._retry(str(error), None)
 
-    async def _resume(self) -> Shape:
-        """The stored position and rows, or a snapshot of the stored handle without them."""
-        stored = Position.loads(await self._positions.kv_get(NAMESPACE, self.feed.key))
-        if stored is None or stored.handle is None:
-            return Shape(clock=self._clock)
-        self._saved = stored
-        extra = self._extra(handle=stored.handle, stored_offset=stored.offset)
-        rows, problem = await self._stored_rows(stored)
-        if rows is None:
-            log.info(
-                "realtime feed resumes with a snapshot of its stored shape",
-                extra={**extra, "reason": problem},
-            )
-            shape = Shape(Position(schema=stored.schema), clock=self._clock)
-            shape.refetch(stored.handle)  # and the stored rows are replaced at the next save
-            return shape
-        log.info(
-            "realtime feed resumes from its stored position", extra={**extra, "rows": len(rows)}
-        )
-        return Shape(replace(stored, rows=None), rows, self._clock)
-
-    async def _stored_rows(self, stored: Position) -> tuple[dict[str, dict[str, Any]] | None, str]:
-        if stored.offset == START or stored.rows is None:
-            return stored_rows(stored, {})  # nothing to read
-        return stored_rows(stored, await self._positions.kv_list(self._rows_namespace))
-
-    @property
-    def _rows_namespace(self) -> str:
-        return f"{ROWS_NAMESPACE}:{self.feed.key}"
-
-    async def _get(self, shape: Shape) -> Response:
-        headers = request_headers(self._config.secret_key.get_secret_value(), self._config.branch)
-        params = dict(sorted({**self.feed.params, **shape.query()}.items()))
-        timeout_s = self._timing.timeout_s
-        total = timeout_s if shape.live else timeout_s * NON_LIVE_TIMEOUTS
-        timeout = aiohttp.ClientTimeout(total=total, sock_connect=timeout_s, sock_read=timeout_s)
-        url = self._config.api_url + self.feed.path
-        async with self._session.get(
-            url,
-            params=params,
-            headers=headers,
-            timeout=timeout,
-            allow_redirects=False,
-            proxy=self._proxies.for_url(url),
-        ) as resp:
-            body = await read_capped(resp, MAX_ANSWER_BYTES)
-            return Response(resp.status, {k.lower(): v for k, v in resp.headers.items()}, body)
-
     async def _emit(self, shape: Shape, batch: Batch) -> bool:
         """Submit the batch (retrying while the store is down), then save position and rows."""
         runs = self._decode(batch.rows, batch.position.schema)
@@ -397,7 +295,7 @@ class Follower:
         self._drop_final(shape, batch.skipped)
         if self._observe is not None:
             self._observe(self.feed.key, len(runs), lag_s, len(shape.rows))
-        await self._save(shape, batch.position, force=bool(runs))
+        await self._store.save(shape, batch.position, force=bool(runs))
         return self.feed.single_run and any(r.finishedAt is not None for r in runs)
 
     def _drop_final(self, shape: Shape, skipped: int) -> None:
@@ -435,35 +333,6 @@ class Follower:
                 return await self._submit(runs)
             except StoreUnavailable:
                 await self._retry("store unavailable", None)
-
-    async def _save(self, shape: Shape, position: Position, *, force: bool) -> None:
-        """Store the position with the rows it depends on, in one transaction; on failure keep
-        both unsaved (the next save writes every change since the last one that worked)."""
-        changes = shape.unsaved()
-        saved = self._saved
-        same = saved is not None and (saved.handle, saved.offset) == (
-            position.handle,
-            position.offset,
-        )
-        if same and not force and not changes:
-            return
-        position = replace(position, rows=len(shape.rows))
-        namespace = self._rows_namespace
-        write = KvWrite(
-            put=[
-                (NAMESPACE, self.feed.key, position.dumps()),
-                *((namespace, key, orjson.dumps(row).decode()) for key, row in changes.put.items()),
-            ],
-            delete=[(namespace, key) for key in changes.delete],
-            clear=[namespace] if changes.cleared else [],
-        )
-        try:
-            await self._positions.kv_write(write, time.time())
-        except StoreUnavailable:
-            log.warning("realtime position not saved; store unavailable", extra=self._extra())
-            return
-        shape.saved()
-        self._saved = position
 
     async def _retry(self, reason: str, retry_after: float | None, attempt: int = 0) -> None:
         """Wait before asking again: the backoff of this many failures in a row (`attempt`

@@ -20,15 +20,8 @@ import aiohttp
 from relay.config import RealtimeConfig
 from relay.errors import StoreUnavailable
 from relay.outbound import USER_AGENT
-from relay.sources._follower import (
-    NAMESPACE,
-    ROWS_NAMESPACE,
-    Failed,
-    Follower,
-    Observe,
-    Positions,
-    Submit,
-)
+from relay.sources._feed_store import NAMESPACE, ROWS_NAMESPACE, Positions
+from relay.sources._follower import Failed, Follower, Observe, Submit
 from relay.sources._shape import (
     Feed,
     feed_of,
