@@ -295,7 +295,7 @@ class Dispatch:
         """A silence created after the notification was queued still mutes it, and so does a
         time interval that began since (a digest's group_wait, a retry's backoff), as
         Alertmanager mutes at flush time. A recovery follows its notification instead: see
-        _recovers."""
+        Recoveries.recovers."""
         if row.resolves is not None:
             return False
         now = self.deps.clock()

@@ -158,8 +158,8 @@ class Client(aiosmtplib.SMTP):
 
     def sendable(self, sender: str, recipients: list[str]) -> list[str]:
         """The recipients this server can take: without SMTPUTF8, not those whose local part is
-        not ASCII (their domains are, see email._ascii_domain); they are `unsendable`, refused
-        for good as a 5xx would be, while the others get the mail. If none is left (or the
+        not ASCII (their domains are, see _email_addresses.ascii_domain); they are `unsendable`,
+        refused for good as a 5xx would be, while the others get the mail. If none is left (or the
         sender is one), all go: aiosmtplib refuses them, the mail is dead at once."""
         self.unsendable = []
         if self.supports_extension("smtputf8") or not sender.isascii():
