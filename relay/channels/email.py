@@ -64,14 +64,7 @@ log = logging.getLogger("relay.channels.email")
 # EHLO's argument (RFC 5321 4.1.1.1): a domain, or an address literal in brackets
 _EHLO_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[!-Z^-~]+\]")
 SENT = "email_sent"  # kv: "<channel>:<notification id>" -> JSON list of recipients done with
-__all__ = [
-    "KIND",
-    "SUBJECT_MAX_CHARS",
-    "EmailChannel",
-    "EmailSettings",
-    "SmtpSettings",
-    "classify",
-]
+__all__ = ["KIND", "SUBJECT_MAX_CHARS", "EmailChannel", "EmailSettings", "SmtpSettings", "classify"]
 
 
 class SmtpSettings(Strict):
