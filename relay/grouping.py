@@ -104,10 +104,32 @@ def schedule(
     return GroupState(key, due, last_sent, now)
 
 
+# The kv namespace of each digest rule's group_wait and group_interval as its waiting digests
+# were scheduled with (the last start or reload wrote it): a start with a changed config
+# re-times them as a reload does (Store.retime_groups).
+TIMINGS_NS = "digest-timings"
+
+
+def timing_value(timing: Timing) -> str:
+    """What TIMINGS_NS keeps of a rule's timing: the windows a digest's due time depends on."""
+    return json.dumps([timing.group_wait_s, timing.group_interval_s])
+
+
+def timings_changed(stored: Mapping[str, str], timings: Mapping[str, Timing]) -> dict[str, Timing]:
+    """The rules of `timings` whose windows differ from those `stored` (TIMINGS_NS) for them; a
+    rule with none stored (new, or relay older than this) has nothing to re-time."""
+    return {
+        rule: timing
+        for rule, timing in timings.items()
+        if rule in stored and stored[rule] != timing_value(timing)
+    }
+
+
 def retimed(last_sent: float | None, first_waiting: float, now: float, timing: Timing) -> float:
-    """When a waiting digest goes under `timing` (a reload changed the rule's group_wait or
-    group_interval): as `schedule` would have put it had `timing` been in force when its first
-    run (`first_waiting`) joined; not before `now` (a reload makes no digest overdue)."""
+    """When a waiting digest goes under `timing` (a start or reload changed the rule's
+    group_wait or group_interval): as `schedule` would have put it had `timing` been in force
+    when its first run (`first_waiting`) joined; not before `now` (a reload makes no digest
+    overdue)."""
     if last_sent is None:  # the group's first digest
         return max(first_waiting + timing.group_wait_s, now)
     due = last_sent + timing.group_interval_s

@@ -140,11 +140,10 @@ class ConfigReloads:
     async def _swap(self, trigger: str, compiled: Compiled) -> None:
         channels = self.service.compiled.loaded.config.channels
         removed = set(channels) - set(compiled.loaded.config.channels)
-        retime = compiled.rules.timings_changed_since(self.service.compiled.rules)
         await self.service.swap(compiled)
         await owed_to_removed(self.service.store, removed)
         if trigger != "parent":  # a delivery worker: its parent re-timed them in the store
-            await retime_digests(self.service.store, retime)
+            await retime_digests(self.service.store, compiled.rules.timings())
         metrics = self.service.metrics
         metrics.config_reloads.labels(result="success").inc()
         metrics.config_reload_time.set(time.time())
@@ -207,20 +206,20 @@ async def owed_to_removed(store: Store, channels: set[str]) -> None:
 
 
 async def retime_digests(store: Store, timings: dict[str, Timing]) -> None:
-    """Digests waiting under rules whose group_wait or group_interval a reload changed go when
-    the new values say (Store.retime_groups): one held for a 30 s group_interval shortened to
-    2 s waited out the 30 s, and was sent sooner than a lengthened group_wait says."""
-    if not timings:
-        return
+    """At a start or reload: digests waiting under rules whose group_wait or group_interval
+    changed since they were scheduled go when the new values say (Store.retime_groups): one
+    held for a 30 s group_interval shortened to 2 s waited out the 30 s, and was sent sooner
+    than a lengthened group_wait says; after a restart, one held for an hour still waited it."""
     try:
-        groups = await store.retime_groups(timings, time.time())
+        rules, groups = await store.retime_groups(timings, time.time())
     except StoreUnavailable as exc:
         log.warning(
             "waiting digests not re-timed; they keep the times they had",
             extra={"rules": sorted(timings), "error": str(exc)},
         )
         return
-    log.info("waiting digests re-timed", extra={"rules": sorted(timings), "groups": groups})
+    if rules:
+        log.info("waiting digests re-timed", extra={"rules": rules, "groups": groups})
 
 
 def _compile(settings: Settings, path: Path | None) -> Compiled:

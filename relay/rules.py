@@ -143,17 +143,10 @@ class RuleSet:
         found = self.by_name.get(rule)
         return None if found is None or found.timing is None else found.timing.group_interval_s
 
-    def timings_changed_since(self, old: RuleSet) -> dict[str, Timing]:
-        """The digest rules of both rule sets whose group_wait or group_interval this one
-        changed, with their new timing (a reload re-times their waiting digests)."""
-        changed = {}
-        for name, rule in self.by_name.items():
-            was = old.by_name.get(name)
-            if rule.timing is None or was is None or was.timing is None:
-                continue
-            if _windows(rule.timing) != _windows(was.timing):
-                changed[name] = rule.timing
-        return changed
+    def timings(self) -> dict[str, Timing]:
+        """Each digest rule's timing: a start or reload re-times the waiting digests of those
+        whose group_wait or group_interval changed (Store.retime_groups)."""
+        return {name: rule.timing for name, rule in self.by_name.items() if rule.timing}
 
     def template_of(self, rule: str, channel: str, event: str) -> str | None:
         """The template rule `rule` renders for `channel` and `event` now, or None when no
@@ -336,10 +329,6 @@ def _when(
     if isinstance(found, str):
         return Problem(locate(("rules", i, "when")), f"rules[{i}].when", found)
     return found
-
-
-def _windows(timing: Timing) -> tuple[float, float]:
-    return timing.group_wait_s, timing.group_interval_s
 
 
 def _timing(rule: RuleConfig) -> Timing | None:

@@ -37,7 +37,7 @@ from relay.metrics import Metrics
 from relay.model import Notification
 from relay.outbox_reading import OutboxReading
 from relay.policy import backoff_s
-from relay.reloading import SIGNAL, ConfigReloads
+from relay.reloading import SIGNAL, ConfigReloads, retime_digests
 from relay.settings import Settings
 from relay.silences import RELOAD_S, SilenceCache
 from relay.sources._wire import JsonErrorRunner, raise_descriptor_limit
@@ -161,6 +161,7 @@ class Service:
         released = await self.store.release_leases()
         if released:
             log.info("resuming notifications claimed before a restart", extra={"count": released})
+        await retime_digests(self.store, self.compiled.rules.timings())  # as a reload does
         if self.role.workers:
             self.pool = WorkerPool(
                 self.role.workers,
@@ -270,6 +271,7 @@ class Service:
         released = await self.store.release_leases(self.role.holder)
         if released:  # left by a predecessor that outlived its parent (kill -9), now gone
             log.info("resuming notifications claimed before a restart", extra={"count": released})
+        await retime_digests(self.store, self.compiled.rules.timings())  # as a reload does
         self.delivery = self._delivery(self.compiled)
         self.delivery.start()
         commands = read_commands(

@@ -219,6 +219,61 @@ async def test_a_restart_inside_the_wait_window_still_sends_one_digest(
     assert got.json()["group"]["count"] == 10
 
 
+async def test_a_restart_that_shortens_group_interval_sends_the_waiting_digest_by_it(
+    relay_process: Callable[..., RelayProcess], sink: Sink, engine_env: dict[str, str]
+) -> None:
+    """As a reload does: group_interval 1h → 1s across a stop and start while the group's
+    second digest waits; it goes at once, not an hour after the first (the time the old
+    config gave it was kept)."""
+    proc = relay_process(CONFIG.format(url=sink.url, wait="0s", interval="1h"), engine_env)
+    await asyncio.to_thread(proc.start)
+    await _post(proc, [failed(1), failed(2)])
+    await sink.wait_for(1)
+    await _post(proc, [failed(3), failed(4)])
+    assert await asyncio.to_thread(proc.terminate) == 0
+    _rewrite(proc, CONFIG.format(url=sink.url, wait="0s", interval="1s"))
+    await asyncio.to_thread(proc.start)
+    second = (await sink.wait_for(2, timeout=30))[1]
+    assert [run["id"] for run in second.json()["runs"]] == ["run_digest_003", "run_digest_004"]
+    assert proc.wait_for_log("waiting digests re-timed")["rules"] == ["failures"]
+
+
+async def test_a_restart_that_lengthens_group_wait_holds_the_waiting_digest_by_it(
+    relay_process: Callable[..., RelayProcess], sink: Sink, engine_env: dict[str, str]
+) -> None:
+    """group_wait 30s → 1h across a stop and start while a new group's first digest waits: due
+    an hour after its first run; a start with the config unchanged moves it no more."""
+    proc = relay_process(CONFIG.format(url=sink.url, wait="30s", interval="5m"), engine_env)
+    await asyncio.to_thread(proc.start)
+    await _post(proc, [failed(1), failed(2)])
+    assert await asyncio.to_thread(proc.terminate) == 0
+    _rewrite(proc, CONFIG.format(url=sink.url, wait="1h", interval="5m"))
+    for _ in range(2):
+        await asyncio.to_thread(proc.start)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(proc.url + "/v1/notifications?run_id=run_digest_001") as resp,
+        ):
+            [waiting] = (await resp.json())["notifications"]
+        created, due = (_instant(waiting[key]) for key in ("created_at", "next_attempt_at"))
+        assert waiting["state"] == "pending"
+        assert 3599 <= due - created <= 3601
+        assert await asyncio.to_thread(proc.terminate) == 0
+    assert sink.received == []
+
+
+async def _post(proc: RelayProcess, runs: list[dict[str, Any]]) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(proc.url + "/v1/runs", data=json.dumps(runs)) as resp,
+    ):
+        assert resp.status == 202
+
+
+def _rewrite(proc: RelayProcess, config: str) -> None:
+    Path(proc.env["RELAY_CONFIG"]).write_text(config)
+
+
 async def test_a_digest_whose_outcome_write_fails_is_marked_whole_later(
     relay: RelayFactory, sink: Sink
 ) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from relay.errors import ConfigError, Problem
+from relay.grouping import TIMINGS_NS, timing_value
 from relay.model import (
     Decision,
     Match,
@@ -59,6 +60,12 @@ class KvWrite:
     put: Sequence[tuple[str, str, str]] = ()  # (namespace, key, value)
     delete: Sequence[tuple[str, str]] = ()  # (namespace, key)
     clear: Sequence[str] = ()  # whole namespaces
+
+
+def timings_write(timings: Mapping[str, Timing]) -> KvWrite:
+    """Store.retime_groups' record of the timings now in force (those of removed rules go)."""
+    put = [(TIMINGS_NS, rule, timing_value(timing)) for rule, timing in timings.items()]
+    return KvWrite(put=put, clear=[TIMINGS_NS])
 
 
 @dataclass
@@ -295,11 +302,16 @@ class Store(Protocol):
         `sending`'s: it goes first, as it would have but for its failure) was queued (its
         created_at; None: none on its way)."""
 
-    async def retime_groups(self, timings: Mapping[str, Timing], now: float) -> int:
-        """A reload changed the group_wait or group_interval of the rules in `timings`: each
-        of their groups' waiting digests (rows not claimed, not tried yet, due after `now`)
-        is due when `grouping.retimed` says, the group's schedule with it; how many groups
-        it moved."""
+    async def retime_groups(
+        self, timings: Mapping[str, Timing], now: float
+    ) -> tuple[list[str], int]:
+        """A start or reload runs `timings` (every digest rule's): the rules whose group_wait
+        or group_interval differ from those their waiting digests were scheduled with (stored
+        under grouping.TIMINGS_NS by the last start or reload, of any process or replica) have
+        each of their groups' waiting digests (rows not claimed, not tried yet, due after
+        `now`) due when `grouping.retimed` says, the group's schedule with it; `timings` are
+        stored then. One transaction, one at a time across replicas: a change is applied
+        once. The rules re-timed, and how many groups it moved."""
 
     async def add_silence(self, silence: Silence) -> None: ...
 

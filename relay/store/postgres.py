@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from relay.errors import StoreUnavailable
-from relay.grouping import retimed
+from relay.grouping import TIMINGS_NS, retimed, timings_changed
 from relay.model import Notification, Run, Silence, SilencePage, Timing
 from relay.store import (
     BirthLease,
@@ -38,6 +38,7 @@ from relay.store import (
     _pg_claim,
     handing_over,
     recoveries_of,
+    timings_write,
 )
 from relay.store._pg_connect import (
     DB_ERRORS,
@@ -71,7 +72,7 @@ from relay.store._pg_rows import (
     to_labels,
     write_if_free,
 )
-from relay.store._pg_schema import migrate
+from relay.store._pg_schema import lock_key, migrate
 from relay.store._rows import (
     HAND_BACK,
     RETIMABLE,
@@ -90,6 +91,8 @@ COMMAND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
 PING_TIMEOUT_S = 5.0  # /readyz answers 503 by then: a health check must not hang with the server
 _T = TypeVar("_T")
+_KV_NAMESPACE = "SELECT key, value FROM relay_kv WHERE namespace = $1"
+TIMINGS_LOCK = lock_key("digest", "timings")  # Store.retime_groups, one at a time
 _WAITING_GROUPS = f"""
     SELECT g.key, g.rule, g.last_sent, MIN(o.created_at) AS first
     FROM relay_groups g JOIN relay_outbox o ON o.group_key = g.key
@@ -529,18 +532,11 @@ class PostgresStore:
         [row] = await self._fetch(_GROUP_PACE, clean(group_key), [clean(i) for i in sending], now)
         return row["last_sent"], row["busy"]
 
-    async def retime_groups(self, timings: Mapping[str, Timing], now: float) -> int:
-        if not timings:
-            return 0
-        async with self._conn() as conn, conn.transaction():
-            waiting = await conn.fetch(_WAITING_GROUPS, list(timings), now)
-            due = [
-                (retimed(row["last_sent"], row["first"], now, timings[row["rule"]]), row["key"])
-                for row in waiting
-            ]
-            await conn.executemany(_RETIME_ROWS, [(at, key, now) for at, key in due])
-            await conn.executemany("UPDATE relay_groups SET next_flush = $1 WHERE key = $2", due)
-        return len(due)
+    async def retime_groups(
+        self, timings: Mapping[str, Timing], now: float
+    ) -> tuple[list[str], int]:
+        async with self._conn() as conn:
+            return await retrying(lambda: _retime_groups(conn, timings, now))
 
     async def add_silence(self, silence: Silence) -> None:
         await self._execute(
@@ -633,9 +629,7 @@ class PostgresStore:
         )
 
     async def kv_list(self, namespace: str) -> dict[str, str]:
-        rows = await self._fetch(
-            "SELECT key, value FROM relay_kv WHERE namespace = $1", clean(namespace)
-        )
+        rows = await self._fetch(_KV_NAMESPACE, clean(namespace))
         return {str(row["key"]): str(row["value"]) for row in rows}
 
     async def kv_write(self, write: KvWrite, now: float) -> None:
@@ -650,6 +644,27 @@ class PostgresStore:
     async def write_if_free(self, name: str, free_since: float, write: KvWrite, now: float) -> bool:
         async with self._conn() as conn:
             return await retrying(lambda: write_if_free(conn, name, free_since, write, now))
+
+
+async def _retime_groups(
+    conn: asyncpg.Connection, timings: Mapping[str, Timing], now: float
+) -> tuple[list[str], int]:
+    """Store.retime_groups: under TIMINGS_LOCK, replicas starting or reloading together re-time
+    a change once (the second reads the timings the first stored)."""
+    timings = {clean(rule): timing for rule, timing in timings.items()}  # as the rows name them
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", TIMINGS_LOCK)
+        stored = await conn.fetch(_KV_NAMESPACE, TIMINGS_NS)
+        changed = timings_changed({row["key"]: row["value"] for row in stored}, timings)
+        waiting = await conn.fetch(_WAITING_GROUPS, list(changed), now)
+        due = [
+            (retimed(row["last_sent"], row["first"], now, changed[row["rule"]]), row["key"])
+            for row in waiting
+        ]
+        await conn.executemany(_RETIME_ROWS, [(at, key, now) for at, key in due])
+        await conn.executemany("UPDATE relay_groups SET next_flush = $1 WHERE key = $2", due)
+        await kv_write(conn, timings_write(timings), now)
+    return sorted(changed), len(due)
 
 
 def _as_asked(asked: Collection[str], found: dict[str, _T]) -> dict[str, _T]:

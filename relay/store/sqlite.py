@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from relay.errors import ConfigError, Problem, StoreUnavailable
-from relay.grouping import flushed, retimed
+from relay.grouping import TIMINGS_NS, flushed, retimed, timings_changed
 from relay.model import Notification, Run, Silence, SilencePage, Timing
 from relay.store import (
     BirthLease,
@@ -31,6 +31,7 @@ from relay.store import (
     Tries,
     hand_over,
     recoveries_of,
+    timings_write,
 )
 from relay.store import _sqlite_outbox as outbox
 from relay.store._rows import (
@@ -437,17 +438,22 @@ class SQLiteStore:
 
         return await self._reader.run(read)
 
-    async def retime_groups(self, timings: Mapping[str, Timing], now: float) -> int:
-        def retime(conn: sqlite3.Connection) -> int:
-            sql = _WAITING_GROUPS.format(rules=",".join("?" * len(timings)))
-            waiting = conn.execute(sql, (*timings, now)).fetchall()
+    async def retime_groups(
+        self, timings: Mapping[str, Timing], now: float
+    ) -> tuple[list[str], int]:
+        def retime(conn: sqlite3.Connection) -> tuple[list[str], int]:
+            stored = conn.execute("SELECT key, value FROM kv WHERE namespace = ?", (TIMINGS_NS,))
+            changed = timings_changed(dict(stored.fetchall()), timings)
+            sql = _WAITING_GROUPS.format(rules=",".join("?" * len(changed)))
+            waiting = conn.execute(sql, (*changed, now)).fetchall()
             for key, rule, last_sent, first in waiting:
-                due = retimed(last_sent, first, now, timings[rule])
+                due = retimed(last_sent, first, now, changed[rule])
                 conn.execute(_RETIME_ROWS, (due, key, now))
                 conn.execute("UPDATE groups SET next_flush = ? WHERE key = ?", (due, key))
-            return len(waiting)
+            _kv_write(conn, timings_write(timings), now)
+            return sorted(changed), len(waiting)
 
-        return await self._writer.run(retime) if timings else 0
+        return await self._writer.run(retime)
 
     async def add_silence(self, silence: Silence) -> None:
         await self._writer.run(lambda conn: insert_silence(conn, silence))

@@ -51,6 +51,7 @@ from relay.store.postgres import PostgresStore
 from tests.fakes.serving import free_port
 from tests.pg import fresh_database, shared_server
 from tests.store.conftest import (
+    DIGEST,
     Engine,
     decide,
     decide_digest,
@@ -717,21 +718,48 @@ async def test_a_reload_retimes_the_waiting_digests_of_a_rule(store: Store) -> N
     """At 140, group_interval 300 s → 5 s while t/a's second digest waits (due 431), and
     group_wait 30 s → 60 s while t/b's first waits (due 163): t/a goes at once, t/b at 193,
     each group's schedule with it; a digest of another rule or one claimed keeps its time."""
+    assert await store.retime_groups({"dg": DIGEST}, now=90.0) == ([], 0)  # the first start
     [a1] = ids(await store.observe([make_run("run_1", taskIdentifier="t/a")], decide_digest, 100))
     await store.claim("d", now=130.0, limit=10, lease_s=60)
     await store.mark_sent([(a1, 1)], now=131.0)
     await store.group_flushed(group_key("dg", "d", {"taskIdentifier": "t/a"}), 131.0)
     [a2] = ids(await store.observe([make_run("run_2", taskIdentifier="t/a")], decide_digest, 133))
     [b1] = ids(await store.observe([make_run("run_3", taskIdentifier="t/b")], decide_digest, 133))
-    assert await store.retime_groups({"other": Timing(1, 1, 1)}, now=140.0) == 0
+    unchanged = {"dg": replace(DIGEST, repeat_interval_s=60), "other": Timing(1, 1, 1)}
+    assert await store.retime_groups(unchanged, now=140.0) == ([], 0)
     new = {"dg": Timing(group_wait_s=60, group_interval_s=5, repeat_interval_s=3600)}
-    assert await store.retime_groups(new, now=140.0) == 2
+    assert await store.retime_groups(new, now=140.0) == (["dg"], 2)
     assert [n.id for n in await store.claim("d", now=140.0, limit=10, lease_s=600)] == [a2]
     assert await store.claim("d", now=192.0, limit=10, lease_s=600) == []
     assert [n.id for n in await store.claim("d", now=193.0, limit=10, lease_s=600)] == [b1]
-    assert await store.retime_groups(new, now=194.0) == 0  # claimed: left as they are
+    claimed = {"dg": replace(new["dg"], group_wait_s=1)}
+    assert await store.retime_groups(claimed, now=194.0) == (["dg"], 0)  # left as they are
     later = await store.observe([make_run("run_4", taskIdentifier="t/b")], decide_digest, 194)
     assert later[0].notifications[0].not_before > 193.0  # b's digest is on its way: the next
+
+
+async def test_a_change_of_timings_is_applied_once_by_replicas_or_restarts(
+    engine: Engine,
+) -> None:
+    """Two processes (replicas, or a restart) open the store with the same changed group_wait:
+    the first re-times the waiting digest, the second finds it done (stored with the change)
+    and moves nothing; back to the old timing, the digest is moved back once."""
+    first, second = engine.make(), engine.make()
+    await first.open()
+    await second.open()
+    try:
+        assert await first.retime_groups({"dg": DIGEST}, now=90.0) == ([], 0)
+        await first.observe([make_run("run_1", taskIdentifier="t/a")], decide_digest, 100)
+        longer = {"dg": replace(DIGEST, group_wait_s=3600)}
+        together = [store.retime_groups(longer, now=110.0) for store in (first, second)]
+        assert sorted(await asyncio.gather(*together)) == [([], 0), (["dg"], 1)]
+        assert await second.claim("d", now=3699.0, limit=10, lease_s=60) == []
+        assert await second.retime_groups({"dg": DIGEST}, now=120.0) == (["dg"], 1)
+        assert await first.retime_groups({"dg": DIGEST}, now=121.0) == ([], 0)
+        assert len(await first.claim("d", now=130.0, limit=10, lease_s=60)) == 1
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_a_digest_learns_its_groups_last_flush_and_one_on_its_way(store: Store) -> None:
