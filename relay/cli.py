@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     dlq_list = dlq_sub.add_parser("list", parents=[common], help="list dead notifications")
     dlq_list.add_argument("--json", action="store_true")
     replay = dlq_sub.add_parser("replay", parents=[common], help="send dead notifications again")
-    which = replay.add_mutually_exclusive_group(required=True)
+    which = replay.add_mutually_exclusive_group()  # neither: _NO_IDS
     which.add_argument(
         "ids", nargs="*", default=[], metavar="ID", help="notification ids (ntf_...)"
     )
@@ -237,13 +237,35 @@ def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="json: as --json; simple and extended: the table (amtool's flag)",
     )
     expire = silence_sub.add_parser("expire", parents=[common], help="end silences now")
-    expire.add_argument("ids", nargs="+", metavar="ID")
+    expire.add_argument("ids", nargs="*", metavar="ID")  # none: _NO_IDS
+
+
+# `relay dlq replay` and `relay silence expire` given no id (a `$(...)` that found none): a
+# usage error (exit 2, as argparse's), said in one line with the way out; argparse printed its
+# usage and "one of the arguments ID --all is required", which read as one argument named that.
+# amtool says "no silence IDs specified".
+_NO_IDS = {
+    ("dlq", "replay"): "no notification id given: name the dead ones (relay dlq list) or --all",
+    ("silence", "expire"): "no silence id given: name them (relay silence query -q lists ids)",
+}
+
+
+def _no_ids(args: argparse.Namespace) -> str | None:
+    """The one-line error of a command of _NO_IDS run without an id (nor --all), else None."""
+    sub = str(getattr(args, "dlq_command", None) or getattr(args, "silence_command", None))
+    message = _NO_IDS.get((args.command, sub))
+    if message is None or args.ids or getattr(args, "all", False):
+        return None
+    return f"relay {args.command} {sub}: error: {message}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _refuse_undecodable(parser, args)
+    if (no_ids := _no_ids(args)) is not None:
+        print(no_ids, file=sys.stderr)
+        return 2
     if args.command == "check" and args.file is not None:  # `relay check config.yaml`, as
         if getattr(args, "config", args.file) != args.file:  # `amtool check-config FILE`
             parser.error("give the config once: as --config or as FILE, not both")  # exit 2

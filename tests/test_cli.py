@@ -1252,6 +1252,36 @@ async def test_dlq_replay_takes_several_ids_as_silence_expire_does(tmp_path: Pat
     assert both.returncode == 2 and "not allowed with" in both.stderr
 
 
+async def test_replay_or_expire_without_an_id_is_one_line_and_a_usage_error(
+    tmp_path: Path,
+) -> None:
+    """`relay dlq replay` (no id, no --all) and `relay silence expire` (no id: a `$(...)` that
+    found none) printed argparse's usage and "one of the arguments ID --all is required": now
+    one line with the way out, exit 2 as every usage error; nothing is replayed."""
+    await make_dead_letters(tmp_path / "relay.db", "run_kept_dead")
+    env = store_env(tmp_path)
+    replay, expire = await asyncio.gather(
+        asyncio.to_thread(run_cli, "dlq", "replay", env=env),
+        asyncio.to_thread(run_cli, "silence", "expire", env=env),
+    )
+    assert (replay.returncode, replay.stdout) == (2, "")
+    assert replay.stderr.splitlines() == [
+        "relay dlq replay: error: no notification id given: name the dead ones"
+        " (relay dlq list) or --all"
+    ]
+    assert (expire.returncode, expire.stdout) == (2, "")
+    assert expire.stderr.splitlines() == [
+        "relay silence expire: error: no silence id given: name them"
+        " (relay silence query -q lists ids)"
+    ]
+    store = SQLiteStore(tmp_path / "relay.db")
+    await store.open()
+    try:
+        assert (await store.counts())["dead"] == 1
+    finally:
+        await store.close()
+
+
 async def test_dlq_list_says_when_it_shows_only_the_newest(tmp_path: Path) -> None:
     """Past 1000 dead notifications the listing was cut without a word: an operator counting
     what a receiver's outage killed saw 1000 and replayed by id, leaving the rest dead."""
