@@ -170,12 +170,22 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
     except (InputError, ValueError) as exc:
         said = _as_flags(exc, args) if isinstance(exc, InputError) else str(exc)
         raise RelayError(f"silence not added: {said}") from None
-    asyncio.run(_with_store(settings, lambda s: s.add_silence(silence), create=True))
+    asyncio.run(_with_store(settings, lambda s: _add_silence(s, silence, args), create=True))
     _wait_until_applied()
     for warning in _silence_warnings(silence.matchers, args, settings):
         print(f"warning: {warning}", file=sys.stderr)
     print(silence.id)  # the id alone, as amtool prints it: `id=$(relay silence add ...)`
     return 0
+
+
+async def _add_silence(store: Any, silence: Any, args: argparse.Namespace) -> None:
+    """Store `silence` unless it is over by now: `-d 1ms` ended while the store opened, and was
+    stored already expired, its id printed, exit 0. Alertmanager refuses a silence whose end
+    has passed when it gets it ("end time can't be in the past"), amtool's `-d 1ms` too."""
+    if silence.ends_at <= time.time():
+        over = InputError("ends_at", "must be in the future")
+        raise RelayError(f"silence not added: {_as_flags(over, args)}")
+    await store.add_silence(silence)
 
 
 def _duration(text: str) -> float:
@@ -202,6 +212,8 @@ def _as_flags(exc: InputError, args: argparse.Namespace) -> str:
         return f"--until: {exc.message.replace('starts_at', '--start')}"
     if args.start and "future" in exc.message:  # --start past, and --duration too short
         return "--start: the silence would end in the past; give a later --start or --duration"
+    if "future" in exc.message:  # over before it was stored (_add_silence)
+        return f"--duration {args.duration!r}: the silence would be over before it is stored"
     return f"--duration {args.duration!r}: {exc.message}"
 
 

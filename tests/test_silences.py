@@ -943,6 +943,9 @@ def test_cli_add_takes_the_spec_synopsis_and_amtool_default(tmp_path: Path) -> N
         (["--comm", "-x", "-d", "-abc"], "--duration '-abc': expected a duration like"),
         (["-d", "20y"], "--duration '20y': duration must be between 0 and 10 years"),
         (["--until", "2020-01-01T00:00:00Z"], "--until: must be in the future"),
+        # over by the time the store opened: stored expired, its id printed, exit 0 (amtool's
+        # Alertmanager: "end time can't be in the past")
+        (["-d", "1ms"], "--duration '1ms': the silence would be over before it is stored"),
         (["--start", "2999-01-02", "--until", "2999-01-01"], "--until: must be after --start"),
         (["--start", "2000-01-01", "-d", "1h"], "--start: the silence would end in the past"),
         (["--until", "9999-12-31T23:59:59.999999-00:01"], "--until: time out of range"),
@@ -958,6 +961,7 @@ def test_cli_add_names_the_flag_to_fix(tmp_path: Path, args: list[str], complain
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.startswith(f"error: silence not added: {complaint}"), bad.stderr
     assert bad.stderr.count("\n") == 1, bad.stderr  # one line
+    assert run_cli_in_process("silence", "list", "--all", "-q", env=env).stdout == ""
 
 
 def test_cli_add_takes_the_last_microsecond_of_year_9999(tmp_path: Path) -> None:
