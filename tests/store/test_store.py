@@ -48,6 +48,7 @@ from relay.store import (
 from relay.store._pg_connect import connect_args, unavailable
 from relay.store._pg_schema import MIGRATION_LOCK, SCHEMA_VERSION
 from relay.store.postgres import PostgresStore
+from tests.conftest import run_cli
 from tests.fakes.serving import free_port
 from tests.pg import fresh_database, shared_server
 from tests.store.conftest import (
@@ -1538,6 +1539,46 @@ async def test_a_search_path_in_the_url_puts_the_tables_in_that_schema(pg_url: s
         pg_url, "SELECT DISTINCT schemaname FROM pg_tables WHERE tablename LIKE 'relay\\_%'"
     )
     assert [row["schemaname"] for row in schemas] == ["relay_elsewhere"]
+
+
+async def test_a_search_path_whose_first_schema_is_missing_is_refused(pg_url: str) -> None:
+    """`search_path=nope,public`: PostgreSQL passes over a schema that does not exist without a
+    word, and `relay migrate` created relay's tables in public (exit 0), not where the operator
+    asked. Refused now, naming both schemas; nothing is created."""
+    url = pg_url + "?options=-c%20search_path%3Dnope%2Cpublic"
+    migrated = await asyncio.to_thread(run_cli, "migrate", env={"RELAY_STORE_URL": url})
+    assert (migrated.returncode, migrated.stdout) == (1, "")
+    assert migrated.stderr.startswith(
+        "error: store open failed: the first schema of the search_path, 'nope', does not exist"
+        " or relay's user has no USAGE on it; PostgreSQL would put relay's tables in 'public'"
+    )
+    assert await _sql(pg_url, "SELECT FROM pg_tables WHERE tablename LIKE 'relay\\_%'") == []
+
+
+async def test_a_roles_search_path_naming_a_schema_it_may_not_use_is_refused(
+    pg_url: str,
+) -> None:
+    """`ALTER ROLE ... SET search_path = walled, public` with no USAGE on walled: the tables
+    went to public. Refused (what `relay serve` opens); granted, they go to walled, and a
+    default `"$user", public` still means public."""
+    role = f"relay_walled_{os.getpid()}"
+    await _sql(pg_url, f'CREATE ROLE "{role}" LOGIN')
+    try:
+        await _sql(pg_url, "CREATE SCHEMA walled")
+        await _sql(pg_url, f'GRANT CREATE ON SCHEMA public TO "{role}"')
+        await _sql(pg_url, f'ALTER ROLE "{role}" SET search_path = walled, public')
+        url = pg_url.replace("postgres@", f"{role}@")
+        with pytest.raises(StoreUnavailable, match="search_path, 'walled', does not") as caught:
+            await open_store(url).open()
+        assert not caught.value.passing  # `relay serve` exits: waiting would not grant it
+        await _sql(pg_url, f'GRANT USAGE, CREATE ON SCHEMA walled TO "{role}"')
+        assert await migrate(url) == (0, SCHEMA_VERSION)
+        where = "SELECT DISTINCT schemaname FROM pg_tables WHERE tablename LIKE 'relay\\_%'"
+        assert [row["schemaname"] for row in await _sql(pg_url, where)] == ["walled"]
+        assert await migrate(pg_url) == (0, SCHEMA_VERSION)  # postgres: "$user", public
+    finally:
+        await _sql(pg_url, f'DROP OWNED BY "{role}"')
+        await _sql(pg_url, f'DROP ROLE "{role}"')
 
 
 async def test_a_server_of_the_wrong_kind_is_named_plainly(pg_url: str) -> None:
