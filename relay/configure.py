@@ -343,11 +343,12 @@ def _carry_over(before: Route, route: Route) -> None:
     relay called the receiver again at once inside a `Retry-After: 30`, as the token bucket
     forgot the requests just made. The same receiver (the type's own settings unchanged: at
     most timeout, concurrency, rate_limit or send_resolved differ) keeps the hold, shared with
-    the draining route, and the same rate limit keeps its bucket."""
+    the draining route, and the same rate limit keeps its bucket. Its sends in flight count
+    against the new concurrency until they end (`Slots`)."""
     old, new = before.settings, route.settings
     if old is None or new is None or not _same_receiver(old, new):
         return
-    route.hold = before.hold
+    route.hold, route.slots = before.hold, before.slots
     if route.bucket is not None and before.bucket is not None and old.rate_limit == new.rate_limit:
         route.bucket = before.bucket
 

@@ -152,6 +152,7 @@ class ChannelLoop:
             wake=self.poke,
             stop=self._stop,
         )
+        route.slots.listen(self._slot_freed)
 
     def poke(self) -> None:
         """New rows for this channel were committed (or replayed): claim them."""
@@ -168,6 +169,7 @@ class ChannelLoop:
         self._stopping = True
         self._stop.set()
         self.wake.set()
+        self.route.slots.forget(self._slot_freed)
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -198,7 +200,7 @@ class ChannelLoop:
         if await self._wait_hold():
             return
         self._start_ready()
-        if self.ready or len(self.inflight) >= self.route.concurrency:
+        if self.ready or self.route.slots.taken >= self.route.concurrency:
             await self._idle(POLL_S)  # a finished send wakes us
             return
         now = self.deps.clock()
@@ -337,10 +339,12 @@ class ChannelLoop:
         if self.ready and self._held_s() > 0:
             self.wake.set()
             return
-        while self.ready and len(self.inflight) < self.route.concurrency and not self._stopping:
+        slots = self.route.slots  # shared with a loop a reload replaced, finishing its sends
+        while self.ready and slots.taken < self.route.concurrency and not self._stopping:
             group_key, unit = self.ready.popleft()
             task = asyncio.create_task(self.dispatch.deliver(unit, group_key))
             self.inflight[task] = unit
+            slots.take()
             task.add_done_callback(self._done)
 
     async def _release_ready(self, delay_s: float = 0.0) -> None:
@@ -367,12 +371,8 @@ class ChannelLoop:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         unit = self.inflight.pop(task, None)
-        # The freed slot takes the next claimed unit here; the loop wakes only when none is
-        # left to start (a claim is due): a wake-up per send cost a turn of the loop's task
-        # and a new wait_for each time.
-        self._start_ready()
-        if not self.ready:
-            self.wake.set()
+        if unit is not None:
+            self.route.slots.give()  # _slot_freed of each loop sending to the receiver
         self._give_back_reclaimed(unit or [])
         if task.cancelled() or (exc := task.exception()) is None or not unit:
             return
@@ -383,6 +383,14 @@ class ChannelLoop:
         releasing = asyncio.ensure_future(self._release(unit, delay_s=self.lease_s))
         self.finishing.add(releasing)
         releasing.add_done_callback(self.finishing.discard)
+
+    def _slot_freed(self) -> None:
+        """A send to the receiver ended, this loop's or a replaced one's: the freed slot takes
+        the next claimed unit here; the loop wakes only when none is left to start (a claim is
+        due): a wake-up per send cost a turn of the loop's task and a new wait_for each time."""
+        self._start_ready()
+        if not self.ready:
+            self.wake.set()
 
     def _give_back_reclaimed(self, unit: list[Notification]) -> None:
         """Rows of a finished send that a claim took again meanwhile: that claim's lease would

@@ -23,6 +23,31 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
+class Slots:
+    """A receiver's sends in flight, shared by the channel loop sending to it and, after a
+    reload, the one finishing its last sends: a reload starts the new loop at once, and with
+    `concurrency: 1` it sent two more while the old loop's send was still on the wire."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+        self._freed: list[Callable[[], None]] = []  # the loops to tell of a slot given back
+
+    def listen(self, freed: Callable[[], None]) -> None:
+        self._freed.append(freed)
+
+    def forget(self, freed: Callable[[], None]) -> None:
+        if freed in self._freed:
+            self._freed.remove(freed)
+
+    def take(self) -> None:
+        self.taken += 1
+
+    def give(self) -> None:
+        self.taken -= 1
+        for freed in list(self._freed):
+            freed()
+
+
 @dataclass
 class Route:
     """A channel and how to render for it."""
@@ -34,6 +59,7 @@ class Route:
     bucket: pol.TokenBucket | None
     timeout_s: float = 10.0  # of one try: the lease of a claim outlasts every quick try
     hold: pol.Hold = field(default_factory=pol.Hold)  # set by a Retry-After: no request before
+    slots: Slots = field(default_factory=Slots)  # its sends in flight, of every loop sending
     settings: ChannelSettings | None = None  # what it was built from (a reload compares them)
 
 

@@ -38,7 +38,7 @@ from relay.intake import Intake
 from relay.model import Notification, Run, notification_id
 from relay.sending import Sender
 from relay.store.sqlite import SQLiteStore
-from tests.conftest import RelayFactory, Sink, hang, sdk_run, status
+from tests.conftest import RelayFactory, Sink, hang, held, sdk_run, status
 from tests.fakes.serving import free_port
 
 SECRET = "whsec_" + base64.b64encode(b"relay-test-signing-key-0123").decode()
@@ -259,6 +259,30 @@ async def test_a_reload_keeps_the_hold_of_a_channel_whose_receiver_is_the_same(
     await wait_state(r, "sent", 2)
     first, *rest = sink.received
     assert len(rest) == 2 and all(got.at - first.at >= 2.0 for got in rest)  # a lower bound
+
+
+async def test_a_reload_keeps_the_concurrency_while_the_old_channel_finishes_its_send(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A reload starts the new channel at once, beside the old one finishing its sends: with
+    `concurrency: 1`, the new one sent the two waiting notifications while the old one's send
+    was still on the wire (a config file rewritten unchanged did it too, as the file watcher
+    reloads on a new mtime). The receiver's sends in flight count for both."""
+    gate = asyncio.Event()
+    sink.responses = [held(gate)]
+    cfg = config(sink.url, timeout="30s").replace("    secret:", "    concurrency: 1\n    secret:")
+    r = await relay(cfg)
+    for i in range(3):
+        await r.post(failing_run(i))
+    await sink.wait_for(1)
+    reloading = asyncio.ensure_future(reload_with(r, cfg.replace("rules:", "# again\nrules:")))
+    await asyncio.sleep(0.5)  # the new channel loop runs meanwhile (the reload waits on the old)
+    assert len(sink.received) == 1
+    gate.set()
+    await reloading
+    await wait_state(r, "sent", 3)
+    first, *rest = sink.received
+    assert len(rest) == 2 and all(got.at >= first.at for got in rest)
 
 
 async def test_a_reload_to_another_receiver_drops_the_hold(relay: RelayFactory, sink: Sink) -> None:
