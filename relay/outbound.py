@@ -127,6 +127,12 @@ def _blocks(no_proxy: list[str]) -> list[Block]:
     return out
 
 
+def proxy_answered(status: int) -> str:
+    """A proxy's refusal in words: its 407 (credentials) or its answer to CONNECT. Not the
+    receiver's: the fix is in HTTP(S)_PROXY, so it is retried (a restart with it fixed)."""
+    return f"proxy answered HTTP {status}"
+
+
 MAX_HOST_CHARS = 253  # the longest DNS name
 
 

@@ -61,7 +61,7 @@ from tests.fakes.realtime import (
     session,
     with_exchange,
 )
-from tests.fakes.serving import until
+from tests.fakes.serving import PROXY_407, raw_server, until
 from tests.pg import fresh_database, shared_server
 from tests.test_electric import assert_same_run
 
@@ -278,6 +278,25 @@ async def test_a_socks_proxy_is_named_in_the_feed_failure_and_not_spoken_to(
     assert not fake.requests and h.failed[:2] == ["network", "network"]
     reasons = [r.__dict__.get("reason", "") for r in caplog.records]
     assert f"proxy {socks} not supported: relay speaks to http:// and https:// proxies" in reasons
+
+
+async def test_a_proxys_407_is_named_as_the_proxys_and_retried(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A forward proxy's 407 (an http:// api_url) read "realtime request refused; check the
+    secret key and the feed": the key was fine, the proxy's credentials were not."""
+    caplog.set_level(logging.INFO, logger="relay")
+    server, proxy = await raw_server(PROXY_407)
+    async with server, fake_realtime(session()) as fake:
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        monkeypatch.setenv("http_proxy", proxy)
+        async with following(fake, api_url="http://trigger.example.invalid") as h:
+            while len(h.sleeps) < 2:
+                await asyncio.sleep(0.001)
+    assert h.failed[:2] == ["network", "network"]
+    reasons = [r.__dict__.get("reason", "") for r in caplog.records]
+    assert "proxy answered HTTP 407" in reasons
+    assert not [r for r in caplog.records if "secret key" in r.getMessage()]
 
 
 @pytest.mark.parametrize(("branch", "sent"), [(None, None), ("", None), (" feat/x ", "feat/x")])

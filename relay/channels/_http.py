@@ -30,7 +30,7 @@ from aiohttp.client_proto import ResponseHandler
 from aiohttp.connector import Connection
 from multidict import CIMultiDict
 
-from relay.channels._http_answers import HttpResponse, classify_status
+from relay.channels._http_answers import HttpResponse, classify_status, proxy_refused
 from relay.errors import DeliveryError, network_error, tls_failure, wire_failure
 from relay.outbound import USER_AGENT, Proxies, UnsupportedProxy
 
@@ -179,8 +179,7 @@ class HttpClient:
             detail = tls_failure(exc) or wire_failure(exc) or type(exc).__name__  # never the URL
             raise network_error(exc, detail) from None
         except aiohttp.ClientHttpProxyError as exc:  # the proxy refused to connect us
-            detail = f"proxy answered HTTP {exc.status}"
-            raise DeliveryError("network", retryable=True, detail=detail) from None
+            raise proxy_refused(exc.status) from None
         except aiohttp.ClientResponseError:  # not an answer: aiohttp calls it a 400 of its own
             raise DeliveryError("other", retryable=True, detail="malformed HTTP answer") from None
 

@@ -3,7 +3,8 @@ the channels for their settings and sends nothing): the URLs they may post to, a
 body, and what its status means.
 
 Classification: 2xx ok; 429 rate_limited and 408/5xx server_error are retryable (Retry-After
-honoured); 401/403 auth_error and other 4xx client_error are permanent. The client that makes
+honoured), and so is a proxy's 407 (network); 401/403 auth_error and other 4xx client_error are
+permanent. The client that makes
 the requests, and turns timeouts and connection failures into retryable errors, is
 relay.channels._http. Messages never contain the URL (webhook URLs embed secrets).
 """
@@ -19,7 +20,7 @@ import orjson
 
 from relay.config import url_problem
 from relay.errors import DeliveryError
-from relay.outbound import origin
+from relay.outbound import origin, proxy_answered
 from relay.retry_after import parse_retry_after
 
 
@@ -60,6 +61,12 @@ def json_object(data: bytes | str | None) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def proxy_refused(status: int) -> DeliveryError:
+    """The proxy refused the request (407) or the tunnel to the receiver: retried, as a
+    proxy restarted or HTTP(S)_PROXY fixed (and relay restarted) lets it through."""
+    return DeliveryError("network", retryable=True, detail=proxy_answered(status), status=status)
+
+
 def classify_status(response: HttpResponse) -> DeliveryError | None:
     """None for success, else the DeliveryError this status means."""
     status = response.status
@@ -67,6 +74,8 @@ def classify_status(response: HttpResponse) -> DeliveryError | None:
         return None
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
     detail = f"HTTP {status}"
+    if status == 407:  # only a proxy answers it (RFC 9110), for an http:// receiver
+        return proxy_refused(status)
     if status == 429:
         return DeliveryError(
             "rate_limited", retryable=True, detail=detail, retry_after=retry_after, status=status

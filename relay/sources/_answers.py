@@ -52,6 +52,8 @@ def status_reason(status: int) -> str:
         return "timeout"
     if status >= 500:
         return "server_error"
+    if status == 407:  # a proxy's refusal (an http:// api_url)
+        return "network"
     return "auth_error" if status in (401, 403) else "client_error"
 
 

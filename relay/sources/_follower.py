@@ -57,7 +57,7 @@ from relay.errors import InputError, StoreUnavailable
 from relay.formats.electric import Schema, parse_raw_run
 from relay.intake import IntakeResult
 from relay.model import Run
-from relay.outbound import Proxies, origin
+from relay.outbound import Proxies, origin, proxy_answered
 from relay.retry_after import parse_retry_after
 from relay.sources._answers import (
     AnswerTooLarge,
@@ -357,6 +357,9 @@ class Follower:
         shape.refetch(None)
 
     async def _refused(self, response: Response) -> None:
+        if response.status == 407:  # the proxy's (an http:// api_url), not Trigger.dev's
+            await self._retry(proxy_answered(response.status), None)  # its credentials may be
+            return  # fixed, with a restart, and a refusal's long wait is not the proxy's
         if 300 <= response.status < 400:
             # Not followed: the secret key would go wherever the Location points.
             log.error(

@@ -14,7 +14,7 @@ import aiohttp
 import standardwebhooks
 
 from tests.conftest import RelayProcess, Sink, run_cli, sdk_run, status
-from tests.fakes.serving import free_port
+from tests.fakes.serving import PROXY_407, free_port, raw_server
 
 
 def hook_config(tmp_path: Path, url: str) -> Path:
@@ -120,17 +120,6 @@ async def test_a_redirect_to_no_possible_host_does_not_fill_the_dead_letter(
     assert "HTTP 302: redirect, not followed" in out and "aaaa" not in out
 
 
-async def raw_server(answer: bytes) -> tuple[asyncio.Server, str]:
-    async def answer_with(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(answer)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(answer_with, "127.0.0.1", 0)
-    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-
 async def test_an_answer_that_is_not_http_is_not_called_a_400(tmp_path: Path) -> None:
     """aiohttp reports an unparseable answer as a status 400 of its own: the dead letter said
     the receiver answered HTTP 400, and an operator looked for what was wrong in the body."""
@@ -176,12 +165,26 @@ rules:
 
 async def test_a_proxy_refusing_the_tunnel_is_a_network_failure(tmp_path: Path) -> None:
     """A proxy's 407 to CONNECT is no answer of the receiver: it read "other: HTTP 407"."""
-    server, proxy = await raw_server(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+    server, proxy = await raw_server(PROXY_407)
     config = hook_config(tmp_path, "https://hooks.example.invalid/in")
     async with server:
         code, out = await send_test(config, {"HTTPS_PROXY": proxy, "https_proxy": proxy})
     assert code == 1
     assert "network: proxy answered HTTP 407" in out
+
+
+async def test_a_forward_proxys_407_is_the_proxys_failure_not_the_receivers(
+    tmp_path: Path,
+) -> None:
+    """To an http:// receiver the proxy answers for it: its 407 read "client_error: HTTP 407",
+    a permanent failure blamed on the receiver, where the same 407 to CONNECT (https://) is a
+    retried network failure; the credentials in HTTP_PROXY are what to fix, then a restart."""
+    server, proxy = await raw_server(PROXY_407)
+    config = hook_config(tmp_path, "http://hooks.example.invalid/in")
+    async with server:
+        code, out = await send_test(config, {"HTTP_PROXY": proxy, "http_proxy": proxy})
+    assert code == 1
+    assert "network: proxy answered HTTP 407" in out and "client_error" not in out
 
 
 async def test_a_secret_without_its_base64_padding_signs_as_the_reference_library_verifies(

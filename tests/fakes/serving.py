@@ -29,6 +29,23 @@ async def serving(app: web.Application, port: int = 0, **runner_kwargs: Any) -> 
         await runner.cleanup()
 
 
+# a proxy refusing a request without (or with wrong) credentials
+PROXY_407 = b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n"
+
+
+async def raw_server(answer: bytes) -> tuple[asyncio.Server, str]:
+    """A server on 127.0.0.1 answering each request with the bytes `answer`, then closing; its URL."""
+
+    async def answer_with(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_with, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
 def free_port() -> int:
     """A port of 127.0.0.1 nothing listens on (yet): connecting is refused."""
     with socket.socket() as sock:
