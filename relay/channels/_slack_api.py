@@ -68,7 +68,8 @@ def classify(response: HttpResponse, name: str | None) -> DeliveryError:
     status = response.status
     base = classify_status(response)
     retry_after = parse_retry_after(response.headers.get("Retry-After"))
-    detail = name or f"HTTP {status}"
+    detail = name or (base.detail if base is not None else f"HTTP {status}")  # a redirect's
+    # target, a proxy's 407: the words every HTTP channel gives
     if name is not None and status != 200:
         detail = f"{name} (HTTP {status})"
     if status == 429 or name in _RATE:

@@ -565,6 +565,14 @@ WEBHOOK_ERRORS = [
     ),
     (Reply(500, "rollup_error"), "server_error", True, None, "rollup_error (HTTP 500)"),
     (Reply(503, "", {"Retry-After": "30"}), "server_error", True, 30.0, "HTTP 503"),
+    (  # said as the webhook channel says it: "other: HTTP 302" named no target
+        Reply(302, "", {"Location": "https://hooks.slack.com/services/T0/B0/x?a=1"}),
+        "other",
+        False,
+        None,
+        "HTTP 302: redirect to https://hooks.slack.com, not followed",
+    ),
+    (Reply(407, ""), "network", True, None, "proxy answered HTTP 407"),
     (
         Reply(502, "<html>Bad Gateway " + SECRETS[1] + "</html>"),
         "server_error",
