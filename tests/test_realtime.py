@@ -61,7 +61,7 @@ from tests.fakes.realtime import (
     session,
     with_exchange,
 )
-from tests.fakes.serving import PROXY_407, raw_server, until
+from tests.fakes.serving import PROXY_407, free_port, raw_server, until
 from tests.pg import fresh_database, shared_server
 from tests.test_electric import assert_same_run
 
@@ -297,6 +297,26 @@ async def test_a_proxys_407_is_named_as_the_proxys_and_retried(
     reasons = [r.__dict__.get("reason", "") for r in caplog.records]
     assert "proxy answered HTTP 407" in reasons
     assert not [r for r in caplog.records if "secret key" in r.getMessage()]
+
+
+async def test_a_failed_connection_is_said_in_words_and_a_proxys_named(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The feed's failures read as aiohttp's class names ("ClientConnectorError",
+    "ClientProxyConnectionError") where the channels say "connection refused"."""
+    caplog.set_level(logging.INFO, logger="relay")
+    down = f"http://127.0.0.1:{free_port()}"
+    async with fake_realtime(session()) as fake:
+        async with following(fake, api_url=down) as h:
+            while len(h.sleeps) < 1:
+                await asyncio.sleep(0.001)
+        monkeypatch.setenv("HTTP_PROXY", down)
+        monkeypatch.setenv("http_proxy", down)
+        async with following(fake, api_url="http://trigger.example.invalid") as h:
+            while len(h.sleeps) < 1:
+                await asyncio.sleep(0.001)
+    reasons = [r.__dict__.get("reason") for r in caplog.records if r.__dict__.get("reason")]
+    assert reasons[:2] == ["connection refused", "proxy: connection refused"]
 
 
 @pytest.mark.parametrize(("branch", "sent"), [(None, None), ("", None), (" feat/x ", "feat/x")])

@@ -110,6 +110,17 @@ class _Response(aiohttp.ClientResponse):
         return response
 
 
+def transport_words(exc: BaseException) -> str:
+    """A failed connection or exchange in words that name no URL ("connection refused",
+    "TLS: certificate not trusted"), prefixed "proxy: " when it was the proxy's connection
+    that failed: an operator looked at the receiver while HTTP(S)_PROXY named a proxy that was
+    down. Shared by the channels and the Realtime feeds."""
+    if isinstance(exc, UnsupportedProxy):
+        return str(exc)
+    words = tls_failure(exc) or wire_failure(exc) or type(exc).__name__
+    return f"proxy: {words}" if isinstance(exc, aiohttp.ClientProxyConnectionError) else words
+
+
 def _left(deadline: float) -> float:
     """The seconds left until `deadline` (loop time); TimeoutError if none."""
     left = deadline - asyncio.get_running_loop().time()
@@ -173,11 +184,9 @@ class HttpClient:
         except (aiohttp.InvalidURL, UnicodeError):  # a host IDNA cannot encode (`hooks..x.com`),
             # a user:password not in Latin-1 (Basic auth): the same at every send
             raise DeliveryError("other", retryable=False, detail="invalid URL") from None
-        except UnsupportedProxy as exc:  # retried: a restart with the variable fixed sends it
-            raise DeliveryError("network", retryable=True, detail=str(exc)) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
-            detail = tls_failure(exc) or wire_failure(exc) or type(exc).__name__  # never the URL
-            raise network_error(exc, detail) from None
+            # UnsupportedProxy too: retried, as a restart with the variable fixed sends it
+            raise network_error(exc, transport_words(exc)) from None
         except aiohttp.ClientHttpProxyError as exc:  # the proxy refused to connect us
             raise proxy_refused(exc.status) from None
         except aiohttp.ClientResponseError:  # not an answer: aiohttp calls it a 400 of its own

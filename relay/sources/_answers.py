@@ -9,7 +9,6 @@ import aiohttp
 import orjson
 
 from relay.logs import SCRUB
-from relay.outbound import UnsupportedProxy
 
 
 class AnswerTooLarge(Exception):
@@ -38,10 +37,6 @@ async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 def error_reason(exc: BaseException) -> str:
     return "timeout" if isinstance(exc, TimeoutError) else "network"
-
-
-def error_words(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, UnsupportedProxy) else type(exc).__name__
 
 
 def status_reason(status: int) -> str:

@@ -52,6 +52,7 @@ from typing import Any
 
 import aiohttp
 
+from relay.channels._http import transport_words
 from relay.config import RealtimeConfig
 from relay.errors import InputError, StoreUnavailable
 from relay.formats.electric import Schema, parse_raw_run
@@ -64,7 +65,6 @@ from relay.sources._answers import (
     Response,
     error_reason,
     error_text,
-    error_words,
     status_reason,
 )
 from relay.sources._feed_request import Timing, feed_request, retry_delay
@@ -180,7 +180,7 @@ class Follower:
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self._count(error_reason(exc))
-            await self._retry(error_words(exc), None)
+            await self._retry(transport_words(exc), None)  # the channels' words
         except AnswerTooLarge as exc:
             self._count("other")
             await self._retry(str(exc), None)

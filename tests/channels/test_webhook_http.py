@@ -187,6 +187,16 @@ async def test_a_forward_proxys_407_is_the_proxys_failure_not_the_receivers(
     assert "network: proxy answered HTTP 407" in out and "client_error" not in out
 
 
+async def test_a_proxy_that_cannot_be_reached_is_named_as_the_proxy(tmp_path: Path) -> None:
+    """HTTP_PROXY naming a proxy that is down read "network: connection refused", as if the
+    receiver had refused: the operator looked at the receiver."""
+    refused = f"http://user:pw-secret@127.0.0.1:{free_port()}"
+    config = hook_config(tmp_path, "http://hooks.example.invalid/in")
+    code, out = await send_test(config, {"HTTP_PROXY": refused, "http_proxy": refused})
+    assert code == 1
+    assert "network: proxy: connection refused" in out and "pw-secret" not in out
+
+
 async def test_a_secret_without_its_base64_padding_signs_as_the_reference_library_verifies(
     tmp_path: Path, sink: Sink
 ) -> None:
