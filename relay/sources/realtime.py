@@ -17,6 +17,7 @@ from typing import Protocol
 
 import aiohttp
 
+from relay.channels._http import new_resolver
 from relay.config import RealtimeConfig
 from relay.errors import StoreUnavailable
 from relay.outbound import USER_AGENT
@@ -121,7 +122,10 @@ class RealtimeSource:
         self._unreachable: dict[str, StoreUnavailable] = {}  # by lease: why its renewal failed
 
     def start(self) -> None:
-        self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
+        self._session = aiohttp.ClientSession(  # its lookups in threads of their own
+            connector=aiohttp.TCPConnector(resolver=new_resolver()),
+            headers={"User-Agent": USER_AGENT},
+        )
         for feed in _distinct(map(feed_of, self._config.feeds)):
             follower = Follower(
                 feed,

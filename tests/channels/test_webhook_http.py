@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import sqlite3
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import standardwebhooks
 
+from relay.channels._http import HttpClient
 from tests.conftest import RelayProcess, Sink, run_cli, sdk_run, status
 from tests.fakes.serving import PROXY_407, free_port, raw_server
 
@@ -261,3 +264,24 @@ async def test_a_101_answer_does_not_hand_its_connection_to_the_next_send(
         sent = await post_run_and_wait(proc, "run_after_it", "notification sent")
         assert sent["attempts"] == 1, sent
         proc.kill()
+
+
+async def test_name_lookups_wait_for_no_other_work_of_the_default_executor(sink: Sink) -> None:
+    """aiohttp looked host names up in asyncio's default executor (6 threads on 2 cores), which
+    a lookup the DNS server is slow to answer holds for its whole 5-30 s: ten channels to such
+    hosts held every thread, and a channel to `localhost` (in /etc/hosts) timed out waiting
+    for one; the process then waited for those lookups to end before it could exit. Here the
+    default executor is busy with other work: a send to a host name must not wait for it."""
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    loop.set_default_executor(ThreadPoolExecutor(1))
+    busy = loop.run_in_executor(None, release.wait)
+    client = HttpClient()
+    try:
+        url = sink.url.replace("127.0.0.1", "localhost") + "/in"
+        response = await client.post(url, b"{}", {"Content-Type": "application/json"}, 5.0)
+    finally:
+        release.set()
+        await busy
+        await client.close()
+    assert response.status == 200 and [r.path for r in sink.received] == ["/in"]
