@@ -646,6 +646,24 @@ def test_sqlite_compose_runs_one_replica_and_postgres_compose_several() -> None:
     assert len(urls) == 1 and urls.pop().startswith("postgresql://"), "one shared database"
 
 
+# `docker compose -f FILE run|exec SERVICE …`, as a document or a compose file's comment shows it
+COMPOSE_COMMAND = re.compile(r"docker compose(?P<file>(?: -f \S+)?) (?:run|exec)(?P<rest>[^`\n]*)")
+
+
+def test_shown_compose_commands_name_a_compose_file_and_its_service() -> None:
+    """Copied at the checkout's root, where the docs' other commands run, a `docker compose run`
+    or `exec` needs `-f` (no compose file is there) and a service that file has: the upgrade
+    steps once said `docker compose run --rm relay-1 migrate`, which finds no file there."""
+    paths = [REPO / "README.md", *sorted(DOCS.glob("*.md")), *sorted(DEPLOY.glob("*.yml"))]
+    shown = [(p.name, m) for p in paths for m in COMPOSE_COMMAND.finditer(p.read_text())]
+    assert shown, "no docker compose command found"
+    for where, match in shown:
+        file = match["file"].removeprefix(" -f ")
+        assert file.startswith("deploy/"), f"{where}: `{match[0]}` names no compose file"
+        service = next(w for w in match["rest"].split() if not w.startswith("-"))
+        assert service in compose(Path(file).name)["services"], f"{where}: `{match[0]}`"
+
+
 # ----------------------------------------------------------------------- Dockerfile (parsed)
 
 
