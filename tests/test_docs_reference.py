@@ -8,19 +8,25 @@ backup command, run beside a live relay, gives a store another relay reads.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
+import asyncpg
+import pytest
 import yaml
 
 from relay.durations import parse_duration
 from relay.sandbox import environment
 from relay.settings import Settings
+from relay.store import migrate
 from tests.conftest import REPO, RelayProcess, run_cli_in_process, sdk_run
+from tests.pg import find_bindir, fresh_database, shared_server
 from tools import config_reference
 
 DOCS = REPO / "docs"
@@ -92,6 +98,57 @@ def test_operations_backup_command_copies_a_running_store(tmp_path: Path) -> Non
     assert sdk_run("failed")["id"] in history.stdout
     migrated = run_cli_in_process("migrate", env=env)
     assert "up to date" in migrated.stdout, migrated.stdout + migrated.stderr
+
+
+async def fetchval(url: str, sql: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
+
+
+def pg_backup_steps() -> str:
+    """The operations guide's PostgreSQL backup and restore, the sh block of its section."""
+    text = (DOCS / "operations.md").read_text(encoding="utf-8")
+    section = text[text.index("### PostgreSQL") : text.index("## Upgrades and migrations")]
+    match = re.search(r"```sh\n(.*?)```", section, flags=re.S)
+    assert match and "pg_dump" in match.group(1), "docs/operations.md lost its pg_dump steps"
+    return match.group(1)
+
+
+async def test_operations_pg_backup_restores_a_store_that_sees_silences(tmp_path: Path) -> None:
+    """The guide's pg_dump of relay's tables and its restore, run as written: the dump holds
+    the silences' trigger but not its function, so pg_restore could not make it, and on the
+    restored database no silence written moved the count the running replicas watch (none
+    saw a silence added). `relay migrate` now makes the trigger again and says so."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("needs PostgreSQL's pg_dump and pg_restore")
+    server = shared_server()
+    async with fresh_database(server) as live, fresh_database(server) as restored:
+        await migrate(live)
+        path = f"{bindir}:{Path(sys.executable).parent}:{os.environ['PATH']}"
+        env = {**os.environ, "PATH": path, "RELAY_STORE_URL": live, "NEW_STORE_URL": restored}
+        steps = await asyncio.to_thread(
+            subprocess.run,
+            ["bash", "-c", pg_backup_steps()],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert "relay_silences_changed() does not exist" in steps.stderr  # as the guide says
+        count = "SELECT n FROM relay_silences_changes"  # what replicas watch for a change
+        before = await fetchval(restored, count)
+        added = await asyncio.to_thread(
+            run_cli_in_process, "silence", "add", "--task", "x", env={"RELAY_STORE_URL": restored}
+        )
+        assert added.returncode == 0, added.stderr
+        assert await fetchval(restored, count) > before, steps.stderr
+        assert "store trigger made again" in steps.stderr  # and says so
 
 
 def _default_value(cell: str) -> object:
