@@ -211,8 +211,10 @@ def test_the_operator_panels_are_there(title: str) -> None:
 
 
 def store_tables() -> set[str]:
+    """The store's tables, and its trigger and function (a restore's error names them)."""
     sql = " ".join(p.read_text(encoding="utf-8") for p in (REPO / "relay" / "store").rglob("*.py"))
-    return set(re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(relay_\w+)", sql))
+    made = r"CREATE (?:TABLE (?:IF NOT EXISTS )?|(?:OR REPLACE )?FUNCTION |TRIGGER )(relay_\w+)"
+    return set(re.findall(made, sql))
 
 
 def test_the_docs_name_only_series_and_labels_relay_exposes() -> None:

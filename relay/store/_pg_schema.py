@@ -263,7 +263,8 @@ async def migrate(conn: asyncpg.Connection, *, upgrade: bool = True) -> tuple[in
                 await conn.execute(statement)
             await conn.execute("INSERT INTO relay_schema_version (version) VALUES ($1)", number)
         await _grant_as_outbox(conn)
-        await _count_silences_again(conn)
+        if upgrade:  # relay serve and relay migrate; the other store commands change no schema
+            await _count_silences_again(conn)
     if version != SCHEMA_VERSION:
         log.info("store schema migrated", extra={"from": version, "to": SCHEMA_VERSION})
     return version, SCHEMA_VERSION
@@ -362,8 +363,8 @@ async def _count_silences_again(conn: asyncpg.Connection) -> None:
     """Make the silences' counting trigger again where it is missing: a dump of relay's
     tables (`pg_dump --table='relay_*'`, docs/operations.md) holds the trigger but not its
     function, so pg_restore could not make it, and on the restored database no replica saw a
-    silence added (the count never moved). At every migrate, as the grants; a role that may
-    not make it says so."""
+    silence added (the count never moved). At every start of relay serve and relay migrate; a
+    role that may not make it says so."""
     row = await conn.fetchrow(_UNCOUNTED)
     if row is None:
         return
