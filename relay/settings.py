@@ -178,7 +178,11 @@ def libpq_file_secrets(url: str) -> list[str]:
     every `password` and `sslpassword` of the connection service file (PGSERVICEFILE, else
     ~/.pg_service.conf). All of them, not only the one a connection would pick: a log line
     quoting one (a server or proxy echoing it) is scrubbed whichever it was."""
-    named = "service" in dict(parse_qsl(urlsplit(url).query)) or os.environ.get("PGSERVICE")
+    try:
+        query = urlsplit(url).query
+    except ValueError:  # `[::1` ("Invalid IPv6 URL"): the store's check_url refuses the URL
+        query = ""
+    named = "service" in dict(parse_qsl(query)) or os.environ.get("PGSERVICE")
     services = _service_secrets() if named else []
     return _pgpass_secrets() + services
 

@@ -1442,6 +1442,10 @@ _URL = "RELAY_STORE_URL: "
         ("postgresql://u:pw@/db?host=h&port=5432,", {}, f"{_URL}port parameter: a port is not"),
         ("postgresql://u:pw@/db?host=h&port=x", {}, f"{_URL}port parameter: a port is not"),
         ("postgresql://u:pw@h:\u00b2/db", {}, f"{_URL}a port is not"),  # a digit int() refuses
+        # urlsplit's "Invalid IPv6 URL" and ipaddress' ValueError (bad brackets) were a traceback
+        ("postgresql://u:pw@[::1/db", {}, f"{_URL}malformed postgresql URL"),
+        ("postgresql://u:pw@[zz]/db", {}, f"{_URL}malformed postgresql URL"),
+        ("postgresql://u:pw@h]/db", {}, f"{_URL}malformed postgresql URL"),
         # libpq's variables, which asyncpg reads where the URL leaves them out
         ("postgresql://u:pw@127.0.0.1/db", {"PGPORT": "x"}, "PGPORT: a port is not a number"),
         ("postgresql://u:pw@h:5432/db", {"PGPORT": "99999"}, "PGPORT: a port is not a number"),
