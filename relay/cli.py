@@ -441,9 +441,20 @@ def _store_url_problems(url: str) -> list[Problem]:
     return []
 
 
+MAX_EVENT_BYTES = 64 * 1024 * 1024  # a long recorded Realtime session fits; /dev/zero does not
+
+
 def _read_event(path: Path) -> bytes:
-    """The bytes of the event file; `-` is standard input (`curl ... | relay test -`)."""
-    return sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    """The bytes of the event file; `-` is standard input (`curl ... | relay test -`). At most
+    MAX_EVENT_BYTES: `relay test /dev/zero` (or a wrong pipe) took 6 GB in 5 s, and on."""
+    if str(path) == "-":
+        data = sys.stdin.buffer.read(MAX_EVENT_BYTES + 1)
+    else:
+        with path.open("rb") as file:
+            data = file.read(MAX_EVENT_BYTES + 1)
+    if len(data) > MAX_EVENT_BYTES:
+        raise InputError("", f"larger than {MAX_EVENT_BYTES >> 20} MiB; relay test reads no more")
+    return data
 
 
 def cmd_test(args: argparse.Namespace, settings: Settings) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import standardwebhooks
 
+from relay.cli import MAX_EVENT_BYTES
 from relay.cli import main as relay_main
 from relay.model import Decision, Match, Run, RunState
 from relay.store.sqlite import SQLiteStore
@@ -699,6 +700,18 @@ def test_dry_run_reads_the_event_from_standard_input(tmp_path: Path) -> None:
     assert "r" in piped.stdout and "no rule matched" not in piped.stdout
     bad = run_cli("test", "-", "--config", str(config), stdin="{not json")
     assert bad.returncode != 0 and "standard input: invalid JSON" in bad.stderr, bad.stderr
+
+
+def test_dry_run_refuses_an_event_file_over_its_limit(tmp_path: Path) -> None:
+    """`relay test /dev/zero` (or `- < big`) read until memory ran out: 6 GB in 5 s. Now the
+    file's first MAX_EVENT_BYTES + 1 bytes tell: valid JSON (spaces, then `[]`) is refused."""
+    config = write(tmp_path / "c.yaml", "channels: {c: {type: console}}\n")
+    huge = tmp_path / "huge.json"
+    huge.write_bytes(b" " * MAX_EVENT_BYTES + b"[]")
+    done = run_cli_in_process("test", str(huge), "--config", str(config))
+    assert (done.returncode, done.stdout) == (1, "")
+    wanted = f"error: {huge}: larger than 64 MiB; relay test reads no more"
+    assert done.stderr.splitlines()[-1] == wanted  # after the config's warning: no rules
 
 
 async def test_dry_run_names_rules_renders_messages_and_sends_nothing(
