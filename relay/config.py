@@ -12,6 +12,7 @@ from string import Formatter
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
+import regex
 from annotated_types import MinLen
 from pydantic import (
     BaseModel,
@@ -357,11 +358,21 @@ class MatchConfig(Strict):
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regex: {exc.msg} at position {exc.pos}") from None
+            compile_task_regex(value)
         return value
+
+
+def compile_task_regex(source: str) -> regex.Pattern[str]:
+    """A rule's `task_regex`, compiled by the `regex` module, which can stop a match that
+    backtracks for ever (`re` cannot); its syntax errors in `re`'s words, as documented.
+    ValueError when invalid: `a{99999999999}` was an OverflowError traceback in relay check."""
+    try:
+        re.compile(source)
+        return regex.compile(source)
+    except re.error as exc:
+        raise ValueError(f"invalid regex: {exc.msg} at position {exc.pos}") from None
+    except (regex.error, OverflowError, RecursionError) as exc:
+        raise ValueError(f"invalid regex: {exc}") from None
 
 
 class RuleConfig(Strict):

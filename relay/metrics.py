@@ -119,7 +119,8 @@ class Metrics:
         )
         self.rule_failures = Counter(
             "relay_rule_evaluation_failures_total",
-            "Rule `when:` expressions that raised (the rule did not match), by rule.",
+            "Rule `when:` expressions that raised, or `task_regex` matches stopped past 1 s"
+            " (the rule did not match), by rule.",
             ["rule"],
             registry=r,
         )

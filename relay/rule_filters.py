@@ -5,14 +5,17 @@ paths. `passes_filters` tells whether a run passes them all, besides event and s
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
-from relay.config import MatchConfig, TagMatch, Threshold
+from relay.config import MatchConfig, TagMatch, Threshold, compile_task_regex
 from relay.grouping import MISSING, lookup
 from relay.model import FAILURE_STATUSES, Run, normalise_status
+from relay.render_limits import RENDER_BUDGET_S
 
+log = logging.getLogger("relay.rules")
 Predicate = Callable[[Run], bool]
 
 
@@ -43,14 +46,17 @@ def has_threshold(match: MatchConfig) -> bool:
     return any(t is not None for t in (match.cost_cents, match.base_cost_cents, match.duration_ms))
 
 
-def match_predicates(match: MatchConfig) -> list[Predicate]:
+def match_predicates(
+    match: MatchConfig, rule: str = "", failed: Callable[[str], None] = lambda _rule: None
+) -> list[Predicate]:
+    """The predicates of `match`'s filters; `failed` hears of rule `rule`'s evaluation stopped
+    (a `task_regex` that took too long)."""
     preds: list[Predicate] = []
     if match.task:
         pattern = re.compile("|".join(fnmatch.translate(g) for g in match.task))
         preds.append(lambda run: pattern.match(run.taskIdentifier) is not None)
     if match.task_regex is not None:
-        regex = re.compile(match.task_regex)
-        preds.append(lambda run: regex.search(run.taskIdentifier) is not None)
+        preds.append(_regex_predicate(rule, match.task_regex, failed))
     if match.tags is not None:
         preds.append(_tags_predicate(match.tags))
     for name, threshold in (
@@ -66,6 +72,26 @@ def match_predicates(match: MatchConfig) -> list[Predicate]:
     for path, value in (match.metadata or {}).items():
         preds.append(_metadata_predicate(path, value))
     return preds
+
+
+def _regex_predicate(name: str, source: str, failed: Callable[[str], None]) -> Predicate:
+    """`task_regex` as `re.search` would match it, but stopped after RENDER_BUDGET_S: `^(a|aa)+$`
+    over a task of 40 `a`s and a `!` backtracked for hours on the event loop (no /healthz, no
+    intake, no delivery). Stopped, it is no match, told as a `when:` that raised is."""
+    pattern = compile_task_regex(source)
+
+    def check(run: Run) -> bool:
+        try:
+            return pattern.search(run.taskIdentifier, timeout=RENDER_BUDGET_S) is not None
+        except TimeoutError:
+            log.warning(
+                "rule `task_regex` took too long; treating as no match",
+                extra={"rule": name, "run_id": run.id, "timeout_s": RENDER_BUDGET_S},
+            )
+            failed(name)
+            return False
+
+    return check
 
 
 def _tags_predicate(spec: TagMatch) -> Predicate:

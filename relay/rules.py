@@ -274,7 +274,7 @@ def compile_rules(
     failures = WhenFailures()
     compiled, problems = [], []
     for i, rule in enumerate(rules):
-        predicates = match_predicates(rule.match)
+        predicates = match_predicates(rule.match, rule.name, failures)
         when = _when(i, rule, locate, failures)
         if isinstance(when, Problem):
             problems.append(when)

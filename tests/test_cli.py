@@ -714,6 +714,24 @@ def test_dry_run_refuses_an_event_file_over_its_limit(tmp_path: Path) -> None:
     assert done.stderr.splitlines()[-1] == wanted  # after the config's warning: no rules
 
 
+def test_a_task_regex_that_backtracks_for_ever_is_stopped_as_no_match(tmp_path: Path) -> None:
+    """`task_regex: ^(a|aa)+$` over a task of 40 `a`s and a `!` backtracked for hours on the event
+    loop: relay serve answered nothing, /healthz included, and relay test hung alike. Now the
+    match stops after 1 s: no match, and a warning naming the rule and the run."""
+    rule = "{name: r, notify: [c], match: {task_regex: '^(a|aa)+$'}}"
+    config = write(tmp_path / "c.yaml", f"channels: {{c: {{type: console}}}}\nrules: [{rule}]\n")
+    runs = [
+        {**sdk_run("failed"), "id": f"run_{n}", "taskIdentifier": task}
+        for n, task in (("slow", "a" * 40 + "!"), ("fits", "aaa"))
+    ]
+    done = run_cli("test", "-", "--config", str(config), stdin=json.dumps(runs))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("run run_slow: no rule matched\nrun run_fits: r\n")
+    [warning] = [json.loads(line) for line in done.stderr.splitlines() if "task_regex" in line]
+    assert warning["msg"] == "rule `task_regex` took too long; treating as no match"
+    assert (warning["rule"], warning["run_id"]) == ("r", "run_slow")
+
+
 async def test_dry_run_names_rules_renders_messages_and_sends_nothing(
     tmp_path: Path, sink: Sink
 ) -> None:

@@ -166,6 +166,10 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "rules:\n  - {name: a, notify: [c], match: {task_regex: '('}}\nchannels: {c: {type: console}}\n",
             "invalid regex",
         ),
+        (  # re.compile's OverflowError was a traceback in relay check
+            "rules:\n  - {name: a, notify: [c], match: {task_regex: 'a{99999999999}'}}\nchannels: {c: {type: console}}\n",
+            "c.yaml:2: rules[0].match.task_regex: invalid regex: the repetition number is too large",
+        ),
         (
             "rules:\n  - {name: a, notify: [c], match: {event: nope}}\nchannels: {c: {type: console}}\n",
             "unknown event",
