@@ -35,6 +35,7 @@ from relay.durations import (
 )
 from relay.filters import http_url, web_url
 from relay.model import EVENTS
+from relay.regexes import PatternError, compile_regex
 from relay.sizes import Size
 from relay.windows import InhibitRule, NamedTimeInterval
 
@@ -364,14 +365,11 @@ class MatchConfig(Strict):
 
 def compile_task_regex(source: str) -> regex.Pattern[str]:
     """A rule's `task_regex`, compiled by the `regex` module, which can stop a match that
-    backtracks for ever (`re` cannot); its syntax errors in `re`'s words, as documented.
-    ValueError when invalid: `a{99999999999}` was an OverflowError traceback in relay check."""
+    backtracks for ever (`re` cannot). ValueError when invalid or too large (relay.regexes):
+    `a{99999999999}` was an OverflowError traceback in relay check."""
     try:
-        re.compile(source)
-        return regex.compile(source)
-    except re.error as exc:
-        raise ValueError(f"invalid regex: {exc.msg} at position {exc.pos}") from None
-    except (regex.error, OverflowError, RecursionError) as exc:
+        return compile_regex(source)
+    except PatternError as exc:
         raise ValueError(f"invalid regex: {exc}") from None
 
 

@@ -170,6 +170,10 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "rules:\n  - {name: a, notify: [c], match: {task_regex: 'a{99999999999}'}}\nchannels: {c: {type: console}}\n",
             "c.yaml:2: rules[0].match.task_regex: invalid regex: the repetition number is too large",
         ),
+        (  # the regex module's compile wrote it out: seconds and gigabytes (relay.regexes)
+            "rules:\n  - {name: a, notify: [c], match: {task_regex: '(?:(?:a{100}){100}){100}'}}\nchannels: {c: {type: console}}\n",
+            "rules[0].match.task_regex: invalid regex: its nested repeats multiply past 10,000",
+        ),
         (
             "rules:\n  - {name: a, notify: [c], match: {event: nope}}\nchannels: {c: {type: console}}\n",
             "unknown event",
