@@ -6,13 +6,15 @@ program too large, a pattern whose nested repeat counts multiply past MAX_REPEAT
 
 from __future__ import annotations
 
+import importlib
 import re
-from re import _constants as sre
-from re import _parser
 from typing import Any
 
 import regex
 
+# re's own parser (private, no stubs): it reads a pattern as `re` does, without compiling it
+_parser: Any = importlib.import_module("re._parser")
+sre: Any = importlib.import_module("re._constants")
 MAX_REPEATS = 10_000  # `(?:[a-z0-9]{1,63}\.){1,10}` is 630; a{100}{100} 10,000 compiles in ms
 _REPEATS = {sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT}
 
@@ -38,7 +40,14 @@ def compile_regex(source: str) -> regex.Pattern[str]:
         raise PatternError(str(exc)) from None
 
 
-def _repeats(items: Any) -> int:
+def repeats_nothing(source: str) -> bool:
+    """Whether `source` (a valid pattern) has no repeat at all (`^etl-`, `^(billing|pay)-`):
+    a search for it tries each position a bounded number of ways, so `re` may run it with no
+    timeout, at a ninth of the cost of `regex` with one (0.1 µs against 0.9 per run and rule)."""
+    return _repeats(_parser.parse(source), counted=False) == 1
+
+
+def _repeats(items: Any, *, counted: bool = True) -> int:
     """How many times the most repeated part of `items` (a parsed pattern) is written out:
     counted repeats multiplied as they nest (an open one, `a{2,}`, by its least count)."""
     worst = 1
@@ -46,9 +55,9 @@ def _repeats(items: Any) -> int:
         if op in _REPEATS:
             low, high, sub = av
             count = low if high == sre.MAXREPEAT else high
-            worst = max(worst, max(count, 1) * _repeats(sub))
+            worst = max(worst, max(count, 1) * _repeats(sub, counted=counted) if counted else 2)
         else:
-            worst = max([worst, *(_repeats(sub) for sub in _children(op, av))])
+            worst = max([worst, *(_repeats(sub, counted=counted) for sub in _children(op, av))])
     return worst
 
 

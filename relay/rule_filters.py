@@ -13,6 +13,7 @@ from typing import Any
 from relay.config import MatchConfig, TagMatch, Threshold, compile_task_regex
 from relay.grouping import MISSING, lookup
 from relay.model import FAILURE_STATUSES, Run, normalise_status
+from relay.regexes import repeats_nothing
 from relay.render_limits import RENDER_BUDGET_S
 
 log = logging.getLogger("relay.rules")
@@ -77,8 +78,12 @@ def match_predicates(
 def _regex_predicate(name: str, source: str, failed: Callable[[str], None]) -> Predicate:
     """`task_regex` as `re.search` would match it, but stopped after RENDER_BUDGET_S: `^(a|aa)+$`
     over a task of 40 `a`s and a `!` backtracked for hours on the event loop (no /healthz, no
-    intake, no delivery). Stopped, it is no match, told as a `when:` that raised is."""
+    intake, no delivery). Stopped, it is no match, told as a `when:` that raised is. One with
+    no repeat cannot take long: `re` runs it, with no timeout to keep."""
     pattern = compile_task_regex(source)
+    if repeats_nothing(source):
+        plain = re.compile(source)
+        return lambda run: plain.search(run.taskIdentifier) is not None
 
     def check(run: Run) -> bool:
         try:

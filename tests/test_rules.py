@@ -71,6 +71,11 @@ CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("task: ['email/*', 'billing/*']", {}, True),
     ("task_regex: '^billing/(charge|refund)$'", {}, True),
     ("task_regex: 'refund'", {}, False),
+    # with repeats (run by `regex` with a timeout) and without (`re`): the same answers
+    ("task_regex: '^billing/.+e$'", {}, True),
+    ("task_regex: 'billing/(charge)?x'", {}, False),
+    ("task_regex: '(?i)^BILLING/'", {}, True),
+    ("task_regex: '^(?:billing|email)/(?=c)'", {}, True),
     ("tags: {any: [env:prod, env:stg]}", {"tags": ["env:prod"]}, True),
     ("tags: {any: [env:prod]}", {"tags": ["env:dev"]}, False),
     ("tags: {all: [env:prod, vip]}", {"tags": ["env:prod"]}, False),
