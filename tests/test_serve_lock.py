@@ -49,9 +49,17 @@ async def _get(url: str) -> tuple[int, Any]:
 
 
 async def _check_waiting(url: str, sink: Sink) -> None:
-    """Alive, not ready, saying why, and nothing of the first one's sent again."""
+    """Alive, not ready, saying why, and nothing of the first one's sent again. An update sent
+    to it (a pusher trying each address) is refused with 503 and Retry-After and counted as
+    `store_unavailable`, as the README's metrics table says."""
     assert await _get(url + "/readyz") == (503, {"status": "not ready", "reason": HELD})
     assert await _get(url + "/healthz") == (200, {"status": "ok", "reason": HELD})
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url + "/v1/runs", json=runs(1)[0]) as resp:
+            assert (resp.status, resp.headers.get("Retry-After")) == (503, "5")
+        async with http.get(url + "/metrics") as resp:
+            metrics = await resp.text()
+    assert 'relay_updates_rejected_total{reason="store_unavailable"} 1.0' in metrics
     assert len(sink.received) == 1
 
 
