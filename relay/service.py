@@ -271,7 +271,6 @@ class Service:
         released = await self.store.release_leases(self.role.holder)
         if released:  # left by a predecessor that outlived its parent (kill -9), now gone
             log.info("resuming notifications claimed before a restart", extra={"count": released})
-        await retime_digests(self.store, self.compiled.rules.timings())  # as a reload does
         self.delivery = self._delivery(self.compiled)
         self.delivery.start()
         commands = read_commands(
