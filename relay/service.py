@@ -43,7 +43,7 @@ from relay.silences import RELOAD_S, SilenceCache
 from relay.sources._wire import JsonErrorRunner, raise_descriptor_limit
 from relay.sources.http import DRAINING, HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource, feed_keys, forget_removed_feeds
-from relay.store import ServeLock, Store, open_store, serve_lock, store_name
+from relay.store import SERVE_LOCK_HELD, ServeLock, Store, open_store, serve_lock, store_name
 from relay.workers import (
     EventPipe,
     Outcome,
@@ -75,7 +75,7 @@ WAITING_FOR_STORE = "waiting for the store"
 STARTING = "starting"
 # SQLite: another `relay serve` holds the file (its `-serve.lock`); /healthz and /readyz say so
 # while this one waits for it to exit, trying again this often.
-HELD = "store held by another relay serve"
+HELD = SERVE_LOCK_HELD
 HELD_RETRY_S = 1.0
 _UNREADY = {WAITING_FOR_STORE: "store unreachable", HELD: HELD}  # /readyz's, else "starting"
 

@@ -57,6 +57,7 @@ async def _check_waiting(url: str, sink: Sink) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.post(url + "/v1/runs", json=runs(1)[0]) as resp:
             assert (resp.status, resp.headers.get("Retry-After")) == (503, "5")
+            assert (await resp.json())["error"] == f"{HELD}; retry later"  # as /readyz says
         async with http.get(url + "/metrics") as resp:
             metrics = await resp.text()
     assert 'relay_updates_rejected_total{reason="store_unavailable"} 1.0' in metrics

@@ -44,7 +44,7 @@ from relay.sources._replies import (
 )
 from relay.sources._wire import SERVER
 from relay.sources.admin import add_admin_routes
-from relay.store import Store
+from relay.store import SERVE_LOCK_HELD, Store
 
 log = logging.getLogger("relay.http")
 RETRY_AFTER_S = "5"
@@ -243,17 +243,20 @@ _INGEST_PATHS = ("/v1/runs", "/v1/trigger/alerts")
 _WHILE_STARTING = ("/healthz", "/readyz", "/metrics")
 
 
-def store_unavailable() -> web.Response:
-    """503 with Retry-After: the answer of an endpoint whose store cannot answer now."""
-    return error(503, "store unavailable; retry later", headers={"Retry-After": RETRY_AFTER_S})
+def store_unavailable(why: str | None = None) -> web.Response:
+    """503 with Retry-After: the answer of an endpoint whose store cannot answer now; while
+    another `relay serve` holds the SQLite file, saying so as /readyz does (a pusher's log
+    said "store unavailable" of a relay waiting its turn in a rolling update)."""
+    said = SERVE_LOCK_HELD if why == SERVE_LOCK_HELD else "store unavailable"
+    return error(503, f"{said}; retry later", headers={"Retry-After": RETRY_AFTER_S})
 
 
 def _not_serving(deps: HttpDeps, request: web.Request) -> web.Response | None:
     """503 (store unavailable) for every endpoint but health while the store is not open yet;
     503 for updates while relay drains (SIGTERM stops intake: the pusher tries again, another
     replica or this one started again takes it), every other endpoint answering as before."""
-    if deps.starting() is not None and request.path not in _WHILE_STARTING:
-        return store_unavailable()
+    if (why := deps.starting()) is not None and request.path not in _WHILE_STARTING:
+        return store_unavailable(why)
     if request.path in _INGEST_PATHS and deps.draining():
         response = error(503, "shutting down; retry later", headers={"Retry-After": RETRY_AFTER_S})
         response[REJECTION] = "shutting_down"

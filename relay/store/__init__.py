@@ -445,6 +445,10 @@ def open_store(
     )
 
 
+# what /healthz, /readyz and a refused update say while another `relay serve` holds the file
+SERVE_LOCK_HELD = "store held by another relay serve"
+
+
 def serve_lock(url: str) -> ServeLock | None:
     """The lock `relay serve` holds on its store from its start to its exit, not opened yet:
     SQLite's `<db>-serve.lock` (one relay per file); None for PostgreSQL (any number)."""
