@@ -1,5 +1,6 @@
 """What every HTTP request relay makes shares, channels' and Realtime feeds' alike: the
-User-Agent, the proxy the environment names, and how a redirect's target is told.
+User-Agent, the proxy the environment names, how a redirect's target is told, and where host
+names are looked up (new_resolver: threads of their own, not asyncio's default executor).
 
 Proxies: HTTP_PROXY / HTTPS_PROXY / NO_PROXY (any case), read once at start, as curl, pip and
 requests read them: behind a corporate proxy every send and feed failed with a name lookup
@@ -16,11 +17,17 @@ The answer for each scheme://host:port is kept: receivers are few, requests many
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
+import socket
+import threading
 import urllib.request
 from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import SplitResult, urlsplit
+
+import aiohttp
 
 from relay import __version__
 
@@ -148,3 +155,50 @@ def origin(location: str | None) -> str:
         return ""
     host = f"[{host}]" if ":" in host else host
     return f"{url.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+class _Lookups:
+    """What aiohttp's ThreadedResolver asks of its loop (getaddrinfo, getnameinfo), each call
+    in a daemon thread of its own instead of asyncio's default executor. That executor has
+    few threads (6 on 2 cores) and other work (the metrics' render, a reload's compile): a DNS
+    server slow to answer held each for its 5-30 s, ten such hosts held them all, and sends to
+    hosts it answered at once timed out waiting for a thread; at exit, Python waited for every
+    lookup still running (40 s after SIGTERM). A daemon thread is not waited for, and the
+    connector asks once per host at a time (aiohttp shares one lookup, and caches it 60 s)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    async def getaddrinfo(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._in_thread(socket.getaddrinfo, *args, **kwargs)
+
+    async def getnameinfo(self, *args: Any) -> Any:
+        return await self._in_thread(socket.getnameinfo, *args)
+
+    async def _in_thread(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        future: asyncio.Future[Any] = self._loop.create_future()
+
+        def settle(result: Any, error: BaseException | None) -> None:
+            if future.done():  # the send was cancelled meanwhile
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+        def look_up() -> None:
+            try:
+                result, error = call(*args, **kwargs), None
+            except BaseException as exc:
+                result, error = None, exc
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(settle, result, error)
+
+        threading.Thread(target=look_up, name="relay-dns", daemon=True).start()
+        return await future
+
+
+def new_resolver() -> aiohttp.ThreadedResolver:
+    """aiohttp's resolver, looking names up in threads of their own (_Lookups)."""
+    loop = asyncio.get_running_loop()
+    return aiohttp.ThreadedResolver(loop=_Lookups(loop))  # type: ignore[arg-type]

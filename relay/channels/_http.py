@@ -21,12 +21,8 @@ the request twice, as it did when that drop was a failed try, retried at once (a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import socket
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -36,7 +32,7 @@ from multidict import CIMultiDict
 
 from relay.channels._http_answers import HttpResponse, classify_status, proxy_refused
 from relay.errors import DeliveryError, network_error, tls_failure, wire_failure
-from relay.outbound import USER_AGENT, Proxies, UnsupportedProxy
+from relay.outbound import USER_AGENT, Proxies, UnsupportedProxy, new_resolver
 
 log = logging.getLogger("relay.channels")
 
@@ -80,53 +76,6 @@ class _Handler(ResponseHandler):
 
 def _new_handler(loop: asyncio.AbstractEventLoop) -> ResponseHandler:
     return _Handler(loop)
-
-
-class _Lookups:
-    """What aiohttp's ThreadedResolver asks of its loop (getaddrinfo, getnameinfo), each call
-    in a daemon thread of its own instead of asyncio's default executor. That executor has
-    few threads (6 on 2 cores) and other work (the metrics' render, a reload's compile): a DNS
-    server slow to answer held each for its 5-30 s, ten such hosts held them all, and sends to
-    hosts it answered at once timed out waiting for a thread; at exit, Python waited for every
-    lookup still running (40 s after SIGTERM). A daemon thread is not waited for, and the
-    connector asks once per host at a time (aiohttp shares one lookup, and caches it 60 s)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-
-    async def getaddrinfo(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._in_thread(socket.getaddrinfo, *args, **kwargs)
-
-    async def getnameinfo(self, *args: Any) -> Any:
-        return await self._in_thread(socket.getnameinfo, *args)
-
-    async def _in_thread(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        future: asyncio.Future[Any] = self._loop.create_future()
-
-        def settle(result: Any, error: BaseException | None) -> None:
-            if future.done():  # the send was cancelled meanwhile
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
-
-        def look_up() -> None:
-            try:
-                result, error = call(*args, **kwargs), None
-            except BaseException as exc:
-                result, error = None, exc
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self._loop.call_soon_threadsafe(settle, result, error)
-
-        threading.Thread(target=look_up, name="relay-dns", daemon=True).start()
-        return await future
-
-
-def new_resolver() -> aiohttp.ThreadedResolver:
-    """aiohttp's resolver, looking names up in threads of their own (_Lookups)."""
-    loop = asyncio.get_running_loop()
-    return aiohttp.ThreadedResolver(loop=_Lookups(loop))  # type: ignore[arg-type]
 
 
 class _Connector(aiohttp.TCPConnector):

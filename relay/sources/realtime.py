@@ -17,10 +17,9 @@ from typing import Protocol
 
 import aiohttp
 
-from relay.channels._http import new_resolver
 from relay.config import RealtimeConfig
 from relay.errors import StoreUnavailable
-from relay.outbound import USER_AGENT
+from relay.outbound import USER_AGENT, new_resolver
 from relay.sources._feed_store import NAMESPACE, ROWS_NAMESPACE, Positions
 from relay.sources._follower import Failed, Follower, Observe, Submit
 from relay.sources._shape import (
