@@ -24,10 +24,11 @@ import socket
 import threading
 import urllib.request
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
-import aiohttp
+if TYPE_CHECKING:
+    import aiohttp
 
 from relay import __version__
 
@@ -200,5 +201,7 @@ class _Lookups:
 
 def new_resolver() -> aiohttp.ThreadedResolver:
     """aiohttp's resolver, looking names up in threads of their own (_Lookups)."""
+    import aiohttp  # noqa: PLC0415 (here: `relay check` reads this module and no aiohttp)
+
     loop = asyncio.get_running_loop()
     return aiohttp.ThreadedResolver(loop=_Lookups(loop))  # type: ignore[arg-type]
