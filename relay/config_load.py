@@ -19,9 +19,10 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from relay.config import Config, RuleConfig, TemplatesConfig
+from relay.config import Config, TemplatesConfig
 from relay.config_parts import ChannelModels, Parts, is_known
 from relay.config_refs import Names, inhibit_sources, references, rule_options
+from relay.config_rules import RuleConfig
 from relay.errors import ConfigError, Problem, in_file_order
 from relay.yamlconf import Located, Path_, load_yaml
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from relay.config import ChannelSettings, Config, RuleConfig
+from relay.config import ChannelSettings, Config
+from relay.config_rules import RuleConfig
 from relay.errors import Problem, did_you_mean, setting_message
 from relay.sizes import format_size, is_size
 from relay.windows import InhibitRule, NamedTimeInterval

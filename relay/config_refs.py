@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from relay.config import RuleConfig
 from relay.config_parts import is_known
+from relay.config_rules import RuleConfig
 from relay.errors import Problem, did_you_mean
 from relay.windows import InhibitRule
 from relay.yamlconf import Located, Path_

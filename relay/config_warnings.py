@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import difflib
 
-from relay.config import Config, MatchConfig, RuleConfig
+from relay.config import Config
 from relay.config_load import LoadedConfig
+from relay.config_rules import MatchConfig, RuleConfig
 from relay.durations import format_duration
 from relay.errors import did_you_mean
 from relay.model import (

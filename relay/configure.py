@@ -16,8 +16,9 @@ from urllib.parse import quote, urlsplit
 
 from relay import channels as channel_registry
 from relay.channels import ChannelEnv, Outgoing, Recovery
-from relay.config import ChannelSettings, Defaults, RuleConfig
+from relay.config import ChannelSettings, Defaults
 from relay.config_load import Draft, LoadedConfig, check_config, check_file, parse_config
+from relay.config_rules import RuleConfig
 from relay.config_warnings import config_warnings
 from relay.dispatch import DIGEST_TEMPLATE, render_notification
 from relay.errors import ConfigError, DeliveryError, Problem, RelayError, in_file_order

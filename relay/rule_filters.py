@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from relay.config import MatchConfig, TagMatch, Threshold, compile_task_regex
+from relay.config_rules import MatchConfig, TagMatch, Threshold, compile_task_regex
 from relay.grouping import MISSING, lookup
 from relay.model import FAILURE_STATUSES, Run, normalise_status
 from relay.regexes import repeats_nothing

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from relay.config import RuleConfig, TagMatch
+from relay.config_rules import RuleConfig, TagMatch
 from relay.errors import Problem
 from relay.model import Decision, Match, Run, RunState, Timing
 from relay.rule_filters import Predicate, has_threshold, match_predicates, statuses_of

@@ -44,18 +44,14 @@ from relay.config import (
     ChannelSettings,
     Config,
     Defaults,
-    MatchConfig,
     RateLimit,
-    RealtimeConfig,
-    RealtimeFeed,
     RetryPolicy,
-    RuleConfig,
     ServerConfig,
-    SourcesConfig,
     TemplatesConfig,
-    TriggerAlertsConfig,
 )
 from relay.config_load import load_config
+from relay.config_rules import MatchConfig, RuleConfig
+from relay.config_sources import RealtimeConfig, RealtimeFeed, SourcesConfig, TriggerAlertsConfig
 from relay.configure import compile_config, dry_run
 from relay.durations import parse_duration
 from relay.errors import REASONS

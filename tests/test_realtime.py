@@ -23,7 +23,7 @@ import pytest
 from pydantic import ValidationError
 
 from relay import __version__ as relay_version
-from relay.config import RealtimeConfig, RealtimeFeed
+from relay.config_sources import RealtimeConfig, RealtimeFeed
 from relay.errors import StoreUnavailable
 from relay.formats.packets import too_deep
 from relay.formats.sdk import parse_sdk_run

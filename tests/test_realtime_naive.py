@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from relay.config import RealtimeFeed
+from relay.config_sources import RealtimeFeed
 from tests.fakes.realtime import FIXTURES, row_key
 from tests.fakes.serving import serving
 from tests.test_realtime import following

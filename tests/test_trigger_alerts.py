@@ -22,8 +22,9 @@ import pytest
 from multidict import CIMultiDict
 
 from relay.channels import settings_models
-from relay.config import Defaults, RuleConfig
+from relay.config import Defaults
 from relay.config_load import parse_config
+from relay.config_rules import RuleConfig
 from relay.configure import compile_config, dashboard_link
 from relay.formats.trigger_alerts import MAX_SIGNATURES, parse_alert
 from relay.model import Run

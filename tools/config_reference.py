@@ -30,17 +30,13 @@ from relay.channels.email import SmtpSettings
 from relay.config import (
     ChannelSettings,
     Defaults,
-    MatchConfig,
     RateLimit,
-    RealtimeConfig,
-    RealtimeFeed,
     RetryPolicy,
-    RuleConfig,
     ServerConfig,
     TemplatesConfig,
-    TriggerAlertsConfig,
-    one_or_many,
 )
+from relay.config_rules import MatchConfig, RuleConfig, one_or_many
+from relay.config_sources import RealtimeConfig, RealtimeFeed, TriggerAlertsConfig
 from relay.durations import format_duration, more_than_zero, parse_duration
 from relay.settings import Settings
 from relay.sizes import is_size

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from relay.config import url_problem
+from relay.config_base import url_problem
 from relay.errors import DeliveryError
 from relay.outbound import origin, proxy_answered
 from relay.retry_after import parse_retry_after

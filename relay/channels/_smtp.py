@@ -52,7 +52,7 @@ from typing import Any
 
 import aiosmtplib
 
-from relay.config import CONTROL_CHARS
+from relay.config_base import CONTROL_CHARS
 from relay.errors import DeliveryError, network_error, tls_failure, wire_failure
 from relay.filters import truncate_chars
 from relay.logs import BIDI_OVERRIDES

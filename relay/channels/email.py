@@ -56,7 +56,8 @@ from relay.channels._email_addresses import check_address, check_headers, split_
 from relay.channels._email_message import ascii_recipients_only, build_message, id_domain
 from relay.channels._http_answers import LOCAL_HOSTS
 from relay.channels._smtp import SUBJECT_MAX_CHARS, Client, by_code, classify, for_now
-from relay.config import ChannelSettings, Strict, from_config_dir
+from relay.config import ChannelSettings, from_config_dir
+from relay.config_base import Strict
 from relay.errors import DeliveryError, StoreUnavailable
 
 log = logging.getLogger("relay.channels.email")

@@ -46,7 +46,8 @@ from pydantic import SecretStr, field_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._http_answers import HttpResponse, classify_status, https_or_local, json_object
-from relay.config import ChannelSettings, RateLimit, Token
+from relay.config import ChannelSettings, RateLimit
+from relay.config_base import Token
 from relay.errors import DeliveryError
 from relay.filters import http_url, truncate_chars
 

@@ -72,7 +72,8 @@ from relay.channels._slack_blocks import (
     verbatim,
 )
 from relay.channels._slack_threads import Threads
-from relay.config import ChannelSettings, RateLimit, Token
+from relay.config import ChannelSettings, RateLimit
+from relay.config_base import Token
 from relay.errors import DeliveryError
 from relay.filters import mrkdwn
 

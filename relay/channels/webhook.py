@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from relay.channels import ChannelEnv, ChannelKind, Outgoing
-from relay.config import ChannelSettings, header_value_problem, url_problem
+from relay.config import ChannelSettings
+from relay.config_base import header_value_problem, url_problem
 from relay.filters import http_url
 from relay.sizes import Size
 

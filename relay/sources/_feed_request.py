@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from relay.config import RealtimeConfig
+from relay.config_sources import RealtimeConfig
 from relay.outbound import Proxies
 from relay.sources._answers import Response, read_capped
 from relay.sources._shape import Feed, Shape, request_headers

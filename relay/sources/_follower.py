@@ -53,7 +53,7 @@ from typing import Any
 import aiohttp
 
 from relay.channels._http import transport_words
-from relay.config import RealtimeConfig
+from relay.config_sources import RealtimeConfig
 from relay.errors import InputError, StoreUnavailable
 from relay.formats.electric import Schema, parse_raw_run
 from relay.intake import IntakeResult

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import orjson
 
-from relay.config import RealtimeFeed
+from relay.config_sources import RealtimeFeed
 from relay.formats.electric import is_final_row, is_whole_row, row_changed_at
 from relay.formats.packets import MAX_DEPTH, capped
 

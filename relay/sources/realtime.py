@@ -17,7 +17,7 @@ from typing import Protocol
 
 import aiohttp
 
-from relay.config import RealtimeConfig
+from relay.config_sources import RealtimeConfig
 from relay.errors import StoreUnavailable
 from relay.outbound import USER_AGENT, new_resolver
 from relay.sources._feed_store import NAMESPACE, ROWS_NAMESPACE, Positions
