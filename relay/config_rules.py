@@ -13,8 +13,8 @@ from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_v
 
 from relay.config_base import CONTROL_CHARS, Strict
 from relay.durations import Duration, PositiveDuration, more_than_zero
-from relay.model import EVENTS
 from relay.regexes import PatternError, compile_regex
+from relay.statuses import EVENTS
 
 _Model = TypeVar("_Model", bound=BaseModel)
 

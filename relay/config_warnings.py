@@ -12,16 +12,10 @@ from relay.config_load import LoadedConfig
 from relay.config_rules import MatchConfig, RuleConfig
 from relay.durations import format_duration
 from relay.errors import did_you_mean
-from relay.model import (
-    EVENT_STATUSES,
-    FAILURE_STATUSES,
-    KNOWN_STATUSES,
-    RAW_STATUS_MAP,
-    Run,
-    Timing,
-)
+from relay.model import Run, Timing
 from relay.rule_filters import passes_filters, statuses_of
 from relay.rules import Locate
+from relay.statuses import EVENT_STATUSES, FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP
 from relay.yamlconf import dotted
 
 

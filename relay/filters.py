@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import orjson
 from jinja2 import Undefined
 
-from relay.model import FAILURE_STATUSES
+from relay.statuses import FAILURE_STATUSES
 
 
 def as_text(value: Any) -> str:

@@ -9,7 +9,8 @@ from typing import Any
 
 from relay.durations import NOT_A_DURATION, parse_duration
 from relay.errors import InputError
-from relay.model import ALERT_DEAD, Notification, iso
+from relay.model import ALERT_DEAD, Notification
+from relay.run_values import iso
 from relay.silences.listing import parse_limit
 from relay.silences.shapes import parse_time
 from relay.store import HistoryQuery, Store

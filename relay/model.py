@@ -1,18 +1,18 @@
-"""The run, its statuses, and the notification that leaves the outbox.
+"""The run and what relay decides and keeps about it: its state between updates, matches,
+group windows, silences, and the notification that leaves the outbox.
 
 A Run is the Trigger.dev Realtime run object (camelCase, as the SDK yields it) after
 normalisation: timestamps are aware UTC datetimes, the status is a public status, and fields
-relay does not know are kept as extra attributes.
+relay does not know are kept as extra attributes. Status vocabularies are relay.statuses; how
+a run's values are read, relay.run_values.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
-import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import (
@@ -21,89 +21,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    PlainValidator,
     ValidationError,
     field_serializer,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
 
-# Today's public RunStatus (packages/core schemas/api.ts).
-CURRENT_STATUSES = frozenset(
-    {
-        "PENDING_VERSION",
-        "QUEUED",
-        "DEQUEUED",
-        "EXECUTING",
-        "WAITING",
-        "COMPLETED",
-        "CANCELED",
-        "FAILED",
-        "CRASHED",
-        "SYSTEM_FAILURE",
-        "DELAYED",
-        "EXPIRED",
-        "TIMED_OUT",
-    }
-)
-# The v3 vocabulary still documented on trigger.dev/docs/realtime/run-object.
-V3_STATUSES = frozenset({"WAITING_FOR_DEPLOY", "REATTEMPTING", "FROZEN", "INTERRUPTED"})
-# Raw TaskRun database statuses (Realtime rows) whose public name differs.
-RAW_STATUS_MAP = {
-    "COMPLETED_WITH_ERRORS": "FAILED",
-    "COMPLETED_SUCCESSFULLY": "COMPLETED",
-    "PENDING": "QUEUED",
-    "RETRYING_AFTER_FAILURE": "EXECUTING",
-    "PAUSED": "WAITING",
-    "WAITING_TO_RESUME": "WAITING",
-}
-# A raw row is today's platform: where the raw name is also a v3 status, today's SDK maps it
-# (apiStatusFromRunStatus), so a rule on FAILED matches a run whatever shape it came in.
-ROW_STATUS_MAP = {
-    **RAW_STATUS_MAP,
-    "INTERRUPTED": "FAILED",
-    "WAITING_FOR_DEPLOY": "PENDING_VERSION",
-}
-# The v3 name of a raw status where today's differs (TRIGGER.md 1.3, the SDK up to
-# 4.0.0-v4-beta.23): a row keeps it as `v3Status`, so a rule in either vocabulary matches it.
-ROW_V3_STATUS = {
-    "INTERRUPTED": "INTERRUPTED",
-    "WAITING_FOR_DEPLOY": "WAITING_FOR_DEPLOY",
-    "RETRYING_AFTER_FAILURE": "REATTEMPTING",
-    "PAUSED": "FROZEN",
-    "WAITING_TO_RESUME": "FROZEN",
-}
-KNOWN_STATUSES = CURRENT_STATUSES | V3_STATUSES
-# The `failure` shorthand of rules.
-FAILURE_STATUSES = frozenset({"FAILED", "CRASHED", "SYSTEM_FAILURE", "TIMED_OUT", "INTERRUPTED"})
-
-
-def normalise_status(status: str) -> str:
-    """Public status for any vocabulary, in any case and with blanks around it (`failed` and
-    ` FAILED\\n` are FAILED, as a number or a flag in quotes is read); unknown values are kept as
-    they are."""
-    upper = status.strip().upper()
-    if upper != status and (upper in KNOWN_STATUSES or upper in RAW_STATUS_MAP):
-        status = upper
-    return RAW_STATUS_MAP.get(status, status)
-
-
-def to_utc(value: datetime) -> datetime:
-    """Aware UTC datetime; naive values (Realtime rows omit the Z) are UTC. ValueError (a 400
-    for input) when the time in UTC falls outside years 1-9999, e.g. 0001-01-01T00:00+01:00."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("date out of range (years 1-9999 in UTC)") from None
-
-
-def from_iso(text: str) -> datetime:
-    """ISO 8601 text as Python reads it, blanks around ignored, in UTC (no zone means UTC):
-    also Postgres' timestamptz `2026-08-20 09:14:22.46+00` and the basic `20260820T091422Z`,
-    which pydantic refuses. ValueError for anything else."""
-    return to_utc(datetime.fromisoformat(text.strip()))
+from relay.run_values import Flag, Integer, Number, Text, from_iso, iso, to_utc
+from relay.statuses import FAILURE_STATUSES
 
 
 def dates_from_iso(data: dict[str, Any], exc: ValidationError) -> dict[str, Any] | None:
@@ -120,101 +45,6 @@ def dates_from_iso(data: dict[str, Any], exc: ValidationError) -> dict[str, Any]
     return None if dated == data else dated
 
 
-def iso(value: datetime | None) -> str | None:
-    """ISO-8601 with milliseconds and Z, the way Trigger.dev writes dates."""
-    if value is None:
-        return None
-    return to_utc(value).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-# Leniency that loses nothing: null is the field's default, and a number or flag in quotes (as
-# Realtime rows send them, as hand-built JSON often does) is that number or flag. A bool where a
-# number belongs, or text that is no number, is a client bug worth a 400.
-_NUMERIC_TEXT = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
-_MAX_EXACT_INT = 2**53  # an integral float within this is an exact int (and one orjson writes)
-_INT64 = 2**63  # what the store and orjson can write as an integer
-
-
-def _numeric_text(text: str) -> int | float | None:
-    """ "600" → 600, " 12.5 " → 12.5 (JSON number syntax); None for any other text."""
-    text = text.strip()
-    if not _NUMERIC_TEXT.fullmatch(text):
-        return None
-    if text.lstrip("-").isdigit():
-        try:
-            whole = int(text)
-        except ValueError:  # past Python's 4,300 digits: past a float's range as well
-            return None
-        return _as_read(whole)
-    value = float(text)
-    return value if math.isfinite(value) else None
-
-
-def _as_read(whole: int) -> int | float | None:
-    """An integer as orjson reads a JSON number: past 64 bits a float; past a float's range
-    none (orjson refuses it as infinity, and float() raised OverflowError)."""
-    if abs(whole) < _INT64:
-        return whole
-    try:
-        return float(whole)
-    except OverflowError:
-        return None
-
-
-def _number(value: object) -> int | float:
-    """An int stays an int (60634, not 60634.0): typed receivers decode the run as it was sent;
-    one past 64 bits is a float, as orjson reads it. null is 0, as when the field is absent (a
-    run not started yet has no cost). NaN and infinities (Postgres float8 can hold them) are
-    no amount: a 400, not a row the store cannot write."""
-    if value is None:
-        return 0
-    if isinstance(value, int) and not isinstance(value, bool):
-        if (read := _as_read(value)) is not None:
-            return read
-    elif isinstance(value, float) and math.isfinite(value):
-        return value
-    if isinstance(value, str) and (parsed := _numeric_text(value)) is not None:
-        return parsed
-    raise PydanticCustomError("float_type", "Input should be a valid number")
-
-
-def _integer(value: object) -> int | None:
-    """The run number: an int, also when sent as 12.0 or "12"; null stays null."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = _numeric_text(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) <= _MAX_EXACT_INT:
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < _INT64:
-        return value
-    raise PydanticCustomError("int_type", "Input should be a valid integer")
-
-
-def _flag(value: object) -> bool:
-    """isTest: a bool, "true"/"false" or Postgres' "t"/"f" in any case; null is false."""
-    if value is None:
-        return False
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _FLAGS:
-        return _FLAGS[value.strip().lower()]
-    raise PydanticCustomError("bool_type", "Input should be a valid boolean")
-
-
-def _text(value: object) -> object:
-    """An optional text field (ttl, idempotencyKey) sent as a number is that number's text:
-    Trigger.dev's trigger options take `ttl: 3600` as well as `ttl: "1h"`."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-_FLAGS = {"true": True, "t": True, "false": False, "f": False}
-Number = Annotated[int | float, PlainValidator(_number)]
-Integer = Annotated[int | None, PlainValidator(_integer)]
-Flag = Annotated[bool, PlainValidator(_flag)]
-Text = Annotated[str | None, BeforeValidator(_text)]
 _DATES = (
     "createdAt",
     "updatedAt",
@@ -375,15 +205,6 @@ class Match:
 
 
 SILENCE_MATCHERS = ("rule", "task", "tag", "status", "channel", "event")
-# What a run update can be: a run, or one of the alert webhooks turned into an event.
-EVENTS = ("run", "deployment.failed", "deployment.success", "error")
-# The statuses an event other than `run` can carry (Trigger.dev's deployment statuses of a
-# failure or success alert, the classifications of an error-group alert).
-EVENT_STATUSES = {
-    "deployment.failed": frozenset({"FAILED", "TIMED_OUT", "CANCELED"}),
-    "deployment.success": frozenset({"DEPLOYED"}),
-    "error": frozenset({"NEW_ISSUE", "REGRESSION", "UNIGNORED"}),
-}
 
 
 @dataclass(frozen=True)

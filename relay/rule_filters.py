@@ -12,9 +12,10 @@ from typing import Any
 
 from relay.config_rules import MatchConfig, TagMatch, Threshold, compile_task_regex
 from relay.grouping import MISSING, lookup
-from relay.model import FAILURE_STATUSES, Run, normalise_status
+from relay.model import Run
 from relay.regexes import repeats_nothing
 from relay.render_limits import RENDER_BUDGET_S
+from relay.statuses import FAILURE_STATUSES, normalise_status
 
 log = logging.getLogger("relay.rules")
 Predicate = Callable[[Run], bool]

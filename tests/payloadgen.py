@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 # -- statuses (TRIGGER.md §1.3) ----------------------------------------------------------------
-# Written out from TRIGGER.md, not imported from relay.model: the generator is an oracle
+# Written out from TRIGGER.md, not imported from relay.statuses: the generator is an oracle
 # independent of the code it checks (a status relay forgot must still be generated).
 CURRENT = [
     "PENDING_VERSION",

@@ -57,11 +57,12 @@ from relay.durations import parse_duration
 from relay.errors import REASONS
 from relay.formats import parse_any, parse_body, parse_runs
 from relay.metrics import Metrics
-from relay.model import EVENTS, SILENCE_MATCHERS
+from relay.model import SILENCE_MATCHERS
 from relay.render_context import template_variables
 from relay.rules import EVENT_TEMPLATES
 from relay.sandbox import environment
 from relay.settings import Settings
+from relay.statuses import EVENTS
 from relay.store import open_store
 from relay.store.sqlite import sqlite_path
 from relay.templating import RenderContext, Renderer

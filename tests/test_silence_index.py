@@ -8,11 +8,12 @@ from typing import Any
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from relay.model import EVENTS, Silence
+from relay.model import Silence
 from relay.silences import SilenceCache
 from relay.silences.index import SilenceIndex, fits, silenced_by
 from relay.silences.matchers import parse_matchers
 from relay.silences.shapes import new_silence
+from relay.statuses import EVENTS
 from relay.store.sqlite import SQLiteStore
 
 NOW = 1_800_000_000.0

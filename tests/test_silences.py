@@ -21,7 +21,7 @@ from relay.cli import main
 from relay.configure import compile_config, load
 from relay.durations import NOT_A_DURATION
 from relay.errors import InputError, StoreUnavailable
-from relay.model import EVENT_STATUSES, KNOWN_STATUSES, SILENCE_MATCHERS, Silence
+from relay.model import SILENCE_MATCHERS, Silence
 from relay.service import Service
 from relay.settings import Settings
 from relay.silences import RELOAD_S, SilenceCache
@@ -30,6 +30,7 @@ from relay.silences.index import SilenceIndex, fits, silenced_by
 from relay.silences.listing import parse_filters
 from relay.silences.matchers import HINTS, cli_matchers, matcher_warnings, parse_matchers
 from relay.silences.shapes import new_silence, parse_time, silence_view
+from relay.statuses import EVENT_STATUSES, KNOWN_STATUSES
 from relay.store import postgres
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, Sink, run_cli_in_process, sdk_run, status

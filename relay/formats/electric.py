@@ -26,7 +26,9 @@ from relay.errors import InputError
 from relay.formats.packets import loads_shallow
 from relay.formats.run_errors import enhanced
 from relay.formats.sdk import parse_sdk_run
-from relay.model import ROW_STATUS_MAP, ROW_V3_STATUS, Run, from_iso, normalise_status
+from relay.model import Run
+from relay.run_values import from_iso
+from relay.statuses import ROW_STATUS_MAP, ROW_V3_STATUS, normalise_status
 
 Schema = Mapping[str, Mapping[str, Any]]
 

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from relay.errors import InputError, field_message
 from relay.formats.packets import decode_packet
-from relay.model import Run, dates_from_iso, normalise_status
+from relay.model import Run, dates_from_iso
+from relay.statuses import normalise_status
 
 _PACKETS = (("payload", "payloadType"), ("output", "outputType"), ("metadata", "metadataType"))
 

@@ -60,7 +60,9 @@ from pydantic import ValidationError
 
 from relay.errors import InputError, field_message
 from relay.formats.run_errors import enhanced
-from relay.model import Run, iso, normalise_status
+from relay.model import Run
+from relay.run_values import iso
+from relay.statuses import normalise_status
 
 SIGNATURE_HEADER = "x-trigger-signature-hmacsha256"
 MAX_SIGNATURES = 16  # values of the signature header compared; Trigger.dev sends one

@@ -12,7 +12,8 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from relay.model import FAILURE_STATUSES, Silence, normalise_status
+from relay.model import Silence
+from relay.statuses import FAILURE_STATUSES, normalise_status
 
 
 def fits(matchers: Mapping[str, tuple[str, ...]], fields: Mapping[str, Any]) -> bool:

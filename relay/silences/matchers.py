@@ -8,7 +8,8 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 from relay.errors import InputError, did_you_mean
-from relay.model import EVENT_STATUSES, EVENTS, KNOWN_STATUSES, RAW_STATUS_MAP, SILENCE_MATCHERS
+from relay.model import SILENCE_MATCHERS
+from relay.statuses import EVENT_STATUSES, EVENTS, KNOWN_STATUSES, RAW_STATUS_MAP
 
 MAX_VALUES = 100
 MAX_TEXT = 1000

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from relay.errors import InputError
-from relay.model import Silence, iso, to_utc
+from relay.model import Silence
+from relay.run_values import iso, to_utc
 from relay.silences.matchers import MAX_TEXT
 
 YEAR_10000 = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() + 1  # none shown from
