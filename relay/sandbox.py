@@ -9,15 +9,13 @@ pass MAX_VALUE_CHARS. Inside `time_budget(s)` (the Renderer's renders) what the 
 (texts, lists, slices) adds up, refused past MAX_BUILT_CHARS, and every `for` loop item,
 call, filter, test, comparison and checked operator (`~`, `+`, `*`, `**`, `%`) looks at the
 clock, so nested loops, runaway recursion or a loop of large steps raise RenderTimeout instead
-of holding the event loop (and every channel) for minutes.
+of holding the event loop (and every channel) for minutes. The checks themselves, and the
+filters wrapped with them, are relay.sandbox_guards.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import re
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import jinja2
@@ -30,7 +28,6 @@ from jinja2.utils import Namespace
 from markupsafe import Markup
 
 from relay.filters import (
-    as_text,
     duration,
     money,
     mrkdwn,
@@ -41,12 +38,7 @@ from relay.filters import (
     web_url,
 )
 from relay.render_limits import (
-    MAX_INT_BITS,
-    MAX_SEQUENCE_LEN,
     MAX_VALUE_CHARS,
-    MAX_WIDTH,
-    SLOT_CHARS,
-    LimitExceeded,
     OutputTooLarge,
     brief,
     charge,
@@ -54,17 +46,16 @@ from relay.render_limits import (
     check_weight,
     loop_budget,
     refund,
-    weight,
+)
+from relay.sandbox_guards import (
+    check_binop,
+    check_name,
+    check_str_method,
+    checked_result,
+    guard_filters,
 )
 
 _LOOP_BUDGET = "_loop_budget"  # the filter every `for` loop's iterable goes through
-_SEQUENCES = (str, bytes, list, tuple)
-_WIDE_PERCENT = re.compile(r"%[-#0 +]*(?:\*|\d{6,})|%[-#0 +]*\d*\.(?:\*|\d{6,})")
-_WIDE_BRACES = re.compile(r"\{[^{}]*:[^{}]*(?:\d{6,}|\{)")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class _Namespace(Namespace):
@@ -78,70 +69,6 @@ class _Namespace(Namespace):
         attrs[name] = value
         if old is not None:
             refund(old)
-
-
-def _check_binop(operator: str, left: Any, right: Any) -> None:
-    if operator == "+":
-        if isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
-            check_weight(left, right)
-    elif operator == "**" and _is_int(left) and _is_int(right) and abs(left) > 1 and right > 0:
-        if right * math.log2(abs(left)) > MAX_INT_BITS:
-            raise LimitExceeded(f"`**` result would exceed {MAX_INT_BITS} bits")
-    elif operator == "*":
-        for seq, count in ((left, right), (right, left)):
-            if isinstance(seq, _SEQUENCES) and _is_int(count):
-                if len(seq) * count > MAX_SEQUENCE_LEN:
-                    raise LimitExceeded(f"`*` result would exceed {MAX_SEQUENCE_LEN} items")
-                if count > 0 and weight(seq, MAX_VALUE_CHARS // count) * count > MAX_VALUE_CHARS:
-                    raise OutputTooLarge(f"`*` result would exceed {MAX_VALUE_CHARS} characters")
-                return
-        if (
-            _is_int(left)
-            and _is_int(right)
-            and left.bit_length() + right.bit_length() > MAX_INT_BITS + 1
-        ):
-            raise LimitExceeded(f"`*` result would exceed {MAX_INT_BITS} bits")
-    elif operator == "%" and isinstance(left, str) and _WIDE_PERCENT.search(left):
-        raise LimitExceeded("format width too large")
-
-
-def _check_int_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
-    if any(_is_int(a) and abs(a) > MAX_WIDTH for a in (*args, *kwargs.values())):
-        raise LimitExceeded(f"argument larger than {MAX_WIDTH}")
-
-
-def _check_replace(text: str, old: Any, new: Any, count: Any = None) -> None:
-    if not (isinstance(old, str) and isinstance(new, str)) or len(new) <= len(old):
-        return
-    found = text.count(old) if old else len(text) + 1
-    if _is_int(count) and count >= 0:
-        found = min(found, count)
-    if len(text) + found * (len(new) - len(old)) > MAX_VALUE_CHARS:
-        raise OutputTooLarge(f"replace would exceed {MAX_VALUE_CHARS} characters")
-
-
-def _check_join(separator: Any, items: Any) -> list[Any] | Any:
-    """`items` as a list when it is an iterable that join would write out (checked)."""
-    if isinstance(items, str) or not isinstance(items, Iterable):
-        return items
-    items = list(items)
-    gaps = max(len(items) - 1, 0) * len(as_text(separator))
-    check_weight(items, extra=gaps)
-    return items
-
-
-def _check_str_method(text: str, name: str, args: tuple[Any, ...], kw: Mapping[str, Any]) -> Any:
-    """`args`, checked for the str methods that can build a large text from a small call."""
-    _check_int_args(args, kw)
-    if name == "replace":
-        _check_replace(text, *args[:3], **kw)
-    elif name == "join" and args:
-        return (_check_join(text, args[0]), *args[1:])
-    elif name == "expandtabs":
-        size = next(iter((*args, *kw.values())), 8)
-        if _is_int(size) and len(text) + text.count("\t") * size > MAX_VALUE_CHARS:
-            raise OutputTooLarge(f"expandtabs would exceed {MAX_VALUE_CHARS} characters")
-    return args
 
 
 class _BudgetedLoops(CodeGenerator):
@@ -189,8 +116,8 @@ class _Environment(ImmutableSandboxedEnvironment):
         """`+`, `*`, `**`, `%`: each looks at the clock, as a call does (checking the size of
         a large list takes time, so a loop of them could run far past the budget)."""
         check_deadline()
-        _check_binop(operator, left, right)
-        return _checked_result(super().call_binop(context, operator, left, right))
+        check_binop(operator, left, right)
+        return checked_result(super().call_binop(context, operator, left, right))
 
     def make_globals(self, d: MutableMapping[str, Any] | None) -> MutableMapping[str, Any]:
         """A template's globals as one dict, not Jinja's ChainMap over the environment's: every
@@ -200,11 +127,11 @@ class _Environment(ImmutableSandboxedEnvironment):
         return {**self.globals, **(d or {})}
 
     def getattr(self, obj: Any, attribute: str) -> Any:
-        _check_name(obj, attribute)
+        check_name(obj, attribute)
         return super().getattr(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
-        _check_name(obj, argument)
+        check_name(obj, argument)
         return super().getitem(obj, argument)
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
@@ -214,13 +141,13 @@ class _Environment(ImmutableSandboxedEnvironment):
         check_deadline()
         text = getattr(__obj, "__self__", None)
         if isinstance(text, str):  # 'x'.ljust(10**9), 'x'.replace('x', big) and friends
-            args = _check_str_method(text, getattr(__obj, "__name__", ""), args, kwargs)
+            args = check_str_method(text, getattr(__obj, "__name__", ""), args, kwargs)
         result = super().call(__context, __obj, *args, **kwargs)
         if isinstance(__obj, Macro) and not __obj._default_autoescape:
             # a macro of a file that does not autoescape wrote its arguments as they are: text,
             # which Jinja would mark safe in an autoescaping caller (an `*.html.j2` part)
             result = str(result) if isinstance(result, Markup) else result
-        return _checked_result(result)
+        return checked_result(result)
 
     def call_filter(self, name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
         """A filter called by another one (`map('string')`), per item: looks at the clock."""
@@ -253,141 +180,15 @@ class _Environment(ImmutableSandboxedEnvironment):
 
     @staticmethod
     def sliced(value: Any) -> Any:
-        """A slice's copy, charged to the render (see _checked_result)."""
+        """A slice's copy, charged to the render (see checked_result)."""
         check_deadline()
-        return _checked_result(value)
+        return checked_result(value)
 
     def concat_operands(self, parts: tuple[Any, ...]) -> tuple[Any, ...]:
         """The operands of `~`, checked: their text together within MAX_VALUE_CHARS."""
         check_deadline()
         charge(check_weight(*parts))
         return parts
-
-
-def _check_name(obj: Any, name: Any) -> None:
-    """No dunder names (unless a dict really has that key); no huge str.format widths."""
-    if not isinstance(name, str):
-        return
-    if name.startswith("__") and not (isinstance(obj, dict) and name in obj):
-        raise SecurityError(f"access to {name!r} is not allowed")
-    if name in ("format", "format_map") and isinstance(obj, str) and _WIDE_BRACES.search(obj):
-        raise LimitExceeded("format width too large")
-
-
-def _width_guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    skip = 2 if getattr(fn, "jinja_pass_arg", None) is not None else 1
-
-    @functools.wraps(fn)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        _check_int_args(args[skip:], kwargs)
-        if fn.__name__ in ("do_batch", "do_slice"):  # (value, count, fill_with): count copies
-            _check_fill(*args[skip:], **kwargs)
-        return fn(*args, **kwargs)
-
-    return guarded
-
-
-def _check_fill(count: Any = 0, fill_with: Any = None, **_: Any) -> None:
-    if not _is_int(count) or count <= 0 or fill_with is None:
-        return
-    if weight(fill_with, MAX_VALUE_CHARS // count) * count > MAX_VALUE_CHARS:
-        raise OutputTooLarge(f"the fill would exceed {MAX_VALUE_CHARS} characters")
-
-
-def _format(value: Any, *args: Any, **kwargs: Any) -> str:
-    _check_binop("%", as_text(value), None)
-    return as_text(value) % (kwargs or args)
-
-
-class _Accumulator(list[Any]):
-    """The `start=[]` of a `sum` of lists: `+` extends it in place, so adding up n lists costs
-    their length, not n times it (Python's sum copies the total at each step)."""
-
-    def __add__(self, other: Any) -> Any:
-        if not isinstance(other, list):
-            return list(self) + other  # the TypeError Python's sum would give
-        self.extend(other)
-        return self
-
-
-def _sum_guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`sum`, refusing to add up lists (or texts) past MAX_VALUE_CHARS, in linear time."""
-
-    @functools.wraps(fn)
-    def guarded(env: Any, iterable: Any, attribute: Any = None, start: Any = 0) -> Any:
-        if isinstance(iterable, list | tuple):
-            check_weight(iterable)
-        if type(start) is list:
-            return list(fn(env, iterable, attribute, _Accumulator(start)))
-        return fn(env, iterable, attribute, start)
-
-    return guarded
-
-
-def _result_checked(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` (any filter), looking at the clock first as a call does, and refusing a text result
-    past MAX_VALUE_CHARS: filters that escape or quote (e, tojson, urlencode ...) make a text a
-    few times longer at most, so no loop can double a text until it fills the memory."""
-
-    @functools.wraps(fn)
-    def checked(*args: Any, **kwargs: Any) -> Any:
-        check_deadline()
-        return _checked_result(fn(*args, **kwargs))
-
-    return checked
-
-
-def _clocked(fn: Any) -> Callable[..., Any]:
-    """`fn` (a test: `x is in items` scans a large list), looking at the clock first."""
-
-    @functools.wraps(fn)
-    def clocked(*args: Any, **kwargs: Any) -> Any:
-        check_deadline()
-        return fn(*args, **kwargs)
-
-    return clocked
-
-
-def _checked_result(value: Any) -> Any:
-    """`value` (what a step built), within MAX_VALUE_CHARS and charged to the render."""
-    if isinstance(value, str | bytes):
-        if len(value) > MAX_VALUE_CHARS:
-            raise OutputTooLarge(f"a value of more than {MAX_VALUE_CHARS} characters")
-        charge(len(value))
-    elif isinstance(value, list | tuple | dict | set | frozenset):
-        charge(SLOT_CHARS * len(value))
-    return value
-
-
-def _checked_replace(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def replace(eval_ctx: Any, s: Any, old: Any, new: Any, count: Any = None) -> Any:
-        _check_replace(as_text(s), as_text(old), as_text(new), count)
-        return fn(eval_ctx, s, old, new, count)
-
-    return replace
-
-
-def _checked_join(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def join(ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
-        if attribute is None:  # else the items are not written out whole
-            value = _check_join(d, value)
-        return fn(ctx, value, d, attribute)
-
-    return join
-
-
-def _checked_indent(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def indent(s: Any, width: Any = 4, *args: Any, **kwargs: Any) -> Any:
-        _check_int_args((width,), {})
-        pad = len(width) if isinstance(width, str) else width if _is_int(width) else 0
-        if len(as_text(s)) + (as_text(s).count("\n") + 1) * pad > MAX_VALUE_CHARS:
-            raise OutputTooLarge(f"indent would exceed {MAX_VALUE_CHARS} characters")
-        return fn(s, width, *args, **kwargs)
-
-    return indent
 
 
 class _MissingIsNone(ChainableUndefined):
@@ -441,16 +242,9 @@ def environment(
     )
     env.globals.pop("lipsum", None)  # a text generator with unbounded sizes; useless here
     env.globals["namespace"] = _Namespace
-    for name in ("center", "batch", "slice", "wordwrap", "truncate"):
-        env.filters[name] = _width_guarded(env.filters[name])
     ours = (money, duration, truncate_chars, tojson, stack, status_emoji, mrkdwn, web_url, brief)
-    env.filters.update({f.__name__: f for f in ours}, format=_format)
-    env.filters["sum"] = _sum_guarded(env.filters["sum"])
-    env.filters["replace"] = _checked_replace(env.filters["replace"])
-    env.filters["join"] = _checked_join(env.filters["join"])
-    env.filters["indent"] = _checked_indent(env.filters["indent"])
-    env.filters.update({name: _result_checked(f) for name, f in env.filters.items()})
-    env.tests.update({name: _clocked(test) for name, test in env.tests.items()})
+    env.filters.update({f.__name__: f for f in ours})
+    guard_filters(env)
     env.filters[_LOOP_BUDGET] = loop_budget
     return env
 
