@@ -309,7 +309,7 @@ def _expired(silence: Any, now: float) -> str:
 def _wait_until_applied() -> None:
     """Return once a running relay mutes by the changed silences: it re-reads them every
     RELOAD_S, so `relay silence add ...` followed at once by a failure mutes that failure."""
-    from relay.silences import RELOAD_S  # noqa: PLC0415
+    from relay.silences.cache import RELOAD_S  # noqa: PLC0415
 
     time.sleep(RELOAD_S)
 

@@ -31,7 +31,7 @@ from relay.model import Notification, subject_of
 from relay.outcomes import Outcomes, row_extra
 from relay.recoveries import Recoveries
 from relay.sending import Clock, Route, Sender, Sleep
-from relay.silences import SilenceCache
+from relay.silences.cache import SilenceCache
 from relay.silences.index import silenced_by
 from relay.store import Store
 from relay.templating import RenderContext, Rendered, Renderer

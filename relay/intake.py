@@ -18,7 +18,7 @@ from relay.errors import StoreUnavailable
 from relay.inhibition import MuteCheck, inhibitions
 from relay.model import Decision, Match, Notification, Run, RunState
 from relay.rules import RuleSet
-from relay.silences import SilenceCache
+from relay.silences.cache import SilenceCache
 from relay.silences.index import SilenceIndex, silenced_by
 from relay.store import BirthLease, Decide, Observed, Store
 

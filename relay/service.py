@@ -39,7 +39,7 @@ from relay.outbox_reading import OutboxReading
 from relay.policy import backoff_s
 from relay.reloading import SIGNAL, ConfigReloads, retime_digests
 from relay.settings import Settings
-from relay.silences import RELOAD_S, SilenceCache
+from relay.silences.cache import RELOAD_S, SilenceCache
 from relay.sources._wire import JsonErrorRunner, raise_descriptor_limit
 from relay.sources.http import DRAINING, HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource, feed_keys, forget_removed_feeds

@@ -9,7 +9,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from relay.model import Silence
-from relay.silences import SilenceCache
+from relay.silences.cache import SilenceCache
 from relay.silences.index import SilenceIndex, fits, silenced_by
 from relay.silences.matchers import parse_matchers
 from relay.silences.shapes import new_silence

@@ -24,8 +24,8 @@ from relay.errors import InputError, StoreUnavailable
 from relay.model import SILENCE_MATCHERS, Silence
 from relay.service import Service
 from relay.settings import Settings
-from relay.silences import RELOAD_S, SilenceCache
 from relay.silences import index as silence_index
+from relay.silences.cache import RELOAD_S, SilenceCache
 from relay.silences.index import SilenceIndex, fits, silenced_by
 from relay.silences.listing import parse_filters
 from relay.silences.matchers import HINTS, cli_matchers, matcher_warnings, parse_matchers

@@ -34,7 +34,7 @@ from relay.configure import compile_config, load
 from relay.errors import StoreUnavailable
 from relay.service import Service
 from relay.settings import Settings
-from relay.silences import SilenceCache
+from relay.silences.cache import SilenceCache
 from relay.store import _sqlite_connect
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import CONSOLE_FAILURES, Relay, run_cli

@@ -8,7 +8,8 @@ import pytest
 
 from relay.errors import InputError
 from relay.model import Silence, SilencePage
-from relay.silences import RELOAD_S, SilenceCache, listing
+from relay.silences import listing
+from relay.silences.cache import RELOAD_S, SilenceCache
 from relay.silences.index import silenced_by
 from relay.silences.listing import SilenceListing, find_silences, parse_filters
 from relay.store import Store
