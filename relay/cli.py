@@ -329,7 +329,7 @@ def _store_named(exc: RelayError, settings: Settings | None) -> str | None:
     the operator of several relays or volumes had to guess which."""
     if not isinstance(exc, StoreUnavailable) or settings is None:
         return None
-    from relay.store import store_name  # noqa: PLC0415
+    from relay.store.opening import store_name  # noqa: PLC0415
 
     try:
         return store_name(settings.store_url) or None
@@ -432,7 +432,7 @@ def _log_warnings(compiled: Compiled) -> None:
 def _store_url_problems(url: str) -> list[Problem]:
     """What is wrong with the form of RELAY_STORE_URL (no connection is made): `relay check`
     names it, as it names a bad RELAY_LISTEN, rather than `relay serve` failing after an OK."""
-    from relay.store import open_store  # noqa: PLC0415
+    from relay.store.opening import open_store  # noqa: PLC0415
 
     try:
         open_store(url)

@@ -120,7 +120,7 @@ async def _with_store(
     when `create` (a silence added before the first `relay serve`); a reading command says so
     and answers as from an empty store, creating nothing: a mistyped RELAY_STORE_URL made
     `relay dlq list` create an empty store (and its directories) and say all was well."""
-    from relay.store import open_store  # noqa: PLC0415
+    from relay.store.opening import open_store  # noqa: PLC0415
 
     missing = None if create else _missing_file(settings.store_url)
     if missing is None:
@@ -142,7 +142,7 @@ async def _acting(store: Any, action: Callable[[Any], Any]) -> Any:
 
 def _missing_file(store_url: str) -> Path | None:
     """The SQLite file `store_url` names, if it is not there."""
-    from relay.store import open_store  # noqa: PLC0415
+    from relay.store.opening import open_store  # noqa: PLC0415
     from relay.store.sqlite import SQLiteStore  # noqa: PLC0415
 
     store = open_store(store_url)
@@ -354,7 +354,7 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.store import migrate  # noqa: PLC0415
+    from relay.store.opening import migrate  # noqa: PLC0415
 
     before, after = asyncio.run(migrate(settings.store_url))
     if before == after:

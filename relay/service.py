@@ -43,7 +43,8 @@ from relay.silences.cache import RELOAD_S, SilenceCache
 from relay.sources._wire import JsonErrorRunner, raise_descriptor_limit
 from relay.sources.http import DRAINING, HttpDeps, build_app
 from relay.sources.realtime import RealtimeSource, feed_keys, forget_removed_feeds
-from relay.store import SERVE_LOCK_HELD, ServeLock, Store, open_store, serve_lock, store_name
+from relay.store import Store
+from relay.store.opening import SERVE_LOCK_HELD, ServeLock, open_store, serve_lock, store_name
 from relay.workers import (
     EventPipe,
     Outcome,

@@ -24,7 +24,7 @@ import yaml
 from relay.durations import parse_duration
 from relay.sandbox import environment
 from relay.settings import Settings
-from relay.store import migrate
+from relay.store.opening import migrate
 from tests.conftest import REPO, RelayProcess, run_cli_in_process, sdk_run
 from tests.pg import find_bindir, fresh_database, shared_server
 from tools import config_reference

@@ -23,7 +23,7 @@ import pytest
 from relay.configure import compile_config, load
 from relay.service import Service
 from relay.settings import Settings
-from relay.store import store_name
+from relay.store.opening import store_name
 from tests.conftest import CONSOLE_FAILURES, RelayProcess, run_python, sdk_run
 from tests.fakes.serving import free_port
 from tests.pg import shared_server, start_server

@@ -23,7 +23,7 @@ from relay.configure import compile_config, config_fingerprint, load
 from relay.logs import TextFormatter
 from relay.service import Service
 from relay.settings import Settings
-from relay.store import open_store
+from relay.store.opening import open_store
 from tests.conftest import RelayFactory, RelayProcess, Sink, hang, sdk_run, status
 
 CONFIG = """\

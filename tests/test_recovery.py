@@ -30,7 +30,7 @@ from relay.config_load import parse_config
 from relay.configure import compile_config
 from relay.errors import ConfigError, DeliveryError
 from relay.model import Run, notification_id, recovery_id
-from relay.store import open_store
+from relay.store.opening import open_store
 from relay.store.sqlite import SQLiteStore
 from relay.templating import RenderContext, Renderer
 from tests.conftest import (

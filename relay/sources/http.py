@@ -44,7 +44,8 @@ from relay.sources._replies import (
 )
 from relay.sources._wire import SERVER
 from relay.sources.admin import add_admin_routes
-from relay.store import SERVE_LOCK_HELD, Store
+from relay.store import Store
+from relay.store.opening import SERVE_LOCK_HELD
 
 log = logging.getLogger("relay.http")
 RETRY_AFTER_S = "5"

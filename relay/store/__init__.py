@@ -4,31 +4,27 @@ Engines: SQLite (embedded default, one replica) and PostgreSQL (any number of re
 one database). Every method is a coroutine; the engine owns its I/O. `observe` is the durable
 boundary: a run's new state and the notifications it owes are committed in one transaction before
 it returns (SQLite: concurrent calls share commits, group commit).
+
+This module is the interface (the Store protocol and the values it takes and returns); opening
+the engine a RELAY_STORE_URL names is relay.store.opening; what the engines share to write the
+outbox, relay.store._engines.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Protocol
 
-from relay.errors import ConfigError, Problem
-from relay.grouping import TIMINGS_NS, timing_value
 from relay.model import (
     Decision,
-    Match,
     Notification,
     Run,
     RunState,
     Silence,
     SilencePage,
     Timing,
-    notification_id,
-    recovery_id,
 )
-from relay.store._sqlite_lock import ServeLock as ServeLock  # relay.service holds one
 
 Decide = Callable[[Run, RunState | None], Decision]
 # The rows of one message (a notification, or a digest's every row), each with its attempts: its
@@ -60,12 +56,6 @@ class KvWrite:
     put: Sequence[tuple[str, str, str]] = ()  # (namespace, key, value)
     delete: Sequence[tuple[str, str]] = ()  # (namespace, key)
     clear: Sequence[str] = ()  # whole namespaces
-
-
-def timings_write(timings: Mapping[str, Timing]) -> KvWrite:
-    """Store.retime_groups' record of the timings now in force (those of removed rules go)."""
-    put = [(TIMINGS_NS, rule, timing_value(timing)) for rule, timing in timings.items()]
-    return KvWrite(put=put, clear=[TIMINGS_NS])
 
 
 @dataclass
@@ -107,76 +97,9 @@ class BirthLease:
         return [n.id for item in observed for n in item.leased]
 
 
-def hand_over(lease: BirthLease, observed: Sequence[Observed] | None) -> None:
-    """Tell `lease.handed` the rows leased in `observed` (None: the call committed nothing),
-    a loop turn later. In the event loop's thread."""
-    leased = [] if observed is None else [n for item in observed for n in item.leased]
-    asyncio.get_running_loop().call_soon(lease.handed, leased)
-
-
-async def handing_over(observing: Awaitable[list[Observed]], lease: BirthLease) -> list[Observed]:
-    """`observing` awaited in a task of its own, so that `lease.handed` hears of its rows even
-    when the caller is cancelled: for an engine whose observe runs in its caller's task."""
-    task = asyncio.ensure_future(observing)
-    task.add_done_callback(lambda done: hand_over(lease, _result(done)))
-    return await asyncio.shield(task)
-
-
-def _result(done: asyncio.Future[list[Observed]]) -> list[Observed] | None:
-    if done.cancelled() or done.exception() is not None:
-        return None
-    return done.result()
-
-
 def _leasable(n: Notification, now: float) -> bool:
     return (
         n.state == "pending" and n.group_key is None and n.resolves is None and n.not_before <= now
-    )
-
-
-def recoveries_of(replayed: Sequence[str]) -> list[str]:
-    """The ids of the recoveries that follow the replayed notifications (most have none). A
-    replayed alert brings its recovery back too: sent while the alert was dead, it would
-    otherwise come before the alert, and the run would end on an open alert."""
-    return [recovery_id(ident) for ident in replayed]
-
-
-# The rows of one `observe` call (a POST's batch, a Realtime batch) share its `now`, and their ids
-# are hashes: claimed by (not_before, created_at, id), a batch went out in an order of its own (a
-# rate-limited channel sent 20 runs as 11 18 09 17 03 ...). So the row at position k of the call
-# is created at `now + k * BATCH_STEP_S`: its batch's order, oldest first. Its not_before stays
-# `now`: the batch is due at once (a claim or a birth lease at `now` takes every row), and each
-# later call's rows still come after the whole batch (a later now). A microsecond is about four
-# steps of a float64 near today's epoch seconds (2**-22 s), two past 2038: still apart.
-BATCH_STEP_S = 1e-6
-
-
-def owed_notification(
-    run: Run, match: Match, run_dict: dict[str, Any], now: float, position: int
-) -> Notification:
-    """The outbox row `match` asks for, the `position`-th of its observe call (see
-    BATCH_STEP_S). Its id is stable: derived from run, rule and channel, or
-    for a recovery from the id of the notification it resolves (kept in `extra["resolves"]`).
-
-    Engines enqueue a recovery only when that notification exists and is not muted: nothing
-    was said that a recovery could resolve.
-    """
-    ident = notification_id(run.id, match.rule, match.channel)
-    extra: dict[str, Any] = {}
-    if match.recovery:
-        ident, extra = recovery_id(ident), {"resolves": ident}
-    return Notification(
-        id=ident,
-        run_id=run.id,
-        rule=match.rule,
-        channel=match.channel,
-        template=match.template,
-        run=run_dict,
-        created_at=now + position * BATCH_STEP_S,
-        not_before=now,
-        state="pending" if match.muted_by is None else "muted",
-        reason=match.muted_by,
-        extra=extra,
     )
 
 
@@ -395,79 +318,3 @@ class Store(Protocol):
         What a lease guards is dropped only long after its last holder, never in a handover:
         a lease free for a moment (its holder killed or stopped) is soon taken by another.
         """
-
-
-def store_name(url: str) -> str:
-    """Which store a RELAY_STORE_URL names, for a log line: SQLite's file; PostgreSQL's hosts
-    and database (`db.internal:5432/relay`), never its user, password or query."""
-    if url.startswith("sqlite:"):
-        from relay.store.sqlite import sqlite_path  # noqa: PLC0415
-
-        return str(sqlite_path(url))
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # refused by the store's check before any line names it
-        return ""
-    return parts.netloc.rpartition("@")[2] + parts.path
-
-
-def open_store(
-    url: str,
-    holder: str = "",
-    replica_timeout_s: float = 15.0,
-    *,
-    upgrade: bool = True,
-    read_only: bool = False,
-) -> Store:
-    """The engine for a RELAY_STORE_URL (not opened yet: call `open`). SQLite: `holder` names
-    this process in the leases it takes (see release_leases). PostgreSQL names each process
-    itself, and frees the leases of a replica silent for `replica_timeout_s`. Not `upgrade`
-    (the store commands but migrate): `open` refuses an older schema instead of migrating it.
-    `read_only` (the store commands that only read): SQLite opens no writer, so a full disk
-    refuses no read; PostgreSQL is opened as ever."""
-    from relay.store.sqlite import SQLiteStore, sqlite_path  # noqa: PLC0415
-
-    if url.startswith("sqlite:"):
-        return SQLiteStore(sqlite_path(url), holder=holder, upgrade=upgrade, read_only=read_only)
-    if url.startswith(("postgresql:", "postgres:")):
-        from relay.store.postgres import PostgresStore  # noqa: PLC0415
-
-        return PostgresStore(url, replica_timeout_s=replica_timeout_s, upgrade=upgrade)
-    scheme = url.split(":", 1)[0] if ":" in url else url
-    raise ConfigError(
-        [
-            Problem(
-                "",
-                "RELAY_STORE_URL",
-                f"unsupported store scheme {scheme[:20]!r} (use sqlite:///... or postgresql://...)",
-            )
-        ]
-    )
-
-
-# what /healthz, /readyz and a refused update say while another `relay serve` holds the file
-SERVE_LOCK_HELD = "store held by another relay serve"
-
-
-def serve_lock(url: str) -> ServeLock | None:
-    """The lock `relay serve` holds on its store from its start to its exit, not opened yet:
-    SQLite's `<db>-serve.lock` (one relay per file); None for PostgreSQL (any number)."""
-    from relay.store.sqlite import sqlite_path  # noqa: PLC0415
-
-    return ServeLock(sqlite_path(url)) if url.startswith("sqlite:") else None
-
-
-async def migrate(url: str) -> tuple[int, int]:
-    """`relay migrate`: create or migrate the schema of the store at `url`, then close it.
-
-    Returns (schema version before, schema version after); StoreUnavailable if it cannot. Safe
-    while replicas run or start: PostgreSQL migrates under an advisory lock, SQLite under its
-    write lock. `serve` migrates on start too; this is for operators who migrate first.
-    """
-    from relay.store.postgres import PostgresStore  # noqa: PLC0415
-    from relay.store.sqlite import SQLiteStore  # noqa: PLC0415
-
-    store = open_store(url)
-    if not isinstance(store, PostgresStore | SQLiteStore):  # pragma: no cover - every engine
-        raise TypeError(f"{type(store).__name__} cannot migrate")
-    return await store.migrate()

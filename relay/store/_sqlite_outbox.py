@@ -11,12 +11,8 @@ import orjson
 
 from relay.grouping import group_key, group_labels, schedule
 from relay.model import GroupState, Match, Notification, Run
-from relay.store import (
-    BirthLease,
-    Decide,
-    Observed,
-    owed_notification,
-)
+from relay.store import BirthLease, Decide, Observed
+from relay.store._engines import owed_notification
 from relay.store._rows import HELD_ORDER, mute_kind
 from relay.store._sqlite_schema import (
     add_event,

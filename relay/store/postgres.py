@@ -28,18 +28,8 @@ import asyncpg
 from relay.errors import StoreUnavailable
 from relay.grouping import TIMINGS_NS, retimed, timings_changed
 from relay.model import Notification, Run, Silence, SilencePage, Timing
-from relay.store import (
-    BirthLease,
-    Decide,
-    HistoryQuery,
-    KvWrite,
-    Observed,
-    Tries,
-    _pg_claim,
-    handing_over,
-    recoveries_of,
-    timings_write,
-)
+from relay.store import BirthLease, Decide, HistoryQuery, KvWrite, Observed, Tries, _pg_claim
+from relay.store._engines import handing_over, recoveries_of, timings_write
 from relay.store._pg_connect import (
     DB_ERRORS,
     ConnectGate,

@@ -22,18 +22,9 @@ import orjson
 from relay.errors import ConfigError, Problem, StoreUnavailable
 from relay.grouping import TIMINGS_NS, flushed, retimed, timings_changed
 from relay.model import Notification, Run, Silence, SilencePage, Timing
-from relay.store import (
-    BirthLease,
-    Decide,
-    HistoryQuery,
-    KvWrite,
-    Observed,
-    Tries,
-    hand_over,
-    recoveries_of,
-    timings_write,
-)
+from relay.store import BirthLease, Decide, HistoryQuery, KvWrite, Observed, Tries
 from relay.store import _sqlite_outbox as outbox
+from relay.store._engines import hand_over, recoveries_of, timings_write
 from relay.store._rows import (
     HAND_BACK,
     RETIMABLE,

@@ -39,7 +39,7 @@ from relay.cli import main as relay_main
 from relay.errors import StoreUnavailable
 from relay.logs import JsonFormatter, ScrubSecrets, TextFormatter, _ScrubbingHandler
 from relay.settings import Settings
-from relay.store import open_store
+from relay.store.opening import open_store
 from tests.conftest import FIXTURES, RelayProcess, run_cli, sdk_run
 from tests.fakes.serving import free_port, serving
 

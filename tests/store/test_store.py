@@ -35,18 +35,10 @@ from relay.model import (
     notification_id,
     recovery_id,
 )
-from relay.store import (
-    BirthLease,
-    HistoryQuery,
-    KvWrite,
-    Observed,
-    Store,
-    migrate,
-    open_store,
-    postgres,
-)
+from relay.store import BirthLease, HistoryQuery, KvWrite, Observed, Store, postgres
 from relay.store._pg_connect import connect_args, unavailable
 from relay.store._pg_schema import MIGRATION_LOCK, SCHEMA_VERSION
+from relay.store.opening import migrate, open_store
 from relay.store.postgres import PostgresStore
 from tests.conftest import run_cli
 from tests.fakes.serving import free_port
