@@ -1,6 +1,6 @@
 """The limits of a render (and of a rule's `when:`): the sizes a step may build, the characters
-a render holds together, and its time. The sandbox (relay.sandbox) checks its steps against
-them; `time_budget` opens a render's account.
+a render holds together, and its time. The sandbox (relay.sandbox, its checks in
+relay.sandbox_guards) checks its steps against them; `time_budget` opens a render's account.
 """
 
 from __future__ import annotations

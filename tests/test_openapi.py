@@ -57,7 +57,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 MAX_EXAMPLES = 50  # per operation; the module takes about 10 s
-ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")  # as model.iso writes
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")  # as run_values.iso writes
 
 CONFIG = f"""
 server:

@@ -44,7 +44,7 @@ REPLAY = f"""
     )
     SELECT id FROM moved
 """  # noqa: S608
-# the recoveries of replayed alerts follow them again (relay.store.recoveries_of)
+# the recoveries of replayed alerts follow them again (relay.store._engines.recoveries_of)
 REPLAY_RECOVERIES = """
     WITH moved AS (
         UPDATE relay_outbox SET state = 'pending', attempts = 0, not_before = $1,
