@@ -181,8 +181,12 @@ class _Walker:
         text = str(key)
         if "__RELAY_ENV_" in text:  # a ${...} protected for parsing: give it back as written
             self._report(node, "keys are not substituted: write ${...} in values only")
-            text = _TOKEN.sub(lambda m: self.originals[int(m.group(1))], text)
+            text = self._restore(text)
         return text
+
+    def _restore(self, text: str) -> str:
+        """`text` with each token protect() put there given back as the ${...} it stood for."""
+        return _TOKEN.sub(lambda m: self.originals[int(m.group(1))], text)
 
     def _construct(self, node: yaml.Node) -> Any:
         """The node's Python value; _UNREADABLE (and a problem recorded) when it has none."""
@@ -211,7 +215,7 @@ class _Walker:
         if not isinstance(value, str):
             return value
         if "__RELAY_ENV_" in value:
-            value = _TOKEN.sub(lambda m: self.originals[int(m.group(1))], value)
+            value = self._restore(value)
         if "$" not in value:
             return value
         result = interpolate(value, self.env)
