@@ -133,6 +133,7 @@ class Service:
         SCRUB.set(self.compiled.loaded.secrets())
         raise_descriptor_limit()  # before the workers start: they inherit it
         if self.role.index is not None:
+            self._read_commands()  # the parent's death (end of the pipe) stops the start too
             await self._open_store()
             return await self._start_worker()
         self.intake = Intake(
@@ -274,6 +275,15 @@ class Service:
             log.info("resuming notifications claimed before a restart", extra={"count": released})
         self.delivery = self._delivery(self.compiled)
         self.delivery.start()
+        if self.events is not None:
+            self.events.ready()
+        return "", 0
+
+    def _read_commands(self) -> None:
+        """A delivery worker: its parent's commands, from its first moment. Read only once it
+        delivered, a worker waiting for its store, or for the one it succeeds (see
+        store.sqlite), outlived a parent killed with -9 by up to 30 s, then claimed and sent
+        beside the relay started again. A reload meanwhile waits for the start (its lock)."""
         commands = read_commands(
             self._wake,
             self._wake_all,
@@ -282,9 +292,6 @@ class Service:
             self.silences.invalidate,
         )
         self._tasks.append(asyncio.create_task(commands, name="commands"))
-        if self.events is not None:
-            self.events.ready()
-        return "", 0
 
     async def _worker_died(self, index: int) -> None:
         """A delivery worker died: its claims go back to the outbox (SQLite) for its successor."""

@@ -16,7 +16,11 @@ Between the processes, two pipes per child:
   file passed as --config-fd),
   `silences` (one was created or expired here: the child's cache of them is stale), and end of
   file: stop. A parent killed with -9 closes every stdin, so its children finish
-  their in-flight sends and exit by themselves.
+  their in-flight sends and exit by themselves; read from the child's first moment, so that one
+  still starting (waiting for its store, or for the predecessor its killed parent left) stops
+  too. Why this pipe and not Linux's PR_SET_PDEATHSIG: it is there already, on every system,
+  and its end is one event among the others; the signal fires on the death of the thread that
+  forked, not the process, and races with a parent that dies before it is set.
 - an events pipe (fd passed as --events-fd), one JSON line per delivery outcome (a loop
   turn's lines in one write), which this process turns into its own metrics: /metrics stays
   one endpoint.

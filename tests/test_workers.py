@@ -184,6 +184,30 @@ async def test_kill_9_of_the_parent_stops_the_workers_and_a_restart_loses_nothin
     assert await delivered_ids(sink, 0, want) == want
 
 
+async def test_a_worker_still_starting_when_its_parent_is_killed_exits_at_once(
+    relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
+) -> None:
+    """Worker 0 waits for the one it succeeds (held here: an orphan of an earlier kill -9,
+    finishing its sends) when its own parent is killed with -9: it read its parent's pipe only
+    once started, so it waited out that one (up to 30 s), then claimed and sent beside the
+    relay the operator had started again. Now it exits at once, leaving its work for that one."""
+    lock = os.open(tmp_path / "relay.db-worker-0.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        proc = relay_process(config(sink.url), {"RELAY_WORKERS": "2"})
+        await asyncio.to_thread(proc.start)
+        items = runs(10)
+        await post_all(proc.url, items)
+        pids = list(worker_pids(proc).values())
+        proc.kill()
+        await wait_until(lambda: not any(alive(pid) for pid in pids), timeout=20)
+    finally:
+        os.close(lock)  # the earlier orphan is gone too
+    await asyncio.to_thread(proc.start)
+    want = wanted(items)
+    assert await delivered_ids(sink, 0, want) == want
+
+
 async def test_a_killed_worker_is_started_again(
     relay_process: Callable[..., RelayProcess], sink: Sink, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sqlite3
+import time
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ _PREFIX = "sqlite:///"
 # A delivery worker waits this long at most for the one it succeeds (orphaned by a parent killed
 # with -9, finishing its sends within the shutdown grace) to exit, then goes ahead.
 HOLDER_WAIT_S = 30.0
+HOLDER_POLL_S = 0.05
 IN_CHUNK = 500  # values per `IN (?, ...)`: within SQLite's variable limit, old versions too
 _CLAIM_HOLDERS = (
     "SELECT DISTINCT lease_holder FROM outbox WHERE state = 'pending' AND lease_until > 0"
@@ -191,8 +193,8 @@ class SQLiteStore:
                 raise
         self._file = identity(self.path)
         if self._holder:  # a predecessor orphaned by a parent's kill -9 exits first
-            self._alive = _holder_lock(self.path, self._holder, HOLDER_WAIT_S)
-            await asyncio.to_thread(self._alive.hold)
+            self._alive = _holder_lock(self.path, self._holder, 0.0)
+            await _wait_for(self._alive, HOLDER_WAIT_S)
 
     async def close(self) -> None:
         """Finish queued operations and close the file; later calls raise StoreUnavailable."""
@@ -664,6 +666,18 @@ def _kv_write(conn: sqlite3.Connection, write: KvWrite, now: float) -> None:
         " SET value = excluded.value, updated_at = excluded.updated_at",
         [(ns, key, value, now) for ns, key, value in write.put],
     )
+
+
+async def _wait_for(lock: WriteLock, wait_s: float) -> bool:
+    """Take `lock` (made with no wait of its own), trying again every HOLDER_POLL_S up to
+    `wait_s`; a cancel (the worker's parent died) ends the wait at once, where a thread went on
+    waiting and held the worker's exit up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while not lock.hold():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(HOLDER_POLL_S)
+    return True
 
 
 def _holder_lock(db: Path, holder: str, wait_s: float) -> WriteLock:
