@@ -1,6 +1,7 @@
 """What every HTTP request relay makes shares, channels' and Realtime feeds' alike: the
 User-Agent, the proxy the environment names, how a redirect's target is told, and where host
-names are looked up (new_resolver: threads of their own, not asyncio's default executor).
+names are looked up (new_resolver: threads of their own, not asyncio's default executor; the
+same for the SMTP channel's connections, which aiohttp does not make: HostAddresses).
 
 Proxies: HTTP_PROXY / HTTPS_PROXY / NO_PROXY (any case), read once at start, as curl, pip and
 requests read them: behind a corporate proxy every send and feed failed with a name lookup
@@ -22,6 +23,7 @@ import contextlib
 import ipaddress
 import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -205,3 +207,48 @@ def new_resolver() -> aiohttp.ThreadedResolver:
 
     loop = asyncio.get_running_loop()
     return aiohttp.ThreadedResolver(loop=_Lookups(loop))  # type: ignore[arg-type]
+
+
+AddrInfo = tuple[int, int, int, str, tuple[Any, ...]]  # socket.getaddrinfo's rows
+ADDRESSES_TTL_S = 60.0  # as the HTTP channels' connector keeps its answers (ttl_dns_cache)
+
+
+class HostAddresses:
+    """Host name → addresses for the connections aiohttp does not make (SMTP), as
+    new_resolver looks them up for those it does: in a thread of its own (_Lookups), one
+    lookup per host and port at a time (the callers that come meanwhile share it), each answer
+    kept ADDRESSES_TTL_S. An address written as such (`127.0.0.1`, `::1`) is no lookup."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._known: dict[tuple[str, int], tuple[float, list[AddrInfo]]] = {}
+        self._pending: dict[tuple[str, int], asyncio.Future[list[AddrInfo]]] = {}
+
+    async def resolve(self, host: str, port: int) -> list[AddrInfo]:
+        """The addresses of `host`, TCP, in the order the system gives them; raises
+        socket.gaierror as getaddrinfo does."""
+        with contextlib.suppress(ValueError):
+            address = ipaddress.ip_address(host)
+            family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+            return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+        key = (host, port)
+        known = self._known.get(key)
+        if known is not None and self._clock() < known[0]:
+            return known[1]
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._look_up(host, port))
+            self._pending[key] = pending
+            pending.add_done_callback(lambda done: self._settled(key, done))
+        return await asyncio.shield(pending)  # a caller's timeout leaves it to the others
+
+    def _settled(self, key: tuple[str, int], done: asyncio.Future[list[AddrInfo]]) -> None:
+        self._pending.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # read: every caller may have timed out meanwhile
+
+    async def _look_up(self, host: str, port: int) -> list[AddrInfo]:
+        lookups = _Lookups(asyncio.get_running_loop())
+        rows = await lookups.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        self._known[(host, port)] = (self._clock() + ADDRESSES_TTL_S, rows)
+        return list(rows)

@@ -22,7 +22,10 @@ some recipients only are the channel's, relay.channels.email, built from these):
                                                                                 at greeting, to
                                                                                 DATA... (email.py)
   (up to DATA; the DATA phase has a `timeout` of its own)
-  refused connection, DNS, reset, disconnected         network       yes        connection refused
+  refused connection, reset, disconnected              network       yes        connection refused
+  the host name not found, or not in time (the attempt network       yes        SMTP host lookup
+  ran out looking it up)                                                       failed: no answer
+                                                                               in time
   TLS handshake or certificate verification            network       yes        TLS: ...
   a non-ASCII local part, server without SMTPUTF8:     (as a recipient refused for good: the
   for some recipients                                   others get it; the warning names them)
@@ -40,6 +43,13 @@ some recipients only are the channel's, relay.channels.email, built from these):
 
 A 421 to one RCPT of several makes aiosmtplib hang up before the next one: that is the 421
 (rate_limited), not the "server disconnected" aiosmtplib says at the next RCPT.
+
+The server's host name is looked up as the HTTP channels' are (relay.outbound.HostAddresses:
+a thread of its own, one lookup per host at a time, kept 60 s), not by aiosmtplib through
+asyncio's default executor: a DNS server slow to answer held its few threads (every other
+send, the metrics, a reload waited), a lookup that outlived the attempt was said as "timeout
+at greeting", and `relay send-test` waited for it at exit. aiosmtplib is handed the connected
+socket; TLS still verifies the certificate against the host NAME (SNI too), not the address.
 """
 
 from __future__ import annotations
@@ -56,11 +66,13 @@ from relay.config_base import CONTROL_CHARS
 from relay.errors import DeliveryError, network_error, tls_failure, wire_failure
 from relay.filters import truncate_chars
 from relay.logs import BIDI_OVERRIDES
+from relay.outbound import AddrInfo, HostAddresses
 
 SUBJECT_MAX_CHARS = 200
 
 
 _AUTH_CODES = frozenset((530, 534, 535, 538))
+LOOKUP_FAILED = "SMTP host lookup failed"
 NO_STARTTLS = "server does not offer STARTTLS (starttls: true): nothing sent in clear"
 
 
@@ -125,6 +137,29 @@ class Client(aiosmtplib.SMTP):
     # the deadline of the attempt, and how long the DATA phase has from its start (see `data`)
     budget: asyncio.Timeout | None = None
     data_s = 0.0
+    looking_up = False  # the host name's lookup is under way: a timeout now is no answer of it
+
+    async def open(self, hosts: HostAddresses) -> None:
+        """aiosmtplib's connect, to the first address of `hostname` (looked up by `hosts`) that
+        takes the connection; TLS verifies the name, as aiosmtplib's own connect does."""
+        sock = await _first_connected(await self._addresses(hosts))
+        try:
+            await self.connect(sock=sock, port=None)
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _addresses(self, hosts: HostAddresses) -> list[AddrInfo]:
+        assert self.hostname is not None and self.port is not None
+        self.looking_up = True
+        try:
+            rows = await hosts.resolve(self.hostname, self.port)
+        except socket.gaierror as exc:  # not found, or the resolver's own time ran out
+            why = exc.strerror or type(exc).__name__
+            detail = f"{LOOKUP_FAILED}: {why}"
+            raise DeliveryError("network", retryable=True, detail=detail) from None
+        self.looking_up = False
+        return rows
 
     async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
         """The DATA phase (the command, the mail, the server's verdict) gets `data_s` of its
@@ -192,6 +227,31 @@ class Client(aiosmtplib.SMTP):
         if self.said_421:
             return Said421(self.stage_421)
         return None
+
+
+async def _first_connected(rows: list[AddrInfo]) -> socket.socket:
+    """A TCP socket connected to the first of `rows` that takes it; else the last refusal."""
+    loop = asyncio.get_running_loop()
+    refused: OSError = ConnectionError("no address")
+    for family, kind, proto, _, address in rows:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            refused = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise refused
+
+
+def lookup_timed_out() -> DeliveryError:
+    """The attempt's time ran out while the host name was looked up: the DNS, not the server."""
+    return DeliveryError("network", retryable=True, detail=f"{LOOKUP_FAILED}: no answer in time")
 
 
 def classify(exc: BaseException) -> DeliveryError:

@@ -55,10 +55,18 @@ from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._email_addresses import check_address, check_headers, split_addresses
 from relay.channels._email_message import ascii_recipients_only, build_message, id_domain
 from relay.channels._http_answers import LOCAL_HOSTS
-from relay.channels._smtp import SUBJECT_MAX_CHARS, Client, by_code, classify, for_now
+from relay.channels._smtp import (
+    SUBJECT_MAX_CHARS,
+    Client,
+    by_code,
+    classify,
+    for_now,
+    lookup_timed_out,
+)
 from relay.config import ChannelSettings, from_config_dir
 from relay.config_base import Strict
 from relay.errors import DeliveryError, StoreUnavailable
+from relay.outbound import HostAddresses
 
 log = logging.getLogger("relay.channels.email")
 
@@ -210,6 +218,7 @@ class EmailChannel:
         self._partial_fails = env.partial_fails
         smtp = settings.smtp
         self._tls = tls_context(smtp) if smtp.use_tls or smtp.use_starttls else None
+        self._hosts = HostAddresses()  # the server's addresses, shared by concurrent sends
         self._sender = check_address(settings.from_)
         everyone = [check_address(a) for a in (*settings.to, *settings.cc)]
         self._recipients = list(dict.fromkeys(everyone))
@@ -300,7 +309,7 @@ class EmailChannel:
         client.budget, client.data_s = budget, self._timeout_s
         try:
             async with budget:
-                await client.connect()
+                await client.open(self._hosts)
                 await client.greet()
                 await self._login(client)
                 if not client.supports_extension("smtputf8"):
@@ -363,6 +372,8 @@ def _explained(err: DeliveryError, smtp: SmtpSettings, client: Client) -> Delive
     """`err` with what the session tells about it: where a timeout came (`at greeting`: often
     a port of implicit TLS spoken to in plain text; `to DATA`: the server may have the mail),
     as a 421 says; whether a 530 wants STARTTLS."""
+    if err.reason == "timeout" and client.looking_up:
+        return lookup_timed_out()
     if err.reason == "timeout":
         where = f"to {client.command}" if client.command else "at greeting"
         return DeliveryError("timeout", retryable=True, detail=f"{err.detail} {where}")
