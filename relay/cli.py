@@ -30,11 +30,10 @@ from relay.cli_store import (
 from relay.errors import ConfigError, InputError, Problem, RelayError, StoreUnavailable
 from relay.logs import SCRUB, one_line, setup_logging, tag_lines
 from relay.model import SILENCE_MATCHERS
-from relay.settings import Settings, load_settings
+from relay.settings import Settings, load_settings, worker_count
 from relay.workers import (
     CONFIG_FD_FLAG,
     EVENTS_FLAG,
-    MAX_WORKERS,
     WORKER_FLAG,
     Role,
 )
@@ -64,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd = sub.add_parser("serve", parents=[common], help="run the relay")
     serve_cmd.add_argument(
         "--workers",
-        type=int,
+        type=_worker_count,
         default=None,
         help="delivery in N processes of their own (default: $RELAY_WORKERS, else 0: in-process)",
     )
@@ -146,6 +145,14 @@ def _config_path(text: str) -> Path:
     if not text.strip():  # Path("") is ".", the working directory
         raise argparse.ArgumentTypeError("empty path: name the YAML file")
     return Path(text)
+
+
+def _worker_count(text: str) -> int:
+    """`--workers N`, in RELAY_WORKERS's words; out of bounds, a usage error (exit 2)."""
+    try:
+        return worker_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class _DashValues(argparse.ArgumentParser):
@@ -371,9 +378,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from relay.service import serve  # noqa: PLC0415
 
     workers = settings.workers if args.workers is None else args.workers
-    if not 0 <= workers <= MAX_WORKERS:
-        print(f"relay: --workers must be 0-{MAX_WORKERS}", file=sys.stderr)
-        return 2
     setup_logging(settings.log_format, settings.log_level)
     if args.delivery_worker is not None:  # every line of a worker names it, its first ones too
         tag_lines(worker=args.delivery_worker)

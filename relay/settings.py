@@ -7,10 +7,10 @@ import contextlib
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
 from pydantic_core import ErrorDetails, PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -26,6 +26,10 @@ _QUERY_SECRETS = frozenset({"password", "sslpassword"})  # libpq's keywords nami
 _ENV_SECRETS = ("PGPASSWORD", "PGSSLPASSWORD")
 
 
+MAX_WORKERS = 64
+WorkerCount = Annotated[int, Field(ge=0, le=MAX_WORKERS)]  # RELAY_WORKERS, --workers
+
+
 class Settings(BaseSettings):
     """RELAY_CONFIG, RELAY_LISTEN, RELAY_STORE_URL, RELAY_LOG_FORMAT, RELAY_LOG_LEVEL,
     RELAY_WORKERS, RELAY_REPLICA_TIMEOUT."""
@@ -37,7 +41,7 @@ class Settings(BaseSettings):
     store_url: str = "sqlite:///data/relay.db"
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    workers: int = Field(default=0, ge=0, le=64)  # relay serve: delivery processes (0: none)
+    workers: WorkerCount = 0  # relay serve: delivery processes (0: none)
     # PostgreSQL: a replica silent this long is dead, and its leased notifications go to others
     replica_timeout: Duration = 15.0
 
@@ -165,11 +169,28 @@ def _problem(err: ErrorDetails) -> Problem:
     secret, empty, or already said): `RELAY_WORKERS=abc` was told pydantic's "Input should be a
     valid integer, unable to parse string as an integer"."""
     name = str(err["loc"][0])
+    return Problem("environment", "RELAY_" + name.upper(), _message(err, said=name not in _SECRET))
+
+
+def _message(err: ErrorDetails, *, said: bool) -> str:
+    """setting_message, with the value given unless it is not to be `said`, empty, or said."""
     message = setting_message(err)
     value = err.get("input")
-    if name not in _SECRET and str(value).strip() and "(got " not in message:
+    if said and str(value).strip() and "(got " not in message:
         message += f" (got {value!r})"
-    return Problem("environment", "RELAY_" + name.upper(), message)
+    return message
+
+
+_WORKER_COUNT: TypeAdapter[int] = TypeAdapter(WorkerCount)
+
+
+def worker_count(text: str) -> int:
+    """`relay serve --workers N` read as RELAY_WORKERS is: the same bounds, said in the same
+    words (ValueError: "must be at most 64 (got 65)")."""
+    try:
+        return _WORKER_COUNT.validate_python(text)
+    except ValidationError as exc:
+        raise ValueError(_message(exc.errors(include_url=False)[0], said=True)) from None
 
 
 def libpq_file_secrets(url: str) -> list[str]:

@@ -57,7 +57,6 @@ EVENTS_FLAG = "--events-fd"
 CONFIG_FD_FLAG = "--config-fd"  # a file holding the parent's config: `config_payload`
 RESTART_AFTER_S = 1.0
 ORPHANS_EVERY_S = 1.0
-MAX_WORKERS = 64
 READY = b'{"kind":"ready"}\n'
 
 

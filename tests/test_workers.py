@@ -262,11 +262,30 @@ async def test_a_reload_reaches_the_workers(
     assert await delivered_ids(sink, 0, want) == want
 
 
-def test_a_worker_count_out_of_range_is_refused_before_anything_starts(tmp_path: Path) -> None:
-    result = run_cli(
-        "serve", "--workers", "99", env={"RELAY_STORE_URL": f"sqlite:///{tmp_path}/r.db"}
-    )
-    assert result.returncode == 2 and "--workers must be 0-64" in result.stderr
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        ("65", "must be at most 64 (got 65)"),
+        ("-1", "must be at least 0 (got -1)"),
+        ("x", "expected a whole number (got 'x')"),
+    ],
+)
+def test_a_worker_count_out_of_range_is_refused_before_anything_starts(
+    tmp_path: Path, given: str, words: str
+) -> None:
+    """The same words from either source; each source's exit code. `--workers 65` said
+    "relay: --workers must be 0-64" (and `--workers x` argparse's "invalid int value"): now
+    a usage error as argparse gives the others (exit 2), in the words RELAY_WORKERS=65 gets, a
+    setting with a problem (exit 1, the `relay not started` line)."""
+    store = {"RELAY_STORE_URL": f"sqlite:///{tmp_path}/r.db"}
+    flag = run_cli("serve", "--workers", given, env=store)
+    assert flag.returncode == 2, flag.stderr
+    assert flag.stderr.splitlines()[-1] == f"relay serve: error: argument --workers: {words}"
+    env = run_cli("serve", env={**store, "RELAY_WORKERS": given})
+    assert env.returncode == 1, env.stderr
+    [line] = [json.loads(line) for line in env.stderr.splitlines()]
+    assert line["msg"] == "relay not started"
+    assert line["problems"] == [f"environment: RELAY_WORKERS: {words}"]
     assert not (tmp_path / "r.db").exists()
 
 
