@@ -109,7 +109,8 @@ class Service:
         self.intake: Intake | None = None
         self.runner: web.AppRunner | None = None
         self.realtime: RealtimeSource | None = None
-        self.address: tuple[str, int] | None = None
+        self.address: tuple[str, int] | None = None  # the first of `addresses`
+        self.addresses: list[tuple[str, int]] = []  # every socket HTTP listens on
         self.silences = SilenceCache(self.store.silences, version=self.store.silences_version)
         self._stop = asyncio.Event()
         self._stop_signals = 0  # SIGTERM/SIGINT received
@@ -149,7 +150,8 @@ class Service:
         # /metrics already shows the config (a hash of 0 set off RelayConfigInconsistent)
         self._zero_metrics()
         self.metrics.config_reload_time.set(time.time())
-        self.address = await self._serve_http(self.intake)
+        self.addresses = await self._serve_http(self.intake)
+        self.address = self.addresses[0]
         await self._hold_the_file()
         try:
             await self._open_store()
@@ -344,7 +346,7 @@ class Service:
         assert self.events is not None
         self.events.outcome(kind, Outcome(row.channel, row.created_at), reason, attempts)
 
-    async def _serve_http(self, intake: Intake) -> tuple[str, int]:
+    async def _serve_http(self, intake: Intake) -> list[tuple[str, int]]:
         app = build_app(self._http_deps(intake))
         self.runner = JsonErrorRunner(
             app,
@@ -364,7 +366,7 @@ class Service:
                 "environment", "RELAY_LISTEN", f"cannot listen on {host}:{port}: {why}"
             )
             raise ConfigError([problem]) from None
-        return _bound_address(site, host, port)
+        return _bound_addresses(site, host, port)
 
     def _start_realtime(self) -> None:
         if self.config.sources.realtime is not None and self.intake is not None:
@@ -615,13 +617,18 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__  # getaddrinfo: "Name or service not known"
 
 
-def _bound_address(site: web.TCPSite, host: str, port: int) -> tuple[str, int]:
+def _bound_addresses(site: web.TCPSite, host: str, port: int) -> list[tuple[str, int]]:
+    """Every (host, port) listened on: `*:8080` (or a name with several addresses) is one
+    socket per address, and with port 0 each has a port of its own."""
     server = site._server  # aiohttp keeps the asyncio server here; needed for port 0
     sockets = getattr(server, "sockets", None) or ()
-    for sock in sockets:
-        bound = sock.getsockname()
-        return str(bound[0]), int(bound[1])
-    return host, port
+    bound = [sock.getsockname() for sock in sockets]
+    return [(str(b[0]), int(b[1])) for b in bound] or [(host, port)]
+
+
+def _joined(host: str, port: int) -> str:
+    """host:port, an IPv6 address in brackets as RELAY_LISTEN takes it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def serve(settings: Settings, compiled: Compiled, role: Role | None = None) -> None:
@@ -649,6 +656,7 @@ async def serve(settings: Settings, compiled: Compiled, role: Role | None = None
             extra={
                 "host": host,
                 "port": port,
+                "addresses": [_joined(*address) for address in service.addresses],
                 "channels": len(config.channels),
                 "rules": len(config.rules),
                 "store": settings.store_url.split("://", 1)[0],

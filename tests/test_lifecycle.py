@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -509,3 +509,31 @@ async def test_relay_waits_out_a_failover_at_start(tmp_path: Path) -> None:
     finally:
         await asyncio.to_thread(standby.destroy)
     assert "relay not started" not in [line.get("msg") for line in proc.logs]
+
+
+def ipv6_or_skip() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+
+
+async def test_the_listening_line_names_every_address_relay_listens_on(
+    relay_process: Callable[..., RelayProcess],
+) -> None:
+    """RELAY_LISTEN=*:PORT listens on every IPv4 and IPv6 address, and the line said only
+    `0.0.0.0` (the first socket's): an operator looking for IPv6 read that there was none."""
+    ipv6_or_skip()
+    port = free_port()
+    proc = relay_process(CONSOLE_FAILURES, {"RELAY_LISTEN": f"*:{port}"})
+    await asyncio.to_thread(proc.start)
+    [line] = [e for e in proc.logs if e.get("msg") == "listening"]
+    assert sorted(line["addresses"]) == [f"0.0.0.0:{port}", f"[::]:{port}"]
+    assert (line["host"], line["port"]) == ("0.0.0.0", port)  # the first, as before
+    async with aiohttp.ClientSession() as http:
+        for url in (f"http://127.0.0.1:{port}", f"http://[::1]:{port}"):
+            async with http.get(url + "/healthz") as resp:
+                assert resp.status == 200, url
