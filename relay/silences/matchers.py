@@ -77,19 +77,71 @@ def cli_matchers(words: Sequence[str], flags: Mapping[str, Sequence[str]]) -> di
 _WORD_FORM = f"expected name=value (e.g. task=billing/*), name one of {', '.join(SILENCE_MATCHERS)}"
 
 
-_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
-
-
 def unquoted(value: str, word: str) -> str:
-    """A matcher's value as amtool reads it: `"a\\"b"` is `a"b` (`silence list` prints each
-    value so); single quotes around it are dropped, as before. A double quote not closed, or
-    closed but not opened (`task="billing/*`), is refused, as amtool refuses it: it was dropped,
-    and the silence made for a value not written."""
+    """A matcher's value as amtool (Alertmanager 0.27+, its default "fallback" parsing) reads
+    it. In double quotes: Go's escapes (`\\n`, `\\t`, `\\"`, `\\\\`, `\\x00`, `\\u00e9` ...,
+    as strconv.Unquote), else, where Go refuses the text (`\\z`, a line feed typed in it),
+    pkg/labels' older reading: `\\n`, `\\"` and `\\\\` escape, any other backslash is itself.
+    Bare: as written, or by that older reading if it holds a backslash (`a\\nb`: a line
+    break). Single quotes around it are dropped, as before. `\\n` read as `n` and `\\z` as
+    `z`: a silence for a value not written. A double quote not closed, or closed but not opened
+    (`task="billing/*`), is refused, as amtool refuses it."""
     if _QUOTED.fullmatch(value):
-        return _ESCAPE.sub(r"\1", value[1:-1])
+        inner = value[1:-1]
+        go = _go_unquoted(inner)
+        return go if go is not None else _classic_unescaped(inner)
     if value.startswith('"') or value.endswith('"'):
         raise InputError("matchers", f"{word!r}: unbalanced quotes")
-    return value.strip("'")
+    bare = value.strip("'")
+    return _classic_unescaped(bare) if "\\" in bare else bare
+
+
+# Go's escapes in a double-quoted string, and the runs of text between them
+_GO_PART = re.compile(
+    r'\\([abfnrtv\\"])|\\x([0-9a-fA-F]{2})|\\([0-7]{3})|\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})'
+    r'|([^\\"\n]+)'
+)
+_GO_NAMED = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "\\": 92, '"': 34}
+
+
+def _go_unquoted(inner: str) -> str | None:
+    """`inner` (between double quotes) as Go's strconv.Unquote reads it; None where Go refuses
+    it (an unknown escape, a line feed, a code point out of range) or the bytes it spells are
+    not UTF-8 (`\\xff`)."""
+    out, pos = bytearray(), 0
+    while pos < len(inner):
+        part = _GO_PART.match(inner, pos)
+        if part is None:
+            return None
+        named, hex2, octal, hex4, hex8, text = part.groups()
+        if text is not None:
+            out += text.encode("utf-8", "surrogatepass")
+        elif named is not None:
+            out.append(_GO_NAMED[named])
+        elif hex2 is not None or octal is not None:
+            byte = int(hex2, 16) if hex2 is not None else int(octal, 8)
+            if byte > 0xFF:  # \\400 and up
+                return None
+            out.append(byte)
+        else:
+            code = int(hex4 or hex8, 16)
+            if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+                return None
+            out += chr(code).encode()
+        pos = part.end()
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+_CLASSIC = re.compile(r"\\(.)", re.DOTALL)
+
+
+def _classic_unescaped(raw: str) -> str:
+    """pkg/labels' reading (Alertmanager before 0.27; amtool's fallback): `\\n` a line feed,
+    `\\"` and `\\\\` the character; another backslash, or one that ends the text, is itself."""
+    return _CLASSIC.sub(lambda m: "\n" if m[1] == "n" else m[1] if m[1] in '"\\' else m[0], raw)
 
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
