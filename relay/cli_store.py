@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from relay.errors import ConfigError, InputError, Problem, RelayError
-from relay.logs import one_line
+from relay.logs import one_line, typed_back
 from relay.model import SILENCE_MATCHERS
 from relay.settings import Settings
 
@@ -275,8 +275,10 @@ def _silence_listing(args: argparse.Namespace) -> SilenceListing:
 
 def _quoted(value: str) -> str:
     """A matcher's value as amtool prints it, and as `silence add` takes it back: in double
-    quotes, `"` and `\\` escaped (`task=a b,c` read as two words, or two values)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    quotes, `"` and `\\` escaped (`task=a b,c` read as two words, or two values), a control
+    character or line separator as Go's escape (`\\n`, `\\x00`, `\\u0085`): one silence a
+    line, each value read back as it is."""
+    return '"' + typed_back(value.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 def cmd_silence_expire(args: argparse.Namespace, settings: Settings) -> int:

@@ -87,6 +87,15 @@ def escaped(char: str) -> str:
     return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
+def typed_back(text: str) -> str:
+    """`text` as one_line shows it, but each escaped character past ASCII as `\\u0085`, not
+    `\\x85`: Go's `\\x85` (amtool's, and relay's matcher values) is a byte, no UTF-8 alone,
+    where `\\u0085` is the character in Go, Python and JSON alike."""
+    return _UNPRINTABLE.sub(
+        lambda m: escaped(m[0]) if m[0] < "\x80" else f"\\u{ord(m[0]):04x}", text
+    )
+
+
 def one_line(value: object) -> str:
     """`value` as text that cannot start a line of its own nor steer a terminal: a run id or
     task name carrying a line break would otherwise write a forged line into a text log or a

@@ -800,6 +800,51 @@ def test_cli_list_quotes_each_value_as_amtool_does(tmp_path: Path) -> None:
     assert [view["matchers"] for view in views] == [{"task": values}] * 2
 
 
+@contextlib.asynccontextmanager
+async def store_url(engine: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A store of `engine` for CLI commands: a SQLite file, or a fresh PostgreSQL database."""
+    if engine == "sqlite":
+        yield f"sqlite:///{tmp_path / 'relay.db'}"
+        return
+    async with fresh_database(shared_server()) as url:
+        yield url
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+async def test_control_characters_in_values_list_one_silence_a_line_that_reads_back(
+    tmp_path: Path, engine: str
+) -> None:
+    """Alertmanager takes any UTF-8 in a matcher's value: relay stores and matches a NUL, a
+    C1 control, a line separator, ESC, CR (PostgreSQL's text holds no NUL: the matchers are
+    JSON text, `\\u0000`). The table shows each silence on one line, and each value as `silence
+    add` and `silence query` (and amtool) read it back: a C1 control showed as `\\x85`, which
+    reads back as a byte (Go's escape), no UTF-8, so that value was taken as written and found
+    nothing."""
+    values = ["nul\x00x", "nel\x85x", "ls\u2028x", "esc\x1b[31mx", "cr\rx", "vt\x0bx"]
+    async with store_url(engine, tmp_path) as url:
+        env = {"RELAY_STORE_URL": url}
+
+        def cli(*args: str) -> Any:
+            return run_cli_in_process("silence", *args, env=env)
+
+        made = {}
+        for value in values:
+            literal = value.encode("unicode_escape").decode().replace("\\x", "\\u00")
+            added = await asyncio.to_thread(cli, "add", f'task="{literal}"', "-d", "1h")
+            assert added.returncode == 0, added.stderr
+            made[added.stdout.strip()] = value
+        views = json.loads((await asyncio.to_thread(cli, "list", "--json")).stdout)
+        assert {v["id"]: v["matchers"]["task"] for v in views} == {i: [v] for i, v in made.items()}
+        lines = (await asyncio.to_thread(cli, "list")).stdout.splitlines()
+        assert len(lines) == 1 + len(values)  # the head, then one line each
+        for line in lines[1:]:
+            ident, shown = line.split()[0], line[line.index("task=") :].rstrip()
+            assert shown.isprintable(), shown
+            found = await asyncio.to_thread(cli, "query", "-q", shown)
+            assert found.stdout.split() == [ident], (shown, found.stderr)
+    assert all(fits({"task": (v,)}, {"task": v}) for v in values)
+
+
 def test_cli_speaks_amtool(tmp_path: Path) -> None:
     """amtool's habits work: matchers as words, -d/-c/-a/--end, `query`, -q, expire many."""
     env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
