@@ -220,14 +220,16 @@ def _as_flags(exc: InputError, args: argparse.Namespace) -> str:
 def _silence_warnings(
     matchers: dict[str, tuple[str, ...]], args: argparse.Namespace, settings: Settings
 ) -> list[str]:
-    """What the matchers name that the config does not (`matcher_warnings`). The config file
+    """The matchers that words name twice (`repeated_names`: any value fits, where amtool
+    needs all), and what they name that the config does not (`matcher_warnings`). The config file
     is read if it is there, also with variables unset (an operator's shell seldom has the
     service's secrets); without it (a store reached from another machine) or unreadable,
     rule and channel names go unchecked."""
     from relay.configure import written_names  # noqa: PLC0415
-    from relay.silences.matchers import matcher_warnings  # noqa: PLC0415
+    from relay.silences.matchers import matcher_warnings, repeated_names  # noqa: PLC0415
 
-    return matcher_warnings(matchers, written_names(settings, getattr(args, "config", None)))
+    names = written_names(settings, getattr(args, "config", None))
+    return repeated_names(args.matchers) + matcher_warnings(matchers, names)
 
 
 def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:

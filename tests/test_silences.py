@@ -745,6 +745,31 @@ def test_cli_add_warns_of_names_the_config_lacks(tmp_path: Path) -> None:
     assert elsewhere.returncode == 0 and elsewhere.stderr == "", elsewhere.stderr
 
 
+def test_cli_add_warns_that_words_naming_one_matcher_twice_mean_any(tmp_path: Path) -> None:
+    """amtool ANDs two matchers of one name: `tag=env:prod tag=team:billing` silences only the
+    alerts with both. relay's silence holds them as one matcher's values, any of which fits, so
+    it muted every env:prod run, and `silence add` said nothing of it. Now it says so, on
+    stderr; the flags (`--tag a --tag b`) are relay's own, documented as "any", and say nothing."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    words = ["tag=env:prod", '{tag="team:billing", task="a"}', "task=b", "alertname=x"]
+    added = run_cli_in_process("silence", "add", *words, "--rule", "y", env=env, cwd=tmp_path)
+    assert added.returncode == 0 and added.stdout.startswith("sil_"), added
+    assert added.stderr.splitlines() == [
+        f"warning: matchers.{key}: named by 2 words; the silence fits a run with any of their"
+        " values, not (as amtool's) only one that fits them all"
+        for key in ("tag", "task")
+    ]
+    listed = run_cli_in_process("silence", "query", "-o", "json", env=env, cwd=tmp_path)
+    assert json.loads(listed.stdout)[0]["matchers"] == {
+        "tag": ["env:prod", "team:billing"],
+        "task": ["a", "b"],
+        "rule": ["y", "x"],
+    }
+    flags = ["--tag", "env:prod", "--tag", "team:billing", "--task", "a", "--task", "b"]
+    quiet = run_cli_in_process("silence", "add", *flags, env=env, cwd=tmp_path)
+    assert (quiet.returncode, quiet.stderr) == (0, ""), quiet
+
+
 def test_cli_add_list_expire(tmp_path: Path) -> None:
     env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
     added = run_cli_in_process(

@@ -4,6 +4,7 @@ amtool-style words and flags, matcher_warnings names what the config does not kn
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -59,10 +60,7 @@ def cli_matchers(words: Sequence[str], flags: Mapping[str, Sequence[str]]) -> di
                 f"{word!r}: only key=value matchers (globs), e.g. task=billing/*; "
                 "relay has no negative or regex silence matchers",
             )
-        key, eq, value = word.partition("=")
-        if not eq:
-            key, value = "rule", word
-        key = "rule" if key.strip() == "alertname" else key.strip()
+        key, value = _word_parts(word)
         if key not in SILENCE_MATCHERS:  # `=` was `matchers.: unknown matcher`
             hint = did_you_mean(key, SILENCE_MATCHERS, quoted=True)
             what = f"unknown matcher {key!r}{hint}" if key else "no matcher name"
@@ -72,6 +70,28 @@ def cli_matchers(words: Sequence[str], flags: Mapping[str, Sequence[str]]) -> di
         # object with any of ..." said nothing of words or flags (amtool: no matchers specified)
         raise InputError("matchers", f"none given; {_WORD_FORM}, or the flag (--task ...)")
     return out
+
+
+def _word_parts(word: str) -> tuple[str, str]:
+    """A matcher word's name and value as written: a bare word is a rule name, `alertname`
+    is `rule`."""
+    key, eq, value = word.partition("=")
+    if not eq:
+        key, value = "rule", word
+    return ("rule" if key.strip() == "alertname" else key.strip()), value
+
+
+def repeated_names(words: Sequence[str]) -> list[str]:
+    """Warnings for the matchers that two or more words name (`tag=a tag=b`): amtool requires
+    all of them to fit, while relay's silence fits a run with any of the values, and so mutes
+    more than an amtool user meant. Flags (`--tag a --tag b`) are relay's own and say "any"."""
+    named = Counter(_word_parts(word)[0] for word in matcher_words(words))
+    return [
+        f"matchers.{key}: named by {count} words; the silence fits a run with any of their "
+        "values, not (as amtool's) only one that fits them all"
+        for key, count in named.items()
+        if count > 1 and key in SILENCE_MATCHERS
+    ]
 
 
 _WORD_FORM = f"expected name=value (e.g. task=billing/*), name one of {', '.join(SILENCE_MATCHERS)}"
