@@ -521,6 +521,25 @@ def test_readme_silence_matchers_match_the_code() -> None:
     assert [ticked(row[0])[0] for row in rows] == list(SILENCE_MATCHERS)
 
 
+def test_readme_says_silence_json_is_relays_shape_not_amtools(tmp_path: Path) -> None:
+    """An amtool user's script reads `-o json` as Alertmanager's silences (`.createdBy`,
+    `.status.state`): the README names the keys relay prints instead, and they are these."""
+    bullet = next(
+        line + rest
+        for line, rest in re.findall(r"^(- `-o json` prints.*)\n((?:  .*\n)*)", readme(), re.M)
+    )
+    keys = ticked(" ".join(bullet.split()).split("not Alertmanager's")[0])
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    added = run_cli_in_process("silence", "add", "tag=a", "tag=b", env=env, cwd=tmp_path)
+    listed = run_cli_in_process("silence", "query", "-o", "json", env=env, cwd=tmp_path)
+    assert added.returncode == listed.returncode == 0, (added, listed)
+    (silence,) = json.loads(listed.stdout)
+    assert keys[:2] == ["-o json", "GET /v1/silences"] and sorted(keys[2:]) == sorted(silence)
+    assert silence["matchers"] == {"tag": ["a", "b"]} and "warning: matchers.tag" in added.stderr
+    table = run_cli_in_process("silence", "query", env=env, cwd=tmp_path).stdout
+    assert 'tag="a" tag="b"' in table  # as the README's bullet before shows such a silence
+
+
 def test_readme_metrics_table_matches_the_registry() -> None:
     metrics = Metrics()
     wrappers = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
