@@ -212,7 +212,24 @@ def _meant(model_name: str, loc: tuple[str | int, ...]) -> str:
         for model in _models_at(model_name, loc[:-1])
         for name, field in model.model_fields.items()
     }
-    return did_you_mean(str(loc[-1]), keys, quoted=True) if loc else ""
+    if not loc:
+        return ""
+    word = str(loc[-1])
+    meant = _ALERTMANAGER_WORDS.get(word)
+    if meant in keys and not did_you_mean(word, keys):
+        return f" (Alertmanager's {word!r} is relay's {meant!r})"
+    return did_you_mean(word, keys, quoted=True)
+
+
+# Alertmanager's keys an operator moving over writes by habit, and relay's key for each where
+# spelling finds nothing near (`receiver`: no hint, where `notify` was meant)
+_ALERTMANAGER_WORDS = {
+    "receiver": "notify",
+    "receivers": "channels",
+    "route": "rules",
+    "routes": "rules",
+    "send_resolved": "update_on_recovery",
+}
 
 
 def _shown(model_name: str, loc: tuple[str | int, ...]) -> Callable[[Any], str] | None:

@@ -388,6 +388,29 @@ def test_check_suggests_the_time_interval_and_rule_a_misspelt_name_meant() -> No
     assert not [p for p in unrelated if "did you mean" in p], unrelated
 
 
+def test_check_names_relays_key_for_an_alertmanager_key(tmp_path: Path) -> None:
+    """An Alertmanager operator writes `receiver:` in a rule (and `receivers:`, `route:`,
+    `send_resolved:` on a rule) by habit: `relay check` said `unknown key` and nothing more,
+    spelling finding nothing near. It names relay's key now; a near spelling still wins."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "receivers: []\nroute: {}\nchannels: {out: {type: console}}\nrules:\n"
+        "  - {name: a, receiver: out, send_resolved: true, matchers: []}\n"
+    )
+    checked = run_cli_in_process("check", str(config))
+    assert checked.returncode == 1
+    assert checked.stderr.splitlines()[:-1] == [
+        f"{config}:1: receivers: unknown key (Alertmanager's 'receivers' is relay's 'channels')",
+        f"{config}:2: route: unknown key (Alertmanager's 'route' is relay's 'rules')",
+        f"{config}:5: rules[0].notify: required key is missing",
+        f"{config}:5: rules[0].receiver: unknown key (Alertmanager's 'receiver' is relay's"
+        " 'notify')",
+        f"{config}:5: rules[0].send_resolved: unknown key (Alertmanager's 'send_resolved' is"
+        " relay's 'update_on_recovery')",
+        f"{config}:5: rules[0].matchers: unknown key (did you mean 'match'?)",
+    ]
+
+
 @pytest.mark.parametrize(
     ("word", "meant"),
     [
