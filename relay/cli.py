@@ -72,7 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument(CONFIG_FD_FLAG, type=int, default=None, help=argparse.SUPPRESS)
     check = sub.add_parser("check", parents=[common], help="validate the configuration")
     check.add_argument(
-        "file", nargs="?", type=_config_path, help="the YAML config (same as --config)"
+        "file",
+        nargs="*",
+        type=_config_path,
+        help="the YAML config (same as --config); several, as amtool check-config takes them",
     )
     test = sub.add_parser("test", parents=[common], help="dry run: which rules match an event")
     test.add_argument(
@@ -273,10 +276,14 @@ def main(argv: list[str] | None = None) -> int:
     if (no_ids := _no_ids(args)) is not None:
         print(no_ids, file=sys.stderr)
         return 2
-    if args.command == "check" and args.file is not None:  # `relay check config.yaml`, as
-        if getattr(args, "config", args.file) != args.file:  # `amtool check-config FILE`
+    if args.command == "check" and args.file:  # `relay check config.yaml ...`, as
+        if getattr(args, "config", None) not in (None, *args.file[:1]) or (  # `amtool
+            len(args.file) > 1 and hasattr(args, "config")  # check-config FILE ...`
+        ):
             parser.error("give the config once: as --config or as FILE, not both")  # exit 2
-        args.config = args.file
+        if len(args.file) > 1:  # each checked as if alone; 1 if any has a problem
+            return max([main(["check", str(path)]) for path in args.file])
+        args.config = args.file[0]
     settings: Settings | None = None
     try:
         if args.command != "serve":  # only the service answers them itself (see relay.signals)

@@ -129,6 +129,22 @@ def test_check_a_valid_config_by_flag_argument_or_environment(tmp_path: Path) ->
         assert result.stderr == ""
 
 
+def test_check_takes_several_files_as_amtool_check_config_does(tmp_path: Path) -> None:
+    """`amtool check-config a.yml b.yml` checks each; `relay check a.yaml b.yaml` was a usage
+    error (`unrecognized arguments: b.yaml`, exit 2), so a CI step written for amtool failed
+    whatever the files held. Each is checked as if alone; exit 1 if any has a problem."""
+    good = write(tmp_path / "good.yaml", GOOD)
+    bad = write(tmp_path / "bad.yaml", GOOD.replace("continue: true", "contine: true"))
+    both_good = run_cli_in_process("check", str(good), str(good))
+    assert (both_good.returncode, both_good.stderr) == (0, "")
+    assert both_good.stdout == f"{good}: OK: 2 channels, 2 rules\n" * 2
+    mixed = run_cli_in_process("check", str(bad), str(good))
+    assert mixed.returncode == 1 and mixed.stdout == f"{good}: OK: 2 channels, 2 rules\n"
+    assert f"{bad}:11: rules[0].contine: unknown key (did you mean 'continue'?)" in mixed.stderr
+    flagged = run_cli_in_process("check", "--config", str(good), str(good), str(good))
+    assert flagged.returncode == 2 and "not both" in flagged.stderr
+
+
 def test_check_reports_every_problem_with_file_line_and_path(tmp_path: Path) -> None:
     bad = write(
         tmp_path / "bad.yaml",
