@@ -194,3 +194,25 @@ def test_operations_alert_table_lists_every_shipped_alert() -> None:
     text = (DOCS / "operations.md").read_text(encoding="utf-8")
     listed = set(re.findall(r"^\| `(Relay\w+)` \|", text, flags=re.M))
     assert listed == shipped, {"undocumented": shipped - listed, "not shipped": listed - shipped}
+
+
+def test_operations_alertmanager_table_names_the_keys_relay_check_translates(
+    tmp_path: Path,
+) -> None:
+    """docs/operations.md's "Coming from Alertmanager" says which Alertmanager keys `relay
+    check` answers with relay's key: each of them, written where an operator writes it, does."""
+    text = (DOCS / "operations.md").read_text(encoding="utf-8")
+    section = text[text.index("## Coming from Alertmanager") :]
+    said = re.search(r"`relay check` names relay's key for (.*?)\.", " ".join(section.split()))
+    assert said, "docs/operations.md lost its sentence on relay check's hints"
+    words = re.findall(r"`([a-z_]+)`", said.group(1))
+    in_rule = {"receiver", "send_resolved"}
+    config = tmp_path / "am.yaml"
+    config.write_text(
+        "".join(f"{w}: x\n" for w in words if w not in in_rule)
+        + "channels: {out: {type: console}}\nrules:\n  - name: a\n    notify: [out]\n"
+        + "".join(f"    {w}: x\n" for w in words if w in in_rule)
+    )
+    checked = run_cli_in_process("check", str(config))
+    hinted = re.findall(r"unknown key \(Alertmanager's '(\w+)' is relay's", checked.stderr)
+    assert sorted(hinted) == sorted(words) and len(words) >= 5, checked.stderr
