@@ -51,7 +51,13 @@ class TimeRange(_Strict):
         return value
 
     def model_post_init(self, context: Any) -> None:
-        if _minutes(self.end_time) <= _minutes(self.start_time):
+        start, end = self.start_time, self.end_time
+        if _minutes(end) < _minutes(start):  # 22:00-06:00, which Alertmanager refuses too
+            raise ValueError(
+                f"end_time {end} comes before start_time {start}: a range does not run past"
+                f" midnight; split it in two, {start} to 24:00 and 00:00 to {end}"
+            )
+        if _minutes(end) == _minutes(start):
             raise ValueError("end_time must be after start_time")
 
 

@@ -23,7 +23,7 @@ from relay.model import notification_id
 from relay.rules import compile_rules
 from relay.silences import index as silence_index
 from relay.windows import NamedTimeInterval, TimeInterval
-from tests.conftest import FIXTURES, RelayFactory, Sink, sdk_run, status
+from tests.conftest import FIXTURES, RelayFactory, Sink, run_cli_in_process, sdk_run, status
 
 # Wednesday 2026-11-25 14:30 UTC (15:30 in Berlin)
 WED = datetime(2026, 11, 25, 14, 30, tzinfo=UTC).timestamp()
@@ -90,6 +90,27 @@ def test_time_interval_table(spec: dict[str, Any], expected: bool) -> None:
 def test_bad_time_intervals(spec: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         TimeInterval.model_validate(spec)
+
+
+def test_an_overnight_time_range_is_refused_with_the_two_that_mean_it(tmp_path: Path) -> None:
+    """An on-call's quiet hours, `22:00` to `06:00`, are one range to write and two in the
+    schema (as in Alertmanager, which says only "start time cannot be equal or greater than
+    end time"): `relay check` said "end_time must be after start_time"; it says how now."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "channels: {out: {type: console}}\nrules: [{name: a, notify: [out]}]\n"
+        "time_intervals:\n  - name: nights\n    time_intervals:\n"
+        "      - times: [{start_time: '22:00', end_time: '06:00'}]\n"
+    )
+    checked = run_cli_in_process("check", str(config))
+    assert (checked.returncode, checked.stderr.splitlines()[0]) == (
+        1,
+        f"{config}:6: time_intervals[0].time_intervals[0].times[0]: end_time 06:00 comes before"
+        " start_time 22:00: a range does not run past midnight; split it in two, 22:00 to 24:00"
+        " and 00:00 to 06:00",
+    )
+    with pytest.raises(ValidationError, match="end_time must be after start_time"):
+        TimeInterval.model_validate({"times": [{"start_time": "09:00", "end_time": "09:00"}]})
 
 
 @pytest.mark.parametrize(
