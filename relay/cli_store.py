@@ -170,12 +170,20 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
     except (InputError, ValueError) as exc:
         said = _as_flags(exc, args) if isinstance(exc, InputError) else str(exc)
         raise RelayError(f"silence not added: {said}") from None
+    made = _missing_file(settings.store_url)  # a store this add makes, said beside the id
     asyncio.run(_with_store(settings, lambda s: _add_silence(s, silence, args), create=True))
     _wait_until_applied()
+    if made is not None:
+        print(f"note: no store was at {made} (RELAY_STORE_URL): {_MADE_FOR_IT}", file=sys.stderr)
     for warning in _silence_warnings(silence.matchers, args, settings):
         print(f"warning: {warning}", file=sys.stderr)
     print(silence.id)  # the id alone, as amtool prints it: `id=$(relay silence add ...)`
     return 0
+
+
+# a silence added where no store was (before a first `relay serve`, or a RELAY_STORE_URL that is
+# not the service's: unset on the host of a container, mistyped), said beside its id
+_MADE_FOR_IT = "a new one holds this silence; a relay serve on another store does not see it"
 
 
 async def _add_silence(store: Any, silence: Any, args: argparse.Namespace) -> None:

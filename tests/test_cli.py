@@ -1175,6 +1175,22 @@ def test_reading_commands_create_no_store_and_say_none_is_there(tmp_path: Path) 
     assert not (tmp_path / "typo").exists()
 
 
+def test_silence_add_says_when_it_made_the_store(tmp_path: Path) -> None:
+    """`relay silence add` on the host of a relay in a container (RELAY_STORE_URL unset: a
+    ./data/relay.db) or with a mistyped URL made a store of its own, printed the id and said
+    nothing: the on-call believed the page muted. It still makes one (a silence before the first
+    `relay serve`), and says so; a second add, to a store that is there, says nothing."""
+    path = tmp_path / "typo" / "relay.db"
+    env = {"RELAY_STORE_URL": f"sqlite:///{path}"}
+    first, second = serially(*(here("silence", "add", "task=x", env=env) for _ in range(2)))
+    assert first.returncode == second.returncode == 0 and first.stdout.startswith("sil_")
+    assert first.stderr == (
+        f"note: no store was at {path} (RELAY_STORE_URL): a new one holds this silence; a relay"
+        " serve on another store does not see it\n"
+    )
+    assert second.stderr == "" and path.exists()
+
+
 def test_every_command_takes_config_after_its_name(tmp_path: Path) -> None:
     env = store_env(tmp_path)
     config = str(write(tmp_path / "c.yaml", GOOD))
