@@ -647,6 +647,25 @@ def test_a_webhook_header_relay_or_the_http_client_sets_is_refused_at_load(name:
     assert found == f"c.yaml:5: channels.h.headers.{name}: header {name} is set by relay", found
 
 
+@pytest.mark.parametrize(
+    ("name", "where"),
+    [
+        ("Subject", "write it in the template's subject part (email/<template>.subject.j2)"),
+        ("To", "the channel's `to`"),
+        ("cc", "the channel's `cc`"),
+    ],
+)
+def test_an_email_header_relay_sets_says_where_relay_takes_it_from(name: str, where: str) -> None:
+    """Alertmanager sets an email's subject with `headers: {Subject: ...}`; relay refused it
+    with "header Subject is set by relay" and left the operator to find the subject template."""
+    text = (
+        "channels:\n  m:\n    type: email\n    smtp: {host: 127.0.0.1}\n    from: a@example.com\n"
+        f"    to: [b@example.com]\n    headers: {{{name}: x}}\n"
+    )
+    [found] = problems(text)
+    assert found == f"c.yaml:7: channels.m.headers: header {name} is set by relay: {where}"
+
+
 def test_yaml_bomb_is_refused_quickly() -> None:
     lines = ['a: &a ["x","x","x","x","x","x","x","x","x","x"]']
     for prev, name in zip("abcdefgh", "bcdefghi", strict=True):

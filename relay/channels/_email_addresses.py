@@ -15,6 +15,13 @@ import idna
 _RESERVED = frozenset(
     ("from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version", "sender")
 )
+# where relay takes the reserved headers an Alertmanager `email_configs.headers` sets from
+_SET_FROM = {
+    "subject": "write it in the template's subject part (email/<template>.subject.j2)",
+    "to": "the channel's `to`",
+    "cc": "the channel's `cc`",
+    "from": "the channel's `from`",
+}
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
 
 
@@ -109,7 +116,8 @@ def check_headers(value: dict[str, str]) -> dict[str, str]:
         if not _HEADER_NAME.match(name):
             raise ValueError(f"header name {name!r} must be printable ASCII without ':'")
         if name.lower() in _RESERVED or name.lower().startswith(("content-", "x-relay-")):
-            raise ValueError(f"header {name} is set by relay")
+            where = _SET_FROM.get(name.lower())
+            raise ValueError(f"header {name} is set by relay" + (f": {where}" if where else ""))
         if "\r" in text or "\n" in text:
             raise ValueError(f"header {name} cannot contain line breaks")
         if not _parses(name, text):
