@@ -402,6 +402,30 @@ async def test_silence_api_errors_and_listing(
     assert said.count(("silence expired", pending["id"])) == 1
 
 
+async def test_silence_api_answers_an_alertmanager_silence_with_relays_names(
+    relay: RelayFactory,
+) -> None:
+    """A script that posted silences to Alertmanager, pointed at relay, got `unknown field`
+    (`endsAt`) and, renamed, "expected an object" for its list of matchers: nothing said
+    what relay's names and shapes are. The 400s say it now, and nothing is added."""
+    r = await relay(CONFIG.format(url="http://127.0.0.1:9"))
+    matchers = [{"name": "task", "value": "billing/*", "isRegex": False, "isEqual": True}]
+    alertmanagers = {"matchers": matchers, "endsAt": "2099-01-01T00:00:00Z", "createdBy": "a"}
+    code, answer = await api(r, "POST", "/v1/silences", alertmanagers)
+    assert (code, answer["field"]) == (400, "createdBy")
+    assert answer["error"] == (
+        "unknown field; use matchers, starts_at, ends_at, comment, created_by"
+        " (Alertmanager's startsAt, endsAt and createdBy are written so here)"
+    )
+    renamed = {"matchers": matchers, "ends_at": "2099-01-01T00:00:00Z", "created_by": "a"}
+    code, answer = await api(r, "POST", "/v1/silences", renamed)
+    assert (code, answer["field"]) == (400, "matchers")
+    assert answer["error"].endswith(
+        "(name to value or values, not Alertmanager's list of {name, value})"
+    )
+    assert (await api(r, "GET", "/v1/silences"))[1]["silences"] == []
+
+
 async def test_silence_api_takes_the_first_and_last_instants_and_refuses_past_them(
     relay: RelayFactory,
 ) -> None:

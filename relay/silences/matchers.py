@@ -21,8 +21,11 @@ ConfigNames = tuple[Collection[str], Collection[str]]
 def parse_matchers(raw: Any) -> dict[str, tuple[str, ...]]:
     """Matchers from JSON/CLI input: each key a string or a list of strings; at least one key."""
     if not isinstance(raw, Mapping) or not raw:
+        listed = " (name to value or values, not Alertmanager's list of {name, value})"
         raise InputError(
-            "matchers", f"expected an object with any of {', '.join(SILENCE_MATCHERS)}"
+            "matchers",
+            f"expected an object with any of {', '.join(SILENCE_MATCHERS)}"
+            + (listed if isinstance(raw, list) else ""),
         )
     out: dict[str, tuple[str, ...]] = {}
     for key, value in raw.items():

@@ -189,9 +189,17 @@ class SilenceHandlers(DeadLetterHandlers):
         return json_response(silence_view(silence, now))
 
 
+# an Alertmanager silence posted as it is (`startsAt`, `endsAt`, `createdBy`) was only "unknown
+# field": the names relay takes, in the API's snake_case
+_UNKNOWN_SILENCE_FIELD = (
+    "unknown field; use matchers, starts_at, ends_at, comment, created_by"
+    " (Alertmanager's startsAt, endsAt and createdBy are written so here)"
+)
+
+
 def _silence_from(body: bytes, now: float) -> Any:
     fields = ("matchers", "starts_at", "ends_at", "comment", "created_by")
-    data = json_object(body, fields, "expected a JSON object")
+    data = json_object(body, fields, "expected a JSON object", _UNKNOWN_SILENCE_FIELD)
     if "ends_at" not in data:
         raise InputError("ends_at", "required field is missing")
     starts = data.get("starts_at")
