@@ -127,24 +127,33 @@ def same(body: list[dict[str, Any]]) -> Answer:
     return lambda query: (HEADERS, body)
 
 
-def live_without_up_to_date(query: dict[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    if query["offset"] == "-1":
-        return HEADERS, [insert({**FAILED, "status": "EXECUTING"}), UP_TO_DATE]
-    offset = f"{int(query['offset'].split('_')[0]) + 1}_0"  # moves on, as a change does
-    return {**HEADERS, "electric-offset": offset}, [insert(FAILED)]
+def live_chunks(ending_at: int | None) -> Answer:
+    """A snapshot ending up-to-date, then live answers that each move on by one change without
+    up-to-date, as Electric's log chunks do for a follower far behind, up to the one at offset
+    `ending_at` (None: never), which ends up-to-date."""
+
+    def answer(query: dict[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        if query["offset"] == "-1":
+            return HEADERS, [insert({**FAILED, "status": "EXECUTING"}), UP_TO_DATE]
+        at = int(query["offset"].split("_")[0]) + 1  # moves on, as a change does
+        if ending_at is not None and at > ending_at:  # caught up: nothing new
+            return {**HEADERS, "electric-offset": query["offset"]}, [UP_TO_DATE]
+        end = [UP_TO_DATE] if at == ending_at else []
+        return {**HEADERS, "electric-offset": f"{at}_0"}, [insert(FAILED), *end]
+
+    return answer
 
 
 @pytest.mark.parametrize(
-    ("answer", "oddity", "batches"),
+    ("answer", "oddity"),
     [
-        (same([SDK_RUN, UP_TO_DATE]), "neither a change (key) nor a control message", 0),
-        (same([insert(FAILED)]), "no up-to-date", 0),
-        (live_without_up_to_date, "no up-to-date", 1),
+        (same([SDK_RUN, UP_TO_DATE]), "neither a change (key) nor a control message"),
+        (same([insert(FAILED)]), "no up-to-date"),
     ],
-    ids=["sdk-runs-instead-of-messages", "never-up-to-date", "live-without-up-to-date"],
+    ids=["sdk-runs-instead-of-messages", "never-up-to-date"],
 )
 async def test_an_answer_relay_cannot_use_is_logged_once_by_what_is_wrong(
-    answer: Answer, oddity: str, batches: int, caplog: pytest.LogCaptureFixture
+    answer: Answer, oddity: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """SDK run objects in place of shape messages, or rows that never come to up-to-date: no
     run ever reached the rules, and nothing in the log said why."""
@@ -153,7 +162,31 @@ async def test_an_answer_relay_cannot_use_is_logged_once_by_what_is_wrong(
         await asked(server, 4)
     told = [r for r in caplog.records if "not as Electric sends it" in r.getMessage()]
     assert len(told) == 1 and oddity in told[0].__dict__["oddity"]
-    assert len(h.submit.batches) == batches  # the rows still wait for an up-to-date
+    assert not h.submit.batches  # the rows still wait for an up-to-date
+
+
+BEHIND = "realtime feed behind by more than one answer"
+
+
+@pytest.mark.parametrize(
+    ("ending_at", "batches"), [(4, 2), (None, 1)], ids=["catches-up", "never-up-to-date"]
+)
+async def test_live_answers_in_chunks_are_said_once_and_not_blamed_on_the_server(
+    ending_at: int | None, batches: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Electric ends a live answer up-to-date only at the end of the shape's log (api.ex
+    determine_up_to_date), cut in 10 MiB chunks: a live follower further behind than that (a
+    long 401 or 429 on a busy feed) gets chunks without up-to-date. The soak saw each logged as
+    a warning that the answer was "not as Electric sends it". Now: one info line per catch-up
+    (also for a server that never sends up-to-date: its rows wait), no warning, and the rows
+    emitted at the up-to-date that ends it."""
+    caplog.set_level(logging.INFO, logger="relay")
+    async with naive_server(live_chunks(ending_at)) as server, following(server) as h:
+        await asked(server, 6)
+    assert not [r for r in caplog.records if "not as Electric sends it" in r.getMessage()]
+    assert len([r for r in caplog.records if r.getMessage().startswith(BEHIND)]) == 1
+    assert len(h.submit.batches) == batches
+    assert h.submit.batches[-1][0].status == ("FAILED" if ending_at else "EXECUTING")
 
 
 async def test_a_change_sent_as_an_insert_of_the_changed_columns_merges_into_the_row() -> None:

@@ -37,8 +37,10 @@ answering at once (no long poll, the same rows again) is not hammered. Electric'
 catch-up (a bare up-to-date at once) is not paced: the long poll after it is held.
 A change that leaves its row as it was is not emitted again. An answer without
 electric-handle or electric-offset keeps the feed's own; that and other ways an answer differs
-from Electric's (messages that are neither changes nor control, no up-to-date where Electric
-always sends one) are logged once per feed.
+from Electric's (messages that are neither changes nor control, no up-to-date on an answer
+that did not move on) are logged once per feed. Live answers that move on without up-to-date
+are Electric's own log chunks, for a follower more than a chunk behind (an outage of a busy
+feed): said once per catch-up, at info.
 """
 
 from __future__ import annotations
@@ -132,6 +134,7 @@ class Follower:
         self._unreadables = 0  # responses in a row that could not be read
         self._idled = False  # an answer with nothing new came at once (logged once)
         self._told: set[str] = set()  # oddities of answers, each logged once
+        self._behind = False  # said that live answers come in chunks, until an up-to-date
 
     async def run(self) -> None:
         """Never raises (but CancelledError): an unexpected error restarts from the store."""
@@ -233,6 +236,7 @@ class Follower:
                 "realtime answer not as Electric sends it; taken as it is",
                 extra=self._extra(oddity=oddity, status=response.status),
             )
+        self._catching_up(shape.behind, batch is not None)
         if batch is not None and await self._emit(shape, batch):
             return "finished"
         if shape.stalled:  # the same answer again would get nowhere: a failure, backed off
@@ -247,6 +251,18 @@ class Follower:
         if shape.idle and (was_live or stuck):
             await self._idle(asked)
         return "taken"
+
+    def _catching_up(self, behind: bool, up_to_date: bool) -> None:
+        """Say once per catch-up that live answers come without up-to-date: Electric's log
+        chunks, for a follower more than one behind (after an outage), whose rows wait for
+        the up-to-date at the end of the log; a server that never sends one says no more."""
+        if behind and not self._behind:
+            log.info(
+                "realtime feed behind by more than one answer (log chunks without up-to-date);"
+                " its rows are emitted at the up-to-date that ends the catch-up",
+                extra=self._extra(),
+            )
+        self._behind = (self._behind or behind) and not up_to_date
 
     async def _idle(self, asked: float) -> None:
         """After an answer that changed nothing: wait out the rest of `idle_min_s` since it was

@@ -189,6 +189,10 @@ class Shape:
         # the last response neither moved the offset on nor ended up-to-date: asking again gets
         # the same (a proxy stripping electric-offset in front of Electric's snapshot)
         self.stalled = False
+        # the last live response moved on without up-to-date: Electric's log chunk (its live
+        # answers end up-to-date only once they reach the end of the shape's log, which is cut
+        # in 10 MiB chunks), so the follower is a chunk or more behind
+        self.behind = False
 
     def query(self) -> dict[str, str]:
         """Query parameters for the next request (besides the feed's own)."""
@@ -247,7 +251,7 @@ class Shape:
         moved, self.position = position.offset != self.position.offset, position
         self.oddities = _oddities(status, headers, messages)
         up_to_date = status == 204 or "electric-up-to-date" in headers
-        self.idle, self.stalled = True, False
+        self.idle, self.stalled, self.behind = True, False, False
         for message in messages:
             control = _headers(message).get("control")
             if control == "must-refetch":
@@ -259,9 +263,9 @@ class Shape:
             elif "key" in message and self._apply(message):
                 self.idle = False
         if not up_to_date:
-            if self.live or not moved:  # Electric: only a snapshot's chunks move on without
+            if not moved:  # Electric's chunks (of a snapshot, of the log) move on
                 self.oddities.append("no up-to-date: its rows wait for one")
-            self.stalled = not moved
+            self.stalled, self.behind = not moved, moved and self.live
             return None
         self.live = True
         rows = [dict(self.rows[key]) for key in self._changed]
