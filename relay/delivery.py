@@ -355,11 +355,20 @@ class ChannelLoop:
         self.ready.clear()
         await self._release(rows, delay_s)
 
-    async def _release(self, rows: list[Notification], delay_s: float = 0.0) -> None:
-        """Give claimed rows back to the outbox, due again in `delay_s` at the soonest."""
+    async def _release(
+        self, rows: list[Notification], delay_s: float = 0.0, *, keep_claim: bool = True
+    ) -> None:
+        """Give claimed rows back to the outbox, due again in `delay_s` at the soonest; a
+        digest's as one claim to send again as it was, unless `keep_claim` is false (see
+        Store.postpone)."""
         now = self.deps.clock()
         releases = (
-            self.deps.store.postpone(row.id, now=now, not_before=max(row.not_before, now + delay_s))
+            self.deps.store.postpone(
+                row.id,
+                now=now,
+                not_before=max(row.not_before, now + delay_s),
+                keep_claim=keep_claim,
+            )
             for row in rows
         )
         results = await asyncio.gather(*releases, return_exceptions=True)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from relay.awaited import Awaited
 from relay.channels import Outgoing, Recovery
@@ -44,7 +45,15 @@ DIGEST_TEMPLATE = "digest"
 # template holds up its channel, never intake or the other channels for a second per message.
 ON_LOOP_RENDER_S = 0.05
 DashboardLink = Callable[[dict[str, object]], str | None]
-Release = Callable[[list[Notification], float], Awaitable[None]]
+
+
+class Release(Protocol):
+    """Give claimed rows back, due in `delay_s`; `keep_claim` false: nothing of them was sent,
+    a digest's rows join the group's next digest (see Store.postpone)."""
+
+    def __call__(
+        self, rows: list[Notification], delay_s: float = 0.0, *, keep_claim: bool = True
+    ) -> Awaitable[None]: ...
 
 
 @dataclass
@@ -182,7 +191,8 @@ class Dispatch:
         """Send one notification, or every due one of a group as one digest; then finish."""
         try:
             if group_key is not None and (wait_s := await self._too_soon(rows, group_key)) > 0:
-                await self.release(rows, wait_s)  # no attempt: due again group_interval after
+                # no attempt: due again group_interval after, with the runs that join it
+                await self.release(rows, wait_s, keep_claim=False)
                 return
             ready = await self._to_send(rows, group_key)
         except StoreUnavailable as exc:  # a silence or recovery read: they go again shortly

@@ -151,10 +151,14 @@ class Store(Protocol):
         `error`: the last failed try's of this round (quick retries), which replaces the one a
         retry recorded; None keeps that one (history's `error` outlives the send)."""
 
-    async def postpone(self, notification_id: str, *, now: float, not_before: float) -> bool:
+    async def postpone(
+        self, notification_id: str, *, now: float, not_before: float, keep_claim: bool = True
+    ) -> bool:
         """Release a pending row's lease and make it due at `not_before`: no attempt counted,
-        no event (a recovery waiting for the notification it resolves). Whether it changed
-        (see mark_retry)."""
+        no event (a recovery waiting for the notification it resolves). A digest's row keeps
+        its claim (HAND_BACK: the digest goes again as it was, as it may have gone out) unless
+        `keep_claim` is false: nothing of it was sent, and it joins the group's next digest.
+        Whether it changed (see mark_retry)."""
 
     async def hasten(self, notification_id: str, *, now: float) -> bool:
         """Make a pending row nobody holds, due later, due at `now` (a recovery postponed to

@@ -94,7 +94,8 @@ _RETIME_ROWS = f"""
     AND {RETIMABLE}
 """  # noqa: S608
 _POSTPONE = f"""
-    UPDATE relay_outbox SET not_before = $2, lease_until = {HAND_BACK}, updated_at = $3
+    UPDATE relay_outbox SET not_before = $2,
+        lease_until = CASE WHEN $5::boolean THEN {HAND_BACK} END, updated_at = $3
     WHERE id = $1 AND state = 'pending' AND COALESCE(lease_holder, $4) = $4
 """  # noqa: S608
 _HASTEN = """
@@ -380,13 +381,16 @@ class PostgresStore:
             clean_opt(error),
         )
 
-    async def postpone(self, notification_id: str, *, now: float, not_before: float) -> bool:
+    async def postpone(
+        self, notification_id: str, *, now: float, not_before: float, keep_claim: bool = True
+    ) -> bool:
         status = await self._execute(
             _POSTPONE,
             clean(notification_id),
             not_before,
             now,
             self.holder,
+            keep_claim,
         )
         return status == "UPDATE 1"
 

@@ -72,7 +72,8 @@ _MARKED_HERE = (
     "SELECT 1 FROM outbox WHERE id = ? AND attempts = ? AND state = ? AND lease_holder IS ?"
 )
 _POSTPONE = f"""
-    UPDATE outbox SET not_before = ?, lease_until = {HAND_BACK}, updated_at = ?
+    UPDATE outbox SET not_before = ?, lease_until = CASE WHEN ? THEN {HAND_BACK} END,
+        updated_at = ?
     WHERE id = ? AND state = 'pending'
 """  # noqa: S608
 _HASTEN = """
@@ -261,10 +262,11 @@ class SQLiteStore:
             ("sent", now, None, None),
         )
 
-    async def postpone(self, notification_id: str, *, now: float, not_before: float) -> bool:
-        return await self._writer.run(
-            lambda conn: conn.execute(_POSTPONE, (not_before, now, notification_id)).rowcount == 1
-        )
+    async def postpone(
+        self, notification_id: str, *, now: float, not_before: float, keep_claim: bool = True
+    ) -> bool:
+        values = (not_before, keep_claim, now, notification_id)
+        return await self._writer.run(lambda conn: conn.execute(_POSTPONE, values).rowcount == 1)
 
     async def hasten(self, notification_id: str, *, now: float) -> bool:
         return await self._writer.run(

@@ -74,6 +74,24 @@ async def _claimed_as(store: Store, *digests: set[str]) -> None:
     assert [digest_id([n.id for n in c]) for c in claims] == [digest_id(sorted(d)) for d in digests]
 
 
+async def test_a_digest_put_off_before_its_send_joins_the_runs_due_with_it(engine: Engine) -> None:
+    """Claimed while another digest of its group was on its way, a digest is put off
+    (keep_claim false): nothing of it went out, so its runs go with those due beside them, in
+    one digest, not as a claim of their own before them."""
+    store = engine.make()
+    await store.open()
+    try:
+        first = {await _observe(store, "run_1", 0.0)}
+        put_off = await store.claim("d", now=30.0, limit=10, lease_s=LEASE_S)
+        assert {n.id for n in put_off} == first
+        for row in put_off:
+            assert await store.postpone(row.id, now=31.0, not_before=1000.0, keep_claim=False)
+        later = await _observe(store, "run_2", 40.0)  # due at 340: with run_1 by 2000
+        await _claimed_as(store, {*first, later})
+    finally:
+        await store.close()
+
+
 async def _dead(store: Store, rows: list[Notification]) -> None:
     marks = [(row.id, 1) for row in rows]
     await store.mark_dead(marks, now=1000.0, reason="client_error", error="400")
