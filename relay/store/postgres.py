@@ -93,8 +93,13 @@ _RETIME_ROWS = f"""
     UPDATE relay_outbox SET not_before = $1 WHERE group_key = $2 AND not_before > $3
     AND {RETIMABLE}
 """  # noqa: S608
+# A row put off unsent (not keeping its claim) joins its group's next digest when one is due
+# later: put off from this replica's clock, it came due a few ms after the one another replica
+# had just set, and went beside it.
 _POSTPONE = f"""
-    UPDATE relay_outbox SET not_before = $2,
+    UPDATE relay_outbox SET not_before = CASE WHEN $5::boolean THEN $2 ELSE COALESCE((
+            SELECT g.next_flush FROM relay_groups AS g
+            WHERE g.key = relay_outbox.group_key AND g.next_flush > $3), $2) END,
         lease_until = CASE WHEN $5::boolean THEN {HAND_BACK} END, updated_at = $3
     WHERE id = $1 AND state = 'pending' AND COALESCE(lease_holder, $4) = $4
 """  # noqa: S608

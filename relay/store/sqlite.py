@@ -71,10 +71,13 @@ _CLAIM_HOLDERS = (
 _MARKED_HERE = (
     "SELECT 1 FROM outbox WHERE id = ? AND attempts = ? AND state = ? AND lease_holder IS ?"
 )
+# A row put off unsent joins its group's next digest when one is due later (see postgres.py).
 _POSTPONE = f"""
-    UPDATE outbox SET not_before = ?, lease_until = CASE WHEN ? THEN {HAND_BACK} END,
-        updated_at = ?
-    WHERE id = ? AND state = 'pending'
+    UPDATE outbox SET not_before = CASE WHEN :keep THEN :not_before ELSE COALESCE((
+            SELECT g.next_flush FROM groups AS g
+            WHERE g.key = outbox.group_key AND g.next_flush > :now), :not_before) END,
+        lease_until = CASE WHEN :keep THEN {HAND_BACK} END, updated_at = :now
+    WHERE id = :id AND state = 'pending'
 """  # noqa: S608
 _HASTEN = """
     UPDATE outbox SET not_before = ?, updated_at = ?
@@ -265,7 +268,7 @@ class SQLiteStore:
     async def postpone(
         self, notification_id: str, *, now: float, not_before: float, keep_claim: bool = True
     ) -> bool:
-        values = (not_before, keep_claim, now, notification_id)
+        values = {"not_before": not_before, "keep": keep_claim, "now": now, "id": notification_id}
         return await self._writer.run(lambda conn: conn.execute(_POSTPONE, values).rowcount == 1)
 
     async def hasten(self, notification_id: str, *, now: float) -> bool:

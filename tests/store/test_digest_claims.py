@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from relay.errors import StoreUnavailable
-from relay.grouping import digest_id
+from relay.grouping import digest_id, group_key
 from relay.model import Notification
 from relay.store import Store
 from tests.store.conftest import Engine, decide_digest, ids, make_run
@@ -88,6 +88,33 @@ async def test_a_digest_put_off_before_its_send_joins_the_runs_due_with_it(engin
             assert await store.postpone(row.id, now=31.0, not_before=1000.0, keep_claim=False)
         later = await _observe(store, "run_2", 40.0)  # due at 340: with run_1 by 2000
         await _claimed_as(store, {*first, later})
+    finally:
+        await store.close()
+
+
+async def test_a_digest_put_off_as_the_next_was_set_goes_with_it(engine: Engine) -> None:
+    """Put off group_interval from its replica's clock a few ms after another replica's digest
+    set the group's next one (that one's flush came between the check and the put-off): due
+    those ms after the next digest, it went alone beside it, its runs older, so not held back
+    (two digests of one group 0-70 ms apart, 7 times in a 6-minute soak). It joins the digest
+    the group waits for."""
+    store = engine.make()
+    await store.open()
+    try:
+        first = await _observe(store, "run_1", 0.0)
+        on_its_way = await store.claim("d", now=30.0, limit=10, lease_s=LEASE_S)
+        assert [n.id for n in on_its_way] == [first]
+        joined = await _observe(store, "run_2", 31.0)  # next digest: 31 + 300
+        late = await store.claim("d", now=331.0, limit=10, lease_s=LEASE_S)
+        assert {n.id for n in late} == {joined}
+        key = group_key("dg", "d", {"taskIdentifier": "t/a"})
+        await store.group_flushed(key, 335.0, 635.0)  # that digest went: the next at 635
+        await store.mark_sent([(n.id, 1) for n in on_its_way], now=335.0)
+        newer = await _observe(store, "run_3", 340.0)  # joins the one due at 635
+        for row in late:  # put off by another replica's check at 335.01: 635.01
+            assert await store.postpone(row.id, now=336.0, not_before=635.01, keep_claim=False)
+        claimed = await store.claim("d", now=635.0, limit=10, lease_s=LEASE_S)
+        assert {n.id for n in claimed} == {joined, newer}
     finally:
         await store.close()
 
