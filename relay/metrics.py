@@ -188,6 +188,12 @@ class Metrics:
             " waits for it at start (the outbox gauges then keep their last values).",
             registry=r,
         )
+        self.ready = Gauge(
+            "relay_ready",
+            "1 if /readyz would answer ready at this scrape, 0 if not: store unreachable or not"
+            " writable, a delivery worker not running, starting, or shutting down.",
+            registry=r,
+        )
         self.realtime_rows = Counter(
             "relay_realtime_rows_total",
             "Run rows received from Realtime feeds and submitted, by feed.",

@@ -435,12 +435,20 @@ class Service:
             self.pool.silences_changed()
 
     async def _ready(self) -> str | None:
+        if why := self._not_serving():
+            return why
+        if why := await self._store_problem():
+            return why
+        return self._workers_problem()
+
+    def _not_serving(self) -> str | None:
         if self.stopping:  # out of the load balancer's (Service's) endpoints while draining
             return DRAINING
         if self._starting is not None:
             return _UNREADY.get(self._starting, STARTING)
-        if why := await self._store_problem():
-            return why
+        return None
+
+    def _workers_problem(self) -> str | None:
         if self.pool is not None and self.pool.down():  # its channels go undelivered
             return "delivery worker not running"
         return None
@@ -453,33 +461,43 @@ class Service:
             lacking = await self.store.lacking()
         except StoreUnavailable:
             return "store unreachable"
-        if lacking is not None:
-            return lacking
+        return lacking or self._not_writable()
+
+    def _not_writable(self) -> str | None:
         failed_at = None if self.intake is None else self.intake.store_failed_at
         # a failure "in the future" was seen before the wall clock stepped back: long past
         if failed_at is not None and 0 <= time.time() - failed_at < NOT_WRITABLE_S:
             return "store not writable"
         return None
 
+    def _scraped_ready(self, store_up: bool) -> bool:
+        """/readyz's answer without its round trips to the store (a scrape must not wait on
+        it): the outbox reading stands for the ping; PostgreSQL privileges a user lacks show
+        as refused updates instead (relay_updates_rejected_total)."""
+        if self._not_serving() or not store_up:
+            return False
+        return self._not_writable() is None and self._workers_problem() is None
+
     async def _metrics_text(self) -> tuple[bytes, str]:
         """The scrape; while relay waits for its store at start, with relay_store_up 0 (a 503
         made the target itself look down)."""
-        if self._starting in _UNREADY:  # not open yet
+        store_up = self._starting not in _UNREADY and await self._read_outbox()  # open yet?
+        if not store_up:
             self.metrics.store_up.set(0)
-        else:
-            await self._read_outbox()
+        self.metrics.ready.set(self._scraped_ready(store_up))
         # in a thread (prometheus_client reads its values under its locks): with 2,000 rules
         # and 200 channels the text is 1 MB, ~150 ms that held every request on the loop
         return await asyncio.to_thread(self.metrics.render), METRICS_CONTENT_TYPE
 
-    async def _read_outbox(self) -> None:
+    async def _read_outbox(self) -> bool:
+        """The outbox gauges from the store; False if it did not answer."""
         now = time.time()
         try:
             counts, oldest = await self._outbox.read(now)
         except StoreUnavailable:
-            self.metrics.store_up.set(0)
-        else:
-            self.metrics.set_outbox(counts, oldest, now)
+            return False
+        self.metrics.set_outbox(counts, oldest, now)
+        return True
 
     async def _prune_forever(self) -> None:
         while True:

@@ -360,6 +360,22 @@ def test_realtime_followed_twice_fires_on_two_followers_not_on_a_handover(tmp_pa
     alert_test(tmp_path, "RelayRealtimeFollowedTwice", inputs, "30m", expected)
 
 
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_not_ready_fires_on_a_relay_not_ready_for_minutes_not_on_a_restart(tmp_path: Path) -> None:
+    """relay_ready of two relays: one restarting (0 for a scrape, its drain and start) is not an
+    alert; one whose disk is full (not ready for good, its store still answering) is."""
+
+    def series(instance: str, values: str) -> dict[str, str]:
+        return {"series": f'relay_ready{{job="relay",instance="{instance}"}}', "values": values}
+
+    rule = next(r for r in alert_rules() if r["alert"] == "RelayNotReady")
+    labels = {"instance": "full"}
+    annotations = {key: filled(text, labels) for key, text in rule["annotations"].items()}
+    inputs = [series("restarted", "1x10 0 1x29"), series("full", "1x10 0x30")]
+    expected = [{"exp_labels": {"severity": "warning", **labels}, "exp_annotations": annotations}]
+    alert_test(tmp_path, "RelayNotReady", inputs, "20m", expected)
+
+
 # the README's own suggestion, as printed under Metrics
 README_DEAD_RULE = {
     "alert": "ReadmeDeadLetters",

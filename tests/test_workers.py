@@ -72,11 +72,15 @@ async def wait_until(check: Callable[[], bool], timeout: float = 60.0) -> None:
 
 
 async def sent_total(url: str) -> float:
+    return await scraped_sum(url, "relay_notifications_sent_total")
+
+
+async def scraped_sum(url: str, metric: str) -> float:
+    """The sum of `metric`'s series in a scrape of /metrics."""
     async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
         text = await resp.text()
-    return sum(
-        float(v) for v in re.findall(r"^relay_notifications_sent_total\{.*\} (\S+)$", text, re.M)
-    )
+    found = re.findall(rf"^{metric}(?:\{{.*\}})? (\S+)$", text, re.M)
+    return sum(float(v) for v in found)
 
 
 # A worker that died is started again RESTART_AFTER_S (1 s) later. Where that pause is not the
@@ -481,6 +485,7 @@ async def test_readyz_waits_for_the_workers_to_deliver(
             503,
             {"status": "not ready", "reason": "delivery worker not running"},
         )
+        assert await scraped_sum(proc.url, "relay_ready") == 0  # Prometheus sees it too
     finally:
         os.close(lock)  # the orphan is gone
     for _ in range(1200):
@@ -488,6 +493,7 @@ async def test_readyz_waits_for_the_workers_to_deliver(
             break
         await asyncio.sleep(0.05)
     assert await readyz(proc.url) == (200, {"status": "ready"})
+    assert await scraped_sum(proc.url, "relay_ready") == 1
 
 
 def pid_namespaces_or_skip() -> None:

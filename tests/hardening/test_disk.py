@@ -82,9 +82,14 @@ async def readiness(r: Relay) -> tuple[int, dict[str, Any]]:
 
 async def store_up(r: Relay) -> str:
     """The value of relay_store_up in a scrape of /metrics."""
+    return await scraped(r, "relay_store_up")
+
+
+async def scraped(r: Relay, gauge: str) -> str:
+    """The value of an unlabelled gauge in a scrape of /metrics."""
     async with r.http.get(r.url + "/metrics") as resp:
         text = await resp.text()
-    [value] = [line.split()[1] for line in text.splitlines() if line.startswith("relay_store_up ")]
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(gauge + " ")]
     return value
 
 
@@ -154,6 +159,24 @@ async def test_full_database_refuses_then_recovers_by_itself(
             conn.execute("DELETE FROM filler")
             conn.commit()
         await assert_recovers(r, db, accepted, refused)
+
+
+async def test_a_full_database_shows_in_the_scrape_as_not_ready(tmp_path: Path) -> None:
+    """A full disk keeps the store readable: relay_store_up stayed 1 and the shipped
+    RelayStoreDown, whose description named a full disk, never fired, while /readyz said `store
+    not writable` and every update was refused. Prometheus saw nothing /readyz saw; now
+    relay_ready says it (RelayNotReady)."""
+    db = tmp_path / "relay.db"
+    prepared = SQLiteStore(db)
+    await prepared.open()
+    await prepared.close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    async with running(tmp_path, SQLiteStore(db, max_pages=pages + 6)) as r:
+        assert (await scraped(r, "relay_ready"), await store_up(r)) == ("1.0", "1.0")
+        await fill_until_refused(r)
+        assert (await readiness(r))[0] == 503
+        assert (await scraped(r, "relay_ready"), await store_up(r)) == ("0.0", "1.0")
 
 
 def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
