@@ -17,6 +17,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -99,6 +100,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         Info("relay_build", "Build information.", registry=r).info({"version": __version__})
+        # process_start_time_seconds, _open_fds, _max_fds, _resident_memory_bytes and the rest
+        # of the process serving /metrics, as every Go exporter and Alertmanager have (Linux)
+        ProcessCollector(registry=r)
         self.received = Counter(
             "relay_updates_received_total", "Run updates accepted.", ["source"], registry=r
         )
