@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import standardwebhooks
 
-from relay.cli import MAX_EVENT_BYTES
 from relay.cli import main as relay_main
+from relay.cli_config import MAX_EVENT_BYTES
 from relay.model import Decision, Match, Run, RunState
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import (

@@ -38,7 +38,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from relay import channels as channel_registry
-from relay import cli
+from relay import cli, cli_parser
 from relay.channels.webhook import sign
 from relay.config import (
     ChannelSettings,
@@ -397,7 +397,7 @@ def test_shown_relay_commands_parse(path: Path, capsys: pytest.CaptureFixture[st
     refused = []
     for argv in commands:
         with contextlib.suppress(SystemExit):
-            cli._parser().parse_args(argv)
+            cli_parser.build_parser().parse_args(argv)
             continue
         refused.append((argv, capsys.readouterr().err.strip().splitlines()[-1:]))
     assert not refused, refused

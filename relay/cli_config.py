@@ -1,0 +1,214 @@
+"""relay's commands that load the config: serve, check, test (a dry run) and send-test. The
+commands on the store (dlq, silence, history, migrate) are relay.cli_store's."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from relay.errors import ConfigError, InputError, Problem, RelayError
+from relay.logs import SCRUB, one_line, setup_logging, tag_lines
+from relay.settings import Settings
+from relay.workers import Role
+
+if TYPE_CHECKING:  # the store's commands (dlq, silence, history) start without them
+    from relay.configure import Compiled, DryRun
+
+log = logging.getLogger("relay")
+
+
+def _compiled(args: argparse.Namespace, settings: Settings) -> Compiled:
+    """The config file's (or the built-in one); a delivery worker's: its parent's, as the
+    parent read it, from the file --config-fd names (see relay.workers)."""
+    from relay.configure import compile_config, load  # noqa: PLC0415
+
+    fd = getattr(args, "config_fd", None)
+    if fd is None:
+        compiled = compile_config(load(settings, getattr(args, "config", None)))
+    else:  # relay.reloading imports the service's metrics (prometheus_client): workers only
+        from relay.reloading import compile_payload  # noqa: PLC0415
+
+        with os.fdopen(fd, "rb") as file:
+            compiled = compile_payload(file.read())
+    SCRUB.set(compiled.loaded.secrets())  # no secret in a warning either
+    return compiled
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.service import serve  # noqa: PLC0415
+
+    workers = settings.workers if args.workers is None else args.workers
+    setup_logging(settings.log_format, settings.log_level)
+    if args.delivery_worker is not None:  # every line of a worker names it, its first ones too
+        tag_lines(worker=args.delivery_worker)
+    compiled = _compiled(args, settings)
+    if compiled.loaded.builtin:
+        log.warning(
+            "no config file found; running the built-in default: failed runs to the console",
+            extra={"config": str(settings.config)},
+        )
+    else:
+        log.info("config loaded", extra={"config": compiled.loaded.source.filename})
+    _log_warnings(compiled)
+    events = None if args.events_fd is None else os.fdopen(args.events_fd, "w", encoding="utf-8")
+    run_loop(serve(settings, compiled, Role(workers, args.delivery_worker, events)))
+    return 0
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run, on uvloop when it is installed (the `fast` extra; the Docker image has it)."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.configure import BUILTIN_NAME  # noqa: PLC0415
+
+    store_problems = getattr(args, "env_problems", []) + _store_url_problems(settings.store_url)
+    try:
+        compiled = _compiled(args, settings)
+    except ConfigError as exc:
+        raise ConfigError([*exc.problems, *store_problems]) from None
+    if store_problems:
+        raise ConfigError(store_problems)
+    for warning in compiled.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    config = compiled.loaded.config
+    name = compiled.loaded.source.filename
+    if name == BUILTIN_NAME:
+        name = "built-in default (no config file found)"
+    counts = f"{count(len(config.channels), 'channel')}, {count(len(config.rules), 'rule')}"
+    print(f"{name}: OK: {counts}")
+    return 0
+
+
+def _log_warnings(compiled: Compiled) -> None:
+    """What `relay check` warns of (a missing templates.dir, a misspelled template variable),
+    logged: by `serve`, and by `test` and `send-test`, which render through the same templates."""
+    for warning in compiled.warnings:
+        log.warning(warning)
+
+
+def _store_url_problems(url: str) -> list[Problem]:
+    """What is wrong with the form of RELAY_STORE_URL (no connection is made): `relay check`
+    names it, as it names a bad RELAY_LISTEN, rather than `relay serve` failing after an OK."""
+    from relay.store.opening import open_store  # noqa: PLC0415
+
+    try:
+        open_store(url)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+MAX_EVENT_BYTES = 64 * 1024 * 1024  # a long recorded Realtime session fits; /dev/zero does not
+
+
+def _read_event(path: Path) -> bytes:
+    """The bytes of the event file; `-` is standard input (`curl ... | relay test -`). At most
+    MAX_EVENT_BYTES: `relay test /dev/zero` (or a wrong pipe) took 6 GB in 5 s, and on."""
+    if str(path) == "-":
+        data = sys.stdin.buffer.read(MAX_EVENT_BYTES + 1)
+    else:
+        with path.open("rb") as file:
+            data = file.read(MAX_EVENT_BYTES + 1)
+    if len(data) > MAX_EVENT_BYTES:
+        raise InputError("", f"larger than {MAX_EVENT_BYTES >> 20} MiB; relay test reads no more")
+    return data
+
+
+def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.formats import parse_any, parse_body  # noqa: PLC0415
+    from relay.configure import dry_run  # noqa: PLC0415
+
+    compiled = _compiled(args, settings)
+    _log_warnings(compiled)
+    try:
+        data = parse_body(_read_event(args.event))
+        skipped: list[str] = []
+        ignored: list[str] = []
+        runs = parse_any(data, skipped, ignored)
+    except OSError as exc:
+        raise RelayError(f"cannot read {args.event}: {exc.strerror}") from None
+    except InputError as exc:
+        source = "standard input" if str(args.event) == "-" else args.event
+        raise RelayError(f"{source}: {exc}") from None
+    for note in skipped + (ignored if args.json else []):  # ids and types from the file
+        print(one_line(note), file=sys.stderr)
+    results = dry_run(compiled, runs)
+    if args.json:
+        out = [
+            {
+                "event": r.event,
+                "run_id": r.run_id,
+                "rules": r.rules,
+                "messages": [
+                    {
+                        "rule": rule,
+                        "channel": ch,
+                        "parts": m.parts,
+                        "fallback": m.fallback,
+                        "error": m.error,
+                    }
+                    for rule, ch, m in r.messages
+                ],
+            }
+            for r in results
+        ]
+        print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    _print_dry_run(results)
+    for note in ignored:
+        print(one_line(note))
+    if not runs and not ignored:
+        print("no runs in the file: no rule can match")
+    return 0
+
+
+def _print_dry_run(results: list[DryRun]) -> None:
+    """`relay test`'s human output: run data (ids, error texts in the rendered messages) shows
+    escaped, as the console channel prints it, so an ESC in it steers no operator's terminal."""
+    from relay.channels.console import printable  # noqa: PLC0415
+
+    for r in results:
+        matched = ", ".join(r.rules) if r.rules else "no rule matched"
+        print(one_line(f"{r.event} {r.run_id}: {matched}"))
+        for rule, channel, rendered in r.messages:
+            fallback = f" (fallback: {rendered.error})" if rendered.fallback else ""
+            print(one_line(f"--- rule {rule} → channel {channel}{fallback}"))
+            for part, text in rendered.parts.items():
+                if len(rendered.parts) > 1:
+                    print(f"[{part}]")
+                print(printable(text).rstrip("\n"))
+
+
+def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.errors import DeliveryError  # noqa: PLC0415
+    from relay.configure import send_test  # noqa: PLC0415
+
+    compiled = _compiled(args, settings)
+    _log_warnings(compiled)
+    try:
+        resolved = asyncio.run(send_test(compiled, args.channel))
+    except DeliveryError as exc:
+        print(f"send-test to {args.channel} failed: {exc}", file=sys.stderr)
+        return 1
+    paged = f": paged and resolved (dedup_key {resolved})" if resolved else ""
+    print(f"test message sent to {args.channel}{paged}")
+    return 0
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

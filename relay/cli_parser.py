@@ -1,0 +1,263 @@
+"""relay's command-line parser: the commands, their flags and their checks (a value that is not
+UTF-8, a command run with no id); relay.cli runs what it parses."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pwd
+from pathlib import Path
+from typing import Any
+
+from relay import __version__
+from relay.model import SILENCE_MATCHERS
+from relay.settings import worker_count
+from relay.workers import CONFIG_FD_FLAG, EVENTS_FLAG, WORKER_FLAG
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: `relay --config X check`, `relay dlq --config X list` and `relay dlq list
+    # --config X` all work (a sub-command's default would otherwise overwrite the value)
+    common.add_argument(
+        "--config",
+        type=_config_path,
+        default=argparse.SUPPRESS,
+        help="YAML config (default: $RELAY_CONFIG, else ./config.yaml, else the built-in one)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="relay", description="Alerting relay for Trigger.dev", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub, common)
+    _config_parsers(sub, common)
+    _dlq_parser(sub, common)
+    _silence_parser(sub, common)
+    sub.add_parser(
+        "migrate", parents=[common], help="create or migrate the store's schema ($RELAY_STORE_URL)"
+    )
+    _history_parser(sub, common)
+    return parser
+
+
+def _serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    serve_cmd = sub.add_parser("serve", parents=[common], help="run the relay")
+    serve_cmd.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=None,
+        help="delivery in N processes of their own (default: $RELAY_WORKERS, else 0: in-process)",
+    )
+    serve_cmd.add_argument(WORKER_FLAG, type=int, default=None, help=argparse.SUPPRESS)
+    serve_cmd.add_argument(EVENTS_FLAG, type=int, default=None, help=argparse.SUPPRESS)
+    serve_cmd.add_argument(CONFIG_FD_FLAG, type=int, default=None, help=argparse.SUPPRESS)
+
+
+def _config_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """check, test and send-test: the commands on the config, not on the store."""
+    check = sub.add_parser("check", parents=[common], help="validate the configuration")
+    check.add_argument(
+        "file",
+        nargs="*",
+        type=_config_path,
+        help="the YAML config (same as --config); several, as amtool check-config takes them",
+    )
+    test = sub.add_parser("test", parents=[common], help="dry run: which rules match an event")
+    test.add_argument(
+        "event",
+        type=Path,
+        help="JSON file (- for standard input): a run, an array of runs, a raw row or an alert",
+    )
+    test.add_argument("--json", action="store_true", help="machine-readable output")
+    send = sub.add_parser("send-test", parents=[common], help="send a test message to a channel")
+    send.add_argument("channel")
+
+
+def _dlq_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    dlq = sub.add_parser("dlq", parents=[common], help="dead letters")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlq_list = dlq_sub.add_parser("list", parents=[common], help="list dead notifications")
+    dlq_list.add_argument("--json", action="store_true")
+    replay = dlq_sub.add_parser("replay", parents=[common], help="send dead notifications again")
+    which = replay.add_mutually_exclusive_group()  # neither: _NO_IDS
+    which.add_argument(
+        "ids", nargs="*", default=[], metavar="ID", help="notification ids (ntf_...)"
+    )
+    which.add_argument("--all", action="store_true", help="every dead notification")
+
+
+def _history_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    history = sub.add_parser("history", parents=[common], help="what was sent, when, and why")
+    for flag, dest in (("--run", "run_id"), ("--rule", "rule"), ("--channel", "channel")):
+        history.add_argument(flag, dest=dest)
+    # checked with the other flags (relay.history.STATES): exit 1 naming the states, as for a
+    # bad --limit or --since, not argparse's usage text and exit 2
+    history.add_argument("--state", help="pending, sent, dead or muted")
+    history.add_argument("--since", help="how far back (1h, 2d) or an ISO time")
+    history.add_argument("--before", help="the next page: those older than this notification id")
+    history.add_argument("--limit", default="200")
+    history.add_argument("--json", action="store_true")
+
+
+def refuse_undecodable(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 on an argument that is not UTF-8 (Python hands such bytes over as surrogates):
+    a rule, run id or matcher reached the store and ended in a traceback. Paths may be any
+    bytes and are left alone (they are Path values by then)."""
+    for name, value in vars(args).items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and not text.isascii():
+                try:
+                    text.encode()
+                except UnicodeEncodeError:
+                    parser.error(f"argument {name}: not valid UTF-8")
+
+
+def _login_name() -> str:
+    """$USER, the default author of a silence, else the account's name (as amtool takes it;
+    `docker exec` sets no $USER), as text: bytes that are not UTF-8 (which Python hands over
+    as surrogates) read as U+FFFD, so that a silence the user named no author for is not
+    refused as an argument they never gave."""
+    name = os.environ.get("USER", "")
+    if not name:
+        with contextlib.suppress(OSError, KeyError):  # a uid without a passwd entry: none
+            name = pwd.getpwuid(os.getuid()).pw_name
+    return name.encode(errors="surrogateescape").decode(errors="replace")
+
+
+def _author(text: str) -> str:
+    """`--author`, else (not given, or given empty: `-a "$AUTHOR"` with it unset) the login
+    name, as amtool takes an empty one."""
+    return text or _login_name()
+
+
+def _config_path(text: str) -> Path:
+    if not text.strip():  # Path("") is ".", the working directory
+        raise argparse.ArgumentTypeError("empty path: name the YAML file")
+    return Path(text)
+
+
+def _worker_count(text: str) -> int:
+    """`--workers N`, in RELAY_WORKERS's words; out of bounds, a usage error (exit 2)."""
+    try:
+        return worker_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _DashValues(argparse.ArgumentParser):
+    """A parser whose options take a value starting with `-` that is none of its options:
+    `-d -1h` and `-d -abc` are durations to refuse, naming the value ("--duration '-abc':
+    expected a duration like ..."), where argparse took `-1h` and `-abc` for options (`-abc`
+    as `-a bc`) and said only "-d: expected one argument"."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        return super().parse_known_args(self._joined(args), namespace)
+
+    def _joined(self, args: list[str] | None) -> list[str] | None:
+        """`args` with each `OPTION VALUE` whose VALUE starts with `-` as `OPTION=VALUE`."""
+        if args is None:
+            return None
+        out: list[str] = []
+        for word in args:
+            action = self._action(out[-1]) if out and "--" not in out else None
+            taking = action is not None and action.nargs is None and action.option_strings
+            if taking and word.startswith("-") and self._action(word) is None and word != "--":
+                out[-1] = f"{out[-1]}={word}"
+            else:
+                out.append(word)
+        return out
+
+    def _action(self, word: str) -> argparse.Action | None:
+        """The option `word` names: in full, or a long one abbreviated as argparse takes it
+        (`--dur` for --duration: `--dur -1h` said "expected one argument")."""
+        options = self._option_string_actions
+        if word in options or not (self.allow_abbrev and word.startswith("--")):
+            return options.get(word)
+        found = {action for option, action in options.items() if option.startswith(word)}
+        return found.pop() if len(found) == 1 else None
+
+
+def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    silence = sub.add_parser("silence", parents=[common], help="mute notifications for a while")
+    silence_sub = silence.add_subparsers(
+        dest="silence_command", required=True, parser_class=_DashValues
+    )
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", help="print silence ids only")
+    _silence_add_parser(silence_sub, [common, quiet])
+    _silence_list_parser(silence_sub, [common, quiet])
+    expire = silence_sub.add_parser("expire", parents=[common], help="end silences now")
+    expire.add_argument("ids", nargs="*", metavar="ID")  # none: _NO_IDS
+
+
+def _silence_add_parser(silence_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    add = silence_sub.add_parser("add", parents=parents, help="add a silence; prints its id")
+    add.add_argument(
+        "matchers", nargs="*", metavar="MATCHER", help="task=billing/* tag=env:prod ... (amtool)"
+    )
+    for matcher in SILENCE_MATCHERS:
+        add.add_argument(
+            f"--{matcher}", action="append", help=f"{matcher} to mute (repeat for any of several)"
+        )
+    add.add_argument(
+        "-d", "--duration", default="1h", help="how long, from the start: 30m, 2h, 1d (1h)"
+    )
+    add.add_argument(
+        "--until", "--end", help="end time, ISO-8601 (2026-11-28T18:00:00Z); wins over --duration"
+    )
+    add.add_argument("--start", help="start time, ISO-8601 (default: now)")
+    add.add_argument("-c", "--comment", default="")
+    add.add_argument(  # a string default goes through `type` too: the login name, read then
+        "-a", "--author", type=_author, default="", help="created_by (default: $USER)"
+    )
+
+
+def _silence_list_parser(silence_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    listing = silence_sub.add_parser(
+        "list", aliases=["query"], parents=parents, help="list silences"
+    )
+    listing.add_argument(
+        "matchers",
+        nargs="*",
+        metavar="MATCHER",
+        help='only silences these fit, as amtool query\'s: rule=x, tag=~"env:.*", task!=a',
+    )
+    listing.add_argument(
+        "--filter", action="append", default=[], help="a MATCHER more (repeatable; the API's)"
+    )
+    listing.add_argument("--limit", help="at most this many (1-10000; default: all)")
+    listing.add_argument("--after", help="the next page: those after this silence id")
+    shown = listing.add_mutually_exclusive_group()
+    shown.add_argument("--all", action="store_true", help="include expired silences")
+    shown.add_argument("--expired", action="store_true", help="only expired silences (amtool)")
+    listing.add_argument("--json", action="store_true")
+    listing.add_argument(
+        "-o",
+        "--output",
+        choices=("simple", "extended", "json"),
+        default="simple",
+        help="json: as --json; simple and extended: the table (amtool's flag)",
+    )
+
+
+# `relay dlq replay` and `relay silence expire` given no id (a `$(...)` that found none): a
+# usage error (exit 2, as argparse's), said in one line with the way out; argparse printed its
+# usage and "one of the arguments ID --all is required", which read as one argument named that.
+# amtool says "no silence IDs specified".
+_NO_IDS = {
+    ("dlq", "replay"): "no notification id given: name the dead ones (relay dlq list) or --all",
+    ("silence", "expire"): "no silence id given: name them (relay silence query -q lists ids)",
+}
+
+
+def missing_ids(args: argparse.Namespace) -> str | None:
+    """The one-line error of a command of _NO_IDS run without an id (nor --all), else None."""
+    sub = str(getattr(args, "dlq_command", None) or getattr(args, "silence_command", None))
+    message = _NO_IDS.get((args.command, sub))
+    if message is None or args.ids or getattr(args, "all", False):
+        return None
+    return f"relay {args.command} {sub}: error: {message}"
