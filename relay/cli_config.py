@@ -20,7 +20,8 @@ from relay.settings import Settings
 from relay.workers import Role
 
 if TYPE_CHECKING:  # the store's commands (dlq, silence, history) start without them
-    from relay.configure import Compiled, DryRun
+    from relay.configure import Compiled
+    from relay.trying import DryRun
 
 log = logging.getLogger("relay")
 
@@ -131,7 +132,7 @@ def _read_event(path: Path) -> bytes:
 
 def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
     from relay.formats import parse_any, parse_body  # noqa: PLC0415
-    from relay.configure import dry_run  # noqa: PLC0415
+    from relay.trying import dry_run  # noqa: PLC0415
 
     compiled = _compiled(args, settings)
     _log_warnings(compiled)
@@ -196,7 +197,7 @@ def _print_dry_run(results: list[DryRun]) -> None:
 
 def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:
     from relay.errors import DeliveryError  # noqa: PLC0415
-    from relay.configure import send_test  # noqa: PLC0415
+    from relay.trying import send_test  # noqa: PLC0415
 
     compiled = _compiled(args, settings)
     _log_warnings(compiled)

@@ -1,30 +1,21 @@
-"""Loading, checking and trying a configuration: what `relay check`, `relay test`,
-`relay send-test` and `relay serve` (at start and on reload) share."""
+"""Loading a configuration, compiling its rules and checking its templates: what `relay check`,
+`relay test`, `relay send-test` and `relay serve` (at start and on reload) share. Trying one is
+relay.trying's; building its channels' routes, relay.routes'."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import os
-import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
 
 from relay import channels as channel_registry
-from relay.channels import ChannelEnv, Outgoing, Recovery
-from relay.config import ChannelSettings, Defaults
 from relay.config_load import Draft, LoadedConfig, check_config, check_file, parse_config
 from relay.config_rules import RuleConfig
 from relay.config_warnings import config_warnings
-from relay.dispatch import DIGEST_TEMPLATE, render_notification
-from relay.errors import ConfigError, DeliveryError, Problem, RelayError, in_file_order
-from relay.filters import web_url
-from relay.model import Notification, Run, notification_id
-from relay.policy import TokenBucket
+from relay.dashboard_links import dashboard_link
+from relay.dispatch import DIGEST_TEMPLATE
+from relay.errors import ConfigError, Problem, in_file_order
 from relay.rules import (
     RECOVERY_TEMPLATE,
     Locate,
@@ -33,12 +24,8 @@ from relay.rules import (
     rule_template,
     when_problems,
 )
-from relay.sending import Route
 from relay.settings import Settings
-from relay.templating import Rendered, Renderer
-
-if TYPE_CHECKING:  # aiohttp's: imported by what builds channels, not by `relay check`
-    from relay.channels._http import HttpClient
+from relay.templating import Renderer
 
 BUILTIN_NAME = "<built-in>"
 BUILTIN_CONFIG = """\
@@ -227,266 +214,3 @@ def _templates_of(rule: RuleConfig) -> list[str]:
     """The templates a rule renders: its own, the digest's and the recovery's if it has them."""
     templates = [rule_template(rule)] + ([DIGEST_TEMPLATE] if rule.group_by else [])
     return templates + ([RECOVERY_TEMPLATE] if rule.update_on_recovery else [])
-
-
-def dashboard_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]:
-    """The run's dashboard URL: the one Trigger.dev sent if it is an absolute http(s) URL (a
-    pushed run or an alert can carry `javascript:…`, which no link or button may take), else
-    defaults.dashboard_url (with the project of the alert that brought the run, else
-    defaults.project_ref). A deployment event links to its deployment (deployment_link). Only
-    http(s) URLs come out (web_url): None otherwise."""
-    made = _made_link(defaults)
-
-    def link(run: dict[str, Any]) -> str | None:
-        return web_url(run.get("dashboardUrl")) or web_url(made(run))
-
-    return link
-
-
-def _made_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]:
-    """The link relay makes for a run from defaults.dashboard_url (see dashboard_link)."""
-    pattern = defaults.dashboard_url
-
-    def link(run: dict[str, Any]) -> str | None:
-        if run.get("event", "run").startswith("deployment."):
-            return deployment_link(defaults, run)
-        if run.get("event", "run") != "run":  # the pattern is for runs
-            return None
-        ref = _alert_project_ref(run) or defaults.project_ref
-        if "{project_ref}" in pattern and not ref:
-            return None
-        return pattern.format(  # percent-encoded: a URL, whatever a run id or task holds
-            project_ref=quote(ref or "", safe=""),
-            run_id=quote(str(run.get("id") or ""), safe=""),
-            task=quote(str(run.get("taskIdentifier") or ""), safe=""),
-        )
-
-    return link
-
-
-def _alert_project_ref(event: Mapping[str, Any]) -> str | None:
-    """The project an alert webhook names (`project.ref`); None for a run that names none."""
-    project = event.get("project")
-    ref = project.get("ref") if isinstance(project, Mapping) else None
-    return ref if isinstance(ref, str) and ref else None
-
-
-def deployment_link(defaults: Defaults, event: Mapping[str, Any]) -> str | None:
-    """What Trigger.dev's own deployment alerts link to (View Deployment):
-    `<dashboard>/projects/v3/<project ref>/deployments/<short code>`, the dashboard being
-    defaults.dashboard_url up to its `/projects/v3/` (else its scheme and host). The project ref
-    is the alert's, else defaults.project_ref. None while either is unknown."""
-    deployment = event.get("deployment")
-    code = deployment.get("shortCode") if isinstance(deployment, Mapping) else None
-    ref = _alert_project_ref(event) or defaults.project_ref
-    if not (isinstance(code, str) and code and isinstance(ref, str) and ref):
-        return None
-    base, cut, _ = defaults.dashboard_url.partition("/projects/v3/")
-    if not cut:
-        url = urlsplit(defaults.dashboard_url)
-        base = f"{url.scheme}://{url.netloc}"
-    return f"{base}/projects/v3/{quote(ref, safe='')}/deployments/{quote(code, safe='')}"
-
-
-SAMPLE_RUN: dict[str, Any] = {
-    "id": "run_relaytest0000000000000000",
-    "taskIdentifier": "relay-send-test",
-    "status": "FAILED",
-    "createdAt": "2026-01-01T00:00:00.000Z",
-    "updatedAt": "2026-01-01T00:00:12.000Z",
-    "durationMs": 11800,
-    "costInCents": 0.04,
-    "baseCostInCents": 0.0025,
-    "tags": ["relay:send-test"],
-    "isTest": True,
-    "error": {"name": "Error", "message": "This is a test notification from relay send-test"},
-}
-
-
-@dataclass(frozen=True)
-class DryRun:
-    run_id: str
-    rules: list[str]
-    messages: list[tuple[str, str, Rendered]]  # (rule, channel, rendered)
-    event: str = "run"  # run, deployment.failed, ...: what `relay test` heads the id with
-
-
-def route_for(
-    compiled: Compiled,
-    name: str,
-    env: ChannelEnv,
-    *,
-    throttled: bool = True,
-    before: Route | None = None,
-) -> Route:
-    """Build channel `name` of the config, with its rate limit unless `throttled` is False;
-    `before` is the route of that name the config being replaced ran (see `_carry_over`)."""
-    settings = compiled.loaded.config.channels[name]
-    kind = channel_registry.REGISTRY[settings.type]
-    channel = channel_registry.build(name, settings, env)
-    limit = settings.rate_limit if throttled else None
-    bucket = TokenBucket(limit) if limit is not None else None
-    timeout_s = settings.timeout or env.default_timeout_s
-    route = Route(
-        channel, kind.type, kind.parts, settings.concurrency, bucket, timeout_s, settings=settings
-    )
-    if before is not None:
-        _carry_over(before, route)
-    return route
-
-
-# ChannelSettings' own options say how relay sends, not where to or as whom
-_SENDING_OPTIONS = set(ChannelSettings.model_fields)
-
-
-def _carry_over(before: Route, route: Route) -> None:
-    """A reload rebuilds every route: a hold set by the receiver's Retry-After was lost, and
-    relay called the receiver again at once inside a `Retry-After: 30`, as the token bucket
-    forgot the requests just made. The same receiver (the type's own settings unchanged: at
-    most timeout, concurrency, rate_limit or send_resolved differ) keeps the hold, shared with
-    the draining route, and the same rate limit keeps its bucket. Its sends in flight count
-    against the new concurrency until they end (`Slots`)."""
-    old, new = before.settings, route.settings
-    if old is None or new is None or not _same_receiver(old, new):
-        return
-    route.hold, route.slots = before.hold, before.slots
-    if route.bucket is not None and before.bucket is not None and old.rate_limit == new.rate_limit:
-        route.bucket = before.bucket
-
-
-def _same_receiver(old: ChannelSettings, new: ChannelSettings) -> bool:
-    if type(old) is not type(new):
-        return False
-    return old.model_dump(exclude=_SENDING_OPTIONS) == new.model_dump(exclude=_SENDING_OPTIONS)
-
-
-def http_client() -> HttpClient:
-    """A new HTTP client for channels; aiohttp is imported here, by the commands that build
-    channels (`relay check` does not: it starts in half the time)."""
-    from relay.channels._http import HttpClient  # noqa: PLC0415
-
-    return HttpClient()
-
-
-def dry_run(compiled: Compiled, runs: list[Run]) -> list[DryRun]:
-    """Which rules match each run (as if first seen) and the messages they would send."""
-    config = compiled.loaded.config
-    env = ChannelEnv(http_client(), sys.stdout, config.defaults.timeout)
-    link = dashboard_link(config.defaults)
-    out = []
-    for run in runs:
-        decision = compiled.rules.decide(run, None)
-        messages = []
-        for match in decision.matches:
-            row = Notification(
-                notification_id(run.id, match.rule, match.channel),
-                run.id,
-                match.rule,
-                match.channel,
-                match.template,
-                run.as_dict(),
-                time.time(),
-            )
-            route = route_for(compiled, match.channel, env, throttled=False)
-            messages.append(
-                (
-                    match.rule,
-                    match.channel,
-                    render_notification(compiled.renderer, match.channel, route, row, link),
-                )
-            )
-        rules = list(dict.fromkeys(m.rule for m in decision.matches))
-        out.append(DryRun(run.id, rules, messages, run.event))
-    return out
-
-
-async def send_test(compiled: Compiled, channel: str) -> str | None:
-    """One real attempt through `channel` with a sample run; raises DeliveryError on failure.
-    On a channel that opens incidents (PagerDuty) the trigger, once accepted, is resolved: its
-    key (the receipt) is returned."""
-    config = compiled.loaded.config
-    if channel not in config.channels:
-        known = ", ".join(sorted(config.channels)) or "none"
-        raise RelayError(f"unknown channel {channel[:100]!r} (known: {known})")
-    http = http_client()
-    try:
-        route = route_for(
-            compiled,
-            channel,
-            ChannelEnv(http, sys.stdout, config.defaults.timeout, partial_fails=True),
-            throttled=False,
-        )
-        run = Run.model_validate(SAMPLE_RUN)
-        now = time.time()
-        row = Notification(
-            f"ntf_test_{int(now * 1000)}", run.id, "send-test", channel, "run", run.as_dict(), now
-        )
-        rendered = render_notification(
-            compiled.renderer, channel, route, row, dashboard_link(config.defaults)
-        )
-        receipt = await route.channel.send(Outgoing(row.id, run.id, row.rule, rendered.parts, now))
-        kind = channel_registry.REGISTRY[config.channels[channel].type]
-        if not kind.opens_incidents or not receipt:
-            return None
-        await _resolve_test(route, row, receipt)
-        return receipt
-    finally:
-        await http.close()
-
-
-async def _resolve_test(route: Route, row: Notification, receipt: str) -> None:
-    """Resolve the alert a send-test's trigger opened (its dedup key, PagerDuty's receipt): the
-    on-call was paged, the incident closes, and the next send-test (the same sample run, the
-    same key) pages again instead of joining an alert still open."""
-    body = '{"event_action": "resolve"}'  # the channel sends the receipt as its dedup_key
-    recovery = Recovery(row.id, receipt)
-    resolve = Outgoing(row.id, row.run_id, row.rule, {"json": body}, time.time(), recovery)
-    try:
-        await route.channel.send(resolve)
-    except DeliveryError as exc:
-        raise RelayError(
-            f"paged, but the resolve failed: {exc}; resolve it in PagerDuty (dedup_key {receipt})"
-        ) from exc
-
-
-def config_fingerprint(compiled: Compiled) -> tuple[tuple[str, int, int, int], ...]:
-    """What changes when the config file or a template changes: paths, sizes, mtimes, inodes
-    (a file renamed over another, as `rsync -a` or `cp -p` then `mv` do, may keep both)."""
-    paths = [Path(compiled.loaded.source.filename)]
-    directory = compiled.loaded.config.templates.dir
-    if directory is not None:
-        paths += _files_under(directory)
-    out = []
-    for path in paths:
-        try:
-            stat = path.stat()
-        except OSError:
-            out.append((str(path), -1, -1, -1))
-            continue
-        out.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino))
-    return tuple(out)
-
-
-_WHERE = {"templates": {"dir"}}  # the config's files' place on disk: not part of its digest
-
-
-def config_hash(compiled: Compiled) -> int:
-    """A 52-bit digest (exact as a float, so in /metrics) of the running config as relay reads
-    it, its environment variables filled in, and of the files of its templates directory: two
-    replicas or two reloads that differ in it run different configs. Secrets are masked before
-    it is taken, so a secret changed alone does not change it (and nothing of one leaks). The
-    templates directory counts by its files (their paths inside it), not by where it is: two
-    replicas mounting the same files at different paths run the same config."""
-    loaded = compiled.loaded
-    digest = hashlib.sha256(loaded.config.model_dump_json(exclude=_WHERE).encode())
-    for name, data in sorted(compiled.renderer.overrides.items()):  # the files it runs
-        digest.update(b"\0" + name.encode(errors="replace") + b"\0" + data)
-    return int(digest.hexdigest()[:13], 16)
-
-
-def _files_under(directory: Path) -> list[Path]:
-    """The files under `directory`, sorted. A directory that vanishes while listed is skipped:
-    a ConfigMap update deletes the old version's directory, and rglob raised then, which ended
-    the watching of the files for good."""
-    found = [Path(parent, name) for parent, _, names in os.walk(directory) for name in names]
-    return sorted(found)

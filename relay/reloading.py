@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Protocol
 
 from relay import heap
-from relay.configure import Compiled, compile_config, config_fingerprint, load, load_text
+from relay.config_digest import config_fingerprint
+from relay.configure import Compiled, compile_config, load, load_text
 from relay.errors import ConfigError, Problem, StoreUnavailable
 from relay.metrics import Metrics
 from relay.model import Timing

@@ -21,12 +21,9 @@ from relay import heap, signals
 from relay.channels import ChannelEnv
 from relay.channels._http import HttpClient
 from relay.config import Config, RetryPolicy, ServerConfig
-from relay.configure import (
-    Compiled,
-    config_hash,
-    dashboard_link,
-    route_for,
-)
+from relay.config_digest import config_hash
+from relay.configure import Compiled
+from relay.dashboard_links import dashboard_link
 from relay.delivery import Delivery, Reservation
 from relay.dispatch import Deps
 from relay.errors import ConfigError, Problem, StoreUnavailable
@@ -38,6 +35,7 @@ from relay.model import Notification
 from relay.outbox_reading import OutboxReading
 from relay.policy import backoff_s
 from relay.reloading import SIGNAL, ConfigReloads, retime_digests
+from relay.routes import route_for
 from relay.settings import Settings
 from relay.silences.cache import RELOAD_S, SilenceCache
 from relay.sources._wire import JsonErrorRunner, raise_descriptor_limit

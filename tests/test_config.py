@@ -10,8 +10,10 @@ import yaml
 from relay import yamlconf
 from relay.channels import settings_models
 from relay.config import Defaults, RetryPolicy
+from relay.config_digest import config_hash
 from relay.config_load import parse_config
-from relay.configure import compile_config, config_hash, dashboard_link, load
+from relay.configure import compile_config, load
+from relay.dashboard_links import dashboard_link
 from relay.durations import format_duration, parse_duration
 from relay.errors import ConfigError, did_you_mean
 from relay.settings import load_settings

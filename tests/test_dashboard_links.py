@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from relay.config import Defaults
-from relay.configure import dashboard_link
+from relay.dashboard_links import dashboard_link
 from relay.filters import web_url
 from tests.conftest import RelayFactory, sdk_run
 from tests.fakes.presets import FakeDiscord, FakeTeams

@@ -30,12 +30,14 @@ from relay import delivery as relay_delivery
 from relay.channels import ChannelEnv, Outgoing, settings_models
 from relay.channels._http import HttpClient
 from relay.config_load import parse_config
-from relay.configure import compile_config, dashboard_link, route_for
+from relay.configure import compile_config
+from relay.dashboard_links import dashboard_link
 from relay.delivery import CLAIM_AHEAD
 from relay.dispatch import Deps
 from relay.formats import parse_runs
 from relay.intake import Intake
 from relay.model import Notification, Run, notification_id
+from relay.routes import route_for
 from relay.sending import Sender
 from relay.store import HistoryQuery
 from relay.store.sqlite import SQLiteStore

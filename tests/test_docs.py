@@ -52,7 +52,7 @@ from relay.config import (
 from relay.config_load import load_config
 from relay.config_rules import MatchConfig, RuleConfig
 from relay.config_sources import RealtimeConfig, RealtimeFeed, SourcesConfig, TriggerAlertsConfig
-from relay.configure import compile_config, dry_run
+from relay.configure import compile_config
 from relay.durations import parse_duration
 from relay.errors import REASONS
 from relay.formats import parse_any, parse_body, parse_runs
@@ -66,6 +66,7 @@ from relay.statuses import EVENTS
 from relay.store.opening import open_store
 from relay.store.sqlite import sqlite_path
 from relay.templating import RenderContext, Renderer
+from relay.trying import dry_run
 from relay.windows import (
     DigestSource,
     InhibitRule,

@@ -19,7 +19,7 @@ import pytest
 
 from relay.channels import REGISTRY
 from relay.config import Defaults
-from relay.configure import dashboard_link
+from relay.dashboard_links import dashboard_link
 from relay.formats.trigger_alerts import signature
 from relay.grouping import digest_context
 from relay.templating import RenderContext, Renderer, fallback_json, fallback_text

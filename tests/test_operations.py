@@ -19,7 +19,8 @@ import aiohttp
 import pytest
 
 from relay import reloading
-from relay.configure import compile_config, config_fingerprint, load
+from relay.config_digest import config_fingerprint
+from relay.configure import compile_config, load
 from relay.logs import TextFormatter
 from relay.service import Service
 from relay.settings import Settings

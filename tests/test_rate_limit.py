@@ -28,12 +28,14 @@ from relay.channels._http import HttpClient
 from relay.channels.console import ConsoleSettings
 from relay.config import RateLimit
 from relay.config_load import parse_config
-from relay.configure import compile_config, dashboard_link, route_for
+from relay.configure import compile_config
+from relay.dashboard_links import dashboard_link
 from relay.delivery import Delivery
 from relay.dispatch import Deps
 from relay.formats import parse_runs
 from relay.intake import Intake
 from relay.policy import QUICK_TRIES, TokenBucket
+from relay.routes import route_for
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import sdk_run
 

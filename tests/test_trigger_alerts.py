@@ -25,7 +25,8 @@ from relay.channels import settings_models
 from relay.config import Defaults
 from relay.config_load import parse_config
 from relay.config_rules import RuleConfig
-from relay.configure import compile_config, dashboard_link
+from relay.configure import compile_config
+from relay.dashboard_links import dashboard_link
 from relay.formats.trigger_alerts import MAX_SIGNATURES, parse_alert
 from relay.model import Run
 from relay.rules import compile_rules

@@ -1,0 +1,123 @@
+"""Trying a compiled config without the service: `relay test`'s dry run (which rules match a run,
+the messages they would send) and `relay send-test`'s one real send of a sample run."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from relay import channels as channel_registry
+from relay.channels import ChannelEnv, Outgoing, Recovery
+from relay.configure import Compiled
+from relay.dashboard_links import dashboard_link
+from relay.dispatch import render_notification
+from relay.errors import DeliveryError, RelayError
+from relay.model import Notification, Run, notification_id
+from relay.routes import http_client, route_for
+from relay.sending import Route
+from relay.templating import Rendered
+
+SAMPLE_RUN: dict[str, Any] = {
+    "id": "run_relaytest0000000000000000",
+    "taskIdentifier": "relay-send-test",
+    "status": "FAILED",
+    "createdAt": "2026-01-01T00:00:00.000Z",
+    "updatedAt": "2026-01-01T00:00:12.000Z",
+    "durationMs": 11800,
+    "costInCents": 0.04,
+    "baseCostInCents": 0.0025,
+    "tags": ["relay:send-test"],
+    "isTest": True,
+    "error": {"name": "Error", "message": "This is a test notification from relay send-test"},
+}
+
+
+@dataclass(frozen=True)
+class DryRun:
+    run_id: str
+    rules: list[str]
+    messages: list[tuple[str, str, Rendered]]  # (rule, channel, rendered)
+    event: str = "run"  # run, deployment.failed, ...: what `relay test` heads the id with
+
+
+def dry_run(compiled: Compiled, runs: list[Run]) -> list[DryRun]:
+    """Which rules match each run (as if first seen) and the messages they would send."""
+    config = compiled.loaded.config
+    env = ChannelEnv(http_client(), sys.stdout, config.defaults.timeout)
+    link = dashboard_link(config.defaults)
+    out = []
+    for run in runs:
+        decision = compiled.rules.decide(run, None)
+        messages = []
+        for match in decision.matches:
+            row = Notification(
+                notification_id(run.id, match.rule, match.channel),
+                run.id,
+                match.rule,
+                match.channel,
+                match.template,
+                run.as_dict(),
+                time.time(),
+            )
+            route = route_for(compiled, match.channel, env, throttled=False)
+            messages.append(
+                (
+                    match.rule,
+                    match.channel,
+                    render_notification(compiled.renderer, match.channel, route, row, link),
+                )
+            )
+        rules = list(dict.fromkeys(m.rule for m in decision.matches))
+        out.append(DryRun(run.id, rules, messages, run.event))
+    return out
+
+
+async def send_test(compiled: Compiled, channel: str) -> str | None:
+    """One real attempt through `channel` with a sample run; raises DeliveryError on failure.
+    On a channel that opens incidents (PagerDuty) the trigger, once accepted, is resolved: its
+    key (the receipt) is returned."""
+    config = compiled.loaded.config
+    if channel not in config.channels:
+        known = ", ".join(sorted(config.channels)) or "none"
+        raise RelayError(f"unknown channel {channel[:100]!r} (known: {known})")
+    http = http_client()
+    try:
+        route = route_for(
+            compiled,
+            channel,
+            ChannelEnv(http, sys.stdout, config.defaults.timeout, partial_fails=True),
+            throttled=False,
+        )
+        run = Run.model_validate(SAMPLE_RUN)
+        now = time.time()
+        row = Notification(
+            f"ntf_test_{int(now * 1000)}", run.id, "send-test", channel, "run", run.as_dict(), now
+        )
+        rendered = render_notification(
+            compiled.renderer, channel, route, row, dashboard_link(config.defaults)
+        )
+        receipt = await route.channel.send(Outgoing(row.id, run.id, row.rule, rendered.parts, now))
+        kind = channel_registry.REGISTRY[config.channels[channel].type]
+        if not kind.opens_incidents or not receipt:
+            return None
+        await _resolve_test(route, row, receipt)
+        return receipt
+    finally:
+        await http.close()
+
+
+async def _resolve_test(route: Route, row: Notification, receipt: str) -> None:
+    """Resolve the alert a send-test's trigger opened (its dedup key, PagerDuty's receipt): the
+    on-call was paged, the incident closes, and the next send-test (the same sample run, the
+    same key) pages again instead of joining an alert still open."""
+    body = '{"event_action": "resolve"}'  # the channel sends the receipt as its dedup_key
+    recovery = Recovery(row.id, receipt)
+    resolve = Outgoing(row.id, row.run_id, row.rule, {"json": body}, time.time(), recovery)
+    try:
+        await route.channel.send(resolve)
+    except DeliveryError as exc:
+        raise RelayError(
+            f"paged, but the resolve failed: {exc}; resolve it in PagerDuty (dedup_key {receipt})"
+        ) from exc
