@@ -12,14 +12,10 @@ from hypothesis import strategies as st
 
 from relay.errors import InputError
 from relay.formats import parse_run
-from relay.formats.electric import (
-    decode_row,
-    decode_value,
-    parse_pg_array,
-    parse_raw_run,
-    parse_timestamp,
-)
+from relay.formats.electric import parse_raw_run
+from relay.formats.electric_values import decode_row, decode_value, parse_timestamp
 from relay.formats.packets import few_brackets, too_deep
+from relay.formats.pg_array import parse_pg_array
 from relay.formats.sdk import parse_sdk_run
 from relay.model import Run
 from relay.templating import RenderContext, Renderer

@@ -57,7 +57,8 @@ import aiohttp
 from relay.channels._http import transport_words
 from relay.config_sources import RealtimeConfig
 from relay.errors import InputError, StoreUnavailable
-from relay.formats.electric import Schema, parse_raw_run
+from relay.formats.electric import parse_raw_run
+from relay.formats.electric_values import Schema
 from relay.intake import IntakeResult
 from relay.model import Run
 from relay.outbound import Proxies, origin, proxy_answered

@@ -53,7 +53,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.formats.electric import TASKRUN_SCHEMA
+from relay.formats.electric_values import TASKRUN_SCHEMA
 from tests.fakes.serving import serving, until
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "trigger"
