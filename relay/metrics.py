@@ -192,6 +192,12 @@ class Metrics:
             " waits for it at start (the outbox gauges then keep their last values).",
             registry=r,
         )
+        self.worker_restarts = Counter(
+            "relay_delivery_worker_restarts_total",
+            "Delivery worker processes (--workers) that died unasked and were started again:"
+            " a crash loop shows here, where relay_ready only flickers.",
+            registry=r,
+        )
         self.ready = Gauge(
             "relay_ready",
             "1 if /readyz would answer ready at this scrape, 0 if not: store unreachable or not"

@@ -294,7 +294,9 @@ class Service:
         self._tasks.append(asyncio.create_task(commands, name="commands"))
 
     async def _worker_died(self, index: int) -> None:
-        """A delivery worker died: its claims go back to the outbox (SQLite) for its successor."""
+        """A delivery worker died: counted, and its claims go back to the outbox (SQLite) for
+        its successor."""
+        self.metrics.worker_restarts.inc()
         try:
             released = await self.store.release_leases(holder(index))
         except StoreUnavailable:

@@ -434,6 +434,29 @@ def test_restarting_fires_on_a_restart_loop_not_on_a_deploy(tmp_path: Path) -> N
     alert_test(tmp_path, "RelayRestarting", inputs, "40m", expected)
 
 
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_worker_restarting_fires_on_a_crash_loop_not_on_one_death(tmp_path: Path) -> None:
+    """relay_delivery_worker_restarts_total of two relays scraped each minute: a worker that
+    died once (a kill) is not an alert; one dying every five minutes (a crash loop) is."""
+
+    def series(instance: str, values: str) -> dict[str, str]:
+        labels = f'job="relay",instance="{instance}"'
+        return {"series": f"relay_delivery_worker_restarts_total{{{labels}}}", "values": values}
+
+    rule = next(r for r in alert_rules() if r["alert"] == "RelayDeliveryWorkerRestarting")
+    labels = {"instance": "looping"}
+    annotations = {
+        key: filled(text, labels).replace("{{ $value }}", "6")
+        for key, text in rule["annotations"].items()
+    }
+    inputs = [
+        series("once", "0x10 1x30"),
+        series("looping", "0x4 1x4 2x4 3x4 4x4 5x4 6x4 7x4 8x4"),
+    ]
+    expected = [{"exp_labels": {"severity": "warning", **labels}, "exp_annotations": annotations}]
+    alert_test(tmp_path, "RelayDeliveryWorkerRestarting", inputs, "40m", expected)
+
+
 # the README's own suggestion, as printed under Metrics
 README_DEAD_RULE = {
     "alert": "ReadmeDeadLetters",

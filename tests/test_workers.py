@@ -223,6 +223,8 @@ async def test_a_killed_worker_is_started_again(
     os.kill(first[1], signal.SIGKILL)
     await wait_until(lambda: worker_pids(proc).get(1, first[1]) != first[1])
     assert any(e.get("msg") == "delivery worker exited; starting it again" for e in proc.logs)
+    # counted, where relay_ready only flickers: a crash loop shows (RelayDeliveryWorkerRestarting)
+    assert await scraped_sum(proc.url, "relay_delivery_worker_restarts_total") == 1
     items = runs(10)
     await post_all(proc.url, items)
     want = wanted(items)
