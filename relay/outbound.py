@@ -179,26 +179,34 @@ class _Lookups:
         return await self._in_thread(socket.getnameinfo, *args)
 
     async def _in_thread(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        future: asyncio.Future[Any] = self._loop.create_future()
+        return await in_own_thread(self._loop, call, *args, **kwargs)
 
-        def settle(result: Any, error: BaseException | None) -> None:
-            if future.done():  # the send was cancelled meanwhile
-                return
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
 
-        def look_up() -> None:
-            try:
-                result, error = call(*args, **kwargs), None
-            except BaseException as exc:
-                result, error = None, exc
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                self._loop.call_soon_threadsafe(settle, result, error)
+async def in_own_thread(
+    loop: asyncio.AbstractEventLoop, call: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Any:
+    """`call(*args, **kwargs)` in a daemon thread of its own, for a name lookup that may take
+    seconds (see _Lookups): asyncio's default executor is neither held by it nor waited for."""
+    future: asyncio.Future[Any] = loop.create_future()
 
-        threading.Thread(target=look_up, name="relay-dns", daemon=True).start()
-        return await future
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # the send was cancelled meanwhile
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def look_up() -> None:
+        try:
+            result, error = call(*args, **kwargs), None
+        except BaseException as exc:
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=look_up, name="relay-dns", daemon=True).start()
+    return await future
 
 
 def new_resolver() -> aiohttp.ThreadedResolver:

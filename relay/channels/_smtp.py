@@ -66,7 +66,7 @@ from relay.config_base import CONTROL_CHARS
 from relay.errors import DeliveryError, network_error, tls_failure, wire_failure
 from relay.filters import truncate_chars
 from relay.logs import BIDI_OVERRIDES
-from relay.outbound import AddrInfo, HostAddresses
+from relay.outbound import AddrInfo, HostAddresses, in_own_thread
 
 SUBJECT_MAX_CHARS = 200
 
@@ -104,8 +104,12 @@ def this_host() -> str:
 
 async def local_host() -> str:
     """this_host, in a thread the first time: a slow reverse DNS lookup on the event loop
-    stalled every other task, and one per connection ate into each attempt's timeout."""
-    return _HOST[0] if _HOST else await asyncio.to_thread(this_host)
+    stalled every other task, and one per connection ate into each attempt's timeout. A daemon
+    thread of its own (relay.outbound.in_own_thread), as the server's name is looked up: in
+    asyncio's default executor each concurrent send held one of its few threads meanwhile."""
+    if _HOST:
+        return _HOST[0]
+    return str(await in_own_thread(asyncio.get_running_loop(), this_host))
 
 
 class Said421(aiosmtplib.SMTPResponseException):

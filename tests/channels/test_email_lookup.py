@@ -73,6 +73,29 @@ async def test_the_smtp_host_lookup_waits_for_no_other_work_of_the_default_execu
     assert len(fake.messages) == 1 and len(lookups) == 2
 
 
+async def test_this_machines_name_waits_for_no_other_work_of_the_default_executor(
+    smtp_server: SmtpFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No `hello`: EHLO gives this machine's name (socket.getfqdn, a reverse lookup that may
+    take seconds), looked up once through asyncio's default executor: with it busy (as a slow
+    DNS left it), the mail timed out waiting for a thread; now it goes."""
+    from relay.channels import _smtp  # noqa: PLC0415
+
+    monkeypatch.setattr(socket, "getfqdn", lambda name="": "host.relay-lookup.test")
+    monkeypatch.setattr(_smtp, "_HOST", [])  # not looked up yet
+    fake = await smtp_server()
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    loop.set_default_executor(ThreadPoolExecutor(1))
+    busy = loop.run_in_executor(None, release.wait)
+    try:
+        await make_channel(email_settings(fake.port)).send(outgoing())
+    finally:
+        release.set()
+        await busy
+    assert b"EHLO host.relay-lookup.test\r\n" in bytes(fake.received)
+
+
 async def test_one_lookup_per_host_at_a_time_then_kept(
     smtp_server: SmtpFactory, lookups: list[float]
 ) -> None:
