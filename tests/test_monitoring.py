@@ -365,6 +365,35 @@ def test_realtime_followed_twice_fires_on_two_followers_not_on_a_handover(tmp_pa
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_realtime_not_followed_fires_on_a_feed_nobody_follows_not_on_a_handover(
+    tmp_path: Path,
+) -> None:
+    """relay_realtime_following of two replicas: a handover (neither following for a scrape)
+    and a run feed left once its run finished are no alert; a feed neither follows for
+    minutes is (RelayRealtimeStalled cannot fire for it: no replica has its gauge)."""
+
+    def series(feed: str, instance: str, values: str) -> dict[str, str]:
+        labels = f'job="relay",instance="{instance}",feed="{feed}"'
+        return {"series": f"relay_realtime_following{{{labels}}}", "values": values}
+
+    rule = next(r for r in alert_rules() if r["alert"] == "RelayRealtimeNotFollowed")
+    feed = "tags:nobody|24h"
+    annotations = {k: v.replace("{{ $labels.feed }}", feed) for k, v in rule["annotations"].items()}
+    inputs = [
+        series("tags:handover|24h", "a", "1x10 0x30"),
+        series("tags:handover|24h", "b", "0x11 1x29"),
+        series("run:run_finished", "a", "1x5 0x35"),
+        series("run:run_finished", "b", "0x40"),
+        series(feed, "a", "1x10 0x30"),
+        series(feed, "b", "0x40"),
+    ]
+    expected = [
+        {"exp_labels": {"severity": "warning", "feed": feed}, "exp_annotations": annotations}
+    ]
+    alert_test(tmp_path, "RelayRealtimeNotFollowed", inputs, "30m", expected)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_not_ready_fires_on_a_relay_not_ready_for_minutes_not_on_a_restart(tmp_path: Path) -> None:
     """relay_ready of two relays: one restarting (0 for a scrape, its drain and start) is not an
     alert; one whose disk is full (not ready for good, its store still answering) is."""
