@@ -63,8 +63,8 @@ from relay.rules import EVENT_TEMPLATES
 from relay.sandbox import environment
 from relay.settings import Settings
 from relay.statuses import EVENTS
+from relay.store._sqlite_url import sqlite_path
 from relay.store.opening import open_store
-from relay.store.sqlite import sqlite_path
 from relay.templating import RenderContext, Renderer
 from relay.trying import dry_run
 from relay.windows import (

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from relay.errors import ConfigError, Problem
 from relay.store import Store
 from relay.store._sqlite_lock import ServeLock
+from relay.store._sqlite_url import sqlite_path
 
 # ServeLock: relay.service holds one
 __all__ = ["SERVE_LOCK_HELD", "ServeLock", "migrate", "open_store", "serve_lock", "store_name"]
@@ -19,8 +20,6 @@ def store_name(url: str) -> str:
     """Which store a RELAY_STORE_URL names, for a log line: SQLite's file; PostgreSQL's hosts
     and database (`db.internal:5432/relay`), never its user, password or query."""
     if url.startswith("sqlite:"):
-        from relay.store.sqlite import sqlite_path  # noqa: PLC0415
-
         return str(sqlite_path(url))
     try:
         parts = urlsplit(url)
@@ -43,7 +42,7 @@ def open_store(
     (the store commands but migrate): `open` refuses an older schema instead of migrating it.
     `read_only` (the store commands that only read): SQLite opens no writer, so a full disk
     refuses no read; PostgreSQL is opened as ever."""
-    from relay.store.sqlite import SQLiteStore, sqlite_path  # noqa: PLC0415
+    from relay.store.sqlite import SQLiteStore  # noqa: PLC0415
 
     if url.startswith("sqlite:"):
         return SQLiteStore(sqlite_path(url), holder=holder, upgrade=upgrade, read_only=read_only)
@@ -70,8 +69,6 @@ SERVE_LOCK_HELD = "store held by another relay serve"
 def serve_lock(url: str) -> ServeLock | None:
     """The lock `relay serve` holds on its store from its start to its exit, not opened yet:
     SQLite's `<db>-serve.lock` (one relay per file); None for PostgreSQL (any number)."""
-    from relay.store.sqlite import sqlite_path  # noqa: PLC0415
-
     return ServeLock(sqlite_path(url)) if url.startswith("sqlite:") else None
 
 

@@ -24,7 +24,8 @@ from relay.store import HistoryQuery, _sqlite_connect
 from relay.store._sqlite_history import history_sql
 from relay.store._sqlite_lock import WriteLock
 from relay.store._sqlite_schema import SCHEMA_VERSION
-from relay.store.sqlite import SQLiteStore, sqlite_path
+from relay.store._sqlite_url import sqlite_path
+from relay.store.sqlite import SQLiteStore
 from tests.conftest import run_python
 from tests.hardening.test_disk import _mount_tmpfs
 from tests.store.conftest import decide, enqueue, explode_on_boom, ids, make_run
