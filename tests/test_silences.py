@@ -32,7 +32,7 @@ from relay.silences.listing import parse_filters
 from relay.silences.matchers import HINTS, cli_matchers, matcher_warnings, parse_matchers
 from relay.silences.shapes import new_silence, parse_time, silence_view
 from relay.statuses import EVENT_STATUSES, KNOWN_STATUSES
-from relay.store import postgres
+from relay.store import _pg_pool
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, Sink, run_cli_in_process, sdk_run, status
 from tests.pg import fresh_database, shared_server
@@ -1206,7 +1206,7 @@ async def test_silences_the_store_cannot_read_neither_stall_nor_lose_a_notificat
     inside a delivery ("Task exception was never retrieved") and its notification waited out
     its lease (5 min); inside intake, POST /v1/runs answered 503. Here the silences table is
     locked, so that each read of it times out."""
-    monkeypatch.setattr(postgres, "COMMAND_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(_pg_pool, "COMMAND_TIMEOUT_S", 1.0)
     monkeypatch.setattr(dispatch, "RETRY_SOON_S", 0.5)  # the row given back is due again soon
     caplog.set_level(logging.INFO, logger="relay")
     config = tmp_path / "c.yaml"

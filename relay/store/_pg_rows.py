@@ -88,6 +88,7 @@ LEAD = """
     RETURNING owner
 """
 
+KV_NAMESPACE = "SELECT key, value FROM relay_kv WHERE namespace = $1"
 KV_CLEAR = "DELETE FROM relay_kv WHERE namespace = ANY($1::text[])"
 KV_DELETE = """
     DELETE FROM relay_kv WHERE (namespace, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))

@@ -35,7 +35,7 @@ from relay.model import (
     notification_id,
     recovery_id,
 )
-from relay.store import BirthLease, HistoryQuery, KvWrite, Observed, Store, postgres
+from relay.store import BirthLease, HistoryQuery, KvWrite, Observed, Store, _pg_pool
 from relay.store._pg_connect import connect_args, unavailable
 from relay.store._pg_schema import MIGRATION_LOCK, SCHEMA_VERSION
 from relay.store.opening import migrate, open_store
@@ -1720,7 +1720,7 @@ async def test_ping_answers_soon_when_the_server_stops_answering(
     """/readyz pings the store: a server that stopped answering held it 30 s and more (the
     query's timeout, then its cancel), where a health check wants a quick 503."""
     # short, as each unanswered ping waits it out; long enough for the answered ones under load
-    monkeypatch.setattr(postgres, "PING_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(_pg_pool, "PING_TIMEOUT_S", 1.0)
     link = FrozenLink(shared_server().port)
     server = await link.start()
     port = server.sockets[0].getsockname()[1]
