@@ -14,7 +14,7 @@ from relay.store._sqlite_writer import Writer
 _MARKED_HERE = (
     "SELECT 1 FROM outbox WHERE id = ? AND attempts = ? AND state = ? AND lease_holder IS ?"
 )
-# A row put off unsent joins its group's next digest when one is due later (see postgres.py).
+# A row put off unsent joins its group's next digest when one is due later (see _pg_marks.py).
 _POSTPONE = f"""
     UPDATE outbox SET not_before = CASE WHEN :keep THEN :not_before ELSE COALESCE((
             SELECT g.next_flush FROM groups AS g
