@@ -1,7 +1,7 @@
 """HTTP edges: slow clients, huge headers, many idle connections. Loopback only, bounded.
 
 relay closes a connection that has not sent a complete request head within
-relay_service.HTTP_IDLE_TIMEOUT_S (aiohttp's keepalive_timeout, default an hour otherwise), and
+relay_listening.HTTP_IDLE_TIMEOUT_S (aiohttp's keepalive_timeout, default an hour otherwise), and
 answers 408 when a body has not arrived within relay_replies.BODY_TIMEOUT_S. The tests
 shorten both to a second; the defaults are checked to be sane. (Oversized and chunked bodies:
 tests/test_ingest.py.) No test measures the wall clock against a tight bound: the slow clients
@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from relay import service as relay_service
+from relay import listening as relay_listening
 from relay.sources import _replies as relay_replies
 from relay.sources import _wire as relay_wire
 from relay.sources._budget import SMALL_BODY, BodyBudget
@@ -91,14 +91,14 @@ async def post_ok(r: Any) -> None:
 
 
 def test_the_default_timeouts_are_bounded() -> None:
-    assert 5 <= relay_service.HTTP_IDLE_TIMEOUT_S <= 300
+    assert 5 <= relay_listening.HTTP_IDLE_TIMEOUT_S <= 300
     assert 5 <= relay_replies.BODY_TIMEOUT_S <= 300
 
 
 async def test_slowloris_headers_are_cut_off(
     relay: RelayFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(relay_service, "HTTP_IDLE_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(relay_listening, "HTTP_IDLE_TIMEOUT_S", 1.0)
     r = await relay(CONFIG)
     head = b"POST /v1/runs HTTP/1.1\r\nHost: relay\r\n" + b"X-Slow: " + b"a" * 1000
     # 1000 bytes at 0.1 s: 100 s to send; cut off at the 1 s timeout, not at once nor never
