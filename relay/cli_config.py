@@ -17,7 +17,7 @@ import orjson
 from relay.errors import ConfigError, InputError, Problem, RelayError
 from relay.logs import SCRUB, one_line, setup_logging, tag_lines
 from relay.settings import Settings
-from relay.workers import Role
+from relay.worker_role import Role
 
 if TYPE_CHECKING:  # the store's commands (dlq, silence, history) start without them
     from relay.configure import Compiled
@@ -28,7 +28,7 @@ log = logging.getLogger("relay")
 
 def _compiled(args: argparse.Namespace, settings: Settings) -> Compiled:
     """The config file's (or the built-in one); a delivery worker's: its parent's, as the
-    parent read it, from the file --config-fd names (see relay.workers)."""
+    parent read it, from the file --config-fd names (see relay.worker_pipes)."""
     from relay.configure import compile_config, load  # noqa: PLC0415
 
     fd = getattr(args, "config_fd", None)

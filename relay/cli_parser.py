@@ -13,7 +13,7 @@ from typing import Any
 from relay import __version__
 from relay.model import SILENCE_MATCHERS
 from relay.settings import worker_count
-from relay.workers import CONFIG_FD_FLAG, EVENTS_FLAG, WORKER_FLAG
+from relay.worker_role import CONFIG_FD_FLAG, EVENTS_FLAG, WORKER_FLAG
 
 
 def build_parser() -> argparse.ArgumentParser:

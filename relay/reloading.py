@@ -17,7 +17,7 @@ from relay.metrics import Metrics
 from relay.model import Timing
 from relay.settings import Settings
 from relay.store import HistoryQuery, Store
-from relay.workers import read_config_payload
+from relay.worker_pipes import read_config_payload
 
 log = logging.getLogger("relay")
 WATCH_EVERY_S = 1.0

@@ -28,6 +28,7 @@ from relay.listening import joined
 from relay.logs import SCRUB
 from relay.metrics import Metrics
 from relay.model import Notification
+from relay.orphans import reap_orphans_forever
 from relay.outbox_reading import OutboxReading
 from relay.reloading import SIGNAL, ConfigReloads, retime_digests
 from relay.routes import route_for
@@ -39,16 +40,9 @@ from relay.sources.realtime import RealtimeSource, feed_keys, forget_removed_fee
 from relay.starting import STARTING, WAITING_FOR_STORE, StoppedWhileStarting
 from relay.store import Store
 from relay.store.opening import ServeLock, open_store
-from relay.workers import (
-    EventPipe,
-    Outcome,
-    Role,
-    WorkerPool,
-    config_payload,
-    holder,
-    read_commands,
-    reap_orphans_forever,
-)
+from relay.worker_pipes import EventPipe, Outcome, config_payload, read_commands
+from relay.worker_role import Role, holder
+from relay.workers import WorkerPool
 
 log = logging.getLogger("relay")
 SHUTDOWN_GRACE_S = 10.0

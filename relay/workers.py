@@ -7,23 +7,7 @@ the channels it owns: channel names sorted, the i-th owned by worker i mod N. A 
 owner, so its rate limit, concurrency, ordering and Slack threads hold as in one process; the
 store's claims and leases would keep a notification from going out twice anyway.
 
-Between the processes, two pipes per child:
-
-- the child's stdin, commands from here: `wake <channel>` after a commit created work for it
-  (the child also polls the store every second), `wake *`, `reload <n>` and n bytes: the config
-  this process runs now, as it read it, its templates directory's files included (the child
-  compiles that, not the files, which may have changed since; it starts with it too, from a
-  file passed as --config-fd),
-  `silences` (one was created or expired here: the child's cache of them is stale), and end of
-  file: stop. A parent killed with -9 closes every stdin, so its children finish
-  their in-flight sends and exit by themselves; read from the child's first moment, so that one
-  still starting (waiting for its store, or for the predecessor its killed parent left) stops
-  too. Why this pipe and not Linux's PR_SET_PDEATHSIG: it is there already, on every system,
-  and its end is one event among the others; the signal fires on the death of the thread that
-  forked, not the process, and races with a parent that dies before it is set.
-- an events pipe (fd passed as --events-fd), one JSON line per delivery outcome (a loop
-  turn's lines in one write), which this process turns into its own metrics: /metrics stays
-  one endpoint.
+Between the processes, two pipes per child: see relay.worker_pipes.
 
 A child that dies is started again after a second. What it had claimed goes back to the outbox
 first with SQLite (each claim names the worker that holds it: ownership moves between workers
@@ -44,152 +28,15 @@ import logging
 import os
 import sys
 import tempfile
-from base64 import b64decode, b64encode
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO
 
-import orjson
+from relay.worker_pipes import READY, EventSink, read_event
+from relay.worker_role import CONFIG_FD_FLAG, EVENTS_FLAG, WORKER_FLAG, owner
 
 log = logging.getLogger("relay.workers")
-WORKER_FLAG = "--delivery-worker"
-EVENTS_FLAG = "--events-fd"
-CONFIG_FD_FLAG = "--config-fd"  # a file holding the parent's config: `config_payload`
 RESTART_AFTER_S = 1.0
-ORPHANS_EVERY_S = 1.0
-READY = b'{"kind":"ready"}\n'
-
-
-@dataclass(frozen=True)
-class Role:
-    """This process's part: everything (workers=0), intake with `workers` children, or the
-    delivery worker number `index` (its outcomes written to `events`)."""
-
-    workers: int = 0
-    index: int | None = None
-    events: IO[str] | None = None
-
-    def owned(self, channels: Collection[str]) -> list[str]:
-        """The channels this process delivers."""
-        if self.index is None:
-            return [] if self.workers else list(channels)
-        return sorted(owned(self.index, channels, self.workers))
-
-    @property
-    def holder(self) -> str:
-        """How this process names itself in the leases it takes."""
-        return "" if self.index is None else holder(self.index)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """One delivery outcome as the events pipe carries it (what metrics need of a row)."""
-
-    channel: str
-    created_at: float
-
-
-# (kind, outcome, reason, attempts): Metrics.delivery_event's shape
-EventSink = Callable[[str, Outcome, str, int], None]
-
-
-def holder(index: int) -> str:
-    """The lease holder name of delivery worker `index` (the same for its successor, which is
-    started only after the dead one's claims were released)."""
-    return f"worker {index}"
-
-
-def owner(channel: str, channels: Collection[str], count: int) -> int:
-    """The worker that delivers `channel`: its place among the sorted channel names, mod N."""
-    ordered = sorted(channels)
-    return ordered.index(channel) % count if channel in ordered else 0
-
-
-def owned(index: int, channels: Collection[str], count: int) -> set[str]:
-    return {name for name in channels if owner(name, channels, count) == index}
-
-
-def event_line(kind: str, outcome: Outcome, reason: str, attempts: int) -> str:
-    """One outcome as the events pipe carries it: one JSON line."""
-    line = {
-        "kind": kind,
-        "channel": outcome.channel,
-        "reason": reason,
-        "attempts": attempts,
-        "at": outcome.created_at,
-    }
-    return orjson.dumps(line).decode() + "\n"
-
-
-class EventPipe:
-    """The child's side of the events pipe. The outcomes of one turn of the event loop go in
-    one write at its end: a write each (a system call here, and a wake-up and a read of the
-    parent's loop for each line) cost CPU per notification in both processes. They are metrics
-    only (the store holds the outcomes): a worker killed with -9 loses at most that turn's."""
-
-    def __init__(self, out: IO[str]) -> None:
-        self.out = out
-        self._held: list[str] = []
-
-    def ready(self) -> None:
-        """The child's first line: its delivery loops run."""
-        self._held.append(READY.decode())
-        self.flush()
-
-    def outcome(self, kind: str, outcome: Outcome, reason: str, attempts: int) -> None:
-        self._held.append(event_line(kind, outcome, reason, attempts))
-        if len(self._held) == 1:  # the turn's first: written once the turn's callbacks ran
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:  # no loop (the shutdown's last lines): at once
-                self.flush()
-
-    def flush(self) -> None:
-        lines, self._held = self._held, []
-        if lines:
-            _write(self.out, "".join(lines))
-
-
-def _write(out: IO[str], line: str) -> None:
-    """A parent killed with -9 closed the pipe: its children finish their sends, recorded in
-    the store, with nobody to count them, which is no error."""
-    if out.closed:
-        return
-    try:
-        out.write(line)
-        out.flush()
-    except OSError:  # BrokenPipeError: closed, so that nothing tries to flush it again
-        with contextlib.suppress(OSError):
-            out.close()
-
-
-def config_payload(
-    filename: str | None, text: str, templates: Mapping[str, bytes] | None = None
-) -> bytes:
-    """The config a child is to run: as the parent read it from `filename` (None: built in),
-    with the files of its templates directory as the parent read them (None: read them)."""
-    files = None if templates is None else {n: b64encode(d).decode() for n, d in templates.items()}
-    return orjson.dumps({"config": filename, "text": text, "templates": files})
-
-
-def read_config_payload(data: bytes) -> tuple[str | None, str, dict[str, bytes] | None]:
-    config = orjson.loads(data)
-    files = config.get("templates")
-    templates = None if files is None else {n: b64decode(d) for n, d in files.items()}
-    return config["config"], config["text"], templates
-
-
-def read_event(line: bytes) -> tuple[str, Outcome, str, int] | None:
-    try:
-        data = orjson.loads(line)
-        return (
-            str(data["kind"]),
-            Outcome(str(data["channel"]), float(data["at"])),
-            str(data["reason"]),
-            int(data["attempts"]),
-        )
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 @dataclass
@@ -410,60 +257,3 @@ def _config_file() -> IO[bytes]:
     if memfd_create is None:
         return tempfile.TemporaryFile()
     return os.fdopen(memfd_create("relay-config"), "w+b")
-
-
-async def reap_orphans_forever(own: Callable[[], Collection[int] | None]) -> None:
-    """As PID 1 (the Docker image has no init), wait for the orphans the kernel gives it.
-
-    A process whose parent exits in the container (`docker exec relay sh -c 'job &'`) becomes
-    PID 1's child; nothing else waits for it, so once it exits it stays a zombie (`<defunct>`)
-    until the container stops. Every second this waits for exited children that are not
-    `own` (the delivery workers, which asyncio waits for; None: one is starting, skip a turn).
-    """
-    while True:
-        await asyncio.sleep(ORPHANS_EVERY_S)
-        own_pids = own()
-        if own_pids is not None:
-            reap_orphans(own_pids)
-
-
-def reap_orphans(own: Collection[int]) -> int:
-    """Wait for the exited children not in `own`, until the next exited one is `own` or none
-    is left; how many. WNOWAIT looks without waiting, so asyncio still sees its own exit."""
-    reaped = 0
-    while True:
-        try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:  # no children at all
-            return reaped
-        if info is None or info.si_pid in own:
-            return reaped
-        os.waitpid(info.si_pid, 0)
-        log.debug("orphaned process reaped", extra={"pid": info.si_pid})
-        reaped += 1
-
-
-async def read_commands(
-    wake: Callable[[str], None],
-    wake_all: Callable[[], None],
-    reload: Callable[[bytes], Any],
-    stop: Callable[[], None],
-    silences_changed: Callable[[], None],
-) -> None:
-    """The child's side of stdin: commands until end of file, then `stop`."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while line := await reader.readline():
-        command, _, arg = line.decode(errors="replace").strip().partition(" ")
-        if command == "wake":
-            wake_all() if arg == "*" else wake(arg)
-        elif command == "reload":  # the parent's config follows: compiled as it read it
-            try:
-                config = await reader.readexactly(int(arg))
-            except asyncio.IncompleteReadError:  # the parent died while writing it
-                break
-            reload(config)
-        elif command == "silences":
-            silences_changed()
-    stop()

@@ -21,9 +21,11 @@ from typing import Any, NoReturn
 import aiohttp
 import pytest
 
-from relay import workers
+from relay import worker_pipes, workers
 from relay.model import notification_id
-from relay.workers import EventPipe, Outcome, WorkerPool, config_payload, owned, owner
+from relay.worker_pipes import EventPipe, Outcome, config_payload
+from relay.worker_role import owned, owner
+from relay.workers import WorkerPool
 from tests.conftest import SLOW, RelayProcess, Sink, hang, held, run_cli
 from tests.test_durability import delivered_ids, post_all, runs
 
@@ -157,13 +159,13 @@ async def test_a_worker_writes_the_outcomes_of_one_loop_turn_in_one_write() -> N
     with os.fdopen(read_fd, "rb") as inlet, os.fdopen(write_fd, "w", encoding="utf-8") as out:
         events = EventPipe(out)
         events.ready()
-        assert inlet.read() == workers.READY
+        assert inlet.read() == worker_pipes.READY
         for channel in ("a", "b", "c"):
             events.outcome("sent", Outcome(channel, 0.0), "", 1)
         assert inlet.read() is None  # nothing yet: the turn is not over
         await asyncio.sleep(0)
         lines = inlet.read().splitlines()
-    assert [workers.read_event(line) for line in lines] == [
+    assert [worker_pipes.read_event(line) for line in lines] == [
         ("sent", Outcome(channel, 0.0), "", 1) for channel in ("a", "b", "c")
     ]
 
