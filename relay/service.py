@@ -176,8 +176,9 @@ class Service(HttpSide):
     def _read_commands(self) -> None:
         """A delivery worker: its parent's commands, from its first moment. Read only once it
         delivered, a worker waiting for its store, or for the one it succeeds (see
-        store.sqlite), outlived a parent killed with -9 by up to 30 s, then claimed and sent
-        beside the relay started again. A reload meanwhile waits for the start (its lock)."""
+        store._sqlite_holders), outlived a parent killed with -9 by up to 30 s, then claimed
+        and sent beside the relay started again. A reload meanwhile waits for the start (its
+        lock)."""
         commands = read_commands(
             self._wake,
             self._wake_all,

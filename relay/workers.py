@@ -97,7 +97,8 @@ class WorkerPool:
 
     def down(self) -> list[int]:
         """The workers not delivering: not ready yet (one waits for the predecessor its killed
-        parent left, see store.sqlite), or dead and not running again yet. /readyz says so."""
+        parent left, see store._sqlite_holders), or dead and not running again yet. /readyz
+        says so."""
         return [c.index for c in self._children if c.down]
 
     def pids(self) -> list[int]:
