@@ -440,50 +440,48 @@ async def test_a_scrape_passes_promtool_and_has_the_process_metrics(
         assert (checked.returncode, checked.stdout + checked.stderr) == (0, "")
 
 
+def fires_for_one_instance(
+    tmp_path: Path, alert: str, metric: str, values: dict[str, str], firing: str, value: str
+) -> None:
+    """`alert` over `metric` of one relay per item of `values` (instance → its samples, one a
+    minute, in promtool's notation): at 40m it fires for the instance `firing` alone, its
+    annotations filled with `value`."""
+
+    def series(instance: str, samples: str) -> dict[str, str]:
+        labels = f'job="relay",instance="{instance}"'
+        return {"series": f"{metric}{{{labels}}}", "values": samples}
+
+    rule = next(r for r in alert_rules() if r["alert"] == alert)
+    labels = {"instance": firing}
+    annotations = {
+        key: filled(text, labels).replace("{{ $value }}", value)
+        for key, text in rule["annotations"].items()
+    }
+    inputs = [series(instance, samples) for instance, samples in values.items()]
+    expected = [{"exp_labels": {"severity": "warning", **labels}, "exp_annotations": annotations}]
+    alert_test(tmp_path, alert, inputs, "40m", expected)
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_restarting_fires_on_a_restart_loop_not_on_a_deploy(tmp_path: Path) -> None:
     """process_start_time_seconds of two relays scraped each minute: one restarted once (a
     deploy) is not an alert; one started again every five minutes (a crash loop) is."""
-
-    def series(instance: str, values: str) -> dict[str, str]:
-        labels = f'job="relay",instance="{instance}"'
-        return {"series": f"process_start_time_seconds{{{labels}}}", "values": values}
-
-    rule = next(r for r in alert_rules() if r["alert"] == "RelayRestarting")
-    labels = {"instance": "looping"}
-    annotations = {
-        key: filled(text, labels).replace("{{ $value }}", "6")
-        for key, text in rule["annotations"].items()
+    values = {
+        "deployed": "1000x10 1600x30",
+        "looping": "1000x10 1300x4 1600x4 1900x4 2200x4 2500x4 2800x4",
     }
-    inputs = [
-        series("deployed", "1000x10 1600x30"),
-        series("looping", "1000x10 1300x4 1600x4 1900x4 2200x4 2500x4 2800x4"),
-    ]
-    expected = [{"exp_labels": {"severity": "warning", **labels}, "exp_annotations": annotations}]
-    alert_test(tmp_path, "RelayRestarting", inputs, "40m", expected)
+    metric = "process_start_time_seconds"
+    fires_for_one_instance(tmp_path, "RelayRestarting", metric, values, "looping", "6")
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_worker_restarting_fires_on_a_crash_loop_not_on_one_death(tmp_path: Path) -> None:
     """relay_delivery_worker_restarts_total of two relays scraped each minute: a worker that
     died once (a kill) is not an alert; one dying every five minutes (a crash loop) is."""
-
-    def series(instance: str, values: str) -> dict[str, str]:
-        labels = f'job="relay",instance="{instance}"'
-        return {"series": f"relay_delivery_worker_restarts_total{{{labels}}}", "values": values}
-
-    rule = next(r for r in alert_rules() if r["alert"] == "RelayDeliveryWorkerRestarting")
-    labels = {"instance": "looping"}
-    annotations = {
-        key: filled(text, labels).replace("{{ $value }}", "6")
-        for key, text in rule["annotations"].items()
-    }
-    inputs = [
-        series("once", "0x10 1x30"),
-        series("looping", "0x4 1x4 2x4 3x4 4x4 5x4 6x4 7x4 8x4"),
-    ]
-    expected = [{"exp_labels": {"severity": "warning", **labels}, "exp_annotations": annotations}]
-    alert_test(tmp_path, "RelayDeliveryWorkerRestarting", inputs, "40m", expected)
+    values = {"once": "0x10 1x30", "looping": "0x4 1x4 2x4 3x4 4x4 5x4 6x4 7x4 8x4"}
+    metric = "relay_delivery_worker_restarts_total"
+    alert = "RelayDeliveryWorkerRestarting"
+    fires_for_one_instance(tmp_path, alert, metric, values, "looping", "6")
 
 
 # the README's own suggestion, as printed under Metrics

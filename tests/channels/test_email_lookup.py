@@ -10,6 +10,7 @@ said as "timeout at greeting". The HTTP channels' lookups were moved off it befo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,23 +54,31 @@ def lookups(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
     yield seen
 
 
+@contextlib.asynccontextmanager
+async def busy_default_executor() -> AsyncIterator[None]:
+    """asyncio's default executor of one thread, held by other work throughout (as a slow DNS
+    server held its threads)."""
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    loop.set_default_executor(ThreadPoolExecutor(1))
+    busy = loop.run_in_executor(None, release.wait)
+    try:
+        yield
+    finally:
+        release.set()
+        await busy
+
+
 async def test_the_smtp_host_lookup_waits_for_no_other_work_of_the_default_executor(
     smtp_server: SmtpFactory, lookups: list[float]
 ) -> None:
     """The default executor busy with other work (as a slow DNS left it): a mail to a host
     name timed out "at greeting" waiting for a thread; now it goes."""
     fake = await smtp_server()
-    loop = asyncio.get_running_loop()
-    release = threading.Event()
-    loop.set_default_executor(ThreadPoolExecutor(1))
-    busy = loop.run_in_executor(None, release.wait)
-    try:
+    async with busy_default_executor():
         await make_channel(email_settings(fake.port, host=NAME, hello="relay.test")).send(
             outgoing()
         )
-    finally:
-        release.set()
-        await busy
     assert len(fake.messages) == 1 and len(lookups) == 2
 
 
@@ -84,15 +93,8 @@ async def test_this_machines_name_waits_for_no_other_work_of_the_default_executo
     monkeypatch.setattr(socket, "getfqdn", lambda name="": "host.relay-lookup.test")
     monkeypatch.setattr(_smtp, "_HOST", [])  # not looked up yet
     fake = await smtp_server()
-    loop = asyncio.get_running_loop()
-    release = threading.Event()
-    loop.set_default_executor(ThreadPoolExecutor(1))
-    busy = loop.run_in_executor(None, release.wait)
-    try:
+    async with busy_default_executor():
         await make_channel(email_settings(fake.port)).send(outgoing())
-    finally:
-        release.set()
-        await busy
     assert b"EHLO host.relay-lookup.test\r\n" in bytes(fake.received)
 
 
