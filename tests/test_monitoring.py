@@ -337,31 +337,41 @@ def alert_test(
     promtool_test(tmp_path, test)
 
 
+def following_fires_for_one_feed(
+    tmp_path: Path, alert: str, values: dict[tuple[str, str], str], firing: str, value: str
+) -> None:
+    """`alert` over relay_realtime_following of replicas, one series per (feed, instance) of
+    `values` (its samples, one a minute): at 30m it fires for the feed `firing` alone, its
+    annotations filled with `value`."""
+
+    def series(feed: str, instance: str, samples: str) -> dict[str, str]:
+        labels = f'job="relay",instance="{instance}",feed="{feed}"'
+        return {"series": f"relay_realtime_following{{{labels}}}", "values": samples}
+
+    rule = next(r for r in alert_rules() if r["alert"] == alert)
+    annotations = {
+        k: v.replace("{{ $value }}", value).replace("{{ $labels.feed }}", firing)
+        for k, v in rule["annotations"].items()
+    }
+    inputs = [series(feed, instance, samples) for (feed, instance), samples in values.items()]
+    expected = [
+        {"exp_labels": {"severity": "warning", "feed": firing}, "exp_annotations": annotations}
+    ]
+    alert_test(tmp_path, alert, inputs, "30m", expected)
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_realtime_followed_twice_fires_on_two_followers_not_on_a_handover(tmp_path: Path) -> None:
     """relay_realtime_following of two replicas: a handover (both at 1 for a scrape) is not an
     alert; two replicas following one feed for good are."""
-
-    def series(feed: str, instance: str, values: str) -> dict[str, str]:
-        labels = f'job="relay",instance="{instance}",feed="{feed}"'
-        return {"series": f"relay_realtime_following{{{labels}}}", "values": values}
-
-    rule = next(r for r in alert_rules() if r["alert"] == "RelayRealtimeFollowedTwice")
-    feed = "tags:twice|24h"
-    annotations = {
-        k: v.replace("{{ $value }}", "2").replace("{{ $labels.feed }}", feed)
-        for k, v in rule["annotations"].items()
+    values = {
+        ("tags:handover|24h", "a"): "1x10 0x30",
+        ("tags:handover|24h", "b"): "0x9 1x31",
+        ("tags:twice|24h", "a"): "1x40",
+        ("tags:twice|24h", "b"): "0x9 1x31",
     }
-    inputs = [
-        series("tags:handover|24h", "a", "1x10 0x30"),
-        series("tags:handover|24h", "b", "0x9 1x31"),
-        series(feed, "a", "1x40"),
-        series(feed, "b", "0x9 1x31"),
-    ]
-    expected = [
-        {"exp_labels": {"severity": "warning", "feed": feed}, "exp_annotations": annotations}
-    ]
-    alert_test(tmp_path, "RelayRealtimeFollowedTwice", inputs, "30m", expected)
+    alert = "RelayRealtimeFollowedTwice"
+    following_fires_for_one_feed(tmp_path, alert, values, "tags:twice|24h", "2")
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
@@ -371,26 +381,16 @@ def test_realtime_not_followed_fires_on_a_feed_nobody_follows_not_on_a_handover(
     """relay_realtime_following of two replicas: a handover (neither following for a scrape)
     and a run feed left once its run finished are no alert; a feed neither follows for
     minutes is (RelayRealtimeStalled cannot fire for it: no replica has its gauge)."""
-
-    def series(feed: str, instance: str, values: str) -> dict[str, str]:
-        labels = f'job="relay",instance="{instance}",feed="{feed}"'
-        return {"series": f"relay_realtime_following{{{labels}}}", "values": values}
-
-    rule = next(r for r in alert_rules() if r["alert"] == "RelayRealtimeNotFollowed")
-    feed = "tags:nobody|24h"
-    annotations = {k: v.replace("{{ $labels.feed }}", feed) for k, v in rule["annotations"].items()}
-    inputs = [
-        series("tags:handover|24h", "a", "1x10 0x30"),
-        series("tags:handover|24h", "b", "0x11 1x29"),
-        series("run:run_finished", "a", "1x5 0x35"),
-        series("run:run_finished", "b", "0x40"),
-        series(feed, "a", "1x10 0x30"),
-        series(feed, "b", "0x40"),
-    ]
-    expected = [
-        {"exp_labels": {"severity": "warning", "feed": feed}, "exp_annotations": annotations}
-    ]
-    alert_test(tmp_path, "RelayRealtimeNotFollowed", inputs, "30m", expected)
+    values = {
+        ("tags:handover|24h", "a"): "1x10 0x30",
+        ("tags:handover|24h", "b"): "0x11 1x29",
+        ("run:run_finished", "a"): "1x5 0x35",
+        ("run:run_finished", "b"): "0x40",
+        ("tags:nobody|24h", "a"): "1x10 0x30",
+        ("tags:nobody|24h", "b"): "0x40",
+    }
+    alert = "RelayRealtimeNotFollowed"
+    following_fires_for_one_feed(tmp_path, alert, values, "tags:nobody|24h", "0")
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
