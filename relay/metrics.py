@@ -26,6 +26,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from relay import __version__
 from relay.errors import REASONS
 from relay.model import Notification
+from relay.worker_procs import WorkerProcesses
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # No `<name>_created` series beside each counter and histogram (prometheus-client's default):
@@ -103,6 +104,8 @@ class Metrics:
         # process_start_time_seconds, _open_fds, _max_fds, _resident_memory_bytes and the rest
         # of the process serving /metrics, as every Go exporter and Alertmanager have (Linux)
         ProcessCollector(registry=r)
+        self.worker_processes = WorkerProcesses()  # and those of --workers' delivery workers
+        r.register(self.worker_processes)
         self.received = Counter(
             "relay_updates_received_total", "Run updates accepted.", ["source"], registry=r
         )

@@ -146,6 +146,7 @@ class Service(HttpSide):
                 self.metrics.delivery_event,
                 self._worker_died,
             )
+            self.metrics.worker_processes.children = self.pool.indexed_pids
             await self.pool.start()
         else:
             self.delivery = self._delivery(self.compiled)

@@ -104,6 +104,11 @@ class WorkerPool:
     def pids(self) -> list[int]:
         return [c.proc.pid for c in self._children if c.proc is not None]
 
+    def indexed_pids(self) -> list[tuple[int, int]]:
+        """(index, pid) of each worker running now (relay.worker_procs' figures)."""
+        running = [c for c in self._children if c.proc is not None and c.proc.returncode is None]
+        return [(c.index, c.proc.pid) for c in running if c.proc is not None]
+
     def known_pids(self) -> list[int] | None:
         """Every child this pool started, or None while one is starting (its pid not known)."""
         return None if self._spawning else self.pids()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -64,6 +65,7 @@ def variable_queries() -> list[str]:
 def exposed() -> dict[str, set[str]]:
     """Series name → its label names, as GET /metrics shows them."""
     metrics = Metrics()
+    metrics.worker_processes.children = lambda: [(0, os.getpid())]  # as with --workers 1
     declared = {
         m._name: set(m._labelnames)
         for m in vars(metrics).values()

@@ -79,10 +79,15 @@ async def sent_total(url: str) -> float:
 
 async def scraped_sum(url: str, metric: str) -> float:
     """The sum of `metric`'s series in a scrape of /metrics."""
+    return sum((await scraped(url, metric)).values())
+
+
+async def scraped(url: str, metric: str) -> dict[str, float]:
+    """`metric`'s series in a scrape of /metrics: its labels as written -> value."""
     async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
         text = await resp.text()
-    found = re.findall(rf"^{metric}(?:\{{.*\}})? (\S+)$", text, re.M)
-    return sum(float(v) for v in found)
+    found = re.findall(rf"^{metric}(\{{.*\}})? (\S+)$", text, re.M)
+    return {labels: float(v) for labels, v in found}
 
 
 # A worker that died is started again RESTART_AFTER_S (1 s) later. Where that pause is not the
@@ -227,10 +232,20 @@ async def test_a_killed_worker_is_started_again(
     assert any(e.get("msg") == "delivery worker exited; starting it again" for e in proc.logs)
     # counted, where relay_ready only flickers: a crash loop shows (RelayDeliveryWorkerRestarting)
     assert await scraped_sum(proc.url, "relay_delivery_worker_restarts_total") == 1
+    await workers_show_in_metrics(proc)
     items = runs(10)
     await post_all(proc.url, items)
     want = wanted(items)
     assert await delivered_ids(sink, 0, want) == want
+
+
+async def workers_show_in_metrics(proc: RelayProcess) -> None:
+    """Each running worker's own memory, descriptors and CPU: the successor of a killed one
+    (process_* are the parent's)."""
+    for name in ("resident_memory_bytes", "open_fds", "cpu_seconds_total"):
+        series = await scraped(proc.url, f"relay_delivery_worker_{name}")
+        assert set(series) == {'{worker="0"}', '{worker="1"}'}, name
+        assert all(value > 0 or name.startswith("cpu") for value in series.values()), series
 
 
 async def test_a_killed_workers_claims_go_to_its_successor_at_once(
