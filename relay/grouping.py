@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from relay.model import GroupState, Timing
 
@@ -189,7 +189,28 @@ def digest_context(
         "first_seen": seen[0] if seen else None,
         "last_seen": seen[-1] if seen else None,
         "total_cost_cents": cost,
+        "occurrences": occurrences(runs),
     }
+
+
+def occurrences(runs: Sequence[Mapping[str, Any]]) -> int | float:
+    """How often the errors of a digest of error-group alerts happened. An alert's
+    occurrenceCount is its error group's count over all time (Trigger.dev sums the group's
+    whole history), so the same group alerting twice (new, then a regression) counts once, at
+    its latest count; the groups (environment, task, fingerprint) add up. 0 for runs."""
+    latest: dict[tuple[str, str, str], int | float] = {}
+    for run in runs:
+        error = run.get("error")
+        if run.get("event") != "error" or not isinstance(error, Mapping):
+            continue
+        count = error.get("occurrenceCount")
+        if not _is_number(count):
+            continue
+        env = run.get("environment")
+        env_id = env.get("id") if isinstance(env, Mapping) else None
+        key = (str(env_id), str(error.get("taskIdentifier")), str(error.get("fingerprint")))
+        latest[key] = max(latest.get(key, count), count)
+    return sum(latest.values())
 
 
 def seen_at(run: Mapping[str, Any]) -> str:
@@ -198,5 +219,9 @@ def seen_at(run: Mapping[str, Any]) -> str:
     return str(value) if value else ""
 
 
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _number(value: Any) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+    return float(value) if _is_number(value) else 0.0

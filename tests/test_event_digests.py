@@ -143,6 +143,23 @@ def test_the_webhook_digest_of_events_has_its_own_type(case: str, kind: str, ite
     assert f"{len(CASES[case])} {items}" in fallback_text(ctx)
 
 
+def test_an_error_digest_counts_each_error_group_at_its_latest_count() -> None:
+    """occurrenceCount is the error group's count over all time: a group that alerted new (17)
+    then as a regression (23) happened 23 times, not 40; another group (another task) adds its
+    own count."""
+    new, regression = (alert_event(name) for name in CASES["error_events"])
+    other = {**new, "error": {**new["error"], "taskIdentifier": "report", "occurrenceCount": 5}}
+    for runs, total in (([new, regression], 23), ([new, regression, other], 28)):
+        group = digest_context("grp_x", {}, runs)
+        said = {}
+        for channel_type in ("email", "console"):
+            ctx = RenderContext(runs[-1], "r", "c", channel_type, "dgs_x", LINK(runs[-1]), group)
+            out = RENDERER.render(channel_type, "digest", REGISTRY[channel_type].parts, ctx)
+            said[channel_type] = "\n".join(out.parts.values()).splitlines()
+        assert f"Occurrences  {total}" in said["email"], total
+        assert f"  seen      {total} times in all" in said["console"], total
+
+
 CONFIG = """\
 sources:
   trigger_alerts: {{secret: whsec-test}}
