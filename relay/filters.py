@@ -153,11 +153,18 @@ def stack(value: Any, max_lines: int = 12, frames_only: bool = False) -> str:
     return "\n".join(kept)
 
 
+# an error-group alert's classification (its `status`), as its own messages label it
+_CLASSIFICATION_EMOJI = {"NEW_ISSUE": "🚨", "REGRESSION": "⚠️", "UNIGNORED": "🔔"}
+
+
 def status_emoji(status: Any) -> str:
-    """🔴 for failures, ✅ for a completed run or a deployment that went out (DEPLOYED), ⚠️
-    for anything else."""
+    """🔴 for failures, ✅ for a completed run or a deployment that went out (DEPLOYED), an
+    error group's classification as its messages label it (🚨 NEW_ISSUE, ⚠️ REGRESSION,
+    🔔 UNIGNORED), ⚠️ for anything else."""
     if status in FAILURE_STATUSES:
         return "🔴"
+    if isinstance(status, str) and status in _CLASSIFICATION_EMOJI:
+        return _CLASSIFICATION_EMOJI[status]
     return "✅" if status in ("COMPLETED", "DEPLOYED") else "⚠️"
 
 

@@ -160,6 +160,15 @@ def test_an_error_digest_counts_each_error_group_at_its_latest_count() -> None:
         assert f"  seen      {total} times in all" in said["console"], total
 
 
+@pytest.mark.parametrize("channel_type", ["slack", "discord", "msteams"])
+def test_an_error_digest_tells_classifications_by_their_own_emoji(channel_type: str) -> None:
+    """The breakdown of an error digest marks a new error 🚨 and a regression ⚠️, as the
+    digest's lines and the single messages do, not ⚠️ for every classification."""
+    text = "\n".join(rendered(channel_type, "error_events").values()).replace("\\", "")
+    assert re.search(r"🚨[^\n\w]{0,12}(1 )?NEW_ISSUE", text), text[:2000]
+    assert not re.search(r"⚠️[^\n\w]{0,12}(1 )?NEW_ISSUE", text)
+
+
 CONFIG = """\
 sources:
   trigger_alerts: {{secret: whsec-test}}
