@@ -64,7 +64,7 @@ RELOAD_RESULTS = ("success", "failure")
 # (a sender could make a series of every string it likes)
 ALERT_IGNORED_REASONS = ("unknown_type",)
 # where updates come from, and why a request to /v1/runs or /v1/trigger/alerts was refused
-# (relay.sources.http's rejections): fixed sets, exposed at 0 from the start
+# (relay.sources._middleware's rejections): fixed sets, exposed at 0 from the start
 SOURCES = ("http", "trigger_alerts", "realtime")
 REJECTION_REASONS = (
     "bad_request", "unauthorized", "not_configured", "too_large", "store_unavailable", "busy",

@@ -351,9 +351,10 @@ class Service(HttpSide):
 
     async def shutdown(self, *, announce: bool = True) -> None:
         """Stop the Realtime feeds, drain delivery (in-flight finish or stay in the outbox),
-        then close the listener, then I/O. HTTP answers through the drain (relay.sources.http:
-        /readyz 503, updates refused with 503 and Retry-After: intake stops), where a closed
-        listener refused the probes, the scrapes and the pushers' updates.
+        then close the listener, then I/O. HTTP answers through the drain
+        (relay.sources._middleware: /readyz 503, updates refused with 503 and Retry-After:
+        intake stops), where a closed listener refused the probes, the scrapes and the pushers'
+        updates.
         Not `announce`: a start that failed, which `relay not started` tells."""
         if self.pool is not None:
             self.pool.stopping()

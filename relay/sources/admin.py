@@ -38,7 +38,8 @@ from relay.sources._replies import (
 if TYPE_CHECKING:
     from relay.model import Silence
     from relay.silences.listing import SilenceListing
-    from relay.sources.http import AddRoute, HttpDeps
+    from relay.sources._middleware import AddRoute
+    from relay.sources.http import HttpDeps
 
 MAX_SILENCE_BODY = 64 * 1024
 log = logging.getLogger("relay.http")
