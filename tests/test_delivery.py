@@ -26,13 +26,14 @@ import standardwebhooks
 from aiohttp import web
 
 from relay import __version__ as relay_version
+from relay import channel_loop
 from relay import delivery as relay_delivery
+from relay.channel_loop import CLAIM_AHEAD
 from relay.channels import ChannelEnv, Outgoing, settings_models
 from relay.channels._http import HttpClient
 from relay.config_load import parse_config
 from relay.configure import compile_config
 from relay.dashboard_links import dashboard_link
-from relay.delivery import CLAIM_AHEAD
 from relay.dispatch import Deps
 from relay.formats import parse_runs
 from relay.intake import Intake
@@ -820,7 +821,7 @@ async def test_room_given_back_by_a_birth_lease_lets_a_waiting_claim_go(
 ) -> None:
     """While concurrent requests hold a loop's room, a new row is not leased at birth and the
     claim finds no room; when the room comes back the loop claims at once, not at its poll."""
-    monkeypatch.setattr(relay_delivery, "POLL_S", 30.0)  # a poll would come too late
+    monkeypatch.setattr(channel_loop, "POLL_S", 30.0)  # a poll would come too late
     r = await relay(config(sink.url))
     delivery = r.service.delivery
     assert delivery is not None
@@ -868,7 +869,7 @@ async def test_a_loop_kept_busy_by_new_rows_still_claims_what_waits_in_the_store
     """Rows leased at birth must not keep a busy loop from the store: a row no wake-up
     announces (another replica's, free since that replica died; a retry whose time came) goes
     out at the next poll while intake goes on, not when intake stops."""
-    monkeypatch.setattr(relay_delivery, "POLL_S", 0.1)
+    monkeypatch.setattr(channel_loop, "POLL_S", 0.1)
     sink.default = hang(0.01)
     r = await relay(config(sink.url).replace("    secret:", "    concurrency: 1\n    secret:"))
     waiting = Run.model_validate(failing_run(9999))

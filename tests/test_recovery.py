@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay import delivery
+from relay import channel_loop
 from relay.channels import REGISTRY, ChannelEnv, Outgoing, Recovery, settings_models
 from relay.channels._http import HttpClient
 from relay.channels.discord import discord_message
@@ -491,7 +491,7 @@ async def test_a_replayed_alert_wakes_the_recovery_waiting_for_it(
     and goes as soon as the alert is sent. It waited out its postponement and then a delivery
     poll (a second of an on-call engineer's time): here no poll comes within the wait, so only
     the alert's send can wake it."""
-    monkeypatch.setattr(delivery, "POLL_S", 3600.0)
+    monkeypatch.setattr(channel_loop, "POLL_S", 3600.0)
     sink.responses = [status(410)]  # the alert dies at once
     r = await relay(config(f'  hook: {{type: webhook, url: "{sink.url}/hook"}}', slow_rule("hook")))
     firing, recovered = ids("hook")

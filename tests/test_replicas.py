@@ -27,7 +27,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from relay.delivery import CLAIM_AHEAD
+from relay.channel_loop import CLAIM_AHEAD
 from relay.model import notification_id
 from tests.conftest import RelayProcess, Sink, held, sdk_run, status
 from tests.pg import PgServer, fresh_database, shared_server

@@ -29,7 +29,7 @@ import pytest
 
 import relay.logs as relay_logs
 import relay.store.sqlite as relay_sqlite
-from relay import delivery, outbox_reading
+from relay import channel_loop, outbox_reading
 from relay.configure import compile_config, load
 from relay.errors import StoreUnavailable
 from relay.service import Service
@@ -321,9 +321,9 @@ async def test_a_store_that_comes_and_goes_pauses_delivery_in_one_line(
         await until_said(caplog, RESUMED)
         for _ in range(2):  # twice more, each side long enough for a claim (every POLL_S)
             await store.close()
-            await asyncio.sleep(2.5 * delivery.POLL_S)
+            await asyncio.sleep(2.5 * channel_loop.POLL_S)
             await store.open()
-            await asyncio.sleep(2.5 * delivery.POLL_S)
+            await asyncio.sleep(2.5 * channel_loop.POLL_S)
     paused, resumed = said(caplog, PAUSED), said(caplog, RESUMED)
     assert (len(paused), len(resumed)) == (1, 1), [r.getMessage() for r in paused + resumed]
     assert paused[0].__dict__["failures"] == 1
