@@ -14,7 +14,7 @@ from relay.store._engines import timings_write
 from relay.store._rows import RETIMABLE
 from relay.store._sqlite_kv import kv_write
 from relay.store._sqlite_reader import Reader
-from relay.store._sqlite_schema import group_labels_of, load_group
+from relay.store._sqlite_rows import group_labels_of, load_group
 from relay.store._sqlite_writer import Writer
 
 # The rows of a group's later digest not claimed yet wait until the flush's next_at (see

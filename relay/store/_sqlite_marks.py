@@ -8,7 +8,7 @@ import sqlite3
 
 from relay.store import Tries
 from relay.store._rows import HAND_BACK, RowsEvent, mute_kind
-from relay.store._sqlite_schema import add_event
+from relay.store._sqlite_rows import add_event
 from relay.store._sqlite_writer import Writer
 
 _MARKED_HERE = (

@@ -14,7 +14,7 @@ from relay.model import GroupState, Match, Notification, Run
 from relay.store import BirthLease, Decide, Observed
 from relay.store._engines import owed_notification
 from relay.store._rows import HELD_ORDER, mute_kind
-from relay.store._sqlite_schema import (
+from relay.store._sqlite_rows import (
     add_event,
     insert_notification,
     load_group,

@@ -35,16 +35,10 @@ from relay.store._sqlite_holders import HOLDER_WAIT_S, holder_lock, wait_for
 from relay.store._sqlite_kv import KvOps, in_chunks
 from relay.store._sqlite_lock import WriteLock
 from relay.store._sqlite_marks import MarkOps
+from relay.store._sqlite_prune import PRUNE_BATCH, prune, prune_notifications
 from relay.store._sqlite_reader import Reader
-from relay.store._sqlite_schema import (
-    PRUNE_BATCH,
-    SCHEMA_VERSION,
-    add_event,
-    insert_silence,
-    prune,
-    prune_notifications,
-    silences_sql,
-)
+from relay.store._sqlite_rows import add_event, insert_silence, silences_sql
+from relay.store._sqlite_schema import SCHEMA_VERSION
 from relay.store._sqlite_writer import Writer
 
 _CLAIM_HOLDERS = (
