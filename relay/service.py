@@ -8,31 +8,25 @@ import functools
 import logging
 import os
 import signal
-import sys
 import time
 from typing import Any
 
 from aiohttp import web
 
 from relay import heap, signals
-from relay.channels import ChannelEnv
 from relay.channels._http import HttpClient
 from relay.config_digest import config_hash
 from relay.configure import Compiled
-from relay.dashboard_links import dashboard_link
 from relay.delivery import Delivery
-from relay.dispatch import Deps
 from relay.errors import StoreUnavailable
 from relay.intake import Intake
 from relay.listening import joined
 from relay.logs import SCRUB
 from relay.metrics import Metrics
-from relay.model import Notification
 from relay.orphans import reap_orphans_forever
 from relay.outbox_reading import OutboxReading
 from relay.reloading import SIGNAL, ConfigReloads, retime_digests
-from relay.routes import route_for
-from relay.service_http import HttpSide
+from relay.service_delivery import DeliverySide
 from relay.settings import Settings
 from relay.silences.cache import SilenceCache
 from relay.sources._wire import raise_descriptor_limit
@@ -40,8 +34,8 @@ from relay.sources.realtime import RealtimeSource, feed_keys, forget_removed_fee
 from relay.starting import STARTING, WAITING_FOR_STORE, StoppedWhileStarting
 from relay.store import Store
 from relay.store.opening import ServeLock, open_store
-from relay.worker_pipes import EventPipe, Outcome, config_payload, read_commands
-from relay.worker_role import Role, holder
+from relay.worker_pipes import EventPipe, read_commands
+from relay.worker_role import Role
 from relay.workers import WorkerPool
 
 log = logging.getLogger("relay")
@@ -49,7 +43,7 @@ SHUTDOWN_GRACE_S = 10.0
 PRUNE_EVERY_S = 600.0
 
 
-class Service(HttpSide):
+class Service(DeliverySide):
     """relay serve: HTTP intake + delivery loops over one store, until SIGTERM/SIGINT.
 
     SIGHUP, or a change of the config file or templates, reloads the configuration; an invalid
@@ -136,22 +130,6 @@ class Service(HttpSide):
                 self._serve_lock.undo()
             raise
 
-    async def _start_delivery(self) -> None:
-        """The --workers children, or the delivery loops in this process."""
-        if self.role.workers:
-            self.pool = WorkerPool(
-                self.role.workers,
-                self._config_payload,
-                lambda: self.config.channels,
-                self.metrics.delivery_event,
-                self._worker_died,
-            )
-            self.metrics.worker_processes.children = self.pool.indexed_pids
-            await self.pool.start()
-        else:
-            self.delivery = self._delivery(self.compiled)
-            self.delivery.start()
-
     def _start_tasks(self) -> None:
         """What runs beside intake and delivery until the stop: retention, the config's
         watch, and (as a container's init) the orphans' reaping."""
@@ -162,17 +140,6 @@ class Service(HttpSide):
         if os.getpid() == 1:  # a container's init: the orphans of `docker exec` are ours
             own = self.pool.known_pids if self.pool is not None else list
             self._tasks.append(asyncio.create_task(reap_orphans_forever(own), name="orphans"))
-
-    async def _start_worker(self) -> tuple[str, int]:
-        """A delivery worker: the loops of the channels it owns, commands from the parent."""
-        released = await self.store.release_leases(self.role.holder)
-        if released:  # left by a predecessor that outlived its parent (kill -9), now gone
-            log.info("resuming notifications claimed before a restart", extra={"count": released})
-        self.delivery = self._delivery(self.compiled)
-        self.delivery.start()
-        if self.events is not None:
-            self.events.ready()
-        return "", 0
 
     def _read_commands(self) -> None:
         """A delivery worker: its parent's commands, from its first moment. Read only once it
@@ -189,18 +156,6 @@ class Service(HttpSide):
         )
         self._tasks.append(asyncio.create_task(commands, name="commands"))
 
-    async def _worker_died(self, index: int) -> None:
-        """A delivery worker died: counted, and its claims go back to the outbox (SQLite) for
-        its successor."""
-        self.metrics.worker_restarts.inc()
-        try:
-            released = await self.store.release_leases(holder(index))
-        except StoreUnavailable:
-            log.warning("a dead worker's claims wait for their lease: store unavailable")
-            return
-        if released:
-            log.info("resuming notifications a dead worker had claimed", extra={"count": released})
-
     def _zero_metrics(self) -> None:
         """The running config in /metrics: its digest, and its channels, rules and Realtime
         feeds from the start, at 0."""
@@ -208,39 +163,6 @@ class Service(HttpSide):
         rules = [rule.name for rule in self.config.rules]
         feeds = feed_keys(self.config.sources.realtime)
         self.metrics.configured(self.config.channels, rules, feeds)
-
-    def _config_payload(self) -> bytes:
-        """The config a worker is to run, at its start and on a reload: the one running here,
-        as it was read, templates too (the files may differ by now: invalid, emptied, or
-        another valid one)."""
-        loaded = self.compiled.loaded
-        filename = None if loaded.builtin else loaded.source.filename
-        return config_payload(filename, loaded.source.text, self.compiled.renderer.overrides)
-
-    def _delivery(self, compiled: Compiled) -> Delivery:
-        config = compiled.loaded.config
-        env = ChannelEnv(self.http, sys.stdout, config.defaults.timeout, self.store)
-        deps = Deps(
-            store=self.store,
-            renderer=compiled.renderer,
-            retry=config.defaults.retry,
-            dashboard_link=dashboard_link(config.defaults),
-            silences=self.silences,
-            time_muted=compiled.rules.time_muted if compiled.rules.has_windows else None,
-            template_of=compiled.rules.template_of,
-            group_interval_of=compiled.rules.group_interval_of,
-            on_event=self.metrics.delivery_event if self.events is None else self._forward,
-        )
-        names = self.role.owned(config.channels)
-        running = self.delivery  # the one a reload replaces: its holds and buckets carry over
-        before = running.route if running is not None else lambda _name: None
-        routes = {name: route_for(compiled, name, env, before=before(name)) for name in names}
-        return Delivery(deps, routes)
-
-    def _forward(self, kind: str, row: Notification, reason: str, attempts: int) -> None:
-        """A worker's delivery outcome, to the parent's metrics."""
-        assert self.events is not None
-        self.events.outcome(kind, Outcome(row.channel, row.created_at), reason, attempts)
 
     def _start_realtime(self) -> None:
         if self.config.sources.realtime is not None and self.intake is not None:
