@@ -242,7 +242,7 @@ def _pgpass_secrets() -> list[str]:
 
 def _service_secrets() -> list[str]:
     """An INI file (sections of libpq keywords); one configparser cannot read gives none here,
-    and the store's connect says so without its text (relay.store._pg_connect)."""
+    and the store's connect says so without its text (relay.store._pg_errors)."""
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read_string(_read(service_file()))

@@ -1,6 +1,6 @@
 """A NUL (\\u0000) in a run's text fields reaches the receiver as it came, on both engines.
 
-PostgreSQL's text cannot hold a NUL (relay.store._pg_connect.clean turns one into U+FFFD), but
+PostgreSQL's text cannot hold a NUL (relay.store._pg_rows.clean turns one into U+FFFD), but
 no run text is stored in a text column: the run snapshot and a digest's extra are the orjson
 bytes (bytea, `\\u0000` escaped), a digest's labels are JSON text, keys are hashes. So a task
 name, tags, payload, output, metadata, error message and stack with a NUL render the same on

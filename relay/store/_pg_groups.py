@@ -12,10 +12,10 @@ import asyncpg
 from relay.grouping import TIMINGS_NS, retimed, timings_changed
 from relay.model import Timing
 from relay.store._engines import timings_write
-from relay.store._pg_connect import clean, retrying
+from relay.store._pg_errors import retrying
 from relay.store._pg_pool import PgPool
 from relay.store._pg_replicas import lease_free
-from relay.store._pg_rows import KV_NAMESPACE, kv_write, to_labels
+from relay.store._pg_rows import KV_NAMESPACE, clean, kv_write, to_labels
 from relay.store._pg_schema import lock_key
 from relay.store._rows import RETIMABLE
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from relay.store import Tries
-from relay.store._pg_connect import clean, clean_opt
 from relay.store._pg_pool import PgPool
-from relay.store._pg_rows import UPDATE_PENDING, rows_params
+from relay.store._pg_rows import UPDATE_PENDING, clean, clean_opt, rows_params
 from relay.store._rows import HAND_BACK, RowsEvent, mute_kind
 
 # A row put off unsent (not keeping its claim) joins its group's next digest when one is due

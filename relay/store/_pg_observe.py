@@ -27,8 +27,7 @@ from relay.grouping import group_key, group_labels, schedule
 from relay.model import GroupState, Match, Notification, Run, RunState
 from relay.store import BirthLease, Decide, Observed
 from relay.store._engines import owed_notification
-from relay.store._pg_connect import clean, clean_opt
-from relay.store._pg_rows import FIRED_SEPARATOR, to_group, to_state
+from relay.store._pg_rows import FIRED_SEPARATOR, clean, clean_opt, to_group, to_state
 from relay.store._pg_schema import lock_key
 
 _LOCK = "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k"

@@ -15,16 +15,14 @@ import asyncpg
 
 from relay.errors import StoreUnavailable
 from relay.store._pg_connect import (
-    DB_ERRORS,
-    ConnectGate,
     check_url,
     connect_args,
     dsn_and_timeout,
     keep_session,
     session_args,
-    unavailable,
     unreadable_tls_file,
 )
+from relay.store._pg_errors import DB_ERRORS, ConnectGate, unavailable
 from relay.store._pg_grants import INSUFFICIENT_PRIVILEGE, Grants
 from relay.store._pg_replicas import DEFAULT_TIMEOUT_S, Heartbeat, new_holder
 from relay.store._pg_schema import migrate

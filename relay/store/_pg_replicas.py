@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from relay.store._pg_connect import DB_ERRORS, unavailable
+from relay.store._pg_errors import DB_ERRORS, unavailable
 
 log = logging.getLogger("relay.store")
 

@@ -10,10 +10,19 @@ import orjson
 
 from relay.model import GroupState, RunState, Silence, SilencePage
 from relay.store import HistoryQuery, KvWrite, Tries
-from relay.store._pg_connect import clean
 from relay.store._rows import HAND_BACK, SAME_CLAIM, RowsEvent
 
 FIRED_SEPARATOR = "\x1f"
+
+
+def clean(text: str) -> str:
+    """PostgreSQL text cannot hold NUL; SQLite can. Keep such (hostile) input storable."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def clean_opt(text: str | None) -> str | None:
+    return None if text is None else clean(text)
+
 
 # One statement: the rows of one message ($1 ids, $2 their attempts: `g.tries` in the
 # assignments) change only while pending (and held: {fence}), and each one's event is written

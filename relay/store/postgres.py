@@ -11,7 +11,7 @@ PostgreSQL carries the distributed part; relay adds no protocol of its own:
 - the schema: versioned migrations under an advisory lock, run by `open` (relay._pg_schema).
 
 Connections come from a pool (asyncpg). Every asyncpg or socket error leaves this engine as
-StoreUnavailable (relay.store._pg_connect): callers answer 503 and retry; nothing is lost because
+StoreUnavailable (relay.store._pg_errors): callers answer 503 and retry; nothing is lost because
 nothing is acknowledged before its commit. Times are the callers' (`now`), like the SQLite engine:
 replicas need synchronised clocks (NTP), well within the lease lengths.
 
@@ -29,7 +29,7 @@ import asyncpg
 from relay.model import Notification, Run, Silence, SilencePage
 from relay.store import BirthLease, Decide, HistoryQuery, KvWrite, Observed, _pg_claim
 from relay.store._engines import handing_over, recoveries_of
-from relay.store._pg_connect import clean, retrying
+from relay.store._pg_errors import retrying
 from relay.store._pg_groups import PgGroups
 from relay.store._pg_marks import PgMarks
 from relay.store._pg_observe import lease_at_birth, observe
@@ -39,6 +39,7 @@ from relay.store._pg_rows import (
     PRUNE,
     REPLAY,
     REPLAY_RECOVERIES,
+    clean,
     history_sql,
     kv_write,
     silence_params,

@@ -36,7 +36,8 @@ from relay.model import (
     recovery_id,
 )
 from relay.store import BirthLease, HistoryQuery, KvWrite, Observed, Store, _pg_pool
-from relay.store._pg_connect import connect_args, unavailable
+from relay.store._pg_connect import connect_args
+from relay.store._pg_errors import unavailable
 from relay.store._pg_schema import MIGRATION_LOCK, SCHEMA_VERSION
 from relay.store.opening import migrate, open_store
 from relay.store.postgres import PostgresStore
