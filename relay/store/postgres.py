@@ -37,6 +37,8 @@ from relay.store._pg_rows import (
     KV_NAMESPACE,
     LEAD,
     PRUNE,
+    PRUNE_BATCH,
+    PRUNE_BATCHED,
     REPLAY,
     REPLAY_RECOVERIES,
     clean,
@@ -175,12 +177,13 @@ class PostgresStore(PgMarks, PgGroups):
         return [to_event(row) for row in rows]
 
     async def prune(self, before: float) -> int:
-        async with self._conn() as conn, conn.transaction():
-            removed = 0
-            for i, statement in enumerate(PRUNE):
-                status = await conn.execute(statement, before)
-                removed += int(status.rsplit(" ", 1)[-1]) if i == 1 else 0
-            return removed
+        """A batch of notifications or runs per transaction (PRUNE_BATCHED), then the rest."""
+        async with self._conn() as conn:
+            counts = [await _in_batches(conn, statement, before) for statement in PRUNE_BATCHED]
+            async with conn.transaction():
+                for statement in PRUNE:
+                    await conn.execute(statement, before)
+        return counts[0]
 
     async def runs_updated_ms(self, run_ids: Collection[str]) -> dict[str, int]:
         rows = await self._fetch(
@@ -245,3 +248,12 @@ def _as_asked(asked: Collection[str], found: dict[str, _T]) -> dict[str, _T]:
     """`found` (keyed as stored, NUL replaced) under the keys as asked, as the one-key reads
     answer them."""
     return {key: found[clean(key)] for key in asked if clean(key) in found}
+
+
+async def _in_batches(conn: asyncpg.Connection, statement: str, before: float) -> int:
+    """Run a PRUNE_BATCHED statement until a batch comes back short; how many rows went."""
+    removed, batch = 0, PRUNE_BATCH
+    while batch == PRUNE_BATCH:
+        batch = int(await conn.fetchval(statement, before, PRUNE_BATCH))
+        removed += batch
+    return removed
