@@ -179,7 +179,7 @@ class PostgresStore(PgMarks, PgGroups):
     async def prune(self, before: float) -> int:
         """A batch of notifications or runs per transaction (PRUNE_BATCHED), then the rest."""
         async with self._conn() as conn:
-            counts = [await _in_batches(conn, statement, before) for statement in PRUNE_BATCHED]
+            counts = [await _in_batches(conn, batched, before) for batched in PRUNE_BATCHED]
             async with conn.transaction():
                 for statement in PRUNE:
                     await conn.execute(statement, before)
@@ -250,10 +250,16 @@ def _as_asked(asked: Collection[str], found: dict[str, _T]) -> dict[str, _T]:
     return {key: found[clean(key)] for key in asked if clean(key) in found}
 
 
-async def _in_batches(conn: asyncpg.Connection, statement: str, before: float) -> int:
-    """Run a PRUNE_BATCHED statement until a batch comes back short; how many rows went."""
+async def _in_batches(
+    conn: asyncpg.Connection, batched: tuple[str, tuple[str, ...]], before: float
+) -> int:
+    """Delete a PRUNE_BATCHED batch per transaction until one comes back short; how many went."""
+    choose, deletes = batched
     removed, batch = 0, PRUNE_BATCH
     while batch == PRUNE_BATCH:
-        batch = int(await conn.fetchval(statement, before, PRUNE_BATCH))
-        removed += batch
+        async with conn.transaction():
+            ids = [row[0] for row in await conn.fetch(choose, before, PRUNE_BATCH)]
+            for statement in deletes:
+                await conn.execute(statement, ids)
+        removed, batch = removed + len(ids), len(ids)
     return removed

@@ -4,11 +4,16 @@ One DELETE of every finished notification (and one of every run) took 27 s for 1
 them: over a role's `statement_timeout` (managed PostgreSQL often sets one) it was rolled back
 whole, every 10 minutes, and the store only grew. Here a trigger refuses a transaction deleting
 more than PRUNE_BATCH rows of a table, as such a server refuses one running too long.
+
+Nor does it wait for rows another transaction holds: two replicas prune at once (their passes
+start together), and waiting for each other's batch, each found it gone, took the short batch
+for the end and left most of a backlog (34,074 of 40,000 notifications) for the next pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import asyncpg
 import pytest
@@ -54,26 +59,55 @@ FROM relay_outbox;
 """
 
 
+@dataclass
+class Seeded:
+    store: PostgresStore
+    conn: asyncpg.Connection
+    url: str
+
+    async def ids(self, sql: str) -> list[str]:
+        return [row[0] for row in await self.conn.fetch(sql)]
+
+
 @pytest.fixture
-async def url() -> AsyncIterator[str]:
+async def seeded() -> AsyncIterator[Seeded]:
+    """SEED in a fresh database, and a store on it that gives up waiting for a lock at once."""
     async with fresh_database(shared_server()) as url:
-        yield url
+        store = PostgresStore(url + "?options=-c%20lock_timeout%3D1s")
+        await store.open()
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(SEED)
+            yield Seeded(store, conn, url)
+        finally:
+            await conn.close()
+            await store.close()
 
 
-async def test_a_large_prune_goes_a_batch_per_transaction(url: str) -> None:
-    store = PostgresStore(url)
-    await store.open()
-    conn = await asyncpg.connect(url)
+async def test_a_large_prune_goes_a_batch_per_transaction(seeded: Seeded) -> None:
+    await seeded.conn.execute(REFUSE_LARGE_DELETES)
+    assert await seeded.store.prune(before=1000.0) == OLD
+    new = OLD + 1
+    assert await seeded.ids("SELECT id FROM relay_outbox ORDER BY 1") == ["ntf_0", f"ntf_{new}"]
+    events = await seeded.ids("SELECT notification_id FROM relay_events ORDER BY 1")
+    assert events == ["ntf_0", f"ntf_{new}"]
+    assert await seeded.ids("SELECT run_id FROM relay_runs") == [f"run_{new}"]
+
+
+async def test_a_prune_takes_what_no_other_transaction_holds(seeded: Seeded) -> None:
+    holder = await asyncpg.connect(seeded.url)
     try:
-        await conn.execute(REFUSE_LARGE_DELETES)
-        await conn.execute(SEED)
-        assert await store.prune(before=1000.0) == OLD
-        left = await conn.fetch("SELECT id FROM relay_outbox ORDER BY id")
-        assert [r["id"] for r in left] == ["ntf_0", f"ntf_{OLD + 1}"]
-        events = await conn.fetch("SELECT notification_id FROM relay_events ORDER BY 1")
-        assert [r["notification_id"] for r in events] == ["ntf_0", f"ntf_{OLD + 1}"]
-        runs = await conn.fetch("SELECT run_id FROM relay_runs")
-        assert [r["run_id"] for r in runs] == [f"run_{OLD + 1}"]
+        async with holder.transaction():  # another replica's batch, say
+            await holder.execute(
+                "SELECT 1 FROM relay_outbox WHERE id IN ('ntf_1', 'ntf_2') FOR UPDATE"
+            )
+            await holder.execute("SELECT 1 FROM relay_runs WHERE run_id = 'run_1' FOR UPDATE")
+            assert await seeded.store.prune(before=1000.0) == OLD - 2  # ntf_1 and ntf_2 held
     finally:
-        await conn.close()
-        await store.close()
+        await holder.close()
+    left = await seeded.ids("SELECT id FROM relay_outbox ORDER BY 1")
+    assert left == ["ntf_0", "ntf_1", "ntf_2", f"ntf_{OLD + 1}"]
+    assert await seeded.ids("SELECT run_id FROM relay_runs ORDER BY 1") == [
+        "run_1",
+        f"run_{OLD + 1}",
+    ]
