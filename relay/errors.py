@@ -80,6 +80,16 @@ class InputError(RelayError):
         super().__init__(f"{field}: {message}" if field else message)
 
 
+def field_path(where: str, *keys: str | int) -> str:
+    """`where` and then `keys` as an InputError's field: names joined by dots, list indexes in
+    brackets (`[3].tags[0]`, as pydantic's `loc` holds them: a key a str, an index an int);
+    "" is the body as a whole."""
+    path = where
+    for key in keys:
+        path = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key
+    return path
+
+
 def did_you_mean(word: str, names: Collection[str], *, quoted: bool = False) -> str:
     """ " (did you mean X?)" with the nearest of `names` to a misspelt `word`, or "". Case and
     `_` for `-` count for nothing: `Prod_Failures_To_Pagerduty` is `prod-failures-to-pagerduty`

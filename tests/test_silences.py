@@ -167,9 +167,10 @@ async def test_a_reload_under_way_when_invalidated_is_not_kept(
         ({"bogus": "x"}, "matchers.bogus"),
         ({"task": ""}, "matchers.task"),
         ({"task": []}, "matchers.task"),
-        ({"task": [1]}, "matchers.task"),
+        ({"task": [1]}, "matchers.task[0]"),
+        ({"task": ["x", ""]}, "matchers.task[1]"),
         ({"task": ["x"] * 101}, "matchers.task"),
-        ({"event": ["run", "deploy"]}, "matchers.event"),  # a typo would silence nothing
+        ({"event": ["run", "deploy"]}, "matchers.event[1]"),  # a typo would silence nothing
     ],
 )
 def test_bad_matchers(raw: Any, field: str) -> None:
@@ -376,8 +377,17 @@ async def test_silence_api_errors_and_listing(
     ]:
         code, answer = await api(r, "POST", "/v1/silences", body)
         assert (code, answer.get("field")) == (400, field), (body, answer)
-    async with r.http.post(r.url + "/v1/silences", data=b"{nope") as resp:
-        assert resp.status == 400
+    for data, field, message in [
+        (b"{nope", "", "invalid JSON: "),  # the body as a whole
+        (b"", "", "empty body; expected a JSON object"),
+        (b"[]", "", "expected a JSON object"),
+        (b'{"matchers": {"task": ["x", 3]}, "ends_at": "1h"}', "matchers.task[1]", "string"),
+        (b'{"matchers": {"task": "x"}, "ends_at": 1e400}', "ends_at", "number out of range"),
+    ]:
+        async with r.http.post(r.url + "/v1/silences", data=data) as resp:
+            answer = await resp.json()
+            assert (resp.status, answer["field"]) == (400, field), (data, answer)
+            assert message in answer["error"], (data, answer)
     assert (await api(r, "DELETE", "/v1/silences/sil_nope"))[0] == 404
     code, answer = await api(r, "GET", "/v1/silences/sil_nope")
     assert (code, answer["field"]) == (404, "id")

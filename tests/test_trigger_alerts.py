@@ -328,13 +328,14 @@ def env(**change: Any) -> dict[str, Any]:
 
 
 RUN, DEPLOY, ERROR = "alert.run.failed", "alert.deployment.failed", "alert.error"
-BAD: list[tuple[bytes, str | None, str]] = [
-    (b"{not json", None, "invalid JSON"),
-    (b"[]", None, "expected a JSON object"),
-    (b'[{"type": "alert.run.failed"}]', None, "expected a JSON object"),
+BAD: list[tuple[bytes, str, str]] = [
+    (b"{not json", "", "invalid JSON"),
+    (b"[]", "", "expected a JSON object"),
+    (b'[{"type": "alert.run.failed"}]', "", "expected a JSON object"),
     (b"{}", "type", "missing"),
     (b'{"type": 5}', "type", "string"),
     (b'{"type": "ping"}', "type", "alert type"),  # no Trigger.dev alert: not to be ignored
+    (b'{"type": "alert.run.failed", "object": {"run": {"n": -1e400}}}', "object.run.n", "range"),
     (b'{"type": "run.failed", "object": {}}', "type", "alert type"),
     (variant(RUN, {"object": None}), "object", "missing"),
     (variant(RUN, {"object": []}), "object", "expected an object"),
@@ -344,7 +345,8 @@ BAD: list[tuple[bytes, str | None, str]] = [
     (variant(RUN, env(run__id=5)), "object.run.id", "string"),
     (variant(RUN, env(run__status=None)), "object.run.status", "missing"),
     (variant(RUN, env(run__tags="prod")), "object.run.tags", "list"),
-    (variant(RUN, env(run__tags=[1])), "object.run.tags.0", "string"),
+    (variant(RUN, env(run__tags=[1])), "object.run.tags[0]", "string"),
+    (variant(RUN, env(run__tags=["a", 2])), "object.run.tags[1]", "string"),
     (variant(RUN, env(run__isTest="no")), "object.run.isTest", "boolean"),
     (variant(RUN, env(run__number="many")), "object.run.number", "integer"),
     (variant(RUN, env(run__completedAt="yesterday")), "object.run.completedAt", "datetime"),

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from relay.errors import InputError
+from relay.errors import InputError, field_path
 from relay.formats.electric import fold_messages, is_raw_row, is_shape_message, parse_raw_run
 from relay.formats.packets import cap_depth, capped, too_deep
 from relay.formats.sdk import parse_sdk_run
@@ -32,15 +32,17 @@ def parse_body(body: bytes, expected: str = RUNS_EXPECTED) -> Any:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        data = _with_lone_surrogates(body, exc)
+        data = _orjson_refused(body, exc)
     return capped(data, body)
 
 
-def _with_lone_surrogates(body: bytes, exc: orjson.JSONDecodeError) -> Any:
+def _orjson_refused(body: bytes, exc: orjson.JSONDecodeError) -> Any:
     """The document orjson refused for a lone surrogate escape ("\\ud83d": JavaScript's
     JSON.stringify writes one for a string cut inside an emoji; the JSON grammar allows it),
-    each lone surrogate read as U+FFFD; InputError with orjson's reason for anything else."""
-    if "surrogate" not in exc.msg:
+    each lone surrogate read as U+FFFD; InputError naming the field of a number orjson
+    refused as out of range (1e400: past what a double holds); InputError with orjson's
+    reason for anything else."""
+    if "surrogate" not in exc.msg and "number" not in exc.msg:
         raise InputError("", f"invalid JSON: {_json_reason(exc)}") from None
     try:
         text = body.decode(json.detect_encoding(body))  # UTF-8, or UTF-16/32 with a BOM
@@ -54,6 +56,11 @@ def _with_lone_surrogates(body: bytes, exc: orjson.JSONDecodeError) -> Any:
         raise InputError("", f"invalid JSON: {_json_reason(exc)}") from None
     if too_deep(data):  # before the recursive replacement
         data = cap_depth(data)
+    if (huge := _out_of_range(data, "")) is not None:
+        where, number = huge
+        raise InputError(
+            where, f"number out of range: {number} (larger than a 64-bit float holds, ±1.8e308)"
+        )
     return _replace_surrogates(data)
 
 
@@ -61,19 +68,35 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(name)  # NaN and Infinity are not JSON (orjson refuses them too)
 
 
-def _as_orjson_int(text: str) -> int | float:
+class _OutOfRange(str):
+    """A number orjson refuses as out of range (its text, cut): what _out_of_range finds."""
+
+
+def _as_orjson_int(text: str) -> int | float | _OutOfRange:
     """An integer as orjson reads it: past its 64-bit range, a float (which the store and the
     serialiser can hold; a bigger int was a 500 after the 202), and past a double's range
     refused as orjson refuses it (float() of such an int raised OverflowError: a 500)."""
-    value = int(text)
-    return value if -(2**63) <= value < 2**64 else _finite(text)
+    value = int(text) if len(text) < 400 else None  # int() of 4,300 digits raises
+    return value if value is not None and -(2**63) <= value < 2**64 else _finite(text)
 
 
-def _finite(text: str) -> float:
+def _finite(text: str) -> float | _OutOfRange:
     value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(text)  # 1e400: orjson refuses a number that overflows a double
+    if not math.isfinite(value):  # 1e400: orjson refuses a number that overflows a double
+        return _OutOfRange(text if len(text) <= 24 else f"{text[:20]}… ({len(text)} characters)")
     return value
+
+
+def _out_of_range(value: Any, where: str) -> tuple[str, str] | None:
+    """The field and text of the first number out of range in `value` (depth-capped), if any."""
+    if isinstance(value, _OutOfRange):
+        return where, str(value)
+    if not isinstance(value, dict | list):
+        return None
+    for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+        if (found := _out_of_range(item, field_path(where, key))) is not None:
+            return found
+    return None
 
 
 def _replace_surrogates(value: Any) -> Any:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -174,8 +175,12 @@ def _json_text(value: Any) -> str:
 
 
 def _raw_field(exc: InputError) -> InputError:
-    """The error with the row's column name where the SDK name differs (durationMs → ...)."""
+    """The error with the row's column name where the SDK name differs (durationMs → ...,
+    `tags[1]` → `runTags[1]`)."""
     raw_names = {sdk: raw for raw, sdk in _RENAMED.items()}
-    parts = exc.field.split(".")
+    parts = _PATH_PARTS.split(exc.field)  # names, with the dots and [i] between them
     named = [raw_names.get(part, part) for part in parts]
-    return exc if named == parts else InputError(".".join(named), exc.message)
+    return exc if named == parts else InputError("".join(named), exc.message)
+
+
+_PATH_PARTS = re.compile(r"(\.|\[\d+\])")

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from relay.errors import InputError, field_message
+from relay.errors import InputError, field_message, field_path
 from relay.formats.packets import decode_packet
 from relay.model import Run, dates_from_iso
 from relay.statuses import normalise_status
@@ -74,7 +74,5 @@ def _validated(data: dict[str, Any]) -> Run:
 
 def _input_error(exc: ValidationError, where: str) -> InputError:
     err = exc.errors(include_input=False, include_url=False)[0]
-    field = ".".join(str(p) for p in err["loc"])
-    prefix = f"{where}." if where and field else where
     message = "required field is missing" if err["type"] == "missing" else field_message(err)
-    return InputError(prefix + field, message)
+    return InputError(field_path(where, *err["loc"]), message)

@@ -58,7 +58,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from relay.errors import InputError, field_message
+from relay.errors import InputError, field_message, field_path
 from relay.formats.run_errors import enhanced
 from relay.model import Run
 from relay.run_values import iso
@@ -290,8 +290,8 @@ def _validate(fields: dict[str, Any], sources: Mapping[str, str]) -> Run:
         return Run.of_alert(fields)
     except ValidationError as exc:
         err = exc.errors(include_input=False, include_url=False)[0]
-        head, *rest = (str(p) for p in err["loc"])
-        field = ".".join([sources.get(head, head), *rest])
+        head, *rest = err["loc"]
+        field = field_path(sources.get(str(head), str(head)), *rest)
         message = "required field is missing" if err["type"] == "missing" else field_message(err)
         raise InputError(field, message) from None
 

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
-from relay.errors import InputError, did_you_mean
+from relay.errors import InputError, did_you_mean, field_path
 from relay.model import SILENCE_MATCHERS
 from relay.statuses import EVENT_STATUSES, EVENTS, KNOWN_STATUSES, RAW_STATUS_MAP
 
@@ -39,14 +39,14 @@ def parse_matchers(raw: Any) -> dict[str, tuple[str, ...]]:
                 f"matchers.{key}",
                 f"expected a string or a non-empty list of at most {MAX_VALUES} strings",
             )
-        if not all(isinstance(v, str) and v and len(v) <= MAX_TEXT for v in values):
-            raise InputError(
-                f"matchers.{key}", f"expected non-empty strings of at most {MAX_TEXT} characters"
-            )
-        if key == "event" and (unknown := [v for v in values if v not in EVENTS]):
-            raise InputError(
-                "matchers.event", f"unknown event {unknown[0]!r}; use one of {', '.join(EVENTS)}"
-            )
+        for i, v in enumerate(values):
+            where = field_path("matchers", key, *([i] if isinstance(value, list) else []))
+            if not (isinstance(v, str) and v and len(v) <= MAX_TEXT):
+                raise InputError(
+                    where, f"expected a non-empty string of at most {MAX_TEXT} characters"
+                )
+            if key == "event" and v not in EVENTS:
+                raise InputError(where, f"unknown event {v!r}; use one of {', '.join(EVENTS)}")
         out[key] = tuple(values)
     return out
 

@@ -10,10 +10,8 @@ import zlib
 from collections.abc import Collection
 from typing import Any
 
-import orjson
-
 from relay.errors import InputError
-from relay.formats import BOM
+from relay.formats import parse_body
 
 ACCEPT_ENCODING = "gzip, deflate"  # what a 415 tells the client to use instead
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
@@ -91,10 +89,7 @@ def json_object(
 ) -> dict[str, Any]:
     """`body` as a JSON object holding only `known` keys, else an InputError naming the field
     (`expected` says what the object should be, `unknown` what to do about a stray key)."""
-    try:
-        data = orjson.loads(body.removeprefix(BOM))
-    except orjson.JSONDecodeError:
-        raise InputError("", "invalid JSON") from None
+    data = parse_body(body, expected.removeprefix("expected "))  # its reason if not JSON
     if not isinstance(data, dict):
         raise InputError("", expected)
     if stray := sorted(set(data) - set(known)):

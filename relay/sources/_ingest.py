@@ -27,6 +27,7 @@ from relay.sources._budget import BodyBudget, Hold
 from relay.sources._middleware import store_unavailable
 from relay.sources._replies import (
     authorized,
+    bad_input,
     closing,
     error,
     json_response,
@@ -65,7 +66,7 @@ class Handlers:
         try:
             runs = parse_runs(parse_body(body))
         except InputError as exc:
-            return error(400, exc.message, exc.field or None)
+            return bad_input(exc)
         try:
             result = await self.deps.intake.submit(runs)
         except StoreUnavailable as exc:
@@ -109,7 +110,7 @@ class Handlers:
         try:
             alert = parse_alert(parse_body(body, ALERT_EXPECTED))
         except InputError as exc:
-            return error(400, exc.message, exc.field or None)
+            return bad_input(exc)
         if alert.run is None:  # a newer alert type: refusing it would be retried forever
             log.warning("alert webhook of an unknown type ignored", extra={"type": alert.type[:80]})
             self.deps.on_alert_ignored("unknown_type")

@@ -13,6 +13,7 @@ import orjson
 from aiohttp import hdrs, web
 from pydantic import SecretStr
 
+from relay.errors import InputError
 from relay.sources._body import (
     ACCEPT_ENCODING,
     CorruptBody,
@@ -47,6 +48,16 @@ def error(
     if field is not None:
         body["field"] = _utf8(field)
     return json_response(body, status, headers)
+
+
+# the `field` of a 400 that blames no one field: the body as a whole (InputError's "")
+WHOLE_BODY = ""
+
+
+def bad_input(exc: InputError) -> web.Response:
+    """400 for a body or query that has the wrong shape: `field` names where (a JSON path like
+    `[3].tags[0]`), WHOLE_BODY when the body as a whole is wrong (not JSON, not an object)."""
+    return error(400, exc.message, exc.field)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -108,7 +119,7 @@ async def read_limited(
     try:
         decoded = decode(body, applied, limit)
     except CorruptBody as exc:
-        return error(400, f"body is not valid {exc} (Content-Encoding)")
+        return error(400, f"body is not valid {exc} (Content-Encoding)", WHOLE_BODY)
     if decoded is None:
         return too_large(limit)
     if hold is not None and not await hold.cover(len(decoded)):
@@ -162,7 +173,7 @@ async def _read_raw(request: web.Request, limit: int, hold: Hold | None) -> byte
     except TimeoutError:
         return closing(error(408, f"request body not received within {BODY_TIMEOUT_S:g} s"))
     except (web.RequestPayloadError, ConnectionResetError):  # broken chunks, client gone
-        return closing(error(400, "request body could not be read"))
+        return closing(error(400, "request body could not be read", WHOLE_BODY))
     return b"".join(chunks)
 
 
@@ -172,7 +183,7 @@ async def _buffered(request: web.Request, limit: int, hold: Hold | None) -> byte
     try:
         body = request.content.read_nowait()
     except (web.RequestPayloadError, ConnectionResetError):
-        return closing(error(400, "request body could not be read"))
+        return closing(error(400, "request body could not be read", WHOLE_BODY))
     if len(body) > limit:
         return too_large(limit)
     if hold is not None and not await hold.cover(len(body)):

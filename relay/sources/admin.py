@@ -28,6 +28,7 @@ from relay.silences.shapes import new_silence, parse_time, silence_view
 from relay.sources._body import json_object
 from relay.sources._replies import (
     authorized,
+    bad_input,
     error,
     json_response,
     read_limited,
@@ -63,7 +64,7 @@ class DeadLetterHandlers:
         try:
             _query(request, ())
         except InputError as exc:
-            return error(400, exc.message, exc.field or None)
+            return bad_input(exc)
         rows = await self.deps.store.dead_letters()
         return json_response({"dead": [dead_letter_view(n) for n in rows]})
 
@@ -104,7 +105,7 @@ class DeadLetterHandlers:
         try:
             named = replay_selection(body)
         except InputError as exc:
-            return error(400, exc.message, exc.field or None)
+            return bad_input(exc)
         ids = None if named is None else named[1]
         moved = await self.deps.store.replay(ids, self.deps.clock())
         if named is not None and not moved:  # the field the body named them in
@@ -139,7 +140,7 @@ class SilenceHandlers(DeadLetterHandlers):
         try:
             silence = _silence_from(body, now)
         except InputError as exc:
-            return error(400, exc.message, exc.field or None)
+            return bad_input(exc)
         await self.deps.store.add_silence(silence)
         await self._changed()
         _said("silence created", silence)
@@ -167,7 +168,7 @@ class SilenceHandlers(DeadLetterHandlers):
         try:
             silences = await find_silences(self.deps.store, _listing(request), now)
         except InputError as exc:
-            return error(400, exc.message, exc.field or None)
+            return bad_input(exc)
         return json_response({"silences": [silence_view(s, now) for s in silences]})
 
     async def get(self, request: web.Request) -> web.Response:
@@ -224,7 +225,7 @@ class HistoryHandlers(SilenceHandlers):
         try:
             rows = await find_history(self.deps.store, _single(request), self.deps.clock())
         except InputError as exc:
-            return error(400, exc.message, exc.field or None)
+            return bad_input(exc)
         return json_response({"notifications": [notification_view(n) for n in rows]})
 
     async def get_notification(self, request: web.Request) -> web.Response:
