@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 
 from relay import signals
-from relay.cli_config import cmd_check, cmd_send_test, cmd_serve, cmd_test, count
+from relay.cli_config import cmd_check, cmd_send_test, cmd_serve, cmd_test, count, warn_overridden
 from relay.cli_parser import build_parser, missing_ids, refuse_undecodable
 from relay.cli_store import (
     check_named_config,
@@ -23,7 +23,7 @@ from relay.cli_store import (
     cmd_silence_expire,
     cmd_silence_list,
 )
-from relay.errors import ConfigError, RelayError, StoreUnavailable
+from relay.errors import ConfigError, Problem, RelayError, StoreUnavailable
 from relay.logs import SCRUB, setup_logging
 from relay.settings import Settings, load_settings
 
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "serve":  # warnings (a `when` that failed in `relay test`) in the
             quiet = max(settings.log_level, "WARNING", key=logging.getLevelName)  # their format
             setup_logging(settings.log_format, quiet)
+            warn_overridden(args)
         return command(args, settings)
     except RelayError as exc:  # ConfigError too
         serving_json = args.command == "serve" and _json(settings)
@@ -77,17 +78,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    """The RELAY_* settings. `relay check` goes on past bad ones (but RELAY_CONFIG, which names
-    what to check) with those at their defaults, to name them with the config's problems."""
+    """The RELAY_* settings. A bad one the command line overrides (`--workers` over
+    RELAY_WORKERS, `--config` over RELAY_CONFIG) stops nothing: it is left at its default and
+    only warned of (`args.env_overridden`, see warn_overridden). `relay check` goes on past the
+    other bad ones (but RELAY_CONFIG, which names what to check) with those at their defaults,
+    to name them with the config's problems."""
     try:
         return load_settings()
     except ConfigError as exc:
-        fields = {p.path.removeprefix("RELAY_").lower() for p in exc.problems}
-        if args.command != "check" or "config" in fields:
-            raise
-        args.env_problems = exc.problems
-        defaults = {name: Settings.model_fields[name].default for name in fields}
+        given = {name for name in ("config", "workers") if getattr(args, name, None) is not None}
+        args.env_overridden = [p for p in exc.problems if _setting(p) in given]
+        problems = [p for p in exc.problems if _setting(p) not in given]
+        fields = {_setting(p) for p in problems}
+        if problems and (args.command != "check" or "config" in fields):
+            raise ConfigError(problems) from None
+        args.env_problems = problems
+        defaults = {_setting(p): Settings.model_fields[_setting(p)].default for p in exc.problems}
         return load_settings(**defaults)
+
+
+def _setting(problem: Problem) -> str:
+    return problem.path.removeprefix("RELAY_").lower()
 
 
 def _json(settings: Settings | None) -> bool:

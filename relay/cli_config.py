@@ -50,6 +50,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     setup_logging(settings.log_format, settings.log_level)
     if args.delivery_worker is not None:  # every line of a worker names it, its first ones too
         tag_lines(worker=args.delivery_worker)
+    else:  # said once, by the parent
+        warn_overridden(args)
     compiled = _compiled(args, settings)
     if compiled.loaded.builtin:
         log.warning(
@@ -62,6 +64,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     events = None if args.events_fd is None else os.fdopen(args.events_fd, "w", encoding="utf-8")
     run_loop(serve(settings, compiled, Role(workers, args.delivery_worker, events)))
     return 0
+
+
+def warn_overridden(args: argparse.Namespace) -> None:
+    """A warning for each bad RELAY_* variable that a command-line flag overrides (relay.cli's
+    _settings): it stops nothing, but the next start without the flag would."""
+    for problem in getattr(args, "env_overridden", []):
+        log.warning(
+            "environment variable ignored: the command line overrides it",
+            extra={"problem": str(problem)},
+        )
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -1579,13 +1579,20 @@ def test_a_libpq_variable_the_url_overrides_is_not_read(
 
 
 def test_an_empty_config_path_is_named_not_read_as_the_working_directory(tmp_path: Path) -> None:
-    variable, flag = parallel(
+    """An empty RELAY_CONFIG is refused, but not under a --config that overrides it (the
+    command line wins): that only warns."""
+    config = str(write(tmp_path / "c.yaml", GOOD))
+    variable, flag, overridden = parallel(
         cli("check", env={"RELAY_CONFIG": ""}, cwd=tmp_path),
         cli("check", "--config", "", cwd=tmp_path),
+        cli("check", "--config", config, env={"RELAY_CONFIG": ""}, cwd=tmp_path),
     )
     assert variable.returncode == 1 and "RELAY_CONFIG: empty" in variable.stderr
     assert flag.returncode == 2 and "--config: empty path" in flag.stderr
     assert "directory" not in output(variable) + output(flag)
+    assert overridden.returncode == 0, output(overridden)
+    assert "ignored: the command line overrides it" in overridden.stderr
+    assert "RELAY_CONFIG: empty" in overridden.stderr
 
 
 def test_an_address_relay_cannot_listen_on_is_named_without_a_traceback(tmp_path: Path) -> None:

@@ -117,6 +117,22 @@ def test_each_channel_has_exactly_one_worker() -> None:
         assert all(owner(n, names, count) == i for i, s in enumerate(shares) for n in s)
 
 
+async def test_workers_flag_overrides_a_bad_relay_workers_with_a_warning(
+    relay_process: Callable[..., RelayProcess], sink: Sink
+) -> None:
+    """`RELAY_WORKERS=abc relay serve --workers 1`: the command line wins over the environment,
+    so the bad variable it overrides stops nothing (it refused the start); the parent says
+    once that it was ignored."""
+    proc = relay_process(config(sink.url), {"RELAY_WORKERS": "abc"})
+    proc.argv += ["--workers", "1"]
+    await asyncio.to_thread(proc.start)
+    assert list(worker_pids(proc)) == [0]
+    ignored = [e for e in proc.logs if e.get("msg", "").startswith("environment variable ignored")]
+    assert [(e["level"], e.get("worker")) for e in ignored] == [("warning", None)], ignored
+    assert "RELAY_WORKERS: expected a whole number (got 'abc')" in ignored[0]["problem"]
+    assert await asyncio.to_thread(proc.terminate) == 0
+
+
 async def test_workers_deliver_everything_once_and_the_parent_counts_it(
     relay_process: Callable[..., RelayProcess], sink: Sink
 ) -> None:
