@@ -138,7 +138,12 @@ def host_port(value: str) -> tuple[str, int]:
     port = int(port_text)
     if not 0 <= port <= 65535:
         raise ValueError("port must be 0-65535")
+    if not host:  # `:9093`: every address, as Go (Alertmanager's --web.listen-address) has it
+        return EVERY_ADDRESS, port
     return _listen_host(host) or "0.0.0.0", port  # noqa: S104 - all interfaces is the default
+
+
+EVERY_ADDRESS = "*"  # every IPv4 and IPv6 address (one socket for each family)
 
 
 def _listen_host(host: str) -> str:

@@ -991,7 +991,7 @@ def test_environment_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     settings = load_settings()
     assert settings.listen_host_port == ("::1", 9000)
     assert load_settings(listen="[127.0.0.1]:80").listen_host_port == ("127.0.0.1", 80)
-    assert load_settings(listen=":8080").listen_host_port == ("0.0.0.0", 8080)
+    assert load_settings(listen=":8080").listen_host_port == ("*", 8080)  # Go's every address
     assert settings.replica_timeout == 90.0
     assert settings.log_level == "DEBUG"
     assert settings.config_explicit

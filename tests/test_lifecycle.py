@@ -521,14 +521,16 @@ def ipv6_or_skip() -> None:
         pytest.skip("no IPv6 loopback here")
 
 
+@pytest.mark.parametrize("every", ["*", ""])
 async def test_the_listening_line_names_every_address_relay_listens_on(
-    relay_process: Callable[..., RelayProcess],
+    relay_process: Callable[..., RelayProcess], every: str
 ) -> None:
     """RELAY_LISTEN=*:PORT listens on every IPv4 and IPv6 address, and the line said only
-    `0.0.0.0` (the first socket's): an operator looking for IPv6 read that there was none."""
+    `0.0.0.0` (the first socket's): an operator looking for IPv6 read that there was none.
+    `:PORT` too, as Go's listeners (Alertmanager's `:9093`) read it: it was IPv4 alone."""
     ipv6_or_skip()
     port = free_port()
-    proc = relay_process(CONSOLE_FAILURES, {"RELAY_LISTEN": f"*:{port}"})
+    proc = relay_process(CONSOLE_FAILURES, {"RELAY_LISTEN": f"{every}:{port}"})
     await asyncio.to_thread(proc.start)
     [line] = [e for e in proc.logs if e.get("msg") == "listening"]
     assert sorted(line["addresses"]) == [f"0.0.0.0:{port}", f"[::]:{port}"]
