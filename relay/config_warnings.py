@@ -12,6 +12,7 @@ from relay.config_load import LoadedConfig
 from relay.config_rules import MatchConfig, RuleConfig
 from relay.durations import format_duration
 from relay.errors import did_you_mean
+from relay.grouping import EVERY_RUN
 from relay.model import Run, Timing
 from relay.rule_filters import passes_filters, statuses_of
 from relay.rules import Locate
@@ -283,6 +284,7 @@ _RUN_FIELDS = frozenset(Run.model_fields) | {
     "version", "batchId", "friendlyId", "depth", "triggerFunction", "attemptCount",
     "isQueued", "isWaiting", "isExecuting", "isCompleted", "isFailed", "isSuccess",
     "isCancelled", "schedule", "relatedRuns", "environment", "project",
+    "env",  # runs.list's {id, name}, kept beside the `environment` read from it
     # a run from Trigger.dev's alert webhooks (TRIGGER.md §3.2) keeps the alert's other parts
     "alert", "organization", "machine", "dashboardUrl", "isOutOfMemoryError",
 }  # fmt: skip
@@ -316,35 +318,49 @@ def _repeat_under_group_interval(rules: list[RuleConfig], locate: Locate) -> lis
 
 
 def _match_names_in_group_by(rules: list[RuleConfig], locate: Locate) -> list[str]:
-    """Warnings for `group_by: [task]` or `[taskIdentifer]`: valid (a run keeps unknown
-    fields), and one group."""
+    """Warnings for `group_by: [task]`, `[taskIdentifer]` or `[severity]` (Alertmanager's
+    habit): valid (a run keeps unknown fields), and one group, with the paths that group."""
     out = []
     for i, rule in enumerate(rules):
         if rule.match.event != "run":
             continue
         for j, path in enumerate(rule.group_by or ()):
+            where = f"{locate(('rules', i, 'group_by', j))}: rules[{i}].group_by[{j}]: a run has"
             field = _meant_field(path)
             if field is not None:
                 out.append(
-                    f"{locate(('rules', i, 'group_by', j))}: rules[{i}].group_by[{j}]: a run has"
-                    f" no field {path!r}, so every run falls in one group; group_by reads the run"
-                    f" as JSON: did you mean {field!r}?"
+                    f"{where} no field {path!r}, so every run falls in one group; group_by reads"
+                    f" the run as JSON: did you mean {field!r}?"
+                )
+            elif path != EVERY_RUN and not _run_path(path):
+                out.append(
+                    f"{where} no field {path!r} (unless the runs posted carry one), so every run"
+                    f" falls in one group; group by a run field ({_GROUPING_FIELDS}): did you"
+                    f" mean 'metadata.{path}'?"
                 )
     return out
+
+
+# what a group_by usefully names, for the warning of a path no run has
+_GROUPING_FIELDS = "taskIdentifier, status, tags, metadata.KEY, environment.id, isTest, version"
 
 
 def _meant_field(path: str) -> str | None:
     """The run field a group_by path's first part names by a match key's name, or misspelled;
     `task` too, unless the path reads the alert webhook run's task (`task.version`)."""
-    head, _, rest = path.partition(".")
-    if head == "task" and rest.split(".")[0] in _ALERT_TASK_FIELDS:
+    if _run_path(path):
         return None
-    if head in _RUN_FIELDS:
-        return None
+    head = path.partition(".")[0]
     if head in _RUN_FIELD_OF_MATCH_KEY:
         return _RUN_FIELD_OF_MATCH_KEY[head]
     close = difflib.get_close_matches(head, _RUN_FIELDS, n=1, cutoff=0.8)
     return close[0] if close else None
+
+
+def _run_path(path: str) -> bool:
+    """Whether `path` starts at a field of a run (or of an alert webhook run's task)."""
+    head, _, rest = path.partition(".")
+    return head in _RUN_FIELDS or (head == "task" and rest.split(".")[0] in _ALERT_TASK_FIELDS)
 
 
 def _yaml11_words(loaded: LoadedConfig) -> list[str]:

@@ -189,8 +189,23 @@ def test_check_warns_of_a_repeat_interval_shorter_than_group_interval() -> None:
 def test_check_warns_of_a_misspelled_run_field_in_group_by() -> None:
     """`group_by: [taskIdentifer]` put every run in one group without a word: a run keeps
     unknown fields, so the path is valid, and no run has it."""
-    warnings = group_by_warnings("taskIdentifer, metdata.tenant, region, taskIdentifier, version")
+    warnings = group_by_warnings("taskIdentifer, metdata.tenant, taskIdentifier, version")
     assert [w.split(": did you mean ")[1] for w in warnings] == ["'taskIdentifier'?", "'metadata'?"]
+
+
+def test_check_warns_of_a_group_by_path_no_run_has() -> None:
+    """`group_by: [severity]`, as an Alertmanager route groups by a label, said nothing: no
+    run has the field (nor a name near it), so every run fell in one group. It warns with
+    the paths that group, and the metadata key the operator may have meant; a path under a
+    run field (metadata, environment, runs.list's env) does not."""
+    assert group_by_warnings("'...'") == []  # a group per run
+    warnings = group_by_warnings("severity, metadata.severity, environment.id, env.name")
+    assert warnings == [
+        "c.yaml:7: rules[0].group_by[0]: a run has no field 'severity' (unless the runs posted"
+        " carry one), so every run falls in one group; group by a run field (taskIdentifier,"
+        " status, tags, metadata.KEY, environment.id, isTest, version): did you mean"
+        " 'metadata.severity'?"
+    ]
 
 
 def test_check_takes_the_alert_webhook_runs_task_for_a_field() -> None:
