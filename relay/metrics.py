@@ -55,8 +55,11 @@ class IntakeOutcome(Protocol):
 
 # 600 is a bound because RelayDeliverySlow's threshold is 600 s: histogram_quantile interpolates
 # inside a bucket, and one from 300 to 3600 read every delivery past 300 s as nearly 3600 s.
+# They go up to a day, the default retry max_age: a notification retried for hours landed in
+# +Inf past 3600, which histogram_quantile reads as 3600 (a p99 of "1h" for 20 h late).
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600,
+    7200, 21600, 43200, 86400,
 )  # fmt: skip
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 20, 50)
 RELOAD_RESULTS = ("success", "failure")
