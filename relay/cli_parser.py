@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import os
 import pwd
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,22 @@ def _worker_count(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+_TIME_EXAMPLE = "2026-11-28T18:00:00Z"
+
+
+def _given(example: str) -> Callable[[str], str]:
+    """A flag's value, refused when empty (a usage error, exit 2): `--until "$END"` with END
+    unset ended the silence after the default hour and `--start ''` started it now, as if the
+    flag had not been given, and `--duration ''` was an error of the store's command (exit 1)."""
+
+    def given(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"empty: give {example}, or leave the flag out")
+        return text
+
+    return given
+
+
 class _DashValues(argparse.ArgumentParser):
     """A parser whose options take a value starting with `-` that is none of its options:
     `-d -1h` and `-d -abc` are durations to refuse, naming the value ("--duration '-abc':
@@ -204,12 +221,23 @@ def _silence_add_parser(silence_sub: Any, parents: list[argparse.ArgumentParser]
             f"--{matcher}", action="append", help=f"{matcher} to mute (repeat for any of several)"
         )
     add.add_argument(
-        "-d", "--duration", default="1h", help="how long, from the start: 30m, 2h, 1d (1h)"
+        "-d",
+        "--duration",
+        default="1h",
+        type=_given("a duration like 2h"),
+        help="how long, from the start: 30m, 2h, 1d (1h)",
     )
     add.add_argument(
-        "--until", "--end", help="end time, ISO-8601 (2026-11-28T18:00:00Z); wins over --duration"
+        "--until",
+        "--end",
+        type=_given(f"a time like {_TIME_EXAMPLE}"),
+        help=f"end time, ISO-8601 ({_TIME_EXAMPLE}); wins over --duration",
     )
-    add.add_argument("--start", help="start time, ISO-8601 (default: now)")
+    add.add_argument(
+        "--start",
+        type=_given(f"a time like {_TIME_EXAMPLE}"),
+        help="start time, ISO-8601 (default: now)",
+    )
     add.add_argument("-c", "--comment", default="")
     add.add_argument(  # a string default goes through `type` too: the login name, read then
         "-a", "--author", type=_author, default="", help="created_by (default: $USER)"

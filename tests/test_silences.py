@@ -1191,6 +1191,29 @@ def test_cli_add_with_an_empty_author_takes_the_default_as_amtool(tmp_path: Path
     assert [view["created_by"] for view in listed] == ["ops", "ops"]
 
 
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--until", ""], "argument --until/--end: empty: give a time like"),
+        (["--end= "], "argument --until/--end: empty: give a time like"),
+        (["--start", ""], "argument --start: empty: give a time like"),
+        (["--duration", ""], "argument -d/--duration: empty: give a duration like 2h"),
+        (["-d", "", "--until", "2999-01-01"], "argument -d/--duration: empty"),
+    ],
+)
+def test_cli_add_refuses_an_empty_time_or_duration(
+    tmp_path: Path, args: list[str], complaint: str
+) -> None:
+    """`--until "$END"` with END unset made a silence of the default hour, `--start ''` one
+    starting now, as if the flag were not there; `-d ''` was an error of the store's command
+    (exit 1). Each is a usage error (exit 2), as `--config ''` is, and adds nothing."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    bad = run_cli_in_process("silence", "add", "task=x", *args, env=env)
+    assert (bad.returncode, bad.stdout) == (2, ""), bad.stderr
+    assert f"relay silence add: error: {complaint}" in bad.stderr, bad.stderr
+    assert run_cli_in_process("silence", "list", "--all", "-q", env=env).stdout == ""
+
+
 def test_cli_list_shows_when_a_pending_silence_starts(tmp_path: Path) -> None:
     """A silence for tonight's maintenance was listed `pending` with its end alone: when it
     starts was nowhere but in --json (amtool's query shows Starts At beside Ends At)."""
