@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from relay.templating import read_overrides
 
 if TYPE_CHECKING:
     from relay.configure import Compiled
@@ -28,6 +31,34 @@ def config_fingerprint(compiled: Compiled) -> tuple[tuple[str, int, int, int], .
             continue
         out.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino))
     return tuple(out)
+
+
+def read_digest(compiled: Compiled) -> str | None:
+    """A digest of what `compiled` was read from: the config file's text and the files of its
+    templates directory, as read (None for the built-in default, read from no file)."""
+    loaded = compiled.loaded
+    return None if loaded.builtin else _digest(loaded.source.text, compiled.renderer.overrides)
+
+
+def disk_digest(compiled: Compiled) -> str | None:
+    """read_digest of the files `compiled` was read from as they are now: the same when they
+    were rewritten with the content they had (a `touch`, a config-management tool's run); None
+    when the config file cannot be read. Reads the files: call it off the event loop."""
+    loaded = compiled.loaded
+    if loaded.builtin:
+        return None
+    try:
+        text = Path(loaded.source.filename).read_text(encoding="utf-8")  # as config_load reads
+    except (OSError, UnicodeDecodeError):
+        return None
+    return _digest(text, read_overrides(loaded.config.templates.dir))
+
+
+def _digest(text: str, templates: Mapping[str, bytes]) -> str:
+    digest = hashlib.sha256(text.encode(errors="surrogatepass"))
+    for name, data in sorted(templates.items()):
+        digest.update(b"\0" + name.encode(errors="replace") + b"\0" + data)
+    return digest.hexdigest()
 
 
 _WHERE = {"templates": {"dir"}}  # the config's files' place on disk: not part of its digest

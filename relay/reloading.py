@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Protocol
 
 from relay import heap
-from relay.config_digest import config_fingerprint
+from relay.config_digest import config_fingerprint, disk_digest, read_digest
 from relay.configure import Compiled, compile_config, load, load_text
 from relay.errors import ConfigError, Problem, StoreUnavailable
 from relay.metrics import Metrics
@@ -55,8 +55,10 @@ class ConfigReloads:
         self.lock = asyncio.Lock()
         self._watching = asyncio.Lock()  # one look at the files at a time
         self._signal_waits = False  # a SIGHUP's reload waits for `lock`, the files not yet read
-        # what the running config was read from
+        # what the running config was read from: the files' stat, and their content (None
+        # after a refused reload, whose files were not taken: the next change reloads)
         self._fingerprint = config_fingerprint(service.compiled)
+        self._content = read_digest(service.compiled)
 
     async def reload(self, trigger: str) -> bool:
         """Load and check the config again; swap it in only if it is valid."""
@@ -75,9 +77,11 @@ class ConfigReloads:
         path = None if running.loaded.builtin else Path(running.loaded.source.filename)
         await self._settled()
         self._fingerprint = config_fingerprint(running)
+        self._content = None
         compiled = await self._read(trigger, path)
         if compiled is None or self._skipped(trigger):  # SIGTERM while the file was read
             return False
+        self._content = read_digest(compiled)
         if compiled.loaded.config.templates.dir != running.loaded.config.templates.dir:
             self._fingerprint = config_fingerprint(compiled)  # watch the new directory
         await self._swap(trigger, compiled)
@@ -175,7 +179,8 @@ class ConfigReloads:
 
     async def reload_if_changed(self) -> bool | None:
         """Reload when a file the running config was read from changed and then stayed as it
-        is for SETTLE_S; None when none did, or one is still being written."""
+        is for SETTLE_S; None when none did, one is still being written, or each holds what
+        the running config was read from (touched, or rewritten with the same content)."""
         async with self._watching:
             seen = config_fingerprint(self.service.compiled)
             if seen == self._fingerprint:
@@ -186,7 +191,18 @@ class ConfigReloads:
                 return None  # still being written: the next poll looks again
             if now == self._fingerprint:
                 return None  # a SIGHUP meanwhile loaded it
+            if await self._rewritten_unchanged():
+                self._fingerprint = now  # a SIGHUP still reloads
+                log.debug("config files rewritten unchanged; not reloaded")
+                return None
             return await self.reload("file change")
+
+    async def _rewritten_unchanged(self) -> bool:
+        """Whether the files hold what the running config was read from (touched, or written
+        again with the same content), so that reloading would change nothing."""
+        if self._content is None:
+            return False
+        return await asyncio.to_thread(disk_digest, self.service.compiled) == self._content
 
 
 async def owed_to_removed(store: Store, channels: set[str]) -> None:

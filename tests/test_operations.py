@@ -256,6 +256,55 @@ async def test_a_new_templates_dir_is_watched_from_the_reload_that_names_it(
     assert len(set(hashes)) == 3 and all(0 < h < 2**52 for h in hashes), hashes
 
 
+def touch(path: Path, by_s: int = 5) -> None:
+    """`touch`: the file's mtime moved on, its content as it was."""
+    mtime = path.stat().st_mtime_ns + by_s * 10**9
+    os.utime(path, ns=(mtime, mtime))
+
+
+async def test_files_rewritten_unchanged_are_not_reloaded_but_sighup_reloads(
+    relay: RelayFactory,
+    sink: Sink,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `touch`, or a config-management tool rewriting the same content every minute (a new
+    file renamed over the old), reloaded and logged "config reloaded" each time. Only a change
+    of content reloads now; a SIGHUP always does (after an edit of something relay does not
+    watch), and a changed template still does, and so does a file put back as it runs after a
+    refused edit."""
+    caplog.set_level(logging.DEBUG, logger="relay")
+    monkeypatch.setattr(reloading, "WATCH_EVERY_S", 3600)  # this test looks, not the watch
+    template = tmp_path / "tpl" / "webhook" / "run.json.j2"
+    template.parent.mkdir(parents=True)
+    template.write_text('{"mine": {{ run.id | tojson }}}')
+    text = CONFIG.format(url=sink.url, rule="failures", status="failure")
+    r = await relay(f"templates: {{dir: {tmp_path / 'tpl'}}}\n{text}")
+    path = Path(r.service.compiled.loaded.source.filename)
+    touch(path)
+    assert await r.service.reload_if_changed() is None
+    staged = tmp_path / "staged.yaml"
+    staged.write_text(path.read_text())
+    staged.rename(path)  # a new inode, the same content
+    assert await r.service.reload_if_changed() is None
+    touch(template)
+    assert await r.service.reload_if_changed() is None
+    assert await r.service.reload_if_changed() is None  # the touch is not seen again
+    template.write_text('{"mine": {{ run.taskIdentifier | tojson }}}')
+    assert await r.service.reload_if_changed() is True
+    assert await r.service.reload("SIGHUP") is True
+    running = path.read_text()
+    path.write_text("rules: [not a rule]\n")
+    assert await r.service.reload_if_changed() is False  # refused: the old config runs on
+    path.write_text(running)  # put back as it runs: reloaded, the operator sees it taken
+    assert await r.service.reload_if_changed() is True
+    said = [rec.getMessage() for rec in caplog.records if "reloaded" in rec.getMessage()]
+    assert said.count("config reloaded") == 3, said
+    assert said.count("config files rewritten unchanged; not reloaded") == 3, said
+    assert value(await metrics_text(r), 'relay_config_reloads_total{result="success"}') == 3
+
+
 async def test_sighup_on_the_built_in_default_loads_a_config_yaml_written_since(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
