@@ -25,6 +25,7 @@ from relay.rules import (
     when_problems,
 )
 from relay.settings import Settings
+from relay.template_layout import unrendered_files
 from relay.templating import Renderer
 
 BUILTIN_NAME = "<built-in>"
@@ -136,6 +137,7 @@ def compile_config(loaded: LoadedConfig, templates: Mapping[str, bytes] | None =
     types = {name: channel.type for name, channel in config.channels.items()}
     found, unknown = _check_templates(renderer, types, every_rule, loaded.locate)
     found += _broken_files(renderer, loaded.locate, found)
+    warnings += _unrendered_files(renderer, loaded.locate)
     if problems or found:
         raise ConfigError(in_file_order(problems + found))
     return Compiled(loaded, rules, renderer, tuple(dict.fromkeys(warnings + unknown)))
@@ -208,6 +210,16 @@ def _broken_files(renderer: Renderer, locate: Locate, reported: list[Problem]) -
         for why in renderer.broken_overrides()
         if not any(problem.message.endswith(why) for problem in reported)
     ]
+
+
+def _unrendered_files(renderer: Renderer, locate: Locate) -> list[str]:
+    """Warnings of the files of templates.dir no lookup finds (relay.template_layout)."""
+    if not renderer.overrides:
+        return []
+    where = locate(("templates", "dir"))
+    parts = {kind.type: kind.parts for kind in channel_registry.REGISTRY.values()}
+    found = unrendered_files(renderer.overrides, renderer.reached_by_overrides(), parts)
+    return [f"{where}: templates.dir: {why}" for why in found]
 
 
 def _templates_of(rule: RuleConfig) -> list[str]:

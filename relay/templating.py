@@ -273,6 +273,16 @@ class Renderer:
             return False
         return True
 
+    def reached_by_overrides(self) -> set[str]:
+        """The templates the override files extend, include or import by a constant name."""
+        reached: set[str] = set()
+        for name in self.overrides:
+            if name.endswith(TEMPLATE_SUFFIX):
+                with contextlib.suppress(TemplateError, UnicodeDecodeError, OSError):
+                    refs = meta.find_referenced_templates(self._parse(name))
+                    reached.update(ref for ref in refs if ref is not None)
+        return reached
+
     def broken_overrides(self) -> list[str]:
         """What is wrong with each `*.j2` file of the override directory that does not compile,
         whether a rule renders it or not (Alertmanager refuses any broken template file too)."""

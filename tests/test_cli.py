@@ -16,6 +16,7 @@ import json
 import os
 import pwd
 import re
+import shutil
 import socket
 import subprocess
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from relay.cli import main as relay_main
 from relay.cli_config import MAX_EVENT_BYTES
 from relay.model import Decision, Match, Run, RunState
 from relay.store.sqlite import SQLiteStore
+from relay.templating import shipped_templates_dir
 from tests.conftest import (
     FIXTURES,
     Sink,
@@ -597,6 +599,42 @@ def test_check_warns_of_a_misspelled_template_variable(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         f"warning: {config}:4: rules[0].template: console/mine.txt.j2 line 3: "
         "`runn` is not in the template context (it renders empty)"
+    ]
+
+
+def test_check_warns_of_template_files_relay_never_renders(tmp_path: Path) -> None:
+    """An override written to the wrong place (a misspelt folder, a part the type lacks, no
+    `.j2`, a subfolder, the top) was never looked up: `relay check` said OK and the shipped
+    template went out. Partials, files a template includes and the shipped layout stay quiet."""
+    tpl = tmp_path / "templates"
+    shutil.copytree(shipped_templates_dir(), tpl)  # the shipped layout, copied: no warning
+    (tpl / "slak").mkdir()
+    (tpl / "slack" / "nested").mkdir()
+    for name in ("slak/run.json.j2", "email/run.subj.j2", "webhook/mine.json", "mine.txt.j2"):
+        write(tpl / name, "{{ run.id }}\n")
+    write(tpl / "slack" / "nested" / "x.json.j2", "{}\n")
+    write(tpl / "console" / "part.j2", "included\n")  # no part, but included by name
+    write(tpl / "console" / "mine.txt.j2", '{% include "console/part.j2" %}\n')
+    write(tpl / "console" / "README.md", "notes\n")
+    config = write(
+        tmp_path / "c.yaml",
+        "templates: {dir: ./templates}\nchannels: {c: {type: console}}\n"
+        "rules:\n  - {name: r, notify: [c], template: mine}\n",
+    )
+    result = run_cli_in_process("check", "--config", str(config))
+    assert result.returncode == 0, output(result)
+    never = f"warning: {config}:1: templates.dir: "
+    assert result.stderr.splitlines() == [
+        f"{never}email/run.subj.j2 is never rendered: `.subj` is no part of `email` messages "
+        "(parts: subject, txt, html)",
+        f"{never}mine.txt.j2 is never rendered: not in a channel type's folder (console, "
+        "discord, email, msteams, pagerduty, slack, webhook)",
+        f"{never}slack/nested/x.json.j2 is never rendered: a template is "
+        "`slack/<template>.<part>.j2`, not in a subfolder",
+        f"{never}slak/run.json.j2 is never rendered: `slak/` is no channel type "
+        "(did you mean slack?)",
+        f"{never}webhook/mine.json is never rendered: its name lacks `.j2` "
+        "(did you mean webhook/mine.json.j2?)",
     ]
 
 
