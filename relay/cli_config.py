@@ -174,6 +174,7 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
                         "parts": m.parts,
                         "fallback": m.fallback,
                         "error": m.error,
+                        "changes": r.changes.get((rule, ch), []),
                     }
                     for rule, ch, m in r.messages
                 ],
@@ -200,7 +201,9 @@ def _print_dry_run(results: list[DryRun]) -> None:
         print(one_line(f"{r.event} {r.run_id}: {matched}"))
         for rule, channel, rendered in r.messages:
             fallback = f" (fallback: {rendered.error})" if rendered.fallback else ""
-            print(one_line(f"--- rule {rule} → channel {channel}{fallback}"))
+            changes = "; ".join(r.changes.get((rule, channel), []))
+            sent = f" (sent changed: {changes})" if changes else ""
+            print(one_line(f"--- rule {rule} → channel {channel}{fallback}{sent}"))
             for part, text in rendered.parts.items():
                 if len(rendered.parts) > 1:
                     print(f"[{part}]")

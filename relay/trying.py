@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from relay import channels as channel_registry
@@ -40,6 +40,8 @@ class DryRun:
     rules: list[str]
     messages: list[tuple[str, str, Rendered]]  # (rule, channel, rendered)
     event: str = "run"  # run, deployment.failed, ...: what `relay test` heads the id with
+    # by (rule, channel): what the channel changes of the rendered message before sending it
+    changes: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
 
 def dry_run(compiled: Compiled, runs: list[Run]) -> list[DryRun]:
@@ -50,7 +52,7 @@ def dry_run(compiled: Compiled, runs: list[Run]) -> list[DryRun]:
     out = []
     for run in runs:
         decision = compiled.rules.decide(run, None)
-        messages = []
+        messages, changes = [], {}
         for match in decision.matches:
             row = Notification(
                 notification_id(run.id, match.rule, match.channel),
@@ -62,16 +64,21 @@ def dry_run(compiled: Compiled, runs: list[Run]) -> list[DryRun]:
                 time.time(),
             )
             route = route_for(compiled, match.channel, env, throttled=False)
-            messages.append(
-                (
-                    match.rule,
-                    match.channel,
-                    render_notification(compiled.renderer, match.channel, route, row, link),
-                )
-            )
+            rendered = render_notification(compiled.renderer, match.channel, route, row, link)
+            messages.append((match.rule, match.channel, rendered))
+            changes[match.rule, match.channel] = _changes(compiled, match.channel, rendered)
         rules = list(dict.fromkeys(m.rule for m in decision.matches))
-        out.append(DryRun(run.id, rules, messages, run.event))
+        out.append(DryRun(run.id, rules, messages, run.event, changes))
     return out
+
+
+def _changes(compiled: Compiled, channel: str, rendered: Rendered) -> list[str]:
+    """What the channel changes of a rendered `json` part before sending it (ChannelKind)."""
+    kind = channel_registry.REGISTRY[compiled.loaded.config.channels[channel].type]
+    json_part = rendered.parts.get("json")
+    if kind.changes is None or json_part is None or rendered.fallback:
+        return []
+    return kind.changes(json_part)
 
 
 async def send_test(compiled: Compiled, channel: str) -> str | None:

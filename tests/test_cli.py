@@ -726,6 +726,37 @@ def test_dry_run_says_why_a_message_is_the_fallback(tmp_path: Path) -> None:
     assert (message["fallback"], message["error"]) == (True, error)
 
 
+def test_dry_run_says_what_slack_drops_or_cuts(tmp_path: Path) -> None:
+    """`relay test` showed a Slack part as rendered, but the channel drops what Slack would
+    refuse (a section whose text is no string, blocks past 50) and cuts long texts: the
+    template's author saw 60 blocks where Slack got 50, and a block that never arrived."""
+    (tmp_path / "templates" / "slack").mkdir(parents=True)
+    write(
+        tmp_path / "templates" / "slack" / "mine.json.j2",
+        '{"text": "t", "attachment": [], "blocks": [\n'
+        '{"type": "section", "text": {"type": "mrkdwn", "text": {{ run.tags|tojson }}}},\n'
+        '{"type": "section", "text": {"type": "mrkdwn", "text": {{ ("y" * 5000)|tojson }}}}\n'
+        '{% for i in range(60) %},{"type": "divider"}{% endfor %}]}\n',
+    )
+    config = write(
+        tmp_path / "c.yaml",
+        "templates: {dir: ./templates}\n"
+        "channels: {s: {type: slack, webhook_url: 'http://127.0.0.1:9/never'}}\n"
+        "rules:\n  - {name: r, notify: [s], match: {status: [failure]}, template: mine}\n",
+    )
+    text = run_cli_in_process("test", str(FAILED_JSON), "--config", str(config))
+    as_json = run_cli_in_process("test", str(FAILED_JSON), "--config", str(config), "--json")
+    changes = [
+        "`attachment` dropped (not a Slack message key)",
+        "block 1 (section) dropped: nothing Slack can show",
+        "block 2 (section) cut to Slack's limits",
+        "blocks 52-62 dropped: Slack takes 50 blocks",
+    ]
+    assert f"--- rule r → channel s (sent changed: {'; '.join(changes)})" in text.stdout
+    [message] = json.loads(as_json.stdout)[0]["messages"]
+    assert (message["fallback"], message["changes"]) == (False, changes)
+
+
 def test_dry_run_shows_hostile_run_data_escaped(tmp_path: Path) -> None:
     """`relay test` printed a run id and the rendered console text raw: an ESC sequence in a
     run's error message cleared or retitled the operator's terminal, a line break forged a line."""

@@ -103,6 +103,9 @@ class ChannelKind:
     # what is wrong with a rendered `json` part for this type (None: nothing), beyond being
     # JSON: the renderer treats a problem as a template failure (plain fallback, error logged)
     check: Callable[[str], str | None] | None = None
+    # what the channel changes of a rendered `json` part before it sends it (a block dropped
+    # or cut to the receiver's limits), in words: `relay test` shows the part as rendered
+    changes: Callable[[str], list[str]] | None = None
     # a send opens an incident that stays open (and joins the next send of the same key) until
     # a recovery resolves it: `relay send-test` resolves the one it opened
     opens_incidents: bool = False

@@ -102,6 +102,41 @@ def slack_message(rendered: str, default_text: str) -> dict[str, Any]:
     return message
 
 
+def changes(rendered: str) -> list[str]:
+    """What slack_message changes of a rendered part that is a JSON object or list (a key
+    Slack does not take, a block dropped or cut, blocks past MAX_BLOCKS, the text cut), in
+    words for `relay test`, which shows the part as rendered: a block the template got wrong
+    (a text that is not a string) never reached Slack, and nothing said so."""
+    try:
+        value: Any = orjson.loads(rendered)
+    except orjson.JSONDecodeError:
+        return []
+    value = {"blocks": value} if isinstance(value, list) else value
+    if not isinstance(value, dict):
+        return []
+    said = [
+        f"`{key}` dropped (not a Slack message key)" for key in value if key not in _MESSAGE_KEYS
+    ]
+    blocks = value.get("blocks")
+    blocks = blocks if isinstance(blocks, list) else []
+    kept: list[int] = []
+    for i, block in enumerate(blocks, 1):
+        clamped = _clamp_block(block)
+        kind = block.get("type") if isinstance(block, dict) else None
+        if clamped is None:
+            said.append(f"block {i} ({kind}) dropped: nothing Slack can show")
+        elif len(kept) < MAX_BLOCKS and clamped != block:
+            said.append(f"block {i} ({kind}) cut to Slack's limits")
+        kept += [i] if clamped is not None else []
+    if len(kept) > MAX_BLOCKS:
+        past = kept[MAX_BLOCKS:]
+        said.append(f"blocks {past[0]}-{past[-1]} dropped: Slack takes {MAX_BLOCKS} blocks")
+    text = value.get("text")
+    if isinstance(text, str) and len(text) > MAX_TEXT:
+        said.append(f"text cut to {MAX_TEXT} characters")
+    return said
+
+
 def says_nothing(rendered: str) -> str | None:
     """Why a rendered part makes a message of nothing (no text, no block, no attachment kept:
     Slack would get only relay's one-line default), else None. The renderer counts it a

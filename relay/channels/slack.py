@@ -65,6 +65,7 @@ from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._http_answers import HttpResponse, https_or_local
 from relay.channels._slack_api import api_answer, classify, error_name, in_thread, posted_at
 from relay.channels._slack_blocks import (
+    changes,
     plain_body,
     says_nothing,
     shorter_body,
@@ -310,4 +311,4 @@ class SlackChannel:
         return await self._send(f"{self.settings.api_url}/chat.postMessage", body, message)
 
 
-KIND = ChannelKind("slack", SlackSettings, SlackChannel, ("json",), says_nothing)
+KIND = ChannelKind("slack", SlackSettings, SlackChannel, ("json",), says_nothing, changes)
