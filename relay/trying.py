@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from relay import channels as channel_registry
 from relay.channels import ChannelEnv, Outgoing, Recovery
 from relay.configure import Compiled
 from relay.dashboard_links import dashboard_link
-from relay.dispatch import render_notification
+from relay.dispatch import render_digest, render_notification
 from relay.errors import DeliveryError, RelayError
+from relay.grouping import group_key, group_labels
 from relay.model import Notification, Run, notification_id
 from relay.routes import http_client, route_for
 from relay.sending import Route
@@ -45,11 +46,13 @@ class DryRun:
 
 
 def dry_run(compiled: Compiled, runs: list[Run]) -> list[DryRun]:
-    """Which rules match each run (as if first seen) and the messages they would send."""
+    """Which rules match each run (as if first seen) and the messages they would send; then
+    the digest of each group (of a `group_by` rule) two or more of the runs fall in."""
     config = compiled.loaded.config
     env = ChannelEnv(http_client(), sys.stdout, config.defaults.timeout)
     link = dashboard_link(config.defaults)
     out = []
+    groups: dict[str, dict[str, Notification]] = {}  # a digest rule's rows by group, by run
     for run in runs:
         decision = compiled.rules.decide(run, None)
         messages, changes = [], {}
@@ -67,9 +70,28 @@ def dry_run(compiled: Compiled, runs: list[Run]) -> list[DryRun]:
             rendered = render_notification(compiled.renderer, match.channel, route, row, link)
             messages.append((match.rule, match.channel, rendered))
             changes[match.rule, match.channel] = _changes(compiled, match.channel, rendered)
+            if match.group_by is not None:
+                labels = group_labels(row.run, match.group_by)
+                key = group_key(match.rule, match.channel, labels)
+                grouped = replace(row, group_key=key, extra={"group_labels": labels})
+                groups.setdefault(key, {})[run.id] = grouped
         rules = list(dict.fromkeys(m.rule for m in decision.matches))
         out.append(DryRun(run.id, rules, messages, run.event, changes))
-    return out
+    return out + [
+        _digest(compiled, key, list(rows.values()), env)
+        for key, rows in groups.items()
+        if len(rows) > 1
+    ]
+
+
+def _digest(compiled: Compiled, key: str, rows: list[Notification], env: ChannelEnv) -> DryRun:
+    """The digest a group of two or more of the file's runs would get (template `digest`)."""
+    rule, channel = rows[0].rule, rows[0].channel
+    route = route_for(compiled, channel, env, throttled=False)
+    link = dashboard_link(compiled.loaded.config.defaults)
+    rendered = render_digest(compiled.renderer, channel, route, rows, link)
+    changes = {(rule, channel): _changes(compiled, channel, rendered)}
+    return DryRun(key, [rule], [(rule, channel, rendered)], "digest", changes)
 
 
 def _changes(compiled: Compiled, channel: str, rendered: Rendered) -> list[str]:

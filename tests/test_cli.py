@@ -757,6 +757,34 @@ def test_dry_run_says_what_slack_drops_or_cuts(tmp_path: Path) -> None:
     assert (message["fallback"], message["changes"]) == (False, changes)
 
 
+def test_dry_run_renders_the_digest_of_a_group(tmp_path: Path) -> None:
+    """A `digest` template could not be tried: `relay test` rendered each run alone, and the
+    digest's first render was in production. Two or more runs of the file in one group of a
+    `group_by` rule now also get the digest they would (a run given twice counts once)."""
+    (tmp_path / "templates" / "console").mkdir(parents=True)
+    write(
+        tmp_path / "templates" / "console" / "digest.txt.j2",
+        "{{ group.count }} of {{ group.labels.taskIdentifier }}:"
+        "{% for r in group.runs %} {{ r.id }}{% endfor %}\n",
+    )
+    failed = json.loads(FAILED_JSON.read_text())
+    runs = [{**failed, "id": f"run_{n}", "taskIdentifier": t} for n, t in enumerate("aaab")]
+    event = write(tmp_path / "runs.json", json.dumps([*runs, runs[0]]))
+    config = write(
+        tmp_path / "c.yaml",
+        "templates: {dir: ./templates}\nchannels: {c: {type: console}}\n"
+        "rules:\n  - {name: r, notify: [c], group_by: [taskIdentifier]}\n",
+    )
+    text = run_cli_in_process("test", str(event), "--config", str(config))
+    as_json = run_cli_in_process("test", str(event), "--config", str(config), "--json")
+    [digest] = [r for r in json.loads(as_json.stdout) if r["event"] == "digest"]
+    assert digest["run_id"].startswith("grp_") and digest["rules"] == ["r"]
+    assert digest["messages"][0]["parts"] == {"txt": "3 of a: run_0 run_1 run_2\n"}
+    assert section(text.stdout, "--- rule r → channel c").count("FAILED") == 1  # a run alone
+    assert f"digest {digest['run_id']}: r" in text.stdout.splitlines()
+    assert "3 of a: run_0 run_1 run_2" in text.stdout.splitlines()
+
+
 def test_dry_run_shows_hostile_run_data_escaped(tmp_path: Path) -> None:
     """`relay test` printed a run id and the rendered console text raw: an ESC sequence in a
     run's error message cleared or retitled the operator's terminal, a line break forged a line."""
