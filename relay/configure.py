@@ -26,6 +26,7 @@ from relay.rules import (
 )
 from relay.settings import Settings
 from relay.template_layout import unrendered_files
+from relay.template_probe import invalid_json
 from relay.templating import Renderer
 
 BUILTIN_NAME = "<built-in>"
@@ -199,7 +200,14 @@ def _template_findings(
         f"{channel_type}: {why} (the fallback is sent when that line runs)"
         for why in renderer.missing_references(channel_type, template, part)
     ]
-    return renderer.check(channel_type, template, part), unknown, missing
+    problem = renderer.check(channel_type, template, part)
+    if (
+        problem is None
+        and part == "json"
+        and (why := invalid_json(renderer, channel_type, template))
+    ):
+        unknown.append(why)
+    return problem, unknown, missing
 
 
 def _broken_files(renderer: Renderer, locate: Locate, reported: list[Problem]) -> list[Problem]:

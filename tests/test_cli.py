@@ -638,6 +638,28 @@ def test_check_warns_of_template_files_relay_never_renders(tmp_path: Path) -> No
     ]
 
 
+def test_check_warns_of_a_json_template_that_quotes_values_by_hand(tmp_path: Path) -> None:
+    """`"title": "{{ summary }}"` renders valid JSON until an error message holds a quote; then
+    the receiver gets relay's fallback body instead. `relay check` said OK: it now tries each
+    rule's `json` template on a run whose texts hold a quote, a backslash and a line break."""
+    (tmp_path / "templates" / "webhook").mkdir(parents=True)
+    write(tmp_path / "templates" / "webhook" / "mine.json.j2", '{"title": "{{ summary }}"}\n')
+    write(tmp_path / "templates" / "webhook" / "safe.json.j2", '{"title": {{ summary|tojson }}}\n')
+    config = write(
+        tmp_path / "c.yaml",
+        "templates: {dir: ./templates}\nchannels: {w: {type: webhook, url: 'http://x.test/'}}\n"
+        "rules:\n  - {name: r, notify: [w], template: mine, continue: true}\n"
+        "  - {name: s, notify: [w], template: safe}\n",
+    )
+    result = run_cli_in_process("check", "--config", str(config))
+    assert result.returncode == 0, output(result)
+    assert result.stderr.splitlines() == [
+        f"warning: {config}:4: rules[0].template: webhook/mine.json.j2 renders invalid JSON "
+        "(output line 1 column 32) when run data holds a quote, a backslash or a line break: "
+        "write each value through tojson, not inside quotes"
+    ]
+
+
 def test_check_finds_every_broken_template_file(tmp_path: Path) -> None:
     tpl = tmp_path / "templates"
     (tpl / "console").mkdir(parents=True)
