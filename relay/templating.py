@@ -92,6 +92,9 @@ class _Snapshot(BaseLoader):
     ) -> tuple[str, str | None, Callable[[], bool] | None]:
         data = self._files.get(template)
         if data is None:
+            # SPEC names an override `templates/<type>/run_failed.*`: one without `.j2` serves too
+            data = self._files.get(template.removesuffix(TEMPLATE_SUFFIX))
+        if data is None:
             raise TemplateNotFound(template)
         return data.decode(), str(self._root / template), lambda: True
 

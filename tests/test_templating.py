@@ -667,6 +667,29 @@ def test_html_templates_autoescape(tmp_path: Path) -> None:
     assert plain.parts["txt"] == "<b>task</b>"
 
 
+def test_an_override_without_the_j2_suffix_serves_too(tmp_path: Path) -> None:
+    """SPEC writes overrides as `templates/<channel type>/run_failed.*`: an operator who names
+    one `webhook/run_failed.json` gets it (a `.j2` file of the name still wins), autoescaped
+    like its `.j2` name when HTML."""
+    run = {**load_run("failed"), "taskIdentifier": "<b>task</b>"}
+    for name, source in {
+        "webhook/run_failed.json": '{"mine": {{ run.taskIdentifier|tojson }}}',
+        "webhook/both.json": '{"plain": true}',
+        "webhook/both.json.j2": '{"j2": true}',
+        "email/run_failed.html": "{{ run.taskIdentifier }}",
+    }.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(source)
+    renderer = Renderer(tmp_path)
+    rendered = renderer.render("webhook", "run_failed", ("json",), context(run, "webhook"))
+    assert json.loads(rendered.parts["json"]) == {"mine": "<b>task</b>"}
+    both = renderer.render("webhook", "both", ("json",), context(run, "webhook"))
+    assert json.loads(both.parts["json"]) == {"j2": True}
+    html = renderer.render("email", "run_failed", ("html",), context(run, "email"))
+    assert html.parts["html"] == "&lt;b&gt;task&lt;/b&gt;"
+    assert renderer.has_template("webhook", "run_failed", "json")
+
+
 def test_html_templates_escape_what_a_plain_text_macro_returns(tmp_path: Path) -> None:
     """A macro of a file that is not autoescaped returns text, not markup, wherever it is
     called: the HTML part escapes it (Jinja would mark it safe in an autoescaping caller)."""
