@@ -1,6 +1,7 @@
 """Files of `templates.dir` relay never renders: a template is looked up only as
-`<channel type>/<template>.<part>.j2`, so `slak/run.json.j2`, `email/run.subj.j2`,
-`slack/team.json` (no `.j2`) or `team.json.j2` at the top is never used, and the message goes
+`<channel type>/<template>.<part>.j2` (or that name without `.j2`, where no file has it), so
+`slak/run.json.j2`, `email/run.subj.j2`, `slack/team.json` beside `slack/team.json.j2` or
+`team.json.j2` at the top is never used, and the message goes
 out as the shipped template (or the rule's template is reported missing) with no word of the
 file the operator wrote. `relay check` warns of each, unless a template extends, includes or
 imports it by name. Partials (a name or folder starting with `_`, as the shipped
@@ -23,19 +24,21 @@ def unrendered_files(
     template in `reached` names; `parts`: each channel type's parts."""
     found = []
     for name in sorted(files):
-        why = None if name in reached else _why_unrendered(name, parts)
+        twin = name + SUFFIX in files
+        why = None if name in reached else _why_unrendered(name, parts, twin)
         if why is not None:
             found.append(f"{name} is never rendered: {why}")
     return found
 
 
-def _why_unrendered(name: str, parts: Mapping[str, tuple[str, ...]]) -> str | None:
+def _why_unrendered(name: str, parts: Mapping[str, tuple[str, ...]], twin: bool) -> str | None:
+    """Why no lookup finds `name`, None if one does; `twin`: `<name>.j2` is there too."""
     folder, _, file = name.partition("/")
     if folder.startswith("_") or name.rpartition("/")[2].startswith("_"):
         return None  # a partial, for templates to import
-    if not name.endswith(SUFFIX):
+    if not name.endswith(SUFFIX):  # serves as `<name>.j2` (SPEC's `<type>/run_failed.*`)
         named = folder in parts and _part(file) in parts[folder]
-        return f"its name lacks `{SUFFIX}` (did you mean {name}{SUFFIX}?)" if named else None
+        return f"{name}{SUFFIX} beside it is used instead" if named and twin else None
     if not file:
         return f"not in a channel type's folder ({', '.join(sorted(parts))})"
     if folder not in parts:

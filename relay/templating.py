@@ -90,13 +90,14 @@ class _Snapshot(BaseLoader):
     def get_source(
         self, environment: Environment, template: str
     ) -> tuple[str, str | None, Callable[[], bool] | None]:
-        data = self._files.get(template)
-        if data is None:
+        name = template
+        if name not in self._files:
             # SPEC names an override `templates/<type>/run_failed.*`: one without `.j2` serves too
-            data = self._files.get(template.removesuffix(TEMPLATE_SUFFIX))
+            name = template.removesuffix(TEMPLATE_SUFFIX)
+        data = self._files.get(name)
         if data is None:
             raise TemplateNotFound(template)
-        return data.decode(), str(self._root / template), lambda: True
+        return data.decode(), str(self._root / name), lambda: True  # errors name the file
 
     def list_templates(self) -> list[str]:
         return sorted(self._files)
@@ -118,6 +119,14 @@ def _template_name(channel_type: str, name: str, part: str) -> str:
     return f"{channel_type}/{name}.{part}{TEMPLATE_SUFFIX}"
 
 
+def _file_of(exc: TemplateSyntaxError, template: str) -> str:
+    """The template a syntax error is in, as its file is named (`webhook/run.json` serving as
+    `webhook/run.json.j2`)."""
+    name = exc.name or template
+    bare = exc.filename is not None and not exc.filename.endswith(TEMPLATE_SUFFIX)
+    return name.removesuffix(TEMPLATE_SUFFIX) if bare else name
+
+
 def _describe(exc: Exception, template: str) -> str:
     """`<kind> in <template> line <n>` from the innermost template frame; never the message
     (it may quote run data), but relay's own limits' words, which name the limit hit."""
@@ -125,11 +134,12 @@ def _describe(exc: Exception, template: str) -> str:
         return f"{exc.args[0]} in {template}: {exc.args[1]}"
     kind = "TemplateNotFound" if isinstance(exc, TemplateNotFound) else type(exc).__name__
     if isinstance(exc, TemplateSyntaxError):
-        return f"{kind} in {exc.name or template} line {exc.lineno}"
+        return f"{kind} in {_file_of(exc, template)} line {exc.lineno}"
     where, tb = template, exc.__traceback__
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
-        if filename.endswith(TEMPLATE_SUFFIX):
+        # a template's frame, as Jinja rewrites it (a file without `.j2` serves too)
+        if filename.endswith(TEMPLATE_SUFFIX) or "__jinja_exception__" in tb.tb_frame.f_globals:
             where = f"{'/'.join(Path(filename).parts[-2:])} line {tb.tb_lineno}"
         tb = tb.tb_next
     own_words = f": {exc}" if isinstance(exc, LimitExceeded) else ""
@@ -235,7 +245,7 @@ class Renderer:
             self._env.get_template(template)
             ast = self._parse(template)
         except TemplateSyntaxError as exc:
-            return f"{exc.name or template} line {exc.lineno}: {exc.message}"
+            return f"{_file_of(exc, template)} line {exc.lineno}: {exc.message}"
         except TemplateNotFound as exc:
             return f"template {exc.name} not found"
         except (UnicodeDecodeError, OSError):

@@ -603,14 +603,17 @@ def test_check_warns_of_a_misspelled_template_variable(tmp_path: Path) -> None:
 
 
 def test_check_warns_of_template_files_relay_never_renders(tmp_path: Path) -> None:
-    """An override written to the wrong place (a misspelt folder, a part the type lacks, no
-    `.j2`, a subfolder, the top) was never looked up: `relay check` said OK and the shipped
-    template went out. Partials, files a template includes and the shipped layout stay quiet."""
+    """An override written to the wrong place (a misspelt folder, a part the type lacks, a
+    subfolder, the top, a name without `.j2` beside the same name with it) was never looked
+    up: `relay check` said OK and the shipped template went out. Partials, files a template
+    includes, the shipped layout and a file without `.j2` (it serves, as SPEC names overrides
+    `<type>/run_failed.*`) stay quiet."""
     tpl = tmp_path / "templates"
     shutil.copytree(shipped_templates_dir(), tpl)  # the shipped layout, copied: no warning
     (tpl / "slak").mkdir()
     (tpl / "slack" / "nested").mkdir()
-    for name in ("slak/run.json.j2", "email/run.subj.j2", "webhook/mine.json", "mine.txt.j2"):
+    names = ("slak/run.json.j2", "email/run.subj.j2", "webhook/run.json", "mine.txt.j2")
+    for name in (*names, "webhook/mine.json", "email/mine.subject"):
         write(tpl / name, "{{ run.id }}\n")
     write(tpl / "slack" / "nested" / "x.json.j2", "{}\n")
     write(tpl / "console" / "part.j2", "included\n")  # no part, but included by name
@@ -633,8 +636,7 @@ def test_check_warns_of_template_files_relay_never_renders(tmp_path: Path) -> No
         "`slack/<template>.<part>.j2`, not in a subfolder",
         f"{never}slak/run.json.j2 is never rendered: `slak/` is no channel type "
         "(did you mean slack?)",
-        f"{never}webhook/mine.json is never rendered: its name lacks `.j2` "
-        "(did you mean webhook/mine.json.j2?)",
+        f"{never}webhook/run.json is never rendered: webhook/run.json.j2 beside it is used instead",
     ]
 
 

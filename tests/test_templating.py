@@ -1225,3 +1225,17 @@ def test_the_names_relay_check_knows_are_the_context() -> None:
         set(template_variables(RenderContext({}, "r", "c", "console", "ntf_1", None)))
         == CONTEXT_NAMES
     )
+
+
+def test_errors_name_an_override_without_j2_as_its_file_is_named(tmp_path: Path) -> None:
+    """`webhook/mine.json` serves as `webhook/mine.json.j2`; its errors named the `.j2` file,
+    which the operator looks for in vain."""
+    (tmp_path / "webhook").mkdir()
+    (tmp_path / "webhook" / "mine.json").write_text('{"a": 1,\n "b": {{ run.id.__class__ }}}')
+    (tmp_path / "webhook" / "broken.json").write_text('{"a": {{ run.id }\n}')
+    renderer = Renderer(tmp_path)
+    rendered = renderer.render("webhook", "mine", ("json",), context(load_run("failed"), "webhook"))
+    assert rendered.fallback and rendered.error == "SecurityError in webhook/mine.json line 2"
+    assert renderer.check("webhook", "broken", "json") == (
+        "webhook/broken.json line 1: unexpected '}'"
+    )
