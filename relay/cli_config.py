@@ -160,7 +160,7 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
         raise RelayError(f"{source}: {exc}") from None
     for note in skipped + (ignored if args.json else []):  # ids and types from the file
         print(one_line(note), file=sys.stderr)
-    results = dry_run(compiled, runs)
+    results = dry_run(compiled, runs, digests=args.digests)
     if args.json:
         out = [
             {

@@ -72,6 +72,11 @@ def _config_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         help="JSON file (- for standard input): a run, an array of runs, a raw row or an alert",
     )
     test.add_argument("--json", action="store_true", help="machine-readable output")
+    test.add_argument(
+        "--digests",
+        action="store_true",
+        help="also render the digest of each group (of a group_by rule) two or more runs fall in",
+    )
     send = sub.add_parser("send-test", parents=[common], help="send a test message to a channel")
     send.add_argument("channel")
 

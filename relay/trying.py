@@ -45,9 +45,10 @@ class DryRun:
     changes: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
 
-def dry_run(compiled: Compiled, runs: list[Run]) -> list[DryRun]:
-    """Which rules match each run (as if first seen) and the messages they would send; then
-    the digest of each group (of a `group_by` rule) two or more of the runs fall in."""
+def dry_run(compiled: Compiled, runs: list[Run], digests: bool = False) -> list[DryRun]:
+    """Which rules match each run (as if first seen) and the messages they would send; then,
+    asked (`--digests`: the output stays one result per event otherwise), the digest of each
+    group (of a `group_by` rule) two or more of the runs fall in."""
     config = compiled.loaded.config
     env = ChannelEnv(http_client(), sys.stdout, config.defaults.timeout)
     link = dashboard_link(config.defaults)
@@ -80,7 +81,7 @@ def dry_run(compiled: Compiled, runs: list[Run]) -> list[DryRun]:
     return out + [
         _digest(compiled, key, list(rows.values()), env)
         for key, rows in groups.items()
-        if len(rows) > 1
+        if digests and len(rows) > 1
     ]
 
 

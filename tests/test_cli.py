@@ -784,7 +784,8 @@ def test_dry_run_says_what_slack_drops_or_cuts(tmp_path: Path) -> None:
 def test_dry_run_renders_the_digest_of_a_group(tmp_path: Path) -> None:
     """A `digest` template could not be tried: `relay test` rendered each run alone, and the
     digest's first render was in production. Two or more runs of the file in one group of a
-    `group_by` rule now also get the digest they would (a run given twice counts once)."""
+    `group_by` rule now also get the digest they would (a run given twice counts once), asked
+    with --digests: without it the output stays one result per event."""
     (tmp_path / "templates" / "console").mkdir(parents=True)
     write(
         tmp_path / "templates" / "console" / "digest.txt.j2",
@@ -799,8 +800,10 @@ def test_dry_run_renders_the_digest_of_a_group(tmp_path: Path) -> None:
         "templates: {dir: ./templates}\nchannels: {c: {type: console}}\n"
         "rules:\n  - {name: r, notify: [c], group_by: [taskIdentifier]}\n",
     )
-    text = run_cli_in_process("test", str(event), "--config", str(config))
-    as_json = run_cli_in_process("test", str(event), "--config", str(config), "--json")
+    plain = run_cli_in_process("test", str(event), "--config", str(config), "--json")
+    assert [r["event"] for r in json.loads(plain.stdout)] == ["run"] * 5
+    text = run_cli_in_process("test", str(event), "--config", str(config), "--digests")
+    as_json = run_cli_in_process("test", str(event), "--config", str(config), "--json", "--digests")
     [digest] = [r for r in json.loads(as_json.stdout) if r["event"] == "digest"]
     assert digest["run_id"].startswith("grp_") and digest["rules"] == ["r"]
     assert digest["messages"][0]["parts"] == {"txt": "3 of a: run_0 run_1 run_2\n"}

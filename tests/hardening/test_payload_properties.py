@@ -206,7 +206,11 @@ def dry_run(config: Path, tmp: Path, plan: Plan) -> DryRun:
     for path, items in files:
         path.write_text(json.dumps(items, ensure_ascii=False))
     with ThreadPoolExecutor() as pool:  # both at once: each is a Python start-up
-        argvs = [("test", "--json", "--config", str(config), str(path)) for path, i in files if i]
+        argvs = [
+            ("test", "--json", "--digests", "--config", str(config), str(path))
+            for path, i in files
+            if i
+        ]
         for done in pool.map(lambda argv: run_cli(*argv), argvs):
             assert done.returncode == 0, done.stderr[-3000:]
             for result in json.loads(done.stdout):
