@@ -232,5 +232,6 @@ def _unrendered_files(renderer: Renderer, locate: Locate) -> list[str]:
 
 def _templates_of(rule: RuleConfig) -> list[str]:
     """The templates a rule renders: its own, the digest's and the recovery's if it has them."""
-    templates = [rule_template(rule)] + ([DIGEST_TEMPLATE] if rule.group_by else [])
+    templates = list(dict.fromkeys([rule_template(rule), rule_template(rule, failed=True)]))
+    templates += [DIGEST_TEMPLATE] if rule.group_by else []
     return templates + ([RECOVERY_TEMPLATE] if rule.update_on_recovery else [])

@@ -71,7 +71,7 @@ class Deps:
     time_muted: Callable[[str, float], str | None] | None = None
     # (rule, channel, event) → the template that rule renders for that channel now, or None: a
     # notification is rendered as the config in force at send time says (Alertmanager's way)
-    template_of: Callable[[str, str, str], str | None] | None = None
+    template_of: Callable[[str, str, str, object], str | None] | None = None
     # (kind, row, reason, attempts) after each outcome: sent, retry, dead, muted, template_error
     on_event: Callable[[str, Notification, str, int], None] | None = None
     # rule → its group_interval (s) now, or None: a digest's next one waits that long after
@@ -390,7 +390,8 @@ class Dispatch:
         template_of = self.deps.template_of
         if row.resolves is not None or template_of is None:
             return row
-        template = template_of(row.rule, self.name, str(row.run.get("event") or "run"))
+        event = str(row.run.get("event") or "run")
+        template = template_of(row.rule, self.name, event, row.run.get("status"))
         return (
             row if template is None or template == row.template else replace(row, template=template)
         )

@@ -23,9 +23,11 @@ from relay.errors import Problem
 from relay.model import Decision, Match, Run, RunState, Timing
 from relay.rule_filters import Predicate, has_threshold, match_predicates, statuses_of
 from relay.rule_when import WhenFailures, when_predicate
+from relay.statuses import FAILURE_STATUSES
 from relay.windows import InhibitRule, NamedTimeInterval
 
 DEFAULT_TEMPLATE = "run"
+FAILED_TEMPLATE = "run_failed"  # a run rule's default for a failed run; shipped: extends `run`
 RECOVERY_TEMPLATE = "recovered"
 RECOVERED_STATUS = "COMPLETED"
 MERGED_TAG_SETS = 1000  # tag sets whose candidates one (event, status, isTest) keeps merged
@@ -49,6 +51,7 @@ class CompiledRule:
     template: str
     continue_: bool
     group_by: tuple[str, ...] | None = None
+    failed_template: str = ""  # for a failed run, where that is not `template`
     timing: Timing | None = None
     mute_windows: tuple[NamedTimeInterval, ...] = ()
     active_windows: tuple[NamedTimeInterval, ...] | None = None
@@ -60,6 +63,11 @@ class CompiledRule:
     # a threshold on cost or duration: a run whose update carries neither (an alert webhook's,
     # Run.measured) cannot match, whatever the bound, as a missing metadata path equals nothing
     needs_measures: bool = False
+
+    def template_for(self, status: object) -> str:
+        """The template a run of `status` is rendered with (FAILED_TEMPLATE: rule_template)."""
+        failed = self.failed_template and status in FAILURE_STATUSES
+        return self.failed_template if failed else self.template
 
     def time_muted(self, now: float) -> str | None:
         """Why a notification of this rule is muted at `now` by its time intervals, or None."""
@@ -148,14 +156,15 @@ class RuleSet:
         whose group_wait or group_interval changed (Store.retime_groups)."""
         return {name: rule.timing for name, rule in self.by_name.items() if rule.timing}
 
-    def template_of(self, rule: str, channel: str, event: str) -> str | None:
-        """The template rule `rule` renders for `channel` and `event` now, or None when no
+    def template_of(self, rule: str, channel: str, event: str, status: object) -> str | None:
+        """The template rule `rule` renders for `channel` and `event` (a run of `status`) now,
+        or None when no
         rule of that name notifies it of that event any more (a reload removed the rule or
         the channel, or made it match another event: its template is for that one's body)."""
         found = self.by_name.get(rule)
         if found is None or found.event != event or channel not in found.notify:
             return None
-        return found.template
+        return found.template_for(status)
 
     def evaluate(self, run: Run) -> list[CompiledRule]:
         """Rules that match `run`, in order, honouring first-match-wins and `continue`."""
@@ -183,7 +192,7 @@ class RuleSet:
             duration_ms=duration,
         )
         matches = tuple(
-            Match(r.name, ch, r.template, group_by=r.group_by, timing=r.timing)
+            Match(r.name, ch, r.template_for(run.status), group_by=r.group_by, timing=r.timing)
             for r in matched
             for ch in r.notify
         )
@@ -289,6 +298,7 @@ def compile_rules(
                 predicates=tuple(predicates),
                 notify=tuple(rule.notify),
                 template=rule_template(rule),
+                failed_template=rule_template(rule, failed=True),
                 continue_=rule.continue_,
                 group_by=None if rule.group_by is None else tuple(rule.group_by),
                 timing=_timing(rule),
@@ -314,8 +324,13 @@ def when_problems(rules: Mapping[int, RuleConfig], locate: Locate) -> list[Probl
     return [when for when in found if isinstance(when, Problem)]
 
 
-def rule_template(rule: RuleConfig) -> str:
-    """The template a rule renders: its own, else the one of the event it matches."""
+def rule_template(rule: RuleConfig, failed: bool = False) -> str:
+    """The template a rule renders: its own, else the one of the event it matches; for a run
+    that failed (`failed`), `run_failed` (SPEC's `templates/<type>/run_failed.*`, the file an
+    operator overrides to change failures only: it extends `run`, so an override of `run`
+    changes both)."""
+    if rule.template is None and failed and rule.match.event == "run":
+        return FAILED_TEMPLATE
     return rule.template or EVENT_TEMPLATES.get(rule.match.event, DEFAULT_TEMPLATE)
 
 

@@ -741,7 +741,8 @@ def test_a_template_that_says_nothing_is_a_template_failure(
     [message] = json.loads(capsys.readouterr().out)[0]["messages"]
     assert message["fallback"] is fallback, message["error"]
     if fallback:
-        assert message["error"].startswith(f"InvalidMessage in {channel_type}/run.json.j2")
+        # a failed run renders run_failed, which extends the run.json.j2 written here
+        assert message["error"].startswith(f"InvalidMessage in {channel_type}/run_failed.json.j2")
         text = json.loads(message["parts"]["json"])["text"]
         assert text.startswith("🔴 FAILED · sync-customer-data")
 
@@ -752,3 +753,36 @@ def test_every_shipped_template_gives_its_channel_something_to_show(channel_type
         ctx = case_ctx(channel_type, fixture)
         rendered = RENDERER.render(channel_type, template, ("json",), ctx)
         assert not rendered.fallback, (template, fixture, rendered.error)
+
+
+def test_a_failed_run_renders_run_failed_which_an_operator_overrides_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SPEC names an override `templates/<channel type>/run_failed.*`, and the shipped
+    run_failed says "override this file to change failures only"; but a rule without
+    `template:` rendered `run` for every run, so the override went unused. A failed run now
+    renders run_failed (which extends run), any other run run; a rule's own template wins."""
+    (tmp_path / "webhook").mkdir()
+    (tmp_path / "webhook" / "run_failed.json").write_text('{"mine": {{ run.status|tojson }}}')
+    config = tmp_path / "relay.yaml"
+    config.write_text(
+        f"templates: {{dir: {tmp_path}}}\n"
+        "channels: {w: {type: webhook, url: 'http://127.0.0.1:9/'}}\n"
+        "rules:\n"
+        "  - {name: failed, match: {status: [failure]}, notify: [w], continue: true}\n"
+        "  - {name: own, match: {status: [failure]}, notify: [w], template: run, continue: true}\n"
+        "  - {name: done, match: {status: [COMPLETED]}, notify: [w]}\n"
+    )
+    event = tmp_path / "runs.json"
+    runs = [sdk_run("failed"), {**sdk_run("failed"), "id": "run_ok", "status": "COMPLETED"}]
+    event.write_text(json.dumps(runs))
+    assert relay_cli(["test", "--json", "--config", str(config), str(event)]) == 0
+    bodies = {
+        (result["run_id"], m["rule"]): json.loads(m["parts"]["json"])
+        for result in json.loads(capsys.readouterr().out)
+        for m in result["messages"]
+    }
+    assert bodies.pop((runs[0]["id"], "failed")) == {"mine": "FAILED"}
+    assert bodies.pop((runs[0]["id"], "own"))["type"] == "run.alert"  # the shipped run
+    assert bodies.pop(("run_ok", "done"))["type"] == "run.alert"
+    assert not bodies

@@ -426,3 +426,19 @@ def test_check_warns_of_a_yaml_1_1_boolean_word_in_match_metadata() -> None:
         "c.yaml:5: rules[0].match.metadata.region: 'no' matches that text; for a boolean write"
         " true or false, and quote the text to silence this warning"
     ]
+
+
+def test_a_failed_run_takes_run_failed_now_and_after_a_reload() -> None:
+    """A rule without `template:` renders run_failed for a failed run (SPEC's override of
+    failures alone), run otherwise, and a reload re-deriving a waiting row's template (the
+    rule's template now) keeps run_failed for it: by the row's status, not the rule alone."""
+    rules = ruleset(
+        "  - {name: any, match: {status: [failure, COMPLETED]}, notify: [c]}\n"
+        "  - {name: own, match: {status: [CRASHED]}, notify: [c], template: mine}\n"
+    )
+    for status, template in [("FAILED", "run_failed"), ("TIMED_OUT", "run_failed")]:
+        assert [m.template for m in rules.decide(run(status=status), None).matches] == [template]
+        assert rules.template_of("any", "c", "run", status) == template
+    assert [m.template for m in rules.decide(run(status="COMPLETED"), None).matches] == ["run"]
+    assert rules.template_of("any", "c", "run", "COMPLETED") == "run"
+    assert rules.template_of("own", "c", "run", "CRASHED") == "mine"
