@@ -110,7 +110,10 @@ class WebhookSettings(ChannelSettings):
     @field_validator("secret", mode="before")
     @classmethod
     def _shape(cls, value: object) -> object:
-        """One problem for a number or a mapping, not one per member of the union."""
+        """One problem for a number or a mapping, not one per member of the union. A blank
+        string is no secret (unsigned), as `${PAGER_SECRET:-}` unset means, like auth_token's."""
+        if isinstance(value, str) and not value.strip():
+            return None
         strings = value if isinstance(value, list) else [value]
         if value is not None and not all(isinstance(s, str | SecretStr) for s in strings):
             raise ValueError("secret must be a whsec_ string, or a list of them")

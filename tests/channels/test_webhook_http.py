@@ -215,6 +215,21 @@ async def test_a_secret_without_its_base64_padding_signs_as_the_reference_librar
     assert standardwebhooks.Webhook(secret).verify(got.body, got.headers)["channel"] == "hook"
 
 
+async def test_an_empty_secret_from_an_unset_optional_variable_sends_unsigned(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """`secret: ${PAGER_SECRET:-}` with the variable unset is the operator's way of making
+    signing optional, as `auth_token: ${RELAY_INGEST_TOKEN:-}` is for the token: relay refused
+    the whole config ("secret must decode to at least 16 bytes")."""
+    config = hook_config(tmp_path, f"{sink.url}/in")
+    text = config.read_text().replace("\nrules:", "\n    secret: ${PAGER_SECRET:-}\nrules:")
+    config.write_text(text)
+    code, out = await send_test(config, {})
+    assert code == 0, out
+    [got] = sink.received
+    assert "webhook-id" in got.headers and "webhook-signature" not in got.headers
+
+
 async def switching_server() -> tuple[asyncio.Server, str]:
     """Its first connection answers 101 Switching Protocols and then only reads (the protocol
     switched: no HTTP answer ever comes on it again); every later connection answers 204."""
