@@ -373,6 +373,7 @@ class Dispatch:
             recovers,
             group_key,
             subject,
+            rendered.template,
         )
 
     def _rendered(self, rows: list[Notification], wall_s: float | None) -> Rendered:

@@ -297,10 +297,14 @@ class CountedLines:
     flood it), a channel's delivery or the silences' reload while the store fails. A trouble
     over (`settled`) has its line, as often at most, apart: a trouble starting again just after
     a line said the last one was over is told at once (sharing one slot, a disk full again 2 s
-    after freeing had no line for 10 s)."""
+    after freeing had no line for 10 s). `every_s` replaces LINE_EVERY_S for a kind of line
+    that says the same each time (a template's bug, not a trouble that comes and goes)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, every_s: float | None = None
+    ) -> None:
         self._clock = clock
+        self._every_s = every_s
         self._logged: dict[Hashable, float] = {}  # when the last line of failures was told
         self._settled: dict[Hashable, float] = {}  # when the last line of a trouble over was
         self._since: dict[Hashable, int] = {}  # failures no line told; a key here: not over
@@ -322,8 +326,8 @@ class CountedLines:
 
     def _take(self, key: Hashable, told: dict[Hashable, float]) -> int | None:
         """The count since the last line when a line of this kind (`told`) is due, else None."""
-        now = self._clock()
-        if now - told.get(key, -math.inf) < LINE_EVERY_S:
+        now, every_s = self._clock(), self._every_s
+        if now - told.get(key, -math.inf) < (LINE_EVERY_S if every_s is None else every_s):
             return None
         told[key] = now
         return self._since.pop(key)

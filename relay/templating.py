@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,7 @@ class Rendered:
     fallback: bool
     error: str | None
     timed_out: bool = False  # the fallback because the render ran out of its time budget
+    template: str = field(default="", compare=False)  # the name rendered, for log lines
 
 
 class _Unrenderable(Exception):
@@ -336,11 +337,11 @@ class Renderer:
                     out[part] = self._render_one(template, variables)
                     if part == "json":
                         _check_json(out[part], self._checks.get(channel_type))
-            return Rendered(out, fallback=False, error=None)
+            return Rendered(out, fallback=False, error=None, template=name)
         except Exception as exc:  # never drop a notification for a template bug
             fallback = {part: fallback_part(part, ctx) for part in parts}
             timed_out = isinstance(exc, RenderTimeout)
-            return Rendered(fallback, True, _describe(exc, template), timed_out)
+            return Rendered(fallback, True, _describe(exc, template), timed_out, name)
 
     def _render_one(self, template: str, variables: dict[str, Any]) -> str:
         chunks: list[str] = []

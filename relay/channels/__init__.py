@@ -43,6 +43,7 @@ class Outgoing:
     recovers: Recovery | None = None
     group_key: str | None = None  # set when the notification belongs to a digest group
     subject: str | None = None  # what a thread is about when not the run (an error group)
+    template: str = ""  # the template rendered (`run_failed`, `digest`), for log lines
 
     def log_fields(self, channel: str) -> dict[str, str]:
         """The fields of every log line about this message (SPEC: run id, rule and channel)."""

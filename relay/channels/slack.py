@@ -77,6 +77,7 @@ from relay.config import ChannelSettings, RateLimit
 from relay.config_base import Token
 from relay.errors import DeliveryError
 from relay.filters import mrkdwn
+from relay.logs import CountedLines
 
 log = logging.getLogger("relay.channels.slack")
 __all__ = ["KIND", "SlackChannel", "SlackSettings", "slack_message", "thread_subject"]
@@ -98,6 +99,9 @@ _BAD_LAYOUT = frozenset(
         "too_many_attachments",
     }
 )  # fmt: skip
+# a message changed to fit Slack's limits is a template's bug, the same at every message: told
+# once a template and channel this often, with the count of the messages changed since
+FIT_LINE_EVERY_S = 600.0
 
 
 class SlackSettings(ChannelSettings):
@@ -166,11 +170,14 @@ class SlackChannel:
         self._threads = Threads(env.state, name, 2 * self._timeout_s + 5.0)
         # one lock per run with a send in flight, so concurrent sends cannot start two threads
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._fit_lines = CountedLines(every_s=FIT_LINE_EVERY_S)  # by template
 
     async def send(self, message: Outgoing) -> str | None:
         """Post (or for a recovery, update) the message; the receipt of a posted one."""
         default = mrkdwn(f"relay: rule {message.rule} matched run {message.run_id}")
-        payload = verbatim(slack_message(message.parts.get("json", ""), default))
+        part = message.parts.get("json", "")
+        self._tell_changes(part, message)
+        payload = verbatim(slack_message(part, default))
         payload.update(unfurl_links=False, unfurl_media=False)
         if self.settings.webhook_url is not None:
             await self._send(self.settings.webhook_url.get_secret_value(), payload, message)
@@ -185,6 +192,22 @@ class SlackChannel:
             if where is not None and refused is None:
                 return None
             return await self._post_message(payload, message, refused != "message_not_found")
+
+    def _tell_changes(self, part: str, message: Outgoing) -> None:
+        """Warn that the message is sent changed to fit Slack's limits (a block dropped or cut,
+        blocks past 50): only `relay test` said so, and a block a template got wrong never
+        reached Slack unnoticed. The changes in words, never the text."""
+        said = changes(part)
+        if said and (count := self._fit_lines.due(message.template)) is not None:
+            log.warning(
+                "Slack message changed to fit its limits",
+                extra={
+                    **message.log_fields(self.name),
+                    "template": message.template,
+                    "changes": said,
+                    "messages": count,
+                },
+            )
 
     async def _post(self, url: str, body: dict[str, Any], token: str = "") -> HttpResponse:
         """POST JSON once; raise the classified error unless Slack answered 2xx."""

@@ -960,6 +960,45 @@ async def test_invalid_blocks_twice_is_dead_and_names_it(
     assert "invalid_blocks" in logged and not any(s in logged for s in SECRETS)
 
 
+# 60 blocks, one a section whose text a template bug made a list, one of 5,000 characters
+CHANGED = (
+    '{"text": "FAILED {{ run.id }}", "blocks": ['
+    '{"type": "section", "text": ["not", "a", "text object"]},'
+    '{"type": "section", "text": {"type": "mrkdwn", "text": "{{ "s3cr3t-ish " * 500 }}"}}'
+    '{% for i in range(58) %}, {"type": "divider"}{% endfor %}]}'
+)
+
+
+async def test_a_message_changed_to_fit_is_logged_once_a_while(
+    relay: RelayFactory, slack: FakeSlack, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Only `relay test` said that a block was dropped or cut, or blocks past 50: in
+    production a template's bug went to Slack changed, and nothing told. One warning names the
+    run, rule, channel, template and the changes (never the text); the next messages of that
+    template and channel within FIT_LINE_EVERY_S are not told again."""
+    (tmp_path / "tpl" / "slack").mkdir(parents=True)
+    (tmp_path / "tpl" / "slack" / "run.json.j2").write_text(CHANGED)
+    config = f"templates: {{dir: {tmp_path / 'tpl'}}}\n" + relay_config(slack, "webhook")
+    r = await relay(config)
+    for run_id in ("run_a", "run_b"):
+        await r.post(run_update(run_id, "2026-08-20T09:14:22.461Z", costInCents=0))
+    await wait_state(r, "sent", 2)
+    assert [len(body["blocks"]) for body in slack.posted()] == [50, 50]
+    lines = [rec for rec in caplog.records if "changed to fit" in rec.getMessage()]
+    [line] = lines
+    assert line.levelno == logging.WARNING
+    assert line.getMessage() == "Slack message changed to fit its limits"
+    fields = vars(line)
+    assert (fields["rule"], fields["channel"], fields["template"]) == ("failures", "oncall", "run")
+    assert fields["run_id"] in ("run_a", "run_b")
+    assert fields["changes"] == [
+        "block 1 (section) dropped: nothing Slack can show",
+        "block 2 (section) cut to Slack's limits",
+        "blocks 52-60 dropped: Slack takes 50 blocks",
+    ]
+    assert "s3cr3t-ish" not in str(fields)
+
+
 async def test_each_digest_group_keeps_its_own_thread(
     relay: RelayFactory, slack: FakeSlack
 ) -> None:
