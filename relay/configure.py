@@ -15,7 +15,7 @@ from relay.config_rules import RuleConfig
 from relay.config_warnings import config_warnings
 from relay.dashboard_links import dashboard_link
 from relay.dispatch import DIGEST_TEMPLATE
-from relay.errors import ConfigError, Problem, in_file_order
+from relay.errors import ConfigError, Problem, in_file_order, warnings_in_file_order
 from relay.rules import (
     RECOVERY_TEMPLATE,
     Locate,
@@ -141,7 +141,7 @@ def compile_config(loaded: LoadedConfig, templates: Mapping[str, bytes] | None =
     warnings += _unrendered_files(renderer, loaded.locate)
     if problems or found:
         raise ConfigError(in_file_order(problems + found))
-    return Compiled(loaded, rules, renderer, tuple(dict.fromkeys(warnings + unknown)))
+    return Compiled(loaded, rules, renderer, tuple(warnings_in_file_order(warnings + unknown)))
 
 
 def _check_templates(

@@ -71,6 +71,20 @@ def in_file_order(problems: list[Problem]) -> list[Problem]:
     return sorted(dict.fromkeys(problems), key=line)
 
 
+_LOCATED = re.compile(r"(.+?):(\d+): ")  # a warning's `config.yaml:15: ` head
+
+
+def warnings_in_file_order(warnings: list[str]) -> list[str]:
+    """Each warning once: those headed `file:line: ` by file, then line; the others after
+    them, as found (the checks that find them run one after another, not down the file)."""
+
+    def place(warning: str) -> tuple[int, str, int]:
+        located = _LOCATED.match(warning)
+        return (0, located[1], int(located[2])) if located else (1, "", 0)
+
+    return sorted(dict.fromkeys(warnings), key=place)
+
+
 class InputError(RelayError):
     """An incoming body is malformed; `field` names the failing field (dotted, with indexes)."""
 

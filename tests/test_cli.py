@@ -490,6 +490,24 @@ def warnings_of(config: Path, needle: str) -> list[str]:
     return [line for line in result.stderr.splitlines() if needle in line]
 
 
+def test_check_warnings_come_in_file_order(tmp_path: Path) -> None:
+    """The checks run one after another, not down the file: line 15 was told before line 4.
+    Warnings headed `file:line:` come by line; one without a line (`no rules`) after them."""
+    config = write(
+        tmp_path / "c.yaml",
+        "server:\n  auth_token: ${TOK}\nchannels:\n  out: {type: console}\n"
+        "templates:\n  dir: ./nope\n",
+    )
+    result = run_cli_in_process("check", str(config), env={"TOK": ""})
+    warned = result.stderr.replace(f"{tmp_path}/", "").splitlines()
+    assert [line.split(": ")[1] for line in warned] == [
+        "c.yaml:2",  # checked last
+        "c.yaml:6",  # checked first
+        "c.yaml",  # no line: after those with one
+    ]
+    assert "no rules" in warned[2]
+
+
 def test_check_warns_of_a_token_that_came_out_empty(tmp_path: Path) -> None:
     """`auth_token: ${RELAY_INGEST_TOKEN}` with the variable set but empty (a secret not
     mounted) left the API open without a word, since an empty token means unset."""
@@ -497,11 +515,11 @@ def test_check_warns_of_a_token_that_came_out_empty(tmp_path: Path) -> None:
     run = functools.partial(run_cli_in_process, "check", str(config))
     warned = run(env={"TOK": ""}).stderr.replace(f"{tmp_path}/", "").splitlines()
     assert warned == [
-        "warning: c.yaml: no rules: updates are taken in, none is sent",
         "warning: c.yaml:2: server.auth_token is empty: POST /v1/runs takes updates without a"
         " token",
         "warning: c.yaml:3: server.admin_token is empty: the admin endpoints (DLQ, silences,"
         " history) take requests without a token",
+        "warning: c.yaml: no rules: updates are taken in, none is sent",
     ]
     guarded = run(env={"TOK": "a-token-of-some-length"})
     assert guarded.returncode == 0 and "is empty" not in guarded.stderr  # admin: auth_token
