@@ -15,8 +15,9 @@ def dashboard_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]
     """The run's dashboard URL: the one Trigger.dev sent if it is an absolute http(s) URL (a
     pushed run or an alert can carry `javascript:…`, which no link or button may take), else
     defaults.dashboard_url (with the project of the alert that brought the run, else
-    defaults.project_ref). A deployment event links to its deployment (deployment_link). Only
-    http(s) URLs come out (web_url): None otherwise."""
+    defaults.project_ref; None for a run without an id, or a project without a ref). A
+    deployment event links to its deployment (deployment_link). Only http(s) URLs come out
+    (web_url): None otherwise."""
     made = _made_link(defaults)
 
     def link(run: dict[str, Any]) -> str | None:
@@ -37,6 +38,8 @@ def _made_link(defaults: Defaults) -> Callable[[dict[str, Any]], str | None]:
         ref = _alert_project_ref(run) or defaults.project_ref
         if "{project_ref}" in pattern and not ref:
             return None
+        if "{run_id}" in pattern and not run.get("id"):
+            return None  # `…/runs/` with no run: no page of it
         return pattern.format(  # percent-encoded: a URL, whatever a run id or task holds
             project_ref=quote(ref or "", safe=""),
             run_id=quote(str(run.get("id") or ""), safe=""),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ import pytest
 from relay.config import Defaults
 from relay.dashboard_links import dashboard_link
 from relay.filters import web_url
+from relay.templating import RenderContext, Renderer
 from tests.conftest import RelayFactory, sdk_run
 from tests.fakes.presets import FakeDiscord, FakeTeams
 from tests.fakes.slack import FakeSlack
@@ -117,3 +119,19 @@ def test_a_url_without_a_host_is_no_link(hostless: str) -> None:
     link = dashboard_link(Defaults(project_ref="proj_test"))
     assert link(failed(hostless)) == BUILT
     assert web_url("http://[::1]:8080/x") == "http://[::1]:8080/x"
+
+
+def test_a_run_without_an_id_has_no_link(tmp_path: Path) -> None:
+    """`{{ {}|dashboard_url }}` (a run without an id) rendered `…/runs/`: a link to no run.
+    A pattern that does not name the run still links."""
+    (tmp_path / "console").mkdir()
+    (tmp_path / "console" / "t.txt.j2").write_text(
+        "[{{ {}|dashboard_url }}] [{{ {'taskIdentifier': 't'}|dashboard_url }}]"
+        " [{{ {'id': 'run_1'}|dashboard_url }}]"
+    )
+    ctx = RenderContext({"id": RUN_ID}, "r", "c", "console", "ntf_1", None)
+    link = dashboard_link(Defaults(project_ref="proj_test"))
+    rendered = Renderer(tmp_path, link=link).render("console", "t", ("txt",), ctx)
+    assert rendered.parts["txt"] == f"[] [] [{BUILT.replace(RUN_ID, 'run_1')}]"
+    project = dashboard_link(Defaults(dashboard_url="https://dash.test/{project_ref}/runs"))
+    assert project({"project": {"ref": "proj_x"}}) == "https://dash.test/proj_x/runs"
