@@ -318,8 +318,9 @@ def _repeat_under_group_interval(rules: list[RuleConfig], locate: Locate) -> lis
 
 
 def _match_names_in_group_by(rules: list[RuleConfig], locate: Locate) -> list[str]:
-    """Warnings for `group_by: [task]`, `[taskIdentifer]` or `[severity]` (Alertmanager's
-    habit): valid (a run keeps unknown fields), and one group, with the paths that group."""
+    """Warnings for `group_by: [task]`, `[taskIdentifer]`, `[alertname]` or `[severity]`
+    (Alertmanager's habits): valid (a run keeps unknown fields), and one group, with the paths
+    that group."""
     out = []
     for i, rule in enumerate(rules):
         if rule.match.event != "run":
@@ -327,7 +328,13 @@ def _match_names_in_group_by(rules: list[RuleConfig], locate: Locate) -> list[st
         for j, path in enumerate(rule.group_by or ()):
             where = f"{locate(('rules', i, 'group_by', j))}: rules[{i}].group_by[{j}]: a run has"
             field = _meant_field(path)
-            if field is not None:
+            if path == "alertname":  # Alertmanager's habit: its rule's name
+                out.append(
+                    f"{where} no field 'alertname': the rule's runs fall in one group, as with"
+                    " `group_by: []` (a group is one rule's already, as Alertmanager's alertname"
+                    f" makes it); to split it, group by a run field ({_GROUPING_FIELDS})"
+                )
+            elif field is not None:
                 out.append(
                     f"{where} no field {path!r}, so every run falls in one group; group_by reads"
                     f" the run as JSON: did you mean {field!r}?"

@@ -208,6 +208,19 @@ def test_check_warns_of_a_group_by_path_no_run_has() -> None:
     ]
 
 
+def test_check_says_a_group_is_the_rules_already_for_alertname() -> None:
+    """`group_by: [alertname]`, Alertmanager's habit, was told to mean 'metadata.alertname':
+    a group key holds the rule (and channel) already, so what it meant is `group_by: []`."""
+    assert group_by_warnings("alertname") == [
+        "c.yaml:7: rules[0].group_by[0]: a run has no field 'alertname': the rule's runs fall"
+        " in one group, as with `group_by: []` (a group is one rule's already, as"
+        " Alertmanager's alertname makes it); to split it, group by a run field"
+        " (taskIdentifier, status, tags, metadata.KEY, environment.id, isTest, version)"
+    ]
+    labels = group_labels({"id": "run_1"}, ["alertname"])
+    assert group_key("r", "c", labels) != group_key("other", "c", labels)
+
+
 def test_check_takes_the_alert_webhook_runs_task_for_a_field() -> None:
     """A run from an alert.run.failed webhook keeps its `task` (id, filePath, version ...):
     `group_by: [task.version]` groups those runs by deployment, and was taken for `task`, the
