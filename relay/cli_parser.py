@@ -101,9 +101,17 @@ def _history_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     # checked with the other flags (relay.history.STATES): exit 1 naming the states, as for a
     # bad --limit or --since, not argparse's usage text and exit 2
     history.add_argument("--state", help="pending, sent, dead or muted")
-    history.add_argument("--since", help="how far back (1h, 2d) or an ISO time")
-    history.add_argument("--before", help="the next page: those older than this notification id")
-    history.add_argument("--limit", default="200")
+    history.add_argument(
+        "--since",
+        type=_given(f"a duration like 1h or a time like {_TIME_EXAMPLE}"),
+        help="how far back (1h, 2d) or an ISO time",
+    )
+    history.add_argument(
+        "--before",
+        type=_given("a notification id (ntf_…)"),
+        help="the next page: those older than this notification id",
+    )
+    history.add_argument("--limit", default="200", type=_given("a number like 50"))
     history.add_argument("--json", action="store_true")
 
 
@@ -158,7 +166,8 @@ _TIME_EXAMPLE = "2026-11-28T18:00:00Z"
 def _given(example: str) -> Callable[[str], str]:
     """A flag's value, refused when empty (a usage error, exit 2): `--until "$END"` with END
     unset ended the silence after the default hour and `--start ''` started it now, as if the
-    flag had not been given, and `--duration ''` was an error of the store's command (exit 1)."""
+    flag had not been given, and `--duration ''` was an error of the store's command (exit 1),
+    as `--limit ''`, `--after ''` or `--since ''` were, telling of a value that was none."""
 
     def given(text: str) -> str:
         if not text.strip():
@@ -262,8 +271,16 @@ def _silence_list_parser(silence_sub: Any, parents: list[argparse.ArgumentParser
     listing.add_argument(
         "--filter", action="append", default=[], help="a MATCHER more (repeatable; the API's)"
     )
-    listing.add_argument("--limit", help="at most this many (1-10000; default: all)")
-    listing.add_argument("--after", help="the next page: those after this silence id")
+    listing.add_argument(
+        "--limit",
+        type=_given("a number like 50"),
+        help="at most this many (1-10000; default: all)",
+    )
+    listing.add_argument(
+        "--after",
+        type=_given("a silence id (sil_…)"),
+        help="the next page: those after this silence id",
+    )
     shown = listing.add_mutually_exclusive_group()
     shown.add_argument("--all", action="store_true", help="include expired silences")
     shown.add_argument("--expired", action="store_true", help="only expired silences (amtool)")

@@ -187,6 +187,28 @@ def test_the_cli_refuses_a_bad_flag_value_alike(tmp_path: Path, flag: str, said:
     assert not (tmp_path / "relay.db").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--since", ""], "argument --since: empty: give a duration like 1h or a time like"),
+        (["--since= "], "argument --since: empty: give a duration like 1h"),
+        (["--before", ""], "argument --before: empty: give a notification id (ntf_…)"),
+        (["--limit", ""], "argument --limit: empty: give a number like 50"),
+    ],
+)
+def test_the_cli_refuses_an_empty_flag_value(
+    tmp_path: Path, args: list[str], complaint: str
+) -> None:
+    """`--since "$SINCE"` with SINCE unset exited 1 as a bad value ("expected a duration
+    back"), `--before ''` looked for a notification of no id: a flag given no value is a
+    usage error (exit 2), as `--until ''` of `silence add` is, and no store is opened."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    bad = run_cli_in_process("history", *args, env=env)
+    assert (bad.returncode, bad.stdout) == (2, ""), bad.stderr
+    assert f"relay history: error: {complaint}" in bad.stderr, bad.stderr
+    assert not (tmp_path / "relay.db").exists()
+
+
 def test_a_bad_since_names_both_forms_it_takes() -> None:
     """`relay history --since yesterday` said "expected an ISO-8601 time" alone, though its
     help and the docs offer a duration back (1h) first."""

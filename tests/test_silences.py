@@ -1214,6 +1214,25 @@ def test_cli_add_refuses_an_empty_time_or_duration(
     assert run_cli_in_process("silence", "list", "--all", "-q", env=env).stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--limit", ""], "argument --limit: empty: give a number like 50"),
+        (["--after= "], "argument --after: empty: give a silence id (sil_…)"),
+    ],
+)
+def test_cli_list_refuses_an_empty_limit_or_page(
+    tmp_path: Path, args: list[str], complaint: str
+) -> None:
+    """`--limit ''` exited 1 as a bad number and `--after ''` looked for a silence of no id
+    (exit 1, "no silence with this id"): a flag given no value is a usage error (exit 2), as
+    `silence add --until ''` is."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    bad = run_cli_in_process("silence", "list", *args, env=env)
+    assert (bad.returncode, bad.stdout) == (2, ""), bad.stderr
+    assert f"relay silence list: error: {complaint}" in bad.stderr, bad.stderr
+
+
 def test_cli_list_shows_when_a_pending_silence_starts(tmp_path: Path) -> None:
     """A silence for tonight's maintenance was listed `pending` with its end alone: when it
     starts was nowhere but in --json (amtool's query shows Starts At beside Ends At)."""
