@@ -5,7 +5,8 @@ only Slack's message keys, adds `channel`, `thread_ts`, `unfurl_links/media: fal
 `verbatim: true` to mrkdwn texts (unless the template set it: Slack's default parses a plain
 @here or @user-group in run data into a mention), and clamps every length Slack checks
 (header 150, section/context text 3000, fields 10 x 2000, button text 75, url 3000, 50
-blocks, `text` 40,000) so no template can earn `invalid_blocks` for length.
+blocks, `text` 40,000) so no template can earn `invalid_blocks` for length; a message so
+changed is logged (a warning naming the changes, once a template every FIT_LINE_EVERY_S).
 
 With a bot token, the `ts` of the first message about a run is kept in the store (namespace
 `slack_thread`, key `<channel name>:<slack channel>:<run id>`) and later messages about that run
