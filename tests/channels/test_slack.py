@@ -989,7 +989,11 @@ async def test_a_message_changed_to_fit_is_logged_once_a_while(
     assert line.levelno == logging.WARNING
     assert line.getMessage() == "Slack message changed to fit its limits"
     fields = vars(line)
-    assert (fields["rule"], fields["channel"], fields["template"]) == ("failures", "oncall", "run")
+    assert (fields["rule"], fields["channel"], fields["template"]) == (
+        "failures",
+        "oncall",
+        "run_failed",
+    )
     assert fields["run_id"] in ("run_a", "run_b")
     assert fields["changes"] == [
         "block 1 (section) dropped: nothing Slack can show",
