@@ -40,9 +40,10 @@ def invalid_json(renderer: Renderer, channel_type: str, template: str) -> str | 
     error = rendered.error or ""
     if not (rendered.fallback and error.startswith("InvalidJSON in ")):
         return None
-    where = error.rpartition(": ")[2]  # "line 1 column 21" of the output
+    # "InvalidJSON in webhook/mine.json.j2: line 1 column 21": the file, where in the output
+    name, _, where = error.removeprefix("InvalidJSON in ").rpartition(": ")
     return (
-        f"{channel_type}/{template}.json.j2 renders invalid JSON (output {where}) when run data "
+        f"{name} renders invalid JSON (output {where}) when run data "
         "holds a quote, a backslash or a line break: write each value through tojson, "
         "not inside quotes"
     )

@@ -77,6 +77,13 @@ def read_overrides(directory: Path | None) -> dict[str, bytes]:
     return files
 
 
+def served_name(template: str, files: Mapping[str, bytes]) -> str:
+    """The file of `files` (a templates directory's) that serves `template`: itself, or, where
+    there is none, the name without `.j2` (SPEC names an override `<type>/run_failed.*`)."""
+    bare = template.removesuffix(TEMPLATE_SUFFIX)
+    return bare if template not in files and bare in files else template
+
+
 class _Snapshot(BaseLoader):
     """The override directory's files as they were when the config was read. Jinja read them
     when first rendered: a template edited since (one a reload refused, as not compiling or
@@ -90,10 +97,7 @@ class _Snapshot(BaseLoader):
     def get_source(
         self, environment: Environment, template: str
     ) -> tuple[str, str | None, Callable[[], bool] | None]:
-        name = template
-        if name not in self._files:
-            # SPEC names an override `templates/<type>/run_failed.*`: one without `.j2` serves too
-            name = template.removesuffix(TEMPLATE_SUFFIX)
+        name = served_name(template, self._files)
         data = self._files.get(name)
         if data is None:
             raise TemplateNotFound(template)
@@ -341,7 +345,8 @@ class Renderer:
         except Exception as exc:  # never drop a notification for a template bug
             fallback = {part: fallback_part(part, ctx) for part in parts}
             timed_out = isinstance(exc, RenderTimeout)
-            return Rendered(fallback, True, _describe(exc, template), timed_out, name)
+            shown = served_name(template, self.overrides)  # as the operator named the file
+            return Rendered(fallback, True, _describe(exc, shown), timed_out, name)
 
     def _render_one(self, template: str, variables: dict[str, Any]) -> str:
         chunks: list[str] = []

@@ -23,6 +23,7 @@ from relay.grouping import digest_context
 from relay.model import Run
 from relay.render_context import CONTEXT_NAMES, template_variables
 from relay.render_limits import MAX_OUTPUT_CHARS, brief
+from relay.template_probe import invalid_json
 from relay.templating import (
     TEMPLATE_SUFFIX,
     RenderContext,
@@ -1238,4 +1239,16 @@ def test_errors_name_an_override_without_j2_as_its_file_is_named(tmp_path: Path)
     assert rendered.fallback and rendered.error == "SecurityError in webhook/mine.json line 2"
     assert renderer.check("webhook", "broken", "json") == (
         "webhook/broken.json line 1: unexpected '}'"
+    )
+
+
+def test_invalid_json_names_an_override_without_j2_as_its_file_is_named(tmp_path: Path) -> None:
+    """The output checks (InvalidJSON, a Slack message with nothing to show) named the `.j2`
+    file a `.j2`-less override serves as; relay check's probe for hand-quoted values too."""
+    (tmp_path / "webhook").mkdir()
+    (tmp_path / "webhook" / "mine.json").write_text('{"title": "{{ run.error.message }}"}')
+    renderer = Renderer(tmp_path)
+    assert invalid_json(renderer, "webhook", "mine") == (
+        "webhook/mine.json renders invalid JSON (output line 1 column 15) when run data holds "
+        "a quote, a backslash or a line break: write each value through tojson, not inside quotes"
     )
