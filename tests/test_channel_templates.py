@@ -24,7 +24,7 @@ from jinja2 import ChoiceLoader, DictLoader, FileSystemLoader
 from relay import configure
 from relay.channels import REGISTRY, rendered_checks, settings_models
 from relay.channels._slack_blocks import plain_body
-from relay.channels.email import SUBJECT_MAX_CHARS
+from relay.channels._smtp import SUBJECT_MAX_CHARS
 from relay.channels.slack import slack_message
 from relay.cli import main as relay_cli
 from relay.config_load import parse_config

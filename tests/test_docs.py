@@ -39,6 +39,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from relay import channels as channel_registry
 from relay import cli, cli_parser
+from relay.channels._email_settings import SmtpSettings
 from relay.channels.webhook import sign
 from relay.config import (
     ChannelSettings,
@@ -466,7 +467,7 @@ def channel_keys(kind: str, nested: dict[str, type[Any]] | None = None) -> set[s
         ("**`channels`**", model_keys(ChannelSettings, {"rate_limit": RateLimit})),
         ("`webhook` POSTs", channel_keys("webhook")),
         ("`slack` posts", channel_keys("slack")),
-        ("`email` sends", channel_keys("email", {"smtp": channel_registry.email.SmtpSettings})),
+        ("`email` sends", channel_keys("email", {"smtp": SmtpSettings})),
         ("`discord` posts", channel_keys("discord")),
         ("`msteams` posts", channel_keys("msteams")),
         ("`pagerduty` sends", channel_keys("pagerduty")),

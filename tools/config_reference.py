@@ -26,7 +26,7 @@ from pydantic import BaseModel, BeforeValidator, SecretStr
 from pydantic.fields import FieldInfo
 
 from relay import channels as channel_registry
-from relay.channels.email import SmtpSettings
+from relay.channels._email_settings import SmtpSettings
 from relay.config import (
     ChannelSettings,
     Defaults,

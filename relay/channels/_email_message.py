@@ -16,7 +16,7 @@ from relay.channels._email_addresses import ascii_domain, header_addresses
 from relay.channels._smtp import local_host, one_line
 
 if TYPE_CHECKING:
-    from relay.channels.email import EmailSettings
+    from relay.channels._email_settings import EmailSettings
 
 # relay's defaults a user's `headers` replace (not added twice: a mail with two Auto-Submitted)
 _OVERRIDABLE = {"Auto-Submitted": "auto-generated"}

@@ -25,8 +25,9 @@ from pydantic import ValidationError
 
 from relay.channels import ChannelEnv, Outgoing, Recovery, _smtp, settings_models
 from relay.channels._email_message import build_message, id_domain
+from relay.channels._email_settings import EmailSettings
 from relay.channels._http import HttpClient
-from relay.channels.email import EmailChannel, EmailSettings
+from relay.channels.email import EmailChannel
 from relay.config_load import load_config, parse_config
 from relay.errors import ConfigError, DeliveryError
 from relay.model import Run, notification_id
