@@ -24,19 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import _relay_setup
-from _procs import (
-    BENCH,
-    Children,
-    cpu_sample,
-    other_cores,
-    pause,
-    py_spy,
-    run_script,
-    threads_cpu_s,
-    wait_for_sink,
-    workspace,
-)
+from _probes import wait_for_sink
+from _procs import BENCH, Children, pause, py_spy, run_script, workspace
 from _results import Row, arg_parser, compare, cores, ratio, report, workers_note
+from _usage import cpu_sample, other_cores, threads_cpu_s
 
 TARGET = 10.0
 

@@ -21,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _procs import Children, cpu_sample, other_cores, run_script, wait_for_sink, workspace
+from _probes import wait_for_sink
+from _procs import Children, run_script, workspace
 from _results import Row, arg_parser, compare, cores, ratio, report, workers_note
 from _targets import FORMATS, baseline_name, systems, target
+from _usage import cpu_sample, other_cores
 
 TARGET = 1 / 1.5
 

@@ -21,7 +21,9 @@ from typing import Any
 
 import _relay_setup
 import _results
-from _procs import Child, Children, cpu_sample, py_spy, run_script, sink_count, workspace
+from _probes import sink_count
+from _procs import Child, Children, py_spy, run_script, workspace
+from _usage import cpu_sample
 
 DRAIN_WAIT_S = 10.0
 

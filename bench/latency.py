@@ -20,17 +20,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from _procs import (
-    Children,
-    cpu_sample,
-    other_cores,
-    run_script,
-    sink_arrivals,
-    wait_for_sink,
-    workspace,
-)
+from _probes import sink_arrivals, wait_for_sink
+from _procs import Children, run_script, workspace
 from _results import Row, arg_parser, compare, cores, percentile, report, workers_note
 from _targets import FORMATS, baseline_name, systems, target
+from _usage import cpu_sample, other_cores
 
 TARGET_P99_MS = 50.0
 

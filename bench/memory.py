@@ -18,8 +18,10 @@ import time
 from dataclasses import dataclass
 
 import _relay_setup
-from _procs import Child, Children, load_argv, relay_metric, rss_mb, run_script, workspace
+from _probes import relay_metric
+from _procs import Child, Children, load_argv, run_script, workspace
 from _results import Row, arg_parser, compare, ratio, report
+from _usage import rss_mb
 
 TARGET_MB = 150.0
 TARGET_GROWTH = 1.10

@@ -24,18 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import _relay_setup
-from _procs import (
-    BENCH,
-    Child,
-    Children,
-    cpu_sample,
-    get_json,
-    other_cores,
-    relay_metric,
-    run_script,
-    workspace,
-)
+from _probes import get_json, relay_metric
+from _procs import BENCH, Child, Children, run_script, workspace
 from _results import Row, arg_parser, compare, cores, report
+from _usage import cpu_sample, other_cores
 
 TARGET = 2000.0
 
