@@ -14,8 +14,8 @@ from relay.config_load import Draft, LoadedConfig, check_config, check_file, par
 from relay.config_rules import RuleConfig
 from relay.config_warnings import config_warnings
 from relay.dashboard_links import dashboard_link
-from relay.dispatch import DIGEST_TEMPLATE
 from relay.errors import ConfigError, Problem, in_file_order, warnings_in_file_order
+from relay.rendering import DIGEST_TEMPLATE
 from relay.rules import (
     RECOVERY_TEMPLATE,
     Locate,

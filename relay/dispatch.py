@@ -7,8 +7,8 @@ marked sent only after the send returned, with the channel's receipt. A recovery
 notification's fate: muted with it, never muted on its own, held while it is dead (the channel
 never heard it: Alertmanager sends no resolved for an alert it never notified).
 
-This module decides what goes and renders it; relay.recoveries decides what a recovery waits
-for, relay.outcomes writes and tells what came of a send.
+This module decides what goes and renders it (with relay.rendering); relay.recoveries decides
+what a recovery waits for, relay.outcomes writes and tells what came of a send.
 """
 
 from __future__ import annotations
@@ -27,24 +27,23 @@ from relay.awaited import Awaited
 from relay.channels import Outgoing, Recovery
 from relay.config import RetryPolicy
 from relay.errors import StoreUnavailable
-from relay.grouping import digest_context, digest_id, seen_at
+from relay.grouping import digest_id
 from relay.model import Notification, subject_of
 from relay.outcomes import Outcomes, row_extra
 from relay.recoveries import Recoveries
+from relay.rendering import DashboardLink, render_digest, render_notification
 from relay.sending import Clock, Route, Sender, Sleep
 from relay.silences.cache import SilenceCache
 from relay.silences.index import silenced_by
 from relay.store import Store
-from relay.templating import RenderContext, Rendered, Renderer
+from relay.templating import Rendered, Renderer
 
 log = logging.getLogger("relay.delivery")
 RETRY_SOON_S = 5.0  # rows given back after a store failure before their send, due again then
-DIGEST_TEMPLATE = "digest"
 # A render gets this long on the event loop (the shipped templates take a millisecond or two);
 # one that needs more starts again in the channel's own thread with the full budget, so a slow
 # template holds up its channel, never intake or the other channels for a second per message.
 ON_LOOP_RENDER_S = 0.05
-DashboardLink = Callable[[dict[str, object]], str | None]
 
 
 class Release(Protocol):
@@ -77,64 +76,6 @@ class Deps:
     # rule → its group_interval (s) now, or None: a digest's next one waits that long after
     # this one's send began, however late that was
     group_interval_of: Callable[[str], float | None] | None = None
-
-
-def body_limit(route: Route) -> int | None:
-    """The largest body the channel's receiver takes (`channel.max_body_bytes` of a template),
-    for the types that have the setting."""
-    limit = getattr(route.settings, "max_body_bytes", None)
-    return limit if isinstance(limit, int) else None
-
-
-def render_notification(
-    renderer: Renderer,
-    channel: str,
-    route: Route,
-    row: Notification,
-    link: DashboardLink,
-    *,
-    wall_s: float | None = None,
-) -> Rendered:
-    """Render `row` for one channel (also used by `relay test` and `relay send-test`)."""
-    ctx = RenderContext(
-        run=row.run,
-        rule=row.rule,
-        channel=channel,
-        channel_type=route.type,
-        notification_id=row.id,
-        dashboard_url=link(row.run),
-        resolves=row.resolves,
-        max_body_bytes=body_limit(route),
-    )
-    return renderer.render(route.type, row.template, route.parts, ctx, wall_s=wall_s)
-
-
-def render_digest(
-    renderer: Renderer,
-    channel: str,
-    route: Route,
-    rows: list[Notification],
-    link: DashboardLink,
-    *,
-    wall_s: float | None = None,
-) -> Rendered:
-    """Render several notifications of one group as one digest (template `digest`): its runs
-    oldest first, by when each run says it was seen (updatedAt), the latest last."""
-    rows = sorted(rows, key=lambda row: seen_at(row.run))
-    head = rows[-1]
-    labels = head.extra.get("group_labels") or {}
-    group = digest_context(head.group_key or "", labels, [row.run for row in rows])
-    ctx = RenderContext(
-        run=head.run,
-        rule=head.rule,
-        channel=channel,
-        channel_type=route.type,
-        notification_id=digest_id([row.id for row in rows]),
-        dashboard_url=link(head.run),
-        group=group,
-        max_body_bytes=body_limit(route),
-    )
-    return renderer.render(route.type, DIGEST_TEMPLATE, route.parts, ctx, wall_s=wall_s)
 
 
 class Dispatch:

@@ -12,10 +12,10 @@ from relay import channels as channel_registry
 from relay.channels import ChannelEnv, Outgoing, Recovery
 from relay.configure import Compiled
 from relay.dashboard_links import dashboard_link
-from relay.dispatch import render_digest, render_notification
 from relay.errors import DeliveryError, RelayError
 from relay.grouping import group_key, group_labels
 from relay.model import Notification, Run, notification_id
+from relay.rendering import render_digest, render_notification
 from relay.routes import http_client, route_for
 from relay.sending import Route
 from relay.templating import Rendered
