@@ -14,7 +14,7 @@ from relay.config_load import Draft, LoadedConfig, check_config, check_file, par
 from relay.config_rules import RuleConfig
 from relay.config_warnings import config_warnings
 from relay.dashboard_links import dashboard_link
-from relay.errors import ConfigError, Problem, in_file_order, warnings_in_file_order
+from relay.errors import ConfigError, Problem, in_file_order
 from relay.rendering import DIGEST_TEMPLATE
 from relay.rules import (
     RECOVERY_TEMPLATE,
@@ -141,7 +141,7 @@ def compile_config(loaded: LoadedConfig, templates: Mapping[str, bytes] | None =
     warnings += _unrendered_files(renderer, loaded.locate)
     if problems or found:
         raise ConfigError(in_file_order(problems + found))
-    return Compiled(loaded, rules, renderer, tuple(warnings_in_file_order(warnings + unknown)))
+    return Compiled(loaded, rules, renderer, tuple(in_file_order(warnings + unknown)))
 
 
 def _check_templates(

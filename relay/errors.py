@@ -21,7 +21,7 @@ import socket
 import ssl
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 REASONS = (
     "client_error",
@@ -61,28 +61,20 @@ class ConfigError(RelayError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
-def in_file_order(problems: list[Problem]) -> list[Problem]:
-    """Each problem once, by line (stable: problems of one line keep the order found)."""
-
-    def line(problem: Problem) -> int:
-        tail = problem.location.rpartition(":")[2]
-        return int(tail) if tail.isdigit() else 0
-
-    return sorted(dict.fromkeys(problems), key=line)
+# a problem's or warning's `config.yaml:15: ` head (a Problem's str begins with its location)
+_LOCATED = re.compile(r"(.+?):(\d+): ")
+Found = TypeVar("Found", Problem, str)
 
 
-_LOCATED = re.compile(r"(.+?):(\d+): ")  # a warning's `config.yaml:15: ` head
+def in_file_order(found: list[Found]) -> list[Found]:
+    """Each problem or warning once: those headed `file:line: ` by file, then line; the others
+    after them, as found (the checks that find them run one after another, not down the file)."""
 
-
-def warnings_in_file_order(warnings: list[str]) -> list[str]:
-    """Each warning once: those headed `file:line: ` by file, then line; the others after
-    them, as found (the checks that find them run one after another, not down the file)."""
-
-    def place(warning: str) -> tuple[int, str, int]:
-        located = _LOCATED.match(warning)
+    def place(item: Found) -> tuple[int, str, int]:
+        located = _LOCATED.match(str(item))
         return (0, located[1], int(located[2])) if located else (1, "", 0)
 
-    return sorted(dict.fromkeys(warnings), key=place)
+    return sorted(dict.fromkeys(found), key=place)
 
 
 class InputError(RelayError):

@@ -15,7 +15,7 @@ from relay.config_load import parse_config
 from relay.configure import compile_config, load
 from relay.dashboard_links import dashboard_link
 from relay.durations import format_duration, parse_duration
-from relay.errors import ConfigError, did_you_mean
+from relay.errors import ConfigError, Problem, did_you_mean, in_file_order
 from relay.settings import load_settings
 from relay.sizes import format_size, parse_size
 from tests.conftest import run_cli_in_process
@@ -1120,6 +1120,20 @@ def assert_lines_start(found: list[str], expected: list[str]) -> None:
     assert len(found) == len(expected), found
     for line, want in zip(found, expected, strict=True):
         assert line.startswith(want), found
+
+
+def test_problems_and_warnings_come_in_file_order_alike() -> None:
+    """`relay check` tells its problems as its warnings: by file, then line (10 after 9), each
+    once; one without a line (the file as a whole) after them. Problems told it first."""
+    told = [
+        Problem("c.yaml:10", "rules[1]", "x"),
+        Problem("c.yaml", "", "the whole file"),
+        Problem("c.yaml:9", "rules[0]", "y"),
+        Problem("c.yaml:10", "rules[1]", "x"),
+    ]
+    in_order = [told[2], told[0], told[1]]
+    assert in_file_order(told) == in_order
+    assert in_file_order([str(p) for p in told]) == [str(p) for p in in_order]
 
 
 # One problem of each kind, each in its own place: one `relay check` names them all, in line order.
