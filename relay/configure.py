@@ -159,7 +159,8 @@ def _check_templates(
         where = locate(("rules", i, "template"))
         types = dict.fromkeys(channel_types[n] for n in rule.notify if n in channel_types)
         for kind in (channel_registry.REGISTRY[t] for t in types):
-            for template, part in itertools.product(_templates_of(rule), kind.parts):
+            templates = _templates_of(rule, renderer, kind.type, kind.parts[0])
+            for template, part in itertools.product(templates, kind.parts):
                 key = (kind.type, template, part)
                 if key not in findings:
                     findings[key] = _findings(renderer, *key)
@@ -230,8 +231,11 @@ def _unrendered_files(renderer: Renderer, locate: Locate) -> list[str]:
     return [f"{where}: templates.dir: {why}" for why in found]
 
 
-def _templates_of(rule: RuleConfig) -> list[str]:
-    """The templates a rule renders: its own, the digest's and the recovery's if it has them."""
-    templates = list(dict.fromkeys([rule_template(rule), rule_template(rule, failed=True)]))
-    templates += [DIGEST_TEMPLATE] if rule.group_by else []
-    return templates + ([RECOVERY_TEMPLATE] if rule.update_on_recovery else [])
+def _templates_of(rule: RuleConfig, renderer: Renderer, kind: str, part: str) -> list[str]:
+    """The templates a rule renders for channel type `kind`: its own, the digest's and the
+    recovery's if it has them (the rule's own `<template>_digest`, if `kind` has it, ...)."""
+    own = rule_template(rule)
+    templates = list(dict.fromkeys([own, rule_template(rule, failed=True)]))
+    variants = [DIGEST_TEMPLATE] if rule.group_by else []
+    variants += [RECOVERY_TEMPLATE] if rule.update_on_recovery else []
+    return templates + [renderer.variant(kind, own, variant, part) for variant in variants]

@@ -32,6 +32,7 @@ from relay.model import Notification, subject_of
 from relay.outcomes import Outcomes, row_extra
 from relay.recoveries import Recoveries
 from relay.rendering import DashboardLink, render_digest, render_notification
+from relay.rules import RECOVERY_TEMPLATE
 from relay.sending import Clock, Route, Sender, Sleep
 from relay.silences.cache import SilenceCache
 from relay.silences.index import silenced_by
@@ -323,17 +324,21 @@ class Dispatch:
         link = self.deps.dashboard_link
         if len(rows) == 1:
             return render_notification(*args, self._current(rows[0]), link, wall_s=wall_s)
-        return render_digest(*args, rows, link, wall_s=wall_s)
+        return render_digest(*args, [self._current(row) for row in rows], link, wall_s=wall_s)
 
     def _current(self, row: Notification) -> Notification:
         """`row` with the template its rule names now: a reload that changed it (with the
         channel's type, say) while the row waited in a digest or a retry's backoff renders the
-        new one, as the templates' files are the new ones. A recovery keeps `recovered`."""
+        new one, as the templates' files are the new ones. A recovery renders `recovered`, or
+        the rule's own `<template>_recovered` where the channel type has one."""
         template_of = self.deps.template_of
-        if row.resolves is not None or template_of is None:
+        if template_of is None:
             return row
         event = str(row.run.get("event") or "run")
         template = template_of(row.rule, self.name, event, row.run.get("status"))
+        if template is not None and row.resolves is not None:
+            kind, part = self.route.type, self.route.parts[0]
+            template = self.deps.renderer.variant(kind, template, RECOVERY_TEMPLATE, part)
         return (
             row if template is None or template == row.template else replace(row, template=template)
         )

@@ -60,6 +60,7 @@ class RenderContext:
     group: dict[str, Any] | None = None  # digests: see relay.grouping.digest_context
     resolves: str | None = None  # recoveries: the id of the notification they resolve
     max_body_bytes: int | None = None  # the channel's, for types that have one (webhook)
+    group_labels: dict[str, Any] | None = None  # a group_by rule's: the group's labels
 
 
 def error_view(raw: Any) -> dict[str, Any] | None:
@@ -162,7 +163,11 @@ def template_variables(ctx: RenderContext) -> dict[str, Any]:
             "type": ctx.channel_type,
             "max_body_bytes": ctx.max_body_bytes,
         },
-        "notification": {"id": ctx.notification_id, "resolves": ctx.resolves},
+        "notification": {
+            "id": ctx.notification_id,
+            "resolves": ctx.resolves,
+            "group_labels": ctx.group_labels,
+        },
         "dashboard_url": ctx.dashboard_url,
         "error": error,
         "summary": summary(run, error),

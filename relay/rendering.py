@@ -1,11 +1,13 @@
-"""A notification's message for one channel, or a digest's of several notifications of one
-group: the render context made of the rows and the channel's route, rendered by the
-Renderer. Delivery renders with these (relay.dispatch), and so do `relay test` and `relay
-send-test` (relay.trying)."""
+"""A notification's message for one channel, or a digest's (every due notification of a group
+as one message): its context built (relay.render_context) and rendered by the Renderer with the
+template the row names, `digest` for a digest, or the rule's own `<template>_digest` where the
+channel type has one. Delivery (relay.dispatch), `relay test` and `relay send-test` render
+through here."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from relay.grouping import digest_context, digest_id, seen_at
 from relay.model import Notification
@@ -33,16 +35,7 @@ def render_notification(
     wall_s: float | None = None,
 ) -> Rendered:
     """Render `row` for one channel (also used by `relay test` and `relay send-test`)."""
-    ctx = RenderContext(
-        run=row.run,
-        rule=row.rule,
-        channel=channel,
-        channel_type=route.type,
-        notification_id=row.id,
-        dashboard_url=link(row.run),
-        resolves=row.resolves,
-        max_body_bytes=body_limit(route),
-    )
+    ctx = _context(channel, route, row, row.id, link(row.run))
     return renderer.render(route.type, row.template, route.parts, ctx, wall_s=wall_s)
 
 
@@ -55,20 +48,32 @@ def render_digest(
     *,
     wall_s: float | None = None,
 ) -> Rendered:
-    """Render several notifications of one group as one digest (template `digest`): its runs
-    oldest first, by when each run says it was seen (updatedAt), the latest last."""
+    """Render several notifications of one group as one digest (template `digest`, or the
+    rule's own `<template>_digest`): its runs oldest first, by when each run says it was seen
+    (updatedAt), the latest last."""
     rows = sorted(rows, key=lambda row: seen_at(row.run))
     head = rows[-1]
     labels = head.extra.get("group_labels") or {}
     group = digest_context(head.group_key or "", labels, [row.run for row in rows])
-    ctx = RenderContext(
-        run=head.run,
-        rule=head.rule,
+    ident = digest_id([row.id for row in rows])
+    ctx = replace(_context(channel, route, head, ident, link(head.run)), group=group)
+    name = renderer.variant(route.type, head.template, DIGEST_TEMPLATE, route.parts[0])
+    return renderer.render(route.type, name, route.parts, ctx, wall_s=wall_s)
+
+
+def _context(
+    channel: str, route: Route, row: Notification, ident: str, link: str | None
+) -> RenderContext:
+    """The context of `row`'s message (of a digest whose head it is: `ident` the digest's)."""
+    labels = row.extra.get("group_labels") if row.group_key is not None else None
+    return RenderContext(
+        run=row.run,
+        rule=row.rule,
         channel=channel,
         channel_type=route.type,
-        notification_id=digest_id([row.id for row in rows]),
-        dashboard_url=link(head.run),
-        group=group,
+        notification_id=ident,
+        dashboard_url=link,
+        resolves=row.resolves,
         max_body_bytes=body_limit(route),
+        group_labels=labels if isinstance(labels, dict) else None,
     )
-    return renderer.render(route.type, DIGEST_TEMPLATE, route.parts, ctx, wall_s=wall_s)

@@ -189,6 +189,12 @@ class Renderer:
     def has_template(self, channel_type: str, name: str, part: str) -> bool:
         return self._exists(_template_name(channel_type, name, part))
 
+    def variant(self, channel_type: str, template: str, kind: str, part: str) -> str:
+        """What a rule rendering `template` renders as a digest or a recovery (`kind`): its own
+        `<template>_<kind>` where the channel type has one (`alertmanager_digest`), else `kind`."""
+        own = f"{template}_{kind}"
+        return own if template and self.has_template(channel_type, own, part) else kind
+
     def unknown_names(self, channel_type: str, name: str, part: str) -> list[tuple[str, int]]:
         """Top-level names the template reads that its context does not have (a misspelled
         variable renders empty, so `relay check` warns), each with the first line reading it;

@@ -67,15 +67,15 @@ def dry_run(compiled: Compiled, runs: list[Run], digests: bool = False) -> list[
                 run.as_dict(),
                 time.time(),
             )
+            if match.group_by is not None:  # its message is rendered as one of the group
+                labels = group_labels(row.run, match.group_by)
+                key = group_key(match.rule, match.channel, labels)
+                row = replace(row, group_key=key, extra={"group_labels": labels})
+                groups.setdefault(key, {})[run.id] = row
             route = route_for(compiled, match.channel, env, throttled=False)
             rendered = render_notification(compiled.renderer, match.channel, route, row, link)
             messages.append((match.rule, match.channel, rendered))
             changes[match.rule, match.channel] = _changes(compiled, match.channel, rendered)
-            if match.group_by is not None:
-                labels = group_labels(row.run, match.group_by)
-                key = group_key(match.rule, match.channel, labels)
-                grouped = replace(row, group_key=key, extra={"group_labels": labels})
-                groups.setdefault(key, {})[run.id] = grouped
         rules = list(dict.fromkeys(m.rule for m in decision.matches))
         out.append(DryRun(run.id, rules, messages, run.event, changes))
     return out + [
@@ -86,7 +86,8 @@ def dry_run(compiled: Compiled, runs: list[Run], digests: bool = False) -> list[
 
 
 def _digest(compiled: Compiled, key: str, rows: list[Notification], env: ChannelEnv) -> DryRun:
-    """The digest a group of two or more of the file's runs would get (template `digest`)."""
+    """The digest a group of two or more of the file's runs would get (template `digest`, or
+    the rule's own `<template>_digest`)."""
     rule, channel = rows[0].rule, rows[0].channel
     route = route_for(compiled, channel, env, throttled=False)
     link = dashboard_link(compiled.loaded.config.defaults)
