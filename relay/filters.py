@@ -8,10 +8,12 @@ Registered in every template and `when:` expression (relay/sandbox.py):
     mrkdwn          Slack mrkdwn text: &, <, > escaped (so run data cannot ping @channel or
                     forge <links>); mrkdwn(N) also cuts to N characters, never inside an entity
     web_url         the value if it is an absolute http(s) URL a link can take, else None
+    fingerprint     16 hex digits naming a value (Alertmanager's alert `fingerprint`)
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import textwrap
@@ -196,6 +198,13 @@ def _has_host(url: str) -> bool:
         return bool(parts.hostname) and (parts.port is None or parts.port >= 0)
     except ValueError:
         return False
+
+
+def fingerprint(value: Any) -> str:
+    """16 hex digits (64 bits, as an Alertmanager alert's `fingerprint`) that name `value`, the
+    same for the same value in every render and process: `[rule, run.id]|fingerprint`."""
+    data = orjson.dumps(value, default=as_text, option=orjson.OPT_NON_STR_KEYS)
+    return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
 def http_url(value: Any) -> str | None:

@@ -29,6 +29,7 @@ from markupsafe import Markup
 
 from relay.filters import (
     duration,
+    fingerprint,
     money,
     mrkdwn,
     stack,
@@ -243,7 +244,7 @@ def environment(
     env.globals.pop("lipsum", None)  # a text generator with unbounded sizes; useless here
     env.globals["namespace"] = _Namespace
     ours = (money, duration, truncate_chars, tojson, stack, status_emoji, mrkdwn, web_url, brief)
-    env.filters.update({f.__name__: f for f in ours})
+    env.filters.update({f.__name__: f for f in (*ours, fingerprint)})
     guard_filters(env)
     env.filters[_LOOP_BUDGET] = loop_budget
     return env
