@@ -332,3 +332,16 @@ def test_relay_check_and_relay_test_know_it(tmp_path: Path) -> None:
     found = run_cli_in_process("check", "--config", str(path))
     assert found.returncode == 1
     assert "slack: template slack/alertmanager.json.j2 not found" in found.stdout + found.stderr
+
+
+def test_the_group_key_sorts_its_labels_as_alertmanager_does() -> None:
+    """Go sorts label names byte-wise: an upper-case `group_by` key comes before alertname."""
+    run = Run.model_validate(failed("run_aaa")).as_dict()
+    labels = {"taskIdentifier": "sync-data", "Zone": "eu"}
+    ctx = RenderContext(
+        run, "failed-runs", "am", "webhook", "ntf_1", LINK(run), group_labels=labels
+    )
+    out = RENDERER.render("webhook", "alertmanager", ("json",), ctx)
+    body = json.loads(out.parts["json"])
+    assert body["groupKey"] == '{}:{Zone="eu", alertname="failed-runs", taskIdentifier="sync-data"}'
+    assert list(body["groupLabels"]) == ["Zone", "alertname", "taskIdentifier"]
