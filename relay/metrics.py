@@ -218,7 +218,8 @@ class Metrics:
         )
         self.realtime_lag = Gauge(
             "relay_realtime_lag_seconds",
-            "From the newest submitted row's updatedAt to its arrival, by feed.",
+            "From the newest submitted row's updatedAt to its arrival, by feed; not shown from"
+            " a failed request to the next up-to-date answer (unknown meanwhile).",
             ["feed"],
             registry=r,
         )
@@ -353,7 +354,9 @@ class Metrics:
         self.realtime_rows.labels(feed=feed).inc(rows)
         self.realtime_held.labels(feed=feed).set(held)
         self.realtime_up_to_date.labels(feed=feed).set(time.time())
-        if lag_s is not None:
+        if lag_s is None:
+            self._unknown_lag(feed)
+        else:
             self.realtime_lag.labels(feed=feed).set(max(lag_s, 0.0))
 
     def realtime_followed(self, feed: str) -> None:
@@ -372,8 +375,18 @@ class Metrics:
                 gauge.remove(feed)
 
     def realtime_error(self, feed: str, reason: str) -> None:
-        """The Realtime source's hook: one call per failed request."""
+        """The Realtime source's hook: one call per failed request. The feed's lag is unknown
+        from then until its next up-to-date answer: kept at its last value, a feed whose
+        server was down showed the healthy lag it had before, for as long as the outage
+        lasted. Not exported meanwhile (as Prometheus' own exporters leave out what they
+        cannot read, rather than a NaN or a stale value); RelayRealtimeFailing and
+        RelayRealtimeStalled tell of the outage."""
         self.realtime_errors.labels(feed=feed, reason=reason).inc()
+        self._unknown_lag(feed)
+
+    def _unknown_lag(self, feed: str) -> None:
+        with contextlib.suppress(KeyError):
+            self.realtime_lag.remove(feed)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,0 +1,46 @@
+"""The Realtime source as an operator runs it for weeks: what /metrics says through an outage,
+and what a feed holds after a must-refetch. Against the fake Trigger.dev Realtime server
+(tests/fakes/realtime.py) and relay in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from tests.conftest import Relay, RelayFactory, Sink
+from tests.fakes.realtime import fake_realtime, session
+from tests.test_realtime import FEED_KEY, config
+
+LAG = re.compile(rf'^relay_realtime_lag_seconds\{{feed="{re.escape(FEED_KEY)}"\}} (\S+)$', re.M)
+FAILED = re.compile(
+    rf'^relay_realtime_errors_total\{{feed="{re.escape(FEED_KEY)}",reason="server_error"\}}'
+    r" ([1-9]\S*)$",
+    re.M,
+)
+
+
+async def shown(r: Relay, pattern: re.Pattern[str], present: bool) -> str:
+    """/metrics once `pattern` is (or is no longer) in it."""
+    for _ in range(600):
+        async with r.http.get(r.url + "/metrics") as resp:
+            metrics = await resp.text()
+        if bool(pattern.search(metrics)) == present:
+            return metrics
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{pattern.pattern} {'never' if present else 'still'} shown: {metrics}")
+
+
+async def test_a_feed_whose_server_fails_shows_no_lag_until_it_catches_up_again(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """relay_realtime_lag_seconds kept its last value while Trigger.dev was down: a dashboard
+    showed the healthy lag of before (0 s) for a feed nobody could follow. Its lag is unknown
+    from a failed request until the next up-to-date answer, and not exported meanwhile."""
+    async with fake_realtime(session()) as fake:
+        r = await relay(config(fake.url, sink.url))
+        await shown(r, LAG, True)
+        fake.refuse = 503  # every request: a server error, retried with backoff
+        metrics = await shown(r, FAILED, True)
+        assert not LAG.search(metrics), metrics
+        fake.refuse = None
+        await shown(r, LAG, True)
