@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from relay.sources._follower import FINAL_GRACE_S
-from relay.sources._shape import Position, Shape
+from relay.sources._shape import SNAPSHOT_HOLD_S, Position, Shape
 from tests.fakes.realtime import Exchange, FakeRealtime, fake_realtime, row_key, session
 from tests.test_realtime import FEED_KEY, H1, following, statuses
 
@@ -218,6 +218,35 @@ async def test_a_restart_does_not_start_the_grace_of_the_rows_again() -> None:
             fake.release()
             await again.submit.wait_for(1)
             await answered_since(fake, 1)
+    assert held(h.kv) == {row_key(STILL), row_key(internal(0))}
+    assert h.kv.position(FEED_KEY)["rows"] == 2
+
+
+async def test_a_must_refetch_does_not_hold_the_snapshot_s_finished_runs_another_hour() -> None:
+    """The rows of a snapshot counted their grace from when they came: after a 409 (Electric
+    rotates a shape; a new feed's first snapshot too) every run the snapshot held, finished
+    a day ago or not, was held a whole hour more, a tags feed's whole window of runs. Now a
+    snapshot's row counts from its own updatedAt, as a resumed one: runs that ended two hours
+    ago are dropped SNAPSHOT_HOLD_S after they came, a run that ended a minute ago is kept."""
+    now = time.time()
+
+    def ended_at(n: int) -> dict[str, Any]:
+        return {"updatedAt": pg_time(now - (60 if n == 0 else 2 * FINAL_GRACE_S))}
+
+    clock = Clock()
+    async with fake_realtime(script([], ended_at)) as fake:
+        fake.release(3)
+        async with following(fake, clock=clock) as h:
+            await h.submit.wait_for(2)
+            await answered_since(fake, 2)
+            assert len(held(h.kv)) == RUNS + 1  # live changes: within the grace
+            fake.rotate("83412937-1755681299400117")  # the next live request: 409
+            await h.submit.wait_for(3)  # the new snapshot's runs, emitted again
+            await answered_since(fake, 2)
+            assert len(held(h.kv)) == RUNS + 1  # held a while, should the same come again
+            clock.now = SNAPSHOT_HOLD_S
+            await answered_since(fake, 2)
+    assert "409 unknown handle" in fake.served, fake.served
     assert held(h.kv) == {row_key(STILL), row_key(internal(0))}
     assert h.kv.position(FEED_KEY)["rows"] == 2
 

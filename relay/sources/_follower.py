@@ -82,9 +82,9 @@ UNREADABLE_LIMIT = 3  # the same unreadable response this often: start from a ne
 # long. Its status never changes again; what Trigger.dev still writes after the end (cost and
 # duration, written when the attempt ends, TRIGGER.md §1.1, come with the final status in the
 # fixtures' session; a metadata flush, the SDK's 30 s stop grace after completedAt) comes within
-# seconds, so an hour merges it with a wide margin (rows read back at a restart count from
-# their own updatedAt, so restarts do not start it again), while a feed matching 10 runs/s
-# holds ~36,000 finished runs (~110 MB), not all.
+# seconds, so an hour merges it with a wide margin (rows read back at a restart, or of a
+# snapshot, count from their own updatedAt: neither starts it again), while a feed matching
+# 10 runs/s holds ~36,000 finished runs (~110 MB), not all.
 FINAL_GRACE_S = 3600.0
 
 

@@ -12,8 +12,9 @@ backend whole rows. `Shape.unsaved()` is what changed in the rows since `Shape.s
 a caller can store the rows beside the position and resume from both (`Shape(position, rows)`).
 
 `Shape.drop_final(grace_s)` forgets the rows of runs in a final status that have not changed
-for `grace_s` (by the shape's clock; rows it resumed with count from their own `updatedAt` or
-`completedAt`, else from the resume, so a restart does not start their grace again): a run's status
+for `grace_s` (by the shape's clock; rows it resumed with, and those of a snapshot or catch-up,
+count from their own `updatedAt` or `completedAt`, so neither a restart nor a must-refetch
+starts their grace again; a live change from when it came): a run's status
 never changes once final, and without it a shape, which no run leaves (a tags feed's window is
 fixed per handle), held every run it ever matched. An update of a run not held that is not a
 whole row cannot be merged: it is skipped and counted (`Batch.skipped`); a whole one is taken
@@ -35,6 +36,10 @@ from relay.formats.electric import is_final_row, is_whole_row, row_changed_at
 from relay.formats.packets import MAX_DEPTH, capped
 
 START = "-1"
+# A final row a snapshot brings, finished before the grace, is dropped no sooner than this after
+# it came: a server that answers with the same rows again (no long poll: a naive one, a caching
+# proxy) would have it taken as new at each answer, and submitted again.
+SNAPSHOT_HOLD_S = 300.0
 TRIGGER_VERSION = "4.5.12"  # the SDK (packages/core) version relay speaks like
 ELECTRIC_VERSION = "1.0.0-beta.1"  # without it the proxy answers with legacy header names
 API_VERSION = "2025-07-16"  # without it the server rewrites DEQUEUED to EXECUTING
@@ -177,9 +182,11 @@ class Shape:
         self.position = position or Position()
         self.live = False  # becomes true at the first up-to-date
         self.rows: dict[str, dict[str, Any]] = dict(rows or {})
-        self._clock = clock
+        self._clock, self._wall = clock, wall
         # the keys of rows in a final status, with when they last changed: oldest first
         self._final = _resumed_final(self.rows, clock(), wall())
+        self._unsorted = False  # _final took a row older than its newest (a snapshot's)
+        self._taken: dict[str, float] = {}  # when the rows timed from their own updatedAt came
         self._skipped = 0  # updates not merged since the last batch (Batch.skipped)
         self._changed: dict[str, None] = {}  # an ordered set of keys
         self._unsaved: set[str] = set()  # keys changed since saved()
@@ -208,6 +215,7 @@ class Shape:
         """must-refetch: forget every row and start again from a snapshot of `handle`."""
         self.rows.clear()
         self._final.clear()
+        self._taken.clear()
         self._changed.clear()
         self._unsaved.clear()
         self._cleared = True
@@ -229,14 +237,19 @@ class Shape:
         """Forget the rows in a final status unchanged for `grace_s` (but those still to be
         emitted); a delete for unsaved(). How many were dropped."""
         before = self._clock() - grace_s
+        taken_before = self._clock() - min(grace_s, SNAPSHOT_HOLD_S)
+        if self._unsorted:
+            self._final = dict(sorted(self._final.items(), key=lambda item: item[1]))
+            self._unsorted = False
         old = []
         for key, since in self._final.items():
             if since > before:
                 break
-            if key not in self._changed:
+            if key not in self._changed and self._taken.get(key, taken_before) <= taken_before:
                 old.append(key)
         for key in old:
             del self._final[key], self.rows[key]
+            self._taken.pop(key, None)
             self._unsaved.add(key)
         return len(old)
 
@@ -282,6 +295,7 @@ class Shape:
             self._unsaved.add(key)
             self.rows.pop(key, None)
             self._final.pop(key, None)
+            self._taken.pop(key, None)
             self._changed.pop(key, None)
             return True
         held = self.rows.get(key)
@@ -298,9 +312,23 @@ class Shape:
         self.rows[key] = row
         self._changed[key] = None
         self._final.pop(key, None)  # a change: its grace starts again (at the end: newest)
+        self._taken.pop(key, None)
         if is_final_row(row):
-            self._final[key] = self._clock()
+            self._finished(key, row)
         return True
+
+    def _finished(self, key: str, row: Mapping[str, Any]) -> None:
+        """Time the grace of a row in a final status: a live change from now (Trigger.dev
+        wrote it just now); a row of a snapshot or a catch-up from its own `updatedAt`, as a
+        resumed row's. Timed from now, a must-refetch (or a new feed) held every run of the
+        snapshot for the whole grace: a tags feed's day of finished runs, not an hour's."""
+        now = self._clock()
+        since = now if self.live else _changed_since(row, now, self._wall())
+        if since < now:  # held SNAPSHOT_HOLD_S at least: a row sent again finds it unchanged
+            self._taken[key] = now
+        newest = next(reversed(self._final.values()), since)
+        self._unsorted = self._unsorted or since < newest
+        self._final[key] = since
 
 
 def _resumed_final(
@@ -311,12 +339,17 @@ def _resumed_final(
     instead, the grace started again at every restart, and a relay restarted more often than
     it lasts never dropped a run; a row without either column, or one in the future (clocks
     apart), counts from the resume."""
-    since = {}
-    for key, row in rows.items():
-        if is_final_row(row):
-            changed = row_changed_at(row)
-            since[key] = now - (0.0 if changed is None else max(0.0, wall_now - changed))
+    since = {
+        key: _changed_since(row, now, wall_now) for key, row in rows.items() if is_final_row(row)
+    }
     return dict(sorted(since.items(), key=lambda item: item[1]))
+
+
+def _changed_since(row: Mapping[str, Any], now: float, wall_now: float) -> float:
+    """When `row` last changed on the shape's clock (`now`): its `updatedAt` (or
+    `completedAt`) that long before; `now` without either, or for one in the future."""
+    changed = row_changed_at(row)
+    return now - (0.0 if changed is None else max(0.0, wall_now - changed))
 
 
 def _check(message: dict[str, Any]) -> None:
