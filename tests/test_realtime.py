@@ -33,10 +33,11 @@ from relay.metrics import REALTIME_ERROR_REASONS, Metrics
 from relay.model import Run
 from relay.sources import realtime as realtime_module
 from relay.sources._answers import error_reason, status_reason
+from relay.sources._feed import feed_of
 from relay.sources._feed_request import Timing, retry_delay
 from relay.sources._feed_store import NAMESPACE, ROWS_NAMESPACE
 from relay.sources._follower import UNREADABLE_LIMIT, Follower
-from relay.sources._shape import Position, Shape, ShapeError, feed_of, stored_rows
+from relay.sources._shape import Position, Shape, ShapeError, stored_rows
 from relay.sources.realtime import (
     FORGET_AFTER_S,
     LEAD_RENEW_S,

@@ -15,7 +15,8 @@ import aiohttp
 from relay.config_sources import RealtimeConfig
 from relay.outbound import Proxies
 from relay.sources._answers import Response, read_capped
-from relay.sources._shape import Feed, Shape, request_headers
+from relay.sources._feed import Feed, request_headers
+from relay.sources._shape import Shape
 
 # an answer is read no further than this (decompressed): Electric cuts its log into chunks of
 # 10 MiB, so only a broken or hostile server sends more, and it would fill the memory

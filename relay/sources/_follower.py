@@ -70,9 +70,10 @@ from relay.sources._answers import (
     error_text,
     status_reason,
 )
+from relay.sources._feed import Feed
 from relay.sources._feed_request import Timing, feed_request, retry_delay
 from relay.sources._feed_store import FeedStore, Positions
-from relay.sources._shape import Batch, Feed, Shape, ShapeError
+from relay.sources._shape import Batch, Shape, ShapeError
 
 log = logging.getLogger("relay.realtime")
 UNREADABLE_LIMIT = 3  # the same unreadable response this often: start from a new snapshot

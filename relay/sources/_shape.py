@@ -1,15 +1,14 @@
-"""The Realtime protocol without I/O (TRIGGER.md §2.1-2.2): what a feed asks for, and one
-Electric shape stream's position, merged rows and what to emit.
+"""The Realtime protocol without I/O (TRIGGER.md §2.2): one Electric shape stream's position,
+merged rows and what to emit (what a feed asks for is relay.sources._feed's).
 
-`feed_of()` turns a configured feed into its endpoint, parameters and stable key;
-`request_headers()` are the SDK's. `Shape.query()` gives the query parameters of the next
-request; `Shape.receive()` applies a 200/204 response and returns a `Batch` of merged rows when
-the response ends up-to-date (the control message in the body, or Electric's
-`electric-up-to-date` header; the native backend only sends the message); `Shape.refetch()`
-handles `must-refetch` (409 or control message). Rows are kept by key and updates merged into
-them: Electric sends only the primary key and the changed columns of an update, the native
-backend whole rows. `Shape.unsaved()` is what changed in the rows since `Shape.saved()`, so that
-a caller can store the rows beside the position and resume from both (`Shape(position, rows)`).
+`Shape.query()` gives the query parameters of the next request; `Shape.receive()` applies a
+200/204 response and returns a `Batch` of merged rows when the response ends up-to-date (the
+control message in the body, or Electric's `electric-up-to-date` header; the native backend only
+sends the message); `Shape.refetch()` handles `must-refetch` (409 or control message). Rows are
+kept by key and updates merged into them: Electric sends only the primary key and the changed
+columns of an update, the native backend whole rows. `Shape.unsaved()` is what changed in the
+rows since `Shape.saved()`, so that a caller can store the rows beside the position and resume
+from both (`Shape(position, rows)`).
 
 `Shape.drop_final(grace_s)` forgets the rows of runs in a final status that have not changed
 for `grace_s` (by the shape's clock; rows it resumed with, and those of a snapshot or catch-up,
@@ -27,11 +26,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 
-from relay.config_sources import RealtimeFeed
 from relay.formats.electric import is_final_row, is_whole_row, row_changed_at
 from relay.formats.packets import MAX_DEPTH, capped
 
@@ -40,43 +37,6 @@ START = "-1"
 # it came: a server that answers with the same rows again (no long poll: a naive one, a caching
 # proxy) would have it taken as new at each answer, and submitted again.
 SNAPSHOT_HOLD_S = 300.0
-TRIGGER_VERSION = "4.5.12"  # the SDK (packages/core) version relay speaks like
-ELECTRIC_VERSION = "1.0.0-beta.1"  # without it the proxy answers with legacy header names
-API_VERSION = "2025-07-16"  # without it the server rewrites DEQUEUED to EXECUTING
-
-
-def request_headers(secret_key: str, branch: str | None = None) -> dict[str, str]:
-    headers = {
-        "Authorization": f"Bearer {secret_key}",
-        "trigger-version": TRIGGER_VERSION,
-        "x-trigger-electric-version": ELECTRIC_VERSION,
-        "x-trigger-api-version": API_VERSION,
-    }
-    if branch is not None:
-        headers["x-trigger-branch"] = branch
-    return headers
-
-
-@dataclass(frozen=True)
-class Feed:
-    key: str  # stable from the definition: where its position is stored
-    path: str
-    params: dict[str, str]
-    single_run: bool = False
-
-
-def feed_of(spec: RealtimeFeed) -> Feed:
-    """The endpoint, parameters and stored-position key of a configured feed."""
-    if spec.run_id is not None:
-        return Feed(f"run:{spec.run_id}", f"/realtime/v1/runs/{quote(spec.run_id)}", {}, True)
-    if spec.batch_id is not None:
-        return Feed(f"batch:{spec.batch_id}", f"/realtime/v1/batches/{quote(spec.batch_id)}", {})
-    tags = spec.tags or []
-    key = f"tags:{','.join(sorted(set(tags)))}|{spec.created_at}"
-    params = {"createdAt": spec.created_at}
-    if tags:
-        params["tags"] = ",".join(tags)
-    return Feed(key, "/realtime/v1/runs", params)
 
 
 class ShapeError(Exception):

@@ -20,12 +20,9 @@ import aiohttp
 from relay.config_sources import RealtimeConfig
 from relay.errors import StoreUnavailable
 from relay.outbound import USER_AGENT, new_resolver
+from relay.sources._feed import Feed, feed_of
 from relay.sources._feed_store import NAMESPACE, ROWS_NAMESPACE, Positions
 from relay.sources._follower import Failed, Follower, Observe, Submit
-from relay.sources._shape import (
-    Feed,
-    feed_of,
-)
 from relay.store import KvWrite
 
 log = logging.getLogger("relay.realtime")
