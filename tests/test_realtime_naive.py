@@ -165,6 +165,44 @@ async def test_an_answer_relay_cannot_use_is_logged_once_by_what_is_wrong(
     assert not h.submit.batches  # the rows still wait for an up-to-date
 
 
+def moving(offset: Callable[[int], str], handle: Callable[[int], str]) -> Answer:
+    """A snapshot, then live answers with nothing new at the `offset(n)` and `handle(n)` of
+    the n-th request (each ending up-to-date)."""
+    count = iter(range(1_000_000))
+
+    def answer(query: dict[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        n = next(count)
+        if query["offset"] == "-1":
+            return HEADERS, [insert(FAILED), UP_TO_DATE]
+        position = {"electric-offset": offset(n), "electric-handle": handle(n)}
+        return {**HEADERS, **position}, [UP_TO_DATE]
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "oddity"),
+    [
+        (moving(lambda n: f"{100 - n}_0", lambda n: "h1"), "an offset before the one asked from"),
+        (moving(lambda n: "1_0", lambda n: f"h{n}"), "a new handle without must-refetch"),
+    ],
+    ids=["offset-going-back", "handle-changing-without-409"],
+)
+async def test_a_position_moving_as_electric_never_does_is_logged_once(
+    answer: Answer, oddity: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Electric's offsets only go on within a handle, and a new handle comes with a 409: a
+    server answering an offset before the one asked from (asked again: every change since it)
+    or another handle on a 200 was followed without a word. Taken as Electric's client takes
+    it, and said once per feed."""
+    caplog.set_level(logging.WARNING, logger="relay")
+    async with naive_server(answer) as server, following(server) as h:
+        await asked(server, 6)
+    told = [r.__dict__["oddity"] for r in caplog.records if "not as Electric" in r.getMessage()]
+    assert told == [oddity]
+    assert len(h.submit.batches) == 1  # the run once; the rest changed nothing
+
+
 BEHIND = "realtime feed behind by more than one answer"
 
 

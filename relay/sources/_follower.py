@@ -35,12 +35,12 @@ row and came sooner than `idle_min_s` (0.5 s) after it was asked for is followed
 the rest of it, and so is a non-live one that neither moved on nor ended up-to-date, so a server
 answering at once (no long poll, the same rows again) is not hammered. Electric's non-live
 catch-up (a bare up-to-date at once) is not paced: the long poll after it is held.
-A change that leaves its row as it was is not emitted again. An answer without
-electric-handle or electric-offset keeps the feed's own; that and other ways an answer differs
-from Electric's (messages that are neither changes nor control, no up-to-date on an answer
-that did not move on) are logged once per feed. Live answers that move on without up-to-date
-are Electric's own log chunks, for a follower more than a chunk behind (an outage of a busy
-feed): said once per catch-up, at info.
+A change that leaves its row as it was is not emitted again. An answer without electric-handle
+or electric-offset keeps the feed's own; that and other ways an answer differs from Electric's
+(messages that are neither changes nor control, no up-to-date on an answer that did not move on,
+an offset going back, a new handle without a 409) are logged once per feed. Live answers that
+move on without up-to-date are Electric's own log chunks, for a follower more than a chunk
+behind (an outage of a busy feed): said once per catch-up, at info.
 """
 
 from __future__ import annotations

@@ -221,8 +221,10 @@ class Shape:
         position = _advance(self.position, headers)
         for message in messages:
             _check(message)
-        moved, self.position = position.offset != self.position.offset, position
         self.oddities = _oddities(status, headers, messages)
+        if not any(_headers(m).get("control") == "must-refetch" for m in messages):
+            self.oddities += _moved_oddly(self.position, position)
+        moved, self.position = position.offset != self.position.offset, position
         up_to_date = status == 204 or "electric-up-to-date" in headers
         self.idle, self.stalled, self.behind = True, False, False
         for message in messages:
@@ -328,6 +330,26 @@ def _oddities(status: int, headers: Mapping[str, str], messages: list[dict[str, 
     if strays:
         found.append("messages neither a change (key) nor a control message, ignored")
     return found
+
+
+def _moved_oddly(before: Position, after: Position) -> list[str]:
+    """How a position moved as Electric's never does: a new handle comes only with a
+    must-refetch (409), an offset only goes on (both taken all the same, as Electric's client
+    takes them: the changes asked for again, intake drops)."""
+    if before.handle is not None and after.handle != before.handle:
+        return ["a new handle without must-refetch"]
+    if _offset_order(after.offset) < _offset_order(before.offset):
+        return ["an offset before the one asked from"]
+    return []
+
+
+def _offset_order(offset: str) -> tuple[float, ...]:
+    """An offset as it sorts: `-1`, then `<lsn or ms>_<op or inf>` (`0_inf`: a snapshot's end);
+    one of another form sorts as `-1` (never taken for going back)."""
+    try:
+        return tuple(float(part) for part in offset.split("_", 1))
+    except ValueError:
+        return (-1.0,)
 
 
 def _headers(message: dict[str, Any]) -> dict[str, Any]:
