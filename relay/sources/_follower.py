@@ -49,7 +49,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -73,6 +73,7 @@ from relay.sources._answers import (
 from relay.sources._feed import Feed
 from relay.sources._feed_request import Timing, feed_request, retry_delay
 from relay.sources._feed_store import FeedStore, Positions
+from relay.sources._hooks import Failed, Observe, Sleep, Submit
 from relay.sources._shape import Batch, Shape, ShapeError
 
 log = logging.getLogger("relay.realtime")
@@ -87,22 +88,6 @@ UNREADABLE_LIMIT = 3  # the same unreadable response this often: start from a ne
 # snapshot, count from their own updatedAt: neither starts it again), while a feed matching
 # 10 runs/s holds ~36,000 finished runs (~110 MB), not all.
 FINAL_GRACE_S = 3600.0
-
-
-Submit = Callable[[Sequence[Run]], Awaitable[IntakeResult]]
-
-
-Sleep = Callable[[float], Awaitable[None]]
-
-
-# (feed key, rows submitted, lag in seconds from the newest row's updatedAt: 0 when the server
-# had nothing new, None when unknown; rows the feed holds) per up-to-date answer
-Observe = Callable[[str, int, float | None, int], None]
-
-
-# (feed key, reason) per request that failed: timeout, network, rate_limited, server_error,
-# auth_error, client_error, other (an answer that breaks the protocol)
-Failed = Callable[[str, str], None]
 
 
 class Follower:

@@ -22,7 +22,8 @@ from relay.errors import StoreUnavailable
 from relay.outbound import USER_AGENT, new_resolver
 from relay.sources._feed import Feed, feed_of
 from relay.sources._feed_store import NAMESPACE, ROWS_NAMESPACE, Positions
-from relay.sources._follower import Failed, Follower, Observe, Submit
+from relay.sources._follower import Follower
+from relay.sources._hooks import Failed, Observe, Submit
 from relay.store import KvWrite
 
 log = logging.getLogger("relay.realtime")
