@@ -5,11 +5,14 @@ and what a feed holds after a must-refetch. Against the fake Trigger.dev Realtim
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 
+import pytest
+
 from tests.conftest import Relay, RelayFactory, Sink
-from tests.fakes.realtime import fake_realtime, session
-from tests.test_realtime import FEED_KEY, config
+from tests.fakes.realtime import CUT, fake_realtime, session
+from tests.test_realtime import FEED_KEY, H1, config, following
 
 LAG = re.compile(rf'^relay_realtime_lag_seconds\{{feed="{re.escape(FEED_KEY)}"\}} (\S+)$', re.M)
 FAILED = re.compile(
@@ -44,3 +47,17 @@ async def test_a_feed_whose_server_fails_shows_no_lag_until_it_catches_up_again(
         assert not LAG.search(metrics), metrics
         fake.refuse = None
         await shown(r, LAG, True)
+
+
+async def test_an_answer_cut_mid_body_is_logged_in_words(caplog: pytest.LogCaptureFixture) -> None:
+    """A snapshot whose connection closed halfway through its JSON array was logged as
+    `reason=ClientPayloadError`, aiohttp's class name, which tells an operator nothing."""
+    caplog.set_level(logging.WARNING, logger="relay")
+    headers = {"electric-handle": H1, "electric-offset": "0_inf"}
+    async with fake_realtime(session()) as fake:
+        fake.faults = [(200, headers, CUT)]
+        async with following(fake) as h:
+            await h.submit.wait_for(1)  # asked again: the snapshot
+    failed = [r for r in caplog.records if r.getMessage() == "realtime request failed; retrying"]
+    assert [r.__dict__["reason"] for r in failed] == ["answer cut short or not decodable"]
+    assert h.failed == ["network"]

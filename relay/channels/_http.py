@@ -119,8 +119,16 @@ def transport_words(exc: BaseException) -> str:
     down. Shared by the channels and the Realtime feeds."""
     if isinstance(exc, UnsupportedProxy):
         return str(exc)
-    words = tls_failure(exc) or wire_failure(exc) or type(exc).__name__
+    words = tls_failure(exc) or wire_failure(exc) or _payload_failure(exc) or type(exc).__name__
     return f"proxy: {words}" if isinstance(exc, aiohttp.ClientProxyConnectionError) else words
+
+
+def _payload_failure(exc: BaseException) -> str | None:
+    """A body that broke off (the connection closed before its Content-Length or last chunk)
+    or whose coding cannot be undone: aiohttp says only "ClientPayloadError"."""
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "answer cut short or not decodable"
+    return None
 
 
 def _left(deadline: float) -> float:
