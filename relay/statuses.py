@@ -5,6 +5,8 @@ shorthand, the events a run update can be and the statuses each carries.
 
 from __future__ import annotations
 
+from typing import Any
+
 # Today's public RunStatus (packages/core schemas/api.ts).
 CURRENT_STATUSES = frozenset(
     {
@@ -53,6 +55,24 @@ ROW_V3_STATUS = {
 KNOWN_STATUSES = CURRENT_STATUSES | V3_STATUSES
 # The `failure` shorthand of rules.
 FAILURE_STATUSES = frozenset({"FAILED", "CRASHED", "SYSTEM_FAILURE", "TIMED_OUT", "INTERRUPTED"})
+# The SDK's flags of a run (booleanHelpersFromRunStatus, runStream.ts), on today's status.
+_FAILED_FLAG = frozenset({"FAILED", "CRASHED", "SYSTEM_FAILURE", "EXPIRED", "TIMED_OUT"})
+STATUS_FLAGS: dict[str, frozenset[str]] = {
+    "isQueued": frozenset({"PENDING_VERSION", "QUEUED", "DELAYED"}),
+    "isWaiting": frozenset({"WAITING"}),
+    "isExecuting": frozenset({"DEQUEUED", "EXECUTING"}),
+    "isCompleted": _FAILED_FLAG | {"COMPLETED"},
+    "isFailed": _FAILED_FLAG,
+    "isSuccess": frozenset({"COMPLETED"}),
+    "isCancelled": frozenset({"CANCELED"}),
+}
+# A v3 status as today's SDK names it (the inverse of ROW_V3_STATUS), for its flags.
+_V3_AS_TODAY = {
+    "INTERRUPTED": "FAILED",
+    "WAITING_FOR_DEPLOY": "PENDING_VERSION",
+    "REATTEMPTING": "EXECUTING",
+    "FROZEN": "WAITING",
+}
 
 
 def normalise_status(status: str) -> str:
@@ -74,3 +94,15 @@ EVENT_STATUSES = {
     "deployment.success": frozenset({"DEPLOYED"}),
     "error": frozenset({"NEW_ISSUE", "REGRESSION", "UNIGNORED"}),
 }
+
+
+def add_status_flags(data: dict[str, Any]) -> None:
+    """Give a run object the SDK's `isFailed` & co. it lacks, from its (normalised) status: a
+    run posted by hand or by an alert webhook carries none, and `when: run.isFailed` reads them
+    as the SDK's run has them. Flags the object carries are kept; an unknown status has none."""
+    status = data.get("status")
+    if not isinstance(status, str):
+        return
+    today = _V3_AS_TODAY.get(status, status)
+    for flag, among in STATUS_FLAGS.items():
+        data.setdefault(flag, today in among)

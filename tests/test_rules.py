@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -12,11 +13,13 @@ from hypothesis import strategies as st
 from relay.channels import settings_models
 from relay.config_load import parse_config
 from relay.configure import compile_config
+from relay.formats import parse_run
 from relay.formats.electric import parse_raw_run
+from relay.formats.trigger_alerts import parse_alert
 from relay.grouping import lookup
 from relay.model import Run, RunState
 from relay.rules import RuleSet, compile_rules
-from tests.conftest import sdk_run
+from tests.conftest import FIXTURES, sdk_run
 
 
 def ruleset(rules_yaml: str) -> RuleSet:
@@ -328,6 +331,39 @@ def test_a_raw_row_matches_a_rule_in_either_status_vocabulary(
     rules = ruleset(f"  - {{name: r, match: {{status: [{rule_status}]}}, notify: [c]}}\n")
     row = parse_raw_run({"friendlyId": "run_x", "taskIdentifier": "t", "status": raw})
     assert matched(rules, row) == (["r"] if fires else [])
+
+
+@pytest.mark.parametrize(
+    ("status", "fires"),
+    [
+        ("CRASHED", True),
+        ("completed_with_errors", True),
+        ("INTERRUPTED", True),
+        ("COMPLETED", False),
+    ],
+)
+def test_a_run_posted_without_the_sdk_flags_gets_them_from_its_status(
+    status: str, fires: bool
+) -> None:
+    """A run object built by hand (SPEC §2's field list has no `isFailed`) or an alert webhook's
+    run carries no SDK flags. Before, `when: run.isFailed` read them missing, so it never
+    matched such a run though it matched the same run from the SDK or a Realtime row."""
+    rules = ruleset('  - {name: r, when: "run.isFailed and run.isCompleted", notify: [c]}\n')
+    posted = parse_run({"id": "run_x", "taskIdentifier": "t", "status": status}, "")
+    assert matched(rules, posted) == (["r"] if fires else [])
+    alert = json.loads((FIXTURES / "alert-webhooks" / "alert.run.failed.body.json").read_text())
+    alert["object"]["run"]["status"] = status
+    from_alert = parse_alert(alert).run
+    assert from_alert is not None
+    assert matched(rules, from_alert) == (["r"] if fires else [])
+
+
+def test_flags_a_run_carries_are_kept() -> None:
+    rules = ruleset('  - {name: r, when: "run.isFailed", notify: [c]}\n')
+    posted = parse_run(
+        {"id": "run_x", "taskIdentifier": "t", "status": "FAILED", "isFailed": False}, ""
+    )
+    assert matched(rules, posted) == []
 
 
 def test_index_returns_same_answer_as_a_scan() -> None:

@@ -27,7 +27,13 @@ from relay.formats.electric_values import Schema, decode_row, parse_timestamp
 from relay.formats.run_errors import enhanced
 from relay.formats.sdk import parse_sdk_run
 from relay.model import Run
-from relay.statuses import ROW_STATUS_MAP, ROW_V3_STATUS, normalise_status
+from relay.statuses import (
+    ROW_STATUS_MAP,
+    ROW_V3_STATUS,
+    STATUS_FLAGS,
+    add_status_flags,
+    normalise_status,
+)
 
 _RENAMED = {
     "friendlyId": "id",
@@ -43,20 +49,9 @@ _ZERO_DEFAULT = ("durationMs", "costInCents", "baseCostInCents")
 _PACKET_TYPES = (("payload", "payloadType"), ("output", "outputType"), ("metadata", "metadataType"))
 _PACKET_DEFAULT = "application/json"
 _LIST_DEFAULT = ("tags", "realtimeStreams")
-# booleanHelpersFromRunStatus (runStream.ts), on the public status.
-_FAILED = frozenset({"FAILED", "CRASHED", "SYSTEM_FAILURE", "EXPIRED", "TIMED_OUT"})
-_HELPERS: dict[str, frozenset[str]] = {
-    "isQueued": frozenset({"PENDING_VERSION", "QUEUED", "DELAYED"}),
-    "isWaiting": frozenset({"WAITING"}),
-    "isExecuting": frozenset({"DEQUEUED", "EXECUTING"}),
-    "isCompleted": _FAILED | {"COMPLETED"},
-    "isFailed": _FAILED,
-    "isSuccess": frozenset({"COMPLETED"}),
-    "isCancelled": frozenset({"CANCELED"}),
-}
 # The public statuses a run never leaves (the SDK's isCompleted or isCancelled; raw CANCELED,
 # INTERRUPTED, COMPLETED_*, SYSTEM_FAILURE, CRASHED, EXPIRED, TIMED_OUT: TRIGGER.md §1.3).
-FINAL_STATUSES = _HELPERS["isCompleted"] | _HELPERS["isCancelled"]
+FINAL_STATUSES = STATUS_FLAGS["isCompleted"] | STATUS_FLAGS["isCancelled"]
 # The columns every row of a TaskRun shape carries (Trigger.dev's RESERVED_COLUMNS: skipColumns
 # cannot drop them). All but `status` are set when the run is made and never change, so
 # Electric's update (the primary key and the changed columns) never carries them all: a row that
@@ -116,11 +111,11 @@ def _sdk_shape(row: dict[str, Any]) -> dict[str, Any]:
     data["error"] = _error(data.get("error"))
     status = data.get("status")
     if isinstance(status, str):
-        public = data["status"] = _public_status(status)
+        data["status"] = _public_status(status)
         v3 = ROW_V3_STATUS.get(status.strip().upper())
         if v3 is not None:
             data["v3Status"] = v3
-        data.update({flag: public in among for flag, among in _HELPERS.items()})
+        add_status_flags(data)
     return data
 
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from relay.errors import InputError, field_message, field_path
 from relay.formats.packets import decode_packet
 from relay.model import Run, dates_from_iso
-from relay.statuses import normalise_status
+from relay.statuses import add_status_flags, normalise_status
 
 _PACKETS = (("payload", "payloadType"), ("output", "outputType"), ("metadata", "metadataType"))
 
@@ -30,6 +30,7 @@ def parse_sdk_run(obj: dict[str, Any], where: str = "") -> Run:
     status = data.get("status")
     if isinstance(status, str):
         data["status"] = normalise_status(status)
+    add_status_flags(data)
     _rest_fields(data)
     if data.get("tags") is None and "tags" in data:
         data["tags"] = []

@@ -62,7 +62,7 @@ from relay.errors import InputError, field_message, field_path
 from relay.formats.run_errors import enhanced
 from relay.model import Run
 from relay.run_values import iso
-from relay.statuses import normalise_status
+from relay.statuses import add_status_flags, normalise_status
 
 SIGNATURE_HEADER = "x-trigger-signature-hmacsha256"
 MAX_SIGNATURES = 16  # values of the signature header compared; Trigger.dev sends one
@@ -174,6 +174,7 @@ def _run_failed(obj: dict[str, Any], where: str, meta: dict[str, Any]) -> Run:
         fields["status"] = normalise_status(fields["status"])
     elif meta.get("legacy") and fields.get("status") is None:
         fields["status"] = "FAILED"  # v1 bodies carry no status; they are sent on failure
+    add_status_flags(fields)
     if fields.get("tags", []) is None:
         fields["tags"] = []
     if "id" in task:
