@@ -74,6 +74,18 @@ class TagMatch(Strict):
     all: Names | None = None
     none: Names | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _which_kind(cls, value: Any) -> Any:
+        """`tags: [env:prod]` (or one tag) says neither any nor all: name the three forms rather
+        than a bare `expected a mapping`."""
+        if isinstance(value, list | str):
+            raise ValueError(
+                "expected `any`, `all` or `none` with a list of tags: `tags: {any: [env:prod]}`"
+                " (one of them), `{all: [...]}` (every one), `{none: [...]}` (not one)"
+            )
+        return value
+
     @field_validator("any", "all")
     @classmethod
     def _no_empty_tag(cls, value: list[str] | None) -> list[str] | None:

@@ -795,6 +795,12 @@ def test_format_size() -> None:
         ("rules: [{name: a, notify: {c: x}}]", "expected a list: [a, b], or one `- item` a line"),
         ("rules: [{name: a, notify: [c], match: {is_test: maybe}}]", "expected true or false"),
         ("rules: [{name: a, notify: [c], match: {metadata: [a]}}]", "expected a mapping of keys"),
+        # a list of tags names no kind of match: the three are said, not `expected a mapping`
+        ("rules: [{name: a, notify: [c], match: {tags: [env:prod]}}]", "`tags: {any: [env:prod]}`"),
+        (
+            "rules: [{name: a, notify: [c], match: {tags: env:prod}}]",
+            "expected `any`, `all` or `none`",
+        ),
         ("rules: [{name: a, notify: [c], match: {cost_cents: {gt: lots}}}]", "expected a number"),
         ("defaults: {retry: {max_attempts: 2.5}}", "expected a whole number, not a fraction"),
         ("inhibit_rules: [{name: i, source_match: {status: X}, equal: task}]", "expected a list"),
