@@ -171,13 +171,15 @@ def digest_context(
     """The `group` a digest template sees: its runs and what they add up to."""
     by_status: dict[str, int] = {}
     by_task: dict[str, int] = {}
-    cost = 0.0
+    cost: float | None = None  # None when no run carries one: unknown, not $0
     for run in runs:
         status = str(run.get("status") or "")
         task = str(run.get("taskIdentifier") or "")
         by_status[status] = by_status.get(status, 0) + 1
         by_task[task] = by_task.get(task, 0) + 1
-        cost += _number(run.get("costInCents")) + _number(run.get("baseCostInCents"))
+        known = [c for k in ("costInCents", "baseCostInCents") if _is_number(c := run.get(k))]
+        if known:  # an alert webhook's run (or event) carries none
+            cost = (cost or 0.0) + sum(known)
     seen = sorted(t for run in runs if (t := seen_at(run)))
     return {
         "key": key,
@@ -221,7 +223,3 @@ def seen_at(run: Mapping[str, Any]) -> str:
 
 def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _number(value: Any) -> float:
-    return float(value) if _is_number(value) else 0.0

@@ -56,6 +56,9 @@ _DATES = (
 )
 
 
+# The values only a run update carries (not an alert webhook's run: Run.measured).
+MEASURES = ("durationMs", "costInCents", "baseCostInCents")
+
 MAX_RUN_ID_CHARS = 512  # 2,048 bytes of UTF-8 at most: within a PostgreSQL index entry
 
 
@@ -142,8 +145,13 @@ class Run(BaseModel):
         return self.event == "run"
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready dict in Trigger.dev's camelCase, dates as ISO strings."""
-        return self.model_dump(mode="json", exclude_none=False)
+        """JSON-ready dict in Trigger.dev's camelCase, dates as ISO strings. The MEASURES of
+        an update that carries none (not `measured`) are null, unknown: a receiver read the
+        0s of an alert webhook's run as "cost nothing, took no time"."""
+        data = self.model_dump(mode="json", exclude_none=False)
+        if not self.measured:
+            data.update(dict.fromkeys(MEASURES))
+        return data
 
 
 class AlertRun(Run):

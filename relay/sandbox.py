@@ -207,6 +207,29 @@ class _MissingIsNone(ChainableUndefined):
     __hash__ = ChainableUndefined.__hash__  # defining __eq__ would unset it
 
 
+class _Unknown(_MissingIsNone):
+    """A value the run does not carry (an alert webhook's cost and duration, Run.measured),
+    in a `when:` expression: none, like a missing field, but no error either: a comparison
+    with it is false, as no threshold matches it (`run.durationMs > 1000` and `< 1000` both),
+    and arithmetic with it stays unknown (`run.costInCents + run.baseCostInCents > 100`)."""
+
+    __slots__ = ()
+
+    def _false(self, other: object) -> bool:
+        return False
+
+    def _unknown(self, *other: object) -> _Unknown:
+        return self
+
+    __lt__ = __le__ = __gt__ = __ge__ = _false  # type: ignore[assignment]
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _unknown  # type: ignore[assignment]
+    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = _unknown  # type: ignore[assignment]
+    __mod__ = __rmod__ = __pow__ = __rpow__ = __neg__ = __pos__ = _unknown  # type: ignore[assignment]
+
+
+UNKNOWN = _Unknown()  # what `when:` reads for a value the run does not carry
+
+
 def _is_none(value: Any) -> bool:
     return value is None or isinstance(value, Undefined)
 

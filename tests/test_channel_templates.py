@@ -174,6 +174,21 @@ def check_email(parts: dict[str, str]) -> _Tags:
     return tags
 
 
+@pytest.mark.parametrize("channel_type", sorted(REGISTRY))
+@pytest.mark.parametrize("template", ["run", "run_failed"])
+def test_an_alert_webhooks_run_shows_no_cost_or_duration(channel_type: str, template: str) -> None:
+    """alert.run.failed carries no cost or duration: no message says $0.00 or 0ms for it,
+    and the webhook body's run has them null (it said 0: "cost nothing, took no time")."""
+    ctx = case_ctx(channel_type, "alert.run.failed")
+    rendered = RENDERER.render(channel_type, template, REGISTRY[channel_type].parts, ctx)
+    assert not rendered.fallback, rendered.error
+    for text in rendered.parts.values():
+        assert not re.search(r"\$0\.00|\b0(ms|s)\b", text), text
+    if channel_type == "webhook":
+        run = json.loads(rendered.parts["json"])["run"]
+        assert [run[k] for k in ("durationMs", "costInCents", "baseCostInCents")] == [None] * 3
+
+
 # ----------------------------------------------------------------------------- golden files
 
 

@@ -28,6 +28,7 @@ from relay.config_rules import RuleConfig
 from relay.configure import compile_config
 from relay.dashboard_links import dashboard_link
 from relay.formats.trigger_alerts import MAX_SIGNATURES, parse_alert
+from relay.grouping import digest_context
 from relay.model import Run
 from relay.rules import compile_rules
 from relay.templating import RenderContext, Renderer
@@ -572,6 +573,47 @@ async def test_a_pushed_run_with_a_field_named_alert_is_measured(
     sdk["alert"] = {"type": "alert.run.failed"}
     assert (await r.post(sdk))[1]["notifications"] == 1  # dear
     assert [g.json()["rule"] for g in await sink.wait_for(1)] == ["dear"]
+
+
+UNKNOWN_RULES = """\
+rules:
+  - {name: slow-or-plan, when: "run.durationMs > 1000 or 'plan:pro' in run.tags", notify: [hook],
+     continue: true}
+  - {name: quick, when: "run.durationMs < 1000", notify: [hook], continue: true}
+  - {name: total, when: "run.costInCents + run.baseCostInCents > 100", notify: [hook],
+     continue: true}
+  - {name: unknown, when: "run.costInCents is none and not run.durationMs", notify: [hook]}
+"""
+MEASURES = ("durationMs", "costInCents", "baseCostInCents")
+
+
+async def test_an_alert_webhooks_run_has_no_cost_or_duration_it_did_not_send(
+    relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """alert.run.failed carries no cost or duration, yet the webhook body said
+    `"durationMs": 0, "costInCents": 0`: a receiver read "cost nothing, took no time". They
+    are null; `when:` compares them as no threshold matches them (false either way, never an
+    error: no warning, no evaluation failure), and its other branches still decide."""
+    r = await relay(config(sink).split("rules:")[0] + UNKNOWN_RULES)
+    status, answer = await post_alert(r, body_of(RUN))
+    assert (status, answer["notifications"]) == (202, 2), answer
+    got = [g.json() for g in await sink.wait_for(2)]
+    assert sorted(g["rule"] for g in got) == ["slow-or-plan", "unknown"]
+    for body in got:
+        assert {k: body["run"][k] for k in MEASURES} == dict.fromkeys(MEASURES)
+    failures = [x for x in (await metrics(r)).splitlines() if "evaluation_failures_total{" in x]
+    assert len(failures) == 4 and all(x.endswith(" 0.0") for x in failures), failures
+    assert not [rec for rec in caplog.records if "when" in rec.getMessage()]
+
+
+def test_a_digest_of_alert_webhooks_runs_has_no_total_cost() -> None:
+    """The webhook digest said `"totalCostInCents": 0.0` for runs that carry no cost."""
+    alert = parse_alert(json.loads(body_of(RUN))).run
+    assert alert is not None
+    pushed = Run.model_validate(sdk_run("failed")).as_dict()
+    assert digest_context("k", {}, [alert.as_dict()] * 2)["total_cost_cents"] is None
+    both = digest_context("k", {}, [alert.as_dict(), pushed])["total_cost_cents"]
+    assert both == pushed["costInCents"] + pushed["baseCostInCents"]
 
 
 def test_thresholds_never_match_deployment_and_error_events() -> None:
