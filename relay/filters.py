@@ -19,7 +19,7 @@ import re
 import textwrap
 import unicodedata
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import orjson
 from jinja2 import Undefined
@@ -173,21 +173,34 @@ def status_emoji(status: Any) -> str:
 # Longer is no dashboard link (Trigger.dev's are ~100 characters): Slack takes 3000 in a
 # button, Discord's embeds and many mail clients less.
 MAX_URL_CHARS = 2000
-_WEB_URL = re.compile(r"https?://[^\s/?#\\]+[^\s\\]*", re.IGNORECASE | re.ASCII)
+# the scheme and host (no space, nor what no host holds), then the path, query and fragment
+_WEB_URL = re.compile(
+    r"(https?://[^\s/?#\\<>|\"{}^`]+)((?:[/?#][^\\]*)?)", re.IGNORECASE | re.ASCII
+)
+# what a URL carries as it is (RFC 3986's reserved and unreserved characters, `%` escapes):
+# anything else is percent-encoded (a space, <, >, |, ", {, }, ^, `, non-ASCII)
+_URL_SAFE = "!#$%&'()*+,-./:;=?@[]_~"
+_BARE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def web_url(value: Any) -> str | None:
-    """`value` trimmed if it is an absolute http(s) URL with a host, no whitespace or control
-    character in it, at most MAX_URL_CHARS long: what a link or a button can be, its scheme in
-    lower case (`HTTPS://` is https, RFC 3986). Else None (`javascript:…`, `ftp://…`, a
-    relative path, `http://@/x` and other URLs without a host,
+    """`value` trimmed if it is an absolute http(s) URL with a host, no control character in
+    it, at most MAX_URL_CHARS long: what a link or a button can be, its scheme in lower case
+    (`HTTPS://` is https, RFC 3986), and after its host what a URL may not carry
+    percent-encoded (a space, <, >, |, a lone %): a `|` or `>` broke a Slack `<url|text>`
+    link, and Slack refused the button (invalid_blocks, the alert dead). Else None
+    (`javascript:…`, `ftp://…`, a relative path, `http://@/x` and other URLs without a host,
     something that is not text)."""
     if not isinstance(value, str):
         return None
     url = value.strip()
-    if len(url) > MAX_URL_CHARS or not url.isprintable() or _WEB_URL.fullmatch(url) is None:
+    if len(url) > MAX_URL_CHARS or not url.isprintable():
         return None
-    return http_url(url) if _has_host(url) else None
+    found = _WEB_URL.fullmatch(url)
+    if found is None or not _has_host(found.group(1)):
+        return None
+    url = found.group(1) + _BARE_PERCENT.sub("%25", quote(found.group(2), safe=_URL_SAFE))
+    return http_url(url) if len(url) <= MAX_URL_CHARS else None
 
 
 def _has_host(url: str) -> bool:

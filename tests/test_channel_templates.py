@@ -677,6 +677,19 @@ def test_an_upper_case_scheme_is_a_web_link_too() -> None:
     assert parse_config(hook, "c.yaml", settings_models(), {}).config.channels["h"]
 
 
+def test_web_url_percent_encodes_what_a_url_may_not_carry() -> None:
+    """A space, |, <, >, a lone % or non-ASCII after the host is percent-encoded (a `|` broke
+    Slack's <url|text> and its button refused): the same URL, one every receiver takes; an
+    encoded one stays as it is. A host holding them is no host: no link."""
+    odd = 'https://x.test/a b|c<d>é?q="1"&r=%zz&s=%2F#{f}'
+    encoded = "https://x.test/a%20b%7Cc%3Cd%3E%C3%A9?q=%221%22&r=%25zz&s=%2F#%7Bf%7D"
+    assert web_url(odd) == encoded and web_url(encoded) == encoded
+    assert [
+        web_url(u) for u in ("https://x|y.test/", "https://x y.test/", "https://x.test\\@e")
+    ] == [None] * 3
+    assert web_url("https://x.test/" + "|" * 700) is None  # 2,115 characters encoded
+
+
 def shipped_templates() -> list[tuple[str, str, str]]:
     """Every template a rule can name, shipped with relay: (channel type, name, part)."""
     found = []

@@ -501,7 +501,7 @@ def test_a_metadata_value_that_is_no_scalar_is_one_problem(value: str, expected:
 def test_a_dashboard_url_may_hold_literal_braces() -> None:
     defaults = Defaults(dashboard_url="https://x/{{a}}/{run_id}?t={task}")
     assert dashboard_link(defaults)({"id": "run_1", "taskIdentifier": "a/b"}) == (
-        "https://x/{a}/run_1?t=a%2Fb"
+        "https://x/%7Ba%7D/run_1?t=a%2Fb"  # `{a}`, as a URL carries it (web_url)
     )
 
 

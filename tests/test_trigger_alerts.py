@@ -41,7 +41,12 @@ from tests.conftest import (
     run_cli,
     sdk_run,
 )
-from tests.fakes.slack import FIRST_TS, TOKEN, FakeSlack
+from tests.fakes.slack import (
+    FIRST_TS,
+    TOKEN,
+    FakeSlack,
+    mrkdwn_link_problems,
+)
 
 SHIPPED = FIXTURES / "alert-webhooks"
 OURS = Path(__file__).parent / "fixtures" / "trigger_alerts"
@@ -505,6 +510,49 @@ async def test_an_error_groups_alerts_share_one_slack_thread(
     assert "thread_ts" not in first and "thread_ts" not in new_group
     assert "thread_ts" not in staged  # the same fingerprint in another environment
     assert regression["thread_ts"] == FIRST_TS and regression["reply_broadcast"] is True
+
+
+ODD_URL = "https://cloud.trigger.dev/projects/v3/proj_a|b/runs/<run_1>?x=a|c&p=%"
+ODD_ENCODED = "https://cloud.trigger.dev/projects/v3/proj_a%7Cb/runs/%3Crun_1%3E?x=a%7Cc&p=%25"
+
+
+async def test_slack_links_and_buttons_carry_what_a_url_may_not(
+    relay: RelayFactory, slack: FakeSlack
+) -> None:
+    """A dashboardUrl or git URL with a |, <, > or space went to Slack as sent (or, with a
+    space, was no link): Slack refused the button with 400 invalid_blocks (permanent: the
+    alert dead), and a `|` or `>` broke a mrkdwn `<url|text>` link. Percent-encoded, the
+    button is taken and the link whole."""
+    bot = f"{{type: slack, token: {TOKEN}, channel: '#oncall', api_url: {slack.api_url}}}"
+    r = await relay(
+        f"sources:\n  trigger_alerts:\n    secret: {SECRET}\nchannels:\n  bot: {bot}\n"
+        "rules:\n  - {name: runs, match: {status: [failure]}, notify: [bot]}\n"
+        "  - {name: deploys, match: {event: deployment.failed}, notify: [bot]}\n"
+    )
+    spaced = {"object.git.commitUrl": ODD_URL + " x>", "object.git.branchUrl": ODD_URL}
+    for body in (variant(RUN, {"object.run.dashboardUrl": ODD_URL}), variant(DEPLOY, spaced)):
+        assert (await post_alert(r, body))[1]["notifications"] == 1
+    await slack.wait_for(2)
+    assert slack.problems == [[], []]  # both taken as sent: none refused, no text-only retry
+    for message in slack.posted():
+        buttons = [
+            e["url"] for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]
+        ]
+        assert {ODD_ENCODED, ODD_ENCODED + "%20x%3E"} & set(buttons)
+        assert [p for t in texts_of(message) for p in mrkdwn_link_problems(t)] == []
+    links = " ".join(t for m in slack.posted() for t in texts_of(m))
+    for url, label in ((ODD_ENCODED + "%20x%3E", "9f2c1e7"), (ODD_ENCODED, "main")):
+        assert f"<{url.replace('&', '&amp;')}|{label}>" in links
+
+
+def texts_of(message: dict[str, Any]) -> list[str]:
+    """The mrkdwn texts of a Slack message (sections, fields, context elements)."""
+    out = []
+    for block in message["blocks"]:
+        for obj in [block.get("text"), *block.get("fields", []), *block.get("elements", [])]:
+            if isinstance(obj, dict) and obj.get("type") == "mrkdwn":
+                out.append(obj["text"])
+    return out
 
 
 # ----------------------------------------------------------------------------- thresholds

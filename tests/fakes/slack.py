@@ -109,9 +109,29 @@ def _nested_problems(raw: dict[str, Any], where: str) -> list[str]:
 
 
 def _web_url(url: Any) -> bool:
-    """A button's url Slack takes: an absolute http(s) URL, no whitespace in or around it
-    (`javascript:`, `ftp://`, a leading space: `invalid_blocks`)."""
-    return isinstance(url, str) and re.fullmatch(r"https?://[^\s/?#]+\S*", url) is not None
+    """A button's url Slack takes: an absolute http(s) URL of at most 3000 characters, no
+    whitespace, <, > or | in or around it (`javascript:`, `ftp://`, a leading space, a `|`:
+    `invalid_blocks`)."""
+    return (
+        isinstance(url, str)
+        and len(url) <= 3000
+        and re.fullmatch(r"https?://[^\s/?#<>|]+[^\s<>|]*", url) is not None
+    )
+
+
+_LINK = re.compile(r"<([^<>]*)>")
+
+
+def mrkdwn_link_problems(text: str) -> list[str]:
+    """The `<url|label>` links of a mrkdwn text Slack would not show as meant: a `<` without
+    its `>`, a `|` or `>` cutting the URL (the rest shown as the label or as text), a URL
+    that is no http(s) one."""
+    problems = [f"unclosed <: {text!r}"] if text.count("<") != len(_LINK.findall(text)) else []
+    for inside in _LINK.findall(text):
+        url, _, label = inside.partition("|")
+        if not _web_url(url.replace("&amp;", "&")) or "|" in label:
+            problems.append(f"broken link <{inside}>")
+    return problems
 
 
 def block_kit_problems(message: Any) -> list[str]:
