@@ -20,7 +20,7 @@ import pytest
 from relay.channels import REGISTRY
 from relay.config import Defaults
 from relay.dashboard_links import dashboard_link
-from relay.formats.trigger_alerts import signature
+from relay.formats.trigger_alerts import parse_alert, signature
 from relay.grouping import digest_context
 from relay.templating import RenderContext, Renderer, fallback_json, fallback_text
 from tests.channels.test_presets import HOSTILE, check_sent
@@ -158,6 +158,27 @@ def test_an_error_digest_counts_each_error_group_at_its_latest_count() -> None:
             said[channel_type] = "\n".join(out.parts.values()).splitlines()
         assert f"Occurrences  {total}" in said["email"], total
         assert f"  seen      {total} times in all" in said["console"], total
+
+
+def test_error_digests_say_when_and_where_as_single_errors_do() -> None:
+    """A digest of the bare `alert.error_group` body (no envelope, so no `created`) showed no
+    "Seen" time where the enveloped form's did; a digest's subject had no environment where
+    each error's has it (`[relay · Production]`)."""
+    body = json.loads((OUR_ALERTS / "alert.error.body.json").read_text())
+    body["created"] = body["object"]["error"]["lastSeen"]  # the same moment, either form
+    forms = [body, {"type": "alert.error_group", **body["object"]}]
+    seen, subjects = [], []
+    for form in forms:
+        run = parse_alert(form).run
+        assert run is not None
+        event = run.as_dict()
+        group = digest_context("grp_x", {}, [event])
+        ctx = RenderContext(event, "r", "c", "email", "dgs_x", LINK(event), group)
+        out = RENDERER.render("email", "digest", REGISTRY["email"].parts, ctx).parts
+        seen.append([ln for ln in out["txt"].splitlines() if ln.startswith("Seen")])
+        subjects.append(out["subject"])
+    assert seen[0] == seen[1] == ["Seen         2026-08-20 09:55:48 UTC"]
+    assert subjects[0] == subjects[1] and subjects[0].startswith("[relay · Production] ")
 
 
 @pytest.mark.parametrize("channel_type", ["slack", "discord", "msteams"])

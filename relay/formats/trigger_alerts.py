@@ -23,7 +23,9 @@ Accepted bodies (TRIGGER.md §3.2):
   error {fingerprint, type, message, stackTrace?, firstSeen, lastSeen, occurrenceCount},
   createdAt = the envelope's `created`. The un-enveloped variant `{"type": "alert.error_group",
   classification, error, …}` of some 2026 versions is read the same way; its firstSeen /
-  lastSeen come in epoch milliseconds (a string of digits) and are turned into ISO dates.
+  lastSeen come in epoch milliseconds (a string of digits) and are turned into ISO dates, and
+  having no `created`, its createdAt is the error's lastSeen (a digest's "Seen", as for the
+  enveloped form).
 * Legacy v1 channels (no `type`): a body with `run`/`task` is a run failure (v1 sends no status:
   FAILED is assumed; its error is top-level), a body with `deployment` is a deployment alert
   (`deployment.success` when its status is DEPLOYED, else `deployment.failed`).
@@ -61,7 +63,7 @@ from pydantic import ValidationError
 from relay.errors import InputError, field_message, field_path
 from relay.formats.run_errors import enhanced
 from relay.model import Run
-from relay.run_values import iso
+from relay.run_values import from_iso, iso
 from relay.statuses import add_status_flags, normalise_status
 
 SIGNATURE_HEADER = "x-trigger-signature-hmacsha256"
@@ -234,6 +236,8 @@ def _error_group(obj: dict[str, Any], where: str, meta: dict[str, Any]) -> Run:
         fields["taskIdentifier"] = error["taskIdentifier"]
     if meta.get("created") is not None:
         fields["createdAt"] = meta["created"]
+    elif (seen := _date(fields["error"].get("lastSeen"))) is not None:
+        fields["createdAt"] = seen  # the bare form has no `created`: when the error was seen
     _keep(fields, obj, skip=("type",) if not where else ())
     fields["alert"] = meta
     return _validate(fields, sources)
@@ -244,6 +248,15 @@ def _iso_seen(error: dict[str, Any]) -> dict[str, Any]:
     the un-enveloped body sends them, or a number) as ISO-8601 `…Z`, like every other date."""
     seen = {k: _epoch_ms_iso(error[k]) for k in ("firstSeen", "lastSeen") if k in error}
     return error | {k: v for k, v in seen.items() if v is not None}
+
+
+def _date(value: Any) -> datetime | None:
+    """`value` read as a date by from_iso, else None (a lastSeen relay cannot read is no
+    reason to refuse the alert)."""
+    try:
+        return from_iso(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 def _epoch_ms_iso(value: Any) -> str | None:
