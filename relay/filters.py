@@ -36,17 +36,26 @@ def _number(value: Any) -> float | None:
         return None
     try:
         number = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):  # an int past a float's range is no amount either
         return None
     return number if math.isfinite(number) else None
 
 
+# Past these, an amount or a duration is written in 3 significant digits (1.23e+15): in full,
+# 1e300 cents took 400 characters, no reader's number.
+_MAX_DOLLARS = 1e15
+_MAX_DAYS = 1e6
+
+
 def money(cents: Any) -> str:
-    """Cents → dollars: 150 → $1.50; below a cent up to 4 decimals: 0.05027 → $0.0005."""
+    """Cents → dollars: 150 → $1.50; below a cent up to 4 decimals: 0.05027 → $0.0005; from
+    a quadrillion dollars, 3 significant digits: $1.23e+15."""
     value = _number(cents)
     if value is None:
         return ""
     sign, dollars = ("-" if value < 0 else ""), abs(value) / 100
+    if dollars >= _MAX_DOLLARS:
+        return f"{sign}${dollars:.3g}"
     if dollars == 0 or dollars >= 0.01:
         return f"{sign}${dollars:,.2f}"
     text = f"{dollars:.4f}"
@@ -54,11 +63,14 @@ def money(cents: Any) -> str:
 
 
 def duration(ms: Any) -> str:
-    """Milliseconds → 950ms, 14.9s, 1m 1s, 1h 2m, 1d 1h."""
+    """Milliseconds → 950ms, 14.9s, 1m 1s, 1h 2m, 1d 1h; from a million days, 3 significant
+    digits: 1.16e+06d."""
     value = _number(ms)
     if value is None:
         return ""
     sign, value = ("-" if round(value) < 0 else ""), abs(value)
+    if value / 86_400_000 >= _MAX_DAYS:
+        return f"{sign}{value / 86_400_000:.3g}d"
     if round(value) < 1000:
         return f"{sign}{round(value)}ms"
     tenths = round(value / 100)

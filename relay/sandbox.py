@@ -49,6 +49,7 @@ from relay.render_limits import (
     refund,
 )
 from relay.sandbox_guards import (
+    bounded_range,
     check_binop,
     check_name,
     check_str_method,
@@ -266,6 +267,7 @@ def environment(
     )
     env.globals.pop("lipsum", None)  # a text generator with unbounded sizes; useless here
     env.globals["namespace"] = _Namespace
+    env.globals["range"] = bounded_range
     ours = (money, duration, truncate_chars, tojson, stack, status_emoji, mrkdwn, web_url, brief)
     env.filters.update({f.__name__: f for f in (*ours, fingerprint)})
     guard_filters(env)

@@ -65,6 +65,19 @@ def check_binop(operator: str, left: Any, right: Any) -> None:
         raise LimitExceeded("format width too large")
 
 
+def bounded_range(*args: Any) -> range:
+    """range() in templates: past MAX_SEQUENCE_LEN items a LimitExceeded in relay's words, as
+    `'a' * n` is, not Jinja's OverflowError (`{{ range(10**9) }}`)."""
+    numbers = range(*args)
+    try:
+        count = len(numbers)
+    except OverflowError:  # more items than an index can count
+        count = MAX_SEQUENCE_LEN + 1
+    if count > MAX_SEQUENCE_LEN:
+        raise LimitExceeded(f"range() would exceed {MAX_SEQUENCE_LEN} items")
+    return numbers
+
+
 def _check_int_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     if any(_is_int(a) and abs(a) > MAX_WIDTH for a in (*args, *kwargs.values())):
         raise LimitExceeded(f"argument larger than {MAX_WIDTH}")

@@ -394,6 +394,12 @@ def test_a_webhook_fallback_keeps_the_type_receivers_route_on(
         (True, ""),
         ("cheap", ""),
         (float("nan"), ""),
+        # in full, 1e300 cents took 400 characters
+        (12_345_678_901_234_500, "$123,456,789,012,345.00"),
+        (1e17, "$1e+15"),
+        (1e300, "$1e+298"),
+        (-1.234e20, "-$1.23e+18"),
+        pytest.param(10**400, "", id="past-a-float"),  # no amount (it raised OverflowError)
     ],
 )
 def test_money(cents: Any, expected: str) -> None:
@@ -419,6 +425,10 @@ def test_money(cents: Any, expected: str) -> None:
         (-0.4, "0ms"),  # no sign on a zero
         (None, ""),
         ("soon", ""),
+        (86_400_000 * 999_999 + 3_600_000 * 23, "999999d 23h"),
+        (86_400_000 * 10**6, "1e+06d"),
+        (1e300, "1.16e+292d"),  # in full, 298 characters
+        (-1e300, "-1.16e+292d"),
     ],
 )
 def test_duration(ms: Any, expected: str) -> None:
@@ -618,6 +628,9 @@ def test_no_error_is_null(tmp_path: Path) -> None:
         ),
         ("{{ 'x' * 10**9 }}", "LimitExceeded in console/t.txt.j2 line 1: `*` result would exceed"),
         ("{{ 9**9**9 }}", "LimitExceeded in console/t.txt.j2 line 1: `**` result would exceed"),
+        # was Jinja's OverflowError, not the limit's words other runaway templates get
+        ("{{ range(10**9) }}", "LimitExceeded in console/t.txt.j2 line 1: range() would exceed"),
+        ("{{ range(10**30)|list }}", "LimitExceeded in console/t.txt.j2 line 1: range() would"),
     ],
 )
 def test_a_broken_template_falls_back(tmp_path: Path, source: str, kind: str) -> None:
