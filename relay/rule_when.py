@@ -1,7 +1,8 @@
 """A rule's `when:` expression, compiled once in the expression sandbox: names it cannot read,
 unknown filters and `__` attributes refused at load (each would make the rule silently never
-match); at run time it reads the run under the render time budget, and one that raises is
-logged, told to WhenFailures (counted in /metrics) and does not match."""
+match; relay.sandbox.refused_names, as for templates); at run time it reads the run under the
+render time budget, and one that raises is logged, told to WhenFailures (counted in /metrics)
+and does not match."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from jinja2.parser import Parser
 from relay.model import MEASURES, Run
 from relay.render_limits import RENDER_BUDGET_S, time_budget
 from relay.rule_filters import Predicate
-from relay.sandbox import UNKNOWN, expression_sandbox, unknown_filters
+from relay.sandbox import UNKNOWN, expression_sandbox, refused_names
 
 log = logging.getLogger("relay.rules")
 WHEN_NAMES = ("run", "payload", "output", "metadata", "error")  # what `when:` can read
@@ -49,11 +50,8 @@ def _compiled(name: str, source: str, failed: WhenFailures) -> Predicate:
     if unknown:
         known = ", ".join(WHEN_NAMES)
         raise TemplateError(f"unknown name `{unknown[0]}` (an expression can read {known})")
-    for _, why in unknown_filters(env, expr)[:1]:  # in `a if b else c|f`, Jinja waits to run it
+    for _, why in refused_names(env, expr)[:1]:  # Jinja would wait to run them: no match ever
         raise TemplateError(why)
-    dunder = _dunder_names(expr)
-    if dunder:
-        raise TemplateError(f"`{dunder[0]}` is not allowed (the sandbox refuses `__` names)")
     expression = env.compile_expression(source, undefined_to_none=True)
 
     def check(run: Run) -> bool:
@@ -81,22 +79,6 @@ def _unknown_names(env: Environment, expr: nodes.Expr) -> list[str]:
     tree.set_environment(env)
     used = meta.find_undeclared_variables(tree)
     return sorted(used - set(WHEN_NAMES) - set(env.globals))
-
-
-def _dunder_names(expr: nodes.Expr) -> list[str]:
-    """The `__` attributes the expression reads (`run.__class__`, `x['__init__']`,
-    `x | attr('__dict__')`): the sandbox refuses each on every run, so the rule would
-    silently never match."""
-    found: list[object] = []
-    for node in (expr, *expr.find_all(nodes.Expr)):  # find_all: the descendants only
-        if isinstance(node, nodes.Getattr):
-            found.append(node.attr)
-        elif isinstance(node, nodes.Getitem):
-            found.append(node.arg)
-        elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
-            found.append(node.args[0])
-    names = [n.value if isinstance(n, nodes.Const) else n for n in found]
-    return [n for n in names if isinstance(n, str) and n.startswith("__")]
 
 
 def _template_error(exc: Exception) -> str:

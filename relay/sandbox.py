@@ -289,6 +289,30 @@ def unknown_filters(env: jinja2.Environment, ast: nodes.Node) -> list[tuple[int,
     return found
 
 
+def refused_names(env: jinja2.Environment, ast: nodes.Node) -> list[tuple[int, str]]:
+    """(line, why) of what `ast` (a template or a `when:` expression) names that can never
+    work, in line order: a filter or test `env` lacks (unknown_filters) and each `__`
+    attribute it reads (`run.__class__`, `x['__init__']`, `x|attr('__dict__')`), which the
+    sandbox refuses on every render or run."""
+    return sorted(unknown_filters(env, ast) + _dunder_reads(ast))
+
+
+def _dunder_reads(ast: nodes.Node) -> list[tuple[int, str]]:
+    found = []
+    for node in (ast, *ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter))):
+        name: object = None
+        if isinstance(node, nodes.Getattr):
+            name = node.attr
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+            name = node.arg.value
+        elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
+            name = node.args[0].value if isinstance(node.args[0], nodes.Const) else None
+        if isinstance(name, str) and name.startswith("__"):
+            why = f"`{name}` is not allowed (the sandbox refuses `__` names)"
+            found.append((node.lineno, why))
+    return found
+
+
 def sandbox() -> SandboxedEnvironment:
     """A fresh hardened sandbox with relay's filters, as templates see it."""
     return environment()

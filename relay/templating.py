@@ -37,7 +37,7 @@ from relay.render_limits import (
     RenderTimeout,
     time_budget,
 )
-from relay.sandbox import environment, sandbox, unknown_filters
+from relay.sandbox import environment, refused_names, sandbox
 
 __all__ = ["RenderContext", "Rendered", "Renderer", "fallback_json", "fallback_text", "sandbox"]
 
@@ -261,8 +261,8 @@ class Renderer:
             return f"template {exc.name} not found"
         except (UnicodeDecodeError, OSError):
             return f"{template}: not a readable UTF-8 file"
-        for line, unknown in unknown_filters(self._env, ast)[:1]:
-            return f"{template} line {line}: {unknown}"
+        for line, refused in refused_names(self._env, ast)[:1]:
+            return f"{template} line {line}: {refused}"
         for line, ref in _references(ast):
             why = None if ref in seen else self._check(ref, seen, missing)
             if why == f"template {ref} not found":
@@ -314,7 +314,7 @@ class Renderer:
         for name in sorted(n for n in self.overrides if n.endswith(TEMPLATE_SUFFIX)):
             try:
                 self._env.get_template(name)
-                unknown = unknown_filters(self._env, self._parse(name))
+                unknown = refused_names(self._env, self._parse(name))
             except TemplateSyntaxError as exc:
                 found.append(f"{exc.name or name} line {exc.lineno}: {exc.message}")
             except (UnicodeDecodeError, OSError):

@@ -719,6 +719,30 @@ def test_check_finds_every_broken_template_file(tmp_path: Path) -> None:
     ]
 
 
+def test_check_flags_a_dunder_in_a_template_as_in_a_when(tmp_path: Path) -> None:
+    """`run.__class__` in a `when:` was a `relay check` error (the sandbox refuses it on every
+    run), but in a template of templates.dir it passed: every render sent the fallback."""
+    tpl = tmp_path / "templates" / "console"
+    tpl.mkdir(parents=True)
+    write(tpl / "mine.txt.j2", "{{ run.id }}\n{{ run.__class__ }}\n")
+    write(tpl / "unused.txt.j2", "\n\n{{ run | attr('__globals__') }}")  # no rule renders it
+    config = write(
+        tmp_path / "c.yaml",
+        "templates: {dir: ./templates}\nchannels: {c: {type: console}}\nrules:\n"
+        "  - {name: r, notify: [c], template: mine, continue: true}\n"
+        "  - {name: w, notify: [c], when: \"run['__init__'] is none\"}\n",
+    )
+    result = run_cli_in_process("check", "--config", str(config))
+    assert result.returncode == 1, output(result)
+    refused = "is not allowed (the sandbox refuses `__` names)"
+    assert result.stderr.splitlines() == [
+        f"{config}:1: templates.dir: console/unused.txt.j2 line 3: `__globals__` {refused}",
+        f"{config}:4: rules[0].template: console: console/mine.txt.j2 line 2: `__class__` {refused}",
+        f"{config}:5: rules[1].when: invalid expression: `__init__` {refused}",
+        "3 problems found",
+    ]
+
+
 # ----------------------------------------------------------------------------------- relay test
 
 DRY_RUN_CONFIG = """\

@@ -3,7 +3,8 @@
 tests/test_templating.py renders the SSTI payloads of HOSTILE through the Renderer. Here the same
 payloads (and a few more) go through rule `when:` expressions compiled by compile_rules from a
 real config, and through a running relay whose override template directory holds one hostile
-template per rule: relay keeps serving, every notification goes out as the plain fallback, each
+template per rule (those reading a `__` attribute are refused at load, as `relay check` says):
+relay keeps serving, every notification goes out as the plain fallback, each
 render within a time and size budget (budgets catch hangs, not slowness).
 """
 
@@ -22,7 +23,8 @@ from relay.channels import settings_models
 from relay.config_load import parse_config
 from relay.model import Run, notification_id
 from relay.rules import compile_rules
-from relay.templating import RenderContext, fallback_json
+from relay.sandbox import refused_names, sandbox
+from relay.templating import RenderContext, Renderer, fallback_json
 from tests.conftest import RelayFactory, Sink, sdk_run
 from tests.test_templating import HOSTILE
 
@@ -132,7 +134,29 @@ def test_hostile_when_expressions_all_together_stay_fast() -> None:
     assert time.thread_time() - started < BUDGET_S
 
 
-TEMPLATES = HOSTILE + EXTRA_TEMPLATES
+def refused_at_load(source: str) -> bool:
+    """Whether `relay check` (and a start) refuses the template: a `__` attribute it reads."""
+    env = sandbox()
+    return bool(refused_names(env, env.parse(source)))
+
+
+# the templates a relay loads and renders (the fallback); the others it refuses to start with
+TEMPLATES = [t for t in HOSTILE + EXTRA_TEMPLATES if not refused_at_load(t)]
+REFUSED = [t for t in HOSTILE + EXTRA_TEMPLATES if refused_at_load(t)]
+
+
+def test_hostile_templates_reading_dunders_are_refused_at_load(tmp_path: Path) -> None:
+    """They raise on every render (the sandbox refuses `__` names): `relay check` names each
+    with its line, as it does in a `when:`; tests/test_templating.py renders them still."""
+    assert len(TEMPLATES) > len(REFUSED) > 5
+    (tmp_path / "webhook").mkdir()
+    for i, source in enumerate(REFUSED):
+        (tmp_path / "webhook" / f"h{i:02d}.json.j2").write_text(source)
+    broken = Renderer(tmp_path).broken_overrides()
+    assert [b.split(" line ")[0] for b in broken] == [
+        f"webhook/h{i:02d}.json.j2" for i in range(len(REFUSED))
+    ]
+    assert all("is not allowed (the sandbox refuses `__` names)" in b for b in broken), broken
 
 
 def relay_config(url: str, templates: Path) -> str:
