@@ -129,7 +129,11 @@ async def send_test(compiled: Compiled, channel: str) -> str | None:
         rendered = render_notification(
             compiled.renderer, channel, route, row, dashboard_link(config.defaults)
         )
-        receipt = await route.channel.send(Outgoing(row.id, run.id, row.rule, rendered.parts, now))
+        # the template named as a serving relay names it (a Slack message changed to fit: run)
+        outgoing = Outgoing(
+            row.id, run.id, row.rule, rendered.parts, now, template=rendered.template
+        )
+        receipt = await route.channel.send(outgoing)
         kind = channel_registry.REGISTRY[config.channels[channel].type]
         if not kind.opens_incidents or not receipt:
             return None

@@ -41,7 +41,7 @@ from tests.conftest import (
     status,
 )
 from tests.fakes.presets import PD_KEY, FakePagerDuty
-from tests.fakes.slack import Reply
+from tests.fakes.slack import FakeSlack, Reply
 
 Result = subprocess.CompletedProcess[str]
 FAILED_JSON = FIXTURES / "realtime-run" / "sdk" / "run_failed.json"
@@ -1248,6 +1248,31 @@ async def test_send_test_failures(tmp_path: Path, sink: Sink) -> None:
 
     assert unknown.returncode == 1  # one line: not a config problem, no "1 problem found"
     assert unknown.stderr.splitlines() == ["error: unknown channel 'pager' (known: console, hook)"]
+
+
+async def test_send_test_names_the_template_of_a_slack_message_changed_to_fit(
+    tmp_path: Path, slack: FakeSlack
+) -> None:
+    """`relay send-test` to Slack with a template whose message Slack's limits change (60
+    blocks): the warning named the template "" where a relay serving says `run`."""
+    (tmp_path / "tpl" / "slack").mkdir(parents=True)
+    blocks = ", ".join(['{"type": "divider"}'] * 60)
+    write(tmp_path / "tpl" / "slack" / "run.json.j2", f'{{"text": "t", "blocks": [{blocks}]}}')
+    config = write(
+        tmp_path / "c.yaml",
+        "templates: {dir: ./tpl}\n"
+        f"channels: {{team: {{type: slack, webhook_url: '{slack.webhook_url}'}}}}\n"
+        "rules: [{name: r, notify: [team]}]\n",
+    )
+    result = await asyncio.to_thread(run_cli, "send-test", "team", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    [line] = [json.loads(x) for x in result.stderr.splitlines() if "changed to fit" in x]
+    assert (line["template"], line["channel"], line["changes"]) == (
+        "run",
+        "team",
+        ["blocks 51-60 dropped: Slack takes 50 blocks"],
+    )
+    assert len(slack.posted()[0]["blocks"]) == 50
 
 
 PD_CONFIG = """\
