@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from relay.filters import as_text, status_emoji, truncate_chars
+from relay.sandbox import with_unknowns
 
 _SDK_INTERNAL = re.compile(r"trigger\.dev internal error \(([A-Z0-9_]+)\)")
 
@@ -155,8 +156,11 @@ CONTEXT_NAMES = frozenset(
 def template_variables(ctx: RenderContext) -> dict[str, Any]:
     run = ctx.run
     error = error_view(run.get("error"))
+    group = ctx.group
+    if group is not None and isinstance(group.get("runs"), list):
+        group = {**group, "runs": [with_unknowns(r) for r in group["runs"]]}
     return {
-        "run": run,
+        "run": with_unknowns(run),
         "rule": ctx.rule,
         "channel": {
             "name": ctx.channel,
@@ -174,5 +178,5 @@ def template_variables(ctx: RenderContext) -> dict[str, Any]:
         "payload": run.get("payload"),
         "output": run.get("output"),
         "metadata": run.get("metadata"),
-        "group": ctx.group,
+        "group": group,
     }

@@ -13,10 +13,10 @@ from jinja2 import Environment, TemplateError, meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.parser import Parser
 
-from relay.model import MEASURES, Run
+from relay.model import Run
 from relay.render_limits import RENDER_BUDGET_S, time_budget
 from relay.rule_filters import Predicate
-from relay.sandbox import UNKNOWN, expression_sandbox, refused_names
+from relay.sandbox import expression_sandbox, refused_names, with_unknowns
 
 log = logging.getLogger("relay.rules")
 WHEN_NAMES = ("run", "payload", "output", "metadata", "error")  # what `when:` can read
@@ -56,9 +56,7 @@ def _compiled(name: str, source: str, failed: WhenFailures) -> Predicate:
 
     def check(run: Run) -> bool:
         try:
-            data = run.as_dict()
-            if not run.measured:  # no error on every alert webhook, nor a false 0
-                data.update(dict.fromkeys(MEASURES, UNKNOWN))
+            data = with_unknowns(run.as_dict())  # an alert's cost: no error, nor a false 0
             with time_budget(RENDER_BUDGET_S):  # as a render: never a stalled intake
                 return bool(expression(run=data, **{k: data.get(k) for k in WHEN_NAMES[1:]}))
         except Exception as exc:

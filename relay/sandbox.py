@@ -38,6 +38,7 @@ from relay.filters import (
     truncate_chars,
     web_url,
 )
+from relay.model import MEASURES
 from relay.render_limits import (
     MAX_VALUE_CHARS,
     OutputTooLarge,
@@ -210,9 +211,10 @@ class _MissingIsNone(ChainableUndefined):
 
 class _Unknown(_MissingIsNone):
     """A value the run does not carry (an alert webhook's cost and duration, Run.measured),
-    in a `when:` expression: none, like a missing field, but no error either: a comparison
-    with it is false, as no threshold matches it (`run.durationMs > 1000` and `< 1000` both),
-    and arithmetic with it stays unknown (`run.costInCents + run.baseCostInCents > 100`)."""
+    as templates and `when:` read it (with_unknowns): empty and falsy, none in `when:`, like a
+    missing field, but no error either: a comparison with it is false, as no threshold
+    matches it (`run.durationMs > 1000` and `< 1000` both), and arithmetic with it stays
+    unknown (`run.costInCents + run.baseCostInCents > 100`); JSON null (tojson)."""
 
     __slots__ = ()
 
@@ -228,7 +230,15 @@ class _Unknown(_MissingIsNone):
     __mod__ = __rmod__ = __pow__ = __rpow__ = __neg__ = __pos__ = _unknown  # type: ignore[assignment]
 
 
-UNKNOWN = _Unknown()  # what `when:` reads for a value the run does not carry
+UNKNOWN = _Unknown()
+
+
+def with_unknowns(run: dict[str, Any]) -> dict[str, Any]:
+    """`run` (a run as JSON, Run.as_dict) with the MEASURES it does not carry (null) as
+    UNKNOWN: `{% if run.durationMs > 60000 %}` in a template, or a `when:`, raised TypeError
+    on every alert webhook's run (the fallback sent, the rule a failure)."""
+    unknown = [key for key in MEASURES if key in run and run[key] is None]
+    return {**run, **dict.fromkeys(unknown, UNKNOWN)} if unknown else run
 
 
 def _is_none(value: Any) -> bool:

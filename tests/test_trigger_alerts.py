@@ -654,6 +654,27 @@ async def test_an_alert_webhooks_run_has_no_cost_or_duration_it_did_not_send(
     assert not [rec for rec in caplog.records if "when" in rec.getMessage()]
 
 
+def test_a_template_comparing_an_alert_runs_duration_renders(tmp_path: Path) -> None:
+    """An override comparing or dividing the duration or cost raised TypeError on the nulls of
+    an alert webhook's run, and its channel got the fallback: they read as unknown (empty, a
+    comparison false, JSON null), in the run and in a digest's runs."""
+    (tmp_path / "webhook").mkdir()
+    (tmp_path / "webhook" / "t.json.j2").write_text(
+        '{"slow": {{ (run.durationMs > 60000)|tojson }}, "s": "{{ run.durationMs / 1000 }}",'
+        ' "cost": "{{ run.costInCents + run.baseCostInCents }}", "run": {{ run|tojson }},'
+        ' "fast": {{ group.runs|selectattr("durationMs", "lt", 1000)|list|length }}}'
+    )
+    alert = parse_alert(json.loads(body_of(RUN))).run
+    assert alert is not None
+    run = alert.as_dict()
+    ctx = RenderContext(run, "r", "h", "webhook", "n", None, digest_context("k", {}, [run]))
+    out = Renderer(tmp_path).render("webhook", "t", ("json",), ctx)
+    assert not out.fallback, out.error
+    body = json.loads(out.parts["json"])
+    assert (body["slow"], body["s"], body["cost"], body["fast"]) == (False, "", "", 0)
+    assert [body["run"][k] for k in MEASURES] == [None] * 3
+
+
 def test_a_digest_of_alert_webhooks_runs_has_no_total_cost() -> None:
     """The webhook digest said `"totalCostInCents": 0.0` for runs that carry no cost."""
     alert = parse_alert(json.loads(body_of(RUN))).run
