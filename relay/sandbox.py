@@ -301,9 +301,10 @@ def unknown_filters(env: jinja2.Environment, ast: nodes.Node) -> list[tuple[int,
 
 def refused_names(env: jinja2.Environment, ast: nodes.Node) -> list[tuple[int, str]]:
     """(line, why) of what `ast` (a template or a `when:` expression) names that can never
-    work, in line order: a filter or test `env` lacks (unknown_filters) and each `__`
-    attribute it reads (`run.__class__`, `x['__init__']`, `x|attr('__dict__')`), which the
-    sandbox refuses on every render or run."""
+    work, in line order: a filter or test `env` lacks (unknown_filters) and each special
+    `__name__` it reads (`run.__class__`, `x['__init__']`, `x|attr('__dict__')`), which the
+    sandbox refuses on every render or run. A data key such as GraphQL's `__typename` is
+    read (check_name lets a dict's own `__` key through), so it is not one."""
     return sorted(unknown_filters(env, ast) + _dunder_reads(ast))
 
 
@@ -317,10 +318,14 @@ def _dunder_reads(ast: nodes.Node) -> list[tuple[int, str]]:
             name = node.arg.value
         elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args:
             name = node.args[0].value if isinstance(node.args[0], nodes.Const) else None
-        if isinstance(name, str) and name.startswith("__"):
+        if isinstance(name, str) and _is_special(name):
             why = f"`{name}` is not allowed (the sandbox refuses `__` names)"
             found.append((node.lineno, why))
     return found
+
+
+def _is_special(name: str) -> bool:
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
 def sandbox() -> SandboxedEnvironment:

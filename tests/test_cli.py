@@ -743,6 +743,27 @@ def test_check_flags_a_dunder_in_a_template_as_in_a_when(tmp_path: Path) -> None
     ]
 
 
+def test_check_lets_a_data_key_of_two_underscores_through(tmp_path: Path) -> None:
+    """GraphQL's `__typename` is data, which the sandbox reads (a dict's own `__` key): only
+    Python's special `__name__`s are refused, or a template or `when:` reading it was refused."""
+    tpl = tmp_path / "templates" / "console"
+    tpl.mkdir(parents=True)
+    write(tpl / "mine.txt.j2", "{{ payload.__typename }} {{ payload['__typename'] }}\n")
+    config = write(
+        tmp_path / "c.yaml",
+        "templates: {dir: ./templates}\nchannels: {c: {type: console}}\nrules:\n"
+        "  - name: r\n    notify: [c]\n    template: mine\n"
+        "    when: \"payload.__typename == 'Invoice'\"\n",
+    )
+    event = write(
+        tmp_path / "run.json",
+        json.dumps({**sdk_run("failed"), "payload": {"__typename": "Invoice"}}),
+    )
+    result = run_cli_in_process("test", "--config", str(config), str(event))
+    assert result.returncode == 0, output(result)
+    assert "Invoice Invoice" in result.stdout
+
+
 # ----------------------------------------------------------------------------------- relay test
 
 DRY_RUN_CONFIG = """\
