@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Collection, Sequence
+from functools import partial
 from pathlib import Path
-
-import orjson
 
 from relay.errors import StoreUnavailable
 from relay.model import Notification, Run, Silence, SilencePage
 from relay.store import BirthLease, Decide, HistoryQuery, Observed
 from relay.store import _sqlite_outbox as outbox
-from relay.store._engines import hand_over, recoveries_of
-from relay.store._rows import HAND_BACK, SAME_CLAIM, to_notification, to_silence
+from relay.store._engines import hand_over
+from relay.store._rows import HAND_BACK, to_notification, to_silence
 from relay.store._sqlite_connect import (
     BUSY_TIMEOUT_MS,
     connect,
@@ -37,7 +36,7 @@ from relay.store._sqlite_lock import WriteLock
 from relay.store._sqlite_marks import MarkOps
 from relay.store._sqlite_prune import PRUNE_BATCH, prune, prune_notifications
 from relay.store._sqlite_reader import Reader
-from relay.store._sqlite_rows import add_event, insert_silence, silences_sql
+from relay.store._sqlite_rows import insert_silence, silences_sql
 from relay.store._sqlite_schema import SCHEMA_VERSION
 from relay.store._sqlite_writer import Writer
 
@@ -47,15 +46,6 @@ _CLAIM_HOLDERS = (
 # A restart's claims go back as a stop's do (HAND_BACK): a digest cut short goes again as it was.
 _RELEASE = f"""
     UPDATE outbox SET lease_until = {HAND_BACK} WHERE state = 'pending' AND lease_until > 0
-"""  # noqa: S608
-# Every dead row (ids NULL), or the named ones with the rest of their dead digests (SAME_CLAIM).
-_REPLAY = f"""
-    UPDATE outbox SET state = 'pending', attempts = 0, not_before = :now,
-        lease_until = {HAND_BACK}, reason = NULL, last_error = NULL, updated_at = :now
-    WHERE state = 'dead' AND (:ids IS NULL OR id IN (SELECT value FROM json_each(:ids)) OR
-        ({SAME_CLAIM}) IN (SELECT {SAME_CLAIM} FROM outbox WHERE state = 'dead'
-        AND lease_until IS NOT NULL AND id IN (SELECT value FROM json_each(:ids))))
-    RETURNING id
 """  # noqa: S608
 
 
@@ -175,17 +165,18 @@ class SQLiteStore(MarkOps, GroupOps, KvOps):
         return [to_notification(row) for row in rows]
 
     async def replay(self, ids: Sequence[str] | None, now: float) -> int:
-        # json_each ends a text at a NUL (`ntf_x\0y` would name ntf_x); relay's ids hold none
-        named = None if ids is None else orjson.dumps([i for i in ids if "\x00" not in i]).decode()
-
-        def replay(conn: sqlite3.Connection) -> int:
-            moved = [row[0] for row in conn.execute(_REPLAY, {"now": now, "ids": named}).fetchall()]
-            for ident in moved:
-                add_event(conn, ident, ("replayed", now, 0, None, None))
-            outbox.requeue_recoveries(conn, recoveries_of(moved), now)
-            return len(moved)
-
-        return await self._writer.run(replay)
+        """A batch per transaction (outbox.REPLAY_BATCH), so that ingest goes on between them."""
+        if ids is not None:  # json_each ends a text at a NUL (`ntf_x\0y` would name ntf_x)
+            named = [ident for ident in ids if "\x00" not in ident]
+            size = outbox.REPLAY_BATCH
+            batches = [named[start : start + size] for start in range(0, len(named), size)]
+            replays = [partial(outbox.replay_named, ids=batch, now=now) for batch in batches]
+            return sum([await self._writer.run(replay) for replay in replays])
+        moved, more = 0, outbox.FIRST_DEAD  # the key of the last row replayed, None: done
+        while more is not None:
+            count, more = await self._writer.run(partial(outbox.replay_dead, after=more, now=now))
+            moved += count
+        return moved
 
     async def requeue_recoveries(self, ids: Sequence[str], now: float) -> int:
         return await self._writer.run(lambda conn: outbox.requeue_recoveries(conn, list(ids), now))

@@ -15,14 +15,17 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from relay.errors import ConfigError, StoreUnavailable
 from relay.model import notification_id
 from relay.store import HistoryQuery, _sqlite_connect
+from relay.store import _sqlite_outbox as outbox
 from relay.store._sqlite_history import history_sql
 from relay.store._sqlite_lock import WriteLock
+from relay.store._sqlite_outbox import REPLAY_BATCH
 from relay.store._sqlite_schema import SCHEMA_VERSION
 from relay.store._sqlite_url import sqlite_path
 from relay.store.sqlite import SQLiteStore
@@ -51,6 +54,34 @@ async def test_concurrent_observes_share_commits(store: SQLiteStore) -> None:
     assert sum(len(ids(observed)) for observed in results) == 200
     assert store.commits - before < 200
     assert await store.counts() == {"pending": 200, "sent": 0, "dead": 0, "muted": 0}
+
+
+@pytest.mark.parametrize("named", [False, True], ids=["all", "by id"])
+async def test_a_large_replay_commits_a_batch_at_a_time(store: SQLiteStore, named: bool) -> None:
+    """`relay dlq replay --all` over 200,000 dead held the write lock 16 s in one transaction:
+    the `relay serve` beside it waited as long to commit a POST /v1/runs, then answered 503
+    (SQLITE_BUSY). Each batch of REPLAY_BATCH rows commits on its own, every row moved once."""
+    count = 2 * REPLAY_BATCH + 1
+    dead = ids(await store.observe([make_run(f"run_{i}") for i in range(count)], decide, now=1.0))
+    await store.mark_dead([(i, 1) for i in dead], now=2.0, reason="client_error", error="400")
+    before = store.commits
+    assert await store.replay(dead if named else None, now=3.0) == count
+    assert store.commits - before == 3
+    assert await store.counts() == {"pending": count, "sent": 0, "dead": 0, "muted": 0}
+    assert [e["kind"] for e in await store.events(dead[-1])] == ["created", "dead", "replayed"]
+
+
+@pytest.mark.parametrize(
+    ("sql", "params"),
+    [(outbox._REPLAY_NAMED, {"now": 1.0, "ids": "[]"}), (outbox.REPLAY_RECOVERIES, (1, 1, "[]"))],
+    ids=["replay", "recoveries"],
+)
+async def test_a_replay_finds_its_rows_by_id(store: SQLiteStore, sql: str, params: Any) -> None:
+    """Through the outbox_state index, each batch of a replay (and each requeue of recoveries)
+    read every dead (and sent) row: a replay of 200,000 took minutes, a batch at a time."""
+    with closing(sqlite3.connect(store.path)) as conn:
+        plan = [step[3] for step in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    assert plan[0] == "SEARCH outbox USING INDEX sqlite_autoindex_outbox_1 (id=?)"
 
 
 async def test_a_failing_call_leaves_the_shared_commit_to_the_others(store: SQLiteStore) -> None:
