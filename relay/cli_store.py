@@ -23,6 +23,12 @@ if TYPE_CHECKING:  # imported when a command needs it: `relay --help` starts wit
     from relay.silences.listing import SilenceListing
 
 DLQ_LISTED = 1000  # `relay dlq list` shows the newest this many, as GET /v1/dlq does
+# said past DLQ_LISTED, with where the others are (a page of history at a time): it said only
+# "the newest shown", and an operator with 50,000 dead after an outage had no way to list them
+_MORE_DEAD = (
+    f"more than {DLQ_LISTED} dead notifications: the newest shown; all of them, a page at a time:"
+    " relay history --state dead --limit 10000 (then --before the last id)"
+)
 
 
 def check_named_config(settings: Settings, path: Path | None) -> None:
@@ -47,7 +53,7 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     rows = asyncio.run(_reading(settings, lambda s: s.dead_letters(DLQ_LISTED + 1)))
     views = [dead_letter_view(n) for n in rows[:DLQ_LISTED]]
     if len(rows) > DLQ_LISTED:  # said on stderr: stdout stays the list (or JSON) alone
-        print(f"more than {DLQ_LISTED} dead notifications: the newest shown", file=sys.stderr)
+        print(_MORE_DEAD, file=sys.stderr)
     if _said_whole(views, as_json=args.json, none="no dead notifications"):
         return 0
     rows_shown = [

@@ -1569,7 +1569,10 @@ async def test_dlq_list_says_when_it_shows_only_the_newest(tmp_path: Path) -> No
     assert listed.returncode == as_json.returncode == 0
     assert len(listed.stdout.splitlines()) == 1 + 1000  # the header, then the newest 1000
     assert len(json.loads(as_json.stdout)) == 1000
-    note = "more than 1000 dead notifications: the newest shown\n"
+    note = (
+        "more than 1000 dead notifications: the newest shown; all of them, a page at a time:"
+        " relay history --state dead --limit 10000 (then --before the last id)\n"
+    )
     assert listed.stderr == as_json.stderr == note
     assert ids[-1] in listed.stdout and ids[0] not in listed.stdout  # the first to die is left
 
