@@ -22,11 +22,10 @@ from relay.settings import Settings
 if TYPE_CHECKING:  # imported when a command needs it: `relay --help` starts without it
     from relay.silences.listing import SilenceListing
 
-DLQ_LISTED = 1000  # `relay dlq list` shows the newest this many, as GET /v1/dlq does
 # said past DLQ_LISTED, with where the others are (a page of history at a time): it said only
 # "the newest shown", and an operator with 50,000 dead after an outage had no way to list them
 _MORE_DEAD = (
-    f"more than {DLQ_LISTED} dead notifications: the newest shown; all of them, a page at a time:"
+    "more than 1000 dead notifications: the newest shown; all of them, a page at a time:"
     " relay history --state dead --limit 10000 (then --before the last id)"
 )
 
@@ -48,7 +47,7 @@ def check_named_config(settings: Settings, path: Path | None) -> None:
 
 
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.history import dead_letter_view, failure  # noqa: PLC0415
+    from relay.history import DLQ_LISTED, dead_letter_view, failure  # noqa: PLC0415
 
     rows = asyncio.run(_reading(settings, lambda s: s.dead_letters(DLQ_LISTED + 1)))
     views = [dead_letter_view(n) for n in rows[:DLQ_LISTED]]

@@ -116,6 +116,8 @@ def failure(reason: str | None, error: str | None) -> str:
     return error if error.startswith(reason) else f"{reason}: {error}"
 
 
+DLQ_LISTED = 1000  # `relay dlq list` and GET /v1/dlq show the newest this many
+
 DEAD_LETTER_FIELDS = (
     "id",
     "run_id",

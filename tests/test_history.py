@@ -14,6 +14,7 @@ from relay.history import history_query
 from relay.model import notification_id
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, Sink, run_cli, run_cli_in_process, sdk_run, status
+from tests.test_cli import make_dead_letters
 
 CONFIG = """\
 defaults:
@@ -291,6 +292,21 @@ async def test_a_filter_given_twice_is_refused(relay: RelayFactory, sink: Sink) 
     assert code == 400 and body["field"] == "state" and "more than once" in body["error"]
     code, body = await get(r, "/v1/notifications?state=sent")
     assert code == 200 and [n["run_id"] for n in body["notifications"]] == ["run_twice"]
+
+
+async def test_get_dlq_says_when_more_are_dead_than_it_lists(
+    relay: RelayFactory, tmp_path: Path
+) -> None:
+    """GET /v1/dlq lists the newest 1000: with 1001 dead it answered 1000 without a word (the
+    CLI says so on stderr), and a script replaying them by id left the rest dead."""
+    db = tmp_path / "dead.db"
+    ids = await make_dead_letters(db, *(f"run_{i:04d}" for i in range(1001)))
+    r = await relay(CONFIG.format(url="http://127.0.0.1:9"), db)
+    code, body = await get(r, "/v1/dlq")
+    assert (code, len(body["dead"]), body["more"]) == (200, 1000, True)
+    assert ids[0] not in {d["id"] for d in body["dead"]}  # the first to die is left out
+    await r.service.store.replay([ids[0]], 1000.0)
+    assert (await get(r, "/v1/dlq"))[1]["more"] is False
 
 
 async def test_every_admin_list_refuses_what_it_does_not_know(relay: RelayFactory) -> None:

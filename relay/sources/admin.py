@@ -15,6 +15,7 @@ from aiohttp import web
 
 from relay.errors import InputError
 from relay.history import (
+    DLQ_LISTED,
     dead_letter_view,
     digest_hint,
     event_view,
@@ -65,8 +66,9 @@ class DeadLetterHandlers:
             _query(request, ())
         except InputError as exc:
             return bad_input(exc)
-        rows = await self.deps.store.dead_letters()
-        return json_response({"dead": [dead_letter_view(n) for n in rows]})
+        rows = await self.deps.store.dead_letters(DLQ_LISTED + 1)  # more: one over
+        dead = [dead_letter_view(n) for n in rows[:DLQ_LISTED]]
+        return json_response({"dead": dead, "more": len(rows) > DLQ_LISTED})
 
     async def dlq_replay_one(self, request: web.Request) -> web.Response:
         if not authorized(request, self.deps.admin_token()):
