@@ -5,6 +5,7 @@ birth, replaying dead rows and requeueing recoveries."""
 from __future__ import annotations
 
 import itertools
+import math
 import sqlite3
 
 import orjson
@@ -65,13 +66,18 @@ _HELD_NAMED = f"{_NAMED} AND lease_until IS NOT NULL"
 _ANY_HELD = f"SELECT 1 FROM outbox WHERE {_HELD_NAMED} LIMIT 1"  # noqa: S608
 _REPLAY_CLAIMS = f"""{_BACK} WHERE state = 'dead' AND lease_until IS NOT NULL
     AND ({SAME_CLAIM}) IN (SELECT {SAME_CLAIM} FROM outbox WHERE {_HELD_NAMED}) RETURNING id"""  # noqa: S608
-# The next batch of the rows dead by `now`, in the order they died (the outbox_state index),
-# after the last one of the batch before: rows dying again meanwhile are not taken again.
+# The next batch of the rows dead when the replay began (by their own times: dead by the newest
+# death then), in the order they died (the outbox_state index), after the last one of the batch
+# before: a row that dies again meanwhile is not taken again, and one whose time is ahead of the
+# replay's clock is not left out.
 _DEAD_AFTER = """
     SELECT id, updated_at FROM outbox WHERE state = 'dead' AND updated_at <= ?
     AND (updated_at > ? OR (updated_at = ? AND id > ?)) ORDER BY updated_at, id LIMIT ?
 """
-FIRST_DEAD: tuple[float, str] | None = (float("-inf"), "")  # the key before every dead row's
+_NEWEST_DEAD = "SELECT MAX(updated_at) FROM outbox WHERE state = 'dead'"
+# (updated_at, id) of the last row replayed, and the newest death when the replay began
+DeadKey = tuple[float, str, float]
+FIRST_DEAD: DeadKey | None = (float("-inf"), "", float("nan"))  # nan: the newest not read yet
 
 
 def replay_named(conn: sqlite3.Connection, ids: list[str], now: float) -> int:
@@ -88,13 +94,16 @@ def replay_named(conn: sqlite3.Connection, ids: list[str], now: float) -> int:
     return len(moved)
 
 
-def replay_dead(
-    conn: sqlite3.Connection, after: tuple[float, str], now: float
-) -> tuple[int, tuple[float, str] | None]:
-    """replay_named of the next REPLAY_BATCH rows dead by `now` after the key `after`: how
-    many moved, and the key to go on after (None: this batch was the last)."""
-    rows = conn.execute(_DEAD_AFTER, (now, after[0], after[0], after[1], REPLAY_BATCH)).fetchall()
-    more = (rows[-1][1], rows[-1][0]) if len(rows) == REPLAY_BATCH else None
+def replay_dead(conn: sqlite3.Connection, after: DeadKey, now: float) -> tuple[int, DeadKey | None]:
+    """replay_named of the next REPLAY_BATCH dead rows after the key `after`: how many moved,
+    and the key to go on after (None: this batch was the last)."""
+    at, ident, newest = after
+    if math.isnan(newest):  # the first batch
+        newest = conn.execute(_NEWEST_DEAD).fetchone()[0]
+        if newest is None:
+            return 0, None
+    rows = conn.execute(_DEAD_AFTER, (newest, at, at, ident, REPLAY_BATCH)).fetchall()
+    more = (rows[-1][1], rows[-1][0], newest) if len(rows) == REPLAY_BATCH else None
     return replay_named(conn, [row[0] for row in rows], now), more
 
 

@@ -71,6 +71,15 @@ async def test_a_large_replay_commits_a_batch_at_a_time(store: SQLiteStore, name
     assert [e["kind"] for e in await store.events(dead[-1])] == ["created", "dead", "replayed"]
 
 
+async def test_a_replay_of_all_takes_the_dead_of_any_time(store: SQLiteStore) -> None:
+    """Rows dead by their own times, not the replay's clock (a row that died after a step of
+    the clock back, or in another process a moment after the replay read its clock)."""
+    dead = ids(await store.observe([make_run(f"run_{i}") for i in range(3)], decide, now=1.0))
+    await store.mark_dead([(i, 1) for i in dead], now=50.0, reason="client_error", error="400")
+    assert await store.replay(None, now=3.0) == 3
+    assert await store.replay(None, now=4.0) == 0
+
+
 @pytest.mark.parametrize(
     ("sql", "params"),
     [(outbox._REPLAY_NAMED, {"now": 1.0, "ids": "[]"}), (outbox.REPLAY_RECOVERIES, (1, 1, "[]"))],
