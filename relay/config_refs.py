@@ -79,7 +79,8 @@ def rule_options(rules: Mapping[int, RuleConfig], names: Names) -> list[Problem]
         grouped = rule.group_by is not None or not is_known(("rules", i, "group_by"), unknown)
         if not grouped and any(v is not None for v in timing):
             problems.append(located.problem(("rules", i), "group_* options need `group_by`"))
-        if rule.update_on_recovery and (rule.group_by is not None or rule.match.event != "run"):
+        single_runs = rule.group_by is None and {*rule.match.event} == {"run"}
+        if rule.update_on_recovery and not single_runs:
             problems.append(
                 located.problem(
                     ("rules", i, "update_on_recovery"),

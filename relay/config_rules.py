@@ -9,7 +9,14 @@ from typing import Annotated, Any, TypeVar
 
 import regex
 from annotated_types import MinLen
-from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from relay.config_base import CONTROL_CHARS, Strict
 from relay.durations import Duration, PositiveDuration, more_than_zero
@@ -116,8 +123,18 @@ def _scalar(value: Any) -> Any:
 Scalar = Annotated[str | int | float | bool | None, BeforeValidator(_scalar)]
 
 
+def _known_event(value: str) -> str:
+    if value not in EVENTS:
+        raise ValueError(f"unknown event; use one of {', '.join(EVENTS)}")
+    return value
+
+
+Event = Annotated[str, AfterValidator(_known_event)]
+
+
 class MatchConfig(Strict):
-    event: str = "run"  # first: `status` is checked against the vocabulary of its event
+    # one event or several (any of them): the first key, as `status` reads its vocabulary
+    event: Annotated[list[Event], MinLen(1), BeforeValidator(one_or_many)] = ["run"]
     status: SomeNames | None = None  # `[]`: a rule that never fires
     task: SomeNames | None = None  # `[]` used to match every task
     task_regex: str | None = None
@@ -136,12 +153,11 @@ class MatchConfig(Strict):
             raise ValueError("an empty glob matches only a run without a task; `*` matches all")
         return value
 
-    @field_validator("event")
+    @field_validator("event", mode="before")
     @classmethod
-    def _event(cls, value: str) -> str:
-        if value not in EVENTS:
-            raise ValueError(f"unknown event; use one of {', '.join(EVENTS)}")
-        return value
+    def _one_event(cls, value: Any) -> Any:
+        """`event: deploy` is named at `event`, one in a list at its place (`event[1]`)."""
+        return _known_event(value) if isinstance(value, str) else value
 
     @field_validator("task_regex")
     @classmethod

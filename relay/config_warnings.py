@@ -53,12 +53,13 @@ def _unknown_statuses(rules: list[RuleConfig], locate: Locate) -> list[str]:
     are, so a rule may name one before relay knows it, and it is matched as written."""
     out = []
     for i, rule in enumerate(rules):
-        if rule.match.event != "run":
+        if "run" not in rule.match.event:
             out += _uncarried_statuses(rule, locate(("rules", i, "match", "status")), i)
             continue
+        known = _RUN_STATUSES.union(*(EVENT_STATUSES.get(e, ()) for e in rule.match.event))
         for name in rule.match.status or ():
             status = name.strip().upper()
-            if name.lower() == "failure" or status in _RUN_STATUSES:
+            if name.lower() == "failure" or status in known:
                 continue
             hint = did_you_mean(status, KNOWN_STATUSES)
             out.append(
@@ -71,7 +72,7 @@ def _unknown_statuses(rules: list[RuleConfig], locate: Locate) -> list[str]:
 def _uncarried_statuses(rule: RuleConfig, where: str, i: int) -> list[str]:
     """Warnings for each status of an event rule that its event never carries (`TIMEDOUT`
     beside `FAILED`): when none is carried, `_never_matching` says so for the whole rule."""
-    carried = EVENT_STATUSES.get(rule.match.event)
+    carried = _carried(rule.match)
     wanted = statuses_of(rule.match.status)
     if carried is None or not wanted or not wanted & carried:
         return []
@@ -82,7 +83,7 @@ def _uncarried_statuses(rule: RuleConfig, where: str, i: int) -> list[str]:
         hint = did_you_mean(name.strip().upper(), carried)
         out.append(
             f"{where}: rules[{i}].match.status: {name!r} is not a status event"
-            f" {rule.match.event} carries{hint}; it never matches"
+            f" {' or '.join(rule.match.event)} carries{hint}; it never matches"
         )
     return out
 
@@ -92,14 +93,21 @@ def _never_matching(rules: list[RuleConfig], locate: Locate) -> list[str]:
     with `status: [failure]`): valid, and never firing."""
     out = []
     for i, rule in enumerate(rules):
-        carried = EVENT_STATUSES.get(rule.match.event)
+        carried = _carried(rule.match)
         wanted = statuses_of(rule.match.status)
         if carried is not None and wanted is not None and not wanted & carried:
             out.append(
                 f"{locate(('rules', i, 'match', 'status'))}: rules[{i}].match.status: event"
-                f" {rule.match.event} carries {', '.join(sorted(carried))}; this rule never fires"
+                f" {' or '.join(rule.match.event)} carries {', '.join(sorted(carried))}; this"
+                " rule never fires"
             )
     return out
+
+
+def _carried(match: MatchConfig) -> frozenset[str] | None:
+    """The statuses the events of `match` carry, or None when one is `run` (any status)."""
+    events = match.event
+    return None if "run" in events else frozenset().union(*(EVENT_STATUSES[e] for e in events))
 
 
 _NOT_IN_ALERTS = ("tags", "cost_cents", "base_cost_cents", "duration_ms", "is_test", "metadata")
@@ -119,17 +127,23 @@ def _filtering_what_events_lack(rules: list[RuleConfig], locate: Locate) -> list
     event passes: valid, and never firing."""
     out = []
     for i, rule in enumerate(rules):
-        event = rule.match.event
-        blank = Run(id="-", event=event, status="")
-        for key in _LACKED_KEYS.get(event, ()):
-            value = getattr(rule.match, key)
-            alone = MatchConfig.model_construct(event=event, **{key: value})
-            if value is not None and not passes_filters(alone, blank):
+        events = rule.match.event
+        for key in dict.fromkeys(key for event in events for key in _LACKED_KEYS.get(event, ())):
+            if all(_lacked(rule.match, key, event) for event in events):
                 out.append(
                     f"{locate(('rules', i, 'match', key))}: rules[{i}].match.{key}: event"
-                    f" {event} carries no {key}; this rule never fires"
+                    f" {' or '.join(events)} carries no {key}; this rule never fires"
                 )
     return out
+
+
+def _lacked(match: MatchConfig, key: str, event: str) -> bool:
+    """Whether no update of `event` passes the filter of `match` on `key`, a value it lacks."""
+    value = getattr(match, key)
+    if value is None or key not in _LACKED_KEYS.get(event, ()):
+        return False
+    alone = MatchConfig.model_construct(event=[event], **{key: value})
+    return not passes_filters(alone, Run(id="-", event=event, status=""))
 
 
 def _empty_tokens(loaded: LoadedConfig) -> list[str]:
@@ -184,7 +198,7 @@ def _covers(first: RuleConfig, later: RuleConfig) -> bool:
     match, other = first.match, later.match
     statuses, wanted = statuses_of(match.status), statuses_of(other.status)
     return (
-        match.event == other.event
+        {*other.event} <= {*match.event}
         and (statuses is None or (wanted is not None and wanted <= statuses))
         and match.is_test in (None, other.is_test)
     )
@@ -323,7 +337,7 @@ def _match_names_in_group_by(rules: list[RuleConfig], locate: Locate) -> list[st
     that group."""
     out = []
     for i, rule in enumerate(rules):
-        if rule.match.event != "run":
+        if "run" not in rule.match.event:
             continue
         for j, path in enumerate(rule.group_by or ()):
             where = f"{locate(('rules', i, 'group_by', j))}: rules[{i}].group_by[{j}]: a run has"

@@ -22,6 +22,7 @@ from relay.rules import (
     RuleSet,
     compile_rules,
     rule_template,
+    rule_templates,
     when_problems,
 )
 from relay.settings import Settings
@@ -234,8 +235,8 @@ def _unrendered_files(renderer: Renderer, locate: Locate) -> list[str]:
 def _templates_of(rule: RuleConfig, renderer: Renderer, kind: str, part: str) -> list[str]:
     """The templates a rule renders for channel type `kind`: its own, the digest's and the
     recovery's if it has them (the rule's own `<template>_digest`, if `kind` has it, ...)."""
-    own = rule_template(rule)
-    templates = list(dict.fromkeys([own, rule_template(rule, failed=True)]))
+    owns = [rule_template(rule, event) for event in dict.fromkeys(rule.match.event)]
     variants = [DIGEST_TEMPLATE] if rule.group_by else []
     variants += [RECOVERY_TEMPLATE] if rule.update_on_recovery else []
-    return templates + [renderer.variant(kind, own, variant, part) for variant in variants]
+    found = [renderer.variant(kind, own, variant, part) for own in owns for variant in variants]
+    return list(dict.fromkeys(rule_templates(rule) + found))

@@ -44,14 +44,14 @@ EVENT_TEMPLATES = {
 class CompiledRule:
     index: int
     name: str
-    event: str
+    events: frozenset[str]
     statuses: frozenset[str] | None
     predicates: tuple[Predicate, ...]
     notify: tuple[str, ...]
-    template: str
+    templates: Mapping[str, str]  # by event: the rule's own, or each event's default
     continue_: bool
     group_by: tuple[str, ...] | None = None
-    failed_template: str = ""  # for a failed run, where that is not `template`
+    failed_template: str = ""  # for a failed run, where that is not its event's template
     timing: Timing | None = None
     mute_windows: tuple[NamedTimeInterval, ...] = ()
     active_windows: tuple[NamedTimeInterval, ...] | None = None
@@ -64,10 +64,12 @@ class CompiledRule:
     # Run.measured) cannot match, whatever the bound, as a missing metadata path equals nothing
     needs_measures: bool = False
 
-    def template_for(self, status: object) -> str:
-        """The template a run of `status` is rendered with (FAILED_TEMPLATE: rule_template)."""
-        failed = self.failed_template and status in FAILURE_STATUSES
-        return self.failed_template if failed else self.template
+    def template_for(self, event: str, status: object) -> str:
+        """The template an update of `event` (one the rule matches) and `status` is rendered
+        with (FAILED_TEMPLATE: rule_template)."""
+        if self.failed_template and event == "run" and status in FAILURE_STATUSES:
+            return self.failed_template
+        return self.templates[event]
 
     def time_muted(self, now: float) -> str | None:
         """Why a notification of this rule is muted at `now` by its time intervals, or None."""
@@ -162,9 +164,9 @@ class RuleSet:
         rule of that name notifies it of that event any more (a reload removed the rule or
         the channel, or made it match another event: its template is for that one's body)."""
         found = self.by_name.get(rule)
-        if found is None or found.event != event or channel not in found.notify:
+        if found is None or event not in found.events or channel not in found.notify:
             return None
-        return found.template_for(status)
+        return found.template_for(event, status)
 
     def evaluate(self, run: Run) -> list[CompiledRule]:
         """Rules that match `run`, in order, honouring first-match-wins and `continue`."""
@@ -192,7 +194,13 @@ class RuleSet:
             duration_ms=duration,
         )
         matches = tuple(
-            Match(r.name, ch, r.template_for(run.status), group_by=r.group_by, timing=r.timing)
+            Match(
+                r.name,
+                ch,
+                r.template_for(run.event, run.status),
+                group_by=r.group_by,
+                timing=r.timing,
+            )
             for r in matched
             for ch in r.notify
         )
@@ -228,7 +236,7 @@ def _index_rules(
     fit = [
         r
         for r in rules
-        if r.event == event
+        if event in r.events
         and (r.statuses is None or not r.statuses.isdisjoint(names))
         and (r.is_test is None or r.is_test is is_test)
         and (measured or not r.needs_measures)
@@ -293,12 +301,14 @@ def compile_rules(
             CompiledRule(
                 index=i,
                 name=rule.name,
-                event=rule.match.event,
+                events=frozenset(rule.match.event),
                 statuses=statuses_of(rule.match.status),
                 predicates=tuple(predicates),
                 notify=tuple(rule.notify),
-                template=rule_template(rule),
-                failed_template=rule_template(rule, failed=True),
+                templates={event: rule_template(rule, event) for event in rule.match.event},
+                failed_template=rule_template(rule, "run", failed=True)
+                if "run" in rule.match.event
+                else "",
                 continue_=rule.continue_,
                 group_by=None if rule.group_by is None else tuple(rule.group_by),
                 timing=_timing(rule),
@@ -324,14 +334,22 @@ def when_problems(rules: Mapping[int, RuleConfig], locate: Locate) -> list[Probl
     return [when for when in found if isinstance(when, Problem)]
 
 
-def rule_template(rule: RuleConfig, failed: bool = False) -> str:
-    """The template a rule renders: its own, else the one of the event it matches; for a run
-    that failed (`failed`), `run_failed` (SPEC's `templates/<type>/run_failed.*`, the file an
-    operator overrides to change failures only: it extends `run`, so an override of `run`
-    changes both)."""
-    if rule.template is None and failed and rule.match.event == "run":
+def rule_template(rule: RuleConfig, event: str, failed: bool = False) -> str:
+    """The template a rule renders for an update of `event` (one it matches): its own, else
+    that event's; for a run that failed (`failed`), `run_failed` (SPEC's
+    `templates/<type>/run_failed.*`, the file an operator overrides to change failures only:
+    it extends `run`, so an override of `run` changes both)."""
+    if rule.template is None and failed and event == "run":
         return FAILED_TEMPLATE
-    return rule.template or EVENT_TEMPLATES.get(rule.match.event, DEFAULT_TEMPLATE)
+    return rule.template or EVENT_TEMPLATES.get(event, DEFAULT_TEMPLATE)
+
+
+def rule_templates(rule: RuleConfig) -> list[str]:
+    """Every template a rule may render for an update (one per event it matches, and
+    `run_failed`), in order, each once."""
+    events = rule.match.event
+    found = [rule_template(rule, event, failed) for event in events for failed in (False, True)]
+    return list(dict.fromkeys(found))
 
 
 def _when(

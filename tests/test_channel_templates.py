@@ -631,7 +631,7 @@ def test_relay_check_accepts_event_and_digest_rules(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     compiled = compile_config(parse_config(CONFIG, "c.yaml", settings_models(), env={}))
-    assert [r.template for r in compiled.rules.rules] == [
+    assert [next(iter(r.templates.values())) for r in compiled.rules.rules] == [
         "deployment_failed",
         "deployment_success",
         "error",

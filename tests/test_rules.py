@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from relay.channels import settings_models
 from relay.config_load import parse_config
 from relay.configure import compile_config
+from relay.errors import ConfigError
 from relay.formats import parse_run
 from relay.formats.electric import parse_raw_run
 from relay.formats.trigger_alerts import parse_alert
@@ -417,7 +418,7 @@ def naive(rules: RuleSet, r: Run) -> list[str]:
     out = []
     for rule in rules.rules:
         statuses_ok = rule.statuses is None or r.status in rule.statuses
-        if rule.event == r.event and statuses_ok and rule.matches(r):
+        if r.event in rule.events and statuses_ok and rule.matches(r):
             out.append(rule.name)
             if not rule.continue_:
                 break
@@ -478,3 +479,75 @@ def test_a_failed_run_takes_run_failed_now_and_after_a_reload() -> None:
     assert [m.template for m in rules.decide(run(status="COMPLETED"), None).matches] == ["run"]
     assert rules.template_of("any", "c", "run", "COMPLETED") == "run"
     assert rules.template_of("own", "c", "run", "CRASHED") == "mine"
+
+
+def alert_run(name: str) -> Run:
+    """The run relay makes of the real alert webhook body `name` (alert.deployment.failed ...)."""
+    body = (FIXTURES / "alert-webhooks" / f"{name}.body.json").read_bytes()
+    parsed = parse_alert(json.loads(body)).run
+    assert parsed is not None
+    return parsed
+
+
+def test_a_rule_takes_a_list_of_events_each_rendered_with_its_own_template() -> None:
+    """`event: [deployment.failed, deployment.success]` matches either (as `status` takes a
+    list), each update with its own event's default template; one name still works, and an
+    event outside the list is not matched."""
+    rules = ruleset(
+        "  - {name: deploys, match: {event: [deployment.failed, deployment.success]},"
+        " notify: [c]}\n"
+        "  - {name: runs, match: {event: [run, error]}, notify: [d]}\n"
+        "  - {name: one, match: {event: deployment.failed}, notify: [d], continue: true}\n"
+    )
+    failed, deployed = alert_run("alert.deployment.failed"), alert_run("alert.deployment.success")
+    got = [(m.rule, m.template) for m in rules.decide(failed, None).matches]
+    assert got == [("deploys", "deployment_failed")]
+    got = [(m.rule, m.template) for m in rules.decide(deployed, None).matches]
+    assert got == [("deploys", "deployment_success")]
+    crashed = [(m.rule, m.template) for m in rules.decide(run(status="CRASHED"), None).matches]
+    assert crashed == [("runs", "run_failed")]
+    assert rules.template_of("deploys", "c", "deployment.success", "DEPLOYED") == (
+        "deployment_success"
+    )
+    assert rules.template_of("deploys", "c", "run", "FAILED") is None
+    assert rules.template_of("runs", "d", "run", "COMPLETED") == "run"
+    only = ruleset("  - {name: one, match: {event: deployment.failed}, notify: [d]}\n")
+    assert [m.template for m in only.decide(failed, None).matches] == ["deployment_failed"]
+
+
+def test_an_unknown_event_in_a_list_is_named_at_its_place() -> None:
+    """A typo in a list of events is a `relay check` error at its line and index, not
+    pydantic's "Input should be a valid string" for the whole list."""
+    text = (
+        "channels: {c: {type: console}}\nrules:\n  - name: r\n    notify: [c]\n"
+        "    match:\n      event:\n        - deployment.failed\n        - deploy.success\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        compile_config(parse_config(text, "c.yaml", settings_models(), env={}))
+    assert [str(p) for p in info.value.problems] == [
+        "c.yaml:8: rules[0].match.event[1]: unknown event; use one of run, deployment.failed,"
+        " deployment.success, error"
+    ]
+
+
+def test_the_warnings_of_a_rule_read_all_its_events() -> None:
+    """A status or a filter that one of a rule's events carries is no warning (`DEPLOYED`
+    beside `run`, `task` beside `deployment.failed`); one that none carries still is."""
+    text = (
+        "channels: {c: {type: console}}\nrules:\n"
+        "  - {name: a, match: {event: [run, deployment.success], status: [FAILED, DEPLOYED]},"
+        " notify: [c], continue: true}\n"
+        "  - {name: b, match: {event: [run, deployment.failed], task: 'billing/*'},"
+        " notify: [c]}\n"
+        "  - {name: c, match: {event: [deployment.failed, error], status: DEPLOYED},"
+        " notify: [c]}\n"
+        "  - {name: d, match: {event: [deployment.failed, deployment.success], task: x},"
+        " notify: [c]}\n"
+    )
+    compiled = compile_config(parse_config(text, "c.yaml", settings_models(), env={}))
+    assert list(compiled.warnings) == [
+        "c.yaml:5: rules[2].match.status: event deployment.failed or error carries CANCELED,"
+        " FAILED, NEW_ISSUE, REGRESSION, TIMED_OUT, UNIGNORED; this rule never fires",
+        "c.yaml:6: rules[3].match.task: event deployment.failed or deployment.success carries"
+        " no task; this rule never fires",
+    ]

@@ -714,7 +714,11 @@ def test_events_match_with_other_keys_and_get_their_default_template() -> None:
     configs = [RuleConfig.model_validate({**rule, "notify": ["hook"]}) for rule in rules]
     compiled, problems = compile_rules(configs, lambda p: "")
     assert not problems
-    assert [c.template for c in compiled.rules] == ["deployment_failed", "error", "mine"]
+    assert [next(iter(c.templates.values())) for c in compiled.rules] == [
+        "deployment_failed",
+        "error",
+        "mine",
+    ]
 
     def fired(name: str) -> list[str]:
         run = parse_alert(json.loads(body_of(name))).run
