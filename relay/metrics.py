@@ -69,6 +69,7 @@ ALERT_IGNORED_REASONS = ("unknown_type",)
 # where updates come from, and why a request to /v1/runs or /v1/trigger/alerts was refused
 # (relay.sources._middleware's rejections): fixed sets, exposed at 0 from the start
 SOURCES = ("http", "trigger_alerts", "realtime")
+UP_TO_DATE = "relay_realtime_last_up_to_date_timestamp_seconds"
 REJECTION_REASONS = (
     "bad_request", "unauthorized", "not_configured", "too_large", "store_unavailable", "busy",
     "shutting_down",
@@ -231,9 +232,9 @@ class Metrics:
             registry=r,
         )
         self.realtime_up_to_date = Gauge(
-            "relay_realtime_last_up_to_date_timestamp_seconds",
+            UP_TO_DATE,
             "When this process's follower of the feed last caught up with Trigger.dev (an"
-            " up-to-date answer), by feed.",
+            " up-to-date answer; before the first, when it started to follow), by feed.",
             ["feed"],
             registry=r,
         )
@@ -304,12 +305,16 @@ class Metrics:
         self._forget_feeds(set(feeds))
 
     def _forget_feeds(self, feeds: set[str]) -> None:
-        """A feed a reload removed is followed by nobody here, and says so no more (its 0
-        would read as a feed nobody follows); its counters stay."""
+        """A feed a reload removed says nothing more of its following (a 0 would read as a feed
+        nobody follows; a reload kept the feeds it kept followed); its counters stay."""
         for feed in self._feeds - feeds:
-            with contextlib.suppress(KeyError):
-                self.realtime_following.remove(feed)
+            for gauge in (self.realtime_following, *self._follower_gauges()):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(feed)
         self._feeds = feeds
+
+    def _follower_gauges(self) -> tuple[Gauge, ...]:  # only the follower's replica shows them
+        return (self.realtime_lag, self.realtime_up_to_date, self.realtime_held)
 
     def rule_failed(self, rule: str) -> None:
         """The rules' hook: rule `rule`'s `when:` raised on an update."""
@@ -360,8 +365,11 @@ class Metrics:
             self.realtime_lag.labels(feed=feed).set(max(lag_s, 0.0))
 
     def realtime_followed(self, feed: str) -> None:
-        """The Realtime source's hook: this process took the feed's lease and follows it."""
+        """The Realtime source's hook: this process follows the feed. Not caught up yet, it shows
+        since when (RelayRealtimeStalled then fires for a feed that never is: a refused key)."""
         self.realtime_following.labels(feed=feed).set(1)
+        if self.registry.get_sample_value(UP_TO_DATE, {"feed": feed}) is None:
+            self.realtime_up_to_date.labels(feed=feed).set(time.time())
 
     def realtime_unfollowed(self, feed: str) -> None:
         """The Realtime source's hook: this process no longer follows `feed` (lease lost, feed
@@ -370,7 +378,7 @@ class Metrics:
         so was when it last caught up and how many rows it held, which only the follower's
         replica can say."""
         self.realtime_following.labels(feed=feed).set(0)
-        for gauge in (self.realtime_lag, self.realtime_up_to_date, self.realtime_held):
+        for gauge in self._follower_gauges():
             with contextlib.suppress(KeyError):
                 gauge.remove(feed)
 

@@ -217,9 +217,11 @@ class Service(DeliverySide):
             self._draining.add(drain)
             drain.add_done_callback(self._draining.discard)
             await asyncio.shield(drain)
-        if compiled.loaded.config.sources.realtime != old_sources.realtime:
+        realtime = compiled.loaded.config.sources.realtime
+        if realtime != old_sources.realtime:
             if self.realtime is not None:
-                await self.realtime.stop()
+                kept = set(feed_keys(realtime)) & set(feed_keys(old_sources.realtime))
+                await self.realtime.stop(kept)
                 self.realtime = None
             self._start_realtime()
         self._zero_metrics()

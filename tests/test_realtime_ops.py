@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import Relay, RelayFactory, Sink
 from tests.fakes.realtime import CUT, fake_realtime, session
-from tests.test_realtime import FEED_KEY, H1, config, following
+from tests.test_realtime import FEED_KEY, H1, SECRET, config, following
 
 LAG = re.compile(rf'^relay_realtime_lag_seconds\{{feed="{re.escape(FEED_KEY)}"\}} (\S+)$', re.M)
 FAILED = re.compile(
@@ -61,3 +63,59 @@ async def test_an_answer_cut_mid_body_is_logged_in_words(caplog: pytest.LogCaptu
     failed = [r for r in caplog.records if r.getMessage() == "realtime request failed; retrying"]
     assert [r.__dict__["reason"] for r in failed] == ["answer cut short or not decodable"]
     assert h.failed == ["network"]
+
+
+UP_TO_DATE = re.compile(
+    rf'^relay_realtime_last_up_to_date_timestamp_seconds\{{feed="{re.escape(FEED_KEY)}"\}}'
+    r" (\S+)$",
+    re.M,
+)
+REFUSED = re.compile(
+    rf'^relay_realtime_errors_total\{{feed="{re.escape(FEED_KEY)}",reason="auth_error"\}}'
+    r" ([1-9]\S*)$",
+    re.M,
+)
+OTHER_KEY = "tr_prod_notTheKeyAnyMore0000"
+FOLLOWING = re.compile(rf'^relay_realtime_following\{{feed="{re.escape(FEED_KEY)}"\}} 1', re.M)
+
+
+def up_to_date(metrics: str) -> float:
+    found = UP_TO_DATE.search(metrics)
+    assert found is not None, metrics
+    return float(found.group(1))
+
+
+async def test_a_reload_bringing_a_refused_key_keeps_when_the_feed_last_caught_up(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A reload restarts the Realtime source: its feeds' last up-to-date time went with the
+    old one and came back only at the next up-to-date answer, so after a reload bringing a
+    refused secret_key RelayRealtimeStalled could never fire. A feed the reload keeps keeps
+    its series and value."""
+    async with fake_realtime(session()) as fake:
+        r = await relay(config(fake.url, sink.url, error_backoff="100ms"))
+        await shown(r, UP_TO_DATE, True)
+        fake.refuse = 401  # the feed stalls: it catches up no more
+        caught_up = up_to_date(await shown(r, REFUSED, True))
+        path = Path(r.service.compiled.loaded.source.filename)
+        path.write_text(path.read_text().replace(SECRET, OTHER_KEY))
+        assert await r.service.reload("SIGHUP") is True
+        await fake.wait_for(lambda s: OTHER_KEY in s.headers.get("Authorization", ""))
+        async with r.http.get(r.url + "/metrics") as resp:
+            metrics = await resp.text()
+        assert FOLLOWING.search(metrics), metrics
+        assert up_to_date(metrics) == caught_up
+
+
+async def test_a_feed_never_caught_up_shows_since_when_it_is_followed(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A feed refused from the start had no last up-to-date series at all: the alert on it
+    saw nothing. It shows the time its follower started until it first catches up."""
+    started = time.time()
+    async with fake_realtime(session()) as fake:
+        fake.refuse = 401
+        r = await relay(config(fake.url, sink.url, error_backoff="100ms"))
+        metrics = await shown(r, REFUSED, True)
+        assert FOLLOWING.search(metrics), metrics
+        assert started <= up_to_date(metrics) <= time.time()

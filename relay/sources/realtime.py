@@ -116,6 +116,7 @@ class RealtimeSource:
         self._tasks: list[asyncio.Task[None]] = []
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._led: set[str] = set()
+        self._kept: frozenset[str] = frozenset()  # feeds the next source follows on: stop()
         self._unreachable: dict[str, StoreUnavailable] = {}  # by lease: why its renewal failed
 
     def start(self) -> None:
@@ -139,14 +140,17 @@ class RealtimeSource:
 
     async def _lead(self, follower: Follower) -> None:
         """Follow the feed only while this replica holds its lease (one follower per feed)."""
-        name = lease_name(follower.feed.key)
+        name, told = lease_name(follower.feed.key), False
         while True:
             if not await self._hold(name):
+                if not told:  # a feed a reload kept was not told unfollowed by the last source
+                    self._tell(self._unfollowed, follower.feed.key)
+                    told = True
                 await asyncio.sleep(LEAD_RENEW_S)
                 continue
             log.info("following the feed (lease taken)", extra={"feed": follower.feed.key})
-            if self._followed is not None:
-                self._followed(follower.feed.key)
+            self._tell(self._followed, follower.feed.key)
+            told = False
             task = asyncio.create_task(follower.run())
             try:
                 while True:
@@ -159,8 +163,14 @@ class RealtimeSource:
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-                if self._unfollowed is not None:
-                    self._unfollowed(follower.feed.key)
+                if follower.feed.key not in self._kept:
+                    self._tell(self._unfollowed, follower.feed.key)
+                    told = True
+
+    @staticmethod
+    def _tell(hook: Callable[[str], None] | None, feed: str) -> None:
+        if hook is not None:
+            hook(feed)
 
     async def _hold(self, name: str) -> bool:
         self._unreachable.pop(name, None)
@@ -183,8 +193,12 @@ class RealtimeSource:
             extra={"feed": feed, "error": str(unreachable)},
         )
 
-    async def stop(self) -> None:
-        """Cancel every feed (an in-flight long poll ends at once), hand the leases back."""
+    async def stop(self, kept: Iterable[str] = ()) -> None:
+        """Cancel every feed (an in-flight long poll ends at once), hand the leases back.
+        `kept`: the feeds a reload keeps, which the source started next follows on: they are
+        not told unfollowed (their metrics stay: when they last caught up, for
+        RelayRealtimeStalled); the next source tells it if it does not take the lease."""
+        self._kept = frozenset(kept)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
