@@ -184,7 +184,30 @@ def _findings(renderer: Renderer, channel_type: str, template: str, part: str) -
     `relay check` ~0.35 s of CPU. With an override, one it reaches may be the user's."""
     if not renderer.overrides and renderer.has_template(channel_type, template, part):
         return _NONE
-    return _template_findings(renderer, channel_type, template, part)
+    why, unknown, missing = _template_findings(renderer, channel_type, template, part)
+    if why is not None and not _has(renderer, channel_type, template, part):
+        why += _elsewhere(renderer, template)
+    return why, unknown, missing
+
+
+def _has(renderer: Renderer, channel_type: str, template: str, part: str) -> bool:
+    """Whether the file of a template is there, readable or not (not UTF-8: its own problem)."""
+    try:
+        return renderer.has_template(channel_type, template, part)
+    except UnicodeDecodeError:
+        return True
+
+
+def _elsewhere(renderer: Renderer, template: str) -> str:
+    """Where a template a channel type lacks exists (`alertmanager`, a webhook body, notifying
+    Slack): the types with every part of it, shipped or in templates.dir, said after "not
+    found"; "" when none has it (a typo)."""
+    types = [
+        kind.type
+        for kind in channel_registry.REGISTRY.values()
+        if all(_has(renderer, kind.type, template, part) for part in kind.parts)
+    ]
+    return f": {template} exists for {', '.join(types)} only" if types else ""
 
 
 def _template_findings(

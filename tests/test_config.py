@@ -1614,3 +1614,29 @@ def test_the_config_hash_reads_a_kubernetes_config_map_as_its_templates(tmp_path
     assert digest("pod1", "..2026_12_05_08_00_00.1") == plain
     assert digest("pod2", "..2026_12_05_08_00_07.2") == plain
     assert digest("pod3", "..2026_12_05_08_00_07.3", "{{ run.status }}") != plain
+
+
+def test_a_template_some_channel_types_lack_says_which_have_it(tmp_path: Path) -> None:
+    """`template: alertmanager` (a webhook body) notifying a console channel failed with a bare
+    "not found": the error now says which types have it, for any template (a shipped one or
+    one of templates.dir); a name no type has is said as before."""
+    (tmp_path / "t" / "discord").mkdir(parents=True)
+    (tmp_path / "t" / "discord" / "mine.json.j2").write_text('{"content": "x"}')
+    text = (
+        "templates: {dir: ./t}\n"
+        "channels: {c: {type: console}, h: {type: webhook, url: 'https://example.com/h'}}\n"
+        "rules:\n"
+        "  - {name: a, template: alertmanager, notify: [c, h]}\n"
+        "  - {name: b, template: mine, notify: [c]}\n"
+        "  - {name: c, template: nowhere, notify: [c]}\n"
+    )
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(ConfigError) as info:
+        compile_config(load(load_settings(), tmp_path / "c.yaml"))
+    assert [str(p).removeprefix(f"{tmp_path}/") for p in info.value.problems] == [
+        "c.yaml:4: rules[0].template: console: template console/alertmanager.txt.j2 not found:"
+        " alertmanager exists for webhook only",
+        "c.yaml:5: rules[1].template: console: template console/mine.txt.j2 not found: mine"
+        " exists for discord only",
+        "c.yaml:6: rules[2].template: console: template console/nowhere.txt.j2 not found",
+    ]
