@@ -18,7 +18,7 @@ from relay.worker_role import CONFIG_FD_FLAG, EVENTS_FLAG, WORKER_FLAG
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Strict(add_help=False)
     # SUPPRESS: `relay --config X check`, `relay dlq --config X list` and `relay dlq list
     # --config X` all work (a sub-command's default would otherwise overwrite the value)
     common.add_argument(
@@ -27,9 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="YAML config (default: $RELAY_CONFIG, else ./config.yaml, else the built-in one)",
     )
-    parser = argparse.ArgumentParser(
-        prog="relay", description="Alerting relay for Trigger.dev", parents=[common]
-    )
+    parser = _Strict(prog="relay", description="Alerting relay for Trigger.dev", parents=[common])
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub, common)
@@ -177,7 +175,22 @@ def _given(example: str) -> Callable[[str], str]:
     return given
 
 
-class _DashValues(argparse.ArgumentParser):
+class _Strict(argparse.ArgumentParser):
+    """A parser that refuses, itself, an argument it does not take. argparse leaves a
+    sub-command's to the parser above it: `relay dlq list -o json` printed `relay`'s usage
+    (its list of commands) and "relay: error: unrecognized arguments", not `dlq list`'s
+    flags. Its sub-commands' parsers are of its class too (argparse's default)."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed, extra
+
+
+class _DashValues(_Strict):
     """A parser whose options take a value starting with `-` that is none of its options:
     `-d -1h` and `-d -abc` are durations to refuse, naming the value ("--duration '-abc':
     expected a duration like ..."), where argparse took `-1h` and `-abc` for options (`-abc`
