@@ -83,7 +83,7 @@ def _dlq_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     dlq = sub.add_parser("dlq", parents=[common], help="dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq_sub.add_parser("list", parents=[common], help="list dead notifications")
-    dlq_list.add_argument("--json", action="store_true")
+    _output_flags(dlq_list)
     replay = dlq_sub.add_parser("replay", parents=[common], help="send dead notifications again")
     which = replay.add_mutually_exclusive_group()  # neither: _NO_IDS
     which.add_argument(
@@ -110,7 +110,7 @@ def _history_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         help="the next page: those older than this notification id",
     )
     history.add_argument("--limit", default="200", type=_given("a number like 50"))
-    history.add_argument("--json", action="store_true")
+    _output_flags(history)
 
 
 def refuse_undecodable(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -297,13 +297,20 @@ def _silence_list_parser(silence_sub: Any, parents: list[argparse.ArgumentParser
     shown = listing.add_mutually_exclusive_group()
     shown.add_argument("--all", action="store_true", help="include expired silences")
     shown.add_argument("--expired", action="store_true", help="only expired silences (amtool)")
-    listing.add_argument("--json", action="store_true")
+    _output_flags(listing)
+
+
+def _output_flags(listing: argparse.ArgumentParser) -> None:
+    """A listing's `--json`, and amtool's `-o`/`--output` beside it, the same on each (`dlq
+    list`, `history`, `silence list`): an operator used to amtool types `-o json` on any,
+    and `dlq list -o json` was a usage error. relay.cli_store reads them."""
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.add_argument(
         "-o",
         "--output",
         choices=("simple", "extended", "json"),
         default="simple",
-        help="json: as --json; simple and extended: the table (amtool's flag)",
+        help="json: as --json; simple and extended: the text (amtool's flag)",
     )
 
 

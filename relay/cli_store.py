@@ -53,7 +53,7 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     views = [dead_letter_view(n) for n in rows[:DLQ_LISTED]]
     if len(rows) > DLQ_LISTED:  # said on stderr: stdout stays the list (or JSON) alone
         print(_MORE_DEAD, file=sys.stderr)
-    if _said_whole(views, as_json=args.json, none="no dead notifications"):
+    if _said_whole(views, as_json=_as_json(args), none="no dead notifications"):
         return 0
     rows_shown = [
         [v["id"], v["run_id"], v["channel"], str(v["attempts"]), failure(v["reason"], v["error"])]
@@ -70,6 +70,11 @@ def _said_whole(views: list[Any], *, as_json: bool, none: str) -> bool:
     elif not views:
         print(none)
     return as_json or not views
+
+
+def _as_json(args: argparse.Namespace) -> bool:
+    """Whether a listing is asked for as JSON: `--json`, or amtool's `-o json`."""
+    return bool(args.json or args.output == "json")
 
 
 def print_table(head: list[str], rows: list[list[str]], right: Collection[int] = ()) -> None:
@@ -260,7 +265,7 @@ def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
         for view in views:
             print(view["id"])
         return 0
-    if _said_whole(views, as_json=args.json or args.output == "json", none="no silences"):
+    if _said_whole(views, as_json=_as_json(args), none="no silences"):
         return 0
     rows = []
     for v in views:
@@ -347,7 +352,7 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
         found = asyncio.run(_reading(settings, fetch))
     except InputError as exc:
         raise RelayError(f"history: {exc}") from None
-    if args.json:
+    if _as_json(args):
         out = [
             {**notification_view(n), "why": explain(n), "events": [event_view(e) for e in ev]}
             for n, ev in found

@@ -3,9 +3,14 @@ not take, and amtool's `-o json` on every listing."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from pathlib import Path
+
 import pytest
 
 from tests.conftest import run_cli_in_process
+from tests.test_cli import make_dead_letters
 
 # every command and nested one, with what it needs besides the flag it does not take
 COMMANDS = [
@@ -37,3 +42,30 @@ def test_a_flag_a_command_does_not_take_is_said_with_that_commands_usage(
     prog = "relay " + " ".join(named).replace("query", "list")  # amtool's alias of list
     assert refused.stderr.startswith(f"usage: {prog} "), refused.stderr
     assert refused.stderr.endswith(f"{prog}: error: unrecognized arguments: --bogus=1\n")
+
+
+LISTINGS = [["dlq", "list"], ["history"], ["silence", "list"], ["silence", "query"]]
+
+
+@pytest.mark.parametrize("argv", LISTINGS, ids=" ".join)
+def test_every_listing_takes_amtools_output_flag(tmp_path: Path, argv: list[str]) -> None:
+    """`silence list` took amtool's `-o simple|extended|json`, `dlq list` and `history` only
+    `--json`: `relay dlq list -o json` was a usage error. On every listing `-o json` (and
+    `--output json`, `--output=json`) is `--json`, `-o simple` and `-o extended` the text."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    asyncio.run(make_dead_letters(tmp_path / "relay.db", "run_a", "run_b"))
+    assert run_cli_in_process("silence", "add", "task=x", env=env).returncode == 0
+
+    def shown(*flags: str) -> str:
+        done = run_cli_in_process(*argv, *flags, env=env)
+        assert (done.returncode, done.stderr) == (0, ""), done.stderr
+        return done.stdout
+
+    as_json = shown("--json")
+    assert len(json.loads(as_json)) == (1 if "silence" in argv else 2)
+    for flags in (["-o", "json"], ["--output", "json"], ["--output=json"]):
+        assert shown(*flags) == as_json
+    text = shown()
+    assert shown("-o", "simple") == shown("-o", "extended") == text != as_json
+    bad = run_cli_in_process(*argv, "-o", "yaml", env=env)
+    assert bad.returncode == 2 and "invalid choice: 'yaml'" in bad.stderr

@@ -1164,23 +1164,6 @@ def test_cli_list_expired_shows_only_expired_ones_as_amtool(tmp_path: Path) -> N
     ) == sorted([gone, kept])
 
 
-@pytest.mark.parametrize("output", [["-o", "json"], ["--output=json"], ["--output", "json"]])
-def test_cli_list_takes_amtools_output_flag(tmp_path: Path, output: list[str]) -> None:
-    """`relay silence query -o json` (amtool's flag) said "unrecognized arguments: -o" (exit
-    2): JSON was --json only. `-o json` is --json now, and `-o simple` / `-o extended` the
-    table (which shows what amtool's extended adds: the start)."""
-    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
-    added = run_cli_in_process("silence", "add", "task=x", env=env).stdout.strip()
-    shown = run_cli_in_process("silence", "query", *output, env=env)
-    assert shown.returncode == 0, shown.stderr
-    assert [view["id"] for view in json.loads(shown.stdout)] == [added]
-    table = run_cli_in_process("silence", "list", env=env).stdout
-    for form in ("simple", "extended"):
-        assert run_cli_in_process("silence", "list", "-o", form, env=env).stdout == table
-    bad = run_cli_in_process("silence", "list", "-o", "yaml", env=env)
-    assert bad.returncode == 2 and "invalid choice: 'yaml'" in bad.stderr
-
-
 def test_cli_add_with_an_empty_author_takes_the_default_as_amtool(tmp_path: Path) -> None:
     """`-a ""` (`-a "$AUTHOR"` with it unset) made a silence with no author; amtool takes the
     default ($USER) for an empty one, as relay does now."""
