@@ -160,7 +160,7 @@ def _missing_file(store_url: str) -> Path | None:
 
 
 def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.silences.matchers import cli_matchers, parse_matchers  # noqa: PLC0415
+    from relay.silences.matchers import NoMatchers, cli_matchers, parse_matchers  # noqa: PLC0415
     from relay.silences.shapes import new_silence, parse_time  # noqa: PLC0415
 
     flags = {key: getattr(args, key) or [] for key in SILENCE_MATCHERS}
@@ -177,6 +177,9 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
             comment=args.comment,
             created_by=args.author,
         )
+    except NoMatchers as exc:  # `add $(...)` that found none: exit 2, as expire's no id
+        print(f"relay silence add: error: {exc}", file=sys.stderr)
+        return 2
     except (InputError, ValueError) as exc:
         said = _as_flags(exc, args) if isinstance(exc, InputError) else str(exc)
         raise RelayError(f"silence not added: {said}") from None

@@ -51,6 +51,11 @@ def parse_matchers(raw: Any) -> dict[str, tuple[str, ...]]:
     return out
 
 
+class NoMatchers(InputError):
+    """`relay silence add` given no matcher at all: a usage error (exit 2), as `silence
+    expire` given no id is, not a matcher that is wrong (exit 1)."""
+
+
 def cli_matchers(words: Sequence[str], flags: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     """Matchers from the command line, amtool's way: `task=billing/*` words (a bare word is
     a rule name, as amtool's is an alertname; `alertname=` means `rule=`) beside `--task`-style
@@ -71,7 +76,7 @@ def cli_matchers(words: Sequence[str], flags: Mapping[str, Sequence[str]]) -> di
         out.setdefault(key, []).append(unquoted(value.strip(), word))
     if not any(out.values()):  # `add $(...)` that came back empty: the API's "expected an
         # object with any of ..." said nothing of words or flags (amtool: no matchers specified)
-        raise InputError("matchers", f"none given; {_WORD_FORM}, or the flag (--task ...)")
+        raise NoMatchers("matchers", f"none given; {_WORD_FORM}, or the flag (--task ...)")
     return out
 
 
