@@ -370,6 +370,29 @@ def test_discord_failure_reads_well() -> None:
     assert completed["color"] == 0x57F287 and "description" not in completed
 
 
+def test_discord_links_a_url_with_parentheses_percent_encoded() -> None:
+    """A URL holding `(` or `)` (a branch `fix(billing)`, a run link's query) was dropped: no
+    link at all, the label alone. Kept as is, its `)` would end a markdown link early; so
+    Discord gets it with them percent-encoded (%28, %29), the same page."""
+    run = alert_event("alert.deployment.failed")
+    tree = "https://github.com/acme-inc/billing-workers/tree/"
+    run["git"] |= {"branch": "fix(billing)", "branchUrl": f"{tree}fix(billing)"}
+    page = "https://cloud.trigger.dev/deployments/x?q=(a)"
+    ctx = RenderContext(run, "oncall", "oncall", "discord", "ntf_0123", page)
+    [embed] = json.loads(render("deployment_failed", ctx))["embeds"]
+    branch = next(f["value"] for f in embed["fields"] if f["name"] == "Branch")
+    assert branch == f"[fix(billing)]({tree}fix%28billing%29)"
+    assert embed["url"] == "https://cloud.trigger.dev/deployments/x?q=%28a%29"
+    runs = [sdk(name) for name in SDK_FIXTURES]
+    group = digest_context("grp_0123", {}, runs)
+    link = f"{run_link(runs[-1])}?span=(a)"  # each run's line links to it by its own id
+    digest = RenderContext(runs[-1], "r", "oncall", "discord", "dgs_0123", link, group)
+    [embed] = json.loads(render("digest", digest))["embeds"]
+    assert embed["url"] == f"{run_link(runs[-1])}?span=%28a%29"
+    for r in runs:
+        assert f"]({run_link(r)}?span=%28a%29)" in embed["description"], r["id"]
+
+
 def test_teams_failure_reads_well() -> None:
     card = json.loads(render("run_failed", run_ctx("msteams", sdk("crashed"))))
     card = card["attachments"][0]["content"]
