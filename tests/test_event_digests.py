@@ -216,3 +216,28 @@ async def test_a_relay_sends_one_error_digest(relay: RelayFactory, sink: Sink) -
     digest = sink.received[0].json()
     assert (digest["type"], digest["text"]) == ("error.digest", "2 errors matched prod-errors")
     assert [e["classification"] for e in digest["errors"]] == ["new_issue", "regression"]
+
+
+def digest_title(channel_type: str, case: str) -> str:
+    """The digest's title: Slack's header, Discord's embed title, the Teams card's header."""
+    sent = json.loads(rendered(channel_type, case)["json"])
+    if channel_type == "slack":
+        return str(sent["blocks"][0]["text"]["text"])
+    if channel_type == "discord":
+        return str(sent["embeds"][0]["title"])
+    return str(sent["attachments"][0]["content"]["body"][0]["inlines"][0]["text"])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("channel_type", ["slack", "discord", "msteams"])
+def test_a_digest_title_names_the_environment_all_share_as_the_subject(
+    channel_type: str, case: str
+) -> None:
+    """The email digest's subject names the environment when all its runs or events are of one
+    (`[relay · Production]`); the Slack, Discord and Teams titles named none. They end with it
+    now, by the same rule: none when the events are of several (the failed deployments)."""
+    shared = {"error_events": "Production", "deployment_success_events": "prod"}.get(case)
+    subject = rendered("email", case)["subject"]
+    assert subject.startswith(f"[relay · {shared}] " if shared else "[relay] "), subject
+    title = digest_title(channel_type, case)
+    assert title.endswith(f" · prod-events · {shared}" if shared else " · prod-events"), title
