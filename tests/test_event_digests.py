@@ -241,3 +241,13 @@ def test_a_digest_title_names_the_environment_all_share_as_the_subject(
     assert subject.startswith(f"[relay · {shared}] " if shared else "[relay] "), subject
     title = digest_title(channel_type, case)
     assert title.endswith(f" · prod-events · {shared}" if shared else " · prod-events"), title
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_pagerduty_digest_summary_names_the_shared_environment(case: str) -> None:
+    """PagerDuty's digest summary named no environment where its single events do (`[prod]`)
+    and the other channels' digest titles do: it does now, by the same rule."""
+    shared = {"error_events": "Production", "deployment_success_events": "prod"}.get(case)
+    summary = json.loads(rendered("pagerduty", case)["json"])["payload"]["summary"]
+    head = summary.split(" [")[0].split(": ")[0]
+    assert head.endswith(f" · prod-events · {shared}" if shared else " · prod-events"), summary
