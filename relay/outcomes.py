@@ -120,7 +120,9 @@ class Outcomes:
             if outcome.dead:
                 log.error("notification dead", extra={**info, "why": outcome.why})
             else:
-                retry_in_s = round(outcome.not_before - now, 3)
+                # the wait decided, not what is left of it after the store's write (a 429's
+                # Retry-After: 1 logged as 0.999)
+                retry_in_s = round(outcome.wait, 3)
                 log.warning("delivery failed; will retry", extra={**info, "retry_in_s": retry_in_s})
             self.event("dead" if outcome.dead else "retry", row, err.reason, attempts)
 

@@ -53,11 +53,13 @@ def is_blip(error: DeliveryError) -> bool:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What to do after a failed attempt: retry at `not_before`, or dead with `reason`."""
+    """What to do after a failed attempt: retry at `not_before`, `wait` seconds after the
+    failure was judged, or dead with `reason`."""
 
     dead: bool
     not_before: float = 0.0
     why: str = ""
+    wait: float = 0.0
 
 
 def after_failure(
@@ -79,7 +81,7 @@ def after_failure(
         if now + backoff - created_at <= policy.max_age:  # only the receiver's wait is too long
             return Outcome(dead=True, why=f"Retry-After {wait:.0f}s is past max_age")
         return Outcome(dead=True, why="too old")
-    return Outcome(dead=False, not_before=now + wait)
+    return Outcome(dead=False, not_before=now + wait, wait=wait)
 
 
 class TokenBucket:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import time
 
 import pytest
 
+from relay.config import RetryPolicy
+from relay.errors import DeliveryError
+from relay.policy import after_failure
 from relay.retry_after import parse_retry_after
 
 NOW = 1_796_000_000.0
@@ -43,3 +47,19 @@ def test_delta_seconds(value: str, seconds: float | None) -> None:
     """A value that is no number of seconds is as no header: "inf" was read as the 24 h cap,
     past a 1 h max_age, and the notification went dead at its first failure."""
     assert parse_retry_after(value, NOW) == seconds
+
+
+def test_a_retry_outcome_carries_the_wait_it_decided() -> None:
+    """The "will retry" line logged `not_before` less a clock read after the store's write: a
+    receiver's Retry-After: 1 was logged `retry_in_s` 0.999 (test_failure_matrix failed on it).
+    The outcome carries the wait it decided, which the line logs: never less than asked."""
+    err = DeliveryError("rate_limited", retryable=True, retry_after=1.0)
+    outcome = after_failure(
+        err,
+        attempts=1,
+        created_at=NOW,
+        now=NOW + 0.5,
+        policy=RetryPolicy(min_backoff=0.1),
+        rng=random.Random(1),
+    )
+    assert (outcome.dead, outcome.wait, outcome.not_before) == (False, 1.0, NOW + 1.5)
