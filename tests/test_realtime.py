@@ -29,7 +29,8 @@ from relay.formats.packets import too_deep
 from relay.formats.sdk import parse_sdk_run
 from relay.intake import IntakeResult
 from relay.logs import SCRUB
-from relay.metrics import REALTIME_ERROR_REASONS, Metrics
+from relay.metrics import Metrics
+from relay.metrics_realtime import REALTIME_ERROR_REASONS
 from relay.model import Run
 from relay.sources import realtime as realtime_module
 from relay.sources._answers import error_reason, status_reason
