@@ -61,35 +61,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import random
-import signal
-import socket
-import struct
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from _chaos_relay import RelayChild
+from _chaos_sink import RELAY_TIMEOUT_S, ChaosSink, Weights
 
-REPO = Path(__file__).resolve().parents[1]
 RULE = "failures"
 CHANNELS = ("a", "b")
 FAILED_STATUSES = ("FAILED", "CRASHED", "TIMED_OUT", "SYSTEM_FAILURE")
-RELAY_TIMEOUT_S = 1.0
-# A retry that ignored Retry-After comes 0.1-2 s early (relay's own backoff); under a loaded CI
-# machine the soak once saw two retries 2 and 6 ms early, not reproduced in 8 reruns of its
-# seed: timers and the two processes' clocks, not a policy. 20 ms tells the two apart.
-RA_TOLERANCE_S = 0.02
 
 CONFIG = """\
 defaults:
@@ -111,210 +98,6 @@ def notification_id(run_id: str, rule: str, channel: str) -> str:
 
     digest = hashlib.blake2b(f"{run_id}\x1f{rule}\x1f{channel}".encode(), digest_size=12)
     return "ntf_" + digest.hexdigest()
-
-
-# ------------------------------------------------------------------------------------ the sink
-
-
-@dataclass
-class Weights:
-    ok: float = 0.45
-    rate_limited: float = 0.15
-    error: float = 0.12
-    hang: float = 0.08
-    reset: float = 0.12
-    refuse: float = 0.08
-
-    def pick(self, rng: random.Random) -> str:
-        names = list(asdict(self))
-        return rng.choices(names, weights=[getattr(self, n) for n in names])[0]
-
-
-def _reset(request: web.BaseRequest) -> None:
-    """Abort the connection with a TCP RST (SO_LINGER 0), not a polite FIN."""
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
-
-
-class ChaosSink:
-    """The hostile webhook receiver; every request is recorded with the sink's own clock."""
-
-    def __init__(self, rng: random.Random, weights: Weights) -> None:
-        self.rng = rng
-        self.weights = weights
-        self.healthy = False
-        self.port = 0
-        self.requests = 0
-        self.answers: Counter[str] = Counter()
-        self.delivered: Counter[str] = Counter()  # id -> 200 answers
-        self.retry_after_until: dict[str, float] = {}
-        self.retry_after_at: dict[str, float] = {}  # when the last Retry-After was given
-        self.violations: list[dict[str, Any]] = []
-        self._server = web.Server(self._handle, access_log=None)
-        self._listener: asyncio.Server | None = None
-        self._down_until = 0.0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._listener = await loop.create_server(
-            self._server, "127.0.0.1", self.port, reuse_address=True
-        )
-        self.port = self._listener.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-        await self._server.shutdown(0.5)
-
-    async def _refuse_for(self, seconds: float) -> None:
-        """Stop listening (new connections are refused), then listen again on the same port."""
-        if self._listener is None:
-            return
-        self._listener.close()
-        self._listener = None
-        self._down_until = time.monotonic() + seconds
-        await asyncio.sleep(seconds)
-        for _ in range(50):  # the port is ours; a rebind can need a moment
-            try:
-                await self.start()
-                return
-            except OSError:
-                await asyncio.sleep(0.05)
-        raise RuntimeError("the sink could not listen again on its port")
-
-    async def _rate_limit(
-        self, request: web.BaseRequest, ident: str, until: float | None
-    ) -> web.StreamResponse:
-        """429 with Retry-After 1 or 2 s, held against the id only once written to a connection
-        relay still holds: a try whose 1 s timeout ran out as the sink answered never read it
-        (relay retried it as a timeout, by its own backoff: not a violation)."""
-        wait = self.rng.choice((1, 2))
-        response = web.StreamResponse(status=429, headers={"Retry-After": str(wait)})
-        await response.prepare(request)
-        await response.write_eof()
-        if request.transport is not None and not request.transport.is_closing():
-            self.retry_after_at[ident] = time.monotonic()
-            self.retry_after_until[ident] = max(until or 0.0, self.retry_after_at[ident] + wait)
-        return response
-
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        arrived = time.monotonic()
-        self.requests += 1
-        ident = request.headers.get("webhook-id", "")
-        with contextlib.suppress(Exception):
-            await request.read()
-        until = self.retry_after_until.get(ident)
-        if until is not None and arrived < until - RA_TOLERANCE_S:
-            given = self.retry_after_at.get(ident, 0.0)
-            self.violations.append(
-                {"id": ident, "early_s": round(until - arrived, 4), "given": given, "at": arrived}
-            )
-        if self.healthy:
-            kind = "ok"
-        elif arrived < self._down_until:
-            kind = "refused"
-        else:
-            kind = self.weights.pick(self.rng)
-        self.answers[kind] += 1
-        if kind == "ok":
-            self.delivered[ident] += 1
-            return web.Response(status=200, text="ok")
-        if kind == "rate_limited":
-            return await self._rate_limit(request, ident, until)
-        if kind == "error":
-            return web.Response(status=500, text="boom")
-        if kind == "hang":  # past relay's timeout; the answer (if any) reaches nobody
-            await asyncio.sleep(RELAY_TIMEOUT_S + self.rng.uniform(0.3, 1.0))
-            return web.Response(status=504)
-        if kind == "refuse":
-            asyncio.get_running_loop().create_task(self._refuse_for(self.rng.uniform(0.3, 1.5)))
-        _reset(request)  # reset, refuse, refused: this connection dies with an RST
-        return web.Response(status=500)
-
-
-# ------------------------------------------------------------------------------------ relay
-
-
-class RelayChild:
-    """`python -m relay serve` as a child in its own process group; restarted on one store."""
-
-    def __init__(self, workdir: Path, config: Path) -> None:
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("RELAY_")},
-            "RELAY_CONFIG": str(config),
-            "RELAY_STORE_URL": f"sqlite:///{workdir / 'relay.db'}",
-            "RELAY_LISTEN": "127.0.0.1:0",
-            "RELAY_LOG_FORMAT": "json",
-            "PYTHONPATH": str(REPO),
-        }
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-        self.starts = 0
-        self.log_lines = 0
-        self.exceptions: list[str] = []
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve"],
-            env=self.env,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        self.starts += 1
-        listening = threading.Event()
-        threading.Thread(target=self._read, args=(self.proc, listening), daemon=True).start()
-        if not listening.wait(timeout_s):
-            self.kill()
-            raise RuntimeError("relay did not start listening in time")
-
-    def _read(self, proc: subprocess.Popen[str], listening: threading.Event) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            self.log_lines += 1
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                entry = {"raw": line.rstrip()}
-            if entry.get("msg") == "listening":
-                self.url = f"http://{entry['host']}:{entry['port']}"
-                listening.set()
-            if "exc" in entry or "Traceback" in str(entry.get("raw", "")):
-                self.exceptions.append(str(entry.get("msg") or entry.get("raw"))[:200])
-
-    def kill(self) -> None:
-        """SIGKILL, no warning: the whole process group (the child started it)."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self.url = ""
-
-    def terminate(self, timeout_s: float = 20.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-
-
-# ------------------------------------------------------------------------------------ driver
 
 
 @dataclass

@@ -18,13 +18,20 @@ import pytest
 
 from tests.conftest import REPO, SLOW
 
+BENCH = REPO / "bench"
+
 
 def load_chaos() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("relay_bench_chaos", REPO / "bench" / "chaos.py")
+    """bench/chaos.py, its siblings (bench/_chaos_*.py) imported as when it runs as a script."""
+    spec = importlib.util.spec_from_file_location("relay_bench_chaos", BENCH / "chaos.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
     return module
 
 

@@ -1,0 +1,151 @@
+"""The chaos soak's hostile webhook receiver (bench/chaos.py): it answers each request at random
+(200, 429 with Retry-After, 500, a hang, a reset, a refusal) and records every request with its
+own clock: what was delivered, and which retries came before the Retry-After it gave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import struct
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aiohttp import web
+
+RELAY_TIMEOUT_S = 1.0
+# A retry that ignored Retry-After comes 0.1-2 s early (relay's own backoff); under a loaded CI
+# machine the soak once saw two retries 2 and 6 ms early, not reproduced in 8 reruns of its
+# seed: timers and the two processes' clocks, not a policy. 20 ms tells the two apart.
+RA_TOLERANCE_S = 0.02
+
+
+@dataclass
+class Weights:
+    ok: float = 0.45
+    rate_limited: float = 0.15
+    error: float = 0.12
+    hang: float = 0.08
+    reset: float = 0.12
+    refuse: float = 0.08
+
+    def pick(self, rng: random.Random) -> str:
+        names = list(asdict(self))
+        return rng.choices(names, weights=[getattr(self, n) for n in names])[0]
+
+
+def _reset(request: web.BaseRequest) -> None:
+    """Abort the connection with a TCP RST (SO_LINGER 0), not a polite FIN."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+class ChaosSink:
+    """The hostile webhook receiver; every request is recorded with the sink's own clock."""
+
+    def __init__(self, rng: random.Random, weights: Weights) -> None:
+        self.rng = rng
+        self.weights = weights
+        self.healthy = False
+        self.port = 0
+        self.requests = 0
+        self.answers: Counter[str] = Counter()
+        self.delivered: Counter[str] = Counter()  # id -> 200 answers
+        self.retry_after_until: dict[str, float] = {}
+        self.retry_after_at: dict[str, float] = {}  # when the last Retry-After was given
+        self.violations: list[dict[str, Any]] = []
+        self._server = web.Server(self._handle, access_log=None)
+        self._listener: asyncio.Server | None = None
+        self._down_until = 0.0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            self._server, "127.0.0.1", self.port, reuse_address=True
+        )
+        self.port = self._listener.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        await self._server.shutdown(0.5)
+
+    async def _refuse_for(self, seconds: float) -> None:
+        """Stop listening (new connections are refused), then listen again on the same port."""
+        if self._listener is None:
+            return
+        self._listener.close()
+        self._listener = None
+        self._down_until = time.monotonic() + seconds
+        await asyncio.sleep(seconds)
+        for _ in range(50):  # the port is ours; a rebind can need a moment
+            try:
+                await self.start()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError("the sink could not listen again on its port")
+
+    async def _rate_limit(
+        self, request: web.BaseRequest, ident: str, until: float | None
+    ) -> web.StreamResponse:
+        """429 with Retry-After 1 or 2 s, held against the id only once written to a connection
+        relay still holds: a try whose 1 s timeout ran out as the sink answered never read it
+        (relay retried it as a timeout, by its own backoff: not a violation)."""
+        wait = self.rng.choice((1, 2))
+        response = web.StreamResponse(status=429, headers={"Retry-After": str(wait)})
+        await response.prepare(request)
+        await response.write_eof()
+        if request.transport is not None and not request.transport.is_closing():
+            self.retry_after_at[ident] = time.monotonic()
+            self.retry_after_until[ident] = max(until or 0.0, self.retry_after_at[ident] + wait)
+        return response
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        arrived = time.monotonic()
+        self.requests += 1
+        ident = request.headers.get("webhook-id", "")
+        with contextlib.suppress(Exception):
+            await request.read()
+        until = self.retry_after_until.get(ident)
+        if until is not None and arrived < until - RA_TOLERANCE_S:
+            given = self.retry_after_at.get(ident, 0.0)
+            self.violations.append(
+                {"id": ident, "early_s": round(until - arrived, 4), "given": given, "at": arrived}
+            )
+        if self.healthy:
+            kind = "ok"
+        elif arrived < self._down_until:
+            kind = "refused"
+        else:
+            kind = self.weights.pick(self.rng)
+        self.answers[kind] += 1
+        if kind == "ok":
+            self.delivered[ident] += 1
+            return web.Response(status=200, text="ok")
+        if kind == "rate_limited":
+            return await self._rate_limit(request, ident, until)
+        if kind == "error":
+            return web.Response(status=500, text="boom")
+        if kind == "hang":  # past relay's timeout; the answer (if any) reaches nobody
+            await asyncio.sleep(RELAY_TIMEOUT_S + self.rng.uniform(0.3, 1.0))
+            return web.Response(status=504)
+        if kind == "refuse":
+            asyncio.get_running_loop().create_task(self._refuse_for(self.rng.uniform(0.3, 1.5)))
+        _reset(request)  # reset, refuse, refused: this connection dies with an RST
+        return web.Response(status=500)
