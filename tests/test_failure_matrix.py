@@ -36,13 +36,19 @@ from tests.fakes.presets import (
     PD_KEY,
     TEAMS_FLOW,
     TEAMS_SIG,
-    Fake,
     fake_discord,
     fake_pagerduty,
     fake_teams,
 )
 from tests.fakes.serving import free_port, serving
-from tests.fakes.slack import TOKEN, WEBHOOK_PATH, FakeSlack, Reply, api_error, fake_slack
+from tests.fakes.slack import (
+    TOKEN,
+    WEBHOOK_PATH,
+    Fake,
+    Reply,
+    api_error,
+    fake_slack,
+)
 from tests.fakes.smtp import FakeSMTP, start_smtp
 
 # the channel's timeout where one answer hangs: long enough that no answer that should arrive
@@ -151,7 +157,7 @@ class ScriptedPath(Path_):
     recorded."""
 
     answers: dict[str, Reply]
-    fake: FakeSlack | Fake
+    fake: Fake
 
     def script(self, *steps: str) -> None:
         self.fake.scripted.extend(self.answers[step] for step in steps)

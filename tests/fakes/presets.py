@@ -33,11 +33,9 @@ test that starts it only after relay found the port refused).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,8 +44,8 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import web
 
-from tests.fakes.serving import serving, until
-from tests.fakes.slack import Reply
+from tests.fakes.serving import serving
+from tests.fakes.slack import Fake, Reply
 
 DISCORD_ID, DISCORD_TOKEN = (
     "1290000000000000001",
@@ -59,61 +57,6 @@ ADAPTIVE = "application/vnd.microsoft.card.adaptive"
 TEAMS_MAX_BYTES = 28 * 1024
 PD_MAX_BYTES = 512 * 1024
 SEVERITIES = ("critical", "error", "warning", "info")
-
-
-@dataclass
-class Call:
-    at: float
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    raw: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.raw)
-
-
-@dataclass
-class Fake:
-    """The recording part every fake shares."""
-
-    url: str = ""
-    calls: list[Call] = field(default_factory=list)
-    scripted: list[Reply] = field(default_factory=list)
-    problems: list[list[str]] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def script(self, *replies: Reply) -> None:
-        self.scripted.extend(replies)
-
-    def posted(self) -> list[Any]:
-        return [call.json() for call in self.calls]
-
-    async def wait_for(self, count: int, timeout: float = 60.0) -> list[Call]:
-        await until(
-            lambda: len(self.calls) >= count,
-            self.arrived,
-            timeout,
-            lambda: f"{type(self).__name__} got {len(self.calls)} of {count}",
-        )
-        return self.calls
-
-    async def _record(
-        self, request: web.Request, check: Callable[[Any], list[str]]
-    ) -> tuple[Any, Reply | None]:
-        raw = await request.read()
-        query = dict(request.query)
-        self.calls.append(Call(time.time(), request.path, query, dict(request.headers), raw))
-        self.arrived.set()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        self.problems.append(check(body) if body is not None else ["not JSON"])
-        scripted = self.scripted.pop(0) if self.scripted else None
-        if scripted is not None and scripted.delay_s:
-            await asyncio.sleep(scripted.delay_s)
-        return body, scripted
 
 
 # ----------------------------------------------------------------------------- Discord

@@ -27,7 +27,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,11 +71,56 @@ def api_error(name: str, status: int = 200, headers: dict[str, str] | None = Non
 class Call:
     at: float
     path: str
+    query: dict[str, str]
     headers: dict[str, str]
     raw: bytes
 
     def json(self) -> Any:
         return json.loads(self.raw)
+
+
+@dataclass
+class Fake:
+    """The recording part every fake shares (FakeSlack, and those of tests/fakes/presets.py)."""
+
+    url: str = ""
+    calls: list[Call] = field(default_factory=list)
+    scripted: list[Reply] = field(default_factory=list)
+    problems: list[list[str]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def script(self, *replies: Reply) -> None:
+        self.scripted.extend(replies)
+
+    def posted(self) -> list[Any]:
+        """The JSON bodies received, in order."""
+        return [call.json() for call in self.calls]
+
+    async def wait_for(self, count: int, timeout: float = 60.0) -> list[Call]:
+        await until(
+            lambda: len(self.calls) >= count,
+            self.arrived,
+            timeout,
+            lambda: f"{type(self).__name__} got {len(self.calls)} of {count}",
+        )
+        return self.calls
+
+    async def _record(
+        self, request: web.Request, check: Callable[[Any], list[str]]
+    ) -> tuple[Any, Reply | None]:
+        raw = await request.read()
+        query = dict(request.query)
+        self.calls.append(Call(time.time(), request.path, query, dict(request.headers), raw))
+        self.arrived.set()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        self.problems.append(check(body) if body is not None else ["not JSON"])
+        scripted = self.scripted.pop(0) if self.scripted else None
+        if scripted is not None and scripted.delay_s:
+            await asyncio.sleep(scripted.delay_s)
+        return body, scripted
 
 
 def _text_problems(obj: Any, where: str, limit: int) -> list[str]:
@@ -165,12 +210,7 @@ def block_kit_problems(message: Any) -> list[str]:
 
 
 @dataclass
-class FakeSlack:
-    url: str = ""
-    calls: list[Call] = field(default_factory=list)
-    scripted: list[Reply] = field(default_factory=list)
-    problems: list[list[str]] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+class FakeSlack(Fake):
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
     post_delay_s: float = 0.0
     _next_ts: int = 0
@@ -183,38 +223,9 @@ class FakeSlack:
     def api_url(self) -> str:
         return self.url + "/api"
 
-    def script(self, *replies: Reply) -> None:
-        self.scripted.extend(replies)
-
-    def posted(self) -> list[dict[str, Any]]:
-        """The JSON bodies received, in order."""
-        return [call.json() for call in self.calls]
-
-    async def wait_for(self, count: int, timeout: float = 60.0) -> list[Call]:
-        await until(
-            lambda: len(self.calls) >= count,
-            self.arrived,
-            timeout,
-            lambda: f"fake Slack got {len(self.calls)} of {count} requests",
-        )
-        return self.calls
-
-    async def _record(self, request: web.Request) -> tuple[Any, Reply | None]:
-        raw = await request.read()
-        self.calls.append(Call(time.time(), request.path, dict(request.headers), raw))
-        self.arrived.set()
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        self.problems.append(block_kit_problems(body))
-        return body, self.scripted.pop(0) if self.scripted else None
-
     async def webhook(self, request: web.Request) -> web.Response:
-        body, scripted = await self._record(request)
+        body, scripted = await self._record(request, block_kit_problems)
         if scripted is not None:
-            if scripted.delay_s:
-                await asyncio.sleep(scripted.delay_s)
             return scripted.response()
         if request.path != WEBHOOK_PATH:
             return Reply(404, "no_service").response()
@@ -229,10 +240,8 @@ class FakeSlack:
     async def _web_api(self, request: web.Request) -> tuple[dict[str, Any], Reply | None]:
         """The body of a Web API call, and the answer when it is decided before the method's
         own checks: a scripted one, or an auth or JSON failure."""
-        body, scripted = await self._record(request)
+        body, scripted = await self._record(request, block_kit_problems)
         if scripted is not None:
-            if scripted.delay_s:
-                await asyncio.sleep(scripted.delay_s)
             return {}, scripted
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Bearer "):
