@@ -8,6 +8,7 @@ on a machine without PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from relay.model import Decision, Match, Run, RunState, Timing
+from relay.model import Decision, Match, Run, RunState, Timing, notification_id
 from relay.store import Observed, Store
 from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SQLiteStore
@@ -102,6 +103,22 @@ def decide_recovery(run: Run, previous: RunState | None) -> Decision:
 
 def ids(observed: list[Observed]) -> list[str]:
     return [n.id for o in observed for n in o.notifications]
+
+
+async def observe_beside_a_failing_call(store: Store) -> None:
+    """Three observe() calls at once, the middle one failing: only it fails."""
+    # boom_1 follows ok_0 in the same call: ok_0's writes must roll back with it.
+    results = await asyncio.gather(
+        store.observe([make_run("ok_1")], explode_on_boom, now=1.0),
+        store.observe([make_run("ok_0"), make_run("boom_1")], explode_on_boom, now=1.0),
+        store.observe([make_run("ok_2")], explode_on_boom, now=1.0),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], ValueError)
+    assert [ids(r) for r in results if isinstance(r, list)] == [
+        [notification_id("ok_1", "r1", "c1")],
+        [notification_id("ok_2", "r1", "c1")],
+    ]
 
 
 async def enqueue(store: Store, run_id: str, now: float, *channels: str) -> list[str]:

@@ -31,7 +31,14 @@ from relay.store._sqlite_url import sqlite_path
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import run_python
 from tests.hardening.test_disk import _mount_tmpfs
-from tests.store.conftest import decide, enqueue, explode_on_boom, ids, make_run
+from tests.store.conftest import (
+    decide,
+    enqueue,
+    explode_on_boom,
+    ids,
+    make_run,
+    observe_beside_a_failing_call,
+)
 
 
 @pytest.fixture
@@ -95,21 +102,8 @@ async def test_a_replay_finds_its_rows_by_id(store: SQLiteStore, sql: str, param
 
 async def test_a_failing_call_leaves_the_shared_commit_to_the_others(store: SQLiteStore) -> None:
     before = store.commits
-    # boom_1 follows ok_0 in the same call: ok_0's writes must roll back with it.
-    results = await asyncio.gather(
-        store.observe([make_run("ok_1")], explode_on_boom, now=1.0),
-        store.observe([make_run("ok_0"), make_run("boom_1")], explode_on_boom, now=1.0),
-        store.observe([make_run("ok_2")], explode_on_boom, now=1.0),
-        return_exceptions=True,
-    )
-    assert isinstance(results[1], ValueError)
-    assert [ids(r) for r in results if isinstance(r, list)] == [
-        [notification_id("ok_1", "r1", "c1")],
-        [notification_id("ok_2", "r1", "c1")],
-    ]
+    await observe_beside_a_failing_call(store)
     assert store.commits - before == 1  # one batch, committed without the failed call
-    assert await store.get(notification_id("ok_0", "r1", "c1")) is None
-    assert len(ids(await store.observe([make_run("ok_0")], decide, now=2.0))) == 1
 
 
 async def test_two_failing_calls_in_one_batch_leave_the_commit_to_the_others(

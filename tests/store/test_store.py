@@ -51,9 +51,9 @@ from tests.store.conftest import (
     decide_digest,
     decide_recovery,
     enqueue,
-    explode_on_boom,
     ids,
     make_run,
+    observe_beside_a_failing_call,
 )
 
 EMPTY = {"pending": 0, "sent": 0, "dead": 0, "muted": 0}
@@ -115,18 +115,7 @@ async def test_many_concurrent_observes(store: Store) -> None:
 
 
 async def test_a_failing_call_fails_alone_and_leaves_no_trace(store: Store) -> None:
-    # boom_1 follows ok_0 in the same call: ok_0's writes must roll back with it.
-    results = await asyncio.gather(
-        store.observe([make_run("ok_1")], explode_on_boom, now=1.0),
-        store.observe([make_run("ok_0"), make_run("boom_1")], explode_on_boom, now=1.0),
-        store.observe([make_run("ok_2")], explode_on_boom, now=1.0),
-        return_exceptions=True,
-    )
-    assert isinstance(results[1], ValueError)
-    assert [ids(r) for r in results if isinstance(r, list)] == [
-        [notification_id("ok_1", "r1", "c1")],
-        [notification_id("ok_2", "r1", "c1")],
-    ]
+    await observe_beside_a_failing_call(store)
     assert await store.get(notification_id("ok_0", "r1", "c1")) is None
     assert len(ids(await store.observe([make_run("ok_0")], decide, now=2.0))) == 1
 
