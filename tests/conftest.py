@@ -92,6 +92,27 @@ def sdk_run(name: str) -> dict[str, Any]:
     return json.loads((FIXTURES / "realtime-run" / "sdk" / f"run_{name}.json").read_text())
 
 
+SDK_FIXTURES = ("failed", "crashed", "timed_out", "completed", "executing")  # sdk_run's names
+EVENT_TEMPLATES = ("deployment_failed", "deployment_success", "error")
+# (template, alert fixture) of the golden renders, for each channel type under
+# tests/golden/<type>/<template>/: the event templates' and those of the run and digest ones
+EVENT_CASES = [
+    ("deployment_failed", "alert.deployment.failed"),
+    ("deployment_failed", "alert.deployment.failed.preview"),
+    ("deployment_failed", "legacy-v1.deployment.failed"),
+    ("deployment_success", "alert.deployment.success"),
+    ("deployment_success", "legacy-v1.deployment.success"),
+    ("error", "alert.error"),
+    ("error", "alert.error.regression"),
+]
+GOLDEN_CASES = [
+    *EVENT_CASES,
+    ("run", "alert.run.failed"),
+    ("run", "alert.run.failed.crashed"),
+    ("digest", "five_fixtures"),
+]
+
+
 # ---------------------------------------------------------------- the sink: a real HTTP receiver
 
 Behaviour = Callable[[web.Request, int], Awaitable[web.StreamResponse]]

@@ -35,25 +35,18 @@ from relay.grouping import digest_context
 from relay.model import Run
 from relay.sandbox import environment, sandbox
 from relay.templating import RenderContext, Renderer, shipped_templates_dir
-from tests.conftest import alert_event, assert_golden, sdk_run
+from tests.conftest import (
+    EVENT_TEMPLATES,
+    GOLDEN_CASES,
+    SDK_FIXTURES,
+    alert_event,
+    assert_golden,
+    sdk_run,
+)
 from tests.fakes.slack import block_kit_problems
 
 GOLDEN = Path(__file__).parent / "golden"
 PARTS = {"slack": ("json",), "email": ("subject", "txt", "html")}
-EVENT_TEMPLATES = ("deployment_failed", "deployment_success", "error")
-SDK_FIXTURES = ("failed", "crashed", "timed_out", "completed", "executing")
-CASES = [
-    ("deployment_failed", "alert.deployment.failed"),
-    ("deployment_failed", "alert.deployment.failed.preview"),
-    ("deployment_failed", "legacy-v1.deployment.failed"),
-    ("deployment_success", "alert.deployment.success"),
-    ("deployment_success", "legacy-v1.deployment.success"),
-    ("error", "alert.error"),
-    ("error", "alert.error.regression"),
-    ("run", "alert.run.failed"),
-    ("run", "alert.run.failed.crashed"),
-    ("digest", "five_fixtures"),
-]
 # one environment: templates compile once for the module; rendered as relay does
 RENDERER = Renderer(checks=rendered_checks())
 HOSTILE = (
@@ -195,14 +188,14 @@ def test_an_alert_webhooks_run_shows_no_cost_or_duration(channel_type: str, temp
 golden = assert_golden
 
 
-@pytest.mark.parametrize(("template", "fixture"), CASES)
+@pytest.mark.parametrize(("template", "fixture"), GOLDEN_CASES)
 def test_slack_matches_golden(template: str, fixture: str) -> None:
     message = slack(template, case_ctx("slack", fixture))
     pretty = json.dumps(message, indent=2, ensure_ascii=False) + "\n"
     golden(GOLDEN / "slack" / template / f"{fixture}.json", pretty)
 
 
-@pytest.mark.parametrize(("template", "fixture"), CASES)
+@pytest.mark.parametrize(("template", "fixture"), GOLDEN_CASES)
 def test_email_matches_golden(template: str, fixture: str) -> None:
     parts = render("email", template, case_ctx("email", fixture))
     check_email(parts)
@@ -777,7 +770,7 @@ def test_a_template_that_says_nothing_is_a_template_failure(
 
 @pytest.mark.parametrize("channel_type", sorted(rendered_checks()))
 def test_every_shipped_template_gives_its_channel_something_to_show(channel_type: str) -> None:
-    for template, fixture in CASES:
+    for template, fixture in GOLDEN_CASES:
         ctx = case_ctx(channel_type, fixture)
         rendered = RENDERER.render(channel_type, template, ("json",), ctx)
         assert not rendered.fallback, (template, fixture, rendered.error)

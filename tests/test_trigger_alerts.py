@@ -33,6 +33,7 @@ from relay.model import Run
 from relay.rules import compile_rules
 from relay.templating import RenderContext, Renderer
 from tests.conftest import (
+    EVENT_CASES,
     FIXTURES,
     Relay,
     RelayFactory,
@@ -750,16 +751,6 @@ channels:
 
 # ----------------------------------------------------------------------------- golden renders
 
-GOLDEN_CASES = [
-    ("deployment_failed", "alert.deployment.failed"),
-    ("deployment_failed", "alert.deployment.failed.preview"),
-    ("deployment_failed", "legacy-v1.deployment.failed"),
-    ("deployment_success", "alert.deployment.success"),
-    ("deployment_success", "legacy-v1.deployment.success"),
-    ("error", "alert.error"),
-    ("error", "alert.error.regression"),
-]
-
 
 def render(channel_type: str, template: str, run: dict[str, Any]) -> str:
     part = {"console": "txt", "webhook": "json"}[channel_type]
@@ -794,7 +785,7 @@ def test_a_one_task_deployment_counts_one_task_on_every_channel(channel_type: st
 
 
 @pytest.mark.parametrize("channel_type", ["console", "webhook"])
-@pytest.mark.parametrize(("template", "fixture"), GOLDEN_CASES)
+@pytest.mark.parametrize(("template", "fixture"), EVENT_CASES)
 def test_template_matches_golden(channel_type: str, template: str, fixture: str) -> None:
     run = parse_alert(json.loads(body_of(fixture))).run
     assert run is not None

@@ -33,7 +33,15 @@ from relay.errors import ConfigError, DeliveryError
 from relay.grouping import digest_context
 from relay.model import Run
 from relay.templating import RenderContext, Renderer, fallback_json
-from tests.conftest import RelayFactory, alert_event, assert_golden, sdk_run
+from tests.conftest import (
+    EVENT_TEMPLATES,
+    GOLDEN_CASES,
+    SDK_FIXTURES,
+    RelayFactory,
+    alert_event,
+    assert_golden,
+    sdk_run,
+)
 from tests.fakes.presets import (
     DISCORD_ID,
     DISCORD_TOKEN,
@@ -51,20 +59,6 @@ from tests.fakes.slack import Reply
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 TYPES = ("discord", "msteams", "pagerduty")
-SDK_FIXTURES = ("failed", "crashed", "timed_out", "completed", "executing")
-EVENT_TEMPLATES = ("deployment_failed", "deployment_success", "error")
-CASES = [
-    ("deployment_failed", "alert.deployment.failed"),
-    ("deployment_failed", "alert.deployment.failed.preview"),
-    ("deployment_failed", "legacy-v1.deployment.failed"),
-    ("deployment_success", "alert.deployment.success"),
-    ("deployment_success", "legacy-v1.deployment.success"),
-    ("error", "alert.error"),
-    ("error", "alert.error.regression"),
-    ("run", "alert.run.failed"),
-    ("run", "alert.run.failed.crashed"),
-    ("digest", "five_fixtures"),
-]
 SECRETS = (DISCORD_TOKEN, TEAMS_SIG, PD_KEY)
 HOSTILE = '[click](https://evil.test) @everyone <@&123> **b** ||s|| ``` # h\n> q "x" </script>'
 RENDERER = Renderer()  # the shipped templates, compiled once
@@ -337,7 +331,7 @@ def test_run_templates_match_golden(channel_type: str, fixture: str) -> None:
     golden(GOLDEN / channel_type / "run" / f"run_{fixture}.json", unclamped(channel_type, text))
 
 
-@pytest.mark.parametrize(("template", "fixture"), CASES)
+@pytest.mark.parametrize(("template", "fixture"), GOLDEN_CASES)
 @pytest.mark.parametrize("channel_type", TYPES)
 def test_event_and_digest_templates_match_golden(
     channel_type: str, template: str, fixture: str
