@@ -55,7 +55,7 @@ from tests.fakes.presets import (
     pagerduty_problems,
     teams_problems,
 )
-from tests.fakes.slack import Reply
+from tests.fakes.slack import Reply, check_classified, classified
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 TYPES = ("discord", "msteams", "pagerduty")
@@ -656,7 +656,7 @@ async def test_a_discord_forum_channel_gets_a_post_of_its_own_for_each_message(
     discord.forum = True
     title = json.dumps({"embeds": [{"title": "🔴 FAILED · sync\\_data", "description": "d"}]})
     err = await send_error(channel("discord", http, webhook_url=discord.webhook_url))
-    _check(err, "client_error", False, None, "forum_needs_thread_name (220001, HTTP 400)")
+    check_classified(err, "client_error", False, None, "forum_needs_thread_name (220001, HTTP 400)")
     named = channel("discord", http, webhook_url=discord.webhook_url, thread_name="{title}")
     await named.send(outgoing(title))
     long = channel("discord", http, webhook_url=discord.webhook_url, thread_name="x" * 150)
@@ -1038,22 +1038,7 @@ PD_ERRORS = [
 ]
 
 
-def _table(rows: list[tuple[Any, ...]]) -> pytest.MarkDecorator:
-    return pytest.mark.parametrize(("reply", "reason", "retryable", "retry_after", "detail"), rows)
-
-
-def _check(
-    err: DeliveryError, reason: str, retryable: bool, after: float | None, detail: str
-) -> None:
-    assert (err.reason, err.retryable, err.retry_after, err.detail) == (
-        reason,
-        retryable,
-        after,
-        detail,
-    )
-
-
-@_table(DISCORD_ERRORS)
+@classified(DISCORD_ERRORS)
 async def test_discord_errors_are_classified(
     discord: FakeDiscord,
     http: HttpClient,
@@ -1065,7 +1050,7 @@ async def test_discord_errors_are_classified(
 ) -> None:
     discord.script(reply)
     err = await send_error(channel("discord", http, webhook_url=discord.webhook_url))
-    _check(err, reason, retryable, retry_after, detail)
+    check_classified(err, reason, retryable, retry_after, detail)
 
 
 async def test_discord_rate_limits_wait_seconds_for_the_url_discord_hands_out(
@@ -1090,7 +1075,7 @@ async def test_discord_rate_limits_wait_seconds_for_the_url_discord_hands_out(
     assert discord.calls[-1].path.startswith("/api/v10/webhooks/")
 
 
-@_table(TEAMS_ERRORS)
+@classified(TEAMS_ERRORS)
 async def test_teams_errors_are_classified(
     teams: FakeTeams,
     http: HttpClient,
@@ -1102,7 +1087,7 @@ async def test_teams_errors_are_classified(
 ) -> None:
     teams.script(reply)
     err = await send_error(channel("msteams", http, webhook_url=teams.webhook_url))
-    _check(err, reason, retryable, retry_after, detail)
+    check_classified(err, reason, retryable, retry_after, detail)
 
 
 async def test_teams_legacy_connector_failures_in_a_200_are_failures(
@@ -1123,7 +1108,7 @@ async def test_teams_legacy_connector_failures_in_a_200_are_failures(
     assert (down.reason, down.retryable) == ("server_error", True)
 
 
-@_table(PD_ERRORS)
+@classified(PD_ERRORS)
 async def test_pagerduty_errors_are_classified(
     pagerduty: FakePagerDuty,
     http: HttpClient,
@@ -1135,7 +1120,7 @@ async def test_pagerduty_errors_are_classified(
 ) -> None:
     pagerduty.script(reply)
     err = await send_error(channel("pagerduty", http, routing_key=PD_KEY, api_url=pagerduty.url))
-    _check(err, reason, retryable, retry_after, detail)
+    check_classified(err, reason, retryable, retry_after, detail)
 
 
 async def test_real_answers_of_the_fakes_are_classified(

@@ -38,6 +38,8 @@ from tests.fakes.slack import (
     Reply,
     api_error,
     block_kit_problems,
+    check_classified,
+    classified,
 )
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "slack"
@@ -583,7 +585,7 @@ WEBHOOK_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("reply", "reason", "retryable", "retry_after", "detail"), WEBHOOK_ERRORS)
+@classified(WEBHOOK_ERRORS)
 async def test_webhook_errors_are_classified(
     slack: FakeSlack,
     http: HttpClient,
@@ -595,12 +597,7 @@ async def test_webhook_errors_are_classified(
 ) -> None:
     slack.script(reply, reply)  # a refused layout is sent again as text: refuse it too
     err = await send_error(make_channel(slack, http))
-    assert (err.reason, err.retryable, err.retry_after, err.detail) == (
-        reason,
-        retryable,
-        retry_after,
-        detail,
-    )
+    check_classified(err, reason, retryable, retry_after, detail)
 
 
 API_ERRORS = [
@@ -663,7 +660,7 @@ API_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("reply", "reason", "retryable", "retry_after", "detail"), API_ERRORS)
+@classified(API_ERRORS)
 async def test_web_api_errors_are_classified(
     slack: FakeSlack,
     http: HttpClient,
@@ -675,12 +672,7 @@ async def test_web_api_errors_are_classified(
 ) -> None:
     slack.script(reply, reply)  # a refused layout is sent again as text: refuse it too
     err = await send_error(make_channel(slack, http, bot=True))
-    assert (err.reason, err.retryable, err.retry_after, err.detail) == (
-        reason,
-        retryable,
-        retry_after,
-        detail,
-    )
+    check_classified(err, reason, retryable, retry_after, detail)
 
 
 async def test_real_answers_of_the_fake_are_classified(slack: FakeSlack, http: HttpClient) -> None:

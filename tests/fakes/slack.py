@@ -19,6 +19,8 @@ posts overlap). `script` queues answers (plain-text or JSON bodies with real sta
 take precedence over the checks, one per request, in order; a Reply with `delay_s` answers that
 late (a hung Slack, for timeouts). Every request is recorded.
 Block Kit validation uses slack_sdk's models (`block_kit_problems`, also used by tests).
+`classified` and `check_classified` are the tables of scripted answers and of what a channel
+must make of each, for the tests of every fake's channel.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from slack_sdk.errors import SlackObjectFormationError
 from slack_sdk.models.basic_objects import JsonObject
 from slack_sdk.models.blocks import Block
 
+from relay.errors import DeliveryError
 from tests.fakes.serving import serving, until
 
 WEBHOOK_PATH = "/services/T0001/B0002/fakeWebhookSecret0123456789"
@@ -65,6 +68,23 @@ class Reply:
 def api_error(name: str, status: int = 200, headers: dict[str, str] | None = None) -> Reply:
     """A Web API failure the way Slack sends it: {"ok": false, "error": name}."""
     return Reply(status, {"ok": False, "error": name}, headers or {})
+
+
+def classified(rows: list[tuple[Any, ...]]) -> pytest.MarkDecorator:
+    """Parametrise a test by rows of (reply, reason, retryable, retry_after, detail): a scripted
+    answer, and what a channel's DeliveryError must say of it (`check_classified`)."""
+    return pytest.mark.parametrize(("reply", "reason", "retryable", "retry_after", "detail"), rows)
+
+
+def check_classified(
+    err: DeliveryError, reason: str, retryable: bool, after: float | None, detail: str
+) -> None:
+    assert (err.reason, err.retryable, err.retry_after, err.detail) == (
+        reason,
+        retryable,
+        after,
+        detail,
+    )
 
 
 @dataclass
