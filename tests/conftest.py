@@ -25,10 +25,13 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, settings
 
-from relay.configure import compile_config
+from relay.configure import Compiled, compile_config
+from relay.dashboard_links import dashboard_link
+from relay.dispatch import Deps
 from relay.formats.trigger_alerts import parse_alert
 from relay.service import Service
 from relay.settings import Settings
+from relay.store import Store
 from relay.store.sqlite import SQLiteStore
 from tests.fakes.serving import serving, until
 from tests.pg import fresh_database, shared_server
@@ -111,6 +114,13 @@ GOLDEN_CASES = [
     ("run", "alert.run.failed.crashed"),
     ("digest", "five_fixtures"),
 ]
+
+
+def delivery_deps(compiled: Compiled, store: Store, **options: Any) -> Deps:
+    """Delivery's Deps of `compiled` on `store` (its retry policy, its dashboard links), with
+    `options` of Deps (clock, sleep, group_interval_of, ...)."""
+    defaults = compiled.loaded.config.defaults
+    return Deps(store, compiled.renderer, defaults.retry, dashboard_link(defaults), **options)
 
 
 # ---------------------------------------------------------------- the sink: a real HTTP receiver

@@ -34,8 +34,6 @@ from relay.channels import ChannelEnv, Outgoing, settings_models
 from relay.channels._http import HttpClient
 from relay.config_load import parse_config
 from relay.configure import compile_config
-from relay.dashboard_links import dashboard_link
-from relay.dispatch import Deps
 from relay.formats import parse_runs
 from relay.intake import Intake
 from relay.model import Notification, Run, notification_id
@@ -43,7 +41,7 @@ from relay.routes import route_for
 from relay.sending import Sender
 from relay.store import HistoryQuery
 from relay.store.sqlite import SQLiteStore
-from tests.conftest import RelayFactory, Sink, hang, held, sdk_run, status
+from tests.conftest import RelayFactory, Sink, delivery_deps, hang, held, sdk_run, status
 from tests.fakes.serving import free_port
 
 SECRET = "whsec_" + base64.b64encode(b"relay-test-signing-key-0123").decode()
@@ -932,12 +930,8 @@ async def delivering_on(
     await store.open()
     intake = Intake(store, lambda: compiled.rules, lambda channel: None, clock=clock)
     http = HttpClient()
-    defaults = compiled.loaded.config.defaults
-    link = dashboard_link(defaults)
     interval = compiled.rules.group_interval_of
-    deps = Deps(
-        store, compiled.renderer, defaults.retry, link, clock=clock, group_interval_of=interval
-    )
+    deps = delivery_deps(compiled, store, clock=clock, group_interval_of=interval)
     route = route_for(compiled, "hook", ChannelEnv(http, io.StringIO(), 10.0, store))
     delivery = relay_delivery.Delivery(deps, {"hook": route})
     if start:
@@ -1111,15 +1105,7 @@ async def test_an_outcome_the_store_cannot_take_is_logged_with_its_notification(
     intake = Intake(store, lambda: compiled.rules, lambda channel: None, clock=lambda: now[0])
     assert (await intake.submit(parse_runs([failing_run()]))).notifications == 1
     http = HttpClient()
-    defaults = compiled.loaded.config.defaults
-    deps = Deps(
-        store,
-        compiled.renderer,
-        defaults.retry,
-        dashboard_link(defaults),
-        clock=lambda: now[0],
-        sleep=sleep,
-    )
+    deps = delivery_deps(compiled, store, clock=lambda: now[0], sleep=sleep)
     route = route_for(compiled, "hook", ChannelEnv(http, io.StringIO(), 10.0, store))
     delivery = relay_delivery.Delivery(deps, {"hook": route})
     delivery.start()

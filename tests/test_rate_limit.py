@@ -29,15 +29,13 @@ from relay.channels.console import ConsoleSettings
 from relay.config import RateLimit
 from relay.config_load import parse_config
 from relay.configure import compile_config
-from relay.dashboard_links import dashboard_link
 from relay.delivery import Delivery
-from relay.dispatch import Deps
 from relay.formats import parse_runs
 from relay.intake import Intake
 from relay.policy import QUICK_TRIES, TokenBucket
 from relay.routes import route_for
 from relay.store.sqlite import SQLiteStore
-from tests.conftest import sdk_run
+from tests.conftest import delivery_deps, sdk_run
 
 START = 1_790_000_000.0
 CONFIG = """\
@@ -144,15 +142,7 @@ async def deliver_on_virtual_time(
     terminal = Terminal(clock)
     http = HttpClient()
     route = route_for(compiled, "out", ChannelEnv(http, terminal, 10.0, store))
-    defaults = compiled.loaded.config.defaults
-    deps = Deps(
-        store,
-        compiled.renderer,
-        defaults.retry,
-        dashboard_link(defaults),
-        clock=clock,
-        sleep=clock.sleep,
-    )
+    deps = delivery_deps(compiled, store, clock=clock, sleep=clock.sleep)
     delivery = Delivery(deps, {"out": route})
     began = clock.now
     delivery.start()
@@ -238,8 +228,7 @@ rules:
     http = HttpClient()
     env = ChannelEnv(http, io.StringIO(), 10.0, store)
     routes = {name: route_for(compiled, name, env) for name in ("slow", "quick")}
-    defaults = compiled.loaded.config.defaults
-    deps = Deps(store, compiled.renderer, defaults.retry, dashboard_link(defaults))
+    deps = delivery_deps(compiled, store)
     delivery = Delivery(deps, routes)
     try:
         assert routes["slow"].timeout_s == 180.0 and routes["quick"].timeout_s == 10.0
