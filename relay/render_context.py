@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from relay.filters import as_text, status_emoji, truncate_chars
-from relay.sandbox import with_unknowns
+from relay.unknowns import with_unknowns
 
 _SDK_INTERNAL = re.compile(r"trigger\.dev internal error \(([A-Z0-9_]+)\)")
 

@@ -16,7 +16,8 @@ from jinja2.parser import Parser
 from relay.model import Run
 from relay.render_limits import RENDER_BUDGET_S, time_budget
 from relay.rule_filters import Predicate
-from relay.sandbox import expression_sandbox, refused_names, with_unknowns
+from relay.sandbox import expression_sandbox, refused_names
+from relay.unknowns import with_unknowns
 
 log = logging.getLogger("relay.rules")
 WHEN_NAMES = ("run", "payload", "output", "metadata", "error")  # what `when:` can read

@@ -38,7 +38,6 @@ from relay.filters import (
     truncate_chars,
     web_url,
 )
-from relay.model import MEASURES
 from relay.render_limits import (
     MAX_VALUE_CHARS,
     OutputTooLarge,
@@ -57,6 +56,7 @@ from relay.sandbox_guards import (
     checked_result,
     guard_filters,
 )
+from relay.unknowns import MissingIsNone, is_none, is_none_or_missing, pass_unknowns
 
 _LOOP_BUDGET = "_loop_budget"  # the filter every `for` loop's iterable goes through
 
@@ -194,57 +194,6 @@ class _Environment(ImmutableSandboxedEnvironment):
         return parts
 
 
-class _MissingIsNone(ChainableUndefined):
-    """A missing field in a `when:` expression: falsy and chainable as in templates, and also
-    none (`run.metadata.tier is none`, `== none`); ordering it (`> 5`) stays an error."""
-
-    __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        return other is None or isinstance(other, Undefined)
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    __hash__ = ChainableUndefined.__hash__  # defining __eq__ would unset it
-
-
-class _Unknown(_MissingIsNone):
-    """A value the run does not carry (an alert webhook's cost and duration, Run.measured),
-    as templates and `when:` read it (with_unknowns): empty and falsy, none in `when:`, like a
-    missing field, but no error either: a comparison with it is false, as no threshold
-    matches it (`run.durationMs > 1000` and `< 1000` both), and arithmetic with it stays
-    unknown (`run.costInCents + run.baseCostInCents > 100`); JSON null (tojson)."""
-
-    __slots__ = ()
-
-    def _false(self, other: object) -> bool:
-        return False
-
-    def _unknown(self, *other: object) -> _Unknown:
-        return self
-
-    __lt__ = __le__ = __gt__ = __ge__ = _false  # type: ignore[assignment]
-    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = _unknown  # type: ignore[assignment]
-    __truediv__ = __rtruediv__ = __floordiv__ = __rfloordiv__ = _unknown  # type: ignore[assignment]
-    __mod__ = __rmod__ = __pow__ = __rpow__ = __neg__ = __pos__ = _unknown  # type: ignore[assignment]
-
-
-UNKNOWN = _Unknown()
-
-
-def with_unknowns(run: dict[str, Any]) -> dict[str, Any]:
-    """`run` (a run as JSON, Run.as_dict) with the MEASURES it does not carry (null) as
-    UNKNOWN: `{% if run.durationMs > 60000 %}` in a template, or a `when:`, raised TypeError
-    on every alert webhook's run (the fallback sent, the rule a failure)."""
-    unknown = [key for key in MEASURES if key in run and run[key] is None]
-    return {**run, **dict.fromkeys(unknown, UNKNOWN)} if unknown else run
-
-
-def _is_none(value: Any) -> bool:
-    return value is None or isinstance(value, Undefined)
-
-
 class _ExpressionEnvironment(_Environment):
     """`when:` reads the run as JSON: a key wins over a dict method of the same name, so
     `run.metadata.items` is the metadata's `items`, not dict.items."""
@@ -280,7 +229,9 @@ def environment(
     env.globals["range"] = bounded_range
     ours = (money, duration, truncate_chars, tojson, stack, status_emoji, mrkdwn, web_url, brief)
     env.filters.update({f.__name__: f for f in (*ours, fingerprint)})
+    env.tests["none"] = is_none  # an unknown (JSON null) too
     guard_filters(env)
+    pass_unknowns(env)
     env.filters[_LOOP_BUDGET] = loop_budget
     return env
 
@@ -336,6 +287,6 @@ def sandbox() -> SandboxedEnvironment:
 def expression_sandbox() -> SandboxedEnvironment:
     """The sandbox of rule `when:` expressions: a missing field is none, keys before methods."""
     env = environment(cls=_ExpressionEnvironment)
-    env.undefined = _MissingIsNone
-    env.tests["none"] = _is_none
+    env.undefined = MissingIsNone
+    env.tests["none"] = is_none_or_missing
     return env

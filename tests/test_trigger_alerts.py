@@ -31,7 +31,9 @@ from relay.formats.trigger_alerts import MAX_SIGNATURES, parse_alert
 from relay.grouping import digest_context
 from relay.model import Run
 from relay.rules import compile_rules
+from relay.sandbox import sandbox
 from relay.templating import RenderContext, Renderer
+from relay.unknowns import with_unknowns
 from tests.conftest import (
     EVENT_CASES,
     FIXTURES,
@@ -674,6 +676,50 @@ def test_a_template_comparing_an_alert_runs_duration_renders(tmp_path: Path) -> 
     body = json.loads(out.parts["json"])
     assert (body["slow"], body["s"], body["cost"], body["fast"]) == (False, "", "", 0)
     assert [body["run"][k] for k in MEASURES] == [None] * 3
+
+
+UNKNOWN_READS = {
+    "none": "{{ run.durationMs is none }}",
+    "defined": "{{ run.costInCents is defined }}",
+    "default": "{{ run.durationMs|default('n/a') }}",
+    "round": "{{ (run.durationMs / 1000)|round(1) }}",
+    "int": "{{ run.durationMs|int }}",
+    "float": "{{ run.costInCents|float }}",
+    "abs": "{{ run.baseCostInCents|abs }}",
+    "format": "{{ '%.1fs'|format(run.durationMs / 1000) }}",
+    "filesizeformat": "{{ run.durationMs|filesizeformat }}",
+    "sum": "{{ [run.costInCents, run.baseCostInCents]|sum }}",
+    "money": "{{ run.costInCents|money }}",
+    "duration": "{{ run.durationMs|duration }}",
+}
+
+
+def test_a_template_reads_an_alert_runs_unknowns_as_none() -> None:
+    """`is none` was false for an alert webhook's duration and cost, and `round`, `int`,
+    `float`, `abs`, `format`, `filesizeformat` raised on them (the template's fallback sent):
+    they are none (not defined, so `default` fills them) and a number filter gives the unknown
+    back, empty; in a `when:` alike."""
+    alert = parse_alert(json.loads(body_of(RUN))).run
+    assert alert is not None
+    env = sandbox()
+    got = {
+        k: env.from_string(t).render(run=with_unknowns(alert.as_dict()))
+        for k, t in UNKNOWN_READS.items()
+    }
+    assert got == {
+        **dict.fromkeys(UNKNOWN_READS, ""),
+        "none": "True",
+        "defined": "False",
+        "default": "n/a",
+    }
+    whens = [f"run.durationMs|{f} > 1" for f in ("round", "int", "float", "abs")]
+    rules = [
+        {"name": f"r{i}", "when": w, "notify": ["hook"], "continue": True}
+        for i, w in enumerate([*whens, "run.durationMs is none"])
+    ]
+    compiled, problems = compile_rules([RuleConfig.model_validate(r) for r in rules], str)
+    assert not problems
+    assert [m.rule for m in compiled.decide(alert, None).matches] == ["r4"]
 
 
 def test_a_digest_of_alert_webhooks_runs_has_no_total_cost() -> None:
