@@ -5,9 +5,10 @@ it routes the shipped template's (`type`), never larger than a rendered part may
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from relay.fallback_alertmanager import alertmanager_body
 from relay.filters import as_text, json_bytes, mrkdwn, tojson
 from relay.render_context import RenderContext, error_view, summary
 from relay.render_limits import MAX_OUTPUT_CHARS
@@ -146,9 +147,27 @@ def _no_runs(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "run": None, **({"group": group} if "group" in body else {})}
 
 
-def fallback_part(part: str, ctx: RenderContext) -> str:
+def fallback_part(
+    part: str, ctx: RenderContext, template: str = "", error: str | None = None
+) -> str:
+    """What is sent for `part` of a message whose `template` failed (`error`, its
+    description): for a `json` part, the body its template family's receivers read (an
+    Alertmanager body for `alertmanager`, `alertmanager_digest` ...), else fallback_json."""
     if part == "json":
-        return fallback_json(ctx)
+        body = _FAMILY_BODIES.get((ctx.channel_type, template_family(template)))
+        return body(ctx, error) if body is not None else fallback_json(ctx)
     if part == "html":
         return f"<pre>{html.escape(fallback_text(ctx))}</pre>"
     return fallback_text(ctx)
+
+
+def template_family(template: str) -> str:
+    """The template a digest or recovery variant belongs to: `alertmanager` of
+    `alertmanager_digest` and `alertmanager_recovered` (relay.templating.Renderer.variant)."""
+    return template.removesuffix("_digest").removesuffix("_recovered")
+
+
+# by (channel type, template family): a `json` fallback the family's receivers can read
+_FAMILY_BODIES: dict[tuple[str, str], Callable[[RenderContext, str | None], str]] = {
+    ("webhook", "alertmanager"): alertmanager_body,
+}

@@ -349,10 +349,9 @@ class Renderer:
                         _check_json(out[part], self._checks.get(channel_type))
             return Rendered(out, fallback=False, error=None, template=name)
         except Exception as exc:  # never drop a notification for a template bug
-            fallback = {part: fallback_part(part, ctx) for part in parts}
-            timed_out = isinstance(exc, RenderTimeout)
-            shown = served_name(template, self.overrides)  # as the operator named the file
-            return Rendered(fallback, True, _describe(exc, shown), timed_out, name)
+            error = _describe(exc, served_name(template, self.overrides))  # the file's name
+            fallback = {part: fallback_part(part, ctx, name, error) for part in parts}
+            return Rendered(fallback, True, error, isinstance(exc, RenderTimeout), name)
 
     def _render_one(self, template: str, variables: dict[str, Any]) -> str:
         chunks: list[str] = []

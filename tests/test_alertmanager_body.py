@@ -345,3 +345,67 @@ def test_the_group_key_sorts_its_labels_as_alertmanager_does() -> None:
     body = json.loads(out.parts["json"])
     assert body["groupKey"] == '{}:{Zone="eu", alertname="failed-runs", taskIdentifier="sync-data"}'
     assert list(body["groupLabels"]) == ["Zone", "alertname", "taskIdentifier"]
+
+
+# ------------------------------------------------------------------------ a broken override
+
+
+async def test_a_broken_override_still_sends_an_alertmanager_body(
+    relay: RelayFactory, receiver: AlertmanagerReceiver, tmp_path: Path
+) -> None:
+    """An override of `alertmanager` that failed to render sent relay's generic fallback JSON,
+    which the receiver the rule chose the template for cannot read: the fallback is now an
+    Alertmanager body, its alert the one the shipped template names (labels, fingerprint),
+    the render error in an annotation, still counted as a template error."""
+    (tmp_path / "tpl" / "webhook").mkdir(parents=True)
+    (tmp_path / "tpl" / "webhook" / "alertmanager.json.j2").write_text("{{ run.id + 1 }}\n")
+    rules = (
+        "  - {name: failed-runs, match: {status: failure}, notify: [am], template: alertmanager}\n"
+    )
+    r = await relay(f"templates: {{dir: {tmp_path / 'tpl'}}}\n" + config(receiver, rules))
+    run = failed("run_aaa")
+    await r.post(run)
+    [body] = checked(await _received(receiver, 1))
+    data = Run.model_validate(run).as_dict()
+    ctx = RenderContext(data, "failed-runs", "am", "webhook", "ntf_1", LINK(data))
+    shipped = json.loads(RENDERER.render("webhook", "alertmanager", ("json",), ctx).parts["json"])
+    [alert], [theirs] = body["alerts"], shipped["alerts"]
+    for same in ("labels", "startsAt", "endsAt", "fingerprint", "generatorURL"):
+        assert alert[same] == theirs[same], same
+    for same in ("receiver", "status", "groupLabels", "groupKey", "externalURL"):
+        assert body[same] == shipped[same], same
+    assert alert["annotations"] == {
+        **{k: theirs["annotations"][k] for k in ("summary", "description", "status")},
+        "relay_template_error": "TypeError in webhook/alertmanager.json.j2 line 1",
+    }
+    async with r.http.get(r.url + "/metrics") as resp:
+        assert 'relay_template_errors_total{channel="am"} 1.0' in await resp.text()
+
+
+@pytest.mark.parametrize("name", ["alertmanager_digest", "alertmanager_recovered"])
+def test_a_broken_variant_falls_back_to_an_alertmanager_body(name: str, tmp_path: Path) -> None:
+    """A digest's and a recovery's fallback: the same alerts (firing, or resolved) as the
+    shipped template's, within the channel's limit, the runs left out counted."""
+    (tmp_path / "webhook").mkdir()
+    (tmp_path / "webhook" / f"{name}.json.j2").write_text("{{ run.id + 1 }}\n")
+    runs = [hostile(i, size=600) for i in range(40)]
+    if name == "alertmanager_recovered":
+        runs = [{**runs[0], "status": "COMPLETED", "finishedAt": runs[0]["updatedAt"]}]
+    labels = {"customer": "cus_1"}
+    group = digest_context("grp_1", labels, runs) if name.endswith("digest") else None
+    ctx = RenderContext(
+        runs[-1], "failed-runs", "am", "webhook", "ntf_1", LINK(runs[-1]), group,
+        resolves="ntf_0" if group is None else None, max_body_bytes=16 * 1024,
+        group_labels=labels,
+    )  # fmt: skip
+    out = Renderer(tmp_path, link=LINK).render("webhook", name, ("json",), ctx)
+    assert out.fallback and out.error == f"TypeError in webhook/{name}.json.j2 line 1"
+    body = parse(out.parts["json"].encode())
+    assert body_problems(body) == [] and len(out.parts["json"].encode()) <= 16 * 1024
+    assert body["status"] == ("firing" if group else "resolved")
+    assert len(body["alerts"]) + body["truncatedAlerts"] == len(runs)
+    assert body["truncatedAlerts"] > 0 if group else len(body["alerts"]) == 1
+    shipped = json.loads(RENDERER.render("webhook", name, ("json",), ctx).parts["json"])
+    ours, theirs = ([(a["fingerprint"], a["status"]) for a in b["alerts"]] for b in (body, shipped))
+    assert ours[: len(theirs)] == theirs[: len(ours)]  # the first runs, as many as fit
+    assert body["groupKey"] == shipped["groupKey"]
