@@ -1101,6 +1101,25 @@ def test_dry_run_reports_an_unknown_alert_type_among_known_ones(tmp_path: Path) 
     assert json.loads(lone_json.stdout) == [] and note in lone_json.stderr
 
 
+def test_dry_run_takes_an_array_mixing_alert_bodies_and_runs(tmp_path: Path) -> None:
+    """An array holding a run and an alert webhook body was refused as a whole (`[1]: a
+    Trigger.dev alert webhook, not a run`): each element is read as its endpoint reads it
+    alone, in order, and a bad one is named by its index and kind."""
+    config = write(tmp_path / "c.yaml", GOOD)
+    alert = json.loads((FIXTURES / "alert-webhooks" / "alert.run.failed.body.json").read_text())
+    run = {**sdk_run("failed"), "id": "run_pushed"}
+    mixed = write(tmp_path / "mixed.json", json.dumps([run, alert]))
+    broken = write(tmp_path / "broken.json", json.dumps([run, {**alert, "object": {}}]))
+    ok, bad = serially(
+        here("test", str(mixed), "--config", str(config), "--json"),
+        here("test", str(broken), "--config", str(config)),
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert [r["run_id"] for r in json.loads(ok.stdout)] == ["run_pushed", FAILED_ID]
+    assert bad.returncode == 1
+    assert "[1].object.run: required field is missing (an alert webhook body)" in bad.stderr
+
+
 def test_dry_run_notes_on_stderr_cannot_steer_the_terminal(tmp_path: Path) -> None:
     """`--json` said an unknown alert type on stderr as the file had it: ESC recoloured the
     operator's terminal and a line break forged a line of its own (the human output, on

@@ -260,22 +260,42 @@ def parse_any(
         if skipped is not None:
             skipped += [_partial(row) for row in rows if not is_raw_row(row)]
         return [parse_raw_run(row, f"row {i}") for i, row in enumerate(rows) if is_raw_row(row)]
-    alerts = [data] if is_alert_webhook(data) else data
-    if isinstance(alerts, list) and alerts and all(map(is_alert_webhook, alerts)):
-        return _parse_alerts(alerts, isinstance(data, list), ignored)
+    if is_alert_webhook(data):
+        return _parse_alerts([data], ignored)
+    if isinstance(data, list) and any(map(is_alert_webhook, data)):
+        return _parse_alerts(data, ignored, indexed=True)
     return parse_runs(data)
 
 
-def _parse_alerts(alerts: list[Any], indexed: bool, ignored: list[str] | None) -> list[Run]:
+def _parse_alerts(items: list[Any], ignored: list[str] | None, indexed: bool = False) -> list[Run]:
+    """The runs of an array holding alert webhook bodies, each element read as the endpoint
+    for its kind reads it alone (POST /v1/trigger/alerts an alert, POST /v1/runs a run), in
+    order; InputError naming the element (`[1].object.run: ...`) for the first bad one."""
+    if len(items) > MAX_BATCH:
+        raise InputError("", f"more than {MAX_BATCH} runs in one request")
+    runs: list[Run] = []
+    for i, item in enumerate(items):
+        where = f"[{i}]" if indexed else ""
+        if not is_alert_webhook(item):
+            runs.append(_item(item, where))
+        elif (run := _alert_run(item, where, i, ignored)) is not None:
+            runs.append(run)
+    return runs
+
+
+def _alert_run(item: Any, where: str, i: int, ignored: list[str] | None) -> Run | None:
     from relay.formats.trigger_alerts import parse_alert  # noqa: PLC0415
 
-    runs: list[Run] = []
-    for i, alert in enumerate(map(parse_alert, alerts)):
-        if alert.run is not None:
-            runs.append(alert.run)
-        elif ignored is not None:
-            ignored.append((f"[{i}] " if indexed else "") + _ignored_note(alert.type))
-    return runs
+    try:
+        alert = parse_alert(item)
+    except InputError as exc:
+        if not where:
+            raise
+        what = f"{exc.message} (an alert webhook body)"
+        raise InputError(field_path(where, exc.field) if exc.field else where, what) from None
+    if alert.run is None and ignored is not None:
+        ignored.append((f"{where} " if where else "") + _ignored_note(alert.type))
+    return alert.run
 
 
 def _ignored_note(kind: str) -> str:
