@@ -20,7 +20,8 @@ def fallback_text(ctx: RenderContext) -> str:
         run = ctx.run if isinstance(ctx.run, Mapping) else {}
         text = f"{summary(run, error_view(run.get('error')))} (rule: {ctx.rule})"
         if ctx.group is not None:
-            text = f"{_group_line(ctx.group, run.get('event'))} (rule: {ctx.rule}); latest: {text}"
+            event = ctx.group.get("event", run.get("event"))
+            text = f"{_group_line(ctx.group, event)} (rule: {ctx.rule}); latest: {text}"
     except Exception:  # the last resort must not fail
         text = f"relay notification {ctx.notification_id} (rule: {ctx.rule})"
     return f"{text} {ctx.dashboard_url}" if ctx.dashboard_url else text
@@ -95,7 +96,8 @@ def _body_type(ctx: RenderContext) -> str:
     it, so the fallback keeps it): run.digest (error.digest, deployment.digest for a digest of
     those events), run.recovered, an event's name, or run.alert."""
     event = ctx.run.get("event")
-    if ctx.group is not None:
+    if ctx.group is not None:  # the event all its runs are (a mix of them: run.digest)
+        event = ctx.group.get("event", event)
         return _DIGEST_TYPES.get(event, "run.digest") if isinstance(event, str) else "run.digest"
     if ctx.resolves is not None:
         return "run.recovered"

@@ -181,8 +181,12 @@ def digest_context(
         if known:  # an alert webhook's run (or event) carries none
             cost = (cost or 0.0) + sum(known)
     seen = sorted(t for run in runs if (t := seen_at(run)))
+    events = {run.get("event") or "run" for run in runs}
     return {
         "key": key,
+        # what every run is (run, error, deployment.failed ...); None for a mix of events, whose
+        # digest is the generic one: one event's (`2 failed deployments`) would miscount them
+        "event": next(iter(events)) if len(events) == 1 else None,
         "labels": dict(labels),
         "runs": list(runs),
         "count": len(runs),

@@ -93,6 +93,26 @@ def test_event_digests_speak_of_events_and_link_each(channel_type: str, case: st
         assert block_kit_problems(json.loads(parts["json"])) == []
 
 
+@pytest.mark.parametrize("channel_type", sorted(REGISTRY))
+def test_a_digest_of_mixed_events_is_the_generic_one(channel_type: str) -> None:
+    """A rule of several events (`event: [deployment.failed, error]`) can group both: the
+    digest took the latest event's kind for all ("2 errors", a deployment listed as an error
+    group, the webhook's `error.digest` with a deployment among its `errors`). A mix is the
+    generic digest; a group of one kind keeps that kind's (as a single-event rule's)."""
+    mixed = [alert_event("alert.deployment.failed"), alert_event("alert.error")]
+    group = digest_context("grp_0123", {}, mixed)
+    ctx = RenderContext(mixed[-1], "r", "c", channel_type, "dgs_0123", LINK(mixed[-1]), group)
+    out = RENDERER.render(channel_type, "digest", REGISTRY[channel_type].parts, ctx)
+    assert not out.fallback, out.error
+    text = "\n".join(out.parts.values())
+    assert not re.search(r"\b2 (errors|(failed )?deployments)\b", text, re.I), text[:300]
+    assert orjson.loads(fallback_json(ctx))["type"] == "run.digest"
+    if channel_type == "webhook":
+        assert orjson.loads(out.parts["json"])["type"] == "run.digest"
+    assert group["event"] is None
+    assert digest_context("grp_0123", {}, [mixed[1]] * 2)["event"] == "error"
+
+
 def hostile(run: dict[str, Any]) -> dict[str, Any]:
     """An event whose every shown text tries markup, pings and forged links."""
     text = HOSTILE + " <!channel> <https://evil.test|x>"
