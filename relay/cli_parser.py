@@ -83,6 +83,11 @@ def _dlq_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     dlq = sub.add_parser("dlq", parents=[common], help="dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True)
     dlq_list = dlq_sub.add_parser("list", parents=[common], help="list dead notifications")
+    dlq_list.add_argument(
+        "--limit",
+        type=_given("a number like 50"),
+        help="at most this many, the newest (1-10000; default 1000, as GET /v1/dlq)",
+    )
     _output_flags(dlq_list)
     replay = dlq_sub.add_parser("replay", parents=[common], help="send dead notifications again")
     which = replay.add_mutually_exclusive_group()  # neither: _NO_IDS

@@ -22,10 +22,10 @@ from relay.settings import Settings
 if TYPE_CHECKING:  # imported when a command needs it: `relay --help` starts without it
     from relay.silences.listing import SilenceListing
 
-# said past DLQ_LISTED, with where the others are (a page of history at a time): it said only
+# said past the limit, with where the others are (a page of history at a time): it said only
 # "the newest shown", and an operator with 50,000 dead after an outage had no way to list them
 _MORE_DEAD = (
-    "more than 1000 dead notifications: the newest shown; all of them, a page at a time:"
+    "more than {0} dead notifications: the newest {0} shown; all of them, a page at a time:"
     " relay history --state dead --limit 10000 (then --before the last id)"
 )
 
@@ -47,12 +47,18 @@ def check_named_config(settings: Settings, path: Path | None) -> None:
 
 
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
+    """The newest dead notifications, `--limit` of them (GET /v1/dlq's 1000 unless given)."""
     from relay.history import DLQ_LISTED, dead_letter_view, failure  # noqa: PLC0415
+    from relay.silences.listing import parse_limit  # noqa: PLC0415
 
-    rows = asyncio.run(_reading(settings, lambda s: s.dead_letters(DLQ_LISTED + 1)))
-    views = [dead_letter_view(n) for n in rows[:DLQ_LISTED]]
-    if len(rows) > DLQ_LISTED:  # said on stderr: stdout stays the list (or JSON) alone
-        print(_MORE_DEAD, file=sys.stderr)
+    try:
+        limit = DLQ_LISTED if args.limit is None else parse_limit(args.limit)
+    except InputError as exc:  # refused before the store is opened, as history's --limit
+        raise RelayError(f"dlq list: {exc}") from None
+    rows = asyncio.run(_reading(settings, lambda s: s.dead_letters(limit + 1)))
+    views = [dead_letter_view(n) for n in rows[:limit]]
+    if len(rows) > limit:  # said on stderr: stdout stays the list (or JSON) alone
+        print(_MORE_DEAD.format(limit), file=sys.stderr)
     if _said_whole(views, as_json=_as_json(args), none="no dead notifications"):
         return 0
     rows_shown = [

@@ -1589,11 +1589,30 @@ async def test_dlq_list_says_when_it_shows_only_the_newest(tmp_path: Path) -> No
     assert len(listed.stdout.splitlines()) == 1 + 1000  # the header, then the newest 1000
     assert len(json.loads(as_json.stdout)) == 1000
     note = (
-        "more than 1000 dead notifications: the newest shown; all of them, a page at a time:"
-        " relay history --state dead --limit 10000 (then --before the last id)\n"
+        "more than 1000 dead notifications: the newest 1000 shown; all of them, a page at a"
+        " time: relay history --state dead --limit 10000 (then --before the last id)\n"
     )
     assert listed.stderr == as_json.stderr == note
     assert ids[-1] in listed.stdout and ids[0] not in listed.stdout  # the first to die is left
+
+
+async def test_dlq_list_takes_a_limit_as_history_does(tmp_path: Path) -> None:
+    """`relay dlq list` had no way to bound its output (1000 rows, GET /v1/dlq's): `--limit N`
+    shows the newest N, says when there are more, and refuses what history's --limit does."""
+    ids = await make_dead_letters(tmp_path / "relay.db", "run_a", "run_b", "run_c")
+    env = store_env(tmp_path)
+    calls = (
+        here("dlq", "list", "--limit", "2", "--json", env=env),
+        here("dlq", "list", "--limit", "3", env=env),
+        here("dlq", "list", "--limit", "0", env=env),
+    )
+    two, whole, zero = [await asyncio.to_thread(call) for call in calls]  # one at a time
+    assert (two.returncode, whole.returncode) == (0, 0), two.stderr + whole.stderr
+    assert [v["id"] for v in json.loads(two.stdout)] == ids[:0:-1]  # the newest two
+    assert two.stderr.startswith("more than 2 dead notifications: the newest 2 shown;")
+    assert len(whole.stdout.splitlines()) == 1 + 3 and whole.stderr == ""
+    assert (zero.returncode, zero.stdout) == (1, "")
+    assert zero.stderr == "error: dlq list: limit: expected a number from 1 to 10000\n"
 
 
 async def test_listings_show_what_came_from_outside_escaped_one_line_each(tmp_path: Path) -> None:
