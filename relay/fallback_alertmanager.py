@@ -27,11 +27,12 @@ _MAX_ALERTS = 1000
 
 def alertmanager_body(ctx: RenderContext, error: str | None) -> str:
     """The body, as JSON text of at most the channel's max_body_bytes (and MAX_OUTPUT_CHARS)."""
-    group = ctx.group if isinstance(ctx.group, Mapping) else None
-    runs = [r for r in (group or {}).get("runs") or [ctx.run] if isinstance(r, Mapping)]
+    group = ctx.group if isinstance(ctx.group, Mapping) else {}
+    runs = [r for r in group.get("runs") or [ctx.run] if isinstance(r, Mapping)]
     firing = ctx.resolves is None
-    # a recovery's alert has the rule's labels only, as the shipped template's
-    labels = (group or {}).get("labels") if group else ctx.group_labels if firing else None
+    labels = group.get("labels") if group else ctx.group_labels
+    if not firing:  # a recovery's alert has the rule's labels only, as the shipped template's
+        labels = None
     grouped = _strings({**dict(labels or {}), "alertname": ctx.rule})
     grouped = dict(sorted(grouped.items()))  # as Go sorts them, byte-wise, in the groupKey
     budget = min(ctx.max_body_bytes or 1024 * 1024, MAX_OUTPUT_CHARS)
@@ -43,7 +44,7 @@ def alertmanager_body(ctx: RenderContext, error: str | None) -> str:
         if room < 0 and alerts:
             break
         alerts.append(alert)
-    count = (group or {}).get("count") or len(runs)
+    count = group.get("count") or len(runs)
     return json_bytes(
         {
             "receiver": ctx.channel,
@@ -54,14 +55,15 @@ def alertmanager_body(ctx: RenderContext, error: str | None) -> str:
             "commonAnnotations": _common([a["annotations"] for a in alerts]),
             "externalURL": "/".join((ctx.dashboard_url or "").split("/")[:3]),
             "version": "4",
-            "groupKey": "{}:{" + ", ".join(f"{k}={json_text(v)}" for k, v in grouped.items()) + "}",
+            "groupKey": _group_key(grouped),
             "truncatedAlerts": max(int(count) - len(alerts), 0),
         }
     ).decode()
 
 
-def json_text(value: str) -> str:
-    return json_bytes(value).decode()
+def _group_key(grouped: Mapping[str, str]) -> str:
+    """Alertmanager's groupKey of the root route: `{}:{alertname="r", task="x"}`."""
+    return "{}:{" + ", ".join(f"{k}={json_bytes(v).decode()}" for k, v in grouped.items()) + "}"
 
 
 def _alert(
