@@ -5,7 +5,7 @@ that a receiver written for Alertmanager (the reason a rule chose the family) st
 Each run (a digest's, oldest first) is an alert with the labels the shipped template gives it
 (alertname, the group's labels, event, run_id, task, environment, project, version, tags), so its
 `fingerprint` ([rule, run id]) and labels name the same alert as the template's bodies do; its
-annotations are a summary, the error line, the status and `relay_template_error`, what failed
+annotations are a summary, the error line, the status and `template_error`, what failed
 (never run data). The alerts listed are as many as fit in the channel's max_body_bytes (an eighth
 and 8 KiB kept for the rest), as in the template.
 """
@@ -81,7 +81,7 @@ def _alert(
             filter(None, (failure.get("code") or failure.get("name"), failure.get("message")))
         ),
         "status": status,
-        "relay_template_error": error or "template failed",
+        "template_error": error or "template failed",
     }
     link = ctx.dashboard_url if run.get("id") == ctx.run.get("id") else None
     ends = ZERO_TIME if firing else run.get("finishedAt") or run.get("updatedAt")

@@ -376,7 +376,7 @@ async def test_a_broken_override_still_sends_an_alertmanager_body(
         assert body[same] == shipped[same], same
     assert alert["annotations"] == {
         **{k: theirs["annotations"][k] for k in ("summary", "description", "status")},
-        "relay_template_error": "TypeError in webhook/alertmanager.json.j2 line 1",
+        "template_error": "TypeError in webhook/alertmanager.json.j2 line 1",
     }
     async with r.http.get(r.url + "/metrics") as resp:
         assert 'relay_template_errors_total{channel="am"} 1.0' in await resp.text()
