@@ -132,16 +132,28 @@ async def _with_store(
     create: bool = False,
     read_only: bool = False,
 ) -> Any:
-    """`action(store)` on the opened store. A SQLite file that is not there is created only
-    when `create` (a silence added before the first `relay serve`); a reading command says so
-    and answers as from an empty store, creating nothing: a mistyped RELAY_STORE_URL made
-    `relay dlq list` create an empty store (and its directories) and say all was well."""
-    from relay.store.opening import open_store  # noqa: PLC0415
+    """`action(store)` on the store opened as a short client (PostgreSQL: one connection, no
+    replica, no schema change). A store not there (a SQLite file, relay's tables) is made only
+    when `create` (a silence before the first `relay serve`), and said so; another command says
+    so and answers as from an empty store: a mistyped RELAY_STORE_URL made `relay dlq list`
+    create an empty store (its directories, or tables) and say all was well."""
+    from relay.errors import StoreMissing  # noqa: PLC0415
+    from relay.store.opening import migrate, open_store, store_name  # noqa: PLC0415
 
-    missing = None if create else _missing_file(settings.store_url)
+    url = settings.store_url
+    missing = _missing_file(url)
     if missing is None:
-        store = open_store(settings.store_url, upgrade=False, read_only=read_only)
-        return await _acting(store, action)
+        try:
+            opened = open_store(url, upgrade=False, read_only=read_only, client=True)
+            return await _acting(opened, action)
+        except StoreMissing:
+            missing = store_name(url)
+            if create:
+                await migrate(url)
+    if create:
+        done = await _acting(open_store(url, upgrade=False, client=True), action)
+        print(f"note: no store was at {missing} (RELAY_STORE_URL): {_MADE_FOR_IT}", file=sys.stderr)
+        return done
     note = f"note: no store at {missing} (RELAY_STORE_URL): nothing is stored there"
     print(note, file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="relay-empty-") as empty:
@@ -156,13 +168,15 @@ async def _acting(store: Any, action: Callable[[Any], Any]) -> Any:
         await store.close()
 
 
-def _missing_file(store_url: str) -> Path | None:
+def _missing_file(store_url: str) -> str | None:
     """The SQLite file `store_url` names, if it is not there."""
     from relay.store.opening import open_store  # noqa: PLC0415
     from relay.store.sqlite import SQLiteStore  # noqa: PLC0415
 
     store = open_store(store_url)
-    return store.path if isinstance(store, SQLiteStore) and not store.path.exists() else None
+    if isinstance(store, SQLiteStore) and not store.path.exists():
+        return str(store.path)
+    return None
 
 
 def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
@@ -189,11 +203,8 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
     except (InputError, ValueError) as exc:
         said = _as_flags(exc, args) if isinstance(exc, InputError) else str(exc)
         raise RelayError(f"silence not added: {said}") from None
-    made = _missing_file(settings.store_url)  # a store this add makes, said beside the id
     asyncio.run(_with_store(settings, lambda s: _add_silence(s, silence, args), create=True))
     _wait_until_applied()
-    if made is not None:
-        print(f"note: no store was at {made} (RELAY_STORE_URL): {_MADE_FOR_IT}", file=sys.stderr)
     for warning in _silence_warnings(silence.matchers, args, settings):
         print(f"warning: {warning}", file=sys.stderr)
     print(silence.id)  # the id alone, as amtool prints it: `id=$(relay silence add ...)`

@@ -184,6 +184,17 @@ class StoreUnavailable(RelayError):
     passing = False
 
 
+class StoreMissing(StoreUnavailable):
+    """A store command (`relay dlq`, `silence`, `history`) found no relay tables in its
+    PostgreSQL database: relay serve never ran there, or the URL is mistyped."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "store open failed: the database holds no relay tables (relay serve or relay"
+            " migrate creates them)"
+        )
+
+
 class DeliveryError(RelayError):
     """One delivery attempt failed.
 

@@ -25,7 +25,7 @@ from relay.store._pg_connect import (
 from relay.store._pg_errors import DB_ERRORS, ConnectGate, unavailable
 from relay.store._pg_grants import INSUFFICIENT_PRIVILEGE, Grants
 from relay.store._pg_replicas import DEFAULT_TIMEOUT_S, Heartbeat, new_holder
-from relay.store._pg_schema import migrate
+from relay.store._pg_schema import check, migrate
 
 POOL_MIN = 1
 POOL_MAX = 10
@@ -46,12 +46,17 @@ class PgPool:
         pool_max: int = POOL_MAX,
         replica_timeout_s: float = DEFAULT_TIMEOUT_S,
         upgrade: bool = True,
+        client: bool = False,
     ) -> None:
         check_url(url)
         self._upgrade = upgrade  # False: an older schema is refused, not migrated
+        # a store command's short look (see `open`); it opened as a replica did: a pool of up
+        # to 10, its row in relay_replicas renewed by a task on an 11th connection, the schema
+        # created in an empty database and grants given
+        self._client = client
         self._url, self._connect_timeout = dsn_and_timeout(url, CONNECT_TIMEOUT_S)
         self._session = session_args(url)
-        self._pool_max = pool_max
+        self._pool_max = 1 if client else pool_max
         self._heartbeat = Heartbeat(new_holder(), replica_timeout_s)
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
@@ -71,7 +76,9 @@ class PgPool:
 
     async def open(self) -> None:
         """Connect the pool, create or migrate the schema (safe with replicas starting) and
-        start this replica's heartbeat."""
+        start this replica's heartbeat. A `client` (`relay dlq`, `silence`, `history`): one
+        connection, the schema only checked (StoreMissing where there is none), no heartbeat:
+        it claims nothing, so it is no replica."""
         async with self._opening:
             if self._pool is not None:
                 return
@@ -91,7 +98,7 @@ class PgPool:
                 raise unavailable("store open failed", exc) from exc
             try:
                 async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
-                    await migrate(conn, upgrade=self._upgrade)
+                    await self._schema(conn)
             except BaseException as exc:
                 pool.terminate()
                 if isinstance(exc, DB_ERRORS):
@@ -99,11 +106,19 @@ class PgPool:
                 raise
             self._pool = pool
             self._grants.forget()
+            if self._client:
+                return
             try:
                 await self._heartbeat.start(self._connect)
             except BaseException:
                 await self.close()
                 raise
+
+    async def _schema(self, conn: asyncpg.Connection) -> None:
+        if self._client:
+            await check(conn)
+        else:
+            await migrate(conn, upgrade=self._upgrade)
 
     def _args(self) -> dict[str, Any]:
         """asyncpg's keyword arguments beside the DSN: TLS, the application name."""

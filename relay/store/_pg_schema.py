@@ -22,7 +22,8 @@ import re
 
 import asyncpg
 
-from relay.errors import StoreUnavailable, check_schema, first_of
+from relay.errors import StoreMissing, StoreUnavailable, check_schema, first_of
+from relay.store._pg_search_path import check_search_path
 
 log = logging.getLogger("relay.store")
 
@@ -198,66 +199,15 @@ def lock_key(kind: str, name: str) -> int:
 MIGRATION_LOCK = lock_key("schema", "migrate")
 
 
-# The search_path as set (URL options, ALTER ROLE/DATABASE ... SET), the schema PostgreSQL
-# creates and looks up unqualified tables in (its first that exists and the user may use), who
-# relay's user is, and the schemas of the path that count.
-_SEARCH_PATH = """
-    SELECT current_setting('search_path') AS path, current_schema() AS used,
-           current_user AS me, current_schemas(false) AS usable
-"""
-_PATH_ITEM = re.compile(r'"(?:[^"]|"")*"|[^,"]+')
-
-
-def path_schemas(path: str) -> list[str]:
-    """The schema names of a search_path setting as PostgreSQL reads them: a quoted one as
-    written, another in lower case (`"$user", Relay` is `$user`, `relay`)."""
-    names = (item.strip() for item in _PATH_ITEM.findall(path))
-    return [n[1:-1].replace('""', '"') if n.startswith('"') else n.lower() for n in names if n]
-
-
-def asked_schema(path: str, me: str, usable: list[str]) -> str | None:
-    """The schema the search_path asks relay's tables to be in: its first, `$user` standing
-    for the user's own schema and passed over without one (PostgreSQL's convention: the
-    default `"$user", public` means public then)."""
-    for name in path_schemas(path):
-        if name != "$user":
-            return name
-        if me in usable:
-            return me
-    return None
-
-
-async def _check_search_path(conn: asyncpg.Connection) -> None:
-    """Refuse a search_path whose first schema does not exist, or that relay's user may not use
-    (no USAGE): PostgreSQL passes over it without a word, and relay created and used its
-    tables in the next one (`nope, public`: public, maybe beside another relay's). With no
-    schema left at all, the CREATE TABLE says so (3F000)."""
-    row = await conn.fetchrow(_SEARCH_PATH)
-    asked = asked_schema(row["path"], row["me"], list(row["usable"]))
-    if row["used"] is None or asked is None or asked == row["used"]:
-        return
-    raise StoreUnavailable(
-        f"store open failed: the first schema of the search_path, {asked!r}, does not exist or"
-        f" relay's user has no USAGE on it; PostgreSQL would put relay's tables in"
-        f" {row['used']!r} instead (create the schema and grant USAGE on it, or name"
-        f" {row['used']!r} first in the search_path)"
-    )
-
-
 async def migrate(conn: asyncpg.Connection, *, upgrade: bool = True) -> tuple[int, int]:
     """Bring the schema to SCHEMA_VERSION; return (version before, version after). Not
     `upgrade`: an older schema is refused (an empty database is still created)."""
-    await _check_search_path(conn)
+    await check_search_path(conn)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
-        if await conn.fetchval("SELECT to_regclass('relay_schema_version')") is None:
+        if await conn.fetchval(_VERSION_THERE) is None:
             await conn.execute(_VERSION_TABLE)  # asks for CREATE even when the table exists
-        version = int(
-            await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM relay_schema_version")
-        )
-        tables = await _tables(conn)
-        _check_own(version, tables)
-        check_schema(version, SCHEMA_VERSION, upgrade=upgrade)
+        version = await _version_checked(conn, upgrade=upgrade)
         for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
             for statement in statements:
                 await conn.execute(statement)
@@ -268,6 +218,33 @@ async def migrate(conn: asyncpg.Connection, *, upgrade: bool = True) -> tuple[in
     if version != SCHEMA_VERSION:
         log.info("store schema migrated", extra={"from": version, "to": SCHEMA_VERSION})
     return version, SCHEMA_VERSION
+
+
+async def check(conn: asyncpg.Connection) -> None:
+    """A store command's look at the schema (`relay dlq`, `silence`, `history`): no lock, no
+    DDL, no grant, whatever the role may do; StoreMissing when relay's tables are not there,
+    as SQLite's commands find no file. It ran `migrate`: it made relay's tables in a database
+    that had none (a mistyped database name, relay serve never started there) and, as their
+    owner, gave grants behind the operator's back."""
+    await check_search_path(conn)
+    if not await _version_checked(conn, upgrade=False):
+        raise StoreMissing
+
+
+_VERSION_THERE = "SELECT to_regclass('relay_schema_version')"
+
+
+async def _version_checked(conn: asyncpg.Connection, *, upgrade: bool) -> int:
+    """The schema version recorded (relay_schema_version is there), refused if relay's
+    tables are not those of a version (_check_own) or not one this relay may use; 0 if none."""
+    version = 0
+    if await conn.fetchval(_VERSION_THERE) is not None:
+        version = int(
+            await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM relay_schema_version")
+        )
+    _check_own(version, await _tables(conn))
+    check_schema(version, SCHEMA_VERSION, upgrade=upgrade)
+    return version
 
 
 # Which rows of pg_class are relay's tables: those in the schema relay uses (the first of the

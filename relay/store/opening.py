@@ -35,13 +35,16 @@ def open_store(
     *,
     upgrade: bool = True,
     read_only: bool = False,
+    client: bool = False,
 ) -> Store:
     """The engine for a RELAY_STORE_URL (not opened yet: call `open`). SQLite: `holder` names
     this process in the leases it takes (see release_leases). PostgreSQL names each process
     itself, and frees the leases of a replica silent for `replica_timeout_s`. Not `upgrade`
     (the store commands but migrate): `open` refuses an older schema instead of migrating it.
     `read_only` (the store commands that only read): SQLite opens no writer, so a full disk
-    refuses no read; PostgreSQL is opened as ever."""
+    refuses no read; PostgreSQL is opened as ever. `client` (the store commands but migrate):
+    PostgreSQL opens as a short client, not a replica (one connection, no heartbeat, the schema
+    only checked: StoreMissing where relay's tables are not there); SQLite as it would."""
     from relay.store.sqlite import SQLiteStore  # noqa: PLC0415
 
     if url.startswith("sqlite:"):
@@ -49,7 +52,9 @@ def open_store(
     if url.startswith(("postgresql:", "postgres:")):
         from relay.store.postgres import PostgresStore  # noqa: PLC0415
 
-        return PostgresStore(url, replica_timeout_s=replica_timeout_s, upgrade=upgrade)
+        return PostgresStore(
+            url, replica_timeout_s=replica_timeout_s, upgrade=upgrade, client=client
+        )
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise ConfigError(
         [
