@@ -41,6 +41,11 @@ def _result(done: asyncio.Future[list[Observed]]) -> list[Observed] | None:
     return done.result()
 
 
+# Dead rows go back a batch per transaction (each with the rest of its dead digest and the
+# recoveries that follow them), so that intake goes on between them (Store.replay)
+REPLAY_BATCH = 1000
+
+
 def recoveries_of(replayed: Sequence[str]) -> list[str]:
     """The ids of the recoveries that follow the replayed notifications (most have none). A
     replayed alert brings its recovery back too: sent while the alert was dead, it would

@@ -38,21 +38,45 @@ UPDATE_PENDING = """
     SELECT id, $3::text, $4::float8, tries, $5::text, $6::text FROM changed
     RETURNING notification_id
 """
-# Every dead row ($2 NULL), or the named ones with the rest of their dead digests (SAME_CLAIM).
-REPLAY = f"""
-    WITH moved AS (
-        UPDATE relay_outbox SET state = 'pending', attempts = 0, not_before = $1,
-            lease_until = {HAND_BACK}, reason = NULL, last_error = NULL, updated_at = $1
-        WHERE state = 'dead' AND ($2::text[] IS NULL OR id = ANY($2::text[]) OR
-            ({SAME_CLAIM}) IN (SELECT {SAME_CLAIM} FROM relay_outbox WHERE state = 'dead'
-            AND lease_until IS NOT NULL AND id = ANY($2::text[])))
-        RETURNING id
-    ), logged AS (
+# Dead rows go back a batch per transaction (relay.store._engines.REPLAY_BATCH): `relay dlq
+# replay --all` over 100,000 dead was one statement in one transaction, holding every dead
+# row's lock until it committed. $1 now, $2 the batch's ids.
+_BACK = f"""
+    UPDATE relay_outbox SET state = 'pending', attempts = 0, not_before = $1,
+        lease_until = {HAND_BACK}, reason = NULL, last_error = NULL, updated_at = $1"""  # noqa: S608
+_NAMED = "state = 'dead' AND id = ANY($2::text[])"
+
+
+def _logged(where: str) -> str:
+    """The rows `where` picks moved back, each with its 'replayed' event; their ids."""
+    return f"""
+    WITH moved AS ({_BACK} WHERE {where} RETURNING id), logged AS (
         INSERT INTO relay_events (notification_id, kind, at, attempts)
         SELECT id, 'replayed', $1, 0 FROM moved
     )
-    SELECT id FROM moved
-"""  # noqa: S608
+    SELECT id FROM moved"""  # noqa: S608
+
+
+REPLAY_NAMED = _logged(_NAMED)
+# The dead digests of the named rows go whole: the rest of their claims (SAME_CLAIM) with them,
+# in a statement of its own run only for a digest's rows (it reads every dead row)
+_HELD_NAMED = f"{_NAMED} AND lease_until IS NOT NULL"
+ANY_HELD = """
+    SELECT 1 FROM relay_outbox WHERE state = 'dead' AND id = ANY($1::text[])
+    AND lease_until IS NOT NULL LIMIT 1
+"""
+REPLAY_CLAIMS = _logged(
+    f"state = 'dead' AND lease_until IS NOT NULL AND ({SAME_CLAIM}) IN"  # noqa: S608
+    f" (SELECT {SAME_CLAIM} FROM relay_outbox WHERE {_HELD_NAMED})"
+)
+# The next batch of the rows dead when the replay began (dead by the newest death then, $1), in
+# the order they died (the relay_outbox_state index), after the last of the batch before ($2,
+# $3): a row that dies again meanwhile is not taken again.
+DEAD_AFTER = """
+    SELECT id, updated_at FROM relay_outbox WHERE state = 'dead' AND updated_at <= $1
+    AND updated_at >= $2 AND (updated_at, id) > ($2, $3) ORDER BY updated_at, id LIMIT $4
+"""
+NEWEST_DEAD = "SELECT MAX(updated_at) FROM relay_outbox WHERE state = 'dead'"
 # the recoveries of replayed alerts follow them again (relay.store._engines.recoveries_of)
 REPLAY_RECOVERIES = """
     WITH moved AS (

@@ -13,7 +13,7 @@ import orjson
 from relay.grouping import group_key, group_labels, schedule
 from relay.model import GroupState, Match, Notification, Run
 from relay.store import BirthLease, Decide, Observed
-from relay.store._engines import owed_notification, recoveries_of
+from relay.store._engines import REPLAY_BATCH, owed_notification, recoveries_of
 from relay.store._rows import HAND_BACK, HELD_ORDER, SAME_CLAIM, mute_kind
 from relay.store._sqlite_rows import (
     add_event,
@@ -49,10 +49,9 @@ def requeue_recoveries(conn: sqlite3.Connection, ids: list[str], now: float) -> 
     return len(moved)
 
 
-# Dead rows go back a batch per transaction (replay_named, replay_dead): `relay dlq replay --all`
-# over 200,000 dead held the write lock 16 s in one transaction, and the `relay serve` beside it
-# answered POST /v1/runs 503 (SQLITE_BUSY) once its wait for the lock ran out.
-REPLAY_BATCH = 1000
+# Dead rows go back a batch per transaction (replay_named, replay_dead; REPLAY_BATCH): `relay dlq
+# replay --all` over 200,000 dead held the write lock 16 s in one transaction, and the `relay
+# serve` beside it answered POST /v1/runs 503 (SQLITE_BUSY) once its wait for the lock ran out.
 _BACK = f"""
     UPDATE outbox SET state = 'pending', attempts = 0, not_before = :now,
         lease_until = {HAND_BACK}, reason = NULL, last_error = NULL, updated_at = :now"""  # noqa: S608

@@ -28,18 +28,22 @@ import asyncpg
 
 from relay.model import Notification, Run, Silence, SilencePage
 from relay.store import BirthLease, Decide, HistoryQuery, KvWrite, Observed, _pg_claim
-from relay.store._engines import handing_over, recoveries_of
+from relay.store._engines import REPLAY_BATCH, handing_over, recoveries_of
 from relay.store._pg_errors import retrying
 from relay.store._pg_groups import PgGroups
 from relay.store._pg_marks import PgMarks
 from relay.store._pg_observe import lease_at_birth, observe
 from relay.store._pg_rows import (
+    ANY_HELD,
+    DEAD_AFTER,
     KV_NAMESPACE,
     LEAD,
+    NEWEST_DEAD,
     PRUNE,
     PRUNE_BATCH,
     PRUNE_BATCHED,
-    REPLAY,
+    REPLAY_CLAIMS,
+    REPLAY_NAMED,
     REPLAY_RECOVERIES,
     clean,
     history_sql,
@@ -96,11 +100,13 @@ class PostgresStore(PgMarks, PgGroups):
         return [to_notification(row) for row in rows]
 
     async def replay(self, ids: Sequence[str] | None, now: float) -> int:
-        named = None if ids is None else [*map(clean, ids)]
-        async with self._conn() as conn, conn.transaction():
-            moved = [row["id"] for row in await conn.fetch(REPLAY, now, named)]
-            await conn.execute(REPLAY_RECOVERIES, now, recoveries_of(moved))
-        return len(moved)
+        """A batch per transaction (REPLAY_BATCH), so that intake goes on between them."""
+        async with self._conn() as conn:
+            if ids is None:
+                return await _replay_dead(conn, now)
+            named = [*map(clean, ids)]
+            batches = [named[at : at + REPLAY_BATCH] for at in range(0, len(named), REPLAY_BATCH)]
+            return sum([await _replay_named(conn, batch, now) for batch in batches])
 
     async def requeue_recoveries(self, ids: Sequence[str], now: float) -> int:
         status = await self._execute(REPLAY_RECOVERIES, now, [*map(clean, ids)])
@@ -248,6 +254,35 @@ def _as_asked(asked: Collection[str], found: dict[str, _T]) -> dict[str, _T]:
     """`found` (keyed as stored, NUL replaced) under the keys as asked, as the one-key reads
     answer them."""
     return {key: found[clean(key)] for key in asked if clean(key) in found}
+
+
+async def _replay_named(conn: asyncpg.Connection, ids: list[str], now: float) -> int:
+    """In one transaction: the dead ones of `ids` back to pending, with the rest of their dead
+    digests and the recoveries that follow them (recoveries_of); how many dead ones moved."""
+
+    async def attempt() -> int:
+        async with conn.transaction():
+            moved: list[str] = []
+            if await conn.fetchval(ANY_HELD, ids):  # a digest's: the rest of it first
+                moved += [row["id"] for row in await conn.fetch(REPLAY_CLAIMS, now, ids)]
+            moved += [row["id"] for row in await conn.fetch(REPLAY_NAMED, now, ids)]
+            await conn.execute(REPLAY_RECOVERIES, now, recoveries_of(moved))
+            return len(moved)
+
+    return await retrying(attempt)
+
+
+async def _replay_dead(conn: asyncpg.Connection, now: float) -> int:
+    """_replay_named of the rows dead when it began, a batch after another (DEAD_AFTER)."""
+    newest = await conn.fetchval(NEWEST_DEAD)
+    moved, after = 0, (float("-inf"), "")
+    while newest is not None:
+        rows = await conn.fetch(DEAD_AFTER, newest, *after, REPLAY_BATCH)
+        moved += await _replay_named(conn, [row["id"] for row in rows], now) if rows else 0
+        if len(rows) < REPLAY_BATCH:
+            return moved
+        after = (rows[-1]["updated_at"], rows[-1]["id"])
+    return moved
 
 
 async def _in_batches(

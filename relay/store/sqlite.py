@@ -19,7 +19,7 @@ from relay.errors import StoreUnavailable
 from relay.model import Notification, Run, Silence, SilencePage
 from relay.store import BirthLease, Decide, HistoryQuery, Observed
 from relay.store import _sqlite_outbox as outbox
-from relay.store._engines import hand_over
+from relay.store._engines import REPLAY_BATCH, hand_over
 from relay.store._rows import HAND_BACK, to_notification, to_silence
 from relay.store._sqlite_connect import (
     BUSY_TIMEOUT_MS,
@@ -165,10 +165,10 @@ class SQLiteStore(MarkOps, GroupOps, KvOps):
         return [to_notification(row) for row in rows]
 
     async def replay(self, ids: Sequence[str] | None, now: float) -> int:
-        """A batch per transaction (outbox.REPLAY_BATCH), so that ingest goes on between them."""
+        """A batch per transaction (REPLAY_BATCH), so that ingest goes on between them."""
         if ids is not None:  # json_each ends a text at a NUL (`ntf_x\0y` would name ntf_x)
             named = [ident for ident in ids if "\x00" not in ident]
-            size = outbox.REPLAY_BATCH
+            size = REPLAY_BATCH
             batches = [named[start : start + size] for start in range(0, len(named), size)]
             replays = [partial(outbox.replay_named, ids=batch, now=now) for batch in batches]
             return sum([await self._writer.run(replay) for replay in replays])

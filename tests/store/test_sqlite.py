@@ -23,9 +23,9 @@ from relay.errors import ConfigError, StoreUnavailable
 from relay.model import notification_id
 from relay.store import HistoryQuery, _sqlite_connect
 from relay.store import _sqlite_outbox as outbox
+from relay.store._engines import REPLAY_BATCH
 from relay.store._sqlite_history import history_sql
 from relay.store._sqlite_lock import WriteLock
-from relay.store._sqlite_outbox import REPLAY_BATCH
 from relay.store._sqlite_schema import SCHEMA_VERSION
 from relay.store._sqlite_url import sqlite_path
 from relay.store.sqlite import SQLiteStore
