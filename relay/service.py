@@ -177,6 +177,18 @@ class Service(DeliverySide):
             )
             self.realtime.start()
 
+    async def _reconfigure_realtime(self) -> None:
+        """The Realtime source follows the config's feeds: only those a reload added or changed
+        (re)start (RealtimeSource.reconfigure); all stop if the config has none."""
+        realtime = self.config.sources.realtime
+        if self.realtime is not None and realtime is not None:
+            await self.realtime.reconfigure(realtime)
+            return
+        if self.realtime is not None:
+            await self.realtime.stop()
+            self.realtime = None
+        self._start_realtime()
+
     async def _prune_forever(self) -> None:
         while True:
             try:
@@ -219,11 +231,7 @@ class Service(DeliverySide):
             await asyncio.shield(drain)
         realtime = compiled.loaded.config.sources.realtime
         if realtime != old_sources.realtime:
-            if self.realtime is not None:
-                kept = set(feed_keys(realtime)) & set(feed_keys(old_sources.realtime))
-                await self.realtime.stop(kept)
-                self.realtime = None
-            self._start_realtime()
+            await self._reconfigure_realtime()
         self._zero_metrics()
 
     def request_stop(self) -> None:

@@ -8,13 +8,14 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Relay, RelayFactory, Sink
-from tests.fakes.realtime import CUT, fake_realtime, session
-from tests.test_realtime import FEED_KEY, H1, SECRET, config, following
+from tests.fakes.realtime import CUT, Seen, fake_realtime, session
+from tests.test_realtime import FEED_KEY, H1, SECRET, TAG, config, following
 
 LAG = re.compile(rf'^relay_realtime_lag_seconds\{{feed="{re.escape(FEED_KEY)}"\}} (\S+)$', re.M)
 FAILED = re.compile(
@@ -119,3 +120,26 @@ async def test_a_feed_never_caught_up_shows_since_when_it_is_followed(
         metrics = await shown(r, REFUSED, True)
         assert FOLLOWING.search(metrics), metrics
         assert started <= up_to_date(metrics) <= time.time()
+
+
+def live(tags: str) -> Callable[[Seen], bool]:
+    return lambda seen: seen.query.get("tags") == tags and seen.query.get("live") == "true"
+
+
+async def test_a_reload_adding_a_feed_leaves_the_others_running(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A reload that changed anything under sources.realtime stopped and started every feed:
+    each lost its long poll in flight and asked again (a feed of a large shape read its rows
+    again). One the reload leaves as it was follows on untouched: the reload that adds a feed
+    causes no request of it; the added one starts."""
+    async with fake_realtime([], live_hold_s=120) as fake:  # a long poll held past the test
+        text = config(fake.url, sink.url)
+        r = await relay(text)
+        await fake.wait_for(live(TAG))
+        path = Path(r.service.compiled.loaded.source.filename)
+        path.write_text(text.replace("    feeds:\n", '    feeds:\n      - tags: ["other"]\n'))
+        assert await r.service.reload("SIGHUP") is True
+        await fake.wait_for(live("other"))
+        ours = [seen.answer for seen in fake.requests if seen.query.get("tags") == TAG]
+        assert ours == ["snapshot", "up-to-date", ""]  # the last still held: in flight

@@ -1,7 +1,9 @@
 """The Realtime source: a follower (relay.sources._follower) for each configured feed, each in
 its own task over one HTTP session, and only while this replica holds the feed's lease in the
 store (one follower per feed across replicas); the positions of feeds no longer configured
-are forgotten."""
+are forgotten. A reload hands the source its new config (`reconfigure`): a feed whose
+definition and connection settings are unchanged follows on untouched, its long poll in flight
+and its metrics as they were; the others stop, and the new ones start."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import secrets
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -91,6 +93,13 @@ def _distinct(feeds: Iterable[Feed]) -> list[Feed]:
     return list(out.values())
 
 
+def _connection(config: RealtimeConfig) -> dict[str, Any]:
+    """What every feed of `config` is followed with besides its own definition (api_url,
+    secret_key, branch, timeout, error_backoff, and whatever else the block holds): a change
+    of any of it changes every feed."""
+    return config.model_dump(exclude={"feeds"})
+
+
 class RealtimeSource:
     """Every configured feed, each in its own task, over one HTTP session."""
 
@@ -113,10 +122,10 @@ class RealtimeSource:
         self._submit = submit
         self._positions = positions
         self._session: aiohttp.ClientSession | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: dict[str, tuple[Feed, asyncio.Task[None]]] = {}  # by feed key
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._led: set[str] = set()
-        self._kept: frozenset[str] = frozenset()  # feeds the next source follows on: stop()
+        self._kept: frozenset[str] = frozenset()  # while stopping: the feeds followed on
         self._unreachable: dict[str, StoreUnavailable] = {}  # by lease: why its renewal failed
 
     def start(self) -> None:
@@ -125,18 +134,41 @@ class RealtimeSource:
             headers={"User-Agent": USER_AGENT},
         )
         for feed in _distinct(map(feed_of, self._config.feeds)):
-            follower = Follower(
-                feed,
-                self._config,
-                self._session,
-                self._submit,
-                self._positions,
-                observe=self._observe,
-                failed=self._failed,
-            )
-            task = asyncio.create_task(self._lead(follower), name=f"realtime {follower.feed.key}")
-            self._tasks.append(task)
-        log.info("realtime source started", extra={"feeds": [t.get_name() for t in self._tasks]})
+            self._start_feed(feed)
+        log.info("realtime source started", extra={"feeds": list(self._tasks)})
+
+    def _start_feed(self, feed: Feed) -> None:
+        assert self._session is not None
+        follower = Follower(
+            feed,
+            self._config,
+            self._session,
+            self._submit,
+            self._positions,
+            observe=self._observe,
+            failed=self._failed,
+        )
+        task = asyncio.create_task(self._lead(follower), name=f"realtime {feed.key}")
+        self._tasks[feed.key] = (feed, task)
+
+    async def reconfigure(self, config: RealtimeConfig) -> None:
+        """Follow `config`'s feeds from now on. A feed whose definition and connection settings
+        (_connection) are the same runs on untouched: no new request, its long poll in flight
+        kept, its rows not read again. The others stop (their leases handed back) and the new
+        ones start; a feed of the same key that restarts (its tags in another order, a new
+        secret_key) keeps its metrics, as at `stop(kept)`."""
+        wanted = {feed.key: feed for feed in _distinct(map(feed_of, config.feeds))}
+        same = _connection(config) == _connection(self._config)
+        changed = [k for k, (feed, _) in self._tasks.items() if not same or wanted.get(k) != feed]
+        await self._stop_feeds(changed, kept=wanted)
+        self._config = config
+        kept, started = list(self._tasks), [key for key in wanted if key not in self._tasks]
+        for key in started:
+            self._start_feed(wanted[key])
+        log.info(
+            "realtime feeds reconfigured",
+            extra={"kept": kept, "stopped": changed, "started": started},
+        )
 
     async def _lead(self, follower: Follower) -> None:
         """Follow the feed only while this replica holds its lease (one follower per feed)."""
@@ -193,20 +225,27 @@ class RealtimeSource:
             extra={"feed": feed, "error": str(unreachable)},
         )
 
+    async def _stop_feeds(self, keys: list[str], kept: Iterable[str]) -> None:
+        """Cancel the followers of `keys` and hand their leases back; those of `kept` are not
+        told unfollowed (stop's `kept`)."""
+        self._kept = frozenset(kept)
+        tasks = [self._tasks.pop(key)[1] for key in keys]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._kept = frozenset()  # a feed that ends later (its run finished) is told
+        for name in map(lease_name, keys):
+            if name in self._led:
+                self._led.discard(name)
+                with contextlib.suppress(StoreUnavailable):
+                    await self._positions.try_lead(name, self._owner, 0.0, time.time())
+
     async def stop(self, kept: Iterable[str] = ()) -> None:
         """Cancel every feed (an in-flight long poll ends at once), hand the leases back.
         `kept`: the feeds a reload keeps, which the source started next follows on: they are
         not told unfollowed (their metrics stay: when they last caught up, for
         RelayRealtimeStalled); the next source tells it if it does not take the lease."""
-        self._kept = frozenset(kept)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        for name in list(self._led):
-            with contextlib.suppress(StoreUnavailable):
-                await self._positions.try_lead(name, self._owner, 0.0, time.time())
-        self._led.clear()
+        await self._stop_feeds(list(self._tasks), kept)
         if self._session is not None:
             await self._session.close()
             self._session = None
