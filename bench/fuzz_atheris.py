@@ -44,7 +44,8 @@ with atheris.instrument_imports(include=["relay"]) if atheris else contextlib.nu
     from relay.formats import parse_body, parse_runs
     from relay.formats.electric import parse_raw_run
     from relay.formats.trigger_alerts import parse_alert
-    from relay.sources._shape import Position, Shape, ShapeError
+    from relay.sources._messages import ShapeError
+    from relay.sources._shape import Position, Shape
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_FIXTURES = REPO.parent / "shared" / "fixtures" / "trigger"

@@ -38,7 +38,8 @@ from relay.sources._feed import feed_of
 from relay.sources._feed_request import Timing, retry_delay
 from relay.sources._feed_store import NAMESPACE, ROWS_NAMESPACE
 from relay.sources._follower import UNREADABLE_LIMIT, Follower
-from relay.sources._shape import Position, Shape, ShapeError, stored_rows
+from relay.sources._messages import ShapeError
+from relay.sources._shape import Position, Shape, stored_rows
 from relay.sources.realtime import (
     FORGET_AFTER_S,
     LEAD_RENEW_S,

@@ -74,7 +74,8 @@ from relay.sources._feed import Feed
 from relay.sources._feed_request import Timing, feed_request, retry_delay
 from relay.sources._feed_store import FeedStore, Positions
 from relay.sources._hooks import Failed, Observe, Sleep, Submit
-from relay.sources._shape import Batch, Shape, ShapeError
+from relay.sources._messages import ShapeError
+from relay.sources._shape import Batch, Shape
 
 log = logging.getLogger("relay.realtime")
 UNREADABLE_LIMIT = 3  # the same unreadable response this often: start from a new snapshot

@@ -1,5 +1,6 @@
 """The Realtime protocol without I/O (TRIGGER.md §2.2): one Electric shape stream's position,
-merged rows and what to emit (what a feed asks for is relay.sources._feed's).
+merged rows and what to emit (what a feed asks for is relay.sources._feed's, how an answer's
+body reads as messages relay.sources._messages').
 
 `Shape.query()` gives the query parameters of the next request; `Shape.receive()` applies a
 200/204 response and returns a `Batch` of merged rows when the response ends up-to-date (the
@@ -30,17 +31,21 @@ from typing import Any
 import orjson
 
 from relay.formats.electric import is_final_row, is_whole_row, row_changed_at
-from relay.formats.packets import MAX_DEPTH, capped
+from relay.formats.packets import MAX_DEPTH
+from relay.sources._messages import (
+    ShapeError,
+    check,
+    headers_of,
+    oddities,
+    read_messages,
+    shallow,
+)
 
 START = "-1"
 # A final row a snapshot brings, finished before the grace, is dropped no sooner than this after
 # it came: a server that answers with the same rows again (no long poll: a naive one, a caching
 # proxy) would have it taken as new at each answer, and submitted again.
 SNAPSHOT_HOLD_S = 300.0
-
-
-class ShapeError(Exception):
-    """A response that breaks the protocol (a body that is not a JSON array of messages)."""
 
 
 @dataclass(frozen=True)
@@ -217,18 +222,18 @@ class Shape:
         """Apply one 200/204 response; the rows to emit when it ends up-to-date, else None.
         All or nothing: a response that cannot be read (ShapeError) changes neither the rows nor
         the position, so asking again cannot skip the changes after its bad message."""
-        messages = _messages(body) if status != 204 else []
+        messages = read_messages(body) if status != 204 else []
         position = _advance(self.position, headers)
         for message in messages:
-            _check(message)
-        self.oddities = _oddities(status, headers, messages)
-        if not any(_headers(m).get("control") == "must-refetch" for m in messages):
+            check(message)
+        self.oddities = oddities(status, headers, messages)
+        if not any(headers_of(m).get("control") == "must-refetch" for m in messages):
             self.oddities += _moved_oddly(self.position, position)
         moved, self.position = position.offset != self.position.offset, position
         up_to_date = status == 204 or "electric-up-to-date" in headers
         self.idle, self.stalled, self.behind = True, False, False
         for message in messages:
-            control = _headers(message).get("control")
+            control = headers_of(message).get("control")
             if control == "must-refetch":
                 self.refetch(None)
                 self.idle = False
@@ -251,7 +256,7 @@ class Shape:
     def _apply(self, message: dict[str, Any]) -> bool:
         """Apply one change; False when it changed nothing (a row served again as it is)."""
         key = str(message["key"])
-        operation = _headers(message).get("operation")
+        operation = headers_of(message).get("operation")
         value: dict[str, Any] = message.get("value") or {}  # a dict unless a delete (_check)
         if operation == "delete":
             self._unsaved.add(key)
@@ -314,24 +319,6 @@ def _changed_since(row: Mapping[str, Any], now: float, wall_now: float) -> float
     return now - (0.0 if changed is None else max(0.0, wall_now - changed))
 
 
-def _check(message: dict[str, Any]) -> None:
-    """ShapeError for a change message that cannot be applied (before any is)."""
-    if "key" not in message or _headers(message).get("operation") == "delete":
-        return
-    if not isinstance(message.get("value"), dict):
-        operation = _headers(message).get("operation")
-        raise ShapeError(f"a change message without a value ({operation})")
-
-
-def _oddities(status: int, headers: Mapping[str, str], messages: list[dict[str, Any]]) -> list[str]:
-    """What an answer lacks that Electric always sends (the answer is taken all the same)."""
-    found = [] if status == 204 else [f"no {n} header" for n in _REQUIRED if not headers.get(n)]
-    strays = sum("key" not in m and "control" not in _headers(m) for m in messages)
-    if strays:
-        found.append("messages neither a change (key) nor a control message, ignored")
-    return found
-
-
 def _moved_oddly(before: Position, after: Position) -> list[str]:
     """How a position moved as Electric's never does: a new handle comes only with a
     must-refetch (409), an offset only goes on (both taken all the same, as Electric's client
@@ -352,30 +339,6 @@ def _offset_order(offset: str) -> tuple[float, ...]:
         return (-1.0,)
 
 
-def _headers(message: dict[str, Any]) -> dict[str, Any]:
-    headers = message.get("headers")
-    return headers if isinstance(headers, dict) else {}
-
-
-def _messages(body: bytes) -> list[dict[str, Any]]:
-    try:
-        data = _shallow(body, MAX_DEPTH + 2)  # a row as deep as a POSTed one: [{value: row}]
-    except orjson.JSONDecodeError:
-        raise ShapeError("the body is not JSON") from None
-    if not isinstance(data, list) or not all(isinstance(m, dict) for m in data):
-        raise ShapeError("the body is not a JSON array of messages")
-    return data
-
-
-def _shallow(text: str | bytes, limit: int) -> Any:
-    """orjson.loads, cut past `limit` levels: the rows and the position are stored as JSON
-    (one orjson could not write restarted the feed on the same answer for ever)."""
-    return capped(orjson.loads(text), text, limit)
-
-
-_REQUIRED = ("electric-handle", "electric-offset")
-
-
 def _advance(position: Position, headers: Mapping[str, str]) -> Position:
     """The position after a response. Electric always sends its handle and offset; a server
     that leaves one out is asked again from the ones the stream has (`-1` and no handle before
@@ -385,7 +348,7 @@ def _advance(position: Position, headers: Mapping[str, str]) -> Position:
     schema = position.schema
     if "electric-schema" in headers:
         try:
-            parsed = _shallow(headers["electric-schema"], MAX_DEPTH)
+            parsed = shallow(headers["electric-schema"], MAX_DEPTH)
         except orjson.JSONDecodeError:
             raise ShapeError("electric-schema is not JSON") from None
         if isinstance(parsed, dict):

@@ -51,7 +51,8 @@ from relay.formats.electric import parse_raw_run
 from relay.grouping import digest_context
 from relay.model import Run
 from relay.render_context import RenderContext
-from relay.sources._shape import Position, Shape, ShapeError
+from relay.sources._messages import ShapeError
+from relay.sources._shape import Position, Shape
 from relay.templating import Rendered, Renderer
 from tests.conftest import FIXTURES, REPO, RelayFactory
 from tests.test_realtime import nested
