@@ -2,7 +2,7 @@
 rows with large payloads, outputs and metadata. Parsed whole, orjson took ~13 times the body
 while it ran, and the whole batch was decoded at once (payloads parsed into Python objects):
 ~450 MB for 64 MiB, enough for a container's memory limit to kill relay. The body is parsed a
-piece at a time to the same value."""
+piece at a time to the same value, and a large batch submitted a slice at a time."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import orjson
 import pytest
 
 from relay.sources._messages import PIECE, ShapeError, read_messages
-from tests.fakes.realtime import row_key, session
+from relay.sources._slices import SLICE_BYTES
+from tests.fakes.realtime import fake_realtime, row_key, session
+from tests.test_realtime import following
 
 
 def big_rows(count: int, size: int) -> dict[str, dict[str, Any]]:
@@ -77,3 +79,21 @@ def test_a_large_answer_is_read_in_a_few_times_its_size() -> None:
         tracemalloc.stop()
     assert len(messages) == 160
     assert peak < 4 * len(data), f"{peak / len(data):.1f} times the body"
+
+
+async def test_a_large_snapshot_is_submitted_a_slice_at_a_time_in_order() -> None:
+    """Each slice decoded and committed in turn, in the rows' order, the position stored once
+    all are: a kill between two asks for the batch again, which intake deduplicates."""
+    rows = big_rows(12, 800_000)
+    async with fake_realtime([]) as fake:
+        fake.rows = rows
+        async with following(fake) as h:
+            await h.submit.wait_for(2)
+            await fake.wait_for(lambda seen: seen.query.get("live") == "true")
+    batches = h.submit.batches
+    assert 2 <= len(batches) <= len(rows) * 800_000 // SLICE_BYTES + 1
+    assert [run.id for batch in batches for run in batch] == [
+        v["friendlyId"] for v in rows.values()
+    ]
+    assert h.kv.puts[0][1] == len(batches)  # the position after the last slice
+    assert len(h.kv.rows("tags:customer:cus_Q8x2LmN4|24h")) == len(rows)

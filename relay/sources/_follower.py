@@ -2,12 +2,13 @@
 
 One task per configured feed (tags, run id or batch id) speaks TRIGGER.md §2.2: a snapshot from
 offset -1, a non-live catch-up, then live long-polls. Rows are emitted only at up-to-date; each
-batch is decoded (formats/electric.py) and handed to `Intake.submit` in one call, and only after
-that commit are the position (handle, offset, cursor, schema) and the merged rows that changed
-written to the store, in one transaction, from which a restart resumes (relay.sources._feed_store
-says how). `must-refetch` (409 or control message) drops the rows and starts again from a
-snapshot. A snapshot repeats runs already seen, and intake's transition detection
-(same `updatedAt`, rule already in the run's fired set) makes them fire nothing.
+batch is decoded (formats/electric.py) and handed to `Intake.submit` (a large one a slice at a
+time: relay.sources._slices), and only after that commit are the position (handle, offset,
+cursor, schema) and the merged rows that changed written to the store, in one transaction,
+from which a restart resumes (relay.sources._feed_store says how). `must-refetch` (409 or
+control message) drops the rows and starts again from a snapshot. A snapshot repeats runs
+already seen, and intake's transition detection (same `updatedAt`, rule already in the run's
+fired set) makes them fire nothing.
 
 Those rows are bounded: a run in a final status whose row has not changed for FINAL_GRACE_S is
 dropped from them (not on a single-run feed, which stops at its run's end), in memory and, in
@@ -56,9 +57,7 @@ import aiohttp
 
 from relay.channels._http import transport_words
 from relay.config_sources import RealtimeConfig
-from relay.errors import InputError, StoreUnavailable
-from relay.formats.electric import parse_raw_run
-from relay.formats.electric_values import Schema
+from relay.errors import StoreUnavailable
 from relay.intake import IntakeResult
 from relay.model import Run
 from relay.outbound import Proxies, origin, proxy_answered
@@ -76,6 +75,7 @@ from relay.sources._feed_store import FeedStore, Positions
 from relay.sources._hooks import Failed, Observe, Sleep, Submit
 from relay.sources._messages import ShapeError
 from relay.sources._shape import Batch, Shape
+from relay.sources._slices import Submitted, decoded, slices
 
 log = logging.getLogger("relay.realtime")
 UNREADABLE_LIMIT = 3  # the same unreadable response this often: start from a new snapshot
@@ -149,7 +149,9 @@ class Follower:
                 refetches += 1
                 await self._must_refetch(shape, response, refetches)
             elif response.status in (200, 204):
-                answer = await self._answered(shape, response, asked, before)
+                status, taken = response.status, _receive(shape, response)
+                del response  # its body (up to MAX_ANSWER_BYTES) goes before the rows are emitted
+                answer = await self._answered(shape, status, taken, asked, before)
                 if answer == "finished":
                     log.info("realtime run finished; feed stopped", extra=self._extra())
                     return
@@ -207,22 +209,25 @@ class Follower:
         return stored_handle
 
     async def _answered(
-        self, shape: Shape, response: Response, asked: float, before: tuple[bool, str]
+        self,
+        shape: Shape,
+        status: int,
+        batch: Batch | ShapeError | None,
+        asked: float,
+        before: tuple[bool, str],
     ) -> str:
-        """Take a 200/204 into the shape and emit what it completes: "unreadable", "finished"
-        (a single run's feed: its run has finished) or "taken"."""
-        try:
-            batch = shape.receive(response.status, response.headers, response.body)
-        except ShapeError as exc:
+        """Emit what a 200/204 taken into the shape (_receive) completes: "unreadable",
+        "finished" (a single run's feed: its run has finished) or "taken"."""
+        if isinstance(batch, ShapeError):
             self._count("other")
-            await self._unreadable(shape, exc)
+            await self._unreadable(shape, batch)
             return "unreadable"
         self._failures = self._unreadables = 0
         for oddity in set(shape.oddities) - self._told:
             self._told.add(oddity)
             log.warning(
                 "realtime answer not as Electric sends it; taken as it is",
-                extra=self._extra(oddity=oddity, status=response.status),
+                extra=self._extra(oddity=oddity, status=status),
             )
         self._catching_up(shape.behind, batch is not None)
         if batch is not None and await self._emit(shape, batch):
@@ -282,25 +287,26 @@ class Follower:
         await self._retry(str(error), None)
 
     async def _emit(self, shape: Shape, batch: Batch) -> bool:
-        """Submit the batch (retrying while the store is down), then save position and rows."""
-        runs = self._decode(batch.rows, batch.position.schema)
+        """Submit the batch a slice at a time (relay.sources._slices; retrying while the store
+        is down), then save position and rows."""
+        done = Submitted()
+        for rows in slices(batch.rows):
+            runs = decoded(rows, batch.position.schema, self.feed.key)  # a slice's at a time
+            if runs:
+                done.add(runs, await self._submit_until_done(runs))
         lag_s: float | None = 0.0  # caught up: nothing newer on the server
-        if runs:
-            result = await self._submit_until_done(runs)
-            newest = max((r.updated_at_ms or 0) for r in runs)
-            lag_ms = round(time.time() * 1000 - newest) if newest else None
+        if done.runs:
+            lag_ms = done.lag_ms(time.time())
             log.info(
                 "realtime rows submitted",
-                extra=self._extra(
-                    rows=len(runs), notifications=result.notifications, lag_ms=lag_ms
-                ),
+                extra=self._extra(rows=done.runs, notifications=done.notifications, lag_ms=lag_ms),
             )
             lag_s = None if lag_ms is None else lag_ms / 1000
         self._drop_final(shape, batch.skipped)
         if self._observe is not None:
-            self._observe(self.feed.key, len(runs), lag_s, len(shape.rows))
-        await self._store.save(shape, batch.position, force=bool(runs))
-        return self.feed.single_run and any(r.finishedAt is not None for r in runs)
+            self._observe(self.feed.key, done.runs, lag_s, len(shape.rows))
+        await self._store.save(shape, batch.position, force=bool(done.runs))
+        return self.feed.single_run and done.finished
 
     def _drop_final(self, shape: Shape, skipped: int) -> None:
         """Forget the runs finished FINAL_GRACE_S ago (stored by the next save), and say how
@@ -318,18 +324,6 @@ class Follower:
                 "realtime finished runs dropped from the feed's rows",
                 extra=self._extra(rows=dropped, held=len(shape.rows)),
             )
-
-    def _decode(self, rows: list[dict[str, Any]], schema: Schema) -> list[Run]:
-        runs = []
-        for row in rows:
-            try:
-                runs.append(parse_raw_run(row, schema=schema))
-            except InputError as exc:
-                log.warning(
-                    "realtime row skipped: cannot decode it",
-                    extra=self._extra(row_id=row.get("id"), field=exc.field, error=exc.message),
-                )
-        return runs
 
     async def _submit_until_done(self, runs: list[Run]) -> IntakeResult:
         while True:
@@ -386,6 +380,14 @@ class Follower:
     def _count(self, reason: str) -> None:
         if self._failed is not None:
             self._failed(self.feed.key, reason)
+
+
+def _receive(shape: Shape, response: Response) -> Batch | ShapeError | None:
+    """The answer taken into the shape: the batch it completes, or why it cannot be read."""
+    try:
+        return shape.receive(response.status, response.headers, response.body)
+    except ShapeError as exc:
+        return exc
 
 
 def _finished(rows: Iterable[dict[str, Any]]) -> bool:
