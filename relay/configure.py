@@ -107,7 +107,9 @@ def _complete(draft: Draft) -> LoadedConfig:
         {i: rule for i, rule in rules if draft.known(("rules", i, "when"))}, locate
     )
     if draft.known(("templates", "dir")):  # else a template of the broken dir seems missing
-        renderer = Renderer(draft.config.templates.dir)
+        renderer = Renderer(
+            draft.config.templates.dir, sole_types=channel_registry.sole_part_types()
+        )
         rendered = {i: rule for i, rule in rules if all(draft.known(p) for p in _rendering(i))}
         found = _check_templates(renderer, draft.channel_types, rendered, locate)[0]
         problems += found + _broken_files(renderer, locate, found)
@@ -133,7 +135,10 @@ def compile_config(loaded: LoadedConfig, templates: Mapping[str, bytes] | None =
     )
     link = dashboard_link(config.defaults)
     checks = channel_registry.rendered_checks()
-    renderer = Renderer(config.templates.dir, link=link, files=templates, checks=checks)
+    sole = channel_registry.sole_part_types()
+    renderer = Renderer(
+        config.templates.dir, link=link, files=templates, checks=checks, sole_types=sole
+    )
     warnings = config_warnings(loaded)
     every_rule = dict(enumerate(config.rules))
     types = {name: channel.type for name, channel in config.channels.items()}

@@ -1,11 +1,12 @@
-"""Files of `templates.dir` relay never renders: a template is looked up only as
-`<channel type>/<template>.<part>.j2` (or that name without `.j2`, where no file has it), so
-`slak/run.json.j2`, `email/run.subj.j2`, `slack/team.json` beside `slack/team.json.j2` or
-`team.json.j2` at the top is never used, and the message goes
-out as the shipped template (or the rule's template is reported missing) with no word of the
-file the operator wrote. `relay check` warns of each, unless a template extends, includes or
-imports it by name. Partials (a name or folder starting with `_`, as the shipped
-`slack/_macros.j2` and `_shared/events.j2`) are left alone: they are meant to be imported.
+"""Files of `templates.dir` relay never renders: a template is looked up as
+`<channel type>/<template>.<part>.j2` or one of the other names relay.template_names lists
+(`slack/run.json`, `slack/run.j2`, `email/run.text.jinja`), so `slak/run.json.j2`,
+`email/run.subj.j2`, `slack/team.json` beside `slack/team.json.j2` or `team.json.j2` at the top
+is never used, and the message goes out as the shipped template (or the rule's template is
+reported missing) with no word of the file the operator wrote. `relay check` warns of each,
+unless a template extends, includes or imports it by name. Partials (a name or folder starting
+with `_`, as the shipped `slack/_macros.j2` and `_shared/events.j2`) are left alone: they are
+meant to be imported; so is a file with no template suffix that serves nothing (a README).
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from relay.errors import did_you_mean
-
-SUFFIX = ".j2"
+from relay.template_names import (
+    TEMPLATE_SUFFIX,
+    canonical,
+    is_template_file,
+    served_name,
+    strip_suffix,
+)
 
 
 def unrendered_files(
@@ -24,35 +30,46 @@ def unrendered_files(
     template in `reached` names; `parts`: each channel type's parts."""
     found = []
     for name in sorted(files):
-        twin = name + SUFFIX in files
-        why = None if name in reached else _why_unrendered(name, parts, twin)
+        why = None if name in reached else _why_unrendered(name, files, parts)
         if why is not None:
             found.append(f"{name} is never rendered: {why}")
     return found
 
 
-def _why_unrendered(name: str, parts: Mapping[str, tuple[str, ...]], twin: bool) -> str | None:
-    """Why no lookup finds `name`, None if one does; `twin`: `<name>.j2` is there too."""
-    folder, _, file = name.partition("/")
+def _why_unrendered(
+    name: str, files: Collection[str], parts: Mapping[str, tuple[str, ...]]
+) -> str | None:
+    """Why no lookup finds `name`, None if one does."""
+    folder = name.partition("/")[0]
     if folder.startswith("_") or name.rpartition("/")[2].startswith("_"):
         return None  # a partial, for templates to import
-    if not name.endswith(SUFFIX):  # serves as `<name>.j2` (SPEC's `<type>/run_failed.*`)
-        named = folder in parts and _part(file) in parts[folder]
-        return f"{name}{SUFFIX} beside it is used instead" if named and twin else None
+    target = canonical(name, parts)
+    if target is None:
+        return _misplaced(name, parts) if is_template_file(name) else None
+    sole = [folder] if len(parts[folder]) == 1 else []
+    used = served_name(target, files, sole)
+    return None if used == name else f"{used} beside it is used instead"
+
+
+def _misplaced(name: str, parts: Mapping[str, tuple[str, ...]]) -> str | None:
+    """Why a template file (one with a template suffix) is where no lookup finds it."""
+    folder, _, file = name.partition("/")
     if not file:
         return f"not in a channel type's folder ({', '.join(sorted(parts))})"
     if folder not in parts:
         return f"`{folder}/` is no channel type{did_you_mean(folder, parts)}"
     if "/" in file:
-        return f"a template is `{folder}/<template>.<part>{SUFFIX}`, not in a subfolder"
-    return _wrong_part(folder, _part(file.removesuffix(SUFFIX)), parts[folder])
+        return f"a template is `{folder}/<template>.<part>{TEMPLATE_SUFFIX}`, not in a subfolder"
+    return _wrong_part(folder, _part(strip_suffix(file) or ""), parts[folder])
 
 
 def _wrong_part(folder: str, part: str, known: tuple[str, ...]) -> str | None:
     """Why `part` is not one a `folder` message renders, or None when it is."""
     listed = ", ".join(known)
     if not part:
-        return f"no part in its name (`{folder}/<template>.<part>{SUFFIX}`; parts: {listed})"
+        return (
+            f"no part in its name (`{folder}/<template>.<part>{TEMPLATE_SUFFIX}`; parts: {listed})"
+        )
     if part not in known:
         hint = did_you_mean(part, known)
         return f"`.{part}` is no part of `{folder}` messages (parts: {listed}){hint}"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,17 @@ from relay.render_limits import (
     time_budget,
 )
 from relay.sandbox import environment, refused_names, sandbox
+from relay.template_names import TEMPLATE_SUFFIX, is_template_file, served_name
 
-__all__ = ["RenderContext", "Rendered", "Renderer", "fallback_json", "fallback_text", "sandbox"]
-
-TEMPLATE_SUFFIX = ".j2"
+__all__ = [
+    "TEMPLATE_SUFFIX",
+    "RenderContext",
+    "Rendered",
+    "Renderer",
+    "fallback_json",
+    "fallback_text",
+    "sandbox",
+]
 
 
 def shipped_templates_dir() -> Path:
@@ -77,27 +84,21 @@ def read_overrides(directory: Path | None) -> dict[str, bytes]:
     return files
 
 
-def served_name(template: str, files: Mapping[str, bytes]) -> str:
-    """The file of `files` (a templates directory's) that serves `template`: itself, or, where
-    there is none, the name without `.j2` (SPEC names an override `<type>/run_failed.*`)."""
-    bare = template.removesuffix(TEMPLATE_SUFFIX)
-    return bare if template not in files and bare in files else template
-
-
 class _Snapshot(BaseLoader):
     """The override directory's files as they were when the config was read. Jinja read them
     when first rendered: a template edited since (one a reload refused, as not compiling or
     beside a config that did not load) went out from then on, and a delivery worker started
     again read them all anew, ending at a template that did not compile."""
 
-    def __init__(self, root: Path, files: Mapping[str, bytes]) -> None:
+    def __init__(self, root: Path, files: Mapping[str, bytes], sole_types: Collection[str]) -> None:
         self._root = root
         self._files = files
+        self._sole_types = sole_types  # channel types with one part (relay.template_names)
 
     def get_source(
         self, environment: Environment, template: str
     ) -> tuple[str, str | None, Callable[[], bool] | None]:
-        name = served_name(template, self._files)
+        name = served_name(template, self._files, self._sole_types)
         data = self._files.get(name)
         if data is None:
             raise TemplateNotFound(template)
@@ -125,11 +126,12 @@ def _template_name(channel_type: str, name: str, part: str) -> str:
 
 
 def _file_of(exc: TemplateSyntaxError, template: str) -> str:
-    """The template a syntax error is in, as its file is named (`webhook/run.json` serving as
-    `webhook/run.json.j2`)."""
+    """The template a syntax error is in, as its file is named (`webhook/run.json` or
+    `webhook/run.jinja` serving as `webhook/run.json.j2`)."""
     name = exc.name or template
-    bare = exc.filename is not None and not exc.filename.endswith(TEMPLATE_SUFFIX)
-    return name.removesuffix(TEMPLATE_SUFFIX) if bare else name
+    if exc.filename is None or exc.filename.endswith(name):
+        return name
+    return "/".join(Path(exc.filename).parts[-2:])
 
 
 def _describe(exc: Exception, template: str) -> str:
@@ -173,13 +175,16 @@ class Renderer:
         link: Callable[[dict[str, Any]], str | None] | None = None,
         files: Mapping[str, bytes] | None = None,
         checks: Mapping[str, Callable[[str], str | None]] | None = None,
+        *,
+        sole_types: Collection[str] = (),
     ) -> None:
         # by channel type: what is wrong with a rendered `json` part besides not being JSON
         self._checks = dict(checks or {})
         self.overrides = read_overrides(override_dir) if files is None else dict(files)
+        self._sole_types = sole_types  # channel types whose messages have one part
         loaders: list[BaseLoader] = [FileSystemLoader(str(shipped_templates_dir()))]
         if override_dir is not None:
-            loaders.insert(0, _Snapshot(override_dir, self.overrides))
+            loaders.insert(0, _Snapshot(override_dir, self.overrides, sole_types))
         self._loader = ChoiceLoader(loaders)
         self._env = environment(self._loader)
         self._env.filters["dashboard_url"] = _dashboard_filter(link)
@@ -301,17 +306,18 @@ class Renderer:
         """The templates the override files extend, include or import by a constant name."""
         reached: set[str] = set()
         for name in self.overrides:
-            if name.endswith(TEMPLATE_SUFFIX):
+            if is_template_file(name):
                 with contextlib.suppress(TemplateError, UnicodeDecodeError, OSError):
                     refs = meta.find_referenced_templates(self._parse(name))
                     reached.update(ref for ref in refs if ref is not None)
         return reached
 
     def broken_overrides(self) -> list[str]:
-        """What is wrong with each `*.j2` file of the override directory that does not compile,
-        whether a rule renders it or not (Alertmanager refuses any broken template file too)."""
+        """What is wrong with each `*.j2` (`.jinja`, `.jinja2`) file of the override directory
+        that does not compile, whether a rule renders it or not (Alertmanager refuses any broken
+        template file too)."""
         found = []
-        for name in sorted(n for n in self.overrides if n.endswith(TEMPLATE_SUFFIX)):
+        for name in sorted(n for n in self.overrides if is_template_file(n)):
             try:
                 self._env.get_template(name)
                 unknown = refused_names(self._env, self._parse(name))
@@ -349,7 +355,8 @@ class Renderer:
                         _check_json(out[part], self._checks.get(channel_type))
             return Rendered(out, fallback=False, error=None, template=name)
         except Exception as exc:  # never drop a notification for a template bug
-            error = _describe(exc, served_name(template, self.overrides))  # the file's name
+            shown = served_name(template, self.overrides, self._sole_types)  # as the file is named
+            error = _describe(exc, shown)
             fallback = {part: fallback_part(part, ctx, name, error) for part in parts}
             return Rendered(fallback, True, error, isinstance(exc, RenderTimeout), name)
 

@@ -133,6 +133,12 @@ def rendered_checks() -> dict[str, Callable[[str], str | None]]:
     return {kind.type: kind.check for kind in REGISTRY.values() if kind.check is not None}
 
 
+def sole_part_types() -> frozenset[str]:
+    """The channel types whose messages have one part (all but email's subject + txt + html):
+    an override of theirs may leave the part out of its name (relay.template_names)."""
+    return frozenset(kind.type for kind in REGISTRY.values() if len(kind.parts) == 1)
+
+
 def _registry() -> dict[str, ChannelKind]:
     from relay.channels import console, discord, msteams, pagerduty, slack, webhook  # noqa: PLC0415
     from relay.channels import email as email_channel  # noqa: PLC0415
