@@ -118,7 +118,9 @@ async def send_test(compiled: Compiled, channel: str) -> str | None:
         route = route_for(
             compiled,
             channel,
-            ChannelEnv(http, sys.stdout, config.defaults.timeout, partial_fails=True),
+            ChannelEnv(
+                http, sys.stdout, config.defaults.timeout, partial_fails=True, keep_sessions=False
+            ),
             throttled=False,
         )
         run = Run.model_validate(SAMPLE_RUN)

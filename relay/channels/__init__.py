@@ -79,6 +79,9 @@ class ChannelEnv:
     # `relay send-test`: a message some recipients were refused for good is a failure (after
     # the others got it), where `serve` counts it sent and warns
     partial_fails: bool = False
+    # SMTP sessions kept open between mails (relay.channels._smtp_pool); not by `relay
+    # send-test`, which sends one and exits
+    keep_sessions: bool = True
 
 
 class Channel(Protocol):

@@ -142,11 +142,20 @@ class Client(aiosmtplib.SMTP):
     budget: asyncio.Timeout | None = None
     data_s = 0.0
     looking_up = False  # the host name's lookup is under way: a timeout now is no answer of it
+    # kept between mails (relay.channels._smtp_pool): when it connected, the mails it sent
+    opened = 0.0
+    messages = 0
+    reused = False  # this mail goes over a session an earlier mail used
+
+    def again(self) -> None:
+        """Ready for another mail over this session: no 421 or command of the last one."""
+        self.reused, self.said_421, self.stage_421, self.command = True, False, "", ""
 
     async def open(self, hosts: HostAddresses) -> None:
         """aiosmtplib's connect, to the first address of `hostname` (looked up by `hosts`) that
         takes the connection; TLS verifies the name, as aiosmtplib's own connect does."""
         sock = await _first_connected(await self._addresses(hosts))
+        self.opened = asyncio.get_running_loop().time()
         try:
             await self.connect(sock=sock, port=None)
         except BaseException:
@@ -223,6 +232,14 @@ class Client(aiosmtplib.SMTP):
         """The first 421 and its command: aiosmtplib may send more (RSET) before it gives up."""
         if not self.said_421:
             self.said_421, self.stage_421 = True, f"to {self.command}"
+
+    def lost_before_data(self, exc: Exception) -> bool:
+        """Whether `exc` is a reused session found closed by the server (its idle timeout, a
+        421) before DATA: nothing of the mail was taken, a new connection sends it."""
+        if not self.reused or self.command == "DATA":
+            return False
+        gone = isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError)
+        return gone or self.said_421
 
     def closed_421(self, exc: Exception) -> Said421 | None:
         """The 421 behind `exc`, with its stage: a reply of 421, or the hang-up after one."""

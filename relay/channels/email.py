@@ -54,6 +54,7 @@ from relay.channels._email_addresses import check_address
 from relay.channels._email_message import ascii_recipients_only, build_message, id_domain
 from relay.channels._email_settings import EmailSettings, SmtpSettings
 from relay.channels._smtp import Client, by_code, classify, for_now, lookup_timed_out
+from relay.channels._smtp_pool import SmtpPool
 from relay.config import ChannelSettings
 from relay.errors import DeliveryError, StoreUnavailable
 from relay.outbound import HostAddresses
@@ -85,6 +86,7 @@ class EmailChannel:
         smtp = settings.smtp
         self._tls = tls_context(smtp) if smtp.use_tls or smtp.use_starttls else None
         self._hosts = HostAddresses()  # the server's addresses, shared by concurrent sends
+        self._pool = SmtpPool(settings.concurrency if env.keep_sessions else 0)
         self._sender = check_address(settings.from_)
         everyone = [check_address(a) for a in (*settings.to, *settings.cc)]
         self._recipients = list(dict.fromkeys(everyone))
@@ -97,17 +99,7 @@ class EmailChannel:
         recipients = [r for r in self._recipients if r not in done]
         if not recipients:  # every one served by earlier attempts
             return
-        client = Client(**self._options())
-        try:
-            refused = await self._transaction(client, mail, recipients)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            if not done:
-                raise classify(exc) from None
-            # the rest refused after others got it: as when that is one attempt (sent, or
-            # retried "for n of m recipients", not a bare code as if nobody had the mail)
-            refused = {r.recipient: r.code for r in exc.recipients}
-        except Exception as exc:  # translated once, here; anything unknown becomes "other"
-            raise _explained(classify(exc), self.settings.smtp, client) from None
+        client, refused = await self._attempt(mail, recipients, bool(done))
         later = self._refused(message, refused, client.unsendable)
         if later or done:  # partly sent, now or before: keep who is done with
             served = done | {a for a in recipients if a not in later}
@@ -161,23 +153,58 @@ class EmailChannel:
         except StoreUnavailable:  # the retry mails everyone again: a duplicate, nothing lost
             log.warning("email recipients done with not saved", extra=message.log_fields(self.name))
 
+    async def _attempt(
+        self, mail: EmailMessage, recipients: list[str], resent: bool
+    ) -> tuple[Client, dict[str, int]]:
+        """The mail sent over a session kept from an earlier mail, or over a new one if there
+        is none or the server had closed it (nothing of the mail taken: Client.lost_before_data),
+        all in one attempt's `timeout`; the session, and the codes of the recipients refused."""
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        client = self._pool.take()
+        if client is not None:
+            try:
+                return client, await self._transaction(client, mail, recipients, deadline)
+            except Exception as exc:
+                if not client.lost_before_data(exc):
+                    return client, self._failed(exc, client, resent)
+                log.info("the SMTP server had closed the kept session; connecting again")
+        client = Client(**self._options())
+        try:
+            return client, await self._transaction(client, mail, recipients, deadline)
+        except Exception as exc:
+            return client, self._failed(exc, client, resent)
+
+    def _failed(self, exc: Exception, client: Client, resent: bool) -> dict[str, int]:
+        """`exc` translated (once, here; anything unknown becomes "other"), or, for every
+        recipient left refused after others got the mail (`resent`), their codes: as when that
+        is one attempt (sent, or retried "for n of m recipients", not a bare code as if nobody
+        had the mail)."""
+        if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+            if not resent:
+                raise classify(exc) from None
+            return {r.recipient: r.code for r in exc.recipients}
+        raise _explained(classify(exc), self.settings.smtp, client) from None
+
     async def _transaction(
-        self, client: Client, mail: EmailMessage, recipients: list[str]
+        self, client: Client, mail: EmailMessage, recipients: list[str], deadline: float
     ) -> dict[str, int]:
-        """Connect, log in, send, then QUIT in what is left of the attempt's `timeout` (the
-        DATA phase starts a `timeout` of its own: Client.data); the reply codes of the
-        recipients refused. Not aiosmtplib.send: its clean-up QUITs even after the deadline
-        (one more `timeout` spent on a server that stopped answering), and a mail the server
-        accepted is sent, whatever becomes of the QUIT (a timeout there retried it, and the
-        mail went out twice)."""
+        """Connect, log in (unless `client` is a kept session), send, then keep the session
+        for the next mail (relay.channels._smtp_pool) or QUIT it in what is left of the
+        attempt's `timeout` (the DATA phase starts a `timeout` of its own: Client.data); the
+        reply codes of the recipients refused. Not aiosmtplib.send: it opens a connection per
+        mail, its clean-up QUITs even after the deadline (one more `timeout` spent on a server
+        that stopped answering), and a mail the server accepted is sent, whatever becomes of
+        the QUIT (a timeout there retried it, and the mail went out twice)."""
         loop = asyncio.get_running_loop()
-        budget = asyncio.timeout_at(loop.time() + self._timeout_s)
+        budget = asyncio.timeout_at(deadline)
         client.budget, client.data_s = budget, self._timeout_s
+        kept = False
         try:
             async with budget:
-                await client.open(self._hosts)
-                await client.greet()
-                await self._login(client)
+                if not client.reused:
+                    await client.open(self._hosts)
+                    await client.greet()
+                    await self._login(client)
                 if not client.supports_extension("smtputf8"):
                     ascii_recipients_only(mail)
                 refused, _ = await client.send_message(
@@ -189,13 +216,15 @@ class EmailChannel:
                 raise said from None
             raise
         else:
+            kept = self._pool.give(client)
             left = (budget.when() or 0.0) - loop.time()
-            if left > 0:
+            if not kept and left > 0:
                 with contextlib.suppress(Exception):
                     await client.quit(timeout=left)
             return {address: reply.code for address, reply in refused.items()}
         finally:
-            client.close()
+            if not kept:
+                client.close()
 
     async def _login(self, client: Client) -> None:
         """AUTH with the configured credentials. A server that offers no AUTH, or none of the

@@ -14,6 +14,9 @@ runs on the machine, and tests await what it received without threads.
   `credentials=(user, password)` requires AUTH (over STARTTLS: aiosmtpd refuses AUTH in clear).
 - `FakeSMTP.offer_auth = False`: EHLO leaves out AUTH, even over TLS (a server without AUTH);
   `auth_offered = "XOAUTH2"`: EHLO offers AUTH with these mechanisms (and takes none of them).
+- `FakeSMTP.hang_up(reply)`: the server ends every open session, saying `reply` first (Postfix's
+  "421 4.4.2 Error: timeout exceeded" to an idle client), or says it and keeps the connection
+  open (`close=False`: the reply waits unread until the client's next command).
 - `FakeSMTP.received`: every byte clients sent, as it arrived (before TLS: STARTTLS sessions show
   only their start); `hung_up` is set when a client's connection ends.
 - `silent_server()`: accepts connections and never says a word (for timeouts).
@@ -75,6 +78,17 @@ class FakeSMTP:
     hung_up: asyncio.Event = field(default_factory=asyncio.Event)
     offer_auth: bool = True
     auth_offered: str | None = None
+    sessions: list[SMTP] = field(default_factory=list)
+
+    def hang_up(self, reply: str = "", *, close: bool = True) -> None:
+        for session in self.sessions:
+            wire = session.transport
+            if not isinstance(wire, asyncio.WriteTransport) or wire.is_closing():
+                continue
+            if reply:
+                wire.write(f"{reply}\r\n".encode())
+            if close:
+                wire.close()
 
     # aiosmtpd handler hooks ------------------------------------------------------------------
 
@@ -195,7 +209,9 @@ async def start_smtp(
 
     def protocol() -> SMTP:
         fake.connections += 1
-        return _RecordedSMTP(fake, **kwargs)
+        session = _RecordedSMTP(fake, **kwargs)
+        fake.sessions.append(session)
+        return session
 
     loop = asyncio.get_running_loop()
     ssl_context = pki.server_context if mode == "tls" and pki is not None else None

@@ -1,0 +1,112 @@
+"""The email channel keeps its SMTP session between mails (relay.channels._smtp_pool): mails in
+a row share one connection, a session the server closed meanwhile costs no attempt, one mail's
+failure leaves the next its own outcome. Against a real aiosmtpd server (tests.fakes.smtp)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from relay.channels import ChannelEnv, _smtp_pool
+from relay.channels._http import HttpClient
+from relay.channels.email import EmailChannel
+from relay.errors import DeliveryError
+from tests.channels.test_email import PASSWORD, USER, email_settings, outgoing
+from tests.fakes.serving import until
+
+if TYPE_CHECKING:
+    from tests.fakes.smtp import Pki, SmtpFactory
+
+pytest_plugins = ["tests.fakes.smtp"]
+
+
+def ntf(n: int) -> str:
+    return f"ntf_{n:024d}"
+
+
+def email_channel(port: int, *, keep: bool = True, **smtp: Any) -> EmailChannel:
+    env = ChannelEnv(HttpClient(), sys.stdout, 2.0, keep_sessions=keep)
+    return EmailChannel("team-email", email_settings(port, **smtp), env)
+
+
+async def test_mails_in_a_row_share_one_session(smtp_server: SmtpFactory, smtp_pki: Pki) -> None:
+    """One connection (TLS handshake, EHLO, STARTTLS, AUTH) per mail was what servers refused
+    in a storm ("421 too many connections"): three mails go over one."""
+    fake = await smtp_server("starttls", credentials=(USER, PASSWORD))
+    tls: dict[str, Any] = {"starttls": True, "ca_file": str(smtp_pki.ca_file)}
+    ch = email_channel(fake.port, **tls, username=USER, password=PASSWORD)
+    for n in range(3):
+        await ch.send(outgoing(ident=ntf(n)))
+    mails = await fake.wait_for(3)
+    assert [m.message()["X-Relay-Notification-Id"] for m in mails] == [ntf(n) for n in range(3)]
+    assert fake.connections == 1
+
+
+async def test_relay_send_test_keeps_no_session(smtp_server: SmtpFactory) -> None:
+    fake = await smtp_server()
+    ch = email_channel(fake.port, keep=False)
+    for n in range(2):
+        await ch.send(outgoing(ident=ntf(n)))
+    assert fake.connections == 2
+    assert fake.received.count(b"QUIT") == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "close"),
+    [
+        ("421 4.4.2 relay-test-smtp Error: timeout exceeded", True),  # Postfix's idle timeout
+        ("", True),  # a server that just hangs up
+        ("421 4.7.0 closing", False),  # said while idle, the connection still open
+    ],
+)
+async def test_a_session_the_server_ended_while_idle_sends_on_a_new_one(
+    smtp_server: SmtpFactory, reply: str, close: bool
+) -> None:
+    """Nothing of the mail was taken before DATA: it goes over a new connection in the same
+    attempt, not as a failed attempt (a 421 is rate_limited: the backoff for no reason)."""
+    fake = await smtp_server()
+    ch = email_channel(fake.port)
+    await ch.send(outgoing(ident=ntf(1)))
+    fake.hang_up(reply, close=close)
+    await ch.send(outgoing(ident=ntf(2)))
+    mails = await fake.wait_for(2)
+    assert [m.message()["X-Relay-Notification-Id"] for m in mails] == [ntf(1), ntf(2)]
+    assert fake.connections == 2
+
+
+async def test_a_mail_refused_leaves_the_next_mail_its_own_outcome(
+    smtp_server: SmtpFactory,
+) -> None:
+    fake = await smtp_server()
+    ch = email_channel(fake.port)
+    await ch.send(outgoing(ident=ntf(1)))
+    fake.data_replies = ["554 5.7.1 message rejected as spam"]
+    with pytest.raises(DeliveryError) as info:
+        await ch.send(outgoing(ident=ntf(2)))
+    assert (info.value.reason, info.value.retryable) == ("client_error", False)
+    await ch.send(outgoing(ident=ntf(3)))
+    mails = await fake.wait_for(2)
+    assert [m.message()["X-Relay-Notification-Id"] for m in mails] == [ntf(1), ntf(3)]
+
+
+async def test_a_session_ends_with_quit_when_idle_or_used_up(
+    smtp_server: SmtpFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_smtp_pool, "MAX_MESSAGES", 2)
+    fake = await smtp_server()
+    ch = email_channel(fake.port)
+    for n in range(3):  # the first session sends two, the second one
+        await ch.send(outgoing(ident=ntf(n)))
+    assert fake.connections == 2
+    assert fake.received.count(b"QUIT") == 1
+    monkeypatch.setattr(_smtp_pool, "IDLE_S", 0.0)
+    await ch.send(outgoing(ident=ntf(3)))  # the second session's second: kept no more
+    await ch.send(outgoing(ident=ntf(4)))  # a third session, idle at once
+
+    def quits() -> int:
+        return fake.received.count(b"QUIT")
+
+    await until(lambda: quits() == 3, fake.hung_up, 10, lambda: f"{quits()} QUITs")
+    assert fake.connections == 3
