@@ -146,6 +146,7 @@ class Client(aiosmtplib.SMTP):
     opened = 0.0
     messages = 0
     reused = False  # this mail goes over a session an earlier mail used
+    lent = False  # counted in use by the pool
 
     def again(self) -> None:
         """Ready for another mail over this session: no 421 or command of the last one."""

@@ -13,12 +13,19 @@ Only a session whose last mail was accepted is kept: after any failure the state
 session is unknown, and it is closed as before. A kept session the server has closed
 meanwhile (its idle timeout, a 421 pushed while idle) is found out at the next mail's MAIL or
 RCPT, before DATA: nothing of that mail was taken, and the channel sends it again on a new
-connection in the same attempt (Client.lost_before_data)."""
+connection in the same attempt (Client.lost_before_data).
+
+A server that takes fewer connections at once than the channel's concurrency answers the
+extra ones `421` at greeting: a send refused so waits (`wait`, within its attempt) for one of
+the channel's sessions in use to be given back, instead of a retry that opens yet another;
+and so many in use (`cap`) is the most it opens at once from then on, until none is in use:
+each connection over the cap was one more refused (servers count those against a client)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 
 from relay.channels._smtp import Client
 
@@ -31,7 +38,10 @@ QUIT_S = 5.0  # the most a QUIT of an idle session waits for the server's 221
 class SmtpPool:
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.in_use = 0  # sessions connected and lent to a send
+        self.cap: int | None = None  # in use when the server refused one more at greeting
         self._idle: list[tuple[Client, asyncio.TimerHandle]] = []
+        self._waiting: deque[asyncio.Future[Client]] = deque()
         self._quitting: set[asyncio.Task[None]] = set()
 
     def take(self) -> Client | None:
@@ -40,35 +50,89 @@ class SmtpPool:
             client, timer = self._idle.pop()
             timer.cancel()
             if client.is_connected:
+                self._lend(client)
                 client.again()
                 return client
             client.close()
         return None
 
+    def lend(self, client: Client) -> None:
+        """`client` has just connected for a send."""
+        self._lend(client)
+
+    def release(self, client: Client) -> None:
+        """`client` will not be kept: closed, and no longer in use."""
+        if client.lent:
+            client.lent, self.in_use = False, self.in_use - 1
+        client.close()
+        if self.in_use == 0:
+            self.cap = None
+
+    @property
+    def waiting(self) -> int:
+        """Sends waiting for a session in use."""
+        return sum(1 for w in self._waiting if not w.done())
+
+    def full(self) -> bool:
+        """As many sessions in use as the server took at once when it refused one more."""
+        return self.cap is not None and self.in_use >= self.cap
+
+    def refused(self) -> None:
+        """The server refused a connection at greeting: the sessions in use are its cap."""
+        if self.in_use:
+            self.cap = self.in_use
+
     def give(self, client: Client) -> bool:
-        """Keep `client` (its mail just accepted) for the next mail; False if it is not to be
-        kept (used up, or `limit` idle already): the caller QUITs it."""
+        """Keep `client` (its mail just accepted) for a send waiting for one, or for the next
+        mail; False if it is not to be kept (used up, or `limit` idle already): the caller
+        QUITs and releases it."""
         client.messages += 1
         loop = asyncio.get_running_loop()
         used_up = client.messages >= MAX_MESSAGES or loop.time() - client.opened > MAX_AGE_S
-        if used_up or len(self._idle) >= self.limit or not client.is_connected:
+        if used_up or not client.is_connected:
             return False
-        timer = loop.call_later(IDLE_S, self._expire, client)
-        self._idle.append((client, timer))
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                client.again()
+                waiter.set_result(client)  # still lent: in use by the waiter now
+                return True
+        if len(self._idle) >= self.limit:
+            return False
+        self._to_idle(client)
         return True
+
+    def _to_idle(self, client: Client) -> None:
+        """`client` kept idle for the next mail (QUIT after IDLE_S)."""
+        client.lent, self.in_use = False, self.in_use - 1
+        timer = asyncio.get_running_loop().call_later(IDLE_S, self._expire, client)
+        self._idle.append((client, timer))
+
+    async def wait(self, deadline: float) -> Client | None:
+        """One of the sessions in use, once its send gives it back, by the loop's `deadline`;
+        None if none is in use, or none came back in time."""
+        if self.in_use == 0:
+            return None
+        waiter: asyncio.Future[Client] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.shield(waiter)
+        except TimeoutError:
+            if waiter.done():  # given at the deadline: kept for the next send
+                self._to_idle(waiter.result())
+            return None
+        finally:
+            waiter.cancel()  # no-op once it has its session
+
+    def _lend(self, client: Client) -> None:
+        client.lent, self.in_use = True, self.in_use + 1
 
     def _expire(self, client: Client) -> None:
         self._idle = [(c, t) for c, t in self._idle if c is not client]
         task = asyncio.get_running_loop().create_task(_quit(client))
         self._quitting.add(task)
         task.add_done_callback(self._quitting.discard)
-
-    async def close(self) -> None:
-        """QUIT every idle session now (`relay send-test` before it exits)."""
-        idle, self._idle = self._idle, []
-        for _, timer in idle:
-            timer.cancel()
-        await asyncio.gather(*(_quit(c) for c, _ in idle), *self._quitting)
 
 
 async def _quit(client: Client) -> None:

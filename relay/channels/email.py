@@ -53,7 +53,7 @@ from relay.channels import ChannelEnv, ChannelKind, Outgoing
 from relay.channels._email_addresses import check_address
 from relay.channels._email_message import ascii_recipients_only, build_message, id_domain
 from relay.channels._email_settings import EmailSettings, SmtpSettings
-from relay.channels._smtp import Client, by_code, classify, for_now, lookup_timed_out
+from relay.channels._smtp import Client, Said421, by_code, classify, for_now, lookup_timed_out
 from relay.channels._smtp_pool import SmtpPool
 from relay.config import ChannelSettings
 from relay.errors import DeliveryError, StoreUnavailable
@@ -156,23 +156,36 @@ class EmailChannel:
     async def _attempt(
         self, mail: EmailMessage, recipients: list[str], resent: bool
     ) -> tuple[Client, dict[str, int]]:
-        """The mail sent over a session kept from an earlier mail, or over a new one if there
-        is none or the server had closed it (nothing of the mail taken: Client.lost_before_data),
-        all in one attempt's `timeout`; the session, and the codes of the recipients refused."""
+        """The mail sent over a session kept from an earlier mail, or over a new one (or
+        another, `_instead`), all in one attempt's `timeout`; the session, and the codes of the
+        recipients refused."""
         deadline = asyncio.get_running_loop().time() + self._timeout_s
         client = self._pool.take()
-        if client is not None:
+        if client is None and self._pool.full():  # another connection would be refused
+            client = await self._pool.wait(deadline)
+        client = client or Client(**self._options())
+        while True:
             try:
                 return client, await self._transaction(client, mail, recipients, deadline)
             except Exception as exc:
-                if not client.lost_before_data(exc):
+                instead = await self._instead(client, exc, deadline)
+                if instead is None:
                     return client, self._failed(exc, client, resent)
-                log.info("the SMTP server had closed the kept session; connecting again")
-        client = Client(**self._options())
-        try:
-            return client, await self._transaction(client, mail, recipients, deadline)
-        except Exception as exc:
-            return client, self._failed(exc, client, resent)
+                client = instead
+
+    async def _instead(self, client: Client, exc: Exception, deadline: float) -> Client | None:
+        """The session to send over after `exc`, if any: a new one when a kept session had been
+        ended by the server before DATA (nothing of the mail taken: Client.lost_before_data);
+        another of this channel's, once free, when the server refused a new connection with
+        a 421 at greeting while others are open (it takes fewer at once than `concurrency`:
+        relay.channels._smtp_pool)."""
+        if client.lost_before_data(exc):
+            log.info("the SMTP server had ended the kept session; connecting again")
+            return Client(**self._options())
+        if isinstance(exc, Said421) and exc.stage == "at greeting":
+            self._pool.refused()
+            return await self._pool.wait(deadline)
+        return None
 
     def _failed(self, exc: Exception, client: Client, resent: bool) -> dict[str, int]:
         """`exc` translated (once, here; anything unknown becomes "other"), or, for every
@@ -203,6 +216,7 @@ class EmailChannel:
             async with budget:
                 if not client.reused:
                     await client.open(self._hosts)
+                    self._pool.lend(client)
                     await client.greet()
                     await self._login(client)
                 if not client.supports_extension("smtputf8"):
@@ -224,7 +238,7 @@ class EmailChannel:
             return {address: reply.code for address, reply in refused.items()}
         finally:
             if not kept:
-                client.close()
+                self._pool.release(client)
 
     async def _login(self, client: Client) -> None:
         """AUTH with the configured credentials. A server that offers no AUTH, or none of the

@@ -4,7 +4,9 @@ failure leaves the next its own outcome. Against a real aiosmtpd server (tests.f
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -74,6 +76,52 @@ async def test_a_session_the_server_ended_while_idle_sends_on_a_new_one(
     mails = await fake.wait_for(2)
     assert [m.message()["X-Relay-Notification-Id"] for m in mails] == [ntf(1), ntf(2)]
     assert fake.connections == 2
+
+
+async def test_a_server_taking_fewer_connections_than_concurrency_gets_all_mails_at_once(
+    smtp_server: SmtpFactory,
+) -> None:
+    """A server that takes one connection at a time answers the others 421 at greeting: those
+    sends failed rate_limited (the backoff, and each retry one more refused connection) while
+    the one session it took was busy; now they wait for that session, in their attempt."""
+    fake = await smtp_server()
+    fake.max_sessions = 1
+    fake.slow = {"DATA": 0.2}  # the first mail holds the session while the others connect
+    ch = email_channel(fake.port)
+    await asyncio.gather(*(ch.send(outgoing(ident=ntf(n))) for n in range(3)))
+    mails = await fake.wait_for(3)
+    assert sorted(m.message()["X-Relay-Notification-Id"] for m in mails) == [ntf(0), ntf(1), ntf(2)]
+    assert fake.connections == 1
+
+
+async def test_once_refused_a_connection_over_the_servers_cap_is_not_opened(
+    smtp_server: SmtpFactory,
+) -> None:
+    """Each send that found no session free connected, and was refused: servers count refused
+    connections against a client (and block it). The sessions the server took at once when it
+    refused one are the most opened until none is in use."""
+    fake = await smtp_server()
+    fake.max_sessions = 1
+    fake.stall = {"DATA"}  # the first mail holds the one session until released
+    ch = email_channel(fake.port)
+    first = asyncio.create_task(ch.send(outgoing(ident=ntf(0))))
+    await settled(lambda: fake.received.endswith(b"\r\n.\r\n"))
+    second = asyncio.create_task(ch.send(outgoing(ident=ntf(1))))  # refused, then waits
+    await settled(lambda: fake.refused_sessions == 1 and ch._pool.waiting == 1)
+    third = asyncio.create_task(ch.send(outgoing(ident=ntf(2))))  # waits without connecting
+    await settled(lambda: ch._pool.waiting == 2 or fake.refused_sessions > 1)
+    fake.released.set()
+    await asyncio.gather(first, second, third)
+    assert len(await fake.wait_for(3)) == 3
+    assert (fake.connections, fake.refused_sessions) == (1, 1)
+
+
+async def settled(done: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if done():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("not settled")
 
 
 async def test_a_mail_refused_leaves_the_next_mail_its_own_outcome(

@@ -17,6 +17,9 @@ runs on the machine, and tests await what it received without threads.
 - `FakeSMTP.hang_up(reply)`: the server ends every open session, saying `reply` first (Postfix's
   "421 4.4.2 Error: timeout exceeded" to an idle client), or says it and keeps the connection
   open (`close=False`: the reply waits unread until the client's next command).
+- `FakeSMTP.max_sessions`: connections beyond this many open at once are answered "421 4.7.0 too
+  many connections" at greeting and closed (Postfix's smtpd_client_connection_count_limit);
+  they count in `refused_sessions`, not in `connections`.
 - `FakeSMTP.received`: every byte clients sent, as it arrived (before TLS: STARTTLS sessions show
   only their start); `hung_up` is set when a client's connection ends.
 - `silent_server()`: accepts connections and never says a word (for timeouts).
@@ -79,6 +82,9 @@ class FakeSMTP:
     offer_auth: bool = True
     auth_offered: str | None = None
     sessions: list[SMTP] = field(default_factory=list)
+    max_sessions: int | None = None
+    refused_sessions: int = 0
+    open_sessions: int = 0
 
     def hang_up(self, reply: str = "", *, close: bool = True) -> None:
         for session in self.sessions:
@@ -160,7 +166,17 @@ class _RecordedSMTP(SMTP):
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
+        self.fake.open_sessions -= 1
         self.fake.hung_up.set()
+
+
+class _TooMany(asyncio.Protocol):
+    """A connection over FakeSMTP.max_sessions: refused at greeting."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(b"421 4.7.0 too many connections, try again later\r\n")
+        transport.close()
 
 
 @dataclass(frozen=True)
@@ -207,8 +223,12 @@ async def start_smtp(
         kwargs.update(auth_required=True, authenticator=_authenticator(*credentials))
         kwargs["auth_require_tls"] = mode == "starttls"
 
-    def protocol() -> SMTP:
+    def protocol() -> asyncio.Protocol:
+        if fake.max_sessions is not None and fake.open_sessions >= fake.max_sessions:
+            fake.refused_sessions += 1
+            return _TooMany()
         fake.connections += 1
+        fake.open_sessions += 1
         session = _RecordedSMTP(fake, **kwargs)
         fake.sessions.append(session)
         return session
