@@ -203,6 +203,7 @@ class DeliveryError(RelayError):
     retry_after: seconds the receiver asked us to wait (Retry-After), if it said.
     local: relay's own failure, the receiver never asked (no file descriptor left to even
     connect): tried again without spending an attempt (the age limit still applies).
+    later: the receiver said "try later" (an SMTP 4xx): the backoff, no quick retry in process.
     """
 
     def __init__(
@@ -214,6 +215,7 @@ class DeliveryError(RelayError):
         retry_after: float | None = None,
         status: int | None = None,
         local: bool = False,
+        later: bool = False,
     ) -> None:
         if reason not in REASONS:
             raise ValueError(f"unknown delivery failure reason {reason!r}")
@@ -223,6 +225,7 @@ class DeliveryError(RelayError):
         self.retry_after = retry_after
         self.status = status
         self.local = local
+        self.later = later
         text = reason if not detail else f"{reason}: {detail}"
         super().__init__(text)
 

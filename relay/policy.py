@@ -44,9 +44,12 @@ def is_blip(error: DeliveryError) -> bool:
     sleep in process: a kill -9 forgets an in-memory wait, and the restarted relay would
     retry sooner than the receiver asked. A rate limit without one (HTTP 429, SMTP 421: "slow
     down", "closing, try later") is no blip either: it gets the backoff, not two more tries
-    within a quarter of a second, which also spent three of `max_attempts` at once.
+    within a quarter of a second, which also spent three of `max_attempts` at once. Nor is an
+    SMTP 4xx (`later`: greylisting, a full mailbox, "4.7.1 slow down"): the same answer came
+    back within a second, and a few minutes of it made the mail dead (each round spent three
+    attempts); RFC 5321 4.5.4.1 wants a sender to delay its retry after one.
     """
-    if not error.retryable or error.reason in ("timeout", "rate_limited"):
+    if not error.retryable or error.later or error.reason in ("timeout", "rate_limited"):
         return False
     return not error.retry_after
 

@@ -330,8 +330,8 @@ def by_code(
         detail = " ".join(filter(None, ("SMTP 421", where))) + note
         return DeliveryError("rate_limited", retryable=True, detail=detail, status=code)
     detail = f"SMTP {code}{note}" if code >= 100 else "malformed SMTP reply"  # aiosmtplib: -1
-    if 400 <= code < 500 or (rcpt and code == 552):
-        return DeliveryError("server_error", retryable=True, detail=detail, status=code)
+    if 400 <= code < 500 or (rcpt and code == 552):  # "try later": the backoff, not at once
+        return DeliveryError("server_error", retryable=True, detail=detail, status=code, later=True)
     if code in _AUTH_CODES or (auth and code >= 500):
         return DeliveryError("auth_error", retryable=False, detail=detail, status=code)
     if 500 <= code < 600:

@@ -1122,6 +1122,26 @@ async def test_end_to_end_421_waits_the_backoff_before_the_retry(
     assert (retry.__dict__["reason"], retry.__dict__["attempts"]) == ("rate_limited", 1)
 
 
+async def test_end_to_end_a_4xx_waits_the_backoff_before_the_retry(
+    relay: RelayFactory, smtp_server: SmtpFactory, smtp_pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An SMTP 4xx is "try later" (greylisting, a full mailbox, a rate limit): relay tried twice
+    more within a quarter of a second, got the same answer, and spent three of max_attempts a
+    round, so with the default retry a 4xx lasting about four minutes (postgrey's 5-minute
+    greylisting) made the mail dead; one attempt a round lasts about twenty."""
+    caplog.set_level(logging.INFO, logger="relay.delivery")
+    fake = await smtp_server("starttls", credentials=(USER, PASSWORD))
+    fake.rcpt_replies = ["450 4.2.0 greylisted, try again later"] * 2
+    r, ident = await e2e(relay, fake, smtp_pki)
+    row = await settled(r, ident, "sent")
+    assert row.attempts == 3 and len(fake.messages) == 1
+    retries = [x for x in caplog.records if x.getMessage() == "delivery failed; will retry"]
+    assert [(x.__dict__["reason"], x.__dict__["attempts"]) for x in retries] == [
+        ("server_error", 1),
+        ("server_error", 2),
+    ]
+
+
 async def test_end_to_end_wrong_password_is_dead_without_the_password(
     relay: RelayFactory, smtp_server: SmtpFactory, smtp_pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
