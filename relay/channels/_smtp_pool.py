@@ -73,9 +73,10 @@ class SmtpPool:
         """Sends waiting for a session in use."""
         return sum(1 for w in self._waiting if not w.done())
 
-    def full(self) -> bool:
-        """As many sessions in use as the server took at once when it refused one more."""
-        return self.cap is not None and self.in_use >= self.cap
+    def full(self) -> int:
+        """As many sessions in use as the server took at once when it refused one more: that
+        many (0: not so)."""
+        return self.cap if self.cap is not None and self.in_use >= self.cap else 0
 
     def refused(self) -> None:
         """The server refused a connection at greeting: the sessions in use are its cap."""

@@ -99,8 +99,8 @@ class EmailChannel:
         recipients = [r for r in self._recipients if r not in done]
         if not recipients:  # every one served by earlier attempts
             return
-        client, refused = await self._attempt(mail, recipients, bool(done))
-        later = self._refused(message, refused, client.unsendable)
+        unsendable, refused = await self._attempt(mail, recipients, bool(done))
+        later = self._refused(message, refused, unsendable)
         if later or done:  # partly sent, now or before: keep who is done with
             served = done | {a for a in recipients if a not in later}
             await self._remember(key, served, message)
@@ -108,8 +108,8 @@ class EmailChannel:
             first = next(iter(later.values()))
             note = f" for {len(later)} of {len(self._recipients)} recipients"
             raise by_code(first, auth=False, note=note, rcpt=True)
-        if self._partial_fails and (refused or client.unsendable):
-            raise _refused_for_good(refused, client.unsendable, len(self._recipients))
+        if self._partial_fails and (refused or unsendable):
+            raise _refused_for_good(refused, unsendable, len(self._recipients))
 
     def _refused(
         self, message: Outgoing, refused: dict[str, int], unsendable: list[str]
@@ -155,22 +155,26 @@ class EmailChannel:
 
     async def _attempt(
         self, mail: EmailMessage, recipients: list[str], resent: bool
-    ) -> tuple[Client, dict[str, int]]:
+    ) -> tuple[list[str], dict[str, int]]:
         """The mail sent over a session kept from an earlier mail, or over a new one (or
-        another, `_instead`), all in one attempt's `timeout`; the session, and the codes of the
-        recipients refused."""
+        another, `_instead`), all in one attempt's `timeout`; the recipients the server could
+        not take (Client.sendable) and the codes of those it refused. Read off the session
+        here: once given back, the next mail over it has its own."""
         deadline = asyncio.get_running_loop().time() + self._timeout_s
         client = self._pool.take()
-        if client is None and self._pool.full():  # another connection would be refused
+        if client is None and (cap := self._pool.full()):  # a connection would be refused
             client = await self._pool.wait(deadline)
+            if client is None:
+                raise _no_session_free(cap)
         client = client or Client(**self._options())
         while True:
             try:
-                return client, await self._transaction(client, mail, recipients, deadline)
+                refused = await self._transaction(client, mail, recipients, deadline)
+                return client.unsendable, refused
             except Exception as exc:
                 instead = await self._instead(client, exc, deadline)
                 if instead is None:
-                    return client, self._failed(exc, client, resent)
+                    return client.unsendable, self._failed(exc, client, resent)
                 client = instead
 
     async def _instead(self, client: Client, exc: Exception, deadline: float) -> Client | None:
@@ -297,6 +301,12 @@ def _starttls_hint(err: DeliveryError, smtp: SmtpSettings, client: Client) -> De
         return err
     detail = f"{err.detail}; the server offers STARTTLS (not done): enable starttls"
     return DeliveryError(err.reason, retryable=err.retryable, detail=detail, status=err.status)
+
+
+def _no_session_free(cap: int) -> DeliveryError:
+    """No session free by the end of the attempt, on a server that refuses more at once."""
+    detail = f"SMTP 421 at greeting: the server takes {cap} connections at once, none free"
+    return DeliveryError("rate_limited", retryable=True, detail=detail, status=421)
 
 
 def _no_mechanism(client: Client) -> str:

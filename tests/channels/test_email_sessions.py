@@ -116,6 +116,30 @@ async def test_once_refused_a_connection_over_the_servers_cap_is_not_opened(
     assert (fake.connections, fake.refused_sessions) == (1, 1)
 
 
+async def test_no_session_free_in_time_is_rate_limited_saying_so(
+    smtp_server: SmtpFactory,
+) -> None:
+    """A send that waited for a session until its timeout, without connecting, said "timeout:
+    no answer in time at greeting", of a server it never spoke to."""
+    fake = await smtp_server()
+    fake.max_sessions = 1
+    fake.stall = {"DATA"}  # the first mail holds the one session past the others' timeout
+    ch = email_channel(fake.port)
+    first = asyncio.create_task(ch.send(outgoing(ident=ntf(0))))
+    await settled(lambda: fake.received.endswith(b"\r\n.\r\n"))
+    second = asyncio.create_task(ch.send(outgoing(ident=ntf(1))))  # refused, then waits
+    await settled(lambda: fake.refused_sessions == 1 and ch._pool.waiting == 1)
+    errors = await asyncio.gather(second, ch.send(outgoing(ident=ntf(2))), return_exceptions=True)
+    said = [(e.reason, e.detail) for e in errors if isinstance(e, DeliveryError)]
+    assert said == [
+        ("rate_limited", "SMTP 421 at greeting"),
+        ("rate_limited", "SMTP 421 at greeting: the server takes 1 connections at once, none free"),
+    ]
+    fake.released.set()
+    await asyncio.gather(first, return_exceptions=True)  # its DATA stalled: no matter here
+    assert fake.refused_sessions == 1
+
+
 async def settled(done: Callable[[], bool]) -> None:
     for _ in range(1000):
         if done():
