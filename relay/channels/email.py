@@ -184,7 +184,10 @@ class EmailChannel:
         a 421 at greeting while others are open (it takes fewer at once than `concurrency`:
         relay.channels._smtp_pool)."""
         if client.lost_before_data(exc):
-            log.info("the SMTP server had ended the kept session; connecting again")
+            log.info(
+                "the SMTP server had ended the kept session; connecting again",
+                extra={"channel": self.name},
+            )
             return Client(**self._options())
         if isinstance(exc, Said421) and exc.stage == "at greeting":
             self._pool.refused()

@@ -5,6 +5,7 @@ failure leaves the next its own outcome. Against a real aiosmtpd server (tests.f
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,19 @@ async def test_a_session_the_server_ended_while_idle_sends_on_a_new_one(
     mails = await fake.wait_for(2)
     assert [m.message()["X-Relay-Notification-Id"] for m in mails] == [ntf(1), ntf(2)]
     assert fake.connections == 2
+
+
+async def test_the_reconnection_is_logged_with_the_channel(
+    smtp_server: SmtpFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay.channels.email")
+    fake = await smtp_server()
+    ch = email_channel(fake.port)
+    await ch.send(outgoing(ident=ntf(1)))
+    fake.hang_up("421 4.7.0 closing", close=False)
+    await ch.send(outgoing(ident=ntf(2)))
+    [line] = [r for r in caplog.records if "ended the kept session" in r.getMessage()]
+    assert line.__dict__["channel"] == "team-email"
 
 
 async def test_a_server_taking_fewer_connections_than_concurrency_gets_all_mails_at_once(
