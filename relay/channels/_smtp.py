@@ -148,9 +148,12 @@ class Client(aiosmtplib.SMTP):
     reused = False  # this mail goes over a session an earlier mail used
     lent = False  # counted in use by the pool
 
+    data_sent = False  # DATA was sent for this mail: the server may have it
+
     def again(self) -> None:
         """Ready for another mail over this session: no 421 or command of the last one."""
         self.reused, self.said_421, self.stage_421, self.command = True, False, "", ""
+        self.data_sent = False
 
     async def open(self, hosts: HostAddresses) -> None:
         """aiosmtplib's connect, to the first address of `hostname` (looked up by `hosts`) that
@@ -182,7 +185,7 @@ class Client(aiosmtplib.SMTP):
         if self.budget is not None:
             loop = asyncio.get_running_loop()
             self.budget.reschedule(max(self.budget.when() or 0.0, loop.time() + self.data_s))
-        self.command = "DATA"  # aiosmtplib sends it past execute_command
+        self.command, self.data_sent = "DATA", True  # aiosmtplib sends it past execute_command
         try:
             return await super().data(message, **kwargs)
         except aiosmtplib.SMTPDataError as exc:  # the verdict on the mail is no command's reply
@@ -237,7 +240,7 @@ class Client(aiosmtplib.SMTP):
     def lost_before_data(self, exc: Exception) -> bool:
         """Whether `exc` is a reused session found closed by the server (its idle timeout, a
         421) before DATA: nothing of the mail was taken, a new connection sends it."""
-        if not self.reused or self.command == "DATA":
+        if not self.reused or self.data_sent:  # not `command`: aiosmtplib RSETs after a reply
             return False
         gone = isinstance(exc, aiosmtplib.SMTPServerDisconnected | ConnectionError)
         return gone or self.said_421

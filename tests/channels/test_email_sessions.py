@@ -79,6 +79,22 @@ async def test_a_session_the_server_ended_while_idle_sends_on_a_new_one(
     assert fake.connections == 2
 
 
+async def test_a_421_to_data_on_a_kept_session_is_rate_limited_not_sent_again_at_once(
+    smtp_server: SmtpFactory,
+) -> None:
+    """The server refused the mail itself ("too many messages in this session"): that is its
+    "slow down", the backoff. aiosmtplib's RSET after the reply made it look like a session
+    ended before DATA, and the mail went again at once over a new connection."""
+    fake = await smtp_server()
+    ch = email_channel(fake.port)
+    await ch.send(outgoing(ident=ntf(1)))
+    fake.data_replies = ["421 4.7.0 too many messages in this session"]
+    with pytest.raises(DeliveryError) as info:
+        await ch.send(outgoing(ident=ntf(2)))
+    assert (info.value.reason, info.value.detail) == ("rate_limited", "SMTP 421 to DATA")
+    assert len(fake.messages) == 1 and fake.connections == 1
+
+
 async def test_the_reconnection_is_logged_with_the_channel(
     smtp_server: SmtpFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
