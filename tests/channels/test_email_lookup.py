@@ -175,7 +175,7 @@ def silent_dns_server() -> tuple[socket.socket, str]:
     pytest.skip("no loopback address free for a DNS server")
 
 
-def send_test_with_dns(tmp_path: Path, nameserver: str, port: int) -> tuple[float, Any]:
+def send_test_with_dns(tmp_path: Path, nameserver: str, port: int) -> Any:
     """`relay send-test mail` to NAME with `nameserver` as the system's DNS server (a mount
     namespace: /etc/resolv.conf bound over)."""
     resolv = tmp_path / "resolv.conf"
@@ -194,8 +194,7 @@ rules:
 """)
     relay = f"{sys.executable} -m relay send-test mail --config {config}"
     script = f"mount --bind {resolv} /etc/resolv.conf && exec {relay}"
-    started = time.monotonic()
-    result = subprocess.run(
+    return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
         env=child_env(),
         capture_output=True,
@@ -203,7 +202,6 @@ rules:
         timeout=60,
         check=False,
     )
-    return time.monotonic() - started, result
 
 
 async def test_send_test_to_a_host_the_dns_answers_slowly(
@@ -211,14 +209,13 @@ async def test_send_test_to_a_host_the_dns_answers_slowly(
 ) -> None:
     """Black-box: the DNS server never answers (the resolver tries 2 x 5 s). send-test took
     ~11 s and said "timeout: no answer in time at greeting"; now it ends with its 1 s
-    timeout, naming the lookup."""
+    timeout, naming the lookup (the message tells them apart: tests never fail on timing)."""
     namespaces_or_skip()
     fake = await smtp_server()
     server, address = silent_dns_server()
     try:
-        elapsed, result = await asyncio.to_thread(send_test_with_dns, tmp_path, address, fake.port)
+        result = await asyncio.to_thread(send_test_with_dns, tmp_path, address, fake.port)
     finally:
         server.close()
     assert result.returncode == 1, result.stderr
     assert "network: SMTP host lookup failed: no answer in time" in result.stderr, result.stderr
-    assert elapsed < 8, elapsed  # not the resolver's 10 s
