@@ -12,10 +12,10 @@ some recipients only are the channel's, relay.channels.email, built from these):
   421 at any stage (the server sheds load)             rate_limited  yes        SMTP 421 to RCPT
                                                                                 (at greeting, to
                                                                                 EHLO, to DATA...)
-  other 4xx: 450, 451, 452 (busy, greylisting)        server_error  yes        SMTP 451
+  other 4xx: 450, 451, 452 (busy, greylisting)        server_error  yes        SMTP 451 4.7.1
   530, 534, 535, 538, SMTPAuthenticationError 5xx      auth_error    no         SMTP 535
   (a 530 from a server offering STARTTLS, not done: email.py adds "...: enable starttls")
-  other 5xx: recipient, sender or data refused         client_error  no         SMTP 550
+  other 5xx: recipient, sender or data refused         client_error  no         SMTP 550 5.1.1
   every recipient refused: the first 4xx if any        as above                 SMTP 550
   552 to RCPT (RFC 5321 4.5.3.1.10: too many, as 452)  server_error  yes        SMTP 552
   timeout: connect, a reply, or the whole attempt      timeout       yes        no answer in time
@@ -40,6 +40,9 @@ some recipients only are the channel's, relay.channels.email, built from these):
   any other SMTPException                              other         yes        aiosmtplib's text
   a reply without a code, or a line too long          other         yes        malformed SMTP
                                                                                 reply
+
+A reply's enhanced status code (RFC 3463: "5.1.1" no such mailbox, "5.7.1" refused by policy)
+follows its code in the detail: digits only, never the server's text.
 
 A 421 to one RCPT of several makes aiosmtplib hang up before the next one: that is the 421
 (rate_limited), not the "server disconnected" aiosmtplib says at the next RCPT.
@@ -301,9 +304,24 @@ def _replied(
     if isinstance(exc, Said421):
         return by_code(421, auth=False, stage=exc.stage)
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
-        codes = [r.code for r in exc.recipients] or [550]
-        return by_code(next((c for c in codes if for_now(c)), codes[0]), auth=False, rcpt=True)
-    return by_code(exc.code, auth=isinstance(exc, aiosmtplib.SMTPAuthenticationError))
+        said = [(r.code, r.message) for r in exc.recipients] or [(550, "")]
+        code, text = next((c for c in said if for_now(c[0])), said[0])
+        return by_code(code, auth=False, rcpt=True, enhanced=enhanced_code(text))
+    auth = isinstance(exc, aiosmtplib.SMTPAuthenticationError)
+    return by_code(exc.code, auth=auth, enhanced=enhanced_code(exc.message))
+
+
+# RFC 3463's enhanced status code, at the start of a reply's text ("5.1.1 <x>: user unknown")
+_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?![\d.])")
+
+
+def enhanced_code(text: str) -> str:
+    """The enhanced status code a reply's text starts with ("5.1.1": no such mailbox, "5.2.2":
+    mailbox full, "5.7.1": refused by policy), which tells the on-call what to do where the
+    basic code does not; "" without one. Digits only: never the server's text, which may echo
+    what it was sent (a password)."""
+    found = _ENHANCED.match(text.lstrip()) if isinstance(text, str) else None
+    return found.group(0) if found else ""
 
 
 def _other(exc: BaseException) -> DeliveryError:
@@ -324,15 +342,23 @@ def for_now(rcpt_code: int) -> bool:
 
 
 def by_code(
-    code: int, *, auth: bool, note: str = "", rcpt: bool = False, stage: str = ""
+    code: int,
+    *,
+    auth: bool,
+    note: str = "",
+    rcpt: bool = False,
+    stage: str = "",
+    enhanced: str = "",
 ) -> DeliveryError:
     """`stage` ("to DATA", "at greeting") is said for a 421: the server closed the session,
-    and where tells why (the EHLO name, a recipient, the mail)."""
+    and where tells why (the EHLO name, a recipient, the mail). `enhanced` ("5.1.1") follows
+    the code."""
+    said = " ".join(filter(None, (f"SMTP {code}", enhanced)))
     if code == 421:
         where = "to RCPT" if rcpt else stage
-        detail = " ".join(filter(None, ("SMTP 421", where))) + note
+        detail = " ".join(filter(None, (said, where))) + note
         return DeliveryError("rate_limited", retryable=True, detail=detail, status=code)
-    detail = f"SMTP {code}{note}" if code >= 100 else "malformed SMTP reply"  # aiosmtplib: -1
+    detail = f"{said}{note}" if code >= 100 else "malformed SMTP reply"  # aiosmtplib: -1
     if 400 <= code < 500 or (rcpt and code == 552):  # "try later": the backoff, not at once
         return DeliveryError("server_error", retryable=True, detail=detail, status=code, later=True)
     if code in _AUTH_CODES or (auth and code >= 500):

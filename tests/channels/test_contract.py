@@ -528,13 +528,23 @@ SMTP_FAILURES = [
         True,
         "SMTP 421 to DATA",
     ),
-    ({"data_replies": [f"451 4.7.1 try later {SMTP_PASSWORD}"]}, "server_error", True, "SMTP 451"),
-    ({"data_replies": [f"550 5.7.1 rejected {SMTP_PASSWORD}"]}, "client_error", False, "SMTP 550"),
+    (
+        {"data_replies": [f"451 4.7.1 try later {SMTP_PASSWORD}"]},
+        "server_error",
+        True,
+        "SMTP 451 4.7.1",
+    ),
+    (
+        {"data_replies": [f"550 5.7.1 rejected {SMTP_PASSWORD}"]},
+        "client_error",
+        False,
+        "SMTP 550 5.7.1",
+    ),
     (
         {"refuse": dict.fromkeys(("oncall@example.com", "team@example.com"), "550 5.1.1 no")},
         "client_error",
         False,
-        "SMTP 550",
+        "SMTP 550 5.1.1",
     ),
 ]
 
@@ -573,7 +583,7 @@ async def test_smtp_wrong_password_is_a_permanent_auth_error(
     caplog.set_level(logging.DEBUG)
     fake: FakeSMTP = await smtp_server(credentials=(SMTP_USER, "the-server-expects-this"))
     err = await failure(email_channel(fake.port), "email")
-    assert (err.reason, err.retryable, err.detail) == ("auth_error", False, "SMTP 535")
+    assert (err.reason, err.retryable, err.detail) == ("auth_error", False, "SMTP 535 5.7.8")
     assert_no_secrets(err, SMTP_SECRETS, caplog)
 
 

@@ -436,8 +436,13 @@ async def test_a_users_auto_submitted_replaces_relays(smtp_server: SmtpFactory) 
 @pytest.mark.parametrize(
     ("script", "reason", "retryable", "detail"),
     [
-        ({"data_replies": ["451 4.7.1 try later"]}, "server_error", True, "SMTP 451"),
-        ({"data_replies": ["452 4.3.1 insufficient storage"]}, "server_error", True, "SMTP 452"),
+        ({"data_replies": ["451 4.7.1 try later"]}, "server_error", True, "SMTP 451 4.7.1"),
+        (
+            {"data_replies": ["452 4.3.1 insufficient storage"]},
+            "server_error",
+            True,
+            "SMTP 452 4.3.1",
+        ),
         (
             {"data_replies": ["421 4.7.0 too many messages, slow down"]},
             "rate_limited",
@@ -446,7 +451,7 @@ async def test_a_users_auto_submitted_replaces_relays(smtp_server: SmtpFactory) 
         ),
         ({"rcpt_replies": ["421 4.7.0 closing"]}, "rate_limited", True, "SMTP 421 to RCPT"),
         ({"rcpt_replies": ["", "421 4.7.0 closing"]}, "rate_limited", True, "SMTP 421 to RCPT"),
-        ({"data_replies": ["554 5.7.1 rejected as spam"]}, "client_error", False, "SMTP 554"),
+        ({"data_replies": ["554 5.7.1 rejected as spam"]}, "client_error", False, "SMTP 554 5.7.1"),
         ({"data_replies": ["queued as 4F2A"]}, "other", True, "malformed SMTP reply"),  # SMTP -1
         (
             {
@@ -457,7 +462,7 @@ async def test_a_users_auto_submitted_replaces_relays(smtp_server: SmtpFactory) 
             },
             "client_error",
             False,
-            "SMTP 550",
+            "SMTP 550 5.1.1",  # the enhanced code: no such mailbox
         ),
         (
             {
@@ -468,15 +473,15 @@ async def test_a_users_auto_submitted_replaces_relays(smtp_server: SmtpFactory) 
             },
             "server_error",
             True,
-            "SMTP 450",
+            "SMTP 450 4.2.1",
         ),
         (  # RFC 5321 4.5.3.1.10: 552 to RCPT ("too many recipients") is taken as 452
             {"rcpt_replies": ["552 5.5.3 too many recipients", "552 5.5.3 too many recipients"]},
             "server_error",
             True,
-            "SMTP 552",
+            "SMTP 552 5.5.3",
         ),
-        ({"data_replies": ["552 5.3.4 message too big"]}, "client_error", False, "SMTP 552"),
+        ({"data_replies": ["552 5.3.4 message too big"]}, "client_error", False, "SMTP 552 5.3.4"),
     ],
 )
 async def test_smtp_replies_are_classified(
@@ -656,7 +661,7 @@ async def test_starttls_and_auth(smtp_server: SmtpFactory, smtp_pki: Pki) -> Non
     assert len(await fake.wait_for(1)) == 1
 
     err = await failure(channel(fake.port, **good, password="wrong-" + PASSWORD))
-    assert (err.reason, err.retryable, err.detail) == ("auth_error", False, "SMTP 535")
+    assert (err.reason, err.retryable, err.detail) == ("auth_error", False, "SMTP 535 5.7.8")
 
     untrusted = await failure(channel(fake.port, starttls=True, username=USER, password=PASSWORD))
     assert (untrusted.reason, untrusted.retryable) == ("network", True)
