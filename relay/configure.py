@@ -222,7 +222,7 @@ def _template_findings(
     template it includes that does not exist (that line renders the fallback when it runs).
     Each takes ~25 ms (Jinja parses and walks the tree): once per template, not per rule."""
     unknown = [
-        f"{channel_type}/{template}.{part}.j2 line {line}: `{name}` is not in the template "
+        f"{channel_type}/{template}.{part}.j2:{line}: `{name}` is not in the template "
         "context (it renders empty)"
         for name, line in renderer.unknown_names(channel_type, template, part)
     ]

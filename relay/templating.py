@@ -141,13 +141,13 @@ def _describe(exc: Exception, template: str) -> str:
         return f"{exc.args[0]} in {template}: {exc.args[1]}"
     kind = "TemplateNotFound" if isinstance(exc, TemplateNotFound) else type(exc).__name__
     if isinstance(exc, TemplateSyntaxError):
-        return f"{kind} in {_file_of(exc, template)} line {exc.lineno}"
+        return f"{kind} in {_file_of(exc, template)}:{exc.lineno}"
     where, tb = template, exc.__traceback__
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
         # a template's frame, as Jinja rewrites it (a file without `.j2` serves too)
         if filename.endswith(TEMPLATE_SUFFIX) or "__jinja_exception__" in tb.tb_frame.f_globals:
-            where = f"{'/'.join(Path(filename).parts[-2:])} line {tb.tb_lineno}"
+            where = f"{'/'.join(Path(filename).parts[-2:])}:{tb.tb_lineno}"
         tb = tb.tb_next
     own_words = f": {exc}" if isinstance(exc, LimitExceeded) else ""
     return f"{kind} in {where}{own_words}"
@@ -261,17 +261,17 @@ class Renderer:
             self._env.get_template(template)
             ast = self._parse(template)
         except TemplateSyntaxError as exc:
-            return f"{_file_of(exc, template)} line {exc.lineno}: {exc.message}"
+            return f"{_file_of(exc, template)}:{exc.lineno}: {exc.message}"
         except TemplateNotFound as exc:
             return f"template {exc.name} not found"
         except (UnicodeDecodeError, OSError):
             return f"{template}: not a readable UTF-8 file"
         for line, refused in refused_names(self._env, ast)[:1]:
-            return f"{template} line {line}: {refused}"
+            return f"{template}:{line}: {refused}"
         for line, ref in _references(ast):
             why = None if ref in seen else self._check(ref, seen, missing)
             if why == f"template {ref} not found":
-                missing.append(f"{template} line {line}: {why}")
+                missing.append(f"{template}:{line}: {why}")
             elif why is not None:
                 return why
         return None
@@ -288,9 +288,9 @@ class Renderer:
         for line, ref in _references(ast, top_level=True):
             if ref in chain:
                 loop = " → ".join((*chain[chain.index(ref) :], ref))
-                return f"{template} line {line}: it reaches itself on every render ({loop})"
+                return f"{template}:{line}: it reaches itself on every render ({loop})"
             if not self._exists(ref):
-                return f"{template} line {line}: template {ref} not found (every render needs it)"
+                return f"{template}:{line}: template {ref} not found (every render needs it)"
             if found := self._always_fails(ref, chain):
                 return found
         return None
@@ -322,11 +322,11 @@ class Renderer:
                 self._env.get_template(name)
                 unknown = refused_names(self._env, self._parse(name))
             except TemplateSyntaxError as exc:
-                found.append(f"{exc.name or name} line {exc.lineno}: {exc.message}")
+                found.append(f"{exc.name or name}:{exc.lineno}: {exc.message}")
             except (UnicodeDecodeError, OSError):
                 found.append(f"{name}: not a readable UTF-8 file")
             else:
-                found.extend(f"{name} line {line}: {why}" for line, why in unknown[:1])
+                found.extend(f"{name}:{line}: {why}" for line, why in unknown[:1])
         return found
 
     def render(

@@ -376,7 +376,7 @@ async def test_a_broken_override_still_sends_an_alertmanager_body(
         assert body[same] == shipped[same], same
     assert alert["annotations"] == {
         **{k: theirs["annotations"][k] for k in ("summary", "description", "status")},
-        "template_error": "TypeError in webhook/alertmanager.json.j2 line 1",
+        "template_error": "TypeError in webhook/alertmanager.json.j2:1",
     }
     async with r.http.get(r.url + "/metrics") as resp:
         assert 'relay_template_errors_total{channel="am"} 1.0' in await resp.text()
@@ -399,7 +399,7 @@ def test_a_broken_variant_falls_back_to_an_alertmanager_body(name: str, tmp_path
         group_labels=labels,
     )  # fmt: skip
     out = Renderer(tmp_path, link=LINK).render("webhook", name, ("json",), ctx)
-    assert out.fallback and out.error == f"TypeError in webhook/{name}.json.j2 line 1"
+    assert out.fallback and out.error == f"TypeError in webhook/{name}.json.j2:1"
     body = parse(out.parts["json"].encode())
     assert body_problems(body) == [] and len(out.parts["json"].encode()) <= 16 * 1024
     assert body["status"] == ("firing" if group else "resolved")

@@ -615,7 +615,7 @@ def test_check_warns_of_a_misspelled_template_variable(tmp_path: Path) -> None:
     result = run_cli_in_process("check", "--config", str(config))
     assert result.returncode == 0, output(result)
     assert result.stderr.splitlines() == [
-        f"warning: {config}:4: rules[0].template: console/mine.txt.j2 line 3: "
+        f"warning: {config}:4: rules[0].template: console/mine.txt.j2:3: "
         "`runn` is not in the template context (it renders empty)"
     ]
 
@@ -702,9 +702,9 @@ def test_check_finds_every_broken_template_file(tmp_path: Path) -> None:
     result = run_cli_in_process("check", "--config", str(config))
     assert result.returncode == 1, output(result)
     assert result.stderr.splitlines() == [
-        f"{config}:1: templates.dir: slack/unused.json.j2 line 2: "
+        f"{config}:1: templates.dir: slack/unused.json.j2:2: "
         "Expected an expression, got 'end of statement block'",
-        f"{config}:4: rules[0].template: console: console/part.txt.j2 line 2: unexpected '}}'",
+        f"{config}:4: rules[0].template: console: console/part.txt.j2:2: unexpected '}}'",
         f"{config}:6: rules[2].template: console: console/latin.txt.j2: not a readable UTF-8 file",
         "3 problems found",
     ]
@@ -714,7 +714,7 @@ def test_check_finds_every_broken_template_file(tmp_path: Path) -> None:
     result = run_cli_in_process("check", "--config", str(config))
     assert result.returncode == 0, output(result)
     assert result.stderr.splitlines() == [
-        f"warning: {config}:5: rules[1].template: console: console/other.txt.j2 line 3: template "
+        f"warning: {config}:5: rules[1].template: console: console/other.txt.j2:3: template "
         "console/gone.txt.j2 not found (the fallback is sent when that line runs)"
     ]
 
@@ -736,8 +736,8 @@ def test_check_flags_a_dunder_in_a_template_as_in_a_when(tmp_path: Path) -> None
     assert result.returncode == 1, output(result)
     refused = "is not allowed (the sandbox refuses `__` names)"
     assert result.stderr.splitlines() == [
-        f"{config}:1: templates.dir: console/unused.txt.j2 line 3: `__globals__` {refused}",
-        f"{config}:4: rules[0].template: console: console/mine.txt.j2 line 2: `__class__` {refused}",
+        f"{config}:1: templates.dir: console/unused.txt.j2:3: `__globals__` {refused}",
+        f"{config}:4: rules[0].template: console: console/mine.txt.j2:2: `__class__` {refused}",
         f"{config}:5: rules[1].when: invalid expression: `__init__` {refused}",
         "3 problems found",
     ]
@@ -807,7 +807,7 @@ def test_dry_run_says_why_a_message_is_the_fallback(tmp_path: Path) -> None:
     )
     text = run_cli_in_process("test", str(FAILED_JSON), "--config", str(config))
     as_json = run_cli_in_process("test", str(FAILED_JSON), "--config", str(config), "--json")
-    error = "ZeroDivisionError in console/mine.txt.j2 line 2"
+    error = "ZeroDivisionError in console/mine.txt.j2:2"
     assert f"--- rule r → channel c (fallback: {error})" in text.stdout.splitlines()
     [message] = json.loads(as_json.stdout)[0]["messages"]
     assert (message["fallback"], message["error"]) == (True, error)

@@ -81,4 +81,4 @@ def test_a_syntax_error_names_the_file_as_written(tmp_path: Path) -> None:
     config = setup(tmp_path, {"webhook/run_failed.jinja": '{"a": {{ run.id }'})
     result = run_cli_in_process("check", "--config", str(config))
     assert result.returncode == 1
-    assert "webhook/run_failed.jinja line 1: unexpected '}'" in result.stdout + result.stderr
+    assert "webhook/run_failed.jinja:1: unexpected '}'" in result.stdout + result.stderr

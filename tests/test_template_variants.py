@@ -109,4 +109,4 @@ def test_relay_check_checks_a_rules_own_digest_and_recovery(tmp_path: Path) -> N
     assert found.returncode == 1
     said = found.stdout + found.stderr
     for name in ("ticket_digest", "ticket_recovered"):
-        assert f"webhook/{name}.json.j2 line 1: template webhook/nothere.json.j2 not found" in said
+        assert f"webhook/{name}.json.j2:1: template webhook/nothere.json.j2 not found" in said

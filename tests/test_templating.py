@@ -618,19 +618,19 @@ def test_no_error_is_null(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("source", "kind"),
     [
-        ("line one\n{% if %}\n", "TemplateSyntaxError in console/t.txt.j2 line 2"),
-        ("ok\n{{ nothing_here() }}", "UndefinedError in console/t.txt.j2 line 2"),
-        ("{{ 1 // 0 }}", "ZeroDivisionError in console/t.txt.j2 line 1"),
-        ("{% include 'console/missing.txt.j2' %}", "TemplateNotFound in console/t.txt.j2 line 1"),
+        ("line one\n{% if %}\n", "TemplateSyntaxError in console/t.txt.j2:2"),
+        ("ok\n{{ nothing_here() }}", "UndefinedError in console/t.txt.j2:2"),
+        ("{{ 1 // 0 }}", "ZeroDivisionError in console/t.txt.j2:1"),
+        ("{% include 'console/missing.txt.j2' %}", "TemplateNotFound in console/t.txt.j2:1"),
         (
             "{% for i in range(100000) %}{{ 'x' * 50 }}{% endfor %}",
             "OutputTooLarge in console/t.txt.j2: more than 4000000 characters",
         ),
-        ("{{ 'x' * 10**9 }}", "LimitExceeded in console/t.txt.j2 line 1: `*` result would exceed"),
-        ("{{ 9**9**9 }}", "LimitExceeded in console/t.txt.j2 line 1: `**` result would exceed"),
+        ("{{ 'x' * 10**9 }}", "LimitExceeded in console/t.txt.j2:1: `*` result would exceed"),
+        ("{{ 9**9**9 }}", "LimitExceeded in console/t.txt.j2:1: `**` result would exceed"),
         # was Jinja's OverflowError, not the limit's words other runaway templates get
-        ("{{ range(10**9) }}", "LimitExceeded in console/t.txt.j2 line 1: range() would exceed"),
-        ("{{ range(10**30)|list }}", "LimitExceeded in console/t.txt.j2 line 1: range() would"),
+        ("{{ range(10**9) }}", "LimitExceeded in console/t.txt.j2:1: range() would exceed"),
+        ("{{ range(10**30)|list }}", "LimitExceeded in console/t.txt.j2:1: range() would"),
     ],
 )
 def test_a_broken_template_falls_back(tmp_path: Path, source: str, kind: str) -> None:
@@ -668,7 +668,7 @@ def test_one_failing_part_fails_all_parts(tmp_path: Path) -> None:
     ctx = context({**load_run("failed"), "taskIdentifier": "<b>task</b>"}, "email")
     rendered = Renderer(tmp_path).render("email", "t", ("subject", "html"), ctx)
     assert rendered.fallback
-    assert rendered.error == "ZeroDivisionError in email/t.html.j2 line 2"
+    assert rendered.error == "ZeroDivisionError in email/t.html.j2:2"
     assert rendered.parts["subject"] == fallback_text(ctx)
     assert "&lt;b&gt;task&lt;/b&gt;" in rendered.parts["html"]
 
@@ -1060,7 +1060,7 @@ def test_check(tmp_path: Path) -> None:
     for channel_type, name, part in DEFAULT_TEMPLATES:
         assert renderer.check(channel_type, name, part) is None
     problem = renderer.check("console", "bad", "txt")
-    assert problem is not None and problem.startswith("console/bad.txt.j2 line 3: ")
+    assert problem is not None and problem.startswith("console/bad.txt.j2:3: ")
     assert renderer.check("console", "nope", "txt") == "template console/nope.txt.j2 not found"
 
 
@@ -1075,7 +1075,7 @@ def test_check_compiles_what_a_template_imports_includes_or_extends(tmp_path: Pa
     )
     renderer = Renderer(tmp_path)
     problem = renderer.check("slack", "run", "json")
-    assert problem is not None and problem.startswith("slack/_macros.j2 line 2: "), problem
+    assert problem is not None and problem.startswith("slack/_macros.j2:2: "), problem
     assert renderer.check("slack", "mine", "json") is None
     assert renderer.check("console", "run", "txt") is None
 
@@ -1096,11 +1096,11 @@ def test_check_finds_a_template_that_reaches_itself_on_every_render(tmp_path: Pa
         },
     )
     assert renderer.check("webhook", "a", "json") == (
-        "webhook/b.json.j2 line 1: it reaches itself on every render "
+        "webhook/b.json.j2:1: it reaches itself on every render "
         "(webhook/a.json.j2 → webhook/b.json.j2 → webhook/a.json.j2)"
     )
     assert renderer.check("webhook", "self", "json") == (
-        "webhook/self.json.j2 line 2: it reaches itself on every render "
+        "webhook/self.json.j2:2: it reaches itself on every render "
         "(webhook/self.json.j2 → webhook/self.json.j2)"
     )
     assert renderer.check("webhook", "tree", "json") is None
@@ -1112,7 +1112,7 @@ def test_an_unknown_filter_is_a_check_problem_not_a_crash(tmp_path: Path) -> Non
     (tmp_path / "console" / "run.txt.j2").write_text("one\n{{ run.id | no_such_filter }}\n")
     renderer = Renderer(tmp_path)
     assert renderer.check("console", "run", "txt") == (
-        "console/run.txt.j2 line 2: No filter named 'no_such_filter'."
+        "console/run.txt.j2:2: No filter named 'no_such_filter'."
     )
     assert renderer.unknown_names("console", "run", "txt") == []
 
@@ -1139,8 +1139,8 @@ def test_an_unknown_filter_in_a_branch_is_a_check_problem(
     (tmp_path / "console" / "unused.txt.j2").write_text(source)
     renderer = Renderer(tmp_path)
     line = 2 if source.startswith("{% if error %}") else 1
-    assert renderer.check("console", "run", "txt") == f"console/run.txt.j2 line {line}: {why}"
-    assert f"console/unused.txt.j2 line {line}: {why}" in renderer.broken_overrides()
+    assert renderer.check("console", "run", "txt") == f"console/run.txt.j2:{line}: {why}"
+    assert f"console/unused.txt.j2:{line}: {why}" in renderer.broken_overrides()
 
 
 def test_every_shipped_template_uses_only_known_filters_and_tests() -> None:
@@ -1192,17 +1192,17 @@ def test_check_follows_extends_includes_and_imports(tmp_path: Path) -> None:
         for path in (shipped_templates_dir() / channel_type).glob(f"[!_]*{TEMPLATE_SUFFIX}"):
             name, part = path.name.split(".")[:2]
             assert renderer.check(channel_type, name, part) is None, path
-    syntax = "console/base.txt.j2 line 3: unexpected '}', expected ')'"
+    syntax = "console/base.txt.j2:3: unexpected '}', expected ')'"
     assert renderer.check("console", "child", "txt") == syntax
     assert renderer.check("console", "imp", "txt") == syntax
-    missing = "console/inc.txt.j2 line 2: template console/gone.txt.j2 not found"
+    missing = "console/inc.txt.j2:2: template console/gone.txt.j2 not found"
     assert renderer.check("console", "inc", "txt") is None  # Jinja looks it up when it runs
     assert renderer.missing_references("console", "inc", "txt") == [missing]
     for name in ("fine", "loop", "child"):
         assert renderer.check("console", name, "txt") in (None, syntax) or name == "loop"
         assert renderer.missing_references("console", name, "txt") == []
     assert renderer.check("console", "loop", "txt") == (
-        "console/loop.txt.j2 line 1: it reaches itself on every render "
+        "console/loop.txt.j2:1: it reaches itself on every render "
         "(console/loop.txt.j2 → console/loop.txt.j2)"
     )
 
@@ -1210,11 +1210,11 @@ def test_check_follows_extends_includes_and_imports(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("source", "where"),
     [
-        ('{% extends "console/gone.txt.j2" %}{% block b %}x{% endblock %}', "mine.txt.j2 line 1"),
-        ('one\n{% include "console/gone.txt.j2" %}', "mine.txt.j2 line 2"),
-        ('{% import "console/gone.txt.j2" as m %}{{ m.x() }}', "mine.txt.j2 line 1"),
-        ('{% from "console/gone.txt.j2" import x %}{{ x() }}', "mine.txt.j2 line 1"),
-        ('{% extends "console/base.txt.j2" %}', "base.txt.j2 line 2"),
+        ('{% extends "console/gone.txt.j2" %}{% block b %}x{% endblock %}', "mine.txt.j2:1"),
+        ('one\n{% include "console/gone.txt.j2" %}', "mine.txt.j2:2"),
+        ('{% import "console/gone.txt.j2" as m %}{{ m.x() }}', "mine.txt.j2:1"),
+        ('{% from "console/gone.txt.j2" import x %}{{ x() }}', "mine.txt.j2:1"),
+        ('{% extends "console/base.txt.j2" %}', "base.txt.j2:2"),
     ],
 )
 def test_check_refuses_a_template_every_render_of_which_needs_one_that_is_missing(
@@ -1249,10 +1249,8 @@ def test_errors_name_an_override_without_j2_as_its_file_is_named(tmp_path: Path)
     (tmp_path / "webhook" / "broken.json").write_text('{"a": {{ run.id }\n}')
     renderer = Renderer(tmp_path)
     rendered = renderer.render("webhook", "mine", ("json",), context(load_run("failed"), "webhook"))
-    assert rendered.fallback and rendered.error == "SecurityError in webhook/mine.json line 2"
-    assert renderer.check("webhook", "broken", "json") == (
-        "webhook/broken.json line 1: unexpected '}'"
-    )
+    assert rendered.fallback and rendered.error == "SecurityError in webhook/mine.json:2"
+    assert renderer.check("webhook", "broken", "json") == ("webhook/broken.json:1: unexpected '}'")
 
 
 def test_invalid_json_names_an_override_without_j2_as_its_file_is_named(tmp_path: Path) -> None:
