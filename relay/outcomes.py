@@ -16,6 +16,7 @@ from relay import policy as pol
 from relay.awaited import Awaited
 from relay.config import RetryPolicy
 from relay.errors import DeliveryError, StoreUnavailable
+from relay.grouping import digest_id
 from relay.model import Notification
 from relay.sending import Clock, Sleep, Tried
 from relay.store import Store
@@ -115,16 +116,37 @@ class Outcomes:
             if row.id not in changed:  # taken for dead meanwhile: the other replica tells it
                 self.fenced(row, "dead" if outcome.dead else "retry")
                 continue
-            info = {**row_extra(self.name, row), "reason": err.reason, "attempts": attempts}
-            info["error"] = str(err)
             if outcome.dead:
-                log.error("notification dead", extra={**info, "why": outcome.why})
-            else:
-                # the wait decided, not what is left of it after the store's write (a 429's
-                # Retry-After: 1 logged as 0.999)
-                retry_in_s = round(outcome.wait, 3)
-                log.warning("delivery failed; will retry", extra={**info, "retry_in_s": retry_in_s})
+                info = {**row_extra(self.name, row), "reason": err.reason, "attempts": attempts}
+                log.error(
+                    "notification dead", extra={**info, "error": str(err), "why": outcome.why}
+                )
             self.event("dead" if outcome.dead else "retry", row, err.reason, attempts)
+        retrying = [mark for mark in marks if mark[0] in changed]
+        if not outcome.dead and retrying:
+            self._will_retry(rows, retrying, err, outcome)
+
+    def _will_retry(
+        self,
+        rows: list[Notification],
+        marks: list[tuple[str, int]],
+        err: DeliveryError,
+        outcome: pol.Outcome,
+    ) -> None:
+        """One line per failed message: a digest retries as one, and a line per run of it at
+        every try wrote hundreds a second while a receiver was down (a storm's digests list
+        hundreds of runs). The digest's line names its id (the receivers' idempotency id) and
+        how many notifications wait in it; `relay history` has each one's tries."""
+        head = next(row for row in rows if row.id == marks[0][0])
+        info = row_extra(self.name, head)
+        if len(rows) > 1:
+            info.update(run_id=None, notification_id=digest_id([row.id for row in rows]))
+            info["notifications"] = len(marks)
+        info.update(reason=err.reason, attempts=max(attempts for _, attempts in marks))
+        # the wait decided, not what is left of it after the store's write (a 429's
+        # Retry-After: 1 logged as 0.999)
+        info.update(error=str(err), retry_in_s=round(outcome.wait, 3))
+        log.warning("delivery failed; will retry", extra=info)
 
     def fenced(self, row: Notification, outcome: str) -> None:
         """A row this replica no longer holds (it was taken for dead, frozen or cut off, and

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime
@@ -155,6 +156,28 @@ async def test_a_digest_retried_from_the_outbox_stays_one_digest(
     assert len(sink.received) == 5
     assert {g.headers["webhook-id"] for g in got} == {got[0].headers["webhook-id"]}
     assert got[-1].json()["group"]["count"] == 5
+
+
+async def test_a_failed_digest_is_one_retry_line_not_one_per_run(
+    relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    # While a receiver was down, each try of a storm's digest wrote a "will retry" line per
+    # run in it: hundreds a second. One line per message, naming the digest's id (the
+    # receiver's webhook-id) and how many notifications wait in it.
+    caplog.set_level(logging.INFO, logger="relay.delivery")
+    sink.responses = [status(503)] * 3  # the quick tries of the first attempt
+    r = await relay(CONFIG.format(url=sink.url, wait="100ms", interval="5m"))
+    await r.post([failed(i) for i in range(5)])
+    got = await sink.wait_for(4)
+    retries = [rec for rec in caplog.records if rec.getMessage() == "delivery failed; will retry"]
+    assert len(retries) == 1
+    line = retries[0].__dict__
+    assert line["notification_id"] == got[-1].headers["webhook-id"]
+    assert (line["notifications"], line["run_id"], line["group"]) == (
+        5,
+        None,
+        got[-1].json()["group"]["key"],
+    )
 
 
 async def test_relay_check_shows_the_digest_in_a_dry_run(relay: RelayFactory, sink: Sink) -> None:
