@@ -26,7 +26,7 @@ from typing import Protocol
 from relay.awaited import Awaited
 from relay.channels import Outgoing, Recovery
 from relay.config import RetryPolicy
-from relay.errors import StoreUnavailable
+from relay.errors import DeliveryError, StoreUnavailable
 from relay.grouping import digest_id
 from relay.model import Notification, subject_of
 from relay.outcomes import Outcomes, row_extra
@@ -123,6 +123,7 @@ class Dispatch:
             on_event=deps.on_event,
         )
         self.recoveries = Recoveries(name, deps.store, self.awaited, deps.clock, self.outcomes)
+        self._wake = wake
         self._render_pool: ThreadPoolExecutor | None = None  # for renders too slow for the loop
 
     def close(self) -> None:
@@ -212,6 +213,7 @@ class Dispatch:
         for reason in tried.failed:  # every failed try counts, quick retries too (Alertmanager)
             self.outcomes.event("failed", rows[0], reason)
         err = tried.error
+        self._outage(rows[0], err)
 
         def finish(again: bool) -> Awaitable[object]:
             # A digest fails as one message: its rows retry together (one jittered time) or die
@@ -237,6 +239,33 @@ class Dispatch:
         write.add_done_callback(functools.partial(self._written, extra))
         if group_key is not None:  # a group's next digest waits for this one's flush
             await asyncio.wait({write})  # a stop cancelling this send leaves the write going
+
+    def _outage(self, row: Notification, err: DeliveryError | None) -> None:
+        """Count a failed send towards the receiver's outage; a send that ends one makes the
+        notifications backing off from it due now (see _hasten)."""
+        if err is not None:
+            self.route.outage.failed(row.id, err)
+        elif self.route.outage.ended():
+            hasten = asyncio.ensure_future(self._hasten())
+            self.finishing.add(hasten)
+            hasten.add_done_callback(self.finishing.discard)
+
+    async def _hasten(self) -> None:
+        """The receiver answers again: what its outage put off goes now, oldest first (the
+        claim's order), at the channel's rate limit. Each row waited for its own backoff, up
+        to max_backoff (10 minutes): after Slack came back, the backlog trickled in over that
+        long in random order (a failure from 09:40 posted at 10:08 between newer ones), while
+        new notifications went at once."""
+        try:
+            count = await self.deps.store.hasten_retries(self.name, now=self.deps.clock())
+        except StoreUnavailable:
+            return  # they keep their backoff
+        if count:
+            extra = {"channel": self.name, "notifications": count}
+            log.info(
+                "receiver answering again; the notifications it failed are due now", extra=extra
+            )
+            self._wake()
 
     def _written(self, extra: dict[str, object], write: asyncio.Future[None]) -> None:
         self.finishing.discard(write)

@@ -132,3 +132,32 @@ class Hold:
         """Seconds the hold lasts still: never more than it was set for (a wall clock stepped
         back holds no longer for it)."""
         return max(min(self.until - now, self.until - self._set_at), 0.0)
+
+
+# Answers that say the receiver is down or refusing everyone, whatever the message: a 500 may be
+# one message's own problem (a body the receiver chokes on), these are not.
+_DOWN_REASONS = frozenset({"timeout", "network", "rate_limited"})
+_DOWN_STATUSES = frozenset({502, 503, 504})
+
+
+class Outage:
+    """A receiver's failed sends since its last success. Two notifications or more failing in
+    a row, each with an answer that says the receiver is down (a timeout, a refused
+    connection, 502/503/504, a rate limit), are an outage, which that success ends. Not a 500
+    or one notification alone: a message the receiver chokes on would be pulled forward at
+    every other success, its attempts spent within a minute. Per process and per channel, as
+    the hold."""
+
+    def __init__(self) -> None:
+        self._failed: set[str] = set()
+
+    def failed(self, notification_id: str, error: DeliveryError) -> None:
+        down = error.reason in _DOWN_REASONS or error.status in _DOWN_STATUSES
+        if down and error.retryable and not error.local and len(self._failed) < 2:
+            self._failed.add(notification_id)
+
+    def ended(self) -> bool:
+        """A send succeeded: whether it ends an outage."""
+        over = len(self._failed) >= 2
+        self._failed.clear()
+        return over

@@ -60,6 +60,7 @@ class Route:
     timeout_s: float = 10.0  # of one try: the lease of a claim outlasts every quick try
     hold: pol.Hold = field(default_factory=pol.Hold)  # set by a Retry-After: no request before
     slots: Slots = field(default_factory=Slots)  # its sends in flight, of every loop sending
+    outage: pol.Outage = field(default_factory=pol.Outage)  # its failures since a success
     settings: ChannelSettings | None = None  # what it was built from (a reload compares them)
 
 

@@ -34,9 +34,11 @@ from relay.channels import ChannelEnv, Outgoing, settings_models
 from relay.channels._http import HttpClient
 from relay.config_load import parse_config
 from relay.configure import compile_config
+from relay.errors import DeliveryError
 from relay.formats import parse_runs
 from relay.intake import Intake
 from relay.model import Notification, Run, notification_id
+from relay.policy import Outage
 from relay.routes import route_for
 from relay.sending import Sender
 from relay.store import HistoryQuery
@@ -211,6 +213,43 @@ async def test_a_429_without_retry_after_backs_off_that_message_alone(
     await wait_state(r, "sent", 3)
     rows = [await r.service.store.get(got.headers["webhook-id"]) for got in sink.received]
     assert len(rows) == 4 and sorted(row.attempts if row else 0 for row in rows[1:]) == [1, 1, 2]
+
+
+async def test_a_receiver_back_from_an_outage_gets_its_backlog_now_oldest_first(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """Each notification a receiver's outage failed waited out its own backoff, up to
+    max_backoff (10 minutes), after the receiver came back: the backlog trickled in over that
+    long, in random order, while new ones went at once. The send that ends an outage (two
+    notifications failed in a row) makes them due now: they go next, oldest first."""
+    sink.responses = [status(503)] * 6  # the quick tries of two notifications
+    slow = config(sink.url).replace("min_backoff: 100ms, max_backoff: 400ms", "min_backoff: 10m")
+    r = await relay(slow.replace("    secret:", "    concurrency: 1\n    secret:"))
+    for i in range(2):
+        await r.post(failing_run(i))
+        assert (await wait_reason(r, f"run_delivery_{i:04d}")).attempts == 3  # due in 5-10 min
+    await r.post(failing_run(2))
+    await wait_state(r, "sent", 3)
+    runs = [got.json()["run"]["id"] for got in sink.received[6:]]
+    assert runs == ["run_delivery_0002", "run_delivery_0000", "run_delivery_0001"]
+
+
+def test_an_outage_is_notifications_failing_as_a_receiver_down_makes_them() -> None:
+    """Only failures that say the receiver is down (503, a timeout), of two notifications
+    or more, make an outage: one alone, or a 500, may be the message's own problem."""
+    down = DeliveryError("server_error", retryable=True, status=503)
+    choked = DeliveryError("server_error", retryable=True, status=500)
+    outage = Outage()
+    for error in (down, down):
+        outage.failed("ntf_a", error)
+    assert not outage.ended()
+    for ident in ("ntf_a", "ntf_b"):
+        outage.failed(ident, choked)
+    assert not outage.ended()
+    outage.failed("ntf_a", DeliveryError("timeout", retryable=True))
+    outage.failed("ntf_b", down)
+    assert outage.ended()
+    assert not outage.ended()  # a success ends it
 
 
 async def test_a_held_channel_keeps_its_queue_and_delays_no_other_channel(

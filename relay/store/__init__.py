@@ -165,6 +165,11 @@ class Store(Protocol):
         wait for its alert, once that alert is finished); a held row is left alone. Whether
         it changed."""
 
+    async def hasten_retries(self, channel: str, *, now: float) -> int:
+        """Make the channel's pending rows that a failed try put off (attempts > 0), and that
+        nobody holds, due at `now`: its receiver answers again after an outage. Rows not
+        tried yet keep their time (a digest's group_wait, group_interval). How many changed."""
+
     async def mark_retry(
         self, rows: Tries, *, now: float, not_before: float, reason: str, error: str
     ) -> set[str]:

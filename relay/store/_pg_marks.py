@@ -27,6 +27,12 @@ _HASTEN = """
     UPDATE relay_outbox SET not_before = $2, updated_at = $2
     WHERE id = $1 AND state = 'pending' AND lease_until IS NULL AND not_before > $2
 """
+# A lease negated (HAND_BACK: a digest's rows given back) or past is no one's.
+_HASTEN_RETRIES = """
+    UPDATE relay_outbox SET not_before = $2, updated_at = $2
+    WHERE channel = $1 AND state = 'pending' AND not_before > $2 AND attempts > 0
+        AND (lease_until IS NULL OR lease_until <= $2)
+"""
 # A replica frozen mid-send (a VM pause, a long GC) is taken for dead and its rows sent again
 # by another: thawed, it may change a row only while it still holds it. Its failure (retry,
 # dead), mute or postponement landed on the other's lease: a retry handed that lease back, for
@@ -84,6 +90,10 @@ class PgMarks(PgPool):
 
     async def hasten(self, notification_id: str, *, now: float) -> bool:
         return await self._execute(_HASTEN, clean(notification_id), now) == "UPDATE 1"
+
+    async def hasten_retries(self, channel: str, *, now: float) -> int:
+        status = await self._execute(_HASTEN_RETRIES, clean(channel), now)
+        return int(status.rsplit(" ", 1)[-1])
 
     async def mark_retry(
         self, rows: Tries, *, now: float, not_before: float, reason: str, error: str

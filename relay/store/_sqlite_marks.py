@@ -27,6 +27,13 @@ _HASTEN = """
     WHERE id = ? AND state = 'pending' AND lease_until IS NULL AND not_before > ?
 """
 
+# A lease negated (HAND_BACK: a digest's rows given back) or past is no one's.
+_HASTEN_RETRIES = """
+    UPDATE outbox SET not_before = :now, updated_at = :now
+    WHERE channel = :channel AND state = 'pending' AND not_before > :now AND attempts > 0
+        AND (lease_until IS NULL OR lease_until <= :now)
+"""
+
 
 class MarkOps:
     """Store.mark_*, marked_here, postpone and hasten of SQLiteStore."""
@@ -55,6 +62,10 @@ class MarkOps:
         return await self._writer.run(
             lambda conn: conn.execute(_HASTEN, (now, now, notification_id, now)).rowcount == 1
         )
+
+    async def hasten_retries(self, channel: str, *, now: float) -> int:
+        values = {"now": now, "channel": channel}
+        return await self._writer.run(lambda conn: conn.execute(_HASTEN_RETRIES, values).rowcount)
 
     async def mark_retry(
         self, rows: Tries, *, now: float, not_before: float, reason: str, error: str
