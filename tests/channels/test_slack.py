@@ -196,6 +196,7 @@ def test_failure_reads_well_at_3am() -> None:
     context = [e["text"] for e in rest[0]["elements"]]
     assert context == [
         "`run_cmuxjbf30kqkowywawhi1r8yr`",
+        "🕒 2026-08-20 09:14:22 UTC",  # Slack shows only when it was posted: late after an outage
         "⏱ 14.9s",
         "💰 $0.0005",
         "🏷 customer:cus_Q8x2LmN4, plan:pro",
