@@ -137,6 +137,8 @@ class Dispatch:
                 # no attempt: due again group_interval after, with the runs that join it
                 await self.release(rows, wait_s, keep_claim=False)
                 return
+            if await asyncio.shield(self.outcomes.expired(rows)):
+                return
             ready = await self._to_send(rows, group_key)
         except StoreUnavailable as exc:  # a silence or recovery read: they go again shortly
             log.warning(

@@ -148,6 +148,42 @@ class Outcomes:
         info.update(error=str(err), retry_in_s=round(outcome.wait, 3))
         log.warning("delivery failed; will retry", extra=info)
 
+    async def expired(self, rows: list[Notification]) -> bool:
+        """Whether these rows (one message) are past max_age as their turn comes: then dead
+        ("too old"), not sent. Only a failed try checked the age: the notifications a
+        Retry-After held, or that waited out an outage behind the rate limit, went out late
+        (at up to 3.5 times max_age) while the one refused died. A digest is sent whatever its
+        runs' age (it waits group_interval by design, which may pass max_age, and tells each
+        run's time), and so is a recovery (it closes what its alert opened). A notification
+        replayed from the dead letters within max_age gets its round (a `relay dlq replay`
+        after a long outage sends what it names; a failure then is its end, as before)."""
+        now, max_age = self.clock(), self.retry.max_age
+        if any(row.group_key or row.resolves or now - row.created_at <= max_age for row in rows):
+            return False
+        if await self._replayed_since(rows, now - max_age):
+            return False
+        for row in rows:
+            reason = row.reason or "other"  # its last try's, or none was made
+            error = f"{reason}: not sent within max_age"
+            marked = self.store.mark_held(
+                row.id, now=now, reason=reason, error=error, attempts=row.attempts
+            )
+            if not await marked:
+                self.fenced(row, "dead")
+                continue
+            info = {**row_extra(self.name, row), "reason": reason, "attempts": row.attempts}
+            log.error("notification dead", extra={**info, "error": error, "why": "too old"})
+            self.event("dead", row, reason, row.attempts)
+        await self.awaited.finished(row.id for row in rows)
+        return True
+
+    async def _replayed_since(self, rows: list[Notification], since: float) -> bool:
+        for row in rows:
+            events = await self.store.events(row.id)
+            if any(e["kind"] == "replayed" and float(e["at"]) > since for e in events):  # type: ignore[arg-type]
+                return True
+        return False
+
     def fenced(self, row: Notification, outcome: str) -> None:
         """A row this replica no longer holds (it was taken for dead, frozen or cut off, and
         another replica claimed the row) or that is finished: its mark changed nothing, so its

@@ -413,6 +413,31 @@ async def test_a_send_caught_by_the_hold_gives_its_rate_limit_token_back(sink: S
     assert sent.tries == 1 and sent.error is None and waits == []
 
 
+async def test_notifications_held_past_max_age_are_dead_not_sent_late(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """Only a failed try checked max_age: the one a 429 refused died, while those its
+    Retry-After held went out after it, older than max_age. They are dead at their turn."""
+    sink.responses = [status(429, {"Retry-After": "2"})]
+    cfg = config(sink.url).replace("max_age: 1h", "max_age: 1s")
+    r = await relay(cfg.replace("    secret:", "    concurrency: 1\n    secret:"))
+    await r.post([failing_run(i) for i in range(3)])
+    await wait_state(r, "dead", 3)
+    assert len(sink.received) == 1
+    rows = [
+        await r.service.store.get(notification_id(f"run_delivery_{i:04d}", "failures", "hook"))
+        for i in range(3)
+    ]
+    assert sorted((row.reason, row.attempts) for row in rows if row) == [
+        ("other", 0),
+        ("other", 0),
+        ("rate_limited", 1),
+    ]
+    async with r.http.post(r.url + "/v1/dlq/replay") as resp:
+        assert (await resp.json())["replayed"] == 3
+    await wait_state(r, "sent", 3)  # replayed past max_age: each gets its round all the same
+
+
 async def test_a_retry_after_past_max_age_is_dead_at_once_and_says_so(
     relay: RelayFactory, sink: Sink
 ) -> None:
