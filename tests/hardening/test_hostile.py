@@ -153,7 +153,7 @@ def test_hostile_templates_reading_dunders_are_refused_at_load(tmp_path: Path) -
     for i, source in enumerate(REFUSED):
         (tmp_path / "webhook" / f"h{i:02d}.json.j2").write_text(source)
     broken = Renderer(tmp_path).broken_overrides()
-    assert [b.split(" line ")[0] for b in broken] == [
+    assert [b.split(":")[0] for b in broken] == [
         f"webhook/h{i:02d}.json.j2" for i in range(len(REFUSED))
     ]
     assert all("is not allowed (the sandbox refuses `__` names)" in b for b in broken), broken
