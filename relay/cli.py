@@ -1,6 +1,6 @@
 """relay's command line: main() parses (relay.cli_parser), runs the command and reports its
 failure. serve · check · test · send-test are relay.cli_config's; the commands on the store
-(dlq, silence, history, migrate) are relay.cli_store's."""
+(dlq, history, migrate) are relay.cli_store's, silence relay.cli_silences'."""
 
 from __future__ import annotations
 
@@ -13,15 +13,13 @@ from collections.abc import Callable
 from relay import signals
 from relay.cli_config import cmd_check, cmd_send_test, cmd_serve, cmd_test, count, warn_overridden
 from relay.cli_parser import build_parser, missing_ids, refuse_undecodable
+from relay.cli_silences import cmd_silence_add, cmd_silence_expire, cmd_silence_list
 from relay.cli_store import (
     check_named_config,
     cmd_dlq_list,
     cmd_dlq_replay,
     cmd_history,
     cmd_migrate,
-    cmd_silence_add,
-    cmd_silence_expire,
-    cmd_silence_list,
 )
 from relay.errors import ConfigError, Problem, RelayError, StoreUnavailable
 from relay.logs import SCRUB, setup_logging

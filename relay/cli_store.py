@@ -1,5 +1,6 @@
-"""The commands that read and change the store, not the config: `relay dlq`, `relay silence`,
-`relay history` and `relay migrate` (RELAY_STORE_URL; a running relay sees their changes)."""
+"""The commands that read and change the store, not the config: `relay dlq`, `relay history`
+and `relay migrate` (RELAY_STORE_URL; a running relay sees their changes), and how every store
+command opens it (with_store: a short client; `relay silence` is relay.cli_silences)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,13 @@ import tempfile
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from relay.errors import ConfigError, InputError, Problem, RelayError
-from relay.logs import one_line, typed_back
-from relay.model import SILENCE_MATCHERS
+from relay.logs import one_line
 from relay.settings import Settings
-
-if TYPE_CHECKING:  # imported when a command needs it: `relay --help` starts without it
-    from relay.silences.listing import SilenceListing
 
 # said past the limit, with where the others are (a page of history at a time): it said only
 # "the newest shown", and an operator with 50,000 dead after an outage had no way to list them
@@ -28,6 +25,7 @@ _MORE_DEAD = (
     "more than {0} dead notifications: the newest {0} shown; all of them, a page at a time:"
     " relay history --state dead --limit 10000 (then --before the last id)"
 )
+_MADE_FOR_IT = "a new one holds this silence; a relay serve on another store does not see it"
 
 
 def check_named_config(settings: Settings, path: Path | None) -> None:
@@ -55,11 +53,11 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
         limit = DLQ_LISTED if args.limit is None else parse_limit(args.limit)
     except InputError as exc:  # refused before the store is opened, as history's --limit
         raise RelayError(f"dlq list: {exc}") from None
-    rows = asyncio.run(_reading(settings, lambda s: s.dead_letters(limit + 1)))
+    rows = asyncio.run(reading(settings, lambda s: s.dead_letters(limit + 1)))
     views = [dead_letter_view(n) for n in rows[:limit]]
     if len(rows) > limit:  # said on stderr: stdout stays the list (or JSON) alone
         print(_MORE_DEAD.format(limit), file=sys.stderr)
-    if _said_whole(views, as_json=_as_json(args), none="no dead notifications"):
+    if said_whole(views, as_json=wants_json(args), none="no dead notifications"):
         return 0
     rows_shown = [
         [v["id"], v["run_id"], v["channel"], str(v["attempts"]), failure(v["reason"], v["error"])]
@@ -69,7 +67,7 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _said_whole(views: list[Any], *, as_json: bool, none: str) -> bool:
+def said_whole(views: list[Any], *, as_json: bool, none: str) -> bool:
     """Whether `views` are said without a table: as JSON, or as `none` when there are none."""
     if as_json:
         print(orjson.dumps(views, option=orjson.OPT_INDENT_2).decode())
@@ -78,7 +76,7 @@ def _said_whole(views: list[Any], *, as_json: bool, none: str) -> bool:
     return as_json or not views
 
 
-def _as_json(args: argparse.Namespace) -> bool:
+def wants_json(args: argparse.Namespace) -> bool:
     """Whether a listing is asked for as JSON: `--json`, or amtool's `-o json`."""
     return bool(args.json or args.output == "json")
 
@@ -103,7 +101,7 @@ def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
     from relay.history import digest_hint  # noqa: PLC0415
 
     ids: list[str] = args.ids
-    moved, not_dead = asyncio.run(_with_store(settings, lambda s: _replay(s, ids or None)))
+    moved, not_dead = asyncio.run(with_store(settings, lambda s: _replay(s, ids or None)))
     for ident in not_dead:
         hint = digest_hint([ident], "relay dlq list")
         print(f"no dead notification with id {ident}{hint}", file=sys.stderr)
@@ -119,13 +117,13 @@ async def _replay(store: Any, ids: list[str] | None) -> tuple[int, list[str]]:
     return await store.replay(ids, time.time()), not_dead
 
 
-async def _reading(settings: Settings, action: Callable[[Any], Any]) -> Any:
-    """`_with_store` for a command that only reads: SQLite is opened read-only (no writer, no
+async def reading(settings: Settings, action: Callable[[Any], Any]) -> Any:
+    """`with_store` for a command that only reads: SQLite is opened read-only (no writer, no
     test write), so it answers on a full disk, when an operator needs it most."""
-    return await _with_store(settings, action, read_only=True)
+    return await with_store(settings, action, read_only=True)
 
 
-async def _with_store(
+async def with_store(
     settings: Settings,
     action: Callable[[Any], Any],
     *,
@@ -179,183 +177,6 @@ def _missing_file(store_url: str) -> str | None:
     return None
 
 
-def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.silences.matchers import NoMatchers, cli_matchers, parse_matchers  # noqa: PLC0415
-    from relay.silences.shapes import new_silence, parse_time  # noqa: PLC0415
-
-    flags = {key: getattr(args, key) or [] for key in SILENCE_MATCHERS}
-    now = time.time()
-    try:
-        matchers = parse_matchers(cli_matchers(args.matchers, flags))
-        start = parse_time(args.start, "--start") if args.start else now
-        end = parse_time(args.until, "--until") if args.until else start + _duration(args.duration)
-        silence = new_silence(
-            matchers,
-            ends_at=end,
-            starts_at=start,
-            now=now,
-            comment=args.comment,
-            created_by=args.author,
-        )
-    except NoMatchers as exc:  # `add $(...)` that found none: exit 2, as expire's no id
-        print(f"relay silence add: error: {exc}", file=sys.stderr)
-        return 2
-    except (InputError, ValueError) as exc:
-        said = _as_flags(exc, args) if isinstance(exc, InputError) else str(exc)
-        raise RelayError(f"silence not added: {said}") from None
-    asyncio.run(_with_store(settings, lambda s: _add_silence(s, silence, args), create=True))
-    _wait_until_applied()
-    for warning in _silence_warnings(silence.matchers, args, settings):
-        print(f"warning: {warning}", file=sys.stderr)
-    print(silence.id)  # the id alone, as amtool prints it: `id=$(relay silence add ...)`
-    return 0
-
-
-# a silence added where no store was (before a first `relay serve`, or a RELAY_STORE_URL that is
-# not the service's: unset on the host of a container, mistyped), said beside its id
-_MADE_FOR_IT = "a new one holds this silence; a relay serve on another store does not see it"
-
-
-async def _add_silence(store: Any, silence: Any, args: argparse.Namespace) -> None:
-    """Store `silence` unless it is over by now: `-d 1ms` ended while the store opened, and was
-    stored already expired, its id printed, exit 0. Alertmanager refuses a silence whose end
-    has passed when it gets it ("end time can't be in the past"), amtool's `-d 1ms` too."""
-    if silence.ends_at <= time.time():
-        over = InputError("ends_at", "must be in the future")
-        raise RelayError(f"silence not added: {_as_flags(over, args)}")
-    await store.add_silence(silence)
-
-
-def _duration(text: str) -> float:
-    """`--duration`'s seconds, more than 0 (amtool: "silence duration must be greater than 0"),
-    so a negative one (`-1h`) is not "expected a duration like ..."; an error quotes what was
-    given (nan read as out of range)."""
-    from relay.durations import parse_duration  # noqa: PLC0415
-
-    negative = text.strip().startswith("-")
-    try:
-        seconds = parse_duration(text.strip()[1:] if negative else text)
-    except ValueError as exc:
-        raise InputError(f"--duration {text!r}", str(exc)) from None
-    if negative or seconds <= 0:
-        raise InputError(f"--duration {text!r}", "must be more than 0")
-    return seconds
-
-
-def _as_flags(exc: InputError, args: argparse.Namespace) -> str:
-    """`exc` in the words of `relay silence add`: its flags, not the API's fields (`ends_at`)."""
-    if exc.field != "ends_at":
-        return str(exc)
-    if args.until:
-        return f"--until: {exc.message.replace('starts_at', '--start')}"
-    if args.start and "future" in exc.message:  # --start past, and --duration too short
-        return "--start: the silence would end in the past; give a later --start or --duration"
-    if "future" in exc.message:  # over before it was stored (_add_silence)
-        return f"--duration {args.duration!r}: the silence would be over before it is stored"
-    return f"--duration {args.duration!r}: {exc.message}"
-
-
-def _silence_warnings(
-    matchers: dict[str, tuple[str, ...]], args: argparse.Namespace, settings: Settings
-) -> list[str]:
-    """The matchers that words name twice (`repeated_names`: any value fits, where amtool
-    needs all), and what they name that the config does not (`matcher_warnings`). The config file
-    is read if it is there, also with variables unset (an operator's shell seldom has the
-    service's secrets); without it (a store reached from another machine) or unreadable,
-    rule and channel names go unchecked."""
-    from relay.configure import written_names  # noqa: PLC0415
-    from relay.silences.matchers import matcher_warnings, repeated_names  # noqa: PLC0415
-
-    names = written_names(settings, getattr(args, "config", None))
-    return repeated_names(args.matchers) + matcher_warnings(matchers, names)
-
-
-def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.silences.listing import find_silences  # noqa: PLC0415
-    from relay.silences.shapes import silence_view  # noqa: PLC0415
-
-    now = time.time()
-    try:
-        listing = _silence_listing(args)  # refused before the store is opened
-        found = asyncio.run(_reading(settings, lambda s: find_silences(s, listing, now)))
-    except InputError as exc:
-        raise RelayError(f"silence list: {exc}") from None
-    views = [silence_view(s, now) for s in found]
-    if args.quiet:  # one id a line; nothing at all for none (amtool's `query -q`)
-        for view in views:
-            print(view["id"])
-        return 0
-    if _said_whole(views, as_json=_as_json(args), none="no silences"):
-        return 0
-    rows = []
-    for v in views:
-        matchers = " ".join(
-            f"{k}={_quoted(val)}" for k, vals in v["matchers"].items() for val in vals
-        )
-        comment = f"  # {v['comment']}" if v["comment"] else ""
-        when = [v["starts_at"], v["ends_at"]]
-        rows.append([v["id"], v["state"], *when, v["created_by"][:12], matchers + comment])
-    print_table(["ID", "STATE", "STARTS", "ENDS", "BY", "MATCHERS / COMMENT"], rows)
-    return 0
-
-
-def _silence_listing(args: argparse.Namespace) -> SilenceListing:
-    """`relay silence list`'s SilenceListing: its MATCHER words and --filter ones, the expired
-    ones too (--all) or alone (--expired), --limit and --after."""
-    from relay.silences.listing import silence_listing  # noqa: PLC0415
-
-    return silence_listing(
-        [*args.matchers, *args.filter],
-        expired="only" if args.expired else "also" if args.all else "no",
-        limit=args.limit,
-        after=args.after,
-        field="matchers",
-    )
-
-
-def _quoted(value: str) -> str:
-    """A matcher's value as amtool prints it, and as `silence add` takes it back: in double
-    quotes, `"` and `\\` escaped (`task=a b,c` read as two words, or two values), a control
-    character or line separator as Go's escape (`\\n`, `\\x00`, `\\u0085`): one silence a
-    line, each value read back as it is."""
-    return '"' + typed_back(value.replace("\\", "\\\\").replace('"', '\\"')) + '"'
-
-
-def cmd_silence_expire(args: argparse.Namespace, settings: Settings) -> int:
-    """Expire each id given (amtool: `expire $(amtool silence query -q)`); 1 if any is unknown."""
-
-    async def expire_all(store: Any) -> dict[str, str]:
-        now = time.time()
-        return {i: _expired(await store.expire_silence(i, now), now) for i in args.ids}
-
-    said = asyncio.run(_with_store(settings, expire_all))
-    if any(said.values()):
-        _wait_until_applied()
-    for ident, what in said.items():
-        print(what or f"no silence with id {ident}", file=sys.stdout if what else sys.stderr)
-    return 0 if all(said.values()) else 1
-
-
-def _expired(silence: Any, now: float) -> str:
-    """What `relay silence expire` says of a silence it expired at `now` ("" if none): one
-    that had ended before is told apart (amtool: "already expired"), its end left as it was."""
-    from relay.silences.shapes import silence_view  # noqa: PLC0415
-
-    if silence is None:
-        return ""
-    if silence.ends_at < now:
-        return f"{silence.id} was already expired (ended {silence_view(silence, now)['ends_at']})"
-    return f"expired {silence.id}"
-
-
-def _wait_until_applied() -> None:
-    """Return once a running relay mutes by the changed silences: it re-reads them every
-    RELOAD_S, so `relay silence add ...` followed at once by a failure mutes that failure."""
-    from relay.silences.cache import RELOAD_S  # noqa: PLC0415
-
-    time.sleep(RELOAD_S)
-
-
 def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     from relay import history  # noqa: PLC0415
     from relay.history import event_view, explain, failure, notification_view  # noqa: PLC0415
@@ -369,10 +190,10 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         history.history_query(params, now)  # refused before the store is opened (or said missing)
-        found = asyncio.run(_reading(settings, fetch))
+        found = asyncio.run(reading(settings, fetch))
     except InputError as exc:
         raise RelayError(f"history: {exc}") from None
-    if _as_json(args):
+    if wants_json(args):
         out = [
             {**notification_view(n), "why": explain(n), "events": [event_view(e) for e in ev]}
             for n, ev in found
