@@ -137,8 +137,10 @@ class Dispatch:
                 # no attempt: due again group_interval after, with the runs that join it
                 await self.release(rows, wait_s, keep_claim=False)
                 return
-            if await asyncio.shield(self.outcomes.expired(rows)):
-                return
+            if self.outcomes.past_max_age(rows) and await asyncio.shield(
+                self.outcomes.expired(rows)
+            ):
+                return  # (checked first: a shielded task for every send slowed the drain)
             ready = await self._to_send(rows, group_key)
         except StoreUnavailable as exc:  # a silence or recovery read: they go again shortly
             log.warning(

@@ -148,6 +148,14 @@ class Outcomes:
         info.update(error=str(err), retry_in_s=round(outcome.wait, 3))
         log.warning("delivery failed; will retry", extra=info)
 
+    def past_max_age(self, rows: list[Notification]) -> bool:
+        """Whether these rows (one message) may be too old to send (see expired): every one past
+        max_age, none of a digest or a recovery."""
+        now, max_age = self.clock(), self.retry.max_age
+        return not any(
+            row.group_key or row.resolves or now - row.created_at <= max_age for row in rows
+        )
+
     async def expired(self, rows: list[Notification]) -> bool:
         """Whether these rows (one message) are past max_age as their turn comes: then dead
         ("too old"), not sent. Only a failed try checked the age: the notifications a
@@ -158,7 +166,7 @@ class Outcomes:
         replayed from the dead letters within max_age gets its round (a `relay dlq replay`
         after a long outage sends what it names; a failure then is its end, as before)."""
         now, max_age = self.clock(), self.retry.max_age
-        if any(row.group_key or row.resolves or now - row.created_at <= max_age for row in rows):
+        if not self.past_max_age(rows):
             return False
         if await self._replayed_since(rows, now - max_age):
             return False
