@@ -95,14 +95,41 @@ class _ByLabel(Generic[_M]):
 
 
 class Metrics(RealtimeMetrics):
+    """relay's series, a concern a method, made in the order /metrics lists them."""
+
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        self._process_metrics(r)
+        self._intake_metrics(r)
+        self._outcome_metrics(r)
+        self._timing_metrics(r)
+        self._outbox_metrics(r)
+        self._liveness_metrics(r)
+        self._realtime_metrics(r)
+        self._config_metrics(r)
+        # at 0 until their first event: a series born at 1 has no increase() (see configured())
+        for counter, values in (
+            (self.received, SOURCES),
+            (self.rejected, REJECTION_REASONS),
+            (self.alerts_ignored, ALERT_IGNORED_REASONS),
+            (self.config_reloads, RELOAD_RESULTS),
+        ):
+            for value in values:
+                counter.labels(value)
+        # those of every update and every send
+        self._received, self._matched = _ByLabel(self.received), _ByLabel(self.matched)
+        self._sent = _ByLabel(self.sent)
+        self._latency, self._attempts = _ByLabel(self.latency), _ByLabel(self.attempts)
+
+    def _process_metrics(self, r: CollectorRegistry) -> None:
         Info("relay_build", "Build information.", registry=r).info({"version": __version__})
         # process_start_time_seconds, _open_fds, _max_fds, _resident_memory_bytes and the rest
         # of the process serving /metrics, as every Go exporter and Alertmanager have (Linux)
         ProcessCollector(registry=r)
         self.worker_processes = WorkerProcesses()  # and those of --workers' delivery workers
         r.register(self.worker_processes)
+
+    def _intake_metrics(self, r: CollectorRegistry) -> None:
         self.received = Counter(
             "relay_updates_received_total", "Run updates accepted.", ["source"], registry=r
         )
@@ -128,6 +155,8 @@ class Metrics(RealtimeMetrics):
             ["rule"],
             registry=r,
         )
+
+    def _outcome_metrics(self, r: CollectorRegistry) -> None:
         labels = ["channel"]
         self.sent = Counter(
             "relay_notifications_sent_total", "Notifications delivered.", labels, registry=r
@@ -156,6 +185,9 @@ class Metrics(RealtimeMetrics):
             labels,
             registry=r,
         )
+
+    def _timing_metrics(self, r: CollectorRegistry) -> None:
+        labels = ["channel"]
         self.latency = Histogram(
             "relay_delivery_latency_seconds",
             "From intake to delivered.",
@@ -170,6 +202,8 @@ class Metrics(RealtimeMetrics):
             buckets=ATTEMPT_BUCKETS,
             registry=r,
         )
+
+    def _outbox_metrics(self, r: CollectorRegistry) -> None:
         self.outbox = Gauge(
             "relay_outbox_notifications",
             "Notifications in the outbox, by state.",
@@ -192,6 +226,8 @@ class Metrics(RealtimeMetrics):
             " waits for it at start (the outbox gauges then keep their last values).",
             registry=r,
         )
+
+    def _liveness_metrics(self, r: CollectorRegistry) -> None:
         self.worker_restarts = Counter(
             "relay_delivery_worker_restarts_total",
             "Delivery worker processes (--workers) that died unasked and were started again:"
@@ -204,7 +240,8 @@ class Metrics(RealtimeMetrics):
             " writable, a delivery worker not running, starting, or shutting down.",
             registry=r,
         )
-        self._realtime_metrics(r)
+
+    def _config_metrics(self, r: CollectorRegistry) -> None:
         self.config_reloads = Counter(
             "relay_config_reloads_total", "Config reloads, by result.", ["result"], registry=r
         )
@@ -218,19 +255,6 @@ class Metrics(RealtimeMetrics):
             "Digest of the running config (secrets masked) and its templates directory.",
             registry=r,
         )
-        # at 0 until their first event: a series born at 1 has no increase() (see configured())
-        for counter, values in (
-            (self.received, SOURCES),
-            (self.rejected, REJECTION_REASONS),
-            (self.alerts_ignored, ALERT_IGNORED_REASONS),
-            (self.config_reloads, RELOAD_RESULTS),
-        ):
-            for value in values:
-                counter.labels(value)
-        # those of every update and every send
-        self._received, self._matched = _ByLabel(self.received), _ByLabel(self.matched)
-        self._sent = _ByLabel(self.sent)
-        self._latency, self._attempts = _ByLabel(self.latency), _ByLabel(self.attempts)
 
     def configured(
         self, channels: Iterable[str], rules: Iterable[str], feeds: Iterable[str] = ()
