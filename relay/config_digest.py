@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from relay.templating import read_overrides
+from relay.template_files import read_overrides
 
 if TYPE_CHECKING:
     from relay.configure import Compiled

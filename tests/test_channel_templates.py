@@ -34,7 +34,8 @@ from relay.filters import mrkdwn, web_url
 from relay.grouping import digest_context
 from relay.model import Run
 from relay.sandbox import environment, sandbox
-from relay.templating import RenderContext, Renderer, shipped_templates_dir
+from relay.template_files import shipped_templates_dir
+from relay.templating import RenderContext, Renderer
 from tests.conftest import (
     EVENT_TEMPLATES,
     GOLDEN_CASES,

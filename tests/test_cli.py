@@ -30,7 +30,7 @@ from relay.cli import main as relay_main
 from relay.cli_config import MAX_EVENT_BYTES
 from relay.model import Decision, Match, Run, RunState
 from relay.store.sqlite import SQLiteStore
-from relay.templating import shipped_templates_dir
+from relay.template_files import shipped_templates_dir
 from tests.conftest import (
     FIXTURES,
     Sink,

@@ -23,6 +23,7 @@ from relay.grouping import digest_context
 from relay.model import Run
 from relay.render_context import CONTEXT_NAMES, template_variables
 from relay.render_limits import MAX_OUTPUT_CHARS, brief
+from relay.template_files import shipped_templates_dir
 from relay.template_probe import invalid_json
 from relay.templating import (
     TEMPLATE_SUFFIX,
@@ -32,7 +33,6 @@ from relay.templating import (
     fallback_json,
     fallback_text,
     sandbox,
-    shipped_templates_dir,
 )
 from tests.conftest import alert_event, assert_golden
 
