@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 UP_TO_DATE = "relay_realtime_last_up_to_date_timestamp_seconds"
 
-# why a request of a Realtime feed failed (relay.sources._follower's reasons): exposed at 0 for
-# every configured feed
+# why a request of a Realtime feed failed (the follower's reasons, relay.sources._answers' words
+# and `other`): exposed at 0 for every configured feed
 REALTIME_ERROR_REASONS = (
     "timeout", "network", "rate_limited", "server_error", "auth_error", "client_error", "other",
 )  # fmt: skip

@@ -34,10 +34,11 @@ from relay.metrics_realtime import REALTIME_ERROR_REASONS
 from relay.model import Run
 from relay.sources import realtime as realtime_module
 from relay.sources._answers import error_reason, status_reason
+from relay.sources._failures import UNREADABLE_LIMIT
 from relay.sources._feed import feed_of
 from relay.sources._feed_request import Timing, retry_delay
 from relay.sources._feed_store import NAMESPACE, ROWS_NAMESPACE
-from relay.sources._follower import UNREADABLE_LIMIT, Follower
+from relay.sources._follower import Follower
 from relay.sources._messages import ShapeError
 from relay.sources._shape import Position, Shape, stored_rows
 from relay.sources.realtime import (
