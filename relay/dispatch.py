@@ -7,8 +7,8 @@ marked sent only after the send returned, with the channel's receipt. A recovery
 notification's fate: muted with it, never muted on its own, held while it is dead (the channel
 never heard it: Alertmanager sends no resolved for an alert it never notified).
 
-This module decides what goes and renders it (with relay.rendering); relay.recoveries decides
-what a recovery waits for, relay.outcomes writes and tells what came of a send.
+This module decides what goes; relay.composing renders it, relay.recoveries decides what a
+recovery waits for, relay.outcomes writes and tells what came of a send.
 """
 
 from __future__ import annotations
@@ -19,32 +19,26 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 from relay.awaited import Awaited
-from relay.channels import Outgoing, Recovery
+from relay.channels import Recovery
+from relay.composing import Composer, TemplateOf
 from relay.config import RetryPolicy
 from relay.errors import DeliveryError, StoreUnavailable
-from relay.grouping import digest_id
-from relay.model import Notification, subject_of
+from relay.model import Notification
 from relay.outcomes import Outcomes, row_extra
 from relay.recoveries import Recoveries
-from relay.rendering import DashboardLink, render_digest, render_notification
-from relay.rules import RECOVERY_TEMPLATE
+from relay.rendering import DashboardLink
 from relay.sending import Clock, Route, Sender, Sleep
 from relay.silences.cache import SilenceCache
 from relay.silences.index import silenced_by
 from relay.store import Store
-from relay.templating import Rendered, Renderer
+from relay.templating import Renderer
 
 log = logging.getLogger("relay.delivery")
 RETRY_SOON_S = 5.0  # rows given back after a store failure before their send, due again then
-# A render gets this long on the event loop (the shipped templates take a millisecond or two);
-# one that needs more starts again in the channel's own thread with the full budget, so a slow
-# template holds up its channel, never intake or the other channels for a second per message.
-ON_LOOP_RENDER_S = 0.05
 
 
 class Release(Protocol):
@@ -69,9 +63,7 @@ class Deps:
     silences: SilenceCache | None = None
     # (rule, now) → why its time intervals mute it then, or None: checked again at send time
     time_muted: Callable[[str, float], str | None] | None = None
-    # (rule, channel, event) → the template that rule renders for that channel now, or None: a
-    # notification is rendered as the config in force at send time says (Alertmanager's way)
-    template_of: Callable[[str, str, str, object], str | None] | None = None
+    template_of: TemplateOf | None = None  # see relay.composing
     # (kind, row, reason, attempts) after each outcome: sent, retry, dead, muted, template_error
     on_event: Callable[[str, Notification, str, int], None] | None = None
     # rule → its group_interval (s) now, or None: a digest's next one waits that long after
@@ -124,11 +116,18 @@ class Dispatch:
         )
         self.recoveries = Recoveries(name, deps.store, self.awaited, deps.clock, self.outcomes)
         self._wake = wake
-        self._render_pool: ThreadPoolExecutor | None = None  # for renders too slow for the loop
+        self.composer = Composer(
+            name,
+            route,
+            renderer=deps.renderer,
+            link=deps.dashboard_link,
+            template_of=deps.template_of,
+            clock=deps.clock,
+            outcomes=self.outcomes,
+        )
 
     def close(self) -> None:
-        if self._render_pool is not None:
-            self._render_pool.shutdown(wait=False, cancel_futures=True)
+        self.composer.close()
 
     async def deliver(self, rows: list[Notification], group_key: str | None) -> None:
         """Send one notification, or every due one of a group as one digest; then finish."""
@@ -209,7 +208,7 @@ class Dispatch:
         group_key: str | None,
     ) -> None:
         """Render, send with quick retries, and have the outcome written (see finish)."""
-        outgoing = await self._render(rows, group_key, recovers)
+        outgoing = await self.composer.outgoing(rows, group_key, recovers)
         tried = await self.sender.attempt(outgoing, max(row.attempts for row in rows))
         if tried.held_s is not None:  # not sent: a hold is no attempt, the rows wait it out
             await self.release(rows, tried.held_s)
@@ -317,61 +316,4 @@ class Dispatch:
             status=str(run.get("status") or ""),
             event=str(run.get("event") or "run"),
             v3_status=v3 if isinstance(v3 := run.get("v3Status"), str) else None,
-        )
-
-    async def _render(
-        self, rows: list[Notification], group_key: str | None, recovers: Recovery | None = None
-    ) -> Outgoing:
-        head = rows[-1]
-        ident = head.id if len(rows) == 1 else digest_id([row.id for row in rows])
-        on_loop_s = min(ON_LOOP_RENDER_S, self.deps.renderer.budget_s)
-        rendered = self._rendered(rows, on_loop_s)
-        if rendered.timed_out and on_loop_s < self.deps.renderer.budget_s:
-            # too slow for the event loop: again in the channel's thread, with the full budget
-            if self._render_pool is None:
-                self._render_pool = ThreadPoolExecutor(1, f"render:{self.name}")
-            loop = asyncio.get_running_loop()
-            rendered = await loop.run_in_executor(self._render_pool, self._rendered, rows, None)
-        if rendered.fallback:
-            log.error(
-                "template failed; sending the plain fallback",
-                extra={**row_extra(self.name, head), "reason": "template", "error": rendered.error},
-            )
-            self.outcomes.event("template_error", head, "template")
-        run_id, subject = (head.run_id, subject_of(head.run)) if len(rows) == 1 else ("", None)
-        return Outgoing(
-            ident,
-            run_id,
-            head.rule,
-            rendered.parts,
-            self.deps.clock(),
-            recovers,
-            group_key,
-            subject,
-            rendered.template,
-        )
-
-    def _rendered(self, rows: list[Notification], wall_s: float | None) -> Rendered:
-        """One notification's message, or a digest's; wall_s None: the renderer's budget."""
-        args = (self.deps.renderer, self.name, self.route)
-        link = self.deps.dashboard_link
-        if len(rows) == 1:
-            return render_notification(*args, self._current(rows[0]), link, wall_s=wall_s)
-        return render_digest(*args, [self._current(row) for row in rows], link, wall_s=wall_s)
-
-    def _current(self, row: Notification) -> Notification:
-        """`row` with the template its rule names now: a reload that changed it (with the
-        channel's type, say) while the row waited in a digest or a retry's backoff renders the
-        new one, as the templates' files are the new ones. A recovery renders `recovered`, or
-        the rule's own `<template>_recovered` where the channel type has one."""
-        template_of = self.deps.template_of
-        if template_of is None:
-            return row
-        event = str(row.run.get("event") or "run")
-        template = template_of(row.rule, self.name, event, row.run.get("status"))
-        if template is not None and row.resolves is not None:
-            kind, part = self.route.type, self.route.parts[0]
-            template = self.deps.renderer.variant(kind, template, RECOVERY_TEMPLATE, part)
-        return (
-            row if template is None or template == row.template else replace(row, template=template)
         )
