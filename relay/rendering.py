@@ -1,7 +1,7 @@
 """A notification's message for one channel, or a digest's (every due notification of a group
 as one message): its context built (relay.render_context) and rendered by the Renderer with the
 template the row names, `digest` for a digest, or the rule's own `<template>_digest` where the
-channel type has one. Delivery (relay.dispatch), `relay test` and `relay send-test` render
+channel type has one. Delivery (relay.composing), `relay test` and `relay send-test` render
 through here."""
 
 from __future__ import annotations

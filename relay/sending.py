@@ -1,6 +1,6 @@
 """One message to one channel: each try throttled by the channel's rate limit and stamped as
 it goes out, blips retried in-process (tenacity), the outcome as `Tried`. What follows a
-failure (a retry from the outbox, or dead) is relay.dispatch's.
+failure (a retry from the outbox, or dead) is relay.outcomes' (by relay.policy).
 """
 
 from __future__ import annotations

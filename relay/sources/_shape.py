@@ -257,7 +257,7 @@ class Shape:
         """Apply one change; False when it changed nothing (a row served again as it is)."""
         key = str(message["key"])
         operation = headers_of(message).get("operation")
-        value: dict[str, Any] = message.get("value") or {}  # a dict unless a delete (_check)
+        value: dict[str, Any] = message.get("value") or {}  # a dict but for a delete: check()
         if operation == "delete":
             self._unsaved.add(key)
             self.rows.pop(key, None)

@@ -40,7 +40,7 @@ _HASTEN_RETRIES = """
 # `sent` found it dead). A send is recorded whoever holds the row: it went out. A row nobody
 # holds (never claimed, or released) stays free to change.
 HELD = " AND COALESCE(relay_outbox.lease_holder, ${n}) = ${n}"
-# A failure's mark committed, its reply lost, is written again (dispatch's write through
+# A failure's mark committed, its reply lost, is written again (Outcomes' write through
 # blips, 0.25 s and more later; 30 s when the reply never came): meanwhile a backoff as short
 # as min_backoff allows (a few ms) made the row due, and this replica, its holder still, claimed it
 # again. The repeat released that claim mid-send, for a third send, and set attempts back. A

@@ -8,7 +8,7 @@ PostgreSQL carries the distributed part; relay adds no protocol of its own:
 - liveness: each replica renews its row in relay_replicas, and a replica that dies leaves its
   leased rows to the others once that row expires (relay.store._pg_replicas);
 - try_lead: a named lease row, so one replica at a time follows a Realtime feed;
-- the schema: versioned migrations under an advisory lock, run by `open` (relay._pg_schema).
+- the schema: versioned migrations under an advisory lock, run by `open` (relay.store._pg_schema).
 
 Connections come from a pool (asyncpg). Every asyncpg or socket error leaves this engine as
 StoreUnavailable (relay.store._pg_errors): callers answer 503 and retry; nothing is lost because
