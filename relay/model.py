@@ -28,7 +28,6 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from relay.run_values import Flag, Integer, Number, Text, from_iso, iso, to_utc
-from relay.statuses import FAILURE_STATUSES
 
 
 def dates_from_iso(data: dict[str, Any], exc: ValidationError) -> dict[str, Any] | None:
@@ -130,10 +129,6 @@ class Run(BaseModel):
         extra = self.model_extra
         value = extra.get("v3Status") if extra else None
         return value if isinstance(value, str) else None
-
-    @property
-    def is_failure(self) -> bool:
-        return self.status in FAILURE_STATUSES
 
     @property
     def measured(self) -> bool:

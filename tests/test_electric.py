@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from relay.errors import InputError
 from relay.formats import parse_run
 from relay.formats.electric import parse_raw_run
-from relay.formats.electric_values import decode_row, decode_value, parse_timestamp
+from relay.formats.electric_values import decode_row, parse_timestamp
 from relay.formats.packets import few_brackets, too_deep
 from relay.formats.pg_array import parse_pg_array
 from relay.formats.sdk import parse_sdk_run
@@ -260,7 +260,8 @@ def test_schema_from_the_server_wins_over_the_defaults() -> None:
     ],
 )
 def test_decode_value(value: Any, column: dict[str, Any], expected: Any) -> None:
-    assert decode_value(value, column) == expected
+    """A value by its `electric-schema` entry; a value that does not parse is kept as is."""
+    assert decode_row({"c": value}, {"c": column})["c"] == expected
 
 
 @pytest.mark.parametrize(

@@ -61,12 +61,6 @@ def decode_row(row: Mapping[str, Any], schema: Schema | None = None) -> dict[str
     return out
 
 
-def decode_value(value: Any, column: Mapping[str, Any] | None) -> Any:
-    """One value by its `electric-schema` entry; a value that does not parse is kept as is."""
-    decode = None if column is None else _column_decoder(column)
-    return value if decode is None or value is None else decode(value)
-
-
 Decoder = Callable[[Any], Any]
 _last: list[tuple[Schema, dict[str, Decoder | None]]] = []  # a stream keeps one schema object
 

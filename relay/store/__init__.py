@@ -299,8 +299,6 @@ class Store(Protocol):
     async def kv_put(self, namespace: str, key: str, value: str, now: float) -> None:
         """Store `value` under (namespace, key), replacing what was there."""
 
-    async def kv_delete(self, namespace: str, key: str) -> None: ...
-
     async def kv_list(self, namespace: str) -> dict[str, str]:
         """Every key of `namespace` with its value (a Realtime feed's stored rows)."""
 

@@ -42,13 +42,6 @@ class KvOps:
             )
         )
 
-    async def kv_delete(self, namespace: str, key: str) -> None:
-        await self._writer.run(
-            lambda conn: conn.execute(
-                "DELETE FROM kv WHERE namespace = ? AND key = ?", (namespace, key)
-            )
-        )
-
     async def kv_list(self, namespace: str) -> dict[str, str]:
         rows = await self._writer.run(
             lambda conn: conn.execute(

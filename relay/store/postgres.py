@@ -227,11 +227,6 @@ class PostgresStore(PgMarks, PgGroups):
             now,
         )
 
-    async def kv_delete(self, namespace: str, key: str) -> None:
-        await self._execute(
-            "DELETE FROM relay_kv WHERE namespace = $1 AND key = $2", clean(namespace), clean(key)
-        )
-
     async def kv_list(self, namespace: str) -> dict[str, str]:
         rows = await self._fetch(KV_NAMESPACE, clean(namespace))
         return {str(row["key"]): str(row["value"]) for row in rows}
