@@ -278,12 +278,12 @@ def _parse_alerts(items: list[Any], ignored: list[str] | None, indexed: bool = F
         where = f"[{i}]" if indexed else ""
         if not is_alert_webhook(item):
             runs.append(_item(item, where))
-        elif (run := _alert_run(item, where, i, ignored)) is not None:
+        elif (run := _alert_run(item, where, ignored)) is not None:
             runs.append(run)
     return runs
 
 
-def _alert_run(item: Any, where: str, i: int, ignored: list[str] | None) -> Run | None:
+def _alert_run(item: Any, where: str, ignored: list[str] | None) -> Run | None:
     from relay.formats.trigger_alerts import parse_alert  # noqa: PLC0415
 
     try:
