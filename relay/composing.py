@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import Protocol
 
 from relay.channels import Outgoing, Recovery
 from relay.grouping import digest_id
@@ -31,27 +32,27 @@ ON_LOOP_RENDER_S = 0.05
 TemplateOf = Callable[[str, str, str, object], str | None]
 
 
+class RenderDeps(Protocol):
+    """What a Composer reads of relay.dispatch.Deps."""
+
+    @property
+    def renderer(self) -> Renderer: ...
+    @property
+    def dashboard_link(self) -> DashboardLink: ...
+    @property
+    def template_of(self) -> TemplateOf | None: ...
+    @property
+    def clock(self) -> Clock: ...
+
+
 class Composer:
     """Renders a channel's delivery units into the messages it sends."""
 
-    def __init__(
-        self,
-        name: str,
-        route: Route,
-        *,
-        renderer: Renderer,
-        link: DashboardLink,
-        template_of: TemplateOf | None,
-        clock: Clock,
-        outcomes: Outcomes,
-    ) -> None:
+    def __init__(self, name: str, route: Route, deps: RenderDeps, outcomes: Outcomes) -> None:
         self.name = name
         self.route = route
+        self.deps = deps
         self.outcomes = outcomes
-        self._renderer = renderer
-        self._link = link
-        self._template_of = template_of
-        self._clock = clock
         self._render_pool: ThreadPoolExecutor | None = None  # for renders too slow for the loop
 
     def close(self) -> None:
@@ -64,9 +65,9 @@ class Composer:
         """The message of `rows`: one notification's, or a digest's of them all."""
         head = rows[-1]
         ident = head.id if len(rows) == 1 else digest_id([row.id for row in rows])
-        on_loop_s = min(ON_LOOP_RENDER_S, self._renderer.budget_s)
+        on_loop_s = min(ON_LOOP_RENDER_S, self.deps.renderer.budget_s)
         rendered = self._rendered(rows, on_loop_s)
-        if rendered.timed_out and on_loop_s < self._renderer.budget_s:
+        if rendered.timed_out and on_loop_s < self.deps.renderer.budget_s:
             # too slow for the event loop: again in the channel's thread, with the full budget
             if self._render_pool is None:
                 self._render_pool = ThreadPoolExecutor(1, f"render:{self.name}")
@@ -84,7 +85,7 @@ class Composer:
             run_id,
             head.rule,
             rendered.parts,
-            self._clock(),
+            self.deps.clock(),
             recovers,
             group_key,
             subject,
@@ -93,8 +94,8 @@ class Composer:
 
     def _rendered(self, rows: list[Notification], wall_s: float | None) -> Rendered:
         """One notification's message, or a digest's; wall_s None: the renderer's budget."""
-        args = (self._renderer, self.name, self.route)
-        link = self._link
+        args = (self.deps.renderer, self.name, self.route)
+        link = self.deps.dashboard_link
         if len(rows) == 1:
             return render_notification(*args, self._current(rows[0]), link, wall_s=wall_s)
         return render_digest(*args, [self._current(row) for row in rows], link, wall_s=wall_s)
@@ -104,14 +105,14 @@ class Composer:
         channel's type, say) while the row waited in a digest or a retry's backoff renders the
         new one, as the templates' files are the new ones. A recovery renders `recovered`, or
         the rule's own `<template>_recovered` where the channel type has one."""
-        template_of = self._template_of
+        template_of = self.deps.template_of
         if template_of is None:
             return row
         event = str(row.run.get("event") or "run")
         template = template_of(row.rule, self.name, event, row.run.get("status"))
         if template is not None and row.resolves is not None:
             kind, part = self.route.type, self.route.parts[0]
-            template = self._renderer.variant(kind, template, RECOVERY_TEMPLATE, part)
+            template = self.deps.renderer.variant(kind, template, RECOVERY_TEMPLATE, part)
         return (
             row if template is None or template == row.template else replace(row, template=template)
         )

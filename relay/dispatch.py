@@ -116,15 +116,7 @@ class Dispatch:
         )
         self.recoveries = Recoveries(name, deps.store, self.awaited, deps.clock, self.outcomes)
         self._wake = wake
-        self.composer = Composer(
-            name,
-            route,
-            renderer=deps.renderer,
-            link=deps.dashboard_link,
-            template_of=deps.template_of,
-            clock=deps.clock,
-            outcomes=self.outcomes,
-        )
+        self.composer = Composer(name, route, deps, self.outcomes)
 
     def close(self) -> None:
         self.composer.close()
