@@ -64,7 +64,8 @@ class Deps:
     # (rule, now) → why its time intervals mute it then, or None: checked again at send time
     time_muted: Callable[[str, float], str | None] | None = None
     template_of: TemplateOf | None = None  # see relay.composing
-    # (kind, row, reason, attempts) after each outcome: sent, retry, dead, muted, template_error
+    # (kind, row, reason, attempts) after each outcome (sent, retry, dead, muted, template_error)
+    # and each failed try (failed)
     on_event: Callable[[str, Notification, str, int], None] | None = None
     # rule → its group_interval (s) now, or None: a digest's next one waits that long after
     # this one's send began, however late that was
