@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from relay import __version__
+from relay.cli_argparse import DashValuesParser, StrictParser
 from relay.model import SILENCE_MATCHERS
 from relay.settings import worker_count
 from relay.worker_role import CONFIG_FD_FLAG, EVENTS_FLAG, WORKER_FLAG
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = _Strict(add_help=False)
+    common = StrictParser(add_help=False)
     # SUPPRESS: `relay --config X check`, `relay dlq --config X list` and `relay dlq list
     # --config X` all work (a sub-command's default would otherwise overwrite the value)
     common.add_argument(
@@ -27,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="YAML config (default: $RELAY_CONFIG, else ./config.yaml, else the built-in one)",
     )
-    parser = _Strict(prog="relay", description="Alerting relay for Trigger.dev", parents=[common])
+    parser = StrictParser(
+        prog="relay", description="Alerting relay for Trigger.dev", parents=[common]
+    )
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub, common)
@@ -180,60 +183,10 @@ def _given(example: str) -> Callable[[str], str]:
     return given
 
 
-class _Strict(argparse.ArgumentParser):
-    """A parser that refuses, itself, an argument it does not take. argparse leaves a
-    sub-command's to the parser above it: `relay dlq list -o json` printed `relay`'s usage
-    (its list of commands) and "relay: error: unrecognized arguments", not `dlq list`'s
-    flags. Its sub-commands' parsers are of its class too (argparse's default)."""
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        parsed, extra = super().parse_known_args(args, namespace)
-        if extra:
-            self.error(f"unrecognized arguments: {' '.join(extra)}")
-        return parsed, extra
-
-
-class _DashValues(_Strict):
-    """A parser whose options take a value starting with `-` that is none of its options:
-    `-d -1h` and `-d -abc` are durations to refuse, naming the value ("--duration '-abc':
-    expected a duration like ..."), where argparse took `-1h` and `-abc` for options (`-abc`
-    as `-a bc`) and said only "-d: expected one argument"."""
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
-        return super().parse_known_args(self._joined(args), namespace)
-
-    def _joined(self, args: list[str] | None) -> list[str] | None:
-        """`args` with each `OPTION VALUE` whose VALUE starts with `-` as `OPTION=VALUE`."""
-        if args is None:
-            return None
-        out: list[str] = []
-        for word in args:
-            action = self._action(out[-1]) if out and "--" not in out else None
-            taking = action is not None and action.nargs is None and action.option_strings
-            if taking and word.startswith("-") and self._action(word) is None and word != "--":
-                out[-1] = f"{out[-1]}={word}"
-            else:
-                out.append(word)
-        return out
-
-    def _action(self, word: str) -> argparse.Action | None:
-        """The option `word` names: in full, or a long one abbreviated as argparse takes it
-        (`--dur` for --duration: `--dur -1h` said "expected one argument")."""
-        options = self._option_string_actions
-        if word in options or not (self.allow_abbrev and word.startswith("--")):
-            return options.get(word)
-        found = {action for option, action in options.items() if option.startswith(word)}
-        return found.pop() if len(found) == 1 else None
-
-
 def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     silence = sub.add_parser("silence", parents=[common], help="mute notifications for a while")
     silence_sub = silence.add_subparsers(
-        dest="silence_command", required=True, parser_class=_DashValues
+        dest="silence_command", required=True, parser_class=DashValuesParser
     )
     quiet = argparse.ArgumentParser(add_help=False)
     quiet.add_argument("-q", "--quiet", action="store_true", help="print silence ids only")
