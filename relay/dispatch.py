@@ -28,7 +28,7 @@ from relay.composing import Composer, TemplateOf
 from relay.config import RetryPolicy
 from relay.errors import DeliveryError, StoreUnavailable
 from relay.model import Notification
-from relay.outcomes import Outcomes, row_extra
+from relay.outcomes import OnEvent, Outcomes, row_extra
 from relay.recoveries import Recoveries
 from relay.rendering import DashboardLink
 from relay.sending import Clock, Route, Sender, Sleep
@@ -66,7 +66,7 @@ class Deps:
     template_of: TemplateOf | None = None  # see relay.composing
     # (kind, row, reason, attempts) after each outcome (sent, retry, dead, muted, template_error)
     # and each failed try (failed)
-    on_event: Callable[[str, Notification, str, int], None] | None = None
+    on_event: OnEvent | None = None
     # rule → its group_interval (s) now, or None: a digest's next one waits that long after
     # this one's send began, however late that was
     group_interval_of: Callable[[str], float | None] | None = None
@@ -209,6 +209,8 @@ class Dispatch:
         for reason in tried.failed:  # every failed try counts, quick retries too (Alertmanager)
             self.outcomes.event("failed", rows[0], reason)
         err = tried.error
+        if err is not None and err.retry_after:  # it held the channel (Sender._hold)
+            self.outcomes.held(self.route.hold.until)
         self._outage(rows[0], err)
 
         def finish(again: bool) -> Awaitable[object]:

@@ -6,6 +6,7 @@ failure words of relay.errors.REASONS, so logs, dead letters and metrics use one
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Generic, Protocol, TypeVar
@@ -185,6 +186,14 @@ class Metrics(RealtimeMetrics):
             labels,
             registry=r,
         )
+        self.channel_held = Gauge(
+            "relay_channel_held",
+            "1 while a receiver's Retry-After holds the channel (nothing is sent to it, so nothing"
+            " fails either), else 0.",
+            labels,
+            registry=r,
+        )
+        self._held_until: dict[str, float] = {}  # channel → when its hold ends (wall clock)
 
     def _timing_metrics(self, r: CollectorRegistry) -> None:
         labels = ["channel"]
@@ -268,6 +277,8 @@ class Metrics(RealtimeMetrics):
         for channel in channels:
             for counter in (self.sent, self.muted, self.template_errors):
                 counter.labels(channel=channel)
+            held = self.channel_held.labels(channel=channel)
+            held.set_function(functools.partial(self._held_now, channel))
             for reason in REASONS:
                 self.failed.labels(channel=channel, reason=reason)
                 self.dead.labels(channel=channel, reason=reason)
@@ -281,7 +292,7 @@ class Metrics(RealtimeMetrics):
         self.rule_failures.labels(rule=rule).inc()
 
     def delivery_event(self, kind: str, row: Delivered, reason: str, attempts: int) -> None:
-        """Delivery's hook: one call per finished attempt, mute or template fallback."""
+        """Delivery's hook: one call per finished attempt, mute, template fallback or hold."""
         channel = row.channel
         if kind == "sent":
             self._sent[channel].inc()
@@ -295,6 +306,12 @@ class Metrics(RealtimeMetrics):
             self.muted.labels(channel=channel).inc()
         elif kind == "template_error":
             self.template_errors.labels(channel=channel).inc()
+        elif kind == "held":  # its created_at: when the hold ends (outcomes.HoldEnd)
+            self._held_until[channel] = row.created_at
+
+    def _held_now(self, channel: str) -> float:
+        """relay_channel_held of `channel` at this scrape."""
+        return float(self._held_until.get(channel, 0.0) > time.time())
 
     def intake_result(self, result: IntakeOutcome, created: Sequence[Notification]) -> None:
         """Intake's hook: one call per committed batch."""

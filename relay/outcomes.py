@@ -22,13 +22,24 @@ from relay.sending import Clock, Sleep, Tried
 from relay.store import Store
 
 log = logging.getLogger("relay.delivery")
-OnEvent = Callable[[str, Notification, str, int], None]
+
+
+@dataclass(frozen=True)
+class HoldEnd:
+    """A `held` event's subject: the channel a receiver's Retry-After holds, and when the hold
+    ends, as the `created_at` every delivery event carries (the events pipe's `at`)."""
+
+    channel: str
+    created_at: float
+
+
+OnEvent = Callable[[str, Notification | HoldEnd, str, int], None]
 
 
 @dataclass
 class Outcomes:
     """The outcomes of one channel's sends (`name`); `on_event(kind, row, reason, attempts)`
-    hears each: sent, retry, dead, muted, template_error, failed."""
+    hears each: sent, retry, dead, muted, template_error, failed, held (see held)."""
 
     name: str
     store: Store
@@ -201,9 +212,13 @@ class Outcomes:
             extra={**row_extra(self.name, row), "outcome": outcome},
         )
 
-    def event(self, kind: str, row: Notification, reason: str, attempts: int = 0) -> None:
+    def event(self, kind: str, row: Notification | HoldEnd, reason: str, attempts: int = 0) -> None:
         if self.on_event is not None:
             self.on_event(kind, row, reason, attempts)
+
+    def held(self, until: float) -> None:
+        """A receiver's Retry-After holds the channel until `until` (relay_channel_held)."""
+        self.event("held", HoldEnd(self.name, until), "")
 
 
 def row_extra(channel: str, row: Notification) -> dict[str, object]:

@@ -15,6 +15,7 @@ from relay.delivery import Delivery
 from relay.dispatch import Deps
 from relay.errors import StoreUnavailable
 from relay.model import Notification
+from relay.outcomes import HoldEnd
 from relay.routes import route_for
 from relay.service_http import HttpSide
 from relay.worker_pipes import EventPipe, Outcome, config_payload
@@ -98,7 +99,7 @@ class DeliverySide(HttpSide):
         routes = {name: route_for(compiled, name, env, before=before(name)) for name in names}
         return Delivery(deps, routes)
 
-    def _forward(self, kind: str, row: Notification, reason: str, attempts: int) -> None:
+    def _forward(self, kind: str, row: Notification | HoldEnd, reason: str, attempts: int) -> None:
         """A worker's delivery outcome, to the parent's metrics."""
         assert self.events is not None
         self.events.outcome(kind, Outcome(row.channel, row.created_at), reason, attempts)
