@@ -1,0 +1,118 @@
+"""When the shipped alerts fire and clear, on series shaped as a real relay exposed them.
+
+The shapes come from real `relay serve` runs scraped every 5 s (a Slack webhook channel, the
+default retry policy, one failed run posted every 20 s): in a total outage (503) the channel's
+failed attempts grow ~33 a minute (three quick tries a notification, and their retries) and
+nothing is sent; after a one-minute blip the waiting notifications go at once; a receiver
+answering 429 with Retry-After: 120 holds the channel, three attempts failing each time the
+hold ends, relay_channel_held at 1 throughout. Here a sample a minute; the failure begins just
+after minute 10. An on-call is paged ~5 minutes into an outage, not by a blip.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_monitoring import ALERTS, alert_rules, filled, promtool_test
+
+pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+
+SENT = 'relay_notifications_sent_total{job="relay",instance="relay:8080",channel="slack"}'
+
+
+def failed(reason: str) -> str:
+    labels = f'job="relay",instance="relay:8080",channel="slack",reason="{reason}"'
+    return f"relay_notifications_failed_total{{{labels}}}"
+
+
+def held(channel: str) -> str:
+    return f'relay_channel_held{{job="relay",instance="relay:8080",channel="{channel}"}}'
+
+
+def timeline(
+    tmp_path: Path,
+    alert: str,
+    series: dict[str, str],
+    quiet: list[int],
+    firing: dict[int, list[str]],
+) -> None:
+    """`promtool test rules` over `series` (a sample a minute): `alert` fires for no channel at
+    the minutes of `quiet`, and at each minute of `firing` for those channels exactly."""
+    rule = next(r for r in alert_rules() if r["alert"] == alert)
+
+    def fired(channel: str) -> dict[str, Any]:
+        labels = {"channel": channel}
+        annotations = {k: filled(v, labels) for k, v in rule["annotations"].items()}
+        return {"exp_labels": {"severity": "warning", **labels}, "exp_annotations": annotations}
+
+    checks: list[dict[str, Any]] = [
+        {"eval_time": f"{m}m", "alertname": alert, "exp_alerts": []} for m in quiet
+    ]
+    checks += [
+        {"eval_time": f"{m}m", "alertname": alert, "exp_alerts": [fired(c) for c in channels]}
+        for m, channels in firing.items()
+    ]
+    inputs = [{"series": name, "values": values} for name, values in series.items()]
+    test = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": inputs, "alert_rule_test": checks}],
+    }
+    promtool_test(tmp_path, test)
+
+
+def test_channel_failing_pages_five_minutes_into_an_outage_and_clears_at_recovery(
+    tmp_path: Path,
+) -> None:
+    """A Slack webhook answering 503 from minute 10 to 40: measured, the old rule (10-minute
+    rates, `for: 10m`) fired 20 minutes in; now within 5 minutes, and it clears at the first
+    send after the recovery (the backlog goes at once)."""
+    series = {
+        SENT: "0+3x10 30x29 42+3x10",
+        failed("server_error"): "0x10 33+33x29 990x10",
+        failed("timeout"): "0x50",
+    }
+    quiet = [5, 10, 11, 12, 13, 41, 45]
+    firing = {m: ["slack"] for m in (15, 20, 30, 40)}
+    timeline(tmp_path, "RelayChannelFailing", series, quiet, firing)
+
+
+def test_channel_failing_ignores_a_one_minute_blip(tmp_path: Path) -> None:
+    """503 for a minute, twice (minutes 10 and 30): the channel's 15 and 9 failed attempts, then
+    the 6 notifications that waited sent at once. No alert at any minute."""
+    series = {
+        SENT: "0+3x10 30 36+3x18 90 96+3x20",
+        failed("server_error"): "0x10 15 24x18 39 48x20",
+    }
+    timeline(tmp_path, "RelayChannelFailing", series, list(range(10, 50)), {})
+
+
+def test_channel_failing_ignores_a_failure_followed_by_a_send_then_silence(
+    tmp_path: Path,
+) -> None:
+    """A quiet channel: one notification fails twice (6 tries) at minute 10, goes through at
+    its retry at minute 12, and nothing is sent after. Failures still in the 5-minute window
+    while the sends have left the 3-minute one: that lasts less than the `for`."""
+    series = {SENT: "5x11 6x40", failed("server_error"): "0x10 6x40"}
+    timeline(tmp_path, "RelayChannelFailing", series, list(range(10, 40)), {})
+
+
+def test_channel_held_fires_on_a_receiver_holding_it_not_on_one_retry_after(
+    tmp_path: Path,
+) -> None:
+    """Retry-After: 120 on every answer from minute 10 to 40 (`slack`): no send, three failed
+    attempts every 2 minutes, relay_channel_held at 1; the alert fires 5 minutes in and clears
+    5 minutes after. `brief` was held once, for its 2 minutes: no alert."""
+    series = {
+        held("slack"): "0x10 1x29 0x20",
+        held("brief"): "0x10 1x1 0x48",
+        SENT: "0+3x10 30x29 60+3x10",
+        failed("rate_limited"): "0x10 3+1.5x29 48x20",
+    }
+    quiet = [10, 14, 15, 46, 50]
+    firing = {m: ["slack"] for m in (16, 25, 39, 44)}
+    timeline(tmp_path, "RelayChannelHeld", series, quiet, firing)
