@@ -22,6 +22,10 @@ from tests.test_monitoring import ALERTS, alert_rules, filled, promtool_test
 pytestmark = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 
 SENT = 'relay_notifications_sent_total{job="relay",instance="relay:8080",channel="slack"}'
+READY = 'relay_ready{job="relay",instance="relay:8080"}'
+STORE_UNAVAILABLE = (
+    'relay_updates_rejected_total{job="relay",instance="relay:8080",reason="store_unavailable"}'
+)
 
 
 def failed(reason: str) -> str:
@@ -39,13 +43,15 @@ def timeline(
     series: dict[str, str],
     quiet: list[int],
     firing: dict[int, list[str]],
+    label: str = "channel",
 ) -> None:
-    """`promtool test rules` over `series` (a sample a minute): `alert` fires for no channel at
-    the minutes of `quiet`, and at each minute of `firing` for those channels exactly."""
+    """`promtool test rules` over `series` (a sample a minute): `alert` fires for nothing at
+    the minutes of `quiet`, and at each minute of `firing` for those values of `label` (a
+    channel, a reason) exactly."""
     rule = next(r for r in alert_rules() if r["alert"] == alert)
 
-    def fired(channel: str) -> dict[str, Any]:
-        labels = {"channel": channel}
+    def fired(value: str) -> dict[str, Any]:
+        labels = {label: value}
         annotations = {k: filled(v, labels) for k, v in rule["annotations"].items()}
         return {"exp_labels": {"severity": "warning", **labels}, "exp_annotations": annotations}
 
@@ -53,8 +59,8 @@ def timeline(
         {"eval_time": f"{m}m", "alertname": alert, "exp_alerts": []} for m in quiet
     ]
     checks += [
-        {"eval_time": f"{m}m", "alertname": alert, "exp_alerts": [fired(c) for c in channels]}
-        for m, channels in firing.items()
+        {"eval_time": f"{m}m", "alertname": alert, "exp_alerts": [fired(v) for v in values]}
+        for m, values in firing.items()
     ]
     inputs = [{"series": name, "values": values} for name, values in series.items()]
     test = {
@@ -116,3 +122,24 @@ def test_channel_held_fires_on_a_receiver_holding_it_not_on_one_retry_after(
     quiet = [10, 14, 15, 46, 50]
     firing = {m: ["slack"] for m in (16, 25, 39, 44)}
     timeline(tmp_path, "RelayChannelHeld", series, quiet, firing)
+
+
+def test_a_full_disk_pages_five_minutes_in_though_readiness_flickers(tmp_path: Path) -> None:
+    """SQLite's disk full from minute 10 to 20, an update every 20 s, each refused: /readyz
+    says not writable for 10 s after each refusal, so relay_ready flickers and RelayNotReady
+    (5 minutes of 0) never fires. RelayRejectingUpdates did after 10 minutes (measured: as the
+    disk was freed); now 5 minutes in, and it clears 3 minutes after the last refusal."""
+    series = {
+        STORE_UNAVAILABLE: "0x10 3+3x9 30x20",
+        READY: "1x10 0 1 0 0 1 0 1 1 0 1 1x20",
+    }
+    timeline(tmp_path, "RelayNotReady", series, list(range(10, 30)), {})
+    quiet = [10, 14, 23, 25]
+    firing = {m: ["store_unavailable"] for m in (16, 20, 22)}
+    timeline(tmp_path, "RelayRejectingUpdates", series, quiet, firing, label="reason")
+
+
+def test_rejecting_updates_ignores_a_store_blip(tmp_path: Path) -> None:
+    """A PostgreSQL restart: updates refused for a minute (3 of them), then taken again."""
+    series = {STORE_UNAVAILABLE: "0x10 3x30", READY: "1x10 0 1x30"}
+    timeline(tmp_path, "RelayRejectingUpdates", series, list(range(10, 30)), {}, label="reason")
