@@ -44,22 +44,28 @@ def timeline(
     quiet: list[int],
     firing: dict[int, list[str]],
     label: str = "channel",
+    shown: dict[int, str] | None = None,
 ) -> None:
     """`promtool test rules` over `series` (a sample a minute): `alert` fires for nothing at
     the minutes of `quiet`, and at each minute of `firing` for those values of `label` (a
-    channel, a reason) exactly."""
+    channel, a reason) exactly, `{{ $value | humanizeDuration }}` shown as `shown` says."""
     rule = next(r for r in alert_rules() if r["alert"] == alert)
 
-    def fired(value: str) -> dict[str, Any]:
+    def fired(value: str, minute: int) -> dict[str, Any]:
         labels = {label: value}
-        annotations = {k: filled(v, labels) for k, v in rule["annotations"].items()}
+        annotations = {
+            k: filled(v, labels).replace("{{ $value | humanizeDuration }}", (shown or {})[minute])
+            if "$value" in v
+            else filled(v, labels)
+            for k, v in rule["annotations"].items()
+        }
         return {"exp_labels": {"severity": "warning", **labels}, "exp_annotations": annotations}
 
     checks: list[dict[str, Any]] = [
         {"eval_time": f"{m}m", "alertname": alert, "exp_alerts": []} for m in quiet
     ]
     checks += [
-        {"eval_time": f"{m}m", "alertname": alert, "exp_alerts": [fired(v) for v in values]}
+        {"eval_time": f"{m}m", "alertname": alert, "exp_alerts": [fired(v, m) for v in values]}
         for m, values in firing.items()
     ]
     inputs = [{"series": name, "values": values} for name, values in series.items()]
@@ -143,3 +149,24 @@ def test_rejecting_updates_ignores_a_store_blip(tmp_path: Path) -> None:
     """A PostgreSQL restart: updates refused for a minute (3 of them), then taken again."""
     series = {STORE_UNAVAILABLE: "0x10 3x30", READY: "1x10 0 1x30"}
     timeline(tmp_path, "RelayRejectingUpdates", series, list(range(10, 30)), {}, label="reason")
+
+
+FEED = "tags:env:prod|24h"
+CAUGHT_UP = (
+    "relay_realtime_last_up_to_date_timestamp_seconds"
+    f'{{job="relay",instance="relay:8080",feed="{FEED}"}}'
+)
+
+
+def test_realtime_stalled_fires_seven_minutes_into_a_failing_server(tmp_path: Path) -> None:
+    """Trigger.dev Realtime answering 500 from minute 10 to 30 (measured: then hanging, which
+    changed the errors' reason, so RelayRealtimeFailing never fired): the feed caught up every
+    ~20 s before, no more after 9:40. RelayRealtimeStalled fired 15 minutes in; now 7, and it
+    clears at the first up-to-date answer. Three minutes of 500s do not fire it."""
+    series = {CAUGHT_UP: "-20+60x10 580x19 1850+60x10"}
+    shown = {17: "7m 20s", 20: "10m 20s", 30: "20m 20s"}
+    firing = {m: [FEED] for m in shown}
+    quiet = [10, 14, 16, 31, 35]
+    timeline(tmp_path, "RelayRealtimeStalled", series, quiet, firing, label="feed", shown=shown)
+    blip = {CAUGHT_UP: "-20+60x10 580x2 820+60x20"}
+    timeline(tmp_path, "RelayRealtimeStalled", blip, list(range(10, 30)), {}, label="feed")
