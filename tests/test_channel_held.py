@@ -21,7 +21,7 @@ HELD = '{channel="hook"}'
 async def test_a_retry_after_shows_the_channel_held_until_it_ends(
     relay_process: Callable[..., RelayProcess], sink: Sink, workers: str
 ) -> None:
-    """A receiver answering 429 with Retry-After: 2: relay_channel_held of its channel is 0
+    """A receiver answering 429 with Retry-After: 4: relay_channel_held of its channel is 0
     before, 1 while the hold lasts, 0 once it is over (the receiver answers 200 by then)."""
     text = CONFIG.format(url=sink.url, rule="failures", status="failure").replace(
         "max_attempts: 1", "max_attempts: 5"
@@ -29,7 +29,7 @@ async def test_a_retry_after_shows_the_channel_held_until_it_ends(
     proc = relay_process(text, {"RELAY_WORKERS": workers})
     await asyncio.to_thread(proc.start)
     assert await scraped(proc.url, "relay_channel_held") == {HELD: 0.0}
-    sink.responses = [status(429, {"Retry-After": "2"})]  # then 200
+    sink.responses = [status(429, {"Retry-After": "4"})]  # then 200
     await post_all(proc.url, [sdk_run("failed")])
     seen: list[float] = []
 
