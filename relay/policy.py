@@ -37,6 +37,18 @@ def quick_wait_s(tries: int, error: DeliveryError | None, rng: random.Random) ->
     return float(jittered)
 
 
+def quick_budget(attempts: int, max_attempts: int) -> int:
+    """Tries a send may make in a row, in process: up to QUICK_TRIES on its first round, for
+    a blip; one on each later round. A notification back from the outbox failed its quick
+    tries already: three more within a second tell nothing new, and spending three of
+    `max_attempts` a round made a Slack outage of ~4 minutes kill every notification it held
+    (12 attempts: four rounds of 2 s, 16 s, 2 min), where a timeout, tried once a round, got
+    15-30 minutes. A replay starts its attempts from 0 and gets its quick round again."""
+    if attempts > 0:
+        return 1
+    return max(1, min(QUICK_TRIES, max_attempts))
+
+
 def is_blip(error: DeliveryError) -> bool:
     """Worth an immediate in-process retry: transient, and the receiver asked for no wait.
 

@@ -120,7 +120,7 @@ class Sender:
     async def attempt(self, outgoing: Outgoing, attempts: int) -> Tried:
         """Send with in-process retries, each try throttled."""
         try:
-            budget = max(1, min(pol.QUICK_TRIES, self.max_attempts - attempts))
+            budget = pol.quick_budget(attempts, self.max_attempts)
             return await self._send(outgoing, budget)
         except asyncio.CancelledError:
             raise

@@ -504,6 +504,21 @@ async def test_attempts_exhausted_is_dead_and_replay_all(relay: RelayFactory, si
     await wait_state(r, "sent", 2)
 
 
+async def test_quick_tries_are_the_first_rounds_alone(relay: RelayFactory, sink: Sink) -> None:
+    """A receiver down: three quick tries on the first round, then one try a round. Three a
+    round spent `max_attempts` four times as fast as the backoff meant: with the defaults a
+    Slack outage of ~4 minutes made every notification it held dead."""
+    sink.default = status(503)
+    r = await relay(config(sink.url).replace("max_attempts: 4", "max_attempts: 6"))
+    await r.post(failing_run())
+    await wait_state(r, "dead")
+    ident = notification_id("run_delivery_0000", "failures", "hook")
+    async with r.http.get(r.url + f"/v1/notifications/{ident}") as resp:
+        events = [e["kind"] for e in (await resp.json())["events"]]
+    assert events == ["created", "retry", "retry", "retry", "dead"], events  # 3, 1, 1, 1
+    assert len(sink.received) == 6
+
+
 async def test_replay_over_http_takes_the_ids_a_body_names(relay: RelayFactory, sink: Sink) -> None:
     """`relay dlq replay ID|--all` over HTTP: a body naming ids replays those alone (it used to
     replay every dead notification), `{"all": true}` all of them, a bad body is a 400."""
