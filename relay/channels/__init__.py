@@ -55,6 +55,18 @@ class Outgoing:
         }
 
 
+# The header that carries a notification's stable idempotency id on every HTTP channel's
+# request: the webhook's Standard Webhooks `webhook-id`. Slack, Discord, Teams and PagerDuty
+# got none, so a receiver (or a Slack-compatible one, a proxy, a test double) saw a send repeated
+# after a kill -9 with nothing to tell it was the same notification (SPEC §5).
+ID_HEADER = "webhook-id"
+
+
+def json_headers(message: Outgoing, content_type: str = "application/json") -> dict[str, str]:
+    """The headers of a JSON request about `message`: its type and its idempotency id."""
+    return {"Content-Type": content_type, ID_HEADER: message.notification_id}
+
+
 class KeyValue(Protocol):
     """Durable small state a channel may keep (e.g. the Slack thread of a run). The store."""
 

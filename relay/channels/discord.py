@@ -45,7 +45,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from relay.channels import ChannelEnv, ChannelKind, Outgoing, says_nothing_when
+from relay.channels import ChannelEnv, ChannelKind, Outgoing, json_headers, says_nothing_when
 from relay.channels._http_answers import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit, placeholders
 from relay.errors import DeliveryError
@@ -320,7 +320,7 @@ class DiscordChannel:
         body |= {k: v for k in ("username", "avatar_url") if (v := getattr(self.settings, k))}
         if self.settings.thread_name is not None:
             body["thread_name"] = thread_name(self.settings.thread_name, body, message)
-        headers = {"Content-Type": "application/json"}
+        headers = json_headers(message)
         data = orjson.dumps(body)
         response = await self._http.request("POST", self._url(), data, headers, self._timeout_s)
         if not 200 <= response.status < 300:

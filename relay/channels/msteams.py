@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 from pydantic import SecretStr, field_validator
 
-from relay.channels import ChannelEnv, ChannelKind, Outgoing, says_nothing_when
+from relay.channels import ChannelEnv, ChannelKind, Outgoing, json_headers, says_nothing_when
 from relay.channels._http_answers import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit
 from relay.errors import DeliveryError
@@ -217,7 +217,7 @@ class MSTeamsChannel:
     async def send(self, message: Outgoing) -> None:
         default = f"relay: rule {message.rule} matched run {message.run_id}"
         body = orjson.dumps(teams_message(message.parts.get("json", ""), default))
-        headers = {"Content-Type": "application/json; charset=utf-8"}
+        headers = json_headers(message, "application/json; charset=utf-8")
         url = self.settings.webhook_url.get_secret_value()
         response = await self._http.request("POST", url, body, headers, self._timeout_s)
         if not 200 <= response.status < 300:

@@ -44,7 +44,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import SecretStr, field_validator
 
-from relay.channels import ChannelEnv, ChannelKind, Outgoing
+from relay.channels import ChannelEnv, ChannelKind, Outgoing, json_headers
 from relay.channels._http_answers import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit
 from relay.config_base import Token
@@ -257,7 +257,7 @@ class PagerDutyChannel:
             event["dedup_key"] = opened
         routing_key = self.settings.routing_key.get_secret_value()
         body = orjson.dumps({"routing_key": routing_key, **event})
-        headers = {"Content-Type": "application/json"}
+        headers = json_headers(message)
         url = self.settings.api_url + path
         response = await self._http.request("POST", url, body, headers, self._timeout_s)
         if not 200 <= response.status < 300:

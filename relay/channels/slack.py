@@ -62,7 +62,7 @@ from typing import Any
 import orjson
 from pydantic import SecretStr, field_validator, model_validator
 
-from relay.channels import ChannelEnv, ChannelKind, Outgoing
+from relay.channels import ChannelEnv, ChannelKind, Outgoing, json_headers
 from relay.channels._http_answers import HttpResponse, https_or_local
 from relay.channels._slack_api import api_answer, classify, error_name, in_thread, posted_at
 from relay.channels._slack_blocks import (
@@ -210,9 +210,11 @@ class SlackChannel:
                 },
             )
 
-    async def _post(self, url: str, body: dict[str, Any], token: str = "") -> HttpResponse:
+    async def _post(
+        self, url: str, body: dict[str, Any], message: Outgoing, token: str = ""
+    ) -> HttpResponse:
         """POST JSON once; raise the classified error unless Slack answered 2xx."""
-        headers = {"Content-Type": "application/json; charset=utf-8"}
+        headers = json_headers(message, "application/json; charset=utf-8")
         if token:
             headers["Authorization"] = f"Bearer {token}"
         data = orjson.dumps(body)
@@ -228,7 +230,7 @@ class SlackChannel:
         blocks or attachments, log it and POST the text alone once (`clear`: with the blocks and
         attachments emptied, which chat.update needs to drop the old ones)."""
         try:
-            return await self._post_once(url, body)
+            return await self._post_once(url, body, message)
         except DeliveryError as err:
             word = err.detail.split(" ", 1)[0]
             if word == "msg_too_long" and (shorter := shorter_body(body)) is not None:
@@ -244,13 +246,14 @@ class SlackChannel:
                 "with its text cut" if what == "text" else "as its text alone",
                 extra=message.log_fields(self.name),
             )
-            return await self._post_once(url, again)
+            return await self._post_once(url, again, message)
 
-    async def _post_once(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post_once(self, url: str, body: dict[str, Any], message: Outgoing) -> dict[str, Any]:
         if self.settings.token is None:
-            await self._post(url, body)
+            await self._post(url, body, message)
             return {}
-        return api_answer(await self._post(url, body, self.settings.token.get_secret_value()))
+        token = self.settings.token.get_secret_value()
+        return api_answer(await self._post(url, body, message, token))
 
     async def _update(
         self, payload: dict[str, Any], where: dict[str, str], message: Outgoing

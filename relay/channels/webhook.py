@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
-from relay.channels import ChannelEnv, ChannelKind, Outgoing
+from relay.channels import ChannelEnv, ChannelKind, Outgoing, json_headers
 from relay.config import ChannelSettings
 from relay.config_base import header_value_problem, url_problem
 from relay.filters import http_url
@@ -160,8 +160,7 @@ class WebhookChannel:
     def _headers(self, message: Outgoing, body: bytes) -> dict[str, str]:
         timestamp = int(message.timestamp)
         headers = {k: v.get_secret_value() for k, v in self.settings.headers.items()}
-        headers["Content-Type"] = "application/json"
-        headers["webhook-id"] = message.notification_id
+        headers.update(json_headers(message))
         headers["webhook-timestamp"] = str(timestamp)
         if self._keys:  # several: space-separated, as Standard Webhooks has for rotation
             signatures = (sign(k, message.notification_id, timestamp, body) for k in self._keys)

@@ -30,7 +30,7 @@ import io
 import logging
 import os
 import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,6 +243,7 @@ class HttpTarget:
     http: HttpClient
     script: Callable[[Reply], None]
     requests: Callable[[], int]
+    headers: Callable[[], list[dict[str, str]]]  # of each request, in order
 
     def channel(self, base: str | None = None, timeout_s: float = TIMEOUT_S) -> Channel:
         return build({**self.kind.settings(base or self.base), "timeout": timeout_s}, self.http)
@@ -263,7 +264,10 @@ async def target(request: pytest.FixtureRequest) -> AsyncIterator[HttpTarget]:
         stack.push_async_callback(http.close)
         if kind.fake == "slack":
             slack: FakeSlack = await stack.enter_async_context(fake_slack())
-            yield HttpTarget(kind, slack.url, http, slack.script, lambda: len(slack.calls))
+            calls = slack.calls
+            yield HttpTarget(
+                kind, slack.url, http, slack.script, lambda: len(calls), lambda: headers_of(calls)
+            )
             return
         sink, replies = Sink(), list[Reply]()
 
@@ -272,7 +276,15 @@ async def target(request: pytest.FixtureRequest) -> AsyncIterator[HttpTarget]:
             sink.responses.append(lambda req, i: _replay(replies, req, i))
 
         base = await stack.enter_async_context(serve(sink.handle))
-        yield HttpTarget(kind, base, http, script, lambda: len(sink.received))
+        received = sink.received
+        yield HttpTarget(
+            kind, base, http, script, lambda: len(received), lambda: headers_of(received)
+        )
+
+
+def headers_of(requests: Sequence[Any]) -> list[dict[str, str]]:
+    """The headers of each request a fake got, by lower-case name."""
+    return [{k.lower(): v for k, v in got.headers.items()} for got in requests]
 
 
 def echoing(status: int, secrets: tuple[str, ...], headers: dict[str, str] | None = None) -> Reply:
@@ -305,6 +317,19 @@ async def test_2xx_is_success(target: HttpTarget, caplog: pytest.LogCaptureFixtu
             await channel.send(message(target.kind.type))
     assert target.requests() == (5 if target.kind.fake == "sink" else 2)
     assert_no_secrets(None, target.kind.secrets, caplog)
+
+
+async def test_every_request_carries_the_notification_id(target: HttpTarget) -> None:
+    """SPEC §5: each notification carries a stable idempotency id. Only webhooks (and mails)
+    did: a Slack, Discord, Teams or PagerDuty send repeated after a kill -9 or a lost answer
+    reached its receiver with nothing saying it was the same notification."""
+    channel = target.channel()
+    target.script(Reply(503, "down"))
+    with pytest.raises(DeliveryError):
+        await channel.send(message(target.kind.type))
+    await channel.send(message(target.kind.type))
+    ids = [headers.get("webhook-id") for headers in target.headers()]
+    assert ids == ["ntf_contract", "ntf_contract"]
 
 
 @pytest.mark.parametrize(("status", "headers", "reason", "retryable", "retry_after"), HTTP_FAILURES)
