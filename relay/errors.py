@@ -201,6 +201,8 @@ class DeliveryError(RelayError):
     retryable: whether a later attempt may succeed (429, 5xx, timeouts, network errors).
     reason: one of REASONS, used as is in logs, metric labels and dead letters.
     retry_after: seconds the receiver asked us to wait (Retry-After), if it said.
+    status: the receiver's answer code (HTTP, SMTP); for an answer that says one in words
+    (Slack's HTTP 200 `service_unavailable`), the code it says (503).
     local: relay's own failure, the receiver never asked (no file descriptor left to even
     connect): tried again without spending an attempt (the age limit still applies).
     later: the receiver said "try later" (an SMTP 4xx): the backoff, no quick retry in process.

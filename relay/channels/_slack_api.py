@@ -17,27 +17,34 @@ Failure classification; Slack's error name goes in `detail`, never the webhook U
                                           invalid_payload, msg_too_long, no_text, ...
     other         retryable               a 2xx Web API answer that is not JSON
     timeout, network: retryable, from channels/_http.py
+
+A word that says an HTTP status (_STATUS_SAID) is that status in the DeliveryError: Slack down
+(service_unavailable: 503) counts towards an outage as a 503 answer does (relay.policy.Outage).
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from relay.channels._http_answers import HttpResponse, classify_status, json_object
 from relay.errors import DeliveryError
-from relay.retry_after import parse_retry_after
 
 _ERROR_NAME = re.compile(r"[a-z][a-z0-9_]{1,63}")
-_RATE = frozenset({"ratelimited", "rate_limited"})
-_SERVER = frozenset(
-    {
-        "internal_error", "fatal_error", "service_unavailable", "request_timeout", "rollup_error",
-        "team_added_to_org",
-    }
-)  # fmt: skip
+# Web API answers (HTTP 200, ok: false) that say in words what an HTTP status says: classified,
+# and counted towards an outage (relay.policy.Outage), as that status is. Slack's docs:
+# service_unavailable "the service is temporarily unavailable" (503, as team_added_to_org:
+# the workspace "intermittently unavailable" while it moves into an Enterprise Grid);
+# internal_error, fatal_error "could not complete your operation(s)", rollup_error (500: may be
+# this message's own); request_timeout "the POST data was either missing or truncated" (408).
+_STATUS_SAID = {
+    "ratelimited": 429, "rate_limited": 429, "service_unavailable": 503,
+    "team_added_to_org": 503, "internal_error": 500, "fatal_error": 500, "rollup_error": 500,
+    "request_timeout": 408,
+}  # fmt: skip
 _AUTH = frozenset(
     {
         "invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive",
@@ -64,25 +71,26 @@ def error_name(body: bytes) -> str | None:
 
 
 def classify(response: HttpResponse, name: str | None) -> DeliveryError:
-    """The DeliveryError for a failed answer with Slack error word `name` (if any)."""
+    """The DeliveryError for a failed answer with Slack error word `name` (if any): a 2xx
+    answer's word that says an HTTP status (_STATUS_SAID) is classified as that status, and
+    carries it (`status`), as if Slack had answered it."""
     status = response.status
-    base = classify_status(response)
-    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    if 200 <= status < 300:
+        status = _STATUS_SAID.get(name or "", status)
+    base = classify_status(replace(response, status=status))
     detail = name or (base.detail if base is not None else f"HTTP {status}")  # a redirect's
     # target, a proxy's 407: the words every HTTP channel gives
-    if name is not None and status != 200:
-        detail = f"{name} (HTTP {status})"
-    if status == 429 or name in _RATE:
-        reason, retryable = "rate_limited", True
-    elif status >= 500 or status == 408 or name in _SERVER:
-        reason, retryable = "server_error", True
+    if name is not None and not 200 <= response.status < 300:
+        detail = f"{name} (HTTP {response.status})"
+    if base is not None and base.retryable:
+        reason, retryable = base.reason, True
     elif name in _AUTH:
         reason, retryable = "auth_error", False
     elif base is not None:
         reason, retryable = base.reason, base.retryable
     else:
         reason, retryable = "client_error", False
-    after = retry_after if retryable else None
+    after = base.retry_after if base is not None and retryable else None
     return DeliveryError(
         reason, retryable=retryable, detail=detail, retry_after=after, status=status
     )
