@@ -167,8 +167,10 @@ class Store(Protocol):
 
     async def hasten_retries(self, channel: str, *, now: float) -> int:
         """Make the channel's pending rows that a failed try put off (attempts > 0), and that
-        nobody holds, due at `now`: its receiver answers again after an outage. Rows not
-        tried yet keep their time (a digest's group_wait, group_interval). How many changed."""
+        nobody holds, due: its receiver answers again after an outage. Due at their creation
+        (at `now` at the latest), so that they go in creation order among the rows never tried
+        that are due (claims go by due time): oldest first. Rows not tried yet keep their time
+        (a digest's group_wait, group_interval). How many changed."""
 
     async def mark_retry(
         self, rows: Tries, *, now: float, not_before: float, reason: str, error: str

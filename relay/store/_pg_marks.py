@@ -27,9 +27,13 @@ _HASTEN = """
     UPDATE relay_outbox SET not_before = $2, updated_at = $2
     WHERE id = $1 AND state = 'pending' AND lease_until IS NULL AND not_before > $2
 """
-# A lease negated (HAND_BACK: a digest's rows given back) or past is no one's.
+# A lease negated (HAND_BACK: a digest's rows given back) or past is no one's. Due when created
+# (never later than now: another replica's clock), not now: claims go by due time, then
+# creation, and made due now the oldest failures went after every row never tried that fell
+# due during the outage. Due that early, they go before any row due since, once: a try spends
+# an attempt, and its failure's backoff puts the row in the future again.
 _HASTEN_RETRIES = """
-    UPDATE relay_outbox SET not_before = $2, updated_at = $2
+    UPDATE relay_outbox SET not_before = LEAST(created_at, $2), updated_at = $2
     WHERE channel = $1 AND state = 'pending' AND not_before > $2 AND attempts > 0
         AND (lease_until IS NULL OR lease_until <= $2)
 """

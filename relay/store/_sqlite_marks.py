@@ -27,9 +27,11 @@ _HASTEN = """
     WHERE id = ? AND state = 'pending' AND lease_until IS NULL AND not_before > ?
 """
 
-# A lease negated (HAND_BACK: a digest's rows given back) or past is no one's.
+# A lease negated (HAND_BACK: a digest's rows given back) or past is no one's. Due when created
+# (not now): claims go by due time, and a row due now went after every row never tried that
+# fell due during the outage, the oldest failures last (see _pg_marks.py).
 _HASTEN_RETRIES = """
-    UPDATE outbox SET not_before = :now, updated_at = :now
+    UPDATE outbox SET not_before = MIN(created_at, :now), updated_at = :now
     WHERE channel = :channel AND state = 'pending' AND not_before > :now AND attempts > 0
         AND (lease_until IS NULL OR lease_until <= :now)
 """

@@ -474,10 +474,25 @@ async def test_the_retries_of_a_channel_back_from_an_outage_are_hastened(store: 
     assert await store.hasten_retries("c1", now=20.0) == 1
     rows = [await store.get(row) for row in (off, held, fresh, done, other)]
     assert [(n.state, n.not_before) if n else None for n in rows] == [
-        ("pending", 20.0), ("pending", 15.0), ("pending", 500.0), ("sent", 10.0),
+        ("pending", 10.0), ("pending", 15.0), ("pending", 500.0), ("sent", 10.0),
         ("pending", 500.0),
     ]  # fmt: skip
     assert await store.hasten_retries("c1", now=30.0) == 0  # due already
+
+
+async def test_the_retries_back_from_an_outage_go_in_creation_order(store: Store) -> None:
+    """After an outage the rows it put off go oldest first among the due rows never tried
+    (a backlog the channel had not reached): made due at the hasten's `now`, the oldest
+    failures went after every row never tried that fell due during the outage."""
+    failed = [(await enqueue(store, run, at, "c1"))[0] for run, at in [("r1", 10.0), ("r2", 11.0)]]
+    await store.claim("c1", now=11.0, limit=10, lease_s=60)
+    tries = [(row, 1) for row in failed]
+    await store.mark_retry(tries, now=11.5, not_before=600.0, reason="x", error="x")
+    [untried] = await enqueue(store, "r3", 12.0, "c1")  # due since 12.0, the channel busy
+    assert await store.hasten_retries("c1", now=20.0) == 2
+    [newer] = await enqueue(store, "r4", 20.0, "c1")
+    claimed = await store.claim("c1", now=20.0, limit=10, lease_s=60)
+    assert [n.id for n in claimed] == [*failed, untried, newer]
 
 
 async def test_a_recovery_is_enqueued_once_for_what_was_said(store: Store) -> None:
