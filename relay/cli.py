@@ -54,14 +54,15 @@ def main(argv: list[str] | None = None) -> int:
             args, "silence_command", None
         )
         sub = _ALIASES.get(sub, sub) if sub else None
-        command = _COMMANDS[f"{args.command} {sub}" if sub else args.command]
+        words = f"{args.command} {sub}" if sub else args.command
+        command = _COMMANDS[words]
         if args.command not in _LOADING_CONFIG:
             check_named_config(settings, getattr(args, "config", None))
         if args.command != "serve":  # warnings (a `when` that failed in `relay test`) in the
             quiet = max(settings.log_level, "WARNING", key=logging.getLevelName)  # their format
             setup_logging(settings.log_format, quiet)
             warn_overridden(args)
-        return command(args, settings)
+        return _run(command, words, args, settings)
     except RelayError as exc:  # ConfigError too
         serving_json = args.command == "serve" and _json(settings)
         if serving_json and settings is None:  # the settings that set logging up are the fault
@@ -73,6 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `relay history --json | head`: the reader left, nothing to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _run(command: Command, words: str, args: argparse.Namespace, settings: Settings) -> int:
+    """`command`, its PostgreSQL sessions named for it in pg_stat_activity: `relay serve`, or
+    `relay cli dlq list` (see SESSION_NAME)."""
+    from relay.store.opening import SESSION_NAME  # noqa: PLC0415
+
+    named = SESSION_NAME.set("relay serve" if words == "serve" else f"relay cli {words}")
+    try:
+        return command(args, settings)
+    finally:
+        SESSION_NAME.reset(named)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

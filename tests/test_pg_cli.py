@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from relay.store.postgres import PostgresStore
-from tests.conftest import run_cli_in_process
+from tests.conftest import RelayProcess, run_cli_in_process
 from tests.pg import dml_role, fresh_database, shared_server
 
 # a row in relay_replicas refused: a command that registers as a replica fails
@@ -114,3 +115,46 @@ async def test_commands_on_a_database_without_relay_tables_say_so(database: str)
         assert (code, out, err) == (0, f"{out.strip()}\n", "")
     finally:
         await conn.close()
+
+
+SERVE_CONFIG = """\
+channels:
+  out: {type: console}
+rules:
+  - {name: failures, match: {status: [failure]}, notify: [out]}
+"""
+SESSIONS = """
+    SELECT DISTINCT application_name FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid()
+        AND backend_type = 'client backend' AND application_name <> ''
+"""  # the test's own connections have no name
+
+
+async def test_replicas_and_store_commands_are_told_apart_in_pg_stat_activity(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica's sessions and a store command's were all `relay`: an operator could not tell
+    a `relay dlq replay` hung on a lock from a replica. Now `relay serve` and `relay cli dlq
+    list` (the URL's application_name or PGAPPNAME still win)."""
+    monkeypatch.delenv("PGAPPNAME", raising=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(SERVE_CONFIG)
+    replica = RelayProcess(config, tmp_path / "unused.db", {"RELAY_STORE_URL": database})
+    await asyncio.to_thread(replica.start, 60.0)
+    conn, look = await asyncpg.connect(database), await asyncpg.connect(database)
+    try:
+        async with conn.transaction():  # the command waits on the lock: its session is seen
+            await conn.execute("LOCK TABLE relay_outbox IN ACCESS EXCLUSIVE MODE")
+            listing = asyncio.ensure_future(cli(database, "dlq", "list"))
+            names: set[str] = set()
+            for _ in range(200):  # 10 s, within the command's 30 s statement timeout
+                names = {row[0] for row in await look.fetch(SESSIONS)}
+                if "relay cli dlq list" in names or listing.done():
+                    break
+                await asyncio.sleep(0.05)
+        assert (await listing)[0] == 0
+        assert names == {"relay serve", "relay cli dlq list"}
+    finally:
+        await conn.close()
+        await look.close()
+        replica.kill()

@@ -167,13 +167,14 @@ def connect_args(url: str) -> dict[str, Any]:
     return {"ssl": system_trust_context(mode == "verify-full", params)}
 
 
-def session_args(url: str) -> dict[str, Any]:
+def session_args(url: str, name: str = "relay") -> dict[str, Any]:
     """asyncpg sets no application_name: name relay's connections in pg_stat_activity and the
-    server's log (%a) unless the URL or PGAPPNAME does; fallback_application_name as libpq."""
+    server's log (%a) `name` unless the URL or PGAPPNAME does; fallback_application_name as
+    libpq."""
     params = dict(parse_qsl(urlsplit(url).query))
     if "application_name" in params:
         return {}
-    name = os.environ.get("PGAPPNAME") or params.get("fallback_application_name") or "relay"
+    name = os.environ.get("PGAPPNAME") or params.get("fallback_application_name") or name
     return {"server_settings": {"application_name": name}}
 
 

@@ -47,6 +47,7 @@ class PgPool:
         replica_timeout_s: float = DEFAULT_TIMEOUT_S,
         upgrade: bool = True,
         client: bool = False,
+        name: str = "relay",
     ) -> None:
         check_url(url)
         self._upgrade = upgrade  # False: an older schema is refused, not migrated
@@ -55,7 +56,7 @@ class PgPool:
         # created in an empty database and grants given
         self._client = client
         self._url, self._connect_timeout = dsn_and_timeout(url, CONNECT_TIMEOUT_S)
-        self._session = session_args(url)
+        self._session = session_args(url, name)  # its sessions' application_name
         self._pool_max = 1 if client else pool_max
         self._heartbeat = Heartbeat(new_holder(), replica_timeout_s)
         self._pool: asyncpg.Pool | None = None

@@ -5,6 +5,7 @@ The engines are imported only when one is opened.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from urllib.parse import urlsplit
 
 from relay.errors import ConfigError, Problem
@@ -13,7 +14,16 @@ from relay.store._sqlite_lock import ServeLock
 from relay.store._sqlite_url import sqlite_path
 
 # ServeLock: relay.service holds one
-__all__ = ["SERVE_LOCK_HELD", "ServeLock", "migrate", "open_store", "serve_lock", "store_name"]
+__all__ = [
+    "SERVE_LOCK_HELD", "SESSION_NAME", "ServeLock", "migrate", "open_store", "serve_lock",
+    "store_name",
+]  # fmt: skip
+
+# What the command running calls the PostgreSQL sessions of the stores it opens (their
+# application_name in pg_stat_activity, unless the URL or PGAPPNAME names them): `relay serve`
+# for replicas, `relay cli dlq list` for a store command (relay.cli sets it), so an operator
+# tells a hung command from a replica. Every one was `relay`.
+SESSION_NAME: ContextVar[str] = ContextVar("SESSION_NAME", default="relay")
 
 
 def store_name(url: str) -> str:
@@ -53,7 +63,11 @@ def open_store(
         from relay.store.postgres import PostgresStore  # noqa: PLC0415
 
         return PostgresStore(
-            url, replica_timeout_s=replica_timeout_s, upgrade=upgrade, client=client
+            url,
+            replica_timeout_s=replica_timeout_s,
+            upgrade=upgrade,
+            client=client,
+            name=SESSION_NAME.get(),
         )
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise ConfigError(
