@@ -9,6 +9,7 @@ import asyncio
 from dataclasses import dataclass
 
 from relay.channel_loop import ChannelLoop
+from relay.channels import close
 from relay.dispatch import Deps
 from relay.model import Notification
 from relay.sending import Route
@@ -71,4 +72,7 @@ class Delivery:
             loop.poke()
 
     async def stop(self, grace_s: float) -> None:
+        """Stop every loop (in-flight sends finish within `grace_s`), then close the channels:
+        what they keep open (SMTP sessions) is ended, not dropped at exit."""
         await asyncio.gather(*(loop.stop(grace_s) for loop in self.loops.values()))
+        await asyncio.gather(*(close(loop.route.channel) for loop in self.loops.values()))

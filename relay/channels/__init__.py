@@ -104,6 +104,14 @@ class Channel(Protocol):
         recovery needs to find this message again (kept with the notification)."""
 
 
+async def close(channel: Channel) -> None:
+    """End what `channel` keeps open between sends, once it sends no more (an email channel's
+    SMTP sessions: QUIT); a channel keeping nothing has no `close`."""
+    closing = getattr(channel, "close", None)
+    if closing is not None:
+        await closing()
+
+
 ChannelFactory = Callable[[str, ChannelSettings, ChannelEnv], Channel]
 SettingsModel = type[ChannelSettings]
 

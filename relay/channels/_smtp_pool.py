@@ -7,7 +7,10 @@ connections`, and every refused connection was a retry that opened another. A se
 just sent a mail is kept instead, idle for at most IDLE_S (Postfix's own client caches a
 session 2 s, smtp_connection_cache_time_limit), at most `limit` of them (the channel's
 concurrency: one per send in flight), each used for at most MAX_MESSAGES mails and MAX_AGE_S
-(Postfix's smtp_connection_reuse_time_limit), then closed with QUIT.
+(Postfix's smtp_connection_reuse_time_limit), then closed with QUIT. A stop (relay's shutdown,
+a reload's old channel) QUITs the idle ones at once, as Postfix's client ends its cached
+sessions, for CLOSE_S at most: a connection dropped at exit, unannounced, was a session the
+server held open until its own timeout, and logged as a lost connection.
 
 Only a session whose last mail was accepted is kept: after any failure the state of the
 session is unknown, and it is closed as before. A kept session the server has closed
@@ -33,6 +36,7 @@ IDLE_S = 5.0
 MAX_MESSAGES = 100
 MAX_AGE_S = 300.0
 QUIT_S = 5.0  # the most a QUIT of an idle session waits for the server's 221
+CLOSE_S = 1.0  # the most a stop waits for them: a server that stopped answering delays no exit
 
 
 class SmtpPool:
@@ -131,14 +135,31 @@ class SmtpPool:
 
     def _expire(self, client: Client) -> None:
         self._idle = [(c, t) for c, t in self._idle if c is not client]
-        task = asyncio.get_running_loop().create_task(_quit(client))
+        self._quit(client, QUIT_S)
+
+    def _quit(self, client: Client, timeout_s: float) -> None:
+        task = asyncio.get_running_loop().create_task(_quit(client, timeout_s))
         self._quitting.add(task)
         task.add_done_callback(self._quitting.discard)
 
+    async def close(self) -> None:
+        """QUIT every idle session, all at once, and wait for those quitting, for CLOSE_S at
+        most; a session whose server has not answered by then is closed without its 221."""
+        for client, timer in self._idle:
+            timer.cancel()
+            self._quit(client, CLOSE_S)
+        self._idle = []
+        quitting = list(self._quitting)
+        if quitting:
+            await asyncio.wait(quitting, timeout=CLOSE_S)
+            for task in quitting:
+                task.cancel()  # its client closed
+            await asyncio.gather(*quitting, return_exceptions=True)
 
-async def _quit(client: Client) -> None:
+
+async def _quit(client: Client, timeout_s: float) -> None:
     try:
         with contextlib.suppress(Exception):
-            await client.quit(timeout=QUIT_S)
+            await client.quit(timeout=timeout_s)
     finally:
         client.close()

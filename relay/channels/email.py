@@ -133,6 +133,10 @@ class EmailChannel:
         )
         return later
 
+    async def close(self) -> None:
+        """The channel is stopped: QUIT the sessions it keeps (relay.channels._smtp_pool)."""
+        await self._pool.close()
+
     async def _done(self, key: str, message: Outgoing) -> set[str]:
         """The recipients earlier attempts of this notification are done with."""
         if self._state is None:

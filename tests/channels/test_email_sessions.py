@@ -16,7 +16,16 @@ from relay.channels import ChannelEnv, _smtp_pool
 from relay.channels._http import HttpClient
 from relay.channels.email import EmailChannel
 from relay.errors import DeliveryError
-from tests.channels.test_email import PASSWORD, USER, email_settings, outgoing
+from relay.model import notification_id
+from tests.channels.test_email import (
+    PASSWORD,
+    USER,
+    email_settings,
+    outgoing,
+    relay_config,
+)
+from tests.channels.test_email import settled as row_settled
+from tests.conftest import RelayFactory, sdk_run
 from tests.fakes.serving import until
 
 if TYPE_CHECKING:
@@ -212,3 +221,35 @@ async def test_a_session_ends_with_quit_when_idle_or_used_up(
 
     await until(lambda: quits() == 3, fake.hung_up, 10, lambda: f"{quits()} QUITs")
     assert fake.connections == 3
+
+
+async def test_a_stop_ends_the_idle_sessions_with_quit(
+    relay: RelayFactory, smtp_server: SmtpFactory, smtp_pki: Pki
+) -> None:
+    """A graceful shutdown left the kept session open until the process exited: the server
+    saw it drop, unannounced (Postfix logs "lost connection after RSET"), or held it until its
+    own timeout. Now the stop QUITs it before it returns, as Postfix's client does."""
+    fake = await smtp_server("starttls", credentials=(USER, PASSWORD))
+    r = await relay(relay_config(fake.port, smtp_pki.ca_file))
+    await r.post(sdk_run("failed"))
+    await fake.wait_for(1)
+    ident = notification_id("run_cmuxjbf30kqkowywawhi1r8yr", "failures", "team-email")
+    await row_settled(r, ident, "sent")
+    assert not fake.hung_up.is_set()  # kept for the next mail
+    await r.service.shutdown()
+    assert fake.hung_up.is_set()
+    assert fake.connections == 1
+
+
+async def test_a_stop_closes_a_session_whose_server_never_answers_its_quit(
+    smtp_server: SmtpFactory,
+) -> None:
+    """A server that never answers the QUIT keeps no stop waiting for it: the stop returns,
+    the session closed without its 221."""
+    fake = await smtp_server()
+    fake.stall = {"QUIT"}
+    ch = email_channel(fake.port)
+    await ch.send(outgoing(ident=ntf(0)))
+    await ch.close()
+    await until(fake.hung_up.is_set, fake.hung_up, 10, lambda: "the session is still open")
+    assert fake.received.count(b"QUIT") == 1
