@@ -79,8 +79,12 @@ def _clamp_block(block: Any) -> dict[str, Any] | None:
     return out
 
 
-def slack_message(rendered: str, default_text: str) -> dict[str, Any]:
-    """The rendered part as a Slack message: known keys only, every length within limits."""
+def fit(rendered: str, default_text: str) -> tuple[dict[str, Any], list[str]]:
+    """The rendered part as a Slack message (known keys only, every length within limits) and
+    what that changed of it, in words (a key Slack does not take, a block dropped or cut,
+    blocks past MAX_BLOCKS, the text cut), for the log and `relay test` (a block the template
+    got wrong never reached Slack, and nothing said so). Parsed and cut once: the send parsed
+    and cut the part twice, once to say."""
     try:
         value: Any = orjson.loads(rendered)
     except orjson.JSONDecodeError:
@@ -89,52 +93,49 @@ def slack_message(rendered: str, default_text: str) -> dict[str, Any]:
         value = {"blocks": value}
     if not isinstance(value, dict):
         value = {"text": str(value)}
-    message = {key: value[key] for key in _MESSAGE_KEYS if key in value}
-    blocks = message.pop("blocks", None)
-    if isinstance(blocks, list):
-        kept = [b for b in (_clamp_block(b) for b in blocks) if b is not None]
-        if kept:
-            message["blocks"] = kept[:MAX_BLOCKS]
-    text = message.get("text")
-    message["text"] = _clip(
-        text if isinstance(text, str) and text.strip() else default_text, MAX_TEXT
-    )
-    return message
-
-
-def changes(rendered: str) -> list[str]:
-    """What slack_message changes of a rendered part that is a JSON object or list (a key
-    Slack does not take, a block dropped or cut, blocks past MAX_BLOCKS, the text cut), in
-    words for `relay test`, which shows the part as rendered: a block the template got wrong
-    (a text that is not a string) never reached Slack, and nothing said so."""
-    try:
-        value: Any = orjson.loads(rendered)
-    except orjson.JSONDecodeError:
-        return []
-    value = {"blocks": value} if isinstance(value, list) else value
-    if not isinstance(value, dict):
-        return []
     said = [
         f"`{key}` dropped (not a Slack message key)" for key in value if key not in _MESSAGE_KEYS
     ]
-    blocks = value.get("blocks")
-    blocks = blocks if isinstance(blocks, list) else []
-    kept: list[int] = []
+    message = {key: value[key] for key in _MESSAGE_KEYS if key in value}
+    blocks = message.pop("blocks", None)
+    if isinstance(blocks, list) and (kept := _fit_blocks(blocks, said)):
+        message["blocks"] = kept
+    text = message.get("text")
+    if isinstance(text, str) and len(text) > MAX_TEXT:
+        said.append(f"text cut to {MAX_TEXT} characters")
+    message["text"] = _clip(
+        text if isinstance(text, str) and text.strip() else default_text, MAX_TEXT
+    )
+    return message, said
+
+
+def _fit_blocks(blocks: list[Any], said: list[str]) -> list[dict[str, Any]]:
+    """The first MAX_BLOCKS of `blocks` that Slack can show, each within its limits; what was
+    dropped or cut added to `said`."""
+    kept: list[tuple[int, dict[str, Any]]] = []
     for i, block in enumerate(blocks, 1):
         clamped = _clamp_block(block)
         kind = block.get("type") if isinstance(block, dict) else None
         if clamped is None:
             said.append(f"block {i} ({kind}) dropped: nothing Slack can show")
-        elif len(kept) < MAX_BLOCKS and clamped != block:
+            continue
+        if len(kept) < MAX_BLOCKS and clamped != block:
             said.append(f"block {i} ({kind}) cut to Slack's limits")
-        kept += [i] if clamped is not None else []
+        kept.append((i, clamped))
     if len(kept) > MAX_BLOCKS:
         past = kept[MAX_BLOCKS:]
-        said.append(f"blocks {past[0]}-{past[-1]} dropped: Slack takes {MAX_BLOCKS} blocks")
-    text = value.get("text")
-    if isinstance(text, str) and len(text) > MAX_TEXT:
-        said.append(f"text cut to {MAX_TEXT} characters")
-    return said
+        said.append(f"blocks {past[0][0]}-{past[-1][0]} dropped: Slack takes {MAX_BLOCKS} blocks")
+    return [block for _, block in kept[:MAX_BLOCKS]]
+
+
+def slack_message(rendered: str, default_text: str) -> dict[str, Any]:
+    """The rendered part as a Slack message (see fit)."""
+    return fit(rendered, default_text)[0]
+
+
+def changes(rendered: str) -> list[str]:
+    """What fit changes of a rendered part, in words (see fit)."""
+    return fit(rendered, "")[1]
 
 
 def says_nothing(rendered: str) -> str | None:

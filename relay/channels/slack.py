@@ -67,6 +67,7 @@ from relay.channels._http_answers import HttpResponse, https_or_local
 from relay.channels._slack_api import api_answer, classify, error_name, in_thread, posted_at
 from relay.channels._slack_blocks import (
     changes,
+    fit,
     plain_body,
     says_nothing,
     shorter_body,
@@ -81,7 +82,9 @@ from relay.filters import mrkdwn
 from relay.logs import CountedLines
 
 log = logging.getLogger("relay.channels.slack")
-__all__ = ["KIND", "SlackChannel", "SlackSettings", "slack_message", "thread_subject"]
+__all__ = [
+    "KIND", "SlackChannel", "SlackSettings", "as_sent", "slack_message", "thread_subject",
+]  # fmt: skip
 # chat.update answers for a message that is gone or frozen: post the recovery as a new one
 _NOT_UPDATABLE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
 # chat.postMessage answers for a thread that takes no more replies (its first message deleted,
@@ -175,10 +178,8 @@ class SlackChannel:
 
     async def send(self, message: Outgoing) -> str | None:
         """Post (or for a recovery, update) the message; the receipt of a posted one."""
-        default = mrkdwn(f"relay: rule {message.rule} matched run {message.run_id}")
-        part = message.parts.get("json", "")
-        self._tell_changes(part, message)
-        payload = verbatim(slack_message(part, default))
+        payload, said = as_sent(message)
+        self._tell_changes(said, message)
         payload.update(unfurl_links=False, unfurl_media=False)
         if self.settings.webhook_url is not None:
             await self._send(self.settings.webhook_url.get_secret_value(), payload, message)
@@ -194,11 +195,10 @@ class SlackChannel:
                 return None
             return await self._post_message(payload, message, refused != "message_not_found")
 
-    def _tell_changes(self, part: str, message: Outgoing) -> None:
+    def _tell_changes(self, said: list[str], message: Outgoing) -> None:
         """Warn that the message is sent changed to fit Slack's limits (a block dropped or cut,
         blocks past 50): only `relay test` said so, and a block a template got wrong never
         reached Slack unnoticed. The changes in words, never the text."""
-        said = changes(part)
         if said and (count := self._fit_lines.due(message.template)) is not None:
             log.warning(
                 "Slack message changed to fit its limits",
@@ -336,6 +336,15 @@ class SlackChannel:
 
     async def _chat_post(self, body: dict[str, Any], message: Outgoing) -> dict[str, Any]:
         return await self._send(f"{self.settings.api_url}/chat.postMessage", body, message)
+
+
+def as_sent(message: Outgoing) -> tuple[dict[str, Any], list[str]]:
+    """The message sent for `message`, but for the keys of its delivery (channel, thread):
+    its `json` part cut to Slack's limits, its mrkdwn sent verbatim; and what the cut changed,
+    in words."""
+    default = mrkdwn(f"relay: rule {message.rule} matched run {message.run_id}")
+    payload, said = fit(message.parts.get("json", ""), default)
+    return verbatim(payload), said
 
 
 KIND = ChannelKind("slack", SlackSettings, SlackChannel, ("json",), says_nothing, changes)
