@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
+
 from relay import channels as channel_registry
 from relay.channels import ChannelEnv, Outgoing, Recovery
 from relay.configure import Compiled
@@ -74,8 +76,9 @@ def dry_run(compiled: Compiled, runs: list[Run], digests: bool = False) -> list[
                 groups.setdefault(key, {})[run.id] = row
             route = route_for(compiled, match.channel, env, throttled=False)
             rendered = render_notification(compiled.renderer, match.channel, route, row, link)
+            rendered, said = _as_sent(compiled, row, rendered)
             messages.append((match.rule, match.channel, rendered))
-            changes[match.rule, match.channel] = _changes(compiled, match.channel, rendered)
+            changes[match.rule, match.channel] = said
         rules = list(dict.fromkeys(m.rule for m in decision.matches))
         out.append(DryRun(run.id, rules, messages, run.event, changes))
     return out + [
@@ -91,18 +94,28 @@ def _digest(compiled: Compiled, key: str, rows: list[Notification], env: Channel
     rule, channel = rows[0].rule, rows[0].channel
     route = route_for(compiled, channel, env, throttled=False)
     link = dashboard_link(compiled.loaded.config.defaults)
-    rendered = render_digest(compiled.renderer, channel, route, rows, link)
-    changes = {(rule, channel): _changes(compiled, channel, rendered)}
-    return DryRun(key, [rule], [(rule, channel, rendered)], "digest", changes)
+    digest = render_digest(compiled.renderer, channel, route, rows, link)
+    rendered, said = _as_sent(compiled, rows[0], digest)  # rows[0] of the group: its key
+    return DryRun(key, [rule], [(rule, channel, rendered)], "digest", {(rule, channel): said})
 
 
-def _changes(compiled: Compiled, channel: str, rendered: Rendered) -> list[str]:
-    """What the channel changes of a rendered `json` part before sending it (ChannelKind)."""
-    kind = channel_registry.REGISTRY[compiled.loaded.config.channels[channel].type]
-    json_part = rendered.parts.get("json")
-    if kind.changes is None or json_part is None or rendered.fallback:
-        return []
-    return kind.changes(json_part)
+def _as_sent(
+    compiled: Compiled, row: Notification, rendered: Rendered
+) -> tuple[Rendered, list[str]]:
+    """`rendered` as its channel would send it: a `json` part cut to the receiver's limits by
+    the channel's own code (ChannelKind.as_sent), and what that changed, in words; the parts as
+    rendered where the channel changes nothing. `relay test` showed the part as rendered: a
+    template's author saw 60 blocks where Slack got 50."""
+    kind = channel_registry.REGISTRY[compiled.loaded.config.channels[row.channel].type]
+    if kind.as_sent is None or "json" not in rendered.parts:
+        return rendered, []
+    outgoing = Outgoing(
+        row.id, row.run_id, row.rule, rendered.parts, row.created_at,
+        group_key=row.group_key, template=rendered.template,
+    )  # fmt: skip
+    message, said = kind.as_sent(outgoing)
+    shown = orjson.dumps(message, option=orjson.OPT_INDENT_2).decode()
+    return replace(rendered, parts={**rendered.parts, "json": shown}), said
 
 
 async def send_test(compiled: Compiled, channel: str) -> str | None:

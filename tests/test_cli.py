@@ -816,7 +816,8 @@ def test_dry_run_says_why_a_message_is_the_fallback(tmp_path: Path) -> None:
 def test_dry_run_says_what_slack_drops_or_cuts(tmp_path: Path) -> None:
     """`relay test` showed a Slack part as rendered, but the channel drops what Slack would
     refuse (a section whose text is no string, blocks past 50) and cuts long texts: the
-    template's author saw 60 blocks where Slack got 50, and a block that never arrived."""
+    template's author saw 60 blocks where Slack got 50, and a block that never arrived. It
+    shows the message as sent now (the channel's own cut), and says what was cut."""
     (tmp_path / "templates" / "slack").mkdir(parents=True)
     write(
         tmp_path / "templates" / "slack" / "mine.json.j2",
@@ -842,6 +843,10 @@ def test_dry_run_says_what_slack_drops_or_cuts(tmp_path: Path) -> None:
     assert f"--- rule r → channel s (sent changed: {'; '.join(changes)})" in text.stdout
     [message] = json.loads(as_json.stdout)[0]["messages"]
     assert (message["fallback"], message["changes"]) == (False, changes)
+    sent = json.loads(message["parts"]["json"])
+    assert json.loads(section(text.stdout, text.stdout.splitlines()[1])) == sent
+    assert (sorted(sent), len(sent["blocks"])) == (["blocks", "text"], 50)
+    assert len(sent["blocks"][0]["text"]["text"]) == 3000  # block 2, cut
 
 
 def test_dry_run_renders_the_digest_of_a_group(tmp_path: Path) -> None:

@@ -127,9 +127,10 @@ class ChannelKind:
     # what is wrong with a rendered `json` part for this type (None: nothing), beyond being
     # JSON: the renderer treats a problem as a template failure (plain fallback, error logged)
     check: Callable[[str], str | None] | None = None
-    # what the channel changes of a rendered `json` part before it sends it (a block dropped
-    # or cut to the receiver's limits), in words: `relay test` shows the part as rendered
-    changes: Callable[[str], list[str]] | None = None
+    # the message the channel sends for a rendered one (its `json` part cut to the receiver's
+    # limits, by the code its send cuts with), and what that changed (a block dropped or cut),
+    # in words: what `relay test` shows
+    as_sent: Callable[[Outgoing], tuple[dict[str, Any], list[str]]] | None = None
     # a send opens an incident that stays open (and joins the next send of the same key) until
     # a recovery resolves it: `relay send-test` resolves the one it opened
     opens_incidents: bool = False

@@ -82,9 +82,9 @@ def _clamp_block(block: Any) -> dict[str, Any] | None:
 def fit(rendered: str, default_text: str) -> tuple[dict[str, Any], list[str]]:
     """The rendered part as a Slack message (known keys only, every length within limits) and
     what that changed of it, in words (a key Slack does not take, a block dropped or cut,
-    blocks past MAX_BLOCKS, the text cut), for the log and `relay test` (a block the template
-    got wrong never reached Slack, and nothing said so). Parsed and cut once: the send parsed
-    and cut the part twice, once to say."""
+    blocks past MAX_BLOCKS, the text cut): the one cut, for the send and for `relay test`, which
+    shows the message as sent (a block the template got wrong never reached Slack, and nothing
+    said so). Parsed and cut once: the send parsed and cut the part twice, once to say."""
     try:
         value: Any = orjson.loads(rendered)
     except orjson.JSONDecodeError:
@@ -131,11 +131,6 @@ def _fit_blocks(blocks: list[Any], said: list[str]) -> list[dict[str, Any]]:
 def slack_message(rendered: str, default_text: str) -> dict[str, Any]:
     """The rendered part as a Slack message (see fit)."""
     return fit(rendered, default_text)[0]
-
-
-def changes(rendered: str) -> list[str]:
-    """What fit changes of a rendered part, in words (see fit)."""
-    return fit(rendered, "")[1]
 
 
 def says_nothing(rendered: str) -> str | None:

@@ -66,7 +66,6 @@ from relay.channels import ChannelEnv, ChannelKind, Outgoing, json_headers
 from relay.channels._http_answers import HttpResponse, https_or_local
 from relay.channels._slack_api import api_answer, classify, error_name, in_thread, posted_at
 from relay.channels._slack_blocks import (
-    changes,
     fit,
     plain_body,
     says_nothing,
@@ -341,10 +340,10 @@ class SlackChannel:
 def as_sent(message: Outgoing) -> tuple[dict[str, Any], list[str]]:
     """The message sent for `message`, but for the keys of its delivery (channel, thread):
     its `json` part cut to Slack's limits, its mrkdwn sent verbatim; and what the cut changed,
-    in words."""
+    in words. The send's and `relay test`'s."""
     default = mrkdwn(f"relay: rule {message.rule} matched run {message.run_id}")
     payload, said = fit(message.parts.get("json", ""), default)
     return verbatim(payload), said
 
 
-KIND = ChannelKind("slack", SlackSettings, SlackChannel, ("json",), says_nothing, changes)
+KIND = ChannelKind("slack", SlackSettings, SlackChannel, ("json",), says_nothing, as_sent)
