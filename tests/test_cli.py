@@ -849,6 +849,31 @@ def test_dry_run_says_what_slack_drops_or_cuts(tmp_path: Path) -> None:
     assert len(sent["blocks"][0]["text"]["text"]) == 3000  # block 2, cut
 
 
+def test_dry_run_shows_a_discord_or_teams_message_as_sent(tmp_path: Path) -> None:
+    """Discord and Teams cut a message to their limits too (content 2,000 characters, a card
+    under Teams' body size): `relay test` showed the part as rendered, not what they get."""
+    for kind in ("discord", "msteams"):
+        (tmp_path / "templates" / kind).mkdir(parents=True)
+    long = '{"content": {{ ("y" * 5000)|tojson }}, "text": {{ ("y" * 40000)|tojson }}}\n'
+    write(tmp_path / "templates" / "discord" / "mine.json.j2", long)
+    write(tmp_path / "templates" / "msteams" / "mine.json.j2", long)
+    config = write(
+        tmp_path / "c.yaml",
+        "templates: {dir: ./templates}\nchannels:\n"
+        "  d: {type: discord, webhook_url: 'https://discord.com/api/webhooks/1/x'}\n"
+        "  t: {type: msteams, webhook_url: 'https://example.com/workflows/x'}\n"
+        "rules:\n  - {name: r, notify: [d, t], match: {status: [failure]}, template: mine}\n",
+    )
+    as_json = run_cli_in_process("test", str(FAILED_JSON), "--config", str(config), "--json")
+    discord, teams = (
+        json.loads(m["parts"]["json"]) for m in json.loads(as_json.stdout)[0]["messages"]
+    )
+    assert len(discord["content"]) == 2000 and discord["allowed_mentions"] == {"parse": []}
+    [card] = teams["attachments"]
+    assert card["contentType"] == "application/vnd.microsoft.card.adaptive"
+    assert len(json.dumps(teams)) < 40_000
+
+
 def test_dry_run_renders_the_digest_of_a_group(tmp_path: Path) -> None:
     """A `digest` template could not be tried: `relay test` rendered each run alone, and the
     digest's first render was in production. Two or more runs of the file in one group of a

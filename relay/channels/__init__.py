@@ -152,6 +152,19 @@ def says_nothing_when(
     return check
 
 
+def sent_as(
+    build: Callable[[str, str], dict[str, Any]],
+) -> Callable[[Outgoing], tuple[dict[str, Any], list[str]]]:
+    """ChannelKind.as_sent of a channel whose message is `build(rendered, default_text)` (its
+    send's too): the message within the receiver's limits; what was cut is not told."""
+
+    def as_sent(message: Outgoing) -> tuple[dict[str, Any], list[str]]:
+        default = f"relay: rule {message.rule} matched run {message.run_id}"
+        return build(message.parts.get("json", ""), default), []
+
+    return as_sent
+
+
 def rendered_checks() -> dict[str, Callable[[str], str | None]]:
     """Each channel type's check of its rendered `json` part (ChannelKind.check)."""
     return {kind.type: kind.check for kind in REGISTRY.values() if kind.check is not None}

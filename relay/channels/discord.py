@@ -45,7 +45,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from relay.channels import ChannelEnv, ChannelKind, Outgoing, json_headers, says_nothing_when
+from relay.channels import (
+    ChannelEnv,
+    ChannelKind,
+    Outgoing,
+    json_headers,
+    says_nothing_when,
+    sent_as,
+)
 from relay.channels._http_answers import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit, placeholders
 from relay.errors import DeliveryError
@@ -315,8 +322,7 @@ class DiscordChannel:
         return urlunsplit(parts._replace(query=urlencode(query)))
 
     async def send(self, message: Outgoing) -> None:
-        default = f"relay: rule {message.rule} matched run {message.run_id}"
-        body = discord_message(message.parts.get("json", ""), default)
+        body, _ = AS_SENT(message)
         body |= {k: v for k in ("username", "avatar_url") if (v := getattr(self.settings, k))}
         if self.settings.thread_name is not None:
             body["thread_name"] = thread_name(self.settings.thread_name, body, message)
@@ -328,6 +334,12 @@ class DiscordChannel:
             raise classify(response, token.rsplit("/", 1)[-1])
 
 
+AS_SENT = sent_as(discord_message)  # the send's message, and `relay test`'s
 KIND = ChannelKind(
-    "discord", DiscordSettings, DiscordChannel, ("json",), says_nothing_when(discord_message)
+    "discord",
+    DiscordSettings,
+    DiscordChannel,
+    ("json",),
+    says_nothing_when(discord_message),
+    AS_SENT,
 )

@@ -40,7 +40,14 @@ from typing import Any
 import orjson
 from pydantic import SecretStr, field_validator
 
-from relay.channels import ChannelEnv, ChannelKind, Outgoing, json_headers, says_nothing_when
+from relay.channels import (
+    ChannelEnv,
+    ChannelKind,
+    Outgoing,
+    json_headers,
+    says_nothing_when,
+    sent_as,
+)
 from relay.channels._http_answers import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit
 from relay.errors import DeliveryError
@@ -215,8 +222,7 @@ class MSTeamsChannel:
         self._timeout_s = settings.timeout or env.default_timeout_s
 
     async def send(self, message: Outgoing) -> None:
-        default = f"relay: rule {message.rule} matched run {message.run_id}"
-        body = orjson.dumps(teams_message(message.parts.get("json", ""), default))
+        body = orjson.dumps(AS_SENT(message)[0])
         headers = json_headers(message, "application/json; charset=utf-8")
         url = self.settings.webhook_url.get_secret_value()
         response = await self._http.request("POST", url, body, headers, self._timeout_s)
@@ -226,6 +232,12 @@ class MSTeamsChannel:
             raise failure
 
 
+AS_SENT = sent_as(teams_message)  # the send's message, and `relay test`'s
 KIND = ChannelKind(
-    "msteams", MSTeamsSettings, MSTeamsChannel, ("json",), says_nothing_when(teams_message)
+    "msteams",
+    MSTeamsSettings,
+    MSTeamsChannel,
+    ("json",),
+    says_nothing_when(teams_message),
+    AS_SENT,
 )
