@@ -767,11 +767,15 @@ def test_a_template_that_says_nothing_is_a_template_failure(
         # a failed run renders run_failed, which extends the run.json.j2 written here
         assert message["error"].startswith(f"InvalidMessage in {channel_type}/run_failed.json.j2")
         sent = json.loads(message["parts"]["json"])  # shown as the channel sends it
-        text = SENT_TEXT.get(channel_type, lambda m: m["text"])(sent)
+        text = SENT_TEXT.get(channel_type, _text)(sent)
         assert text.startswith("🔴 FAILED · sync-customer-data")
 
 
-# where the fallback's text is in the message a channel sends
+def _text(message: Any) -> str:
+    return str(message["text"])
+
+
+# where the fallback's text is in the message a channel sends (else its `text`)
 SENT_TEXT: dict[str, Callable[[Any], str]] = {
     "discord": lambda m: m["content"],
     "msteams": lambda m: m["attachments"][0]["content"]["body"][0]["text"],
