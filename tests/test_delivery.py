@@ -567,9 +567,9 @@ async def test_timeout_is_retried(relay: RelayFactory, sink: Sink) -> None:
     assert len(sink.received) == 2
 
 
-async def wait_reason(r: Any, run_id: str) -> Notification:
-    """The notification once a failed attempt was recorded on it."""
-    ident = notification_id(run_id, "failures", "hook")
+async def wait_reason(r: Any, run_id: str, channel: str = "hook") -> Notification:
+    """The notification (of rule `failures`) once a failed attempt was recorded on it."""
+    ident = notification_id(run_id, "failures", channel)
     for _ in range(600):
         row = await r.service.store.get(ident)
         if row is not None and row.reason is not None:

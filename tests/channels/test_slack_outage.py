@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from relay.model import Notification, notification_id
 from tests.conftest import RelayFactory, sdk_run
 from tests.fakes.slack import TOKEN, FakeSlack, api_error
+from tests.test_delivery import wait_reason
 
 
 def config(slack: FakeSlack) -> str:
@@ -36,17 +36,6 @@ def failing_run(i: int) -> dict[str, Any]:
     return {**sdk_run("failed"), "id": f"run_outage_{i}"}
 
 
-async def failed_once(r: Any, run_id: str) -> Notification:
-    """The notification once a failed attempt was recorded on it."""
-    ident = notification_id(run_id, "failures", "oncall")
-    for _ in range(600):
-        row = await r.service.store.get(ident)
-        if row is not None and row.reason is not None:
-            return row
-        await asyncio.sleep(0.05)
-    raise AssertionError("no failure was recorded")
-
-
 async def wait_sent(r: Any, count: int) -> None:
     for _ in range(600):
         if (await r.service.store.counts())["sent"] >= count:
@@ -67,7 +56,7 @@ async def test_slack_saying_it_is_down_is_an_outage_its_end_sends_the_backlog(
     r = await relay(config(slack))
     for i in range(2):
         await r.post(failing_run(i))
-        row = await failed_once(r, f"run_outage_{i}")
+        row = await wait_reason(r, f"run_outage_{i}", "oncall")
         assert (row.reason, row.attempts) == ("server_error", 3)  # due in 5-10 minutes
     await r.post(failing_run(2))
     await wait_sent(r, 3)
