@@ -90,6 +90,8 @@ CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("cost_cents: {gte: 500}", {"costInCents": 500}, True),
     ("cost_cents: {lt: 1}", {"costInCents": 0.5}, True),
     ("cost_cents: {lte: 1}", {"costInCents": 1.5}, False),
+    ("cost_cents: {lte: 1}", {"costInCents": 1}, True),  # each bound at its edge
+    ("cost_cents: {lt: 1}", {"costInCents": 1}, False),
     ("base_cost_cents: {gt: 0.001}", {"baseCostInCents": 0.0025}, True),
     ("duration_ms: {gt: 60000, lt: 120000}", {"durationMs": 90000}, True),
     ("duration_ms: {gt: 60000, lt: 120000}", {"durationMs": 120000}, False),
