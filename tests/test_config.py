@@ -141,6 +141,10 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
             "channels:\n  x: {type: webhook, url: 'http://a/b', secret: [nope!]}\n",
             "c.yaml:2: channels.x.secret: secret must be whsec_",
         ),
+        (  # 15 bytes: one short of the least Standard Webhooks key relay takes
+            "channels:\n  x: {type: webhook, url: 'http://a/b', secret: whsec_YWFhYWFhYWFhYWFhYWFh}\n",
+            "c.yaml:2: channels.x.secret: secret must decode to at least 16 bytes",
+        ),
         (
             "channels:\n  x: {type: webhook, url: 'http://a/b', secret: []}\n",
             "c.yaml:2: channels.x.secret: secret: give one whsec_ secret",
@@ -358,6 +362,14 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
 def test_bad_config_is_named_with_its_line(text: str, expected: str) -> None:
     found = problems(text)
     assert any(expected in p for p in found), found
+
+
+def test_a_webhook_secret_of_16_bytes_is_enough() -> None:
+    """README: `whsec_<base64>` of at least 16 bytes; 16 exactly is taken, unpadded too."""
+    for key in ("YWFhYWFhYWFhYWFhYWFhYQ==", "YWFhYWFhYWFhYWFhYWFhYQ", "YWFhYWFhYWFhYWFhYWFhYWE"):
+        text = f"channels:\n  x: {{type: webhook, url: 'http://a/b', secret: whsec_{key}}}\n"
+        [channel] = parse_config(text, "c.yaml", settings_models(), {}).config.channels
+        assert channel == "x"
 
 
 _NAMED = """\
