@@ -245,6 +245,27 @@ def test_out_of_order_arrival_fires_on_the_newest_state() -> None:
     assert late.stale and not late.matches
 
 
+def test_an_alert_webhook_s_run_keeps_what_the_updates_before_it_knew() -> None:
+    """An alert webhook's run carries no updatedAt, cost or duration: the state keeps the
+    last update's time (so an older update after it is still stale) and its measures (its 0s
+    are no value)."""
+    rules = ruleset("  - {name: f, match: {status: [failure]}, notify: [c]}\n")
+    known = rules.decide(
+        run(status="EXECUTING", costInCents=250, durationMs=9000, updatedAt="2026-01-01T00:00:05Z"),
+        None,
+    ).state
+    alert = Run.of_alert({"id": "run_1", "taskIdentifier": "billing/charge", "status": "FAILED"})
+    after = rules.decide(alert, known)
+    assert [m.rule for m in after.matches] == ["f"]
+    assert (after.state.updated_at_ms, after.state.cost_cents, after.state.duration_ms) == (
+        known.updated_at_ms,
+        250,
+        9000,
+    )
+    late = rules.decide(run(status="EXECUTING", updatedAt="2026-01-01T00:00:01Z"), after.state)
+    assert late.stale
+
+
 def test_threshold_crossed_by_a_growing_value_fires_once() -> None:
     rules = ruleset("  - {name: pricey, match: {cost_cents: {gt: 100}}, notify: [c]}\n")
     state = None
