@@ -245,6 +245,17 @@ def test_out_of_order_arrival_fires_on_the_newest_state() -> None:
     assert late.stale and not late.matches
 
 
+def test_an_update_as_new_as_the_stored_one_is_read() -> None:
+    """Two changes within one millisecond carry the same updatedAt: only an older update is
+    stale, or the failure after a same-millisecond start would never fire."""
+    rules = ruleset("  - {name: f, match: {status: [failure]}, notify: [c]}\n")
+    at = "2026-01-01T00:00:05.123Z"
+    started = rules.decide(run(status="EXECUTING", updatedAt=at), None)
+    failed = rules.decide(run(status="FAILED", updatedAt=at), started.state)
+    assert not failed.stale
+    assert [m.rule for m in failed.matches] == ["f"]
+
+
 def test_an_alert_webhook_s_run_keeps_what_the_updates_before_it_knew() -> None:
     """An alert webhook's run carries no updatedAt, cost or duration: the state keeps the
     last update's time (so an older update after it is still stale) and its measures (its 0s
