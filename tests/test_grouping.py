@@ -52,6 +52,23 @@ def test_a_run_joining_a_digest_already_due_waits_for_the_next_one() -> None:
     assert flushed(late, 131.0).next_flush == 430.5  # the due digest went out: it stays
 
 
+def test_a_run_joining_a_later_digest_already_due_waits_a_whole_interval_after_it() -> None:
+    """As for the first digest, so for a later one: the group's last digest went at 130, the
+    next is due at 430; a run at 430.5 goes group_interval after that one, not group_wait
+    after itself as a group woken from quiet would."""
+    g = schedule(flushed(schedule(None, "k", 100.0, T), 130.0), "k", 200.0, T)
+    assert g.next_flush == 430.0
+    assert schedule(g, "k", 430.5, T).next_flush == 730.5
+
+
+def test_a_run_exactly_group_interval_after_the_last_digest_waits_group_wait() -> None:
+    """The interval is over at 430: a run then wakes the group as a new one, group_wait later
+    (the rest of its burst joins), not at once on its own."""
+    g = flushed(schedule(None, "k", 100.0, T), 130.0)
+    assert schedule(g, "k", 430.0, T).next_flush == 460.0
+    assert schedule(g, "k", 429.0, T).next_flush == 430.0
+
+
 def test_runs_arriving_together_when_a_digest_is_due_at_once_share_it() -> None:
     """One batch shares `now`: with the interval passed (or `group_wait: 0s`) the first run
     used to go alone at once and the others group_interval later."""
