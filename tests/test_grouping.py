@@ -5,7 +5,15 @@ from __future__ import annotations
 from relay.channels import settings_models
 from relay.config_load import parse_config
 from relay.configure import compile_config
-from relay.grouping import flushed, group_key, group_labels, retimed, schedule
+from relay.grouping import (
+    flushed,
+    group_key,
+    group_labels,
+    retimed,
+    schedule,
+    timing_value,
+    timings_changed,
+)
 from relay.model import GroupState, Timing
 
 T = Timing(group_wait_s=30, group_interval_s=300, repeat_interval_s=3600)
@@ -29,11 +37,23 @@ def test_a_reload_retimes_a_waiting_digest_as_if_its_timing_had_always_been() ->
     assert retimed(130.0, 200.0, 201.0, T) == 430.0  # last digest at 130 + 300
     assert retimed(130.0, 200.0, 201.0, short) == 202.0  # 135 was past: woke it, + 2
     assert retimed(130.0, 132.0, 133.0, short) == 135.0  # joined within the interval
+    assert retimed(130.0, 430.0, 431.0, T) == 460.0  # woke it exactly at 130 + 300, as schedule
+
+
+def test_a_start_retimes_only_the_rules_whose_stored_windows_changed() -> None:
+    """A rule with no windows stored (new, or an older relay wrote none) has nothing waiting
+    under other windows; one stored with the same windows has nothing to re-time."""
+    longer = Timing(group_wait_s=60, group_interval_s=300, repeat_interval_s=3600)
+    stored = {"same": timing_value(T), "changed": timing_value(T)}
+    timings = {"same": T, "changed": longer, "new": longer}
+    assert timings_changed(stored, timings) == {"changed": longer}
+    assert timing_value(longer) != timing_value(T)
+    assert timing_value(Timing(30, 300, 7200)) == timing_value(T)  # repeat_interval: not kept
 
 
 def test_after_a_digest_new_runs_wait_group_interval() -> None:
     g = flushed(schedule(None, "k", 100.0, T), 130.0)
-    assert g.next_flush is None and g.last_sent == 130.0
+    assert g.next_flush is None and g.last_sent == 130.0 and g.last_seen == 130.0
     g = schedule(g, "k", 200.0, T)
     assert g.next_flush == 430.0  # 130 + 300
     g = flushed(g, 430.0)
