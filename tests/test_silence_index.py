@@ -108,3 +108,15 @@ async def test_a_silence_changed_in_place_is_filed_again(sqlite_store: SQLiteSto
     index = await cache.index(NOW + 5)  # read before its new end: still listed
     assert [s.ends_at for s in index.silences] == [NOW + 10]
     assert silenced_by(index, NOW + 20, **fields) is None
+
+
+def test_each_matcher_holds_alternatives_of_which_any_fits() -> None:
+    """As the silence model says: a tag matcher of two tags fits a run carrying either, as a
+    task's globs, a status's names and a rule's names do; every matcher must fit."""
+    fields = {"rule": "r", "channel": "c", "task": "billing/charge", "tags": ["a"]}
+    fields |= {"status": "FAILED", "event": "run"}
+    assert fits({"tag": ("b", "a")}, fields)
+    assert fits({"task": ("email/*", "billing/*"), "rule": ("q", "r")}, fields)
+    assert fits({"status": ("COMPLETED", "failure")}, fields)
+    assert not fits({"tag": ("b", "c")}, fields)
+    assert not fits({"tag": ("a",), "rule": ("q",)}, fields)
