@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from relay.formats.electric import parse_raw_run
-from relay.statuses import add_status_flags
+from relay.statuses import add_status_flags, normalise_status
 
 # raw (schema.prisma) -> (today's SDK, SDK <= 4.0.0-v4-beta.23 / v3)
 RAW = {
@@ -73,3 +73,22 @@ def test_flags_a_run_carries_are_kept() -> None:
     data: dict[str, Any] = {"status": "FAILED", "isFailed": False}
     add_status_flags(data)
     assert data["isFailed"] is False and data["isCompleted"] is True
+
+
+def test_a_run_without_a_status_gets_no_flags() -> None:
+    data: dict[str, Any] = {"status": None}
+    add_status_flags(data)
+    assert data == {"status": None}
+
+
+@pytest.mark.parametrize(
+    ("given", "read"),
+    [
+        (" failed\n", "FAILED"),
+        ("frozen", "FROZEN"),  # a v3 name too
+        ("completed_successfully", "COMPLETED"),
+        ("weird", "weird"),  # unknown: kept as it came
+    ],
+)
+def test_a_status_is_read_in_any_case_with_blanks_around_it(given: str, read: str) -> None:
+    assert normalise_status(given) == read
