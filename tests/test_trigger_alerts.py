@@ -722,6 +722,39 @@ def test_a_template_reads_an_alert_runs_unknowns_as_none() -> None:
     assert [m.rule for m in compiled.decide(alert, None).matches] == ["r4"]
 
 
+def test_the_filters_that_pass_unknowns_still_compute_with_a_run_s_numbers() -> None:
+    """The same reads of a pushed run, which carries its measures: `round` & co. wrapped to
+    give an unknown back must compute as Jinja's own for a number, `is none` be false."""
+    pushed = Run.model_validate(sdk_run("failed"))  # 14873 ms, 0.0502... and 0.0025 cents
+    env = sandbox()
+    got = {
+        k: env.from_string(t).render(run=with_unknowns(pushed.as_dict()))
+        for k, t in UNKNOWN_READS.items()
+    }
+    assert got == {
+        "none": "False",
+        "defined": "True",
+        "default": "14873",
+        "round": "14.9",
+        "int": "14873",
+        "float": "0.050270739999999994",
+        "abs": "0.0025",
+        "format": "14.9s",
+        "filesizeformat": "14.9 kB",
+        "sum": "0.05277074",
+        "money": "$0.0005",
+        "duration": "14.9s",
+    }
+    whens = [f"run.durationMs|{f} > 1" for f in ("round", "int", "float", "abs")]
+    rules = [
+        {"name": f"r{i}", "when": w, "notify": ["hook"], "continue": True}
+        for i, w in enumerate([*whens, "run.durationMs is none"])
+    ]
+    compiled, problems = compile_rules([RuleConfig.model_validate(r) for r in rules], str)
+    assert not problems
+    assert [m.rule for m in compiled.decide(pushed, None).matches] == ["r0", "r1", "r2", "r3"]
+
+
 def test_a_digest_of_alert_webhooks_runs_has_no_total_cost() -> None:
     """The webhook digest said `"totalCostInCents": 0.0` for runs that carry no cost."""
     alert = parse_alert(json.loads(body_of(RUN))).run
