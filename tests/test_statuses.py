@@ -92,3 +92,14 @@ def test_a_run_without_a_status_gets_no_flags() -> None:
 )
 def test_a_status_is_read_in_any_case_with_blanks_around_it(given: str, read: str) -> None:
     assert normalise_status(given) == read
+
+
+TODAY = ["PENDING_VERSION", "QUEUED", "DEQUEUED", "EXECUTING", "WAITING", "COMPLETED"]
+TODAY += ["CANCELED", "FAILED", "CRASHED", "SYSTEM_FAILURE", "DELAYED", "EXPIRED", "TIMED_OUT"]
+V3 = ["WAITING_FOR_DEPLOY", "REATTEMPTING", "FROZEN", "INTERRUPTED"]
+
+
+@pytest.mark.parametrize("status", TODAY + V3)
+def test_every_public_status_of_either_vocabulary_is_read_in_lower_case(status: str) -> None:
+    """TRIGGER.md 1.3's 13 public statuses of today and the 4 of v3 only."""
+    assert normalise_status(status.lower()) == status
