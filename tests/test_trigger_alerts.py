@@ -694,24 +694,18 @@ UNKNOWN_READS = {
 }
 
 
-def test_a_template_reads_an_alert_runs_unknowns_as_none() -> None:
-    """`is none` was false for an alert webhook's duration and cost, and `round`, `int`,
-    `float`, `abs`, `format`, `filesizeformat` raised on them (the template's fallback sent):
-    they are none (not defined, so `default` fills them) and a number filter gives the unknown
-    back, empty; in a `when:` alike."""
-    alert = parse_alert(json.loads(body_of(RUN))).run
-    assert alert is not None
+def unknown_reads(run: Run) -> dict[str, str]:
+    """Each of UNKNOWN_READS rendered for `run`, as a template would see it."""
     env = sandbox()
-    got = {
-        k: env.from_string(t).render(run=with_unknowns(alert.as_dict()))
+    return {
+        k: env.from_string(t).render(run=with_unknowns(run.as_dict()))
         for k, t in UNKNOWN_READS.items()
     }
-    assert got == {
-        **dict.fromkeys(UNKNOWN_READS, ""),
-        "none": "True",
-        "defined": "False",
-        "default": "n/a",
-    }
+
+
+def matching_number_whens(run: Run) -> list[str]:
+    """Which of `when: run.durationMs|<round, int, float, abs> > 1` (r0-r3) and `when:
+    run.durationMs is none` (r4) match `run`."""
     whens = [f"run.durationMs|{f} > 1" for f in ("round", "int", "float", "abs")]
     rules = [
         {"name": f"r{i}", "when": w, "notify": ["hook"], "continue": True}
@@ -719,18 +713,31 @@ def test_a_template_reads_an_alert_runs_unknowns_as_none() -> None:
     ]
     compiled, problems = compile_rules([RuleConfig.model_validate(r) for r in rules], str)
     assert not problems
-    assert [m.rule for m in compiled.decide(alert, None).matches] == ["r4"]
+    return [m.rule for m in compiled.decide(run, None).matches]
+
+
+def test_a_template_reads_an_alert_runs_unknowns_as_none() -> None:
+    """`is none` was false for an alert webhook's duration and cost, and `round`, `int`,
+    `float`, `abs`, `format`, `filesizeformat` raised on them (the template's fallback sent):
+    they are none (not defined, so `default` fills them) and a number filter gives the unknown
+    back, empty; in a `when:` alike."""
+    alert = parse_alert(json.loads(body_of(RUN))).run
+    assert alert is not None
+    got = unknown_reads(alert)
+    assert got == {
+        **dict.fromkeys(UNKNOWN_READS, ""),
+        "none": "True",
+        "defined": "False",
+        "default": "n/a",
+    }
+    assert matching_number_whens(alert) == ["r4"]
 
 
 def test_the_filters_that_pass_unknowns_still_compute_with_a_run_s_numbers() -> None:
     """The same reads of a pushed run, which carries its measures: `round` & co. wrapped to
     give an unknown back must compute as Jinja's own for a number, `is none` be false."""
     pushed = Run.model_validate(sdk_run("failed"))  # 14873 ms, 0.0502... and 0.0025 cents
-    env = sandbox()
-    got = {
-        k: env.from_string(t).render(run=with_unknowns(pushed.as_dict()))
-        for k, t in UNKNOWN_READS.items()
-    }
+    got = unknown_reads(pushed)
     assert got == {
         "none": "False",
         "defined": "True",
@@ -745,14 +752,7 @@ def test_the_filters_that_pass_unknowns_still_compute_with_a_run_s_numbers() -> 
         "money": "$0.0005",
         "duration": "14.9s",
     }
-    whens = [f"run.durationMs|{f} > 1" for f in ("round", "int", "float", "abs")]
-    rules = [
-        {"name": f"r{i}", "when": w, "notify": ["hook"], "continue": True}
-        for i, w in enumerate([*whens, "run.durationMs is none"])
-    ]
-    compiled, problems = compile_rules([RuleConfig.model_validate(r) for r in rules], str)
-    assert not problems
-    assert [m.rule for m in compiled.decide(pushed, None).matches] == ["r0", "r1", "r2", "r3"]
+    assert matching_number_whens(pushed) == ["r0", "r1", "r2", "r3"]
 
 
 def test_a_digest_of_alert_webhooks_runs_has_no_total_cost() -> None:
