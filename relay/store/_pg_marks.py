@@ -36,6 +36,7 @@ _HASTEN_RETRIES = """
     UPDATE relay_outbox SET not_before = LEAST(created_at, $2), updated_at = $2
     WHERE channel = $1 AND state = 'pending' AND not_before > $2 AND attempts > 0
         AND (lease_until IS NULL OR lease_until <= $2)
+        AND reason IS DISTINCT FROM 'rate_limited'
 """
 # A replica frozen mid-send (a VM pause, a long GC) is taken for dead and its rows sent again
 # by another: thawed, it may change a row only while it still holds it. Its failure (retry,

@@ -29,11 +29,14 @@ _HASTEN = """
 
 # A lease negated (HAND_BACK: a digest's rows given back) or past is no one's. Due when created
 # (not now): claims go by due time, and a row due now went after every row never tried that
-# fell due during the outage, the oldest failures last (see _pg_marks.py).
+# fell due during the outage, the oldest failures last (see _pg_marks.py). A row a 429 put
+# off keeps its time: the receiver's Retry-After, which another process (a restart after
+# kill -9, a replica) ending an outage knows nothing of.
 _HASTEN_RETRIES = """
     UPDATE outbox SET not_before = MIN(created_at, :now), updated_at = :now
     WHERE channel = :channel AND state = 'pending' AND not_before > :now AND attempts > 0
         AND (lease_until IS NULL OR lease_until <= :now)
+        AND COALESCE(reason, '') <> 'rate_limited'
 """
 
 

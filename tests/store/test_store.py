@@ -459,23 +459,29 @@ async def test_a_postponed_row_nobody_holds_is_hastened(store: Store) -> None:
 
 async def test_the_retries_of_a_channel_back_from_an_outage_are_hastened(store: Store) -> None:
     """The rows a failed try put off are due now; a row never tried (a digest's group_wait),
-    one a claim holds, one due already, another channel's and a finished one are left."""
-    [off], [held], [fresh], [done], [other] = [
+    one a claim holds, one due already, another channel's, a finished one and one a 429 put
+    off (its Retry-After, unknown to a process that did not read it) are left."""
+    [off], [held], [fresh], [done], [other], [limited] = [
         await enqueue(store, run, 10.0, channel)
-        for run, channel in [("r1", "c1"), ("r2", "c1"), ("r3", "c1"), ("r4", "c1"), ("r5", "c2")]
-    ]
+        for run, channel in [
+            ("r1", "c1"), ("r2", "c1"), ("r3", "c1"), ("r4", "c1"), ("r5", "c2"), ("r6", "c1")
+        ]
+    ]  # fmt: skip
     await store.claim("c1", now=10.0, limit=10, lease_s=60)
     await store.claim("c2", now=10.0, limit=10, lease_s=60)
     await store.mark_sent([(done, 1)], now=11.0)
     for row, due in [(off, 500.0), (held, 15.0), (other, 500.0)]:
         await store.mark_retry([(row, 1)], now=11.0, not_before=due, reason="x", error="x")
+    await store.mark_retry(
+        [(limited, 1)], now=11.0, not_before=500.0, reason="rate_limited", error="HTTP 429"
+    )
     await store.postpone(fresh, now=11.0, not_before=500.0)  # no attempt: its time stands
     await store.claim("c1", now=15.0, limit=10, lease_s=60)  # held: the one due
     assert await store.hasten_retries("c1", now=20.0) == 1
-    rows = [await store.get(row) for row in (off, held, fresh, done, other)]
+    rows = [await store.get(row) for row in (off, held, fresh, done, other, limited)]
     assert [(n.state, n.not_before) if n else None for n in rows] == [
         ("pending", 10.0), ("pending", 15.0), ("pending", 500.0), ("sent", 10.0),
-        ("pending", 500.0),
+        ("pending", 500.0), ("pending", 500.0),
     ]  # fmt: skip
     assert await store.hasten_retries("c1", now=30.0) == 0  # due already
 
