@@ -63,6 +63,7 @@ class ChaosSink:
         self.delivered: Counter[str] = Counter()  # id -> 200 answers
         self.retry_after_until: dict[str, float] = {}
         self.retry_after_at: dict[str, float] = {}  # when the last Retry-After was given
+        self.retry_afters: Counter[str] = Counter()  # id -> Retry-After answers it was held to
         self.violations: list[dict[str, Any]] = []
         self._server = web.Server(self._handle, access_log=None)
         self._listener: asyncio.Server | None = None
@@ -113,6 +114,7 @@ class ChaosSink:
         await response.write_eof()
         if request.transport is not None and not request.transport.is_closing():
             self.retry_after_at[ident] = time.monotonic()
+            self.retry_afters[ident] += 1
             self.retry_after_until[ident] = max(until or 0.0, self.retry_after_at[ident] + wait)
         return response
 
@@ -126,7 +128,14 @@ class ChaosSink:
         if until is not None and arrived < until - RA_TOLERANCE_S:
             given = self.retry_after_at.get(ident, 0.0)
             self.violations.append(
-                {"id": ident, "early_s": round(until - arrived, 4), "given": given, "at": arrived}
+                {
+                    "id": ident,
+                    "early_s": round(until - arrived, 4),
+                    "given": given,
+                    "at": arrived,
+                    "wall": time.time(),  # beside relay's history, which tells wall-clock time
+                    "retry_afters": self.retry_afters[ident],
+                }
             )
         if self.healthy:
             kind = "ok"

@@ -47,6 +47,7 @@ async def soak(*args: str, budget_s: float) -> dict[str, object]:
     print("chaos report:", json.dumps(data))  # the seed is in it: RELAY_CHAOS_SEED=<seed>
     assert report.lost == 0, data
     assert report.retry_after_violations == 0, data
+    assert report.retry_after_unrecorded <= report.kills * 8, data  # 2 channels x 4 in flight
     assert report.unexpected == 0, data
     assert report.post_errors == 0, data
     assert report.dead == 0, data
@@ -71,3 +72,27 @@ async def test_chaos_soak_large() -> None:
     if not SLOW:
         pytest.skip("large soak: RELAY_SLOW=1")
     await soak("--rounds", "10", "--updates", "400", budget_s=600)
+
+
+async def test_an_early_retry_is_excused_only_when_a_kill_lost_its_429() -> None:
+    """A 429 relay read and was killed before recording tells the next process nothing; an
+    early retry after a 429 relay's history holds, or with no kill in between, is a violation."""
+    chaos = load_chaos()
+    driver = chaos.Driver(chaos.parse_args([]), seed=1)
+    driver.kill_times = [10.0]
+
+    def early(ident: str, given: float, recorded: int) -> dict[str, object]:
+        return {"id": ident, "given": given, "at": given + 0.5, "early_s": 0.5,
+                "retry_afters": 2, "recorded": recorded}  # fmt: skip
+
+    driver.sink.violations[:] = [
+        early("lost_to_the_kill", 9.9, recorded=1),
+        early("recorded_then_killed", 9.9, recorded=2),
+        early("unreadable_history", 9.9, recorded=-1),
+        early("no_kill_between", 10.1, recorded=1),
+    ]
+    driver.excuse_unrecorded()
+    assert driver.report.retry_after_unrecorded == 1
+    assert [v["id"] for v in driver.sink.violations] == [
+        "recorded_then_killed", "unreadable_history", "no_kill_between"
+    ]  # fmt: skip
