@@ -20,16 +20,18 @@ REPO = Path(__file__).resolve().parents[1]
 class RelayChild:
     """`python -m relay serve` as a child in its own process group; restarted on one store."""
 
-    def __init__(self, workdir: Path, config: Path) -> None:
+    def __init__(self, workdir: Path, config: Path, workers: int = 0) -> None:
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("RELAY_")},
             "RELAY_CONFIG": str(config),
             "RELAY_STORE_URL": f"sqlite:///{workdir / 'relay.db'}",
             "RELAY_LISTEN": "127.0.0.1:0",
             "RELAY_LOG_FORMAT": "json",
+            "RELAY_WORKERS": str(workers),
             "PYTHONPATH": str(REPO),
         }
         self.proc: subprocess.Popen[str] | None = None
+        self.groups: list[int] = []  # every start's process group: orphaned workers live on
         self.url = ""
         self.starts = 0
         self.log_lines = 0
@@ -46,6 +48,7 @@ class RelayChild:
             start_new_session=True,
         )
         self.starts += 1
+        self.groups.append(self.proc.pid)
         listening = threading.Event()
         threading.Thread(target=self._read, args=(self.proc, listening), daemon=True).start()
         if not listening.wait(timeout_s):
@@ -66,13 +69,24 @@ class RelayChild:
             if "exc" in entry or "Traceback" in str(entry.get("raw", "")):
                 self.exceptions.append(str(entry.get("msg") or entry.get("raw"))[:200])
 
-    def kill(self) -> None:
-        """SIGKILL, no warning: the whole process group (the child started it)."""
+    def kill(self, parent_only: bool = False) -> None:
+        """SIGKILL, no warning: the whole process group (the child started it), or the parent
+        alone (its delivery workers finish their sends, then exit, as after `kill -9 PID`)."""
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                if parent_only:
+                    self.proc.kill()
+                else:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self.url = ""
+
+    def kill_all(self) -> None:
+        """SIGKILL every process group started, the orphaned workers of `kill(parent_only)` too."""
+        self.kill()
+        for group in self.groups:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
 
     def terminate(self, timeout_s: float = 20.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:

@@ -18,7 +18,9 @@ What happens, per round (`--rounds`):
 * **killer**: at a random moment of the round (uniform in [0.05 s, `--kill-window`]), relay gets
   SIGKILL, stays down for a random 0-`--down-max` seconds, and is restarted on the same store.
   Kills land anywhere: mid-ingest, mid-commit, between a send and its `sent` mark, between a
-  429 and the commit of its retry time.
+  429 and the commit of its retry time. `--workers N` runs `relay serve --workers N` (delivery
+  in processes of their own); `--kill parent` then kills the parent alone, as `kill -9 PID`
+  does: its workers finish their sends and exit while the next relay starts beside them.
 * **sink**: the webhook receiver (two relay channels, `a` and `b`, both notified by one rule for
   failed runs) answers each request at random: 200 (counted as delivered), 429 with
   `Retry-After: 1` or `2`, 500, a hang past relay's 1 s timeout, a connection reset (RST), or
@@ -220,7 +222,7 @@ class Driver:
         await asyncio.sleep(self.rng.uniform(0.05, self.args.kill_window))
         assert self.relay is not None
         self.kill_times.append(time.monotonic())
-        await asyncio.to_thread(self.relay.kill)
+        await asyncio.to_thread(self.relay.kill, self.args.kill == "parent")
         self.report.kills += 1
         await asyncio.sleep(self.rng.uniform(0.0, self.args.down_max))
         await asyncio.to_thread(self.relay.start)
@@ -232,7 +234,7 @@ class Driver:
             workdir = Path(tmp)
             config = workdir / "config.yaml"
             config.write_text(CONFIG.format(url=self.sink.url, timeout=RELAY_TIMEOUT_S, rule=RULE))
-            self.relay = RelayChild(workdir, config)
+            self.relay = RelayChild(workdir, config, self.args.workers)
             try:
                 await asyncio.to_thread(self.relay.start)
                 timeout = aiohttp.ClientTimeout(total=10)
@@ -244,7 +246,7 @@ class Driver:
                     await self.drain(http)
             finally:
                 self.relay.terminate()
-                self.relay.kill()
+                self.relay.kill_all()
                 await self.sink.stop()
         self.finish(time.monotonic() - started)
         return self.report
@@ -361,6 +363,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=60.0, help="final drain (s)")
     p.add_argument("--post-timeout", type=float, default=60.0, help="give up one update (s)")
     p.add_argument("--json", action="store_true", help="print the report as JSON only")
+    p.add_argument("--workers", type=int, default=0, help="relay serve --workers (default 0)")
+    p.add_argument(
+        "--kill",
+        choices=("group", "parent"),
+        default="group",
+        help="SIGKILL relay's process group (default), or the parent alone: its workers live on",
+    )
     for name, default in asdict(Weights()).items():
         p.add_argument(f"--p-{name.replace('_', '-')}", type=float, default=default)
     args = p.parse_args(argv)

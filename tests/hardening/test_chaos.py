@@ -74,6 +74,14 @@ async def test_chaos_soak_large() -> None:
     await soak("--rounds", "10", "--updates", "400", budget_s=600)
 
 
+async def test_chaos_soak_workers_parent_killed() -> None:
+    """kill -9 of the parent alone: its delivery workers finish their sends beside the next."""
+    if not SLOW:
+        pytest.skip("large soak: RELAY_SLOW=1")
+    await soak("--rounds", "8", "--updates", "100", "--workers", "2", "--kill", "parent",
+               budget_s=600)  # fmt: skip
+
+
 async def test_an_early_retry_is_excused_only_when_a_kill_lost_its_429() -> None:
     """A 429 relay read and was killed before recording tells the next process nothing; an
     early retry after a 429 relay's history holds, or with no kill in between, is a violation."""
