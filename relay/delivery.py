@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from relay import holds
 from relay.channel_loop import ChannelLoop
 from relay.channels import close
 from relay.dispatch import Deps
 from relay.model import Notification
+from relay.outcomes import HoldEnd
 from relay.sending import Route
 from relay.store import BirthLease
 
@@ -50,6 +52,15 @@ class Delivery:
     def start(self) -> None:
         for loop in self.loops.values():
             loop.start()
+
+    async def restore_holds(self) -> None:
+        """Hold the channels a receiver's Retry-After held before this start (relay.holds),
+        relay_channel_held saying so; before `start`, so that no loop calls them first."""
+        routes = {name: loop.route for name, loop in self.loops.items()}
+        restored = await holds.restore(self.deps.store, routes, self.deps.clock())
+        if self.deps.on_event is not None:
+            for name, until in restored.items():
+                self.deps.on_event("held", HoldEnd(name, until), "", 0)
 
     def reserve(self, most: int) -> Reservation:
         """Room for up to `most` rows per channel, leased to these loops as they are created."""

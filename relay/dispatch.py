@@ -27,6 +27,7 @@ from relay.channels import Recovery
 from relay.composing import Composer, TemplateOf
 from relay.config import RetryPolicy
 from relay.errors import DeliveryError, StoreUnavailable
+from relay.holds import receiver_key
 from relay.model import Notification
 from relay.outcomes import OnEvent, Outcomes, row_extra
 from relay.recoveries import Recoveries
@@ -114,6 +115,7 @@ class Dispatch:
             retry=deps.retry,
             lease_s=lease_s,
             on_event=deps.on_event,
+            receiver=None if route.settings is None else receiver_key(route.settings),
         )
         self.recoveries = Recoveries(name, deps.store, self.awaited, deps.clock, self.outcomes)
         self._wake = wake
@@ -210,7 +212,7 @@ class Dispatch:
             self.outcomes.event("failed", rows[0], reason)
         err = tried.error
         if err is not None and err.retry_after:  # it held the channel (Sender._hold)
-            self.outcomes.held(self.route.hold.until)
+            await self.outcomes.held(self.route.hold.until)
         self._outage(rows[0], err)
 
         def finish(again: bool) -> Awaitable[object]:

@@ -12,6 +12,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from relay import holds
 from relay import policy as pol
 from relay.awaited import Awaited
 from relay.config import RetryPolicy
@@ -50,6 +51,7 @@ class Outcomes:
     retry: RetryPolicy
     lease_s: float
     on_event: OnEvent | None = None
+    receiver: str | None = None  # holds.receiver_key of the channel: its holds are stored
 
     async def write_through_blips(
         self, write: Callable[[bool], Awaitable[object]], extra: dict[str, object]
@@ -216,9 +218,12 @@ class Outcomes:
         if self.on_event is not None:
             self.on_event(kind, row, reason, attempts)
 
-    def held(self, until: float) -> None:
-        """A receiver's Retry-After holds the channel until `until` (relay_channel_held)."""
+    async def held(self, until: float) -> None:
+        """A receiver's Retry-After holds the channel until `until` (relay_channel_held); kept
+        in the store before the failure's retry time, for the processes after this one."""
         self.event("held", HoldEnd(self.name, until), "")
+        if self.receiver is not None:
+            await holds.save(self.store, self.name, self.receiver, until, self.clock())
 
 
 def row_extra(channel: str, row: Notification) -> dict[str, object]:

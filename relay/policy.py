@@ -139,7 +139,8 @@ class Hold:
     """A channel's pause after a receiver's Retry-After: Slack, Discord, Teams and GitHub mean
     it as "no request before then" for the whole app, workspace or webhook, not the one
     message, and calls made meanwhile are refused too (each spending an attempt) and prolong
-    the limit. Per process and per channel, as the token bucket."""
+    the limit. Per process and per channel, as the token bucket; relay.holds keeps it for the
+    processes after this one."""
 
     def __init__(self) -> None:
         self.until = 0.0

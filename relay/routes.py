@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from relay import channels as channel_registry
 from relay.channels import ChannelEnv
 from relay.config import ChannelSettings
+from relay.holds import receiver_of
 from relay.policy import TokenBucket
 from relay.sending import Route
 
@@ -40,10 +41,6 @@ def route_for(
     return route
 
 
-# ChannelSettings' own options say how relay sends, not where to or as whom
-_SENDING_OPTIONS = set(ChannelSettings.model_fields)
-
-
 def _carry_over(before: Route, route: Route) -> None:
     """A reload rebuilds every route: a hold set by the receiver's Retry-After was lost, and
     relay called the receiver again at once inside a `Retry-After: 30`, as the token bucket
@@ -60,9 +57,7 @@ def _carry_over(before: Route, route: Route) -> None:
 
 
 def _same_receiver(old: ChannelSettings, new: ChannelSettings) -> bool:
-    if type(old) is not type(new):
-        return False
-    return old.model_dump(exclude=_SENDING_OPTIONS) == new.model_dump(exclude=_SENDING_OPTIONS)
+    return type(old) is type(new) and receiver_of(old) == receiver_of(new)
 
 
 def http_client() -> HttpClient:

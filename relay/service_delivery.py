@@ -46,6 +46,7 @@ class DeliverySide(HttpSide):
             await self.pool.start()
         else:
             self.delivery = self._delivery(self.compiled)
+            await self.delivery.restore_holds()
             self.delivery.start()
 
     async def _start_worker(self) -> tuple[str, int]:
@@ -54,6 +55,7 @@ class DeliverySide(HttpSide):
         if released:  # left by a predecessor that outlived its parent (kill -9), now gone
             log.info("resuming notifications claimed before a restart", extra={"count": released})
         self.delivery = self._delivery(self.compiled)
+        await self.delivery.restore_holds()
         self.delivery.start()
         if self.events is not None:
             self.events.ready()

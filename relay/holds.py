@@ -1,0 +1,94 @@
+"""A receiver's Retry-After outlives the process that read it. A channel's hold is kept in the
+store (kv namespace `holds`, one key per channel) when a Retry-After sets or extends it, and read
+when delivery starts: a restart (after `kill -9` too), a new delivery worker, another replica
+starting on the same PostgreSQL. The first sends of the new process no longer call the receiver
+inside the wait it asked for (each such call refused again, an attempt spent, the limit
+prolonged). Stored with a digest of the receiver (the channel's settings but how relay sends):
+a channel pointed elsewhere since starts afresh. The digest is a SHA-256 of settings that may
+hold secrets (a Slack webhook URL): one-way, and never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import SecretStr
+
+from relay.config import ChannelSettings
+from relay.errors import StoreUnavailable
+from relay.sending import Route
+from relay.store import Store
+
+log = logging.getLogger("relay.delivery")
+
+NAMESPACE = "holds"
+
+# ChannelSettings' own options say how relay sends, not where to or as whom
+SENDING_OPTIONS = frozenset(ChannelSettings.model_fields)
+
+
+def receiver_of(settings: ChannelSettings) -> dict[str, Any]:
+    """Where a channel sends and as whom: its settings but the sending options."""
+    return settings.model_dump(exclude=set(SENDING_OPTIONS))
+
+
+def receiver_key(settings: ChannelSettings) -> str:
+    """A one-way digest of the channel's receiver (its type and receiver_of)."""
+    dumped = json.dumps(receiver_of(settings), sort_keys=True, default=_plain)
+    return hashlib.sha256(f"{type(settings).__name__}\x1f{dumped}".encode()).hexdigest()
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return str(value)
+
+
+async def save(store: Store, channel: str, receiver: str, until: float, now: float) -> None:
+    """Keep the hold of `channel` (until `until`, wall clock); a store blip only loses it for
+    the next process, which then learns it from the receiver again."""
+    value = json.dumps({"until": until, "receiver": receiver})
+    try:
+        await store.kv_put(NAMESPACE, channel, value, now)
+    except StoreUnavailable:
+        log.warning("channel hold not stored: store unavailable", extra={"channel": channel})
+
+
+async def restore(store: Store, routes: Mapping[str, Route], now: float) -> dict[str, float]:
+    """Set on these routes the holds stored for their receivers that still run; {channel:
+    until} of those set. Nothing when the store cannot be read (they are learnt again)."""
+    try:
+        stored = await store.kv_get_many(NAMESPACE, list(routes))
+    except StoreUnavailable:
+        return {}
+    restored: dict[str, float] = {}
+    for channel, value in stored.items():
+        route, hold = routes[channel], _read(value)
+        if route.settings is None or hold is None or hold[0] <= now:
+            continue
+        until, receiver = hold
+        if receiver != receiver_key(route.settings):
+            continue
+        route.hold.extend(now, until - now)
+        restored[channel] = until
+        extra = {"channel": channel, "hold_s": round(until - now, 3)}
+        log.warning(
+            "channel held since before this start (the receiver's Retry-After)", extra=extra
+        )
+    return restored
+
+
+def _read(value: str) -> tuple[float, str] | None:
+    """A stored hold's end and receiver; None for a value this version cannot read."""
+    try:
+        found = json.loads(value)
+        until, receiver = found["until"], found["receiver"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(until, int | float) or not isinstance(receiver, str):
+        return None
+    return float(until), receiver
