@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Iterator
 
 from relay.channels._smtp import Client
 
@@ -43,9 +44,10 @@ class SmtpPool:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_use = 0  # sessions connected and lent to a send
+        self.opening = 0  # connections sends are opening (lent once open)
         self.cap: int | None = None  # in use when the server refused one more at greeting
         self._idle: list[tuple[Client, asyncio.TimerHandle]] = []
-        self._waiting: deque[asyncio.Future[Client]] = deque()
+        self._waiting: deque[asyncio.Future[Client | None]] = deque()
         self._quitting: set[asyncio.Task[None]] = set()
 
     def take(self) -> Client | None:
@@ -64,6 +66,18 @@ class SmtpPool:
         """`client` has just connected for a send."""
         self._lend(client)
 
+    @contextlib.contextmanager
+    def connecting(self) -> Iterator[None]:
+        """A send opening a connection (lend it within): a send the server refused at greeting
+        meanwhile waits for this one too. The server took it first, but its 220 can reach
+        relay after the other's 421, and the refused send found nothing in use: it failed."""
+        self.opening += 1
+        try:
+            yield
+        finally:
+            self.opening -= 1
+            self._none_left()
+
     def release(self, client: Client) -> None:
         """`client` will not be kept: closed, and no longer in use."""
         if client.lent:
@@ -71,6 +85,17 @@ class SmtpPool:
         client.close()
         if self.in_use == 0:
             self.cap = None
+        self._none_left()
+
+    def _none_left(self) -> None:
+        """No session in use or being opened: the sends waiting for one have none to wait for
+        (they waited out their attempt's time before)."""
+        if self.in_use or self.opening:
+            return
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
 
     @property
     def waiting(self) -> int:
@@ -115,17 +140,17 @@ class SmtpPool:
 
     async def wait(self, deadline: float) -> Client | None:
         """One of the sessions in use, once its send gives it back, by the loop's `deadline`;
-        None if none is in use, or none came back in time."""
-        if self.in_use == 0:
+        None if none is in use or being opened, or none came back in time."""
+        if self.in_use == 0 and self.opening == 0:
             return None
-        waiter: asyncio.Future[Client] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Client | None] = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
         try:
             async with asyncio.timeout_at(deadline):
                 return await asyncio.shield(waiter)
         except TimeoutError:
-            if waiter.done():  # given at the deadline: kept for the next send
-                self._to_idle(waiter.result())
+            if waiter.done() and (given := waiter.result()) is not None:
+                self._to_idle(given)  # given at the deadline: kept for the next send
             return None
         finally:
             waiter.cancel()  # no-op once it has its session

@@ -226,8 +226,9 @@ class EmailChannel:
         try:
             async with budget:
                 if not client.reused:
-                    await client.open(self._hosts)
-                    self._pool.lend(client)
+                    with self._pool.connecting():
+                        await client.open(self._hosts)
+                        self._pool.lend(client)
                     await client.greet()
                     await self._login(client)
                 if not client.supports_extension("smtputf8"):

@@ -133,6 +133,21 @@ async def test_a_server_taking_fewer_connections_than_concurrency_gets_all_mails
     assert fake.connections == 1
 
 
+async def test_a_send_refused_while_the_taken_connection_is_still_greeting_waits_for_it(
+    smtp_server: SmtpFactory,
+) -> None:
+    """The server took the first connection and refused the others at once, its 220 to the
+    first coming later: the refused sends found no session in use (only one being opened) and
+    failed rate_limited; they wait for that one, as for a session in use."""
+    fake = await smtp_server()
+    fake.max_sessions = 1
+    fake.slow = {"GREETING": 0.3}
+    ch = email_channel(fake.port)
+    await asyncio.gather(*(ch.send(outgoing(ident=ntf(n))) for n in range(3)))
+    assert len(await fake.wait_for(3)) == 3
+    assert (fake.connections, fake.refused_sessions) == (1, 2)
+
+
 async def test_once_refused_a_connection_over_the_servers_cap_is_not_opened(
     smtp_server: SmtpFactory,
 ) -> None:

@@ -8,7 +8,8 @@ runs on the machine, and tests await what it received without threads.
 - `FakeSMTP.rcpt_replies` / `data_replies`: the next RCPT / DATA replies, popped in order, then
   250. "451 4.7.1 try later" once = `data_replies = ["451 4.7.1 try later"]`.
 - `FakeSMTP.stall`: commands ("DATA", "QUIT") the server never answers, until the test ends.
-- `FakeSMTP.slow`: seconds the server takes to answer these commands ("RCPT", "DATA"); a slow
+- `FakeSMTP.slow`: seconds the server takes to answer these commands ("RCPT", "DATA"), or to
+  greet ("GREETING": its 220; a connection over `max_sessions` is refused at once); a slow
   DATA has taken the mail before it answers, as an MTA queues it before its 250.
 - modes: "plain", "starttls" (require_starttls), "tls" (implicit TLS from the first byte);
   `credentials=(user, password)` requires AUTH (over STARTTLS: aiosmtpd refuses AUTH in clear).
@@ -163,6 +164,10 @@ class _RecordedSMTP(SMTP):
     def data_received(self, data: bytes) -> None:
         self.fake.received += data
         super().data_received(data)
+
+    async def _handle_client(self) -> None:
+        await self.fake._take_time("GREETING")  # a busy server's 220 comes late
+        await super()._handle_client()
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
