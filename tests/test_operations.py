@@ -147,13 +147,14 @@ channels:
   hook: {{type: webhook, url: "{url}/hook"}}
 rules:
   - name: {rule}
-    when: "run.metadata.retries > 2"
+    {condition}
     notify: [hook]
     continue: true
   - name: after
     match: {{status: [failure]}}
     notify: [hook]
 """
+RAISES = 'when: "run.metadata.retries > 2"'
 
 
 async def test_a_when_that_raises_is_counted_and_later_rules_still_match(
@@ -163,7 +164,7 @@ async def test_a_when_that_raises_is_counted_and_later_rules_still_match(
     alerting on relay saw nothing. Counted by rule, as Prometheus counts its rule evaluation
     failures, also for the rules of a reloaded config; the update is taken and the next rule
     still matches it."""
-    r = await relay(WHEN_CONFIG.format(url=sink.url, rule="retries"))
+    r = await relay(WHEN_CONFIG.format(url=sink.url, rule="retries", condition=RAISES))
     assert value(await metrics_text(r), 'relay_rule_evaluation_failures_total{rule="retries"}') == 0
     assert (await r.post(run_with("FAILED", "run_w1")))[0] == 202
     assert [x.json()["rule"] for x in await sink.wait_for(1)] == ["after"]
@@ -171,12 +172,29 @@ async def test_a_when_that_raises_is_counted_and_later_rules_still_match(
     assert value(text, 'relay_rule_evaluation_failures_total{rule="retries"}') == 1
     assert value(text, 'relay_rule_evaluation_failures_total{rule="after"}') == 0
     path = Path(r.service.compiled.loaded.source.filename)
-    path.write_text(WHEN_CONFIG.format(url=sink.url, rule="retries2"))
+    path.write_text(WHEN_CONFIG.format(url=sink.url, rule="retries2", condition=RAISES))
     assert await r.service.reload("SIGHUP") is True
     assert (await r.post(run_with("FAILED", "run_w2")))[0] == 202
     await sink.wait_for(2)
     text = await metrics_text(r)
     assert value(text, 'relay_rule_evaluation_failures_total{rule="retries2"}') == 1
+
+
+async def test_a_task_regex_stopped_for_taking_too_long_is_counted(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A `task_regex` that backtracks past its 1 s is stopped and does not match: counted in
+    relay_rule_evaluation_failures_total as a `when:` that raised is (README), which no test
+    held; the update is taken and the next rule still matches it."""
+    backtracks = "match: {task_regex: '^(a|aa)+$'}"
+    r = await relay(WHEN_CONFIG.format(url=sink.url, rule="slow", condition=backtracks))
+    run = run_with("FAILED", "run_r1")
+    run["taskIdentifier"] = "a" * 40 + "!"
+    assert (await r.post(run))[0] == 202
+    assert [x.json()["rule"] for x in await sink.wait_for(1)] == ["after"]
+    text = await metrics_text(r)
+    assert value(text, 'relay_rule_evaluation_failures_total{rule="slow"}') == 1
+    assert value(text, 'relay_rule_evaluation_failures_total{rule="after"}') == 0
 
 
 async def metrics_after_failures(
