@@ -31,8 +31,9 @@ from aiohttp.connector import Connection
 from multidict import CIMultiDict
 
 from relay.channels._http_answers import HttpResponse, classify_status, proxy_refused
-from relay.errors import DeliveryError, network_error, tls_failure, wire_failure
-from relay.outbound import USER_AGENT, Proxies, UnsupportedProxy, new_resolver
+from relay.errors import DeliveryError, network_error
+from relay.outbound import USER_AGENT, Proxies, new_resolver
+from relay.transport_words import transport_words
 
 log = logging.getLogger("relay.channels")
 
@@ -110,25 +111,6 @@ class _Response(aiohttp.ClientResponse):
         if self.status == 101 and protocol is not None:
             protocol.close()  # the pool drops a closed connection when it is next taken
         return response
-
-
-def transport_words(exc: BaseException) -> str:
-    """A failed connection or exchange in words that name no URL ("connection refused",
-    "TLS: certificate not trusted"), prefixed "proxy: " when it was the proxy's connection
-    that failed: an operator looked at the receiver while HTTP(S)_PROXY named a proxy that was
-    down. Shared by the channels and the Realtime feeds."""
-    if isinstance(exc, UnsupportedProxy):
-        return str(exc)
-    words = tls_failure(exc) or wire_failure(exc) or _payload_failure(exc) or type(exc).__name__
-    return f"proxy: {words}" if isinstance(exc, aiohttp.ClientProxyConnectionError) else words
-
-
-def _payload_failure(exc: BaseException) -> str | None:
-    """A body that broke off (the connection closed before its Content-Length or last chunk)
-    or whose coding cannot be undone: aiohttp says only "ClientPayloadError"."""
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "answer cut short or not decodable"
-    return None
 
 
 def _left(deadline: float) -> float:

@@ -47,7 +47,6 @@ from typing import Any
 
 import aiohttp
 
-from relay.channels._http import transport_words
 from relay.config_sources import RealtimeConfig
 from relay.errors import StoreUnavailable
 from relay.intake import IntakeResult
@@ -66,6 +65,7 @@ from relay.sources._hooks import Failed, Observe, Sleep, Submit
 from relay.sources._messages import ShapeError
 from relay.sources._shape import Batch, Shape
 from relay.sources._slices import Submitted, decoded, slices
+from relay.transport_words import transport_words
 
 log = logging.getLogger("relay.realtime")
 
