@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from relay import holds
 from relay.channel_loop import ChannelLoop
-from relay.channels import close
 from relay.dispatch import Deps
 from relay.model import Notification
 from relay.outcomes import HoldEnd
@@ -86,4 +85,4 @@ class Delivery:
         """Stop every loop (in-flight sends finish within `grace_s`), then close the channels:
         what they keep open (SMTP sessions) is ended, not dropped at exit."""
         await asyncio.gather(*(loop.stop(grace_s) for loop in self.loops.values()))
-        await asyncio.gather(*(close(loop.route.channel) for loop in self.loops.values()))
+        await asyncio.gather(*(loop.route.channel.close() for loop in self.loops.values()))

@@ -5,8 +5,8 @@ DeliveryError (classified: retryable, reason, retry_after) on failure and return
 optionally with a receipt string (Slack: the message's channel and ts; PagerDuty: the dedup key)
 that comes back in `Outgoing.recovers` when the run recovers.
 Retries, backoff, dead letters and throttling belong to the delivery worker, not to channels.
-Adding a channel type: its module (settings model + class + KIND), one line in REGISTRY, its
-templates under templates/<type>/, and its tests.
+Adding a channel type: its module (settings model + class, with its `close`, + KIND), one line
+in REGISTRY, its templates under templates/<type>/, and its tests.
 """
 
 from __future__ import annotations
@@ -103,13 +103,18 @@ class Channel(Protocol):
         """One attempt; raise DeliveryError on failure. May return a receipt: what a later
         recovery needs to find this message again (kept with the notification)."""
 
+    async def close(self) -> None:
+        """End what the channel keeps open between sends, once it sends no more (an email
+        channel's SMTP sessions: QUIT). Every channel says it: one that forgot is a type error
+        here, where a `getattr` check let it leak what it held."""
 
-async def close(channel: Channel) -> None:
-    """End what `channel` keeps open between sends, once it sends no more (an email channel's
-    SMTP sessions: QUIT); a channel keeping nothing has no `close`."""
-    closing = getattr(channel, "close", None)
-    if closing is not None:
-        await closing()
+
+class HoldsNothing:
+    """The `close` of a channel that keeps nothing open between sends (the HTTP channels share
+    the service's client, which the service closes)."""
+
+    async def close(self) -> None:
+        return None
 
 
 ChannelFactory = Callable[[str, ChannelSettings, ChannelEnv], Channel]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from relay.channels import ChannelEnv, ChannelKind, Outgoing
+from relay.channels import ChannelEnv, ChannelKind, HoldsNothing, Outgoing
 from relay.config import ChannelSettings
 from relay.errors import DeliveryError
 from relay.logs import BIDI_OVERRIDES, escaped
@@ -26,7 +26,7 @@ class ConsoleSettings(ChannelSettings):
     pass
 
 
-class ConsoleChannel:
+class ConsoleChannel(HoldsNothing):
     def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
         self.name = name
         self.settings = settings

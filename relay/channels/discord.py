@@ -48,6 +48,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from relay.channels import (
     ChannelEnv,
     ChannelKind,
+    HoldsNothing,
     Outgoing,
     json_headers,
     says_nothing_when,
@@ -300,7 +301,7 @@ def thread_name(pattern: str, body: dict[str, Any], message: Outgoing) -> str:
     return truncate_chars(name or f"relay: {message.rule}", MAX_THREAD_NAME)
 
 
-class DiscordChannel:
+class DiscordChannel(HoldsNothing):
     def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
         assert isinstance(settings, DiscordSettings)
         self.name = name

@@ -43,6 +43,7 @@ from pydantic import SecretStr, field_validator
 from relay.channels import (
     ChannelEnv,
     ChannelKind,
+    HoldsNothing,
     Outgoing,
     json_headers,
     says_nothing_when,
@@ -213,7 +214,7 @@ def connector_failure(response: HttpResponse) -> DeliveryError | None:
     )
 
 
-class MSTeamsChannel:
+class MSTeamsChannel(HoldsNothing):
     def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
         assert isinstance(settings, MSTeamsSettings)
         self.name = name

@@ -44,7 +44,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import SecretStr, field_validator
 
-from relay.channels import ChannelEnv, ChannelKind, Outgoing, json_headers
+from relay.channels import ChannelEnv, ChannelKind, HoldsNothing, Outgoing, json_headers
 from relay.channels._http_answers import HttpResponse, classify_status, https_or_local, json_object
 from relay.config import ChannelSettings, RateLimit
 from relay.config_base import Token
@@ -239,7 +239,7 @@ def classify(response: HttpResponse, routing_key: str) -> DeliveryError:
     )
 
 
-class PagerDutyChannel:
+class PagerDutyChannel(HoldsNothing):
     def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
         assert isinstance(settings, PagerDutySettings)
         self.name = name

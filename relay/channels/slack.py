@@ -62,7 +62,7 @@ from typing import Any
 import orjson
 from pydantic import SecretStr, field_validator, model_validator
 
-from relay.channels import ChannelEnv, ChannelKind, Outgoing, json_headers
+from relay.channels import ChannelEnv, ChannelKind, HoldsNothing, Outgoing, json_headers
 from relay.channels._http_answers import HttpResponse, https_or_local
 from relay.channels._slack_api import api_answer, classify, error_name, in_thread, posted_at
 from relay.channels._slack_blocks import (
@@ -162,7 +162,7 @@ def thread_subject(message: Outgoing) -> str:
     return message.subject or message.run_id
 
 
-class SlackChannel:
+class SlackChannel(HoldsNothing):
     def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
         assert isinstance(settings, SlackSettings)
         self.name = name

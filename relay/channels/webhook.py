@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
-from relay.channels import ChannelEnv, ChannelKind, Outgoing, json_headers
+from relay.channels import ChannelEnv, ChannelKind, HoldsNothing, Outgoing, json_headers
 from relay.config import ChannelSettings
 from relay.config_base import header_value_problem, url_problem
 from relay.filters import http_url
@@ -148,7 +148,7 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-class WebhookChannel:
+class WebhookChannel(HoldsNothing):
     def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
         assert isinstance(settings, WebhookSettings)
         self.name = name

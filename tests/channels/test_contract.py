@@ -319,6 +319,17 @@ async def test_2xx_is_success(target: HttpTarget, caplog: pytest.LogCaptureFixtu
     assert_no_secrets(None, target.kind.secrets, caplog)
 
 
+async def test_a_closed_channel_leaves_the_shared_client_to_the_others(
+    target: HttpTarget,
+) -> None:
+    """Every channel has `close` (the protocol's: a stopped channel's, a reload's old one's);
+    an HTTP channel holds nothing of its own, so closing it leaves the service's client open
+    for the channels still sending."""
+    await target.channel().close()
+    await target.channel().send(message(target.kind.type))
+    assert target.requests() == 1
+
+
 async def test_every_request_carries_the_notification_id(target: HttpTarget) -> None:
     """SPEC §5: each notification carries a stable idempotency id. Only webhooks (and mails)
     did: a Slack, Discord, Teams or PagerDuty send repeated after a kill -9 or a lost answer
