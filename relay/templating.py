@@ -117,11 +117,12 @@ class Renderer:
         budget_s: float = RENDER_BUDGET_S,
         link: Callable[[dict[str, Any]], str | None] | None = None,
         files: Mapping[str, bytes] | None = None,
-        checks: Mapping[str, Callable[[str], str | None]] | None = None,
+        checks: Mapping[str, Callable[[Any], str | None]] | None = None,
         *,
         sole_types: Collection[str] = (),
     ) -> None:
-        # by channel type: what is wrong with a rendered `json` part besides not being JSON
+        # by channel type: what is wrong with a rendered `json` part (parsed) besides not
+        # being JSON
         self._checks = dict(checks or {})
         self.overrides = read_overrides(override_dir) if files is None else dict(files)
         self._sole_types = sole_types  # channel types whose messages have one part
@@ -329,11 +330,11 @@ def _references(ast: nodes.Template, top_level: bool = False) -> list[tuple[int,
     return found
 
 
-def _check_json(text: str, check: Callable[[str], str | None] | None) -> None:
+def _check_json(text: str, check: Callable[[Any], str | None] | None) -> None:
     try:
-        orjson.loads(text)
+        value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise _Unrenderable("InvalidJSON", f"line {exc.lineno} column {exc.colno}") from None
-    problem = None if check is None else check(text)
+    problem = None if check is None else check(value)
     if problem is not None:
         raise _Unrenderable("InvalidMessage", problem)

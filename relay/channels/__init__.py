@@ -130,8 +130,9 @@ class ChannelKind:
     create: ChannelFactory
     parts: tuple[str, ...]
     # what is wrong with a rendered `json` part for this type (None: nothing), beyond being
-    # JSON: the renderer treats a problem as a template failure (plain fallback, error logged)
-    check: Callable[[str], str | None] | None = None
+    # JSON, given parsed (the renderer's one parse, which tells it is JSON): the renderer
+    # treats a problem as a template failure (plain fallback, error logged)
+    check: Callable[[Any], str | None] | None = None
     # the message the channel sends for a rendered one (its `json` part cut to the receiver's
     # limits, by the code its send cuts with), and what that changed (a block dropped or cut),
     # in words: what `relay test` shows
@@ -145,13 +146,13 @@ _NOTHING = "relay-default-3f9c2e: the template said nothing"
 
 
 def says_nothing_when(
-    build: Callable[[str, str], dict[str, Any]],
-) -> Callable[[str], str | None]:
-    """A ChannelKind.check for a channel whose `build(rendered, default_text)` falls back to
+    build: Callable[[Any, str], dict[str, Any]],
+) -> Callable[[Any], str | None]:
+    """A ChannelKind.check for a channel whose `build(parsed, default_text)` falls back to
     relay's one-line default when the template gives it nothing to show."""
 
-    def check(rendered: str) -> str | None:
-        built = build(rendered, _NOTHING)
+    def check(parsed: Any) -> str | None:
+        built = build(parsed, _NOTHING)
         return "nothing the channel can show" if _NOTHING in repr(built) else None
 
     return check
@@ -170,7 +171,7 @@ def sent_as(
     return as_sent
 
 
-def rendered_checks() -> dict[str, Callable[[str], str | None]]:
+def rendered_checks() -> dict[str, Callable[[Any], str | None]]:
     """Each channel type's check of its rendered `json` part (ChannelKind.check)."""
     return {kind.type: kind.check for kind in REGISTRY.values() if kind.check is not None}
 

@@ -89,6 +89,11 @@ def fit(rendered: str, default_text: str) -> tuple[dict[str, Any], list[str]]:
         value: Any = orjson.loads(rendered)
     except orjson.JSONDecodeError:
         value = rendered
+    return fit_value(value, default_text)
+
+
+def fit_value(value: Any, default_text: str) -> tuple[dict[str, Any], list[str]]:
+    """fit, of the rendered part already parsed (or the text that is not JSON)."""
     if isinstance(value, list):
         value = {"blocks": value}
     if not isinstance(value, dict):
@@ -133,11 +138,12 @@ def slack_message(rendered: str, default_text: str) -> dict[str, Any]:
     return fit(rendered, default_text)[0]
 
 
-def says_nothing(rendered: str) -> str | None:
-    """Why a rendered part makes a message of nothing (no text, no block, no attachment kept:
-    Slack would get only relay's one-line default), else None. The renderer counts it a
-    template failure, so the plain fallback tells of the run and the error is logged."""
-    message = slack_message(rendered, "")
+def says_nothing(value: Any) -> str | None:
+    """Why a rendered part (parsed) makes a message of nothing (no text, no block, no
+    attachment kept: Slack would get only relay's one-line default), else None. The renderer
+    counts it a template failure, so the plain fallback tells of the run and the error is
+    logged."""
+    message = fit_value(value, "")[0]
     attachments = message.get("attachments")
     if message["text"] or message.get("blocks") or (isinstance(attachments, list) and attachments):
         return None

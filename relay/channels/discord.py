@@ -219,6 +219,11 @@ def discord_message(rendered: str, default_text: str) -> dict[str, Any]:
         value: Any = orjson.loads(rendered)
     except orjson.JSONDecodeError:
         value = {"content": rendered}
+    return discord_message_of(value, default_text)
+
+
+def discord_message_of(value: Any, default_text: str) -> dict[str, Any]:
+    """discord_message, of the rendered part already parsed."""
     if isinstance(value, list):
         value = {"embeds": value}
     if not isinstance(value, dict):
@@ -341,6 +346,6 @@ KIND = ChannelKind(
     DiscordSettings,
     DiscordChannel,
     ("json",),
-    says_nothing_when(discord_message),
+    says_nothing_when(discord_message_of),
     AS_SENT,
 )

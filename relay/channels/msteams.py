@@ -166,6 +166,11 @@ def teams_message(rendered: str, default_text: str) -> dict[str, Any]:
         value: Any = orjson.loads(rendered)
     except orjson.JSONDecodeError:
         value = {"text": rendered}
+    return teams_message_of(value, default_text)
+
+
+def teams_message_of(value: Any, default_text: str) -> dict[str, Any]:
+    """teams_message, of the rendered part already parsed."""
     card = _card(value)
     if card is None:
         text = value.get("text") if isinstance(value, dict) else None
@@ -239,6 +244,6 @@ KIND = ChannelKind(
     MSTeamsSettings,
     MSTeamsChannel,
     ("json",),
-    says_nothing_when(teams_message),
+    says_nothing_when(teams_message_of),
     AS_SENT,
 )
