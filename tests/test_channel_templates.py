@@ -730,6 +730,7 @@ HOOKS = {
     [
         ("slack", '{"blocks": "not a list", "text": 5}', True),
         ("slack", "{}", True),
+        ("slack", '{"text": " \\n", "blocks": [{"type": "section"}]}', True),  # blank text
         ("slack", '{"blocks": [{"type": "divider"}], "text": ""}', False),
         ("slack", '{"attachments": [{"color": "#f00", "text": "x"}]}', False),
         ("slack", '"just words"', False),

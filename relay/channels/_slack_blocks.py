@@ -6,7 +6,7 @@ again in (its text cut, its text alone).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -108,10 +108,13 @@ def fit_value(value: Any, default_text: str) -> tuple[dict[str, Any], list[str]]
     text = message.get("text")
     if isinstance(text, str) and len(text) > MAX_TEXT:
         said.append(f"text cut to {MAX_TEXT} characters")
-    message["text"] = _clip(
-        text if isinstance(text, str) and text.strip() else default_text, MAX_TEXT
-    )
+    message["text"] = _clip(text if _shows(text) else default_text, MAX_TEXT)
     return message, said
+
+
+def _shows(text: Any) -> TypeGuard[str]:
+    """Whether a message's `text` says something: it is kept (cut at most), not the default."""
+    return isinstance(text, str) and bool(text.strip())
 
 
 def _fit_blocks(blocks: list[Any], said: list[str]) -> list[dict[str, Any]]:
@@ -143,6 +146,8 @@ def says_nothing(value: Any) -> str | None:
     attachment kept: Slack would get only relay's one-line default), else None. The renderer
     counts it a template failure, so the plain fallback tells of the run and the error is
     logged."""
+    if isinstance(value, dict) and _shows(value.get("text")):
+        return None  # its text is kept: no block need be fitted to know (most messages)
     message = fit_value(value, "")[0]
     attachments = message.get("attachments")
     if message["text"] or message.get("blocks") or (isinstance(attachments, list) and attachments):
