@@ -1,11 +1,11 @@
 """Loading the YAML configuration: every problem found with its file:line, and what is valid.
 
-`load_config(path, channel_models)` returns a `LoadedConfig` or raises ConfigError with every
-problem found and its file:line; `check_file` returns a `Draft` instead, the valid parts with
-the problems, for the checks that follow (rules, templates) to run on. Channel option models are
-passed in by the caller (the channel registry), so this module knows no channel. The schema is
-relay.config; each part is validated alone by relay.config_parts, and the checks across parts
-(names, references) are relay.config_refs.
+`check_file(path, channel_models)` returns a `Draft`, the valid parts with every problem found
+and its file:line, for the checks that follow (rules, templates) to run on; `Draft.loaded()` is
+the `LoadedConfig`, or ConfigError with the problems. Channel option models are passed in by
+the caller (the channel registry), so this module knows no channel. The schema is relay.config;
+each part is validated alone by relay.config_parts, and the checks across parts (names,
+references) are relay.config_refs.
 """
 
 from __future__ import annotations
@@ -79,13 +79,6 @@ class Draft:
         if self.problems:
             raise ConfigError(in_file_order(self.problems))
         return LoadedConfig(self.config, self.source)
-
-
-def load_config(
-    path: Path, channel_models: ChannelModels, env: Mapping[str, str] | None = None
-) -> LoadedConfig:
-    """Read, interpolate and validate `path`; ConfigError lists every problem with file:line."""
-    return check_file(path, channel_models, env).loaded()
 
 
 def check_file(

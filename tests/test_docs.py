@@ -50,7 +50,7 @@ from relay.config import (
     ServerConfig,
     TemplatesConfig,
 )
-from relay.config_load import load_config
+from relay.config_load import check_file
 from relay.config_rules import MatchConfig, RuleConfig
 from relay.config_sources import RealtimeConfig, RealtimeFeed, SourcesConfig, TriggerAlertsConfig
 from relay.configure import compile_config
@@ -266,9 +266,8 @@ def try_rules(
     # a warning is `relay check` saying the example does not do what it shows
     assert "warning" not in checked.stderr, f"{where}:\n{checked.stderr}"
     config = folder / "config.yaml"
-    compiled = compile_config(
-        load_config(config, channel_registry.settings_models(), dummy_env(text))
-    )
+    draft = check_file(config, channel_registry.settings_models(), dummy_env(text))
+    compiled = compile_config(draft.loaded())
     messages = [
         m for batch in sample_events() for r in dry_run(compiled, batch) for m in r.messages
     ]

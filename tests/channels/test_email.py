@@ -28,7 +28,7 @@ from relay.channels._email_message import build_message, id_domain
 from relay.channels._email_settings import EmailSettings
 from relay.channels._http import HttpClient
 from relay.channels.email import EmailChannel
-from relay.config_load import load_config, parse_config
+from relay.config_load import check_file, parse_config
 from relay.errors import ConfigError, DeliveryError
 from relay.model import Run, notification_id
 from relay.store.sqlite import SQLiteStore
@@ -766,7 +766,7 @@ async def test_a_relative_ca_file_is_found_beside_the_config(
         f"channels:\n  mail:\n    type: email\n    smtp: {smtp}\n"
         "    from: relay@example.com\n    to: [oncall@example.com]\n"
     )
-    loaded = load_config(config, settings_models(), {})
+    loaded = check_file(config, settings_models(), {}).loaded()
     settings = loaded.config.channels["mail"]
     assert isinstance(settings, EmailSettings)
     assert settings.smtp.ca_file == config.parent / "ca.pem"
