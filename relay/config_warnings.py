@@ -15,7 +15,7 @@ from relay.errors import did_you_mean
 from relay.grouping import EVERY_RUN
 from relay.match_warnings import match_warnings
 from relay.model import Run, Timing
-from relay.rules import Locate
+from relay.rule_compile import Locate
 from relay.yamlconf import dotted
 
 

@@ -16,15 +16,8 @@ from relay.config_warnings import config_warnings
 from relay.dashboard_links import dashboard_link
 from relay.errors import ConfigError, Problem, in_file_order
 from relay.rendering import DIGEST_TEMPLATE
-from relay.rules import (
-    RECOVERY_TEMPLATE,
-    Locate,
-    RuleSet,
-    compile_rules,
-    rule_template,
-    rule_templates,
-    when_problems,
-)
+from relay.rule_compile import Locate, compile_rules, rule_template, rule_templates, when_problems
+from relay.rules import RECOVERY_TEMPLATE, RuleSet
 from relay.settings import Settings
 from relay.template_layout import unrendered_files
 from relay.template_probe import invalid_json

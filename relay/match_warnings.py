@@ -7,8 +7,8 @@ from __future__ import annotations
 from relay.config_rules import MatchConfig, RuleConfig
 from relay.errors import did_you_mean
 from relay.model import Run
+from relay.rule_compile import Locate
 from relay.rule_filters import passes_filters, statuses_of
-from relay.rules import Locate
 from relay.statuses import EVENT_STATUSES, FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP
 
 

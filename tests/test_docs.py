@@ -60,7 +60,7 @@ from relay.formats import parse_any, parse_body, parse_runs
 from relay.metrics import Metrics
 from relay.model import SILENCE_MATCHERS
 from relay.render_context import template_variables
-from relay.rules import EVENT_TEMPLATES
+from relay.rule_compile import EVENT_TEMPLATES
 from relay.sandbox import environment
 from relay.settings import Settings
 from relay.statuses import EVENTS

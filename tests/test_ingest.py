@@ -18,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from relay.intake import Intake
-from relay.rules import compile_rules
+from relay.rule_compile import compile_rules
 from relay.sources.http import HttpDeps, RefusalLog, build_app
 from relay.store import HistoryQuery
 from relay.store.sqlite import SQLiteStore

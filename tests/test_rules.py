@@ -19,7 +19,8 @@ from relay.formats.electric import parse_raw_run
 from relay.formats.trigger_alerts import parse_alert
 from relay.grouping import lookup
 from relay.model import Run, RunState
-from relay.rules import RuleSet, compile_rules
+from relay.rule_compile import compile_rules
+from relay.rules import RuleSet
 from tests.conftest import FIXTURES, sdk_run
 
 

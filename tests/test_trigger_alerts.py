@@ -30,7 +30,7 @@ from relay.dashboard_links import dashboard_link
 from relay.formats.trigger_alerts import MAX_SIGNATURES, parse_alert
 from relay.grouping import digest_context
 from relay.model import Run
-from relay.rules import compile_rules
+from relay.rule_compile import compile_rules
 from relay.sandbox import sandbox
 from relay.templating import RenderContext, Renderer
 from relay.unknowns import with_unknowns

@@ -20,7 +20,7 @@ from relay.channels import settings_models
 from relay.config_load import parse_config
 from relay.errors import ConfigError
 from relay.model import notification_id
-from relay.rules import compile_rules
+from relay.rule_compile import compile_rules
 from relay.silences import index as silence_index
 from relay.windows import NamedTimeInterval, TimeInterval
 from tests.conftest import FIXTURES, RelayFactory, Sink, run_cli_in_process, sdk_run, status

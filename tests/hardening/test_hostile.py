@@ -22,7 +22,7 @@ import pytest
 from relay.channels import settings_models
 from relay.config_load import parse_config
 from relay.model import Run, notification_id
-from relay.rules import compile_rules
+from relay.rule_compile import compile_rules
 from relay.sandbox import refused_names, sandbox
 from relay.templating import RenderContext, Renderer, fallback_json
 from tests.conftest import RelayFactory, Sink, sdk_run
