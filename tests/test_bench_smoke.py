@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import child_env
+
 REPO = Path(__file__).resolve().parents[1]
 RUN_ALL = REPO / "bench" / "run_all.py"
 SCENARIOS = ["ingest", "end-to-end", "latency", "rules scaling", "memory", "delivery", "realtime"]
@@ -43,7 +45,7 @@ def _run_quick(tmp_path: Path) -> list[dict[str, Any]]:
     out = tmp_path / "rows.json"
     argv = [sys.executable, str(RUN_ALL), "--quick", "--no-install", "--jobs", str(len(SCENARIOS))]
     argv += ["--json-out", str(out)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env = child_env()  # its relay children share the suite's compiled modules
     proc = subprocess.Popen(
         argv,
         cwd=REPO,
