@@ -13,6 +13,7 @@ from then on, as if it had come in a later answer.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,19 +47,39 @@ def decoded(rows: list[dict[str, Any]], schema: Schema, feed: str) -> list[Run]:
     """The runs of `rows` (raw rows of `feed`); a row that cannot be decoded is logged, skipped."""
     runs = []
     for row in rows:
-        try:
-            runs.append(parse_raw_run(row, schema=schema))
-        except InputError as exc:
-            log.warning(
-                "realtime row skipped: cannot decode it",
-                extra={
-                    "feed": feed,
-                    "row_id": row.get("id"),
-                    "field": exc.field,
-                    "error": exc.message,
-                },
-            )
+        run = _run_of(row, schema, feed)
+        if run is not None:
+            runs.append(run)
     return runs
+
+
+_IDS = frozenset({"id", "friendlyId"})
+
+
+def _run_of(row: dict[str, Any], schema: Schema, feed: str) -> Run | None:
+    """The run of `row`. A column no run can hold (a float8 cost of NaN or Infinity, a NULL in
+    `runTags`) is dropped, named in a warning, so the run still meets the rules: a POSTed row
+    gets a 400 naming it, a feed's has no sender to tell and would never alert. A row whose
+    ids cannot be read is skipped."""
+    while True:
+        try:
+            return parse_raw_run(row, schema=schema)
+        except InputError as exc:
+            column = _COLUMN.split(exc.field, maxsplit=1)[0]
+            where = {
+                "feed": feed,
+                "row_id": row.get("id"),
+                "field": exc.field,
+                "error": exc.message,
+            }
+            if column in _IDS or row.get(column) is None:
+                log.warning("realtime row skipped: cannot decode it", extra=where)
+                return None
+            log.warning("realtime column dropped: cannot decode it", extra=where)
+            row = {**row, column: None}
+
+
+_COLUMN = re.compile(r"[.\[]")
 
 
 @dataclass
