@@ -342,19 +342,19 @@ async def test_a_time_interval_mutes_at_send_time_too(
     muting = DIGEST + "    mute_time_intervals: [always]\n"
     (tmp_path / "config0.yaml").write_text(muting.format(url=sink.url))
     assert await r.service.reload("test")
-    await asyncio.sleep(2.0)  # past the group_wait
+    queued = await until_state(r, "run_q", "muted", attempts=0)  # its group_wait is over
+    assert queued["reason"] == "time_interval:always"
     assert sink.received == []
-    queued = await notification(r, "run_q")
-    assert (queued["state"], queued["reason"]) == ("muted", "time_interval:always")
 
 
 RETRYING = "defaults:\n  retry: {{max_attempts: 5, max_age: 1h}}\n" + ALWAYS
 
 
-async def until_state(r: Any, run_id: str, state: str) -> dict[str, Any]:
+async def until_state(r: Any, run_id: str, state: str, attempts: int = 1) -> dict[str, Any]:
+    """The notification of `run_id` once it is in `state` after `attempts` tries or more."""
     for _ in range(400):
         found = await notification(r, run_id)
-        if found["state"] == state and found["attempts"] >= 1:
+        if found["state"] == state and found["attempts"] >= attempts:
             return found
         await asyncio.sleep(0.05)
     raise AssertionError(found)
