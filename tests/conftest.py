@@ -267,6 +267,7 @@ class RelayProcess:
         self.cwd: Path | None = None
         self.argv = [sys.executable, "-m", "relay", "serve"]
         self.proc: subprocess.Popen[str] | None = None
+        self.readers: list[threading.Thread] = []
         self.logs: list[dict[str, Any]] = []
         self.stdout: list[str] = []
         self.url = ""
@@ -278,7 +279,7 @@ class RelayProcess:
             assert self.proc is not None
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
-                time.sleep(0.1)  # let the reader threads take the last lines
+                self.output_read()
                 raise AssertionError(f"relay did not start: {self.logs[-5:]}")
         return self
 
@@ -294,9 +295,19 @@ class RelayProcess:
             cwd=self.cwd,
         )
         listening = threading.Event()
-        threading.Thread(target=self._read_logs, args=(listening,), daemon=True).start()
-        threading.Thread(target=self._read_stdout, daemon=True).start()
+        self.readers = [
+            threading.Thread(target=self._read_logs, args=(listening,), daemon=True),
+            threading.Thread(target=self._read_stdout, daemon=True),
+        ]
+        for reader in self.readers:
+            reader.start()
         return listening
+
+    def output_read(self, timeout_s: float = 30.0) -> None:
+        """Once the child has exited: until the reader threads took its last lines (they end
+        with its pipes; a fixed pause for them was too short on a loaded machine)."""
+        for reader in self.readers:
+            reader.join(timeout_s)
 
     def _read_logs(self, listening: threading.Event) -> None:
         assert self.proc is not None and self.proc.stderr is not None

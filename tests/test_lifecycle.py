@@ -94,7 +94,7 @@ def test_as_pid_1_a_sigterm_as_soon_as_it_can_be_caught_is_a_clean_exit(
         assert proc.proc.wait(20) == 0
     finally:
         proc.kill()
-    time.sleep(0.1)  # the reader thread takes the last lines
+    proc.output_read()
     assert not any("Traceback" in str(line) for line in proc.logs)
     assert {"stopped", "stop requested while starting: not started"} & {
         line.get("msg") for line in proc.logs
@@ -148,7 +148,7 @@ def test_a_stop_while_postgresql_does_not_answer_is_a_clean_exit(tmp_path: Path)
             assert proc.proc is not None
             proc.proc.send_signal(signal.SIGTERM)
             assert proc.proc.wait(20) == 0, proc.logs
-    time.sleep(0.1)  # the reader thread takes the last lines
+    proc.output_read()
     msgs = [line.get("msg") for line in proc.logs]
     assert "stop requested while starting: not started" in msgs
     assert "relay not started" not in msgs
@@ -417,7 +417,7 @@ async def test_relay_answers_healthz_while_it_waits_for_its_store(tmp_path: Path
         assert await asyncio.to_thread(proc.terminate, 20) == 0
     finally:
         proc.kill()
-    await asyncio.sleep(0.1)  # the reader thread takes the last lines
+    await asyncio.to_thread(proc.output_read)
     msgs = [line.get("msg") for line in proc.logs]
     assert "stop requested while starting: not started" in msgs
     # at once: within the wait the stop came in (on relay's clock: a loaded machine delays

@@ -435,7 +435,7 @@ async def test_malformed_requests_cannot_flood_the_log(
     async with aiohttp.ClientSession() as http, http.post(proc.url + "/v1/runs", json=RUN) as resp:
         assert resp.status == 202
     assert await asyncio.to_thread(proc.terminate) == 0
-    await asyncio.sleep(0.2)
+    await asyncio.to_thread(proc.output_read)
     refused = [e for e in proc.logs if e.get("msg") == "malformed HTTP request refused"]
     assert len(refused) >= len(MALFORMED) * 2, proc.logs[-5:]
     assert all(e["level"] == "warning" and e["status"] == 400 for e in refused), refused[:3]

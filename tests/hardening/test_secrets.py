@@ -279,7 +279,7 @@ async def test_no_secret_appears_anywhere(
         expected = 1 if args[0] == "send-test" else 0
         assert done.returncode == expected, (args, done.stdout, done.stderr)
     assert await asyncio.to_thread(proc.terminate) == 0
-    await asyncio.sleep(0.2)  # the reader threads take the last lines
+    await asyncio.to_thread(proc.output_read)
 
     for entry in proc.logs:
         scan.add("serve stderr", json.dumps(entry, ensure_ascii=False))
