@@ -52,6 +52,7 @@ class Outcomes:
     lease_s: float
     on_event: OnEvent | None = None
     receiver: str | None = None  # holds.receiver_key of the channel: its holds are stored
+    _stored_until: float = 0.0  # the hold last stored: a burst of 429s writes it once
 
     async def write_through_blips(
         self, write: Callable[[bool], Awaitable[object]], extra: dict[str, object]
@@ -222,7 +223,8 @@ class Outcomes:
         """A receiver's Retry-After holds the channel until `until` (relay_channel_held); kept
         in the store before the failure's retry time, for the processes after this one."""
         self.event("held", HoldEnd(self.name, until), "")
-        if self.receiver is not None:
+        if self.receiver is not None and until > self._stored_until:
+            self._stored_until = until
             await holds.save(self.store, self.name, self.receiver, until, self.clock())
 
 
