@@ -67,11 +67,8 @@ async def restore(store: Store, routes: Mapping[str, Route], now: float) -> dict
         return {}
     restored: dict[str, float] = {}
     for channel, value in stored.items():
-        route, hold = routes[channel], _read(value)
-        if route.settings is None or hold is None or hold[0] <= now:
-            continue
-        until, receiver = hold
-        if receiver != receiver_key(route.settings):
+        route, (until, receiver) = routes[channel], _read(value) or (0.0, "")
+        if until <= now or route.settings is None or receiver != receiver_key(route.settings):
             continue
         route.hold.extend(now, until - now)
         restored[channel] = until

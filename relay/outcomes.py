@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from relay import holds
 from relay import policy as pol
@@ -52,7 +52,7 @@ class Outcomes:
     lease_s: float
     on_event: OnEvent | None = None
     receiver: str | None = None  # holds.receiver_key of the channel: its holds are stored
-    _stored_until: float = 0.0  # the hold last stored: a burst of 429s writes it once
+    _stored_until: float = field(default=0.0, init=False)  # a burst of 429s stores it once
 
     async def write_through_blips(
         self, write: Callable[[bool], Awaitable[object]], extra: dict[str, object]
