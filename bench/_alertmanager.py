@@ -10,63 +10,27 @@ and `send_resolved: false`, so each run is delivered exactly once. Clustering is
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import _debian
 from _procs import Child, Children
 
 NAMES = ("alertmanager", "prometheus-alertmanager")  # upstream, Debian
 PACKAGE = "prometheus-alertmanager"
-INSTALL_TIMEOUT_S = 600.0
 
 
 def find() -> str | None:
-    for name in NAMES:
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def _apt_get(*argv: str) -> bool:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        done = subprocess.run(
-            ["apt-get", *argv],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=INSTALL_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0
+    return _debian.find(NAMES)
 
 
 def ensure(install: bool) -> tuple[str | None, str]:
     """The Alertmanager binary, installing the Debian package when allowed (root, apt-get);
     else None and why."""
-    found = find()
-    if found:
-        return found, ""
-    if not install:
-        return None, "alertmanager not installed (installing disabled)"
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return None, "alertmanager not installed, and not root with apt-get to install it"
-    print(f"# installing {PACKAGE} with apt-get ...", file=sys.stderr, flush=True)
-    quiet = ("install", "-y", "-qq", "--no-install-recommends", PACKAGE)
-    if not _apt_get(*quiet) and not (_apt_get("update", "-qq") and _apt_get(*quiet)):
-        return None, f"apt-get install {PACKAGE} failed"
-    found = find()
-    return found, "" if found else f"{PACKAGE} installed but no alertmanager binary on PATH"
+    return _debian.ensure(NAMES, PACKAGE, install)
 
 
 def free_port() -> int:
