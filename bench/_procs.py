@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
@@ -27,6 +27,7 @@ from _usage import groups_cpu_s
 
 BENCH = Path(__file__).resolve().parent
 STOP_GRACE_S = 10.0
+WRAPPED_START_S = 300.0  # a process under valgrind starts some 50 times slower
 
 
 class Child:
@@ -134,25 +135,37 @@ class Children:
                     stream.close()
         return proc.returncode
 
-    def bare_server(self, name: str, status: int, record: bool = False) -> tuple[Child, int]:
-        """bench/bare_server.py on a free port; (child, port). `record`: see its --record."""
+    def bare_server(
+        self, name: str, status: int, record: bool = False, wrap: Sequence[str] = ()
+    ) -> tuple[Child, int]:
+        """bench/bare_server.py on a free port; (child, port). `record`: see its --record;
+        `wrap`: see `server`."""
         argv = [sys.executable, str(BENCH / "bare_server.py"), "0", "--status", str(status)]
-        return self.server(name, argv + (["--record"] if record else []))
+        return self.server(name, argv + (["--record"] if record else []), wrap=wrap)
 
     def server(
-        self, name: str, argv: list[str], env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        wrap: Sequence[str] = (),
     ) -> tuple[Child, int]:
-        """A server that prints {"listening": PORT} on stdout once ready; (child, port)."""
-        child = self.spawn(name, argv, env)
+        """A server that prints {"listening": PORT} on stdout once ready; (child, port).
+        `wrap`: a command it runs under (valgrind ...), given more time to start."""
+        child = self.spawn(name, [*wrap, *argv], env)
         child.watch(child.proc.stdout, _listening_port)
         child.watch(child.proc.stderr, lambda line: None)
-        return child, int(child.wait_for(20.0))
+        return child, int(child.wait_for(WRAPPED_START_S if wrap else 20.0))
 
     def relay(
-        self, config: Path, db: Path, settings: dict[str, str] | None = None
+        self,
+        config: Path,
+        db: Path,
+        settings: dict[str, str] | None = None,
+        wrap: Sequence[str] = (),
     ) -> tuple[Child, str]:
         """`python -m relay serve` on a free port of 127.0.0.1; (child, base URL). `settings`:
-        more RELAY_* variables (the machine's own are never passed on)."""
+        more RELAY_* variables (the machine's own are never passed on); `wrap`: see `server`."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
         env.update(settings or {})
         env.update(
@@ -163,10 +176,11 @@ class Children:
         )
         # Started beside its config, not here: `-m` puts the working directory first on the
         # path, so from a checkout's root PYTHONPATH=<another checkout> (an A/B) ran this one.
-        child = self.spawn("relay", [sys.executable, "-m", "relay", "serve"], env, config.parent)
+        argv = [*wrap, sys.executable, "-m", "relay", "serve"]
+        child = self.spawn("relay", argv, env, config.parent)
         child.watch(child.proc.stderr, _relay_listening)
         child.watch(child.proc.stdout, lambda line: None)
-        return child, str(child.wait_for(30.0))
+        return child, str(child.wait_for(WRAPPED_START_S if wrap else 30.0))
 
     def run_json(self, name: str, argv: list[str], timeout_s: float) -> dict[str, Any]:
         """Run a child to its end (at most `timeout_s`); the JSON object it printed last."""

@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,10 +22,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import child_env
+from tests.conftest import SLOW, child_env
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_ALL = REPO / "bench" / "run_all.py"
+INSTRUCTIONS = REPO / "bench" / "instructions.py"
 SCENARIOS = ["ingest", "end-to-end", "latency", "rules scaling", "memory", "delivery", "realtime"]
 LIMIT_S = 240.0  # a stuck run fails the test instead of hanging it
 
@@ -42,9 +44,14 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 
 def _run_quick(tmp_path: Path) -> list[dict[str, Any]]:
-    out = tmp_path / "rows.json"
     argv = [sys.executable, str(RUN_ALL), "--quick", "--no-install", "--jobs", str(len(SCENARIOS))]
-    argv += ["--json-out", str(out)]
+    return _rows(argv, tmp_path, LIMIT_S)
+
+
+def _rows(argv: list[str], tmp_path: Path, limit_s: float) -> list[dict[str, Any]]:
+    """Run a bench script with --json-out to its end (at most `limit_s`); its summary rows."""
+    out = tmp_path / "rows.json"
+    argv = [*argv, "--json-out", str(out)]
     env = child_env()  # its relay children share the suite's compiled modules
     proc = subprocess.Popen(
         argv,
@@ -57,10 +64,10 @@ def _run_quick(tmp_path: Path) -> list[dict[str, Any]]:
         start_new_session=True,
     )
     try:
-        output, _ = proc.communicate(timeout=LIMIT_S)
+        output, _ = proc.communicate(timeout=limit_s)
     except subprocess.TimeoutExpired:
         _stop(proc)
-        pytest.fail(f"bench/run_all.py --quick did not stop within {LIMIT_S:.0f}s")
+        pytest.fail(f"{argv[1]} did not stop within {limit_s:.0f}s")
     assert proc.returncode == 0, output[-4000:]
     data: list[dict[str, Any]] = json.loads(out.read_text())
     return data
@@ -79,6 +86,17 @@ def test_every_scenario_produces_numbers(tmp_path: Path) -> None:
         assert mine, f"no summary row for {scenario}"
         for row in mine:
             _check_row(row)
+
+
+@pytest.mark.skipif(not SLOW or shutil.which("valgrind") is None, reason="RELAY_SLOW=1, valgrind")
+def test_instruction_counts_come_out(tmp_path: Path) -> None:
+    """bench/instructions.py at its smallest sizes, intake only (about 2 minutes under
+    callgrind): relay's and the bare server's counts per request are finite and positive."""
+    argv = [sys.executable, str(INSTRUCTIONS), "--no-install", "--only", "ingest"]
+    rows = _rows([*argv, "--small", "100", "--large", "200"], tmp_path, 900.0)
+    assert [r["scenario"] for r in rows] == ["ingest"], rows
+    _check_row(rows[0])
+    assert rows[0]["value"] > 0 and rows[0]["baseline"] > 0, rows
 
 
 def _check_row(row: dict[str, Any]) -> None:
