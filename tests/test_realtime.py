@@ -451,6 +451,17 @@ async def test_failed_requests_are_counted_by_reason() -> None:
     assert h.failed[0] == "network"
 
 
+async def test_a_404_marked_should_retry_backs_off_instead_of_waiting_the_refusal() -> None:
+    """Trigger.dev answers a batch not there yet (just triggered) with 404 and `x-should-retry:
+    true`: asked again after the backoff, not after `error_backoff`, as a wrong feed's 404 is."""
+    async with fake_realtime(session()) as fake:
+        fake.faults = [(404, {"x-should-retry": "true"}), (404, {})]
+        async with following(fake, error_backoff="1m") as h:
+            await h.submit.wait_for(1)
+    assert [s.answer for s in fake.requests[:2]] == ["fault 404", "fault 404"]
+    assert h.sleeps[0] < 1.0 and h.sleeps[1] == 60.0
+
+
 async def test_lag_is_zero_once_a_long_poll_finds_nothing_new() -> None:
     """The snapshot's rows are months old (the fixture's): that is no lag once caught up."""
     async with fake_realtime(session()[:2]) as fake, following(fake) as h:

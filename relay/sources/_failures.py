@@ -1,8 +1,10 @@
 """How a Realtime follower (relay.sources._follower) answers a request that brought nothing.
 
 Failures never stop a feed: 429/5xx/408, network errors and timeouts back off with jitter
-(100 ms, times 1.3 up to 10 s, Retry-After honoured); 400/401/403/404 are logged with the feed and
-status and tried again after `error_backoff` (an operator may fix the key), and so is a 3xx,
+(100 ms, times 1.3 up to 10 s, Retry-After honoured), and so does a 404 with `x-should-retry:
+true` (Trigger.dev's "batch not found" for a batch not there yet, TRIGGER.md 2.1); other
+400/401/403/404 are logged with the feed and status and tried again after `error_backoff` (an
+operator may fix the key), and so is a 3xx,
 which is not followed (the secret key would go with it) but logged with where it points. A 400
 to a request with the stored handle is Electric's "shape definition and handle do not match" (it
 is the shape of the branch, key or api_url followed before a reload): the feed drops it for a
@@ -54,7 +56,7 @@ class FeedFailures:
         to the stored handle, once), else waited out (_refused). The stored handle that a 400
         still drops, None once one did."""
         self._count(status_reason(response.status))
-        if response.status in (408, 429) or response.status >= 500:
+        if response.status in (408, 429) or response.status >= 500 or _says_retry(response):
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             await self._retry(f"HTTP {response.status}", retry_after)
         elif (
@@ -130,3 +132,9 @@ class FeedFailures:
     def _count(self, reason: str) -> None:
         if self._failed is not None:
             self._failed(self.feed.key, reason)
+
+
+def _says_retry(response: Response) -> bool:
+    """A 404 the server marks as worth asking again (`x-should-retry: true`): Trigger.dev's
+    answer for a batch that is not there yet, not a feed that is wrong."""
+    return response.status == 404 and response.headers.get("x-should-retry", "").lower() == "true"
