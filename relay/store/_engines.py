@@ -6,7 +6,7 @@ of the digest timings in force, and telling a birth lease's caller which rows it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from relay.grouping import TIMINGS_NS, timing_value
@@ -25,20 +25,6 @@ def hand_over(lease: BirthLease, observed: Sequence[Observed] | None) -> None:
     a loop turn later. In the event loop's thread."""
     leased = [] if observed is None else [n for item in observed for n in item.leased]
     asyncio.get_running_loop().call_soon(lease.handed, leased)
-
-
-async def handing_over(observing: Awaitable[list[Observed]], lease: BirthLease) -> list[Observed]:
-    """`observing` awaited in a task of its own, so that `lease.handed` hears of its rows even
-    when the caller is cancelled: for an engine whose observe runs in its caller's task."""
-    task = asyncio.ensure_future(observing)
-    task.add_done_callback(lambda done: hand_over(lease, _result(done)))
-    return await asyncio.shield(task)
-
-
-def _result(done: asyncio.Future[list[Observed]]) -> list[Observed] | None:
-    if done.cancelled() or done.exception() is not None:
-        return None
-    return done.result()
 
 
 # Dead rows go back a batch per transaction (each with the rest of its dead digest and the

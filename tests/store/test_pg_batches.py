@@ -1,0 +1,157 @@
+"""Observe calls arriving together on PostgreSQL share transactions (relay.store._pg_batches).
+
+Single-run POSTs from many clients each paid a transaction of five or six round trips; relay's
+process was the limit (the server sat idle in transaction, waiting for it). Calls that arrive
+while LANES transactions run now wait and go together. Each call keeps its own decide, birth
+lease, result and failure. Transactions are counted by the transaction ids the server handed
+out (every observe writes), read with pg_current_snapshot from another session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from relay.model import Decision, Run, RunState, notification_id
+from relay.store import BirthLease, Observed
+from relay.store._pg_batches import LANES
+from relay.store.postgres import PostgresStore
+from tests.pg import fresh_database, shared_server
+from tests.store.conftest import decide, decide_digest, explode_on_boom, ids, make_run
+
+CALLS = 40
+
+
+@pytest.fixture
+async def pg() -> AsyncIterator[tuple[PostgresStore, str]]:
+    async with fresh_database(shared_server()) as url:
+        store = PostgresStore(url)
+        await store.open()
+        try:
+            yield store, url
+        finally:
+            await store.close()
+
+
+async def next_xid(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())::text"))
+    finally:
+        await conn.close()
+
+
+def decider(i: int) -> tuple[str, str]:
+    """Call i's (rule, channel): even calls decide with `decide`, odd ones with a digest's."""
+    return ("r1", f"c{i % 3}") if i % 2 == 0 else ("dg", "d")
+
+
+async def test_calls_at_once_share_transactions_and_keep_their_own_results(
+    pg: tuple[PostgresStore, str],
+) -> None:
+    store, url = pg
+    before = await next_xid(url)
+    results = await asyncio.gather(
+        *(
+            store.observe(
+                [make_run(f"run_{i}", tags=[f"c{i % 3}"], taskIdentifier="t")],
+                decide if i % 2 == 0 else decide_digest,
+                10.0,
+            )
+            for i in range(CALLS)
+        )
+    )
+    written = await next_xid(url) - before
+    assert [ids(r) for r in results] == [
+        [notification_id(f"run_{i}", *decider(i))] for i in range(CALLS)
+    ]
+    assert written < CALLS // 4, written  # a transaction each: CALLS
+    assert await store.counts() == {"pending": CALLS, "sent": 0, "dead": 0, "muted": 0}
+
+
+async def test_each_call_of_a_shared_transaction_gets_its_own_birth_lease(
+    pg: tuple[PostgresStore, str],
+) -> None:
+    """Call i holds room for 1 + i % 3 of its three rows: it leases that many, is told of
+    those, and the others are left for a claim."""
+    store, _ = pg
+    handed: dict[int, list[str]] = {}
+    calls = 3 * LANES
+
+    def lease(i: int) -> BirthLease:
+        return BirthLease(
+            {"c1": 1 + i % 3},
+            60.0,
+            lambda rows: handed.setdefault(i, []).extend(n.id for n in rows),
+        )
+
+    def runs(i: int) -> list[Run]:
+        return [make_run(f"run_{i}_{k}") for k in range(3)]
+
+    results = await asyncio.gather(
+        *(store.observe(runs(i), decide, 10.0, lease(i)) for i in range(calls))
+    )
+    leased = {i: [f"run_{i}_{k}" for k in range(1 + i % 3)] for i in range(calls)}
+    for i, observed in enumerate(results):
+        assert [n.run_id for item in observed for n in item.leased] == leased[i]
+    for _ in range(100):
+        if len(handed) == calls:
+            break
+        await asyncio.sleep(0.01)
+    assert handed == {i: [notification_id(r, "r1", "c1") for r in leased[i]] for i in range(calls)}
+    claimed = await store.claim("c1", now=11.0, limit=100, lease_s=60)
+    left = [f"run_{i}_{k}" for i in range(calls) for k in range(1 + i % 3, 3)]
+    assert sorted(n.run_id for n in claimed) == sorted(left)
+
+
+async def test_a_failing_call_in_a_shared_transaction_fails_alone(
+    pg: tuple[PostgresStore, str],
+) -> None:
+    """Its batch is tried again call by call: only the call whose decide raised fails, and
+    the runs of its own before the failing one are not written."""
+    store, _ = pg
+    calls = 3 * LANES
+    boom = calls - 2  # queued behind the first LANES: it shares a transaction
+
+    def runs(i: int) -> list[Run]:
+        return [make_run(f"ok_{i}")] + ([make_run("boom_1")] if i == boom else [])
+
+    results = await asyncio.gather(
+        *(store.observe(runs(i), explode_on_boom, 10.0) for i in range(calls)),
+        return_exceptions=True,
+    )
+    assert isinstance(results[boom], ValueError), results[boom]
+    assert [ids(r) for i, r in enumerate(results) if i != boom and isinstance(r, list)] == [
+        [notification_id(f"ok_{i}", "r1", "c1")] for i in range(calls) if i != boom
+    ]
+    assert await store.counts() == {"pending": calls - 1, "sent": 0, "dead": 0, "muted": 0}
+
+
+async def test_a_cancelled_caller_leaves_its_batch_mates_and_the_lanes_alone(
+    pg: tuple[PostgresStore, str],
+) -> None:
+    store, _ = pg
+    started = asyncio.Event()
+
+    def deciding(run: Run, previous: RunState | None) -> Decision:
+        started.set()
+        return decide(run, previous)
+
+    calls: list[asyncio.Future[list[Observed]]] = [
+        asyncio.ensure_future(store.observe([make_run(f"run_{i}")], deciding, 10.0))
+        for i in range(3 * LANES)
+    ]
+    await asyncio.sleep(0)
+    calls[-1].cancel()  # waiting for a lane
+    calls[0].cancel()  # in its transaction
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(results[i], asyncio.CancelledError) for i in (0, -1))
+    assert [ids(r) for r in results[1:-1] if isinstance(r, list)] == [
+        [notification_id(f"run_{i}", "r1", "c1")] for i in range(1, 3 * LANES - 1)
+    ]
+    after = await asyncio.wait_for(store.observe([make_run("run_after")], decide, 11.0), 30)
+    assert ids(after) == [notification_id("run_after", "r1", "c1")]  # no lane was lost
+    assert started.is_set()
