@@ -49,6 +49,21 @@ def test_delta_seconds(value: str, seconds: float | None) -> None:
     assert parse_retry_after(value, NOW) == seconds
 
 
+@pytest.mark.parametrize(
+    "value", ["172800", time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(NOW + 172800))]
+)
+def test_a_wait_past_a_day_is_capped_at_24_hours(value: str) -> None:
+    """README: a Retry-After is capped at 24 h, in seconds or as a date two days away."""
+    assert parse_retry_after(value, NOW) == 24 * 3600.0
+
+
+def test_a_date_with_its_own_offset_is_read_in_it() -> None:
+    """Only a date without a zone is GMT: a minute from now written at +01:00 is a minute, not
+    an hour and a minute (a zone written is not replaced)."""
+    local = time.strftime("%a, %d %b %Y %H:%M:%S +0100", time.gmtime(NOW + 3600 + 60))
+    assert parse_retry_after(local, NOW) == pytest.approx(60)
+
+
 def test_a_retry_outcome_carries_the_wait_it_decided() -> None:
     """The "will retry" line logged `not_before` less a clock read after the store's write: a
     receiver's Retry-After: 1 was logged `retry_in_s` 0.999 (test_failure_matrix failed on it).
