@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -13,9 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import standardwebhooks
 
+from relay import channels
+from relay.channels import ChannelEnv, Outgoing
 from relay.channels._http import HttpClient
+from relay.channels.webhook import WebhookSettings
+from relay.errors import DeliveryError
 from tests.conftest import RelayProcess, Sink, run_cli, sdk_run, status
 from tests.fakes.serving import PROXY_407, free_port, raw_server
 
@@ -300,3 +306,37 @@ async def test_name_lookups_wait_for_no_other_work_of_the_default_executor(sink:
         await busy
         await client.close()
     assert response.status == 200 and [r.path for r in sink.received] == ["/in"]
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "retryable"),
+    [
+        (299, None, False),
+        (300, "other", False),
+        (399, "other", False),
+        (400, "client_error", False),
+        (408, "server_error", True),
+        (499, "client_error", False),
+    ],
+)
+async def test_an_answers_status_is_read_by_its_class_to_its_edges(
+    sink: Sink, code: int, reason: str | None, retryable: bool
+) -> None:
+    """RFC 9110's classes to their last code: 299 is a success, 300 and 399 are redirects
+    (not followed, the url is to be fixed), 400 and 499 the sender's fault; and 408 (the receiver
+    timed the request out) is tried again, as a 5xx."""
+    sink.default = status(code)
+    settings = WebhookSettings.model_validate({"type": "webhook", "url": f"{sink.url}/in"})
+    http = HttpClient()
+    channel = channels.build("hook", settings, ChannelEnv(http, io.StringIO(), 5.0))
+    message = Outgoing("ntf_edges", "run_edges", "r1", {"json": "{}"}, 1_700_000_000.0)
+    try:
+        if reason is None:
+            await channel.send(message)
+            return
+        with pytest.raises(DeliveryError) as info:
+            await channel.send(message)
+    finally:
+        await http.close()
+    assert (info.value.reason, info.value.retryable, info.value.status) == (reason, retryable, code)
+    assert ("redirect, not followed" in str(info.value)) == (300 <= code < 400)
