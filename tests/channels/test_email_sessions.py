@@ -268,3 +268,34 @@ async def test_a_stop_closes_a_session_whose_server_never_answers_its_quit(
     await ch.close()
     await until(fake.hung_up.is_set, fake.hung_up, 10, lambda: "the session is still open")
     assert fake.received.count(b"QUIT") == 1
+
+
+async def test_a_stop_returns_once_its_idle_sessions_have_said_quit(
+    smtp_server: SmtpFactory,
+) -> None:
+    """The stop waits for the QUITs it sends (for CLOSE_S at most): a stop that returned before
+    they went out let the process exit with the session dropped, unannounced."""
+    fake = await smtp_server()
+    ch = email_channel(fake.port)
+    await ch.send(outgoing(ident=ntf(0)))
+    await ch.close()
+    assert fake.received.count(b"QUIT") == 1
+
+
+async def test_a_session_taken_from_the_idle_ones_is_not_ended_by_its_idle_timer(
+    smtp_server: SmtpFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept session taken for the next mail is no longer idle: its idle timer, had it still
+    run, would QUIT it in the middle of that mail (here a DATA answered after the timer), and
+    the mail after it found the session ended."""
+    monkeypatch.setattr(_smtp_pool, "IDLE_S", 0.2)
+    fake = await smtp_server()
+    ch = email_channel(fake.port)
+    await ch.send(outgoing(ident=ntf(0)))
+    fake.slow = {"DATA": 0.6}
+    await ch.send(outgoing(ident=ntf(1)))
+    fake.slow = {}
+    await ch.send(outgoing(ident=ntf(2)))
+    assert len(await fake.wait_for(3)) == 3
+    assert (fake.connections, fake.received.count(b"QUIT")) == (1, 0)
+    await ch.close()
