@@ -299,3 +299,33 @@ async def test_a_session_taken_from_the_idle_ones_is_not_ended_by_its_idle_timer
     assert len(await fake.wait_for(3)) == 3
     assert (fake.connections, fake.received.count(b"QUIT")) == (1, 0)
     await ch.close()
+
+
+@pytest.mark.parametrize("answer", ["250 2.0.0 accepted", "451 4.3.0 try again later"])
+async def test_a_send_stopped_while_it_waits_leaves_the_next_outcomes_their_own(
+    smtp_server: SmtpFactory, answer: str
+) -> None:
+    """A send stopped (a shutdown, a reload) while it waits for the one session leaves its wait
+    behind: the session's own send still ends with its own outcome, the session is not handed
+    to the stopped send, and the mail after it gets through."""
+    fake = await smtp_server()
+    fake.max_sessions = 1
+    fake.stall = {"DATA"}  # the first mail holds the one session until released
+    ch = email_channel(fake.port)
+    first = asyncio.create_task(ch.send(outgoing(ident=ntf(0))))
+    await settled(lambda: fake.received.endswith(b"\r\n.\r\n"))
+    second = asyncio.create_task(ch.send(outgoing(ident=ntf(1))))  # refused, then waits
+    await settled(lambda: fake.refused_sessions == 1 and ch._pool.waiting == 1)
+    second.cancel()
+    await asyncio.gather(second, return_exceptions=True)
+    fake.data_replies = [answer]
+    fake.released.set()
+    [outcome] = await asyncio.gather(first, return_exceptions=True)
+    if answer.startswith("451"):
+        assert isinstance(outcome, DeliveryError) and outcome.reason == "server_error"
+    else:
+        assert outcome is None
+    fake.stall = set()
+    await ch.send(outgoing(ident=ntf(2)))
+    assert fake.refused_sessions == 1
+    await ch.close()
