@@ -307,3 +307,54 @@ def test_which_raw_statuses_are_final(status: str, final: bool) -> None:
     shape = Shape(Position(H1, "1_0", rows=1), {"k": {"id": "k", "status": status}}, clock)
     clock.now = FINAL_GRACE_S
     assert shape.drop_final(FINAL_GRACE_S) == int(final)
+
+
+def test_a_must_refetch_between_chunks_forgets_what_they_brought() -> None:
+    """A snapshot's first chunk (no up-to-date yet: nothing emitted), then a 409: the snapshot
+    that follows is all that is emitted, and the rows the first chunk brought (one of them
+    final) are gone from what the grace may drop later, not left to fail that drop."""
+    clock = Clock()
+    shape = Shape(clock=clock)
+    first = [
+        {
+            "key": "k",
+            "value": {"id": "k", "status": "CANCELED"},
+            "headers": {"operation": "insert"},
+        },
+        {
+            "key": "m",
+            "value": {"id": "m", "status": "EXECUTING"},
+            "headers": {"operation": "insert"},
+        },
+    ]
+    chunk = {"electric-handle": H1, "electric-offset": "0_0"}
+    assert shape.receive(200, chunk, json.dumps(first).encode()) is None
+    shape.refetch("h2")
+    again = [
+        {"key": "n", "value": {"id": "n", "status": "PENDING"}, "headers": {"operation": "insert"}}
+    ]
+    done = {"electric-handle": "h2", "electric-offset": "0_inf", "electric-up-to-date": ""}
+    batch = shape.receive(200, done, json.dumps(again).encode())
+    assert batch is not None and [row["id"] for row in batch.rows] == ["n"]
+    clock.now = FINAL_GRACE_S * 2
+    assert shape.drop_final(FINAL_GRACE_S) == 0 and set(shape.rows) == {"n"}
+
+
+def test_a_row_served_again_as_it_is_is_not_emitted_again() -> None:
+    """A server answering with the same rows again (no long poll, a caching proxy): a change
+    that leaves its row as it was is no change, and nothing is emitted for it."""
+    shape = Shape(clock=Clock())
+    body = json.dumps(
+        [
+            {
+                "key": "k",
+                "value": {"id": "k", "status": "EXECUTING"},
+                "headers": {"operation": "insert"},
+            }
+        ]
+    ).encode()
+    headers = {"electric-handle": H1, "electric-offset": "0_inf", "electric-up-to-date": ""}
+    first = shape.receive(200, headers, body)
+    assert first is not None and [row["id"] for row in first.rows] == ["k"]
+    again = shape.receive(200, headers, body)
+    assert again is not None and again.rows == []
