@@ -133,6 +133,20 @@ async def test_webhook_is_signed_and_carries_the_stable_id(relay: RelayFactory, 
     await wait_state(r, "sent")
 
 
+async def test_sends_that_went_well_leave_no_error_line(
+    relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A send that ended as it should (sent) is no "delivery failed unexpectedly": that line,
+    with its release of the rows after a lease, is for a send that raised past every handler.
+    The first send's end is over by the time the second is sent."""
+    r = await relay(config(sink.url))
+    for i in range(2):
+        await r.post(failing_run(i))
+        await wait_state(r, "sent", i + 1)
+    errors = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR]
+    assert errors == []
+
+
 async def test_a_list_of_secrets_signs_with_each_for_a_rotation(
     relay: RelayFactory, sink: Sink
 ) -> None:
