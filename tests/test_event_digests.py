@@ -271,3 +271,21 @@ def test_a_pagerduty_digest_summary_names_the_shared_environment(case: str) -> N
     summary = json.loads(rendered("pagerduty", case)["json"])["payload"]["summary"]
     head = summary.split(" [")[0].split(": ")[0]
     assert head.endswith(f" · prod-events · {shared}" if shared else " · prod-events"), summary
+
+
+def test_a_digests_cost_is_none_without_one_and_its_counts_go_largest_first() -> None:
+    """README: `total_cost_cents` is none when no run carries one (alert events carry none),
+    not $0; `by_status` and `by_task` count largest first; first_seen and last_seen are the
+    runs' earliest and latest `updatedAt`."""
+    events = [alert_event(name) for name in CASES["error_events"]]
+    assert digest_context("grp_x", {}, events)["total_cost_cents"] is None
+    runs: list[dict[str, Any]] = [
+        {"status": "CRASHED", "taskIdentifier": "a", "costInCents": 2, "updatedAt": "T2"},
+        {"status": "FAILED", "taskIdentifier": "b", "updatedAt": "T1"},
+        {"status": "FAILED", "taskIdentifier": "b", "costInCents": 1.5, "updatedAt": "T3"},
+    ]
+    group = digest_context("grp_y", {}, runs)
+    assert (group["first_seen"], group["last_seen"]) == ("T1", "T3")
+    assert group["total_cost_cents"] == 3.5
+    assert list(group["by_status"].items()) == [("FAILED", 2), ("CRASHED", 1)]
+    assert list(group["by_task"].items()) == [("b", 2), ("a", 1)]
