@@ -289,3 +289,13 @@ def test_a_digests_cost_is_none_without_one_and_its_counts_go_largest_first() ->
     assert group["total_cost_cents"] == 3.5
     assert list(group["by_status"].items()) == [("FAILED", 2), ("CRASHED", 1)]
     assert list(group["by_task"].items()) == [("b", 2), ("a", 1)]
+
+
+def test_occurrences_count_the_error_alerts_whatever_comes_before_them() -> None:
+    """A digest of mixed events: a run's update and an error alert that says no count (neither
+    adds to the occurrences) before one that says 17 leave it at 17."""
+    new = alert_event("alert.error")
+    uncounted = {**new, "error": {**new["error"], "taskIdentifier": "report"}}
+    del uncounted["error"]["occurrenceCount"]
+    run = {"status": "FAILED", "taskIdentifier": "a", "error": {"message": "boom"}}
+    assert digest_context("grp_z", {}, [run, uncounted, new])["occurrences"] == 17
