@@ -138,13 +138,17 @@ async def test_sends_that_went_well_leave_no_error_line(
 ) -> None:
     """A send that ended as it should (sent) is no "delivery failed unexpectedly": that line,
     with its release of the rows after a lease, is for a send that raised past every handler.
-    The first send's end is over by the time the second is sent."""
+    The first send's end is over by the time the second is sent. A send that went at its first
+    try tells no failed tries."""
+    caplog.set_level(logging.INFO, logger="relay.delivery")
     r = await relay(config(sink.url))
     for i in range(2):
         await r.post(failing_run(i))
         await wait_state(r, "sent", i + 1)
     errors = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR]
     assert errors == []
+    sent = [rec for rec in caplog.records if rec.getMessage() == "notification sent"]
+    assert len(sent) == 2 and not any(hasattr(rec, "failed_tries") for rec in sent)
 
 
 async def test_a_list_of_secrets_signs_with_each_for_a_rotation(
