@@ -358,3 +358,31 @@ def test_a_row_served_again_as_it_is_is_not_emitted_again() -> None:
     assert first is not None and [row["id"] for row in first.rows] == ["k"]
     again = shape.receive(200, headers, body)
     assert again is not None and again.rows == []
+
+
+def test_a_final_row_changed_again_does_not_keep_older_ones_from_their_drop() -> None:
+    """Two runs end live, then the first is written again (a metadata flush): its grace starts
+    again, and the second, unchanged since, is still dropped when its own grace is over."""
+    clock = Clock()
+    shape = Shape(clock=clock)
+    final = {"status": "COMPLETED_SUCCESSFULLY"}
+    live = {"electric-handle": H1, "electric-offset": "0_inf", "electric-up-to-date": ""}
+    shape.receive(200, live, b"[]")  # live from here: changes count from when they come
+    for offset, ident in (("1_0", "a"), ("2_0", "b")):
+        clock.now += 10.0
+        body = [{"key": ident, "value": {"id": ident, **final}, "headers": {"operation": "insert"}}]
+        shape.receive(200, {**live, "electric-offset": offset}, json.dumps(body).encode())
+    clock.now += 10.0
+    again = [update("a", metadata="{}")]
+    again[0]["key"] = "a"
+    shape.receive(200, {**live, "electric-offset": "3_0"}, json.dumps(again).encode())
+    clock.now = 20.0 + FINAL_GRACE_S + 1  # past b's grace, not a's second one
+    assert shape.drop_final(FINAL_GRACE_S) == 1 and set(shape.rows) == {"a"}
+
+
+def test_a_schema_that_is_no_object_keeps_the_one_before() -> None:
+    """electric-schema is an object of column types: JSON of another kind is not taken for it."""
+    shape = Shape(Position(H1, "1_0", schema={"isTest": {"type": "bool"}}, rows=0), {})
+    headers = {"electric-handle": H1, "electric-offset": "2_0", "electric-schema": "[1, 2]"}
+    shape.receive(200, {**headers, "electric-up-to-date": ""}, b"[]")
+    assert shape.position.schema == {"isTest": {"type": "bool"}}
