@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -325,3 +326,26 @@ async def test_every_admin_list_refuses_what_it_does_not_know(relay: RelayFactor
         assert (code, body["field"]) == (400, field) and said in body["error"], (path, body)
     for path in ["/v1/silences?expired=TRUE", "/v1/silences?expired=no", "/v1/dlq"]:
         assert (await get(r, path))[0] == 200, path
+
+
+async def test_times_read_as_iso_and_a_digests_id_points_to_its_notifications(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A notification's times and its events' are ISO-8601 (UTC), as the API says; a sent one
+    has no next attempt. A replay of a digest's `dgs_` id (its webhook-id, what a receiver
+    logs) names no dead letter, and the answer says to replay one of its notifications."""
+    r = await relay(CONFIG.format(url=sink.url))
+    await r.post(failed("run_times"))
+    await until(r, lambda c: c["sent"] == 1)
+    code, body = await get(r, "/v1/notifications?run_id=run_times")
+    [sent] = body["notifications"]
+    assert code == 200
+    assert datetime.fromisoformat(sent["created_at"]).utcoffset() == timedelta(0)
+    assert sent["next_attempt_at"] is None
+    code, detail = await get(r, f"/v1/notifications/{sent['id']}")
+    assert code == 200 and all(
+        datetime.fromisoformat(e["at"]).utcoffset() == timedelta(0) for e in detail["events"]
+    )
+    async with r.http.post(r.url + "/v1/dlq/dgs_0123456789abcdef/replay") as resp:
+        said = await resp.text()
+    assert resp.status == 404 and "dgs_0123456789abcdef is a digest's id" in said
