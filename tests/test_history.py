@@ -332,7 +332,7 @@ async def test_times_read_as_iso_and_a_digests_id_points_to_its_notifications(
     relay: RelayFactory, sink: Sink
 ) -> None:
     """A notification's times and its events' are ISO-8601 (UTC), as the API says; a sent one
-    has no next attempt. A replay of a digest's `dgs_` id (its webhook-id, what a receiver
+    has no next attempt, and `relay history` says it was sent. A replay of a digest's `dgs_` id (its webhook-id, what a receiver
     logs) names no dead letter, and the answer says to replay one of its notifications."""
     r = await relay(CONFIG.format(url=sink.url))
     await r.post(failed("run_times"))
@@ -349,3 +349,6 @@ async def test_times_read_as_iso_and_a_digests_id_points_to_its_notifications(
     async with r.http.post(r.url + "/v1/dlq/dgs_0123456789abcdef/replay") as resp:
         said = await resp.text()
     assert resp.status == 404 and "dgs_0123456789abcdef is a digest's id" in said
+    env = {"RELAY_STORE_URL": r.service.settings.store_url}
+    why = await asyncio.to_thread(run_cli, "history", "--run", "run_times", env=env)
+    assert "sent after 1 attempt(s)" in why.stdout, why.stdout
