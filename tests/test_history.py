@@ -352,3 +352,30 @@ async def test_times_read_as_iso_and_a_digests_id_points_to_its_notifications(
     env = {"RELAY_STORE_URL": r.service.settings.store_url}
     why = await asyncio.to_thread(run_cli, "history", "--run", "run_times", env=env)
     assert "sent after 1 attempt(s)" in why.stdout, why.stdout
+
+
+async def test_relay_history_says_what_a_pending_notification_waits_for(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A notification refused once (503, Retry-After: 10 minutes) is retrying, its last failure
+    told; one that came while the channel is held has had no try yet: it waits to be sent."""
+    sink.default = status(503, {"Retry-After": "600"})
+    r = await relay(CONFIG.format(url=sink.url))
+    await r.post(failed("run_retrying"))
+    await sink.wait_for(1)
+    for _ in range(600):
+        _, body = await get(r, "/v1/notifications?run_id=run_retrying")
+        if body["notifications"][0]["attempts"] == 1:
+            break
+        await asyncio.sleep(0.05)
+    await r.post(failed("run_waiting"))
+    await until(r, lambda c: c["pending"] == 2)
+    env = {"RELAY_STORE_URL": r.service.settings.store_url}
+    retrying, waiting = await asyncio.gather(
+        *(
+            asyncio.to_thread(run_cli, "history", "--run", run, env=env)
+            for run in ("run_retrying", "run_waiting")
+        )
+    )
+    assert "retrying (1 attempt(s) so far, last: server_error: HTTP 503)" in retrying.stdout
+    assert "pending: waiting to be sent" in waiting.stdout, waiting.stdout
