@@ -1076,6 +1076,23 @@ def test_dry_run_of_a_realtime_response_body_tests_its_rows(tmp_path: Path) -> N
     assert "skipped cmuxjbf30kqkowywawhi1r8yr: only an update" in result.stderr
 
 
+def test_dry_run_of_a_realtime_body_leaves_out_a_run_it_deletes(tmp_path: Path) -> None:
+    """A delete after a run's insert (the run left the shape) leaves no row of it: nothing of
+    that run is tested."""
+    config = write(tmp_path / "c.yaml", GOOD)
+    messages = json.loads((FIXTURES / "electric" / "live_response.body.json").read_text())
+    inserted = next(m for m in messages if m.get("headers", {}).get("operation") == "insert")
+    delete = {
+        "key": inserted["key"],
+        "value": {"id": inserted["value"]["id"]},
+        "headers": {"operation": "delete", "relation": ["public", "TaskRun"]},
+    }
+    body = write(tmp_path / "body.json", json.dumps([*messages[:-1], delete, messages[-1]]))
+    result = here("test", str(body), "--config", str(config))()
+    assert result.returncode == 0, result.stderr
+    assert inserted["value"]["friendlyId"] not in result.stdout, result.stdout
+
+
 def test_dry_run_of_a_recorded_realtime_session_tests_the_runs_it_ends_with(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
