@@ -83,9 +83,13 @@ class SmtpPool:
         if client.lent:
             client.lent, self.in_use = False, self.in_use - 1
         client.close()
+        self._lift_cap()
+        self._none_left()
+
+    def _lift_cap(self) -> None:
+        """None in use (closed, or kept idle): the server's cap no longer holds."""
         if self.in_use == 0:
             self.cap = None
-        self._none_left()
 
     def _none_left(self) -> None:
         """No session in use or being opened: the sends waiting for one have none to wait for
@@ -135,6 +139,7 @@ class SmtpPool:
     def _to_idle(self, client: Client) -> None:
         """`client` kept idle for the next mail (QUIT after IDLE_S)."""
         client.lent, self.in_use = False, self.in_use - 1
+        self._lift_cap()
         timer = asyncio.get_running_loop().call_later(IDLE_S, self._expire, client)
         self._idle.append((client, timer))
 

@@ -329,3 +329,24 @@ async def test_a_send_stopped_while_it_waits_leaves_the_next_outcomes_their_own(
     await ch.send(outgoing(ident=ntf(2)))
     assert fake.refused_sessions == 1
     await ch.close()
+
+
+async def test_the_servers_cap_lifts_once_no_session_is_in_use(smtp_server: SmtpFactory) -> None:
+    """The module's promise: the sessions in use when the server refused one more are the most
+    opened at once until none is in use. Kept idle after their mails, none is in use: the next
+    burst opens a second connection again (a server that takes more now gets both at once)."""
+    fake = await smtp_server()
+    fake.max_sessions = 1
+    fake.stall = {"DATA"}  # the first mail holds the one session until released
+    ch = email_channel(fake.port)
+    first = asyncio.create_task(ch.send(outgoing(ident=ntf(0))))
+    await settled(lambda: fake.received.endswith(b"\r\n.\r\n"))
+    second = asyncio.create_task(ch.send(outgoing(ident=ntf(1))))  # refused, then waits
+    await settled(lambda: fake.refused_sessions == 1 and ch._pool.waiting == 1)
+    fake.released.set()
+    await asyncio.gather(first, second)  # the second took the first's session: none in use
+    fake.stall, fake.max_sessions, fake.slow = set(), None, {"DATA": 0.2}
+    await asyncio.gather(*(ch.send(outgoing(ident=ntf(n))) for n in (2, 3)))
+    assert len(await fake.wait_for(4)) == 4
+    assert fake.connections == 2
+    await ch.close()
