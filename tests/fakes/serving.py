@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
+
+# one helper for the tests and bench/chaos.py, re-exported
+from tools.pgserver import free_port as free_port  # noqa: PLC0414
 
 
 @asynccontextmanager
@@ -44,13 +46,6 @@ async def raw_server(answer: bytes) -> tuple[asyncio.Server, str]:
 
     server = await asyncio.start_server(answer_with, "127.0.0.1", 0)
     return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-
-def free_port() -> int:
-    """A port of 127.0.0.1 nothing listens on (yet): connecting is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def until(
