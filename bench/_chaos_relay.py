@@ -1,6 +1,10 @@
-"""The chaos soak's relay (bench/chaos.py): `python -m relay serve` as a child process, killed
-with SIGKILL and restarted on the same SQLite store; its log read for where it listens and for
-tracebacks.
+"""The chaos soak's relays (bench/chaos.py): `python -m relay serve` as child processes on one
+store, killed with SIGKILL and restarted; their logs read for where they listen, tracebacks and
+takeovers of a stopped replica's notifications.
+
+One child on a SQLite file, or `--replicas N` children on one PostgreSQL database: the `Fleet`.
+Every start is a new process group; a kill is remembered with its group and time (`Kill`), so
+that the soak can tell a duplicate or an early retry a kill made from one nothing explains.
 """
 
 from __future__ import annotations
@@ -8,27 +12,55 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from tools.pgserver import start_server
+
 REPO = Path(__file__).resolve().parents[1]
+TAKEOVER = "taking over notifications of a stopped replica"
+HEARTBEAT_LATE = "replica heartbeat not recorded: store unavailable"
+
+
+@dataclass(frozen=True)
+class Kill:
+    """SIGKILL of process group `group` at `at` (time.monotonic()); `parent_only`: its parent
+    alone, its delivery workers lived on to finish their sends."""
+
+    at: float
+    group: int
+    parent_only: bool
+
+    def may_have_lost(self, group: int | None, after: float, before: float) -> bool:
+        """Whether this kill can have kept `group` from recording what it learnt at `after`
+        (a 200, a 429) by `before`: it came in between, or it left that group's workers
+        orphaned before (they finish sends whose outcome no parent records)."""
+        if group != self.group or self.at > before:
+            return False
+        return self.parent_only or self.at >= after
 
 
 class RelayChild:
     """`python -m relay serve` as a child in its own process group; restarted on one store."""
 
-    def __init__(self, workdir: Path, config: Path, workers: int = 0) -> None:
+    def __init__(self, config: Path, store_url: str, workers: int = 0, **env: str) -> None:
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("RELAY_")},
             "RELAY_CONFIG": str(config),
-            "RELAY_STORE_URL": f"sqlite:///{workdir / 'relay.db'}",
+            "RELAY_STORE_URL": store_url,
             "RELAY_LISTEN": "127.0.0.1:0",
             "RELAY_LOG_FORMAT": "json",
             "RELAY_WORKERS": str(workers),
             "PYTHONPATH": str(REPO),
+            **env,
         }
         self.proc: subprocess.Popen[str] | None = None
         self.groups: list[int] = []  # every start's process group: orphaned workers live on
@@ -36,6 +68,7 @@ class RelayChild:
         self.starts = 0
         self.log_lines = 0
         self.exceptions: list[str] = []
+        self.logged: Counter[str] = Counter()  # takeovers (rows), late heartbeats
 
     def start(self, timeout_s: float = 30.0) -> None:
         self.proc = subprocess.Popen(
@@ -63,16 +96,23 @@ class RelayChild:
                 entry = json.loads(line)
             except ValueError:
                 entry = {"raw": line.rstrip()}
-            if entry.get("msg") == "listening":
+            msg = entry.get("msg")
+            if msg == "listening":
                 self.url = f"http://{entry['host']}:{entry['port']}"
                 listening.set()
+            elif msg == TAKEOVER:
+                self.logged["taken_over"] += int(entry.get("count", 0))
+            elif msg == HEARTBEAT_LATE:
+                self.logged["heartbeat_late"] += 1
             if "exc" in entry or "Traceback" in str(entry.get("raw", "")):
-                self.exceptions.append(str(entry.get("msg") or entry.get("raw"))[:200])
+                self.exceptions.append(str(msg or entry.get("raw"))[:200])
 
-    def kill(self, parent_only: bool = False) -> None:
+    def kill(self, parent_only: bool = False) -> Kill | None:
         """SIGKILL, no warning: the whole process group (the child started it), or the parent
         alone (its delivery workers finish their sends, then exit, as after `kill -9 PID`)."""
+        done = None
         if self.proc is not None and self.proc.poll() is None:
+            done = Kill(time.monotonic(), self.proc.pid, parent_only)
             with contextlib.suppress(ProcessLookupError):
                 if parent_only:
                     self.proc.kill()
@@ -80,6 +120,7 @@ class RelayChild:
                     os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self.url = ""
+        return done
 
     def kill_all(self) -> None:
         """SIGKILL every process group started, the orphaned workers of `kill(parent_only)` too."""
@@ -97,3 +138,66 @@ class RelayChild:
         except subprocess.TimeoutExpired:
             self.kill()
             return None
+
+
+class Fleet:
+    """The replicas on one store (one on SQLite); `url()` is a load balancer's pick."""
+
+    def __init__(self, children: list[RelayChild], rng: random.Random) -> None:
+        self.children = children
+        self.rng = rng
+        self.kills: list[Kill] = []
+
+    def url(self, prefer: int | None = None) -> str:
+        """Replica `prefer`'s URL while it listens, else a random listening one ('' if none)."""
+        if prefer is not None and self.children[prefer].url:
+            return self.children[prefer].url
+        live = [c.url for c in self.children if c.url]
+        return self.rng.choice(live) if live else ""
+
+    def victims(self, mode: str) -> list[RelayChild]:
+        """Whom a round kills: `one` replica, `some` (2 to N-1, one when N is 2), `all`; the
+        SQLite modes (`group`, `parent`) kill the one relay."""
+        n = len(self.children)
+        count = {"one": 1, "all": n, "some": self.rng.randint(min(2, n - 1), max(1, n - 1))}
+        return self.rng.sample(self.children, count.get(mode, 1))
+
+    def kill(self, child: RelayChild, parent_only: bool = False) -> None:
+        done = child.kill(parent_only)
+        if done is not None:
+            self.kills.append(done)
+
+    def start(self) -> None:
+        for child in self.children:
+            child.start()
+
+    def stop(self) -> None:
+        for child in self.children:
+            child.terminate()
+        for child in self.children:
+            child.kill_all()
+
+    def groups(self) -> set[int]:
+        return {g for c in self.children for g in c.groups}
+
+    @property
+    def exceptions(self) -> list[str]:
+        return [e for c in self.children for e in c.exceptions]
+
+    def logged(self) -> Counter[str]:
+        return sum((c.logged for c in self.children), Counter())
+
+
+@contextlib.contextmanager
+def store_url(store: str, workdir: Path) -> Iterator[str]:
+    """The store the relays share: a SQLite file in `workdir`, or the `postgres` database of a
+    throwaway PostgreSQL server (tools/pgserver.py; PgUnavailable when the machine has none),
+    destroyed after."""
+    if store == "sqlite":
+        yield f"sqlite:///{workdir / 'relay.db'}"
+        return
+    server = start_server()
+    try:
+        yield server.url()
+    finally:
+        server.destroy()

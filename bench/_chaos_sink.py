@@ -1,6 +1,8 @@
 """The chaos soak's hostile webhook receiver (bench/chaos.py): it answers each request at random
 (200, 429 with Retry-After, 500, a hang, a reset, a refusal) and records every request with its
-own clock: what was delivered, and which retries came before the Retry-After it gave.
+own clock: what was delivered, and which retries came before the Retry-After it gave. With an
+`identify` lookup (bench/_chaos_peers.py) each 200 and 429 also names the relay process group
+that was answered.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import random
 import socket
 import struct
 import time
+import weakref
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -50,17 +54,38 @@ def _reset(request: web.BaseRequest) -> None:
     transport.abort()
 
 
+@dataclass(frozen=True)
+class Ok:
+    """A 200 the sink answered: when (its clock), to which relay process group (None: not
+    known), and whether it reached relay (False: relay's try had timed out, it never read it)."""
+
+    at: float
+    group: int | None
+    read: bool
+
+
+Identify = Callable[[int, int], int | None]  # (client port, sink port) -> process group
+
+
 class ChaosSink:
     """The hostile webhook receiver; every request is recorded with the sink's own clock."""
 
-    def __init__(self, rng: random.Random, weights: Weights) -> None:
+    def __init__(
+        self, rng: random.Random, weights: Weights, identify: Identify | None = None
+    ) -> None:
         self.rng = rng
         self.weights = weights
+        self.identify = identify
+        self._peers: weakref.WeakKeyDictionary[asyncio.BaseTransport, int | None] = (
+            weakref.WeakKeyDictionary()
+        )
         self.healthy = False
         self.port = 0
         self.requests = 0
         self.answers: Counter[str] = Counter()
         self.delivered: Counter[str] = Counter()  # id -> 200 answers
+        self.oks: dict[str, list[Ok]] = {}  # id -> its 200 answers
+        self.retry_after_group: dict[str, int | None] = {}  # who got the last Retry-After
         self.retry_after_until: dict[str, float] = {}
         self.retry_after_at: dict[str, float] = {}  # when the last Retry-After was given
         self.retry_afters: Counter[str] = Counter()  # id -> Retry-After answers it was held to
@@ -102,6 +127,40 @@ class ChaosSink:
                 await asyncio.sleep(0.05)
         raise RuntimeError("the sink could not listen again on its port")
 
+    def _group(self, request: web.BaseRequest) -> int | None:
+        """The relay process group at the other end of this request's connection (cached)."""
+        transport = request.transport
+        if self.identify is None or transport is None:
+            return None
+        if transport not in self._peers:
+            peer = transport.get_extra_info("peername")
+            self._peers[transport] = self.identify(int(peer[1]), self.port) if peer else None
+        return self._peers[transport]
+
+    @staticmethod
+    async def _answer(request: web.BaseRequest, status: int, **headers: str) -> web.StreamResponse:
+        """Answer `status` (no body), now: whether relay still held the connection tells after."""
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    def _held(request: web.BaseRequest) -> bool:
+        """Whether the answer was written to a connection relay still held (read it)."""
+        return request.transport is not None and not request.transport.is_closing()
+
+    async def _deliver(
+        self, request: web.BaseRequest, ident: str, arrived: float
+    ) -> web.StreamResponse:
+        """200: delivered; recorded with the process group answered and whether relay read it
+        (a try whose timeout ran out as the sink answered is retried: a duplicate, no kill's)."""
+        group = self._group(request)
+        self.delivered[ident] += 1
+        response = await self._answer(request, 200)
+        self.oks.setdefault(ident, []).append(Ok(arrived, group, self._held(request)))
+        return response
+
     async def _rate_limit(
         self, request: web.BaseRequest, ident: str, until: float | None
     ) -> web.StreamResponse:
@@ -109,13 +168,13 @@ class ChaosSink:
         relay still holds: a try whose 1 s timeout ran out as the sink answered never read it
         (relay retried it as a timeout, by its own backoff: not a violation)."""
         wait = self.rng.choice((1, 2))
-        response = web.StreamResponse(status=429, headers={"Retry-After": str(wait)})
-        await response.prepare(request)
-        await response.write_eof()
-        if request.transport is not None and not request.transport.is_closing():
+        group = self._group(request)
+        response = await self._answer(request, 429, **{"Retry-After": str(wait)})
+        if self._held(request):
             self.retry_after_at[ident] = time.monotonic()
             self.retry_afters[ident] += 1
             self.retry_after_until[ident] = max(until or 0.0, self.retry_after_at[ident] + wait)
+            self.retry_after_group[ident] = group
         return response
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -135,6 +194,7 @@ class ChaosSink:
                     "at": arrived,
                     "wall": time.time(),  # beside relay's history, which tells wall-clock time
                     "retry_afters": self.retry_afters[ident],
+                    "group": self.retry_after_group.get(ident),
                 }
             )
         if self.healthy:
@@ -145,8 +205,7 @@ class ChaosSink:
             kind = self.weights.pick(self.rng)
         self.answers[kind] += 1
         if kind == "ok":
-            self.delivered[ident] += 1
-            return web.Response(status=200, text="ok")
+            return await self._deliver(request, ident, arrived)
         if kind == "rate_limited":
             return await self._rate_limit(request, ident, until)
         if kind == "error":

@@ -3,10 +3,14 @@
     .venv/bin/python bench/chaos.py                              # 3 rounds x 50 updates (CI size)
     .venv/bin/python bench/chaos.py --rounds 20 --updates 1000   # the full local soak
     .venv/bin/python bench/chaos.py --seed 1234 --json           # replay a seed, JSON report
+    .venv/bin/python bench/chaos.py --store postgresql --replicas 3 --kill some
 
 Everything runs on 127.0.0.1; this script is the load generator, the sink and the killer, and
 `python -m relay serve` runs as a child process (its own process group, a fresh SQLite store in a
-temporary directory, killed on exit whatever happens).
+temporary directory, killed on exit whatever happens). `--store postgresql` starts a throwaway
+PostgreSQL server (tools/pgserver.py: the machine's initdb and pg_ctl, a temp dir, a free port)
+and `--replicas N` (default 3) relays on its one database, with `RELAY_REPLICA_TIMEOUT` of
+`--replica-timeout` (3 s) so that a killed replica's claims come back to the others soon.
 
 What happens, per round (`--rounds`):
 
@@ -14,13 +18,17 @@ What happens, per round (`--rounds`):
   (`--updates`/2 runs: EXECUTING then a terminal status; about 60 % of the terminal statuses
   are failures), `--concurrency` at once. Each run is posted in order; an update is retried
   (same body) until relay answers 202 — through refused connections, resets and 503s while
-  relay is down or restarting.
+  relay is down or restarting. With replicas each post goes to a random live one (a load
+  balancer); `--p-double` of the updates (0.15) go to two replicas at once.
 * **killer**: at a random moment of the round (uniform in [0.05 s, `--kill-window`]), relay gets
   SIGKILL, stays down for a random 0-`--down-max` seconds, and is restarted on the same store.
   Kills land anywhere: mid-ingest, mid-commit, between a send and its `sent` mark, between a
   429 and the commit of its retry time. `--workers N` runs `relay serve --workers N` (delivery
   in processes of their own); `--kill parent` then kills the parent alone, as `kill -9 PID`
   does: its workers finish their sends and exit while the next relay starts beside them.
+  With replicas, `--kill one` (default) kills one replica a round, `--kill some` 2 to N-1 of
+  them each at its own moment, `--kill all` every replica at one moment; each is restarted
+  after its own 0-`--down-max` seconds.
 * **sink**: the webhook receiver (two relay channels, `a` and `b`, both notified by one rule for
   failed runs) answers each request at random: 200 (counted as delivered), 429 with
   `Retry-After: 1` or `2`, 500, a hang past relay's 1 s timeout, a connection reset (RST), or
@@ -40,7 +48,13 @@ The report (`--json` for one JSON object):
 - `delivered`: distinct expected ids the sink answered 200. `lost`: expected ids never answered
   200 — **must be 0**. `unexpected`: delivered ids nobody owed — 0.
 - `duplicates`, `duplicate_rate`: extra 200s for an id already delivered (at-least-once: allowed,
-  always with the same id; the rate is duplicates / delivered).
+  always with the same id: the sink counts by `webhook-id`; the rate is duplicates / delivered).
+  `duplicates_why` says what made each (bench/_chaos_report.py): `kill` (the relay process that
+  got the earlier 200 was killed before it could mark it sent; the sink tells which process by
+  the connection, from /proc), `unread` (relay's try timed out as the sink answered 200), and
+  `unexplained` — **must be 0**; `oks_unattributed`: 200s whose process was not found (0 on
+  Linux). `taken_over`: rows replicas took over from a stopped replica
+  (their log), `heartbeat_late`: replicas that logged their heartbeat late.
 - `retry_after_given`, `retry_after_violations`: 429s sent, and requests for an id that arrived
   before the Retry-After the sink gave that id had passed (per id, the sink's own clock, 20 ms
   tolerance) — **must be 0**; `samples.violations` says whether a kill fell in between. A 429
@@ -48,14 +62,16 @@ The report (`--json` for one JSON object):
   answered was never read (a loaded machine once made a 1.37 s "violation" of that).
 - `retry_after_unrecorded`: early retries whose 429 relay read but never recorded, killed
   between reading it and committing the retry time (a CI run saw two, 0.65 s early): with a
-  kill between the 429 and the retry, and relay's history (`GET /v1/notifications/{id}`)
-  holding fewer `rate_limited` retries before the early request than the sink gave, nothing
-  durable knew of the wait. Not violations; an early retry after a recorded 429 is one.
+  kill of the process the 429 went to between the 429 and the retry, and relay's history
+  (`GET /v1/notifications/{id}`) holding fewer `rate_limited` retries before the early
+  request than the sink gave, nothing durable knew of the wait. Not violations; an early
+  retry after a recorded 429 is one.
 - `dead`: dead letters at the end (`GET /v1/dlq`) — 0. `relay_exceptions`: relay log lines
   with a traceback — 0. `sink_answers`: what the sink answered (`refused` = a request on a
   kept-alive connection while the listener was down).
 
-Exit code 0 when lost, violations, unexpected, dead and relay_exceptions are all 0, else 1.
+Exit code 0 when lost, violations, unexplained duplicates, unexpected, dead and relay_exceptions
+are all 0, else 1.
 
 The RNG is seeded (`--seed`, else random; the seed is printed first). The seed fixes every
 random choice's *distribution* — sink answers are drawn in arrival order, which depends on
@@ -73,18 +89,20 @@ import random
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import aiohttp
-from _chaos_relay import RelayChild
+from _chaos_peers import peer_group
+from _chaos_relay import Fleet, RelayChild, store_url
+from _chaos_report import Report
 from _chaos_sink import RELAY_TIMEOUT_S, ChaosSink, Weights
 
 RULE = "failures"
 CHANNELS = ("a", "b")
 FAILED_STATUSES = ("FAILED", "CRASHED", "TIMED_OUT", "SYSTEM_FAILURE")
+REPLICA_KILLS = ("one", "some", "all")
 
 CONFIG = """\
 defaults:
@@ -108,46 +126,6 @@ def notification_id(run_id: str, rule: str, channel: str) -> str:
     return "ntf_" + digest.hexdigest()
 
 
-@dataclass
-class Report:
-    seed: int
-    rounds: int
-    updates_per_round: int
-    kills: int = 0
-    updates_posted: int = 0
-    updates_accepted: int = 0
-    post_retries: int = 0
-    post_errors: int = 0
-    notifications_expected: int = 0
-    delivered: int = 0
-    lost: int = 0
-    unexpected: int = 0
-    duplicates: int = 0
-    duplicate_rate: float = 0.0
-    retry_after_given: int = 0
-    retry_after_violations: int = 0
-    worst_violation_s: float = 0.0
-    retry_after_unrecorded: int = 0
-    dead: int = -1
-    relay_exceptions: int = 0
-    sink_requests: int = 0
-    sink_answers: dict[str, int] = field(default_factory=dict)
-    elapsed_s: float = 0.0
-    drain_s: float = 0.0
-    samples: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return (
-            self.lost == 0
-            and self.retry_after_violations == 0
-            and self.unexpected == 0
-            and self.dead == 0
-            and self.relay_exceptions == 0
-            and self.post_errors == 0
-        )
-
-
 def run_body(run_id: str, status: str, updated_s: int) -> bytes:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(1_780_000_000 + updated_s))
     run = {
@@ -168,18 +146,19 @@ class Driver:
     def __init__(self, args: argparse.Namespace, seed: int) -> None:
         self.args = args
         self.rng = random.Random(seed)
-        self.report = Report(seed, args.rounds, args.updates)
-        self.sink = ChaosSink(random.Random(seed + 1), args.weights)
-        self.relay: RelayChild | None = None
+        self.report = Report(seed, args.rounds, args.updates, args.store, args.replicas, args.kill)
+        self.fleet = Fleet([], random.Random(seed + 2))
+        identify = peer_group(self.fleet.groups)
+        self.sink = ChaosSink(random.Random(seed + 1), args.weights, identify)
         self.expected: set[str] = set()
-        self.kill_times: list[float] = []
 
-    async def post(self, http: aiohttp.ClientSession, body: bytes) -> None:
-        """POST until relay answers 202 (it may be dead or restarting meanwhile)."""
+    async def post(self, http: aiohttp.ClientSession, body: bytes, to: int | None = None) -> None:
+        """POST until relay answers 202 (it may be dead or restarting meanwhile): to replica
+        `to` while it listens, else to any that does."""
         self.report.updates_posted += 1
         deadline = time.monotonic() + self.args.post_timeout
         while time.monotonic() < deadline:
-            url = self.relay.url if self.relay is not None else ""
+            url = self.fleet.url(to)
             if not url:
                 await asyncio.sleep(0.05)
                 continue
@@ -201,6 +180,15 @@ class Driver:
             await asyncio.sleep(0.05)
         self.report.post_errors += 1
 
+    async def post_update(self, http: aiohttp.ClientSession, body: bytes) -> None:
+        """Post one update to a replica, or (`--p-double`) to two at once."""
+        if self.args.replicas < 2 or self.rng.random() >= self.args.p_double:
+            await self.post(http, body)
+            return
+        self.report.updates_doubled += 1
+        pair = self.rng.sample(range(self.args.replicas), 2)
+        await asyncio.gather(*(self.post(http, body, to) for to in pair))
+
     async def post_round(self, http: aiohttp.ClientSession, round_no: int) -> None:
         runs = max(1, self.args.updates // 2)
         limit = asyncio.Semaphore(self.args.concurrency)
@@ -213,40 +201,54 @@ class Driver:
                 self.expected |= {notification_id(run_id, RULE, ch) for ch in CHANNELS}
             await asyncio.sleep(i * self.args.spread / runs)  # ingest overlaps the kill window
             async with limit:
-                await self.post(http, run_body(run_id, "EXECUTING", 2 * i))
-                await self.post(http, run_body(run_id, final, 2 * i + 1))
+                await self.post_update(http, run_body(run_id, "EXECUTING", 2 * i))
+                await self.post_update(http, run_body(run_id, final, 2 * i + 1))
 
         await asyncio.gather(*(one_run(i) for i in range(runs)))
 
-    async def kill_once(self) -> None:
-        await asyncio.sleep(self.rng.uniform(0.05, self.args.kill_window))
-        assert self.relay is not None
-        self.kill_times.append(time.monotonic())
-        await asyncio.to_thread(self.relay.kill, self.args.kill == "parent")
+    async def kill_round(self) -> None:
+        """Kill this round's victims (`--kill`): `all` at one moment, the others each at its
+        own; each is restarted after its own time down."""
+        victims = self.fleet.victims(self.args.kill)
+        moment = self.rng.uniform(0.05, self.args.kill_window)
+        await asyncio.gather(
+            *(
+                self.kill_once(child, moment if self.args.kill == "all" else None)
+                for child in victims
+            )
+        )
+
+    async def kill_once(self, child: RelayChild, moment: float | None) -> None:
+        await asyncio.sleep(moment or self.rng.uniform(0.05, self.args.kill_window))
+        await asyncio.to_thread(self.fleet.kill, child, self.args.kill == "parent")
         self.report.kills += 1
         await asyncio.sleep(self.rng.uniform(0.0, self.args.down_max))
-        await asyncio.to_thread(self.relay.start)
+        await asyncio.to_thread(child.start)
 
     async def run(self) -> Report:
         started = time.monotonic()
         await self.sink.start()
-        with tempfile.TemporaryDirectory(prefix="relay-chaos-") as tmp:
-            workdir = Path(tmp)
-            config = workdir / "config.yaml"
+        with (
+            tempfile.TemporaryDirectory(prefix="relay-chaos-") as tmp,
+            store_url(self.args.store, Path(tmp)) as url,
+        ):
+            config = Path(tmp) / "config.yaml"
             config.write_text(CONFIG.format(url=self.sink.url, timeout=RELAY_TIMEOUT_S, rule=RULE))
-            self.relay = RelayChild(workdir, config, self.args.workers)
+            env = {"RELAY_REPLICA_TIMEOUT": f"{self.args.replica_timeout}s"}
+            self.fleet.children[:] = [
+                RelayChild(config, url, self.args.workers, **env) for _ in range(self.args.replicas)
+            ]
             try:
-                await asyncio.to_thread(self.relay.start)
+                await asyncio.to_thread(self.fleet.start)
                 timeout = aiohttp.ClientTimeout(total=10)
                 async with aiohttp.ClientSession(timeout=timeout) as http:
                     for round_no in range(self.args.rounds):
-                        await asyncio.gather(self.post_round(http, round_no), self.kill_once())
+                        await asyncio.gather(self.post_round(http, round_no), self.kill_round())
                         settled = await self.settle(self.args.round_timeout)  # under chaos
                         self.progress(round_no, settled, time.monotonic() - started)
                     await self.drain(http)
             finally:
-                self.relay.terminate()
-                self.relay.kill_all()
+                await asyncio.to_thread(self.fleet.stop)
                 await self.sink.stop()
         self.finish(time.monotonic() - started)
         return self.report
@@ -279,9 +281,8 @@ class Driver:
         await self.settle(self.args.drain_timeout)
         await asyncio.sleep(0.5)  # late duplicates still count
         self.report.drain_s = round(time.monotonic() - began, 2)
-        assert self.relay is not None
         try:
-            async with http.get(self.relay.url + "/v1/dlq") as resp:
+            async with http.get(self.fleet.url() + "/v1/dlq") as resp:
                 self.report.dead = len((await resp.json())["dead"])
         except (aiohttp.ClientError, OSError, KeyError, ValueError):
             self.report.dead = -1
@@ -293,9 +294,8 @@ class Driver:
     ) -> int:
         """How many 429s relay's history says it had recorded for `ident` by `before` (wall
         clock): its `retry` events with reason `rate_limited`; -1 if it cannot be read."""
-        assert self.relay is not None
         try:
-            async with http.get(f"{self.relay.url}/v1/notifications/{ident}") as resp:
+            async with http.get(f"{self.fleet.url()}/v1/notifications/{ident}") as resp:
                 events = (await resp.json())["events"]
         except (aiohttp.ClientError, OSError, KeyError, ValueError):
             return -1
@@ -307,47 +307,15 @@ class Driver:
             and datetime.fromisoformat(e["at"]).timestamp() < before
         )
 
-    def excuse_unrecorded(self) -> None:
-        """Take out of the violations the early retries whose 429 relay never recorded because
-        it was killed between reading it and committing its retry time (nothing durable knew
-        of the wait: the next process could not honour it). A retry early after a 429 that
-        relay's history shows recorded, or one with no kill in between, stays a violation."""
-        kept = []
-        for v in self.sink.violations:
-            v["across_kill"] = any(v["given"] <= k <= v["at"] for k in self.kill_times)
-            if v["across_kill"] and 0 <= v.get("recorded", -1) < v["retry_afters"]:
-                self.report.retry_after_unrecorded += 1
-            else:
-                kept.append(v)
-        self.sink.violations[:] = kept
-
     def finish(self, elapsed: float) -> None:
-        r, sink = self.report, self.sink
-        delivered = {i for i, n in sink.delivered.items() if n > 0}
-        r.notifications_expected = len(self.expected)
-        r.delivered = len(delivered & self.expected)
-        r.lost = len(self.expected - delivered)
-        r.unexpected = len(delivered - self.expected)
-        r.duplicates = sum(n - 1 for n in sink.delivered.values() if n > 1)
-        r.duplicate_rate = round(r.duplicates / max(1, r.delivered), 4)
-        r.retry_after_given = sink.answers["rate_limited"]
-        self.excuse_unrecorded()
-        r.retry_after_violations = len(sink.violations)
-        r.worst_violation_s = max((v["early_s"] for v in sink.violations), default=0.0)
-        r.sink_requests = sink.requests
-        r.sink_answers = dict(sorted(sink.answers.items()))
-        assert self.relay is not None
-        r.relay_exceptions = len(self.relay.exceptions)
+        r = self.report
+        r.tally(self.sink, self.expected, self.fleet.kills)
+        r.relay_exceptions = len(self.fleet.exceptions)
+        logged = self.fleet.logged()
+        r.taken_over, r.heartbeat_late = logged["taken_over"], logged["heartbeat_late"]
         r.elapsed_s = round(elapsed, 2)
-        if r.lost:
-            r.samples["lost"] = sorted(self.expected - delivered)[:5]
-        if sink.violations:
-            r.samples["violations"] = [
-                {k: v[k] for k in ("id", "early_s", "across_kill", "recorded", "retry_afters")}
-                for v in sink.violations[:5]
-            ]
-        if self.relay.exceptions:
-            r.samples["relay_exceptions"] = self.relay.exceptions[:5]
+        if self.fleet.exceptions:
+            r.samples["relay_exceptions"] = self.fleet.exceptions[:5]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -364,16 +332,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--post-timeout", type=float, default=60.0, help="give up one update (s)")
     p.add_argument("--json", action="store_true", help="print the report as JSON only")
     p.add_argument("--workers", type=int, default=0, help="relay serve --workers (default 0)")
+    p.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    p.add_argument("--replicas", type=int, default=None, help="postgresql: replicas (3)")
+    p.add_argument("--replica-timeout", type=float, default=3.0, help="RELAY_REPLICA_TIMEOUT")
+    p.add_argument("--p-double", type=float, default=0.15, help="updates posted to 2 replicas")
     p.add_argument(
         "--kill",
-        choices=("group", "parent"),
-        default="group",
-        help="SIGKILL relay's process group (default), or the parent alone: its workers live on",
+        choices=("group", "parent", *REPLICA_KILLS),
+        default=None,
+        help="SIGKILL relay's process group (SQLite's default), or the parent alone: its"
+        " workers live on; replicas: one (PostgreSQL's default), some, all",
     )
     for name, default in asdict(Weights()).items():
         p.add_argument(f"--p-{name.replace('_', '-')}", type=float, default=default)
     args = p.parse_args(argv)
     args.weights = Weights(**{n: getattr(args, f"p_{n}") for n in asdict(Weights())})
+    pg = args.store == "postgresql"
+    args.replicas = args.replicas or (3 if pg else 1)
+    args.kill = args.kill or ("one" if pg else "group")
+    if not pg and (args.replicas != 1 or args.kill in REPLICA_KILLS):
+        p.error("--replicas and --kill one|some|all need --store postgresql")
     return args
 
 
@@ -382,7 +360,11 @@ async def chaos(argv: list[str] | None = None) -> Report:
     args = parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     if not args.json:
-        print(f"chaos: seed {seed} ({args.rounds} rounds x {args.updates} updates)", flush=True)
+        print(
+            f"chaos: seed {seed} ({args.rounds} rounds x {args.updates} updates,"
+            f" {args.store}, {args.replicas} replica(s), kill {args.kill})",
+            flush=True,
+        )
     return await Driver(args, seed).run()
 
 

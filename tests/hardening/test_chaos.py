@@ -1,7 +1,9 @@
 """The chaos soak of bench/chaos.py at CI size: kill -9 relay at random moments while a hostile
-sink answers 429/500/hangs/resets/refuses; nothing accepted is lost, Retry-After is honoured.
+sink answers 429/500/hangs/resets/refuses; nothing accepted is lost, Retry-After is honoured,
+every duplicate is one a kill (or a try timed out as the sink answered) made.
 
-RELAY_SLOW=1 also runs a larger soak. RELAY_CHAOS_SEED=N replays a seed (printed either way).
+RELAY_SLOW=1 also runs larger soaks, and the soak on PostgreSQL with replicas killed.
+RELAY_CHAOS_SEED=N replays a seed (printed either way).
 """
 
 from __future__ import annotations
@@ -17,22 +19,37 @@ from types import ModuleType
 import pytest
 
 from tests.conftest import REPO, SLOW
+from tests.pg import find_bindir
 
 BENCH = REPO / "bench"
 
 
-def load_chaos() -> ModuleType:
-    """bench/chaos.py, its siblings (bench/_chaos_*.py) imported as when it runs as a script."""
-    spec = importlib.util.spec_from_file_location("relay_bench_chaos", BENCH / "chaos.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+def load_bench(name: str) -> ModuleType:
+    """bench/<name>.py, its siblings (bench/_chaos_*.py) imported as when it runs as a script."""
     sys.path.insert(0, str(BENCH))
     try:
+        if name.startswith("_"):  # a sibling: the module chaos.py imports, not a copy
+            return importlib.import_module(name)
+        spec = importlib.util.spec_from_file_location(f"relay_bench_{name}", BENCH / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses resolve their module by name
         spec.loader.exec_module(module)
+        return module
     finally:
         sys.path.remove(str(BENCH))
-    return module
+
+
+def load_chaos() -> ModuleType:
+    return load_bench("chaos")
+
+
+def load_report() -> ModuleType:
+    return load_bench("_chaos_report")
+
+
+def kill(at: float, group: int, parent_only: bool = False) -> object:
+    return load_bench("_chaos_relay").Kill(at, group, parent_only)
 
 
 # Read at import: the autouse fixture of conftest.py removes RELAY_* variables during tests.
@@ -52,7 +69,11 @@ async def soak(*args: str, budget_s: float) -> dict[str, object]:
     assert report.post_errors == 0, data
     assert report.dead == 0, data
     assert report.relay_exceptions == 0, data
-    assert report.kills == report.rounds
+    assert report.duplicates_why.get("unexplained", 0) == 0, data
+    assert report.duplicates == sum(report.duplicates_why.values()), data
+    if sys.platform == "linux":  # the sink tells which relay process it answered from /proc
+        assert report.oks_unattributed == 0, data
+    assert report.kills >= report.rounds
     assert report.updates_accepted >= report.updates_posted
     assert report.delivered == report.notifications_expected > 0
     return data
@@ -82,25 +103,66 @@ async def test_chaos_soak_workers_parent_killed() -> None:
                budget_s=600)  # fmt: skip
 
 
-async def test_an_early_retry_is_excused_only_when_a_kill_lost_its_429() -> None:
+@pytest.mark.parametrize("mode", ["one", "some", "all"])
+async def test_chaos_soak_postgresql_replicas(mode: str) -> None:
+    """Three replicas on one PostgreSQL database, posted to at random (some updates to two at
+    once), `mode` of them killed -9 each round: nothing lost, every duplicate a kill's."""
+    if not SLOW:
+        pytest.skip("PostgreSQL soak: RELAY_SLOW=1")
+    if find_bindir() is None:
+        pytest.skip("the PostgreSQL soak needs initdb/pg_ctl (RELAY_PG_BINDIR)")
+    data = await soak("--store", "postgresql", "--replicas", "3", "--kill", mode,
+                      "--rounds", "3", "--updates", "60", budget_s=300)  # fmt: skip
+    assert data["store"] == "postgresql" and data["replicas"] == 3
+    assert isinstance(data["updates_doubled"], int) and data["updates_doubled"] > 0
+
+
+def test_an_early_retry_is_excused_only_when_a_kill_lost_its_429() -> None:
     """A 429 relay read and was killed before recording tells the next process nothing; an
-    early retry after a 429 relay's history holds, or with no kill in between, is a violation."""
-    chaos = load_chaos()
-    driver = chaos.Driver(chaos.parse_args([]), seed=1)
-    driver.kill_times = [10.0]
+    early retry after a 429 relay's history holds, with no kill in between, or after a kill of
+    another process (a replica that never got the 429), is a violation."""
+    report = load_report()
+    kills = [kill(10.0, group=7)]
 
-    def early(ident: str, given: float, recorded: int) -> dict[str, object]:
+    def early(ident: str, given: float, recorded: int, group: int = 7) -> dict[str, object]:
         return {"id": ident, "given": given, "at": given + 0.5, "early_s": 0.5,
-                "retry_afters": 2, "recorded": recorded}  # fmt: skip
+                "retry_afters": 2, "recorded": recorded, "group": group}  # fmt: skip
 
-    driver.sink.violations[:] = [
+    violations = [
         early("lost_to_the_kill", 9.9, recorded=1),
         early("recorded_then_killed", 9.9, recorded=2),
         early("unreadable_history", 9.9, recorded=-1),
         early("no_kill_between", 10.1, recorded=1),
+        early("another_replica_killed", 9.9, recorded=1, group=8),
     ]
-    driver.excuse_unrecorded()
-    assert driver.report.retry_after_unrecorded == 1
-    assert [v["id"] for v in driver.sink.violations] == [
-        "recorded_then_killed", "unreadable_history", "no_kill_between"
+    assert report.excuse_unrecorded(violations, kills) == 1
+    assert [v["id"] for v in violations] == [
+        "recorded_then_killed", "unreadable_history", "no_kill_between", "another_replica_killed"
     ]  # fmt: skip
+
+
+def test_a_duplicate_is_explained_only_by_a_kill_of_its_sender_or_an_unread_200() -> None:
+    """A second 200 for an id is the kill's when the process group that got the first was
+    killed in between (or had its parent killed before: orphaned workers mark nothing), or
+    when the first never reached relay; a second 200 after a kill of another replica, or of
+    the sender only after the second, is a defect."""
+    report = load_report()
+    sink = load_bench("_chaos_sink")
+    first = sink.Ok(at=10.0, group=7, read=True)
+    again = sink.Ok(at=15.0, group=8, read=True)
+    cases = {
+        "kill": [kill(12.0, group=7)],
+        "unexplained": [kill(12.0, group=8)],
+    }
+    for expected, kills in cases.items():
+        assert report.why_duplicated([first], again, kills) == expected
+    assert report.why_duplicated([first], again, [kill(16.0, group=7)]) == "unexplained"
+    assert report.why_duplicated([first], again, [kill(9.0, group=7)]) == "unexplained"
+    assert report.why_duplicated([first], again, [kill(9.0, group=7, parent_only=True)]) == "kill"
+    unread = sink.Ok(at=10.0, group=7, read=False)
+    assert report.why_duplicated([unread], again, []) == "unread"
+    why, samples = report.classify_duplicates(
+        {"a": [first, again], "b": [first], "c": [unread, again, again]}, [kill(12.0, group=8)]
+    )
+    assert why == {"unexplained": 1, "unread": 2}
+    assert [s["id"] for s in samples] == ["a"]

@@ -1,0 +1,146 @@
+"""The chaos soak's report (bench/chaos.py) and how it tells what a kill made from a defect.
+
+A duplicate (a second 200 for an id) is explained when
+- `kill`: the relay process group answered an earlier 200 for the id was killed in between
+  (sent, not yet marked sent; the next process or replica sends it again, same id), or had
+  its parent killed before (`--kill parent`: its orphaned workers send, nobody marks);
+- `unread`: an earlier 200 reached a connection relay no longer held (its try had timed out as
+  the sink answered: relay saw a timeout and retried).
+Any other duplicate is `unexplained`, and fails the soak as a loss does.
+
+An early retry (before the Retry-After the sink gave) is excused only when the process group
+the 429 went to was killed in between and relay's history holds fewer `rate_limited` retries
+before the early request than the sink gave: nothing durable knew of the wait.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from _chaos_relay import Kill
+from _chaos_sink import ChaosSink, Ok
+
+
+@dataclass
+class Report:
+    seed: int
+    rounds: int
+    updates_per_round: int
+    store: str = "sqlite"
+    replicas: int = 1
+    kill_mode: str = "group"
+    kills: int = 0
+    updates_posted: int = 0
+    updates_accepted: int = 0
+    updates_doubled: int = 0
+    post_retries: int = 0
+    post_errors: int = 0
+    notifications_expected: int = 0
+    delivered: int = 0
+    lost: int = 0
+    unexpected: int = 0
+    duplicates: int = 0
+    duplicate_rate: float = 0.0
+    duplicates_why: dict[str, int] = field(default_factory=dict)
+    oks_unattributed: int = 0  # 200s whose relay process /proc did not tell (not Linux?)
+    retry_after_given: int = 0
+    retry_after_violations: int = 0
+    worst_violation_s: float = 0.0
+    retry_after_unrecorded: int = 0
+    dead: int = -1
+    relay_exceptions: int = 0
+    taken_over: int = 0
+    heartbeat_late: int = 0
+    sink_requests: int = 0
+    sink_answers: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    drain_s: float = 0.0
+    samples: dict[str, Any] = field(default_factory=dict)
+
+    def tally(self, sink: ChaosSink, expected: set[str], kills: list[Kill]) -> None:
+        """Count what the sink saw against what relay owed (`expected` ids), given `kills`."""
+        delivered = {i for i, n in sink.delivered.items() if n > 0}
+        self.notifications_expected = len(expected)
+        self.delivered = len(delivered & expected)
+        self.lost = len(expected - delivered)
+        self.unexpected = len(delivered - expected)
+        self.duplicates = sum(n - 1 for n in sink.delivered.values() if n > 1)
+        self.duplicate_rate = round(self.duplicates / max(1, self.delivered), 4)
+        why, unexplained = classify_duplicates(sink.oks, kills)
+        self.duplicates_why = dict(sorted(why.items()))
+        self.oks_unattributed = sum(o.group is None for oks in sink.oks.values() for o in oks)
+        self.retry_after_given = sink.answers["rate_limited"]
+        self.retry_after_unrecorded = excuse_unrecorded(sink.violations, kills)
+        self.retry_after_violations = len(sink.violations)
+        self.worst_violation_s = max((v["early_s"] for v in sink.violations), default=0.0)
+        self.sink_requests = sink.requests
+        self.sink_answers = dict(sorted(sink.answers.items()))
+        if self.lost:
+            self.samples["lost"] = sorted(expected - delivered)[:5]
+        if sink.violations:
+            keys = ("id", "early_s", "across_kill", "recorded", "retry_afters", "group")
+            self.samples["violations"] = [{k: v.get(k) for k in keys} for v in sink.violations[:5]]
+        if unexplained:
+            self.samples["unexplained_duplicates"] = unexplained[:5]
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.lost == 0
+            and self.retry_after_violations == 0
+            and self.duplicates_why.get("unexplained", 0) == 0
+            and self.unexpected == 0
+            and self.dead == 0
+            and self.relay_exceptions == 0
+            and self.post_errors == 0
+        )
+
+
+def lost_by_kill(kills: Iterable[Kill], group: int | None, after: float, before: float) -> bool:
+    """Whether a kill can have kept `group` from recording what it learnt at `after`."""
+    return any(k.may_have_lost(group, after, before) for k in kills)
+
+
+def why_duplicated(earlier: list[Ok], again: Ok, kills: list[Kill]) -> str:
+    """Why the 200 `again` came after the 200s `earlier` of the same id (module docstring)."""
+    if any(not ok.read for ok in earlier):
+        return "unread"
+    if any(lost_by_kill(kills, ok.group, ok.at, again.at) for ok in earlier):
+        return "kill"
+    return "unexplained"
+
+
+def classify_duplicates(
+    oks: dict[str, list[Ok]], kills: list[Kill]
+) -> tuple[Counter[str], list[dict[str, Any]]]:
+    """Each extra 200 by why; and samples of the unexplained (id, times, groups)."""
+    why: Counter[str] = Counter()
+    unexplained = []
+    for ident, answers in oks.items():
+        for i in range(1, len(answers)):
+            reason = why_duplicated(answers[:i], answers[i], kills)
+            why[reason] += 1
+            if reason == "unexplained":
+                unexplained.append(
+                    {"id": ident, "oks": [(round(o.at, 3), o.group, o.read) for o in answers]}
+                )
+    return why, unexplained
+
+
+def excuse_unrecorded(violations: list[dict[str, Any]], kills: list[Kill]) -> int:
+    """Take out of `violations` the early retries whose 429 relay never recorded because it was
+    killed between reading it and committing its retry time (nothing durable knew of the wait:
+    the next process could not honour it); how many. A retry early after a 429 that relay's
+    history shows recorded, or with no kill of the group answered in between, stays."""
+    kept, excused = [], 0
+    for v in violations:
+        v["across_kill"] = lost_by_kill(kills, v.get("group"), v["given"], v["at"])
+        if v["across_kill"] and 0 <= v.get("recorded", -1) < v["retry_afters"]:
+            excused += 1
+        else:
+            kept.append(v)
+    violations[:] = kept
+    return excused
