@@ -39,19 +39,27 @@ class Kill:
     group: int
     parent_only: bool
 
-    def may_have_lost(self, group: int | None, after: float, before: float) -> bool:
-        """Whether this kill can have kept `group` from recording what it learnt at `after`
-        (a 200, a 429) by `before`: it came in between, or it left that group's workers
-        orphaned before (they finish sends whose outcome no parent records)."""
-        if group != self.group or self.at > before:
-            return False
-        return self.parent_only or self.at >= after
+    def may_have_lost(self, group: int | None, before: float) -> bool:
+        """Whether this kill can have kept `group` from recording, by `before`, what it was
+        answered (a 200, a 429): `group` was killed by then. Answered before the kill, it may
+        not have committed it yet; "answered" after (the sink stamps a request when it reads
+        it, the kill may come between relay's write and that), it never read the answer; its
+        parent alone killed, its orphaned workers finish sends nobody records."""
+        return group == self.group and self.at <= before
 
 
 class RelayChild:
     """`python -m relay serve` as a child in its own process group; restarted on one store."""
 
-    def __init__(self, config: Path, store_url: str, workers: int = 0, **env: str) -> None:
+    def __init__(
+        self,
+        config: Path,
+        store_url: str,
+        workers: int = 0,
+        log_dir: Path | None = None,
+        **env: str,
+    ) -> None:
+        self.log_dir = log_dir  # each start's log kept there as relay-<pid>.log
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("RELAY_")},
             "RELAY_CONFIG": str(config),
@@ -90,22 +98,33 @@ class RelayChild:
 
     def _read(self, proc: subprocess.Popen[str], listening: threading.Event) -> None:
         assert proc.stderr is not None
-        for line in proc.stderr:
-            self.log_lines += 1
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                entry = {"raw": line.rstrip()}
-            msg = entry.get("msg")
-            if msg == "listening":
-                self.url = f"http://{entry['host']}:{entry['port']}"
-                listening.set()
-            elif msg == TAKEOVER:
-                self.logged["taken_over"] += int(entry.get("count", 0))
-            elif msg == HEARTBEAT_LATE:
-                self.logged["heartbeat_late"] += 1
-            if "exc" in entry or "Traceback" in str(entry.get("raw", "")):
-                self.exceptions.append(str(msg or entry.get("raw"))[:200])
+        with contextlib.ExitStack() as stack:
+            keep = None
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                keep = stack.enter_context((self.log_dir / f"relay-{proc.pid}.log").open("w"))
+            for line in proc.stderr:
+                if keep is not None:
+                    keep.write(line)
+                self._note(line, listening)
+
+    def _note(self, line: str, listening: threading.Event) -> None:
+        """What the soak reads in a log line: where relay listens, takeovers, tracebacks."""
+        self.log_lines += 1
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            entry = {"raw": line.rstrip()}
+        msg = entry.get("msg")
+        if msg == "listening":
+            self.url = f"http://{entry['host']}:{entry['port']}"
+            listening.set()
+        elif msg == TAKEOVER:
+            self.logged["taken_over"] += int(entry.get("count", 0))
+        elif msg == HEARTBEAT_LATE:
+            self.logged["heartbeat_late"] += 1
+        if "exc" in entry or "Traceback" in str(entry.get("raw", "")):
+            self.exceptions.append(str(msg or entry.get("raw"))[:200])
 
     def kill(self, parent_only: bool = False) -> Kill | None:
         """SIGKILL, no warning: the whole process group (the child started it), or the parent

@@ -1,15 +1,17 @@
 """The chaos soak's report (bench/chaos.py) and how it tells what a kill made from a defect.
 
-A duplicate (a second 200 for an id) is explained when
-- `kill`: the relay process group answered an earlier 200 for the id was killed in between
-  (sent, not yet marked sent; the next process or replica sends it again, same id), or had
-  its parent killed before (`--kill parent`: its orphaned workers send, nobody marks);
+A duplicate (a second 200 for an id) is explained when relay's history holds no `sent` mark
+from before it arrived (the earlier send was never recorded) and
+- `kill`: the relay process group an earlier 200 for the id went to was killed before the
+  duplicate (sent, not yet marked sent: the next process or replica sends it again, same id;
+  `--kill parent`: its orphaned workers send, nobody marks), or
 - `unread`: an earlier 200 reached a connection relay no longer held (its try had timed out as
   the sink answered: relay saw a timeout and retried).
-Any other duplicate is `unexplained`, and fails the soak as a loss does.
+Any other duplicate is `unexplained` — among them any sent again after relay marked it sent —
+and fails the soak as a loss does.
 
 An early retry (before the Retry-After the sink gave) is excused only when the process group
-the 429 went to was killed in between and relay's history holds fewer `rate_limited` retries
+the 429 went to was killed before it and relay's history holds fewer `rate_limited` retries
 before the early request than the sink gave: nothing durable knew of the wait.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from _chaos_relay import Kill
@@ -60,8 +63,15 @@ class Report:
     drain_s: float = 0.0
     samples: dict[str, Any] = field(default_factory=dict)
 
-    def tally(self, sink: ChaosSink, expected: set[str], kills: list[Kill]) -> None:
-        """Count what the sink saw against what relay owed (`expected` ids), given `kills`."""
+    def tally(
+        self,
+        sink: ChaosSink,
+        expected: set[str],
+        kills: list[Kill],
+        histories: dict[str, list[dict[str, Any]]],
+    ) -> None:
+        """Count what the sink saw against what relay owed (`expected` ids), given `kills`;
+        `histories`: relay's of the ids delivered more than once."""
         delivered = {i for i, n in sink.delivered.items() if n > 0}
         self.notifications_expected = len(expected)
         self.delivered = len(delivered & expected)
@@ -69,7 +79,8 @@ class Report:
         self.unexpected = len(delivered - expected)
         self.duplicates = sum(n - 1 for n in sink.delivered.values() if n > 1)
         self.duplicate_rate = round(self.duplicates / max(1, self.delivered), 4)
-        why, unexplained = classify_duplicates(sink.oks, kills)
+        marks = {i: sent_marks(events) for i, events in histories.items()}
+        why, unexplained = classify_duplicates(sink.oks, kills, marks)
         self.duplicates_why = dict(sorted(why.items()))
         self.oks_unattributed = sum(o.group is None for oks in sink.oks.values() for o in oks)
         self.retry_after_given = sink.answers["rate_limited"]
@@ -83,8 +94,11 @@ class Report:
         if sink.violations:
             keys = ("id", "early_s", "across_kill", "recorded", "retry_afters", "group")
             self.samples["violations"] = [{k: v.get(k) for k in keys} for v in sink.violations[:5]]
-        if unexplained:
-            self.samples["unexplained_duplicates"] = unexplained[:5]
+        for sample in unexplained[:5]:
+            groups = {group for _, group, _ in sample["oks"]}
+            sample["kills"] = [(round(k.at, 3), k.group) for k in kills if k.group in groups]
+            sample["history"] = histories.get(sample["id"])
+            self.samples.setdefault("unexplained_duplicates", []).append(sample)
 
     @property
     def ok(self) -> bool:
@@ -99,29 +113,41 @@ class Report:
         )
 
 
-def lost_by_kill(kills: Iterable[Kill], group: int | None, after: float, before: float) -> bool:
-    """Whether a kill can have kept `group` from recording what it learnt at `after`."""
-    return any(k.may_have_lost(group, after, before) for k in kills)
+MARK_TOLERANCE_S = 0.002  # history times are ISO-8601 with milliseconds
 
 
-def why_duplicated(earlier: list[Ok], again: Ok, kills: list[Kill]) -> str:
-    """Why the 200 `again` came after the 200s `earlier` of the same id (module docstring)."""
+def lost_by_kill(kills: Iterable[Kill], group: int | None, before: float) -> bool:
+    """Whether a kill can have kept `group` from recording what it was answered, by `before`."""
+    return any(k.may_have_lost(group, before) for k in kills)
+
+
+def sent_marks(events: list[dict[str, Any]]) -> list[float]:
+    """The wall-clock times of relay's `sent` marks in a notification's history."""
+    return [datetime.fromisoformat(e["at"]).timestamp() for e in events if e["kind"] == "sent"]
+
+
+def why_duplicated(earlier: list[Ok], again: Ok, kills: list[Kill], marks: list[float]) -> str:
+    """Why the 200 `again` came after the 200s `earlier` of the same id, relay having marked
+    it sent at `marks` (module docstring)."""
+    if any(m < again.wall - MARK_TOLERANCE_S for m in marks):
+        return "unexplained"  # recorded as sent, and sent again all the same
     if any(not ok.read for ok in earlier):
         return "unread"
-    if any(lost_by_kill(kills, ok.group, ok.at, again.at) for ok in earlier):
+    if any(lost_by_kill(kills, ok.group, again.at) for ok in earlier):
         return "kill"
     return "unexplained"
 
 
 def classify_duplicates(
-    oks: dict[str, list[Ok]], kills: list[Kill]
+    oks: dict[str, list[Ok]], kills: list[Kill], marks: dict[str, list[float]]
 ) -> tuple[Counter[str], list[dict[str, Any]]]:
-    """Each extra 200 by why; and samples of the unexplained (id, times, groups)."""
+    """Each extra 200 by why (`marks`: relay's `sent` marks of each id); and samples of the
+    unexplained (id, times, groups)."""
     why: Counter[str] = Counter()
     unexplained = []
     for ident, answers in oks.items():
         for i in range(1, len(answers)):
-            reason = why_duplicated(answers[:i], answers[i], kills)
+            reason = why_duplicated(answers[:i], answers[i], kills, marks.get(ident, []))
             why[reason] += 1
             if reason == "unexplained":
                 unexplained.append(
@@ -137,7 +163,7 @@ def excuse_unrecorded(violations: list[dict[str, Any]], kills: list[Kill]) -> in
     history shows recorded, or with no kill of the group answered in between, stays."""
     kept, excused = [], 0
     for v in violations:
-        v["across_kill"] = lost_by_kill(kills, v.get("group"), v["given"], v["at"])
+        v["across_kill"] = lost_by_kill(kills, v.get("group"), v["at"])
         if v["across_kill"] and 0 <= v.get("recorded", -1) < v["retry_afters"]:
             excused += 1
         else:

@@ -62,6 +62,7 @@ class Ok:
     at: float
     group: int | None
     read: bool
+    wall: float  # time.time() at `at`: beside relay's history, which tells wall-clock time
 
 
 Identify = Callable[[int, int], int | None]  # (client port, sink port) -> process group
@@ -158,7 +159,8 @@ class ChaosSink:
         group = self._group(request)
         self.delivered[ident] += 1
         response = await self._answer(request, 200)
-        self.oks.setdefault(ident, []).append(Ok(arrived, group, self._held(request)))
+        ok = Ok(arrived, group, self._held(request), time.time() - (time.monotonic() - arrived))
+        self.oks.setdefault(ident, []).append(ok)
         return response
 
     async def _rate_limit(

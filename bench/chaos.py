@@ -92,6 +92,7 @@ import time
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from _chaos_peers import peer_group
@@ -103,6 +104,7 @@ RULE = "failures"
 CHANNELS = ("a", "b")
 FAILED_STATUSES = ("FAILED", "CRASHED", "TIMED_OUT", "SYSTEM_FAILURE")
 REPLICA_KILLS = ("one", "some", "all")
+MAX_HISTORIES = 500  # duplicates whose history is read (each a request)
 
 CONFIG = """\
 defaults:
@@ -151,6 +153,7 @@ class Driver:
         identify = peer_group(self.fleet.groups)
         self.sink = ChaosSink(random.Random(seed + 1), args.weights, identify)
         self.expected: set[str] = set()
+        self.histories: dict[str, list[dict[str, Any]]] = {}  # of the ids delivered twice
 
     async def post(self, http: aiohttp.ClientSession, body: bytes, to: int | None = None) -> None:
         """POST until relay answers 202 (it may be dead or restarting meanwhile): to replica
@@ -236,7 +239,8 @@ class Driver:
             config.write_text(CONFIG.format(url=self.sink.url, timeout=RELAY_TIMEOUT_S, rule=RULE))
             env = {"RELAY_REPLICA_TIMEOUT": f"{self.args.replica_timeout}s"}
             self.fleet.children[:] = [
-                RelayChild(config, url, self.args.workers, **env) for _ in range(self.args.replicas)
+                RelayChild(config, url, self.args.workers, self.args.log_dir, **env)
+                for _ in range(self.args.replicas)
             ]
             try:
                 await asyncio.to_thread(self.fleet.start)
@@ -289,15 +293,25 @@ class Driver:
         for v in self.sink.violations:
             v["recorded"] = await self.retry_afters_recorded(http, v["id"], before=v["wall"])
 
+        for ident in [i for i, oks in self.sink.oks.items() if len(oks) > 1][:MAX_HISTORIES]:
+            self.histories[ident] = await self.history(http, ident)  # its sent marks
+
+    async def history(self, http: aiohttp.ClientSession, ident: str) -> list[dict[str, Any]]:
+        """relay's history of notification `ident` (GET /v1/notifications/{id}); [] if it
+        cannot be read."""
+        try:
+            async with http.get(f"{self.fleet.url()}/v1/notifications/{ident}") as resp:
+                return list((await resp.json())["events"])
+        except (aiohttp.ClientError, OSError, KeyError, ValueError):
+            return []
+
     async def retry_afters_recorded(
         self, http: aiohttp.ClientSession, ident: str, before: float
     ) -> int:
         """How many 429s relay's history says it had recorded for `ident` by `before` (wall
         clock): its `retry` events with reason `rate_limited`; -1 if it cannot be read."""
-        try:
-            async with http.get(f"{self.fleet.url()}/v1/notifications/{ident}") as resp:
-                events = (await resp.json())["events"]
-        except (aiohttp.ClientError, OSError, KeyError, ValueError):
+        events = await self.history(http, ident)
+        if not events:
             return -1
         return sum(
             1
@@ -309,7 +323,7 @@ class Driver:
 
     def finish(self, elapsed: float) -> None:
         r = self.report
-        r.tally(self.sink, self.expected, self.fleet.kills)
+        r.tally(self.sink, self.expected, self.fleet.kills, self.histories)
         r.relay_exceptions = len(self.fleet.exceptions)
         logged = self.fleet.logged()
         r.taken_over, r.heartbeat_late = logged["taken_over"], logged["heartbeat_late"]
@@ -331,6 +345,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=60.0, help="final drain (s)")
     p.add_argument("--post-timeout", type=float, default=60.0, help="give up one update (s)")
     p.add_argument("--json", action="store_true", help="print the report as JSON only")
+    p.add_argument("--log-dir", type=Path, default=None, help="keep relay's logs there")
     p.add_argument("--workers", type=int, default=0, help="relay serve --workers (default 0)")
     p.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     p.add_argument("--replicas", type=int, default=None, help="postgresql: replicas (3)")
