@@ -95,8 +95,10 @@ class Report:
             keys = ("id", "early_s", "across_kill", "recorded", "retry_afters", "group")
             self.samples["violations"] = [{k: v.get(k) for k in keys} for v in sink.violations[:5]]
         for sample in unexplained[:5]:
-            groups = {group for _, group, _ in sample["oks"]}
-            sample["kills"] = [(round(k.at, 3), k.group) for k in kills if k.group in groups]
+            first, last = sample["oks"][0][0], sample["oks"][-1][0]
+            sample["kills"] = [  # those between its first 200 (or just before) and its last
+                (round(k.at, 3), k.group) for k in kills if first - UNSEEN_S <= k.at <= last
+            ]
             sample["history"] = histories.get(sample["id"])
             self.samples.setdefault("unexplained_duplicates", []).append(sample)
 
@@ -114,10 +116,16 @@ class Report:
 
 
 MARK_TOLERANCE_S = 0.002  # history times are ISO-8601 with milliseconds
+UNSEEN_S = 1.0  # a request written before a kill can be read by a busy sink this much after
 
 
-def lost_by_kill(kills: Iterable[Kill], group: int | None, before: float) -> bool:
-    """Whether a kill can have kept `group` from recording what it was answered, by `before`."""
+def lost_by_kill(kills: Iterable[Kill], group: int | None, at: float, before: float) -> bool:
+    """Whether a kill can have kept `group` from recording what it was answered at `at`, by
+    `before`. No group: the sink found no process holding the connection as it answered (a
+    soak saw one such 200, its sender killed as it was read): a kill of any group within
+    UNSEEN_S of `at`."""
+    if group is None:
+        return any(abs(k.at - at) <= UNSEEN_S for k in kills)
     return any(k.may_have_lost(group, before) for k in kills)
 
 
@@ -133,7 +141,7 @@ def why_duplicated(earlier: list[Ok], again: Ok, kills: list[Kill], marks: list[
         return "unexplained"  # recorded as sent, and sent again all the same
     if any(not ok.read for ok in earlier):
         return "unread"
-    if any(lost_by_kill(kills, ok.group, again.at) for ok in earlier):
+    if any(lost_by_kill(kills, ok.group, ok.at, again.at) for ok in earlier):
         return "kill"
     return "unexplained"
 
@@ -163,7 +171,7 @@ def excuse_unrecorded(violations: list[dict[str, Any]], kills: list[Kill]) -> in
     history shows recorded, or with no kill of the group answered in between, stays."""
     kept, excused = [], 0
     for v in violations:
-        v["across_kill"] = lost_by_kill(kills, v.get("group"), v["at"])
+        v["across_kill"] = lost_by_kill(kills, v.get("group"), v["given"], v["at"])
         if v["across_kill"] and 0 <= v.get("recorded", -1) < v["retry_afters"]:
             excused += 1
         else:

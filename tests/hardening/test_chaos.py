@@ -124,7 +124,7 @@ def test_an_early_retry_is_excused_only_when_a_kill_lost_its_429() -> None:
     report = load_report()
     kills = [kill(10.0, group=7)]
 
-    def early(ident: str, given: float, recorded: int, group: int = 7) -> dict[str, object]:
+    def early(ident: str, given: float, recorded: int, group: int | None = 7) -> dict[str, object]:
         return {"id": ident, "given": given, "at": given + 0.5, "early_s": 0.5,
                 "retry_afters": 2, "recorded": recorded, "group": group}  # fmt: skip
 
@@ -134,11 +134,13 @@ def test_an_early_retry_is_excused_only_when_a_kill_lost_its_429() -> None:
         early("unreadable_history", 9.9, recorded=-1),
         early("killed_after_the_retry", 9.4, recorded=1),
         early("another_replica_killed", 9.9, recorded=1, group=8),
+        early("sender_unseen_killed_then", 9.9, recorded=1, group=None),
+        early("sender_unseen_no_kill_then", 7.0, recorded=1, group=None),
     ]
-    assert report.excuse_unrecorded(violations, kills) == 1
+    assert report.excuse_unrecorded(violations, kills) == 2
     assert [v["id"] for v in violations] == [
         "recorded_then_killed", "unreadable_history", "killed_after_the_retry",
-        "another_replica_killed",
+        "another_replica_killed", "sender_unseen_no_kill_then",
     ]  # fmt: skip
 
 
@@ -163,6 +165,9 @@ def test_a_duplicate_is_explained_only_by_a_kill_of_its_sender_or_an_unread_200(
     assert why([kill(16.0, group=7)]) == "unexplained"  # killed only after the duplicate
     assert why([kill(12.0, group=7)], (1010.01,)) == "unexplained"  # marked sent, sent again
     assert why([kill(12.0, group=7)], (1015.05,)) == "kill"  # the duplicate's own mark
+    unseen = sink.Ok(at=10.0, group=None, read=True, wall=1010.0)  # its sender died as it read
+    assert why([kill(10.5, group=9)], (), unseen) == "kill"
+    assert why([kill(12.0, group=9)], (), unseen) == "unexplained"
     unread = sink.Ok(at=10.0, group=7, read=False, wall=1010.0)
     assert why([], (), unread) == "unread"
     counts, samples = report.classify_duplicates(
