@@ -49,12 +49,13 @@ The report (`--json` for one JSON object):
   200 — **must be 0**. `unexpected`: delivered ids nobody owed — 0.
 - `duplicates`, `duplicate_rate`: extra 200s for an id already delivered (at-least-once: allowed,
   always with the same id: the sink counts by `webhook-id`; the rate is duplicates / delivered).
-  `duplicates_why` says what made each (bench/_chaos_report.py): `kill` (the relay process that
-  got the earlier 200 was killed before it could mark it sent; the sink tells which process by
-  the connection, from /proc), `unread` (relay's try timed out as the sink answered 200), and
-  `unexplained` — **must be 0**; `oks_unattributed`: 200s whose process was not found (0 on
-  Linux). `taken_over`: rows replicas took over from a stopped replica
-  (their log), `heartbeat_late`: replicas that logged their heartbeat late.
+  `duplicates_why` says what made each (bench/_chaos_report.py), relay's history holding no
+  `sent` mark from before it: `kill` (the relay process that got the earlier 200 was killed
+  before the duplicate: sent, never marked; the sink tells which process by the connection,
+  from /proc), `unread` (relay's try timed out as the sink answered 200), else `unexplained` —
+  **must be 0**. `oks_unattributed`: 200s whose process was not found (it had just died).
+  `taken_over`: rows replicas took over from a stopped replica (their log); `heartbeat_late`:
+  replicas that logged their heartbeat late.
 - `retry_after_given`, `retry_after_violations`: 429s sent, and requests for an id that arrived
   before the Retry-After the sink gave that id had passed (per id, the sink's own clock, 20 ms
   tolerance) — **must be 0**; `samples.violations` says whether a kill fell in between. A 429

@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import json
 import os
+import random
 import sys
 from dataclasses import asdict
 from types import ModuleType
@@ -177,3 +178,14 @@ def test_a_duplicate_is_explained_only_by_a_kill_of_its_sender_or_an_unread_200(
     )
     assert counts == {"unexplained": 1, "unread": 2}
     assert [s["id"] for s in samples] == ["a"]
+
+
+def test_kill_modes_pick_one_some_or_all_replicas() -> None:
+    """`--kill one` one replica a round, `some` 2 to N-1 (one of two), `all` every one."""
+    relay = load_bench("_chaos_relay")
+    for n, some in ((2, {1}), (3, {2}), (5, {2, 3, 4})):
+        fleet = relay.Fleet([object() for _ in range(n)], random.Random(n))
+        sizes = {mode: {len(fleet.victims(mode)) for _ in range(50)} for mode in ("one", "some")}
+        assert sizes == {"one": {1}, "some": some}
+        assert set(fleet.victims("all")) == set(fleet.children)
+        assert len(fleet.victims("group")) == 1  # SQLite's one relay
