@@ -29,7 +29,7 @@ from tests.conftest import RelayFactory, sdk_run
 from tests.fakes.serving import until
 
 if TYPE_CHECKING:
-    from tests.fakes.smtp import Pki, SmtpFactory
+    from tests.fakes.smtp import FakeSMTP, Pki, SmtpFactory
 
 pytest_plugins = ["tests.fakes.smtp"]
 
@@ -148,12 +148,12 @@ async def test_a_send_refused_while_the_taken_connection_is_still_greeting_waits
     assert (fake.connections, fake.refused_sessions) == (1, 2)
 
 
-async def test_once_refused_a_connection_over_the_servers_cap_is_not_opened(
+async def one_session_held(
     smtp_server: SmtpFactory,
-) -> None:
-    """Each send that found no session free connected, and was refused: servers count refused
-    connections against a client (and block it). The sessions the server took at once when it
-    refused one are the most opened until none is in use."""
+) -> tuple[FakeSMTP, EmailChannel, asyncio.Task[None], asyncio.Task[None]]:
+    """A server taking one session at a time; the first mail holds it (stalled at DATA), the
+    second was refused a session of its own and waits for that one: (fake, channel, first,
+    second)."""
     fake = await smtp_server()
     fake.max_sessions = 1
     fake.stall = {"DATA"}  # the first mail holds the one session until released
@@ -162,6 +162,16 @@ async def test_once_refused_a_connection_over_the_servers_cap_is_not_opened(
     await settled(lambda: fake.received.endswith(b"\r\n.\r\n"))
     second = asyncio.create_task(ch.send(outgoing(ident=ntf(1))))  # refused, then waits
     await settled(lambda: fake.refused_sessions == 1 and ch._pool.waiting == 1)
+    return fake, ch, first, second
+
+
+async def test_once_refused_a_connection_over_the_servers_cap_is_not_opened(
+    smtp_server: SmtpFactory,
+) -> None:
+    """Each send that found no session free connected, and was refused: servers count refused
+    connections against a client (and block it). The sessions the server took at once when it
+    refused one are the most opened until none is in use."""
+    fake, ch, first, second = await one_session_held(smtp_server)
     third = asyncio.create_task(ch.send(outgoing(ident=ntf(2))))  # waits without connecting
     await settled(lambda: ch._pool.waiting == 2 or fake.refused_sessions > 1)
     fake.released.set()
@@ -308,14 +318,7 @@ async def test_a_send_stopped_while_it_waits_leaves_the_next_outcomes_their_own(
     """A send stopped (a shutdown, a reload) while it waits for the one session leaves its wait
     behind: the session's own send still ends with its own outcome, the session is not handed
     to the stopped send, and the mail after it gets through."""
-    fake = await smtp_server()
-    fake.max_sessions = 1
-    fake.stall = {"DATA"}  # the first mail holds the one session until released
-    ch = email_channel(fake.port)
-    first = asyncio.create_task(ch.send(outgoing(ident=ntf(0))))
-    await settled(lambda: fake.received.endswith(b"\r\n.\r\n"))
-    second = asyncio.create_task(ch.send(outgoing(ident=ntf(1))))  # refused, then waits
-    await settled(lambda: fake.refused_sessions == 1 and ch._pool.waiting == 1)
+    fake, ch, first, second = await one_session_held(smtp_server)
     second.cancel()
     await asyncio.gather(second, return_exceptions=True)
     fake.data_replies = [answer]
@@ -335,14 +338,7 @@ async def test_the_servers_cap_lifts_once_no_session_is_in_use(smtp_server: Smtp
     """The module's promise: the sessions in use when the server refused one more are the most
     opened at once until none is in use. Kept idle after their mails, none is in use: the next
     burst opens a second connection again (a server that takes more now gets both at once)."""
-    fake = await smtp_server()
-    fake.max_sessions = 1
-    fake.stall = {"DATA"}  # the first mail holds the one session until released
-    ch = email_channel(fake.port)
-    first = asyncio.create_task(ch.send(outgoing(ident=ntf(0))))
-    await settled(lambda: fake.received.endswith(b"\r\n.\r\n"))
-    second = asyncio.create_task(ch.send(outgoing(ident=ntf(1))))  # refused, then waits
-    await settled(lambda: fake.refused_sessions == 1 and ch._pool.waiting == 1)
+    fake, ch, first, second = await one_session_held(smtp_server)
     fake.released.set()
     await asyncio.gather(first, second)  # the second took the first's session: none in use
     fake.stall, fake.max_sessions, fake.slow = set(), None, {"DATA": 0.2}
