@@ -6,8 +6,10 @@ once each, and relay's own process was the limit: ~3.5 times SQLite's CPU a requ
 server idle in transaction, waiting for relay. At most LANES transactions run at once; the calls
 that arrive meanwhile wait for a lane and go in it together, as one transaction of up to
 MAX_RUNS runs (a call alone goes at once, as before). Each call keeps its own `decide` (the
-rules and mutes of its time), lease and result. A batch that fails is tried again call by call,
-so one call's failure (a value the server refuses, say) is its own and not its batch-mates'.
+rules and mutes of its time), lease and result. A batch that failed for what a call brought (a
+value the server refused, an error of the call's own rules) is tried again call by call, so
+that failure is the call's own, not its batch-mates'; one that failed for the store (down,
+read-only, full) fails every call at once, as each alone would after waiting for it again.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import asyncpg
 from relay.model import Decision, Run, RunState
 from relay.store import BirthLease, Decide, Observed
 from relay.store._engines import hand_over
+from relay.store._pg_errors import content_refused
 from relay.store._pg_observe import lease_at_birth, observe
 
 LANES = 4  # transactions of observe at once, of the pool's 10 connections
@@ -102,12 +105,13 @@ class ObserveBatches:
                 _settle(call, None, None)
             raise
         except Exception as exc:  # each call gets it, or a try of its own
-            if len(batch) == 1:
-                _settle(batch[0], None, exc)
-            else:
+            if len(batch) > 1 and content_refused(exc):
                 for call in reversed(batch):  # first in the queue, in their order
                     call.alone = True
                     self._waiting.appendleft(call)
+            else:  # the store failed, not a call: each alone would wait for it again
+                for call in batch:
+                    _settle(call, None, exc)
         else:
             for call, observed in zip(batch, results, strict=True):
                 _settle(call, observed, None)

@@ -146,6 +146,21 @@ def _passing(exc: BaseException) -> bool:
     return isinstance(exc, OSError) or _failover(exc)  # refused, reset, not found, timed out
 
 
+# What the server refused in a transaction's content, not the store as a whole: a value it
+# cannot take (22: data exception, e.g. an invalid byte sequence) or a constraint it broke (23).
+_CONTENT_CLASSES = ("22", "23")
+
+
+def content_refused(exc: BaseException) -> bool:
+    """Whether a failed transaction may have failed for what one of its callers brought (a
+    value, or that caller's own code), so that others in it would pass alone; not when the
+    store as a whole failed (unreachable, read-only, overloaded, a login refused)."""
+    if not isinstance(exc, StoreUnavailable):
+        return True  # relay's own code raised, e.g. a caller's decide
+    sqlstate = getattr(exc.__cause__, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in _CONTENT_CLASSES
+
+
 # The kinds of server relay can write to, as asyncpg names the one asked for in its message.
 _WRITABLE_KINDS = ("'primary'", "'read-write'")
 

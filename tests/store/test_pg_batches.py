@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from relay.errors import StoreUnavailable
 from relay.model import Decision, Run, RunState, notification_id
 from relay.store import BirthLease, Observed
 from relay.store._pg_batches import LANES
@@ -155,3 +156,73 @@ async def test_a_cancelled_caller_leaves_its_batch_mates_and_the_lanes_alone(
     after = await asyncio.wait_for(store.observe([make_run("run_after")], decide, 11.0), 30)
     assert ids(after) == [notification_id("run_after", "r1", "c1")]  # no lane was lost
     assert started.is_set()
+
+
+# Each attempt to write relay_runs draws from a sequence (not undone by a rollback), then the
+# server refuses it: the store as a whole (25006, read-only: a failover's standby) or one run's
+# value (22023, invalid parameter value: what one call brought).
+REFUSE = """
+CREATE SEQUENCE attempts;
+CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM nextval('attempts');
+    IF TG_ARGV[0] = 'store' OR EXISTS (SELECT 1 FROM saved WHERE run_id LIKE 'bad%') THEN
+        RAISE EXCEPTION 'refused' USING ERRCODE = TG_ARGV[1];
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER refuse AFTER INSERT ON relay_runs REFERENCING NEW TABLE AS saved
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse({what}, {code});
+"""
+
+
+async def refusing(url: str, what: str, code: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(REFUSE.format(what=f"'{what}'", code=f"'{code}'"))
+    finally:
+        await conn.close()
+
+
+async def attempts(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT last_value FROM attempts"))
+    finally:
+        await conn.close()
+
+
+async def test_a_value_the_server_refuses_fails_its_own_call_alone(
+    pg: tuple[PostgresStore, str],
+) -> None:
+    store, url = pg
+    await refusing(url, "value", "22023")
+    calls = 3 * LANES
+    bad = calls - 2  # queued behind the first LANES: it shares a transaction
+
+    def runs(i: int) -> list[Run]:
+        return [make_run(f"ok_{i}")] + ([make_run("bad_1")] if i == bad else [])
+
+    results = await asyncio.gather(
+        *(store.observe(runs(i), decide, 10.0) for i in range(calls)), return_exceptions=True
+    )
+    assert isinstance(results[bad], StoreUnavailable), results[bad]
+    assert [ids(r) for i, r in enumerate(results) if i != bad and isinstance(r, list)] == [
+        [notification_id(f"ok_{i}", "r1", "c1")] for i in range(calls) if i != bad
+    ]
+
+
+async def test_a_store_refusing_every_write_fails_a_shared_transaction_at_once(
+    pg: tuple[PostgresStore, str],
+) -> None:
+    """Each call alone would wait for the store again (seconds each, for one that does not
+    answer): the calls of a batch the store refused all fail with that one attempt."""
+    store, url = pg
+    await refusing(url, "store", "25006")
+    calls = 3 * LANES
+    results = await asyncio.gather(
+        *(store.observe([make_run(f"run_{i}")], decide, 10.0) for i in range(calls)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    assert await attempts(url) < 2 * LANES  # LANES alone, then the rest together; not each
