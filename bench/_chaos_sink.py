@@ -158,10 +158,11 @@ class ChaosSink:
         (a try whose timeout ran out as the sink answered is retried: a duplicate, no kill's)."""
         group = self._group(request)
         self.delivered[ident] += 1
-        response = await self._answer(request, 200)
-        ok = Ok(arrived, group, self._held(request), time.time() - (time.monotonic() - arrived))
-        self.oks.setdefault(ident, []).append(ok)
-        return response
+        try:
+            return await self._answer(request, 200)
+        finally:  # a 200 relay closed the connection on before it was written: unread, too
+            ok = Ok(arrived, group, self._held(request), time.time() - (time.monotonic() - arrived))
+            self.oks.setdefault(ident, []).append(ok)
 
     async def _rate_limit(
         self, request: web.BaseRequest, ident: str, until: float | None
