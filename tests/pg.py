@@ -83,3 +83,12 @@ async def dml_role(conn: asyncpg.Connection, url: str) -> AsyncIterator[tuple[st
     finally:
         await conn.execute(f'DROP OWNED BY "{role}"')
         await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+async def fetchval(url: str, sql: str) -> int:
+    """One number read in a session of its own (not the store's)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()

@@ -17,7 +17,6 @@ import sys
 import urllib.request
 from pathlib import Path
 
-import asyncpg
 import pytest
 import yaml
 
@@ -26,7 +25,7 @@ from relay.sandbox import environment
 from relay.settings import Settings
 from relay.store.opening import migrate
 from tests.conftest import REPO, RelayProcess, run_cli_in_process, sdk_run
-from tests.pg import find_bindir, fresh_database, shared_server
+from tests.pg import fetchval, find_bindir, fresh_database, shared_server
 from tools import config_reference
 
 DOCS = REPO / "docs"
@@ -98,14 +97,6 @@ def test_operations_backup_command_copies_a_running_store(tmp_path: Path) -> Non
     assert sdk_run("failed")["id"] in history.stdout
     migrated = run_cli_in_process("migrate", env=env)
     assert "up to date" in migrated.stdout, migrated.stdout + migrated.stderr
-
-
-async def fetchval(url: str, sql: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(await conn.fetchval(sql))
-    finally:
-        await conn.close()
 
 
 def pg_backup_steps() -> str:

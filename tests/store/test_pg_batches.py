@@ -20,7 +20,7 @@ from relay.model import Decision, Run, RunState, notification_id
 from relay.store import BirthLease, Observed
 from relay.store._pg_batches import LANES
 from relay.store.postgres import PostgresStore
-from tests.pg import fresh_database, shared_server
+from tests.pg import fetchval, fresh_database, shared_server
 from tests.store.conftest import decide, decide_digest, explode_on_boom, ids, make_run
 
 CALLS = 40
@@ -38,11 +38,7 @@ async def pg() -> AsyncIterator[tuple[PostgresStore, str]]:
 
 
 async def next_xid(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(await conn.fetchval("SELECT pg_snapshot_xmax(pg_current_snapshot())::text"))
-    finally:
-        await conn.close()
+    return await fetchval(url, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
 
 
 def decider(i: int) -> tuple[str, str]:
@@ -185,11 +181,7 @@ async def refusing(url: str, what: str, code: str) -> None:
 
 
 async def attempts(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(await conn.fetchval("SELECT last_value FROM attempts"))
-    finally:
-        await conn.close()
+    return await fetchval(url, "SELECT last_value FROM attempts")
 
 
 async def test_a_value_the_server_refuses_fails_its_own_call_alone(
