@@ -10,7 +10,6 @@ and `send_resolved: false`, so each run is delivered exactly once. Clustering is
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import _debian
 from _procs import Child, Children
+
+from tools.ports import free_port
 
 NAMES = ("alertmanager", "prometheus-alertmanager")  # upstream, Debian
 PACKAGE = "prometheus-alertmanager"
@@ -31,12 +32,6 @@ def ensure(install: bool) -> tuple[str | None, str]:
     """The Alertmanager binary, installing the Debian package when allowed (root, apt-get);
     else None and why."""
     return _debian.ensure(NAMES, PACKAGE, install)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def config_yaml(sink_port: int, group_interval: str) -> str:

@@ -20,11 +20,12 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from tools.ports import free_port
 
 SETTINGS = """
 listen_addresses = '127.0.0.1'
@@ -42,13 +43,6 @@ log_lock_waits = on
 
 class PgUnavailable(RuntimeError):
     """This machine cannot run a throwaway PostgreSQL; the message says why."""
-
-
-def free_port() -> int:
-    """A port of 127.0.0.1 nothing listens on (yet): connecting is refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def find_bindir() -> Path | None:

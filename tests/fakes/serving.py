@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-# one helper for the tests and bench/chaos.py, re-exported
-from tools.pgserver import free_port as free_port  # noqa: PLC0414
+# one helper for the tests and the benchmarks, re-exported
+from tools.ports import free_port as free_port  # noqa: PLC0414
 
 
 @asynccontextmanager
