@@ -19,11 +19,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-from tools.pgserver import start_server
 
 REPO = Path(__file__).resolve().parents[1]
 TAKEOVER = "taking over notifications of a stopped replica"
@@ -205,18 +202,3 @@ class Fleet:
 
     def logged(self) -> Counter[str]:
         return sum((c.logged for c in self.children), Counter())
-
-
-@contextlib.contextmanager
-def store_url(store: str, workdir: Path) -> Iterator[str]:
-    """The store the relays share: a SQLite file in `workdir`, or the `postgres` database of a
-    throwaway PostgreSQL server (tools/pgserver.py; PgUnavailable when the machine has none),
-    destroyed after."""
-    if store == "sqlite":
-        yield f"sqlite:///{workdir / 'relay.db'}"
-        return
-    server = start_server()
-    try:
-        yield server.url()
-    finally:
-        server.destroy()

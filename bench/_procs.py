@@ -160,17 +160,18 @@ class Children:
     def relay(
         self,
         config: Path,
-        db: Path,
+        db: Path | str,
         settings: dict[str, str] | None = None,
         wrap: Sequence[str] = (),
     ) -> tuple[Child, str]:
-        """`python -m relay serve` on a free port of 127.0.0.1; (child, base URL). `settings`:
-        more RELAY_* variables (the machine's own are never passed on); `wrap`: see `server`."""
+        """`python -m relay serve` on a free port of 127.0.0.1; (child, base URL). `db`: a SQLite
+        file, or a store URL; `settings`: more RELAY_* variables (the machine's own are never
+        passed on); `wrap`: see `server`."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
         env.update(settings or {})
         env.update(
             RELAY_CONFIG=str(config),
-            RELAY_STORE_URL=f"sqlite:///{db}",
+            RELAY_STORE_URL=db if isinstance(db, str) else f"sqlite:///{db}",
             RELAY_LISTEN="127.0.0.1:0",
             RELAY_LOG_FORMAT="json",
         )

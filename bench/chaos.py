@@ -97,9 +97,10 @@ from typing import Any
 
 import aiohttp
 from _chaos_peers import peer_group
-from _chaos_relay import Fleet, RelayChild, store_url
+from _chaos_relay import Fleet, RelayChild
 from _chaos_report import Report
 from _chaos_sink import RELAY_TIMEOUT_S, ChaosSink, Weights
+from _relay_setup import store_url
 
 RULE = "failures"
 CHANNELS = ("a", "b")

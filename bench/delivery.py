@@ -1,6 +1,7 @@
 """Delivery: notifications/s from relay's outbox to a webhook sink, against Apprise.
 
     .venv/bin/python bench/delivery.py [--count 10000] [--concurrency N] [--no-install]
+    .venv/bin/python bench/delivery.py --store postgresql    # relay on PostgreSQL
 
 relay: a sink (bench/bare_server.py --status 200) is started and paused (SIGSTOP: it accepts
 connections but answers nothing); relay (one rule "FAILED → webhook sink", channel timeout
@@ -9,8 +10,10 @@ failing runs in batches of 100, so its outbox holds --count notifications; then 
 resumed and the clock runs from that moment to the sink's last POST. Apprise: a fresh sink, and
 bench/apprise_sender.py in its own process sends --count notifications with Apprise's json://
 notifier (one after the other, as `Apprise.notify` does); the clock runs from its first send to
-the sink's last POST. Apprise is pip-installed into this venv when missing (unless
---no-install); without it the baseline is skipped. Target: relay >= 10x Apprise's rate.
+the sink's last POST. `--store postgresql`: relay's store is a throwaway PostgreSQL server
+(tools/pgserver.py), a fresh one each round. Apprise is pip-installed into this venv when
+missing (unless --no-install); without it the baseline is skipped. Target: relay >= 10x
+Apprise's rate.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import argparse
 import importlib.util
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import _relay_setup
 from _probes import wait_for_sink
-from _procs import BENCH, Children, pause, py_spy, run_script, workspace
+from _procs import BENCH, Child, Children, pause, py_spy, run_script, workspace
 from _results import Row, arg_parser, compare, cores, ratio, report, workers_note
 from _usage import cpu_sample, other_cores, threads_cpu_s
 
@@ -75,7 +79,26 @@ def relay_drain(children: Children, args: argparse.Namespace, tmp: Path) -> Drai
     )
     try:
         pause(sink, True)
-        server, url = _relay_setup.start(children, tmp, config, "delivery", args.relay_workers)
+        fresh = Path(tempfile.mkdtemp(prefix="store-", dir=tmp))
+        with _relay_setup.store_url(args.store, fresh) as store:
+            return _drain(children, args, tmp, (sink, sink_port), config, store)
+    finally:
+        children.stop(sink)
+
+
+def _drain(
+    children: Children,
+    args: argparse.Namespace,
+    tmp: Path,
+    sink_at: tuple[Child, int],
+    config: str,
+    store: str,
+) -> Drain:
+    sink, sink_port = sink_at
+    server, url = _relay_setup.start(
+        children, tmp, config, "delivery", args.relay_workers, store=store
+    )
+    try:
         options = [
             *("--seconds", "300", "--warmup", "0", "--client", "raw", "--failed-every", "1"),
             *("--batch", "100", "--concurrency", "4", "--tag", "dl"),
@@ -95,9 +118,8 @@ def relay_drain(children: Children, args: argparse.Namespace, tmp: Path) -> Drai
         others = used.get("other_cpu")
         if spy is not None:
             spy.proc.wait(60)
-        children.stop(server)
     finally:
-        children.stop(sink)
+        children.stop(server)
     posts = max(state["posts"], 1)
     cpu_us = used.get("server_cpu_s", 0.0) * 1e6 / posts
     threads_us = {t: (s - threads_before.get(t, 0.0)) * 1e6 / posts for t, s in threads.items()}
@@ -130,7 +152,9 @@ def rows(relay: Drain, apprise: Drain | None, args: argparse.Namespace) -> list[
     return [
         compare(
             "delivery",
-            "notifications/s to a webhook sink, from a filled outbox (concurrency "
+            "notifications/s to a webhook sink, from a filled outbox"
+            + (" on PostgreSQL" if args.store == "postgresql" else "")
+            + " (concurrency "
             + ("default" if args.concurrency is None else str(args.concurrency))
             + ")"
             + workers_note(args.relay_workers),
@@ -149,6 +173,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = arg_parser(__doc__, installs="apprise", workers=True)
     p.add_argument("--count", type=int, default=10_000, help="notifications to deliver")
     p.add_argument("--concurrency", type=int, help="relay channel concurrency (default: relay's)")
+    p.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     p.add_argument("--rounds", type=int, default=2, help="best of this many per system")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per delivery wait")
     p.add_argument("--py-spy", default="", metavar="FILE", help="profile relay's drain into FILE")
