@@ -1,14 +1,19 @@
 """The PostgreSQL store's marks of claimed rows after a try: sent, retry, dead, muted, held, put
 off (postpone) or brought forward (hasten), each with its event, in one statement, fenced so
 that a replica frozen mid-send changes only the rows it still holds, and a repeated failure's
-mark only once (HELD, ONCE): PgMarks, those PostgresStore methods.
+mark only once (HELD, ONCE): PgMarks, those PostgresStore methods. Sent marks made while others
+commit go in one statement together (relay.store._pg_batches): a channel's sends end one after
+the other, and each mark alone cost a round trip and a commit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from relay.store import Tries
+from relay.store._pg_batches import Batches
 from relay.store._pg_pool import PgPool
 from relay.store._pg_rows import UPDATE_PENDING, clean, clean_opt, rows_params
 from relay.store._rows import HAND_BACK, RowsEvent, mute_kind
@@ -59,26 +64,75 @@ ONCE = (
     " AND (relay_outbox.lease_until > 0 OR relay_outbox.lease_holder IS NULL)"
 )
 
+# Sent whoever holds the row (it went out; see HELD), each row with its own call's time, receipt
+# and error: the sent marks of several sends, one statement.
+_SENT = """
+    WITH changed AS (
+        UPDATE relay_outbox SET state = 'sent', attempts = g.tries, lease_until = NULL,
+            reason = NULL, receipt = g.receipt, last_error = COALESCE(g.error, last_error),
+            updated_at = g.at
+        FROM unnest($1::text[], $2::integer[], $3::float8[], $4::text[], $5::text[])
+            AS g(nid, tries, at, receipt, error)
+        WHERE relay_outbox.id = g.nid AND relay_outbox.state = 'pending'
+        RETURNING relay_outbox.id, g.tries, g.at
+    )
+    INSERT INTO relay_events (notification_id, kind, at, attempts)
+    SELECT id, 'sent', at, tries FROM changed
+"""
+SENT_LANES = 2  # statements of sent marks at once, of the pool's 10 connections
+SENT_MAX_ROWS = 1000  # rows of the marks that go together (a larger mark goes alone)
+
 _MARKED_HERE = """
     SELECT o.id FROM relay_outbox o JOIN unnest($1::text[], $2::integer[]) AS g(nid, tries)
     ON o.id = g.nid WHERE o.attempts = g.tries AND o.state = $3 AND o.lease_holder = $4
 """
 
 
+@dataclass(frozen=True)
+class SentMark:
+    """One Store.mark_sent call: the rows of one message, their time, receipt and error."""
+
+    rows: Tries
+    now: float
+    receipt: str | None
+    error: str | None
+
+
+def _mark_rows(mark: SentMark) -> int:
+    return len(mark.rows)
+
+
 class PgMarks(PgPool):
     """Store.mark_*, marked_here, postpone and hasten of PostgresStore."""
+
+    _sent: Batches[SentMark, None] | None = None  # made on the first mark, in the event loop
 
     async def mark_sent(
         self, rows: Tries, *, now: float, receipt: str | None = None, error: str | None = None
     ) -> None:
-        await self._update(
-            "state = 'sent', attempts = g.tries, lease_until = NULL, reason = NULL,"
-            " receipt = $7, last_error = COALESCE($8, last_error), updated_at = $4",
-            rows,
-            ("sent", now, None, None),
-            clean_opt(receipt),
-            clean_opt(error),
+        """Committed with the marks made meanwhile (one statement, see _SENT)."""
+        if self._sent is None:
+            self._sent = Batches(
+                self._mark_sent, lanes=SENT_LANES, max_size=SENT_MAX_ROWS, size=_mark_rows
+            )
+        await self._sent.run(SentMark(rows, now, receipt, error))
+
+    async def _mark_sent(self, marks: Sequence[SentMark]) -> list[None]:
+        rows = [(mark, ident, tries) for mark in marks for ident, tries in mark.rows]
+        await self._execute(
+            _SENT,
+            [clean(ident) for _, ident, _ in rows],
+            [tries for _, _, tries in rows],
+            [mark.now for mark, _, _ in rows],
+            [clean_opt(mark.receipt) for mark, _, _ in rows],
+            [clean_opt(mark.error) for mark, _, _ in rows],
         )
+        return [None] * len(marks)
+
+    async def marks_drained(self, timeout_s: float) -> None:
+        """Once the sent marks queued so far are committed (or failed)."""
+        if self._sent is not None:
+            await self._sent.drained(timeout_s)
 
     async def postpone(
         self, notification_id: str, *, now: float, not_before: float, keep_claim: bool = True

@@ -1,4 +1,4 @@
-"""Store.observe on PostgreSQL: one transaction per call, safe between replicas.
+"""Store.observe on PostgreSQL: the calls of one transaction, safe between replicas.
 
 The same run may reach several replicas at once (two ingest paths, a retried POST, a Realtime
 feed changing hands). Whoever observes a run holds its transaction-level advisory lock until
@@ -12,7 +12,9 @@ Locks are taken in one order — every run of the call, sorted by key, then ever
 so two observers never wait on each other in a cycle. The work is set-based, whatever the number
 of runs: BEGIN, the run locks, the run states, one statement for every write (states, outbox rows
 and their `created` events, groups), COMMIT. Digest rules add two reads (which notifications
-exist already, the groups' schedules) because a group's schedule depends on them.
+exist already, the groups' schedules) because a group's schedule depends on them. Calls that
+arrive together share one transaction (relay.store._pg_batches), each with its own `decide`,
+time and birth lease (ObserveCall).
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ import asyncpg
 import orjson
 
 from relay.grouping import group_key, group_labels, schedule
-from relay.model import GroupState, Match, Notification, Run, RunState
+from relay.model import Decision, GroupState, Match, Notification, Run, RunState
 from relay.store import BirthLease, Decide, Observed
-from relay.store._engines import owed_notification
+from relay.store._engines import hand_over, owed_notification
 from relay.store._pg_rows import FIRED_SEPARATOR, clean, clean_opt, to_group, to_state
 from relay.store._pg_schema import lock_key
 
@@ -310,3 +312,48 @@ def _arrays(owed: list[_Owed], groups: dict[str, _Group]) -> tuple[list[object],
         [g.state.last_sent for g in gs],
         [g.state.last_seen for g in gs],
     )
+
+
+LANES = 4  # transactions of observe at once, of the pool's 10 connections
+MAX_RUNS = 1000  # runs of the calls that go together (a larger call goes alone)
+
+
+@dataclass(frozen=True)
+class ObserveCall:
+    """One caller's observe: its runs, how to decide them, its time and its birth lease."""
+
+    runs: list[Run]
+    decide: Decide
+    now: float
+    lease: BirthLease | None
+
+
+def call_runs(call: ObserveCall) -> int:
+    return len(call.runs)
+
+
+def call_settled(call: ObserveCall, observed: list[Observed] | None) -> None:
+    """The call's birth lease told its result (None: it failed or was cancelled)."""
+    if call.lease is not None:
+        hand_over(call.lease, observed)
+
+
+async def observe_calls(
+    conn: asyncpg.Connection, calls: Sequence[ObserveCall], holder: str
+) -> list[list[Observed]]:
+    """Inside the caller's transaction: every call's runs observed at once (each decided by its
+    own call), then each call's birth lease taken; each call's Observed, in order. The write's
+    time is the latest call's (they arrived within one transaction's time)."""
+    deciders = {id(run): call.decide for call in calls for run in call.runs}
+
+    def decide(run: Run, previous: RunState | None) -> Decision:
+        return deciders[id(run)](run, previous)
+
+    runs = [run for call in calls for run in call.runs]
+    now = max(call.now for call in calls)
+    observed = await observe(conn, runs, decide, now)
+    results: list[list[Observed]] = []
+    for call in calls:
+        part, observed = observed[: len(call.runs)], observed[len(call.runs) :]
+        results.append(await lease_at_birth(conn, part, call.lease, holder, call.now))
+    return results

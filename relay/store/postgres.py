@@ -3,7 +3,7 @@
 PostgreSQL carries the distributed part; relay adds no protocol of its own:
 - observe: one transaction for the calls that arrive together (relay.store._pg_batches), with
   advisory and row locks on the runs and digest groups it touches (relay.store._pg_observe), so
-  the same update reaching two replicas fires once;
+  the same update reaching two replicas fires once (sent marks go together the same way);
 - claim: FOR UPDATE SKIP LOCKED plus a lease (lease_until, lease_holder), so a notification is
   sent by one replica; a digest group is claimed whole by one replica (relay.store._pg_claim);
 - liveness: each replica renews its row in relay_replicas, and a replica that dies leaves its
@@ -30,10 +30,18 @@ import asyncpg
 from relay.model import Notification, Run, Silence, SilencePage
 from relay.store import BirthLease, Decide, HistoryQuery, KvWrite, Observed, _pg_claim
 from relay.store._engines import REPLAY_BATCH, recoveries_of
-from relay.store._pg_batches import Call, ObserveBatches, observe_calls
+from relay.store._pg_batches import Batches
 from relay.store._pg_errors import retrying
 from relay.store._pg_groups import PgGroups
 from relay.store._pg_marks import PgMarks
+from relay.store._pg_observe import (
+    LANES,
+    MAX_RUNS,
+    ObserveCall,
+    call_runs,
+    call_settled,
+    observe_calls,
+)
 from relay.store._pg_pool import CLOSE_TIMEOUT_S
 from relay.store._pg_rows import (
     ANY_HELD,
@@ -63,23 +71,31 @@ _T = TypeVar("_T")
 class PostgresStore(PgMarks, PgGroups):
     """The Store on a PostgreSQL database (RELAY_STORE_URL=postgresql://...)."""
 
-    _batches: ObserveBatches | None = None  # made on the first observe, in the event loop
+    # made on the first observe, in the event loop
+    _observes: Batches[ObserveCall, list[Observed]] | None = None
 
     async def observe(
         self, runs: Sequence[Run], decide: Decide, now: float, lease: BirthLease | None = None
     ) -> list[Observed]:
         """Calls that arrive while others commit go together (relay.store._pg_batches)."""
-        if self._batches is None:
-            self._batches = ObserveBatches(self._observe_calls)
-        return await self._batches.observe(runs, decide, now, lease)
+        if self._observes is None:
+            self._observes = Batches(
+                self._observe_calls,
+                lanes=LANES,
+                max_size=MAX_RUNS,
+                size=call_runs,
+                settled=call_settled,
+            )
+        return await self._observes.run(ObserveCall(list(runs), decide, now, lease))
 
     async def close(self) -> None:
         """The calls queued for a transaction finish first, then the pool's running ones."""
-        if self._batches is not None:
-            await self._batches.drained(CLOSE_TIMEOUT_S)
+        if self._observes is not None:
+            await self._observes.drained(CLOSE_TIMEOUT_S)
+        await self.marks_drained(CLOSE_TIMEOUT_S)
         await super().close()
 
-    async def _observe_calls(self, calls: Sequence[Call]) -> list[list[Observed]]:
+    async def _observe_calls(self, calls: Sequence[ObserveCall]) -> list[list[Observed]]:
         async def attempt(conn: asyncpg.Connection) -> list[list[Observed]]:
             async with conn.transaction():
                 return await observe_calls(conn, calls, self.holder)

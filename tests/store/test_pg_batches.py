@@ -1,10 +1,13 @@
-"""Observe calls arriving together on PostgreSQL share transactions (relay.store._pg_batches).
+"""Observe calls and sent marks arriving together on PostgreSQL share transactions
+(relay.store._pg_batches).
 
 Single-run POSTs from many clients each paid a transaction of five or six round trips; relay's
 process was the limit (the server sat idle in transaction, waiting for it). Calls that arrive
 while LANES transactions run now wait and go together. Each call keeps its own decide, birth
-lease, result and failure. Transactions are counted by the transaction ids the server handed
-out (every observe writes), read with pg_current_snapshot from another session.
+lease, result and failure. A channel's sends each paid a statement and a commit for its sent
+mark; marks made meanwhile now go in one statement, each with its own time and receipt.
+Transactions are counted by the transaction ids the server handed out (every call writes),
+read with pg_current_snapshot from another session.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import pytest
 from relay.errors import StoreUnavailable
 from relay.model import Decision, Run, RunState, notification_id
 from relay.store import BirthLease, Observed
-from relay.store._pg_batches import LANES
+from relay.store._pg_marks import SENT_LANES
+from relay.store._pg_observe import LANES
 from relay.store.postgres import PostgresStore
 from tests.pg import fetchval, fresh_database, shared_server
 from tests.store.conftest import decide, decide_digest, explode_on_boom, ids, make_run
@@ -152,6 +156,78 @@ async def test_a_cancelled_caller_leaves_its_batch_mates_and_the_lanes_alone(
     after = await asyncio.wait_for(store.observe([make_run("run_after")], decide, 11.0), 30)
     assert ids(after) == [notification_id("run_after", "r1", "c1")]  # no lane was lost
     assert started.is_set()
+
+
+async def claimed_rows(store: PostgresStore, count: int) -> list[str]:
+    """`count` rows of channel c1, observed in one call and claimed: (id, 1 attempt) marks."""
+    await store.observe([make_run(f"run_{i}") for i in range(count)], decide, 10.0)
+    claimed = await store.claim("c1", now=11.0, limit=count, lease_s=60)
+    assert len(claimed) == count
+    return [n.id for n in claimed]
+
+
+async def test_sent_marks_at_once_share_statements_and_keep_their_own_receipts(
+    pg: tuple[PostgresStore, str],
+) -> None:
+    store, url = pg
+    rows = await claimed_rows(store, CALLS)
+    before = await next_xid(url)
+    await asyncio.gather(
+        *(
+            store.mark_sent(
+                [(row, 1)], now=20.0 + i, receipt=f"r{i}", error=f"e{i}" if i % 2 else None
+            )
+            for i, row in enumerate(rows)
+        )
+    )
+    written = await next_xid(url) - before
+    assert written < CALLS // 4, written  # a statement each: CALLS
+    for i, row in enumerate(rows):
+        sent = await store.get(row)
+        assert sent is not None
+        assert (sent.state, sent.attempts, sent.receipt) == ("sent", 1, f"r{i}")
+        assert sent.last_error == (f"e{i}" if i % 2 else None)
+        assert [(e["kind"], e["at"], e["attempts"]) for e in await store.events(row)][-1] == (
+            "sent",
+            20.0 + i,
+            1,
+        )
+
+
+async def test_a_sent_mark_the_server_refuses_fails_alone_and_the_others_commit(
+    pg: tuple[PostgresStore, str],
+) -> None:
+    store, url = pg
+    rows = await claimed_rows(store, 3 * SENT_LANES)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(REFUSE_RECEIPT)
+    finally:
+        await conn.close()
+    bad = len(rows) - 2  # queued behind the first SENT_LANES: it shares a statement
+    results = await asyncio.gather(
+        *(
+            store.mark_sent([(row, 1)], now=20.0, receipt="bad" if i == bad else "ok")
+            for i, row in enumerate(rows)
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(results[bad], StoreUnavailable), results[bad]
+    assert [r for i, r in enumerate(results) if i != bad] == [None] * (len(rows) - 1)
+    assert await store.counts() == {"pending": 1, "sent": len(rows) - 1, "dead": 0, "muted": 0}
+
+
+REFUSE_RECEIPT = """
+CREATE FUNCTION refuse_receipt() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.receipt = 'bad' THEN
+        RAISE EXCEPTION 'refused' USING ERRCODE = '22023';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_receipt BEFORE UPDATE ON relay_outbox
+    FOR EACH ROW EXECUTE FUNCTION refuse_receipt();
+"""
 
 
 # Each attempt to write relay_runs draws from a sequence (not undone by a rollback), then the
