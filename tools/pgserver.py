@@ -4,9 +4,10 @@ pg_ctl, in a temp dir.
 No system service is needed (a clean CI machine with the `postgresql` package works): the
 binaries come from PATH, RELAY_PG_BINDIR or /usr/lib/postgresql/*/bin; the cluster lives in a
 fresh temp dir, listens on a free 127.0.0.1 port, keeps its unix socket in that dir, and is
-stopped when the process ends. PostgreSQL refuses to run as root, so as root the server
-commands run as an unprivileged user (`postgres` when the package created it, else `nobody`)
-through runuser. fsync stays on: durability tests need real commits.
+stopped when the process ends, even by `kill -9` (a watchdog process, see `_ORPHANED`).
+PostgreSQL refuses to run as root, so as root the server commands run as an unprivileged user
+(`postgres` when the package created it, else `nobody`) through runuser. fsync stays on:
+durability tests need real commits.
 
 Without binaries (or as root with no other user) `start_server` raises PgUnavailable with the
 reason: tests/pg.py skips the PostgreSQL tests with it, bench/chaos.py stops with it.
@@ -21,8 +22,9 @@ import pwd
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tools.ports import free_port
@@ -38,6 +40,18 @@ fsync = on
 synchronous_commit = on
 log_min_messages = warning
 log_lock_waits = on
+"""
+
+
+# The watchdog: it reads its stdin, a pipe only the process that started the server holds.
+# That process says "done" when it destroys the server itself; EOF without it means the
+# process died without its atexit (kill -9 of a test session, a mutation run's killed pytest),
+# which left a server running for good: the watchdog stops it and removes its dir.
+_ORPHANED = """
+import shutil, subprocess, sys
+if sys.stdin.read() != "done":
+    subprocess.run(sys.argv[2:], capture_output=True, timeout=60, check=False)
+    shutil.rmtree(sys.argv[1], ignore_errors=True)
 """
 
 
@@ -82,6 +96,7 @@ class PgServer:
     root: Path
     port: int
     user: str | None
+    _watchdog: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def data(self) -> Path:
@@ -90,10 +105,12 @@ class PgServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
+    def _as_user(self, *args: str) -> list[str]:
+        return ["runuser", "-u", self.user, "--", *args] if self.user else list(args)
+
     def _cmd(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        prefix = ["runuser", "-u", self.user, "--"] if self.user else []
         return subprocess.run(  # noqa: S603 (the machine's own initdb, pg_ctl)
-            [*prefix, *args],
+            self._as_user(*args),
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -147,7 +164,26 @@ class PgServer:
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
 
+    def watch(self) -> None:
+        """Start the watchdog that stops this server if this process dies without `destroy`
+        (its own session: a kill of this process group leaves it)."""
+        stop = self._as_user(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate")
+        self._watchdog = subprocess.Popen(  # noqa: S603 (this Python, our own script)
+            [sys.executable, "-c", _ORPHANED, str(self.root), *stop, "-w", "stop"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
     def destroy(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None and watchdog.stdin is not None:
+            with contextlib.suppress(OSError):
+                watchdog.stdin.write(b"done")
+                watchdog.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                watchdog.wait(5)
         if self.running():
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 self.stop("immediate")
@@ -177,6 +213,7 @@ def start_server(*, standby: bool = False) -> PgServer:
         os.chown(root, entry.pw_uid, entry.pw_gid)
     server = PgServer(bindir, root, free_port(), user)
     atexit.register(server.destroy)
+    server.watch()
     try:
         server.init()
         if standby:
