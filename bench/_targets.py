@@ -40,22 +40,35 @@ def target(
     sink_port: int,
     am_binary: str | None,
     relay_workers: int = 0,
+    store: str = "sqlite",
 ) -> Iterator[str]:
-    """relay (POST /v1/runs) or Alertmanager (POST /api/v2/alerts), stopped on exit."""
+    """relay (POST /v1/runs; its store "sqlite" or "postgresql", a throwaway server) or
+    Alertmanager (POST /api/v2/alerts), stopped on exit."""
     server: Child
-    if system == "relay":
-        config = _relay_setup.one_rule_yaml(sink_port)
-        server, url = _relay_setup.start(children, tmp, config, "target", relay_workers)
-        path = "/v1/runs"
-    elif am_binary:
+    with contextlib.ExitStack() as stack:
+        if system == "relay":
+            fresh = Path(tempfile.mkdtemp(prefix="store-", dir=tmp))
+            store_url = stack.enter_context(_relay_setup.store_url(store, fresh))
+            config = _relay_setup.one_rule_yaml(sink_port)
+            server, url = _relay_setup.start(
+                children, tmp, config, "target", relay_workers, store=store_url
+            )
+            path = "/v1/runs"
+        else:
+            server, url, path = _alertmanager_target(children, tmp, sink_port, am_binary)
+        try:
+            yield url + path
+        finally:
+            if server.ended():  # it should still be running: say how it ended
+                print(f"# early: {server.ended()}", flush=True)
+            children.stop(server)
+
+
+def _alertmanager_target(
+    children: Children, tmp: Path, sink_port: int, am_binary: str | None
+) -> tuple[Child, str, str]:
+    if am_binary:
         work = Path(tempfile.mkdtemp(prefix="am-", dir=tmp))
         server, url = _alertmanager.start(children, am_binary, work, sink_port)
-        path = "/api/v2/alerts"
-    else:
-        raise ValueError(f"no such system (or not installed): {system}")
-    try:
-        yield url + path
-    finally:
-        if server.ended():  # it should still be running: say how it ended
-            print(f"# early: {server.ended()}", flush=True)
-        children.stop(server)
+        return server, url, "/api/v2/alerts"
+    raise ValueError("no such system (or not installed): alertmanager")

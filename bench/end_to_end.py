@@ -1,11 +1,13 @@
 """End to end against Alertmanager: N failing runs in, N webhooks out, time to the last delivery.
 
     .venv/bin/python bench/end_to_end.py [--runs 10000] [--batches 1,100] [--rounds 1]
+    .venv/bin/python bench/end_to_end.py --store postgresql    # relay on PostgreSQL
 
 For each batch size and system, a fresh sink (bench/bare_server.py --status 200) and a fresh
 system under test, each its own process on 127.0.0.1:
-- relay: `relay serve`, one rule (status FAILED → webhook `sink`), fresh SQLite store; the load
-  generator POSTs the runs (SDK objects) to /v1/runs;
+- relay: `relay serve`, one rule (status FAILED → webhook `sink`), fresh SQLite store (or, with
+  `--store postgresql`, a fresh throwaway PostgreSQL server); the load generator POSTs the runs
+  (SDK objects) to /v1/runs;
 - alertmanager: the same runs as alerts to /api/v2/alerts, group_by [run_id], group_wait 0s,
   webhook receiver → the sink (bench/_alertmanager.py); skipped with a message when Alertmanager
   is missing and cannot be installed.
@@ -73,7 +75,9 @@ def measure(
     before = cpu_sample(children)
     sink, sink_port = children.bare_server("sink", status=200)
     try:
-        with target(children, system, tmp, sink_port, args.alertmanager, args.relay_workers) as url:
+        with target(
+            children, system, tmp, sink_port, args.alertmanager, args.relay_workers, args.store
+        ) as url:
             load, state = drive(children, url, sink_port, args, batch, FORMATS[system])
     finally:
         children.stop(sink)
@@ -101,7 +105,8 @@ def rows(results: dict[tuple[str, int], list[Outcome]], args: argparse.Namespace
             compare(
                 "end-to-end",
                 f"{args.runs:,} failing runs → webhooks, batch {batch}: time to last delivery"
-                + workers_note(args.relay_workers),
+                + workers_note(args.relay_workers)
+                + (" [relay on PostgreSQL]" if args.store == "postgresql" else ""),
                 value,
                 "s",
                 base,
@@ -120,6 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batches", default="1,100", help="runs per request, comma separated")
     p.add_argument("--concurrency", type=int, default=64, help="connections of the generator")
     p.add_argument("--rounds", type=int, default=2, help="best of this many per system")
+    p.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     p.add_argument("--deliver-timeout", type=float, default=120.0, help="seconds per wait")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",") if b]
