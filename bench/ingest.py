@@ -5,7 +5,8 @@
 Scenarios, alternated (baseline, relay, baseline, relay, ...) and the best of each kept:
 - baseline: bench/bare_server.py, which reads each POST body and answers 202 without parsing;
 - relay: `python -m relay serve` with --rules rules (a few match FAILED runs and notify webhook
-  channels pointing at a bare sink server), a fresh SQLite store, durable 202.
+  channels pointing at a bare sink server), a fresh SQLite store (`--store postgresql`: a fresh
+  throwaway PostgreSQL server), durable 202.
 The load generator (bench/_load.py) is a separate process. See bench/README.md.
 """
 
@@ -15,6 +16,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -114,7 +116,23 @@ def relay(
 ) -> dict[str, Any]:
     before = sink_count(sink_port)
     config = config_yaml(args.rules, sink_port)
-    server, url = _relay_setup.start(children, tmp, config, tag, args.relay_workers)
+    fresh = Path(tempfile.mkdtemp(prefix="store-", dir=tmp))
+    with _relay_setup.store_url(args.store, fresh) as store:
+        server, url = _relay_setup.start(
+            children, tmp, config, tag, args.relay_workers, store=store
+        )
+        return _measure_relay(children, args, tag, (server, url), before, sink_port)
+
+
+def _measure_relay(
+    children: Children,
+    args: argparse.Namespace,
+    tag: str,
+    started: tuple[Child, str],
+    before: int,
+    sink_port: int,
+) -> dict[str, Any]:
+    server, url = started
     try:
         spy = start_py_spy(children, server, args, tag)
         result = measure(children, server, url, args, tag)
@@ -179,6 +197,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before")
     p.add_argument("--concurrency", type=int, default=64, help="connections in flight")
     p.add_argument("--rules", type=int, default=100)
+    p.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     p.add_argument("--batch", type=int, default=1, help="runs per request (JSON array if > 1)")
     p.add_argument("--rounds", type=int, default=2, help="baseline+relay pairs")
     p.add_argument("--max-requests", type=int, default=1_000_000, help="cap per run")
@@ -241,6 +260,7 @@ def summary(best: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[_
     """The summary rows (bench/_results.py): req/s and CPU per request, relay vs baseline."""
     base, rel = best["baseline"], best["relay"]
     what = f"batch {args.batch}, {args.rules} rules" + _results.workers_note(args.relay_workers)
+    what += " [relay on PostgreSQL]" if args.store == "postgresql" else ""
     req_ratio = _results.ratio(rel["rps"], base["rps"])
     base_us, rel_us = cpu_us_per_request(base), cpu_us_per_request(rel)
     return [
