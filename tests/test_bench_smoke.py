@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import SLOW, child_env
+from tools.pgserver import find_bindir
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_ALL = REPO / "bench" / "run_all.py"
@@ -86,6 +87,25 @@ def test_every_scenario_produces_numbers(tmp_path: Path) -> None:
         assert mine, f"no summary row for {scenario}"
         for row in mine:
             _check_row(row)
+
+
+ON_POSTGRESQL = {  # the scenarios that take --store postgresql, at run_all's --quick sizes
+    "ingest": ["ingest.py", "--seconds", "0.5", "--warmup", "0.1", "--rounds", "1"],
+    "end-to-end": ["end_to_end.py", "--runs", "100", "--concurrency", "8", "--rounds", "1"],
+    "delivery": ["delivery.py", "--count", "100", "--timeout", "30", "--rounds", "1"],
+}
+
+
+@pytest.mark.skipif(find_bindir() is None, reason="no PostgreSQL binaries on this machine")
+@pytest.mark.parametrize("scenario", sorted(ON_POSTGRESQL))
+def test_scenarios_on_postgresql_produce_numbers(scenario: str, tmp_path: Path) -> None:
+    script, *sizes = ON_POSTGRESQL[scenario]
+    argv = [sys.executable, str(REPO / "bench" / script), *sizes, "--store", "postgresql"]
+    rows = _rows([*argv, *(["--no-install"] if scenario != "ingest" else [])], tmp_path, LIMIT_S)
+    mine = [r for r in rows if r["scenario"] == scenario]
+    assert mine and all("PostgreSQL" in r["figure"] for r in mine), rows
+    for row in mine:
+        _check_row(row)
 
 
 @pytest.mark.skipif(not SLOW or shutil.which("valgrind") is None, reason="RELAY_SLOW=1, valgrind")
