@@ -107,7 +107,8 @@ def read_rows(path: Path) -> list[Row]:
 
 def arg_parser(doc: str, *, installs: str = "", workers: bool = False) -> argparse.ArgumentParser:
     """A scenario's command line: --json-out; --no-install when it installs `installs`;
-    --relay-workers when relay's delivery can run in worker processes (`relay serve --workers`)."""
+    --relay-workers when relay's delivery can run in worker processes (`relay serve --workers`),
+    and --store (relay's store: SQLite, or a throwaway PostgreSQL server)."""
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--json-out", type=Path, default=None, help="write the summary rows here")
     if installs:
@@ -116,12 +117,14 @@ def arg_parser(doc: str, *, installs: str = "", workers: bool = False) -> argpar
         p.add_argument(
             "--relay-workers", type=int, default=0, help="RELAY_WORKERS (default 0: in-process)"
         )
+        p.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     return p
 
 
-def workers_note(workers: int) -> str:
-    """Said in a figure when relay did not run with its default (in-process delivery)."""
-    return f" [relay --workers {workers}]" if workers else ""
+def workers_note(workers: int, store: str = "sqlite") -> str:
+    """Said in a figure when relay did not run with its defaults (in-process delivery, SQLite)."""
+    workers_said = f" [relay --workers {workers}]" if workers else ""
+    return workers_said + (" [relay on PostgreSQL]" if store == "postgresql" else "")
 
 
 def report(rows: Sequence[Row], json_out: Path | None) -> None:

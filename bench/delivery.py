@@ -152,12 +152,10 @@ def rows(relay: Drain, apprise: Drain | None, args: argparse.Namespace) -> list[
     return [
         compare(
             "delivery",
-            "notifications/s to a webhook sink, from a filled outbox"
-            + (" on PostgreSQL" if args.store == "postgresql" else "")
-            + " (concurrency "
+            "notifications/s to a webhook sink, from a filled outbox (concurrency "
             + ("default" if args.concurrency is None else str(args.concurrency))
             + ")"
-            + workers_note(args.relay_workers),
+            + workers_note(args.relay_workers, args.store),
             relay.rate,
             "/s",
             apprise.rate if apprise else None,
@@ -173,7 +171,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = arg_parser(__doc__, installs="apprise", workers=True)
     p.add_argument("--count", type=int, default=10_000, help="notifications to deliver")
     p.add_argument("--concurrency", type=int, help="relay channel concurrency (default: relay's)")
-    p.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     p.add_argument("--rounds", type=int, default=2, help="best of this many per system")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per delivery wait")
     p.add_argument("--py-spy", default="", metavar="FILE", help="profile relay's drain into FILE")

@@ -105,8 +105,7 @@ def rows(results: dict[tuple[str, int], list[Outcome]], args: argparse.Namespace
             compare(
                 "end-to-end",
                 f"{args.runs:,} failing runs → webhooks, batch {batch}: time to last delivery"
-                + workers_note(args.relay_workers)
-                + (" [relay on PostgreSQL]" if args.store == "postgresql" else ""),
+                + workers_note(args.relay_workers, args.store),
                 value,
                 "s",
                 base,
@@ -125,7 +124,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batches", default="1,100", help="runs per request, comma separated")
     p.add_argument("--concurrency", type=int, default=64, help="connections of the generator")
     p.add_argument("--rounds", type=int, default=2, help="best of this many per system")
-    p.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     p.add_argument("--deliver-timeout", type=float, default=120.0, help="seconds per wait")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",") if b]

@@ -197,7 +197,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.5, help="unmeasured seconds before")
     p.add_argument("--concurrency", type=int, default=64, help="connections in flight")
     p.add_argument("--rules", type=int, default=100)
-    p.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
     p.add_argument("--batch", type=int, default=1, help="runs per request (JSON array if > 1)")
     p.add_argument("--rounds", type=int, default=2, help="baseline+relay pairs")
     p.add_argument("--max-requests", type=int, default=1_000_000, help="cap per run")
@@ -259,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
 def summary(best: dict[str, dict[str, Any]], args: argparse.Namespace) -> list[_results.Row]:
     """The summary rows (bench/_results.py): req/s and CPU per request, relay vs baseline."""
     base, rel = best["baseline"], best["relay"]
-    what = f"batch {args.batch}, {args.rules} rules" + _results.workers_note(args.relay_workers)
-    what += " [relay on PostgreSQL]" if args.store == "postgresql" else ""
+    what = f"batch {args.batch}, {args.rules} rules"
+    what += _results.workers_note(args.relay_workers, args.store)
     req_ratio = _results.ratio(rel["rps"], base["rps"])
     base_us, rel_us = cpu_us_per_request(base), cpu_us_per_request(rel)
     return [

@@ -1,6 +1,7 @@
 """Ingest → delivery latency at a fixed rate: relay, and Alertmanager as the baseline.
 
     .venv/bin/python bench/latency.py [--rate 1000] [--seconds 10] [--failed-every 5]
+    .venv/bin/python bench/latency.py --store postgresql    # relay on PostgreSQL
 
 A recording sink (bench/bare_server.py --record keeps each POST's arrival time and run id), the
 system under test (bench/_targets.py: relay with one rule "FAILED → webhook", or Alertmanager
@@ -89,7 +90,9 @@ def measure(children: Children, args: argparse.Namespace, system: str, tmp: Path
     before = cpu_sample(children)
     sink, sink_port = children.bare_server("sink", status=200, record=True)
     try:
-        with target(children, system, tmp, sink_port, args.alertmanager, args.relay_workers) as url:
+        with target(
+            children, system, tmp, sink_port, args.alertmanager, args.relay_workers, args.store
+        ) as url:
             load = children.load(url, options, args.seconds + args.warmup + 120)
             failing = sum(1 for n, _ in load["sends"] if n % args.failed_every == 0)
             wait_for_sink(sink_port, failing, args.deliver_timeout)
@@ -105,7 +108,7 @@ def rows(results: dict[str, Latency], args: argparse.Namespace) -> list[Row]:
     complete = rel.delivered == rel.expected
     note = cores(rel.others) + ("" if complete else f", {rel.delivered}/{rel.expected} delivered")
     what = f"at {args.rate:,.0f} updates/s (1 in {args.failed_every} failing)"
-    what += workers_note(args.relay_workers)
+    what += workers_note(args.relay_workers, args.store)
     targets = {
         "p50": ("", None),
         "p99": (f"p99 <= {TARGET_P99_MS:g} ms", rel.p99_ms <= TARGET_P99_MS and complete),

@@ -93,6 +93,17 @@ ON_POSTGRESQL = {  # the scenarios that take --store postgresql, at run_all's --
     "ingest": ["ingest.py", "--seconds", "0.5", "--warmup", "0.1", "--rounds", "1"],
     "end-to-end": ["end_to_end.py", "--runs", "100", "--concurrency", "8", "--rounds", "1"],
     "delivery": ["delivery.py", "--count", "100", "--timeout", "30", "--rounds", "1"],
+    "latency": [
+        "latency.py",
+        "--rate",
+        "200",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0.2",
+        "--rounds",
+        "1",
+    ],
 }
 
 
