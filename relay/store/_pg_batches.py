@@ -50,7 +50,7 @@ class Batches(Generic[C, R]):
         *,
         lanes: int,
         max_size: int,
-        size: Callable[[C], int] = lambda call: 1,
+        size: Callable[[C], int],
         settled: Settled[C, R] | None = None,
     ) -> None:
         self._transact = transact
