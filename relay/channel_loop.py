@@ -2,7 +2,8 @@
 starts them (relay.dispatch delivers each), up to the channel's concurrency in flight plus a
 claim ahead; it wakes when intake commits new rows (or a poll interval passes: other replicas'
 rows, retries whose time came), and gives back what it holds on stop for the next loop (a
-reload) or another replica.
+reload) or another replica. On a store other replicas deliver from, it reads the receiver's
+Retry-After one of them stored (relay.holds) at most every POLL_S.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import math
 from collections import deque
 from typing import TypeVar
 
+from relay import holds
 from relay import policy as pol
 from relay.dispatch import Deps, Dispatch
 from relay.errors import StoreUnavailable
 from relay.logs import CountedLines
 from relay.model import Notification
-from relay.outcomes import row_extra
+from relay.outcomes import HoldEnd, row_extra
 from relay.sending import Route
 
 log = logging.getLogger("relay.delivery")
@@ -78,6 +80,7 @@ class ChannelLoop:
         self._promised = 0  # room reserved for rows being leased at birth (Reservation)
         self._claiming = 0  # rows asked for by the claim under way
         self._claimed_at = -math.inf  # when the last claim began (deps.clock)
+        self._hold_read_at = -math.inf  # when the stored hold was last read (a shared store)
         self._outage = CountedLines()  # the store's failures: its lines and their counts
         self._reclaimed: dict[str, Notification] = {}  # claimed again while their send ended
         self.dispatch = Dispatch(
@@ -135,6 +138,7 @@ class ChannelLoop:
 
     async def _step(self) -> None:
         self.wake.clear()
+        await self._learn_hold()
         if await self._wait_hold():
             return
         self._start_ready()
@@ -178,6 +182,18 @@ class ChannelLoop:
         await self._release_ready(left_s)
         await self._idle(left_s)
         return True
+
+    async def _learn_hold(self) -> None:
+        """On a shared store, a hold another replica stored since (its receiver's Retry-After
+        applies to all that call it: a webhook, a Slack app), read at most every POLL_S; it
+        holds this loop too, relay_channel_held saying so."""
+        now = self.deps.clock()
+        if not self.deps.store.shared or 0 <= now - self._hold_read_at < POLL_S:
+            return
+        self._hold_read_at = now
+        until = await holds.learn(self.deps.store, self.name, self.route, now)
+        if until is not None and self.deps.on_event is not None:
+            self.deps.on_event("held", HoldEnd(self.name, until), "", 0)
 
     def _held_s(self) -> float:
         return self.route.hold.left_s(self.deps.clock())

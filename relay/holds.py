@@ -67,16 +67,43 @@ async def restore(store: Store, routes: Mapping[str, Route], now: float) -> dict
         return {}
     restored: dict[str, float] = {}
     for channel, value in stored.items():
-        route, (until, receiver) = routes[channel], _read(value) or (0.0, "")
-        if until <= now or route.settings is None or receiver != receiver_key(route.settings):
+        until = _adopt(routes[channel], value, now)
+        if until is None:
             continue
-        route.hold.extend(now, until - now)
         restored[channel] = until
         extra = {"channel": channel, "hold_s": round(until - now, 3)}
         log.warning(
             "channel held since before this start (the receiver's Retry-After)", extra=extra
         )
     return restored
+
+
+async def learn(store: Store, channel: str, route: Route, now: float) -> float | None:
+    """While this process runs: the hold another process stored for this channel's receiver
+    (a replica that got the receiver's Retry-After), set on `route` when it ends later than
+    the route's own; its end, or None (none new, or the store cannot be read: the receiver
+    tells this process itself)."""
+    try:
+        value = await store.kv_get(NAMESPACE, channel)
+    except StoreUnavailable:
+        return None
+    if value is None or (until := _adopt(route, value, now)) is None:
+        return None
+    extra = {"channel": channel, "hold_s": round(until - now, 3)}
+    log.warning("channel held by another replica (the receiver's Retry-After)", extra=extra)
+    return until
+
+
+def _adopt(route: Route, value: str, now: float) -> float | None:
+    """Hold `route` until the stored hold `value` ends, if it is its receiver's and ends later
+    than the route's own hold; that end, or None."""
+    until, receiver = _read(value) or (0.0, "")
+    if until <= max(now, route.hold.until) or route.settings is None:
+        return None
+    if receiver != receiver_key(route.settings):
+        return None
+    route.hold.extend_to(now, until)
+    return until
 
 
 def _read(value: str) -> tuple[float, str] | None:

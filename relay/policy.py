@@ -148,9 +148,14 @@ class Hold:
 
     def extend(self, now: float, seconds: float) -> bool:
         """Hold until `now + seconds` at least; whether the channel was free until now."""
+        return self.extend_to(now, now + seconds)
+
+    def extend_to(self, now: float, until: float) -> bool:
+        """Hold until `until` at least (a stored hold's end, exactly as stored); whether the
+        channel was free until now."""
         began = self.left_s(now) <= 0
-        if now + seconds > self.until:
-            self.until, self._set_at = now + seconds, now
+        if until > self.until:
+            self.until, self._set_at = until, now
         return began
 
     def left_s(self, now: float) -> float:

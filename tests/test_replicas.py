@@ -422,6 +422,46 @@ async def test_a_silence_changed_on_one_replica_holds_at_once_on_another(
     assert any(e.get("run_id") == muted["id"] and e.get("muted_by") == ident for e in b.logs)
 
 
+LEARNT = "channel held by another replica (the receiver's Retry-After)"
+
+
+async def held_here(proc: RelayProcess, http: aiohttp.ClientSession) -> bool:
+    async with http.get(proc.url + "/metrics") as resp:
+        return samples(await resp.text(), 'relay_channel_held{channel="hook"}') == [1.0]
+
+
+async def test_a_retry_after_one_replica_got_holds_the_others_too(
+    replicas: Replicas, sink: Sink, database: str
+) -> None:
+    """A receiver's Retry-After holds whoever calls it (a webhook, a Slack app's workspace):
+    the replicas that did not get it went on calling, each call refused again and the limit
+    prolonged. The one that got it stores it (relay.holds); the others read it within a poll
+    and hold the channel too, what they ingest meanwhile left in the outbox for its end."""
+    sink.responses = [status(429, {"Retry-After": "600"})]
+    a, b = await replicas(2, "15s")
+    async with aiohttp.ClientSession() as http:
+        assert await post(http, a.url, failing_runs(1, "limited")) == 202
+        await sink.wait_for(1)
+        for proc in (a, b):
+            deadline = time.monotonic() + 30
+            while not await held_here(proc, http):
+                assert time.monotonic() < deadline, "a replica never held the channel"
+                await asyncio.sleep(0.1)
+        later = failing_runs(3, "later")
+        assert await post(http, b.url, later[:2]) == 202
+        assert await post(http, a.url, later[2:]) == 202
+    await wait_for(lambda: bool(learners(a, b)), 10, "the line of the replica that learnt it")
+    await asyncio.sleep(2.5)  # more than two polls: unheld, a replica sent these at once
+    assert len(sink.received) == 1, [r.headers["webhook-id"] for r in sink.received]
+    assert await outbox_counts(database) == {"pending": 4}
+    said = [sum(e.get("msg") == LEARNT for e in p.logs) for p in learners(a, b)]
+    assert said == [1]  # the one that did not get the 429, once (not at every poll)
+
+
+def learners(*procs: RelayProcess) -> list[RelayProcess]:
+    return [p for p in procs if any(e.get("msg") == LEARNT for e in p.logs)]
+
+
 async def test_a_replica_whose_send_was_taken_over_does_not_mark_its_failure(
     replicas: Replicas, sink: Sink, database: str
 ) -> None:

@@ -104,6 +104,11 @@ def _leasable(n: Notification, now: float) -> bool:
 
 
 class Store(Protocol):
+    # Whether other processes deliver the same channels from this store while this one runs
+    # (PostgreSQL replicas; SQLite has one serve): then what one of them learns of a receiver
+    # (its Retry-After, relay.holds) is read by the others as they go, not only at start.
+    shared: bool
+
     async def open(self) -> None:
         """Create or migrate the schema; raise StoreUnavailable if it cannot."""
 

@@ -71,6 +71,8 @@ _T = TypeVar("_T")
 class PostgresStore(PgMarks, PgGroups):
     """The Store on a PostgreSQL database (RELAY_STORE_URL=postgresql://...)."""
 
+    shared = True  # any number of replicas
+
     # made on the first observe, in the event loop
     _observes: Batches[ObserveCall, list[Observed]] | None = None
 

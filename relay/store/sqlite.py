@@ -56,6 +56,8 @@ class SQLiteStore(MarkOps, GroupOps, KvOps):
     writes fail with StoreUnavailable. `commits` counts committed transactions (batches).
     """
 
+    shared = False  # one `relay serve` a file (relay.store._sqlite_lock)
+
     def __init__(
         self,
         path: Path | str,
