@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -194,18 +193,24 @@ class _Budget:
         return left <= 0
 
 
-@contextmanager
-def time_budget(seconds: float, *, cpu: bool = True) -> Iterator[None]:
+class time_budget:  # lower case: used as a function, `with time_budget(s):`
     """Loops and calls of templates rendered inside raise RenderTimeout after `seconds` of
     this thread's CPU (`cpu=False`: of the wall clock), and the steps that build texts and lists
-    OutputTooLarge past MAX_BUILT_CHARS together."""
-    token = _DEADLINE.set(_Budget(seconds, cpu))
-    built = _BUILT.set([0])
-    try:
-        yield
-    finally:
-        _BUILT.reset(built)
-        _DEADLINE.reset(token)
+    OutputTooLarge past MAX_BUILT_CHARS together. (A class, not a @contextmanager generator:
+    one is opened per notification, and the generator's machinery cost more than the rest.)"""
+
+    __slots__ = ("_built", "_cpu", "_seconds", "_token")
+
+    def __init__(self, seconds: float, *, cpu: bool = True) -> None:
+        self._seconds, self._cpu = seconds, cpu
+
+    def __enter__(self) -> None:
+        self._token = _DEADLINE.set(_Budget(self._seconds, self._cpu))
+        self._built = _BUILT.set([0])
+
+    def __exit__(self, *exc: object) -> None:
+        _BUILT.reset(self._built)
+        _DEADLINE.reset(self._token)
 
 
 def check_deadline() -> None:

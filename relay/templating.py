@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from jinja2 import meta, nodes
+from jinja2 import Template, meta, nodes
 from jinja2.exceptions import TemplateError, TemplateNotFound, TemplateSyntaxError
 
 from relay.fallback import fallback_json, fallback_part, fallback_text
@@ -131,6 +131,7 @@ class Renderer:
         self._env.filters["dashboard_url"] = _dashboard_filter(link)
         self.budget_s = budget_s  # per render(): past it, loops and calls raise RenderTimeout
         self._asts: dict[str, nodes.Template] = {}  # by name: one per template file at most
+        self._compiled: dict[str, Template] = {}  # by name, as rendered (see _render_one)
 
     def has_template(self, channel_type: str, name: str, part: str) -> bool:
         return self._exists(_template_name(channel_type, name, part))
@@ -304,7 +305,10 @@ class Renderer:
     def _render_one(self, template: str, variables: dict[str, Any]) -> str:
         chunks: list[str] = []
         size = 0
-        for chunk in self._env.get_template(template).generate(variables):
+        compiled = self._compiled.get(template)
+        if compiled is None:
+            compiled = self._compiled[template] = self._env.get_template(template)
+        for chunk in compiled.generate(variables):
             size += len(chunk)
             if size > MAX_OUTPUT_CHARS:
                 raise _Unrenderable("OutputTooLarge", f"more than {MAX_OUTPUT_CHARS} characters")
