@@ -151,7 +151,7 @@ class Dispatch:
     ) -> tuple[list[Notification], Recovery | None] | None:
         """The rows to send now (the muted ones marked so) and what a recovery among them
         resolves; None when nothing goes now."""
-        rows = [row for row in rows if not await self._muted(row, row_extra(self.name, row))]
+        rows = [row for row in rows if not await self._muted(row)]
         if not rows:
             if group_key is not None:
                 await asyncio.shield(self.deps.store.group_flushed(group_key, self.deps.clock()))
@@ -272,7 +272,7 @@ class Dispatch:
         if not write.cancelled() and write.exception() is not None:
             log.error("outcome not recorded", extra=extra, exc_info=write.exception())
 
-    async def _muted(self, row: Notification, extra: dict[str, object]) -> bool:
+    async def _muted(self, row: Notification) -> bool:
         """A silence created after the notification was queued still mutes it, and so does a
         time interval that began since (a digest's group_wait, a retry's backoff), as
         Alertmanager mutes at flush time. A recovery follows its notification instead: see
@@ -292,7 +292,7 @@ class Dispatch:
         if not await asyncio.shield(muting):
             self.outcomes.fenced(row, "muted")  # not sent either: it is the other replica's to send
             return True
-        log.info(words, extra={**extra, "muted_by": reason})
+        log.info(words, extra={**row_extra(self.name, row), "muted_by": reason})
         self.outcomes.event("muted", row, "")
         return True
 
@@ -301,10 +301,13 @@ class Dispatch:
         cache = self.deps.silences
         if cache is None:
             return None
+        index = await cache.index(now)
+        if not index:  # the usual case: none to look at, so no field of the run read for them
+            return None
         run = row.run
         tags = run.get("tags")
         return silenced_by(
-            await cache.index(now),
+            index,
             now,
             rule=row.rule,
             channel=self.name,

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
@@ -226,7 +226,7 @@ class Sender:
         5 minutes. None goes while the channel is held (Held), and a Retry-After holds it."""
         now = await self._cleared()
         try:
-            return await self.route.channel.send(replace(outgoing, timestamp=now))
+            return await self.route.channel.send(outgoing.stamped(now))
         except DeliveryError as err:
             if err.retryable and err.retry_after:
                 self._hold(outgoing, err.retry_after)
