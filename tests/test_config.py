@@ -743,11 +743,22 @@ def test_a_negative_duration_says_what_was_written() -> None:
         ("1MB", 1_000_000),
         ("2kb", 2000),
         ("1e6", 1_000_000),  # YAML 1.1 reads 1e6 as a string
+        ("1Ki", 1024),  # Kubernetes' unit, as 1Mi
     ],
 )
 def test_sizes(text: str | int, size: int) -> None:
     text_ = f"server:\n  max_body_bytes: {text}\n"
     assert parse_config(text_, "c.yaml", settings_models(), {}).config.server.max_body_bytes == size
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("1GiB", 1024**3), ("1Gi", 1024**3), ("1GB", 1000**3), ("0.5GiB", 2**29)]
+)
+def test_gigabyte_sizes(text: str, size: int) -> None:
+    """The gigabyte units, each its own power (a wrong one is off by 7% or a factor of 1000)."""
+    text_ = f"server:\n  max_body_bytes_in_flight: {text}\n"
+    config = parse_config(text_, "c.yaml", settings_models(), {}).config
+    assert config.server.max_body_bytes_in_flight == size
 
 
 @pytest.mark.parametrize(
@@ -757,6 +768,7 @@ def test_sizes(text: str | int, size: int) -> None:
         ("lots", "expected a number of bytes or a size like 512KiB, 1MiB or 1MB"),
         ("true", "expected a number of bytes or a size like 512KiB, 1MiB or 1MB"),  # not 1 byte
         ("1.5", "expected a whole number, not a fraction"),
+        ("2048.5B", "a size must be a whole number of bytes"),  # not cut to 2048
         ("512", "must be at least 1KiB (got 512B)"),  # was "greater than or equal to 1024"
         ("65MiB", "must be at most 64MiB (got 65MiB)"),  # was "... equal to 67108864"
     ],
@@ -792,6 +804,8 @@ def test_format_size() -> None:
     ]
     for n in sizes:  # each reads back as the size it was
         assert parse_size(format_size(n)) == n
+    # a whole float is the int it is; what is no whole number of bytes is written as it is
+    assert [format_size(n) for n in (1024.0, 1.5, "lots", True)] == ["1KiB", "1.5", "lots", "True"]
 
 
 @pytest.mark.parametrize(
