@@ -29,6 +29,7 @@ import pytest
 from relay.errors import DeliveryError
 from tests.channels.test_email import email_settings, make_channel, outgoing
 from tests.conftest import child_env
+from tests.fakes.smtp import start_smtp
 
 if TYPE_CHECKING:
     from tests.fakes.smtp import Pki, SmtpFactory
@@ -123,6 +124,19 @@ async def test_a_lookup_slower_than_the_attempt_is_a_lookup_failure(
     assert (err.reason, err.retryable) == ("network", True)
     assert err.detail == "SMTP host lookup failed: no answer in time"
     assert not fake.messages
+
+
+async def test_an_ipv6_address_is_no_lookup_and_connects_as_ipv6() -> None:
+    """`host: "::1"` is an address, connected to as IPv6 (an IPv4 socket cannot reach it)."""
+    fake, server = await start_smtp(host="::1")
+    try:
+        await make_channel(email_settings(fake.port, host="::1", hello="relay.test")).send(
+            outgoing()
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert len(fake.messages) == 1
 
 
 async def test_an_unknown_host_is_a_lookup_failure(smtp_server: SmtpFactory) -> None:

@@ -216,9 +216,10 @@ async def start_smtp(
     pki: Pki | None = None,
     credentials: tuple[str, str] | None = None,
     port: int = 0,
+    host: str = HOST,
 ) -> tuple[FakeSMTP, asyncio.Server]:
-    """A FakeSMTP listening on 127.0.0.1:<free port, or `port`>; close the returned server when
-    done."""
+    """A FakeSMTP listening on `host` (127.0.0.1):<free port, or `port`>; close the returned
+    server when done."""
     fake = FakeSMTP()
     kwargs: dict[str, Any] = {"hostname": "relay-test-smtp", "timeout": 10}
     if mode == "starttls":
@@ -240,7 +241,7 @@ async def start_smtp(
 
     loop = asyncio.get_running_loop()
     ssl_context = pki.server_context if mode == "tls" and pki is not None else None
-    server = await loop.create_server(protocol, HOST, port, ssl=ssl_context)
+    server = await loop.create_server(protocol, host, port, ssl=ssl_context)
     fake.port = server.sockets[0].getsockname()[1]
     return fake, server
 
