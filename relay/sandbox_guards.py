@@ -8,6 +8,7 @@ checked and charged to the render.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -129,18 +130,37 @@ def check_name(obj: Any, name: Any) -> None:
 
 def _width_guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
     skip = 2 if getattr(fn, "jinja_pass_arg", None) is not None else 1
+    fill = _fill_check(fn) if fn.__name__ in ("do_batch", "do_slice") else None
 
     @functools.wraps(fn)
     def guarded(*args: Any, **kwargs: Any) -> Any:
         _check_int_args(args[skip:], kwargs)
-        if fn.__name__ in ("do_batch", "do_slice"):  # (value, count, fill_with): count copies
-            _check_fill(*args[skip:], **kwargs)
+        if fill is not None:
+            fill(args[skip - 1 :], kwargs)  # from the value on: the signature's own
         return fn(*args, **kwargs)
 
     return guarded
 
 
-def _check_fill(count: Any = 0, fill_with: Any = None, **_: Any) -> None:
+def _fill_check(fn: Callable[..., Any]) -> Callable[[tuple[Any, ...], Mapping[str, Any]], None]:
+    """The check of batch's and slice's (value, count, fill_with): `count` copies of fill_with,
+    the arguments given by position or by name (`linecount=`, `fill_with=`: the check missed
+    them, and `|string` of such a batch built gigabytes). The signature is the filter's own,
+    without the context Jinja passes some first."""
+    signature = inspect.signature(fn)
+    count_name = list(signature.parameters)[1]
+
+    def check(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        try:
+            named = signature.bind(*args, **kwargs).arguments
+        except TypeError:  # the call fails as the filter's own
+            return
+        _check_fill(named.get(count_name), named.get("fill_with"))
+
+    return check
+
+
+def _check_fill(count: Any, fill_with: Any) -> None:
     if not _is_int(count) or count <= 0 or fill_with is None:
         return
     if weight(fill_with, MAX_VALUE_CHARS // count) * count > MAX_VALUE_CHARS:

@@ -851,6 +851,22 @@ def test_huge_intermediate_values_are_refused(tmp_path: Path, source: str) -> No
     assert rendered.error is not None and rendered.error.startswith("OutputTooLarge in console/t")
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        "batch(3000, 'x' * 3000)",
+        "batch(linecount=3000, fill_with='x' * 3000)",  # by name: was not looked at
+        "batch(3000, fill_with='x' * 3000)",
+        "slice(slices=3000, fill_with='x' * 3000)",
+    ],
+)
+def test_a_fill_too_large_is_refused_before_it_is_made(tmp_path: Path, call: str) -> None:
+    """3000 copies of a 3000-character fill, however the arguments are given: a batch made
+    so and written out (`|string`) built gigabytes before the value's own limit stopped it."""
+    rendered = render_source(tmp_path, "{{ [1]|" + call + "|list|length }}")
+    assert rendered.error is not None and "the fill would exceed" in rendered.error
+
+
 def test_large_values_within_the_limits_still_render(tmp_path: Path) -> None:
     source = (
         "{{ ('x' * 1000)|replace('x', 'yy')|length }} {{ range(1000)|join('--')|length }} "
