@@ -312,6 +312,8 @@ BAD_BODIES: list[tuple[bytes, str, str]] = [
     (json.dumps({"data": small_failed()}).encode(), "data", "post the run object itself"),
     (json.dumps({"data": [small_failed(id=None)], "pagination": {}}).encode(), "data[0].id", "string"),
     (json.dumps({"type": "run", "run": small_failed(status=5)}).encode(), "run.status", "string"),
+    # no id nor friendlyId in `run`: no stream part, so the object itself lacks its id
+    (json.dumps({"type": "run", "run": {"status": "FAILED"}}).encode(), "id", "missing"),
     (json.dumps({"id": "run_1"}).encode(), "status", "missing"),
     (json.dumps(small_failed(id=5)).encode(), "id", "string"),
     (json.dumps(small_failed(id="")).encode(), "id", "at least 1 character"),
