@@ -877,7 +877,27 @@ def test_large_values_within_the_limits_still_render(tmp_path: Path) -> None:
     expected = "2000 4888 200000 1,1 200000 [1,2,3] a1 40"
     source += " {{ ([[1]] * 30000)|sum(start=[0])|length }} {{ [[1], [2]]|sum(start=[]) }}"
     expected += " 30001 [1, 2]"
+    # str.join as the method; a text of many tabs is checked as such only by expandtabs
+    source += " {{ '-'.join(['a', 'b']) }} {{ ('\\t' * 1000).center(5000)|length }}"
+    expected += " a-b 5000"
+    source += " {{ 'ab'|center(6) }}|{{ [1, 2, 3]|batch(2, 0)|list }}"  # a width-guarded filter
+    expected += "   ab  |[[1, 2], [3, 0]]"
     assert render_source(tmp_path, source).parts["txt"] == expected
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ("{{ ('x' * 3000)|replace('x', 'y' * 3000)|length }}", "replace would exceed"),
+        ("{{ ('x' * 3000).replace('x', 'y' * 3000)|length }}", "replace would exceed"),
+        ("{{ ('\\t' * 3000).expandtabs(3000)|length }}", "expandtabs would exceed"),
+        ("{{ ('a\\n' * 3000)|indent('y' * 3000)|length }}", "indent would exceed"),
+    ],
+)
+def test_an_amplifier_is_refused_before_it_runs(tmp_path: Path, source: str, words: str) -> None:
+    """In its own words: not by the limit of the value it built (gigabytes at 100x)."""
+    rendered = render_source(tmp_path, source)
+    assert rendered.error is not None and words in rendered.error
 
 
 CPU_BURNERS = [
