@@ -90,6 +90,21 @@ async def test_slack_digest_links_only_to_web_pages(relay: RelayFactory, slack: 
     assert urls(call.json()["blocks"]) == [BUILT.replace(RUN_ID, "run_second")]  # the latest
 
 
+async def test_a_digests_button_links_to_its_latest_run(
+    relay: RelayFactory, slack: FakeSlack
+) -> None:
+    """The latest by updatedAt, not the first or the last posted (three: not the second)."""
+    channel = f"{{type: slack, webhook_url: {slack.webhook_url}}}"
+    extra = ", group_by: [taskIdentifier], group_wait: 200ms"
+    r = await relay(CONFIG.format(name="chat", channel=channel, extra=extra))
+    runs = [failed(f"https://t.example/runs/run_{i}", f"run_{i}") for i in range(3)]
+    for run, minute in zip(runs, (58, 59, 57), strict=True):
+        run["updatedAt"] = f"2026-08-20T09:{minute}:00.000Z"
+    await r.post(runs)
+    [call] = await slack.wait_for(1)
+    assert call.json()["blocks"][-1]["elements"][0]["url"] == "https://t.example/runs/run_1"
+
+
 @pytest.mark.parametrize("bad", NOT_WEB[:2], ids=["javascript", "ftp"])
 async def test_discord_and_teams_link_only_to_web_pages(
     relay: RelayFactory, discord: FakeDiscord, teams: FakeTeams, bad: str
