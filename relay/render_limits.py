@@ -107,12 +107,22 @@ def brief(value: Any, limit: int = 2_000) -> Any:
     shared by its large ones, each cut the same way (items past the room are left out). A digest
     lists each of its runs so: its body stays within the receiver's limit (and MAX_OUTPUT_CHARS,
     as a character takes at least a byte)."""
-    # escapes and characters beyond ASCII (up to 4 bytes) write more than weighed
-    for room in (limit, limit // 2, limit // 4, limit // 8):
+    for room in _rooms(value, limit):
         cut = _brief(value, room)
         if _fits(cut, limit):
             return cut
     return OMITTED
+
+
+def _rooms(value: Any, limit: int) -> Iterator[int]:
+    """The rooms `brief` tries: escapes, quotes and characters beyond ASCII (up to 4 bytes)
+    write more than weighed. A value weighed as fitting but written longer is next cut to just
+    below its weight: halved, a text of `limit` characters kept half of them, and one longer
+    all but a few."""
+    yield limit
+    if limit // 2 < (weighed := _bytes(value, limit)) <= limit:
+        yield weighed - 1
+    yield from (limit // 2, limit // 4, limit // 8)
 
 
 def _fits(value: Any, limit: int) -> bool:

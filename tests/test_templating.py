@@ -348,6 +348,12 @@ def test_a_digest_too_large_for_a_webhook_template_still_names_every_run(tmp_pat
         ("x" * 50, 10, "[omitted]"),  # no room worth a cut
         ("é" * 50, 45, "é" * 20 + "…"),  # bytes of UTF-8: é takes 2
         ({"id": "r", "big": "😀" * 100}, 100, {"id": "r", "big": "😀" * 18 + "…"}),
+        # weighed as fitting, written longer (its quotes): cut by a few, as a longer one, not
+        # halved (1999 and 2000 characters kept 995, 2001 kept 1995)
+        ("x" * 1999, 2000, "x" * 1993 + "…"),
+        ("x" * 2000, 2000, "x" * 1994 + "…"),
+        ("x" * 2001, 2000, "x" * 1995 + "…"),
+        ({"a": "x" * 1993}, 2000, {"a": "x" * 1985 + "…"}),
     ],
 )
 def test_brief_fits_a_value_in_its_limit(value: Any, limit: int, expected: Any) -> None:
