@@ -38,7 +38,7 @@ from aiohttp import web
 from relay.cli import main as relay_main
 from relay.errors import StoreUnavailable
 from relay.logs import JsonFormatter, ScrubSecrets, TextFormatter, _ScrubbingHandler
-from relay.settings import Settings
+from relay.settings import Settings, libpq_file_secrets
 from relay.store.opening import open_store
 from tests.conftest import FIXTURES, RelayProcess, run_cli, sdk_run
 from tests.fakes.serving import free_port, serving
@@ -488,6 +488,24 @@ def _libpq_files(tmp_path: Path, how: str) -> tuple[str, dict[str, str]]:
     path = tmp_path / "pg_service.conf"
     path.write_text(f"[relay]\npassword={FILE_SECRET}\n")
     return "&service=relay", {"PGSERVICEFILE": str(path)}
+
+
+def test_each_password_of_the_password_file_is_read_as_libpq_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The password is all after the fourth `:` (a `:` in it too), escapes kept and undone;
+    comments, empty passwords and lines of fewer fields are no passwords, and no crash."""
+    path = tmp_path / "pgpass"
+    lines = [
+        "#h:*:*:u:commented",
+        "not a line",
+        "*:*:*:relay:sec:ret",
+        "h:1:db:u:",
+        r"h:*:*:u:a\:b",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("PGPASSFILE", str(path))
+    assert sorted(libpq_file_secrets("postgresql://relay@h/db")) == ["a:b", r"a\:b", "sec:ret"]
 
 
 @pytest.mark.parametrize("how", ["pgpass", "service"])
