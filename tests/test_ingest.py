@@ -143,6 +143,12 @@ async def test_values_as_senders_write_them_are_read_not_refused(
     for n, flags in enumerate(odd):
         status, body = await r.post(small_failed(id=f"run_{n}", costInCents=501, **flags))
         assert (status, body["notifications"]) == (202, 1), flags
+    # a text stays the text, null stays null (not "None")
+    await r.post(small_failed(id="run_texts", costInCents=501, ttl="1h", idempotencyKey=None))
+    texts = [
+        g.json()["run"] for g in await sink.wait_for(4) if g.json()["run"]["id"] == "run_texts"
+    ]
+    assert [(t["ttl"], t["idempotencyKey"]) for t in texts] == [("1h", None)]
 
 
 # ISO 8601 forms Python reads and pydantic refused in the SDK object (a 400) while a Realtime
