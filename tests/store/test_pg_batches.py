@@ -22,7 +22,7 @@ from relay.errors import StoreUnavailable
 from relay.model import Decision, Run, RunState, notification_id
 from relay.store import BirthLease, Observed
 from relay.store._pg_marks import SENT_LANES
-from relay.store._pg_observe import LANES
+from relay.store._pg_observe import LANES, MAX_RUNS
 from relay.store.postgres import PostgresStore
 from tests.pg import fetchval, fresh_database, shared_server
 from tests.store.conftest import decide, decide_digest, explode_on_boom, ids, make_run
@@ -71,6 +71,23 @@ async def test_calls_at_once_share_transactions_and_keep_their_own_results(
     ]
     assert written < CALLS // 4, written  # a transaction each: CALLS
     assert await store.counts() == {"pending": CALLS, "sent": 0, "dead": 0, "muted": 0}
+
+
+async def test_calls_go_together_only_up_to_max_runs(pg: tuple[PostgresStore, str]) -> None:
+    """Calls waiting for a lane go together while their runs fit MAX_RUNS: two of 40% each,
+    not every waiting one in one transaction."""
+    store, url = pg
+    size = MAX_RUNS * 2 // 5
+    before = await next_xid(url)
+    results = await asyncio.gather(
+        *(
+            store.observe([make_run(f"run_{i}_{k}") for k in range(size)], decide, 10.0)
+            for i in range(3 * LANES)
+        )
+    )
+    assert [len(r) for r in results] == [size] * 3 * LANES
+    # LANES alone at once, then the 2 * LANES waiting ones two by two
+    assert await next_xid(url) - before >= 2 * LANES
 
 
 async def test_each_call_of_a_shared_transaction_gets_its_own_birth_lease(
