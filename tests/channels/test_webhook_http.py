@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import sqlite3
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 import standardwebhooks
+from aiohttp import web
 
 from relay import channels
 from relay.channels import ChannelEnv, Outgoing
@@ -23,7 +25,7 @@ from relay.channels._http import HttpClient
 from relay.channels.webhook import WebhookSettings
 from relay.errors import DeliveryError
 from tests.conftest import RelayProcess, Sink, run_cli, sdk_run, status
-from tests.fakes.serving import PROXY_407, free_port, raw_server
+from tests.fakes.serving import PROXY_407, free_port, raw_server, serving
 
 
 def hook_config(tmp_path: Path, url: str) -> Path:
@@ -306,6 +308,33 @@ async def test_name_lookups_wait_for_no_other_work_of_the_default_executor(sink:
         await busy
         await client.close()
     assert response.status == 200 and [r.path for r in sink.received] == ["/in"]
+
+
+async def test_sends_to_one_receiver_go_at_once_not_one_by_one() -> None:
+    """The shared client keeps no cap of its own on connections: a channel's `concurrency`
+    (and every channel to one host) sends at once. The receiver answers once all four wait."""
+    waiting, peak, all_in = 0, 0, asyncio.Event()
+
+    async def hold(request: web.Request) -> web.Response:
+        nonlocal waiting, peak
+        waiting += 1
+        peak = max(peak, waiting)
+        if waiting == 4:
+            all_in.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_in.wait(), 5)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/in", hold)
+    client = HttpClient()
+    try:
+        async with serving(app) as url:
+            sends = (client.post(f"{url}/in", b"{}", {}, 10.0) for _ in range(4))
+            answers = await asyncio.gather(*sends)
+    finally:
+        await client.close()
+    assert [a.status for a in answers] == [200] * 4 and peak == 4
 
 
 @pytest.mark.parametrize(
