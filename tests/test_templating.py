@@ -1147,6 +1147,9 @@ def test_check_finds_a_template_that_reaches_itself_on_every_render(tmp_path: Pa
     )
     assert renderer.check("webhook", "tree", "json") is None
     assert renderer.render("webhook", "tree", ("json",), context(load_run("failed"))).error is None
+    # the names check follows each reference once: a loop is no endless walk
+    assert renderer.unknown_names("webhook", "tree", "json") == []
+    assert renderer.unknown_names("webhook", "a", "json") == []
 
 
 def test_an_unknown_filter_is_a_check_problem_not_a_crash(tmp_path: Path) -> None:
