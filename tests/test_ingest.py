@@ -132,6 +132,7 @@ async def test_values_as_senders_write_them_are_read_not_refused(
     [got] = await sink.wait_for(1)
     sent = got.json()["run"]
     assert (sent["costInCents"], sent["durationMs"], sent["baseCostInCents"]) == (600.5, 60634, 0)
+    assert type(sent["durationMs"]) is int  # an int in quotes stays an int, not 60634.0
     assert (sent["number"], sent["isTest"], sent["ttl"], sent["idempotencyKey"]) == (
         12,
         False,
@@ -143,6 +144,9 @@ async def test_values_as_senders_write_them_are_read_not_refused(
     for n, flags in enumerate(odd):
         status, body = await r.post(small_failed(id=f"run_{n}", costInCents=501, **flags))
         assert (status, body["notifications"]) == (202, 1), flags
+    for n, flag in enumerate(["t", " TRUE "]):  # a test run: the rule wants is_test false
+        status, body = await r.post(small_failed(id=f"run_t{n}", costInCents=501, isTest=flag))
+        assert (status, body["notifications"]) == (202, 0), flag
     # a text stays the text, null stays null (not "None")
     await r.post(small_failed(id="run_texts", costInCents=501, ttl="1h", idempotencyKey=None))
     texts = [
