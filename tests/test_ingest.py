@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from relay.formats import parse_body
 from relay.intake import Intake
 from relay.rule_compile import compile_rules
 from relay.sources.http import HttpDeps, RefusalLog, build_app
@@ -268,6 +270,17 @@ async def test_integers_beyond_64_bits_are_numbers_not_a_server_error(
     by_id = {run["id"]: run for run in sent}
     assert by_id["run_u64"]["costInCents"] == float(2**64 - 1)
     assert by_id["run_big"]["durationMs"] == 1e29 and by_id["run_big"]["payload"] == {"n": 1e29}
+
+
+def test_a_body_with_a_lone_surrogate_reads_its_numbers_as_orjson_does() -> None:
+    """Such a body is read by the json module (orjson refuses it): each integer within 64 bits
+    an int to its edges (-2**63, 2**64 - 1), past them a float, as orjson reads the same."""
+    numbers = b'"a": 60634, "b": -9223372036854775808, "c": 18446744073709551615, '
+    numbers += b'"d": 18446744073709551616, "e": -9223372036854775809'
+    plain = orjson.loads(b"{" + numbers + b"}")
+    read = parse_body(b'{"s": "\\ud83d", ' + numbers + b"}")
+    assert read == {"s": "\ufffd", **plain}
+    assert [type(read[k]) for k in plain] == [type(v) for v in plain.values()]
 
 
 async def test_a_status_in_another_case_is_the_status(relay: RelayFactory) -> None:
