@@ -77,7 +77,7 @@ class ChannelLoop:
         self._more = True
         self._pokes = 0
         self._due_at: float | None = None  # the earliest due row the last short claim left
-        self._promised = 0  # room reserved for rows being leased at birth (Reservation)
+        self._promised = 0  # room reserved for rows being leased at birth (Delivery.reserve)
         self._claiming = 0  # rows asked for by the claim under way
         self._claimed_at = -math.inf  # when the last claim began (deps.clock)
         self._hold_read_at = -math.inf  # when the stored hold was last read (a shared store)
@@ -202,11 +202,14 @@ class ChannelLoop:
         """Hold room for up to `most` rows leased at birth; none on a rate-limited channel
         (they would wait for the bucket leased), once stopping, while the channel is held or
         while a claim is owed."""
-        if self._stopping or self.route.bucket is not None or self.route.hold.left_s(now) > 0:
+        if self._stopping or self.route.bucket is not None or self.route.hold.holds(now):
             return 0
         if self._more or self._poll_owed(now):
             return 0  # a claim comes first: the store may hold due rows older than these
-        room = min(most, max(self._room(), 0))
+        room = self._room()
+        if room <= 0:
+            return 0
+        room = most if room > most else room  # no min(): a call per request and channel
         self._promised += room
         return room
 
@@ -250,7 +253,7 @@ class ChannelLoop:
     def _room(self) -> int:
         """Rows this loop may still take: its concurrency plus the rows held ahead, less those
         in flight, waiting their turn, promised to a birth lease or asked for by a claim."""
-        ready = sum(len(unit) for _, unit in self.ready)
+        ready = sum(len(unit) for _, unit in self.ready) if self.ready else 0
         held = len(self.inflight) + ready + self._promised + self._claiming
         return self._most() - held
 

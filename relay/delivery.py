@@ -1,12 +1,12 @@
 """The delivery worker: one loop per channel (relay.channel_loop), so a slow or failing channel
 never delays another; woken after enqueueing, stopped on shutdown, and room reserved in the
-loops for rows leased at birth (Reservation).
+loops for rows leased at birth (Delivery.reserve).
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from relay import holds
 from relay.channel_loop import ChannelLoop
@@ -17,23 +17,15 @@ from relay.sending import Route
 from relay.store import BirthLease
 
 
-@dataclass
-class Reservation:
-    """Room in channel loops for rows leased at birth: `slots` for the store, then `fill`."""
+def _filler(held: list[tuple[ChannelLoop, int]]) -> Callable[[list[Notification]], None]:
+    """A birth lease's `handed`: each loop that held room gets its leased rows (none if the
+    commit failed) and frees the rest of that room; exactly once per lease."""
 
-    slots: dict[str, int]
-    loops: dict[str, ChannelLoop]
-    lease_s: float
+    def fill(leased: list[Notification]) -> None:
+        for loop, room in held:
+            loop.take([n for n in leased if n.channel == loop.name] if leased else [], room)
 
-    def lease(self, now: float) -> BirthLease | None:
-        """The lease for the store, which fills this room (`fill`) once its call is over."""
-        return BirthLease(self.slots, now + self.lease_s, self.fill) if self.slots else None
-
-    def fill(self, leased: list[Notification]) -> None:
-        """Hand each loop its leased rows (none if the commit failed) and free the rest of the
-        room it held; exactly once per reservation."""
-        for name, loop in self.loops.items():
-            loop.take([n for n in leased if n.channel == name] if leased else [], self.slots[name])
+    return fill
 
 
 class Delivery:
@@ -61,16 +53,20 @@ class Delivery:
             for name, until in restored.items():
                 self.deps.on_event("held", HoldEnd(name, until), "", 0)
 
-    def reserve(self, most: int) -> Reservation:
-        """Room for up to `most` rows per channel, leased to these loops as they are created."""
-        now = self.deps.clock()
-        held: dict[str, int] = {}
-        loops: dict[str, ChannelLoop] = {}
-        for name, loop in self.loops.items():
-            if room := loop.reserve(most, now):
-                held[name], loops[name] = room, loop
-        lease_s = max((loop.lease_s for loop in loops.values()), default=self.deps.lease_s)
-        return Reservation(held, loops, lease_s)
+    def reserve(self, most: int, now: float) -> BirthLease | None:
+        """Room for up to `most` rows per channel in the loops that have it, as the lease of
+        the rows created `now` (till the longest of those loops' leases), which fills that room
+        once the store's call is over; None when no loop has room (nothing is held)."""
+        check = self.deps.clock()
+        slots: dict[str, int] = {}
+        held: list[tuple[ChannelLoop, int]] = []
+        lease_s = 0.0
+        for name, loop in self.loops.items():  # no min/max calls: this runs per request
+            if room := loop.reserve(most, check):
+                slots[name] = room
+                held.append((loop, room))
+                lease_s = loop.lease_s if loop.lease_s > lease_s else lease_s
+        return BirthLease(slots, now + lease_s, _filler(held)) if held else None
 
     def wake(self, channel: str) -> None:
         loop = self.loops.get(channel)

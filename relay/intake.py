@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 from relay.errors import StoreUnavailable
 from relay.inhibition import MuteCheck, inhibitions
@@ -25,14 +24,9 @@ from relay.store import BirthLease, Decide, Observed, Store
 log = logging.getLogger("relay.intake")
 
 
-class Handoff(Protocol):
-    """Room that delivery loops of this process hold for rows leased at birth: `lease` for the
-    store, whose `handed` gives the loops what was leased. No lease (None): no room is held."""
-
-    def lease(self, now: float) -> BirthLease | None: ...
-
-
-Reserve = Callable[[int], Handoff | None]  # room for up to N rows per channel, or None
+# The lease of room that delivery loops of this process hold for up to N rows per channel
+# created at a time (BirthLease.handed gives the loops what was leased), or None: no room held.
+Reserve = Callable[[int, float], BirthLease | None]
 
 
 @dataclass(frozen=True)
@@ -131,8 +125,7 @@ class Intake:
         hands the rows to their loops (`BirthLease.handed`) when the commit is done, even if
         the caller was cancelled meanwhile (a leased row nobody sends would wait out its
         lease), a loop turn after the caller's result: the 202 goes before the sends start."""
-        handoff = None if self._reserve is None else self._reserve(len(runs))
-        lease = None if handoff is None else handoff.lease(now)
+        lease = None if self._reserve is None else self._reserve(len(runs), now)
         return await self._store.observe(runs, decide, now, lease)
 
 

@@ -158,6 +158,10 @@ class Hold:
             self.until, self._set_at = until, now
         return began
 
+    def holds(self, now: float) -> bool:
+        """Whether the hold lasts still (left_s above 0), without its arithmetic."""
+        return self.until > now and self.until > self._set_at
+
     def left_s(self, now: float) -> float:
         """Seconds the hold lasts still: never more than it was set for (a wall clock stepped
         back holds no longer for it)."""

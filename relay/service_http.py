@@ -10,12 +10,13 @@ from aiohttp import web
 
 from relay.config import Config, ServerConfig
 from relay.configure import Compiled
-from relay.delivery import Delivery, Reservation
+from relay.delivery import Delivery
 from relay.intake import Intake
 from relay.listening import bind, runner_for
 from relay.readiness import Readiness
 from relay.silences.cache import RELOAD_S, SilenceCache
 from relay.sources.http import HttpDeps, build_app
+from relay.store import BirthLease
 
 
 class HttpSide(Readiness):
@@ -65,11 +66,11 @@ class HttpSide(Readiness):
             draining=lambda: self.stopping,
         )
 
-    def _reserve(self, most: int) -> Reservation | None:
+    def _reserve(self, most: int, now: float) -> BirthLease | None:
         """Room for rows leased at birth: only loops in this process (not workers') take them."""
         if self.pool is not None or self.delivery is None:
             return None
-        return self.delivery.reserve(most)
+        return self.delivery.reserve(most, now)
 
     def _wake(self, channel: str) -> None:
         if self.pool is not None:

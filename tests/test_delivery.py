@@ -896,16 +896,15 @@ async def test_rows_leased_at_birth_for_a_loop_that_stopped_meanwhile_go_back(
     delivery = r.service.delivery
     assert delivery is not None
     for _ in range(3000):  # none while the loop's first claim is under way
-        reservation = delivery.reserve(1)
-        if reservation.slots:
+        lease = delivery.reserve(1, time.time())
+        if lease is not None:
             break
         await asyncio.sleep(0.01)
-    assert reservation.slots == {"hook": 1}
+    assert lease is not None and lease.slots == {"hook": 1}
     await delivery.stop(grace_s=0.1)
-    now = time.time()
     run = Run.model_validate(failing_run(1))
     observed = await r.service.store.observe(
-        [run], r.service.compiled.rules.decide, now, reservation.lease(now)
+        [run], r.service.compiled.rules.decide, time.time(), lease
     )
     assert len(observed[0].leased) == 1
     for _ in range(1500):

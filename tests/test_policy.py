@@ -141,6 +141,8 @@ def test_a_hold_says_whether_it_began_and_never_shortens() -> None:
     assert not hold.extend(104.0, 10.0)  # a longer one extends it
     assert hold.left_s(110.0) == 4.0
     assert hold.left_s(114.0) == 0.0
+    assert hold.holds(113.9) and not hold.holds(114.0)  # holds(): left_s above 0, cheaper
+    assert not Hold().holds(0.0)
     assert hold.extend(114.0, 1.0)  # over exactly at its end: a new hold begins
     assert not hold.extend(114.5, 0.5)  # ends when it did: still held from 114
     assert hold.left_s(0.0) == 1.0
@@ -150,6 +152,7 @@ def test_a_hold_lasts_no_longer_when_the_wall_clock_steps_back() -> None:
     hold = Hold()
     hold.extend(1000.0, 30.0)
     assert hold.left_s(400.0) == 30.0  # stepped back ten minutes: still 30 s at most
+    assert hold.holds(400.0) and not hold.holds(1030.0)
 
 
 def test_the_bucket_gives_its_burst_then_spaces_tokens_at_the_rate() -> None:
