@@ -234,6 +234,25 @@ async def test_a_sent_mark_the_server_refuses_fails_alone_and_the_others_commit(
     assert await store.counts() == {"pending": 1, "sent": len(rows) - 1, "dead": 0, "muted": 0}
 
 
+async def test_closing_commits_the_sent_marks_still_waiting_for_a_statement(
+    pg: tuple[PostgresStore, str],
+) -> None:
+    """A shutdown closes the store while sends end: the marks queued behind SENT_LANES hold no
+    connection yet, and the pool's own wait for running calls would not see them (each would
+    be refused as the store closed, its row sent again after its lease)."""
+    store, url = pg
+    rows = await claimed_rows(store, 3 * SENT_LANES)
+    marks = [
+        asyncio.ensure_future(store.mark_sent([(row, 1)], now=20.0, receipt="ok")) for row in rows
+    ]
+    await asyncio.sleep(0)  # each queued, SENT_LANES statements under way
+    await store.close()
+    assert await asyncio.gather(*marks, return_exceptions=True) == [None] * len(rows)
+    assert await fetchval(url, "SELECT count(*) FROM relay_outbox WHERE state = 'sent'") == len(
+        rows
+    )
+
+
 REFUSE_RECEIPT = """
 CREATE FUNCTION refuse_receipt() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
