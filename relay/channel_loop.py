@@ -3,7 +3,8 @@ starts them (relay.dispatch delivers each), up to the channel's concurrency in f
 claim ahead; it wakes when intake commits new rows (or a poll interval passes: other replicas'
 rows, retries whose time came), and gives back what it holds on stop for the next loop (a
 reload) or another replica. On a store other replicas deliver from, it reads the receiver's
-Retry-After one of them stored (relay.holds) at most every POLL_S.
+Retry-After one of them stored (relay.holds) at most every POLL_S, and sends at its share of
+the channel's rate_limit (the rate over the replicas delivering the channel).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ log = logging.getLogger("relay.delivery")
 POLL_S = 1.0
 _STORE = "store"  # the key of the store's failures in a loop's CountedLines
 CLAIM_AHEAD = 64  # rows claimed beyond the free slots (at least the channel's concurrency)
+SHARED_WINDOW_S = 2 * POLL_S  # a rate-limited channel's rows held ahead, with other replicas
 
 
 def units(rows: list[Notification]) -> list[tuple[str | None, list[Notification]]]:
@@ -138,7 +140,7 @@ class ChannelLoop:
 
     async def _step(self) -> None:
         self.wake.clear()
-        await self._learn_hold()
+        await self._learn_shared()
         if await self._wait_hold():
             return
         self._start_ready()
@@ -183,17 +185,28 @@ class ChannelLoop:
         await self._idle(left_s)
         return True
 
-    async def _learn_hold(self) -> None:
-        """On a shared store, a hold another replica stored since (its receiver's Retry-After
-        applies to all that call it: a webhook, a Slack app), read at most every POLL_S; it
-        holds this loop too, relay_channel_held saying so."""
+    async def _learn_shared(self) -> None:
+        """On a shared store, at most every POLL_S: this replica's share of the rate limit, and
+        a hold another replica stored since (its receiver's Retry-After applies to all that
+        call it: a webhook, a Slack app), which holds this loop too, relay_channel_held saying
+        so."""
         now = self.deps.clock()
         if not self.deps.store.shared or 0 <= now - self._hold_read_at < POLL_S:
             return
         self._hold_read_at = now
+        self._share_rate()
         until = await holds.learn(self.deps.store, self.name, self.route, now)
         if until is not None and self.deps.on_event is not None:
             self.deps.on_event("held", HoldEnd(self.name, until), "", 0)
+
+    def _share_rate(self) -> None:
+        """Send at a share of the rate limit: the replicas delivering this channel send at its
+        rate together, not each at it (a receiver's limit is per webhook or app)."""
+        bucket = self.route.bucket
+        if bucket is not None and bucket.share(self.deps.store.sharers(self.name)):
+            share = round(bucket.rate, 3)
+            extra = {"channel": self.name, "replicas": bucket.replicas, "per_second": share}
+            log.info("channel rate limit shared by replicas", extra=extra)
 
     def _held_s(self) -> float:
         return self.route.hold.left_s(self.deps.clock())
@@ -266,6 +279,8 @@ class ChannelLoop:
         if bucket is None:
             return most
         window_s = self.lease_s / (2 * pol.QUICK_TRIES)
+        if bucket.replicas > 1:  # the others take their share of a burst at their next poll
+            window_s = min(window_s, SHARED_WINDOW_S)
         return int(min(most, max(1.0, bucket.capacity + bucket.rate * window_s)))
 
     def take(self, rows: list[Notification], reserved: int) -> None:

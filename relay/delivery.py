@@ -41,6 +41,7 @@ class Delivery:
         return None if loop is None else loop.route
 
     def start(self) -> None:
+        self.deps.store.delivering(self.loops)  # the others share its channels' rate limits
         for loop in self.loops.values():
             loop.start()
 

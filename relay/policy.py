@@ -116,10 +116,22 @@ class TokenBucket:
 
     def __init__(self, limit: RateLimit) -> None:
         per_s = (limit.per_second or 0.0) + (limit.per_minute or 0.0) / 60.0
-        self.rate = per_s if per_s > 0 else float("inf")
-        self.capacity = float(limit.burst or 1)
+        self.rate = self._rate = per_s if per_s > 0 else float("inf")
+        self.capacity = self._capacity = float(limit.burst or 1)
+        self.replicas = 1
         self._tokens = self.capacity
         self._at: float | None = None
+
+    def share(self, replicas: int) -> bool:
+        """Take a `replicas`-th of the rate and of the burst (one request's at least): the
+        replicas delivering the channel send at its rate together. Whether the share changed."""
+        if replicas == self.replicas or replicas < 1 or self._rate == float("inf"):
+            return False  # no rate (a burst alone) takes no share
+        self.replicas = replicas
+        self.rate = self._rate / replicas
+        self.capacity = max(self._capacity / replicas, 1.0)
+        self._tokens = min(self._tokens, self.capacity)
+        return True
 
     def reserve(self, now: float) -> float:
         """Take one token; return the seconds to wait before using it (0 if available now)."""

@@ -181,6 +181,18 @@ def test_the_bucket_adds_per_minute_to_per_second() -> None:
     assert [alone.reserve(0.0), alone.reserve(0.0)] == [0.0, 1.0]
 
 
+def test_a_bucket_shared_by_replicas_takes_its_share_of_rate_and_burst() -> None:
+    bucket = TokenBucket(RateLimit(per_second=6.0, burst=6))
+    assert bucket.share(3) and (bucket.rate, bucket.capacity) == (2.0, 2.0)
+    assert not bucket.share(3)  # the same share: nothing changed
+    assert [bucket.reserve(0.0), bucket.reserve(0.0), bucket.reserve(0.0)] == [0.0, 0.0, 0.5]
+    assert bucket.share(12) and (bucket.rate, bucket.capacity) == (0.5, 1.0)  # one at least
+    assert bucket.share(1) and (bucket.rate, bucket.capacity) == (6.0, 6.0)
+    assert not bucket.share(0)
+    burst_only = TokenBucket(RateLimit(burst=4))  # no rate to share: it never waits
+    assert not burst_only.share(2) and burst_only.capacity == 4.0
+
+
 def test_the_bucket_refills_nothing_when_the_wall_clock_steps_back() -> None:
     bucket = TokenBucket(RateLimit(per_second=1.0))
     assert bucket.reserve(100.0) == 0.0

@@ -65,9 +65,12 @@ rules:
 
 
 class Replicas(Protocol):
-    """The `replicas` fixture: start `n` replicas taken for dead after `timeout`."""
+    """The `replicas` fixture: start `n` replicas taken for dead after `timeout`, on CONFIG or
+    on `config` (its `{url}` the sink's)."""
 
-    async def __call__(self, n: int, timeout: str = "2s") -> list[RelayProcess]: ...
+    async def __call__(
+        self, n: int, timeout: str = "2s", config: str = CONFIG
+    ) -> list[RelayProcess]: ...
 
 
 @pytest.fixture
@@ -86,13 +89,13 @@ async def database(pg: PgServer) -> AsyncIterator[str]:
 async def replicas(database: str, sink: Sink, tmp_path: Path) -> AsyncIterator[Replicas]:
     """Start n replicas at once (they migrate the fresh database together); killed afterwards."""
     started: list[RelayProcess] = []
-    config = tmp_path / "config.yaml"
-    config.write_text(CONFIG.format(url=sink.url))
+    path = tmp_path / "config.yaml"
 
-    async def start(n: int, timeout: str = "2s") -> list[RelayProcess]:
+    async def start(n: int, timeout: str = "2s", config: str = CONFIG) -> list[RelayProcess]:
+        path.write_text(config.format(url=sink.url))
         env = {"RELAY_STORE_URL": database, "RELAY_REPLICA_TIMEOUT": timeout}
         procs = [  # each its own name in pg_stat_activity (see backends_gone)
-            RelayProcess(config, tmp_path / "unused.db", {**env, "PGAPPNAME": f"relay-{i}"})
+            RelayProcess(path, tmp_path / "unused.db", {**env, "PGAPPNAME": f"relay-{i}"})
             for i in range(len(started), len(started) + n)
         ]
         started.extend(procs)
@@ -460,6 +463,46 @@ async def test_a_retry_after_one_replica_got_holds_the_others_too(
 
 def learners(*procs: RelayProcess) -> list[RelayProcess]:
     return [p for p in procs if any(e.get("msg") == LEARNT for e in p.logs)]
+
+
+SHARED = "channel rate limit shared by replicas"
+LIMITED = """\
+defaults:
+  retry: {{max_attempts: 50, max_age: 1h, min_backoff: 100ms, max_backoff: 500ms}}
+channels:
+  hook:
+    type: webhook
+    url: {url}/hook
+    rate_limit: {{per_second: 2, burst: 1}}
+rules:
+  - {{name: failures, match: {{status: [failure]}}, notify: [hook]}}
+"""
+
+
+async def test_replicas_send_at_the_channel_rate_limit_together(
+    replicas: Replicas, sink: Sink
+) -> None:
+    """A channel's rate_limit is the receiver's (a webhook's, a Slack app's): two replicas each
+    sending at it sent twice the rate, and the receiver refused the excess. Each now sends at
+    its share (1 a second here), learnt from the replicas' heartbeat rows. 20 notifications at
+    2 a second, a burst of 1 each, take 9 s at least (each replica's first at once); each
+    replica at the full rate took about 4.5 s. A slow machine only lengthens it."""
+    a, b = await replicas(2, "15s", LIMITED)  # none taken for dead on a loaded machine
+    await wait_for(lambda: all(shares(p) == [2] for p in (a, b)), 30, "both replicas sharing")
+    runs = failing_runs(20, "limited")
+    async with aiohttp.ClientSession() as http:
+        assert await post(http, a.url, runs[:10]) == 202
+        assert await post(http, b.url, runs[10:]) == 202
+    received = await sink.wait_for(20)
+    assert sorted(arrivals(sink)) == sorted(hook_id(run) for run in runs)
+    assert received[-1].at - received[0].at >= 7.5  # 9 s less a first request's lateness
+    assert sent_by(a) and sent_by(b)  # both took their part
+    assert shares(a) == shares(b) == [2]  # neither went back to the full rate meanwhile
+
+
+def shares(proc: RelayProcess) -> list[int]:
+    """The replica counts this one said it shares the rate limit with, in order."""
+    return [e["replicas"] for e in proc.logs if e.get("msg") == SHARED]
 
 
 async def test_a_replica_whose_send_was_taken_over_does_not_mark_its_failure(

@@ -109,6 +109,13 @@ class Store(Protocol):
     # (its Retry-After, relay.holds) is read by the others as they go, not only at start.
     shared: bool
 
+    def delivering(self, channels: Collection[str]) -> None:
+        """The channels this process delivers from now on, for the others sharing the store."""
+
+    def sharers(self, channel: str) -> int:
+        """The processes delivering `channel` from this store, this one included, as last
+        learnt: they share its rate_limit (1 on a store that is not `shared`)."""
+
     async def open(self) -> None:
         """Create or migrate the schema; raise StoreUnavailable if it cannot."""
 

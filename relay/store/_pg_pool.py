@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import asyncpg
@@ -74,6 +74,14 @@ class PgPool:
     def holder(self) -> str:
         """This replica's name in the leases it takes and in relay_replicas."""
         return self._heartbeat.holder
+
+    def delivering(self, channels: Collection[str]) -> None:
+        """The channels this replica delivers from now on (relay.store._pg_replicas)."""
+        self._heartbeat.delivering(channels)
+
+    def sharers(self, channel: str) -> int:
+        """The live replicas delivering `channel`, this one included."""
+        return self._heartbeat.sharers(channel)
 
     async def open(self) -> None:
         """Connect the pool, create or migrate the schema (safe with replicas starting) and

@@ -8,6 +8,10 @@ clocks of their own. A claim treats a lease as free when its holder's row expire
 `timeout`, not when their lease ends minutes later. Alertmanager's `--cluster.peer-timeout`
 (15 s) plays the same part for its gossip peers.
 
+Each row also names the channels its replica delivers (`delivering`): the replicas delivering
+one send at its `rate_limit` together, each at its share (`sharers`, relay.policy.TokenBucket),
+learnt at each renewal.
+
 A replica cut off from the database for longer than `timeout` may still be sending rows the
 others now take: those are sent twice, under the same idempotency id — at-least-once, as a kill
 between a send and its mark already is.
@@ -22,7 +26,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import asyncpg
 
@@ -33,10 +37,21 @@ log = logging.getLogger("relay.store")
 DEFAULT_TIMEOUT_S = 15.0
 STALE_ROWS_S = 86_400  # rows of replicas gone this long are deleted (a killed process's)
 
+# Renew this replica's row with the channels it delivers ($3), and count for each of them the
+# other live replicas delivering it (an older release's row, channels NULL, delivers them all).
 RENEW = """
-    INSERT INTO relay_replicas (holder, expires_at)
-    VALUES ($1, clock_timestamp() + make_interval(secs => $2))
-    ON CONFLICT (holder) DO UPDATE SET expires_at = excluded.expires_at
+    WITH renewed AS (
+        INSERT INTO relay_replicas (holder, expires_at, channels)
+        VALUES ($1, clock_timestamp() + make_interval(secs => $2), $3::text[])
+        ON CONFLICT (holder) DO UPDATE
+        SET expires_at = excluded.expires_at, channels = excluded.channels
+        RETURNING holder
+    )
+    SELECT mine.channel, count(r.holder) AS others
+    FROM unnest($3::text[]) AS mine (channel)
+    LEFT JOIN relay_replicas AS r ON r.holder <> $1 AND r.expires_at > clock_timestamp()
+        AND (r.channels IS NULL OR mine.channel = ANY (r.channels))
+    GROUP BY mine.channel
 """
 FORGET = "DELETE FROM relay_replicas WHERE holder = $1"
 FORGET_STALE = (
@@ -76,6 +91,21 @@ class Heartbeat:
         self._conn: asyncpg.Connection | None = None
         self._renewed = 0.0  # time.monotonic() of the last renewal recorded
         self._renewing = False  # a pooled call renews: the others need not
+        self._channels: list[str] = []  # what this replica delivers (none until it says)
+        self._sharers: dict[str, int] = {}  # replicas delivering each of them, this one too
+        self._changed = asyncio.Event()  # the channels changed: renew now, not at the period
+
+    def delivering(self, channels: Collection[str]) -> None:
+        """This replica delivers `channels` from now on: written at once by the renewing task
+        (the others count it within their next renewal)."""
+        if sorted(channels) != self._channels:
+            self._channels = sorted(channels)
+            self._changed.set()
+
+    def sharers(self, channel: str) -> int:
+        """The live replicas delivering `channel`, this one included, as of the last renewal
+        (1 until one counted them)."""
+        return self._sharers.get(channel, 1)
 
     def overdue(self) -> bool:
         """Whether this running heartbeat missed two renewals and no pooled call renews now."""
@@ -120,8 +150,12 @@ class Heartbeat:
         await self._renew_row(self._conn)
 
     async def _renew_row(self, conn: asyncpg.Connection) -> None:
-        await conn.execute(RENEW, self.holder, self.timeout_s, timeout=self.timeout_s / 5)
+        channels = self._channels
+        rows = await conn.fetch(
+            RENEW, self.holder, self.timeout_s, channels, timeout=self.timeout_s / 5
+        )
         self._renewed = time.monotonic()
+        self._sharers = {row["channel"]: row["others"] + 1 for row in rows}
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -137,7 +171,9 @@ class Heartbeat:
         loss (the row is current, the store answers)."""
         late = False
         while True:
-            await asyncio.sleep(self.timeout_s / 5)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.timeout_s / 5)
+            self._changed.clear()
             await self._try_beat(connect)
             was_late, late = late, time.monotonic() - self._renewed > 3 * self.timeout_s / 5
             if late and not was_late:

@@ -179,7 +179,12 @@ _V5 = ("CREATE INDEX relay_silences_start ON relay_silences (starts_at, id)",)
 # replicas of the release before that run beside it (migrations only add).
 _V6 = ("CREATE INDEX relay_silences_created ON relay_silences (created_at, id)",)
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+# v7: the channels each replica delivers, so that the replicas delivering one share its
+# rate_limit out between them (relay.store._pg_replicas). Additive: an older replica leaves it
+# NULL and is counted for every channel (it sends each at the full rate).
+_V7 = ("ALTER TABLE relay_replicas ADD COLUMN channels text[]",)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _VERSION_TABLE = """

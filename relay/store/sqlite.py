@@ -82,6 +82,13 @@ class SQLiteStore(MarkOps, GroupOps, KvOps):
         """Transactions committed since this store was created; one per group-commit batch."""
         return self._writer.commits
 
+    def delivering(self, channels: Collection[str]) -> None:
+        """Nothing to tell: one serve a file, its workers each owning their channels."""
+
+    def sharers(self, channel: str) -> int:
+        """1: no other process delivers `channel` from this file."""
+        return 1
+
     async def open(self) -> None:
         """Create the file and its directory if needed, then create or migrate the schema; for
         `read_only`, open the file there is for reading only (a full disk refuses no read)."""
