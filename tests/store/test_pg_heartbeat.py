@@ -1,8 +1,10 @@
-"""How many live replicas deliver each channel, counted at each heartbeat renewal: they send at
-its rate_limit together (relay.store._pg_replicas, relay.policy.TokenBucket.share).
+"""Each replica's row in relay_replicas (relay.store._pg_replicas): renewed while it runs with
+no call of its own, the rows of replicas gone a day deleted, and how many live replicas deliver
+each channel, counted at each renewal: they send at its rate_limit together
+(relay.policy.TokenBucket.share).
 
 Real replicas of the store on a throwaway PostgreSQL server; renewals every 0.2 s
-(`replica_timeout_s=1.0`), so each count is waited for, never timed.
+(`replica_timeout_s=1.0`), so each change is waited for, never timed.
 """
 
 from __future__ import annotations
@@ -72,3 +74,48 @@ async def test_an_expired_replica_is_not_counted_and_an_older_release_counts_for
     finally:
         await conn.close()
         await live.close()
+
+
+async def test_an_idle_replica_keeps_renewing_its_row(url: str) -> None:
+    """No call renews it over the pool (no channel, no traffic): its own task must, or the
+    others would take its claims for a dead replica's."""
+    store = PostgresStore(url, replica_timeout_s=1.0)
+    await store.open()
+    conn = await asyncpg.connect(url)
+    try:
+        sql = "SELECT expires_at FROM relay_replicas WHERE holder = $1"
+        first = await conn.fetchval(sql, store.holder)
+        for _ in range(3):  # renewed again and again, not once
+            seen = await conn.fetchval(sql, store.holder)
+            deadline = time.monotonic() + 30
+            while await conn.fetchval(sql, store.holder) == seen:
+                assert time.monotonic() < deadline, "the row was not renewed"
+                await asyncio.sleep(0.05)
+        assert await conn.fetchval(sql, store.holder) > first
+    finally:
+        await conn.close()
+        await store.close()
+
+
+async def test_a_starting_replica_deletes_rows_of_replicas_gone_a_day(url: str) -> None:
+    """A killed replica never deletes its row; the next start removes those expired a day ago
+    (STALE_ROWS_S), not the recent ones: a replica cut off for minutes is still told apart."""
+    conn = await asyncpg.connect(url)
+    try:
+        first = PostgresStore(url)
+        await first.open()  # the schema
+        await first.close()
+        await conn.execute(
+            "INSERT INTO relay_replicas (holder, expires_at) VALUES"
+            " ('gone', clock_timestamp() - interval '25 hours'),"
+            " ('recent', clock_timestamp() - interval '23 hours')"
+        )
+        store = PostgresStore(url)
+        await store.open()
+        try:
+            rows = await conn.fetch("SELECT holder FROM relay_replicas ORDER BY holder")
+            assert {row["holder"] for row in rows} == {"recent", store.holder}
+        finally:
+            await store.close()
+    finally:
+        await conn.close()
