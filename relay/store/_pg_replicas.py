@@ -166,9 +166,10 @@ class Heartbeat:
                 conn.terminate()
 
     async def _renew(self, connect: Connect) -> None:
-        """Renew every period. Said lost only when nothing renewed the row for three periods:
-        its own connection refused while the replica's calls renew it over the pool is no
-        loss (the row is current, the store answers)."""
+        """Renew every period, and at once when the channels delivered change. Said lost
+        only when nothing renewed the row for three periods: its own connection refused while
+        the replica's calls renew it over the pool is no loss (the row is current, the store
+        answers)."""
         late = False
         while True:
             with contextlib.suppress(TimeoutError):
