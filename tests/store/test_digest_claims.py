@@ -16,9 +16,9 @@ import pytest
 
 from relay.errors import StoreUnavailable
 from relay.grouping import digest_id, group_key
-from relay.model import Notification
+from relay.model import Decision, Match, Notification, Run, RunState
 from relay.store import Store
-from tests.store.conftest import Engine, decide_digest, ids, make_run
+from tests.store.conftest import Engine, decide, decide_digest, ids, make_run
 
 How = Literal["stop", "retry", "restart"]
 LEASE_S = 3600.0  # the first claim's lease has not ended when the rows are claimed again
@@ -117,6 +117,26 @@ async def test_a_digest_put_off_as_the_next_was_set_goes_with_it(engine: Engine)
         assert {n.id for n in claimed} == {joined, newer}
     finally:
         await store.close()
+
+
+def _digest_or_alone(run: Run, previous: RunState | None) -> Decision:
+    """`decide_digest`, but a run tagged `alone` goes to channel d on its own (rule r1)."""
+    if not run.tags:
+        return decide_digest(run, previous)
+    decision = decide(run, previous)
+    return Decision(state=decision.state, matches=(Match("r1", "d", "t1"),))
+
+
+async def test_a_claim_of_digests_and_single_runs_is_oldest_first(store: Store) -> None:
+    """A channel's claim holds single rows and digest groups (each won under its own lock): the
+    channel loop sends them in the claim's order, so the digest due first goes first, whichever
+    kind of row was picked first."""
+    [digest] = ids(
+        await store.observe([make_run("run_g", taskIdentifier="t/a")], _digest_or_alone, 0.0)
+    )
+    [alone] = ids(await store.observe([make_run("run_s", tags=["alone"])], _digest_or_alone, 35.0))
+    claimed = await store.claim("d", now=40.0, limit=10, lease_s=LEASE_S)  # digest due at 30
+    assert [n.id for n in claimed] == [digest, alone]
 
 
 async def _dead(store: Store, rows: list[Notification]) -> None:
