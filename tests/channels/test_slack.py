@@ -29,7 +29,7 @@ from relay.model import Run
 from relay.store.sqlite import SQLiteStore
 from relay.templating import RenderContext, Renderer, fallback_json
 from tests.conftest import RelayFactory, assert_golden, sdk_run
-from tests.fakes.serving import serving
+from tests.fakes.serving import raw_server, serving
 from tests.fakes.slack import (
     FIRST_TS,
     TOKEN,
@@ -690,6 +690,15 @@ async def test_real_answers_of_the_fake_are_classified(slack: FakeSlack, http: H
     assert "xoxb-wrong" not in str(err)
 
 
+async def test_an_interim_answer_is_no_delivery(slack: FakeSlack, http: HttpClient) -> None:
+    """Only a 2xx answer is Slack taking the message: a 101 Switching Protocols (the connection
+    taken over, no answer to come) fails the send, said as the webhook channel says it."""
+    server, url = await raw_server(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n")
+    async with server:
+        err = await send_error(make_channel(slack, http, webhook_url=f"{url}/services/T/B/x"))
+    assert (err.reason, err.retryable, err.detail) == ("other", False, "HTTP 101")
+
+
 async def test_a_long_answer_arriving_in_pieces_is_read_whole(http: HttpClient) -> None:
     """Slack's chat.postMessage answer echoes the message, its non-ASCII text escaped: tens of
     KB, which come in pieces (TLS records of 16 KB). relay read only the first piece, took the
@@ -797,6 +806,7 @@ async def test_webhook_delivery_end_to_end(relay: RelayFactory, slack: FakeSlack
     assert body["text"].startswith("🔴 FAILED · sync-customer-data · run_a")
     assert "channel" not in body and "thread_ts" not in body
     assert body["blocks"][-1]["elements"][0]["url"].endswith("/proj_test/runs/run_a")
+    assert "authorization" not in {name.lower() for name in second.headers}  # no token here
 
 
 BAD_LAYOUT = json.dumps({"text": "FAILED run_1", "blocks": [{"type": "no_such_block"}]})
