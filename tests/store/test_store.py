@@ -163,6 +163,19 @@ async def test_claim_leases_respects_channel_not_before_and_order(store: Store) 
     assert [n.channel for n in await store.claim("c2", now=5.0, limit=10, lease_s=60)] == ["c2"]
 
 
+async def test_a_claim_of_rows_whose_lease_ended_takes_nothing_over(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A takeover (rows of a stopped replica, their lease not ended) is logged as a warning;
+    a claim of new rows, or of rows whose lease has just ended, takes nothing over and says
+    nothing of it: an operator would look for a replica that died."""
+    caplog.set_level(logging.INFO, logger="relay.store")
+    [ident] = await enqueue(store, "run_1", 10.0)
+    assert [n.id for n in await store.claim("c1", now=20.0, limit=10, lease_s=60)] == [ident]
+    assert [n.id for n in await store.claim("c1", now=80.0, limit=10, lease_s=60)] == [ident]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 async def test_oldest_pending_is_what_waits_longest(store: Store) -> None:
     assert await store.oldest_pending(now=5.0) is None
     first = (await enqueue(store, "run_1", 10.0))[0]
