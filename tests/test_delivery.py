@@ -1010,6 +1010,8 @@ async def test_a_channel_that_raises_unexpectedly_is_logged_with_its_notificatio
     fields = {k: getattr(line, k, None) for k in ("run_id", "rule", "channel")}
     assert fields == {"run_id": "run_delivery_0007", "rule": "f", "channel": "out"}
     assert getattr(line, "notification_id", "").startswith("ntf_") and line.exc_info
+    dead = await r.service.store.get(notification_id("run_delivery_0007", "f", "out"))
+    assert dead is not None and (dead.reason, dead.attempts) == ("other", 2)  # retried, not dropped
 
 
 @asynccontextmanager
