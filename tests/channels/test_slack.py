@@ -690,13 +690,20 @@ async def test_real_answers_of_the_fake_are_classified(slack: FakeSlack, http: H
     assert "xoxb-wrong" not in str(err)
 
 
-async def test_an_interim_answer_is_no_delivery(slack: FakeSlack, http: HttpClient) -> None:
-    """Only a 2xx answer is Slack taking the message: a 101 Switching Protocols (the connection
-    taken over, no answer to come) fails the send, said as the webhook channel says it."""
-    server, url = await raw_server(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n")
+@pytest.mark.parametrize(
+    "status",
+    [b"101 Switching Protocols\r\nUpgrade: h2c", b"300 Multiple Choices\r\nContent-Length: 0"],
+)
+async def test_only_a_2xx_answer_is_a_delivery(
+    slack: FakeSlack, http: HttpClient, status: bytes
+) -> None:
+    """An answer just outside 2xx (a 101 Switching Protocols: the connection taken over, no
+    answer to come; a 300) fails the send, said as the webhook channel says it."""
+    server, url = await raw_server(b"HTTP/1.1 " + status + b"\r\n\r\n")
     async with server:
         err = await send_error(make_channel(slack, http, webhook_url=f"{url}/services/T/B/x"))
-    assert (err.reason, err.retryable, err.detail) == ("other", False, "HTTP 101")
+    assert (err.reason, err.retryable) == ("other", False)
+    assert err.detail.startswith(f"HTTP {status[:3].decode()}")
 
 
 async def test_a_long_answer_arriving_in_pieces_is_read_whole(http: HttpClient) -> None:
