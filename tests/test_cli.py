@@ -1304,6 +1304,7 @@ async def test_send_test_posts_a_signed_message(tmp_path: Path, sink: Sink) -> N
     result = await asyncio.to_thread(run_cli, "send-test", "hook", "--config", str(config), env=env)
     assert result.returncode == 0, result.stderr
     assert "hook" in result.stdout
+    assert result.stderr == ""  # no "Unclosed client session" error lines as it exits
     [received] = sink.received
     assert received.path == "/in/secret-path"
     headers = {k.lower(): v for k, v in received.headers.items()}
