@@ -286,6 +286,12 @@ ABUSIVE = {
                     "text": {"type": "plain_text", "text": "b"},
                     "url": "https://x.test/" + "u" * 3000,
                 },
+                {  # Slack's longest URL: kept, and one character over: dropped
+                    "type": "button",
+                    "text": {"type": "plain_text", "text": "b"},
+                    "url": "https://x.test/" + "u" * 2985,
+                },
+                {"type": "button", "text": {"type": "plain_text", "text": "b"}, "url": "h" * 3001},
             ],
         },
         *[{"type": "divider", "block_id": "i" * 300}] * 60,
@@ -300,6 +306,8 @@ async def test_an_override_template_cannot_break_slack_limits(
     assert block_kit_problems(message) == []
     assert len(message["blocks"]) == 50 and "run" not in message
     assert message["blocks"][1]["text"]["text"].endswith("s…```")
+    [actions] = [block for block in message["blocks"] if block["type"] == "actions"]
+    assert [len(button["url"]) for button in actions["elements"]] == [15, 3000]
     await make_channel(slack, http).send(outgoing(json.dumps(ABUSIVE)))
     assert slack.problems == [[]]
 
