@@ -854,12 +854,16 @@ async def test_a_refused_layout_sent_as_text_keeps_its_buttons_links(
     slack: FakeSlack, http: HttpClient, bot: bool
 ) -> None:
     """The text alone used to lose the run's dashboard link (the shipped templates put it in a
-    button only): the page reached the on-call with nothing to click."""
+    button only): the page reached the on-call with nothing to click. A URL no link can hold
+    is left out."""
     button = {"type": "button", "text": {"type": "plain_text", "text": "Open <run> & logs"}}
     blocks = [
         {"type": "no_such_block"},
         {"type": "actions", "elements": [{**button, "url": "https://t.example/r/1?a=1&b=2"}]},
         {"type": "actions", "elements": [{**button, "url": "javascript:alert(1)"}]},
+        # no link can hold these: a space ends it, a | starts a label of the URL's choosing
+        {"type": "actions", "elements": [{**button, "url": "https://t.example/a b"}]},
+        {"type": "actions", "elements": [{**button, "url": "https://t.example/|forged"}]},
     ]
     await make_channel(slack, http, bot=bot).send(
         outgoing(json.dumps({"text": "FAILED run_1", "blocks": blocks}))
