@@ -795,8 +795,14 @@ def test_numeric_bounds_are_said_in_relays_words_and_sizes_in_sizes() -> None:
         "c.yaml:2: channels.c.rate_limit.per_second: must be more than 0 (got 0)",
         "c.yaml:3: defaults.retry.max_attempts: must be at least 1 (got 0)",
     ]
-    webhook = "channels: {w: {type: webhook, url: 'https://hooks.example/x', concurrency: 0}}\n"
-    assert problems(webhook) == ["c.yaml:1: channels.w.concurrency: must be at least 1 (got 0)"]
+    webhook = (
+        "channels: {w: {type: webhook, url: 'https://hooks.example/x', concurrency: 0,"
+        " max_body_bytes: 1KiB}}\n"
+    )
+    assert problems(webhook) == [
+        "c.yaml:1: channels.w.concurrency: must be at least 1 (got 0)",
+        "c.yaml:1: channels.w.max_body_bytes: must be at least 16KiB (got 1KiB)",
+    ]
 
 
 def test_format_size() -> None:
