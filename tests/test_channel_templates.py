@@ -733,6 +733,7 @@ HOOKS = {
         ("slack", '{"text": " \\n", "blocks": [{"type": "section"}]}', True),  # blank text
         ("slack", '{"blocks": [{"type": "divider"}], "text": ""}', False),
         ("slack", '{"attachments": [{"color": "#f00", "text": "x"}]}', False),
+        ("slack", '{"text": "", "attachments": []}', True),  # an empty list shows nothing
         ("slack", '"just words"', False),
         ("discord", '{"embeds": "not a list"}', True),
         ("discord", '{"content": "hi"}', False),
