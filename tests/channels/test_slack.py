@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -541,6 +542,19 @@ async def test_when_the_first_message_fails_the_waiting_replica_starts_the_threa
     assert sorted(type(r).__name__ for r in results) == ["DeliveryError", "str"]
     assert [body.get("thread_ts") for body in slack.posted()] == [None, None]
     assert await store.kv_get(THREADS, "oncall:#oncall:run_a") == FIRST_TS
+
+
+async def test_a_first_message_that_failed_hands_its_thread_lease_back(
+    slack: FakeSlack, http: HttpClient, store: SQLiteStore
+) -> None:
+    """The lease on starting a thread ends with its first message's send, failed too: its retry
+    (or another replica's message) would otherwise wait out the lease, 2 timeouts and 5 s, for
+    a thread nobody is starting."""
+    slack.script(api_error("internal_error"))
+    err = await send_error(make_channel(slack, http, bot=True, state=store))
+    assert err.reason == "server_error"
+    lease = f"{THREADS}:oncall:#oncall:run_1"
+    assert await store.try_lead(lease, "another sender", 60.0, time.time())
 
 
 async def send_error(channel: SlackChannel) -> DeliveryError:
