@@ -308,6 +308,29 @@ async def test_release_leases_only_where_one_replica_owns_them(
         assert [n.run_id for n in await store.claim("c1", 45.0, 1, 30)] == ["run_1"]
 
 
+async def test_no_failure_mark_of_a_claim_another_replica_took_over_is_written(
+    engine: Engine, store: Store
+) -> None:
+    """A replica whose claim's lease ended, and another replica claimed the row, marks nothing
+    of it (retry, dead, muted, held): the row is the other's, which may have sent it."""
+    if engine.name == "sqlite":
+        pytest.skip("one replica: every claim is this store's")
+    [ident] = await enqueue(store, "run_1", 10.0)
+    await store.claim("c1", now=10.0, limit=10, lease_s=60)
+    other = engine.make()
+    await other.open()
+    try:
+        assert [n.id for n in await other.claim("c1", now=80.0, limit=10, lease_s=60)] == [ident]
+        why = {"reason": "client_error", "error": "HTTP 400"}
+        assert await store.mark_retry([(ident, 1)], now=81.0, not_before=90.0, **why) == set()
+        assert await store.mark_dead([(ident, 1)], now=81.0, **why) == set()
+        assert not await store.mark_held(ident, now=81.0, attempts=0, **why)
+        assert not await store.mark_muted(ident, now=81.0, silence_id="sil_1", attempts=0)
+        assert await other.mark_dead([(ident, 1)], now=81.0, **why) == {ident}  # the holder's own
+    finally:
+        await other.close()
+
+
 async def test_mark_sent_keeps_the_last_failed_tries_error(store: Store) -> None:
     """A send after failed tries keeps the last one's error: given with the send (quick
     retries of the same round), else the one a retry recorded; a first-try send has none."""
