@@ -452,6 +452,24 @@ async def test_a_failure_mark_written_again_leaves_a_replay_alone(
     assert [n.id for n in await store.claim("c1", now=14.0, limit=10, lease_s=60)] == [row]
 
 
+async def test_a_retry_mark_repeated_after_a_lost_reply_leaves_the_new_claim_alone(
+    engine: Engine, store: Store
+) -> None:
+    """A retry mark that committed, its reply lost, is written again: meanwhile the row came
+    due and this replica claimed it again. The repeat must not hand that claim back (a third
+    send) nor put the row off again: the attempt it marks is marked already."""
+    if engine.name == "sqlite":
+        pytest.skip("one process: a write's reply is never lost after its commit")
+    (row,) = await enqueue(store, "run_1", 10.0, "c1")
+    await store.claim("c1", now=10.0, limit=10, lease_s=60)
+    why = {"reason": "timeout", "error": "no answer in time"}
+    assert await store.mark_retry([(row, 1)], now=11.0, not_before=12.0, **why) == {row}
+    assert [n.id for n in await store.claim("c1", now=12.0, limit=10, lease_s=60)] == [row]
+    assert await store.mark_retry([(row, 1)], now=13.0, not_before=500.0, **why) == set()
+    assert await store.claim("c1", now=71.0, limit=10, lease_s=60) == []  # still claimed
+    assert await store.next_due("c1") == 72.0  # that claim's lease, not the repeat's backoff
+
+
 async def test_receipts_are_kept_and_postponed_rows_wait(store: Store) -> None:
     sent, waiting = await enqueue(store, "run_1", 10.0, "c1", "c2")
     await store.claim("c1", now=10.0, limit=10, lease_s=60)
