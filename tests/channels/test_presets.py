@@ -812,6 +812,19 @@ def test_pagerduty_too_large_event_cuts_the_largest_details_first() -> None:
     assert details["relay"] == "details cut: the event was too large"
 
 
+def test_pagerduty_event_too_large_with_its_details_cut_keeps_their_short_scalars() -> None:
+    """Details each short but too many (none over 1000 characters to cut): the event keeps
+    the first 100 scalar ones, not lists or mappings, and says it was cut."""
+    many = {f"k{i:04d}": "v" * 500 for i in range(2000)}
+    raw = {"payload": {"summary": "s", "custom_details": {"n": 7, "ids": [1, 2], **many}}}
+    _, body = pagerduty_event(json.dumps(raw), PD_SETTINGS, "k", "-")
+    assert pagerduty_problems({"routing_key": PD_KEY, **body}) == []
+    details = body["payload"]["custom_details"]
+    assert len(details) == 101 and details["n"] == 7 and "ids" not in details
+    assert details["k0098"] == "v" * 500
+    assert details["relay"] == "details cut: the event was too large"
+
+
 # ----------------------------------------------------------------------------- classification
 
 
