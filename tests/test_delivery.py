@@ -1271,3 +1271,29 @@ async def test_a_stop_ends_a_sends_wait_for_its_token_or_its_quick_retry(sink: S
     assert waiting.tries == 0 and waiting.held_s == 0.0 and waiting.error is None
     assert next_wait_s == 60.0
     assert retrying.tries == 1 and retrying.failed == ("server_error",) and len(sink.received) == 2
+
+
+async def test_a_send_that_waited_for_its_token_leaves_nothing_running() -> None:
+    """Each wait for a rate-limit token (or a quick retry's backoff) races the sleep against
+    the loop's stop; the loser must end with it, or every throttled send of a long-running
+    relay leaves a task behind until the loop stops."""
+    cfg = (
+        "channels: {out: {type: console, rate_limit: {per_second: 1, burst: 1}}}\n"
+        "rules:\n  - {name: f, match: {status: [failure]}, notify: [out]}\n"
+    )
+    compiled = compile_config(parse_config(cfg, "c.yaml", settings_models(), {}))
+    route = route_for(compiled, "out", ChannelEnv(HttpClient(), io.StringIO(), 10.0))
+    now = [1000.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    sender = Sender(
+        "out", route, clock=lambda: now[0], sleep=sleep, rng=random.Random(0), max_attempts=4
+    )
+    message = Outgoing("ntf_a", "run_a", "f", {"txt": "failed"}, now[0])
+    before = len(asyncio.all_tasks())
+    tried = [await sender.attempt(message, 0) for _ in range(5)]
+    await asyncio.sleep(0)  # what was cancelled has ended
+    assert [t.tries for t in tried] == [1] * 5 and now[0] == 1004.0  # four waits for a token
+    assert len(asyncio.all_tasks()) == before
