@@ -776,6 +776,7 @@ def test_pagerduty_clamps_any_event() -> None:
         + [{"href": "https://l.test", "text": "t" * 2000}] * 50,
         "images": [{"src": "https://i.test/a.png"}],
         "client_url": "ftp://x",
+        "client": "c" * 300,
     }
     path, body = pagerduty_event(json.dumps(raw), PD_SETTINGS, "fallback", "-")
     sent = {"routing_key": PD_KEY, **body}
@@ -789,6 +790,7 @@ def test_pagerduty_clamps_any_event() -> None:
     cut = {"big": "x" * 999 + "…", "n": 1, "relay": "details cut: the event was too large"}
     assert body["payload"]["custom_details"] == cut
     assert "client_url" not in body and body["images"] == [{"src": "https://i.test/a.png"}]
+    assert body["client"] == "c" * 254 + "…"
     with pytest.raises(DeliveryError) as info:
         pagerduty_event('{"event_action": "resolve"}', PD_SETTINGS, "", "-")
     assert (info.value.reason, info.value.retryable) == ("template", False)
@@ -978,6 +980,7 @@ TEAMS_ERRORS = [
     (Reply(413, ""), "client_error", False, None, "HTTP 413"),
 ]
 PD_ERRORS = [
+    (Reply(300, ""), "other", False, None, "HTTP 300"),  # only a 2xx answer took the event
     (Reply(429, ""), "rate_limited", True, None, "HTTP 429"),
     (
         Reply(
