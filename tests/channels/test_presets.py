@@ -762,6 +762,27 @@ async def test_pagerduty_api_url_may_be_the_whole_endpoint(
     assert [c.path for c in pagerduty.calls] == ["/v2/enqueue", "/v2/change/enqueue"]
 
 
+@pytest.mark.parametrize(
+    ("statuses", "severity"),
+    [(("A", "B"), "warning"), (("B", "C"), "error"), (("C", "D"), "critical")],
+)
+def test_pagerduty_a_digest_pages_at_its_most_severe_status(
+    statuses: tuple[str, str], severity: str
+) -> None:
+    """Of the statuses a digest lists (its status, then by_status), the most severe one's
+    severity is the event's, whichever comes first."""
+    severities = {"A": "info", "B": "warning", "C": "error", "D": "critical"}
+    settings = PagerDutySettings.model_validate(
+        {"type": "pagerduty", "routing_key": PD_KEY, "severities": severities}
+    )
+    first, then = statuses
+    details = {"status": first, "by_status": {then: 1}}
+    raw = {"payload": {"summary": "s", "custom_details": details}}
+    assert (
+        pagerduty_event(json.dumps(raw), settings, "k", "-")[1]["payload"]["severity"] == severity
+    )
+
+
 def test_pagerduty_clamps_any_event() -> None:
     raw = {
         "event_action": "explode",
