@@ -747,6 +747,18 @@ async def test_pagerduty_sends_triggers_resolves_and_changes(
     assert all(p == [] for p in pagerduty.problems)
 
 
+async def test_pagerduty_receipt_is_the_key_of_the_alert_opened(
+    pagerduty: FakePagerDuty, http: HttpClient
+) -> None:
+    """A trigger's receipt (what a recovery resolves) is the dedup key PagerDuty answered;
+    an answer without a usable one leaves the key sent, not no receipt at all."""
+    ch = channel("pagerduty", http, routing_key=PD_KEY, api_url=pagerduty.url)
+    event = json.dumps({"dedup_key": "k" * 255, "payload": {"summary": "s"}})
+    assert await ch.send(outgoing(event)) == "k" * 255  # the longest key PagerDuty takes
+    pagerduty.script(Reply(202, {"status": "success", "dedup_key": ""}))
+    assert await ch.send(outgoing(event)) == "k" * 255
+
+
 @pytest.mark.parametrize("path", ["/v2/enqueue", "/v2/enqueue/", "/v2/change/enqueue"])
 async def test_pagerduty_api_url_may_be_the_whole_endpoint(
     pagerduty: FakePagerDuty, http: HttpClient, path: str
