@@ -603,6 +603,18 @@ ABUSIVE_DISCORD = {
 }
 
 
+def test_discord_keeps_25_fields_and_urls_under_2048_characters() -> None:
+    """Fields past Discord's 25 an embed are dropped, short as they are; a URL of 2048
+    characters or more is left out."""
+    fields = [{"name": f"n{i}", "value": "v"} for i in range(30)]
+    longest, too_long = ("https://a.test/" + "u" * (n - 15) for n in (2047, 2048))
+    embeds = [{"title": "t", "fields": fields, "url": longest}, {"title": "t", "url": too_long}]
+    message = discord_message(json.dumps({"embeds": embeds}), "-")
+    assert discord_problems(message) == []
+    kept, cut = message["embeds"]
+    assert len(kept["fields"]) == 25 and kept["url"] == longest and "url" not in cut
+
+
 async def test_discord_clamps_any_body_and_cannot_ping(
     discord: FakeDiscord, http: HttpClient
 ) -> None:
@@ -948,6 +960,7 @@ DISCORD_ERRORS = [
     (discord_error(404, 10015), "auth_error", False, None, "unknown_webhook (10015, HTTP 404)"),
     (discord_error(404, 10003), "client_error", False, None, "unknown_channel (10003, HTTP 404)"),
     (Reply(413, "<html>too large</html>"), "client_error", False, None, "HTTP 413"),
+    (discord_error(413, 40005), "client_error", False, None, "too_large (40005, HTTP 413)"),
     (
         Reply(500, {"message": "500: Internal Server Error", "code": 0}),
         "server_error",
