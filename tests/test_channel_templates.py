@@ -737,6 +737,7 @@ HOOKS = {
         ("slack", '"just words"', False),
         ("discord", '{"embeds": "not a list"}', True),
         ("discord", '{"content": "hi"}', False),
+        ("discord", '"just words"', False),
         ("msteams", '{"body": 5}', True),
         ("msteams", '{"text": "hi"}', False),
     ],

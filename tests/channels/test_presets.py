@@ -605,14 +605,20 @@ ABUSIVE_DISCORD = {
 
 def test_discord_keeps_25_fields_and_urls_under_2048_characters() -> None:
     """Fields past Discord's 25 an embed are dropped, short as they are; a URL of 2048
-    characters or more is left out."""
+    characters or more is left out; a footer is cut to 2048; a color is 0 to 0xFFFFFF."""
     fields = [{"name": f"n{i}", "value": "v"} for i in range(30)]
     longest, too_long = ("https://a.test/" + "u" * (n - 15) for n in (2047, 2048))
-    embeds = [{"title": "t", "fields": fields, "url": longest}, {"title": "t", "url": too_long}]
+    embeds = [
+        {"title": "t", "fields": fields, "url": longest, "color": 0},
+        {"title": "t", "url": too_long, "color": 0xFFFFFF, "footer": {"text": "f" * 3000}},
+        {"title": "t", "color": 0x1000000},
+    ]
     message = discord_message(json.dumps({"embeds": embeds}), "-")
     assert discord_problems(message) == []
-    kept, cut = message["embeds"]
+    kept, cut, dark = message["embeds"]
     assert len(kept["fields"]) == 25 and kept["url"] == longest and "url" not in cut
+    assert (kept["color"], cut["color"], len(cut["footer"]["text"])) == (0, 0xFFFFFF, 2048)
+    assert "color" not in dark  # past 0xFFFFFF
 
 
 async def test_discord_clamps_any_body_and_cannot_ping(
