@@ -688,6 +688,18 @@ async def test_a_discord_forum_channel_gets_a_post_of_its_own_for_each_message(
     assert discord.problems[1:] == [[], [], []]
 
 
+def test_teams_cuts_the_longest_text_of_a_card_too_large_and_keeps_the_rest() -> None:
+    """A card over the size Teams takes loses characters of its longest text first; its
+    other elements stay, not the whole card traded for a card of its first text."""
+    facts = {"type": "FactSet", "facts": [{"title": "Task", "value": "billing/charge"}]}
+    card = {"type": "AdaptiveCard", "body": [{"type": "TextBlock", "text": "x" * 30_000}, facts]}
+    sent = teams_message(json.dumps(card), "-")
+    as_sent = json.dumps(sent, ensure_ascii=False, separators=(",", ":")).encode()
+    assert teams_problems(sent) == [] and len(as_sent) <= MAX_BODY_BYTES
+    text, kept = sent["attachments"][0]["content"]["body"]
+    assert text["text"].startswith("xxx") and text["text"].endswith("…") and kept == facts
+
+
 async def test_teams_clamps_any_card(teams: FakeTeams, http: HttpClient) -> None:
     card: dict[str, Any] = {
         "type": "AdaptiveCard",
@@ -992,6 +1004,7 @@ TEAMS_ERRORS = [
         "WorkflowTriggerThrottled (HTTP 429)",
     ),
     (Reply(429, ""), "rate_limited", True, None, "HTTP 429"),
+    (Reply(300, ""), "other", False, None, "HTTP 300"),  # only a 2xx answer took the card
     (
         Reply(500, {"error": {"code": "InternalServerError"}}),
         "server_error",
