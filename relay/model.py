@@ -23,11 +23,10 @@ from pydantic import (
     Field,
     ValidationError,
     field_serializer,
-    field_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from relay.run_values import Flag, Integer, Number, Text, from_iso, iso, to_utc
+from relay.run_values import Date, Flag, Integer, Number, Text, from_iso, iso
 
 
 def dates_from_iso(data: dict[str, Any], exc: ValidationError) -> dict[str, Any] | None:
@@ -81,20 +80,20 @@ class Run(BaseModel):
     status: str
     payload: Any = None
     output: Any = None
-    createdAt: datetime | None = None
-    updatedAt: datetime | None = None
+    createdAt: Date = None
+    updatedAt: Date = None
     number: Integer = None
     durationMs: Number = 0
     costInCents: Number = 0
     baseCostInCents: Number = 0
     tags: list[str] = []
     idempotencyKey: Text = None
-    expiredAt: datetime | None = None
+    expiredAt: Date = None
     ttl: Text = None
-    finishedAt: datetime | None = None
-    startedAt: datetime | None = None
-    delayedUntil: datetime | None = None
-    queuedAt: datetime | None = None
+    finishedAt: Date = None
+    startedAt: Date = None
+    delayedUntil: Date = None
+    queuedAt: Date = None
     metadata: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     isTest: Flag = False
@@ -106,11 +105,6 @@ class Run(BaseModel):
         """The run of an alert webhook: validated, and known to carry no cost or duration
         (AlertRun: a class, not a field of the input, marks it)."""
         return AlertRun.model_validate(fields)
-
-    @field_validator(*_DATES)
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return None if value is None else to_utc(value)
 
     @field_serializer(*_DATES)
     def _iso(self, value: datetime | None) -> str | None:
