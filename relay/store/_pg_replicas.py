@@ -98,8 +98,9 @@ class Heartbeat:
     def delivering(self, channels: Collection[str]) -> None:
         """This replica delivers `channels` from now on: written at once by the renewing task
         (the others count it within their next renewal)."""
-        if sorted(channels) != self._channels:
-            self._channels = sorted(channels)
+        names = sorted(channels)
+        if names != self._channels:
+            self._channels = names
             self._changed.set()
 
     def sharers(self, channel: str) -> int:
