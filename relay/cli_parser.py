@@ -194,6 +194,15 @@ def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     _silence_list_parser(silence_sub, [common, quiet])
     expire = silence_sub.add_parser("expire", parents=[common], help="end silences now")
     expire.add_argument("ids", nargs="*", metavar="ID")  # none: _NO_IDS
+    imports = silence_sub.add_parser(
+        "import", parents=[common], help="add the silences `silence list -o json` printed"
+    )
+    imports.add_argument(
+        "file", nargs="?", default="-", metavar="FILE", help="JSON file (default: stdin)"
+    )
+    imports.add_argument(
+        "--force", action="store_true", help="add each under a new id, also if its id is there"
+    )
 
 
 def _silence_add_parser(silence_sub: Any, parents: list[argparse.ArgumentParser]) -> None:

@@ -44,7 +44,7 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
         said = _as_flags(exc, args) if isinstance(exc, InputError) else str(exc)
         raise RelayError(f"silence not added: {said}") from None
     asyncio.run(with_store(settings, lambda s: _add_silence(s, silence, args), create=True))
-    _wait_until_applied()
+    wait_until_applied()
     for warning in _silence_warnings(silence.matchers, args, settings):
         print(f"warning: {warning}", file=sys.stderr)
     print(silence.id)  # the id alone, as amtool prints it: `id=$(relay silence add ...)`
@@ -169,7 +169,7 @@ def cmd_silence_expire(args: argparse.Namespace, settings: Settings) -> int:
 
     said = asyncio.run(with_store(settings, expire_all))
     if any(said.values()):
-        _wait_until_applied()
+        wait_until_applied()
     for ident, what in said.items():
         print(what or f"no silence with id {ident}", file=sys.stdout if what else sys.stderr)
     return 0 if all(said.values()) else 1
@@ -187,7 +187,7 @@ def _expired(silence: Any, now: float) -> str:
     return f"expired {silence.id}"
 
 
-def _wait_until_applied() -> None:
+def wait_until_applied() -> None:
     """Return once a running relay mutes by the changed silences: it re-reads them every
     RELOAD_S, so `relay silence add ...` followed at once by a failure mutes that failure."""
     from relay.silences.cache import RELOAD_S  # noqa: PLC0415

@@ -1,17 +1,18 @@
-"""A silence as the API and the CLI take and show it: new_silence validates one, parse_time
-reads its times, silence_view is its JSON face."""
+"""A silence as the API and the CLI take and show it: new_silence validates one, silence_from
+reads one from its JSON fields, parse_time its times; silence_view is its JSON face."""
 
 from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from relay.errors import InputError
 from relay.model import Silence
 from relay.run_values import iso, to_utc
-from relay.silences.matchers import MAX_TEXT
+from relay.silences.matchers import MAX_TEXT, parse_matchers
 
 YEAR_10000 = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() + 1  # none shown from
 # the last epoch second a float holds in year 9999: its last microseconds round up to YEAR_10000
@@ -26,8 +27,11 @@ def new_silence(
     starts_at: float | None = None,
     comment: str = "",
     created_by: str = "",
+    ident: str | None = None,
+    created_at: float | None = None,
 ) -> Silence:
-    """A validated silence; InputError when its times make no sense."""
+    """A validated silence (`ident`, else a new id; created `created_at`, else `now`);
+    InputError when its times make no sense."""
     start = now if starts_at is None else starts_at
     if ends_at <= now:  # first: without starts_at, "after starts_at" would name a field not sent
         raise InputError("ends_at", "must be in the future")
@@ -40,8 +44,41 @@ def new_silence(
     for field, text in (("comment", comment), ("created_by", created_by)):
         if "\x00" in text:  # PostgreSQL text holds none: the answer and later reads would differ
             raise InputError(field, "must not contain a NUL character (\\u0000)")
-    ident = "sil_" + secrets.token_hex(8)
-    return Silence(ident, matchers, start, ends_at, now, comment, created_by)
+    ident = ident or "sil_" + secrets.token_hex(8)
+    created = now if created_at is None else min(created_at, now)
+    return Silence(ident, matchers, start, ends_at, created, comment, created_by)
+
+
+SILENCE_FIELDS = ("matchers", "starts_at", "ends_at", "comment", "created_by")
+# an Alertmanager silence given as it is (`startsAt`, `endsAt`, `createdBy`) was only "unknown
+# field": the names relay takes, in the API's snake_case
+UNKNOWN_SILENCE_FIELD = (
+    "unknown field; use matchers, starts_at, ends_at, comment, created_by"
+    " (Alertmanager's startsAt, endsAt and createdBy are written so here)"
+)
+
+
+def silence_from(
+    data: Mapping[str, Any], now: float, ident: str | None = None, created_at: float | None = None
+) -> Silence:
+    """A silence from its JSON fields (SILENCE_FIELDS: POST /v1/silences' body, an item of
+    `relay silence import`); InputError naming the field that is wrong."""
+    if "ends_at" not in data:
+        raise InputError("ends_at", "required field is missing")
+    starts = data.get("starts_at")
+    for field in ("comment", "created_by"):
+        if not isinstance(data.get(field, ""), str):
+            raise InputError(field, "expected a string")
+    return new_silence(
+        parse_matchers(data.get("matchers")),
+        ends_at=parse_time(data["ends_at"], "ends_at"),
+        starts_at=None if starts is None else parse_time(starts, "starts_at"),
+        now=now,
+        comment=data.get("comment", ""),
+        created_by=data.get("created_by", ""),
+        ident=ident,
+        created_at=created_at,
+    )
 
 
 def parse_time(value: Any, field: str) -> float:

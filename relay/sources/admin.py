@@ -24,8 +24,8 @@ from relay.history import (
     refuse_unknown,
 )
 from relay.silences.listing import find_silences, silence_listing
-from relay.silences.matchers import matcher_warnings, parse_matchers
-from relay.silences.shapes import new_silence, parse_time, silence_view
+from relay.silences.matchers import matcher_warnings
+from relay.silences.shapes import SILENCE_FIELDS, UNKNOWN_SILENCE_FIELD, silence_from, silence_view
 from relay.sources._body import json_object
 from relay.sources._replies import (
     authorized,
@@ -193,31 +193,9 @@ class SilenceHandlers(DeadLetterHandlers):
         return json_response(silence_view(silence, now))
 
 
-# an Alertmanager silence posted as it is (`startsAt`, `endsAt`, `createdBy`) was only "unknown
-# field": the names relay takes, in the API's snake_case
-_UNKNOWN_SILENCE_FIELD = (
-    "unknown field; use matchers, starts_at, ends_at, comment, created_by"
-    " (Alertmanager's startsAt, endsAt and createdBy are written so here)"
-)
-
-
-def _silence_from(body: bytes, now: float) -> Any:
-    fields = ("matchers", "starts_at", "ends_at", "comment", "created_by")
-    data = json_object(body, fields, "expected a JSON object", _UNKNOWN_SILENCE_FIELD)
-    if "ends_at" not in data:
-        raise InputError("ends_at", "required field is missing")
-    starts = data.get("starts_at")
-    for field in ("comment", "created_by"):
-        if not isinstance(data.get(field, ""), str):
-            raise InputError(field, "expected a string")
-    return new_silence(
-        parse_matchers(data.get("matchers")),
-        ends_at=parse_time(data["ends_at"], "ends_at"),
-        starts_at=None if starts is None else parse_time(starts, "starts_at"),
-        now=now,
-        comment=data.get("comment", ""),
-        created_by=data.get("created_by", ""),
-    )
+def _silence_from(body: bytes, now: float) -> Silence:
+    data = json_object(body, SILENCE_FIELDS, "expected a JSON object", UNKNOWN_SILENCE_FIELD)
+    return silence_from(data, now)
 
 
 class HistoryHandlers(SilenceHandlers):

@@ -259,7 +259,9 @@ class Store(Protocol):
         stored then. One transaction, one at a time across replicas: a change is applied
         once. The rules re-timed, and how many groups it moved."""
 
-    async def add_silence(self, silence: Silence) -> None: ...
+    async def add_silence(self, silence: Silence) -> bool:
+        """Store `silence`; False, and nothing written, when a silence of its id is there
+        already (`relay silence import` of the same file twice)."""
 
     async def silences(
         self, now: float, *, include_expired: bool = False, page: SilencePage | None = None

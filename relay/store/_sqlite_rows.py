@@ -86,10 +86,11 @@ def insert_notification(conn: sqlite3.Connection, n: Notification) -> bool:
     return cursor.rowcount == 1
 
 
-def insert_silence(conn: sqlite3.Connection, s: Silence) -> None:
-    conn.execute(
+def insert_silence(conn: sqlite3.Connection, s: Silence) -> bool:
+    """Insert `s` unless a silence of its id is there (False: nothing written)."""
+    cursor = conn.execute(
         "INSERT INTO silences (id, matchers_json, starts_at, ends_at, created_at, comment,"
-        " created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        " created_by) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
         (
             s.id,
             orjson.dumps(s.matchers).decode(),
@@ -100,6 +101,7 @@ def insert_silence(conn: sqlite3.Connection, s: Silence) -> None:
             s.created_by,
         ),
     )
+    return cursor.rowcount == 1
 
 
 def silences_sql(

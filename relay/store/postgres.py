@@ -169,12 +169,14 @@ class PostgresStore(PgMarks, PgGroups):
         )
         return None if value is None else float(value)
 
-    async def add_silence(self, silence: Silence) -> None:
-        await self._execute(
+    async def add_silence(self, silence: Silence) -> bool:
+        status = await self._execute(
             "INSERT INTO relay_silences (id, matchers_json, starts_at, ends_at, created_at,"
-            " comment, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            " comment, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            " ON CONFLICT (id) DO NOTHING",
             *silence_params(silence),
         )
+        return status == "INSERT 0 1"
 
     async def silences(
         self, now: float, *, include_expired: bool = False, page: SilencePage | None = None

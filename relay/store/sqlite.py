@@ -257,8 +257,8 @@ class SQLiteStore(MarkOps, GroupOps, KvOps):
         )
         return None if value is None else float(value)
 
-    async def add_silence(self, silence: Silence) -> None:
-        await self._writer.run(lambda conn: insert_silence(conn, silence))
+    async def add_silence(self, silence: Silence) -> bool:
+        return await self._writer.run(lambda conn: insert_silence(conn, silence))
 
     async def silences(
         self, now: float, *, include_expired: bool = False, page: SilencePage | None = None

@@ -1,0 +1,191 @@
+"""`relay silence import`: silences as `relay silence list -o json` (or GET /v1/silences)
+printed them, into another store (amtool's `silence import`). Real stores: SQLite files, a
+PostgreSQL server (tests/pg.py); the commands run in this process but one (standard input)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.cli_silence_import import MAX_IMPORT_BYTES
+from tests.conftest import RelayFactory, Sink, run_cli, run_cli_in_process
+from tests.pg import fresh_database, shared_server
+from tests.test_silences import CONFIG, failed, wait_counts
+
+FUTURE = "2099-01-01T00:00:00.000Z"
+
+
+def relay_cli(store: str, *args: str, config: Path | None = None) -> tuple[int, str, str]:
+    """`relay ARGS` on the store at `store` (a URL), with `--config` when given."""
+    where = ["--config", str(config)] if config else []
+    done = run_cli_in_process(*args, *where, env={"RELAY_STORE_URL": store})
+    return done.returncode, done.stdout, done.stderr
+
+
+def listed(store: str) -> list[dict[str, Any]]:
+    """`relay silence list --all -o json` of `store`, without the fields an import sets anew."""
+    code, out, err = relay_cli(store, "silence", "list", "--all", "-o", "json")
+    assert code == 0, err
+    return [{k: v for k, v in s.items() if k != "created_at"} for s in json.loads(out)]
+
+
+def exported(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A listing of three silences (an active one, one starting in 2098, one expired), as
+    `silence list --all -o json` printed it, and the ids of the two not expired."""
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    adds = [
+        ["task=billing/*", "-d", "2h", "-c", "Stripe outage", "-a", "ops"],
+        ["--channel", "pager", "--start", "2098-01-01", "--until", FUTURE],
+        ["tag=env:staging", "-d", "1h"],
+    ]
+    ids = []
+    for words in adds:
+        code, out, err = relay_cli(source, "silence", "add", *words)
+        assert code == 0, err
+        ids.append(out.strip())
+    assert relay_cli(source, "silence", "expire", ids[2])[0] == 0
+    code, out, _ = relay_cli(source, "silence", "list", "--all", "-o", "json")
+    path = tmp_path / "silences.json"
+    path.write_text(out)
+    return path, ids[:2]
+
+
+async def test_imported_silences_mute_in_the_relay_whose_store_took_them(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """The silences of one store, listed and imported into a running relay's: the two not
+    expired keep their ids, matchers, times and words, and mute there from the moment the
+    command returns; the expired one is skipped and said so."""
+    path, ids = await asyncio.to_thread(exported, tmp_path)
+    r = await relay(CONFIG.format(url=sink.url))
+    store = f"sqlite:///{tmp_path / 'relay.db'}"
+    code, out, err = await asyncio.to_thread(relay_cli, store, "silence", "import", str(path))
+    assert (code, out.split()) == (0, ids), err
+    assert "skipped [2] sil_" in err and "it has ended" in err
+    assert err.strip().endswith("2 of 3 silences imported")
+    source = await asyncio.to_thread(listed, f"sqlite:///{tmp_path / 'source.db'}")
+    assert await asyncio.to_thread(listed, store) == source[:2]
+    await r.post([failed("billing/charge", "run_muted"), failed("email/send", "run_loud")])
+    [got] = await sink.wait_for(1)
+    assert got.json()["run"]["id"] == "run_loud"
+    await wait_counts(r, sent=1, muted=1)
+
+
+async def test_importing_into_postgresql_twice_adds_nothing_the_second_time(
+    tmp_path: Path,
+) -> None:
+    """From SQLite to PostgreSQL: a second import of the same file keeps the silences the
+    store has (their ids), says so and adds none; `--force` adds them again under new ids."""
+    path, ids = await asyncio.to_thread(exported, tmp_path)
+    async with fresh_database(shared_server()) as url:
+        first = await asyncio.to_thread(relay_cli, url, "silence", "import", str(path))
+        again = await asyncio.to_thread(relay_cli, url, "silence", "import", str(path))
+        forced = await asyncio.to_thread(relay_cli, url, "silence", "import", "--force", str(path))
+        now = await asyncio.to_thread(listed, url)
+    assert (first[0], first[1].split()) == (0, ids), first[2]
+    assert (again[0], again[1]) == (0, ""), again[2]
+    assert [line for line in again[2].splitlines() if line.startswith("kept")] == [
+        f"kept {i}: a silence of this id is in the store already (--force adds it anew)"
+        for i in ids
+    ]
+    assert again[2].strip().endswith("0 of 3 silences imported")
+    new_ids = forced[1].split()
+    assert forced[0] == 0 and len(new_ids) == 2 and not {*new_ids} & {*ids}
+    by_id = {s.pop("id"): s for s in now}
+    assert by_id.keys() == {*ids, *new_ids}
+    assert [by_id[i] for i in new_ids] == [by_id[i] for i in ids]
+
+
+def test_the_api_listing_and_one_silence_are_taken_too(tmp_path: Path) -> None:
+    """GET /v1/silences answers `{"silences": [...]}` and GET /v1/silences/ID one silence:
+    either saved to a file imports as a `silence list -o json` does."""
+    path, ids = exported(tmp_path)
+    silences = json.loads(path.read_text())
+    wrapped, single = tmp_path / "api.json", tmp_path / "one.json"
+    wrapped.write_text(json.dumps({"silences": silences}))
+    single.write_text(json.dumps(silences[1]))
+    a, b = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    assert relay_cli(a, "silence", "import", str(wrapped))[:2] == (0, "\n".join(ids) + "\n")
+    assert relay_cli(b, "silence", "import", str(single))[:2] == (0, ids[1] + "\n")
+
+
+GOOD = {"matchers": {"task": "x"}, "ends_at": FUTURE}
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("[1", "not JSON (unexpected end of data"),
+        ('"silences"', "expected a JSON array of silences"),
+        ('{"silences": 3}', "expected a JSON array of silences"),
+        ("[5]", "[0]: expected a silence (a JSON object)"),
+        ("[" * 5000 + "]" * 5000, "not JSON"),
+        (
+            [GOOD, {"matchers": {"task": "x"}, "endsAt": FUTURE}],
+            "[1].endsAt: unknown field; use matchers, starts_at, ends_at, comment, created_by"
+            " (Alertmanager's startsAt, endsAt and createdBy are written so here)",
+        ),
+        (
+            [GOOD, {**GOOD, "id": "../../x"}],
+            "[1].id: not a relay silence id (sil_ and 16 hex digits); leave it out",
+        ),
+        ([GOOD, {**GOOD, "id": 7}], "[1].id: not a relay silence id"),
+        ([GOOD, {**GOOD, "matchers": {"evnt": "y"}}], "[1].matchers.evnt: unknown matcher"),
+        ([GOOD, {**GOOD, "matchers": {}}], "[1].matchers"),
+        ([GOOD, {**GOOD, "ends_at": 4102444800}], "[1].ends_at: expected an ISO-8601 time"),
+        ([GOOD, {"matchers": {"task": "x"}}], "[1].ends_at: required field is missing"),
+        ([GOOD, {**GOOD, "comment": "a\x00b"}], "[1].comment: must not contain a NUL"),
+        ([GOOD, {**GOOD, "created_by": ["ops"]}], "[1].created_by: expected a string"),
+        (
+            [GOOD, {**GOOD, "starts_at": "2099-06-01T00:00:00Z"}],
+            "[1].ends_at: must be after starts_at",
+        ),
+    ],
+)
+def test_a_wrong_silence_imports_none_and_says_where(
+    text: str | list[Any], said: str, tmp_path: Path
+) -> None:
+    """Malformed or hostile input: exit 1 naming the item and field, and not even the good
+    silence before it added (amtool's import adds those before a bad one)."""
+    path = tmp_path / "in.json"
+    path.write_text(text if isinstance(text, str) else json.dumps(text))
+    store = f"sqlite:///{tmp_path / 'relay.db'}"
+    code, out, err = relay_cli(store, "silence", "import", str(path))
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: silence import: nothing imported: {said}"), err
+    assert listed(store) == []
+
+
+def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    path = tmp_path / "big.json"
+    with path.open("wb") as file:  # a valid listing, padded past the bound
+        file.write(json.dumps([GOOD]).encode() + b" " * MAX_IMPORT_BYTES)
+    store = f"sqlite:///{tmp_path / 'relay.db'}"
+    code, _, err = relay_cli(store, "silence", "import", str(path))
+    assert (code, err) == (1, f"error: silence import: {path} is over 64 MiB; split it\n")
+    missing = tmp_path / "nothing.json"
+    code, _, err = relay_cli(store, "silence", "import", str(missing))
+    assert (code, err) == (
+        1,
+        f"error: silence import: cannot read {missing}: No such file or directory\n",
+    )
+
+
+def test_standard_input_is_read_by_default_and_names_are_checked(tmp_path: Path) -> None:
+    """`relay silence list -o json | relay silence import`: no FILE is standard input; a rule
+    the config lacks is warned of, with the silence's id, as `silence add` warns."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(url="http://127.0.0.1:9"))
+    body = json.dumps([{**GOOD, "matchers": {"rule": "failurs"}}])
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}", "RELAY_CONFIG": str(config)}
+    done = run_cli("silence", "import", env=env, stdin=body)
+    ident = done.stdout.strip()
+    assert done.returncode == 0 and ident.startswith("sil_"), done.stderr
+    assert (
+        f"warning: {ident}: matchers.rule: 'failurs' names no rule of the config"
+        " (did you mean 'failures'?); nothing fits it"
+    ) in done.stderr
