@@ -56,7 +56,11 @@ def cmd_silence_import(args: argparse.Namespace, settings: Settings) -> int:
         raise RelayError(f"silence import: nothing imported: {exc}") from None
     for ended in plan.ended:
         print(f"skipped {ended}: it has ended", file=sys.stderr)
-    added = asyncio.run(with_store(settings, lambda s: _add_all(s, plan.silences), create=True))
+    made_for = ("these silences", "them")
+    adding = with_store(
+        settings, lambda s: _add_all(s, plan.silences), create=True, made_for=made_for
+    )
+    added = asyncio.run(adding)
     if any(added):
         wait_until_applied()
     _tell(

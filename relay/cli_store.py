@@ -25,7 +25,7 @@ _MORE_DEAD = (
     "more than {0} dead notifications: the newest {0} shown; all of them, a page at a time:"
     " relay history --state dead --limit 10000 (then --before the last id)"
 )
-_MADE_FOR_IT = "a new one holds this silence; a relay serve on another store does not see it"
+_MADE_FOR_IT = "a new one holds {0}; a relay serve on another store does not see {1}"
 
 
 def check_named_config(settings: Settings, path: Path | None) -> None:
@@ -129,12 +129,14 @@ async def with_store(
     *,
     create: bool = False,
     read_only: bool = False,
+    made_for: tuple[str, str] = ("this silence", "it"),
 ) -> Any:
     """`action(store)` on the store opened as a short client (PostgreSQL: one connection, no
     replica, no schema change). A store not there (a SQLite file, relay's tables) is made only
-    when `create` (a silence before the first `relay serve`), and said so; another command says
-    so and answers as from an empty store: a mistyped RELAY_STORE_URL made `relay dlq list`
-    create an empty store (its directories, or tables) and say all was well."""
+    when `create` (a silence before the first `relay serve`), and said so, with what it holds
+    (`made_for`); another command says so and answers as from an empty store: a mistyped
+    RELAY_STORE_URL made `relay dlq list` create an empty store (its directories, or tables)
+    and say all was well."""
     from relay.errors import StoreMissing  # noqa: PLC0415
     from relay.store.opening import migrate, open_store, store_name  # noqa: PLC0415
 
@@ -150,7 +152,8 @@ async def with_store(
                 await migrate(url)
     if create:
         done = await _acting(open_store(url, upgrade=False, client=True), action)
-        print(f"note: no store was at {missing} (RELAY_STORE_URL): {_MADE_FOR_IT}", file=sys.stderr)
+        made = _MADE_FOR_IT.format(*made_for)
+        print(f"note: no store was at {missing} (RELAY_STORE_URL): {made}", file=sys.stderr)
         return done
     note = f"note: no store at {missing} (RELAY_STORE_URL): nothing is stored there"
     print(note, file=sys.stderr)

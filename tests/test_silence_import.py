@@ -185,6 +185,8 @@ def test_standard_input_is_read_by_default_and_names_are_checked(tmp_path: Path)
     done = run_cli("silence", "import", env=env, stdin=body)
     ident = done.stdout.strip()
     assert done.returncode == 0 and ident.startswith("sil_"), done.stderr
+    made = "a new one holds these silences; a relay serve on another store does not see them"
+    assert made in done.stderr
     assert (
         f"warning: {ident}: matchers.rule: 'failurs' names no rule of the config"
         " (did you mean 'failures'?); nothing fits it"
