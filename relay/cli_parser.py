@@ -194,6 +194,7 @@ def _silence_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     _silence_list_parser(silence_sub, [common, quiet])
     expire = silence_sub.add_parser("expire", parents=[common], help="end silences now")
     expire.add_argument("ids", nargs="*", metavar="ID")  # none: _NO_IDS
+    _silence_update_parser(silence_sub, [common, quiet])
     imports = silence_sub.add_parser(
         "import", parents=[common], help="add the silences `silence list -o json` printed"
     )
@@ -236,6 +237,24 @@ def _silence_add_parser(silence_sub: Any, parents: list[argparse.ArgumentParser]
     add.add_argument(  # a string default goes through `type` too: the login name, read then
         "-a", "--author", type=_author, default="", help="created_by (default: $USER)"
     )
+
+
+def _silence_update_parser(silence_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    update = silence_sub.add_parser(
+        "update", parents=parents, help="extend, shorten or reword silences; prints their ids"
+    )
+    update.add_argument("ids", nargs="*", metavar="ID")  # none: _NO_IDS
+    update.add_argument(
+        "-d",
+        "--duration",
+        type=_given("a duration like 2h"),
+        help="how long, from the start (from now once it has started)",
+    )
+    update.add_argument(
+        "--until", "--end", type=_given(f"a time like {_TIME_EXAMPLE}"), help="new end time"
+    )
+    update.add_argument("--start", type=_given(f"a time like {_TIME_EXAMPLE}"), help="new start")
+    update.add_argument("-c", "--comment", help="new comment")
 
 
 def _silence_list_parser(silence_sub: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -288,6 +307,7 @@ def _output_flags(listing: argparse.ArgumentParser) -> None:
 _NO_IDS = {
     ("dlq", "replay"): "no notification id given: name the dead ones (relay dlq list) or --all",
     ("silence", "expire"): "no silence id given: name them (relay silence query -q lists ids)",
+    ("silence", "update"): "no silence id given: name them (relay silence query -q lists ids)",
 }
 
 

@@ -28,7 +28,7 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
     try:
         matchers = parse_matchers(cli_matchers(args.matchers, flags))
         start = parse_time(args.start, "--start") if args.start else now
-        end = parse_time(args.until, "--until") if args.until else start + _duration(args.duration)
+        end = parse_time(args.until, "--until") if args.until else start + duration_s(args.duration)
         silence = new_silence(
             matchers,
             ends_at=end,
@@ -65,7 +65,7 @@ async def _add_silence(store: Any, silence: Any, args: argparse.Namespace) -> No
     await store.add_silence(silence)
 
 
-def _duration(text: str) -> float:
+def duration_s(text: str) -> float:
     """`--duration`'s seconds, more than 0 (amtool: "silence duration must be greater than 0"),
     so a negative one (`-1h`) is not "expected a duration like ..."; an error quotes what was
     given (nan read as out of range)."""

@@ -276,6 +276,10 @@ class Store(Protocol):
     async def silence(self, silence_id: str) -> Silence | None:
         """The silence with this id, whatever its state; None if there is none."""
 
+    async def change_silence(self, silence: Silence, now: float) -> bool:
+        """Write `silence`'s start, end and comment over those of the stored silence of its id,
+        unless that one has ended by `now`; False, nothing written, when it has or is gone."""
+
     async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
         """End a silence now (kept for history); None if there is no such silence."""
 

@@ -191,6 +191,18 @@ class PostgresStore(PgMarks, PgGroups):
         rows = await self._fetch("SELECT * FROM relay_silences WHERE id = $1", clean(silence_id))
         return to_silence(rows[0]) if rows else None
 
+    async def change_silence(self, silence: Silence, now: float) -> bool:
+        status = await self._execute(
+            "UPDATE relay_silences SET starts_at = $2, ends_at = $3, comment = $4"
+            " WHERE id = $1 AND ends_at > $5",
+            clean(silence.id),
+            silence.starts_at,
+            silence.ends_at,
+            clean(silence.comment),
+            now,
+        )
+        return status == "UPDATE 1"
+
     async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
         rows = await self._fetch(
             "UPDATE relay_silences SET starts_at = LEAST(starts_at, $2),"

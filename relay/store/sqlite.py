@@ -284,6 +284,14 @@ class SQLiteStore(MarkOps, GroupOps, KvOps):
         )
         return None if row is None else to_silence(row)
 
+    async def change_silence(self, silence: Silence, now: float) -> bool:
+        sql = (
+            "UPDATE silences SET starts_at = ?, ends_at = ?, comment = ?"
+            " WHERE id = ? AND ends_at > ?"
+        )
+        values = (silence.starts_at, silence.ends_at, silence.comment, silence.id, now)
+        return await self._writer.run(lambda conn: conn.execute(sql, values).rowcount == 1)
+
     async def expire_silence(self, silence_id: str, now: float) -> Silence | None:
         def expire(conn: sqlite3.Connection) -> sqlite3.Row | None:
             conn.execute(

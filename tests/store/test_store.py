@@ -976,6 +976,13 @@ async def test_silences(store: Store) -> None:
     # a silence of an id there already (an import run twice) leaves the one there alone
     assert not await store.add_silence(replace(a, comment="other", ends_at=500.0))
     assert await store.silences(20.0) == [b, a]  # in creation order
+    # `silence update` in place: start, end and comment, while the silence has not ended
+    changed = replace(b, starts_at=6.0, ends_at=55.0, comment="longer", created_by="x")
+    assert await store.change_silence(changed, now=20.0)
+    assert await store.silence("sil_b") == replace(changed, created_by="")
+    assert not await store.change_silence(replace(b, ends_at=90.0), now=55.0)  # it has ended
+    assert not await store.change_silence(replace(b, id="sil_gone"), now=20.0)
+    assert await store.change_silence(replace(b, ends_at=50.0), now=20.0)
     assert await store.silences(60.0) == [a]
     expired = await store.expire_silence("sil_a", 70.0)
     assert expired is not None and expired.ends_at == 70.0 and expired.comment == "why"
