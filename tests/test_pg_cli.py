@@ -12,6 +12,7 @@ A real PostgreSQL (tests/pg.py); the commands run in this process (run_cli_in_pr
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -52,9 +53,15 @@ async def cli(url: str, *args: str) -> tuple[int, str, str]:
     return result.returncode, result.stdout, result.stderr
 
 
-async def test_store_commands_are_no_replica_and_hold_one_connection(database: str) -> None:
+async def test_store_commands_are_no_replica_and_hold_one_connection(
+    database: str, tmp_path: Path
+) -> None:
     """Run as a role allowed one connection, with relay_replicas refusing rows: each command
-    (also expiring the silence one added) answers; relay_replicas stays empty."""
+    (also updating and expiring the silence one added, and importing 300 silences, more than
+    it writes at once) answers; relay_replicas stays empty."""
+    listing = tmp_path / "silences.json"
+    many = [{"matchers": {"task": f"t{i}"}, "ends_at": "2099-01-01"} for i in range(300)]
+    listing.write_text(json.dumps(many))
     await PostgresStore(database).migrate()
     conn = await asyncpg.connect(database)
     try:
@@ -66,8 +73,12 @@ async def test_store_commands_are_no_replica_and_hold_one_connection(database: s
                 assert code == 0, (args, out, err)
                 assert err == "", (args, err)
             [silence] = await conn.fetch("SELECT id FROM relay_silences")
+            code, out, err = await cli(url, "silence", "update", silence["id"], "-c", "longer")
+            assert (code, out) == (0, f"{silence['id']}\n"), err
             code, out, err = await cli(url, "silence", "expire", silence["id"])
             assert (code, out) == (0, f"expired {silence['id']}\n"), err
+            code, out, err = await cli(url, "silence", "import", str(listing))
+            assert (code, len(out.split())) == (0, 300), err
         assert await conn.fetchval("SELECT count(*) FROM relay_replicas") == 0
     finally:
         await conn.close()
