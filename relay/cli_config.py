@@ -143,20 +143,22 @@ def _read_event(path: Path) -> bytes:
 
 
 def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.cli_run_words import are_words, run_from_words  # noqa: PLC0415
     from relay.formats import parse_any, parse_body  # noqa: PLC0415
     from relay.trying import dry_run  # noqa: PLC0415
 
     compiled = _compiled(args, settings)
     _log_warnings(compiled)
+    words, event = are_words(args.event), Path(args.event[0])
     try:
-        data = parse_body(_read_event(args.event))
+        data = run_from_words(args.event) if words else parse_body(_read_event(event))
         skipped: list[str] = []
         ignored: list[str] = []
         runs = parse_any(data, skipped, ignored)
     except OSError as exc:
-        raise RelayError(f"cannot read {args.event}: {exc.strerror}") from None
+        raise RelayError(f"cannot read {event}: {exc.strerror}") from None
     except InputError as exc:
-        source = "standard input" if str(args.event) == "-" else args.event
+        source = "the words" if words else "standard input" if str(event) == "-" else event
         raise RelayError(f"{source}: {exc}") from None
     for note in skipped + (ignored if args.json else []):  # ids and types from the file
         print(one_line(note), file=sys.stderr)

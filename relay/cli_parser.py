@@ -69,8 +69,12 @@ def _config_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     test = sub.add_parser("test", parents=[common], help="dry run: which rules match an event")
     test.add_argument(
         "event",
-        type=Path,
-        help="JSON file (- for standard input): a run, an array of runs, a raw row or an alert",
+        nargs="+",
+        metavar="EVENT",
+        help="JSON file (- for standard input): a run, an array of runs, a raw row or an alert;"
+        " or words describing a failed run, as amtool's `config routes test` takes labels:"
+        " task=billing/charge tag=env:prod cost_cents=600 (fields: task, status, tag,"
+        " cost_cents, base_cost_cents, duration_ms, is_test, metadata.PATH, run_id)",
     )
     test.add_argument("--json", action="store_true", help="machine-readable output")
     test.add_argument(
