@@ -163,6 +163,7 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
     for note in skipped + (ignored if args.json else []):  # ids and types from the file
         print(one_line(note), file=sys.stderr)
     results = dry_run(compiled, runs, digests=args.digests)
+    code = 0 if args.expect is None else _expected(results, args.expect)
     if args.json:
         out = [
             {
@@ -184,13 +185,26 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
             for r in results
         ]
         print(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode())
-        return 0
+        return code
     _print_dry_run(results)
     for note in ignored:
         print(one_line(note))
     if not runs and not ignored:
         print("no runs in the file: no rule can match")
-    return 0
+    return code
+
+
+def _expected(results: list[DryRun], expect: str) -> int:
+    """1, and each event that matched other rules than `expect` said on stderr, else 0."""
+    wanted = [name.strip() for name in expect.split(",") if name.strip()]
+    code = 0
+    for r in results:
+        if r.event != "digest" and r.rules != wanted:
+            got = ", ".join(r.rules) or "none"
+            said = f"{r.event} {r.run_id}: expected {', '.join(wanted) or 'none'}; matched {got}"
+            print(one_line(f"relay test: {said}"), file=sys.stderr)
+            code = 1
+    return code
 
 
 def _print_dry_run(results: list[DryRun]) -> None:

@@ -78,6 +78,12 @@ def _config_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     test.add_argument("--json", action="store_true", help="machine-readable output")
     test.add_argument(
+        "--expect",
+        metavar="RULES",
+        help="exit 1 unless each event matches exactly these rules, comma-separated, in order"
+        " ('' for none), as amtool's verify.receivers: routing checks in CI",
+    )
+    test.add_argument(
         "--digests",
         action="store_true",
         help="also render the digest of each group (of a group_by rule) two or more runs fall in",

@@ -117,3 +117,25 @@ def test_a_file_whose_name_has_an_equals_sign_is_a_file(config: Path, tmp_path: 
         json.dumps({"id": "run_x", "taskIdentifier": "t", "status": "FAILED", "isTest": True})
     )
     assert matched(config, str(event)) == ["test-runs"]
+
+
+def test_expect_fails_the_command_when_an_event_matches_other_rules(
+    config: Path, tmp_path: Path
+) -> None:
+    """`--expect` (amtool's --verify.receivers): a routing check for CI. Exit 0 when every
+    event matched exactly those rules, in order; else 1, each event that did not said."""
+    ok = ["task=billing/x", "tag=env:prod", "cost_cents=600", "duration_ms=60000"]
+    done = run_cli_in_process("test", "--config", str(config), *ok, "--expect", "billing,costly")
+    assert (done.returncode, done.stderr) == (0, "")
+    done = run_cli_in_process("test", "--config", str(config), *ok, "--expect", "costly")
+    assert done.returncode == 1 and done.stdout.startswith("run run_relaytest")
+    said = (
+        "relay test: run run_relaytest0000000000000000: expected costly; matched billing, costly\n"
+    )
+    assert done.stderr == said
+    runs = tmp_path / "runs.json"
+    base = {"taskIdentifier": "t", "status": "FAILED"}
+    runs.write_text(json.dumps([{**base, "id": "run_a"}, {**base, "id": "run_b", "isTest": True}]))
+    done = run_cli_in_process("test", "--config", str(config), str(runs), "--expect", "", "--json")
+    assert done.returncode == 1 and json.loads(done.stdout)[1]["rules"] == ["test-runs"]
+    assert done.stderr == "relay test: run run_b: expected none; matched test-runs\n"
