@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from relay.silences.matchers import ConfigNames
 
 MAX_IMPORT_BYTES = 64 * 1024 * 1024  # ~200,000 silences of `silence list -o json`
+MAX_IMPORT_SILENCES = 100_000  # 400,000 took 455 MB and a minute; a store holds far fewer
 AT_ONCE = 256  # silences written together (SQLite commits them as one)
 SHOWN_FIELDS = ("id", "created_at", "state", "warnings")  # a listing's, not a silence's to give
 RELAY_ID = re.compile(r"sil_[0-9a-f]{16}")
@@ -120,6 +121,9 @@ def _items(data: bytes) -> Sequence[Any]:
         value = [value]
     if not isinstance(value, list):
         raise InputError("", "expected a JSON array of silences, as `relay silence list -o json`")
+    if len(value) > MAX_IMPORT_SILENCES:
+        more = f"{len(value):,} silences, more than one import takes ({MAX_IMPORT_SILENCES:,})"
+        raise InputError("", f"{more}; split the file")
     return value
 
 

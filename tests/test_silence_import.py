@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from relay.cli_silence_import import MAX_IMPORT_BYTES
+from relay.cli_silence_import import MAX_IMPORT_BYTES, MAX_IMPORT_SILENCES
 from tests.conftest import RelayFactory, Sink, run_cli, run_cli_in_process
 from tests.pg import fresh_database, shared_server
 from tests.test_silences import CONFIG, failed, wait_counts
@@ -158,6 +158,18 @@ def test_a_wrong_silence_imports_none_and_says_where(
     assert (code, out) == (1, "")
     assert err.startswith(f"error: silence import: nothing imported: {said}"), err
     assert listed(store) == []
+
+
+def test_more_silences_than_one_import_takes_are_refused(tmp_path: Path) -> None:
+    """400,000 silences took 455 MB and a minute: over MAX_IMPORT_SILENCES, none is added."""
+    path = tmp_path / "many.json"
+    path.write_text(json.dumps([GOOD] * (MAX_IMPORT_SILENCES + 1)))
+    store = f"sqlite:///{tmp_path / 'relay.db'}"
+    code, _, err = relay_cli(store, "silence", "import", str(path))
+    assert code == 1 and err == (
+        "error: silence import: nothing imported: 100,001 silences, more than one import takes"
+        " (100,000); split the file\n"
+    )
 
 
 def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
