@@ -290,6 +290,11 @@ def _silence_list_parser(silence_sub: Any, parents: list[argparse.ArgumentParser
         type=_given("a silence id (sil_…)"),
         help="the next page: those after this silence id",
     )
+    listing.add_argument(
+        "--within",
+        type=_given("a duration like 2h"),
+        help="only those ending within it (amtool's); with --expired: that ended within it",
+    )
     shown = listing.add_mutually_exclusive_group()
     shown.add_argument("--all", action="store_true", help="include expired silences")
     shown.add_argument("--expired", action="store_true", help="only expired silences (amtool)")

@@ -65,19 +65,19 @@ async def _add_silence(store: Any, silence: Any, args: argparse.Namespace) -> No
     await store.add_silence(silence)
 
 
-def duration_s(text: str) -> float:
-    """`--duration`'s seconds, more than 0 (amtool: "silence duration must be greater than 0"),
-    so a negative one (`-1h`) is not "expected a duration like ..."; an error quotes what was
-    given (nan read as out of range)."""
+def duration_s(text: str, flag: str = "--duration") -> float:
+    """`--duration`'s (or `flag`'s) seconds, more than 0 (amtool: "silence duration must be
+    greater than 0"), so a negative one (`-1h`) is not "expected a duration like ..."; an
+    error quotes what was given (nan read as out of range)."""
     from relay.durations import parse_duration  # noqa: PLC0415
 
     negative = text.strip().startswith("-")
     try:
         seconds = parse_duration(text.strip()[1:] if negative else text)
     except ValueError as exc:
-        raise InputError(f"--duration {text!r}", str(exc)) from None
+        raise InputError(f"{flag} {text!r}", str(exc)) from None
     if negative or seconds <= 0:
-        raise InputError(f"--duration {text!r}", "must be more than 0")
+        raise InputError(f"{flag} {text!r}", "must be more than 0")
     return seconds
 
 
@@ -140,7 +140,7 @@ def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def _silence_listing(args: argparse.Namespace) -> SilenceListing:
     """`relay silence list`'s SilenceListing: its MATCHER words and --filter ones, the expired
-    ones too (--all) or alone (--expired), --limit and --after."""
+    ones too (--all) or alone (--expired), --limit, --after and --within."""
     from relay.silences.listing import silence_listing  # noqa: PLC0415
 
     return silence_listing(
@@ -149,6 +149,7 @@ def _silence_listing(args: argparse.Namespace) -> SilenceListing:
         limit=args.limit,
         after=args.after,
         field="matchers",
+        within_s=None if args.within is None else duration_s(args.within, "--within"),
     )
 
 

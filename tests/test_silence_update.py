@@ -1,5 +1,6 @@
-"""`relay silence update`: amtool's, on a real store (SQLite; PostgreSQL's change_silence is in
-tests/store/test_store.py), and a running relay muting by the change at once."""
+"""`relay silence update` and `query --within`: amtool's, on a real store (SQLite;
+PostgreSQL's change_silence is in tests/store/test_store.py), and a running relay muting by an
+update at once."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from relay.model import Silence
+from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, Sink
 from tests.test_silence_import import relay_cli
 from tests.test_silences import CONFIG, failed, wait_counts
@@ -152,3 +155,39 @@ def test_an_unknown_id_is_said_and_the_others_are_updated(tmp_path: Path) -> Non
     assert silences(store)[ident]["comment"] == "c"
     code, _, err = relay_cli(store, "silence", "update", "-d", "1h")
     assert code == 2 and "error: no silence id given" in err
+
+
+async def test_query_within_lists_the_silences_ending_soon_or_ended_lately(
+    tmp_path: Path,
+) -> None:
+    """amtool's `silence query --within 2h`: active and pending silences ending within two
+    hours; with `--expired`, those that ended within the last two; `--all` both."""
+    path = tmp_path / "relay.db"
+    store = SQLiteStore(path)
+    await store.open()
+    now = time.time()
+    ends = {
+        "soon": now + 1800,
+        "later": now + 3 * 3600,
+        "lately": now - 3600,
+        "long": now - 5 * 3600,
+    }
+    for name, end in ends.items():
+        await store.add_silence(Silence(f"sil_{name}", {"task": (name,)}, now - 6 * 3600, end, 1.0))
+    await store.close()
+    url = f"sqlite:///{path}"
+
+    def query(*words: str) -> list[str]:
+        code, out, err = relay_cli(url, "silence", "query", "-q", *words)
+        assert code == 0, err
+        return out.split()
+
+    assert await asyncio.to_thread(query, "--within", "2h") == ["sil_soon"]
+    assert await asyncio.to_thread(query, "--within", "2h", "--expired") == ["sil_lately"]
+    assert sorted(await asyncio.to_thread(query, "--within", "2h", "--all")) == [
+        "sil_lately",
+        "sil_soon",
+    ]
+    assert await asyncio.to_thread(query, "--within", "2h", "task=soon") == ["sil_soon"]
+    code, _, err = await asyncio.to_thread(relay_cli, url, "silence", "query", "--within", "2 h")
+    assert code == 1 and err.startswith("error: silence list: --within '2 h': "), err

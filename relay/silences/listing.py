@@ -101,17 +101,29 @@ def parse_limit(value: str) -> int:
 class SilenceListing:
     """Which silences `find_silences` gives, in start order: those every filter fits, the
     expired ones too (`expired` "also") or alone ("only"), up to `limit` (None: all), after
-    the silence `after` names (the last of the page before)."""
+    the silence `after` names (the last of the page before); with `within_s` (amtool's
+    `query --within`), only those ending within that long from now, or, expired, that ended
+    within that long before now."""
 
     filters: tuple[Filter, ...] = ()
     expired: str = "no"
     limit: int | None = None
     after: str | None = None
+    within_s: float | None = None
 
     def keeps(self, silence: Silence, now: float, deadline: float) -> bool:
-        if self.expired == "only" and silence.state(now) != "expired":
+        expired = silence.state(now) == "expired"
+        if self.expired == "only" and not expired:
+            return False
+        if self.within_s is not None and not _ends_within(silence, now, self.within_s, expired):
             return False
         return all(one.fits(silence, deadline) for one in self.filters)
+
+
+def _ends_within(silence: Silence, now: float, within_s: float, expired: bool) -> bool:
+    if expired:
+        return silence.ends_at >= now - within_s
+    return silence.ends_at <= now + within_s
 
 
 def silence_listing(
@@ -121,6 +133,7 @@ def silence_listing(
     limit: str | None = None,
     after: str | None = None,
     field: str = "filter",
+    within_s: float | None = None,
 ) -> SilenceListing:
     """A SilenceListing from the API's parameters or the CLI's words and flags: `words` the
     matchers (parse_filters; `field` names them in an error), `limit` as written."""
@@ -129,6 +142,7 @@ def silence_listing(
         expired=expired,
         limit=None if limit is None else parse_limit(limit),
         after=after,
+        within_s=within_s,
     )
 
 
