@@ -13,6 +13,7 @@ from collections.abc import Callable
 from relay import signals
 from relay.cli_config import cmd_check, cmd_send_test, cmd_serve, cmd_test, count, warn_overridden
 from relay.cli_parser import build_parser, missing_ids, refuse_undecodable
+from relay.cli_replicas import cmd_replicas
 from relay.cli_silence_import import cmd_silence_import
 from relay.cli_silence_update import cmd_silence_update
 from relay.cli_silences import cmd_silence_add, cmd_silence_expire, cmd_silence_list
@@ -167,4 +168,5 @@ _COMMANDS: dict[str, Command] = {
     "silence update": cmd_silence_update,
     "history": cmd_history,
     "migrate": cmd_migrate,
+    "replicas": cmd_replicas,
 }

@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", parents=[common], help="create or migrate the store's schema ($RELAY_STORE_URL)"
     )
     _history_parser(sub, common)
+    replicas = sub.add_parser(
+        "replicas", parents=[common], help="the processes alive on a shared store (amtool cluster)"
+    )
+    _output_flags(replicas)
     return parser
 
 

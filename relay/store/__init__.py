@@ -49,6 +49,17 @@ class HistoryQuery:
 
 
 @dataclass(frozen=True)
+class Replica:
+    """A live process on a shared store (`Store.replicas`): its heartbeat's holder name
+    (host:pid:random), the channels it delivers (None: all of them, a relay older than their
+    naming) and how long until its heartbeat expires unrenewed."""
+
+    holder: str
+    channels: tuple[str, ...] | None
+    expires_in_s: float
+
+
+@dataclass(frozen=True)
 class KvWrite:
     """Changes to the key-value state that commit together (`Store.kv_write`), applied in this
     order: every namespace in `clear` emptied, the `delete` keys removed, the `put` keys stored."""
@@ -111,6 +122,10 @@ class Store(Protocol):
 
     def delivering(self, channels: Collection[str]) -> None:
         """The channels this process delivers from now on, for the others sharing the store."""
+
+    async def replicas(self) -> list[Replica]:
+        """The processes alive on the store by their heartbeats (PostgreSQL's), by holder;
+        none on SQLite, which one serve (and its workers) owns."""
 
     def sharers(self, channel: str) -> int:
         """The processes delivering `channel` from this store, this one included, as last

@@ -53,6 +53,10 @@ RENEW = """
         AND (r.channels IS NULL OR mine.channel = ANY (r.channels))
     GROUP BY mine.channel
 """
+LIVE = """
+    SELECT holder, channels, extract(epoch FROM expires_at - clock_timestamp()) AS left_s
+    FROM relay_replicas WHERE expires_at > clock_timestamp() ORDER BY holder
+"""
 FORGET = "DELETE FROM relay_replicas WHERE holder = $1"
 FORGET_STALE = (
     "DELETE FROM relay_replicas WHERE expires_at < clock_timestamp() - make_interval(secs => $1)"

@@ -28,7 +28,7 @@ from typing import TypeVar
 import asyncpg
 
 from relay.model import Notification, Run, Silence, SilencePage
-from relay.store import BirthLease, Decide, HistoryQuery, KvWrite, Observed, _pg_claim
+from relay.store import BirthLease, Decide, HistoryQuery, KvWrite, Observed, Replica, _pg_claim
 from relay.store._engines import REPLAY_BATCH, recoveries_of
 from relay.store._pg_batches import Batches
 from relay.store._pg_errors import retrying
@@ -43,6 +43,7 @@ from relay.store._pg_observe import (
     observe_calls,
 )
 from relay.store._pg_pool import CLOSE_TIMEOUT_S
+from relay.store._pg_replicas import LIVE
 from relay.store._pg_rows import (
     ANY_HELD,
     DEAD_AFTER,
@@ -152,6 +153,12 @@ class PostgresStore(PgMarks, PgGroups):
     async def get(self, notification_id: str) -> Notification | None:
         rows = await self._fetch("SELECT * FROM relay_outbox WHERE id = $1", clean(notification_id))
         return to_notification(rows[0]) if rows else None
+
+    async def replicas(self) -> list[Replica]:
+        return [
+            Replica(r["holder"], _channels(r["channels"]), float(r["left_s"]))
+            for r in await self._fetch(LIVE)
+        ]
 
     async def counts(self) -> dict[str, int]:
         rows = await self._fetch("SELECT state, COUNT(*) AS n FROM relay_outbox GROUP BY state")
@@ -335,3 +342,7 @@ async def _in_batches(
                 await conn.execute(statement, ids)
         removed, batch = removed + len(ids), len(ids)
     return removed
+
+
+def _channels(names: list[str] | None) -> tuple[str, ...] | None:
+    return None if names is None else tuple(names)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from relay.errors import StoreUnavailable
 from relay.model import Notification, Run, Silence, SilencePage
-from relay.store import BirthLease, Decide, HistoryQuery, Observed
+from relay.store import BirthLease, Decide, HistoryQuery, Observed, Replica
 from relay.store import _sqlite_outbox as outbox
 from relay.store._engines import REPLAY_BATCH, hand_over
 from relay.store._rows import HAND_BACK, to_notification, to_silence
@@ -84,6 +84,10 @@ class SQLiteStore(MarkOps, GroupOps, KvOps):
 
     def delivering(self, channels: Collection[str]) -> None:
         """Nothing to tell: one serve a file, its workers each owning their channels."""
+
+    async def replicas(self) -> list[Replica]:
+        """None: one serve owns the file (its workers each their channels)."""
+        return []
 
     def sharers(self, channel: str) -> int:
         """1: no other process delivers `channel` from this file."""
