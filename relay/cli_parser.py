@@ -112,6 +112,9 @@ def _dlq_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "ids", nargs="*", default=[], metavar="ID", help="notification ids (ntf_...)"
     )
     which.add_argument("--all", action="store_true", help="every dead notification")
+    for flag, what in (("--channel", "channel"), ("--rule", "rule")):
+        replay.add_argument(flag, help=f"with --all: only those of this {what}")
+    replay.add_argument("--since", help="with --all: only those created since (1h, 2d, ISO time)")
 
 
 def _history_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -324,7 +327,8 @@ def _output_flags(listing: argparse.ArgumentParser) -> None:
 # usage and "one of the arguments ID --all is required", which read as one argument named that.
 # amtool says "no silence IDs specified".
 _NO_IDS = {
-    ("dlq", "replay"): "no notification id given: name the dead ones (relay dlq list) or --all",
+    ("dlq", "replay"): "no notification id given: name the dead ones (relay dlq list) or --all"
+    " (--channel, --rule and --since narrow it)",
     ("silence", "expire"): "no silence id given: name them (relay silence query -q lists ids)",
     ("silence", "update"): "no silence id given: name them (relay silence query -q lists ids)",
 }

@@ -10,14 +10,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from relay.errors import ConfigError, InputError, Problem, RelayError
 from relay.logs import one_line
 from relay.settings import Settings
+
+if TYPE_CHECKING:
+    from relay.store import HistoryQuery
 
 # said past the limit, with where the others are (a page of history at a time): it said only
 # "the newest shown", and an operator with 50,000 dead after an outage had no way to list them
@@ -101,6 +105,16 @@ def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
     from relay.history import digest_hint  # noqa: PLC0415
 
     ids: list[str] = args.ids
+    narrow = {k: v for k in ("channel", "rule", "since") if (v := getattr(args, k)) is not None}
+    if narrow and not args.all:  # a usage error: ids given, the narrowing says nothing of them
+        said = "--channel, --rule and --since narrow --all, not ids"
+        print(f"relay dlq replay: error: {said}", file=sys.stderr)
+        return 2
+    if narrow:
+        query = _dead_query(narrow)  # refused before the store is opened, as history's flags
+        moved = asyncio.run(with_store(settings, lambda s: _replay_narrowed(s, query)))
+        print(f"replayed {moved} notification(s)")
+        return 0
     moved, not_dead = asyncio.run(with_store(settings, lambda s: _replay(s, ids or None)))
     for ident in not_dead:
         hint = digest_hint([ident], "relay dlq list")
@@ -115,6 +129,31 @@ async def _replay(store: Any, ids: list[str] | None) -> tuple[int, list[str]]:
     found = [await store.get(ident) for ident in ids or []]
     not_dead = [i for i, n in zip(ids or [], found, strict=True) if n is None or n.state != "dead"]
     return await store.replay(ids, time.time()), not_dead
+
+
+def _dead_query(narrow: dict[str, str]) -> HistoryQuery:
+    """The dead notifications of a channel, rule or time, as `relay history --state dead`
+    with those flags lists them, 10,000 a page."""
+    from relay.history import history_query  # noqa: PLC0415
+
+    try:
+        return history_query({**narrow, "state": "dead", "limit": "10000"}, time.time())
+    except InputError as exc:
+        raise RelayError(f"dlq replay: {exc}") from None
+
+
+async def _replay_narrowed(store: Any, query: HistoryQuery) -> int:
+    """Replay the dead notifications `query` finds, read a page at a time, then replayed
+    together. As Svix's recovery of one endpoint's failed messages: the receiver fixed, the
+    others stay dead."""
+    ids: list[str] = []
+    while True:
+        rows = await store.history(query)
+        ids += [n.id for n in rows]
+        if len(rows) < query.limit:
+            break
+        query = replace(query, after=(rows[-1].created_at, rows[-1].id))
+    return int(await store.replay(ids, time.time())) if ids else 0
 
 
 async def reading(settings: Settings, action: Callable[[Any], Any]) -> Any:

@@ -1609,7 +1609,7 @@ async def test_replay_or_expire_without_an_id_is_one_line_and_a_usage_error(
     assert (replay.returncode, replay.stdout) == (2, "")
     assert replay.stderr.splitlines() == [
         "relay dlq replay: error: no notification id given: name the dead ones"
-        " (relay dlq list) or --all"
+        " (relay dlq list) or --all (--channel, --rule and --since narrow it)"
     ]
     assert (expire.returncode, expire.stdout) == (2, "")
     assert expire.stderr.splitlines() == [
