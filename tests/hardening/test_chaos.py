@@ -72,8 +72,10 @@ async def soak(*args: str, budget_s: float) -> dict[str, object]:
     assert report.relay_exceptions == 0, data
     assert report.duplicates_why.get("unexplained", 0) == 0, data
     assert report.duplicates == sum(report.duplicates_why.values()), data
-    if sys.platform == "linux":  # the sink tells which relay process it answered from /proc
-        assert report.oks_unattributed == 0, data
+    if sys.platform == "linux":  # the sink tells which relay process it answered from /proc,
+        # but not of one killed between sending a request and the sink's lookup (a loaded CI
+        # machine saw one); a lookup that fails would leave every 200 of a soak unattributed
+        assert report.oks_unattributed <= report.kills * 8, data  # 2 channels x 4 in flight
     assert report.kills >= report.rounds
     assert report.updates_accepted >= report.updates_posted
     assert report.delivered == report.notifications_expected > 0
