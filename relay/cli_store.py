@@ -10,7 +10,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Collection
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,16 +101,19 @@ def print_table(head: list[str], rows: list[list[str]], right: Collection[int] =
 def cmd_dlq_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Replay every dead notification (--all) or the ids given (amtool's `expire ID ...` way:
     `relay dlq replay $(...)`); 1 if an id names no dead one (the others are still replayed)."""
-    from relay.history import digest_hint  # noqa: PLC0415
+    from relay.history import NARROWING, dead_query, digest_hint  # noqa: PLC0415
 
     ids: list[str] = args.ids
-    narrow = {k: v for k in ("channel", "rule", "since") if (v := getattr(args, k)) is not None}
+    narrow = {k: v for k in NARROWING if (v := getattr(args, k)) is not None}
     if narrow and not args.all:  # a usage error: ids given, the narrowing says nothing of them
         said = "--channel, --rule and --since narrow --all, not ids"
         print(f"relay dlq replay: error: {said}", file=sys.stderr)
         return 2
     if narrow:
-        query = _dead_query(narrow)  # refused before the store is opened, as history's flags
+        try:  # refused before the store is opened, as history's flags
+            query = dead_query(narrow, time.time())
+        except InputError as exc:
+            raise RelayError(f"dlq replay: {exc}") from None
         moved = asyncio.run(with_store(settings, lambda s: _replay_narrowed(s, query)))
         print(f"replayed {moved} notification(s)")
         return 0
@@ -131,28 +133,11 @@ async def _replay(store: Any, ids: list[str] | None) -> tuple[int, list[str]]:
     return await store.replay(ids, time.time()), not_dead
 
 
-def _dead_query(narrow: dict[str, str]) -> HistoryQuery:
-    """The dead notifications of a channel, rule or time, as `relay history --state dead`
-    with those flags lists them, 10,000 a page."""
-    from relay.history import history_query  # noqa: PLC0415
-
-    try:
-        return history_query({**narrow, "state": "dead", "limit": "10000"}, time.time())
-    except InputError as exc:
-        raise RelayError(f"dlq replay: {exc}") from None
-
-
 async def _replay_narrowed(store: Any, query: HistoryQuery) -> int:
-    """Replay the dead notifications `query` finds, read a page at a time, then replayed
-    together. As Svix's recovery of one endpoint's failed messages: the receiver fixed, the
-    others stay dead."""
-    ids: list[str] = []
-    while True:
-        rows = await store.history(query)
-        ids += [n.id for n in rows]
-        if len(rows) < query.limit:
-            break
-        query = replace(query, after=(rows[-1].created_at, rows[-1].id))
+    """Replay every dead notification `query` finds (relay.history.dead_ids)."""
+    from relay.history import dead_ids  # noqa: PLC0415
+
+    ids = await dead_ids(store, query)
     return int(await store.replay(ids, time.time())) if ids else 0
 
 

@@ -137,6 +137,29 @@ def dead_letter_view(n: Notification) -> dict[str, Any]:
     return {name: view[name] for name in DEAD_LETTER_FIELDS}
 
 
+NARROWING = ("channel", "rule", "since")  # what narrows a replay of every dead notification
+DEAD_PAGE = 10_000
+
+
+def dead_query(narrow: Mapping[str, str], now: float) -> HistoryQuery:
+    """The dead notifications of a channel, rule or time (NARROWING), as `relay history
+    --state dead` with those flags lists them, DEAD_PAGE a page; InputError as history's."""
+    return history_query({**narrow, "state": "dead", "limit": str(DEAD_PAGE)}, now)
+
+
+async def dead_ids(store: Store, query: HistoryQuery) -> list[str]:
+    """The ids of every notification `query` finds, read a page at a time: a narrowed replay
+    (`relay dlq replay --all --channel C`, POST /v1/dlq/replay `{"channel": C}`), the receiver
+    fixed while the others' stay dead, as Svix recovers one endpoint's failed messages."""
+    ids: list[str] = []
+    while True:
+        rows = await store.history(query)
+        ids += [n.id for n in rows]
+        if len(rows) < query.limit:
+            return ids
+        query = replace(query, after=(rows[-1].created_at, rows[-1].id))
+
+
 def digest_hint(ids: Sequence[str], listing: str) -> str:
     """What to add when a replay of `ids` moved nothing and one of them is a digest's `dgs_` id
     (its `webhook-id`, what a receiver logs), which names no row: the dead letters are its

@@ -5,7 +5,9 @@ failed messages. A running relay (in this process), a real sink, the command bes
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import RelayFactory, Sink, run_cli_in_process, status
 from tests.test_silences import failed, wait_counts
@@ -70,3 +72,35 @@ def test_narrowing_without_all_or_with_a_bad_since_is_refused(tmp_path: Path) ->
     )
     code, _, err = cli(store, "dlq", "replay", "--all", "--since", "yesterday")
     assert code == 1 and err.startswith("error: dlq replay: since: expected a duration back"), err
+
+
+async def replay_api(r: Any, body: Any) -> tuple[int, Any]:
+    async with r.http.post(r.url + "/v1/dlq/replay", data=json.dumps(body)) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+async def test_the_api_replays_one_channel_as_the_cli_does(relay: RelayFactory, sink: Sink) -> None:
+    """POST /v1/dlq/replay `{"channel": ...}` (with `rule`, `since`; `all` beside them or not)
+    replays what `relay dlq replay --all --channel` does; a wrong narrowing is a 400."""
+    sink.default = status(400)
+    r = await relay(CONFIG.format(url=sink.url))
+    await r.post([failed(f"{ch}/job", f"run_{ch}{n}") for ch in "ab" for n in range(2)])
+    await wait_counts(r, dead=4)
+    sink.default = None
+    assert await replay_api(r, {"channel": "a"}) == (200, {"replayed": 2})
+    await wait_counts(r, sent=2, dead=2)
+    assert await replay_api(r, {"all": True, "rule": "to-a", "since": "1h"}) == (
+        200,
+        {"replayed": 0},
+    )
+    for body, field in [
+        ({"ids": ["ntf_x"], "channel": "b"}, "channel"),
+        ({"all": True, "channel": 5}, "channel"),
+        ({"rule": ""}, "rule"),
+        ({"since": "yesterday"}, "since"),
+        ({"chanel": "b"}, "chanel"),
+    ]:
+        code, answer = await replay_api(r, body)
+        assert (code, answer["field"]) == (400, field), (body, answer)
+    assert await replay_api(r, {"all": True, "rule": "to-b"}) == (200, {"replayed": 2})
+    await wait_counts(r, sent=4, dead=0)

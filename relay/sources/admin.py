@@ -16,7 +16,10 @@ from aiohttp import web
 from relay.errors import InputError
 from relay.history import (
     DLQ_LISTED,
+    NARROWING,
+    dead_ids,
     dead_letter_view,
+    dead_query,
     digest_hint,
     event_view,
     find_history,
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
     from relay.silences.listing import SilenceListing
     from relay.sources._middleware import AddRoute
     from relay.sources.http import HttpDeps
+    from relay.store import HistoryQuery
 
 MAX_SILENCE_BODY = 64 * 1024
 log = logging.getLogger("relay.http")
@@ -98,7 +102,8 @@ class DeadLetterHandlers:
 
     async def dlq_replay_all(self, request: web.Request) -> web.Response:
         """Every dead notification, or (as `relay dlq replay ID|--all`) the ones a JSON body
-        names: `{"id": ...}` or `{"ids": [...]}`; `{"all": true}` or no body is every one."""
+        names: `{"id": ...}` or `{"ids": [...]}`; `{"all": true}` or no body is every one, and
+        `channel`, `rule`, `since` narrow that (`relay dlq replay --all --channel C`)."""
         if (refused := self.refuse_replay(request)) is not None:
             return refused
         body = await read_limited(request, MAX_REPLAY_BODY)
@@ -106,10 +111,13 @@ class DeadLetterHandlers:
             return body
         try:
             named = replay_selection(body)
+            narrowed = _narrowing(body, self.deps.clock()) if named is None else None
         except InputError as exc:
             return bad_input(exc)
         ids = None if named is None else named[1]
-        moved = await self.deps.store.replay(ids, self.deps.clock())
+        if narrowed is not None:  # every dead one of a channel, rule or time
+            ids = await dead_ids(self.deps.store, narrowed)
+        moved = await self.deps.store.replay(ids, self.deps.clock()) if ids != [] else 0
         if named is not None and not moved:  # the field the body named them in
             return error(404, NOT_DEAD + digest_hint(named[1], LISTING), named[0])
         self.deps.wake_all()
@@ -279,17 +287,36 @@ MAX_REPLAY_BODY = 1024 * 1024
 
 def replay_selection(body: bytes) -> tuple[str, list[str]] | None:
     """The field (`id` or `ids`) and the ids a POST /v1/dlq/replay body names, or None for
-    every dead notification. A body naming ids never replays the others."""
-    if not body.strip():
+    every dead notification (narrowed, maybe: _narrowing). A body naming ids never replays the
+    others."""
+    data = _replay_body(body)
+    if data is None:
         return None
-    expected = 'expected a JSON object: {"ids": [...]}, {"id": ...} or {"all": true}'
-    data = json_object(body, ("id", "ids", "all"), expected, "unknown field; use id, ids or all")
     ids = _named_ids(data)
     if ids is None and data.get("all", True) is not True:
         raise InputError("all", 'expected true, or name the notifications in "ids"')
-    if ids is not None and "all" in data:
-        raise InputError("all", 'give "all" or the ids, not both')
+    if ids is not None and (given := [k for k in ("all", *NARROWING) if k in data]):
+        raise InputError(given[0], f'give "{given[0]}" or the ids, not both')
     return None if ids is None else ("id" if "id" in data else "ids", ids)
+
+
+def _replay_body(body: bytes) -> dict[str, Any] | None:
+    if not body.strip():
+        return None
+    expected = 'expected a JSON object: {"ids": [...]}, {"id": ...} or {"all": true}'
+    unknown = f"unknown field; use id, ids or all (with {', '.join(NARROWING)})"
+    return json_object(body, ("id", "ids", "all", *NARROWING), expected, unknown)
+
+
+def _narrowing(body: bytes, now: float) -> HistoryQuery | None:
+    """The dead notifications `{"channel": ..., "rule": ..., "since": ...}` (beside `all`, or
+    alone) narrow a replay of every one to, as `relay dlq replay --all --channel C`; None: all."""
+    data = _replay_body(body) or {}
+    narrow = {k: data[k] for k in NARROWING if k in data}
+    for key, value in narrow.items():
+        if not isinstance(value, str) or not value:
+            raise InputError(key, "expected a non-empty string")
+    return dead_query(narrow, now) if narrow else None
 
 
 def _named_ids(data: dict[str, Any]) -> list[str] | None:
