@@ -95,9 +95,9 @@ async def _update(store: Any, ident: str, change: Change, now: float) -> Updated
         if await store.change_silence(silence, now):
             return Updated(ident)
         return Updated(said=f"{ident} not updated: it ended meanwhile; update it again")
-    if not ended:
+    await store.add_silence(silence)  # first: a store failing in between leaves both muting,
+    if not ended:  # not neither
         await store.expire_silence(ident, now)
-    await store.add_silence(silence)
     why = "it had ended" if ended else "it had started; a new --start makes a new silence"
     return Updated(silence.id, f"{ident} replaced by {silence.id} ({why})")
 
