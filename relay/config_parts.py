@@ -206,19 +206,22 @@ _IN_YAML_WORDS = {
 
 def _meant(model_name: str, loc: tuple[str | int, ...]) -> str:
     """ " (did you mean K?)" with the key of the mapping at `loc[:-1]` nearest to the unknown
-    `loc[-1]`, in the model named `model_name` (a ValidationError's title), or ""."""
-    keys = {
+    `loc[-1]`, in the model named `model_name` (a ValidationError's title); with none near,
+    the keys that mapping takes (`match.cost`, `smtp.user`: no spelling is near, and the
+    operator had to leave for the reference to find `cost_cents`, `username`)."""
+    keys = dict.fromkeys(
         field.alias or name
         for model in _models_at(model_name, loc[:-1])
         for name, field in model.model_fields.items()
-    }
+    )
     if not loc:
         return ""
     word = str(loc[-1])
+    near = did_you_mean(word, keys, quoted=True)
     meant = _ALERTMANAGER_WORDS.get(word)
-    if meant in keys and not did_you_mean(word, keys):
+    if meant in keys and not near:
         return f" (Alertmanager's {word!r} is relay's {meant!r})"
-    return did_you_mean(word, keys, quoted=True)
+    return near or (f"; known here: {', '.join(keys)}" if keys else "")
 
 
 # Alertmanager's keys an operator moving over writes by habit, and relay's key for each where

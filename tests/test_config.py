@@ -425,6 +425,26 @@ def test_check_names_relays_key_for_an_alertmanager_key(tmp_path: Path) -> None:
     ]
 
 
+def test_an_unknown_key_with_none_near_lists_the_keys_of_its_mapping() -> None:
+    """`match: {cost: ...}`, `smtp: {user: ...}`, `cost_cents: {'>': 5}`: a newcomer's guesses
+    that no spelling is near. `relay check` said `unknown key` and nothing more, and the
+    operator went to the reference for `cost_cents`; it lists the keys that mapping takes now,
+    those of the channel's own type."""
+    text = (
+        "channels:\n  mail: {type: email, from: a@example.com, to: [b@example.com],"
+        " smtp: {host: h, user: u}}\n"
+        "rules:\n  - {name: a, notify: [mail], match: {cost: {gt: 5}}}\n"
+        "  - {name: b, notify: [mail], match: {cost_cents: {'>': 5}}}\n"
+    )
+    assert problems(text) == [
+        "c.yaml:2: channels.mail.smtp.user: unknown key; known here: host, port, starttls,"
+        " tls, username, password, ca_file, validate_certs, hello",
+        "c.yaml:4: rules[0].match.cost: unknown key; known here: event, status, task,"
+        " task_regex, tags, cost_cents, base_cost_cents, duration_ms, is_test, metadata",
+        "c.yaml:5: rules[1].match.cost_cents.>: unknown key; known here: gt, gte, lt, lte",
+    ]
+
+
 @pytest.mark.parametrize(
     ("word", "meant"),
     [
