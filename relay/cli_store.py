@@ -63,10 +63,14 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     if said_whole(views, as_json=wants_json(args), none="no dead notifications"):
         return 0
     rows_shown = [
-        [v["id"], v["run_id"], v["channel"], str(v["attempts"]), failure(v["reason"], v["error"])]
+        [
+            *(v[k] for k in ("id", "run_id", "rule", "channel")),
+            str(v["attempts"]),
+            failure(v["reason"], v["error"]),
+        ]
         for v in views
     ]
-    print_table(["ID", "RUN", "CHANNEL", "ATTEMPTS", "REASON"], rows_shown, right={3})
+    print_table(["ID", "RUN", "RULE", "CHANNEL", "ATTEMPTS", "REASON"], rows_shown, right={4})
     return 0
 
 

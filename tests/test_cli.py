@@ -1538,9 +1538,13 @@ async def test_dlq_lists_and_replays_dead_letters(tmp_path: Path) -> None:
         asyncio.to_thread(run_cli, "dlq", "list", "--json", env=env),
     )
     assert listed.returncode == 0, listed.stderr
+    head, *rows = listed.stdout.splitlines()
+    assert head.split() == ["ID", "RUN", "RULE", "CHANNEL", "ATTEMPTS", "REASON"]
     for nid, run_id in zip(ids, ["run_dead_one", "run_dead_two"], strict=True):
-        [row] = [line for line in listed.stdout.splitlines() if line.startswith(nid)]
-        assert run_id in row and "hook" in row and "server_error: HTTP 503" in row
+        [row] = [line for line in rows if line.startswith(nid)]
+        # the rule too, as history and GET /v1/dlq name it: which alert went unsent
+        assert row.split()[1:5] == [run_id, "r1", "hook", "12"]
+        assert "server_error: HTTP 503" in row
     assert "server_error: server_error" not in listed.stdout
     views = json.loads(as_json.stdout)
     assert {v["id"] for v in views} == set(ids)
