@@ -601,6 +601,22 @@ def test_check_missing_file_and_builtin_default(tmp_path: Path) -> None:
     assert "1 channel, 1 rule" in builtin.stdout
 
 
+def test_dry_run_says_when_it_tried_the_builtin_default(tmp_path: Path) -> None:
+    """The Quickstart serves `RELAY_CONFIG=config.example.yaml`; a `relay test run.json` after
+    it, without that variable, tried the built-in default's rules and said nothing of it, as
+    `relay serve` and `relay check` do: the newcomer read its matches as the config's."""
+    builtin, configured = serially(
+        here("test", str(FAILED_JSON), cwd=tmp_path),
+        here("test", str(FAILED_JSON), "--config", str(write(tmp_path / "c.yaml", GOOD))),
+    )
+    assert builtin.returncode == configured.returncode == 0, (builtin, configured)
+    [said] = [json.loads(line) for line in builtin.stderr.splitlines()]
+    assert said["level"] == "warning" and said["msg"].startswith(
+        "no config file found; running the built-in default"
+    )
+    assert "built-in default" not in configured.stderr
+
+
 def test_check_warns_of_a_misspelled_template_variable(tmp_path: Path) -> None:
     (tmp_path / "templates" / "console").mkdir(parents=True)
     """The warning names the template file and the line to fix, as a check problem does."""
