@@ -56,6 +56,16 @@ _AUTH = frozenset(
     }
 )  # fmt: skip
 
+# What to do, beside the error words an operator meets setting a channel up: Slack's own words
+# ("channel_not_found") sent them to Slack's docs at the first send-test
+_HINTS = {
+    "channel_not_found": "no channel by that name or id the bot can see; a private one must"
+    " invite the bot",
+    "not_in_channel": "the bot is not in the channel: invite it (/invite @bot)",
+    "missing_scope": "the bot token lacks a scope: chat:write (chat:write.customize with"
+    " username or icon_emoji)",
+}
+
 
 def error_name(body: bytes) -> str | None:
     """Slack's error word from a plain-text or `{"ok": false, "error": ...}` body, if sane."""
@@ -82,6 +92,8 @@ def classify(response: HttpResponse, name: str | None) -> DeliveryError:
     # target, a proxy's 407: the words every HTTP channel gives
     if name is not None and not 200 <= response.status < 300:
         detail = f"{name} (HTTP {response.status})"
+    if name in _HINTS:
+        detail = f"{detail}: {_HINTS[name]}"
     if base is not None and base.retryable:
         reason, retryable = base.reason, True
     elif name in _AUTH:

@@ -565,6 +565,8 @@ async def send_error(channel: SlackChannel) -> DeliveryError:
     return err
 
 
+# what to do, said after the words Slack answers with (a first send-test meets them)
+NOT_FOUND_HINT = "no channel by that name or id the bot can see; a private one must invite the bot"
 WEBHOOK_ERRORS = [
     (Reply(400, "invalid_payload"), "client_error", False, None, "invalid_payload (HTTP 400)"),
     (Reply(400, "invalid_blocks"), "client_error", False, None, "invalid_blocks (HTTP 400)"),
@@ -573,7 +575,13 @@ WEBHOOK_ERRORS = [
     (Reply(403, "invalid_token"), "auth_error", False, None, "invalid_token (HTTP 403)"),
     (Reply(404, "no_service"), "auth_error", False, None, "no_service (HTTP 404)"),
     (Reply(404, "no_active_hooks"), "auth_error", False, None, "no_active_hooks (HTTP 404)"),
-    (Reply(404, "channel_not_found"), "client_error", False, None, "channel_not_found (HTTP 404)"),
+    (
+        Reply(404, "channel_not_found"),
+        "client_error",
+        False,
+        None,
+        "channel_not_found (HTTP 404): " + NOT_FOUND_HINT,
+    ),
     (
         Reply(410, "channel_is_archived"),
         "client_error",
@@ -631,14 +639,33 @@ API_ERRORS = [
             "not_authed",
             "token_revoked",
             "account_inactive",
-            "missing_scope",
         )
     ],
+    (
+        api_error("missing_scope"),
+        "auth_error",
+        False,
+        None,
+        "missing_scope: the bot token lacks a scope: chat:write (chat:write.customize with"
+        " username or icon_emoji)",
+    ),
+    (
+        api_error("channel_not_found"),
+        "client_error",
+        False,
+        None,
+        "channel_not_found: " + NOT_FOUND_HINT,
+    ),
+    (
+        api_error("not_in_channel"),
+        "client_error",
+        False,
+        None,
+        "not_in_channel: the bot is not in the channel: invite it (/invite @bot)",
+    ),
     *[
         (api_error(n), "client_error", False, None, n)
         for n in (
-            "channel_not_found",
-            "not_in_channel",
             "is_archived",
             "invalid_blocks",
             "msg_too_long",
