@@ -264,16 +264,21 @@ _QUOTES_A_NAME = {
 
 
 # what to fix, after PyYAML's words for the slips of hand-written YAML: a tab; a line indented
-# off (it starts a key, an item or a plain value); a text after a closing quote on its line
-# (an apostrophe in '...': `'it's'`). Another thing found (a stray `]`) gets no fix named.
+# off (it starts a key, `?`, an item or a plain value; a key at its list's `-`, under
+# `- name:`); a text after a closing quote on its line (an apostrophe in '...': `'it's'`); a
+# `: ` in a plain value (`when: a: b`), which a line indented past its key above also makes
+# (read as that key's value going on). Another thing found (a stray `]`) gets no fix named.
 _INDENT = " (check this line's indentation against the lines above)"
 _AFTER_QUOTE = " (text after a closing quote: quote the whole value; within '...' write a ' as '')"
+_COLON = " (a value holding ': ' must be quoted)"
 _FIXES = {
     "found character '\\t' that cannot start any token": "; indent with spaces, not tabs",
     "expected <block end>, but found '<block mapping start>'": _INDENT,
     "expected <block end>, but found '<block sequence start>'": _INDENT,
     "expected <block end>, but found '-'": _INDENT,
     "expected <block end>, but found '<scalar>'": _INDENT,
+    "expected <block end>, but found '?'": _INDENT,
+    "mapping values are not allowed here": _INDENT,
 }
 
 
@@ -281,17 +286,19 @@ def _unquoted(problem: str, mark: yaml.Mark | None) -> str:
     """A PyYAML problem without the name it quotes, for those that quote what the file wrote;
     with the fix, for those a slip makes (`mark`: where)."""
     fix = next((v for k, v in _FIXES.items() if problem.startswith(k)), "")
-    if fix == _INDENT and _after_quote(mark):
+    before = _line_before(mark)
+    if fix == _INDENT and before.rstrip().endswith(("'", '"')):
         fix = _AFTER_QUOTE
+    elif fix == _INDENT and problem.startswith("mapping values") and ": " in before:
+        fix = _COLON
     return next((v for k, v in _QUOTES_A_NAME.items() if problem.startswith(k)), problem) + fix
 
 
-def _after_quote(mark: yaml.Mark | None) -> bool:
-    """Whether the text before `mark` on its line ends with a quote."""
+def _line_before(mark: yaml.Mark | None) -> str:
+    """The text before `mark` on its line ("" unknown)."""
     if mark is None or not isinstance(mark.buffer, str):
-        return False
-    before = mark.buffer[: mark.pointer].rpartition("\n")[2]
-    return before.rstrip().endswith(("'", '"'))
+        return ""
+    return mark.buffer[: mark.pointer].rpartition("\n")[2]
 
 
 def _tag_words(tag: str) -> str:

@@ -499,6 +499,21 @@ def test_of_two_names_folded_alike_the_one_as_written_is_meant(word: str, meant:
             " (check this line's indentation against the lines above)",
         ),
         ("a: [1]\n]\n", "c.yaml:2: invalid YAML: expected <block end>, but found ']'"),
+        (  # a rule's key at its `-` (PyYAML found a key, '?'): no fix was named
+            "rules:\n  - name: a\n  notify: [c]\n",
+            "c.yaml:3: invalid YAML: expected <block end>, but found '?'"
+            " (check this line's indentation against the lines above)",
+        ),
+        (  # a key indented past the one above: read as that one's value going on
+            "channels:\n  s:\n    token: x\n     channel: y\n",
+            "c.yaml:4: invalid YAML: mapping values are not allowed here"
+            " (check this line's indentation against the lines above)",
+        ),
+        (  # the same words for a `: ` in a plain value on its key's line: quote it
+            "rules:\n  - name: a\n    when: run.x: 1\n",
+            "c.yaml:3: invalid YAML: mapping values are not allowed here"
+            " (a value holding ': ' must be quoted)",
+        ),
     ],
 )
 def test_yaml_slip_hint_fits_the_slip(text: str, expected: str) -> None:
