@@ -31,6 +31,7 @@ from aiohttp.connector import Connection
 from multidict import CIMultiDict
 
 from relay.channels._http_answers import HttpResponse, classify_status, proxy_refused
+from relay.durations import format_duration
 from relay.errors import DeliveryError, network_error
 from relay.outbound import USER_AGENT, Proxies, new_resolver
 from relay.transport_words import transport_words
@@ -171,8 +172,9 @@ class HttpClient:
                 log.debug("kept-alive connection closed as it was reused; sending on a new one")
                 left = _left(deadline)  # one try within its timeout: a claim's lease counts on it
                 return await self._exchange(method, url, body, headers, left, fresh=True)
-        except TimeoutError:
-            raise DeliveryError("timeout", retryable=True, detail="no answer in time") from None
+        except TimeoutError:  # the channel's `timeout`, said: raise it, or fix the receiver?
+            said = f"no answer within {format_duration(timeout_s)}"
+            raise DeliveryError("timeout", retryable=True, detail=said) from None
         except (aiohttp.InvalidURL, UnicodeError):  # a host IDNA cannot encode (`hooks..x.com`),
             # a user:password not in Latin-1 (Basic auth): the same at every send
             raise DeliveryError("other", retryable=False, detail="invalid URL") from None

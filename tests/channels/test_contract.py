@@ -370,6 +370,8 @@ async def test_a_hang_past_the_timeout_is_a_retryable_timeout(
     channel = target.channel(timeout_s=HANG_TIMEOUT_S)
     err = await asyncio.wait_for(failure(channel, target.kind.type), HANG_S)
     assert (err.reason, err.retryable, err.retry_after) == ("timeout", True, None)
+    # the channel's timeout, said: "no answer in time" left the on-call to look it up
+    assert err.detail == "no answer within 300ms"  # HANG_TIMEOUT_S
     assert_no_secrets(err, target.kind.secrets, caplog)
 
 
