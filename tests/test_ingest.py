@@ -650,6 +650,28 @@ async def test_a_client_gone_mid_body_is_a_refusal_not_an_error_traceback(
     assert [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.ERROR] == []
 
 
+async def test_a_refusal_line_says_what_the_client_was_told(
+    relay: RelayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pusher's runs refused with 400 showed in relay's log as `request refused`, `reason
+    bad_request` and nothing more: the operator had to find the pusher's own log to learn that
+    its runs lacked a status. The line says the error and field the client was answered."""
+    r = await relay(AUTH_CONFIG)
+    headers = {"Authorization": "Bearer s3cret-token"}
+    status, answer, _ = await raw_post(r.url, b'{"id": "run_no_status"}', headers)
+    assert (status, answer) == (400, {"error": "required field is missing", "field": "status"})
+    assert (await raw_post(r.url, b"{}", {}))[0] == 401
+    said = {
+        getattr(rec, "reason"): (getattr(rec, "error"), getattr(rec, "field", None))
+        for rec in caplog.records
+        if rec.getMessage() == "request refused"
+    }
+    assert said == {
+        "bad_request": ("required field is missing", "status"),
+        "unauthorized": ("missing or wrong bearer token", None),
+    }
+
+
 async def test_expect_100_continue_refuses_before_the_body(relay: RelayFactory) -> None:
     """A client that asks first (curl does for large bodies) hears 401/413 instead of `100
     Continue`, and so never sends a body that would be refused."""

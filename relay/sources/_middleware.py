@@ -55,18 +55,17 @@ def _not_serving(deps: HttpDeps, request: web.Request) -> web.Response | None:
     return None
 
 
-def _count_rejection(
-    deps: HttpDeps, request: web.Request, status: int, reason: str | None = None
-) -> None:
+def _count_rejection(deps: HttpDeps, request: web.Request, response: web.StreamResponse) -> None:
     if request.path not in _INGEST_PATHS:
         return
-    reason = reason or _REJECTIONS.get(status)
+    reason = response.get(REJECTION) or _REJECTIONS.get(response.status)
     if reason is None:
         return
     if deps.on_rejected is not None:
         deps.on_rejected(reason)
     if reason != "store_unavailable":  # logged where it happens
-        deps.refusals.refused(request.path, reason, status)
+        answer = response.body if isinstance(response, web.Response) else None
+        deps.refusals.refused(request.path, reason, response.status, answer)
 
 
 def _closing_while_draining(deps: HttpDeps, response: web.StreamResponse) -> None:
@@ -84,7 +83,7 @@ def _count_rejections(deps: HttpDeps) -> Any:
     @web.middleware
     async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         response: web.StreamResponse = await handler(request)
-        _count_rejection(deps, request, response.status, response.get(REJECTION))
+        _count_rejection(deps, request, response)
         _closing_while_draining(deps, response)
         return response
 
@@ -130,7 +129,7 @@ def expect_handler(deps: HttpDeps, refuse: Refusal = _no_refusal) -> Callable[..
         if refused is None:
             await _continue(request)
             return None
-        _count_rejection(deps, request, refused.status)
+        _count_rejection(deps, request, refused)
         _closing_while_draining(deps, refused)
         return refused
 

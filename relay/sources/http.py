@@ -11,7 +11,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
+import orjson
 from aiohttp import hdrs, web
 from pydantic import SecretStr
 
@@ -34,13 +36,26 @@ class RefusalLog(CountedLines):
     """A warning for refused ingest requests: at most one line per path and reason every
     LINE_EVERY_S, counting the refusals since the last, so that a wrong alert secret or token
     shows in the log (not only in a metric) and a scanner cannot flood it. A store outage over
-    (`settled`) has its own line, as often at most."""
+    (`settled`) has its own line, as often at most. The line says the `error` (and `field`)
+    the client was answered, of the refusal that made it: a 400 logged without them left the
+    operator to find the pusher's own log to learn what was wrong with its runs."""
 
-    def refused(self, path: str, reason: str, status: int) -> None:
+    def refused(self, path: str, reason: str, status: int, answer: Any = None) -> None:
         count = self.due((path, reason))
         if count is not None:
             extra = {"path": path, "reason": reason, "status": status, "refused": count}
-            log.warning("request refused", extra=extra)
+            log.warning("request refused", extra=extra | _said(answer))
+
+
+def _said(answer: Any) -> dict[str, str]:
+    """The `error` and `field` of a JSON error answer's body (relay's own words), else {}."""
+    try:
+        data = orjson.loads(answer) if isinstance(answer, bytes) else None
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {key: data[key] for key in ("error", "field") if isinstance(data.get(key), str)}
 
 
 @dataclass
