@@ -18,8 +18,15 @@ from relay.model import Timing
 from relay.settings import Settings
 from relay.store import HistoryQuery, Store
 from relay.worker_pipes import read_config_payload
+from relay.yamlconf import UNSET_VARIABLE
 
 log = logging.getLogger("relay")
+# a reload reads ${VAR} from the environment relay started with: an operator who exported the
+# variable a new channel names, then sent SIGHUP, was told it "is not set", in their shell
+FIXED_ENVIRONMENT = (
+    "relay serve reads variables from the environment it was started with:"
+    " one set since needs a restart"
+)
 WATCH_EVERY_S = 1.0
 # A changed file must stay unchanged this long before it is loaded: an editor (nano, VS Code)
 # or `cat >` writes in place, truncating first, and a poll between the truncation and the write
@@ -134,11 +141,10 @@ class ConfigReloads:
             _refuse_emptied(self.service.compiled, compiled)
         except ConfigError as exc:
             self.service.metrics.config_reloads.labels(result="failure").inc()
-            problems = [str(p) for p in exc.problems]
-            log.error(
-                "config reload refused; the running config is kept",
-                extra={"trigger": trigger, "problems": problems},
-            )
+            said = {"trigger": trigger, "problems": [str(p) for p in exc.problems]}
+            if any(p.message.startswith(UNSET_VARIABLE) for p in exc.problems):
+                said["hint"] = FIXED_ENVIRONMENT
+            log.error("config reload refused; the running config is kept", extra=said)
             return None
         return compiled
 

@@ -219,7 +219,7 @@ class _Walker:
         if "$" not in value:
             return value
         result = interpolate(value, self.env)
-        messages = [f"environment variable {name} is not set" for name in result.missing]
+        messages = [f"{UNSET_VARIABLE} {name} is not set" for name in result.missing]
         messages += dict.fromkeys(result.malformed)
         if messages:
             self.located.reported.add(path)
@@ -229,6 +229,7 @@ class _Walker:
         return result.text
 
 
+UNSET_VARIABLE = "environment variable"  # the problem's first words (relay.reloading)
 _UNREADABLE = object()
 _NUMBERS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 

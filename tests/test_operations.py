@@ -457,6 +457,32 @@ async def test_an_invalid_new_config_is_refused_and_the_old_one_kept(
     assert value(await metrics_text(r), 'relay_config_reloads_total{result="failure"}') >= 1
 
 
+async def test_a_reload_refused_for_an_unset_variable_says_a_restart_reads_it(
+    relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator adds `secret: ${PAGER_SECRET}`, exports PAGER_SECRET in their shell and sends
+    SIGHUP: the reload was refused with "environment variable PAGER_SECRET is not set", true of
+    relay's environment, fixed at its start, and not of theirs. The line says so now; another
+    problem gets no such hint."""
+    r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    path = Path(r.service.compiled.loaded.source.filename)
+    good = path.read_text()
+    assert "RELAY_TEST_NEVER_SET" not in os.environ
+    refusals = []
+    unset = ('/hook"}', '/hook", secret: ${RELAY_TEST_NEVER_SET}}')
+    for edit in (unset, ("rules:", "bogus: 1\nrules:")):
+        path.write_text(good.replace(*edit))
+        caplog.clear()
+        assert await r.service.reload("SIGHUP") is False
+        [line] = [rec for rec in caplog.records if rec.levelno == logging.ERROR]
+        refusals.append(getattr(line, "hint", None))
+    assert refusals == [
+        "relay serve reads variables from the environment it was started with:"
+        " one set since needs a restart",
+        None,
+    ]
+
+
 @pytest.mark.parametrize("emptied", ["", "# all commented out\n", "{}\n"])
 async def test_an_emptied_config_file_is_refused_on_reload(
     relay: RelayFactory, sink: Sink, emptied: str
