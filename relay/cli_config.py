@@ -165,6 +165,8 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
         raise RelayError(f"{source}: {exc}") from None
     for note in skipped + (ignored if args.json else []):  # ids and types from the file
         print(one_line(note), file=sys.stderr)
+    if _alerts_unheard(data, compiled):
+        print(_NO_ALERT_SOURCE, file=sys.stderr)
     results = dry_run(compiled, runs, digests=args.digests)
     code = 0 if args.expect is None else _expected(results, args.expect)
     if args.json:
@@ -227,6 +229,24 @@ def _print_dry_run(results: list[DryRun]) -> None:
                 if len(rendered.parts) > 1:
                     print(f"[{part}]")
                 print(printable(text).rstrip("\n"))
+
+
+_NO_ALERT_SOURCE = (
+    "note: the config has no sources.trigger_alerts: relay serve answers these alert webhooks"
+    " 404 (README: register relay as an alert webhook)"
+)
+
+
+def _alerts_unheard(data: Any, compiled: Compiled) -> bool:
+    """Whether the event file holds alert webhook bodies that `relay serve` on this config
+    would refuse: `relay test` matched and rendered them, and Trigger.dev's deliveries got 404
+    while the newcomer believed their alerts set up."""
+    from relay.formats import is_alert_webhook, recorded_body  # noqa: PLC0415
+
+    if compiled.loaded.config.sources.trigger_alerts is not None:
+        return False
+    body = recorded_body(data)
+    return any(map(is_alert_webhook, body if isinstance(body, list) else [body]))
 
 
 def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:

@@ -601,6 +601,27 @@ def test_check_missing_file_and_builtin_default(tmp_path: Path) -> None:
     assert "1 channel, 1 rule" in builtin.stdout
 
 
+def test_dry_run_of_alert_webhooks_says_when_serve_would_refuse_them(tmp_path: Path) -> None:
+    """`relay test alert.run.failed.request.json` matched and rendered it on a config without
+    sources.trigger_alerts, and said nothing: Trigger.dev's deliveries then got 404 while the
+    newcomer believed their alerts set up. A note on stderr says so; with the source, or for
+    a run, none."""
+    alert = FIXTURES / "alert-webhooks" / "alert.run.failed.request.json"
+    listening = GOOD + "sources: {trigger_alerts: {secret: s3cret}}\n"
+    without, with_source, a_run = serially(
+        here("test", str(alert), "--config", str(write(tmp_path / "a.yaml", GOOD))),
+        here("test", str(alert), "--config", str(write(tmp_path / "b.yaml", listening))),
+        here("test", str(FAILED_JSON), "--config", str(tmp_path / "a.yaml")),
+    )
+    assert without.returncode == with_source.returncode == a_run.returncode == 0
+    assert without.stdout == with_source.stdout and without.stdout.startswith("run run_")
+    assert without.stderr == (
+        "note: the config has no sources.trigger_alerts: relay serve answers these alert"
+        " webhooks 404 (README: register relay as an alert webhook)\n"
+    )
+    assert with_source.stderr == a_run.stderr == ""
+
+
 def test_dry_run_says_when_it_tried_the_builtin_default(tmp_path: Path) -> None:
     """The Quickstart serves `RELAY_CONFIG=config.example.yaml`; a `relay test run.json` after
     it, without that variable, tried the built-in default's rules and said nothing of it, as
