@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from relay.errors import ConfigError, InputError, Problem, RelayError
+from relay.errors import ConfigError, InputError, Problem, RelayError, did_you_mean
 from relay.logs import one_line
 from relay.settings import Settings
 
@@ -233,6 +233,8 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if not found:
         print("no notifications")
+        for warning in _unnamed(args, settings):
+            print(f"warning: {warning}", file=sys.stderr)
     for n, events in found:
         view, kind = notification_view(n), n.run.get("event") or "run"  # as `relay test` heads it
         print(
@@ -245,6 +247,27 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
             detail = f" {failure(e['reason'], e['detail'])}" if e["reason"] or e["detail"] else ""
             print(one_line(f"      {e['at']}  {e['kind']}  attempts={e['attempts']}{detail}"))
     return 0
+
+
+def _unnamed(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """The `--rule` and `--channel` of an empty history that the config does not name, with
+    the nearest it does: `--rule prod-failure` answered "no notifications", read at 3 a.m. as
+    "it never fired". Unchecked without a config file to read (its variables set or not)."""
+    asked = [(kind, getattr(args, kind)) for kind in ("rule", "channel") if getattr(args, kind)]
+    if not asked:  # the config's compiler (YAML, Jinja) is not imported for a plain history
+        return []
+    from relay.configure import written_names  # noqa: PLC0415
+
+    names = written_names(settings, getattr(args, "config", None))
+    if names is None:
+        return []
+    known = {"rule": names[0], "channel": names[1]}
+    return [
+        f"--{kind} {value!r} names no {kind} of the config"
+        f"{did_you_mean(value, known[kind], quoted=True)}"
+        for kind, value in asked
+        if value not in known[kind]
+    ]
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:

@@ -379,3 +379,30 @@ async def test_relay_history_says_what_a_pending_notification_waits_for(
     )
     assert "retrying (1 attempt(s) so far, last: server_error: HTTP 503)" in retrying.stdout
     assert "pending: waiting to be sent" in waiting.stdout, waiting.stdout
+
+
+async def test_an_empty_history_names_a_rule_or_channel_the_config_lacks(tmp_path: Path) -> None:
+    """`relay history --rule prod-failure` (the rule is `prod-failures`) answered "no
+    notifications", read at 3 a.m. as "it never fired". An empty listing now warns of a
+    `--rule` or `--channel` the config does not name, with the nearest it does; a name of the
+    config, or of rows the store still has (a rule since removed), gets no warning."""
+    await make_dead_letters(tmp_path / "relay.db", "run_one")  # rule r1 → channel hook
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.format(url="http://127.0.0.1:9").replace("hook", "oncall"))
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    asked = [
+        ("--rule", "failure", "--channel", "oncal"),
+        ("--rule", "failures"),  # the config's: none there yet, no warning
+        ("--rule", "r1"),  # not the config's, but in the store: listed
+    ]
+    typo, named, stored = [
+        await asyncio.to_thread(run_cli_in_process, "history", *a, "--config", str(config), env=env)
+        for a in asked
+    ]
+    assert typo.stdout == named.stdout == "no notifications\n"
+    assert typo.stderr.splitlines() == [
+        "warning: --rule 'failure' names no rule of the config (did you mean 'failures'?)",
+        "warning: --channel 'oncal' names no channel of the config (did you mean 'oncall'?)",
+    ]
+    assert named.stderr == stored.stderr == ""
+    assert "run_one" in stored.stdout
