@@ -76,7 +76,12 @@ SUBJECT_MAX_CHARS = 200
 
 _AUTH_CODES = frozenset((530, 534, 535, 538))
 LOOKUP_FAILED = "SMTP host lookup failed"
-NO_STARTTLS = "server does not offer STARTTLS (starttls: true): nothing sent in clear"
+# what to do, as the other SMTP refusals say it (`enable starttls`): a local relay or a test
+# server offers no TLS, and the newcomer was left to find the key that allows it
+NO_STARTTLS = (
+    "server does not offer STARTTLS (starttls: true): nothing sent in clear;"
+    " disable starttls to send without TLS"
+)
 
 
 # the bidirectional overrides: a subject would show in another order than it is written
