@@ -85,7 +85,8 @@ class StartWaits:
     def _held(self, lock: ServeLock) -> dict[str, object]:
         fields: dict[str, object] = {"lock": str(lock.path), "retry_in_s": HELD_RETRY_S}
         if self.address is not None:
-            fields.update(host=self.address[0], port=self.address[1])
+            host, port = self.address
+            fields["listening"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return fields
 
     async def _open_store(self) -> None:
@@ -106,14 +107,16 @@ class StartWaits:
 
     def _waiting(self, exc: StoreUnavailable, delay: float) -> dict[str, object]:
         """The fields of a `waiting for it` line: why, when next, and where /healthz answers
-        meanwhile (a delivery worker does not listen)."""
+        meanwhile (a delivery worker does not listen): as `listening`, not `host` and `port`
+        beside `store`, which read as the address relay dialled for it."""
         fields: dict[str, object] = {
             "error": str(exc),
             "store": store_name(self.settings.store_url),
             "retry_in_s": delay,
         }
         if self.address is not None:
-            fields.update(host=self.address[0], port=self.address[1])
+            host, port = self.address
+            fields["listening"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return fields
 
     async def _unless_stopped(self, work: Awaitable[None]) -> None:

@@ -407,7 +407,7 @@ async def test_relay_answers_healthz_while_it_waits_for_its_store(tmp_path: Path
         assert waiting["store"] == f"127.0.0.1:{port}/postgres"  # which store, no user
         async with aiohttp.ClientSession() as http:
             await _check_waiting(http, url)
-        assert url == f"http://{waiting['host']}:{waiting['port']}"  # where it answers, said
+        assert url == f"http://{waiting['listening']}"  # where it answers, said
         probe = healthcheck_command(stages()[-1])  # the image's HEALTHCHECK: healthy
         probe[0] = sys.executable
         env = {**os.environ, "RELAY_LISTEN": url.removeprefix("http://")}
