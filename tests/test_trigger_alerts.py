@@ -366,6 +366,8 @@ BAD: list[tuple[bytes, str, str]] = [
     (variant(DEPLOY, env(deployment__failedAt="soon")), "object.deployment.failedAt", "datetime"),
     (variant(DEPLOY, env(error="boom")), "object.error", "dictionary"),
     (variant(ERROR, env(classification=None)), "object.classification", "missing"),
+    (variant(ERROR, env(classification="")), "object.classification", "non-empty string"),
+    (variant(ERROR, env(classification=5)), "object.classification", "non-empty string"),
     (variant(ERROR, env(error__fingerprint=None)), "object.error.fingerprint", "missing"),
     (variant(ERROR, env(error__taskIdentifier=3)), "object.error.taskIdentifier", "string"),
     (variant(ERROR, {"created": "when"}), "created", "datetime"),
