@@ -704,6 +704,7 @@ async def test_content_codings(relay: RelayFactory) -> None:
     corrupt one is a 400 and an unknown coding a 415 naming what to use: JSON answers all."""
     r = await relay(CONFIG)
     run = json.dumps(small_failed()).encode()
+    big = gzip.compress(b"[" + b" " * 10_000_000 + b"]")  # 10 KB that inflate to 10 MB
     answers = []
     for coding, body in [
         ("gzip", gzip.compress(run)),
@@ -711,8 +712,10 @@ async def test_content_codings(relay: RelayFactory) -> None:
         ("deflate", zlib.compress(run)),
         ("identity", run),
         ("gzip, gzip", gzip.compress(gzip.compress(run))),
-        ("gzip", gzip.compress(b"[" + b" " * 10_000_000 + b"]")),  # 10 KB that inflate to 10 MB
+        ("gzip", big),
+        ("gzip, gzip", gzip.compress(big)),  # too large once one coding is undone
         ("gzip", b"not gzip at all"),
+        ("gzip", zlib.compress(run)),  # deflate's zlib stream is no gzip
         ("gzip", gzip.compress(run)[:-12]),  # cut short
         ("br", run),
         ("zstd", run),
@@ -727,12 +730,35 @@ async def test_content_codings(relay: RelayFactory) -> None:
             assert answer["field"] == "", answer
     assert answers == [(202, "")] * 5 + [
         (413, "body larger than 4096 by"),
+        (413, "body larger than 4096 by"),
+        (400, "body is not valid gzip ("),
         (400, "body is not valid gzip ("),
         (400, "body is not valid gzip ("),
         (415, "Content-Encoding br is n"),
         (415, "Content-Encoding zstd is"),
         (415, "Content-Encoding made-up"),
     ]
+
+
+async def test_a_coded_body_may_inflate_to_the_size_limit_and_no_further(
+    relay: RelayFactory,
+) -> None:
+    """max_body_bytes holds for what a coded body inflates to as for a plain one, the limit
+    itself taken: 4,096 bytes are a run, 4,097 a 413, whether plain, gzip, deflate (zlib) or
+    raw deflate (no zlib header, as some clients send) carries them."""
+    r = await relay(CONFIG)
+    for size, status in ((4096, 202), (4097, 413)):
+        body = json.dumps(small_failed(pad="")).encode()
+        body = json.dumps(small_failed(pad="x" * (size - len(body)))).encode()
+        raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        for coding, data in [
+            ("identity", body),
+            ("gzip", gzip.compress(body)),
+            ("deflate", zlib.compress(body)),
+            ("deflate", raw.compress(body) + raw.flush()),
+        ]:
+            got, answer, _ = await raw_post(r.url, data, {"Content-Encoding": coding})
+            assert (len(body), got) == (size, status), (coding, answer)
 
 
 async def test_content_codings_over_several_header_lines_and_gzip_members(
