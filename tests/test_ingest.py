@@ -697,6 +697,11 @@ async def test_expect_100_continue_refuses_before_the_body(relay: RelayFactory) 
     writer.write(body)
     assert (await reader.readline()).startswith(b"HTTP/1.1 202 ")
     writer.close()
+    http10 = b"POST /v1/runs HTTP/1.0\r\nHost: relay\r\nAuthorization: Bearer s3cret-token\r\n"
+    for expect in (b"100-continue", b"coffee"):  # HTTP/1.0 knows no Expect: it is ignored
+        head = http10 + b"Expect: %s\r\nContent-Length: %d\r\n" % (expect, len(body))
+        answer = await raw_exchange(r.url, head, body)
+        assert answer.startswith(b"HTTP/1.0 202 "), answer[:80]
 
 
 async def test_content_codings(relay: RelayFactory) -> None:

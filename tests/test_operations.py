@@ -127,6 +127,36 @@ async def test_updates_received_and_refused_are_counted_from_zero(
         assert value(text, f'relay_updates_rejected_total{{reason="{reason}"}}') == 0, reason
 
 
+async def test_each_refused_update_is_counted_by_its_reason_and_nothing_else_is(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """relay_updates_rejected_total counts refused updates (POST /v1/runs, the alert webhook)
+    by why: a wrong token, a coding relay cannot undo, alerts not configured, a body past the
+    limit. A refused admin request, a path that is no endpoint, is no update refused."""
+    config = "server: {auth_token: t0ken, admin_token: adm1n, max_body_bytes: 1024}\n"
+    r = await relay(config + CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    runs, token = r.url + "/v1/runs", {"Authorization": "Bearer t0ken"}
+    requests = [
+        ("POST", runs, {}, b"[]"),  # 401
+        ("POST", runs, {**token, "Content-Encoding": "br"}, b"[]"),  # 415
+        ("POST", r.url + "/v1/trigger/alerts", {}, b"{}"),  # 404
+        ("POST", runs, token, b"[" + b" " * 2048 + b"]"),  # 413
+        ("GET", r.url + "/v1/dlq", {}, b""),  # 401, not an update
+        ("POST", r.url + "/v1/silences", {"Authorization": "Bearer adm1n"}, b"[]"),  # 400
+        ("GET", r.url + "/v1/nothing", {}, b""),  # 404
+    ]
+    answers = []
+    for method, url, headers, body in requests:
+        async with r.http.request(method, url, headers=headers, data=body) as resp:
+            answers.append(resp.status)
+    assert answers == [401, 415, 404, 413, 401, 400, 404]
+    text = await metrics_text(r)
+    counted = {"unauthorized": 1, "bad_request": 1, "not_configured": 1, "too_large": 1}
+    for reason in (*counted, "store_unavailable", "busy", "shutting_down"):
+        sample = f'relay_updates_rejected_total{{reason="{reason}"}}'
+        assert value(text, sample) == counted.get(reason, 0), reason
+
+
 async def test_a_reload_logs_what_relay_check_warns_of(
     relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
 ) -> None:
