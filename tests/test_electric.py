@@ -125,6 +125,8 @@ def test_the_crashed_row_reads_the_code_the_sdk_gives_its_run() -> None:
         ("TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE", "SIGSEGV", "TASK_PROCESS_SIGSEGV"),
         ("TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE", "exit code 1", "TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE"),
         ("TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE", "x" * 100 + "SIGKILL", "TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE"),
+        ("TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE", "x" * 94 + "SIGKILL", "TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE"),
+        ("TASK_PROCESS_EXITED_WITH_NON_ZERO_CODE", "x" * 93 + "SIGKILL", "TASK_PROCESS_MAYBE_OOM_KILLED"),
         ("TASK_RUN_CRASHED", "MANUAL_OOM_KILL_ERROR", "TASK_PROCESS_OOM_KILLED"),
         ("MAX_DURATION_EXCEEDED", "SIGKILL", "MAX_DURATION_EXCEEDED"),
     ],
@@ -254,6 +256,9 @@ def test_schema_from_the_server_wins_over_the_defaults() -> None:
         ("[1, null]", {"type": "int4", "dims": 1}, [1, None]),
         ("[0:1]={a,b}", {"type": "text", "dims": 1}, ["a", "b"]),
         ('["a"', {"type": "text", "dims": 1}, '["a"'),  # neither: kept, the Run names it
+        ("{a", {"type": "text", "dims": 1}, "{a"),
+        ("infinity", {"type": "timestamptz"}, datetime.max.replace(tzinfo=UTC)),
+        ("-infinity", {"type": "timestamp"}, datetime.min.replace(tzinfo=UTC)),
         ("COMPLETED_WITH_ERRORS", {"type": "TaskRunStatus"}, "COMPLETED_WITH_ERRORS"),
         ("abc", {"type": "int4"}, "abc"),  # kept; the Run validation names the column
         (None, {"type": "int4"}, None),
@@ -264,6 +269,13 @@ def test_decode_value(value: Any, column: dict[str, Any], expected: Any) -> None
     assert decode_row({"c": value}, {"c": column})["c"] == expected
 
 
+def test_a_float_column_makes_numbers_floats_and_keeps_a_flag() -> None:
+    """A float column's number is a float whatever JSON wrote (3 reads as 3.0); a flag is no
+    number (Run validation names it) and stays one, never 1.0."""
+    row = decode_row({"a": 3, "b": True}, {"a": {"type": "float8"}, "b": {"type": "float4"}})
+    assert [(v, type(v)) for v in row.values()] == [(3.0, float), (True, bool)]
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -272,6 +284,7 @@ def test_decode_value(value: Any, column: dict[str, Any], expected: Any) -> None
          ["customer:cus_Q8x2LmN4", "a b", 'x"y', "back\\slash", None, "NULL", ""]),
         ("[0:1]={a,b}", ["a", "b"]),
         ('{ a , "b" }', ["a", "b"]),
+        (' {a,"b"}\n', ["a", "b"]),  # blanks around, as Postgres' array_in skips them
     ],
 )  # fmt: skip
 def test_pg_array_examples(text: str, expected: list[Any]) -> None:
@@ -279,7 +292,18 @@ def test_pg_array_examples(text: str, expected: list[Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "a,b", "{a,b", '{"a}', "{a}x", "{" * 7 + "a" + "}" * 7, "{a," + "{" * 5000]
+    "text",
+    [
+        "",
+        "a,b",
+        "a}",
+        "{a,b",
+        '{"a}',
+        '{"a"b}',
+        "{a}x",
+        "{" * 7 + "a" + "}" * 7,
+        "{a," + "{" * 5000,
+    ],
 )  # the last two: found by bench/fuzz_atheris.py as a RecursionError (a 500 on /v1/runs)
 def test_pg_array_rejects_broken_literals(text: str) -> None:
     with pytest.raises(ValueError):
