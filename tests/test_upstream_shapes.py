@@ -218,3 +218,16 @@ def test_a_retrieved_run_shows_its_version_and_keeps_what_it_says(tmp_path: Path
     text = console_text(tmp_path, own, "{status: failure}")
     assert "  env       staging\n" in text
     assert "  version   7\n" in text
+
+
+def test_a_run_whose_error_is_text_shows_that_text(tmp_path: Path) -> None:
+    """A run posted by hand may give its error as a string (SPEC §2 names the field, not its
+    shape): the message is that text, not the text quoted as JSON (`"Stripe …"`); a list or a
+    number is still a failure, shown as its JSON."""
+    for error, line in (
+        ("Stripe API responded with 429", "  error     Stripe API responded with 429\n"),
+        (["timeout", 30], '  error     ["timeout",30]\n'),
+    ):
+        run = {"id": "run_text1", "taskIdentifier": "t", "status": "FAILED", "error": error}
+        text = console_text(tmp_path, run, "{status: failure}")
+        assert line in text, text
