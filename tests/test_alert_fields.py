@@ -10,24 +10,28 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import RelayFactory, Sink
+from tests.conftest import Relay, RelayFactory, Sink
 from tests.test_trigger_alerts import (
     DEPLOY,
     ERROR,
+    HEADER,
     RUN,
     body_of,
     config,
     env,
     post_alert,
+    sign,
     variant,
 )
 from tests.test_upstream_shapes import console_text
 
 
-async def notified(relay: RelayFactory, sink: Sink, bodies: list[bytes]) -> list[dict[str, Any]]:
+async def notified(
+    relay: RelayFactory, sink: Sink, bodies: list[bytes], r: Relay | None = None
+) -> list[dict[str, Any]]:
     """The payloads the webhook sink got for `bodies` (each notifying), in the order posted, to
-    one relay."""
-    r = await relay(config(sink))
+    relay `r` (else a new one)."""
+    r = r or await relay(config(sink))
     count = 0
     for body in bodies:
         status, answer = await post_alert(r, body)
@@ -103,3 +107,19 @@ async def test_a_bare_error_group_s_epoch_dates_at_the_ends_of_what_a_date_holds
     assert dated["error"]["firstSeen"] == "1970-01-01T00:00:00.000Z"
     assert dated["error"]["lastSeen"] == "9999-12-31T23:59:59.999Z"
     assert kept["error"]["lastSeen"] == "253402300800000"
+
+
+async def test_an_alert_posted_while_the_store_is_down_is_a_503_to_retry(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """Trigger.dev retries an alert answered with a 5xx: while the store cannot take it, the
+    answer is a 503 with Retry-After (not a 500 nor a 202 that loses it), and the alert
+    delivered again once the store is back notifies."""
+    r = await relay(config(sink))
+    body = body_of(RUN)
+    await r.service.store.close()
+    headers = {"Content-Type": "application/json", HEADER: sign(body)}
+    async with r.http.post(r.url + "/v1/trigger/alerts", data=body, headers=headers) as resp:
+        assert (resp.status, resp.headers["Retry-After"]) == (503, "5"), await resp.text()
+    await r.service.store.open()
+    assert (await notified(relay, sink, [body], r))[0]["rule"] == "run-failures"

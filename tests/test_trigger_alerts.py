@@ -403,7 +403,7 @@ WATCH = "alert.dashboard_agent_watch"
     ids=["invented", "dashboard_agent_watch"],
 )
 async def test_an_unknown_type_is_accepted_and_ignored(
-    relay: RelayFactory, sink: Sink, body: bytes, kind: str
+    relay: RelayFactory, sink: Sink, body: bytes, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """`alert.dashboard_agent_watch` is a real one: Trigger.dev's dashboard-agent watch firing,
     apps/webapp/app/v3/services/alerts/deliverDashboardAgentWatchAlert.server.ts
@@ -419,6 +419,8 @@ async def test_an_unknown_type_is_accepted_and_ignored(
     text = await metrics(r)
     assert f"{ignored} 1.0" in text  # counted, so a new alert type shows on the dashboard
     assert kind not in text  # never the sender's type as a label
+    [line] = [r for r in caplog.records if r.getMessage().startswith("alert webhook of an")]
+    assert (line.levelname, getattr(line, "type")) == ("WARNING", kind)  # the log names it
 
 
 async def metrics(r: Relay) -> str:
