@@ -189,6 +189,31 @@ def test_nulls_and_missing_columns_get_the_sdk_defaults() -> None:
     assert run.model_extra is not None and run.model_extra["isQueued"] is True
 
 
+STORED = "packets/run_x/payload.json"
+
+
+@pytest.mark.parametrize(
+    ("payload", "data_type", "expected"),
+    [
+        (json.dumps([{"n": n} for n in range(100)]), "application/json", [{"n": n} for n in range(100)]),
+        ({"json": {"a": 1}, "meta": {}}, "application/super+json", {"a": 1}),
+        ("[1, 2]", "application/super+json", [1, 2]),  # no wrapper: kept
+        ("123", "text/plain", "123"),
+        ("<x/>", "application/xml", "<x/>"),  # a type relay does not know: the raw text
+        (STORED, "application/store", {"offloaded": True, "path": STORED, "dataType": "application/store"}),
+        (None, "application/store", None),
+    ],
+)  # fmt: skip
+def test_a_packet_reads_as_its_data_type_says(payload: Any, data_type: str, expected: Any) -> None:
+    """A run object's payload by its payloadType (ioSerialization.ts): JSON with many brackets
+    but shallow is JSON, superjson its `json` part, text and unknown types as sent, an offloaded
+    packet (>= 128 KiB, in object storage) a marker of where it is, never fetched."""
+    run = parse_sdk_run(
+        {"id": "run_x", "status": "FAILED", "payload": payload, "payloadType": data_type}
+    )
+    assert run.payload == expected
+
+
 @pytest.mark.parametrize("type_column", ["absent", None, "application/json"])
 def test_packet_text_without_its_type_column_is_json(type_column: str | None) -> None:
     """The type columns are NOT NULL DEFAULT 'application/json': a row without them (a skipped
