@@ -123,3 +123,19 @@ async def test_an_alert_posted_while_the_store_is_down_is_a_503_to_retry(
         assert (resp.status, resp.headers["Retry-After"]) == (503, "5"), await resp.text()
     await r.service.store.open()
     assert (await notified(relay, sink, [body], r))[0]["rule"] == "run-failures"
+
+
+async def test_a_run_alert_s_string_or_custom_error_is_kept_as_sent(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A thrown string is a STRING_ERROR, an error Trigger.dev cannot parse a CUSTOM_ERROR with
+    its JSON in `raw` (TRIGGER.md §3.2): neither has a code to read, and each is the run's error
+    as sent."""
+    errors = [
+        {"type": "STRING_ERROR", "raw": "quota exceeded"},
+        {"type": "CUSTOM_ERROR", "raw": '{"reason":"quota"}'},
+    ]
+    bodies = [
+        variant(RUN, env(run__id=f"run_e{n}", run__error=error)) for n, error in enumerate(errors)
+    ]
+    assert [p["run"]["error"] for p in await notified(relay, sink, bodies)] == errors
