@@ -198,6 +198,7 @@ STORED = "packets/run_x/payload.json"
         (json.dumps([{"n": n} for n in range(100)]), "application/json", [{"n": n} for n in range(100)]),
         ({"json": {"a": 1}, "meta": {}}, "application/super+json", {"a": 1}),
         ("[1, 2]", "application/super+json", [1, 2]),  # no wrapper: kept
+        ('{"a": 1}', "application/super+json", {"a": 1}),
         ("123", "text/plain", "123"),
         ("<x/>", "application/xml", "<x/>"),  # a type relay does not know: the raw text
         (STORED, "application/store", {"offloaded": True, "path": STORED, "dataType": "application/store"}),
