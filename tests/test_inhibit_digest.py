@@ -90,6 +90,9 @@ inhibit_rules:
         ("{name: i}", "an inhibit rule needs exactly one of source_match, source_digest"),
         ("{name: i, source_digest: {rule: digest, min_count: 0}}", "must be at least 1 (got 0)"),
         ("{name: i, source_digest: {rule: digest}}", "required key is missing"),
+        ("{name: i, source_digest: {rule: digest, min_count: 1001}}", "at most 1000 (got 1001)"),
+        ("{name: i, source_digest: {rule: '', min_count: 3}}", "at least 1 character"),
+        ("{name: '', source_match: {event: run}}", "at least 1 character"),
         (
             "{name: i, source_digest: {rule: digest, min_count: 3}, close_match: {event: run}}",
             "a source_digest window closes by itself when the pile-up is over",
@@ -110,6 +113,14 @@ def test_a_valid_source_digest_loads() -> None:
     )
     [rule] = parse_config(text, "c.yaml", settings_models(), {}).config.inhibit_rules
     assert rule.source_digest is not None and rule.source_digest.min_count == 3
+
+
+def test_a_one_letter_digest_rule_and_the_largest_min_count_load() -> None:
+    text = RULES.replace("name: digest", "name: d") + (
+        "  - {name: i, source_digest: {rule: d, min_count: 1000}}\n"
+    )
+    [rule] = parse_config(text, "c.yaml", settings_models(), {}).config.inhibit_rules
+    assert rule.source_digest is not None and rule.source_digest.min_count == 1000
 
 
 # ------------------------------------------------------------------------------ the window

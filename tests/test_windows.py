@@ -45,6 +45,7 @@ WED = datetime(2026, 11, 25, 14, 30, tzinfo=UTC).timestamp()
         ({"days_of_month": ["1:10"]}, False),
         ({"days_of_month": ["20:-1"]}, True),
         ({"days_of_month": ["-6"]}, True),  # 30 days in November: -6 is the 25th
+        ({"days_of_month": ["-10:-7"]}, False),  # the 21st to the 24th
         ({"months": ["november"]}, True),
         ({"months": ["1:3", "12"]}, False),
         ({"years": ["2026"]}, True),
@@ -71,6 +72,8 @@ def test_time_interval_table(spec: dict[str, Any], expected: bool) -> None:
         {"weekdays": ["funday"]},
         {"days_of_month": ["0"]},
         {"days_of_month": ["40"]},
+        {"days_of_month": ["32"]},
+        {"days_of_month": ["-32"]},
         {"months": ["smarch"]},
         {"years": ["1900"]},
         {"location": "Mars/Olympus_Mons"},
@@ -243,6 +246,48 @@ def problems(text: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(text, "c.yaml", settings_models(), {})
     return [str(p) for p in info.value.problems]
+
+
+def _interval(entry: str, name: str = "t") -> str:
+    """A config with one time interval, `name`, whose only entry is `entry` (none if "")."""
+    interval = f"{{name: '{name}', time_intervals: [{entry}]}}"
+    return f"channels: {{c: {{type: console}}}}\ntime_intervals:\n  - {interval}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [  # the README's bounds: months 1-12, years 1970-9999, weekdays by name (as Alertmanager)
+        (_interval("{months: ['13']}"), ".time_intervals[0].months: invalid month '13'"),
+        (_interval("{months: ['0']}"), ".time_intervals[0].months: invalid month '0'"),
+        (_interval("{weekdays: ['1']}"), ".time_intervals[0].weekdays: invalid weekday '1'"),
+        (_interval("{years: [1969]}"), ".time_intervals[0].years: invalid year '1969'"),
+        (_interval("{years: [10000]}"), ".time_intervals[0].years: invalid year '10000'"),
+        (  # -28 is the 1st in February: in order, yet a negative start needs a negative end
+            _interval("{days_of_month: ['-28:1']}"),
+            ".time_intervals[0].days_of_month: invalid range '-28:1': a negative start day"
+            " needs a negative end day",
+        ),
+        (_interval("{days_of_month: 5}"), ".time_intervals[0].days_of_month: expected a list"),
+        (_interval(""), ".time_intervals: "),  # an interval with no entries
+        (_interval("{}", name=""), ".name: "),
+    ],
+)
+def test_an_interval_out_of_bounds_names_its_line(text: str, problem: str) -> None:
+    [found] = problems(text)
+    assert found.startswith(f"c.yaml:3: time_intervals[0]{problem}")
+
+
+def test_the_bounds_of_an_interval_hold() -> None:
+    """The first and last year taken; a range of minutes within an hour."""
+    times = "{start_time: '14:15', end_time: '14:45'}"
+    text = _interval(f"{{years: [1970, 9999, '2026'], times: [{times}]}}")
+    [interval] = parse_config(text, "c.yaml", settings_models(), {}).config.time_intervals
+    assert [interval.contains(WED + m * 60) for m in (-16, -15, 14, 15)] == [
+        False,
+        True,
+        True,
+        False,
+    ]  # 14:30 UTC, 15 minutes before and after
 
 
 def test_config_references_and_names() -> None:
