@@ -755,6 +755,37 @@ def test_bad_durations(text: object) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [  # what each refusal tells an operator, word for word
+        ("defaults: {retention: 3650d1h}", "retention: duration must be between 0 and 10 years"),
+        (  # Prometheus takes no space between the parts either
+            "defaults: {retention: '1h 30m'}",
+            "retention: expected a duration like 30s, 5m, 4h, 1h30m or 250ms",
+        ),
+        (
+            "defaults: {timeout: .inf}",
+            "timeout: not a duration; use 30s, 5m, 4h, 1h30m, 250ms or a number of seconds",
+        ),
+        ("defaults: {timeout: true}", "timeout: expected a duration like 30s, 5m, 4h"),
+        ("defaults: {timeout: ''}", "timeout: expected a duration like 30s, 5m, 4h"),
+        ("defaults: {timeout: [1]}", "timeout: expected a duration like 30s, 5m, 4h"),
+        (
+            "defaults: {retry: {min_backoff: 2d, max_backoff: 1d}}",
+            "retry: min_backoff 2d is more than max_backoff 1d: the backoff starts at min_backoff"
+            " and doubles up to max_backoff",
+        ),
+    ],
+)
+def test_a_duration_refused_says_why(text: str, problem: str) -> None:
+    assert problems(text) == [f"c.yaml:1: defaults.{problem}"]
+
+
+def test_ten_years_is_the_longest_duration() -> None:
+    config = parse_config("defaults: {retention: 10y}", "c.yaml", settings_models(), {}).config
+    assert config.defaults.retention == 3650 * 86400
+
+
 def test_a_negative_duration_says_what_was_written() -> None:
     """`timeout: '-0'` was told "must be more than 0 (got -0s)", `-1` no value at all, `-5s`
     "expected a duration like 30s" (it is one, negative)."""
