@@ -1130,6 +1130,12 @@ def test_pythons_highest_log_level_is_a_level(
         ("${UNSET:-a:b c}", "a:b c"),
         ("${EMPTY:-fallback}/${EMPTY}", "fallback/"),
         ("$${A} costs 5$ or $A", "${A} costs 5$ or $A"),
+        ("costs 5$$", "costs 5$"),  # $$ after other text
+        ("${UNSET:-$${A}}", "${A}"),  # a default with a literal ${ in it
+        ("${UNSET:-$${}", "${"),
+        ("${A:-${}x}/y", "a/y"),  # nor one that could not be read
+        ("${UNSET:-$$}/x", "$/x"),
+        ("${U:-" * 8 + "deep" + "}" * 8, "deep"),  # nested 8 deep: the most taken
     ],
 )
 def test_interpolation(value: str, expected: str) -> None:
@@ -1150,6 +1156,9 @@ def test_interpolation(value: str, expected: str) -> None:
         ("sk_${TOKEN", "`${` without its closing `}`"),
         ("${UNSET:-${ALSO_UNSET}}", "environment variable ALSO_UNSET is not set"),
         ("${U:-" * 50 + "x" + "}" * 50, "references nested more than 8 deep"),  # no RecursionError
+        ("${U:-" * 9 + "x" + "}" * 9, "references nested more than 8 deep"),
+        ("tok${", "`${` without its closing `}`"),
+        ("${U:-${}}", "not a variable reference"),
     ],
 )
 def test_a_reference_relay_cannot_read_is_a_problem(value: str, message: str) -> None:
