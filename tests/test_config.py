@@ -1167,6 +1167,64 @@ def test_a_reference_relay_cannot_read_is_a_problem(value: str, message: str) ->
     assert "s3cr3t" not in found[0] and "TOKEN" not in found[0].replace("ALSO_UNSET", "")
 
 
+@pytest.mark.parametrize("text", ["", "# channels and rules to come\n"])
+def test_a_file_of_no_yaml_is_the_defaults(text: str) -> None:
+    config = parse_config(text, "c.yaml", settings_models(), {}).config
+    assert (config.server.max_body_bytes, config.rules) == (1024 * 1024, [])
+
+
+_MIB = 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [  # each limit on the YAML, at its edge: as much as is read, then one more
+        ("x: " + "[" * 64 + "]" * 64, "c.yaml:1: x: unknown key"),
+        (
+            "x: " + "[" * 65 + "]" * 65,
+            "c.yaml:1: nested deeper than 64 levels (or a recursive alias)",
+        ),
+        ("x: [" + "1," * 99_998 + "]", "c.yaml:1: x: unknown key"),  # 100,000 nodes
+        ("x: [" + "1," * 99_999 + "]", "c.yaml: more than 100000 YAML nodes"),
+        ("x: 1 #" + "." * (4 * _MIB - 7), "c.yaml:1: x: unknown key"),  # 4 MiB
+        ("x: 1 #" + "." * (4 * _MIB - 6), "c.yaml: file larger than 4194304 bytes"),
+    ],
+    ids=["64 levels", "65 levels", "100000 nodes", "100001 nodes", "4 MiB", "4 MiB + 1"],
+)
+def test_the_limits_of_a_yaml_file_are_exact(text: str, problem: str) -> None:
+    assert problems(text + "\n") == [problem]
+
+
+def test_a_key_written_after_a_merge_is_named_where_it_is_written() -> None:
+    """The mapping's own key, over a merged one, and the last of a key written twice (after a
+    merge in the file), each named at its own line."""
+    text = (
+        "channels:\n"
+        "  a: &hook {type: webhook, url: 'http://127.0.0.1:9/a', timeout: 5s}\n"
+        "  b:\n    <<: *hook\n    timeout: -1s\n"
+        "  c:\n    type: console\n    timeout: 1s\n    timeout: -2s\n"
+    )
+    assert problems(text) == [
+        "c.yaml:5: channels.b.timeout: a duration cannot be negative (got -1s)",
+        "c.yaml:9: channels.c.timeout: duplicate key",
+        "c.yaml:9: channels.c.timeout: a duration cannot be negative (got -2s)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "channels: {c: {type: console}}\nrules:\n  - {name: a, notify: [c], ? [a] : 1}\n",
+            "c.yaml:3: mapping keys must be plain scalars",
+        ),
+        ("\n- 1\n- 2\n", "c.yaml:2: the top level must be a mapping"),
+    ],
+)
+def test_a_problem_of_the_yaml_itself_is_said_once_at_its_line(text: str, problem: str) -> None:
+    assert problems(text) == [problem]
+
+
 def test_a_section_left_empty_has_its_defaults() -> None:
     """`server:` with every line below it commented out is null in YAML: the section's
     defaults, as `channels:` already was (and Alertmanager's `global:` is)."""
