@@ -34,9 +34,8 @@ class Located:
     data: Any
     lines: dict[Path_, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
-    # paths whose value came (partly) from the environment, and those whose problem is already
-    # recorded (an unset variable, an unreadable value): a schema error there would repeat it
-    from_env: set[Path_] = field(default_factory=set)
+    # paths whose problem is already recorded (an unset variable, an unreadable value): a
+    # schema error there would repeat it
     reported: set[Path_] = field(default_factory=set)
     # mappings with a merge key (<<) that merged no mapping, or a key that is no scalar: a key
     # it would have given is not called missing
@@ -224,8 +223,6 @@ class _Walker:
         if messages:
             self.located.reported.add(path)
         self.located.problems += [self.located.problem(path, m) for m in messages]
-        if result.text != value:
-            self.located.from_env.add(path)
         return result.text
 
 
