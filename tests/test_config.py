@@ -1212,17 +1212,21 @@ def test_a_key_written_after_a_merge_is_named_where_it_is_written() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "problem"),
+    ("text", "found"),
     [
-        (
-            "channels: {c: {type: console}}\nrules:\n  - {name: a, notify: [c], ? [a] : 1}\n",
-            "c.yaml:3: mapping keys must be plain scalars",
+        (  # the keys after it are read; those it may have meant are not called missing
+            "channels: {c: {type: console}}\nrules:\n  - {? [name] : a, notify: [c], bogus: 1}\n",
+            [
+                "c.yaml:3: mapping keys must be plain scalars",
+                "c.yaml:3: rules[0].bogus: unknown key",
+            ],
         ),
-        ("\n- 1\n- 2\n", "c.yaml:2: the top level must be a mapping"),
+        ("\n- 1\n- 2\n", ["c.yaml:2: the top level must be a mapping"]),
+        ("x: " + "[" * 3000 + "]" * 3000, ["c.yaml: invalid YAML: nested too deeply"]),
     ],
 )
-def test_a_problem_of_the_yaml_itself_is_said_once_at_its_line(text: str, problem: str) -> None:
-    assert problems(text) == [problem]
+def test_a_problem_of_the_yaml_itself_is_said_once_at_its_line(text: str, found: list[str]) -> None:
+    assert problems(text) == found
 
 
 def test_a_section_left_empty_has_its_defaults() -> None:
