@@ -78,6 +78,14 @@ def test_header_values_are_scrubbed_when_they_are_credentials_not_every_word() -
     assert "core" not in secrets
 
 
+def test_every_secret_of_a_rotation_is_scrubbed() -> None:
+    """A webhook's `secret: [old, new]` (a rotation): both, not only a lone one."""
+    rotation = ["whsec_b2xkLXNlY3JldC0xMjM0NQ==", "whsec_bmV3LXNlY3JldC02Nzg5MA=="]
+    text = GOOD.replace("{X-Team: core}", f"{{X-Team: core}}\n    secret: [{', '.join(rotation)}]")
+    loaded = parse_config(text, "c.yaml", settings_models(), {"TOKEN": "tok-123456"})
+    assert set(rotation) <= set(loaded.secrets())
+
+
 def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
     text = GOOD.replace(
         "  out: {type: console}",
