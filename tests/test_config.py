@@ -78,6 +78,12 @@ def test_header_values_are_scrubbed_when_they_are_credentials_not_every_word() -
     assert "core" not in secrets
 
 
+def test_a_header_value_of_8_characters_is_long_enough_to_be_a_credential() -> None:
+    text = GOOD.replace("{X-Team: core}", "{X-Route: a1b2c3d4, X-Team: corecor}")
+    secrets = parse_config(text, "c.yaml", settings_models(), {"TOKEN": "tok-123456"}).secrets()
+    assert "a1b2c3d4" in secrets and "corecor" not in secrets
+
+
 def test_every_secret_of_a_rotation_is_scrubbed() -> None:
     """A webhook's `secret: [old, new]` (a rotation): both, not only a lone one."""
     rotation = ["whsec_b2xkLXNlY3JldC0xMjM0NQ==", "whsec_bmV3LXNlY3JldC02Nzg5MA=="]
@@ -1235,6 +1241,17 @@ def test_a_key_written_after_a_merge_is_named_where_it_is_written() -> None:
 )
 def test_a_problem_of_the_yaml_itself_is_said_once_at_its_line(text: str, found: list[str]) -> None:
     assert problems(text) == found
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"), [("dir", "Is a directory"), ("bytes.yaml", "not valid UTF-8")]
+)
+def test_a_config_that_cannot_be_read_says_why(tmp_path: Path, name: str, reason: str) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "bytes.yaml").write_bytes(b"server: {auth_token: \xff}\n")
+    checked = run_cli_in_process("check", str(tmp_path / name))
+    assert checked.returncode == 1
+    assert checked.stderr.splitlines()[0] == f"{tmp_path / name}: cannot read config: {reason}"
 
 
 def test_a_section_left_empty_has_its_defaults() -> None:
