@@ -780,6 +780,16 @@ def test_cli_add_warns_of_names_the_config_lacks(tmp_path: Path) -> None:
     assert elsewhere.returncode == 0 and elsewhere.stderr == "", elsewhere.stderr
 
 
+def test_cli_add_with_a_config_without_channels_adds_the_silence(tmp_path: Path) -> None:
+    """The names a matcher is held to are read from a file without a `channels:` section too
+    (not read as `map(str, None)`, a traceback)."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    config = tmp_path / "config.yaml"
+    config.write_text("rules: []\n")
+    added = run_cli_in_process("silence", "add", "nightly", "--config", str(config), env=env)
+    assert added.returncode == 0 and added.stdout.startswith("sil_"), added.stderr
+
+
 def warned(result: subprocess.CompletedProcess[str]) -> list[str]:
     """The warnings a command wrote on stderr (not the note that a first add made the store)."""
     return [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
