@@ -136,17 +136,35 @@ def test_a_url_without_a_host_is_no_link(hostless: str) -> None:
     assert web_url("http://[::1]:8080/x") == "http://[::1]:8080/x"
 
 
+def rendered_links(templates: Path, text: str, project_ref: str | None = "proj_test") -> str:
+    """`text` rendered as a console template, runs linked by the default dashboard_url."""
+    (templates / "console").mkdir()
+    (templates / "console" / "t.txt.j2").write_text(text)
+    ctx = RenderContext({"id": RUN_ID}, "r", "c", "console", "ntf_1", None)
+    link = dashboard_link(Defaults(project_ref=project_ref))
+    return Renderer(templates, link=link).render("console", "t", ("txt",), ctx).parts["txt"]
+
+
 def test_a_run_without_an_id_has_no_link(tmp_path: Path) -> None:
     """`{{ {}|dashboard_url }}` (a run without an id) rendered `…/runs/`: a link to no run.
     A pattern that does not name the run still links."""
-    (tmp_path / "console").mkdir()
-    (tmp_path / "console" / "t.txt.j2").write_text(
+    rendered = rendered_links(
+        tmp_path,
         "[{{ {}|dashboard_url }}] [{{ {'taskIdentifier': 't'}|dashboard_url }}]"
-        " [{{ {'id': 'run_1'}|dashboard_url }}]"
+        " [{{ {'id': 'run_1'}|dashboard_url }}]",
     )
-    ctx = RenderContext({"id": RUN_ID}, "r", "c", "console", "ntf_1", None)
-    link = dashboard_link(Defaults(project_ref="proj_test"))
-    rendered = Renderer(tmp_path, link=link).render("console", "t", ("txt",), ctx)
-    assert rendered.parts["txt"] == f"[] [] [{BUILT.replace(RUN_ID, 'run_1')}]"
+    assert rendered == f"[] [] [{BUILT.replace(RUN_ID, 'run_1')}]"
     project = dashboard_link(Defaults(dashboard_url="https://dash.test/{project_ref}/runs"))
     assert project({"project": {"ref": "proj_x"}}) == "https://dash.test/proj_x/runs"
+
+
+def test_an_event_that_is_no_run_gets_no_run_link(tmp_path: Path) -> None:
+    """defaults.dashboard_url is a run's page: an error group's alert (with an id) is none."""
+    rendered = rendered_links(tmp_path, "[{{ {'event': 'error', 'id': 'run_1'}|dashboard_url }}]")
+    assert rendered == "[]"
+
+
+def test_a_run_of_no_known_project_gets_no_link(tmp_path: Path) -> None:
+    """Neither defaults.project_ref nor an alert's project: not `…/projects/v3//runs/…`."""
+    rendered = rendered_links(tmp_path, "[{{ {'id': 'run_1'}|dashboard_url }}]", project_ref=None)
+    assert rendered == "[]"
