@@ -168,3 +168,10 @@ def test_a_run_of_no_known_project_gets_no_link(tmp_path: Path) -> None:
     """Neither defaults.project_ref nor an alert's project: not `…/projects/v3//runs/…`."""
     rendered = rendered_links(tmp_path, "[{{ {'id': 'run_1'}|dashboard_url }}]", project_ref=None)
     assert rendered == "[]"
+
+
+def test_a_project_ref_that_is_no_text_is_not_taken(tmp_path: Path) -> None:
+    rendered = rendered_links(
+        tmp_path, "{{ {'project': {'ref': 5}, 'id': 'run_1'}|dashboard_url }}"
+    )
+    assert rendered == BUILT.replace(RUN_ID, "run_1")  # defaults.project_ref's
