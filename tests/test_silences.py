@@ -362,6 +362,27 @@ async def test_a_silence_added_from_the_cli_mutes_as_soon_as_it_returns(
     assert (counts["sent"], counts["muted"]) == (1, 1)
 
 
+async def test_a_silence_expired_from_the_cli_lets_through_what_follows_at_once(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """As `silence add`, `silence expire` returns once the running relay has read the change
+    (also when another id it was given is unknown): the failure posted right after it is sent,
+    not muted by the silence the relay still held."""
+    r = await relay(CONFIG.format(url=sink.url))
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    added = await asyncio.to_thread(run_cli_in_process, "silence", "add", "task=billing/*", env=env)
+    await r.post(failed("billing/charge", "run_during"))
+    await wait_counts(r, pending=0)
+    ident = added.stdout.strip()
+    expired = await asyncio.to_thread(
+        run_cli_in_process, "silence", "expire", ident, "sil_nope", env=env
+    )
+    assert expired.returncode == 1, expired.stderr
+    await r.post(failed("billing/charge", "run_after"))
+    counts = await wait_counts(r, pending=0)
+    assert (counts["sent"], counts["muted"]) == (1, 1)
+
+
 async def test_silence_api_errors_and_listing(
     relay: RelayFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
