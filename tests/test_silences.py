@@ -1274,6 +1274,18 @@ def test_cli_list_shows_when_a_pending_silence_starts(tmp_path: Path) -> None:
     ]
 
 
+def test_cli_list_shows_who_added_a_silence_in_12_characters(tmp_path: Path) -> None:
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    added = run_cli_in_process("silence", "add", "task=x", "-a", "release-manager-bot", env=env)
+    assert added.returncode == 0, added.stderr
+    listed = run_cli_in_process("silence", "list", env=env)
+    assert listed.returncode == 0 and listed.stdout.splitlines()[1].split()[4] == "release-mana"
+    as_json = run_cli_in_process("silence", "list", "--json", env=env)
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)[0]["created_by"] == (
+        "release-manager-bot"
+    )
+
+
 async def test_silences_the_store_cannot_read_neither_stall_nor_lose_a_notification(
     sink: Sink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
