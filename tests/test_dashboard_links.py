@@ -136,6 +136,13 @@ def test_a_url_without_a_host_is_no_link(hostless: str) -> None:
     assert web_url("http://[::1]:8080/x") == "http://[::1]:8080/x"
 
 
+def test_a_link_is_at_most_2000_characters_and_holds_no_control_character() -> None:
+    page = "https://cloud.trigger.dev/"
+    assert web_url(page + "a" * (2000 - len(page))) == page + "a" * (2000 - len(page))
+    assert web_url(page + "a" * (2001 - len(page))) is None
+    assert web_url(page + "runs/a\x01b") is None
+
+
 def rendered_links(templates: Path, text: str, project_ref: str | None = "proj_test") -> str:
     """`text` rendered as a console template, runs linked by the default dashboard_url."""
     (templates / "console").mkdir()
