@@ -524,6 +524,11 @@ def test_missing_fields_render_empty(tmp_path: Path) -> None:
     assert rendered.parts["txt"] == "|||"
 
 
+def test_a_missing_field_is_null_in_json(tmp_path: Path) -> None:
+    rendered = render_source(tmp_path, "{{ {'a': run.nope, 'b': run.tags|first}|tojson }}")
+    assert rendered.parts["txt"] == '{"a":null,"b":"customer:cus_Q8x2LmN4"}'
+
+
 # ----------------------------------------------------------------------------- the error view
 
 
