@@ -524,6 +524,14 @@ def test_missing_fields_render_empty(tmp_path: Path) -> None:
     assert rendered.parts["txt"] == "|||"
 
 
+@pytest.mark.parametrize(("frames", "tail"), [(12, ["at f12"]), (13, ["at f12", "… 1 more lines"])])
+def test_a_stack_keeps_12_lines_by_default(tmp_path: Path, frames: int, tail: list[str]) -> None:
+    trace = "\n".join(f"at f{i}" for i in range(1, frames + 1))
+    run = {"error": {"stackTrace": trace}}
+    rendered = render_source(tmp_path, "{{ run.error.stackTrace|stack }}", run)
+    assert rendered.parts["txt"].splitlines()[11:] == tail
+
+
 def test_a_missing_field_is_null_in_json(tmp_path: Path) -> None:
     rendered = render_source(tmp_path, "{{ {'a': run.nope, 'b': run.tags|first}|tojson }}")
     assert rendered.parts["txt"] == '{"a":null,"b":"customer:cus_Q8x2LmN4"}'
