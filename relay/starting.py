@@ -83,11 +83,16 @@ class StartWaits:
         self._starting = WAITING_FOR_STORE
 
     def _held(self, lock: ServeLock) -> dict[str, object]:
-        fields: dict[str, object] = {"lock": str(lock.path), "retry_in_s": HELD_RETRY_S}
-        if self.address is not None:
-            host, port = self.address
-            fields["listening"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return fields
+        return {"lock": str(lock.path), "retry_in_s": HELD_RETRY_S, **self._listening()}
+
+    def _listening(self) -> dict[str, object]:
+        """Where /healthz answers while relay waits (none from a delivery worker): one field,
+        `listening`, not `host` and `port` beside a store's, which read as the address relay
+        dialled for it."""
+        if self.address is None:
+            return {}
+        host, port = self.address
+        return {"listening": f"[{host}]:{port}" if ":" in host else f"{host}:{port}"}
 
     async def _open_store(self) -> None:
         """Open the store, waiting while it cannot answer yet (a PostgreSQL started beside
@@ -107,17 +112,13 @@ class StartWaits:
 
     def _waiting(self, exc: StoreUnavailable, delay: float) -> dict[str, object]:
         """The fields of a `waiting for it` line: why, when next, and where /healthz answers
-        meanwhile (a delivery worker does not listen): as `listening`, not `host` and `port`
-        beside `store`, which read as the address relay dialled for it."""
+        meanwhile."""
         fields: dict[str, object] = {
             "error": str(exc),
             "store": store_name(self.settings.store_url),
             "retry_in_s": delay,
         }
-        if self.address is not None:
-            host, port = self.address
-            fields["listening"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return fields
+        return fields | self._listening()
 
     async def _unless_stopped(self, work: Awaitable[None]) -> None:
         """Await `work`, unless a stop comes first: a PostgreSQL slow to answer (or a migration

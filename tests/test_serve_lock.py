@@ -40,7 +40,7 @@ async def _second(
     proc.spawn()
     line = await asyncio.to_thread(_started, proc)
     assert line["msg"] == WAITING, "started beside the first one"
-    return proc, f"http://{line['host']}:{line['port']}", line
+    return proc, f"http://{line['listening']}", line
 
 
 async def _get(url: str) -> tuple[int, Any]:
