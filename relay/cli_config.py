@@ -129,23 +129,8 @@ def _store_url_problems(url: str) -> list[Problem]:
     return []
 
 
-MAX_EVENT_BYTES = 64 * 1024 * 1024  # a long recorded Realtime session fits; /dev/zero does not
-
-
-def _read_event(path: Path) -> bytes:
-    """The bytes of the event file; `-` is standard input (`curl ... | relay test -`). At most
-    MAX_EVENT_BYTES: `relay test /dev/zero` (or a wrong pipe) took 6 GB in 5 s, and on."""
-    if str(path) == "-":
-        data = sys.stdin.buffer.read(MAX_EVENT_BYTES + 1)
-    else:
-        with path.open("rb") as file:
-            data = file.read(MAX_EVENT_BYTES + 1)
-    if len(data) > MAX_EVENT_BYTES:
-        raise InputError("", f"larger than {MAX_EVENT_BYTES >> 20} MiB; relay test reads no more")
-    return data
-
-
 def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.cli_files import read_bounded  # noqa: PLC0415
     from relay.cli_run_words import are_words, run_from_words  # noqa: PLC0415
     from relay.formats import parse_any, parse_body  # noqa: PLC0415
     from relay.trying import dry_run  # noqa: PLC0415
@@ -154,7 +139,9 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
     _log_warnings(compiled, settings)
     words, event = are_words(args.event), Path(args.event[0])
     try:
-        data = run_from_words(args.event) if words else parse_body(_read_event(event))
+        data = (
+            run_from_words(args.event) if words else parse_body(read_bounded(event, "relay test"))
+        )
         skipped: list[str] = []
         ignored: list[str] = []
         runs = parse_any(data, skipped, ignored)

@@ -18,10 +18,12 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from relay.cli_files import read_bounded
 from relay.cli_silences import wait_until_applied
 from relay.cli_store import with_store
 from relay.errors import InputError, RelayError, field_path
@@ -31,7 +33,6 @@ from relay.settings import Settings
 if TYPE_CHECKING:
     from relay.silences.matchers import ConfigNames
 
-MAX_IMPORT_BYTES = 64 * 1024 * 1024  # ~200,000 silences of `silence list -o json`
 MAX_IMPORT_SILENCES = 100_000  # 400,000 took 455 MB and a minute; a store holds far fewer
 AT_ONCE = 256  # silences written together (SQLite commits them as one)
 SHOWN_FIELDS = ("id", "created_at", "state", "warnings")  # a listing's, not a silence's to give
@@ -90,22 +91,15 @@ def _tell(silences: list[Silence], added: list[bool], names: ConfigNames | None)
 
 
 def _read(name: str) -> bytes:
-    """FILE's bytes (`-`: standard input), at most MAX_IMPORT_BYTES."""
+    """FILE's bytes (`-`: standard input), at most relay.cli_files.MAX_INPUT_BYTES."""
     try:
-        if name == "-":
-            return _bounded(sys.stdin.buffer, "standard input")
-        with open(name, "rb") as file:
-            return _bounded(file, name)
+        return read_bounded(Path(name), "relay silence import")
     except OSError as exc:
         raise RelayError(f"silence import: cannot read {name}: {exc.strerror}") from None
-
-
-def _bounded(file: IO[bytes], name: str) -> bytes:
-    data = file.read(MAX_IMPORT_BYTES + 1)
-    if len(data) > MAX_IMPORT_BYTES:
-        limit = MAX_IMPORT_BYTES // 1024 // 1024
-        raise RelayError(f"silence import: {name} is over {limit} MiB; split it")
-    return data
+    except InputError as exc:
+        raise RelayError(
+            f"silence import: {name if name != '-' else 'standard input'} is {exc}"
+        ) from None
 
 
 def _items(data: bytes) -> Sequence[Any]:

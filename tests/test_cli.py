@@ -27,7 +27,7 @@ import pytest
 import standardwebhooks
 
 from relay.cli import main as relay_main
-from relay.cli_config import MAX_EVENT_BYTES
+from relay.cli_files import MAX_INPUT_BYTES
 from relay.model import Decision, Match, Run, RunState
 from relay.store.sqlite import SQLiteStore
 from relay.template_files import shipped_templates_dir
@@ -974,10 +974,10 @@ def test_dry_run_reads_the_event_from_standard_input(tmp_path: Path) -> None:
 
 def test_dry_run_refuses_an_event_file_over_its_limit(tmp_path: Path) -> None:
     """`relay test /dev/zero` (or `- < big`) read until memory ran out: 6 GB in 5 s. Now the
-    file's first MAX_EVENT_BYTES + 1 bytes tell: valid JSON (spaces, then `[]`) is refused."""
+    file's first MAX_INPUT_BYTES + 1 bytes tell: valid JSON (spaces, then `[]`) is refused."""
     config = write(tmp_path / "c.yaml", "channels: {c: {type: console}}\n")
     huge = tmp_path / "huge.json"
-    huge.write_bytes(b" " * MAX_EVENT_BYTES + b"[]")
+    huge.write_bytes(b" " * MAX_INPUT_BYTES + b"[]")
     done = run_cli_in_process("test", str(huge), "--config", str(config))
     assert (done.returncode, done.stdout) == (1, "")
     wanted = f"error: {huge}: larger than 64 MiB; relay test reads no more"

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from relay.cli_silence_import import MAX_IMPORT_BYTES, MAX_IMPORT_SILENCES
+from relay.cli_files import MAX_INPUT_BYTES
+from relay.cli_silence_import import MAX_IMPORT_SILENCES
 from tests.conftest import RelayFactory, Sink, run_cli, run_cli_in_process
 from tests.pg import fresh_database, shared_server
 from tests.test_silences import CONFIG, failed, wait_counts
@@ -175,10 +176,13 @@ def test_more_silences_than_one_import_takes_are_refused(tmp_path: Path) -> None
 def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
     path = tmp_path / "big.json"
     with path.open("wb") as file:  # a valid listing, padded past the bound
-        file.write(json.dumps([GOOD]).encode() + b" " * MAX_IMPORT_BYTES)
+        file.write(json.dumps([GOOD]).encode() + b" " * MAX_INPUT_BYTES)
     store = f"sqlite:///{tmp_path / 'relay.db'}"
     code, _, err = relay_cli(store, "silence", "import", str(path))
-    assert (code, err) == (1, f"error: silence import: {path} is over 64 MiB; split it\n")
+    said = (
+        f"error: silence import: {path} is larger than 64 MiB; relay silence import reads no more\n"
+    )
+    assert (code, err) == (1, said)
     missing = tmp_path / "nothing.json"
     code, _, err = relay_cli(store, "silence", "import", str(missing))
     assert (code, err) == (
