@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -110,16 +111,15 @@ class DeadLetterHandlers:
         if isinstance(body, web.Response):
             return body
         try:
-            named = replay_selection(body)
-            narrowed = _narrowing(body, self.deps.clock()) if named is None else None
+            chosen = replay_selection(body, self.deps.clock())
         except InputError as exc:
             return bad_input(exc)
-        ids = None if named is None else named[1]
-        if narrowed is not None:  # every dead one of a channel, rule or time
-            ids = await dead_ids(self.deps.store, narrowed)
+        ids = chosen.ids
+        if chosen.narrowed is not None:  # every dead one of a channel, rule or time
+            ids = await dead_ids(self.deps.store, chosen.narrowed)
         moved = await self.deps.store.replay(ids, self.deps.clock()) if ids != [] else 0
-        if named is not None and not moved:  # the field the body named them in
-            return error(404, NOT_DEAD + digest_hint(named[1], LISTING), named[0])
+        if chosen.ids and not moved:  # said in the field the body named them in
+            return error(404, NOT_DEAD + digest_hint(chosen.ids, LISTING), chosen.field)
         self.deps.wake_all()
         log.info("dead notifications replayed", extra={"replayed": moved})
         return json_response({"replayed": moved})
@@ -285,19 +285,29 @@ def add_admin_routes(add: AddRoute, deps: HttpDeps) -> None:
 MAX_REPLAY_BODY = 1024 * 1024
 
 
-def replay_selection(body: bytes) -> tuple[str, list[str]] | None:
-    """The field (`id` or `ids`) and the ids a POST /v1/dlq/replay body names, or None for
-    every dead notification (narrowed, maybe: _narrowing). A body naming ids never replays the
-    others."""
+@dataclass(frozen=True)
+class Selection:
+    """What a POST /v1/dlq/replay body asks for: the `ids` it names (in `field`: `id` or
+    `ids`), else every dead notification, or those `narrowed` finds."""
+
+    field: str = ""
+    ids: list[str] | None = None
+    narrowed: HistoryQuery | None = None
+
+
+def replay_selection(body: bytes, now: float) -> Selection:
+    """A POST /v1/dlq/replay body read; a body naming ids never replays the others."""
     data = _replay_body(body)
     if data is None:
-        return None
+        return Selection()
     ids = _named_ids(data)
-    if ids is None and data.get("all", True) is not True:
+    if ids is not None:
+        if given := [k for k in ("all", *NARROWING) if k in data]:
+            raise InputError(given[0], f'give "{given[0]}" or the ids, not both')
+        return Selection("id" if "id" in data else "ids", ids)
+    if data.get("all", True) is not True:
         raise InputError("all", 'expected true, or name the notifications in "ids"')
-    if ids is not None and (given := [k for k in ("all", *NARROWING) if k in data]):
-        raise InputError(given[0], f'give "{given[0]}" or the ids, not both')
-    return None if ids is None else ("id" if "id" in data else "ids", ids)
+    return Selection(narrowed=_narrowing(data, now))
 
 
 def _replay_body(body: bytes) -> dict[str, Any] | None:
@@ -308,10 +318,9 @@ def _replay_body(body: bytes) -> dict[str, Any] | None:
     return json_object(body, ("id", "ids", "all", *NARROWING), expected, unknown)
 
 
-def _narrowing(body: bytes, now: float) -> HistoryQuery | None:
+def _narrowing(data: dict[str, Any], now: float) -> HistoryQuery | None:
     """The dead notifications `{"channel": ..., "rule": ..., "since": ...}` (beside `all`, or
     alone) narrow a replay of every one to, as `relay dlq replay --all --channel C`; None: all."""
-    data = _replay_body(body) or {}
     narrow = {k: data[k] for k in NARROWING if k in data}
     for key, value in narrow.items():
         if not isinstance(value, str) or not value:
