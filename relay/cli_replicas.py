@@ -14,7 +14,7 @@ from relay.cli_store import print_table, reading, said_whole, wants_json
 from relay.settings import Settings
 
 if TYPE_CHECKING:
-    from relay.store import Replica
+    from relay.store import Replica, Store
 
 # SQLite has no heartbeats to list: said instead of "none", which reads as "nothing runs"
 ONE_OWNER = (
@@ -24,13 +24,13 @@ ONE_OWNER = (
 
 
 def cmd_replicas(args: argparse.Namespace, settings: Settings) -> int:
-    if not settings.store_url.startswith("postgres"):  # said: "none" reads as "none runs"
+    shared, found = asyncio.run(reading(settings, _replicas))
+    if not shared:  # said: "none" reads as "none runs"
         as_json = wants_json(args)
         print(ONE_OWNER, file=sys.stderr if as_json else sys.stdout)
         if as_json:
             print("[]")
         return 0
-    found = asyncio.run(reading(settings, lambda s: s.replicas()))
     views = [replica_view(r) for r in found]
     if said_whole(views, as_json=wants_json(args), none="no replica alive on the store"):
         return 0
@@ -40,6 +40,11 @@ def cmd_replicas(args: argparse.Namespace, settings: Settings) -> int:
     ]
     print_table(["HOST", "PID", "CHANNELS", "EXPIRES IN", "HOLDER"], rows, right={1, 3})
     return 0
+
+
+async def _replicas(store: Store) -> tuple[bool, list[Replica]]:
+    """Whether the store is one replicas share, and those alive on it."""
+    return store.shared, await store.replicas()
 
 
 def replica_view(replica: Replica) -> dict[str, Any]:
