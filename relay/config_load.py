@@ -125,7 +125,8 @@ def check_config(
     sections: dict[str, Any] = {}
     for key, value in data.items():
         # `server:` with every line below commented out is null: the section's defaults
-        if key not in _ONE_BY_ONE and not (value is None and key in Config.model_fields):
+        empty = value is None and key in Config.model_fields
+        if key not in _ONE_BY_ONE and not empty and not _extension(key):
             sections |= parts.section(key, value)
     sections["channels"] = parts.channels(data.get("channels"))
     rules = parts.rules(data.get("rules"))
@@ -139,6 +140,12 @@ def check_config(
     problems += rule_options(rules, names)
     problems += inhibit_sources(parts.indexed["inhibit_rules"], rules, names)
     return Draft(located, config, rules, unknown, parts.types, problems)
+
+
+def _extension(key: object) -> bool:
+    """A top-level `x-…` key holds what anchors (`&slack`) name for the sections to alias
+    (`*slack`), as Docker Compose's extension fields do: relay reads only the sections."""
+    return isinstance(key, str) and key.startswith("x-")
 
 
 # the sections whose entries are validated one by one (a problem in one hides none in another)

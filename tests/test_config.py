@@ -1230,6 +1230,22 @@ def test_a_key_written_after_a_merge_is_named_where_it_is_written() -> None:
     ]
 
 
+def test_x_keys_hold_what_anchors_share_and_other_unknown_keys_stay_errors() -> None:
+    """Docker Compose's extension fields: `x-…` at the top holds a channel's settings for the
+    channels to alias; relay does not read it itself (it said `x-hook: unknown key`)."""
+    text = (
+        "x-hook: &hook {type: webhook, url: 'http://127.0.0.1:9/a', timeout: 5s}\n"
+        "channels:\n  a: *hook\n  b: {<<: *hook, timeout: 1s}\n"
+    )
+    channels = parse_config(text, "c.yaml", settings_models(), {}).config.channels
+    assert {name: c.timeout for name, c in channels.items()} == {"a": 5.0, "b": 1.0}
+    assert problems("x_hook: 1\nx-ok: [1]\n") == [UNKNOWN_X.replace(" x:", " x_hook:")]
+    assert problems("channels: {a: {type: console, x-note: 1}}\n") == [
+        "c.yaml:1: channels.a.x-note: unknown key; known here: type, timeout, concurrency,"
+        " rate_limit, send_resolved"
+    ]
+
+
 @pytest.mark.parametrize(
     ("text", "found"),
     [
