@@ -123,8 +123,8 @@ class TimeInterval(_Strict):
             _any_range(self.times, lambda r: _in_time(r, local))
             and _any_weekday(self.weekdays, local)
             and _any_day(self.days_of_month, local)
-            and _any_item(self.months, lambda v: _named(v, MONTHS, 1), local.month)
-            and _any_item(self.years, _year, local.year)
+            and _any_item(self.months, lambda v: _named(v, MONTHS, 1), "month", local.month)
+            and _any_item(self.years, _year, "year", local.year)
         )
 
 
@@ -226,15 +226,24 @@ def _weekday_range(item: str) -> tuple[int, int]:
 def _day(value: str) -> int:
     day = int(value)
     if day == 0 or not -31 <= day <= 31:
-        raise ValueError("days of month are 1..31 or -31..-1")
+        raise ValueError(value)
     return day
 
 
 def _year(value: str) -> int:
     year = int(value)
     if not 1970 <= year <= 9999:
-        raise ValueError("years are 1970..9999")
+        raise ValueError(value)
     return year
+
+
+# what each item may be, said with the one refused (`invalid year '1969'` alone left it a guess)
+_VALID = {
+    "weekday": "sunday to saturday, or a range of them (monday:friday)",
+    "day of month": "1 to 31, or -31 to -1 counting from the month's end",
+    "month": "january to december or 1 to 12, or a range of them",
+    "year": "1970 to 9999, or a range of them",
+}
 
 
 def _range(item: str, parse: Any, what: str) -> tuple[int, int]:
@@ -243,7 +252,7 @@ def _range(item: str, parse: Any, what: str) -> tuple[int, int]:
         first = parse(low)
         return first, parse(high) if colon else first
     except ValueError:
-        raise ValueError(f"invalid {what} {item!r}") from None
+        raise ValueError(f"invalid {what} {item!r}: {_VALID[what]}") from None
 
 
 def _text(item: Any) -> Any:
@@ -279,11 +288,11 @@ def _in_time(r: TimeRange, local: datetime) -> bool:
     return _minutes(r.start_time) <= minute < _minutes(r.end_time)
 
 
-def _any_item(items: list[str] | None, parse: Any, value: int) -> bool:
+def _any_item(items: list[str] | None, parse: Any, what: str, value: int) -> bool:
     if items is None:
         return True
     for item in items:
-        low, high = _range(item, parse, "value")
+        low, high = _range(item, parse, what)
         if low <= value <= high:
             return True
     return False

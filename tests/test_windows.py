@@ -260,7 +260,15 @@ def _interval(entry: str, name: str = "t") -> str:
         (_interval("{months: ['13']}"), ".time_intervals[0].months: invalid month '13'"),
         (_interval("{months: ['0']}"), ".time_intervals[0].months: invalid month '0'"),
         (_interval("{weekdays: ['1']}"), ".time_intervals[0].weekdays: invalid weekday '1'"),
-        (_interval("{years: [1969]}"), ".time_intervals[0].years: invalid year '1969'"),
+        (  # with what it may be: `invalid year '1969'` alone left the bounds a guess
+            _interval("{years: [1969]}"),
+            ".time_intervals[0].years: invalid year '1969': 1970 to 9999, or a range of them",
+        ),
+        (
+            _interval("{days_of_month: ['32']}"),
+            ".time_intervals[0].days_of_month: invalid day of month '32': 1 to 31, or -31 to -1"
+            " counting from the month's end",
+        ),
         (_interval("{years: [10000]}"), ".time_intervals[0].years: invalid year '10000'"),
         (  # -28 is the 1st in February: in order, yet a negative start needs a negative end
             _interval("{days_of_month: ['-28:1']}"),
