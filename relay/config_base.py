@@ -7,14 +7,26 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import typing
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr
+from pydantic.fields import FieldInfo
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def field_metadata(info: FieldInfo) -> list[Any]:
+    """`info`'s constraints, and those of the Annotated type of an optional field
+    (`PositiveDuration | None`), which pydantic leaves in the annotation."""
+    found = list(info.metadata)
+    for member in typing.get_args(info.annotation):
+        if typing.get_origin(member) is typing.Annotated:
+            found += list(member.__metadata__)
+    return found
 
 
 # what aiohttp refuses in a header value at every send (RFC 9110 §5.5): controls but the tab

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from annotated_types import Gt
@@ -97,6 +98,12 @@ def format_duration(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds:g}s"
+
+
+def is_duration(metadata: Iterable[Any]) -> bool:
+    """Whether a field's metadata (pydantic's FieldInfo.metadata) makes it a duration."""
+    durations = (parse_duration, more_than_zero)
+    return any(isinstance(m, BeforeValidator) and m.func in durations for m in metadata)
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]

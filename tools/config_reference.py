@@ -35,9 +35,10 @@ from relay.config import (
     ServerConfig,
     TemplatesConfig,
 )
+from relay.config_base import field_metadata
 from relay.config_rules import MatchConfig, RuleConfig, one_or_many
 from relay.config_sources import RealtimeConfig, RealtimeFeed, TriggerAlertsConfig
-from relay.durations import format_duration, more_than_zero, parse_duration
+from relay.durations import format_duration, is_duration
 from relay.settings import Settings
 from relay.sizes import is_size
 from relay.windows import DigestSource, InhibitRule, NamedTimeInterval, TimeInterval, TimeRange
@@ -183,21 +184,6 @@ def from_docs(markdown: str) -> str:
 # ---------------------------------------------------------------------- types and defaults
 
 
-def is_duration(metadata: list[Any]) -> bool:
-    durations = (parse_duration, more_than_zero)
-    return any(isinstance(m, BeforeValidator) and m.func in durations for m in metadata)
-
-
-def metadata(info: FieldInfo) -> list[Any]:
-    """`info`'s constraints, and those of the Annotated type of an optional field
-    (`PositiveDuration | None`), which pydantic leaves in the annotation."""
-    found = list(info.metadata)
-    for member in typing.get_args(info.annotation):
-        if typing.get_origin(member) is typing.Annotated:
-            found += list(member.__metadata__)
-    return found
-
-
 def type_name(annotation: Any, metadata: list[Any] | None = None) -> str:  # noqa: PLR0911
     """How an operator reads a type: `duration`, `list of string`, `string, secret` ..."""
     if is_duration(metadata or []):
@@ -245,7 +231,7 @@ BOUNDS = (
 
 def limits(info: FieldInfo) -> str:
     words = []
-    for item in metadata(info):
+    for item in field_metadata(info):
         words += [
             f"{sign} {plain(getattr(item, a))}" for t, a, sign in BOUNDS if isinstance(item, t)
         ]
