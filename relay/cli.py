@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from relay import signals
 from relay.cli_config import cmd_check, cmd_send_test, cmd_serve, cmd_test, count, warn_overridden
+from relay.cli_config_show import cmd_config_routes, cmd_config_show
 from relay.cli_parser import build_parser, missing_ids, refuse_undecodable
 from relay.cli_replicas import cmd_replicas
 from relay.cli_silence_import import cmd_silence_import
@@ -53,8 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             signals.release()
         settings = _settings(args)
         SCRUB.lasting(settings.secrets())
-        sub: str | None = getattr(args, "dlq_command", None) or getattr(
-            args, "silence_command", None
+        sub: str | None = (
+            getattr(args, "dlq_command", None)
+            or getattr(args, "silence_command", None)
+            or getattr(args, "config_command", None)
         )
         sub = _ALIASES.get(sub, sub) if sub else None
         words = f"{args.command} {sub}" if sub else args.command
@@ -151,7 +154,7 @@ def _report(exc: RelayError, *, serving_json: bool, store: str | None = None) ->
         print(f"error: {exc}" + (f" (store: {store})" if store else ""), file=sys.stderr)
 
 
-_LOADING_CONFIG = ("serve", "check", "test", "send-test")  # the others only open it (see
+_LOADING_CONFIG = ("serve", "check", "test", "send-test", "config")  # the others only open it (see
 # relay.cli_store.check_named_config)
 _ALIASES = {"query": "list"}  # amtool's name for `silence list`
 _COMMANDS: dict[str, Command] = {
@@ -169,4 +172,6 @@ _COMMANDS: dict[str, Command] = {
     "history": cmd_history,
     "migrate": cmd_migrate,
     "replicas": cmd_replicas,
+    "config show": cmd_config_show,
+    "config routes": cmd_config_routes,
 }

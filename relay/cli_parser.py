@@ -41,11 +41,28 @@ def build_parser() -> argparse.ArgumentParser:
         "migrate", parents=[common], help="create or migrate the store's schema ($RELAY_STORE_URL)"
     )
     _history_parser(sub, common)
+    _config_show_parser(sub, common)
     replicas = sub.add_parser(
         "replicas", parents=[common], help="the processes alive on a shared store (amtool cluster)"
     )
     _output_flags(replicas)
     return parser
+
+
+def _config_show_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """amtool's `config show` and `config routes`, on the file relay would run."""
+    config = sub.add_parser("config", parents=[common], help="the config as relay reads it")
+    shows = config.add_subparsers(dest="config_command", required=True)
+    show = shows.add_parser(
+        "show",
+        parents=[common],
+        help="the config with every default filled in, ${VAR}s substituted, secrets hidden",
+    )
+    routes = shows.add_parser(
+        "routes", parents=[common], help="the rules in the order they are tried, as a table"
+    )
+    for listing in (show, routes):
+        _output_flags(listing)
 
 
 def _serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
