@@ -242,6 +242,7 @@ async def test_a_receiver_back_from_an_outage_gets_its_backlog_now_oldest_first(
     notifications failed in a row) makes them due now: they go next, oldest first."""
     sink.responses = [status(503)] * 6  # the quick tries of two notifications
     slow = config(sink.url).replace("min_backoff: 100ms, max_backoff: 400ms", "min_backoff: 10m")
+    slow = slow.replace("max_attempts: 4", "max_attempts: 12")  # 3 quick tries (a quarter)
     r = await relay(slow.replace("    secret:", "    concurrency: 1\n    secret:"))
     for i in range(2):
         await r.post(failing_run(i))
@@ -527,14 +528,37 @@ async def test_quick_tries_are_the_first_rounds_alone(relay: RelayFactory, sink:
     round spent `max_attempts` four times as fast as the backoff meant: with the defaults a
     Slack outage of ~4 minutes made every notification it held dead."""
     sink.default = status(503)
-    r = await relay(config(sink.url).replace("max_attempts: 4", "max_attempts: 6"))
+    r = await relay(config(sink.url).replace("max_attempts: 4", "max_attempts: 12"))
     await r.post(failing_run())
     await wait_state(r, "dead")
     ident = notification_id("run_delivery_0000", "failures", "hook")
     async with r.http.get(r.url + f"/v1/notifications/{ident}") as resp:
         events = [e["kind"] for e in (await resp.json())["events"]]
-    assert events == ["created", "retry", "retry", "retry", "dead"], events  # 3, 1, 1, 1
-    assert len(sink.received) == 6
+    assert events == ["created", *["retry"] * 9, "dead"], events  # 3, then 1 a round
+    assert len(sink.received) == 12
+
+
+async def test_few_attempts_are_not_spent_at_once_on_a_receiver_restarting(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """`max_attempts: 3` went in three quick tries within 0.3 s: a receiver restarting for
+    under a second made the notification dead, its backoff (min_backoff 1s) never waited.
+    Quick tries take at most a quarter of max_attempts now, so three attempts are three
+    rounds of the backoff, and the second (after 0.5-1 s) finds the receiver back."""
+    first: list[float] = []
+
+    async def restarting(request: web.Request, index: int) -> web.StreamResponse:
+        first.append(first[0] if first else time.monotonic())
+        return web.Response(status=503 if time.monotonic() - first[0] < 0.4 else 200)
+
+    sink.default = restarting
+    text = config(sink.url).replace(
+        "max_attempts: 4, max_age: 1h, min_backoff: 100ms, max_backoff: 400ms", "max_attempts: 3"
+    )
+    r = await relay(text)
+    await r.post(failing_run())
+    await wait_state(r, "sent")
+    assert len(sink.received) == 2
 
 
 async def test_replay_over_http_takes_the_ids_a_body_names(relay: RelayFactory, sink: Sink) -> None:
@@ -597,7 +621,8 @@ async def wait_reason(r: Any, run_id: str, channel: str = "hook") -> Notificatio
 
 
 async def test_refused_connection_is_retried_with_reason_network(relay: RelayFactory) -> None:
-    r = await relay(config(f"http://127.0.0.1:{free_port()}"))
+    text = config(f"http://127.0.0.1:{free_port()}").replace("max_attempts: 4", "max_attempts: 12")
+    r = await relay(text)
     await r.post(failing_run())
     row = await wait_reason(r, "run_delivery_0000")
     assert row.reason == "network" and row.attempts == 3  # three quick tries, then the outbox
@@ -805,7 +830,7 @@ async def test_quick_retries_keep_to_the_rate_limit(
     caplog.set_level(logging.INFO, logger="relay.delivery")
     sink.responses = [status(500), status(500)]
     text = config(sink.url).replace("    secret:", "    rate_limit: {per_second: 2}\n    secret:")
-    r = await relay(text)
+    r = await relay(text.replace("max_attempts: 4", "max_attempts: 12"))
     await r.post(failing_run())
     got = await sink.wait_for(3)
     await wait_state(r, "sent")

@@ -16,7 +16,7 @@ from tests.test_delivery import wait_reason
 def config(slack: FakeSlack) -> str:
     return f"""\
 defaults:
-  retry: {{max_attempts: 4, max_age: 1h, min_backoff: 10m}}
+  retry: {{max_attempts: 12, max_age: 1h, min_backoff: 10m}}
   timeout: 2s
   project_ref: proj_test
 channels:
