@@ -5,8 +5,6 @@ names its file:line."""
 
 from __future__ import annotations
 
-import difflib
-
 from relay.config import Config
 from relay.config_load import LoadedConfig
 from relay.config_rules import RuleConfig
@@ -14,8 +12,10 @@ from relay.durations import format_duration
 from relay.errors import did_you_mean
 from relay.grouping import EVERY_RUN
 from relay.match_warnings import match_warnings
-from relay.model import Run, Timing
+from relay.model import Timing
 from relay.rule_compile import Locate
+from relay.rule_when import when_misreads
+from relay.run_fields import ALERT_TASK_FIELDS, RUN_FIELDS, meant_field
 from relay.yamlconf import dotted
 
 
@@ -30,6 +30,7 @@ def config_warnings(loaded: LoadedConfig) -> list[str]:
         warnings.append(f"{loaded.source.filename}: no rules: updates are taken in, none is sent")
     warnings += match_warnings(config.rules, locate)
     warnings += _match_names_in_group_by(config.rules, locate)
+    warnings += _misread_in_when(config.rules, locate)
     warnings += _repeat_under_group_interval(config.rules, locate)
     warnings += _yaml11_words(loaded)
     warnings += _feed_warnings(config, locate)
@@ -135,35 +136,6 @@ def _timeout_inside_long_poll(config: Config, locate: Locate) -> list[str]:
     ]
 
 
-# `match` (and silence) keys a `group_by` path may be written with by mistake: group_by reads
-# the run as JSON, where they are spelt otherwise, so every run would fall in the empty group
-_RUN_FIELD_OF_MATCH_KEY = {
-    "task": "taskIdentifier",
-    "tag": "tags",
-    "cost_cents": "costInCents",
-    "base_cost_cents": "baseCostInCents",
-    "duration_ms": "durationMs",
-    "is_test": "isTest",
-}
-
-
-# the fields of a run object (SPEC §2, and the SDK's beside them: TRIGGER.md §1), which a
-# `group_by` head close to but not one of is a misspelling
-_RUN_FIELDS = frozenset(Run.model_fields) | {
-    "version", "batchId", "friendlyId", "depth", "triggerFunction", "attemptCount",
-    "isQueued", "isWaiting", "isExecuting", "isCompleted", "isFailed", "isSuccess",
-    "isCancelled", "schedule", "relatedRuns", "environment", "project",
-    "env",  # runs.list's {id, name}, kept beside the `environment` read from it
-    # a run from Trigger.dev's alert webhooks (TRIGGER.md §3.2) keeps the alert's other parts
-    "alert", "organization", "machine", "dashboardUrl", "isOutOfMemoryError",
-}  # fmt: skip
-# `task` is the alert webhook run's task (TRIGGER.md §3.2: alert.run.failed, and the legacy
-# body's fileName); alone, it is the match key's name for taskIdentifier
-_ALERT_TASK_FIELDS = frozenset(
-    {"id", "filePath", "fileName", "exportName", "version", "sdkVersion", "cliVersion"}
-)
-
-
 def _repeat_under_group_interval(rules: list[RuleConfig], locate: Locate) -> list[str]:
     """Warnings for a digest rule whose `repeat_interval` (as written, or the default) is
     shorter than its `group_interval`: valid, and it has no effect, a group is closed only
@@ -184,6 +156,18 @@ def _repeat_under_group_interval(rules: list[RuleConfig], locate: Locate) -> lis
                 " effect, a group is closed after group_interval of quiet at the soonest"
             )
     return out
+
+
+def _misread_in_when(rules: list[RuleConfig], locate: Locate) -> list[str]:
+    """Warnings for `when: run.costInCent > 100`: valid, the field reads as nothing (metadata
+    is free-form: only a name close to a run field's is taken for a misspelling)."""
+    return [
+        f"{locate(('rules', i, 'when'))}: rules[{i}].when: `run.{read}` is no field of a run"
+        f" (it reads as nothing): did you mean `run.{meant}`?"
+        for i, rule in enumerate(rules)
+        if rule.when
+        for read, meant in when_misreads(rule.when)
+    ]
 
 
 def _match_names_in_group_by(rules: list[RuleConfig], locate: Locate) -> list[str]:
@@ -224,19 +208,13 @@ _GROUPING_FIELDS = "taskIdentifier, status, tags, metadata.KEY, environment.id, 
 def _meant_field(path: str) -> str | None:
     """The run field a group_by path's first part names by a match key's name, or misspelled;
     `task` too, unless the path reads the alert webhook run's task (`task.version`)."""
-    if _run_path(path):
-        return None
-    head = path.partition(".")[0]
-    if head in _RUN_FIELD_OF_MATCH_KEY:
-        return _RUN_FIELD_OF_MATCH_KEY[head]
-    close = difflib.get_close_matches(head, _RUN_FIELDS, n=1, cutoff=0.8)
-    return close[0] if close else None
+    return None if _run_path(path) else meant_field(path.partition(".")[0])
 
 
 def _run_path(path: str) -> bool:
     """Whether `path` starts at a field of a run (or of an alert webhook run's task)."""
     head, _, rest = path.partition(".")
-    return head in _RUN_FIELDS or (head == "task" and rest.split(".")[0] in _ALERT_TASK_FIELDS)
+    return head in RUN_FIELDS or (head == "task" and rest.split(".")[0] in ALERT_TASK_FIELDS)
 
 
 def _yaml11_words(loaded: LoadedConfig) -> list[str]:

@@ -218,6 +218,10 @@ def _template_findings(
         f"{channel_type}/{template}.{part}.j2:{line}: `{name}` is not in the template "
         "context (it renders empty)"
         for name, line in renderer.unknown_names(channel_type, template, part)
+    ] + [
+        f"{channel_type}/{template}.{part}.j2:{line}: `run.{read}` is no field of a run (it "
+        f"renders empty): did you mean `run.{meant}`?"
+        for read, line, meant in renderer.misread_fields(channel_type, template, part)
     ]
     missing = [
         f"{channel_type}: {why} (the fallback is sent when that line runs)"

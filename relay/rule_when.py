@@ -16,6 +16,7 @@ from jinja2.parser import Parser
 from relay.model import Run
 from relay.render_limits import RENDER_BUDGET_S, time_budget
 from relay.rule_filters import Predicate
+from relay.run_fields import misread_run_fields
 from relay.sandbox import expression_sandbox, refused_names
 from relay.unknowns import with_unknowns
 
@@ -78,6 +79,16 @@ def _unknown_names(env: Environment, expr: nodes.Expr) -> list[str]:
     tree.set_environment(env)
     used = meta.find_undeclared_variables(tree)
     return sorted(used - set(WHEN_NAMES) - set(env.globals))
+
+
+def when_misreads(source: str) -> list[tuple[str, str]]:
+    """(field, the field meant) for each misspelt run field a valid `when:` reads
+    (relay.run_fields): valid, and it reads nothing, so the rule most likely never matches."""
+    try:
+        expr = Parser(expression_sandbox(), source, state="variable").parse_expression()
+    except TemplateError:
+        return []  # not valid: a problem of its own
+    return list(dict.fromkeys((read, meant) for read, _, meant in misread_run_fields(expr)))
 
 
 def _template_error(exc: Exception) -> str:

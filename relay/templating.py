@@ -36,6 +36,7 @@ from relay.render_limits import (
     RenderTimeout,
     time_budget,
 )
+from relay.run_fields import misread_run_fields
 from relay.sandbox import environment, refused_names, sandbox
 from relay.template_files import read_overrides, template_loader
 from relay.template_names import TEMPLATE_SUFFIX, is_template_file, served_name
@@ -158,6 +159,19 @@ class Renderer:
             if node.name in unknown and node.ctx == "load":
                 lines[node.name] = min(lines.get(node.name, node.lineno), node.lineno)
         return sorted(lines.items())
+
+    def misread_fields(self, channel_type: str, name: str, part: str) -> list[tuple[str, int, str]]:
+        """(field, first line, the field meant) for each misspelt run field the template reads
+        (relay.run_fields: `run.taskIdentifer` renders empty); [] when it cannot be read."""
+        try:
+            ast = self._parse(_template_name(channel_type, name, part))
+        except (TemplateError, UnicodeDecodeError, OSError):
+            return []
+        first: dict[str, tuple[str, int, str]] = {}
+        for read, line, meant in misread_run_fields(ast):
+            if read not in first or line < first[read][1]:
+                first[read] = (read, line, meant)
+        return sorted(first.values(), key=lambda found: found[1])
 
     def _parse(self, template: str) -> nodes.Template:
         """The template's syntax tree, parsed once: its source is fixed for this renderer's

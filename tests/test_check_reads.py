@@ -1,0 +1,59 @@
+"""`relay check`'s warnings about what a template or a `when:` reads: a misspelt run field
+renders empty (or never matches) for every run without an error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import run_cli_in_process
+
+
+def _check(tmp_path: Path, template: str, rule_keys: str = "") -> tuple[Path, list[str]]:
+    """`relay check` of a config whose one rule renders `template` to the console."""
+    (tmp_path / "templates" / "console").mkdir(parents=True)
+    (tmp_path / "templates" / "console" / "mine.txt.j2").write_text(template)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "templates: {dir: ./templates}\nchannels: {c: {type: console}}\n"
+        f"rules:\n  - {{name: r, notify: [c], template: mine{rule_keys}}}\n"
+    )
+    result = run_cli_in_process("check", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return config, result.stderr.splitlines()
+
+
+def test_a_misspelt_run_field_in_a_template_is_warned_of_with_the_field_meant(
+    tmp_path: Path,
+) -> None:
+    """`{{ run.taskIdentifer }}` gave "" for every run, and `relay check` said nothing: the
+    warning names the file, the line, the field read and the one meant. Metadata and payload
+    are free-form, a Realtime row keeps columns relay does not list (`run.queue`), the alert
+    webhook's run has a `task`: none of those is warned of."""
+    config, said = _check(
+        tmp_path,
+        "{{ run.status }} {{ run.metadata.anything }} {{ run.payload.whatever }}\n"
+        "{{ run.taskIdentifer }} {{ run.queue }} {{ run.task.filePath }}\n"
+        "{{ run['costInCent'] }} {{ run.get('tag') }} {{ run.tag }}\n",
+    )
+    head = f"warning: {config}:4: rules[0].template: console/mine.txt.j2"
+    assert said == [
+        f"{head}:2: `run.taskIdentifer` is no field of a run (it renders empty): did you mean"
+        " `run.taskIdentifier`?",
+        f"{head}:3: `run.costInCent` is no field of a run (it renders empty): did you mean"
+        " `run.costInCents`?",
+        f"{head}:3: `run.tag` is no field of a run (it renders empty): did you mean `run.tags`?",
+    ]
+
+
+def test_a_misspelt_run_field_in_when_is_warned_of(tmp_path: Path) -> None:
+    """`when: run.costInCent > 100` is valid and never matches: warned of at the rule's
+    `when`, beside the fields it reads right."""
+    config, said = _check(
+        tmp_path,
+        "{{ run.status }}\n",
+        ", when: 'run.costInCent > 100 and run.metadata.region and run.isFailed'",
+    )
+    assert said == [
+        f"warning: {config}:4: rules[0].when: `run.costInCent` is no field of a run (it reads"
+        " as nothing): did you mean `run.costInCents`?"
+    ]
