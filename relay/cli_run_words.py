@@ -17,7 +17,7 @@ import orjson
 
 from relay.errors import InputError, did_you_mean
 from relay.statuses import FAILURE_STATUSES, KNOWN_STATUSES
-from relay.trying import SAMPLE_RUN
+from relay.template_probe import SAMPLE_RUN
 
 # the run the words change: a failure, as most rules are about; no test, no tag, no cost
 BASE_RUN: dict[str, Any] = {

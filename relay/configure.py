@@ -20,7 +20,7 @@ from relay.rule_compile import Locate, compile_rules, rule_template, rule_templa
 from relay.rules import RECOVERY_TEMPLATE, RuleSet
 from relay.settings import Settings
 from relay.template_layout import unrendered_files
-from relay.template_probe import invalid_json
+from relay.template_probe import fails_always, invalid_json, sample_kinds
 from relay.templating import Renderer
 
 BUILTIN_NAME = "<built-in>"
@@ -104,7 +104,7 @@ def _complete(draft: Draft) -> LoadedConfig:
             draft.config.templates.dir, sole_types=channel_registry.sole_part_types()
         )
         rendered = {i: rule for i, rule in rules if all(draft.known(p) for p in _rendering(i))}
-        found = _check_templates(renderer, draft.channel_types, rendered, locate)[0]
+        found = _check_templates(renderer, draft.channel_types, rendered, locate, False)[0]
         problems += found + _broken_files(renderer, locate, found)
     raise ConfigError(in_file_order(problems))
 
@@ -135,7 +135,8 @@ def compile_config(loaded: LoadedConfig, templates: Mapping[str, bytes] | None =
     warnings = config_warnings(loaded)
     every_rule = dict(enumerate(config.rules))
     types = {name: channel.type for name, channel in config.channels.items()}
-    found, unknown = _check_templates(renderer, types, every_rule, loaded.locate)
+    alerts = config.sources.trigger_alerts is not None
+    found, unknown = _check_templates(renderer, types, every_rule, loaded.locate, alerts)
     found += _broken_files(renderer, loaded.locate, found)
     warnings += _unrendered_files(renderer, loaded.locate)
     if problems or found:
@@ -148,19 +149,22 @@ def _check_templates(
     channel_types: Mapping[str, str],
     rules: Mapping[int, RuleConfig],
     locate: Locate,
+    alerts: bool,
 ) -> tuple[list[Problem], list[str]]:
     """Problems and warnings of the templates each rule renders for the types of its channels
-    (rules by their index in the file; a name not in `channel_types` is reported elsewhere)."""
+    (rules by their index in the file; a name not in `channel_types` is reported elsewhere),
+    tried on sample events (of alert webhooks' runs too where `alerts` come)."""
     problems: list[Problem] = []
     warnings: list[str] = []
-    findings: dict[tuple[str, str, str], _Findings] = {}  # most rules share a few templates
+    # most rules share a few templates
+    findings: dict[tuple[str, str, str, tuple[str, ...]], _Findings] = {}
     for i, rule in rules.items():
         where = locate(("rules", i, "template"))
         types = dict.fromkeys(channel_types[n] for n in rule.notify if n in channel_types)
         for kind in (channel_registry.REGISTRY[t] for t in types):
             templates = _templates_of(rule, renderer, kind.type, kind.parts[0])
             for template, part in itertools.product(templates, kind.parts):
-                key = (kind.type, template, part)
+                key = (kind.type, template, part, sample_kinds(rule.match.event, alerts=alerts))
                 if key not in findings:
                     findings[key] = _findings(renderer, *key)
                 why, unknown, missing = findings[key]
@@ -175,14 +179,16 @@ _Findings = tuple[str | None, list[str], list[str]]
 _NONE: _Findings = (None, [], [])
 
 
-def _findings(renderer: Renderer, channel_type: str, template: str, part: str) -> _Findings:
+def _findings(
+    renderer: Renderer, channel_type: str, template: str, part: str, kinds: tuple[str, ...]
+) -> _Findings:
     """_template_findings, but none for a shipped template when templates.dir overrides no
     file: it and all it reaches are relay's own, whose tests find nothing in any of them
     (test_every_shipped_template_is_found_fine); checking them cost every start and every
     `relay check` ~0.35 s of CPU. With an override, one it reaches may be the user's."""
     if not renderer.overrides and renderer.has_template(channel_type, template, part):
         return _NONE
-    why, unknown, missing = _template_findings(renderer, channel_type, template, part)
+    why, unknown, missing = _template_findings(renderer, channel_type, template, part, kinds)
     if why is not None and not _has(renderer, channel_type, template, part):
         why += _elsewhere(renderer, template)
     return why, unknown, missing
@@ -209,11 +215,12 @@ def _elsewhere(renderer: Renderer, template: str) -> str:
 
 
 def _template_findings(
-    renderer: Renderer, channel_type: str, template: str, part: str
+    renderer: Renderer, channel_type: str, template: str, part: str, kinds: tuple[str, ...]
 ) -> _Findings:
     """The problem of a template; a name it reads that its context lacks (it renders empty); a
-    template it includes that does not exist (that line renders the fallback when it runs).
-    Each takes ~25 ms (Jinja parses and walks the tree): once per template, not per rule."""
+    template it includes that does not exist (that line renders the fallback when it runs); a
+    render failing on every sample event of `kinds` (sample_kinds). Each takes ~25 ms (Jinja
+    parses and walks the tree): once per template and events, not per rule."""
     unknown = [
         f"{channel_type}/{template}.{part}.j2:{line}: `{name}` is not in the template "
         "context (it renders empty)"
@@ -228,7 +235,12 @@ def _template_findings(
         for why in renderer.missing_references(channel_type, template, part)
     ]
     problem = renderer.check(channel_type, template, part)
-    if (
+    if problem is None and (why := fails_always(renderer, channel_type, template, part, kinds)):
+        unknown.append(
+            f"{channel_type}/{template}.{part}.j2 fails on every sample event relay tried for"
+            f" the rule ({why}): the fallback would be sent each time"
+        )
+    elif (
         problem is None
         and part == "json"
         and (why := invalid_json(renderer, channel_type, template))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import orjson
 
@@ -20,21 +19,8 @@ from relay.model import Notification, Run, notification_id
 from relay.rendering import render_digest, render_notification
 from relay.routes import http_client, route_for
 from relay.sending import Route
+from relay.template_probe import SAMPLE_RUN
 from relay.templating import Rendered
-
-SAMPLE_RUN: dict[str, Any] = {
-    "id": "run_relaytest0000000000000000",
-    "taskIdentifier": "relay-send-test",
-    "status": "FAILED",
-    "createdAt": "2026-01-01T00:00:00.000Z",
-    "updatedAt": "2026-01-01T00:00:12.000Z",
-    "durationMs": 11800,
-    "costInCents": 0.04,
-    "baseCostInCents": 0.0025,
-    "tags": ["relay:send-test"],
-    "isTest": True,
-    "error": {"name": "Error", "message": "This is a test notification from relay send-test"},
-}
 
 
 @dataclass(frozen=True)

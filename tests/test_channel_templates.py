@@ -35,7 +35,9 @@ from relay.filters import mrkdwn, web_url
 from relay.grouping import digest_context
 from relay.model import Run
 from relay.sandbox import environment, sandbox
+from relay.statuses import EVENTS
 from relay.template_files import shipped_templates_dir
+from relay.template_probe import ALERT_RUN, fails_always
 from relay.templating import RenderContext, Renderer
 from tests.conftest import (
     EVENT_TEMPLATES,
@@ -702,8 +704,11 @@ def test_every_shipped_template_is_found_fine() -> None:
     renderer = Renderer()
     templates = shipped_templates()
     assert len(templates) > 40 and {t for t, _, _ in templates} >= set(REGISTRY)
+    kinds = (*EVENTS, ALERT_RUN)
     for key in templates:
-        assert configure._template_findings(renderer, *key) == (None, [], []), key
+        assert configure._template_findings(renderer, *key, kinds) == (None, [], []), key
+        for kind in kinds:  # each renders on the samples of each kind of event alone too
+            assert fails_always(renderer, *key, (kind,)) is None, (key, kind)
 
 
 def test_a_shipped_template_is_checked_when_a_file_it_reaches_is_overridden(
@@ -714,7 +719,7 @@ def test_a_shipped_template_is_checked_when_a_file_it_reaches_is_overridden(
     (tmp_path / "slack").mkdir()
     (tmp_path / "slack" / "_macros.j2").write_text("{% macro oops( %}")
     renderer = Renderer(tmp_path)
-    why, _, _ = configure._findings(renderer, "slack", "run_failed", "json")
+    why, _, _ = configure._findings(renderer, "slack", "run_failed", "json", ("run",))
     assert why is not None and "_macros.j2" in why
 
 

@@ -57,3 +57,38 @@ def test_a_misspelt_run_field_in_when_is_warned_of(tmp_path: Path) -> None:
         f"warning: {config}:4: rules[0].when: `run.costInCent` is no field of a run (it reads"
         " as nothing): did you mean `run.costInCents`?"
     ]
+
+
+def test_a_template_failing_on_every_sample_event_is_warned_of(tmp_path: Path) -> None:
+    """`{{ run.costInCents / 0 }}` passed `relay check` and sent the fallback for every run:
+    tried on sample events of the kinds its rule sees, it is a warning naming the template and
+    the error (its class and line, never a message)."""
+    config, said = _check(tmp_path, "{{ run.status }}\n{{ run.costInCents / 0 }}\n")
+    assert said == [
+        f"warning: {config}:4: rules[0].template: console/mine.txt.j2 fails on every sample"
+        " event relay tried for the rule (ZeroDivisionError in console/mine.txt.j2:2): the"
+        " fallback would be sent each time"
+    ]
+
+
+def test_a_filter_given_wrong_arguments_is_warned_of_for_a_deployment_rule(
+    tmp_path: Path,
+) -> None:
+    """The samples are of the rule's events: a deployment's too."""
+    config, said = _check(
+        tmp_path,
+        "{{ run.deployment.version|truncate('ten') }}\n",
+        ", match: {event: deployment.failed}",
+    )
+    assert said == [
+        f"warning: {config}:4: rules[0].template: console/mine.txt.j2 fails on every sample"
+        " event relay tried for the rule (TypeError in console/mine.txt.j2:1): the fallback"
+        " would be sent each time"
+    ]
+
+
+def test_a_template_failing_on_some_runs_only_is_not_warned_of(tmp_path: Path) -> None:
+    """One that renders for a completed run (or an alert webhook's run, where the config takes
+    them) may fail for a failure on purpose, or for data the samples lack: no warning."""
+    _, said = _check(tmp_path, "{% if run.status != 'COMPLETED' %}{{ 1 / 0 }}{% endif %}\n")
+    assert said == []
