@@ -55,3 +55,26 @@ class DashValuesParser(StrictParser):
             return options.get(word)
         found = {action for option, action in options.items() if option.startswith(word)}
         return found.pop() if len(found) == 1 else None
+
+
+class Spelled(argparse.Action):
+    """Stores an option's value and, in the namespace's `spelled`, the flag as it was typed
+    (`--end` for `--until`, `-d` for `--duration`): an error names what the user wrote
+    (`spelled`), not the flag's first name, which they may never have seen."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        typed = dict(getattr(namespace, "spelled", None) or {})
+        typed[self.dest] = option_string or self.option_strings[0]
+        namespace.spelled = typed
+
+
+def spelled(args: argparse.Namespace, dest: str, flag: str) -> str:
+    """The flag of `dest` as typed on the command line (Spelled), else `flag`."""
+    return str((getattr(args, "spelled", None) or {}).get(dest, flag))

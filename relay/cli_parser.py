@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from relay import __version__
-from relay.cli_argparse import DashValuesParser, StrictParser
+from relay.cli_argparse import DashValuesParser, Spelled, StrictParser
 from relay.model import SILENCE_MATCHERS
 from relay.settings import worker_count
 from relay.worker_role import CONFIG_FD_FLAG, EVENTS_FLAG, WORKER_FLAG
@@ -259,6 +259,7 @@ def _silence_add_parser(silence_sub: Any, parents: list[argparse.ArgumentParser]
     add.add_argument(
         "--until",
         "--end",
+        action=Spelled,
         type=_given(f"a time like {_TIME_EXAMPLE}"),
         help=f"end time, ISO-8601 ({_TIME_EXAMPLE}); wins over --duration",
     )
@@ -285,7 +286,11 @@ def _silence_update_parser(silence_sub: Any, parents: list[argparse.ArgumentPars
         help="how long, from the start (from now once it has started)",
     )
     update.add_argument(
-        "--until", "--end", type=_given(f"a time like {_TIME_EXAMPLE}"), help="new end time"
+        "--until",
+        "--end",
+        action=Spelled,
+        type=_given(f"a time like {_TIME_EXAMPLE}"),
+        help="new end time",
     )
     update.add_argument("--start", type=_given(f"a time like {_TIME_EXAMPLE}"), help="new start")
     update.add_argument("-c", "--comment", help="new comment")

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from relay.cli_argparse import spelled
 from relay.cli_silences import duration_s, wait_until_applied
 from relay.cli_store import with_store
 from relay.errors import InputError, RelayError
@@ -34,6 +35,7 @@ class Change:
     end: float | None
     duration_s: float | None
     comment: str | None
+    end_flag: str = "--until/--duration"  # for an error of the end: as typed (`--end`)
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,8 @@ class Updated:
 
 def cmd_silence_update(args: argparse.Namespace, settings: Settings) -> int:
     change = _change(args)
-    if change == Change(None, None, None, None):  # a usage error, as add's missing matchers
+    # a usage error, as add's missing matchers
+    if (change.start, change.end, change.duration_s, change.comment) == (None,) * 4:
         said = "nothing to change: give --duration, --until, --start or --comment"
         print(f"relay silence update: error: {said}", file=sys.stderr)
         return 2
@@ -70,12 +73,14 @@ def _change(args: argparse.Namespace) -> Change:
     """The flags read, before the store is opened; RelayError naming the flag that is wrong."""
     from relay.silences.shapes import parse_time  # noqa: PLC0415
 
+    until = spelled(args, "until", "--until")
     try:
         return Change(
             start=parse_time(args.start, "--start") if args.start else None,
-            end=parse_time(args.until, "--until") if args.until else None,
+            end=parse_time(args.until, until) if args.until else None,
             duration_s=duration_s(args.duration) if args.duration else None,
             comment=args.comment,
+            end_flag=f"{until}/--duration",
         )
     except InputError as exc:
         raise RelayError(f"silence not updated: {exc}") from None
@@ -90,7 +95,7 @@ async def _update(store: Any, ident: str, change: Change, now: float) -> Updated
     try:
         silence = _changed(found, change, now, renewed=renewed)
     except InputError as exc:
-        return Updated(said=f"{ident} not updated: {_as_flag(exc)}")
+        return Updated(said=f"{ident} not updated: {_as_flag(exc, change.end_flag)}")
     if not renewed:
         if await store.change_silence(silence, now):
             return Updated(ident)
@@ -125,8 +130,8 @@ def _changed(found: Silence, change: Change, now: float, *, renewed: bool) -> Si
     )
 
 
-def _as_flag(exc: InputError) -> str:
-    """`exc` in the words of the flags: `--until`/`--duration` for the API's ends_at."""
+def _as_flag(exc: InputError, end_flag: str) -> str:
+    """`exc` in the words of the flags: those of the end as typed for the API's ends_at."""
     if exc.field == "ends_at":
-        return f"--until/--duration: {exc.message.replace('starts_at', '--start')}"
+        return f"{end_flag}: {exc.message.replace('starts_at', '--start')}"
     return str(exc)

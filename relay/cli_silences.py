@@ -9,6 +9,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+from relay.cli_argparse import spelled
 from relay.cli_store import print_table, reading, said_whole, wants_json, with_store
 from relay.errors import InputError, RelayError
 from relay.logs import typed_back
@@ -28,7 +29,11 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
     try:
         matchers = parse_matchers(cli_matchers(args.matchers, flags))
         start = parse_time(args.start, "--start") if args.start else now
-        end = parse_time(args.until, "--until") if args.until else start + duration_s(args.duration)
+        end = (
+            parse_time(args.until, spelled(args, "until", "--until"))
+            if args.until
+            else start + duration_s(args.duration)
+        )
         silence = new_silence(
             matchers,
             ends_at=end,
@@ -86,7 +91,7 @@ def _as_flags(exc: InputError, args: argparse.Namespace) -> str:
     if exc.field != "ends_at":
         return str(exc)
     if args.until:
-        return f"--until: {exc.message.replace('starts_at', '--start')}"
+        return f"{spelled(args, 'until', '--until')}: {exc.message.replace('starts_at', '--start')}"
     if args.start and "future" in exc.message:  # --start past, and --duration too short
         return "--start: the silence would end in the past; give a later --start or --duration"
     if "future" in exc.message:  # over before it was stored (_add_silence)

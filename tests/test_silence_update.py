@@ -131,6 +131,9 @@ def test_an_ended_or_restarted_silence_is_replaced_by_a_new_one(tmp_path: Path) 
             "{id} not updated: --until/--duration: must be after --start",
         ),
         (["-c", "a\x00b"], 1, "{id} not updated: comment: must not contain a NUL character"),
+        # --end is --until: an error named the flag the user had not typed
+        (["--end", "soon"], 1, "error: silence not updated: --end: expected an ISO-8601 time"),
+        (["--end", "2000-01-01"], 1, "{id} not updated: --end/--duration: must be in the future"),
     ],
 )
 def test_a_wrong_update_changes_nothing_and_says_why(

@@ -1152,6 +1152,10 @@ def test_cli_add_takes_the_spec_synopsis_and_amtool_default(tmp_path: Path) -> N
         (["--start", "2999-01-02", "--until", "2999-01-01"], "--until: must be after --start"),
         (["--start", "2000-01-01", "-d", "1h"], "--start: the silence would end in the past"),
         (["--until", "9999-12-31T23:59:59.999999-00:01"], "--until: time out of range"),
+        # --end is --until: the error names the flag typed, not one the user may never have seen
+        (["--end", "2020-01-01T00:00:00Z"], "--end: must be in the future"),
+        (["--end", "soon"], "--end: expected an ISO-8601 time"),
+        (["--start", "2999-01-02", "--end", "2999-01-01"], "--end: must be after --start"),
         (["--start", "0001-01-01T00:00:00+00:01"], "--start: time out of range"),
         (["--start", "9999-12-31T23:59:59Z", "-d", "1s"], "--duration '1s': time out of range"),
     ],
