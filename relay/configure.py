@@ -235,7 +235,8 @@ def _template_findings(
         for why in renderer.missing_references(channel_type, template, part)
     ]
     problem = renderer.check(channel_type, template, part)
-    if problem is None and (why := fails_always(renderer, channel_type, template, part, kinds)):
+    tried = problem is None and not missing  # a missing include fails it: said already
+    if tried and (why := fails_always(renderer, channel_type, template, part, kinds)):
         unknown.append(
             f"{channel_type}/{template}.{part}.j2 fails on every sample event relay tried for"
             f" the rule ({why}): the fallback would be sent each time"

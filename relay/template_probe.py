@@ -51,7 +51,11 @@ PROBE_RUN: dict[str, Any] = {
     },
     "event": "run",
 }
-_COMPLETED = {**SAMPLE_RUN, "status": "COMPLETED", "error": None, "output": {"ok": True}}
+# unlike the others: no error, no tag, no test, an output
+_COMPLETED = {
+    **SAMPLE_RUN, "status": "COMPLETED", "error": None, "tags": [], "isTest": False,
+    "output": {"ok": True},
+}  # fmt: skip
 _PLACE = {
     "environment": {"id": "env_sample", "type": "PRODUCTION", "slug": "prod", "name": "prod"},
     "organization": {"id": "org_sample", "slug": "acme", "name": "Acme"},
