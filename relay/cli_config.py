@@ -26,14 +26,22 @@ if TYPE_CHECKING:  # the store's commands (dlq, silence, history) start without 
 log = logging.getLogger("relay")
 
 
-def _compiled(args: argparse.Namespace, settings: Settings) -> Compiled:
+def _compiled(args: argparse.Namespace, settings: Settings, *, sends: bool = True) -> Compiled:
     """The config file's (or the built-in one); a delivery worker's: its parent's, as the
-    parent read it, from the file --config-fd names (see relay.worker_pipes)."""
+    parent read it, from the file --config-fd names (see relay.worker_pipes). For a command
+    that `sends` nothing (relay test), an unset `${VAR}` is a note and a placeholder."""
     from relay.configure import compile_config, load  # noqa: PLC0415
+    from relay.placeholders import with_placeholders  # noqa: PLC0415
 
     fd = getattr(args, "config_fd", None)
-    if fd is None:
-        compiled = compile_config(load(settings, getattr(args, "config", None)))
+    path = getattr(args, "config", None)
+    if fd is None and not sends:
+        loaded, unset = with_placeholders(lambda env: load(settings, path, env))
+        for name in unset:
+            print(f"note: {name} is unset; relay serve would refuse it", file=sys.stderr)
+        compiled = compile_config(loaded)
+    elif fd is None:
+        compiled = compile_config(load(settings, path))
     else:  # relay.reloading imports the service's metrics (prometheus_client): workers only
         from relay.reloading import compile_payload  # noqa: PLC0415
 
@@ -135,7 +143,7 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
     from relay.formats import parse_any, parse_body  # noqa: PLC0415
     from relay.trying import dry_run  # noqa: PLC0415
 
-    compiled = _compiled(args, settings)
+    compiled = _compiled(args, settings, sends=False)
     _log_warnings(compiled, settings)
     words, event = are_words(args.event), Path(args.event[0])
     try:

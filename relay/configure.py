@@ -46,8 +46,11 @@ class Compiled:
     warnings: tuple[str, ...] = ()
 
 
-def load(settings: Settings, path: Path | None = None) -> LoadedConfig:
-    """The config file, or the built-in default when none was named and none exists.
+def load(
+    settings: Settings, path: Path | None = None, env: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """The config file (its `${VAR}`s from `env`, else the environment), or the built-in
+    default when none was named and none exists.
 
     ConfigError lists every problem of the file, and those of the expressions and templates of
     its valid rules with them, so that one `relay check` shows all there is to fix."""
@@ -56,7 +59,7 @@ def load(settings: Settings, path: Path | None = None) -> LoadedConfig:
     if target.exists() or path is not None or settings.config_explicit:
         if not target.exists():
             raise ConfigError([Problem(str(target), "", "config file not found")])
-        return _complete(check_file(target, models))
+        return _complete(check_file(target, models, env))
     return _builtin()
 
 
