@@ -49,7 +49,7 @@ def check_named_config(settings: Settings, path: Path | None) -> None:
 
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     """The newest dead notifications, `--limit` of them (GET /v1/dlq's 1000 unless given)."""
-    from relay.history import DLQ_LISTED, dead_letter_view, failure  # noqa: PLC0415
+    from relay.history import DLQ_LISTED, dead_letter_views, failure  # noqa: PLC0415
     from relay.silences.listing import parse_limit  # noqa: PLC0415
 
     try:
@@ -57,7 +57,7 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
     except InputError as exc:  # refused before the store is opened, as history's --limit
         raise RelayError(f"dlq list: {exc}") from None
     rows = asyncio.run(reading(settings, lambda s: s.dead_letters(limit + 1)))
-    views = [dead_letter_view(n) for n in rows[:limit]]
+    views = dead_letter_views(rows[:limit])
     if len(rows) > limit:  # said on stderr: stdout stays the list (or JSON) alone
         print(_MORE_DEAD.format(limit), file=sys.stderr)
     if said_whole(views, as_json=wants_json(args), none="no dead notifications"):
@@ -66,12 +66,20 @@ def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
         [
             *(v[k] for k in ("id", "run_id", "rule", "channel")),
             str(v["attempts"]),
+            _digest_cell(v["digest"]),
             failure(v["reason"], v["error"]),
         ]
         for v in views
     ]
-    print_table(["ID", "RUN", "RULE", "CHANNEL", "ATTEMPTS", "REASON"], rows_shown, right={4})
+    head = ["ID", "RUN", "RULE", "CHANNEL", "ATTEMPTS", "DIGEST", "REASON"]
+    print_table(head, rows_shown, right={4})
     return 0
+
+
+def _digest_cell(digest: dict[str, Any] | None) -> str:
+    """A dead letter's DIGEST: the digest that carried it and how many runs the list shows
+    of it (`dgs_… (3 runs)`), or `-` for a message of its own."""
+    return "-" if digest is None else f"{digest['id']} ({digest['notifications']} runs)"
 
 
 def said_whole(views: list[Any], *, as_json: bool, none: str) -> bool:

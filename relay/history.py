@@ -9,6 +9,7 @@ from typing import Any
 
 from relay.durations import NOT_A_DURATION, parse_duration
 from relay.errors import InputError
+from relay.grouping import digest_id
 from relay.model import ALERT_DEAD, Notification
 from relay.run_values import iso
 from relay.silences.listing import parse_limit
@@ -130,11 +131,27 @@ DEAD_LETTER_FIELDS = (
 )
 
 
-def dead_letter_view(n: Notification) -> dict[str, Any]:
-    """The public face of a dead letter (also used by `relay dlq list --json`): the fields of
-    its notification_view, so that its times read as the rest of the API's (ISO-8601, UTC)."""
-    view = notification_view(n)
-    return {name: view[name] for name in DEAD_LETTER_FIELDS}
+def dead_letter_views(rows: Sequence[Notification]) -> list[dict[str, Any]]:
+    """The public face of dead letters (GET /v1/dlq, `relay dlq list --json`): the fields of
+    each one's notification_view, so that its times read as the rest of the API's (ISO-8601,
+    UTC), and `digest`: {id, notifications} for the rows among `rows` of one digest that died
+    together (the rows of a group marked dead at once: one message carrying their runs), else
+    None. A digest's rows past `rows` (a listing's limit) are not counted."""
+    together: dict[tuple[str, float], list[str]] = {}
+    for n in rows:
+        if n.group_key is not None:
+            together.setdefault((n.group_key, n.updated_at), []).append(n.id)
+    digests = {
+        ident: {"id": digest_id(ids), "notifications": len(ids)}
+        for ids in together.values()
+        if len(ids) > 1
+        for ident in ids
+    }
+    views = []
+    for n in rows:
+        view = notification_view(n)
+        views.append({**{k: view[k] for k in DEAD_LETTER_FIELDS}, "digest": digests.get(n.id)})
+    return views
 
 
 NARROWING = ("channel", "rule", "since")  # what narrows a replay of every dead notification

@@ -264,6 +264,9 @@ class Notification:
     extra: dict[str, Any] = field(default_factory=dict)
     group_key: str | None = None  # set for digest rules: sent together with its group
     receipt: str | None = None  # what the channel said it delivered (a Slack message, a dedup key)
+    # when the store last changed it, as read back (0 when not): the rows of one digest that
+    # died together share it (relay.history.dead_letter_views)
+    updated_at: float = field(default=0.0, compare=False)
 
     @property
     def resolves(self) -> str | None:

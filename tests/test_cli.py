@@ -1576,15 +1576,16 @@ async def test_dlq_lists_and_replays_dead_letters(tmp_path: Path) -> None:
     )
     assert listed.returncode == 0, listed.stderr
     head, *rows = listed.stdout.splitlines()
-    assert head.split() == ["ID", "RUN", "RULE", "CHANNEL", "ATTEMPTS", "REASON"]
+    assert head.split() == ["ID", "RUN", "RULE", "CHANNEL", "ATTEMPTS", "DIGEST", "REASON"]
     for nid, run_id in zip(ids, ["run_dead_one", "run_dead_two"], strict=True):
         [row] = [line for line in rows if line.startswith(nid)]
-        # the rule too, as history and GET /v1/dlq name it: which alert went unsent
-        assert row.split()[1:5] == [run_id, "r1", "hook", "12"]
+        # the rule too, as history and GET /v1/dlq name it: which alert went unsent; no digest
+        assert row.split()[1:6] == [run_id, "r1", "hook", "12", "-"]
         assert "server_error: HTTP 503" in row
     assert "server_error: server_error" not in listed.stdout
     views = json.loads(as_json.stdout)
     assert {v["id"] for v in views} == set(ids)
+    assert [v["digest"] for v in views] == [None, None]
     assert {(v["run_id"], v["channel"], v["reason"], v["error"]) for v in views} == {
         (run_id, "hook", "server_error", ERRORS[i])
         for i, run_id in enumerate(["run_dead_one", "run_dead_two"])

@@ -356,13 +356,22 @@ async def test_replaying_a_dead_digest_by_its_webhook_id_says_which_ids_replay_i
             break
         await asyncio.sleep(0.05)
     assert len(dead) == 3 and digest.startswith("dgs_")
+    # each row says it died as one digest, by the id its receiver was sent (GET /v1/dlq, and
+    # `relay dlq list`, whose rows read as three failures of their own before)
+    assert [d["digest"] for d in dead] == [{"id": digest, "notifications": 3}] * 3
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    listed = await asyncio.to_thread(run_cli, "dlq", "list", env=env)
+    head, *rows = listed.stdout.splitlines()
+    assert head.split()[5] == "DIGEST" and len(rows) == 3
+    assert all(f" {digest} (3 runs) " in row for row in rows), listed.stdout
+    as_json = await asyncio.to_thread(run_cli, "dlq", "list", "-o", "json", env=env)
+    assert [d["digest"] for d in json.loads(as_json.stdout)] == [d["digest"] for d in dead]
     hint = f": {digest} is a digest's id; replay it by one of its notifications (the ntf_ ids"
     for url, body in ((f"/v1/dlq/{digest}/replay", None), ("/v1/dlq/replay", {"ids": [digest]})):
         async with r.http.post(r.url + url, json=body) as resp:
             said = await resp.json()
         assert resp.status == 404 and said["error"].startswith("no dead notification with that id")
         assert hint + " GET /v1/dlq shows)" in said["error"]
-    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
     out = await asyncio.to_thread(run_cli, "dlq", "replay", digest, env=env)
     assert out.returncode == 1
     assert out.stderr == f"no dead notification with id {digest}{hint} relay dlq list shows)\n"

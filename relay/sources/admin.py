@@ -19,7 +19,7 @@ from relay.history import (
     DLQ_LISTED,
     NARROWING,
     dead_ids,
-    dead_letter_view,
+    dead_letter_views,
     dead_query,
     digest_hint,
     event_view,
@@ -72,7 +72,7 @@ class DeadLetterHandlers:
         except InputError as exc:
             return bad_input(exc)
         rows = await self.deps.store.dead_letters(DLQ_LISTED + 1)  # more: one over
-        dead = [dead_letter_view(n) for n in rows[:DLQ_LISTED]]
+        dead = dead_letter_views(rows[:DLQ_LISTED])
         return json_response({"dead": dead, "more": len(rows) > DLQ_LISTED})
 
     async def dlq_replay_one(self, request: web.Request) -> web.Response:

@@ -43,6 +43,7 @@ def to_notification(row: Row) -> Notification:
         extra=extra,
         group_key=row["group_key"],
         receipt=row["receipt"],
+        updated_at=row["updated_at"],
     )
 
 
