@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from relay.config import Config
 from relay.config_parts import is_known
 from relay.config_rules import RuleConfig
 from relay.errors import Problem, did_you_mean
@@ -25,24 +26,27 @@ class Names:
         self.unknown = unknown
         self.located = located
 
-    def written(self, key: str) -> list[tuple[int, str]]:
-        """(index, name) of each entry of `key` whose name is a known string."""
+    def written(self, key: str, *, validated: bool = True) -> list[tuple[int, str]]:
+        """(index, name) of each entry of `key` whose name is a string, known where the section
+        is `validated` (a misspelt one is not: written_as)."""
         raw = self.data.get(key)
         return [
             (i, spec["name"])
             for i, spec in enumerate(raw if isinstance(raw, list) else [])
             if isinstance(spec, dict)
             and isinstance(spec.get("name"), str)
-            and is_known((key, i, "name"), self.unknown)
+            and (not validated or is_known((key, i, "name"), self.unknown))
         ]
 
     def every(self, key: str) -> set[str] | None:
-        """Every name of `key`, or None when one may be missing (an entry whose name is not
-        known, or a section that is no list): no name is then looked up in it."""
-        raw = self.data.get(key)
+        """Every name of `key` (or of the key misspelt for it: written_as), or None when one
+        may be missing (an entry whose name is not known, or a section that is no list): no
+        name is then looked up in it."""
+        section = written_as(self.data, key)
+        raw = self.data.get(section)
         if raw is None:
             return set()
-        names = self.written(key)
+        names = self.written(section, validated=section == key)
         if not isinstance(raw, list) or len(names) != len(raw):
             return None
         return {name for _, name in names}
@@ -55,6 +59,19 @@ class Names:
                 out.append((i, name))
             seen.add(name)
         return out
+
+
+def written_as(data: dict[str, Any], section: str) -> str:
+    """The top-level key the file wrote for `section`: itself, or, where it is not written, a
+    key no section has spelt close to it (`channel:` for `channels:`, `time_interval:`). That
+    key is the one problem ("unknown key (did you mean 'channels'?)"): the names under it are
+    not said to be missing as well, at every rule naming one."""
+    if section in data:
+        return section
+    for key in data:
+        if key not in Config.model_fields and did_you_mean(str(key), [section]):
+            return str(key)
+    return section
 
 
 def rule_options(rules: Mapping[int, RuleConfig], names: Names) -> list[Problem]:
@@ -134,7 +151,7 @@ def references(data: dict[str, Any], names: Names) -> list[Problem]:
     `channels` is no mapping: that is the problem reported), from the raw data: every rule.
     A value from an unset variable is not looked up (its problem is that variable)."""
     located = names.located
-    channels = data.get("channels")
+    channels = data.get(written_as(data, "channels"))
     known = set(channels or ()) if channels is None or isinstance(channels, dict) else None
     rules = data.get("rules")
     problems = [
