@@ -144,6 +144,33 @@ def setting_message(err: Mapping[str, Any], show: Callable[[Any], str] | None = 
     return TYPE_WORDS.get(str(err["type"])) or field_message(err, show)
 
 
+def input_message(err: Mapping[str, Any]) -> str:
+    """setting_message of a field of a body posted (a run, an alert webhook's), in JSON's
+    words where pydantic's are Python's ("Input should be a valid string", "... a valid
+    dictionary", "String should have at least 1 character"): as `relay check` says them."""
+    kind, ctx = str(err["type"]), err.get("ctx") or {}
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "string_too_short":
+        least = ctx.get("min_length", 1)
+        return "must not be empty" if least == 1 else f"must be at least {least} characters"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters"
+    if kind.startswith(("datetime_", "date_")):
+        return "expected an ISO-8601 time like 2026-01-01T00:00:00.000Z"
+    return _BODY_WORDS.get(kind) or setting_message(err)
+
+
+# pydantic's words for a JSON value of the wrong type, in JSON's (numbers and booleans:
+# TYPE_WORDS, as the configuration's)
+_BODY_WORDS = {
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected an object",
+    "model_type": "expected an object",
+}
+
+
 # pydantic's numeric bounds ("Input should be greater than or equal to 1024"): by error type,
 # relay's words and the key of the bound in the error's ctx
 BOUNDS = {

@@ -339,21 +339,21 @@ BAD_BODIES: list[tuple[bytes, str, str]] = [
     (json.dumps({"type": "run", "run": {"status": "FAILED"}}).encode(), "id", "missing"),
     (json.dumps({"id": "run_1"}).encode(), "status", "missing"),
     (json.dumps(small_failed(id=5)).encode(), "id", "string"),
-    (json.dumps(small_failed(id="")).encode(), "id", "at least 1 character"),
+    (json.dumps(small_failed(id="")).encode(), "id", "must not be empty"),
     (json.dumps(small_failed(id="run_" + "é" * 509)).encode(), "id", "at most 512 characters"),
     (json.dumps(small_failed(id="run_\x00a")).encode(), "id", "NUL"),  # PostgreSQL: run_\ufffda
     (json.dumps(small_failed(costInCents="twelve")).encode(), "costInCents", "number"),
     (json.dumps(small_failed(costInCents="NaN")).encode(), "costInCents", "number"),
-    (json.dumps(small_failed(number=1.5)).encode(), "number", "integer"),
+    (json.dumps(small_failed(number=1.5)).encode(), "number", "expected a whole number"),
     (json.dumps(small_failed(costInCents=True)).encode(), "costInCents", "number"),
     (json.dumps(small_failed(tags="prod")).encode(), "tags", "list"),
     (json.dumps(small_failed(tags=[1])).encode(), "tags[0]", "string"),
-    (json.dumps(small_failed(isTest="no")).encode(), "isTest", "boolean"),
-    (json.dumps(small_failed(updatedAt="yesterday")).encode(), "updatedAt", "datetime"),
+    (json.dumps(small_failed(isTest="no")).encode(), "isTest", "expected true or false"),
+    (json.dumps(small_failed(updatedAt="yesterday")).encode(), "updatedAt", "ISO-8601"),
     (json.dumps(small_failed(metadata=[1])).encode(), "", ""),  # kept as {"value": [...]}
     (json.dumps([small_failed(), small_failed(id=None)]).encode(), "[1].id", "string"),
     (json.dumps([small_failed(), small_failed(tags=["a", 3])]).encode(), "[1].tags[1]", "string"),
-    (json.dumps([small_failed(createdAt="nope")]).encode(), "[0].createdAt", "datetime"),
+    (json.dumps([small_failed(createdAt="nope")]).encode(), "[0].createdAt", "ISO-8601"),
     (json.dumps({**RAW_ROW, "runTags": ["a", 3]}).encode(), "runTags[1]", "string"),
     (b'[{"id": "r", "status": "FAILED", "costInCents": 1e400}]', "[0].costInCents", "out of range"),
     (b'{"id": "r", "status": "FAILED", "metadata": {"n": [-1' + b"0" * 400 + b']}}',
@@ -362,7 +362,7 @@ BAD_BODIES: list[tuple[bytes, str, str]] = [
     (
         b'{"id": "r", "status": "FAILED", "number": 123456789012345678901234567890}',
         "number",
-        "integer",
+        "whole number",
     ),
     (b"\xff\xfe{bad utf8}", "", "invalid JSON"),
     (b"[" * 2000 + b"]" * 2000, "", "invalid JSON"),  # nesting deeper than orjson allows
@@ -398,6 +398,33 @@ async def test_bad_bodies_get_400_naming_the_field(relay: RelayFactory) -> None:
         assert status == 400, (body[:60], answer)
         assert answer.get("field") == field, (body[:60], answer)
         assert message in answer["error"], (body[:60], answer)
+
+
+async def test_a_400_says_relay_s_words_not_pydantic_s(relay: RelayFactory) -> None:
+    """POST /v1/runs said pydantic's "Input should be a valid string", "String should have at
+    least 1 character", where `relay check` says "expected a whole number", "expected true or
+    false": the same words now, in the same body, the field's path as it was."""
+    r = await relay(CONFIG)
+    said = {}
+    for field, value in [
+        ("id", 5), ("id", ""), ("tags", "prod"), ("isTest", "no"), ("number", 1.5),
+        ("createdAt", "yesterday"),
+    ]:  # fmt: skip
+        body = json.dumps([small_failed(), small_failed(**{field: value})]).encode()
+        status, answer, _ = await raw_post(r.url, body, {"Content-Type": "application/json"})
+        assert status == 400, answer
+        said[field, json.dumps(value)] = answer
+    assert said == {
+        ("id", "5"): {"error": "expected a string", "field": "[1].id"},
+        ("id", '""'): {"error": "must not be empty", "field": "[1].id"},
+        ("tags", '"prod"'): {"error": "expected a list", "field": "[1].tags"},
+        ("isTest", '"no"'): {"error": "expected true or false", "field": "[1].isTest"},
+        ("number", "1.5"): {"error": "expected a whole number", "field": "[1].number"},
+        ("createdAt", '"yesterday"'): {
+            "error": "expected an ISO-8601 time like 2026-01-01T00:00:00.000Z",
+            "field": "[1].createdAt",
+        },
+    }
 
 
 async def test_a_packet_too_deep_to_unwrap_is_kept_as_its_text(relay: RelayFactory) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from relay.errors import InputError, field_message, field_path
+from relay.errors import InputError, field_path, input_message
 from relay.formats.packets import decode_packet
 from relay.model import Run, dates_from_iso
 from relay.statuses import add_status_flags, normalise_status
@@ -75,5 +75,4 @@ def _validated(data: dict[str, Any]) -> Run:
 
 def _input_error(exc: ValidationError, where: str) -> InputError:
     err = exc.errors(include_input=False, include_url=False)[0]
-    message = "required field is missing" if err["type"] == "missing" else field_message(err)
-    return InputError(field_path(where, *err["loc"]), message)
+    return InputError(field_path(where, *err["loc"]), input_message(err))

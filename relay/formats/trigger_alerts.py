@@ -60,7 +60,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from relay.errors import InputError, field_message, field_path
+from relay.errors import InputError, field_path, input_message
 from relay.formats.run_errors import enhanced
 from relay.model import Run
 from relay.run_values import from_iso, iso
@@ -306,8 +306,7 @@ def _validate(fields: dict[str, Any], sources: Mapping[str, str]) -> Run:
         err = exc.errors(include_input=False, include_url=False)[0]
         head, *rest = err["loc"]
         field = field_path(sources.get(str(head), str(head)), *rest)
-        message = "required field is missing" if err["type"] == "missing" else field_message(err)
-        raise InputError(field, message) from None
+        raise InputError(field, input_message(err)) from None
 
 
 def _join(where: str, key: str) -> str:
