@@ -17,6 +17,8 @@ from relay.formats.trigger_alerts import parse_alert
 from relay.grouping import digest_context
 from relay.model import Run
 from relay.render_context import RenderContext
+from relay.rendering import DIGEST_TEMPLATE
+from relay.rules import RECOVERY_TEMPLATE
 from relay.templating import Renderer
 
 SAMPLE_RUN: dict[str, Any] = {  # relay send-test's, relay test's words' base
@@ -114,19 +116,26 @@ def fails_always(
     renderer: Renderer, channel_type: str, template: str, part: str, kinds: Collection[str]
 ) -> str | None:
     """Why `<channel_type>/<template>.<part>.j2` fails on every sample of `kinds` (the error
-    of the first: exception class, template and line), or None when one renders. Each is
-    given a digest's group and a recovery's notification: a template of neither reads none."""
+    of the first: exception class, template and line), or None when one renders. A digest's
+    template (`digest`, `<template>_digest`) is given its group, a recovery's the notification
+    it resolves, as relay.rendering gives them; no other template is."""
     error = None
     for run in (run for kind in kinds for run in _samples(kind)):
-        group = digest_context("sample", {}, [run])
+        group = digest_context("sample", {}, [run]) if _is(template, DIGEST_TEMPLATE) else None
+        resolves = "ntf_sample0" if _is(template, RECOVERY_TEMPLATE) else None
         ctx = RenderContext(
-            run, "sample", "sample", channel_type, "ntf_sample", None, group, resolves="ntf_0"
+            run, "sample", "sample", channel_type, "ntf_sample", None, group, resolves
         )
         rendered = renderer.render(channel_type, template, (part,), ctx)
         if not rendered.fallback:
             return None
         error = error or rendered.error
     return error
+
+
+def _is(template: str, variant: str) -> bool:
+    """Whether `template` is rendered as `variant` (Renderer.variant's names)."""
+    return template == variant or template.endswith(f"_{variant}")
 
 
 def invalid_json(renderer: Renderer, channel_type: str, template: str) -> str | None:

@@ -92,3 +92,20 @@ def test_a_template_failing_on_some_runs_only_is_not_warned_of(tmp_path: Path) -
     them) may fail for a failure on purpose, or for data the samples lack: no warning."""
     _, said = _check(tmp_path, "{% if run.status != 'COMPLETED' %}{{ 1 / 0 }}{% endif %}\n")
     assert said == []
+
+
+def test_a_template_is_tried_as_what_it_renders_a_digest_only_as_a_digest(
+    tmp_path: Path,
+) -> None:
+    """A template shared by runs and digests branches on `group`: tried on a run, it has none
+    (as it renders for one); the digest's template is given the group it reads."""
+    _, said = _check(tmp_path, "{% if group %}{{ 1 / 0 }}{% else %}{{ run.status }}{% endif %}\n")
+    assert said == []
+    digest = tmp_path / "templates" / "console" / "mine_digest.txt.j2"
+    digest.write_text("{{ group.count + 1 }} runs\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        config.read_text().replace("template: mine", "template: mine, group_by: [status]")
+    )
+    checked = run_cli_in_process("check", "--config", str(config))
+    assert (checked.returncode, checked.stderr) == (0, ""), checked.stderr
