@@ -277,7 +277,7 @@ def _templates_of(rule: RuleConfig, renderer: Renderer, kind: str, part: str) ->
     """The templates a rule renders for channel type `kind`: its own, the digest's and the
     recovery's if it has them (the rule's own `<template>_digest`, if `kind` has it, ...)."""
     owns = [rule_template(rule, event) for event in dict.fromkeys(rule.match.event)]
-    variants = [DIGEST_TEMPLATE] if rule.group_by else []
+    variants = [DIGEST_TEMPLATE] if rule.group_by is not None else []  # `[]`: one group
     variants += [RECOVERY_TEMPLATE] if rule.update_on_recovery else []
     found = [renderer.variant(kind, own, variant, part) for own in owns for variant in variants]
     return list(dict.fromkeys(rule_templates(rule) + found))

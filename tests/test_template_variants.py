@@ -110,3 +110,19 @@ def test_relay_check_checks_a_rules_own_digest_and_recovery(tmp_path: Path) -> N
     said = found.stdout + found.stderr
     for name in ("ticket_digest", "ticket_recovered"):
         assert f"webhook/{name}.json.j2:1: template webhook/nothere.json.j2 not found" in said
+
+
+def test_relay_check_checks_the_digest_of_a_rule_grouping_every_run_in_one(
+    tmp_path: Path,
+) -> None:
+    """`group_by: []` (one group for the rule, Alertmanager's `group_by: []`) sends digests
+    too: its digest template went unchecked, as `[]` read as no group_by."""
+    templates(tmp_path, broken=True)
+    path = tmp_path / "config.yaml"
+    one_group = GROUPED.replace("group_by: [taskIdentifier]", "group_by: []")
+    path.write_text(CONFIG.format(url="http://127.0.0.1:9/hook", rules=one_group))
+    found = run_cli_in_process("check", "--config", str(path))
+    assert found.returncode == 1
+    assert "webhook/ticket_digest.json.j2:1: template webhook/nothere.json.j2 not found" in (
+        found.stdout + found.stderr
+    )
