@@ -17,6 +17,7 @@ from relay.formats.trigger_alerts import parse_alert
 from relay.grouping import digest_context
 from relay.model import Run
 from relay.render_context import RenderContext
+from relay.render_limits import LimitExceeded, OutputTooLarge, RenderTimeout
 from relay.rendering import DIGEST_TEMPLATE
 from relay.rules import RECOVERY_TEMPLATE
 from relay.templating import Renderer
@@ -130,7 +131,14 @@ def fails_always(
         if not rendered.fallback:
             return None
         error = error or rendered.error
+        if rendered.timed_out or (rendered.error or "").startswith(_LIMITS):
+            return error  # each other sample would cost as much, at every start and reload
     return error
+
+
+# relay's limits of a render (time, output): one of the small samples past them, the others are
+# too, and each try costs up to the budget (a second)
+_LIMITS = tuple(f"{kind.__name__} in " for kind in (RenderTimeout, LimitExceeded, OutputTooLarge))
 
 
 def _is(template: str, variant: str) -> bool:

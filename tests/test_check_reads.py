@@ -109,3 +109,14 @@ def test_a_template_is_tried_as_what_it_renders_a_digest_only_as_a_digest(
     )
     checked = run_cli_in_process("check", "--config", str(config))
     assert (checked.returncode, checked.stderr) == (0, ""), checked.stderr
+
+
+def test_a_template_past_a_limit_of_a_render_is_warned_of(tmp_path: Path) -> None:
+    """A template past relay's limits (output, time) on one small sample is on the others:
+    warned of after the first (each try costs up to the render's budget, at every start)."""
+    config, said = _check(tmp_path, "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}\n")
+    assert said == [
+        f"warning: {config}:4: rules[0].template: console/mine.txt.j2 fails on every sample"
+        " event relay tried for the rule (OutputTooLarge in console/mine.txt.j2: more than"
+        " 4000000 characters): the fallback would be sent each time"
+    ]
