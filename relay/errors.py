@@ -161,10 +161,9 @@ def input_message(err: Mapping[str, Any]) -> str:
     return _BODY_WORDS.get(kind) or setting_message(err)
 
 
-# pydantic's words for a JSON value of the wrong type, in JSON's (numbers and booleans:
+# pydantic's words for a JSON value of the wrong type, in JSON's (strings, numbers and booleans:
 # TYPE_WORDS, as the configuration's)
 _BODY_WORDS = {
-    "string_type": "expected a string",
     "list_type": "expected a list",
     "dict_type": "expected an object",
     "model_type": "expected an object",
@@ -180,6 +179,7 @@ BOUNDS = {
     "less_than": ("less than", "lt"),
 }
 TYPE_WORDS = {
+    "string_type": "expected a string",
     "int_type": "expected a whole number",
     "int_parsing": "expected a whole number",
     "int_from_float": "expected a whole number, not a fraction",

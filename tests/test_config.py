@@ -180,7 +180,7 @@ def test_webhooks_default_to_16_in_flight_other_types_to_4() -> None:
         ),
         (
             "rules:\n  - {name: a, notify: [c], match: {status: [FAILED, 5]}}\nchannels: {c: {type: console}}\n",
-            "rules[0].match.status[1]: Input should be a valid string",
+            "rules[0].match.status[1]: expected a string",
         ),
         (
             "rules:\n  - {name: a, notify: [c], match: {task_regex: '('}}\nchannels: {c: {type: console}}\n",
@@ -1072,7 +1072,7 @@ def test_the_store_url_is_not_quoted_in_its_problem() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(store_url=["postgresql://relay:hunter2@127.0.0.1/relay"])
     assert [str(p) for p in info.value.problems] == [
-        "environment: RELAY_STORE_URL: Input should be a valid string"
+        "environment: RELAY_STORE_URL: expected a string"
     ]
 
 
