@@ -982,6 +982,9 @@ def test_dry_run_refuses_an_event_file_over_its_limit(tmp_path: Path) -> None:
     assert (done.returncode, done.stdout) == (1, "")
     wanted = f"error: {huge}: larger than 64 MiB; relay test reads no more"
     assert done.stderr.splitlines()[-1] == wanted  # after the config's warning: no rules
+    piped = run_cli("test", "-", "--config", str(config), stdin=huge.read_text())
+    wanted = "error: standard input: larger than 64 MiB; relay test reads no more"
+    assert (piped.returncode, piped.stderr.splitlines()[-1]) == (1, wanted)
 
 
 def test_a_task_regex_that_backtracks_for_ever_is_stopped_as_no_match(tmp_path: Path) -> None:

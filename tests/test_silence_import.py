@@ -191,6 +191,19 @@ def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path: Path) -> Non
     )
 
 
+def test_a_file_of_exactly_64_mib_is_read(tmp_path: Path) -> None:
+    """The bound is 64 MiB, as the error says: a listing of exactly that is imported, one byte
+    more is refused (not the constant read back: a bound of 64 MiB and 64 KiB passed too)."""
+    path = tmp_path / "edge.json"
+    path.write_bytes(b" " * (64 * 2**20 - 2) + b"[]")
+    store = f"sqlite:///{tmp_path / 'relay.db'}"
+    code, out, err = relay_cli(store, "silence", "import", str(path))
+    assert (code, out, err.splitlines()[-1]) == (0, "", "0 of 0 silences imported")
+    path.write_bytes(b" " * (64 * 2**20 - 1) + b"[]")
+    code, _, err = relay_cli(store, "silence", "import", str(path))
+    assert (code, "is larger than 64 MiB" in err) == (1, True), err
+
+
 def test_standard_input_is_read_by_default_and_names_are_checked(tmp_path: Path) -> None:
     """`relay silence list -o json | relay silence import`: no FILE is standard input; a rule
     the config lacks is warned of, with the silence's id, as `silence add` warns."""
