@@ -76,6 +76,18 @@ def test_words_describe_a_failed_run_the_rules_are_tried_on(
     assert matched(config, *words) == rules
 
 
+def test_the_words_run_costs_nothing_and_takes_no_time(tmp_path: Path) -> None:
+    """Unless the words say otherwise, the run is of no cost (base cost too) and no duration."""
+    config = tmp_path / "config.yaml"
+    zero = "{lt: 1}"
+    config.write_text(
+        "channels: {c: {type: console}}\nrules:\n  - name: free\n    notify: [c]\n"
+        f"    match: {{cost_cents: {zero}, base_cost_cents: {zero}, duration_ms: {zero}}}\n"
+    )
+    assert matched(config, "task=t") == ["free"]
+    assert matched(config, "task=t", "base_cost_cents=1") == []
+
+
 def test_the_words_run_renders_as_a_file_run_does(config: Path) -> None:
     done = run_cli_in_process("test", "--config", str(config), "task=billing/x", "tag=env:prod")
     assert done.returncode == 0, done.stderr
@@ -90,6 +102,7 @@ def test_the_words_run_renders_as_a_file_run_does(config: Path) -> None:
     [
         (["tsk=x"], "tsk: not a field relay test takes (did you mean 'task'?)"),
         (["task=x", "=y"], "=y: expected FIELD=VALUE (task=billing/charge), or one file"),
+        (["a.json", "b.json"], "a.json: expected FIELD=VALUE (task=billing/charge), or one file"),
         (["task=x", "cost"], "cost: expected FIELD=VALUE"),
         (["cost_cents=abc"], "cost_cents: expected a number, got 'abc'"),
         (["duration_ms=true"], "duration_ms: expected a number, got 'true'"),
