@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from relay.store.postgres import PostgresStore
@@ -51,6 +53,7 @@ async def test_replicas_lists_each_live_process_and_what_it_delivers(url: str) -
         assert (me["host"], me["pid"]) == (socket.gethostname()[:64], str(os.getpid()))
         assert 0 < me["expires_in_s"] <= 5.0
         code, out, _ = await asyncio.to_thread(replicas, url)
+        assert code == 0
         lines = out.splitlines()
         assert lines[0].split() == ["HOST", "PID", "CHANNELS", "EXPIRES", "IN", "HOLDER"]
         assert sorted(line.split()[2] for line in lines[1:]) == ["none", "ops", "ops,pager"]
@@ -62,6 +65,29 @@ async def test_replicas_lists_each_live_process_and_what_it_delivers(url: str) -
             await store.close()
     code, out, _ = await asyncio.to_thread(replicas, url)
     assert (code, out) == (0, "no replica alive on the store\n")
+
+
+async def test_an_older_relay_is_listed_as_delivering_every_channel(url: str) -> None:
+    """A replica of the release before names no channels (its row's NULL): it delivers them
+    all, said so; a holder name without host and pid is listed as it is."""
+    store = PostgresStore(url)
+    await store.open()  # the schema
+    await store.close()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO relay_replicas (holder, expires_at)"
+            " VALUES ('older', clock_timestamp() + interval '1 hour')"
+        )
+    finally:
+        await conn.close()
+    code, out, err = await asyncio.to_thread(replicas, url)
+    head, row = out.splitlines()  # PID and EXPIRES IN right-aligned, as numbers are
+    assert (code, head) == (0, "HOST   PID  CHANNELS              EXPIRES IN  HOLDER"), err
+    assert re.fullmatch(r"older {7}all \(an older relay\) {4}\d{4}\.\d s  older", row), row
+    code, out, err = await asyncio.to_thread(replicas, url, "--json")
+    [older] = json.loads(out)
+    assert (code, older["host"], older["pid"], older["channels"]) == (0, "older", "", None), err
 
 
 def test_a_sqlite_store_says_it_has_none(tmp_path: Path) -> None:
