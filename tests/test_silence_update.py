@@ -58,6 +58,24 @@ async def test_an_extended_silence_keeps_muting_in_the_running_relay(
     assert after["comment"] == "deploy" and now + 3000 < after["ends_at"] < now + 3600
 
 
+async def test_a_restarted_silence_lets_through_what_follows_at_once(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """As `silence expire`, `silence update` returns once the running relay has read the change
+    (also when another id it was given is unknown): the failure posted right after an active
+    silence was moved to 2098 is sent, not muted by the one the relay had just read."""
+    r = await relay(CONFIG.format(url=sink.url))
+    store = f"sqlite:///{tmp_path / 'relay.db'}"
+    ident = await asyncio.to_thread(added, store, "task=billing/*", "-d", "1h")
+    await r.post(failed("billing/charge", "run_during"))
+    await wait_counts(r, pending=0)
+    moved = ["silence", "update", "sil_0000000000000000", ident, "--start", "2098-01-01"]
+    assert (await asyncio.to_thread(relay_cli, store, *moved, "-d", "1h"))[0] == 1
+    await r.post(failed("billing/charge", "run_after"))
+    counts = await wait_counts(r, pending=0)
+    assert (counts["sent"], counts["muted"]) == (1, 1)
+
+
 def test_pending_and_active_silences_change_in_place(tmp_path: Path) -> None:
     """A pending silence moves its start and end (`-d` from its start); an active one takes a
     new end (`-d` from now) and comment; both keep their id, matchers, author and creation."""
@@ -94,6 +112,9 @@ def test_an_ended_or_restarted_silence_is_replaced_by_a_new_one(tmp_path: Path) 
     ended = added(store, "task=z", "-d", "1h", "-c", "old")
     active = added(store, "tag=env:prod", "-d", "1h")
     assert relay_cli(store, "silence", "expire", ended)[0] == 0
+    code, out, err = relay_cli(store, "silence", "update", ended, "-c", "reworded")
+    why = "it has ended: give --duration or --until for the one replacing it"
+    assert (code, out, err) == (1, "", f"{ended} not updated: {why}\n")
     code, out, err = relay_cli(store, "silence", "update", ended, "-d", "30m")
     [new] = out.split()
     assert code == 0 and f"{ended} replaced by {new} (it had ended)" in err
