@@ -60,20 +60,23 @@ async def test_imported_silences_mute_in_the_relay_whose_store_took_them(
 ) -> None:
     """The silences of one store, listed and imported into a running relay's: the two not
     expired keep their ids, matchers, times and words, and mute there from the moment the
-    command returns; the expired one is skipped and said so."""
+    command returns (the relay had just read its silences); the expired one is skipped and
+    said so."""
     path, ids = await asyncio.to_thread(exported, tmp_path)
     r = await relay(CONFIG.format(url=sink.url))
     store = f"sqlite:///{tmp_path / 'relay.db'}"
+    await r.post([failed("email/send", "run_first")])
+    await sink.wait_for(1)
     code, out, err = await asyncio.to_thread(relay_cli, store, "silence", "import", str(path))
+    await r.post([failed("billing/charge", "run_muted"), failed("email/send", "run_loud")])
     assert (code, out.split()) == (0, ids), err
     assert "skipped [2] sil_" in err and "it has ended" in err
     assert err.strip().endswith("2 of 3 silences imported")
     source = await asyncio.to_thread(listed, f"sqlite:///{tmp_path / 'source.db'}")
     assert await asyncio.to_thread(listed, store) == source[:2]
-    await r.post([failed("billing/charge", "run_muted"), failed("email/send", "run_loud")])
-    [got] = await sink.wait_for(1)
-    assert got.json()["run"]["id"] == "run_loud"
-    await wait_counts(r, sent=1, muted=1)
+    got = await sink.wait_for(2)
+    assert [g.json()["run"]["id"] for g in got] == ["run_first", "run_loud"]
+    await wait_counts(r, sent=2, muted=1)
 
 
 async def test_importing_into_postgresql_twice_adds_nothing_the_second_time(
@@ -171,6 +174,10 @@ def test_more_silences_than_one_import_takes_are_refused(tmp_path: Path) -> None
         "error: silence import: nothing imported: 100,001 silences, more than one import takes"
         " (100,000); split the file\n"
     )
+    path.write_text(json.dumps([1] * 100_000))  # as many as one takes: each item checked
+    code, _, err = relay_cli(store, "silence", "import", str(path))
+    said = "error: silence import: nothing imported: [0]: expected a silence (a JSON object)\n"
+    assert (code, err) == (1, said)
 
 
 def test_an_oversized_file_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
