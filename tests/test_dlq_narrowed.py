@@ -104,3 +104,24 @@ async def test_the_api_replays_one_channel_as_the_cli_does(relay: RelayFactory, 
         assert (code, answer["field"]) == (400, field), (body, answer)
     assert await replay_api(r, {"all": True, "rule": "to-b"}) == (200, {"replayed": 2})
     await wait_counts(r, sent=4, dead=0)
+
+
+async def test_a_narrowed_replay_reads_every_page_of_dead_ones(tmp_path: Path) -> None:
+    """The dead ones are read DEAD_PAGE (10,000) at a time: one more than a page is replayed
+    too, each once."""
+    from relay.model import Decision, Match, Run, RunState, notification_id  # noqa: PLC0415
+    from relay.store.sqlite import SQLiteStore  # noqa: PLC0415
+
+    def decide(run: Run, previous: RunState | None) -> Decision:
+        return Decision(RunState(None, run.status), (Match("to-a", "a", "run"),))
+
+    store = SQLiteStore(tmp_path / "relay.db")
+    await store.open()
+    runs = [Run.model_validate({"id": f"run_{i}", "status": "FAILED"}) for i in range(10_001)]
+    await store.observe(runs, decide, now=100.0)
+    tries = [(notification_id(run.id, "to-a", "a"), 1) for run in runs]
+    await store.mark_dead(tries, now=110.0, reason="http_400", error="refused")
+    await store.close()
+    url = f"sqlite:///{tmp_path / 'relay.db'}"
+    code, out, err = await asyncio.to_thread(cli, url, "dlq", "replay", "--all", "--channel", "a")
+    assert (code, out) == (0, "replayed 10001 notification(s)\n"), err
