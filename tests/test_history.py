@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,10 @@ async def test_history_pages_by_the_last_id_over_http_and_the_cli(
     assert gone.returncode == 1 and "before" in gone.stderr, gone.stderr
 
 
-async def test_replay_is_part_of_the_history(relay: RelayFactory, sink: Sink) -> None:
+async def test_replay_is_part_of_the_history(
+    relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay.http")
     sink.responses = [status(400)]
     r = await relay(CONFIG.format(url=sink.url))
     await r.post(failed("run_replayed"))
@@ -134,6 +138,15 @@ async def test_replay_is_part_of_the_history(relay: RelayFactory, sink: Sink) ->
     ident = notification_id("run_replayed", "failures", "hook")
     async with r.http.post(r.url + f"/v1/dlq/{ident}/replay") as resp:
         assert resp.status == 200
+    # the log line names the notification as every line about one does
+    [said] = [x for x in caplog.records if x.getMessage() == "dead notification replayed"]
+    about = {k: getattr(said, k, None) for k in ("notification_id", "run_id", "rule", "channel")}
+    assert about == {
+        "notification_id": ident,
+        "run_id": "run_replayed",
+        "rule": "failures",
+        "channel": "hook",
+    }
     await until(r, lambda c: c["sent"] == 1)
     _, detail = await get(r, f"/v1/notifications/{ident}")
     assert [e["kind"] for e in detail["events"]] == ["created", "dead", "replayed", "sent"]
