@@ -44,6 +44,17 @@ def test_a_flag_a_command_does_not_take_is_said_with_that_commands_usage(
     assert refused.stderr.endswith(f"{prog}: error: unrecognized arguments: --bogus=1\n")
 
 
+@pytest.mark.parametrize("argv", [[], ["dlq"], ["silence"]], ids=repr)
+def test_a_command_run_without_its_sub_command_is_a_usage_error(argv: list[str]) -> None:
+    """`relay`, `relay dlq` and `relay silence` alone: argparse's usage error (exit 2), not a
+    command looked up as None."""
+    refused = run_cli_in_process(*argv)
+    assert (refused.returncode, refused.stdout) == (2, ""), refused.stderr
+    prog = " ".join(["relay", *argv])
+    said = f"{prog}: error: the following arguments are required: "
+    assert refused.stderr.splitlines()[-1].startswith(said), refused.stderr
+
+
 LISTINGS = [["dlq", "list"], ["history"], ["silence", "list"], ["silence", "query"]]
 
 
