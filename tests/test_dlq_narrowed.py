@@ -99,11 +99,27 @@ async def test_the_api_replays_one_channel_as_the_cli_does(relay: RelayFactory, 
         ({"rule": ""}, "rule"),
         ({"since": "yesterday"}, "since"),
         ({"chanel": "b"}, "chanel"),
+        ({"id": "ntf_x", "ids": ["ntf_y"]}, "ids"),
+        ({"all": False, "channel": "b"}, "all"),  # not every one: none, said so
     ]:
         code, answer = await replay_api(r, body)
         assert (code, answer["field"]) == (400, field), (body, answer)
     assert await replay_api(r, {"all": True, "rule": "to-b"}) == (200, {"replayed": 2})
     await wait_counts(r, sent=4, dead=0)
+
+
+async def test_the_api_replays_every_dead_one_when_given_no_body(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """POST /v1/dlq/replay without a body (or a blank one) is `{"all": true}`."""
+    sink.default = status(400)
+    r = await relay(CONFIG.format(url=sink.url))
+    await r.post([failed(f"{ch}/job", f"run_{ch}") for ch in "ab"])
+    await wait_counts(r, dead=2)
+    sink.default = None
+    async with r.http.post(r.url + "/v1/dlq/replay", data=b" \n") as resp:
+        assert (resp.status, await resp.json()) == (200, {"replayed": 2})
+    await wait_counts(r, sent=2, dead=0)
 
 
 async def test_a_narrowed_replay_reads_every_page_of_dead_ones(tmp_path: Path) -> None:
