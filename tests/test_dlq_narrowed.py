@@ -101,6 +101,7 @@ async def test_the_api_replays_one_channel_as_the_cli_does(relay: RelayFactory, 
         ({"chanel": "b"}, "chanel"),
         ({"id": "ntf_x", "ids": ["ntf_y"]}, "ids"),
         ({"all": False, "channel": "b"}, "all"),  # not every one: none, said so
+        ({"ids": ["ntf_x", ""]}, "ids"),
     ]:
         code, answer = await replay_api(r, body)
         assert (code, answer["field"]) == (400, field), (body, answer)
