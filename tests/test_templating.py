@@ -463,6 +463,11 @@ def test_duration(ms: Any, expected: str) -> None:
         ("x\u2764\ufe0fy", 3, "…", "x…"),
         ("\u05e9\u05b8\u05dc\u05d5\u05b9\u05dd", 4, "…", "\u05e9\u05b8\u05dc…"),
         ("a" + "\u0301" * 100 + "b", 50, "…", "a" + "\u0301" * 48 + "…"),  # no end: cut as is
+        # its start 32 code points back is looked for no further: cut as is
+        ("ab" + "e" + "\u0301" * 40, 35, "…", "abe" + "\u0301" * 31 + "…"),
+        ("ab" + "e" + "\u0301" * 40, 34, "…", "ab…"),  # 31 back: found
+        ("e\u0301\u0301x", 3, "…", "…"),  # the text's first character: nothing kept of it
+        ("e\u0301\u0301x\u200d", 3, "…", "…"),  # nor joined to the text's last (a ZWJ)
     ],
 )
 def test_truncate_chars(value: Any, length: int, end: str, expected: str) -> None:
@@ -506,6 +511,7 @@ def test_tojson_and_status_emoji() -> None:
     assert tojson([1], indent=2) == "[\n  1\n]"
     statuses = ("FAILED", "TIMED_OUT", "COMPLETED", "CANCELED", "DEPLOYED", "REGRESSION")
     assert [status_emoji(s) for s in statuses] == ["🔴", "🔴", "✅", "⚠️", "✅", "⚠️"]
+    assert [status_emoji(s) for s in ("NEW_ISSUE", "UNIGNORED", None)] == ["🚨", "🔔", "⚠️"]
 
 
 def test_filters_in_a_template(tmp_path: Path) -> None:
