@@ -503,6 +503,9 @@ def test_stack() -> None:
         "Traceback (most recent call last):\n  File x"
     )
     assert stack(None) == ""
+    assert stack("Error: boom\n    at f (a.ts:1:1)", max_lines=0) == "… 2 more lines"
+    no_frames = "Error: boom\nthe cause"  # nothing to keep but the message: kept
+    assert stack(no_frames, frames_only=True) == no_frames
 
 
 def test_tojson_and_status_emoji() -> None:
