@@ -466,6 +466,10 @@ def test_duration(ms: Any, expected: str) -> None:
         # its start 32 code points back is looked for no further: cut as is
         ("ab" + "e" + "\u0301" * 40, 35, "…", "abe" + "\u0301" * 31 + "…"),
         ("ab" + "e" + "\u0301" * 40, 34, "…", "ab…"),  # 31 back: found
+        # the first and the last regional indicator (🇦 and 🇿) pair up too: 🇦🇺 and 🇿🇦 kept whole
+        ("x\U0001f1e6\U0001f1fa\U0001f1ff\U0001f1e6", 4, "…", "x\U0001f1e6\U0001f1fa…"),
+        ("x\U0001f1e6\U0001f1fa\U0001f1ff\U0001f1e6y", 5, "…", "x\U0001f1e6\U0001f1fa…"),
+        ("x\U0001f1fayz", 3, "…", "x\U0001f1fa…"),  # a lone indicator: a character alone
         ("e\u0301\u0301x", 3, "…", "…"),  # the text's first character: nothing kept of it
         ("e\u0301\u0301x\u200d", 3, "…", "…"),  # nor joined to the text's last (a ZWJ)
     ],
