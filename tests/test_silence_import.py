@@ -230,3 +230,11 @@ def test_standard_input_is_read_by_default_and_names_are_checked(tmp_path: Path)
         f"warning: {ident}: matchers.rule: 'failurs' names no rule of the config"
         " (did you mean 'failures'?); nothing fits it"
     ) in done.stderr
+    again = tmp_path / "again.json"  # one kept by its id, one added: the added one is checked
+    again.write_text(json.dumps([{**GOOD, "id": ident}, {**GOOD, "matchers": {"rule": "failurs"}}]))
+    code, out, err = relay_cli(
+        env["RELAY_STORE_URL"], "silence", "import", str(again), config=config
+    )
+    [added] = out.split()
+    assert code == 0 and f"kept {ident}: " in err, err
+    assert f"warning: {added}: matchers.rule: 'failurs' names no rule of the config" in err
