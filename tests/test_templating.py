@@ -470,6 +470,11 @@ def test_duration(ms: Any, expected: str) -> None:
         ("x\U0001f1e6\U0001f1fa\U0001f1ff\U0001f1e6", 4, "…", "x\U0001f1e6\U0001f1fa…"),
         ("x\U0001f1e6\U0001f1fa\U0001f1ff\U0001f1e6y", 5, "…", "x\U0001f1e6\U0001f1fa…"),
         ("x\U0001f1fayz", 3, "…", "x\U0001f1fa…"),  # a lone indicator: a character alone
+        ("x\U0001f1fa\U0001f1f8y", 3, "…", "x…"),  # one flag after a letter: not split
+        # the first and last skin tone (🏻 🏿) and tag (U+E0020, the cancel tag U+E007F) attach
+        ("\U0001f44d\U0001f3fb\U0001f44d\U0001f3ffxy", 2, "…", "…"),
+        ("\U0001f44d\U0001f3fb\U0001f44d\U0001f3ffxy", 4, "…", "\U0001f44d\U0001f3fb…"),
+        ("\U0001f3f4\U000e0020\U000e007fxy", 3, "…", "…"),
         ("e\u0301\u0301x", 3, "…", "…"),  # the text's first character: nothing kept of it
         ("e\u0301\u0301x\u200d", 3, "…", "…"),  # nor joined to the text's last (a ZWJ)
     ],
