@@ -563,6 +563,7 @@ OLD_MACRO = """\
         ("abc<def", 8, "abc&lt;…"),
         ("<<<", 12, "&lt;&lt;&lt;"),
         ("a&b", 1, "…"),
+        ("<", 3, "…"),  # "&l" cut from the text's first character: nothing of it left
     ],
 )
 def test_mrkdwn_escapes_and_cuts_between_entities(
