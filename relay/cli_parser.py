@@ -46,7 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
         "replicas", parents=[common], help="the processes alive on a shared store (amtool cluster)"
     )
     _output_flags(replicas)
+    _name_commands(parser)
     return parser
+
+
+def _name_commands(parser: argparse.ArgumentParser) -> None:
+    """Each command's sub-commands named by their choices, `{list,replay}`, where a missing one
+    was said by its dest: `relay dlq: error: the following arguments are required:
+    dlq_command` named a field of relay's code."""
+    for action in parser._actions:  # argparse keeps no public list of them
+        if isinstance(action, argparse._SubParsersAction):
+            action.metavar = action.metavar or "{" + ",".join(action.choices) + "}"
+            for child in dict.fromkeys(action.choices.values()):
+                _name_commands(child)
 
 
 def _config_show_parser(sub: Any, common: argparse.ArgumentParser) -> None:
