@@ -18,6 +18,7 @@ import math
 import re
 import textwrap
 import unicodedata
+from collections.abc import ItemsView, Iterator, KeysView, ValuesView
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -135,6 +136,8 @@ def _regional(char: str) -> bool:
 def _json_default(value: Any) -> Any:
     if isinstance(value, set | frozenset):
         return sorted(value, key=str)
+    if isinstance(value, Iterator | KeysView | ValuesView | ItemsView):  # map(), select(),
+        return list(value)  # a dict's items(): their items, not "<generator object ...>"
     return None if isinstance(value, Undefined) else str(value)
 
 

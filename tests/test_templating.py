@@ -536,6 +536,19 @@ def test_filters_in_a_template(tmp_path: Path) -> None:
     assert rendered.parts["txt"] == '$0.0005 14.9s Stripe AP… ["customer:cus_Q8x2LmN4","plan:pro"]'
 
 
+def test_tojson_of_a_filtered_sequence_is_its_items(tmp_path: Path) -> None:
+    """Jinja's map and select give generators: tojson sent `"<generator object ...>"`."""
+    source = (
+        "{{ run.tags|map('upper')|tojson }} {{ run.tags|select('ne', 'plan:pro')|tojson }}"
+        " {{ {'a': 1}.items()|tojson }}"
+    )
+    rendered = render_source(tmp_path, source)
+    assert (
+        rendered.parts["txt"]
+        == '["CUSTOMER:CUS_Q8X2LMN4","PLAN:PRO"] ["customer:cus_Q8x2LmN4"] [["a",1]]'
+    )
+
+
 def test_missing_fields_render_empty(tmp_path: Path) -> None:
     source = "{{ run.nope.deeper }}|{{ payload.x.y|money }}|{{ output.z|duration }}|{{ error.x }}"
     rendered = render_source(tmp_path, source, load_run("completed"))
