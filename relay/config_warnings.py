@@ -162,8 +162,8 @@ def _misread_in_when(rules: list[RuleConfig], locate: Locate) -> list[str]:
     """Warnings for `when: run.costInCent > 100`: valid, the field reads as nothing (metadata
     is free-form: only a name close to a run field's is taken for a misspelling)."""
     return [
-        f"{locate(('rules', i, 'when'))}: rules[{i}].when: `run.{read}` is no field of a run"
-        f" (it reads as nothing): did you mean `run.{meant}`?"
+        f"{locate(('rules', i, 'when'))}: rules[{i}].when: `{read}` is no field of a run"
+        f" (it reads as nothing): did you mean `{meant}`?"
         for i, rule in enumerate(rules)
         if rule.when
         for read, meant in when_misreads(rule.when)

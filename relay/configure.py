@@ -229,8 +229,8 @@ def _template_findings(
         "context (it renders empty)"
         for name, line in renderer.unknown_names(channel_type, template, part)
     ] + [
-        f"{channel_type}/{template}.{part}.j2:{line}: `run.{read}` is no field of a run (it "
-        f"renders empty): did you mean `run.{meant}`?"
+        f"{channel_type}/{template}.{part}.j2:{line}: `{read}` is no field of a run (it "
+        f"renders empty): did you mean `{meant}`?"
         for read, line, meant in renderer.misread_fields(channel_type, template, part)
     ]
     missing = [

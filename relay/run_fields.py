@@ -56,22 +56,45 @@ def meant_field(name: str, known: frozenset[str] = RUN_FIELDS) -> str | None:
 
 
 def misread_run_fields(tree: nodes.Node) -> Iterator[tuple[str, int, str]]:
-    """(name, line, meant) for each `run.NAME` or `run["NAME"]` of a template's or expression's
-    tree that reads no field of a run, where one is close (meant_field). `run.task` reads the
-    alert webhook's task; dict methods (`run.get(...)`, `run.items()`) are no fields."""
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        name = _run_key(node)
+    """(read, line, meant) for each `run.NAME` or `run["NAME"]` of a template's or expression's
+    tree that reads no field of a run, where one is close (meant_field): `run.taskIdentifer`,
+    `run.taskIdentifier`. A digest's runs are read so too, in the body of a loop over them, by
+    the name it gives each (`{% for r in group.runs %}`: `r.taskIdentifer`). `run.task` reads
+    the alert webhook's task; dict methods (`run.get(...)`, `run.items()`) are no fields."""
+    yield from _misread(tree.find_all((nodes.Getattr, nodes.Getitem)), "run")
+    for loop in tree.find_all(nodes.For):
+        if _over_runs(loop) and isinstance(loop.target, nodes.Name):
+            found = (n for top in loop.body for n in (top, *top.find_all(nodes.Expr)))
+            yield from _misread(found, loop.target.name)
+
+
+def _misread(found: Iterator[nodes.Node], var: str) -> Iterator[tuple[str, int, str]]:
+    for node in found:
+        name = _run_key(node, var)
         meant = None if name is None or hasattr(dict, name) or name == "task" else meant_field(name)
         if name is not None and meant is not None:
-            yield name, node.lineno, meant
+            yield f"{var}.{name}", node.lineno, f"{var}.{meant}"
 
 
-def _run_key(node: nodes.Node) -> str | None:
-    """The key `run.NAME` or `run["NAME"]` reads; None for another node."""
+def _over_runs(loop: nodes.For) -> bool:
+    """Whether `loop` goes over a digest's runs: `group.runs`, sliced or filtered
+    (`group.runs[:10]|sort`)."""
+    source = loop.iter
+    while isinstance(source, nodes.Getitem | nodes.Filter) and source.node is not None:
+        source = source.node
+    group = getattr(source, "node", None)
+    of_group = isinstance(group, nodes.Name) and group.name == "group"
+    return of_group and getattr(source, "attr", None) == "runs"
+
+
+def _run_key(node: nodes.Node, var: str) -> str | None:
+    """The key `var.NAME` or `var["NAME"]` reads; None for another node."""
     target = getattr(node, "node", None)
-    if not (isinstance(target, nodes.Name) and target.name == "run"):
+    if not (isinstance(target, nodes.Name) and target.name == var):
         return None
     if isinstance(node, nodes.Getattr):
         return str(node.attr)
+    if not isinstance(node, nodes.Getitem):
+        return None
     arg = getattr(node, "arg", None)
     return arg.value if isinstance(arg, nodes.Const) and isinstance(arg.value, str) else None

@@ -120,3 +120,27 @@ def test_a_template_past_a_limit_of_a_render_is_warned_of(tmp_path: Path) -> Non
         " event relay tried for the rule (OutputTooLarge in console/mine.txt.j2: more than"
         " 4000000 characters): the fallback would be sent each time"
     ]
+
+
+def test_a_misspelt_field_of_a_digests_run_is_warned_of_by_its_loop_name(tmp_path: Path) -> None:
+    """A digest template reads its runs through a loop: `{% for r in group.runs[:10] %}{{
+    r.taskIdentifer }}` rendered empty for each, unwarned (only `run.` was followed). A loop
+    over something else is not taken for runs."""
+    (tmp_path / "templates" / "console").mkdir(parents=True)
+    (tmp_path / "templates" / "console" / "mine_digest.txt.j2").write_text(
+        "{% for r in group.runs[:10] %}{{ r.taskIdentifer }} {{ r.status }}{% endfor %}\n"
+        "{% for r in group.labels.items() %}{{ r.statu }}{% endfor %}\n"
+    )
+    (tmp_path / "templates" / "console" / "mine.txt.j2").write_text("{{ run.status }}\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "templates: {dir: ./templates}\nchannels: {c: {type: console}}\n"
+        "rules:\n  - {name: r, notify: [c], template: mine, group_by: [taskIdentifier]}\n"
+    )
+    result = run_cli_in_process("check", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"warning: {config}:4: rules[0].template: console/mine_digest.txt.j2:1:"
+        " `r.taskIdentifer` is no field of a run (it renders empty): did you mean"
+        " `r.taskIdentifier`?"
+    ]
