@@ -26,7 +26,9 @@ if TYPE_CHECKING:  # the store's commands (dlq, silence, history) start without 
 log = logging.getLogger("relay")
 
 
-def _compiled(args: argparse.Namespace, settings: Settings, *, sends: bool = True) -> Compiled:
+def compiled_config(
+    args: argparse.Namespace, settings: Settings, *, sends: bool = True
+) -> Compiled:
     """The config file's (or the built-in one); a delivery worker's: its parent's, as the
     parent read it, from the file --config-fd names (see relay.worker_pipes). For a command
     that `sends` nothing (relay test), an unset `${VAR}` is a note and a placeholder."""
@@ -60,7 +62,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         tag_lines(worker=args.delivery_worker)
     else:  # said once, by the parent
         warn_overridden(args)
-    compiled = _compiled(args, settings)
+    compiled = compiled_config(args, settings)
     _log_warnings(compiled, settings)
     events = None if args.events_fd is None else os.fdopen(args.events_fd, "w", encoding="utf-8")
     run_loop(serve(settings, compiled, Role(workers, args.delivery_worker, events)))
@@ -92,7 +94,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 
     store_problems = getattr(args, "env_problems", []) + _store_url_problems(settings.store_url)
     try:
-        compiled = _compiled(args, settings)
+        compiled = compiled_config(args, settings)
     except ConfigError as exc:
         raise ConfigError([*exc.problems, *store_problems]) from None
     if store_problems:
@@ -143,7 +145,7 @@ def cmd_test(args: argparse.Namespace, settings: Settings) -> int:
     from relay.formats import parse_any, parse_body  # noqa: PLC0415
     from relay.trying import dry_run  # noqa: PLC0415
 
-    compiled = _compiled(args, settings, sends=False)
+    compiled = compiled_config(args, settings, sends=False)
     _log_warnings(compiled, settings)
     words, event = are_words(args.event), Path(args.event[0])
     try:
@@ -248,7 +250,7 @@ def cmd_send_test(args: argparse.Namespace, settings: Settings) -> int:
     from relay.errors import DeliveryError  # noqa: PLC0415
     from relay.trying import send_test  # noqa: PLC0415
 
-    compiled = _compiled(args, settings)
+    compiled = compiled_config(args, settings)
     _log_warnings(compiled, settings)
     try:
         resolved = asyncio.run(send_test(compiled, args.channel))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from relay.cli_config import compiled_config
 from relay.cli_store import print_table, said_whole, wants_json
 from relay.settings import Settings
 
@@ -64,11 +65,9 @@ def _digest(view: dict[str, object]) -> str:
 
 
 def _config(args: argparse.Namespace, settings: Settings) -> Config:
-    """The config file's (or the built-in default, said on stderr), checked as `relay check`
-    checks it: a ConfigError names every problem."""
-    from relay.configure import compile_config, load  # noqa: PLC0415
-
-    compiled = compile_config(load(settings, getattr(args, "config", None)))
+    """The config file's (or the built-in default, said on stderr), read and checked as by
+    `relay check`: a ConfigError names every problem."""
+    compiled = compiled_config(args, settings)
     if compiled.loaded.builtin:
         print("note: no config file found; this is the built-in default", file=sys.stderr)
     return compiled.loaded.config
