@@ -8,6 +8,7 @@ from enum import Enum
 from pathlib import PurePath
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, SecretStr
 
 from relay.config import Config
@@ -83,11 +84,16 @@ def _conditions(match: dict[str, Any]) -> list[str]:
         if isinstance(value, dict) and key == "tags":
             out += [f"tags {how} {', '.join(tags)}" for how, tags in value.items()]
         elif isinstance(value, dict) and key == "metadata":
-            out += [f"metadata.{path} = {v!r}" for path, v in value.items()]
+            out += [f"metadata.{path} = {_json(v)}" for path, v in value.items()]
         elif isinstance(value, dict):
             out += [f"{key} {_OPERATORS.get(op, op)} {v:g}" for op, v in value.items()]
         elif isinstance(value, list):
             out.append(f"{key} in {', '.join(map(str, value))}")
         else:
-            out.append(f"{key} = {value}")
+            out.append(f"{key} = {_json(value) if isinstance(value, bool) else value}")
     return out
+
+
+def _json(value: Any) -> str:
+    """A value as the YAML's JSON-like scalars read: `true`, `"gold"`, `50` (not Python's)."""
+    return orjson.dumps(value).decode()

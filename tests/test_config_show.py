@@ -40,7 +40,7 @@ rules:
     notify: [oncall, hook]
     continue: true
   - name: crash-digest
-    match: {event: [run, error], task: "billing/*", metadata: {tier: gold}}
+    match: {event: [run, error], task: "billing/*", metadata: {tier: gold}, is_test: false}
     when: "run.durationMs > 60000"
     notify: [mail]
     group_by: [task]
@@ -104,7 +104,10 @@ def test_routes_lists_the_rules_in_the_order_they_are_tried(config: Path) -> Non
     assert lines[2].split("  ")[0:2] == ["1", "prod-failures"]
     assert "status in FAILED, CRASHED; tags any env:prod; cost_cents > 500" in lines[2]
     assert "oncall, hook" in lines[2] and "continue" in lines[2]
-    assert "task in billing/*; metadata.tier = 'gold'; when run.durationMs > 60000" in lines[3]
+    assert (
+        'billing/*; is_test = false; metadata.tier = "gold"; when run.durationMs > 60000'
+        in lines[3]
+    )
     assert lines[3].split()[-5:] == ["stop", "by", "task,", "after", "30s"]  # group_wait's default
 
 
@@ -119,6 +122,12 @@ def test_routes_as_json(config: Path) -> None:
         "notify": ["oncall", "hook"],
         "continue": True,
     }
+    assert second["conditions"] == [  # the YAML's scalars: `false`, `"gold"` (not Python's)
+        "task in billing/*",
+        "is_test = false",
+        'metadata.tier = "gold"',
+        "when run.durationMs > 60000",
+    ]
     assert (second["event"], second["group_by"], second["group_wait"]) == (
         ["run", "error"],
         ["task"],
