@@ -265,6 +265,7 @@ def _silence_add_parser(silence_sub: Any, parents: list[argparse.ArgumentParser]
         "-d",
         "--duration",
         default="1h",
+        action=Spelled,
         type=_given("a duration like 2h"),
         help="how long, from the start: 30m, 2h, 1d (1h)",
     )
@@ -294,6 +295,7 @@ def _silence_update_parser(silence_sub: Any, parents: list[argparse.ArgumentPars
     update.add_argument(
         "-d",
         "--duration",
+        action=Spelled,
         type=_given("a duration like 2h"),
         help="how long, from the start (from now once it has started)",
     )

@@ -74,13 +74,14 @@ def _change(args: argparse.Namespace) -> Change:
     from relay.silences.shapes import parse_time  # noqa: PLC0415
 
     until = spelled(args, "until", "--until")
+    duration = spelled(args, "duration", "--duration")
     try:
         return Change(
             start=parse_time(args.start, "--start") if args.start else None,
             end=parse_time(args.until, until) if args.until else None,
-            duration_s=duration_s(args.duration) if args.duration else None,
+            duration_s=duration_s(args.duration, duration) if args.duration else None,
             comment=args.comment,
-            end_flag=f"{until}/--duration",
+            end_flag=f"{until}/{duration}",
         )
     except InputError as exc:
         raise RelayError(f"silence not updated: {exc}") from None

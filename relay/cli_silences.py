@@ -32,7 +32,7 @@ def cmd_silence_add(args: argparse.Namespace, settings: Settings) -> int:
         end = (
             parse_time(args.until, spelled(args, "until", "--until"))
             if args.until
-            else start + duration_s(args.duration)
+            else start + duration_s(args.duration, _duration_flag(args))
         )
         silence = new_silence(
             matchers,
@@ -94,9 +94,15 @@ def _as_flags(exc: InputError, args: argparse.Namespace) -> str:
         return f"{spelled(args, 'until', '--until')}: {exc.message.replace('starts_at', '--start')}"
     if args.start and "future" in exc.message:  # --start past, and --duration too short
         return "--start: the silence would end in the past; give a later --start or --duration"
+    given = f"{_duration_flag(args)} {args.duration!r}"
     if "future" in exc.message:  # over before it was stored (_add_silence)
-        return f"--duration {args.duration!r}: the silence would be over before it is stored"
-    return f"--duration {args.duration!r}: {exc.message}"
+        return f"{given}: the silence would be over before it is stored"
+    return f"{given}: {exc.message}"
+
+
+def _duration_flag(args: argparse.Namespace) -> str:
+    """`-d` or `--duration`, as typed (the default's, when neither was: `--duration`)."""
+    return spelled(args, "duration", "--duration")
 
 
 def _silence_warnings(

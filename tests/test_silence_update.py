@@ -139,8 +139,8 @@ def test_an_ended_or_restarted_silence_is_replaced_by_a_new_one(tmp_path: Path) 
     [
         ([], 2, "relay silence update: error: nothing to change: give --duration, --until,"),
         (["--until", "soon"], 1, "error: silence not updated: --until: expected an ISO-8601 time"),
-        (["-d", "5 min"], 1, "error: silence not updated: --duration '5 min': "),
-        (["-d", "-1h"], 1, "error: silence not updated: --duration '-1h': must be more than 0"),
+        (["-d", "5 min"], 1, "error: silence not updated: -d '5 min': "),
+        (["-d", "-1h"], 1, "error: silence not updated: -d '-1h': must be more than 0"),
         (
             ["--until", "2000-01-01"],
             1,
@@ -155,6 +155,8 @@ def test_an_ended_or_restarted_silence_is_replaced_by_a_new_one(tmp_path: Path) 
         # --end is --until: an error named the flag the user had not typed
         (["--end", "soon"], 1, "error: silence not updated: --end: expected an ISO-8601 time"),
         (["--end", "2000-01-01"], 1, "{id} not updated: --end/--duration: must be in the future"),
+        (["--duration", "0"], 1, "error: silence not updated: --duration '0': must be more"),
+        (["--end", "2000-01-01", "-d", "1h"], 1, "{id} not updated: --end/-d: must be in the"),
     ],
 )
 def test_a_wrong_update_changes_nothing_and_says_why(

@@ -986,9 +986,9 @@ _MATCHER_FORM = "expected name=value (e.g. task=billing/*), name one of " + ", "
             f"matchers: 'severity=page': unknown matcher 'severity'; {_MATCHER_FORM}",
         ),
         # nan said "duration must be between 0 and 10 years": it is no duration at all
-        (["-d", "nan", "task=a"], f"--duration 'nan': {NOT_A_DURATION}"),
-        (["-d", "inf", "task=a"], f"--duration 'inf': {NOT_A_DURATION}"),
-        (["-d", "-5", "task=a"], "--duration '-5': must be more than 0"),  # as -d 0 and -d -1h
+        (["-d", "nan", "task=a"], f"-d 'nan': {NOT_A_DURATION}"),
+        (["--duration", "inf", "task=a"], f"--duration 'inf': {NOT_A_DURATION}"),
+        (["-d", "-5", "task=a"], "-d '-5': must be more than 0"),  # as -d 0 and -d -1h
     ],
 )
 def test_cli_add_says_what_it_refused_and_what_it_takes(
@@ -1134,30 +1134,30 @@ def test_cli_add_takes_the_spec_synopsis_and_amtool_default(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("args", "complaint"),
     [
-        (["-d", "0"], "--duration '0': must be more than 0"),
-        (["-d", "-1h"], "--duration '-1h': must be more than 0"),  # not argparse's "expected
+        (["-d", "0"], "-d '0': must be more than 0"),
+        (["-d", "-1h"], "-d '-1h': must be more than 0"),  # not argparse's "expected
         (["--duration", "-30"], "--duration '-30': must be more than 0"),  # one argument"
-        (["-d", "soon"], "--duration 'soon': expected a duration like"),
+        (["-d", "soon"], "-d 'soon': expected a duration like"),
         # argparse read `-abc` as `-a bc` (an option) and said only "-d: expected one argument"
-        (["-d", "-abc"], "--duration '-abc': expected a duration like"),
+        (["-d", "-abc"], "-d '-abc': expected a duration like"),
         (["--duration", "-x"], "--duration '-x': expected a duration like"),
         # an abbreviation argparse takes (`--dur` for --duration) is the option too
         (["--dur", "-1h"], "--duration '-1h': must be more than 0"),
-        (["--comm", "-x", "-d", "-abc"], "--duration '-abc': expected a duration like"),
-        (["-d", "20y"], "--duration '20y': duration must be between 0 and 10 years"),
+        (["--comm", "-x", "-d", "-abc"], "-d '-abc': expected a duration like"),
+        (["-d", "20y"], "-d '20y': duration must be between 0 and 10 years"),
         (["--until", "2020-01-01T00:00:00Z"], "--until: must be in the future"),
         # over by the time the store opened: stored expired, its id printed, exit 0 (amtool's
         # Alertmanager: "end time can't be in the past")
-        (["-d", "1ms"], "--duration '1ms': the silence would be over before it is stored"),
+        (["-d", "1ms"], "-d '1ms': the silence would be over before it is stored"),
         (["--start", "2999-01-02", "--until", "2999-01-01"], "--until: must be after --start"),
         (["--start", "2000-01-01", "-d", "1h"], "--start: the silence would end in the past"),
         (["--until", "9999-12-31T23:59:59.999999-00:01"], "--until: time out of range"),
-        # --end is --until: the error names the flag typed, not one the user may never have seen
+        # --end is --until, -d --duration: the error names the flag typed (ux51)
         (["--end", "2020-01-01T00:00:00Z"], "--end: must be in the future"),
         (["--end", "soon"], "--end: expected an ISO-8601 time"),
         (["--start", "2999-01-02", "--end", "2999-01-01"], "--end: must be after --start"),
         (["--start", "0001-01-01T00:00:00+00:01"], "--start: time out of range"),
-        (["--start", "9999-12-31T23:59:59Z", "-d", "1s"], "--duration '1s': time out of range"),
+        (["--start", "9999-12-31T23:59:59Z", "-d", "1s"], "-d '1s': time out of range"),
     ],
 )
 def test_cli_add_names_the_flag_to_fix(tmp_path: Path, args: list[str], complaint: str) -> None:
