@@ -9,7 +9,13 @@ from relay.errors import did_you_mean
 from relay.model import Run
 from relay.rule_compile import Locate
 from relay.rule_filters import passes_filters, statuses_of
-from relay.statuses import EVENT_STATUSES, FAILURE_STATUSES, KNOWN_STATUSES, RAW_STATUS_MAP
+from relay.statuses import (
+    EVENT_STATUSES,
+    FAILURE_STATUSES,
+    FINAL_STATUSES,
+    KNOWN_STATUSES,
+    RAW_STATUS_MAP,
+)
 
 
 def match_warnings(rules: list[RuleConfig], locate: Locate) -> list[str]:
@@ -19,6 +25,7 @@ def match_warnings(rules: list[RuleConfig], locate: Locate) -> list[str]:
         *_never_matching(rules, locate),
         *_filtering_what_events_lack(rules, locate),
         *_shadowed(rules, locate),
+        *_never_recovering(rules, locate),
     ]
 
 
@@ -161,3 +168,25 @@ def _covers(first: RuleConfig, later: RuleConfig) -> bool:
         and (statuses is None or (wanted is not None and wanted <= statuses))
         and match.is_test in (None, other.is_test)
     )
+
+
+def _never_recovering(rules: list[RuleConfig], locate: Locate) -> list[str]:
+    """Warnings for rules with `update_on_recovery` whose statuses are all final (`failure`,
+    `[FAILED, CRASHED]`): a run in them never moves into COMPLETED, so no page they open is
+    ever resolved by relay, where the operator who wrote it expects one to be."""
+    out = []
+    for i, rule in enumerate(rules):
+        wanted = statuses_of(rule.match.status)
+        if rule.update_on_recovery and wanted and wanted <= FINAL_STATUSES:
+            out.append(
+                f"{locate(('rules', i, 'update_on_recovery'))}: rules[{i}].update_on_recovery:"
+                f" {', '.join(sorted(wanted))} {_final_words(len(wanted))}, so this rule sends"
+                " no recovery"
+            )
+    return out
+
+
+def _final_words(count: int) -> str:
+    if count == 1:
+        return "is final: a run in it never completes"
+    return "are final: a run in them never completes"

@@ -53,6 +53,11 @@ ROW_V3_STATUS = {
     "WAITING_TO_RESUME": "FROZEN",
 }
 KNOWN_STATUSES = CURRENT_STATUSES | V3_STATUSES
+# The statuses a run never leaves (TRIGGER.md 1.3: the final raw statuses, by their public names).
+FINAL_STATUSES = frozenset(
+    {"COMPLETED", "CANCELED", "FAILED", "CRASHED", "SYSTEM_FAILURE", "EXPIRED", "TIMED_OUT"}
+    | {"INTERRUPTED"}
+)
 # The `failure` shorthand of rules.
 FAILURE_STATUSES = frozenset({"FAILED", "CRASHED", "SYSTEM_FAILURE", "TIMED_OUT", "INTERRUPTED"})
 # The SDK's flags of a run (booleanHelpersFromRunStatus, runStream.ts), on today's status.

@@ -586,3 +586,31 @@ def test_the_warnings_of_a_rule_read_all_its_events() -> None:
         "c.yaml:6: rules[3].match.task: event deployment.failed or deployment.success carries"
         " no task; this rule never fires",
     ]
+
+
+def test_check_warns_of_a_recovery_from_statuses_a_run_never_leaves() -> None:
+    """`update_on_recovery: true` on `status: failure` was valid and silent, and no page it
+    opened was ever resolved: a FAILED or CRASHED run never completes afterwards. One status
+    that is not final (EXECUTING, or one relay does not know), or no status at all, keeps the
+    rule able to recover and is no warning."""
+    text = (
+        "channels: {c: {type: console}}\nrules:\n"
+        "  - {name: a, match: {status: failure}, notify: [c], update_on_recovery: true,"
+        " continue: true}\n"
+        "  - {name: b, match: {status: [canceled]}, notify: [c], update_on_recovery: true,"
+        " continue: true}\n"
+        "  - {name: c, match: {status: [FAILED, EXECUTING]}, notify: [c],"
+        " update_on_recovery: true, continue: true}\n"
+        "  - {name: d, match: {status: [FAILED, NEWLY_ADDED]}, notify: [c],"
+        " update_on_recovery: true, continue: true}\n"
+        "  - {name: e, match: {task: x}, notify: [c], update_on_recovery: true, continue: true}\n"
+        "  - {name: f, match: {status: failure}, notify: [c]}\n"
+    )
+    compiled = compile_config(parse_config(text, "c.yaml", settings_models(), env={}))
+    recovery = [w for w in compiled.warnings if "update_on_recovery" in w]
+    assert recovery == [
+        "c.yaml:3: rules[0].update_on_recovery: CRASHED, FAILED, INTERRUPTED, SYSTEM_FAILURE,"
+        " TIMED_OUT are final: a run in them never completes, so this rule sends no recovery",
+        "c.yaml:4: rules[1].update_on_recovery: CANCELED is final: a run in it never completes,"
+        " so this rule sends no recovery",
+    ]
