@@ -59,13 +59,37 @@ def misread_run_fields(tree: nodes.Node) -> Iterator[tuple[str, int, str]]:
     """(read, line, meant) for each `run.NAME` or `run["NAME"]` of a template's or expression's
     tree that reads no field of a run, where one is close (meant_field): `run.taskIdentifer`,
     `run.taskIdentifier`. A digest's runs are read so too, in the body of a loop over them, by
-    the name it gives each (`{% for r in group.runs %}`: `r.taskIdentifer`). `run.task` reads
-    the alert webhook's task; dict methods (`run.get(...)`, `run.items()`) are no fields."""
+    the name it gives each (`{% for r in group.runs %}`: `r.taskIdentifer`), and a run passed
+    to a macro of the same template, by its parameter's name (`{{ item(run) }}`, `{% macro
+    item(r) %}`). `run.task` reads the alert webhook's task; dict methods (`run.get(...)`,
+    `run.items()`) are no fields."""
     yield from _misread(tree.find_all((nodes.Getattr, nodes.Getitem)), "run")
+    holding = {"run"}  # the names that hold a run
     for loop in tree.find_all(nodes.For):
         if _over_runs(loop) and isinstance(loop.target, nodes.Name):
-            found = (n for top in loop.body for n in (top, *top.find_all(nodes.Expr)))
-            yield from _misread(found, loop.target.name)
+            yield from _misread(_reads(loop.body), loop.target.name)
+            holding.add(loop.target.name)
+    for macro in tree.find_all(nodes.Macro):
+        for param in sorted(_run_params(tree, macro, holding) - {"run"}):  # `run`: read above
+            yield from _misread(_reads(macro.body), param)
+
+
+def _reads(body: list[nodes.Node]) -> Iterator[nodes.Node]:
+    return (n for top in body for n in (top, *top.find_all(nodes.Expr)))
+
+
+def _run_params(tree: nodes.Node, macro: nodes.Macro, holding: set[str]) -> set[str]:
+    """The parameters of `macro` that a call of it in `tree` gives a run (a name of
+    `holding`), by position or by keyword."""
+    params = [arg.name for arg in macro.args]
+    given: set[str] = set()
+    for call in tree.find_all(nodes.Call):
+        if not (isinstance(call.node, nodes.Name) and call.node.name == macro.name):
+            continue
+        passed = [*zip(params, call.args, strict=False)]
+        passed += [(kw.key, kw.value) for kw in call.kwargs if kw.key in params]
+        given |= {p for p, v in passed if isinstance(v, nodes.Name) and v.name in holding}
+    return given
 
 
 def _misread(found: Iterator[nodes.Node], var: str) -> Iterator[tuple[str, int, str]]:

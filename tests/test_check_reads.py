@@ -144,3 +144,24 @@ def test_a_misspelt_field_of_a_digests_run_is_warned_of_by_its_loop_name(tmp_pat
         " `r.taskIdentifer` is no field of a run (it renders empty): did you mean"
         " `r.taskIdentifier`?"
     ]
+
+
+def test_a_misspelt_field_of_a_run_passed_to_a_macro_is_warned_of_by_its_parameter(
+    tmp_path: Path,
+) -> None:
+    """A template that lays out a run in a macro (`{% macro item(r) %}`) and calls it with
+    `run`, or with a digest's run, read `r.taskIdentifer` unwarned. A parameter given something
+    else (`group`, a number) is not taken for a run."""
+    config, warnings = _check(
+        tmp_path,
+        "{% macro item(r, n) %}{{ r.taskIdentifer }}{{ n.statu }}{% endmacro %}\n"
+        "{% macro other(g) %}{{ g.statu }}{% endmacro %}\n"
+        "{% macro keyed(a, b) %}\n{{ b.costInCent }}{% endmacro %}\n"
+        "{{ item(run, 1) }}{{ other(group) }}{{ keyed(1, b=run) }}\n",
+    )
+    said = " is no field of a run (it renders empty): did you mean"
+    head = f"warning: {config}:4: rules[0].template: console/mine.txt.j2"
+    assert warnings == [
+        f"{head}:1: `r.taskIdentifer`{said} `r.taskIdentifier`?",
+        f"{head}:4: `b.costInCent`{said} `b.costInCents`?",
+    ]
