@@ -110,7 +110,8 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = self._stamp(record)
-        fields = " ".join(f"{k}={one_line(v)}" for k, v in _extras(record).items())
+        extras = _extras(record).items()  # a field without a value (`group=None`) is noise
+        fields = " ".join(f"{k}={one_line(v)}" for k, v in extras if v is not None)
         said = one_line(record.getMessage())
         line = f"{stamp} {record.levelname:<7} {said} {fields}".rstrip()
         if (exc := _exception(self, record)) is not None:

@@ -88,3 +88,14 @@ def test_a_text_line_starts_with_the_date_and_time_in_utc() -> None:
     record = logger.makeRecord("relay.test", logging.WARNING, "(unknown file)", 0, "late", (), None)
     record.created, record.msecs = 1_764_979_199.25, 250.0  # 2025-12-05 23:59:59.25 UTC
     assert TextFormatter().format(record) == "2025-12-05T23:59:59.250Z WARNING late"
+
+
+def test_a_text_line_leaves_out_the_fields_without_a_value() -> None:
+    """A delivery of a run alone said `group=None` on every text line; the JSON line keeps
+    `"group": null`, so that each line of a kind has the same keys for a log pipeline."""
+    record = logging.makeLogRecord(
+        {"msg": "sent", "levelname": "INFO", "run_id": "run_1", "group": None, "attempts": 0}
+    )
+    record.created, record.msecs = 1_764_979_199.25, 250.0
+    assert TextFormatter().format(record).endswith(" INFO    sent run_id=run_1 attempts=0")
+    assert orjson.loads(JsonFormatter().format(record))["group"] is None
