@@ -148,6 +148,12 @@ def _dlq_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _history_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     history = sub.add_parser("history", parents=[common], help="what was sent, when, and why")
+    history.add_argument(
+        "id",
+        nargs="?",
+        metavar="ID",
+        help="a notification id (ntf_…, as logs and `dlq list` show it) or a run id (--run)",
+    )
     for flag, dest in (("--run", "run_id"), ("--rule", "rule"), ("--channel", "channel")):
         history.add_argument(flag, dest=dest)
     # checked with the other flags (relay.history.STATES): exit 1 naming the states, as for a

@@ -220,11 +220,14 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     from relay import history  # noqa: PLC0415
     from relay.history import event_view, explain, failure, notification_view  # noqa: PLC0415
 
-    params = {f: getattr(args, f) for f in history.PARAMS if getattr(args, f) is not None}
+    params = _history_params(args)
     now = time.time()
+    one = params.pop("id", None)  # a notification's id: that one, whatever else was given
 
     async def fetch(store: Any) -> list[tuple[Any, list[dict[str, Any]]]]:
-        rows = await history.find_history(store, params, now)
+        rows = await history.find_history(store, params, now) if one is None else []
+        if one is not None and (found := await store.get(one)) is not None:
+            rows = [found]
         return [(n, await store.events(n.id)) for n in rows]
 
     try:
@@ -232,6 +235,14 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
         found = asyncio.run(reading(settings, fetch))
     except InputError as exc:
         raise RelayError(f"history: {exc}") from None
+    if one is not None and not found:  # as GET /v1/notifications/{id}'s 404
+        hint = (
+            ": it is a digest's id (its webhook-id); each of its runs has a notification of its"
+            " own, an ntf_ id that `relay history --rule RULE` lists"
+            if one.startswith("dgs_")
+            else ""
+        )
+        raise RelayError(f"history: no notification with id {one!r}{hint}")
     if wants_json(args):
         out = [
             {**notification_view(n), "why": explain(n), "events": [event_view(e) for e in ev]}
@@ -255,6 +266,27 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
             detail = f" {failure(e['reason'], e['detail'])}" if e["reason"] or e["detail"] else ""
             print(one_line(f"      {e['at']}  {e['kind']}  attempts={e['attempts']}{detail}"))
     return 0
+
+
+def _history_params(args: argparse.Namespace) -> dict[str, str]:
+    """The filters of `relay history`: its flags, and its ID, a notification's (`ntf_…`, as
+    logs, `dlq list` and receivers' `webhook-id` name one; a digest's `dgs_…` is said to be
+    none) kept as `id`, or a run's, as `--run` (the same id twice is no conflict). RelayError
+    for a run given two ways, or a notification's id beside a filter it would not read."""
+    from relay import history  # noqa: PLC0415
+
+    params = {f: getattr(args, f) for f in history.PARAMS if getattr(args, f) is not None}
+    ident = args.id
+    if ident is None:
+        return params
+    if not ident.startswith(("ntf_", "dgs_")):
+        if params.setdefault("run_id", ident) != ident:
+            raise RelayError(f"history: run {ident!r} and --run {params['run_id']!r}: give one")
+        return params
+    if given := [f"--{k}" if k != "run_id" else "--run" for k in params if k != "limit"]:
+        said = ", ".join(given)
+        raise RelayError(f"history: {ident} is one notification; {said} would not apply to it")
+    return {"id": ident}
 
 
 def _unnamed(args: argparse.Namespace, settings: Settings) -> list[str]:

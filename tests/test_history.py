@@ -127,6 +127,44 @@ async def test_history_pages_by_the_last_id_over_http_and_the_cli(
     assert gone.returncode == 1 and "before" in gone.stderr, gone.stderr
 
 
+async def test_history_of_one_id_as_logs_and_receivers_name_it(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """`relay history ntf_…` (the id a log line, `dlq list` or a receiver's webhook-id shows)
+    said "unrecognized arguments"; `relay history run_…` too. A notification's id shows that
+    one, as GET /v1/notifications/{id}; another id is a run's, as `--run`."""
+    r = await relay(CONFIG.format(url=sink.url))
+    sink.responses, sink.default = [status(200)], status(400)
+    await r.post(failed("run_sent"))
+    await until(r, lambda c: c["sent"] == 1)
+    await r.post(failed("run_dead"))
+    await until(r, lambda c: c["dead"] == 1)
+    dead = notification_id("run_dead", "failures", "hook")
+    env = {"RELAY_STORE_URL": r.service.settings.store_url}
+
+    async def cli(*args: str) -> Any:  # in a thread: it runs an event loop of its own
+        return await asyncio.to_thread(run_cli_in_process, "history", *args, env=env)
+
+    one = await cli(dead)
+    assert one.returncode == 0 and one.stdout.startswith(f"{dead}  "), one.stdout
+    assert "run run_dead" in one.stdout and "run_sent" not in one.stdout
+    assert "created  attempts=0" in one.stdout and "dead  attempts=1" in one.stdout
+    assert [n["id"] for n in json.loads((await cli(dead, "--json")).stdout)] == [dead]
+    by_run = (await cli("--run", "run_sent")).stdout
+    assert (await cli("run_sent")).stdout == by_run and "run run_sent" in by_run
+    assert (await cli("run_sent", "--run", "run_sent")).stdout == by_run
+    for args, said in [
+        (("ntf_nope",), "history: no notification with id 'ntf_nope'\n"),
+        (("dgs_0a1b",), "history: no notification with id 'dgs_0a1b': it is a digest's id"),
+        ((dead, "--rule", "failures"), f"{dead} is one notification; --rule would not apply"),
+        ((dead, "--run", "run_dead"), f"{dead} is one notification; --run would not apply"),
+        (("run_sent", "--run", "run_dead"), "run 'run_sent' and --run 'run_dead': give one"),
+    ]:
+        refused = await cli(*args)
+        assert (refused.returncode, refused.stdout) == (1, ""), refused
+        assert said in refused.stderr, refused.stderr
+
+
 async def test_replay_is_part_of_the_history(
     relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
 ) -> None:
