@@ -236,12 +236,7 @@ def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
     except InputError as exc:
         raise RelayError(f"history: {exc}") from None
     if one is not None and not found:  # as GET /v1/notifications/{id}'s 404
-        hint = (
-            ": it is a digest's id (its webhook-id); each of its runs has a notification of its"
-            " own, an ntf_ id that `relay history --rule RULE` lists"
-            if one.startswith("dgs_")
-            else ""
-        )
+        hint = history.digest_id_note(one, "`relay history --rule RULE`")
         raise RelayError(f"history: no notification with id {one!r}{hint}")
     if wants_json(args):
         out = [

@@ -190,6 +190,17 @@ def digest_hint(ids: Sequence[str], listing: str) -> str:
     )
 
 
+def digest_id_note(ident: str, listing: str) -> str:
+    """What to add when no notification has the id `ident` and it is a digest's `dgs_` id (its
+    `webhook-id`, what a receiver logs): its runs' notifications, which `listing` lists."""
+    if not ident.startswith("dgs_"):
+        return ""
+    return (
+        ": it is a digest's id (its webhook-id); each of its runs has a notification of its"
+        f" own, an ntf_ id that {listing} lists"
+    )
+
+
 def explain(n: Notification) -> str:
     """One line answering "why was this (not) sent?"."""
     if n.state == "sent":

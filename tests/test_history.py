@@ -85,6 +85,8 @@ async def test_history_explains_sent_muted_and_dead(
     assert (await get(r, "/v1/notifications?state=bogus"))[0] == 400
     assert (await get(r, "/v1/notifications?nope=1"))[0] == 400
     assert (await get(r, "/v1/notifications/ntf_nope"))[0] == 404
+    code, body = await get(r, "/v1/notifications/dgs_0a1b")  # a receiver's webhook-id
+    assert code == 404 and "it is a digest's id" in body["error"], body
 
     # the CLI reads the same store
     env = {"RELAY_STORE_URL": r.service.settings.store_url}

@@ -22,6 +22,7 @@ from relay.history import (
     dead_letter_views,
     dead_query,
     digest_hint,
+    digest_id_note,
     event_view,
     find_history,
     notification_view,
@@ -222,7 +223,8 @@ class HistoryHandlers(SilenceHandlers):
         ident = request.match_info["id"]
         found = await self.deps.store.get(ident)
         if found is None:
-            return error(404, "no notification with that id", "id")
+            note = digest_id_note(ident, "GET /v1/notifications?rule=RULE")
+            return error(404, f"no notification with that id{note}", "id")
         events = [event_view(e) for e in await self.deps.store.events(ident)]
         return json_response({**notification_view(found), "events": events})
 
