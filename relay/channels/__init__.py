@@ -188,7 +188,15 @@ def sole_part_types() -> frozenset[str]:
 
 
 def _registry() -> dict[str, ChannelKind]:
-    from relay.channels import console, discord, msteams, pagerduty, slack, webhook  # noqa: PLC0415
+    from relay.channels import (  # noqa: PLC0415
+        console,
+        discord,
+        msteams,
+        pagerduty,
+        slack,
+        telegram,
+        webhook,
+    )
     from relay.channels import email as email_channel  # noqa: PLC0415
 
     kinds = (
@@ -199,6 +207,7 @@ def _registry() -> dict[str, ChannelKind]:
         discord.KIND,
         msteams.KIND,
         pagerduty.KIND,
+        telegram.KIND,
     )
     return {kind.type: kind for kind in kinds}
 
