@@ -38,7 +38,12 @@ from tests.pg import fresh_database, shared_server
 
 # Fakes of the outside services, with their fixtures (smtp_server, slack, discord, teams,
 # pagerduty), for every test module.
-pytest_plugins = ["tests.fakes.smtp", "tests.fakes.slack", "tests.fakes.presets"]
+pytest_plugins = [
+    "tests.fakes.smtp",
+    "tests.fakes.slack",
+    "tests.fakes.presets",
+    "tests.fakes.telegram",
+]
 
 # Tests never fail on timing: hypothesis's default 200 ms deadline per example and its
 # too_slow health check both fail a correct test on a loaded machine (CI runs suites side by side).

@@ -26,6 +26,7 @@ from relay.channels.discord import discord_message
 from relay.channels.msteams import teams_message
 from relay.channels.pagerduty import PagerDutySettings, pagerduty_event
 from relay.channels.slack import slack_message
+from relay.channels.telegram import telegram_message
 from relay.config_load import parse_config
 from relay.configure import compile_config
 from relay.errors import ConfigError, DeliveryError
@@ -58,6 +59,7 @@ from tests.fakes.slack import (
     api_error,
     block_kit_problems,
 )
+from tests.fakes.telegram import BOT_TOKEN, CHAT_ID, html_problems
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -146,6 +148,7 @@ EVERY_TYPE = f"""\
   discord: {{type: discord, webhook_url: "https://discord.com/api/webhooks/1/x"}}
   msteams: {{type: msteams, webhook_url: "https://example.com/workflows/x?sig=y"}}
   pagerduty: {{type: pagerduty, routing_key: {PD_KEY}}}
+  telegram: {{type: telegram, bot_token: "{BOT_TOKEN}", chat_id: {CHAT_ID}}}
 """
 
 
@@ -176,6 +179,8 @@ def test_recovered_templates_match_golden(channel_type: str) -> None:
     for part, text in rendered.parts.items():
         if part == "json":
             assert _problems(channel_type, text) == []
+        if part == "html" and channel_type == "telegram":
+            assert html_problems(telegram_message(text, "-")[0]) == []
         assert_golden(GOLDEN / channel_type / "recovered" / f"run_completed.{part}", text)
 
 
