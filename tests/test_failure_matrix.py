@@ -1,7 +1,7 @@
 """The failure matrix of every delivery path, through a real `relay serve` child process.
 
 For each path (webhook, Slack incoming webhook, Slack bot token, email over SMTP, Discord, Teams,
-PagerDuty), against the fake that speaks its protocol:
+PagerDuty, Telegram), against the fake that speaks its protocol:
 
 * refused connection, then 429 with Retry-After (SMTP: 421), then 5xx (SMTP: 451), then no answer
   past the timeout, then OK: one notification rides through all of it and arrives, the
@@ -9,7 +9,7 @@ PagerDuty), against the fake that speaks its protocol:
 * kill -9 while the first sends are in flight (the fake holds them: SMTP holds the reply to
   DATA), restart, the fake answers: every notification arrives at least once, duplicates are
   only the ones in flight and carry the channel's idempotency key (webhook-id, Message-ID,
-  PagerDuty dedup_key; Slack, Discord and Teams have none), nothing dead, nothing pending.
+  PagerDuty dedup_key; Slack, Discord, Teams and Telegram have none), nothing dead, nothing pending.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from tests.fakes.slack import (
     fake_slack,
 )
 from tests.fakes.smtp import FakeSMTP, start_smtp
+from tests.fakes.telegram import BOT_TOKEN, CHAT_ID, failure, fake_telegram
 
 # the channel's timeout where one answer hangs: long enough that no answer that should arrive
 # misses it on a loaded machine, short as each hang costs one in full
@@ -288,6 +289,28 @@ class PagerDutyPath(ScriptedPath):
         return [str(call.json().get("dedup_key")) for call in self.fake.calls]
 
 
+class TelegramPath(ScriptedPath):
+    """The Bot API's own answers: a 429 says when in its body (`parameters.retry_after`), with
+    no Retry-After header."""
+
+    name = "telegram"
+    answers = {
+        "rate_limited": failure(429, "Too Many Requests: retry after 1", retry_after=1),
+        "server_error": Reply(502, "<html>502 Bad Gateway</html>"),
+        "hang": Reply(200, {"ok": True, "result": {"message_id": 1}}, delay_s=HANG_S),
+        "permanent": failure(400, "Bad Request: chat not found"),
+    }
+
+    def channel(self, port: int) -> str:
+        return (
+            f'    type: telegram\n    bot_token: "{BOT_TOKEN}"\n    chat_id: {CHAT_ID}\n'
+            f"    api_url: http://127.0.0.1:{port}"
+        )
+
+    def start(self, port: int) -> AbstractAsyncContextManager[Any]:
+        return fake_telegram(port)
+
+
 class EmailPath(Path_):
     """aiosmtpd: 421 (the server sheds load) and 451 are temporary, 550 permanent; `hang` and
     `hold` keep the reply to DATA, after the whole mail was sent."""
@@ -365,6 +388,7 @@ PATHS: dict[str, Callable[[], Path_]] = {
     "discord": DiscordPath,
     "msteams": TeamsPath,
     "pagerduty": PagerDutyPath,
+    "telegram": TelegramPath,
 }
 
 

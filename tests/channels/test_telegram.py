@@ -473,3 +473,28 @@ async def test_a_self_hosted_bot_api_server_is_a_base_url(http: HttpClient) -> N
         receipt = await channel(http, url + "/tg/").send(outgoing("x"))
     assert seen == [f"/tg/bot{BOT_TOKEN}/sendMessage"]
     assert receipt == f'{{"to":{CHAT_ID},"chat_id":1,"message_id":5}}'
+
+
+async def test_end_to_end_waits_out_the_retry_after_of_the_body(
+    relay: RelayFactory, telegram: FakeTelegram, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Telegram says when to come back in the 429's body only (no Retry-After header): the
+    retry waits that long, where the backoff alone (100-200 ms here) would come back sooner."""
+    telegram.limit_next(1)
+    r = await relay(
+        f"""\
+defaults:
+  retry: {{max_attempts: 5, max_age: 1h, min_backoff: 100ms, max_backoff: 200ms}}
+  timeout: 2s
+channels:
+  tg: {{type: telegram, bot_token: "{BOT_TOKEN}", chat_id: {CHAT_ID}, api_url: "{telegram.url}"}}
+rules:
+  - {{name: failures, match: {{status: [failure]}}, notify: [tg]}}
+"""
+    )
+    assert (await r.post({**sdk_run("failed"), "id": "run_a"}))[0] == 202
+    first, second = await telegram.wait_for(2)
+    assert second.at - first.at >= 1.0
+    assert first.raw == second.raw and len(telegram.shown()) == 1
+    [held] = [r for r in caplog.records if r.getMessage().startswith("channel held")]
+    assert held.__dict__["hold_s"] == 1.0  # the channel's other sends wait it out too
