@@ -88,20 +88,24 @@ def _digest(compiled: Compiled, key: str, rows: list[Notification], env: Channel
 def _as_sent(
     compiled: Compiled, row: Notification, rendered: Rendered
 ) -> tuple[Rendered, list[str]]:
-    """`rendered` as its channel would send it: a `json` part cut to the receiver's limits by
-    the channel's own code (ChannelKind.as_sent), and what that changed, in words; the parts as
-    rendered where the channel changes nothing. `relay test` showed the part as rendered: a
-    template's author saw 60 blocks where Slack got 50."""
+    """`rendered` as its channel would send it: a `json` part (Telegram's `html`) cut to the
+    receiver's limits by the channel's own code (ChannelKind.as_sent), and what that changed,
+    in words; the parts as rendered where the channel changes nothing. `relay test` showed the
+    part as rendered: a template's author saw 60 blocks where Slack got 50."""
     kind = channel_registry.REGISTRY[compiled.loaded.config.channels[row.channel].type]
-    if kind.as_sent is None or "json" not in rendered.parts:
+    part = kind.parts[0]  # a channel that changes its message has that one part
+    if kind.as_sent is None or part not in rendered.parts:
         return rendered, []
     outgoing = Outgoing(
         row.id, row.run_id, row.rule, rendered.parts, row.created_at,
         group_key=row.group_key, template=rendered.template,
     )  # fmt: skip
     message, said = kind.as_sent(outgoing)
-    shown = orjson.dumps(message, option=orjson.OPT_INDENT_2).decode()
-    return replace(rendered, parts={**rendered.parts, "json": shown}), said
+    if part == "json":
+        shown = orjson.dumps(message, option=orjson.OPT_INDENT_2).decode()
+    else:  # Telegram's `html`: the text it is sent, in the HTML Telegram takes
+        shown = str(message.get("text", ""))
+    return replace(rendered, parts={**rendered.parts, part: shown}), said
 
 
 async def send_test(compiled: Compiled, channel: str) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import traceback
 from collections.abc import AsyncIterator
@@ -498,3 +499,28 @@ rules:
     assert first.raw == second.raw and len(telegram.shown()) == 1
     [held] = [r for r in caplog.records if r.getMessage().startswith("channel held")]
     assert held.__dict__["hold_s"] == 1.0  # the channel's other sends wait it out too
+
+
+def test_relay_test_shows_the_text_as_telegram_gets_it(tmp_path: Path) -> None:
+    """`relay test` shows the html part as the channel sends it: tags Telegram does not know
+    dropped, run data escaped, cut within 4096 characters, and says it was cut."""
+    (tmp_path / "templates" / "telegram").mkdir(parents=True)
+    (tmp_path / "templates" / "telegram" / "mine.html.j2").write_text(
+        "<p><b>{{ run.id }}</b> <x-tag>{{ '<i>' }}</x-tag>{{ 'y' * 5000 }}</p>\n"
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "templates: {dir: ./templates}\nchannels:\n"
+        f"  t: {{type: telegram, bot_token: '{BOT_TOKEN}', chat_id: {CHAT_ID}}}\n"
+        "rules:\n  - {name: r, notify: [t], match: {status: [failure]}, template: mine}\n"
+    )
+    failed = tmp_path / "failed.json"
+    failed.write_text(json.dumps({**sdk_run("failed"), "id": "run_1"}))
+    out = io.StringIO()
+    with redirect_stdout(out), redirect_stderr(io.StringIO()):
+        assert relay_cli(["test", str(failed), "--config", str(config), "--json"]) == 0
+    [message] = json.loads(out.getvalue())[0]["messages"]
+    text = message["parts"]["html"]
+    assert text.startswith("<b>run_1</b> &lt;i&gt;yyy") and text.endswith("y…")
+    assert html_problems({"text": text, "parse_mode": "HTML"}) == []
+    assert "cut to Telegram's 4096 characters" in out.getvalue()
