@@ -153,6 +153,10 @@ def dummy_env(text: str) -> dict[str, str]:
             return "https://hooks.example.com/relay"
         if "ROUTING_KEY" in name:
             return "R0utingKeyR0utingKeyR0utingKey12"
+        if name.startswith("TELEGRAM") and name.endswith("_TOKEN"):
+            return "7012345678:AAFakeTelegramBotToken_0123456789"
+        if name.startswith("TELEGRAM") and name.endswith("CHAT_ID"):
+            return "-1001234567890"
         return WHSEC
 
     return {n: value(n) for n in set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text))}
@@ -470,6 +474,7 @@ def channel_keys(kind: str, nested: dict[str, type[Any]] | None = None) -> set[s
         ("`discord` posts", channel_keys("discord")),
         ("`msteams` posts", channel_keys("msteams")),
         ("`pagerduty` sends", channel_keys("pagerduty")),
+        ("`telegram` sends", channel_keys("telegram")),
         ("**`rules`**", model_keys(RuleConfig)),
         ("`match`:", model_keys(MatchConfig)),
         ("**`time_intervals`**", model_keys(NamedTimeInterval)),

@@ -69,6 +69,7 @@ def channel_tables() -> list[Table]:
         "discord": "`discord` posts",
         "msteams": "`msteams` posts",
         "pagerduty": "`pagerduty` sends",
+        "telegram": "`telegram` sends",
     }
     common = ChannelSettings.model_fields
     for kind, channel in sorted(channel_registry.REGISTRY.items()):
