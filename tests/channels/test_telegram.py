@@ -31,7 +31,7 @@ from relay.errors import ConfigError, DeliveryError
 from relay.model import Run
 from relay.templating import RenderContext, Renderer
 from tests.channels.test_presets import HOSTILE, odd_inputs, sdk
-from tests.conftest import RelayFactory, sdk_run
+from tests.conftest import RelayFactory, alert_event, assert_golden, sdk_run
 from tests.fakes.serving import free_port, serving
 from tests.fakes.slack import Reply, check_classified, classified
 from tests.fakes.telegram import (
@@ -524,3 +524,60 @@ def test_relay_test_shows_the_text_as_telegram_gets_it(tmp_path: Path) -> None:
     assert text.startswith("<b>run_1</b> &lt;i&gt;yyy") and text.endswith("y…")
     assert html_problems({"text": text, "parse_mode": "HTML"}) == []
     assert "cut to Telegram's 4096 characters" in out.getvalue()
+
+
+# ----------------------------------------------------------------------------- the templates
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "telegram"
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_templates_match_golden(template: str) -> None:
+    """Each shipped template on its event (`RELAY_UPDATE_GOLDEN=1` rewrites them; review the
+    diff), as Telegram would show it: its parser takes the text, and the channel sends it
+    unchanged."""
+    from relay.channels.telegram import telegram_message  # noqa: PLC0415
+
+    if template in ALERTS:
+        run = alert_event(ALERTS[template])
+        text = render(template, run, run.get("dashboardUrl"))
+    else:
+        run = sdk("completed" if template in ("run", "recovered") else "failed")
+        text = render(template, run, "https://cloud.trigger.dev/projects/v3/proj_abc123/runs/x")
+    assert_golden(GOLDEN / template / "default.html", text)
+    body, said = telegram_message(text, "-")
+    assert html_problems(body) == [] and said == []
+    assert body["text"] == telegram_html(text)[0]
+    assert parse_html(body["text"])[0] == parse_html(text)[0]
+
+
+def test_a_template_that_fails_sends_the_plain_fallback(tmp_path: Path) -> None:
+    (tmp_path / "telegram").mkdir()
+    (tmp_path / "telegram" / "run_failed.html.j2").write_text("<b>{{ 1 // 0 }}</b>")
+    renderer = Renderer(tmp_path)
+    ctx = RenderContext(sdk("failed"), "r", "oncall", "telegram", "ntf_1", "https://x.test/?a&b")
+    rendered = renderer.render("telegram", "run_failed", ("html",), ctx)
+    assert rendered.fallback
+    from relay.channels.telegram import telegram_message  # noqa: PLC0415
+
+    body, _ = telegram_message(rendered.parts["html"], "-")
+    assert html_problems(body) == [] and body["text"].startswith("<pre>🔴 FAILED · sync-")
+
+
+async def test_send_test_sends_the_sample_run(
+    telegram: FakeTelegram, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", BOT_TOKEN)
+    config = tmp_path / "relay.yaml"
+    config.write_text(
+        "channels:\n"
+        "  tg: {type: telegram, bot_token: '${TELEGRAM_BOT_TOKEN}',"
+        f" chat_id: {CHAT_ID}, api_url: '{telegram.url}'}}\n"
+        "rules:\n  - {name: all, match: {status: [failure]}, notify: [tg]}\n"
+    )
+    out = io.StringIO()
+    with redirect_stdout(out), redirect_stderr(out):
+        code = await asyncio.to_thread(relay_cli, ["send-test", "tg", "--config", str(config)])
+    assert code == 0, out.getvalue()
+    assert telegram.problems == [[]] and telegram.shown()[0].startswith("🔴 FAILED")
+    assert BOT_TOKEN.split(":")[1] not in out.getvalue()
