@@ -4,7 +4,7 @@ Every registered channel type is built through the registry (`relay.channels.bui
 secrets configured, sent a real rendered message, and held to the same rules:
 
 * HTTP channels (webhook, slack by incoming webhook and by bot token, discord, msteams,
-  pagerduty) against fakes on 127.0.0.1: 2xx is success; 400 permanent client_error; 401/403
+  pagerduty, telegram) against fakes on 127.0.0.1: 2xx is success; 400 permanent client_error; 401/403
   permanent auth_error; 404 permanent (client_error, or auth_error where it means a deleted
   webhook); 429 + Retry-After retryable rate_limited with retry_after; 500/502/503 retryable
   server_error; a hang past the channel timeout retryable timeout; a refused port retryable
@@ -13,7 +13,7 @@ secrets configured, sent a real rendered message, and held to the same rules:
 * email against aiosmtpd: 421 rate_limited, 451 server_error (retryable), 550 client_error,
   535 auth_error (permanent), refused network, a silent server timeout.
 * console: prints the message and never raises for normal input.
-* secrets (URL path, signing secret, header value, bot token, webhook URLs, routing key, SMTP
+* secrets (URL path, signing secret, header value, bot tokens, webhook URLs, routing key, SMTP
   password) never appear in str()/repr()/detail/traceback of the DeliveryError nor in any log
   record of relay or of the client libraries, even when the server echoes them in its answer.
 
@@ -49,6 +49,7 @@ from relay.templating import RenderContext, Renderer
 from tests.conftest import Sink, run_python, sdk_run
 from tests.fakes.serving import free_port, serving
 from tests.fakes.slack import TOKEN, WEBHOOK_PATH, FakeSlack, Reply, api_error, fake_slack
+from tests.fakes.telegram import BOT_TOKEN, CHAT_ID, FakeTelegram, fake_telegram
 
 if TYPE_CHECKING:  # imported by pytest as a plugin, so its asserts are rewritten
     from tests.fakes.smtp import FakeSMTP, Pki, SmtpFactory
@@ -73,6 +74,7 @@ SMTP_USER, SMTP_PASSWORD = "relay-bot", "smtp-Pa55-secret-Q7"
 DISCORD_TOKEN = "discordWebhookToken-Xk29_aLq7"
 TEAMS_SIG = "teamsWorkflowSig0Ab1Cd2Ef3"
 PAGERDUTY_KEY = "R0ut1ngKeySecretR0ut1ngKeySecret"
+TELEGRAM_TOKEN, TELEGRAM_CHAT = BOT_TOKEN, CHAT_ID  # the fake's bot, in its chat
 RENDERER = Renderer()
 # loggers of the fakes (the server side), not of relay or the client libraries it uses
 SERVER_LOGGERS = ("mail.log", "aiohttp.server", "aiohttp.access", "aiohttp.web")
@@ -146,7 +148,7 @@ class HttpKind:
     """One HTTP channel set-up: its settings against a fake's base URL, and its secrets."""
 
     type: str
-    fake: str  # "sink" (any HTTP receiver) or "slack" (tests/fakes/slack.py)
+    fake: str  # "sink" (any HTTP receiver), "slack" or "telegram" (tests/fakes/<fake>.py)
     settings: Callable[[str], dict[str, Any]]
     secrets: tuple[str, ...]
     ok: Reply  # what the real service answers to a good request
@@ -221,6 +223,19 @@ HTTP_KINDS = {
         (PAGERDUTY_KEY,),
         Reply(202, {"status": "success", "message": "Event processed", "dedup_key": "k"}),
     ),
+    "telegram": HttpKind(
+        "telegram",
+        "telegram",
+        lambda base: {
+            "type": "telegram",
+            "bot_token": TELEGRAM_TOKEN,
+            "chat_id": TELEGRAM_CHAT,
+            "api_url": base,
+            "timeout": TIMEOUT_S,
+        },
+        (TELEGRAM_TOKEN.split(":")[1],),
+        Reply(200, {"ok": True, "result": {"message_id": 1, "chat": {"id": TELEGRAM_CHAT}}}),
+    ),
 }
 SMTP_SECRETS = (SMTP_PASSWORD,)
 CONSOLE_SECRETS: tuple[str, ...] = ()  # console has no secret to keep
@@ -262,11 +277,13 @@ async def target(request: pytest.FixtureRequest) -> AsyncIterator[HttpTarget]:
     async with AsyncExitStack() as stack:
         http = HttpClient()
         stack.push_async_callback(http.close)
-        if kind.fake == "slack":
-            slack: FakeSlack = await stack.enter_async_context(fake_slack())
-            calls = slack.calls
+        if kind.fake in ("slack", "telegram"):
+            fake: FakeSlack | FakeTelegram = await stack.enter_async_context(
+                fake_slack() if kind.fake == "slack" else fake_telegram()
+            )
+            calls = fake.calls
             yield HttpTarget(
-                kind, slack.url, http, slack.script, lambda: len(calls), lambda: headers_of(calls)
+                kind, fake.url, http, fake.script, lambda: len(calls), lambda: headers_of(calls)
             )
             return
         sink, replies = Sink(), list[Reply]()
