@@ -61,14 +61,16 @@ def _cut(text: str, units: int) -> str:
 
 
 class _Writer(HTMLParser):
-    """Writes Telegram's HTML for what it is fed, within `limit` UTF-16 units of text."""
+    """Writes Telegram's HTML for what it is fed: its text cut past `limit` UTF-16 units, "…"
+    added (None: never cut)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int | None) -> None:
         super().__init__(convert_charrefs=True)
         self.out: list[str] = []
         self.open: list[str] = []  # the tags written and not yet closed, innermost last
         self.stack: list[tuple[str, bool]] = []  # every tag opened (written or dropped)
-        self.left = limit
+        self.limit = limit
+        self.used = 0  # UTF-16 units of text written
         self.visible = 0  # text units written that are not blank
         self.full = False  # the limit was reached: nothing more is written
 
@@ -141,12 +143,13 @@ class _Writer(HTMLParser):
             return
         data = _CONTROLS.sub("", data.replace("\r\n", "\n").replace("\r", "\n"))
         size = utf16_len(data)
-        if size > self.left:
-            data = _cut(data, self.left - utf16_len(ELLIPSIS)) + ELLIPSIS
-            self.full = True
+        if self.limit is not None and self.used + size > self.limit:
+            data = _cut(data, self.limit - self.used)
             size = utf16_len(data)
+            data += ELLIPSIS
+            self.full = True
         self.out.append(html.escape(data, quote=False))
-        self.left -= size
+        self.used += size
         if data.strip():
             self.visible += size
 
@@ -158,11 +161,20 @@ class _Writer(HTMLParser):
 
 
 def telegram_html(rendered: str, limit: int = MAX_TEXT) -> tuple[str, bool]:
-    """(the HTML Telegram takes for `rendered`, whether its text was cut to `limit`)."""
-    writer = _Writer(limit)
-    writer.feed(rendered)
+    """(the HTML Telegram takes for `rendered`, whether its text was cut to `limit`). A text
+    over `limit` is written again, cut at `limit` less the ellipsis's room: a cut right after
+    a text that filled the limit exactly had no room left for it."""
+    writer = _write(rendered, None)
+    if writer.used > limit:
+        writer = _write(rendered, limit - utf16_len(ELLIPSIS))
     text = writer.result()
     return text if writer.visible else "", writer.full
+
+
+def _write(rendered: str, limit: int | None) -> _Writer:
+    writer = _Writer(limit)
+    writer.feed(rendered)
+    return writer
 
 
 def visible_text(text: str) -> str:

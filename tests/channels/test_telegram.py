@@ -581,3 +581,21 @@ async def test_send_test_sends_the_sample_run(
     assert code == 0, out.getvalue()
     assert telegram.problems == [[]] and telegram.shown()[0].startswith("🔴 FAILED")
     assert BOT_TOKEN.split(":")[1] not in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" * MAX_TEXT + "<b>b</b>",  # the limit filled exactly, then more text: no room left
+        "a" * (MAX_TEXT - 1) + "😀",  # an emoji is 2 units: cut before it, not through it
+        "😀" * (MAX_TEXT // 2 + 1),
+        "x" * 1000 + "<pre>" + "&amp;" * 5000 + "</pre>",
+    ],
+)
+def test_a_cut_text_is_within_4096_units_with_its_ellipsis(text: str) -> None:
+    out, cut = telegram_html(text)
+    shown, problems = parse_html(out)
+    assert cut and problems == [] and shown.endswith("…")
+    assert MAX_TEXT - 2 <= utf16(shown) <= MAX_TEXT, utf16(shown)
+    exact = "b" * MAX_TEXT
+    assert telegram_html(exact) == (exact, False)  # within the limit: whole
