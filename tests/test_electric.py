@@ -197,6 +197,10 @@ STORED = "packets/run_x/payload.json"
     [
         (json.dumps([{"n": n} for n in range(100)]), "application/json", [{"n": n} for n in range(100)]),
         ({"json": {"a": 1}, "meta": {}}, "application/super+json", {"a": 1}),
+        # superjson >= 2.2.3's version mark, in `meta` and (as TRIGGER.md 1.4 may be read) beside it
+        ({"json": {"a": 1}, "meta": {"values": {}, "v": 1}}, "application/super+json", {"a": 1}),
+        ('{"json": {"n": 3}, "meta": {"values": {}}, "v": 2}', "application/super+json", {"n": 3}),
+        ({"json": 1, "other": 2}, "application/super+json", {"json": 1, "other": 2}),  # not one
         ("[1, 2]", "application/super+json", [1, 2]),  # no wrapper: kept
         ('{"a": 1}', "application/super+json", {"a": 1}),
         ("123", "text/plain", "123"),

@@ -97,6 +97,8 @@ def decode_packet(data: Any, data_type: str | None) -> Any:
 
 
 def unwrap_superjson(value: Any) -> Any:
-    if isinstance(value, dict) and "json" in value and set(value) <= {"json", "meta"}:
+    """superjson's `json` part. Its version mark (TRIGGER.md 1.4: `"v"`, from superjson 2.2.3)
+    is read inside `meta`, where superjson writes it, and beside it as well."""
+    if isinstance(value, dict) and "json" in value and set(value) <= {"json", "meta", "v"}:
         return value["json"]
     return value
