@@ -240,11 +240,12 @@ class SQLiteStore(MarkOps, GroupOps, KvOps):
         return None if row is None else to_notification(row)
 
     async def counts(self) -> dict[str, int]:
-        rows = await self._writer.run(
-            lambda conn: conn.execute(
-                "SELECT state, COUNT(*) FROM outbox GROUP BY state"
-            ).fetchall()
-        )
+        def read(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+            # the scrape's reading (relay_store_up, relay_ready): a deleted file's is no store
+            self._still_the_file()
+            return conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+
+        rows = await self._writer.run(read)
         counts = {"pending": 0, "sent": 0, "dead": 0, "muted": 0}
         counts.update({state: int(n) for state, n in rows})
         return counts

@@ -479,11 +479,14 @@ async def test_a_clock_stepped_back_after_a_failed_write_leaves_relay_ready(tmp_
 
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 async def test_a_database_file_deleted_or_replaced_refuses_updates(
-    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`rm data/relay.db` (or a backup moved over it) while relay runs: the open connection
     went on committing to the unlinked file, and every update answered 202 since was gone at
-    the next start. Now intake refuses them (503) and readiness turns red."""
+    the next start. Now intake refuses them (503) and readiness turns red, on /metrics too:
+    the scrape read the unlinked file's outbox and said relay_store_up 1, and relay_ready 1
+    once the refused update was 10 s old, while /readyz said 503 (no alert ever fired)."""
+    monkeypatch.setattr(outbox_reading, "MAX_REUSE_S", 0.0)
     db = tmp_path / "relay.db"
     async with running(tmp_path, SQLiteStore(db)) as r:
         assert (await post(r, failed_run(0)))[0] == 202
@@ -495,6 +498,10 @@ async def test_a_database_file_deleted_or_replaced_refuses_updates(
         status, body, retry_after = await post(r, failed_run(1))
         assert (status, body["error"]) == (503, "store unavailable; retry later")
         assert retry_after is not None
+        assert await readiness(r) == (503, {"status": "not ready", "reason": "store unreachable"})
+        assert r.service.intake is not None
+        r.service.intake.store_failed_at = None  # as 10 s after the refused update
+        assert (await store_up(r), await scraped(r, "relay_ready")) == ("0.0", "0.0")
         assert await readiness(r) == (503, {"status": "not ready", "reason": "store unreachable"})
     refused = [
         rec for rec in caplog.records if rec.getMessage() == "store unavailable; update refused"
