@@ -18,6 +18,7 @@ from contextlib import closing
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from relay.model import Silence, notification_id
 from relay.store._pg_schema import MIGRATIONS as PG_MIGRATIONS
@@ -138,6 +139,26 @@ async def test_the_work_of_a_v6_store_survives_the_upgrade(tmp_path: Path) -> No
         await store.close()
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_an_upgrade_on_start_is_said_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`relay serve` migrating a SQLite store said nothing (PostgreSQL's said `store schema
+    migrated`): an operator upgrading could not tell from the log that the schema moved, and
+    from which version, the one a downgrade needs the backup of. Opened again, it says nothing."""
+    path = tmp_path / "relay.db"
+    with closing(_old_store(path, SCHEMA_VERSION - 1)) as conn:
+        conn.execute("COMMIT")
+    for _ in range(2):
+        store = SQLiteStore(path)
+        with caplog.at_level("INFO", logger="relay.store"):
+            await store.open()
+        await store.close()
+    said = [r for r in caplog.records if r.getMessage() == "store schema migrated"]
+    assert [(r.__dict__["from"], r.__dict__["to"]) for r in said] == [
+        (SCHEMA_VERSION - 1, SCHEMA_VERSION)
+    ]
 
 
 def _version_and_outbox(path: Path) -> tuple[int, list[tuple[str, int]]]:
