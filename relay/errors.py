@@ -328,7 +328,9 @@ def check_schema(version: int, current: int, *, upgrade: bool) -> None:
     release) would refuse it at its next start."""
     if version > current:
         raise StoreUnavailable(
-            f"store schema version {version} is newer than this relay supports ({current})"
+            f"store schema version {version} is newer than this relay supports ({current}):"
+            " a newer relay migrated it; run that version, or restore the backup taken before"
+            " the upgrade"
         )
     if 0 < version < current and not upgrade:
         raise StoreUnavailable(

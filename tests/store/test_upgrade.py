@@ -456,6 +456,8 @@ async def test_a_store_a_newer_relay_migrated_is_refused_and_left_alone(tmp_path
     assert refused.returncode == 1, (refused.stdout, refused.stderr)
     newer = f"store schema version {SCHEMA_VERSION + 1} is newer than this relay supports"
     assert newer in refused.stderr
+    # what to do about it: a downgrade is a restore (docs/operations.md, step 4)
+    assert "run that version, or restore the backup taken before the upgrade" in refused.stderr
     assert _version_and_outbox(path) == before
 
 
