@@ -271,16 +271,17 @@ def causes(exc: BaseException) -> list[BaseException]:
 
 def tls_failure(exc: BaseException) -> str | None:
     """Why a TLS connection failed ("TLS: certificate not trusted": see SSL_CERT_FILE), from
-    the ssl error behind a client library's exception; None when TLS is not the cause."""
-    for cause in causes(exc):
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return "TLS: certificate not trusted"
-        if isinstance(cause, ssl.SSLError) and cause.reason == "WRONG_VERSION_NUMBER":
-            # the first bytes back were no TLS record: an SMTP greeting, an HTTP answer
-            return "TLS: the server answered in plain text (no TLS on this port)"
-        if isinstance(cause, ssl.SSLError):
-            return "TLS: handshake failed"
-    return None
+    the ssl error behind a client library's exception; None when TLS is not the cause. The
+    whole chain is looked at: aiohttp's ClientConnectorSSLError is an ssl.SSLError itself,
+    without the `reason` of the one it wraps (reading it raised AttributeError)."""
+    chain = causes(exc)
+    if any(isinstance(cause, ssl.SSLCertVerificationError) for cause in chain):
+        return "TLS: certificate not trusted"
+    tls = [cause for cause in chain if isinstance(cause, ssl.SSLError)]
+    if any(getattr(cause, "reason", None) == "WRONG_VERSION_NUMBER" for cause in tls):
+        # the first bytes back were no TLS record: an SMTP greeting, an HTTP answer
+        return "TLS: the server answered in plain text (no TLS on this port)"
+    return "TLS: handshake failed" if tls else None
 
 
 def wire_failure(exc: BaseException) -> str | None:

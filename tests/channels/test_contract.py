@@ -497,6 +497,35 @@ async def test_an_untrusted_certificate_is_named_not_its_exception_class(
     assert_no_secrets(err, target.kind.secrets, caplog)
 
 
+async def test_https_to_a_plain_text_port_says_so_and_is_retried(
+    target: HttpTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`https://` to a port that speaks plain HTTP (a receiver without TLS, a proxy's port):
+    aiohttp's ClientConnectorSSLError is an ssl.SSLError without `reason`, so naming it raised
+    AttributeError: `channel raised unexpectedly` with a traceback at every try and a dead
+    letter reading `other: AttributeError`. It reads as the email channel's does."""
+    caplog.set_level(logging.DEBUG)
+
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(plain, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        err = await failure(target.channel(f"https://127.0.0.1:{port}"), target.kind.type)
+    finally:
+        server.close()
+    assert (err.reason, err.retryable, err.detail) == (
+        "network",
+        True,
+        "TLS: the server answered in plain text (no TLS on this port)",
+    )
+    assert_no_secrets(err, target.kind.secrets, caplog)
+
+
 # ----------------------------------------------------------------------------- Slack's words
 
 SLACK_ANSWERS = {
