@@ -119,6 +119,11 @@ class ChannelLoop:
         await self._release_ready()
         sends = dict(self.inflight)
         cut = await _finish_within(set(sends), grace_s)
+        if cut:  # the drain (a SIGTERM's, a reload's) ran out: say what goes again
+            log.warning(
+                "in-flight deliveries cut short at the end of the drain; they go again",
+                extra={"channel": self.name, "notifications": sum(len(sends[t]) for t in cut)},
+            )
         await _finish_within(set(self.finishing), grace_s)
         # A send cut short gives its rows back too, once the outcomes being written are in (a
         # digest's may be among them): after a reload the new loop would otherwise wait out

@@ -303,6 +303,7 @@ class Service(DeliverySide):
         if self.runner is not None:  # waits for requests in progress: before the store closes
             await self.runner.cleanup()
         await self.http.close()
+        left = await self._left_pending() if announce else None
         with contextlib.suppress(StoreUnavailable):
             await self.store.close()
         if self._serve_lock is not None:  # the file closed: the next relay serve may take it
@@ -310,7 +311,17 @@ class Service(DeliverySide):
         if self.events is not None:
             self.events.flush()
         if announce:
-            log.info("stopped")
+            log.info("stopped", extra={} if left is None else {"pending": left})
+
+    async def _left_pending(self) -> int | None:
+        """What the outbox holds pending at the exit, for the `stopped` line (the next start
+        sends it): said by the process that serves HTTP, once the store is open."""
+        if self.role.index is not None or self._starting is not None:
+            return None
+        try:
+            return (await self.store.counts())["pending"]
+        except StoreUnavailable:
+            return None
 
 
 async def serve(settings: Settings, compiled: Compiled, role: Role | None = None) -> None:

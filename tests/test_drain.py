@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sqlite3
 import time
@@ -17,7 +18,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+import relay.service as relay_service
+from relay.configure import compile_config, load
 from relay.model import notification_id
+from relay.service import Service
+from relay.settings import Settings
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import Behaviour, RelayProcess, Sink, sdk_run
 from tests.test_durability import CONFIG
@@ -199,3 +204,37 @@ async def test_a_send_waiting_for_the_rate_limit_goes_back_at_once_on_sigterm(
     assert len(ids) == len(set(ids)) == 5  # each once
     assert outbox(db, "SELECT DISTINCT attempts FROM outbox") == [(1,)]
     assert await asyncio.to_thread(proc.terminate, 30) == 0
+
+
+async def test_the_log_says_what_a_drain_cut_short_and_what_is_left(
+    sink: Sink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A SIGTERM whose drain ran out with a send still on the wire said `shutting down` and
+    `stopped`, nothing else: neither that a delivery was cut short (it goes again after the
+    start, a duplicate for a receiver that got it) nor what the outbox held for the next start.
+    Now a warning names the channel and the count cut short, and `stopped` the pending left."""
+    gate = asyncio.Event()
+    sink.default = held_until(gate)
+    monkeypatch.setattr(relay_service, "SHUTDOWN_GRACE_S", 0.2)
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(url=sink.url))
+    db = tmp_path / "relay.db"
+    settings = Settings(config=config, listen="127.0.0.1:0", store_url=f"sqlite:///{db}")
+    service = Service(settings, compile_config(load(settings)))
+    host, port = await service.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for run_id in ("run_on_the_wire", "run_beside_it"):
+                url = f"http://{host}:{port}/v1/runs"
+                assert (await answer(http, "POST", url, failed_run(run_id)))[0] == 202
+            await sink.wait_for(2)  # both on the wire (concurrency 4), held there
+        caplog.set_level(logging.INFO)
+        service.request_stop()
+        await service.shutdown()
+    finally:
+        gate.set()
+    said = {r.getMessage(): r.__dict__ for r in caplog.records if r.name.startswith("relay")}
+    cut = said["in-flight deliveries cut short at the end of the drain; they go again"]
+    assert (cut["channel"], cut["notifications"]) == ("hook", 2)
+    assert said["stopped"]["pending"] == 2
+    assert await stored_state(db, "run_on_the_wire") == "pending"
