@@ -259,6 +259,12 @@ class Metrics(RealtimeMetrics):
             "When the running config was loaded.",
             registry=r,
         )
+        self.config_reload_ok = Gauge(
+            "relay_config_last_reload_successful",
+            "1 if the last reload (or the start) loaded the config, 0 from a refused reload until"
+            " one loads: the files hold a config relay does not run.",
+            registry=r,
+        )
         self.config_hash = Gauge(
             "relay_config_hash",
             "Digest of the running config (secrets masked) and its templates directory.",

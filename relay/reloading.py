@@ -141,6 +141,7 @@ class ConfigReloads:
             _refuse_emptied(self.service.compiled, compiled)
         except ConfigError as exc:
             self.service.metrics.config_reloads.labels(result="failure").inc()
+            self.service.metrics.config_reload_ok.set(0)
             said = {"trigger": trigger, "problems": [str(p) for p in exc.problems]}
             if any(p.message.startswith(UNSET_VARIABLE) for p in exc.problems):
                 said["hint"] = FIXED_ENVIRONMENT
@@ -158,6 +159,7 @@ class ConfigReloads:
         metrics = self.service.metrics
         metrics.config_reloads.labels(result="success").inc()
         metrics.config_reload_time.set(time.time())
+        metrics.config_reload_ok.set(1)
         rules = len(compiled.loaded.config.rules)
         log.info("config reloaded", extra={"trigger": trigger, "rules": rules})
         for warning in compiled.warnings:  # what `relay check` warns of, as at the start

@@ -104,6 +104,7 @@ class Service(DeliverySide):
         # /metrics already shows the config (a hash of 0 set off RelayConfigInconsistent)
         self._zero_metrics()
         self.metrics.config_reload_time.set(time.time())
+        self.metrics.config_reload_ok.set(1)
         self.addresses = await self._serve_http(self.intake)
         self.address = self.addresses[0]
         await self._hold_and_open()

@@ -487,6 +487,26 @@ async def test_an_invalid_new_config_is_refused_and_the_old_one_kept(
     assert value(await metrics_text(r), 'relay_config_reloads_total{result="failure"}') >= 1
 
 
+async def test_a_refused_config_shows_until_a_reload_succeeds(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """RelayConfigReloadFailed fired on increase() of the failure counter over 15 minutes: it
+    resolved by itself while the broken file stayed on disk, a relay restarted then failing to
+    start. As Alertmanager's and Prometheus' config_last_reload_successful, a gauge says it
+    until the file loads: 1 from the start, 0 from a refused reload, 1 again from a good one."""
+    r = await relay(CONFIG.format(url=sink.url, rule="failures", status="failure"))
+    path = Path(r.service.compiled.loaded.source.filename)
+    good = path.read_text()
+    last = "relay_config_last_reload_successful"
+    assert value(await metrics_text(r), last) == 1
+    path.write_text("rules: [this is not a rule]\n")
+    assert await r.service.reload("test") is False
+    assert value(await metrics_text(r), last) == 0
+    path.write_text(good)
+    assert await r.service.reload_if_changed() is True
+    assert value(await metrics_text(r), last) == 1
+
+
 async def test_a_reload_refused_for_an_unset_variable_says_a_restart_reads_it(
     relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
 ) -> None:
