@@ -213,5 +213,6 @@ def explain(n: Notification) -> str:
         return f"dead after {n.attempts} attempt(s): {failure(n.reason, n.last_error)}"
     if n.attempts:
         last = failure(n.reason, n.last_error)
-        return f"retrying ({n.attempts} attempt(s) so far, last: {last})"
+        due = _when(n.not_before)
+        return f"retrying ({n.attempts} attempt(s) so far, last: {last}; next try at {due})"
     return "pending: waiting to be sent" + (" with its group's digest" if n.group_key else "")

@@ -430,7 +430,14 @@ async def test_relay_history_says_what_a_pending_notification_waits_for(
             for run in ("run_retrying", "run_waiting")
         )
     )
-    assert "retrying (1 attempt(s) so far, last: server_error: HTTP 503)" in retrying.stdout
+    # when the next try is: a relay started again after an outage shows "retrying" without
+    # sending, and the operator asked whether it ever would (relay honours the Retry-After)
+    _, body = await get(r, "/v1/notifications?run_id=run_retrying")
+    due = body["notifications"][0]["next_attempt_at"]
+    assert (
+        f"retrying (1 attempt(s) so far, last: server_error: HTTP 503; next try at {due})"
+        in retrying.stdout
+    ), retrying.stdout
     assert "pending: waiting to be sent" in waiting.stdout, waiting.stdout
 
 
