@@ -14,7 +14,7 @@ from typing import Any
 from relay import __version__
 from relay.cli_argparse import DashValuesParser, Spelled, StrictParser
 from relay.model import SILENCE_MATCHERS
-from relay.settings import worker_count
+from relay.settings import Settings, worker_count
 from relay.worker_role import CONFIG_FD_FLAG, EVENTS_FLAG, WORKER_FLAG
 
 
@@ -29,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML config (default: $RELAY_CONFIG, else ./config.yaml, else the built-in one)",
     )
     parser = StrictParser(
-        prog="relay", description="Alerting relay for Trigger.dev", parents=[common]
+        prog="relay",
+        description="Alerting relay for Trigger.dev",
+        parents=[common],
+        epilog=settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +52,29 @@ def build_parser() -> argparse.ArgumentParser:
     _output_flags(replicas)
     _name_commands(parser)
     return parser
+
+
+# What each setting is, for `relay --help` and `relay serve --help`: where to listen and
+# where the store is had no flag and no word in the help, only in the README.
+_SETTING_WORDS = {
+    "config": "the YAML config, as --config (default: ./config.yaml, else the built-in one)",
+    "listen": "host:port to serve HTTP on (default: {listen})",
+    "store_url": "sqlite:///PATH or postgresql://USER@HOST/DB (default: {store_url})",
+    "log_format": "json or text, on stderr (default: {log_format})",
+    "log_level": "DEBUG, INFO, WARNING or ERROR (default: {log_level})",
+    "workers": "delivery processes of relay serve, as --workers (default: {workers})",
+    "replica_timeout": "PostgreSQL: a replica silent this long is dead (default: 15s)",
+}
+
+
+def settings_epilog() -> str:
+    """The environment relay reads at start, each variable with its default."""
+    defaults = {name: field.default for name, field in Settings.model_fields.items()}
+    lines = ["environment (read at start; a change needs a restart):"]
+    for name in defaults:  # a new setting needs its words here (KeyError otherwise)
+        words = _SETTING_WORDS[name].format(**defaults)
+        lines.append(f"  RELAY_{name.upper():<16} {words}")
+    return "\n".join(lines)
 
 
 def _name_commands(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +105,13 @@ def _config_show_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    serve_cmd = sub.add_parser("serve", parents=[common], help="run the relay")
+    serve_cmd = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="run the relay",
+        epilog=settings_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve_cmd.add_argument(
         "--workers",
         type=_worker_count,

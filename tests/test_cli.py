@@ -29,6 +29,7 @@ import standardwebhooks
 from relay.cli import main as relay_main
 from relay.cli_files import MAX_INPUT_BYTES
 from relay.model import Decision, Match, Run, RunState
+from relay.settings import Settings
 from relay.store.sqlite import SQLiteStore
 from relay.template_files import shipped_templates_dir
 from tests.conftest import (
@@ -2057,3 +2058,21 @@ def test_the_store_commands_refuse_a_config_file_named_that_is_not_there(
     )
     done = run_cli_in_process(*argv, env=env, cwd=tmp_path)
     assert done.returncode == (1 if "expire" in argv else 0), output(done)  # sil_none: unknown
+
+
+@pytest.mark.parametrize("command", [[], ["serve"]])
+def test_the_help_names_the_environment_relay_serve_reads(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`relay serve --help` showed --config and --workers only: where relay listens and where
+    its store is (Alertmanager's --web.listen-address and --storage.path) were in the README
+    alone. Every setting is listed now with its default."""
+    with pytest.raises(SystemExit) as exit_info:
+        relay_main([*command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in Settings.model_fields:
+        assert f"RELAY_{name.upper()} " in out, name
+    defaults = Settings.model_construct()
+    assert f"(default: {defaults.listen})" in out
+    assert f"(default: {defaults.store_url})" in out
