@@ -117,6 +117,16 @@ def _holds_nothing(path: Path) -> bool:
         return False
 
 
+def schema_version(path: Path) -> int:
+    """The schema version of the database at `path`, read without a write (0 if unreadable)."""
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
 def connect_reader(path: Path, *, alone: bool = False) -> sqlite3.Connection:
     """In the reader thread: the file the writer opened (never a new one), for reads only.
     `alone` (no writer: the store commands that only read): opened read-only and its schema

@@ -83,7 +83,8 @@ class ServeLock:
     exit (the kernel frees it at a kill -9). A second one started meanwhile (a rolling update,
     `docker compose up` on the same volume) waits for it instead of freeing the first one's
     leases and sending what that one has in flight once more. Its delivery workers and the
-    store commands (dlq, history, silence, migrate) never take it."""
+    store commands (dlq, history, silence) never take it; `relay migrate` takes it while it
+    migrates, and refuses an older schema while a relay serve holds it."""
 
     def __init__(self, db: Path) -> None:
         self.path = Path(f"{db}-serve.lock")

@@ -26,13 +26,14 @@ from relay.store._sqlite_connect import (
     connect,
     connect_reader,
     identity,
+    schema_version,
     undone_on_failure,
 )
 from relay.store._sqlite_groups import GroupOps
 from relay.store._sqlite_history import event_rows, history_rows
 from relay.store._sqlite_holders import HOLDER_WAIT_S, holder_lock, wait_for
 from relay.store._sqlite_kv import KvOps, in_chunks
-from relay.store._sqlite_lock import WriteLock
+from relay.store._sqlite_lock import ServeLock, WriteLock
 from relay.store._sqlite_marks import MarkOps
 from relay.store._sqlite_prune import PRUNE_BATCH, prune, prune_notifications
 from relay.store._sqlite_reader import Reader
@@ -341,7 +342,26 @@ class SQLiteStore(MarkOps, GroupOps, KvOps):
         before: list[int] = []  # the write lock too: without it SQLite's busy handler (sleeps
         # of up to 100 ms) lost every try to a busy `relay serve` and failed with SQLITE_BUSY
         writer = Writer(WriteLock(self.path, BUSY_TIMEOUT_MS / 1000), self.path)
-        with undone_on_failure(self.path):
-            await writer.start(lambda: connect(self.path, self._max_pages, before))
-        await writer.stop()
+        serving = ServeLock(self.path)
+        try:
+            with undone_on_failure(self.path):
+                await writer.start(lambda: self._migrating(serving, before))
+            await writer.stop()
+        finally:
+            serving.close()
         return before[0], SCHEMA_VERSION
+
+    def _migrating(self, serving: ServeLock, before: list[int]) -> sqlite3.Connection:
+        """`relay migrate`'s connection, refused when the schema would move under a `relay
+        serve` (the older release still running, which would then not start again): one
+        holds the serve lock. Held by this process meanwhile, so none starts mid-way."""
+        if self.path.exists() and serving.open() is None and not serving.take():
+            version = schema_version(self.path)
+            if 0 < version < SCHEMA_VERSION:
+                raise StoreUnavailable(
+                    f"store schema version {version} is older than this relay's"
+                    f" ({SCHEMA_VERSION}), and a relay serve runs on this database: stop it"
+                    " first (the new relay serve migrates it at its start, or run relay"
+                    " migrate then); migrated under it, the running relay would not start again"
+                )
+        return connect(self.path, self._max_pages, before)

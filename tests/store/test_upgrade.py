@@ -9,6 +9,8 @@ the first release's too.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import signal
 import sqlite3
 import subprocess
@@ -437,6 +439,33 @@ async def test_a_look_at_an_old_postgresql_database_leaves_its_schema_to_relay_m
             assert await conn.fetchval("SELECT MAX(version) FROM relay_schema_version") == 1
         finally:
             await conn.close()
+
+
+async def test_relay_migrate_leaves_an_older_store_a_relay_serve_runs_on(tmp_path: Path) -> None:
+    """The new image's `relay migrate` (a deploy step, as with PostgreSQL) against the SQLite
+    file the old release still serves migrated it under that relay: its store commands failed
+    at once (`schema version N is newer than this relay supports`) and it would not start
+    again, a crash or a rollback away from no relay at all. It refuses now, the file as it
+    was; with the old relay stopped it migrates. An up-to-date store is still `up to date`."""
+    path = tmp_path / "relay.db"
+    with closing(_old_store(path, SCHEMA_VERSION - 1)) as conn:
+        conn.execute("COMMIT")
+    before = _version_and_outbox(path)
+    url = f"sqlite:///{path}"
+    serving = os.open(f"{path}-serve.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(serving, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the old relay serve holds it
+        refused = await _store_command(url, "migrate")
+        assert refused.returncode == 1, (refused.stdout, refused.stderr)
+        assert "a relay serve runs on this database: stop it first" in refused.stderr
+        assert _version_and_outbox(path) == before
+    finally:
+        os.close(serving)
+    done = await _store_command(url, "migrate")
+    assert (done.returncode, done.stdout) == (
+        0,
+        f"store schema migrated from version {SCHEMA_VERSION - 1} to {SCHEMA_VERSION}\n",
+    )
 
 
 def _newer_sqlite_store(path: Path) -> None:
