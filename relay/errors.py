@@ -211,6 +211,18 @@ class StoreUnavailable(RelayError):
     passing = False
 
 
+class StoreReplaced(StoreUnavailable):
+    """The SQLite file was deleted or replaced under a running relay (`rm relay.db`, a backup
+    moved over it): its open connection would go on writing to the old file."""
+
+    READINESS = "store file deleted or replaced; restart relay"  # /readyz's reason
+
+    def __init__(self) -> None:
+        super().__init__(
+            "store file deleted or replaced while relay runs; restart relay to open it again"
+        )
+
+
 class StoreMissing(StoreUnavailable):
     """A store command (`relay dlq`, `silence`, `history`) found no relay tables in its
     PostgreSQL database: relay serve never ran there, or the URL is mistyped."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from relay.errors import StoreUnavailable
+from relay.errors import StoreReplaced, StoreUnavailable
 from relay.intake import Intake
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.metrics import Metrics
@@ -54,6 +54,8 @@ class Readiness(StartWaits):
         try:
             await self.store.ping()
             lacking = await self.store.lacking()
+        except StoreReplaced:  # the file is there and may be fine: unreachable misled
+            return StoreReplaced.READINESS
         except StoreUnavailable:
             return "store unreachable"
         return lacking or self._not_writable()

@@ -15,7 +15,7 @@ from collections.abc import Collection, Sequence
 from functools import partial
 from pathlib import Path
 
-from relay.errors import StoreUnavailable
+from relay.errors import StoreReplaced, StoreUnavailable
 from relay.model import Notification, Run, Silence, SilencePage
 from relay.store import BirthLease, Decide, HistoryQuery, Observed, Replica
 from relay.store import _sqlite_outbox as outbox
@@ -219,9 +219,7 @@ class SQLiteStore(MarkOps, GroupOps, KvOps):
         backup restored over it): the open connection goes on writing to the old file, which
         is gone at the next start with every update committed to it since."""
         if self._file is not None and identity(self.path) != self._file:
-            raise StoreUnavailable(
-                "store file deleted or replaced while relay runs; restart relay to open it again"
-            )
+            raise StoreReplaced
 
     def _holder_free(self, holder: str) -> bool:
         lock = holder_lock(self.path, holder, 0.0)

@@ -498,11 +498,16 @@ async def test_a_database_file_deleted_or_replaced_refuses_updates(
         status, body, retry_after = await post(r, failed_run(1))
         assert (status, body["error"]) == (503, "store unavailable; retry later")
         assert retry_after is not None
-        assert await readiness(r) == (503, {"status": "not ready", "reason": "store unreachable"})
+        # the cause, not "store unreachable": a backup moved over the file is there and fine
+        replaced = {
+            "status": "not ready",
+            "reason": "store file deleted or replaced; restart relay",
+        }
+        assert await readiness(r) == (503, replaced)
         assert r.service.intake is not None
         r.service.intake.store_failed_at = None  # as 10 s after the refused update
         assert (await store_up(r), await scraped(r, "relay_ready")) == ("0.0", "0.0")
-        assert await readiness(r) == (503, {"status": "not ready", "reason": "store unreachable"})
+        assert await readiness(r) == (503, replaced)
     refused = [
         rec for rec in caplog.records if rec.getMessage() == "store unavailable; update refused"
     ]
