@@ -481,20 +481,24 @@ async def test_an_untrusted_certificate_is_named_not_its_exception_class(
     """`relay send-test` to a receiver with a private CA said `ClientConnectorCertificateError`;
     it says what the email channel says: the certificate is not trusted (see SSL_CERT_FILE)."""
     caplog.set_level(logging.DEBUG)
-    server = await asyncio.start_server(
-        lambda r, w: w.close(), "127.0.0.1", 0, ssl=smtp_pki.server_context
-    )
-    port = server.sockets[0].getsockname()[1]
-    try:
-        err = await failure(target.channel(f"https://127.0.0.1:{port}"), target.kind.type)
-    finally:
-        server.close()
+    err = await _https_failure(target, lambda r, w: w.close(), smtp_pki.server_context)
     assert (err.reason, err.retryable, err.detail) == (
         "network",
         True,
         "TLS: certificate not trusted",
     )
     assert_no_secrets(err, target.kind.secrets, caplog)
+
+
+async def _https_failure(target: HttpTarget, answer: Any, ssl: Any = None) -> DeliveryError:
+    """The error of `target`'s channel sending to https://127.0.0.1 on a server that
+    `answer`s each connection (with TLS from `ssl`, if given)."""
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=ssl)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        return await failure(target.channel(f"https://127.0.0.1:{port}"), target.kind.type)
+    finally:
+        server.close()
 
 
 async def test_https_to_a_plain_text_port_says_so_and_is_retried(
@@ -512,12 +516,7 @@ async def test_https_to_a_plain_text_port_says_so_and_is_retried(
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(plain, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        err = await failure(target.channel(f"https://127.0.0.1:{port}"), target.kind.type)
-    finally:
-        server.close()
+    err = await _https_failure(target, plain)
     assert (err.reason, err.retryable, err.detail) == (
         "network",
         True,

@@ -337,19 +337,31 @@ async def test_a_recovery_edits_the_alert_else_replies_to_it(
     assert "reply_parameters" not in telegram.calls[-1].json()
 
 
-async def test_a_recovery_end_to_end_edits_the_alert(
-    relay: RelayFactory, telegram: FakeTelegram, tmp_path: Path
-) -> None:
-    r = await relay(
-        f"""\
+_FAILURES = "{name: failures, match: {status: [failure]}, notify: [tg]}"
+
+
+def _config(telegram: FakeTelegram, attempts: int, rule: str = _FAILURES) -> str:
+    """A config of one telegram channel (the fake's) and one rule, quick to retry."""
+    return f"""\
 defaults:
-  retry: {{max_attempts: 3, max_age: 1h, min_backoff: 100ms, max_backoff: 200ms}}
+  retry: {{max_attempts: {attempts}, max_age: 1h, min_backoff: 100ms, max_backoff: 200ms}}
   timeout: 2s
 channels:
   tg: {{type: telegram, bot_token: "{BOT_TOKEN}", chat_id: {CHAT_ID}, api_url: "{telegram.url}"}}
 rules:
-  - {{name: slow, match: {{status: [EXECUTING]}}, notify: [tg], update_on_recovery: true}}
+  - {rule}
 """
+
+
+async def test_a_recovery_end_to_end_edits_the_alert(
+    relay: RelayFactory, telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    r = await relay(
+        _config(
+            telegram,
+            3,
+            "{name: slow, match: {status: [EXECUTING]}, notify: [tg], update_on_recovery: true}",
+        )
     )
     run = sdk_run("executing")
     assert (await r.post(run))[0] == 202
@@ -434,17 +446,7 @@ async def test_dead_letters_logs_and_history_keep_the_token_secret(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     telegram.script(failure(400, f"Bad Request: can't parse entities in /bot{BOT_TOKEN}"))
-    r = await relay(
-        f"""\
-defaults:
-  retry: {{max_attempts: 2, max_age: 1h, min_backoff: 100ms, max_backoff: 200ms}}
-  timeout: 2s
-channels:
-  tg: {{type: telegram, bot_token: "{BOT_TOKEN}", chat_id: {CHAT_ID}, api_url: "{telegram.url}"}}
-rules:
-  - {{name: failures, match: {{status: [failure]}}, notify: [tg]}}
-"""
-    )
+    r = await relay(_config(telegram, 2))
     assert (await r.post({**sdk_run("failed"), "id": "run_dead"}))[0] == 202
     for _ in range(200):
         if (await r.service.store.counts())["dead"]:
@@ -482,17 +484,7 @@ async def test_end_to_end_waits_out_the_retry_after_of_the_body(
     """Telegram says when to come back in the 429's body only (no Retry-After header): the
     retry waits that long, where the backoff alone (100-200 ms here) would come back sooner."""
     telegram.limit_next(1)
-    r = await relay(
-        f"""\
-defaults:
-  retry: {{max_attempts: 5, max_age: 1h, min_backoff: 100ms, max_backoff: 200ms}}
-  timeout: 2s
-channels:
-  tg: {{type: telegram, bot_token: "{BOT_TOKEN}", chat_id: {CHAT_ID}, api_url: "{telegram.url}"}}
-rules:
-  - {{name: failures, match: {{status: [failure]}}, notify: [tg]}}
-"""
-    )
+    r = await relay(_config(telegram, 5))
     assert (await r.post({**sdk_run("failed"), "id": "run_a"}))[0] == 202
     first, second = await telegram.wait_for(2)
     assert second.at - first.at >= 1.0
