@@ -306,11 +306,8 @@ def _unnamed(args: argparse.Namespace, settings: Settings) -> list[str]:
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.store._schema_said import schema_words  # noqa: PLC0415
     from relay.store.opening import migrate  # noqa: PLC0415
 
-    before, after = asyncio.run(migrate(settings.store_url))
-    if before == after:
-        print(f"store schema is up to date (version {after})")
-    else:
-        print(f"store schema migrated from version {before} to {after}")
+    print(schema_words(*asyncio.run(migrate(settings.store_url))))
     return 0

@@ -24,6 +24,7 @@ import asyncpg
 
 from relay.errors import StoreMissing, StoreUnavailable, check_schema, first_of
 from relay.store._pg_search_path import check_search_path
+from relay.store._schema_said import log_schema
 
 log = logging.getLogger("relay.store")
 
@@ -220,8 +221,7 @@ async def migrate(conn: asyncpg.Connection, *, upgrade: bool = True) -> tuple[in
         await _grant_as_outbox(conn)
         if upgrade:  # relay serve and relay migrate; the other store commands change no schema
             await _count_silences_again(conn)
-    if version != SCHEMA_VERSION:
-        log.info("store schema migrated", extra={"from": version, "to": SCHEMA_VERSION})
+    log_schema(version, SCHEMA_VERSION)
     return version, SCHEMA_VERSION
 
 

@@ -4,7 +4,6 @@ write) and the reader's, the file's identity, and the words for a file that cann
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sqlite3
 import urllib.parse
@@ -12,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from relay.errors import StoreUnavailable
+from relay.store._schema_said import log_schema
 from relay.store._sqlite_lock import WriteLock
 from relay.store._sqlite_own import check_own
 from relay.store._sqlite_schema import OWN_FILE, SCHEMA_VERSION, migrate
@@ -25,8 +25,6 @@ BUSY_TIMEOUT_MS = 5000  # a writer waits this long for another process's transac
 # was cut and grew again under load, each fdatasync then writing its new size too (+20 µs of
 # CPU per ingest request, 3 alternating pairs).
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
-
-log = logging.getLogger("relay.store")
 
 
 def connect(
@@ -57,8 +55,7 @@ def connect(
         conn.execute("COMMIT")
         if versions is not None:
             versions.append(version)
-        if version != SCHEMA_VERSION:  # as PostgreSQL's: an upgrade is said in relay serve's log
-            log.info("store schema migrated", extra={"from": version, "to": SCHEMA_VERSION})
+        log_schema(version, SCHEMA_VERSION)  # as PostgreSQL's, in relay serve's log
     except BaseException as exc:
         rollback(conn)
         conn.close()

@@ -331,6 +331,28 @@ async def test_a_role_granted_the_tables_before_an_upgrade_may_use_the_ones_it_a
             await conn.close()
 
 
+async def test_a_new_store_says_its_schema_was_created_not_migrated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A first start logged `store schema migrated` from 0, and `relay migrate` on a new store
+    printed "migrated from version 0": both read as an upgrade. On either store, a new one's
+    schema is said to be created, with its version."""
+    store = SQLiteStore(tmp_path / "serve.db")
+    with caplog.at_level("INFO", logger="relay.store"):
+        await store.open()
+    await store.close()
+    said = [(r.getMessage(), r.__dict__.get("version")) for r in caplog.records]
+    assert ("store schema created", SCHEMA_VERSION) in said
+    assert not [m for m, _ in said if m == "store schema migrated"]
+    urls = [(f"sqlite:///{tmp_path / 'migrate.db'}", SCHEMA_VERSION)]
+    async with fresh_database(shared_server()) as url:
+        for store_url, version in [*urls, (url, PG_SCHEMA_VERSION)]:
+            env = {"RELAY_STORE_URL": store_url}
+            for answer in ("store schema created", "store schema is up to date"):
+                done = await asyncio.to_thread(run_cli, "migrate", env=env)
+                assert (done.returncode, done.stdout) == (0, f"{answer} (version {version})\n")
+
+
 async def test_relay_migrate_mends_the_grants_of_a_database_already_current() -> None:
     """Databases the builds before the grants took to schema 4 or 5 never got them on the
     tables those migrations added (relay_silences_changes): a replica as the role granted
