@@ -6,6 +6,7 @@ import email.utils
 import math
 import time
 from datetime import UTC
+from typing import Any
 
 MAX_RETRY_AFTER_S = 24 * 3600.0
 
@@ -30,3 +31,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not math.isfinite(seconds):  # "inf", "1e999", "nan": no number of seconds, no header
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def body_retry_after(value: Any) -> float | None:
+    """Seconds to wait from a 429 body's `retry_after` (Discord's, Telegram's: a JSON number,
+    not a header), None when it is no finite number; within what a header may ask."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)

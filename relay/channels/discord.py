@@ -36,7 +36,6 @@ Failure classification; Discord's JSON error code goes in `detail`, never the UR
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import datetime
 from typing import Any
@@ -58,7 +57,7 @@ from relay.channels._http_answers import HttpResponse, classify_status, https_or
 from relay.config import ChannelSettings, RateLimit, placeholders
 from relay.errors import DeliveryError
 from relay.filters import http_url, truncate_chars
-from relay.retry_after import MAX_RETRY_AFTER_S, parse_retry_after
+from relay.retry_after import body_retry_after, parse_retry_after
 
 MAX_CONTENT, MAX_EMBEDS, MAX_FIELDS, MAX_EMBED_CHARS = 2000, 10, 25, 6000
 _TEXT_LIMITS = {"title": 256, "description": 4096, "name": 256, "value": 1024, "footer": 2048}
@@ -244,13 +243,6 @@ def discord_message_of(value: Any, default_text: str) -> dict[str, Any]:
     return message
 
 
-def _seconds(value: Any) -> float | None:
-    """`retry_after` of a 429 body: seconds as a number (Discord sends a float)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
-
-
 def _form_errors(node: Any, path: str = "") -> list[str]:
     """`path: message` of each error of a 50035 body's `errors` tree, as Discord nests them:
     {"embeds": {"0": {"description": {"_errors": [{"code", "message"}]}}}}."""
@@ -284,7 +276,7 @@ def classify(response: HttpResponse, token: str = "") -> DeliveryError:
         detail += ": " + (errors.replace(token, "[token]") if token else errors)
     reason, retryable, retry_after = base.reason, base.retryable, base.retry_after
     if status == 429:
-        retry_after = _seconds(data.get("retry_after"))
+        retry_after = body_retry_after(data.get("retry_after"))
         for header in ("Retry-After", "X-RateLimit-Reset-After"):
             if retry_after is None:
                 retry_after = parse_retry_after(response.headers.get(header))

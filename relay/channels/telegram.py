@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import html
 import logging
-import math
 import re
 from dataclasses import replace
 from typing import Any
@@ -51,16 +50,15 @@ from relay.channels import ChannelEnv, ChannelKind, HoldsNothing, Outgoing, json
 from relay.channels._http_answers import HttpResponse, classify_status, https_or_local, json_object
 from relay.channels._telegram_html import MAX_TEXT, telegram_html
 from relay.config import ChannelSettings, RateLimit
-from relay.config_base import Token
+from relay.config_base import CONTROL_CHARS, Token
 from relay.errors import DeliveryError
 from relay.filters import truncate_chars
-from relay.retry_after import MAX_RETRY_AFTER_S, parse_retry_after
+from relay.retry_after import body_retry_after, parse_retry_after
 
 log = logging.getLogger("relay.channels.telegram")
 _TOKEN = re.compile(r"[0-9]{1,20}:[A-Za-z0-9_-]{20,100}")
 _USERNAME = re.compile(r"@[A-Za-z][A-Za-z0-9_]{3,31}")
 _NUMERIC = re.compile(r"-?[0-9]{1,20}")
-_CONTROLS = re.compile("[\x00-\x1f\x7f]")
 # what to do, after Telegram's words, for the refusals met setting a bot up
 _HINTS = {
     "chat not found": "the bot is not in a chat of that chat_id: add it, or check the id"
@@ -143,17 +141,11 @@ def as_sent(message: Outgoing) -> tuple[dict[str, Any], list[str]]:
     return telegram_message(message.parts.get("html", ""), default)
 
 
-def _seconds(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
-
-
 def _description(data: dict[str, Any], token: str) -> str:
     words = data.get("description")
     if not isinstance(words, str) or not words.strip():
         return ""
-    words = _CONTROLS.sub(" ", words.replace(token, "[token]") if token else words)
+    words = CONTROL_CHARS.sub(" ", words.replace(token, "[token]") if token else words)
     return truncate_chars(words.strip(), 200)
 
 
@@ -176,7 +168,7 @@ def classify(response: HttpResponse, token: str = "") -> DeliveryError:
     params = params if isinstance(params, dict) else {}
     reason, retry_after = base.reason, base.retry_after
     if status == 429:
-        retry_after = _seconds(params.get("retry_after"))
+        retry_after = body_retry_after(params.get("retry_after"))
         if retry_after is None:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
     elif status == 404:  # the Bot API's answer to a token it knows no bot of
