@@ -13,6 +13,7 @@ from typing import Any
 
 from relay import __version__
 from relay.cli_argparse import DashValuesParser, Spelled, StrictParser
+from relay.durations import format_duration
 from relay.model import SILENCE_MATCHERS
 from relay.settings import Settings, worker_count
 from relay.worker_role import CONFIG_FD_FLAG, EVENTS_FLAG, WORKER_FLAG
@@ -63,13 +64,14 @@ _SETTING_WORDS = {
     "log_format": "json or text, on stderr (default: {log_format})",
     "log_level": "DEBUG, INFO, WARNING or ERROR (default: {log_level})",
     "workers": "delivery processes of relay serve, as --workers (default: {workers})",
-    "replica_timeout": "PostgreSQL: a replica silent this long is dead (default: 15s)",
+    "replica_timeout": "PostgreSQL: a silent replica is dead after (default: {replica_timeout})",
 }
 
 
 def settings_epilog() -> str:
     """The environment relay reads at start, each variable with its default."""
     defaults = {name: field.default for name, field in Settings.model_fields.items()}
+    defaults["replica_timeout"] = format_duration(defaults["replica_timeout"])  # 15s, not 15.0
     lines = ["environment (read at start; a change needs a restart):"]
     for name in defaults:  # a new setting needs its words here (KeyError otherwise)
         words = _SETTING_WORDS[name].format(**defaults)
