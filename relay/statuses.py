@@ -53,11 +53,6 @@ ROW_V3_STATUS = {
     "WAITING_TO_RESUME": "FROZEN",
 }
 KNOWN_STATUSES = CURRENT_STATUSES | V3_STATUSES
-# The statuses a run never leaves (TRIGGER.md 1.3: the final raw statuses, by their public names).
-FINAL_STATUSES = frozenset(
-    {"COMPLETED", "CANCELED", "FAILED", "CRASHED", "SYSTEM_FAILURE", "EXPIRED", "TIMED_OUT"}
-    | {"INTERRUPTED"}
-)
 # The `failure` shorthand of rules.
 FAILURE_STATUSES = frozenset({"FAILED", "CRASHED", "SYSTEM_FAILURE", "TIMED_OUT", "INTERRUPTED"})
 # The SDK's flags of a run (booleanHelpersFromRunStatus, runStream.ts), on today's status.
@@ -71,6 +66,9 @@ STATUS_FLAGS: dict[str, frozenset[str]] = {
     "isSuccess": frozenset({"COMPLETED"}),
     "isCancelled": frozenset({"CANCELED"}),
 }
+# The statuses a run never leaves (TRIGGER.md 1.3: the final raw statuses, by their public
+# names): the SDK's isCompleted, and a cancel, and v3's INTERRUPTED.
+FINAL_STATUSES = STATUS_FLAGS["isCompleted"] | {"CANCELED", "INTERRUPTED"}
 # A v3 status as today's SDK names it (the inverse of ROW_V3_STATUS), for its flags.
 _V3_AS_TODAY = {
     "INTERRUPTED": "FAILED",
