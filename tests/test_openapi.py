@@ -202,7 +202,15 @@ schema = schemathesis.openapi.from_path(OPENAPI)
 schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True)
 
 
-@schema.parametrize()
+@pytest.fixture
+def openapi_schema() -> schemathesis.BaseSchema:
+    return schema
+
+
+# Lazily, at run time: parametrized at collection, each of the suite's pytest processes built
+# every operation's explicit cases (~4 s of CPU each) for a test only one of them runs. The
+# operations are subtests of one test, each failure named by its operation.
+@schemathesis.pytest.from_fixture("openapi_schema").parametrize()
 def test_api_conforms_to_its_document(case: schemathesis.Case[Any], served: dict[str, Any]) -> None:
     response = call(case, served["url"])
     case.validate_response(response, checks=CHECKS)
