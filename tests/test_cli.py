@@ -1546,7 +1546,9 @@ def fire_on_failed(run: Run, previous: RunState | None) -> Decision:
     return Decision(state=state, matches=(Match("r1", "hook", "run"),))
 
 
-async def make_dead_letters(db: Path, *run_ids: str) -> list[str]:
+async def make_dead_letters(db: Path, *run_ids: str, now: float = 100.0) -> list[str]:
+    """Dead letters of `run_ids`, dead at `now` + 100 s on, one a second. At the default `now`
+    (1970) a `relay serve` on `db` prunes them as past its retention."""
     store = SQLiteStore(db)
     await store.open()
     try:
@@ -1554,11 +1556,11 @@ async def make_dead_letters(db: Path, *run_ids: str) -> list[str]:
             Run.model_validate({"id": rid, "status": "FAILED", "updatedAt": "2026-01-01T00:00:00Z"})
             for rid in run_ids
         ]
-        await store.observe(runs, fire_on_failed, now=100.0)
-        claimed = await store.claim("hook", now=100.0, limit=len(runs), lease_s=60)
+        await store.observe(runs, fire_on_failed, now=now)
+        claimed = await store.claim("hook", now=now, limit=len(runs), lease_s=60)
         for i, n in enumerate(claimed):
             await store.mark_dead(
-                [(n.id, 12)], now=200.0 + i, reason="server_error", error=ERRORS[i % 2]
+                [(n.id, 12)], now=now + 100.0 + i, reason="server_error", error=ERRORS[i % 2]
             )
         assert (await store.counts())["dead"] == len(run_ids)
         return [n.id for n in claimed]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -354,7 +355,8 @@ async def test_get_dlq_says_when_more_are_dead_than_it_lists(
     """GET /v1/dlq lists the newest 1000: with 1001 dead it answered 1000 without a word (the
     CLI says so on stderr), and a script replaying them by id left the rest dead."""
     db = tmp_path / "dead.db"
-    ids = await make_dead_letters(db, *(f"run_{i:04d}" for i in range(1001)))
+    runs = (f"run_{i:04d}" for i in range(1001))
+    ids = await make_dead_letters(db, *runs, now=time.time() - 2000)  # inside the retention
     r = await relay(CONFIG.format(url="http://127.0.0.1:9"), db)
     code, body = await get(r, "/v1/dlq")
     assert (code, len(body["dead"]), body["more"]) == (200, 1000, True)
