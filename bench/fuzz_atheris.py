@@ -36,8 +36,10 @@ try:
 except ImportError:  # the parent process and the docs need no atheris
     atheris = None
 
-# relay's modules only are instrumented for coverage feedback (all of them would cost minutes)
-with atheris.instrument_imports(include=["relay"]) if atheris else contextlib.nullcontext():
+# relay's modules only are instrumented for coverage feedback (all of them would cost minutes),
+# and only in the child that fuzzes: the parent's instrumented imports cost 2-3 s of CPU a target
+CHILD = atheris is not None and "--child" in sys.argv
+with atheris.instrument_imports(include=["relay"]) if CHILD else contextlib.nullcontext():
     from relay.channels import settings_models
     from relay.config_load import parse_config
     from relay.errors import ConfigError, InputError
