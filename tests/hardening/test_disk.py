@@ -312,6 +312,7 @@ async def test_a_store_that_comes_and_goes_pauses_delivery_in_one_line(
     paused` and `delivery resumed` came every 1-2 s per channel. Now the first of each is said
     at once and the next ones at most every LINE_EVERY_S (here an hour), with a count."""
     monkeypatch.setattr(relay_logs, "LINE_EVERY_S", 3600.0, raising=False)
+    monkeypatch.setattr(channel_loop, "POLL_S", 0.2)  # claims 5 times a second: 2 s, not 10
     caplog.set_level(logging.INFO, logger="relay.delivery")
     store = SQLiteStore(tmp_path / "relay.db")
     async with running(tmp_path, store):
