@@ -391,9 +391,10 @@ async def test_a_store_that_cannot_be_created_leaves_no_file_behind(tmp_path: Pa
     assert db.exists()
 
 
-async def test_read_only_files_refuse_then_recover_by_itself(tmp_path: Path) -> None:
-    db = tmp_path / "relay.db"
-    async with running(tmp_path, SQLiteStore(db)) as r:
+async def test_read_only_files_refuse_then_recover_by_itself(disk_path: Path) -> None:
+    """On a disk: tmpfs lets the files' open descriptors write on after chattr +i."""
+    db = disk_path / "relay.db"
+    async with running(disk_path, SQLiteStore(db)) as r:
         status, _, _ = await post(r, failed_run(0))
         assert status == 202
         files = [str(db), f"{db}-wal"]  # never the mmapped -shm (SIGBUS)
