@@ -25,7 +25,7 @@ import orjson
 
 from relay.cli_files import read_bounded
 from relay.cli_silences import wait_until_applied
-from relay.cli_store import with_store
+from relay.cli_store import config_names, with_store
 from relay.errors import InputError, RelayError, field_path
 from relay.model import Silence
 from relay.settings import Settings
@@ -49,8 +49,6 @@ class Plan:
 
 
 def cmd_silence_import(args: argparse.Namespace, settings: Settings) -> int:
-    from relay.configure import written_names  # noqa: PLC0415 - `relay --help` starts without
-
     now = time.time()
     try:
         plan = _planned(_items(_read(args.file)), now, force=args.force)
@@ -65,11 +63,10 @@ def cmd_silence_import(args: argparse.Namespace, settings: Settings) -> int:
     added = asyncio.run(adding)
     if any(added):
         wait_until_applied()
-    _tell(
-        plan.silences,
-        added,
-        written_names(settings, getattr(args, "config", None)) if any(added) else None,
-    )
+    names, unread = config_names(settings, args) if any(added) else (None, [])
+    for warning in unread:
+        print(f"warning: {warning}", file=sys.stderr)
+    _tell(plan.silences, added, names)
     told = f"{sum(added)} of {len(plan.silences) + len(plan.ended)} silences imported"
     print(told, file=sys.stderr)
     return 0

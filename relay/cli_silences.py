@@ -10,7 +10,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from relay.cli_argparse import spelled
-from relay.cli_store import print_table, reading, said_whole, wants_json, with_store
+from relay.cli_store import (
+    config_names,
+    print_table,
+    reading,
+    said_whole,
+    wants_json,
+    with_store,
+)
 from relay.errors import InputError, RelayError
 from relay.logs import typed_back
 from relay.model import SILENCE_MATCHERS
@@ -111,13 +118,12 @@ def _silence_warnings(
     """The matchers that words name twice (`repeated_names`: any value fits, where amtool
     needs all), and what they name that the config does not (`matcher_warnings`). The config file
     is read if it is there, also with variables unset (an operator's shell seldom has the
-    service's secrets); without it (a store reached from another machine) or unreadable,
-    rule and channel names go unchecked."""
-    from relay.configure import written_names  # noqa: PLC0415
+    service's secrets); without it (a store reached from another machine) rule and channel
+    names go unchecked, and a file there that cannot be read says so (`config_names`)."""
     from relay.silences.matchers import matcher_warnings, repeated_names  # noqa: PLC0415
 
-    names = written_names(settings, getattr(args, "config", None))
-    return repeated_names(args.matchers) + matcher_warnings(matchers, names)
+    names, unread = config_names(settings, args)
+    return repeated_names(args.matchers) + unread + matcher_warnings(matchers, names)
 
 
 def cmd_silence_list(args: argparse.Namespace, settings: Settings) -> int:

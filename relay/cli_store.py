@@ -20,6 +20,7 @@ from relay.logs import one_line
 from relay.settings import Settings
 
 if TYPE_CHECKING:
+    from relay.silences.matchers import ConfigNames
     from relay.store import HistoryQuery
 
 # said past the limit, with where the others are (a page of history at a time): it said only
@@ -45,6 +46,23 @@ def check_named_config(settings: Settings, path: Path | None) -> None:
         missing = isinstance(exc, FileNotFoundError)
         reason = "config file not found" if missing else f"cannot read config: {exc.strerror}"
         raise ConfigError([Problem(str(target), "", reason)]) from None
+
+
+def config_names(
+    settings: Settings, args: argparse.Namespace
+) -> tuple[ConfigNames | None, list[str]]:
+    """The rule and channel names of the config (`--config`, else RELAY_CONFIG) for a
+    command's warnings, None without a file; and a warning if the file is there but could not
+    be read for them, so an operator who named it does not take the silence for "all names
+    fine"."""
+    from relay.configure import written_names  # noqa: PLC0415
+
+    try:
+        return written_names(settings, getattr(args, "config", None)), []
+    except ConfigError as exc:
+        more = len(exc.problems) - 1
+        rest = f" (and {more} more; `relay check` lists them)" if more else ""
+        return None, [f"rule and channel names not checked: {exc.problems[0]}{rest}"]
 
 
 def cmd_dlq_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -287,15 +305,14 @@ def _history_params(args: argparse.Namespace) -> dict[str, str]:
 def _unnamed(args: argparse.Namespace, settings: Settings) -> list[str]:
     """The `--rule` and `--channel` of an empty history that the config does not name, with
     the nearest it does: `--rule prod-failure` answered "no notifications", read at 3 a.m. as
-    "it never fired". Unchecked without a config file to read (its variables set or not)."""
+    "it never fired". Unchecked without a config file (its variables set or not), said so if
+    the file is there but cannot be read for names."""
     asked = [(kind, getattr(args, kind)) for kind in ("rule", "channel") if getattr(args, kind)]
     if not asked:  # the config's compiler (YAML, Jinja) is not imported for a plain history
         return []
-    from relay.configure import written_names  # noqa: PLC0415
-
-    names = written_names(settings, getattr(args, "config", None))
+    names, unread = config_names(settings, args)
     if names is None:
-        return []
+        return unread
     known = {"rule": names[0], "channel": names[1]}
     return [
         f"--{kind} {value!r} names no {kind} of the config"

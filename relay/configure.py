@@ -83,12 +83,16 @@ def written_names(
     settings: Settings, path: Path | None = None
 ) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     """The rule and channel names of the config file `load` would read, as written (unset
-    variables or other problems elsewhere in it aside); None without a file or its names."""
+    variables or other problems elsewhere in it aside); None without a file. ConfigError when
+    the file is there but gives no names (unreadable, not YAML)."""
     target = path or settings.config
-    try:
-        return check_file(target, channel_registry.settings_models()).names()
-    except ConfigError:  # not there, not readable, not YAML
+    if not target.exists():  # a store reached from another machine: nothing to check against
         return None
+    draft = check_file(target, channel_registry.settings_models())
+    names = draft.names()
+    if names is None and draft.problems:
+        raise ConfigError(in_file_order(draft.problems))
+    return names
 
 
 def _complete(draft: Draft) -> LoadedConfig:

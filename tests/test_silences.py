@@ -811,6 +811,36 @@ def test_cli_add_with_a_config_without_channels_adds_the_silence(tmp_path: Path)
     assert added.returncode == 0 and added.stdout.startswith("sil_"), added.stderr
 
 
+def test_names_of_a_config_that_cannot_be_read_are_said_unchecked(tmp_path: Path) -> None:
+    """`--config` named a file that is not YAML: `silence add`, `silence import` and an empty
+    `history --rule` checked no name and said nothing, read as "the names are fine". Each
+    now says why the names went unchecked, once; the silence is still added."""
+    env = {"RELAY_STORE_URL": f"sqlite:///{tmp_path / 'relay.db'}"}
+    broken = tmp_path / "config.yaml"
+    broken.write_text("rules: [\n")
+    said = (
+        f"warning: rule and channel names not checked: {broken}:2: invalid YAML: expected the"
+        " node content, but found '<stream end>'"
+    )
+    added = run_cli_in_process("silence", "add", "prod-failurs", "--config", str(broken), env=env)
+    assert added.returncode == 0 and added.stdout.startswith("sil_"), added.stderr
+    assert warned(added) == [said]
+    ends = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
+    body = tmp_path / "silences.json"
+    body.write_text(json.dumps([{"matchers": {"rule": "prod-failurs"}, "ends_at": ends}]))
+    imported = run_cli_in_process("silence", "import", str(body), "--config", str(broken), env=env)
+    assert imported.returncode == 0 and imported.stdout.startswith("sil_"), imported.stderr
+    assert warned(imported) == [said]
+    history = run_cli_in_process("history", "--rule", "x", "--config", str(broken), env=env)
+    assert history.returncode == 0 and warned(history) == [said], history.stderr
+    two = tmp_path / "two.yaml"  # the first problem, and how many more
+    two.write_text("channels: [1]\nrules:\n  - {name: a}\n")
+    added = run_cli_in_process("silence", "add", "a", "--config", str(two), env=env)
+    [line] = warned(added)
+    assert line.startswith(f"warning: rule and channel names not checked: {two}:1: channels:")
+    assert line.endswith("more; `relay check` lists them)"), line
+
+
 def warned(result: subprocess.CompletedProcess[str]) -> list[str]:
     """The warnings a command wrote on stderr (not the note that a first add made the store)."""
     return [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
