@@ -71,6 +71,9 @@ class Deps:
     # rule → its group_interval (s) now, or None: a digest's next one waits that long after
     # this one's send began, however late that was
     group_interval_of: Callable[[str], float | None] | None = None
+    # (channel, type) → what that channel's sender calls with the seconds of each request it
+    # makes (relay_delivery_attempt_duration_seconds); asked once per channel loop
+    attempt_observer: Callable[[str, str], Callable[[float], None]] | None = None
 
 
 class Dispatch:
@@ -104,6 +107,7 @@ class Dispatch:
             rng=deps.rng,
             max_attempts=deps.retry.max_attempts,
             stop=stop,
+            took=None if deps.attempt_observer is None else deps.attempt_observer(name, route.type),
         )
         self.outcomes = Outcomes(
             name,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import (
@@ -63,6 +63,13 @@ LATENCY_BUCKETS = (
     7200, 21600, 43200, 86400,
 )  # fmt: skip
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 20, 50)
+# One request to a receiver: a webhook answers in milliseconds, Slack or SMTP in tenths, and a
+# try ends at its channel's timeout (10 s by default, set per channel up to minutes). 5, 10,
+# 15 and 20 s are bounds for RelayChannelSlow (half a timeout, as histogram_quantile
+# interpolates inside a bucket) and Alertmanager's own (1, 5, 10, 15, 20).
+ATTEMPT_DURATION_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 60, 120,
+)  # fmt: skip
 RELOAD_RESULTS = ("success", "failure")
 # why an alert webhook was answered 202 but not taken: a fixed set, never the body's `type`
 # (a sender could make a series of every string it likes)
@@ -121,6 +128,10 @@ class Metrics(RealtimeMetrics):
         self._received, self._matched = _ByLabel(self.received), _ByLabel(self.matched)
         self._sent = _ByLabel(self.sent)
         self._latency, self._attempts = _ByLabel(self.latency), _ByLabel(self.attempts)
+        # (channel, type) → its relay_delivery_attempt_duration_seconds (a channel loop's own
+        # observe() in-process; the parent's lookup per attempt a worker tells of)
+        self._attempt_durations: dict[tuple[str, str], Histogram] = {}
+        self._timeouts: set[str] = set()  # the channels of relay_channel_timeout_seconds
 
     def _process_metrics(self, r: CollectorRegistry) -> None:
         Info("relay_build", "Build information.", registry=r).info({"version": __version__})
@@ -211,6 +222,20 @@ class Metrics(RealtimeMetrics):
             buckets=ATTEMPT_BUCKETS,
             registry=r,
         )
+        self.attempt_duration = Histogram(
+            "relay_delivery_attempt_duration_seconds",
+            "One request to a receiver, from its start to the answer or the error (timeouts"
+            " and refused connections included), by channel and channel type.",
+            ["channel", "type"],
+            buckets=ATTEMPT_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.channel_timeout = Gauge(
+            "relay_channel_timeout_seconds",
+            "The timeout of one request to the channel's receiver (its `timeout`).",
+            ["channel"],
+            registry=r,
+        )
 
     def _outbox_metrics(self, r: CollectorRegistry) -> None:
         self.outbox = Gauge(
@@ -293,12 +318,36 @@ class Metrics(RealtimeMetrics):
             self.rule_failures.labels(rule=rule)
         self._configure_feeds(feeds)
 
+    def channels_configured(self, channels: Mapping[str, tuple[str, float]]) -> None:
+        """The running config's channels (name → its type and timeout): their request
+        durations at 0 (see configured()), and their timeouts; a channel a reload removed
+        loses its timeout, so that no alert compares a channel with one it no longer has."""
+        for name, (kind, timeout_s) in channels.items():
+            self._attempt_child(name, kind)
+            self.channel_timeout.labels(channel=name).set(timeout_s)
+        for name in self._timeouts - channels.keys():
+            self.channel_timeout.remove(name)
+        self._timeouts = set(channels)
+
+    def attempt_observer(self, channel: str, kind: str) -> Callable[[float], None]:
+        """What the sender of channel `channel` (of type `kind`) calls with the seconds of each
+        request it made: one observe(), the series looked up once per channel loop."""
+        return self._attempt_child(channel, kind).observe
+
+    def _attempt_child(self, channel: str, kind: str) -> Histogram:
+        child = self._attempt_durations.get((channel, kind))
+        if child is None:
+            child = self.attempt_duration.labels(channel=channel, type=kind)
+            self._attempt_durations[channel, kind] = child
+        return child
+
     def rule_failed(self, rule: str) -> None:
         """The rules' hook: rule `rule`'s `when:` raised on an update."""
         self.rule_failures.labels(rule=rule).inc()
 
     def delivery_event(self, kind: str, row: Delivered, reason: str, attempts: int) -> None:
-        """Delivery's hook: one call per finished attempt, mute, template fallback or hold."""
+        """Delivery's hook: one call per finished attempt, mute, template fallback or hold; and
+        with --workers, per request (attempt) a worker made."""
         channel = row.channel
         if kind == "sent":
             self._sent[channel].inc()
@@ -306,6 +355,8 @@ class Metrics(RealtimeMetrics):
             self._attempts[channel].observe(attempts)
         elif kind == "failed":
             self.failed.labels(channel=channel, reason=reason).inc()
+        elif kind == "attempt":  # a worker's (worker_pipes.Attempt): its seconds, its type
+            self._attempt_child(channel, reason).observe(row.created_at)
         elif kind == "dead":
             self.dead.labels(channel=channel, reason=reason).inc()
         elif kind == "muted":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -108,6 +109,7 @@ class Sender:
         rng: random.Random,
         max_attempts: int,
         stop: asyncio.Event | None = None,
+        took: Callable[[float], None] | None = None,
     ) -> None:
         self.name = name
         self.route = route
@@ -116,6 +118,7 @@ class Sender:
         self.rng = rng
         self.max_attempts = max_attempts
         self.stop = stop if stop is not None else asyncio.Event()  # set: waits end (Stopped)
+        self.took = took if took is not None else _untimed  # the seconds of each request made
 
     async def attempt(self, outgoing: Outgoing, attempts: int) -> Tried:
         """Send with in-process retries, each try throttled."""
@@ -223,20 +226,36 @@ class Sender:
         """One request: it takes a token of the rate limit (a retry is a request too), and it
         is stamped when it goes out, not when rendered: a send that waited for the rate limit
         would carry a stale webhook-timestamp, which Standard Webhooks receivers refuse after
-        5 minutes. None goes while the channel is held (Held), and a Retry-After holds it."""
+        5 minutes. None goes while the channel is held (Held), and a Retry-After holds it.
+        Its duration is told (`took`) whatever came of it, a timeout's or a refused
+        connection's too; not that of a wait for the rate limit or a hold (no request), nor of
+        a local failure (errors.network_error: nothing went out) or a send cut by a stop."""
         now = await self._cleared()
+        message = outgoing.stamped(now)
+        start = time.perf_counter()
         try:
-            return await self.route.channel.send(outgoing.stamped(now))
+            receipt = await self.route.channel.send(message)
         except DeliveryError as err:
+            if not err.local:
+                self.took(time.perf_counter() - start)
             if err.retryable and err.retry_after:
                 self._hold(outgoing, err.retry_after)
             raise
+        except Exception:  # a channel bug (Sender.attempt: an attempt all the same)
+            self.took(time.perf_counter() - start)
+            raise
+        self.took(time.perf_counter() - start)
+        return receipt
 
     def _hold(self, outgoing: Outgoing, seconds: float) -> None:
         """The receiver asked for a pause: the channel's other sends wait it out too."""
         if self.route.hold.extend(self.clock(), seconds):
             extra = {**self._outgoing_extra(outgoing), "hold_s": round(seconds, 3)}
             log.warning("channel held: the receiver asked to wait (Retry-After)", extra=extra)
+
+
+def _untimed(seconds: float) -> None:
+    """A sender's `took` where nothing records request durations."""
 
 
 def _spent(tries: int, failures: list[DeliveryError]) -> int:

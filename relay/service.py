@@ -164,6 +164,10 @@ class Service(DeliverySide):
         rules = [rule.name for rule in self.config.rules]
         feeds = feed_keys(self.config.sources.realtime)
         self.metrics.configured(self.config.channels, rules, feeds)
+        timeout_s = self.config.defaults.timeout
+        self.metrics.channels_configured(
+            {n: (c.type, c.timeout or timeout_s) for n, c in self.config.channels.items()}
+        )
 
     def _start_realtime(self) -> None:
         if self.config.sources.realtime is not None and self.intake is not None:

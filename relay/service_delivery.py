@@ -4,8 +4,10 @@ channels it owns and their outcomes sent to the parent's metrics."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+from collections.abc import Callable
 
 from relay.channels import ChannelEnv
 from relay.channels._http import HttpClient
@@ -94,6 +96,9 @@ class DeliverySide(HttpSide):
             template_of=compiled.rules.template_of,
             group_interval_of=compiled.rules.group_interval_of,
             on_event=self.metrics.delivery_event if self.events is None else self._forward,
+            attempt_observer=self.metrics.attempt_observer
+            if self.events is None
+            else self._attempt_forwarder,
         )
         names = self.role.owned(config.channels)
         running = self.delivery  # the one a reload replaces: its holds and buckets carry over
@@ -105,3 +110,12 @@ class DeliverySide(HttpSide):
         """A worker's delivery outcome, to the parent's metrics."""
         assert self.events is not None
         self.events.outcome(kind, Outcome(row.channel, row.created_at), reason, attempts)
+
+    def _attempt_forwarder(self, channel: str, kind: str) -> Callable[[float], None]:
+        """What a worker's sender of `channel` (of type `kind`) calls with each request's
+        seconds: to the parent's relay_delivery_attempt_duration_seconds."""
+        return functools.partial(self._forward_attempt, channel, kind)
+
+    def _forward_attempt(self, channel: str, kind: str, seconds: float) -> None:
+        assert self.events is not None
+        self.events.outcome("attempt", Outcome(channel, seconds), kind, 0)

@@ -14,9 +14,9 @@ Between the processes, two pipes per child:
   too. Why this pipe and not Linux's PR_SET_PDEATHSIG: it is there already, on every system,
   and its end is one event among the others; the signal fires on the death of the thread that
   forked, not the process, and races with a parent that dies before it is set.
-- an events pipe (fd passed as --events-fd), one JSON line per delivery outcome (a loop
-  turn's lines in one write), which this process turns into its own metrics: /metrics stays
-  one endpoint.
+- an events pipe (fd passed as --events-fd), one JSON line per delivery outcome and per
+  request made to a receiver (a loop turn's lines in one write), which this process turns
+  into its own metrics: /metrics stays one endpoint.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ class Outcome:
     created_at: float
 
 
-# (kind, outcome, reason, attempts): Metrics.delivery_event's shape
+# (kind, outcome, reason, attempts): Metrics.delivery_event's shape. Of kind "held", the
+# outcome's created_at is when the hold ends (outcomes.HoldEnd); of kind "attempt" (a request
+# made to the receiver), it is the request's seconds and reason is the channel's type.
 EventSink = Callable[[str, Outcome, str, int], None]
 
 
