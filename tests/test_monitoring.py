@@ -27,7 +27,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.utils import floatToGoString
 
 from relay.config import RetryPolicy
-from relay.metrics import LATENCY_BUCKETS, Metrics
+from relay.metrics import ATTEMPT_DURATION_BUCKETS, LATENCY_BUCKETS, Metrics
 from tests.conftest import REPO, RelayFactory, Sink, sdk_run, status
 from tests.test_operations import CONFIG, metrics_text
 from tests.test_operations import value as sample
@@ -296,6 +296,61 @@ def test_delivery_slow_fires_past_its_threshold_only(
             k: v.replace("{{ $labels.channel }}", labels["channel"])
             for k, v in rule["annotations"].items()
         }
+    promtool_test(tmp_path, test)
+
+
+def attempt_series(seconds: float, timeout_s: float) -> list[dict[str, str]]:
+    """relay_delivery_attempt_duration_seconds of channel `hook` (timeout `timeout_s`) making
+    10 requests a minute, each taking `seconds`, as relay buckets them."""
+    bounds = [*(floatToGoString(b) for b in ATTEMPT_DURATION_BUCKETS), "+Inf"]  # type: ignore[no-untyped-call]
+    labels = 'job="relay",instance="a",channel="hook"'
+    return [
+        {
+            "series": f'relay_delivery_attempt_duration_seconds_bucket{{{labels},type="webhook",le="{le}"}}',
+            "values": "0+10x40" if le == "+Inf" or float(le) >= seconds else "0x40",
+        }
+        for le in bounds
+    ] + [{"series": f"relay_channel_timeout_seconds{{{labels}}}", "values": f"{timeout_s}x40"}]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+@pytest.mark.parametrize(
+    ("seconds", "timeout_s", "fires"),
+    [(0.2, 10, False), (4, 10, False), (8, 10, True), (10, 10, True), (8, 30, False)],
+)
+def test_channel_slow_fires_past_half_the_channels_timeout_only(
+    tmp_path: Path, seconds: float, timeout_s: float, fires: bool
+) -> None:
+    """Requests slower than half their channel's timeout (timeouts among them) fire
+    RelayChannelSlow; a channel given a longer timeout is held to it, and 4 s of a 10 s
+    timeout (in the bucket up to 5 s) does not fire."""
+    expected: list[dict[str, Any]] = []
+    if fires:
+        rule = next(r for r in alert_rules() if r["alert"] == "RelayChannelSlow")
+        # 9.95 s: histogram_quantile's p99 inside the bucket from 5 s to 10 s
+        shown = {"{{ $labels.channel }}": "hook", "{{ $value | humanizeDuration }}": "9.95s"}
+        annotations = dict(rule["annotations"])
+        for template, text in shown.items():
+            annotations = {k: v.replace(template, text) for k, v in annotations.items()}
+        expected = [
+            {
+                "exp_labels": {"severity": "warning", "channel": "hook"},
+                "exp_annotations": annotations,
+            }
+        ]
+    test = {
+        "rule_files": [str(ALERTS)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": attempt_series(seconds, timeout_s),
+                "alert_rule_test": [
+                    {"eval_time": "35m", "alertname": "RelayChannelSlow", "exp_alerts": expected}
+                ],
+            }
+        ],
+    }
     promtool_test(tmp_path, test)
 
 
