@@ -355,7 +355,7 @@ class Metrics(RealtimeMetrics):
             self._attempts[channel].observe(attempts)
         elif kind == "failed":
             self.failed.labels(channel=channel, reason=reason).inc()
-        elif kind == "attempt":  # a worker's (worker_pipes.Attempt): its seconds, its type
+        elif kind == "attempt":  # a worker's request (see worker_pipes.EventSink): seconds, type
             self._attempt_child(channel, reason).observe(row.created_at)
         elif kind == "dead":
             self.dead.labels(channel=channel, reason=reason).inc()
