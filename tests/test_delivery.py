@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from email.utils import formatdate
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -186,6 +187,24 @@ async def test_long_retry_after_goes_back_to_the_outbox(relay: RelayFactory, sin
     row = await wait_reason(r, "run_delivery_0000")
     assert row.reason == "server_error" and row.attempts == 1
     assert row.not_before - row.created_at >= 599
+    assert len(sink.received) == 1
+
+
+async def test_a_retry_after_as_an_http_date_holds_until_that_date(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """RFC 9110's other Retry-After form, the date (`Retry-After: Wed, 21 Oct 2026 07:28:00
+    GMT`), from a real receiver: the notification is retried at that date, not sooner, not at
+    its backoff. The date forms were tested on the parser alone, given the time; at a send
+    the parser reads the clock itself."""
+    when = float(int(time.time()) + 600)
+    sink.responses = [status(429, {"Retry-After": formatdate(when, usegmt=True)})]
+    r = await relay(config(sink.url))
+    await r.post(failing_run())
+    await sink.wait_for(1)
+    row = await wait_reason(r, "run_delivery_0000")
+    assert (row.reason, row.attempts) == ("rate_limited", 1)
+    assert row.not_before == pytest.approx(when, abs=1.0)
     assert len(sink.received) == 1
 
 
