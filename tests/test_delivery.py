@@ -557,6 +557,33 @@ async def test_quick_tries_are_the_first_rounds_alone(relay: RelayFactory, sink:
     assert len(sink.received) == 6
 
 
+@pytest.mark.parametrize(
+    ("max_attempts", "refusals", "events"),
+    [
+        # a first round of one try (a 429: no quick tries) is a first round all the same
+        (12, [429, 503, 503], [("retry", 1), ("retry", 2), ("retry", 3), ("sent", 4)]),
+        (6, [503], [("retry", 1), ("sent", 2)]),  # a quarter of 6 is one try
+        (11, [503] * 3, [("retry", 2), ("retry", 3), ("sent", 4)]),  # of 11, two
+    ],
+)
+async def test_quick_tries_are_a_quarter_of_max_attempts_on_the_first_round_alone(
+    relay: RelayFactory, sink: Sink, max_attempts: int, refusals: list[int], events: list[Any]
+) -> None:
+    """The rounds after the first are one try each, also when the first was a single try; the
+    first round's quick tries are a quarter of `max_attempts`, rounded down (one at the least).
+    The notification's events say each round: `retry` with the attempts spent by then."""
+    sink.responses = [status(code) for code in refusals]
+    text = config(sink.url).replace("max_attempts: 4", f"max_attempts: {max_attempts}")
+    r = await relay(text)
+    await r.post(failing_run())
+    await wait_state(r, "sent")
+    ident = notification_id("run_delivery_0000", "failures", "hook")
+    async with r.http.get(r.url + f"/v1/notifications/{ident}") as resp:
+        got = [(e["kind"], e["attempts"]) for e in (await resp.json())["events"]]
+    assert got == [("created", 0), *events]
+    assert len(sink.received) == len(refusals) + 1
+
+
 async def test_few_attempts_are_not_spent_at_once_on_a_receiver_restarting(
     relay: RelayFactory, sink: Sink
 ) -> None:
