@@ -52,3 +52,12 @@ def test_a_backoff_within_max_age_is_unchanged() -> None:
     policy = RetryPolicy(max_attempts=10, max_age=3600.0, min_backoff=1.0, max_backoff=2.0)
     outcome = failed(1, NOW + 1.0, policy)
     assert not outcome.dead and NOW + 1.5 <= outcome.not_before <= NOW + 2.0
+
+
+def test_a_last_try_as_the_receiver_s_wait_ends_is_made() -> None:
+    """A Retry-After that ends exactly at the last try (max_age less a second) lets it go: the
+    receiver asked for no request before then, not for none at then."""
+    policy = RetryPolicy(max_attempts=10, max_age=100.0, min_backoff=20.0, max_backoff=40.0)
+    limited = DeliveryError("rate_limited", retryable=True, status=429, retry_after=9.0)
+    outcome = failed(1, NOW + 90.0, policy, limited)
+    assert (outcome.dead, outcome.not_before, outcome.wait) == (False, NOW + 99.0, 9.0)
