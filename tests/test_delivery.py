@@ -1302,6 +1302,58 @@ async def test_an_outcome_the_store_cannot_take_is_logged_with_its_notification(
     }
 
 
+async def test_an_outcome_is_recorded_through_a_store_blip(
+    tmp_path: Path, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The store goes away while a webhook is in flight and is back a moment later: the send
+    is recorded as sent (the write is retried up to the lease), not sent again after the lease
+    as if it had never gone. The one wait in between is the outcome's own: the store is back
+    when it ends. Time is virtual."""
+    caplog.set_level(logging.INFO, logger="relay.delivery")
+    compiled = compile_config(parse_config(config(sink.url), "c.yaml", settings_models(), {}))
+    store = SQLiteStore(tmp_path / "relay.db")
+    await store.open()
+    now = [1_790_000_000.0]
+    waits: list[float] = []
+    closed = [False]
+
+    async def sleep(seconds: float) -> None:  # the store is back when the wait ends
+        waits.append(seconds)
+        now[0] += seconds
+        if closed[0]:
+            closed[0] = False
+            await store.open()
+
+    async def close_store_then_accept(request: web.Request, index: int) -> web.StreamResponse:
+        await store.close()
+        closed[0] = True
+        return web.Response(status=200)
+
+    sink.default = close_store_then_accept
+    intake = Intake(store, lambda: compiled.rules, lambda channel: None, clock=lambda: now[0])
+    assert (await intake.submit(parse_runs([failing_run()]))).notifications == 1
+    http = HttpClient()
+    deps = delivery_deps(compiled, store, clock=lambda: now[0], sleep=sleep)
+    route = route_for(compiled, "hook", ChannelEnv(http, io.StringIO(), 10.0, store))
+    delivery = relay_delivery.Delivery(deps, {"hook": route})
+    delivery.start()
+    try:
+        await sink.wait_for(1)
+        ends = ("notification sent", "outcome not recorded: store unavailable")
+        for _ in range(3000):  # bounded: a guard of 30 s, left at once when it holds
+            said = [r.getMessage() for r in caplog.records if r.getMessage() in ends]
+            if said:
+                break
+            await asyncio.sleep(0.01)
+        counts = await store.counts()
+    finally:
+        await delivery.stop(1.0)
+        await http.close()
+        await store.close()
+    assert said == ["notification sent"]
+    assert counts["sent"] == 1 and len(waits) == 1 and len(sink.received) == 1
+
+
 async def test_a_stop_ends_a_sends_wait_for_its_token_or_its_quick_retry(sink: Sink) -> None:
     """The loop's stop (SIGTERM, a reload) ends the waits of relay's own timers at once: a send
     waiting for its rate-limit token comes back unsent (no try, its token given back, due now)
