@@ -452,16 +452,28 @@ async def test_a_send_caught_by_the_hold_gives_its_rate_limit_token_back(sink: S
 
 
 async def test_notifications_held_past_max_age_are_dead_not_sent_late(
-    relay: RelayFactory, sink: Sink
+    relay: RelayFactory, sink: Sink, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Only a failed try checked max_age: the one a 429 refused died, while those its
-    Retry-After held went out after it, older than max_age. They are dead at their turn."""
+    Retry-After held went out after it, older than max_age. They are dead at their turn, and
+    each is said as dead, with why."""
+    caplog.set_level(logging.INFO, logger="relay.delivery")
     sink.responses = [status(429, {"Retry-After": "2"})]
     cfg = config(sink.url).replace("max_age: 1h", "max_age: 1s")
     r = await relay(cfg.replace("    secret:", "    concurrency: 1\n    secret:"))
     await r.post([failing_run(i) for i in range(3)])
     await wait_state(r, "dead", 3)
     assert len(sink.received) == 1
+    for _ in range(600):  # the line follows the row's mark
+        dead = [rec for rec in caplog.records if rec.getMessage() == "notification dead"]
+        if len(dead) >= 3:
+            break
+        await asyncio.sleep(0.05)
+    assert sorted((rec.reason, rec.attempts, rec.why) for rec in dead) == [  # type: ignore[attr-defined]
+        ("other", 0, "too old"),
+        ("other", 0, "too old"),
+        ("rate_limited", 1, "Retry-After 2s is past max_age"),
+    ]
     rows = [
         await r.service.store.get(notification_id(f"run_delivery_{i:04d}", "failures", "hook"))
         for i in range(3)
