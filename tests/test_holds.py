@@ -172,3 +172,6 @@ async def test_stored_holds_ended_unreadable_short_and_long_are_each_read_as_the
     assert len(sink.received) == 3
     said = {rec.__dict__.get("channel"): rec.__dict__.get("hold_s", 0) for rec in caplog.records}
     assert 0 < said["hook"] <= 120
+    restored = "channel held since before this start (the receiver's Retry-After)"
+    held_since = sorted(rec.__dict__["channel"] for rec in caplog.records if rec.msg == restored)
+    assert held_since == ["c_short", "hook"]  # neither the ended hold nor the unreadable one
