@@ -15,7 +15,7 @@ import resource
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from email.utils import formatdate
@@ -42,7 +42,7 @@ from relay.model import Notification, Run, notification_id
 from relay.policy import Outage
 from relay.routes import route_for
 from relay.sending import Sender
-from relay.store import HistoryQuery
+from relay.store import HistoryQuery, Store
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, Sink, delivery_deps, hang, held, sdk_run, status
 from tests.fakes.serving import free_port
@@ -1265,6 +1265,38 @@ async def test_a_clock_stepped_back_during_a_send_logs_no_negative_latency(
     assert getattr(line, "latency_s", None) == 0.0
 
 
+@asynccontextmanager
+async def delivering_one_run(
+    store: Store, sink: Sink, now: list[float], sleep: Callable[[float], Awaitable[None]]
+) -> AsyncIterator[None]:
+    """A failing run taken into `store` and sent to `sink` (once it has the request) by a
+    delivery of its own, in virtual time: its clock `now[0]`, its waits `sleep`."""
+    compiled = compile_config(parse_config(config(sink.url), "c.yaml", settings_models(), {}))
+    intake = Intake(store, lambda: compiled.rules, lambda channel: None, clock=lambda: now[0])
+    assert (await intake.submit(parse_runs([failing_run()]))).notifications == 1
+    http = HttpClient()
+    deps = delivery_deps(compiled, store, clock=lambda: now[0], sleep=sleep)
+    route = route_for(compiled, "hook", ChannelEnv(http, io.StringIO(), 10.0, store))
+    delivery = relay_delivery.Delivery(deps, {"hook": route})
+    delivery.start()
+    try:
+        await sink.wait_for(1)
+        yield
+    finally:
+        await delivery.stop(1.0)
+        await http.close()
+
+
+async def said(caplog: pytest.LogCaptureFixture, wanted: Callable[[str], bool]) -> list[Any]:
+    """The log records whose message is `wanted`, once there are any (at most 30 s)."""
+    for _ in range(3000):
+        found = [r for r in caplog.records if wanted(r.getMessage())]
+        if found:
+            return found
+        await asyncio.sleep(0.01)
+    return []
+
+
 async def test_an_outcome_the_store_cannot_take_is_logged_with_its_notification(
     tmp_path: Path, sink: Sink, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1272,7 +1304,6 @@ async def test_an_outcome_the_store_cannot_take_is_logged_with_its_notification(
     goes again after the lease). The error names the run, rule and notification it is about,
     as every line about a delivery does, not the channel alone. Time is virtual: the write is
     retried up to the lease without the suite waiting for it."""
-    compiled = compile_config(parse_config(config(sink.url), "c.yaml", settings_models(), {}))
     store = SQLiteStore(tmp_path / "relay.db")
     await store.open()
     now = [1_790_000_000.0]
@@ -1286,24 +1317,8 @@ async def test_an_outcome_the_store_cannot_take_is_logged_with_its_notification(
         return web.Response(status=200)
 
     sink.default = close_store_then_accept
-    intake = Intake(store, lambda: compiled.rules, lambda channel: None, clock=lambda: now[0])
-    assert (await intake.submit(parse_runs([failing_run()]))).notifications == 1
-    http = HttpClient()
-    deps = delivery_deps(compiled, store, clock=lambda: now[0], sleep=sleep)
-    route = route_for(compiled, "hook", ChannelEnv(http, io.StringIO(), 10.0, store))
-    delivery = relay_delivery.Delivery(deps, {"hook": route})
-    delivery.start()
-    try:
-        await sink.wait_for(1)
-        for _ in range(3000):  # bounded: a guard of 30 s, left at once when it holds
-            lost = [r for r in caplog.records if r.getMessage().startswith("outcome not recorded")]
-            if lost:
-                break
-            await asyncio.sleep(0.01)
-    finally:
-        await delivery.stop(1.0)
-        await http.close()
-    [line] = lost
+    async with delivering_one_run(store, sink, now, sleep):
+        [line] = await said(caplog, lambda m: m.startswith("outcome not recorded"))
     fields = ("run_id", "rule", "channel", "notification_id")
     about = {name: getattr(line, name, None) for name in fields}
     assert about == {
@@ -1322,7 +1337,6 @@ async def test_an_outcome_is_recorded_through_a_store_blip(
     as if it had never gone. The one wait in between is the outcome's own: the store is back
     when it ends. Time is virtual."""
     caplog.set_level(logging.INFO, logger="relay.delivery")
-    compiled = compile_config(parse_config(config(sink.url), "c.yaml", settings_models(), {}))
     store = SQLiteStore(tmp_path / "relay.db")
     await store.open()
     now = [1_790_000_000.0]
@@ -1342,27 +1356,14 @@ async def test_an_outcome_is_recorded_through_a_store_blip(
         return web.Response(status=200)
 
     sink.default = close_store_then_accept
-    intake = Intake(store, lambda: compiled.rules, lambda channel: None, clock=lambda: now[0])
-    assert (await intake.submit(parse_runs([failing_run()]))).notifications == 1
-    http = HttpClient()
-    deps = delivery_deps(compiled, store, clock=lambda: now[0], sleep=sleep)
-    route = route_for(compiled, "hook", ChannelEnv(http, io.StringIO(), 10.0, store))
-    delivery = relay_delivery.Delivery(deps, {"hook": route})
-    delivery.start()
+    ends = ("notification sent", "outcome not recorded: store unavailable")
     try:
-        await sink.wait_for(1)
-        ends = ("notification sent", "outcome not recorded: store unavailable")
-        for _ in range(3000):  # bounded: a guard of 30 s, left at once when it holds
-            said = [r.getMessage() for r in caplog.records if r.getMessage() in ends]
-            if said:
-                break
-            await asyncio.sleep(0.01)
+        async with delivering_one_run(store, sink, now, sleep):
+            lines = await said(caplog, lambda m: m in ends)
         counts = await store.counts()
     finally:
-        await delivery.stop(1.0)
-        await http.close()
         await store.close()
-    assert said == ["notification sent"]
+    assert [line.getMessage() for line in lines] == ["notification sent"]
     assert counts["sent"] == 1 and len(waits) == 1 and len(sink.received) == 1
 
 
