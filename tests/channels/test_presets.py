@@ -1175,11 +1175,19 @@ async def test_teams_legacy_connector_failures_in_a_200_are_failures(
     teams: FakeTeams, http: HttpClient
 ) -> None:
     """An Office 365 connector answers 200 also when Teams refused the message, the status in the
-    text: a 429 there is retried, a 413 is permanent, never `sent`."""
+    text: a 429 there is retried, a 413 is permanent, never `sent`; a failure that names no
+    status is Teams' own (a 500: retried)."""
     ch = channel("msteams", http, webhook_url=teams.connector_url)
     await ch.send(outgoing("{}"))  # "1": delivered
-    teams.script(connector_failure(429), connector_failure(413), connector_failure(502))
+    unsaid = Reply(200, "Webhook message delivery failed with error: Request timed out.")
+    teams.script(connector_failure(429), connector_failure(413), connector_failure(502), unsaid)
     limited, too_big, down = await send_error(ch), await send_error(ch), await send_error(ch)
+    failed = await send_error(ch)
+    assert (failed.reason, failed.retryable, failed.detail) == (
+        "server_error",
+        True,
+        "connector: Teams answered HTTP 500",
+    )
     assert (limited.reason, limited.retryable, limited.detail) == (
         "rate_limited",
         True,
