@@ -61,3 +61,11 @@ def test_a_last_try_as_the_receiver_s_wait_ends_is_made() -> None:
     limited = DeliveryError("rate_limited", retryable=True, status=429, retry_after=9.0)
     outcome = failed(1, NOW + 90.0, policy, limited)
     assert (outcome.dead, outcome.not_before, outcome.wait) == (False, NOW + 99.0, 9.0)
+
+
+def test_a_failure_just_before_the_last_try_still_gets_it() -> None:
+    """No Retry-After asks for a wait: a failure half a second before the last try (max_age
+    3 s, the last try at 2.97 s) still gets that try, not "too old" at 2.5 s."""
+    policy = RetryPolicy(max_attempts=10, max_age=3.0, min_backoff=4.0, max_backoff=8.0)
+    outcome = failed(2, NOW + 2.5, policy)
+    assert (outcome.dead, outcome.not_before) == (False, NOW + 3.0 - 0.03)
