@@ -160,6 +160,12 @@ BAD_TOKEN = "7012345678:AAsomeOtherBotsToken_0123456789abcdefXY"
          " supergroup now; set chat_id: -1009999999999"),
         (Reply(200, {"ok": False, "error_code": 400, "description": "Bad Request: x"}),
          "client_error", False, None, "Bad Request: x (HTTP 400)"),
+        # an ok:false in a 2xx is classified by its error_code, a 400 when it has none
+        (Reply(200, {"ok": False, "error_code": 429, "description": "Too Many Requests",
+                     "parameters": {"retry_after": 5}}), "rate_limited", True, 5.0,
+         "Too Many Requests (HTTP 429)"),
+        (Reply(200, {"ok": False, "description": "Bad Request: y"}), "client_error", False, None,
+         "Bad Request: y (HTTP 400)"),
         (Reply(200, "<html>captive portal</html>"), "other", True, None,
          "Telegram answered without JSON"),
     ]
