@@ -452,6 +452,8 @@ async def test_a_users_auto_submitted_replaces_relays(smtp_server: SmtpFactory) 
         ({"rcpt_replies": ["421 4.7.0 closing"]}, "rate_limited", True, "SMTP 421 to RCPT"),
         ({"rcpt_replies": ["", "421 4.7.0 closing"]}, "rate_limited", True, "SMTP 421 to RCPT"),
         ({"data_replies": ["554 5.7.1 rejected as spam"]}, "client_error", False, "SMTP 554 5.7.1"),
+        # the first code of the 5xx class (command unrecognized) is as permanent as the others
+        ({"data_replies": ["500 5.5.2 syntax error"]}, "client_error", False, "SMTP 500 5.5.2"),
         ({"data_replies": ["queued as 4F2A"]}, "other", True, "malformed SMTP reply"),  # SMTP -1
         (
             {
