@@ -25,20 +25,12 @@ from tests.fakes.serving import free_port
 from tests.test_delivery import reload_with, wait_state
 from tests.test_durability import post_all
 from tests.test_operations import metrics_text, value
+from tests.test_workers import CONFIG as WORKERS_CONFIG
 from tests.test_workers import scraped
 
 SLOW_S = 0.5  # the slow receiver's answer comes this long after the request
-CONFIG = """\
-defaults:
-  retry: {{max_attempts: 1, max_age: 1h, min_backoff: 100ms, max_backoff: 400ms}}
-  timeout: 5s
-channels:
-{channels}
-rules:
-  - name: failures
-    match: {{status: [failure]}}
-    notify: [{names}]
-"""
+# test_workers' config, one attempt a notification (each request is the one measured), 5 s a try
+CONFIG = WORKERS_CONFIG.replace("max_attempts: 50", "max_attempts: 1").replace("30s", "5s")
 ATTEMPTS = "relay_delivery_attempt_duration_seconds"
 
 
