@@ -334,6 +334,10 @@ class Metrics(RealtimeMetrics):
         request it made: one observe(), the series looked up once per channel loop."""
         return self._attempt_child(channel, kind).observe
 
+    def attempt(self, channel: str, kind: str, seconds: float) -> None:
+        """A worker's request to channel `channel`'s receiver (of type `kind`) took `seconds`."""
+        self._attempt_child(channel, kind).observe(seconds)
+
     def _attempt_child(self, channel: str, kind: str) -> Histogram:
         child = self._attempt_durations.get((channel, kind))
         if child is None:
@@ -346,8 +350,7 @@ class Metrics(RealtimeMetrics):
         self.rule_failures.labels(rule=rule).inc()
 
     def delivery_event(self, kind: str, row: Delivered, reason: str, attempts: int) -> None:
-        """Delivery's hook: one call per finished attempt, mute, template fallback or hold; and
-        with --workers, per request (attempt) a worker made."""
+        """Delivery's hook: one call per finished attempt, mute, template fallback or hold."""
         channel = row.channel
         if kind == "sent":
             self._sent[channel].inc()
@@ -355,8 +358,6 @@ class Metrics(RealtimeMetrics):
             self._attempts[channel].observe(attempts)
         elif kind == "failed":
             self.failed.labels(channel=channel, reason=reason).inc()
-        elif kind == "attempt":  # a worker's request (see worker_pipes.EventSink): seconds, type
-            self._attempt_child(channel, reason).observe(row.created_at)
         elif kind == "dead":
             self.dead.labels(channel=channel, reason=reason).inc()
         elif kind == "muted":

@@ -20,7 +20,7 @@ from relay.model import Notification
 from relay.outcomes import HoldEnd
 from relay.routes import route_for
 from relay.service_http import HttpSide
-from relay.worker_pipes import EventPipe, Outcome, config_payload
+from relay.worker_pipes import Attempt, EventPipe, Outcome, config_payload
 from relay.worker_role import Role, holder
 from relay.workers import WorkerPool
 
@@ -42,7 +42,8 @@ class DeliverySide(HttpSide):
                 self._config_payload,
                 lambda: self.config.channels,
                 self.metrics.delivery_event,
-                self._worker_died,
+                self.metrics.attempt,
+                on_death=self._worker_died,
             )
             self.metrics.worker_processes.children = self.pool.indexed_pids
             await self.pool.start()
@@ -118,4 +119,4 @@ class DeliverySide(HttpSide):
 
     def _forward_attempt(self, channel: str, kind: str, seconds: float) -> None:
         assert self.events is not None
-        self.events.outcome("attempt", Outcome(channel, seconds), kind, 0)
+        self.events.attempt(Attempt(channel, kind, seconds))

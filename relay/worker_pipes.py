@@ -14,9 +14,10 @@ Between the processes, two pipes per child:
   too. Why this pipe and not Linux's PR_SET_PDEATHSIG: it is there already, on every system,
   and its end is one event among the others; the signal fires on the death of the thread that
   forked, not the process, and races with a parent that dies before it is set.
-- an events pipe (fd passed as --events-fd), one JSON line per delivery outcome and per
-  request made to a receiver (a loop turn's lines in one write), which this process turns
-  into its own metrics: /metrics stays one endpoint.
+- an events pipe (fd passed as --events-fd), one JSON line per delivery outcome
+  (`{"kind", "channel", "reason", "attempts", "at"}`) and per request made to a receiver
+  (`{"kind": "attempt", "channel", "type", "seconds"}`), a loop turn's lines in one write,
+  which this process turns into its own metrics: /metrics stays one endpoint.
 """
 
 from __future__ import annotations
@@ -43,9 +44,20 @@ class Outcome:
 
 
 # (kind, outcome, reason, attempts): Metrics.delivery_event's shape. Of kind "held", the
-# outcome's created_at is when the hold ends (outcomes.HoldEnd); of kind "attempt" (a request
-# made to the receiver), it is the request's seconds and reason is the channel's type.
+# outcome's created_at is when the hold ends (outcomes.HoldEnd).
 EventSink = Callable[[str, Outcome, str, int], None]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One request a worker's channel made to its receiver: Metrics.attempt's arguments."""
+
+    channel: str
+    type: str
+    seconds: float
+
+
+AttemptSink = Callable[[str, str, float], None]
 
 
 def event_line(kind: str, outcome: Outcome, reason: str, attempts: int) -> str:
@@ -58,6 +70,12 @@ def event_line(kind: str, outcome: Outcome, reason: str, attempts: int) -> str:
         "at": outcome.created_at,
     }
     return orjson.dumps(line).decode() + "\n"
+
+
+def attempt_line(attempt: Attempt) -> str:
+    """One request to a receiver as the events pipe carries it: one JSON line."""
+    line = {"kind": "attempt", "channel": attempt.channel, "type": attempt.type}
+    return orjson.dumps({**line, "seconds": attempt.seconds}).decode() + "\n"
 
 
 class EventPipe:
@@ -76,7 +94,13 @@ class EventPipe:
         self.flush()
 
     def outcome(self, kind: str, outcome: Outcome, reason: str, attempts: int) -> None:
-        self._held.append(event_line(kind, outcome, reason, attempts))
+        self._hold(event_line(kind, outcome, reason, attempts))
+
+    def attempt(self, attempt: Attempt) -> None:
+        self._hold(attempt_line(attempt))
+
+    def _hold(self, line: str) -> None:
+        self._held.append(line)
         if len(self._held) == 1:  # the turn's first: written once the turn's callbacks ran
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
@@ -118,9 +142,13 @@ def read_config_payload(data: bytes) -> tuple[str | None, str, dict[str, bytes] 
     return config["config"], config["text"], templates
 
 
-def read_event(line: bytes) -> tuple[str, Outcome, str, int] | None:
+def read_event(line: bytes) -> tuple[str, Outcome, str, int] | Attempt | None:
+    """An events pipe's line: an outcome (delivery_event's arguments), a request (Attempt), or
+    None for a line this release cannot read."""
     try:
         data = orjson.loads(line)
+        if data["kind"] == "attempt":
+            return Attempt(str(data["channel"]), str(data["type"]), float(data["seconds"]))
         return (
             str(data["kind"]),
             Outcome(str(data["channel"]), float(data["at"])),

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import IO
 
-from relay.worker_pipes import READY, EventSink, read_event
+from relay.worker_pipes import READY, Attempt, AttemptSink, EventSink, read_event
 from relay.worker_role import CONFIG_FD_FLAG, EVENTS_FLAG, WORKER_FLAG, owner
 
 log = logging.getLogger("relay.workers")
@@ -58,12 +58,15 @@ class WorkerPool:
         config: Callable[[], bytes],
         channels: Callable[[], Collection[str]],
         on_event: EventSink,
+        on_attempt: AttemptSink,
+        *,
         on_death: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self._count = count
         self._config = config  # config_payload of the config this process runs now
         self._channels = channels
         self._on_event = on_event
+        self._on_attempt = on_attempt
         self._on_death = on_death  # with a worker's index, once it died unasked
         self._children = [_Child(i) for i in range(count)]
         self._stopping = False
@@ -210,7 +213,9 @@ class WorkerPool:
                 child.down = False
                 continue
             event = read_event(line)
-            if event is not None:
+            if isinstance(event, Attempt):
+                self._on_attempt(event.channel, event.type, event.seconds)
+            elif event is not None:
                 self._on_event(*event)
 
     def stopping(self) -> None:

@@ -23,7 +23,7 @@ import pytest
 
 from relay import worker_pipes, workers
 from relay.model import notification_id
-from relay.worker_pipes import EventPipe, Outcome, config_payload
+from relay.worker_pipes import Attempt, EventPipe, Outcome, config_payload
 from relay.worker_role import owned, owner
 from relay.workers import WorkerPool
 from tests.conftest import SLOW, RelayProcess, Sink, hang, held, run_cli
@@ -183,12 +183,15 @@ async def test_a_worker_writes_the_outcomes_of_one_loop_turn_in_one_write() -> N
         assert inlet.read() == worker_pipes.READY
         for channel in ("a", "b", "c"):
             events.outcome("sent", Outcome(channel, 0.0), "", 1)
+        events.attempt(Attempt("a", "webhook", 0.25))  # a request's own line, named fields
         assert inlet.read() is None  # nothing yet: the turn is not over
         await asyncio.sleep(0)
         lines = inlet.read().splitlines()
     assert [worker_pipes.read_event(line) for line in lines] == [
-        ("sent", Outcome(channel, 0.0), "", 1) for channel in ("a", "b", "c")
+        *[("sent", Outcome(channel, 0.0), "", 1) for channel in ("a", "b", "c")],
+        Attempt("a", "webhook", 0.25),
     ]
+    assert worker_pipes.read_event(b'{"kind":"attempt","channel":"a"}') is None
 
 
 async def test_kill_9_of_the_parent_stops_the_workers_and_a_restart_loses_nothing(
@@ -655,7 +658,9 @@ def _pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: Callable[[], st
     monkeypatch.setenv("RELAY_STORE_URL", f"sqlite:///{tmp_path / 'relay.db'}")
     monkeypatch.setenv("RELAY_LOG_FORMAT", "json")
     path = str(tmp_path / "config.yaml")
-    return WorkerPool(1, lambda: config_payload(path, text()), lambda: CHANNELS, lambda *_: None)
+    return WorkerPool(
+        1, lambda: config_payload(path, text()), lambda: CHANNELS, lambda *_: None, lambda *_: None
+    )
 
 
 async def test_workers_start_with_no_writable_temporary_directory(
