@@ -1,6 +1,9 @@
 """`relay config show` and `relay config routes`: the config a relay would run, as amtool's
 `config show` and `config routes` print Alertmanager's. Read and checked as `relay check`
-reads it (a config with a problem is refused the same way); nothing is sent or stored."""
+reads it (a config with a problem is refused the same way); nothing is sent or stored. The
+routes are the rules' order, conditions and channels, none of the secrets a `${VAR}` usually
+holds: an unset one is a note and a placeholder, as in `relay test`, so that the routes of a
+service read on a laptop without its secrets."""
 
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_config_routes(args: argparse.Namespace, settings: Settings) -> int:
     from relay.config_show import routes  # noqa: PLC0415
 
-    views = routes(_config(args, settings))
+    views = routes(_config(args, settings, sends=False))
     if said_whole(views, as_json=wants_json(args), none="no rules: nothing is ever sent"):
         return 0
     print("Rules are tried in this order; the first that matches wins, `continue` goes on.")
@@ -64,10 +67,11 @@ def _digest(view: dict[str, object]) -> str:
     return f"by {', '.join(group_by) or '(all)'}, after {view['group_wait']}"
 
 
-def _config(args: argparse.Namespace, settings: Settings) -> Config:
+def _config(args: argparse.Namespace, settings: Settings, *, sends: bool = True) -> Config:
     """The config file's (or the built-in default, said on stderr), read and checked as by
-    `relay check`: a ConfigError names every problem."""
-    compiled = compiled_config(args, settings)
+    `relay check`: a ConfigError names every problem (with `sends` False, not unset variables:
+    see compiled_config)."""
+    compiled = compiled_config(args, settings, sends=sends)
     if compiled.loaded.builtin:
         print("note: no config file found; this is the built-in default", file=sys.stderr)
     return compiled.loaded.config

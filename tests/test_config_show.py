@@ -145,6 +145,22 @@ def test_a_config_with_a_problem_is_refused_as_relay_check_refuses_it(config: Pa
     assert unset.returncode == 1 and "AUTH" in unset.stderr and "is not set" in unset.stderr
 
 
+def test_routes_of_a_config_whose_secrets_are_unset_are_shown_with_a_note(config: Path) -> None:
+    """The routes hold no secret: on a laptop without the service's, they are shown, each unset
+    variable said once (as `relay test` says them); `config show`, which prints the values
+    relay would run with, still refuses (above)."""
+    done = run_cli_in_process("config", "routes", "--config", str(config), env={"AUTH": "t" * 16})
+    assert done.returncode == 0, done.stderr
+    assert "prod-failures" in done.stdout and "oncall, hook" in done.stdout
+    notes = [line for line in done.stderr.splitlines() if line.startswith("note: ")]
+    unset = sorted(set(SECRETS) - {"AUTH"})
+    assert notes == [f"note: {name} is unset; relay serve would refuse it" for name in unset]
+    broken = CONFIG.replace("notify: [mail]", "notify: [nowhere]")
+    config.write_text(broken)
+    refused = run_cli_in_process("config", "routes", "--config", str(config))
+    assert refused.returncode == 1 and "unknown channel 'nowhere'" in refused.stderr
+
+
 def test_without_a_config_file_the_built_in_default_is_shown_and_said(tmp_path: Path) -> None:
     done = run_cli_in_process("config", "routes", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
