@@ -1197,6 +1197,19 @@ async def test_teams_legacy_connector_failures_in_a_200_are_failures(
     assert (down.reason, down.retryable) == ("server_error", True)
 
 
+async def test_teams_legacy_connector_429_waits_its_retry_after(
+    teams: FakeTeams, http: HttpClient
+) -> None:
+    """A connector throttled says so as an HTTP 429, or as a 200 naming the 429 in its text;
+    either way its Retry-After is the wait (the channel is held for it), not the backoff."""
+    ch = channel("msteams", http, webhook_url=teams.connector_url)
+    said = connector_failure(429).body
+    teams.script(Reply(429, said, {"Retry-After": "30"}), Reply(200, said, {"Retry-After": "45"}))
+    answered, in_text = await send_error(ch), await send_error(ch)
+    check_classified(answered, "rate_limited", True, 30.0, "HTTP 429")
+    check_classified(in_text, "rate_limited", True, 45.0, "connector: Teams answered HTTP 429")
+
+
 @classified(PD_ERRORS)
 async def test_pagerduty_errors_are_classified(
     pagerduty: FakePagerDuty,
