@@ -192,6 +192,27 @@ async def test_a_failed_digest_is_one_retry_line_not_one_per_run(
     )
 
 
+async def test_a_failed_digest_is_as_old_as_its_oldest_run(relay: RelayFactory, sink: Sink) -> None:
+    """A digest retries or dies whole, by its oldest run: one whose first run is past max_age
+    when its try fails is dead ("too old"), though a run that joined it later is not, and it
+    is not sent again by the newer run's age."""
+    sink.responses = [status(503)]  # one failed try (max_attempts 5: no quick tries)
+    aged = CONFIG.replace("max_age: 1h", "max_age: 2s")
+    r = await relay(aged.format(url=sink.url, wait="3s", interval="5m"))
+    await r.post(failed(1))
+    await asyncio.sleep(1.2)  # the digest goes 3 s after run 1: run 2 is < 2 s old then
+    await r.post(failed(2))
+    [got] = await sink.wait_for(1)
+    assert got.json()["group"]["count"] == 2
+    deadline = time.monotonic() + 60
+    while (await r.service.store.counts())["dead"] < 2 and len(sink.received) == 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    dead = await r.service.store.dead_letters()
+    assert len(sink.received) == 1 and len(dead) == 2
+    assert all((row.last_error or "").endswith("(too old)") for row in dead)
+
+
 async def test_relay_check_shows_the_digest_in_a_dry_run(relay: RelayFactory, sink: Sink) -> None:
     # a digest rule also needs the digest template of each channel type; the defaults have it
     r = await relay(CONFIG.format(url=sink.url, wait="30s", interval="5m"))
