@@ -488,6 +488,30 @@ async def test_notifications_held_past_max_age_are_dead_not_sent_late(
     await wait_state(r, "sent", 3)  # replayed past max_age: each gets its round all the same
 
 
+async def test_a_replay_held_past_max_age_is_dead_at_its_turn_not_sent_late(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A replayed notification gets its round within max_age of the replay, not whenever its
+    turn comes: replayed while another's Retry-After holds the channel longer than max_age,
+    it is dead at the hold's end ("too old"), as a notification never replayed would be."""
+    sink.responses = [status(400), status(429, {"Retry-After": "3"})]
+    r = await relay(config(sink.url).replace("max_age: 1h", "max_age: 1s"))
+    replayed = notification_id("run_delivery_0000", "failures", "hook")
+    await r.post(failing_run(0))
+    await wait_state(r, "dead")  # the 400: dead at once
+    await r.post(failing_run(1))
+    await wait_state(r, "dead", 2)  # its 429's wait is past max_age: dead, the channel held 3 s
+    async with r.http.post(r.url + f"/v1/dlq/{replayed}/replay") as resp:
+        assert (await resp.json())["replayed"] == 1
+    deadline = time.monotonic() + 60
+    while (await r.service.store.counts())["dead"] < 2 and len(sink.received) == 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    row = await r.service.store.get(replayed)
+    assert len(sink.received) == 2 and row is not None and row.state == "dead"
+    assert row.last_error == "other: not sent within max_age"
+
+
 async def test_a_retry_after_past_max_age_is_dead_at_once_and_says_so(
     relay: RelayFactory, sink: Sink
 ) -> None:
