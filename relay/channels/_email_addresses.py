@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from email.headerregistry import Address, AddressHeader
 from email.message import EmailMessage
-from email.utils import getaddresses
+from email.utils import getaddresses, parseaddr
 
 import idna
 
@@ -23,6 +23,12 @@ _SET_FROM = {
     "from": "the channel's `from`",
 }
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # printable ASCII except ':' (RFC 5322 ftext)
+# What aiosmtplib will not put on a MAIL or RCPT line (a header parser takes them): white space,
+# <, > or '"' outside a quoted local part (`a@[192.0.2 1]`, `"a"."b c"@x`), a control character
+# anywhere. Taken, every mail was dead at once ("invalid address"), also to the other recipients.
+_QUOTED_LOCAL = re.compile(r'^"(?:[^"\\\r\n]|\\.)*"')
+_OFF_THE_WIRE = re.compile(r'[\s<>"]')
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_address(value: str) -> str:
@@ -34,7 +40,19 @@ def check_address(value: str) -> str:
     local, _, domain = found[0][1].rpartition("@") if len(found) == 1 else ("", "", "")
     if not local or not domain or _is_group(value):
         raise ValueError(f"{value!r} is not one email address")
-    return ascii_domain(found[0][1])
+    envelope = ascii_domain(found[0][1])
+    if not _sendable(envelope):
+        raise ValueError(f'{value!r} cannot be sent over SMTP (white space or <>" unquoted)')
+    return envelope
+
+
+def _sendable(envelope: str) -> bool:
+    """Whether aiosmtplib puts `envelope` on the wire: as it reads it (parseaddr, then the
+    quoted local part aside), nothing _OFF_THE_WIRE, and no control character at all."""
+    parsed = parseaddr(envelope)[1] or envelope.strip()
+    return not _OFF_THE_WIRE.search(_QUOTED_LOCAL.sub("", parsed, 1)) and not _CONTROL.search(
+        envelope
+    )
 
 
 def _is_group(value: str) -> bool:

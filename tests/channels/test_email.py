@@ -240,6 +240,11 @@ AUTH = {"host": "smtp.example.com", "username": "u", "password": "p"}
         ({"to": ["a@[192.0.2.1"]}, "not one email address"),
         ({"cc": ["<?c@["]}, "not one email address"),
         ({"cc": ["ok@example.com", "x\n@example.com"]}, "line breaks"),
+        # a header takes them, an SMTP envelope does not: every mail was dead ("invalid address")
+        ({"to": ["ok@example.com", "a@[192.0.2 1]"]}, "cannot be sent over SMTP"),
+        ({"cc": ['"a"."b c"@example.com']}, "cannot be sent over SMTP"),
+        ({"to": ['"a\tb"@example.com']}, "cannot be sent over SMTP"),
+        ({"from": "Relay <relay@[192.0.2 1]>"}, "cannot be sent over SMTP"),
         ({"headers": {"X-Ok": "a\r\nBcc: x@evil.com"}}, "line breaks"),
         ({"headers": {"X-Bad: y": "v"}}, "printable ASCII"),
         ({"headers": {"Subject": "v"}}, "set by relay"),
