@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import shutil
@@ -99,6 +100,38 @@ async def test_this_machines_name_waits_for_no_other_work_of_the_default_executo
     assert b"EHLO host.relay-lookup.test\r\n" in bytes(fake.received)
 
 
+async def test_this_machines_name_answered_after_the_attempt_ends_quietly(
+    smtp_server: SmtpFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """This machine's name, looked up for EHLO, answered after the attempt timed out: the
+    answer, to no one, wrote "Exception in callback" with a traceback in the log. Now it is
+    kept quietly, and the next mail's EHLO gives it."""
+    from relay.channels import _smtp  # noqa: PLC0415
+
+    answer = threading.Event()
+
+    def getfqdn(name: str = "") -> str:
+        answer.wait(5)
+        return "late.relay-lookup.test"
+
+    monkeypatch.setattr(socket, "getfqdn", getfqdn)
+    monkeypatch.setattr(_smtp, "_HOST", [])  # not looked up yet
+    fake = await smtp_server()
+    channel = make_channel(email_settings(fake.port).model_copy(update={"timeout": 0.3}))
+    try:
+        with pytest.raises(DeliveryError):
+            await channel.send(outgoing())
+        answer.set()  # after the attempt gave up
+        while not _smtp._HOST:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the answer's callback has run
+        await channel.send(outgoing())
+    finally:
+        answer.set()
+    assert b"EHLO late.relay-lookup.test\r\n" in bytes(fake.received)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 async def test_one_lookup_per_host_at_a_time_then_kept(
     smtp_server: SmtpFactory, lookups: list[float]
 ) -> None:
@@ -139,13 +172,22 @@ async def test_an_ipv6_address_is_no_lookup_and_connects_as_ipv6() -> None:
     assert len(fake.messages) == 1
 
 
-async def test_an_unknown_host_is_a_lookup_failure(smtp_server: SmtpFactory) -> None:
+async def test_an_unknown_host_is_a_lookup_failure(
+    smtp_server: SmtpFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DNS answers at once that the name does not exist: said so, in the resolver's words,
+    at once (not as the attempt's timeout running out)."""
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     fake = await smtp_server()
     with pytest.raises(DeliveryError) as info:
         await make_channel(email_settings(fake.port, host="nowhere.invalid")).send(outgoing())
     err = info.value
     assert (err.reason, err.retryable) == ("network", True)
-    assert err.detail.startswith("SMTP host lookup failed: "), err.detail
+    assert err.detail == "SMTP host lookup failed: Name or service not known", err.detail
 
 
 @pytest.mark.parametrize("mode", ["tls", "starttls"])
