@@ -63,6 +63,8 @@ def test_proxies_relay_speaks_to_are_no_problem() -> None:
     proxies = Proxies({"http": "proxy.corp:3128", "https": "https://gate:443", "ftp": "socks5://s"})
     assert proxies.problems() == []
     assert proxies.for_url("http://hooks.example/in") == "http://proxy.corp:3128"  # no scheme: http
+    shouted = Proxies({"https": "HTTPS://gate:443"})  # a scheme's case is no matter (RFC 3986)
+    assert shouted.problems() == [] and shouted.for_url("https://x/") == "HTTPS://gate:443"
 
 
 @pytest.mark.parametrize(
