@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -158,6 +159,41 @@ async def test_a_lookup_slower_than_the_attempt_is_a_lookup_failure(
     assert (err.reason, err.retryable) == ("network", True)
     assert err.detail == "SMTP host lookup failed: no answer in time"
     assert not fake.messages
+
+
+async def test_a_failed_lookup_is_not_kept_nor_said_when_no_one_waits(
+    smtp_server: SmtpFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The DNS fails slowly: the attempt ends first ("no answer in time"), the failure comes to
+    no one, and writes no "exception was never retrieved" error; once the DNS answers again,
+    the next send asks it again and goes, not failing on the answer of before."""
+    real = socket.getaddrinfo
+    failed = threading.Event()
+    asked: list[str] = []
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == NAME:
+            asked.append(host)
+            if len(asked) == 1:
+                time.sleep(0.6)
+                failed.set()
+                raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    fake = await smtp_server()
+    settings = email_settings(fake.port, host=NAME, hello="relay.test")
+    channel = make_channel(settings.model_copy(update={"timeout": 0.3}))
+    with pytest.raises(DeliveryError) as info:
+        await channel.send(outgoing())
+    assert info.value.detail == "SMTP host lookup failed: no answer in time"
+    await asyncio.to_thread(failed.wait, 5)
+    await asyncio.sleep(0.1)  # the failure has come back to the loop
+    gc.collect()  # a failure no one read is said as it is collected
+    await channel.send(outgoing())
+    assert len(asked) == 2 and len(fake.messages) == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_an_ipv6_address_is_no_lookup_and_connects_as_ipv6() -> None:
