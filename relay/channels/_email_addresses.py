@@ -43,6 +43,8 @@ def check_address(value: str) -> str:
     envelope = ascii_domain(found[0][1])
     if not _sendable(envelope):
         raise ValueError(f'{value!r} cannot be sent over SMTP (white space or <>" unquoted)')
+    if _header_reading(value) not in (found[0][1], None):  # `ops@exa mple.com`
+        raise ValueError(f"{value!r} is not one email address (a space inside the address?)")
     return envelope
 
 
@@ -53,6 +55,21 @@ def _sendable(envelope: str) -> bool:
     return not _OFF_THE_WIRE.search(_QUOTED_LOCAL.sub("", parsed, 1)) and not _CONTROL.search(
         envelope
     )
+
+
+def _header_reading(value: str) -> str | None:
+    """The address the To header reads in `value`: getaddresses made `ops@exa mple.com`
+    `ops@example.com`, another domain than the one written, where the header reads `ops@exa`
+    (and says the rest is a defect). None where it reads no address (`<>`: a domain with a
+    trailing dot, which config takes) or several."""
+    probe = EmailMessage()
+    try:
+        probe["To"] = value
+        addresses = probe["To"].addresses
+    except _PARSER_FAILURES:
+        return None
+    read = addresses[0].addr_spec if len(addresses) == 1 else "<>"
+    return None if read == "<>" else read
 
 
 def _is_group(value: str) -> bool:

@@ -245,6 +245,10 @@ AUTH = {"host": "smtp.example.com", "username": "u", "password": "p"}
         ({"cc": ['"a"."b c"@example.com']}, "cannot be sent over SMTP"),
         ({"to": ['"a\tb"@example.com']}, "cannot be sent over SMTP"),
         ({"from": "Relay <relay@[192.0.2 1]>"}, "cannot be sent over SMTP"),
+        # the words joined, another domain than the one written: refused, not mended
+        ({"to": ["ops@exa mple.com"]}, "a space inside the address"),
+        ({"from": "Relay <relay@exa mple.com>"}, "a space inside the address"),
+        ({"cc": ["ops@a b c.com"]}, "a space inside the address"),
         ({"headers": {"X-Ok": "a\r\nBcc: x@evil.com"}}, "line breaks"),
         ({"headers": {"X-Bad: y": "v"}}, "printable ASCII"),
         ({"headers": {"Subject": "v"}}, "set by relay"),
