@@ -128,7 +128,7 @@ def _lacked(match: MatchConfig, key: str, event: str) -> bool:
     if value is None or key not in _LACKED_KEYS.get(event, ()):
         return False
     alone = MatchConfig.model_construct(event=[event], **{key: value})
-    return not passes_filters(alone, Run(id="-", event=event, status=""))
+    return not passes_filters(alone, Run.model_construct(id="-", event=event, status=""))
 
 
 # the match keys that do not narrow a rule down within its event, status and test flag

@@ -68,6 +68,14 @@ def _no_nul(value: str) -> str:
     return value
 
 
+def _a_status(value: str) -> str:
+    """A status of no letters (`""`, `" "`) is none: no rule could name it, and a run's update
+    without one is not one relay can act on (an unknown word is kept: a newer Trigger.dev's)."""
+    if not value.strip():
+        raise PydanticCustomError("status_blank", "must not be empty")
+    return value
+
+
 class Run(BaseModel):
     """One Realtime run update, normalised. Unknown fields are kept (extra="allow")."""
 
@@ -77,7 +85,7 @@ class Run(BaseModel):
     # ~30 characters), which PostgreSQL cannot index (2,704 bytes): a 503 retried forever
     id: Annotated[str, Field(min_length=1, max_length=MAX_RUN_ID_CHARS), AfterValidator(_no_nul)]
     taskIdentifier: Annotated[str, BeforeValidator(lambda v: "" if v is None else v)] = ""
-    status: str
+    status: Annotated[str, AfterValidator(_a_status)]
     payload: Any = None
     output: Any = None
     createdAt: Date = None

@@ -340,6 +340,8 @@ BAD_BODIES: list[tuple[bytes, str, str]] = [
     (json.dumps({"id": "run_1"}).encode(), "status", "missing"),
     (json.dumps(small_failed(id=5)).encode(), "id", "string"),
     (json.dumps(small_failed(id="")).encode(), "id", "must not be empty"),
+    (json.dumps(small_failed(status="")).encode(), "status", "must not be empty"),
+    (json.dumps(small_failed(status=" \n")).encode(), "status", "must not be empty"),
     (json.dumps(small_failed(id="run_" + "é" * 509)).encode(), "id", "at most 512 characters"),
     (json.dumps(small_failed(id="run_\x00a")).encode(), "id", "NUL"),  # PostgreSQL: run_\ufffda
     (json.dumps(small_failed(costInCents="twelve")).encode(), "costInCents", "number"),
