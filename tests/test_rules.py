@@ -550,6 +550,18 @@ def test_a_rule_takes_a_list_of_events_each_rendered_with_its_own_template() -> 
     assert [m.template for m in only.decide(failed, None).matches] == ["deployment_failed"]
 
 
+def test_a_deployments_empty_task_matches_a_pattern_of_the_empty_string_alone() -> None:
+    """A deployment has no task (README, Events): `task: "*"` matches it, as Alertmanager's
+    `task=~".*"` matches an alert without the label; `task: billing/*` does not."""
+    rules = ruleset(
+        "  - {name: any-task, match: {event: deployment.failed, task: '*'}, notify: [c],"
+        " continue: true}\n"
+        "  - {name: billing, match: {event: deployment.failed, task: 'billing/*'}, notify: [c]}\n"
+    )
+    failed = alert_run("alert.deployment.failed")
+    assert [m.rule for m in rules.decide(failed, None).matches] == ["any-task"]
+
+
 def test_an_unknown_event_in_a_list_is_named_at_its_place() -> None:
     """A typo in a list of events is a `relay check` error at its line and index, not
     pydantic's "Input should be a valid string" for the whole list."""
