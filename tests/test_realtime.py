@@ -387,6 +387,17 @@ async def test_the_feed_names_relay_and_its_version(relay: RelayFactory, sink: S
     assert fake.requests[0].headers["User-Agent"] == f"relay/{relay_version}"
 
 
+async def test_the_feed_sends_back_no_cookie_the_api_set(relay: RelayFactory, sink: Sink) -> None:
+    """Trigger.dev's API sits behind a CDN that sets cookies; the SDK's fetch keeps none, and
+    neither does relay: two feeds of two projects' keys shared them before."""
+    script = session()
+    script[0] = replace(script[0], headers={**script[0].headers, "Set-Cookie": "__cf_bm=x; Path=/"})
+    async with fake_realtime(script) as fake:
+        await relay(config(fake.url.replace("127.0.0.1", "localhost"), sink.url))
+        await fake.wait_for(lambda seen: len(fake.requests) >= 3)
+    assert [seen.headers.get("Cookie") for seen in fake.requests[:3]] == [None] * 3
+
+
 async def test_409_without_a_handle_refetches_old_next() -> None:
     script = [*session()[:2], Exchange("409", "0_inf", H1, True, 409, {}, [])]
     async with fake_realtime(script) as fake, following(fake) as h:

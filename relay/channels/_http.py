@@ -131,7 +131,8 @@ class HttpClient:
 
     Requests go through the proxy the environment names (relay.outbound). A request lost to
     a stale keep-alive connection goes again through a second session whose connections are
-    never reused (see the module).
+    never reused (see the module). It keeps no cookie: one a receiver set went back with every
+    later request to that host, whichever channel (and credentials) made it.
     """
 
     def __init__(self, user_agent: str = USER_AGENT) -> None:
@@ -148,6 +149,7 @@ class HttpClient:
                 connector=_Connector(force_close=fresh),
                 headers={"User-Agent": self._user_agent},
                 response_class=_Response,
+                cookie_jar=aiohttp.DummyCookieJar(),  # a receiver's cookies: for no one else
             )
         return session
 

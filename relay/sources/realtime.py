@@ -132,6 +132,7 @@ class RealtimeSource:
         self._session = aiohttp.ClientSession(  # its lookups in threads of their own
             connector=aiohttp.TCPConnector(resolver=new_resolver()),
             headers={"User-Agent": USER_AGENT},
+            cookie_jar=aiohttp.DummyCookieJar(),  # as the SDK's fetch: feeds share no cookie
         )
         for feed in _distinct(map(feed_of, self._config.feeds)):
             self._start_feed(feed)

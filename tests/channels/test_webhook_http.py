@@ -310,6 +310,30 @@ async def test_name_lookups_wait_for_no_other_work_of_the_default_executor(sink:
     assert response.status == 200 and [r.path for r in sink.received] == ["/in"]
 
 
+async def test_a_receivers_cookie_is_not_sent_back_to_it_nor_to_another_channel() -> None:
+    """The shared session kept the cookies receivers set (a load balancer's, a session's) and
+    sent them with every later request to that host, whichever channel made it: two channels
+    with their own credentials to one host shared a session cookie. A relay keeps none, as
+    Alertmanager's HTTP client keeps none."""
+    cookies: list[str | None] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        cookies.append(request.headers.get("Cookie"))
+        return web.Response(headers={"Set-Cookie": "session=channel-a; Path=/"})
+
+    app = web.Application()
+    app.router.add_post("/{hook}", answer)
+    client = HttpClient()
+    try:
+        async with serving(app) as url:
+            by_name = url.replace("127.0.0.1", "localhost")  # aiohttp keeps no IP's cookies
+            for hook in ("a", "a", "b"):
+                await client.post(f"{by_name}/{hook}", b"{}", {}, 5.0)
+    finally:
+        await client.close()
+    assert cookies == [None, None, None]
+
+
 async def test_sends_to_one_receiver_go_at_once_not_one_by_one() -> None:
     """The shared client keeps no cap of its own on connections: a channel's `concurrency`
     (and every channel to one host) sends at once. The receiver answers once all four wait."""
