@@ -74,8 +74,13 @@ def event_line(kind: str, outcome: Outcome, reason: str, attempts: int) -> str:
 
 def attempt_line(attempt: Attempt) -> str:
     """One request to a receiver as the events pipe carries it: one JSON line."""
-    line = {"kind": "attempt", "channel": attempt.channel, "type": attempt.type}
-    return orjson.dumps({**line, "seconds": attempt.seconds}).decode() + "\n"
+    line = {
+        "kind": "attempt",
+        "channel": attempt.channel,
+        "type": attempt.type,
+        "seconds": attempt.seconds,
+    }
+    return orjson.dumps(line).decode() + "\n"
 
 
 class EventPipe:
