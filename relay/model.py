@@ -69,8 +69,8 @@ def _no_nul(value: str) -> str:
 
 
 def _a_status(value: str) -> str:
-    """A status of no letters (`""`, `" "`) is none: no rule could name it, and a run's update
-    without one is not one relay can act on (an unknown word is kept: a newer Trigger.dev's)."""
+    """A blank status (`""`, `" "`) is none: no rule could name it, and a run's update without
+    one is not one relay can act on (an unknown word is kept: a newer Trigger.dev's)."""
     if not value.strip():
         raise PydanticCustomError("status_blank", "must not be empty")
     return value
