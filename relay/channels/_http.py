@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl
 from typing import Any
 
 import aiohttp
@@ -154,26 +155,40 @@ class HttpClient:
         return session
 
     async def post(
-        self, url: str, body: bytes, headers: dict[str, str], timeout_s: float
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout_s: float,
+        tls: ssl.SSLContext | None = None,
     ) -> HttpResponse:
-        """POST once; raise a classified DeliveryError for failures, return the response if 2xx."""
-        response = await self.request("POST", url, body, headers, timeout_s)
+        """POST once; raise a classified DeliveryError for failures, return the response if 2xx.
+        `tls`: the channel's own context (relay.channels._tls), else the system store's."""
+        response = await self.request("POST", url, body, headers, timeout_s, tls=tls)
         error = classify_status(response)
         if error is not None:
             raise error
         return response
 
     async def request(
-        self, method: str, url: str, body: bytes | None, headers: dict[str, str], timeout_s: float
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        timeout_s: float,
+        *,
+        tls: ssl.SSLContext | None = None,
     ) -> HttpResponse:
         deadline = asyncio.get_running_loop().time() + timeout_s
+        sent = functools.partial(self._exchange, method, url, body, headers, tls=tls)
         try:
             try:
-                return await self._exchange(method, url, body, headers, timeout_s)
+                return await sent(timeout_s)
             except StaleConnection:
                 log.debug("kept-alive connection closed as it was reused; sending on a new one")
                 left = _left(deadline)  # one try within its timeout: a claim's lease counts on it
-                return await self._exchange(method, url, body, headers, left, fresh=True)
+                return await sent(left, fresh=True)
         except TimeoutError:  # the channel's `timeout`, said: raise it, or fix the receiver?
             said = f"no answer within {format_duration(timeout_s)}"
             raise DeliveryError("timeout", retryable=True, detail=said) from None
@@ -196,6 +211,7 @@ class HttpClient:
         headers: dict[str, str],
         timeout_s: float,
         *,
+        tls: ssl.SSLContext | None = None,
         fresh: bool = False,
     ) -> HttpResponse:
         async with self._client(fresh=fresh).request(
@@ -206,6 +222,7 @@ class HttpClient:
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             allow_redirects=False,
             proxy=self._proxies.for_url(url),
+            ssl=True if tls is None else tls,
         ) as resp:
             data = await _read_answer(resp.content, MAX_ANSWER_BYTES)
             return HttpResponse(resp.status, CIMultiDict(resp.headers), data)

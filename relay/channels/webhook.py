@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from relay.channels import ChannelEnv, ChannelKind, HoldsNothing, Outgoing, json_headers
+from relay.channels._tls import TlsSettings, client_context
 from relay.config import ChannelSettings
 from relay.config_base import header_value_problem, url_problem
 from relay.filters import http_url
@@ -88,6 +89,8 @@ class WebhookSettings(ChannelSettings):
     # Express's JSON body-parser to 100 kB): the shipped digest lists as many runs as fit it, as
     # a 413 would send the whole digest to the dead letters; up to 3 MiB, within a render's cap
     max_body_bytes: Size = Field(default=1024 * 1024, ge=16 * 1024, le=3 * 1024 * 1024)
+    # a receiver's own CA, relay's client certificate (relay.channels._tls)
+    tls: TlsSettings | None = None
 
     @field_validator("url")
     @classmethod
@@ -156,6 +159,7 @@ class WebhookChannel(HoldsNothing):
         self._http = env.http
         self._timeout_s = settings.timeout or env.default_timeout_s
         self._keys = [signing_key(s.get_secret_value()) for s in secrets_of(settings.secret)]
+        self._tls = client_context(settings.tls)
 
     def _headers(self, message: Outgoing, body: bytes) -> dict[str, str]:
         timestamp = int(message.timestamp)
@@ -170,7 +174,7 @@ class WebhookChannel(HoldsNothing):
     async def send(self, message: Outgoing) -> None:
         body = message.parts["json"].encode()
         url = self.settings.url.get_secret_value()
-        await self._http.post(url, body, self._headers(message, body), self._timeout_s)
+        await self._http.post(url, body, self._headers(message, body), self._timeout_s, self._tls)
 
 
 KIND = ChannelKind("webhook", WebhookSettings, WebhookChannel, ("json",))

@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import io
 import sqlite3
+import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,10 @@ from typing import Any
 import aiohttp
 import pytest
 import standardwebhooks
+import trustme
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from pydantic import ValidationError
 
 from relay import channels
 from relay.channels import ChannelEnv, Outgoing
@@ -393,3 +398,112 @@ async def test_an_answers_status_is_read_by_its_class_to_its_edges(
         await http.close()
     assert (info.value.reason, info.value.retryable, info.value.status) == (reason, retryable, code)
     assert ("redirect, not followed" in str(info.value)) == (300 <= code < 400)
+
+
+# ---------------------------------------------------------------- tls: a company CA, mutual TLS
+
+
+@dataclasses.dataclass
+class MutualTls:
+    """A receiver on https://localhost whose certificate a company CA signed and that takes only
+    clients with a certificate of that CA; the files a channel's `tls` names."""
+
+    url: str
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    clients: list[str]  # the common name of each client certificate it saw
+
+
+@contextlib.asynccontextmanager
+async def mutual_tls_receiver(tmp_path: Path) -> AsyncIterator[MutualTls]:
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+    ca.configure_trust(server)
+    server.verify_mode = ssl.CERT_REQUIRED
+    client = ca.issue_cert("relay@example.com", common_name="relay-client")
+    files = MutualTls("", tmp_path / "ca.pem", tmp_path / "relay.crt", tmp_path / "relay.key", [])
+    ca.cert_pem.write_to_path(str(files.ca_file))
+    client.cert_chain_pems[0].write_to_path(str(files.cert_file))
+    client.private_key_pem.write_to_path(str(files.key_file))
+
+    async def answer(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peercert") if request.transport else None
+        subject = dict(field[0] for field in (peer or {}).get("subject", ()))
+        files.clients.append(subject.get("commonName", ""))
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/in", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield dataclasses.replace(files, url=f"https://localhost:{port}/in")
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_receiver_behind_a_company_ca_and_mutual_tls_is_reached_with_tls(
+    tmp_path: Path,
+) -> None:
+    """Alertmanager's webhook takes `tls_config` (ca_file, cert_file, key_file); relay's took
+    none, so a receiver inside a company network (its CA, a client certificate asked for) could
+    not be reached at all. Without `tls` the certificate is refused; with its CA alone the
+    receiver refuses relay; with both it gets the notification, from relay's certificate."""
+    async with mutual_tls_receiver(tmp_path) as receiver:
+        tls = {"ca_file": str(receiver.ca_file)}
+        mutual = {**tls, "cert_file": str(receiver.cert_file), "key_file": str(receiver.key_file)}
+        outcomes = []
+        for settings in (None, tls, mutual):
+            hook = {"type": "webhook", "url": receiver.url, "tls": settings}
+            http = HttpClient()
+            channel = channels.build(
+                "hook", WebhookSettings.model_validate(hook), ChannelEnv(http, io.StringIO(), 5.0)
+            )
+            try:
+                await channel.send(Outgoing("ntf_tls", "run_tls", "r1", {"json": "{}"}, 1.7e9))
+                outcomes.append("sent")
+            except DeliveryError as exc:
+                outcomes.append(str(exc))
+            finally:
+                await http.close()
+    assert "TLS: certificate not trusted" in outcomes[0], outcomes
+    assert outcomes[1] != "sent" and "certificate not trusted" not in outcomes[1], outcomes
+    assert outcomes[2] == "sent" and receiver.clients == ["relay-client"]
+
+
+@pytest.mark.parametrize(
+    ("tls", "problem"),
+    [
+        ({"cert_file": "relay.crt"}, "cert_file and key_file go together"),
+        ({"ca_file": "nowhere.pem"}, "does not point to a file"),
+        ({"ca_file": "relay.key"}, "ca_file is not a readable PEM certificate bundle"),
+        ({"cert_file": "relay.crt", "key_file": "ca.pem"}, "not a PEM certificate and its"),
+        ({"cert_file": "relay.crt", "key_file": "encrypted.key"}, "unencrypted private key"),
+        ({"insecure_skip_verify": True}, "Extra inputs"),
+    ],
+)
+def test_tls_files_that_cannot_serve_are_config_errors(
+    tmp_path: Path, tls: dict[str, Any], problem: str
+) -> None:
+    """A wrong file is said when the config is read (relative paths from its folder), not at
+    every send; an encrypted key is refused, never a password prompt on the terminal."""
+    ca = trustme.CA()
+    client = ca.issue_cert("relay@example.com")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    client.cert_chain_pems[0].write_to_path(str(tmp_path / "relay.crt"))
+    client.private_key_pem.write_to_path(str(tmp_path / "relay.key"))
+    key = serialization.load_pem_private_key(client.private_key_pem.bytes(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    (tmp_path / "encrypted.key").write_bytes(encrypted)
+    hook = {"type": "webhook", "url": "https://hooks.example.com/in", "tls": tls}
+    with pytest.raises(ValidationError, match=problem):
+        WebhookSettings.model_validate(hook, context={"config_dir": str(tmp_path)})
