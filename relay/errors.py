@@ -290,9 +290,12 @@ def tls_failure(exc: BaseException) -> str | None:
     if any(isinstance(cause, ssl.SSLCertVerificationError) for cause in chain):
         return "TLS: certificate not trusted"
     tls = [cause for cause in chain if isinstance(cause, ssl.SSLError)]
-    if any(getattr(cause, "reason", None) == "WRONG_VERSION_NUMBER" for cause in tls):
+    reasons = {getattr(cause, "reason", None) for cause in tls}
+    if "WRONG_VERSION_NUMBER" in reasons:
         # the first bytes back were no TLS record: an SMTP greeting, an HTTP answer
         return "TLS: the server answered in plain text (no TLS on this port)"
+    if "TLSV13_ALERT_CERTIFICATE_REQUIRED" in reasons:  # mutual TLS: a webhook's tls.cert_file
+        return "TLS: the server asks for a client certificate"
     return "TLS: handshake failed" if tls else None
 
 

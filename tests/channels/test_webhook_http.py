@@ -8,6 +8,7 @@ import base64
 import contextlib
 import dataclasses
 import io
+import socket
 import sqlite3
 import ssl
 import threading
@@ -404,47 +405,74 @@ async def test_an_answers_status_is_read_by_its_class_to_its_edges(
 
 
 @dataclasses.dataclass
-class MutualTls:
-    """A receiver on https://localhost whose certificate a company CA signed and that takes only
-    clients with a certificate of that CA; the files a channel's `tls` names."""
+class CompanyPki:
+    """A company CA's files as a channel's `tls` names them (relay's client certificate and
+    key), and a server context of that CA for `localhost` that takes only clients it signed."""
 
-    url: str
     ca_file: Path
     cert_file: Path
     key_file: Path
-    clients: list[str]  # the common name of each client certificate it saw
+    server: ssl.SSLContext
+    clients: list[str] = dataclasses.field(default_factory=list)  # common names a receiver saw
+
+    def tls(self, *, mutual: bool = True) -> dict[str, str]:
+        files = {"ca_file": str(self.ca_file)}
+        if mutual:
+            files.update(cert_file=str(self.cert_file), key_file=str(self.key_file))
+        return files
 
 
-@contextlib.asynccontextmanager
-async def mutual_tls_receiver(tmp_path: Path) -> AsyncIterator[MutualTls]:
+def company_pki(tmp_path: Path) -> CompanyPki:
     ca = trustme.CA()
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(server)
     ca.configure_trust(server)
     server.verify_mode = ssl.CERT_REQUIRED
     client = ca.issue_cert("relay@example.com", common_name="relay-client")
-    files = MutualTls("", tmp_path / "ca.pem", tmp_path / "relay.crt", tmp_path / "relay.key", [])
-    ca.cert_pem.write_to_path(str(files.ca_file))
-    client.cert_chain_pems[0].write_to_path(str(files.cert_file))
-    client.private_key_pem.write_to_path(str(files.key_file))
+    pki = CompanyPki(tmp_path / "ca.pem", tmp_path / "relay.crt", tmp_path / "relay.key", server)
+    ca.cert_pem.write_to_path(str(pki.ca_file))
+    client.cert_chain_pems[0].write_to_path(str(pki.cert_file))
+    client.private_key_pem.write_to_path(str(pki.key_file))
+    return pki
+
+
+@contextlib.asynccontextmanager
+async def mutual_tls_receiver(pki: CompanyPki) -> AsyncIterator[str]:
+    """An aiohttp receiver on https://localhost with `pki`'s server context; its URL."""
 
     async def answer(request: web.Request) -> web.Response:
         peer = request.transport.get_extra_info("peercert") if request.transport else None
         subject = dict(field[0] for field in (peer or {}).get("subject", ()))
-        files.clients.append(subject.get("commonName", ""))
+        pki.clients.append(subject.get("commonName", ""))
         return web.Response()
 
     app = web.Application()
     app.router.add_post("/in", answer)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=pki.server)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield dataclasses.replace(files, url=f"https://localhost:{port}/in")
+        yield f"https://localhost:{port}/in"
     finally:
         await runner.cleanup()
+
+
+async def send_once(url: str, tls: dict[str, str] | None) -> str:
+    """One notification through a webhook channel to `url` with `tls`: "sent", or the error."""
+    hook = {"type": "webhook", "url": url, "tls": tls}
+    http = HttpClient()
+    channel = channels.build(
+        "hook", WebhookSettings.model_validate(hook), ChannelEnv(http, io.StringIO(), 5.0)
+    )
+    try:
+        await channel.send(Outgoing("ntf_tls", "run_tls", "r1", {"json": "{}"}, 1.7e9))
+        return "sent"
+    except DeliveryError as exc:
+        return str(exc)
+    finally:
+        await http.close()
 
 
 async def test_a_receiver_behind_a_company_ca_and_mutual_tls_is_reached_with_tls(
@@ -454,26 +482,12 @@ async def test_a_receiver_behind_a_company_ca_and_mutual_tls_is_reached_with_tls
     none, so a receiver inside a company network (its CA, a client certificate asked for) could
     not be reached at all. Without `tls` the certificate is refused; with its CA alone the
     receiver refuses relay; with both it gets the notification, from relay's certificate."""
-    async with mutual_tls_receiver(tmp_path) as receiver:
-        tls = {"ca_file": str(receiver.ca_file)}
-        mutual = {**tls, "cert_file": str(receiver.cert_file), "key_file": str(receiver.key_file)}
-        outcomes = []
-        for settings in (None, tls, mutual):
-            hook = {"type": "webhook", "url": receiver.url, "tls": settings}
-            http = HttpClient()
-            channel = channels.build(
-                "hook", WebhookSettings.model_validate(hook), ChannelEnv(http, io.StringIO(), 5.0)
-            )
-            try:
-                await channel.send(Outgoing("ntf_tls", "run_tls", "r1", {"json": "{}"}, 1.7e9))
-                outcomes.append("sent")
-            except DeliveryError as exc:
-                outcomes.append(str(exc))
-            finally:
-                await http.close()
+    pki = company_pki(tmp_path)
+    async with mutual_tls_receiver(pki) as url:
+        outcomes = [await send_once(url, tls) for tls in (None, pki.tls(mutual=False), pki.tls())]
     assert "TLS: certificate not trusted" in outcomes[0], outcomes
     assert outcomes[1] != "sent" and "certificate not trusted" not in outcomes[1], outcomes
-    assert outcomes[2] == "sent" and receiver.clients == ["relay-client"]
+    assert outcomes[2] == "sent" and pki.clients == ["relay-client"]
 
 
 @pytest.mark.parametrize(
@@ -507,3 +521,23 @@ def test_tls_files_that_cannot_serve_are_config_errors(
     hook = {"type": "webhook", "url": "https://hooks.example.com/in", "tls": tls}
     with pytest.raises(ValidationError, match=problem):
         WebhookSettings.model_validate(hook, context={"config_dir": str(tmp_path)})
+
+
+async def test_a_receiver_asking_for_a_client_certificate_says_so(tmp_path: Path) -> None:
+    """A receiver of mutual TLS sent without `tls.cert_file` failed as "TLS: handshake failed"
+    (or worse), where the server's alert names what it wants. A blocking server, as most TLS
+    servers, sends that alert before it closes (asyncio's resets the connection)."""
+    pki = company_pki(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+
+        def refuse_one() -> None:
+            conn, _ = listening.accept()
+            with conn, contextlib.suppress(OSError):
+                pki.server.wrap_socket(conn, server_side=True).recv(1)
+
+        refusing = threading.Thread(target=refuse_one, daemon=True)
+        refusing.start()
+        url = f"https://localhost:{listening.getsockname()[1]}/in"
+        said = await send_once(url, pki.tls(mutual=False))
+        refusing.join(5)
+    assert said == "network: TLS: the server asks for a client certificate"
