@@ -64,6 +64,7 @@ CASES: list[tuple[str, dict[str, Any], bool]] = [
     ("status: [failure]", {"status": "INTERRUPTED"}, True),
     ("status: [failure]", {"status": "EXPIRED"}, False),
     ("status: [failure]", {"status": "CANCELED"}, False),
+    ("status: [FAILURE]", {"status": "CRASHED"}, True),  # `failure` in any case, as a status
     ("status: [COMPLETED_WITH_ERRORS]", {}, True),  # raw names are understood in rules too
     ("status: [EXPIRED]", {"status": "EXPIRED"}, True),
     # a status newer than relay is matched as written (and in capitals, as known ones are)
