@@ -565,6 +565,8 @@ def _update(run_id: str, task: str, status: str, minute: int) -> dict[str, Any]:
     [
         ((("COMPLETED", 10), ("EXECUTING", 1)), False),  # out of order: intake drops EXECUTING
         ((("EXECUTING", 1), ("COMPLETED", 10)), True),  # in order: intake takes both
+        # stale against the newest update before it, not only against the one just before
+        ((("QUEUED", 1), ("COMPLETED", 10), ("EXECUTING", 5)), False),
     ],
 )
 async def test_only_an_update_intake_takes_opens_a_window(
