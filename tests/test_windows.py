@@ -371,6 +371,35 @@ async def test_time_intervals_mute_and_activate(relay: RelayFactory, sink: Sink)
     assert (inactive["state"], inactive["reason"]) == ("muted", "time_interval:outside far-future")
 
 
+NOT_NOW = CONFIG.replace(
+    "rules:\n",
+    """rules:
+  - name: muted-later
+    match: {{task: "later/*"}}
+    notify: [hook]
+    mute_time_intervals: [far-future]
+  - name: active-now
+    match: {{task: "now/*"}}
+    notify: [hook]
+    active_time_intervals: [far-future, always]
+""",
+)
+
+
+async def test_time_intervals_that_do_not_mute_now_let_a_notification_out(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A mute interval that does not hold now mutes nothing, and a rule is active when any of
+    its active intervals holds: each notification goes out."""
+    r = await relay(NOT_NOW.format(url=sink.url))
+    await r.post([failed("run_l", "later/x"), failed("run_n", "now/x")])
+    got = await sink.wait_for(2)
+    assert sorted((x.json()["run"]["id"], x.json()["rule"]) for x in got) == [
+        ("run_l", "muted-later"),
+        ("run_n", "active-now"),
+    ]
+
+
 ALWAYS = """\
 channels:
   hook: {{type: webhook, url: "{url}/hook"}}
@@ -411,6 +440,29 @@ async def until_state(r: Any, run_id: str, state: str, attempts: int = 1) -> dic
             return found
         await asyncio.sleep(0.05)
     raise AssertionError(found)
+
+
+ACTIVE_ONLY = (
+    CONFIG.partition("rules:\n")[0]
+    + """rules:
+  - name: office-hours
+    match: {{status: [failure]}}
+    notify: [hook]
+    active_time_intervals: [far-future]
+"""
+)
+
+
+async def test_a_config_whose_rules_all_have_active_intervals_mutes_outside_them(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """With no mute interval anywhere and every rule restricted to its active intervals, a
+    failure outside them is still muted, not sent."""
+    r = await relay(ACTIVE_ONLY.format(url=sink.url))
+    assert (await r.post([failed("run_o", "other")]))[0] == 202
+    found = await until_state(r, "run_o", "muted", attempts=0)
+    assert found["reason"] == "time_interval:outside far-future"
+    assert sink.received == []
 
 
 async def test_a_retry_muted_by_a_time_interval_says_so_in_its_events(
