@@ -191,6 +191,12 @@ def test_a_matcher_over_its_limits_is_told_the_limit(raw: Any, said: str) -> Non
         parse_matchers(raw)
 
 
+def test_a_matcher_at_its_limits_is_taken() -> None:
+    """The limits are inclusive: 100 values, each of 1000 characters, make a silence."""
+    long, many = "x" * 1000, [f"t{n}" for n in range(100)]
+    assert parse_matchers({"task": long, "tag": many}) == {"task": (long,), "tag": tuple(many)}
+
+
 @pytest.mark.parametrize(("comment", "created_by"), [("c\x00", ""), ("", "c\x00")])
 def test_a_nul_in_the_comment_or_author_is_refused(comment: str, created_by: str) -> None:
     """PostgreSQL text cannot hold NUL: the 201 said comment "c\\u0000", every later read of
