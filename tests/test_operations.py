@@ -756,6 +756,22 @@ async def test_a_reload_that_makes_a_rule_match_another_event_keeps_a_waiting_ru
     assert bodies == [{"v": "run"}, {"v": "run"}]
 
 
+async def test_a_notification_retried_after_a_reload_removed_its_rule_still_goes_out(
+    tmp_path: Path, sink: Sink
+) -> None:
+    """A rule renamed by a reload while its notification waits out a 503, in a config with
+    time intervals (looked up by rule name at send time): the retry goes out, not muted by a
+    rule of another name nor failed for a rule that is no longer there."""
+    text = _retried_config(sink)
+    after = text.replace("  - name: failures\n", "  - name: renamed\n") + (
+        "    mute_time_intervals: [later]\n"
+        "time_intervals:\n  - {name: later, time_intervals: [{years: ['2099']}]}\n"
+    )
+    assert "renamed" in after
+    bodies = await _reloaded_while_waiting(tmp_path, sink, {"run": '{"v": "run"}'}, text, after)
+    assert bodies == [{"v": "run"}, {"v": "run"}]
+
+
 TWO_CHANNELS = """\
 defaults:
   retry: {{min_backoff: 100ms, max_backoff: 200ms}}
