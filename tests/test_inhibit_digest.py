@@ -137,6 +137,18 @@ async def test_the_run_that_reaches_min_count_and_later_ones_are_inhibited(
     assert await muted(store, burst, now=120.0) == [None, None] + ["inhibited:storm"] * 2
 
 
+async def test_only_runs_the_digest_rule_matches_make_the_pile_up(store: SQLiteStore) -> None:
+    """Successes of the task, which the digest rule does not match, count for nothing: two
+    failures among them are no storm yet, the third is."""
+    ok = [
+        Run.model_validate({"id": f"o{i}", "taskIdentifier": "sync", "status": "COMPLETED"})
+        for i in range(2)
+    ]
+    runs = [*ok, failed("a1"), failed("a2")]
+    assert await muted(store, runs, now=100.0) == [None] * 4
+    assert await muted(store, [failed("a3")], now=101.0) == ["inhibited:storm"]
+
+
 async def test_the_digest_rule_itself_and_other_targets(store: SQLiteStore) -> None:
     runs = [failed(f"a{i}") for i in range(4)]
     assert await muted(store, runs, now=100.0, match=DIGEST) == [None] * 4  # the digest goes out
