@@ -1060,6 +1060,8 @@ def test_cli_add_without_a_matcher_is_a_usage_error(tmp_path: Path, args: list[s
         (['{task="billing/*", alertname="prod"}'], {"task": ["billing/*"], "rule": ["prod"]}),
         (['{task="a,b",tag=env:prod,}'], {"task": ["a,b"], "tag": ["env:prod"]}),
         (["{task=x}", "nightly"], {"task": ["x"], "rule": ["nightly"]}),
+        # blanks around `=`, as Prometheus writes matchers too
+        (['{task = "billing/*", rule = prod}'], {"task": ["billing/*"], "rule": ["prod"]}),
         # a quoted value's escapes read as amtool reads them (`silence list` prints them so):
         # `\"` and `\\` were kept, `x"` cut to `x\`
         (['{task="a\\"b\\\\c"}'], {"task": ['a"b\\c']}),
