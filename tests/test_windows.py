@@ -429,6 +429,22 @@ async def test_a_time_interval_mutes_at_send_time_too(
     assert sink.received == []
 
 
+async def test_a_digest_whose_rule_a_reload_renamed_still_goes_out(
+    relay: RelayFactory, sink: Sink, tmp_path: Path
+) -> None:
+    """A digest waiting out its group_wait when a reload renames its rule is sent when due
+    (its next group_interval is looked up by the old name, which no rule has any more)."""
+    r = await relay(DIGEST.format(url=sink.url))
+    assert (await r.post([failed("run_d", "digest/x")]))[0] == 202
+    renamed = DIGEST.replace("name: failures", "name: renamed")
+    assert renamed != DIGEST
+    (tmp_path / "config0.yaml").write_text(renamed.format(url=sink.url))
+    assert await r.service.reload("test")
+    [got] = await sink.wait_for(1)
+    assert got.json()["rule"] == "failures"
+    assert (await until_state(r, "run_d", "sent", attempts=1))["rule"] == "failures"
+
+
 RETRYING = "defaults:\n  retry: {{max_attempts: 5, max_age: 1h}}\n" + ALWAYS
 
 
