@@ -24,7 +24,7 @@ import asyncio
 import functools
 import logging
 import ssl
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
@@ -115,6 +115,16 @@ class _Response(aiohttp.ClientResponse):
         return response
 
 
+class _Request(NamedTuple):
+    """One request as a channel asked for it, sent again as it is after a stale connection."""
+
+    method: str
+    url: str
+    body: bytes | None
+    headers: dict[str, str]
+    tls: ssl.SSLContext | None  # the channel's context (relay.channels._tls), else aiohttp's
+
+
 def _left(deadline: float) -> float:
     """The seconds left until `deadline` (loop time); TimeoutError if none."""
     left = deadline - asyncio.get_running_loop().time()
@@ -181,14 +191,14 @@ class HttpClient:
         tls: ssl.SSLContext | None = None,
     ) -> HttpResponse:
         deadline = asyncio.get_running_loop().time() + timeout_s
-        sent = functools.partial(self._exchange, method, url, body, headers, tls=tls)
+        asked = _Request(method, url, body, headers, tls)
         try:
             try:
-                return await sent(timeout_s)
+                return await self._exchange(asked, timeout_s)
             except StaleConnection:
                 log.debug("kept-alive connection closed as it was reused; sending on a new one")
                 left = _left(deadline)  # one try within its timeout: a claim's lease counts on it
-                return await sent(left, fresh=True)
+                return await self._exchange(asked, left, fresh=True)
         except TimeoutError:  # the channel's `timeout`, said: raise it, or fix the receiver?
             said = f"no answer within {format_duration(timeout_s)}"
             raise DeliveryError("timeout", retryable=True, detail=said) from None
@@ -204,25 +214,17 @@ class HttpClient:
             raise DeliveryError("other", retryable=True, detail="malformed HTTP answer") from None
 
     async def _exchange(
-        self,
-        method: str,
-        url: str,
-        body: bytes | None,
-        headers: dict[str, str],
-        timeout_s: float,
-        *,
-        tls: ssl.SSLContext | None = None,
-        fresh: bool = False,
+        self, asked: _Request, timeout_s: float, *, fresh: bool = False
     ) -> HttpResponse:
         async with self._client(fresh=fresh).request(
-            method,
-            url,
-            data=body,
-            headers=headers,
+            asked.method,
+            asked.url,
+            data=asked.body,
+            headers=asked.headers,
             timeout=aiohttp.ClientTimeout(total=timeout_s),
             allow_redirects=False,
-            proxy=self._proxies.for_url(url),
-            ssl=True if tls is None else tls,
+            proxy=self._proxies.for_url(asked.url),
+            ssl=True if asked.tls is None else asked.tls,
         ) as resp:
             data = await _read_answer(resp.content, MAX_ANSWER_BYTES)
             return HttpResponse(resp.status, CIMultiDict(resp.headers), data)
