@@ -6,13 +6,13 @@ with them is relay.channels.email."""
 from __future__ import annotations
 
 import re
-import ssl
 from typing import Any
 
 from pydantic import Field, FilePath, SecretStr, ValidationInfo, field_validator, model_validator
 
 from relay.channels._email_addresses import check_address, check_headers, split_addresses
 from relay.channels._http_answers import LOCAL_HOSTS
+from relay.channels._tls import check_ca_file
 from relay.config import ChannelSettings, from_config_dir
 from relay.config_base import Strict
 
@@ -75,10 +75,7 @@ class SmtpSettings(Strict):
     @classmethod
     def _pem(cls, value: FilePath | None) -> FilePath | None:
         if value is not None:
-            try:
-                ssl.create_default_context(cafile=str(value))
-            except (ssl.SSLError, OSError, ValueError):
-                raise ValueError("ca_file is not a readable PEM certificate bundle") from None
+            check_ca_file(value)
         return value
 
     @property

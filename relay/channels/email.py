@@ -55,6 +55,7 @@ from relay.channels._email_message import ascii_recipients_only, build_message, 
 from relay.channels._email_settings import EmailSettings, SmtpSettings
 from relay.channels._smtp import Client, Said421, by_code, classify, for_now, lookup_timed_out
 from relay.channels._smtp_pool import SmtpPool
+from relay.channels._tls import trusting
 from relay.config import ChannelSettings
 from relay.errors import DeliveryError, StoreUnavailable
 from relay.outbound import HostAddresses
@@ -66,9 +67,7 @@ SENT = "email_sent"  # kv: "<channel>:<notification id>" -> JSON list of recipie
 
 def tls_context(smtp: SmtpSettings) -> ssl.SSLContext:
     """System trust (honours SSL_CERT_FILE) plus `ca_file`; no verification if asked."""
-    context = ssl.create_default_context()
-    if smtp.ca_file is not None:
-        context.load_verify_locations(cafile=str(smtp.ca_file))
+    context = trusting(smtp.ca_file)
     if not smtp.validate_certs:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
