@@ -31,9 +31,12 @@ def _filler(held: list[tuple[ChannelLoop, int]]) -> Callable[[list[Notification]
 class Delivery:
     """All channel loops; `wake(channel)` after enqueueing, `stop()` on shutdown."""
 
-    def __init__(self, deps: Deps, routes: dict[str, Route]) -> None:
+    def __init__(
+        self, deps: Deps, routes: dict[str, Route], repointed: frozenset[str] = frozenset()
+    ) -> None:
         self.deps = deps
         self.loops = {name: ChannelLoop(name, route, deps) for name, route in routes.items()}
+        self.repointed = repointed  # channels a reload pointed at another receiver
 
     def route(self, channel: str) -> Route | None:
         """The route channel `channel` runs on, if this delivery has it."""
@@ -53,6 +56,17 @@ class Delivery:
         if self.deps.on_event is not None:
             for name, until in restored.items():
                 self.deps.on_event("held", HoldEnd(name, until), "", 0)
+
+    async def start_afresh(self) -> None:
+        """After a reload, once the delivery it replaced is drained: the channels it pointed
+        at another receiver owe nothing to the old one's backoffs and Retry-After (relay.holds),
+        and are not held (relay_channel_held 0)."""
+        for name in self.repointed:
+            loop = self.loops[name]
+            await holds.start_afresh(self.deps.store, name, loop.route, self.deps.clock())
+            if self.deps.on_event is not None:
+                self.deps.on_event("held", HoldEnd(name, 0.0), "", 0)
+            loop.poke()
 
     def reserve(self, most: int, now: float) -> BirthLease | None:
         """Room for up to `most` rows per channel in the loops that have it, as the lease of

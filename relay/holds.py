@@ -4,7 +4,9 @@ when delivery starts: a restart (after `kill -9` too), a new delivery worker, an
 starting on the same PostgreSQL. The first sends of the new process no longer call the receiver
 inside the wait it asked for (each such call refused again, an attempt spent, the limit
 prolonged). Stored with a digest of the receiver (the channel's settings but how relay sends):
-a channel pointed elsewhere since starts afresh. The digest is a SHA-256 of settings that may
+a channel pointed elsewhere since starts afresh: what the old receiver put off (its backoffs, its
+Retry-After) is due at once (`start_afresh`, on a reload that repoints it, or at a start inside
+the old receiver's hold). The digest is a SHA-256 of settings that may
 hold secrets (a Slack webhook URL): one-way, and never logged.
 """
 
@@ -67,6 +69,9 @@ async def restore(store: Store, routes: Mapping[str, Route], now: float) -> dict
         return {}
     restored: dict[str, float] = {}
     for channel, value in stored.items():
+        if _repointed(routes[channel], value, now):
+            await start_afresh(store, channel, routes[channel], now)
+            continue
         until = _adopt(routes[channel], value, now)
         if until is None:
             continue
@@ -92,6 +97,30 @@ async def learn(store: Store, channel: str, route: Route, now: float) -> float |
     extra = {"channel": channel, "hold_s": round(until - now, 3)}
     log.warning("channel held by another replica (the receiver's Retry-After)", extra=extra)
     return until
+
+
+async def start_afresh(store: Store, channel: str, route: Route, now: float) -> None:
+    """Channel `channel` points at another receiver since the last one put its notifications
+    off: they are due now (Store.start_afresh), and the hold stored is the new receiver's,
+    none; a store blip leaves them their times (the old hold's end at the latest)."""
+    try:
+        count = await store.start_afresh(channel, now=now)
+    except StoreUnavailable:
+        extra: dict[str, object] = {"channel": channel}
+        log.warning("notifications put off keep their times: store unavailable", extra=extra)
+        return
+    if route.settings is not None:
+        await save(store, channel, receiver_key(route.settings), 0.0, now)
+    if count:
+        extra = {"channel": channel, "notifications": count}
+        log.info("channel points at another receiver; what it put off is due now", extra=extra)
+
+
+def _repointed(route: Route, value: str, now: float) -> bool:
+    """Whether the stored hold `value` still runs for another receiver than `route`'s."""
+    until, receiver = _read(value) or (0.0, "")
+    settings = route.settings
+    return until > now and settings is not None and receiver != receiver_key(settings)
 
 
 def _adopt(route: Route, value: str, now: float) -> float | None:

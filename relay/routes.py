@@ -56,6 +56,13 @@ def _carry_over(before: Route, route: Route) -> None:
         route.bucket = before.bucket
 
 
+def repointed(before: Route, route: Route) -> bool:
+    """Whether `route` sends to another receiver than `before`, the route of its name that the
+    config being replaced ran (another URL, address, credentials or type)."""
+    old, new = before.settings, route.settings
+    return old is not None and new is not None and not _same_receiver(old, new)
+
+
 def _same_receiver(old: ChannelSettings, new: ChannelSettings) -> bool:
     return type(old) is type(new) and receiver_of(old) == receiver_of(new)
 

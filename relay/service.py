@@ -234,6 +234,8 @@ class Service(DeliverySide):
             self._draining.add(drain)
             drain.add_done_callback(self._draining.discard)
             await asyncio.shield(drain)
+        if self.delivery is not None:
+            await self.delivery.start_afresh()
         realtime = compiled.loaded.config.sources.realtime
         if realtime != old_sources.realtime:
             await self._reconfigure_realtime()

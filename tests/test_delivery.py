@@ -46,6 +46,7 @@ from relay.store import HistoryQuery, Store
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import RelayFactory, Sink, delivery_deps, hang, held, sdk_run, status
 from tests.fakes.serving import free_port
+from tests.test_workers import scraped
 
 SECRET = "whsec_" + base64.b64encode(b"relay-test-signing-key-0123").decode()
 
@@ -366,16 +367,32 @@ async def test_a_reload_keeps_the_concurrency_while_the_old_channel_finishes_its
 
 
 async def test_a_reload_to_another_receiver_drops_the_hold(relay: RelayFactory, sink: Sink) -> None:
-    """The hold is the receiver's: a channel pointed elsewhere by a reload sends at once."""
+    """The hold is the receiver's: a channel pointed elsewhere by a reload sends at once, what
+    the old receiver put off too (the notification it answered 429, and one given back to the
+    outbox when the hold began: both waited out the old Retry-After), and relay_channel_held
+    says 0 (it said 1 until the old hold's end)."""
     sink.responses = [status(429, {"Retry-After": "600"})]
-    cfg = config(sink.url)
+    cfg = config(sink.url).replace("    secret:", "    concurrency: 1\n    secret:")
     r = await relay(cfg)
-    await r.post(failing_run(0))
+    await r.post([failing_run(0), failing_run(1)])  # the second claimed, waiting its turn
     await wait_reason(r, "run_delivery_0000")
+    await wait_put_off(r, notification_id("run_delivery_0001", "failures", "hook"))
+    assert await scraped(r.url, "relay_channel_held") == {'{channel="hook"}': 1.0}
     await reload_with(r, cfg.replace(f"url: {sink.url}/hook", f"url: {sink.url}/moved"))
-    await r.post(failing_run(1))
-    await wait_state(r, "sent")
-    assert [got.path for got in sink.received] == ["/hook", "/moved"]
+    await r.post(failing_run(2))
+    await wait_state(r, "sent", 3)
+    assert [got.path for got in sink.received] == ["/hook", *["/moved"] * 3]
+    assert await scraped(r.url, "relay_channel_held") == {'{channel="hook"}': 0.0}
+
+
+async def wait_put_off(r: Any, ident: str) -> None:
+    """Until notification `ident` is back in the outbox, due in more than a minute."""
+    for _ in range(600):
+        row = await r.service.store.get(ident)
+        if row is not None and row.not_before > time.time() + 60:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not put off: {row}")
 
 
 async def test_a_reload_keeps_the_rate_limit_of_a_channel_whose_limit_is_the_same(

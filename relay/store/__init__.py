@@ -199,6 +199,14 @@ class Store(Protocol):
         that are due (claims go by due time): oldest first. Rows not tried yet keep their time
         (a digest's group_wait, group_interval). How many changed."""
 
+    async def start_afresh(self, channel: str, *, now: float) -> int:
+        """Make the channel's pending rows that its receiver put off, and that nobody holds,
+        due: the channel points at another receiver since (a reload, or a restart after a
+        change), which owes nothing to the old one's backoffs and Retry-After. The rows tried
+        (a rate limit's too) and the rows not in a digest that wait (given back when a hold
+        began); a digest's rows never tried keep their time (group_wait, group_interval). Due
+        at their creation, at `now` at the latest, as hasten_retries. How many changed."""
+
     async def mark_retry(
         self, rows: Tries, *, now: float, not_before: float, reason: str, error: str
     ) -> set[str]:

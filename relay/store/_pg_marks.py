@@ -43,6 +43,12 @@ _HASTEN_RETRIES = """
         AND (lease_until IS NULL OR lease_until <= $2)
         AND reason IS DISTINCT FROM 'rate_limited'
 """
+_START_AFRESH = """
+    UPDATE relay_outbox SET not_before = LEAST(created_at, $2), updated_at = $2
+    WHERE channel = $1 AND state = 'pending' AND not_before > $2
+        AND (lease_until IS NULL OR lease_until <= $2)
+        AND (attempts > 0 OR group_key IS NULL)
+"""
 # A replica frozen mid-send (a VM pause, a long GC) is taken for dead and its rows sent again
 # by another: thawed, it may change a row only while it still holds it. Its failure (retry,
 # dead), mute or postponement landed on the other's lease: a retry handed that lease back, for
@@ -151,7 +157,14 @@ class PgMarks(PgPool):
         return await self._execute(_HASTEN, clean(notification_id), now) == "UPDATE 1"
 
     async def hasten_retries(self, channel: str, *, now: float) -> int:
-        status = await self._execute(_HASTEN_RETRIES, clean(channel), now)
+        return await self._due_now(_HASTEN_RETRIES, channel, now)
+
+    async def start_afresh(self, channel: str, *, now: float) -> int:
+        return await self._due_now(_START_AFRESH, channel, now)
+
+    async def _due_now(self, update: str, channel: str, now: float) -> int:
+        """How many rows of `channel` the UPDATE `update` made due at `now`."""
+        status = await self._execute(update, clean(channel), now)
         return int(status.rsplit(" ", 1)[-1])
 
     async def mark_retry(

@@ -38,6 +38,12 @@ _HASTEN_RETRIES = """
         AND (lease_until IS NULL OR lease_until <= :now)
         AND COALESCE(reason, '') <> 'rate_limited'
 """
+_START_AFRESH = """
+    UPDATE outbox SET not_before = MIN(created_at, :now), updated_at = :now
+    WHERE channel = :channel AND state = 'pending' AND not_before > :now
+        AND (lease_until IS NULL OR lease_until <= :now)
+        AND (attempts > 0 OR group_key IS NULL)
+"""
 
 
 class MarkOps:
@@ -69,8 +75,15 @@ class MarkOps:
         )
 
     async def hasten_retries(self, channel: str, *, now: float) -> int:
+        return await self._due_now(_HASTEN_RETRIES, channel, now)
+
+    async def start_afresh(self, channel: str, *, now: float) -> int:
+        return await self._due_now(_START_AFRESH, channel, now)
+
+    async def _due_now(self, update: str, channel: str, now: float) -> int:
+        """How many rows of `channel` the UPDATE `update` made due at `now`."""
         values = {"now": now, "channel": channel}
-        return await self._writer.run(lambda conn: conn.execute(_HASTEN_RETRIES, values).rowcount)
+        return await self._writer.run(lambda conn: conn.execute(update, values).rowcount)
 
     async def mark_retry(
         self, rows: Tries, *, now: float, not_before: float, reason: str, error: str

@@ -540,6 +540,41 @@ async def test_the_retries_of_a_channel_back_from_an_outage_are_hastened(store: 
     assert await store.hasten_retries("c1", now=30.0) == 0  # due already
 
 
+async def test_a_channel_pointed_elsewhere_has_what_its_receiver_put_off_due(
+    store: Store,
+) -> None:
+    """start_afresh (a reload or restart pointed the channel at another receiver): the rows a
+    try put off, a 429's too, and one given back when a hold began are due at their creation;
+    a digest's row never tried (its group_wait), one a claim holds, another channel's and a
+    finished one keep theirs."""
+    [digest] = ids(
+        await store.observe([make_run("run_g", taskIdentifier="t/a")], decide_digest, 10)
+    )
+    [off], [limited], [given_back], [held], [done], [other] = [
+        await enqueue(store, run, 10.0, channel)
+        for run, channel in [
+            ("r1", "d"), ("r2", "d"), ("r3", "d"), ("r4", "d"), ("r5", "d"), ("r6", "c2")
+        ]
+    ]  # fmt: skip
+    await store.claim("d", now=10.0, limit=10, lease_s=60)
+    await store.claim("c2", now=10.0, limit=10, lease_s=60)
+    await store.mark_sent([(done, 1)], now=11.0)
+    for row, due in [(off, 500.0), (held, 15.0), (other, 500.0)]:
+        await store.mark_retry([(row, 1)], now=11.0, not_before=due, reason="x", error="x")
+    await store.mark_retry(
+        [(limited, 1)], now=11.0, not_before=500.0, reason="rate_limited", error="HTTP 429"
+    )
+    await store.postpone(given_back, now=11.0, not_before=500.0)  # the hold's end
+    await store.claim("d", now=15.0, limit=10, lease_s=60)  # held: the one due
+    assert await store.start_afresh("d", now=20.0) == 3
+    rows = [await store.get(row) for row in (off, limited, given_back, held, digest, other, done)]
+    assert [(n.state, n.not_before) if n else None for n in rows] == [
+        ("pending", 10.0), ("pending", 10.0), ("pending", 10.0), ("pending", 15.0),
+        ("pending", 40.0), ("pending", 500.0), ("sent", 10.0),
+    ]  # fmt: skip
+    assert await store.start_afresh("d", now=30.0) == 0
+
+
 async def test_the_retries_back_from_an_outage_go_in_creation_order(store: Store) -> None:
     """After an outage the rows it put off go oldest first among the due rows never tried
     (a backlog the channel had not reached): made due at the hasten's `now`, the oldest
