@@ -511,68 +511,53 @@ async def test_a_postponed_row_nobody_holds_is_hastened(store: Store) -> None:
     assert not await store.hasten(sent, now=0.0)
 
 
-async def test_the_retries_of_a_channel_back_from_an_outage_are_hastened(store: Store) -> None:
-    """The rows a failed try put off are due now; a row never tried (a digest's group_wait),
-    one a claim holds, one due already, another channel's, a finished one and one a 429 put
-    off (its Retry-After, unknown to a process that did not read it) are left."""
-    [off], [held], [fresh], [done], [other], [limited] = [
-        await enqueue(store, run, 10.0, channel)
-        for run, channel in [
-            ("r1", "c1"), ("r2", "c1"), ("r3", "c1"), ("r4", "c1"), ("r5", "c2"), ("r6", "c1")
-        ]
-    ]  # fmt: skip
-    await store.claim("c1", now=10.0, limit=10, lease_s=60)
-    await store.claim("c2", now=10.0, limit=10, lease_s=60)
-    await store.mark_sent([(done, 1)], now=11.0)
-    for row, due in [(off, 500.0), (held, 15.0), (other, 500.0)]:
-        await store.mark_retry([(row, 1)], now=11.0, not_before=due, reason="x", error="x")
-    await store.mark_retry(
-        [(limited, 1)], now=11.0, not_before=500.0, reason="rate_limited", error="HTTP 429"
-    )
-    await store.postpone(fresh, now=11.0, not_before=500.0)  # no attempt: its time stands
-    await store.claim("c1", now=15.0, limit=10, lease_s=60)  # held: the one due
-    assert await store.hasten_retries("c1", now=20.0) == 1
-    rows = [await store.get(row) for row in (off, held, fresh, done, other, limited)]
-    assert [(n.state, n.not_before) if n else None for n in rows] == [
-        ("pending", 10.0), ("pending", 15.0), ("pending", 500.0), ("sent", 10.0),
-        ("pending", 500.0), ("pending", 500.0),
-    ]  # fmt: skip
-    assert await store.hasten_retries("c1", now=30.0) == 0  # due already
-
-
-async def test_a_channel_pointed_elsewhere_has_what_its_receiver_put_off_due(
-    store: Store,
-) -> None:
-    """start_afresh (a reload or restart pointed the channel at another receiver): the rows a
-    try put off, a 429's too, and one given back when a hold began are due at their creation;
-    a digest's row never tried (its group_wait), one a claim holds, another channel's and a
-    finished one keep theirs."""
-    [digest] = ids(
-        await store.observe([make_run("run_g", taskIdentifier="t/a")], decide_digest, 10)
-    )
-    [off], [limited], [given_back], [held], [done], [other] = [
-        await enqueue(store, run, 10.0, channel)
-        for run, channel in [
-            ("r1", "d"), ("r2", "d"), ("r3", "d"), ("r4", "d"), ("r5", "d"), ("r6", "c2")
-        ]
-    ]  # fmt: skip
+async def put_off(store: Store) -> dict[str, str]:
+    """Channel d's rows, each left otherwise at 20.0: one a failed try put off till 500, one a
+    429 did, one given back to the outbox when a hold began (no attempt) till 500, one a claim
+    holds (due at 15), one finished, a digest's waiting for its group_wait (due at 40); and
+    channel c2's row put off till 500."""
+    [digest] = ids(await store.observe([make_run("g", taskIdentifier="t/a")], decide_digest, 10))
+    rows = {"digest": digest}
+    for name, channel in [("off", "d"), ("limited", "d"), ("given_back", "d"), ("held", "d"), ("done", "d"), ("other", "c2")]:  # fmt: skip
+        [rows[name]] = await enqueue(store, f"run_{name}", 10.0, channel)
     await store.claim("d", now=10.0, limit=10, lease_s=60)
     await store.claim("c2", now=10.0, limit=10, lease_s=60)
-    await store.mark_sent([(done, 1)], now=11.0)
-    for row, due in [(off, 500.0), (held, 15.0), (other, 500.0)]:
-        await store.mark_retry([(row, 1)], now=11.0, not_before=due, reason="x", error="x")
+    await store.mark_sent([(rows["done"], 1)], now=11.0)
+    for name, due in [("off", 500.0), ("held", 15.0), ("other", 500.0)]:
+        await store.mark_retry([(rows[name], 1)], now=11.0, not_before=due, reason="x", error="x")
     await store.mark_retry(
-        [(limited, 1)], now=11.0, not_before=500.0, reason="rate_limited", error="HTTP 429"
+        [(rows["limited"], 1)], now=11.0, not_before=500.0, reason="rate_limited", error="HTTP 429"
     )
-    await store.postpone(given_back, now=11.0, not_before=500.0)  # the hold's end
+    await store.postpone(rows["given_back"], now=11.0, not_before=500.0)  # the hold's end
     await store.claim("d", now=15.0, limit=10, lease_s=60)  # held: the one due
-    assert await store.start_afresh("d", now=20.0) == 3
-    rows = [await store.get(row) for row in (off, limited, given_back, held, digest, other, done)]
-    assert [(n.state, n.not_before) if n else None for n in rows] == [
-        ("pending", 10.0), ("pending", 10.0), ("pending", 10.0), ("pending", 15.0),
-        ("pending", 40.0), ("pending", 500.0), ("sent", 10.0),
-    ]  # fmt: skip
-    assert await store.start_afresh("d", now=30.0) == 0
+    return rows
+
+
+PUT_OFF = {"off": 500.0, "limited": 500.0, "given_back": 500.0, "held": 15.0, "digest": 40.0, "other": 500.0, "done": 10.0}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("operation", "due_now"),
+    [("hasten_retries", {"off"}), ("start_afresh", {"off", "limited", "given_back"})],
+)
+async def test_what_a_channel_makes_due_again(
+    store: Store, operation: str, due_now: set[str]
+) -> None:
+    """Due at their creation (10.0), the rest left as they were (see put_off).
+    hasten_retries (its receiver answers again after an outage): only the row a failed try put
+    off; not the one a 429 did (its Retry-After, unknown to a process that did not read it), nor
+    one never tried (its time stands). start_afresh (a reload or a restart pointed the channel
+    at another receiver, which owes the old one's waits nothing): the 429's and the one given
+    back when the hold began too; never a digest's row not tried yet (its group_wait)."""
+    rows = await put_off(store)
+    make_due = getattr(store, operation)
+    assert await make_due("d", now=20.0) == len(due_now)
+    found = {name: await store.get(ident) for name, ident in rows.items()}
+    assert {name: n.not_before for name, n in found.items() if n} == {
+        name: 10.0 if name in due_now else due for name, due in PUT_OFF.items()
+    }
+    assert {name for name, n in found.items() if n and n.state == "sent"} == {"done"}
+    assert await make_due("d", now=30.0) == 0  # due already
 
 
 async def test_the_retries_back_from_an_outage_go_in_creation_order(store: Store) -> None:
