@@ -44,6 +44,7 @@ pytest_plugins = [
     "tests.fakes.slack",
     "tests.fakes.presets",
     "tests.fakes.telegram",
+    "tests.fakes.googlechat",
 ]
 
 # Tests never fail on timing: hypothesis's default 200 ms deadline per example and its

@@ -147,6 +147,8 @@ def dummy_env(text: str) -> dict[str, str]:
     """A plausible value for every ${VAR} without a default."""
 
     def value(name: str) -> str:
+        if "GOOGLE_CHAT" in name:
+            return "https://chat.googleapis.com/v1/spaces/AAAA/messages?key=k&token=t%3D"
         if "DISCORD" in name and "URL" in name:
             return "https://discord.com/api/webhooks/1290000000000000001/t0ken"
         if "URL" in name:
@@ -475,6 +477,7 @@ def channel_keys(kind: str, nested: dict[str, type[Any]] | None = None) -> set[s
         ("`msteams` posts", channel_keys("msteams")),
         ("`pagerduty` sends", channel_keys("pagerduty")),
         ("`telegram` sends", channel_keys("telegram")),
+        ("`googlechat` posts", channel_keys("googlechat")),
         ("**`rules`**", model_keys(RuleConfig)),
         ("`match`:", model_keys(MatchConfig)),
         ("**`time_intervals`**", model_keys(NamedTimeInterval)),

@@ -23,6 +23,7 @@ from relay import channel_loop
 from relay.channels import REGISTRY, ChannelEnv, Outgoing, Recovery, settings_models
 from relay.channels._http import HttpClient
 from relay.channels.discord import discord_message
+from relay.channels.googlechat import chat_message
 from relay.channels.msteams import teams_message
 from relay.channels.pagerduty import PagerDutySettings, pagerduty_event
 from relay.channels.slack import slack_message
@@ -43,6 +44,8 @@ from tests.conftest import (
     sdk_run,
     status,
 )
+from tests.fakes.googlechat import KEY, SPACE, chat_problems
+from tests.fakes.googlechat import TOKEN as CHAT_TOKEN
 from tests.fakes.presets import (
     PD_KEY,
     FakePagerDuty,
@@ -140,6 +143,7 @@ def test_only_rules_about_single_runs_recover(rule: str) -> None:
     assert "not with `group_by` or another event" in problem.message
 
 
+CHAT_URL = f"https://chat.googleapis.com/v1/spaces/{SPACE}/messages?key={KEY}&token={CHAT_TOKEN}"
 EVERY_TYPE = f"""\
   console: {{type: console}}
   webhook: {{type: webhook, url: "https://example.com/hook"}}
@@ -149,6 +153,7 @@ EVERY_TYPE = f"""\
   msteams: {{type: msteams, webhook_url: "https://example.com/workflows/x?sig=y"}}
   pagerduty: {{type: pagerduty, routing_key: {PD_KEY}}}
   telegram: {{type: telegram, bot_token: "{BOT_TOKEN}", chat_id: {CHAT_ID}}}
+  googlechat: {{type: googlechat, webhook_url: "{CHAT_URL}"}}
 """
 
 
@@ -194,6 +199,8 @@ def _problems(channel_type: str, text: str) -> list[str]:
         return discord_problems(discord_message(text, "-"))
     if channel_type == "msteams":
         return teams_problems(teams_message(text, "-"))
+    if channel_type == "googlechat":
+        return chat_problems(chat_message(text, "-")[0])
     if channel_type == "pagerduty":
         settings = PagerDutySettings.model_validate({"type": "pagerduty", "routing_key": PD_KEY})
         _, event = pagerduty_event(text, settings, RUN_ID, "-")

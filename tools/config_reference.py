@@ -70,6 +70,7 @@ def channel_tables() -> list[Table]:
         "msteams": "`msteams` posts",
         "pagerduty": "`pagerduty` sends",
         "telegram": "`telegram` sends",
+        "googlechat": "`googlechat` posts",
     }
     common = ChannelSettings.model_fields
     for kind, channel in sorted(channel_registry.REGISTRY.items()):

@@ -191,6 +191,7 @@ def _registry() -> dict[str, ChannelKind]:
     from relay.channels import (  # noqa: PLC0415
         console,
         discord,
+        googlechat,
         msteams,
         pagerduty,
         slack,
@@ -208,6 +209,7 @@ def _registry() -> dict[str, ChannelKind]:
         msteams.KIND,
         pagerduty.KIND,
         telegram.KIND,
+        googlechat.KIND,
     )
     return {kind.type: kind for kind in kinds}
 

@@ -4,7 +4,7 @@ Every registered channel type is built through the registry (`relay.channels.bui
 secrets configured, sent a real rendered message, and held to the same rules:
 
 * HTTP channels (webhook, slack by incoming webhook and by bot token, discord, msteams,
-  pagerduty, telegram) against fakes on 127.0.0.1: 2xx is success; 400 permanent client_error; 401/403
+  pagerduty, telegram, googlechat) against fakes on 127.0.0.1: 2xx is success; 400 permanent client_error; 401/403
   permanent auth_error; 404 permanent (client_error, or auth_error where it means a deleted
   webhook); 429 + Retry-After retryable rate_limited with retry_after; 500/502/503 retryable
   server_error; a hang past the channel timeout retryable timeout; a refused port retryable
@@ -47,6 +47,10 @@ from relay.errors import NO_DESCRIPTOR, DeliveryError
 from relay.model import Run
 from relay.templating import RenderContext, Renderer
 from tests.conftest import Sink, run_python, sdk_run
+from tests.fakes.googlechat import KEY as CHAT_KEY
+from tests.fakes.googlechat import TOKEN as CHAT_TOKEN
+from tests.fakes.googlechat import FakeChat, fake_chat
+from tests.fakes.googlechat import webhook_path as chat_path
 from tests.fakes.serving import free_port, serving
 from tests.fakes.slack import TOKEN, WEBHOOK_PATH, FakeSlack, Reply, api_error, fake_slack
 from tests.fakes.telegram import BOT_TOKEN, CHAT_ID, FakeTelegram, fake_telegram
@@ -148,7 +152,7 @@ class HttpKind:
     """One HTTP channel set-up: its settings against a fake's base URL, and its secrets."""
 
     type: str
-    fake: str  # "sink" (any HTTP receiver), "slack" or "telegram" (tests/fakes/<fake>.py)
+    fake: str  # "sink" (any HTTP receiver), "slack", "telegram", "googlechat" (tests/fakes/)
     settings: Callable[[str], dict[str, Any]]
     secrets: tuple[str, ...]
     ok: Reply  # what the real service answers to a good request
@@ -236,6 +240,17 @@ HTTP_KINDS = {
         (TELEGRAM_TOKEN.split(":")[1],),
         Reply(200, {"ok": True, "result": {"message_id": 1, "chat": {"id": TELEGRAM_CHAT}}}),
     ),
+    "googlechat": HttpKind(
+        "googlechat",
+        "googlechat",
+        lambda base: {
+            "type": "googlechat",
+            "webhook_url": f"{base}{chat_path()}?key={CHAT_KEY}&token={CHAT_TOKEN}",
+            "timeout": TIMEOUT_S,
+        },
+        (CHAT_KEY, CHAT_TOKEN.removesuffix("%3D")),
+        Reply(200, {"name": "spaces/S/messages/M", "thread": {"name": "spaces/S/threads/T"}}),
+    ),
 }
 SMTP_SECRETS = (SMTP_PASSWORD,)
 CONSOLE_SECRETS: tuple[str, ...] = ()  # console has no secret to keep
@@ -277,10 +292,14 @@ async def target(request: pytest.FixtureRequest) -> AsyncIterator[HttpTarget]:
     async with AsyncExitStack() as stack:
         http = HttpClient()
         stack.push_async_callback(http.close)
-        if kind.fake in ("slack", "telegram"):
-            fake: FakeSlack | FakeTelegram = await stack.enter_async_context(
-                fake_slack() if kind.fake == "slack" else fake_telegram()
-            )
+        if kind.fake in ("slack", "telegram", "googlechat"):
+            fake: FakeSlack | FakeTelegram | FakeChat
+            if kind.fake == "slack":
+                fake = await stack.enter_async_context(fake_slack())
+            elif kind.fake == "telegram":
+                fake = await stack.enter_async_context(fake_telegram())
+            else:
+                fake = await stack.enter_async_context(fake_chat())
             calls = fake.calls
             yield HttpTarget(
                 kind, fake.url, http, fake.script, lambda: len(calls), lambda: headers_of(calls)
