@@ -1,7 +1,7 @@
 """The failure matrix of every delivery path, through a real `relay serve` child process.
 
 For each path (webhook, Slack incoming webhook, Slack bot token, email over SMTP, Discord, Teams,
-PagerDuty, Telegram), against the fake that speaks its protocol:
+PagerDuty, Telegram, Google Chat), against the fake that speaks its protocol:
 
 * refused connection, then 429 with Retry-After (SMTP: 421), then 5xx (SMTP: 451), then no answer
   past the timeout, then OK: one notification rides through all of it and arrives, the
@@ -9,7 +9,7 @@ PagerDuty, Telegram), against the fake that speaks its protocol:
 * kill -9 while the first sends are in flight (the fake holds them: SMTP holds the reply to
   DATA), restart, the fake answers: every notification arrives at least once, duplicates are
   only the ones in flight and carry the channel's idempotency key (webhook-id, Message-ID,
-  PagerDuty dedup_key; Slack, Discord, Teams and Telegram have none), nothing dead, nothing pending.
+  PagerDuty dedup_key; Slack, Discord, Teams, Telegram and Google Chat have none), nothing dead, nothing pending.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ from aiohttp import web
 from relay.model import notification_id
 from relay.store.sqlite import SQLiteStore
 from tests.conftest import Behaviour, RelayProcess, Sink, hang, sdk_run, status
+from tests.fakes.googlechat import KEY as CHAT_KEY
+from tests.fakes.googlechat import TOKEN as CHAT_TOKEN
+from tests.fakes.googlechat import error as chat_error
+from tests.fakes.googlechat import fake_chat, webhook_path
 from tests.fakes.presets import (
     DISCORD_ID,
     DISCORD_TOKEN,
@@ -311,6 +315,31 @@ class TelegramPath(ScriptedPath):
         return fake_telegram(port)
 
 
+class GoogleChatPath(ScriptedPath):
+    """Chat's own answers: {"error": {"code", "message", "status"}}; its 429 (the space's
+    write quota) here with a Retry-After, which the channel honours when Chat sends one."""
+
+    name = "googlechat"
+    answers = {
+        "rate_limited": Reply(
+            429,
+            {"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).",
+                       "status": "RESOURCE_EXHAUSTED"}},
+            {"Retry-After": "1"},
+        ),
+        "server_error": chat_error(503, "The service is currently unavailable.", "UNAVAILABLE"),
+        "hang": Reply(200, {"name": "spaces/S/messages/M"}, delay_s=HANG_S),
+        "permanent": chat_error(404, "Requested entity was not found.", "NOT_FOUND"),
+    }  # fmt: skip
+
+    def channel(self, port: int) -> str:
+        url = f"http://127.0.0.1:{port}{webhook_path()}?key={CHAT_KEY}&token={CHAT_TOKEN}"
+        return f"    type: googlechat\n    webhook_url: '{url}'"
+
+    def start(self, port: int) -> AbstractAsyncContextManager[Any]:
+        return fake_chat(port)
+
+
 class EmailPath(Path_):
     """aiosmtpd: 421 (the server sheds load) and 451 are temporary, 550 permanent; `hang` and
     `hold` keep the reply to DATA, after the whole mail was sent."""
@@ -389,6 +418,7 @@ PATHS: dict[str, Callable[[], Path_]] = {
     "msteams": TeamsPath,
     "pagerduty": PagerDutyPath,
     "telegram": TelegramPath,
+    "googlechat": GoogleChatPath,
 }
 
 
