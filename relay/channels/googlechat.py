@@ -93,9 +93,9 @@ _HINTS = {
 
 class GoogleChatSettings(ChannelSettings):
     webhook_url: SecretStr
-    # a space takes about 1 message a second (Chat's per-space write quota): a failure and its
-    # follow-ups go at once, a storm is spread under the quota instead of earning 429s
-    rate_limit: RateLimit | None = RateLimit(per_second=1, burst=3)
+    # Chat's per-space write quota is 1 a second (60 a minute before), webhooks' writes
+    # limited besides: a storm is spread under it instead of earning 429s
+    rate_limit: RateLimit | None = RateLimit(per_second=1, burst=1)
 
     @field_validator("webhook_url")
     @classmethod
