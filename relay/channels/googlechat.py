@@ -37,6 +37,11 @@ receipt {"name", "thread"} is kept with the notification, and a recovery (a rule
 `update_on_recovery`) replies in the alert's thread by its name (`thread.name`), else by the
 run's key. A webhook cannot edit a message: the recovery is a reply, the alert stays as it was.
 
+Each request names its notification as `requestId` (the `ntf_…`/`dgs_…` id, the same on every
+try): Chat creates one message per request id and answers a repeat with the message that id
+created, so a send tried again after its answer was lost (a timeout, a `kill -9`) posts nothing
+twice.
+
 Chat takes about one message a second in a space (its per-space write quota, 60 a minute):
 the default `rate_limit` keeps a busy rule under it.
 
@@ -109,10 +114,10 @@ class GoogleChatSettings(ChannelSettings):
                 "webhook_url must be a Google Chat webhook URL: https://chat.googleapis.com/v1/"
                 "spaces/<space>/messages?key=…&token=… (space → Apps & integrations → Webhooks)"
             )
-        if "threadKey" in query or "messageReplyOption" in query:
+        if {"threadKey", "messageReplyOption", "requestId"} & query.keys():
             raise ValueError(
-                "webhook_url: leave out threadKey and messageReplyOption: relay threads the"
-                " messages about a run itself"
+                "webhook_url: leave out threadKey, messageReplyOption and requestId: relay"
+                " threads the messages about a run itself, and names each request"
             )
         return value
 
@@ -376,9 +381,12 @@ class GoogleChatChannel(HoldsNothing):
             return {"threadKey": thread_key(message.run_id)}
         return None
 
-    def _url(self, threaded: bool) -> str:
+    def _url(self, message: Outgoing, threaded: bool) -> str:
+        """The webhook URL, its query as given, plus the notification's id as the request's
+        (one message per id) and the reply option of a threaded message."""
         parts = urlsplit(self.settings.webhook_url.get_secret_value())
         query = parse_qsl(parts.query, keep_blank_values=True)
+        query.append(("requestId", message.notification_id))
         if threaded:
             query.append(("messageReplyOption", REPLY))
         return urlunsplit(parts._replace(query=urlencode(query)))
@@ -397,7 +405,7 @@ class GoogleChatChannel(HoldsNothing):
         if thread is not None:
             body["thread"] = thread
         headers = json_headers(message, "application/json; charset=UTF-8")
-        url = self._url(thread is not None)
+        url = self._url(message, thread is not None)
         response = await self._http.request(
             "POST", url, orjson.dumps(body), headers, self._timeout_s
         )

@@ -87,9 +87,10 @@ def outgoing(
     run_id: str = "run_1",
     group_key: str | None = None,
     subject: str | None = None,
+    ident: str = "ntf_1",
 ) -> Outgoing:
     return Outgoing(
-        "ntf_1", run_id, "r", {"json": json_part}, 1_700_000_000.0, recovers, group_key, subject
+        ident, run_id, "r", {"json": json_part}, 1_700_000_000.0, recovers, group_key, subject
     )
 
 
@@ -154,6 +155,7 @@ async def test_the_request_is_a_chat_message_in_the_run_s_thread(
     assert call.query == {
         "key": KEY,
         "token": TOKEN.replace("%3D", "="),
+        "requestId": "ntf_1",
         "messageReplyOption": REPLY,
     }
     assert call.headers["Content-Type"] == "application/json; charset=UTF-8"
@@ -183,15 +185,32 @@ async def test_a_run_s_messages_share_a_thread_digests_and_error_groups_start_th
     googlechat: FakeChat, http: HttpClient
 ) -> None:
     ch = channel(http, googlechat.webhook_url)
-    await ch.send(outgoing('{"text": "first"}'))
-    await ch.send(outgoing('{"text": "another rule, same run"}'))
-    await ch.send(outgoing('{"text": "digest"}', run_id="", group_key="grp_1"))
-    await ch.send(outgoing('{"text": "digest again"}', run_id="", group_key="grp_1"))
-    await ch.send(outgoing('{"text": "error group"}', run_id="evt_1", subject="errgrp_x:env"))
+    await ch.send(outgoing('{"text": "first"}', ident="ntf_1"))
+    await ch.send(outgoing('{"text": "another rule, same run"}', ident="ntf_2"))
+    await ch.send(outgoing('{"text": "digest"}', run_id="", group_key="grp_1", ident="dgs_1"))
+    await ch.send(outgoing('{"text": "digest again"}', run_id="", group_key="grp_1", ident="dgs_2"))
+    await ch.send(
+        outgoing('{"text": "error group"}', run_id="evt_1", subject="errgrp_x:env", ident="ntf_3")
+    )
     threads = [thread for thread, _ in googlechat.messages]
     assert threads[0] == threads[1] and len(set(threads)) == 4
     for call in googlechat.calls[2:]:  # a thread of its own: no key, no reply option
         assert "thread" not in call.json() and "messageReplyOption" not in call.query
+
+
+async def test_a_send_repeated_after_its_answer_was_lost_posts_nothing_twice(
+    googlechat: FakeChat, http: HttpClient
+) -> None:
+    """The notification's id is the request's (requestId): tried again after a timeout or a
+    kill -9 cut its answer off, Chat answers with the message that id created, and the space
+    shows it once. Another notification of the same run is another message."""
+    ch = channel(http, googlechat.webhook_url)
+    first = await ch.send(outgoing('{"text": "🔴 FAILED"}', ident="ntf_a"))
+    again = await ch.send(outgoing('{"text": "🔴 FAILED"}', ident="ntf_a"))
+    other = await ch.send(outgoing('{"text": "🔴 CRASHED"}', ident="ntf_b"))
+    assert [call.query["requestId"] for call in googlechat.calls] == ["ntf_a", "ntf_a", "ntf_b"]
+    assert [body["text"] for _, body in googlechat.messages] == ["🔴 FAILED", "🔴 CRASHED"]
+    assert first == again != other
 
 
 async def test_a_recovery_replies_in_the_alert_s_thread(
@@ -200,15 +219,19 @@ async def test_a_recovery_replies_in_the_alert_s_thread(
     ch = channel(http, googlechat.webhook_url)
     receipt = await ch.send(outgoing('{"text": "🔴 FAILED"}', run_id="run_a"))
     alert_thread = googlechat.thread_of(0)
-    await ch.send(outgoing('{"text": "✅ Recovered"}', Recovery("ntf_1", receipt), run_id="run_a"))
+    recovered = Recovery("ntf_1", receipt)
+    await ch.send(outgoing('{"text": "✅ Recovered"}', recovered, run_id="run_a", ident="ntf_r1"))
     assert googlechat.calls[-1].json()["thread"] == {"name": alert_thread}
     assert googlechat.calls[-1].query["messageReplyOption"] == REPLY
     # no receipt (the alert's answer was lost, or retention forgot it): the run's key
-    await ch.send(outgoing('{"text": "✅ again"}', Recovery("ntf_1", None), run_id="run_a"))
+    unknown = Recovery("ntf_1", None)
+    await ch.send(outgoing('{"text": "✅ again"}', unknown, run_id="run_a", ident="ntf_r2"))
     assert googlechat.calls[-1].json()["thread"] == {"threadKey": thread_key("run_a")}
     # a receipt naming no thread Chat knows (the thread deleted): Chat starts a new one
     gone = json.dumps({"thread": f"spaces/{SPACE}/threads/gone"})
-    await ch.send(outgoing('{"text": "✅ late"}', Recovery("ntf_1", gone), run_id="run_a"))
+    await ch.send(
+        outgoing('{"text": "✅ late"}', Recovery("ntf_1", gone), run_id="run_a", ident="ntf_r3")
+    )
     threads = [thread for thread, _ in googlechat.messages]
     assert threads[:3] == [alert_thread] * 3 and threads[3] != alert_thread
     assert googlechat.problems == [[]] * 4

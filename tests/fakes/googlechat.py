@@ -16,6 +16,8 @@ answers as Chat does: 200 with the Message created, or {"error": {"code", "messa
   replies in the thread started with that key, else starts it; `thread.name` replies in that
   thread, else (unknown) starts a new one. Without it, every message starts a thread.
   `messages` keeps (thread name, body) of each message created, in order.
+- `requestId`: a request naming one already used creates nothing and is answered with the
+  message that id created (Chat's idempotent create).
 - `limit_next(retry_after)`: the next request is 429 RESOURCE_EXHAUSTED (the space's write
   quota), with a Retry-After header when given (Chat sends none).
 
@@ -124,6 +126,7 @@ class FakeChat(Fake):
     spaces: set[str] = field(default_factory=lambda: {SPACE})
     messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (thread, body)
     threads: dict[str, str] = field(default_factory=dict)  # threadKey -> thread name
+    created: dict[str, dict[str, Any]] = field(default_factory=dict)  # requestId -> answer
     _limited: list[str | None] = field(default_factory=list)
     _next: int = 0
 
@@ -192,6 +195,9 @@ class FakeChat(Fake):
             return invalid("Invalid JSON payload received. Unexpected token.").response()
         if self.problems[-1]:
             return invalid(self.problems[-1][0]).response()
+        request_id = request.query.get("requestId")
+        if request_id in self.created:
+            return web.json_response(self.created[request_id])
         thread = self._thread(request, body, space)
         self.messages.append((thread, body))
         name = f"spaces/{space}/messages/m{len(self.messages):04d}.m{len(self.messages):04d}"
@@ -204,6 +210,8 @@ class FakeChat(Fake):
             "thread": {"name": thread, "retentionSettings": {"state": "PERMANENT"}},
             "space": {"name": f"spaces/{space}", "type": "ROOM", "spaceType": "SPACE"},
         }
+        if request_id:
+            self.created[request_id] = answer
         return web.json_response(answer)
 
 
