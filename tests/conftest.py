@@ -45,6 +45,7 @@ pytest_plugins = [
     "tests.fakes.presets",
     "tests.fakes.telegram",
     "tests.fakes.googlechat",
+    "tests.fakes.pushover",
 ]
 
 # Tests never fail on timing: hypothesis's default 200 ms deadline per example and its

@@ -147,6 +147,8 @@ def dummy_env(text: str) -> dict[str, str]:
     """A plausible value for every ${VAR} without a default."""
 
     def value(name: str) -> str:
+        if "PUSHOVER" in name:  # a token or user key: 30 letters and digits
+            return "uQiRzpo4DXghDmr9QzzfQu27cmVRsG"
         if "GOOGLE_CHAT" in name:
             return "https://chat.googleapis.com/v1/spaces/AAAA/messages?key=k&token=t%3D"
         if "DISCORD" in name and "URL" in name:
@@ -478,6 +480,7 @@ def channel_keys(kind: str, nested: dict[str, type[Any]] | None = None) -> set[s
         ("`pagerduty` sends", channel_keys("pagerduty")),
         ("`telegram` sends", channel_keys("telegram")),
         ("`googlechat` posts", channel_keys("googlechat")),
+        ("`pushover` sends", channel_keys("pushover")),
         ("**`rules`**", model_keys(RuleConfig)),
         ("`match`:", model_keys(MatchConfig)),
         ("**`time_intervals`**", model_keys(NamedTimeInterval)),

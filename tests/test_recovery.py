@@ -26,6 +26,7 @@ from relay.channels.discord import discord_message
 from relay.channels.googlechat import chat_message
 from relay.channels.msteams import teams_message
 from relay.channels.pagerduty import PagerDutySettings, pagerduty_event
+from relay.channels.pushover import pushover_message
 from relay.channels.slack import slack_message
 from relay.channels.telegram import telegram_message
 from relay.config_load import parse_config
@@ -53,6 +54,9 @@ from tests.fakes.presets import (
     pagerduty_problems,
     teams_problems,
 )
+from tests.fakes.pushover import TOKEN as PUSHOVER_TOKEN
+from tests.fakes.pushover import USER as PUSHOVER_USER
+from tests.fakes.pushover import pushover_problems
 from tests.fakes.slack import (
     CHANNEL_ID,
     FIRST_TS,
@@ -154,6 +158,7 @@ EVERY_TYPE = f"""\
   pagerduty: {{type: pagerduty, routing_key: {PD_KEY}}}
   telegram: {{type: telegram, bot_token: "{BOT_TOKEN}", chat_id: {CHAT_ID}}}
   googlechat: {{type: googlechat, webhook_url: "{CHAT_URL}"}}
+  pushover: {{type: pushover, token: {PUSHOVER_TOKEN}, user_key: {PUSHOVER_USER}}}
 """
 
 
@@ -201,6 +206,8 @@ def _problems(channel_type: str, text: str) -> list[str]:
         return teams_problems(teams_message(text, "-"))
     if channel_type == "googlechat":
         return chat_problems(chat_message(text, "-")[0])
+    if channel_type == "pushover":
+        return pushover_problems(pushover_message(text, "-")[0])
     if channel_type == "pagerduty":
         settings = PagerDutySettings.model_validate({"type": "pagerduty", "routing_key": PD_KEY})
         _, event = pagerduty_event(text, settings, RUN_ID, "-")

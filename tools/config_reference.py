@@ -71,6 +71,7 @@ def channel_tables() -> list[Table]:
         "pagerduty": "`pagerduty` sends",
         "telegram": "`telegram` sends",
         "googlechat": "`googlechat` posts",
+        "pushover": "`pushover` sends",
     }
     common = ChannelSettings.model_fields
     for kind, channel in sorted(channel_registry.REGISTRY.items()):

@@ -194,6 +194,7 @@ def _registry() -> dict[str, ChannelKind]:
         googlechat,
         msteams,
         pagerduty,
+        pushover,
         slack,
         telegram,
         webhook,
@@ -210,6 +211,7 @@ def _registry() -> dict[str, ChannelKind]:
         pagerduty.KIND,
         telegram.KIND,
         googlechat.KIND,
+        pushover.KIND,
     )
     return {kind.type: kind for kind in kinds}
 

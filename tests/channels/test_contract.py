@@ -4,7 +4,7 @@ Every registered channel type is built through the registry (`relay.channels.bui
 secrets configured, sent a real rendered message, and held to the same rules:
 
 * HTTP channels (webhook, slack by incoming webhook and by bot token, discord, msteams,
-  pagerduty, telegram, googlechat) against fakes on 127.0.0.1: 2xx is success; 400 permanent client_error; 401/403
+  pagerduty, telegram, googlechat, pushover) against fakes on 127.0.0.1: 2xx is success; 400 permanent client_error; 401/403
   permanent auth_error; 404 permanent (client_error, or auth_error where it means a deleted
   webhook); 429 + Retry-After retryable rate_limited with retry_after; 500/502/503 retryable
   server_error; a hang past the channel timeout retryable timeout; a refused port retryable
@@ -51,6 +51,9 @@ from tests.fakes.googlechat import KEY as CHAT_KEY
 from tests.fakes.googlechat import TOKEN as CHAT_TOKEN
 from tests.fakes.googlechat import FakeChat, fake_chat
 from tests.fakes.googlechat import webhook_path as chat_path
+from tests.fakes.pushover import TOKEN as PUSHOVER_TOKEN
+from tests.fakes.pushover import USER as PUSHOVER_USER
+from tests.fakes.pushover import FakePushover, fake_pushover
 from tests.fakes.serving import free_port, serving
 from tests.fakes.slack import TOKEN, WEBHOOK_PATH, FakeSlack, Reply, api_error, fake_slack
 from tests.fakes.telegram import BOT_TOKEN, CHAT_ID, FakeTelegram, fake_telegram
@@ -152,10 +155,11 @@ class HttpKind:
     """One HTTP channel set-up: its settings against a fake's base URL, and its secrets."""
 
     type: str
-    fake: str  # "sink" (any HTTP receiver), "slack", "telegram", "googlechat" (tests/fakes/)
+    fake: str  # "sink" (any HTTP receiver), "slack", "telegram", "googlechat", "pushover"
     settings: Callable[[str], dict[str, Any]]
     secrets: tuple[str, ...]
     ok: Reply  # what the real service answers to a good request
+    server_wait: float | None = None  # the Retry-After of a 5xx without one (Pushover's 5 s)
 
 
 HTTP_KINDS = {
@@ -251,6 +255,20 @@ HTTP_KINDS = {
         (CHAT_KEY, CHAT_TOKEN.removesuffix("%3D")),
         Reply(200, {"name": "spaces/S/messages/M", "thread": {"name": "spaces/S/threads/T"}}),
     ),
+    "pushover": HttpKind(
+        "pushover",
+        "pushover",
+        lambda base: {
+            "type": "pushover",
+            "token": PUSHOVER_TOKEN,
+            "user_key": PUSHOVER_USER,
+            "api_url": base,
+            "timeout": TIMEOUT_S,
+        },
+        (PUSHOVER_TOKEN, PUSHOVER_USER),
+        Reply(200, {"status": 1, "request": "647d2300-702c-4b38-8b2f-d56326ae460b"}),
+        server_wait=5.0,
+    ),
 }
 SMTP_SECRETS = (SMTP_PASSWORD,)
 CONSOLE_SECRETS: tuple[str, ...] = ()  # console has no secret to keep
@@ -292,14 +310,16 @@ async def target(request: pytest.FixtureRequest) -> AsyncIterator[HttpTarget]:
     async with AsyncExitStack() as stack:
         http = HttpClient()
         stack.push_async_callback(http.close)
-        if kind.fake in ("slack", "telegram", "googlechat"):
-            fake: FakeSlack | FakeTelegram | FakeChat
+        if kind.fake in ("slack", "telegram", "googlechat", "pushover"):
+            fake: FakeSlack | FakeTelegram | FakeChat | FakePushover
             if kind.fake == "slack":
                 fake = await stack.enter_async_context(fake_slack())
             elif kind.fake == "telegram":
                 fake = await stack.enter_async_context(fake_telegram())
-            else:
+            elif kind.fake == "googlechat":
                 fake = await stack.enter_async_context(fake_chat())
+            else:
+                fake = await stack.enter_async_context(fake_pushover())
             calls = fake.calls
             yield HttpTarget(
                 kind, fake.url, http, fake.script, lambda: len(calls), lambda: headers_of(calls)
@@ -393,6 +413,8 @@ async def test_http_status_is_classified_without_secrets(
     target.script(echoing(status, target.kind.secrets, headers))
     err = await failure(target.channel(), target.kind.type)
     assert err.reason in reason if isinstance(reason, tuple) else err.reason == reason
+    if status >= 500 and retry_after is None:
+        retry_after = target.kind.server_wait
     assert (err.retryable, err.retry_after) == (retryable, retry_after)
     assert err.status == status and target.requests() == 1
     assert_no_secrets(err, target.kind.secrets, caplog)
