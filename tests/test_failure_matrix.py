@@ -1,7 +1,7 @@
 """The failure matrix of every delivery path, through a real `relay serve` child process.
 
 For each path (webhook, Slack incoming webhook, Slack bot token, email over SMTP, Discord, Teams,
-PagerDuty, Telegram, Google Chat), against the fake that speaks its protocol:
+PagerDuty, Telegram, Google Chat, Pushover), against the fake that speaks its protocol:
 
 * refused connection, then 429 with Retry-After (SMTP: 421), then 5xx (SMTP: 451), then no answer
   past the timeout, then OK: one notification rides through all of it and arrives, the
@@ -9,7 +9,7 @@ PagerDuty, Telegram, Google Chat), against the fake that speaks its protocol:
 * kill -9 while the first sends are in flight (the fake holds them: SMTP holds the reply to
   DATA), restart, the fake answers: every notification arrives at least once, duplicates are
   only the ones in flight and carry the channel's idempotency key (webhook-id, Message-ID,
-  PagerDuty dedup_key; Slack, Discord, Teams, Telegram and Google Chat have none), nothing dead, nothing pending.
+  PagerDuty dedup_key; Slack, Discord, Teams, Telegram, Google Chat and Pushover have none), nothing dead, nothing pending.
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ from tests.fakes.presets import (
     fake_pagerduty,
     fake_teams,
 )
+from tests.fakes.pushover import TOKEN as PUSHOVER_TOKEN
+from tests.fakes.pushover import USER as PUSHOVER_USER
+from tests.fakes.pushover import fake_pushover, refused
 from tests.fakes.serving import free_port, serving
 from tests.fakes.slack import (
     TOKEN,
@@ -340,6 +343,33 @@ class GoogleChatPath(ScriptedPath):
         return fake_chat(port)
 
 
+class PushoverPath(ScriptedPath):
+    """Pushover's own answers: {"status": 0, "errors": [...], "request"}; its 429 (the monthly
+    quota) with a Retry-After here (a proxy's), which the channel honours before the quota's
+    X-Limit-App-Reset; a 5xx is tried again no sooner than 5 s, as Pushover asks."""
+
+    name = "pushover"
+    answers = {
+        "rate_limited": Reply(
+            429,
+            {"status": 0, "errors": ["application is over its monthly limit"], "request": "r1"},
+            {"Retry-After": "1", "X-Limit-App-Limit": "10000", "X-Limit-App-Remaining": "0"},
+        ),
+        "server_error": Reply(503, "<html>503 Service Unavailable</html>"),
+        "hang": Reply(200, {"status": 1, "request": "r2"}, delay_s=HANG_S),
+        "permanent": refused(400, ["user identifier is not a valid user"], user="invalid"),
+    }
+
+    def channel(self, port: int) -> str:
+        return (
+            f"    type: pushover\n    token: {PUSHOVER_TOKEN}\n    user_key: {PUSHOVER_USER}\n"
+            f"    api_url: http://127.0.0.1:{port}"
+        )
+
+    def start(self, port: int) -> AbstractAsyncContextManager[Any]:
+        return fake_pushover(port)
+
+
 class EmailPath(Path_):
     """aiosmtpd: 421 (the server sheds load) and 451 are temporary, 550 permanent; `hang` and
     `hold` keep the reply to DATA, after the whole mail was sent."""
@@ -419,6 +449,7 @@ PATHS: dict[str, Callable[[], Path_]] = {
     "pagerduty": PagerDutyPath,
     "telegram": TelegramPath,
     "googlechat": GoogleChatPath,
+    "pushover": PushoverPath,
 }
 
 

@@ -4,7 +4,8 @@ dead letters runs through a real child process, and everything relay says is sca
 Secrets: server auth_token and admin_token, a webhook URL with a key in its path and query, the
 webhook signing secret and a header value, a Slack bot token and a Slack webhook URL (a local
 fake that refuses), a Telegram bot token (in the path of every request; a fake answering
-401), a Google Chat webhook's key and token (in the query; a fake quoting the URL in its 400), an SMTP password (nothing listening), the trigger_alerts secret and the
+401), a Google Chat webhook's key and token (in the query; a fake quoting the URL in its 400), a
+Pushover application token and user key (in the body; a fake quoting them in its 400's errors), an SMTP password (nothing listening), the trigger_alerts secret and the
 Realtime secret key (a local fake answering 401). Scanned: every stderr log line and stdout line
 of `relay serve`, GET /metrics, the 401 bodies, GET /v1/dlq, /v1/notifications and
 /v1/notifications/{id}, the output of relay check, dlq list (--json), history --json,
@@ -64,6 +65,8 @@ SECRETS = {
     "TELEGRAM_TOKEN": "7012345678:SeCrEt-telegram-1234567890",  # in the URL's path
     "CHAT_KEY": "AIzaSy-SeCrEt-chatkey-1234567890",  # in the URL's query
     "CHAT_TOKEN": "SeCrEt-chattoken-1234567890%3D",  # as Chat writes it: `=` encoded
+    "PUSHOVER_TOKEN": "SeCrEtPushoverToken12345678901",  # 30 letters and digits, as Pushover's
+    "PUSHOVER_USER_KEY": "SeCrEtPushoverUserKey123456789",
 }
 # what must never show: every value, and the parts of composite ones
 NEEDLES = [
@@ -121,10 +124,15 @@ channels:
   gchat:
     type: googlechat
     webhook_url: {fake}/v1/spaces/AAAAsecret/messages?key=${CHAT_KEY}&token=${CHAT_TOKEN}
+  phone:
+    type: pushover
+    token: ${PUSHOVER_TOKEN}
+    user_key: ${PUSHOVER_USER_KEY}
+    api_url: {fake}
 rules:
   - name: failures
     match: {status: [failure]}
-    notify: [hook, slack-hook, slack-bot, mail, tg, gchat]
+    notify: [hook, slack-hook, slack-bot, mail, tg, gchat, phone]
 """
 DEAD_RUN = "run_secret_dead"
 RUNS = ["run_secret_ok_1", "run_secret_ok_2", DEAD_RUN]
@@ -137,6 +145,7 @@ class Fakes:
         self.url = ""
         self.seen: list[tuple[str, str, dict[str, str]]] = []  # (kind, path_qs, headers)
         self.hook_calls: dict[str, int] = {}
+        self.pushover_bodies: list[str] = []
 
     def _record(self, kind: str, request: web.Request) -> None:
         self.seen.append((kind, request.path_qs, dict(request.headers)))
@@ -171,6 +180,13 @@ class Fakes:
         answer = {"error": {"code": 400, "message": words, "status": "INVALID_ARGUMENT"}}
         return web.json_response(answer, status=400)
 
+    async def pushover(self, request: web.Request) -> web.Response:
+        self._record("pushover", request)  # errors quoting the body, token and user key in it
+        body = await request.text()
+        self.pushover_bodies.append(body)
+        answer = {"user": "invalid", "errors": [f"bad request {body}"], "status": 0}
+        return web.json_response({**answer, "request": "5042853c-402d"}, status=400)
+
     async def realtime(self, request: web.Request) -> web.Response:
         self._record("realtime", request)
         return web.json_response({"error": "Invalid API Key"}, status=401)
@@ -186,6 +202,7 @@ async def fakes() -> AsyncIterator[Fakes]:
     app.router.add_get("/realtime/{rest:.*}", f.realtime)
     app.router.add_post("/bot{rest:.*}", f.telegram)
     app.router.add_post("/v1/spaces/{space}/messages", f.googlechat)
+    app.router.add_post("/1/messages.json", f.pushover)
     async with serving(app, access_log=None, shutdown_timeout=0.2) as f.url:
         yield f
 
@@ -221,7 +238,7 @@ async def settled(http: aiohttp.ClientSession, url: str, admin: dict[str, str]) 
             assert resp.status == 200
             rows = (await resp.json())["notifications"]
         states = [row["state"] for row in rows]
-        if len(rows) == (len(RUNS) + 1) * 6 and "pending" not in states:  # + the alert's run
+        if len(rows) == (len(RUNS) + 1) * 7 and "pending" not in states:  # + the alert's run
             return list(rows)
         assert time.monotonic() < deadline, states
         await asyncio.sleep(0.2)
@@ -270,14 +287,14 @@ async def test_no_secret_appears_anywhere(
         for row in rows:
             by_state[row["state"]] = by_state.get(row["state"], 0) + 1
         # hook: 3 sent after a 503 (2 runs, the alert's run), 1 dead (400); Slack, SMTP,
-        # Telegram, Google Chat: dead
-        assert by_state == {"sent": 3, "dead": 21}, " ".join(
+        # Telegram, Google Chat, Pushover: dead
+        assert by_state == {"sent": 3, "dead": 25}, " ".join(
             f"{row['run_id']}:{row['state']}:{row['reason']}:{row['attempts']}"
             for row in rows
             if row["channel"] == "hook"
         )
         dead = await call("GET", "/v1/dlq", 200, headers=admin)
-        assert len(dead["dead"]) == 21
+        assert len(dead["dead"]) == 25
         assert {d["reason"] for d in dead["dead"]} == {"client_error", "auth_error", "network"}
         for row in rows:
             await call("GET", f"/v1/notifications/{row['id']}", 200, headers=admin)
@@ -299,6 +316,7 @@ async def test_no_secret_appears_anywhere(
         ("send-test", "mail"),
         ("send-test", "tg"),
         ("send-test", "gchat"),
+        ("send-test", "phone"),
     ]
     results = await asyncio.gather(
         *(asyncio.to_thread(run_cli, *a, "--config", str(config_path), env=env) for a in commands)
@@ -320,7 +338,13 @@ async def test_no_secret_appears_anywhere(
         scan.add(name, text)
     # the scan is meaningful: the secrets were really in use...
     kinds = {kind for kind, _, _ in fakes.seen}
-    assert kinds == {"hook", "slack-hook", "slack-bot", "realtime", "telegram", "googlechat"}
+    assert kinds == {
+        "hook", "slack-hook", "slack-bot", "realtime", "telegram", "googlechat", "pushover",
+    }  # fmt: skip
+    assert all(
+        SECRETS["PUSHOVER_TOKEN"] in body and SECRETS["PUSHOVER_USER_KEY"] in body
+        for body in fakes.pushover_bodies
+    )
     chat = next(s for s in fakes.seen if s[0] == "googlechat")
     assert SECRETS["CHAT_KEY"] in chat[1] and SECRETS["CHAT_TOKEN"] in chat[1]
     telegram = next(s for s in fakes.seen if s[0] == "telegram")
@@ -599,6 +623,10 @@ ECHO_CHANNELS = {
     api_url: {fake}""",
     "googlechat": """type: googlechat
     webhook_url: {fake}/v1/spaces/AAAA/messages?key=${CHAT_KEY}&token=${CHAT_TOKEN}""",
+    "pushover": """type: pushover
+    token: ${PUSHOVER_TOKEN}
+    user_key: ${PUSHOVER_USER_KEY}
+    api_url: {fake}""",
     "mail": """type: email
     smtp: {host: 127.0.0.1, port: {smtp_port}, starttls: false, username: relay, password: "${SMTP_PASSWORD}"}
     from: relay@example.com
@@ -645,6 +673,9 @@ class Echo:
         if path.startswith("/v1/spaces/"):  # Google Chat: key and token in the query
             error = {"code": 400, "message": echo, "status": "INVALID_ARGUMENT"}
             return web.json_response({"error": error}, status=400)
+        if path.startswith("/1/"):  # Pushover: token and user key in the body
+            answer = {"user": "invalid", "token": echo, "errors": [echo], "request": echo}
+            return web.json_response({**answer, "status": 0}, status=400)
         if path.startswith("/bot"):  # Telegram's Bot API: the token is in the path
             refused = {"ok": False, "error_code": 400, "description": echo}
             return web.json_response(refused, status=400)
@@ -702,7 +733,8 @@ async def test_a_receiver_echoing_the_request_learns_nothing_from_what_relay_say
     # the scan is meaningful: every channel's secret went out and came back in an answer...
     heard = " ".join(echo.heard)
     sent = ["HOOK_PATH_KEY", "HOOK_HEADER", "SLACK_BOT_TOKEN", "SLACK_HOOK_KEY", "DISCORD_TOKEN"]
-    for name in [*sent, "TEAMS_SIG", "PAGERDUTY_KEY", "TELEGRAM_TOKEN", "CHAT_KEY", "CHAT_TOKEN"]:
+    sent += ["TEAMS_SIG", "PAGERDUTY_KEY", "TELEGRAM_TOKEN", "CHAT_KEY", "CHAT_TOKEN"]
+    for name in [*sent, "PUSHOVER_TOKEN", "PUSHOVER_USER_KEY"]:
         assert SECRETS[name] in heard, name
     assert AUTH_PLAIN in heard  # the SMTP password
     # ...and relay names each failure, quoting none of it
