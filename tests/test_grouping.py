@@ -6,6 +6,7 @@ from relay.channels import settings_models
 from relay.config_load import parse_config
 from relay.configure import compile_config
 from relay.grouping import (
+    digest_id,
     flushed,
     group_key,
     group_labels,
@@ -133,6 +134,17 @@ def test_labels_and_keys() -> None:
     assert group_key("r", "c", labels) == group_key("r", "c", dict(reversed(list(labels.items()))))
     assert group_key("r", "c", labels) != group_key("r", "d", labels)
     assert group_labels(run, []) == {}
+
+
+def test_keys_and_digest_ids_outlive_an_upgrade() -> None:
+    """Stored and sent, they must read the same to the next release: a group's key (a run
+    posted after the upgrade joins the digest waiting in the store, not a second one) and a
+    digest's id (its webhook-id: a digest retried after the upgrade is deduplicated by the
+    receiver)."""
+    labels = {"taskIdentifier": "billing/charge", "tags": "a,b"}
+    assert group_key("failures", "slack", labels) == "grp_5ccd125f2b694da46c409f77"
+    assert digest_id(["ntf_b", "ntf_a"]) == "dgs_34119bd79404808fa0a9b4ce"
+    assert digest_id(["ntf_a", "ntf_b"]) == "dgs_34119bd79404808fa0a9b4ce"
 
 
 def test_labels_read_paths_as_metadata_matchers_do() -> None:
