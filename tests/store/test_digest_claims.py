@@ -168,6 +168,26 @@ async def test_a_replayed_dead_digest_goes_again_as_it_was(engine: Engine, repla
         await store.close()
 
 
+async def test_a_replay_naming_one_dead_digest_leaves_the_other_dead_letters(
+    engine: Engine,
+) -> None:
+    """`relay dlq replay ID` of one row of a dead digest brings back that digest, and only it:
+    another dead digest and a dead single notification stay in the dead letters."""
+    store = engine.make()
+    await store.open()
+    try:
+        first = {await _observe(store, "run_1", 0.0), await _observe(store, "run_2", 10.0)}
+        await _dead(store, await store.claim("d", now=30.0, limit=10, lease_s=LEASE_S))
+        second = {await _observe(store, "run_3", 31.0), await _observe(store, "run_4", 32.0)}
+        await _dead(store, await store.claim("d", now=331.0, limit=10, lease_s=LEASE_S))
+        [single] = ids(await store.observe([make_run("run_s")], decide, 400.0))
+        await _dead(store, await store.claim("c1", now=400.0, limit=10, lease_s=LEASE_S))
+        assert await store.replay([min(first)], 2000.0) == 2
+        assert {n.id for n in await store.dead_letters()} == second | {single}
+    finally:
+        await store.close()
+
+
 async def test_a_replay_naming_an_id_with_a_nul_moves_nothing(engine: Engine) -> None:
     """SQLite's json_each ends a text at a NUL: `ntf_x\\0y` named ntf_x, and its dead digest."""
     store = engine.make()
