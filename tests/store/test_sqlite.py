@@ -67,10 +67,12 @@ async def test_concurrent_observes_share_commits(store: SQLiteStore) -> None:
 async def test_a_large_replay_commits_a_batch_at_a_time(store: SQLiteStore, named: bool) -> None:
     """`relay dlq replay --all` over 200,000 dead held the write lock 16 s in one transaction:
     the `relay serve` beside it waited as long to commit a POST /v1/runs, then answered 503
-    (SQLITE_BUSY). Each batch of REPLAY_BATCH rows commits on its own, every row moved once."""
+    (SQLITE_BUSY). Each batch of REPLAY_BATCH rows commits on its own, every row moved once,
+    those that died earlier as well as the last batch's (the batches go in the order they died)."""
     count = 2 * REPLAY_BATCH + 1
     dead = ids(await store.observe([make_run(f"run_{i}") for i in range(count)], decide, now=1.0))
-    await store.mark_dead([(i, 1) for i in dead], now=2.0, reason="client_error", error="400")
+    for died, rows in ((2.0, dead[: REPLAY_BATCH + 1]), (2.5, dead[REPLAY_BATCH + 1 :])):
+        await store.mark_dead([(i, 1) for i in rows], now=died, reason="client_error", error="400")
     before = store.commits
     assert await store.replay(dead if named else None, now=3.0) == count
     assert store.commits - before == 3
