@@ -102,6 +102,27 @@ async def test_a_replay_finds_its_rows_by_id(store: SQLiteStore, sql: str, param
     assert plan[0] == "SEARCH outbox USING INDEX sqlite_autoindex_outbox_1 (id=?)"
 
 
+async def test_a_caller_gone_before_its_batch_fails_none_of_the_others(
+    store: SQLiteStore,
+) -> None:
+    """A POST whose client left while its update waited for the next batch is dropped from
+    that batch (or not: its client had no 202); the updates queued beside it still commit
+    and have their 202, none is a 503."""
+    calls = [
+        asyncio.create_task(store.observe([make_run(f"run_{i}")], decide, now=1.0))
+        for i in range(3)
+    ]
+    await asyncio.sleep(0)  # each queued, the batch not run yet
+    calls[1].cancel()
+    first, gone, third = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(gone, asyncio.CancelledError)
+    assert isinstance(first, list) and isinstance(third, list)
+    assert (ids(first), ids(third)) == tuple(
+        [notification_id(f"run_{i}", "r1", "c1")] for i in (0, 2)
+    )
+    assert all([await store.get(ids(stored)[0]) for stored in (first, third)])
+
+
 async def test_a_failing_call_leaves_the_shared_commit_to_the_others(store: SQLiteStore) -> None:
     before = store.commits
     await observe_beside_a_failing_call(store)
