@@ -172,8 +172,12 @@ def telegram_html(rendered: str, limit: int = MAX_TEXT) -> tuple[str, bool]:
 
 
 def _write(rendered: str, limit: int | None) -> _Writer:
+    """The writer fed all of `rendered`: closed, so that what the parser holds back at the
+    end (a trailing `&…` that may start an entity, a `<` that may start a tag) is written
+    and counted too."""
     writer = _Writer(limit)
     writer.feed(rendered)
+    writer.close()
     return writer
 
 
