@@ -25,9 +25,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.channels import REGISTRY, Channel, ChannelEnv, Outgoing, Recovery, settings_models
+from relay.channels._html_writer import visible_text
 from relay.channels._http import HttpClient
 from relay.channels._http_answers import HttpResponse
-from relay.channels._pushover_html import pushover_html, visible_text
+from relay.channels._pushover_html import pushover_html
 from relay.channels.pushover import PushoverSettings, classify, pushover_message
 from relay.cli import main as relay_cli
 from relay.config_load import parse_config
