@@ -148,13 +148,20 @@ class ChannelKind:
 
 
 _NOTHING = "relay-default-3f9c2e: the template said nothing"
+# a message within its receiver's limits, and what fitting it there changed, in words
+Told = tuple[dict[str, Any], list[str]]
 
 
-def says_nothing_when(
-    build: Callable[[Any, str], dict[str, Any]],
-) -> Callable[[Any], str | None]:
-    """A ChannelKind.check for a channel whose `build(parsed, default_text)` falls back to
-    relay's one-line default when the template gives it nothing to show."""
+def default_text(message: Outgoing) -> str:
+    """relay's one line about `message`: what a channel sends when its template shows
+    nothing."""
+    return f"relay: rule {message.rule} matched run {message.run_id}"
+
+
+def says_nothing_when(build: Callable[[Any, str], object]) -> Callable[[Any], str | None]:
+    """A ChannelKind.check for a channel whose `build(parsed, default_text)` (a message, or a
+    message and what was changed) falls back to relay's one-line default when the template
+    gives it nothing to show."""
 
     def check(parsed: Any) -> str | None:
         built = build(parsed, _NOTHING)
@@ -163,17 +170,22 @@ def says_nothing_when(
     return check
 
 
-def sent_as(
-    build: Callable[[str, str], dict[str, Any]],
-) -> Callable[[Outgoing], tuple[dict[str, Any], list[str]]]:
-    """ChannelKind.as_sent of a channel whose message is `build(rendered, default_text)` (its
-    send's too): the message within the receiver's limits; what was cut is not told."""
+def sent_and_told(
+    build: Callable[[str, str], Told], part: str = "json"
+) -> Callable[[Outgoing], Told]:
+    """ChannelKind.as_sent of a channel whose message is `build(rendered, default_text)` of
+    its `part` (its send's too, but for the keys of its delivery): the message within the
+    receiver's limits, and what fitting it there changed, in words."""
 
-    def as_sent(message: Outgoing) -> tuple[dict[str, Any], list[str]]:
-        default = f"relay: rule {message.rule} matched run {message.run_id}"
-        return build(message.parts.get("json", ""), default), []
+    def as_sent(message: Outgoing) -> Told:
+        return build(message.parts.get(part, ""), default_text(message))
 
     return as_sent
+
+
+def sent_as(build: Callable[[str, str], dict[str, Any]]) -> Callable[[Outgoing], Told]:
+    """sent_and_told of a channel that does not tell what was cut."""
+    return sent_and_told(lambda rendered, default: (build(rendered, default), []))
 
 
 def rendered_checks() -> dict[str, Callable[[Any], str | None]]:

@@ -11,15 +11,16 @@ relay.channels._http. Messages never contain the URL (webhook URLs embed secrets
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
-from relay.config_base import url_problem
+from relay.config_base import CONTROL_CHARS, url_problem
 from relay.errors import DeliveryError
+from relay.filters import truncate_chars
 from relay.outbound import origin, proxy_answered
 from relay.retry_after import parse_retry_after
 
@@ -91,3 +92,17 @@ def classify_status(response: HttpResponse) -> DeliveryError | None:
         detail += f": redirect to {target}, not followed" if target else ": redirect, not followed"
     reason = "client_error" if 400 <= status < 500 else "other"
     return DeliveryError(reason, retryable=False, detail=detail, status=status)
+
+
+def redacted(text: str, secrets: Iterable[str], label: str = "[secret]") -> str:
+    """`text` with each of `secrets` (in turn: a longer one that holds a shorter one first)
+    said as `label`."""
+    for secret in secrets:
+        text = text.replace(secret, label) if secret else text
+    return text
+
+
+def quoted(text: str, secrets: Iterable[str], limit: int, label: str = "[secret]") -> str:
+    """A receiver's words as an error's detail quotes them: `secrets` redacted, on one line
+    (control characters as spaces), trimmed, within `limit` characters."""
+    return truncate_chars(CONTROL_CHARS.sub(" ", redacted(text, secrets, label)).strip(), limit)

@@ -68,10 +68,23 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 from pydantic import SecretStr, field_validator
 
-from relay.channels import ChannelEnv, ChannelKind, HoldsNothing, Outgoing, json_headers
-from relay.channels._http_answers import HttpResponse, classify_status, https_or_local, json_object
+from relay.channels import (
+    ChannelEnv,
+    ChannelKind,
+    HoldsNothing,
+    Outgoing,
+    json_headers,
+    says_nothing_when,
+    sent_and_told,
+)
+from relay.channels._http_answers import (
+    HttpResponse,
+    classify_status,
+    https_or_local,
+    json_object,
+    quoted,
+)
 from relay.config import ChannelSettings, RateLimit
-from relay.config_base import CONTROL_CHARS
 from relay.errors import DeliveryError
 from relay.filters import http_url, truncate_chars
 
@@ -289,26 +302,15 @@ def chat_message_of(value: Any, default_text: str) -> tuple[dict[str, Any], list
     return message, ([f"card cut to Chat's {MAX_BODY_BYTES:,} bytes"] if cut else [])
 
 
-def as_sent(message: Outgoing) -> tuple[dict[str, Any], list[str]]:
-    """The message sent for `message`, but for its thread: the send's and `relay test`'s."""
-    default = f"relay: rule {message.rule} matched run {message.run_id}"
-    return chat_message(message.parts.get("json", ""), default)
-
-
-def _check(parsed: Any) -> str | None:
-    nothing = "relay-default-3f9c2e: the template said nothing"
-    built, _ = chat_message_of(parsed, nothing)
-    return "nothing the channel can show" if built.get("text") == nothing else None
+# the message sent for one, but for its thread: the send's and `relay test`'s
+as_sent = sent_and_told(chat_message)
 
 
 def _words(error: dict[str, Any], secrets: tuple[str, ...]) -> str:
     """Chat's `status: message` of an error, its secrets redacted, on one line."""
     status, text = error.get("status"), error.get("message")
     status = status if isinstance(status, str) and _STATUS.fullmatch(status) else ""
-    text = text.strip() if isinstance(text, str) else ""
-    for secret in secrets:
-        text = text.replace(secret, "[secret]") if secret else text
-    text = truncate_chars(CONTROL_CHARS.sub(" ", text), 300)
+    text = quoted(text, secrets, 300) if isinstance(text, str) else ""
     return ": ".join(w for w in (status, text) if w)
 
 
@@ -414,4 +416,11 @@ class GoogleChatChannel(HoldsNothing):
         return receipt_of(response)
 
 
-KIND = ChannelKind("googlechat", GoogleChatSettings, GoogleChatChannel, ("json",), _check, as_sent)
+KIND = ChannelKind(
+    "googlechat",
+    GoogleChatSettings,
+    GoogleChatChannel,
+    ("json",),
+    says_nothing_when(chat_message_of),
+    as_sent,
+)

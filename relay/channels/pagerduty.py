@@ -44,8 +44,21 @@ from typing import Any, Literal
 import orjson
 from pydantic import SecretStr, field_validator
 
-from relay.channels import ChannelEnv, ChannelKind, HoldsNothing, Outgoing, json_headers
-from relay.channels._http_answers import HttpResponse, classify_status, https_or_local, json_object
+from relay.channels import (
+    ChannelEnv,
+    ChannelKind,
+    HoldsNothing,
+    Outgoing,
+    default_text,
+    json_headers,
+)
+from relay.channels._http_answers import (
+    HttpResponse,
+    classify_status,
+    https_or_local,
+    json_object,
+    redacted,
+)
 from relay.config import ChannelSettings, RateLimit
 from relay.config_base import Token
 from relay.errors import DeliveryError
@@ -228,7 +241,7 @@ def classify(response: HttpResponse, routing_key: str) -> DeliveryError:
     data = json_object(response.body) or {}
     word = data.get("status")
     errors = [e for e in data.get("errors") or () if isinstance(e, str)][:3]
-    errors = [truncate_chars(e.replace(routing_key, "[routing key]"), 160) for e in errors]
+    errors = [truncate_chars(redacted(e, (routing_key,), "[routing key]"), 160) for e in errors]
     detail = f"{word} (HTTP {status})" if isinstance(word, str) and _WORD.fullmatch(word) else ""
     detail = (detail or f"HTTP {status}") + (": " + "; ".join(errors) if errors else "")
     reason = base.reason
@@ -249,9 +262,9 @@ class PagerDutyChannel(HoldsNothing):
 
     async def send(self, message: Outgoing) -> str | None:
         """Send the event; the receipt of a trigger is its dedup key."""
-        default = f"relay: rule {message.rule} matched run {message.run_id}"
         key = message.run_id or message.notification_id
-        path, event = pagerduty_event(message.parts.get("json", ""), self.settings, key, default)
+        rendered = message.parts.get("json", "")
+        path, event = pagerduty_event(rendered, self.settings, key, default_text(message))
         opened = message.recovers.receipt if message.recovers is not None else None
         if opened and event.get("event_action") in ("acknowledge", "resolve"):
             event["dedup_key"] = opened

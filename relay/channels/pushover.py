@@ -57,8 +57,22 @@ from typing import Any
 import orjson
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from relay.channels import ID_HEADER, ChannelEnv, ChannelKind, HoldsNothing, Outgoing
-from relay.channels._http_answers import HttpResponse, classify_status, https_or_local, json_object
+from relay.channels import (
+    ID_HEADER,
+    ChannelEnv,
+    ChannelKind,
+    HoldsNothing,
+    Outgoing,
+    says_nothing_when,
+    sent_and_told,
+)
+from relay.channels._http_answers import (
+    HttpResponse,
+    classify_status,
+    https_or_local,
+    json_object,
+    quoted,
+)
 from relay.channels._pushover_html import MAX_MESSAGE, pushover_html
 from relay.config import ChannelSettings
 from relay.config_base import CONTROL_CHARS, Token
@@ -222,32 +236,15 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def as_sent(message: Outgoing) -> tuple[dict[str, Any], list[str]]:
-    """The message sent for `message`, but for the keys of its delivery (token, user, device,
-    the channel's priority): the send's and `relay test`'s."""
-    default = f"relay: rule {message.rule} matched run {message.run_id}"
-    return pushover_message(message.parts.get("json", ""), default)
-
-
-_NOTHING = "relay-default-3f9c2e: the template said nothing"
-
-
-def _check(parsed: Any) -> str | None:
-    built, _ = pushover_message_of(parsed, _NOTHING)
-    return "nothing the channel can show" if _NOTHING in built["message"] else None
-
-
-def _redact(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "[secret]") if secret else text
-    return text
+# the message sent for one, but for the keys of its delivery (token, user, device, the
+# channel's priority): the send's and `relay test`'s
+as_sent = sent_and_told(pushover_message)
 
 
 def _errors(data: dict[str, Any], secrets: tuple[str, ...]) -> str:
     """Pushover's `errors`, its secrets redacted, on one line."""
     found = [e for e in data.get("errors") or () if isinstance(e, str) and e.strip()][:3]
-    words = (CONTROL_CHARS.sub(" ", _redact(e, secrets)).strip() for e in found)
-    return "; ".join(truncate_chars(w, 200) for w in words)
+    return "; ".join(quoted(e, secrets, 200) for e in found)
 
 
 def _when(stamp: float) -> str:
@@ -382,4 +379,11 @@ class PushoverChannel(HoldsNothing):
         raise classify(response, self._secrets())
 
 
-KIND = ChannelKind("pushover", PushoverSettings, PushoverChannel, ("json",), _check, as_sent)
+KIND = ChannelKind(
+    "pushover",
+    PushoverSettings,
+    PushoverChannel,
+    ("json",),
+    says_nothing_when(pushover_message_of),
+    as_sent,
+)

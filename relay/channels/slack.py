@@ -62,7 +62,14 @@ from typing import Any
 import orjson
 from pydantic import SecretStr, field_validator, model_validator
 
-from relay.channels import ChannelEnv, ChannelKind, HoldsNothing, Outgoing, json_headers
+from relay.channels import (
+    ChannelEnv,
+    ChannelKind,
+    HoldsNothing,
+    Outgoing,
+    default_text,
+    json_headers,
+)
 from relay.channels._http_answers import HttpResponse, https_or_local
 from relay.channels._slack_api import api_answer, classify, error_name, in_thread, posted_at
 from relay.channels._slack_blocks import (
@@ -341,7 +348,7 @@ def as_sent(message: Outgoing) -> tuple[dict[str, Any], list[str]]:
     """The message sent for `message`, but for the keys of its delivery (channel, thread):
     its `json` part cut to Slack's limits, its mrkdwn sent verbatim; and what the cut changed,
     in words. The send's and `relay test`'s."""
-    default = mrkdwn(f"relay: rule {message.rule} matched run {message.run_id}")
+    default = mrkdwn(default_text(message))
     payload, said = fit(message.parts.get("json", ""), default)
     return verbatim(payload), said
 

@@ -46,13 +46,25 @@ from typing import Any
 import orjson
 from pydantic import Field, field_validator
 
-from relay.channels import ChannelEnv, ChannelKind, HoldsNothing, Outgoing, json_headers
-from relay.channels._http_answers import HttpResponse, classify_status, https_or_local, json_object
+from relay.channels import (
+    ChannelEnv,
+    ChannelKind,
+    HoldsNothing,
+    Outgoing,
+    json_headers,
+    sent_and_told,
+)
+from relay.channels._http_answers import (
+    HttpResponse,
+    classify_status,
+    https_or_local,
+    json_object,
+    quoted,
+)
 from relay.channels._telegram_html import MAX_TEXT, telegram_html
 from relay.config import ChannelSettings, RateLimit
-from relay.config_base import CONTROL_CHARS, Token
+from relay.config_base import Token
 from relay.errors import DeliveryError
-from relay.filters import truncate_chars
 from relay.retry_after import body_retry_after, parse_retry_after
 
 log = logging.getLogger("relay.channels.telegram")
@@ -134,19 +146,16 @@ def telegram_message(rendered: str, default_text: str) -> tuple[dict[str, Any], 
     return body, ([f"text cut to Telegram's {MAX_TEXT} characters"] if cut else [])
 
 
-def as_sent(message: Outgoing) -> tuple[dict[str, Any], list[str]]:
-    """The message sent for `message`, but for the keys of its delivery (chat, reply): the
-    send's and `relay test`'s."""
-    default = f"relay: rule {message.rule} matched run {message.run_id}"
-    return telegram_message(message.parts.get("html", ""), default)
+# the message sent for one, but for the keys of its delivery (chat, reply): the send's and
+# `relay test`'s
+as_sent = sent_and_told(telegram_message, "html")
 
 
 def _description(data: dict[str, Any], token: str) -> str:
     words = data.get("description")
     if not isinstance(words, str) or not words.strip():
         return ""
-    words = CONTROL_CHARS.sub(" ", words.replace(token, "[token]") if token else words)
-    return truncate_chars(words.strip(), 200)
+    return quoted(words, (token,), 200, "[token]")
 
 
 def classify(response: HttpResponse, token: str = "") -> DeliveryError:
