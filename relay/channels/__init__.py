@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
+import orjson
+
 from relay.config import ChannelSettings
 
 if TYPE_CHECKING:  # aiohttp's: `relay check` reads the channels' settings and sends nothing
@@ -156,6 +158,15 @@ def default_text(message: Outgoing) -> str:
     """relay's one line about `message`: what a channel sends when its template shows
     nothing."""
     return f"relay: rule {message.rule} matched run {message.run_id}"
+
+
+def parsed_part(rendered: str, text_key: str) -> Any:
+    """A rendered `json` part parsed; one that is not JSON (a template that wrote text) as
+    {text_key: the text}, the key its channel shows it by."""
+    try:
+        return orjson.loads(rendered)
+    except orjson.JSONDecodeError:
+        return {text_key: rendered}
 
 
 def says_nothing_when(build: Callable[[Any, str], object]) -> Callable[[Any], str | None]:

@@ -50,6 +50,7 @@ from relay.channels import (
     HoldsNothing,
     Outgoing,
     json_headers,
+    parsed_part,
     says_nothing_when,
     sent_as,
 )
@@ -214,11 +215,7 @@ def _clamp_embed(raw: Any, budget: _Budget) -> dict[str, Any] | None:
 
 def discord_message(rendered: str, default_text: str) -> dict[str, Any]:
     """The rendered part as a Discord message: known keys only, every length within limits."""
-    try:
-        value: Any = orjson.loads(rendered)
-    except orjson.JSONDecodeError:
-        value = {"content": rendered}
-    return discord_message_of(value, default_text)
+    return discord_message_of(parsed_part(rendered, "content"), default_text)
 
 
 def discord_message_of(value: Any, default_text: str) -> dict[str, Any]:

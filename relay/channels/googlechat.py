@@ -74,6 +74,7 @@ from relay.channels import (
     HoldsNothing,
     Outgoing,
     json_headers,
+    parsed_part,
     says_nothing_when,
     sent_and_told,
 )
@@ -277,11 +278,7 @@ def _cards(value: Any) -> list[dict[str, Any]]:
 def chat_message(rendered: str, default_text: str) -> tuple[dict[str, Any], list[str]]:
     """The rendered part as a Chat message (text and cards), within Chat's limits, and what
     was changed, in words."""
-    try:
-        value: Any = orjson.loads(rendered)
-    except orjson.JSONDecodeError:
-        value = {"text": rendered}
-    return chat_message_of(value, default_text)
+    return chat_message_of(parsed_part(rendered, "text"), default_text)
 
 
 def chat_message_of(value: Any, default_text: str) -> tuple[dict[str, Any], list[str]]:

@@ -46,6 +46,7 @@ from relay.channels import (
     HoldsNothing,
     Outgoing,
     json_headers,
+    parsed_part,
     says_nothing_when,
     sent_as,
 )
@@ -162,11 +163,7 @@ def _fit(envelope: dict[str, Any], card: dict[str, Any], default_text: str) -> d
 
 def teams_message(rendered: str, default_text: str) -> dict[str, Any]:
     """The rendered part as a Workflows webhook body with one Adaptive Card, within limits."""
-    try:
-        value: Any = orjson.loads(rendered)
-    except orjson.JSONDecodeError:
-        value = {"text": rendered}
-    return teams_message_of(value, default_text)
+    return teams_message_of(parsed_part(rendered, "text"), default_text)
 
 
 def teams_message_of(value: Any, default_text: str) -> dict[str, Any]:

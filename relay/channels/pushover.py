@@ -63,6 +63,7 @@ from relay.channels import (
     ChannelKind,
     HoldsNothing,
     Outgoing,
+    parsed_part,
     says_nothing_when,
     sent_and_told,
 )
@@ -196,11 +197,7 @@ def pushover_message(rendered: str, default_text: str) -> tuple[dict[str, Any], 
     """The message fields of a rendered `json` part within Pushover's limits (`default_text`
     when it shows nothing), and what was changed, in words. Without the keys of its delivery
     (token, user, device) nor the channel's priority."""
-    try:
-        value: Any = orjson.loads(rendered)
-    except orjson.JSONDecodeError:
-        value = {"message": rendered}
-    return pushover_message_of(value, default_text)
+    return pushover_message_of(parsed_part(rendered, "message"), default_text)
 
 
 def pushover_message_of(value: Any, default_text: str) -> tuple[dict[str, Any], list[str]]:
