@@ -8,14 +8,10 @@ tests/hardening/test_secrets.py's."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
 import re
-import traceback
-from collections.abc import AsyncIterator
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -25,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.channels import REGISTRY, Channel, ChannelEnv, Outgoing, Recovery, settings_models
+from relay.channels import REGISTRY, Channel, ChannelEnv, Outgoing, Recovery
 from relay.channels._http import HttpClient
 from relay.channels.googlechat import (
     MAX_BODY_BYTES,
@@ -34,14 +30,24 @@ from relay.channels.googlechat import (
     cut_html,
     thread_key,
 )
-from relay.cli import main as relay_cli
-from relay.config_load import parse_config
-from relay.errors import ConfigError, DeliveryError
-from relay.grouping import digest_context
+from relay.errors import DeliveryError
 from relay.model import Run
 from relay.templating import RenderContext, Renderer
-from tests.channels.test_presets import HOSTILE, odd_inputs, sdk
-from tests.conftest import RelayFactory, alert_event, assert_golden, sdk_run
+from tests.channels.shared import (
+    TEMPLATES,
+    check_and_show,
+    dead_letter,
+    hides_its_cause,
+    relay_test,
+    render_golden,
+    render_odd,
+    render_part,
+    said,
+    send_test,
+    settings_problems,
+)
+from tests.channels.test_presets import odd_inputs, sdk
+from tests.conftest import RelayFactory, assert_golden, sdk_run
 from tests.fakes.googlechat import (
     KEY,
     REPLY,
@@ -56,22 +62,11 @@ from tests.fakes.googlechat import (
 from tests.fakes.serving import free_port
 from tests.fakes.slack import Reply, check_classified, classified
 
-RENDERER = Renderer()
-TEMPLATES = ("run", "run_failed", "recovered", "error", "deployment_failed", "deployment_success")
-ALERTS = {"error": "alert.error", "deployment_failed": "alert.deployment.failed"}
-ALERTS |= {"deployment_success": "alert.deployment.success"}
 NASTY = "<b>x</b> & *bold* _it_ ~s~ `code` <https://evil.test|click> <users/all> 🔥 &amp;"
 SECRET_TOKEN = TOKEN.removesuffix("%3D")
 LQ, RQ = "\u2039", "\u203a"  # what the text line shows for < and >
 # every `<` of a card text opens or closes a tag of Chat's subset
 _CARD_TAG = re.compile(r"</?(?:b|i|u|s|font|a|br)(?:\s[^<>]*)?>")
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[HttpClient]:
-    client = HttpClient()
-    yield client
-    await client.close()
 
 
 def channel(http: HttpClient, url: str, timeout: float = 2.0) -> Channel:
@@ -95,21 +90,13 @@ def outgoing(
 
 
 def render(template: str, run: dict[str, Any], link: str | None = None, **extra: Any) -> str:
-    ctx = RenderContext(run, "prod-failures", "oncall", "googlechat", "ntf_0123", link, **extra)
-    rendered = RENDERER.render("googlechat", template, ("json",), ctx)
-    assert not rendered.fallback, rendered.error
-    return rendered.parts["json"]
+    return render_part("googlechat", "json", template, run, link, **extra)
 
 
 async def send_error(ch: Channel, part: str = '{"text": "hi"}') -> DeliveryError:
     with pytest.raises(DeliveryError) as info:
         await ch.send(outgoing(part))
     return info.value
-
-
-def said(err: BaseException) -> str:
-    """Everything an error can show: its words, repr and traceback, with its causes."""
-    return str(err) + repr(err) + "".join(traceback.format_exception(err))
 
 
 def card_texts(body: dict[str, Any]) -> list[str]:
@@ -324,7 +311,7 @@ async def test_timeouts_and_refused_connections_are_retried_and_say_no_secret(
     )  # fmt: skip
     for err in (timeout, refused):
         assert SECRET_TOKEN not in said(err) and KEY not in said(err), said(err)
-        assert err.__suppress_context__ or err.__context__ is None
+        assert hides_its_cause(err)
     assert SECRET_TOKEN not in caplog.text and KEY not in caplog.text
 
 
@@ -337,12 +324,7 @@ def test_every_template_takes_any_run_data(template: str, case: str, run: dict[s
     """Hostile fields (markup of every kind, `&`, emoji, an error 40,000 characters long), empty
     and wrongly-typed ones: Chat takes the message, every card text well-formed, the text line
     without a link or a mention."""
-    group = digest_context("grp_1", {"env": HOSTILE}, [run, run]) if template == "digest" else None
-    link = "https://cloud.trigger.dev/runs/x?a=1&b=<2>"
-    ctx = RenderContext(run, "r<b>&", "oncall", "googlechat", "ntf_1", link, group)
-    rendered = RENDERER.render("googlechat", template, ("json",), ctx)
-    assert not rendered.fallback, rendered.error
-    body, _ = chat_message(rendered.parts["json"], "-")
+    body, _ = chat_message(render_odd("googlechat", "json", template, run), "-")
     assert chat_problems(body) == [], str(body)[:300]
     assert "<" not in body["text"] and ">" not in body["text"]
     for text in card_texts(body):
@@ -478,10 +460,7 @@ async def test_a_template_that_shows_nothing_sends_relay_s_line(
 
 
 def problems(options: str) -> list[tuple[str, str]]:
-    text = f"channels:\n  gc: {{type: googlechat{options}}}\n"
-    with pytest.raises(ConfigError) as info:
-        parse_config(text, "config.yaml", settings_models(), env={})
-    return [(p.path.rsplit(".", 1)[-1], p.message) for p in info.value.problems]
+    return settings_problems(f"gc: {{type: googlechat{options}}}")
 
 
 GOOD = f"https://chat.googleapis.com/v1/spaces/{SPACE}/messages?key={KEY}&token={TOKEN}"
@@ -517,13 +496,7 @@ def test_relay_check_and_config_show_never_show_the_url(
         "rules:\n"
         "  - {name: all, match: {status: [failure]}, notify: [gc], update_on_recovery: true}\n"
     )
-    outputs = {}
-    for args in (["check", str(config)], ["config", "show", "--config", str(config)]):
-        out, err = io.StringIO(), io.StringIO()
-        with redirect_stdout(out), redirect_stderr(err):
-            code = relay_cli(args)
-        outputs[args[0]] = out.getvalue() + err.getvalue()
-        assert code == 0, outputs
+    outputs = check_and_show(config)
     assert "webhook_url: <secret>" in outputs["config"], outputs["config"]
     assert "per_second: 1" in outputs["config"]  # the space's quota, by default
     assert not any(SECRET_TOKEN in t or KEY in t or SPACE in t for t in outputs.values()), outputs
@@ -570,11 +543,7 @@ async def test_dead_letters_logs_and_history_keep_the_url_secret(
     googlechat.script(invalid(f"Invalid card in request to {googlechat.webhook_url}"))
     r = await relay(_config(googlechat, 2))
     assert (await r.post({**sdk_run("failed"), "id": "run_dead"}))[0] == 202
-    for _ in range(200):
-        if (await r.service.store.counts())["dead"]:
-            break
-        await asyncio.sleep(0.05)
-    [dead] = await r.service.store.dead_letters()
+    dead = await dead_letter(r)
     assert dead.reason == "client_error" and dead.last_error is not None
     assert "Invalid card in request to [secret]" in dead.last_error
     for text in (dead.last_error, caplog.text):
@@ -595,15 +564,10 @@ def test_relay_test_shows_the_message_as_chat_gets_it(tmp_path: Path) -> None:
         f"  g: {{type: googlechat, webhook_url: '{GOOD}'}}\n"
         "rules:\n  - {name: r, notify: [g], match: {status: [failure]}, template: mine}\n"
     )
-    failed = tmp_path / "failed.json"
-    failed.write_text(json.dumps({**sdk_run("failed"), "id": "run_1"}))
-    out = io.StringIO()
-    with redirect_stdout(out), redirect_stderr(io.StringIO()):
-        assert relay_cli(["test", str(failed), "--config", str(config), "--json"]) == 0
-    [message] = json.loads(out.getvalue())[0]["messages"]
+    message, out = relay_test(tmp_path, config)
     body = json.loads(message["parts"]["json"])
     assert body["text"] == "run_1" and len(orjson.dumps(body)) <= MAX_BODY_BYTES
-    assert "card cut to Chat's 32,000 bytes" in out.getvalue()
+    assert "card cut to Chat's 32,000 bytes" in out
 
 
 # ----------------------------------------------------------------------------- the templates
@@ -615,12 +579,7 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "googlechat"
 def test_templates_match_golden(template: str) -> None:
     """Each shipped template on its event (`RELAY_UPDATE_GOLDEN=1` rewrites them; review the
     diff), as Chat would take it, sent unchanged."""
-    if template in ALERTS:
-        run = alert_event(ALERTS[template])
-        part = render(template, run, run.get("dashboardUrl"))
-    else:
-        run = sdk("completed" if template in ("run", "recovered") else "failed")
-        part = render(template, run, "https://cloud.trigger.dev/projects/v3/proj_abc123/runs/x")
+    part = render_golden("googlechat", "json", template)
     shown = json.dumps(json.loads(part), indent=2, ensure_ascii=False) + "\n"
     assert_golden(GOLDEN / template / "default.json", shown)
     body, said_ = chat_message(part, "-")
@@ -647,11 +606,8 @@ async def test_send_test_sends_the_sample_run(
         "channels:\n  gc: {type: googlechat, webhook_url: '${GOOGLE_CHAT_WEBHOOK}'}\n"
         "rules:\n  - {name: all, match: {status: [failure]}, notify: [gc]}\n"
     )
-    out = io.StringIO()
-    with redirect_stdout(out), redirect_stderr(out):
-        code = await asyncio.to_thread(relay_cli, ["send-test", "gc", "--config", str(config)])
-    assert code == 0, out.getvalue()
+    out = await send_test("gc", config)
     assert googlechat.problems == [[]] and googlechat.messages[0][1]["text"].startswith("🔴 FAILED")
-    assert SECRET_TOKEN not in out.getvalue() and KEY not in out.getvalue()
+    assert SECRET_TOKEN not in out and KEY not in out
     query = dict(parse_qsl(urlsplit(googlechat.webhook_url).query))
     assert googlechat.calls[0].query["key"] == query["key"]

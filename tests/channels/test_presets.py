@@ -14,7 +14,6 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -143,13 +142,6 @@ def unclamped(channel_type: str, text: str) -> Any:
 
 def golden(path: Path, value: Any) -> None:
     assert_golden(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[HttpClient]:
-    client = HttpClient()
-    yield client
-    await client.close()
 
 
 def channel(channel_type: str, http: HttpClient, **options: Any) -> Channel:

@@ -9,14 +9,10 @@ matrix is tests/test_failure_matrix.py's; the secret scans tests/hardening/test_
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
 import re
-import traceback
-from collections.abc import AsyncIterator
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +20,29 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.channels import REGISTRY, Channel, ChannelEnv, Outgoing, Recovery, settings_models
+from relay.channels import REGISTRY, Channel, ChannelEnv, Outgoing, Recovery
 from relay.channels._html_writer import visible_text
 from relay.channels._http import HttpClient
 from relay.channels._http_answers import HttpResponse
 from relay.channels._pushover_html import pushover_html
 from relay.channels.pushover import PushoverSettings, classify, pushover_message
-from relay.cli import main as relay_cli
-from relay.config_load import parse_config
-from relay.errors import ConfigError, DeliveryError
-from relay.grouping import digest_context
+from relay.errors import DeliveryError
 from relay.model import Run
 from relay.templating import RenderContext, Renderer
-from tests.channels.test_presets import HOSTILE, odd_inputs, sdk
+from tests.channels.shared import (
+    TEMPLATES,
+    check_and_show,
+    dead_letter,
+    hides_its_cause,
+    relay_test,
+    render_golden,
+    render_odd,
+    render_part,
+    said,
+    send_test,
+    settings_problems,
+)
+from tests.channels.test_presets import odd_inputs, sdk
 from tests.conftest import RelayFactory, alert_event, assert_golden, sdk_run
 from tests.fakes.pushover import (
     TOKEN,
@@ -49,18 +55,7 @@ from tests.fakes.pushover import (
 from tests.fakes.serving import free_port
 from tests.fakes.slack import Reply, check_classified, classified
 
-RENDERER = Renderer()
-TEMPLATES = ("run", "run_failed", "recovered", "error", "deployment_failed", "deployment_success")
-ALERTS = {"error": "alert.error", "deployment_failed": "alert.deployment.failed"}
-ALERTS |= {"deployment_success": "alert.deployment.success"}
 NASTY = '<b>x</b> & <a href="javascript:alert(1)">y</a> <script>z</script> &amp; 🔥 </font>'
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[HttpClient]:
-    client = HttpClient()
-    yield client
-    await client.close()
 
 
 def channel(http: HttpClient, url: str, timeout: float = 2.0, **options: Any) -> Channel:
@@ -75,21 +70,13 @@ def outgoing(part: str, recovers: Recovery | None = None, ident: str = "ntf_1") 
 
 
 def render(template: str, run: dict[str, Any], link: str | None = None, **extra: Any) -> str:
-    ctx = RenderContext(run, "prod-failures", "oncall", "pushover", "ntf_0123", link, **extra)
-    rendered = RENDERER.render("pushover", template, ("json",), ctx)
-    assert not rendered.fallback, rendered.error
-    return rendered.parts["json"]
+    return render_part("pushover", "json", template, run, link, **extra)
 
 
 async def send_error(ch: Channel, part: str = '{"message": "hi"}') -> DeliveryError:
     with pytest.raises(DeliveryError) as info:
         await ch.send(outgoing(part))
     return info.value
-
-
-def said(err: BaseException) -> str:
-    """Everything an error can show: its words, repr and traceback, with its causes."""
-    return str(err) + repr(err) + "".join(traceback.format_exception(err))
 
 
 def no_secret(text: str) -> bool:
@@ -286,7 +273,7 @@ async def test_timeouts_and_refused_connections_are_retried_and_say_no_secret(
     )  # fmt: skip
     for err in (timeout, refused_at):
         assert no_secret(said(err)), said(err)
-        assert err.__suppress_context__ or err.__context__ is None
+        assert hides_its_cause(err)
     assert no_secret(caplog.text)
 
 
@@ -298,12 +285,7 @@ async def test_timeouts_and_refused_connections_are_retried_and_say_no_secret(
 def test_every_template_takes_any_run_data(template: str, case: str, run: dict[str, Any]) -> None:
     """Hostile fields (markup of every kind, `&`, emoji, an error 40,000 characters long), empty
     and wrongly-typed ones: Pushover takes the message and shows it as meant."""
-    group = digest_context("grp_1", {"env": HOSTILE}, [run, run]) if template == "digest" else None
-    link = "https://cloud.trigger.dev/runs/x?a=1&b=<2>"
-    ctx = RenderContext(run, "r<b>&", "oncall", "pushover", "ntf_1", link, group)
-    rendered = RENDERER.render("pushover", template, ("json",), ctx)
-    assert not rendered.fallback, rendered.error
-    body, _ = pushover_message(rendered.parts["json"], "-")
+    body, _ = pushover_message(render_odd("pushover", "json", template, run), "-")
     assert pushover_problems(body) == [], str(body)[:300]
 
 
@@ -409,10 +391,7 @@ async def test_a_template_that_shows_nothing_sends_relay_s_line(
 
 
 def problems(options: str) -> list[tuple[str, str]]:
-    text = f"channels:\n  po: {{type: pushover{options}}}\n"
-    with pytest.raises(ConfigError) as info:
-        parse_config(text, "config.yaml", settings_models(), env={})
-    return [(p.path.rsplit(".", 1)[-1], p.message) for p in info.value.problems]
+    return settings_problems(f"po: {{type: pushover{options}}}")
 
 
 KEYS = f", token: {TOKEN}, user_key: {USER}"
@@ -470,13 +449,7 @@ def test_relay_check_and_config_show_never_show_the_keys(
         "rules:\n"
         "  - {name: all, match: {status: [failure]}, notify: [po], update_on_recovery: true}\n"
     )
-    outputs = {}
-    for args in (["check", str(config)], ["config", "show", "--config", str(config)]):
-        out, err = io.StringIO(), io.StringIO()
-        with redirect_stdout(out), redirect_stderr(err):
-            code = relay_cli(args)
-        outputs[args[0]] = out.getvalue() + err.getvalue()
-        assert code == 0, outputs
+    outputs = check_and_show(config)
     shown = outputs["config"]
     assert "token: <secret>" in shown and "user_key: <secret>" in shown, shown
     assert "retry: 1m" in shown or "retry: 60" in shown, shown
@@ -524,11 +497,7 @@ async def test_dead_letters_logs_and_history_keep_the_keys_secret(
     rule = "{name: failures, match: {status: [failure]}, notify: [po]}"
     r = await relay(_config(pushover, rule))
     assert (await r.post({**sdk_run("failed"), "id": "run_dead"}))[0] == 202
-    for _ in range(200):
-        if (await r.service.store.counts())["dead"]:
-            break
-        await asyncio.sleep(0.05)
-    [dead] = await r.service.store.dead_letters()
+    dead = await dead_letter(r)
     assert dead.reason == "auth_error" and dead.last_error is not None
     assert "user [secret] with token [secret] refused" in dead.last_error
     assert dead.attempts == 1  # permanent: the operator fixes the key, then replays
@@ -547,16 +516,11 @@ def test_relay_test_shows_the_message_as_pushover_gets_it(tmp_path: Path) -> Non
         f"  p: {{type: pushover, token: {TOKEN}, user_key: {USER}}}\n"
         "rules:\n  - {name: r, notify: [p], match: {status: [failure]}, template: mine}\n"
     )
-    failed = tmp_path / "failed.json"
-    failed.write_text(json.dumps({**sdk_run("failed"), "id": "run_1"}))
-    out = io.StringIO()
-    with redirect_stdout(out), redirect_stderr(io.StringIO()):
-        assert relay_cli(["test", str(failed), "--config", str(config), "--json"]) == 0
-    [message] = json.loads(out.getvalue())[0]["messages"]
+    message, out = relay_test(tmp_path, config)
     body = json.loads(message["parts"]["json"])
     assert body["title"] == "run_1" and body["priority"] == 2 and len(body["message"]) == 1024
-    assert "<blink>" not in body["message"] and no_secret(out.getvalue())
-    assert "message cut to Pushover's 1024 characters" in out.getvalue()
+    assert "<blink>" not in body["message"] and no_secret(out)
+    assert "message cut to Pushover's 1024 characters" in out
 
 
 async def test_send_test_sends_the_sample_run(
@@ -569,12 +533,9 @@ async def test_send_test_sends_the_sample_run(
         f" api_url: '{pushover.url}'}}\n"
         "rules:\n  - {name: all, match: {status: [failure]}, notify: [po]}\n"
     )
-    out = io.StringIO()
-    with redirect_stdout(out), redirect_stderr(out):
-        code = await asyncio.to_thread(relay_cli, ["send-test", "po", "--config", str(config)])
-    assert code == 0, out.getvalue()
+    out = await send_test("po", config)
     assert pushover.problems == [[]] and pushover.messages[0]["title"].startswith("🔴 FAILED")
-    assert no_secret(out.getvalue())
+    assert no_secret(out)
 
 
 # ----------------------------------------------------------------------------- the templates
@@ -586,12 +547,7 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "pushover"
 def test_templates_match_golden(template: str) -> None:
     """Each shipped template on its event (`RELAY_UPDATE_GOLDEN=1` rewrites them; review the
     diff), as Pushover would take it, sent unchanged."""
-    if template in ALERTS:
-        run = alert_event(ALERTS[template])
-        part = render(template, run, run.get("dashboardUrl"))
-    else:
-        run = sdk("completed" if template in ("run", "recovered") else "failed")
-        part = render(template, run, "https://cloud.trigger.dev/projects/v3/proj_abc123/runs/x")
+    part = render_golden("pushover", "json", template)
     shown = json.dumps(json.loads(part), indent=2, ensure_ascii=False) + "\n"
     assert_golden(GOLDEN / template / "default.json", shown)
     body, said_ = pushover_message(part, "-")

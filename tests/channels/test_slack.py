@@ -12,7 +12,6 @@ import io
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +45,6 @@ from tests.fakes.slack import (
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "slack"
 FIXTURE_NAMES = ("failed", "crashed", "timed_out", "completed", "executing")
 SECRETS = (TOKEN, WEBHOOK_PATH.rsplit("/", 1)[1])
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[HttpClient]:
-    client = HttpClient()
-    yield client
-    await client.close()
 
 
 @pytest.fixture

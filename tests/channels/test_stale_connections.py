@@ -119,13 +119,6 @@ def first_then(act: str) -> Script:
 # ----------------------------------------------------------------------------- every channel
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[HttpClient]:
-    client = HttpClient()
-    yield client
-    await client.close()
-
-
 @pytest.mark.parametrize("act", [RESET, CLOSE])
 @pytest.mark.parametrize("kind", sorted(HTTP_KINDS))
 async def test_a_reused_connection_lost_before_the_answer_is_sent_again_on_a_new_one(

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
-import traceback
-from collections.abc import AsyncIterator
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +17,28 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.channels import REGISTRY, Channel, ChannelEnv, Outgoing, Recovery, settings_models
+from relay.channels import REGISTRY, Channel, ChannelEnv, Outgoing, Recovery
 from relay.channels._http import HttpClient
 from relay.channels._telegram_html import MAX_TEXT, telegram_html
-from relay.channels.telegram import TelegramSettings
-from relay.cli import main as relay_cli
-from relay.config_load import parse_config
-from relay.errors import ConfigError, DeliveryError
+from relay.channels.telegram import TelegramSettings, telegram_message
+from relay.errors import DeliveryError
 from relay.model import Run
 from relay.templating import RenderContext, Renderer
-from tests.channels.test_presets import HOSTILE, odd_inputs, sdk
-from tests.conftest import RelayFactory, alert_event, assert_golden, sdk_run
+from tests.channels.shared import (
+    TEMPLATES,
+    check_and_show,
+    dead_letter,
+    hides_its_cause,
+    relay_test,
+    render_golden,
+    render_odd,
+    render_part,
+    said,
+    send_test,
+    settings_problems,
+)
+from tests.channels.test_presets import odd_inputs, sdk
+from tests.conftest import RelayFactory, assert_golden, sdk_run
 from tests.fakes.serving import free_port, serving
 from tests.fakes.slack import Reply, check_classified, classified
 from tests.fakes.telegram import (
@@ -44,18 +51,7 @@ from tests.fakes.telegram import (
     utf16,
 )
 
-RENDERER = Renderer()
-TEMPLATES = ("run", "run_failed", "recovered", "error", "deployment_failed", "deployment_success")
-ALERTS = {"error": "alert.error", "deployment_failed": "alert.deployment.failed"}
-ALERTS |= {"deployment_success": "alert.deployment.success"}
 NASTY = '<b> & </a> &amp; <script>x</script> 🔥 "q" \'s\' <a href="javascript:x">'
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[HttpClient]:
-    client = HttpClient()
-    yield client
-    await client.close()
 
 
 def channel(http: HttpClient, api_url: str, timeout: float = 2.0, **options: Any) -> Channel:
@@ -71,21 +67,13 @@ def outgoing(text: str, recovers: Recovery | None = None, run_id: str = "run_1")
 
 
 def render(template: str, run: dict[str, Any], link: str | None = None) -> str:
-    ctx = RenderContext(run, "prod-failures", "oncall", "telegram", "ntf_0123", link)
-    rendered = RENDERER.render("telegram", template, ("html",), ctx)
-    assert not rendered.fallback, rendered.error
-    return rendered.parts["html"]
+    return render_part("telegram", "html", template, run, link)
 
 
 async def send_error(ch: Channel, text: str = "<b>hi</b>") -> DeliveryError:
     with pytest.raises(DeliveryError) as info:
         await ch.send(outgoing(text))
     return info.value
-
-
-def said(err: BaseException) -> str:
-    """Everything an error can show: its words, repr and traceback, with its causes."""
-    return str(err) + repr(err) + "".join(traceback.format_exception(err))
 
 
 # ----------------------------------------------------------------------------- sending
@@ -229,8 +217,7 @@ async def test_timeouts_and_refused_connections_are_retried_and_say_no_token(
     secret = BOT_TOKEN.split(":")[1]
     for err in (timeout, refused):
         assert secret not in said(err), said(err)
-        # the aiohttp error the client turned into it is not shown (`from None`) either
-        assert err.__suppress_context__ or err.__context__ is None
+        assert hides_its_cause(err)
     assert secret not in caplog.text
 
 
@@ -244,15 +231,7 @@ async def test_every_template_takes_any_run_data(
 ) -> None:
     """Hostile fields (tags, `</a>`, `&`, emoji, an error 40,000 characters long), empty and
     wrongly-typed ones: Telegram's parser takes the text the channel sends, within 4096."""
-    from relay.channels.telegram import telegram_message  # noqa: PLC0415
-    from relay.grouping import digest_context  # noqa: PLC0415
-
-    group = digest_context("grp_1", {"env": HOSTILE}, [run, run]) if template == "digest" else None
-    link = "https://cloud.trigger.dev/runs/x?a=1&b=<2>"
-    ctx = RenderContext(run, "r<b>&", "oncall", "telegram", "ntf_1", link, group)
-    rendered = RENDERER.render("telegram", template, ("html",), ctx)
-    assert not rendered.fallback, rendered.error
-    body, _ = telegram_message(rendered.parts["html"], "-")
+    body, _ = telegram_message(render_odd("telegram", "html", template, run), "-")
     assert html_problems(body) == [], body["text"][:300]
 
 
@@ -399,10 +378,7 @@ async def test_a_recovery_end_to_end_edits_the_alert(
 
 
 def problems(options: str) -> list[tuple[str, str]]:
-    text = f"channels:\n  tg: {{type: telegram, {options}}}\n"
-    with pytest.raises(ConfigError) as info:
-        parse_config(text, "config.yaml", settings_models(), env={})
-    return [(p.path.rsplit(".", 1)[-1], p.message) for p in info.value.problems]
+    return settings_problems(f"tg: {{type: telegram, {options}}}")
 
 
 TOKEN_OPTION = f'bot_token: "{BOT_TOKEN}"'
@@ -446,13 +422,7 @@ def test_relay_check_and_config_show_never_show_the_token(
         "rules:\n"
         "  - {name: all, match: {status: [failure]}, notify: [tg], update_on_recovery: true}\n"
     )
-    outputs = {}
-    for args in (["check", str(config)], ["config", "show", "--config", str(config)]):
-        out, err = io.StringIO(), io.StringIO()
-        with redirect_stdout(out), redirect_stderr(err):
-            code = relay_cli(args)
-        outputs[args[0]] = out.getvalue() + err.getvalue()
-        assert code == 0, outputs
+    outputs = check_and_show(config)
     assert "bot_token: <secret>" in outputs["config"], outputs["config"]
     assert f"chat_id: {CHAT_ID}" in outputs["config"]
     secret = BOT_TOKEN.split(":")[1]
@@ -466,11 +436,7 @@ async def test_dead_letters_logs_and_history_keep_the_token_secret(
     telegram.script(failure(400, f"Bad Request: can't parse entities in /bot{BOT_TOKEN}"))
     r = await relay(_config(telegram, 2))
     assert (await r.post({**sdk_run("failed"), "id": "run_dead"}))[0] == 202
-    for _ in range(200):
-        if (await r.service.store.counts())["dead"]:
-            break
-        await asyncio.sleep(0.05)
-    [dead] = await r.service.store.dead_letters()
+    dead = await dead_letter(r)
     assert dead.reason == "client_error" and dead.last_error is not None
     assert "[token]" in dead.last_error
     secret = BOT_TOKEN.split(":")[1]
@@ -524,16 +490,11 @@ def test_relay_test_shows_the_text_as_telegram_gets_it(tmp_path: Path) -> None:
         f"  t: {{type: telegram, bot_token: '{BOT_TOKEN}', chat_id: {CHAT_ID}}}\n"
         "rules:\n  - {name: r, notify: [t], match: {status: [failure]}, template: mine}\n"
     )
-    failed = tmp_path / "failed.json"
-    failed.write_text(json.dumps({**sdk_run("failed"), "id": "run_1"}))
-    out = io.StringIO()
-    with redirect_stdout(out), redirect_stderr(io.StringIO()):
-        assert relay_cli(["test", str(failed), "--config", str(config), "--json"]) == 0
-    [message] = json.loads(out.getvalue())[0]["messages"]
+    message, out = relay_test(tmp_path, config)
     text = message["parts"]["html"]
     assert text.startswith("<b>run_1</b> &lt;i&gt;yyy") and text.endswith("y…")
     assert html_problems({"text": text, "parse_mode": "HTML"}) == []
-    assert "cut to Telegram's 4096 characters" in out.getvalue()
+    assert "cut to Telegram's 4096 characters" in out
 
 
 # ----------------------------------------------------------------------------- the templates
@@ -546,17 +507,10 @@ def test_templates_match_golden(template: str) -> None:
     """Each shipped template on its event (`RELAY_UPDATE_GOLDEN=1` rewrites them; review the
     diff), as Telegram would show it: its parser takes the text, and the channel sends it
     unchanged."""
-    from relay.channels.telegram import telegram_message  # noqa: PLC0415
-
-    if template in ALERTS:
-        run = alert_event(ALERTS[template])
-        text = render(template, run, run.get("dashboardUrl"))
-    else:
-        run = sdk("completed" if template in ("run", "recovered") else "failed")
-        text = render(template, run, "https://cloud.trigger.dev/projects/v3/proj_abc123/runs/x")
+    text = render_golden("telegram", "html", template)
     assert_golden(GOLDEN / template / "default.html", text)
-    body, said = telegram_message(text, "-")
-    assert html_problems(body) == [] and said == []
+    body, said_ = telegram_message(text, "-")
+    assert html_problems(body) == [] and said_ == []
     assert body["text"] == telegram_html(text)[0]
     assert parse_html(body["text"])[0] == parse_html(text)[0]
 
@@ -568,8 +522,6 @@ def test_a_template_that_fails_sends_the_plain_fallback(tmp_path: Path) -> None:
     ctx = RenderContext(sdk("failed"), "r", "oncall", "telegram", "ntf_1", "https://x.test/?a&b")
     rendered = renderer.render("telegram", "run_failed", ("html",), ctx)
     assert rendered.fallback
-    from relay.channels.telegram import telegram_message  # noqa: PLC0415
-
     body, _ = telegram_message(rendered.parts["html"], "-")
     assert html_problems(body) == [] and body["text"].startswith("<pre>🔴 FAILED · sync-")
 
@@ -585,12 +537,9 @@ async def test_send_test_sends_the_sample_run(
         f" chat_id: {CHAT_ID}, api_url: '{telegram.url}'}}\n"
         "rules:\n  - {name: all, match: {status: [failure]}, notify: [tg]}\n"
     )
-    out = io.StringIO()
-    with redirect_stdout(out), redirect_stderr(out):
-        code = await asyncio.to_thread(relay_cli, ["send-test", "tg", "--config", str(config)])
-    assert code == 0, out.getvalue()
+    out = await send_test("tg", config)
     assert telegram.problems == [[]] and telegram.shown()[0].startswith("🔴 FAILED")
-    assert BOT_TOKEN.split(":")[1] not in out.getvalue()
+    assert BOT_TOKEN.split(":")[1] not in out
 
 
 @pytest.mark.parametrize(
