@@ -29,15 +29,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from tests.fakes.serving import serving
-from tests.fakes.slack import Fake, Reply
+from tests.fakes.slack import Fake, Reply, serve_fake
 
 SPACE = "AAAAbCdEfGh"
 KEY = "AIzaSyDdI0hCZtE6vySjMm-WEfRq3CPzqKqqsHI"
@@ -215,16 +214,9 @@ class FakeChat(Fake):
         return web.json_response(answer)
 
 
-@asynccontextmanager
-async def _serve(fake: FakeChat, port: int) -> AsyncIterator[FakeChat]:
-    app = web.Application(client_max_size=4 * 1024 * 1024)
-    app.router.add_post("/v1/spaces/{space}/messages", fake.post)
-    async with serving(app, port, access_log=None, shutdown_timeout=0.2) as fake.url:
-        yield fake
-
-
 def fake_chat(port: int = 0) -> AbstractAsyncContextManager[FakeChat]:
-    return _serve(FakeChat(), port)
+    fake = FakeChat()
+    return serve_fake(fake, [("/v1/spaces/{space}/messages", fake.post)], port)
 
 
 @pytest.fixture

@@ -36,16 +36,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from aiohttp import web
 
-from tests.fakes.serving import serving
-from tests.fakes.slack import Fake, Reply
+from tests.fakes.slack import Fake, Reply, serve_fake
 
 DISCORD_ID, DISCORD_TOKEN = (
     "1290000000000000001",
@@ -417,22 +416,11 @@ class FakePagerDuty(Fake):
 
 # ----------------------------------------------------------------------------- running them
 
-F = TypeVar("F", bound=Fake)
-
-
-@asynccontextmanager
-async def _serve(fake: F, routes: list[tuple[str, Any]], port: int = 0) -> AsyncIterator[F]:
-    app = web.Application(client_max_size=4 * 1024 * 1024)
-    for path, handler in routes:
-        app.router.add_post(path, handler)
-    async with serving(app, port, access_log=None, shutdown_timeout=0.2) as fake.url:
-        yield fake
-
 
 def fake_discord(port: int = 0) -> AbstractAsyncContextManager[FakeDiscord]:
     fake = FakeDiscord()
     routes = ["/api/webhooks/{id}/{token}", r"/api/v{version:\d+}/webhooks/{id}/{token}"]
-    return _serve(fake, [(route, fake.execute) for route in routes], port)
+    return serve_fake(fake, [(route, fake.execute) for route in routes], port)
 
 
 def fake_teams(port: int = 0) -> AbstractAsyncContextManager[FakeTeams]:
@@ -441,13 +429,13 @@ def fake_teams(port: int = 0) -> AbstractAsyncContextManager[FakeTeams]:
         ("/workflows/{flow}/triggers/manual/paths/invoke", fake.invoke),
         ("/webhookb2/{path:.*}", fake.connector),
     ]
-    return _serve(fake, routes, port)
+    return serve_fake(fake, routes, port)
 
 
 def fake_pagerduty(port: int = 0) -> AbstractAsyncContextManager[FakePagerDuty]:
     fake = FakePagerDuty()
     routes = [("/v2/enqueue", fake.enqueue), ("/v2/change/enqueue", fake.enqueue)]
-    return _serve(fake, routes, port)
+    return serve_fake(fake, routes, port)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,8 +34,7 @@ from urllib.parse import parse_qsl
 import pytest
 from aiohttp import web
 
-from tests.fakes.serving import serving
-from tests.fakes.slack import Fake, Reply
+from tests.fakes.slack import Fake, Reply, serve_fake
 
 TOKEN = "azGDORePK8gMaC0QOYAMyEEuzJnyUi"  # 30 letters and digits, as Pushover's
 USER = "uQiRzpo4DXghDmr9QzzfQu27cmVRsG"
@@ -189,17 +188,13 @@ class FakePushover(Fake):
         return web.json_response({"status": 1, "request": str(uuid.uuid4())})
 
 
-@asynccontextmanager
-async def _serve(fake: FakePushover, port: int) -> AsyncIterator[FakePushover]:
-    app = web.Application()
-    app.router.add_post("/1/messages.json", fake.messages_json)
-    app.router.add_post("/1/receipts/{receipt}/cancel.json", fake.cancel)
-    async with serving(app, port, access_log=None, shutdown_timeout=0.2) as fake.url:
-        yield fake
-
-
 def fake_pushover(port: int = 0) -> AbstractAsyncContextManager[FakePushover]:
-    return _serve(FakePushover(), port)
+    fake = FakePushover()
+    routes = [
+        ("/1/messages.json", fake.messages_json),
+        ("/1/receipts/{receipt}/cancel.json", fake.cancel),
+    ]
+    return serve_fake(fake, routes, port)
 
 
 @pytest.fixture

@@ -29,10 +29,10 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
@@ -141,6 +141,23 @@ class Fake:
         if scripted is not None and scripted.delay_s:
             await asyncio.sleep(scripted.delay_s)
         return body, scripted
+
+
+F = TypeVar("F", bound=Fake)
+Handler = Callable[[web.Request], Any]
+
+
+@asynccontextmanager
+async def serve_fake(
+    fake: F, routes: Sequence[tuple[str, Handler]], port: int = 0
+) -> AsyncIterator[F]:
+    """`fake` answering POSTs to `routes` (path, handler) on 127.0.0.1 (an ephemeral port, or
+    `port`) until the block ends, its `url` set; bodies of up to 4 MiB read."""
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    for path, handler in routes:
+        app.router.add_post(path, handler)
+    async with serving(app, port, access_log=None, shutdown_timeout=0.2) as fake.url:
+        yield fake
 
 
 def _text_problems(obj: Any, where: str, limit: int) -> list[str]:

@@ -30,15 +30,14 @@ import html
 import re
 import time
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from tests.fakes.serving import serving
-from tests.fakes.slack import Fake, Reply
+from tests.fakes.slack import Fake, Reply, serve_fake
 
 BOT_TOKEN = "7012345678:AAFakeTelegramBotToken_0123456789abcdefXY"
 CHAT_ID = -1001234567890
@@ -217,16 +216,9 @@ class FakeTelegram(Fake):
         return Reply(200, {"ok": True, "result": self._message(chat, message_id, shown)})
 
 
-@asynccontextmanager
-async def _serve(fake: FakeTelegram, port: int) -> AsyncIterator[FakeTelegram]:
-    app = web.Application(client_max_size=4 * 1024 * 1024)
-    app.router.add_post("/bot{token}/{method}", fake.method)
-    async with serving(app, port, access_log=None, shutdown_timeout=0.2) as fake.url:
-        yield fake
-
-
 def fake_telegram(port: int = 0) -> AbstractAsyncContextManager[FakeTelegram]:
-    return _serve(FakeTelegram(), port)
+    fake = FakeTelegram()
+    return serve_fake(fake, [("/bot{token}/{method}", fake.method)], port)
 
 
 @pytest.fixture
