@@ -23,7 +23,8 @@ from relay.dashboard_links import dashboard_link
 from relay.formats.trigger_alerts import parse_alert, signature
 from relay.grouping import digest_context
 from relay.templating import RenderContext, Renderer, fallback_json, fallback_text
-from tests.channels.test_presets import HOSTILE, check_sent
+from tests.channels.shared import HOSTILE
+from tests.channels.test_presets import check_sent
 from tests.conftest import OUR_ALERTS, RelayFactory, Sink, alert_event, assert_golden
 from tests.fakes.slack import block_kit_problems
 from tests.test_channel_templates import no_pings_or_forged_links

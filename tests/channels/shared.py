@@ -1,6 +1,6 @@
 """What the tests of the channels with one rendered part (telegram, googlechat, pushover)
-share: the shipped templates and the events each is shown on, rendering one, everything an
-error can show (`said`), a settings file's problems, the CLI's outputs (`relay check`,
+share: a channel of given settings and the failure of a send, the shipped templates and the
+events each is shown on, rendering one, everything an error can show (`said`), a settings file's problems, the CLI's outputs (`relay check`,
 `config show`, `test`, `send-test`), and waiting for a dead letter."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
-from relay.channels import settings_models
+from relay.channels import REGISTRY, Channel, ChannelEnv, Outgoing, settings_models
+from relay.channels._http import HttpClient
 from relay.cli import main as relay_cli
 from relay.config_load import parse_config
-from relay.errors import ConfigError
+from relay.errors import ConfigError, DeliveryError
 from relay.grouping import digest_context
-from relay.model import Notification
+from relay.model import Notification, Run
 from relay.templating import RenderContext, Renderer
-from tests.channels.test_presets import HOSTILE, sdk
 from tests.conftest import Relay, alert_event, sdk_run
 
 RENDERER = Renderer()
@@ -30,8 +30,30 @@ TEMPLATES = ("run", "run_failed", "recovered", "error", "deployment_failed", "de
 # the Trigger.dev alert each alert template is shown on (the others: an SDK run)
 ALERTS = {"error": "alert.error", "deployment_failed": "alert.deployment.failed"}
 ALERTS |= {"deployment_success": "alert.deployment.success"}
+# run data that looks like markup to every channel
+HOSTILE = '[click](https://evil.test) @everyone <@&123> **b** ||s|| ``` # h\n> q "x" </script>'
 _RUN_LINK = "https://cloud.trigger.dev/projects/v3/proj_abc123/runs/x"
 _ODD_LINK = "https://cloud.trigger.dev/runs/x?a=1&b=<2>"
+
+
+def sdk(name: str, **changes: Any) -> dict[str, Any]:
+    """The SDK run fixture `name`, with `changes`, as a template sees it."""
+    return Run.model_validate({**sdk_run(name), **changes}).as_dict()
+
+
+def make_channel(http: HttpClient, settings: dict[str, Any], timeout: float = 2.0) -> Channel:
+    """The channel `oncall` of `settings` (of its `type`), sending with `http` within
+    `timeout` seconds unless its settings say otherwise."""
+    kind = REGISTRY[settings["type"]]
+    env = ChannelEnv(http, io.StringIO(), timeout)
+    return kind.create("oncall", kind.settings.model_validate(settings), env)
+
+
+async def failure_of(ch: Channel, message: Outgoing) -> DeliveryError:
+    """The DeliveryError `ch` raises sending `message` (it must raise one)."""
+    with pytest.raises(DeliveryError) as info:
+        await ch.send(message)
+    return info.value
 
 
 def said(err: BaseException) -> str:

@@ -8,7 +8,6 @@ tests/hardening/test_secrets.py's."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -21,11 +20,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.channels import REGISTRY, Channel, ChannelEnv, Outgoing, Recovery
+from relay.channels import Channel, Outgoing, Recovery
 from relay.channels._http import HttpClient
 from relay.channels.googlechat import (
     MAX_BODY_BYTES,
-    GoogleChatSettings,
     chat_message,
     cut_html,
     thread_key,
@@ -37,16 +35,19 @@ from tests.channels.shared import (
     TEMPLATES,
     check_and_show,
     dead_letter,
+    failure_of,
     hides_its_cause,
+    make_channel,
     relay_test,
     render_golden,
     render_odd,
     render_part,
     said,
+    sdk,
     send_test,
     settings_problems,
 )
-from tests.channels.test_presets import odd_inputs, sdk
+from tests.channels.test_presets import odd_inputs
 from tests.conftest import RelayFactory, assert_golden, sdk_run
 from tests.fakes.googlechat import (
     KEY,
@@ -70,10 +71,7 @@ _CARD_TAG = re.compile(r"</?(?:b|i|u|s|font|a|br)(?:\s[^<>]*)?>")
 
 
 def channel(http: HttpClient, url: str, timeout: float = 2.0) -> Channel:
-    settings = GoogleChatSettings.model_validate({"type": "googlechat", "webhook_url": url})
-    return REGISTRY["googlechat"].create(
-        "oncall", settings, ChannelEnv(http, io.StringIO(), timeout)
-    )
+    return make_channel(http, {"type": "googlechat", "webhook_url": url}, timeout)
 
 
 def outgoing(
@@ -94,9 +92,7 @@ def render(template: str, run: dict[str, Any], link: str | None = None, **extra:
 
 
 async def send_error(ch: Channel, part: str = '{"text": "hi"}') -> DeliveryError:
-    with pytest.raises(DeliveryError) as info:
-        await ch.send(outgoing(part))
-    return info.value
+    return await failure_of(ch, outgoing(part))
 
 
 def card_texts(body: dict[str, Any]) -> list[str]:

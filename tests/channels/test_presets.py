@@ -11,7 +11,6 @@ Regenerate the golden files with `RELAY_UPDATE_GOLDEN=1 pytest tests/channels/te
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from relay.channels import REGISTRY, Channel, ChannelEnv, Outgoing, settings_models
+from relay.channels import REGISTRY, Channel, Outgoing, settings_models
 from relay.channels._http import HttpClient
 from relay.channels.discord import DiscordSettings, discord_message
 from relay.channels.msteams import MAX_BODY_BYTES, MSTeamsSettings, teams_message
@@ -32,6 +31,7 @@ from relay.errors import ConfigError, DeliveryError
 from relay.grouping import digest_context
 from relay.model import Run
 from relay.templating import RenderContext, Renderer, fallback_json
+from tests.channels.shared import HOSTILE, failure_of, make_channel, sdk
 from tests.conftest import (
     EVENT_TEMPLATES,
     GOLDEN_CASES,
@@ -59,16 +59,11 @@ from tests.fakes.slack import Reply, check_classified, classified
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 TYPES = ("discord", "msteams", "pagerduty")
 SECRETS = (DISCORD_TOKEN, TEAMS_SIG, PD_KEY)
-HOSTILE = '[click](https://evil.test) @everyone <@&123> **b** ||s|| ``` # h\n> q "x" </script>'
 RENDERER = Renderer()  # the shipped templates, compiled once
 PD_SETTINGS = PagerDutySettings.model_validate({"type": "pagerduty", "routing_key": PD_KEY})
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def sdk(name: str, **changes: Any) -> dict[str, Any]:
-    return Run.model_validate({**sdk_run(name), **changes}).as_dict()
 
 
 def run_link(run: dict[str, Any]) -> str:
@@ -145,9 +140,7 @@ def golden(path: Path, value: Any) -> None:
 
 
 def channel(channel_type: str, http: HttpClient, **options: Any) -> Channel:
-    kind = REGISTRY[channel_type]
-    settings = kind.settings.model_validate({"type": channel_type, **options})
-    return kind.create("oncall", settings, ChannelEnv(http, io.StringIO(), 2.0))
+    return make_channel(http, {"type": channel_type, **options})
 
 
 def outgoing(part: str, run_id: str = "run_1", ident: str = "ntf_1") -> Outgoing:
@@ -886,9 +879,7 @@ def test_pagerduty_event_too_large_with_its_details_cut_keeps_their_short_scalar
 
 
 async def send_error(ch: Channel, part: str = "{}") -> DeliveryError:
-    with pytest.raises(DeliveryError) as info:
-        await ch.send(outgoing(part))
-    err = info.value
+    err = await failure_of(ch, outgoing(part))
     assert not any(secret in str(err) for secret in SECRETS), str(err)
     return err
 

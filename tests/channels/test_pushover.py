@@ -9,7 +9,6 @@ matrix is tests/test_failure_matrix.py's; the secret scans tests/hardening/test_
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -20,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.channels import REGISTRY, Channel, ChannelEnv, Outgoing, Recovery
+from relay.channels import REGISTRY, Channel, Outgoing, Recovery
 from relay.channels._html_writer import visible_text
 from relay.channels._http import HttpClient
 from relay.channels._http_answers import HttpResponse
@@ -33,16 +32,19 @@ from tests.channels.shared import (
     TEMPLATES,
     check_and_show,
     dead_letter,
+    failure_of,
     hides_its_cause,
+    make_channel,
     relay_test,
     render_golden,
     render_odd,
     render_part,
     said,
+    sdk,
     send_test,
     settings_problems,
 )
-from tests.channels.test_presets import odd_inputs, sdk
+from tests.channels.test_presets import odd_inputs
 from tests.conftest import RelayFactory, alert_event, assert_golden, sdk_run
 from tests.fakes.pushover import (
     TOKEN,
@@ -59,10 +61,8 @@ NASTY = '<b>x</b> & <a href="javascript:alert(1)">y</a> <script>z</script> &amp;
 
 
 def channel(http: HttpClient, url: str, timeout: float = 2.0, **options: Any) -> Channel:
-    settings = PushoverSettings.model_validate(
-        {"type": "pushover", "token": TOKEN, "user_key": USER, "api_url": url, **options}
-    )
-    return REGISTRY["pushover"].create("oncall", settings, ChannelEnv(http, io.StringIO(), timeout))
+    settings = {"type": "pushover", "token": TOKEN, "user_key": USER, "api_url": url, **options}
+    return make_channel(http, settings, timeout)
 
 
 def outgoing(part: str, recovers: Recovery | None = None, ident: str = "ntf_1") -> Outgoing:
@@ -74,9 +74,7 @@ def render(template: str, run: dict[str, Any], link: str | None = None, **extra:
 
 
 async def send_error(ch: Channel, part: str = '{"message": "hi"}') -> DeliveryError:
-    with pytest.raises(DeliveryError) as info:
-        await ch.send(outgoing(part))
-    return info.value
+    return await failure_of(ch, outgoing(part))
 
 
 def no_secret(text: str) -> bool:

@@ -8,7 +8,6 @@ tests/test_failure_matrix.py's; the secret scans tests/hardening/test_secrets.py
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,10 +16,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.channels import REGISTRY, Channel, ChannelEnv, Outgoing, Recovery
+from relay.channels import Channel, Outgoing, Recovery
 from relay.channels._http import HttpClient
 from relay.channels._telegram_html import MAX_TEXT, telegram_html
-from relay.channels.telegram import TelegramSettings, telegram_message
+from relay.channels.telegram import telegram_message
 from relay.errors import DeliveryError
 from relay.model import Run
 from relay.templating import RenderContext, Renderer
@@ -28,16 +27,19 @@ from tests.channels.shared import (
     TEMPLATES,
     check_and_show,
     dead_letter,
+    failure_of,
     hides_its_cause,
+    make_channel,
     relay_test,
     render_golden,
     render_odd,
     render_part,
     said,
+    sdk,
     send_test,
     settings_problems,
 )
-from tests.channels.test_presets import odd_inputs, sdk
+from tests.channels.test_presets import odd_inputs
 from tests.conftest import RelayFactory, assert_golden, sdk_run
 from tests.fakes.serving import free_port, serving
 from tests.fakes.slack import Reply, check_classified, classified
@@ -55,11 +57,8 @@ NASTY = '<b> & </a> &amp; <script>x</script> 🔥 "q" \'s\' <a href="javascript:
 
 
 def channel(http: HttpClient, api_url: str, timeout: float = 2.0, **options: Any) -> Channel:
-    settings = TelegramSettings.model_validate(
-        {"type": "telegram", "bot_token": BOT_TOKEN, "chat_id": CHAT_ID, "api_url": api_url}
-        | options
-    )
-    return REGISTRY["telegram"].create("oncall", settings, ChannelEnv(http, io.StringIO(), timeout))
+    settings = {"type": "telegram", "bot_token": BOT_TOKEN, "chat_id": CHAT_ID, "api_url": api_url}
+    return make_channel(http, settings | options, timeout)
 
 
 def outgoing(text: str, recovers: Recovery | None = None, run_id: str = "run_1") -> Outgoing:
@@ -71,9 +70,7 @@ def render(template: str, run: dict[str, Any], link: str | None = None) -> str:
 
 
 async def send_error(ch: Channel, text: str = "<b>hi</b>") -> DeliveryError:
-    with pytest.raises(DeliveryError) as info:
-        await ch.send(outgoing(text))
-    return info.value
+    return await failure_of(ch, outgoing(text))
 
 
 # ----------------------------------------------------------------------------- sending
