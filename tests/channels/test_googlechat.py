@@ -330,14 +330,12 @@ def test_every_template_takes_any_run_data(template: str, case: str, run: dict[s
 async def test_hostile_run_data_can_neither_format_link_nor_mention(
     googlechat: FakeChat, http: HttpClient
 ) -> None:
-    run = Run.model_validate(
-        {
-            **sdk_run("failed"),
-            "taskIdentifier": NASTY,
-            "error": {"name": "</b>", "message": NASTY, "stack": NASTY},
-            "tags": [NASTY],
-        }
-    ).as_dict()
+    run = sdk(
+        "failed",
+        taskIdentifier=NASTY,
+        error={"name": "</b>", "message": NASTY, "stack": NASTY},
+        tags=[NASTY],
+    )
     await channel(http, googlechat.webhook_url).send(
         outgoing(render("run_failed", run, "https://x.test/?a=1&b=2"))
     )

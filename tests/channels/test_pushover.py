@@ -26,7 +26,6 @@ from relay.channels._http_answers import HttpResponse
 from relay.channels._pushover_html import pushover_html
 from relay.channels.pushover import PushoverSettings, classify, pushover_message
 from relay.errors import DeliveryError
-from relay.model import Run
 from relay.templating import RenderContext, Renderer
 from tests.channels.shared import (
     TEMPLATES,
@@ -290,14 +289,12 @@ def test_every_template_takes_any_run_data(template: str, case: str, run: dict[s
 async def test_hostile_run_data_can_neither_format_nor_link(
     pushover: FakePushover, http: HttpClient
 ) -> None:
-    run = Run.model_validate(
-        {
-            **sdk_run("failed"),
-            "taskIdentifier": NASTY,
-            "error": {"name": "</b>", "message": NASTY, "stack": NASTY},
-            "tags": [NASTY],
-        }
-    ).as_dict()
+    run = sdk(
+        "failed",
+        taskIdentifier=NASTY,
+        error={"name": "</b>", "message": NASTY, "stack": NASTY},
+        tags=[NASTY],
+    )
     await channel(http, pushover.url).send(outgoing(render("run_failed", run, "https://x.test/")))
     [body] = pushover.messages
     assert pushover.problems == [[]]
@@ -333,14 +330,12 @@ async def test_a_huge_message_is_cut_within_1024_characters_never_inside_a_tag(
     pushover: FakePushover, http: HttpClient
 ) -> None:
     stack = "\n".join(f"    at frame{i} (file:///src/{'d' * 200}.ts:{i}:1)" for i in range(2000))
-    run = Run.model_validate(
-        {
-            **sdk_run("failed"),
-            "taskIdentifier": "t" * 5000,
-            "error": {"name": "E&<", "message": "&<😀>" * 20_000, "stack": stack},
-            "tags": ["t&<" * 300],
-        }
-    ).as_dict()
+    run = sdk(
+        "failed",
+        taskIdentifier="t" * 5000,
+        error={"name": "E&<", "message": "&<😀>" * 20_000, "stack": stack},
+        tags=["t&<" * 300],
+    )
     await channel(http, pushover.url).send(outgoing(render("run_failed", run, "https://x.test/")))
     part = '{"message": "<b>' + "&amp;😀<" * 2000 + '</b>", "title": "' + "x" * 9000 + '"}'
     await channel(http, pushover.url).send(outgoing(part))

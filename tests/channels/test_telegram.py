@@ -21,7 +21,6 @@ from relay.channels._http import HttpClient
 from relay.channels._telegram_html import MAX_TEXT, telegram_html
 from relay.channels.telegram import telegram_message
 from relay.errors import DeliveryError
-from relay.model import Run
 from relay.templating import RenderContext, Renderer
 from tests.channels.shared import (
     TEMPLATES,
@@ -235,14 +234,12 @@ async def test_every_template_takes_any_run_data(
 async def test_hostile_run_data_reaches_telegram_as_text(
     telegram: FakeTelegram, http: HttpClient
 ) -> None:
-    run = Run.model_validate(
-        {
-            **sdk_run("failed"),
-            "taskIdentifier": NASTY,
-            "error": {"name": "</a>", "message": NASTY + "\n" + "y" * 50_000, "stack": NASTY},
-            "tags": [NASTY],
-        }
-    ).as_dict()
+    run = sdk(
+        "failed",
+        taskIdentifier=NASTY,
+        error={"name": "</a>", "message": NASTY + "\n" + "y" * 50_000, "stack": NASTY},
+        tags=[NASTY],
+    )
     ch = channel(http, telegram.url)
     await ch.send(outgoing(render("run_failed", run, "https://x.test/?a=1&b=2")))
     assert telegram.problems == [[]]
