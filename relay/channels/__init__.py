@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import orjson
 
@@ -122,6 +122,24 @@ class HoldsNothing:
 
     async def close(self) -> None:
         return None
+
+
+S = TypeVar("S", bound=ChannelSettings)
+
+
+class HttpChannel(HoldsNothing, Generic[S]):
+    """What every HTTP channel starts with: its name, its settings (of its type's model,
+    `settings_model`), the service's shared client, and each request's timeout (the channel's
+    `timeout`, else the default)."""
+
+    settings_model: type[S]
+
+    def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
+        assert isinstance(settings, self.settings_model)
+        self.name = name
+        self.settings: S = settings
+        self._http = env.http
+        self._timeout_s = settings.timeout or env.default_timeout_s
 
 
 ChannelFactory = Callable[[str, ChannelSettings, ChannelEnv], Channel]

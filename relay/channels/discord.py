@@ -45,9 +45,8 @@ import orjson
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from relay.channels import (
-    ChannelEnv,
     ChannelKind,
-    HoldsNothing,
+    HttpChannel,
     Outgoing,
     json_headers,
     parsed_part,
@@ -295,13 +294,8 @@ def thread_name(pattern: str, body: dict[str, Any], message: Outgoing) -> str:
     return truncate_chars(name or f"relay: {message.rule}", MAX_THREAD_NAME)
 
 
-class DiscordChannel(HoldsNothing):
-    def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
-        assert isinstance(settings, DiscordSettings)
-        self.name = name
-        self.settings = settings
-        self._http = env.http
-        self._timeout_s = settings.timeout or env.default_timeout_s
+class DiscordChannel(HttpChannel[DiscordSettings]):
+    settings_model = DiscordSettings
 
     def _url(self) -> str:
         parts = urlsplit(self.settings.webhook_url.get_secret_value())

@@ -69,9 +69,8 @@ import orjson
 from pydantic import SecretStr, field_validator
 
 from relay.channels import (
-    ChannelEnv,
     ChannelKind,
-    HoldsNothing,
+    HttpChannel,
     Outgoing,
     json_headers,
     parsed_part,
@@ -362,13 +361,8 @@ def receipt_of(response: HttpResponse) -> str | None:
     return orjson.dumps(kept).decode() if kept else None
 
 
-class GoogleChatChannel(HoldsNothing):
-    def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
-        assert isinstance(settings, GoogleChatSettings)
-        self.name = name
-        self.settings = settings
-        self._http = env.http
-        self._timeout_s = settings.timeout or env.default_timeout_s
+class GoogleChatChannel(HttpChannel[GoogleChatSettings]):
+    settings_model = GoogleChatSettings
 
     def _thread(self, message: Outgoing) -> dict[str, str] | None:
         """The thread of `message`: the alert's (a recovery), the run's, or none (a digest, an

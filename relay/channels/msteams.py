@@ -41,9 +41,8 @@ import orjson
 from pydantic import SecretStr, field_validator
 
 from relay.channels import (
-    ChannelEnv,
     ChannelKind,
-    HoldsNothing,
+    HttpChannel,
     Outgoing,
     json_headers,
     parsed_part,
@@ -216,13 +215,8 @@ def connector_failure(response: HttpResponse) -> DeliveryError | None:
     )
 
 
-class MSTeamsChannel(HoldsNothing):
-    def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
-        assert isinstance(settings, MSTeamsSettings)
-        self.name = name
-        self.settings = settings
-        self._http = env.http
-        self._timeout_s = settings.timeout or env.default_timeout_s
+class MSTeamsChannel(HttpChannel[MSTeamsSettings]):
+    settings_model = MSTeamsSettings
 
     async def send(self, message: Outgoing) -> None:
         body = orjson.dumps(AS_SENT(message)[0])

@@ -45,9 +45,8 @@ import orjson
 from pydantic import SecretStr, field_validator
 
 from relay.channels import (
-    ChannelEnv,
     ChannelKind,
-    HoldsNothing,
+    HttpChannel,
     Outgoing,
     default_text,
     json_headers,
@@ -252,13 +251,8 @@ def classify(response: HttpResponse, routing_key: str) -> DeliveryError:
     )
 
 
-class PagerDutyChannel(HoldsNothing):
-    def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
-        assert isinstance(settings, PagerDutySettings)
-        self.name = name
-        self.settings = settings
-        self._http = env.http
-        self._timeout_s = settings.timeout or env.default_timeout_s
+class PagerDutyChannel(HttpChannel[PagerDutySettings]):
+    settings_model = PagerDutySettings
 
     async def send(self, message: Outgoing) -> str | None:
         """Send the event; the receipt of a trigger is its dedup key."""

@@ -59,9 +59,8 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 
 from relay.channels import (
     ID_HEADER,
-    ChannelEnv,
     ChannelKind,
-    HoldsNothing,
+    HttpChannel,
     Outgoing,
     parsed_part,
     says_nothing_when,
@@ -306,13 +305,8 @@ def receipt_of(receipt: str | None) -> str | None:
     return found if isinstance(found, str) and _RECEIPT.fullmatch(found) else None
 
 
-class PushoverChannel(HoldsNothing):
-    def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
-        assert isinstance(settings, PushoverSettings)
-        self.name = name
-        self.settings = settings
-        self._http = env.http
-        self._timeout_s = settings.timeout or env.default_timeout_s
+class PushoverChannel(HttpChannel[PushoverSettings]):
+    settings_model = PushoverSettings
 
     def _secrets(self) -> tuple[str, ...]:
         return (self.settings.token.get_secret_value(), self.settings.user_key.get_secret_value())

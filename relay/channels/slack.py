@@ -65,7 +65,7 @@ from pydantic import SecretStr, field_validator, model_validator
 from relay.channels import (
     ChannelEnv,
     ChannelKind,
-    HoldsNothing,
+    HttpChannel,
     Outgoing,
     default_text,
     json_headers,
@@ -169,13 +169,11 @@ def thread_subject(message: Outgoing) -> str:
     return message.subject or message.run_id
 
 
-class SlackChannel(HoldsNothing):
+class SlackChannel(HttpChannel[SlackSettings]):
+    settings_model = SlackSettings
+
     def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
-        assert isinstance(settings, SlackSettings)
-        self.name = name
-        self.settings = settings
-        self._http = env.http
-        self._timeout_s = settings.timeout or env.default_timeout_s
+        super().__init__(name, settings, env)
         # a first message takes at most two posts (the second: its text alone), each a timeout
         self._threads = Threads(env.state, name, 2 * self._timeout_s + 5.0)
         # one lock per run with a send in flight, so concurrent sends cannot start two threads

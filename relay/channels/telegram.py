@@ -47,9 +47,8 @@ import orjson
 from pydantic import Field, field_validator
 
 from relay.channels import (
-    ChannelEnv,
     ChannelKind,
-    HoldsNothing,
+    HttpChannel,
     Outgoing,
     json_headers,
     sent_and_told,
@@ -205,13 +204,8 @@ def posted_at(receipt: str | None) -> dict[str, Any] | None:
     return None
 
 
-class TelegramChannel(HoldsNothing):
-    def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
-        assert isinstance(settings, TelegramSettings)
-        self.name = name
-        self.settings = settings
-        self._http = env.http
-        self._timeout_s = settings.timeout or env.default_timeout_s
+class TelegramChannel(HttpChannel[TelegramSettings]):
+    settings_model = TelegramSettings
 
     async def send(self, message: Outgoing) -> str | None:
         """Send (or for a recovery, edit) the message; the receipt of a sent one."""

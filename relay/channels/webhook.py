@@ -18,7 +18,13 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
-from relay.channels import ChannelEnv, ChannelKind, HoldsNothing, Outgoing, json_headers
+from relay.channels import (
+    ChannelEnv,
+    ChannelKind,
+    HttpChannel,
+    Outgoing,
+    json_headers,
+)
 from relay.channels._tls import TlsSettings, client_context
 from relay.config import ChannelSettings
 from relay.config_base import header_value_problem, url_problem
@@ -151,15 +157,13 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-class WebhookChannel(HoldsNothing):
+class WebhookChannel(HttpChannel[WebhookSettings]):
+    settings_model = WebhookSettings
+
     def __init__(self, name: str, settings: ChannelSettings, env: ChannelEnv) -> None:
-        assert isinstance(settings, WebhookSettings)
-        self.name = name
-        self.settings = settings
-        self._http = env.http
-        self._timeout_s = settings.timeout or env.default_timeout_s
-        self._keys = [signing_key(s.get_secret_value()) for s in secrets_of(settings.secret)]
-        self._tls = client_context(settings.tls)
+        super().__init__(name, settings, env)
+        self._keys = [signing_key(s.get_secret_value()) for s in secrets_of(self.settings.secret)]
+        self._tls = client_context(self.settings.tls)
 
     def _headers(self, message: Outgoing, body: bytes) -> dict[str, str]:
         timestamp = int(message.timestamp)
