@@ -656,6 +656,50 @@ async def test_a_409_after_a_restart_falls_back_to_a_snapshot_and_replaces_the_r
     assert (kv.position(FEED_KEY)["handle"], kv.position(FEED_KEY)["rows"]) == (H2, 1)
 
 
+async def test_a_run_that_leaves_the_shape_leaves_the_store_and_a_restart_resumes_in_place() -> (
+    None
+):
+    """Electric's delete of a run whose row was saved answers before (the run left the shape)
+    deletes its stored row too: the stored rows add up to the position, so a restart resumes
+    from the stored offset, not with a new snapshot of every run of the feed."""
+    a_key, after = row_key("cmuxjbf30kqkowywawhi1r8yr"), "29374035000_0"
+    leaves = Exchange(
+        "live (A leaves the shape)",
+        LIVE_2_END,
+        H1,
+        True,
+        200,
+        {
+            "electric-handle": H1,
+            "electric-offset": after,
+            "electric-cursor": "58785280",
+            "electric-up-to-date": "",
+        },
+        [
+            {
+                "key": a_key,
+                "value": {"id": "cmuxjbf30kqkowywawhi1r8yr"},
+                "headers": {"operation": "delete"},
+            },
+            {"headers": {"control": "up-to-date"}},
+        ],
+    )
+    async with fake_realtime([*session()[:4], leaves]) as fake:
+        async with following(fake) as h:
+            await fake.wait_for(asked_for(H1, live=True, offset=after))
+        assert list(h.kv.rows(FEED_KEY)) == [row_key(E_INTERNAL)]
+        assert (h.kv.position(FEED_KEY)["offset"], h.kv.position(FEED_KEY)["rows"]) == (after, 1)
+        before = len(fake.requests)
+        async with following(fake, kv=h.kv):
+            await fake.wait_for(lambda seen: any(seen is r for r in fake.requests[before:]))
+    first = fake.requests[before]
+    assert (first.query["offset"], first.query.get("handle"), first.answer) == (
+        after,
+        H1,
+        "up-to-date",
+    )
+
+
 @pytest.mark.parametrize(
     ("rows", "count", "reason"),
     [
