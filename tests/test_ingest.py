@@ -465,6 +465,29 @@ async def test_oversized_bodies_get_413(relay: RelayFactory) -> None:
         assert resp.status == 413
 
 
+async def test_a_streamed_body_of_exactly_the_limit_is_taken(relay: RelayFactory) -> None:
+    """A body that streams in (no Content-Length, its second half after a pause) is held to
+    max_body_bytes as one that came whole: "larger bodies get 413", one of that size is taken."""
+    r = await relay(CONFIG)
+
+    async def halves(body: bytes) -> AsyncIterator[bytes]:
+        yield body[:2000]
+        await asyncio.sleep(0.05)  # the handler reads the rest as it comes
+        yield body[2000:]
+
+    answers = []
+    for size in (4096, 4097):
+        body = json.dumps(small_failed(pad="")).encode()
+        body = json.dumps(small_failed(pad="x" * (size - len(body)))).encode()
+        assert len(body) == size
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(r.url + "/v1/runs", data=halves(body)) as resp,
+        ):
+            answers.append(resp.status)
+    assert answers == [202, 413]
+
+
 def _chunked(data: bytes) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (data[:2000], data[2000:]))
 
