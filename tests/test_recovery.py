@@ -452,6 +452,25 @@ async def test_a_recovery_is_muted_with_its_alert(relay: RelayFactory, sink: Sin
     assert len(sink.received) == 1
 
 
+async def test_a_silence_after_the_alert_was_sent_leaves_its_recovery_to_go(
+    relay: RelayFactory, sink: Sink
+) -> None:
+    """A recovery is never muted on its own: the channel heard the alert, so a silence made
+    since (the rule's, ending later) does not keep the page open; only the alert's own fate
+    (muted before it was sent) mutes its recovery."""
+    channel = f'  hook: {{type: webhook, url: "{sink.url}/hook"}}'
+    r = await relay(config(channel, slow_rule("hook")))
+    await r.post(executing())
+    firing, recovered = ids("hook")
+    await until(lambda: _is(r, firing, "sent"))
+    silence = {"matchers": {"rule": "slow"}, "ends_at": "2099-01-01T00:00:00Z"}
+    async with r.http.post(r.url + "/v1/silences", json=silence) as resp:
+        assert resp.status == 201
+    assert (await r.post(completed()))[1]["notifications"] == 1
+    await until(lambda: _is(r, recovered, "sent"))
+    assert [g.json()["type"] for g in sink.received] == ["run.alert", "run.recovered"]
+
+
 async def test_a_dead_page_is_not_resolved_until_it_is_replayed(
     relay: RelayFactory, pagerduty: FakePagerDuty
 ) -> None:
