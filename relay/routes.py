@@ -56,9 +56,12 @@ def _carry_over(before: Route, route: Route) -> None:
         route.bucket = before.bucket
 
 
-def repointed(before: Route, route: Route) -> bool:
+def repointed(before: Route | None, route: Route) -> bool:
     """Whether `route` sends to another receiver than `before`, the route of its name that the
-    config being replaced ran (another URL, address, credentials or type)."""
+    config being replaced ran (another URL, address, credentials or type); a channel the
+    replaced config did not have (None) is new, not repointed."""
+    if before is None:
+        return False
     old, new = before.settings, route.settings
     return old is not None and new is not None and not _same_receiver(old, new)
 

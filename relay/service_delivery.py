@@ -19,17 +19,12 @@ from relay.errors import StoreUnavailable
 from relay.model import Notification
 from relay.outcomes import HoldEnd
 from relay.routes import repointed, route_for
-from relay.sending import Route
 from relay.service_http import HttpSide
 from relay.worker_pipes import Attempt, EventPipe, Outcome, config_payload
 from relay.worker_role import Role, holder
 from relay.workers import WorkerPool
 
 log = logging.getLogger("relay")
-
-
-def _repointed(before: Route | None, route: Route) -> bool:
-    return before is not None and repointed(before, route)
 
 
 class DeliverySide(HttpSide):
@@ -110,7 +105,7 @@ class DeliverySide(HttpSide):
         running = self.delivery  # the one a reload replaces: its holds and buckets carry over
         before = running.route if running is not None else lambda _name: None
         routes = {name: route_for(compiled, name, env, before=before(name)) for name in names}
-        moved = {name for name, route in routes.items() if _repointed(before(name), route)}
+        moved = {name for name, route in routes.items() if repointed(before(name), route)}
         return Delivery(deps, routes, frozenset(moved))
 
     def _forward(self, kind: str, row: Notification | HoldEnd, reason: str, attempts: int) -> None:
