@@ -11,6 +11,7 @@ relay.channels._http. Messages never contain the URL (webhook URLs embed secrets
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,13 @@ def https_or_local(url: str, what: str) -> str:
     if (problem := url_problem(url)) is not None:
         raise ValueError(f"{what} {problem}")
     return url
+
+
+def api_base(url: str, endpoint: re.Pattern[str] | None = None) -> str:
+    """A channel's `api_url`: https:// (http:// only to this machine), without its trailing
+    slash, nor the `endpoint` path a service's docs give with it (relay adds its own paths)."""
+    base = https_or_local(url, "api_url").rstrip("/")
+    return base if endpoint is None else endpoint.sub("", base)
 
 
 def json_object(data: bytes | str | None) -> dict[str, Any] | None:

@@ -53,8 +53,8 @@ from relay.channels import (
 )
 from relay.channels._http_answers import (
     HttpResponse,
+    api_base,
     classify_status,
-    https_or_local,
     json_object,
     redacted,
 )
@@ -95,8 +95,7 @@ class PagerDutySettings(ChannelSettings):
     def _api_url(cls, value: str) -> str:
         # the whole endpoint, as PagerDuty's integration page and Alertmanager's `url` give it,
         # names its base: relay adds /v2/enqueue (or /v2/change/enqueue) itself
-        base = https_or_local(value, "api_url").rstrip("/")
-        return _ENDPOINT.sub("", base)
+        return api_base(value, _ENDPOINT)
 
     @field_validator("severities")
     @classmethod

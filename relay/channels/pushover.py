@@ -68,8 +68,8 @@ from relay.channels import (
 )
 from relay.channels._http_answers import (
     HttpResponse,
+    api_base,
     classify_status,
-    https_or_local,
     json_object,
     quoted,
 )
@@ -175,8 +175,7 @@ class PushoverSettings(ChannelSettings):
     def _api_url(cls, value: str) -> str:
         # the whole endpoint, as Pushover's documentation writes it, names its base: relay adds
         # /1/messages.json (and /1/receipts/…) itself
-        base = https_or_local(value, "api_url").rstrip("/")
-        return _ENDPOINT.sub("", base)
+        return api_base(value, _ENDPOINT)
 
 
 def _text(value: Any, limit: int) -> str | None:

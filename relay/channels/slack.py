@@ -70,7 +70,7 @@ from relay.channels import (
     default_text,
     json_headers,
 )
-from relay.channels._http_answers import HttpResponse, https_or_local
+from relay.channels._http_answers import HttpResponse, api_base, https_or_local
 from relay.channels._slack_api import api_answer, classify, error_name, in_thread, posted_at
 from relay.channels._slack_blocks import (
     fit,
@@ -145,7 +145,7 @@ class SlackSettings(ChannelSettings):
     @field_validator("api_url")
     @classmethod
     def _api_url(cls, value: str) -> str:
-        return https_or_local(value, "api_url").rstrip("/")
+        return api_base(value)
 
     @model_validator(mode="after")
     def _one_mode(self) -> SlackSettings:

@@ -55,8 +55,8 @@ from relay.channels import (
 )
 from relay.channels._http_answers import (
     HttpResponse,
+    api_base,
     classify_status,
-    https_or_local,
     json_object,
     quoted,
 )
@@ -126,7 +126,7 @@ class TelegramSettings(ChannelSettings):
     @field_validator("api_url")
     @classmethod
     def _api_url(cls, value: str) -> str:
-        base = https_or_local(value, "api_url").rstrip("/")
+        base = api_base(value)
         if re.search(r"/bot[^/]*:", base):  # the token would be shown as a plain setting
             raise ValueError(
                 "api_url is the Bot API server's base (https://api.telegram.org):"
