@@ -351,11 +351,8 @@ class PushoverChannel(HttpChannel[PushoverSettings]):
         except DeliveryError as err:
             if err.retryable or err.reason == "auth_error":
                 raise
-            log.info(
-                "pushover emergency not cancelled (%s); sending the recovery",
-                err.detail,
-                extra=message.log_fields(self.name),
-            )
+            extra = {**message.log_fields(self.name), "error": err.detail}
+            log.info("pushover emergency not cancelled; sending the recovery", extra=extra)
 
     async def _post(self, path: str, body: dict[str, Any], message: Outgoing) -> dict[str, Any]:
         """POST once; Pushover's answer, or raise the classified error."""
