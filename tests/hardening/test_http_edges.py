@@ -479,6 +479,34 @@ async def test_bodies_in_flight_are_bounded_and_wait_their_turn(relay: RelayFact
         assert (await resp.json())["accepted"] == 1
 
 
+async def test_a_chunked_body_holds_room_for_the_bytes_it_has_streamed(
+    relay: RelayFactory,
+) -> None:
+    """A chunked body declares no size: it is charged to server.max_body_bytes_in_flight as its
+    chunks arrive, so bodies streamed slowly by many clients are bounded as well. Uncharged, the
+    second body below went in beside it."""
+    r = await relay("server:\n  max_body_bytes_in_flight: 1024\n" + CONFIG)
+    big = json.dumps([{**RUN, "id": "run_big", "payload": "x" * 3000}]).encode()
+    reader, writer = await asyncio.open_connection(*address(r.url))
+    writer.write(
+        b"POST /v1/runs HTTP/1.1\r\nHost: relay\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % 2000 + big[:2000] + b"\r\n"
+    )
+    await writer.drain()
+    await post_ok(r)  # the server has read the first chunk meanwhile
+    second = [{**RUN, "id": "run_second", "payload": "y" * 70_000}]
+    posted = asyncio.ensure_future(r.http.post(r.url + "/v1/runs", json=second))
+    await asyncio.wait({posted}, timeout=0.5)  # uncharged, it was in by then
+    assert not posted.done()  # 2,000 bytes streamed hold the room
+    rest = big[2000:]
+    writer.write(b"%x\r\n" % len(rest) + rest + b"\r\n0\r\n\r\n")
+    await writer.drain()
+    assert (await reader.readline()).startswith(b"HTTP/1.1 202")
+    writer.close()
+    async with await posted as resp:
+        assert resp.status == 202, await resp.text()
+
+
 async def test_a_body_without_room_in_time_is_refused() -> None:
     """Past its wait, a body with no room gets its refusal (the handler's 503): a waiting
     body does not hold its connection for ever."""
