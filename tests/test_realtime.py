@@ -580,6 +580,21 @@ async def test_position_is_saved_only_after_the_batch_was_submitted() -> None:
     assert (first["handle"], first["offset"]) == (H1, "0_inf")
 
 
+async def test_a_long_poll_that_brings_nothing_writes_nothing() -> None:
+    """A feed waits in long polls most of its life, each ending in an up-to-date at the same
+    handle and offset (only the cursor moves): writing the position after each was a store
+    transaction every live_hold of every feed, for nothing."""
+    async with (
+        fake_realtime(session()[:2], live_hold_s=0.01) as fake,
+        following(fake) as h,
+    ):
+        await fake.wait_for(lambda s: s.answer == "live timeout")
+        saved = len(h.kv.puts)
+        idle = 1 + fake.served.count("live timeout")
+        await fake.wait_for(lambda s: fake.served.count("live timeout") >= idle + 2)
+    assert saved >= 1 and len(h.kv.puts) == saved, h.kv.puts
+
+
 FEED_KEY = f"tags:{TAG}|24h"
 LIVE_2_END = "29374031776_0"  # the offset after live #2 (E EXECUTING)
 
