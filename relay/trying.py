@@ -142,22 +142,29 @@ async def send_test(compiled: Compiled, channel: str) -> str | None:
         kind = channel_registry.REGISTRY[config.channels[channel].type]
         if not kind.opens_incidents or not receipt:
             return None
-        await _resolve_test(route, row, receipt)
+        await _resolve_test(route, row, receipt, kind.type)
         return receipt
     finally:
         await http.close()
 
 
-async def _resolve_test(route: Route, row: Notification, receipt: str) -> None:
-    """Resolve the alert a send-test's trigger opened (its dedup key, PagerDuty's receipt): the
-    on-call was paged, the incident closes, and the next send-test (the same sample run, the
-    same key) pages again instead of joining an alert still open."""
-    body = '{"event_action": "resolve"}'  # the channel sends the receipt as its dedup_key
+# where to close by hand the alert a send-test opened, when its close failed
+_CLOSE_BY_HAND = {"pagerduty": "resolve it in PagerDuty (dedup_key {})"}
+_CLOSE_BY_HAND["opsgenie"] = "close it in Opsgenie (alias {})"
+
+
+async def _resolve_test(route: Route, row: Notification, receipt: str, kind: str) -> None:
+    """Resolve the alert a send-test's trigger opened (its dedup key, PagerDuty's receipt; its
+    alias, Opsgenie's): the on-call was paged, the incident closes, and the next send-test (the
+    same sample run, the same key) pages again instead of joining an alert still open."""
+    # each channel resolves the receipt: PagerDuty reads event_action, Opsgenie action
+    body = '{"event_action": "resolve", "action": "close"}'
     recovery = Recovery(row.id, receipt)
     resolve = Outgoing(row.id, row.run_id, row.rule, {"json": body}, time.time(), recovery)
     try:
         await route.channel.send(resolve)
     except DeliveryError as exc:
         raise RelayError(
-            f"paged, but the resolve failed: {exc}; resolve it in PagerDuty (dedup_key {receipt})"
+            f"paged, but the resolve failed: {exc}; "
+            + _CLOSE_BY_HAND.get(kind, "resolve it (key {})").format(receipt)
         ) from exc

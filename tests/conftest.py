@@ -46,6 +46,7 @@ pytest_plugins = [
     "tests.fakes.telegram",
     "tests.fakes.googlechat",
     "tests.fakes.pushover",
+    "tests.fakes.opsgenie",
 ]
 
 # Tests never fail on timing: hypothesis's default 200 ms deadline per example and its

@@ -687,7 +687,8 @@ def test_check_warns_of_template_files_relay_never_renders(tmp_path: Path) -> No
         f"{never}email/run.subj.j2 is never rendered: `.subj` is no part of `email` messages "
         "(parts: subject, txt, html)",
         f"{never}mine.txt.j2 is never rendered: not in a channel type's folder (console, "
-        "discord, email, googlechat, msteams, pagerduty, pushover, slack, telegram, webhook)",
+        "discord, email, googlechat, msteams, opsgenie, pagerduty, pushover, slack, telegram, "
+        "webhook)",
         f"{never}slack/nested/x.json.j2 is never rendered: a template is "
         "`slack/<template>.<part>.j2`, not in a subfolder",
         f"{never}slak/run.json.j2 is never rendered: `slak/` is no channel type "

@@ -478,6 +478,7 @@ def channel_keys(kind: str, nested: dict[str, type[Any]] | None = None) -> set[s
         ("`discord` posts", channel_keys("discord")),
         ("`msteams` posts", channel_keys("msteams")),
         ("`pagerduty` sends", channel_keys("pagerduty")),
+        ("`opsgenie` creates", channel_keys("opsgenie")),
         ("`telegram` sends", channel_keys("telegram")),
         ("`googlechat` posts", channel_keys("googlechat")),
         ("`pushover` sends", channel_keys("pushover")),

@@ -25,6 +25,7 @@ from relay.channels._http import HttpClient
 from relay.channels.discord import discord_message
 from relay.channels.googlechat import chat_message
 from relay.channels.msteams import teams_message
+from relay.channels.opsgenie import OpsgenieSettings, opsgenie_alert
 from relay.channels.pagerduty import PagerDutySettings, pagerduty_event
 from relay.channels.pushover import pushover_message
 from relay.channels.slack import slack_message
@@ -47,6 +48,7 @@ from tests.conftest import (
 )
 from tests.fakes.googlechat import KEY, SPACE, chat_problems
 from tests.fakes.googlechat import TOKEN as CHAT_TOKEN
+from tests.fakes.opsgenie import API_KEY as OPSGENIE_KEY
 from tests.fakes.presets import (
     PD_KEY,
     FakePagerDuty,
@@ -159,6 +161,7 @@ EVERY_TYPE = f"""\
   telegram: {{type: telegram, bot_token: "{BOT_TOKEN}", chat_id: {CHAT_ID}}}
   googlechat: {{type: googlechat, webhook_url: "{CHAT_URL}"}}
   pushover: {{type: pushover, token: {PUSHOVER_TOKEN}, user_key: {PUSHOVER_USER}}}
+  opsgenie: {{type: opsgenie, api_key: {OPSGENIE_KEY}}}
 """
 
 
@@ -208,6 +211,11 @@ def _problems(channel_type: str, text: str) -> list[str]:
         return chat_problems(chat_message(text, "-")[0])
     if channel_type == "pushover":
         return pushover_problems(pushover_message(text, "-")[0])
+    if channel_type == "opsgenie":
+        settings_ = OpsgenieSettings.model_validate({"type": "opsgenie", "api_key": OPSGENIE_KEY})
+        action, body = opsgenie_alert(text, settings_, RUN_ID, "-")
+        assert (action, body["alias"]) == ("close", RUN_ID)
+        return []
     if channel_type == "pagerduty":
         settings = PagerDutySettings.model_validate({"type": "pagerduty", "routing_key": PD_KEY})
         _, event = pagerduty_event(text, settings, RUN_ID, "-")

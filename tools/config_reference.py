@@ -69,6 +69,7 @@ def channel_tables() -> list[Table]:
         "discord": "`discord` posts",
         "msteams": "`msteams` posts",
         "pagerduty": "`pagerduty` sends",
+        "opsgenie": "`opsgenie` creates",
         "telegram": "`telegram` sends",
         "googlechat": "`googlechat` posts",
         "pushover": "`pushover` sends",

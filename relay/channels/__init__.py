@@ -234,6 +234,7 @@ def _registry() -> dict[str, ChannelKind]:
         discord,
         googlechat,
         msteams,
+        opsgenie,
         pagerduty,
         pushover,
         slack,
@@ -253,6 +254,7 @@ def _registry() -> dict[str, ChannelKind]:
         telegram.KIND,
         googlechat.KIND,
         pushover.KIND,
+        opsgenie.KIND,
     )
     return {kind.type: kind for kind in kinds}
 

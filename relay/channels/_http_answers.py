@@ -11,6 +11,7 @@ relay.channels._http. Messages never contain the URL (webhook URLs embed secrets
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -57,6 +58,14 @@ def api_base(url: str, endpoint: re.Pattern[str] | None = None) -> str:
     slash, nor the `endpoint` path a service's docs give with it (relay adds its own paths)."""
     base = https_or_local(url, "api_url").rstrip("/")
     return base if endpoint is None else endpoint.sub("", base)
+
+
+def capped_key(key: str, limit: int) -> str:
+    """An idempotency key (PagerDuty's dedup_key, Opsgenie's alias) within `limit` characters:
+    a longer one is its start and a hash of the whole, so two long keys stay two."""
+    if len(key) <= limit:
+        return key
+    return key[: limit - 55] + "~" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
 def json_object(data: bytes | str | None) -> dict[str, Any] | None:

@@ -37,7 +37,6 @@ redacted:
 
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Any, Literal
 
@@ -54,6 +53,7 @@ from relay.channels import (
 from relay.channels._http_answers import (
     HttpResponse,
     api_base,
+    capped_key,
     classify_status,
     json_object,
     redacted,
@@ -105,12 +105,6 @@ class PagerDutySettings(ChannelSettings):
 
 def _text(value: Any, limit: int) -> str | None:
     return truncate_chars(value, limit) if isinstance(value, str) and value.strip() else None
-
-
-def _dedup_key(key: str) -> str:
-    if len(key) <= 255:
-        return key
-    return key[:200] + "~" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
 def _severity(payload: dict[str, Any], settings: PagerDutySettings) -> str:
@@ -216,7 +210,7 @@ def pagerduty_event(
         body["payload"] = {k: v for k, v in payload.items() if k in _CHANGE_KEYS}
         return "/v2/change/enqueue", _trim_details(body)
     action = action if action in _ACTIONS else "trigger"
-    key = _dedup_key(_text(value.get("dedup_key"), 10_000) or fallback_key)
+    key = capped_key(_text(value.get("dedup_key"), 10_000) or fallback_key, 255)
     if action != "trigger":
         if not key.strip():
             raise DeliveryError("template", retryable=False, detail=f"{action} without dedup_key")
