@@ -1,7 +1,7 @@
 """The failure matrix of every delivery path, through a real `relay serve` child process.
 
 For each path (webhook, Slack incoming webhook, Slack bot token, email over SMTP, Discord, Teams,
-PagerDuty, Telegram, Google Chat, Pushover), against the fake that speaks its protocol:
+PagerDuty, Opsgenie, Telegram, Google Chat, Pushover), against the fake that speaks its protocol:
 
 * refused connection, then 429 with Retry-After (SMTP: 421), then 5xx (SMTP: 451), then no answer
   past the timeout, then OK: one notification rides through all of it and arrives, the
@@ -9,7 +9,7 @@ PagerDuty, Telegram, Google Chat, Pushover), against the fake that speaks its pr
 * kill -9 while the first sends are in flight (the fake holds them: SMTP holds the reply to
   DATA), restart, the fake answers: every notification arrives at least once, duplicates are
   only the ones in flight and carry the channel's idempotency key (webhook-id, Message-ID,
-  PagerDuty dedup_key; Slack, Discord, Teams, Telegram, Google Chat and Pushover have none), nothing dead, nothing pending.
+  PagerDuty dedup_key, Opsgenie alias; Slack, Discord, Teams, Telegram, Google Chat and Pushover have none), nothing dead, nothing pending.
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ from tests.fakes.googlechat import KEY as CHAT_KEY
 from tests.fakes.googlechat import TOKEN as CHAT_TOKEN
 from tests.fakes.googlechat import error as chat_error
 from tests.fakes.googlechat import fake_chat, webhook_path
+from tests.fakes.opsgenie import API_KEY as OPSGENIE_KEY
+from tests.fakes.opsgenie import FakeOpsgenie, fake_opsgenie, unprocessable
+from tests.fakes.opsgenie import answer as og_answer
 from tests.fakes.presets import (
     DISCORD_ID,
     DISCORD_TOKEN,
@@ -370,6 +373,37 @@ class PushoverPath(ScriptedPath):
         return fake_pushover(port)
 
 
+class OpsgeniePath(ScriptedPath):
+    """The Alert API's own answers: {"message", "took", "requestId"}; its 429 here with a
+    Retry-After, which the channel honours (without one: backoff). Each request's identity is
+    its alias, the run id: Opsgenie counts up an open alert of the same alias."""
+
+    name = "opsgenie"
+    answers = {
+        "rate_limited": og_answer(429, {"Retry-After": "1"}, message="Too many requests"),
+        "server_error": og_answer(503, message="Service unavailable"),
+        "hang": Reply(202, {"result": "Request will be processed"}, delay_s=HANG_S),
+        "permanent": unprocessable({"message": "Message can not be empty."}),
+    }
+
+    def channel(self, port: int) -> str:
+        return (
+            f"    type: opsgenie\n    api_key: {OPSGENIE_KEY}\n    api_url: http://127.0.0.1:{port}"
+        )
+
+    def start(self, port: int) -> AbstractAsyncContextManager[Any]:
+        return fake_opsgenie(port)
+
+    def requests(self) -> list[str]:
+        return [str(call.json().get("alias")) for call in self.fake.calls]
+
+    def arrived(self) -> list[str]:
+        """The alerts Opsgenie has: one per alias, however often it was sent (each repeat
+        counted up the open one, as the fake's `count` says)."""
+        assert isinstance(self.fake, FakeOpsgenie)
+        return list(self.fake.alerts)
+
+
 class EmailPath(Path_):
     """aiosmtpd: 421 (the server sheds load) and 451 are temporary, 550 permanent; `hang` and
     `hold` keep the reply to DATA, after the whole mail was sent."""
@@ -450,6 +484,7 @@ PATHS: dict[str, Callable[[], Path_]] = {
     "telegram": TelegramPath,
     "googlechat": GoogleChatPath,
     "pushover": PushoverPath,
+    "opsgenie": OpsgeniePath,
 }
 
 

@@ -72,6 +72,7 @@ MAX_DETAILS = 8000  # characters of the details' keys and values, all told
 _TEXTS = {"description": 15_000, "entity": 512, "source": 100, "user": 100, "note": 25_000}
 _ENDPOINT = re.compile(r"/v2/alerts$")
 _PARTIES = ("team", "user", "escalation", "schedule")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
 class Responder(BaseModel):
@@ -220,8 +221,9 @@ def classify(response: HttpResponse, api_key: str) -> DeliveryError:
     assert base is not None
     data = json_object(response.body) or {}
     said = quoted(data["message"], (api_key,), 200) if isinstance(data.get("message"), str) else ""
-    request = data.get("requestId")
-    where = f"HTTP {status}" + (f", request {request}" if isinstance(request, str) else "")
+    request = data.get("requestId")  # a UUID; anything else (a proxy's echo) is not quoted
+    known = isinstance(request, str) and _REQUEST_ID.fullmatch(request) and api_key not in request
+    where = f"HTTP {status}" + (f", request {request}" if known else "")
     errors = data.get("errors")
     errors = errors if isinstance(errors, dict) else {}
     listed = [f"{k}: {v}" for k, v in list(errors.items())[:5] if isinstance(v, str)]

@@ -4,7 +4,7 @@ Every registered channel type is built through the registry (`relay.channels.bui
 secrets configured, sent a real rendered message, and held to the same rules:
 
 * HTTP channels (webhook, slack by incoming webhook and by bot token, discord, msteams,
-  pagerduty, telegram, googlechat, pushover) against fakes on 127.0.0.1: 2xx is success; 400 permanent client_error; 401/403
+  pagerduty, opsgenie, telegram, googlechat, pushover) against fakes on 127.0.0.1: 2xx is success; 400 permanent client_error; 401/403
   permanent auth_error; 404 permanent (client_error, or auth_error where it means a deleted
   webhook); 429 + Retry-After retryable rate_limited with retry_after; 500/502/503 retryable
   server_error; a hang past the channel timeout retryable timeout; a refused port retryable
@@ -51,6 +51,7 @@ from tests.fakes.googlechat import KEY as CHAT_KEY
 from tests.fakes.googlechat import TOKEN as CHAT_TOKEN
 from tests.fakes.googlechat import FakeChat, fake_chat
 from tests.fakes.googlechat import webhook_path as chat_path
+from tests.fakes.opsgenie import API_KEY as OPSGENIE_KEY
 from tests.fakes.pushover import TOKEN as PUSHOVER_TOKEN
 from tests.fakes.pushover import USER as PUSHOVER_USER
 from tests.fakes.pushover import FakePushover, fake_pushover
@@ -230,6 +231,18 @@ HTTP_KINDS = {
         },
         (PAGERDUTY_KEY,),
         Reply(202, {"status": "success", "message": "Event processed", "dedup_key": "k"}),
+    ),
+    "opsgenie": HttpKind(
+        "opsgenie",
+        "sink",
+        lambda base: {
+            "type": "opsgenie",
+            "api_key": OPSGENIE_KEY,
+            "api_url": base,
+            "timeout": TIMEOUT_S,
+        },
+        (OPSGENIE_KEY,),
+        Reply(202, {"result": "Request will be processed", "took": 0.002, "requestId": "r"}),
     ),
     "telegram": HttpKind(
         "telegram",

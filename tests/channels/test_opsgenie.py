@@ -199,6 +199,12 @@ def test_answers_are_classified(
     check_classified(err, reason, retryable, retry_after, detail.replace("*", str(request)))
 
 
+def test_a_request_id_that_is_no_id_is_not_quoted() -> None:
+    """A proxy's answer that echoes the request in `requestId` (the Authorization header in it)."""
+    body = json.dumps({"message": "no", "requestId": f"GenieKey {API_KEY}"}).encode()
+    assert classify(HttpResponse(422, {}, body), API_KEY).detail == "no (HTTP 422)"
+
+
 async def test_the_fake_s_own_answers_are_classified_without_the_key(
     opsgenie: FakeOpsgenie, http: HttpClient
 ) -> None:

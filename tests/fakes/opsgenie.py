@@ -39,10 +39,11 @@ _LIMITS |= {"note": 25_000}
 UNPROCESSABLE = "Request body is not processable. Please check the errors."
 
 
-def answer(status: int, **fields: Any) -> Reply:
-    """An answer of the Alert API: `fields`, took and requestId."""
+def answer(status: int, headers: dict[str, str] | None = None, **fields: Any) -> Reply:
+    """An answer of the Alert API: `fields`, took and requestId (and `headers`)."""
     request = str(uuid.uuid4())
-    return Reply(status, {**fields, "took": 0.004, "requestId": request}, {"X-Request-ID": request})
+    body = {**fields, "took": 0.004, "requestId": request}
+    return Reply(status, body, {"X-Request-ID": request, **(headers or {})})
 
 
 def unprocessable(errors: dict[str, str]) -> Reply:

@@ -5,7 +5,7 @@ Secrets: server auth_token and admin_token, a webhook URL with a key in its path
 webhook signing secret and a header value, a Slack bot token and a Slack webhook URL (a local
 fake that refuses), a Telegram bot token (in the path of every request; a fake answering
 401), a Google Chat webhook's key and token (in the query; a fake quoting the URL in its 400), a
-Pushover application token and user key (in the body; a fake quoting them in its 400's errors), an SMTP password (nothing listening), the trigger_alerts secret and the
+Pushover application token and user key (in the body; a fake quoting them in its 400's errors), an Opsgenie API key (in a header; the echo test only), an SMTP password (nothing listening), the trigger_alerts secret and the
 Realtime secret key (a local fake answering 401). Scanned: every stderr log line and stdout line
 of `relay serve`, GET /metrics, the 401 bodies, GET /v1/dlq, /v1/notifications and
 /v1/notifications/{id}, the output of relay check, dlq list (--json), history --json,
@@ -67,6 +67,7 @@ SECRETS = {
     "CHAT_TOKEN": "SeCrEt-chattoken-1234567890%3D",  # as Chat writes it: `=` encoded
     "PUSHOVER_TOKEN": "SeCrEtPushoverToken12345678901",  # 30 letters and digits, as Pushover's
     "PUSHOVER_USER_KEY": "SeCrEtPushoverUserKey123456789",
+    "OPSGENIE_KEY": "SeCrEt-opsgenie-1234567890",  # in the Authorization header
 }
 # what must never show: every value, and the parts of composite ones
 NEEDLES = [
@@ -627,6 +628,9 @@ ECHO_CHANNELS = {
     token: ${PUSHOVER_TOKEN}
     user_key: ${PUSHOVER_USER_KEY}
     api_url: {fake}""",
+    "opsgenie": """type: opsgenie
+    api_key: ${OPSGENIE_KEY}
+    api_url: {fake}""",
     "mail": """type: email
     smtp: {host: 127.0.0.1, port: {smtp_port}, starttls: false, username: relay, password: "${SMTP_PASSWORD}"}
     from: relay@example.com
@@ -667,6 +671,9 @@ class Echo:
             return web.json_response({"code": 50035, "message": echo, "errors": errors}, status=400)
         if path.startswith("/workflows/"):
             return web.json_response({"error": {"code": echo, "message": echo}}, status=400)
+        if path.startswith("/v2/alerts"):  # Opsgenie: the key in the Authorization header
+            answer = {"message": echo, "errors": {echo: echo}, "requestId": echo}
+            return web.json_response(answer, status=422)
         if path.startswith("/v2/"):
             answer = {"status": "invalid event", "message": echo, "errors": [echo]}
             return web.json_response(answer, status=400)
@@ -734,6 +741,7 @@ async def test_a_receiver_echoing_the_request_learns_nothing_from_what_relay_say
     heard = " ".join(echo.heard)
     sent = ["HOOK_PATH_KEY", "HOOK_HEADER", "SLACK_BOT_TOKEN", "SLACK_HOOK_KEY", "DISCORD_TOKEN"]
     sent += ["TEAMS_SIG", "PAGERDUTY_KEY", "TELEGRAM_TOKEN", "CHAT_KEY", "CHAT_TOKEN"]
+    sent += ["OPSGENIE_KEY"]
     for name in [*sent, "PUSHOVER_TOKEN", "PUSHOVER_USER_KEY"]:
         assert SECRETS[name] in heard, name
     assert AUTH_PLAIN in heard  # the SMTP password
