@@ -68,6 +68,16 @@ def capped_key(key: str, limit: int) -> str:
     return key[: limit - 55] + "~" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
+def text_within(value: Any, limit: int) -> str | None:
+    """A rendered field that is text, cut to `limit` characters; None if it is no text or blank."""
+    return truncate_chars(value, limit) if isinstance(value, str) and value.strip() else None
+
+
+def json_text(value: Any) -> str:
+    """`value` as its compact JSON text (a list or mapping where a service takes strings)."""
+    return orjson.dumps(value, default=str).decode()
+
+
 def json_object(data: bytes | str | None) -> dict[str, Any] | None:
     """An answer body (or a stored receipt) as a JSON object; None if it is not one."""
     if not data:

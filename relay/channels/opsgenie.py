@@ -59,7 +59,9 @@ from relay.channels._http_answers import (
     capped_key,
     classify_status,
     json_object,
+    json_text,
     quoted,
+    text_within,
 )
 from relay.config import ChannelSettings, RateLimit
 from relay.config_base import Token
@@ -125,16 +127,12 @@ class OpsgenieSettings(ChannelSettings):
         return value
 
 
-def _text(value: Any, limit: int) -> str | None:
-    return truncate_chars(value, limit) if isinstance(value, str) and value.strip() else None
-
-
 def _tags(*lists: Any) -> list[str]:
     """At most 20 tags of at most 50 characters, in order, repeats dropped."""
     seen: dict[str, None] = {}
     for value in lists:
         for tag in value if isinstance(value, list) else ():
-            if text := _text(tag if isinstance(tag, str) else None, 50):
+            if text := text_within(tag if isinstance(tag, str) else None, 50):
                 seen.setdefault(text.strip(), None)
     return list(seen)[:20]
 
@@ -144,7 +142,7 @@ def _details(value: Any) -> dict[str, str]:
     JSON), at most MAX_DETAILS characters in all, the largest values cut first."""
     items = value.items() if isinstance(value, dict) else ()
     details = {
-        truncate_chars(str(k), 100): v if isinstance(v, str) else _json(v)
+        truncate_chars(str(k), 100): v if isinstance(v, str) else json_text(v)
         for k, v in items
         if v is not None and v != ""
     }
@@ -159,10 +157,6 @@ def _details(value: Any) -> dict[str, str]:
         key, old = details.popitem()
         over -= len(key) + len(old)
     return details
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value, default=str).decode()
 
 
 def _parties(value: Any) -> list[dict[str, str]]:
@@ -190,12 +184,12 @@ def opsgenie_alert(
     under `alias`, which goes in the URL, not the body."""
     raw = parsed_part(rendered, "message")
     value: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    alias = capped_key(_text(value.get("alias"), 10_000) or fallback_alias, 512)
-    texts = {key: text for key, limit in _TEXTS.items() if (text := _text(value.get(key), limit))}
+    alias = capped_key(text_within(value.get("alias"), 10_000) or fallback_alias, 512)
+    texts = {k: text for k, limit in _TEXTS.items() if (text := text_within(value.get(k), limit))}
     if value.get("action") == "close":
         keep = ("source", "user", "note")
         return "close", {"alias": alias, **{k: v for k, v in texts.items() if k in keep}}
-    message = _text(value.get("message"), 130) or truncate_chars(default_message, 130)
+    message = text_within(value.get("message"), 130) or truncate_chars(default_message, 130)
     body: dict[str, Any] = {"message": message, "alias": alias, **texts}
     body.setdefault("source", "relay")
     if tags := _tags(value.get("tags"), settings.tags):
@@ -210,7 +204,7 @@ def opsgenie_alert(
             body[key] = found
     listed = value.get("actions")
     listed = listed if isinstance(listed, list) else []
-    if actions := [text for a in listed if (text := _text(a, 50))][:10]:
+    if actions := [text for a in listed if (text := text_within(a, 50))][:10]:
         body["actions"] = actions
     return "create", body
 
@@ -287,7 +281,7 @@ KIND = ChannelKind(
     OpsgenieSettings,
     OpsgenieChannel,
     ("json",),
-    check=says_nothing_when(lambda parsed, default: _as_sent(_json(parsed), default)),
+    check=says_nothing_when(lambda parsed, default: _as_sent(json_text(parsed), default)),
     as_sent=sent_as(_as_sent),
     opens_incidents=True,
 )

@@ -56,7 +56,9 @@ from relay.channels._http_answers import (
     capped_key,
     classify_status,
     json_object,
+    json_text,
     redacted,
+    text_within,
 )
 from relay.config import ChannelSettings, RateLimit
 from relay.config_base import Token
@@ -101,10 +103,6 @@ class PagerDutySettings(ChannelSettings):
     @classmethod
     def _statuses(cls, value: dict[str, Severity]) -> dict[str, Severity]:
         return {status.upper(): severity for status, severity in value.items()}
-
-
-def _text(value: Any, limit: int) -> str | None:
-    return truncate_chars(value, limit) if isinstance(value, str) and value.strip() else None
 
 
 def _severity(payload: dict[str, Any], settings: PagerDutySettings) -> str:
@@ -154,7 +152,7 @@ def _trim_details(body: dict[str, Any]) -> dict[str, Any]:
             if size <= MAX_BODY_BYTES or old <= _CUT_CHARS:
                 break
             value = details[key]
-            text = value if isinstance(value, str) else _json(value)
+            text = value if isinstance(value, str) else json_text(value)
             details[key] = truncate_chars(text, _CUT_CHARS)
             size -= old - _size(details[key])
         payload["custom_details"] = {**details, "relay": "details cut: the event was too large"}
@@ -170,19 +168,16 @@ def _trim_details(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _json(value: Any) -> str:
-    return orjson.dumps(value, default=str).decode()
-
-
 def _size(body: Any) -> int:
     return len(orjson.dumps(body))
 
 
 def _payload(value: dict[str, Any], raw: dict[str, Any], default_summary: str) -> dict[str, Any]:
-    summary = _text(raw.get("summary"), 1024) or _text(value.get("text"), 1024) or default_summary
+    summary = text_within(raw.get("summary"), 1024) or text_within(value.get("text"), 1024)
+    summary = summary or default_summary
     payload: dict[str, Any] = {"summary": truncate_chars(summary, 1024), "source": "trigger.dev"}
     for key in ("source", "component", "group", "class"):
-        if text := _text(raw.get(key), 255):
+        if text := text_within(raw.get(key), 255):
             payload[key] = text
     if isinstance(raw.get("timestamp"), str):
         payload["timestamp"] = raw["timestamp"]
@@ -210,7 +205,7 @@ def pagerduty_event(
         body["payload"] = {k: v for k, v in payload.items() if k in _CHANGE_KEYS}
         return "/v2/change/enqueue", _trim_details(body)
     action = action if action in _ACTIONS else "trigger"
-    key = capped_key(_text(value.get("dedup_key"), 10_000) or fallback_key, 255)
+    key = capped_key(text_within(value.get("dedup_key"), 10_000) or fallback_key, 255)
     if action != "trigger":
         if not key.strip():
             raise DeliveryError("template", retryable=False, detail=f"{action} without dedup_key")
@@ -219,7 +214,7 @@ def pagerduty_event(
     body = {"event_action": action, **({"dedup_key": key} if key.strip() else {}), **body}
     if images := _links(value.get("images"), "src", ("src", "href", "alt")):
         body["images"] = images
-    if client := _text(value.get("client"), 255):
+    if client := text_within(value.get("client"), 255):
         body["client"] = client
     if url := _http_url(value.get("client_url")):
         body["client_url"] = url
