@@ -51,7 +51,6 @@ from relay.channels import (
     json_headers,
     parsed_part,
     says_nothing_when,
-    sent_as,
 )
 from relay.channels._http_answers import (
     HttpResponse,
@@ -270,10 +269,17 @@ class OpsgenieChannel(HttpChannel[OpsgenieSettings]):
 _SAMPLE = OpsgenieSettings.model_validate({"type": "opsgenie", "api_key": "-"})
 
 
-def _as_sent(rendered: str, default: str) -> dict[str, Any]:
+def _shown(rendered: str, default: str, alias: str = "-") -> dict[str, Any]:
     """The alert (or close) a rendered part makes, under the default settings."""
-    action, body = opsgenie_alert(rendered, _SAMPLE, "-", default)
+    action, body = opsgenie_alert(rendered, _SAMPLE, alias, default)
     return body if action == "create" else {"action": "close", **body}
+
+
+def _as_sent(message: Outgoing) -> tuple[dict[str, Any], list[str]]:
+    """What `relay test` shows: the alert, its alias the send's (the run id when the template
+    gives none)."""
+    alias = message.run_id or message.notification_id
+    return _shown(message.parts.get("json", ""), default_text(message), alias), []
 
 
 KIND = ChannelKind(
@@ -281,7 +287,7 @@ KIND = ChannelKind(
     OpsgenieSettings,
     OpsgenieChannel,
     ("json",),
-    check=says_nothing_when(lambda parsed, default: _as_sent(json_text(parsed), default)),
-    as_sent=sent_as(_as_sent),
+    check=says_nothing_when(lambda parsed, default: _shown(json_text(parsed), default)),
+    as_sent=_as_sent,
     opens_incidents=True,
 )

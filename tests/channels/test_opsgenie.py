@@ -30,6 +30,7 @@ from tests.channels.shared import (
     failure_of,
     hides_its_cause,
     make_channel,
+    relay_test,
     render_golden,
     render_odd,
     render_part,
@@ -393,6 +394,23 @@ async def test_dead_letters_and_logs_keep_the_key_secret(
     assert dead.reason == "auth_error" and dead.attempts == 1 and dead.last_error is not None
     assert "key [secret] may not create alerts" in dead.last_error
     assert API_KEY not in dead.last_error and API_KEY not in caplog.text
+
+
+def test_relay_test_shows_the_alert_as_opsgenie_gets_it(tmp_path: Path) -> None:
+    (tmp_path / "templates" / "opsgenie").mkdir(parents=True)
+    (tmp_path / "templates" / "opsgenie" / "mine.json.j2").write_text(
+        '{"message": "{{ "y" * 400 }}", "details": {"n": 1}, "priority": "P1"}\n'
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "templates: {dir: ./templates}\nchannels:\n"
+        f"  og: {{type: opsgenie, api_key: {API_KEY}}}\n"
+        "rules:\n  - {name: r, notify: [og], match: {status: [failure]}, template: mine}\n"
+    )
+    message, out = relay_test(tmp_path, config)
+    body = json.loads(message["parts"]["json"])
+    assert body["alias"] == "run_1" and len(body["message"]) == 130  # the send's, not "-"
+    assert body["details"] == {"n": "1"} and body["priority"] == "P1" and API_KEY not in out
 
 
 async def test_send_test_creates_the_alert_then_closes_it(
