@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 import orjson
 
 from relay import channels as channel_registry
-from relay.channels import ChannelEnv, Outgoing, Recovery
+from relay.channels import ChannelEnv, IncidentClose, Outgoing, Recovery
 from relay.configure import Compiled
 from relay.dashboard_links import dashboard_link
 from relay.errors import DeliveryError, RelayError
@@ -142,29 +142,23 @@ async def send_test(compiled: Compiled, channel: str) -> str | None:
         kind = channel_registry.REGISTRY[config.channels[channel].type]
         if not kind.opens_incidents or not receipt:
             return None
-        await _resolve_test(route, row, receipt, kind.type)
+        await _resolve_test(route, row, receipt, kind.opens_incidents)
         return receipt
     finally:
         await http.close()
 
 
-# where to close by hand the alert a send-test opened, when its close failed
-_CLOSE_BY_HAND = {"pagerduty": "resolve it in PagerDuty (dedup_key {})"}
-_CLOSE_BY_HAND["opsgenie"] = "close it in Opsgenie (alias {})"
-
-
-async def _resolve_test(route: Route, row: Notification, receipt: str, kind: str) -> None:
+async def _resolve_test(
+    route: Route, row: Notification, receipt: str, close: IncidentClose
+) -> None:
     """Resolve the alert a send-test's trigger opened (its dedup key, PagerDuty's receipt; its
     alias, Opsgenie's): the on-call was paged, the incident closes, and the next send-test (the
     same sample run, the same key) pages again instead of joining an alert still open."""
-    # each channel resolves the receipt: PagerDuty reads event_action, Opsgenie action
-    body = '{"event_action": "resolve", "action": "close"}'
     recovery = Recovery(row.id, receipt)
-    resolve = Outgoing(row.id, row.run_id, row.rule, {"json": body}, time.time(), recovery)
+    resolve = Outgoing(row.id, row.run_id, row.rule, {"json": close.body}, time.time(), recovery)
     try:
         await route.channel.send(resolve)
     except DeliveryError as exc:
         raise RelayError(
-            f"paged, but the resolve failed: {exc}; "
-            + _CLOSE_BY_HAND.get(kind, "resolve it (key {})").format(receipt)
+            f"paged, but the resolve failed: {exc}; {close.by_hand.format(receipt)}"
         ) from exc

@@ -147,6 +147,15 @@ SettingsModel = type[ChannelSettings]
 
 
 @dataclass(frozen=True)
+class IncidentClose:
+    """How a receiver's incident is closed: the `json` part its channel reads as a close of
+    the receipt it is given, and what to do by hand when that fails (`{}`: the receipt)."""
+
+    body: str
+    by_hand: str
+
+
+@dataclass(frozen=True)
 class ChannelKind:
     """How to build and render for one channel type."""
 
@@ -163,8 +172,8 @@ class ChannelKind:
     # in words: what `relay test` shows
     as_sent: Callable[[Outgoing], tuple[dict[str, Any], list[str]]] | None = None
     # a send opens an incident that stays open (and joins the next send of the same key) until
-    # a recovery resolves it: `relay send-test` resolves the one it opened
-    opens_incidents: bool = False
+    # a recovery resolves it: `relay send-test` resolves the one it opened, with this
+    opens_incidents: IncidentClose | None = None
 
 
 _NOTHING = "relay-default-3f9c2e: the template said nothing"

@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from relay.channels import (
     ChannelKind,
     HttpChannel,
+    IncidentClose,
     Outgoing,
     default_text,
     json_headers,
@@ -289,5 +290,5 @@ KIND = ChannelKind(
     ("json",),
     check=says_nothing_when(lambda parsed, default: _shown(json_text(parsed), default)),
     as_sent=_as_sent,
-    opens_incidents=True,
+    opens_incidents=IncidentClose('{"action": "close"}', "close it in Opsgenie (alias {})"),
 )

@@ -46,6 +46,7 @@ from pydantic import SecretStr, field_validator
 from relay.channels import (
     ChannelKind,
     HttpChannel,
+    IncidentClose,
     Outgoing,
     default_text,
     json_headers,
@@ -273,5 +274,11 @@ def _opened(response: HttpResponse, event: dict[str, Any]) -> str | None:
 
 
 KIND = ChannelKind(
-    "pagerduty", PagerDutySettings, PagerDutyChannel, ("json",), opens_incidents=True
+    "pagerduty",
+    PagerDutySettings,
+    PagerDutyChannel,
+    ("json",),
+    opens_incidents=IncidentClose(
+        '{"event_action": "resolve"}', "resolve it in PagerDuty (dedup_key {})"
+    ),
 )
