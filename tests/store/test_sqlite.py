@@ -89,6 +89,26 @@ async def test_a_replay_of_all_takes_the_dead_of_any_time(store: SQLiteStore) ->
     assert await store.replay(None, now=4.0) == 0
 
 
+async def test_a_replay_of_all_leaves_what_died_again_while_it_went(store: SQLiteStore) -> None:
+    """`--all` means the dead when the replay began: a row its first batch moved, which the
+    channel killed again before the next batch, stays dead. Taken again, a channel that kills
+    rows as fast as the replay moves them kept `relay dlq replay --all` going for ever."""
+    dead = ids(
+        await store.observe([make_run(f"run_{i}") for i in range(REPLAY_BATCH + 1)], decide, 1.0)
+    )
+    await store.mark_dead([(i, 1) for i in dead], now=2.0, reason="client_error", error="400")
+    with closing(sqlite3.connect(store.path)) as conn:
+        moved, more = outbox.replay_dead(conn, outbox.FIRST_DEAD, now=3.0)
+        conn.commit()
+        assert moved == REPLAY_BATCH and more is not None
+        again = dead[0]  # replayed by the first batch, dead again before the second
+        await store.mark_dead([(again, 2)], now=4.0, reason="client_error", error="400")
+        moved, more = outbox.replay_dead(conn, more, now=3.0)
+        conn.commit()
+    assert (moved, more) == (1, None)
+    assert await store.counts() == {"pending": REPLAY_BATCH, "sent": 0, "dead": 1, "muted": 0}
+
+
 @pytest.mark.parametrize(
     ("sql", "params"),
     [(outbox._REPLAY_NAMED, {"now": 1.0, "ids": "[]"}), (outbox.REPLAY_RECOVERIES, (1, 1, "[]"))],
