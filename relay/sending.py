@@ -238,6 +238,7 @@ class Sender:
         except DeliveryError as err:
             if not err.local:
                 self.took(time.perf_counter() - start)
+            self._tell_failed_try(outgoing, err)
             if err.retryable and err.retry_after:
                 self._hold(outgoing, err.retry_after)
             raise
@@ -246,6 +247,14 @@ class Sender:
             raise
         self.took(time.perf_counter() - start)
         return receipt
+
+    def _tell_failed_try(self, outgoing: Outgoing, err: DeliveryError) -> None:
+        """A DEBUG line for each failed try: the quick retries of a blip share the outcome's
+        one line (`delivery failed; will retry`, `failed_tries` on `notification sent`),
+        and at DEBUG an operator sees what each of them met."""
+        if log.isEnabledFor(logging.DEBUG):
+            extra = {**self._outgoing_extra(outgoing), "reason": err.reason, "error": str(err)}
+            log.debug("try failed", extra=extra)
 
     def _hold(self, outgoing: Outgoing, seconds: float) -> None:
         """The receiver asked for a pause: the channel's other sends wait it out too."""

@@ -925,8 +925,9 @@ async def test_quick_retries_keep_to_the_rate_limit(
 ) -> None:
     """Each try is a request the receiver sees: in-process retries of a blip wait for the
     channel's rate limit too, with a fresh timestamp and signature each; the line that says
-    the notification was sent says which tries failed first."""
-    caplog.set_level(logging.INFO, logger="relay.delivery")
+    the notification was sent says which tries failed first, and at DEBUG each failed try has
+    a line of its own."""
+    caplog.set_level(logging.DEBUG, logger="relay.delivery")
     sink.responses = [status(500), status(500)]
     text = config(sink.url).replace("    secret:", "    rate_limit: {per_second: 2}\n    secret:")
     r = await relay(text.replace("max_attempts: 4", "max_attempts: 12"))
@@ -941,6 +942,11 @@ async def test_quick_retries_keep_to_the_rate_limit(
         standardwebhooks.Webhook(SECRET).verify(g.body, g.headers)
     [sent] = [rec for rec in caplog.records if rec.getMessage() == "notification sent"]
     assert (sent.__dict__["attempts"], sent.__dict__["failed_tries"]) == (3, ["server_error"] * 2)
+    tries = [rec.__dict__ for rec in caplog.records if rec.getMessage() == "try failed"]
+    assert [(t["reason"], t["notification_id"]) for t in tries] == [
+        ("server_error", sent.__dict__["notification_id"])
+    ] * 2
+    assert all("HTTP 500" in t["error"] for t in tries), tries
 
 
 def leased(db: Path) -> int:
