@@ -97,8 +97,10 @@ async def test_a_replay_of_all_leaves_what_died_again_while_it_went(store: SQLit
         await store.observe([make_run(f"run_{i}") for i in range(REPLAY_BATCH + 1)], decide, 1.0)
     )
     await store.mark_dead([(i, 1) for i in dead], now=2.0, reason="client_error", error="400")
+    first = outbox.FIRST_DEAD
+    assert first is not None
     with closing(sqlite3.connect(store.path)) as conn:
-        moved, more = outbox.replay_dead(conn, outbox.FIRST_DEAD, now=3.0)
+        moved, more = outbox.replay_dead(conn, first, now=3.0)
         conn.commit()
         assert moved == REPLAY_BATCH and more is not None
         again = dead[0]  # replayed by the first batch, dead again before the second
