@@ -103,6 +103,21 @@ def one_line(value: object) -> str:
     return _UNPRINTABLE.sub(lambda m: escaped(m[0]), str(value))
 
 
+def _logfmt(value: object) -> str:
+    """A text line's field value as logfmt writes it: quoted when it is empty, holds a blank or
+    `=`, or has anything escaped (`"`, `\\`, a line break, ESC ...: see one_line), so that a run
+    id `a rule=x` from outside cannot read as a field of its own to the operator or a log
+    pipeline (Loki's `| logfmt`)."""
+    text = str(value)
+    escaped = one_line(text.replace("\\", "\\\\").replace('"', '\\"'))
+    if text and escaped == text and not _BLANK_OR_EQUALS.search(text):
+        return text
+    return f'"{escaped}"'
+
+
+_BLANK_OR_EQUALS = re.compile(r"[\s=]")
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__()
@@ -111,7 +126,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = self._stamp(record)
         extras = _extras(record).items()  # a field without a value (`group=None`) is noise
-        fields = " ".join(f"{k}={one_line(v)}" for k, v in extras if v is not None)
+        fields = " ".join(f"{k}={_logfmt(v)}" for k, v in extras if v is not None)
         said = one_line(record.getMessage())
         line = f"{stamp} {record.levelname:<7} {said} {fields}".rstrip()
         if (exc := _exception(self, record)) is not None:

@@ -8,6 +8,7 @@ import logging
 import time
 
 import orjson
+import pytest
 
 from relay.logs import JsonFormatter, ScrubSecrets, TextFormatter, _ScrubbingHandler
 
@@ -99,3 +100,24 @@ def test_a_text_line_leaves_out_the_fields_without_a_value() -> None:
     record.created, record.msecs = 1_764_979_199.25, 250.0
     assert TextFormatter().format(record).endswith(" INFO    sent run_id=run_1 attempts=0")
     assert orjson.loads(JsonFormatter().format(record))["group"] is None
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ("run_1", "run_1"),
+        ("a rule=x", '"a rule=x"'),
+        ('say "hi"', r'"say \"hi\""'),
+        ("", '""'),
+        ("C:\\tmp", r'"C:\\tmp"'),
+        (["server_error", "timeout"], "\"['server_error', 'timeout']\""),
+    ],
+)
+def test_a_text_lines_field_values_are_quoted_as_logfmt_quotes_them(
+    value: object, written: str
+) -> None:
+    """A run id `a rule=x` (run ids, tasks and tags come from outside) wrote `run_id=a rule=x`:
+    a field `rule` of its own to whoever reads the line, or to Loki's `| logfmt`."""
+    record = logging.makeLogRecord({"msg": "sent", "levelname": "INFO", "run_id": value})
+    record.created, record.msecs = 1_764_979_199.25, 250.0
+    assert TextFormatter().format(record).endswith(f" INFO    sent run_id={written}")

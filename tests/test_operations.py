@@ -681,7 +681,7 @@ def test_a_text_log_line_stays_one_line_whatever_a_run_carries() -> None:
     )
     line = TextFormatter().format(record)
     assert not any(c in line for c in "\n\r\u2028\x1b\u202e")  # nor an ESC that clears the screen
-    assert line.endswith(r"run_id=run_1\n12:00:00 ERROR   store unavailable\r\u2028\x1b[2J\u202e")
+    assert line.endswith(r'run_id="run_1\n12:00:00 ERROR   store unavailable\r\u2028\x1b[2J\u202e"')
 
 
 async def _reloaded_while_waiting(
