@@ -23,6 +23,7 @@ from tests.test_docs import DOCS, configs_in, dummy_env, relay_check, section, t
 PAGE = DOCS / "receivers.md"
 FAILED_RUN = FIXTURES / "realtime-run" / "sdk" / "run_failed.json"
 STUCK_RUN = FIXTURES / "realtime-run" / "sdk" / "run_executing.json"
+ALERT = FIXTURES / "alert-webhooks" / "alert.run.failed.body.json"  # no cost, no duration
 HOSTILE_TASK = 'billing/"charge"\n*bold* `tick` <!channel> @all <@all> [x](https://evil.example) 🎉'
 HOSTILE_ERROR = (
     'He said "no"\\n\n```\n# Heading <!here> @here <@all> [click](http://evil) 🔥 ' * 700
@@ -87,10 +88,11 @@ def strict_keys(body: Body, required: dict[str, type], optional: dict[str, type]
 
 
 def no_mention(text: str) -> None:
-    """Run data in chat markdown only inside code, and no live mention or link outside it."""
+    """Run data in chat markdown only inside code, no link outside it, no mention at all."""
     outside = re.sub(r"```.*?```|`[^`\n]*`", "", text, flags=re.S)
-    for live in ("<!channel>", "<!here>", "@all", "@here", "<@all>", "](http://evil", "# Heading"):
+    for live in ("<!channel>", "<!here>", "](http://evil", "](https://evil", "# Heading"):
         assert live not in outside, (live, outside[:300])
+    assert "@all" not in text and "@here" not in text, "a mention, even in code"
 
 
 def check_ntfy(body: Body) -> None:
@@ -188,6 +190,7 @@ def test_recipe_checks_and_renders_the_documented_body(heading: str, tmp_path: P
     sample = relay_test(tmp_path / "recipe", text, fixture(FAILED_RUN), rule)
     check(sample)
     assert LINK in json.dumps(sample), "the run's dashboard link is not in the body"
+    check(relay_test(tmp_path / "recipe", text, json.loads(ALERT.read_text()), rule))
     attack = relay_test(tmp_path / "recipe", text, hostile(), rule)
     check(attack)
     assert "javascript:" not in json.dumps(attack)
