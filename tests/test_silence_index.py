@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -120,3 +121,39 @@ def test_each_matcher_holds_alternatives_of_which_any_fits() -> None:
     assert fits({"status": ("COMPLETED", "failure")}, fields)
     assert not fits({"tag": ("b", "c")}, fields)
     assert not fits({"tag": ("a",), "rule": ("q",)}, fields)
+
+
+@pytest.mark.parametrize(
+    ("wanted", "status", "fit"),
+    [
+        ("FAILURE", "FAILED", True),  # `failure` in any case: every failed status
+        ("Failure", "CRASHED", True),
+        ("FAILURE", "COMPLETED", False),
+        ("weird", "weird", True),  # a status relay does not know: exactly as written
+        ("weird", "WEIRD", True),  # or in upper case, as a rule's status is
+        ("weird", "Weird", False),
+    ],
+)
+def test_a_silences_status_names_a_run_status(wanted: str, status: str, fit: bool) -> None:
+    """A silence's status fits as a rule's does; the index and the list share `fits`, so the
+    property above cannot tell a wrong reading: each case here is pinned by itself."""
+    assert fits({"status": (wanted,)}, {"status": status}) is fit
+
+
+async def test_invalidate_reads_the_silences_whatever_their_version() -> None:
+    """invalidate() (after this process changed the silences) reads them again even when the
+    version read says nothing moved: the change is never missed for a version read early."""
+    one = new_silence(parse_matchers({"task": "x"}), ends_at=NOW + 3600, now=NOW)
+    stored: list[list[Silence]] = [[], [one]]
+
+    async def load(now: float) -> list[Silence]:
+        return stored.pop(0)
+
+    async def version() -> int:
+        return 7
+
+    cache = SilenceCache(load, version=version)
+    assert await cache.current(NOW) == []
+    cache.invalidate()
+    assert await cache.current(NOW) == [one]
+    assert cache.reads == 2

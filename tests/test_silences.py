@@ -207,6 +207,34 @@ def test_a_nul_in_the_comment_or_author_is_refused(comment: str, created_by: str
     assert caught.value.field == ("comment" if comment else "created_by")
 
 
+@pytest.mark.parametrize(
+    ("starts_at", "ends_at", "message"),
+    [
+        (NOW - 60, NOW, "must be in the future"),  # it ends as it is made: already over
+        (None, NOW, "must be in the future"),
+        (NOW + 60, NOW + 60, "must be after starts_at"),  # it would last no time
+    ],
+)
+def test_a_silence_that_would_mute_nothing_is_refused(
+    starts_at: float | None, ends_at: float, message: str
+) -> None:
+    """Its end is not in it (Silence.state: expired at ends_at): one ending now, or where it
+    starts, mutes nothing and is refused at the edge, with the field that is wrong."""
+    with pytest.raises(InputError, match=message):
+        new_silence(parse_matchers({"task": "x"}), starts_at=starts_at, ends_at=ends_at, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("created_at", "kept"), [(None, NOW), (NOW - 3600, NOW - 3600), (NOW + 3600, NOW)]
+)
+def test_a_silence_was_created_no_later_than_now(created_at: float | None, kept: float) -> None:
+    """An imported or updated silence keeps its created_at, but none from the future (a
+    clock ahead where it was made): creation order pages the listing."""
+    m = parse_matchers({"task": "x"})
+    silence = new_silence(m, ends_at=NOW + 7200, now=NOW, created_at=created_at)
+    assert silence.created_at == kept
+
+
 def test_bad_times() -> None:
     m = parse_matchers({"task": "x"})
     with pytest.raises(InputError, match="after starts_at"):
@@ -1094,6 +1122,9 @@ def test_cli_matchers_take_amtool_braces(words: list[str], expected: dict[str, l
         # the backslash and the letter (`\z` was `z`), a typed line feed is kept
         ('"a\\zb"', "a\\zb"),
         ('"\\xff"', "\\xff"),  # bytes that are no UTF-8
+        ('"\\ud800x"', "\\ud800x"),  # a surrogate: no code point (Go's utf8.ValidRune)
+        ('"\\udfff\\ue000"', "\\udfff\\ue000"),
+        ('"\\ud7ff"', "\ud7ff"),  # the code point before them is one
         ('"a\\nb\\z"', "a\nb\\z"),
         ('"line\nfeed"', "line\nfeed"),
         # bare: as written, unless a backslash is in it (pkg/labels: amtool's new parser
