@@ -178,6 +178,37 @@ async def test_a_run_seen_again_is_not_counted_again(store: SQLiteStore) -> None
     assert await muted(store, [failed("b2")], now=20_001.0) == [None]
 
 
+async def test_a_lapsed_run_updated_again_is_not_counted_again(store: SQLiteStore) -> None:
+    """A pile-up counts runs, not updates: the three runs, each with a newer update (a retry
+    that failed again) once they lapsed and b1 pruned them, make no new pile-up."""
+
+    def update(run_id: str, minute: int) -> Run:
+        updated = f"2026-11-25T10:{minute:02d}:00Z"
+        run = {"id": run_id, "taskIdentifier": "sync", "status": "FAILED", "updatedAt": updated}
+        return Run.model_validate(run)
+
+    first = [update(f"a{i}", 0) for i in range(3)]
+    assert await muted(store, first, now=100.0) == [None, None, "inhibited:storm"]
+    assert await muted(store, [failed("b1")], now=1000.0) == [None]
+    again = [update(f"a{i}", 30) for i in range(3)]
+    assert await muted(store, again, now=1001.0) == [None, None, None]
+
+
+async def test_a_pile_up_keeps_its_newest_runs(store: SQLiteStore) -> None:
+    """Of four runs (100 to 400) the newest three are kept: with a fifth at 850, a3, a4 and a5
+    are three within 600 s."""
+    for n, now in enumerate((100.0, 200.0, 300.0, 400.0), start=1):
+        await muted(store, [failed(f"a{n}")], now)
+    assert await muted(store, [failed("a5")], now=850.0) == ["inhibited:storm"]
+
+
+async def test_a_run_keeps_what_its_first_arrival_found(store: SQLiteStore) -> None:
+    """a1 arrived before the pile-up of its call: a later update of it in the same call
+    (counted once) leaves its notification out of the inhibition, as its first was."""
+    runs = [failed("a1"), failed("a2"), failed("a3"), failed("a1")]
+    assert await muted(store, runs, now=100.0) == [None, None, "inhibited:storm", None]
+
+
 DEPLOY_BROKE = InhibitRule.model_validate(
     {"name": "broken", "source_match": {"status": "CRASHED"}, "duration": 600}
 )
@@ -212,6 +243,81 @@ async def test_a_newer_source_update_extends_the_window(store: SQLiteStore) -> N
     assert await inhibited(store, crashed("2026-11-25T10:00:00Z"), now=100.0) is not None
     assert await inhibited(store, crashed("2026-11-25T09:00:00Z"), now=5000.0) is None  # stale
     assert await inhibited(store, crashed("2026-11-25T11:00:00Z"), now=6000.0) is not None
+
+
+async def test_a_source_is_not_muted_by_its_own_window(store: SQLiteStore) -> None:
+    """The crash that opens the window fits the rule's target (every run) too: its own
+    notification goes out, the other run's is inhibited."""
+    source, target = crashed(None), failed("target")
+    check = await inhibitions(store, [DEPLOY_BROKE], [source, target], 100.0)
+    assert check is not None and check(target, PAGE) == "inhibited:broken"
+    assert check(source, PAGE) is None
+
+
+async def test_a_realtime_rows_v3_status_opens_a_window(store: SQLiteStore) -> None:
+    """A source's status fits a Realtime row's v3 name (`v3Status`) as a silence's does."""
+    rule = InhibitRule.model_validate({"name": "frozen", "source_match": {"status": "FROZEN"}})
+    row = {"id": "run_paused", "taskIdentifier": "sync", "status": "WAITING", "v3Status": "FROZEN"}
+    target = failed("target")
+    check = await inhibitions(store, [rule], [Run.model_validate(row), target], 100.0)
+    assert check is not None and check(target, PAGE) == "inhibited:frozen"
+
+
+def migrate(status: str, minute: int) -> Run:
+    updated = f"2026-11-25T10:{minute:02d}:00Z"
+    run = {"id": "run_src", "taskIdentifier": "migrate", "status": status, "updatedAt": updated}
+    return Run.model_validate(run)
+
+
+async def test_an_update_as_new_as_its_runs_last_is_a_source(store: SQLiteStore) -> None:
+    """Intake ignores an update older than its run's last, not one of the same `updatedAt`
+    (another status in the same millisecond): inhibition takes it as intake does."""
+    target = failed("target")
+    runs = [migrate("EXECUTING", 0), migrate("CRASHED", 0), target]
+    check = await inhibitions(store, [DEPLOY_BROKE], runs, 100.0)
+    assert check is not None and check(target, PAGE) == "inhibited:broken"
+
+
+async def test_an_update_older_than_any_before_it_in_the_call_is_stale(store: SQLiteStore) -> None:
+    """Stale against the newest update of its run earlier in the call (10:20), not the last
+    one (10:05): the crash at 10:10 opens no window."""
+    target = failed("target")
+    runs = [migrate("EXECUTING", 20), migrate("EXECUTING", 5), migrate("CRASHED", 10), target]
+    check = await inhibitions(store, [DEPLOY_BROKE], runs, 100.0)
+    assert check is None or check(target, PAGE) is None
+
+
+PER_TASK = InhibitRule.model_validate(
+    {"name": "crashed-task", "source_match": {"status": "CRASHED"}, "equal": ["taskIdentifier"]}
+    | {"duration": 600}
+)
+
+
+def of_task(run_id: str, task: str, status: str) -> Run:
+    return Run.model_validate({"id": run_id, "taskIdentifier": task, "status": status})
+
+
+async def test_a_window_is_closed_at_its_end(store: SQLiteStore) -> None:
+    """A window opened at 100 for 600 s holds until 700, not at 700: there, only the window of
+    the other task, opened at 700, mutes."""
+    await inhibitions(store, [PER_TASK], [of_task("c1", "a", "CRASHED")], 100.0)
+    target = of_task("t1", "a", "FAILED")
+    check = await inhibitions(store, [PER_TASK], [target], 699.0)
+    assert check is not None and check(target, PAGE) == "inhibited:crashed-task"
+    check = await inhibitions(store, [PER_TASK], [of_task("c2", "b", "CRASHED"), target], 700.0)
+    assert check is not None and check(target, PAGE) is None
+    assert check(of_task("t2", "b", "FAILED"), PAGE) == "inhibited:crashed-task"
+
+
+async def test_a_pile_up_lapses_exactly_duration_after_its_runs(store: SQLiteStore) -> None:
+    """A run counts for `duration` after it arrived, not at its end: a target that is no
+    source, at the runs' arrival + 600, finds no pile-up."""
+    assert (await muted(store, [failed(f"a{i}") for i in range(3)], now=100.0))[-1] is not None
+    other = of_task("x", "sync", "CRASHED")
+    check = await inhibitions(store, [STORM], [other], 699.0, lambda run: ())
+    assert check is not None and check(other, PAGE) == "inhibited:storm"
+    check = await inhibitions(store, [STORM], [other], 700.0, lambda run: ())
+    assert check is None or check(other, PAGE) is None
 
 
 MAINTENANCE = InhibitRule.model_validate(
@@ -262,6 +368,20 @@ async def test_a_close_older_than_the_newest_source_ends_nothing(store: SQLiteSt
     assert await inhibited_by(store, [maintenance("EXECUTING", 20, "run_new")], now=100.0)
     assert await inhibited_by(store, [maintenance("COMPLETED", 9, "run_old")], now=200.0)
     assert await inhibited_by(store, [maintenance("COMPLETED", 21, "run_new")], 300.0) is None
+
+
+async def test_a_close_as_old_as_the_newest_source_ends_the_window(store: SQLiteStore) -> None:
+    """Only a close older than the newest source ends nothing: one of the same minute does."""
+    assert await inhibited_by(store, [maintenance("EXECUTING", 5, "run_a")], now=100.0)
+    assert await inhibited_by(store, [maintenance("COMPLETED", 5, "run_b")], now=200.0) is None
+
+
+async def test_an_older_source_keeps_the_newest_sources_time(store: SQLiteStore) -> None:
+    """A maintenance begun at 10:10, heard of after one begun at 10:20, leaves the newest source
+    at 10:20: a close at 10:15 ends nothing."""
+    assert await inhibited_by(store, [maintenance("EXECUTING", 20, "run_a")], now=100.0)
+    assert await inhibited_by(store, [maintenance("EXECUTING", 10, "run_b")], now=150.0)
+    assert await inhibited_by(store, [maintenance("COMPLETED", 15, "run_b")], now=200.0)
 
 
 async def test_a_close_with_no_window_open_writes_nothing(store: SQLiteStore) -> None:
