@@ -18,6 +18,7 @@ from relay.policy import (
     backoff_s,
     is_blip,
     lease_s,
+    quick_budget,
     quick_wait_s,
 )
 
@@ -153,6 +154,30 @@ def test_a_hold_lasts_no_longer_when_the_wall_clock_steps_back() -> None:
     hold.extend(1000.0, 30.0)
     assert hold.left_s(400.0) == 30.0  # stepped back ten minutes: still 30 s at most
     assert hold.holds(400.0) and not hold.holds(1030.0)
+
+
+def test_a_hold_set_to_end_before_now_holds_nothing_when_the_clock_steps_back() -> None:
+    """A stored hold's end, already past when read at 100, held at 50 (a clock stepped back)
+    while left_s said 0: holds() is left_s above 0."""
+    hold = Hold()
+    assert hold.extend_to(100.0, 90.0)
+    assert hold.left_s(50.0) == 0.0 and not hold.holds(50.0)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "max_attempts", "budget"),
+    [
+        (0, 12, 3),  # a first round: QUICK_TRIES
+        (0, 8, 2),  # a quarter of max_attempts at most
+        (0, 7, 1),
+        (0, 3, 1),  # and one at least
+        (0, 1, 1),
+        (1, 12, 1),  # back from the outbox: one a round
+        (5, 12, 1),
+    ],
+)
+def test_the_quick_tries_of_a_round(attempts: int, max_attempts: int, budget: int) -> None:
+    assert quick_budget(attempts, max_attempts) == budget
 
 
 def test_the_bucket_gives_its_burst_then_spaces_tokens_at_the_rate() -> None:

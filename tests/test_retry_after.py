@@ -10,7 +10,7 @@ import pytest
 from relay.config import RetryPolicy
 from relay.errors import DeliveryError
 from relay.policy import after_failure
-from relay.retry_after import parse_retry_after
+from relay.retry_after import body_retry_after, parse_retry_after
 
 NOW = 1_796_000_000.0
 IN_A_MINUTE = time.gmtime(NOW + 60)
@@ -78,3 +78,20 @@ def test_a_retry_outcome_carries_the_wait_it_decided() -> None:
         rng=random.Random(1),
     )
     assert (outcome.dead, outcome.wait, outcome.not_before) == (False, 1.0, NOW + 1.5)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (5, 5.0),
+        (2.5, 2.5),
+        (-3, 0.0),  # no wait before now
+        (1e9, 24 * 3600.0),  # capped as a header is
+        (True, None),  # JSON true is no number of seconds
+        (float("nan"), None),
+        ("5", None),  # Discord and Telegram send a number, not text
+        (None, None),
+    ],
+)
+def test_a_bodys_retry_after(value: object, seconds: float | None) -> None:
+    assert body_retry_after(value) == seconds
