@@ -16,6 +16,7 @@ from relay.configure import compile_config, load
 from relay.dashboard_links import dashboard_link
 from relay.durations import format_duration, parse_duration
 from relay.errors import ConfigError, Problem, did_you_mean, in_file_order
+from relay.interpolation import Interpolated, interpolate
 from relay.settings import load_settings
 from relay.sizes import format_size, parse_size
 from tests.conftest import run_cli_in_process
@@ -1150,14 +1151,20 @@ def test_pythons_highest_log_level_is_a_level(
         ("${A:-${}x}/y", "a/y"),  # nor one that could not be read
         ("${UNSET:-$$}/x", "$/x"),
         ("${U:-" * 8 + "deep" + "}" * 8, "deep"),  # nested 8 deep: the most taken
+        ("${RAW}", "x${B}$$y"),  # a value from the environment is never interpolated again
     ],
 )
 def test_interpolation(value: str, expected: str) -> None:
     text = f'channels:\n  h: {{type: webhook, url: "http://127.0.0.1:9/", headers: {{X: "{value}"}}}}\n'
-    env = {"A": "a", "B": "b", "EMPTY": ""}
+    env = {"A": "a", "B": "b", "EMPTY": "", "RAW": "x${B}$$y"}
     loaded = parse_config(text, "c.yaml", settings_models(), env)
     headers = getattr(loaded.config.channels["h"], "headers")
     assert headers["X"].get_secret_value() == expected
+
+
+def test_a_default_may_span_lines() -> None:
+    """A YAML block scalar's `${KEY:-...}` default of several lines (a PEM key) is one default."""
+    assert interpolate("${UNSET:-line one\nline two}", {}) == Interpolated("line one\nline two")
 
 
 @pytest.mark.parametrize(
