@@ -1452,6 +1452,21 @@ async def test_send_test_to_pagerduty_pages_then_resolves(
     )
 
 
+async def test_send_test_of_a_change_event_resolves_nothing(
+    tmp_path: Path, pagerduty: FakePagerDuty
+) -> None:
+    """A template that sends a Change Event opens no incident: its send-test sends it alone,
+    no resolve of a key that nothing opened."""
+    (tmp_path / "templates" / "pagerduty").mkdir(parents=True)
+    change = '{"event_action": "change", "payload": {"summary": "deployed"}}'
+    write(tmp_path / "templates" / "pagerduty" / "run.json.j2", change)
+    config = write(tmp_path / "c.yaml", "templates: {dir: ./templates}\n" + PD_CONFIG)
+    env = {"PD_KEY": PD_KEY, "PD_URL": pagerduty.url}
+    done = await asyncio.to_thread(run_cli, "send-test", "pager", "--config", str(config), env=env)
+    assert done.returncode == 0, done.stderr
+    assert len(pagerduty.changes) == 1 and len(pagerduty.calls) == 1
+
+
 # ------------------------------------------------------------------------------------ relay dlq
 
 
