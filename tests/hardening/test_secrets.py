@@ -130,10 +130,14 @@ channels:
     token: ${PUSHOVER_TOKEN}
     user_key: ${PUSHOVER_USER_KEY}
     api_url: {fake}
+  ops:
+    type: opsgenie
+    api_key: ${OPSGENIE_KEY}
+    api_url: {fake}
 rules:
   - name: failures
     match: {status: [failure]}
-    notify: [hook, slack-hook, slack-bot, mail, tg, gchat, phone]
+    notify: [hook, slack-hook, slack-bot, mail, tg, gchat, phone, ops]
 """
 DEAD_RUN = "run_secret_dead"
 RUNS = ["run_secret_ok_1", "run_secret_ok_2", DEAD_RUN]
@@ -188,6 +192,11 @@ class Fakes:
         answer = {"user": "invalid", "errors": [f"bad request {body}"], "status": 0}
         return web.json_response({**answer, "request": "5042853c-402d"}, status=400)
 
+    async def opsgenie(self, request: web.Request) -> web.Response:
+        self._record("opsgenie", request)  # a refusal quoting the request's key, as a proxy might
+        words = f"Key {request.headers.get('Authorization')} is not allowed"
+        return web.json_response({"message": words, "took": 0.0, "requestId": words}, status=403)
+
     async def realtime(self, request: web.Request) -> web.Response:
         self._record("realtime", request)
         return web.json_response({"error": "Invalid API Key"}, status=401)
@@ -204,6 +213,7 @@ async def fakes() -> AsyncIterator[Fakes]:
     app.router.add_post("/bot{rest:.*}", f.telegram)
     app.router.add_post("/v1/spaces/{space}/messages", f.googlechat)
     app.router.add_post("/1/messages.json", f.pushover)
+    app.router.add_post("/v2/alerts", f.opsgenie)
     async with serving(app, access_log=None, shutdown_timeout=0.2) as f.url:
         yield f
 
@@ -239,7 +249,7 @@ async def settled(http: aiohttp.ClientSession, url: str, admin: dict[str, str]) 
             assert resp.status == 200
             rows = (await resp.json())["notifications"]
         states = [row["state"] for row in rows]
-        if len(rows) == (len(RUNS) + 1) * 7 and "pending" not in states:  # + the alert's run
+        if len(rows) == (len(RUNS) + 1) * 8 and "pending" not in states:  # + the alert's run
             return list(rows)
         assert time.monotonic() < deadline, states
         await asyncio.sleep(0.2)
@@ -288,14 +298,14 @@ async def test_no_secret_appears_anywhere(
         for row in rows:
             by_state[row["state"]] = by_state.get(row["state"], 0) + 1
         # hook: 3 sent after a 503 (2 runs, the alert's run), 1 dead (400); Slack, SMTP,
-        # Telegram, Google Chat, Pushover: dead
-        assert by_state == {"sent": 3, "dead": 25}, " ".join(
+        # Telegram, Google Chat, Pushover, Opsgenie: dead
+        assert by_state == {"sent": 3, "dead": 29}, " ".join(
             f"{row['run_id']}:{row['state']}:{row['reason']}:{row['attempts']}"
             for row in rows
             if row["channel"] == "hook"
         )
         dead = await call("GET", "/v1/dlq", 200, headers=admin)
-        assert len(dead["dead"]) == 25
+        assert len(dead["dead"]) == 29
         assert {d["reason"] for d in dead["dead"]} == {"client_error", "auth_error", "network"}
         for row in rows:
             await call("GET", f"/v1/notifications/{row['id']}", 200, headers=admin)
@@ -318,6 +328,7 @@ async def test_no_secret_appears_anywhere(
         ("send-test", "tg"),
         ("send-test", "gchat"),
         ("send-test", "phone"),
+        ("send-test", "ops"),
     ]
     results = await asyncio.gather(
         *(asyncio.to_thread(run_cli, *a, "--config", str(config_path), env=env) for a in commands)
@@ -341,7 +352,10 @@ async def test_no_secret_appears_anywhere(
     kinds = {kind for kind, _, _ in fakes.seen}
     assert kinds == {
         "hook", "slack-hook", "slack-bot", "realtime", "telegram", "googlechat", "pushover",
+        "opsgenie",
     }  # fmt: skip
+    ops = next(s for s in fakes.seen if s[0] == "opsgenie")
+    assert ops[2]["Authorization"] == f"GenieKey {SECRETS['OPSGENIE_KEY']}"
     assert all(
         SECRETS["PUSHOVER_TOKEN"] in body and SECRETS["PUSHOVER_USER_KEY"] in body
         for body in fakes.pushover_bodies
