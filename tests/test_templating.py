@@ -393,6 +393,7 @@ def test_a_webhook_fallback_keeps_the_type_receivers_route_on(
         (1.637, "$0.02"),
         (0.5, "$0.005"),
         (0.0025, "<$0.0001"),
+        (-0.0025, "-<$0.0001"),  # a refund below a hundredth of a cent: still a refund
         (123456, "$1,234.56"),
         (-150, "-$1.50"),
         ("150", "$1.50"),
@@ -424,6 +425,7 @@ def test_money(cents: Any, expected: str) -> None:
         (0, "0ms"),
         (999.6, "1s"),
         (2000, "2s"),
+        (59940, "59.9s"),  # the last tenth of a second before minutes
         (59999, "1m"),
         (120000, "2m"),
         (3600000, "1h"),
@@ -449,6 +451,7 @@ def test_duration(ms: Any, expected: str) -> None:
         ("hello", 5, "…", "hello"),
         ("hello world", 1, "…", "…"),
         ("hello world", 0, "…", ""),
+        ("hello world", -1, "...", ""),  # below 0: as 0, not "..."[:-1]
         ("hello world", 8, "...", "hello..."),
         ("hello world", 2, "...", ".."),
         ("ab cd", 4, "…", "ab…"),
@@ -462,6 +465,8 @@ def test_duration(ms: Any, expected: str) -> None:
         ("\U0001f1fa\U0001f1f8" * 3, 4, "…", "\U0001f1fa\U0001f1f8…"),
         ("\U0001f1fa\U0001f1f8" * 3, 5, "…", "\U0001f1fa\U0001f1f8" * 2 + "…"),
         ("x\u2764\ufe0fy", 3, "…", "x…"),
+        ("a\u0915\u093fb", 3, "…", "a…"),  # a spacing mark (Mc): कि whole
+        ("a1\u20e3b", 3, "…", "a…"),  # an enclosing mark (Me): the keycap 1⃣ whole
         ("\u05e9\u05b8\u05dc\u05d5\u05b9\u05dd", 4, "…", "\u05e9\u05b8\u05dc…"),
         ("a" + "\u0301" * 100 + "b", 50, "…", "a" + "\u0301" * 48 + "…"),  # no end: cut as is
         # its start 32 code points back is looked for no further: cut as is
@@ -514,6 +519,8 @@ def test_stack() -> None:
     )
     assert stack(None) == ""
     assert stack("Error: boom\n    at f (a.ts:1:1)", max_lines=0) == "… 2 more lines"
+    assert stack("Error: boom\n    at f (a.ts:1:1)", max_lines=-1) == "… 2 more lines"
+    assert stack("Error: boom\n\n  \n    at f (a.ts:1:1)") == "Error: boom\n    at f (a.ts:1:1)"
     no_frames = "Error: boom\nthe cause"  # nothing to keep but the message: kept
     assert stack(no_frames, frames_only=True) == no_frames
 
@@ -521,6 +528,8 @@ def test_stack() -> None:
 def test_tojson_and_status_emoji() -> None:
     assert tojson({"a": [1, 2.5], "b": None, "c": "é🔥"}) == '{"a":[1,2.5],"b":null,"c":"é🔥"}'
     assert tojson({1: {"b", "a"}}) == '{"1":["a","b"]}'
+    # a set in the order of its items' text, whatever the hash seed made its own order
+    assert tojson({9, 10, *"hgfedcba"}) == '[10,9,"a","b","c","d","e","f","g","h"]'
     assert tojson([1], indent=2) == "[\n  1\n]"
     statuses = ("FAILED", "TIMED_OUT", "COMPLETED", "CANCELED", "DEPLOYED", "REGRESSION")
     assert [status_emoji(s) for s in statuses] == ["🔴", "🔴", "✅", "⚠️", "✅", "⚠️"]
