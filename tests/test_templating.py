@@ -815,6 +815,34 @@ def test_fallback_text() -> None:
     assert orjson.loads(fallback_json(huge))["run"] == {"id": "run_1", "big": "[omitted: not JSON]"}
 
 
+def test_a_digest_fallback_counts_its_runs_and_names_its_labels_if_any() -> None:
+    """A digest's fallback leads with its count and statuses, its labels only when it has some
+    (no empty `[]`); a group it cannot read gives the last resort, never a failed render."""
+    run = {"id": "run_1", "status": "FAILED", "taskIdentifier": "t"}
+    group = {"count": 3, "by_status": {"FAILED": 3}}
+    ctx = RenderContext(run, "r", "c", "console", "dgs_1", None, group=group)
+    latest = "latest: 🔴 FAILED · t · run_1 (rule: r)"
+    assert fallback_text(ctx) == f"3 runs: 3 FAILED (rule: r); {latest}"
+    labelled = replace(ctx, group={**group, "labels": {"task": "t"}})
+    assert fallback_text(labelled) == f"3 runs [task=t]: 3 FAILED (rule: r); {latest}"
+    unreadable = replace(ctx, group={"by_status": [1]})  # no mapping of status to count
+    assert fallback_text(unreadable) == "relay notification dgs_1 (rule: r)"
+
+
+def test_a_fallback_of_exactly_the_output_cap_keeps_its_run_whole() -> None:
+    """The cap is MAX_OUTPUT_CHARS bytes included: a body of exactly that size is sent as it is,
+    one byte more and the run's fields over 10,000 bytes are omitted (10,000 kept)."""
+    ctx = RenderContext({"id": "run_1", "x": ""}, "r", "c", "webhook", "ntf_1", None)
+    pad = MAX_OUTPUT_CHARS - len(fallback_json(ctx).encode())  # bytes: "⚠️ … · …"
+    text = fallback_json(replace(ctx, run={"id": "run_1", "x": "a" * pad}))
+    assert len(text.encode()) == MAX_OUTPUT_CHARS and orjson.loads(text)["run"]["x"] == "a" * pad
+    over = fallback_json(replace(ctx, run={"id": "run_1", "x": "a" * (pad + 1)}))
+    assert orjson.loads(over)["run"]["x"] == f"[omitted: {pad + 3} bytes]"
+    edge = "b" * (10_000 - 2)  # 10,000 bytes of JSON: the most a field keeps then
+    slim = fallback_json(replace(ctx, run={"id": "run_1", "x": "a" * (pad + 1), "edge": edge}))
+    assert orjson.loads(slim)["run"]["edge"] == edge
+
+
 def test_a_deployment_fallback_names_the_deployment_not_an_unknown_task() -> None:
     deployment = {
         "id": "deployment_1",
