@@ -22,7 +22,7 @@ from relay.filters import duration, money, stack, status_emoji, tojson, truncate
 from relay.grouping import digest_context
 from relay.model import Run
 from relay.render_context import CONTEXT_NAMES, template_variables
-from relay.render_limits import MAX_OUTPUT_CHARS, brief
+from relay.render_limits import MAX_OUTPUT_CHARS, LimitExceeded, brief
 from relay.template_files import shipped_templates_dir
 from relay.template_probe import invalid_json
 from relay.templating import (
@@ -970,6 +970,8 @@ def test_large_values_within_the_limits_still_render(tmp_path: Path) -> None:
     expected += " a-b 5000"
     source += " {{ 'ab'|center(6) }}|{{ [1, 2, 3]|batch(2, 0)|list }}"  # a width-guarded filter
     expected += "   ab  |[[1, 2], [3, 0]]"
+    source += " {{ ('x' * 1000)|replace('x', 'y' * 10000, 1)|length }}"  # one replaced: small
+    expected += " 10999"
     assert render_source(tmp_path, source).parts["txt"] == expected
 
 
@@ -980,6 +982,12 @@ def test_large_values_within_the_limits_still_render(tmp_path: Path) -> None:
         ("{{ ('x' * 3000).replace('x', 'y' * 3000)|length }}", "replace would exceed"),
         ("{{ ('\\t' * 3000).expandtabs(3000)|length }}", "expandtabs would exceed"),
         ("{{ ('a\\n' * 3000)|indent('y' * 3000)|length }}", "indent would exceed"),
+        # small items, a large separator: the gaps count too
+        ("{{ (['x'] * 3000)|join('y' * 3000)|length }}", "the result would exceed"),
+        (
+            "{{ range(2000)|map('string')|map('center', 3000)|join|length }}",
+            "the result would exceed",
+        ),
     ],
 )
 def test_an_amplifier_is_refused_before_it_runs(tmp_path: Path, source: str, words: str) -> None:
@@ -1127,6 +1135,47 @@ def test_sandbox_expressions() -> None:
         with pytest.raises(SecurityError):
             env.compile_expression(source)(run=run)
     assert sandbox() is not env
+
+
+# README's sandbox limits, in its numbers (not relay's constants: a changed one fails here)
+MAX_SEQUENCE_LEN, MAX_INT_BITS, MAX_WIDTH, MAX_VALUE_CHARS = 100_000, 128, 100_000, 4_000_000
+HALF = MAX_VALUE_CHARS // 2
+
+
+@pytest.mark.parametrize(
+    ("source", "values"),
+    [  # each limit README names, reached and not passed: the step runs
+        ("'a' * n", {"n": MAX_SEQUENCE_LEN}),
+        ("[0] * n", {"n": MAX_SEQUENCE_LEN}),
+        ("range(n)|length", {"n": MAX_SEQUENCE_LEN}),
+        ("2 ** n", {"n": MAX_INT_BITS}),
+        ("a * b", {"a": 2**64, "b": 2**63}),  # 65 + 64 bits: at most 128 in the product
+        ("'x'|center(n)|length", {"n": MAX_WIDTH}),
+        ("a + b", {"a": "a" * HALF, "b": "b" * HALF}),
+        ("a|lower|length", {"a": "A" * MAX_VALUE_CHARS}),
+    ],
+)
+def test_a_step_at_a_sandbox_limit_runs(source: str, values: dict[str, Any]) -> None:
+    assert sandbox().compile_expression(source)(**values) is not None
+
+
+@pytest.mark.parametrize(
+    ("source", "values"),
+    [  # ...and one past it is refused
+        ("'a' * n", {"n": MAX_SEQUENCE_LEN + 1}),
+        ("n * [0]", {"n": MAX_SEQUENCE_LEN + 1}),
+        ("range(n)|length", {"n": MAX_SEQUENCE_LEN + 1}),
+        ("range(n)|length", {"n": 10**30}),  # more than an index can count
+        ("2 ** n", {"n": MAX_INT_BITS + 1}),
+        ("a * b", {"a": 2**64, "b": 2**64}),
+        ("'x'|center(n)|length", {"n": MAX_WIDTH + 1}),
+        ("a + b", {"a": "a" * HALF, "b": "b" * (HALF + 1)}),
+        ("a|lower|length", {"a": "A" * (MAX_VALUE_CHARS + 1)}),
+    ],
+)
+def test_a_step_past_a_sandbox_limit_is_refused(source: str, values: dict[str, Any]) -> None:
+    with pytest.raises(LimitExceeded):
+        sandbox().compile_expression(source)(**values)
 
 
 # ----------------------------------------------------------------------------- lookup and check
