@@ -134,6 +134,7 @@ def test_a_url_without_a_host_is_no_link(hostless: str) -> None:
     link = dashboard_link(Defaults(project_ref="proj_test"))
     assert link(failed(hostless)) == BUILT
     assert web_url("http://[::1]:8080/x") == "http://[::1]:8080/x"
+    assert web_url("http://x.test:port/x") is None  # a port that is no number: no URL
 
 
 def test_a_link_is_at_most_2000_characters_and_holds_no_control_character() -> None:
@@ -182,3 +183,19 @@ def test_a_project_ref_that_is_no_text_is_not_taken(tmp_path: Path) -> None:
         tmp_path, "{{ {'project': {'ref': 5}, 'id': 'run_1'}|dashboard_url }}"
     )
     assert rendered == BUILT.replace(RUN_ID, "run_1")  # defaults.project_ref's
+
+
+def test_what_an_alert_names_is_percent_encoded_in_the_link_relay_makes() -> None:
+    """An alert's project ref and a deployment's short code are put in the path encoded (a
+    `/`, `?` or `#` in them made another page, a query or a fragment); a deployment with an
+    empty short code has no page: no link, not `…/deployments/`."""
+    link = dashboard_link(Defaults(project_ref="proj_test"))
+    run = {"id": "run_1", "project": {"ref": "p/x?y"}}
+    assert link(run) == "https://cloud.trigger.dev/projects/v3/p%2Fx%3Fy/runs/run_1"
+    deployment = {
+        "event": "deployment.failed",
+        "project": {"ref": "p/x"},
+        "deployment": {"shortCode": "a/b#c"},
+    }
+    assert link(deployment) == "https://cloud.trigger.dev/projects/v3/p%2Fx/deployments/a%2Fb%23c"
+    assert link({**deployment, "deployment": {"shortCode": ""}}) is None
