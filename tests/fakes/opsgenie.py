@@ -34,8 +34,14 @@ from tests.fakes.slack import Fake, Reply, serve_fake
 
 API_KEY = "3c5a9f7e-1b2d-4e6f-8a9b-0c1d2e3f4a5b"  # a UUID, as an API integration's key
 PRIORITIES = ("P1", "P2", "P3", "P4", "P5")
-_LIMITS = {"alias": 512, "description": 15_000, "entity": 512, "source": 100, "user": 100}
-_LIMITS |= {"note": 25_000}
+_LIMITS = {
+    "alias": 512,
+    "description": 15_000,
+    "entity": 512,
+    "source": 100,
+    "user": 100,
+    "note": 25_000,
+}
 UNPROCESSABLE = "Request body is not processable. Please check the errors."
 
 
